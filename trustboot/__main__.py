@@ -1,0 +1,3 @@
+from trustboot.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Thin click layer: one module per command group; maps errors to exit codes."""

@@ -1,0 +1,102 @@
+"""Options and output helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from trustboot import secrets
+from trustboot.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_option(func: F) -> F:
+    """``--json``: machine-readable output on stdout, nothing else there."""
+
+    def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        obj = ctx.ensure_object(dict)
+        obj["json_errors"] = value
+        return value
+
+    return click.option(
+        "--json", "as_json", is_flag=True, callback=callback, expose_value=True,
+        help="Machine-readable JSON on stdout (errors as JSON on stderr).",
+    )(func)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def passphrase_options(prefix: str = "", what: str = "the key") -> Callable[[F], F]:
+    """``--{prefix}passphrase-file`` and ``--{prefix}passphrase-env`` (never the value itself)."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            f"--{prefix}passphrase-env", f"{prefix.replace('-', '_')}passphrase_env",
+            metavar="NAME", help=f"Read the passphrase for {what} from environment variable NAME.",
+        )(func)
+        func = click.option(
+            f"--{prefix}passphrase-file", f"{prefix.replace('-', '_')}passphrase_file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help=f"Read the passphrase for {what} from the first line of this file.",
+        )(func)
+        return func
+
+    return decorate
+
+
+def passphrase_source(
+    file: Path | None, env: str | None, *, confirm: bool = False, option: str = "--passphrase"
+) -> secrets.PassphraseSource:
+    """Build the callback from options, or a hidden prompt when on a terminal."""
+    if file is not None and env is not None:
+        raise ConfigError(f"give only one of {option}-file and {option}-env")
+    if file is not None:
+        return secrets.from_file(file)
+    if env is not None:
+        return secrets.from_env(env)
+
+    def prompt(what: str) -> bytes:
+        if not sys.stdin.isatty():
+            raise ConfigError(
+                f"a passphrase for {what} is needed and there is no terminal to ask on",
+                hint=f"use {option}-file FILE or {option}-env NAME",
+            )
+        value: str = click.prompt(
+            f"Passphrase for {what}", hide_input=True, confirmation_prompt=confirm,
+            err=True,
+        )
+        if not value:
+            raise ConfigError("empty passphrase")
+        return value.encode()
+
+    return prompt
+
+
+ProgressCallback = Callable[[int], None]
+
+
+@contextmanager
+def progress(total: int, label: str, *, enabled: bool) -> Iterator[ProgressCallback]:
+    """A progress bar on stderr when it is a terminal and output is not JSON; else silent."""
+    if not enabled or not is_interactive():
+        yield lambda _n: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
