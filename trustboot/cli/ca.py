@@ -1,13 +1,341 @@
-"""`trustboot ca` (placeholder until its issue lands)."""
+"""`trustboot ca`: the private CA (init, issue, revoke, crl, list, show, export, check)."""
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
 import click
+from cryptography import x509
 
+from trustboot.ca import profiles
+from trustboot.ca.store import (
+    CertificateAuthority,
+    IssuedEntry,
+    IssueResult,
+    fingerprint,
+    pem,
+    utcnow,
+)
+from trustboot.cli._common import (
+    emit_json,
+    json_option,
+    passphrase_options,
+    passphrase_source,
+    warn,
+)
 from trustboot.errors import ConfigError
+from trustboot.fsutil import atomic_write
+
+pki_option = click.option(
+    "--pki", "pki", type=click.Path(path_type=Path, file_okay=False), envvar="TRUSTBOOT_PKI",
+    default=Path("pki"), show_default=True, show_envvar=True,
+    help="The CA home directory.",
+)
 
 
-@click.command("ca")
+@click.group("ca")
 def command() -> None:
-    """Not available yet."""
-    raise ConfigError("'trustboot ca' is not implemented in this build")
+    """The private CA: root + issuing CA, code-signing, server and client certificates."""
+
+
+@command.command("init")
+@pki_option
+@click.option("--name", "common_name", default="trustboot", show_default=True,
+              help="CA name; subjects become '<name> Root CA' and '<name> Issuing CA'.")
+@click.option("--org", "organization", help="Organization (O=) for every subject.")
+@click.option("--key-type", default="rsa-4096", show_default=True,
+              type=click.Choice(profiles.CA_KEY_TYPES), help="Root key type.")
+@click.option("--issuing-key-type", type=click.Choice(profiles.CA_KEY_TYPES),
+              help="Issuing CA key type (default: same as the root).")
+@click.option("--root-days", type=int, default=20 * 365, show_default=True)
+@click.option("--issuing-days", type=int, default=5 * 365, show_default=True)
+@click.option("--crl-url", help="CRL distribution point put into issued certificates.")
+@click.option("--ocsp-url",
+              help="OCSP responder put into AIA. iPXE then requires an OCSP answer at boot.")
+@passphrase_options(what="the new CA keys")
+@json_option
+def init_cmd(pki: Path, common_name: str, organization: str | None, key_type: str,
+             issuing_key_type: str | None, root_days: int, issuing_days: int,
+             crl_url: str | None, ocsp_url: str | None, passphrase_file: Path | None,
+             passphrase_env: str | None, as_json: bool) -> None:
+    """Create a root CA and an issuing CA under it (never overwrites an existing CA)."""
+    for url, opt in ((crl_url, "--crl-url"), (ocsp_url, "--ocsp-url")):
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{opt} {url!r} is not an http(s) URL")
+    if CertificateAuthority.exists(pki):
+        raise ConfigError(f"a CA already exists in {pki}",
+                          hint="use another --pki directory; trustboot never overwrites a CA")
+    source = passphrase_source(passphrase_file, passphrase_env, confirm=True)
+    ca, warnings = CertificateAuthority.init(
+        pki, source, common_name=common_name, key_type=key_type,
+        issuing_key_type=issuing_key_type, root_days=root_days, issuing_days=issuing_days,
+        options=profiles.CAOptions(organization=organization, crl_url=crl_url,
+                                   ocsp_url=ocsp_url),
+    )
+    for w in warnings:
+        warn(w)
+    data = {
+        "pki": str(pki),
+        "root": _cert_summary(ca.root_cert),
+        "issuing": _cert_summary(ca.issuing_cert),
+    }
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"CA created in {pki}")
+        click.echo(f"  root     {ca.root_cert.subject.rfc4514_string()}  "
+                   f"sha256 {fingerprint(ca.root_cert)}")
+        click.echo(f"  issuing  {ca.issuing_cert.subject.rfc4514_string()}  "
+                   f"sha256 {fingerprint(ca.issuing_cert)}")
+        click.echo(f"Build iPXE with TRUST={pki / 'ca.crt'}; keep {pki / 'private'} offline "
+                   "and backed up.")
+
+
+@command.group("issue")
+def issue_group() -> None:
+    """Issue a leaf certificate: codesign NAME | server DNS-or-IP... | client NAME."""
+
+
+def _issue_options(func: Any) -> Any:
+    func = json_option(func)
+    func = passphrase_options(prefix="key-", what="the new key")(func)
+    func = passphrase_options(what="the issuing CA key")(func)
+    func = click.option("--csr", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                        help="Certify the public key of this CSR instead of generating a key "
+                        "(e.g. a key held in an HSM).")(func)
+    func = click.option("--days", type=int, help="Validity in days (profile default).")(func)
+    func = click.option("--key-type", default="rsa-3072", show_default=True,
+                        type=click.Choice(profiles.LEAF_KEY_TYPES))(func)
+    func = pki_option(func)
+    return func
+
+
+def _do_issue(profile: str, name: str, sans: list[str], pki: Path, key_type: str,
+              days: int | None, csr: Path | None, passphrase_file: Path | None,
+              passphrase_env: str | None, key_passphrase_file: Path | None,
+              key_passphrase_env: str | None, as_json: bool) -> None:
+    ca = CertificateAuthority.open(pki)
+    ca_source = passphrase_source(passphrase_file, passphrase_env)
+    key_source = None if csr else passphrase_source(
+        key_passphrase_file, key_passphrase_env, confirm=True, option="--key-passphrase")
+    result: IssueResult = ca.issue(
+        profile, name, ca_source, key_source, sans=sans, key_type=key_type, days=days,
+        csr_pem=csr.read_bytes() if csr else None)
+    for w in result.warnings:
+        warn(w)
+    e = result.entry
+    if as_json:
+        emit_json(e.to_json() | {"cert_path": str(e.cert_path),
+                                 "key_path": str(e.cert_path.parent.parent / e.key_file)
+                                 if e.key_file else None})
+    else:
+        click.echo(f"issued {profile} certificate {name!r} serial {e.serial:x}, valid until "
+                   f"{e.not_after[:10]}")
+        click.echo(f"  certificate {e.cert_path}")
+        if e.key_file:
+            click.echo(f"  key         {pki / e.key_file} (encrypted, 0600)")
+
+
+@issue_group.command("codesign")
+@click.argument("name")
+@_issue_options
+def issue_codesign(name: str, **kw: Any) -> None:
+    """A code-signing certificate: keyUsage digitalSignature, EKU codeSigning."""
+    _do_issue("codesign", name, [], **kw)
+
+
+@issue_group.command("client")
+@click.argument("name")
+@_issue_options
+def issue_client(name: str, **kw: Any) -> None:
+    """A TLS client certificate (EKU clientAuth), e.g. for iPXE's PRIVKEY= (RSA only)."""
+    _do_issue("client", name, [], **kw)
+
+
+@issue_group.command("server")
+@click.argument("hosts", nargs=-1, required=True)
+@click.option("--name", help="Certificate name in the pki (default: the first host).")
+@_issue_options
+def issue_server(hosts: tuple[str, ...], name: str | None, **kw: Any) -> None:
+    """A TLS server certificate (EKU serverAuth) for the given DNS names and IPs."""
+    for h in hosts:
+        profiles.parse_san(h)  # validate every host before the name is derived from one
+    _do_issue("server", name or hosts[0].replace("*", "wildcard"), list(hosts), **kw)
+
+
+@command.command("revoke")
+@pki_option
+@click.argument("name")
+@click.option("--reason", default="unspecified", show_default=True,
+              type=click.Choice(CertificateAuthority.REASONS))
+@passphrase_options(what="the issuing CA key")
+@json_option
+def revoke_cmd(pki: Path, name: str, reason: str, passphrase_file: Path | None,
+               passphrase_env: str | None, as_json: bool) -> None:
+    """Revoke a leaf certificate and publish a new CRL (crl.pem)."""
+    ca = CertificateAuthority.open(pki)
+    entry = ca.revoke(name, passphrase_source(passphrase_file, passphrase_env), reason=reason)
+    if as_json:
+        emit_json(entry.to_json())
+    else:
+        click.echo(f"revoked {name!r} serial {entry.serial:x} ({reason}); new CRL "
+                   f"{pki / 'crl.pem'}")
+
+
+@command.command("crl")
+@pki_option
+@click.option("--days", type=int, default=30, show_default=True, help="Until nextUpdate.")
+@passphrase_options(what="the issuing CA key")
+@json_option
+def crl_cmd(pki: Path, days: int, passphrase_file: Path | None, passphrase_env: str | None,
+            as_json: bool) -> None:
+    """Generate a fresh CRL signed by the issuing CA."""
+    ca = CertificateAuthority.open(pki)
+    path = ca.generate_crl(passphrase_source(passphrase_file, passphrase_env), days=days)
+    if as_json:
+        emit_json({"crl": str(path), "crl_number": ca.crl_number})
+    else:
+        click.echo(f"CRL number {ca.crl_number} written to {path}")
+
+
+@command.command("list")
+@pki_option
+@click.option("--all", "show_all", is_flag=True, help="Include revoked and expired.")
+@json_option
+def list_cmd(pki: Path, show_all: bool, as_json: bool) -> None:
+    """Every certificate with status and days to expiry."""
+    ca = CertificateAuthority.open(pki)
+    now = utcnow()
+    rows = [e for e in ca.entries if show_all or e.effective_status(now) == "valid"]
+    if as_json:
+        emit_json([e.to_json(now) for e in rows])
+        return
+    header = f"{'NAME':<28} {'PROFILE':<9} {'STATUS':<8} {'DAYS':>6}  {'EXPIRES':<10}  SERIAL"
+    click.echo(header)
+    for e in rows:
+        data = e.to_json(now)
+        click.echo(f"{e.name:<28} {e.profile:<9} {data['status']:<8} {data['days_left']:>6}  "
+                   f"{e.not_after[:10]}  {e.serial:x}")
+
+
+@command.command("show")
+@pki_option
+@click.argument("name")
+@click.option("--pem", "as_pem", is_flag=True, help="Print the certificate in PEM.")
+@json_option
+def show_cmd(pki: Path, name: str, as_pem: bool, as_json: bool) -> None:
+    """Details of one certificate (root-ca and issuing-ca name the CA certificates)."""
+    ca = CertificateAuthority.open(pki)
+    entry = ca.get(name)
+    cert = entry.load_cert()
+    if as_pem:
+        click.echo(pem(cert).decode(), nl=False)
+        return
+    data = entry.to_json() | _cert_summary(cert)
+    if as_json:
+        emit_json(data)
+        return
+    for key in ("name", "profile", "status", "subject", "issuer", "serial", "not_before",
+                "not_after", "days_left", "sha256", "key_type", "extensions", "cert_file",
+                "key_file"):
+        value = data.get(key)
+        if isinstance(value, list):
+            click.echo(f"{key + ':':<12}")
+            for item in value:
+                click.echo(f"  {item}")
+        else:
+            click.echo(f"{key + ':':<12} {value}")
+
+
+@command.command("export")
+@pki_option
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Directory to write the public trust material into.")
+@json_option
+def export_cmd(pki: Path, out: Path, as_json: bool) -> None:
+    """Public trust material: root.pem (one certificate, for iPXE TRUST=), chain.pem
+    (issuing + root, what signatures carry), crl.pem and fingerprints."""
+    ca = CertificateAuthority.open(pki)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "root": out / "root.pem",
+        "issuing": out / "issuing-ca.pem",
+        "chain": out / "chain.pem",
+        "crl": out / "crl.pem",
+    }
+    atomic_write(files["root"], pem(ca.root_cert))
+    atomic_write(files["issuing"], pem(ca.issuing_cert))
+    atomic_write(files["chain"], b"".join(pem(c) for c in ca.chain()))
+    atomic_write(files["crl"], (pki / "crl.pem").read_bytes())
+    data: dict[str, Any] = {k: str(v) for k, v in files.items()}
+    data["root_sha256"] = fingerprint(ca.root_cert)
+    data["issuing_sha256"] = fingerprint(ca.issuing_cert)
+    data["make_args"] = f"TRUST={files['root']} CERT={files['root']},{files['issuing']}"
+    if as_json:
+        emit_json(data)
+    else:
+        for k, v in files.items():
+            click.echo(f"{k:<8} {v}")
+        click.echo(f"root sha256 {data['root_sha256']}")
+        click.echo(f"iPXE: make ... {data['make_args']}")
+
+
+@command.command("check")
+@pki_option
+@json_option
+def check_cmd(pki: Path, as_json: bool) -> None:
+    """Check the store: index, files and signatures agree (exit 3 when they do not)."""
+    ca = CertificateAuthority.open(pki)
+    problems = ca.check()
+    if as_json:
+        emit_json({"pki": str(pki), "entries": len(ca.entries), "problems": problems})
+    else:
+        for p in problems:
+            click.echo(f"problem: {p}")
+        if not problems:
+            click.echo(f"{pki}: {len(ca.entries)} certificates, consistent")
+    if problems:
+        raise ConfigError(f"the CA in {pki} has {len(problems)} problem(s)",
+                          hint="restore the pki from backup")
+
+
+def _cert_summary(cert: x509.Certificate) -> dict[str, Any]:
+    spec = profiles.key_spec_of(cert.public_key())
+    exts = []
+    for ext in cert.extensions:
+        name = getattr(ext.oid, "_name", None) or ext.oid.dotted_string
+        exts.append(f"{name}{' (critical)' if ext.critical else ''}: {_ext_value(ext.value)}")
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": f"{cert.serial_number:x}",
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "days_left": (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).days,
+        "sha256": fingerprint(cert),
+        "key_type": spec.label,
+        "extensions": exts,
+    }
+
+
+def _ext_value(value: x509.ExtensionType) -> str:
+    if isinstance(value, x509.BasicConstraints):
+        return f"CA:{str(value.ca).upper()}" + (
+            f", pathlen:{value.path_length}" if value.path_length is not None else "")
+    if isinstance(value, x509.KeyUsage):
+        names = ["digital_signature", "key_encipherment", "key_cert_sign", "crl_sign"]
+        return ", ".join(n for n in names if getattr(value, n))
+    if isinstance(value, x509.ExtendedKeyUsage):
+        return ", ".join(getattr(o, "_name", o.dotted_string) for o in value)
+    if isinstance(value, x509.SubjectAlternativeName):
+        return ", ".join(str(v.value) for v in value)
+    if isinstance(value, x509.SubjectKeyIdentifier):
+        return value.digest.hex()
+    if isinstance(value, x509.AuthorityKeyIdentifier):
+        return (value.key_identifier or b"").hex()
+    return type(value).__name__
+
+
+__all__ = ["IssuedEntry", "command"]

@@ -34,7 +34,7 @@ _OID_AES256_CBC = "2.16.840.1.101.3.4.1.42"
 
 def _seq(*parts: bytes) -> bytes:
     body = b"".join(parts)
-    return core.Sequence.load(b"\x30" + _der_len(len(body)) + body).dump()
+    return b"\x30" + _der_len(len(body)) + body
 
 
 def _der_len(n: int) -> bytes:
@@ -76,7 +76,8 @@ def encrypt_pkcs8(key: PrivateKey, passphrase: bytes) -> bytes:
     der = _seq(alg, core.OctetString(ciphertext).dump())
     from asn1crypto import pem
 
-    return bytes(pem.armor("ENCRYPTED PRIVATE KEY", der))
+    armored: bytes = pem.armor("ENCRYPTED PRIVATE KEY", der)
+    return armored
 
 
 def write_key(path: Path, key: PrivateKey, passphrase: bytes) -> None:
