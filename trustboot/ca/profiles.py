@@ -126,6 +126,8 @@ def parse_san(value: str) -> x509.GeneralName:
         or any(not (_LABEL_RE.fullmatch(lbl) or (i == 0 and lbl == "*")) for i, lbl in
                enumerate(labels))
         or (labels[0] == "*" and len(labels) < 3)
+        # An all-numeric last label is a mistyped IP address, not a host name.
+        or labels[-1].isdigit()
     )
     if bad:
         raise ConfigError(

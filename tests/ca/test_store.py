@@ -1,0 +1,301 @@
+"""CA operations, bad input, key protection, concurrency and crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from trustboot.ca import profiles
+from trustboot.ca.store import CertificateAuthority
+from trustboot.errors import ConfigError
+from trustboot.keys import keyfile
+from trustboot.secrets import constant
+
+from .conftest import CA_PASS, KEY_PASS, init_ca, issue, run_proc, trustboot_cmd
+
+
+def test_key_files_are_private_and_encrypted(pki: Path) -> None:
+    private = pki / "private"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    keys = sorted(private.glob("*.key"))
+    assert {k.name for k in keys} >= {"ca.key", "issuing-ca.key", "signer.key"}
+    for k in keys:
+        assert stat.S_IMODE(k.stat().st_mode) == 0o600
+        data = k.read_bytes()
+        assert data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        # Without a passphrase openssl cannot read it; with it, it can (scrypt PBES2).
+        no_pass = subprocess.run(["openssl", "pkey", "-in", str(k), "-passin", "pass:",
+                                  "-noout"], capture_output=True)
+        assert no_pass.returncode != 0
+    asn1 = subprocess.run(["openssl", "asn1parse", "-in", str(private / "signer.key")],
+                          capture_output=True, text=True).stdout
+    assert ":scrypt" in asn1 and "aes-256-cbc" in asn1
+    ok = subprocess.run(["openssl", "pkey", "-in", str(private / "signer.key"), "-passin",
+                         f"pass:{KEY_PASS}", "-noout"], capture_output=True)
+    assert ok.returncode == 0
+
+
+def test_loose_key_permissions_refused_with_fix(pki: Path, run, secrets_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    key = pki / "private" / "issuing-ca.key"
+    key.chmod(0o644)
+    r = issue(run, pki, secrets_dir, "codesign", "another")
+    assert r.exit_code == 3
+    assert f"chmod 600 {key}" in r.output
+    key.chmod(0o600)
+    (pki / "private").chmod(0o755)
+    with pytest.raises(ConfigError, match="accessible to other users") as exc:
+        keyfile.write_key(pki / "private" / "x.key",
+                          profiles.parse_key_type("ec-p256", for_ca=False).generate(),
+                          b"passphrase!")
+    assert exc.value.hint == f"chmod 700 {pki / 'private'}"
+    assert not (pki / "private" / "x.key").exists()
+
+
+def test_unencrypted_key_refused(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    k = profiles.parse_key_type("ec-p256", for_ca=False).generate()
+    p = tmp_path / "plain.key"
+    p.write_bytes(k.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    p.chmod(0o600)
+    with pytest.raises(ConfigError, match="not encrypted"):
+        keyfile.load_key(p, constant(b"whatever!"), "test key")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("codesign", "../../etc/passwd"), "invalid certificate name"),
+        (("codesign", "root-ca"), "reserved"),
+        (("codesign", "signer"), "already exists"),
+        (("server", "bad_host!"), "invalid DNS name or IP address"),
+        (("server", "exa mple.net"), "invalid DNS name or IP address"),
+        (("server", "*.net"), "invalid DNS name or IP address"),
+        (("server", "a.*.example.net"), "invalid DNS name or IP address"),
+        (("server", "999.1.1.1"), "invalid DNS name or IP address"),
+        (("server", "lead-.example.net"), "invalid DNS name or IP address"),
+        (("codesign", "x1", "--days", "0"), "out of range"),
+    ],
+)
+def test_bad_issue_input(pki: Path, run, secrets_dir: Path, args: tuple[str, ...],  # type: ignore[no-untyped-def]
+                         message: str) -> None:
+    before = (pki / "index.json").read_bytes()
+    r = issue(run, pki, secrets_dir, *args)
+    assert r.exit_code == 3, r.output
+    assert message in r.output
+    assert "hint:" in r.output or "out of range" in r.output
+    assert (pki / "index.json").read_bytes() == before  # nothing half-written
+
+
+def test_unknown_profile_and_weak_key(pki: Path, run, secrets_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    r = issue(run, pki, secrets_dir, "webserver", "x")
+    assert r.exit_code == 2 and "No such command 'webserver'" in r.output
+    r = issue(run, pki, secrets_dir, "codesign", "weak", "--key-type", "rsa-1024")
+    assert r.exit_code == 2 and "rsa-3072" in r.output
+    with pytest.raises(ConfigError, match="too weak"):
+        profiles.parse_key_type("rsa-2048", for_ca=True)
+    with pytest.raises(ConfigError, match="too weak"):
+        profiles.parse_key_type("rsa-1024", for_ca=False)
+    ca = CertificateAuthority.open(pki)
+    with pytest.raises(ConfigError, match="unknown profile"):
+        ca.issue("timestamping", "x", constant(CA_PASS.encode()), constant(b"12345678"))
+
+
+def test_weak_key_in_csr_refused(pki: Path) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "hsm")]))
+           .sign(weak, hashes.SHA256()))
+    ca = CertificateAuthority.open(pki)
+    with pytest.raises(ConfigError, match="too weak"):
+        ca.issue("codesign", "hsm", constant(CA_PASS.encode()), None,
+                 csr_pem=csr.public_bytes(serialization.Encoding.PEM))
+
+
+def test_csr_issue_keeps_no_key(pki: Path, tmp_path: Path, run, secrets_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    k = ec.generate_private_key(ec.SECP384R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "hsm")]))
+           .sign(k, hashes.SHA384()))
+    p = tmp_path / "hsm.csr"
+    p.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    r = run("ca", "issue", "codesign", "hsm-signer", "--csr", str(p), "--pki", str(pki),
+            "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 0, r.output
+    assert not (pki / "private" / "hsm-signer.key").exists()
+    cert = x509.load_pem_x509_certificate((pki / "issued" / "hsm-signer.crt").read_bytes())
+    assert cert.public_key().public_numbers() == k.public_key().public_numbers()
+
+
+def test_wrong_passphrase_no_ca_and_existing_ca(pki: Path, run, secrets_dir: Path,  # type: ignore[no-untyped-def]
+                                                tmp_path: Path) -> None:
+    before = (pki / "index.json").read_bytes()
+    r = run("ca", "issue", "codesign", "x2", "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "wrong.pass"), "--key-passphrase-file",
+            str(secrets_dir / "key.pass"))
+    assert r.exit_code == 3 and "wrong passphrase" in r.output
+    assert (pki / "index.json").read_bytes() == before
+    assert not (pki / "private" / "x2.key").exists()
+    r = run("ca", "list", "--pki", str(tmp_path / "nothing"))
+    assert r.exit_code == 3 and "trustboot ca init" in r.output
+    r = run("ca", "init", "--pki", str(pki), "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3 and "already exists" in r.output
+    assert (pki / "index.json").read_bytes() == before
+
+
+def test_passphrases_never_printed_or_logged(tmp_path: Path, secrets_dir: Path) -> None:
+    pki = tmp_path / "pki"
+    env = {"TB_CA": "env-ca-passphrase-xyz", "TB_KEY": "env-key-passphrase-xyz"}
+    outs = [
+        run_proc("--debug", "ca", "init", "--pki", str(pki), "--key-type", "ec-p256",
+                 "--passphrase-env", "TB_CA", env=env),
+        run_proc("--debug", "ca", "issue", "codesign", "s", "--key-type", "ec-p256", "--pki",
+                 str(pki), "--passphrase-env", "TB_CA", "--key-passphrase-env", "TB_KEY",
+                 "--json", env=env),
+        run_proc("--debug", "ca", "issue", "codesign", "s2", "--pki", str(pki),
+                 "--passphrase-env", "TB_KEY", "--key-passphrase-env", "TB_KEY", env=env),
+    ]
+    assert outs[0].returncode == 0 and outs[1].returncode == 0 and outs[2].returncode == 3
+    json.loads(outs[1].stdout)
+    blob = "".join(o.stdout + o.stderr for o in outs)
+    for f in pki.rglob("*"):
+        if f.is_file() and not f.name.endswith(".key"):
+            blob += f.read_text(errors="replace")
+    for secret in env.values():
+        assert secret not in blob
+
+
+def test_no_terminal_for_prompt_is_a_clear_error(tmp_path: Path) -> None:
+    r = subprocess.run([*trustboot_cmd(), "ca", "init", "--pki", str(tmp_path / "p")],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert r.returncode == 3
+    assert "--passphrase-file" in r.stderr
+    assert not (tmp_path / "p" / "index.json").exists()
+
+
+def test_revoke_crl_and_reissue(pki: Path, run, secrets_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    serial = CertificateAuthority.open(pki).get("signer").serial
+    r = run("ca", "revoke", "signer", "--reason", "key_compromise", "--pki", str(pki),
+            "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 0, r.output
+    assert not (pki / "issued" / "signer.crt").exists()
+    assert stat.S_IMODE((pki / "private" / "revoked").stat().st_mode) == 0o700
+    crl_text = subprocess.run(
+        ["openssl", "crl", "-in", str(pki / "crl.pem"), "-CAfile", str(pki / "issuing-ca.crt"),
+         "-noout", "-text"], capture_output=True, text=True)
+    assert crl_text.returncode == 0 and "verify OK" in crl_text.stderr + crl_text.stdout
+    assert f"{serial:X}" in crl_text.stdout and "Key Compromise" in crl_text.stdout
+    r = run("ca", "revoke", "signer", "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3 and "already revoked" in r.output
+    r = run("ca", "list", "--all", "--json", "--pki", str(pki))
+    rows = json.loads(r.output)
+    assert [x["status"] for x in rows if x["name"] == "signer"] == ["revoked"]
+    assert issue(run, pki, secrets_dir, "codesign", "signer").exit_code == 0
+    ca = CertificateAuthority.open(pki)
+    assert ca.get("signer").status == "valid" and ca.get("signer").serial != serial
+    assert ca.check() == []
+    index_txt = (pki / "index.txt").read_text().splitlines()
+    assert sum(1 for line in index_txt if line.startswith("R\t")) == 1
+
+
+def test_list_show_export(pki: Path, run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rows = json.loads(run("ca", "list", "--json", "--pki", str(pki)).output)
+    names = {r["name"]: r for r in rows}
+    assert set(names) == {"root-ca", "issuing-ca", "signer", "boot.example.net",
+                          "ipxe-client"}
+    assert 720 <= names["signer"]["days_left"] <= 730
+    table = run("ca", "list", "--pki", str(pki)).output
+    assert "signer" in table and "codesign" in table
+    shown = json.loads(run("ca", "show", "signer", "--json", "--pki", str(pki)).output)
+    assert "extendedKeyUsage: codeSigning" in shown["extensions"]
+    assert run("ca", "show", "nope", "--pki", str(pki)).exit_code == 3
+    out = tmp_path / "export"
+    data = json.loads(run("ca", "export", "--out", str(out), "--json", "--pki",
+                          str(pki)).output)
+    assert (out / "root.pem").read_text().count("BEGIN CERTIFICATE") == 1  # one per TRUST= file
+    assert (out / "chain.pem").read_text().count("BEGIN CERTIFICATE") == 2
+    root = x509.load_pem_x509_certificate((out / "root.pem").read_bytes())
+    from cryptography.hazmat.primitives import hashes
+    assert data["root_sha256"] == root.fingerprint(hashes.SHA256()).hex()
+    assert not list(out.glob("*.key"))
+
+
+def test_check_detects_tampering(pki: Path, run) -> None:  # type: ignore[no-untyped-def]
+    assert run("ca", "check", "--pki", str(pki)).exit_code == 0
+    other = (pki / "issued" / "ipxe-client.crt").read_bytes()
+    (pki / "issued" / "signer.crt").write_bytes(other)
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 3 and "differs from the index" in r.output
+
+
+@pytest.mark.slow
+def test_twenty_concurrent_issues(tmp_path: Path, secrets_dir: Path, run) -> None:  # type: ignore[no-untyped-def]
+    pki = tmp_path / "pki"
+    init_ca(run, pki, secrets_dir, "--key-type", "ec-p256")
+
+    def one(i: int) -> subprocess.CompletedProcess[str]:
+        return run_proc("ca", "issue", "codesign", f"c{i}", "--key-type", "ec-p256", "--pki",
+                        str(pki), "--passphrase-file", str(secrets_dir / "ca.pass"),
+                        "--key-passphrase-file", str(secrets_dir / "key.pass"), "--json")
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(one, range(20)))
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    serials = {json.loads(r.stdout)["serial"] for r in results}
+    assert len(serials) == 20
+    ca = CertificateAuthority.open(pki)
+    assert ca.check() == []
+    assert {e.name for e in ca.entries} >= {f"c{i}" for i in range(20)}
+    assert len(ca.entries) == 22
+    log = (pki / "log.jsonl").read_text().splitlines()
+    assert sum(1 for line in log if json.loads(line)["op"] == "issue") == 20
+
+
+@pytest.mark.slow
+def test_killed_runs_leave_a_loadable_consistent_store(tmp_path: Path, secrets_dir: Path,  # type: ignore[no-untyped-def]
+                                                      run) -> None:
+    pki = tmp_path / "pki"
+    init_ca(run, pki, secrets_dir, "--key-type", "ec-p256")
+    rng = random.Random(1234)
+    for i in range(16):
+        proc = subprocess.Popen(
+            [*trustboot_cmd(), "ca", "issue", "codesign", f"k{i % 4}", "--key-type",
+             "ec-p256", "--pki", str(pki), "--passphrase-file",
+             str(secrets_dir / "ca.pass"), "--key-passphrase-file",
+             str(secrets_dir / "key.pass")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.9))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ca = CertificateAuthority.open(pki)  # still loads
+        assert ca.check() == [], f"after kill {i}"
+    # Whatever the kills left behind, issuing each name now works (or says it exists).
+    for n in range(4):
+        r = issue(run, pki, secrets_dir, "codesign", f"k{n}", "--key-type", "ec-p256")
+        assert r.exit_code == 0 or "already exists" in r.output, r.output
+    ca = CertificateAuthority.open(pki)
+    assert ca.check() == []
+    assert {f"k{n}" for n in range(4)} <= {e.name for e in ca.entries}
+    for e in ca.entries:
+        if e.key_file:
+            assert stat.S_IMODE((pki / e.key_file).stat().st_mode) == 0o600
+    assert os.access(pki / "index.json", os.R_OK)
