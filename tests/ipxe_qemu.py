@@ -1,0 +1,221 @@
+"""Shared harness: build a real iPXE (through trustboot.ipxe) and boot it under QEMU.
+
+Usage from any test::
+
+    from tests.ipxe_qemu import boot, build_test_ipxe, ipxe_src_or_skip
+
+    ipxe_src_or_skip()
+    lkrn = build_test_ipxe([root_pem_path], certs=[issuing_pem_path])
+    console = boot(lkrn, {"x": data, "x.sig": sig}, '''#!ipxe
+    imgfetch tftp://10.0.2.2/x
+    imgverify x x.sig && echo VERDICT x ok || echo VERDICT x fail
+    echo TRUSTBOOT-DONE
+    ''')
+    assert "VERDICT x ok" in console
+
+The firmware is ``bin/ipxe.lkrn`` with IMAGE_TRUST_CMD, HTTPS and a serial console, no
+cross-signing fetch, and an embedded script that runs DHCP (QEMU's user-mode network) and
+chains ``tftp://10.0.2.2/boot.ipxe``, which :func:`boot` serves from a temporary directory.
+Builds are cached by their inputs under ``$TRUSTBOOT_TEST_CACHE`` or
+``$XDG_CACHE_HOME/trustboot-tests`` (default ``~/.cache/trustboot-tests``), outside the repo;
+concurrent callers with the same inputs wait on a lock and share one build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from trustboot.ipxe import build as ipxe_build
+from trustboot.ipxe.config import BuildOptions, load_certificates, load_single_certificate
+from trustboot.ipxe.source import ENV_SOURCE, IpxeSource, open_source
+
+DONE_MARKER = "TRUSTBOOT-DONE"
+BOOT_SCRIPT_NAME = "boot.ipxe"
+QEMU = "qemu-system-x86_64"
+
+# DHCP, then the per-boot script from slirp's TFTP server. Trust is not enforced here on
+# purpose: the script under test decides (imgtrust, imgverify ...).
+HARNESS_EMBED = (
+    "#!ipxe\n"
+    "dhcp || dhcp || dhcp\n"
+    f"chain tftp://10.0.2.2/{BOOT_SCRIPT_NAME}\n"
+)
+
+_TOOLS = (
+    (QEMU, "qemu-system-x86"),
+    ("make", "build-essential"),
+    ("gcc", "build-essential"),
+    ("perl", "perl"),
+    ("openssl", "openssl"),
+)
+
+_sources: dict[Path, IpxeSource] = {}
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-Za-z]|\x1b[=>c]")
+
+
+def cache_root() -> Path:
+    """Where test builds are cached (outside the repository)."""
+    if os.environ.get("TRUSTBOOT_TEST_CACHE"):
+        return Path(os.environ["TRUSTBOOT_TEST_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "trustboot-tests"
+
+
+def ipxe_src_or_skip() -> Path:
+    """The iPXE tree from ``$TRUSTBOOT_IPXE_SRC``, or skip the test with the reason.
+
+    Also skips when QEMU or the build tools are missing, naming the Debian packages. A
+    variable that points at something that is not an iPXE tree fails the test instead:
+    that is a broken setup, not a missing capability.
+    """
+    value = os.environ.get(ENV_SOURCE)
+    if not value:
+        pytest.skip(
+            f"needs a real iPXE: set {ENV_SOURCE} to an iPXE source tree "
+            "(git clone https://github.com/ipxe/ipxe)"
+        )
+    missing = sorted({pkg for prog, pkg in _TOOLS if shutil.which(prog) is None})
+    if missing:
+        pytest.skip(f"needs QEMU and the iPXE toolchain: apt-get install {' '.join(missing)}")
+    if not ipxe_build._has_lzma_header():
+        pytest.skip("needs lzma.h to build iPXE: apt-get install liblzma-dev")
+    path = Path(value)
+    try:
+        _source(path)  # validates the tree once per session
+    except Exception as exc:
+        pytest.fail(f"{ENV_SOURCE}={value} is not usable: {exc}")
+    return path
+
+
+def _source(path: Path) -> IpxeSource:
+    key = path.resolve()
+    if key not in _sources:
+        _sources[key] = open_source(key)
+    return _sources[key]
+
+
+def build_test_ipxe(
+    trust: list[Path], *, certs: list[Path] = [], embed: str | None = None
+) -> Path:
+    """Build ``bin/ipxe.lkrn`` trusting exactly ``trust`` (one root per file).
+
+    ``certs`` are built in with CERT= (PEM files, bundles allowed) on top of the roots.
+    ``embed`` replaces the harness's embedded script (DHCP, then chain boot.ipxe over
+    TFTP). Cached by inputs; returns the path of the cached lkrn (do not modify it).
+    """
+    source = _source(ipxe_src_or_skip())
+    request = ipxe_build.BuildRequest(
+        source=source,
+        targets=("bin/ipxe.lkrn",),
+        trust=tuple(load_single_certificate(p) for p in trust),
+        certs=tuple(c for p in certs for c in load_certificates(p)),
+        script=HARNESS_EMBED if embed is None else embed,
+        options=BuildOptions(serial_console=True),
+    )
+    cache = cache_root() / "ipxe"
+    cache.mkdir(parents=True, exist_ok=True)
+    os.chmod(cache, 0o700)
+    toolchain = ipxe_build.check_toolchain(request.targets)
+    key = ipxe_build.cache_key(request, toolchain)
+    result = ipxe_build.build(
+        request,
+        output_dir=cache / "lkrn" / key[:24],
+        cache_dir=cache,
+        toolchain=toolchain,
+    )
+    return result.outputs["bin/ipxe.lkrn"]
+
+
+def _clean(text: str) -> str:
+    return _ANSI.sub("", text).replace("\r", "")
+
+
+def boot(
+    lkrn: Path,
+    files: Mapping[str, bytes],
+    script: str,
+    *,
+    rtc: datetime | None = None,
+    timeout: float = 90,
+) -> str:
+    """Boot ``lkrn`` under QEMU (TCG), serve ``files`` and ``script`` over slirp's TFTP.
+
+    ``script`` becomes ``boot.ipxe``, which the harness firmware chains after DHCP; it
+    should end with ``echo TRUSTBOOT-DONE``, at which QEMU is stopped. ``rtc`` sets the
+    guest's clock (UTC; naive datetimes are taken as UTC). Returns the serial console
+    text with ANSI escapes and carriage returns removed; on timeout, whatever was printed
+    so far (assert on the marker to tell).
+    """
+    if shutil.which(QEMU) is None:
+        pytest.skip(f"needs {QEMU}: apt-get install qemu-system-x86")
+    if not script.startswith("#!ipxe"):
+        raise ValueError("the boot script must start with #!ipxe")
+    with tempfile.TemporaryDirectory(prefix="trustboot-qemu-") as tmp:
+        tftp = Path(tmp) / "tftp"
+        tftp.mkdir()
+        for name, data in files.items():
+            dest = tftp / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        (tftp / BOOT_SCRIPT_NAME).write_text(script)
+        argv = [
+            QEMU, "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot",
+            "-m", "256", "-kernel", str(lkrn),
+            "-netdev", f"user,id=n0,restrict=on,tftp={tftp},bootfile={BOOT_SCRIPT_NAME}",
+            # romfile= empty: no QEMU-bundled iPXE option ROM alongside the one under test.
+            "-device", "virtio-net-pci,netdev=n0,romfile=",
+            "-serial", "stdio", "-monitor", "none",
+        ]
+        if rtc is not None:
+            when = rtc if rtc.tzinfo is None else rtc.astimezone(UTC).replace(tzinfo=None)
+            argv += ["-rtc", f"base={when.strftime('%Y-%m-%dT%H:%M:%S')},clock=vm"]
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        chunks: list[bytes] = []
+        done = threading.Event()
+
+        def reader() -> None:
+            assert proc.stdout is not None
+            line = b""
+            while True:
+                byte = proc.stdout.read1(4096)  # type: ignore[attr-defined]
+                if not byte:
+                    break
+                chunks.append(byte)
+                line += byte
+                if DONE_MARKER.encode() in line:
+                    done.set()
+                line = line[-64:]
+            done.set()
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.2) and time.monotonic() < deadline:
+            pass
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        thread.join(5)
+        return _clean(b"".join(chunks).decode(errors="replace"))
+
+
+def sha256_hex(data: bytes) -> str:
+    """Convenience for tests comparing served files."""
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,523 @@
+"""Building iPXE: targets, toolchain checks, the make plan, the cache and the manifest.
+
+Flow: :func:`prepare` turns inputs into a :class:`BuildRequest` (validated, pure), then
+:func:`build` computes the cache key, returns cached outputs when they exist, and otherwise
+copies the tree, writes config/local and the inputs, runs make, checks the outputs and
+records a manifest. Nothing here prints: progress goes through a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trustboot import fsutil
+from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.ipxe.config import BuildOptions, Certificate, ClientIdentity, render_headers
+from trustboot.ipxe.source import IpxeSource, copy_tree
+
+# Bump when the way we build changes, so old cache entries are not reused.
+BUILD_FORMAT = 1
+
+DEFAULT_TARGETS = (
+    "bin-x86_64-efi/ipxe.efi",
+    "bin-x86_64-efi/snponly.efi",
+    "bin/undionly.kpxe",
+)
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    platform: str  # "bios" or "efi"
+    cross: str  # CROSS= prefix ("" for the host compiler)
+    tools: tuple[tuple[str, str], ...] = ()  # (program, Debian package) beyond the basics
+
+
+KNOWN_TARGETS: Mapping[str, TargetInfo] = {
+    "bin-x86_64-efi/ipxe.efi": TargetInfo("efi", ""),
+    "bin-x86_64-efi/snponly.efi": TargetInfo("efi", ""),
+    "bin/undionly.kpxe": TargetInfo("bios", ""),
+    "bin/ipxe.lkrn": TargetInfo("bios", ""),
+    "bin/ipxe.pxe": TargetInfo("bios", ""),
+    "bin/ipxe.iso": TargetInfo(
+        "bios", "", (("mformat", "mtools"), ("xorrisofs", "xorriso"))
+    ),
+    "bin/ipxe.usb": TargetInfo("bios", "", (("mformat", "mtools"),)),
+    "bin-arm64-efi/ipxe.efi": TargetInfo(
+        "efi", "aarch64-linux-gnu-", (("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),)
+    ),
+    "bin-arm64-efi/snponly.efi": TargetInfo(
+        "efi", "aarch64-linux-gnu-", (("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),)
+    ),
+}
+
+BASE_TOOLS = (
+    ("make", "make (build-essential)"),
+    ("gcc", "gcc (build-essential)"),
+    ("ld", "binutils (build-essential)"),
+    ("perl", "perl"),
+    ("openssl", "openssl"),  # iPXE's Makefile fingerprints TRUST= with it
+)
+TOOLCHAIN_PACKAGES = "build-essential liblzma-dev mtools perl openssl"
+
+ProgressCallback = Callable[[str], None]
+
+
+def check_targets(targets: Sequence[str]) -> tuple[str, ...]:
+    if not targets:
+        raise ConfigError("no build targets given")
+    out: list[str] = []
+    for target in targets:
+        if target not in KNOWN_TARGETS:
+            raise ConfigError(
+                f"unknown target {target!r}",
+                hint="choose from " + ", ".join(sorted(KNOWN_TARGETS)),
+            )
+        if target not in out:
+            out.append(target)
+    return tuple(out)
+
+
+# --- toolchain ------------------------------------------------------------------------------
+
+
+def _first_line(argv: list[str]) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    text = (proc.stdout or proc.stderr).strip().splitlines()
+    return text[0].strip() if text else ""
+
+
+def check_toolchain(
+    targets: Sequence[str], *, which: Callable[[str], str | None] = shutil.which
+) -> dict[str, str]:
+    """Versions of every tool the targets need; ConfigError naming Debian packages if absent."""
+    needed = list(BASE_TOOLS)
+    for target in targets:
+        needed += [t for t in KNOWN_TARGETS[target].tools if t not in needed]
+    missing = [(prog, pkg) for prog, pkg in needed if which(prog) is None]
+    if not missing and not _has_lzma_header():
+        missing.append(("lzma.h", "liblzma-dev"))
+    if missing:
+        names = ", ".join(prog for prog, _ in missing)
+        packages = " ".join(sorted({pkg.split(" ")[0] for _, pkg in missing}))
+        raise ConfigError(
+            f"the iPXE toolchain is incomplete: missing {names}",
+            hint=f"on Debian: apt-get install {packages} "
+            f"(a full toolchain: {TOOLCHAIN_PACKAGES})",
+        )
+    versions = {prog: _first_line([prog, "--version"]) for prog, _ in needed if "." not in prog}
+    versions["perl"] = _first_line(["perl", "-e", "print $^V"])
+    versions["openssl"] = _first_line(["openssl", "version"])
+    return versions
+
+
+def _has_lzma_header() -> bool:
+    proc = subprocess.run(
+        ["gcc", "-E", "-x", "c", "-"], input="#include <lzma.h>\n",
+        capture_output=True, text=True, check=False,
+    )
+    return proc.returncode == 0
+
+
+# --- request, plan, key ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """Everything that determines the output bytes."""
+
+    source: IpxeSource
+    targets: tuple[str, ...]
+    trust: tuple[Certificate, ...]
+    certs: tuple[Certificate, ...] = ()
+    client: ClientIdentity | None = None
+    script: str | None = None
+    options: BuildOptions = field(default_factory=BuildOptions)
+    source_date_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        check_targets(self.targets)
+        if not self.trust:
+            raise ConfigError(
+                "no trust anchor given",
+                hint="pass --pki DIR (its ca.crt) or --trust ROOT.crt: without one iPXE "
+                "would trust its own default root",
+            )
+        if self.script is not None and not self.script.startswith("#!ipxe"):
+            raise ConfigError(
+                "the embedded script does not start with '#!ipxe'",
+                hint="an iPXE script's first line must be '#!ipxe'",
+            )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return render_headers(self.options)
+
+    @property
+    def chain_certs(self) -> tuple[Certificate, ...]:
+        """CERT=: the roots and the given chain certificates, each once, in order."""
+        seen: set[str] = set()
+        out: list[Certificate] = []
+        for cert in (*self.trust, *self.certs):
+            if cert.fingerprint not in seen:
+                seen.add(cert.fingerprint)
+                out.append(cert)
+        return tuple(out)
+
+
+INPUT_DIR = "trustboot-inputs"  # beside src/ in the private copy
+
+
+@dataclass(frozen=True)
+class MakePlan:
+    """One make invocation per CROSS prefix; paths are relative to the copy's src/."""
+
+    invocations: tuple[tuple[str, ...], ...]
+    input_files: Mapping[str, bytes]  # relative to the copy's top; the private key excluded
+
+    def to_json(self) -> list[list[str]]:
+        return [list(argv) for argv in self.invocations]
+
+
+def make_plan(request: BuildRequest, *, jobs: int, src_dir: str = "src") -> MakePlan:
+    """The make command lines and the input files they read. Pure."""
+    files: dict[str, bytes] = {}
+    trust_names = []
+    for i, cert in enumerate(request.trust, start=1):
+        name = f"{INPUT_DIR}/trust-{i}.crt"
+        files[name] = cert.pem
+        trust_names.append(f"../{name}")
+    cert_names = []
+    for i, cert in enumerate(request.chain_certs, start=1):
+        name = f"{INPUT_DIR}/cert-{i}.crt"
+        files[name] = cert.pem
+        cert_names.append(f"../{name}")
+    if request.client is not None:
+        name = f"{INPUT_DIR}/client.crt"
+        files[name] = request.client.cert.pem
+        cert_names.append(f"../{name}")
+    if request.script is not None:
+        files[f"{INPUT_DIR}/trustboot.ipxe"] = request.script.encode()
+    common = [
+        f"TRUST={','.join(trust_names)}",
+        f"CERT={','.join(cert_names)}",
+    ]
+    if request.client is not None:
+        common.append(f"PRIVKEY=../{INPUT_DIR}/client.key")
+    if request.script is not None:
+        common.append(f"EMBED=../{INPUT_DIR}/trustboot.ipxe")
+    common += [
+        f"SOURCE_DATE_EPOCH={request.source_date_epoch}",
+        # Build paths must not leak into the binaries, or two copies would differ.
+        "EXTRA_CFLAGS=-ffile-prefix-map=$(CURDIR)=.",
+    ]
+    if request.source.git_commit:
+        # The copy has no .git: hand iPXE the version it would have read from there.
+        common.append(f"GITVERSION={request.source.git_commit}")
+    by_cross: dict[str, list[str]] = {}
+    for target in request.targets:
+        by_cross.setdefault(KNOWN_TARGETS[target].cross, []).append(target)
+    invocations = []
+    for cross, targets in by_cross.items():
+        argv = ["make", "-C", src_dir, f"-j{jobs}", *targets, *common]
+        if cross:
+            argv.append(f"CROSS={cross}")
+        invocations.append(tuple(argv))
+    return MakePlan(invocations=tuple(invocations), input_files=files)
+
+
+def cache_key(request: BuildRequest, toolchain: Mapping[str, str]) -> str:
+    """SHA-256 over every input that can change the output bytes."""
+    doc = {
+        "format": BUILD_FORMAT,
+        "source": request.source.tree_sha256,
+        "git": request.source.git_commit,
+        "targets": list(request.targets),
+        "headers": request.headers,
+        "plan": make_plan(request, jobs=1).to_json(),
+        "inputs": {
+            name: hashlib.sha256(data).hexdigest()
+            for name, data in make_plan(request, jobs=1).input_files.items()
+        },
+        "client_key": request.client.public_key_sha256 if request.client else None,
+        "toolchain": dict(sorted(toolchain.items())),
+    }
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+# --- cache layout ---------------------------------------------------------------------------
+
+
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get("TRUSTBOOT_CACHE_DIR"):
+        return Path(env["TRUSTBOOT_CACHE_DIR"]) / "ipxe"
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".cache")
+    return Path(base) / "trustboot" / "ipxe"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    manifest: dict[str, object]
+    outputs: dict[str, Path]  # target -> file in the output directory
+    cached: bool
+    log: Path | None
+
+
+def _bios_only(targets: Sequence[str]) -> bool:
+    return all(KNOWN_TARGETS[t].platform == "bios" for t in targets)
+
+
+def _warm_key(request: BuildRequest, toolchain: Mapping[str, str]) -> str:
+    """Identifies a reusable work tree: everything except TRUST/CERT/EMBED contents."""
+    doc = {
+        "format": BUILD_FORMAT,
+        "source": request.source.tree_sha256,
+        "headers": request.headers,
+        "toolchain": dict(sorted(toolchain.items())),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+_PROGRESS = re.compile(r"^\s*\[([A-Z]+)\]\s+(\S+)")
+
+
+def _run_make(
+    argv: Sequence[str], cwd: Path, log: Path, on_progress: ProgressCallback | None
+) -> None:
+    env = dict(os.environ)
+    env["LC_ALL"] = "C"
+    env.pop("MAKEFLAGS", None)
+    env.pop("MFLAGS", None)
+    # The -ffile-prefix-map needs the absolute src dir; make expands $(CURDIR) itself.
+    with open(log, "ab") as fh:
+        fh.write(("$ " + " ".join(argv) + "\n").encode())
+        fh.flush()
+        proc = subprocess.Popen(
+            list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        )
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            fh.write(raw)
+            match = _PROGRESS.match(raw.decode(errors="replace"))
+            if match and on_progress is not None:
+                on_progress(f"{match.group(1)} {match.group(2)}")
+        rc = proc.wait()
+    if rc != 0:
+        tail = log.read_text(errors="replace").splitlines()[-25:]
+        targets = ", ".join(a for a in argv if "/" in a and "=" not in a)
+        raise OperationalError(
+            f"make failed (exit {rc}) building {targets}:\n"
+            + "\n".join("  | " + line for line in tail),
+            hint=f"the full log is {log}",
+        )
+
+
+def _find_fingerprints(data: bytes, request: BuildRequest) -> dict[str, bool]:
+    return {c.fingerprint: bytes.fromhex(c.fingerprint) in data for c in request.trust}
+
+
+def _trust_check(built: Path, request: BuildRequest) -> dict[str, object]:
+    """Look for the compiled-in TRUST fingerprints and CERT= certificates in the binary.
+
+    EFI binaries are stored uncompressed, so the output itself is searched; BIOS images are
+    LZMA-compressed, so the linked image they were compressed from (``<target>.tmp``) is.
+    """
+    data = built.read_bytes()
+    where = "output"
+    found = _find_fingerprints(data, request)
+    if not all(found.values()):
+        linked = built.with_name(built.name + ".tmp")
+        if linked.exists():
+            data = linked.read_bytes()
+            where = "linked image"
+            found = _find_fingerprints(data, request)
+    certs = {c.fingerprint: c.der in data for c in request.chain_certs}
+    result: dict[str, object] = {"searched": where, "trust": found, "certs": certs}
+    if not all(found.values()) or not all(certs.values()):
+        absent = [fp for fp, ok in {**found, **certs}.items() if not ok]
+        raise VerificationError(
+            f"{built.name} was built without the requested trust: {', '.join(absent)} "
+            "not found in the binary",
+            hint="this is a build problem, not yours to fix by hand: rerun with --no-cache "
+            "and report it with the build log",
+            rule="ipxe-trust-compiled-in", subject=built.name,
+        )
+    return result
+
+
+def _copy_out(src: Path, dest: Path, mode: int) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fsutil.atomic_write(dest, src.read_bytes(), mode=mode)
+
+
+@contextlib.contextmanager
+def _work_tree(
+    request: BuildRequest, cache: Path, key: str, toolchain: Mapping[str, str], clean: bool
+) -> Iterator[Path]:
+    """A private copy of src/: warm and reused for BIOS-only builds without a client key
+    (iPXE rebuilds only what TRUST/CERT/EMBED touch, and those images are reproducible
+    across trees); fresh and removed afterwards otherwise (EFI needs a clean tree to be
+    reproducible, and objects built with PRIVKEY= hold the key)."""
+    work_root = cache / "work"
+    work_root.mkdir(exist_ok=True)
+    if _bios_only(request.targets) and request.client is None and not clean:
+        top = work_root / f"warm-{_warm_key(request, toolchain)[:32]}"
+        with fsutil.locked(work_root / f"{top.name}.lock", timeout=3600):
+            if not (top / "src" / ".trustboot-complete").exists():
+                shutil.rmtree(top, ignore_errors=True)
+                top.mkdir()
+                copy_tree(request.source, top)
+                (top / "src" / ".trustboot-complete").write_text("")
+            yield top
+        return
+    top = Path(tempfile.mkdtemp(prefix=f"build-{key[:12]}-", dir=work_root))
+    try:
+        copy_tree(request.source, top)
+        yield top
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def build(
+    request: BuildRequest,
+    *,
+    output_dir: Path,
+    cache_dir: Path | None = None,
+    jobs: int | None = None,
+    use_cache: bool = True,
+    clean: bool = False,
+    on_progress: ProgressCallback | None = None,
+    toolchain: Mapping[str, str] | None = None,
+) -> BuildResult:
+    """Build (or fetch from the cache) every target, copy them to ``output_dir``."""
+    toolchain = dict(toolchain) if toolchain is not None else check_toolchain(request.targets)
+    cache = cache_dir or default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    fsutil.ensure_private_dir(cache)  # outputs may embed a client key
+    key = cache_key(request, toolchain)
+    entry = cache / "out" / key
+    (cache / "out").mkdir(exist_ok=True)
+    (cache / "logs").mkdir(exist_ok=True)
+    log = cache / "logs" / f"{key[:16]}.log"
+    mode = 0o600 if request.client is not None else 0o644
+    cached = True
+    with fsutil.locked(cache / "out" / f"{key[:32]}.lock", timeout=3600):
+        if not use_cache or not (entry / "manifest.json").exists():
+            cached = False
+            _build_into(request, entry, key, log, toolchain, cache,
+                        jobs or os.cpu_count() or 1, clean, on_progress)
+        manifest = json.loads((entry / "manifest.json").read_text())
+        outputs: dict[str, Path] = {}
+        for target in request.targets:
+            dest = output_dir / target
+            _copy_out(entry / target, dest, mode)
+            outputs[target] = dest
+        fsutil.atomic_write(
+            output_dir / "manifest.json", (entry / "manifest.json").read_bytes()
+        )
+    return BuildResult(manifest=manifest, outputs=outputs, cached=cached,
+                       log=None if cached else log)
+
+
+def _build_into(
+    request: BuildRequest,
+    entry: Path,
+    key: str,
+    log: Path,
+    toolchain: Mapping[str, str],
+    cache: Path,
+    jobs: int,
+    clean: bool,
+    on_progress: ProgressCallback | None,
+) -> None:
+    plan = make_plan(request, jobs=jobs)
+    log.write_bytes(b"")
+    with _work_tree(request, cache, key, toolchain, clean) as top:
+        src = top / "src"
+        local = src / "config" / "local"
+        for name in os.listdir(local):
+            os.unlink(local / name)
+        for name, text in request.headers.items():
+            (local / name).write_text(text)
+        inputs = top / INPUT_DIR
+        shutil.rmtree(inputs, ignore_errors=True)
+        inputs.mkdir(mode=0o700)
+        for name, data in plan.input_files.items():
+            (top / name).write_bytes(data)
+        key_file = inputs / "client.key"
+        try:
+            if request.client is not None:
+                fsutil.write_private_file(key_file, request.client.key_pem)
+            for argv in plan.invocations:
+                _run_make(argv, top, log, on_progress)
+        finally:
+            # The key is readable only while make runs.
+            with contextlib.suppress(FileNotFoundError):
+                key_file.unlink()
+        if request.client is not None:
+            # The key stays out of the build log's neighbours too: iPXE copies it to bin/.
+            for stale in src.glob("bin*/.private_key*"):
+                stale.unlink()
+        staging = entry.with_name(entry.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        outputs = []
+        for target in request.targets:
+            built = src / target
+            if not built.is_file():
+                raise OperationalError(
+                    f"make succeeded but {target} was not produced", hint=f"see {log}"
+                )
+            check = _trust_check(built, request)
+            dest = staging / target
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(built, dest)
+            data = built.read_bytes()
+            outputs.append({
+                "target": target,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "trust_check": check,
+            })
+    manifest = {
+        "trustboot_ipxe_build": BUILD_FORMAT,
+        "cache_key": key,
+        "source": request.source.to_json(),
+        "targets": list(request.targets),
+        "config_headers": request.headers,
+        "options": {
+            "crosscert": request.options.crosscert,
+            "ocsp": request.options.ocsp,
+            "ntp": request.options.ntp,
+            "serial_console": request.options.serial_console,
+        },
+        "trust": [c.to_json() for c in request.trust],
+        "certs": [c.to_json() for c in request.chain_certs],
+        "client_certificate": None if request.client is None else {
+            **request.client.cert.to_json(),
+            "public_key_sha256": request.client.public_key_sha256,
+        },
+        "embedded_script": None if request.script is None else {
+            "sha256": hashlib.sha256(request.script.encode()).hexdigest(),
+            "size": len(request.script.encode()),
+        },
+        "make": {
+            "invocations": plan.to_json(),
+            "source_date_epoch": request.source_date_epoch,
+        },
+        "toolchain": dict(sorted(toolchain.items())),
+        "outputs": outputs,
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(entry, ignore_errors=True)
+    os.replace(staging, entry)

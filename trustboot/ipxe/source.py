@@ -1,0 +1,176 @@
+"""Finding an iPXE source tree, identifying it, and copying it somewhere private.
+
+The user's tree is never modified: every build happens in a copy of its ``src/`` directory
+(see :func:`copy_tree`). The identity of a tree is a hash over its files, so a dirty git
+checkout and a tarball with the same content get the same cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from trustboot.errors import ConfigError, OperationalError
+
+ENV_SOURCE = "TRUSTBOOT_IPXE_SRC"
+
+# Files that must exist in ``src/`` for a tree to be an iPXE tree.
+_MARKERS = ("Makefile", "Makefile.housekeeping", "config/general.h", "include/ipxe/image.h")
+
+# Build outputs and user-local configuration are not part of the tree's identity: we write
+# config/local ourselves and never copy a previous build.
+_SKIP_TOP = ("bin", "config/local")
+
+
+@dataclass(frozen=True)
+class IpxeSource:
+    """An iPXE tree: ``src`` is its ``src/`` directory."""
+
+    src: Path
+    tree_sha256: str
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tree_sha256": self.tree_sha256,
+            "git_commit": self.git_commit,
+            "git_dirty": self.git_dirty,
+        }
+
+
+def resolve_source_dir(option: Path | None, env: dict[str, str] | None = None) -> Path:
+    """``--source`` if given, else ``$TRUSTBOOT_IPXE_SRC``; an error naming both otherwise."""
+    env = dict(os.environ) if env is None else env
+    if option is not None:
+        return option
+    value = env.get(ENV_SOURCE)
+    if value:
+        return Path(value)
+    raise ConfigError(
+        "no iPXE source tree given",
+        hint=f"pass --source DIR (an iPXE checkout) or set {ENV_SOURCE}; "
+        "or --git URL --commit SHA to clone one",
+    )
+
+
+def find_src_dir(path: Path) -> Path:
+    """Accept the top of an iPXE checkout or its ``src/``; return the ``src/`` directory."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(
+            f"iPXE source {path} does not exist",
+            hint="pass the directory of an iPXE checkout (git clone https://github.com/ipxe/ipxe)",
+        )
+    if not path.is_dir():
+        raise ConfigError(f"iPXE source {path} is not a directory")
+    for candidate in (path / "src", path):
+        if all((candidate / marker).is_file() for marker in _MARKERS):
+            return candidate
+    missing = [m for m in _MARKERS if not (path / "src" / m).is_file()]
+    raise ConfigError(
+        f"{path} is not an iPXE source tree (no src/{missing[0]})",
+        hint="pass the top directory of an iPXE checkout, the one that contains src/Makefile",
+    )
+
+
+def _iter_files(src: Path) -> list[Path]:
+    files: list[Path] = []
+    for root, dirs, names in os.walk(src):
+        rel_root = Path(root).relative_to(src)
+        # Prune build outputs (bin, bin-x86_64-efi, ...) and config/local.
+        dirs[:] = sorted(
+            d for d in dirs
+            if not (rel_root == Path(".") and d.startswith("bin"))
+            and (rel_root / d).as_posix() not in _SKIP_TOP
+        )
+        files.extend(Path(root, n) for n in sorted(names))
+    return files
+
+
+def tree_hash(src: Path) -> str:
+    """SHA-256 over (relative path, mode bit x, content) of every file, in sorted order."""
+    outer = hashlib.sha256()
+    for file in _iter_files(src):
+        rel = file.relative_to(src).as_posix()
+        if file.is_symlink():
+            entry = b"L" + os.readlink(file).encode()
+        else:
+            inner = hashlib.sha256()
+            with open(file, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    inner.update(block)
+            executable = b"x" if os.access(file, os.X_OK) else b"-"
+            entry = executable + inner.digest()
+        outer.update(rel.encode() + b"\0" + entry + b"\n")
+    return outer.hexdigest()
+
+
+def _git(top: Path, *args: str) -> str | None:
+    if not (top / ".git").exists() or shutil.which("git") is None:
+        return None
+    proc = subprocess.run(
+        ["git", "-C", str(top), *args], capture_output=True, text=True, check=False
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def open_source(path: Path) -> IpxeSource:
+    """Detect the tree at ``path`` and identify it (tree hash, git commit when there is one)."""
+    src = find_src_dir(path)
+    top = src.parent
+    commit = _git(top, "rev-parse", "HEAD")
+    dirty = None
+    if commit is not None:
+        status = _git(top, "status", "--porcelain", "--untracked-files=no", "--", "src")
+        dirty = bool(status)
+    return IpxeSource(src=src, tree_sha256=tree_hash(src), git_commit=commit, git_dirty=dirty)
+
+
+def copy_tree(source: IpxeSource, dest: Path) -> Path:
+    """Copy ``source.src`` (without build outputs or config/local) to ``dest/src``."""
+    target = dest / "src"
+    for file in _iter_files(source.src):
+        rel = file.relative_to(source.src)
+        out = target / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if file.is_symlink():
+            os.symlink(os.readlink(file), out)
+        else:
+            shutil.copy2(file, out)
+    (target / "config" / "local").mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def clone_pinned(url: str, commit: str, dest: Path) -> Path:
+    """Clone ``url`` at exactly ``commit`` into ``dest`` (reused if already there)."""
+    if len(commit) != 40 or any(c not in "0123456789abcdef" for c in commit.lower()):
+        raise ConfigError(
+            f"--commit {commit!r} is not a full 40-hex-digit commit id",
+            hint="pin the source to a full commit id (git rev-parse v2.0.0^{commit})",
+        )
+    if shutil.which("git") is None:
+        raise ConfigError("git is needed to clone an iPXE tree", hint="apt-get install git")
+    if (dest / ".git").exists() and _git(dest, "rev-parse", "HEAD") == commit.lower():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    steps = (
+        ["git", "init", "-q", str(dest)],
+        ["git", "-C", str(dest), "fetch", "-q", "--depth", "1", url, commit],
+        ["git", "-C", str(dest), "checkout", "-q", "--detach", "FETCH_HEAD"],
+    )
+    for argv in steps:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise OperationalError(
+                f"could not fetch {commit} from {url}: {proc.stderr.strip()[-500:]}",
+                hint="check the URL and that the commit exists there, or use --source DIR",
+            )
+    head = _git(dest, "rev-parse", "HEAD")
+    if head != commit.lower():
+        raise OperationalError(f"clone of {url} is at {head}, not the pinned {commit}")
+    return dest
