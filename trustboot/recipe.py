@@ -103,12 +103,12 @@ def _compose(text: str, source: str) -> yaml.Node | None:
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise ConfigError(
-                f"{source}:{event.start_mark.line + 1}: YAML anchors and aliases are not "
+                f"{source}:{event.start_mark.line + 1 if event.start_mark else '?'}: YAML anchors and aliases are not "
                 "allowed in recipes", hint="write the values out")
     return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
-def _mapping(node: _Node, what: str, allowed: set[str], required: set[str] = set()
+def _mapping(node: _Node, what: str, allowed: set[str], required: frozenset[str] = frozenset()
              ) -> dict[str, _Node]:
     if not isinstance(node.value, dict):
         raise ConfigError(f"{node.where}: {what} must be a mapping")
@@ -158,7 +158,7 @@ def parse_recipe(text: str, source: str = "<recipe>", path: Path | None = None) 
         raise ConfigError(f"{source}: recipe is empty")
     top = _mapping(_convert(root, source), "the recipe",
                    {"version", "name", "ca", "signer", "images", "script", "hash"},
-                   {"version", "name", "signer", "images"})
+                   frozenset({"version", "name", "signer", "images"}))
     if top["version"].value != 1:
         raise ConfigError(f"{top['version'].where}: unsupported recipe version "
                           f"{top['version'].value!r}", hint="this trustboot reads version: 1")
@@ -168,7 +168,7 @@ def parse_recipe(text: str, source: str = "<recipe>", path: Path | None = None) 
         c = _mapping(top["ca"], "ca", {"name", "key_type"})
         ca = CASpec(name=_str(c["name"], "ca.name") if "name" in c else ca.name,
                     key_type=_key_type(c.get("key_type"), True, ca.key_type))
-    s = _mapping(top["signer"], "signer", {"name", "key_type"}, {"name"})
+    s = _mapping(top["signer"], "signer", {"name", "key_type"}, frozenset({"name"}))
     signer_name = _str(s["name"], "signer.name")
     profiles.check_name(signer_name)
     signer = SignerSpec(signer_name, _key_type(s.get("key_type"), False, "rsa-3072"))
@@ -177,7 +177,8 @@ def parse_recipe(text: str, source: str = "<recipe>", path: Path | None = None) 
     images: list[ImageSpec] = []
     seen: set[str] = set()
     for item in top["images"].value:
-        i = _mapping(item, "an image", {"name", "role", "source", "demo_size"}, {"name"})
+        i = _mapping(item, "an image", {"name", "role", "source", "demo_size"},
+                     frozenset({"name"}))
         iname = _str(i["name"], "image name", _FILE_RE)
         if iname in seen:
             raise ConfigError(f"{i['name'].where}: image {iname!r} is listed twice")
