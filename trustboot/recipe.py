@@ -102,9 +102,10 @@ def _compose(text: str, source: str) -> yaml.Node | None:
     # Anchors and aliases are refused outright: an alias bomb expands exponentially.
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            line = event.start_mark.line + 1 if event.start_mark else "?"
             raise ConfigError(
-                f"{source}:{event.start_mark.line + 1 if event.start_mark else '?'}: YAML anchors and aliases are not "
-                "allowed in recipes", hint="write the values out")
+                f"{source}:{line}: YAML anchors and aliases are not allowed in recipes",
+                hint="write the values out")
     return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
