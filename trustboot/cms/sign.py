@@ -1,0 +1,238 @@
+"""Detached CMS signatures that iPXE's ``imgverify`` accepts.
+
+The image is hashed in fixed-size chunks (memory does not grow with the file), the signer
+signs the digest, and the SignedData is plain DER: no signed attributes (iPXE checks the
+signature over the image digest itself), signer named by issuer and serial, every
+certificate of the chain including the root (iPXE's TRUST= holds only fingerprints).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asn1crypto import algos
+from asn1crypto import cms as acms
+from asn1crypto import x509 as ax509
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from trustboot.cms import verify as rules
+from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion
+from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.fsutil import atomic_write
+from trustboot.keys.signer import Signer
+
+HASH_NAMES = ("sha256", "sha384", "sha512")
+CHUNK = 1 << 20
+Progress = Callable[[int], None]
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def hash_file(path: Path, hash_names: Sequence[str], progress: Progress | None = None,
+              ) -> tuple[dict[str, bytes], int]:
+    """Digest ``path`` with each hash in one pass; returns (digests, size)."""
+    hashers = {name: hashlib.new(name) for name in hash_names}
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    size = 0
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            try:
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            except (AttributeError, OSError):
+                pass
+            while True:
+                n = fh.readinto(view)
+                if not n:
+                    break
+                chunk = view[:n]
+                for h in hashers.values():
+                    h.update(chunk)
+                size += n
+                if progress is not None:
+                    progress(n)
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory", hint="pass files to sign") from None
+    except OSError as exc:
+        raise OperationalError(f"cannot read {path}: {exc.strerror}",
+                               hint="check the path and permissions") from None
+    return {name: h.digest() for name, h in hashers.items()}, size
+
+
+def build_signed_data(
+    certificate: bytes, chain: Sequence[bytes], hash_name: str, algorithm: str,
+    signature: bytes,
+) -> bytes:
+    """Assemble the ContentInfo(SignedData) as DER."""
+    leaf = ax509.Certificate.load(certificate)
+    tbs = leaf["tbs_certificate"]
+    if algorithm == "rsa":
+        sig_alg = algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"})
+    elif algorithm == "ecdsa":
+        sig_alg = algos.SignedDigestAlgorithm({"algorithm": f"{hash_name}_ecdsa"})
+    else:
+        raise ValueError(f"unknown signature algorithm {algorithm}")
+    digest_alg = algos.DigestAlgorithm({"algorithm": hash_name})
+    signer_info = acms.SignerInfo({
+        "version": "v1",
+        "sid": acms.SignerIdentifier({
+            "issuer_and_serial_number": acms.IssuerAndSerialNumber({
+                "issuer": tbs["issuer"],
+                "serial_number": tbs["serial_number"],
+            }),
+        }),
+        "digest_algorithm": digest_alg,
+        "signature_algorithm": sig_alg,
+        "signature": signature,
+    })
+    certs = [leaf] + [ax509.Certificate.load(der) for der in chain]
+    signed_data = acms.SignedData({
+        "version": "v1",
+        "digest_algorithms": [digest_alg],
+        "encap_content_info": {"content_type": "data"},
+        "certificates": certs,
+        "signer_infos": [signer_info],
+    })
+    info = acms.ContentInfo({"content_type": "signed_data", "content": signed_data})
+    return bytes(info.dump())
+
+
+@dataclass(frozen=True)
+class Signed:
+    """One signed file, as reported in the manifest."""
+
+    path: Path
+    size: int
+    sha256: str
+    hash_name: str
+    signature_path: Path
+    signer_subject: str
+    signer_not_after: dt.datetime
+    chain_not_after: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path), "size": self.size, "sha256": self.sha256,
+            "hash": self.hash_name, "signature": str(self.signature_path),
+            "signer_subject": self.signer_subject,
+            "signer_not_after": self.signer_not_after.isoformat(),
+            "chain_not_after": self.chain_not_after.isoformat(),
+        }
+
+
+def preflight(signer: Signer, *, now: dt.datetime,
+              ipxe_version: IpxeVersion = DEFAULT_IPXE) -> rules.Verdict:
+    """Refuse a signer iPXE would reject (chain judged against its own root at ``now``).
+
+    Stricter than the client on time: a certificate outside its validity right now is
+    refused even if iPXE's 12h30m margin would still take it.
+    """
+    cert = signer.certificate
+    for c in [cert, *signer.chain]:
+        if c.not_valid_after_utc < now:
+            raise VerificationError(
+                f"certificate {c.subject.rfc4514_string()} expired on "
+                f"{c.not_valid_after_utc.isoformat()}",
+                hint="renew it (trustboot ca issue) and sign with the new certificate",
+                rule="expired", subject=c.subject.rfc4514_string())
+        if c.not_valid_before_utc > now:
+            raise VerificationError(
+                f"certificate {c.subject.rfc4514_string()} is not valid before "
+                f"{c.not_valid_before_utc.isoformat()}",
+                hint="wait, or reissue it with an earlier notBefore",
+                rule="not-yet-valid", subject=c.subject.rfc4514_string())
+    chain = [_der(c) for c in signer.chain]
+    if not chain or signer.chain[-1].subject != signer.chain[-1].issuer:
+        raise VerificationError(
+            f"the chain of {cert.subject.rfc4514_string()} does not end at a root "
+            "certificate; iPXE needs the root's bytes in the signature",
+            hint="pass the issuers, root included (--chain chain.pem)",
+            rule="chain-incomplete", subject=cert.subject.rfc4514_string())
+    root = rules.TrustAnchor(rules.fingerprint(chain[-1]), chain[-1])
+    verdict = rules.check_signer(_der(cert), chain, trust=[root], now=now,
+                                 ipxe_version=ipxe_version)
+    if verdict.failure is not None:
+        f = verdict.failure
+        raise VerificationError(
+            f"refusing to sign: iPXE would reject this signer: {f.message}",
+            hint=f.remedy, rule=f.rule, subject=f.certificate)
+    return verdict
+
+
+def sign_digest(signer: Signer, digest: bytes, hash_name: str) -> bytes:
+    """The DER .sig for an image whose ``hash_name`` digest is ``digest``."""
+    if hash_name not in HASH_NAMES:
+        raise ConfigError(f"unsupported hash {hash_name}", hint="use sha256, sha384 or sha512")
+    signature = signer.sign_digest(digest, hash_name)
+    return build_signed_data(_der(signer.certificate), [_der(c) for c in signer.chain],
+                             hash_name, signer.algorithm, signature)
+
+
+def signature_path(path: Path, out_dir: Path | None) -> Path:
+    return (out_dir / f"{path.name}.sig") if out_dir is not None else path.with_name(
+        path.name + ".sig")
+
+
+def sign_files(
+    paths: Sequence[Path],
+    signer: Signer,
+    *,
+    hash_name: str = "sha256",
+    out_dir: Path | None = None,
+    now: dt.datetime,
+    progress: Callable[[Path, int], Progress] | None = None,
+    ipxe_version: IpxeVersion = DEFAULT_IPXE,
+) -> list[Signed]:
+    """Sign every file; write each .sig only after all were signed and self-checked.
+
+    ``progress(path, size)`` returns a callback fed with byte counts while hashing.
+    """
+    verdict = preflight(signer, now=now, ipxe_version=ipxe_version)
+    report = verdict.signers[0]
+    chain = [_der(c) for c in signer.chain]
+    root = rules.TrustAnchor(rules.fingerprint(chain[-1]), chain[-1])
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        target = signature_path(path, out_dir)
+        if target in seen:
+            raise ConfigError(f"{path} and {seen[target]} would both be signed into {target}",
+                              hint="sign them in separate calls or without --out")
+        seen[target] = path
+    results: list[tuple[Signed, bytes]] = []
+    for path in paths:
+        size_hint = path.stat().st_size if path.exists() else 0
+        cb = progress(path, size_hint) if progress is not None else None
+        names = [hash_name] if hash_name == "sha256" else [hash_name, "sha256"]
+        digests, size = hash_file(path, names, cb)
+        der = sign_digest(signer, digests[hash_name], hash_name)
+        # Belt and braces: the bytes about to be published verify under iPXE's rules.
+        check = rules.verify_signature(der, digests, trust=[root], now=now,
+                                       ipxe_version=ipxe_version)
+        if check.failure is not None:
+            raise VerificationError(
+                f"the signature made for {path} does not verify: {check.failure.message}",
+                hint="this is unexpected; report it", rule=check.failure.rule)
+        results.append((Signed(
+            path=path, size=size, sha256=digests["sha256"].hex(), hash_name=hash_name,
+            signature_path=signature_path(path, out_dir),
+            signer_subject=signer.certificate.subject.rfc4514_string(),
+            signer_not_after=report.not_after, chain_not_after=report.chain_not_after,
+        ), der))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for signed, der in results:
+        try:
+            atomic_write(signed.signature_path, der)
+        except OSError as exc:
+            raise OperationalError(f"cannot write {signed.signature_path}: {exc.strerror}",
+                                   hint="check the output directory") from None
+    return [s for s, _ in results]

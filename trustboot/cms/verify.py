@@ -1,0 +1,603 @@
+"""Would iPXE's ``imgverify`` accept this signature? iPXE's own rules, offline, no I/O.
+
+Follows ``src/usr/imgtrust.c``, ``src/crypto/cms.c`` and ``src/crypto/x509.c`` in order:
+parse the CMS message (every certificate in it must parse), find each signer by issuer and
+serial, build its chain from the signature's certificates and then the store (``CERT=``),
+validate every chain at the client's clock with TIMESTAMP_ERROR_MARGIN, then for each signer
+(optionally filtered by ``--signer``) check keyUsage/extKeyUsage and the signature over the
+image digest. The first failure is reported, as iPXE would, with the certificate it concerns
+and what to do about it.
+
+The caller hashes the image (``digest_algorithms()`` says with what) and passes the digests:
+nothing here reads files or the clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from asn1crypto import cms as acms
+from asn1crypto import core
+
+from trustboot.cms import _asn1
+from trustboot.cms._asn1 import FramingError
+from trustboot.cms.certinfo import (
+    DEFAULT_IPXE,
+    CertInfo,
+    CertProblem,
+    IpxeVersion,
+    parse_certificate,
+    verify_raw,
+)
+
+# config/crypto.h: 12 h for a non-UTC RTC plus 30 min of drift.
+TIMESTAMP_ERROR_MARGIN = dt.timedelta(seconds=(12 * 60 + 30) * 60)
+# iPXE copies the whole .sig into its 4 MiB heap.
+MAX_SIGNATURE_SIZE = 4 << 20
+WARN_SIGNATURE_SIZE = 1 << 20
+CROSSCERT = "http://ca.ipxe.org/auto"
+OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
+OID_DATA = "1.2.840.113549.1.7.1"
+RESIGN = (
+    "re-sign with `trustboot sign`, or `openssl cms -sign -binary -noattr -outform DER "
+    "-nosmimecap -md sha256 -signer CERT -inkey KEY -certfile CHAIN`"
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One failed rule (or a warning): what, on which certificate, and what to do."""
+
+    rule: str
+    message: str
+    remedy: str
+    certificate: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "message": self.message, "remedy": self.remedy,
+                "certificate": self.certificate}
+
+
+@dataclass(frozen=True)
+class TrustAnchor:
+    """A fingerprint compiled in with TRUST=; the certificate only helps explain failures."""
+
+    sha256: bytes
+    certificate: bytes | None = None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class SignerReport:
+    subject: str
+    common_name: str
+    serial: int
+    digest_algorithm: str
+    signature_algorithm: str
+    chain: tuple[str, ...]
+    not_after: dt.datetime  # the signer certificate's
+    chain_not_after: dt.datetime  # the earliest of the chain: the signature's end of life
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject, "common_name": self.common_name,
+            "serial": f"{self.serial:x}", "digest_algorithm": self.digest_algorithm,
+            "signature_algorithm": self.signature_algorithm, "chain": list(self.chain),
+            "not_after": self.not_after.isoformat(),
+            "chain_not_after": self.chain_not_after.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    failure: Finding | None
+    warnings: tuple[Finding, ...] = ()
+    signers: tuple[SignerReport, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "failure": self.failure.to_json() if self.failure else None,
+            "warnings": [w.to_json() for w in self.warnings],
+            "signers": [s.to_json() for s in self.signers],
+        }
+
+
+class _Fail(Exception):
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(finding.message)
+        self.finding = finding
+
+
+def _fail(rule: str, message: str, remedy: str, cert: CertInfo | None = None) -> _Fail:
+    return _Fail(Finding(rule, message, remedy, cert.label if cert else None))
+
+
+@dataclass
+class _Signer:
+    info: CertInfo
+    digest: str
+    sig_oid: str
+    sig_family: str
+    signature: bytes
+    chain: list[CertInfo] = field(default_factory=list)
+
+
+@dataclass
+class _Message:
+    certificates: list[CertInfo]
+    signers: list[_Signer]
+    warnings: list[Finding]
+
+
+# --- parsing (cms.c) ---------------------------------------------------------------------
+
+def _unwrap(data: bytes) -> bytes:
+    if not data:
+        raise _fail("signature-format", "the signature file is empty",
+                    "sign the image again; the .sig was not written completely")
+    try:
+        pem = _asn1.decode_pem(data)
+    except FramingError as exc:
+        raise _fail("signature-format", f"the signature is broken PEM: {exc}", RESIGN) from None
+    der = pem if pem is not None else data
+    if len(data) > MAX_SIGNATURE_SIZE:
+        raise _fail(
+            "signature-too-large",
+            f"the signature is {len(data)} bytes; iPXE copies it into its 4 MiB heap",
+            "use a detached signature (no -nodetach, no embedded content)",
+        )
+    if der[:1] != b"\x30":
+        raise _fail("signature-format", "the signature is neither DER nor PEM CMS",
+                    "pass the .sig made for this image (DER or PEM CMS SignedData)")
+    try:
+        _asn1.check_framing(der)
+    except FramingError as exc:
+        text = str(exc)
+        remedy = RESIGN
+        if "indefinite" in text:
+            remedy = "iPXE reads only DER: " + RESIGN + " (without -stream)"
+        raise _fail("signature-format", f"the signature is not one DER object: {text}",
+                    remedy) from None
+    return der
+
+
+def _parse(data: bytes, version: IpxeVersion) -> _Message:
+    der = _unwrap(data)
+    warnings: list[Finding] = []
+    if len(data) > WARN_SIGNATURE_SIZE:
+        warnings.append(Finding(
+            "signature-size",
+            f"the signature is {len(data)} bytes; iPXE copies it into its 4 MiB heap",
+            "use a detached signature"))
+    try:
+        info = acms.ContentInfo.load(der, strict=True)
+        ctype = info["content_type"].dotted
+        if ctype != OID_SIGNED_DATA:
+            raise _fail("not-signed-data",
+                        f"the CMS message is of type {ctype}, not signedData",
+                        "pass a CMS SignedData signature: " + RESIGN)
+        sd = info["content"]
+        encap = sd["encap_content_info"]
+        certs_field = sd["certificates"]
+        raw_certs: list[Any] = [] if isinstance(certs_field, core.Void) else list(certs_field)
+        signer_infos = list(sd["signer_infos"])
+        if isinstance(certs_field, core.Void):
+            raise _fail(
+                "certificates-missing",
+                "the signature has no certificates field; iPXE then finds no signers at all",
+                "sign with the certificate chain included: " + RESIGN)
+        if encap["content"].native is not None:
+            warnings.append(Finding(
+                "attached-content",
+                "the signature carries the signed content; iPXE ignores it and checks the "
+                "image loaded separately",
+                "sign detached (no -nodetach) to keep the .sig small"))
+        if encap["content_type"].dotted != OID_DATA:
+            warnings.append(Finding(
+                "content-type", f"eContentType is {encap['content_type'].dotted}, not id-data",
+                "sign with `trustboot sign`"))
+    except _Fail:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise _fail("signature-format", f"the signature is not a valid CMS message: {exc}",
+                    RESIGN) from None
+
+    certificates: list[CertInfo] = []
+    for choice in raw_certs:
+        if choice.name != "certificate":
+            raise _fail("certificate-unparseable",
+                        f"the signature holds a {choice.name}, which iPXE cannot parse",
+                        "include only X.509 certificates")
+        try:
+            certificates.append(parse_certificate(choice.chosen.dump(), version))
+        except CertProblem as exc:
+            raise _fail(exc.rule, exc.message + " (iPXE rejects the whole signature)",
+                        exc.remedy) from None
+
+    signers: list[_Signer] = []
+    try:
+        for si in signer_infos:
+            signers.append(_parse_signer_info(si, certificates, version))
+    except _Fail:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise _fail("signature-format", f"a SignerInfo is malformed: {exc}", RESIGN) from None
+    return _Message(certificates, signers, warnings)
+
+
+def _parse_signer_info(si: Any, certificates: list[CertInfo], version: IpxeVersion) -> _Signer:
+    sid = si["sid"]
+    if sid.name != "issuer_and_serial_number":
+        raise _fail(
+            "signer-identifier",
+            "the signer is identified by subject key identifier; iPXE only finds signers by "
+            "issuer and serial number",
+            "re-sign without -keyid: " + RESIGN)
+    ias = sid.chosen
+    issuer_raw = ias["issuer"].dump()
+    serial_raw = ias["serial_number"].contents
+    signer = next((c for c in certificates
+                   if c.issuer_raw == issuer_raw and c.serial_raw == serial_raw), None)
+    if signer is None:
+        raise _fail(
+            "signer-certificate-missing",
+            f"the signer (serial {int(ias['serial_number'].native):#x}, issuer "
+            f"{ias['issuer'].human_friendly}) is not among the signature's certificates",
+            "re-sign with the signer certificate included (openssl: no -nocerts)")
+    digest_oid = si["digest_algorithm"]["algorithm"].dotted
+    digest = _asn1.DIGEST_OIDS.get(digest_oid) or _asn1.RSA_SIG_OIDS.get(digest_oid) or (
+        _asn1.ECDSA_SIG_OIDS.get(digest_oid) if version.ecdsa else None)
+    if digest is None:
+        raise _fail("unsupported-algorithm",
+                    f"digest algorithm {digest_oid} is not in iPXE {version}",
+                    "sign with SHA-256, SHA-384 or SHA-512", signer)
+    sig_oid = si["signature_algorithm"]["algorithm"].dotted
+    if sig_oid == _asn1.OID_RSA or sig_oid in _asn1.RSA_SIG_OIDS:
+        family = "rsa"
+    elif (sig_oid == _asn1.OID_EC_PUBKEY or sig_oid in _asn1.ECDSA_SIG_OIDS) and version.ecdsa:
+        family = "ecdsa"
+    elif sig_oid == _asn1.OID_RSA_PSS and version.rsa_pss:
+        family = "rsa-pss"
+    else:
+        ecdsa_note = (" (ECDSA needs iPXE >= 2.0.0)"
+                      if sig_oid in _asn1.ECDSA_SIG_OIDS or sig_oid == _asn1.OID_EC_PUBKEY
+                      else " (RSA-PSS needs iPXE newer than 2.0.0)"
+                      if sig_oid == _asn1.OID_RSA_PSS else "")
+        raise _fail("unsupported-algorithm",
+                    f"signature algorithm {sig_oid} is not in iPXE {version}{ecdsa_note}",
+                    "sign with an RSA key (PKCS#1 v1.5), or target a newer iPXE with "
+                    "--ipxe-version", signer)
+    if not isinstance(si["signed_attrs"], core.Void):
+        raise _fail(
+            "signed-attributes",
+            "the signature has signed attributes; iPXE skips them and checks the signature "
+            "against the image digest itself, so it can never verify",
+            "re-sign without signed attributes (openssl cms -sign -binary -noattr ...; "
+            "`trustboot sign` never adds them)", signer)
+    return _Signer(signer, digest, sig_oid, family, bytes(si["signature"].native))
+
+
+def digest_algorithms(signature: bytes, version: IpxeVersion = DEFAULT_IPXE) -> set[str]:
+    """The hashes the image must be digested with to check this signature (empty if broken)."""
+    try:
+        return {s.digest for s in _parse(signature, version).signers}
+    except _Fail:
+        return set()
+
+
+# --- chains (x509.c) ---------------------------------------------------------------------
+
+def _in_time(cert: CertInfo, now: dt.datetime) -> bool:
+    return (cert.not_before <= now + TIMESTAMP_ERROR_MARGIN
+            and cert.not_after >= now - TIMESTAMP_ERROR_MARGIN)
+
+
+def _time_failure(cert: CertInfo, now: dt.datetime, what: str) -> _Fail:
+    if cert.not_before > now + TIMESTAMP_ERROR_MARGIN:
+        return _fail(
+            "not-yet-valid",
+            f"{what} {cert.label} is not valid until {cert.not_before.isoformat()}, later than "
+            f"{now.isoformat()} plus iPXE's 12h30m margin",
+            "reissue it with an earlier notBefore (backdate by a day), or check the client "
+            "clock", cert)
+    return _fail(
+        "expired",
+        f"{what} {cert.label} expired at {cert.not_after.isoformat()}, before "
+        f"{now.isoformat()} minus iPXE's 12h30m margin",
+        "renew the certificate and re-sign; a signature dies with its chain", cert)
+
+
+def _auto_append(chain: list[CertInfo], store: Sequence[CertInfo]) -> None:
+    # x509_auto_append: follow issuer -> first certificate with that subject.
+    cert = chain[-1]
+    while True:
+        previous = cert
+        found = next((c for c in store if c.subject_raw == cert.issuer_raw), None)
+        if found is None or found.der == previous.der or any(found.der == c.der for c in chain):
+            return
+        chain.append(found)
+        cert = found
+
+
+def _path_len(cert: CertInfo) -> float:
+    if not cert.is_ca:
+        return 1  # path_len 0 + 1
+    return float("inf") if cert.path_len is None else cert.path_len + 1
+
+
+def _validate_chain(
+    chain: list[CertInfo], now: dt.datetime, trusted: set[bytes],
+    anchors: Sequence[TrustAnchor], warnings: list[Finding],
+) -> None:
+    for top, cert in enumerate(chain):
+        if not (_in_time(cert, now) and cert.sha256 in trusted):
+            continue
+        remaining = {top: _path_len(cert)}
+        for i in range(top - 1, -1, -1):
+            child, issuer = chain[i], chain[i + 1]
+            what = "the signer" if i == 0 else "issuing certificate"
+            if not _in_time(child, now):
+                raise _time_failure(child, now, what)
+            if child.sha256 in trusted:
+                remaining[i] = _path_len(child)
+                continue
+            _check_issuer(child, issuer)
+            if remaining[i + 1] == 0:
+                raise _fail(
+                    "path-length",
+                    f"{child.label} is below {issuer.label}, whose chain allows no further "
+                    "CA levels (pathLenConstraint)",
+                    "reissue the CA with a larger pathLenConstraint, or sign from a shallower "
+                    "CA", issuer)
+            if child.ocsp_uris:
+                warnings.append(Finding(
+                    "ocsp",
+                    f"{child.label} names an OCSP responder ({child.ocsp_uris[0]}); iPXE "
+                    "queries it at boot and fails verification if it is unreachable or says "
+                    "anything but good",
+                    "make the responder reachable from the boot network, or issue without "
+                    "an OCSP URL", child.label))
+            remaining[i] = min(_path_len(child), remaining[i + 1] - 1)
+        return
+    _explain_untrusted(chain, now, trusted, anchors)
+
+
+def _check_issuer(cert: CertInfo, issuer: CertInfo) -> None:
+    if not issuer.is_ca:
+        raise _fail(
+            "issuer-not-ca",
+            f"{issuer.label} issued {cert.label} but is not a CA (basicConstraints CA:FALSE "
+            "or absent)",
+            "issue from a certificate with basicConstraints CA:TRUE", issuer)
+    if issuer.key_usage_present and not issuer.key_cert_sign:
+        raise _fail(
+            "issuer-key-usage",
+            f"{issuer.label} issued {cert.label} but its keyUsage lacks keyCertSign",
+            "reissue the CA with keyUsage keyCertSign", issuer)
+    expected = "rsa" if issuer.key_family == "rsa" else "ecdsa"
+    if cert.sig_family != expected or not verify_raw(
+        issuer.public_key, cert.sig_family, cert.sig_hash, cert.signature, data=cert.tbs
+    ):
+        raise _fail(
+            "certificate-signature",
+            f"the signature on {cert.label} does not verify with the key of {issuer.label}",
+            "the certificate was not issued by that CA, or was altered: reissue it", cert)
+
+
+def _explain_untrusted(
+    chain: list[CertInfo], now: dt.datetime, trusted: set[bytes],
+    anchors: Sequence[TrustAnchor],
+) -> None:
+    for cert in chain:
+        if cert.sha256 in trusted:  # trusted but outside its validity
+            raise _time_failure(cert, now, "the trusted root")
+    last = chain[-1]
+    if not last.self_issued:
+        anchor = next((a for a in anchors if a.certificate is not None
+                       and _subject_of(a.certificate) == last.issuer_raw), None)
+        if anchor is not None:
+            raise _fail(
+                "root-missing",
+                f"the trusted root {anchor.label or 'certificate'} that issued {last.label} "
+                "is not in the signature; iPXE's TRUST= holds only its fingerprint, not its "
+                "bytes",
+                "re-sign with the root certificate included (`trustboot sign` includes the "
+                "whole chain; openssl: -certfile chain.pem), or build iPXE with CERT=root.crt",
+                last)
+        raise _fail(
+            "chain-incomplete",
+            f"the issuer of {last.label} is not in the signature (nor given with --cert); "
+            f"iPXE would try to download it from {CROSSCERT} at boot",
+            "re-sign with every certificate of the chain, root included (openssl: -certfile "
+            "chain.pem), or build iPXE with CERT= for the missing one", last)
+    raise _fail(
+        "untrusted-root",
+        f"the chain ends at {last.label} (sha256 {last.sha256.hex()}), whose fingerprint is not "
+        "in the trust set",
+        "sign with a certificate issued under a trusted root, or rebuild iPXE with "
+        "TRUST=<that root>", last)
+
+
+def _subject_of(der: bytes) -> bytes | None:
+    try:
+        return parse_certificate(der, IpxeVersion(99, 0, 0)).subject_raw
+    except CertProblem:
+        return None
+
+
+# --- names (x509_check_name) -------------------------------------------------------------
+
+def _dns_match(pattern: bytes, name: str) -> bool:
+    candidate = name
+    if len(pattern) >= 2 and pattern[:2] == b"*.":
+        pattern = pattern[2:]
+        dot = candidate.find(".")
+        if dot < 0:
+            return False
+        candidate = candidate[dot + 1 :]
+    raw = candidate.encode("utf-8", "surrogateescape")
+    return len(raw) == len(pattern) and raw.lower() == pattern.lower()
+
+
+def name_matches(cert: CertInfo, name: str) -> bool:
+    """``imgverify --signer``: CN, then SAN DNS names and IP addresses, case-insensitive."""
+    if _dns_match(cert.common_name or b"", name):
+        return True
+    if any(_dns_match(d, name) for d in cert.san_dns):
+        return True
+    try:
+        packed = ipaddress.ip_address(name).packed
+    except ValueError:
+        return False
+    return any(ip == packed for ip in cert.san_ip)
+
+
+# --- the verdict ---------------------------------------------------------------------------
+
+def _check_signer_usage(cert: CertInfo) -> None:
+    if not cert.digital_signature:
+        raise _fail(
+            "key-usage",
+            f"the signer {cert.label} "
+            + ("has no keyUsage extension" if not cert.key_usage_present
+               else "has keyUsage without digitalSignature")
+            + "; iPXE requires digitalSignature",
+            "reissue the signing certificate with keyUsage digitalSignature "
+            "(`trustboot ca issue --profile codesign`)", cert)
+    if not cert.code_signing:
+        raise _fail(
+            "code-signing",
+            f"the signer {cert.label} has no extendedKeyUsage codeSigning "
+            "(anyExtendedKeyUsage does not count)",
+            "reissue the signing certificate with extendedKeyUsage codeSigning "
+            "(`trustboot ca issue --profile codesign`)", cert)
+
+
+def _report(signer: _Signer) -> SignerReport:
+    cert = signer.info
+    return SignerReport(
+        subject=cert.subject_text, common_name=cert.name, serial=cert.serial,
+        digest_algorithm=signer.digest,
+        signature_algorithm=signer.sig_family, chain=tuple(c.label for c in signer.chain),
+        not_after=cert.not_after,
+        chain_not_after=min(c.not_after for c in signer.chain),
+    )
+
+
+def _prepare(
+    message: _Message, extra: Sequence[bytes], version: IpxeVersion,
+) -> None:
+    store: list[CertInfo] = []
+    for der in extra:
+        try:
+            store.append(parse_certificate(der, version))
+        except CertProblem as exc:
+            raise _fail(exc.rule, exc.message + " (a --cert certificate)", exc.remedy) from None
+    for signer in message.signers:
+        signer.chain = [signer.info]
+        _auto_append(signer.chain, message.certificates)
+        _auto_append(signer.chain, store + message.certificates)
+
+
+def verify_signature(
+    signature: bytes,
+    digests: Mapping[str, bytes],
+    *,
+    trust: Sequence[TrustAnchor],
+    now: dt.datetime,
+    signer_name: str | None = None,
+    extra_certs: Sequence[bytes] = (),
+    ipxe_version: IpxeVersion = DEFAULT_IPXE,
+) -> Verdict:
+    """Judge ``signature`` over an image whose digests (by hash name) are ``digests``."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    trusted = {a.sha256 for a in trust}
+    warnings: list[Finding] = []
+    reports: list[SignerReport] = []
+    try:
+        message = _parse(signature, ipxe_version)
+        warnings.extend(message.warnings)
+        _prepare(message, extra_certs, ipxe_version)
+        if not message.signers:
+            raise _fail("no-signatures", "the signature has no SignerInfo",
+                        "sign the image: " + RESIGN)
+        # imgverify completes (validates) every signer's chain before --signer filtering.
+        for signer in message.signers:
+            _validate_chain(signer.chain, now, trusted, trust, warnings)
+            reports.append(_report(signer))
+        checked = 0
+        for signer in message.signers:
+            if signer_name is not None and not name_matches(signer.info, signer_name):
+                continue
+            _check_signer_usage(signer.info)
+            if signer.digest not in digests:
+                raise ValueError(f"digest {signer.digest} of the image was not provided")
+            if not verify_raw(signer.info.public_key, signer.sig_family, signer.digest,
+                              signer.signature, digest=digests[signer.digest]):
+                raise _fail(
+                    "signature-mismatch",
+                    f"the signature by {signer.info.label} does not match the image "
+                    f"({signer.digest}): the image or the signature was changed, or they do "
+                    "not belong together",
+                    "publish the image and the .sig made for it together, or sign again",
+                    signer.info)
+            checked += 1
+        if checked == 0:
+            assert signer_name is not None
+            names = ", ".join(s.info.name for s in message.signers)
+            raise _fail(
+                "signer-name",
+                f"no signer matches --signer {signer_name!r} (signed by: {names}); iPXE "
+                "compares the common name, then SAN DNS names and IP addresses, "
+                "case-insensitively, with wildcards only in the certificate",
+                "pass the signing certificate's common name to --signer, or sign with the "
+                "expected certificate")
+    except _Fail as exc:
+        return Verdict(exc.finding, tuple(warnings), tuple(reports))
+    return Verdict(None, tuple(warnings), tuple(reports))
+
+
+def check_signer(
+    signer: bytes,
+    chain: Sequence[bytes],
+    *,
+    trust: Sequence[TrustAnchor],
+    now: dt.datetime,
+    ipxe_version: IpxeVersion = DEFAULT_IPXE,
+) -> Verdict:
+    """Would iPXE accept signatures made with this certificate and chain at ``now``?
+
+    Used before signing, so a doomed signature is never made; same rules as
+    verify_signature() minus the signature itself.
+    """
+    warnings: list[Finding] = []
+    try:
+        try:
+            info = parse_certificate(signer, ipxe_version)
+            others = [parse_certificate(der, ipxe_version) for der in chain]
+        except CertProblem as exc:
+            raise _fail(exc.rule, exc.message, exc.remedy) from None
+        full = [info]
+        _auto_append(full, others)
+        _validate_chain(full, now, {a.sha256 for a in trust}, trust, warnings)
+        _check_signer_usage(info)
+        sig_family = "rsa" if info.key_family == "rsa" else "ecdsa"
+        report = _report(_Signer(info, "", "", sig_family, b"", full))
+    except _Fail as exc:
+        return Verdict(exc.finding, tuple(warnings))
+    return Verdict(None, tuple(warnings), (report,))
+
+
+def fingerprint(der: bytes) -> bytes:
+    return hashlib.sha256(der).digest()

@@ -1,0 +1,62 @@
+"""Key references: which key signs, named the way securesystemslib names keys.
+
+* ``NAME`` or ``ca:NAME``: the code-signing certificate NAME issued by the CA in the pki dir
+  (its key in private/NAME.key, its chain from chain.pem);
+* ``file:PATH``: an encrypted PKCS#8 key file; the certificate and chain come separately;
+* ``pkcs11:...`` (RFC 7512): recognised, so that an HSM signer can plug in later.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from trustboot.errors import ConfigError
+
+Scheme = Literal["ca", "file", "pkcs11"]
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    scheme: Scheme
+    value: str  # CA name, file path, or the whole pkcs11: URI
+
+    @property
+    def path(self) -> Path:
+        if self.scheme != "file":
+            raise ValueError("only file: references have a path")
+        return Path(self.value)
+
+    def __str__(self) -> str:
+        return self.value if self.scheme == "pkcs11" else f"{self.scheme}:{self.value}"
+
+
+def parse_ref(text: str) -> KeyRef:
+    """Parse a key reference; ConfigError naming the accepted forms otherwise."""
+    raw = text.strip()
+    forms = "a CA certificate name (NAME or ca:NAME), file:PATH, or a pkcs11: URI"
+    if not raw:
+        raise ConfigError("empty key reference", hint=f"pass --key with {forms}")
+    scheme, sep, rest = raw.partition(":")
+    if sep and scheme.lower() == "file":
+        if not rest:
+            raise ConfigError(f"key reference {raw!r} has no path", hint="use file:PATH")
+        # file:///abs/path and file:rel/path both work.
+        path = rest[2:] if rest.startswith("//") else rest
+        return KeyRef("file", path)
+    if sep and scheme.lower() == "pkcs11":
+        return KeyRef("pkcs11", raw)
+    if sep and scheme.lower() == "ca":
+        name = rest
+    elif sep:
+        raise ConfigError(f"unknown key reference scheme {scheme!r} in {raw!r}",
+                          hint=f"use {forms}")
+    else:
+        name = raw
+    if not _NAME.match(name):
+        raise ConfigError(f"{name!r} is not a valid certificate name",
+                          hint="names are letters, digits, '.', '_' and '-'")
+    return KeyRef("ca", name)
