@@ -1,0 +1,67 @@
+"""The hidden passphrase prompt on a real terminal (pty): confirmed at init, never echoed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trustboot.ca.store import CertificateAuthority
+from trustboot.keys import keyfile
+from trustboot.secrets import constant
+
+from .conftest import trustboot_cmd
+
+pexpect = pytest.importorskip("pexpect", reason="pexpect (test extra) drives the pty prompt")
+
+
+def spawn(*args: str) -> pexpect.spawn:
+    cmd = trustboot_cmd()
+    return pexpect.spawn(cmd[0], [*cmd[1:], *args], encoding="utf-8", timeout=60)
+
+
+def test_init_prompts_twice_and_never_echoes(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    child = spawn("ca", "init", "--pki", str(pki), "--key-type", "ec-p256")
+    child.expect("Passphrase for the new CA keys: ")
+    child.sendline("typed secret 123")
+    child.expect("Repeat for confirmation: ")
+    child.sendline("typed secret 123")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert "typed secret" not in (child.before or "")
+    ca = CertificateAuthority.open(pki)
+    key = keyfile.load_key(pki / "private" / "issuing-ca.key", constant(b"typed secret 123"),
+                           "test")
+    assert key.public_key().public_numbers() == ca.issuing_cert.public_key().public_numbers()
+
+
+def test_init_confirmation_mismatch_asks_again(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    child = spawn("ca", "init", "--pki", str(pki), "--key-type", "ec-p256")
+    child.expect("Passphrase for the new CA keys: ")
+    child.sendline("first secret 123")
+    child.expect("Repeat for confirmation: ")
+    child.sendline("other secret 456")
+    child.expect("do not match")
+    child.expect("Passphrase for the new CA keys: ")
+    child.sendcontrol("c")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus != 0
+    assert not (pki / "index.json").exists()
+
+
+def test_short_passphrase_refused(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    child = spawn("ca", "init", "--pki", str(pki), "--key-type", "ec-p256")
+    child.expect("Passphrase for the new CA keys: ")
+    child.sendline("short")
+    child.expect("Repeat for confirmation: ")
+    child.sendline("short")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 3
+    assert "shorter than 8" in (child.before or "")
+    assert not (pki / "index.json").exists()
