@@ -19,7 +19,10 @@ def load(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
-def ext_map(cert: x509.Certificate) -> dict[x509.ObjectIdentifier, x509.Extension[x509.ExtensionType]]:
+Ext = x509.Extension[x509.ExtensionType]
+
+
+def ext_map(cert: x509.Certificate) -> dict[x509.ObjectIdentifier, Ext]:
     return {e.oid: e for e in cert.extensions}
 
 
