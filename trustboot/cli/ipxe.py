@@ -1,13 +1,323 @@
-"""`trustboot ipxe` (placeholder until its issue lands)."""
+"""`trustboot ipxe`: build iPXE with built-in trust and a fail-closed script; script tools."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, cast
+
 import click
 
+from trustboot.cli._common import (
+    emit_json,
+    json_option,
+    passphrase_options,
+    passphrase_source,
+    warn,
+)
 from trustboot.errors import ConfigError
+from trustboot.ipxe import build as ipxe_build
+from trustboot.ipxe.config import BuildOptions
+from trustboot.ipxe.inputs import collect_trust, load_client_identity
+from trustboot.ipxe.script import (
+    ON_FAILURE,
+    ChainScript,
+    check_script,
+    lint_script,
+    render_chain_script,
+)
+from trustboot.ipxe.source import ENV_SOURCE, clone_pinned, open_source, resolve_source_dir
 
 
-@click.command("ipxe")
+@click.group("ipxe")
 def command() -> None:
-    """Not available yet."""
-    raise ConfigError("'trustboot ipxe' is not implemented in this build")
+    """Build iPXE that trusts only your root and runs only signed images."""
+
+
+def _chain_options(func: Any) -> Any:
+    options = [
+        click.option("--chain", "chain_url", metavar="URL",
+                     help="Generate the embedded script: fetch URL (https) and URL.sig, "
+                     "imgverify, then execute it."),
+        click.option("--chain-sig", metavar="URL", help="Signature URL (default: URL.sig)."),
+        click.option("--signer", metavar="NAME",
+                     help="imgverify --signer: the code-signing certificate's CN (needed "
+                     "with --chain)."),
+        click.option("--ntp", "ntp_server", metavar="SERVER",
+                     help="Set the clock over NTP before verifying (certificates are checked "
+                     "against the client's clock)."),
+        click.option("--retries", type=int, default=5, show_default=True,
+                     help="Attempts for DHCP and for fetching the entry script."),
+        click.option("--retry-delay", type=int, default=5, show_default=True,
+                     help="Seconds between attempts."),
+        click.option("--on-failure", type=click.Choice(ON_FAILURE), default="exit",
+                     show_default=True,
+                     help="What the firmware does once it gives up (it never boots "
+                     "anything unverified)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _chain_script(
+    chain_url: str | None, chain_sig: str | None, signer: str | None, ntp_server: str | None,
+    retries: int, retry_delay: int, on_failure: str,
+) -> str | None:
+    if chain_url is None:
+        if chain_sig or signer:
+            raise ConfigError("--chain-sig and --signer only make sense with --chain URL")
+        return None
+    if not signer:
+        raise ConfigError(
+            "--chain needs --signer NAME",
+            hint="pass the common name of the code-signing certificate that signs the "
+            "entry script (see `trustboot ca list`)",
+        )
+    return render_chain_script(ChainScript(
+        url=chain_url, sig_url=chain_sig, signer=signer, ntp_server=ntp_server,
+        dhcp_attempts=retries, fetch_attempts=retries, retry_delay=retry_delay,
+        on_failure=on_failure,
+    ))
+
+
+class _Progress:
+    """A live line on a terminal; elsewhere one line every 15 s so CI logs show life."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.count = 0
+        self.last = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, step: str) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if self.tty:
+            click.echo(f"\r\x1b[Kmake: {self.count} steps, {step}"[:120], nl=False, err=True)
+        elif now - self.last >= 15:
+            self.last = now
+            click.echo(f"make: {self.count} steps, {step}", err=True)
+
+    def finish(self) -> None:
+        if self.enabled and self.tty and self.count:
+            click.echo("\r\x1b[K", nl=False, err=True)
+
+
+@command.command("build")
+@click.option("--source", "source_dir", type=click.Path(path_type=Path, file_okay=False),
+              help=f"iPXE source tree (top or src/); default ${ENV_SOURCE}. Never modified.")
+@click.option("--git", "git_url", metavar="URL", help="Clone iPXE from URL (needs --commit).")
+@click.option("--commit", metavar="SHA", help="The full commit id --git is pinned to.")
+@click.option("--pki", type=click.Path(path_type=Path, file_okay=False), envvar="TRUSTBOOT_PKI",
+              default=Path("pki"), show_default=True, show_envvar=True,
+              help="CA directory: ca.crt becomes TRUST=, ca.crt and issuing-ca.crt CERT=.")
+@click.option("--trust", "trust_files", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="An extra root (one certificate per file), e.g. the next root during "
+              "a rotation. Repeatable.")
+@click.option("--cert", "cert_files", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Extra chain certificates to build in (CERT=). Repeatable.")
+@click.option("--client-cert", metavar="NAME",
+              help="Build in the pki's client certificate NAME and its RSA key for "
+              "client-authenticated origins.")
+@passphrase_options(what="the client key")
+@click.option("--script", "script_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Embed this #!ipxe script (it is linted: it must be fail-closed).")
+@_chain_options
+@click.option("--target", "targets", multiple=True, metavar="TARGET",
+              help="Build target; repeatable. Default: "
+              + ", ".join(ipxe_build.DEFAULT_TARGETS) + ". Also: "
+              + ", ".join(t for t in ipxe_build.KNOWN_TARGETS
+                          if t not in ipxe_build.DEFAULT_TARGETS))
+@click.option("--crosscert", metavar="URL",
+              help="Let iPXE fetch missing chain certificates from URL (default: never).")
+@click.option("--no-ocsp", is_flag=True,
+              help="Do not check OCSP at boot (default: check when a certificate names "
+              "a responder, fail-closed).")
+@click.option("--serial-console", is_flag=True, help="Also use the first serial port.")
+@click.option("--source-date-epoch", type=int,
+              help="Build timestamp (default: $SOURCE_DATE_EPOCH, the commit time, or 0).")
+@click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("ipxe-build"), show_default=True,
+              help="Where the binaries and manifest.json go.")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Build cache (default: $TRUSTBOOT_CACHE_DIR/ipxe or "
+              "~/.cache/trustboot/ipxe).")
+@click.option("--no-cache", is_flag=True, help="Rebuild even if the same inputs were built.")
+@click.option("--clean", is_flag=True, help="Build in a fresh copy even for BIOS targets.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), help="make -j (default: CPUs).")
+@click.option("--unsafe-skip-lint", is_flag=True,
+              help="Embed --script even if it is not fail-closed (not recommended).")
+@json_option
+@click.pass_context
+def build_cmd(
+    ctx: click.Context, source_dir: Path | None, git_url: str | None, commit: str | None,
+    pki: Path, trust_files: tuple[Path, ...], cert_files: tuple[Path, ...],
+    client_cert: str | None, passphrase_file: Path | None, passphrase_env: str | None,
+    script_file: Path | None, chain_url: str | None, chain_sig: str | None,
+    signer: str | None, ntp_server: str | None, retries: int, retry_delay: int,
+    on_failure: str, targets: tuple[str, ...], crosscert: str | None, no_ocsp: bool,
+    serial_console: bool, source_date_epoch: int | None, output_dir: Path,
+    cache_dir: Path | None, no_cache: bool, clean: bool, jobs: int | None,
+    unsafe_skip_lint: bool, as_json: bool,
+) -> None:
+    """Build iPXE that trusts only your root and executes only verified images.
+
+    \b
+    Examples:
+      trustboot ipxe build --source ~/ipxe --chain https://boot.example.com/boot.ipxe \\
+          --signer boot-signer
+      trustboot ipxe build --target bin/ipxe.lkrn --script boot.ipxe --trust next-root.crt
+    """
+    target_list = ipxe_build.check_targets(targets or ipxe_build.DEFAULT_TARGETS)
+    # The default ./pki is used only if it is there; an explicit --pki must exist.
+    explicit_pki = ctx.get_parameter_source("pki") not in (
+        click.core.ParameterSource.DEFAULT, None,
+    )
+    pki_dir: Path | None = pki
+    if not explicit_pki and not (pki / "ca.crt").exists() and trust_files:
+        pki_dir = None
+    trust = collect_trust(pki_dir, trust_files, cert_files)
+
+    generated = _chain_script(chain_url, chain_sig, signer, ntp_server, retries,
+                              retry_delay, on_failure)
+    if generated is not None and script_file is not None:
+        raise ConfigError("give either --script FILE or --chain URL, not both")
+    if generated is not None:
+        script = generated
+    elif script_file is not None:
+        try:
+            script = script_file.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"script {script_file} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read script {script_file}: {exc}") from None
+        if not script.startswith("#!ipxe"):
+            raise ConfigError(
+                f"{script_file} is not an iPXE script (its first line is not '#!ipxe')",
+                hint="iPXE only runs embedded scripts that start with '#!ipxe'",
+            )
+        if unsafe_skip_lint:
+            warn(f"not linting {script_file}: it may boot unverified images")
+        else:
+            check_script(script, origin=str(script_file))
+    else:
+        raise ConfigError(
+            "no embedded script: without one the firmware would boot unsigned images",
+            hint="pass --chain https://HOST/boot.ipxe --signer NAME, or --script FILE",
+        )
+
+    client = None
+    if client_cert is not None:
+        client = load_client_identity(
+            pki_dir, client_cert,
+            passphrase_source(passphrase_file, passphrase_env, option="--passphrase"),
+        )
+
+    if git_url is not None:
+        if source_dir is not None or commit is None:
+            raise ConfigError("--git URL needs --commit SHA and excludes --source")
+        cache = cache_dir or ipxe_build.default_cache_dir()
+        checkout = clone_pinned(git_url, commit, cache / "git" / commit.lower())
+        source = open_source(checkout)
+    else:
+        if commit is not None:
+            raise ConfigError("--commit only makes sense with --git URL")
+        source = open_source(resolve_source_dir(source_dir))
+
+    if source_date_epoch is None:
+        env_epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+        if env_epoch.isdigit():
+            source_date_epoch = int(env_epoch)
+        else:
+            source_date_epoch = source.git_commit_time or 0
+    request = ipxe_build.BuildRequest(
+        source=source,
+        targets=target_list,
+        trust=trust.trust,
+        certs=trust.certs,
+        client=client,
+        script=script,
+        options=BuildOptions(
+            crosscert=crosscert, ocsp=not no_ocsp, ntp=ntp_server is not None,
+            serial_console=serial_console,
+        ),
+        source_date_epoch=source_date_epoch,
+    )
+    progress = _Progress(enabled=True)
+    try:
+        result = ipxe_build.build(
+            request, output_dir=output_dir, cache_dir=cache_dir, jobs=jobs,
+            use_cache=not no_cache, clean=clean, on_progress=progress,
+        )
+    finally:
+        progress.finish()
+    if as_json:
+        emit_json({"cached": result.cached, "output_dir": str(output_dir),
+                   "outputs": {t: str(p) for t, p in result.outputs.items()},
+                   "manifest": result.manifest})
+        return
+    state = "from cache" if result.cached else "built"
+    for entry in cast(list[dict[str, Any]], result.manifest["outputs"]):
+        click.echo(f"{entry['target']}  {entry['size']} bytes  sha256 {entry['sha256']}")
+    click.echo(f"{len(result.outputs)} target(s) {state}; manifest: "
+               f"{output_dir / 'manifest.json'}")
+    fps = ", ".join(c.fingerprint[:16] for c in request.trust)
+    click.echo(f"trusts only: {fps}")
+    if client is not None:
+        warn("these binaries contain the client's private key: protect them like the key")
+
+
+@command.group("script")
+def script_group() -> None:
+    """Render or lint embedded scripts."""
+
+
+@script_group.command("render")
+@_chain_options
+def render_cmd(
+    chain_url: str | None, chain_sig: str | None, signer: str | None, ntp_server: str | None,
+    retries: int, retry_delay: int, on_failure: str,
+) -> None:
+    """Print the fail-closed embedded script that --chain URL would build in."""
+    if chain_url is None:
+        raise ConfigError("render needs --chain URL --signer NAME")
+    text = _chain_script(chain_url, chain_sig, signer, ntp_server, retries, retry_delay,
+                         on_failure)
+    assert text is not None
+    click.echo(text, nl=False)
+
+
+@script_group.command("lint")
+@click.argument("script_file", type=click.Path(path_type=Path, dir_okay=False))
+@json_option
+def lint_cmd(script_file: Path, as_json: bool) -> None:
+    """Check that a script is fit to embed: fail-closed, HTTPS, no soft-failing imgverify.
+
+    Exit 0 when clean, 3 with the findings listed otherwise.
+    """
+    try:
+        text = script_file.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"script {script_file} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read script {script_file}: {exc}") from None
+    findings = lint_script(text)
+    if as_json:
+        emit_json({"file": str(script_file), "findings": [f.to_json() for f in findings]})
+    else:
+        for finding in findings:
+            click.echo(f"{script_file}:{finding}")
+    if findings:
+        raise ConfigError(
+            f"{script_file}: {len(findings)} finding(s); the script is not fail-closed",
+            hint="fix them, or generate a script with `trustboot ipxe script render`",
+        )
+    if not as_json:
+        click.echo(f"{script_file}: ok")

@@ -61,9 +61,9 @@ KNOWN_TARGETS: Mapping[str, TargetInfo] = {
 }
 
 BASE_TOOLS = (
-    ("make", "make (build-essential)"),
-    ("gcc", "gcc (build-essential)"),
-    ("ld", "binutils (build-essential)"),
+    ("make", "build-essential"),
+    ("gcc", "build-essential"),
+    ("ld", "build-essential"),  # binutils
     ("perl", "perl"),
     ("openssl", "openssl"),  # iPXE's Makefile fingerprints TRUST= with it
 )
@@ -108,7 +108,7 @@ def check_toolchain(
         missing.append(("lzma.h", "liblzma-dev"))
     if missing:
         names = ", ".join(prog for prog, _ in missing)
-        packages = " ".join(sorted({pkg.split(" ")[0] for _, pkg in missing}))
+        packages = " ".join(sorted({pkg for _, pkg in missing}))
         raise ConfigError(
             f"the iPXE toolchain is incomplete: missing {names}",
             hint=f"on Debian: apt-get install {packages} "
@@ -403,8 +403,8 @@ def build(
     """Build (or fetch from the cache) every target, copy them to ``output_dir``."""
     toolchain = dict(toolchain) if toolchain is not None else check_toolchain(request.targets)
     cache = cache_dir or default_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    fsutil.ensure_private_dir(cache)  # outputs may embed a client key
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fsutil.ensure_private_dir(cache)  # 0700: outputs may embed a client key
     key = cache_key(request, toolchain)
     entry = cache / "out" / key
     (cache / "out").mkdir(exist_ok=True)

@@ -108,7 +108,7 @@ def render_chain_script(params: ChainScript) -> str:
     if params.ntp_server is not None:
         lines += [
             "# Certificate validity is checked against this clock: set it before verifying.",
-            f"ntp {params.ntp_server} || echo trustboot: NTP failed; "
+            f"ntp {params.ntp_server} || echo trustboot: NTP failed, "
             "keeping the firmware clock",
         ]
     lines += [
@@ -116,7 +116,7 @@ def render_chain_script(params: ChainScript) -> str:
         "set tb_try:int32 0",
         ":fetch",
         "inc tb_try",
-        "imgfree",
+        # Same --name: a new fetch replaces the previous attempt's image.
         "imgfetch --name tb_entry ${tb_url} && imgfetch --name tb_entry.sig ${tb_sig} "
         "&& goto fetch_ok ||",
         f"iseq ${{tb_try}} {params.fetch_attempts} && goto fetch_failed ||",
@@ -130,18 +130,17 @@ def render_chain_script(params: ChainScript) -> str:
         "imgverify --signer ${tb_signer} tb_entry tb_entry.sig",
         "imgfree tb_entry.sig",
         "imgexec tb_entry",
-        "echo trustboot: ${tb_url} returned; stopping",
+        "echo trustboot: ${tb_url} returned, stopping",
         "goto stop",
         "",
         ":dhcp_failed",
-        f"echo trustboot: DHCP failed {params.dhcp_attempts} times; stopping",
+        f"echo trustboot: DHCP failed {params.dhcp_attempts} times, stopping",
         "goto stop",
         ":fetch_failed",
-        f"echo trustboot: could not fetch ${{tb_url}} after {params.fetch_attempts} attempts; "
+        f"echo trustboot: could not fetch ${{tb_url}} after {params.fetch_attempts} attempts, "
         "stopping",
         "goto stop",
         ":stop",
-        "imgfree",
         failure,
         "",
     ]

@@ -34,6 +34,7 @@ class IpxeSource:
     tree_sha256: str
     git_commit: str | None = None
     git_dirty: bool | None = None
+    git_commit_time: int | None = None  # committer time: the default SOURCE_DATE_EPOCH
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -125,10 +126,16 @@ def open_source(path: Path) -> IpxeSource:
     top = src.parent
     commit = _git(top, "rev-parse", "HEAD")
     dirty = None
+    when = None
     if commit is not None:
         status = _git(top, "status", "--porcelain", "--untracked-files=no", "--", "src")
         dirty = bool(status)
-    return IpxeSource(src=src, tree_sha256=tree_hash(src), git_commit=commit, git_dirty=dirty)
+        stamp = _git(top, "log", "-1", "--format=%ct", "HEAD")
+        when = int(stamp) if stamp and stamp.isdigit() else None
+    return IpxeSource(
+        src=src, tree_sha256=tree_hash(src), git_commit=commit, git_dirty=dirty,
+        git_commit_time=when,
+    )
 
 
 def copy_tree(source: IpxeSource, dest: Path) -> Path:

@@ -1,0 +1,324 @@
+"""Make plan, cache key, cache, manifest, progress and error paths, against a fake tree."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_tool
+from tests.ipxe.fake_tree import fake_env, make_fake_tree
+from tests.ipxe.testpki import make_pki
+from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.ipxe import build as B
+from trustboot.ipxe.config import BuildOptions, load_certificates, load_single_certificate
+from trustboot.ipxe.source import find_src_dir, open_source, resolve_source_dir, tree_hash
+
+TOOLCHAIN = {"gcc": "gcc (fake) 1", "make": "GNU Make 4.3"}
+SCRIPT = "#!ipxe\nimgtrust --permanent\n"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return make_fake_tree(tmp_path / "ipxe")
+
+
+@pytest.fixture
+def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    require_tool("make", "make")
+    log = tmp_path / "runs.log"
+    log.write_text("")
+    for k, v in fake_env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("FAKE_RUNS", str(log))
+    return log
+
+
+def _request(tree: Path, pki, **kw) -> B.BuildRequest:
+    args = dict(
+        source=open_source(tree),
+        targets=("bin/ipxe.lkrn",),
+        trust=(load_single_certificate(pki.root),),
+        certs=tuple(load_certificates(pki.issuing)),
+        script=SCRIPT,
+    )
+    args.update(kw)
+    return B.BuildRequest(**args)
+
+
+# --- source ---------------------------------------------------------------------------------
+
+
+def test_source_detection(tree: Path, tmp_path: Path) -> None:
+    assert find_src_dir(tree) == tree / "src"
+    assert find_src_dir(tree / "src") == tree / "src"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="is not an iPXE source tree") as info:
+        find_src_dir(tmp_path / "empty")
+    assert "src/Makefile" in (info.value.hint or "")
+    with pytest.raises(ConfigError, match="does not exist"):
+        find_src_dir(tmp_path / "nope")
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        find_src_dir(f)
+
+
+def test_source_from_env_or_option(tmp_path: Path) -> None:
+    assert resolve_source_dir(tmp_path, {}) == tmp_path
+    assert resolve_source_dir(None, {"TRUSTBOOT_IPXE_SRC": "/x"}) == Path("/x")
+    with pytest.raises(ConfigError, match="no iPXE source tree") as info:
+        resolve_source_dir(None, {})
+    assert "TRUSTBOOT_IPXE_SRC" in (info.value.hint or "")
+
+
+def test_tree_hash_ignores_outputs_and_local_config_but_not_sources(tree: Path) -> None:
+    src = tree / "src"
+    before = tree_hash(src)
+    (src / "bin").mkdir()
+    (src / "bin" / "x.o").write_text("obj")
+    (src / "config" / "local" / "general.h").write_text("#define X\n")
+    assert tree_hash(src) == before
+    (src / "config" / "general.h").write_text("/* changed */\n")
+    assert tree_hash(src) != before
+
+
+# --- plan -----------------------------------------------------------------------------------
+
+
+def test_make_plan(tree: Path, pki) -> None:
+    second = make_pki(pki.dir / "second", prefix="Next")
+    req = _request(tree, pki, trust=(load_single_certificate(pki.root),
+                                     load_single_certificate(second.root)),
+                   targets=("bin-x86_64-efi/ipxe.efi", "bin/undionly.kpxe",
+                            "bin-arm64-efi/ipxe.efi"),
+                   source_date_epoch=1700000000)
+    plan = B.make_plan(req, jobs=4)
+    assert len(plan.invocations) == 2  # arm64 needs its own CROSS=
+    host, arm = plan.invocations
+    assert host[:4] == ("make", "-C", "src", "-j4")
+    assert host[4:6] == ("bin-x86_64-efi/ipxe.efi", "bin/undionly.kpxe")
+    assert "TRUST=../trustboot-inputs/trust-1.crt,../trustboot-inputs/trust-2.crt" in host
+    # CERT=: both roots plus the issuing CA, each once, all PEM
+    assert ("CERT=../trustboot-inputs/cert-1.crt,../trustboot-inputs/cert-2.crt,"
+            "../trustboot-inputs/cert-3.crt") in host
+    assert all(plan.input_files[f"trustboot-inputs/cert-{i}.crt"].startswith(b"-----BEGIN")
+               for i in (1, 2, 3))
+    assert "EMBED=../trustboot-inputs/trustboot.ipxe" in host
+    assert plan.input_files["trustboot-inputs/trustboot.ipxe"] == SCRIPT.encode()
+    assert "SOURCE_DATE_EPOCH=1700000000" in host
+    assert "EXTRA_CFLAGS=-ffile-prefix-map=$(CURDIR)=." in host
+    assert not any(a.startswith(("PRIVKEY=", "CROSS=")) for a in host)
+    assert arm[4] == "bin-arm64-efi/ipxe.efi" and arm[-1] == "CROSS=aarch64-linux-gnu-"
+    # no path of this machine in the plan: it goes into the cache key and manifest
+    assert not any(str(tree) in a for a in host)
+
+
+def test_duplicate_roots_are_built_in_once(tree: Path, pki) -> None:
+    req = _request(tree, pki, certs=tuple(load_certificates(pki.chain)))
+    cert_arg = next(a for a in B.make_plan(req, jobs=1).invocations[0] if a.startswith("CERT="))
+    assert cert_arg.count(",") == 1  # root (from TRUST) + issuing; the chain's root deduped
+
+
+def test_unknown_target_and_missing_trust(tree: Path, pki) -> None:
+    with pytest.raises(ConfigError, match="unknown target 'bin/ipxe.exe'") as info:
+        _request(tree, pki, targets=("bin/ipxe.exe",))
+    assert "bin/ipxe.lkrn" in (info.value.hint or "")
+    with pytest.raises(ConfigError, match="no trust anchor"):
+        _request(tree, pki, trust=())
+    with pytest.raises(ConfigError, match="does not start with '#!ipxe'"):
+        _request(tree, pki, script="echo hi\n")
+
+
+# --- cache key ------------------------------------------------------------------------------
+
+
+def test_cache_key_tracks_every_input(tree: Path, pki) -> None:
+    base = _request(tree, pki)
+    key = B.cache_key(base, TOOLCHAIN)
+    assert key == B.cache_key(_request(tree, pki), TOOLCHAIN)  # stable
+    other = make_pki(pki.dir / "other", prefix="Other")
+    variants = [
+        _request(tree, pki, trust=(load_single_certificate(other.root),)),
+        _request(tree, pki, certs=()),
+        _request(tree, pki, script=SCRIPT + "echo x\n"),
+        _request(tree, pki, targets=("bin/undionly.kpxe",)),
+        _request(tree, pki, options=BuildOptions(ocsp=False)),
+        _request(tree, pki, source_date_epoch=1),
+    ]
+    keys = {B.cache_key(v, TOOLCHAIN) for v in variants}
+    assert key not in keys and len(keys) == len(variants)
+    assert B.cache_key(base, {**TOOLCHAIN, "gcc": "gcc 13"}) != key
+    (tree / "src" / "config" / "general.h").write_text("/* new */\n")
+    assert B.cache_key(_request(tree, pki), TOOLCHAIN) != key
+
+
+def test_cache_key_does_not_depend_on_the_trees_path(tmp_path: Path, pki) -> None:
+    a = make_fake_tree(tmp_path / "a")
+    b = make_fake_tree(tmp_path / "b")
+    assert B.cache_key(_request(a, pki), TOOLCHAIN) == B.cache_key(_request(b, pki), TOOLCHAIN)
+
+
+# --- toolchain ------------------------------------------------------------------------------
+
+
+def test_missing_toolchain_names_debian_packages() -> None:
+    with pytest.raises(ConfigError, match="missing gcc, ld") as info:
+        B.check_toolchain(["bin/ipxe.lkrn"],
+                          which=lambda p: None if p in ("gcc", "ld") else "/usr/bin/" + p)
+    hint = info.value.hint or ""
+    assert "apt-get install build-essential" in hint and "liblzma-dev" in hint
+    with pytest.raises(ConfigError, match="aarch64-linux-gnu-gcc") as info:
+        B.check_toolchain(["bin-arm64-efi/ipxe.efi"],
+                          which=lambda p: None if p.startswith("aarch64") else "/bin/" + p)
+    assert "gcc-aarch64-linux-gnu" in (info.value.hint or "")
+    with pytest.raises(ConfigError, match="mformat") as info:
+        B.check_toolchain(["bin/ipxe.iso"],
+                          which=lambda p: None if p == "mformat" else "/bin/" + p)
+    assert "mtools" in (info.value.hint or "")
+
+
+# --- build with the fake tree ---------------------------------------------------------------
+
+
+def _build(req: B.BuildRequest, tmp_path: Path, **kw) -> B.BuildResult:
+    kw.setdefault("cache_dir", tmp_path / "cache")
+    kw.setdefault("output_dir", tmp_path / "out")
+    return B.build(req, toolchain=TOOLCHAIN, jobs=2, **kw)
+
+
+def test_build_manifest_and_cache(tree: Path, pki, tmp_path: Path, runs: Path) -> None:
+    req = _request(tree, pki, targets=("bin/ipxe.lkrn", "bin-x86_64-efi/ipxe.efi"))
+    before = sorted(p.relative_to(tree) for p in tree.rglob("*"))
+    steps: list[str] = []
+    first = _build(req, tmp_path, on_progress=steps.append)
+    assert not first.cached
+    assert runs.read_text().split() == ["bin/ipxe.lkrn", "bin-x86_64-efi/ipxe.efi"]
+    assert "BUILD bin/ipxe.lkrn.o" in steps and len(steps) >= 4
+    # the user's tree is untouched: no bin/, no config/local, no inputs
+    assert sorted(p.relative_to(tree) for p in tree.rglob("*")) == before
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m == first.manifest
+    assert m["source"]["tree_sha256"] == req.source.tree_sha256
+    assert m["trust"][0]["sha256"] == load_single_certificate(pki.root).fingerprint
+    assert [c["sha256"] for c in m["certs"]] == [c.fingerprint for c in req.chain_certs]
+    assert m["embedded_script"]["sha256"] == hashlib.sha256(SCRIPT.encode()).hexdigest()
+    assert m["config_headers"] == req.headers
+    assert m["toolchain"] == TOOLCHAIN
+    for out in m["outputs"]:
+        data = (tmp_path / "out" / out["target"]).read_bytes()
+        assert out["sha256"] == hashlib.sha256(data).hexdigest() and out["size"] == len(data)
+        assert all(out["trust_check"]["trust"].values())
+        assert all(out["trust_check"]["certs"].values())
+        assert b'#define CROSSCERT ""' in data  # the generated headers were in place
+    # same inputs: no make run, same bytes, into a fresh output directory
+    second = _build(req, tmp_path, output_dir=tmp_path / "out2")
+    assert second.cached and second.log is None
+    assert len(runs.read_text().split()) == 2
+    assert (tmp_path / "out2" / "bin/ipxe.lkrn").read_bytes() == (
+        tmp_path / "out" / "bin/ipxe.lkrn").read_bytes()
+    # --no-cache rebuilds
+    assert not _build(req, tmp_path, use_cache=False).cached
+    assert len(runs.read_text().split()) == 4
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
+
+
+def test_changed_trust_rebuilds(tree: Path, pki, tmp_path: Path, runs: Path) -> None:
+    _build(_request(tree, pki), tmp_path)
+    other = make_pki(tmp_path / "other", prefix="Other")
+    res = _build(_request(tree, pki, trust=(load_single_certificate(other.root),)), tmp_path)
+    assert not res.cached
+    data = res.outputs["bin/ipxe.lkrn"].read_bytes()
+    assert bytes.fromhex(load_single_certificate(other.root).fingerprint) in data
+    assert bytes.fromhex(load_single_certificate(pki.root).fingerprint) not in data
+
+
+def test_concurrent_builds_of_same_inputs_share_one_make(
+    tree: Path, pki, tmp_path: Path, runs: Path
+) -> None:
+    req = _request(tree, pki)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(
+            lambda i: _build(req, tmp_path, output_dir=tmp_path / f"o{i}"), range(4)))
+    assert len(runs.read_text().split()) == 1
+    assert sum(not r.cached for r in results) == 1
+
+
+def test_make_failure_shows_tail_and_log(
+    tree: Path, pki, tmp_path: Path, runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    with pytest.raises(OperationalError, match="make failed") as info:
+        _build(_request(tree, pki), tmp_path)
+    err = info.value
+    assert "core/broken.c:12: error" in err.message
+    assert "bin/file0.o" not in err.message  # only the tail
+    log = Path((err.hint or "").split("the full log is ")[1])
+    assert "bin/file0.o" in log.read_text()
+    assert not (tmp_path / "out").exists()
+    monkeypatch.delenv("FAKE_FAIL")
+    assert not _build(_request(tree, pki), tmp_path).cached  # a failure is not cached
+
+
+def test_binary_without_the_trust_is_refused(
+    tree: Path, pki, tmp_path: Path, runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_DROP_TRUST", "1")
+    with pytest.raises(VerificationError, match="built without the requested trust") as info:
+        _build(_request(tree, pki), tmp_path)
+    assert info.value.rule == "ipxe-trust-compiled-in"
+    assert not (tmp_path / "out" / "bin/ipxe.lkrn").exists()
+
+
+def test_client_key_is_only_present_during_the_build(
+    tree: Path, pki, tmp_path: Path, runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from trustboot.ipxe.config import client_identity
+
+    # The fake build reports whether the key file was there while make ran.
+    builder = tree / "src" / "fake_build.py"
+    builder.write_text(builder.read_text().replace(
+        'out = [b"FAKE-IPXE "',
+        'seen = os.path.exists("../trustboot-inputs/client.key") and '
+        'oct(os.stat("../trustboot-inputs/client.key").st_mode & 0o777)\n'
+        'out = [str(seen).encode(), b"FAKE-IPXE "'))
+    key = serialization.load_pem_private_key(pki.leaf_key.read_bytes(), None)
+    client = client_identity(load_single_certificate(pki.leaf), key)
+    req = _request(tree, pki, client=client)
+    assert any(a == "PRIVKEY=../trustboot-inputs/client.key"
+               for a in B.make_plan(req, jobs=1).invocations[0])
+    res = _build(req, tmp_path)
+    out = res.outputs["bin/ipxe.lkrn"]
+    assert out.read_bytes().startswith(b"0o600")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # the binary holds the key
+    # nothing with the key is left in the cache's work area
+    leftovers = [p for p in (tmp_path / "cache" / "work").rglob("*") if "client.key" in p.name]
+    assert leftovers == []
+    assert res.manifest["client_certificate"]["public_key_sha256"] == client.public_key_sha256
+    assert "PRIVATE KEY" not in json.dumps(res.manifest)
+
+
+def test_cache_dir_open_to_others_is_refused(tree: Path, pki, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    os.chmod(cache, 0o755)
+    with pytest.raises(ConfigError, match="accessible to other users"):
+        _build(_request(tree, pki), tmp_path, cache_dir=cache)
+
+
+def test_default_cache_dir() -> None:
+    assert B.default_cache_dir({"TRUSTBOOT_CACHE_DIR": "/c"}) == Path("/c/ipxe")
+    assert B.default_cache_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/trustboot/ipxe")
+    assert B.default_cache_dir({"HOME": "/h"}) == Path("/h/.cache/trustboot/ipxe")
