@@ -98,7 +98,7 @@ def test_bundle_is_refused_as_trust_anchor(pki) -> None:
 def test_not_a_certificate(tmp_path: Path, content: bytes) -> None:
     f = tmp_path / "x.crt"
     f.write_bytes(content)
-    with pytest.raises(ConfigError, match="is not an X.509 certificate"):
+    with pytest.raises(ConfigError, match=r"is not an X\.509 certificate"):
         load_single_certificate(f)
 
 
@@ -108,7 +108,7 @@ def test_missing_certificate_file(tmp_path: Path) -> None:
 
 
 def test_private_key_file_is_not_a_certificate(pki) -> None:
-    with pytest.raises(ConfigError, match="not an X.509 certificate"):
+    with pytest.raises(ConfigError, match=r"not an X\.509 certificate"):
         load_single_certificate(pki.leaf_key)
 
 
@@ -246,5 +246,5 @@ def test_lint_findings(mutation, rule: str) -> None:
 
 
 def test_check_script_names_the_origin() -> None:
-    with pytest.raises(ConfigError, match="boot.txt does not start with '#!ipxe'"):
+    with pytest.raises(ConfigError, match=r"boot\.txt does not start with '#!ipxe'"):
         check_script("echo hi\n", origin="boot.txt")
