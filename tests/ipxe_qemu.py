@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -149,6 +149,8 @@ def boot(
     *,
     rtc: datetime | None = None,
     timeout: float = 90,
+    stop_on: Sequence[str] = (DONE_MARKER,),
+    restrict: bool = True,
 ) -> str:
     """Boot ``lkrn`` under QEMU (TCG), serve ``files`` and ``script`` over slirp's TFTP.
 
@@ -156,7 +158,10 @@ def boot(
     should end with ``echo TRUSTBOOT-DONE``, at which QEMU is stopped. ``rtc`` sets the
     guest's clock (UTC; naive datetimes are taken as UTC). Returns the serial console
     text with ANSI escapes and carriage returns removed; on timeout, whatever was printed
-    so far (assert on the marker to tell).
+    so far (assert on the marker to tell). ``stop_on``: console strings that end the
+    boot early (default: the done marker). ``restrict=False`` lets the guest reach the
+    host's loopback as 10.0.2.2 (for an HTTPS origin served by the test); the default
+    keeps it off every network but slirp's own DHCP and TFTP.
     """
     if shutil.which(QEMU) is None:
         pytest.skip(f"needs {QEMU}: apt-get install qemu-system-x86")
@@ -173,7 +178,8 @@ def boot(
         argv = [
             QEMU, "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot",
             "-m", "256", "-kernel", str(lkrn),
-            "-netdev", f"user,id=n0,restrict=on,tftp={tftp},bootfile={BOOT_SCRIPT_NAME}",
+            "-netdev", f"user,id=n0,restrict={'on' if restrict else 'off'},tftp={tftp},"
+            f"bootfile={BOOT_SCRIPT_NAME}",
             # romfile= empty: no QEMU-bundled iPXE option ROM alongside the one under test.
             "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-serial", "stdio", "-monitor", "none",
@@ -189,16 +195,17 @@ def boot(
 
         def reader() -> None:
             assert proc.stdout is not None
-            line = b""
+            markers = [m.encode() for m in stop_on]
+            window = b""
             while True:
-                byte = proc.stdout.read1(4096)  # type: ignore[attr-defined]
-                if not byte:
+                data = proc.stdout.read1(4096)  # type: ignore[attr-defined]
+                if not data:
                     break
-                chunks.append(byte)
-                line += byte
-                if DONE_MARKER.encode() in line:
+                chunks.append(data)
+                window += data
+                if any(m in window for m in markers):
                     done.set()
-                line = line[-64:]
+                window = window[-256:]
             done.set()
 
         thread = threading.Thread(target=reader, daemon=True)

@@ -43,6 +43,7 @@ def _ca_cert(
 
 @dataclass
 class TestPki:
+    __test__ = False  # not a test class, despite the name
     dir: Path
     root: Path
     issuing: Path
@@ -50,6 +51,30 @@ class TestPki:
     leaf: Path
     leaf_key: Path
     signer_name: str
+    issuing_key: rsa.RSAPrivateKey
+    issuing_cert: x509.Certificate
+
+    def server_credentials(self, ip: str) -> tuple[bytes, bytes]:
+        """A TLS server certificate for ``ip`` (chain PEM: leaf + issuing) and its key PEM."""
+        import ipaddress
+
+        key = _key()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(ip)).issuer_name(self.issuing_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - dt.timedelta(days=1))
+            .not_valid_after(NOW + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .sign(self.issuing_key, hashes.SHA256())
+        )
+        pem = serialization.Encoding.PEM
+        chain = cert.public_bytes(pem) + self.issuing_cert.public_bytes(pem)
+        return chain, key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
 
     def sign(self, data_file: Path, sig_file: Path) -> bytes:
         subprocess.run(
@@ -96,7 +121,7 @@ def make_pki(directory: Path, prefix: str = "Test", signer: str = "boot-signer")
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     paths["leaf.key"].chmod(0o600)
     return TestPki(directory, paths["ca.crt"], paths["issuing-ca.crt"], paths["chain.pem"],
-                   paths["leaf.crt"], paths["leaf.key"], signer)
+                   paths["leaf.crt"], paths["leaf.key"], signer, issuing_key, issuing)
 
 
 def ec_key_pem() -> bytes:

@@ -223,7 +223,7 @@ def build_cmd(
     if git_url is not None:
         if source_dir is not None or commit is None:
             raise ConfigError("--git URL needs --commit SHA and excludes --source")
-        cache = cache_dir or ipxe_build.default_cache_dir()
+        cache = ipxe_build.prepare_cache_dir(cache_dir or ipxe_build.default_cache_dir())
         checkout = clone_pinned(git_url, commit, cache / "git" / commit.lower())
         source = open_source(checkout)
     else:

@@ -266,6 +266,13 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "trustboot" / "ipxe"
 
 
+def prepare_cache_dir(cache: Path) -> Path:
+    """Create the cache as 0700 (outputs may embed a client key) or check an existing one."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fsutil.ensure_private_dir(cache)
+    return cache
+
+
 @dataclass(frozen=True)
 class BuildResult:
     manifest: dict[str, object]
@@ -356,6 +363,15 @@ def _trust_check(built: Path, request: BuildRequest) -> dict[str, object]:
     return result
 
 
+def _write_if_changed(path: Path, data: bytes) -> None:
+    try:
+        if path.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    path.write_bytes(data)
+
+
 def _copy_out(src: Path, dest: Path, mode: int) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fsutil.atomic_write(dest, src.read_bytes(), mode=mode)
@@ -402,9 +418,7 @@ def build(
 ) -> BuildResult:
     """Build (or fetch from the cache) every target, copy them to ``output_dir``."""
     toolchain = dict(toolchain) if toolchain is not None else check_toolchain(request.targets)
-    cache = cache_dir or default_cache_dir()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    fsutil.ensure_private_dir(cache)  # 0700: outputs may embed a client key
+    cache = prepare_cache_dir(cache_dir or default_cache_dir())
     key = cache_key(request, toolchain)
     entry = cache / "out" / key
     (cache / "out").mkdir(exist_ok=True)
@@ -446,15 +460,21 @@ def _build_into(
     with _work_tree(request, cache, key, toolchain, clean) as top:
         src = top / "src"
         local = src / "config" / "local"
+        headers = {name: text.encode() for name, text in request.headers.items()}
         for name in os.listdir(local):
-            os.unlink(local / name)
-        for name, text in request.headers.items():
-            (local / name).write_text(text)
+            if name not in headers:
+                os.unlink(local / name)
+        # Rewrite only what changed: a new mtime on config/local/general.h would make
+        # make rebuild nearly every object of a warm tree.
+        for name, data in headers.items():
+            _write_if_changed(local / name, data)
         inputs = top / INPUT_DIR
-        shutil.rmtree(inputs, ignore_errors=True)
-        inputs.mkdir(mode=0o700)
+        inputs.mkdir(mode=0o700, exist_ok=True)
+        for name in os.listdir(inputs):
+            if f"{INPUT_DIR}/{name}" not in plan.input_files:
+                os.unlink(inputs / name)
         for name, data in plan.input_files.items():
-            (top / name).write_bytes(data)
+            _write_if_changed(top / name, data)
         key_file = inputs / "client.key"
         try:
             if request.client is not None:

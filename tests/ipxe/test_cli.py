@@ -1,0 +1,223 @@
+"""`trustboot ipxe build` and `trustboot ipxe script` through the CLI: no iPXE tree needed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import require_tool
+from tests.ipxe.fake_tree import fake_env, make_fake_tree
+from tests.ipxe.testpki import TestPki, make_pki
+from trustboot.cli.main import cli
+from trustboot.ipxe import build as B
+from trustboot.ipxe.config import load_single_certificate
+
+CHAIN = ["--chain", "https://boot.example.com/boot.ipxe", "--signer", "boot-signer"]
+TOOLCHAIN = {"gcc": "gcc (fake)", "make": "make (fake)"}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A fake tree, a private cache, and the fake toolchain (make itself is real)."""
+    require_tool("make", "make")
+    tree = make_fake_tree(tmp_path / "ipxe")
+    runs = tmp_path / "runs.log"
+    runs.write_text("")
+    for k, v in fake_env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("FAKE_RUNS", str(runs))
+    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
+    monkeypatch.delenv("TRUSTBOOT_PKI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(B, "check_toolchain", lambda targets: dict(TOOLCHAIN))
+    return {"tree": tree, "runs": runs, "out": tmp_path / "ipxe-build"}
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_build_from_pki_with_generated_script(env, pki: TestPki) -> None:
+    code, out, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                         *CHAIN, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert not doc["cached"]
+    m = doc["manifest"]
+    assert m["targets"] == list(B.DEFAULT_TARGETS)
+    root = load_single_certificate(pki.root)
+    issuing = load_single_certificate(pki.issuing)
+    assert [t["sha256"] for t in m["trust"]] == [root.fingerprint]
+    assert [c["sha256"] for c in m["certs"]] == [root.fingerprint, issuing.fingerprint]
+    for target in B.DEFAULT_TARGETS:
+        data = (env["out"] / target).read_bytes()
+        assert b"imgtrust --permanent" in data  # the generated script is embedded
+        assert b"imgverify --signer ${tb_signer} tb_entry tb_entry.sig" in data
+    assert json.loads((env["out"] / "manifest.json").read_text()) == m
+    # again: from the cache, no make
+    runs = len(env["runs"].read_text().split())
+    code, out, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                         *CHAIN)
+    assert code == 0, err
+    assert "from cache" in out and len(env["runs"].read_text().split()) == runs
+
+
+def test_source_from_environment_and_extra_root(env, pki: TestPki, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRUSTBOOT_IPXE_SRC", str(env["tree"]))
+    nxt = make_pki(tmp_path / "next", prefix="Next")
+    code, out, err = run("ipxe", "build", "--pki", str(pki.dir), "--trust", str(nxt.root),
+                         "--target", "bin/ipxe.lkrn", *CHAIN, "--json")
+    assert code == 0, err
+    fps = [t["sha256"] for t in json.loads(out)["manifest"]["trust"]]
+    assert fps == [load_single_certificate(pki.root).fingerprint,
+                   load_single_certificate(nxt.root).fingerprint]
+
+
+def test_trust_without_pki_directory(env, pki: TestPki) -> None:
+    # ./pki does not exist here: --trust alone is enough
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--trust", str(pki.root),
+                       "--target", "bin/ipxe.lkrn", *CHAIN)
+    assert code == 0, err
+
+
+def test_script_file_is_linted_and_embedded(env, pki: TestPki, tmp_path: Path) -> None:
+    good = tmp_path / "good.ipxe"
+    good.write_text("#!ipxe\nimgtrust --permanent\ndhcp\nimgfetch https://x/a\n"
+                    "imgverify a https://x/a.sig\nimgexec a\n")
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       "--target", "bin/ipxe.lkrn", "--script", str(good))
+    assert code == 0, err
+    assert (env["out"] / "bin/ipxe.lkrn").read_bytes().count(good.read_bytes()) == 1
+    soft = tmp_path / "soft.ipxe"
+    soft.write_text(good.read_text().replace("a.sig\n", "a.sig || echo unsigned\n"))
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       "--target", "bin/ipxe.lkrn", "--script", str(soft))
+    assert code == 3 and "soft-verify" in err and "not fail-closed" in err
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       "--target", "bin/ipxe.lkrn", "--script", str(soft), "--unsafe-skip-lint")
+    assert code == 0 and "warning: not linting" in err
+
+
+@pytest.mark.parametrize("case", [
+    "no-source", "not-a-tree", "trust-not-cert", "trust-bundle", "script-not-ipxe",
+    "script-missing", "unknown-target", "no-script", "chain-no-signer", "chain-http",
+    "script-and-chain", "pki-missing", "client-without-key", "commit-without-git",
+    "git-short-commit",
+])
+def test_bad_input_exits_3_with_a_hint(env, pki: TestPki, tmp_path: Path, case: str) -> None:
+    src = ["--source", str(env["tree"])]
+    trust = ["--pki", str(pki.dir)]
+    notcert = tmp_path / "notcert.crt"
+    notcert.write_text("hello\n")
+    script = tmp_path / "s.ipxe"
+    script.write_text("echo hi\n")
+    args, expect = {
+        "no-source": ([*trust, *CHAIN], "no iPXE source tree"),
+        "not-a-tree": (["--source", str(tmp_path), *trust, *CHAIN], "is not an iPXE source tree"),
+        "trust-not-cert": ([*src, "--trust", str(notcert), *CHAIN], "is not an X.509"),
+        "trust-bundle": ([*src, "--trust", str(pki.chain), *CHAIN], "exactly one"),
+        "script-not-ipxe": ([*src, *trust, "--script", str(script)], "is not an iPXE script"),
+        "script-missing": ([*src, *trust, "--script", str(tmp_path / "x")], "does not exist"),
+        "unknown-target": ([*src, *trust, *CHAIN, "--target", "bin/x.efi"], "unknown target"),
+        "no-script": ([*src, *trust], "no embedded script"),
+        "chain-no-signer": ([*src, *trust, "--chain", "https://x/y"], "needs --signer"),
+        "chain-http": ([*src, *trust, "--chain", "http://x/y", "--signer", "s"],
+                       "not an https:// URL"),
+        "script-and-chain": ([*src, *trust, *CHAIN, "--script", str(script)], "not both"),
+        "pki-missing": ([*src, "--pki", str(tmp_path / "nopki"), *CHAIN], "holds no CA"),
+        "client-without-key": ([*src, *trust, *CHAIN, "--client-cert", "nobody"],
+                               "no client certificate"),
+        "commit-without-git": ([*src, *trust, *CHAIN, "--commit", "a" * 40], "--git"),
+        "git-short-commit": ([*trust, *CHAIN, "--git", "https://example.invalid/ipxe.git",
+                              "--commit", "abc123"], "40-hex-digit"),
+    }[case]
+    code, out, err = run("ipxe", "build", *args)
+    assert code == 3, (code, out, err)
+    assert expect in err and "Traceback" not in err
+    assert out == ""
+    assert not (env["out"] / "manifest.json").exists()
+    assert env["runs"].read_text() == ""  # nothing was built
+
+
+def test_missing_toolchain_is_named(env, pki: TestPki, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real check_toolchain, with an empty PATH
+    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       *CHAIN)
+    assert code == 3
+    assert "toolchain is incomplete" in err and "apt-get install build-essential" in err
+
+
+def test_make_failure_is_operational_with_log(env, pki: TestPki,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       "--target", "bin/ipxe.lkrn", *CHAIN)
+    assert code == 1
+    assert "make failed" in err and "core/broken.c:12: error" in err
+    log = Path(err.split("the full log is ")[1].strip())
+    assert log.is_file() and "bin/file0.o" in log.read_text()
+
+
+def test_git_clone_pinned_to_commit(env, pki: TestPki, tmp_path: Path) -> None:
+    git = require_tool("git", "git")
+    import subprocess
+
+    repo = tmp_path / "repo"
+    shutil.copytree(env["tree"], repo)
+    for argv in (["init", "-q"], ["add", "-A"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x"]):
+        subprocess.run([git, "-C", str(repo), *argv], check=True)
+    commit = subprocess.run([git, "-C", str(repo), "rev-parse", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    code, out, err = run("ipxe", "build", "--git", f"file://{repo}", "--commit", commit,
+                         "--pki", str(pki.dir), "--target", "bin/ipxe.lkrn", *CHAIN, "--json")
+    assert code == 0, err
+    m = json.loads(out)["manifest"]
+    assert m["source"]["git_commit"] == commit
+    assert f"GITVERSION={commit}" in m["make"]["invocations"][0]
+    code, _, err = run("ipxe", "build", "--git", f"file://{repo}", "--commit", "f" * 40,
+                       "--pki", str(pki.dir), "--target", "bin/ipxe.lkrn", *CHAIN)
+    assert code == 1 and "could not fetch" in err
+
+
+# --- script render / lint -------------------------------------------------------------------
+
+
+def test_script_render_and_lint_roundtrip(tmp_path: Path) -> None:
+    code, out, err = run("ipxe", "script", "render", *CHAIN, "--ntp", "pool.ntp.org")
+    assert code == 0, err
+    assert out.startswith("#!ipxe\n") and "ntp pool.ntp.org" in out
+    f = tmp_path / "boot.ipxe"
+    f.write_text(out)
+    code, out, _ = run("ipxe", "script", "lint", str(f))
+    assert code == 0 and out.strip().endswith(": ok")
+
+
+def test_script_lint_reports_findings(tmp_path: Path) -> None:
+    f = tmp_path / "bad.ipxe"
+    f.write_text("#!ipxe\ndhcp\nchain http://boot/x.ipxe\n")
+    code, out, err = run("ipxe", "script", "lint", str(f), "--json")
+    assert code == 3
+    rules = {x["rule"] for x in json.loads(out)["findings"]}
+    assert {"cleartext", "trust-missing", "trust-first", "no-verify"} <= rules
+    code, out, err = run("ipxe", "script", "lint", str(tmp_path / "nope"))
+    assert code == 3 and "does not exist" in err
+    code, out, err = run("ipxe", "script", "render", "--chain", "http://x/y", "--signer", "s")
+    assert code == 3 and "https" in err
