@@ -1,0 +1,552 @@
+"""Observation + policy → findings. Pure: no I/O, no clock, deterministic order."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from trustboot.audit import dhcp4
+from trustboot.audit.model import BootTarget, Fetched, HttpCheck, Observation, Offer
+from trustboot.audit.policy import Policy
+
+
+class Severity(enum.IntEnum):
+    INFO = 0
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    CRITICAL = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Severity:
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            raise ValueError(f"unknown severity {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    severity: Severity  # the usual severity; a finding may raise or lower it
+    description: str
+    remediation: str
+
+
+_RULES = [
+    Rule("rogue-dhcp", "DHCP server not in the authorized list", Severity.HIGH,
+         "A DHCP server that the policy does not authorize answered a PXE client. Whoever "
+         "answers first decides what the machine boots.",
+         "Enable DHCP snooping on the access switches (trust only the uplink/authorized "
+         "server ports), find and remove the server, and list legitimate servers in the "
+         "policy."),
+    Rule("rogue-proxydhcp", "ProxyDHCP / PXE boot server not in the authorized list",
+         Severity.CRITICAL,
+         "A ProxyDHCP server answers PXE clients with boot parameters only; an unauthorized "
+         "one exists to choose what machines boot.",
+         "Locate the host by its MAC, remove it, and enable DHCP snooping so that only "
+         "trusted ports may send DHCP server messages (UDP 67 and 4011)."),
+    Rule("rogue-dhcpv6", "DHCPv6 server not in the authorized list", Severity.HIGH,
+         "A DHCPv6 server the policy does not authorize answered a UEFI network boot "
+         "Solicit.",
+         "Enable DHCPv6 Guard / RA Guard on the switches, remove the server, and list "
+         "legitimate DHCPv6 servers (by DUID) in the policy."),
+    Rule("multiple-responders", "More than one server answers booting clients",
+         Severity.MEDIUM,
+         "Several servers answered the same PXE client: a client takes whichever answer "
+         "arrives first, so the boot result depends on a race.",
+         "Keep one authoritative DHCP/ProxyDHCP service per segment and block the others "
+         "with DHCP snooping."),
+    Rule("cleartext-boot-url", "Boot file offered over cleartext HTTP", Severity.HIGH,
+         "The boot file or script is fetched over http://: anyone on the path can replace "
+         "it.",
+         "Serve iPXE scripts and images over HTTPS from an iPXE built with TRUST= your "
+         "root, and check every image with imgverify."),
+    Rule("dhcpv6-cleartext-boot-url", "DHCPv6 boot file URL is cleartext", Severity.HIGH,
+         "DHCPv6 option 59 hands UEFI clients an http:// (or tftp://) boot file URL.",
+         "Use https:// boot URLs and an iPXE built with embedded trust; enable DHCPv6 Guard."),
+    Rule("tftp-boot-file", "Boot file served over TFTP", Severity.MEDIUM,
+         "TFTP is cleartext and unauthenticated: a client cannot tell the file it received "
+         "from one an attacker substituted.",
+         "Keep TFTP to a minimal first stage (iPXE with embedded trust) whose hash you "
+         "publish; load everything after it over HTTPS with imgverify."),
+    Rule("boot-file-mismatch", "Boot file differs from the published release", Severity.CRITICAL,
+         "A file offered under the name of a released file has a different SHA-256 than "
+         "the release.",
+         "Find out who changed the file on the server, restore the released file, and "
+         "rotate any credentials the booted machines hold."),
+    Rule("unexpected-boot-file", "Boot file is not part of the published release",
+         Severity.HIGH,
+         "The segment hands out a boot file whose name and hash are not in the release.",
+         "Serve only released files, or add the file to the release so it is signed and "
+         "listed."),
+    Rule("tftp-writable", "TFTP server accepts uploads", Severity.CRITICAL,
+         "The TFTP server accepted a write request from an unauthenticated client: anyone "
+         "on the segment can replace boot files.",
+         "Disable TFTP writes (e.g. drop tftpd's --create/-c, make the root read-only), "
+         "and delete the probe file named in the evidence."),
+    Rule("non-ipxe-loader", "Boot chain starts with a loader that cannot verify signatures",
+         Severity.MEDIUM,
+         "The first-stage loader is not iPXE (or was not recognised as iPXE), so nothing "
+         "here shows that the next stages are checked with imgverify.",
+         "Chainload an iPXE built with TRUST= your root and IMAGE_TRUST_CMD, and "
+         "imgverify every image it loads (or rely on UEFI Secure Boot with signed shims)."),
+    Rule("script-without-imgverify", "iPXE script boots without imgverify", Severity.MEDIUM,
+         "An iPXE script offered on the segment loads images without imgverify/imgtrust.",
+         "Add 'imgtrust --permanent' (or imgverify after each image, initrds included) to "
+         "the script, and serve it over HTTPS."),
+    Rule("ipxe-loop-not-broken", "Server does not break the iPXE chainload loop", Severity.INFO,
+         "The server offers the same iPXE binary to iPXE itself (user-class iPXE), so a "
+         "client chainloads iPXE forever.",
+         "Match user-class iPXE (dnsmasq: dhcp-userclass=set:ipxe,iPXE) and hand iPXE an "
+         "https:// script instead of the binary."),
+    Rule("malformed-packet", "Malformed boot-protocol packet seen", Severity.LOW,
+         "A DHCP/DHCPv6/TFTP packet on the segment could not be decoded. It may be a broken "
+         "server or an attempt to exploit client parsers.",
+         "Identify the sender by its MAC and IP; enable DHCP snooping so only trusted ports "
+         "send server messages."),
+    Rule("tftp-path-exposed", "Well-known boot path readable over TFTP", Severity.LOW,
+         "A well-known boot configuration or script is readable by anyone over TFTP.",
+         "Serve configuration over HTTPS with imgverify instead, or remove paths that are "
+         "not needed."),
+    Rule("https-unexpected-ca", "HTTPS boot URL does not chain to the expected CA",
+         Severity.HIGH,
+         "The HTTPS server's certificate chain does not lead to the CA the release was "
+         "built to trust: iPXE with TRUST= that CA would refuse it, or the client is pointed "
+         "at a different origin.",
+         "Serve boot files from an origin whose certificate is issued by the release CA."),
+    Rule("unexpected-origin", "Boot URL is not under the expected origin", Severity.HIGH,
+         "A boot URL points somewhere other than the release's origin.",
+         "Point DHCP option 67/59 (and iPXE scripts) at the published origin."),
+    Rule("boot-file-unverified", "Offered boot file could not be fetched and checked",
+         Severity.LOW,
+         "The audit could not fetch the offered boot file (timeout, error, too large, or "
+         "an unresolvable server), so its content is unknown.",
+         "Check the server named in the evidence; rerun with a larger --max-file-size or "
+         "--follow-timeout if the file is large."),
+    Rule("tftp-boot-forbidden", "TFTP boot offered where the policy forbids it", Severity.HIGH,
+         "The policy says this segment must not boot over TFTP.",
+         "Move clients to UEFI HTTPS boot or an embedded iPXE, and remove the TFTP service."),
+    Rule("no-responders", "No boot server answered", Severity.INFO,
+         "No DHCP/ProxyDHCP/DHCPv6 server answered during the listen window.",
+         "If servers are expected, check the interface, VLAN and window (--window)."),
+    Rule("no-authorized-servers", "No authorized servers in the policy", Severity.INFO,
+         "Without a list of authorized servers, responders cannot be told from rogues.",
+         "Add authorized_servers to the policy file."),
+]
+RULES: dict[str, Rule] = {r.id: r for r in _RULES}
+
+
+@dataclass
+class Finding:
+    rule: str
+    severity: Severity
+    subject: str  # the server, URL or file the finding is about
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return RULES[self.rule].title
+
+    @property
+    def remediation(self) -> str:
+        return RULES[self.rule].remediation
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.rule, "severity": self.severity.label, "title": self.title,
+            "subject": self.subject, "message": self.message, "evidence": self.evidence,
+            "remediation": self.remediation,
+        }
+
+
+IPXE_NAME = re.compile(r"(ipxe|undionly|snponly|\.kpxe$|\.kkpxe$|\.kkkpxe$)", re.IGNORECASE)
+CLEARTEXT_SCHEMES = ("http", "ftp", "nfs", "tftp")
+
+
+def _finding(rule: str, subject: str, message: str, evidence: dict[str, Any],
+             severity: Severity | None = None) -> Finding:
+    return Finding(rule, severity if severity is not None else RULES[rule].severity, subject,
+                   message, evidence)
+
+
+def _server_key(offer: Offer) -> tuple[str, str]:
+    return (offer.server_ip, offer.src_mac)
+
+
+def _fetched_for(obs: Observation, target: BootTarget) -> Fetched | None:
+    for f in obs.fetched:
+        if not f.well_known and f.target == target:
+            return f
+    return None
+
+
+def _http_for(obs: Observation, url: str) -> HttpCheck | None:
+    for h in obs.http:
+        if h.url == url:
+            return h
+    return None
+
+
+def evaluate(obs: Observation, policy: Policy) -> list[Finding]:
+    """All findings for one audit, most severe first (stable within a severity)."""
+    findings: list[Finding] = []
+    findings += _check_servers(obs, policy)
+    findings += _check_dhcpv6(obs, policy)
+    findings += _check_boot_urls(obs, policy)
+    findings += _check_fetched(obs, policy)
+    findings += _check_http(obs, policy)
+    findings += _check_loop(obs)
+    findings += _check_writes(obs)
+    findings += _check_malformed(obs)
+    if not obs.offers and not obs.replies6:
+        findings.append(_finding(
+            "no-responders", obs.interface,
+            f"nothing answered on {obs.interface} within {obs.window:g} s",
+            {"mode": obs.mode, "probes": len(obs.probes)}))
+    if not policy.has_authorized and (obs.offers or obs.replies6):
+        findings.append(_finding(
+            "no-authorized-servers", policy.source or "(no policy)",
+            "responders were not checked against an authorized list", {}))
+    order = {id(f): i for i, f in enumerate(findings)}
+    findings.sort(key=lambda f: (-int(f.severity), order[id(f)]))
+    return findings
+
+
+def _offers_boot(offer: Offer) -> bool:
+    return bool(offer.boot_file)
+
+
+def _check_servers(obs: Observation, policy: Policy) -> list[Finding]:
+    out: list[Finding] = []
+    by_server: dict[tuple[str, str], list[Offer]] = defaultdict(list)
+    for offer in obs.offers:
+        by_server[_server_key(offer)].append(offer)
+    for (ip, mac), offers in by_server.items():
+        role = "proxydhcp" if all(o.is_proxy for o in offers) else "dhcp"
+        if not policy.has_authorized:
+            continue
+        if policy.authorized_match(role=role, ip=ip, mac=mac):
+            continue
+        boots = [o for o in offers if _offers_boot(o)]
+        sample = boots[0] if boots else offers[0]
+        evidence = sample.evidence()
+        evidence["answered_probes"] = sorted(
+            {f"{o.arch}{'+ipxe' if o.ipxe_probe else ''}" for o in offers if o.probe})
+        boot_files = sorted({o.boot_file for o in offers if o.boot_file})
+        evidence["boot_files"] = boot_files
+        evidence["authorized"] = [a.label() for a in policy.authorized]
+        if role == "proxydhcp":
+            out.append(_finding(
+                "rogue-proxydhcp", f"{ip} ({mac})",
+                f"unauthorized ProxyDHCP server {ip} ({mac}) offers boot file(s) "
+                f"{', '.join(boot_files) or '(via PXE menu)'}", evidence))
+        else:
+            sev = Severity.CRITICAL if boots else Severity.HIGH
+            what = (f"and boot file(s) {', '.join(boot_files)}" if boots
+                    else "with no boot file")
+            offered = sorted({o.packet.yiaddr for o in offers
+                              if o.packet.yiaddr != dhcp4.NO_ADDRESS})
+            out.append(_finding(
+                "rogue-dhcp", f"{ip} ({mac})",
+                f"unauthorized DHCP server {ip} ({mac}) offers address(es) "
+                f"{', '.join(offered) or '(none)'} {what}", evidence, sev))
+    # Multiple responders: more than one server answered the same probe.
+    per_probe: dict[int, set[tuple[str, str]]] = defaultdict(set)
+    booting: dict[int, set[tuple[str, str]]] = defaultdict(set)
+    for offer in obs.offers:
+        if offer.probe is None or offer.port == 4011:
+            continue
+        per_probe[offer.probe.xid].add(_server_key(offer))
+        if _offers_boot(offer) or offer.is_proxy:
+            booting[offer.probe.xid].add(_server_key(offer))
+    servers = sorted({s for group in per_probe.values() for s in group})
+    if obs.mode == "passive":
+        servers = sorted(by_server)
+    if len(servers) > 1:
+        max_booting = max((len(v) for v in booting.values()), default=0)
+        if obs.mode == "passive":
+            max_booting = len({_server_key(o) for o in obs.offers
+                               if _offers_boot(o) or o.is_proxy})
+        sev = Severity.MEDIUM if max_booting > 1 else Severity.LOW
+        out.append(_finding(
+            "multiple-responders", obs.interface,
+            f"{len(servers)} servers answered booting clients "
+            f"({max_booting} of them with boot parameters)",
+            {"servers": [{"ip": ip, "mac": mac,
+                          "roles": sorted({o.role for o in by_server[(ip, mac)]})}
+                         for ip, mac in servers]}, sev))
+    return out
+
+
+def _check_dhcpv6(obs: Observation, policy: Policy) -> list[Finding]:
+    out: list[Finding] = []
+    seen: set[str] = set()
+    urls_done: set[tuple[str, str]] = set()
+    for reply in obs.replies6:
+        key = reply.server_key
+        if key not in seen:
+            seen.add(key)
+            if policy.has_authorized and not policy.authorized_match(
+                role="dhcpv6", ip=reply.src_ip, mac=reply.src_mac,
+                duid=reply.message.server_duid,
+            ):
+                url = reply.message.bootfile_url
+                out.append(_finding(
+                    "rogue-dhcpv6", f"{reply.src_ip} (DUID {reply.message.server_duid})",
+                    f"unauthorized DHCPv6 server {reply.src_ip} answered"
+                    + (f" with boot URL {url}" if url else ""),
+                    reply.evidence(), Severity.CRITICAL if url else Severity.HIGH))
+        url = reply.message.bootfile_url
+        if url and (key, url) not in urls_done:
+            urls_done.add((key, url))
+            target = BootTarget.from_url(url)
+            if target.scheme in CLEARTEXT_SCHEMES:
+                out.append(_finding(
+                    "dhcpv6-cleartext-boot-url", url,
+                    f"DHCPv6 server {reply.src_ip} hands out the cleartext boot URL {url}",
+                    reply.evidence()))
+    return out
+
+
+def _check_boot_urls(obs: Observation, policy: Policy) -> list[Finding]:
+    """Cleartext and off-origin URLs in DHCPv4 offers (and the HTTPS ones' origin in v6)."""
+    out: list[Finding] = []
+    done: set[tuple[str, str]] = set()
+    for offer in obs.offers:
+        for target in offer.boot_targets():
+            if target.scheme == "tftp":
+                continue
+            key = (target.url, offer.server_ip)
+            if key in done:
+                continue
+            done.add(key)
+            if target.scheme in ("http", "ftp", "nfs"):
+                out.append(_finding(
+                    "cleartext-boot-url", target.url,
+                    f"{offer.role} server {offer.server_ip} offers the cleartext boot URL "
+                    f"{target.url}" + (" to iPXE" if offer.ipxe_probe else ""),
+                    offer.evidence()))
+    if policy.origins:
+        urls: list[tuple[str, dict[str, Any]]] = []
+        for offer in obs.offers:
+            urls += [(t.url, offer.evidence()) for t in offer.boot_targets()
+                     if t.scheme in ("http", "https")]
+        for reply in obs.replies6:
+            url = reply.message.bootfile_url
+            if url and url.lower().startswith(("http://", "https://")):
+                urls.append((url, reply.evidence()))
+        reported: set[str] = set()
+        for url, evidence in urls:
+            if url in reported or policy.under_origin(url):
+                continue
+            reported.add(url)
+            out.append(_finding(
+                "unexpected-origin", url,
+                f"boot URL {url} is not under the expected origin "
+                f"{' or '.join(policy.origins)}",
+                {**evidence, "expected_origins": list(policy.origins)}))
+    return out
+
+
+def _sources(obs: Observation, target: BootTarget) -> list[Offer]:
+    return [o for o in obs.offers if target in o.boot_targets()]
+
+
+def _check_content(
+    subject: str, name: str, sha: str | None, policy: Policy, evidence: dict[str, Any]
+) -> list[Finding]:
+    out: list[Finding] = []
+    if sha is None or not policy.expected_files:
+        return out
+    if policy.expected_by_sha(sha):
+        return out
+    named = policy.expected_by_name(name)
+    if named:
+        evidence = {**evidence, "expected_sha256": [f.sha256 for f in named],
+                    "expected_source": named[0].source}
+        out.append(_finding(
+            "boot-file-mismatch", subject,
+            f"{subject} has SHA-256 {sha}, not the released {named[0].sha256}", evidence))
+    else:
+        out.append(_finding(
+            "unexpected-boot-file", subject,
+            f"{subject} (SHA-256 {sha}) is not among the {len(policy.expected_files)} "
+            "expected files", {**evidence,
+                               "expected_names": sorted({f.name for f in policy.expected_files})}))
+    return out
+
+
+def _loader_findings(subject: str, fetched_loader: Any, evidence: dict[str, Any]) -> list[Finding]:
+    out: list[Finding] = []
+    loader = fetched_loader
+    if loader is None:
+        return out
+    if loader.script and loader.ipxe:
+        if not loader.imgverify:
+            out.append(_finding(
+                "script-without-imgverify", subject,
+                f"iPXE script {subject} boots without imgverify or imgtrust",
+                {**evidence, "urls_in_script": loader.urls}))
+        for url in loader.urls:
+            if url.lower().startswith(("http://", "ftp://", "tftp://")):
+                out.append(_finding(
+                    "cleartext-boot-url", url,
+                    f"iPXE script {subject} loads {url} over a cleartext protocol",
+                    {**evidence, "script": subject}))
+    elif not loader.ipxe and loader.kind != "text":
+        sev = Severity.LOW if loader.pe_signed else Severity.MEDIUM
+        signed = {True: "Authenticode-signed", False: "unsigned", None: "not PE"}[
+            loader.pe_signed]
+        out.append(_finding(
+            "non-ipxe-loader", subject,
+            f"{subject} is {loader.description} ({signed}), not iPXE: the audit cannot see "
+            "that later stages are verified", {**evidence, "loader": loader.to_json()}, sev))
+    return out
+
+
+def _check_fetched(obs: Observation, policy: Policy) -> list[Finding]:
+    out: list[Finding] = []
+    for fetched in obs.fetched:
+        res = fetched.result
+        target = fetched.target
+        evidence: dict[str, Any] = {"tftp": res.to_json()}
+        if fetched.loader is not None:
+            evidence["loader"] = fetched.loader.to_json()
+        if fetched.well_known:
+            if res.ok or res.size:
+                out.append(_finding(
+                    "tftp-path-exposed", target.url,
+                    f"{target.url} is readable over TFTP ({res.size} bytes)", evidence))
+                out += _loader_findings(target.url, fetched.loader, evidence)
+            continue
+        sources = _sources(obs, target)
+        if sources:
+            evidence["offer"] = sources[0].evidence()
+            evidence["offered_by"] = sorted({o.server_ip for o in sources})
+        if not res.ok:
+            out.append(_finding(
+                "boot-file-unverified", target.url,
+                f"could not fetch {target.url}: {res.error}", evidence))
+            continue
+        assert res.sha256 is not None
+        expected = policy.expected_by_sha(res.sha256)
+        if not policy.tftp_allowed:
+            out.append(_finding(
+                "tftp-boot-forbidden", target.url,
+                f"{target.url} is offered over TFTP, which the policy forbids", evidence))
+        sev = Severity.LOW if expected else Severity.MEDIUM
+        what = (f"matches released {expected.name}" if expected
+                else "matches no expected file" if policy.expected_files
+                else "has no expected hash in the policy")
+        out.append(_finding(
+            "tftp-boot-file", target.url,
+            f"{target.url} ({res.size} bytes, SHA-256 {res.sha256}) is served over "
+            f"cleartext, unauthenticated TFTP; it {what}", evidence, sev))
+        out += _check_content(target.url, target.path, res.sha256, policy, evidence)
+        out += _loader_findings(target.url, fetched.loader, evidence)
+    # Offers whose target was never fetched (unresolvable names, follow disabled).
+    fetched_targets = {f.target for f in obs.fetched}
+    for offer in obs.offers:
+        for target in offer.boot_targets():
+            if target.scheme == "tftp" and target not in fetched_targets and obs.mode == "active":
+                fetched_targets.add(target)
+                out.append(_finding(
+                    "boot-file-unverified", target.url,
+                    f"{target.url} was not fetched"
+                    + ("" if target.server_is_ip else " (boot server is not an IP address)"),
+                    offer.evidence()))
+    return out
+
+
+def _check_http(obs: Observation, policy: Policy) -> list[Finding]:
+    out: list[Finding] = []
+    for check in obs.http:
+        evidence: dict[str, Any] = {"http": check.to_json()}
+        if check.url.lower().startswith("https://") and policy.ca_sha256:
+            if check.tls_verified is False or (
+                check.tls_verified is None and check.tls_chain_sha256
+                and policy.ca_sha256 not in check.tls_chain_sha256
+            ):
+                out.append(_finding(
+                    "https-unexpected-ca", check.url,
+                    f"{check.url}: the server's chain does not lead to CA {policy.ca_sha256}"
+                    + (f" ({check.tls_error})" if check.tls_error else ""),
+                    {**evidence, "expected_ca_sha256": policy.ca_sha256}))
+        if check.ok and check.sha256:
+            name = BootTarget.from_url(check.url).path
+            out += _check_content(check.url, name, check.sha256, policy, evidence)
+            out += _loader_findings(check.url, check.loader, evidence)
+        elif not check.ok:
+            out.append(_finding(
+                "boot-file-unverified", check.url,
+                f"could not fetch {check.url}: {check.error or check.tls_error}", evidence))
+    return out
+
+
+def _check_loop(obs: Observation) -> list[Finding]:
+    """Same server, same arch: does iPXE (user-class iPXE) get something other than iPXE?"""
+    out: list[Finding] = []
+    plain: dict[tuple[str, str, str], Offer] = {}
+    ipxe: dict[tuple[str, str, str], Offer] = {}
+    for offer in obs.offers:
+        if offer.probe is None or offer.port == 4011 or not offer.boot_file:
+            continue
+        key = (offer.server_ip, offer.src_mac, offer.probe.arch)
+        (ipxe if offer.probe.ipxe else plain).setdefault(key, offer)
+    reported: set[tuple[str, str]] = set()
+    for key, first in plain.items():
+        second = ipxe.get(key)
+        if second is None or second.boot_file != first.boot_file:
+            continue
+        loaders = [f.loader for f in obs.fetched
+                   if f.loader is not None and f.target in second.boot_targets()]
+        is_ipxe = any(ld.ipxe and not ld.script for ld in loaders) or (
+            not loaders and bool(IPXE_NAME.search(second.boot_file)))
+        if not is_ipxe or (key[0], second.boot_file) in reported:
+            continue
+        reported.add((key[0], second.boot_file))
+        out.append(_finding(
+            "ipxe-loop-not-broken", f"{key[0]} ({key[1]})",
+            f"server {key[0]} hands iPXE ({key[2]}) the same file {second.boot_file!r} it "
+            "hands the PXE ROM: iPXE would chainload itself forever",
+            {"pxe_offer": first.evidence(), "ipxe_offer": second.evidence()}))
+    return out
+
+
+def _check_writes(obs: Observation) -> list[Finding]:
+    return [
+        _finding("tftp-writable", f"tftp://{w.server}/",
+                 f"TFTP server {w.server} accepted an upload: {w.detail}",
+                 {"write_probe": w.to_json()})
+        for w in obs.writes if w.writable
+    ]
+
+
+def _check_malformed(obs: Observation) -> list[Finding]:
+    out: list[Finding] = []
+    by_sender: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
+    for m in obs.malformed:
+        by_sender[(m.protocol, m.src_ip, m.src_mac)].append(m)
+    for (proto, ip, mac), items in by_sender.items():
+        out.append(_finding(
+            "malformed-packet", f"{ip} ({mac})",
+            f"{len(items)} malformed {proto} packet(s) from {ip} ({mac}): {items[0].reason}",
+            {"count": len(items), "packets": [m.evidence() for m in items[:5]]}))
+    return out
+
+
+def threshold_reached(findings: list[Finding], fail_on: Severity | None) -> bool:
+    return fail_on is not None and any(f.severity >= fail_on for f in findings)
+
+
+__all__ = ["RULES", "Finding", "Rule", "Severity", "evaluate", "threshold_reached"]

@@ -1,0 +1,249 @@
+"""DHCPv6 codec (RFC 8415, RFC 5970 network boot options). No I/O.
+
+``parse`` raises :class:`MalformedPacket` and nothing else; nesting depth and option counts
+are bounded so a hostile packet costs little.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+
+from trustboot.audit.dhcp4 import Arch, safe_text
+from trustboot.audit.errors import MalformedPacket
+
+CLIENT_PORT = 546
+SERVER_PORT = 547
+ALL_SERVERS = "ff02::1:2"
+
+SOLICIT, ADVERTISE, REQUEST, CONFIRM, RENEW, REBIND, REPLY = 1, 2, 3, 4, 5, 6, 7
+RELEASE, DECLINE, RECONFIGURE, INFORMATION_REQUEST, RELAY_FORW, RELAY_REPL = 8, 9, 10, 11, 12, 13
+MESSAGE_TYPE_NAMES = {
+    1: "SOLICIT", 2: "ADVERTISE", 3: "REQUEST", 4: "CONFIRM", 5: "RENEW", 6: "REBIND",
+    7: "REPLY", 8: "RELEASE", 9: "DECLINE", 10: "RECONFIGURE", 11: "INFORMATION-REQUEST",
+    12: "RELAY-FORW", 13: "RELAY-REPL",
+}
+SERVER_MESSAGES = {ADVERTISE, REPLY, RECONFIGURE, RELAY_REPL}
+
+OPT_CLIENTID = 1
+OPT_SERVERID = 2
+OPT_IA_NA = 3
+OPT_IA_TA = 4
+OPT_IAADDR = 5
+OPT_ORO = 6
+OPT_PREFERENCE = 7
+OPT_ELAPSED_TIME = 8
+OPT_RELAY_MSG = 9
+OPT_STATUS_CODE = 13
+OPT_USER_CLASS = 15
+OPT_VENDOR_CLASS = 16
+OPT_VENDOR_OPTS = 17
+OPT_DNS_SERVERS = 23
+OPT_DOMAIN_LIST = 24
+OPT_BOOTFILE_URL = 59
+OPT_BOOTFILE_PARAM = 60
+OPT_CLIENT_ARCH = 61
+OPT_NII = 62
+
+MAX_OPTIONS = 512
+MAX_DEPTH = 4
+PXE_ENTERPRISE = 343  # Intel, used by UEFI PXE/HTTP clients in option 16
+
+
+@dataclass
+class Dhcp6Message:
+    msg_type: int
+    xid: int  # 24 bits; 0 for relay messages
+    options: list[tuple[int, bytes]] = field(default_factory=list)
+    anomalies: list[str] = field(default_factory=list)
+    hop_count: int | None = None
+    link_address: str | None = None
+    peer_address: str | None = None
+
+    @property
+    def type_name(self) -> str:
+        return MESSAGE_TYPE_NAMES.get(self.msg_type, f"type-{self.msg_type}")
+
+    def first(self, code: int) -> bytes | None:
+        for c, v in self.options:
+            if c == code:
+                return v
+        return None
+
+    @property
+    def server_duid(self) -> str | None:
+        v = self.first(OPT_SERVERID)
+        return v.hex() if v is not None else None
+
+    @property
+    def client_duid(self) -> str | None:
+        v = self.first(OPT_CLIENTID)
+        return v.hex() if v is not None else None
+
+    @property
+    def server_duid_mac(self) -> str | None:
+        """The link-layer address inside a DUID-LLT or DUID-LL (Ethernet) server identifier."""
+        v = self.first(OPT_SERVERID)
+        if v is None or len(v) < 4:
+            return None
+        duid_type, hwtype = struct.unpack_from("!HH", v, 0)
+        if hwtype != 1:
+            return None
+        mac = v[8:] if duid_type == 1 else v[4:] if duid_type == 3 else b""
+        return ":".join(f"{b:02x}" for b in mac) if len(mac) == 6 else None
+
+    @property
+    def bootfile_url(self) -> str | None:
+        v = self.first(OPT_BOOTFILE_URL)
+        return safe_text(v) if v is not None else None
+
+    @property
+    def bootfile_params(self) -> list[str]:
+        v = self.first(OPT_BOOTFILE_PARAM)
+        return [safe_text(p) for p in _length_prefixed(v)] if v else []
+
+    @property
+    def preference(self) -> int | None:
+        v = self.first(OPT_PREFERENCE)
+        return v[0] if v is not None and len(v) == 1 else None
+
+    @property
+    def addresses(self) -> list[str]:
+        out = []
+        for code, value in self.options:
+            if code not in (OPT_IA_NA, OPT_IA_TA):
+                continue
+            skip = 12 if code == OPT_IA_NA else 4
+            try:
+                subs = parse_options(value, skip, depth=1)
+            except MalformedPacket:
+                continue
+            for sc, sv in subs:
+                if sc == OPT_IAADDR and len(sv) >= 24:
+                    out.append(str(ipaddress.IPv6Address(sv[:16])))
+        return out
+
+    @property
+    def status(self) -> list[tuple[int, str]]:
+        """Status codes at the top level and inside IA options."""
+        found: list[tuple[int, str]] = []
+
+        def collect(opts: list[tuple[int, bytes]], depth: int) -> None:
+            for code, value in opts:
+                if code == OPT_STATUS_CODE and len(value) >= 2:
+                    found.append((struct.unpack("!H", value[:2])[0], safe_text(value[2:])))
+                elif code in (OPT_IA_NA, OPT_IA_TA) and depth < MAX_DEPTH:
+                    skip = 12 if code == OPT_IA_NA else 4
+                    try:
+                        collect(parse_options(value, skip, depth=depth + 1), depth + 1)
+                    except MalformedPacket:
+                        continue
+
+        collect(self.options, 0)
+        return found
+
+    def evidence(self) -> dict[str, object]:
+        data: dict[str, object] = {
+            "message_type": self.type_name,
+            "xid": f"0x{self.xid:06x}",
+            "server_duid": self.server_duid,
+            "client_duid": self.client_duid,
+        }
+        if self.bootfile_url is not None:
+            data["option_59_bootfile_url"] = self.bootfile_url
+        if self.bootfile_params:
+            data["option_60_bootfile_params"] = self.bootfile_params
+        if self.addresses:
+            data["addresses"] = self.addresses
+        if self.preference is not None:
+            data["preference"] = self.preference
+        if self.status:
+            data["status"] = [{"code": c, "message": m} for c, m in self.status]
+        if self.anomalies:
+            data["anomalies"] = list(self.anomalies)
+        return data
+
+
+def _length_prefixed(value: bytes) -> list[bytes]:
+    out = []
+    i = 0
+    while i + 2 <= len(value):
+        n = struct.unpack_from("!H", value, i)[0]
+        out.append(value[i + 2 : i + 2 + n])
+        i += 2 + n
+    return out
+
+
+def parse_options(buf: bytes, start: int = 0, *, depth: int = 0) -> list[tuple[int, bytes]]:
+    if depth > MAX_DEPTH:
+        raise MalformedPacket("options nested too deeply")
+    out: list[tuple[int, bytes]] = []
+    i = start
+    if start > len(buf):
+        raise MalformedPacket("option body shorter than its fixed fields")
+    while i < len(buf):
+        if i + 4 > len(buf):
+            raise MalformedPacket("truncated option header", offset=i)
+        code, length = struct.unpack_from("!HH", buf, i)
+        if i + 4 + length > len(buf):
+            raise MalformedPacket(f"option {code} length {length} runs past the end", offset=i)
+        out.append((code, buf[i + 4 : i + 4 + length]))
+        if len(out) > MAX_OPTIONS:
+            raise MalformedPacket("too many options")
+        i += 4 + length
+    return out
+
+
+def parse(data: bytes) -> Dhcp6Message:
+    """Decode one DHCPv6 message. Raises MalformedPacket only."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedPacket("not bytes")
+    data = bytes(data)
+    if len(data) < 4:
+        raise MalformedPacket(f"too short for a DHCPv6 header ({len(data)} bytes)")
+    msg_type = data[0]
+    if msg_type in (RELAY_FORW, RELAY_REPL):
+        if len(data) < 34:
+            raise MalformedPacket("too short for a relay message header")
+        msg = Dhcp6Message(
+            msg_type, 0, parse_options(data, 34), hop_count=data[1],
+            link_address=str(ipaddress.IPv6Address(data[2:18])),
+            peer_address=str(ipaddress.IPv6Address(data[18:34])),
+        )
+        return msg
+    xid = int.from_bytes(data[1:4], "big")
+    msg = Dhcp6Message(msg_type, xid, parse_options(data, 4))
+    if msg_type == 0 or msg_type > 36:
+        msg.anomalies.append(f"unknown message type {msg_type}")
+    seen = [c for c, _ in msg.options]
+    if msg_type in SERVER_MESSAGES and msg_type != RELAY_REPL:
+        if seen.count(OPT_SERVERID) != 1:
+            msg.anomalies.append(f"{seen.count(OPT_SERVERID)} server identifier options")
+    return msg
+
+
+def _opt(code: int, value: bytes) -> bytes:
+    return struct.pack("!HH", code, len(value)) + value
+
+
+def duid_ll(mac: bytes) -> bytes:
+    return struct.pack("!HH", 3, 1) + mac
+
+
+def build_solicit(*, mac: bytes, xid: int, arch: Arch, iaid: int, ipxe: bool = False) -> bytes:
+    """A Solicit as a UEFI PXE/HTTP client sends it, asking for the boot file URL."""
+    vendor = arch.vendor_class.encode()
+    opts = [
+        _opt(OPT_CLIENTID, duid_ll(mac)),
+        _opt(OPT_ELAPSED_TIME, b"\0\0"),
+        _opt(OPT_ORO, struct.pack("!4H", OPT_BOOTFILE_URL, OPT_BOOTFILE_PARAM,
+                                  OPT_DNS_SERVERS, OPT_DOMAIN_LIST)),
+        _opt(OPT_IA_NA, struct.pack("!III", iaid, 0, 0)),
+        _opt(OPT_CLIENT_ARCH, struct.pack("!H", arch.code)),
+        _opt(OPT_NII, arch.nii),
+        _opt(OPT_VENDOR_CLASS, struct.pack("!IH", PXE_ENTERPRISE, len(vendor)) + vendor),
+    ]
+    if ipxe:
+        opts.append(_opt(OPT_USER_CLASS, struct.pack("!H", 4) + b"iPXE"))
+    return bytes([SOLICIT]) + (xid & 0xFFFFFF).to_bytes(3, "big") + b"".join(opts)

@@ -1,0 +1,261 @@
+"""What an audit observed, as plain data: the probes' output and the checks' input."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from trustboot.audit import dhcp4, dhcp6
+from trustboot.audit.loaders import LoaderInfo
+from trustboot.audit.tftp import FetchResult, WriteResult
+
+
+@dataclass
+class Probe:
+    """One message the audit sent."""
+
+    protocol: str  # dhcpv4, dhcpv6, proxydhcp
+    arch: str
+    ipxe: bool
+    mac: str
+    xid: int
+    target: str = "broadcast"
+
+    def to_json(self) -> dict[str, object]:
+        return {"protocol": self.protocol, "arch": self.arch, "ipxe": self.ipxe,
+                "mac": self.mac, "xid": f"0x{self.xid:x}", "target": self.target}
+
+
+@dataclass
+class Offer:
+    """A DHCPv4 server reply: an OFFER/ACK to a probe, a ProxyDHCP answer, or one seen passively."""
+
+    packet: dhcp4.Dhcp4Packet
+    src_ip: str
+    src_mac: str
+    port: int  # source port: 67, or 4011 for a boot server's answer
+    at: float  # seconds since the audit began
+    probe: Probe | None = None  # None in passive mode
+
+    @property
+    def server_ip(self) -> str:
+        """Option 54 when present and plausible, else the packet's source address."""
+        sid = self.packet.server_id
+        return sid if sid and sid != dhcp4.NO_ADDRESS else self.src_ip
+
+    @property
+    def is_proxy(self) -> bool:
+        """A PXEClient answer that offers no address: ProxyDHCP (or a 4011 boot server)."""
+        vc = self.packet.vendor_class or ""
+        return self.port == dhcp4.PXE_PORT or (
+            vc.startswith(("PXEClient", "HTTPClient")) and self.packet.yiaddr == dhcp4.NO_ADDRESS
+        )
+
+    @property
+    def role(self) -> str:
+        return "proxydhcp" if self.is_proxy else "dhcp"
+
+    @property
+    def arch(self) -> str | None:
+        return self.probe.arch if self.probe else None
+
+    @property
+    def ipxe_probe(self) -> bool:
+        return bool(self.probe and self.probe.ipxe)
+
+    @property
+    def boot_file(self) -> str:
+        """What a client would load: option 67 wins over the BOOTP file field."""
+        return self.packet.bootfile_option or self.packet.file
+
+    @property
+    def boot_server(self) -> str:
+        """Where a client would load it from: option 66, else sname, else siaddr."""
+        if self.packet.tftp_server_option:
+            return self.packet.tftp_server_option
+        if self.packet.sname:
+            return self.packet.sname
+        return self.packet.siaddr if self.packet.siaddr != dhcp4.NO_ADDRESS else ""
+
+    def boot_targets(self) -> list[BootTarget]:
+        """Every (server, file) the header fields and options 66/67 point at, deduplicated."""
+        pkt = self.packet
+        files = [f for f in (pkt.bootfile_option, pkt.file) if f]
+        servers = [s for s in (pkt.tftp_server_option, pkt.sname) if s]
+        if pkt.siaddr != dhcp4.NO_ADDRESS:
+            servers.append(pkt.siaddr)
+        if not servers and self.is_proxy:
+            servers.append(self.server_ip)
+        out: list[BootTarget] = []
+        for f in files:
+            if "://" in f:
+                target = BootTarget.from_url(f)
+                if target not in out:
+                    out.append(target)
+                continue
+            for s in servers or [""]:
+                target = BootTarget("tftp", s, f.lstrip("/") if s else f, f"tftp://{s}/{f}")
+                if target not in out:
+                    out.append(target)
+        return out
+
+    def evidence(self) -> dict[str, object]:
+        data: dict[str, object] = {
+            "server_ip": self.server_ip, "source_ip": self.src_ip, "source_mac": self.src_mac,
+            "source_port": self.port, "role": self.role, "at_s": round(self.at, 3),
+        }
+        if self.probe is not None:
+            data["probe_arch"] = self.probe.arch
+            data["probe_ipxe"] = self.probe.ipxe
+        data.update(self.packet.evidence())
+        vendor = self.packet.pxe_vendor_options()
+        if vendor:
+            data["option_43_pxe"] = dhcp4.describe_pxe_vendor(vendor)
+        return data
+
+
+@dataclass
+class Reply6:
+    """A DHCPv6 Advertise/Reply."""
+
+    message: dhcp6.Dhcp6Message
+    src_ip: str
+    src_mac: str
+    at: float
+    probe: Probe | None = None
+
+    @property
+    def server_key(self) -> str:
+        return self.message.server_duid or self.src_ip
+
+    def evidence(self) -> dict[str, object]:
+        data: dict[str, object] = {
+            "source_ip": self.src_ip, "source_mac": self.src_mac, "at_s": round(self.at, 3),
+            "server_duid_mac": self.message.server_duid_mac,
+        }
+        if self.probe is not None:
+            data["probe_arch"] = self.probe.arch
+            data["probe_ipxe"] = self.probe.ipxe
+        data.update(self.message.evidence())
+        return data
+
+
+@dataclass(frozen=True)
+class BootTarget:
+    scheme: str  # tftp, http, https, or whatever the URL said
+    server: str
+    path: str
+    url: str
+
+    @classmethod
+    def from_url(cls, url: str) -> BootTarget:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+        except ValueError:
+            return cls("invalid", "", url, url)
+        return cls(parts.scheme.lower(), host, parts.path.lstrip("/"), url)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def server_is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.server)
+        except ValueError:
+            return False
+        return True
+
+
+@dataclass
+class Malformed:
+    protocol: str
+    reason: str
+    src_ip: str
+    src_mac: str
+    head_hex: str  # the first bytes, as evidence
+    length: int
+    at: float
+
+    def evidence(self) -> dict[str, object]:
+        return {"protocol": self.protocol, "reason": self.reason, "source_ip": self.src_ip,
+                "source_mac": self.src_mac, "length": self.length, "head_hex": self.head_hex,
+                "at_s": round(self.at, 3)}
+
+
+@dataclass
+class Fetched:
+    """A boot file followed over TFTP (or HTTP) with what it turned out to be."""
+
+    target: BootTarget
+    result: FetchResult
+    loader: LoaderInfo | None
+    well_known: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, Any] = {"url": self.target.url, "well_known": self.well_known}
+        data.update(self.result.to_json())
+        data["loader"] = self.loader.to_json() if self.loader else None
+        return data
+
+
+@dataclass
+class HttpCheck:
+    url: str
+    ok: bool = False
+    status: int | None = None
+    size: int = 0
+    sha256: str | None = None
+    truncated: bool = False
+    error: str | None = None
+    tls_chain_sha256: list[str] = field(default_factory=list)
+    tls_verified: bool | None = None  # against the expected CA, when one was given
+    tls_error: str | None = None
+    loader: LoaderInfo | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "url": self.url, "ok": self.ok, "status": self.status, "size": self.size,
+            "sha256": self.sha256, "truncated": self.truncated, "error": self.error,
+            "tls_chain_sha256": self.tls_chain_sha256, "tls_verified": self.tls_verified,
+            "tls_error": self.tls_error,
+            "loader": self.loader.to_json() if self.loader else None,
+        }
+
+
+@dataclass
+class Observation:
+    interface: str
+    mode: str  # active | passive
+    window: float
+    probes: list[Probe] = field(default_factory=list)
+    offers: list[Offer] = field(default_factory=list)
+    replies6: list[Reply6] = field(default_factory=list)
+    malformed: list[Malformed] = field(default_factory=list)
+    fetched: list[Fetched] = field(default_factory=list)
+    http: list[HttpCheck] = field(default_factory=list)
+    writes: list[WriteResult] = field(default_factory=list)
+    clients_seen: list[str] = field(default_factory=list)  # passive: MACs asking for boot
+    notes: list[str] = field(default_factory=list)
+    dropped: int = 0  # packets not kept because a bound was reached
+    listen_seconds: float = 0.0
+    follow_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "interface": self.interface, "mode": self.mode, "window_s": self.window,
+            "listen_s": round(self.listen_seconds, 3),
+            "follow_s": round(self.follow_seconds, 3),
+            "probes": [p.to_json() for p in self.probes],
+            "dhcpv4": [o.evidence() for o in self.offers],
+            "dhcpv6": [r.evidence() for r in self.replies6],
+            "malformed": [m.evidence() for m in self.malformed],
+            "fetched": [f.to_json() for f in self.fetched],
+            "http": [h.to_json() for h in self.http],
+            "tftp_write_probes": [w.to_json() for w in self.writes],
+            "clients_seen": self.clients_seen, "notes": self.notes, "dropped": self.dropped,
+        }

@@ -1,0 +1,207 @@
+"""Findings as a terminal table, JSON, or SARIF 2.1.0. Pure: returns strings and dicts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import textwrap
+from typing import Any
+
+from trustboot import __version__
+from trustboot.audit import dhcp4
+from trustboot.audit.checks import RULES, Finding, Severity
+from trustboot.audit.runner import AuditResult
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SARIF_LEVEL = {
+    Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning",
+    Severity.LOW: "note", Severity.INFO: "note",
+}
+# GitHub code scanning reads rules' properties.security-severity (CVSS-like 0.0-10.0).
+SECURITY_SEVERITY = {
+    Severity.CRITICAL: "9.5", Severity.HIGH: "8.0", Severity.MEDIUM: "5.5",
+    Severity.LOW: "3.0", Severity.INFO: "0.0",
+}
+
+
+def summary(result: AuditResult, fail_on: Severity | None) -> dict[str, Any]:
+    counts = {s.label: 0 for s in Severity}
+    for f in result.findings:
+        counts[f.severity.label] += 1
+    obs = result.observation
+    servers = {(o.server_ip, o.src_mac) for o in obs.offers}
+    servers6 = {r.server_key for r in obs.replies6}
+    return {
+        "findings": len(result.findings),
+        "by_severity": counts,
+        "responders": len(servers) + len(servers6),
+        "fail_on": fail_on.label if fail_on is not None else "none",
+        "failed": fail_on is not None and any(f.severity >= fail_on for f in result.findings),
+    }
+
+
+def to_json(result: AuditResult, fail_on: Severity | None) -> dict[str, Any]:
+    return {
+        "tool": "trustboot audit",
+        "version": __version__,
+        "started": result.started.isoformat(),
+        "finished": result.finished.isoformat(),
+        "beyond_window_s": round(result.beyond_window, 3),
+        "summary": summary(result, fail_on),
+        "policy": result.policy.to_json(),
+        "findings": [f.to_json() for f in result.findings],
+        "observation": result.observation.to_json(),
+    }
+
+
+def _fingerprint(f: Finding) -> str:
+    return hashlib.sha256(f"{f.rule}\0{f.subject}".encode()).hexdigest()[:32]
+
+
+def to_sarif(result: AuditResult, fail_on: Severity | None) -> dict[str, Any]:
+    used = sorted({f.rule for f in result.findings})
+    rules_index = {rule_id: i for i, rule_id in enumerate(RULES)}
+    rules = []
+    for rule in RULES.values():
+        rules.append({
+            "id": rule.id,
+            "name": "".join(part.capitalize() for part in rule.id.split("-")),
+            "shortDescription": {"text": rule.title},
+            "fullDescription": {"text": rule.description},
+            "help": {"text": f"Remediation: {rule.remediation}"},
+            "defaultConfiguration": {"level": SARIF_LEVEL[rule.severity]},
+            "properties": {
+                "tags": ["security", "network-boot"],
+                "security-severity": SECURITY_SEVERITY[rule.severity],
+                "severity": rule.severity.label,
+            },
+        })
+    results = []
+    for f in result.findings:
+        results.append({
+            "ruleId": f.rule,
+            "ruleIndex": rules_index[f.rule],
+            "level": SARIF_LEVEL[f.severity],
+            "message": {"text": f"{f.message}. Remediation: {f.remediation}"},
+            "locations": [{
+                "logicalLocations": [{
+                    "name": f.subject,
+                    "fullyQualifiedName": f"{result.observation.interface}/{f.subject}",
+                    "kind": "resource",
+                }],
+            }],
+            "partialFingerprints": {"trustbootFinding/v1": _fingerprint(f)},
+            "properties": {
+                "severity": f.severity.label,
+                "security-severity": SECURITY_SEVERITY[f.severity],
+                "evidence": f.evidence,
+            },
+        })
+    return {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {
+                "name": "trustboot",
+                "fullName": "trustboot audit",
+                "version": __version__,
+                "semanticVersion": __version__,
+                "rules": rules,
+            }},
+            "invocations": [{
+                "executionSuccessful": True,
+                "startTimeUtc": result.started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "endTimeUtc": result.finished.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "properties": {
+                    "interface": result.observation.interface,
+                    "mode": result.observation.mode,
+                    "windowSeconds": result.observation.window,
+                    "notes": result.observation.notes,
+                },
+            }],
+            "results": results,
+            "properties": {"summary": summary(result, fail_on), "rulesUsed": used},
+        }],
+    }
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False, default=str)
+
+
+def _wrap(text: str, width: int, indent: str) -> str:
+    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent,
+                         break_long_words=True, break_on_hyphens=False)
+
+
+def _evidence_lines(evidence: dict[str, Any], limit: int = 8) -> list[str]:
+    keys = ("server_ip", "source_mac", "message_type", "yiaddr", "siaddr", "sname", "file",
+            "option_66_tftp_server", "option_67_bootfile", "option_60_vendor_class",
+            "option_59_bootfile_url", "probe_arch", "probe_ipxe", "boot_files", "count",
+            "expected_sha256", "detail")
+    out = []
+    flat: dict[str, Any] = {}
+    for k, v in evidence.items():
+        if isinstance(v, dict) and k in ("offer", "tftp", "write_probe", "http"):
+            flat.update({kk: vv for kk, vv in v.items() if kk not in flat})
+        else:
+            flat.setdefault(k, v)
+    for k in keys:
+        if k in flat and flat[k] not in (None, "", []):
+            out.append(f"{k}={flat[k]}")
+        if len(out) >= limit:
+            break
+    return out
+
+
+def to_table(result: AuditResult, fail_on: Severity | None, *, width: int | None = None) -> str:
+    width = width or max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
+    obs = result.observation
+    s = summary(result, fail_on)
+    lines = [
+        f"trustboot audit on {obs.interface} ({obs.mode}, window {obs.window:g} s): "
+        f"{s['responders']} responder(s), {s['findings']} finding(s)",
+        "",
+    ]
+    if obs.offers or obs.replies6:
+        lines.append("Responders")
+        rows = [("ROLE", "SERVER", "MAC", "OFFERED", "BOOT SERVER", "BOOT FILE", "PROBE")]
+        seen = set()
+        for o in obs.offers:
+            key = (o.server_ip, o.src_mac, o.boot_server, o.boot_file, o.arch, o.ipxe_probe)
+            if key in seen:
+                continue
+            seen.add(key)
+            probe = f"{o.arch}{'+ipxe' if o.ipxe_probe else ''}" if o.probe else "-"
+            rows.append((o.role if o.port != 4011 else "pxe:4011", o.server_ip, o.src_mac,
+                         o.packet.yiaddr if o.packet.yiaddr != dhcp4.NO_ADDRESS else "-",
+                         o.boot_server or "-", o.boot_file or "-", probe))
+        for r in obs.replies6:
+            addrs = ",".join(r.message.addresses) or "-"
+            rows.append(("dhcpv6", r.src_ip, r.src_mac, addrs, "-",
+                         r.message.bootfile_url or "-", r.probe.arch if r.probe else "-"))
+        widths = [min(max(len(str(row[i])) for row in rows), 40) for i in range(len(rows[0]))]
+        for row in rows:
+            cells = [str(c)[:40].ljust(widths[i]) for i, c in enumerate(row)]
+            lines.append("  " + "  ".join(cells).rstrip())
+        lines.append("")
+    if result.findings:
+        lines.append("Findings")
+        for f in result.findings:
+            lines.append(f"  [{f.severity.label.upper():8}] {f.rule}: {f.subject}")
+            lines.append(_wrap(f.message, width, "      "))
+            ev = _evidence_lines(f.evidence)
+            if ev:
+                lines.append(_wrap("evidence: " + "; ".join(ev), width, "      "))
+            lines.append(_wrap("fix: " + f.remediation, width, "      "))
+        lines.append("")
+    else:
+        lines.append("No findings.")
+        lines.append("")
+    for note in obs.notes:
+        lines.append(f"note: {note}")
+    counts = ", ".join(f"{n} {k}" for k, n in s["by_severity"].items() if n)
+    verdict = "FAIL" if s["failed"] else "ok"
+    lines.append(f"{verdict}: {counts or 'no findings'} (--fail-on {s['fail_on']})")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""One audit, end to end: listen (and probe), follow the chain, evaluate the policy."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from trustboot.audit.checks import Finding, evaluate
+from trustboot.audit.follow import FollowConfig, Follower
+from trustboot.audit.model import Observation
+from trustboot.audit.policy import Policy
+from trustboot.audit.probe import Listener, ProbeConfig
+
+
+@dataclass
+class AuditOptions:
+    probe: ProbeConfig
+    follow: FollowConfig | None  # None: do not fetch anything (always None when passive)
+    follow_budget: float = 15.0  # seconds allowed after the window for outstanding work
+
+
+@dataclass
+class AuditResult:
+    observation: Observation
+    findings: list[Finding]
+    policy: Policy
+    started: datetime
+    finished: datetime
+    beyond_window: float = 0.0  # wall time spent after the listen window
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def run_audit(options: AuditOptions, policy: Policy) -> AuditResult:
+    cfg = options.probe
+    started = datetime.now(UTC)
+    obs = Observation(interface=cfg.interface, mode="passive" if cfg.passive else "active",
+                      window=cfg.window)
+    follower = None
+    if options.follow is not None and not cfg.passive:
+        follower = Follower(options.follow, policy, obs)
+    listener = Listener(cfg, obs,
+                        on_offer=follower.on_offer if follower else None,
+                        on_reply6=follower.on_reply6 if follower else None)
+    if follower is not None and listener.own_ip is None:
+        obs.notes.append(
+            f"{cfg.interface} has no IPv4 address: boot files offered over TFTP cannot be "
+            "fetched (give the interface an address to follow the chain)")
+    try:
+        listener.run()
+    finally:
+        listener.close()
+    window_end = time.monotonic()
+    if follower is not None:
+        follower.finish(options.follow_budget)
+    obs.follow_seconds = time.monotonic() - window_end
+    findings = evaluate(obs, policy)
+    return AuditResult(obs, findings, policy, started, datetime.now(UTC),
+                       beyond_window=time.monotonic() - window_end)
