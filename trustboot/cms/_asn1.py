@@ -123,3 +123,9 @@ def decode_pem(data: bytes) -> bytes | None:
         return base64.b64decode(b"".join(lines), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise FramingError(f"PEM body is not valid base64: {exc}") from None
+
+
+# What asn1crypto raises on malformed input (it parses lazily, so any field access can).
+PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+)

@@ -10,12 +10,11 @@ import hashlib
 from dataclasses import dataclass
 
 from asn1crypto import x509 as ax509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from trustboot.cms import _asn1
-from trustboot.cms._asn1 import FramingError
 
 OID_CN = "2.5.4.3"
 OID_CODE_SIGNING = "1.3.6.1.5.5.7.3.3"
@@ -141,6 +140,15 @@ def _common_name(name: ax509.Name) -> bytes | None:
 def parse_certificate(der: bytes, version: IpxeVersion = DEFAULT_IPXE) -> CertInfo:
     """Parse as iPXE does; raise CertProblem where iPXE's x509_parse() fails."""
     try:
+        return _parse_certificate(der, version)
+    except _asn1.PARSE_ERRORS as exc:  # asn1crypto parses lazily: any access can fail
+        raise CertProblem(
+            "certificate-unparseable", f"a certificate is not valid DER X.509: {exc}",
+            "replace it with a well-formed certificate") from None
+
+
+def _parse_certificate(der: bytes, version: IpxeVersion) -> CertInfo:
+    try:
         _asn1.check_framing(der)
         cert = ax509.Certificate.load(der)
         tbs = cert["tbs_certificate"]
@@ -160,7 +168,7 @@ def parse_certificate(der: bytes, version: IpxeVersion = DEFAULT_IPXE) -> CertIn
         signature = cert["signature_value"].native
         subject_text = subject.human_friendly
         cn = _common_name(subject)
-    except (ValueError, TypeError, KeyError, IndexError, FramingError) as exc:
+    except _asn1.PARSE_ERRORS as exc:
         raise CertProblem(
             "certificate-unparseable",
             f"a certificate is not valid DER X.509: {exc}",
@@ -168,6 +176,15 @@ def parse_certificate(der: bytes, version: IpxeVersion = DEFAULT_IPXE) -> CertIn
         ) from None
 
     label = cn.decode("utf-8", "replace") if cn else subject_text
+    if cert["signature_algorithm"].dump() != tbs["signature"].dump():
+        # iPXE compares only the OIDs, but RFC 5280 wants identical encodings and no
+        # issuer writes anything else: different bytes mean the certificate was altered.
+        raise CertProblem(
+            "certificate-altered",
+            f'certificate "{label}": signatureAlgorithm is not byte-identical to '
+            "tbsCertificate.signature (RFC 5280 4.1.1.2)",
+            "the certificate was altered after issuance: use the original from the CA",
+        )
     if sig_oid != tbs_sig_oid:
         raise CertProblem(
             "certificate-unparseable",
@@ -193,7 +210,13 @@ def parse_certificate(der: bytes, version: IpxeVersion = DEFAULT_IPXE) -> CertIn
         key_family = "rsa"
     elif key_oid == _asn1.OID_EC_PUBKEY and version.ecdsa:
         key_family = "ec"
-        curve = spki["algorithm"]["parameters"].chosen.native
+        try:
+            curve = str(spki["algorithm"]["parameters"].chosen.native)
+        except _asn1.PARSE_ERRORS as exc:
+            raise CertProblem(
+                "certificate-unparseable",
+                f'certificate "{label}": EC parameters are malformed: {exc}',
+                "reissue the certificate") from None
     else:
         raise CertProblem(
             "unsupported-algorithm",
@@ -248,7 +271,7 @@ def parse_certificate(der: bytes, version: IpxeVersion = DEFAULT_IPXE) -> CertIn
                         san_dns.append(_contents(gn.chosen.dump()))
                     elif gn.name == "ip_address":
                         san_ip.append(_contents(gn.chosen.dump()))
-        except (ValueError, TypeError, KeyError, FramingError) as exc:
+        except _asn1.PARSE_ERRORS as exc:
             raise CertProblem(
                 "certificate-unparseable",
                 f'certificate "{label}": extension {oid} is malformed: {exc}',
@@ -257,7 +280,7 @@ def parse_certificate(der: bytes, version: IpxeVersion = DEFAULT_IPXE) -> CertIn
 
     try:
         public_key = serialization.load_der_public_key(spki.dump())
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CertProblem(
             "certificate-unparseable",
             f'certificate "{label}": public key cannot be loaded: {exc}',

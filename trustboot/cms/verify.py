@@ -208,7 +208,7 @@ def _parse(data: bytes, version: IpxeVersion) -> _Message:
                 "sign with `trustboot sign`"))
     except _Fail:
         raise
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
+    except _asn1.PARSE_ERRORS as exc:
         raise _fail("signature-format", f"the signature is not a valid CMS message: {exc}",
                     RESIGN) from None
 
@@ -228,11 +228,64 @@ def _parse(data: bytes, version: IpxeVersion) -> _Message:
     try:
         for si in signer_infos:
             signers.append(_parse_signer_info(si, certificates, version))
+        _check_structure(sd, signer_infos, signers)
     except _Fail:
         raise
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
+    except _asn1.PARSE_ERRORS as exc:
         raise _fail("signature-format", f"a SignerInfo is malformed: {exc}", RESIGN) from None
     return _Message(certificates, signers, warnings)
+
+
+_NULL = b"\x05\x00"
+
+
+def _altered(what: str) -> _Fail:
+    return _fail(
+        "signature-structure",
+        f"{what}; iPXE skips this field, but no signing tool writes it: the signature was "
+        "altered or made by a broken tool",
+        "use the .sig exactly as it was signed, or sign again: " + RESIGN)
+
+
+def _check_structure(sd: Any, signer_infos: list[Any], signers: list[_Signer]) -> None:
+    """Fields iPXE skips, held to RFC 5652 so that tampering there is not silently ignored.
+
+    A signature whose bytes changed anywhere must not pass: iPXE would still accept a
+    change in SignedData.version, digestAlgorithms, eContentType, SignerInfo.version or
+    algorithm parameters, so this verifier is stricter on exactly those.
+    """
+    # RFC 5652 5.1: v1 unless some signer is named by key identifier (then v3).
+    want = "v3" if any(si["sid"].name != "issuer_and_serial_number" for si in signer_infos) \
+        else "v1"
+    if sd["version"].native != want:
+        raise _altered(f"SignedData.version is {sd['version'].native}, not {want}")
+    if sd["encap_content_info"]["content_type"].dotted != OID_DATA:
+        raise _altered("eContentType is not id-data")
+    listed = {a["algorithm"].dotted for a in sd["digest_algorithms"]}
+    for a in sd["digest_algorithms"]:
+        if a["parameters"].dump() not in {b"", _NULL}:
+            raise _altered("a digestAlgorithms entry has parameters other than NULL")
+    for si, signer in zip(signer_infos, signers, strict=True):
+        expected = "v1" if si["sid"].name == "issuer_and_serial_number" else "v3"
+        if si["version"].native != expected:
+            raise _altered(f"SignerInfo.version is {si['version'].native}, not {expected}")
+        digest_oid = si["digest_algorithm"]["algorithm"].dotted
+        if digest_oid not in listed:
+            raise _altered("the signer's digest algorithm is missing from digestAlgorithms")
+        if si["digest_algorithm"]["parameters"].dump() not in {b"", _NULL}:
+            raise _altered("the signer's digestAlgorithm has parameters other than NULL")
+        sig_oid = signer.sig_oid
+        params = si["signature_algorithm"]["parameters"].dump()
+        if signer.sig_family == "rsa":
+            ok = (sig_oid == _asn1.OID_RSA or _asn1.RSA_SIG_OIDS.get(sig_oid) == signer.digest)
+            ok = ok and params in {b"", _NULL}
+        elif signer.sig_family == "ecdsa":
+            ok = (sig_oid == _asn1.OID_EC_PUBKEY
+                  or _asn1.ECDSA_SIG_OIDS.get(sig_oid) == signer.digest) and params == b""
+        else:
+            ok = True  # RSA-PSS carries its parameters
+        if not ok:
+            raise _altered(f"signatureAlgorithm {sig_oid} does not fit digest {signer.digest}")
 
 
 def _parse_signer_info(si: Any, certificates: list[CertInfo], version: IpxeVersion) -> _Signer:

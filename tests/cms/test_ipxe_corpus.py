@@ -1,0 +1,91 @@
+"""The corpus judged by a real iPXE under QEMU: it must agree with trustboot verify.
+
+Needs TRUSTBOOT_IPXE_SRC (an iPXE source tree) and QEMU; skipped with the reason otherwise.
+One build trusting the corpus root (the build also embeds the root with CERT=, so the
+missing-root case passes there, as `trustboot verify --cert root.pem` says).
+Cases share a boot when they share a client clock,
+except those whose verdict depends on iPXE's certificate store being fresh (iPXE
+remembers every certificate it has parsed and every chain it has validated, so a missing
+intermediate or root seen earlier in the same boot would be found): those boot alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+
+import pytest
+
+from tests.cms.corpus import Case, Corpus
+from trustboot.cms.certinfo import IpxeVersion
+from trustboot.cms.verify import TrustAnchor, digest_algorithms, verify_signature
+
+pytestmark = [pytest.mark.ipxe, pytest.mark.slow]
+VERDICT = re.compile(r"^VERDICT (\S+) (ok|fail)\s*$", re.MULTILINE)
+
+
+def _trustboot_verdict(corpus: Corpus, case: Case) -> bool:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    image = (corpus.directory / case.image).read_bytes()
+    sig = (corpus.directory / case.sig).read_bytes()
+    version = IpxeVersion.parse(case.ipxe_version)
+    root = x509.load_pem_x509_certificate(corpus.root.read_bytes()).public_bytes(
+        serialization.Encoding.DER)
+    digests = {h: hashlib.new(h, image).digest() for h in digest_algorithms(sig, version)}
+    # The test build has the root in CERT= too (trustboot.ipxe builds embed their roots),
+    # so it is judged as `trustboot verify --cert root.pem` would.
+    return verify_signature(sig, digests, trust=[TrustAnchor(hashlib.sha256(root).digest())],
+                            now=corpus.at(case), signer_name=case.signer, extra_certs=[root],
+                            ipxe_version=version).ok
+
+
+def _script(cases: list[Case]) -> str:
+    lines = ["#!ipxe"]
+    for c in cases:
+        signer = f"--signer {c.signer} " if c.signer else ""
+        lines.append(
+            f"imgfetch tftp://10.0.2.2/{c.image} && imgfetch tftp://10.0.2.2/{c.sig} && "
+            f"imgverify {signer}{c.image} {c.sig} && echo VERDICT {c.name} ok || "
+            f"echo VERDICT {c.name} fail")
+        lines.append("imgfree")
+    lines.append("echo TRUSTBOOT-DONE")
+    return "\n".join(lines) + "\n"
+
+
+def test_real_ipxe_agrees_with_trustboot_verify(corpus: Corpus) -> None:
+    try:
+        from tests.ipxe_qemu import boot, build_test_ipxe, ipxe_src_or_skip
+    except ImportError as exc:
+        pytest.skip(f"the QEMU harness tests/ipxe_qemu.py is not available: {exc}")
+    ipxe_src_or_skip()
+    lkrn = build_test_ipxe([corpus.root])
+
+    cases = [c for c in corpus.cases if c.ipxe]
+    groups: dict[tuple[int, str], list[Case]] = defaultdict(list)
+    for c in cases:
+        groups[(c.at_offset_s, c.name if c.isolate else "")].append(c)
+
+    disagreements: list[str] = []
+    for (offset, _), group in sorted(groups.items()):
+        files: dict[str, bytes] = {}
+        for c in group:
+            files[c.image] = (corpus.directory / c.image).read_bytes()
+            files[c.sig] = (corpus.directory / c.sig).read_bytes()
+        console = boot(lkrn, files, _script(group), rtc=corpus.at(group[0]),
+                       timeout=60 + 10 * len(group))
+        seen = dict(VERDICT.findall(console))
+        for c in group:
+            if c.name not in seen:
+                disagreements.append(f"{c.name}: no verdict from iPXE\n{console[-2000:]}")
+                continue
+            ipxe_ok = seen[c.name] == "ok"
+            ours = _trustboot_verdict(corpus, c)
+            if ipxe_ok != ours or ipxe_ok != c.expect_ok_with_builtin_root:
+                disagreements.append(
+                    f"{c.name}: iPXE {'accepts' if ipxe_ok else 'rejects'}, trustboot "
+                    f"{'accepts' if ours else 'rejects'}, corpus expects "
+                    f"{'ok' if c.expect_ok_with_builtin_root else 'fail'}")
+    assert not disagreements, "\n".join(disagreements)
