@@ -49,7 +49,8 @@ KNOWN_TARGETS: Mapping[str, TargetInfo] = {
     "bin/ipxe.lkrn": TargetInfo("bios", ""),
     "bin/ipxe.pxe": TargetInfo("bios", ""),
     "bin/ipxe.iso": TargetInfo(
-        "bios", "", (("mformat", "mtools"), ("xorrisofs", "xorriso"))
+        "bios", "",
+        (("mformat", "mtools"), ("xorrisofs", "xorriso"), ("isolinux.bin", "isolinux")),
     ),
     "bin/ipxe.usb": TargetInfo("bios", "", (("mformat", "mtools"),)),
     "bin-arm64-efi/ipxe.efi": TargetInfo(
@@ -103,7 +104,7 @@ def check_toolchain(
     needed = list(BASE_TOOLS)
     for target in targets:
         needed += [t for t in KNOWN_TARGETS[target].tools if t not in needed]
-    missing = [(prog, pkg) for prog, pkg in needed if which(prog) is None]
+    missing = [(prog, pkg) for prog, pkg in needed if not _present(prog, which)]
     if not missing and not _has_lzma_header():
         missing.append(("lzma.h", "liblzma-dev"))
     if missing:
@@ -118,6 +119,17 @@ def check_toolchain(
     versions["perl"] = _first_line(["perl", "-e", "print $^V"])
     versions["openssl"] = _first_line(["openssl", "version"])
     return versions
+
+
+# Where iPXE's util/genfsimg looks for isolinux.bin (Debian: /usr/lib/ISOLINUX).
+_SYSLINUX_DIRS = ("/usr/lib/ISOLINUX", "/usr/lib/syslinux", "/usr/lib/syslinux/bios",
+                  "/usr/share/syslinux", "/usr/local/share/syslinux")
+
+
+def _present(name: str, which: Callable[[str], str | None]) -> bool:
+    if name.endswith(".bin"):
+        return any(Path(d, name).is_file() for d in _SYSLINUX_DIRS)
+    return which(name) is not None
 
 
 def _has_lzma_header() -> bool:
@@ -463,7 +475,9 @@ def _build_into(
         headers = {name: text.encode() for name, text in request.headers.items()}
         for name in os.listdir(local):
             if name not in headers:
-                os.unlink(local / name)
+                # iPXE's make creates every missing config/local header empty; keep those
+                # (and their mtimes) rather than deleting and having make recreate them.
+                _write_if_changed(local / name, b"")
         # Rewrite only what changed: a new mtime on config/local/general.h would make
         # make rebuild nearly every object of a warm tree.
         for name, data in headers.items():
