@@ -6,10 +6,13 @@ import datetime as dt
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from trustboot.cli._common import (
     emit_json,
@@ -20,11 +23,19 @@ from trustboot.cli._common import (
     warn,
 )
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion
-from trustboot.cms.sign import HASH_NAMES, sign_files
+from trustboot.cms.sign import (
+    HASH_NAMES,
+    Hashed,
+    check_targets,
+    hash_files,
+    preflight,
+    sign_hashed,
+)
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.fsutil import atomic_write
 from trustboot.keys.ref import parse_ref
-from trustboot.keys.signer import open_signer
+from trustboot.keys.signer import PendingSigner, Signer, resolve_signer
+from trustboot.secrets import PassphraseSource
 
 # Files above this size get a progress bar on a terminal.
 PROGRESS_THRESHOLD = 64 << 20
@@ -50,6 +61,22 @@ def _progress_factory(enabled: bool) -> Callable[[Path, int], Callable[[int], No
         return update
 
     return make
+
+
+def _unlock_while_hashing(
+    pending: PendingSigner, passphrases: PassphraseSource, files: list[Path], hash_name: str,
+    progress: Callable[[Path, int], Callable[[int], None]] | None,
+) -> tuple[Signer, list[Hashed]]:
+    """Hash on a second core while the key's KDF runs; stop hashing if unlocking fails."""
+    cancel = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(hash_files, files, hash_name, progress=progress, cancel=cancel)
+        try:
+            signer = pending.unlock(passphrases)
+        except BaseException:
+            cancel.set()
+            raise
+        return signer, future.result()
 
 
 @click.command("sign")
@@ -96,15 +123,25 @@ def command(files: tuple[Path, ...], key_ref: str, pki: Path, cert: Path | None,
                                    hint="check the path")
     now = dt.datetime.now(dt.UTC)
     ref = parse_ref(key_ref)
-    signer, _info = open_signer(
-        ref, passphrases=passphrase_source(passphrase_file, passphrase_env), pki=pki,
-        cert=cert, chain=chain, now=now)
-    if signer.algorithm == "ecdsa" and not version.ecdsa:
+    pending = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now)
+    if isinstance(pending.certificate.public_key(), ec.EllipticCurvePublicKey) \
+            and not version.ecdsa:
         raise ConfigError(f"ECDSA signatures need iPXE >= 2.0.0 (target: {version})",
                           hint="use an RSA key, or --ipxe-version 2.0.0 for newer builds")
-    results = sign_files(list(files), signer, hash_name=hash_name, out_dir=out_dir, now=now,
-                         progress=_progress_factory(not as_json and is_interactive()),
-                         ipxe_version=version)
+    # Refuse a doomed signer before asking for its passphrase or reading any file.
+    preflight(pending, now=now, ipxe_version=version)
+    check_targets(list(files), out_dir)
+    passphrases = passphrase_source(passphrase_file, passphrase_env)
+    show = not as_json and is_interactive()
+    if passphrase_file is None and passphrase_env is None:
+        # A prompt may come: ask first, then hash with a progress bar.
+        signer = pending.unlock(passphrases)
+        hashed = hash_files(list(files), hash_name, progress=_progress_factory(show))
+    else:
+        signer, hashed = _unlock_while_hashing(pending, passphrases, list(files), hash_name,
+                                               _progress_factory(show))
+    results = sign_hashed(hashed, signer, hash_name=hash_name, out_dir=out_dir, now=now,
+                          ipxe_version=version)
     ends = min(r.chain_not_after for r in results)
     if ends - now < dt.timedelta(days=expiry_warning_days):
         warn(f"these signatures stop verifying on {ends.isoformat()} "

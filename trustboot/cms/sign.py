@@ -12,9 +12,11 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
+import queue
 import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from trustboot.cms import verify as rules
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion, verify_raw
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import atomic_write, fsync_dir
-from trustboot.keys.signer import Signer
+from trustboot.keys.signer import PendingSigner, Signer
 
 HASH_NAMES = ("sha256", "sha384", "sha512")
 CHUNK = 1 << 20
@@ -41,35 +43,78 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+class Cancelled(Exception):
+    """Hashing was stopped from another thread (e.g. the key failed to unlock)."""
+
+
 def hash_file(path: Path, hash_names: Sequence[str], progress: Progress | None = None,
-              ) -> tuple[dict[str, bytes], int]:
-    """Digest ``path`` with each hash in one pass; returns (digests, size)."""
-    hashers = {name: hashlib.new(name) for name in hash_names}
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+              cancel: threading.Event | None = None) -> tuple[dict[str, bytes], int]:
+    """Digest ``path`` with each hash in one pass; returns (digests, size).
+
+    A reader thread fills the next buffer while this one is hashed (both release the
+    GIL), so reading costs no wall time; memory stays at a few fixed buffers whatever the
+    file size.
+    """
+    hashers = [hashlib.new(name) for name in hash_names]
     size = 0
     try:
         with open(path, "rb", buffering=0) as fh:
-            try:
+            with contextlib.suppress(AttributeError, OSError):
                 os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            except (AttributeError, OSError):
-                pass
-            while True:
-                n = fh.readinto(view)
-                if not n:
-                    break
-                chunk = view[:n]
-                for h in hashers.values():
+            for chunk in _chunks(fh):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(str(path))
+                for h in hashers:
                     h.update(chunk)
-                size += n
+                size += len(chunk)
                 if progress is not None:
-                    progress(n)
+                    progress(len(chunk))
     except IsADirectoryError:
         raise ConfigError(f"{path} is a directory", hint="pass files to sign") from None
     except OSError as exc:
         raise OperationalError(f"cannot read {path}: {exc.strerror}",
                                hint="check the path and permissions") from None
-    return {name: h.digest() for name, h in hashers.items()}, size
+    return {name: h.digest() for name, h in zip(hash_names, hashers, strict=True)}, size
+
+
+def _chunks(fh: Any, buffers: int = 3) -> Iterator[memoryview]:
+    """Yield views of the file's consecutive chunks, read ahead by a helper thread."""
+    free: queue.Queue[bytearray] = queue.Queue()
+    full: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
+    for _ in range(buffers):
+        free.put(bytearray(CHUNK))
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                buf = free.get()
+                if stop.is_set():
+                    break
+                n = fh.readinto(buf)
+                if not n:
+                    break
+                full.put((buf, n))
+            full.put(None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            full.put(exc)
+
+    thread = threading.Thread(target=reader, name="trustboot-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = full.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            buf, n = item
+            yield memoryview(buf)[:n]
+            free.put(buf)
+    finally:
+        stop.set()
+        free.put(bytearray(0))  # wake the reader if it waits for a buffer
+        thread.join()
 
 
 def _tlv(tag: int, body: bytes) -> bytes:
@@ -165,7 +210,7 @@ class Signed:
         }
 
 
-def preflight(signer: Signer, *, now: dt.datetime,
+def preflight(signer: Signer | PendingSigner, *, now: dt.datetime,
               ipxe_version: IpxeVersion = DEFAULT_IPXE) -> rules.Verdict:
     """Refuse a signer iPXE would reject (chain judged against its own root at ``now``).
 
@@ -218,6 +263,41 @@ def signature_path(path: Path, out_dir: Path | None) -> Path:
         path.name + ".sig")
 
 
+@dataclass(frozen=True)
+class Hashed:
+    path: Path
+    size: int
+    digests: dict[str, bytes]
+
+
+def hash_files(
+    paths: Sequence[Path], hash_name: str, *,
+    progress: Callable[[Path, int], Progress] | None = None,
+    cancel: threading.Event | None = None,
+) -> list[Hashed]:
+    """Digest every file with ``hash_name`` (and SHA-256 for the manifest). No key needed."""
+    if hash_name not in HASH_NAMES:
+        raise ConfigError(f"unsupported hash {hash_name}", hint="use sha256, sha384 or sha512")
+    names = [hash_name] if hash_name == "sha256" else [hash_name, "sha256"]
+    out = []
+    for path in paths:
+        size_hint = path.stat().st_size if path.exists() else 0
+        cb = progress(path, size_hint) if progress is not None else None
+        digests, size = hash_file(path, names, cb, cancel)
+        out.append(Hashed(path, size, digests))
+    return out
+
+
+def check_targets(paths: Sequence[Path], out_dir: Path | None) -> None:
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        target = signature_path(path, out_dir)
+        if target in seen:
+            raise ConfigError(f"{path} and {seen[target]} would both be signed into {target}",
+                              hint="sign them in separate calls or without --out")
+        seen[target] = path
+
+
 def sign_files(
     paths: Sequence[Path],
     signer: Signer,
@@ -228,52 +308,56 @@ def sign_files(
     progress: Callable[[Path, int], Progress] | None = None,
     ipxe_version: IpxeVersion = DEFAULT_IPXE,
 ) -> list[Signed]:
-    """Sign every file; write each .sig only after all were signed and self-checked.
+    """Preflight the signer, hash every file, sign, and write each FILE.sig.
 
     ``progress(path, size)`` returns a callback fed with byte counts while hashing.
     """
-    verdict = preflight(signer, now=now, ipxe_version=ipxe_version)
-    report = verdict.signers[0]
+    preflight(signer, now=now, ipxe_version=ipxe_version)
+    check_targets(paths, out_dir)
+    hashed = hash_files(paths, hash_name, progress=progress)
+    return sign_hashed(hashed, signer, hash_name=hash_name, out_dir=out_dir, now=now,
+                       ipxe_version=ipxe_version)
+
+
+def sign_hashed(
+    hashed: Sequence[Hashed],
+    signer: Signer,
+    *,
+    hash_name: str = "sha256",
+    out_dir: Path | None = None,
+    now: dt.datetime,
+    ipxe_version: IpxeVersion = DEFAULT_IPXE,
+) -> list[Signed]:
+    """Sign already-digested files; write the .sig files only once all were signed."""
+    report = preflight(signer, now=now, ipxe_version=ipxe_version).signers[0]
+    check_targets([h.path for h in hashed], out_dir)
     chain = [_der(c) for c in signer.chain]
     root = rules.TrustAnchor(rules.fingerprint(chain[-1]), chain[-1])
-    seen: dict[Path, Path] = {}
-    for path in paths:
-        target = signature_path(path, out_dir)
-        if target in seen:
-            raise ConfigError(f"{path} and {seen[target]} would both be signed into {target}",
-                              hint="sign them in separate calls or without --out")
-        seen[target] = path
-    results: list[tuple[Signed, bytes]] = []
-    if hash_name not in HASH_NAMES:
-        raise ConfigError(f"unsupported hash {hash_name}", hint="use sha256, sha384 or sha512")
     template = SignedDataTemplate(_der(signer.certificate), chain, hash_name, signer.algorithm)
     public_key = signer.certificate.public_key()
     assert isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
-    for index, path in enumerate(paths):
-        size_hint = path.stat().st_size if path.exists() else 0
-        cb = progress(path, size_hint) if progress is not None else None
-        names = [hash_name] if hash_name == "sha256" else [hash_name, "sha256"]
-        digests, size = hash_file(path, names, cb)
-        signature = signer.sign_digest(digests[hash_name], hash_name)
+    results: list[tuple[Signed, bytes]] = []
+    for index, item in enumerate(hashed):
+        signature = signer.sign_digest(item.digests[hash_name], hash_name)
         der = template.render(signature)
         # Belt and braces: what is about to be published verifies under iPXE's rules (in
         # full once; after that only the signature value differs between files).
         if index == 0:
-            check = rules.verify_signature(der, digests, trust=[root], now=now,
+            check = rules.verify_signature(der, item.digests, trust=[root], now=now,
                                            ipxe_version=ipxe_version)
             failure = check.failure.message if check.failure else None
         else:
             family = "rsa" if signer.algorithm == "rsa" else "ecdsa"
             failure = None if verify_raw(public_key, family, hash_name, signature,
-                                         digest=digests[hash_name]) else "bad signature"
+                                         digest=item.digests[hash_name]) else "bad signature"
         if failure is not None:
             raise VerificationError(
-                f"the signature made for {path} does not verify: {failure}",
+                f"the signature made for {item.path} does not verify: {failure}",
                 hint="this is unexpected: the signer (or its token) misbehaves; report it",
                 rule="self-check")
         results.append((Signed(
-            path=path, size=size, sha256=digests["sha256"].hex(), hash_name=hash_name,
-            signature_path=signature_path(path, out_dir),
+            path=item.path, size=item.size, sha256=item.digests["sha256"].hex(),
+            hash_name=hash_name, signature_path=signature_path(item.path, out_dir),
             signer_subject=signer.certificate.subject.rfc4514_string(),
             signer_not_after=report.not_after, chain_not_after=report.chain_not_after,
         ), der))
@@ -324,8 +408,8 @@ def write_all(items: Sequence[tuple[Path, bytes]]) -> None:
                 except OSError as exc:
                     errors.append((path, exc))
         if errors:
-            path, exc = errors[0]
-            raise OperationalError(f"cannot write {path}: {exc.strerror}",
+            bad_path, error = errors[0]
+            raise OperationalError(f"cannot write {bad_path}: {error.strerror}",
                                    hint="check the output directory; nothing was replaced")
         for tmp, (path, _) in zip(temps, items, strict=True):
             os.replace(tmp, path)

@@ -129,6 +129,29 @@ def order_chain(leaf: x509.Certificate,
     return ordered + [c for c in remaining if c != leaf]
 
 
+@dataclass(frozen=True)
+class PendingSigner:
+    """A resolved reference whose key is not unlocked yet.
+
+    The certificate and chain are known, so policy checks (and hashing) can run before
+    the passphrase is asked for; ``unlock`` then opens the key, once.
+    """
+
+    ref: KeyRef
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    key_path: Path
+    ca_status: str | None = None
+
+    @property
+    def info(self) -> SignerInfo:
+        return SignerInfo(self.ref, self.ca_status)
+
+    def unlock(self, passphrases: PassphraseSource) -> Signer:
+        key = keyfile.load_key(self.key_path, passphrases, f"signing key {self.key_path.stem}")
+        return KeySigner(key, self.certificate, self.chain)
+
+
 def open_signer(
     ref: KeyRef,
     *,
@@ -139,6 +162,19 @@ def open_signer(
     now: dt.datetime | None = None,
 ) -> tuple[Signer, SignerInfo]:
     """Resolve a reference to a ready signer; the key is unlocked here, once."""
+    pending = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now)
+    return pending.unlock(passphrases), pending.info
+
+
+def resolve_signer(
+    ref: KeyRef,
+    *,
+    pki: Path | None = None,
+    cert: Path | None = None,
+    chain: Path | None = None,
+    now: dt.datetime | None = None,
+) -> PendingSigner:
+    """Find the certificate, chain and key of a reference without touching the key."""
     if ref.scheme == "pkcs11":
         raise ConfigError(
             f"PKCS#11 keys are not supported yet ({ref.value})",
@@ -151,16 +187,13 @@ def open_signer(
                               hint="pass --cert FILE and --chain FILE (issuers, root included)")
         leaf = _load_certs(cert, "certificate")[0]
         pool = _load_certs(chain, "chain") if chain is not None else []
-        key = keyfile.load_key(ref.path, passphrases, f"signing key {ref.path.name}")
-        return KeySigner(key, leaf, order_chain(leaf, pool)), SignerInfo(ref)
-    return _open_ca_signer(ref, passphrases=passphrases, pki=pki or Path("pki"), chain=chain,
-                           now=now or dt.datetime.now(dt.UTC))
+        return PendingSigner(ref, leaf, tuple(order_chain(leaf, pool)), ref.path)
+    return _resolve_ca(ref, pki=pki or Path("pki"), chain=chain,
+                       now=now or dt.datetime.now(dt.UTC))
 
 
-def _open_ca_signer(
-    ref: KeyRef, *, passphrases: PassphraseSource, pki: Path, chain: Path | None,
-    now: dt.datetime,
-) -> tuple[Signer, SignerInfo]:
+def _resolve_ca(ref: KeyRef, *, pki: Path, chain: Path | None,
+                now: dt.datetime) -> PendingSigner:
     from trustboot.ca.store import CertificateAuthority  # the CA is optional for file: keys
 
     ca = CertificateAuthority.open(pki)
@@ -183,5 +216,4 @@ def _open_ca_signer(
     pool = list(ca.chain())
     if chain is not None:
         pool += _load_certs(chain, "chain")
-    key = keyfile.load_key(entry.key_path, passphrases, f"signing key {entry.name}")
-    return KeySigner(key, leaf, order_chain(leaf, pool)), SignerInfo(ref, status)
+    return PendingSigner(ref, leaf, tuple(order_chain(leaf, pool)), entry.key_path, status)

@@ -1,0 +1,195 @@
+"""`trustboot sign`: key references, manifests, refusals, one unlock for many files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from tests.cms.pki import PASSPHRASE, Material, ec_key, make_material, rsa_key
+from trustboot import secrets
+from trustboot.cli.main import cli
+from trustboot.cms.sign import CHUNK, hash_file, sign_files
+from trustboot.errors import ConfigError
+from trustboot.keys.ref import KeyRef, parse_ref
+from trustboot.keys.signer import open_signer
+
+ENV = {"TB_TEST_PASS": PASSPHRASE.decode()}
+DAY = dt.timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory: pytest.TempPathFactory) -> Material:
+    return make_material(Path(tmp_path_factory.mktemp("pki")))
+
+
+def _files(tmp_path: Path, n: int) -> list[Path]:
+    out = []
+    for i in range(n):
+        p = tmp_path / f"file{i}.bin"
+        p.write_bytes(f"payload {i}\n".encode() * (i + 1))
+        out.append(p)
+    return out
+
+
+def _sign_args(key: Path, cert: Path, chain: Path) -> list[str]:
+    return ["sign", "--key", f"file:{key}", "--cert", str(cert), "--chain", str(chain),
+            "--passphrase-env", "TB_TEST_PASS"]
+
+
+def test_sign_json_manifest_and_verify(material: Material, tmp_path: Path) -> None:
+    key, cert, chain = material.issue("manifest-signer", rsa_key())
+    files = _files(tmp_path, 3)
+    out = tmp_path / "sigs"
+    manifest = tmp_path / "manifest.json"
+    result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), *map(str, files),
+                                      "--out", str(out), "--json", "--manifest",
+                                      str(manifest)], env=ENV)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert json.loads(manifest.read_text()) == doc
+    assert [Path(f["path"]) for f in doc["files"]] == files
+    for entry, path in zip(doc["files"], files, strict=True):
+        import hashlib
+
+        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["size"] == path.stat().st_size
+        assert Path(entry["signature"]) == out / f"{path.name}.sig"
+        assert "CN=manifest-signer" in entry["signer_subject"]
+        assert dt.datetime.fromisoformat(entry["signer_not_after"]) > dt.datetime.now(dt.UTC)
+        verify = CliRunner().invoke(cli, ["verify", str(path), "--sig", entry["signature"],
+                                          "--trust", str(material.directory / "root.pem"),
+                                          "--signer", "manifest-signer"])
+        assert verify.exit_code == 0, verify.output
+        assert "OK" in verify.output
+
+
+def test_many_files_unlock_the_key_once(material: Material, tmp_path: Path) -> None:
+    key, cert, chain = material.issue("once-signer", ec_key())
+    calls: list[str] = []
+
+    def source(what: str) -> bytes:
+        calls.append(what)
+        return PASSPHRASE
+
+    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=source, cert=cert,
+                            chain=chain)
+    results = sign_files(_files(tmp_path, 20), signer, now=dt.datetime.now(dt.UTC))
+    assert len(results) == 20 and all(r.signature_path.is_file() for r in results)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(("kw", "rule"), [
+    ({"eku": [ExtendedKeyUsageOID.SERVER_AUTH]}, "code-signing"),
+    ({"key_usage": {"key_encipherment"}}, "key-usage"),
+    ({"key_usage": None}, "key-usage"),
+    ({"not_before": dt.datetime.now(dt.UTC) - 400 * DAY,
+      "not_after": dt.datetime.now(dt.UTC) - DAY}, "expired"),
+    ({"not_before": dt.datetime.now(dt.UTC) + DAY}, "not-yet-valid"),
+])
+def test_refuses_signers_ipxe_would_reject(material: Material, tmp_path: Path,
+                                           kw: dict[str, object], rule: str) -> None:
+    key, cert, chain = material.issue(f"bogus-{rule}-{len(kw)}-{tmp_path.name[-8:]}",
+                                      rsa_key(), **kw)
+    image = _files(tmp_path, 1)[0]
+    result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(image)], env=ENV)
+    assert result.exit_code == 4, result.output
+    assert "hint:" in result.output
+    assert not image.with_name(image.name + ".sig").exists()
+    assert rule.replace("-", " ") in result.output.replace("-", " ") or rule in result.output
+
+
+def test_warns_when_signer_expires_soon(material: Material, tmp_path: Path) -> None:
+    key, cert, chain = material.issue("short-lived", ec_key(),
+                                      not_after=dt.datetime.now(dt.UTC) + 10 * DAY)
+    image = _files(tmp_path, 1)[0]
+    result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(image)], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "stop verifying" in result.stderr
+    quiet = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(image),
+                                     "--expiry-warning-days", "5"], env=ENV)
+    assert quiet.exit_code == 0 and "stop verifying" not in quiet.stderr
+
+
+def test_ecdsa_refused_for_old_ipxe(material: Material, tmp_path: Path) -> None:
+    key, cert, chain = material.issue("ec-old", ec_key())
+    result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(_files(tmp_path, 1)[0]),
+                                      "--ipxe-version", "1.21.1"], env=ENV)
+    assert result.exit_code == 3, result.output
+    assert "2.0.0" in result.output
+
+
+def test_key_references() -> None:
+    assert parse_ref("kernel-signer") == KeyRef("ca", "kernel-signer")
+    assert parse_ref("ca:kernel-signer") == KeyRef("ca", "kernel-signer")
+    assert parse_ref("file:keys/a.key").path == Path("keys/a.key")
+    assert parse_ref("file:///abs/a.key").path == Path("/abs/a.key")
+    assert parse_ref("pkcs11:token=hsm;object=sign").scheme == "pkcs11"
+    for bad in ["", "ftp:x", "../etc/passwd", "ca:"]:
+        with pytest.raises(ConfigError):
+            parse_ref(bad)
+
+
+def test_pkcs11_is_recognised_but_not_supported_yet(tmp_path: Path) -> None:
+    image = _files(tmp_path, 1)[0]
+    result = CliRunner().invoke(cli, ["sign", str(image), "--key", "pkcs11:token=t;object=o"])
+    assert result.exit_code == 3
+    assert "not supported yet" in result.output
+
+
+def test_wrong_passphrase_and_mismatched_cert(material: Material, tmp_path: Path) -> None:
+    key, cert, chain = material.issue("pw-signer", ec_key())
+    _, other_cert, _ = material.issue("other-signer", ec_key())
+    image = _files(tmp_path, 1)[0]
+    wrong = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(image)],
+                               env={"TB_TEST_PASS": "not the passphrase"})
+    assert wrong.exit_code == 3 and "wrong passphrase" in wrong.output
+    mismatch = CliRunner().invoke(cli, [*_sign_args(key, other_cert, chain), str(image)],
+                                  env=ENV)
+    assert mismatch.exit_code == 3 and "does not belong" in mismatch.output
+
+
+def test_ca_references(tmp_path: Path) -> None:
+    """NAME resolves through the CA; revoked and non-codesign certificates are refused."""
+    from trustboot.ca.store import CertificateAuthority
+
+    pki = tmp_path / "pki"
+    pw = secrets.constant(PASSPHRASE)
+    ca, _ = CertificateAuthority.init(pki, pw, key_type="ec-p256")
+    ca.issue("codesign", "kernel-signer", pw, pw, key_type="ec-p256")
+    ca.issue("codesign", "old-signer", pw, pw, key_type="ec-p256")
+    ca.issue("client", "a-client", pw, pw, key_type="ec-p256")
+    ca = CertificateAuthority.open(pki)
+    ca.revoke("old-signer", pw)
+    image = _files(tmp_path, 1)[0]
+    base = ["sign", str(image), "--pki", str(pki), "--passphrase-env", "TB_TEST_PASS"]
+    ok = CliRunner().invoke(cli, [*base, "--key", "kernel-signer"], env=ENV)
+    assert ok.exit_code == 0, ok.output
+    verify = CliRunner().invoke(cli, ["verify", str(image), "--pki", str(pki)])
+    assert verify.exit_code == 0, verify.output
+    revoked = CliRunner().invoke(cli, [*base, "--key", "ca:old-signer"], env=ENV)
+    assert revoked.exit_code == 4 and "revoked" in revoked.output, revoked.output
+    client = CliRunner().invoke(cli, [*base, "--key", "a-client"], env=ENV)
+    assert client.exit_code == 4 and "codesign" in client.output, client.output
+    env_key = CliRunner().invoke(cli, base, env=ENV | {"TRUSTBOOT_SIGNING_KEY": "kernel-signer"})
+    assert env_key.exit_code == 0, env_key.output
+
+
+def test_hashing_memory_does_not_grow_with_file_size(tmp_path: Path) -> None:
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.write_bytes(b"x" * (2 * CHUNK))
+    with big.open("wb") as fh:  # sparse: 256 MiB of zeros without the disk
+        fh.truncate(256 << 20)
+    peaks = []
+    for path in (small, big):
+        tracemalloc.start()
+        hash_file(path, ["sha256", "sha512"])
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 4 * CHUNK
+    assert peaks[1] < peaks[0] + CHUNK // 4
