@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.audit.netns import Segment, missing_tools
 
@@ -84,7 +84,7 @@ def test_pki(tmp_path_factory: pytest.TempPathFactory) -> AuditPki:
             x509.IPAddress(ipaddress.ip_address("192.0.2.1")),
             x509.IPAddress(ipaddress.ip_address("2001:db8::1")),
         ]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]),
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                        critical=False)
         .sign(root_key, hashes.SHA256())
     )

@@ -18,6 +18,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 
 def _ready() -> None:
@@ -99,7 +100,9 @@ def hostile_dhcp(interface: str) -> None:
 
 def main(argv: list[str]) -> None:
     mode, *args = argv
-    {"tftp": tftp, "https": https, "hostile-dhcp": hostile_dhcp}[mode](*args)
+    modes: dict[str, Callable[..., None]] = {
+        "tftp": tftp, "https": https, "hostile-dhcp": hostile_dhcp}
+    modes[mode](*args)
 
 
 if __name__ == "__main__":

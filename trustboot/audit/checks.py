@@ -260,15 +260,16 @@ def _check_servers(obs: Observation, policy: Policy) -> list[Finding]:
                 "rogue-dhcp", f"{ip} ({mac})",
                 f"unauthorized DHCP server {ip} ({mac}) offers address(es) "
                 f"{', '.join(offered) or '(none)'} {what}", evidence, sev))
-    # Multiple responders: more than one server answered the same probe.
-    per_probe: dict[int, set[tuple[str, str]]] = defaultdict(set)
-    booting: dict[int, set[tuple[str, str]]] = defaultdict(set)
+    # Multiple responders: more than one server answered the same kind of client.
+    per_probe: dict[tuple[str, bool], set[tuple[str, str]]] = defaultdict(set)
+    booting: dict[tuple[str, bool], set[tuple[str, str]]] = defaultdict(set)
     for offer in obs.offers:
-        if offer.probe is None or offer.port == 4011:
+        if offer.probe is None or offer.port == dhcp4.PXE_PORT:
             continue
-        per_probe[offer.probe.xid].add(_server_key(offer))
+        client = (offer.probe.arch, offer.probe.ipxe)
+        per_probe[client].add(_server_key(offer))
         if _offers_boot(offer) or offer.is_proxy:
-            booting[offer.probe.xid].add(_server_key(offer))
+            booting[client].add(_server_key(offer))
     servers = sorted({s for group in per_probe.values() for s in group})
     if obs.mode == "passive":
         servers = sorted(by_server)

@@ -5,7 +5,7 @@ YAML, every key optional, unknown keys rejected (a typo must not silently weaken
     authorized_servers:            # DHCP, ProxyDHCP and DHCPv6 servers allowed to answer
       - name: core-dhcp            # label for reports (optional)
         ip: 192.0.2.1              # ip and/or mac (v4) or duid (v6); all given must match
-        mac: 52:54:00:12:34:56
+        mac: "52:54:00:12:34:56"   # quoted: YAML 1.1 reads some MACs as numbers
         role: dhcp                 # dhcp | proxydhcp | dhcpv6 | any (default any)
       - duid: 00030001525400123456
         role: dhcpv6
@@ -199,6 +199,9 @@ def _server(entry: Any, where: str) -> AuthorizedServer:
         except ValueError:
             raise _fail(f"{where}.ip", f"not an IP address: {entry['ip']!r}") from None
     if entry.get("mac") is not None:
+        if isinstance(entry["mac"], int):
+            raise _fail(f"{where}.mac", "YAML read this MAC address as a (base-60) number",
+                        hint='put it in quotes: mac: "52:54:00:12:34:56"')
         text = _str(entry["mac"], f"{where}.mac")
         if not MAC_RE.match(text):
             raise _fail(f"{where}.mac", f"not a MAC address: {text!r}",
@@ -328,7 +331,10 @@ def policy_from_dict(data: dict[str, Any], *, where: str = "policy",
     base = base or Path(".")
     if data.get("release_manifest"):
         manifest_path = base / _str(data["release_manifest"], f"{where}: release_manifest")
-        manifest = load_manifest(manifest_path)
+        try:
+            manifest = load_manifest(manifest_path)
+        except ConfigError as exc:
+            raise _fail(f"{where}: release_manifest", exc.message, exc.hint) from None
         files.extend(manifest.files)
         release, ca = manifest.release, manifest.ca_sha256
         if manifest.origin:

@@ -157,8 +157,9 @@ class _Transfer:
     """One UDP socket talking to one server transfer ID, with retransmission and a deadline."""
 
     def __init__(self, server: str, *, device: str | None, deadline: float, retry: float,
-                 malformed: list[str]) -> None:
+                 malformed: list[str], port: int = PORT) -> None:
         self.server = server
+        self.port = port
         self.deadline = deadline
         self.retry = retry
         self.malformed = malformed
@@ -175,7 +176,7 @@ class _Transfer:
         self.sock.close()
 
     def send(self, packet: bytes, port: int | None = None) -> None:
-        dest = (self.server, port if port is not None else (self.tid or PORT))
+        dest = (self.server, port if port is not None else (self.tid or self.port))
         self.last = (packet, dest)
         self.sock.sendto(packet, dest)
 
@@ -235,13 +236,14 @@ def fetch(
     max_size: int = 64 * 1024 * 1024,
     head_limit: int = 4 * 1024 * 1024,
     retry: float = 1.0,
+    port: int = PORT,
 ) -> FetchResult:
     """Read ``filename`` from ``server``: hash all of it, keep its first ``head_limit`` bytes."""
     start = time.monotonic()
     result = FetchResult(server=server, filename=filename)
     try:
         xfer = _Transfer(server, device=device, deadline=start + timeout, retry=retry,
-                         malformed=result.malformed)
+                         malformed=result.malformed, port=port)
     except OSError as exc:
         result.error = f"cannot open a UDP socket: {exc.strerror or exc}"
         return result
@@ -322,6 +324,7 @@ def probe_write(
     timeout: float = 5.0,
     filename: str | None = None,
     retry: float = 1.0,
+    port: int = PORT,
 ) -> WriteResult:
     """Try to upload a small, clearly named file. Only call this when the user asked for it."""
     name = filename or f"trustboot-audit-write-probe-{os.urandom(4).hex()}.txt"
@@ -333,7 +336,7 @@ def probe_write(
     start = time.monotonic()
     try:
         xfer = _Transfer(server, device=device, deadline=start + timeout, retry=retry,
-                         malformed=result.malformed)
+                         malformed=result.malformed, port=port)
     except OSError as exc:
         result.detail = f"cannot open a UDP socket: {exc.strerror or exc}"
         return result

@@ -1,0 +1,79 @@
+"""A stand-in for the packet socket: frames go through a socketpair, servers are callables."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from trustboot.audit import dhcp4, dhcp6, frames
+from trustboot.audit.model import Observation
+from trustboot.audit.probe import Listener, ProbeConfig
+
+Responder = Callable[[frames.Frame], list[bytes]]
+
+
+class FakeLink:
+    filtered = True
+
+    def __init__(self, responders: list[Responder] | None = None) -> None:
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.ours.setblocking(False)
+        self.theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        self.sent: list[bytes] = []
+        self.unicast: list[bytes] = []
+        self.multicast: list[bytes] = []
+        self.responders = responders or []
+
+    def inject(self, frame: bytes) -> None:
+        self.theirs.send(frame)
+
+    def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
+        parsed = frames.parse_frame(frame)
+        if parsed is None:
+            return
+        for responder in self.responders:
+            for reply in responder(parsed):
+                self.theirs.send(reply)
+
+    def recv(self) -> tuple[bytes, int] | None:
+        try:
+            return self.ours.recv(65536), 0
+        except BlockingIOError:
+            return None
+
+    def fileno(self) -> int:
+        return self.ours.fileno()
+
+    def add_unicast(self, mac: bytes) -> None:
+        self.unicast.append(mac)
+
+    def add_multicast(self, mac: bytes) -> None:
+        self.multicast.append(mac)
+
+    def close(self) -> None:
+        self.ours.close()
+        self.theirs.close()
+
+    def sent_dhcp4(self) -> list[dhcp4.Dhcp4Packet]:
+        out = []
+        for frame in self.sent:
+            parsed = frames.parse_frame(frame)
+            if parsed is not None and parsed.dport == 67:
+                out.append(dhcp4.parse(parsed.payload))
+        return out
+
+    def sent_dhcp6(self) -> list[dhcp6.Dhcp6Message]:
+        out = []
+        for frame in self.sent:
+            parsed = frames.parse_frame(frame)
+            if parsed is not None and parsed.dport == 547:
+                out.append(dhcp6.parse(parsed.payload))
+        return out
+
+
+def listener(link: FakeLink, **config: object) -> tuple[Listener, Observation]:
+    cfg = ProbeConfig(interface="fake0", **config)  # type: ignore[arg-type]
+    obs = Observation(interface="fake0", mode="passive" if cfg.passive else "active",
+                      window=cfg.window)
+    return Listener(cfg, obs, link=link), obs

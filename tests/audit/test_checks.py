@@ -1,0 +1,334 @@
+"""Policy → findings, without a network: each finding type positive and negative."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from tests.audit import packets
+from trustboot.audit import dhcp4, dhcp6
+from trustboot.audit.checks import RULES, Severity, evaluate, threshold_reached
+from trustboot.audit.loaders import identify
+from trustboot.audit.model import (
+    BootTarget,
+    Fetched,
+    HttpCheck,
+    Malformed,
+    Observation,
+    Offer,
+    Probe,
+    Reply6,
+)
+from trustboot.audit.policy import Policy, policy_from_dict
+from trustboot.audit.tftp import FetchResult, WriteResult
+
+AUTH_MAC = "02:74:62:00:00:01"
+ROGUE_MAC = "02:74:62:00:00:02"
+IPXE = b"\0" * 16 + b"PXE->EB:" + b"\0" * 16
+GOOD_SHA = hashlib.sha256(IPXE).hexdigest()
+
+POLICY = {
+    "authorized_servers": [
+        {"name": "core", "ip": "192.0.2.1", "mac": AUTH_MAC, "role": "dhcp"},
+        {"mac": AUTH_MAC, "role": "dhcpv6"},
+    ],
+    "expected_files": [{"name": "undionly.kpxe", "sha256": GOOD_SHA},
+                       {"name": "boot.ipxe", "sha256": "b" * 64}],
+    "expected_origin": "https://boot.example/",
+    "expected_ca_sha256": "c" * 64,
+}
+
+
+def policy(**changes: Any) -> Policy:
+    return policy_from_dict({**POLICY, **changes})
+
+
+_xid = iter(range(1, 10_000))
+
+
+def offer(*, server: str = "192.0.2.1", mac: str = AUTH_MAC, file: str = "undionly.kpxe",
+          arch: str = "bios", ipxe: bool = False, yiaddr: str = "192.0.2.100",
+          siaddr: str | None = None, vendor: str | None = None, port: int = 67,
+          probe: bool = True) -> Offer:
+    xid = next(_xid)
+    options = [(67, file.encode())] if file else []
+    if vendor:
+        options.append((60, vendor.encode()))
+    raw = packets.dhcp_reply(xid=xid, chaddr=b"\x02" * 6, yiaddr=yiaddr,
+                             siaddr=siaddr or server, server_id=server, options=options)
+    p = Probe("dhcpv4", arch, ipxe, "02:02:02:02:02:02", xid) if probe else None
+    return Offer(dhcp4.parse(raw), server, mac, port, 0.1, p)
+
+
+def reply6(url: str | None, mac: bytes = bytes.fromhex("027462000001")) -> Reply6:
+    raw = packets.advertise(xid=1, client_duid=dhcp6.duid_ll(b"\x02" * 6), url=url,
+                            server_mac=mac)
+    mac_text = dhcp4.mac_text(mac)
+    return Reply6(dhcp6.parse(raw), "fe80::1", mac_text, 0.1,
+                  Probe("dhcpv6", "efi-x64", False, "02:02:02:02:02:02", 1))
+
+
+def fetched(server: str, path: str, data: bytes | None, *, well_known: bool = False,
+            error: str = "timed out") -> Fetched:
+    target = BootTarget("tftp", server, path, f"tftp://{server}/{path}")
+    if data is None:
+        return Fetched(target, FetchResult(server, path, error=error), None, well_known)
+    result = FetchResult(server, path, ok=True, size=len(data),
+                         sha256=hashlib.sha256(data).hexdigest(), head=data)
+    return Fetched(target, result, identify(data), well_known)
+
+
+def observe(**fields: Any) -> Observation:
+    obs = Observation(interface="eth0", mode=fields.pop("mode", "active"), window=2.0)
+    for key, value in fields.items():
+        setattr(obs, key, value)
+    return obs
+
+
+def rules(obs: Observation, pol: Policy | None = None) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for f in evaluate(obs, pol if pol is not None else policy()):
+        out.setdefault(f.rule, []).append(f)
+    return out
+
+
+def good_segment() -> Observation:
+    return observe(
+        offers=[offer(), offer(ipxe=True, file="https://boot.example/boot.ipxe")],
+        fetched=[fetched("192.0.2.1", "undionly.kpxe", IPXE)],
+        http=[HttpCheck("https://boot.example/boot.ipxe", ok=True, status=200, size=3,
+                        sha256="b" * 64, tls_chain_sha256=["d" * 64, "c" * 64],
+                        loader=identify(b"#!ipxe\nimgtrust --permanent\n"))],
+        replies6=[reply6("https://boot.example/boot.ipxe")],
+    )
+
+
+def test_a_well_run_segment_only_reports_the_tftp_first_stage() -> None:
+    found = rules(good_segment())
+    assert set(found) == {"tftp-boot-file"}
+    [tftp] = found["tftp-boot-file"]
+    assert tftp.severity == Severity.LOW and "matches released undionly.kpxe" in tftp.message
+
+
+def test_every_rule_has_remediation_and_a_description() -> None:
+    for rule in RULES.values():
+        assert rule.remediation and rule.description and rule.title
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+def test_rogue_dhcp_offering_a_boot_file_is_critical() -> None:
+    found = rules(observe(offers=[offer(), offer(server="192.0.2.2", mac=ROGUE_MAC,
+                                                 file="evil.kpxe", yiaddr="192.0.2.200")]))
+    [rogue] = found["rogue-dhcp"]
+    assert rogue.severity == Severity.CRITICAL
+    assert rogue.evidence["server_ip"] == "192.0.2.2" and rogue.evidence["yiaddr"] == "192.0.2.200"
+    assert rogue.evidence["boot_files"] == ["evil.kpxe"]
+    assert rogue.evidence["option_67_bootfile"] == "evil.kpxe"
+
+
+def test_rogue_dhcp_without_boot_file_is_high() -> None:
+    found = rules(observe(offers=[offer(server="192.0.2.2", mac=ROGUE_MAC, file="")]))
+    assert found["rogue-dhcp"][0].severity == Severity.HIGH
+
+
+def test_authorized_ip_from_another_mac_is_a_rogue() -> None:
+    found = rules(observe(offers=[offer(mac=ROGUE_MAC)]))
+    assert found["rogue-dhcp"][0].subject == f"192.0.2.1 ({ROGUE_MAC})"
+
+
+def test_authorization_by_ip_only_or_mac_only() -> None:
+    by_ip = policy(authorized_servers=[{"ip": "192.0.2.1"}])
+    assert "rogue-dhcp" not in rules(observe(offers=[offer(mac=ROGUE_MAC)]), by_ip)
+    by_mac = policy(authorized_servers=[{"mac": ROGUE_MAC.upper()}])
+    assert "rogue-dhcp" not in rules(observe(offers=[offer(server="192.0.2.9", mac=ROGUE_MAC)]),
+                                     by_mac)
+
+
+def test_role_restricts_authorization() -> None:
+    proxy = offer(server="192.0.2.1", file="", yiaddr="0.0.0.0", vendor="PXEClient")
+    found = rules(observe(offers=[proxy]))  # 192.0.2.1 is authorized as dhcp only
+    assert found["rogue-proxydhcp"][0].severity == Severity.CRITICAL
+    allowed = policy(authorized_servers=[{"ip": "192.0.2.1", "role": "proxydhcp"}])
+    assert "rogue-proxydhcp" not in rules(observe(offers=[proxy]), allowed)
+
+
+def test_no_policy_means_no_rogue_verdict_but_an_info() -> None:
+    found = rules(observe(offers=[offer(server="192.0.2.2", mac=ROGUE_MAC)]), Policy())
+    assert "rogue-dhcp" not in found and "no-authorized-servers" in found
+
+
+def test_rogue_dhcpv6() -> None:
+    found = rules(observe(replies6=[reply6("https://boot.example/x",
+                                           mac=bytes.fromhex("027462000004"))]))
+    assert found["rogue-dhcpv6"][0].severity == Severity.CRITICAL
+    assert "rogue-dhcpv6" not in rules(observe(replies6=[reply6("https://boot.example/x")]))
+
+
+def test_multiple_responders() -> None:
+    two = observe(offers=[offer(), offer(server="192.0.2.2", mac=ROGUE_MAC)])
+    assert rules(two)["multiple-responders"][0].severity == Severity.MEDIUM
+    address_only = observe(offers=[offer(), offer(server="192.0.2.2", mac=ROGUE_MAC, file="")])
+    assert rules(address_only)["multiple-responders"][0].severity == Severity.LOW
+    assert "multiple-responders" not in rules(observe(offers=[offer(), offer(ipxe=True)]))
+
+
+# -- URLs ----------------------------------------------------------------------------------------
+
+
+def test_cleartext_boot_url() -> None:
+    found = rules(observe(offers=[offer(ipxe=True, file="http://boot.example/boot.ipxe")]))
+    [clear] = found["cleartext-boot-url"]
+    assert clear.severity == Severity.HIGH and clear.subject == "http://boot.example/boot.ipxe"
+    assert clear.evidence["option_67_bootfile"] == "http://boot.example/boot.ipxe"
+    assert "cleartext-boot-url" not in rules(good_segment())
+
+
+def test_dhcpv6_cleartext_boot_url() -> None:
+    found = rules(observe(replies6=[reply6("http://[2001:db8::1]/x.efi")]))
+    assert found["dhcpv6-cleartext-boot-url"][0].subject == "http://[2001:db8::1]/x.efi"
+    assert "dhcpv6-cleartext-boot-url" not in rules(observe(replies6=[reply6(None)]))
+
+
+def test_unexpected_origin() -> None:
+    found = rules(observe(offers=[offer(ipxe=True, file="https://boot.example.evil/x")]))
+    assert found["unexpected-origin"][0].subject == "https://boot.example.evil/x"
+    ok = rules(observe(offers=[offer(ipxe=True, file="https://boot.example/a/b")]))
+    assert "unexpected-origin" not in ok
+    sub = policy(expected_origin="https://boot.example/releases")
+    assert "unexpected-origin" in rules(
+        observe(offers=[offer(ipxe=True, file="https://boot.example/releases2/x")]), sub)
+
+
+def test_https_unexpected_ca() -> None:
+    bad = HttpCheck("https://boot.example/boot.ipxe", ok=True, sha256="b" * 64,
+                    tls_chain_sha256=["d" * 64, "e" * 64])
+    assert rules(observe(http=[bad]))["https-unexpected-ca"][0].severity == Severity.HIGH
+    failed = HttpCheck("https://boot.example/boot.ipxe", ok=False, tls_verified=False,
+                       tls_error="does not verify")
+    assert "https-unexpected-ca" in rules(observe(http=[failed]))
+    assert "https-unexpected-ca" not in rules(good_segment())
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def test_tftp_boot_file_severity_depends_on_the_hash() -> None:
+    unknown = rules(observe(offers=[offer()], fetched=[fetched("192.0.2.1", "undionly.kpxe",
+                                                               IPXE + b"x")]))
+    assert unknown["tftp-boot-file"][0].severity == Severity.MEDIUM
+    known = rules(observe(offers=[offer()], fetched=[fetched("192.0.2.1", "undionly.kpxe",
+                                                             IPXE)]))
+    assert known["tftp-boot-file"][0].severity == Severity.LOW
+
+
+def test_boot_file_mismatch_and_unexpected_file() -> None:
+    found = rules(observe(offers=[offer(), offer(file="other.efi")], fetched=[
+        fetched("192.0.2.1", "undionly.kpxe", IPXE + b"patched"),
+        fetched("192.0.2.1", "other.efi", IPXE + b"other")]))
+    [mismatch] = found["boot-file-mismatch"]
+    assert mismatch.severity == Severity.CRITICAL
+    assert mismatch.evidence["expected_sha256"] == [GOOD_SHA]
+    assert mismatch.evidence["offer"]["option_67_bootfile"] == "undionly.kpxe"
+    assert found["unexpected-boot-file"][0].subject == "tftp://192.0.2.1/other.efi"
+    assert "boot-file-mismatch" not in rules(good_segment())
+
+
+def test_tftp_forbidden_by_policy() -> None:
+    obs = observe(offers=[offer()], fetched=[fetched("192.0.2.1", "undionly.kpxe", IPXE)])
+    assert "tftp-boot-forbidden" in rules(obs, policy(tftp_allowed=False))
+    assert "tftp-boot-forbidden" not in rules(obs)
+
+
+def test_unfetchable_boot_file_is_unverified() -> None:
+    obs = observe(offers=[offer()], fetched=[fetched("192.0.2.1", "undionly.kpxe", None)])
+    assert rules(obs)["boot-file-unverified"][0].message.endswith("timed out")
+    by_name = observe(offers=[offer(siaddr="0.0.0.0", file="x.efi")])
+    by_name.offers[0].packet.options[66] = b"tftp.example"
+    assert "not an IP address" in rules(by_name)["boot-file-unverified"][0].message
+
+
+def test_tftp_writable() -> None:
+    yes = WriteResult("192.0.2.6", "probe.txt", writable=True, confirmed=True, detail="stored")
+    no = WriteResult("192.0.2.1", "probe.txt", detail="refused: TFTP error 4")
+    found = rules(observe(writes=[yes, no]))
+    [w] = found["tftp-writable"]
+    assert w.severity == Severity.CRITICAL and w.subject == "tftp://192.0.2.6/"
+    assert "tftp-writable" not in rules(observe(writes=[no]))
+
+
+def test_unsigned_chain_hints() -> None:
+    pxelinux = b"PXELINUX 6.04" + b"\0" * 10
+    found = rules(observe(offers=[offer(file="pxelinux.0")],
+                          fetched=[fetched("192.0.2.1", "pxelinux.0", pxelinux)]))
+    assert found["non-ipxe-loader"][0].severity == Severity.MEDIUM
+    script = b"#!ipxe\nkernel http://x/vmlinuz\nboot\n"
+    found = rules(observe(offers=[offer(file="boot.ipxe")],
+                          fetched=[fetched("192.0.2.1", "boot.ipxe", script)]))
+    assert "script-without-imgverify" in found
+    assert found["cleartext-boot-url"][0].subject == "http://x/vmlinuz"
+    assert "non-ipxe-loader" not in rules(good_segment())
+
+
+def test_ipxe_loop_not_broken() -> None:
+    looping = observe(offers=[offer(), offer(ipxe=True)],
+                      fetched=[fetched("192.0.2.1", "undionly.kpxe", IPXE)])
+    [loop] = rules(looping)["ipxe-loop-not-broken"]
+    assert loop.severity == Severity.INFO
+    assert loop.evidence["ipxe_offer"]["probe_ipxe"] is True
+    assert "ipxe-loop-not-broken" not in rules(good_segment())
+    # the same non-iPXE file for both is not a loop
+    other = observe(offers=[offer(file="pxelinux.0"), offer(file="pxelinux.0", ipxe=True)])
+    assert "ipxe-loop-not-broken" not in rules(other)
+
+
+def test_well_known_path_exposed() -> None:
+    obs = observe(offers=[offer()], fetched=[
+        fetched("192.0.2.1", "undionly.kpxe", IPXE),
+        fetched("192.0.2.1", "pxelinux.cfg/default", b"DEFAULT x\n", well_known=True)])
+    [exposed] = rules(obs)["tftp-path-exposed"]
+    assert exposed.subject == "tftp://192.0.2.1/pxelinux.cfg/default"
+    assert "tftp-path-exposed" not in rules(good_segment())
+
+
+def test_malformed_packets() -> None:
+    bad = Malformed("dhcpv4", "option 67 length 200 runs past the end", "192.0.2.9",
+                    "02:74:62:00:00:09", "0201", 300, 0.2)
+    [m] = rules(observe(malformed=[bad, bad]))["malformed-packet"]
+    assert m.evidence["count"] == 2 and m.subject == "192.0.2.9 (02:74:62:00:00:09)"
+    assert "malformed-packet" not in rules(good_segment())
+
+
+def test_no_responders() -> None:
+    assert "no-responders" in rules(observe())
+    assert "no-responders" not in rules(good_segment())
+
+
+def test_passive_multiple_responders_without_probes() -> None:
+    obs = observe(mode="passive", offers=[offer(probe=False),
+                                          offer(server="192.0.2.2", mac=ROGUE_MAC, probe=False)])
+    found = rules(obs)
+    assert {"rogue-dhcp", "multiple-responders"} <= set(found)
+    assert "boot-file-unverified" not in found  # passive mode fetches nothing
+
+
+# -- ordering and threshold ----------------------------------------------------------------------
+
+
+def test_findings_sorted_by_severity_and_fail_on() -> None:
+    findings = evaluate(observe(offers=[offer(server="192.0.2.2", mac=ROGUE_MAC),
+                                        offer(ipxe=True, file="http://x/y")]), policy())
+    severities = [f.severity for f in findings]
+    assert severities == sorted(severities, reverse=True)
+    assert threshold_reached(findings, Severity.CRITICAL)
+    assert not threshold_reached(findings, None)
+    assert not threshold_reached([f for f in findings if f.severity < Severity.HIGH],
+                                 Severity.HIGH)
+
+
+@pytest.mark.parametrize("text", ["info", "LOW", "Medium", "high", "critical"])
+def test_severity_parse(text: str) -> None:
+    assert Severity.parse(text).label == text.lower()

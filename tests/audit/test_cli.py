@@ -1,0 +1,67 @@
+"""`trustboot audit` option handling and errors that need no network."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from trustboot.cli.main import cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["audit", *args])
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-i", "lo", "--passive", "--probe-writes"], "--passive sends nothing"),
+    (["-i", "lo", "--arch", "bios,sparc"], "unknown architecture 'sparc'"),
+    (["-i", "lo", "--json", "--format", "sarif"], "either --json or --format"),
+    (["-i", "lo", "--max-file-size", "lots"], "not a size"),
+    (["-i", "lo", "--mac", "01:00:5e:00:00:01"], "not a unicast MAC"),
+    (["-i", "tb-no-such-if0"], "no network interface named 'tb-no-such-if0'"),
+])
+def test_invalid_options_exit_3(args: list[str], message: str) -> None:
+    code, output = run(*args)
+    assert code == 3, output
+    assert message in output and "Traceback" not in output
+
+
+def test_invalid_policy_exits_3_naming_the_file(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("authorized_servers:\n  - ip: not-an-ip\n")
+    code, output = run("-i", "lo", "--policy", str(policy))
+    assert code == 3
+    assert "policy.yaml: authorized_servers[0].ip: not an IP address" in output
+
+
+def test_json_errors_on_stderr(tmp_path: Path) -> None:
+    code, output = run("-i", "lo", "--json", "--policy", str(tmp_path / "missing.yaml"))
+    assert code == 3 and '"error": "ConfigError"' in output
+
+
+def test_window_bounds_are_usage_errors() -> None:
+    code, output = run("-i", "lo", "--window", "0")
+    assert code == 2 and "--window" in output
+
+
+def test_without_cap_net_raw_the_error_names_it() -> None:
+    argv = [sys.executable, "-m", "trustboot", "audit", "-i", "lo", "--window", "0.2"]
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                "--inh-caps=-all", "--bounding-set=-all", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if proc.returncode != 1 and "Permission denied" in proc.stderr:
+        pytest.skip(f"the unprivileged user cannot run {sys.executable}")
+    assert proc.returncode == 1, proc.stderr
+    assert "lacks CAP_NET_RAW" in proc.stderr
+    assert "hint: run 'trustboot audit' as root" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,296 @@
+"""DHCPv4, DHCPv6, TFTP and frame codecs; loader identification; the BPF filter."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from tests.audit import packets
+from trustboot.audit import dhcp4, dhcp6, frames, loaders, probe, tftp
+from trustboot.audit.errors import MalformedPacket
+
+MAC = bytes.fromhex("02aabbccddee")
+UUID = bytes(range(16))
+
+
+# -- DHCPv4 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", list(dhcp4.ARCHES.values()), ids=list(dhcp4.ARCHES))
+def test_discover_looks_like_a_pxe_client(arch: dhcp4.Arch) -> None:
+    raw = dhcp4.build_discover(mac=MAC, xid=0x12345678, arch=arch, uuid=UUID)
+    pkt = dhcp4.parse(raw)
+    assert len(raw) >= 300
+    assert (pkt.op, pkt.xid, pkt.flags, pkt.chaddr) == (1, 0x12345678, 0x8000, MAC)
+    assert pkt.message_type == dhcp4.DISCOVER
+    assert pkt.vendor_class == arch.vendor_class
+    assert pkt.client_arch == arch.code
+    assert pkt.options[dhcp4.OPT_CLIENT_NII] == arch.nii
+    assert pkt.options[dhcp4.OPT_CLIENT_UUID] == b"\x00" + UUID
+    prl = pkt.options[dhcp4.OPT_PARAM_REQUEST]
+    assert dhcp4.OPT_TFTP_SERVER in prl and dhcp4.OPT_BOOTFILE in prl and dhcp4.OPT_VENDOR in prl
+    assert dhcp4.OPT_USER_CLASS not in pkt.options
+    assert not pkt.anomalies
+
+
+def test_ipxe_discover_carries_user_class_and_option_175() -> None:
+    pkt = dhcp4.parse(dhcp4.build_discover(mac=MAC, xid=1, arch=dhcp4.ARCHES["bios"], uuid=UUID,
+                                           ipxe=True))
+    assert pkt.user_class == "iPXE"
+    encap = pkt.options[dhcp4.OPT_IPXE_ENCAP]
+    assert bytes([0x13, 1, 1]) in encap  # HTTP feature
+
+
+def test_pxe_request_for_port_4011_names_the_boot_item() -> None:
+    raw = dhcp4.build_pxe_request(mac=MAC, xid=7, arch=dhcp4.ARCHES["bios"], uuid=UUID,
+                                  ciaddr="192.0.2.50", boot_item=b"\x80\x00\x00\x00")
+    pkt = dhcp4.parse(raw)
+    assert pkt.message_type == dhcp4.REQUEST and pkt.ciaddr == "192.0.2.50"
+    assert pkt.flags == 0
+    assert pkt.pxe_vendor_options() == {dhcp4.PXE_BOOT_ITEM: b"\x80\x00\x00\x00"}
+
+
+def test_offer_fields_from_header_and_options() -> None:
+    raw = packets.dhcp_reply(xid=9, chaddr=MAC, sname=b"tftp.example", file=b"pxelinux.0",
+                             options=[(66, b"192.0.2.7"), (67, b"undionly.kpxe\x00")])
+    pkt = dhcp4.parse(raw)
+    assert (pkt.sname, pkt.file) == ("tftp.example", "pxelinux.0")
+    assert (pkt.tftp_server_option, pkt.bootfile_option) == ("192.0.2.7", "undionly.kpxe")
+    assert pkt.server_id == "192.0.2.1" and pkt.message_type_name == "OFFER"
+    ev = pkt.evidence()
+    assert ev["option_66_tftp_server"] == "192.0.2.7" and ev["file"] == "pxelinux.0"
+
+
+def test_split_options_are_concatenated() -> None:
+    raw = packets.dhcp_reply(xid=1, chaddr=MAC, options=[(67, b"boot/"), (67, b"ipxe.efi")])
+    assert dhcp4.parse(raw).bootfile_option == "boot/ipxe.efi"
+
+
+def test_option_overload_reads_options_from_file_and_sname() -> None:
+    file_field = packets.opt(67, b"over.kpxe") + b"\xff"
+    sname_field = packets.opt(66, b"192.0.2.8") + b"\xff"
+    raw = packets.dhcp_reply(xid=1, chaddr=MAC, file=file_field, sname=sname_field,
+                             options=[(52, b"\x03")])
+    pkt = dhcp4.parse(raw)
+    assert pkt.overload == 3 and pkt.file == "" and pkt.sname == ""
+    assert pkt.bootfile_option == "over.kpxe" and pkt.tftp_server_option == "192.0.2.8"
+
+
+def test_hostile_strings_are_escaped() -> None:
+    raw = packets.dhcp_reply(xid=1, chaddr=MAC, file=b"\x1b[31mevil\\\xff",
+                             options=[(67, b"a\nb")])
+    pkt = dhcp4.parse(raw)
+    assert pkt.file == "\\x1b[31mevil\\\\\\xff"
+    assert pkt.bootfile_option == "a\\x0ab"
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"", "too short"),
+    (b"\x02" * 235, "too short"),
+    (b"\x07" + b"\0" * 239, "neither BOOTREQUEST nor BOOTREPLY"),
+    (packets.dhcp_reply(xid=1, chaddr=MAC, raw_options=b"\x43\xc8evil"), "runs past the end"),
+    (packets.dhcp_reply(xid=1, chaddr=MAC, raw_options=b"\x35")[:-1], "no length byte"),
+])
+def test_malformed_dhcp4(data: bytes, reason: str) -> None:
+    with pytest.raises(MalformedPacket, match=reason):
+        dhcp4.parse(data)
+
+
+def test_recoverable_oddities_are_anomalies() -> None:
+    raw = packets.dhcp_reply(xid=1, chaddr=MAC, file=b"a\0junk")[:-1]  # no END option
+    pkt = dhcp4.parse(raw)
+    assert "options field has no END option" in pkt.anomalies
+    assert "bytes after the NUL in the file field" in pkt.anomalies
+
+
+def test_pxe_vendor_option_described() -> None:
+    menu = struct.pack("!HB", 0x8000, 4) + b"Boot"
+    vendor = packets.opt(6, b"\x03") + packets.opt(9, menu) + packets.opt(10, b"\x00PXE") + b"\xff"
+    pkt = dhcp4.parse(packets.dhcp_reply(xid=1, chaddr=MAC, options=[(43, vendor)]))
+    subs = pkt.pxe_vendor_options()
+    assert subs is not None
+    described = dhcp4.describe_pxe_vendor(subs)
+    assert described["boot_menu"] == [{"type": 0x8000, "description": "Boot"}]
+    assert dhcp4.first_boot_item(subs) == b"\x80\x00\x00\x00"
+
+
+# -- DHCPv6 ------------------------------------------------------------------------------------
+
+
+def test_solicit_asks_for_the_boot_file_url() -> None:
+    raw = dhcp6.build_solicit(mac=MAC, xid=0xABCDEF, arch=dhcp4.ARCHES["efi-x64"], iaid=5)
+    msg = dhcp6.parse(raw)
+    assert msg.msg_type == dhcp6.SOLICIT and msg.xid == 0xABCDEF
+    oro = msg.first(dhcp6.OPT_ORO)
+    assert oro is not None and dhcp6.OPT_BOOTFILE_URL in struct.unpack(f"!{len(oro)//2}H", oro)
+    assert msg.first(dhcp6.OPT_CLIENT_ARCH) == b"\x00\x07"
+    assert msg.client_duid == dhcp6.duid_ll(MAC).hex()
+
+
+def test_advertise_decoded() -> None:
+    raw = packets.advertise(xid=3, client_duid=dhcp6.duid_ll(MAC), url="http://[2001:db8::1]/x")
+    msg = dhcp6.parse(raw)
+    assert msg.type_name == "ADVERTISE"
+    assert msg.bootfile_url == "http://[2001:db8::1]/x"
+    assert msg.addresses == ["2001:db8::100"]
+    assert msg.server_duid_mac == "02:74:62:00:00:01"
+    assert not msg.anomalies
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"\x02\x00", "too short"),
+    (b"\x02\x00\x00\x01\x00\x3b\x00\x20http", "runs past the end"),
+    (b"\x02\x00\x00\x01\x00", "truncated option header"),
+    (b"\x0d" + b"\0" * 20, "relay message header"),
+])
+def test_malformed_dhcp6(data: bytes, reason: str) -> None:
+    with pytest.raises(MalformedPacket, match=reason):
+        dhcp6.parse(data)
+
+
+def test_dhcp6_nested_status_and_params() -> None:
+    ia = struct.pack("!III", 1, 0, 0) + packets.opt6(13, b"\x00\x02no addresses")
+    raw = (bytes([7]) + b"\0\0\1" + packets.opt6(3, ia)
+           + packets.opt6(60, b"\x00\x03a=b\x00\x01c")
+           + packets.opt6(2, b"\x00\x01") + packets.opt6(2, b"\x00\x02"))
+    msg = dhcp6.parse(raw)
+    assert msg.status == [(2, "no addresses")]
+    assert msg.bootfile_params == ["a=b", "c"]
+    assert "2 server identifier options" in msg.anomalies
+
+
+# -- TFTP ----------------------------------------------------------------------------------
+
+
+def test_tftp_round_trip() -> None:
+    rrq = tftp.parse(tftp.build_request(tftp.RRQ, "boot.ipxe", {"blksize": "1428"}))
+    assert (rrq.filename, rrq.mode, rrq.options) == ("boot.ipxe", "octet", {"blksize": "1428"})
+    data = tftp.parse(tftp.build_data(70000, b"abc"))
+    assert (data.opcode, data.block, data.data) == (tftp.DATA, 70000 & 0xFFFF, b"abc")
+    err = tftp.parse(tftp.build_error(1, "File not found"))
+    assert (err.error_code, err.error_message) == (1, "File not found")
+    oack = tftp.parse(b"\x00\x06tsize\x00123\x00")
+    assert oack.options == {"tsize": "123"}
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x00", b"\x00\x09", b"\x00\x03\x00", b"\x00\x04\x00", b"\x00\x01file",
+    b"\x00\x01file\x00", b"\x00\x06tsize\x00", b"\x00\x05\x00",
+])
+def test_malformed_tftp(data: bytes) -> None:
+    with pytest.raises(MalformedPacket):
+        tftp.parse(data)
+
+
+# -- frames ------------------------------------------------------------------------------------
+
+
+def test_udp4_frame_round_trip_and_checksums() -> None:
+    frame = frames.udp4_frame(src_mac=MAC, dst_mac=frames.BROADCAST_MAC, src_ip="0.0.0.0",
+                              dst_ip="255.255.255.255", sport=68, dport=67, payload=b"hello")
+    assert frames.checksum(frame[14:34]) == 0  # IPv4 header checksum verifies
+    parsed = frames.parse_frame(frame)
+    assert parsed is not None
+    assert (parsed.src_ip, parsed.dst_ip, parsed.sport, parsed.dport, parsed.payload) == (
+        "0.0.0.0", "255.255.255.255", 68, 67, b"hello")
+
+
+def test_udp6_frame_and_neighbour_advert() -> None:
+    ll = frames.link_local_from_mac(MAC)
+    assert ll == "fe80::aa:bbff:fecc:ddee"
+    frame = frames.udp6_frame(src_mac=MAC, dst_mac=frames.multicast_mac("ff02::1:2"),
+                              src_ip=ll, dst_ip="ff02::1:2", sport=546, dport=547, payload=b"x")
+    parsed = frames.parse_frame(frame)
+    assert parsed is not None and parsed.family == 6 and parsed.dport == 547
+    assert frame[:6] == bytes.fromhex("333300010002")
+    na = frames.parse_frame(frames.neighbour_advert(src_mac=MAC, dst_mac=MAC, target=ll,
+                                                    dst_ip="fe80::1"))
+    assert na is not None and na.icmp_type == frames.ICMPV6_NA
+
+
+@pytest.mark.parametrize("frame", [
+    bytes(14) + b"\x45",  # too short: not IP
+    b"\xff" * 12 + b"\x08\x00" + b"\x45\x00\x00\x10" + b"\0" * 5 + b"\x11" + b"\0" * 10,
+])
+def test_broken_ip_is_malformed_or_ignored(frame: bytes) -> None:
+    try:
+        assert frames.parse_frame(frame) is None
+    except MalformedPacket:
+        pass
+
+
+# -- loaders -----------------------------------------------------------------------------------
+
+
+def _pe(signed: bool) -> bytes:
+    pe = bytearray(1024)
+    pe[0:2] = b"MZ"
+    struct.pack_into("<I", pe, 0x3C, 0x80)
+    pe[0x80:0x84] = b"PE\0\0"
+    opt = 0x80 + 24
+    struct.pack_into("<H", pe, opt, 0x20B)
+    struct.pack_into("<I", pe, opt + 108, 16)  # NumberOfRvaAndSizes
+    if signed:
+        struct.pack_into("<II", pe, opt + 112 + 4 * 8, 0x400, 0x200)
+    return bytes(pe)
+
+
+def test_identify_loaders() -> None:
+    assert loaders.identify(b"#!ipxe\nchain http://x/y\n").imgverify is False
+    script = loaders.identify(b"#!ipxe\nimgtrust --permanent\nchain https://a/b\n")
+    assert script.kind == "ipxe-script" and script.imgverify and script.urls == ["https://a/b"]
+    assert loaders.identify(b"\0" * 10 + b"PXE->EB:" + b"\0").kind == "ipxe"
+    assert loaders.identify(_pe(False) + b"iPXE 1.21.1+ (g123) https://ipxe.org").ipxe_version \
+        == "1.21.1+"
+    assert loaders.identify(b"xxPXELINUX 6.04").kind == "pxelinux"
+    assert loaders.identify(_pe(True)).pe_signed is True
+    assert loaders.identify(_pe(False)).pe_signed is False
+    assert loaders.identify(b"\x7fELF\x02").kind == "elf"
+    assert loaders.identify(bytes(range(256))).kind == "unknown"
+    assert loaders.identify(b"DEFAULT linux\n").kind == "text"
+
+
+# -- the BPF filter, run through a tiny classic-BPF interpreter ------------------------------------
+
+
+def _run_bpf(program: list[tuple[int, int, int, int]], pkt: bytes) -> int:
+    a = x = pc = 0
+    while True:
+        code, jt, jf, k = program[pc]
+        pc += 1
+        if code == 0x28:
+            a = struct.unpack_from("!H", pkt, k)[0] if k + 2 <= len(pkt) else None  # type: ignore[assignment]
+        elif code == 0x30:
+            a = pkt[k] if k < len(pkt) else None  # type: ignore[assignment]
+        elif code == 0x48:
+            a = struct.unpack_from("!H", pkt, x + k)[0] if x + k + 2 <= len(pkt) else None  # type: ignore[assignment]
+        elif code == 0xB1:
+            x = (pkt[k] & 0x0F) * 4
+        elif code == 0x15:
+            pc += jt if a == k else jf
+        elif code == 0x45:
+            pc += jt if a & k else jf
+        elif code == 0x06:
+            return k
+        else:
+            raise AssertionError(f"unknown opcode {code:#x}")
+        if a is None:
+            return 0  # the kernel drops a packet when a load runs past its end
+
+
+@pytest.mark.parametrize(("frame", "accept"), [
+    (packets.offer_frame(b"x"), True),
+    (frames.udp4_frame(src_mac=MAC, dst_mac=MAC, src_ip="192.0.2.1", dst_ip="192.0.2.2",
+                       sport=4011, dport=40000, payload=b"x"), True),
+    (frames.udp4_frame(src_mac=MAC, dst_mac=MAC, src_ip="192.0.2.1", dst_ip="192.0.2.2",
+                       sport=53, dport=40000, payload=b"x"), False),
+    (frames.udp6_frame(src_mac=MAC, dst_mac=MAC, src_ip="fe80::1", dst_ip="fe80::2",
+                       sport=547, dport=546, payload=b"x"), True),
+    (frames.udp6_frame(src_mac=MAC, dst_mac=MAC, src_ip="fe80::1", dst_ip="fe80::2",
+                       sport=53, dport=5353, payload=b"x"), False),
+    (frames.neighbour_advert(src_mac=MAC, dst_mac=MAC, target="fe80::1", dst_ip="fe80::2"), True),
+    (frames.ethernet(MAC, MAC, 0x0806, b"\0" * 28), False),  # ARP
+])
+def test_bpf_filter(frame: bytes, accept: bool) -> None:
+    assert bool(_run_bpf(probe.boot_protocol_filter(), frame)) is accept

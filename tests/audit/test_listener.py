@@ -1,0 +1,156 @@
+"""The listener without a network: frames in and out through a socketpair."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+import time
+
+from tests.audit import packets
+from tests.audit.fakelink import FakeLink, Responder, listener
+from trustboot.audit import dhcp4, dhcp6, frames
+from trustboot.audit.model import Offer
+
+
+def dhcp_server(*, file: bytes = b"", options: list[tuple[int, bytes]] | None = None,
+                src_mac: bytes = packets.SERVER_MAC, src_ip: str = "192.0.2.1",
+                yiaddr: str = "192.0.2.100", ipxe_file: bytes | None = None) -> Responder:
+    def respond(frame: frames.Frame) -> list[bytes]:
+        if frame.dport != 67:
+            return []
+        req = dhcp4.parse(frame.payload)
+        chosen = ipxe_file if ipxe_file is not None and req.user_class == "iPXE" else file
+        reply = packets.dhcp_reply(xid=req.xid, chaddr=req.chaddr, file=chosen,
+                                   server_id=src_ip, siaddr=src_ip, yiaddr=yiaddr,
+                                   options=options)
+        return [packets.offer_frame(reply, src_mac=src_mac, src_ip=src_ip)]
+    return respond
+
+
+def test_probes_look_like_pxe_clients_from_random_macs() -> None:
+    link = FakeLink()
+    lst, obs = listener(link, window=0.3)
+    lst.run()
+    discovers = link.sent_dhcp4()
+    assert len(discovers) == 8  # 4 architectures, each as the PXE ROM and as iPXE
+    assert {d.client_arch for d in discovers} == {0, 7, 11, 16}
+    assert sum(d.user_class == "iPXE" for d in discovers) == 4
+    for frame in link.sent:
+        parsed = frames.parse_frame(frame)
+        assert parsed is not None
+        if parsed.family == 4:
+            pkt = dhcp4.parse(parsed.payload)
+            assert parsed.src_mac == pkt.chaddr and parsed.src_ip == "0.0.0.0"
+            assert parsed.src_mac[0] & 0x03 == 0x02  # unicast, locally administered
+    assert len({d.chaddr for d in discovers}) == 4
+    assert set(link.unicast) == {d.chaddr for d in discovers}
+    solicits = link.sent_dhcp6()
+    assert len(solicits) == 3  # UEFI architectures only
+    assert len(obs.probes) == 11
+    assert 0.3 <= obs.listen_seconds < 1.0
+
+
+def test_offers_are_matched_to_their_probe() -> None:
+    link = FakeLink([dhcp_server(file=b"undionly.kpxe", ipxe_file=b"https://x/boot.ipxe")])
+    lst, obs = listener(link, window=0.3, arches=("bios",), dhcpv6=False)
+    seen: list[Offer] = []
+    lst.on_offer = seen.append
+    lst.run()
+    assert len(obs.offers) == 2 and seen == obs.offers
+    by_ipxe = {o.ipxe_probe: o for o in obs.offers}
+    assert by_ipxe[False].boot_file == "undionly.kpxe"
+    assert by_ipxe[True].boot_file == "https://x/boot.ipxe"
+    assert all(o.probe is not None and o.probe.arch == "bios" for o in obs.offers)
+    assert obs.offers[0].src_mac == "02:74:62:00:00:01"
+
+
+def test_answers_to_other_clients_are_kept_without_a_probe() -> None:
+    link = FakeLink()
+    lst, obs = listener(link, window=0.2, arches=("bios",), dhcpv6=False)
+    link.inject(packets.offer_frame(packets.dhcp_reply(xid=1, chaddr=b"\x02" * 6,
+                                                       file=b"x.kpxe")))
+    lst.run()
+    [offer] = obs.offers
+    assert offer.probe is None and offer.boot_file == "x.kpxe"
+
+
+def test_neighbour_solicitation_for_our_address_is_answered() -> None:
+    def server6(frame: frames.Frame) -> list[bytes]:
+        if frame.dport != 547:
+            return []
+        ll = frame.src_ip
+        # a neighbour solicitation for the probe's link-local address, then the advertise
+        target = ipaddress.IPv6Address(ll).packed
+        body = struct.pack("!BBHI", frames.ICMPV6_NS, 0, 0, 0) + target
+        src = ipaddress.IPv6Address("fe80::1").packed
+        ip6 = struct.pack("!IHBB", 6 << 28, len(body), 58, 255) + src + target + body
+        ns = frames.ethernet(frame.src_mac, packets.SERVER_MAC, frames.ETH_P_IPV6, ip6)
+        msg = dhcp6.parse(frame.payload)
+        adv = packets.advertise(xid=msg.xid, client_duid=bytes.fromhex(msg.client_duid or ""),
+                                url="http://[2001:db8::1]/boot.efi")
+        return [ns, packets.advertise_frame(adv, dst_mac=frame.src_mac)]
+
+    link = FakeLink([server6])
+    lst, obs = listener(link, window=0.3, arches=("efi-x64",), ipxe_probe=False)
+    lst.run()
+    adverts = [f for f in (frames.parse_frame(x) for x in link.sent)
+               if f is not None and f.icmp_type == frames.ICMPV6_NA]
+    assert len(adverts) == 1 and adverts[0].dst_ip == "fe80::1"
+    [reply] = obs.replies6
+    assert reply.probe is not None and reply.probe.arch == "efi-x64"
+    assert reply.message.bootfile_url == "http://[2001:db8::1]/boot.efi"
+
+
+def test_malformed_packets_are_recorded_not_fatal() -> None:
+    link = FakeLink()
+    lst, obs = listener(link, window=0.2, arches=("bios",), dhcpv6=False)
+    bad = packets.dhcp_reply(xid=1, chaddr=b"\x02" * 6, raw_options=b"\x43\xc8evil")
+    link.inject(packets.offer_frame(bad, src_mac=packets.ROGUE_MAC, src_ip="192.0.2.9"))
+    link.inject(packets.offer_frame(b"\x02" * 50, src_mac=packets.ROGUE_MAC, src_ip="192.0.2.9"))
+    link.inject(packets.offer_frame(b"x")[:40])  # UDP length beyond the frame
+    lst.run()
+    reasons = [(m.protocol, m.reason) for m in obs.malformed]
+    assert ("dhcpv4", "options: option 67 length 200 runs past the end") in reasons
+    assert any(p == "dhcpv4" and "too short" in r for p, r in reasons)
+    assert any(p == "ip/udp" for p, _ in reasons)
+    assert all(m.head_hex for m in obs.malformed)
+
+
+def test_a_flood_is_bounded_in_time_and_memory() -> None:
+    link = FakeLink()
+    lst, obs = listener(link, window=0.5, arches=("bios",), dhcpv6=False, ipxe_probe=False)
+    for i in range(3000):
+        link.inject(packets.offer_frame(b"\x02" * 56 + i.to_bytes(4, "big"),
+                                        src_mac=packets.ROGUE_MAC))
+    start = time.monotonic()
+    lst.run()
+    assert time.monotonic() - start < 2.0
+    assert len(obs.malformed) == 200 and obs.dropped > 0
+
+
+def test_passive_mode_sends_nothing_and_notes_clients() -> None:
+    link = FakeLink()
+    lst, obs = listener(link, window=0.2, passive=True)
+    discover = dhcp4.build_discover(mac=b"\x02\x11\x22\x33\x44\x55", xid=5,
+                                    arch=dhcp4.ARCHES["efi-x64"], uuid=bytes(16))
+    link.inject(frames.udp4_frame(src_mac=b"\x02\x11\x22\x33\x44\x55",
+                                  dst_mac=frames.BROADCAST_MAC, src_ip="0.0.0.0",
+                                  dst_ip="255.255.255.255", sport=68, dport=67,
+                                  payload=discover))
+    link.inject(packets.offer_frame(packets.dhcp_reply(xid=5, chaddr=b"\x02\x11\x22\x33\x44\x55",
+                                                       file=b"a.efi")))
+    lst.run()
+    assert link.sent == [] and obs.probes == []
+    assert obs.clients_seen == ["02:11:22:33:44:55 PXEClient:Arch:00007:UNDI:003016"]
+    assert len(obs.offers) == 1 and obs.offers[0].probe is None
+
+
+def test_proxy_offer_without_an_address_notes_the_skipped_query() -> None:
+    proxy = dhcp_server(src_mac=packets.ROGUE_MAC, src_ip="192.0.2.3", yiaddr="0.0.0.0",
+                        options=[(60, b"PXEClient")])
+    link = FakeLink([proxy])
+    lst, obs = listener(link, window=0.2, arches=("bios",), dhcpv6=False, ipxe_probe=False)
+    lst.run()
+    [offer] = obs.offers
+    assert offer.is_proxy and offer.role == "proxydhcp"
+    assert any("not queried on port 4011" in n for n in obs.notes)

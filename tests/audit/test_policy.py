@@ -1,0 +1,133 @@
+"""The audit policy file and the release manifest it may point at."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trustboot.audit.policy import load_manifest, load_policy, policy_from_dict
+from trustboot.errors import ConfigError
+
+SHA = "a" * 64
+
+
+def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_full_policy_with_manifest(tmp_path: Path) -> None:
+    (tmp_path / "release.json").write_text(json.dumps({
+        "release": "2024.06", "origin": "https://boot.example/r/2024.06/", "ca_sha256": "C" * 64,
+        "files": [{"name": "boot.ipxe", "sha256": SHA, "size": 12}],
+    }))
+    pol = load_policy(write(tmp_path, f"""
+version: 1
+authorized_servers:
+  - name: core
+    ip: 192.0.2.1
+    mac: 52-54-00-AA-BB-CC
+    role: dhcp
+  - duid: "00:03:00:01:52:54:00:aa:bb:cc"
+    role: dhcpv6
+expected_files:
+  - name: undionly.kpxe
+    sha256: "{'B' * 64}"
+release_manifest: release.json
+expected_origin: ['https://[2001:db8::1]/r/']
+tftp_allowed: false
+"""))
+    assert [f.name for f in pol.expected_files] == ["undionly.kpxe", "boot.ipxe"]
+    assert pol.expected_files[0].sha256 == "b" * 64
+    assert pol.expected_files[1].source == "manifest release.json"
+    assert pol.release == "2024.06" and pol.ca_sha256 == "c" * 64
+    assert pol.origins == ("https://boot.example/r/2024.06/", "https://[2001:db8::1]/r/")
+    assert pol.tftp_allowed is False
+    assert pol.authorized_match(role="dhcp", ip="192.0.2.1", mac="52:54:00:aa:bb:cc")
+    assert not pol.authorized_match(role="dhcp", ip="192.0.2.1", mac="52:54:00:aa:bb:cd")
+    assert not pol.authorized_match(role="proxydhcp", ip="192.0.2.1", mac="52:54:00:aa:bb:cc")
+    assert pol.authorized_match(role="dhcpv6", duid="00030001525400aabbcc")
+    assert pol.under_origin("https://boot.example/r/2024.06/boot.ipxe")
+    assert not pol.under_origin("https://boot.example/r/2024.07/boot.ipxe")
+    assert not pol.under_origin("http://boot.example/r/2024.06/boot.ipxe")
+
+
+def test_expected_file_name_matching() -> None:
+    pol = policy_from_dict({"expected_files": [{"name": "undionly.kpxe", "sha256": SHA},
+                                               {"name": "efi/ipxe.efi", "sha256": SHA}]})
+    assert pol.expected_by_name("/srv/tftp/undionly.kpxe")
+    assert pol.expected_by_name("boot/efi/ipxe.efi")
+    assert not pol.expected_by_name("ipxe.efi")
+    assert not pol.expected_by_name("undionly.kpxe.bak")
+
+
+def test_ca_file_fingerprint_must_agree(tmp_path: Path) -> None:
+    import datetime
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "r")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    (tmp_path / "root.pem").write_bytes(cert.public_bytes(Encoding.PEM))
+    fp = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+    pol = load_policy(write(tmp_path, "expected_ca_file: root.pem\n"))
+    assert pol.ca_sha256 == fp and pol.ca_file == tmp_path / "root.pem"
+    with pytest.raises(ConfigError, match="not the expected"):
+        load_policy(write(tmp_path, f"expected_ca_file: root.pem\nexpected_ca_sha256: '{SHA}'\n"))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("authorized_servers:\n  - ip: 192.0.2.300\n", "not an IP address"),
+    ("authorized_servers:\n  - mac: 52:54:00\n", "as a (base-60) number"),
+    ("authorized_servers:\n  - mac: '52:54:00'\n", "not a MAC address"),
+    ("authorized_servers:\n  - role: dhcp\n", "at least one of ip, mac, duid"),
+    ("authorized_servers:\n  - ip: 192.0.2.1\n    role: relay\n", "unknown role"),
+    ("authorized_servers:\n  - ip: 192.0.2.1\n    ipaddr: 1\n", "unknown key"),
+    ("expected_files:\n  - name: a\n    sha256: 1234\n", "as a number"),
+    ("expected_files:\n  - name: a\n    sha256: abc\n", "64 hex digits"),
+    ("expected_origni: https://x/\n", "unknown key"),
+    ("expected_origin: ftp://x/\n", "http(s):// URL"),
+    ("tftp_allowed: maybe\n", "true or false"),
+    ("version: 2\n", "unsupported policy version"),
+    ("- a\n- b\n", "mapping at the top level"),
+    ("release_manifest: missing.json\n", "cannot read release manifest"),
+])
+def test_invalid_policies_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"policy\.yaml") as info:
+        load_policy(write(tmp_path, text))
+    assert message in str(info.value) or message in (info.value.hint or "")
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"policy.yaml:\d+:\d+: invalid YAML"):
+        load_policy(write(tmp_path, "a: 1\nb: [unclosed\n"))
+
+
+def test_missing_policy_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read policy"):
+        load_policy(tmp_path / "nope.yaml")
+
+
+def test_manifest_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_manifest(write(tmp_path, "{", "m.json"))
+    with pytest.raises(ConfigError, match=r"files\[0\].sha256"):
+        load_manifest(write(tmp_path, json.dumps({"files": [{"name": "a", "sha256": "x"}]}),
+                            "m.json"))
+    # unknown manifest keys (written by a later trustboot release) are tolerated
+    m = load_manifest(write(tmp_path, json.dumps({
+        "release": 7, "signer": "x", "files": [{"name": "a", "sha256": SHA, "url": "u"}]}),
+        "m.json"))
+    assert m.release == "7" and m.files[0].name == "a"

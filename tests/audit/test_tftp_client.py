@@ -1,0 +1,163 @@
+"""The bounded TFTP client against tftpy on loopback, and against servers that misbehave."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from trustboot.audit import tftp
+
+tftpy = pytest.importorskip("tftpy", reason="needs tftpy (pip install .[test])")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def tftpy_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    logging.getLogger("tftpy").setLevel(logging.CRITICAL)
+    port = _free_port()
+    server = tftpy.TftpServer(str(tmp_path))
+    thread = threading.Thread(target=server.listen, args=("127.0.0.1", port, 0.5), daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.sock is not None:
+            break
+        time.sleep(0.01)
+    yield port, tmp_path
+    server.stop(now=True)
+    thread.join(timeout=5)
+
+
+def test_fetch_hashes_a_multi_block_file(tftpy_server: tuple[int, Path]) -> None:
+    port, root = tftpy_server
+    data = bytes(range(256)) * 40  # 10240 bytes: several 1428-byte blocks
+    (root / "undionly.kpxe").write_bytes(data)
+    result = tftp.fetch("127.0.0.1", "undionly.kpxe", port=port, timeout=5)
+    assert result.ok and result.error is None
+    assert result.size == len(data) and result.sha256 == hashlib.sha256(data).hexdigest()
+    assert result.head == data and result.announced_size == len(data)
+
+
+def test_fetch_keeps_only_the_head(tftpy_server: tuple[int, Path]) -> None:
+    port, root = tftpy_server
+    (root / "big").write_bytes(b"x" * 5000)
+    result = tftp.fetch("127.0.0.1", "big", port=port, timeout=5, head_limit=100)
+    assert result.ok and len(result.head) == 100 and result.size == 5000
+
+
+def test_fetch_stops_at_max_size(tftpy_server: tuple[int, Path]) -> None:
+    port, root = tftpy_server
+    (root / "big").write_bytes(b"x" * 5000)
+    result = tftp.fetch("127.0.0.1", "big", port=port, timeout=5, max_size=1000)
+    assert not result.ok and result.truncated and result.sha256 is None
+    assert "exceeds 1000" in (result.error or "")
+
+
+def test_fetch_missing_file(tftpy_server: tuple[int, Path]) -> None:
+    port, _ = tftpy_server
+    result = tftp.fetch("127.0.0.1", "nope", port=port, timeout=5)
+    assert not result.ok and result.error and "TFTP error 1" in result.error
+
+
+def test_write_probe_on_a_writable_server(tftpy_server: tuple[int, Path]) -> None:
+    port, root = tftpy_server
+    result = tftp.probe_write("127.0.0.1", port=port, timeout=5)
+    assert result.writable and result.confirmed
+    time.sleep(0.2)
+    assert (root / result.filename).read_bytes().startswith(b"trustboot audit write probe")
+
+
+# -- misbehaving servers -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[[Callable[[socket.socket, bytes, tuple[str, int]], None]],
+                                       int]]:
+    """Run ``handler(sock, request, client)`` for the first request on a fresh port."""
+    socks: list[socket.socket] = []
+
+    def start(handler: Callable[[socket.socket, bytes, tuple[str, int]], None]) -> int:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        socks.append(sock)
+
+        def run() -> None:
+            try:
+                data, client = sock.recvfrom(2048)
+                handler(sock, data, client)
+            except OSError:
+                pass
+
+        threading.Thread(target=run, daemon=True).start()
+        return int(sock.getsockname()[1])
+
+    yield start
+    for s in socks:
+        s.close()
+
+
+def test_silent_server_times_out_in_bounded_time(fake_server) -> None:  # type: ignore[no-untyped-def]
+    port = fake_server(lambda sock, data, client: None)
+    start = time.monotonic()
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=1.0, retry=0.2)
+    assert not result.ok and result.error == "timed out"
+    assert time.monotonic() - start < 2.0
+
+
+def test_garbage_replies_are_recorded(fake_server) -> None:  # type: ignore[no-untyped-def]
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        for junk in (b"\x00", b"\x00\x09zz", b"\x00\x03\x00", b"\x00\x06tsize\x00"):
+            sock.sendto(junk, client)
+
+    port = fake_server(handler)
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=1.0, retry=0.3)
+    assert not result.ok
+    assert len(result.malformed) == 4
+    assert any("unknown opcode 9" in m for m in result.malformed)
+
+
+def test_oversized_block_and_bogus_options(fake_server) -> None:  # type: ignore[no-untyped-def]
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        sock.sendto(tftp.build_data(1, b"x" * 600), client)  # > 512 without negotiation
+
+    port = fake_server(handler)
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=2)
+    assert not result.ok and "blksize 512" in (result.error or "")
+
+    def bad_oack(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        sock.sendto(b"\x00\x06blksize\x00lots\x00", client)
+
+    port = fake_server(bad_oack)
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=2)
+    assert result.error == "server sent a non-numeric option value"
+
+
+def test_huge_announced_size_is_refused_before_transfer(fake_server) -> None:  # type: ignore[no-untyped-def]
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        sock.sendto(b"\x00\x06tsize\x0099999999999\x00blksize\x001428\x00", client)
+
+    port = fake_server(handler)
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=2, max_size=1024)
+    assert result.truncated and result.announced_size == 99999999999
+
+
+def test_refused_write(fake_server) -> None:  # type: ignore[no-untyped-def]
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        assert tftp.parse(data).opcode == tftp.WRQ
+        sock.sendto(tftp.build_error(2, "Access violation"), client)
+
+    port = fake_server(handler)
+    result = tftp.probe_write("127.0.0.1", port=port, timeout=2)
+    assert not result.writable and "error 2" in result.detail
