@@ -37,7 +37,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from trustboot.ca import profiles
 from trustboot.ca.profiles import CAOptions, PrivateKey
 from trustboot.errors import ConfigError, VerificationError
-from trustboot.fsutil import atomic_write, ensure_private_dir, fsync_dir, locked
+from trustboot.fsutil import (
+    atomic_write,
+    ensure_private_dir,
+    fsync_dir,
+    locked,
+    write_private_file,
+)
 from trustboot.keys import keyfile
 from trustboot.secrets import PassphraseSource
 
@@ -298,9 +304,9 @@ class CertificateAuthority:
             for cert in (root_cert, issuing_cert):
                 atomic_write(path / "certs_by_serial" / f"{cert.serial_number:X}.pem", pem(cert))
             ca = cls.__new__(cls)
-            ca.path, ca.config, ca.entries, ca.crl_number = path, config, entries, 0
+            ca.path, ca.config, ca.entries, ca.crl_number = path, config, entries, 1
             ca.root_cert, ca.issuing_cert = root_cert, issuing_cert
-            ca._write_crl(issuing_key, now, days=30)
+            ca._write_crl(issuing_key, now, days=30, number=1)
             ca._write_index()  # last: from here on the CA exists
             ca._log("init", now, root=fingerprint(root_cert),
                     issuing=fingerprint(issuing_cert), key_type=root_spec.label)
@@ -373,6 +379,7 @@ class CertificateAuthority:
             new_key_pem = keyfile.encrypt_pkcs8(key, key_pass)
         with locked(self.path / ".lock"):
             self._reload()
+            self._tidy()
             self._check_duplicate(name)
             serial = self._new_serial()
             cert = profiles.build_certificate(
@@ -383,8 +390,6 @@ class CertificateAuthority:
             cert_rel = f"issued/{name}.crt"
             _set_aside_leftovers(self.path, [cert_rel] + ([key_rel] if key_rel else []), now)
             if new_key_pem is not None and key_rel is not None:
-                from trustboot.fsutil import write_private_file
-
                 write_private_file(self.path / key_rel, new_key_pem)
             atomic_write(self.path / "certs_by_serial" / f"{serial:X}.pem", pem(cert))
             atomic_write(self.path / cert_rel, pem(cert))
@@ -412,31 +417,37 @@ class CertificateAuthority:
         issuing_key = self.load_issuing_key(ca_passphrases)
         with locked(self.path / ".lock"):
             self._reload()
+            self._tidy()
             entry = self.get(name)
             if entry.profile not in profiles.LEAF_PROFILES:
                 raise ConfigError(f"{name!r} is a CA certificate; trustboot revokes leaves only",
                                   hint="to retire the CA, create a new one and rotate trust")
             if entry.status == "revoked":
                 raise ConfigError(f"{name!r} (serial {entry.serial:x}) is already revoked")
-            revoked_dir = self.path / "revoked"
-            revoked_dir.mkdir(exist_ok=True)
-            ensure_private_dir(self.path / "private")
+            # Copy to revoked/ first, commit the index, then remove the originals: a kill
+            # at any point leaves the index pointing at files that exist.
+            (self.path / "revoked").mkdir(exist_ok=True)
             new_cert_rel = f"revoked/{entry.serial:X}.crt"
-            os.replace(entry.cert_path, self.path / new_cert_rel)
+            atomic_write(self.path / new_cert_rel, entry.cert_path.read_bytes())
+            old_files = [entry.cert_path]
             if entry.key_file is not None and (self.path / entry.key_file).exists():
                 # Keys of revoked certificates stay private: a 0700 dir under private/.
-                keep = self.path / "private" / "revoked"
-                ensure_private_dir(keep)
+                ensure_private_dir(self.path / "private" / "revoked")
                 new_key_rel = f"private/revoked/{entry.serial:X}.key"
-                os.replace(self.path / entry.key_file, self.path / new_key_rel)
+                write_private_file(self.path / new_key_rel,
+                                   (self.path / entry.key_file).read_bytes(), overwrite=True)
+                old_files.append(self.path / entry.key_file)
                 entry.key_file = new_key_rel
             entry.cert_file = new_cert_rel
             entry.status = "revoked"
             entry.revoked_at = now.isoformat()
             entry.revocation_reason = reason
-            fsync_dir(self.path / "issued")
-            self._write_crl(issuing_key, now, days=30)
+            self.crl_number += 1
             self._write_index()
+            for old in old_files:
+                old.unlink(missing_ok=True)
+            fsync_dir(self.path / "issued")
+            self._write_crl(issuing_key, now, days=30, number=self.crl_number)
             self._log("revoke", now, name=name, serial=f"{entry.serial:x}", reason=reason)
         return entry
 
@@ -447,13 +458,14 @@ class CertificateAuthority:
         issuing_key = self.load_issuing_key(ca_passphrases)
         with locked(self.path / ".lock"):
             self._reload()
-            self._write_crl(issuing_key, now, days=days)
+            self.crl_number += 1
             self._write_index()
+            self._write_crl(issuing_key, now, days=days, number=self.crl_number)
             self._log("crl", now, crl_number=self.crl_number)
         return self.path / "crl.pem"
 
-    def _write_crl(self, issuing_key: PrivateKey, now: dt.datetime, *, days: int) -> None:
-        self.crl_number += 1
+    def _write_crl(self, issuing_key: PrivateKey, now: dt.datetime, *, days: int,
+                   number: int) -> None:
         reasons = {
             "unspecified": x509.ReasonFlags.unspecified,
             "key_compromise": x509.ReasonFlags.key_compromise,
@@ -466,7 +478,7 @@ class CertificateAuthority:
             .issuer_name(self.issuing_cert.subject)
             .last_update(now - dt.timedelta(hours=1))
             .next_update(now + dt.timedelta(days=days))
-            .add_extension(x509.CRLNumber(self.crl_number), critical=False)
+            .add_extension(x509.CRLNumber(number), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(
                     self.issuing_cert.public_key()  # type: ignore[arg-type]
@@ -525,13 +537,44 @@ class CertificateAuthority:
                                 f"{exc or type(exc).__name__}")
             if e.key_file and e.status == "valid" and not (self.path / e.key_file).exists():
                 problems.append(f"{e.name}: key file {e.key_file} is missing")
+        problems += self._check_crl()
         return problems
+
+    def _check_crl(self) -> list[str]:
+        try:
+            crl = x509.load_pem_x509_crl((self.path / "crl.pem").read_bytes())
+        except (OSError, ValueError) as exc:
+            return [f"crl.pem cannot be loaded: {exc}; run `trustboot ca crl`"]
+        if not crl.is_signature_valid(self.issuing_cert.public_key()):  # type: ignore[arg-type]
+            return ["crl.pem is not signed by the issuing CA; run `trustboot ca crl`"]
+        listed = {r.serial_number for r in crl}
+        missing = [e for e in self.entries if e.status == "revoked" and e.serial not in listed]
+        if missing:
+            # Possible after a kill between the index and the CRL: the index is the truth.
+            return [f"crl.pem does not list revoked {e.name} ({e.serial:x}); run "
+                    "`trustboot ca crl`" for e in missing]
+        return []
 
     # ---- internals -----------------------------------------------------------------------
 
     def _reload(self) -> None:
         fresh = CertificateAuthority.open(self.path)
         self.entries, self.crl_number, self.config = fresh.entries, fresh.crl_number, fresh.config
+
+    def _tidy(self) -> None:
+        """Finish a revoke that was killed after its index commit: remove the originals
+        of revoked certificates (and keys) that are byte-identical to their revoked copy."""
+        valid = {e.name for e in self.entries if e.status == "valid"}
+        for e in self.entries:
+            if e.status != "revoked" or e.name in valid:
+                continue
+            pairs = [(self.path / "issued" / f"{e.name}.crt", self.path / e.cert_file)]
+            if e.key_file:
+                pairs.append((self.path / "private" / f"{e.name}.key", self.path / e.key_file))
+            for original, copy in pairs:
+                if (original.exists() and copy.exists()
+                        and original.read_bytes() == copy.read_bytes()):
+                    original.unlink()
 
     def _check_duplicate(self, name: str) -> None:
         for e in self.entries:
@@ -559,8 +602,9 @@ class CertificateAuthority:
                 for e in self.entries
             ],
         }
-        atomic_write(self.path / "index.txt", self._openssl_index().encode())
         atomic_write(self.path / "index.json", json.dumps(data, indent=2).encode())
+        # Derived view for OpenSSL-minded tools; index.json stays the source of truth.
+        atomic_write(self.path / "index.txt", self._openssl_index().encode())
 
     def _openssl_index(self) -> str:
         def ts(iso: str) -> str:

@@ -1,0 +1,41 @@
+"""Run the trustboot CLI and SIGKILL itself at the Nth filesystem commit point.
+
+Commit points are the calls that make a change visible: os.replace (atomic writes),
+os.link (new key files) and os.unlink. CRASH_AT=N kills the process just before the Nth
+one; CRASH_COUNT_FILE receives the number of commit points of a run that was not killed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+target = int(os.environ.get("CRASH_AT", "0"))
+count = 0
+
+
+def hook(real: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        global count
+        count += 1
+        if count == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    return wrapped
+
+
+os.replace = hook(os.replace)  # type: ignore[assignment]
+os.link = hook(os.link)  # type: ignore[assignment]
+os.unlink = hook(os.unlink)  # type: ignore[assignment]
+
+if os.environ.get("CRASH_COUNT_FILE"):
+    path = os.environ["CRASH_COUNT_FILE"]
+    atexit.register(lambda: open(path, "w").write(str(count)))
+
+from trustboot.cli.main import main  # noqa: E402
+
+main()
