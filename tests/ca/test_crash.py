@@ -89,3 +89,23 @@ def test_kill_at_every_commit_point(op: str, small_ca: Path, secrets_dir: Path,
         else:
             assert ca.get("victim").status == "revoked"
             assert not (pki / "issued" / "victim.crt").exists()
+
+
+def test_kill_init_at_every_commit_point(secrets_dir: Path, tmp_path: Path) -> None:
+    args = ["ca", "init", "--key-type", "ec-p256"]
+    count_file = tmp_path / "count"
+    r = _run(tmp_path / "probe", secrets_dir, args, 0, count_file)
+    assert r.returncode == 0, r.stderr
+    points = int(count_file.read_text())
+    for k in range(1, points + 1):
+        pki = tmp_path / f"k{k}"
+        r = _run(pki, secrets_dir, args, k)
+        assert r.returncode == -9, (k, r.stderr)
+        if CertificateAuthority.exists(pki):
+            assert CertificateAuthority.open(pki).check() == [], k
+            continue
+        # No index yet: not a CA. A new init sets the leftovers aside and succeeds.
+        again = _run(pki, secrets_dir, args, 0)
+        assert again.returncode == 0, (k, again.stderr)
+        assert CertificateAuthority.open(pki).check() == []
+        assert (pki / "private").stat().st_mode & 0o077 == 0
