@@ -197,6 +197,24 @@ def without_certificates(sig: bytes, keep: list[bytes]) -> bytes:
                                    "content": acms.SignedData(fields)}).dump())
 
 
+def combine(first: bytes, second: bytes) -> bytes:
+    """One SignedData with the signers and certificates of both signatures."""
+    a, b = acms.ContentInfo.load(first)["content"], acms.ContentInfo.load(second)["content"]
+    certs, seen = [], set()
+    for choice in [*a["certificates"], *b["certificates"]]:
+        raw = choice.chosen.dump()
+        if raw not in seen:
+            seen.add(raw)
+            certs.append(choice.chosen)
+    algs = {x["algorithm"].dotted: x for x in [*a["digest_algorithms"], *b["digest_algorithms"]]}
+    sd = acms.SignedData({
+        "version": "v1", "digest_algorithms": list(algs.values()),
+        "encap_content_info": {"content_type": "data"}, "certificates": certs,
+        "signer_infos": [*a["signer_infos"], *b["signer_infos"]],
+    })
+    return bytes(acms.ContentInfo({"content_type": "signed_data", "content": sd}).dump())
+
+
 def flip_signature_value(sig: bytes) -> bytes:
     """Flip a bit inside the SignerInfo's signature value (the last bytes of the object)."""
     data = bytearray(sig)
@@ -376,6 +394,36 @@ def generate(directory: Path, now: dt.datetime | None = None) -> Corpus:
         *good("expired-intermediate",
               leaf("under-expired-ca", issuer=(old_int, int_key), nb=now - 700 * DAY),
               leaf_key, [old_int, root]))
+
+    # Several signers: all must verify (iPXE validates every signer's chain before it
+    # looks at --signer, so a selected good signer does not rescue a broken one).
+    img = image_for("two-signers")
+    add(Case("two-signers", True), img,
+        combine(sign(img, signer, leaf_key, chain), sign(img, direct, leaf_key, [root])))
+    img = image_for("two-signers-one-bad")
+    add(Case("two-signers-one-bad", False, "code-signing"), img,
+        combine(sign(img, signer, leaf_key, chain),
+                sign(img, bogus["missing-codesigning"][0], leaf_key, chain)))
+    img = image_for("two-signers-select-good")
+    add(Case("two-signers-select-good", True, signer="boot-signer.example.org"), img,
+        combine(sign(img, signer, leaf_key, chain),
+                sign(img, bogus["missing-codesigning"][0], leaf_key, chain)))
+    img = image_for("two-signers-select-past-untrusted")
+    add(Case("two-signers-select-past-untrusted", False, "untrusted-root",
+             signer="boot-signer.example.org"), img,
+        combine(sign(img, signer, leaf_key, chain),
+                sign(img, stranger, leaf_key, [other_int, other_root])))
+
+    # An OCSP responder in AIA: iPXE must reach it at boot (none under QEMU's restricted
+    # network), so trustboot accepts with a warning and the real iPXE rejects.
+    aia = x509.AuthorityInformationAccess([x509.AccessDescription(
+        x509.oid.AuthorityInformationAccessOID.OCSP,
+        x509.UniformResourceIdentifier("http://ocsp.invalid/"))])
+    ocsp_leaf = make_cert("ocsp-signer", leaf_key, (inter, int_key), not_before=long_ago,
+                          not_after=now + 730 * DAY, ca=False, key_usage=leaf_ku, eku=cs,
+                          extra=[(aia, False)])
+    add(Case("ocsp-signer", True, ipxe=False, note="real iPXE rejects: no OCSP responder"),
+        *good("ocsp-signer", ocsp_leaf))
 
     # The same good signature at other client clocks.
     img, sig = good("later-clock")

@@ -1,0 +1,110 @@
+"""`trustboot verify`: options, JSON, warnings, and iPXE's clock margin to the second."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+
+import pytest
+from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.cms.corpus import Corpus
+from trustboot.cli.main import cli
+from trustboot.cms.certinfo import IpxeVersion
+from trustboot.cms.verify import TIMESTAMP_ERROR_MARGIN
+
+
+def _verify(corpus: Corpus, name: str, *extra: str) -> tuple[int, str, str]:
+    case = corpus.case(name)
+    result = CliRunner().invoke(cli, ["verify", str(corpus.directory / case.image),
+                                      "--trust", str(corpus.root), *extra])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _signer_cert(corpus: Corpus, name: str) -> x509.Certificate:
+    from asn1crypto import cms
+
+    sig = (corpus.directory / corpus.case(name).sig).read_bytes()
+    sd = cms.ContentInfo.load(sig)["content"]
+    sid = sd["signer_infos"][0]["sid"].chosen
+    for c in sd["certificates"]:
+        tbs = c.chosen["tbs_certificate"]
+        if tbs["serial_number"].native == sid["serial_number"].native:
+            return x509.load_der_x509_certificate(c.chosen.dump())
+    raise AssertionError("signer not found")
+
+
+def test_margin_edges_to_the_second(corpus: Corpus) -> None:
+    """notBefore - 12h30m is still fine, one second earlier is not; same for notAfter."""
+    cert = _signer_cert(corpus, "good")
+    nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
+    cases = [(nb - TIMESTAMP_ERROR_MARGIN, 0), (nb - TIMESTAMP_ERROR_MARGIN - dt.timedelta(
+        seconds=1), 4), (na + TIMESTAMP_ERROR_MARGIN, 0),
+        (na + TIMESTAMP_ERROR_MARGIN + dt.timedelta(seconds=1), 4)]
+    # Below the signer, the issuing CA and root are valid over a wider span.
+    for at, code in cases:
+        exit_code, _out, err = _verify(corpus, "good", "--at", at.isoformat())
+        assert exit_code == code, (at, err)
+        if code:
+            assert "[rule: not-yet-valid]" in err or "[rule: expired]" in err
+    assert TIMESTAMP_ERROR_MARGIN == dt.timedelta(hours=12, minutes=30)
+
+
+def test_json_verdict(corpus: Corpus) -> None:
+    code, out, _ = _verify(corpus, "good", "--json", "--at", corpus.now.isoformat())
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["ok"] is True and doc["failure"] is None
+    (signer,) = doc["signers"]
+    assert signer["common_name"] == "boot-signer.example.org"
+    assert signer["digest_algorithm"] == "sha256"
+    assert len(signer["chain"]) == 3
+    code, out, err = _verify(corpus, "missing-codesigning", "--json", "--at",
+                             corpus.now.isoformat())
+    assert code == 4
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["failure"]["rule"] == "code-signing"
+    assert "no-eku" in doc["failure"]["certificate"]
+    assert json.loads(err)["rule"] == "code-signing"
+
+
+def test_ocsp_url_warns(corpus: Corpus) -> None:
+    code, _out, err = _verify(corpus, "ocsp-signer", "--at", corpus.now.isoformat())
+    assert code == 0
+    assert "warning:" in err and "OCSP" in err
+
+
+def test_trust_by_fingerprint_and_untrusted(corpus: Corpus) -> None:
+    root = x509.load_pem_x509_certificate(corpus.root.read_bytes())
+    fpr = hashlib.sha256(root.public_bytes(serialization.Encoding.DER)).hexdigest()
+    case = corpus.case("good")
+    image = str(corpus.directory / case.image)
+    ok = CliRunner().invoke(cli, ["verify", image, "--trust", f"sha256:{fpr}"])
+    assert ok.exit_code == 0, ok.output
+    other = CliRunner().invoke(cli, ["verify", image, "--trust", str(corpus.other_root)])
+    assert other.exit_code == 4 and "[rule: untrusted-root]" in other.output
+    both = CliRunner().invoke(cli, ["verify", image, "--trust",
+                                    f"{corpus.other_root},{corpus.root}"])
+    assert both.exit_code == 0, both.output
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (["--at", "yesterday"], 3),
+    (["--ipxe-version", "banana"], 3),
+    (["--sig", "/nonexistent/x.sig"], 1),
+])
+def test_bad_options(corpus: Corpus, args: list[str], code: int) -> None:
+    exit_code, _out, err = _verify(corpus, "good", *args)
+    assert exit_code == code, err
+    assert "error:" in err
+
+
+def test_ecdsa_depends_on_ipxe_version(corpus: Corpus) -> None:
+    at = ["--at", corpus.now.isoformat()]
+    assert _verify(corpus, "good-ecdsa", *at)[0] == 0
+    code, _out, err = _verify(corpus, "good-ecdsa", *at, "--ipxe-version", "1.21.1")
+    assert code == 4 and "[rule: unsupported-algorithm]" in err and "2.0.0" in err
+    assert IpxeVersion.parse("master").rsa_pss and not IpxeVersion.parse("2.0.0").rsa_pss
