@@ -193,3 +193,26 @@ def test_hashing_memory_does_not_grow_with_file_size(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert peaks[1] < 4 * CHUNK
     assert peaks[1] < peaks[0] + CHUNK // 4
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa"])
+def test_output_is_canonical_der(material: Material, tmp_path: Path, kind: str) -> None:
+    """Re-encoding every node from scratch gives the same bytes: DER, not just BER."""
+    from asn1crypto import cms
+
+    from trustboot.cms._asn1 import check_framing
+
+    key, cert, chain = material.issue(f"der-{kind}", rsa_key() if kind == "rsa" else ec_key())
+    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
+                            cert=cert, chain=chain)
+    (result,) = sign_files(_files(tmp_path, 1), signer, now=dt.datetime.now(dt.UTC),
+                           hash_name="sha384")
+    der = result.signature_path.read_bytes()
+    check_framing(der)
+    assert cms.ContentInfo.load(der).dump(force=True) == der
+    info = cms.ContentInfo.load(der)
+    (si,) = info["content"]["signer_infos"]
+    assert si["sid"].name == "issuer_and_serial_number"
+    assert si["signed_attrs"].native is None
+    assert info["content"]["encap_content_info"]["content"].native is None  # detached
+    assert len(info["content"]["certificates"]) == 3  # signer, issuing CA, root
