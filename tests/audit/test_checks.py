@@ -20,6 +20,7 @@ from trustboot.audit.model import (
     Offer,
     Probe,
     Reply6,
+    ipxe_loop_status,
 )
 from trustboot.audit.policy import Policy, policy_from_dict
 from trustboot.audit.tftp import FetchResult, WriteResult
@@ -138,6 +139,20 @@ def test_rogue_dhcp_without_boot_file_is_high() -> None:
 def test_authorized_ip_from_another_mac_is_a_rogue() -> None:
     found = rules(observe(offers=[offer(mac=ROGUE_MAC)]))
     assert found["rogue-dhcp"][0].subject == f"192.0.2.1 ({ROGUE_MAC})"
+
+
+def test_spoofed_server_identifier_is_not_authorized() -> None:
+    by_ip = policy(authorized_servers=[{"ip": "192.0.2.1"}])
+    spoof = offer(mac=ROGUE_MAC)
+    spoof.src_ip = "192.0.2.66"  # option 54 still says 192.0.2.1
+    [rogue] = rules(observe(offers=[spoof]), by_ip)["rogue-dhcp"]
+    assert "192.0.2.66" in rogue.evidence["spoofed_server_identifier"]
+
+
+def test_no_follow_means_no_unverified_findings() -> None:
+    obs = observe(offers=[offer()], followed=False)
+    assert "boot-file-unverified" not in rules(obs)
+    assert "boot-file-unverified" in rules(observe(offers=[offer()]))
 
 
 def test_authorization_by_ip_only_or_mac_only() -> None:
@@ -283,6 +298,13 @@ def test_ipxe_loop_not_broken() -> None:
     # the same non-iPXE file for both is not a loop
     other = observe(offers=[offer(file="pxelinux.0"), offer(file="pxelinux.0", ipxe=True)])
     assert "ipxe-loop-not-broken" not in rules(other)
+
+
+def test_ipxe_loop_status() -> None:
+    assert ipxe_loop_status([offer(), offer(ipxe=True, file="https://x/b.ipxe")]) == "broken"
+    assert ipxe_loop_status([offer(), offer(ipxe=True)]) == "not-broken"
+    assert ipxe_loop_status([offer()]) == "no-answer-to-ipxe"
+    assert ipxe_loop_status([offer(probe=False)]) == "unknown"
 
 
 def test_well_known_path_exposed() -> None:

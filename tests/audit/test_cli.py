@@ -42,6 +42,13 @@ def test_invalid_policy_exits_3_naming_the_file(tmp_path: Path) -> None:
     assert "policy.yaml: authorized_servers[0].ip: not an IP address" in output
 
 
+def test_invalid_release_manifest_exits_3(tmp_path: Path) -> None:
+    manifest = tmp_path / "release.json"
+    manifest.write_text('{"files": [{"name": "a"}]}')
+    code, output = run("-i", "lo", "--release-manifest", str(manifest))
+    assert code == 3 and "release.json: files[0].sha256" in output
+
+
 def test_json_errors_on_stderr(tmp_path: Path) -> None:
     code, output = run("-i", "lo", "--json", "--policy", str(tmp_path / "missing.yaml"))
     assert code == 3 and '"error": "ConfigError"' in output

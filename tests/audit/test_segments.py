@@ -98,6 +98,18 @@ def test_clean_segment_finds_the_authorized_server_for_every_arch(clean_run: Aud
     assert v6 and {r["option_59_bootfile_url"] for r in v6} == {"https://[2001:db8::1]/boot.ipxe"}
 
 
+def test_responder_summary(clean_run: AuditRun) -> None:
+    [v4] = [r for r in clean_run.json["observation"]["responders"] if r["protocol"] == "dhcpv4"]
+    assert (v4["server_ip"], v4["server_mac"], v4["role"]) == ("192.0.2.1", "02:74:62:00:00:01",
+                                                               "dhcp")
+    assert v4["ipxe_loop"] == "broken"
+    assert all(a.startswith("192.0.2.1") for a in v4["offered_addresses"])
+    assert {b["option_67"] for b in v4["boot"]} == {"undionly.kpxe",
+                                                    "https://192.0.2.1/boot.ipxe"}
+    [v6] = [r for r in clean_run.json["observation"]["responders"] if r["protocol"] == "dhcpv6"]
+    assert v6["boot_urls"] == ["https://[2001:db8::1]/boot.ipxe"]
+
+
 def test_clean_segment_has_no_finding_above_low(clean_run: AuditRun) -> None:
     worst = {f["severity"] for f in clean_run.json["findings"]}
     assert worst <= {"info", "low"}, clean_run.json["findings"]
@@ -245,6 +257,12 @@ def test_ipxe_loop_not_broken(hostile_run: tuple[AuditRun, Path]) -> None:
     assert {f["subject"] for f in loops} == {"192.0.2.2 (02:74:62:00:00:02)"}
     assert loops[0]["severity"] == "info"
     assert loops[0]["evidence"]["ipxe_offer"]["probe_ipxe"] is True
+    summary = {r["server_ip"]: r for r in run.json["observation"]["responders"]
+               if r["protocol"] == "dhcpv4"}
+    assert summary["192.0.2.2"]["ipxe_loop"] == "not-broken"
+    assert summary["192.0.2.1"]["ipxe_loop"] == "broken"
+    assert summary["192.0.2.3"]["role"] == "proxydhcp"
+    assert summary["192.0.2.3"]["boot"][0]["option_43"]["boot_menu"]
 
 
 def test_well_known_tftp_paths(hostile_run: tuple[AuditRun, Path]) -> None:

@@ -235,11 +235,18 @@ def _check_servers(obs: Observation, policy: Policy) -> list[Finding]:
         role = "proxydhcp" if all(o.is_proxy for o in offers) else "dhcp"
         if not policy.has_authorized:
             continue
-        if policy.authorized_match(role=role, ip=ip, mac=mac):
+        # A server identifier (option 54) is whatever the sender wrote: on its own segment
+        # (no relay) an authorized server sends from the address it names.
+        spoofed = [o for o in offers if o.packet.giaddr == dhcp4.NO_ADDRESS
+                   and o.src_ip != o.server_ip]
+        if policy.authorized_match(role=role, ip=ip, mac=mac) and not spoofed:
             continue
         boots = [o for o in offers if _offers_boot(o)]
-        sample = boots[0] if boots else offers[0]
+        sample = spoofed[0] if spoofed else boots[0] if boots else offers[0]
         evidence = sample.evidence()
+        if spoofed:
+            evidence["spoofed_server_identifier"] = (
+                f"option 54 says {sample.server_ip}, the packet came from {sample.src_ip}")
         evidence["answered_probes"] = sorted(
             {f"{o.arch}{'+ipxe' if o.ipxe_probe else ''}" for o in offers if o.probe})
         boot_files = sorted({o.boot_file for o in offers if o.boot_file})
@@ -459,13 +466,15 @@ def _check_fetched(obs: Observation, policy: Policy) -> list[Finding]:
     fetched_targets = {f.target for f in obs.fetched}
     for offer in obs.offers:
         for target in offer.boot_targets():
-            if target.scheme == "tftp" and target not in fetched_targets and obs.mode == "active":
+            if target.scheme == "tftp" and target not in fetched_targets and obs.followed \
+                    and obs.mode == "active":
                 fetched_targets.add(target)
+                why = ("the offer names no boot server" if not target.server
+                       else "the boot server is not an IP address" if not target.server_is_ip
+                       else "skipped: too many targets or no IPv4 address to fetch from")
                 out.append(_finding(
                     "boot-file-unverified", target.url,
-                    f"{target.url} was not fetched"
-                    + ("" if target.server_is_ip else " (boot server is not an IP address)"),
-                    offer.evidence()))
+                    f"{target.url} was not fetched ({why})", offer.evidence()))
     return out
 
 

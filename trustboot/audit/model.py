@@ -241,6 +241,7 @@ class Observation:
     writes: list[WriteResult] = field(default_factory=list)
     clients_seen: list[str] = field(default_factory=list)  # passive: MACs asking for boot
     notes: list[str] = field(default_factory=list)
+    followed: bool = True  # False: boot files were deliberately not fetched (--no-follow)
     dropped: int = 0  # packets not kept because a bound was reached
     listen_seconds: float = 0.0
     follow_seconds: float = 0.0
@@ -251,6 +252,7 @@ class Observation:
             "listen_s": round(self.listen_seconds, 3),
             "follow_s": round(self.follow_seconds, 3),
             "probes": [p.to_json() for p in self.probes],
+            "responders": responders(self),
             "dhcpv4": [o.evidence() for o in self.offers],
             "dhcpv6": [r.evidence() for r in self.replies6],
             "malformed": [m.evidence() for m in self.malformed],
@@ -259,3 +261,71 @@ class Observation:
             "tftp_write_probes": [w.to_json() for w in self.writes],
             "clients_seen": self.clients_seen, "notes": self.notes, "dropped": self.dropped,
         }
+
+
+def ipxe_loop_status(offers: list[Offer]) -> str:
+    """For one server: 'broken' when iPXE (user-class iPXE) is handed something other than
+    what the PXE ROM gets, 'not-broken' when it gets the same file, 'no-answer-to-ipxe'
+    when the server ignores iPXE, 'unknown' without both probes (passive mode)."""
+    plain: dict[str, str] = {}
+    ipxe: dict[str, str] = {}
+    for o in offers:
+        if o.probe is None or o.port == dhcp4.PXE_PORT:
+            continue
+        (ipxe if o.probe.ipxe else plain).setdefault(o.probe.arch, o.boot_file)
+    if not plain:
+        return "unknown"
+    if not ipxe:
+        return "no-answer-to-ipxe"
+    common = [arch for arch in plain if arch in ipxe]
+    if not common:
+        return "unknown"
+    if any(plain[a] and ipxe[a] == plain[a] for a in common):
+        return "not-broken"
+    return "broken"
+
+
+def responders(obs: Observation) -> list[dict[str, object]]:
+    """One entry per server that answered: identity, what it offers, how it treats iPXE."""
+    grouped: dict[tuple[str, str], list[Offer]] = {}
+    for offer in obs.offers:
+        grouped.setdefault((offer.server_ip, offer.src_mac), []).append(offer)
+    out: list[dict[str, object]] = []
+    for (ip, mac), offers in grouped.items():
+        boot = []
+        seen: set[tuple[object, ...]] = set()
+        for o in offers:
+            pkt = o.packet
+            entry = {
+                "arch": o.arch, "ipxe": o.ipxe_probe, "port": o.port,
+                "siaddr": pkt.siaddr, "sname": pkt.sname, "file": pkt.file,
+                "option_66": pkt.tftp_server_option, "option_67": pkt.bootfile_option,
+                "option_43": dhcp4.describe_pxe_vendor(pkt.pxe_vendor_options() or {}),
+            }
+            key = tuple(str(v) for v in entry.values())
+            if key not in seen:
+                seen.add(key)
+                boot.append(entry)
+        out.append({
+            "protocol": "dhcpv4",
+            "server_ip": ip, "server_mac": mac,
+            "role": "proxydhcp" if all(o.is_proxy for o in offers) else "dhcp",
+            "offered_addresses": sorted({o.packet.yiaddr for o in offers
+                                         if o.packet.yiaddr != dhcp4.NO_ADDRESS
+                                         and o.port != dhcp4.PXE_PORT}),
+            "boot": boot,
+            "ipxe_loop": ipxe_loop_status(offers),
+        })
+    grouped6: dict[str, list[Reply6]] = {}
+    for reply in obs.replies6:
+        grouped6.setdefault(reply.server_key, []).append(reply)
+    for replies in grouped6.values():
+        first = replies[0]
+        out.append({
+            "protocol": "dhcpv6", "server_ip": first.src_ip, "server_mac": first.src_mac,
+            "server_duid": first.message.server_duid, "role": "dhcpv6",
+            "offered_addresses": sorted({a for r in replies for a in r.message.addresses}),
+            "boot_urls": sorted({r.message.bootfile_url for r in replies
+                                 if r.message.bootfile_url}),
+        })
+    return out

@@ -11,6 +11,7 @@ from typing import Any
 from trustboot import __version__
 from trustboot.audit import dhcp4
 from trustboot.audit.checks import RULES, Finding, Severity
+from trustboot.audit.model import responders
 from trustboot.audit.runner import AuditResult
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -168,7 +169,9 @@ def to_table(result: AuditResult, fail_on: Severity | None, *, width: int | None
         lines.append("Responders")
         rows = [("ROLE", "SERVER", "MAC", "OFFERED", "BOOT SERVER", "BOOT FILE", "PROBE")]
         seen = set()
-        for o in obs.offers:
+        ordered = sorted(obs.offers, key=lambda o: (
+            o.port, o.server_ip, o.src_mac, o.arch or "", o.ipxe_probe))
+        for o in ordered:
             key = (o.server_ip, o.src_mac, o.boot_server, o.boot_file, o.arch, o.ipxe_probe)
             if key in seen:
                 continue
@@ -185,6 +188,11 @@ def to_table(result: AuditResult, fail_on: Severity | None, *, width: int | None
         for row in rows:
             cells = [str(c)[:40].ljust(widths[i]) for i, c in enumerate(row)]
             lines.append("  " + "  ".join(cells).rstrip())
+        loops = [f"{r['server_ip']} {r['ipxe_loop']}" for r in responders(obs)
+                 if r["protocol"] == "dhcpv4" and r["role"] == "dhcp"
+                 and r["ipxe_loop"] != "unknown"]
+        if loops:
+            lines.append("  iPXE chainload loop: " + ", ".join(loops))
         lines.append("")
     if result.findings:
         lines.append("Findings")
@@ -199,6 +207,10 @@ def to_table(result: AuditResult, fail_on: Severity | None, *, width: int | None
     else:
         lines.append("No findings.")
         lines.append("")
+    if obs.mode == "passive":
+        shown = ", ".join(obs.clients_seen[:10]) or "none"
+        more = f" (+{len(obs.clients_seen) - 10} more)" if len(obs.clients_seen) > 10 else ""
+        lines.append(f"clients seen asking to boot: {shown}{more}")
     for note in obs.notes:
         lines.append(f"note: {note}")
     counts = ", ".join(f"{n} {k}" for k, n in s["by_severity"].items() if n)

@@ -39,6 +39,7 @@ def run_audit(options: AuditOptions, policy: Policy) -> AuditResult:
     follower = None
     if options.follow is not None and not cfg.passive:
         follower = Follower(options.follow, policy, obs)
+    obs.followed = follower is not None
     listener = Listener(cfg, obs,
                         on_offer=follower.on_offer if follower else None,
                         on_reply6=follower.on_reply6 if follower else None)
