@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trustboot.audit import dhcp4
-from trustboot.audit.model import BootTarget, Fetched, HttpCheck, Observation, Offer
+from trustboot.audit.model import BootTarget, Observation, Offer
 from trustboot.audit.policy import Policy
 
 
@@ -181,20 +181,6 @@ def _finding(rule: str, subject: str, message: str, evidence: dict[str, Any],
 
 def _server_key(offer: Offer) -> tuple[str, str]:
     return (offer.server_ip, offer.src_mac)
-
-
-def _fetched_for(obs: Observation, target: BootTarget) -> Fetched | None:
-    for f in obs.fetched:
-        if not f.well_known and f.target == target:
-            return f
-    return None
-
-
-def _http_for(obs: Observation, url: str) -> HttpCheck | None:
-    for h in obs.http:
-        if h.url == url:
-            return h
-    return None
 
 
 def evaluate(obs: Observation, policy: Policy) -> list[Finding]:

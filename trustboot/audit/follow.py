@@ -130,12 +130,10 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int) -> Ht
     return check
 
 
-def _fetch_tftp(target: BootTarget, cfg: FollowConfig, deadline: float, *,
-                max_size: int, timeout: float, well_known: bool) -> Fetched:
-    budget = max(0.5, min(timeout, deadline - time.monotonic()))
-    result = tftp.fetch(target.server, target.path, device=cfg.device, timeout=budget,
-                        max_size=max_size, head_limit=HEAD_LIMIT,
-                        retry=min(1.0, budget / 4))
+def _fetch_tftp(target: BootTarget, cfg: FollowConfig, *, max_size: int, timeout: float,
+                well_known: bool) -> Fetched:
+    result = tftp.fetch(target.server, target.path, device=cfg.device, timeout=timeout,
+                        max_size=max_size, head_limit=HEAD_LIMIT, retry=min(1.0, timeout / 4))
     loader = identify(result.head) if result.size else None
     return Fetched(target, result, loader, well_known=well_known)
 
@@ -153,8 +151,6 @@ class Follower:
         self.done: set[str] = set()
         self.servers: set[str] = set()
         self.lock = threading.Lock()
-        # Each task gets its own timeout; none may start a transfer after this.
-        self.deadline = time.monotonic() + 3600.0
 
     def _submit(self, key: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         with self.lock:
@@ -174,8 +170,7 @@ class Follower:
             if not target.server_is_ip or not target.path:
                 return  # the checks report it as not fetched
             self._submit(f"tftp:{target.server}:{target.path}", _fetch_tftp, target, self.cfg,
-                         self.deadline, max_size=self.cfg.max_size, timeout=self.cfg.timeout,
-                         well_known=False)
+                         max_size=self.cfg.max_size, timeout=self.cfg.timeout, well_known=False)
             self._server(target.server)
         elif target.scheme in ("http", "https"):
             self._submit(f"url:{target.url}", http_check, target.url, policy=self.policy,
@@ -193,7 +188,7 @@ class Follower:
             for path in WELL_KNOWN_PATHS:
                 target = BootTarget("tftp", server, path, f"tftp://{server}/{path}")
                 self._submit(f"known:{server}:{path}", _fetch_tftp, target, self.cfg,
-                             self.deadline, max_size=self.cfg.well_known_max,
+                             max_size=self.cfg.well_known_max,
                              timeout=min(self.cfg.timeout, 3.0), well_known=True)
 
     def on_offer(self, offer: Offer) -> None:
@@ -207,8 +202,7 @@ class Follower:
 
     def finish(self, budget: float) -> None:
         """Wait at most ``budget`` seconds for outstanding work, then record what finished."""
-        self.deadline = time.monotonic() + budget
-        end = self.deadline
+        end = time.monotonic() + budget
         offered = {f"tftp:{t.server}:{t.path}" for o in self.obs.offers
                    for t in o.boot_targets() if t.scheme == "tftp"}
         for key, fut in list(self.tasks):

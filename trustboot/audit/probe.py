@@ -41,7 +41,6 @@ PACKET_MR_UNICAST = 3
 PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
 SIOCGIFADDR = 0x8915
-SIOCGIFHWADDR = 0x8927
 CAP_NET_RAW = 13
 
 MAX_OFFERS = 2000
@@ -160,15 +159,6 @@ def interface_ipv4(name: str) -> str | None:
         except OSError:
             return None
     return str(ipaddress.IPv4Address(res[20:24]))
-
-
-def interface_mac(name: str) -> bytes | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            res = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("256s", name.encode()[:15]))
-        except OSError:
-            return None
-    return res[18:24]
 
 
 def random_mac() -> bytes:
