@@ -243,15 +243,22 @@ class Manifest:
     files: tuple[ExpectedFile, ...]
 
 
+def _read(path: Path, what: str) -> bytes:
+    """A small input file, or a ConfigError saying which and why not."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_POLICY_BYTES:
+        raise _fail(str(path), f"{what} is larger than 4 MiB")
+    return raw
+
+
 def load_manifest(path: Path) -> Manifest:
     """A release manifest (JSON) as written by ``trustboot release``."""
     where = str(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read release manifest {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_POLICY_BYTES:
-        raise _fail(where, "release manifest is larger than 4 MiB")
+    raw = _read(path, "release manifest")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -293,12 +300,7 @@ def ca_file_sha256(path: Path) -> str:
 def load_policy(path: Path) -> Policy:
     """Parse and validate a policy file; ConfigError names the file and key on any problem."""
     where = str(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_POLICY_BYTES:
-        raise _fail(where, "policy is larger than 4 MiB")
+    raw = _read(path, "policy")
     try:
         data = yaml.safe_load(raw) or {}
     except yaml.YAMLError as exc:
