@@ -108,12 +108,15 @@ def test_make_plan(tree: Path, pki) -> None:
     host, arm = plan.invocations
     assert host[:4] == ("make", "-C", "src", "-j4")
     assert host[4:6] == ("bin-x86_64-efi/ipxe.efi", "bin/undionly.kpxe")
-    assert "TRUST=../trustboot-inputs/trust-1.crt,../trustboot-inputs/trust-2.crt" in host
-    # CERT=: both roots plus the issuing CA, each once, all PEM
-    assert ("CERT=../trustboot-inputs/cert-1.crt,../trustboot-inputs/cert-2.crt,"
-            "../trustboot-inputs/cert-3.crt") in host
-    assert all(plan.input_files[f"trustboot-inputs/cert-{i}.crt"].startswith(b"-----BEGIN")
-               for i in (1, 2, 3))
+    fp = [c.fingerprint[:16] for c in req.chain_certs]
+    assert len(fp) == 3  # both roots plus the issuing CA, each once
+    # names carry the fingerprint, so a new root under the same path still rebuilds
+    assert (f"TRUST=../trustboot-inputs/trust-1-{fp[0]}.crt,"
+            f"../trustboot-inputs/trust-2-{fp[1]}.crt") in host
+    assert (f"CERT=../trustboot-inputs/cert-1-{fp[0]}.crt,../trustboot-inputs/cert-2-{fp[1]}.crt,"
+            f"../trustboot-inputs/cert-3-{fp[2]}.crt") in host
+    assert all(plan.input_files[f"trustboot-inputs/cert-{i + 1}-{f}.crt"].startswith(
+        b"-----BEGIN") for i, f in enumerate(fp))
     assert "EMBED=../trustboot-inputs/trustboot.ipxe" in host
     assert plan.input_files["trustboot-inputs/trustboot.ipxe"] == SCRIPT.encode()
     assert "SOURCE_DATE_EPOCH=1700000000" in host
@@ -236,8 +239,13 @@ def test_build_manifest_and_cache(tree: Path, pki, tmp_path: Path, runs: Path) -
 def test_changed_trust_rebuilds(tree: Path, pki, tmp_path: Path, runs: Path) -> None:
     _build(_request(tree, pki), tmp_path)
     other = make_pki(tmp_path / "other", prefix="Other")
-    res = _build(_request(tree, pki, trust=(load_single_certificate(other.root),)), tmp_path)
+    new = _request(tree, pki, trust=(load_single_certificate(other.root),))
+    res = _build(new, tmp_path)
     assert not res.cached
+    # iPXE rebuilds rootcert.o only when the TRUST= string changes, so it must change
+    trust_arg = [a for a in B.make_plan(new, jobs=1).invocations[0] if a.startswith("TRUST=")]
+    assert trust_arg != [a for a in B.make_plan(_request(tree, pki), jobs=1).invocations[0]
+                         if a.startswith("TRUST=")]
     data = res.outputs["bin/ipxe.lkrn"].read_bytes()
     assert bytes.fromhex(load_single_certificate(other.root).fingerprint) in data
     assert bytes.fromhex(load_single_certificate(pki.root).fingerprint) not in data

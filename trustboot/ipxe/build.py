@@ -204,17 +204,19 @@ def make_plan(request: BuildRequest, *, jobs: int, src_dir: str = "src") -> Make
     """The make command lines and the input files they read. Pure."""
     files: dict[str, bytes] = {}
     trust_names = []
+    # Names carry the fingerprint: iPXE's rootcert.o depends on the TRUST= list, not on
+    # the files' contents, so reusing a name for a new root would keep the old one built in.
     for i, cert in enumerate(request.trust, start=1):
-        name = f"{INPUT_DIR}/trust-{i}.crt"
+        name = f"{INPUT_DIR}/trust-{i}-{cert.fingerprint[:16]}.crt"
         files[name] = cert.pem
         trust_names.append(f"../{name}")
     cert_names = []
     for i, cert in enumerate(request.chain_certs, start=1):
-        name = f"{INPUT_DIR}/cert-{i}.crt"
+        name = f"{INPUT_DIR}/cert-{i}-{cert.fingerprint[:16]}.crt"
         files[name] = cert.pem
         cert_names.append(f"../{name}")
     if request.client is not None:
-        name = f"{INPUT_DIR}/client.crt"
+        name = f"{INPUT_DIR}/client-{request.client.cert.fingerprint[:16]}.crt"
         files[name] = request.client.cert.pem
         cert_names.append(f"../{name}")
     if request.script is not None:
@@ -363,11 +365,12 @@ def _trust_check(built: Path, request: BuildRequest) -> dict[str, object]:
             found = _find_fingerprints(data, request)
     certs = {c.fingerprint: c.der in data for c in request.chain_certs}
     result: dict[str, object] = {"searched": where, "trust": found, "certs": certs}
-    if not all(found.values()) or not all(certs.values()):
-        absent = [fp for fp, ok in {**found, **certs}.items() if not ok]
+    absent = [f"trust anchor {fp}" for fp, ok in found.items() if not ok]
+    absent += [f"certificate {fp}" for fp, ok in certs.items() if not ok]
+    if absent:
         raise VerificationError(
             f"{built.name} was built without the requested trust: {', '.join(absent)} "
-            "not found in the binary",
+            f"not found in the {where}",
             hint="this is a build problem, not yours to fix by hand: rerun with --no-cache "
             "and report it with the build log",
             rule="ipxe-trust-compiled-in", subject=built.name,

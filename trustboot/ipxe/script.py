@@ -127,8 +127,7 @@ def render_chain_script(params: ChainScript) -> str:
         ":fetch_ok",
         "# No '||' here: a failed verification ends the script.",
         "echo trustboot: verifying ${tb_url} (signer ${tb_signer})",
-        "imgverify --signer ${tb_signer} tb_entry tb_entry.sig",
-        "imgfree tb_entry.sig",
+        "imgverify --signer ${tb_signer} tb_entry tb_entry.sig",  # discards the .sig
         "imgexec tb_entry",
         "echo trustboot: ${tb_url} returned, stopping",
         "goto stop",
