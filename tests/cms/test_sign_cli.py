@@ -216,3 +216,16 @@ def test_output_is_canonical_der(material: Material, tmp_path: Path, kind: str) 
     assert si["signed_attrs"].native is None
     assert info["content"]["encap_content_info"]["content"].native is None  # detached
     assert len(info["content"]["certificates"]) == 3  # signer, issuing CA, root
+
+
+def test_ocsp_signer_signs_with_a_warning(material: Material, tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+
+    aia = x509.AuthorityInformationAccess([x509.AccessDescription(
+        AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier("http://ocsp.invalid/"))])
+    key, cert, chain = material.issue("ocsp-cli", ec_key(), extra=[(aia, False)])
+    result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(_files(tmp_path, 1)[0])],
+                                env=ENV)
+    assert result.exit_code == 0, result.output
+    assert "OCSP" in result.stderr and "warning:" in result.stderr

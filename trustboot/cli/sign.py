@@ -129,7 +129,8 @@ def command(files: tuple[Path, ...], key_ref: str, pki: Path, cert: Path | None,
         raise ConfigError(f"ECDSA signatures need iPXE >= 2.0.0 (target: {version})",
                           hint="use an RSA key, or --ipxe-version 2.0.0 for newer builds")
     # Refuse a doomed signer before asking for its passphrase or reading any file.
-    preflight(pending, now=now, ipxe_version=version)
+    for finding in preflight(pending, now=now, ipxe_version=version).warnings:
+        warn(f"{finding.message}\n  hint: {finding.remedy}")
     check_targets(list(files), out_dir)
     passphrases = passphrase_source(passphrase_file, passphrase_env)
     show = not as_json and is_interactive()
