@@ -280,6 +280,12 @@ def generate(directory: Path, now: dt.datetime | None = None) -> Corpus:
         add(Case(f"good-{h}", True), *good(f"good-{h}", hash_name=h))
     ec_signer = leaf("ecdsa-signer", key=ec_key)
     add(Case("good-ecdsa", True), *good("good-ecdsa", ec_signer, ec_key))
+    p384_key = ec.generate_private_key(ec.SECP384R1())
+    add(Case("good-ecdsa-p384", True), *good("good-ecdsa-p384", leaf("p384-signer",
+                                                                     key=p384_key), p384_key))
+    p521_key = ec.generate_private_key(ec.SECP521R1())
+    add(Case("ecdsa-p521", False, "unsupported-algorithm"),
+        *good("ecdsa-p521", leaf("p521-signer", key=p521_key), p521_key))
     direct = leaf("direct-signer", issuer=(root, root_key))
     add(Case("good-no-intermediate", True), *good("good-no-intermediate", direct, leaf_key,
                                                    [root]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -108,3 +109,27 @@ def test_ecdsa_depends_on_ipxe_version(corpus: Corpus) -> None:
     code, _out, err = _verify(corpus, "good-ecdsa", *at, "--ipxe-version", "1.21.1")
     assert code == 4 and "[rule: unsupported-algorithm]" in err and "2.0.0" in err
     assert IpxeVersion.parse("master").rsa_pss and not IpxeVersion.parse("2.0.0").rsa_pss
+
+
+def test_p521_is_not_in_ipxe(tmp_path: Path) -> None:
+    """cryptography and openssl verify P-521 happily; iPXE does not."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.cms.pki import make_material
+
+    material = make_material(tmp_path / "pki")
+    key, cert, chain = material.issue("p521", ec.generate_private_key(ec.SECP521R1()))
+    image = tmp_path / "img"
+    image.write_bytes(b"payload")
+    from trustboot import secrets
+    from trustboot.cms.sign import Hashed, sign_hashed
+    from trustboot.errors import VerificationError
+    from trustboot.keys.ref import parse_ref
+    from trustboot.keys.signer import resolve_signer
+
+    pending = resolve_signer(parse_ref(f"file:{key}"), cert=cert, chain=chain)
+    signer = pending.unlock(secrets.constant(b"correct horse battery"))
+    digests = {"sha256": hashlib.sha256(b"payload").digest()}
+    with pytest.raises(VerificationError) as err:  # refused before signing
+        sign_hashed([Hashed(image, 7, digests)], signer, now=dt.datetime.now(dt.UTC))
+    assert err.value.rule == "unsupported-algorithm"

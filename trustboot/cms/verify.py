@@ -437,6 +437,7 @@ def _check_issuer(cert: CertInfo, issuer: CertInfo) -> None:
             "issuer-key-usage",
             f"{issuer.label} issued {cert.label} but its keyUsage lacks keyCertSign",
             "reissue the CA with keyUsage keyCertSign", issuer)
+    _check_curve(issuer)
     expected = "rsa" if issuer.key_family == "rsa" else "ecdsa"
     if cert.sig_family != expected or not verify_raw(
         issuer.public_key, cert.sig_family, cert.sig_hash, cert.signature, data=cert.tbs
@@ -445,6 +446,15 @@ def _check_issuer(cert: CertInfo, issuer: CertInfo) -> None:
             "certificate-signature",
             f"the signature on {cert.label} does not verify with the key of {issuer.label}",
             "the certificate was not issued by that CA, or was altered: reissue it", cert)
+
+
+def _check_curve(cert: CertInfo) -> None:
+    if cert.key_family == "ec" and cert.curve not in _asn1.EC_CURVES:
+        raise _fail(
+            "unsupported-algorithm",
+            f"{cert.label} has an ECDSA key on {cert.curve}; iPXE implements only P-256 and "
+            "P-384, so nothing signed with this key verifies",
+            "reissue with a P-256/P-384 (or RSA) key", cert)
 
 
 def _explain_untrusted(
@@ -594,6 +604,7 @@ def verify_signature(
             if signer_name is not None and not name_matches(signer.info, signer_name):
                 continue
             _check_signer_usage(signer.info)
+            _check_curve(signer.info)
             if signer.digest not in digests:
                 raise ValueError(f"digest {signer.digest} of the image was not provided")
             if not verify_raw(signer.info.public_key, signer.sig_family, signer.digest,
@@ -645,6 +656,7 @@ def check_signer(
         _auto_append(full, others)
         _validate_chain(full, now, {a.sha256 for a in trust}, trust, warnings)
         _check_signer_usage(info)
+        _check_curve(info)
         sig_family = "rsa" if info.key_family == "rsa" else "ecdsa"
         report = _report(_Signer(info, "", "", sig_family, b"", full))
     except _Fail as exc:
