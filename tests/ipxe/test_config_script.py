@@ -246,6 +246,12 @@ def test_lint_findings(mutation, rule: str) -> None:
         check_script(text)
 
 
+def test_lint_ignores_comments() -> None:
+    text = GOOD.replace("imgverify vmlinuz vmlinuz.sig",
+                        "imgverify vmlinuz vmlinuz.sig # not || echo soft, http://x")
+    assert lint_script(text) == []
+
+
 def test_check_script_names_the_origin() -> None:
     with pytest.raises(ConfigError, match=r"boot\.txt does not start with '#!ipxe'"):
         check_script("echo hi\n", origin="boot.txt")

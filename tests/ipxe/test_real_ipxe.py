@@ -126,6 +126,27 @@ echo {DONE_MARKER}
     assert "MARKER-SIGNED-ENTRY-RAN" not in console
 
 
+def test_client_clock_before_the_chain_is_valid_refuses(src: Path, pki: TestPki) -> None:
+    # The test CA is backdated one day; iPXE allows 12 h 30 min of clock error. A client
+    # whose clock says three days ago must refuse; one that is 6 h slow must accept.
+    from datetime import UTC, datetime, timedelta
+
+    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+    files = {"entry.ipxe": ENTRY, "entry.ipxe.sig": pki.sign_bytes(ENTRY, "clock")}
+    script = "\n".join([
+        "#!ipxe",
+        "imgfetch tftp://10.0.2.2/entry.ipxe",
+        _verdict("clock", "imgverify --keep entry.ipxe tftp://10.0.2.2/entry.ipxe.sig"),
+        f"echo {DONE_MARKER}",
+        "",
+    ])
+    now = datetime.now(UTC)
+    early = boot(lkrn, files, script, rtc=now - timedelta(days=3))
+    assert "VERDICT clock fail" in early, early
+    slow = boot(lkrn, files, script, rtc=now - timedelta(hours=6))
+    assert "VERDICT clock ok" in slow, slow
+
+
 # --- the product: `trustboot ipxe build --chain` over HTTPS ---------------------------------
 
 
@@ -152,19 +173,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def origin(pki: TestPki, tmp_path: Path) -> Iterator[_Origin]:
+def _serve(pki: TestPki, tmp_path: Path, *, client_auth: bool = False) -> _Origin:
     chain, key = pki.server_credentials("10.0.2.2")
     (tmp_path / "server.pem").write_bytes(chain)
     (tmp_path / "server.key").write_bytes(key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # what iPXE speaks
     ctx.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    if client_auth:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(pki.chain)
     server = _Origin(("127.0.0.1", 0), _Handler)
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def origin(pki: TestPki, tmp_path: Path) -> Iterator[_Origin]:
+    server = _serve(pki, tmp_path)
     yield server
     server.shutdown()
     server.server_close()
@@ -209,6 +237,57 @@ def test_cli_built_firmware_chains_only_a_verified_entry_script(
     # no signature to fetch: bounded retries, then it says so and stops
     assert "could not fetch https://10.0.2.2" in consoles["unsigned"]
     assert "stopping" in consoles["unsigned"]
+
+
+def test_client_certificate_origin(
+    src: Path, pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--client-cert: the firmware authenticates to an origin that requires it; firmware
+    without the client key cannot fetch from it. A fresh build (the key never enters a
+    shared tree), so this takes a few minutes."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from trustboot.keys.keyfile import write_key
+
+    store = tmp_path / "pki"
+    (store / "issued").mkdir(parents=True)
+    (store / "ca.crt").write_bytes(pki.root.read_bytes())
+    (store / "issuing-ca.crt").write_bytes(pki.issuing.read_bytes())
+    cert, key = pki.client_credentials("boot-client-1")
+    (store / "issued" / "boot-client-1.crt").write_bytes(cert.public_bytes(Encoding.PEM))
+    write_key(store / "private" / "boot-client-1.key", key, b"correct horse battery")
+    monkeypatch.setenv("TB_TEST_CLIENT_PASS", "correct horse battery")
+    (tmp_path / "origin").mkdir()
+    server = _serve(pki, tmp_path / "origin", client_auth=True)
+    try:
+        port = server.server_address[1]
+        server.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "cc")}
+        out = tmp_path / "fw"
+        result = CliRunner().invoke(cli, [
+            "ipxe", "build", "--source", str(src), "--pki", str(store),
+            "--client-cert", "boot-client-1", "--passphrase-env", "TB_TEST_CLIENT_PASS",
+            "--target", "bin/ipxe.lkrn", "--serial-console",
+            "--chain", f"https://10.0.2.2:{port}/boot.ipxe", "--signer", "boot-signer",
+            "--retries", "1", "--retry-delay", "1",
+            "--cache-dir", str(cache_root() / "ipxe"), "-o", str(out),
+        ])
+        assert result.exit_code == 0, result.output
+        lkrn = out / "bin/ipxe.lkrn"
+        assert oct(lkrn.stat().st_mode & 0o777) == "0o600"  # it holds the key
+        stops = (DONE_MARKER, "Could not verify", "stopping")
+        console = boot(lkrn, {}, "#!ipxe\n", restrict=False, stop_on=stops, timeout=120)
+        assert "MARKER-SIGNED-ENTRY-RAN" in console, console
+        # the harness firmware trusts the same root but has no client key
+        plain = build_test_ipxe([pki.root], certs=[pki.issuing])
+        console = boot(plain, {}, "\n".join([
+            "#!ipxe",
+            _verdict("noclient", f"imgfetch https://10.0.2.2:{port}/boot.ipxe"),
+            f"echo {DONE_MARKER}", "",
+        ]), restrict=False)
+        assert "VERDICT noclient fail" in console, console
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --- reproducibility ------------------------------------------------------------------------

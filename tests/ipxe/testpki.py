@@ -54,6 +54,25 @@ class TestPki:
     issuing_key: rsa.RSAPrivateKey
     issuing_cert: x509.Certificate
 
+    def client_credentials(self, cn: str) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+        """A TLS client certificate (EKU clientAuth, RSA as iPXE's PRIVKEY= needs)."""
+        key = _key()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn)).issuer_name(self.issuing_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - dt.timedelta(days=1))
+            .not_valid_after(NOW + dt.timedelta(days=30))
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(self.issuing_key, hashes.SHA256())
+        )
+        return cert, key
+
     def server_credentials(self, ip: str) -> tuple[bytes, bytes]:
         """A TLS server certificate for ``ip`` (chain PEM: leaf + issuing) and its key PEM."""
         import ipaddress
