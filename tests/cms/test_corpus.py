@@ -57,7 +57,7 @@ def test_case_cli(corpus: Corpus, name: str) -> None:
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == (0 if case.expect_ok else 4), result.output
     if not case.expect_ok:
-        assert case.rule in result.output
+        assert f"[rule: {case.rule}]" in result.output
         assert "hint:" in result.output
 
 

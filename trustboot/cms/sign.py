@@ -235,20 +235,20 @@ def preflight(signer: Signer | PendingSigner, *, now: dt.datetime,
         if c.not_valid_after_utc < now:
             raise VerificationError(
                 f"certificate {c.subject.rfc4514_string()} expired on "
-                f"{c.not_valid_after_utc.isoformat()}",
+                f"{c.not_valid_after_utc.isoformat()}; refusing to sign [rule: expired]",
                 hint="renew it (trustboot ca issue) and sign with the new certificate",
                 rule="expired", subject=c.subject.rfc4514_string())
         if c.not_valid_before_utc > now:
             raise VerificationError(
                 f"certificate {c.subject.rfc4514_string()} is not valid before "
-                f"{c.not_valid_before_utc.isoformat()}",
+                f"{c.not_valid_before_utc.isoformat()}; refusing to sign [rule: not-yet-valid]",
                 hint="wait, or reissue it with an earlier notBefore",
                 rule="not-yet-valid", subject=c.subject.rfc4514_string())
     chain = [_der(c) for c in signer.chain]
     if not chain or signer.chain[-1].subject != signer.chain[-1].issuer:
         raise VerificationError(
             f"the chain of {cert.subject.rfc4514_string()} does not end at a root "
-            "certificate; iPXE needs the root's bytes in the signature",
+            "certificate; iPXE needs the root's bytes in the signature [rule: chain-incomplete]",
             hint="pass the issuers, root included (--chain chain.pem)",
             rule="chain-incomplete", subject=cert.subject.rfc4514_string())
     root = rules.TrustAnchor(rules.fingerprint(chain[-1]), chain[-1])
@@ -257,7 +257,7 @@ def preflight(signer: Signer | PendingSigner, *, now: dt.datetime,
     if verdict.failure is not None:
         f = verdict.failure
         raise VerificationError(
-            f"refusing to sign: iPXE would reject this signer: {f.message}",
+            f"refusing to sign: iPXE would reject this signer: {f.message} [rule: {f.rule}]",
             hint=f.remedy, rule=f.rule, subject=f.certificate)
     return verdict
 

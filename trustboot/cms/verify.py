@@ -536,14 +536,14 @@ def _check_signer_usage(cert: CertInfo) -> None:
                else "has keyUsage without digitalSignature")
             + "; iPXE requires digitalSignature",
             "reissue the signing certificate with keyUsage digitalSignature "
-            "(`trustboot ca issue --profile codesign`)", cert)
+            "(`trustboot ca issue codesign NAME`)", cert)
     if not cert.code_signing:
         raise _fail(
             "code-signing",
             f"the signer {cert.label} has no extendedKeyUsage codeSigning "
             "(anyExtendedKeyUsage does not count)",
             "reissue the signing certificate with extendedKeyUsage codeSigning "
-            "(`trustboot ca issue --profile codesign`)", cert)
+            "(`trustboot ca issue codesign NAME`)", cert)
 
 
 def _report(signer: _Signer) -> SignerReport:

@@ -201,14 +201,15 @@ def _resolve_ca(ref: KeyRef, *, pki: Path, chain: Path | None,
     if entry.profile != "codesign":
         raise VerificationError(
             f"certificate {entry.name} was issued with profile {entry.profile!r}, not "
-            "codesign; iPXE requires extendedKeyUsage codeSigning",
+            "codesign; iPXE requires extendedKeyUsage codeSigning [rule: code-signing]",
             hint="issue one: trustboot ca issue codesign NAME",
             rule="code-signing", subject=entry.name,
         )
     status = entry.effective_status(now)
     if status == "revoked":
         raise VerificationError(
-            f"certificate {entry.name} (serial {entry.serial:#x}) is revoked in the CA index",
+            f"certificate {entry.name} (serial {entry.serial:#x}) is revoked in the CA index; "
+            "refusing to sign [rule: revoked]",
             hint="issue a new code-signing certificate and sign with it",
             rule="revoked", subject=entry.name,
         )
