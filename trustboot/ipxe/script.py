@@ -174,6 +174,8 @@ def _split(line: str) -> list[list[str]]:
         words = line.split()
     groups: list[list[str]] = [[]]
     for word in words:
+        if word.startswith("#"):
+            break  # iPXE: a token starting with '#' begins a comment
         if word in ("&&", "||"):
             groups.append([word])
         else:
