@@ -110,6 +110,44 @@ def test_harness_firmware_verifies_and_refuses(src: Path, pki: TestPki, rogue: T
     assert DONE_MARKER in console
 
 
+def test_trustboot_sign_output_verifies_in_real_ipxe(
+    src: Path, pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signatures made by `trustboot sign` (not openssl) against the same firmware."""
+    from cryptography.hazmat.primitives import serialization
+
+    from trustboot.keys.keyfile import write_key
+
+    key = serialization.load_pem_private_key(pki.leaf_key.read_bytes(), None)
+    write_key(tmp_path / "keys" / "leaf.key", key, b"signing passphrase")
+    monkeypatch.setenv("TB_TEST_SIGN_PASS", "signing passphrase")
+    entry = tmp_path / "entry.ipxe"
+    entry.write_bytes(ENTRY)
+    result = CliRunner().invoke(cli, [
+        "sign", str(entry), "--key", f"file:{tmp_path / 'keys' / 'leaf.key'}",
+        "--cert", str(pki.leaf), "--chain", str(pki.chain),
+        "--passphrase-env", "TB_TEST_SIGN_PASS",
+    ])
+    assert result.exit_code == 0, result.output
+    sig = (tmp_path / "entry.ipxe.sig").read_bytes()
+    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+    console = boot(lkrn, {"entry.ipxe": ENTRY, "entry.ipxe.sig": sig,
+                          "flipped.ipxe": _flip(ENTRY, 12)}, "\n".join([
+        "#!ipxe",
+        "imgtrust --permanent",
+        "imgfetch tftp://10.0.2.2/flipped.ipxe",
+        _verdict("flipped", "imgverify --keep flipped.ipxe tftp://10.0.2.2/entry.ipxe.sig"),
+        "imgfetch tftp://10.0.2.2/entry.ipxe",
+        _verdict("entry", "imgverify --signer boot-signer entry.ipxe "
+                 "tftp://10.0.2.2/entry.ipxe.sig"),
+        "imgexec entry.ipxe",
+        "",
+    ]))
+    assert "VERDICT flipped fail" in console, console
+    assert "VERDICT entry ok" in console, console
+    assert "MARKER-SIGNED-ENTRY-RAN" in console
+
+
 def test_untrusted_root_firmware_refuses_our_signatures(
     src: Path, pki: TestPki, rogue: TestPki
 ) -> None:
