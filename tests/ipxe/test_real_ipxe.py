@@ -340,6 +340,19 @@ def _request(src: Path, pki: TestPki, targets: tuple[str, ...]) -> B.BuildReques
     )
 
 
+def test_bios_media_targets_carry_the_trust(src: Path, pki: TestPki, tmp_path: Path) -> None:
+    # ISO and USB wrap the compressed image; the check looks in the linked image they wrap.
+    targets = ("bin/ipxe.iso", "bin/ipxe.usb", "bin/undionly.kpxe")
+    res = B.build(_request(src, pki, targets), output_dir=tmp_path / "out",
+                  cache_dir=cache_root() / "ipxe")
+    for out in res.manifest["outputs"]:  # type: ignore[union-attr]
+        check = out["trust_check"]
+        assert check["searched"] == "linked image"
+        assert list(check["trust"]) == [load_single_certificate(pki.root).fingerprint]
+        assert all(check["trust"].values()) and all(check["certs"].values())
+        assert (tmp_path / "out" / out["target"]).stat().st_size == out["size"]
+
+
 def test_lkrn_is_reproducible_across_trees(src: Path, pki: TestPki, tmp_path: Path) -> None:
     # The harness build came from the shared warm tree (possibly rebuilt incrementally from
     # other trust); this one from a fresh copy at another path.

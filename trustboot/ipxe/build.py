@@ -40,6 +40,7 @@ class TargetInfo:
     platform: str  # "bios" or "efi"
     cross: str  # CROSS= prefix ("" for the host compiler)
     tools: tuple[tuple[str, str], ...] = ()  # (program, Debian package) beyond the basics
+    linked: str | None = None  # the uncompressed linked image, if not "<target>.tmp"
 
 
 KNOWN_TARGETS: Mapping[str, TargetInfo] = {
@@ -51,8 +52,9 @@ KNOWN_TARGETS: Mapping[str, TargetInfo] = {
     "bin/ipxe.iso": TargetInfo(
         "bios", "",
         (("mformat", "mtools"), ("xorrisofs", "xorriso"), ("isolinux.bin", "isolinux")),
+        linked="ipxe.lkrn.tmp",  # the ISO wraps bin/ipxe.lkrn
     ),
-    "bin/ipxe.usb": TargetInfo("bios", "", (("mformat", "mtools"),)),
+    "bin/ipxe.usb": TargetInfo("bios", "", (("mformat", "mtools"),), linked="ipxe.hd.tmp"),
     "bin-arm64-efi/ipxe.efi": TargetInfo(
         "efi", "aarch64-linux-gnu-", (("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),)
     ),
@@ -348,7 +350,7 @@ def _find_fingerprints(data: bytes, request: BuildRequest) -> dict[str, bool]:
     return {c.fingerprint: bytes.fromhex(c.fingerprint) in data for c in request.trust}
 
 
-def _trust_check(built: Path, request: BuildRequest) -> dict[str, object]:
+def _trust_check(built: Path, target: str, request: BuildRequest) -> dict[str, object]:
     """Look for the compiled-in TRUST fingerprints and CERT= certificates in the binary.
 
     EFI binaries are stored uncompressed, so the output itself is searched; BIOS images are
@@ -358,7 +360,7 @@ def _trust_check(built: Path, request: BuildRequest) -> dict[str, object]:
     where = "output"
     found = _find_fingerprints(data, request)
     if not all(found.values()):
-        linked = built.with_name(built.name + ".tmp")
+        linked = built.with_name(KNOWN_TARGETS[target].linked or built.name + ".tmp")
         if linked.exists():
             data = linked.read_bytes()
             where = "linked image"
@@ -515,7 +517,7 @@ def _build_into(
                 raise OperationalError(
                     f"make succeeded but {target} was not produced", hint=f"see {log}"
                 )
-            check = _trust_check(built, request)
+            check = _trust_check(built, target, request)
             dest = staging / target
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(built, dest)
