@@ -237,6 +237,11 @@ def test_lint_accepts_fail_closed_script() -> None:
     (lambda s: s.replace("dhcp\n", "dhcp\nset crosscert http://x/\n"), "trust-setting"),
     (lambda s: "\n".join(ln for ln in s.splitlines() if not ln.startswith("imgverify")),
      "no-verify"),
+    (lambda s: s.replace("boot vmlinuz", "initrd https://boot.example.com/extra.cpio\n"
+                         "boot vmlinuz"), "unverified-load"),
+    (lambda s: s.replace("imgverify initrd", "imgverify vmlinuz"), "unverified-load"),
+    (lambda s: s.replace("boot vmlinuz", "module --name fw https://b/fw.bin\nboot vmlinuz"),
+     "unverified-load"),
 ])
 def test_lint_findings(mutation, rule: str) -> None:
     text = mutation(GOOD)
@@ -244,6 +249,18 @@ def test_lint_findings(mutation, rule: str) -> None:
     assert rule in rules, rules
     with pytest.raises(ConfigError):
         check_script(text)
+
+
+def test_lint_side_loads_verified_by_name_or_uri() -> None:
+    text = GOOD.replace("boot vmlinuz", "\n".join([
+        "initrd https://b/extra.cpio?x=1",
+        "imgfetch https://b/extra.cpio.sig",
+        "imgverify extra.cpio extra.cpio.sig",
+        "module -n fw --timeout 5000 https://b/fw.bin",
+        "imgverify --signer s fw https://b/fw.bin.sig",
+        "boot vmlinuz",
+    ]))
+    assert lint_script(text) == []
 
 
 def test_lint_ignores_comments() -> None:

@@ -166,6 +166,38 @@ _EXEC_CMDS = {"chain", "boot", "imgexec", "exec", "sanboot", "kernel", "imgselec
 _FETCH_CMDS = {"imgfetch", "module", "initrd", "kernel", "chain", "imgload", "load", "fetch"}
 
 
+# Side-loads: images that are not executed, so only an explicit imgverify checks them.
+_SIDELOAD_CMDS = {"initrd", "module", "imgfetch", "fetch"}
+_FETCH_VALUE_OPTS = {"-n", "--name", "-t", "--timeout"}
+_VERIFY_VALUE_OPTS = {"-s", "--signer", "-t", "--timeout"}
+
+
+def _positional(words: list[str], value_opts: set[str]) -> list[str]:
+    """Arguments after the command that are not options (or option values)."""
+    out: list[str] = []
+    skip = False
+    for word in words[1:]:
+        if skip:
+            skip = False
+        elif word in value_opts:
+            skip = True
+        elif not word.startswith("-"):
+            out.append(word)
+    return out
+
+
+def _image_name(words: list[str]) -> str | None:
+    """The name iPXE gives a fetched image: --name, else the URI's last path segment."""
+    for i, word in enumerate(words[:-1]):
+        if word in ("-n", "--name"):
+            return words[i + 1]
+    args = _positional(words, _FETCH_VALUE_OPTS)
+    if not args:
+        return None
+    path = urlsplit(args[0]).path or args[0]
+    return path.rstrip("/").rsplit("/", 1)[-1] or None
+
+
 def _split(line: str) -> list[list[str]]:
     """A command line as its ``&&``/``||``-separated commands, each a list of words."""
     try:
@@ -191,6 +223,8 @@ def lint_script(text: str) -> list[Finding]:
         findings.append(Finding(1, "magic", f"the script does not start with '{MAGIC}'"))
         return findings
     trust_line: int | None = None
+    loaded: dict[str, int] = {}  # image name -> line of initrd/module/imgfetch
+    verified: set[str] = set()  # names and URIs given to imgverify (image or signature)
     for number, raw in enumerate(lines[1:], start=2):
         line = raw.strip()
         if not line or line.startswith(("#", ":")):
@@ -229,6 +263,15 @@ def lint_script(text: str) -> list[Finding]:
                     number, "cleartext",
                     f"'{cmd}' fetches over a cleartext protocol; use https://",
                 ))
+            if cmd in _SIDELOAD_CMDS:
+                name = _image_name(words)
+                if name is not None:
+                    loaded.setdefault(name, number)
+            if cmd == "imgverify":
+                for arg in _positional(words, _VERIFY_VALUE_OPTS)[:2]:
+                    # by name, or by URI (then iPXE names the image after the last segment)
+                    verified.add(arg)
+                    verified.add((urlsplit(arg).path or arg).rstrip("/").rsplit("/", 1)[-1])
             if cmd == "set" and len(words) >= 2 and words[1].split(":")[0] in (
                 "crosscert", "trust",
             ):
@@ -236,6 +279,13 @@ def lint_script(text: str) -> list[Finding]:
                     number, "trust-setting",
                     f"the script changes the '{words[1]}' setting",
                 ))
+    for name, number in loaded.items():
+        if name not in verified:
+            findings.append(Finding(
+                number, "unverified-load",
+                f"image '{name}' is loaded but never imgverify'd: initrds and modules are "
+                "not executed, so imgtrust never checks them",
+            ))
     if trust_line is None:
         findings.append(Finding(
             1, "trust-missing", "no 'imgtrust --permanent': unsigned images could run",
