@@ -119,6 +119,7 @@ def test_client_identity_needs_matching_rsa_key(pki) -> None:
     key = serialization.load_pem_private_key(pki.leaf_key.read_bytes(), None)
     ident = client_identity(cert, key)
     assert b"PRIVATE KEY" in ident.key_pem and len(ident.public_key_sha256) == 64
+    assert "PRIVATE" not in repr(ident)  # requests may end up in logs or tracebacks
     with pytest.raises(ConfigError, match="not RSA"):
         client_identity(cert, serialization.load_pem_private_key(ec_key_pem(), None))
     other = make_pki(pki.dir / "other")

@@ -88,7 +88,8 @@ class ClientIdentity:
     """A TLS client certificate and its RSA key (iPXE's PRIVKEY= is RSA only)."""
 
     cert: Certificate
-    key_pem: bytes  # unencrypted PKCS#8 PEM: only ever written 0600 for the build's duration
+    # Unencrypted PKCS#8 PEM, written 0600 only while make runs; never in a repr or log.
+    key_pem: bytes = field(repr=False)
 
     @property
     def public_key_sha256(self) -> str:
