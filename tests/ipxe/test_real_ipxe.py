@@ -277,6 +277,83 @@ def test_cli_built_firmware_chains_only_a_verified_entry_script(
     assert "stopping" in consoles["unsigned"]
 
 
+class _NtpServer:
+    """Answers SNTP on 127.0.0.1:123 (the guest's 10.0.2.2:123) with the host's time."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.bind(("127.0.0.1", 123))
+        except PermissionError:
+            self.sock.close()
+            pytest.skip("needs root to serve NTP on port 123; CI runs as root")
+        self.answer = True
+        self.queries = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import struct
+        import time
+
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(512)
+            except OSError:
+                return
+            self.queries += 1
+            if not self.answer or len(data) < 48:
+                continue
+            now = time.time() + 2208988800  # NTP era starts 1900
+            stamp = struct.pack("!II", int(now), int((now % 1) * 2**32))
+            reply = (bytes([0x24, 1, 4, 0xEC]) + bytes(8) + b"LOCL"
+                     + stamp + data[40:48] + stamp + stamp)  # ref, originate, receive, xmit
+            self.sock.sendto(reply, peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_cli_ntp_sets_the_clock_before_verifying(
+    src: Path, pki: TestPki, origin: _Origin, tmp_path: Path
+) -> None:
+    """--ntp: a client whose clock is three days slow (before the CA's notBefore) verifies
+    once NTP has set the clock; with no NTP answer it keeps its clock and refuses."""
+    from datetime import UTC, datetime, timedelta
+
+    ntp = _NtpServer()
+    try:
+        port = origin.server_address[1]
+        out = tmp_path / "fw"
+        result = CliRunner().invoke(cli, [
+            "ipxe", "build", "--source", str(src), "--pki", str(pki.dir),
+            "--target", "bin/ipxe.lkrn", "--serial-console", "--ntp", "10.0.2.2",
+            "--chain", f"https://10.0.2.2:{port}/boot.ipxe", "--signer", "boot-signer",
+            "--retries", "1", "--retry-delay", "1",
+            "--cache-dir", str(cache_root() / "ipxe"), "-o", str(out),
+        ])
+        assert result.exit_code == 0, result.output
+        lkrn = out / "bin/ipxe.lkrn"
+        origin.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "ntp")}
+        stops = (DONE_MARKER, "Could not verify", "stopping")
+        slow = datetime.now(UTC) - timedelta(days=3)
+        synced = boot(lkrn, {}, "#!ipxe\n", rtc=slow, restrict=False, stop_on=stops,
+                      timeout=120)
+        assert ntp.queries >= 1
+        assert "NTP failed" not in synced, synced
+        assert "MARKER-SIGNED-ENTRY-RAN" in synced, synced
+        ntp.answer = False
+        unsynced = boot(lkrn, {}, "#!ipxe\n", rtc=slow, restrict=False, stop_on=stops,
+                        timeout=180)
+        assert "NTP failed, keeping the firmware clock" in unsynced, unsynced
+        # the slow clock fails the origin's TLS certificate first (same CA), or the signature
+        assert "could not fetch" in unsynced or "Could not verify" in unsynced, unsynced
+        assert "MARKER-SIGNED-ENTRY-RAN" not in unsynced
+    finally:
+        ntp.close()
+
+
 def test_client_certificate_origin(
     src: Path, pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
