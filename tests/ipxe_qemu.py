@@ -142,6 +142,44 @@ def _clean(text: str) -> str:
     return _ANSI.sub("", text).replace("\r", "")
 
 
+def _run_console(argv: list[str], stop_on: Sequence[str], timeout: float) -> str:
+    """Run QEMU with the serial console on stdout until a stop string or the timeout."""
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    chunks: list[bytes] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        markers = [m.encode() for m in stop_on]
+        window = b""
+        while True:
+            data = proc.stdout.read1(4096)  # type: ignore[attr-defined]
+            if not data:
+                break
+            chunks.append(data)
+            window += data
+            if any(m in window for m in markers):
+                done.set()
+            window = window[-256:]
+        done.set()
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not done.wait(0.2) and time.monotonic() < deadline:
+        pass
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    thread.join(5)
+    return _clean(b"".join(chunks).decode(errors="replace"))
+
+
 def boot(
     lkrn: Path,
     files: Mapping[str, bytes],
@@ -187,40 +225,57 @@ def boot(
         if rtc is not None:
             when = rtc if rtc.tzinfo is None else rtc.astimezone(UTC).replace(tzinfo=None)
             argv += ["-rtc", f"base={when.strftime('%Y-%m-%dT%H:%M:%S')},clock=vm"]
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        chunks: list[bytes] = []
-        done = threading.Event()
+        return _run_console(argv, stop_on, timeout)
 
-        def reader() -> None:
-            assert proc.stdout is not None
-            markers = [m.encode() for m in stop_on]
-            window = b""
-            while True:
-                data = proc.stdout.read1(4096)  # type: ignore[attr-defined]
-                if not data:
-                    break
-                chunks.append(data)
-                window += data
-                if any(m in window for m in markers):
-                    done.set()
-                window = window[-256:]
-            done.set()
 
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + timeout
-        while not done.wait(0.2) and time.monotonic() < deadline:
-            pass
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        thread.join(5)
-        return _clean(b"".join(chunks).decode(errors="replace"))
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+def boot_efi(
+    efi: Path,
+    *,
+    rtc: datetime | None = None,
+    timeout: float = 150,
+    stop_on: Sequence[str] = (DONE_MARKER,),
+    restrict: bool = True,
+    tftp: Mapping[str, bytes] | None = None,
+) -> str:
+    """Boot an iPXE EFI binary under OVMF (TCG) as the removable-media loader.
+
+    The binary is served as EFI/BOOT/BOOTX64.EFI from a virtual FAT disk; the console is
+    OVMF's serial terminal (iPXE's EFI console writes there). Same network, ``stop_on`` and
+    ``restrict`` semantics as :func:`boot`; ``tftp`` files are served by slirp's TFTP.
+    Skips when OVMF is not installed (Debian package ovmf).
+    """
+    if shutil.which(QEMU) is None:
+        pytest.skip(f"needs {QEMU}: apt-get install qemu-system-x86")
+    if not OVMF_CODE.is_file() or not OVMF_VARS.is_file():
+        pytest.skip("needs UEFI firmware for QEMU: apt-get install ovmf")
+    with tempfile.TemporaryDirectory(prefix="trustboot-ovmf-") as tmp:
+        esp = Path(tmp) / "esp"
+        (esp / "EFI" / "BOOT").mkdir(parents=True)
+        shutil.copyfile(efi, esp / "EFI" / "BOOT" / "BOOTX64.EFI")
+        served = Path(tmp) / "tftp"
+        served.mkdir()
+        for name, data in (tftp or {}).items():
+            (served / name).write_bytes(data)
+        vars_copy = Path(tmp) / "vars.fd"
+        shutil.copyfile(OVMF_VARS, vars_copy)
+        argv = [
+            QEMU, "-accel", "tcg", "-machine", "q35", "-m", "512", "-nodefaults",
+            "-display", "none", "-no-reboot", "-serial", "stdio", "-monitor", "none",
+            "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,file={vars_copy}",
+            "-drive", f"if=none,id=esp,format=raw,file=fat:rw:{esp}",
+            "-device", "virtio-blk-pci,drive=esp,bootindex=0",
+            "-netdev", f"user,id=n0,restrict={'on' if restrict else 'off'},tftp={served}",
+            "-device", "virtio-net-pci,netdev=n0,romfile=",
+        ]
+        if rtc is not None:
+            when = rtc if rtc.tzinfo is None else rtc.astimezone(UTC).replace(tzinfo=None)
+            argv += ["-rtc", f"base={when.strftime('%Y-%m-%dT%H:%M:%S')},clock=vm"]
+        return _run_console(argv, stop_on, timeout)
 
 
 def sha256_hex(data: bytes) -> str:
