@@ -16,6 +16,7 @@ Usage from any test::
 The firmware is ``bin/ipxe.lkrn`` with IMAGE_TRUST_CMD, HTTPS and a serial console, no
 cross-signing fetch, and an embedded script that runs DHCP (QEMU's user-mode network) and
 chains ``tftp://10.0.2.2/boot.ipxe``, which :func:`boot` serves from a temporary directory.
+:func:`boot_efi` boots an EFI binary under OVMF (from a disk, or PXE for snponly.efi).
 Builds are cached by their inputs under ``$TRUSTBOOT_TEST_CACHE`` or
 ``$XDG_CACHE_HOME/trustboot-tests`` (default ``~/.cache/trustboot-tests``), outside the repo;
 concurrent callers with the same inputs wait on a lock and share one build.
@@ -240,10 +241,13 @@ def boot_efi(
     stop_on: Sequence[str] = (DONE_MARKER,),
     restrict: bool = True,
     tftp: Mapping[str, bytes] | None = None,
+    pxe: bool = False,
 ) -> str:
-    """Boot an iPXE EFI binary under OVMF (TCG) as the removable-media loader.
+    """Boot an iPXE EFI binary under OVMF (TCG).
 
-    The binary is served as EFI/BOOT/BOOTX64.EFI from a virtual FAT disk; the console is
+    By default the binary is the removable-media loader (EFI/BOOT/BOOTX64.EFI on a virtual
+    FAT disk); with ``pxe=True`` OVMF network-boots it from slirp's TFTP instead, which is
+    what snponly.efi needs (it drives only the NIC it was loaded from). The console is
     OVMF's serial terminal (iPXE's EFI console writes there). Same network, ``stop_on`` and
     ``restrict`` semantics as :func:`boot`; ``tftp`` files are served by slirp's TFTP.
     Skips when OVMF is not installed (Debian package ovmf).
@@ -262,16 +266,21 @@ def boot_efi(
             (served / name).write_bytes(data)
         vars_copy = Path(tmp) / "vars.fd"
         shutil.copyfile(OVMF_VARS, vars_copy)
+        netdev = f"user,id=n0,restrict={'on' if restrict else 'off'},tftp={served}"
         argv = [
             QEMU, "-accel", "tcg", "-machine", "q35", "-m", "512", "-nodefaults",
             "-display", "none", "-no-reboot", "-serial", "stdio", "-monitor", "none",
             "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,file={vars_copy}",
-            "-drive", f"if=none,id=esp,format=raw,file=fat:rw:{esp}",
-            "-device", "virtio-blk-pci,drive=esp,bootindex=0",
-            "-netdev", f"user,id=n0,restrict={'on' if restrict else 'off'},tftp={served}",
-            "-device", "virtio-net-pci,netdev=n0,romfile=",
         ]
+        if pxe:
+            shutil.copyfile(efi, served / "boot.efi")
+            argv += ["-netdev", f"{netdev},bootfile=boot.efi",
+                     "-device", "virtio-net-pci,netdev=n0,romfile=,bootindex=0"]
+        else:
+            argv += ["-drive", f"if=none,id=esp,format=raw,file=fat:rw:{esp}",
+                     "-device", "virtio-blk-pci,drive=esp,bootindex=0",
+                     "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
         if rtc is not None:
             when = rtc if rtc.tzinfo is None else rtc.astimezone(UTC).replace(tzinfo=None)
             argv += ["-rtc", f"base={when.strftime('%Y-%m-%dT%H:%M:%S')},clock=vm"]

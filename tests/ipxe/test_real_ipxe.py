@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import os
 import ssl
 import threading
@@ -22,6 +23,7 @@ from tests.ipxe_qemu import (
     DONE_MARKER,
     HARNESS_EMBED,
     boot,
+    boot_efi,
     build_test_ipxe,
     cache_root,
     ipxe_src_or_skip,
@@ -211,7 +213,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _serve(pki: TestPki, tmp_path: Path, *, client_auth: bool = False) -> _Origin:
+def _serve(pki: TestPki, tmp_path: Path, *, client_auth: bool = False, port: int = 0) -> _Origin:
     chain, key = pki.server_credentials("10.0.2.2")
     (tmp_path / "server.pem").write_bytes(chain)
     (tmp_path / "server.key").write_bytes(key)
@@ -221,7 +223,10 @@ def _serve(pki: TestPki, tmp_path: Path, *, client_auth: bool = False) -> _Origi
     if client_auth:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(pki.chain)
-    server = _Origin(("127.0.0.1", 0), _Handler)
+    try:
+        server = _Origin(("127.0.0.1", port), _Handler)
+    except OSError:  # a fixed port in use: any port (the firmware is then rebuilt)
+        server = _Origin(("127.0.0.1", 0), _Handler)
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     server.requests = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -400,6 +405,50 @@ def test_client_certificate_origin(
             f"echo {DONE_MARKER}", "",
         ]), restrict=False)
         assert "VERDICT noclient fail" in console, console
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# A fixed origin port keeps the EFI firmware (whose --chain URL names it) cached across runs.
+EFI_ORIGIN_PORT = 47443
+
+
+def test_default_efi_targets_chain_only_a_verified_entry_script(
+    src: Path, pki: TestPki, tmp_path: Path
+) -> None:
+    """The default targets under OVMF: ipxe.efi from a disk, snponly.efi PXE-booted (with an
+    unsigned autoexec.ipxe on the TFTP server, which iPXE 2.0 fetches and must not run)."""
+    server = _serve(pki, tmp_path, port=EFI_ORIGIN_PORT)
+    try:
+        port = server.server_address[1]
+        out = tmp_path / "fw"
+        result = CliRunner().invoke(cli, [
+            "ipxe", "build", "--source", str(src), "--pki", str(pki.dir),
+            "--chain", f"https://10.0.2.2:{port}/boot.ipxe", "--signer", "boot-signer",
+            "--retries", "2", "--retry-delay", "1",
+            "--cache-dir", str(cache_root() / "ipxe"), "-o", str(out), "--json",
+        ])
+        assert result.exit_code == 0, result.output
+        manifest = json.loads(result.stdout)["manifest"]
+        checks = {o["target"]: o["trust_check"]["searched"] for o in manifest["outputs"]}
+        assert checks == {"bin-x86_64-efi/ipxe.efi": "output",
+                          "bin-x86_64-efi/snponly.efi": "output",
+                          "bin/undionly.kpxe": "linked image"}
+        stops = (DONE_MARKER, "Could not verify", "stopping", "AUTOEXEC-RAN")
+        server.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "efi")}
+        disk = boot_efi(out / "bin-x86_64-efi/ipxe.efi", restrict=False, stop_on=stops)
+        assert "MARKER-SIGNED-ENTRY-RAN" in disk, disk
+        autoexec = {"autoexec.ipxe": b"#!ipxe\necho AUTOEXEC-RAN\n"}
+        net = boot_efi(out / "bin-x86_64-efi/snponly.efi", pxe=True, tftp=autoexec,
+                       restrict=False, stop_on=stops)
+        assert "MARKER-SIGNED-ENTRY-RAN" in net, net
+        assert "AUTOEXEC-RAN" not in net
+        server.files = {"/boot.ipxe": _flip(ENTRY, 12),
+                        "/boot.ipxe.sig": server.files["/boot.ipxe.sig"]}
+        flipped = boot_efi(out / "bin-x86_64-efi/ipxe.efi", restrict=False, stop_on=stops)
+        assert "Could not verify" in flipped, flipped
+        assert "MARKER-SIGNED-ENTRY-RAN" not in flipped
     finally:
         server.shutdown()
         server.server_close()
