@@ -13,12 +13,13 @@ import os
 import ssl
 import threading
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from tests.ipxe.testpki import TestPki, make_pki
+from tests.ipxe.testpki import TestPki, cached_pki
 from tests.ipxe_qemu import (
     DONE_MARKER,
     HARNESS_EMBED,
@@ -44,20 +45,29 @@ def src() -> Path:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
+def pki(src: Path) -> TestPki:
+    # Cached across runs, so the firmware built for it is too.
+    return cached_pki(cache_root() / "pki", "main")
 
 
 @pytest.fixture(scope="module")
-def rogue(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+def rogue(src: Path) -> TestPki:
     # Same names, same signer CN, different keys: only the trust anchor tells them apart.
-    return make_pki(tmp_path_factory.mktemp("rogue"))
+    return cached_pki(cache_root() / "pki", "rogue")
 
 
 def _flip(data: bytes, at: int) -> bytes:
     out = bytearray(data)
     out[at] ^= 0x01
     return bytes(out)
+
+
+def _chain_valid_from(pki: TestPki) -> datetime:
+    """The latest notBefore in the signing chain: before it, iPXE must refuse."""
+    from cryptography import x509
+
+    return max(x509.load_pem_x509_certificate(p.read_bytes()).not_valid_before_utc
+               for p in (pki.root, pki.issuing, pki.leaf))
 
 
 def _verdict(name: str, command: str) -> str:
@@ -167,9 +177,8 @@ echo {DONE_MARKER}
 
 
 def test_client_clock_before_the_chain_is_valid_refuses(src: Path, pki: TestPki) -> None:
-    # The test CA is backdated one day; iPXE allows 12 h 30 min of clock error. A client
-    # whose clock says three days ago must refuse; one that is 6 h slow must accept.
-    from datetime import UTC, datetime, timedelta
+    # iPXE allows 12 h 30 min of clock error. A client whose clock is two days before the
+    # chain's notBefore must refuse; one that is 6 h slow (the CA is backdated a day) accepts.
 
     lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
     files = {"entry.ipxe": ENTRY, "entry.ipxe.sig": pki.sign_bytes(ENTRY, "clock")}
@@ -181,7 +190,7 @@ def test_client_clock_before_the_chain_is_valid_refuses(src: Path, pki: TestPki)
         "",
     ])
     now = datetime.now(UTC)
-    early = boot(lkrn, files, script, rtc=now - timedelta(days=3))
+    early = boot(lkrn, files, script, rtc=_chain_valid_from(pki) - timedelta(days=2))
     assert "VERDICT clock fail" in early, early
     slow = boot(lkrn, files, script, rtc=now - timedelta(hours=6))
     assert "VERDICT clock ok" in slow, slow
@@ -323,9 +332,8 @@ class _NtpServer:
 def test_cli_ntp_sets_the_clock_before_verifying(
     src: Path, pki: TestPki, origin: _Origin, tmp_path: Path
 ) -> None:
-    """--ntp: a client whose clock is three days slow (before the CA's notBefore) verifies
-    once NTP has set the clock; with no NTP answer it keeps its clock and refuses."""
-    from datetime import UTC, datetime, timedelta
+    """--ntp: a client whose clock is before the chain's notBefore verifies once NTP has set
+    the clock; with no NTP answer it keeps its clock and refuses."""
 
     ntp = _NtpServer()
     try:
@@ -342,7 +350,7 @@ def test_cli_ntp_sets_the_clock_before_verifying(
         lkrn = out / "bin/ipxe.lkrn"
         origin.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "ntp")}
         stops = (DONE_MARKER, "Could not verify", "stopping")
-        slow = datetime.now(UTC) - timedelta(days=3)
+        slow = _chain_valid_from(pki) - timedelta(days=2)
         synced = boot(lkrn, {}, "#!ipxe\n", rtc=slow, restrict=False, stop_on=stops,
                       timeout=120)
         assert ntp.queries >= 1

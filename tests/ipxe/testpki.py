@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,9 +107,11 @@ class TestPki:
         return sig_file.read_bytes()
 
     def sign_bytes(self, data: bytes, name: str = "blob") -> bytes:
-        src = self.dir / f"{name}.in"
-        src.write_bytes(data)
-        return self.sign(src, self.dir / f"{name}.sig")
+        # A private scratch dir: a cached pki may be shared by concurrent test runs.
+        with tempfile.TemporaryDirectory(prefix="tb-sign-") as tmp:
+            src = Path(tmp) / f"{name}.in"
+            src.write_bytes(data)
+            return self.sign(src, Path(tmp) / f"{name}.sig")
 
 
 def make_pki(directory: Path, prefix: str = "Test", signer: str = "boot-signer") -> TestPki:
@@ -139,8 +143,42 @@ def make_pki(directory: Path, prefix: str = "Test", signer: str = "boot-signer")
     paths["leaf.key"].write_bytes(leaf_key.private_bytes(
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     paths["leaf.key"].chmod(0o600)
+    (directory / "issuing.key").write_bytes(issuing_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (directory / "issuing.key").chmod(0o600)
     return TestPki(directory, paths["ca.crt"], paths["issuing-ca.crt"], paths["chain.pem"],
                    paths["leaf.crt"], paths["leaf.key"], signer, issuing_key, issuing)
+
+
+def load_pki(directory: Path, signer: str = "boot-signer") -> TestPki:
+    """A pki written by :func:`make_pki` earlier."""
+    key = serialization.load_pem_private_key((directory / "issuing.key").read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    issuing = x509.load_pem_x509_certificate((directory / "issuing-ca.crt").read_bytes())
+    return TestPki(directory, directory / "ca.crt", directory / "issuing-ca.crt",
+                   directory / "chain.pem", directory / "leaf.crt", directory / "leaf.key",
+                   signer, key, issuing)
+
+
+def cached_pki(root: Path, name: str, prefix: str = "Test") -> TestPki:
+    """The same test pki across runs (so firmware built for it stays cached), made once.
+
+    Kept outside the repository (the tests' cache); concurrent callers share it.
+    """
+    from trustboot.fsutil import locked
+
+    root.mkdir(parents=True, exist_ok=True)
+    directory = root / name
+    with locked(root / f"{name}.lock", timeout=120):
+        # Remade well before its leaf (365 days) or server certificates could expire.
+        done = directory / ".complete"
+        fresh = done.exists() and (
+            dt.datetime.now(dt.UTC).timestamp() - done.stat().st_mtime < 180 * 86400)
+        if not fresh:
+            shutil.rmtree(directory, ignore_errors=True)
+            make_pki(directory, prefix=prefix)
+            done.write_text("")
+    return load_pki(directory)
 
 
 def ec_key_pem() -> bytes:
