@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -367,6 +368,26 @@ def test_cli_ntp_sets_the_clock_before_verifying(
         ntp.close()
 
 
+# A fixed port keeps this firmware (its --chain URL names the port) cached across runs.
+CLIENT_ORIGIN_PORT = 47444
+
+
+def _cached_client(pki: TestPki, cn: str) -> tuple[Any, Any]:
+    """The same client certificate across runs (it is part of the firmware's cache key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    crt, key_file = pki.dir / f"client-{cn}.crt", pki.dir / f"client-{cn}.key"
+    if not crt.exists() or not key_file.exists():
+        cert, key = pki.client_credentials(cn)
+        key_file.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return (x509.load_pem_x509_certificate(crt.read_bytes()),
+            serialization.load_pem_private_key(key_file.read_bytes(), None))
+
+
 def test_client_certificate_origin(
     src: Path, pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -381,12 +402,12 @@ def test_client_certificate_origin(
     (store / "issued").mkdir(parents=True)
     (store / "ca.crt").write_bytes(pki.root.read_bytes())
     (store / "issuing-ca.crt").write_bytes(pki.issuing.read_bytes())
-    cert, key = pki.client_credentials("boot-client-1")
+    cert, key = _cached_client(pki, "boot-client-1")
     (store / "issued" / "boot-client-1.crt").write_bytes(cert.public_bytes(Encoding.PEM))
     write_key(store / "private" / "boot-client-1.key", key, b"correct horse battery")
     monkeypatch.setenv("TB_TEST_CLIENT_PASS", "correct horse battery")
     (tmp_path / "origin").mkdir()
-    server = _serve(pki, tmp_path / "origin", client_auth=True)
+    server = _serve(pki, tmp_path / "origin", client_auth=True, port=CLIENT_ORIGIN_PORT)
     try:
         port = server.server_address[1]
         server.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "cc")}
