@@ -231,6 +231,9 @@ def build_cmd(
             raise ConfigError("--commit only makes sense with --git URL")
         source = open_source(resolve_source_dir(source_dir))
 
+    if source.ignored_local_config:
+        warn(f"ignoring the tree's own config/local/{', '.join(source.ignored_local_config)}: "
+             "trustboot builds with its own headers (see the manifest)")
     if source_date_epoch is None:
         env_epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
         if env_epoch.isdigit():

@@ -35,6 +35,8 @@ class IpxeSource:
     git_commit: str | None = None
     git_dirty: bool | None = None
     git_commit_time: int | None = None  # committer time: the default SOURCE_DATE_EPOCH
+    # The tree's own non-empty config/local headers: never used (trustboot writes its own).
+    ignored_local_config: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -132,9 +134,13 @@ def open_source(path: Path) -> IpxeSource:
         dirty = bool(status)
         stamp = _git(top, "log", "-1", "--format=%ct", "HEAD")
         when = int(stamp) if stamp and stamp.isdigit() else None
+    local = src / "config" / "local"
+    ignored = tuple(sorted(
+        p.name for p in local.glob("*") if p.is_file() and p.stat().st_size > 0
+    )) if local.is_dir() else ()
     return IpxeSource(
         src=src, tree_sha256=tree_hash(src), git_commit=commit, git_dirty=dirty,
-        git_commit_time=when,
+        git_commit_time=when, ignored_local_config=ignored,
     )
 
 
