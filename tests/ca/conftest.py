@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -83,3 +84,11 @@ def run_proc(*args: str, env: dict[str, str] | None = None,
              timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*trustboot_cmd(), *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def spki(obj: Any) -> bytes:
+    """SubjectPublicKeyInfo DER of a certificate's or key's public key."""
+    from cryptography.hazmat.primitives import serialization
+
+    return bytes(obj.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))

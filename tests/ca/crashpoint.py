@@ -28,9 +28,9 @@ def hook(real: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-os.replace = hook(os.replace)  # type: ignore[assignment]
-os.link = hook(os.link)  # type: ignore[assignment]
-os.unlink = hook(os.unlink)  # type: ignore[assignment]
+os.replace = hook(os.replace)
+os.link = hook(os.link)
+os.unlink = hook(os.unlink)
 
 if os.environ.get("CRASH_COUNT_FILE"):
     path = os.environ["CRASH_COUNT_FILE"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,12 +11,12 @@ from trustboot.ca.store import CertificateAuthority
 from trustboot.keys import keyfile
 from trustboot.secrets import constant
 
-from .conftest import trustboot_cmd
+from .conftest import spki, trustboot_cmd
 
 pexpect = pytest.importorskip("pexpect", reason="pexpect (test extra) drives the pty prompt")
 
 
-def spawn(*args: str) -> pexpect.spawn:
+def spawn(*args: str) -> Any:
     cmd = trustboot_cmd()
     return pexpect.spawn(cmd[0], [*cmd[1:], *args], encoding="utf-8", timeout=60)
 
@@ -34,7 +35,7 @@ def test_init_prompts_twice_and_never_echoes(tmp_path: Path) -> None:
     ca = CertificateAuthority.open(pki)
     key = keyfile.load_key(pki / "private" / "issuing-ca.key", constant(b"typed secret 123"),
                            "test")
-    assert key.public_key().public_numbers() == ca.issuing_cert.public_key().public_numbers()
+    assert spki(key) == spki(ca.issuing_cert)
 
 
 def test_init_confirmation_mismatch_asks_again(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from trustboot.errors import ConfigError
 from trustboot.keys import keyfile
 from trustboot.secrets import constant
 
-from .conftest import CA_PASS, KEY_PASS, init_ca, issue, run_proc, trustboot_cmd
+from .conftest import CA_PASS, KEY_PASS, init_ca, issue, run_proc, spki, trustboot_cmd
 
 
 def test_key_files_are_private_and_encrypted(pki: Path) -> None:
@@ -142,7 +142,7 @@ def test_csr_issue_keeps_no_key(pki: Path, tmp_path: Path, run, secrets_dir: Pat
     assert r.exit_code == 0, r.output
     assert not (pki / "private" / "hsm-signer.key").exists()
     cert = x509.load_pem_x509_certificate((pki / "issued" / "hsm-signer.crt").read_bytes())
-    assert cert.public_key().public_numbers() == k.public_key().public_numbers()
+    assert spki(cert) == spki(k)
 
 
 def test_wrong_passphrase_no_ca_and_existing_ca(pki: Path, run, secrets_dir: Path,  # type: ignore[no-untyped-def]
