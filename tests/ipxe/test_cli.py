@@ -89,10 +89,12 @@ def test_users_local_config_is_ignored_with_a_warning(env, pki: TestPki) -> None
     local = env["tree"] / "src" / "config" / "local"
     (local / "general.h").write_text("#undef IMAGE_TRUST_CMD\n")
     (local / "colour.h").write_text("")  # empty: what iPXE's own build leaves behind
+    (local / ".gitignore").write_text("*\n")  # iPXE's own tree ships one: not a header
     code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
                        "--target", "bin/ipxe.lkrn", *CHAIN)
     assert code == 0, err
     assert "ignoring the tree's own config/local/general.h" in err and "colour.h" not in err
+    assert ".gitignore" not in err
     data = (env["out"] / "bin/ipxe.lkrn").read_bytes()
     assert b"#undef IMAGE_TRUST_CMD" not in data and b"#define IMAGE_TRUST_CMD" in data
     assert (local / "general.h").read_text() == "#undef IMAGE_TRUST_CMD\n"  # untouched

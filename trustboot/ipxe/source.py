@@ -136,7 +136,8 @@ def open_source(path: Path) -> IpxeSource:
         when = int(stamp) if stamp and stamp.isdigit() else None
     local = src / "config" / "local"
     ignored = tuple(sorted(
-        p.name for p in local.glob("*") if p.is_file() and p.stat().st_size > 0
+        # Only headers matter; iPXE's own tree keeps a .gitignore there.
+        p.name for p in local.glob("*.h") if p.is_file() and p.stat().st_size > 0
     )) if local.is_dir() else ()
     return IpxeSource(
         src=src, tree_sha256=tree_hash(src), git_commit=commit, git_dirty=dirty,
