@@ -8,12 +8,13 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import require_tool
 from tests.ipxe.fake_tree import fake_env, make_fake_tree
-from tests.ipxe.testpki import make_pki
+from tests.ipxe.testpki import TestPki, make_pki
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.ipxe import build as B
 from trustboot.ipxe.config import BuildOptions, load_certificates, load_single_certificate
@@ -24,7 +25,7 @@ SCRIPT = "#!ipxe\nimgtrust --permanent\n"
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory):
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
@@ -44,8 +45,8 @@ def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return log
 
 
-def _request(tree: Path, pki, **kw) -> B.BuildRequest:
-    args = dict(
+def _request(tree: Path, pki: TestPki, **kw: Any) -> B.BuildRequest:
+    args: dict[str, Any] = dict(
         source=open_source(tree),
         targets=("bin/ipxe.lkrn",),
         trust=(load_single_certificate(pki.root),),
@@ -96,7 +97,7 @@ def test_tree_hash_ignores_outputs_and_local_config_but_not_sources(tree: Path) 
 # --- plan -----------------------------------------------------------------------------------
 
 
-def test_make_plan(tree: Path, pki) -> None:
+def test_make_plan(tree: Path, pki: TestPki) -> None:
     second = make_pki(pki.dir / "second", prefix="Next")
     req = _request(tree, pki, trust=(load_single_certificate(pki.root),
                                      load_single_certificate(second.root)),
@@ -127,13 +128,13 @@ def test_make_plan(tree: Path, pki) -> None:
     assert not any(str(tree) in a for a in host)
 
 
-def test_duplicate_roots_are_built_in_once(tree: Path, pki) -> None:
+def test_duplicate_roots_are_built_in_once(tree: Path, pki: TestPki) -> None:
     req = _request(tree, pki, certs=tuple(load_certificates(pki.chain)))
     cert_arg = next(a for a in B.make_plan(req, jobs=1).invocations[0] if a.startswith("CERT="))
     assert cert_arg.count(",") == 1  # root (from TRUST) + issuing; the chain's root deduped
 
 
-def test_unknown_target_and_missing_trust(tree: Path, pki) -> None:
+def test_unknown_target_and_missing_trust(tree: Path, pki: TestPki) -> None:
     with pytest.raises(ConfigError, match=r"unknown target 'bin/ipxe\.exe'") as info:
         _request(tree, pki, targets=("bin/ipxe.exe",))
     assert "bin/ipxe.lkrn" in (info.value.hint or "")
@@ -146,7 +147,7 @@ def test_unknown_target_and_missing_trust(tree: Path, pki) -> None:
 # --- cache key ------------------------------------------------------------------------------
 
 
-def test_cache_key_tracks_every_input(tree: Path, pki) -> None:
+def test_cache_key_tracks_every_input(tree: Path, pki: TestPki) -> None:
     base = _request(tree, pki)
     key = B.cache_key(base, TOOLCHAIN)
     assert key == B.cache_key(_request(tree, pki), TOOLCHAIN)  # stable
@@ -166,7 +167,7 @@ def test_cache_key_tracks_every_input(tree: Path, pki) -> None:
     assert B.cache_key(_request(tree, pki), TOOLCHAIN) != key
 
 
-def test_cache_key_does_not_depend_on_the_trees_path(tmp_path: Path, pki) -> None:
+def test_cache_key_does_not_depend_on_the_trees_path(tmp_path: Path, pki: TestPki) -> None:
     a = make_fake_tree(tmp_path / "a")
     b = make_fake_tree(tmp_path / "b")
     assert B.cache_key(_request(a, pki), TOOLCHAIN) == B.cache_key(_request(b, pki), TOOLCHAIN)
@@ -194,13 +195,13 @@ def test_missing_toolchain_names_debian_packages() -> None:
 # --- build with the fake tree ---------------------------------------------------------------
 
 
-def _build(req: B.BuildRequest, tmp_path: Path, **kw) -> B.BuildResult:
+def _build(req: B.BuildRequest, tmp_path: Path, **kw: Any) -> B.BuildResult:
     kw.setdefault("cache_dir", tmp_path / "cache")
     kw.setdefault("output_dir", tmp_path / "out")
     return B.build(req, toolchain=TOOLCHAIN, jobs=2, **kw)
 
 
-def test_build_manifest_and_cache(tree: Path, pki, tmp_path: Path, runs: Path) -> None:
+def test_build_manifest_and_cache(tree: Path, pki: TestPki, tmp_path: Path, runs: Path) -> None:
     req = _request(tree, pki, targets=("bin/ipxe.lkrn", "bin-x86_64-efi/ipxe.efi"))
     before = sorted(p.relative_to(tree) for p in tree.rglob("*"))
     steps: list[str] = []
@@ -236,7 +237,7 @@ def test_build_manifest_and_cache(tree: Path, pki, tmp_path: Path, runs: Path) -
     assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
 
 
-def test_changed_trust_rebuilds(tree: Path, pki, tmp_path: Path, runs: Path) -> None:
+def test_changed_trust_rebuilds(tree: Path, pki: TestPki, tmp_path: Path, runs: Path) -> None:
     _build(_request(tree, pki), tmp_path)
     other = make_pki(tmp_path / "other", prefix="Other")
     new = _request(tree, pki, trust=(load_single_certificate(other.root),))
@@ -252,7 +253,7 @@ def test_changed_trust_rebuilds(tree: Path, pki, tmp_path: Path, runs: Path) -> 
 
 
 def test_concurrent_builds_of_same_inputs_share_one_make(
-    tree: Path, pki, tmp_path: Path, runs: Path
+    tree: Path, pki: TestPki, tmp_path: Path, runs: Path
 ) -> None:
     req = _request(tree, pki)
     with ThreadPoolExecutor(4) as pool:
@@ -263,7 +264,7 @@ def test_concurrent_builds_of_same_inputs_share_one_make(
 
 
 def test_make_failure_shows_tail_and_log(
-    tree: Path, pki, tmp_path: Path, runs: Path, monkeypatch: pytest.MonkeyPatch
+    tree: Path, pki: TestPki, tmp_path: Path, runs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_FAIL", "1")
     with pytest.raises(OperationalError, match="make failed") as info:
@@ -279,7 +280,7 @@ def test_make_failure_shows_tail_and_log(
 
 
 def test_binary_without_the_trust_is_refused(
-    tree: Path, pki, tmp_path: Path, runs: Path, monkeypatch: pytest.MonkeyPatch
+    tree: Path, pki: TestPki, tmp_path: Path, runs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_DROP_TRUST", "1")
     with pytest.raises(VerificationError, match="built without the requested trust") as info:
@@ -289,7 +290,7 @@ def test_binary_without_the_trust_is_refused(
 
 
 def test_client_key_is_only_present_during_the_build(
-    tree: Path, pki, tmp_path: Path, runs: Path, monkeypatch: pytest.MonkeyPatch
+    tree: Path, pki: TestPki, tmp_path: Path, runs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cryptography.hazmat.primitives import serialization
 
@@ -314,11 +315,12 @@ def test_client_key_is_only_present_during_the_build(
     # nothing with the key is left in the cache's work area
     leftovers = [p for p in (tmp_path / "cache" / "work").rglob("*") if "client.key" in p.name]
     assert leftovers == []
-    assert res.manifest["client_certificate"]["public_key_sha256"] == client.public_key_sha256
+    client_info: Any = res.manifest["client_certificate"]
+    assert client_info["public_key_sha256"] == client.public_key_sha256
     assert "PRIVATE KEY" not in json.dumps(res.manifest)
 
 
-def test_cache_dir_open_to_others_is_refused(tree: Path, pki, tmp_path: Path) -> None:
+def test_cache_dir_open_to_others_is_refused(tree: Path, pki: TestPki, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o755)
     os.chmod(cache, 0o755)

@@ -48,7 +48,7 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_build_from_pki_with_generated_script(env, pki: TestPki) -> None:
+def test_build_from_pki_with_generated_script(env: dict[str, Path], pki: TestPki) -> None:
     code, out, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
                          *CHAIN, "--json")
     assert code == 0, err
@@ -73,7 +73,7 @@ def test_build_from_pki_with_generated_script(env, pki: TestPki) -> None:
     assert "from cache" in out and len(env["runs"].read_text().split()) == runs
 
 
-def test_source_from_environment_and_extra_root(env, pki: TestPki, tmp_path: Path,
+def test_source_from_environment_and_extra_root(env: dict[str, Path], pki: TestPki, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRUSTBOOT_IPXE_SRC", str(env["tree"]))
     nxt = make_pki(tmp_path / "next", prefix="Next")
@@ -85,7 +85,7 @@ def test_source_from_environment_and_extra_root(env, pki: TestPki, tmp_path: Pat
                    load_single_certificate(nxt.root).fingerprint]
 
 
-def test_users_local_config_is_ignored_with_a_warning(env, pki: TestPki) -> None:
+def test_users_local_config_is_ignored_with_a_warning(env: dict[str, Path], pki: TestPki) -> None:
     local = env["tree"] / "src" / "config" / "local"
     (local / "general.h").write_text("#undef IMAGE_TRUST_CMD\n")
     (local / "colour.h").write_text("")  # empty: what iPXE's own build leaves behind
@@ -100,14 +100,15 @@ def test_users_local_config_is_ignored_with_a_warning(env, pki: TestPki) -> None
     assert (local / "general.h").read_text() == "#undef IMAGE_TRUST_CMD\n"  # untouched
 
 
-def test_trust_without_pki_directory(env, pki: TestPki) -> None:
+def test_trust_without_pki_directory(env: dict[str, Path], pki: TestPki) -> None:
     # ./pki does not exist here: --trust alone is enough
     code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--trust", str(pki.root),
                        "--target", "bin/ipxe.lkrn", *CHAIN)
     assert code == 0, err
 
 
-def test_script_file_is_linted_and_embedded(env, pki: TestPki, tmp_path: Path) -> None:
+def test_script_file_is_linted_and_embedded(env: dict[str, Path], pki: TestPki,
+                                            tmp_path: Path) -> None:
     good = tmp_path / "good.ipxe"
     good.write_text("#!ipxe\nimgtrust --permanent\ndhcp\nimgfetch https://x/a\n"
                     "imgverify a https://x/a.sig\nimgexec a\n")
@@ -131,7 +132,8 @@ def test_script_file_is_linted_and_embedded(env, pki: TestPki, tmp_path: Path) -
     "script-and-chain", "pki-missing", "client-without-key", "commit-without-git",
     "git-short-commit",
 ])
-def test_bad_input_exits_3_with_a_hint(env, pki: TestPki, tmp_path: Path, case: str) -> None:
+def test_bad_input_exits_3_with_a_hint(env: dict[str, Path], pki: TestPki, tmp_path: Path,
+                                       case: str) -> None:
     src = ["--source", str(env["tree"])]
     trust = ["--pki", str(pki.dir)]
     notcert = tmp_path / "notcert.crt"
@@ -166,7 +168,7 @@ def test_bad_input_exits_3_with_a_hint(env, pki: TestPki, tmp_path: Path, case: 
     assert env["runs"].read_text() == ""  # nothing was built
 
 
-def test_missing_toolchain_is_named(env, pki: TestPki, tmp_path: Path,
+def test_missing_toolchain_is_named(env: dict[str, Path], pki: TestPki, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()  # the real check_toolchain, with an empty PATH
     monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
@@ -179,7 +181,7 @@ def test_missing_toolchain_is_named(env, pki: TestPki, tmp_path: Path,
     assert "toolchain is incomplete" in err and "apt-get install build-essential" in err
 
 
-def test_make_failure_is_operational_with_log(env, pki: TestPki,
+def test_make_failure_is_operational_with_log(env: dict[str, Path], pki: TestPki,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_FAIL", "1")
     code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
@@ -190,7 +192,7 @@ def test_make_failure_is_operational_with_log(env, pki: TestPki,
     assert log.is_file() and "bin/file0.o" in log.read_text()
 
 
-def test_git_clone_pinned_to_commit(env, pki: TestPki, tmp_path: Path) -> None:
+def test_git_clone_pinned_to_commit(env: dict[str, Path], pki: TestPki, tmp_path: Path) -> None:
     git = require_tool("git", "git")
     import subprocess
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.ipxe.testpki import ec_key_pem, make_pki
+from tests.ipxe.testpki import TestPki, ec_key_pem, make_pki
 from trustboot.errors import ConfigError
 from trustboot.ipxe.config import (
     BuildOptions,
@@ -20,7 +21,7 @@ from trustboot.ipxe.script import ChainScript, check_script, lint_script, render
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory):
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
@@ -76,7 +77,7 @@ def test_crosscert_url_must_be_plain(url: str) -> None:
 # --- certificates ---------------------------------------------------------------------------
 
 
-def test_pem_and_der_load_to_the_same_fingerprint(pki, tmp_path: Path) -> None:
+def test_pem_and_der_load_to_the_same_fingerprint(pki: TestPki, tmp_path: Path) -> None:
     pem = load_single_certificate(pki.root)
     der_file = tmp_path / "root.der"
     der_file.write_bytes(pem.der)
@@ -86,7 +87,7 @@ def test_pem_and_der_load_to_the_same_fingerprint(pki, tmp_path: Path) -> None:
     assert "Test Root CA" in pem.subject
 
 
-def test_bundle_is_refused_as_trust_anchor(pki) -> None:
+def test_bundle_is_refused_as_trust_anchor(pki: TestPki) -> None:
     with pytest.raises(ConfigError, match="holds 2 certificates") as info:
         load_single_certificate(pki.chain)
     assert "only the first certificate" in (info.value.hint or "")
@@ -107,12 +108,12 @@ def test_missing_certificate_file(tmp_path: Path) -> None:
         load_single_certificate(tmp_path / "nope.crt")
 
 
-def test_private_key_file_is_not_a_certificate(pki) -> None:
+def test_private_key_file_is_not_a_certificate(pki: TestPki) -> None:
     with pytest.raises(ConfigError, match=r"not an X\.509 certificate"):
         load_single_certificate(pki.leaf_key)
 
 
-def test_client_identity_needs_matching_rsa_key(pki) -> None:
+def test_client_identity_needs_matching_rsa_key(pki: TestPki) -> None:
     from cryptography.hazmat.primitives import serialization
 
     cert = load_single_certificate(pki.leaf)
@@ -244,7 +245,7 @@ def test_lint_accepts_fail_closed_script() -> None:
     (lambda s: s.replace("boot vmlinuz", "module --name fw https://b/fw.bin\nboot vmlinuz"),
      "unverified-load"),
 ])
-def test_lint_findings(mutation, rule: str) -> None:
+def test_lint_findings(mutation: Callable[[str], str], rule: str) -> None:
     text = mutation(GOOD)
     rules = {f.rule for f in lint_script(text)}
     assert rule in rules, rules

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.ipxe.testpki import TestPki, cached_pki
 from tests.ipxe_qemu import (
@@ -132,6 +133,7 @@ def test_trustboot_sign_output_verifies_in_real_ipxe(
     from trustboot.keys.keyfile import write_key
 
     key = serialization.load_pem_private_key(pki.leaf_key.read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
     write_key(tmp_path / "keys" / "leaf.key", key, b"signing passphrase")
     monkeypatch.setenv("TB_TEST_SIGN_PASS", "signing passphrase")
     entry = tmp_path / "entry.ipxe"
@@ -500,7 +502,8 @@ def test_bios_media_targets_carry_the_trust(src: Path, pki: TestPki, tmp_path: P
     targets = ("bin/ipxe.iso", "bin/ipxe.usb", "bin/undionly.kpxe")
     res = B.build(_request(src, pki, targets), output_dir=tmp_path / "out",
                   cache_dir=cache_root() / "ipxe")
-    for out in res.manifest["outputs"]:  # type: ignore[union-attr]
+    outputs: Any = res.manifest["outputs"]
+    for out in outputs:
         check = out["trust_check"]
         assert check["searched"] == "linked image"
         assert list(check["trust"]) == [load_single_certificate(pki.root).fingerprint]
