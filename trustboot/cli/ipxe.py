@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -12,6 +11,7 @@ import click
 
 from trustboot.cli._common import (
     emit_json,
+    is_interactive,
     json_option,
     passphrase_options,
     passphrase_source,
@@ -83,19 +83,25 @@ def _chain_script(
     ))
 
 
+def _read_script(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"script {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read script {path}: {exc}") from None
+
+
 class _Progress:
     """A live line on a terminal; elsewhere one line every 15 s so CI logs show life."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self) -> None:
         self.count = 0
         self.last = 0.0
-        self.tty = sys.stderr.isatty()
+        self.tty = is_interactive()
 
     def __call__(self, step: str) -> None:
         self.count += 1
-        if not self.enabled:
-            return
         now = time.monotonic()
         if self.tty:
             click.echo(f"\r\x1b[Kmake: {self.count} steps, {step}"[:120], nl=False, err=True)
@@ -104,7 +110,7 @@ class _Progress:
             click.echo(f"make: {self.count} steps, {step}", err=True)
 
     def finish(self) -> None:
-        if self.enabled and self.tty and self.count:
+        if self.tty and self.count:
             click.echo("\r\x1b[K", nl=False, err=True)
 
 
@@ -192,12 +198,7 @@ def build_cmd(
     if generated is not None:
         script = generated
     elif script_file is not None:
-        try:
-            script = script_file.read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"script {script_file} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read script {script_file}: {exc}") from None
+        script = _read_script(script_file)
         if not script.startswith("#!ipxe"):
             raise ConfigError(
                 f"{script_file} is not an iPXE script (its first line is not '#!ipxe')",
@@ -253,7 +254,7 @@ def build_cmd(
         ),
         source_date_epoch=source_date_epoch,
     )
-    progress = _Progress(enabled=True)
+    progress = _Progress()
     try:
         result = ipxe_build.build(
             request, output_dir=output_dir, cache_dir=cache_dir, jobs=jobs,
@@ -305,12 +306,7 @@ def lint_cmd(script_file: Path, as_json: bool) -> None:
 
     Exit 0 when clean, 3 with the findings listed otherwise.
     """
-    try:
-        text = script_file.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"script {script_file} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read script {script_file}: {exc}") from None
+    text = _read_script(script_file)
     findings = lint_script(text)
     if as_json:
         emit_json({"file": str(script_file), "findings": [f.to_json() for f in findings]})
