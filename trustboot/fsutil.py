@@ -9,9 +9,11 @@ the secret is already on disk) inside 0700 directories.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,9 +115,6 @@ def check_private_file(path: Path) -> None:
 @contextlib.contextmanager
 def locked(lock_path: Path, *, timeout: float = 60.0) -> Iterator[None]:
     """An exclusive advisory lock (fcntl.flock) held for the duration of the block."""
-    import fcntl
-    import time
-
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + timeout
     try:

@@ -72,6 +72,9 @@ class _Node:
         self.where = where
 
 
+_SCALARS = yaml.constructor.SafeConstructor()
+
+
 def _where(source: str, node: yaml.Node) -> str:
     return f"{source}:{node.start_mark.line + 1}"
 
@@ -94,7 +97,8 @@ def _convert(node: yaml.Node, source: str, depth: int = 0) -> _Node:
     if isinstance(node, yaml.SequenceNode):
         return _Node([_convert(v, source, depth + 1) for v in node.value], _where(source, node))
     assert isinstance(node, yaml.ScalarNode)
-    value = yaml.safe_load(yaml.serialize(node))  # resolve int/bool/str of one scalar
+    # The scalar's tag is already resolved (int, bool, str ...): construct it directly.
+    value = _SCALARS.construct_object(node)
     return _Node(value, _where(source, node))
 
 

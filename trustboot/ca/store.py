@@ -113,20 +113,22 @@ class IssuedEntry:
             return "revoked"
         return "expired" if self.not_after_dt() <= (now or utcnow()) else "valid"
 
-    def to_json(self, now: dt.datetime | None = None) -> dict[str, Any]:
+    def to_record(self) -> dict[str, Any]:
+        """The row as stored in index.json."""
         data = asdict(self)
         data.pop("pki")
         data["serial"] = f"{self.serial:x}"
-        data["status"] = self.effective_status(now)
-        data["days_left"] = (self.not_after_dt() - (now or utcnow())).days
         return data
 
+    def to_json(self, now: dt.datetime | None = None) -> dict[str, Any]:
+        """The row as reported: status includes expiry, plus days left."""
+        now = now or utcnow()
+        return self.to_record() | {"status": self.effective_status(now),
+                                   "days_left": (self.not_after_dt() - now).days}
+
     @classmethod
-    def from_json(cls, data: dict[str, Any], pki: Path) -> IssuedEntry:
-        data = dict(data)
-        data.pop("days_left", None)
-        data["serial"] = int(data["serial"], 16)
-        return cls(**data, pki=pki)
+    def from_record(cls, data: dict[str, Any], pki: Path) -> IssuedEntry:
+        return cls(**(data | {"serial": int(data["serial"], 16)}), pki=pki)
 
 
 @dataclass(frozen=True)
@@ -157,24 +159,12 @@ class CertificateAuthority:
     @classmethod
     def open(cls, path: Path) -> CertificateAuthority:
         path = Path(path)
-        index = path / "index.json"
-        if not index.is_file():
+        if not cls.exists(path):
             raise ConfigError(
                 f"no CA in {path} (no index.json)",
                 hint=f"create one with: trustboot ca init --pki {path}",
             )
-        try:
-            data = json.loads(index.read_text())
-            config = json.loads((path / "config.json").read_text())
-            if data.get("version") != INDEX_VERSION:
-                raise ValueError(f"index version {data.get('version')!r}")
-            entries = [IssuedEntry.from_json(e, path) for e in data["entries"]]
-            return cls(path, config, entries, int(data.get("crl_number", 0)))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(
-                f"the CA in {path} is damaged: {exc}",
-                hint="run `trustboot ca check` and restore from backup if it fails",
-            ) from None
+        return cls(path, *_read_index(path))
 
     @property
     def options(self) -> CAOptions:
@@ -254,11 +244,7 @@ class CertificateAuthority:
                 hint="use another --pki directory; trustboot never overwrites a CA",
             )
         passphrase = passphrases("the new CA keys")
-        if len(passphrase) < keyfile.MIN_PASSPHRASE_LEN:
-            raise ConfigError(
-                f"the CA passphrase is shorter than {keyfile.MIN_PASSPHRASE_LEN} characters",
-                hint="choose a longer passphrase",
-            )
+        keyfile.check_passphrase(passphrase, "the CA passphrase")
         root_key = root_spec.generate()
         issuing_key = issuing_spec.generate()
         with locked(path / ".lock"):
@@ -303,9 +289,7 @@ class CertificateAuthority:
             ]
             for cert in (root_cert, issuing_cert):
                 atomic_write(path / "certs_by_serial" / f"{cert.serial_number:X}.pem", pem(cert))
-            ca = cls.__new__(cls)
-            ca.path, ca.config, ca.entries, ca.crl_number = path, config, entries, 1
-            ca.root_cert, ca.issuing_cert = root_cert, issuing_cert
+            ca = cls(path, config, entries, 1)
             ca._write_crl(issuing_key, now, days=30, number=1)
             ca._write_index()  # last: from here on the CA exists
             ca._log("init", now, root=fingerprint(root_cert),
@@ -368,12 +352,7 @@ class CertificateAuthority:
         if csr_pem is None:
             assert key_passphrases is not None
             key_pass = key_passphrases(f"the new key {name!r}")
-            if len(key_pass) < keyfile.MIN_PASSPHRASE_LEN:
-                raise ConfigError(
-                    f"the passphrase for {name!r} is shorter than "
-                    f"{keyfile.MIN_PASSPHRASE_LEN} characters",
-                    hint="choose a longer passphrase",
-                )
+            keyfile.check_passphrase(key_pass, f"the passphrase for {name!r}")
             key = spec.generate()
             public_key = key.public_key()
             new_key_pem = keyfile.encrypt_pkcs8(key, key_pass)
@@ -558,8 +537,8 @@ class CertificateAuthority:
     # ---- internals -----------------------------------------------------------------------
 
     def _reload(self) -> None:
-        fresh = CertificateAuthority.open(self.path)
-        self.entries, self.crl_number, self.config = fresh.entries, fresh.crl_number, fresh.config
+        """Re-read the index under the lock; the CA certificates themselves never change."""
+        self.config, self.entries, self.crl_number = _read_index(self.path)
 
     def _tidy(self) -> None:
         """Finish a revoke that was killed after its index commit: remove the originals
@@ -592,15 +571,10 @@ class CertificateAuthority:
                 return serial
 
     def _write_index(self) -> None:
-        now = utcnow()
         data = {
             "version": INDEX_VERSION,
             "crl_number": self.crl_number,
-            "entries": [
-                {k: v for k, v in e.to_json(now).items() if k != "days_left"}
-                | {"status": e.status}
-                for e in self.entries
-            ],
+            "entries": [e.to_record() for e in self.entries],
         }
         atomic_write(self.path / "index.json", json.dumps(data, indent=2).encode())
         # Derived view for OpenSSL-minded tools; index.json stays the source of truth.
@@ -629,6 +603,21 @@ class CertificateAuthority:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _read_index(path: Path) -> tuple[dict[str, Any], list[IssuedEntry], int]:
+    try:
+        data = json.loads((path / "index.json").read_text())
+        config = json.loads((path / "config.json").read_text())
+        if data.get("version") != INDEX_VERSION:
+            raise ValueError(f"index version {data.get('version')!r}")
+        entries = [IssuedEntry.from_record(e, path) for e in data["entries"]]
+        return config, entries, int(data.get("crl_number", 0))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"the CA in {path} is damaged: {exc}",
+            hint="run `trustboot ca check` and restore from backup if it fails",
+        ) from None
 
 
 def _user() -> str:
@@ -697,16 +686,3 @@ def _public_key_from_csr(csr_pem: bytes) -> profiles.PublicKey:
 def _same_public_key(key: PrivateKey, cert: x509.Certificate) -> bool:
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return bool(key.public_key().public_bytes(*fmt) == cert.public_key().public_bytes(*fmt))
-
-
-def expiring(cert: x509.Certificate, now: dt.datetime) -> int:
-    """Whole days until ``cert`` expires (negative once expired)."""
-    return (cert.not_valid_after_utc - now).days
-
-
-def has_eku(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bool:
-    try:
-        return oid in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return False
-

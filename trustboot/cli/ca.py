@@ -12,7 +12,6 @@ from cryptography import x509
 from trustboot.ca import profiles
 from trustboot.ca.store import (
     CertificateAuthority,
-    IssuedEntry,
     IssueResult,
     fingerprint,
     pem,
@@ -64,9 +63,7 @@ def init_cmd(pki: Path, common_name: str, organization: str | None, key_type: st
     for url, opt in ((crl_url, "--crl-url"), (ocsp_url, "--ocsp-url")):
         if url is not None and not url.startswith(("http://", "https://")):
             raise ConfigError(f"{opt} {url!r} is not an http(s) URL")
-    if CertificateAuthority.exists(pki):
-        raise ConfigError(f"a CA already exists in {pki}",
-                          hint="use another --pki directory; trustboot never overwrites a CA")
+    # CertificateAuthority.init refuses an existing CA before it asks for a passphrase.
     source = passphrase_source(passphrase_file, passphrase_env, confirm=True)
     ca, warnings = CertificateAuthority.init(
         pki, source, common_name=common_name, key_type=key_type,
@@ -128,14 +125,13 @@ def _do_issue(profile: str, name: str, sans: list[str], pki: Path, key_type: str
     e = result.entry
     if as_json:
         emit_json(e.to_json() | {"cert_path": str(e.cert_path),
-                                 "key_path": str(e.cert_path.parent.parent / e.key_file)
-                                 if e.key_file else None})
+                                 "key_path": str(e.key_path) if e.key_file else None})
     else:
         click.echo(f"issued {profile} certificate {name!r} serial {e.serial:x}, valid until "
                    f"{e.not_after[:10]}")
         click.echo(f"  certificate {e.cert_path}")
         if e.key_file:
-            click.echo(f"  key         {pki / e.key_file} (encrypted, 0600)")
+            click.echo(f"  key         {e.key_path} (encrypted, 0600)")
 
 
 @issue_group.command("codesign")
@@ -337,5 +333,3 @@ def _ext_value(value: x509.ExtensionType) -> str:
         return (value.key_identifier or b"").hex()
     return type(value).__name__
 
-
-__all__ = ["IssuedEntry", "command"]

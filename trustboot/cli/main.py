@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 import traceback
 from typing import Any
 
@@ -85,4 +84,3 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-    sys.exit(0)

@@ -62,15 +62,13 @@ def encrypt_pkcs8(key: PrivateKey, passphrase: bytes) -> bytes:
     ciphertext = enc.update(padded) + enc.finalize()
     # asn1crypto has no scrypt KDF type, so the few DER nodes are assembled from its
     # primitive types.
-    scrypt_params = core.Sequence.load(
-        _seq(
-            core.OctetString(salt).dump(),
-            core.Integer(SCRYPT_N).dump(),
-            core.Integer(SCRYPT_R).dump(),
-            core.Integer(SCRYPT_P).dump(),
-        )
+    scrypt_params = _seq(
+        core.OctetString(salt).dump(),
+        core.Integer(SCRYPT_N).dump(),
+        core.Integer(SCRYPT_R).dump(),
+        core.Integer(SCRYPT_P).dump(),
     )
-    kdf = _seq(core.ObjectIdentifier(_OID_SCRYPT).dump(), scrypt_params.dump())
+    kdf = _seq(core.ObjectIdentifier(_OID_SCRYPT).dump(), scrypt_params)
     enc_scheme = _seq(core.ObjectIdentifier(_OID_AES256_CBC).dump(), core.OctetString(iv).dump())
     alg = _seq(core.ObjectIdentifier(_OID_PBES2).dump(), _seq(kdf, enc_scheme))
     der = _seq(alg, core.OctetString(ciphertext).dump())
@@ -82,12 +80,17 @@ def encrypt_pkcs8(key: PrivateKey, passphrase: bytes) -> bytes:
 
 def write_key(path: Path, key: PrivateKey, passphrase: bytes) -> None:
     """Create ``path`` (0600, O_EXCL, in a 0700 directory) holding the encrypted key."""
+    check_passphrase(passphrase, f"the passphrase for {path.name}")
+    write_private_file(path, encrypt_pkcs8(key, passphrase))
+
+
+def check_passphrase(passphrase: bytes, what: str) -> None:
+    """The one strength rule for every passphrase that protects a new key."""
     if len(passphrase) < MIN_PASSPHRASE_LEN:
         raise ConfigError(
-            f"the passphrase for {path.name} is shorter than {MIN_PASSPHRASE_LEN} characters",
+            f"{what} is shorter than {MIN_PASSPHRASE_LEN} characters",
             hint="choose a longer passphrase",
         )
-    write_private_file(path, encrypt_pkcs8(key, passphrase))
 
 
 def load_key(path: Path, passphrases: PassphraseSource, what: str) -> PrivateKey:
