@@ -7,6 +7,7 @@ import json
 import struct
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from tests.audit.fakelink import FakeLink, listener
 from trustboot.audit import dhcp4, dhcp6, frames, loaders, tftp
 from trustboot.audit.checks import Severity, evaluate
 from trustboot.audit.errors import MalformedPacket
+from trustboot.audit.follow import http_check
 from trustboot.audit.model import BootTarget, Fetched, Offer
 from trustboot.audit.policy import policy_from_dict
 from trustboot.audit.report import to_json, to_sarif, to_table
@@ -138,3 +140,14 @@ def test_listener_evaluation_and_reports_survive_anything(batch: list[bytes]) ->
         to_table(result, None, width=80)
     finally:
         link.close()
+
+
+@pytest.mark.parametrize("url", [
+    "http://a" + "b" * 70 + ".example/x",  # a label IDNA refuses
+    "https://" + "a" * 300 + "/x",
+    "https://xn--a/x",  # punycode that decodes to a control character
+])
+def test_boot_url_the_network_sent_is_evidence_not_a_crash(url: str) -> None:
+    check = http_check(url, policy=policy_from_dict({}), timeout=1.0, max_size=1024)
+    assert not check.ok
+    assert check.error

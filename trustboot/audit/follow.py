@@ -65,7 +65,7 @@ def _tls_probe(check: HttpCheck, host: str, port: int, policy: Policy, timeout: 
         with socket.create_connection((host, port), timeout=timeout) as raw, \
                 ctx.wrap_socket(raw, server_hostname=host) as tls:
             check.tls_chain_sha256 = [hashlib.sha256(d).hexdigest() for d in _der_chain(tls)]
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a host name IDNA cannot encode
         check.tls_error = f"TLS handshake failed: {exc}"
         return
     if policy.ca_file is None:
@@ -78,7 +78,7 @@ def _tls_probe(check: HttpCheck, host: str, port: int, policy: Policy, timeout: 
     except ssl.SSLCertVerificationError as exc:
         check.tls_verified = False
         check.tls_error = f"does not verify against {policy.ca_file.name}: {exc.verify_message}"
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ValueError) as exc:
         check.tls_verified = False
         check.tls_error = f"verification handshake failed: {exc}"
 
@@ -121,7 +121,8 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int) -> Ht
                 digest.update(chunk)
                 if len(head) < HEAD_LIMIT:
                     head += chunk[: HEAD_LIMIT - len(head)]
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+        # the URL came off the wire: a host name IDNA cannot encode is evidence, not a crash
         check.error = f"{type(exc).__name__}: {exc}"
         return check
     check.ok = True

@@ -365,6 +365,18 @@ class Listener:
                     hint="check that the interface is up and has a link",
                 ) from None
 
+    def _open_udp(self, own_ip: str) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                            self.cfg.interface.encode())
+            sock.bind((own_ip, 0))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     def _query_proxy(self, offer: Offer) -> None:
         """Ask a ProxyDHCP server for the boot file, as a PXE client does on port 4011."""
         probe = offer.probe
@@ -379,12 +391,6 @@ class Listener:
                 f"ProxyDHCP {offer.server_ip} not queried on port 4011: "
                 f"{self.cfg.interface} has no IPv4 address")
             return
-        if self.udp is None:
-            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
-                                self.cfg.interface.encode())
-            self.udp.bind((self.own_ip, 0))
-            self.udp.setblocking(False)
         arch = dhcp4.ARCHES[probe.arch]
         xid = int.from_bytes(os.urandom(4), "big")
         mac = self.state.macs[probe.arch]
@@ -395,7 +401,9 @@ class Listener:
         payload = dhcp4.build_pxe_request(
             mac=mac, xid=xid, arch=arch, uuid=self.state.uuids[probe.arch], ciaddr=self.own_ip,
             boot_item=dhcp4.first_boot_item(offer.packet.pxe_vendor_options()))
-        try:
+        try:  # an offer from the network must not end the audit, whatever it names
+            if self.udp is None:
+                self.udp = self._open_udp(self.own_ip)
             self.udp.sendto(payload, (offer.server_ip, dhcp4.PXE_PORT))
         except OSError as exc:
             self.obs.notes.append(
