@@ -21,13 +21,19 @@ def spawn(*args: str) -> Any:
     return pexpect.spawn(cmd[0], [*cmd[1:], *args], encoding="utf-8", timeout=60)
 
 
-def test_init_prompts_twice_and_never_echoes(tmp_path: Path) -> None:
-    pki = tmp_path / "pki"
+def init_with(pki: Path, first: str, second: str) -> Any:
+    """Start `ca init` on a pty and answer its passphrase prompt and confirmation."""
     child = spawn("ca", "init", "--pki", str(pki), "--key-type", "ec-p256")
     child.expect("Passphrase for the new CA keys: ")
-    child.sendline("typed secret 123")
+    child.sendline(first)
     child.expect("Repeat for confirmation: ")
-    child.sendline("typed secret 123")
+    child.sendline(second)
+    return child
+
+
+def test_init_prompts_twice_and_never_echoes(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    child = init_with(pki, "typed secret 123", "typed secret 123")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0, child.before
@@ -40,11 +46,7 @@ def test_init_prompts_twice_and_never_echoes(tmp_path: Path) -> None:
 
 def test_init_confirmation_mismatch_asks_again(tmp_path: Path) -> None:
     pki = tmp_path / "pki"
-    child = spawn("ca", "init", "--pki", str(pki), "--key-type", "ec-p256")
-    child.expect("Passphrase for the new CA keys: ")
-    child.sendline("first secret 123")
-    child.expect("Repeat for confirmation: ")
-    child.sendline("other secret 456")
+    child = init_with(pki, "first secret 123", "other secret 456")
     child.expect("do not match")
     child.expect("Passphrase for the new CA keys: ")
     child.sendcontrol("c")
@@ -56,11 +58,7 @@ def test_init_confirmation_mismatch_asks_again(tmp_path: Path) -> None:
 
 def test_short_passphrase_refused(tmp_path: Path) -> None:
     pki = tmp_path / "pki"
-    child = spawn("ca", "init", "--pki", str(pki), "--key-type", "ec-p256")
-    child.expect("Passphrase for the new CA keys: ")
-    child.sendline("short")
-    child.expect("Repeat for confirmation: ")
-    child.sendline("short")
+    child = init_with(pki, "short", "short")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 3
