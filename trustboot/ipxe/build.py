@@ -117,10 +117,12 @@ def check_toolchain(
             hint=f"on Debian: apt-get install {packages} "
             f"(a full toolchain: {TOOLCHAIN_PACKAGES})",
         )
-    versions = {prog: _first_line([prog, "--version"]) for prog, _ in needed if "." not in prog}
-    versions["perl"] = _first_line(["perl", "-e", "print $^V"])
-    versions["openssl"] = _first_line(["openssl", "version"])
-    return versions
+    # perl and openssl do not take --version the way the others do.
+    special = {"perl": ["perl", "-e", "print $^V"], "openssl": ["openssl", "version"]}
+    return {
+        prog: _first_line(special.get(prog, [prog, "--version"]))
+        for prog, _ in needed if "." not in prog
+    }
 
 
 # Where iPXE's util/genfsimg looks for isolinux.bin (Debian: /usr/lib/ISOLINUX).
@@ -253,16 +255,16 @@ def make_plan(request: BuildRequest, *, jobs: int, src_dir: str = "src") -> Make
 
 def cache_key(request: BuildRequest, toolchain: Mapping[str, str]) -> str:
     """SHA-256 over every input that can change the output bytes."""
+    plan = make_plan(request, jobs=1)
     doc = {
         "format": BUILD_FORMAT,
         "source": request.source.tree_sha256,
         "git": request.source.git_commit,
         "targets": list(request.targets),
         "headers": request.headers,
-        "plan": make_plan(request, jobs=1).to_json(),
+        "plan": plan.to_json(),
         "inputs": {
-            name: hashlib.sha256(data).hexdigest()
-            for name, data in make_plan(request, jobs=1).input_files.items()
+            name: hashlib.sha256(data).hexdigest() for name, data in plan.input_files.items()
         },
         "client_key": request.client.public_key_sha256 if request.client else None,
         "toolchain": dict(sorted(toolchain.items())),
@@ -355,13 +357,15 @@ def _find_fingerprints(data: bytes, request: BuildRequest) -> dict[str, bool]:
     return {c.fingerprint: bytes.fromhex(c.fingerprint) in data for c in request.trust}
 
 
-def _trust_check(built: Path, target: str, request: BuildRequest) -> dict[str, object]:
+def _trust_check(
+    built: Path, data: bytes, target: str, request: BuildRequest
+) -> dict[str, object]:
     """Look for the compiled-in TRUST fingerprints and CERT= certificates in the binary.
 
-    EFI binaries are stored uncompressed, so the output itself is searched; BIOS images are
-    LZMA-compressed, so the linked image they were compressed from (``<target>.tmp``) is.
+    ``data`` is the content of ``built``. EFI binaries are stored uncompressed, so the output
+    itself is searched; BIOS images are LZMA-compressed, so the linked image they were
+    compressed from (``<target>.tmp``) is.
     """
-    data = built.read_bytes()
     where = "output"
     found = _find_fingerprints(data, request)
     if not all(found.values()):
@@ -453,16 +457,14 @@ def build(
             cached = False
             _build_into(request, entry, key, log, toolchain, cache,
                         jobs or os.cpu_count() or 1, clean, on_progress)
-        manifest = json.loads((entry / "manifest.json").read_text())
+        manifest_bytes = (entry / "manifest.json").read_bytes()
         outputs: dict[str, Path] = {}
         for target in request.targets:
             dest = output_dir / target
             _copy_out(entry / target, dest, mode)
             outputs[target] = dest
-        fsutil.atomic_write(
-            output_dir / "manifest.json", (entry / "manifest.json").read_bytes()
-        )
-    return BuildResult(manifest=manifest, outputs=outputs, cached=cached,
+        fsutil.atomic_write(output_dir / "manifest.json", manifest_bytes)
+    return BuildResult(manifest=json.loads(manifest_bytes), outputs=outputs, cached=cached,
                        log=None if cached else log)
 
 
@@ -522,11 +524,11 @@ def _build_into(
                 raise OperationalError(
                     f"make succeeded but {target} was not produced", hint=f"see {log}"
                 )
-            check = _trust_check(built, target, request)
+            data = built.read_bytes()
+            check = _trust_check(built, data, target, request)
             dest = staging / target
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(built, dest)
-            data = built.read_bytes()
+            dest.write_bytes(data)
             outputs.append({
                 "target": target,
                 "sha256": hashlib.sha256(data).hexdigest(),
