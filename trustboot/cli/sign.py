@@ -5,9 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sys
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,12 +18,14 @@ from trustboot.cli._common import (
     json_option,
     passphrase_options,
     passphrase_source,
+    progress,
     warn,
 )
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion
 from trustboot.cms.sign import (
     HASH_NAMES,
     Hashed,
+    ProgressFactory,
     check_targets,
     hash_files,
     preflight,
@@ -41,36 +41,21 @@ from trustboot.secrets import PassphraseSource
 PROGRESS_THRESHOLD = 64 << 20
 
 
-def _progress_factory(enabled: bool) -> Callable[[Path, int], Callable[[int], None]] | None:
+def _progress_factory(enabled: bool) -> ProgressFactory | None:
     if not enabled:
         return None
-
-    def make(path: Path, size: int) -> Callable[[int], None]:
-        if size < PROGRESS_THRESHOLD:
-            return lambda _n: None
-        bar = click.progressbar(length=size, label=f"hashing {path.name}", file=sys.stderr)
-        bar.__enter__()
-        done = [0]
-
-        def update(n: int) -> None:
-            bar.update(n)
-            done[0] += n
-            if done[0] >= size:
-                bar.__exit__(None, None, None)
-
-        return update
-
-    return make
+    return lambda path, size: progress(size, f"hashing {path.name}",
+                                       enabled=size >= PROGRESS_THRESHOLD)
 
 
 def _unlock_while_hashing(
     pending: PendingSigner, passphrases: PassphraseSource, files: list[Path], hash_name: str,
-    progress: Callable[[Path, int], Callable[[int], None]] | None,
+    bars: ProgressFactory | None,
 ) -> tuple[Signer, list[Hashed]]:
     """Hash on a second core while the key's KDF runs; stop hashing if unlocking fails."""
     cancel = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(hash_files, files, hash_name, progress=progress, cancel=cancel)
+        future = pool.submit(hash_files, files, hash_name, progress=bars, cancel=cancel)
         try:
             signer = pending.unlock(passphrases)
         except BaseException:
@@ -133,14 +118,14 @@ def command(files: tuple[Path, ...], key_ref: str, pki: Path, cert: Path | None,
         warn(f"{finding.message}\n  hint: {finding.remedy}")
     check_targets(list(files), out_dir)
     passphrases = passphrase_source(passphrase_file, passphrase_env)
-    show = not as_json and is_interactive()
+    bars = _progress_factory(not as_json and is_interactive())
     if passphrase_file is None and passphrase_env is None:
         # A prompt may come: ask first, then hash with a progress bar.
         signer = pending.unlock(passphrases)
-        hashed = hash_files(list(files), hash_name, progress=_progress_factory(show))
+        hashed = hash_files(list(files), hash_name, progress=bars)
     else:
         signer, hashed = _unlock_while_hashing(pending, passphrases, list(files), hash_name,
-                                               _progress_factory(show))
+                                               bars)
     results = sign_hashed(hashed, signer, hash_name=hash_name, out_dir=out_dir, now=now,
                           ipxe_version=version)
     ends = min(r.chain_not_after for r in results)

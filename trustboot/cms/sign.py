@@ -39,6 +39,8 @@ from trustboot.keys.signer import PendingSigner, Signer
 HASH_NAMES = ("sha256", "sha384", "sha512")
 CHUNK = 1 << 20
 Progress = Callable[[int], None]
+# progress(path, size) opens a per-file progress display and yields its byte-count callback.
+ProgressFactory = Callable[[Path, int], contextlib.AbstractContextManager[Progress]]
 
 
 def _der(cert: x509.Certificate) -> bytes:
@@ -148,13 +150,14 @@ class SignedDataTemplate:
     def __init__(self, certificate: bytes, chain: Sequence[bytes], hash_name: str,
                  algorithm: str) -> None:
         placeholder = build_signed_data(certificate, chain, hash_name, algorithm, b"")
-        sd = acms.ContentInfo.load(placeholder)["content"]
+        info = acms.ContentInfo.load(placeholder)
+        sd = info["content"]
         si = sd["signer_infos"][0]
         self._head = b"".join(sd[f].dump() for f in (
             "version", "digest_algorithms", "encap_content_info", "certificates"))
         self._si_head = b"".join(si[f].dump() for f in (
             "version", "sid", "digest_algorithm", "signature_algorithm"))
-        self._signed_data_oid = acms.ContentInfo.load(placeholder)["content_type"].dump()
+        self._signed_data_oid = info["content_type"].dump()
 
     def render(self, signature: bytes) -> bytes:
         signer_info = _tlv(0x30, self._si_head + _tlv(0x04, signature))
@@ -285,7 +288,7 @@ class Hashed:
 
 def hash_files(
     paths: Sequence[Path], hash_name: str, *,
-    progress: Callable[[Path, int], Progress] | None = None,
+    progress: ProgressFactory | None = None,
     cancel: threading.Event | None = None,
 ) -> list[Hashed]:
     """Digest every file with ``hash_name`` (and SHA-256 for the manifest). No key needed."""
@@ -294,9 +297,12 @@ def hash_files(
     names = [hash_name] if hash_name == "sha256" else [hash_name, "sha256"]
     out = []
     for path in paths:
-        size_hint = path.stat().st_size if path.exists() else 0
-        cb = progress(path, size_hint) if progress is not None else None
-        digests, size = hash_file(path, names, cb, cancel)
+        if progress is None:
+            digests, size = hash_file(path, names, None, cancel)
+        else:
+            size_hint = path.stat().st_size if path.exists() else 0
+            with progress(path, size_hint) as cb:
+                digests, size = hash_file(path, names, cb, cancel)
         out.append(Hashed(path, size, digests))
     return out
 
@@ -318,12 +324,13 @@ def sign_files(
     hash_name: str = "sha256",
     out_dir: Path | None = None,
     now: dt.datetime,
-    progress: Callable[[Path, int], Progress] | None = None,
+    progress: ProgressFactory | None = None,
     ipxe_version: IpxeVersion = DEFAULT_IPXE,
 ) -> list[Signed]:
     """Preflight the signer, hash every file, sign, and write each FILE.sig.
 
-    ``progress(path, size)`` returns a callback fed with byte counts while hashing.
+    ``progress(path, size)`` is entered around each file's hashing; the callback it yields
+    is fed with byte counts.
     """
     preflight(signer, now=now, ipxe_version=ipxe_version)
     check_targets(paths, out_dir)
@@ -349,7 +356,6 @@ def sign_hashed(
     template = SignedDataTemplate(_der(signer.certificate), chain, hash_name, signer.algorithm)
     public_key = signer.certificate.public_key()
     assert isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
-    family = "rsa" if signer.algorithm == "rsa" else "ecdsa"
     subject = signer.certificate.subject.rfc4514_string()
 
     def one(index: int) -> tuple[Signed, bytes]:
@@ -363,7 +369,7 @@ def sign_hashed(
                                            ipxe_version=ipxe_version)
             failure = check.failure.message if check.failure else None
         else:
-            failure = None if verify_raw(public_key, family, hash_name, signature,
+            failure = None if verify_raw(public_key, signer.algorithm, hash_name, signature,
                                          digest=item.digests[hash_name]) else "bad signature"
         if failure is not None:
             raise VerificationError(
@@ -476,5 +482,5 @@ def write_all(items: Sequence[tuple[Path, bytes]]) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         raise
-    for directory in {path.parent for path, _ in items}:
+    for directory in dirs:
         fsync_dir(directory)
