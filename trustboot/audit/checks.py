@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trustboot.audit import dhcp4
-from trustboot.audit.model import BootTarget, Observation, Offer
+from trustboot.audit.loaders import LoaderInfo
+from trustboot.audit.model import BootTarget, Malformed, Observation, Offer
 from trustboot.audit.policy import Policy
 
 
@@ -203,8 +204,7 @@ def evaluate(obs: Observation, policy: Policy) -> list[Finding]:
         findings.append(_finding(
             "no-authorized-servers", policy.source or "(no policy)",
             "responders were not checked against an authorized list", {}))
-    order = {id(f): i for i, f in enumerate(findings)}
-    findings.sort(key=lambda f: (-int(f.severity), order[id(f)]))
+    findings.sort(key=lambda f: -int(f.severity))  # sort is stable: order kept within a severity
     return findings
 
 
@@ -218,9 +218,9 @@ def _check_servers(obs: Observation, policy: Policy) -> list[Finding]:
     for offer in obs.offers:
         by_server[_server_key(offer)].append(offer)
     for (ip, mac), offers in by_server.items():
-        role = "proxydhcp" if all(o.is_proxy for o in offers) else "dhcp"
         if not policy.has_authorized:
-            continue
+            break
+        role = "proxydhcp" if all(o.is_proxy for o in offers) else "dhcp"
         # A server identifier (option 54) is whatever the sender wrote: on its own segment
         # (no relay) an authorized server sends from the address it names.
         spoofed = [o for o in offers if o.packet.giaddr == dhcp4.NO_ADDRESS
@@ -380,9 +380,9 @@ def _check_content(
     return out
 
 
-def _loader_findings(subject: str, fetched_loader: Any, evidence: dict[str, Any]) -> list[Finding]:
+def _loader_findings(subject: str, loader: LoaderInfo | None, evidence: dict[str, Any]
+                     ) -> list[Finding]:
     out: list[Finding] = []
-    loader = fetched_loader
     if loader is None:
         return out
     if loader.script and loader.ipxe:
@@ -495,7 +495,7 @@ def _check_loop(obs: Observation) -> list[Finding]:
     plain: dict[tuple[str, str, str], Offer] = {}
     ipxe: dict[tuple[str, str, str], Offer] = {}
     for offer in obs.offers:
-        if offer.probe is None or offer.port == 4011 or not offer.boot_file:
+        if offer.probe is None or offer.port == dhcp4.PXE_PORT or not offer.boot_file:
             continue
         key = (offer.server_ip, offer.src_mac, offer.probe.arch)
         (ipxe if offer.probe.ipxe else plain).setdefault(key, offer)
@@ -530,7 +530,7 @@ def _check_writes(obs: Observation) -> list[Finding]:
 
 def _check_malformed(obs: Observation) -> list[Finding]:
     out: list[Finding] = []
-    by_sender: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
+    by_sender: dict[tuple[str, str, str], list[Malformed]] = defaultdict(list)
     for m in obs.malformed:
         by_sender[(m.protocol, m.src_ip, m.src_mac)].append(m)
     for (proto, ip, mac), items in by_sender.items():
