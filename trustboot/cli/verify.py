@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
 from pathlib import Path
 
@@ -14,8 +13,9 @@ from cryptography.hazmat.primitives import serialization
 from trustboot.cli._common import emit_json, is_interactive, json_option, progress, warn
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion
 from trustboot.cms.sign import hash_file
-from trustboot.cms.verify import TrustAnchor, digest_algorithms, verify_signature
+from trustboot.cms.verify import TrustAnchor, digest_algorithms, fingerprint, verify_signature
 from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.keys.signer import load_certificates
 
 _FPR = re.compile(r"^(?:sha256:)?([0-9a-fA-F:]{64,95})$")
 
@@ -43,17 +43,8 @@ def _read(path: Path, what: str) -> bytes:
                                hint=f"check the {what} path") from None
 
 
-def load_certificates(path: Path, what: str) -> list[bytes]:
-    data = _read(path, what)
-    try:
-        if b"-----BEGIN" in data:
-            certs = x509.load_pem_x509_certificates(data)
-        else:
-            certs = [x509.load_der_x509_certificate(data)]
-    except ValueError:
-        raise ConfigError(f"{what} {path} holds no readable certificate",
-                          hint="pass a PEM or DER certificate file") from None
-    return [c.public_bytes(serialization.Encoding.DER) for c in certs]
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
@@ -73,12 +64,14 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
         if match and not Path(item).exists():
             hexdigits = match.group(1).replace(":", "")
             if len(hexdigits) != 64:
-                raise ConfigError(f"--trust {item!r} is not a SHA-256 fingerprint")
+                raise ConfigError(f"--trust {item!r} is not a SHA-256 fingerprint",
+                                  hint="give sha256: and 64 hex digits (colons allowed), "
+                                  "or a root certificate file")
             anchors.append(TrustAnchor(bytes.fromhex(hexdigits), None, item))
             continue
-        der = load_certificates(Path(item), "trust anchor")[0]
-        name = x509.load_der_x509_certificate(der).subject.rfc4514_string()
-        anchors.append(TrustAnchor(hashlib.sha256(der).digest(), der, f'"{name}"'))
+        cert = load_certificates(Path(item), "trust anchor")[0]
+        der = _der(cert)
+        anchors.append(TrustAnchor(fingerprint(der), der, f'"{cert.subject.rfc4514_string()}"'))
     return anchors
 
 
@@ -113,7 +106,7 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
         raise ConfigError(str(exc), hint="e.g. --ipxe-version 2.0.0") from None
     now = parse_time(at)
     anchors = load_trust(trust, pki)
-    extra = [der for path in certs for der in load_certificates(path, "--cert file")]
+    extra = [_der(c) for path in certs for c in load_certificates(path, "--cert file")]
     sig_path = sig_path or file.with_name(file.name + ".sig")
     signature = _read(sig_path, "signature")
     if not file.is_file():

@@ -98,7 +98,8 @@ class KeySigner:
         return self._key.sign(digest, ec.ECDSA(Prehashed(algo)))
 
 
-def _load_certs(path: Path, what: str) -> list[x509.Certificate]:
+def load_certificates(path: Path, what: str) -> list[x509.Certificate]:
+    """Every certificate of a PEM bundle, or the one DER certificate, in ``path``."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -185,8 +186,8 @@ def resolve_signer(
         if cert is None:
             raise ConfigError(f"--key {ref} needs --cert (the signing certificate)",
                               hint="pass --cert FILE and --chain FILE (issuers, root included)")
-        leaf = _load_certs(cert, "certificate")[0]
-        pool = _load_certs(chain, "chain") if chain is not None else []
+        leaf = load_certificates(cert, "certificate")[0]
+        pool = load_certificates(chain, "chain") if chain is not None else []
         return PendingSigner(ref, leaf, tuple(order_chain(leaf, pool)), ref.path)
     return _resolve_ca(ref, pki=pki or Path("pki"), chain=chain,
                        now=now or dt.datetime.now(dt.UTC))
@@ -216,5 +217,5 @@ def _resolve_ca(ref: KeyRef, *, pki: Path, chain: Path | None,
     leaf = entry.load_cert()
     pool = list(ca.chain())
     if chain is not None:
-        pool += _load_certs(chain, "chain")
+        pool += load_certificates(chain, "chain")
     return PendingSigner(ref, leaf, tuple(order_chain(leaf, pool)), entry.key_path, status)
