@@ -17,7 +17,6 @@ DIGEST_OIDS: dict[str, str] = {
     "2.16.840.1.101.3.4.2.2": "sha384",
     "2.16.840.1.101.3.4.2.3": "sha512",
 }
-HASH_OIDS: dict[str, str] = {name: oid for oid, name in DIGEST_OIDS.items()}
 
 OID_RSA = "1.2.840.113549.1.1.1"
 OID_RSA_PSS = "1.2.840.113549.1.1.10"
@@ -37,7 +36,6 @@ ECDSA_SIG_OIDS: dict[str, str] = {
     "1.2.840.10045.4.3.3": "sha384",
     "1.2.840.10045.4.3.4": "sha512",
 }
-ECDSA_SIG_BY_HASH: dict[str, str] = {name: oid for oid, name in ECDSA_SIG_OIDS.items()}
 
 # Curves iPXE implements for ECDSA (P-256, P-384).
 EC_CURVES = {"secp256r1", "secp384r1"}

@@ -13,6 +13,7 @@ from asn1crypto import x509 as ax509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from trustboot.cms import _asn1
 
@@ -337,8 +338,6 @@ def verify_raw(
 
     ``family``: "rsa" (PKCS#1 v1.5), "rsa-pss" (salt = hash length, as iPXE) or "ecdsa".
     """
-    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-
     algo = HASHES[hash_name]()
     target: bytes
     chosen: hashes.HashAlgorithm | Prehashed
