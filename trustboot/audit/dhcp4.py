@@ -11,7 +11,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
-from trustboot.audit.errors import MalformedPacket
+from trustboot.audit.errors import MalformedPacket, wire_bytes
 
 MAGIC_COOKIE = b"\x63\x82\x53\x63"
 BOOTP_HEADER_LEN = 236
@@ -283,9 +283,7 @@ def parse_option_block(
 
 def parse(data: bytes) -> Dhcp4Packet:
     """Decode one BOOTP/DHCP message. Raises MalformedPacket only."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise MalformedPacket("not bytes")
-    data = bytes(data)
+    data = wire_bytes(data)
     if len(data) > MAX_PACKET:
         raise MalformedPacket("longer than any UDP payload")
     if len(data) < BOOTP_HEADER_LEN:

@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass, field
 
 from trustboot.audit.dhcp4 import Arch, safe_text
-from trustboot.audit.errors import MalformedPacket
+from trustboot.audit.errors import MalformedPacket, wire_bytes
 
 CLIENT_PORT = 546
 SERVER_PORT = 547
@@ -197,9 +197,7 @@ def parse_options(buf: bytes, start: int = 0, *, depth: int = 0) -> list[tuple[i
 
 def parse(data: bytes) -> Dhcp6Message:
     """Decode one DHCPv6 message. Raises MalformedPacket only."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise MalformedPacket("not bytes")
-    data = bytes(data)
+    data = wire_bytes(data)
     if len(data) < 4:
         raise MalformedPacket(f"too short for a DHCPv6 header ({len(data)} bytes)")
     msg_type = data[0]

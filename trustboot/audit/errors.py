@@ -10,3 +10,10 @@ class MalformedPacket(ValueError):
         super().__init__(reason if offset is None else f"{reason} (at byte {offset})")
         self.reason = reason
         self.offset = offset
+
+
+def wire_bytes(data: object) -> bytes:
+    """``data`` as bytes, or MalformedPacket: the parsers' common first step."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedPacket("not bytes")
+    return bytes(data)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from trustboot.audit.dhcp4 import safe_text
-from trustboot.audit.errors import MalformedPacket
+from trustboot.audit.errors import MalformedPacket, wire_bytes
 
 PORT = 69
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
@@ -53,9 +53,7 @@ def _split_strings(body: bytes, *, what: str) -> list[bytes]:
 
 def parse(data: bytes) -> TftpPacket:
     """Decode one TFTP datagram. Raises MalformedPacket only."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise MalformedPacket("not bytes")
-    data = bytes(data)
+    data = wire_bytes(data)
     if len(data) < 2:
         raise MalformedPacket("shorter than an opcode")
     opcode = struct.unpack_from("!H", data, 0)[0]
@@ -166,9 +164,13 @@ class _Transfer:
         self.tid: int | None = None
         family = socket.AF_INET6 if ":" in server else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        if device:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
-        self.sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))  # noqa: S104
+        try:
+            if device:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+            self.sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))  # noqa: S104
+        except OSError:
+            self.sock.close()  # the caller reports the error; do not leak the descriptor
+            raise
         self.last: tuple[bytes, tuple[str, int]] | None = None
         self.stray = 0
 
