@@ -54,13 +54,7 @@ HARNESS_EMBED = (
     f"chain tftp://10.0.2.2/{BOOT_SCRIPT_NAME}\n"
 )
 
-_TOOLS = (
-    (QEMU, "qemu-system-x86"),
-    ("make", "build-essential"),
-    ("gcc", "build-essential"),
-    ("perl", "perl"),
-    ("openssl", "openssl"),
-)
+_TOOLS = ((QEMU, "qemu-system-x86"), *ipxe_build.BASE_TOOLS)
 
 _sources: dict[Path, IpxeSource] = {}
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-Za-z]|\x1b[=>c]")
@@ -143,6 +137,14 @@ def _clean(text: str) -> str:
     return _ANSI.sub("", text).replace("\r", "")
 
 
+def _rtc_args(rtc: datetime | None) -> list[str]:
+    """QEMU's -rtc for a guest clock at ``rtc`` (UTC; naive datetimes are taken as UTC)."""
+    if rtc is None:
+        return []
+    when = rtc if rtc.tzinfo is None else rtc.astimezone(UTC).replace(tzinfo=None)
+    return ["-rtc", f"base={when.strftime('%Y-%m-%dT%H:%M:%S')},clock=vm"]
+
+
 def _run_console(argv: list[str], stop_on: Sequence[str], timeout: float) -> str:
     """Run QEMU with the serial console on stdout until a stop string or the timeout."""
     proc = subprocess.Popen(
@@ -223,9 +225,7 @@ def boot(
             "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-serial", "stdio", "-monitor", "none",
         ]
-        if rtc is not None:
-            when = rtc if rtc.tzinfo is None else rtc.astimezone(UTC).replace(tzinfo=None)
-            argv += ["-rtc", f"base={when.strftime('%Y-%m-%dT%H:%M:%S')},clock=vm"]
+        argv += _rtc_args(rtc)
         return _run_console(argv, stop_on, timeout)
 
 
@@ -281,9 +281,7 @@ def boot_efi(
             argv += ["-drive", f"if=none,id=esp,format=raw,file=fat:rw:{esp}",
                      "-device", "virtio-blk-pci,drive=esp,bootindex=0",
                      "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
-        if rtc is not None:
-            when = rtc if rtc.tzinfo is None else rtc.astimezone(UTC).replace(tzinfo=None)
-            argv += ["-rtc", f"base={when.strftime('%Y-%m-%dT%H:%M:%S')},clock=vm"]
+        argv += _rtc_args(rtc)
         return _run_console(argv, stop_on, timeout)
 
 

@@ -25,15 +25,24 @@ def _key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def _ca_cert(
-    cn: str, key: rsa.RSAPrivateKey, issuer: x509.Name, signer: rsa.RSAPrivateKey
-) -> x509.Certificate:
+def _builder(
+    cn: str, issuer: x509.Name, key: rsa.RSAPrivateKey, days: int
+) -> x509.CertificateBuilder:
+    """Subject ``cn``, valid from yesterday for ``days`` days; extensions left to the caller."""
     return (
         x509.CertificateBuilder()
         .subject_name(_name(cn)).issuer_name(issuer)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=3650))
+        .not_valid_after(NOW + dt.timedelta(days=days))
+    )
+
+
+def _ca_cert(
+    cn: str, key: rsa.RSAPrivateKey, issuer: x509.Name, signer: rsa.RSAPrivateKey
+) -> x509.Certificate:
+    return (
+        _builder(cn, issuer, key, 3650)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
@@ -60,11 +69,7 @@ class TestPki:
         """A TLS client certificate (EKU clientAuth, RSA as iPXE's PRIVKEY= needs)."""
         key = _key()
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn)).issuer_name(self.issuing_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - dt.timedelta(days=1))
-            .not_valid_after(NOW + dt.timedelta(days=30))
+            _builder(cn, self.issuing_cert.subject, key, 30)
             .add_extension(
                 x509.KeyUsage(True, False, False, False, False, False, False, False, False),
                 critical=True,
@@ -81,11 +86,7 @@ class TestPki:
 
         key = _key()
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(ip)).issuer_name(self.issuing_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - dt.timedelta(days=1))
-            .not_valid_after(NOW + dt.timedelta(days=30))
+            _builder(ip, self.issuing_cert.subject, key, 30)
             .add_extension(x509.SubjectAlternativeName(
                 [x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
@@ -120,11 +121,7 @@ def make_pki(directory: Path, prefix: str = "Test", signer: str = "boot-signer")
     root = _ca_cert(f"{prefix} Root CA", root_key, _name(f"{prefix} Root CA"), root_key)
     issuing = _ca_cert(f"{prefix} Issuing CA", issuing_key, root.subject, root_key)
     leaf = (
-        x509.CertificateBuilder()
-        .subject_name(_name(signer)).issuer_name(issuing.subject)
-        .public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=365))
+        _builder(signer, issuing.subject, leaf_key, 365)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(True, False, False, False, False, False, False, False, False),
