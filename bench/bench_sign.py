@@ -15,7 +15,6 @@ only ever adds time).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import subprocess
 import sys
@@ -23,12 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
-from trustboot.keys.keyfile import write_key
+from trustboot import secrets
+from trustboot.ca.store import CertificateAuthority
+from trustboot.keys.keyfile import load_key
 
 PASSPHRASE = "bench passphrase"
 
@@ -54,40 +52,19 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]
 
 
 def make_pki(directory: Path) -> dict[str, Path]:
-    now = dt.datetime.now(dt.UTC)
-
-    def cert(cn: str, key: rsa.RSAPrivateKey, issuer: tuple[x509.Certificate,
-             rsa.RSAPrivateKey] | None, ca: bool) -> x509.Certificate:
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        b = (x509.CertificateBuilder().subject_name(name)
-             .issuer_name(issuer[0].subject if issuer else name).public_key(key.public_key())
-             .serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(days=1))
-             .not_valid_after(now + dt.timedelta(days=365))
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-             .add_extension(x509.KeyUsage(
-                 digital_signature=not ca, content_commitment=False, key_encipherment=False,
-                 data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-                 encipher_only=False, decipher_only=False), critical=True))
-        if not ca:
-            b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]),
-                                critical=False)
-        return b.sign(issuer[1] if issuer else key, hashes.SHA256())
-
-    keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(3)]
-    root = cert("Bench Root", keys[0], None, True)
-    inter = cert("Bench Issuing", keys[1], (root, keys[0]), True)
-    leaf = cert("bench-signer", keys[2], (inter, keys[1]), False)
-    pem = serialization.Encoding.PEM
-    paths = {name: directory / f"{name}.pem" for name in ("root", "chain", "cert", "plainkey")}
-    paths["root"].write_bytes(root.public_bytes(pem))
-    paths["chain"].write_bytes(inter.public_bytes(pem) + root.public_bytes(pem))
-    paths["cert"].write_bytes(leaf.public_bytes(pem))
+    """A CA made with trustboot's own `ca init` / `ca issue codesign` (RSA-2048 signer)."""
+    passphrases = secrets.constant(PASSPHRASE.encode())
+    pki = directory / "pki"
+    ca, _ = CertificateAuthority.init(pki, passphrases)
+    entry = ca.issue("codesign", "bench-signer", passphrases, passphrases,
+                     key_type="rsa-2048").entry
+    paths = {"root": pki / "ca.crt", "chain": pki / "chain.pem", "cert": entry.cert_path,
+             "key": entry.key_path, "plainkey": directory / "plainkey.pem"}
     # openssl gets an unencrypted key: its usual use, and no per-call KDF cost to its name.
-    paths["plainkey"].write_bytes(keys[2].private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    paths["key"] = directory / "private" / "signer.key"
-    write_key(paths["key"], keys[2], PASSPHRASE.encode())
+    key = load_key(entry.key_path, passphrases, "the bench signing key")
+    paths["plainkey"].write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
     return paths
 
 
