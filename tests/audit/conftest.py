@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,28 +157,32 @@ def _skip_unless_capable() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def clean_segment(tmp_path_factory: pytest.TempPathFactory, test_pki: AuditPki
-                  ) -> Iterator[Segment]:
+@contextmanager
+def _segment(tmp_path_factory: pytest.TempPathFactory, name: str, pki: AuditPki
+             ) -> Iterator[tuple[Segment, Path]]:
+    """A segment with the authorized servers up, torn down afterwards (or a skip)."""
     _skip_unless_capable()
-    workdir = tmp_path_factory.mktemp("audit-clean")
+    workdir = tmp_path_factory.mktemp(name)
     seg = Segment(workdir)
     try:
-        _authorized(seg, workdir, test_pki)
-        seg.add_host("client", 50, ipv6=True)
-        yield seg
+        _authorized(seg, workdir, pki)
+        yield seg, workdir
     finally:
         seg.close()
 
 
 @pytest.fixture(scope="session")
+def clean_segment(tmp_path_factory: pytest.TempPathFactory, test_pki: AuditPki
+                  ) -> Iterator[Segment]:
+    with _segment(tmp_path_factory, "audit-clean", test_pki) as (seg, _workdir):
+        seg.add_host("client", 50, ipv6=True)
+        yield seg
+
+
+@pytest.fixture(scope="session")
 def hostile_segment(tmp_path_factory: pytest.TempPathFactory, test_pki: AuditPki
                     ) -> Iterator[Segment]:
-    _skip_unless_capable()
-    workdir = tmp_path_factory.mktemp("audit-hostile")
-    seg = Segment(workdir)
-    try:
-        _authorized(seg, workdir, test_pki)
+    with _segment(tmp_path_factory, "audit-hostile", test_pki) as (seg, workdir):
         rogue = seg.add_host("rogue", 2)
         seg.start_dnsmasq(
             rogue, "--dhcp-range=192.0.2.200,192.0.2.249,255.255.255.0,10m",
@@ -207,5 +212,3 @@ def hostile_segment(tmp_path_factory: pytest.TempPathFactory, test_pki: AuditPki
         seg.add_host("client", 50, ipv6=True)
         seg.add_host("client2", 51)
         yield seg
-    finally:
-        seg.close()

@@ -55,21 +55,16 @@ class FakeLink:
         self.ours.close()
         self.theirs.close()
 
+    def _sent_to(self, port: int) -> list[bytes]:
+        """UDP payloads of the frames we sent to ``port``."""
+        parsed = (frames.parse_frame(frame) for frame in self.sent)
+        return [p.payload for p in parsed if p is not None and p.dport == port]
+
     def sent_dhcp4(self) -> list[dhcp4.Dhcp4Packet]:
-        out = []
-        for frame in self.sent:
-            parsed = frames.parse_frame(frame)
-            if parsed is not None and parsed.dport == 67:
-                out.append(dhcp4.parse(parsed.payload))
-        return out
+        return [dhcp4.parse(payload) for payload in self._sent_to(dhcp4.SERVER_PORT)]
 
     def sent_dhcp6(self) -> list[dhcp6.Dhcp6Message]:
-        out = []
-        for frame in self.sent:
-            parsed = frames.parse_frame(frame)
-            if parsed is not None and parsed.dport == 547:
-                out.append(dhcp6.parse(parsed.payload))
-        return out
+        return [dhcp6.parse(payload) for payload in self._sent_to(dhcp6.SERVER_PORT)]
 
 
 def listener(link: FakeLink, **config: object) -> tuple[Listener, Observation]:
