@@ -192,10 +192,12 @@ def _image_name(words: list[str]) -> str | None:
         if word in ("-n", "--name"):
             return words[i + 1]
     args = _positional(words, _FETCH_VALUE_OPTS)
-    if not args:
-        return None
-    path = urlsplit(args[0]).path or args[0]
-    return path.rstrip("/").rsplit("/", 1)[-1] or None
+    return (_last_segment(args[0]) or None) if args else None
+
+
+def _last_segment(uri: str) -> str:
+    """The last path segment of ``uri``: the name iPXE gives an image fetched from it."""
+    return (urlsplit(uri).path or uri).rstrip("/").rsplit("/", 1)[-1]
 
 
 def _split(line: str) -> list[list[str]]:
@@ -249,6 +251,10 @@ def lint_script(text: str) -> list[Finding]:
                     f"'{cmd}' runs before 'imgtrust --permanent'",
                 ))
             if cmd == "imgverify":
+                for arg in _positional(words, _VERIFY_VALUE_OPTS)[:2]:
+                    # by name, or by URI (then iPXE names the image after the last segment)
+                    verified.add(arg)
+                    verified.add(_last_segment(arg))
                 rest = groups[index + 1:]
                 if rest and rest[0] and rest[0][0] == "||":
                     target = rest[0][1:]
@@ -267,11 +273,6 @@ def lint_script(text: str) -> list[Finding]:
                 name = _image_name(words)
                 if name is not None:
                     loaded.setdefault(name, number)
-            if cmd == "imgverify":
-                for arg in _positional(words, _VERIFY_VALUE_OPTS)[:2]:
-                    # by name, or by URI (then iPXE names the image after the last segment)
-                    verified.add(arg)
-                    verified.add((urlsplit(arg).path or arg).rstrip("/").rsplit("/", 1)[-1])
             if cmd == "set" and len(words) >= 2 and words[1].split(":")[0] in (
                 "crosscert", "trust",
             ):
@@ -290,9 +291,9 @@ def lint_script(text: str) -> list[Finding]:
         findings.append(Finding(
             1, "trust-missing", "no 'imgtrust --permanent': unsigned images could run",
         ))
-    if not any(
-        w and w[0] == "imgverify" for raw in lines for w in _split(raw.strip())
-    ) and not any(raw.strip().startswith("imgverify") for raw in lines):
+    # Only a line that starts with imgverify counts (a line whose first word is imgverify
+    # starts with it, so splitting the lines again would find nothing more).
+    if not any(raw.lstrip().startswith("imgverify") for raw in lines):
         findings.append(Finding(1, "no-verify", "the script never runs imgverify"))
     return findings
 
