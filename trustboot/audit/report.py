@@ -10,7 +10,7 @@ from typing import Any
 
 from trustboot import __version__
 from trustboot.audit import dhcp4
-from trustboot.audit.checks import RULES, Finding, Severity
+from trustboot.audit.checks import RULES, Finding, Severity, threshold_reached
 from trustboot.audit.model import responders
 from trustboot.audit.runner import AuditResult
 
@@ -38,7 +38,7 @@ def summary(result: AuditResult, fail_on: Severity | None) -> dict[str, Any]:
         "by_severity": counts,
         "responders": len(servers) + len(servers6),
         "fail_on": fail_on.label if fail_on is not None else "none",
-        "failed": fail_on is not None and any(f.severity >= fail_on for f in result.findings),
+        "failed": threshold_reached(result.findings, fail_on),
     }
 
 

@@ -128,15 +128,17 @@ def command(
                               probe_writes=probe_writes)
     result = run_audit(AuditOptions(probe=probe, follow=follow,
                                     follow_budget=follow_timeout + 5.0), policy)
+    sarif = (dumps(to_sarif(result, threshold))
+             if sarif_path is not None or output == "sarif" else None)
     if sarif_path is not None:
         try:
-            atomic_write(sarif_path, (dumps(to_sarif(result, threshold)) + "\n").encode())
+            atomic_write(sarif_path, (f"{sarif}\n").encode())
         except OSError as exc:
             raise OperationalError(f"cannot write {sarif_path}: {exc.strerror or exc}") from None
     if output == "json":
         click.echo(dumps(to_json(result, threshold)))
     elif output == "sarif":
-        click.echo(dumps(to_sarif(result, threshold)))
+        click.echo(sarif)
     else:
         click.echo(to_table(result, threshold))
     if threshold_reached(result.findings, threshold):
