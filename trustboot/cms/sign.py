@@ -440,23 +440,18 @@ def write_all(items: Sequence[tuple[Path, bytes]]) -> None:
         try:
             atomic_write(path, data)
         except OSError as exc:
-            raise OperationalError(f"cannot write {path}: {exc.strerror}",
-                                   hint="check the output directory") from None
+            raise _cannot_write(path, exc, "check the output directory") from None
         return
     dirs = {path.parent for path, _ in items}
-    batch = len(items) >= SYNCFS_MIN_FILES
     temps: list[Path] = []
+    current, replacing = items[0][0], False  # for the error: which file, and how far
     try:
-        errors: list[tuple[Path, OSError]] = []
-        if batch:
-            for path, data in items:
-                try:
-                    temps.append(_write_temp(path, data, sync=False))
-                except OSError as exc:
-                    errors.append((path, exc))
-                    break
-            if not errors and not all(_syncfs(d) for d in dirs):
-                for tmp in temps:
+        if len(items) >= SYNCFS_MIN_FILES:
+            for current, data in items:
+                temps.append(_write_temp(current, data, sync=False))
+            if not all(_syncfs(d) for d in dirs):
+                for tmp, (path, _) in zip(temps, items, strict=True):
+                    current = path
                     fd = os.open(tmp, os.O_RDONLY)
                     try:
                         os.fsync(fd)
@@ -466,21 +461,31 @@ def write_all(items: Sequence[tuple[Path, bytes]]) -> None:
             with ThreadPoolExecutor(max_workers=len(items)) as pool:
                 futures = [pool.submit(_write_temp, path, data, sync=True)
                            for path, data in items]
-                for (path, _), fut in zip(items, futures, strict=True):
-                    try:
-                        temps.append(fut.result())
-                    except OSError as exc:
-                        errors.append((path, exc))
-        if errors:
-            bad_path, error = errors[0]
-            raise OperationalError(f"cannot write {bad_path}: {error.strerror}",
-                                   hint="check the output directory; nothing was replaced")
-        for tmp, (path, _) in zip(temps, items, strict=True):
-            os.replace(tmp, path)
-    except BaseException:
+            # Every write has finished: keep all the temp files made, so all are cleaned up.
+            failed: tuple[Path, BaseException] | None = None
+            for (path, _), fut in zip(items, futures, strict=True):
+                error = fut.exception()
+                if error is None:
+                    temps.append(fut.result())
+                elif failed is None:
+                    failed = (path, error)
+            if failed is not None:
+                current = failed[0]
+                raise failed[1]
+        replacing = True
+        for tmp, (current, _) in zip(temps, items, strict=True):
+            os.replace(tmp, current)
+        for current in dirs:
+            fsync_dir(current)
+    except BaseException as exc:
         for tmp in temps:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _cannot_write(current, exc, "check the output directory" + (
+                "" if replacing else "; nothing was replaced")) from None
         raise
-    for directory in dirs:
-        fsync_dir(directory)
+
+
+def _cannot_write(path: Path, exc: OSError, hint: str) -> OperationalError:
+    return OperationalError(f"cannot write {path}: {exc.strerror}", hint=hint)
