@@ -150,16 +150,19 @@ class Dhcp6Message:
             "server_duid": self.server_duid,
             "client_duid": self.client_duid,
         }
-        if self.bootfile_url is not None:
-            data["option_59_bootfile_url"] = self.bootfile_url
-        if self.bootfile_params:
-            data["option_60_bootfile_params"] = self.bootfile_params
-        if self.addresses:
-            data["addresses"] = self.addresses
-        if self.preference is not None:
-            data["preference"] = self.preference
-        if self.status:
-            data["status"] = [{"code": c, "message": m} for c, m in self.status]
+        # each of these properties decodes options again: read every one once
+        url, params, addresses = self.bootfile_url, self.bootfile_params, self.addresses
+        preference, status = self.preference, self.status
+        if url is not None:
+            data["option_59_bootfile_url"] = url
+        if params:
+            data["option_60_bootfile_params"] = params
+        if addresses:
+            data["addresses"] = addresses
+        if preference is not None:
+            data["preference"] = preference
+        if status:
+            data["status"] = [{"code": c, "message": m} for c, m in status]
         if self.anomalies:
             data["anomalies"] = list(self.anomalies)
         return data
@@ -204,12 +207,11 @@ def parse(data: bytes) -> Dhcp6Message:
     if msg_type in (RELAY_FORW, RELAY_REPL):
         if len(data) < 34:
             raise MalformedPacket("too short for a relay message header")
-        msg = Dhcp6Message(
+        return Dhcp6Message(
             msg_type, 0, parse_options(data, 34), hop_count=data[1],
             link_address=str(ipaddress.IPv6Address(data[2:18])),
             peer_address=str(ipaddress.IPv6Address(data[18:34])),
         )
-        return msg
     xid = int.from_bytes(data[1:4], "big")
     msg = Dhcp6Message(msg_type, xid, parse_options(data, 4))
     if msg_type == 0 or msg_type > 36:
