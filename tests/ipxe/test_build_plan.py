@@ -290,7 +290,7 @@ def test_binary_without_the_trust_is_refused(
 
 
 def test_client_key_is_only_present_during_the_build(
-    tree: Path, pki: TestPki, tmp_path: Path, runs: Path, monkeypatch: pytest.MonkeyPatch
+    tree: Path, pki: TestPki, tmp_path: Path, runs: Path
 ) -> None:
     from cryptography.hazmat.primitives import serialization
 
