@@ -25,6 +25,7 @@ def run(*args: str) -> tuple[int, str]:
     (["-i", "lo", "--arch", "bios,sparc"], "unknown architecture 'sparc'"),
     (["-i", "lo", "--json", "--format", "sarif"], "either --json or --format"),
     (["-i", "lo", "--max-file-size", "lots"], "not a size"),
+    (["-i", "lo", "--max-file-size", "9" * 5000], "not a size"),
     (["-i", "lo", "--mac", "01:00:5e:00:00:01"], "not a unicast MAC"),
     (["-i", "tb-no-such-if0"], "no network interface named 'tb-no-such-if0'"),
 ])

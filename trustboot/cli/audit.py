@@ -21,7 +21,8 @@ from trustboot.fsutil import atomic_write
 
 SEVERITIES = ("info", "low", "medium", "high", "critical", "none")
 DEFAULT_FAIL_ON = "high"
-SIZE_RE = re.compile(r"^(\d+)\s*([kmg]i?b?|b)?$", re.IGNORECASE)
+# at most 15 digits: a longer number is no size, and int() of thousands raises ValueError
+SIZE_RE = re.compile(r"^(\d{1,15})\s*([kmg]i?b?|b)?$", re.IGNORECASE)
 
 
 def _size(text: str) -> int:
