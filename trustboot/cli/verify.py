@@ -13,7 +13,13 @@ from cryptography.hazmat.primitives import serialization
 from trustboot.cli._common import emit_json, is_interactive, json_option, progress, warn
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion
 from trustboot.cms.sign import hash_file
-from trustboot.cms.verify import TrustAnchor, digest_algorithms, fingerprint, verify_signature
+from trustboot.cms.verify import (
+    MAX_SIGNATURE_SIZE,
+    TrustAnchor,
+    digest_algorithms,
+    fingerprint,
+    verify_signature,
+)
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.keys.signer import load_certificates
 
@@ -35,12 +41,14 @@ def parse_time(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def _read(path: Path, what: str) -> bytes:
+def _read_signature(path: Path) -> bytes:
+    """The .sig, read no further than iPXE's limit: a larger one is refused unread."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as fh:
+            return fh.read(MAX_SIGNATURE_SIZE + 1)
     except OSError as exc:
-        raise OperationalError(f"cannot read {what} {path}: {exc.strerror}",
-                               hint=f"check the {what} path") from None
+        raise OperationalError(f"cannot read signature {path}: {exc.strerror}",
+                               hint="check the signature path") from None
 
 
 def _der(cert: x509.Certificate) -> bytes:
@@ -108,7 +116,7 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
     anchors = load_trust(trust, pki)
     extra = [_der(c) for path in certs for c in load_certificates(path, "--cert file")]
     sig_path = sig_path or file.with_name(file.name + ".sig")
-    signature = _read(sig_path, "signature")
+    signature = _read_signature(sig_path)
     if not file.is_file():
         raise OperationalError(f"cannot read image {file}: no such file",
                                hint="check the image path")

@@ -145,17 +145,17 @@ def _unwrap(data: bytes) -> bytes:
     if not data:
         raise _fail("signature-format", "the signature file is empty",
                     "sign the image again; the .sig was not written completely")
+    if len(data) > MAX_SIGNATURE_SIZE:  # checked first: the caller may stop reading here
+        raise _fail(
+            "signature-too-large",
+            "the signature is larger than 4 MiB; iPXE copies it into its 4 MiB heap",
+            "use a detached signature (no -nodetach, no embedded content)",
+        )
     try:
         pem = _asn1.decode_pem(data)
     except FramingError as exc:
         raise _fail("signature-format", f"the signature is broken PEM: {exc}", RESIGN) from None
     der = pem if pem is not None else data
-    if len(data) > MAX_SIGNATURE_SIZE:
-        raise _fail(
-            "signature-too-large",
-            f"the signature is {len(data)} bytes; iPXE copies it into its 4 MiB heap",
-            "use a detached signature (no -nodetach, no embedded content)",
-        )
     if der[:1] != b"\x30":
         raise _fail("signature-format", "the signature is neither DER nor PEM CMS",
                     "pass the .sig made for this image (DER or PEM CMS SignedData)")
