@@ -85,9 +85,15 @@ def write_private_file(path: Path, data: bytes, *, overwrite: bool = False) -> N
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` as 0700, or check that an existing one is not open to others."""
     path = Path(path)
-    if not path.exists():
-        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True)
-        os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is filtered by the umask
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # mkdir's mode can only be narrowed by the umask, so a directory another process is
+        # creating at this moment is never looser than 0700: checking it below is safe.
+        path.mkdir(mode=PRIVATE_DIR_MODE)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(path, PRIVATE_DIR_MODE)  # the umask may have narrowed it further
         return
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:

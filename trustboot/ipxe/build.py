@@ -286,13 +286,7 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
 
 def prepare_cache_dir(cache: Path) -> Path:
     """Create the cache as 0700 (outputs may embed a client key) or check an existing one."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        cache.mkdir(mode=0o700)
-        os.chmod(cache, 0o700)  # mkdir's mode is filtered by the umask
-    except FileExistsError:
-        pass  # earlier, or a concurrent run: either way checked below
-    fsutil.ensure_private_dir(cache)
+    fsutil.ensure_private_dir(cache)  # safe against concurrent runs creating it too
     return cache
 
 
