@@ -149,7 +149,8 @@ class Follower:
         self.pool = ThreadPoolExecutor(max_workers=cfg.workers,
                                        thread_name_prefix="trustboot-audit")
         self.tasks: list[tuple[str, Future[Any]]] = []
-        self.done: set[str] = set()
+        self.done: set[str] = set()  # keys of the submitted tasks
+        self.over_limit = False  # max_targets reached (noted once)
         self.servers: set[str] = set()
         self.lock = threading.Lock()
 
@@ -158,8 +159,8 @@ class Follower:
             if key in self.done:
                 return
             if len(self.done) >= self.cfg.max_targets:
-                if "limit" not in self.done:
-                    self.done.add("limit")
+                if not self.over_limit:
+                    self.over_limit = True
                     self.obs.notes.append(
                         f"more than {self.cfg.max_targets} follow-up targets: the rest skipped")
                 return
