@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
@@ -64,11 +64,7 @@ class KeySigner:
         self, key: keyfile.PrivateKey, certificate: x509.Certificate,
         chain: Sequence[x509.Certificate],
     ) -> None:
-        if key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        ) != certificate.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        ):
+        if key.public_key() != certificate.public_key():
             raise ConfigError(
                 f"the key does not belong to certificate {certificate.subject.rfc4514_string()}",
                 hint="pass the certificate issued for this key (--cert), or the right key",
