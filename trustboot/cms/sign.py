@@ -332,11 +332,11 @@ def sign_files(
     ``progress(path, size)`` is entered around each file's hashing; the callback it yields
     is fed with byte counts.
     """
-    preflight(signer, now=now, ipxe_version=ipxe_version)
+    report = preflight(signer, now=now, ipxe_version=ipxe_version).signers[0]
     check_targets(paths, out_dir)
     hashed = hash_files(paths, hash_name, progress=progress)
-    return sign_hashed(hashed, signer, hash_name=hash_name, out_dir=out_dir, now=now,
-                       ipxe_version=ipxe_version)
+    return _sign(hashed, signer, report, hash_name=hash_name, out_dir=out_dir, now=now,
+                 ipxe_version=ipxe_version)
 
 
 def sign_hashed(
@@ -351,6 +351,15 @@ def sign_hashed(
     """Sign already-digested files; write the .sig files only once all were signed."""
     report = preflight(signer, now=now, ipxe_version=ipxe_version).signers[0]
     check_targets([h.path for h in hashed], out_dir)
+    return _sign(hashed, signer, report, hash_name=hash_name, out_dir=out_dir, now=now,
+                 ipxe_version=ipxe_version)
+
+
+def _sign(
+    hashed: Sequence[Hashed], signer: Signer, report: rules.SignerReport, *, hash_name: str,
+    out_dir: Path | None, now: dt.datetime, ipxe_version: IpxeVersion,
+) -> list[Signed]:
+    """sign_hashed() once the signer passed preflight and the targets were checked."""
     chain = [_der(c) for c in signer.chain]
     root = rules.TrustAnchor(rules.fingerprint(chain[-1]), chain[-1])
     template = SignedDataTemplate(_der(signer.certificate), chain, hash_name, signer.algorithm)
