@@ -136,6 +136,9 @@ def _fetch_tftp(target: BootTarget, cfg: FollowConfig, *, max_size: int, timeout
     result = tftp.fetch(target.server, target.path, device=cfg.device, timeout=timeout,
                         max_size=max_size, head_limit=HEAD_LIMIT, retry=min(1.0, timeout / 4))
     loader = identify(result.head) if result.size else None
+    # The head (up to HEAD_LIMIT) was only needed to identify the loader; the observation
+    # keeps every result to the end, so holding it would cost max_targets x 4 MiB.
+    result.head = b""
     return Fetched(target, result, loader, well_known=well_known)
 
 
