@@ -352,10 +352,6 @@ def _check_boot_urls(obs: Observation, policy: Policy) -> list[Finding]:
     return out
 
 
-def _sources(obs: Observation, target: BootTarget) -> list[Offer]:
-    return [o for o in obs.offers if target in o.boot_targets()]
-
-
 def _check_content(
     subject: str, name: str, sha: str | None, policy: Policy, evidence: dict[str, Any]
 ) -> list[Finding]:
@@ -410,6 +406,11 @@ def _loader_findings(subject: str, loader: LoaderInfo | None, evidence: dict[str
 
 def _check_fetched(obs: Observation, policy: Policy) -> list[Finding]:
     out: list[Finding] = []
+    # which offers name each target, decoded once (not once per fetched file)
+    offered: dict[BootTarget, list[Offer]] = defaultdict(list)
+    for offer in obs.offers:
+        for target in offer.boot_targets():
+            offered[target].append(offer)
     for fetched in obs.fetched:
         res = fetched.result
         target = fetched.target
@@ -423,7 +424,7 @@ def _check_fetched(obs: Observation, policy: Policy) -> list[Finding]:
                     f"{target.url} is readable over TFTP ({res.size} bytes)", evidence))
                 out += _loader_findings(target.url, fetched.loader, evidence)
             continue
-        sources = _sources(obs, target)
+        sources = offered.get(target, [])
         if sources:
             evidence["offer"] = sources[0].evidence()
             evidence["offered_by"] = sorted({o.server_ip for o in sources})
