@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from trustboot.cms.sign import build_signed_data, sign_digest
+from trustboot.cms.verify import TrustAnchor, fingerprint
 from trustboot.keys.signer import KeySigner
 
 HOUR = dt.timedelta(hours=1)
@@ -74,6 +76,15 @@ class Corpus:
 
     def case(self, name: str) -> Case:
         return next(c for c in self.cases if c.name == name)
+
+    @functools.cached_property
+    def root_der(self) -> bytes:
+        return der(x509.load_pem_x509_certificate(self.root.read_bytes()))
+
+    @functools.cached_property
+    def anchor(self) -> TrustAnchor:
+        """The corpus root as iPXE's TRUST= holds it (with its bytes, for explanations)."""
+        return TrustAnchor(fingerprint(self.root_der), self.root_der, "root")
 
 
 # --- certificates ------------------------------------------------------------------------

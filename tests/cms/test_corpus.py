@@ -11,7 +11,7 @@ from tests.cms import corpus as corpus_mod
 from tests.cms.corpus import Corpus
 from trustboot.cli.main import cli
 from trustboot.cms.certinfo import IpxeVersion
-from trustboot.cms.verify import TrustAnchor, digest_algorithms, verify_signature
+from trustboot.cms.verify import digest_algorithms, verify_signature
 
 
 def _names() -> list[str]:
@@ -30,14 +30,8 @@ def test_case_verdict(corpus: Corpus, name: str) -> None:
     sig = (corpus.directory / case.sig).read_bytes()
     version = IpxeVersion.parse(case.ipxe_version)
     digests = {h: hashlib.new(h, image).digest() for h in digest_algorithms(sig, version)}
-    root = corpus.root.read_bytes()
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    root_der = x509.load_pem_x509_certificate(root).public_bytes(serialization.Encoding.DER)
-    verdict = verify_signature(
-        sig, digests, trust=[TrustAnchor(hashlib.sha256(root_der).digest(), root_der, "root")],
-        now=corpus.at(case), signer_name=case.signer, ipxe_version=version)
+    verdict = verify_signature(sig, digests, trust=[corpus.anchor], now=corpus.at(case),
+                               signer_name=case.signer, ipxe_version=version)
     if case.expect_ok:
         assert verdict.ok, verdict.failure
     else:

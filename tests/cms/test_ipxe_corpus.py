@@ -26,20 +26,15 @@ VERDICT = re.compile(r"^VERDICT (\S+) (ok|fail)\s*$", re.MULTILINE)
 
 
 def _trustboot_verdict(corpus: Corpus, case: Case) -> bool:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
     image = (corpus.directory / case.image).read_bytes()
     sig = (corpus.directory / case.sig).read_bytes()
     version = IpxeVersion.parse(case.ipxe_version)
-    root = x509.load_pem_x509_certificate(corpus.root.read_bytes()).public_bytes(
-        serialization.Encoding.DER)
     digests = {h: hashlib.new(h, image).digest() for h in digest_algorithms(sig, version)}
     # The test build has the root in CERT= too (trustboot.ipxe builds embed their roots),
     # so it is judged as `trustboot verify --cert root.pem` would.
-    return verify_signature(sig, digests, trust=[TrustAnchor(hashlib.sha256(root).digest())],
-                            now=corpus.at(case), signer_name=case.signer, extra_certs=[root],
-                            ipxe_version=version).ok
+    return verify_signature(sig, digests, trust=[TrustAnchor(corpus.anchor.sha256)],
+                            now=corpus.at(case), signer_name=case.signer,
+                            extra_certs=[corpus.root_der], ipxe_version=version).ok
 
 
 def _script(cases: list[Case]) -> str:

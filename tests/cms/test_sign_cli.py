@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import tracemalloc
 from pathlib import Path
@@ -55,8 +56,6 @@ def test_sign_json_manifest_and_verify(material: Material, tmp_path: Path) -> No
     assert json.loads(manifest.read_text()) == doc
     assert [Path(f["path"]) for f in doc["files"]] == files
     for entry, path in zip(doc["files"], files, strict=True):
-        import hashlib
-
         assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert entry["size"] == path.stat().st_size
         assert Path(entry["signature"]) == out / f"{path.name}.sig"
