@@ -149,32 +149,25 @@ def parse_certificate(der: bytes, version: IpxeVersion = DEFAULT_IPXE) -> CertIn
 
 
 def _parse_certificate(der: bytes, version: IpxeVersion) -> CertInfo:
-    try:
-        _asn1.check_framing(der)
-        cert = ax509.Certificate.load(der)
-        tbs = cert["tbs_certificate"]
-        tbs_der = tbs.dump()
-        sig_oid = cert["signature_algorithm"]["algorithm"].dotted
-        tbs_sig_oid = tbs["signature"]["algorithm"].dotted
-        subject = tbs["subject"]
-        issuer = tbs["issuer"]
-        serial_obj = tbs["serial_number"]
-        validity = tbs["validity"]
-        not_before = validity["not_before"].native
-        not_after = validity["not_after"].native
-        spki = tbs["subject_public_key_info"]
-        key_oid = spki["algorithm"]["algorithm"].dotted
-        extensions = tbs["extensions"]
-        ext_list = list(extensions) if extensions.native is not None else []
-        signature = cert["signature_value"].native
-        subject_text = subject.human_friendly
-        cn = _common_name(subject)
-    except _asn1.PARSE_ERRORS as exc:
-        raise CertProblem(
-            "certificate-unparseable",
-            f"a certificate is not valid DER X.509: {exc}",
-            "replace it with a well-formed certificate",
-        ) from None
+    # Parse errors here become "certificate-unparseable" in parse_certificate().
+    _asn1.check_framing(der)
+    cert = ax509.Certificate.load(der)
+    tbs = cert["tbs_certificate"]
+    tbs_der = tbs.dump()
+    sig_oid = cert["signature_algorithm"]["algorithm"].dotted
+    subject = tbs["subject"]
+    issuer = tbs["issuer"]
+    serial_obj = tbs["serial_number"]
+    validity = tbs["validity"]
+    not_before = validity["not_before"].native
+    not_after = validity["not_after"].native
+    spki = tbs["subject_public_key_info"]
+    key_oid = spki["algorithm"]["algorithm"].dotted
+    extensions = tbs["extensions"]
+    ext_list = list(extensions) if extensions.native is not None else []
+    signature = cert["signature_value"].native
+    subject_text = subject.human_friendly
+    cn = _common_name(subject)
 
     label = cn.decode("utf-8", "replace") if cn else subject_text
     if cert["signature_algorithm"].dump() != tbs["signature"].dump():
@@ -185,12 +178,6 @@ def _parse_certificate(der: bytes, version: IpxeVersion) -> CertInfo:
             f'certificate "{label}": signatureAlgorithm is not byte-identical to '
             "tbsCertificate.signature (RFC 5280 4.1.1.2)",
             "the certificate was altered after issuance: use the original from the CA",
-        )
-    if sig_oid != tbs_sig_oid:
-        raise CertProblem(
-            "certificate-unparseable",
-            f'certificate "{label}": signatureAlgorithm differs from tbsCertificate.signature',
-            "reissue the certificate",
         )
     if sig_oid in _asn1.RSA_SIG_OIDS:
         sig_family, sig_hash = "rsa", _asn1.RSA_SIG_OIDS[sig_oid]
