@@ -161,3 +161,29 @@ def test_refused_write(fake_server) -> None:  # type: ignore[no-untyped-def]
     port = fake_server(handler)
     result = tftp.probe_write("127.0.0.1", port=port, timeout=2)
     assert not result.writable and "error 2" in result.detail
+
+
+def test_ipv6_server_in_long_form_is_recognised() -> None:
+    """Replies come from '::1'; a server written out in full must still be matched."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("::1", 0))
+    except OSError:
+        sock.close()
+        pytest.skip("no IPv6 loopback")
+    sock.settimeout(5)
+
+    def run() -> None:
+        try:
+            _data, client = sock.recvfrom(2048)
+            sock.sendto(tftp.build_data(1, b"hello"), client)
+        except OSError:
+            pass
+
+    threading.Thread(target=run, daemon=True).start()
+    try:
+        result = tftp.fetch("0:0:0:0:0:0:0:1", "x", port=int(sock.getsockname()[1]),
+                            timeout=2.0, retry=0.5)
+    finally:
+        sock.close()
+    assert result.ok and result.size == 5, result.error

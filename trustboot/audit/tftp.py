@@ -8,6 +8,7 @@ whatever the server sends; stray or malformed datagrams are counted and recorded
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import socket
 import struct
@@ -151,12 +152,20 @@ class WriteResult:
                 "confirmed": self.confirmed, "detail": self.detail, "malformed": self.malformed}
 
 
+def _canonical(host: str) -> str:
+    """An IP address in its canonical text form (e.g. '::1'); anything else unchanged."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
 class _Transfer:
     """One UDP socket talking to one server transfer ID, with retransmission and a deadline."""
 
     def __init__(self, server: str, *, device: str | None, deadline: float, retry: float,
                  malformed: list[str], port: int = PORT) -> None:
-        self.server = server
+        self.server = _canonical(server)  # as recvfrom reports it, so replies match
         self.port = port
         self.deadline = deadline
         self.retry = retry
