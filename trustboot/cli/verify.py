@@ -120,10 +120,13 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
     if not file.is_file():
         raise OperationalError(f"cannot read image {file}: no such file",
                                hint="check the image path")
-    names = sorted(digest_algorithms(signature, version)) or ["sha256"]
-    with progress(file.stat().st_size, f"hashing {file.name}",
-                  enabled=not as_json and is_interactive()) as update:
-        digests, size = hash_file(file, names, update)
+    names = sorted(digest_algorithms(signature, version))
+    size = file.stat().st_size
+    digests: dict[str, bytes] = {}
+    if names:  # none: the signature is unreadable and is refused without the image's digest
+        with progress(size, f"hashing {file.name}",
+                      enabled=not as_json and is_interactive()) as update:
+            digests, size = hash_file(file, names, update)
     verdict = verify_signature(signature, digests, trust=anchors, now=now, signer_name=signer,
                                extra_certs=extra, ipxe_version=version)
     if as_json:
