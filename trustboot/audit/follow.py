@@ -227,4 +227,8 @@ class Follower:
                 self.obs.http.append(result)
             elif isinstance(result, tftp.WriteResult):
                 self.obs.writes.append(result)
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Cancel queued work; running transfers end at their own deadlines."""
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -49,6 +49,10 @@ def run_audit(options: AuditOptions, policy: Policy) -> AuditResult:
             "fetched (give the interface an address to follow the chain)")
     try:
         listener.run()
+    except BaseException:
+        if follower is not None:
+            follower.abandon()  # queued fetches would only hold up the error's exit
+        raise
     finally:
         listener.close()
     window_end = time.monotonic()
