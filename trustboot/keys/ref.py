@@ -17,6 +17,8 @@ from trustboot.errors import ConfigError
 
 Scheme = Literal["ca", "file", "pkcs11"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# RFC 7512 lets a pkcs11: URI carry the token PIN itself: never show it.
+_PIN_VALUE = re.compile(r"(pin-value=)[^&;]*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,10 @@ class KeyRef:
         return Path(self.value)
 
     def __str__(self) -> str:
-        return self.value if self.scheme == "pkcs11" else f"{self.scheme}:{self.value}"
+        """For messages and manifests: a PIN inside a pkcs11: URI is masked."""
+        if self.scheme == "pkcs11":
+            return _PIN_VALUE.sub(r"\1***", self.value)
+        return f"{self.scheme}:{self.value}"
 
 
 def parse_ref(text: str) -> KeyRef:

@@ -174,7 +174,7 @@ def resolve_signer(
     """Find the certificate, chain and key of a reference without touching the key."""
     if ref.scheme == "pkcs11":
         raise ConfigError(
-            f"PKCS#11 keys are not supported yet ({ref.value})",
+            f"PKCS#11 keys are not supported yet ({ref})",
             hint="use a CA certificate name (--key NAME) or an encrypted key file "
                  "(--key file:PATH --cert CERT --chain CHAIN)",
         )
