@@ -77,7 +77,8 @@ def hash_file(path: Path, hash_names: Sequence[str], progress: Progress | None =
                 if progress is not None:
                     progress(len(chunk))
     except IsADirectoryError:
-        raise ConfigError(f"{path} is a directory", hint="pass files to sign") from None
+        raise ConfigError(f"{path} is a directory, not a file",
+                          hint="pass the image file itself") from None
     except OSError as exc:
         raise OperationalError(f"cannot read {path}: {exc.strerror}",
                                hint="check the path and permissions") from None
