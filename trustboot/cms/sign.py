@@ -15,7 +15,6 @@ import hashlib
 import os
 import queue
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from trustboot.cms import verify as rules
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion, verify_raw
 from trustboot.errors import ConfigError, OperationalError, VerificationError
-from trustboot.fsutil import atomic_write, fsync_dir
+from trustboot.fsutil import atomic_write, fsync_dir, write_temp
 from trustboot.keys.signer import PendingSigner, Signer
 
 HASH_NAMES = ("sha256", "sha384", "sha512")
@@ -401,22 +400,6 @@ def _sign(
     return [s for s, _ in results]
 
 
-def _write_temp(target: Path, data: bytes, *, sync: bool) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if sync:
-                os.fsync(fh.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
 def _syncfs(directory: Path) -> bool:
     """Flush the whole filesystem holding ``directory`` (Linux syncfs); False if unavailable."""
     if not sys.platform.startswith("linux"):
@@ -458,7 +441,7 @@ def write_all(items: Sequence[tuple[Path, bytes]]) -> None:
     try:
         if len(items) >= SYNCFS_MIN_FILES:
             for current, data in items:
-                temps.append(_write_temp(current, data, sync=False))
+                temps.append(write_temp(current, data, sync=False))
             if not all(_syncfs(d) for d in dirs):
                 for tmp, (path, _) in zip(temps, items, strict=True):
                     current = path
@@ -469,7 +452,7 @@ def write_all(items: Sequence[tuple[Path, bytes]]) -> None:
                         os.close(fd)
         else:
             with ThreadPoolExecutor(max_workers=len(items)) as pool:
-                futures = [pool.submit(_write_temp, path, data, sync=True)
+                futures = [pool.submit(write_temp, path, data, sync=True)
                            for path, data in items]
             # Every write has finished: keep all the temp files made, so all are cleaned up.
             failed: tuple[Path, BaseException] | None = None
