@@ -1,0 +1,67 @@
+"""The one rule for values in iPXE script lines, checked against a model of iPXE's parser."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trustboot.errors import ConfigError
+from trustboot.ipxe import syntax
+
+
+@pytest.mark.parametrize("value", [
+    "quiet && boot", "a || b", "x ; shell", "${filename}", "#comment", "tail\\",
+    "new\nline", "tab\there", "caf\u00e9", "\u202eevil", "",
+])
+def test_hostile_word_refused(value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        syntax.check_word(value, "signer")
+    assert "signer" in err.value.message
+
+
+@pytest.mark.parametrize("value", [
+    "quiet && boot", "a || b", "x ; shell", "root=${root}", "a #b", "ends\\",
+    "a\nb", "a\rb", "a\tb",
+])
+def test_hostile_cmdline_refused(value: str) -> None:
+    with pytest.raises(ConfigError):
+        syntax.check_words(value, "cmdline")
+
+
+@pytest.mark.parametrize("value", [
+    "console=ttyS0 quiet", "root=/dev/sda1 ro", "a;b", "x&&y", "", "ip=dhcp $HOME",
+])
+def test_ordinary_cmdline_accepted(value: str) -> None:
+    assert syntax.check_words(value, "cmdline") == value
+
+
+def test_split_like_ipxe() -> None:
+    toks = syntax.split_tokens("kernel  vmlinuz\tquiet && boot # x ; y")
+    assert toks == ["kernel", "vmlinuz", "quiet", "&&", "boot", "#", "x", ";", "y"]
+    cmds = syntax.split_commands(toks)
+    assert cmds == [(["kernel", "vmlinuz", "quiet"], "&&"), (["boot"], None)]
+
+
+def test_backslash_joins_lines() -> None:
+    assert syntax.join_lines("#!ipxe\nkernel a \\\nboot\necho") == [
+        (1, "#!ipxe"), (2, "kernel a boot"), (4, "echo")]
+
+
+_ALPHABET = st.sampled_from([*"ab=/.-_ ;&|#${}\\\t\n", "&&", "||", "${x}"])
+
+
+@given(st.lists(_ALPHABET, max_size=12).map("".join))
+def test_accepted_cmdline_is_one_command(value: str) -> None:
+    """Whatever the rule accepts stays inside the one command it was put in, with no
+    expansion and no comment: the parsed line gives back exactly the value's words."""
+    try:
+        syntax.check_words(value, "cmdline")
+    except ConfigError:
+        return
+    line = f"kernel vmlinuz {value}"
+    (only,) = syntax.join_lines(line)
+    cmds = syntax.split_commands(syntax.split_tokens(only[1]))
+    assert len(cmds) == 1 and cmds[0][1] is None
+    assert cmds[0][0] == ["kernel", "vmlinuz", *value.split()]
+    assert not any("${" in t for t in cmds[0][0])
