@@ -23,6 +23,7 @@ class FakeLink:
         self.unicast: list[bytes] = []
         self.multicast: list[bytes] = []
         self.responders = responders or []
+        self.kernel_drops = 0  # what drops() reports once, as the kernel's counter would
 
     def inject(self, frame: bytes) -> None:
         self.theirs.send(frame)
@@ -41,6 +42,10 @@ class FakeLink:
             return self.ours.recv(65536), 0
         except BlockingIOError:
             return None
+
+    def drops(self) -> int:
+        dropped, self.kernel_drops = self.kernel_drops, 0
+        return dropped
 
     def fileno(self) -> int:
         return self.ours.fileno()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 import pytest
@@ -265,6 +266,8 @@ def _run_bpf(program: list[tuple[int, int, int, int]], pkt: bytes) -> int:
             a = pkt[k] if k < len(pkt) else None  # type: ignore[assignment]
         elif code == 0x48:
             a = struct.unpack_from("!H", pkt, x + k)[0] if x + k + 2 <= len(pkt) else None  # type: ignore[assignment]
+        elif code == 0x50:
+            a = pkt[x + k] if x + k < len(pkt) else None  # type: ignore[assignment]
         elif code == 0xB1:
             x = (pkt[k] & 0x0F) * 4
         elif code == 0x15:
@@ -279,18 +282,38 @@ def _run_bpf(program: list[tuple[int, int, int, int]], pkt: bytes) -> int:
             return 0  # the kernel drops a packet when a load runs past its end
 
 
-@pytest.mark.parametrize(("frame", "accept"), [
-    (packets.offer_frame(b"x"), True),
-    (frames.udp4_frame(src_mac=MAC, dst_mac=MAC, src_ip="192.0.2.1", dst_ip="192.0.2.2",
-                       sport=4011, dport=40000, payload=b"x"), True),
-    (frames.udp4_frame(src_mac=MAC, dst_mac=MAC, src_ip="192.0.2.1", dst_ip="192.0.2.2",
-                       sport=53, dport=40000, payload=b"x"), False),
+def _ns(target: str) -> bytes:
+    body = struct.pack("!BBHI", frames.ICMPV6_NS, 0, 0, 0) + ipaddress.IPv6Address(target).packed
+    ip6 = (struct.pack("!IHBB", 6 << 28, len(body), 58, 255)
+           + ipaddress.IPv6Address("fe80::1").packed + ipaddress.IPv6Address(target).packed)
+    return frames.ethernet(MAC, MAC, frames.ETH_P_IPV6, ip6 + body)
+
+
+def _v4(sport: int, dport: int, payload: bytes) -> bytes:
+    return frames.udp4_frame(src_mac=MAC, dst_mac=MAC, src_ip="192.0.2.1", dst_ip="192.0.2.2",
+                             sport=sport, dport=dport, payload=payload)
+
+
+@pytest.mark.parametrize(("frame", "active", "passive"), [
+    (packets.offer_frame(b"\x02" + b"x" * 40), True, True),  # BOOTREPLY to 68
+    (packets.offer_frame(b"\x02" + b"x" * 40, sport=6767), True, True),  # any source port
+    (packets.offer_frame(b"\x01" + b"x" * 40), False, False),  # a BOOTREQUEST to 68
+    (packets.offer_frame(b"x"), False, False),  # junk to 68
+    (_v4(4011, 40000, b"\x02xx"), True, True),  # a boot server's answer on 4011
+    (_v4(53, 40000, b"\x02xx"), False, False),
+    (_v4(68, 67, b"\x01xx"), False, True),  # a client's DISCOVER: passive only
+    (_v4(68, 4011, b"\x01xx"), False, True),
     (frames.udp6_frame(src_mac=MAC, dst_mac=MAC, src_ip="fe80::1", dst_ip="fe80::2",
-                       sport=547, dport=546, payload=b"x"), True),
+                       sport=547, dport=546, payload=b"x"), True, True),
+    (frames.udp6_frame(src_mac=MAC, dst_mac=MAC, src_ip="fe80::1", dst_ip="ff02::1:2",
+                       sport=546, dport=547, payload=b"x"), False, True),
     (frames.udp6_frame(src_mac=MAC, dst_mac=MAC, src_ip="fe80::1", dst_ip="fe80::2",
-                       sport=53, dport=5353, payload=b"x"), False),
-    (frames.neighbour_advert(src_mac=MAC, dst_mac=MAC, target="fe80::1", dst_ip="fe80::2"), True),
-    (frames.ethernet(MAC, MAC, 0x0806, b"\0" * 28), False),  # ARP
+                       sport=53, dport=5353, payload=b"x"), False, False),
+    (_ns("fe80::2"), True, True),
+    (frames.neighbour_advert(src_mac=MAC, dst_mac=MAC, target="fe80::1", dst_ip="fe80::2"),
+     False, False),
+    (frames.ethernet(MAC, MAC, 0x0806, b"\0" * 28), False, False),  # ARP
 ])
-def test_bpf_filter(frame: bytes, accept: bool) -> None:
-    assert bool(_run_bpf(probe.boot_protocol_filter(), frame)) is accept
+def test_bpf_filter(frame: bytes, active: bool, passive: bool) -> None:
+    assert bool(_run_bpf(probe.boot_protocol_filter(), frame)) is active
+    assert bool(_run_bpf(probe.boot_protocol_filter(passive=True), frame)) is passive

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import threading
 import time
 
 from tests.audit import packets
 from tests.audit.fakelink import FakeLink, Responder, listener
-from trustboot.audit import dhcp4, dhcp6, frames
+from trustboot.audit import dhcp4, dhcp6, frames, probe
 from trustboot.audit.model import Offer
 
 
@@ -32,22 +33,45 @@ def test_probes_look_like_pxe_clients_from_random_macs() -> None:
     lst, obs = listener(link, window=0.3)
     lst.run()
     discovers = link.sent_dhcp4()
-    assert len(discovers) == 8  # 4 architectures, each as the PXE ROM and as iPXE
-    assert {d.client_arch for d in discovers} == {0, 7, 11, 16}
-    assert sum(d.user_class == "iPXE" for d in discovers) == 4
+    # 13 architectures, two machines each, each as the PXE ROM and as iPXE
+    assert len(discovers) == 13 * 2 * 2
+    assert {d.client_arch for d in discovers} == {0, 6, 7, 9, 10, 11, 15, 16, 18, 19, 20, 21, 22}
+    assert sum(d.user_class == "iPXE" for d in discovers) == 26
     for frame in link.sent:
         parsed = frames.parse_frame(frame)
         assert parsed is not None
         if parsed.family == 4:
             pkt = dhcp4.parse(parsed.payload)
             assert parsed.src_mac == pkt.chaddr and parsed.src_ip == "0.0.0.0"
-            assert parsed.src_mac[0] & 0x03 == 0x02  # unicast, locally administered
-    assert len({d.chaddr for d in discovers}) == 4
-    assert set(link.unicast) == {d.chaddr for d in discovers}
+            assert not parsed.src_mac[0] & 0x01  # unicast
+    macs = {d.chaddr for d in discovers}
+    assert len(macs) == 26
+    local = {m for m in macs if m[0] & 0x02}
+    vendor = {m.hex()[:6] for m in macs - local}
+    assert len(local) == 13 and vendor <= set(probe.VENDOR_OUIS)  # real NIC vendors too
+    assert set(link.unicast) == macs
     solicits = link.sent_dhcp6()
-    assert len(solicits) == 3  # UEFI architectures only
-    assert len(obs.probes) == 11
-    assert 0.3 <= obs.listen_seconds < 1.0
+    assert len(solicits) == 9 * 2  # UEFI architectures only
+    assert len(obs.probes) == 52 + 18
+    assert 0.3 <= obs.listen_seconds < 1.5
+
+
+def test_discovers_repeat_through_the_window_with_growing_secs() -> None:
+    link = FakeLink()
+    lst, obs = listener(link, window=2.0, arches=("efi-x64",), dhcpv6=False)
+    lst.run()
+    discovers = link.sent_dhcp4()
+    assert len(discovers) == 4 * 4  # four rounds of four probes
+    by_xid: dict[int, list[dhcp4.Dhcp4Packet]] = {}
+    for d in discovers:
+        by_xid.setdefault(d.xid, []).append(d)
+    assert len(by_xid) == 4
+    for repeats in by_xid.values():  # same xid, as a PXE ROM retransmits
+        secs = [d.secs for d in repeats]
+        assert secs == sorted(secs) and secs[0] <= 3 and secs[-1] >= 12
+    assert {d.flags for d in discovers} == {0, 0x8000} or all(
+        d.flags == 0x8000 for d in discovers[:4])  # round 0 broadcasts; later rounds vary
+    assert all(len(p.sends) == 4 for p in obs.probes)
 
 
 def test_offers_are_matched_to_their_probe() -> None:
@@ -56,11 +80,10 @@ def test_offers_are_matched_to_their_probe() -> None:
     seen: list[Offer] = []
     lst.on_offer = seen.append
     lst.run()
-    assert len(obs.offers) == 2 and seen == obs.offers
-    by_ipxe = {o.ipxe_probe: o for o in obs.offers}
-    assert by_ipxe[False].boot_file == "undionly.kpxe"
-    assert by_ipxe[True].boot_file == "https://x/boot.ipxe"
-    assert all(o.probe is not None and o.probe.arch == "bios" for o in obs.offers)
+    assert len(obs.offers) == 4 and seen == obs.offers  # two machines, PXE ROM and iPXE
+    for o in obs.offers:
+        assert o.probe is not None and o.probe.arch == "bios"
+        assert o.boot_file == ("https://x/boot.ipxe" if o.ipxe_probe else "undionly.kpxe")
     assert obs.offers[0].src_mac == "02:74:62:00:00:01"
 
 
@@ -95,10 +118,11 @@ def test_neighbour_solicitation_for_our_address_is_answered() -> None:
     lst.run()
     adverts = [f for f in (frames.parse_frame(x) for x in link.sent)
                if f is not None and f.icmp_type == frames.ICMPV6_NA]
-    assert len(adverts) == 1 and adverts[0].dst_ip == "fe80::1"
-    [reply] = obs.replies6
-    assert reply.probe is not None and reply.probe.arch == "efi-x64"
-    assert reply.message.bootfile_url == "http://[2001:db8::1]/boot.efi"
+    assert len(adverts) == 2 and {a.dst_ip for a in adverts} == {"fe80::1"}
+    assert len(obs.replies6) == 2
+    for reply in obs.replies6:
+        assert reply.probe is not None and reply.probe.arch == "efi-x64"
+        assert reply.message.bootfile_url == "http://[2001:db8::1]/boot.efi"
 
 
 def test_malformed_packets_are_recorded_not_fatal() -> None:
@@ -125,7 +149,10 @@ def test_a_flood_is_bounded_in_time_and_memory() -> None:
     start = time.monotonic()
     lst.run()
     assert time.monotonic() - start < 2.0
-    assert len(obs.malformed) == 200 and obs.dropped > 0
+    # one sender: a few packets kept as evidence, the rest over its cap, counted
+    assert len(obs.malformed) == 5
+    assert sum(obs.malformed_counts.values()) + obs.limits["per-server-cap"] == 3000
+    assert obs.dropped == obs.limits["per-server-cap"] > 0
 
 
 def test_passive_mode_sends_nothing_and_notes_clients() -> None:
@@ -151,6 +178,92 @@ def test_proxy_offer_without_an_address_notes_the_skipped_query() -> None:
     link = FakeLink([proxy])
     lst, obs = listener(link, window=0.2, arches=("bios",), dhcpv6=False, ipxe_probe=False)
     lst.run()
-    [offer] = obs.offers
+    assert len(obs.offers) == 2
+    offer = obs.offers[0]
     assert offer.is_proxy and offer.role == "proxydhcp"
     assert any("not queried on port 4011" in n for n in obs.notes)
+
+
+def _junk_offer(i: int) -> bytes:
+    """A well-formed offer to another client, from a sender of its own."""
+    mac = b"\x02\xee" + i.to_bytes(4, "big")
+    reply = packets.dhcp_reply(xid=0x10000000 + i, chaddr=b"\x02" * 6, file=b"junk.kpxe",
+                               server_id="192.0.2.77", siaddr="192.0.2.77")
+    return packets.offer_frame(reply, src_mac=mac, src_ip="192.0.2.77")
+
+
+def test_a_flood_of_foreign_offers_does_not_hide_the_rogue() -> None:
+    """20,000 offers from 20,000 senders, then the rogue's answer to our probe: it is kept,
+    and what the flood pushed out is recorded as reached limits."""
+    rogue = dhcp_server(file=b"evil.kpxe", src_mac=packets.ROGUE_MAC, src_ip="192.0.2.2")
+    junk = [_junk_offer(i) for i in range(20_000)]
+    link = FakeLink()
+    lst, obs = listener(link, window=2.0, arches=("bios",), dhcpv6=False, ipxe_probe=False)
+
+    def flood_then_rogue(frame: frames.Frame) -> list[bytes]:
+        if frame.dport != 67 or threads:
+            return []
+        answer = rogue(frame)
+
+        def send() -> None:  # from another thread, as the listener reads
+            for junk_frame in junk:
+                link.inject(junk_frame)
+            for reply in answer:
+                link.inject(reply)
+        threads.append(threading.Thread(target=send, daemon=True))
+        threads[0].start()
+        return []
+
+    threads: list[threading.Thread] = []
+    link.responders = [flood_then_rogue]
+    link.kernel_drops = 7
+    start = time.monotonic()
+    lst.run()
+    assert time.monotonic() - start < 3.5
+    assert any(o.src_mac == "02:74:62:00:00:02" and o.boot_file == "evil.kpxe"
+               for o in obs.offers)
+    assert obs.limits["server-count-cap"] > 0 and obs.limits["kernel-drops"] == 7
+    assert len(obs.offers) <= probe.MAX_OFFERS
+
+
+def test_spoofed_offers_from_one_sender_do_not_hide_the_rogue() -> None:
+    """2,100 distinct offers spoofing the authorized server (answering our own probes),
+    then the rogue's: the rogue is kept; the spoofer is capped, and that is recorded."""
+    auth = dhcp_server(file=b"undionly.kpxe")
+    rogue = dhcp_server(file=b"evil.kpxe", src_mac=packets.ROGUE_MAC, src_ip="192.0.2.2")
+    link = FakeLink()
+    lst, obs = listener(link, window=1.0, arches=("bios",), dhcpv6=False, ipxe_probe=False)
+
+    def spoof_then_rogue(frame: frames.Frame) -> list[bytes]:
+        if frame.dport != 67 or threads:
+            return []
+        req = dhcp4.parse(frame.payload)
+        answers = auth(frame) + rogue(frame)
+
+        def send() -> None:
+            for i in range(2100):
+                reply = packets.dhcp_reply(xid=req.xid, chaddr=req.chaddr,
+                                           file=f"f{i}".encode())
+                link.inject(packets.offer_frame(reply))  # ~0.1 s to build all
+            for answer in answers:
+                link.inject(answer)
+        threads.append(threading.Thread(target=send, daemon=True))
+        threads[0].start()
+        return []
+
+    threads: list[threading.Thread] = []
+    link.responders = [spoof_then_rogue]
+    lst.run()
+    assert any(o.src_mac == "02:74:62:00:00:02" for o in obs.offers)
+    assert obs.limits["per-server-cap"] > 0
+    assert obs.limit_samples["per-server-cap"] == ["192.0.2.1 (02:74:62:00:00:01)"]
+
+
+def test_answers_from_any_source_port_are_recorded() -> None:
+    link = FakeLink()
+    lst, obs = listener(link, window=0.2, arches=("bios",), dhcpv6=False)
+    reply = packets.dhcp_reply(xid=9, chaddr=b"\x02" * 6, file=b"odd.kpxe")
+    link.inject(packets.offer_frame(reply, sport=6767, src_mac=packets.ROGUE_MAC))
+    lst.run()
+    [offer] = obs.offers
+    assert offer.port == 6767 and offer.boot_file == "odd.kpxe"

@@ -93,7 +93,7 @@ def test_ca_file_fingerprint_must_agree(tmp_path: Path) -> None:
     ("authorized_servers:\n  - mac: 52:54:00\n", "as a (base-60) number"),
     ("authorized_servers:\n  - mac: '52:54:00'\n", "not a MAC address"),
     ("authorized_servers:\n  - role: dhcp\n", "at least one of ip, mac, duid"),
-    ("authorized_servers:\n  - ip: 192.0.2.1\n    role: relay\n", "unknown role"),
+    ("authorized_servers:\n  - ip: 192.0.2.1\n    role: gateway\n", "unknown role"),
     ("authorized_servers:\n  - ip: 192.0.2.1\n    ipaddr: 1\n", "unknown key"),
     ("expected_files:\n  - name: a\n    sha256: 1234\n", "as a number"),
     ("expected_files:\n  - name: a\n    sha256: abc\n", "64 hex digits"),

@@ -10,7 +10,14 @@ from typing import Any
 
 from trustboot.audit import dhcp4
 from trustboot.audit.loaders import LoaderInfo
-from trustboot.audit.model import BootTarget, Malformed, Observation, Offer
+from trustboot.audit.model import (
+    LIMIT_REASONS,
+    BootTarget,
+    Malformed,
+    Observation,
+    Offer,
+    Reply6,
+)
 from trustboot.audit.policy import Policy
 
 
@@ -136,6 +143,34 @@ _RULES = [
     Rule("tftp-boot-forbidden", "TFTP boot offered where the policy forbids it", Severity.HIGH,
          "The policy says this segment must not boot over TFTP.",
          "Move clients to UEFI HTTPS boot or an embedded iPXE, and remove the TFTP service."),
+    Rule("audit-limit-reached", "The audit reached a limit: it did not see everything",
+         Severity.HIGH,
+         "A bound that keeps the audit's time and memory finite was reached (a flood, too "
+         "many answers from one sender, too many senders, a boot file too large or too slow). "
+         "What lay beyond it was not examined, so the absence of other findings does not "
+         "mean the segment is clean: a rogue server may be hiding behind the noise.",
+         "Find the sender named in the evidence (a flood or many spoofed answers is itself an "
+         "attack: enable DHCP snooping and storm control), then rerun; raise "
+         "--follow-timeout or --max-file-size for large or slow boot files."),
+    Rule("server-identity-conflict", "Authorized server identity claimed by another sender",
+         Severity.HIGH,
+         "Answers carrying an authorized server's identity came from a sender that is not "
+         "that server (another source address or MAC, or a DHCPv6 DUID whose embedded MAC "
+         "is not the sender's): someone impersonates the authorized server.",
+         "Locate the sender by its MAC, enable DHCP snooping / DHCPv6 Guard, and authorize "
+         "servers by MAC as well as IP (and DUID plus MAC for DHCPv6)."),
+    Rule("boot-url-local-target", "Boot URL points at the auditing host or a local-only "
+         "address", Severity.HIGH,
+         "A boot URL or boot server resolves to a loopback, link-local, unspecified, "
+         "multicast or this host's own address (e.g. a cloud metadata endpoint). A client "
+         "would fetch from itself or a local service; the audit does not fetch it.",
+         "Point DHCP option 66/67 and DHCPv6 option 59 at the published origin; find who "
+         "set this value."),
+    Rule("http-encoded-boot-file", "Boot file served with a Content-Encoding", Severity.MEDIUM,
+         "The origin sent the boot file with a Content-Encoding although the audit asked "
+         "for identity. iPXE treats unknown encodings as identity and boots the encoded "
+         "bytes; the hash checked here is of those bytes.",
+         "Serve boot files without Content-Encoding (turn off gzip for them on the origin)."),
     Rule("no-responders", "No boot server answered", Severity.INFO,
          "No DHCP/ProxyDHCP/DHCPv6 server answered during the listen window.",
          "If servers are expected, check the interface, VLAN and window (--window)."),
@@ -195,6 +230,7 @@ def evaluate(obs: Observation, policy: Policy) -> list[Finding]:
     findings += _check_loop(obs)
     findings += _check_writes(obs)
     findings += _check_malformed(obs)
+    findings += _check_limits(obs)
     if not obs.offers and not obs.replies6:
         findings.append(_finding(
             "no-responders", obs.interface,
@@ -204,8 +240,56 @@ def evaluate(obs: Observation, policy: Policy) -> list[Finding]:
         findings.append(_finding(
             "no-authorized-servers", policy.source or "(no policy)",
             "responders were not checked against an authorized list", {}))
+    findings = aggregate(findings)
     findings.sort(key=lambda f: -int(f.severity))  # sort is stable: order kept within a severity
     return findings
+
+
+AGGREGATE_ABOVE = 10  # more findings of one rule and severity than this become one
+AGGREGATE_EXAMPLES = 3  # evidence of the first few kept in the aggregate
+AGGREGATE_SUBJECTS = 25
+
+
+def aggregate(findings: list[Finding]) -> list[Finding]:
+    """Many findings of one rule and severity (2,000 fake servers) become one that names how
+    many there are, lists the first subjects and keeps the first few as evidence."""
+    groups: dict[tuple[str, Severity], list[Finding]] = defaultdict(list)
+    for f in findings:
+        groups[(f.rule, f.severity)].append(f)
+    out: list[Finding] = []
+    done: set[tuple[str, Severity]] = set()
+    for f in findings:
+        key = (f.rule, f.severity)
+        group = groups[key]
+        if len(group) <= AGGREGATE_ABOVE:
+            out.append(f)
+            continue
+        if key in done:
+            continue
+        done.add(key)
+        subjects = list(dict.fromkeys(g.subject for g in group))
+        shown = ", ".join(subjects[:5]) + (f" and {len(subjects) - 5} more"
+                                           if len(subjects) > 5 else "")
+        out.append(Finding(f.rule, f.severity, f"{len(subjects)} subjects",
+                           f"{len(group)} findings of this kind ({shown}); first: {f.message}",
+                           {"count": len(group), "subjects": subjects[:AGGREGATE_SUBJECTS],
+                            "subjects_omitted": max(0, len(subjects) - AGGREGATE_SUBJECTS),
+                            "examples": [g.evidence for g in group[:AGGREGATE_EXAMPLES]]}))
+    return out
+
+
+def _check_limits(obs: Observation) -> list[Finding]:
+    """Every bound reached is a high finding: the audit did not see everything."""
+    out: list[Finding] = []
+    for reason, count in obs.limits.items():
+        samples = obs.limit_samples.get(reason, [])
+        what = LIMIT_REASONS.get(reason, reason)
+        out.append(_finding(
+            "audit-limit-reached", f"{obs.interface}: {reason}",
+            f"{count} {what}" + (f"; e.g. {', '.join(samples)}" if samples else "")
+            + ": the segment was not fully examined",
+            {"limit": reason, "count": count, "examples": samples}))
+    return out
 
 
 def _offers_boot(offer: Offer) -> bool:
@@ -221,10 +305,11 @@ def _check_servers(obs: Observation, policy: Policy) -> list[Finding]:
         if not policy.has_authorized:
             break
         role = "proxydhcp" if all(o.is_proxy for o in offers) else "dhcp"
-        # A server identifier (option 54) is whatever the sender wrote: on its own segment
-        # (no relay) an authorized server sends from the address it names.
-        spoofed = [o for o in offers if o.packet.giaddr == dhcp4.NO_ADDRESS
-                   and o.src_ip != o.server_ip]
+        # A server identifier (option 54) is whatever the sender wrote: an authorized
+        # server sends from the address it names, or its answer comes through a relay the
+        # policy authorizes (role relay). giaddr is the sender's word too: it proves nothing.
+        spoofed = [o for o in offers if o.src_ip != o.server_ip
+                   and not policy.authorized_match(role="relay", ip=o.src_ip, mac=o.src_mac)]
         if policy.authorized_match(role=role, ip=ip, mac=mac) and not spoofed:
             continue
         boots = [o for o in offers if _offers_boot(o)]
@@ -253,6 +338,7 @@ def _check_servers(obs: Observation, policy: Policy) -> list[Finding]:
                 "rogue-dhcp", f"{ip} ({mac})",
                 f"unauthorized DHCP server {ip} ({mac}) offers address(es) "
                 f"{', '.join(offered) or '(none)'} {what}", evidence, sev))
+    out += _identity_conflicts(by_server, policy)
     # Multiple responders: more than one server answered the same kind of client.
     per_probe: dict[tuple[str, bool], set[tuple[str, str]]] = defaultdict(set)
     booting: dict[tuple[str, bool], set[tuple[str, str]]] = defaultdict(set)
@@ -282,6 +368,40 @@ def _check_servers(obs: Observation, policy: Policy) -> list[Finding]:
     return out
 
 
+def _identity_conflicts(by_server: dict[tuple[str, str], list[Offer]], policy: Policy
+                        ) -> list[Finding]:
+    """An authorized IP answered from more than one MAC: one of them impersonates it (an
+    entry without a MAC cannot say which, so each sender is named)."""
+    out: list[Finding] = []
+    macs: dict[str, list[str]] = defaultdict(list)
+    for ip, mac in by_server:
+        macs[ip].append(mac)
+    for ip, senders in macs.items():
+        if len(senders) < 2:
+            continue
+        entries = [a for a in policy.authorized
+                   if a.ip is not None and a.mac is None and a.matches(role=a.role, ip=ip)]
+        if not entries:
+            continue
+        out.append(_finding(
+            "server-identity-conflict", ip,
+            f"authorized server {ip} ({entries[0].label()}) answered from {len(senders)} "
+            f"MACs: {', '.join(sorted(senders))}; the policy names no MAC, so it cannot tell "
+            "the server from an impersonator",
+            {"server_ip": ip, "source_macs": sorted(senders),
+             "authorized": [a.label() for a in entries]}))
+    return out
+
+
+def _duid_spoofed(reply: Reply6) -> str | None:
+    """Why a DHCPv6 answer's identity does not fit its sender (DUID-LL/LLT embed a MAC)."""
+    embedded = reply.message.server_duid_mac
+    if embedded is not None and embedded != reply.src_mac.lower():
+        return (f"server DUID {reply.message.server_duid} embeds MAC {embedded}, the "
+                f"Advertise came from {reply.src_mac}")
+    return None
+
+
 def _check_dhcpv6(obs: Observation, policy: Policy) -> list[Finding]:
     out: list[Finding] = []
     seen: set[str] = set()
@@ -290,16 +410,28 @@ def _check_dhcpv6(obs: Observation, policy: Policy) -> list[Finding]:
         key = reply.server_key
         if key not in seen:
             seen.add(key)
-            if policy.has_authorized and not policy.authorized_match(
+            entry = policy.authorized_match(
                 role="dhcpv6", ip=reply.src_ip, mac=reply.src_mac,
-                duid=reply.message.server_duid,
-            ):
-                url = reply.message.bootfile_url
+                duid=reply.message.server_duid) if policy.has_authorized else None
+            spoofed = _duid_spoofed(reply)
+            url = reply.message.bootfile_url
+            if entry is not None and spoofed is not None and entry.mac is None:
+                # authorized by DUID alone, but the DUID's own MAC is not the sender's
+                out.append(_finding(
+                    "server-identity-conflict", f"{reply.src_ip} ({reply.src_mac})",
+                    f"DHCPv6 answer carries authorized DUID {reply.message.server_duid} "
+                    f"from another sender: {spoofed}",
+                    {**reply.evidence(), "spoofed_duid": spoofed,
+                     "authorized": entry.label()}))
+            elif policy.has_authorized and entry is None:
+                evidence = reply.evidence()
+                if spoofed is not None:
+                    evidence["spoofed_duid"] = spoofed
                 out.append(_finding(
                     "rogue-dhcpv6", f"{reply.src_ip} (DUID {reply.message.server_duid})",
                     f"unauthorized DHCPv6 server {reply.src_ip} answered"
                     + (f" with boot URL {url}" if url else ""),
-                    reply.evidence(), Severity.CRITICAL if url else Severity.HIGH))
+                    evidence, Severity.CRITICAL if url else Severity.HIGH))
         url = reply.message.bootfile_url
         if url and (key, url) not in urls_done:
             urls_done.add((key, url))
@@ -451,10 +583,11 @@ def _check_fetched(obs: Observation, policy: Policy) -> list[Finding]:
         out += _loader_findings(target.url, fetched.loader, evidence)
     # Offers whose target was never fetched (unresolvable names, follow disabled).
     fetched_targets = {f.target for f in obs.fetched}
+    refused = {h.url for h in obs.http if h.refused is not None}
     for offer in obs.offers:
         for target in offer.boot_targets():
             if target.scheme == "tftp" and target not in fetched_targets and obs.followed \
-                    and obs.mode == "active":
+                    and obs.mode == "active" and target.url not in refused:
                 fetched_targets.add(target)
                 why = ("the offer names no boot server" if not target.server
                        else "the boot server is not an IP address" if not target.server_is_ip
@@ -469,6 +602,16 @@ def _check_http(obs: Observation, policy: Policy) -> list[Finding]:
     out: list[Finding] = []
     for check in obs.http:
         evidence: dict[str, Any] = {"http": check.to_json()}
+        if check.refused is not None:
+            out.append(_finding(
+                "boot-url-local-target", check.url,
+                f"boot URL {check.url} was not fetched: {check.refused}", evidence))
+            continue
+        if check.content_encoding is not None:
+            out.append(_finding(
+                "http-encoded-boot-file", check.url,
+                f"{check.url} came with Content-Encoding {check.content_encoding} although "
+                "identity was asked for", evidence))
         if check.url.lower().startswith("https://") and policy.ca_sha256:
             if check.tls_verified is False or (
                 check.tls_verified is None and check.tls_chain_sha256
@@ -531,14 +674,19 @@ def _check_writes(obs: Observation) -> list[Finding]:
 
 def _check_malformed(obs: Observation) -> list[Finding]:
     out: list[Finding] = []
-    by_sender: dict[tuple[str, str, str], list[Malformed]] = defaultdict(list)
+    by_sender: dict[str, list[Malformed]] = defaultdict(list)
     for m in obs.malformed:
-        by_sender[(m.protocol, m.src_ip, m.src_mac)].append(m)
-    for (proto, ip, mac), items in by_sender.items():
+        by_sender[f"{m.protocol} {m.src_ip} {m.src_mac}"].append(m)
+    # every sender counted, also those whose packets were not kept as evidence
+    for key in dict.fromkeys([*by_sender, *obs.malformed_counts]):
+        proto, ip, mac = key.split(" ", 2)
+        items = by_sender.get(key, [])
+        count = max(len(items), obs.malformed_counts.get(key, 0))
+        reason = items[0].reason if items else "(evidence not kept)"
         out.append(_finding(
             "malformed-packet", f"{ip} ({mac})",
-            f"{len(items)} malformed {proto} packet(s) from {ip} ({mac}): {items[0].reason}",
-            {"count": len(items), "packets": [m.evidence() for m in items[:5]]}))
+            f"{count} malformed {proto} packet(s) from {ip} ({mac}): {reason}",
+            {"count": count, "packets": [m.evidence() for m in items[:5]]}))
     return out
 
 

@@ -76,25 +76,52 @@ class Arch:
     vendor_class: str  # option 60
     nii: bytes  # option 94: type, major, minor
     http: bool = False
+    dhcpv6: bool = True  # UEFI clients also boot over DHCPv6
 
     @property
     def description(self) -> str:
         return ARCH_DESCRIPTIONS.get(self.name, self.name)
 
 
-ARCHES: dict[str, Arch] = {
-    "bios": Arch("bios", 0, "PXEClient:Arch:00000:UNDI:002001", b"\x01\x02\x01"),
-    "efi-x64": Arch("efi-x64", 7, "PXEClient:Arch:00007:UNDI:003016", b"\x01\x03\x10"),
-    "efi-arm64": Arch("efi-arm64", 11, "PXEClient:Arch:00011:UNDI:003016", b"\x01\x03\x10"),
-    "efi-x64-http": Arch(
-        "efi-x64-http", 16, "HTTPClient:Arch:00016:UNDI:003016", b"\x01\x03\x10", http=True
-    ),
-}
+def _pxe(name: str, code: int, *, http: bool = False, bios: bool = False,
+         dhcpv6: bool = True) -> Arch:
+    kind = "HTTPClient" if http else "PXEClient"
+    undi = "002001" if bios else "003016"
+    return Arch(name, code, f"{kind}:Arch:{code:05d}:UNDI:{undi}",
+                b"\x01\x02\x01" if bios else b"\x01\x03\x10", http=http, dhcpv6=dhcpv6)
+
+
+# Every client architecture (option 93, IANA "Processor Architecture Types") that boots
+# x86, x64 or ARM machines from the network today: a rogue may answer only one of them.
+ARCHES: dict[str, Arch] = {a.name: a for a in (
+    _pxe("bios", 0, bios=True, dhcpv6=False),
+    _pxe("efi-ia32", 6),
+    _pxe("efi-x64", 7),
+    _pxe("efi-bc", 9),  # "EFI byte code": what many x64 firmwares actually send
+    _pxe("efi-arm32", 10),
+    _pxe("efi-arm64", 11),
+    _pxe("efi-ia32-http", 15, http=True),
+    _pxe("efi-x64-http", 16, http=True),
+    _pxe("efi-arm32-http", 18, http=True),
+    _pxe("efi-arm64-http", 19, http=True),
+    _pxe("bios-http", 20, http=True, bios=True, dhcpv6=False),
+    _pxe("uboot-arm32", 21, dhcpv6=False),
+    _pxe("uboot-arm64", 22, dhcpv6=False),
+)}
 ARCH_DESCRIPTIONS = {
     "bios": "x86 BIOS PXE",
+    "efi-ia32": "x86 (32-bit) UEFI PXE",
     "efi-x64": "x86-64 UEFI PXE",
+    "efi-bc": "x86-64 UEFI PXE (EFI BC code 9)",
+    "efi-arm32": "ARM32 UEFI PXE",
     "efi-arm64": "ARM64 UEFI PXE",
+    "efi-ia32-http": "x86 (32-bit) UEFI HTTP boot",
     "efi-x64-http": "x86-64 UEFI HTTP boot",
+    "efi-arm32-http": "ARM32 UEFI HTTP boot",
+    "efi-arm64-http": "ARM64 UEFI HTTP boot",
+    "bios-http": "PC/AT BIOS HTTP boot",
+    "uboot-arm32": "ARM32 U-Boot",
+    "uboot-arm64": "ARM64 U-Boot",
 }
 ARCH_BY_CODE = {a.code: a for a in ARCHES.values()}
 
@@ -373,6 +400,7 @@ def build_client_message(
     uuid: bytes,
     ipxe: bool = False,
     broadcast: bool = True,
+    secs: int = 4,
     ciaddr: str = NO_ADDRESS,
     extra_options: list[tuple[int, bytes]] | None = None,
 ) -> bytes:
@@ -383,7 +411,7 @@ def build_client_message(
         raise ValueError("uuid must be 16 bytes")
     header = struct.pack(
         "!BBBBIHH4s4s4s4s16s64s128s",
-        1, 1, 6, 0, xid & 0xFFFFFFFF, 4, 0x8000 if broadcast else 0,
+        1, 1, 6, 0, xid & 0xFFFFFFFF, min(max(secs, 0), 0xFFFF), 0x8000 if broadcast else 0,
         ipaddress.IPv4Address(ciaddr).packed, b"\0" * 4, b"\0" * 4, b"\0" * 4,
         mac + b"\0" * 10, b"", b"",
     )
@@ -407,9 +435,11 @@ def build_client_message(
     return body
 
 
-def build_discover(*, mac: bytes, xid: int, arch: Arch, uuid: bytes, ipxe: bool = False) -> bytes:
+def build_discover(*, mac: bytes, xid: int, arch: Arch, uuid: bytes, ipxe: bool = False,
+                   secs: int = 4, broadcast: bool = True) -> bytes:
     return build_client_message(
-        message_type=DISCOVER, mac=mac, xid=xid, arch=arch, uuid=uuid, ipxe=ipxe
+        message_type=DISCOVER, mac=mac, xid=xid, arch=arch, uuid=uuid, ipxe=ipxe, secs=secs,
+        broadcast=broadcast,
     )
 
 

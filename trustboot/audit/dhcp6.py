@@ -231,12 +231,13 @@ def duid_ll(mac: bytes) -> bytes:
     return struct.pack("!HH", 3, 1) + mac
 
 
-def build_solicit(*, mac: bytes, xid: int, arch: Arch, iaid: int, ipxe: bool = False) -> bytes:
+def build_solicit(*, mac: bytes, xid: int, arch: Arch, iaid: int, ipxe: bool = False,
+                  elapsed: float = 0.0) -> bytes:
     """A Solicit as a UEFI PXE/HTTP client sends it, asking for the boot file URL."""
     vendor = arch.vendor_class.encode()
     opts = [
         _opt(OPT_CLIENTID, duid_ll(mac)),
-        _opt(OPT_ELAPSED_TIME, b"\0\0"),
+        _opt(OPT_ELAPSED_TIME, struct.pack("!H", min(int(elapsed * 100), 0xFFFF))),
         _opt(OPT_ORO, struct.pack("!4H", OPT_BOOTFILE_URL, OPT_BOOTFILE_PARAM,
                                   OPT_DNS_SERVERS, OPT_DOMAIN_LIST)),
         _opt(OPT_IA_NA, struct.pack("!III", iaid, 0, 0)),

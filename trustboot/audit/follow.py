@@ -1,22 +1,33 @@
 """Follow the chain: fetch what each responder offers, as soon as it is offered.
 
-Work starts during the listen window (a thread pool), so an audit's time beyond its window
-is the slowest single transfer, not the sum. Every task has its own deadline and size cap;
-results are written back in submission order, so reports are deterministic.
+Work starts during the listen window (daemon worker threads), so an audit's time beyond its
+window is the slowest single transfer, not the sum. Every fetch has one total deadline (not
+a per-read timeout) that never passes the audit's own follow-up deadline; a worker still
+stuck in a drip-fed transfer at that point is abandoned (daemon threads never keep the
+process alive) and reported as a reached limit. Results are written back in submission
+order, so reports are deterministic.
+
+Fetches leave through the audited interface only (SO_BINDTODEVICE), and never go to the
+auditor's own host: a boot URL whose name resolves (in any spelling) to a loopback,
+link-local, unspecified or multicast address, or to one of this host's addresses, is
+refused and reported instead.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import queue
 import socket
 import ssl
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -24,6 +35,8 @@ from trustboot.audit import tftp
 from trustboot.audit.loaders import identify
 from trustboot.audit.model import BootTarget, Fetched, HttpCheck, Observation, Offer, Reply6
 from trustboot.audit.policy import Policy
+from trustboot.audit.probe import interface_ipv4
+from trustboot.audit.text import clean
 
 WELL_KNOWN_PATHS = (
     "pxelinux.cfg/default", "boot.ipxe", "autoexec.ipxe", "menu.ipxe", "default.ipxe",
@@ -45,6 +58,64 @@ class FollowConfig:
     well_known_max: int = 1024 * 1024
 
 
+def own_addresses() -> set[str]:
+    """Every address of this host (all interfaces): a boot URL must not point back here."""
+    found: set[str] = set()
+    for _index, name in socket.if_nameindex():
+        ip = interface_ipv4(name)
+        if ip:
+            found.add(ip)
+    try:
+        with open("/proc/net/if_inet6", encoding="ascii") as fh:
+            for line in fh:
+                raw = line.split()[0] if line.strip() else ""
+                if len(raw) == 32:
+                    found.add(str(ipaddress.IPv6Address(bytes.fromhex(raw))))
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def forbidden_address(ip: str, own: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """Why the audit must not connect to ``ip`` (a resolved address), or None."""
+    try:
+        addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+            ip.split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.is_loopback:
+        return "loopback"
+    if addr.is_link_local:
+        return "link-local"
+    if addr.is_unspecified or (isinstance(addr, ipaddress.IPv4Address)
+                               and addr in ipaddress.IPv4Network("0.0.0.0/8")):
+        return "unspecified"
+    if addr.is_multicast or addr == ipaddress.IPv4Address("255.255.255.255"):
+        return "multicast/broadcast"
+    if str(addr) in own:
+        return "an address of the auditing host"
+    return None
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` stands for, as the OS resolves it (so every IP spelling the
+    C library accepts, e.g. 2130706433, 0x7f.1, 127.1, is seen as the address it is)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def vet_host(host: str, port: int, own: set[str] | frozenset[str]) -> tuple[str | None, str]:
+    """(refusal, address to connect to): the refusal names the first forbidden address."""
+    addresses = resolve(host, port)
+    for address in addresses:
+        why = forbidden_address(address, own)
+        if why is not None:
+            return f"{host} is {address} ({why})", address
+    return None, addresses[0]
+
+
 def _der_chain(tls: ssl.SSLSocket) -> list[bytes]:
     getter = getattr(tls, "get_unverified_chain", None)  # public from Python 3.13
     if getter is None:
@@ -57,12 +128,28 @@ def _der_chain(tls: ssl.SSLSocket) -> list[bytes]:
             for c in chain]
 
 
-def _tls_probe(check: HttpCheck, host: str, port: int, policy: Policy, timeout: float) -> None:
+def _connect(address: str, port: int, device: str | None, deadline: float) -> socket.socket:
+    """A TCP connection from the audited interface; every operation bounded by ``deadline``."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if device:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        sock.connect((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _tls_probe(check: HttpCheck, host: str, address: str, port: int, policy: Policy,
+               device: str | None, deadline: float) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, \
+        with _connect(address, port, device, deadline) as raw, \
                 ctx.wrap_socket(raw, server_hostname=host) as tls:
             check.tls_chain_sha256 = [hashlib.sha256(d).hexdigest() for d in _der_chain(tls)]
     except (OSError, ValueError) as exc:  # ValueError: a host name IDNA cannot encode
@@ -72,7 +159,7 @@ def _tls_probe(check: HttpCheck, host: str, port: int, policy: Policy, timeout: 
         return
     verify = ssl.create_default_context(cafile=str(policy.ca_file))
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, \
+        with _connect(address, port, device, deadline) as raw, \
                 verify.wrap_socket(raw, server_hostname=host):
             check.tls_verified = True
     except ssl.SSLCertVerificationError as exc:
@@ -83,10 +170,19 @@ def _tls_probe(check: HttpCheck, host: str, port: int, policy: Policy, timeout: 
         check.tls_error = f"verification handshake failed: {exc}"
 
 
-def http_check(url: str, *, policy: Policy, timeout: float, max_size: int) -> HttpCheck:
-    """TLS chain (for https) and a bounded, hashed GET of the boot file."""
+def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
+               device: str | None = None, deadline: float | None = None,
+               own: set[str] | frozenset[str] = frozenset()) -> HttpCheck:
+    """TLS chain (for https) and a bounded, hashed GET of the boot file.
+
+    One total deadline covers resolving, both TLS handshakes and the transfer. The body is
+    read as sent (``Accept-Encoding: identity``, never decoded): iPXE treats an unknown
+    Content-Encoding as identity, so the raw bytes are what a client would boot, and no
+    compressed "bomb" can expand here; an encoded answer is recorded as such.
+    """
     check = HttpCheck(url)
-    start = time.monotonic()
+    end = time.monotonic() + timeout
+    end = min(end, deadline) if deadline is not None else end
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -94,33 +190,66 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int) -> Ht
     except ValueError as exc:
         check.error = f"invalid URL: {exc}"
         return check
+    try:
+        refusal, address = vet_host(host, port, own)
+    except (OSError, UnicodeError) as exc:
+        check.error = f"cannot resolve {host!r}: {exc}"
+        return check
+    if refusal is not None:
+        check.refused = refusal
+        check.error = f"not fetched: {refusal}"
+        return check
     if parts.scheme == "https":
-        _tls_probe(check, host, port, policy, timeout)
+        _tls_probe(check, host, address, port, policy, device, end)
     verify: Any = False
     if parts.scheme == "https" and policy.ca_file is not None and check.tls_verified:
         verify = ssl.create_default_context(cafile=str(policy.ca_file))
+    # connect to the vetted address (no second lookup a DNS answer could change), with the
+    # original name in Host and SNI
+    literal = f"[{address}]" if ":" in address else address
+    target = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    options = ([(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())]
+               if device else None)
     digest = hashlib.sha256()
     head = bytearray()
     try:
-        with httpx.Client(verify=verify, timeout=timeout, follow_redirects=False,
-                          trust_env=False) as client, client.stream("GET", url) as resp:
+        transport = httpx.HTTPTransport(verify=verify, socket_options=options, retries=0)
+        with httpx.Client(transport=transport, timeout=max(0.01, end - time.monotonic()),
+                          follow_redirects=False, trust_env=False) as client, \
+                client.stream("GET", target,
+                              headers={"Host": netloc, "Accept-Encoding": "identity"},
+                              extensions={"sni_hostname": host}) as resp:
             check.status = resp.status_code
+            encoding = resp.headers.get("content-encoding", "").strip()
+            if encoding and encoding.lower() != "identity":
+                check.content_encoding = clean(encoding, limit=64)
             if resp.status_code != 200:
                 where = resp.headers.get("location")
-                check.error = f"HTTP {resp.status_code}" + (f" (to {where})" if where else "")
+                check.error = f"HTTP {resp.status_code}"
+                if where:  # a redirect is not followed; its target is evidence, cut
+                    check.location = clean(where, limit=256)
+                    check.error += " (a redirect, not followed)"
                 return check
-            for chunk in resp.iter_bytes(65536):
-                check.size += len(chunk)
-                if check.size > max_size:
+            for chunk in resp.iter_raw(65536):
+                if check.size + len(chunk) > max_size:
+                    check.size = max_size
                     check.truncated = True
+                    check.limit = "size-cap"
                     check.error = f"more than {max_size} bytes"
                     return check
-                if time.monotonic() - start > timeout:
+                check.size += len(chunk)
+                if time.monotonic() > end:
+                    check.limit = "fetch-deadline"
                     check.error = f"took longer than {timeout:g} s"
                     return check
                 digest.update(chunk)
                 if len(head) < HEAD_LIMIT:
                     head += chunk[: HEAD_LIMIT - len(head)]
+    except httpx.TimeoutException:
+        check.limit = "fetch-deadline"
+        check.error = f"took longer than {timeout:g} s"
+        return check
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         # the URL came off the wire: a host name IDNA cannot encode is evidence, not a crash
         check.error = f"{type(exc).__name__}: {exc}"
@@ -132,7 +261,9 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int) -> Ht
 
 
 def _fetch_tftp(target: BootTarget, cfg: FollowConfig, *, max_size: int, timeout: float,
-                well_known: bool) -> Fetched:
+                well_known: bool, deadline: float | None = None) -> Fetched:
+    if deadline is not None:
+        timeout = max(0.01, min(timeout, deadline - time.monotonic()))
     result = tftp.fetch(target.server, target.path, device=cfg.device, timeout=timeout,
                         max_size=max_size, head_limit=HEAD_LIMIT, retry=min(1.0, timeout / 4))
     loader = identify(result.head) if result.size else None
@@ -142,44 +273,107 @@ def _fetch_tftp(target: BootTarget, cfg: FollowConfig, *, max_size: int, timeout
     return Fetched(target, result, loader, well_known=well_known)
 
 
+class _Workers:
+    """A few daemon threads running queued calls: unlike ThreadPoolExecutor's workers
+    (joined at interpreter exit), a worker stuck on a hostile server never keeps the
+    process alive."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = \
+            queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.closed = False
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        self.jobs.put((fut, fn))
+        if len(self.threads) < self.count:
+            thread = threading.Thread(target=self._work, daemon=True,
+                                      name=f"trustboot-audit-{len(self.threads)}")
+            self.threads.append(thread)
+            thread.start()
+        return fut
+
+    def _work(self) -> None:
+        while not self.closed:
+            job = self.jobs.get()
+            if job is None:
+                return
+            fut, fn = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # recorded on the future, read by finish()
+                fut.set_exception(exc)
+
+    def abandon(self) -> None:
+        """Cancel what has not started; running calls are left to their deadlines."""
+        self.closed = True
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+        for _ in self.threads:
+            self.jobs.put(None)
+
+
 class Follower:
     """Schedules fetches as offers arrive; ``finish`` waits (bounded) and records results."""
 
-    def __init__(self, cfg: FollowConfig, policy: Policy, obs: Observation) -> None:
+    def __init__(self, cfg: FollowConfig, policy: Policy, obs: Observation, *,
+                 deadline: float | None = None) -> None:
         self.cfg = cfg
         self.policy = policy
         self.obs = obs
-        self.pool = ThreadPoolExecutor(max_workers=cfg.workers,
-                                       thread_name_prefix="trustboot-audit")
+        # no fetch runs past this (monotonic): the window's end plus the follow timeout
+        self.deadline = deadline
+        self.pool = _Workers(cfg.workers)
         self.tasks: list[tuple[str, Future[Any]]] = []
         self.done: set[str] = set()  # keys of the submitted tasks
-        self.over_limit = False  # max_targets reached (noted once)
         self.servers: set[str] = set()
         self.lock = threading.Lock()
+        self.own = own_addresses()
 
     def _submit(self, key: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         with self.lock:
             if key in self.done:
                 return
             if len(self.done) >= self.cfg.max_targets:
-                if not self.over_limit:
-                    self.over_limit = True
-                    self.obs.notes.append(
-                        f"more than {self.cfg.max_targets} follow-up targets: the rest skipped")
+                self.obs.limit("follow-targets", key.split(":", 1)[1])
                 return
             self.done.add(key)
-            self.tasks.append((key, self.pool.submit(fn, *args, **kwargs)))
+            kwargs["deadline"] = self.deadline
+            self.tasks.append((key, self.pool.submit(lambda: fn(*args, **kwargs))))
+
+    def _refuse(self, url: str, why: str) -> None:
+        with self.lock:
+            key = f"url:{url}"
+            if key in self.done:
+                return
+            self.done.add(key)
+            check = HttpCheck(url, refused=why, error=f"not fetched: {why}")
+            self.tasks.append((key, _resolved(check)))
 
     def _target(self, target: BootTarget) -> None:
         if target.scheme == "tftp":
             if not target.server_is_ip or not target.path:
                 return  # the checks report it as not fetched
+            why = forbidden_address(target.server, self.own)
+            if why is not None:
+                self._refuse(target.url, f"{target.server} ({why})")
+                return
             self._submit(f"tftp:{target.server}:{target.path}", _fetch_tftp, target, self.cfg,
                          max_size=self.cfg.max_size, timeout=self.cfg.timeout, well_known=False)
             self._server(target.server)
         elif target.scheme in ("http", "https"):
             self._submit(f"url:{target.url}", http_check, target.url, policy=self.policy,
-                         timeout=self.cfg.timeout, max_size=self.cfg.max_size)
+                         timeout=self.cfg.timeout, max_size=self.cfg.max_size,
+                         device=self.cfg.device, own=self.own)
 
     def _server(self, server: str) -> None:
         with self.lock:
@@ -187,7 +381,7 @@ class Follower:
                 return
             self.servers.add(server)
         if self.cfg.probe_writes:
-            self._submit(f"write:{server}", tftp.probe_write, server, device=self.cfg.device,
+            self._submit(f"write:{server}", _probe_write, server, device=self.cfg.device,
                          timeout=min(self.cfg.timeout, 5.0))
         if self.cfg.enumerate_paths:
             for path in WELL_KNOWN_PATHS:
@@ -206,7 +400,9 @@ class Follower:
             self._target(BootTarget.from_url(url))
 
     def finish(self, budget: float) -> None:
-        """Wait at most ``budget`` seconds for outstanding work, then record what finished."""
+        """Wait at most ``budget`` seconds for outstanding work, then record what finished.
+
+        Whatever is still running then is abandoned and recorded as a reached limit."""
         end = time.monotonic() + budget
         offered = {f"tftp:{t.server}:{t.path}" for o in self.obs.offers
                    for t in o.boot_targets() if t.scheme == "tftp"}
@@ -214,9 +410,14 @@ class Follower:
             try:
                 result = fut.result(timeout=max(0.0, end - time.monotonic()))
             except FutureTimeout:
+                self.obs.limit("follow-deadline", key.split(":", 1)[1])
                 self.obs.notes.append(f"{key}: still running at the follow-up deadline")
                 continue
             if isinstance(result, Fetched):
+                if result.result.truncated:
+                    self.obs.limit("size-cap", result.target.url)
+                elif result.result.deadline_reached:
+                    self.obs.limit("fetch-deadline", result.target.url)
                 if result.well_known and f"tftp:{result.target.server}:{result.target.path}" \
                         in offered:
                     continue  # the offered boot file itself, already reported as such
@@ -224,11 +425,30 @@ class Follower:
                     continue  # not there: nothing to report
                 self.obs.fetched.append(result)
             elif isinstance(result, HttpCheck):
+                if result.limit:
+                    self.obs.limit(result.limit, result.url)
                 self.obs.http.append(result)
             elif isinstance(result, tftp.WriteResult):
                 self.obs.writes.append(result)
         self.abandon()
 
     def abandon(self) -> None:
-        """Cancel queued work; running transfers end at their own deadlines."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Cancel queued work; running transfers end at their own deadlines (or with the
+        process: the workers are daemon threads)."""
+        self.pool.abandon()
+
+
+def _resolved(value: Any) -> Future[Any]:
+    fut: Future[Any] = Future()
+    fut.set_result(value)
+    return fut
+
+
+def _probe_write(server: str, *, device: str | None, timeout: float,
+                 deadline: float | None = None) -> tftp.WriteResult:
+    if deadline is not None:
+        timeout = max(0.01, min(timeout, deadline - time.monotonic()))
+    return tftp.probe_write(server, device=device, timeout=timeout)
+
+
+__all__ = ["FollowConfig", "Follower", "forbidden_address", "http_check"]

@@ -11,6 +11,27 @@ from trustboot.audit import dhcp4, dhcp6
 from trustboot.audit.loaders import LoaderInfo
 from trustboot.audit.tftp import FetchResult, WriteResult
 
+# Reasons a bound can stop the audit from seeing something (Observation.limit), and what
+# each means; every one reached is a high finding.
+LIMIT_REASONS = {
+    "kernel-drops": "frames the kernel dropped before the audit read them (receive buffer "
+                    "full: a flood)",
+    "per-server-cap": "answers not kept because their sender had already sent the most "
+                      "answers kept per server",
+    "server-count-cap": "answers not kept because too many distinct senders answered",
+    "total-cap": "answers not kept because the total number of answers kept was reached",
+    "malformed-senders": "malformed packets not kept because too many senders sent some",
+    "client-messages": "client messages not examined (passive mode) past the per-window bound",
+    "unparsed-frames": "frames that were no DHCP message, not examined past the per-window bound",
+    "backlog": "frames that arrived within the window but were still unread when it closed",
+    "follow-targets": "boot files not fetched because too many were offered",
+    "follow-deadline": "fetches still running when the follow-up time ran out",
+    "fetch-deadline": "boot files whose transfer did not finish within --follow-timeout",
+    "size-cap": "boot files larger than --max-file-size (only a prefix was read)",
+}
+LISTENER_LIMITS = ("kernel-drops", "per-server-cap", "server-count-cap", "total-cap",
+                   "malformed-senders", "client-messages", "unparsed-frames", "backlog")
+
 
 @dataclass
 class Probe:
@@ -22,10 +43,13 @@ class Probe:
     mac: str
     xid: int
     target: str = "broadcast"
+    # each time it went out (a PXE ROM repeats its DISCOVER): secs field and broadcast flag
+    sends: list[tuple[int, bool]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {"protocol": self.protocol, "arch": self.arch, "ipxe": self.ipxe,
-                "mac": self.mac, "xid": f"0x{self.xid:x}", "target": self.target}
+                "mac": self.mac, "xid": f"0x{self.xid:x}", "target": self.target,
+                "sends": [{"secs": s, "broadcast": b} for s, b in self.sends]}
 
 
 @dataclass
@@ -216,13 +240,18 @@ class HttpCheck:
     tls_verified: bool | None = None  # against the expected CA, when one was given
     tls_error: str | None = None
     loader: LoaderInfo | None = None
+    content_encoding: str | None = None  # what the server sent although we asked for identity
+    refused: str | None = None  # why the audit would not connect (a local/forbidden target)
+    limit: str | None = None  # the limit that stopped the fetch: size-cap, fetch-deadline
+    location: str | None = None  # a redirect's target, as the server sent it (cut)
 
     def to_json(self) -> dict[str, object]:
         return {
             "url": self.url, "ok": self.ok, "status": self.status, "size": self.size,
             "sha256": self.sha256, "truncated": self.truncated, "error": self.error,
             "tls_chain_sha256": self.tls_chain_sha256, "tls_verified": self.tls_verified,
-            "tls_error": self.tls_error,
+            "tls_error": self.tls_error, "content_encoding": self.content_encoding,
+            "refused": self.refused, "limit": self.limit, "location": self.location,
             "loader": self.loader.to_json() if self.loader else None,
         }
 
@@ -242,9 +271,25 @@ class Observation:
     clients_seen: list[str] = field(default_factory=list)  # passive: MACs asking for boot
     notes: list[str] = field(default_factory=list)
     followed: bool = True  # False: boot files were deliberately not fetched (--no-follow)
-    dropped: int = 0  # packets not kept because a bound was reached
+    # what a bound kept from the audit: reason -> count, and a few senders/targets per reason
+    limits: dict[str, int] = field(default_factory=dict)
+    limit_samples: dict[str, list[str]] = field(default_factory=dict)
+    malformed_counts: dict[str, int] = field(default_factory=dict)  # "proto ip mac" -> count
     listen_seconds: float = 0.0
     follow_seconds: float = 0.0
+
+    def limit(self, reason: str, sample: str | None = None, count: int = 1) -> None:
+        """Record that a bound was reached: it becomes a high finding."""
+        self.limits[reason] = self.limits.get(reason, 0) + count
+        if sample is not None:
+            samples = self.limit_samples.setdefault(reason, [])
+            if len(samples) < 5 and sample not in samples:
+                samples.append(sample)
+
+    @property
+    def dropped(self) -> int:
+        """Packets not kept because a bound was reached (listener limits only)."""
+        return sum(n for reason, n in self.limits.items() if reason in LISTENER_LIMITS)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -260,6 +305,7 @@ class Observation:
             "http": [h.to_json() for h in self.http],
             "tftp_write_probes": [w.to_json() for w in self.writes],
             "clients_seen": self.clients_seen, "notes": self.notes, "dropped": self.dropped,
+            "limits": dict(self.limits), "limit_samples": dict(self.limit_samples),
         }
 
 

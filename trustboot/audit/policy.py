@@ -6,9 +6,11 @@ YAML, every key optional, unknown keys rejected (a typo must not silently weaken
       - name: core-dhcp            # label for reports (optional)
         ip: 192.0.2.1              # ip and/or mac (v4) or duid (v6); all given must match
         mac: "52:54:00:12:34:56"   # quoted: YAML 1.1 reads some MACs as numbers
-        role: dhcp                 # dhcp | proxydhcp | dhcpv6 | any (default any)
-      - duid: 00030001525400123456
+        role: dhcp                 # dhcp | proxydhcp | dhcpv6 | relay | any (default any)
+      - duid: 00030001525400123456 # DHCPv6: DUID and the MAC it answers from
+        mac: "52:54:00:12:34:56"
         role: dhcpv6
+      - {ip: 192.0.2.254, mac: "52:54:00:00:00:fe", role: relay}  # a DHCP relay agent
     expected_files:                # boot files the segment should hand out
       - name: undionly.kpxe        # matched against the last path component offered
         sha256: 9f86d08188...
@@ -39,7 +41,7 @@ import yaml
 
 from trustboot.errors import ConfigError
 
-ROLES = ("any", "dhcp", "proxydhcp", "dhcpv6")
+ROLES = ("any", "dhcp", "proxydhcp", "dhcpv6", "relay")
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 MAX_POLICY_BYTES = 4 * 1024 * 1024
@@ -55,8 +57,8 @@ class AuthorizedServer:
 
     def matches(self, *, role: str, ip: str | None = None, mac: str | None = None,
                 duid: str | None = None) -> bool:
-        if self.role != "any" and self.role != role:
-            return False
+        if self.role != role and (self.role != "any" or role == "relay"):
+            return False  # a relay must be named as one: "any" does not vouch for relaying
         checks = []
         if self.ip is not None:
             checks.append(ip is not None and _same_ip(self.ip, ip))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import hashlib
 import ipaddress
 import os
 import select
@@ -43,15 +42,37 @@ SO_ATTACH_FILTER = 26
 SIOCGIFADDR = 0x8915
 CAP_NET_RAW = 13
 
-MAX_OFFERS = 2000
-MAX_MALFORMED = 200
+PACKET_STATISTICS = 6
+SO_RCVBUFFORCE = 33
+
+# Bounds on what one window keeps. Reaching any of them is recorded (Observation.limit) and
+# reported as a high finding: the audit never calls a segment clean when it did not see all.
+MAX_OFFERS = 8000  # answers kept (DHCPv4 + DHCPv6), all senders together
+MAX_SENDERS = 1024  # distinct senders (source MAC + IP) of answers to our probes kept
+MAX_FOREIGN_SENDERS = 256  # distinct senders of answers to other clients kept
+FOREIGN_PER_SENDER = 16  # answers to other clients' xids kept per sender
+MAX_MALFORMED = 200  # malformed packets kept as evidence (all are counted per sender)
+MALFORMED_PER_SENDER = 5
+MAX_MALFORMED_SENDERS = 256
 MAX_CLIENTS = 256
+MAX_CLIENT_MESSAGES = 4096  # passive mode: client messages decoded per window
+MAX_OTHER_FRAMES = 20000  # frames that are no DHCP message (neighbour discovery, garbage)
+BACKLOG_GRACE = 0.5  # seconds to finish reading what arrived before the window closed
 MAX_FRAME = 65536
+RCVBUF = 16 * 1024 * 1024
+
+# Vendor OUIs of NICs that PXE-boot (Intel, Broadcom, Realtek, Mellanox, Dell, HPE,
+# Supermicro, Raspberry Pi, VMware; all universally administered): a rogue that only
+# answers "real" NICs must not be able to tell the probe from a machine.
+VENDOR_OUIS = (
+    "001b21", "3cfdfe", "a0369f", "001018", "00e04c", "98039b", "f8bc12", "1866da",
+    "9457a5", "0cc47a", "dca632", "005056",
+)
 
 
 # -- a tiny classic-BPF assembler: the filter keeps the busy segment out of Python ------------
 
-_LD_H_ABS, _LD_B_ABS, _LD_H_IND, _LDX_B_MSH = 0x28, 0x30, 0x48, 0xB1
+_LD_H_ABS, _LD_B_ABS, _LD_H_IND, _LD_B_IND, _LDX_B_MSH = 0x28, 0x30, 0x48, 0x50, 0xB1
 _JEQ_K, _JSET_K, _RET_K = 0x15, 0x45, 0x06
 
 
@@ -84,9 +105,15 @@ def _port_checks(
     return prog
 
 
-def boot_protocol_filter() -> list[tuple[int, int, int, int]]:
-    """BPF: IPv4 UDP 67/68/4011 (unfragmented or first fragment), IPv6 UDP 546/547, ICMPv6."""
-    v4 = (67, 68, 4011)
+def boot_protocol_filter(*, passive: bool = False) -> list[tuple[int, int, int, int]]:
+    """BPF: BOOTREPLYs to UDP 68 (any source port) or from 4011; DHCPv6 server messages
+    (546/547); ICMPv6 neighbour solicitations. Passive mode adds client messages (67/4011).
+
+    Everything else on a flooded segment is dropped in the kernel, before it costs a read.
+    """
+    client: list[tuple[object, ...]] = []
+    if passive:
+        client = [(_LD_H_IND, 16), (_JEQ_K, 67, "accept", 0), (_JEQ_K, 4011, "accept", 0)]
     prog: list[tuple[object, ...]] = [
         (_LD_H_ABS, 12),
         (_JEQ_K, frames.ETH_P_IP, 0, "not_v4"),
@@ -95,20 +122,28 @@ def boot_protocol_filter() -> list[tuple[int, int, int, int]]:
         (_LD_H_ABS, 20),
         (_JSET_K, 0x1FFF, "drop", 0),
         (_LDX_B_MSH, 14),
-        *_port_checks(14, v4, last_fail=0),
-        *_port_checks(16, v4, last_fail="drop"),
+        (_LD_H_IND, 16),
+        (_JEQ_K, dhcp4.CLIENT_PORT, "bootreply", 0),
+        (_LD_H_IND, 14),
+        (_JEQ_K, dhcp4.PXE_PORT, "bootreply", 0),
+        *client,
+        (_JEQ_K, 0xFFFFFFFF, "drop", "drop"),
+        ("bootreply",),
+        (_LD_B_IND, 22),  # UDP payload byte 0: op
+        (_JEQ_K, 2, "accept", "drop"),
         ("not_v4",),
         (_JEQ_K, frames.ETH_P_IPV6, 0, "drop"),
         (_LD_B_ABS, 20),
-        (_JEQ_K, 58, "accept", 0),
-        (_JEQ_K, 0, "accept", 0),
+        (_JEQ_K, 58, "icmp6", 0),
         (_JEQ_K, 17, 0, "drop"),
         (_LD_H_ABS, 54),
-        (_JEQ_K, 546, "accept", 0),
         (_JEQ_K, 547, "accept", 0),
         (_LD_H_ABS, 56),
         (_JEQ_K, 546, "accept", 0),
-        (_JEQ_K, 547, "accept", "drop"),
+        (_JEQ_K, 547 if passive else 0x10000, "accept", "drop"),
+        ("icmp6",),
+        (_LD_B_ABS, 54),
+        (_JEQ_K, frames.ICMPV6_NS, "accept", "drop"),
         ("drop",),
         (_RET_K, 0),
         ("accept",),
@@ -161,7 +196,11 @@ def interface_ipv4(name: str) -> str | None:
     return str(ipaddress.IPv4Address(res[20:24]))
 
 
-def random_mac() -> bytes:
+def random_mac(*, vendor: bool = False) -> bytes:
+    """A random unicast MAC: a NIC vendor's OUI, or locally administered."""
+    if vendor:
+        oui = VENDOR_OUIS[os.urandom(1)[0] % len(VENDOR_OUIS)]
+        return bytes.fromhex(oui) + os.urandom(3)
     first = (os.urandom(1)[0] & 0xFC) | 0x02  # unicast, locally administered
     return bytes([first]) + os.urandom(5)
 
@@ -187,13 +226,14 @@ class Link(Protocol):
     def fileno(self) -> int: ...
     def add_unicast(self, mac: bytes) -> None: ...
     def add_multicast(self, mac: bytes) -> None: ...
+    def drops(self) -> int: ...
     def close(self) -> None: ...
 
 
 class PacketSocket:
     """An AF_PACKET socket on one interface, filtered to boot protocols."""
 
-    def __init__(self, interface: str, *, promiscuous: bool) -> None:
+    def __init__(self, interface: str, *, promiscuous: bool, passive: bool = False) -> None:
         self.interface = interface
         self.ifindex = interface_index(interface)
         try:
@@ -206,13 +246,17 @@ class PacketSocket:
                 "setcap cap_net_raw,cap_net_admin+ep on the Python interpreter",
             ) from None
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-            self.filtered = _attach_filter(self.sock, boot_protocol_filter())
+            try:  # root may exceed rmem_max: a flood then overflows later, if at all
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            except OSError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            self.filtered = _attach_filter(self.sock, boot_protocol_filter(passive=passive))
             self.sock.bind((interface, 0))
             if promiscuous:
                 self._membership(PACKET_MR_PROMISC, b"")
             self.sock.setblocking(False)
             self._drain()
+            self.drops()  # drops before the filter was attached are not the segment's
         except OSError as exc:
             self.sock.close()
             raise OperationalError(
@@ -237,6 +281,15 @@ class PacketSocket:
                 self.sock.recv(MAX_FRAME)
             except BlockingIOError:
                 return
+
+    def drops(self) -> int:
+        """Frames the kernel dropped since the last call (the receive buffer was full)."""
+        try:
+            raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        except OSError:
+            return 0
+        _packets, dropped = struct.unpack("II", raw)
+        return int(dropped)
 
     def send(self, frame: bytes) -> None:
         self.sock.send(frame)
@@ -268,14 +321,47 @@ class ProbeConfig:
 
 
 @dataclass
+class _Machine:
+    """One pretend booting machine: a MAC and the messages it repeats through the window."""
+
+    arch: str
+    mac: bytes
+    uuid: bytes
+    probes: list[Probe] = field(default_factory=list)
+
+
+@dataclass
 class _ProbeState:
-    macs: dict[str, bytes] = field(default_factory=dict)  # arch -> MAC
+    machines: list[_Machine] = field(default_factory=list)
+    macs: dict[str, bytes] = field(default_factory=dict)  # arch -> MAC for port-4011 queries
     uuids: dict[str, bytes] = field(default_factory=dict)
     by_xid4: dict[int, Probe] = field(default_factory=dict)
     by_xid6: dict[int, Probe] = field(default_factory=dict)
     link_locals: dict[str, bytes] = field(default_factory=dict)  # our fe80:: -> MAC
-    seen: set[bytes] = field(default_factory=set)
+    seen: set[int] = field(default_factory=set)  # hashes of the frames already decoded
     proxied: set[tuple[str, str]] = field(default_factory=set)
+    senders: dict[bytes, list[int]] = field(default_factory=dict)  # MAC+IP -> [ours, foreign]
+    new_senders: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
+    kept: int = 0
+    sent: int = 0
+    client_messages: int = 0
+    other: int = 0
+
+
+def round_offsets(window: float) -> list[float]:
+    """When the DISCOVERs go out, as fractions of the window: a PXE ROM repeats its
+    DISCOVER, and a rogue that answers only a repeat must still be seen."""
+    if window >= 2:
+        return [0.0, 0.2, 0.45, 0.7]
+    if window >= 0.8:
+        return [0.0, 0.45]
+    return [0.0]
+
+
+def _sender_text(src_mac: bytes, src_ip: bytes) -> str:
+    ip = (str(ipaddress.IPv4Address(src_ip)) if len(src_ip) == 4
+          else str(ipaddress.IPv6Address(src_ip)) if len(src_ip) == 16 else "?")
+    return f"{ip} ({dhcp4.mac_text(src_mac)})"
 
 
 class Listener:
@@ -294,7 +380,8 @@ class Listener:
         self.start = time.monotonic()
         if link is None:
             self.own_ip = interface_ipv4(config.interface)
-            link = PacketSocket(config.interface, promiscuous=config.passive)
+            link = PacketSocket(config.interface, promiscuous=config.passive,
+                                passive=config.passive)
         else:
             self.own_ip = None
         self.pkt: Link = link
@@ -322,48 +409,70 @@ class Listener:
             src_ip=frames.link_local_from_mac(mac), dst_ip=dhcp6.ALL_SERVERS,
             sport=dhcp6.CLIENT_PORT, dport=dhcp6.SERVER_PORT, payload=payload))
 
-    def _prepare(self) -> list[tuple[Probe, bytes]]:
+    def _prepare(self) -> list[Probe]:
+        """Two machines per architecture, one with a NIC vendor's MAC and one with a locally
+        administered MAC; each asks as the firmware's PXE client and as iPXE (and over
+        DHCPv6 for UEFI)."""
         st = self.state
-        out: list[tuple[Probe, bytes]] = []
+        out: list[Probe] = []
         for name in self.cfg.arches:
             arch = dhcp4.ARCHES[name]
-            mac = self.cfg.mac or random_mac()
-            st.macs[name] = mac
-            st.uuids[name] = os.urandom(16)
-            self.pkt.add_unicast(mac)
-            for ipxe in (False, True) if self.cfg.ipxe_probe else (False,):
-                xid = int.from_bytes(os.urandom(4), "big")
-                probe = Probe("dhcpv4", name, ipxe, dhcp4.mac_text(mac), xid)
-                st.by_xid4[xid] = probe
-                out.append((probe, dhcp4.build_discover(
-                    mac=mac, xid=xid, arch=arch, uuid=st.uuids[name], ipxe=ipxe)))
-            if self.cfg.dhcpv6 and arch.code != 0:
-                ll = frames.link_local_from_mac(mac)
-                st.link_locals[ll] = mac
-                solicited = "ff02::1:ff" + ipaddress.IPv6Address(ll).exploded[-7:]
-                self.pkt.add_multicast(frames.multicast_mac(solicited))
-                xid = int.from_bytes(os.urandom(3), "big")
-                probe = Probe("dhcpv6", name, False, dhcp4.mac_text(mac), xid,
-                              target=dhcp6.ALL_SERVERS)
-                st.by_xid6[xid] = probe
-                out.append((probe, dhcp6.build_solicit(
-                    mac=mac, xid=xid, arch=arch, iaid=int.from_bytes(mac[2:], "big"))))
+            for vendor in (True, False):
+                mac = self.cfg.mac or random_mac(vendor=vendor)
+                machine = _Machine(name, mac, os.urandom(16))
+                st.machines.append(machine)
+                st.macs.setdefault(name, mac)
+                st.uuids.setdefault(name, machine.uuid)
+                self.pkt.add_unicast(mac)
+                for ipxe in (False, True) if self.cfg.ipxe_probe else (False,):
+                    xid = int.from_bytes(os.urandom(4), "big")
+                    probe = Probe("dhcpv4", name, ipxe, dhcp4.mac_text(mac), xid)
+                    st.by_xid4[xid] = probe
+                    machine.probes.append(probe)
+                if self.cfg.dhcpv6 and arch.dhcpv6:
+                    ll = frames.link_local_from_mac(mac)
+                    st.link_locals[ll] = mac
+                    solicited = "ff02::1:ff" + ipaddress.IPv6Address(ll).exploded[-7:]
+                    self.pkt.add_multicast(frames.multicast_mac(solicited))
+                    xid = int.from_bytes(os.urandom(3), "big")
+                    probe = Probe("dhcpv6", name, False, dhcp4.mac_text(mac), xid,
+                                  target=dhcp6.ALL_SERVERS)
+                    st.by_xid6[xid] = probe
+                    machine.probes.append(probe)
+                out.extend(machine.probes)
         if self.cfg.dhcpv6 and st.link_locals:
             self.pkt.add_multicast(frames.multicast_mac(dhcp6.ALL_SERVERS))
         return out
 
-    def _send_all(self, messages: list[tuple[Probe, bytes]]) -> None:
-        for probe, payload in messages:
-            try:
-                if probe.protocol == "dhcpv6":
-                    self._send_dhcp6(probe, payload)
-                else:
-                    self._send_dhcp4(probe, payload)
-            except OSError as exc:
-                raise OperationalError(
-                    f"cannot send on {self.cfg.interface}: {exc.strerror or exc}",
-                    hint="check that the interface is up and has a link",
-                ) from None
+    def _send_round(self, number: int) -> None:
+        """One repetition: secs grows as on a machine that keeps trying, the broadcast flag
+        and the order vary, as they do between real firmwares."""
+        st = self.state
+        machines = list(st.machines)
+        if number:  # a different order each time: no fixed rhythm to recognise
+            machines.sort(key=lambda _m: os.urandom(2))
+        for machine in machines:
+            arch = dhcp4.ARCHES[machine.arch]
+            for probe in machine.probes:
+                last = probe.sends[-1][0] if probe.sends else os.urandom(1)[0] % 4
+                secs = last + 4 + os.urandom(1)[0] % 9 if probe.sends else last
+                broadcast = number % 2 == 0 or os.urandom(1)[0] % 2 == 0
+                try:
+                    if probe.protocol == "dhcpv6":
+                        self._send_dhcp6(probe, dhcp6.build_solicit(
+                            mac=machine.mac, xid=probe.xid, arch=arch,
+                            iaid=int.from_bytes(machine.mac[2:], "big"), elapsed=secs))
+                    else:
+                        self._send_dhcp4(probe, dhcp4.build_discover(
+                            mac=machine.mac, xid=probe.xid, arch=arch, uuid=machine.uuid,
+                            ipxe=probe.ipxe, secs=secs, broadcast=broadcast))
+                except OSError as exc:
+                    raise OperationalError(
+                        f"cannot send on {self.cfg.interface}: {exc.strerror or exc}",
+                        hint="check that the interface is up and has a link",
+                    ) from None
+                probe.sends.append((secs, broadcast if probe.protocol == "dhcpv4" else False))
+                st.sent += 1
 
     def _open_udp(self, own_ip: str) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -405,15 +514,105 @@ class Listener:
             if self.udp is None:
                 self.udp = self._open_udp(self.own_ip)
             self.udp.sendto(payload, (offer.server_ip, dhcp4.PXE_PORT))
+            self.state.sent += 1
         except OSError as exc:
             self.obs.notes.append(
                 f"ProxyDHCP {offer.server_ip}: port-4011 query failed: {exc.strerror or exc}")
 
     # -- receiving -------------------------------------------------------------------------
+    def triage(self, data: bytes) -> bool:
+        """Cheap look at a raw frame before decoding it: True to decode and record it.
+
+        Identical copies are skipped. Answers are counted per sender (source MAC + IP):
+        answers to our own probes are kept up to a bound that grows with what we sent,
+        answers to other clients up to a small one, and the first answer of every new sender
+        is kept whatever the total. What is not kept is recorded as a reached limit.
+        """
+        key = hash(data[6:])
+        st = self.state
+        if key in st.seen:
+            return False
+        sender = self._answer_sender(data)
+        if sender is None:  # neighbour discovery, garbage: decode it, up to a bound
+            st.other += 1
+            if st.other > MAX_OTHER_FRAMES:
+                self.obs.limit("unparsed-frames")
+                return False
+            return True
+        ident, ours, kind = sender
+        if kind == "client":
+            st.client_messages += 1
+            if st.client_messages > MAX_CLIENT_MESSAGES:
+                self.obs.limit("client-messages")
+                return False
+            st.seen.add(key)
+            return True
+        counts = st.senders.get(ident)
+        if counts is None:
+            # senders answering our probes and senders answering others are bounded
+            # apart: a flood of the latter cannot use up room meant for the former
+            if st.new_senders[ours] >= (MAX_SENDERS if ours else MAX_FOREIGN_SENDERS):
+                self.obs.limit("server-count-cap", self._sample(ident))
+                return False
+            st.new_senders[ours] += 1
+            counts = st.senders[ident] = [0, 0]
+        elif ours:
+            if counts[0] >= 2 * st.sent + 32:
+                self.obs.limit("per-server-cap", self._sample(ident))
+                return False
+        elif counts[1] >= FOREIGN_PER_SENDER:
+            self.obs.limit("per-server-cap", self._sample(ident))
+            return False
+        if sum(counts) and st.kept >= MAX_OFFERS:
+            self.obs.limit("total-cap", self._sample(ident))
+            return False
+        counts[0 if ours else 1] += 1
+        st.kept += 1
+        st.seen.add(key)
+        return True
+
+    @staticmethod
+    def _sample(ident: bytes) -> str:
+        return _sender_text(ident[:6], ident[6:])
+
+    def _answer_sender(self, data: bytes) -> tuple[bytes, bool, str] | None:
+        """(sender, answers one of our probes, "v4"/"v6"/"client") for a DHCP message, read
+        at fixed offsets without decoding; None for anything else (decoded normally)."""
+        if len(data) < 42:
+            return None
+        ethertype = data[12:14]
+        if ethertype == b"\x08\x00" and data[23] == 17:
+            ihl = (data[14] & 0x0F) * 4
+            udp = 14 + ihl
+            if len(data) < udp + 16:
+                return None
+            payload = udp + 8
+            dport = int.from_bytes(data[udp + 2 : udp + 4], "big")
+            if data[payload] == 1 and dport in (dhcp4.SERVER_PORT, dhcp4.PXE_PORT):
+                return data[6:12] + data[26:30], False, "client"
+            if data[payload] != 2:
+                return None
+            xid = int.from_bytes(data[payload + 4 : payload + 8], "big")
+            return data[6:12] + data[26:30], xid in self.state.by_xid4, "v4"
+        if ethertype == b"\x86\xdd" and len(data) >= 66 and data[20] == 17:
+            sport = int.from_bytes(data[54:56], "big")
+            dport = int.from_bytes(data[56:58], "big")
+            if dport == dhcp6.SERVER_PORT and sport != dhcp6.SERVER_PORT:
+                return data[6:12] + data[22:38], False, "client"
+            xid = int.from_bytes(data[63:66], "big")
+            return data[6:12] + data[22:38], xid in self.state.by_xid6, "v6"
+        return None
+
     def _malformed(self, protocol: str, exc: MalformedPacket, src_ip: str, src_mac: bytes,
                    data: bytes) -> None:
-        if len(self.obs.malformed) >= MAX_MALFORMED:
-            self.obs.dropped += 1
+        """Every malformed packet is counted per sender; a few per sender are kept."""
+        key = f"{protocol} {src_ip} {dhcp4.mac_text(src_mac)}"
+        counts = self.obs.malformed_counts
+        if key not in counts and len(counts) >= MAX_MALFORMED_SENDERS:
+            self.obs.limit("malformed-senders", f"{src_ip} ({dhcp4.mac_text(src_mac)})")
+            return
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] > MALFORMED_PER_SENDER or len(self.obs.malformed) >= MAX_MALFORMED:
             return
         self.obs.malformed.append(Malformed(
             protocol, exc.reason, src_ip, dhcp4.mac_text(src_mac), data[:96].hex(), len(data),
@@ -445,17 +644,12 @@ class Listener:
         else:
             self._handle_v6(frame)
 
-    def _dedupe(self, frame: frames.Frame) -> bool:
-        key = hashlib.sha256(frame.src_mac + frame.src_ip.encode() + frame.payload).digest()
-        if key in self.state.seen:
-            return True
-        self.state.seen.add(key)
-        return False
-
     def _handle_v4(self, frame: frames.Frame) -> None:
-        server_to_client = frame.sport in (dhcp4.SERVER_PORT, dhcp4.PXE_PORT)
+        # every message to the client port counts, whatever port it came from
+        server_to_client = (frame.dport == dhcp4.CLIENT_PORT
+                            or frame.sport in (dhcp4.SERVER_PORT, dhcp4.PXE_PORT))
         client_to_server = frame.dport in (dhcp4.SERVER_PORT, dhcp4.PXE_PORT)
-        if not (server_to_client or client_to_server) or self._dedupe(frame):
+        if not (server_to_client or client_to_server):
             return
         try:
             pkt = dhcp4.parse(frame.payload)
@@ -471,9 +665,6 @@ class Listener:
         probe = self.state.by_xid4.get(pkt.xid)
         if probe is not None and pkt.client_mac != probe.mac:
             probe = None  # same xid, other client: still a server on this segment
-        if len(self.obs.offers) >= MAX_OFFERS:
-            self.obs.dropped += 1
-            return
         offer = Offer(pkt, frame.src_ip, dhcp4.mac_text(frame.src_mac), frame.sport,
                       time.monotonic() - self.start, probe)
         self.obs.offers.append(offer)
@@ -483,7 +674,7 @@ class Listener:
             self.on_offer(offer)
 
     def _handle_v6(self, frame: frames.Frame) -> None:
-        if frame.protocol != frames.IPPROTO_UDP or self._dedupe(frame):
+        if frame.protocol != frames.IPPROTO_UDP:
             return
         if frame.sport == dhcp6.SERVER_PORT or frame.dport == dhcp6.CLIENT_PORT:
             try:
@@ -492,9 +683,6 @@ class Listener:
                 self._malformed("dhcpv6", exc, frame.src_ip, frame.src_mac, frame.payload)
                 return
             if msg.msg_type not in dhcp6.SERVER_MESSAGES:
-                return
-            if len(self.obs.replies6) >= MAX_OFFERS:
-                self.obs.dropped += 1
                 return
             reply = Reply6(msg, frame.src_ip, dhcp4.mac_text(frame.src_mac),
                            time.monotonic() - self.start, self.state.by_xid6.get(msg.xid))
@@ -513,47 +701,74 @@ class Listener:
         if text in self.obs.clients_seen:
             return
         if len(self.obs.clients_seen) >= MAX_CLIENTS:
-            self.obs.dropped += 1
+            self.obs.limit("client-messages", text)
             return
         self.obs.clients_seen.append(text)
 
+    def _kernel_drops(self) -> None:
+        dropped = self.pkt.drops()
+        if dropped:
+            self.obs.limit("kernel-drops", count=dropped)
+
     def run(self) -> None:
-        """Send (unless passive), then listen until the window closes."""
-        messages: list[tuple[Probe, bytes]] = []
+        """Send (unless passive), then listen until the window closes.
+
+        The DISCOVERs are repeated through the window (see ``round_offsets``), with a little
+        jitter. Reading never stops before the window ends, however much arrives: frames are
+        triaged cheaply before they are decoded, and whatever a bound keeps out is recorded.
+        """
+        schedule: list[float] = []
         if not self.cfg.passive:
-            messages = self._prepare()
-            self.obs.probes.extend(p for p, _ in messages)
-            self._send_all(messages)
+            self.obs.probes.extend(self._prepare())
+            step = self.cfg.window * 0.05
+            for i, fraction in enumerate(round_offsets(self.cfg.window)):
+                jitter = 0.0 if i == 0 else (os.urandom(1)[0] / 255 - 0.5) * step
+                schedule.append(self.start + fraction * self.cfg.window + jitter)
         end = self.start + self.cfg.window
-        resend_at = self.start + self.cfg.window * 0.4 if self.cfg.window >= 2 else None
-        budget = 200_000  # frames per window: a flood cannot keep us here past the window
+        rounds = 0
         while True:
             now = time.monotonic()
             if now >= end:
                 break
-            if resend_at is not None and now >= resend_at and messages:
-                resend_at = None
-                self._send_all(messages)  # one retransmission, as a PXE ROM would
-            wait = min(end, resend_at or end) - now
-            readable, _, _ = select.select([self.pkt], [], [], max(0.0, wait))
-            if not readable:
+            if rounds < len(schedule) and now >= schedule[rounds]:
+                self._send_round(rounds)
+                rounds += 1
                 continue
-            for _ in range(256):
-                got = self.pkt.recv()
-                if got is None:
-                    break
-                data, pkttype = got
-                if pkttype == PACKET_OUTGOING:
-                    continue
-                budget -= 1
-                if budget <= 0:
-                    self.obs.dropped += 1
-                    continue
-                self.handle_frame(data)
-            if self.udp is not None:
-                try:  # answers come in through the packet socket; keep this one empty
-                    while self.udp.recv(MAX_FRAME):
-                        pass
-                except OSError:
-                    pass
+            wake = schedule[rounds] if rounds < len(schedule) else end
+            readable, _, _ = select.select([self.pkt], [], [], max(0.0, min(end, wake) - now))
+            if readable:
+                self._read(1024)
+        # What arrived in time but is still queued (a flood) is read for a short grace;
+        # what is left after that is counted, not silently ignored.
+        grace = time.monotonic() + BACKLOG_GRACE
+        while time.monotonic() < grace and self._read(1024):
+            pass
+        left = 0
+        while time.monotonic() < grace + 0.2 and self.pkt.recv() is not None:
+            left += 1
+        if left:
+            self.obs.limit("backlog", count=left)
+        self._kernel_drops()
         self.obs.listen_seconds = time.monotonic() - self.start
+
+    def _read(self, most: int) -> int:
+        """Triage and record up to ``most`` queued frames; how many were read."""
+        n = 0
+        for n in range(1, most + 1):
+            got = self.pkt.recv()
+            if got is None:
+                n -= 1
+                break
+            data, pkttype = got
+            if pkttype == PACKET_OUTGOING:
+                continue
+            if self.triage(data):
+                self.handle_frame(data)
+        self._kernel_drops()
+        if self.udp is not None:
+            try:  # answers come in through the packet socket; keep this one empty
+                while self.udp.recv(MAX_FRAME):
+                    pass
+            except OSError:
+                pass
+        return n

@@ -17,7 +17,10 @@ from trustboot.audit.probe import Listener, ProbeConfig
 class AuditOptions:
     probe: ProbeConfig
     follow: FollowConfig | None  # None: do not fetch anything (always None when passive)
-    follow_budget: float = 15.0  # seconds allowed after the window for outstanding work
+
+
+# Seconds finish() waits past the fetch deadline for results already on their way.
+FINISH_GRACE = 0.3
 
 
 @dataclass
@@ -37,8 +40,11 @@ def run_audit(options: AuditOptions, policy: Policy) -> AuditResult:
     obs = Observation(interface=cfg.interface, mode="passive" if cfg.passive else "active",
                       window=cfg.window)
     follower = None
+    fetch_deadline = time.monotonic() + cfg.window
     if options.follow is not None and not cfg.passive:
-        follower = Follower(options.follow, policy, obs)
+        # every fetch ends by window + follow timeout, however the network behaves
+        fetch_deadline += options.follow.timeout
+        follower = Follower(options.follow, policy, obs, deadline=fetch_deadline)
     obs.followed = follower is not None
     listener = Listener(cfg, obs,
                         on_offer=follower.on_offer if follower else None,
@@ -57,7 +63,7 @@ def run_audit(options: AuditOptions, policy: Policy) -> AuditResult:
         listener.close()
     window_end = time.monotonic()
     if follower is not None:
-        follower.finish(options.follow_budget)
+        follower.finish(max(0.0, fetch_deadline - time.monotonic()) + FINISH_GRACE)
     obs.follow_seconds = time.monotonic() - window_end
     findings = evaluate(obs, policy)
     return AuditResult(obs, findings, policy, started, datetime.now(UTC),

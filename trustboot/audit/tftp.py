@@ -128,10 +128,12 @@ class FetchResult:
     announced_size: int | None = None
     elapsed: float = 0.0
     malformed: list[str] = field(default_factory=list)
+    deadline_reached: bool = False  # the transfer was still going when time ran out
 
     def to_json(self) -> dict[str, object]:
         return {
             "server": self.server, "filename": self.filename, "ok": self.ok, "size": self.size,
+            "deadline_reached": self.deadline_reached,
             "sha256": self.sha256, "error": self.error, "truncated": self.truncated,
             "announced_size": self.announced_size, "elapsed_s": round(self.elapsed, 3),
             "malformed": self.malformed,
@@ -268,6 +270,9 @@ def fetch(
             pkt = xfer.receive()
             if pkt is None:
                 result.error = "timed out" if not result.malformed else "malformed replies"
+                if result.size and time.monotonic() >= xfer.deadline:
+                    result.deadline_reached = True
+                    result.error = f"still transferring after {timeout:g} s ({result.size} bytes)"
                 break
             if pkt.opcode == ERROR:
                 name = ERROR_NAMES.get(pkt.error_code, "error")

@@ -127,8 +127,7 @@ def command(
         follow = FollowConfig(device=interface, timeout=follow_timeout,
                               max_size=_size(max_file_size), enumerate_paths=enumerate_tftp,
                               probe_writes=probe_writes)
-    result = run_audit(AuditOptions(probe=probe, follow=follow,
-                                    follow_budget=follow_timeout + 5.0), policy)
+    result = run_audit(AuditOptions(probe=probe, follow=follow), policy)
     sarif = (dumps(to_sarif(result, threshold))
              if sarif_path is not None or output == "sarif" else None)
     if sarif_path is not None:
