@@ -163,9 +163,10 @@ class Segment:
         self._start(host, [sys.executable, str(SERVERS), mode, *args],
                     log=self.workdir / f"{mode}-{host.role}.log", ready="ready")
 
-    def audit(self, host: Host, *args: str, timeout: float = 120) -> AuditRun:
+    def audit(self, host: Host, *args: str, timeout: float = 120,
+              env: dict[str, str] | None = None) -> AuditRun:
         argv = [sys.executable, "-m", "trustboot", "audit", "--interface", "eth0", *args]
-        env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="100")
+        env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="100", **(env or {}))
         start = time.monotonic()
         proc = subprocess.run(host.argv(argv), capture_output=True, text=True, cwd=REPO,
                               env=env, timeout=timeout)

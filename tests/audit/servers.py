@@ -3,22 +3,46 @@
     python servers.py tftp ROOT           writable TFTP (tftpy): the write-probe positive
     python servers.py https ROOT CERT KEY HTTPS file server on [::]:443 (dual stack)
     python servers.py hostile-dhcp IF     answers every DHCPDISCOVER with malformed replies
+    python servers.py rogue IF MODE ARG.. a hostile DHCP responder speaking raw frames:
+        flood N          on the first DISCOVER: N junk offers to other clients from random
+                         MACs, then its own offer (evil.kpxe)
+        spoof N IP MAC   on the first DISCOVER: N distinct offers spoofing IP/MAC, then its own
+        urls URL...      answers each DISCOVER with the next URL as option 67
+        evasive          answers only DISCOVERs with secs >= 5, from a universally
+                         administered MAC, for arch 9 (EFI BC), from source port 6767
+        giaddr IP        offers with server identifier IP and giaddr set (a "relay")
+        duid6 MAC        answers Solicits with an Advertise whose DUID-LL embeds MAC
+        many N LEN       answers the first DISCOVER from N fake servers, option 67 LEN bytes
+    python servers.py http                hostile HTTP on port 80: /drip-headers, /drip-body,
+                                          /hang, /bomb (gzip, gzip), /big, /redirect (C1 + bidi)
+    python servers.py canary PORT LOG     TCP listener on 127.0.0.1 and ::1 logging connections
 
 Each prints "ready" on stdout once it is listening, and runs until terminated.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import gzip
 import http.server
+import ipaddress
 import logging
+import os
 import socket
 import ssl
 import struct
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.audit import packets
+from trustboot.audit import dhcp4, dhcp6, frames
 
 
 def _ready() -> None:
@@ -98,10 +122,223 @@ def hostile_dhcp(interface: str) -> None:
             time.sleep(0.01)
 
 
+# -- scripted rogue DHCP responders (raw frames: any source MAC, IP and port) -----------------
+
+
+def _own(interface: str) -> tuple[bytes, str]:
+    mac = bytes.fromhex(Path(f"/sys/class/net/{interface}/address").read_text().strip()
+                        .replace(":", ""))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", interface.encode()[:15]))
+    return mac, str(ipaddress.IPv4Address(raw[20:24]))
+
+
+def _offer(req: dhcp4.Dhcp4Packet, *, server_ip: str, file: bytes, src_mac: bytes,
+           src_ip: str, sport: int = 67, giaddr: str | None = None,
+           yiaddr: str = "192.0.2.222") -> bytes:
+    reply = bytearray(packets.dhcp_reply(xid=req.xid, chaddr=req.chaddr, yiaddr=yiaddr,
+                                         siaddr=server_ip, server_id=server_ip,
+                                         options=[(67, file)] if len(file) <= 255 else None,
+                                         raw_options=_long_option(67, file, server_ip)
+                                         if len(file) > 255 else None))
+    if giaddr is not None:
+        reply[24:28] = ipaddress.IPv4Address(giaddr).packed
+    return packets.offer_frame(bytes(reply), src_mac=src_mac, src_ip=src_ip, sport=sport)
+
+
+def _long_option(code: int, value: bytes, server_ip: str) -> bytes:
+    """Option 53, 54, and a long option split into 255-byte pieces (RFC 3396)."""
+    out = packets.opt(dhcp4.OPT_MESSAGE_TYPE, bytes([dhcp4.OFFER]))
+    out += packets.opt(dhcp4.OPT_SERVER_ID, ipaddress.IPv4Address(server_ip).packed)
+    for i in range(0, len(value), 255):
+        out += packets.opt(code, value[i : i + 255])
+    return out
+
+
+def _junk_frames(count: int) -> list[bytes]:
+    """Well-formed offers to clients that do not exist, from random MACs (UDP checksum 0)."""
+    template = bytearray(packets.offer_frame(packets.dhcp_reply(
+        xid=0, chaddr=b"\x02\x99" * 3, file=b"junk.kpxe", server_id="192.0.2.99",
+        siaddr="192.0.2.99"), src_mac=b"\x02" * 6, src_ip="192.0.2.99"))
+    template[40:42] = b"\0\0"  # no UDP checksum: the xid and MAC can change freely
+    out = []
+    noise = os.urandom(10 * count)
+    for i in range(count):
+        frame = bytearray(template)
+        frame[6:12] = b"\x02" + noise[10 * i : 10 * i + 5]
+        frame[46:50] = noise[10 * i + 5 : 10 * i + 9]
+        out.append(bytes(frame))
+    return out
+
+
+def rogue(interface: str, mode: str, *args: str) -> None:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    sock.bind((interface, 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * 1024 * 1024)
+    mac, ip = _own(interface)
+    junk = _junk_frames(int(args[0])) if mode == "flood" else []
+    urls = list(args) if mode == "urls" else []
+    answered = 0
+    _ready()
+    while True:
+        data = sock.recv(65536)
+        try:
+            frame = frames.parse_frame(data)
+        except ValueError:
+            continue
+        if frame is None or frame.src_mac == mac or frame.protocol != frames.IPPROTO_UDP:
+            continue
+        if frame.family == 6:
+            if mode == "duid6" and frame.dport == dhcp6.SERVER_PORT:
+                msg = dhcp6.parse(frame.payload)
+                adv = packets.advertise(xid=msg.xid, client_duid=bytes.fromhex(
+                    msg.client_duid or ""), url="https://[2001:db8::1]/boot.ipxe",
+                    server_mac=bytes.fromhex(args[0].replace(":", "")))
+                sock.send(frames.udp6_frame(
+                    src_mac=mac, dst_mac=frame.src_mac, src_ip=frames.link_local_from_mac(mac),
+                    dst_ip=frame.src_ip, sport=547, dport=546, payload=adv))
+            continue
+        if frame.dport != 67:
+            continue
+        try:
+            req = dhcp4.parse(frame.payload)
+        except ValueError:
+            continue
+        if req.op != 1 or req.message_type != dhcp4.DISCOVER:
+            continue
+        if mode == "flood" and not answered:
+            start = time.monotonic()
+            for junk_frame in junk:
+                try:
+                    sock.send(junk_frame)
+                except OSError:
+                    time.sleep(0.0005)
+            print(f"flood of {len(junk)} took {time.monotonic() - start:.2f} s", file=sys.stderr,
+                  flush=True)
+            time.sleep(0.05)
+            sock.send(_offer(req, server_ip=ip, file=b"evil.kpxe", src_mac=mac, src_ip=ip))
+        elif mode == "spoof" and not answered:
+            spoof_mac = bytes.fromhex(args[2].replace(":", ""))
+            for i in range(int(args[0])):
+                sock.send(_offer(req, server_ip=args[1], file=f"f{i}.kpxe".encode(),
+                                 src_mac=spoof_mac, src_ip=args[1]))
+            time.sleep(0.05)
+            sock.send(_offer(req, server_ip=ip, file=b"evil.kpxe", src_mac=mac, src_ip=ip))
+        elif mode == "urls":
+            url = urls[answered % len(urls)].encode()
+            sock.send(_offer(req, server_ip=ip, file=url, src_mac=mac, src_ip=ip))
+        elif mode == "evasive":
+            if req.secs >= 5 and not req.chaddr[0] & 0x02 and req.client_arch == 9:
+                sock.send(_offer(req, server_ip=ip, file=b"evil.efi", src_mac=mac, src_ip=ip,
+                                 sport=6767))
+        elif mode == "giaddr":
+            sock.send(_offer(req, server_ip=args[0], file=b"evil.kpxe", src_mac=mac, src_ip=ip,
+                             giaddr="192.0.2.254"))
+        elif mode == "many" and not answered:
+            count, length = int(args[0]), int(args[1])
+            for i in range(count):
+                fake_mac = b"\x02\xfa" + i.to_bytes(4, "big")
+                fake_ip = f"192.0.2.{10 + i % 200}"
+                name = (f"fake{i}-".encode() + b"A" * length)[:length]
+                sock.send(_offer(req, server_ip=fake_ip, file=name, src_mac=fake_mac,
+                                 src_ip=fake_ip))
+        answered += 1
+
+
+# -- hostile HTTP --------------------------------------------------------------------------------
+
+
+def _bomb() -> bytes:
+    """1 GiB of zeros, gzipped twice: a few KB on the wire."""
+    inner = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = bytes(1 << 20)
+    parts = [inner.compress(chunk) for _ in range(1024)]
+    parts.append(inner.flush())
+    return gzip.compress(b"".join(parts), 9)
+
+
+def _http_client(conn: socket.socket, bomb: bytes) -> None:
+    try:
+        conn.settimeout(30)
+        request = b""
+        while b"\r\n\r\n" not in request and len(request) < 65536:
+            got = conn.recv(4096)
+            if not got:
+                return
+            request += got
+        path = request.split(b" ", 2)[1].decode(errors="replace") if b" " in request else "/"
+        if path.startswith("/drip-headers"):
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100000:
+                conn.sendall(bytes([byte]))
+                time.sleep(0.5)
+        elif path.startswith("/drip-body"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+            while True:
+                conn.sendall(b"x")
+                time.sleep(0.5)
+        elif path.startswith("/hang"):
+            time.sleep(3600)
+        elif path.startswith("/bomb"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip, gzip\r\n"
+                         b"Content-Type: application/octet-stream\r\n"
+                         + f"Content-Length: {len(bomb)}\r\n\r\n".encode() + bomb)
+        elif path.startswith("/big"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n")
+            block = b"B" * 65536
+            for _ in range(1024):
+                conn.sendall(block)
+        elif path.startswith("/redirect"):
+            conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://x/\xc2\x9b31m\xe2\x80\xae"
+                         b"evil\x1b[2J\r\nContent-Length: 0\r\n\r\n")
+        else:
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def hostile_http() -> None:
+    bomb = _bomb()
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", 80))
+    server.listen(64)
+    _ready()
+    while True:
+        conn, _addr = server.accept()
+        threading.Thread(target=_http_client, args=(conn, bomb), daemon=True).start()
+
+
+def canary(port: str, log: str) -> None:
+    """Listens where a fetch must never go (the auditor's own loopback); logs any connection."""
+    sockets = []
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, int(port)))
+        s.listen(16)
+        sockets.append(s)
+
+    def serve(s: socket.socket) -> None:
+        while True:
+            conn, addr = s.accept()
+            with open(log, "a", encoding="ascii") as fh:
+                fh.write(f"{addr[0]}\n")
+            conn.close()
+
+    for s in sockets:
+        threading.Thread(target=serve, args=(s,), daemon=True).start()
+    _ready()
+    while True:
+        time.sleep(3600)
+
+
 def main(argv: list[str]) -> None:
     mode, *args = argv
     modes: dict[str, Callable[..., None]] = {
-        "tftp": tftp, "https": https, "hostile-dhcp": hostile_dhcp}
+        "tftp": tftp, "https": https, "hostile-dhcp": hostile_dhcp, "rogue": rogue,
+        "http": hostile_http, "canary": canary}
     modes[mode](*args)
 
 

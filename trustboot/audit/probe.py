@@ -342,6 +342,7 @@ class _ProbeState:
     proxied: set[tuple[str, str]] = field(default_factory=set)
     senders: dict[bytes, list[int]] = field(default_factory=dict)  # MAC+IP -> [ours, foreign]
     new_senders: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
+    named: dict[str, set[bytes]] = field(default_factory=dict)  # limit -> senders named
     kept: int = 0
     sent: int = 0
     client_messages: int = 0
@@ -552,28 +553,34 @@ class Listener:
             # senders answering our probes and senders answering others are bounded
             # apart: a flood of the latter cannot use up room meant for the former
             if st.new_senders[ours] >= (MAX_SENDERS if ours else MAX_FOREIGN_SENDERS):
-                self.obs.limit("server-count-cap", self._sample(ident))
+                self._capped("server-count-cap", ident)
                 return False
             st.new_senders[ours] += 1
             counts = st.senders[ident] = [0, 0]
         elif ours:
             if counts[0] >= 2 * st.sent + 32:
-                self.obs.limit("per-server-cap", self._sample(ident))
+                self._capped("per-server-cap", ident)
                 return False
         elif counts[1] >= FOREIGN_PER_SENDER:
-            self.obs.limit("per-server-cap", self._sample(ident))
+            self._capped("per-server-cap", ident)
             return False
         if sum(counts) and st.kept >= MAX_OFFERS:
-            self.obs.limit("total-cap", self._sample(ident))
+            self._capped("total-cap", ident)
             return False
         counts[0 if ours else 1] += 1
         st.kept += 1
         st.seen.add(key)
         return True
 
-    @staticmethod
-    def _sample(ident: bytes) -> str:
-        return _sender_text(ident[:6], ident[6:])
+    def _capped(self, reason: str, ident: bytes) -> None:
+        """Count a frame a cap kept out; name its sender only while examples are wanted
+        (formatting costs more than the rest of the triage)."""
+        named = self.state.named.setdefault(reason, set())
+        if ident not in named and len(named) < 5:
+            named.add(ident)
+            self.obs.limit(reason, _sender_text(ident[:6], ident[6:]))
+        else:
+            self.obs.limits[reason] += 1
 
     def _answer_sender(self, data: bytes) -> tuple[bytes, bool, str] | None:
         """(sender, answers one of our probes, "v4"/"v6"/"client") for a DHCP message, read

@@ -1,4 +1,10 @@
-"""Findings as a terminal table, JSON, or SARIF 2.1.0. Pure: returns strings and dicts."""
+"""Findings as a terminal table, JSON, or SARIF 2.1.0. Pure: returns strings and dicts.
+
+This is the report boundary: every string in every format passes through
+:mod:`trustboot.audit.text` (control, bidi and other format characters escaped; long values
+cut with a marker; lists capped), and the table is pure ASCII, so no output depends on the
+locale's encoding and nothing from the network reaches a terminal raw.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,15 @@ from typing import Any
 from trustboot import __version__
 from trustboot.audit import dhcp4
 from trustboot.audit.checks import RULES, Finding, Severity, threshold_reached
-from trustboot.audit.model import responders
+from trustboot.audit.model import LIMIT_REASONS, responders
 from trustboot.audit.runner import AuditResult
+from trustboot.audit.text import bound, clean
+
+MESSAGE_LIMIT = 600  # characters of one finding's message in the table
+CELL_LIMIT = 40  # characters of one table cell
+TABLE_ROWS = 60  # responder rows in the table (all of them are in the JSON, capped)
+EVIDENCE_ITEMS = 20  # entries of one list in a finding's JSON/SARIF evidence
+OBSERVATION_ITEMS = 500  # entries of one list in the JSON observation
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_LEVEL = {
@@ -39,7 +52,15 @@ def summary(result: AuditResult, fail_on: Severity | None) -> dict[str, Any]:
         "responders": len(servers) + len(servers6),
         "fail_on": fail_on.label if fail_on is not None else "none",
         "failed": threshold_reached(result.findings, fail_on),
+        # False: a bound was reached, the segment was not fully examined (also a finding)
+        "complete": not obs.limits,
+        "limits": dict(obs.limits),
     }
+
+
+def finding_json(f: Finding) -> dict[str, Any]:
+    data: dict[str, Any] = bound(f.to_json(), max_items=EVIDENCE_ITEMS)
+    return data
 
 
 def to_json(result: AuditResult, fail_on: Severity | None) -> dict[str, Any]:
@@ -49,10 +70,10 @@ def to_json(result: AuditResult, fail_on: Severity | None) -> dict[str, Any]:
         "started": result.started.isoformat(),
         "finished": result.finished.isoformat(),
         "beyond_window_s": round(result.beyond_window, 3),
-        "summary": summary(result, fail_on),
-        "policy": result.policy.to_json(),
-        "findings": [f.to_json() for f in result.findings],
-        "observation": result.observation.to_json(),
+        "summary": bound(summary(result, fail_on)),
+        "policy": bound(result.policy.to_json(), max_items=OBSERVATION_ITEMS),
+        "findings": [finding_json(f) for f in result.findings],
+        "observation": bound(result.observation.to_json(), max_items=OBSERVATION_ITEMS),
     }
 
 
@@ -80,15 +101,17 @@ def to_sarif(result: AuditResult, fail_on: Severity | None) -> dict[str, Any]:
         })
     results = []
     for f in result.findings:
+        subject = clean(f.subject, limit=256)
         results.append({
             "ruleId": f.rule,
             "ruleIndex": rules_index[f.rule],
             "level": SARIF_LEVEL[f.severity],
-            "message": {"text": f"{f.message}. Remediation: {f.remediation}"},
+            "message": {"text": clean(f"{f.message}. Remediation: {f.remediation}",
+                                      limit=4 * MESSAGE_LIMIT)},
             "locations": [{
                 "logicalLocations": [{
-                    "name": f.subject,
-                    "fullyQualifiedName": f"{result.observation.interface}/{f.subject}",
+                    "name": subject,
+                    "fullyQualifiedName": clean(f"{result.observation.interface}/{subject}"),
                     "kind": "resource",
                 }],
             }],
@@ -96,9 +119,16 @@ def to_sarif(result: AuditResult, fail_on: Severity | None) -> dict[str, Any]:
             "properties": {
                 "severity": f.severity.label,
                 "security-severity": SECURITY_SEVERITY[f.severity],
-                "evidence": f.evidence,
+                "evidence": bound(f.evidence, max_items=EVIDENCE_ITEMS),
             },
         })
+    obs = result.observation
+    # SARIF's place for "the tool could not do all of its job": one notification per limit
+    notifications = [{
+        "level": "error",
+        "message": {"text": clean(f"limit reached: {n} {LIMIT_REASONS.get(r, r)}")},
+        "descriptor": {"id": clean(r, limit=64)},
+    } for r, n in obs.limits.items()]
     return {
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
@@ -112,17 +142,18 @@ def to_sarif(result: AuditResult, fail_on: Severity | None) -> dict[str, Any]:
             }},
             "invocations": [{
                 "executionSuccessful": True,
+                "toolExecutionNotifications": notifications,
                 "startTimeUtc": result.started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                 "endTimeUtc": result.finished.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                 "properties": {
-                    "interface": result.observation.interface,
-                    "mode": result.observation.mode,
-                    "windowSeconds": result.observation.window,
-                    "notes": result.observation.notes,
+                    "interface": clean(obs.interface),
+                    "mode": obs.mode,
+                    "windowSeconds": obs.window,
+                    "notes": bound(obs.notes, max_items=OBSERVATION_ITEMS),
                 },
             }],
             "results": results,
-            "properties": {"summary": summary(result, fail_on), "rulesUsed": used},
+            "properties": {"summary": bound(summary(result, fail_on)), "rulesUsed": used},
         }],
     }
 
@@ -132,8 +163,19 @@ def dumps(data: Any) -> str:
 
 
 def _wrap(text: str, width: int, indent: str) -> str:
+    text = clean(text, limit=MESSAGE_LIMIT, ascii_only=True)
     return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent,
                          break_long_words=True, break_on_hyphens=False)
+
+
+def _cell(value: object) -> str:
+    """A table cell: ASCII, cut with a visible marker."""
+    text = clean(str(value), ascii_only=True)
+    return text if len(text) <= CELL_LIMIT else text[: CELL_LIMIT - 3] + "..."
+
+
+def _line(text: str) -> str:
+    return clean(text, limit=MESSAGE_LIMIT, ascii_only=True)
 
 
 def _evidence_lines(evidence: dict[str, Any], limit: int = 8) -> list[str]:
@@ -150,7 +192,7 @@ def _evidence_lines(evidence: dict[str, Any], limit: int = 8) -> list[str]:
             flat.setdefault(k, v)
     for k in keys:
         if k in flat and flat[k] not in (None, "", []):
-            out.append(f"{k}={flat[k]}")
+            out.append(f"{k}={clean(str(flat[k]), limit=120, ascii_only=True)}")
         if len(out) >= limit:
             break
     return out
@@ -161,8 +203,8 @@ def to_table(result: AuditResult, fail_on: Severity | None, *, width: int | None
     obs = result.observation
     s = summary(result, fail_on)
     lines = [
-        f"trustboot audit on {obs.interface} ({obs.mode}, window {obs.window:g} s): "
-        f"{s['responders']} responder(s), {s['findings']} finding(s)",
+        _line(f"trustboot audit on {obs.interface} ({obs.mode}, window {obs.window:g} s): "
+              f"{s['responders']} responder(s), {s['findings']} finding(s)"),
         "",
     ]
     if obs.offers or obs.replies6:
@@ -184,35 +226,41 @@ def to_table(result: AuditResult, fail_on: Severity | None, *, width: int | None
             addrs = ",".join(r.message.addresses) or "-"
             rows.append(("dhcpv6", r.src_ip, r.src_mac, addrs, "-",
                          r.message.bootfile_url or "-", r.probe.arch if r.probe else "-"))
-        widths = [min(max(len(str(row[i])) for row in rows), 40) for i in range(len(rows[0]))]
-        for row in rows:
-            cells = [str(c)[:40].ljust(widths[i]) for i, c in enumerate(row)]
+        more = len(rows) - 1 - TABLE_ROWS
+        table = [tuple(_cell(c) for c in row) for row in rows[: TABLE_ROWS + 1]]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            cells = [c.ljust(widths[i]) for i, c in enumerate(row)]
             lines.append("  " + "  ".join(cells).rstrip())
+        if more > 0:
+            lines.append(f"  ... {more} more row(s): see --json")
         loops = [f"{r['server_ip']} {r['ipxe_loop']}" for r in responders(obs)
                  if r["protocol"] == "dhcpv4" and r["role"] == "dhcp"
                  and r["ipxe_loop"] != "unknown"]
         if loops:
-            lines.append("  iPXE chainload loop: " + ", ".join(loops))
+            lines.append(_line("  iPXE chainload loop: " + ", ".join(loops)))
         lines.append("")
     if result.findings:
         lines.append("Findings")
         for f in result.findings:
-            lines.append(f"  [{f.severity.label.upper():8}] {f.rule}: {f.subject}")
+            lines.append(_line(f"  [{f.severity.label.upper():8}] {f.rule}: {f.subject}"))
             lines.append(_wrap(f.message, width, "      "))
             ev = _evidence_lines(f.evidence)
             if ev:
                 lines.append(_wrap("evidence: " + "; ".join(ev), width, "      "))
             lines.append(_wrap("fix: " + f.remediation, width, "      "))
         lines.append("")
-    else:
+    else:  # not reachable with a limit reached: every limit is a finding
         lines.append("No findings.")
         lines.append("")
     if obs.mode == "passive":
         shown = ", ".join(obs.clients_seen[:10]) or "none"
-        more = f" (+{len(obs.clients_seen) - 10} more)" if len(obs.clients_seen) > 10 else ""
-        lines.append(f"clients seen asking to boot: {shown}{more}")
-    for note in obs.notes:
-        lines.append(f"note: {note}")
+        extra = f" (+{len(obs.clients_seen) - 10} more)" if len(obs.clients_seen) > 10 else ""
+        lines.append(_line(f"clients seen asking to boot: {shown}{extra}"))
+    for note in obs.notes[:TABLE_ROWS]:
+        lines.append(_line(f"note: {note}"))
+    if len(obs.notes) > TABLE_ROWS:
+        lines.append(f"note: ... {len(obs.notes) - TABLE_ROWS} more note(s): see --json")
     counts = ", ".join(f"{n} {k}" for k, n in s["by_severity"].items() if n)
     verdict = "FAIL" if s["failed"] else "ok"
     lines.append(f"{verdict}: {counts or 'no findings'} (--fail-on {s['fail_on']})")

@@ -136,11 +136,14 @@ def command(
         except OSError as exc:
             raise OperationalError(f"cannot write {sarif_path}: {exc.strerror or exc}") from None
     if output == "json":
-        click.echo(dumps(to_json(result, threshold)))
+        text = dumps(to_json(result, threshold))
     elif output == "sarif":
-        click.echo(sarif)
+        text = sarif or ""
     else:
-        click.echo(to_table(result, threshold))
+        text = to_table(result, threshold)
+    # ASCII by construction (the report escapes the rest): written as bytes, so a stdout in
+    # any encoding (LANG=C, PYTHONIOENCODING=latin-1) takes it
+    click.echo(text.encode("ascii", "backslashreplace"))
     if threshold_reached(result.findings, threshold):
         worst = max(f.severity for f in result.findings)
         raise AuditFindingsError(
