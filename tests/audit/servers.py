@@ -179,6 +179,7 @@ def rogue(interface: str, mode: str, *args: str) -> None:
     junk = _junk_frames(int(args[0])) if mode == "flood" else []
     urls = list(args) if mode == "urls" else []
     answered = 0
+    last_burst = 0.0
     _ready()
     while True:
         data = sock.recv(65536)
@@ -234,7 +235,8 @@ def rogue(interface: str, mode: str, *args: str) -> None:
         elif mode == "giaddr":
             sock.send(_offer(req, server_ip=args[0], file=b"evil.kpxe", src_mac=mac, src_ip=ip,
                              giaddr="192.0.2.254"))
-        elif mode == "many" and not answered:
+        elif mode == "many" and time.monotonic() - last_burst > 3:  # once per audit
+            last_burst = time.monotonic()
             count, length = int(args[0]), int(args[1])
             for i in range(count):
                 fake_mac = b"\x02\xfa" + i.to_bytes(4, "big")

@@ -245,7 +245,7 @@ def evaluate(obs: Observation, policy: Policy) -> list[Finding]:
     return findings
 
 
-AGGREGATE_ABOVE = 10  # more findings of one rule and severity than this become one
+AGGREGATE_ABOVE = 20  # more findings of one rule and severity than this become one
 AGGREGATE_EXAMPLES = 3  # evidence of the first few kept in the aggregate
 AGGREGATE_SUBJECTS = 25
 

@@ -174,9 +174,6 @@ def _cell(value: object) -> str:
     return text if len(text) <= CELL_LIMIT else text[: CELL_LIMIT - 3] + "..."
 
 
-def _line(text: str) -> str:
-    return clean(text, limit=MESSAGE_LIMIT, ascii_only=True)
-
 
 def _evidence_lines(evidence: dict[str, Any], limit: int = 8) -> list[str]:
     keys = ("server_ip", "source_mac", "message_type", "yiaddr", "siaddr", "sname", "file",
@@ -203,8 +200,8 @@ def to_table(result: AuditResult, fail_on: Severity | None, *, width: int | None
     obs = result.observation
     s = summary(result, fail_on)
     lines = [
-        _line(f"trustboot audit on {obs.interface} ({obs.mode}, window {obs.window:g} s): "
-              f"{s['responders']} responder(s), {s['findings']} finding(s)"),
+        _wrap(f"trustboot audit on {obs.interface} ({obs.mode}, window {obs.window:g} s): "
+              f"{s['responders']} responder(s), {s['findings']} finding(s)", width, ""),
         "",
     ]
     if obs.offers or obs.replies6:
@@ -238,12 +235,13 @@ def to_table(result: AuditResult, fail_on: Severity | None, *, width: int | None
                  if r["protocol"] == "dhcpv4" and r["role"] == "dhcp"
                  and r["ipxe_loop"] != "unknown"]
         if loops:
-            lines.append(_line("  iPXE chainload loop: " + ", ".join(loops)))
+            lines.append(_wrap("iPXE chainload loop: " + ", ".join(loops), width, "  "))
         lines.append("")
     if result.findings:
         lines.append("Findings")
         for f in result.findings:
-            lines.append(_line(f"  [{f.severity.label.upper():8}] {f.rule}: {f.subject}"))
+            subject = clean(f.subject, limit=width - 30, ascii_only=True)
+            lines.append(f"  [{f.severity.label.upper():8}] {f.rule}: {subject}")
             lines.append(_wrap(f.message, width, "      "))
             ev = _evidence_lines(f.evidence)
             if ev:
@@ -256,9 +254,9 @@ def to_table(result: AuditResult, fail_on: Severity | None, *, width: int | None
     if obs.mode == "passive":
         shown = ", ".join(obs.clients_seen[:10]) or "none"
         extra = f" (+{len(obs.clients_seen) - 10} more)" if len(obs.clients_seen) > 10 else ""
-        lines.append(_line(f"clients seen asking to boot: {shown}{extra}"))
+        lines.append(_wrap(f"clients seen asking to boot: {shown}{extra}", width, ""))
     for note in obs.notes[:TABLE_ROWS]:
-        lines.append(_line(f"note: {note}"))
+        lines.append(_wrap(f"note: {note}", width, ""))
     if len(obs.notes) > TABLE_ROWS:
         lines.append(f"note: ... {len(obs.notes) - TABLE_ROWS} more note(s): see --json")
     counts = ", ".join(f"{n} {k}" for k, n in s["by_severity"].items() if n)
