@@ -108,7 +108,7 @@ def _write(root: Path, files: dict[str, bytes]) -> Path:
 
 
 AUTH_DNSMASQ = (
-    "--dhcp-range=192.0.2.100,192.0.2.149,255.255.255.0,10m",
+    "--dhcp-range=192.0.2.100,192.0.2.199,255.255.255.0,10m",
     "--dhcp-range=2001:db8::100,2001:db8::1ff,64,10m",
     "--dhcp-userclass=set:ipxe,iPXE",
     "--dhcp-boot=tag:!ipxe,undionly.kpxe",

@@ -22,6 +22,7 @@ from tests.audit.conftest import (
     write_policy,
 )
 from tests.audit.netns import AuditRun, Segment, missing_tools
+from trustboot.audit import dhcp4
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 SCHEMA = Path(__file__).parent / "sarif-2.1.0-subset.schema.json"
@@ -89,7 +90,7 @@ def passive_run(hostile_segment: Segment, test_pki: AuditPki,
 def test_clean_segment_finds_the_authorized_server_for_every_arch(clean_run: AuditRun) -> None:
     offers = clean_run.json["observation"]["dhcpv4"]
     assert {o["server_ip"] for o in offers} == {"192.0.2.1"}
-    assert {o["probe_arch"] for o in offers} == {"bios", "efi-x64", "efi-arm64", "efi-x64-http"}
+    assert {o["probe_arch"] for o in offers} == set(dhcp4.ARCHES)  # every client arch
     plain = [o for o in offers if not o["probe_ipxe"]]
     assert {o["option_67_bootfile"] for o in plain} == {"undionly.kpxe"}
     assert all(o["siaddr"] == "192.0.2.1" and o["yiaddr"].startswith("192.0.2.1")

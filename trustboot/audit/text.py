@@ -18,6 +18,7 @@ from typing import Any
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 MAX_STRING = 512  # characters of one value in JSON/SARIF evidence
 MAX_ITEMS = 50  # entries of one list in JSON/SARIF evidence
+MAX_KEYS = 100  # keys of one mapping (the audit's own field names; a bound all the same)
 MAX_DEPTH = 12
 
 
@@ -65,9 +66,9 @@ def bound(value: Any, *, max_string: int = MAX_STRING, max_items: int = MAX_ITEM
         items = list(value.items())
         out = {clean(str(k), limit=128): bound(v, max_string=max_string, max_items=max_items,
                                                depth=depth + 1)
-               for k, v in items[:max_items]}
-        if len(items) > max_items:
-            out["_omitted_keys"] = len(items) - max_items
+               for k, v in items[:MAX_KEYS]}
+        if len(items) > MAX_KEYS:
+            out["_omitted_keys"] = len(items) - MAX_KEYS
         return out
     if isinstance(value, list | tuple | set | frozenset):
         seq = list(value)
