@@ -6,6 +6,7 @@ import ipaddress
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from tests.audit import packets
 from tests.audit.fakelink import FakeLink, Responder, listener
@@ -192,6 +193,29 @@ def _junk_offer(i: int) -> bytes:
     return packets.offer_frame(reply, src_mac=mac, src_ip="192.0.2.77")
 
 
+def _noise_then(link: FakeLink, noise: Callable[[dhcp4.Dhcp4Packet], list[bytes]],
+                answer: Responder) -> Responder:
+    """A responder that, on the first DISCOVER, sends ``noise`` and then its real answer,
+    from another thread while the listener reads (as on a wire)."""
+    started: list[threading.Thread] = []
+
+    def respond(frame: frames.Frame) -> list[bytes]:
+        if frame.dport != 67 or started:
+            return []
+        req = dhcp4.parse(frame.payload)
+        replies = answer(frame)
+
+        def send() -> None:
+            for junk_frame in noise(req):
+                link.inject(junk_frame)
+            for reply in replies:
+                link.inject(reply)
+        started.append(threading.Thread(target=send, daemon=True))
+        started[0].start()
+        return []
+    return respond
+
+
 def test_a_flood_of_foreign_offers_does_not_hide_the_rogue() -> None:
     """20,000 offers from 20,000 senders, then the rogue's answer to our probe: it is kept,
     and what the flood pushed out is recorded as reached limits."""
@@ -199,23 +223,7 @@ def test_a_flood_of_foreign_offers_does_not_hide_the_rogue() -> None:
     junk = [_junk_offer(i) for i in range(20_000)]
     link = FakeLink()
     lst, obs = listener(link, window=2.0, arches=("bios",), dhcpv6=False, ipxe_probe=False)
-
-    def flood_then_rogue(frame: frames.Frame) -> list[bytes]:
-        if frame.dport != 67 or threads:
-            return []
-        answer = rogue(frame)
-
-        def send() -> None:  # from another thread, as the listener reads
-            for junk_frame in junk:
-                link.inject(junk_frame)
-            for reply in answer:
-                link.inject(reply)
-        threads.append(threading.Thread(target=send, daemon=True))
-        threads[0].start()
-        return []
-
-    threads: list[threading.Thread] = []
-    link.responders = [flood_then_rogue]
+    link.responders = [_noise_then(link, lambda _req: junk, rogue)]
     link.kernel_drops = 7
     start = time.monotonic()
     lst.run()
@@ -234,25 +242,12 @@ def test_spoofed_offers_from_one_sender_do_not_hide_the_rogue() -> None:
     link = FakeLink()
     lst, obs = listener(link, window=1.0, arches=("bios",), dhcpv6=False, ipxe_probe=False)
 
-    def spoof_then_rogue(frame: frames.Frame) -> list[bytes]:
-        if frame.dport != 67 or threads:
-            return []
-        req = dhcp4.parse(frame.payload)
-        answers = auth(frame) + rogue(frame)
+    def spoofed(req: dhcp4.Dhcp4Packet) -> list[bytes]:  # ~0.1 s to build
+        return [packets.offer_frame(packets.dhcp_reply(xid=req.xid, chaddr=req.chaddr,
+                                                       file=f"f{i}".encode()))
+                for i in range(2100)]
 
-        def send() -> None:
-            for i in range(2100):
-                reply = packets.dhcp_reply(xid=req.xid, chaddr=req.chaddr,
-                                           file=f"f{i}".encode())
-                link.inject(packets.offer_frame(reply))  # ~0.1 s to build all
-            for answer in answers:
-                link.inject(answer)
-        threads.append(threading.Thread(target=send, daemon=True))
-        threads[0].start()
-        return []
-
-    threads: list[threading.Thread] = []
-    link.responders = [spoof_then_rogue]
+    link.responders = [_noise_then(link, spoofed, lambda f: auth(f) + rogue(f))]
     lst.run()
     assert any(o.src_mac == "02:74:62:00:00:02" for o in obs.offers)
     assert obs.limits["per-server-cap"] > 0

@@ -25,7 +25,7 @@ MESSAGE_LIMIT = 600  # characters of one finding's message in the table
 CELL_LIMIT = 40  # characters of one table cell
 TABLE_ROWS = 60  # responder rows in the table (all of them are in the JSON, capped)
 EVIDENCE_ITEMS = 20  # entries of one list in a finding's JSON/SARIF evidence
-OBSERVATION_ITEMS = 500  # entries of one list in the JSON observation
+OBSERVATION_ITEMS = 10000  # entries of one list in the JSON observation (> MAX_OFFERS)
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_LEVEL = {

@@ -73,7 +73,9 @@ def _arches(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--probe-writes", is_flag=True,
               help="Try a TFTP upload to each boot server. This WRITES a small file there.")
 @click.option("--follow-timeout", type=click.FloatRange(0.5, 300.0), default=10.0,
-              show_default=True, help="Time allowed for each fetch.")
+              show_default=True,
+              help="Total time allowed for each fetch; the audit ends at most this long "
+              "after its window.")
 @click.option("--max-file-size", default="64MiB", show_default=True,
               help="Largest boot file to fetch and hash.")
 @click.option("--mac", help="Probe from this MAC instead of random ones.")
@@ -99,7 +101,9 @@ def command(
     on port 4011, fetches and hashes the offered boot files, and compares everything with
     the policy. Needs root or CAP_NET_RAW.
 
-    Exits 5 when a finding reaches --fail-on (default high), 0 otherwise.
+    Exits 5 when a finding reaches --fail-on (default high), 0 otherwise. A bound the
+    audit reached (a flood, too many answers, a boot file too large or too slow) is itself a
+    high finding: it never reports a clean segment it could not fully see.
     """
     if as_json and fmt not in (None, "json"):
         raise ConfigError("give either --json or --format, not both")
