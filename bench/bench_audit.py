@@ -67,13 +67,11 @@ def audit(client: Host, *args: str) -> dict[str, Any]:
             "stderr": proc.stderr[-500:]}
 
 
-def rogue_found(data: dict[str, Any], subject: str = "192.0.2.2 (02:74:62:00:00:02)") -> bool:
-    for f in data["findings"]:
-        if f["id"] != "rogue-dhcp":
-            continue
-        if f["subject"] == subject or subject in f["evidence"].get("subjects", []):
-            return True
-    return False
+def rogue_found(data: dict[str, Any]) -> bool:
+    """Whether the rogue's own offer (192.0.2.2, evil.kpxe) is in the report."""
+    return any(isinstance(o, dict) and o.get("source_mac") == "02:74:62:00:00:02"
+               and o.get("option_67_bootfile") == "evil.kpxe"
+               for o in data["observation"]["dhcpv4"])
 
 
 def bench_responders(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -125,10 +123,13 @@ def _hostile(run: dict[str, Any], window: float, follow: float | None) -> dict[s
         "in_process_s": round((datetime.fromisoformat(data["finished"])
                                - datetime.fromisoformat(data["started"])).total_seconds(), 3),
         "rss_mib": run["rss_mib"],
-        "rogue_found": rogue_found(data),
         "limits": data["summary"]["limits"],
-        "goal_wall_s": budget,
+        "goal_wall_s": round(budget, 3),
         "goal_met": run["wall"] <= budget and (run["rss_mib"] or 0) <= GOAL_RSS_MIB,
+        # the same budget measured inside the process (without interpreter start-up)
+        "goal_met_in_process": (datetime.fromisoformat(data["finished"])
+                                - datetime.fromisoformat(data["started"])).total_seconds()
+        <= budget,
     }
 
 
@@ -140,6 +141,7 @@ def bench_flood(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         run = audit(client, "--window", str(args.flood_window), "--no-follow",
                     "--no-dhcpv6", "--arch", "bios,efi-x64", "--fail-on", "none")
         out = _hostile(run, args.flood_window, None)
+        out["rogue_found"] = rogue_found(run["json"])
         log = (workdir / "rogue-rogue.log").read_text().strip()
         out["sender"] = log or "flood still being sent when the window closed"
         out["frames"] = args.flood
@@ -158,6 +160,7 @@ def bench_spoof(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         run = audit(client, "--window", str(args.window), "--no-follow", "--no-dhcpv6",
                     "--fail-on", "none")
         out = _hostile(run, args.window, None)
+        out["rogue_found"] = rogue_found(run["json"])
         out["spoofed_offers"] = args.spoofed
         return out
 
@@ -177,7 +180,9 @@ def bench_slow(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             cases[path] = _hostile(run, args.window, args.follow_timeout)
     worst = max(c["wall_s"] for c in cases.values())
     return {"cases": cases, "window_s": args.window, "follow_timeout_s": args.follow_timeout,
-            "max_wall_s": worst, "goal_wall_s": args.window + args.follow_timeout + GOAL_S,
+            "max_wall_s": worst,
+            "max_in_process_s": max(c["in_process_s"] for c in cases.values()),
+            "goal_wall_s": args.window + args.follow_timeout + GOAL_S,
             "max_rss_mib": max(c["rss_mib"] or 0 for c in cases.values()),
             "goal_met": all(c["goal_met"] for c in cases.values())}
 

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
 from trustboot.audit import tftp
 from trustboot.audit.loaders import identify
 from trustboot.audit.model import BootTarget, Fetched, HttpCheck, Observation, Offer, Reply6
@@ -180,6 +178,8 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
     Content-Encoding as identity, so the raw bytes are what a client would boot, and no
     compressed "bomb" can expand here; an encoded answer is recorded as such.
     """
+    import httpx  # here: most audits fetch nothing over HTTP, and it costs start-up time
+
     check = HttpCheck(url)
     end = time.monotonic() + timeout
     end = min(end, deadline) if deadline is not None else end
@@ -231,7 +231,7 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
                     check.location = clean(where, limit=256)
                     check.error += " (a redirect, not followed)"
                 return check
-            for chunk in resp.iter_raw(65536):
+            for chunk in resp.iter_raw():  # as it arrives: a drip meets the deadline check
                 if check.size + len(chunk) > max_size:
                     check.size = max_size
                     check.truncated = True

@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from trustboot.errors import ConfigError
 
 ROLES = ("any", "dhcp", "proxydhcp", "dhcpv6", "relay")
@@ -298,6 +296,8 @@ def ca_file_sha256(path: Path) -> str:
 
 def load_policy(path: Path) -> Policy:
     """Parse and validate a policy file; ConfigError names the file and key on any problem."""
+    import yaml  # here: an audit without --policy does not pay for it
+
     where = str(path)
     raw = _read(path, "policy")
     try:
