@@ -262,3 +262,22 @@ def test_answers_from_any_source_port_are_recorded() -> None:
     lst.run()
     [offer] = obs.offers
     assert offer.port == 6767 and offer.boot_file == "odd.kpxe"
+
+
+def test_port_4011_queries_are_bounded() -> None:
+    """200 fake ProxyDHCP servers do not make the audit send 200 (x arches) queries."""
+    def proxies(frame: frames.Frame) -> list[bytes]:
+        if frame.dport != 67:
+            return []
+        req = dhcp4.parse(frame.payload)
+        return [packets.offer_frame(packets.dhcp_reply(
+            xid=req.xid, chaddr=req.chaddr, yiaddr="0.0.0.0", server_id=f"198.51.100.{i}",
+            siaddr=f"198.51.100.{i}", options=[(60, b"PXEClient")]),
+            src_mac=b"\x02\xfb\x00\x00\x00" + bytes([i]), src_ip=f"198.51.100.{i}")
+            for i in range(1, 201)]
+
+    link = FakeLink([proxies])
+    lst, obs = listener(link, window=0.3, arches=("bios",), dhcpv6=False, ipxe_probe=False)
+    lst.run()
+    assert len(lst.state.proxied) == probe.MAX_PROXY_QUERIES
+    assert obs.limits["proxy-queries"] > 0

@@ -24,6 +24,7 @@ LIMIT_REASONS = {
     "client-messages": "client messages not examined (passive mode) past the per-window bound",
     "unparsed-frames": "frames that were no DHCP message, not examined past the per-window bound",
     "backlog": "frames that arrived within the window but were still unread when it closed",
+    "proxy-queries": "ProxyDHCP servers not queried on port 4011 because too many answered",
     "follow-targets": "boot files not fetched because too many were offered",
     "follow-deadline": "fetches still running when the follow-up time ran out",
     "fetch-deadline": "boot files whose transfer did not finish within --follow-timeout",

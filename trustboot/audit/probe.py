@@ -55,6 +55,7 @@ MAX_MALFORMED = 200  # malformed packets kept as evidence (all are counted per s
 MALFORMED_PER_SENDER = 5
 MAX_MALFORMED_SENDERS = 256
 MAX_CLIENTS = 256
+MAX_PROXY_QUERIES = 128  # port-4011 queries sent per window
 MAX_CLIENT_MESSAGES = 4096  # passive mode: client messages decoded per window
 MAX_OTHER_FRAMES = 20000  # frames that are no DHCP message (neighbour discovery, garbage)
 BACKLOG_GRACE = 0.5  # seconds to finish reading what arrived before the window closed
@@ -494,6 +495,9 @@ class Listener:
             return
         key = (offer.server_ip, probe.arch)
         if key in self.state.proxied:
+            return
+        if len(self.state.proxied) >= MAX_PROXY_QUERIES:  # 1,000 fake proxies: not 13,000 queries
+            self.obs.limit("proxy-queries", offer.server_ip)
             return
         self.state.proxied.add(key)
         if self.own_ip is None:
