@@ -379,8 +379,8 @@ def _identity_conflicts(by_server: dict[tuple[str, str], list[Offer]], policy: P
     for ip, senders in macs.items():
         if len(senders) < 2:
             continue
-        entries = [a for a in policy.authorized
-                   if a.ip is not None and a.mac is None and a.matches(role=a.role, ip=ip)]
+        entries = [a for a in policy.authorized if a.ip is not None and a.mac is None
+                   and a.role != "relay" and a.matches(role=a.role, ip=ip)]
         if not entries:
             continue
         out.append(_finding(
