@@ -9,7 +9,7 @@ a client namespace. Cases:
   random MACs, then its own offer (issue 14 item 1: the rogue must still be found);
 - spoof: an authorized dnsmasq plus a rogue sending 2,000 distinct offers spoofing its IP
   and MAC, then its own offer (item 2);
-- slow-drip headers, slow-drip body, a 1 GiB gzip-twice bomb, a server that never answers
+- slow-drip headers, slow-drip body, a 256 MiB gzip-twice bomb, a server that never answers
   (items 3 and 4): the process must exit within window + follow timeout + 1 s.
 
 Each run reports the process's wall time beyond the window (interpreter start-up and output
