@@ -85,6 +85,7 @@ class SignerReport:
     chain: tuple[str, ...]
     not_after: dt.datetime  # the signer certificate's
     chain_not_after: dt.datetime  # the earliest of the chain: the signature's end of life
+    sha256: str = ""  # the signer certificate's fingerprint (hex)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +94,7 @@ class SignerReport:
             "signature_algorithm": self.signature_algorithm, "chain": list(self.chain),
             "not_after": self.not_after.isoformat(),
             "chain_not_after": self.chain_not_after.isoformat(),
+            "sha256": self.sha256,
         }
 
 
@@ -409,6 +411,14 @@ def _name_text(tlv: bytes) -> str:
         return tlv.hex()
 
 
+def oversized() -> Verdict:
+    """The verdict on a signature larger than iPXE's heap, without reading it."""
+    return Verdict(Finding(
+        "signature-too-large",
+        "the signature is larger than 4 MiB; iPXE copies it into its 4 MiB heap",
+        "use a detached signature (no -nodetach, no embedded content)"))
+
+
 def digest_algorithms(signature: bytes, version: IpxeVersion = DEFAULT_IPXE) -> set[str]:
     """The hashes the image must be digested with to check this signature (empty if broken)."""
     try:
@@ -660,6 +670,7 @@ def _report(signer: _Signer) -> SignerReport:
         signature_algorithm=signer.sig_family, chain=tuple(c.label for c in signer.chain),
         not_after=cert.not_after,
         chain_not_after=min(c.not_after for c in signer.chain),
+        sha256=cert.sha256.hex(),
     )
 
 
