@@ -700,6 +700,24 @@ def generate(directory: Path, now: dt.datetime | None = None) -> Corpus:
                 [signer_der, *chain_der], [raw_signer_info(signer_der, signature[1:])]))
             break
 
+    # PEM as pem.c reads it: markers at a line start, base64 with any whitespace, no
+    # headers; only the first object of the decoded bytes counts.
+    def pem_case(name: str, expect: bool, rule: str | None, wrap: object) -> None:
+        img, sig = good(name)
+        add(Case(name, expect, rule), img, wrap(sig))  # type: ignore[operator]
+
+    pem_case("pem-with-header", False, "signature-format", lambda sig: (
+        b"-----BEGIN CMS-----\nProc-Type: 4,ENCRYPTED\n\n" + _b64lines(sig)
+        + b"-----END CMS-----\n"))
+    pem_case("pem-spaces-in-lines", True, None, lambda sig: (
+        b"-----BEGIN CMS-----\n" + _b64lines(sig).replace(b"A", b" A\t")
+        + b"-----END CMS-----\n"))
+    pem_case("pem-begin-mid-line", False, "signature-format", lambda sig: (
+        b"sig: -----BEGIN CMS-----\n" + _b64lines(sig) + b"-----END CMS-----\n"))
+    pem_case("pem-object-then-garbage", True, None, lambda sig: (
+        b"-----BEGIN CMS-----\n" + _b64lines(sig + b"\x04\x03abc")
+        + b"-----END CMS-----\n"))
+
     # A root with the trusted root's names and another key (iPXE also has the real root
     # built in with CERT=, so it appends it and refuses the look-alike's signature).
     lookalike_key = rsa_key()

@@ -6,8 +6,6 @@ Pure functions over bytes. The OID tables mirror iPXE's ``src/crypto/mishmash/*.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 
 # Digest algorithms a default iPXE build knows (MD4/MD5 are off in config/crypto.h).
@@ -104,24 +102,66 @@ def _walk(data: bytes, pos: int, end: int, *, depth: int) -> None:
         pos = start + length
 
 
+def _pem_marker(data: bytes, offset: int, marker: bytes) -> int:
+    """pem_marker(): the offset of ``marker`` at the start of a line, or -1."""
+    while offset < len(data):
+        if len(data) - offset < len(marker):
+            break
+        if data.startswith(marker, offset):
+            return offset
+        newline = data.find(b"\n", offset)
+        offset = len(data) if newline < 0 else newline + 1
+    return -1
+
+
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_SPACE = frozenset(b" \t\n\v\f\r")
+
+
+def _base64(encoded: bytes) -> bytes:
+    """base64_decode() as iPXE does it: whitespace ignored, at most two '=' at the end."""
+    out = bytearray()
+    acc = bits = pad = 0
+    for char in encoded:
+        if char in _SPACE:
+            continue
+        if char == 0x3D:  # '='
+            if pad >= 2:
+                raise FramingError("PEM body has too many '=' pad characters")
+            pad += 1
+            bits -= 2
+            continue
+        if pad:
+            raise FramingError("PEM body has characters after its '=' padding")
+        index = _B64.find(bytes([char]))
+        if index < 0:
+            raise FramingError(f"PEM body has a character that is not base64: {chr(char)!r}")
+        acc = (acc << 6) | index
+        bits += 6
+        while bits >= 8:
+            bits -= 8
+            out.append((acc >> bits) & 0xFF)
+        acc &= (1 << bits) - 1 if bits > 0 else 0
+    if bits % 8:
+        raise FramingError("PEM body does not decode to a whole number of bytes")
+    return bytes(out)
+
+
 def decode_pem(data: bytes) -> bytes | None:
-    """The first PEM block's bytes (as iPXE's pem.c takes it), or None if not PEM."""
-    begin = data.find(b"-----BEGIN")
+    """The first PEM block's bytes as iPXE's pem.c takes them, or None if not PEM.
+
+    Markers count only at the start of a line; the body is everything between the
+    BEGIN line and the END marker (up to a NUL byte, as iPXE copies it into a C string).
+    """
+    begin = _pem_marker(data, 0, b"-----BEGIN")
     if begin < 0:
         return None
-    body_start = data.find(b"\n", begin)
-    end = data.find(b"-----END", begin)
-    if body_start < 0 or end < 0 or end < body_start:
+    newline = data.find(b"\n", begin)
+    begin = len(data) if newline < 0 else newline + 1
+    end = _pem_marker(data, begin, b"-----END")
+    if end < 0:
         raise FramingError("PEM BEGIN marker without a matching END marker")
-    lines = [
-        line.strip()
-        for line in data[body_start:end].splitlines()
-        if line.strip() and b":" not in line
-    ]
-    try:
-        return base64.b64decode(b"".join(lines), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise FramingError(f"PEM body is not valid base64: {exc}") from None
+    return _base64(data[begin:end].split(b"\0", 1)[0])
 
 
 # What asn1crypto raises on malformed input (it parses lazily, so any field access can).

@@ -683,10 +683,17 @@ def _prepare(
             store.append(parse_certificate(der, version))
         except CertProblem as exc:
             raise _fail(exc.rule, exc.message + " (a --cert certificate)", exc.remedy) from None
+    # iPXE's certificate store is a LIFO (certstore_add() uses list_add): the signature's
+    # own certificates, parsed last, are found before the CERT= ones; a certificate
+    # already in the store is not added again.
+    certstore: list[CertInfo] = []
+    for cert in [*store, *message.certificates]:
+        if not any(c.der == cert.der for c in certstore):
+            certstore.insert(0, cert)
     for signer in message.signers:
         signer.chain = [signer.info]
-        _auto_append(signer.chain, message.certificates)
-        _auto_append(signer.chain, store + message.certificates)
+        _auto_append(signer.chain, message.certificates)  # cms_parse_identifier()
+        _auto_append(signer.chain, certstore)  # x509_validate_chain()
 
 
 def _certificate_oddities(message: _Message) -> list[Finding]:
