@@ -6,6 +6,7 @@ Pure functions over bytes. The OID tables mirror iPXE's ``src/crypto/mishmash/*.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # Digest algorithms a default iPXE build knows (MD4/MD5 are off in config/crypto.h).
@@ -326,6 +327,15 @@ class Cursor:
             if value & 0x80000000:
                 value -= 1 << 32
         return value
+
+    def elements(self, container: int) -> Iterator[Cursor]:
+        """Enter ``container`` (a copy) and yield a cursor at each object in it, in turn:
+        iPXE's ``for ( ; cursor.len ; asn1_skip_any ( &cursor ) )`` loops."""
+        cursor = self.copy()
+        cursor.enter(container)
+        while cursor.len:
+            yield cursor.copy()
+            cursor.skip(ANY)
 
     def tlv(self) -> bytes:
         """The bytes of the first object (header included), as asn1_shrink_any() sees it."""

@@ -204,10 +204,8 @@ def parse_certificate(der: bytes, version: IpxeVersion = DEFAULT_IPXE) -> CertIn
     cursor = _asn1.Cursor(raw)
     cursor.enter(_asn1.SEQUENCE)
     # tbsCertificate
-    tbs_cursor = cursor.copy()
-    tbs_cursor.shrink(_asn1.ANY)
-    tbs = tbs_cursor.value
-    t = tbs_cursor.copy()
+    tbs = cursor.tlv()
+    t = _asn1.Cursor(tbs)
     t.enter(_asn1.SEQUENCE)
     cert_version = 0
     if t.type() == _asn1.explicit(0):
@@ -247,17 +245,13 @@ def parse_certificate(der: bytes, version: IpxeVersion = DEFAULT_IPXE) -> CertIn
             "GeneralizedTime YYYYMMDDHHMM[SS]Z: no fractions of a second, no offsets)",
             "reissue it with plain UTC times (every common CA tool writes them)")
     t.skip(_asn1.ANY)
-    subject = t.copy()
-    subject.shrink(_asn1.ANY)
-    subject_raw = subject.value
+    subject_raw = t.tlv()
     ok, cn = _common_name(t)
     if not ok:
         raise _problem(label, "its subject commonName is malformed")
     t.skip(_asn1.ANY)
-    spki_cursor = t.copy()
-    spki_cursor.shrink(_asn1.ANY)
-    spki = spki_cursor.value
-    s = spki_cursor.copy()
+    spki = t.tlv()
+    s = _asn1.Cursor(spki)
     s.enter(_asn1.SEQUENCE)
     key_algo, key_oid = _asn1.algorithm_at(s, ecdsa=ecdsa, rsa_pss=pss)
     if key_algo is None or key_algo.pubkey is None:
@@ -377,13 +371,10 @@ class _Extensions:
 
 def _parse_extensions(tbs: _asn1.Cursor, ext: _Extensions, label: str) -> None:
     cursor = tbs.copy()
-    if cursor.type() == _asn1.explicit(3):
-        ext.present = True
+    ext.present = cursor.type() == _asn1.explicit(3)
     cursor.enter(_asn1.explicit(3))
-    cursor.enter(_asn1.SEQUENCE)
-    while cursor.len:
-        _parse_extension(cursor, ext, label)
-        cursor.skip(_asn1.ANY)
+    for item in cursor.elements(_asn1.SEQUENCE):
+        _parse_extension(item, ext, label)
 
 
 def _parse_extension(raw: _asn1.Cursor, ext: _Extensions, label: str) -> None:
@@ -453,33 +444,24 @@ def _key_usage(raw: _asn1.Cursor, ext: _Extensions) -> str | None:
 
 
 def _ext_key_usage(raw: _asn1.Cursor, ext: _Extensions) -> str | None:
-    cursor = raw.copy()
-    cursor.enter(_asn1.SEQUENCE)
-    while cursor.len:
-        purpose = cursor.copy()
+    for purpose in raw.elements(_asn1.SEQUENCE):
         if not purpose.enter(_asn1.OID):
             return "a key purpose is not an OBJECT IDENTIFIER"
         if purpose.value == OID_CODE_SIGNING_RAW:
             ext.code_signing = True
-        cursor.skip(_asn1.ANY)
     return None
 
 
 def _authority_info_access(raw: _asn1.Cursor, ext: _Extensions) -> str | None:
-    cursor = raw.copy()
-    cursor.enter(_asn1.SEQUENCE)
-    while cursor.len:
-        desc = cursor.copy()
+    for desc in raw.elements(_asn1.SEQUENCE):
         desc.enter(_asn1.SEQUENCE)
         method = desc.copy()
         method.enter(_asn1.OID)
         desc.skip(_asn1.ANY)
         if method.value == OID_AD_OCSP_RAW and method.len:
-            uri = desc.copy()
-            if not uri.enter(_asn1.implicit(6)):
+            if not desc.enter(_asn1.implicit(6)):
                 return "the OCSP accessLocation is not a URI"
-            ext.ocsp.append(uri.value.decode("utf-8", "replace"))
-        cursor.skip(_asn1.ANY)
+            ext.ocsp.append(desc.value.decode("utf-8", "replace"))
     return None
 
 
