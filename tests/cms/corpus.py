@@ -230,12 +230,13 @@ def _issuer_and_serial(cert_der: bytes) -> tuple[bytes, bytes]:
 
 def raw_signed_data(
     cert_ders: list[bytes], signers: list[bytes], *, sd_version: int = 1,
-    digest_algs: bytes | None = None, crls: bytes = b"",
+    digest_algs: bytes | None = None, crls: bytes = b"", encap: bytes | None = None,
 ) -> bytes:
     """ContentInfo(SignedData) from raw SignerInfo TLVs."""
     algs = digest_algs if digest_algs is not None else tlv(0x31, seq(oid("2.16.840.1.101.3.4.2.1"),
                                                                       b"\x05\x00"))
-    sd = seq(integer(sd_version), algs, seq(oid("1.2.840.113549.1.7.1")),
+    encap = encap if encap is not None else seq(oid("1.2.840.113549.1.7.1"))
+    sd = seq(integer(sd_version), algs, encap,
              tlv(0xA0, b"".join(cert_ders)), crls, tlv(0x31, b"".join(signers)))
     return seq(oid("1.2.840.113549.1.7.2"), tlv(0xA0, sd))
 
@@ -677,6 +678,27 @@ def generate(directory: Path, now: dt.datetime | None = None) -> Corpus:
             cert=der(ec_signer), sig_alg=seq(oid("1.2.840.10045.4.3.3")))
     si_case("si-sigalg-ecdsa-with-rsa-key", False, "signature-mismatch",
             sig_alg=seq(oid("1.2.840.10045.4.3.2")))
+
+    # A length field of more than four bytes: iPXE's unsigned int wraps (asn1_start).
+    data_oid = oid("1.2.840.113549.1.7.1")
+    si_case("length-field-five-bytes", True, None,
+            sd={"encap": b"\x30\x85\x00\x00\x00\x00" + bytes([len(data_oid)]) + data_oid})
+    # Keys are parsed only when used: a broken key on a certificate nobody uses is fine,
+    # a compressed EC point on the signer is not (ecdsa_parse_key wants 04 || X || Y).
+    bad_key = forge(other_root, other_key, edit={6: seq(
+        seq(oid("1.2.840.113549.1.1.1"), b"\x05\x00"),
+        tlv(0x03, b"\x00" + seq(integer(0))))})
+    img = image_for("unused-cert-bad-key")
+    signature = _raw_sign(leaf_key, hashlib.sha256(img).digest(), prehashed=True)
+    add(Case("unused-cert-bad-key", True, None, isolate=True), img, raw_signed_data(
+        [signer_der, *chain_der, bad_key], [raw_signer_info(signer_der, signature)]))
+    point = ec_key.public_key().public_bytes(serialization.Encoding.X962,
+                                             serialization.PublicFormat.CompressedPoint)
+    compressed = forge(leaf("compressed-point", key=ec_key), int_key, edit={6: seq(
+        seq(oid("1.2.840.10045.2.1"), oid("1.2.840.10045.3.1.7")),
+        tlv(0x03, b"\x00" + point))})
+    si_case("signer-ec-point-compressed", False, "certificate-key", key=ec_key,
+            cert=compressed, sig_alg=seq(oid("1.2.840.10045.4.3.2")))
 
     def loose_ecdsa(signature: bytes) -> bytes:
         from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
