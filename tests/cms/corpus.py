@@ -602,6 +602,8 @@ def generate(directory: Path, now: dt.datetime | None = None) -> Corpus:
     # Versions and algorithm identifiers: iPXE reads any version, compares algorithms only.
     raw_case("cert-version-4", True, None,
              forge(leaf("version-4"), int_key, edit={0: tlv(0xA0, integer(3))}))
+    raw_case("cert-v1-with-extensions", True, None,
+             forge(leaf("v1-extensions"), int_key, edit={0: b""}))
     raw_case("cert-version-negative", False, "certificate-unparseable",
              forge(leaf("version-negative"), int_key, edit={0: tlv(0xA0, integer(-1))}))
     raw_case("cert-sigalg-params-differ", True, None,
