@@ -8,6 +8,11 @@ validate every chain at the client's clock with TIMESTAMP_ERROR_MARGIN, then for
 image digest. The first failure is reported, as iPXE would, with the certificate it concerns
 and what to do about it.
 
+The bytes are read with a port of iPXE's own DER reader (``_asn1.Cursor``), so the verdict
+is iPXE's where asn1crypto or cryptography would be stricter or more lenient. What iPXE
+skips or tolerates but no honest tool writes is a warning (``SUSPICIONS``), a failure only
+with ``strict=True``.
+
 The caller hashes the image (``digest_algorithms()`` says with what) and passes the digests:
 nothing here reads files or the clock.
 """
