@@ -110,6 +110,17 @@ def test_fifo_or_device_as_signature_is_refused_unread(corpus: Corpus, tmp_path:
         assert "not a regular file" in proc.stderr
 
 
+def test_device_as_trust_or_cert_is_refused_unread(corpus: Corpus, tmp_path: Path) -> None:
+    case = corpus.case("good")
+    image = str(corpus.directory / case.image)
+    for args in (["--trust", "/dev/zero"], ["--trust", str(corpus.root), "--cert",
+                                             f"{corpus.root},/dev/zero"]):
+        proc = subprocess.run([sys.executable, "-m", "trustboot", "verify", image, *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 3, proc.stderr
+        assert "not a regular file" in proc.stderr
+
+
 def test_oversized_signature_refused_unread(corpus: Corpus, tmp_path: Path) -> None:
     case = corpus.case("good")
     big = tmp_path / "big.sig"

@@ -61,6 +61,21 @@ def _read_signature(path: Path) -> bytes | None:
     return read_capped(path, MAX_SIGNATURE_SIZE, "signature")
 
 
+MAX_CERT_FILE = 1 << 20
+
+
+def _certificates(path: Path, what: str) -> list[x509.Certificate]:
+    """load_certificates() on a regular file of sane size only (/dev/zero, FIFOs refused)."""
+    try:
+        st = path.stat()
+    except OSError:
+        st = None  # load_certificates() names the problem
+    if st is not None and (not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CERT_FILE):
+        raise ConfigError(f"{what} {path} is not a regular file of at most 1 MiB",
+                          hint="pass a PEM or DER certificate file")
+    return load_certificates(path, what)
+
+
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
@@ -91,7 +106,7 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
                                   "or a root certificate file")
             anchors.append(TrustAnchor(bytes.fromhex(hexdigits), None, item))
             continue
-        cert = load_certificates(Path(item), "trust anchor")[0]
+        cert = _certificates(Path(item), "trust anchor")[0]
         der = _der(cert)
         anchors.append(TrustAnchor(fingerprint(der), der, f'"{cert.subject.rfc4514_string()}"'))
     return anchors
@@ -139,7 +154,7 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
     now = parse_time(at)
     anchors = load_trust(trust, pki)
     cert_paths = [Path(s.strip()) for spec in certs for s in spec.split(",") if s.strip()]
-    extra = [_der(c) for path in cert_paths for c in load_certificates(path, "--cert file")]
+    extra = [_der(c) for path in cert_paths for c in _certificates(path, "--cert file")]
     sig_path = sig_path or file.with_name(file.name + ".sig")
     signature = _read_signature(sig_path)
     if not file.is_file():
