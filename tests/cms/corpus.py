@@ -422,6 +422,15 @@ def generate(directory: Path, now: dt.datetime | None = None) -> Corpus:
     add(Case("signer-cn", True, signer="BOOT-SIGNER.example.org"), *good("signer-cn"))
     add(Case("signer-san", True, signer="signer.example.org"), *good("signer-san"))
     add(Case("signer-wildcard", True, signer="pxe.boot.example.org"), *good("signer-wildcard"))
+    # --signer as an IP address: iPXE's inet_aton() reads each part with strtoul(.., 0).
+    import ipaddress
+
+    ip_signer = leaf("ip-signer", san=[x509.IPAddress(ipaddress.ip_address("192.0.2.10"))])
+    add(Case("signer-ip", True, signer="192.0.2.10"), *good("signer-ip", ip_signer))
+    add(Case("signer-ip-octal", True, signer="0300.0.2.10"),
+        *good("signer-ip-octal", ip_signer))
+    add(Case("signer-ip-other", False, "signer-name", signer="192.0.2.11"),
+        *good("signer-ip-other", ip_signer))
 
     # Damage.
     img, sig = good("flipped-image-byte")

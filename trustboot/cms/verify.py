@@ -639,11 +639,49 @@ def name_matches(cert: CertInfo, name: str) -> bool:
         return True
     if any(_dns_match(d, name) for d in cert.san_dns):
         return True
-    try:
-        packed = ipaddress.ip_address(name).packed
-    except ValueError:
-        return False
+    packed = _inet_aton(name)
+    if packed is None:
+        try:
+            packed = ipaddress.IPv6Address(name).packed
+        except ValueError:
+            return False
     return any(ip == packed for ip in cert.san_ip)
+
+
+def _strtoul(text: str) -> tuple[int | None, str]:
+    """C strtoul(text, &end, 0): (value or None if no digits, the rest of the text)."""
+    rest = text.lstrip(" \t\n\v\f\r")
+    negative = rest[:1] == "-"
+    if rest[:1] in "+-" and rest:
+        rest = rest[1:]
+    base, digits = 10, "0123456789"
+    if rest[:2].lower() == "0x" and rest[2:3] and rest[2:3].lower() in "0123456789abcdef":
+        base, digits, rest = 16, "0123456789abcdef", rest[2:]
+    elif rest[:1] == "0":
+        base, digits = 8, "01234567"
+    end = 0
+    while end < len(rest) and rest[end].lower() in digits:
+        end += 1
+    if end == 0:
+        return None, text
+    value = int(rest[:end], base)
+    return ((-value) % (1 << 64) if negative else value), rest[end:]
+
+
+def _inet_aton(name: str) -> bytes | None:
+    """iPXE's inet_aton(): four strtoul() numbers (so 0x0a and 012 count) up to 255."""
+    out = bytearray()
+    rest = name
+    for i in range(4):
+        value, rest = _strtoul(rest)
+        if value is None or value > 0xFF:
+            return None
+        out.append(value)
+        if i < 3:
+            if rest[:1] != ".":
+                return None
+            rest = rest[1:]
+    return bytes(out) if rest == "" else None
 
 
 # --- the verdict ---------------------------------------------------------------------------
