@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import stat
 from pathlib import Path
 
 import click
@@ -16,11 +17,14 @@ from trustboot.cms.sign import hash_file
 from trustboot.cms.verify import (
     MAX_SIGNATURE_SIZE,
     TrustAnchor,
+    Verdict,
     digest_algorithms,
     fingerprint,
+    oversized,
     verify_signature,
 )
-from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.errors import ConfigError, OperationalError, TrustbootError, VerificationError
+from trustboot.fsutil import read_capped
 from trustboot.keys.signer import load_certificates
 
 _FPR = re.compile(r"^(?:sha256:)?([0-9a-fA-F:]{64,95})$")
@@ -35,20 +39,41 @@ def parse_time(text: str) -> dt.datetime:
         if raw.startswith("@"):
             return dt.datetime.fromtimestamp(int(raw[1:]), dt.UTC)
         value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"--at {text!r} is not a time",
+        return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        raise ConfigError(f"--at {text!r} is not a time between years 1 and 9999",
                           hint="use ISO 8601 (2026-01-31T12:00:00Z) or @EPOCH") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def _read_signature(path: Path) -> bytes:
-    """The .sig, read no further than iPXE's limit: a larger one is refused unread."""
+def _read_signature(path: Path) -> bytes | None:
+    """The .sig (None: larger than iPXE's 4 MiB, refused unread).
+
+    Only a regular file is read (a FIFO or device would block or never end), and never
+    more than the cap.
+    """
     try:
-        with path.open("rb") as fh:
-            return fh.read(MAX_SIGNATURE_SIZE + 1)
+        st = path.stat()
     except OSError as exc:
         raise OperationalError(f"cannot read signature {path}: {exc.strerror}",
                                hint="check the signature path") from None
+    if stat.S_ISREG(st.st_mode) and st.st_size > MAX_SIGNATURE_SIZE:
+        return None
+    return read_capped(path, MAX_SIGNATURE_SIZE, "signature")
+
+
+MAX_CERT_FILE = 1 << 20
+
+
+def _certificates(path: Path, what: str) -> list[x509.Certificate]:
+    """load_certificates() on a regular file of sane size only (/dev/zero, FIFOs refused)."""
+    try:
+        st = path.stat()
+    except OSError:
+        st = None  # load_certificates() names the problem
+    if st is not None and (not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CERT_FILE):
+        raise ConfigError(f"{what} {path} is not a regular file of at most 1 MiB",
+                          hint="pass a PEM or DER certificate file")
+    return load_certificates(path, what)
 
 
 def _der(cert: x509.Certificate) -> bytes:
@@ -69,6 +94,10 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
     anchors = []
     for item in items:
         match = _FPR.match(item)
+        if not match and item.lower().startswith("sha256:") and not Path(item).exists():
+            raise ConfigError(f"--trust {item!r} is not a SHA-256 fingerprint",
+                              hint="give sha256: and 64 hex digits (colons allowed), "
+                              "or a root certificate file")
         if match and not Path(item).exists():
             hexdigits = match.group(1).replace(":", "")
             if len(hexdigits) != 64:
@@ -77,7 +106,7 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
                                   "or a root certificate file")
             anchors.append(TrustAnchor(bytes.fromhex(hexdigits), None, item))
             continue
-        cert = load_certificates(Path(item), "trust anchor")[0]
+        cert = _certificates(Path(item), "trust anchor")[0]
         der = _der(cert)
         anchors.append(TrustAnchor(fingerprint(der), der, f'"{cert.subject.rfc4514_string()}"'))
     return anchors
@@ -90,8 +119,9 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
 @click.option("--trust", "trust", multiple=True, metavar="ROOT[,ROOT]",
               help="Trusted root certificate file(s), or sha256:HEX, as iPXE's TRUST= "
               "(default: the pki's ca.crt).")
-@click.option("--cert", "certs", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="Extra certificates built into iPXE with CERT= (repeatable).")
+@click.option("--cert", "certs", multiple=True, metavar="FILE[,FILE]",
+              help="Extra certificates built into iPXE with CERT= (comma-separated, as "
+              "CERT=, or repeated).")
 @click.option("--signer", "signer", metavar="NAME",
               help="As imgverify --signer: the signer's common name or SAN DNS/IP.")
 @click.option("--at", "at", metavar="TIME", default="now", show_default=True,
@@ -101,12 +131,21 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
 @click.option("--pki", "pki", type=click.Path(path_type=Path, file_okay=False),
               envvar="TRUSTBOOT_PKI", default=Path("pki"), show_default=True,
               help="CA home whose root is trusted when --trust is not given.")
+@click.option("--assume-ocsp-reachable", "ocsp_reachable", is_flag=True,
+              help="A chain certificate names an OCSP responder that the booting client can "
+              "reach and that answers 'good': predict acceptance (with a warning) instead "
+              "of iPXE's rejection when the responder is unreachable.")
+@click.option("--strict", "strict", is_flag=True,
+              help="Also refuse what iPXE accepts but no honest signing tool writes "
+              "(altered skipped fields, mismatched algorithm names, non-DER encodings).")
 @json_option
-def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tuple[Path, ...],
-            signer: str | None, at: str, ipxe_version: str, pki: Path, as_json: bool) -> None:
+def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tuple[str, ...],
+            signer: str | None, at: str, ipxe_version: str, pki: Path, ocsp_reachable: bool,
+            strict: bool, as_json: bool) -> None:
     """Check FILE's signature exactly as iPXE's imgverify would.
 
     Exit 0 if iPXE would accept it, 4 if not (the rule, certificate and fix are named).
+    Warnings name what iPXE accepts but should not be there; --strict refuses those.
     """
     try:
         version = IpxeVersion.parse(ipxe_version)
@@ -114,27 +153,43 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
         raise ConfigError(str(exc), hint="e.g. --ipxe-version 2.0.0") from None
     now = parse_time(at)
     anchors = load_trust(trust, pki)
-    extra = [_der(c) for path in certs for c in load_certificates(path, "--cert file")]
+    cert_paths = [Path(s.strip()) for spec in certs for s in spec.split(",") if s.strip()]
+    extra = [_der(c) for path in cert_paths for c in _certificates(path, "--cert file")]
     sig_path = sig_path or file.with_name(file.name + ".sig")
     signature = _read_signature(sig_path)
     if not file.is_file():
-        raise OperationalError(f"cannot read image {file}: no such file",
-                               hint="check the image path")
-    names = sorted(digest_algorithms(signature, version))
+        raise OperationalError(
+            f"cannot read image {file}: "
+            + ("not a regular file" if file.exists() else "no such file"),
+            hint="check the image path")
     size = file.stat().st_size
-    digests: dict[str, bytes] = {}
-    if names:  # none: the signature is unreadable and is refused without the image's digest
-        with progress(size, f"hashing {file.name}",
-                      enabled=not as_json and is_interactive()) as update:
-            digests, size = hash_file(file, names, update)
-    verdict = verify_signature(signature, digests, trust=anchors, now=now, signer_name=signer,
-                               extra_certs=extra, ipxe_version=version)
+    verdict: Verdict
+    if signature is None:
+        verdict = oversized()
+    else:
+        names = sorted(digest_algorithms(signature, version))
+        digests: dict[str, bytes] = {}
+        if names:  # none: the signature is unreadable and is refused without the digest
+            with progress(size, f"hashing {file.name}",
+                          enabled=not as_json and is_interactive()) as update:
+                digests, size = hash_file(file, names, update)
+        verdict = verify_signature(signature, digests, trust=anchors, now=now,
+                                   signer_name=signer, extra_certs=extra,
+                                   ipxe_version=version,
+                                   assume_ocsp_reachable=ocsp_reachable, strict=strict)
+    ctx = click.get_current_context()
+    pki_given = not trust or ctx.get_parameter_source("pki") not in {
+        click.core.ParameterSource.DEFAULT, None}
+    revoked = _revoked(pki, verdict, explicit=pki_given)
     if as_json:
         emit_json({"file": str(file), "signature": str(sig_path), "size": size,
-                   "at": now.isoformat(), "ipxe_version": str(version)} | verdict.to_json())
+                   "at": now.isoformat(), "ipxe_version": str(version)} | verdict.to_json()
+                  | {"revoked": revoked})
     else:
         for w in verdict.warnings:
             warn(f"{w.message}\n  hint: {w.remedy}")
+        for r in revoked:
+            warn(f"{r['message']}\n  hint: {r['remedy']}")
     if verdict.failure is not None:
         f = verdict.failure
         raise VerificationError(f"{file}: iPXE would reject {sig_path.name}: {f.message} "
@@ -145,3 +200,38 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
             click.echo(f"OK {file}: signed by \"{s.common_name}\" ({s.digest_algorithm}, "
                        f"{s.signature_algorithm}); iPXE {version} accepts it until "
                        f"{s.chain_not_after.isoformat()} (chain expiry)")
+
+
+def _revoked(pki: Path, verdict: Verdict, *, explicit: bool) -> list[dict[str, str]]:
+    """Signers the pki's index lists as revoked (iPXE reads no CRL: a warning, not a verdict).
+
+    A signer counts only when its certificate's fingerprint is in the index, so an
+    unrelated pki in the working directory never speaks about a foreign signer.
+    """
+    from trustboot.ca.store import CertificateAuthority
+
+    if not verdict.signers or not CertificateAuthority.exists(pki):
+        return []
+    try:
+        ca = CertificateAuthority.open(pki)
+    except TrustbootError:
+        if explicit:
+            raise
+        return []
+    found = []
+    for s in verdict.signers:
+        entry = next((e for e in ca.entries if e.sha256.lower() == s.sha256), None)
+        if entry is None or entry.status != "revoked":
+            continue
+        found.append({
+            "name": entry.name, "serial": f"{entry.serial:x}",
+            "revoked_at": entry.revoked_at or "",
+            "message": f"the signer \"{s.common_name}\" ({entry.name}, serial "
+                       f"{entry.serial:x}) was revoked in {pki}"
+                       + (f" at {entry.revoked_at}" if entry.revoked_at else "")
+                       + "; iPXE does not read CRLs, so it still accepts this signature",
+            "remedy": "rotate the signer: issue a new signing certificate, re-sign every "
+                      "image, and if the revoked key may be compromised rebuild the firmware "
+                      "with a new root (TRUST=) so that its signatures stop verifying",
+        })
+    return found

@@ -8,6 +8,11 @@ validate every chain at the client's clock with TIMESTAMP_ERROR_MARGIN, then for
 image digest. The first failure is reported, as iPXE would, with the certificate it concerns
 and what to do about it.
 
+The bytes are read with a port of iPXE's own DER reader (``_asn1.Cursor``), so the verdict
+is iPXE's where asn1crypto or cryptography would be stricter or more lenient. What iPXE
+skips or tolerates but no honest tool writes is a warning (``SUSPICIONS``), a failure only
+with ``strict=True``.
+
 The caller hashes the image (``digest_algorithms()`` says with what) and passes the digests:
 nothing here reads files or the clock.
 """
@@ -18,11 +23,13 @@ import datetime as dt
 import hashlib
 import ipaddress
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
 from asn1crypto import cms as acms
 from asn1crypto import core
+from asn1crypto import x509 as ax509
 
 from trustboot.cms import _asn1
 from trustboot.cms._asn1 import FramingError
@@ -32,6 +39,7 @@ from trustboot.cms.certinfo import (
     CertProblem,
     IpxeVersion,
     parse_certificate,
+    public_key,
     verify_raw,
 )
 
@@ -82,6 +90,7 @@ class SignerReport:
     chain: tuple[str, ...]
     not_after: dt.datetime  # the signer certificate's
     chain_not_after: dt.datetime  # the earliest of the chain: the signature's end of life
+    sha256: str = ""  # the signer certificate's fingerprint (hex)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +99,7 @@ class SignerReport:
             "signature_algorithm": self.signature_algorithm, "chain": list(self.chain),
             "not_after": self.not_after.isoformat(),
             "chain_not_after": self.chain_not_after.isoformat(),
+            "sha256": self.sha256,
         }
 
 
@@ -126,9 +136,11 @@ def _fail(rule: str, message: str, remedy: str, cert: CertInfo | None = None) ->
 class _Signer:
     info: CertInfo
     digest: str
-    sig_oid: str
-    sig_family: str
+    sig_name: str  # iPXE's name of the signatureAlgorithm
+    sig_family: str  # its public-key algorithm: all iPXE uses of it
     signature: bytes
+    sig_hash: str | None = None  # the hash signatureAlgorithm names, if any
+    signed_attrs: bool = False
     chain: list[CertInfo] = field(default_factory=list)
 
 
@@ -141,7 +153,19 @@ class _Message:
 
 # --- parsing (cms.c) ---------------------------------------------------------------------
 
+OID_SIGNED_DATA_RAW = _asn1.oid_bytes(OID_SIGNED_DATA)
+
+# Warnings about fields iPXE skips or tolerates: no iPXE rule fails on them, so they never
+# change the verdict, except under --strict, which refuses them.
+SUSPICIONS = frozenset({
+    "signature-structure", "signature-encoding", "signature-algorithm-mismatch",
+    "signed-attributes-ignored", "attached-content", "content-type",
+    "certificate-altered", "certificate-version", "certificate-encoding",
+})
+
+
 def _unwrap(data: bytes) -> bytes:
+    """What iPXE's DER or PEM image type hands to cms_message()."""
     if not data:
         raise _fail("signature-format", "the signature file is empty",
                     "sign the image again; the .sig was not written completely")
@@ -155,23 +179,31 @@ def _unwrap(data: bytes) -> bytes:
         pem = _asn1.decode_pem(data)
     except FramingError as exc:
         raise _fail("signature-format", f"the signature is broken PEM: {exc}", RESIGN) from None
-    der = pem if pem is not None else data
-    if der[:1] != b"\x30":
+    if pem is not None:
+        cursor = _asn1.Cursor(pem)
+        cursor.shrink(_asn1.ANY)  # cms_message(): only the first object counts
+        return cursor.value
+    # der_image_probe(): one SEQUENCE spanning the whole file, nothing after it.
+    cursor = _asn1.Cursor(data)
+    if cursor.skip(_asn1.SEQUENCE) and cursor.len == 0:
+        return data
+    if data[:1] != b"\x30":
         raise _fail("signature-format", "the signature is neither DER nor PEM CMS",
                     "pass the .sig made for this image (DER or PEM CMS SignedData)")
     try:
-        _asn1.check_framing(der)
+        _asn1.check_framing(data)
+        text = "it is not one SEQUENCE spanning the file"
     except FramingError as exc:
         text = str(exc)
-        remedy = RESIGN
-        if "indefinite" in text:
-            remedy = "iPXE reads only DER: " + RESIGN + " (without -stream)"
-        raise _fail("signature-format", f"the signature is not one DER object: {text}",
-                    remedy) from None
-    return der
+    remedy = RESIGN
+    if len(data) > 1 and data[1] == 0x80:
+        text = "BER indefinite length at offset 0"
+        remedy = "iPXE reads only DER: " + RESIGN + " (without -stream)"
+    raise _fail("signature-format", f"the signature is not one DER object: {text}", remedy)
 
 
 def _parse(data: bytes, version: IpxeVersion) -> _Message:
+    """cms_message() and cms_parse_signed(), field for field."""
     der = _unwrap(data)
     warnings: list[Finding] = []
     if len(data) > WARN_SIGNATURE_SIZE:
@@ -179,165 +211,217 @@ def _parse(data: bytes, version: IpxeVersion) -> _Message:
             "signature-size",
             f"the signature is {len(data)} bytes; iPXE copies it into its 4 MiB heap",
             "use a detached signature"))
-    try:
-        info = acms.ContentInfo.load(der, strict=True)
-        ctype = info["content_type"].dotted
-        if ctype != OID_SIGNED_DATA:
-            raise _fail("not-signed-data",
-                        f"the CMS message is of type {ctype}, not signedData",
-                        "pass a CMS SignedData signature: " + RESIGN)
-        sd = info["content"]
-        encap = sd["encap_content_info"]
-        certs_field = sd["certificates"]
-        raw_certs: list[Any] = [] if isinstance(certs_field, core.Void) else list(certs_field)
-        signer_infos = list(sd["signer_infos"])
-        if isinstance(certs_field, core.Void):
-            raise _fail(
-                "certificates-missing",
-                "the signature has no certificates field; iPXE then finds no signers at all",
-                "sign with the certificate chain included: " + RESIGN)
-        if encap["content"].native is not None:
-            warnings.append(Finding(
-                "attached-content",
-                "the signature carries the signed content; iPXE ignores it and checks the "
-                "image loaded separately",
-                "sign detached (no -nodetach) to keep the .sig small"))
-        if encap["content_type"].dotted != OID_DATA:
-            warnings.append(Finding(
-                "content-type", f"eContentType is {encap['content_type'].dotted}, not id-data",
-                "sign with `trustboot sign`"))
-    except _Fail:
-        raise
-    except _asn1.PARSE_ERRORS as exc:
-        raise _fail("signature-format", f"the signature is not a valid CMS message: {exc}",
-                    RESIGN) from None
-
+    cursor = _asn1.Cursor(der)
+    cursor.enter(_asn1.SEQUENCE)
+    ctype = cursor.copy()
+    ctype.enter(_asn1.OID)
+    if ctype.value != OID_SIGNED_DATA_RAW:
+        raise _fail("not-signed-data",
+                    f"the CMS message is of type {_asn1.oid_text(ctype.value)}, not signedData",
+                    "pass a CMS SignedData signature: " + RESIGN)
+    cursor.skip(_asn1.ANY)
+    cursor.enter(_asn1.explicit(0))
+    sd = cursor.copy()
+    sd.enter(_asn1.SEQUENCE)
+    sd.skip(_asn1.INTEGER)  # version
+    sd.skip(_asn1.SET)  # digestAlgorithms
+    sd.skip(_asn1.SEQUENCE)  # encapContentInfo
+    if sd.type() != _asn1.explicit(0):
+        raise _fail(
+            "certificates-missing",
+            "the signature has no certificates field (or SignedData is malformed before "
+            "it); iPXE then finds no signers at all",
+            "sign with the certificate chain included: " + RESIGN)
+    certs_cursor = sd.copy()
+    certs_cursor.enter(_asn1.explicit(0))
     certificates: list[CertInfo] = []
-    for choice in raw_certs:
-        if choice.name != "certificate":
-            raise _fail("certificate-unparseable",
-                        f"the signature holds a {choice.name}, which iPXE cannot parse",
-                        "include only X.509 certificates")
+    while certs_cursor.len:
         try:
-            certificates.append(parse_certificate(choice.chosen.dump(), version))
+            certificates.append(parse_certificate(certs_cursor.value, version))
         except CertProblem as exc:
             raise _fail(exc.rule, exc.message + " (iPXE rejects the whole signature)",
                         exc.remedy) from None
-
+        certs_cursor.skip(_asn1.ANY)
+    sd.skip(_asn1.ANY)
+    sd.skip_if_exists(_asn1.explicit(1))  # crls
+    participants = sd.copy()
+    participants.enter(_asn1.SET)
     signers: list[_Signer] = []
-    try:
-        for si in signer_infos:
-            signers.append(_parse_signer_info(si, certificates, version))
-        _check_structure(sd, signer_infos, signers)
-    except _Fail:
-        raise
-    except _asn1.PARSE_ERRORS as exc:
-        raise _fail("signature-format", f"a SignerInfo is malformed: {exc}", RESIGN) from None
+    while participants.len:
+        signers.append(_parse_signer_info(participants, certificates, version))
+        participants.skip(_asn1.ANY)
+    warnings.extend(_oddities(der, signers))
     return _Message(certificates, signers, warnings)
 
 
 _NULL = b"\x05\x00"
 
 
-def _altered(what: str) -> _Fail:
-    return _fail(
+def _odd(what: str) -> Finding:
+    return Finding(
         "signature-structure",
-        f"{what}; iPXE skips this field, but no signing tool writes it: the signature was "
-        "altered or made by a broken tool",
+        f"{what}; iPXE skips this field, so it accepts the signature, but no signing tool "
+        "writes it: the signature may have been altered or made by a broken tool",
         "use the .sig exactly as it was signed, or sign again: " + RESIGN)
 
 
-def _check_structure(sd: Any, signer_infos: list[Any], signers: list[_Signer]) -> None:
-    """Fields iPXE skips, held to RFC 5652 so that tampering there is not silently ignored.
+def _oddities(der: bytes, signers: list[_Signer]) -> list[Finding]:
+    """Fields iPXE skips, held to RFC 5652 and DER: warnings (failures under --strict)."""
+    try:
+        _asn1.check_framing(der)
+        info = acms.ContentInfo.load(der, strict=True)
+        sd = info["content"]
+        signer_infos = list(sd["signer_infos"])
+        found = _structure_oddities(sd, signer_infos)
+    except FramingError as exc:
+        return [Finding("signature-encoding",
+                        f"the signature is not strict DER ({exc}); iPXE reads it anyway",
+                        "sign again: " + RESIGN)]
+    except Exception as exc:  # any refusal by the strict reader is the answer
+        return [Finding("signature-encoding",
+                        f"the signature is not a strictly valid CMS message ({exc}); iPXE "
+                        "reads it anyway", "sign again: " + RESIGN)]
+    for signer in signers:
+        named = signer.sig_hash
+        if named is not None and named != signer.digest:
+            found.append(Finding(
+                "signature-algorithm-mismatch",
+                f"the signer {signer.info.label} names signature algorithm "
+                f"{signer.sig_name} ({named}) but digest algorithm {signer.digest}; iPXE uses "
+                "only the public-key part of signatureAlgorithm, so it accepts this",
+                "sign again so that both name the same hash: " + RESIGN, signer.info.label))
+        if signer.signed_attrs:
+            found.append(Finding(
+                "signed-attributes-ignored",
+                f"the signer {signer.info.label} has signed attributes, which iPXE skips; "
+                "its signature is over the image digest itself, so iPXE accepts it",
+                "re-sign without signed attributes (openssl cms -sign -binary -noattr)",
+                signer.info.label))
+    return found
 
-    A signature whose bytes changed anywhere must not pass: iPXE would still accept a
-    change in SignedData.version, digestAlgorithms, eContentType, SignerInfo.version or
-    algorithm parameters, so this verifier is stricter on exactly those.
-    """
+
+def _structure_oddities(sd: Any, signer_infos: list[Any]) -> list[Finding]:
+    found: list[Finding] = []
+    encap = sd["encap_content_info"]
+    if encap["content"].native is not None:
+        found.append(Finding(
+            "attached-content",
+            "the signature carries the signed content; iPXE ignores it and checks the "
+            "image loaded separately",
+            "sign detached (no -nodetach) to keep the .sig small"))
+    if encap["content_type"].dotted != OID_DATA:
+        found.append(Finding(
+            "content-type", f"eContentType is {encap['content_type'].dotted}, not id-data; "
+            "iPXE skips it", "sign with `trustboot sign`"))
     # RFC 5652 5.1: v1 unless some signer is named by key identifier (then v3).
     want = "v3" if any(si["sid"].name != "issuer_and_serial_number" for si in signer_infos) \
         else "v1"
     if sd["version"].native != want:
-        raise _altered(f"SignedData.version is {sd['version'].native}, not {want}")
-    if sd["encap_content_info"]["content_type"].dotted != OID_DATA:
-        raise _altered("eContentType is not id-data")
+        found.append(_odd(f"SignedData.version is {sd['version'].native}, not {want}"))
     listed = {a["algorithm"].dotted for a in sd["digest_algorithms"]}
-    for a in sd["digest_algorithms"]:
-        if a["parameters"].dump() not in {b"", _NULL}:
-            raise _altered("a digestAlgorithms entry has parameters other than NULL")
-    for si, signer in zip(signer_infos, signers, strict=True):
+    if any(a["parameters"].dump() not in {b"", _NULL} for a in sd["digest_algorithms"]):
+        found.append(_odd("a digestAlgorithms entry has parameters other than NULL"))
+    for si in signer_infos:
         expected = "v1" if si["sid"].name == "issuer_and_serial_number" else "v3"
         if si["version"].native != expected:
-            raise _altered(f"SignerInfo.version is {si['version'].native}, not {expected}")
-        digest_oid = si["digest_algorithm"]["algorithm"].dotted
-        if digest_oid not in listed:
-            raise _altered("the signer's digest algorithm is missing from digestAlgorithms")
+            found.append(_odd(f"SignerInfo.version is {si['version'].native}, not {expected}"))
+        if si["digest_algorithm"]["algorithm"].dotted not in listed:
+            found.append(_odd("the signer's digest algorithm is missing from "
+                              "digestAlgorithms"))
         if si["digest_algorithm"]["parameters"].dump() not in {b"", _NULL}:
-            raise _altered("the signer's digestAlgorithm has parameters other than NULL")
-        sig_oid = signer.sig_oid
+            found.append(_odd("the signer's digestAlgorithm has parameters other than NULL"))
+        sig_oid = si["signature_algorithm"]["algorithm"].dotted
         params = si["signature_algorithm"]["parameters"].dump()
-        if signer.sig_family == "rsa":
-            ok = (sig_oid == _asn1.OID_RSA or _asn1.RSA_SIG_OIDS.get(sig_oid) == signer.digest)
-            ok = ok and params in {b"", _NULL}
-        elif signer.sig_family == "ecdsa":
-            ok = (sig_oid == _asn1.OID_EC_PUBKEY
-                  or _asn1.ECDSA_SIG_OIDS.get(sig_oid) == signer.digest) and params == b""
-        else:
-            ok = True  # RSA-PSS carries its parameters
-        if not ok:
-            raise _altered(f"signatureAlgorithm {sig_oid} does not fit digest {signer.digest}")
+        if sig_oid != _asn1.OID_RSA_PSS and params not in (
+                {b""} if sig_oid in _asn1.ECDSA_SIG_OIDS or sig_oid == _asn1.OID_EC_PUBKEY
+                else {b"", _NULL}):
+            found.append(_odd(f"signatureAlgorithm {sig_oid} has unexpected parameters"))
+        if not isinstance(si["unsigned_attrs"], core.Void):
+            found.append(_odd("the signer has unsigned attributes"))
+    if not isinstance(sd["crls"], core.Void):
+        found.append(_odd("the signature carries CRLs"))
+    return found
 
 
-def _parse_signer_info(si: Any, certificates: list[CertInfo], version: IpxeVersion) -> _Signer:
-    sid = si["sid"]
-    if sid.name != "issuer_and_serial_number":
+def _parse_signer_info(
+    raw: _asn1.Cursor, certificates: list[CertInfo], version: IpxeVersion,
+) -> _Signer:
+    """cms_parse_participant() for a signerInfo."""
+    cursor = raw.copy()
+    cursor.enter(_asn1.SEQUENCE)
+    cursor.skip(_asn1.INTEGER)  # version
+    if cursor.type() == _asn1.implicit(0):
         raise _fail(
             "signer-identifier",
             "the signer is identified by subject key identifier; iPXE only finds signers by "
             "issuer and serial number",
             "re-sign without -keyid: " + RESIGN)
-    ias = sid.chosen
-    issuer_raw = ias["issuer"].dump()
-    serial_raw = ias["serial_number"].contents
+    ias = cursor.copy()
+    ias.enter(_asn1.SEQUENCE)
+    issuer = ias.copy()
+    ok = issuer.shrink(_asn1.SEQUENCE)
+    ias.skip(_asn1.ANY)
+    serial = ias.copy()
+    if not ok or not serial.shrink(_asn1.INTEGER):
+        raise _fail("signature-format",
+                    "a SignerInfo has no issuerAndSerialNumber iPXE can read", RESIGN)
     signer = next((c for c in certificates
-                   if c.issuer_raw == issuer_raw and c.serial_raw == serial_raw), None)
+                   if c.issuer_raw == issuer.value and c.serial_raw == serial.value), None)
     if signer is None:
         raise _fail(
             "signer-certificate-missing",
-            f"the signer (serial {int(ias['serial_number'].native):#x}, issuer "
-            f"{ias['issuer'].human_friendly}) is not among the signature's certificates",
+            f"the signer (serial {_serial_text(serial.value)}, issuer "
+            f"{_name_text(issuer.value)}) is not among the signature's certificates",
             "re-sign with the signer certificate included (openssl: no -nocerts)")
-    digest_oid = si["digest_algorithm"]["algorithm"].dotted
-    digest = _asn1.DIGEST_OIDS.get(digest_oid) or _asn1.RSA_SIG_OIDS.get(digest_oid) or (
-        _asn1.ECDSA_SIG_OIDS.get(digest_oid) if version.ecdsa else None)
-    if digest is None:
+    cursor.skip(_asn1.ANY)
+    ecdsa, pss = version.ecdsa, version.rsa_pss
+    digest_algo, digest_oid = _asn1.algorithm_at(cursor, ecdsa=ecdsa, rsa_pss=pss)
+    if digest_algo is None or digest_algo.digest is None:
         raise _fail("unsupported-algorithm",
                     f"digest algorithm {digest_oid} is not in iPXE {version}",
                     "sign with SHA-256, SHA-384 or SHA-512", signer)
-    sig_oid = si["signature_algorithm"]["algorithm"].dotted
-    if sig_oid == _asn1.OID_RSA or sig_oid in _asn1.RSA_SIG_OIDS:
-        family = "rsa"
-    elif (sig_oid == _asn1.OID_EC_PUBKEY or sig_oid in _asn1.ECDSA_SIG_OIDS) and version.ecdsa:
-        family = "ecdsa"
-    elif sig_oid == _asn1.OID_RSA_PSS and version.rsa_pss:
-        family = "rsa-pss"
-    else:
-        ecdsa_note = (" (ECDSA needs iPXE >= 2.0.0)"
-                      if sig_oid in _asn1.ECDSA_SIG_OIDS or sig_oid == _asn1.OID_EC_PUBKEY
-                      else " (RSA-PSS needs iPXE newer than 2.0.0)"
-                      if sig_oid == _asn1.OID_RSA_PSS else "")
+    cursor.skip(_asn1.ANY)
+    signed_attrs = cursor.type() == _asn1.explicit(0)
+    cursor.skip_if_exists(_asn1.explicit(0))
+    sig_algo, sig_oid = _asn1.algorithm_at(cursor, ecdsa=ecdsa, rsa_pss=pss)
+    if sig_algo is None or sig_algo.pubkey is None:
+        oid = sig_oid
+        note = (" (ECDSA needs iPXE >= 2.0.0)"
+                if oid in _asn1.ECDSA_SIG_OIDS or oid == _asn1.OID_EC_PUBKEY
+                else " (RSA-PSS needs iPXE newer than 2.0.0)" if oid == _asn1.OID_RSA_PSS
+                else "")
         raise _fail("unsupported-algorithm",
-                    f"signature algorithm {sig_oid} is not in iPXE {version}{ecdsa_note}",
+                    f"signature algorithm {oid} is not in iPXE {version}{note}",
                     "sign with an RSA key (PKCS#1 v1.5), or target a newer iPXE with "
                     "--ipxe-version", signer)
-    if not isinstance(si["signed_attrs"], core.Void):
-        raise _fail(
-            "signed-attributes",
-            "the signature has signed attributes; iPXE skips them and checks the signature "
-            "against the image digest itself, so it can never verify",
-            "re-sign without signed attributes (openssl cms -sign -binary -noattr ...; "
-            "`trustboot sign` never adds them)", signer)
-    return _Signer(signer, digest, sig_oid, family, bytes(si["signature"].native))
+    cursor.skip(_asn1.ANY)
+    value = cursor.copy()
+    if not value.enter(_asn1.OCTET_STRING):
+        raise _fail("signature-format", "a SignerInfo's signature is not an OCTET STRING",
+                    RESIGN, signer)
+    return _Signer(signer, digest_algo.digest, sig_algo.name, sig_algo.pubkey, value.value,
+                   sig_hash=sig_algo.digest, signed_attrs=signed_attrs)
+
+
+def _serial_text(tlv: bytes) -> str:
+    c = _asn1.Cursor(tlv)
+    c.enter(_asn1.INTEGER)
+    return f"{int.from_bytes(c.value, 'big', signed=True):#x}" if c.len else "?"
+
+
+def _name_text(tlv: bytes) -> str:
+    try:
+        return str(ax509.Name.load(tlv).human_friendly)
+    except _asn1.PARSE_ERRORS:
+        return tlv.hex()
+
+
+def oversized() -> Verdict:
+    """The verdict on a signature larger than iPXE's heap, without reading it."""
+    return Verdict(Finding(
+        "signature-too-large",
+        "the signature is larger than 4 MiB; iPXE copies it into its 4 MiB heap",
+        "use a detached signature (no -nodetach, no embedded content)"))
 
 
 def digest_algorithms(signature: bytes, version: IpxeVersion = DEFAULT_IPXE) -> set[str]:
@@ -350,13 +434,23 @@ def digest_algorithms(signature: bytes, version: IpxeVersion = DEFAULT_IPXE) -> 
 
 # --- chains (x509.c) ---------------------------------------------------------------------
 
-def _in_time(cert: CertInfo, now: dt.datetime) -> bool:
-    return (cert.not_before <= now + TIMESTAMP_ERROR_MARGIN
-            and cert.not_after >= now - TIMESTAMP_ERROR_MARGIN)
+_MARGIN_S = int(TIMESTAMP_ERROR_MARGIN.total_seconds())
+
+
+def _in_time(cert: CertInfo, now_s: int) -> bool:
+    # x509_check_time(), in iPXE's own seconds (dates past year 9999 included).
+    return cert.not_before_s <= now_s + _MARGIN_S and cert.not_after_s >= now_s - _MARGIN_S
+
+
+def _seconds(now: dt.datetime) -> int:
+    return int(now.timestamp()) if now > _EPOCH else -int((_EPOCH - now).total_seconds())
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _time_failure(cert: CertInfo, now: dt.datetime, what: str) -> _Fail:
-    if cert.not_before > now + TIMESTAMP_ERROR_MARGIN:
+    if cert.not_before_s > _seconds(now) + _MARGIN_S:
         return _fail(
             "not-yet-valid",
             f"{what} {cert.label} is not valid until {cert.not_before.isoformat()}, later than "
@@ -390,21 +484,22 @@ def _path_len(cert: CertInfo) -> float:
 
 def _validate_chain(
     chain: list[CertInfo], now: dt.datetime, trusted: set[bytes],
-    anchors: Sequence[TrustAnchor], warnings: list[Finding],
+    anchors: Sequence[TrustAnchor], warnings: list[Finding], *, ocsp_reachable: bool,
 ) -> None:
+    now_s = _seconds(now)
     for top, cert in enumerate(chain):
-        if not (_in_time(cert, now) and cert.sha256 in trusted):
+        if not (_in_time(cert, now_s) and cert.sha256 in trusted):
             continue
         remaining = {top: _path_len(cert)}
         for i in range(top - 1, -1, -1):
             child, issuer = chain[i], chain[i + 1]
             what = "the signer" if i == 0 else "issuing certificate"
-            if not _in_time(child, now):
+            if not _in_time(child, now_s):
                 raise _time_failure(child, now, what)
             if child.sha256 in trusted:
                 remaining[i] = _path_len(child)
                 continue
-            _check_issuer(child, issuer)
+            _check_issuer(child, issuer, trusted)
             if remaining[i + 1] == 0:
                 raise _fail(
                     "path-length",
@@ -413,19 +508,33 @@ def _validate_chain(
                     "reissue the CA with a larger pathLenConstraint, or sign from a shallower "
                     "CA", issuer)
             if child.ocsp_uris:
-                warnings.append(Finding(
-                    "ocsp",
-                    f"{child.label} names an OCSP responder ({child.ocsp_uris[0]}); iPXE "
-                    "queries it at boot and fails verification if it is unreachable or says "
-                    "anything but good",
-                    "make the responder reachable from the boot network, or issue without "
-                    "an OCSP URL", child.label))
+                _ocsp(child, warnings, ocsp_reachable)
             remaining[i] = min(_path_len(child), remaining[i + 1] - 1)
         return
     _explain_untrusted(chain, now, trusted, anchors)
 
 
-def _check_issuer(cert: CertInfo, issuer: CertInfo) -> None:
+def _ocsp(cert: CertInfo, warnings: list[Finding], reachable: bool) -> None:
+    url = cert.ocsp_uris[0]
+    if not reachable:
+        raise _fail(
+            "ocsp-required",
+            f"{cert.label} names an OCSP responder ({url}); iPXE must get a 'good' answer "
+            "from it at boot and rejects the signature when it cannot reach it (x509.c: "
+            "OCSP check required), so this predicts a rejection",
+            "issue the certificate without an OCSP URL, or, if the responder is reachable "
+            "from the boot network and answers for this CA, pass --assume-ocsp-reachable",
+            cert)
+    warnings.append(Finding(
+        "ocsp",
+        f"{cert.label} names an OCSP responder ({url}); iPXE queries it at boot and fails "
+        "verification if it is unreachable or says anything but good (assumed reachable)",
+        "make sure the responder is reachable from the boot network, or issue without "
+        "an OCSP URL", cert.label))
+
+
+def _check_issuer(cert: CertInfo, issuer: CertInfo, trusted: AbstractSet[bytes]) -> None:
+    # x509_check_issuer(): names (checked by the chain builder), CA, keyCertSign, signature.
     if not issuer.is_ca:
         raise _fail(
             "issuer-not-ca",
@@ -437,15 +546,27 @@ def _check_issuer(cert: CertInfo, issuer: CertInfo) -> None:
             "issuer-key-usage",
             f"{issuer.label} issued {cert.label} but its keyUsage lacks keyCertSign",
             "reissue the CA with keyUsage keyCertSign", issuer)
-    _check_curve(issuer)
-    expected = "rsa" if issuer.key_family == "rsa" else "ecdsa"
-    if cert.sig_family != expected or not verify_raw(
-        issuer.public_key, cert.sig_family, cert.sig_hash, cert.signature, data=cert.tbs
-    ):
+    expected = {"rsa": "rsa", "ec": "ecdsa"}.get(issuer.key_family)
+    try:
+        key = public_key(issuer)
+    except CertProblem as exc:
+        raise _fail(exc.rule, exc.message, exc.remedy, issuer) from None
+    if cert.sig_family == expected and verify_raw(
+            key, cert.sig_family, cert.sig_hash, cert.signature, data=cert.tbs):
+        return
+    if cert.self_issued and cert.sha256 not in trusted:
+        # A root with the trusted root's names but not its key (or bytes): a look-alike.
         raise _fail(
-            "certificate-signature",
-            f"the signature on {cert.label} does not verify with the key of {issuer.label}",
-            "the certificate was not issued by that CA, or was altered: reissue it", cert)
+            "untrusted-root",
+            f"the chain ends at {cert.label}, a root that has the names of the trusted root "
+            f"{issuer.label} but not its key (sha256 {cert.sha256.hex()} is not in the trust "
+            "set): a look-alike root",
+            "sign with a certificate issued under a trusted root, or rebuild iPXE with "
+            "TRUST=<that root>", cert)
+    raise _fail(
+        "certificate-signature",
+        f"the signature on {cert.label} does not verify with the key of {issuer.label}",
+        "the certificate was not issued by that CA, or was altered: reissue it", cert)
 
 
 def _check_curve(cert: CertInfo) -> None:
@@ -518,11 +639,49 @@ def name_matches(cert: CertInfo, name: str) -> bool:
         return True
     if any(_dns_match(d, name) for d in cert.san_dns):
         return True
-    try:
-        packed = ipaddress.ip_address(name).packed
-    except ValueError:
-        return False
+    packed = _inet_aton(name)
+    if packed is None:
+        try:
+            packed = ipaddress.IPv6Address(name).packed
+        except ValueError:
+            return False
     return any(ip == packed for ip in cert.san_ip)
+
+
+def _strtoul(text: str) -> tuple[int | None, str]:
+    """C strtoul(text, &end, 0): (value or None if no digits, the rest of the text)."""
+    rest = text.lstrip(" \t\n\v\f\r")
+    negative = rest[:1] == "-"
+    if rest[:1] in "+-" and rest:
+        rest = rest[1:]
+    base, digits = 10, "0123456789"
+    if rest[:2].lower() == "0x" and rest[2:3] and rest[2:3].lower() in "0123456789abcdef":
+        base, digits, rest = 16, "0123456789abcdef", rest[2:]
+    elif rest[:1] == "0":
+        base, digits = 8, "01234567"
+    end = 0
+    while end < len(rest) and rest[end].lower() in digits:
+        end += 1
+    if end == 0:
+        return None, text
+    value = int(rest[:end], base)
+    return ((-value) % (1 << 64) if negative else value), rest[end:]
+
+
+def _inet_aton(name: str) -> bytes | None:
+    """iPXE's inet_aton(): four strtoul() numbers (so 0x0a and 012 count) up to 255."""
+    out = bytearray()
+    rest = name
+    for i in range(4):
+        value, rest = _strtoul(rest)
+        if value is None or value > 0xFF:
+            return None
+        out.append(value)
+        if i < 3:
+            if rest[:1] != ".":
+                return None
+            rest = rest[1:]
+    return bytes(out) if rest == "" else None
 
 
 # --- the verdict ---------------------------------------------------------------------------
@@ -554,6 +713,7 @@ def _report(signer: _Signer) -> SignerReport:
         signature_algorithm=signer.sig_family, chain=tuple(c.label for c in signer.chain),
         not_after=cert.not_after,
         chain_not_after=min(c.not_after for c in signer.chain),
+        sha256=cert.sha256.hex(),
     )
 
 
@@ -566,10 +726,25 @@ def _prepare(
             store.append(parse_certificate(der, version))
         except CertProblem as exc:
             raise _fail(exc.rule, exc.message + " (a --cert certificate)", exc.remedy) from None
+    # iPXE's certificate store is a LIFO (certstore_add() uses list_add): the signature's
+    # own certificates, parsed last, are found before the CERT= ones; a certificate
+    # already in the store is not added again.
+    certstore: list[CertInfo] = []
+    for cert in [*store, *message.certificates]:
+        if not any(c.der == cert.der for c in certstore):
+            certstore.insert(0, cert)
     for signer in message.signers:
         signer.chain = [signer.info]
-        _auto_append(signer.chain, message.certificates)
-        _auto_append(signer.chain, store + message.certificates)
+        _auto_append(signer.chain, message.certificates)  # cms_parse_identifier()
+        _auto_append(signer.chain, certstore)  # x509_validate_chain()
+
+
+def _certificate_oddities(message: _Message) -> list[Finding]:
+    found: list[Finding] = []
+    for cert in message.certificates:
+        for rule, text in cert.oddities:
+            found.append(Finding(rule, text, "reissue the certificate from the CA", cert.label))
+    return found
 
 
 def verify_signature(
@@ -581,8 +756,16 @@ def verify_signature(
     signer_name: str | None = None,
     extra_certs: Sequence[bytes] = (),
     ipxe_version: IpxeVersion = DEFAULT_IPXE,
+    assume_ocsp_reachable: bool = True,
+    strict: bool = False,
 ) -> Verdict:
-    """Judge ``signature`` over an image whose digests (by hash name) are ``digests``."""
+    """Judge ``signature`` over an image whose digests (by hash name) are ``digests``.
+
+    ``assume_ocsp_reachable=False`` is iPXE's verdict on a network where the OCSP
+    responder named in a chain certificate cannot be reached (the `verify` command's
+    default); True turns that rejection into a warning. ``strict`` refuses what iPXE
+    accepts but no honest signing tool writes (the ``SUSPICIONS`` warnings).
+    """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     trusted = {a.sha256 for a in trust}
@@ -591,24 +774,37 @@ def verify_signature(
     try:
         message = _parse(signature, ipxe_version)
         warnings.extend(message.warnings)
+        warnings.extend(_certificate_oddities(message))
         _prepare(message, extra_certs, ipxe_version)
         if not message.signers:
             raise _fail("no-signatures", "the signature has no SignerInfo",
                         "sign the image: " + RESIGN)
         # imgverify completes (validates) every signer's chain before --signer filtering.
         for signer in message.signers:
-            _validate_chain(signer.chain, now, trusted, trust, warnings)
+            _validate_chain(signer.chain, now, trusted, trust, warnings,
+                            ocsp_reachable=assume_ocsp_reachable)
             reports.append(_report(signer))
         checked = 0
         for signer in message.signers:
             if signer_name is not None and not name_matches(signer.info, signer_name):
                 continue
             _check_signer_usage(signer.info)
-            _check_curve(signer.info)
             if signer.digest not in digests:
                 raise ValueError(f"digest {signer.digest} of the image was not provided")
-            if not verify_raw(signer.info.public_key, signer.sig_family, signer.digest,
+            try:
+                key = public_key(signer.info)
+            except CertProblem as exc:
+                raise _fail(exc.rule, exc.message, exc.remedy, signer.info) from None
+            if not verify_raw(key, signer.sig_family, signer.digest,
                               signer.signature, digest=digests[signer.digest]):
+                if signer.signed_attrs:
+                    raise _fail(
+                        "signed-attributes",
+                        "the signature has signed attributes; iPXE skips them and checks "
+                        "the signature against the image digest itself, so it can never "
+                        "verify",
+                        "re-sign without signed attributes (openssl cms -sign -binary "
+                        "-noattr ...; `trustboot sign` never adds them)", signer.info)
                 raise _fail(
                     "signature-mismatch",
                     f"the signature by {signer.info.label} does not match the image "
@@ -627,6 +823,14 @@ def verify_signature(
                 "case-insensitively, with wildcards only in the certificate",
                 "pass the signing certificate's common name to --signer, or sign with the "
                 "expected certificate")
+        if strict:
+            suspicious = next((w for w in warnings if w.rule in SUSPICIONS), None)
+            if suspicious is not None:
+                raise _Fail(Finding(
+                    suspicious.rule,
+                    "--strict: " + suspicious.message
+                    + " (iPXE itself would accept this signature)",
+                    suspicious.remedy, suspicious.certificate))
     except _Fail as exc:
         return Verdict(exc.finding, tuple(warnings), tuple(reports))
     return Verdict(None, tuple(warnings), tuple(reports))
@@ -639,6 +843,7 @@ def check_signer(
     trust: Sequence[TrustAnchor],
     now: dt.datetime,
     ipxe_version: IpxeVersion = DEFAULT_IPXE,
+    assume_ocsp_reachable: bool = True,
 ) -> Verdict:
     """Would iPXE accept signatures made with this certificate and chain at ``now``?
 
@@ -650,15 +855,17 @@ def check_signer(
         try:
             info = parse_certificate(signer, ipxe_version)
             others = [parse_certificate(der, ipxe_version) for der in chain]
+            full = [info]
+            _auto_append(full, others)
+            _validate_chain(full, now, {a.sha256 for a in trust}, trust, warnings,
+                            ocsp_reachable=assume_ocsp_reachable)
+            _check_signer_usage(info)
+            _check_curve(info)
+            public_key(info)
         except CertProblem as exc:
             raise _fail(exc.rule, exc.message, exc.remedy) from None
-        full = [info]
-        _auto_append(full, others)
-        _validate_chain(full, now, {a.sha256 for a in trust}, trust, warnings)
-        _check_signer_usage(info)
-        _check_curve(info)
         sig_family = "rsa" if info.key_family == "rsa" else "ecdsa"
-        report = _report(_Signer(info, "", "", sig_family, b"", full))
+        report = _report(_Signer(info, "", "", sig_family, b"", chain=full))
     except _Fail as exc:
         return Verdict(exc.finding, tuple(warnings))
     return Verdict(None, tuple(warnings), (report,))

@@ -1,0 +1,179 @@
+"""`trustboot verify` gives iPXE's verdict: options and inputs around the rules (issue 8).
+
+The rules themselves are the corpus (test_corpus.py), judged by a real iPXE in
+test_ipxe_corpus.py; these cover the command: OCSP, --strict, --cert lists, look-alike
+roots, hostile --at/--trust/--sig values and the pki's revocation list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.cms.corpus import Corpus
+from trustboot.cli.main import cli
+
+
+def _verify(corpus: Corpus, name: str, *extra: str, trust: bool = True) -> tuple[int, str]:
+    case = corpus.case(name)
+    args = ["verify", str(corpus.directory / case.image), "--at", corpus.at(case).isoformat()]
+    if trust:
+        args += ["--trust", str(corpus.root)]
+    result = CliRunner().invoke(cli, [*args, *extra])
+    return result.exit_code, result.output
+
+
+def test_ocsp_url_predicts_rejection_unless_responder_reachable(corpus: Corpus) -> None:
+    code, out = _verify(corpus, "ocsp-signer")
+    assert code == 4, out
+    assert "[rule: ocsp-required]" in out and "--assume-ocsp-reachable" in out
+    code, out = _verify(corpus, "ocsp-signer", "--assume-ocsp-reachable")
+    assert code == 0, out
+    assert "warning:" in out and "OCSP" in out
+
+
+@pytest.mark.parametrize("name, rule", [
+    ("si-sigalg-sha1-digest-sha256", "signature-algorithm-mismatch"),
+    ("sd-version-5", "signature-structure"),
+    ("si-signed-attrs-over-image", "signed-attributes-ignored"),
+    ("cert-sigalg-params-differ", "certificate-altered"),
+    ("time-month-13", "certificate-encoding"),
+])
+def test_what_ipxe_tolerates_is_a_warning_and_a_strict_failure(
+        corpus: Corpus, name: str, rule: str) -> None:
+    code, out = _verify(corpus, name)
+    assert code == 0, out
+    assert "warning:" in out
+    code, out = _verify(corpus, name, "--strict")
+    assert code == 4, out
+    assert f"[rule: {rule}]" in out and "iPXE itself would accept" in out
+
+
+def test_strict_accepts_a_clean_signature(corpus: Corpus) -> None:
+    code, out = _verify(corpus, "good", "--strict")
+    assert code == 0, out
+    assert "warning:" not in out
+
+
+def test_cert_takes_a_comma_separated_list(corpus: Corpus) -> None:
+    other = corpus.directory / "signer.pem"  # any certificate but the missing root
+    code, out = _verify(corpus, "missing-root", "--cert", f"{other},{corpus.root}")
+    assert code == 0, out
+    code, out = _verify(corpus, "missing-root", "--cert", str(other))
+    assert code == 4 and "[rule: root-missing]" in out
+
+
+def test_lookalike_root_is_untrusted_with_and_without_cert(corpus: Corpus) -> None:
+    for extra in ([], ["--cert", str(corpus.root)]):
+        code, out = _verify(corpus, "lookalike-root", *extra)
+        assert code == 4, out
+        assert "[rule: untrusted-root]" in out, out
+        assert "reissue it" not in out
+
+
+def test_far_future_clock_is_a_verdict_not_a_crash(corpus: Corpus) -> None:
+    code, out = _verify(corpus, "good", "--at", "9999-12-31T23:59:59Z")
+    assert code == 4, out
+    assert "[rule: expired]" in out
+    code, out = _verify(corpus, "good", "--at", "0001-01-01T00:00:00Z")
+    assert code == 4 and "[rule: not-yet-valid]" in out, out
+    code, out = _verify(corpus, "good", "--at", "@99999999999999999")
+    assert code == 3 and "is not a time" in out, out
+
+
+def test_malformed_fingerprint_is_invalid_input(corpus: Corpus) -> None:
+    case = corpus.case("good")
+    for bad in ("sha256:zz", "sha256:" + "ab" * 31, "SHA256:xyz"):
+        result = CliRunner().invoke(cli, ["verify", str(corpus.directory / case.image),
+                                          "--trust", bad])
+        assert result.exit_code == 3, (bad, result.output)
+        assert "not a SHA-256 fingerprint" in result.output
+
+
+def test_fifo_or_device_as_signature_is_refused_unread(corpus: Corpus, tmp_path: Path) -> None:
+    case = corpus.case("good")
+    fifo = tmp_path / "sig.fifo"
+    os.mkfifo(fifo)
+    for sig in (fifo, Path("/dev/zero")):
+        # A subprocess with a timeout: reading the FIFO would block forever.
+        proc = subprocess.run(
+            [sys.executable, "-m", "trustboot", "verify", str(corpus.directory / case.image),
+             "--sig", str(sig), "--trust", str(corpus.root)],
+            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 3, proc.stderr
+        assert "not a regular file" in proc.stderr
+
+
+def test_device_as_trust_or_cert_is_refused_unread(corpus: Corpus, tmp_path: Path) -> None:
+    case = corpus.case("good")
+    image = str(corpus.directory / case.image)
+    for args in (["--trust", "/dev/zero"], ["--trust", str(corpus.root), "--cert",
+                                             f"{corpus.root},/dev/zero"]):
+        proc = subprocess.run([sys.executable, "-m", "trustboot", "verify", image, *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 3, proc.stderr
+        assert "not a regular file" in proc.stderr
+
+
+def test_oversized_signature_refused_unread(corpus: Corpus, tmp_path: Path) -> None:
+    case = corpus.case("good")
+    big = tmp_path / "big.sig"
+    with big.open("wb") as fh:
+        fh.truncate(64 << 20)  # sparse: a read of it all would show in the test's time
+    code, out = _verify(corpus, "good", "--sig", str(big))
+    assert code == 4 and "[rule: signature-too-large]" in out, out
+    del case
+
+
+# --- the pki's revocation list ---------------------------------------------------------------
+
+CA_PASS = "correct horse battery"
+KEY_PASS = "key passphrase 1"
+
+
+@pytest.fixture(scope="module")
+def revoked_pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A pki whose signer signed an image and was then revoked."""
+    d = tmp_path_factory.mktemp("revoked")
+    (d / "ca.pass").write_text(CA_PASS + "\n")
+    (d / "key.pass").write_text(KEY_PASS + "\n")
+    pki = d / "pki"
+    run = CliRunner().invoke
+    ca = ["--pki", str(pki), "--passphrase-file", str(d / "ca.pass")]
+    r = run(cli, ["ca", "init", "--key-type", "ec-p256", *ca])
+    assert r.exit_code == 0, r.output
+    r = run(cli, ["ca", "issue", "codesign", "signer", *ca, "--key-passphrase-file",
+                  str(d / "key.pass")])
+    assert r.exit_code == 0, r.output
+    image = d / "vmlinuz"
+    image.write_bytes(b"kernel" * 1000)
+    r = run(cli, ["sign", str(image), "--key", "signer", "--pki", str(pki),
+                  "--passphrase-file", str(d / "key.pass")])
+    assert r.exit_code == 0, r.output
+    r = run(cli, ["ca", "revoke", "signer", "--reason", "key_compromise", *ca])
+    assert r.exit_code == 0, r.output
+    return pki, image
+
+
+def test_pki_warns_that_the_signer_is_revoked(revoked_pki: tuple[Path, Path]) -> None:
+    pki, image = revoked_pki
+    result = CliRunner().invoke(cli, ["verify", str(image), "--pki", str(pki)])
+    assert result.exit_code == 0, result.output  # iPXE reads no CRL: it still accepts
+    assert "revoked" in result.stderr and "iPXE does not read CRLs" in result.stderr
+    assert "rotate the signer" in result.stderr and "TRUST=" in result.stderr
+    doc = CliRunner().invoke(cli, ["verify", str(image), "--pki", str(pki), "--json"])
+    assert doc.exit_code == 0
+    revoked = json.loads(doc.stdout)["revoked"]
+    assert [r["name"] for r in revoked] == ["signer"]
+
+
+def test_unrelated_pki_says_nothing(corpus: Corpus, revoked_pki: tuple[Path, Path]) -> None:
+    pki, _ = revoked_pki
+    code, out = _verify(corpus, "good", "--pki", str(pki))
+    assert code == 0 and "revoked" not in out
