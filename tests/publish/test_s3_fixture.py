@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import urllib.error
 import urllib.request
 
 import pytest
@@ -16,7 +17,7 @@ def test_rgw_serves_https_with_the_test_ca(rgw: RGW) -> None:  # noqa: F811
         assert resp.status == 200
         assert b"ListAllMyBucketsResult" in resp.read()
     # The system store does not know the test CA: the chain really is private.
-    with pytest.raises(urllib.request.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
         urllib.request.urlopen(rgw.endpoint + "/", context=ssl.create_default_context(),
                                timeout=10)
     print(f"RGW started in {rgw.startup_seconds:.1f} s")
