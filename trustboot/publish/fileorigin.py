@@ -255,9 +255,6 @@ class FileOrigin:
         parts = base.split("/") if base else []
         out: list[str] = []
         try:
-            # a prefix naming a file lists just that file
-            if base and self.stat(base) is not None and not prefix.endswith("/"):
-                return [base]
             dfd = self._dir(parts, create=False)
         except (FileNotFoundError, NotADirectoryError):
             return []

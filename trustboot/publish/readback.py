@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +25,6 @@ from trustboot.cms.verify import (
     TrustAnchor,
     Verdict,
     digest_algorithms,
-    fingerprint,
     verify_signature,
 )
 from trustboot.errors import ConfigError, OperationalError
@@ -51,24 +50,6 @@ class Trust:
     @property
     def ca_sha256(self) -> str | None:
         return self.roots[0].sha256.hex() if self.roots else None
-
-
-def load_trust(root_files: Sequence[Path], *, extra_cert_files: Sequence[Path] = (),
-               signer_name: str | None = None) -> Trust:
-    """A Trust from PEM/DER certificate files (e.g. the pki's ca.crt)."""
-    from trustboot.keys.signer import load_certificates
-
-    roots = []
-    for path in root_files:
-        for cert in load_certificates(path, "trusted root")[:1]:  # iPXE: first per file
-            der = cert.public_bytes(Encoding.DER)
-            roots.append(TrustAnchor(fingerprint(der), der, label=cert.subject.rfc4514_string()))
-    extra = tuple(c.public_bytes(Encoding.DER) for p in extra_cert_files
-                  for c in load_certificates(p, "extra certificate"))
-    if not roots:
-        raise ConfigError("no trusted root for verifying what the origin serves",
-                          hint="pass --pki (its ca.crt) or --trust ROOT.pem")
-    return Trust(tuple(roots), extra, signer_name)
 
 
 def judge(signature: bytes, digests: dict[str, bytes], trust: Trust,

@@ -61,18 +61,18 @@ def parse_multistatus(data: bytes) -> list[tuple[str, bool, int | None, str | No
     """(href path, is_collection, size, etag) per response; no DTD, no entities."""
     if len(data) > MAX_PROPFIND_BYTES:
         raise OperationalError("PROPFIND answer larger than 16 MiB")
-    parser = ET.XMLParser()  # noqa: S314 - DTDs and entities refused below
-
-    def refuse(*_: object) -> None:
-        raise ValueError("DTDs and entity declarations are refused")
-
-    expat = parser.parser
-    expat.StartDoctypeDeclHandler = refuse
-    expat.EntityDeclHandler = refuse
+    # A multistatus never has a DTD, and without one there are no entities to expand.
+    # Only UTF-8 is accepted, so the check below cannot be dodged with another encoding.
     try:
-        parser.feed(data)
-        root = parser.close()
-    except (ET.ParseError, ValueError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OperationalError("the origin's PROPFIND answer is not UTF-8") from None
+    if "<!doctype" in text.lower() or "<!entity" in text.lower():
+        raise OperationalError("the origin's PROPFIND answer has a DTD; refused",
+                               hint="a WebDAV server never sends one: check the origin")
+    try:
+        root = ET.fromstring(text)  # noqa: S314 - DTDs refused above
+    except ET.ParseError as exc:
         raise OperationalError(f"the origin's PROPFIND answer is not acceptable XML: {exc}",
                                hint="is the URL a WebDAV collection?") from None
     out = []
