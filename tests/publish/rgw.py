@@ -32,10 +32,13 @@ import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -84,6 +87,18 @@ class RGW:
                    f"--access-key={access}", f"--secret-key={secret}")
         return access, secret
 
+    def client(self) -> Any:
+        """An admin boto3 S3 client (path-style, checksums only when required, test CA)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, verify=str(self.ca_file), region_name="us-east-1",
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            config=Config(request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required",
+                          s3={"addressing_style": "path"}))
+
     def stop(self) -> None:
         _stop(self.procs)
 
@@ -95,6 +110,16 @@ def _new_keys() -> tuple[str, str]:
     alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
     access = "".join(secrets.choice(alnum) for _ in range(20))
     return access, secrets.token_urlsafe(30)[:40]
+
+
+def anon_get(url: str, ca_file: Path) -> tuple[int, dict[str, str], bytes]:
+    """An anonymous GET, the way a booting client fetches: (status, headers, body)."""
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), b""
 
 
 def missing_binaries() -> list[str]:

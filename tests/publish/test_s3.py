@@ -6,12 +6,9 @@ import hashlib
 import json
 import os
 import socket
-import ssl
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,10 +17,8 @@ import pytest
 
 pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
 
-import boto3
-from botocore.config import Config
 
-from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
+from tests.publish.rgw import RGW, anon_get, rgw  # noqa: F401  (the session fixture)
 from trustboot.ca.store import CertificateAuthority
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.fileorigin import LOCK_NAME
@@ -38,18 +33,9 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def admin_client(rgw: RGW) -> Any:  # noqa: F811
-    return boto3.client(
-        "s3", endpoint_url=rgw.endpoint, verify=str(rgw.ca_file), region_name="us-east-1",
-        aws_access_key_id=rgw.access_key, aws_secret_access_key=rgw.secret_key,
-        config=Config(request_checksum_calculation="when_required",
-                      response_checksum_validation="when_required",
-                      s3={"addressing_style": "path"}))
-
-
 @pytest.fixture(scope="module")
 def s3(rgw: RGW) -> Any:  # noqa: F811
-    return admin_client(rgw)
+    return rgw.client()
 
 
 @pytest.fixture
@@ -66,16 +52,6 @@ def opts(rgw: RGW, **kw: Any) -> OriginOptions:  # noqa: F811
                                    source="test")}
     base.update(kw)
     return OriginOptions(**base)
-
-
-def fetch(url: str, ca_file: Path) -> tuple[int, dict[str, str], bytes]:
-    """An anonymous GET, the way a booting client fetches (no credentials)."""
-    ctx = ssl.create_default_context(cafile=str(ca_file))
-    try:
-        with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), b""
 
 
 # -- objects --------------------------------------------------------------------------
@@ -125,23 +101,23 @@ def test_objects_are_anonymously_readable_and_copy_switches(rgw: RGW, bucket: st
         o.copy("releases/r1/boot.ipxe", "boot.ipxe")
         url = o.public_url("boot.ipxe")
         assert url == f"{rgw.endpoint}/{bucket}/site/boot.ipxe"
-        status, headers, body = fetch(url, rgw.ca_file)
+        status, headers, body = anon_get(url, rgw.ca_file)
         assert (status, body) == (200, b"#!ipxe\necho one\n")
         assert headers["Cache-Control"] == "no-cache"  # the switched entry is not cached
         o.copy("releases/r2/boot.ipxe", "boot.ipxe")  # replaces
-        assert fetch(url, rgw.ca_file)[2] == b"#!ipxe\necho two\n"
+        assert anon_get(url, rgw.ca_file)[2] == b"#!ipxe\necho two\n"
         st = o.stat("boot.ipxe")
         assert st is not None and st.sha256 == sha(b"#!ipxe\necho two\n")
         with pytest.raises(OperationalError, match="does not exist"):
             o.copy("releases/r3/boot.ipxe", "boot.ipxe")
         release_url = o.public_url("releases/r1/boot.ipxe")
         assert release_url is not None
-        assert fetch(release_url, rgw.ca_file)[0] == 200
+        assert anon_get(release_url, rgw.ca_file)[0] == 200
     # public_read=False: the store keeps objects private (a bucket policy/CDN must serve)
     with S3Origin(f"s3://{bucket}/private", opts(rgw), public_read=False) as p:
         p.put_bytes("a.txt", b"secret", sha256=sha(b"secret"))
         url = p.public_url("a.txt")
-        assert url is not None and fetch(url, rgw.ca_file)[0] == 403
+        assert url is not None and anon_get(url, rgw.ca_file)[0] == 403
     # an explicit public base URL (a CDN in front) wins, with the key appended
     with S3Origin(f"s3://{bucket}/site", opts(rgw, public_url="https://cdn.example.net/b/")) as c:
         assert c.public_url("releases/r1/a+b.efi") == \
@@ -350,7 +326,7 @@ def test_lock_excludes_a_second_publisher_and_names_the_holder(rgw: RGW, s3: Any
             assert lock["owner"] == "publisher A"
             assert LOCK_NAME not in " ".join(a.list(""))
             # the lock object is not public
-            assert fetch(f"{rgw.endpoint}/{bucket}/p/{LOCK_NAME}", rgw.ca_file)[0] == 403
+            assert anon_get(f"{rgw.endpoint}/{bucket}/p/{LOCK_NAME}", rgw.ca_file)[0] == 403
         with b.lock("publisher B"):  # released: free again
             pass
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
