@@ -416,3 +416,27 @@ def test_release_does_not_delete_a_lock_it_no_longer_holds(rgw: RGW, s3: Any,  #
         s3.put_object(Bucket=bucket, Key=f"p/{LOCK_NAME}", Body=b'{"owner": "thief"}')
     assert s3.get_object(Bucket=bucket, Key=f"p/{LOCK_NAME}")["Body"].read() == \
         b'{"owner": "thief"}'
+
+
+def test_unreachable_endpoint_is_a_clear_error_after_retries(rgw: RGW) -> None:  # noqa: F811
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with open_origin("s3://bucket/p", opts(rgw, endpoint_url=f"https://127.0.0.1:{port}",
+                                           retries=2, timeout=2.0)) as o:
+        t0 = time.monotonic()
+        with pytest.raises(OperationalError, match="cannot reach") as e:
+            o.stat("a")
+        assert "after 2 retries" in str(e.value) and e.value.hint
+        assert time.monotonic() - t0 < 20
+
+
+def test_taking_the_lock_aborts_uploads_a_killed_publish_left(rgw: RGW, s3: Any,  # noqa: F811
+                                                              bucket: str) -> None:
+    left = s3.create_multipart_upload(Bucket=bucket, Key="p/releases/r1/initrd")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="p/releases/r1/initrd", UploadId=left, PartNumber=1,
+                   Body=b"x" * 1000)
+    other = s3.create_multipart_upload(Bucket=bucket, Key="q/releases/r1/initrd")["UploadId"]
+    with open_origin(f"s3://{bucket}/p", opts(rgw)) as o, o.lock("next run"):
+        ids = [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket)["Uploads"]]
+    assert ids == [other]  # only under this origin's prefix

@@ -29,7 +29,8 @@ is imported only for s3:// origins, so other commands never load boto3.
   settle period. That fallback is best effort: it excludes a concurrent publisher whose lock
   PUT lands within ``LOCK_SETTLE`` seconds of ours, which covers publishers started at the
   same time, but it is not a consensus protocol. A stale lock (its process is gone on this
-  host, or older than six hours) is taken over, as on the other backends.
+  host, or older than six hours) is taken over, as on the other backends. Whoever takes
+  the lock aborts multipart uploads a killed publish left under the prefix.
 """
 
 from __future__ import annotations
@@ -519,11 +520,28 @@ class S3Origin:
         raise OperationalError(f"could not take the lock on {self.url}",
                                hint="another publish keeps taking it; retry later")
 
+    def _abort_stale_uploads(self) -> None:
+        """Abort multipart uploads left under the prefix by a killed publish.
+
+        Under the lock no other publisher should be uploading here; their parts would stay
+        stored (and billed) forever. Best effort: a store or policy that refuses the listing
+        just keeps them.
+        """
+        base = f"{self.prefix}/" if self.prefix else ""
+        with contextlib.suppress(bexc.BotoCoreError, bexc.ClientError):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=base)
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"],
+                                                       UploadId=up["UploadId"])
+
     @contextlib.contextmanager
     def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER,
              settle: float = LOCK_SETTLE) -> Iterator[None]:
         record = {**lock_record(owner), "token": secrets.token_hex(16)}
         self._acquire(record, stale_after, settle)
+        self._abort_stale_uploads()
         try:
             yield
         finally:
