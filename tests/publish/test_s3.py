@@ -20,7 +20,7 @@ pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
 
 from tests.publish.rgw import RGW, anon_get, rgw  # noqa: F401  (the session fixture)
 from trustboot.ca.store import CertificateAuthority
-from trustboot.errors import ConfigError, OperationalError
+from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.publish.fileorigin import LOCK_NAME
 from trustboot.publish.origin import Credentials, OriginOptions, open_origin
 from trustboot.publish.s3 import S3Origin
@@ -228,11 +228,22 @@ def test_tls_is_verified_against_the_given_ca(rgw: RGW, bucket: str,  # noqa: F8
                                               tmp_path: Path) -> None:
     other, _ = CertificateAuthority.init(tmp_path / "other", constant(b"another passphrase"),
                                          key_type="ec-p256")
-    for ca in (other.path / "ca.crt", None):  # a wrong CA, and the system store
-        with open_origin(f"s3://{bucket}/p", opts(rgw, ca_file=ca)) as o, \
-                pytest.raises(OperationalError, match="TLS verification") as e:
-            o.stat("a")
-        assert e.value.hint and "--ca-file" in e.value.hint
+    with open_origin(f"s3://{bucket}/p", opts(rgw, ca_file=other.path / "ca.crt")) as o, \
+            pytest.raises(VerificationError, match="does not verify") as e:
+        o.stat("a")
+    assert e.value.rule == "origin-tls" and e.value.hint
+    # no CA at all: refused up front, never the system store in its place
+    with pytest.raises(ConfigError, match="no CA"), \
+            open_origin(f"s3://{bucket}/p", opts(rgw, ca_file=None)):
+        pass
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="cannot load the origin CA"), \
+            open_origin(f"s3://{bucket}/p", opts(rgw, ca_file=junk)):
+        pass
+    with pytest.raises(ConfigError, match="client certificates are not supported"), \
+            open_origin(f"s3://{bucket}/p", opts(rgw, client_cert=junk)):
+        pass
     with open_origin(f"s3://{bucket}/p", opts(rgw, ca_file=None, unsafe_no_verify=True)) as o:
         assert o.stat("a") is None  # only with the explicit unsafe flag
 

@@ -7,8 +7,10 @@ is imported only for s3:// origins, so other commands never load boto3.
 
 * Endpoint: ``OriginOptions.endpoint_url`` (https://; http:// only with ``unsafe_http``),
   path-style addressing (no wildcard DNS needed). Without it, AWS S3 for the configured region.
-* TLS: verified against ``OriginOptions.ca_file`` (the CLI's default is the pki's ca.crt); with
-  no ca_file, botocore's default trust store. Never off unless ``unsafe_no_verify``.
+* TLS: verified against ``OriginOptions.ca_file`` only (the CLI's default is the pki's
+  ca.crt; for AWS S3 or another public endpoint pass the system bundle as --ca-file). No CA
+  is an error; verification is never off unless ``unsafe_no_verify``. A certificate that
+  does not verify is a VerificationError (exit 4), as on the other backends.
 * Checksums: ``when_required`` both ways, because Ceph RGW (16.x) rejects the flexible
   checksums current boto3 sends by default (PUT fails with MissingContentLength).
 * Every object is stored with ``x-amz-meta-sha256`` (what ``stat`` reports, so a re-run
@@ -52,7 +54,7 @@ import boto3
 import botocore.exceptions as bexc
 from botocore.config import Config
 
-from trustboot.errors import ConfigError, OperationalError
+from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.publish.fileorigin import (
     LOCK_NAME,
     LOCK_STALE_AFTER,
@@ -60,6 +62,8 @@ from trustboot.publish.fileorigin import (
     lock_is_stale,
     lock_record,
 )
+from trustboot.publish.http import _tls_failure as tls_failure
+from trustboot.publish.http import tls_context
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
@@ -203,11 +207,14 @@ class S3Origin:
         except bexc.BotoCoreError as exc:  # a broken profile in ~/.aws/config
             raise ConfigError(f"cannot load the AWS configuration: {exc}") from None
         self._region = session.region_name or "us-east-1"
-        verify: bool | str = True
-        if opts.unsafe_no_verify:
-            verify = False
-        elif opts.ca_file is not None:
-            verify = str(opts.ca_file)
+        if opts.client_cert is not None:
+            raise ConfigError("TLS client certificates are not supported for s3:// origins",
+                              hint="S3 authenticates with access keys (SigV4); drop "
+                                   "--client-cert")
+        # The same rule as every origin: a CA is required (never the system store unless
+        # given as --ca-file) and must load; the unsafe flag is the only way around it.
+        tls_context(ca_file=opts.ca_file, unsafe_no_verify=opts.unsafe_no_verify)
+        verify: bool | str = False if opts.unsafe_no_verify else str(opts.ca_file)
         config = Config(
             region_name=self._region,
             signature_version="s3v4",
@@ -242,7 +249,8 @@ class S3Origin:
     def _where(self) -> str:
         return f" at {self.endpoint}" if self.endpoint else ""
 
-    def _error(self, exc: Exception, key: str, action: str) -> OperationalError | ConfigError:
+    def _error(self, exc: Exception, key: str,
+               action: str) -> OperationalError | ConfigError | VerificationError:
         """One clear error for every way a request fails."""
         what = f"{self.url}{key}: {action}"
         if isinstance(exc, bexc.ClientError):
@@ -282,6 +290,9 @@ class S3Origin:
                                              "(it resumes)")
             return OperationalError(f"{what} failed: {code or status}: {msg}")
         if isinstance(exc, bexc.SSLError):
+            tls = tls_failure(self.endpoint or "the S3 endpoint", exc)
+            if tls is not None:  # a certificate problem: exit 4, as on the other backends
+                return tls
             return OperationalError(
                 f"{what} failed: TLS verification of {self.endpoint or 'the endpoint'} "
                 f"failed: {exc}",
