@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
@@ -221,11 +222,19 @@ rgw thread pool size = 32
 """
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if pytest itself dies (even by SIGKILL), so no daemon
+    outlives the session; Linux only, harmless where it is missing."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _spawn(d: Path, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
     with open(d / "log" / f"{name}.out", "wb") as out:
         # Our own child (not a shell's): we wait() on it, so no zombie and a stop by PID.
         return subprocess.Popen(cmd, env=_ENV, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=d)
+                                stderr=subprocess.STDOUT, cwd=d,
+                                preexec_fn=_die_with_parent)
 
 
 def _log_tail(d: Path, name: str) -> str:
@@ -337,17 +346,22 @@ def rgw(request: pytest.FixtureRequest) -> Iterator[RGW]:
     if _FAILED is not None:
         pytest.fail(f"the RGW fixture failed to start earlier: {_FAILED}")
     if _CLUSTER is None:
-        directory = Path(tempfile.mkdtemp(prefix=f"trustboot-rgw-{os.getpid()}-"))
-        try:
-            _CLUSTER = start_rgw(directory)
-        except (RGWStartError, subprocess.TimeoutExpired) as exc:
-            shutil.rmtree(directory, ignore_errors=True)
-            _FAILED = str(exc).splitlines()[0]
-            raise
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
+        for attempt in range(3):
+            directory = Path(tempfile.mkdtemp(prefix=f"trustboot-rgw-{os.getpid()}-"))
+            try:
+                _CLUSTER = start_rgw(directory)
+                break
+            except (RGWStartError, subprocess.TimeoutExpired) as exc:
+                shutil.rmtree(directory, ignore_errors=True)
+                # a port taken between our probe and the daemon's bind: new ports, again
+                if attempt == 2 or "exited" not in str(exc):
+                    _FAILED = str(exc).splitlines()[0]
+                    raise
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
         request.config.add_cleanup(_shutdown)
+    assert _CLUSTER is not None
     yield _CLUSTER
 
 
