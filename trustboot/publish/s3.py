@@ -276,6 +276,13 @@ class S3Origin:
                     f"{what} refused: access denied ({code or status})",
                     hint=f"{keys}the credentials need read/write/list/delete (and "
                          f"PutObjectAcl for public-read) on s3://{self.bucket}/{self.prefix}")
+            if code == "AccessControlListNotSupported":
+                return OperationalError(
+                    f"{what} refused: bucket {self.bucket!r} has ACLs disabled (object "
+                    "ownership 'bucket owner enforced'), so objects cannot be made "
+                    "public-read one by one",
+                    hint="grant anonymous s3:GetObject with a bucket policy (or serve through "
+                         "a CDN) and publish without the public-read ACL")
             if code == "NoSuchBucket":
                 return OperationalError(
                     f"{what} failed: bucket {self.bucket!r} does not exist{self._where()}",
@@ -485,8 +492,9 @@ class S3Origin:
         except ValueError:
             return "unreadable"
 
-    def _put_lock(self, body: bytes, *, conditional: bool) -> bool:
-        """PUT the lock object (private); False if a conditional PUT found one there."""
+    def _put_lock(self, body: bytes, *, conditional: bool) -> str:
+        """PUT the lock object (private): 'created', 'exists' (a conditional PUT found one)
+        or 'unsupported' (the store refuses the If-None-Match header outright)."""
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if conditional else {}
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._full(LOCK_NAME), Body=body,
@@ -496,11 +504,13 @@ class S3Origin:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if conditional and (code in ("PreconditionFailed", "ConditionalRequestConflict")
                                 or status in (409, 412)):
-                return False
+                return "exists"
+            if conditional and (code == "NotImplemented" or status == 501):
+                return "unsupported"
             raise self._error(exc, LOCK_NAME, "locking") from None
         except bexc.BotoCoreError as exc:
             raise self._error(exc, LOCK_NAME, "locking") from None
-        return True
+        return "created"
 
     def _locked_error(self, held: object) -> OperationalError:
         return OperationalError(
@@ -517,10 +527,13 @@ class S3Origin:
                 if not lock_is_stale(held, now=time.time(), stale_after=stale_after):
                     raise self._locked_error(held)
                 self.delete(LOCK_NAME)
-            if not self._put_lock(body, conditional=True):
+            first = self._put_lock(body, conditional=True)
+            if first == "exists":
                 continue  # someone was faster: judge their lock on the next round
+            if first == "unsupported":
+                self._put_lock(body, conditional=False)
             # Does the store honour If-None-Match? Then this second PUT must be refused.
-            if not self._put_lock(body, conditional=True):
+            elif self._put_lock(body, conditional=True) == "exists":
                 return  # atomic create: the lock is ours
             time.sleep(settle)  # the store ignores it: let a racing PUT land, then look
             held = self._read_lock()
