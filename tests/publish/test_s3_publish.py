@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,29 @@ def s3_env(rgw: RGW, monkeypatch: pytest.MonkeyPatch) -> RGW:  # noqa: F811
     return rgw
 
 
+@dataclass
+class Target:
+    """A fresh bucket on the session's RGW and the origin URL into it (prefix 'boot')."""
+
+    rgw: RGW
+    s3: Any
+    bucket: str
+    origin: str
+    base: str  # the public HTTPS URL of the origin's root
+
+
+_BUCKETS = iter(range(1000))
+
+
+@pytest.fixture
+def target(s3_env: RGW) -> Target:
+    s3 = s3_env.client()
+    bucket = f"tb-publish-{os.getpid()}-{next(_BUCKETS)}"
+    s3.create_bucket(Bucket=bucket)
+    return Target(s3_env, s3, bucket, f"s3://{bucket}/boot",
+                  f"{s3_env.endpoint}/{bucket}/boot/")
+
+
 def cli_run(rgw: RGW, pki: Pki, *args: str) -> Result:  # noqa: F811
     return CliRunner().invoke(cli, [
         *args, "--pki", str(pki.dir), "--ca-file", str(rgw.ca_file), "--endpoint-url",
@@ -48,14 +72,10 @@ def openssl_verifies(data: bytes, sig: bytes, ca: Path, tmp: Path) -> bool:
     return r.returncode == 0
 
 
-def test_publish_to_rgw_end_to_end(s3_env: RGW, pki: Pki, make_release: ReleaseFactory,
+def test_publish_to_rgw_end_to_end(target: Target, pki: Pki, make_release: ReleaseFactory,
                                    tmp_path: Path) -> None:
-    rgw = s3_env  # noqa: F811
-    s3: Any = rgw.client()
-    bucket = f"tb-publish-{os.getpid()}"
-    s3.create_bucket(Bucket=bucket)
-    origin = f"s3://{bucket}/boot"
-    base = f"{rgw.endpoint}/{bucket}/boot/"
+    rgw, s3, bucket, origin, base = (target.rgw, target.s3, target.bucket,  # noqa: F811
+                                     target.origin, target.base)
 
     r1 = make_release({"boot.ipxe": ENTRY1, "vmlinuz": os.urandom(200_000)})
     res = cli_run(rgw, pki, "publish", str(r1), origin, "--release-id", "r1",
@@ -128,17 +148,13 @@ def test_publish_with_a_wrong_secret_fails_cleanly(s3_env: RGW, pki: Pki,
 
 
 @pytest.mark.slow
-def test_sigkill_mid_publish_then_resume(s3_env: RGW, pki: Pki,
+def test_sigkill_mid_publish_then_resume(target: Target, pki: Pki,
                                         make_release: ReleaseFactory) -> None:
     """A publish killed mid-upload leaves a stale lock; the next run takes it over (dead pid
     on this host), uploads only what is missing, and the entry only ever points at a whole
     release. (Orphaned multipart parts: test_s3.py, taking the lock aborts them.)"""
-    rgw = s3_env  # noqa: F811
-    s3: Any = rgw.client()
-    bucket = f"tb-kill-{os.getpid()}"
-    s3.create_bucket(Bucket=bucket)
-    origin = f"s3://{bucket}/b"
-    base = f"{rgw.endpoint}/{bucket}/b/"
+    rgw, s3, bucket, origin, base = (target.rgw, target.s3, target.bucket,  # noqa: F811
+                                     target.origin, target.base)
     r0 = make_release({"boot.ipxe": ENTRY1})
     assert cli_run(rgw, pki, "publish", str(r0), origin, "--release-id", "r0").exit_code == 0
     big = make_release({"boot.ipxe": ENTRY2, "initrd.img": os.urandom(24 << 20)})
@@ -146,7 +162,7 @@ def test_sigkill_mid_publish_then_resume(s3_env: RGW, pki: Pki,
             "r1", "--pki", str(pki.dir), "--ca-file", str(rgw.ca_file), "--endpoint-url",
             rgw.endpoint, "--credentials-env", CREDS_ENV, "--json", "--jobs", "1"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    manifest = "b/releases/r1/release.json"
+    manifest = "boot/releases/r1/release.json"
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -157,10 +173,10 @@ def test_sigkill_mid_publish_then_resume(s3_env: RGW, pki: Pki,
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-    assert s3.head_object(Bucket=bucket, Key="b/.trustboot-publish.lock")  # left behind
+    assert s3.head_object(Bucket=bucket, Key="boot/.trustboot-publish.lock")  # left behind
     assert anon_get(base + "boot.ipxe", rgw.ca_file)[2] == ENTRY1  # still the old release
-    present = {o["Key"].removeprefix("b/releases/r1/") for o in
-               s3.list_objects_v2(Bucket=bucket, Prefix="b/releases/r1/").get("Contents", [])}
+    present = {o["Key"].removeprefix("boot/releases/r1/") for o in
+               s3.list_objects_v2(Bucket=bucket, Prefix="boot/releases/r1/").get("Contents", [])}
     assert "initrd.img" not in present  # killed before it was complete
     done = subprocess.run(argv, env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
@@ -170,7 +186,7 @@ def test_sigkill_mid_publish_then_resume(s3_env: RGW, pki: Pki,
     everything = {"boot.ipxe", "boot.ipxe.sig", "initrd.img", "initrd.img.sig"}
     assert set(out["uploaded"]) == everything - present
     assert anon_get(base + "boot.ipxe", rgw.ca_file)[2] == ENTRY2
-    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="b/.trustboot")
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="boot/.trustboot")
     # free the OSD's RAM for the rest of the session
     for key in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]:
         s3.delete_object(Bucket=bucket, Key=key)
