@@ -32,6 +32,7 @@ from trustboot.publish.origin import (
     check_prefix,
     key_problem,
 )
+from trustboot.publish.stream import hashed_chunks
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -167,7 +168,10 @@ class FileOrigin:
         except OSError as exc:
             raise self._fail(key, "stat", exc) from None
         try:
-            return ObjectStat(size=os.fstat(fd).st_size, sha256=None)
+            st = os.fstat(fd)
+            # like nginx's ETag, plus the inode: a rename onto the key changes it
+            return ObjectStat(size=st.st_size, sha256=None,
+                              etag=f'"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}"')
         finally:
             os.close(fd)
 
@@ -215,13 +219,9 @@ class FileOrigin:
 
     def put_file(self, key: str, path: Path, *, size: int, sha256: str,
                  progress: Callable[[int], None] | None = None) -> None:
-        try:
-            fh = open(path, "rb")
-        except OSError as exc:
-            raise OperationalError(f"cannot read {path}: {exc.strerror or exc}") from None
-        with fh:
-            self._write(key, iter(lambda: fh.read(CHUNK), b""), sha256=sha256,
-                        progress=progress)
+        # hashed_chunks checks the digest before handing out the last chunk
+        self._write(key, hashed_chunks(path, size=size, sha256=sha256, progress=progress),
+                    sha256=None)
 
     def put_bytes(self, key: str, data: bytes, *, sha256: str) -> None:
         self._write(key, iter([data]), sha256=sha256)

@@ -50,6 +50,7 @@ from trustboot.publish.origin import (
     key_problem,
     redact_url,
 )
+from trustboot.publish.stream import hashed_chunks
 
 CHUNK = 1 << 20
 LOCK_COLLECTION = ".trustboot-lock"
@@ -217,32 +218,10 @@ class WebDAVOrigin:
 
     def put_file(self, key: str, path: Path, *, size: int, sha256: str,
                  progress: Callable[[int], None] | None = None) -> None:
-        def factory() -> Iterator[bytes]:
-            digest = hashlib.sha256()
-            sent = 0
-            with open(path, "rb") as fh:
-                while True:
-                    chunk = fh.read(CHUNK)
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    sent += len(chunk)
-                    if sent > size:
-                        break
-                    if progress:
-                        progress(len(chunk))
-                    yield chunk
-            if sent != size or digest.hexdigest() != sha256:
-                # the temp object is deleted by _put; never MOVEd into place
-                raise OperationalError(f"{path} changed while it was uploaded",
-                                       hint="do not modify the release directory during a "
-                                            "publish")
-
-        try:
-            open(path, "rb").close()
-        except OSError as exc:
-            raise OperationalError(f"cannot read {path}: {exc.strerror or exc}") from None
-        self._put(key, factory, size)
+        # a changed file raises before the last chunk is sent: the temp object is deleted
+        # by _put and never MOVEd into place
+        self._put(key, lambda: hashed_chunks(path, size=size, sha256=sha256,
+                                             progress=progress), size)
 
     def put_bytes(self, key: str, data: bytes, *, sha256: str) -> None:
         if hashlib.sha256(data).hexdigest() != sha256:
