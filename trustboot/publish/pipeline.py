@@ -406,6 +406,22 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
     return sorted(by_name)
 
 
+def verify_manifest_signature(origin: Origin, release_id: str, *, trust: Trust,
+                              now: dt.datetime, reader: Reader | None) -> None:
+    """release.json against its detached signature, both as served."""
+    key = release_prefix(release_id) + MANIFEST_NAME
+    signature = _served_bytes(origin, reader, key + ".sig", MAX_SIGNATURE_SIZE)
+    served = _served(origin, reader, key, max_size=4 << 20,
+                     hash_names=signature_hashes(signature))
+    verdict = judge(signature, served.digests, trust, now)
+    if not verdict.ok:
+        assert verdict.failure is not None
+        raise VerificationError(
+            f"{origin.url}{key}: its signature does not verify: {verdict.failure.message}",
+            hint="the release manifest was changed on the origin or signed by another key",
+            rule="manifest-signature", subject=key)
+
+
 def _run_all(fn: Callable[[Any], None], items: Sequence[Any], jobs: int) -> None:
     if jobs <= 1 or len(items) <= 1:
         for item in items:
@@ -539,6 +555,9 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                                             reader=reader, jobs=jobs, progress=progress,
                                             cached=cached)
             _remember(origin, manifest, cache, stats, cached)
+            if MANIFEST_NAME + ".sig" in keys:
+                verify_manifest_signature(origin, release_id, trust=trust, now=now,
+                                          reader=reader)
             if switch and entry is not None:
                 releases = [m for m in _manifests(origin)[0]]
                 result.previous_live = live_release(origin, releases, entry_path)
@@ -688,6 +707,9 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
                                             reader=reader, jobs=jobs, progress=progress,
                                             cached=cached)
             _remember(origin, manifest, cache, stats, cached)
+            if origin.stat(prefix + MANIFEST_NAME + ".sig") is not None:
+                verify_manifest_signature(origin, release_id, trust=trust, now=now,
+                                          reader=reader)
             result.previous_live = live_release(origin, _manifests(origin)[0], entry_path)
             _switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
                               reader=reader)

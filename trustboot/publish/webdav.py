@@ -230,13 +230,33 @@ class WebDAVOrigin:
 
     def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
         url = self._url(check_key(key))
-        data = self._request("GET", url, what="reading", ok=(200,), passthrough=(404,))
-        if data.status_code == 404:
-            raise OperationalError(f"{url} does not exist on the origin")
-        body = data.content
-        if len(body) > max_size:
-            raise OperationalError(f"{url} is larger than {max_size} bytes")
-        return iter([body])
+
+        def once() -> Iterator[bytes]:
+            request = self.client.build_request("GET", url)
+            response = self.client.send(request, stream=True)
+            if response.status_code != 200:
+                response.read()
+                response.close()
+                if response.status_code >= 500:
+                    raise RetryableStatus(response)
+                if response.status_code == 404:
+                    raise OperationalError(f"{url} does not exist on the origin")
+                raise status_error(response, "reading", url)
+            return self._capped(response, url, max_size)
+
+        return with_retries(once, url=url, what="reading", retries=self.options.retries)
+
+    @staticmethod
+    def _capped(response: httpx.Response, url: str, max_size: int) -> Iterator[bytes]:
+        total = 0
+        try:
+            for chunk in response.iter_raw(CHUNK):
+                total += len(chunk)
+                if total > max_size:
+                    raise OperationalError(f"{url} is larger than {max_size} bytes")
+                yield chunk
+        finally:
+            response.close()
 
     def list(self, prefix: str) -> builtins.list[str]:
         check_prefix(prefix)
