@@ -165,3 +165,37 @@ def test_unsafe_flags_warn_every_run(pki: Pki, make_release: ReleaseFactory,
     res = CliRunner().invoke(cli, ["publish", str(r), "http://127.0.0.1:9/",
                                    "--release-id", "w1", "--pki", str(pki.dir)])
     assert res.exit_code == 3 and "plain HTTP" in res.output
+
+
+def test_webdav_lock_collection(pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    r = make_release({"boot.ipxe": ENTRY})
+    lock = nginx.root / ".trustboot-lock"
+    lock.mkdir()
+    # held by a live process (this one): the publish fails and names the holder
+    (lock / "owner.json").write_text(json.dumps(
+        {"owner": "release pipeline 7", "host": os.uname().nodename, "pid": os.getpid(),
+         "time": 9e12}))
+    res = publish(pki, r, nginx.url, "l1")
+    assert res.exit_code == 1, res.output
+    assert "locked by release pipeline 7" in res.output
+    # left by a dead process: broken, the publish goes through and releases its own lock
+    (lock / "owner.json").write_text(json.dumps(
+        {"owner": "crashed", "host": os.uname().nodename, "pid": 2**22 + 4321, "time": 0}))
+    res = publish(pki, r, nginx.url, "l1")
+    assert res.exit_code == 0, res.output
+    assert not lock.exists()
+
+
+def test_manifest_is_what_audit_reads(pki: Pki, make_release: ReleaseFactory,
+                                      tmp_path: Path) -> None:
+    from trustboot.audit.policy import load_manifest
+
+    r = make_release({"boot.ipxe": ENTRY})
+    res = CliRunner().invoke(cli, ["publish", str(r), f"file://{tmp_path}/srv",
+                                   "--release-id", "a1", "--pki", str(pki.dir),
+                                   "--public-url", "https://127.0.0.1:9/", "--retries", "0"])
+    assert res.exit_code == 1  # the read-back goes to the public URL, which is not there
+    assert "127.0.0.1:9" in res.output
+    m = load_manifest(tmp_path / "srv/releases/a1/release.json")
+    assert m.release == "a1" and m.origin == "https://127.0.0.1:9/releases/a1/"
+    assert {f.name for f in m.files} == {"boot.ipxe", "boot.ipxe.sig"}
