@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -188,8 +189,15 @@ class BarProgress:
             self._close()
 
 
-def _progress(as_json: bool) -> BarProgress | None:
-    return BarProgress() if not as_json and is_interactive() else None
+@contextmanager
+def _progress(as_json: bool) -> Iterator[BarProgress | None]:
+    """Bars on a terminal only; quiet with --json or when stderr is not a TTY."""
+    bars = BarProgress() if not as_json and is_interactive() else None
+    try:
+        yield bars
+    finally:
+        if bars:
+            bars.close()
 
 
 def _mib(n: int) -> str:
@@ -255,16 +263,11 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
     if entry is None and "boot.ipxe" in keys:
         entry = "boot.ipxe"
     origin, options = open_cli_origin(origin_url, kw)
-    bars = _progress(as_json)
-    try:
-        with origin:
-            result = publish_release(origin, release_id, objects, entry=entry,
-                                     entry_path=kw["entry_path"], trust=trust, now=utc_now(),
-                                     jobs=kw["jobs"], switch=not no_switch, progress=bars,
-                                     options=options, cache=cache)
-    finally:
-        if bars:
-            bars.close()
+    with _progress(as_json) as bars, origin:
+        result = publish_release(origin, release_id, objects, entry=entry,
+                                 entry_path=kw["entry_path"], trust=trust, now=utc_now(),
+                                 jobs=kw["jobs"], switch=not no_switch, progress=bars,
+                                 options=options, cache=cache)
     if as_json:
         emit_json(result.to_json())
         return
@@ -324,15 +327,10 @@ def rollback_cmd(origin_url: str, release_id: str, as_json: bool, **kw: Any) -> 
 
     trust = build_trust(kw)
     origin, options = open_cli_origin(origin_url, kw)
-    bars = _progress(as_json)
-    try:
-        with origin:
-            result = rollback(origin, release_id, entry_path=kw["entry_path"], trust=trust,
-                              now=utc_now(), jobs=kw["jobs"], progress=bars, options=options,
-                              cache=PublishCache(default_cache_path()))
-    finally:
-        if bars:
-            bars.close()
+    with _progress(as_json) as bars, origin:
+        result = rollback(origin, release_id, entry_path=kw["entry_path"], trust=trust,
+                          now=utc_now(), jobs=kw["jobs"], progress=bars, options=options,
+                          cache=PublishCache(default_cache_path()))
     if as_json:
         emit_json(result.to_json())
         return

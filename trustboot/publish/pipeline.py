@@ -355,31 +355,27 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
         if f.name in cached and names == {"sha256"}:
             # unchanged since a full read-back (see cache.py); its .sig was fetched in full
             served = Served(f.name, f.size, {"sha256": bytes.fromhex(f.sha256)})
-            if sig is not None:
-                verdict = judge(sig, served.digests, trust, now)
-                if not verdict.ok:
-                    assert verdict.failure is not None
-                    problems.append(f"{prefix}{f.name}: iPXE would refuse it: "
-                                    f"{verdict.failure.message}")
-            return
-        try:
-            served = _served(origin, reader, prefix + f.name, max_size=f.size, hash_names=names)
-        except NotServed as exc:
-            problems.append(exc.message)
-            return
-        except OperationalError as exc:
-            if "larger than" in exc.message:
-                problems.append(f"{prefix}{f.name}: the origin serves more than the "
-                                f"{f.size} bytes published")
+        else:
+            try:
+                served = _served(origin, reader, prefix + f.name, max_size=f.size,
+                                 hash_names=names)
+            except NotServed as exc:
+                problems.append(exc.message)
                 return
-            raise
-        if served.size != f.size or served.sha256 != f.sha256:
-            problems.append(f"{prefix}{f.name}: the origin serves {served.size} bytes with "
-                            f"sha256 {served.sha256[:16]}..., published {f.size} bytes with "
-                            f"{f.sha256[:16]}... (changed on the origin after upload?)")
-            return
-        if progress:
-            progress.advance(f.size)
+            except OperationalError as exc:
+                if "larger than" in exc.message:
+                    problems.append(f"{prefix}{f.name}: the origin serves more than the "
+                                    f"{f.size} bytes published")
+                    return
+                raise
+            if served.size != f.size or served.sha256 != f.sha256:
+                problems.append(f"{prefix}{f.name}: the origin serves {served.size} bytes "
+                                f"with sha256 {served.sha256[:16]}..., published {f.size} "
+                                f"bytes with {f.sha256[:16]}... (changed on the origin after "
+                                "upload?)")
+                return
+            if progress:
+                progress.advance(f.size)
         if sig is not None:
             verdict = judge(sig, served.digests, trust, now)
             if not verdict.ok:
@@ -481,6 +477,21 @@ def _switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: 
             rule="entry-after-switch", subject=entry_path)
 
 
+def _verify_release(origin: Origin, manifest: ReleaseManifest, result: PublishResult,
+                    stats: dict[str, ObjectStat | None], *, trust: Trust, now: dt.datetime,
+                    reader: Reader | None, jobs: int, progress: PublishProgress | None,
+                    cache: PublishCache | None, signed_manifest: bool) -> None:
+    """The whole release as served, before any switch (VerificationError if not)."""
+    cached = _cached_names(origin, manifest, cache, stats)
+    result.readback_cached = sorted(cached)
+    result.verified = verify_served(origin, manifest, trust=trust, now=now, reader=reader,
+                                    jobs=jobs, progress=progress, cached=cached)
+    _remember(origin, manifest, cache, stats, cached)
+    if signed_manifest:
+        verify_manifest_signature(origin, manifest.release, trust=trust, now=now,
+                                  reader=reader)
+
+
 def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObject], *,
                     entry: str | None, entry_path: str = "boot.ipxe", trust: Trust,
                     now: dt.datetime, jobs: int = 4, switch: bool = True,
@@ -549,15 +560,9 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                 manifest = existing
             stats = _upload(origin, prefix, [o for o in objects if o.key != MANIFEST_NAME],
                             jobs, result, progress)
-            cached = _cached_names(origin, manifest, cache, stats)
-            result.readback_cached = sorted(cached)
-            result.verified = verify_served(origin, manifest, trust=trust, now=now,
-                                            reader=reader, jobs=jobs, progress=progress,
-                                            cached=cached)
-            _remember(origin, manifest, cache, stats, cached)
-            if MANIFEST_NAME + ".sig" in keys:
-                verify_manifest_signature(origin, release_id, trust=trust, now=now,
-                                          reader=reader)
+            _verify_release(origin, manifest, result, stats, trust=trust, now=now,
+                            reader=reader, jobs=jobs, progress=progress, cache=cache,
+                            signed_manifest=MANIFEST_NAME + ".sig" in keys)
             if switch and entry is not None:
                 releases = [m for m in _manifests(origin)[0]]
                 result.previous_live = live_release(origin, releases, entry_path)
@@ -701,15 +706,10 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
                                    else None)
             prefix = release_prefix(release_id)
             stats = {f.name: origin.stat(prefix + f.name) for f in manifest.files}
-            cached = _cached_names(origin, manifest, cache, stats)
-            result.readback_cached = sorted(cached)
-            result.verified = verify_served(origin, manifest, trust=trust, now=now,
-                                            reader=reader, jobs=jobs, progress=progress,
-                                            cached=cached)
-            _remember(origin, manifest, cache, stats, cached)
-            if origin.stat(prefix + MANIFEST_NAME + ".sig") is not None:
-                verify_manifest_signature(origin, release_id, trust=trust, now=now,
-                                          reader=reader)
+            _verify_release(origin, manifest, result, stats, trust=trust, now=now,
+                            reader=reader, jobs=jobs, progress=progress, cache=cache,
+                            signed_manifest=origin.stat(prefix + MANIFEST_NAME + ".sig")
+                            is not None)
             result.previous_live = live_release(origin, _manifests(origin)[0], entry_path)
             _switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
                               reader=reader)

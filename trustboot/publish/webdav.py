@@ -24,9 +24,9 @@ import hashlib
 import json
 import secrets
 import threading
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -34,14 +34,9 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from trustboot.errors import ConfigError, OperationalError
-from trustboot.publish.fileorigin import (
-    LOCK_STALE_AFTER,
-    TMP_PREFIX,
-    describe_lock,
-    lock_is_stale,
-    lock_record,
-)
+from trustboot.publish.fileorigin import TMP_PREFIX
 from trustboot.publish.http import RetryableStatus, status_error, tls_context, with_retries
+from trustboot.publish.lock import LOCK_STALE_AFTER, origin_lock
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
@@ -327,38 +322,30 @@ class WebDAVOrigin:
         except ValueError:
             return "unreadable"
 
-    @contextlib.contextmanager
-    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER) -> Iterator[None]:
-        record = lock_record(owner)
-        body = json.dumps(record).encode()
-        for _attempt in range(3):
+    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER
+             ) -> AbstractContextManager[None]:
+        def try_create(body: bytes) -> bool:
+            # creating a collection is atomic: exactly one client gets 201
             r = self._request("MKCOL", self._url(LOCK_COLLECTION, collection=True),
                               what="locking", ok=(201,), passthrough=(405,))
-            if r.status_code == 201:
-                self._put(f"{LOCK_COLLECTION}/owner.json", lambda: iter([body]), len(body))
-                break
-            held = self._read_lock()
-            if held is None:
-                time.sleep(2.0)  # the holder may be between MKCOL and writing owner.json
-                held = self._read_lock()
-            if held is not None and not lock_is_stale(held, now=time.time(),
-                                                      stale_after=stale_after):
-                raise OperationalError(
-                    f"origin {self.url} is locked by {describe_lock(held)}",
-                    hint="another publish is running; wait for it, or delete "
-                         f"{self.url}{LOCK_COLLECTION}/ if that process is gone")
+            if r.status_code != 201:
+                return False
+            self._put(f"{LOCK_COLLECTION}/owner.json", lambda: iter([body]), len(body))
+            return True
+
+        def break_stale(_seen: object) -> None:
+            # MOVE without overwrite: of two breakers only one moves it
             aside = f"{TMP_PREFIX}{secrets.token_hex(8)}.stale-lock"
             if self._move(LOCK_COLLECTION, aside, overwrite=False, collection=True):
                 self._delete_quiet(aside, collection=True)
-        else:
-            raise OperationalError(f"could not take the lock on {self.url}",
-                                   hint="another publish keeps taking it; retry later")
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OperationalError):
-                if self._read_lock() == json.loads(body):
-                    self._delete_quiet(LOCK_COLLECTION, collection=True)
+
+        return origin_lock(owner, where=self.url,
+                           remove_hint=f"delete {self.url}{LOCK_COLLECTION}/",
+                           try_create=try_create, read=self._read_lock,
+                           break_stale=break_stale,
+                           release=lambda: self._delete_quiet(LOCK_COLLECTION,
+                                                              collection=True),
+                           stale_after=stale_after, settle=2.0)
 
     def public_url(self, key: str) -> str | None:
         base = self.options.public_url or self.url
