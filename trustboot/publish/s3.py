@@ -23,16 +23,17 @@ is imported only for s3:// origins, so other commands never load boto3.
   multipart upload is aborted.
 * ``copy`` (the entry switch) is a server-side copy with ``Cache-Control: no-cache``: the
   entry object changes on every switch and must not be cached by a CDN.
-* ``lock``: a lock object ``.trustboot-publish.lock`` written with ``If-None-Match: *``.
-  Stores that honour it (AWS S3 since 2024, recent Ceph, R2, MinIO) make creation atomic:
-  exactly one publisher wins. Some stores ignore the header (Ceph RGW 16 does) and simply
-  overwrite; this is detected (a second conditional PUT on the existing lock succeeds), and
-  then the lock is held only if the object still carries our unique token after a short
-  settle period. That fallback is best effort: it excludes a concurrent publisher whose lock
-  PUT lands within ``LOCK_SETTLE`` seconds of ours, which covers publishers started at the
-  same time, but it is not a consensus protocol. A stale lock (its process is gone on this
-  host, or older than six hours) is taken over, as on the other backends. Whoever takes
-  the lock aborts multipart uploads a killed publish left under the prefix.
+* ``lock``: the shared protocol of ``trustboot.publish.lock`` on a private lock object
+  ``.trustboot-publish.lock``, created with ``If-None-Match: *``. Stores that honour it (AWS
+  S3 since 2024, the Ceph RGW 16 tested here, R2, MinIO) make creation atomic: exactly one
+  publisher wins. A store that ignores the header would simply overwrite; that is detected
+  (a second conditional PUT on the existing lock succeeds, or the store answers 501), and
+  then the lock is held only if the object still carries our record (owner, host, pid,
+  time) after ``LOCK_SETTLE`` seconds. That fallback is best effort: it excludes publishers
+  whose lock PUTs land within the settle period of each other, which covers publishers
+  started together, but it is not a consensus protocol. A stale lock (its process is gone
+  on this host, or older than six hours) is taken over, as on the other backends, and the
+  new holder aborts multipart uploads a killed publish left under the prefix.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -55,15 +55,10 @@ import botocore.exceptions as bexc
 from botocore.config import Config
 
 from trustboot.errors import ConfigError, OperationalError, VerificationError
-from trustboot.publish.fileorigin import (
-    LOCK_NAME,
-    LOCK_STALE_AFTER,
-    describe_lock,
-    lock_is_stale,
-    lock_record,
-)
+from trustboot.publish.fileorigin import LOCK_NAME
 from trustboot.publish.http import _tls_failure as tls_failure
 from trustboot.publish.http import tls_context
+from trustboot.publish.lock import LOCK_STALE_AFTER, origin_lock
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
@@ -512,37 +507,25 @@ class S3Origin:
             raise self._error(exc, LOCK_NAME, "locking") from None
         return "created"
 
-    def _locked_error(self, held: object) -> OperationalError:
-        return OperationalError(
-            f"origin {self.url} is locked by {describe_lock(held)}",
-            hint="another publish is running; wait for it, or delete "
-                 f"{self.url}{LOCK_NAME} if that process is gone")
+    def _create_lock(self, body: bytes, settle: float) -> bool:
+        """Create the lock object if absent; True if it is ours (see the module docstring)."""
+        if self._read_lock() is not None:
+            return False  # held (or stale): the shared protocol judges the holder
+        first = self._put_lock(body, conditional=True)
+        if first == "exists":
+            return False
+        if first == "unsupported":
+            self._put_lock(body, conditional=False)
+        # Does the store honour If-None-Match? Then this second PUT must be refused.
+        elif self._put_lock(body, conditional=True) == "exists":
+            return True  # an atomic create: the lock is ours
+        time.sleep(settle)  # the store ignores it: let a racing PUT land, then look
+        return bool(self._read_lock() == json.loads(body))
 
-    def _acquire(self, record: dict[str, object], stale_after: float,
-                 settle: float) -> None:
-        body = json.dumps(record).encode()
-        for _attempt in range(3):
-            held = self._read_lock()
-            if held is not None:
-                if not lock_is_stale(held, now=time.time(), stale_after=stale_after):
-                    raise self._locked_error(held)
-                self.delete(LOCK_NAME)
-            first = self._put_lock(body, conditional=True)
-            if first == "exists":
-                continue  # someone was faster: judge their lock on the next round
-            if first == "unsupported":
-                self._put_lock(body, conditional=False)
-            # Does the store honour If-None-Match? Then this second PUT must be refused.
-            elif self._put_lock(body, conditional=True) == "exists":
-                return  # atomic create: the lock is ours
-            time.sleep(settle)  # the store ignores it: let a racing PUT land, then look
-            held = self._read_lock()
-            if held == record:
-                return
-            if isinstance(held, dict) and held.get("token") != record["token"]:
-                raise self._locked_error(held)
-        raise OperationalError(f"could not take the lock on {self.url}",
-                               hint="another publish keeps taking it; retry later")
+    def _break_lock(self, seen: object) -> None:
+        """Delete a stale lock, if it is still the one judged stale."""
+        if self._read_lock() == seen:
+            self.delete(LOCK_NAME)
 
     def _abort_stale_uploads(self) -> None:
         """Abort multipart uploads left under the prefix by a killed publish.
@@ -563,15 +546,12 @@ class S3Origin:
     @contextlib.contextmanager
     def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER,
              settle: float = LOCK_SETTLE) -> Iterator[None]:
-        record = {**lock_record(owner), "token": secrets.token_hex(16)}
-        self._acquire(record, stale_after, settle)
-        self._abort_stale_uploads()
-        try:
+        with origin_lock(owner, where=self.url, remove_hint=f"delete {self.url}{LOCK_NAME}",
+                         try_create=lambda body: self._create_lock(body, settle),
+                         read=self._read_lock, break_stale=self._break_lock,
+                         release=lambda: self.delete(LOCK_NAME), stale_after=stale_after):
+            self._abort_stale_uploads()
             yield
-        finally:
-            with contextlib.suppress(OperationalError):
-                if self._read_lock() == record:
-                    self.delete(LOCK_NAME)
 
     # -- URLs -----------------------------------------------------------------------
     def public_url(self, key: str) -> str | None:
