@@ -5,11 +5,12 @@ Usage from a test module::
     from tests.publish.rgw import RGW, rgw  # noqa: F401  (the fixture)
 
     def test_x(rgw: RGW) -> None:
-        boto3.client("s3", endpoint_url=rgw.endpoint, verify=str(rgw.ca_file), ...)
+        s3 = rgw.client()  # or S3Origin with endpoint_url=rgw.endpoint, ca_file=rgw.ca_file
 
 One mon, one memstore OSD (data in RAM, capped), no mgr, auth none, everything in a private
-temp directory on free 127.0.0.1 ports; radosgw's beast frontend serves HTTPS with a server
-certificate from a test CA made by trustboot itself (``ca init`` / ``ca issue server``).
+temp directory on free 127.0.0.1 ports; radosgw's beast frontend serves HTTPS with the
+server certificate of the publish tests' pki (conftest ``pki``: made by trustboot's own
+``ca init`` / ``ca issue server``), so the same root verifies TLS and signatures.
 The settings that make it start in about a second (``paxos propose interval``) and not hang
 (``ms mon client mode = crc``) are the ones in shared/DESIGN.md.
 
@@ -44,8 +45,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from tests.publish.conftest import KEY_PASS, Pki
 from trustboot import secrets as tb_secrets
-from trustboot.ca.store import CertificateAuthority
 from trustboot.fsutil import write_private_file
 from trustboot.keys import keyfile
 
@@ -54,7 +55,6 @@ BINARIES = {"monmaptool": "ceph-mon", "ceph-mon": "ceph-mon", "ceph-osd": "ceph-
             "ceph": "ceph-common", "radosgw": "radosgw", "radosgw-admin": "radosgw"}
 START_TIMEOUT = 60.0  # the whole start-up, generously: CI machines are slow and shared
 MEMSTORE_BYTES = 512 << 20  # the OSD keeps every object in RAM: cap it
-_PASS = b"rgw fixture passphrase"
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -71,7 +71,7 @@ class RGW:
     access_key: str
     secret_key: str
     ca_file: Path  # the test CA's root (trustboot's ca.crt)
-    pki: Path  # the test CA (passphrase: PKI_PASSPHRASE)
+    pki: Path  # the trustboot pki whose server certificate radosgw presents
     directory: Path
     startup_seconds: float
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
@@ -102,9 +102,6 @@ class RGW:
 
     def stop(self) -> None:
         _stop(self.procs)
-
-
-PKI_PASSPHRASE = _PASS
 
 
 def _new_keys() -> tuple[str, str]:
@@ -162,27 +159,23 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait(timeout=10)
 
 
-def make_test_ca(directory: Path) -> tuple[Path, Path, Path]:
-    """A trustboot CA with a server cert for localhost/127.0.0.1; (ca.crt, chain, plain key).
+def server_tls(pki: Path, name: str, key_passphrase: bytes,
+               directory: Path) -> tuple[Path, Path]:
+    """radosgw's TLS files from the pki's server certificate NAME: (chain, plain key).
 
-    EC P-256 keeps this fast; radosgw needs the server key unencrypted (a 0600 file in the
-    fixture's private directory).
+    The chain is leaf + issuing CA (clients, iPXE too, trust only the root); radosgw needs
+    the key unencrypted, so it goes into a 0600 file in the fixture's private directory.
     """
-    pki = directory / "pki"
-    pw = tb_secrets.constant(_PASS)
-    ca, _ = CertificateAuthority.init(pki, pw, common_name="trustboot rgw test",
-                                      key_type="ec-p256")
-    issued = ca.issue("server", "rgw", pw, pw, sans=["localhost", "127.0.0.1"],
-                      key_type="ec-p256")
-    key = keyfile.load_key(issued.entry.key_path, pw, "the rgw test server key")
+    key = keyfile.load_key(pki / "private" / f"{name}.key", tb_secrets.constant(key_passphrase),
+                           f"the {name} server key")
     plain = directory / "rgw.key"
     write_private_file(plain, key.private_bytes(serialization.Encoding.PEM,
                                                 serialization.PrivateFormat.PKCS8,
                                                 serialization.NoEncryption()))
-    # The server sends its chain (leaf + issuing CA): clients, iPXE too, trust only the root.
     chain = directory / "rgw-chain.pem"
-    chain.write_bytes(issued.entry.cert_path.read_bytes() + (pki / "issuing-ca.crt").read_bytes())
-    return pki / "ca.crt", chain, plain
+    chain.write_bytes((pki / "issued" / f"{name}.crt").read_bytes()
+                      + (pki / "issuing-ca.crt").read_bytes())
+    return chain, plain
 
 
 def _conf(d: Path, fsid: str, mon: int, http: int, https: int, cert: Path, key: Path) -> str:
@@ -278,14 +271,16 @@ def _poll(what: str, deadline: float, d: Path, procs: dict[str, subprocess.Popen
         delay = min(delay * 2, 0.25)
 
 
-def start_rgw(directory: Path) -> RGW:
-    """Start mon, OSD and radosgw in ``directory`` (must be private and empty)."""
+def start_rgw(directory: Path, pki: Path, server_name: str, key_passphrase: bytes) -> RGW:
+    """Start mon, OSD and radosgw in ``directory`` (private, empty), serving HTTPS with the
+    pki's server certificate ``server_name`` (needs 127.0.0.1 among its names)."""
     t0 = time.monotonic()
     deadline = t0 + START_TIMEOUT
     d = directory
     for sub in ("run", "log", "mon", "osd/0"):
         (d / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-    ca_file, cert, key = make_test_ca(d)
+    ca_file = pki / "ca.crt"
+    cert, key = server_tls(pki, server_name, key_passphrase, d)
     mon_port, http_port, https_port = _free_ports(3)
     fsid = str(uuid.uuid4())
     conf = d / "ceph.conf"
@@ -319,7 +314,7 @@ def start_rgw(directory: Path) -> RGW:
         raise
     return RGW(endpoint=f"https://127.0.0.1:{https_port}",
                http_endpoint=f"http://127.0.0.1:{http_port}", access_key=access,
-               secret_key=secret, ca_file=ca_file, pki=d / "pki", directory=d,
+               secret_key=secret, ca_file=ca_file, pki=pki, directory=d,
                startup_seconds=time.monotonic() - t0, procs=procs)
 
 
@@ -336,8 +331,12 @@ def _shutdown() -> None:
 
 
 @pytest.fixture(scope="session")
-def rgw(request: pytest.FixtureRequest) -> Iterator[RGW]:
-    """The session's RGW; started on first use, stopped at the end of the session."""
+def rgw(request: pytest.FixtureRequest, pki: Pki) -> Iterator[RGW]:
+    """The session's RGW; started on first use, stopped at the end of the session.
+
+    It presents the publish tests' pki server certificate (127.0.0.1, localhost, 10.0.2.2),
+    so one root serves for TLS and code signing, as in iPXE: a firmware built from that pki
+    boots from this store under QEMU."""
     global _CLUSTER, _FAILED
     missing = missing_binaries()
     if missing:
@@ -349,7 +348,7 @@ def rgw(request: pytest.FixtureRequest) -> Iterator[RGW]:
         for attempt in range(3):
             directory = Path(tempfile.mkdtemp(prefix=f"trustboot-rgw-{os.getpid()}-"))
             try:
-                _CLUSTER = start_rgw(directory)
+                _CLUSTER = start_rgw(directory, pki.dir, "origin", KEY_PASS.encode())
                 break
             except (RGWStartError, subprocess.TimeoutExpired) as exc:
                 shutil.rmtree(directory, ignore_errors=True)

@@ -58,8 +58,8 @@ def target(s3_env: RGW) -> Target:
 
 def cli_run(rgw: RGW, pki: Pki, *args: str) -> Result:  # noqa: F811
     return CliRunner().invoke(cli, [
-        *args, "--pki", str(pki.dir), "--ca-file", str(rgw.ca_file), "--endpoint-url",
-        rgw.endpoint, "--credentials-env", CREDS_ENV, "--json"])
+        *args, "--pki", str(pki.dir), "--endpoint-url", rgw.endpoint, "--credentials-env",
+        CREDS_ENV, "--json"])
 
 
 def openssl_verifies(data: bytes, sig: bytes, ca: Path, tmp: Path) -> bool:
@@ -159,8 +159,8 @@ def test_sigkill_mid_publish_then_resume(target: Target, pki: Pki,
     assert cli_run(rgw, pki, "publish", str(r0), origin, "--release-id", "r0").exit_code == 0
     big = make_release({"boot.ipxe": ENTRY2, "initrd.img": os.urandom(24 << 20)})
     argv = [sys.executable, "-m", "trustboot", "publish", str(big), origin, "--release-id",
-            "r1", "--pki", str(pki.dir), "--ca-file", str(rgw.ca_file), "--endpoint-url",
-            rgw.endpoint, "--credentials-env", CREDS_ENV, "--json", "--jobs", "1"]
+            "r1", "--pki", str(pki.dir), "--endpoint-url", rgw.endpoint, "--credentials-env",
+            CREDS_ENV, "--json", "--jobs", "1"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     manifest = "boot/releases/r1/release.json"
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
