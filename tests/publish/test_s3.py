@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -453,3 +455,36 @@ def test_taking_the_lock_aborts_uploads_a_killed_publish_left(rgw: RGW, s3: Any,
     with open_origin(f"s3://{bucket}/p", opts(rgw)) as o, o.lock("next run"):
         ids = [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket)["Uploads"]]
     assert ids == [other]  # only under this origin's prefix
+
+
+@contextlib.contextmanager
+def stalled(rgw: RGW, seconds: float | None) -> Iterator[None]:  # noqa: F811
+    """radosgw frozen (SIGSTOP): connections are accepted, nothing is answered. Thawed
+    after ``seconds`` (in the background) or when the block ends, whatever happens."""
+    proc = rgw.procs["rgw"]
+    proc.send_signal(signal.SIGSTOP)
+    timer = threading.Timer(seconds, proc.send_signal, (signal.SIGCONT,)) if seconds else None
+    if timer:
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer:
+            timer.cancel()
+        proc.send_signal(signal.SIGCONT)
+
+
+def test_retries_ride_out_a_stalled_store(rgw: RGW, bucket: str) -> None:  # noqa: F811
+    with open_origin(f"s3://{bucket}/p", opts(rgw, timeout=1.0, retries=6)) as o:
+        t0 = time.monotonic()
+        with stalled(rgw, 1.5):
+            o.put_bytes("a", b"a", sha256=sha(b"a"))  # the first attempts time out
+        assert time.monotonic() - t0 >= 1.5  # it really waited the stall out
+        assert o.stat("a") is not None
+
+
+def test_a_store_that_stays_stalled_fails_clearly(rgw: RGW, bucket: str) -> None:  # noqa: F811
+    with open_origin(f"s3://{bucket}/p", opts(rgw, timeout=1.0, retries=1)) as o, \
+            stalled(rgw, None), pytest.raises(OperationalError, match="after 1 retries") as e:
+        o.stat("a")
+    assert e.value.hint and "run again" in e.value.hint
