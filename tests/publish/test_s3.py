@@ -488,3 +488,22 @@ def test_a_store_that_stays_stalled_fails_clearly(rgw: RGW, bucket: str) -> None
             stalled(rgw, None), pytest.raises(OperationalError, match="after 1 retries") as e:
         o.stat("a")
     assert e.value.hint and "run again" in e.value.hint
+
+
+def test_a_full_quota_is_reported_as_out_of_space(rgw: RGW, tmp_path: Path) -> None:  # noqa: F811
+    """The store's "disk full": a user quota of 64 KiB (RGW answers 403 QuotaExceeded)."""
+    uid = f"quota-{os.getpid()}"
+    access, secret = rgw.create_user(uid)
+    rgw.admin("quota", "set", "--quota-scope=user", f"--uid={uid}", "--max-size=65536")
+    rgw.admin("quota", "enable", "--quota-scope=user", f"--uid={uid}")
+    creds = Credentials("basic", secret, username=access, source="test")
+    f = tmp_path / "big"
+    f.write_bytes(os.urandom(200_000))
+    data = f.read_bytes()
+    with open_origin(f"s3://{uid}/p", opts(rgw, credentials=creds)) as o:
+        o.client.create_bucket(Bucket=uid)
+        o.put_bytes("small", b"x" * 1000, sha256=sha(b"x" * 1000))  # under the quota
+        with pytest.raises(OperationalError, match="out of space or quota") as e:
+            o.put_file("big", f, size=len(data), sha256=sha(data))
+        assert e.value.hint and "resumes" in e.value.hint
+        assert o.stat("big") is None  # nothing half-written is visible

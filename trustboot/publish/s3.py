@@ -264,6 +264,13 @@ class S3Origin:
                     "(InvalidAccessKeyId)",
                     hint="check AWS_ACCESS_KEY_ID / the profile, and that --endpoint-url "
                          "is the store the keys belong to")
+            # before the 403s: RGW answers a full quota with 403 QuotaExceeded
+            if code in ("QuotaExceeded", "InsufficientStorage", "EntityTooLarge") \
+                    or status == 507:
+                return OperationalError(f"{what} failed: the store is out of space or "
+                                        f"quota ({code or status}): {msg}",
+                                        hint="free space or raise the quota, then run again "
+                                             "(it resumes)")
             if code in ("AccessDenied", "AllAccessDisabled") or status == 403:
                 # a HEAD answer has no body to tell a bad key from a missing permission
                 keys = "check the access key and secret, and " if code in ("403", "") else ""
@@ -284,12 +291,6 @@ class S3Origin:
                     hint=f"create it first (aws s3 mb s3://{self.bucket}"
                          + (f" --endpoint-url {self.endpoint}" if self.endpoint else "")
                          + ") or fix the origin URL")
-            if code in ("QuotaExceeded", "InsufficientStorage", "EntityTooLarge") \
-                    or status == 507:
-                return OperationalError(f"{what} failed: the store is out of space or "
-                                        f"quota ({code or status}): {msg}",
-                                        hint="free space or raise the quota, then run again "
-                                             "(it resumes)")
             return OperationalError(f"{what} failed: {code or status}: {msg}")
         if isinstance(exc, bexc.SSLError):
             tls = tls_failure(self.endpoint or "the S3 endpoint", exc)
