@@ -91,19 +91,31 @@ def _content_type(key: str) -> str:
     return "application/octet-stream"
 
 
+class _Digest:
+    """The running sha256 of a file sent in slices, one after the other."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+
+
 class _FileSlice:
     """``length`` bytes of an open file from ``offset``, as a seekable request body.
 
     botocore rewinds it (seek(0)) to retry, and it has no fileno() on purpose: botocore would
-    take the whole file's size from it. ``progress`` gets each byte once, retries excluded.
+    take the whole file's size from it. The bytes read feed ``digest`` once (a rewind restarts
+    this slice's share), so what was sent can be compared with the digest the release
+    claims; ``progress`` gets each byte once, retries excluded.
     """
 
-    def __init__(self, fd: int, offset: int, length: int,
+    def __init__(self, fd: int, offset: int, length: int, digest: _Digest,
                  progress: Callable[[int], None] | None) -> None:
         self._fd, self._offset, self._length = fd, offset, length
         self._pos = 0
         self._reported = 0
         self._progress = progress
+        self._digest = digest
+        self._base = digest.h.copy()
+        self._hashed = 0
 
     def __len__(self) -> int:
         return self._length
@@ -118,6 +130,9 @@ class _FileSlice:
         if not data:
             raise OperationalError("the local file became shorter during the upload",
                                    hint="do not modify the release directory during a publish")
+        if self._pos == self._hashed:
+            self._digest.h.update(data)
+            self._hashed += len(data)
         self._pos += len(data)
         if self._progress is not None and self._pos > self._reported:
             self._progress(self._pos - self._reported)
@@ -127,6 +142,9 @@ class _FileSlice:
     def seek(self, pos: int, whence: int = 0) -> int:
         base = {0: 0, 1: self._pos, 2: self._length}[whence]
         self._pos = max(0, min(self._length, base + pos))
+        if self._pos < self._hashed:  # a rewind to resend: hash this slice again
+            self._digest.h = self._base.copy()
+            self._hashed = 0
         return self._pos
 
     def tell(self) -> int:
@@ -362,17 +380,29 @@ class S3Origin:
                 raise OperationalError(
                     f"{path} is {st.st_size} bytes, not the {size} it had when hashed",
                     hint="do not modify the release directory during a publish")
+            digest = _Digest()
             if size <= self.multipart_threshold:
+                body = _FileSlice(fd, 0, size, digest, progress)
                 with self._calling(key, "upload"):
-                    self.client.put_object(Body=_FileSlice(fd, 0, size, progress),  # type: ignore[arg-type]
-                                           ContentLength=size, **args)
+                    self.client.put_object(Body=body, ContentLength=size,  # type: ignore[arg-type]
+                                           **args)
+                if digest.h.hexdigest() != sha256:
+                    # never leave an object whose sha256 metadata lies (a re-run would skip it)
+                    self.delete(key)
+                    raise self._changed(path, key)
             else:
-                self._multipart(key, fd, size, args, progress)
+                self._multipart(key, fd, size, args, digest, progress, path=path)
         finally:
             os.close(fd)
 
-    def _multipart(self, key: str, fd: int, size: int, args: dict[str, Any],
-                   progress: Callable[[int], None] | None) -> None:
+    def _changed(self, path: Path, key: str) -> OperationalError:
+        return OperationalError(
+            f"{path} changed while it was uploaded to {self.url}{key} (its sha256 is no "
+            "longer the one the release was built with)",
+            hint="do not modify the release directory during a publish")
+
+    def _multipart(self, key: str, fd: int, size: int, args: dict[str, Any], digest: _Digest,
+                   progress: Callable[[int], None] | None, *, path: Path) -> None:
         part_size = max(self.part_size, -(-size // MAX_PARTS))
         with self._calling(key, "starting a multipart upload"):
             upload_id = self.client.create_multipart_upload(**args)["UploadId"]
@@ -384,8 +414,11 @@ class S3Origin:
                     r = self.client.upload_part(
                         Bucket=self.bucket, Key=args["Key"], UploadId=upload_id,
                         PartNumber=number, ContentLength=length,
-                        Body=_FileSlice(fd, offset, length, progress))  # type: ignore[arg-type]
+                        Body=_FileSlice(fd, offset, length, digest,  # type: ignore[arg-type]
+                                        progress))
                 parts.append({"PartNumber": number, "ETag": r["ETag"]})
+            if digest.h.hexdigest() != args["Metadata"][SHA256_META]:
+                raise self._changed(path, key)  # before completing: nothing becomes visible
             with self._calling(key, "completing a multipart upload"):
                 self.client.complete_multipart_upload(
                     Bucket=self.bucket, Key=args["Key"], UploadId=upload_id,
