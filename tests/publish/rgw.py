@@ -331,7 +331,7 @@ def _shutdown() -> None:
 
 
 @pytest.fixture(scope="session")
-def rgw(request: pytest.FixtureRequest, pki: Pki) -> Iterator[RGW]:
+def rgw(request: pytest.FixtureRequest) -> Iterator[RGW]:
     """The session's RGW; started on first use, stopped at the end of the session.
 
     It presents the publish tests' pki server certificate (127.0.0.1, localhost, 10.0.2.2),
@@ -339,9 +339,10 @@ def rgw(request: pytest.FixtureRequest, pki: Pki) -> Iterator[RGW]:
     boots from this store under QEMU."""
     global _CLUSTER, _FAILED
     missing = missing_binaries()
-    if missing:
+    if missing:  # before the pki is built for nothing
         pytest.skip("Ceph RGW fixture needs " + ", ".join(missing) + "; .ci/setup installs "
                     "radosgw ceph-mon ceph-osd")
+    pki: Pki = request.getfixturevalue("pki")
     if _FAILED is not None:
         pytest.fail(f"the RGW fixture failed to start earlier: {_FAILED}")
     if _CLUSTER is None:
