@@ -54,7 +54,7 @@ DAV = "{DAV:}"
 
 
 def parse_multistatus(data: bytes) -> list[tuple[str, bool, int | None, str | None]]:
-    """(href path, is_collection, size, etag) per response; no DTD, no entities."""
+    """(href, is_collection, size, etag) per response; no DTD, no entities."""
     if len(data) > MAX_PROPFIND_BYTES:
         raise OperationalError("PROPFIND answer larger than 16 MiB")
     # A multistatus never has a DTD, and without one there are no entities to expand.
@@ -78,7 +78,7 @@ def parse_multistatus(data: bytes) -> list[tuple[str, bool, int | None, str | No
         length = response.findtext(f".//{DAV}getcontentlength")
         etag = response.findtext(f".//{DAV}getetag")
         size = int(length) if length and length.strip().isdigit() else None
-        out.append((urlsplit(href).path, is_col, size, etag))
+        out.append((href, is_col, size, etag))
     return out
 
 
@@ -99,6 +99,7 @@ class WebDAVOrigin:
                                                                   "--unsafe-http)")
         path = parts.path if parts.path.endswith("/") else parts.path + "/"
         self.base_path = path
+        self._netloc = parts.netloc
         self.url = f"{parts.scheme}://{parts.netloc}{path}"
         self.options = options
         self._collections: set[str] = set()
@@ -267,8 +268,11 @@ class WebDAVOrigin:
                                       b"<resourcetype/><getcontentlength/></prop></propfind>")
             if r.status_code == 404:
                 continue
-            for path, is_col, _size, _etag in parse_multistatus(r.content):
-                rel = unquote(path)
+            for href, is_col, _size, _etag in parse_multistatus(r.content):
+                parts = urlsplit(href)
+                if parts.netloc and parts.netloc != self._netloc:
+                    continue  # another server's name: not ours to list
+                rel = unquote(parts.path)
                 if not rel.startswith(self.base_path):
                     continue
                 key = rel[len(self.base_path):].rstrip("/")
