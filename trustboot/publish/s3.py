@@ -1,0 +1,604 @@
+"""``s3://bucket/prefix``: an S3-compatible object store (AWS S3, Ceph RGW, R2, MinIO, ...).
+
+Through boto3, so the usual credential chain works (environment, ``AWS_PROFILE`` / shared
+config, container and instance roles); ``OriginOptions.credentials`` of the basic kind
+(``ACCESS_KEY:SECRET`` from a file or a named environment variable) overrides it. This module
+is imported only for s3:// origins, so other commands never load boto3.
+
+* Endpoint: ``OriginOptions.endpoint_url`` (https://; http:// only with ``unsafe_http``),
+  path-style addressing (no wildcard DNS needed). Without it, AWS S3 for the configured region.
+* TLS: verified against ``OriginOptions.ca_file`` only (the CLI's default is the pki's
+  ca.crt; for AWS S3 or another public endpoint pass the system bundle as --ca-file). No CA
+  is an error; verification is never off unless ``unsafe_no_verify``. A certificate that
+  does not verify is a VerificationError (exit 4), as on the other backends.
+* Checksums: ``when_required`` both ways, because Ceph RGW (16.x) rejects the flexible
+  checksums current boto3 sends by default (PUT fails with MissingContentLength).
+* Every object is stored with ``x-amz-meta-sha256`` (what ``stat`` reports, so a re-run
+  uploads only what is missing or different) and, unless ``public_read=False``, the canned
+  ACL ``public-read``: booting clients fetch anonymously. With ``public_read=False`` the
+  bucket policy or a CDN must grant reads.
+* A PUT (single or a completed multipart upload) is atomic per object: readers see the old
+  object or the complete new one. Files above ``MULTIPART_THRESHOLD`` are sent in parts read
+  straight from the file (memory stays at a few buffers whatever the size); a failed
+  multipart upload is aborted.
+* ``copy`` (the entry switch) is a server-side copy with ``Cache-Control: no-cache``: the
+  entry object changes on every switch and must not be cached by a CDN.
+* ``lock``: the shared protocol of ``trustboot.publish.lock`` on a private lock object
+  ``.trustboot-publish.lock``, created with ``If-None-Match: *``. Stores that honour it (AWS
+  S3 since 2024, the Ceph RGW 16 tested here, R2, MinIO) make creation atomic: exactly one
+  publisher wins. A store that ignores the header would simply overwrite; that is detected
+  (a second conditional PUT on the existing lock succeeds, or the store answers 501), and
+  then the lock is held only if the object still carries our record (owner, host, pid,
+  time) after ``LOCK_SETTLE`` seconds. That fallback is best effort: it excludes publishers
+  whose lock PUTs land within the settle period of each other, which covers publishers
+  started together, but it is not a consensus protocol. A stale lock (its process is gone
+  on this host, or older than six hours) is taken over, as on the other backends, and the
+  new holder aborts multipart uploads a killed publish left under the prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import boto3
+import botocore.exceptions as bexc
+from botocore.config import Config
+
+from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.publish.fileorigin import LOCK_NAME
+from trustboot.publish.http import _tls_failure as tls_failure
+from trustboot.publish.http import tls_context
+from trustboot.publish.lock import LOCK_STALE_AFTER, origin_lock
+from trustboot.publish.origin import (
+    ObjectStat,
+    OriginOptions,
+    check_key,
+    check_prefix,
+    key_problem,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+MULTIPART_THRESHOLD = 64 << 20  # above this, multipart (S3 caps a single PUT at 5 GiB)
+PART_SIZE = 16 << 20
+MAX_PARTS = 10_000
+MAX_COPY_SIZE = 5 << 30  # a single server-side copy; entry objects are far smaller
+READ_CHUNK = 1 << 16
+LOCK_SETTLE = 1.0
+SHA256_META = "sha256"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# AWS's bucket rule (lower-case, digits, '.', '-'); also what RGW accepts by default.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _content_type(key: str) -> str:
+    name = key.rsplit("/", 1)[-1]
+    if name.endswith((".ipxe", ".txt")):
+        return "text/plain; charset=utf-8"
+    if name.endswith(".json"):
+        return "application/json"
+    return "application/octet-stream"
+
+
+class _Digest:
+    """The running sha256 of a file sent in slices, one after the other."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+
+
+class _FileSlice:
+    """``length`` bytes of an open file from ``offset``, as a seekable request body.
+
+    botocore rewinds it (seek(0)) to retry, and it has no fileno() on purpose: botocore would
+    take the whole file's size from it. The bytes read feed ``digest`` once (a rewind restarts
+    this slice's share), so what was sent can be compared with the digest the release
+    claims; ``progress`` gets each byte once, retries excluded.
+    """
+
+    def __init__(self, fd: int, offset: int, length: int, digest: _Digest,
+                 progress: Callable[[int], None] | None) -> None:
+        self._fd, self._offset, self._length = fd, offset, length
+        self._pos = 0
+        self._reported = 0
+        self._progress = progress
+        self._digest = digest
+        self._base = digest.h.copy()
+        self._hashed = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._length - self._pos
+        if n is None or n < 0 or n > left:
+            n = left
+        if n <= 0:
+            return b""
+        data = os.pread(self._fd, min(n, 1 << 20), self._offset + self._pos)
+        if not data:
+            raise OperationalError("the local file became shorter during the upload",
+                                   hint="do not modify the release directory during a publish")
+        if self._pos == self._hashed:
+            self._digest.h.update(data)
+            self._hashed += len(data)
+        self._pos += len(data)
+        if self._progress is not None and self._pos > self._reported:
+            self._progress(self._pos - self._reported)
+            self._reported = self._pos
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, min(self._length, base + pos))
+        if self._pos < self._hashed:  # a rewind to resend: hash this slice again
+            self._digest.h = self._base.copy()
+            self._hashed = 0
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+class S3Origin:
+    """An origin in an S3 bucket under an optional prefix (``s3://boot/prod``)."""
+
+    def __init__(self, url: str, options: OriginOptions, *, public_read: bool = True,
+                 multipart_threshold: int = MULTIPART_THRESHOLD,
+                 part_size: int = PART_SIZE) -> None:
+        parts = urlsplit(url)
+        if (parts.scheme != "s3" or parts.query or parts.fragment or "@" in parts.netloc
+                or ":" in parts.netloc):
+            raise ConfigError(f"origin {url!r} is not an s3://BUCKET/PREFIX URL",
+                              hint="no credentials, port, query or fragment in the URL; "
+                                   "give the endpoint with --endpoint-url")
+        bucket = parts.netloc
+        if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+            raise ConfigError(f"origin {url!r}: {bucket!r} is not a valid bucket name",
+                              hint="3-63 characters: lower-case letters, digits, '.' and '-'")
+        prefix = parts.path.strip("/")
+        if prefix:
+            check_key(prefix)
+        self.bucket = bucket
+        self.prefix = prefix
+        self.url = f"s3://{bucket}/" + (f"{prefix}/" if prefix else "")
+        self.options = options
+        self.public_read = public_read
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+        self.endpoint = self._check_endpoint(options)
+        self._client: S3Client | None = None
+        self._region = "us-east-1"
+
+    @staticmethod
+    def _check_endpoint(options: OriginOptions) -> str | None:
+        endpoint = options.endpoint_url
+        if endpoint is None:
+            return None
+        ep = urlsplit(endpoint)
+        if ep.scheme not in ("https", "http") or not ep.hostname:
+            raise ConfigError(f"--endpoint-url {endpoint!r} is not an https:// URL",
+                              hint="for example https://s3.example.net:8443")
+        if ep.username is not None or ep.password is not None or ep.query or ep.fragment \
+                or ep.path not in ("", "/"):
+            raise ConfigError(f"--endpoint-url {endpoint!r} must be scheme://host[:port] only",
+                              hint="credentials come from the environment, a profile or "
+                                   "--credentials-file, never from the URL")
+        if ep.scheme == "http" and not options.unsafe_http:
+            raise ConfigError(
+                f"--endpoint-url {endpoint} is plain HTTP: credentials-signed requests and "
+                "the uploaded objects could be read and changed on the path",
+                hint="use https://, or pass --unsafe-http if you really must")
+        return endpoint.rstrip("/")
+
+    # -- lifecycle ------------------------------------------------------------------
+    def __enter__(self) -> S3Origin:
+        opts = self.options
+        creds = opts.credentials
+        kwargs: dict[str, Any] = {}
+        if creds is not None:
+            if creds.scheme != "basic" or not creds.username:
+                raise ConfigError(f"S3 credentials from {creds.source} must be "
+                                  "'ACCESS_KEY_ID:SECRET_ACCESS_KEY'",
+                                  hint="or leave them out to use AWS_ACCESS_KEY_ID / "
+                                       "AWS_PROFILE / the instance role")
+            kwargs = {"aws_access_key_id": creds.username,
+                      "aws_secret_access_key": creds.secret}
+        try:
+            session = boto3.session.Session(**kwargs)
+        except bexc.BotoCoreError as exc:  # a broken profile in ~/.aws/config
+            raise ConfigError(f"cannot load the AWS configuration: {exc}") from None
+        self._region = session.region_name or "us-east-1"
+        if opts.client_cert is not None:
+            raise ConfigError("TLS client certificates are not supported for s3:// origins",
+                              hint="S3 authenticates with access keys (SigV4); drop "
+                                   "--client-cert")
+        # The same rule as every origin: a CA is required (never the system store unless
+        # given as --ca-file) and must load; the unsafe flag is the only way around it.
+        tls_context(ca_file=opts.ca_file, unsafe_no_verify=opts.unsafe_no_verify)
+        verify: bool | str = False if opts.unsafe_no_verify else str(opts.ca_file)
+        config = Config(
+            region_name=self._region,
+            signature_version="s3v4",
+            connect_timeout=opts.timeout,
+            read_timeout=opts.timeout,
+            retries={"max_attempts": max(1, opts.retries + 1), "mode": "standard"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path" if self.endpoint else "auto"},
+            max_pool_connections=16,
+            user_agent_extra="trustboot",
+        )
+        self._client = session.client("s3", endpoint_url=self.endpoint, verify=verify,
+                                      config=config)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            raise RuntimeError("use the origin as a context manager")
+        return self._client
+
+    def _full(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _where(self) -> str:
+        return f" at {self.endpoint}" if self.endpoint else ""
+
+    def _error(self, exc: Exception, key: str,
+               action: str) -> OperationalError | ConfigError | VerificationError:
+        """One clear error for every way a request fails."""
+        what = f"{self.url}{key}: {action}"
+        if isinstance(exc, bexc.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            msg = str(err.get("Message", "")) or code
+            if code == "SignatureDoesNotMatch":
+                return OperationalError(
+                    f"{what} refused: the secret key does not match the access key "
+                    "(SignatureDoesNotMatch)",
+                    hint="check AWS_SECRET_ACCESS_KEY, the profile or the credentials file")
+            if code == "InvalidAccessKeyId":
+                return OperationalError(
+                    f"{what} refused: the access key ID is unknown{self._where()} "
+                    "(InvalidAccessKeyId)",
+                    hint="check AWS_ACCESS_KEY_ID / the profile, and that --endpoint-url "
+                         "is the store the keys belong to")
+            # before the 403s: RGW answers a full quota with 403 QuotaExceeded
+            if code in ("QuotaExceeded", "InsufficientStorage", "EntityTooLarge") \
+                    or status == 507:
+                return OperationalError(f"{what} failed: the store is out of space or "
+                                        f"quota ({code or status}): {msg}",
+                                        hint="free space or raise the quota, then run again "
+                                             "(it resumes)")
+            if code in ("AccessDenied", "AllAccessDisabled") or status == 403:
+                # a HEAD answer has no body to tell a bad key from a missing permission
+                keys = "check the access key and secret, and " if code in ("403", "") else ""
+                return OperationalError(
+                    f"{what} refused: access denied ({code or status})",
+                    hint=f"{keys}the credentials need read/write/list/delete (and "
+                         f"PutObjectAcl for public-read) on s3://{self.bucket}/{self.prefix}")
+            if code == "AccessControlListNotSupported":
+                return OperationalError(
+                    f"{what} refused: bucket {self.bucket!r} has ACLs disabled (object "
+                    "ownership 'bucket owner enforced'), so objects cannot be made "
+                    "public-read one by one",
+                    hint="grant anonymous s3:GetObject with a bucket policy (or serve through "
+                         "a CDN) and publish without the public-read ACL")
+            if code == "NoSuchBucket":
+                return OperationalError(
+                    f"{what} failed: bucket {self.bucket!r} does not exist{self._where()}",
+                    hint=f"create it first (aws s3 mb s3://{self.bucket}"
+                         + (f" --endpoint-url {self.endpoint}" if self.endpoint else "")
+                         + ") or fix the origin URL")
+            return OperationalError(f"{what} failed: {code or status}: {msg}")
+        if isinstance(exc, bexc.SSLError):
+            tls = tls_failure(self.endpoint or "the S3 endpoint", exc)
+            if tls is not None:  # a certificate problem: exit 4, as on the other backends
+                return tls
+            return OperationalError(
+                f"{what} failed: TLS verification of {self.endpoint or 'the endpoint'} "
+                f"failed: {exc}",
+                hint="the endpoint's certificate must chain to --ca-file (default: the pki's "
+                     "ca.crt) and name the host in --endpoint-url")
+        if isinstance(exc, bexc.NoCredentialsError | bexc.PartialCredentialsError):
+            return ConfigError(
+                f"{what}: no S3 credentials found",
+                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or "
+                     "give 'ACCESS_KEY_ID:SECRET' in a credentials file")
+        if isinstance(exc, bexc.EndpointConnectionError | bexc.ConnectTimeoutError
+                      | bexc.ReadTimeoutError | bexc.ConnectionClosedError):
+            return OperationalError(f"{what} failed: cannot reach {self.endpoint or 'S3'} "
+                                    f"after {self.options.retries} retries: {exc}",
+                                    hint="check --endpoint-url and the network, then run "
+                                         "again (it resumes)")
+        return OperationalError(f"{what} failed: {exc}")
+
+    @contextlib.contextmanager
+    def _calling(self, key: str, action: str) -> Iterator[None]:
+        try:
+            yield
+        except (bexc.BotoCoreError, bexc.ClientError) as exc:
+            raise self._error(exc, key, action) from None
+
+    def _put_args(self, key: str, sha256: str) -> dict[str, Any]:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key),
+                                "Metadata": {SHA256_META: sha256},
+                                "ContentType": _content_type(key)}
+        if self.public_read:
+            args["ACL"] = "public-read"
+        return args
+
+    # -- objects --------------------------------------------------------------------
+    def stat(self, key: str) -> ObjectStat | None:
+        full = self._full(key)
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=full)
+        except bexc.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._error(exc, key, "HEAD") from None
+        except bexc.BotoCoreError as exc:
+            raise self._error(exc, key, "HEAD") from None
+        digest = head.get("Metadata", {}).get(SHA256_META)
+        etag = head.get("ETag")
+        return ObjectStat(size=int(head["ContentLength"]),
+                          sha256=digest if digest and _HEX64.fullmatch(digest) else None,
+                          etag=etag.strip('"') if etag else None)
+
+    def put_file(self, key: str, path: Path, *, size: int, sha256: str,
+                 progress: Callable[[int], None] | None = None) -> None:
+        args = self._put_args(key, sha256)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            raise OperationalError(f"cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OperationalError(f"{path} is not a regular file")
+            if st.st_size != size:
+                raise OperationalError(
+                    f"{path} is {st.st_size} bytes, not the {size} it had when hashed",
+                    hint="do not modify the release directory during a publish")
+            digest = _Digest()
+            if size <= self.multipart_threshold:
+                body = _FileSlice(fd, 0, size, digest, progress)
+                with self._calling(key, "upload"):
+                    self.client.put_object(Body=body, ContentLength=size,  # type: ignore[arg-type]
+                                           **args)
+                if digest.h.hexdigest() != sha256:
+                    # never leave an object whose sha256 metadata lies (a re-run would skip it)
+                    self.delete(key)
+                    raise self._changed(path, key)
+            else:
+                self._multipart(key, fd, size, args, digest, progress, path=path)
+        finally:
+            os.close(fd)
+
+    def _changed(self, path: Path, key: str) -> OperationalError:
+        return OperationalError(
+            f"{path} changed while it was uploaded to {self.url}{key} (its sha256 is no "
+            "longer the one the release was built with)",
+            hint="do not modify the release directory during a publish")
+
+    def _multipart(self, key: str, fd: int, size: int, args: dict[str, Any], digest: _Digest,
+                   progress: Callable[[int], None] | None, *, path: Path) -> None:
+        part_size = max(self.part_size, -(-size // MAX_PARTS))
+        with self._calling(key, "starting a multipart upload"):
+            upload_id = self.client.create_multipart_upload(**args)["UploadId"]
+        try:
+            parts = []
+            for number, offset in enumerate(range(0, size, part_size), start=1):
+                length = min(part_size, size - offset)
+                with self._calling(key, f"uploading part {number}"):
+                    r = self.client.upload_part(
+                        Bucket=self.bucket, Key=args["Key"], UploadId=upload_id,
+                        PartNumber=number, ContentLength=length,
+                        Body=_FileSlice(fd, offset, length, digest,  # type: ignore[arg-type]
+                                        progress))
+                parts.append({"PartNumber": number, "ETag": r["ETag"]})
+            if digest.h.hexdigest() != args["Metadata"][SHA256_META]:
+                raise self._changed(path, key)  # before completing: nothing becomes visible
+            with self._calling(key, "completing a multipart upload"):
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=args["Key"], UploadId=upload_id,
+                    MultipartUpload={"Parts": parts})  # type: ignore[typeddict-item]
+        except BaseException:
+            # parts of an unfinished upload are stored (and billed) until aborted
+            with contextlib.suppress(bexc.BotoCoreError, bexc.ClientError):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=args["Key"],
+                                                   UploadId=upload_id)
+            raise
+
+    def put_bytes(self, key: str, data: bytes, *, sha256: str) -> None:
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"put_bytes({key!r}): sha256 does not match the data")
+        with self._calling(key, "upload"):
+            self.client.put_object(Body=data, ContentLength=len(data),
+                                   **self._put_args(key, sha256))
+
+    def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
+        full = self._full(key)
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=full)
+        except bexc.ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchKey":
+                raise OperationalError(f"{self.url}{key} does not exist on the origin") \
+                    from None
+            raise self._error(exc, key, "GET") from None
+        except bexc.BotoCoreError as exc:
+            raise self._error(exc, key, "GET") from None
+        body = obj["Body"]
+        if int(obj.get("ContentLength", 0)) > max_size:
+            body.close()
+            raise OperationalError(f"{self.url}{key} is larger than {max_size} bytes")
+        return self._chunks(body, key, max_size)
+
+    def _chunks(self, body: Any, key: str, max_size: int) -> Iterator[bytes]:
+        total = 0
+        try:
+            with self._calling(key, "GET"):
+                for chunk in body.iter_chunks(READ_CHUNK):
+                    total += len(chunk)
+                    if total > max_size:
+                        raise OperationalError(f"{self.url}{key} is larger than {max_size} "
+                                               "bytes")
+                    yield chunk
+        finally:
+            body.close()
+
+    def list(self, prefix: str) -> list[str]:
+        check_prefix(prefix)
+        base = f"{self.prefix}/" if self.prefix else ""
+        out: list[str] = []
+        with self._calling(prefix, "listing"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base + prefix)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    key = item["Key"][len(base):]
+                    # not something we wrote (or a lock): never hand it on
+                    if key == LOCK_NAME or key_problem(key):
+                        continue
+                    out.append(key)
+        return sorted(out)
+
+    def delete(self, key: str) -> None:
+        with self._calling(key, "DELETE"):
+            self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        check_key(dst_key)
+        src = self.stat(src_key)
+        if src is None:
+            raise OperationalError(f"{self.url}{src_key} does not exist on the origin")
+        if src.size > MAX_COPY_SIZE:
+            raise OperationalError(f"{self.url}{src_key} is larger than 5 GiB: a single "
+                                   "server-side copy cannot switch it")
+        args = self._put_args(dst_key, src.sha256 or "")
+        if src.sha256 is None:
+            del args["Metadata"]
+        extra: dict[str, Any] = {}
+        if src.etag:
+            # the object we looked at, not one replaced meanwhile (then the metadata would lie)
+            extra["CopySourceIfMatch"] = src.etag
+        with self._calling(dst_key, f"server-side copy from {src_key}"):
+            self.client.copy_object(CopySource={"Bucket": self.bucket,
+                                                "Key": self._full(src_key)},
+                                    MetadataDirective="REPLACE", CacheControl="no-cache",
+                                    **extra, **args)
+
+    # -- lock -----------------------------------------------------------------------
+    def _read_lock(self) -> object:
+        try:
+            data = b"".join(self.read(LOCK_NAME, max_size=4096))
+        except OperationalError as exc:
+            if "does not exist" in exc.message:
+                return None
+            raise
+        try:
+            return json.loads(data)
+        except ValueError:
+            return "unreadable"
+
+    def _put_lock(self, body: bytes, *, conditional: bool) -> str:
+        """PUT the lock object (private): 'created', 'exists' (a conditional PUT found one)
+        or 'unsupported' (the store refuses the If-None-Match header outright)."""
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if conditional else {}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._full(LOCK_NAME), Body=body,
+                                   ContentType="application/json", **extra)
+        except bexc.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if conditional and (code in ("PreconditionFailed", "ConditionalRequestConflict")
+                                or status in (409, 412)):
+                return "exists"
+            if conditional and (code == "NotImplemented" or status == 501):
+                return "unsupported"
+            raise self._error(exc, LOCK_NAME, "locking") from None
+        except bexc.BotoCoreError as exc:
+            raise self._error(exc, LOCK_NAME, "locking") from None
+        return "created"
+
+    def _create_lock(self, body: bytes, settle: float) -> bool:
+        """Create the lock object if absent; True if it is ours (see the module docstring)."""
+        if self._read_lock() is not None:
+            return False  # held (or stale): the shared protocol judges the holder
+        first = self._put_lock(body, conditional=True)
+        if first == "exists":
+            return False
+        if first == "unsupported":
+            self._put_lock(body, conditional=False)
+        # Does the store honour If-None-Match? Then this second PUT must be refused.
+        elif self._put_lock(body, conditional=True) == "exists":
+            return True  # an atomic create: the lock is ours
+        time.sleep(settle)  # the store ignores it: let a racing PUT land, then look
+        return bool(self._read_lock() == json.loads(body))
+
+    def _break_lock(self, seen: object) -> None:
+        """Delete a stale lock, if it is still the one judged stale."""
+        if self._read_lock() == seen:
+            self.delete(LOCK_NAME)
+
+    def _abort_stale_uploads(self) -> None:
+        """Abort multipart uploads left under the prefix by a killed publish.
+
+        Under the lock no other publisher should be uploading here; their parts would stay
+        stored (and billed) forever. Best effort: a store or policy that refuses the listing
+        just keeps them.
+        """
+        base = f"{self.prefix}/" if self.prefix else ""
+        with contextlib.suppress(bexc.BotoCoreError, bexc.ClientError):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=base)
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"],
+                                                       UploadId=up["UploadId"])
+
+    @contextlib.contextmanager
+    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER,
+             settle: float = LOCK_SETTLE) -> Iterator[None]:
+        with origin_lock(owner, where=self.url, remove_hint=f"delete {self.url}{LOCK_NAME}",
+                         try_create=lambda body: self._create_lock(body, settle),
+                         read=self._read_lock, break_stale=self._break_lock,
+                         release=lambda: self.delete(LOCK_NAME), stale_after=stale_after):
+            self._abort_stale_uploads()
+            yield
+
+    # -- URLs -----------------------------------------------------------------------
+    def public_url(self, key: str) -> str | None:
+        """``OriginOptions.public_url`` + key, else the endpoint's path-style URL."""
+        path = quote(check_key(key), safe="/-._~")
+        if self.options.public_url:
+            return self.options.public_url.rstrip("/") + "/" + path
+        root = quote(self.prefix, safe="/-._~") + "/" if self.prefix else ""
+        if self.endpoint:
+            return f"{self.endpoint}/{self.bucket}/{root}{path}"
+        if "." in self.bucket:  # a dotted bucket breaks the wildcard certificate
+            return f"https://s3.{self._region}.amazonaws.com/{self.bucket}/{root}{path}"
+        return f"https://{self.bucket}.s3.{self._region}.amazonaws.com/{root}{path}"
+
+    def __repr__(self) -> str:
+        return f"S3Origin({self.url!r}, endpoint={self.endpoint!r})"
