@@ -8,7 +8,10 @@ and one registry (``open_origin``):
 * ``s3://bucket/prefix`` -> ``trustboot.publish.s3.S3Origin`` (imported only for s3://,
   so boto3 is only loaded when it is needed)
 
-Each backend class is constructed as ``Cls(url: str, options: OriginOptions)``.
+Each backend class is constructed as ``Cls(url: str, options: OriginOptions)``. Backends
+share the lock protocol in ``trustboot.publish.lock.origin_lock`` (give it an atomic
+create-if-absent) and report ``ObjectStat.etag`` where they can: the publish pipeline's
+read-back memo keys on size + ETag.
 """
 
 from __future__ import annotations

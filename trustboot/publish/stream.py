@@ -15,12 +15,12 @@ from pathlib import Path
 
 from trustboot.errors import OperationalError
 
-CHUNK = 1 << 20
+CHUNK = 4 << 20  # fewer, larger writes: measurably less CPU per GiB than 1 MiB
 
 
 def hashed_chunks(path: Path, *, size: int, sha256: str,
                   progress: Callable[[int], None] | None = None,
-                  chunk: int = CHUNK, depth: int = 4) -> Iterator[bytes]:
+                  chunk: int = CHUNK, depth: int = 3) -> Iterator[bytes]:
     """The file's bytes in chunks; OperationalError at the end if it is not ``size`` bytes
     with digest ``sha256`` (the file changed since it was hashed): raised before the last
     chunk is handed out, so a caller that commits only after a complete stream never
