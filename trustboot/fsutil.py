@@ -154,3 +154,42 @@ def locked(lock_path: Path, *, timeout: float = 60.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def read_capped(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, or a ConfigError.
+
+    Opened non-blocking so a FIFO cannot hang the read, checked with fstat on the open
+    descriptor (no race with a swap), and read at most ``limit + 1`` bytes: ``/dev/zero``
+    or a huge file is refused without growing memory.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} {path} is not a regular file",
+                              hint=f"pass a plain file as the {what}")
+        if st.st_size > limit:
+            raise ConfigError(f"{what} {path} is larger than {limit} bytes")
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            try:
+                chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            except OSError as exc:
+                raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise ConfigError(f"{what} {path} is larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
