@@ -1,0 +1,1 @@
+"""Publishing releases to an origin (file://, WebDAV over HTTPS, S3) and proving what it serves."""

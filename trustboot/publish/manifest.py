@@ -1,0 +1,254 @@
+"""The release manifest: one shape, written by publish/release, read by publish and audit.
+
+Stored as ``releases/<id>/release.json`` (optionally with a detached CMS signature
+``release.json.sig``)::
+
+    {"version": 1, "release": "<id>", "origin": "https://..." | null,
+     "created": "<ISO8601Z>", "ca_sha256": "<hex>" | null,
+     "signer": {"subject": "...", "serial": "<hex>", "not_after": "<ISO8601Z>"} | null,
+     "entry": "boot.ipxe" | null,
+     "ipxe": {...build manifest...} | null,
+     "files": [{"name": "vmlinuz", "size": N, "sha256": "<hex>", "sig": "vmlinuz.sig"}, ...]}
+
+``files`` lists every object of the release (the .sig files too, with ``"sig": null``)
+except release.json and its own signature. Names are release-relative keys (check_key).
+Parsing is strict: unknown keys, wrong types and duplicate names are refused, because a
+manifest read back from an origin is input like any other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from trustboot.errors import ConfigError
+from trustboot.publish.origin import key_problem
+
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "release.json"
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_FILES = 10_000
+RELEASES_PREFIX = "releases"
+
+_RELEASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SERIAL = re.compile(r"[0-9a-f]{1,64}")
+_TOP_KEYS = {"version", "release", "origin", "created", "ca_sha256", "signer", "entry",
+             "ipxe", "files"}
+_FILE_KEYS = {"name", "size", "sha256", "sig"}
+_SIGNER_KEYS = {"subject", "serial", "not_after"}
+
+
+def release_id_problem(value: object) -> str | None:
+    if not isinstance(value, str):
+        return "it is not a string"
+    if not _RELEASE_ID.fullmatch(value):
+        return ("a release id is 1-128 characters from A-Z a-z 0-9 '._-', starting with a "
+                "letter or digit")
+    return None
+
+
+def check_release_id(value: str) -> str:
+    """The one release-id rule: ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``."""
+    problem = release_id_problem(value)
+    if problem:
+        raise ConfigError(f"release id {value!r} is refused: {problem}",
+                          hint="use e.g. 2026.11.25-1 or a git describe output")
+    return value
+
+
+def release_prefix(release_id: str) -> str:
+    """``releases/<id>/`` — where a release's objects live on the origin."""
+    return f"{RELEASES_PREFIX}/{check_release_id(release_id)}/"
+
+
+def format_time(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return value.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: object, where: str) -> dt.datetime:
+    if not isinstance(value, str) or not re.fullmatch(
+            r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z", value):
+        raise _bad(where, f"expected an ISO 8601 UTC time like 2026-01-31T12:00:00Z, "
+                          f"got {value!r}")
+    try:
+        return dt.datetime.fromisoformat(value[:-1]).replace(tzinfo=dt.UTC)
+    except ValueError as exc:
+        raise _bad(where, str(exc)) from None
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    name: str
+    size: int
+    sha256: str
+    sig: str | None = None  # the name of this file's detached signature, if any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256, "sig": self.sig}
+
+
+@dataclass(frozen=True)
+class SignerSummary:
+    subject: str
+    serial: str  # lower-case hex
+    not_after: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"subject": self.subject, "serial": self.serial,
+                "not_after": format_time(self.not_after)}
+
+
+@dataclass(frozen=True)
+class ReleaseManifest:
+    release: str
+    created: dt.datetime
+    files: tuple[ManifestFile, ...]
+    origin: str | None = None
+    ca_sha256: str | None = None
+    signer: SignerSummary | None = None
+    entry: str | None = None
+    ipxe: dict[str, Any] | None = field(default=None, compare=False)
+    version: int = MANIFEST_VERSION
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def file(self, name: str) -> ManifestFile | None:
+        for f in self.files:
+            if f.name == name:
+                return f
+        return None
+
+    def same_content(self, other: ReleaseManifest) -> bool:
+        """Same release, same objects, same entry: times, origin and notes may differ."""
+        return (self.release == other.release and self.entry == other.entry
+                and sorted(self.files, key=lambda f: f.name)
+                == sorted(other.files, key=lambda f: f.name))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version, "release": self.release, "origin": self.origin,
+            "created": format_time(self.created), "ca_sha256": self.ca_sha256,
+            "signer": self.signer.to_json() if self.signer else None,
+            "entry": self.entry, "ipxe": self.ipxe,
+            "files": [f.to_json() for f in sorted(self.files, key=lambda f: f.name)],
+        }
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n").encode()
+
+
+def _bad(where: str, message: str) -> ConfigError:
+    return ConfigError(f"release manifest {where}: {message}",
+                       hint="the manifest is written by `trustboot publish`/`release`; "
+                            "regenerate it instead of editing it")
+
+
+def _validate(m: ReleaseManifest) -> None:
+    if m.version != MANIFEST_VERSION:
+        raise _bad("version", f"unsupported version {m.version!r} (expected 1)")
+    problem = release_id_problem(m.release)
+    if problem:
+        raise _bad("release", f"{m.release!r}: {problem}")
+    if m.created.tzinfo is None:
+        raise _bad("created", "must be timezone-aware")
+    if m.origin is not None:
+        parts = urlsplit(m.origin)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.username \
+                or parts.password or any(ord(c) < 0x21 for c in m.origin):
+            raise _bad("origin", f"expected an https:// URL without credentials, "
+                                 f"got {m.origin!r}")
+    if m.ca_sha256 is not None and not _HEX64.fullmatch(m.ca_sha256):
+        raise _bad("ca_sha256", "expected 64 lower-case hex digits")
+    if len(m.files) > MAX_FILES:
+        raise _bad("files", f"more than {MAX_FILES} entries")
+    names = [f.name for f in m.files]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise _bad("files", f"duplicate name(s) {', '.join(dup)}")
+    for f in m.files:
+        where = f"files[{f.name!r}]"
+        problem = key_problem(f.name)
+        if problem:
+            raise _bad(where, f"name {f.name!r}: {problem}")
+        if f.name in (MANIFEST_NAME, MANIFEST_NAME + ".sig"):
+            raise _bad(where, "the manifest does not list itself")
+        if isinstance(f.size, bool) or not isinstance(f.size, int) or f.size < 0:
+            raise _bad(where, f"size must be a byte count, got {f.size!r}")
+        if not isinstance(f.sha256, str) or not _HEX64.fullmatch(f.sha256):
+            raise _bad(where, "sha256 must be 64 lower-case hex digits")
+        if f.sig is not None and f.sig not in names:
+            raise _bad(where, f"its signature {f.sig!r} is not in the release")
+    if m.entry is not None and m.entry not in names:
+        raise _bad("entry", f"{m.entry!r} is not one of the release's files")
+    if m.signer is not None:
+        if not isinstance(m.signer.subject, str) or not _SERIAL.fullmatch(m.signer.serial):
+            raise _bad("signer", "expected a subject and a lower-case hex serial")
+
+
+def _obj(value: object, keys: set[str], where: str, *, required: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(where, "expected a JSON object")
+    unknown = sorted(set(value) - keys)
+    if unknown:
+        raise _bad(where, f"unknown key(s) {', '.join(unknown)}")
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise _bad(where, f"missing key(s) {', '.join(missing)}")
+    return value
+
+
+def _opt_str(value: object, where: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _bad(where, f"expected a string or null, got {type(value).__name__}")
+
+
+def parse_manifest(data: bytes, *, source: str = MANIFEST_NAME) -> ReleaseManifest:
+    """Strictly parse a manifest; ConfigError names ``source`` and the offending key."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise _bad(source, "larger than 4 MiB")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _bad(source, f"not valid JSON: {exc}") from None
+    top = _obj(raw, _TOP_KEYS, source, required=("version", "release", "created", "files"))
+    if not isinstance(top["files"], list):
+        raise _bad(f"{source}: files", "expected a list")
+    files = []
+    for i, item in enumerate(top["files"]):
+        f = _obj(item, _FILE_KEYS, f"{source}: files[{i}]", required=("name", "size", "sha256"))
+        files.append(ManifestFile(name=f["name"], size=f["size"], sha256=f["sha256"],
+                                  sig=_opt_str(f.get("sig"), f"{source}: files[{i}].sig")))
+    signer = None
+    if top.get("signer") is not None:
+        s = _obj(top["signer"], _SIGNER_KEYS, f"{source}: signer",
+                 required=("subject", "serial", "not_after"))
+        signer = SignerSummary(subject=_opt_str(s["subject"], f"{source}: signer") or "",
+                               serial=_opt_str(s["serial"], f"{source}: signer") or "",
+                               not_after=parse_time(s["not_after"], f"{source}: signer"))
+    ipxe = top.get("ipxe")
+    if ipxe is not None and not isinstance(ipxe, dict):
+        raise _bad(f"{source}: ipxe", "expected an object or null")
+    version = top["version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise _bad(f"{source}: version", "expected an integer")
+    try:
+        return ReleaseManifest(
+            version=version, release=top["release"],
+            created=parse_time(top["created"], f"{source}: created"),
+            files=tuple(files), origin=_opt_str(top.get("origin"), f"{source}: origin"),
+            ca_sha256=_opt_str(top.get("ca_sha256"), f"{source}: ca_sha256"),
+            signer=signer, entry=_opt_str(top.get("entry"), f"{source}: entry"), ipxe=ipxe)
+    except ConfigError as exc:
+        raise ConfigError(exc.message.replace("release manifest ",
+                                              f"release manifest {source}: ", 1),
+                          hint=exc.hint) from None

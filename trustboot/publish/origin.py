@@ -1,0 +1,296 @@
+"""Origins: where a release is stored and served, chosen by the URL's scheme.
+
+One protocol (``Origin``) for every backend, one path rule for every key (``check_key``)
+and one registry (``open_origin``):
+
+* ``file:///dir``       -> ``trustboot.publish.fileorigin.FileOrigin``
+* ``https://host/path`` -> ``trustboot.publish.webdav.WebDAVOrigin``
+* ``s3://bucket/prefix`` -> ``trustboot.publish.s3.S3Origin`` (imported only for s3://,
+  so boto3 is only loaded when it is needed)
+
+Each backend class is constructed as ``Cls(url: str, options: OriginOptions)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from trustboot.errors import ConfigError
+
+MAX_KEY_LENGTH = 1024
+MAX_CREDENTIALS_BYTES = 64 << 10
+
+# A key segment: printable, URL-safe characters only. Keys end up in HTTPS URLs that iPXE
+# fetches and in iPXE script lines, so anything needing quoting or percent-encoding is
+# refused here rather than escaped in five places.
+_SEGMENT = re.compile(r"[A-Za-z0-9._~+=,@-]+")
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    size: int
+    sha256: str | None  # hex, when the backend knows it (stored metadata); else None
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """HTTP credentials for an origin; never from argv (a file or a named env variable)."""
+
+    scheme: str  # "basic" | "bearer"
+    secret: str  # the password or the token
+    username: str | None = None  # basic only
+    source: str = ""  # where they came from, for messages (never the secret)
+
+    def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
+        return f"Credentials(scheme={self.scheme!r}, source={self.source!r})"
+
+
+@dataclass(frozen=True)
+class OriginOptions:
+    """Everything a backend may need; built by the CLI or a release recipe."""
+
+    ca_file: Path | None = None  # TLS trust for the origin (default: the pki's ca.crt)
+    client_cert: Path | None = None  # TLS client auth (PEM cert)
+    client_key: Path | None = None  # its key (PEM; may be encrypted)
+    client_key_passphrase: bytes | None = None
+    credentials: Credentials | None = None  # basic/bearer, from a file or an env var name
+    endpoint_url: str | None = None  # s3 endpoint (https)
+    public_url: str | None = None  # the HTTPS base URL clients (iPXE) fetch from
+    unsafe_http: bool = False  # --unsafe-http: allow http:// (warns every run)
+    unsafe_no_verify: bool = False  # --unsafe-no-tls-verify (warns every run)
+    timeout: float = 30.0
+    retries: int = 4
+
+    def __repr__(self) -> str:  # the passphrase and credentials never reach a log
+        return (f"OriginOptions(ca_file={self.ca_file!r}, client_cert={self.client_cert!r}, "
+                f"endpoint_url={self.endpoint_url!r}, public_url={self.public_url!r}, "
+                f"unsafe_http={self.unsafe_http}, unsafe_no_verify={self.unsafe_no_verify})")
+
+
+class Origin(Protocol):
+    """A storage backend; every key is a relative POSIX path accepted by ``check_key``."""
+
+    url: str  # canonical origin URL (no credentials in it)
+
+    def __enter__(self) -> Origin: ...
+
+    def __exit__(self, *exc: object) -> None: ...  # closes sessions/connections
+
+    def stat(self, key: str) -> ObjectStat | None: ...
+
+    def put_file(self, key: str, path: Path, *, size: int, sha256: str,
+                 progress: Callable[[int], None] | None = None) -> None:
+        """Atomic per object: a reader sees the old object or the complete new one."""
+        ...
+
+    def put_bytes(self, key: str, data: bytes, *, sha256: str) -> None: ...
+
+    def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
+        """The object as the backend stores it, in chunks; more than max_size is an error."""
+        ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` (recursive, sorted); '' lists everything."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Missing is not an error."""
+        ...
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        """Atomic replace of ``dst_key`` with the content of ``src_key``."""
+        ...
+
+    def lock(self, owner: str) -> AbstractContextManager[None]:
+        """Exclusive publish lock; OperationalError naming the holder if taken."""
+        ...
+
+    def public_url(self, key: str) -> str | None:
+        """The URL iPXE fetches for ``key``, or None if unknown."""
+        ...
+
+
+def key_problem(key: object) -> str | None:
+    """Why ``key`` is not a safe object key, or None."""
+    if not isinstance(key, str):
+        return "it is not a string"
+    if not key:
+        return "it is empty"
+    if len(key) > MAX_KEY_LENGTH:
+        return f"it is longer than {MAX_KEY_LENGTH} characters"
+    if "\x00" in key or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        return "it holds a control character"
+    if "\\" in key:
+        return "it holds a backslash"
+    if key.startswith("/"):
+        return "it is absolute"
+    if "//" in key or key.endswith("/"):
+        return "it has an empty path segment"
+    for segment in key.split("/"):
+        if segment in (".", ".."):
+            return f"it has a {segment!r} segment"
+        if not _SEGMENT.fullmatch(segment):
+            return (f"segment {segment!r} holds characters outside A-Z a-z 0-9 and "
+                    "'._~+=,@-'")
+    return None
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a relative POSIX path that cannot leave the origin; else ConfigError.
+
+    The one path rule for every backend: no '', absolute paths, '.', '..', backslashes,
+    control characters, NUL or '//'; only URL- and iPXE-safe characters.
+    """
+    problem = key_problem(key)
+    if problem:
+        raise ConfigError(f"object name {key!r} is refused: {problem}",
+                          hint="rename the file to letters, digits and '._-' inside the "
+                               "release directory")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix: '' (everything) or a key, with an optional trailing '/'."""
+    if prefix == "":
+        return prefix
+    check_key(prefix.rstrip("/") if prefix.endswith("/") else prefix)
+    return prefix
+
+
+def join_key(*parts: str) -> str:
+    return check_key("/".join(p.strip("/") for p in parts if p.strip("/")))
+
+
+def redact_url(url: str) -> str:
+    """``url`` without any user:password@ part (URLs are shown in messages and manifests)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def unsafe_warnings(options: OriginOptions) -> list[str]:
+    """Warnings the CLI prints on every run an unsafe option is in effect."""
+    out = []
+    if options.unsafe_http:
+        out.append("--unsafe-http: uploads and read-back may travel over plain HTTP; "
+                   "anyone on the path can read and change what is published")
+    if options.unsafe_no_verify:
+        out.append("--unsafe-no-tls-verify: the origin's TLS certificate is NOT checked; "
+                   "anyone on the path can impersonate the origin")
+    return out
+
+
+def _read_secret_file(path: Path) -> bytes:
+    """A small private regular file, opened without following a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ConfigError(f"cannot read credentials file {path}: {exc.strerror or exc}",
+                          hint="pass a regular file (not a link) readable by you") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"credentials file {path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"credentials file {path} is readable or writable by other users "
+                f"(mode {stat.S_IMODE(st.st_mode):04o})", hint=f"chmod 600 {path}")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(MAX_CREDENTIALS_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CREDENTIALS_BYTES:
+        raise ConfigError(f"credentials file {path} is larger than 64 KiB")
+    return data
+
+
+def parse_credentials(text: str, source: str) -> Credentials:
+    """``user:password`` (basic) or ``bearer:TOKEN`` / ``Bearer TOKEN``, one line."""
+    value = text.strip("\r\n")
+    if "\n" in value or not value.strip():
+        raise ConfigError(f"credentials from {source} must be one non-empty line",
+                          hint="write 'user:password' for basic auth or 'bearer:TOKEN'")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ConfigError(f"credentials from {source} hold control characters")
+    lower = value.lower()
+    for prefix in ("bearer:", "bearer "):
+        if lower.startswith(prefix):
+            token = value[len(prefix):].strip()
+            if not token:
+                raise ConfigError(f"credentials from {source}: the bearer token is empty")
+            return Credentials("bearer", token, source=source)
+    user, sep, password = value.partition(":")
+    if not sep or not user:
+        raise ConfigError(f"credentials from {source} are not 'user:password' or "
+                          "'bearer:TOKEN'", hint="write one line: user:password")
+    return Credentials("basic", password, username=user, source=source)
+
+
+def load_credentials(*, file: Path | None = None, env: str | None = None,
+                     environ: dict[str, str] | None = None) -> Credentials | None:
+    """Credentials from a private file or a named environment variable (never argv)."""
+    if file is not None and env is not None:
+        raise ConfigError("give credentials as a file or an environment variable, not both")
+    if file is not None:
+        try:
+            text = _read_secret_file(file).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"credentials file {file} is not UTF-8 text") from None
+        return parse_credentials(text, f"file {file}")
+    if env is not None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
+            raise ConfigError(f"{env!r} is not an environment variable name")
+        value = (environ if environ is not None else dict(os.environ)).get(env)
+        if value is None:
+            raise ConfigError(f"environment variable {env} is not set",
+                              hint=f"export {env}='user:password' (or 'bearer:TOKEN')")
+        return parse_credentials(value, f"environment variable {env}")
+    return None
+
+
+# scheme -> "module:Class"; imported on use so s3:// alone pulls in boto3.
+_BACKENDS: dict[str, str] = {
+    "file": "trustboot.publish.fileorigin:FileOrigin",
+    "https": "trustboot.publish.webdav:WebDAVOrigin",
+    "http": "trustboot.publish.webdav:WebDAVOrigin",
+    "s3": "trustboot.publish.s3:S3Origin",
+}
+
+
+def open_origin(url: str, options: OriginOptions) -> Origin:
+    """The backend for ``url`` by scheme; plain http:// only with ``unsafe_http``."""
+    if not isinstance(url, str) or not url or any(ord(c) < 0x21 for c in url):
+        raise ConfigError(f"origin URL {url!r} is empty or holds whitespace/control characters")
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in _BACKENDS:
+        raise ConfigError(
+            f"origin {redact_url(url)!r} has an unsupported scheme {scheme or '(none)'!r}",
+            hint="use file:///DIR, https://HOST/PATH/ (WebDAV) or s3://BUCKET/PREFIX")
+    if scheme == "http" and not options.unsafe_http:
+        raise ConfigError(
+            f"origin {redact_url(url)} is plain HTTP: anyone on the path could change what "
+            "is published", hint="use https://, or pass --unsafe-http if you really must")
+    module_name, _, cls_name = _BACKENDS[scheme].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"the {scheme}:// backend is not available: {exc}",
+                          hint="install trustboot with its optional dependencies "
+                               "(pip install 'trustboot[s3]' for s3://)") from None
+    factory: Callable[[str, OriginOptions], Origin] = getattr(module, cls_name)
+    return factory(url, options)
