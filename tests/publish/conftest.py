@@ -1,0 +1,214 @@
+"""Fixtures for publish tests: a pki made by `trustboot ca`, signed releases made by
+`trustboot sign`, and a real nginx WebDAV origin over TLS started from the config that
+`trustboot origin nginx-config` generates (once per session, 127.0.0.1, ephemeral port)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from trustboot.cli.main import cli
+
+CA_PASS = "publish ca pass"
+KEY_PASS = "publish key pass"
+DAV_EXT = Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so")
+
+
+def run_cli(*args: str) -> str:
+    r = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert r.exit_code == 0, (args, r.output)
+    return r.output
+
+
+@dataclass
+class Pki:
+    dir: Path
+    secrets: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def key_pass(self) -> Path:
+        return self.secrets / "key.pass"
+
+    def cert(self, name: str) -> Path:
+        return self.dir / "issued" / f"{name}.crt"
+
+    def key(self, name: str) -> Path:
+        return self.dir / "private" / f"{name}.key"
+
+    def issue(self, profile: str, *args: str) -> None:
+        run_cli("ca", "issue", profile, *args, "--pki", str(self.dir), "--key-type",
+                "rsa-2048", "--passphrase-file", str(self.secrets / "ca.pass"),
+                "--key-passphrase-file", str(self.key_pass))
+
+    def sign(self, files: list[Path], out: Path, signer: str = "boot-signer") -> None:
+        run_cli("sign", "--key", signer, "--pki", str(self.dir), "--passphrase-file",
+                str(self.key_pass), "--out", str(out), *map(str, files))
+
+
+def make_pki(base: Path) -> Pki:
+    secrets = base / "secrets"
+    secrets.mkdir(mode=0o700)
+    (secrets / "ca.pass").write_text(CA_PASS + "\n")
+    (secrets / "key.pass").write_text(KEY_PASS + "\n")
+    for f in secrets.iterdir():
+        f.chmod(0o600)
+    pki = Pki(base / "pki", secrets)
+    run_cli("ca", "init", "--pki", str(pki.dir), "--key-type", "rsa-3072", "--passphrase-file",
+            str(secrets / "ca.pass"))
+    pki.issue("codesign", "boot-signer")
+    pki.issue("codesign", "other-signer")
+    pki.issue("server", "127.0.0.1", "localhost", "10.0.2.2", "--name", "origin")
+    pki.issue("client", "publisher")
+    return pki
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("publish-pki"))
+
+
+ReleaseFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_release(pki: Pki, tmp_path: Path) -> ReleaseFactory:
+    """A directory of files and their .sig, signed by `trustboot sign`."""
+    counter = iter(range(1000))
+
+    def make(files: dict[str, bytes], *, signer: str = "boot-signer") -> Path:
+        out = tmp_path / f"release{next(counter)}"
+        out.mkdir()
+        paths = []
+        for name, data in files.items():
+            path = out / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            paths.append(path)
+        for path in paths:
+            pki.sign([path], path.parent, signer=signer)
+        return out
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Nginx:
+    url: str
+    root: Path
+    port: int
+    base: Path
+    process: subprocess.Popen[bytes]
+
+    def error_log(self) -> str:
+        return (self.base / "error.log").read_text(errors="replace")
+
+    def clear(self) -> None:
+        for child in self.root.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+def start_nginx(pki: Pki, base: Path, *, extra_args: tuple[str, ...] = (),
+                main_extra: str = "") -> Nginx:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        pytest.skip("needs nginx (Debian package nginx); .ci/setup installs it")
+    if not DAV_EXT.exists():
+        pytest.skip("needs libnginx-mod-http-dav-ext; .ci/setup installs it")
+    root, tmp = base / "www", base / "body-tmp"
+    root.mkdir(mode=0o755)
+    tmp.mkdir(mode=0o700)
+    chain = base / "server-chain.pem"
+    chain.write_bytes(pki.cert("origin").read_bytes() + (pki.dir / "issuing-ca.crt").read_bytes())
+    port = free_port()
+    site = run_cli("origin", "nginx-config", "--server-name", "127.0.0.1", "--server-name",
+                   "localhost", "--listen", f"127.0.0.1:{port}", "--root", str(root),
+                   "--cert", str(chain), "--key", str(pki.key("origin")),
+                   "--key-password-file", str(pki.key_pass), "--client-ca",
+                   str(pki.dir / "chain.pem"), "--body-temp-dir", str(tmp), *extra_args)
+    (base / "site.conf").write_text(site)
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    temps = "\n".join(f"    {t}_temp_path {base}/{t}-tmp;" for t in
+                      ("proxy", "fastcgi", "uwsgi", "scgi"))
+    (base / "nginx.conf").write_text(f"""\
+load_module {DAV_EXT};
+{user}worker_processes 1;
+daemon off;
+pid {base}/nginx.pid;
+error_log {base}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {base}/access.log;
+{temps}
+    sendfile on;
+{main_extra}
+    include {base}/site.conf;
+}}
+""")
+    proc = subprocess.Popen([nginx, "-e", str(base / "error.log"), "-p", str(base), "-c",
+                             str(base / "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"https://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            pytest.fail(f"nginx exited: {err}\n{(base / 'error.log').read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.05)
+    return Nginx(url, root, port, base, proc)
+
+
+def stop_nginx(n: Nginx) -> None:
+    n.process.terminate()
+    try:
+        n.process.wait(5)
+    except subprocess.TimeoutExpired:
+        n.process.kill()
+        n.process.wait()
+
+
+@pytest.fixture(scope="session")
+def nginx_origin(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    n = start_nginx(pki, tmp_path_factory.mktemp("nginx"))
+    yield n
+    stop_nginx(n)
+
+
+@pytest.fixture
+def nginx(nginx_origin: Nginx) -> Nginx:
+    """The session's nginx with an empty document root."""
+    nginx_origin.clear()
+    return nginx_origin
+
+
+def anon_get(url: str, pki: Pki) -> httpx.Response:
+    return httpx.get(url, verify=ssl.create_default_context(cafile=str(pki.ca)),
+                     trust_env=False)

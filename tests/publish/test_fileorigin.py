@@ -1,0 +1,241 @@
+"""file:// origins, the key rule, the manifest, and the pipeline's refusals (no network)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.publish.conftest import Pki, ReleaseFactory
+from trustboot.cli.main import cli
+from trustboot.errors import ConfigError, OperationalError
+from trustboot.publish.fileorigin import FileOrigin
+from trustboot.publish.manifest import ManifestFile, ReleaseManifest, parse_manifest
+from trustboot.publish.origin import (
+    OriginOptions,
+    check_key,
+    load_credentials,
+    open_origin,
+)
+from trustboot.publish.webdav import parse_multistatus
+
+ENTRY = b"#!ipxe\necho file origin\n"
+
+
+@pytest.mark.parametrize("key", ["", "/etc/passwd", "../x", "a/../../x", "a/./b", ".", "..",
+                                 "a//b", "a/", "a\\b", "a\x00b", "a\nb", "a b", "a;b",
+                                 "${x}", "a?b", "a#b", "x" * 2000])
+def test_hostile_keys_are_refused(key: str) -> None:
+    with pytest.raises(ConfigError):
+        check_key(key)
+
+
+def test_good_keys() -> None:
+    for key in ("boot.ipxe", "releases/r1/vmlinuz.sig", "a/b-c_d.e~f+g=h,i@j"):
+        assert check_key(key) == key
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_file_origin_objects(tmp_path: Path) -> None:
+    with FileOrigin(f"file://{tmp_path}/o", OriginOptions()) as origin:
+        origin.put_bytes("a/b/c", b"hello", sha256=_digest(b"hello"))
+        st = origin.stat("a/b/c")
+        assert st is not None and st.size == 5
+        assert (tmp_path / "o/a/b/c").stat().st_mode & 0o777 == 0o644
+        assert (tmp_path / "o/a/b").stat().st_mode & 0o777 == 0o755
+        assert b"".join(origin.read("a/b/c", max_size=5)) == b"hello"
+        with pytest.raises(OperationalError):
+            b"".join(origin.read("a/b/c", max_size=4))
+        origin.copy("a/b/c", "top")
+        assert origin.list("") == ["a/b/c", "top"]
+        assert origin.list("a/") == ["a/b/c"]
+        with pytest.raises(OperationalError, match="changed"):
+            origin.put_bytes("x", b"data", sha256=_digest(b"other"))
+        assert origin.stat("x") is None and not any(
+            p.name.startswith(".tb-tmp") for p in (tmp_path / "o").iterdir())
+        origin.delete("a/b/c")
+        origin.delete("a/b/c")  # missing is fine
+        assert not (tmp_path / "o/a").exists()
+
+
+def test_file_origin_modes_ignore_umask(tmp_path: Path) -> None:
+    old = os.umask(0o000)
+    try:
+        with FileOrigin(f"file://{tmp_path}/o", OriginOptions()) as origin:
+            origin.put_bytes("d/f", b"x", sha256=_digest(b"x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o/d/f").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "o/d").stat().st_mode & 0o777 == 0o755
+
+
+def test_symlink_planted_in_origin_cannot_escape(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "o"
+    root.mkdir()
+    (root / "releases").symlink_to(outside)
+    (root / "boot.ipxe").symlink_to(outside / "target")
+    with FileOrigin(f"file://{root}", OriginOptions()) as origin:
+        with pytest.raises(OperationalError, match="symbolic link"):
+            origin.put_bytes("releases/r1/x", b"x", sha256=_digest(b"x"))
+        with pytest.raises(OperationalError):
+            origin.put_bytes("boot.ipxe/x", b"x", sha256=_digest(b"x"))
+        with pytest.raises(OperationalError):
+            list(origin.read("boot.ipxe", max_size=10))
+        assert origin.list("") == []
+        # replacing the link itself is allowed: rename swaps the name, never the target
+        origin.put_bytes("boot.ipxe", b"y", sha256=_digest(b"y"))
+    assert list(outside.iterdir()) == []
+    assert not (root / "boot.ipxe").is_symlink()
+
+
+def test_lock_is_exclusive_and_stale_locks_are_broken(tmp_path: Path) -> None:
+    with FileOrigin(f"file://{tmp_path}", OriginOptions()) as origin:
+        with origin.lock("first"):
+            with pytest.raises(OperationalError, match="locked by first"):
+                with origin.lock("second"):
+                    pass
+        # a lock left by a dead process on this host is stale
+        (tmp_path / ".trustboot-publish.lock").write_text(json.dumps(
+            {"owner": "dead", "host": os.uname().nodename, "pid": 2**22 + 12345,
+             "time": 0}))
+        with origin.lock("third"):
+            assert "third" in (tmp_path / ".trustboot-publish.lock").read_text()
+        assert not (tmp_path / ".trustboot-publish.lock").exists()
+
+
+def test_origin_registry(tmp_path: Path) -> None:
+    assert isinstance(open_origin(f"file://{tmp_path}", OriginOptions()), FileOrigin)
+    with pytest.raises(ConfigError, match="plain HTTP"):
+        open_origin("http://example.net/", OriginOptions())
+    with pytest.raises(ConfigError, match="scheme"):
+        open_origin("ftp://example.net/", OriginOptions())
+    with pytest.raises(ConfigError):
+        open_origin("file://relative", OriginOptions())
+
+
+def test_credentials_never_from_argv(tmp_path: Path) -> None:
+    f = tmp_path / "creds"
+    f.write_text("alice:s3cret\n")
+    f.chmod(0o644)
+    with pytest.raises(ConfigError, match="other users"):
+        load_credentials(file=f)
+    f.chmod(0o600)
+    c = load_credentials(file=f)
+    assert c is not None and c.username == "alice" and c.secret == "s3cret"
+    assert "s3cret" not in repr(c)
+    b = load_credentials(env="TB_TOKEN", environ={"TB_TOKEN": "bearer:abc"})
+    assert b is not None and b.scheme == "bearer" and b.secret == "abc"
+    with pytest.raises(ConfigError, match="not set"):
+        load_credentials(env="TB_MISSING", environ={})
+
+
+def test_manifest_round_trip_and_strictness() -> None:
+    m = ReleaseManifest(release="r1", created=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+                        files=(ManifestFile("a", 1, "0" * 64, "a.sig"),
+                               ManifestFile("a.sig", 2, "1" * 64)), entry="a")
+    assert parse_manifest(m.to_bytes()) == m
+    data = json.loads(m.to_bytes())
+    for bad in ({"extra": 1}, {"release": "../x"}, {"version": 2},
+                {"files": [{"name": "../a", "size": 1, "sha256": "0" * 64}]},
+                {"files": [{"name": "a", "size": -1, "sha256": "0" * 64}]},
+                {"entry": "missing"}, {"created": "yesterday"}):
+        with pytest.raises(ConfigError):
+            parse_manifest(json.dumps(data | bad).encode())
+
+
+def test_propfind_with_a_dtd_is_refused() -> None:
+    bomb = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;">]>'
+            b'<multistatus xmlns="DAV:"><response><href>&b;</href></response></multistatus>')
+    with pytest.raises(OperationalError, match="DTD"):
+        parse_multistatus(bomb)
+    with pytest.raises(OperationalError, match="UTF-8"):
+        parse_multistatus(bomb.decode().encode("utf-16"))
+
+
+def _publish(pki: Pki, directory: Path, origin: str, release: str, *extra: str):
+    return CliRunner().invoke(cli, ["publish", str(directory), origin, "--release-id",
+                                    release, "--pki", str(pki.dir), "--json", *extra])
+
+
+def test_file_origin_publish_and_refusals(pki: Pki, make_release: ReleaseFactory,
+                                          tmp_path: Path) -> None:
+    origin = f"file://{tmp_path}/srv"
+    r1 = make_release({"boot.ipxe": ENTRY, "sub/initrd.img": b"initrd" * 100})
+    res = _publish(pki, r1, origin, "r1")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["readback"] == "backend" and out["switched"]
+    assert (tmp_path / "srv/boot.ipxe").read_bytes() == ENTRY
+    manifest = parse_manifest((tmp_path / "srv/releases/r1/release.json").read_bytes())
+    assert manifest.entry == "boot.ipxe" and manifest.signer is not None
+    assert {f.name for f in manifest.files} == {"boot.ipxe", "boot.ipxe.sig",
+                                                "sub/initrd.img", "sub/initrd.img.sig"}
+    # the same id with other content is refused (exit 3), nothing changes
+    r1b = make_release({"boot.ipxe": ENTRY + b"echo changed\n"})
+    res = _publish(pki, r1b, origin, "r1")
+    assert res.exit_code == 3, res.output
+    assert "already exists" in res.output
+    assert (tmp_path / "srv/boot.ipxe").read_bytes() == ENTRY
+    # bad release ids
+    for bad in ("../x", "-r", "a/b", ""):
+        res = _publish(pki, r1, origin, bad)
+        assert res.exit_code in (2, 3), (bad, res.output)
+
+
+def test_unsigned_or_badly_signed_release_is_refused_before_upload(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    origin = tmp_path / "srv"
+    r = make_release({"boot.ipxe": ENTRY})
+    (r / "unsigned.bin").write_bytes(b"x")
+    res = _publish(pki, r, f"file://{origin}", "r1")
+    assert res.exit_code == 3 and "no signature for unsigned.bin" in res.output
+    (r / "unsigned.bin").unlink()
+    (r / "boot.ipxe").write_bytes(ENTRY + b"echo tampered\n")
+    res = _publish(pki, r, f"file://{origin}", "r1")
+    assert res.exit_code == 4, res.output
+    assert not (origin / "releases").exists()
+    # a symlink in the release directory is refused
+    r2 = make_release({"boot.ipxe": ENTRY})
+    (r2 / "link").symlink_to("/etc/passwd")
+    res = _publish(pki, r2, f"file://{origin}", "r2")
+    assert res.exit_code == 3 and "not a regular file" in res.output
+
+
+def test_wrong_signer_name_is_exit_4(pki: Pki, make_release: ReleaseFactory,
+                                     tmp_path: Path) -> None:
+    r = make_release({"boot.ipxe": ENTRY}, signer="other-signer")
+    res = _publish(pki, r, f"file://{tmp_path}/srv", "r1", "--signer", "boot-signer")
+    assert res.exit_code == 4, res.output
+
+
+def test_locked_origin_fails_clearly(pki: Pki, make_release: ReleaseFactory,
+                                     tmp_path: Path) -> None:
+    r = make_release({"boot.ipxe": ENTRY})
+    with FileOrigin(f"file://{tmp_path}/srv", OriginOptions()) as origin, \
+            origin.lock("the other publish"):
+        res = _publish(pki, r, f"file://{tmp_path}/srv", "r1")
+    assert res.exit_code == 1
+    assert "locked by the other publish" in res.output
+
+
+def test_tamper_on_file_origin_is_caught(pki: Pki, make_release: ReleaseFactory,
+                                         tmp_path: Path) -> None:
+    origin = f"file://{tmp_path}/srv"
+    r = make_release({"boot.ipxe": ENTRY, "vmlinuz": b"k" * 4096})
+    assert _publish(pki, r, origin, "r1", "--no-switch").exit_code == 0
+    target = tmp_path / "srv/releases/r1/vmlinuz"
+    target.write_bytes(b"K" + b"k" * 4095)  # same size: a resume would skip it
+    res = _publish(pki, r, origin, "r1")
+    assert res.exit_code == 4, res.output
+    assert "vmlinuz" in res.output
+    assert not (tmp_path / "srv/boot.ipxe").exists()

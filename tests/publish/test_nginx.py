@@ -1,0 +1,94 @@
+"""Publish to a real nginx WebDAV origin over TLS, read back, switch, roll back."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+
+import httpx
+from click.testing import CliRunner
+
+from tests.publish.conftest import Nginx, Pki, ReleaseFactory, anon_get
+from trustboot.cli.main import cli
+
+ENTRY1 = b"#!ipxe\necho release one\n"
+ENTRY2 = b"#!ipxe\necho release two\n"
+
+
+def publish(pki: Pki, directory: Path, origin: str, release: str, *extra: str):
+    return CliRunner().invoke(cli, [
+        "publish", str(directory), origin, "--release-id", release, "--pki", str(pki.dir),
+        "--client-cert", "publisher", "--client-key-passphrase-file", str(pki.key_pass),
+        "--signer", "boot-signer", "--json", *extra])
+
+
+def test_publish_readback_switch_rollback(pki: Pki, nginx: Nginx,
+                                          make_release: ReleaseFactory) -> None:
+    r1 = make_release({"boot.ipxe": ENTRY1, "vmlinuz": b"kernel-1" * 1000})
+    res = publish(pki, r1, nginx.url, "r1")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["switched"] and out["readback"] == "https"
+    assert sorted(out["uploaded"]) == ["boot.ipxe", "boot.ipxe.sig", "vmlinuz", "vmlinuz.sig"]
+    assert anon_get(nginx.url + "boot.ipxe", pki).content == ENTRY1
+    assert anon_get(nginx.url + "releases/r1/vmlinuz", pki).content == b"kernel-1" * 1000
+    # the same release again: nothing uploaded, still verified
+    again = json.loads(publish(pki, r1, nginx.url, "r1").output)
+    assert again["uploaded"] == [] and len(again["skipped"]) == 4 and again["switched"]
+
+    r2 = make_release({"boot.ipxe": ENTRY2, "vmlinuz": b"kernel-2" * 1000})
+    res = publish(pki, r2, nginx.url, "r2")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["previous_live"] == "r1"
+    assert anon_get(nginx.url + "boot.ipxe", pki).content == ENTRY2
+
+    listed = CliRunner().invoke(cli, ["publish", "list", nginx.url, "--pki", str(pki.dir),
+                                      "--client-cert", "publisher",
+                                      "--client-key-passphrase-file", str(pki.key_pass),
+                                      "--json"])
+    assert listed.exit_code == 0, listed.output
+    infos = {i["id"]: i for i in json.loads(listed.output)}
+    assert infos["r2"]["live"] and not infos["r1"]["live"]
+    assert infos["r1"]["complete"] and infos["r1"]["signer"]
+
+    rb = CliRunner().invoke(cli, ["publish", "rollback", nginx.url, "r1", "--pki",
+                                  str(pki.dir), "--client-cert", "publisher",
+                                  "--client-key-passphrase-file", str(pki.key_pass), "--json"])
+    assert rb.exit_code == 0, rb.output
+    assert anon_get(nginx.url + "boot.ipxe", pki).content == ENTRY1
+    assert anon_get(nginx.url + "boot.ipxe.sig", pki).content == (r1 / "boot.ipxe.sig").read_bytes()
+
+    pr = CliRunner().invoke(cli, ["publish", "prune", nginx.url, "--keep", "1", "--pki",
+                                  str(pki.dir), "--client-cert", "publisher",
+                                  "--client-key-passphrase-file", str(pki.key_pass), "--json"])
+    assert pr.exit_code == 0, pr.output
+    # r1 is live (kept although older); r2 is the newest (kept by --keep 1)
+    assert json.loads(pr.output)["deleted"] == []
+
+
+def test_client_certificate_required_for_writes(pki: Pki, nginx: Nginx,
+                                                make_release: ReleaseFactory) -> None:
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    with httpx.Client(verify=ctx, trust_env=False) as anon:
+        assert anon.put(nginx.url + "evil", content=b"x").status_code == 403
+        assert anon.request("MKCOL", nginx.url + "evil/").status_code == 403
+        assert anon.request("PROPFIND", nginx.url, headers={"Depth": "1"}).status_code == 403
+        assert anon.get(nginx.url + "releases/").status_code in (403, 404)
+    assert not (nginx.root / "evil").exists()
+    r1 = make_release({"boot.ipxe": ENTRY1})
+    # without a client certificate the publish is refused by the origin (exit 1, 403 named)
+    res = CliRunner().invoke(cli, ["publish", str(r1), nginx.url, "--release-id", "r1",
+                                   "--pki", str(pki.dir)])
+    assert res.exit_code == 1, res.output
+    assert "403" in res.output and "client certificate" in res.output
+    res = publish(pki, r1, nginx.url, "r1")
+    assert res.exit_code == 0, res.output
+    assert anon_get(nginx.url + "boot.ipxe", pki).status_code == 200
+    # dot-files (upload temps, the lock) are never served anonymously
+    (nginx.root / ".secret").write_bytes(b"x")
+    assert anon_get(nginx.url + ".secret", pki).status_code == 403
+    headers = anon_get(nginx.url + "boot.ipxe", pki).headers
+    assert headers["cache-control"] == "no-store"
+    rel = anon_get(nginx.url + "releases/r1/boot.ipxe", pki).headers
+    assert "immutable" in rel["cache-control"]

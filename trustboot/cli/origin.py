@@ -1,0 +1,116 @@
+"""`trustboot origin`: a hardened nginx site for an origin, and a check of what it serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from trustboot.cli._common import emit_json, json_option, warn
+from trustboot.errors import VerificationError
+
+
+@click.group("origin")
+def command() -> None:
+    """Set up and check an HTTPS boot origin.
+
+    \b
+    Examples:
+      trustboot ca issue server boot.example.net
+      trustboot origin nginx-config --server-name boot.example.net \\
+          --cert /etc/trustboot/server.pem --key /etc/trustboot/server.key \\
+          --key-password-file /etc/trustboot/server.pass \\
+          --client-ca /etc/trustboot/chain.pem --root /srv/boot \\
+          > /etc/nginx/sites-enabled/trustboot
+      trustboot origin check https://boot.example.net/boot.ipxe --signer boot-signer
+    """
+
+
+@command.command("nginx-config")
+@click.option("--server-name", "server_names", multiple=True, required=True,
+              help="Host name(s) the certificate is for (repeatable).")
+@click.option("--root", type=click.Path(path_type=Path), default=Path("/srv/trustboot"),
+              show_default=True, help="Directory served (the WebDAV root).")
+@click.option("--cert", type=click.Path(path_type=Path), required=True,
+              help="Server certificate + issuing CA (PEM), from `trustboot ca issue server`.")
+@click.option("--key", type=click.Path(path_type=Path), required=True,
+              help="Its private key (PEM).")
+@click.option("--key-password-file", type=click.Path(path_type=Path),
+              help="File with the key's passphrase (nginx ssl_password_file).")
+@click.option("--client-ca", type=click.Path(path_type=Path), required=True,
+              help="CA chain (PEM) that writers' client certificates must chain to "
+                   "(the pki's chain.pem).")
+@click.option("--listen", multiple=True, default=("443",), show_default=True,
+              help="PORT, ADDR:PORT or [V6]:PORT (repeatable).")
+@click.option("--no-ipv6", is_flag=True, help="Do not add [::]:PORT for a bare port.")
+@click.option("--entry-path", default="boot.ipxe", show_default=True,
+              help="The entry script (served with Cache-Control: no-store).")
+@click.option("--body-temp-dir", type=click.Path(path_type=Path),
+              help="Upload temp directory; on the same file system as --root.")
+@click.option("--max-body-size", default="8g", show_default=True,
+              help="Largest object accepted (nginx client_max_body_size).")
+@click.option("--legacy-ipxe", is_flag=True,
+              help="Also offer RSA key exchange suites, for iPXE builds before ECDHE.")
+def nginx_config(server_names: tuple[str, ...], root: Path, cert: Path, key: Path,
+                 key_password_file: Path | None, client_ca: Path, listen: tuple[str, ...],
+                 no_ipv6: bool, entry_path: str, body_temp_dir: Path | None,
+                 max_body_size: str, legacy_ipxe: bool) -> None:
+    """Print a hardened nginx site: TLS for iPXE, anonymous GET, writes with a client cert."""
+    from trustboot.publish.nginx import NginxSite, render
+
+    site = NginxSite(server_names=server_names, root=root.absolute(),
+                     certificate=cert.absolute(), key=key.absolute(),
+                     key_password_file=key_password_file.absolute() if key_password_file
+                     else None, client_ca=client_ca.absolute(), listen=listen,
+                     entry_path=entry_path, ipv6=not no_ipv6,
+                     body_temp_dir=body_temp_dir.absolute() if body_temp_dir else None,
+                     max_body_size=max_body_size, legacy_ipxe=legacy_ipxe)
+    click.echo(render(site), nl=False)
+
+
+@command.command("check")
+@click.argument("url")
+@click.option("--pki", type=click.Path(path_type=Path, file_okay=False),
+              envvar="TRUSTBOOT_PKI", default=Path("pki"), show_default=True)
+@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="CA for the origin's TLS (default: the iPXE roots, as iPXE does).")
+@click.option("--trust", "trust", multiple=True, metavar="ROOT[,ROOT]",
+              help="Roots iPXE was built with (TRUST=); default: the pki's ca.crt.")
+@click.option("--cert", "certs", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Extra certificates built into iPXE with CERT=.")
+@click.option("--signer", metavar="NAME", help="As imgverify --signer.")
+@click.option("--warn-days", type=click.IntRange(0), default=30, show_default=True,
+              help="Warn when a certificate expires within this many days.")
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+@json_option
+def check(url: str, as_json: bool, **kw: Any) -> None:
+    """Fetch URL and URL.sig as iPXE would: TLS version, cipher, chain, iPXE's verdict.
+
+    Exit 0 if iPXE would boot it, 4 if not.
+    """
+    from trustboot.cli.publish import build_trust, utc_now
+    from trustboot.publish.check import check_origin
+
+    trust = build_trust(kw)
+    report = check_origin(url, trust=trust, ca_file=kw.get("ca_file"), now=utc_now(),
+                          warn_days=kw["warn_days"], timeout=kw["timeout"])
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        click.echo(f"{url}")
+        click.echo(f"  TLS:    {report.tls_version or '-'} {report.cipher or ''}")
+        for c in report.chain:
+            click.echo(f"  cert:   {c['subject']} (until {c['not_after'][:10]})")
+        if report.sha256:
+            click.echo(f"  entry:  {report.size} bytes, sha256 {report.sha256}")
+        for s in report.signers:
+            click.echo(f"  signer: {s['subject']}")
+        click.echo(f"  iPXE:   {'accepts' if report.ok else 'REFUSES'}")
+        for w in report.warnings:
+            warn(w)
+    if not report.ok:
+        raise VerificationError(
+            f"iPXE would not boot {url}: {report.tls_error or report.failure}",
+            hint="see the report above; `trustboot publish rollback` switches back",
+            rule="origin-check", subject=url)

@@ -1,0 +1,357 @@
+"""`trustboot publish`: put a signed release on an origin, prove what it serves, switch to it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from trustboot.cli._common import emit_json, is_interactive, json_option, passphrase_source, warn
+from trustboot.errors import ConfigError
+from trustboot.publish.origin import Origin, OriginOptions, load_credentials, open_origin
+from trustboot.publish.origin import unsafe_warnings as _unsafe_warnings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXAMPLES = """\b
+Examples:
+  # sign the boot files, then publish them as release 2026.11.25 and switch boot.ipxe
+  trustboot sign --key boot-signer --out out/ boot.ipxe vmlinuz initrd.img
+  cp boot.ipxe vmlinuz initrd.img out/
+  trustboot publish out/ https://boot.example.net/ --release-id 2026.11.25 \\
+      --entry boot.ipxe --client-cert publisher --signer boot-signer
+  # a directory served by any web server
+  trustboot publish out/ file:///srv/boot --release-id 2026.11.25 \\
+      --public-url https://boot.example.net/
+  # an S3-compatible store (credentials from the usual AWS chain)
+  trustboot publish out/ s3://boot/prod --endpoint-url https://rgw.example.net \\
+      --public-url https://boot.example.net/prod --release-id 2026.11.25
+  trustboot publish list https://boot.example.net/ --client-cert publisher
+  trustboot publish rollback https://boot.example.net/ 2026.11.24 --client-cert publisher
+  trustboot publish prune https://boot.example.net/ --keep 3 --client-cert publisher
+
+\b
+Exit codes: 0 published, 1 origin/network failure, 3 bad input, 4 the origin serves
+something iPXE would refuse (nothing was switched).
+"""
+
+
+def origin_options(func: F) -> F:
+    """Options every command that talks to an origin takes."""
+    opts = [
+        click.option("--pki", type=click.Path(path_type=Path, file_okay=False),
+                     envvar="TRUSTBOOT_PKI", default=Path("pki"), show_default=True,
+                     help="CA home: its ca.crt is the default TLS trust and iPXE root."),
+        click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False),
+                     help="CA certificate(s) trusted for the origin's TLS (default: the "
+                          "pki's ca.crt; never the system store)."),
+        click.option("--client-cert", "client_cert_name", metavar="NAME",
+                     help="TLS client certificate NAME from the pki (`ca issue client`)."),
+        click.option("--client-cert-file", type=click.Path(path_type=Path, dir_okay=False),
+                     help="TLS client certificate (PEM) outside the pki."),
+        click.option("--client-key-file", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Its private key (PEM, may be encrypted)."),
+        click.option("--client-key-passphrase-file", type=click.Path(path_type=Path,
+                                                                     dir_okay=False),
+                     help="Passphrase of the client key, first line of this file."),
+        click.option("--client-key-passphrase-env", metavar="NAME",
+                     help="Passphrase of the client key, from environment variable NAME."),
+        click.option("--credentials-file", type=click.Path(path_type=Path, dir_okay=False),
+                     help="HTTP credentials (user:password or bearer:TOKEN), a 0600 file."),
+        click.option("--credentials-env", metavar="NAME",
+                     help="HTTP credentials from environment variable NAME."),
+        click.option("--endpoint-url", metavar="URL", help="S3 endpoint (https://...)."),
+        click.option("--public-url", metavar="URL",
+                     help="HTTPS base URL clients fetch from (default for https:// origins: "
+                          "the origin URL)."),
+        click.option("--timeout", type=float, default=30.0, show_default=True,
+                     help="Seconds per network operation."),
+        click.option("--retries", type=click.IntRange(0, 20), default=4, show_default=True,
+                     help="Retries on connection errors and 5xx."),
+        click.option("--unsafe-http", is_flag=True,
+                     help="Allow plain http:// (warns on every run)."),
+        click.option("--unsafe-no-tls-verify", "unsafe_no_verify", is_flag=True,
+                     help="Do not verify the origin's TLS certificate (warns on every run)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def trust_options(func: F) -> F:
+    opts = [
+        click.option("--trust", "trust", multiple=True, metavar="ROOT[,ROOT]",
+                     help="Roots iPXE was built with (TRUST=); default: the pki's ca.crt."),
+        click.option("--cert", "certs", multiple=True,
+                     type=click.Path(path_type=Path, dir_okay=False),
+                     help="Extra certificates built into iPXE with CERT= (repeatable)."),
+        click.option("--signer", metavar="NAME",
+                     help="As imgverify --signer: the expected signer's name."),
+        click.option("--entry-path", default="boot.ipxe", show_default=True,
+                     help="The firmware's fixed entry object on the origin."),
+        click.option("--jobs", type=click.IntRange(1, 32), default=4, show_default=True,
+                     help="Parallel uploads and read-backs."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def build_options(kw: dict[str, Any]) -> OriginOptions:
+    pki: Path = kw["pki"]
+    ca_file = kw.get("ca_file")
+    if ca_file is None and (pki / "ca.crt").is_file():
+        ca_file = pki / "ca.crt"
+    cert = kw.get("client_cert_file")
+    key = kw.get("client_key_file")
+    if kw.get("client_cert_name"):
+        if cert or key:
+            raise ConfigError("give --client-cert NAME or --client-cert-file/--client-key-file")
+        name = kw["client_cert_name"]
+        if "/" in name or name.startswith("."):
+            raise ConfigError(f"--client-cert {name!r} is not a certificate name")
+        cert, key = pki / "issued" / f"{name}.crt", pki / "private" / f"{name}.key"
+        if not cert.is_file():
+            raise ConfigError(f"no client certificate {name} in {pki}",
+                              hint=f"trustboot ca issue client {name}")
+    if (cert is None) != (key is None):
+        raise ConfigError("--client-cert-file needs --client-key-file (and vice versa)")
+    passphrase = None
+    if key is not None and b"ENCRYPTED" in Path(key).read_bytes()[:200]:
+        source = passphrase_source(kw.get("client_key_passphrase_file"),
+                                   kw.get("client_key_passphrase_env"),
+                                   option="--client-key-passphrase")
+        passphrase = source(f"client key {key}")
+    credentials = load_credentials(file=kw.get("credentials_file"), env=kw.get("credentials_env"))
+    options = OriginOptions(
+        ca_file=ca_file, client_cert=cert, client_key=key, client_key_passphrase=passphrase,
+        credentials=credentials, endpoint_url=kw.get("endpoint_url"),
+        public_url=kw.get("public_url"), unsafe_http=kw["unsafe_http"],
+        unsafe_no_verify=kw["unsafe_no_verify"], timeout=kw["timeout"], retries=kw["retries"])
+    for message in _unsafe_warnings(options):
+        warn(message)
+    return options
+
+
+def build_trust(kw: dict[str, Any]) -> Any:
+    from trustboot.cli.verify import load_trust
+    from trustboot.keys.signer import load_certificates
+    from trustboot.publish.readback import Trust
+
+    anchors = load_trust(kw["trust"], kw["pki"])
+    extra = tuple(c.public_bytes(Encoding.DER) for p in kw["certs"]
+                  for c in load_certificates(p, "--cert file"))
+    return Trust(tuple(anchors), extra, kw.get("signer"))
+
+
+def open_cli_origin(url: str, kw: dict[str, Any]) -> tuple[Origin, OriginOptions]:
+    options = build_options(kw)
+    return open_origin(url, options), options
+
+
+class BarProgress:
+    """Progress bars on stderr (TTY only), safe to call from upload threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bar: Any = None
+
+    def phase(self, name: str, total_bytes: int) -> None:
+        with self._lock:
+            self._close()
+            if total_bytes > 0:
+                self._bar = click.progressbar(length=total_bytes, label=f"{name:9}",
+                                              file=sys.stderr)
+                self._bar.__enter__()
+
+    def advance(self, nbytes: int) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.update(nbytes)
+
+    def item(self, key: str, action: str) -> None:
+        pass
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
+def _progress(as_json: bool) -> BarProgress | None:
+    return BarProgress() if not as_json and is_interactive() else None
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+class PublishGroup(click.Group):
+    """`trustboot publish DIR ORIGIN ...` with list/rollback/prune beside it."""
+
+    default = "release"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        cmd = self.commands[self.default]
+        sub = click.Context(cmd, info_name=ctx.info_name, parent=ctx.parent)
+        cmd.format_usage(sub, formatter)
+        cmd.format_help_text(sub, formatter)
+        cmd.format_options(sub, formatter)
+        self.format_commands(ctx, formatter)
+        cmd.format_epilog(sub, formatter)
+
+
+@click.group("publish", cls=PublishGroup)
+def command() -> None:
+    """Publish a signed release to an origin."""
+
+
+@command.command("release", hidden=True, epilog=EXAMPLES)
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("origin_url", metavar="ORIGIN")
+@click.option("--release-id", required=True, help="Release id ([A-Za-z0-9][A-Za-z0-9._-]*).")
+@click.option("--entry", default=None,
+              help="The release's entry script, switched to --entry-path "
+                   "(default: boot.ipxe if the release has one).")
+@click.option("--no-switch", is_flag=True, help="Upload and verify only; leave the entry.")
+@trust_options
+@origin_options
+@json_option
+def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | None,
+                no_switch: bool, as_json: bool, **kw: Any) -> None:
+    """Upload DIR (signed files and their .sig) to ORIGIN as releases/ID/, read every object
+    back over HTTPS as iPXE would and verify it, then switch the entry script.
+
+    ORIGIN is file:///DIR, https://HOST/PATH/ (WebDAV) or s3://BUCKET/PREFIX. Nothing is
+    switched unless every served object verifies; a run that was interrupted resumes.
+    """
+    from trustboot.publish.manifest import check_release_id
+    from trustboot.publish.pipeline import publish_release, scan_directory
+
+    check_release_id(release_id)
+    trust = build_trust(kw)
+    objects = scan_directory(directory)
+    keys = {o.key for o in objects}
+    if entry is None and "boot.ipxe" in keys:
+        entry = "boot.ipxe"
+    origin, options = open_cli_origin(origin_url, kw)
+    bars = _progress(as_json)
+    try:
+        with origin:
+            result = publish_release(origin, release_id, objects, entry=entry,
+                                     entry_path=kw["entry_path"], trust=trust, now=utc_now(),
+                                     jobs=kw["jobs"], switch=not no_switch, progress=bars,
+                                     options=options)
+    finally:
+        if bars:
+            bars.close()
+    if as_json:
+        emit_json(result.to_json())
+        return
+    click.echo(f"release {release_id} on {result.origin}: uploaded {len(result.uploaded)} "
+               f"object(s) ({_mib(result.bytes_uploaded)}), {len(result.skipped)} already "
+               "there")
+    click.echo(f"verified {len(result.verified)} object(s) as served "
+               f"({'over HTTPS as iPXE' if result.readback == 'https' else 'from the backend'})")
+    if result.switched:
+        was = f" (was {result.previous_live})" if result.previous_live else ""
+        click.echo(f"switched {result.entry_path} to {release_id}{was}; verified after the "
+                   "switch")
+    elif entry is None:
+        click.echo("no entry script: nothing switched")
+
+
+@command.command("list")
+@click.argument("origin_url", metavar="ORIGIN")
+@click.option("--entry-path", default="boot.ipxe", show_default=True)
+@origin_options
+@json_option
+def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None:
+    """Releases on ORIGIN with date, signer, expiry, and which one is live."""
+    from trustboot.publish.pipeline import list_releases
+
+    origin, _ = open_cli_origin(origin_url, kw)
+    with origin:
+        infos = list_releases(origin, entry_path=entry_path)
+    if as_json:
+        emit_json([i.to_json() for i in infos])
+        return
+    if not infos:
+        click.echo(f"no releases on {origin.url}")
+    for i in infos:
+        mark = "*" if i.live else " "
+        created = i.created.strftime("%Y-%m-%d %H:%M") if i.created else "?"
+        expiry = i.expiry.strftime("%Y-%m-%d") if i.expiry else "-"
+        state = "" if i.complete else "  INCOMPLETE"
+        if i.problem:
+            state = f"  UNREADABLE: {i.problem}"
+        click.echo(f"{mark} {i.id:24} {created}  {i.files:3} files  signer "
+                   f"{i.signer or '-'}  expires {expiry}{state}")
+
+
+@command.command("rollback")
+@click.argument("origin_url", metavar="ORIGIN")
+@click.argument("release_id", metavar="RELEASE")
+@trust_options
+@origin_options
+@json_option
+def rollback_cmd(origin_url: str, release_id: str, as_json: bool, **kw: Any) -> None:
+    """Switch the entry back to RELEASE, after verifying it as served (like a publish)."""
+    from trustboot.publish.pipeline import rollback
+
+    trust = build_trust(kw)
+    origin, options = open_cli_origin(origin_url, kw)
+    bars = _progress(as_json)
+    try:
+        with origin:
+            result = rollback(origin, release_id, entry_path=kw["entry_path"], trust=trust,
+                              now=utc_now(), jobs=kw["jobs"], progress=bars, options=options)
+    finally:
+        if bars:
+            bars.close()
+    if as_json:
+        emit_json(result.to_json())
+        return
+    was = f" (was {result.previous_live})" if result.previous_live else ""
+    click.echo(f"verified {len(result.verified)} object(s); switched {result.entry_path} to "
+               f"{release_id}{was}")
+
+
+@command.command("prune")
+@click.argument("origin_url", metavar="ORIGIN")
+@click.option("--keep", type=click.IntRange(1), required=True,
+              help="Keep this many newest releases (the live one is always kept).")
+@click.option("--entry-path", default="boot.ipxe", show_default=True)
+@origin_options
+@json_option
+def prune_cmd(origin_url: str, keep: int, entry_path: str, as_json: bool, **kw: Any) -> None:
+    """Delete old releases from ORIGIN, never the live one."""
+    from trustboot.publish.pipeline import prune
+
+    origin, _ = open_cli_origin(origin_url, kw)
+    with origin:
+        deleted = prune(origin, keep=keep, entry_path=entry_path)
+    if as_json:
+        emit_json({"deleted": deleted})
+        return
+    click.echo(f"deleted {len(deleted)} release(s)" + (f": {', '.join(deleted)}"
+                                                        if deleted else ""))
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

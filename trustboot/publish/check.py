@@ -1,0 +1,120 @@
+"""``trustboot origin check URL``: what an iPXE client gets from this entry URL.
+
+A TLS 1.2 handshake with iPXE's cipher suites and trust (version, cipher, the chain the
+server sends), then the entry script and its .sig fetched and judged with iPXE's rules, and
+a warning for every certificate (TLS chain or signing chain) that expires soon.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import socket
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+
+from trustboot.errors import ConfigError, TrustbootError
+from trustboot.publish.http import tls_context
+from trustboot.publish.readback import Reader, Trust
+
+MAX_ENTRY = 16 << 20
+
+
+@dataclass
+class CheckReport:
+    url: str
+    sig_url: str
+    tls_version: str | None = None
+    cipher: str | None = None
+    chain: list[dict[str, str]] = field(default_factory=list)
+    tls_error: str | None = None
+    ipxe_ok: bool = False
+    failure: str | None = None
+    signers: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    size: int | None = None
+    sha256: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.tls_error is None and self.ipxe_ok
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "sig_url": self.sig_url, "tls_version": self.tls_version,
+                "cipher": self.cipher, "chain": self.chain, "tls_error": self.tls_error,
+                "ipxe_accepts": self.ipxe_ok, "failure": self.failure,
+                "signers": self.signers, "warnings": self.warnings, "size": self.size,
+                "sha256": self.sha256, "ok": self.ok}
+
+
+def _peer_chain(tls: ssl.SSLSocket) -> list[bytes]:
+    obj = getattr(tls, "_sslobj", None)
+    for name in ("get_verified_chain", "get_unverified_chain"):
+        getter = getattr(tls, name, None) or getattr(obj, name, None)
+        if getter is not None:
+            chain = getter() or []
+            return [c if isinstance(c, bytes) else
+                    c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+                    for c in chain]
+    der = tls.getpeercert(binary_form=True)
+    return [der] if der else []
+
+
+def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.datetime,
+                 warn_days: int = 30, timeout: float = 10.0) -> CheckReport:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"{url!r} is not an https:// URL",
+                          hint="iPXE fetches its entry script over https://")
+    report = CheckReport(url=url, sig_url=url + ".sig")
+    ca_pem = None if ca_file else trust.ca_pem()
+    ctx = tls_context(ca_file=ca_file, ca_pem=ca_pem, ipxe_tls=True)
+    host, port = parts.hostname, parts.port or 443
+    soon = now + dt.timedelta(days=warn_days)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                ctx.wrap_socket(raw, server_hostname=host) as tls:
+            report.tls_version = tls.version()
+            cipher = tls.cipher()
+            report.cipher = cipher[0] if cipher else None
+            chain = _peer_chain(tls)
+    except ssl.SSLCertVerificationError as exc:
+        report.tls_error = f"certificate does not verify: {exc.verify_message}"
+        chain = []
+    except (OSError, ssl.SSLError) as exc:
+        report.tls_error = f"TLS 1.2 handshake with iPXE's cipher suites failed: {exc}"
+        chain = []
+    for der in chain:
+        cert = x509.load_der_x509_certificate(der)
+        not_after = cert.not_valid_after_utc
+        report.chain.append({"subject": cert.subject.rfc4514_string(),
+                             "issuer": cert.issuer.rfc4514_string(),
+                             "not_after": not_after.isoformat(),
+                             "sha256": hashlib.sha256(der).hexdigest()})
+        if not_after < soon:
+            report.warnings.append(f"TLS certificate {cert.subject.rfc4514_string()} expires "
+                                   f"{not_after:%Y-%m-%d} (within {warn_days} days)")
+    if report.tls_error:
+        return report
+    try:
+        with Reader(ca_file=ca_file, ca_pem=ca_pem, timeout=timeout, retries=1) as reader:
+            served, verdict = reader.verify_pair(url, report.sig_url, trust=trust, now=now,
+                                                 max_size=MAX_ENTRY)
+    except TrustbootError as exc:
+        report.failure = exc.message
+        return report
+    report.size, report.sha256 = served.size, served.sha256
+    report.ipxe_ok = verdict.ok
+    report.failure = verdict.failure.message if verdict.failure else None
+    report.signers = [s.to_json() for s in verdict.signers]
+    for s in verdict.signers:
+        if s.chain_not_after < soon:
+            report.warnings.append(f"the signature by {s.common_name} stops verifying on "
+                                   f"{s.chain_not_after:%Y-%m-%d} (its chain expires)")
+    report.warnings.extend(w.message for w in verdict.warnings)
+    return report

@@ -1,0 +1,404 @@
+"""``file:///dir``: a directory that any web server serves.
+
+Every key is resolved one segment at a time from a descriptor of the root with
+``O_NOFOLLOW``, so a symlink planted anywhere in the tree (``releases -> /etc``) makes the
+operation fail instead of leaving the directory. Objects are written to a temp file in their
+final directory, fsync'ed and renamed over the key: a web server reading at the same time
+sees the old object or the complete new one. Modes are explicit (0644 files, 0755 dirs),
+never the umask's.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import secrets
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from trustboot.errors import ConfigError, OperationalError
+from trustboot.publish.origin import (
+    ObjectStat,
+    OriginOptions,
+    check_key,
+    check_prefix,
+    key_problem,
+)
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+CHUNK = 1 << 20
+LOCK_NAME = ".trustboot-publish.lock"
+TMP_PREFIX = ".tb-tmp."
+LOCK_STALE_AFTER = 6 * 3600.0  # a lock older than this with no live owner we can check
+
+
+def lock_record(owner: str) -> dict[str, object]:
+    return {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
+            "time": time.time()}
+
+
+def lock_is_stale(record: object, *, now: float, stale_after: float) -> bool:
+    """A lock left by a dead process on this host, or older than ``stale_after``."""
+    if not isinstance(record, dict):
+        return True  # unreadable: a crash between create and write
+    when = record.get("time")
+    if isinstance(when, int | float) and now - when > stale_after:
+        return True
+    pid = record.get("pid")
+    if record.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False
+
+
+def describe_lock(record: object) -> str:
+    if not isinstance(record, dict):
+        return "an unknown process"
+    when = record.get("time")
+    age = f", {int(time.time() - when)} s ago" if isinstance(when, int | float) else ""
+    return (f"{record.get('owner', '?')!s} (pid {record.get('pid', '?')!s} on "
+            f"{record.get('host', '?')!s}{age})")
+
+
+class FileOrigin:
+    """An origin in a local directory (``file:///srv/boot``)."""
+
+    def __init__(self, url: str, options: OriginOptions) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost") or parts.query \
+                or parts.fragment:
+            raise ConfigError(f"origin {url!r} is not a file:///ABSOLUTE/DIR URL")
+        path = unquote(parts.path)
+        if not path.startswith("/") or "\x00" in path:
+            raise ConfigError(f"origin {url!r} needs an absolute path: file:///srv/boot")
+        self.root = Path(path)
+        self.url = "file://" + str(self.root).rstrip("/") + "/"
+        self.options = options
+        self._root_fd: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+    def __enter__(self) -> FileOrigin:
+        try:
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise OperationalError(f"cannot open origin directory {self.root}: "
+                                   f"{exc.strerror or exc}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
+
+    def _root(self) -> int:
+        if self._root_fd is None:
+            raise RuntimeError("use the origin as a context manager")
+        return self._root_fd
+
+    def _fail(self, key: str, action: str, exc: OSError) -> OperationalError:
+        if exc.errno == errno.ELOOP or exc.errno == errno.ENOTDIR:
+            return OperationalError(
+                f"{self.url}{key}: {action} refused: a path segment is a symbolic link or "
+                "not a directory", hint=f"remove links planted under {self.root}")
+        hint = None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = f"free space on the file system of {self.root}, then run again (resumes)"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = f"make {self.root} writable for this user"
+        return OperationalError(f"{self.url}{key}: {action} failed: {exc.strerror or exc}",
+                                hint=hint)
+
+    def _dir(self, parts: list[str], *, create: bool) -> int:
+        """A descriptor of the directory ``parts`` under the root, never through a link."""
+        fd = os.dup(self._root())
+        try:
+            for seg in parts:
+                if create:
+                    try:
+                        os.mkdir(seg, DIR_MODE, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    else:
+                        os.chmod(seg, DIR_MODE, dir_fd=fd, follow_symlinks=False)
+                nfd = os.open(seg, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _split(self, key: str) -> tuple[list[str], str]:
+        parts = check_key(key).split("/")
+        return parts[:-1], parts[-1]
+
+    def _open_read(self, key: str) -> int:
+        dirs, name = self._split(key)
+        dfd = self._dir(dirs, create=False)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fd
+
+    # -- objects --------------------------------------------------------------------
+    def stat(self, key: str) -> ObjectStat | None:
+        try:
+            fd = self._open_read(key)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._fail(key, "stat", exc) from None
+        try:
+            return ObjectStat(size=os.fstat(fd).st_size, sha256=None)
+        finally:
+            os.close(fd)
+
+    def _write(self, key: str, chunks: Iterator[bytes], *, sha256: str | None,
+               progress: Callable[[int], None] | None = None) -> None:
+        dirs, name = self._split(key)
+        try:
+            dfd = self._dir(dirs, create=True)
+        except OSError as exc:
+            raise self._fail(key, "creating its directory", exc) from None
+        tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}.{name}"[:255]
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         FILE_MODE, dir_fd=dfd)
+            try:
+                os.fchmod(fd, FILE_MODE)
+                digest = hashlib.sha256()
+                for chunk in chunks:
+                    digest.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    if progress:
+                        progress(len(chunk))
+                if sha256 is not None and digest.hexdigest() != sha256:
+                    raise OperationalError(
+                        f"{key}: the local file changed while it was uploaded (sha256 "
+                        f"{digest.hexdigest()} instead of {sha256})",
+                        hint="do not modify the release directory during a publish")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            os.fsync(dfd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise self._fail(key, "writing", exc) from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        finally:
+            os.close(dfd)
+
+    def put_file(self, key: str, path: Path, *, size: int, sha256: str,
+                 progress: Callable[[int], None] | None = None) -> None:
+        try:
+            fh = open(path, "rb")
+        except OSError as exc:
+            raise OperationalError(f"cannot read {path}: {exc.strerror or exc}") from None
+        with fh:
+            self._write(key, iter(lambda: fh.read(CHUNK), b""), sha256=sha256,
+                        progress=progress)
+
+    def put_bytes(self, key: str, data: bytes, *, sha256: str) -> None:
+        self._write(key, iter([data]), sha256=sha256)
+
+    def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
+        try:
+            fd = self._open_read(key)
+        except FileNotFoundError:
+            raise OperationalError(f"{self.url}{key} does not exist on the origin") from None
+        except OSError as exc:
+            raise self._fail(key, "reading", exc) from None
+        return self._chunks(fd, key, max_size)
+
+    def _chunks(self, fd: int, key: str, max_size: int) -> Iterator[bytes]:
+        total = 0
+        try:
+            while True:
+                chunk = os.read(fd, CHUNK)
+                if not chunk:
+                    return
+                total += len(chunk)
+                if total > max_size:
+                    raise OperationalError(f"{self.url}{key} is larger than {max_size} bytes")
+                yield chunk
+        finally:
+            os.close(fd)
+
+    def list(self, prefix: str) -> list[str]:
+        check_prefix(prefix)
+        base = prefix.rstrip("/")
+        parts = base.split("/") if base else []
+        out: list[str] = []
+        try:
+            dfd = self._dir(parts, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise self._fail(prefix, "listing", exc) from None
+        try:
+            self._walk(dfd, base, out)
+        finally:
+            os.close(dfd)
+        return sorted(out)
+
+    def _walk(self, dfd: int, base: str, out: builtins.list[str]) -> None:
+        with os.scandir(dfd) as it:
+            entries = list(it)
+        for entry in entries:
+            if entry.name.startswith(TMP_PREFIX) or entry.name == LOCK_NAME:
+                continue
+            key = f"{base}/{entry.name}" if base else entry.name
+            if key_problem(key):
+                continue  # not something we wrote; never hand it on
+            if entry.is_dir(follow_symlinks=False):
+                sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                              dir_fd=dfd)
+                try:
+                    self._walk(sub, key, out)
+                finally:
+                    os.close(sub)
+            elif entry.is_file(follow_symlinks=False):
+                out.append(key)
+
+    def delete(self, key: str) -> None:
+        dirs, name = self._split(key)
+        try:
+            dfd = self._dir(dirs, create=False)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._fail(key, "deleting", exc) from None
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dfd)
+        except OSError as exc:
+            raise self._fail(key, "deleting", exc) from None
+        finally:
+            os.close(dfd)
+        # drop directories the deletion emptied (a pruned release leaves nothing behind)
+        while dirs:
+            parent = self._dir(dirs[:-1], create=False)
+            try:
+                os.rmdir(dirs[-1], dir_fd=parent)
+            except OSError:
+                break
+            finally:
+                os.close(parent)
+            dirs = dirs[:-1]
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        # the source descriptor stays on the inode it opened: a consistent copy even if
+        # src_key is replaced meanwhile
+        self._write(dst_key, self.read(src_key, max_size=1 << 40), sha256=None)
+
+    # -- lock -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER) -> Iterator[None]:
+        root = self._root()
+        record = json.dumps(lock_record(owner)).encode()
+        for _attempt in range(3):
+            try:
+                fd = os.open(LOCK_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             FILE_MODE, dir_fd=root)
+            except FileExistsError:
+                held = self._read_lock()
+                if held is not None and not lock_is_stale(held, now=time.time(),
+                                                          stale_after=stale_after):
+                    raise OperationalError(
+                        f"origin {self.url} is locked by {describe_lock(held)}",
+                        hint="another publish is running; wait for it, or remove "
+                             f"{self.root / LOCK_NAME} if that process is gone") from None
+                self._break_lock(held)
+                continue
+            except OSError as exc:
+                raise self._fail(LOCK_NAME, "locking", exc) from None
+            try:
+                os.fchmod(fd, FILE_MODE)
+                os.write(fd, record)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            break
+        else:
+            raise OperationalError(f"could not take the lock on {self.url}",
+                                   hint="another publish keeps taking it; retry later")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                if self._read_lock() == json.loads(record):
+                    os.unlink(LOCK_NAME, dir_fd=root)
+
+    def _read_lock(self) -> object:
+        try:
+            fd = os.open(LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._root())
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return "unreadable"
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        try:
+            return json.loads(data)
+        except ValueError:
+            return "unreadable"
+
+    def _break_lock(self, seen: object) -> None:
+        """Move a stale lock aside, then make sure it is the one we judged stale."""
+        aside = f"{TMP_PREFIX}{secrets.token_hex(8)}.stale-lock"
+        root = self._root()
+        try:
+            os.rename(LOCK_NAME, aside, src_dir_fd=root, dst_dir_fd=root)
+        except FileNotFoundError:
+            return
+        fd = os.open(aside, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=root)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        try:
+            moved: object = json.loads(data)
+        except ValueError:
+            moved = "unreadable"
+        if moved != seen and not lock_is_stale(moved, now=time.time(),
+                                               stale_after=LOCK_STALE_AFTER):
+            # someone else's fresh lock: put it back unless a new one appeared meanwhile
+            with contextlib.suppress(OSError):
+                os.link(aside, LOCK_NAME, src_dir_fd=root, dst_dir_fd=root)
+        os.unlink(aside, dir_fd=root)
+
+    def public_url(self, key: str) -> str | None:
+        base = self.options.public_url
+        if not base:
+            return None
+        return base.rstrip("/") + "/" + check_key(key)
+
+    def __repr__(self) -> str:
+        return f"FileOrigin({self.url!r})"

@@ -1,0 +1,151 @@
+"""HTTPS plumbing shared by the WebDAV origin, the read-back and ``origin check``.
+
+* TLS trusts only what it is given (the private CA), never the system store; turning
+  verification off needs ``unsafe_no_verify``.
+* ``ipxe_tls=True`` narrows the client to what iPXE speaks (TLS 1.2, the AES-GCM/CBC suites
+  it implements), so a read-back that succeeds is one iPXE can repeat.
+* ``with_retries`` retries connection errors and 5xx with exponential backoff and ends in
+  one OperationalError naming the URL; certificate failures are never retried.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from trustboot.errors import ConfigError, OperationalError, VerificationError
+
+# The cipher suites iPXE implements (src/crypto/mishmash/*: ECDHE/DHE/RSA with AES-CBC and
+# AES-GCM; TLS 1.2 at most), in OpenSSL names, forward-secret and AEAD first.
+IPXE_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-AES128-SHA256", "ECDHE-RSA-AES128-SHA256",
+    "ECDHE-ECDSA-AES256-SHA384", "ECDHE-RSA-AES256-SHA384",
+    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384",
+)
+# Older iPXE builds (before ECDHE support) only offer plain RSA key exchange.
+IPXE_LEGACY_CIPHERS = ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "AES128-SHA256",
+                       "AES256-SHA256")
+USER_AGENT = "trustboot-publish (iPXE-compatible read-back)"
+
+T = TypeVar("T")
+
+
+def tls_context(*, ca_file: Path | None = None, ca_pem: bytes | None = None,
+                client_cert: Path | None = None, client_key: Path | None = None,
+                client_key_passphrase: bytes | None = None,
+                unsafe_no_verify: bool = False, ipxe_tls: bool = False) -> ssl.SSLContext:
+    """A client context trusting exactly ``ca_file``/``ca_pem``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ipxe_tls:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(":".join(IPXE_CIPHERS + IPXE_LEGACY_CIPHERS))
+    if unsafe_no_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        if ca_file is None and ca_pem is None:
+            raise ConfigError("no CA to verify the origin's TLS certificate with",
+                              hint="pass --ca-file or --pki (its ca.crt is trusted)")
+        try:
+            if ca_file is not None:
+                ctx.load_verify_locations(cafile=str(ca_file))
+            if ca_pem is not None:
+                ctx.load_verify_locations(cadata=ca_pem.decode("ascii"))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"cannot load the origin CA {ca_file or '(trust roots)'}: "
+                              f"{exc}", hint="pass a PEM CA certificate with --ca-file") from None
+    if client_cert is not None:
+        try:
+            ctx.load_cert_chain(str(client_cert), str(client_key) if client_key else None,
+                                password=client_key_passphrase)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the client certificate {client_cert}: {exc}",
+                              hint="pass the PEM certificate and its key (and the key's "
+                                   "passphrase) from `trustboot ca issue client`") from None
+    return ctx
+
+
+def _tls_failure(url: str, exc: BaseException) -> VerificationError | None:
+    """A certificate problem buried in an httpx error, as a VerificationError."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return VerificationError(
+                f"the TLS certificate of {url} does not verify: {cause.verify_message}",
+                hint="the origin must present a server certificate from your CA for this "
+                     "host name (`trustboot ca issue server`), and --ca-file must be that CA",
+                rule="origin-tls", subject=url)
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return VerificationError(f"the TLS certificate of {url} does not verify: {text}",
+                                 hint="check --ca-file and the origin's certificate",
+                                 rule="origin-tls", subject=url)
+    return None
+
+
+class RetryableStatus(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def with_retries(fn: Callable[[], T], *, url: str, what: str, retries: int,
+                 backoff: float = 0.25, sleep: Callable[[float], None] = time.sleep,
+                 retry_status: Sequence[int] = (500, 502, 503, 504, 507)) -> T:
+    """``fn()``, retried on connection errors and 5xx; then a clear OperationalError."""
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except RetryableStatus as exc:
+            status = exc.response.status_code
+            if status not in retry_status or attempt >= retries:
+                raise OperationalError(
+                    f"{what} {url}: the origin answered HTTP {status} "
+                    f"{exc.response.reason_phrase} (after {attempt + 1} attempt(s))",
+                    hint="507 means the origin's disk is full" if status == 507 else
+                    "check the origin's error log; the run can simply be repeated (it resumes)",
+                ) from None
+            last = f"HTTP {status}"
+        except httpx.TransportError as exc:
+            tls = _tls_failure(url, exc)
+            if tls is not None:
+                raise tls from None
+            if attempt >= retries:
+                raise OperationalError(
+                    f"{what} {url} failed after {attempt + 1} attempt(s): "
+                    f"{type(exc).__name__}: {exc}",
+                    hint="check that the origin is up and reachable; the run resumes") from None
+            last = type(exc).__name__
+        attempt += 1
+        delay = backoff * (2 ** (attempt - 1)) * (0.5 + random.random())  # noqa: S311 - jitter
+        _ = last
+        sleep(min(delay, 10.0))
+
+
+def status_error(response: httpx.Response, what: str, url: str) -> OperationalError:
+    """A non-retryable HTTP error, explained."""
+    code = response.status_code
+    hints = {
+        401: "the origin wants credentials: --credentials-file/--credentials-env or a "
+             "client certificate (--client-cert)",
+        403: "the origin refused: writes need a client certificate from your CA "
+             "(--client-cert) or credentials allowed to write",
+        404: "the path does not exist on the origin (a missing collection?): check the "
+             "origin URL",
+        409: "a parent collection is missing on the origin",
+        413: "the origin refuses objects this large (nginx client_max_body_size)",
+        507: "the origin's disk is full",
+    }
+    return OperationalError(f"{what} {url}: HTTP {code} {response.reason_phrase}",
+                            hint=hints.get(code, "check the origin's error log"))

@@ -1,0 +1,650 @@
+"""Publish a release to an origin, prove what it serves, then switch the entry to it.
+
+Layout on the origin::
+
+    releases/<id>/release.json      the manifest: the release id's claim (written first)
+    releases/<id>/<key>, <key>.sig  immutable objects
+    <entry_path>, <entry_path>.sig  the firmware's fixed entry URL, switched last
+
+Order of a publish, and why:
+
+1. Every local signature is judged with iPXE's rules before anything is uploaded.
+2. Under the origin's lock, ``release.json`` is written first. It claims the id: an id whose
+   manifest lists other content is refused, and an object found at its key under a claimed
+   id can only have been written (atomically, whole) by a run publishing that same content.
+   That is how a resumed run skips objects whose size matches on backends that store no
+   digest (file://, WebDAV): no digest sidecars, one source of truth. Backends that do store
+   a sha256 (S3 metadata) are compared on it as well. Tampering on the origin is caught by
+   step 4, which hashes everything anyway.
+3. Missing or different objects are uploaded in parallel (atomic per object).
+4. Every object is read back through its public HTTPS URL as iPXE would, its size and
+   sha256 compared, and every .sig judged on the served bytes. Any problem: no switch,
+   exit 4, the entry untouched.
+5. Switch: ``<entry>.sig`` is copied to ``<entry_path>.sig``, then ``<entry>`` to
+   ``<entry_path>``, each an atomic replace. A client fetching in between gets the old
+   script with the new signature: imgverify fails (the digest does not match), the script
+   is never run, and the firmware's retry gets the consistent pair. Then the entry pair is
+   fetched and verified again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import socket
+import stat
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from trustboot.cms.verify import MAX_SIGNATURE_SIZE, Verdict
+from trustboot.errors import ConfigError, OperationalError, TrustbootError, VerificationError
+from trustboot.publish.manifest import (
+    MANIFEST_NAME,
+    ManifestFile,
+    ReleaseManifest,
+    SignerSummary,
+    check_release_id,
+    parse_manifest,
+    release_id_problem,
+    release_prefix,
+)
+from trustboot.publish.origin import Origin, OriginOptions, check_key
+from trustboot.publish.readback import (
+    NotServed,
+    Reader,
+    Served,
+    Trust,
+    hash_chunks,
+    judge,
+    signature_hashes,
+)
+
+__all__ = ["LocalObject", "PublishProgress", "PublishResult", "ReleaseInfo", "Trust",
+           "list_releases", "prune", "publish_release", "rollback", "scan_directory"]
+
+MAX_OBJECT_SIZE = 64 << 30
+MAX_ENTRY_SIZE = 16 << 20
+MAX_LOCAL_FILES = 10_000
+
+
+@dataclass(frozen=True)
+class LocalObject:
+    key: str
+    path: Path
+    size: int
+    sha256: str
+
+
+class PublishProgress(Protocol):
+    def phase(self, name: str, total_bytes: int) -> None: ...  # "upload", "readback", ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def item(self, key: str, action: str) -> None: ...  # "uploaded", "skipped", "verified"
+
+
+@dataclass
+class PublishResult:
+    release: str
+    origin: str
+    entry: str | None
+    entry_path: str | None
+    switched: bool = False
+    uploaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    verified: list[str] = field(default_factory=list)
+    readback: str = "https"  # "https" (public URL, as iPXE) or "backend" (no public URL)
+    previous_live: str | None = None
+    signer: dict[str, Any] | None = None
+    bytes_uploaded: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "release": self.release, "origin": self.origin, "entry": self.entry,
+            "entry_path": self.entry_path, "switched": self.switched,
+            "uploaded": self.uploaded, "skipped": self.skipped, "verified": self.verified,
+            "readback": self.readback, "previous_live": self.previous_live,
+            "signer": self.signer, "bytes_uploaded": self.bytes_uploaded,
+        }
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    id: str
+    created: dt.datetime | None
+    signer: str | None
+    expiry: dt.datetime | None
+    live: bool
+    complete: bool
+    files: int
+    problem: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "created": self.created.isoformat() if self.created else None,
+                "signer": self.signer,
+                "expiry": self.expiry.isoformat() if self.expiry else None,
+                "live": self.live, "complete": self.complete, "files": self.files,
+                "problem": self.problem}
+
+
+# -- local side -----------------------------------------------------------------------
+
+def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = None
+                   ) -> list[LocalObject]:
+    """Every regular file under ``directory`` as a LocalObject (hashed).
+
+    Symlinks, devices and FIFOs are refused (a release is files), keys must pass
+    check_key, and every file that is not a .sig needs its .sig beside it.
+    """
+    root = Path(directory)
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        raise ConfigError(f"cannot read release directory {root}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{root} is not a directory", hint="pass the output directory "
+                                                             "of `trustboot sign`")
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        for name in dirnames:
+            if (base / name).is_symlink():
+                raise ConfigError(f"{base / name} is a symbolic link; a release directory "
+                                  "holds regular files only", hint="copy the file in instead")
+        for name in filenames:
+            path = base / name
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISREG(mode):
+                raise ConfigError(f"{path} is not a regular file (link, device or FIFO)",
+                                  hint="a release directory holds regular files only")
+            found.append((path.relative_to(root).as_posix(), path))
+            if len(found) > MAX_LOCAL_FILES:
+                raise ConfigError(f"{root} holds more than {MAX_LOCAL_FILES} files")
+    if not found:
+        raise ConfigError(f"release directory {root} is empty",
+                          hint="sign the boot files first: trustboot sign FILES --out DIR")
+    from trustboot.cms.sign import hash_file
+
+    objects = []
+    for key, path in sorted(found):
+        check_key(key)
+        digests, size = hash_file(path, ["sha256"], progress)
+        objects.append(LocalObject(key, path, size, digests["sha256"].hex()))
+    check_signed(objects)
+    return objects
+
+
+def check_signed(objects: Sequence[LocalObject]) -> None:
+    keys = {o.key for o in objects}
+    if len(keys) != len(objects):
+        raise ConfigError("the release names an object twice")
+    missing = sorted(o.key for o in objects if not o.key.endswith(".sig")
+                     and o.key != MANIFEST_NAME and o.key + ".sig" not in keys)
+    if missing:
+        raise ConfigError(
+            f"no signature for {', '.join(missing)}: every file of a release needs its .sig",
+            hint="sign them: trustboot sign FILE... (iPXE refuses unsigned images)")
+    orphans = sorted(o.key for o in objects if o.key.endswith(".sig")
+                     and o.key[:-4] not in keys)
+    if orphans:
+        raise ConfigError(f"signature(s) {', '.join(orphans)} without the file they sign",
+                          hint="remove them or add the signed file")
+
+
+def _local_verify(objects: Sequence[LocalObject], trust: Trust, now: dt.datetime
+                  ) -> dict[str, Verdict]:
+    """Judge every local signature before anything is uploaded (fail fast, exit 4)."""
+    from trustboot.cms.sign import hash_file
+
+    by_key = {o.key: o for o in objects}
+    verdicts: dict[str, Verdict] = {}
+    failures = []
+    for obj in objects:
+        sig = by_key.get(obj.key + ".sig")
+        if obj.key.endswith(".sig") or sig is None:
+            continue
+        signature = _read_small(sig.path, MAX_SIGNATURE_SIZE)
+        names = sorted(signature_hashes(signature))
+        digests, _ = hash_file(obj.path, names) if names != ["sha256"] else (
+            {"sha256": bytes.fromhex(obj.sha256)}, obj.size)
+        verdict = judge(signature, digests, trust, now)
+        verdicts[obj.key] = verdict
+        if not verdict.ok:
+            assert verdict.failure is not None
+            failures.append(f"{obj.key}: {verdict.failure.message}")
+    if failures:
+        raise VerificationError(
+            "iPXE would refuse local file(s) before publishing: " + "; ".join(failures),
+            hint="re-sign with `trustboot sign` (check --pki/--trust/--signer match the "
+                 "firmware)", rule="local-signature")
+    return verdicts
+
+
+def _read_small(path: Path, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise OperationalError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{path} is larger than {limit} bytes")
+    return data
+
+
+def _signer_summary(verdicts: dict[str, Verdict], entry: str | None) -> SignerSummary | None:
+    verdict = verdicts.get(entry) if entry else None
+    if verdict is None and verdicts:
+        verdict = verdicts[sorted(verdicts)[0]]
+    if verdict is None or not verdict.signers:
+        return None
+    s = verdict.signers[0]
+    return SignerSummary(subject=s.subject, serial=f"{s.serial:x}",
+                         not_after=s.chain_not_after)
+
+
+def build_manifest(release_id: str, objects: Sequence[LocalObject], *, entry: str | None,
+                   now: dt.datetime, origin: str | None, trust: Trust,
+                   signer: SignerSummary | None = None,
+                   ipxe: dict[str, Any] | None = None) -> ReleaseManifest:
+    keys = {o.key for o in objects}
+    files = tuple(
+        ManifestFile(o.key, o.size, o.sha256,
+                     o.key + ".sig" if (o.key + ".sig") in keys else None)
+        for o in sorted(objects, key=lambda o: o.key)
+        if o.key not in (MANIFEST_NAME, MANIFEST_NAME + ".sig"))
+    return ReleaseManifest(release=release_id, created=now, files=files, origin=origin,
+                           ca_sha256=trust.ca_sha256, signer=signer, entry=entry, ipxe=ipxe)
+
+
+# -- origin side ----------------------------------------------------------------------
+
+def _owner() -> str:
+    return f"trustboot publish pid {os.getpid()} on {socket.gethostname()}"
+
+
+def read_manifest(origin: Origin, release_id: str) -> ReleaseManifest | None:
+    key = release_prefix(release_id) + MANIFEST_NAME
+    if origin.stat(key) is None:
+        return None
+    data = b"".join(origin.read(key, max_size=4 << 20))
+    manifest = parse_manifest(data, source=f"{origin.url}{key}")
+    if manifest.release != release_id:
+        raise VerificationError(f"{origin.url}{key} names release {manifest.release!r}, "
+                                f"not {release_id!r}", rule="manifest-release")
+    return manifest
+
+
+def _release_base(origin: Origin, release_id: str) -> str | None:
+    url = origin.public_url(release_prefix(release_id) + MANIFEST_NAME)
+    return url[: -len(MANIFEST_NAME)] if url else None
+
+
+def _make_reader(origin: Origin, trust: Trust, options: OriginOptions | None) -> Reader | None:
+    if origin.public_url(MANIFEST_NAME) is None:
+        return None
+    opts = options or OriginOptions()
+    # iPXE trusts its TRUST= roots for HTTPS too; an explicit --ca-file wins.
+    ca_pem = None if opts.ca_file else trust.ca_pem()
+    return Reader(ca_file=opts.ca_file, ca_pem=ca_pem, unsafe_no_verify=opts.unsafe_no_verify,
+                  unsafe_http=opts.unsafe_http, timeout=opts.timeout, retries=opts.retries)
+
+
+def _served(origin: Origin, reader: Reader | None, key: str, *, max_size: int,
+            hash_names: set[str]) -> Served:
+    if reader is None:
+        size, digests = hash_chunks(origin.read(key, max_size=max_size), hash_names)
+        return Served(f"{origin.url}{key}", size, digests)
+    url = origin.public_url(key)
+    assert url is not None
+    return reader.stream(url, max_size=max_size, hash_names=hash_names)
+
+
+def _served_bytes(origin: Origin, reader: Reader | None, key: str, max_size: int) -> bytes:
+    if reader is None:
+        return b"".join(origin.read(key, max_size=max_size))
+    url = origin.public_url(key)
+    assert url is not None
+    return reader.fetch(url, max_size=max_size)
+
+
+def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
+                  now: dt.datetime, reader: Reader | None, jobs: int = 4,
+                  progress: PublishProgress | None = None) -> list[str]:
+    """Read back every object of ``manifest``, compare, judge each .sig; VerificationError
+    listing every problem, or the keys verified."""
+    prefix = release_prefix(manifest.release)
+    by_name = {f.name: f for f in manifest.files}
+    if progress:
+        progress.phase("readback", sum(f.size for f in manifest.files))
+    sigs: dict[str, bytes] = {}
+    problems: list[str] = []
+
+    def fetch_sig(f: ManifestFile) -> None:
+        try:
+            data = _served_bytes(origin, reader, prefix + f.name, MAX_SIGNATURE_SIZE)
+        except NotServed as exc:
+            problems.append(exc.message)
+            return
+        if len(data) != f.size or hashlib.sha256(data).hexdigest() != f.sha256:
+            problems.append(f"{prefix}{f.name}: the origin serves other bytes than were "
+                            "published")
+            return
+        sigs[f.name] = data
+        if progress:
+            progress.advance(len(data))
+
+    def check(f: ManifestFile) -> None:
+        sig = sigs.get(f.sig) if f.sig else None
+        names = signature_hashes(sig) if sig else {"sha256"}
+        try:
+            served = _served(origin, reader, prefix + f.name, max_size=f.size, hash_names=names)
+        except NotServed as exc:
+            problems.append(exc.message)
+            return
+        except OperationalError as exc:
+            if "larger than" in exc.message:
+                problems.append(f"{prefix}{f.name}: the origin serves more than the "
+                                f"{f.size} bytes published")
+                return
+            raise
+        if served.size != f.size or served.sha256 != f.sha256:
+            problems.append(f"{prefix}{f.name}: the origin serves {served.size} bytes with "
+                            f"sha256 {served.sha256[:16]}..., published {f.size} bytes with "
+                            f"{f.sha256[:16]}... (changed on the origin after upload?)")
+            return
+        if progress:
+            progress.advance(f.size)
+        if sig is not None:
+            verdict = judge(sig, served.digests, trust, now)
+            if not verdict.ok:
+                assert verdict.failure is not None
+                problems.append(f"{prefix}{f.name}: iPXE would refuse it: "
+                                f"{verdict.failure.message}")
+                return
+        if progress:
+            progress.item(f.name, "verified")
+
+    sig_files = [f for f in manifest.files if f.name.endswith(".sig") and
+                 any(g.sig == f.name for g in manifest.files)]
+    others = [f for f in manifest.files if f not in sig_files]
+    _run_all(fetch_sig, sig_files, jobs)
+    if not problems:
+        _run_all(check, others, jobs)
+    if problems:
+        raise VerificationError(
+            f"release {manifest.release} on {origin.url} is not served as published: "
+            + "; ".join(sorted(problems)),
+            hint="nothing was switched; find out who changed the origin, then delete "
+                 f"releases/{manifest.release}/ there and publish again",
+            rule="served-object", subject=manifest.release)
+    return sorted(by_name)
+
+
+def _run_all(fn: Callable[[Any], None], items: Sequence[Any], jobs: int) -> None:
+    if jobs <= 1 or len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(fn, item) for item in items]:
+            future.result()  # re-raises the first operational error
+
+
+def live_release(origin: Origin, releases: Sequence[ReleaseManifest], entry_path: str
+                 ) -> str | None:
+    """The release whose entry script the entry path serves now (by sha256)."""
+    check_key(entry_path)
+    if origin.stat(entry_path) is None:
+        return None
+    _, digests = hash_chunks(origin.read(entry_path, max_size=MAX_ENTRY_SIZE), ["sha256"])
+    live = digests["sha256"].hex()
+    sig_digest = None
+    if origin.stat(entry_path + ".sig") is not None:
+        _, sd = hash_chunks(origin.read(entry_path + ".sig", max_size=MAX_SIGNATURE_SIZE),
+                            ["sha256"])
+        sig_digest = sd["sha256"].hex()
+    for m in sorted(releases, key=lambda m: m.created, reverse=True):
+        entry = m.file(m.entry) if m.entry else None
+        if entry is None or entry.sha256 != live:
+            continue
+        sig = m.file(entry.sig) if entry.sig else None
+        if sig is None or sig_digest is None or sig.sha256 == sig_digest:
+            return m.release
+    return None
+
+
+def _switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: str,
+                      trust: Trust, now: dt.datetime, reader: Reader | None) -> None:
+    assert manifest.entry is not None
+    prefix = release_prefix(manifest.release)
+    entry = manifest.file(manifest.entry)
+    assert entry is not None
+    if entry.sig is None:
+        raise ConfigError(f"entry {manifest.entry} has no signature in the release")
+    # the signature first: a client between the two copies gets old script + new
+    # signature, which imgverify refuses (see the module docstring)
+    origin.copy(prefix + entry.sig, entry_path + ".sig")
+    origin.copy(prefix + entry.name, entry_path)
+    signature = _served_bytes(origin, reader, entry_path + ".sig", MAX_SIGNATURE_SIZE)
+    served = _served(origin, reader, entry_path, max_size=MAX_ENTRY_SIZE,
+                     hash_names=signature_hashes(signature))
+    verdict = judge(signature, served.digests, trust, now)
+    if served.sha256 != entry.sha256 or not verdict.ok:
+        why = verdict.failure.message if verdict.failure else "other bytes are served"
+        raise VerificationError(
+            f"after switching {entry_path} to release {manifest.release}, the origin serves "
+            f"an entry that fails verification: {why}",
+            hint="another writer changed the entry meanwhile, or a cache in front of the "
+                 "origin serves a stale copy; run `trustboot publish rollback` or publish again",
+            rule="entry-after-switch", subject=entry_path)
+
+
+def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObject], *,
+                    entry: str | None, entry_path: str = "boot.ipxe", trust: Trust,
+                    now: dt.datetime, jobs: int = 4, switch: bool = True,
+                    progress: PublishProgress | None = None,
+                    options: OriginOptions | None = None,
+                    ipxe: dict[str, Any] | None = None,
+                    owner: str | None = None) -> PublishResult:
+    """Upload, read back as iPXE, verify, then switch the entry (see module docstring).
+
+    ``options`` supplies TLS settings for the read-back (default: trust the roots of
+    ``trust``, as iPXE does). If ``objects`` contains ``release.json`` (e.g. signed by
+    ``trustboot release``), it is used as the manifest and must describe the other objects.
+    """
+    check_release_id(release_id)
+    check_key(entry_path)
+    for o in objects:
+        check_key(o.key)
+    check_signed(objects)
+    keys = {o.key for o in objects}
+    if entry is not None and entry not in keys:
+        raise ConfigError(f"entry {entry!r} is not a file of the release",
+                          hint=f"files: {', '.join(sorted(keys)[:10])}")
+    verdicts = _local_verify(objects, trust, now)
+    prefix = release_prefix(release_id)
+    base = _release_base(origin, release_id)
+    given = next((o for o in objects if o.key == MANIFEST_NAME), None)
+    if given is not None:
+        manifest = parse_manifest(_read_small(given.path, 4 << 20), source=str(given.path))
+        expected = build_manifest(release_id, objects, entry=entry, now=now, origin=base,
+                                  trust=trust)
+        if not manifest.same_content(expected):
+            raise ConfigError(f"{given.path} does not describe the files being published "
+                              f"(release {release_id}, entry {entry})",
+                              hint="regenerate the manifest together with the files")
+        manifest_bytes: bytes | None = None
+    else:
+        manifest = build_manifest(release_id, objects, entry=entry, now=now, origin=base,
+                                  trust=trust, signer=_signer_summary(verdicts, entry),
+                                  ipxe=ipxe)
+        manifest_bytes = manifest.to_bytes()
+    result = PublishResult(release=release_id, origin=origin.url, entry=entry,
+                           entry_path=entry_path if entry else None,
+                           readback="https" if base else "backend",
+                           signer=manifest.signer.to_json() if manifest.signer else None)
+    reader = _make_reader(origin, trust, options)
+    try:
+        with origin.lock(owner or _owner()):
+            existing = read_manifest(origin, release_id)
+            if existing is not None and not existing.same_content(manifest):
+                raise ConfigError(
+                    f"release {release_id} already exists on {origin.url} with different "
+                    "content; releases are immutable",
+                    hint="publish under a new release id (or prune the old one first)")
+            if existing is None:
+                if manifest_bytes is not None:
+                    origin.put_bytes(prefix + MANIFEST_NAME, manifest_bytes,
+                                     sha256=hashlib.sha256(manifest_bytes).hexdigest())
+                else:
+                    assert given is not None
+                    origin.put_file(prefix + MANIFEST_NAME, given.path, size=given.size,
+                                    sha256=given.sha256)
+            else:
+                manifest = existing
+            _upload(origin, prefix, [o for o in objects if o.key != MANIFEST_NAME], jobs,
+                    result, progress)
+            result.verified = verify_served(origin, manifest, trust=trust, now=now,
+                                            reader=reader, jobs=jobs, progress=progress)
+            if switch and entry is not None:
+                releases = [m for m in _manifests(origin)[0]]
+                result.previous_live = live_release(origin, releases, entry_path)
+                if progress:
+                    progress.phase("switch", 0)
+                _switch_and_check(origin, manifest, entry_path=entry_path, trust=trust,
+                                  now=now, reader=reader)
+                result.switched = True
+    finally:
+        if reader is not None:
+            reader.close()
+    return result
+
+
+def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: int,
+            result: PublishResult, progress: PublishProgress | None) -> None:
+    todo: list[LocalObject] = []
+    for o in objects:
+        st = origin.stat(prefix + o.key)
+        if st is not None and st.size == o.size and (st.sha256 is None or st.sha256 == o.sha256):
+            result.skipped.append(o.key)
+            if progress:
+                progress.item(o.key, "skipped")
+        else:
+            todo.append(o)
+    if progress:
+        progress.phase("upload", sum(o.size for o in todo))
+    # small objects (signatures, scripts) last, so the large ones start early in parallel
+    todo.sort(key=lambda o: -o.size)
+
+    def one(o: LocalObject) -> None:
+        origin.put_file(prefix + o.key, o.path, size=o.size, sha256=o.sha256,
+                        progress=progress.advance if progress else None)
+        result.uploaded.append(o.key)
+        if progress:
+            progress.item(o.key, "uploaded")
+
+    _run_all(one, todo, jobs)
+    result.uploaded.sort()
+    result.skipped.sort()
+    result.bytes_uploaded = sum(o.size for o in todo)
+
+
+def _manifests(origin: Origin) -> tuple[list[ReleaseManifest], dict[str, str]]:
+    """Every release manifest on the origin, and problems with the ones that do not parse."""
+    ids = sorted({k.split("/")[1] for k in origin.list("releases/")
+                  if k.count("/") >= 2 and k.endswith("/" + MANIFEST_NAME)})
+    out, problems = [], {}
+    for rid in ids:
+        if release_id_problem(rid):
+            continue
+        try:
+            m = read_manifest(origin, rid)
+        except TrustbootError as exc:
+            problems[rid] = exc.message
+            continue
+        if m is not None:
+            out.append(m)
+    return out, problems
+
+
+def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe") -> list[ReleaseInfo]:
+    """Releases with date, signer, expiry, completeness and which one is live."""
+    manifests, problems = _manifests(origin)
+    live = live_release(origin, manifests, entry_path)
+    present = set(origin.list("releases/"))
+    infos = []
+    for m in manifests:
+        prefix = release_prefix(m.release)
+        complete = all(prefix + f.name in present for f in m.files)
+        infos.append(ReleaseInfo(
+            id=m.release, created=m.created,
+            signer=m.signer.subject if m.signer else None,
+            expiry=m.signer.not_after if m.signer else None,
+            live=m.release == live, complete=complete, files=len(m.files)))
+    for rid, problem in problems.items():
+        infos.append(ReleaseInfo(rid, None, None, None, False, False, 0, problem))
+    return sorted(infos, key=lambda i: (i.created or dt.datetime.min.replace(tzinfo=dt.UTC),
+                                        i.id))
+
+
+def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
+             trust: Trust, now: dt.datetime, jobs: int = 4,
+             progress: PublishProgress | None = None, options: OriginOptions | None = None,
+             owner: str | None = None) -> PublishResult:
+    """Switch the entry back to ``release_id``, after verifying it like a publish."""
+    check_release_id(release_id)
+    check_key(entry_path)
+    reader = _make_reader(origin, trust, options)
+    try:
+        with origin.lock(owner or _owner()):
+            manifest = read_manifest(origin, release_id)
+            if manifest is None:
+                raise ConfigError(f"release {release_id} does not exist on {origin.url}",
+                                  hint="see `trustboot publish list ORIGIN`")
+            if manifest.entry is None:
+                raise ConfigError(f"release {release_id} has no entry script to switch to")
+            result = PublishResult(release=release_id, origin=origin.url,
+                                   entry=manifest.entry, entry_path=entry_path,
+                                   readback="https" if reader else "backend",
+                                   signer=manifest.signer.to_json() if manifest.signer
+                                   else None)
+            result.verified = verify_served(origin, manifest, trust=trust, now=now,
+                                            reader=reader, jobs=jobs, progress=progress)
+            result.previous_live = live_release(origin, _manifests(origin)[0], entry_path)
+            _switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
+                              reader=reader)
+            result.switched = True
+            return result
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
+          owner: str | None = None) -> list[str]:
+    """Delete all but the ``keep`` newest releases, never the live one; the deleted ids."""
+    if keep < 1:
+        raise ConfigError(f"--keep {keep}: keep at least one release")
+    check_key(entry_path)
+    deleted = []
+    with origin.lock(owner or _owner()):
+        manifests, _ = _manifests(origin)
+        live = live_release(origin, manifests, entry_path)
+        newest = sorted(manifests, key=lambda m: (m.created, m.release), reverse=True)
+        keep_ids = {m.release for m in newest[:keep]} | ({live} if live else set())
+        for m in newest:
+            if m.release in keep_ids:
+                continue
+            prefix = release_prefix(m.release)
+            # objects first, the manifest (the id's claim) last: an interrupted prune
+            # leaves an incomplete release, never unclaimed objects a resume could skip
+            for key in origin.list(prefix):
+                if key != prefix + MANIFEST_NAME:
+                    origin.delete(key)
+            origin.delete(prefix + MANIFEST_NAME)
+            deleted.append(m.release)
+    return sorted(deleted)

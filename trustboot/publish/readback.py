@@ -1,0 +1,187 @@
+"""Fetch what an origin serves the way iPXE will, and judge it with iPXE's rules.
+
+The read-back uses the public HTTPS URL, trusts only the roots iPXE has compiled in (the same
+TRUST= list serves HTTPS and code signing), speaks TLS 1.2 with iPXE's cipher suites, asks for
+the identity encoding, and streams with a size cap, hashing as it goes (no object is held in
+memory). Signatures are judged by ``trustboot.cms.verify.verify_signature``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from trustboot.cms.verify import (
+    MAX_SIGNATURE_SIZE,
+    TrustAnchor,
+    Verdict,
+    digest_algorithms,
+    verify_signature,
+)
+from trustboot.errors import ConfigError, OperationalError
+from trustboot.publish.http import RetryableStatus, status_error, tls_context, with_retries
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What the booting iPXE trusts, for verify-as-iPXE of served objects."""
+
+    roots: tuple[TrustAnchor, ...]  # trustboot.cms.verify.TrustAnchor (TRUST=)
+    extra_certs: tuple[bytes, ...] = ()  # DER, built in with CERT=
+    signer_name: str | None = None  # imgverify --signer
+
+    def ca_pem(self) -> bytes | None:
+        """The roots as PEM, for TLS to the origin (iPXE uses the same list for HTTPS)."""
+        pems = [x509.load_der_x509_certificate(a.certificate).public_bytes(Encoding.PEM)
+                for a in self.roots if a.certificate]
+        return b"".join(pems) or None
+
+    @property
+    def ca_sha256(self) -> str | None:
+        return self.roots[0].sha256.hex() if self.roots else None
+
+
+def judge(signature: bytes, digests: dict[str, bytes], trust: Trust,
+          now: dt.datetime) -> Verdict:
+    return verify_signature(signature, digests, trust=list(trust.roots), now=now,
+                            signer_name=trust.signer_name, extra_certs=list(trust.extra_certs))
+
+
+def signature_hashes(signature: bytes) -> set[str]:
+    """Digests an image must be hashed with for this signature (sha256 always)."""
+    try:
+        return digest_algorithms(signature) | {"sha256"}
+    except Exception:
+        return {"sha256"}
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    size: int
+    digests: dict[str, bytes]
+
+    @property
+    def sha256(self) -> str:
+        return self.digests["sha256"].hex()
+
+
+class NotServed(OperationalError):
+    """The origin does not serve this URL (404/403/410)."""
+
+
+def hash_chunks(chunks: Iterable[bytes], hash_names: Iterable[str]) -> tuple[int, dict[str, bytes]]:
+    hashers = {name: hashlib.new(name) for name in hash_names}
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        for h in hashers.values():
+            h.update(chunk)
+    return size, {name: h.digest() for name, h in hashers.items()}
+
+
+class Reader:
+    """An HTTPS client that sees what iPXE sees."""
+
+    def __init__(self, *, ca_file: Path | None = None, ca_pem: bytes | None = None,
+                 unsafe_no_verify: bool = False, unsafe_http: bool = False,
+                 timeout: float = 30.0, retries: int = 4, ipxe_tls: bool = True) -> None:
+        self.unsafe_http = unsafe_http
+        self.retries = retries
+        ctx = tls_context(ca_file=ca_file, ca_pem=ca_pem, unsafe_no_verify=unsafe_no_verify,
+                          ipxe_tls=ipxe_tls)
+        self.client = httpx.Client(
+            verify=ctx, timeout=timeout, follow_redirects=False, trust_env=False,
+            headers={"Accept-Encoding": "identity", "User-Agent": "iPXE/2 (trustboot)"})
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _check_url(self, url: str) -> None:
+        scheme = urlsplit(url).scheme
+        if scheme == "http" and not self.unsafe_http:
+            raise ConfigError(f"public URL {url} is plain HTTP",
+                              hint="iPXE should fetch over https://; --unsafe-http allows it")
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"public URL {url!r} is not https://")
+
+    def stream(self, url: str, *, max_size: int, hash_names: Iterable[str] = ("sha256",)
+               ) -> Served:
+        """GET ``url`` and hash it while streaming; more than ``max_size`` is an error."""
+        self._check_url(url)
+        names = tuple(sorted(set(hash_names) | {"sha256"}))
+
+        def once() -> Served:
+            with self.client.stream("GET", url) as response:
+                self._status(response, url)
+                encoding = response.headers.get("content-encoding", "identity").lower()
+                if encoding not in ("identity", ""):
+                    raise OperationalError(
+                        f"{url} was served with Content-Encoding {encoding}; iPXE would hash "
+                        "the encoded bytes", hint="turn off gzip for boot files on the origin")
+                size, digests = hash_chunks(self._capped(response.iter_raw(CHUNK), url,
+                                                         max_size), names)
+                return Served(url, size, digests)
+
+        return with_retries(once, url=url, what="fetching", retries=self.retries)
+
+    def fetch(self, url: str, *, max_size: int) -> bytes:
+        self._check_url(url)
+
+        def once() -> bytes:
+            with self.client.stream("GET", url) as response:
+                self._status(response, url)
+                return b"".join(self._capped(response.iter_raw(CHUNK), url, max_size))
+
+        return with_retries(once, url=url, what="fetching", retries=self.retries)
+
+    @staticmethod
+    def _status(response: httpx.Response, url: str) -> None:
+        code = response.status_code
+        if code == 200:
+            return
+        if code >= 500:
+            raise RetryableStatus(response)
+        if code in (403, 404, 410):
+            raise NotServed(f"the origin does not serve {url} (HTTP {code})",
+                            hint="the object is missing on the origin or not readable "
+                                 "anonymously; iPXE fetches without credentials")
+        raise status_error(response, "fetching", url)
+
+    @staticmethod
+    def _capped(chunks: Iterator[bytes], url: str, max_size: int) -> Iterator[bytes]:
+        total = 0
+        for chunk in chunks:
+            total += len(chunk)
+            if total > max_size:
+                raise OperationalError(f"{url} is larger than {max_size} bytes",
+                                       hint="the origin serves something else than what "
+                                            "was published")
+            yield chunk
+
+    def verify_pair(self, image_url: str, sig_url: str, *, trust: Trust, now: dt.datetime,
+                    max_size: int) -> tuple[Served, Verdict]:
+        """Fetch an image and its .sig as iPXE would (image first) and judge them."""
+        served = self.stream(image_url, max_size=max_size, hash_names=("sha256", "sha384",
+                                                                        "sha512", "sha1",
+                                                                        "sha224"))
+        signature = self.fetch(sig_url, max_size=MAX_SIGNATURE_SIZE)
+        return served, judge(signature, served.digests, trust, now)

@@ -1,0 +1,369 @@
+"""``https://host/path/``: a WebDAV origin (nginx + dav-ext, Apache mod_dav, ...) over httpx.
+
+Written on httpx directly rather than webdav4: the operations needed are six verbs, and
+owning them keeps control of what matters here (a streamed body with an exact
+Content-Length and no buffering, PUT-to-temp + MOVE for atomic replace, retries that
+re-open the file, per-status hints, TLS trusting only the private CA) without an fsspec
+layer and its dependencies.
+
+* put: PUT to ``.tb-tmp.<random>.<name>`` in the target collection, then MOVE with
+  ``Overwrite: T`` (a rename on the server): readers see the old or the whole new object.
+* collections: MKCOL each missing parent (405 = exists).
+* list: PROPFIND ``Depth: 1`` per collection, parsed by ElementTree with DTDs and entity
+  declarations refused (a multistatus never has one; billion-laughs never parses).
+* lock: MKCOL of ``.trustboot-lock/`` (creating a collection is atomic: exactly one client
+  gets 201) holding ``owner.json``; a stale lock (dead pid on this host, or old) is moved
+  aside with MOVE ``Overwrite: F`` before being deleted, so two breakers cannot both win.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import hashlib
+import json
+import secrets
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+
+from trustboot.errors import ConfigError, OperationalError
+from trustboot.publish.fileorigin import (
+    LOCK_STALE_AFTER,
+    TMP_PREFIX,
+    describe_lock,
+    lock_is_stale,
+    lock_record,
+)
+from trustboot.publish.http import RetryableStatus, status_error, tls_context, with_retries
+from trustboot.publish.origin import (
+    ObjectStat,
+    OriginOptions,
+    check_key,
+    check_prefix,
+    key_problem,
+    redact_url,
+)
+
+CHUNK = 1 << 20
+LOCK_COLLECTION = ".trustboot-lock"
+MAX_PROPFIND_BYTES = 16 << 20
+DAV = "{DAV:}"
+
+
+def parse_multistatus(data: bytes) -> list[tuple[str, bool, int | None, str | None]]:
+    """(href path, is_collection, size, etag) per response; no DTD, no entities."""
+    if len(data) > MAX_PROPFIND_BYTES:
+        raise OperationalError("PROPFIND answer larger than 16 MiB")
+    # A multistatus never has a DTD, and without one there are no entities to expand.
+    # Only UTF-8 is accepted, so the check below cannot be dodged with another encoding.
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OperationalError("the origin's PROPFIND answer is not UTF-8") from None
+    if "<!doctype" in text.lower() or "<!entity" in text.lower():
+        raise OperationalError("the origin's PROPFIND answer has a DTD; refused",
+                               hint="a WebDAV server never sends one: check the origin")
+    try:
+        root = ET.fromstring(text)  # noqa: S314 - DTDs refused above
+    except ET.ParseError as exc:
+        raise OperationalError(f"the origin's PROPFIND answer is not acceptable XML: {exc}",
+                               hint="is the URL a WebDAV collection?") from None
+    out = []
+    for response in root.iter(f"{DAV}response"):
+        href = response.findtext(f"{DAV}href") or ""
+        is_col = response.find(f".//{DAV}resourcetype/{DAV}collection") is not None
+        length = response.findtext(f".//{DAV}getcontentlength")
+        etag = response.findtext(f".//{DAV}getetag")
+        size = int(length) if length and length.strip().isdigit() else None
+        out.append((urlsplit(href).path, is_col, size, etag))
+    return out
+
+
+class WebDAVOrigin:
+    """A WebDAV collection over HTTPS (client certificate and/or basic/bearer auth)."""
+
+    def __init__(self, url: str, options: OriginOptions) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ConfigError(f"origin {redact_url(url)!r} is not an https://HOST/PATH/ URL")
+        if parts.username or parts.password:
+            raise ConfigError(f"origin {redact_url(url)} has credentials in the URL",
+                              hint="use --credentials-file or --credentials-env (never argv)")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"origin {url} must not have a query or fragment")
+        if parts.scheme == "http" and not options.unsafe_http:
+            raise ConfigError(f"origin {url} is plain HTTP", hint="use https:// (or "
+                                                                  "--unsafe-http)")
+        path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        self.base_path = path
+        self.url = f"{parts.scheme}://{parts.netloc}{path}"
+        self.options = options
+        self._collections: set[str] = set()
+        self._mutex = threading.Lock()
+        self._client: httpx.Client | None = None
+
+    def __enter__(self) -> WebDAVOrigin:
+        o = self.options
+        if o.credentials is not None and self.url.startswith("http://"):
+            raise ConfigError("refusing to send credentials over plain HTTP")
+        ctx = tls_context(ca_file=o.ca_file, client_cert=o.client_cert, client_key=o.client_key,
+                          client_key_passphrase=o.client_key_passphrase,
+                          unsafe_no_verify=o.unsafe_no_verify)
+        auth: Any = None
+        headers = {"User-Agent": "trustboot-publish", "Accept-Encoding": "identity"}
+        if o.credentials is not None:
+            if o.credentials.scheme == "basic":
+                auth = httpx.BasicAuth(o.credentials.username or "", o.credentials.secret)
+            else:
+                headers["Authorization"] = f"Bearer {o.credentials.secret}"
+        self._client = httpx.Client(verify=ctx, timeout=o.timeout, auth=auth, headers=headers,
+                                    follow_redirects=False, trust_env=False,
+                                    limits=httpx.Limits(max_connections=16))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- plumbing -------------------------------------------------------------------
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            raise RuntimeError("use the origin as a context manager")
+        return self._client
+
+    def _url(self, key: str, *, collection: bool = False) -> str:
+        return self.url + quote(key) + ("/" if collection else "")
+
+    def _request(self, method: str, url: str, *, what: str, ok: tuple[int, ...],
+                 passthrough: tuple[int, ...] = (), **kw: Any) -> httpx.Response:
+        def once() -> httpx.Response:
+            content = kw.get("content_factory")
+            args = {k: v for k, v in kw.items() if k != "content_factory"}
+            if content is not None:
+                args["content"] = content()
+            response = self.client.request(method, url, **args)
+            if response.status_code in ok or response.status_code in passthrough:
+                return response
+            if response.status_code >= 500:
+                raise RetryableStatus(response)
+            raise status_error(response, what, url)
+
+        return with_retries(once, url=url, what=what, retries=self.options.retries)
+
+    def _ensure_collections(self, key: str) -> None:
+        parts = key.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            col = "/".join(parts[:i])
+            with self._mutex:
+                if col in self._collections:
+                    continue
+            r = self._request("MKCOL", self._url(col, collection=True),
+                              what="creating collection", ok=(201,), passthrough=(405,))
+            _ = r
+            with self._mutex:
+                self._collections.add(col)
+
+    def _temp_key(self, key: str) -> str:
+        head, _, name = key.rpartition("/")
+        tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}.{name}"[:200]
+        return f"{head}/{tmp}" if head else tmp
+
+    def _move(self, src: str, dst: str, *, overwrite: bool, collection: bool = False) -> bool:
+        r = self._request("MOVE", self._url(src, collection=collection), what="moving",
+                          ok=(201, 204), passthrough=(412,),
+                          headers={"Destination": self._url(dst, collection=collection),
+                                   "Overwrite": "T" if overwrite else "F"})
+        return r.status_code in (201, 204)
+
+    def _delete_quiet(self, key: str, *, collection: bool = False) -> None:
+        with contextlib.suppress(OperationalError):
+            self._request("DELETE", self._url(key, collection=collection), what="deleting",
+                          ok=(200, 204), passthrough=(404,),
+                          headers={"Depth": "infinity"} if collection else {})
+
+    # -- objects --------------------------------------------------------------------
+    def stat(self, key: str) -> ObjectStat | None:
+        r = self._request("HEAD", self._url(check_key(key)), what="checking", ok=(200,),
+                          passthrough=(404, 410))
+        if r.status_code != 200:
+            return None
+        length = r.headers.get("content-length")
+        if length is None or not length.isdigit():
+            raise OperationalError(f"{self._url(key)}: HEAD without a Content-Length")
+        return ObjectStat(size=int(length), sha256=None, etag=r.headers.get("etag"))
+
+    def _put(self, key: str, factory: Callable[[], Iterator[bytes]], size: int) -> None:
+        check_key(key)
+        self._ensure_collections(key)
+        tmp = self._temp_key(key)
+        try:
+            self._request("PUT", self._url(tmp), what="uploading", ok=(200, 201, 204),
+                          content_factory=factory,
+                          headers={"Content-Length": str(size),
+                                   "Content-Type": "application/octet-stream"})
+            self._move(tmp, key, overwrite=True)
+        except BaseException:
+            self._delete_quiet(tmp)
+            raise
+
+    def put_file(self, key: str, path: Path, *, size: int, sha256: str,
+                 progress: Callable[[int], None] | None = None) -> None:
+        def factory() -> Iterator[bytes]:
+            digest = hashlib.sha256()
+            sent = 0
+            with open(path, "rb") as fh:
+                while True:
+                    chunk = fh.read(CHUNK)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    sent += len(chunk)
+                    if sent > size:
+                        break
+                    if progress:
+                        progress(len(chunk))
+                    yield chunk
+            if sent != size or digest.hexdigest() != sha256:
+                # the temp object is deleted by _put; never MOVEd into place
+                raise OperationalError(f"{path} changed while it was uploaded",
+                                       hint="do not modify the release directory during a "
+                                            "publish")
+
+        try:
+            open(path, "rb").close()
+        except OSError as exc:
+            raise OperationalError(f"cannot read {path}: {exc.strerror or exc}") from None
+        self._put(key, factory, size)
+
+    def put_bytes(self, key: str, data: bytes, *, sha256: str) -> None:
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError("sha256 does not match the data")
+        self._put(key, lambda: iter([data]), len(data))
+
+    def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
+        url = self._url(check_key(key))
+        data = self._request("GET", url, what="reading", ok=(200,), passthrough=(404,))
+        if data.status_code == 404:
+            raise OperationalError(f"{url} does not exist on the origin")
+        body = data.content
+        if len(body) > max_size:
+            raise OperationalError(f"{url} is larger than {max_size} bytes")
+        return iter([body])
+
+    def list(self, prefix: str) -> builtins.list[str]:
+        check_prefix(prefix)
+        base = prefix.rstrip("/")
+        out: builtins.list[str] = []
+        todo = [base]
+        while todo:
+            col = todo.pop()
+            url = self._url(col, collection=True) if col else self.url
+            r = self._request("PROPFIND", url, what="listing", ok=(207,),
+                              passthrough=(404,), headers={"Depth": "1"},
+                              content=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
+                                      b"<resourcetype/><getcontentlength/></prop></propfind>")
+            if r.status_code == 404:
+                continue
+            for path, is_col, _size, _etag in parse_multistatus(r.content):
+                rel = unquote(path)
+                if not rel.startswith(self.base_path):
+                    continue
+                key = rel[len(self.base_path):].rstrip("/")
+                if key == col or not key:
+                    continue
+                name = key.rpartition("/")[2]
+                if name.startswith(TMP_PREFIX) or name == LOCK_COLLECTION or key_problem(key):
+                    continue
+                if is_col:
+                    todo.append(key)
+                else:
+                    out.append(key)
+        return sorted(out)
+
+    def delete(self, key: str) -> None:
+        self._request("DELETE", self._url(check_key(key)), what="deleting", ok=(200, 204),
+                      passthrough=(404,))
+        # drop now-empty collections (a pruned release leaves nothing behind)
+        head = key.rpartition("/")[0]
+        while head:
+            if self.list(head + "/"):
+                break
+            self._request("DELETE", self._url(head, collection=True), what="deleting",
+                          ok=(200, 204), passthrough=(404, 409),
+                          headers={"Depth": "infinity"})
+            with self._mutex:
+                self._collections.discard(head)
+            head = head.rpartition("/")[0]
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        check_key(src_key)
+        check_key(dst_key)
+        self._ensure_collections(dst_key)
+        tmp = self._temp_key(dst_key)
+        try:
+            self._request("COPY", self._url(src_key), what="copying", ok=(201, 204),
+                          headers={"Destination": self._url(tmp), "Overwrite": "T"})
+            self._move(tmp, dst_key, overwrite=True)
+        except BaseException:
+            self._delete_quiet(tmp)
+            raise
+
+    # -- lock -----------------------------------------------------------------------
+    def _read_lock(self) -> object:
+        r = self._request("GET", self._url(f"{LOCK_COLLECTION}/owner.json"), what="reading lock",
+                          ok=(200,), passthrough=(404, 403))
+        if r.status_code != 200:
+            return None
+        try:
+            return json.loads(r.content[:4096])
+        except ValueError:
+            return "unreadable"
+
+    @contextlib.contextmanager
+    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER) -> Iterator[None]:
+        record = lock_record(owner)
+        body = json.dumps(record).encode()
+        for _attempt in range(3):
+            r = self._request("MKCOL", self._url(LOCK_COLLECTION, collection=True),
+                              what="locking", ok=(201,), passthrough=(405,))
+            if r.status_code == 201:
+                self._put(f"{LOCK_COLLECTION}/owner.json", lambda: iter([body]), len(body))
+                break
+            held = self._read_lock()
+            if held is None:
+                time.sleep(2.0)  # the holder may be between MKCOL and writing owner.json
+                held = self._read_lock()
+            if held is not None and not lock_is_stale(held, now=time.time(),
+                                                      stale_after=stale_after):
+                raise OperationalError(
+                    f"origin {self.url} is locked by {describe_lock(held)}",
+                    hint="another publish is running; wait for it, or delete "
+                         f"{self.url}{LOCK_COLLECTION}/ if that process is gone")
+            aside = f"{TMP_PREFIX}{secrets.token_hex(8)}.stale-lock"
+            if self._move(LOCK_COLLECTION, aside, overwrite=False, collection=True):
+                self._delete_quiet(aside, collection=True)
+        else:
+            raise OperationalError(f"could not take the lock on {self.url}",
+                                   hint="another publish keeps taking it; retry later")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OperationalError):
+                if self._read_lock() == json.loads(body):
+                    self._delete_quiet(LOCK_COLLECTION, collection=True)
+
+    def public_url(self, key: str) -> str | None:
+        base = self.options.public_url or self.url
+        return base.rstrip("/") + "/" + quote(check_key(key))
+
+    def __repr__(self) -> str:
+        return f"WebDAVOrigin({self.url!r})"
