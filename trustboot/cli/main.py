@@ -13,7 +13,8 @@ from trustboot import __version__
 from trustboot.errors import ExitCode, TrustbootError
 
 # Each module trustboot.cli.<name> exposes ``command`` (a click command or group).
-COMMAND_MODULES = ("ca", "sign", "verify", "ipxe", "audit", "demo", "publish", "origin")
+COMMAND_MODULES = ("ca", "sign", "verify", "ipxe", "audit", "demo", "publish", "origin",
+                   "release", "recipe")
 
 
 class TrustbootGroup(click.Group):

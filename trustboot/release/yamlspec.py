@@ -36,7 +36,7 @@ class Node:
         self.key_where = where  # for a mapping value: the line of its key
 
 
-def _where(source: str, mark: yaml.Mark | None) -> str:
+def _where(source: str, mark: Any) -> str:
     return f"{source}:{mark.line + 1}" if mark is not None else source
 
 
@@ -155,7 +155,7 @@ class Field:
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ConfigError(f"{node.where}: {what} must be an integer, not "
                                   f"{_describe(v)}")
-            if self.minimum is not None and v < self.minimum or (
+            if (self.minimum is not None and v < self.minimum) or (
                     self.maximum is not None and v > self.maximum):
                 raise ConfigError(f"{node.where}: {what} {v} is out of range "
                                   f"({self.minimum} to {self.maximum})")
