@@ -268,6 +268,7 @@ def _public_base(url: str, public: str | None, where: str) -> str:
 def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Validated:
     """Everything that can be checked before anything is created."""
     allow = options.allow_outside
+    inputs = _inputs(recipe, allow)  # the recipe's own files first: a path escape names them
     ca_home = options.ca_home or resolve_path(recipe, recipe.ca_home, "ca.home",
                                               allow_outside=allow, kind="dir")
     s = recipe.signer
@@ -325,7 +326,6 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Va
         creds = load_credentials(file=cfile, env=o.credentials.env,
                                  environ=dict(options.environ) if options.environ else None)
 
-    inputs = _inputs(recipe, allow)
     spec = recipe.ipxe
     chain_script = render_chain_script(ChainScript(
         url=public + entry_path, signer=signer_name, ntp_server=spec.ntp if spec else None,
