@@ -376,3 +376,40 @@ def locked(lock_path: Path, *, timeout: float = 60.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def read_capped(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of regular file ``path``, at most ``limit`` of them, or a ConfigError.
+
+    Refuses FIFOs, devices and directories before reading (``/dev/zero`` would grow without
+    end and a FIFO would block); O_NONBLOCK keeps open() itself from blocking on a FIFO.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} {path} is not a regular file",
+                              hint="pass a regular file (not a device, FIFO or directory)")
+        if st.st_size > limit:
+            raise ConfigError(f"{what} {path} is larger than {limit} bytes")
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise ConfigError(f"{what} {path} is larger than {limit} bytes")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)

@@ -111,14 +111,16 @@ def test_trust_without_pki_directory(env: dict[str, Path], pki: TestPki) -> None
 def test_script_file_is_linted_and_embedded(env: dict[str, Path], pki: TestPki,
                                             tmp_path: Path) -> None:
     good = tmp_path / "good.ipxe"
-    good.write_text("#!ipxe\nimgtrust --permanent\ndhcp\nimgfetch https://x/a\n"
-                    "imgverify a https://x/a.sig\nimgexec a\n")
+    good.write_text("#!ipxe\nimgtrust --permanent\ndhcp || goto f\n"
+                    "imgfetch https://x/a || goto f\n"
+                    "imgverify a https://x/a.sig || goto f\nimgexec a || goto f\n"
+                    ":f\nreboot\n")
     code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
                        "--target", "bin/ipxe.lkrn", "--script", str(good))
     assert code == 0, err
     assert (env["out"] / "bin/ipxe.lkrn").read_bytes().count(good.read_bytes()) == 1
     soft = tmp_path / "soft.ipxe"
-    soft.write_text(good.read_text().replace("a.sig\n", "a.sig || echo unsigned\n"))
+    soft.write_text(good.read_text().replace("a.sig || goto f\n", "a.sig || echo unsigned\n"))
     code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
                        "--target", "bin/ipxe.lkrn", "--script", str(soft))
     assert code == 3 and "soft-verify" in err and "not fail-closed" in err

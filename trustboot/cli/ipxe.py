@@ -18,10 +18,13 @@ from trustboot.cli._common import (
     warn,
 )
 from trustboot.errors import ConfigError
+from trustboot.fsutil import read_capped
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe.config import BuildOptions
 from trustboot.ipxe.inputs import collect_trust, load_client_identity
+from trustboot.ipxe.lint import STAGES
 from trustboot.ipxe.script import (
+    DEFAULT_ON_FAILURE,
     ON_FAILURE,
     ChainScript,
     check_script,
@@ -59,10 +62,12 @@ def _chain_options(func: Any) -> Any:
                      help="Attempts for DHCP and for fetching the entry script."),
         click.option("--retry-delay", type=int, default=5, show_default=True,
                      help="Seconds between attempts."),
-        click.option("--on-failure", type=click.Choice(ON_FAILURE), default="exit",
-                     show_default=True,
-                     help="What the firmware does once it gives up (it never boots "
-                     "anything unverified)."),
+        click.option("--on-failure", type=click.Choice(ON_FAILURE),
+                     default=DEFAULT_ON_FAILURE, show_default=True,
+                     help="What the firmware does once it gives up: halt (stay here), "
+                     "reboot (after 60 s), poweroff or shell, each followed by a halt loop. "
+                     "'exit' returns to the BIOS, which boots the next device: not "
+                     "fail-closed, warns."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -83,6 +88,9 @@ def _chain_script(
             hint="pass the common name of the code-signing certificate that signs the "
             "entry script (see `trustboot ca list`)",
         )
+    if on_failure == "exit":
+        warn("--on-failure exit is not fail-closed: after a failure iPXE returns to the "
+             "BIOS/UEFI, which boots the next device (unverified); use halt or reboot")
     return render_chain_script(ChainScript(
         url=chain_url, sig_url=chain_sig, signer=signer, ntp_server=ntp_server,
         dhcp_attempts=retries, fetch_attempts=retries, retry_delay=retry_delay,
@@ -90,13 +98,16 @@ def _chain_script(
     ))
 
 
+MAX_SCRIPT_BYTES = 1 << 20  # embedded scripts are a few KiB; iPXE holds them in memory
+
+
 def _read_script(path: Path) -> str:
+    data = read_capped(path, MAX_SCRIPT_BYTES, "script")
     try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"script {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read script {path}: {exc}") from None
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"script {path} is not UTF-8 text: {exc.reason} at byte "
+                          f"{exc.start}") from None
 
 
 class _Progress:
@@ -322,16 +333,24 @@ def render_cmd(
 
 @script_group.command("lint")
 @click.argument("script_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--stage", type=click.Choice(STAGES), default="embedded", show_default=True,
+              help="embedded: the script built into the firmware (--script). chained: a "
+              "script such firmware fetches, verifies and runs (boot.ipxe, menus).")
 @json_option
-def lint_cmd(script_file: Path, as_json: bool) -> None:
-    """Check that a script is fit to embed: fail-closed, HTTPS, no soft-failing imgverify.
+def lint_cmd(script_file: Path, stage: str, as_json: bool) -> None:
+    """Check a script by following every path through it as iPXE would run it.
 
+    Findings: any path that boots or executes an image without a successful imgverify of
+    it (and of every initrd), commands iPXE would reject (options after arguments, unknown
+    options), cleartext fetches, and for --stage embedded a missing 'imgtrust --permanent'
+    or any path that ends the script (the BIOS would boot the next device).
     Exit 0 when clean, 3 with the findings listed otherwise.
     """
     text = _read_script(script_file)
-    findings = lint_script(text)
+    findings = lint_script(text, stage=stage)
     if as_json:
-        emit_json({"file": str(script_file), "findings": [f.to_json() for f in findings]})
+        emit_json({"file": str(script_file), "stage": stage,
+                   "findings": [f.to_json() for f in findings]})
     else:
         for finding in findings:
             click.echo(f"{script_file}:{finding}")
