@@ -1,0 +1,117 @@
+"""A small HTTPS front for fault injection: its own certificate (wrong name, expired, ...),
+scripted HTTP errors, optional auth, and everything else forwarded to the real nginx
+origin (with the publisher's client certificate)."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+       "proxy-authorization", "proxy-authenticate"}
+
+
+@dataclass
+class Fault:
+    method: str  # regex on the method
+    status: int
+    count: int  # how many matching requests fail
+
+
+@dataclass
+class ProxyState:
+    upstream: str
+    client: httpx.Client
+    faults: list[Fault] = field(default_factory=list)
+    require_auth: str | None = None  # Authorization value required on write methods
+    seen: list[tuple[str, str, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    state: ProxyState
+    base: str
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def _reply(self, status: int, headers: dict[str, str] | None = None,
+               body: bytes = b"") -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _any(self) -> None:
+        st = self.server.state
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        with st.lock:
+            fault = next((f for f in st.faults if f.count > 0 and
+                          re.fullmatch(f.method, self.command)), None)
+            if fault:
+                fault.count -= 1
+        if fault:
+            st.seen.append((self.command, self.path, fault.status))
+            self._reply(fault.status, body=b"injected fault\n")
+            return
+        if st.require_auth and self.command not in ("GET", "HEAD") and \
+                self.headers.get("Authorization") != st.require_auth:
+            st.seen.append((self.command, self.path, 401))
+            self._reply(401, {"WWW-Authenticate": 'Bearer realm="origin"'})
+            return
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in HOP | {"host", "authorization", "content-length"}}
+        if "Destination" in headers:
+            headers["Destination"] = headers["Destination"].replace(self.server.base,
+                                                                    st.upstream)
+        r = st.client.request(self.command, st.upstream.rstrip("/") + self.path,
+                              headers=headers, content=body)
+        st.seen.append((self.command, self.path, r.status_code))
+        out = {k: v for k, v in r.headers.items()
+               if k.lower() in ("etag", "content-type", "last-modified", "cache-control")}
+        self._reply(r.status_code, out, r.content)
+
+    do_GET = do_HEAD = do_PUT = do_DELETE = do_MKCOL = do_MOVE = do_COPY = _any
+    do_PROPFIND = do_OPTIONS = _any
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def fault_proxy(upstream: str, *, cert: Path, key: Path, key_password: str | None,
+                ca: Path, client_cert: Path, client_key: Path,
+                client_password: str) -> Iterator[tuple[str, ProxyState]]:
+    up_ctx = ssl.create_default_context(cafile=str(ca))
+    up_ctx.load_cert_chain(str(client_cert), str(client_key), password=client_password)
+    client = httpx.Client(verify=up_ctx, trust_env=False, timeout=30)
+    state = ProxyState(upstream, client)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key), password=key_password)
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    server.state = state
+    server.base = f"https://127.0.0.1:{server.server_address[1]}/"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.base, state
+    finally:
+        server.shutdown()
+        server.server_close()
+        client.close()
