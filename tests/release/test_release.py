@@ -58,18 +58,19 @@ def test_release_to_file_origin_end_to_end_and_rerun_uploads_nothing(lab: Lab) -
     # The live entry is the release's script, fail-closed and with absolute HTTPS URLs.
     script = (lab.origin / "boot.ipxe").read_text()
     assert script == (rel / "boot.ipxe").read_text()
-    assert lint_script(script) == []
+    assert lint_script(script, stage="chained") == []
     base = f"{lab.public}releases/{rid}/linux"
-    assert (f"kernel {base}/vmlinuz console=ttyS0 quiet || goto failed" in script)
-    assert (f"imgverify --signer release-signer vmlinuz {base}/vmlinuz.sig || goto failed"
+    assert (f"kernel {base}/vmlinuz console=ttyS0 quiet || goto tb_failed" in script)
+    assert (f"imgverify --signer release-signer vmlinuz {base}/vmlinuz.sig || goto tb_failed"
             in script)
     assert (f"imgverify --signer release-signer initrd.img {base}/initrd.img.sig "
-            "|| goto failed") in script
+            "|| goto tb_failed") in script
     assert "iseq ${platform} pcbios && goto arch_bios ||" in script
+    assert lint_script(script, stage="embedded") == []
     assert "http://" not in script
     for line in script.splitlines():
         if "||" in line:
-            assert line.endswith("|| goto failed") or line.endswith(" ||"), line
+            assert line.endswith(("|| goto tb_failed", "|| goto tb_halt", " ||")), line
     # The manifest: the one shape, and the audit reads it.
     manifest = parse_manifest((rel / "release.json").read_bytes())
     assert manifest.release == rid and manifest.entry == "boot.ipxe"

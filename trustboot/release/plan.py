@@ -31,7 +31,12 @@ from trustboot.errors import ConfigError, VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe import syntax
 from trustboot.ipxe.config import BuildOptions, Certificate, load_single_certificate
-from trustboot.ipxe.script import ChainScript, check_https_url, render_chain_script
+from trustboot.ipxe.script import (
+    DEFAULT_ON_FAILURE,
+    ChainScript,
+    check_https_url,
+    render_chain_script,
+)
 from trustboot.keys.signer import PendingSigner, resolve_signer
 from trustboot.publish.manifest import check_release_id
 from trustboot.publish.origin import Credentials, check_key, load_credentials
@@ -110,7 +115,7 @@ class Validated:
 
     @property
     def on_failure(self) -> str:
-        return self.recipe.ipxe.on_failure if self.recipe.ipxe else "reboot"
+        return self.recipe.ipxe.on_failure if self.recipe.ipxe else DEFAULT_ON_FAILURE
 
 
 @dataclass
@@ -329,22 +334,13 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Va
     spec = recipe.ipxe
     chain_script = render_chain_script(ChainScript(
         url=public + entry_path, signer=signer_name, ntp_server=spec.ntp if spec else None,
-        on_failure=_chain_failure(spec.on_failure if spec else "reboot")))
+        on_failure=spec.on_failure if spec else DEFAULT_ON_FAILURE))
     firmware = _firmware(recipe, options, roots, extra_certs, chain_script, allow)
     return Validated(recipe=recipe, ca_home=ca_home, signer=pending, signer_name=signer_name,
                      passphrases=passphrases, roots=tuple(roots),
                      extra_certs=tuple(extra_certs), origin_url=url, public_base=public,
                      entry_path=entry_path, origin_ca_file=ca_file, credentials=creds,
                      inputs=tuple(inputs), firmware=firmware)
-
-
-def _chain_failure(action: str) -> str:
-    """The firmware script's failure action for the recipe's (it has no 'halt')."""
-    from trustboot.ipxe.script import ON_FAILURE
-
-    if action in ON_FAILURE:
-        return action
-    return "reboot" if "reboot" in ON_FAILURE else ON_FAILURE[0]
 
 
 def _firmware_identity(fw: Firmware, toolchain: Callable[[], Mapping[str, str]]) -> Any:

@@ -26,6 +26,7 @@ from trustboot import fsutil
 from trustboot.errors import ConfigError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe import syntax
+from trustboot.ipxe.script import DEFAULT_ON_FAILURE, ON_FAILURE
 from trustboot.keys.ref import KeyRef, parse_ref
 from trustboot.release.yamlspec import (
     Bool,
@@ -42,7 +43,6 @@ MAX_RECIPE_BYTES = 1 << 20
 MAX_DEMO_SIZE = 1 << 30
 ARCHES = ("bios", "x86_64-efi", "arm64-efi")
 HASHES = ("sha256", "sha384", "sha512")
-ON_FAILURE = ("reboot", "poweroff", "halt", "shell", "exit")
 ID_FIELDS = ("name", "date", "digest8", "digest12", "digest")
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
@@ -93,7 +93,7 @@ RECIPE = Map("A trustboot release recipe (`trustboot release RECIPE`).", {
                         min_items=1, max_items=len(ipxe_build.KNOWN_TARGETS)),
         "ntp": Str("set the clock from this NTP server before verifying", pattern=_HOST),
         "on_failure": Str("what the firmware and the menu do once they give up; never "
-                          "boots anything unverified (default reboot; exit may fall "
+                          "boots anything unverified (default halt; exit may fall "
                           "through to the next boot device)", enum=ON_FAILURE),
         "extra_roots": List("more roots to build in (e.g. the next root of a rotation)",
                             _path("a PEM root certificate")),
@@ -189,7 +189,7 @@ class IpxeSpec:
     commit: str | None = None
     targets: tuple[str, ...] = ipxe_build.DEFAULT_TARGETS
     ntp: str | None = None
-    on_failure: str = "reboot"
+    on_failure: str = DEFAULT_ON_FAILURE
     extra_roots: tuple[RecipePath, ...] = ()
     serial_console: bool = False
     prebuilt: RecipePath | None = None
@@ -378,7 +378,7 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
             targets=tuple(dict.fromkeys(t.value for t in i["targets"].value))
             if "targets" in i else ipxe_build.DEFAULT_TARGETS,
             ntp=_word(i["ntp"], "ipxe.ntp") if "ntp" in i else None,
-            on_failure=i["on_failure"].value if "on_failure" in i else "reboot",
+            on_failure=i["on_failure"].value if "on_failure" in i else DEFAULT_ON_FAILURE,
             extra_roots=tuple(RecipePath(p.value, p.where)
                               for p in i["extra_roots"].value) if "extra_roots" in i else (),
             serial_console=bool(i["serial_console"].value) if "serial_console" in i

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trustboot.errors import ConfigError
+from trustboot.ipxe.script import FAILED_LABEL, echo, failure_block, or_fail, verify
 from trustboot.ipxe.syntax import check_word, check_words
 
 # How each recipe architecture is recognised at boot.
@@ -25,7 +26,6 @@ ARCH_TESTS = {
     "x86_64-efi": "iseq ${platform} efi && iseq ${buildarch} x86_64",
     "arm64-efi": "iseq ${platform} efi && iseq ${buildarch} arm64",
 }
-FAILURE_LABEL = "failed"
 
 
 @dataclass(frozen=True)
@@ -37,25 +37,6 @@ class MenuEntry:
     initrd_keys: tuple[str, ...]
     cmdline: str
     default: bool = False
-
-
-def failure_block(action: str, *, label: str = FAILURE_LABEL, message: str) -> list[str]:
-    """The one place every failure goes. Nothing after it boots: ``reboot``/``poweroff``
-    end in a halt loop in case the platform ignores them, ``halt`` waits forever, and
-    ``exit`` (explicitly chosen) hands back to the firmware's boot order."""
-    lines = [f":{label}", f"echo {check_words(message, 'failure message')}"]
-    if action == "reboot":
-        lines += ["echo trustboot: rebooting in 10 s", "sleep 10", "reboot"]
-    elif action == "poweroff":
-        lines += ["poweroff"]
-    elif action == "shell":
-        lines += ["shell"]
-    elif action == "exit":
-        lines += ["exit 1"]
-    elif action != "halt":
-        raise ConfigError(f"unknown failure action {action!r}")
-    lines += [":tb_halt", "sleep 3600", "goto tb_halt"]
-    return lines
 
 
 def object_url(base: str, release_id: str, key: str) -> str:
@@ -80,14 +61,14 @@ def render_menu(*, release_id: str, name: str, base_url: str, signer: str, title
         f"# trustboot release {release_id} ({check_word(name, 'recipe name')}): generated, "
         f"signed by {signer}.",
         "# Every kernel and initrd is imgverify'd before use; every failure goes to "
-        f":{FAILURE_LABEL}.",
+        f":{FAILED_LABEL}.",
         "imgtrust --permanent",
     ]
     arches = [a for a in ARCH_TESTS if any(a in e.arch for e in entries)]
     for arch in arches:
         lines.append(f"{ARCH_TESTS[arch]} && goto arch_{arch} ||")
-    lines += ["echo trustboot: no entry of this release boots on ${platform} ${buildarch}",
-              f"goto {FAILURE_LABEL}", ""]
+    lines += [echo("trustboot: no entry of this release boots on this platform"),
+              f"goto {FAILED_LABEL}", ""]
     for arch in arches:
         mine = [e for e in entries if arch in e.arch]
         default = next((e for e in mine if e.default), mine[0])
@@ -95,34 +76,33 @@ def render_menu(*, release_id: str, name: str, base_url: str, signer: str, title
         if timeout == 0:
             lines += [f"goto entry_{default.name}", ""]
             continue
-        lines.append(f"menu {title} - release {release_id}")
+        lines.append(or_fail(f"menu {title} - release {release_id}"))
         for e in mine:
-            lines.append(f"item e_{check_word(e.name, 'entry name')} "
-                         f"{check_words(e.title, 'entry title')}")
-        lines.append(f"choose --default e_{default.name} --timeout {timeout * 1000} "
-                     f"tb_choice || goto {FAILURE_LABEL}")
+            lines.append(or_fail(f"item e_{check_word(e.name, 'entry name')} "
+                                 f"{check_words(e.title, 'entry title')}"))
+        lines.append(or_fail(f"choose --default e_{default.name} --timeout {timeout * 1000} "
+                             "tb_choice"))
         for e in mine:
             lines.append(f"iseq ${{tb_choice}} e_{e.name} && goto entry_{e.name} ||")
-        lines += [f"goto {FAILURE_LABEL}", ""]
+        lines += [f"goto {FAILED_LABEL}", ""]
     for e in entries:
         kernel_url = object_url(base_url, release_id, e.kernel_key)
         cmdline = check_words(e.cmdline, f"entry {e.name} cmdline")
+        title_text = check_words(e.title, f"entry {e.name} title")
         names = [_image_name(e.kernel_key), *(_image_name(k) for k in e.initrd_keys)]
         if len(set(names)) != len(names):
             raise ConfigError(f"entry {e.name}: two images share the name "
                               "iPXE would give them (the last path segment)",
                               hint="rename one of the files")
         lines += [f":entry_{e.name}",
-                  f"echo trustboot: booting {e.title} (release {release_id})",
-                  f"kernel {kernel_url}{' ' + cmdline if cmdline.strip() else ''} "
-                  f"|| goto {FAILURE_LABEL}",
-                  f"imgverify --signer {signer} {names[0]} {kernel_url}.sig "
-                  f"|| goto {FAILURE_LABEL}"]
+                  echo(f"trustboot: booting {title_text} (release {release_id})"),
+                  or_fail(f"kernel {kernel_url}"
+                          + (f" {cmdline}" if cmdline.strip() else "")),
+                  verify(names[0], f"{kernel_url}.sig", signer=signer)]
         for key, image in zip(e.initrd_keys, names[1:], strict=True):
             url = object_url(base_url, release_id, key)
-            lines += [f"initrd {url} || goto {FAILURE_LABEL}",
-                      f"imgverify --signer {signer} {image} {url}.sig || goto {FAILURE_LABEL}"]
-        lines += [f"boot || goto {FAILURE_LABEL}", f"goto {FAILURE_LABEL}", ""]
+            lines += [or_fail(f"initrd {url}"), verify(image, f"{url}.sig", signer=signer)]
+        lines += [or_fail("boot"), f"goto {FAILED_LABEL}", ""]
     lines += failure_block(on_failure, message=f"trustboot: release {release_id}: a download "
                            "or signature check failed, nothing unverified was booted")
     return "\n".join(lines) + "\n"
