@@ -53,16 +53,16 @@ class Lab:
 
 @pytest.fixture(scope="session")
 def session_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pki = tmp_path_factory.mktemp("release-ca") / "pki"
+    home = tmp_path_factory.mktemp("release-ca") / "pki"
     pw = constant(PASSPHRASE)
     now = dt.datetime.now(dt.UTC)
-    ca, _ = CertificateAuthority.init(pki, pw, common_name="release test CA",
+    ca, _ = CertificateAuthority.init(home, pw, common_name="release test CA",
                                       key_type="rsa-3072", options=CAOptions(), now=now)
     ca.issue("codesign", SIGNER, pw, pw, key_type="rsa-3072", now=now)
     ca.issue("codesign", "short-signer", pw, pw, key_type="rsa-3072", days=10, now=now)
     ca.issue("server", "origin", pw, pw, sans=["127.0.0.1", "10.0.2.2"], key_type="rsa-3072",
              now=now)
-    return pki
+    return home
 
 
 @pytest.fixture
@@ -86,3 +86,7 @@ def lab(session_ca: Path, tmp_path: Path) -> Iterator[Lab]:
             as port:
         yield Lab(dir=d, pki=d / "pki", origin=origin, public=f"https://127.0.0.1:{port}/",
                   passfile=passfile)
+
+
+# The publish branch's real nginx WebDAV/TLS origin (session-wide) and its pki.
+from tests.publish.conftest import nginx, nginx_origin, pki  # noqa: E402, F401

@@ -102,8 +102,12 @@ def trust_of(v: Validated) -> Trust:
 
 
 def origin_options(v: Validated) -> OriginOptions:
+    passphrase = None
+    if v.client_key_passphrase is not None:
+        passphrase = v.client_key_passphrase("the origin's TLS client key")
     return OriginOptions(ca_file=v.origin_ca_file, credentials=v.credentials,
-                         public_url=v.public_base)
+                         public_url=v.public_base, client_cert=v.client_cert,
+                         client_key=v.client_key, client_key_passphrase=passphrase)
 
 
 class _Stages:
@@ -217,7 +221,8 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
         # manifest
         objects = _local_objects(stage, signed)
         trust = trust_of(v)
-        with open_origin(v.origin_url, origin_options(v)) as origin:
+        opts = origin_options(v)
+        with open_origin(v.origin_url, opts) as origin:
             existing = read_manifest(origin, p.release_id)
         manifest = _manifest(p, objects, trust, ipxe_manifest, existing, now)
         manifest_path = stage / MANIFEST_NAME
@@ -230,10 +235,10 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
     result.manifest = manifest.to_json()
 
     # publish
-    with open_origin(v.origin_url, origin_options(v)) as origin:
+    with open_origin(v.origin_url, opts) as origin:
         published: PublishResult = publish_release(
             origin, p.release_id, objects, entry=ENTRY_SCRIPT, entry_path=v.entry_path,
-            trust=trust, now=now, options=origin_options(v), ipxe=ipxe_manifest)
+            trust=trust, now=now, options=opts, ipxe=ipxe_manifest)
     result.publish = published.to_json()
     result.uploaded = published.uploaded
     st.done("publish", "done", f"{len(published.uploaded)} uploaded, "

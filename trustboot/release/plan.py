@@ -44,6 +44,7 @@ from trustboot.release.recipe import (
     EntrySpec,
     Recipe,
     RecipePath,
+    SecretRef,
     origin_dir,
     resolve_path,
 )
@@ -105,6 +106,9 @@ class Validated:
     entry_path: str
     origin_ca_file: Path | None
     credentials: Credentials | None
+    client_cert: Path | None
+    client_key: Path | None
+    client_key_passphrase: PassphraseSource | None
     inputs: tuple[InputFile, ...]
     firmware: Firmware
     warnings: tuple[str, ...] = ()
@@ -184,12 +188,13 @@ def check_lifetime(signer: PendingSigner, recipe: Recipe, ca_home: Path,
         hint=renew, rule="signer-lifetime", subject=signer.certificate.subject.rfc4514_string())
 
 
-def _secret_source(recipe: Recipe, options: ReleaseOptions) -> PassphraseSource:
-    ref = recipe.signer.passphrase
+def _secret_source(recipe: Recipe, options: ReleaseOptions,
+                   ref: SecretRef | None = None) -> PassphraseSource:
+    ref = ref or recipe.signer.passphrase
     if ref is not None and ref.env is not None:
         return from_env(ref.env)
     if ref is not None and ref.file is not None:
-        return from_file(resolve_path(recipe, ref.file, "signer.passphrase.file",
+        return from_file(resolve_path(recipe, ref.file, "passphrase file",
                                       allow_outside=options.allow_outside))
     if options.passphrases is not None:
         return options.passphrases
@@ -331,6 +336,16 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Va
         creds = load_credentials(file=cfile, env=o.credentials.env,
                                  environ=dict(options.environ) if options.environ else None)
 
+    client_cert = client_key = None
+    client_pass: PassphraseSource | None = None
+    if o is not None and o.client_cert is not None:
+        client_cert = ca_home / "issued" / f"{o.client_cert}.crt"
+        client_key = ca_home / "private" / f"{o.client_cert}.key"
+        if not client_cert.is_file() or not client_key.is_file():
+            raise ConfigError(f"{where}: origin.client_cert {o.client_cert!r} is not a "
+                              f"client certificate of the CA in {ca_home}",
+                              hint=f"trustboot ca issue client {o.client_cert} --pki {ca_home}")
+        client_pass = _secret_source(recipe, options, o.client_key_passphrase)
     spec = recipe.ipxe
     chain_script = render_chain_script(ChainScript(
         url=public + entry_path, signer=signer_name, ntp_server=spec.ntp if spec else None,
@@ -340,6 +355,8 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Va
                      passphrases=passphrases, roots=tuple(roots),
                      extra_certs=tuple(extra_certs), origin_url=url, public_base=public,
                      entry_path=entry_path, origin_ca_file=ca_file, credentials=creds,
+                     client_cert=client_cert, client_key=client_key,
+                     client_key_passphrase=client_pass,
                      inputs=tuple(inputs), firmware=firmware)
 
 

@@ -111,6 +111,11 @@ RECIPE = Map("A trustboot release recipe (`trustboot release RECIPE`).", {
                           max_length=1024),
         "ca_file": _path("the CA that signed the origin's TLS certificate"),
         "credentials": _secret_ref("credentials for the origin"),
+        "client_cert": Str("TLS client certificate NAME of the CA (trustboot ca issue "
+                           "client NAME) for origins that take writes only from it",
+                           pattern=_NAME),
+        "client_key_passphrase": _secret_ref("the client key's passphrase (default: the "
+                                             "signer's)"),
     }, required=("url",)),
     "menu": Map("the boot menu", {
         "title": Str("menu title", max_length=200),
@@ -203,6 +208,8 @@ class OriginSpec:
     public_url: str | None = None
     ca_file: RecipePath | None = None
     credentials: SecretRef | None = None
+    client_cert: str | None = None
+    client_key_passphrase: SecretRef | None = None
 
 
 @dataclass(frozen=True)
@@ -396,7 +403,9 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
             url=_check_url(o["url"], "origin.url"), where=o["url"].where,
             entry=o["entry"].value if "entry" in o else "boot.ipxe",
             public_url=public, ca_file=_rpath(o.get("ca_file")),
-            credentials=_secret(o.get("credentials")))
+            credentials=_secret(o.get("credentials")),
+            client_cert=o["client_cert"].value if "client_cert" in o else None,
+            client_key_passphrase=_secret(o.get("client_key_passphrase")))
 
     menu = MenuSpec()
     if "menu" in top:
