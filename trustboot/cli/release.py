@@ -50,12 +50,15 @@ class StageReporter:
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
               help="iPXE build cache (default: $TRUSTBOOT_CACHE_DIR/ipxe or "
               "~/.cache/trustboot/ipxe).")
+@click.option("--readback-url", metavar="URL",
+              help="Read the published release back through URL instead of the recipe's "
+              "public_url (a build host that reaches the origin under another name).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), help="make -j for the build.")
 @json_option
 def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             passphrase_file: Path | None, passphrase_env: str | None,
-            ipxe_source: Path | None, cache_dir: Path | None, jobs: int | None,
-            as_json: bool) -> None:
+            ipxe_source: Path | None, cache_dir: Path | None, readback_url: str | None,
+            jobs: int | None, as_json: bool) -> None:
     """Release RECIPE: validate -> plan -> build iPXE -> render the menu -> sign ->
     manifest -> publish -> verify what the origin serves, as iPXE.
 
@@ -78,7 +81,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     if passphrase_file is not None or passphrase_env is not None or is_interactive():
         passphrases = passphrase_source(passphrase_file, passphrase_env)
     options = ReleaseOptions(allow_outside=allow_outside, passphrases=passphrases,
-                             ipxe_source=ipxe_source, cache_dir=cache_dir, jobs=jobs)
+                             ipxe_source=ipxe_source, cache_dir=cache_dir, jobs=jobs,
+                             readback_url=readback_url)
     result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
                          progress=StageReporter(quiet=as_json))
     if as_json:

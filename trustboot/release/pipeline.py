@@ -106,7 +106,7 @@ def origin_options(v: Validated) -> OriginOptions:
     if v.client_key_passphrase is not None:
         passphrase = v.client_key_passphrase("the origin's TLS client key")
     return OriginOptions(ca_file=v.origin_ca_file, credentials=v.credentials,
-                         public_url=v.public_base, client_cert=v.client_cert,
+                         public_url=v.readback_base, client_cert=v.client_cert,
                          client_key=v.client_key, client_key_passphrase=passphrase)
 
 
@@ -247,7 +247,8 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
 
     # verify: what the firmware will fetch first, from where it will fetch it
     entry_url = v.public_base + v.entry_path
-    check_entry(entry_url, trust, script.encode(), ca_file=v.origin_ca_file, now=now)
+    check_entry(v.readback_base + v.entry_path, trust, script.encode(),
+                ca_file=v.origin_ca_file, now=now)
     st.done("verify", "done", f"{entry_url} and its signature verify as iPXE "
             f"(--signer {v.signer_name})")
 

@@ -66,6 +66,9 @@ class ReleaseOptions:
     origin_url: str | None = None
     public_url: str | None = None
     origin_ca_file: Path | None = None
+    # Where this host reaches the public base when its name differs here (split horizon,
+    # or a VM's view of the host): read-back and the final check go there instead.
+    readback_url: str | None = None
     ca_home: Path | None = None
     cache_dir: Path | None = None
     jobs: int | None = None
@@ -111,6 +114,7 @@ class Validated:
     client_key_passphrase: PassphraseSource | None
     inputs: tuple[InputFile, ...]
     firmware: Firmware
+    readback_base: str = ""
     warnings: tuple[str, ...] = ()
 
     @property
@@ -129,6 +133,10 @@ class Plan:
     digest: str
     hashed: dict[Path, cms_sign.Hashed]
     objects: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def readback_base(self) -> str:
+        return self.v.readback_base
 
     def to_json(self) -> dict[str, Any]:
         fw = self.v.firmware
@@ -357,7 +365,9 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Va
                      entry_path=entry_path, origin_ca_file=ca_file, credentials=creds,
                      client_cert=client_cert, client_key=client_key,
                      client_key_passphrase=client_pass,
-                     inputs=tuple(inputs), firmware=firmware)
+                     inputs=tuple(inputs), firmware=firmware,
+                     readback_base=_public_base(options.readback_url, None, where)
+                     if options.readback_url else public)
 
 
 def _firmware_identity(fw: Firmware, toolchain: Callable[[], Mapping[str, str]]) -> Any:

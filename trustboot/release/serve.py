@@ -35,8 +35,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 @contextlib.contextmanager
 def serve_https(directory: Path, *, cert_chain_pem: bytes, key: PrivateKey,
-                scratch: Path, host: str = "127.0.0.1") -> Iterator[int]:
-    """Serve ``directory`` over HTTPS on ``host`` (an ephemeral port, yielded)."""
+                scratch: Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
+    """Serve ``directory`` over HTTPS on ``host`` (``port``, default ephemeral; yielded)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     fsutil.ensure_private_dir(scratch)
@@ -53,7 +53,7 @@ def serve_https(directory: Path, *, cert_chain_pem: bytes, key: PrivateKey,
         with contextlib.suppress(FileNotFoundError):
             key_file.unlink()
     server = http.server.ThreadingHTTPServer(
-        (host, 0), partial(_Handler, directory=str(directory)))
+        (host, port), partial(_Handler, directory=str(directory)))
     server.daemon_threads = True
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, name="trustboot-https",
