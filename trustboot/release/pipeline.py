@@ -43,8 +43,9 @@ from trustboot.publish.manifest import (
     ReleaseManifest,
     SignerSummary,
     format_time,
+    release_prefix,
 )
-from trustboot.publish.origin import OriginOptions, open_origin
+from trustboot.publish.origin import Origin, OriginOptions, open_origin
 from trustboot.publish.pipeline import (
     MAX_ENTRY_SIZE,
     LocalObject,
@@ -212,18 +213,48 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
                                 strict=True)]
     others = [local[o["key"]] for o in p.objects if o["path"] is None
               and o["key"] in local] + [script_path]
+    trust = trust_of(v)
+    opts = origin_options(v)
+    with open_origin(v.origin_url, opts) as origin:
+        existing = read_manifest(origin, p.release_id)
+        wanted = {o["key"]: o["sha256"] for o in p.objects if o["sha256"] is not None}
+        wanted.update({k: cms_sign.hash_file(path, ["sha256"])[0]["sha256"].hex()
+                       for k, path in local.items() if k not in wanted})
+        wanted[ENTRY_SCRIPT] = hashlib.sha256(script.encode()).hexdigest()
+        if existing is not None and _already_live(origin, existing, wanted, v.entry_path):
+            # Same id, same content, every object in place and the entry switched to it:
+            # nothing to sign or upload. The entry is still fetched and judged below.
+            st.done("sign", "skipped", f"release {p.release_id} is already published")
+            st.done("manifest", "unchanged", f"{MANIFEST_NAME} on the origin lists the same "
+                    f"{len(existing.files)} objects")
+            st.done("publish", "unchanged", f"all {len(existing.files)} objects present with "
+                    f"their published sizes; {v.entry_path} already serves {p.release_id}")
+            result.manifest = existing.to_json()
+            result.publish = {"release": p.release_id, "uploaded": [], "switched": False,
+                              "unchanged": True}
+        else:
+            _sign_and_publish(p, v, st, result, origin, opts, trust, relinked, others, stage,
+                              ipxe_manifest, existing, now)
+
+    # verify: what the firmware will fetch first, from where it will fetch it
+    entry_url = v.public_base + v.entry_path
+    check_entry(v.readback_base + v.entry_path, trust, script.encode(),
+                ca_file=v.origin_ca_file, now=now)
+    st.done("verify", "done", f"{entry_url} and its signature verify as iPXE "
+            f"(--signer {v.signer_name})")
+
+
+def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
+                      origin: Origin, opts: OriginOptions, trust: Trust,
+                      relinked: list[cms_sign.Hashed], others: list[Path], stage: Path,
+                      ipxe_manifest: dict[str, Any] | None,
+                      existing: ReleaseManifest | None, now: dt.datetime) -> None:
     with _unlocked(v) as signer:
         signed = cms_sign.sign_hashed(relinked, signer, hash_name=v.hash_name, now=now)
         signed += cms_sign.sign_files(others, signer, hash_name=v.hash_name, now=now)
         st.done("sign", "done", f"{len(signed)} files signed by {v.signer_name} "
                 f"({v.hash_name})")
-
-        # manifest
         objects = _local_objects(stage, signed)
-        trust = trust_of(v)
-        opts = origin_options(v)
-        with open_origin(v.origin_url, opts) as origin:
-            existing = read_manifest(origin, p.release_id)
         manifest = _manifest(p, objects, trust, ipxe_manifest, existing, now)
         manifest_path = stage / MANIFEST_NAME
         fsutil.atomic_write(manifest_path, manifest.to_bytes())
@@ -233,24 +264,33 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
     st.done("manifest", "done" if existing is None else "unchanged",
             f"{MANIFEST_NAME} for {len(manifest.files)} objects, signed")
     result.manifest = manifest.to_json()
-
-    # publish
-    with open_origin(v.origin_url, opts) as origin:
-        published: PublishResult = publish_release(
-            origin, p.release_id, objects, entry=ENTRY_SCRIPT, entry_path=v.entry_path,
-            trust=trust, now=now, options=opts, ipxe=ipxe_manifest)
+    published: PublishResult = publish_release(
+        origin, p.release_id, objects, entry=ENTRY_SCRIPT, entry_path=v.entry_path,
+        trust=trust, now=now, options=opts, ipxe=ipxe_manifest)
     result.publish = published.to_json()
     result.uploaded = published.uploaded
     st.done("publish", "done", f"{len(published.uploaded)} uploaded, "
             f"{len(published.skipped)} already there, {len(published.verified)} read back "
             f"and verified; {v.entry_path} switched to {p.release_id}")
 
-    # verify: what the firmware will fetch first, from where it will fetch it
-    entry_url = v.public_base + v.entry_path
-    check_entry(v.readback_base + v.entry_path, trust, script.encode(),
-                ca_file=v.origin_ca_file, now=now)
-    st.done("verify", "done", f"{entry_url} and its signature verify as iPXE "
-            f"(--signer {v.signer_name})")
+
+def _already_live(origin: Origin, existing: ReleaseManifest, wanted: dict[str, str],
+                  entry_path: str) -> bool:
+    """The release on the origin has exactly these objects, all present with their sizes,
+    and the entry path serves its script (so there is nothing to sign, upload or switch)."""
+    unsigned = {f.name: f.sha256 for f in existing.files if f.sig is not None}
+    if unsigned != wanted:
+        return False
+    prefix = release_prefix(existing.release)
+    for f in existing.files:
+        st = origin.stat(prefix + f.name)
+        if st is None or st.size != f.size or (st.sha256 is not None and st.sha256 != f.sha256):
+            return False
+    entry = existing.file(ENTRY_SCRIPT)
+    if entry is None or origin.stat(entry_path) is None:
+        return False
+    data = b"".join(origin.read(entry_path, max_size=MAX_ENTRY_SIZE))
+    return hashlib.sha256(data).hexdigest() == entry.sha256
 
 
 class _unlocked:
