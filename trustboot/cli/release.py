@@ -68,9 +68,9 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
 
     \b
     Examples:
-      trustboot release recipes/lab.yaml --dry-run
-      trustboot release recipes/lab.yaml --passphrase-env TB_SIGNER_PW --json
-      trustboot release recipes/lab.yaml --allow-outside /srv/images --ipxe-source ~/ipxe
+      trustboot release recipes/multiarch.yaml --dry-run
+      trustboot release recipes/multiarch.yaml --passphrase-env TB_SIGNER_PW --json
+      trustboot release lab/boot.yaml --allow-outside /srv/images --ipxe-source ~/ipxe
 
     \b
     Exit codes: 0 published and verified, 1 origin or I/O failure, 3 invalid recipe,

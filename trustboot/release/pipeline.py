@@ -39,10 +39,8 @@ from trustboot.ipxe import build as ipxe_build
 from trustboot.keys.signer import Signer
 from trustboot.publish.manifest import (
     MANIFEST_NAME,
-    ManifestFile,
     ReleaseManifest,
     SignerSummary,
-    format_time,
     release_prefix,
 )
 from trustboot.publish.origin import Origin, OriginOptions, open_origin
@@ -50,6 +48,7 @@ from trustboot.publish.pipeline import (
     MAX_ENTRY_SIZE,
     LocalObject,
     PublishResult,
+    build_manifest,
     publish_release,
     read_manifest,
 )
@@ -320,24 +319,22 @@ def _local_objects(stage: Path, signed: list[cms_sign.Signed]) -> list[LocalObje
 def _manifest(p: Plan, objects: list[LocalObject], trust: Trust,
               ipxe: dict[str, Any] | None, existing: ReleaseManifest | None,
               now: dt.datetime) -> ReleaseManifest:
-    keys = {o.key for o in objects}
-    files = tuple(ManifestFile(o.key, o.size, o.sha256,
-                               o.key + ".sig" if o.key + ".sig" in keys else None)
-                  for o in sorted(objects, key=lambda o: o.key))
+    """The release's manifest; an earlier run's ``created`` is kept when the content is the
+    same, so the bytes (and their signature) are the same and nothing is re-uploaded."""
     cert = p.v.signer.certificate
     chain_end = min(c.not_valid_after_utc for c in (cert, *p.v.signer.chain))
     signer = SignerSummary(subject=cert.subject.rfc4514_string(),
                            serial=f"{cert.serial_number:x}", not_after=chain_end)
-    created = now
-    fresh = ReleaseManifest(release=p.release_id, created=now, files=files,
-                            origin=f"{p.v.public_base}releases/{p.release_id}/",
-                            ca_sha256=trust.ca_sha256, signer=signer, entry=ENTRY_SCRIPT,
-                            ipxe=ipxe)
+    origin = f"{p.v.public_base}releases/{p.release_id}/"
+
+    def build(created: dt.datetime) -> ReleaseManifest:
+        return build_manifest(p.release_id, objects, entry=ENTRY_SCRIPT, now=created,
+                              origin=origin, trust=trust, signer=signer, ipxe=ipxe)
+
+    fresh = build(now)
     if existing is not None and existing.same_content(fresh):
-        created = existing.created  # same bytes as before: a re-run uploads nothing
-    return ReleaseManifest(release=fresh.release, created=created, files=files,
-                           origin=fresh.origin, ca_sha256=fresh.ca_sha256, signer=signer,
-                           entry=ENTRY_SCRIPT, ipxe=ipxe)
+        return build(existing.created)
+    return fresh
 
 
 def check_entry(entry_url: str, trust: Trust, expected: bytes | None, *,
@@ -361,16 +358,11 @@ def check_entry(entry_url: str, trust: Trust, expected: bytes | None, *,
             rule="served-entry", subject=entry_url)
 
 
-def release_time(now: dt.datetime | None) -> dt.datetime:
-    return now or dt.datetime.now(dt.UTC)
-
-
 __all__ = [
     "STAGES",
     "ReleaseOptions",
     "ReleaseResult",
     "check_entry",
     "firmware_key",
-    "format_time",
     "run_release",
 ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from trustboot.cms import sign as cms_sign
@@ -426,13 +425,8 @@ def plan(v: Validated, *, now: dt.datetime,
 
 
 def root_anchor(cert: Certificate) -> rules.TrustAnchor:
-    der = x509.load_pem_x509_certificate(cert.pem).public_bytes(serialization.Encoding.DER)
-    return rules.TrustAnchor(rules.fingerprint(der), der, cert.subject)
+    return rules.TrustAnchor(rules.fingerprint(cert.der), cert.der, cert.subject)
 
 
 def cert_der(cert: Certificate) -> bytes:
-    return x509.load_pem_x509_certificate(cert.pem).public_bytes(serialization.Encoding.DER)
-
-
-def environ_or_os(options: ReleaseOptions) -> Mapping[str, str]:
-    return options.environ if options.environ is not None else os.environ
+    return cert.der
