@@ -166,3 +166,29 @@ def test_release_under_umask_000_creates_nothing_writable_by_others(lab: Lab) ->
     assert code == 0, err
     for p in lab.origin.rglob("*"):
         assert p.stat().st_mode & 0o022 == 0, (p, oct(p.stat().st_mode))
+
+
+def test_retention_prunes_old_releases_but_never_the_live_one(lab: Lab) -> None:
+    recipe = lab.recipe(release="release: {id: '{name}-{digest8}', retention: 1}")
+    ids = []
+    for n in range(3):
+        (lab.dir / "images" / "vmlinuz").write_bytes(b"kernel %d " % n * 3000)
+        code, out, err = release(str(recipe), "--json")
+        assert code == 0, err
+        ids.append(json.loads(out)["release"])
+    assert json.loads(out)["pruned"] == [ids[1]]  # ids[0] went with the second release
+    assert sorted(p.name for p in (lab.origin / "releases").iterdir()) == [ids[2]]
+
+
+def test_date_in_the_id_does_not_make_a_new_release_the_next_day(lab: Lab) -> None:
+    import datetime as dt
+
+    from trustboot.release.pipeline import run_release
+    from trustboot.release.plan import ReleaseOptions
+    from trustboot.release.recipe import load_recipe
+
+    recipe = load_recipe(lab.recipe(release="release: {id: '{date}-{digest8}'}"))
+    now = dt.datetime.now(dt.UTC)
+    first = run_release(recipe, ReleaseOptions(), now=now)
+    later = run_release(recipe, ReleaseOptions(), now=now + dt.timedelta(days=2))
+    assert later.release == first.release and later.uploaded == []

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from trustboot.publish.pipeline import (
     LocalObject,
     PublishResult,
     build_manifest,
+    prune,
     publish_release,
     read_manifest,
 )
@@ -84,13 +86,14 @@ class ReleaseResult:
     publish: dict[str, Any] | None = None
     manifest: dict[str, Any] | None = None
     uploaded: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"release": self.release, "digest": self.digest, "origin": self.origin,
                 "public_base": self.public_base, "entry_url": self.entry_url,
                 "dry_run": self.dry_run, "plan": self.plan, "stages": self.stages,
-                "publish": self.publish, "uploaded": self.uploaded,
+                "publish": self.publish, "uploaded": self.uploaded, "pruned": self.pruned,
                 "manifest": self.manifest, "warnings": self.warnings}
 
 
@@ -106,6 +109,7 @@ def origin_options(v: Validated) -> OriginOptions:
     if v.client_key_passphrase is not None:
         passphrase = v.client_key_passphrase("the origin's TLS client key")
     return OriginOptions(ca_file=v.origin_ca_file, credentials=v.credentials,
+                         endpoint_url=v.endpoint,
                          public_url=v.readback_base, client_cert=v.client_cert,
                          client_key=v.client_key, client_key_passphrase=passphrase)
 
@@ -130,6 +134,13 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     st.done("validate", "done", f"recipe {recipe.source}: {len(recipe.entries)} entries, "
             f"{len(v.inputs)} files, signer {v.signer_name}")
     p = plan(v, now=now)
+    if "{date}" in recipe.release.id_template:
+        # The same inputs released on another day keep their id: a re-run uploads nothing.
+        with open_origin(v.origin_url, origin_options(v)) as origin:
+            earlier = _same_digest_id(origin, recipe.release.id_template, recipe.name,
+                                      p.digest)
+        if earlier is not None:
+            p.release_id = earlier
     result = ReleaseResult(release=p.release_id, digest=p.digest, origin=v.origin_url,
                            public_base=v.public_base, entry_url=v.public_base + v.entry_path,
                            dry_run=dry_run, plan=p.to_json(), stages=st.log)
@@ -234,6 +245,10 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
         else:
             _sign_and_publish(p, v, st, result, origin, opts, trust, relinked, others, stage,
                               ipxe_manifest, existing, now)
+        keep = v.recipe.release.retention
+        if keep is not None:
+            # Never the live release (publish just made it live) nor the newest `keep`.
+            result.pruned = prune(origin, keep=keep, entry_path=v.entry_path)
 
     # verify: what the firmware will fetch first, from where it will fetch it
     entry_url = v.public_base + v.entry_path
@@ -290,6 +305,18 @@ def _already_live(origin: Origin, existing: ReleaseManifest, wanted: dict[str, s
         return False
     data = b"".join(origin.read(entry_path, max_size=MAX_ENTRY_SIZE))
     return hashlib.sha256(data).hexdigest() == entry.sha256
+
+
+def _same_digest_id(origin: Origin, template: str, name: str, digest: str) -> str | None:
+    """An id on the origin made from ``template`` with this digest, on any date."""
+    values = {"name": re.escape(name), "date": r"\d{8}", "digest8": digest[:8],
+              "digest12": digest[:12], "digest": digest}
+    parts = re.split(r"(\{\w+\})", template)
+    pattern = "".join(values[x[1:-1]] if x.startswith("{") else re.escape(x) for x in parts)
+    ids = sorted({k.split("/")[1] for k in origin.list("releases/")
+                  if k.count("/") == 2 and k.endswith("/" + MANIFEST_NAME)})
+    matches = [i for i in ids if re.fullmatch(pattern, i)]
+    return matches[-1] if matches else None
 
 
 class _unlocked:

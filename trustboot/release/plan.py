@@ -108,6 +108,7 @@ class Validated:
     entry_path: str
     origin_ca_file: Path | None
     credentials: Credentials | None
+    endpoint: str | None
     client_cert: Path | None
     client_key: Path | None
     client_key_passphrase: PassphraseSource | None
@@ -363,6 +364,7 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Va
                      extra_certs=tuple(extra_certs), origin_url=url, public_base=public,
                      entry_path=entry_path, origin_ca_file=ca_file, credentials=creds,
                      client_cert=client_cert, client_key=client_key,
+                     endpoint=o.endpoint if o else None,
                      client_key_passphrase=client_pass,
                      inputs=tuple(inputs), firmware=firmware,
                      readback_base=_public_base(options.readback_url, None, where)

@@ -109,6 +109,8 @@ RECIPE = Map("A trustboot release recipe (`trustboot release RECIPE`).", {
         "public_url": Str("the https:// base URL iPXE fetches from (default: url, for "
                           "https origins)", pattern=r"https://[^\s]{1,1000}",
                           max_length=1024),
+        "endpoint": Str("the https:// endpoint of an s3:// origin (e.g. a Ceph RGW)",
+                        pattern=r"https://[^\s]{1,1000}", max_length=1024),
         "ca_file": _path("the CA that signed the origin's TLS certificate"),
         "credentials": _secret_ref("credentials for the origin"),
         "client_cert": Str("TLS client certificate NAME of the CA (trustboot ca issue "
@@ -206,6 +208,7 @@ class OriginSpec:
     where: str
     entry: str = "boot.ipxe"
     public_url: str | None = None
+    endpoint: str | None = None
     ca_file: RecipePath | None = None
     credentials: SecretRef | None = None
     client_cert: str | None = None
@@ -403,6 +406,7 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
             url=_check_url(o["url"], "origin.url"), where=o["url"].where,
             entry=o["entry"].value if "entry" in o else "boot.ipxe",
             public_url=public, ca_file=_rpath(o.get("ca_file")),
+            endpoint=_check_url(o["endpoint"], "origin.endpoint") if "endpoint" in o else None,
             credentials=_secret(o.get("credentials")),
             client_cert=o["client_cert"].value if "client_cert" in o else None,
             client_key_passphrase=_secret(o.get("client_key_passphrase")))
