@@ -62,7 +62,7 @@ class Pki:
 
 def make_pki(base: Path) -> Pki:
     secrets = base / "secrets"
-    secrets.mkdir(mode=0o700)
+    secrets.mkdir(mode=0o700, parents=True)
     (secrets / "ca.pass").write_text(CA_PASS + "\n")
     (secrets / "key.pass").write_text(KEY_PASS + "\n")
     for f in secrets.iterdir():
@@ -75,6 +75,12 @@ def make_pki(base: Path) -> Pki:
     pki.issue("server", "127.0.0.1", "localhost", "10.0.2.2", "--name", "origin")
     pki.issue("client", "publisher")
     return pki
+
+
+@pytest.fixture(autouse=True)
+def _publish_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own read-back memo (never the user's)."""
+    monkeypatch.setenv("TRUSTBOOT_PUBLISH_CACHE", str(tmp_path / "publish-cache.json"))
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +146,7 @@ def start_nginx(pki: Pki, base: Path, *, extra_args: tuple[str, ...] = (),
     if not DAV_EXT.exists():
         pytest.skip("needs libnginx-mod-http-dav-ext; .ci/setup installs it")
     root, tmp = base / "www", base / "body-tmp"
-    root.mkdir(mode=0o755)
+    root.mkdir(mode=0o755, parents=True)
     tmp.mkdir(mode=0o700)
     chain = base / "server-chain.pem"
     chain.write_bytes(pki.cert("origin").read_bytes() + (pki.dir / "issuing-ca.crt").read_bytes())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -188,8 +189,15 @@ class BarProgress:
             self._close()
 
 
-def _progress(as_json: bool) -> BarProgress | None:
-    return BarProgress() if not as_json and is_interactive() else None
+@contextmanager
+def _progress(as_json: bool) -> Iterator[BarProgress | None]:
+    """Bars on a terminal only; quiet with --json or when stderr is not a TTY."""
+    bars = BarProgress() if not as_json and is_interactive() else None
+    try:
+        yield bars
+    finally:
+        if bars:
+            bars.close()
 
 
 def _mib(n: int) -> str:
@@ -229,37 +237,37 @@ def command() -> None:
               help="The release's entry script, switched to --entry-path "
                    "(default: boot.ipxe if the release has one).")
 @click.option("--no-switch", is_flag=True, help="Upload and verify only; leave the entry.")
+@click.option("--full-readback", is_flag=True,
+              help="Read back and hash every object, even those a previous run verified and "
+                   "that are unchanged (same size and ETag); hash every local file again.")
 @trust_options
 @origin_options
 @json_option
 def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | None,
-                no_switch: bool, as_json: bool, **kw: Any) -> None:
+                no_switch: bool, full_readback: bool, as_json: bool, **kw: Any) -> None:
     """Upload DIR (signed files and their .sig) to ORIGIN as releases/ID/, read every object
     back over HTTPS as iPXE would and verify it, then switch the entry script.
 
     ORIGIN is file:///DIR, https://HOST/PATH/ (WebDAV) or s3://BUCKET/PREFIX. Nothing is
     switched unless every served object verifies; a run that was interrupted resumes.
     """
+    from trustboot.publish.cache import PublishCache, default_cache_path
     from trustboot.publish.manifest import check_release_id
     from trustboot.publish.pipeline import publish_release, scan_directory
 
     check_release_id(release_id)
     trust = build_trust(kw)
-    objects = scan_directory(directory)
+    cache = None if full_readback else PublishCache(default_cache_path())
+    objects = scan_directory(directory, cache=cache)
     keys = {o.key for o in objects}
     if entry is None and "boot.ipxe" in keys:
         entry = "boot.ipxe"
     origin, options = open_cli_origin(origin_url, kw)
-    bars = _progress(as_json)
-    try:
-        with origin:
-            result = publish_release(origin, release_id, objects, entry=entry,
-                                     entry_path=kw["entry_path"], trust=trust, now=utc_now(),
-                                     jobs=kw["jobs"], switch=not no_switch, progress=bars,
-                                     options=options)
-    finally:
-        if bars:
-            bars.close()
+    with _progress(as_json) as bars, origin:
+        result = publish_release(origin, release_id, objects, entry=entry,
+                                 entry_path=kw["entry_path"], trust=trust, now=utc_now(),
+                                 jobs=kw["jobs"], switch=not no_switch, progress=bars,
+                                 options=options, cache=cache)
     if as_json:
         emit_json(result.to_json())
         return
@@ -267,7 +275,9 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
                f"object(s) ({_mib(result.bytes_uploaded)}), {len(result.skipped)} already "
                "there")
     click.echo(f"verified {len(result.verified)} object(s) as served "
-               f"({'over HTTPS as iPXE' if result.readback == 'https' else 'from the backend'})")
+               f"({'over HTTPS as iPXE' if result.readback == 'https' else 'from the backend'})"
+               + (f"; {len(result.readback_cached)} unchanged since a full read-back"
+                  if result.readback_cached else ""))
     if result.switched:
         was = f" (was {result.previous_live})" if result.previous_live else ""
         click.echo(f"switched {result.entry_path} to {release_id}{was}; verified after the "
@@ -312,18 +322,15 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
 @json_option
 def rollback_cmd(origin_url: str, release_id: str, as_json: bool, **kw: Any) -> None:
     """Switch the entry back to RELEASE, after verifying it as served (like a publish)."""
+    from trustboot.publish.cache import PublishCache, default_cache_path
     from trustboot.publish.pipeline import rollback
 
     trust = build_trust(kw)
     origin, options = open_cli_origin(origin_url, kw)
-    bars = _progress(as_json)
-    try:
-        with origin:
-            result = rollback(origin, release_id, entry_path=kw["entry_path"], trust=trust,
-                              now=utc_now(), jobs=kw["jobs"], progress=bars, options=options)
-    finally:
-        if bars:
-            bars.close()
+    with _progress(as_json) as bars, origin:
+        result = rollback(origin, release_id, entry_path=kw["entry_path"], trust=trust,
+                          now=utc_now(), jobs=kw["jobs"], progress=bars, options=options,
+                          cache=PublishCache(default_cache_path()))
     if as_json:
         emit_json(result.to_json())
         return

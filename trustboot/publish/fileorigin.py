@@ -17,14 +17,15 @@ import hashlib
 import json
 import os
 import secrets
-import socket
 import stat
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from trustboot.errors import ConfigError, OperationalError
+from trustboot.publish.lock import LOCK_STALE_AFTER, lock_is_stale, origin_lock
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
@@ -32,45 +33,13 @@ from trustboot.publish.origin import (
     check_prefix,
     key_problem,
 )
+from trustboot.publish.stream import hashed_chunks
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 CHUNK = 1 << 20
 LOCK_NAME = ".trustboot-publish.lock"
 TMP_PREFIX = ".tb-tmp."
-LOCK_STALE_AFTER = 6 * 3600.0  # a lock older than this with no live owner we can check
-
-
-def lock_record(owner: str) -> dict[str, object]:
-    return {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
-            "time": time.time()}
-
-
-def lock_is_stale(record: object, *, now: float, stale_after: float) -> bool:
-    """A lock left by a dead process on this host, or older than ``stale_after``."""
-    if not isinstance(record, dict):
-        return True  # unreadable: a crash between create and write
-    when = record.get("time")
-    if isinstance(when, int | float) and now - when > stale_after:
-        return True
-    pid = record.get("pid")
-    if record.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-    return False
-
-
-def describe_lock(record: object) -> str:
-    if not isinstance(record, dict):
-        return "an unknown process"
-    when = record.get("time")
-    age = f", {int(time.time() - when)} s ago" if isinstance(when, int | float) else ""
-    return (f"{record.get('owner', '?')!s} (pid {record.get('pid', '?')!s} on "
-            f"{record.get('host', '?')!s}{age})")
 
 
 class FileOrigin:
@@ -167,7 +136,10 @@ class FileOrigin:
         except OSError as exc:
             raise self._fail(key, "stat", exc) from None
         try:
-            return ObjectStat(size=os.fstat(fd).st_size, sha256=None)
+            st = os.fstat(fd)
+            # like nginx's ETag, plus the inode: a rename onto the key changes it
+            return ObjectStat(size=st.st_size, sha256=None,
+                              etag=f'"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}"')
         finally:
             os.close(fd)
 
@@ -215,13 +187,9 @@ class FileOrigin:
 
     def put_file(self, key: str, path: Path, *, size: int, sha256: str,
                  progress: Callable[[int], None] | None = None) -> None:
-        try:
-            fh = open(path, "rb")
-        except OSError as exc:
-            raise OperationalError(f"cannot read {path}: {exc.strerror or exc}") from None
-        with fh:
-            self._write(key, iter(lambda: fh.read(CHUNK), b""), sha256=sha256,
-                        progress=progress)
+        # hashed_chunks checks the digest before handing out the last chunk
+        self._write(key, hashed_chunks(path, size=size, sha256=sha256, progress=progress),
+                    sha256=None)
 
     def put_bytes(self, key: str, data: bytes, *, sha256: str) -> None:
         self._write(key, iter([data]), sha256=sha256)
@@ -317,42 +285,31 @@ class FileOrigin:
         self._write(dst_key, self.read(src_key, max_size=1 << 40), sha256=None)
 
     # -- lock -----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER) -> Iterator[None]:
+    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER
+             ) -> AbstractContextManager[None]:
         root = self._root()
-        record = json.dumps(lock_record(owner)).encode()
-        for _attempt in range(3):
+
+        def try_create(body: bytes) -> bool:
             try:
                 fd = os.open(LOCK_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                              FILE_MODE, dir_fd=root)
             except FileExistsError:
-                held = self._read_lock()
-                if held is not None and not lock_is_stale(held, now=time.time(),
-                                                          stale_after=stale_after):
-                    raise OperationalError(
-                        f"origin {self.url} is locked by {describe_lock(held)}",
-                        hint="another publish is running; wait for it, or remove "
-                             f"{self.root / LOCK_NAME} if that process is gone") from None
-                self._break_lock(held)
-                continue
+                return False
             except OSError as exc:
                 raise self._fail(LOCK_NAME, "locking", exc) from None
             try:
                 os.fchmod(fd, FILE_MODE)
-                os.write(fd, record)
+                os.write(fd, body)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            break
-        else:
-            raise OperationalError(f"could not take the lock on {self.url}",
-                                   hint="another publish keeps taking it; retry later")
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                if self._read_lock() == json.loads(record):
-                    os.unlink(LOCK_NAME, dir_fd=root)
+            return True
+
+        return origin_lock(owner, where=self.url, remove_hint=f"remove {self.root / LOCK_NAME}",
+                           try_create=try_create, read=self._read_lock,
+                           break_stale=self._break_lock,
+                           release=lambda: os.unlink(LOCK_NAME, dir_fd=root),
+                           stale_after=stale_after)
 
     def _read_lock(self) -> object:
         try:

@@ -34,7 +34,7 @@ import hashlib
 import os
 import socket
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE, Verdict
 from trustboot.errors import ConfigError, OperationalError, TrustbootError, VerificationError
+from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import (
     MANIFEST_NAME,
     ManifestFile,
@@ -52,7 +53,7 @@ from trustboot.publish.manifest import (
     release_id_problem,
     release_prefix,
 )
-from trustboot.publish.origin import Origin, OriginOptions, check_key
+from trustboot.publish.origin import ObjectStat, Origin, OriginOptions, check_key
 from trustboot.publish.readback import (
     NotServed,
     Reader,
@@ -98,6 +99,8 @@ class PublishResult:
     skipped: list[str] = field(default_factory=list)
     verified: list[str] = field(default_factory=list)
     readback: str = "https"  # "https" (public URL, as iPXE) or "backend" (no public URL)
+    # verified by a full read-back in an earlier run, unchanged since (size + ETag)
+    readback_cached: list[str] = field(default_factory=list)
     previous_live: str | None = None
     signer: dict[str, Any] | None = None
     bytes_uploaded: int = 0
@@ -107,7 +110,8 @@ class PublishResult:
             "release": self.release, "origin": self.origin, "entry": self.entry,
             "entry_path": self.entry_path, "switched": self.switched,
             "uploaded": self.uploaded, "skipped": self.skipped, "verified": self.verified,
-            "readback": self.readback, "previous_live": self.previous_live,
+            "readback": self.readback, "readback_cached": self.readback_cached,
+            "previous_live": self.previous_live,
             "signer": self.signer, "bytes_uploaded": self.bytes_uploaded,
         }
 
@@ -133,8 +137,8 @@ class ReleaseInfo:
 
 # -- local side -----------------------------------------------------------------------
 
-def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = None
-                   ) -> list[LocalObject]:
+def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = None,
+                   cache: PublishCache | None = None) -> list[LocalObject]:
     """Every regular file under ``directory`` as a LocalObject (hashed).
 
     Symlinks, devices and FIFOs are refused (a release is files), keys must pass
@@ -172,8 +176,15 @@ def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = 
     objects = []
     for key, path in sorted(found):
         check_key(key)
+        st = os.lstat(path)
+        known = cache.local_digest(path, st) if cache is not None else None
+        if known is not None:
+            objects.append(LocalObject(key, path, st.st_size, known))
+            continue
         digests, size = hash_file(path, ["sha256"], progress)
         objects.append(LocalObject(key, path, size, digests["sha256"].hex()))
+        if cache is not None and size == st.st_size:
+            cache.remember_local(path, st, digests["sha256"].hex())
     check_signed(objects)
     return objects
 
@@ -313,7 +324,8 @@ def _served_bytes(origin: Origin, reader: Reader | None, key: str, max_size: int
 
 def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                   now: dt.datetime, reader: Reader | None, jobs: int = 4,
-                  progress: PublishProgress | None = None) -> list[str]:
+                  progress: PublishProgress | None = None,
+                  cached: Collection[str] = ()) -> list[str]:
     """Read back every object of ``manifest``, compare, judge each .sig; VerificationError
     listing every problem, or the keys verified."""
     prefix = release_prefix(manifest.release)
@@ -340,24 +352,30 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
     def check(f: ManifestFile) -> None:
         sig = sigs.get(f.sig) if f.sig else None
         names = signature_hashes(sig) if sig else {"sha256"}
-        try:
-            served = _served(origin, reader, prefix + f.name, max_size=f.size, hash_names=names)
-        except NotServed as exc:
-            problems.append(exc.message)
-            return
-        except OperationalError as exc:
-            if "larger than" in exc.message:
-                problems.append(f"{prefix}{f.name}: the origin serves more than the "
-                                f"{f.size} bytes published")
+        if f.name in cached and names == {"sha256"}:
+            # unchanged since a full read-back (see cache.py); its .sig was fetched in full
+            served = Served(f.name, f.size, {"sha256": bytes.fromhex(f.sha256)})
+        else:
+            try:
+                served = _served(origin, reader, prefix + f.name, max_size=f.size,
+                                 hash_names=names)
+            except NotServed as exc:
+                problems.append(exc.message)
                 return
-            raise
-        if served.size != f.size or served.sha256 != f.sha256:
-            problems.append(f"{prefix}{f.name}: the origin serves {served.size} bytes with "
-                            f"sha256 {served.sha256[:16]}..., published {f.size} bytes with "
-                            f"{f.sha256[:16]}... (changed on the origin after upload?)")
-            return
-        if progress:
-            progress.advance(f.size)
+            except OperationalError as exc:
+                if "larger than" in exc.message:
+                    problems.append(f"{prefix}{f.name}: the origin serves more than the "
+                                    f"{f.size} bytes published")
+                    return
+                raise
+            if served.size != f.size or served.sha256 != f.sha256:
+                problems.append(f"{prefix}{f.name}: the origin serves {served.size} bytes "
+                                f"with sha256 {served.sha256[:16]}..., published {f.size} "
+                                f"bytes with {f.sha256[:16]}... (changed on the origin after "
+                                "upload?)")
+                return
+            if progress:
+                progress.advance(f.size)
         if sig is not None:
             verdict = judge(sig, served.digests, trust, now)
             if not verdict.ok:
@@ -382,6 +400,22 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                  f"releases/{manifest.release}/ there and publish again",
             rule="served-object", subject=manifest.release)
     return sorted(by_name)
+
+
+def verify_manifest_signature(origin: Origin, release_id: str, *, trust: Trust,
+                              now: dt.datetime, reader: Reader | None) -> None:
+    """release.json against its detached signature, both as served."""
+    key = release_prefix(release_id) + MANIFEST_NAME
+    signature = _served_bytes(origin, reader, key + ".sig", MAX_SIGNATURE_SIZE)
+    served = _served(origin, reader, key, max_size=4 << 20,
+                     hash_names=signature_hashes(signature))
+    verdict = judge(signature, served.digests, trust, now)
+    if not verdict.ok:
+        assert verdict.failure is not None
+        raise VerificationError(
+            f"{origin.url}{key}: its signature does not verify: {verdict.failure.message}",
+            hint="the release manifest was changed on the origin or signed by another key",
+            rule="manifest-signature", subject=key)
 
 
 def _run_all(fn: Callable[[Any], None], items: Sequence[Any], jobs: int) -> None:
@@ -443,18 +477,36 @@ def _switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: 
             rule="entry-after-switch", subject=entry_path)
 
 
+def _verify_release(origin: Origin, manifest: ReleaseManifest, result: PublishResult,
+                    stats: dict[str, ObjectStat | None], *, trust: Trust, now: dt.datetime,
+                    reader: Reader | None, jobs: int, progress: PublishProgress | None,
+                    cache: PublishCache | None, signed_manifest: bool) -> None:
+    """The whole release as served, before any switch (VerificationError if not)."""
+    cached = _cached_names(origin, manifest, cache, stats)
+    result.readback_cached = sorted(cached)
+    result.verified = verify_served(origin, manifest, trust=trust, now=now, reader=reader,
+                                    jobs=jobs, progress=progress, cached=cached)
+    _remember(origin, manifest, cache, stats, cached)
+    if signed_manifest:
+        verify_manifest_signature(origin, manifest.release, trust=trust, now=now,
+                                  reader=reader)
+
+
 def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObject], *,
                     entry: str | None, entry_path: str = "boot.ipxe", trust: Trust,
                     now: dt.datetime, jobs: int = 4, switch: bool = True,
                     progress: PublishProgress | None = None,
                     options: OriginOptions | None = None,
                     ipxe: dict[str, Any] | None = None,
-                    owner: str | None = None) -> PublishResult:
+                    owner: str | None = None,
+                    cache: PublishCache | None = None) -> PublishResult:
     """Upload, read back as iPXE, verify, then switch the entry (see module docstring).
 
     ``options`` supplies TLS settings for the read-back (default: trust the roots of
     ``trust``, as iPXE does). If ``objects`` contains ``release.json`` (e.g. signed by
     ``trustboot release``), it is used as the manifest and must describe the other objects.
+    ``cache`` (see cache.py) lets an unchanged object skip its full read-back; None (the
+    default) reads everything back in full.
     """
     check_release_id(release_id)
     check_key(entry_path)
@@ -506,10 +558,11 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                                     sha256=given.sha256)
             else:
                 manifest = existing
-            _upload(origin, prefix, [o for o in objects if o.key != MANIFEST_NAME], jobs,
-                    result, progress)
-            result.verified = verify_served(origin, manifest, trust=trust, now=now,
-                                            reader=reader, jobs=jobs, progress=progress)
+            stats = _upload(origin, prefix, [o for o in objects if o.key != MANIFEST_NAME],
+                            jobs, result, progress)
+            _verify_release(origin, manifest, result, stats, trust=trust, now=now,
+                            reader=reader, jobs=jobs, progress=progress, cache=cache,
+                            signed_manifest=MANIFEST_NAME + ".sig" in keys)
             if switch and entry is not None:
                 releases = [m for m in _manifests(origin)[0]]
                 result.previous_live = live_release(origin, releases, entry_path)
@@ -525,10 +578,13 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
 
 
 def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: int,
-            result: PublishResult, progress: PublishProgress | None) -> None:
+            result: PublishResult, progress: PublishProgress | None
+            ) -> dict[str, ObjectStat | None]:
+    """Upload what is missing or different; the origin's stat of every object after."""
     todo: list[LocalObject] = []
+    stats: dict[str, ObjectStat | None] = {}
     for o in objects:
-        st = origin.stat(prefix + o.key)
+        st = stats[o.key] = origin.stat(prefix + o.key)
         if st is not None and st.size == o.size and (st.sha256 is None or st.sha256 == o.sha256):
             result.skipped.append(o.key)
             if progress:
@@ -551,6 +607,42 @@ def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: i
     result.uploaded.sort()
     result.skipped.sort()
     result.bytes_uploaded = sum(o.size for o in todo)
+    for o in todo:
+        stats[o.key] = origin.stat(prefix + o.key)
+    return stats
+
+
+def _cached_names(origin: Origin, manifest: ReleaseManifest, cache: PublishCache | None,
+                  stats: dict[str, ObjectStat | None]) -> set[str]:
+    """Objects a full read-back verified before and that are unchanged (size + ETag).
+    Never the entry script or a signature: those are always fetched in full."""
+    if cache is None:
+        return set()
+    prefix = release_prefix(manifest.release)
+    sig_names = {f.sig for f in manifest.files if f.sig}
+    out = set()
+    for f in manifest.files:
+        st = stats.get(f.name)
+        if f.name == manifest.entry or f.name in sig_names or f.sig is None or st is None:
+            continue
+        if st.size == f.size and (st.sha256 is None or st.sha256 == f.sha256) and \
+                cache.is_verified(origin.url, prefix + f.name, size=st.size, etag=st.etag,
+                                  sha256=f.sha256):
+            out.add(f.name)
+    return out
+
+
+def _remember(origin: Origin, manifest: ReleaseManifest, cache: PublishCache | None,
+              stats: dict[str, ObjectStat | None], cached: set[str]) -> None:
+    if cache is None:
+        return
+    prefix = release_prefix(manifest.release)
+    for f in manifest.files:
+        st = stats.get(f.name)
+        if st is not None and f.name not in cached and st.size == f.size:
+            cache.remember_verified(origin.url, prefix + f.name, size=st.size, etag=st.etag,
+                                    sha256=f.sha256)
+    cache.save()
 
 
 def _manifests(origin: Origin) -> tuple[list[ReleaseManifest], dict[str, str]]:
@@ -594,7 +686,7 @@ def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe") -> list[Rele
 def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
              trust: Trust, now: dt.datetime, jobs: int = 4,
              progress: PublishProgress | None = None, options: OriginOptions | None = None,
-             owner: str | None = None) -> PublishResult:
+             owner: str | None = None, cache: PublishCache | None = None) -> PublishResult:
     """Switch the entry back to ``release_id``, after verifying it like a publish."""
     check_release_id(release_id)
     check_key(entry_path)
@@ -612,8 +704,12 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
                                    readback="https" if reader else "backend",
                                    signer=manifest.signer.to_json() if manifest.signer
                                    else None)
-            result.verified = verify_served(origin, manifest, trust=trust, now=now,
-                                            reader=reader, jobs=jobs, progress=progress)
+            prefix = release_prefix(release_id)
+            stats = {f.name: origin.stat(prefix + f.name) for f in manifest.files}
+            _verify_release(origin, manifest, result, stats, trust=trust, now=now,
+                            reader=reader, jobs=jobs, progress=progress, cache=cache,
+                            signed_manifest=origin.stat(prefix + MANIFEST_NAME + ".sig")
+                            is not None)
             result.previous_live = live_release(origin, _manifests(origin)[0], entry_path)
             _switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
                               reader=reader)

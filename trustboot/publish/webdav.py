@@ -24,9 +24,9 @@ import hashlib
 import json
 import secrets
 import threading
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -34,14 +34,9 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from trustboot.errors import ConfigError, OperationalError
-from trustboot.publish.fileorigin import (
-    LOCK_STALE_AFTER,
-    TMP_PREFIX,
-    describe_lock,
-    lock_is_stale,
-    lock_record,
-)
+from trustboot.publish.fileorigin import TMP_PREFIX
 from trustboot.publish.http import RetryableStatus, status_error, tls_context, with_retries
+from trustboot.publish.lock import LOCK_STALE_AFTER, origin_lock
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
@@ -50,6 +45,7 @@ from trustboot.publish.origin import (
     key_problem,
     redact_url,
 )
+from trustboot.publish.stream import hashed_chunks
 
 CHUNK = 1 << 20
 LOCK_COLLECTION = ".trustboot-lock"
@@ -217,32 +213,10 @@ class WebDAVOrigin:
 
     def put_file(self, key: str, path: Path, *, size: int, sha256: str,
                  progress: Callable[[int], None] | None = None) -> None:
-        def factory() -> Iterator[bytes]:
-            digest = hashlib.sha256()
-            sent = 0
-            with open(path, "rb") as fh:
-                while True:
-                    chunk = fh.read(CHUNK)
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    sent += len(chunk)
-                    if sent > size:
-                        break
-                    if progress:
-                        progress(len(chunk))
-                    yield chunk
-            if sent != size or digest.hexdigest() != sha256:
-                # the temp object is deleted by _put; never MOVEd into place
-                raise OperationalError(f"{path} changed while it was uploaded",
-                                       hint="do not modify the release directory during a "
-                                            "publish")
-
-        try:
-            open(path, "rb").close()
-        except OSError as exc:
-            raise OperationalError(f"cannot read {path}: {exc.strerror or exc}") from None
-        self._put(key, factory, size)
+        # a changed file raises before the last chunk is sent: the temp object is deleted
+        # by _put and never MOVEd into place
+        self._put(key, lambda: hashed_chunks(path, size=size, sha256=sha256,
+                                             progress=progress), size)
 
     def put_bytes(self, key: str, data: bytes, *, sha256: str) -> None:
         if hashlib.sha256(data).hexdigest() != sha256:
@@ -251,13 +225,33 @@ class WebDAVOrigin:
 
     def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
         url = self._url(check_key(key))
-        data = self._request("GET", url, what="reading", ok=(200,), passthrough=(404,))
-        if data.status_code == 404:
-            raise OperationalError(f"{url} does not exist on the origin")
-        body = data.content
-        if len(body) > max_size:
-            raise OperationalError(f"{url} is larger than {max_size} bytes")
-        return iter([body])
+
+        def once() -> Iterator[bytes]:
+            request = self.client.build_request("GET", url)
+            response = self.client.send(request, stream=True)
+            if response.status_code != 200:
+                response.read()
+                response.close()
+                if response.status_code >= 500:
+                    raise RetryableStatus(response)
+                if response.status_code == 404:
+                    raise OperationalError(f"{url} does not exist on the origin")
+                raise status_error(response, "reading", url)
+            return self._capped(response, url, max_size)
+
+        return with_retries(once, url=url, what="reading", retries=self.options.retries)
+
+    @staticmethod
+    def _capped(response: httpx.Response, url: str, max_size: int) -> Iterator[bytes]:
+        total = 0
+        try:
+            for chunk in response.iter_raw(CHUNK):
+                total += len(chunk)
+                if total > max_size:
+                    raise OperationalError(f"{url} is larger than {max_size} bytes")
+                yield chunk
+        finally:
+            response.close()
 
     def list(self, prefix: str) -> builtins.list[str]:
         check_prefix(prefix)
@@ -328,38 +322,30 @@ class WebDAVOrigin:
         except ValueError:
             return "unreadable"
 
-    @contextlib.contextmanager
-    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER) -> Iterator[None]:
-        record = lock_record(owner)
-        body = json.dumps(record).encode()
-        for _attempt in range(3):
+    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER
+             ) -> AbstractContextManager[None]:
+        def try_create(body: bytes) -> bool:
+            # creating a collection is atomic: exactly one client gets 201
             r = self._request("MKCOL", self._url(LOCK_COLLECTION, collection=True),
                               what="locking", ok=(201,), passthrough=(405,))
-            if r.status_code == 201:
-                self._put(f"{LOCK_COLLECTION}/owner.json", lambda: iter([body]), len(body))
-                break
-            held = self._read_lock()
-            if held is None:
-                time.sleep(2.0)  # the holder may be between MKCOL and writing owner.json
-                held = self._read_lock()
-            if held is not None and not lock_is_stale(held, now=time.time(),
-                                                      stale_after=stale_after):
-                raise OperationalError(
-                    f"origin {self.url} is locked by {describe_lock(held)}",
-                    hint="another publish is running; wait for it, or delete "
-                         f"{self.url}{LOCK_COLLECTION}/ if that process is gone")
+            if r.status_code != 201:
+                return False
+            self._put(f"{LOCK_COLLECTION}/owner.json", lambda: iter([body]), len(body))
+            return True
+
+        def break_stale(_seen: object) -> None:
+            # MOVE without overwrite: of two breakers only one moves it
             aside = f"{TMP_PREFIX}{secrets.token_hex(8)}.stale-lock"
             if self._move(LOCK_COLLECTION, aside, overwrite=False, collection=True):
                 self._delete_quiet(aside, collection=True)
-        else:
-            raise OperationalError(f"could not take the lock on {self.url}",
-                                   hint="another publish keeps taking it; retry later")
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OperationalError):
-                if self._read_lock() == json.loads(body):
-                    self._delete_quiet(LOCK_COLLECTION, collection=True)
+
+        return origin_lock(owner, where=self.url,
+                           remove_hint=f"delete {self.url}{LOCK_COLLECTION}/",
+                           try_create=try_create, read=self._read_lock,
+                           break_stale=break_stale,
+                           release=lambda: self._delete_quiet(LOCK_COLLECTION,
+                                                              collection=True),
+                           stale_after=stale_after, settle=2.0)
 
     def public_url(self, key: str) -> str | None:
         base = self.options.public_url or self.url

@@ -1,0 +1,201 @@
+"""More of the CLI against nginx: the read-back memo, `origin check`, `origin nginx-config`
+refusals, a signed release manifest, hostile names on the https backend, help, umask."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.publish.conftest import Nginx, Pki, ReleaseFactory, run_cli
+from tests.publish.faultproxy import fault_proxy
+from trustboot.cli.main import cli
+from trustboot.cli.verify import load_trust
+from trustboot.publish.pipeline import build_manifest, scan_directory
+from trustboot.publish.readback import Trust
+
+ENTRY = b"#!ipxe\necho more\n"
+
+
+def publish(pki: Pki, directory: Path, origin: str, release: str, *extra: str) -> Result:
+    return CliRunner().invoke(cli, [
+        "publish", str(directory), origin, "--release-id", release, "--pki", str(pki.dir),
+        "--client-cert", "publisher", "--client-key-passphrase-file", str(pki.key_pass),
+        "--json", *extra])
+
+
+def test_readback_memo_skips_only_unchanged_objects(pki: Pki, nginx: Nginx,
+                                                   make_release: ReleaseFactory) -> None:
+    r = make_release({"boot.ipxe": ENTRY, "vmlinuz": b"v" * 50000})
+    first = json.loads(publish(pki, r, nginx.url, "r1").output)
+    assert first["readback_cached"] == []
+    second = json.loads(publish(pki, r, nginx.url, "r1").output)
+    assert second["uploaded"] == [] and second["readback_cached"] == ["vmlinuz"]
+    # a changed object (new mtime, so a new ETag) is read back in full again and caught
+    target = nginx.root / "releases/r1/vmlinuz"
+    target.write_bytes(b"V" + b"v" * 49999)
+    os.utime(target, ns=(1, 1))
+    res = publish(pki, r, nginx.url, "r1")
+    assert res.exit_code == 4, res.output
+    # --full-readback ignores the memo
+    target.write_bytes(b"v" * 50000)
+    full = json.loads(publish(pki, r, nginx.url, "r1", "--full-readback").output)
+    assert full["readback_cached"] == []
+
+
+def test_origin_check(pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    r = make_release({"boot.ipxe": ENTRY})
+    assert publish(pki, r, nginx.url, "r1").exit_code == 0
+    res = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
+                                   str(pki.dir), "--signer", "boot-signer", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["tls_version"] == "TLSv1.2" and report["ipxe_accepts"]
+    assert "GCM" in report["cipher"] or "SHA" in report["cipher"]
+    assert [c["subject"] for c in report["chain"]] == [
+        "CN=origin", "CN=trustboot Issuing CA", "CN=trustboot Root CA"]
+    # the server certificate expires within a year: asking for 400 days warns
+    res = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
+                                   str(pki.dir), "--warn-days", "400", "--json"])
+    assert any("expires" in w for w in json.loads(res.output)["warnings"])
+    # a wrong --signer: iPXE would refuse, exit 4
+    res = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
+                                   str(pki.dir), "--signer", "someone-else"])
+    assert res.exit_code == 4, res.output
+    assert "REFUSES" in res.output
+
+
+@pytest.mark.parametrize("args", [
+    ["--server-name", "a;b"], ["--server-name", "x", "--listen", "80; include /etc"],
+    ["--server-name", "x", "--root", "/srv/a b"], ["--server-name", "x", "--entry-path",
+                                                   "../x"],
+    ["--server-name", "x", "--max-body-size", "1g;"],
+])
+def test_nginx_config_refuses_injection(args: list[str]) -> None:
+    res = CliRunner().invoke(cli, ["origin", "nginx-config", "--cert", "/c", "--key", "/k",
+                                   "--client-ca", "/ca", *args])
+    assert res.exit_code == 3, res.output
+
+
+def test_nginx_config_content() -> None:
+    out = run_cli("origin", "nginx-config", "--server-name", "boot.example.net", "--cert",
+                  "/etc/tb/server.pem", "--key", "/etc/tb/server.key", "--client-ca",
+                  "/etc/tb/chain.pem")
+    assert "ssl_verify_client optional;" in out and "autoindex off;" in out
+    assert "ECDHE-RSA-AES128-GCM-SHA256" in out and "TLSv1.2" in out
+    assert "listen 443 ssl;" in out and "listen [::]:443 ssl;" in out
+    assert 'location = /boot.ipxe {' in out and "no-store" in out
+
+
+def test_signed_release_manifest(pki: Pki, nginx: Nginx, make_release: ReleaseFactory
+                                 ) -> None:
+    r = make_release({"boot.ipxe": ENTRY, "vmlinuz": b"k" * 100})
+    trust = Trust(tuple(load_trust((), pki.dir)))
+    manifest = build_manifest("m1", scan_directory(r), entry="boot.ipxe",
+                              now=dt.datetime.now(dt.UTC), origin=nginx.url + "releases/m1/",
+                              trust=trust)
+    (r / "release.json").write_bytes(manifest.to_bytes())
+    pki.sign([r / "release.json"], r)
+    res = publish(pki, r, nginx.url, "m1")
+    assert res.exit_code == 0, res.output
+    assert (nginx.root / "releases/m1/release.json").read_bytes() == manifest.to_bytes()
+    assert (nginx.root / "releases/m1/release.json.sig").exists()
+    # a manifest that does not describe the files is refused
+    (r / "vmlinuz").write_bytes(b"K" * 100)
+    pki.sign([r / "vmlinuz"], r)
+    res = publish(pki, r, nginx.url, "m2")
+    assert res.exit_code == 3, res.output
+
+
+def test_hostile_names_on_https_never_reach_the_origin(pki: Pki, nginx: Nginx,
+                                                      make_release: ReleaseFactory) -> None:
+    chain = nginx.base / "server-chain.pem"
+    with fault_proxy(nginx.url, cert=chain, key=pki.key("origin"),
+                     key_password=pki.key_pass.read_text().strip(), ca=pki.ca,
+                     client_cert=pki.cert("publisher"), client_key=pki.key("publisher"),
+                     client_password=pki.key_pass.read_text().strip()) as (url, state):
+        for name in ("a b.img", "x;y", "${net0/ip}"):
+            r = make_release({"boot.ipxe": ENTRY, name: b"x"})
+            res = publish(pki, r, url, "h1")
+            assert res.exit_code == 3, (name, res.output)
+        res = publish(pki, make_release({"boot.ipxe": ENTRY}), url, "../../etc")
+        assert res.exit_code == 3
+        res = CliRunner().invoke(cli, ["publish", "rollback", url, "../x", "--pki",
+                                       str(pki.dir)])
+        assert res.exit_code == 3
+        assert state.seen == []
+
+
+def test_help_shows_examples() -> None:
+    out = CliRunner().invoke(cli, ["publish", "--help"]).output
+    assert "Examples:" in out and "trustboot publish out/ https://" in out
+    assert "rollback" in out and "prune" in out and "--release-id" in out
+    out = CliRunner().invoke(cli, ["origin", "--help"]).output
+    assert "nginx-config" in out and "check" in out
+
+
+def test_publish_under_umask_000(pki: Pki, make_release: ReleaseFactory,
+                                 tmp_path: Path) -> None:
+    r = make_release({"boot.ipxe": ENTRY})
+    old = os.umask(0)
+    try:
+        res = CliRunner().invoke(cli, ["publish", str(r), f"file://{tmp_path}/srv",
+                                       "--release-id", "u1", "--pki", str(pki.dir)])
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    for p in (tmp_path / "srv").rglob("*"):
+        mode = p.stat().st_mode & 0o777
+        assert mode == (0o755 if p.is_dir() else 0o644), (p, oct(mode))
+    assert "switched boot.ipxe to u1" in res.output
+
+
+def test_unsafe_flags_warn_every_run(pki: Pki, make_release: ReleaseFactory,
+                                     tmp_path: Path) -> None:
+    r = make_release({"boot.ipxe": ENTRY})
+    res = CliRunner().invoke(cli, ["publish", str(r), f"file://{tmp_path}/srv",
+                                   "--release-id", "w1", "--pki", str(pki.dir),
+                                   "--unsafe-no-tls-verify"])
+    assert res.exit_code == 0, res.output
+    assert "--unsafe-no-tls-verify" in res.output and "warning" in res.output
+    res = CliRunner().invoke(cli, ["publish", str(r), "http://127.0.0.1:9/",
+                                   "--release-id", "w1", "--pki", str(pki.dir)])
+    assert res.exit_code == 3 and "plain HTTP" in res.output
+
+
+def test_webdav_lock_collection(pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    r = make_release({"boot.ipxe": ENTRY})
+    lock = nginx.root / ".trustboot-lock"
+    lock.mkdir()
+    # held by a live process (this one): the publish fails and names the holder
+    (lock / "owner.json").write_text(json.dumps(
+        {"owner": "release pipeline 7", "host": os.uname().nodename, "pid": os.getpid(),
+         "time": 9e12}))
+    res = publish(pki, r, nginx.url, "l1")
+    assert res.exit_code == 1, res.output
+    assert "locked by release pipeline 7" in res.output
+    # left by a dead process: broken, the publish goes through and releases its own lock
+    (lock / "owner.json").write_text(json.dumps(
+        {"owner": "crashed", "host": os.uname().nodename, "pid": 2**22 + 4321, "time": 0}))
+    res = publish(pki, r, nginx.url, "l1")
+    assert res.exit_code == 0, res.output
+    assert not lock.exists()
+
+
+def test_manifest_is_what_audit_reads(pki: Pki, make_release: ReleaseFactory,
+                                      tmp_path: Path) -> None:
+    from trustboot.audit.policy import load_manifest
+
+    r = make_release({"boot.ipxe": ENTRY})
+    res = CliRunner().invoke(cli, ["publish", str(r), f"file://{tmp_path}/srv",
+                                   "--release-id", "a1", "--pki", str(pki.dir),
+                                   "--public-url", "https://127.0.0.1:9/", "--retries", "0"])
+    assert res.exit_code == 1  # the read-back goes to the public URL, which is not there
+    assert "127.0.0.1:9" in res.output
+    m = load_manifest(tmp_path / "srv/releases/a1/release.json")
+    assert m.release == "a1" and m.origin == "https://127.0.0.1:9/releases/a1/"
+    assert {f.name for f in m.files} == {"boot.ipxe", "boot.ipxe.sig"}

@@ -1,0 +1,106 @@
+"""A local memo that makes re-publishing an unchanged release cheap, without trusting it
+for anything iPXE relies on.
+
+* local digests, keyed by the file's identity (path, device, inode, size, mtime_ns,
+  ctime_ns; ctime cannot be set back by a user), so an unchanged 1 GiB kernel is not hashed
+  again;
+* objects this machine fully read back and verified, keyed by origin URL, key, size and
+  the origin's ETag (nginx: mtime + size; S3: the content MD5). A later run skips the full
+  read-back of such an object when HEAD still reports the same size and ETag. Signatures
+  and the entry script are always fetched and verified in full, and a swapped object with
+  a forged ETag still fails imgverify at boot: the memo costs at most an early warning,
+  never integrity. ``--full-readback`` ignores it.
+
+Any problem reading the memo empties it: it is a cache, never an input that can fail a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from trustboot.errors import TrustbootError
+from trustboot.fsutil import atomic_write, ensure_private_dir
+
+MAX_ENTRIES = 20_000
+MAX_BYTES = 16 << 20
+
+
+def default_cache_path() -> Path:
+    """$TRUSTBOOT_PUBLISH_CACHE, else $XDG_CACHE_HOME/trustboot/publish-cache.json."""
+    if os.environ.get("TRUSTBOOT_PUBLISH_CACHE"):
+        return Path(os.environ["TRUSTBOOT_PUBLISH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "trustboot" / "publish-cache.json"
+
+
+class PublishCache:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.local: dict[str, list[Any]] = {}
+        self.verified: dict[str, list[Any]] = {}
+        self._dirty = False
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as fh:
+                data = json.loads(fh.read(MAX_BYTES + 1))
+            if isinstance(data, dict) and data.get("version") == 1:
+                local, verified = data.get("local"), data.get("verified")
+                if isinstance(local, dict) and isinstance(verified, dict):
+                    self.local, self.verified = local, verified
+        except (OSError, ValueError):
+            pass
+
+    @staticmethod
+    def _identity(path: Path, st: os.stat_result) -> str:
+        return json.dumps([str(path.resolve()), st.st_dev, st.st_ino, st.st_size,
+                           st.st_mtime_ns, st.st_ctime_ns])
+
+    def local_digest(self, path: Path, st: os.stat_result) -> str | None:
+        entry = self.local.get(self._identity(path, st))
+        return entry[0] if isinstance(entry, list) and entry and isinstance(entry[0], str) \
+            else None
+
+    def remember_local(self, path: Path, st: os.stat_result, sha256: str) -> None:
+        self.local[self._identity(path, st)] = [sha256, time.time()]
+        self._dirty = True
+
+    @staticmethod
+    def _object(origin: str, key: str) -> str:
+        return f"{origin}\n{key}"
+
+    def is_verified(self, origin: str, key: str, *, size: int, etag: str | None,
+                    sha256: str) -> bool:
+        if not etag:
+            return False
+        entry = self.verified.get(self._object(origin, key))
+        return isinstance(entry, list) and entry[:3] == [size, etag, sha256]
+
+    def remember_verified(self, origin: str, key: str, *, size: int, etag: str | None,
+                          sha256: str) -> None:
+        if etag:
+            self.verified[self._object(origin, key)] = [size, etag, sha256, time.time()]
+            self._dirty = True
+
+    def save(self) -> None:
+        if self.path is None or not self._dirty:
+            return
+        for table in (self.local, self.verified):
+            if len(table) > MAX_ENTRIES:  # drop the oldest
+                for k in sorted(table, key=lambda k: table[k][-1])[: len(table) - MAX_ENTRIES]:
+                    del table[k]
+        try:
+            ensure_private_dir(self.path.parent)
+            atomic_write(self.path, json.dumps({"version": 1, "local": self.local,
+                                                "verified": self.verified}).encode(),
+                         mode=0o600)
+        except (OSError, TrustbootError):
+            pass  # a cache that cannot be written only costs time next run
+        self._dirty = False
