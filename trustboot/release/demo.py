@@ -134,9 +134,9 @@ def run_demo(recipe_text: str, source: str, workdir: Path, *, ipxe_source: Path 
         # Like `origin check`: what a booting machine fetches first, over HTTPS.
         v = validate(recipe, options, now=now)
         trust = trust_of(v)
-        check_entry(release.entry_url, trust, None, ca_file=pki / "ca.crt", now=now)
-        step("check", f"{release.entry_url}: fetched over HTTPS with the demo CA, "
-                      "iPXE would run it")
+        report = check_entry(release.entry_url, trust, None, ca_file=pki / "ca.crt", now=now)
+        step("check", f"{release.entry_url}: {report.tls_version} {report.cipher} with the "
+                      "demo CA, entry and signature fetched, iPXE would run it")
         rule = _tamper_control(origin_dir, release, trust, now)
         step("tamper", f"a kernel with one byte changed is refused ({rule})")
     files = (release.manifest or {}).get("files", [])

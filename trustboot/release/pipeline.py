@@ -38,6 +38,7 @@ from trustboot.cms import sign as cms_sign
 from trustboot.errors import VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.keys.signer import Signer
+from trustboot.publish.check import CheckReport, check_origin
 from trustboot.publish.manifest import (
     MANIFEST_NAME,
     ReleaseManifest,
@@ -54,7 +55,7 @@ from trustboot.publish.pipeline import (
     publish_release,
     read_manifest,
 )
-from trustboot.publish.readback import Reader, Trust
+from trustboot.publish.readback import Trust
 from trustboot.release.plan import (
     ENTRY_SCRIPT,
     Plan,
@@ -365,24 +366,24 @@ def _manifest(p: Plan, objects: list[LocalObject], trust: Trust,
 
 
 def check_entry(entry_url: str, trust: Trust, expected: bytes | None, *,
-                ca_file: Path | None, now: dt.datetime) -> None:
-    """Fetch ``entry_url`` and its .sig over HTTPS as the firmware will and judge them
-    with iPXE's rules (roots, chain, ``--signer``); VerificationError when iPXE would
-    refuse, or when the served script is not ``expected``."""
-    with Reader(ca_file=ca_file, ca_pem=None if ca_file else trust.ca_pem()) as reader:
-        served, verdict = reader.verify_pair(entry_url, entry_url + ".sig", trust=trust,
-                                             now=now, max_size=MAX_ENTRY_SIZE)
-    if not verdict.ok:
-        assert verdict.failure is not None
+                ca_file: Path | None, now: dt.datetime) -> CheckReport:
+    """`origin check` on ``entry_url``: a TLS 1.2 handshake as iPXE makes it, then the
+    script and its .sig fetched and judged with iPXE's rules (roots, chain, --signer).
+    VerificationError when iPXE would refuse, or when the script is not ``expected``."""
+    report = check_origin(entry_url, trust=trust, ca_file=ca_file, now=now)
+    if not report.ok:
         raise VerificationError(
-            f"{entry_url}: iPXE would refuse the served entry script: "
-            f"{verdict.failure.message}", hint=verdict.failure.remedy,
-            rule=verdict.failure.rule, subject=entry_url)
-    if expected is not None and served.sha256 != hashlib.sha256(expected).hexdigest():
+            f"{entry_url}: iPXE would not run the served entry script: "
+            f"{report.tls_error or report.failure}",
+            hint="check the origin's TLS certificate and what it serves: "
+                 f"trustboot origin check {entry_url}",
+            rule="served-entry", subject=entry_url)
+    if expected is not None and report.sha256 != hashlib.sha256(expected).hexdigest():
         raise VerificationError(
             f"{entry_url} serves another script than this release's",
             hint="another release was switched in meanwhile; run the release again",
             rule="served-entry", subject=entry_url)
+    return report
 
 
 __all__ = [
