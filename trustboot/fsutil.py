@@ -39,16 +39,25 @@ def make_dirs(path: Path, mode: int = PUBLIC_DIR_MODE) -> Path:
     path = Path(path)
     missing: list[Path] = []
     probe = path
-    while not probe.is_dir():
-        if probe.exists() or probe.is_symlink():
+    while True:
+        try:
+            st = os.stat(probe)
+        except FileNotFoundError:
+            missing.append(probe)
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+            continue
+        except OSError as exc:  # ENOTDIR: a file somewhere above, EACCES ...
+            raise OperationalError(f"cannot create directory {path}: {exc.strerror}",
+                                   hint="check the path and the permissions of its "
+                                   "parents") from None
+        if not stat.S_ISDIR(st.st_mode):
             raise OperationalError(
                 f"cannot create directory {path}: {probe} exists and is not a directory",
                 hint="choose another path, or move that file away",
             )
-        missing.append(probe)
-        if probe.parent == probe:
-            break
-        probe = probe.parent
+        break
     for directory in reversed(missing):
         try:
             directory.mkdir(mode=mode)

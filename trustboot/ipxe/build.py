@@ -440,7 +440,7 @@ def remove_abandoned_trees(work_root: Path) -> list[Path]:
     leftover, and one built with --client-cert still holds the unencrypted client key
     (trustboot-inputs/client.key, and the objects made from it). Returns what was removed.
     """
-    removed = []
+    removed: list[Path] = []
     try:
         names = os.listdir(work_root)
     except FileNotFoundError:
