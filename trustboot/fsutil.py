@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from trustboot.errors import ConfigError, OperationalError
 
@@ -74,6 +75,19 @@ def make_dirs(path: Path, mode: int = PUBLIC_DIR_MODE) -> Path:
             ) from None
         os.chmod(directory, mode)  # mkdir's mode was narrowed by the umask
     return path
+
+
+def create_file(path: Path, mode: int = PUBLIC_FILE_MODE) -> BinaryIO:
+    """Open ``path`` for writing (created or truncated) with exactly ``mode``, never
+    through a link: for output streamed in pieces, where atomic_write would hold it all."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode)
+    try:
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb")
 
 
 def read_capped(path: Path, limit: int, what: str, *, nofollow: bool = False) -> bytes:
