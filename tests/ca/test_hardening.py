@@ -302,3 +302,11 @@ def test_concurrent_reader_sees_no_half_written_files(pki: Path, secrets_dir: Pa
         t.join()
     assert errors == []
     assert json.loads((pki / "index.json").read_text())["crl_number"] >= 4
+
+
+def test_index_paths_outside_the_pki_are_refused(pki: Path, run: Run) -> None:
+    doc = json.loads((pki / "index.json").read_text())
+    doc["entries"][-1]["cert_file"] = "../../etc/passwd"
+    (pki / "index.json").write_text(json.dumps(doc))
+    r = run("ca", "list", "--pki", str(pki))
+    assert r.exit_code == 3 and "not a path inside the pki" in r.output

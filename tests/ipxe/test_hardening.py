@@ -284,3 +284,38 @@ def test_sigterm_removes_the_key_at_once(env: dict[str, Path], pki: TestPki,
     assert b"interrupted by signal" in err
     assert _keys_in(env["cache"]) == []
     assert list((env["cache"] / "work").glob("build-*")) == []
+
+
+# --- unbounded reads and odd files -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--trust", "--cert", "--script"])
+def test_device_and_fifo_inputs_are_refused_unread(env: dict[str, Path], pki: TestPki,
+                                                   tmp_path: Path, option: str) -> None:
+    fifo = tmp_path / "input.fifo"
+    os.mkfifo(fifo)
+    extra = [] if option == "--script" else CHAIN
+    for path in ("/dev/zero", str(fifo)):
+        start = time.monotonic()
+        code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki",
+                           str(pki.dir), option, path, *extra)
+        assert code == 3, err
+        assert "not a regular file" in err
+        assert time.monotonic() - start < 30
+    assert env["runs"].read_text() == ""
+
+
+def test_fifo_in_the_source_tree_is_refused(env: dict[str, Path], pki: TestPki) -> None:
+    os.mkfifo(env["tree"] / "src" / "trap.fifo")
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       *CHAIN)
+    assert code == 3 and "not a regular file" in err
+
+
+def test_output_under_a_file_is_operational(env: dict[str, Path], pki: TestPki,
+                                            tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       "--target", "bin/ipxe.lkrn", *CHAIN, "-o", str(tmp_path / "afile" / "o"))
+    assert code == 1, err
+    assert "cannot create directory" in err and "Traceback" not in err

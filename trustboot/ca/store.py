@@ -168,6 +168,12 @@ class IssuedEntry:
 
     @classmethod
     def from_record(cls, data: dict[str, Any], pki: Path) -> IssuedEntry:
+        for key in ("cert_file", "key_file"):
+            rel = data.get(key)
+            # Paths in the index stay inside the pki, whoever wrote the index.
+            if rel is not None and (not isinstance(rel, str) or rel.startswith("/")
+                                    or ".." in Path(rel).parts):
+                raise ValueError(f"{key} {rel!r} is not a path inside the pki")
         return cls(**(data | {"serial": int(data["serial"], 16)}), pki=pki)
 
 

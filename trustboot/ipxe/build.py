@@ -543,6 +543,7 @@ def build(
     remove_abandoned_trees(cache / "work")
     log = cache / "logs" / f"{key[:16]}.log"
     mode = 0o600 if request.client is not None else 0o644
+    fsutil.make_dirs(output_dir)
     cached = True
     with fsutil.locked(cache / "out" / f"{key[:32]}.lock", timeout=3600):
         if not use_cache or not (entry / "manifest.json").exists():
