@@ -21,7 +21,7 @@ PASS = "umask test passphrase"
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "trustboot", *args], capture_output=True, text=True,
-        cwd=cwd, timeout=300, preexec_fn=lambda: os.umask(0),  # noqa: PLW1509
+        cwd=cwd, timeout=300, preexec_fn=lambda: os.umask(0),
         env={**os.environ, "TB_UMASK_PASS": PASS},
     )
     assert proc.returncode == 0, (args, proc.stdout, proc.stderr)

@@ -24,11 +24,6 @@ TOOLCHAIN = {"gcc": "gcc (fake) 1", "make": "GNU Make 4.3"}
 SCRIPT = "#!ipxe\nimgtrust --permanent\n"
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     return make_fake_tree(tmp_path / "ipxe")

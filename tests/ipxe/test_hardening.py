@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import require_tool
-from tests.ipxe.fake_tree import FAKE_VARS, fake_env, fake_env_passthrough, make_fake_tree
-from tests.ipxe.testpki import TestPki, make_pki
+from tests.ipxe.fake_tree import FAKE_VARS
+from tests.ipxe.testpki import TestPki
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
 from trustboot.ipxe import build as B
@@ -25,29 +25,7 @@ from trustboot.ipxe.source import check_commit, check_git_url, clone_pinned
 from trustboot.subproc import git_env
 
 CHAIN = ["--chain", "https://boot.example.com/boot.ipxe", "--signer", "boot-signer"]
-TOOLCHAIN = {"gcc": "gcc (fake)", "make": "make (fake)"}
 CLIENT_PASS = "client key passphrase"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    require_tool("make", "make")
-    tree = make_fake_tree(tmp_path / "ipxe")
-    runs = tmp_path / "runs.log"
-    runs.write_text("")
-    for k, v in fake_env().items():
-        monkeypatch.setenv(k, v)
-    fake_env_passthrough(monkeypatch)
-    monkeypatch.setenv("FAKE_RUNS", str(runs))
-    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(B, "check_toolchain", lambda targets: dict(TOOLCHAIN))
-    return {"tree": tree, "runs": runs, "cache": tmp_path / "cache" / "ipxe"}
 
 
 def run(*args: str) -> tuple[int, str, str]:

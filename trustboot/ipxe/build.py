@@ -543,7 +543,6 @@ def build(
     remove_abandoned_trees(cache / "work")
     log = cache / "logs" / f"{key[:16]}.log"
     mode = 0o600 if request.client is not None else 0o644
-    fsutil.make_dirs(output_dir)
     cached = True
     with fsutil.locked(cache / "out" / f"{key[:32]}.lock", timeout=3600):
         if not use_cache or not (entry / "manifest.json").exists():
@@ -552,6 +551,7 @@ def build(
                         jobs or os.cpu_count() or 1, clean, on_progress,
                         make_env(make_env_names))
         manifest_bytes = (entry / "manifest.json").read_bytes()
+        fsutil.make_dirs(output_dir)  # only now: a failed build leaves no empty output dir
         outputs: dict[str, Path] = {}
         for target in request.targets:
             dest = output_dir / target
