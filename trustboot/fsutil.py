@@ -336,6 +336,10 @@ def ensure_private_dir(path: Path) -> None:
         path.mkdir(mode=PRIVATE_DIR_MODE)
     except FileExistsError:
         pass
+    except OSError as exc:
+        raise OperationalError(f"cannot create directory {path}: {exc.strerror}",
+                               hint="check the path and the permissions of its parent"
+                               ) from None
     else:
         os.chmod(path, PRIVATE_DIR_MODE)  # the umask may have narrowed it further
         return

@@ -54,7 +54,7 @@ class TrustbootGroup(click.Group):
         except click.Abort:
             _json_error("Aborted", "aborted", None, 1)
             sys.exit(1)
-        sys.exit(rc if isinstance(rc, int) else 0)
+        sys.exit(rc if isinstance(rc, int) and not isinstance(rc, bool) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
