@@ -27,6 +27,7 @@ def _private_build_caches(tmp_path_factory: pytest.TempPathFactory,
     patch = pytest.MonkeyPatch()
     patch.setenv("TRUSTBOOT_CACHE_DIR", str(root / "default"))
     if not os.environ.get("TRUSTBOOT_TEST_CACHE"):
+        ensure_private_dir(root / "tests")
         patch.setenv("TRUSTBOOT_TEST_CACHE", str(root / "tests"))
     yield
     patch.undo()

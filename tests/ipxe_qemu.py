@@ -120,9 +120,8 @@ def build_test_ipxe(
         script=HARNESS_EMBED if embed is None else embed,
         options=BuildOptions(serial_console=True),
     )
-    ensure_private_dir(cache_root())  # refused if another user planted it
     cache = cache_root() / "ipxe"
-    ensure_private_dir(cache)
+    ensure_private_dir(cache)  # 0700, ours: refused if another user planted it
     toolchain = ipxe_build.check_toolchain(request.targets)
     key = ipxe_build.cache_key(request, toolchain)
     result = ipxe_build.build(
