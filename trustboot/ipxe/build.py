@@ -250,7 +250,8 @@ def make_plan(request: BuildRequest, *, jobs: int, src_dir: str = "src") -> Make
         by_cross.setdefault(KNOWN_TARGETS[target].cross, []).append(target)
     invocations = []
     for cross, targets in by_cross.items():
-        argv = ["make", "-C", src_dir, f"-j{jobs}", *targets, *common]
+        # "--": nothing after it is an option (targets are known names, the rest VAR=value).
+        argv = ["make", "-C", src_dir, f"-j{jobs}", "--", *targets, *common]
         if cross:
             argv.append(f"CROSS={cross}")
         invocations.append(tuple(argv))
