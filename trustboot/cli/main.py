@@ -71,7 +71,10 @@ class TrustbootGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            if (ctx.find_object(dict) or {}).get("json_errors"):
+                _json_error("Interrupted", "interrupted", None, 130)
+            else:
+                click.echo("interrupted", err=True)
             ctx.exit(130)
         except Exception as exc:  # a bug, not a verdict: never exit 1 or 4 here
             obj = ctx.find_object(dict) or {}

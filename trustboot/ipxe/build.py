@@ -472,6 +472,8 @@ def _sigterm_unwinds() -> Iterator[None]:
         return
 
     def handler(signum: int, _frame: object) -> None:
+        # Once: a second SIGTERM must not interrupt the cleanup this one starts.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise OperationalError(f"interrupted by signal {signum}; the build was abandoned",
                                hint="rerun the build")
 
