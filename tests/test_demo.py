@@ -64,3 +64,21 @@ def test_demo_recipe_from_dev_zero_is_refused() -> None:
     r = CliRunner().invoke(cli, ["demo", "--recipe", "/dev/zero"])
     assert r.exit_code == 3, r.output
     assert "not a regular file" in r.output
+
+
+def test_demo_under_umask_000(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    old = os.umask(0)
+    try:
+        r = CliRunner().invoke(cli, ["demo", "--workdir", str(work), "--json"])
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    assert work.stat().st_mode & 0o077 == 0
+    for p in work.rglob("*"):
+        if p.is_symlink():
+            continue
+        mode = p.stat().st_mode
+        assert mode & 0o002 == 0, (p, oct(mode))  # nothing world-writable
+        if "secrets" in p.parts or "private" in p.parts:
+            assert mode & 0o077 == 0, (p, oct(mode))

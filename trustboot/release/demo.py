@@ -57,13 +57,12 @@ class DemoResult:
 def _write_demo_file(path: Path, size: int, seed: str) -> None:
     """Deterministic pseudo-random content in 1 MiB blocks (no size-sized buffer)."""
     block = hashlib.shake_256(seed.encode()).digest(1 << 20)
-    with open(path, "wb") as fh:
+    with fsutil.create_file(path) as fh:
         left = size
         while left:
             n = min(left, len(block))
             fh.write(block[:n])
             left -= n
-    path.chmod(0o644)
 
 
 def prepare_demo(recipe_text: str, source: str, workdir: Path, *, now: dt.datetime,
@@ -96,8 +95,7 @@ def prepare_demo(recipe_text: str, source: str, workdir: Path, *, now: dt.dateti
     step("ca", f"issued code-signing '{probe.signer.key.value}' and TLS server "
                f"'{SERVER_NAME}' (127.0.0.1)")
     recipe_dir = workdir / "recipe"
-    recipe_dir.mkdir(mode=0o755, exist_ok=True)
-    recipe_dir.chmod(0o755)
+    fsutil.make_dirs(recipe_dir)
     recipe_file = recipe_dir / f"{probe.name}.yaml"
     fsutil.atomic_write(recipe_file, recipe_text.encode())
     for f in probe.demo:
@@ -115,8 +113,7 @@ def run_demo(recipe_text: str, source: str, workdir: Path, *, ipxe_source: Path 
     pki = ca.path
     key_pass = from_file(workdir / "secrets" / "signer.pass")
     origin_dir = workdir / "origin"
-    origin_dir.mkdir(mode=0o755, exist_ok=True)
-    origin_dir.chmod(0o755)
+    fsutil.make_dirs(origin_dir)
     server = ca.get(SERVER_NAME)
     chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM)
                          for c in (server.load_cert(), ca.issuing_cert))
