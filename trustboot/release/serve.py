@@ -50,8 +50,9 @@ def serve_https(directory: Path, *, cert_chain_pem: bytes, key: PrivateKey,
         fsutil.atomic_write(cert_file, cert_chain_pem)
         ctx.load_cert_chain(str(cert_file), str(key_file))
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            key_file.unlink()
+        for f in (key_file, cert_file):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
     server = http.server.ThreadingHTTPServer(
         (host, port), partial(_Handler, directory=str(directory)))
     server.daemon_threads = True
