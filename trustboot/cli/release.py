@@ -46,7 +46,8 @@ class StageReporter:
 @passphrase_options(what="the signing key")
 @click.option("--ipxe-source", type=click.Path(path_type=Path, file_okay=False),
               envvar=ENV_SOURCE, show_envvar=True,
-              help="Build iPXE from this tree (overrides the recipe's ipxe.source).")
+              help="Build iPXE from this tree when the recipe names no ipxe.source, "
+              "ipxe.git or ipxe.prebuilt.")
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
               help="iPXE build cache (default: $TRUSTBOOT_CACHE_DIR/ipxe or "
               "~/.cache/trustboot/ipxe).")

@@ -245,16 +245,17 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
                 raise ConfigError(f"{spec.prebuilt.where}: prebuilt firmware {t} is not in "
                                   f"{d}", hint="build it with `trustboot ipxe build -o DIR`")
         return Firmware("prebuilt", targets, prebuilt_dir=d)
+    # What the recipe pins wins; --ipxe-source / TRUSTBOOT_IPXE_SRC only fills a gap.
     source_dir: Path | None = None
-    if options.ipxe_source is not None:
-        source_dir = options.ipxe_source
-    elif spec is not None and spec.source is not None:
+    if spec is not None and spec.source is not None:
         source_dir = resolve_path(recipe, spec.source, "ipxe.source", allow_outside=allow,
                                   kind="dir")
     elif spec is not None and spec.git is not None and spec.commit is not None:
         cache = options.cache_dir or ipxe_build.default_cache_dir(options.environ)
         source_dir = clone_pinned(spec.git, spec.commit,
                                   ipxe_build.prepare_cache_dir(cache) / "src" / spec.commit)
+    elif options.ipxe_source is not None:
+        source_dir = options.ipxe_source
     if source_dir is None:
         return Firmware("skipped", targets, reason=(
             "no iPXE source configured: set ipxe.source (or ipxe.git + ipxe.commit) in the "
