@@ -192,3 +192,18 @@ def test_date_in_the_id_does_not_make_a_new_release_the_next_day(lab: Lab) -> No
     first = run_release(recipe, ReleaseOptions(), now=now)
     later = run_release(recipe, ReleaseOptions(), now=now + dt.timedelta(days=2))
     assert later.release == first.release and later.uploaded == []
+
+
+def test_reverify_catches_an_object_changed_on_the_origin(lab: Lab) -> None:
+    recipe = lab.recipe()
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    rid = json.loads(out)["release"]
+    kernel = lab.origin / "releases" / rid / "linux" / "vmlinuz"
+    data = bytearray(kernel.read_bytes())
+    data[100] ^= 1  # same size: a plain re-run trusts the sizes and the live entry
+    kernel.chmod(0o644)
+    kernel.write_bytes(bytes(data))
+    code, _, err = release(str(recipe), "--reverify")
+    assert code == 4, err
+    assert "linux/vmlinuz" in err and "not served as published" in err

@@ -54,12 +54,16 @@ class StageReporter:
 @click.option("--readback-url", metavar="URL",
               help="Read the published release back through URL instead of the recipe's "
               "public_url (a build host that reaches the origin under another name).")
+@click.option("--reverify", is_flag=True,
+              help="Even when the release is already complete and live, read every object "
+              "back and judge every signature again (a re-run normally checks sizes and the "
+              "entry only).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), help="make -j for the build.")
 @json_option
 def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             passphrase_file: Path | None, passphrase_env: str | None,
             ipxe_source: Path | None, cache_dir: Path | None, readback_url: str | None,
-            jobs: int | None, as_json: bool) -> None:
+            reverify: bool, jobs: int | None, as_json: bool) -> None:
     """Release RECIPE: validate -> plan -> build iPXE -> render the menu -> sign ->
     manifest -> publish -> verify what the origin serves, as iPXE.
 
@@ -83,7 +87,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
         passphrases = passphrase_source(passphrase_file, passphrase_env)
     options = ReleaseOptions(allow_outside=allow_outside, passphrases=passphrases,
                              ipxe_source=ipxe_source, cache_dir=cache_dir, jobs=jobs,
-                             readback_url=readback_url)
+                             readback_url=readback_url, reverify=reverify)
     result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
                          progress=StageReporter(quiet=as_json))
     if as_json:

@@ -232,7 +232,8 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
         wanted.update({k: cms_sign.hash_file(path, ["sha256"])[0]["sha256"].hex()
                        for k, path in local.items() if k not in wanted})
         wanted[ENTRY_SCRIPT] = hashlib.sha256(script.encode()).hexdigest()
-        if existing is not None and _already_live(origin, existing, wanted, v.entry_path):
+        if existing is not None and not options.reverify and _already_live(
+                origin, existing, wanted, v.entry_path):
             # Same id, same content, every object in place and the entry switched to it:
             # nothing to sign or upload. The entry is still fetched and judged below.
             st.done("sign", "skipped", f"release {p.release_id} is already published")

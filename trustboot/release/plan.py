@@ -72,6 +72,9 @@ class ReleaseOptions:
     cache_dir: Path | None = None
     jobs: int | None = None
     environ: Mapping[str, str] | None = None
+    # A re-run of a complete, live release normally checks sizes and the entry only;
+    # reverify reads every object back and judges every signature again.
+    reverify: bool = False
 
 
 @dataclass(frozen=True)
