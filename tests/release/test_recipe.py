@@ -273,3 +273,10 @@ def test_release_refuses_etc_shadow_before_creating_anything(tree: Path) -> None
     assert "r.yaml:6: entries.linux.kernel '/etc/shadow' resolves to" in r.output
     assert "outside the recipe's directory" in r.output
     assert not (tree / "pki").exists()
+
+
+def test_recipe_check_command() -> None:
+    r = CliRunner().invoke(cli, ["recipe", "check", str(REPO / "recipes" / "multiarch.yaml"),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["entries"] == ["debian-amd64", "rescue-amd64", "debian-arm64"]
