@@ -74,7 +74,7 @@ def test_demo_under_umask_000(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert r.exit_code == 0, r.output
-    assert work.stat().st_mode & 0o077 == 0
+    assert work.stat().st_mode & 0o777 == 0o755
     for p in work.rglob("*"):
         if p.is_symlink():
             continue
@@ -82,3 +82,10 @@ def test_demo_under_umask_000(tmp_path: Path) -> None:
         assert mode & 0o002 == 0, (p, oct(mode))  # nothing world-writable
         if "secrets" in p.parts or "private" in p.parts:
             assert mode & 0o077 == 0, (p, oct(mode))
+
+
+def test_demo_with_a_relative_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["demo", "--workdir", "out/run", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["workdir"] == str(tmp_path / "out" / "run")

@@ -87,7 +87,7 @@ def test_every_command_under_umask_000(tmp_path: Path) -> None:
         p / "private" / "signer.key": 0o600, work / "deep": 0o755,
         work / "exported" / "trust": 0o755, work / "exported" / "trust" / "root.pem": 0o644,
         work / "sigs" / "out": 0o755, work / "sigs" / "out" / "image.bin.sig": 0o644,
-        work / "demo" / "run": 0o755, work / "demo" / "run" / "release": 0o755,
+        work / "demo" / "run": 0o755, work / "demo" / "run" / "origin": 0o755,
         work / "demo" / "run" / "secrets": 0o700,
     }
     for path, mode in expect.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets as pysecrets
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,7 @@ def prepare_demo(recipe_text: str, source: str, workdir: Path, *, now: dt.dateti
                  step: Step) -> tuple[Recipe, CertificateAuthority]:
     """Validate the recipe, then create the CA, certificates and stand-in images."""
     probe = parse_recipe(recipe_text, source)  # the whole recipe is checked first
-    fsutil.ensure_private_dir(workdir)
+    fsutil.make_dirs(workdir)  # public material; the secrets go in a 0700 subdirectory
     pki = workdir / "pki"
     if CertificateAuthority.exists(pki):
         raise ConfigError(f"{workdir} already holds a demo CA",
@@ -109,6 +110,7 @@ def run_demo(recipe_text: str, source: str, workdir: Path, *, ipxe_source: Path 
              cache_dir: Path | None = None, step: Step = lambda _s, _m: None,
              now: dt.datetime | None = None) -> DemoResult:
     now = now or dt.datetime.now(dt.UTC)
+    workdir = workdir.absolute()  # it becomes a file:// URL, which names an absolute path
     recipe, ca = prepare_demo(recipe_text, source, workdir, now=now, step=step)
     pki = ca.path
     key_pass = from_file(workdir / "secrets" / "signer.pass")
@@ -127,7 +129,12 @@ def run_demo(recipe_text: str, source: str, workdir: Path, *, ipxe_source: Path 
             passphrases=key_pass, ca_home=pki, origin_url=f"file://{origin_dir}",
             public_url=public, origin_ca_file=pki / "ca.crt", ipxe_source=ipxe_source,
             cache_dir=cache_dir or workdir / "cache")
-        release = run_release(recipe, options, now=now, workdir=workdir / "work", progress=step)
+        try:
+            release = run_release(recipe, options, now=now, workdir=workdir / "work",
+                                  progress=step)
+        finally:
+            # staging links and build copies: everything that matters is on the origin
+            shutil.rmtree(workdir / "work", ignore_errors=True)
         # Like `origin check`: what a booting machine fetches first, over HTTPS.
         v = validate(recipe, options, now=now)
         trust = trust_of(v)
