@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from tests.publish.conftest import KEY_PASS, make_pki, start_nginx, stop_nginx  # noqa: E402
 
 PHASES = """
-import datetime as dt, json, sys, time
+import datetime as dt, json, resource, sys, time
 from pathlib import Path
 from trustboot.cli.verify import load_trust
 from trustboot.publish.origin import OriginOptions, open_origin
@@ -46,9 +46,14 @@ pki, directory, url, key_pass = sys.argv[1:5]
 cache = PublishCache(Path(sys.argv[6]))
 pki = Path(pki)
 marks = {}
+cpu = {}
+def cpu_now():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 class P:
     def phase(self, name, total):
         marks[name] = time.monotonic()
+        cpu[name] = cpu_now()
     def advance(self, n):
         pass
     def item(self, key, action):
@@ -65,7 +70,8 @@ with open_origin(url, opts) as origin:
                         now=dt.datetime.now(dt.UTC), progress=P(), options=opts, jobs=4,
                         cache=cache)
 end = time.monotonic()
-print(json.dumps({"t0": t0, "marks": marks, "end": end, "uploaded": r.bytes_uploaded}))
+print(json.dumps({"t0": t0, "marks": marks, "cpu": cpu, "end": end,
+                  "uploaded": r.bytes_uploaded}))
 """
 
 
@@ -104,13 +110,22 @@ def run(args: argparse.Namespace, base: Path, pki: object, nginx: object) -> int
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
 
+    def child_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    curl_cpu: list[float] = []
+
     def curl(name: str) -> float:
+        c0 = child_cpu()
         t = time.monotonic()
         subprocess.run(["curl", "-sSf", "-o", "/dev/null", "-T", str(big), "--cacert",
                         str(pki.ca), "--cert", str(pki.cert("publisher")), "--key",
                         str(pki.key("publisher")), "--pass", KEY_PASS, nginx.url + name],
                        check=True)
-        return time.monotonic() - t
+        wall = time.monotonic() - t
+        curl_cpu.append(child_cpu() - c0)
+        return wall
 
     def publish(release: str) -> dict[str, Any]:
         t = time.monotonic()
@@ -124,11 +139,12 @@ def run(args: argparse.Namespace, base: Path, pki: object, nginx: object) -> int
         return out
 
     # The machine may be shared: alternate the two uploads and keep each one's best run.
-    curl_runs, upload_runs = [], []
+    curl_runs, upload_runs, upload_cpu = [], [], []
     for trial in range(args.trials):
         curl_runs.append(curl(f"curl-{trial}.bin"))
         run_out = publish(f"bench{trial}")
         upload_runs.append(run_out["marks"]["readback"] - run_out["marks"]["upload"])
+        upload_cpu.append(run_out["cpu"]["readback"] - run_out["cpu"]["upload"])
         first = run_out
     rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     again = publish(f"bench{args.trials - 1}")
@@ -140,6 +156,10 @@ def run(args: argparse.Namespace, base: Path, pki: object, nginx: object) -> int
         "curl_s": [round(x, 2) for x in curl_runs],
         "upload_s": [round(x, 2) for x in upload_runs],
         "upload_ratio": round(curl_s / upload_s, 3),
+        # CPU seconds of the client alone (curl vs the publish process during its upload
+        # phase): what a loaded machine cannot blur
+        "curl_cpu_s": [round(x, 2) for x in curl_cpu],
+        "upload_cpu_s": [round(x, 2) for x in upload_cpu],
         "publish_s": round(float(first["wall"]), 2),
         "republish_s": round(republish_s, 2),
         "republish_in_process_s": round(float(again["end"]) - float(again["t0"]), 2),

@@ -32,6 +32,7 @@ class ProxyState:
     client: httpx.Client
     faults: list[Fault] = field(default_factory=list)
     require_auth: str | None = None  # Authorization value required on write methods
+    canned: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # method -> answer
     seen: list[tuple[str, str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,6 +69,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault:
             st.seen.append((self.command, self.path, fault.status))
             self._reply(fault.status, body=b"injected fault\n")
+            return
+        if self.command in st.canned:
+            status, canned = st.canned[self.command]
+            st.seen.append((self.command, self.path, status))
+            self._reply(status, {"Content-Type": "application/xml"}, canned)
             return
         if st.require_auth and self.command not in ("GET", "HEAD") and \
                 self.headers.get("Authorization") != st.require_auth:

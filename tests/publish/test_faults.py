@@ -377,3 +377,18 @@ def test_switch_window_ends_as_verification_failure_and_retry_succeeds(
         thread.join()
     print(f"\nswitch window: {stats}")
     assert stats["ok"] > 10
+
+
+def test_hostile_propfind_names_are_never_listed(pki: Pki, proxy: tuple[str, ProxyState]
+                                                 ) -> None:
+    url, state = proxy
+    hrefs = ["/", "/../../etc/passwd", "/releases/r1/%2e%2e/%2e%2e/x", "/a%20b",
+             "https://evil.example/x", "/releases/r1/ok.img", "/.tb-tmp.1.x", "/%00",
+             "/releases/r1/x%5cy", "/ok2"]
+    body = ('<?xml version="1.0"?><D:multistatus xmlns:D="DAV:">' + "".join(
+        f"<D:response><D:href>{h}</D:href><D:propstat><D:prop><D:resourcetype/>"
+        "<D:getcontentlength>1</D:getcontentlength></D:prop></D:propstat></D:response>"
+        for h in hrefs) + "</D:multistatus>").encode()
+    state.canned["PROPFIND"] = (207, body)
+    with open_origin(url, options_of(pki)) as origin:
+        assert origin.list("") == ["ok2", "releases/r1/ok.img"]

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,32 @@ def test_tamper_on_file_origin_is_caught(pki: Pki, make_release: ReleaseFactory,
     assert res.exit_code == 4, res.output
     assert "vmlinuz" in res.output
     assert not (tmp_path / "srv/boot.ipxe").exists()
+
+
+def test_dot_files_in_a_release_are_refused(pki: Pki, make_release: ReleaseFactory,
+                                            tmp_path: Path) -> None:
+    r = make_release({"boot.ipxe": ENTRY, ".hidden": b"x"})
+    res = _publish(pki, r, f"file://{tmp_path}/srv", "r1")
+    assert res.exit_code == 3 and "hidden" in res.output, res.output
+
+
+def test_prune_keeps_newest_and_live(pki: Pki, make_release: ReleaseFactory,
+                                     tmp_path: Path) -> None:
+    origin = f"file://{tmp_path}/srv"
+    for i in range(1, 4):
+        r = make_release({"boot.ipxe": ENTRY + f"echo {i}\n".encode(),
+                          "sub/k": f"kernel {i}".encode()})
+        assert _publish(pki, r, origin, f"r{i}").exit_code == 0
+        time.sleep(1.1)  # distinct creation times
+    res = CliRunner().invoke(cli, ["publish", "rollback", origin, "r1", "--pki",
+                                   str(pki.dir)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["deleted"] == ["r2"]
+    assert sorted(p.name for p in (tmp_path / "srv/releases").iterdir()) == ["r1", "r3"]
+    listed = json.loads(CliRunner().invoke(cli, ["publish", "list", origin, "--json"]).output)
+    assert [(i["id"], i["live"], i["complete"]) for i in listed] == [
+        ("r1", True, True), ("r3", False, True)]
+    res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "0"])
+    assert res.exit_code == 2

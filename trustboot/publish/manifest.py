@@ -44,6 +44,16 @@ _FILE_KEYS = {"name", "size", "sha256", "sig"}
 _SIGNER_KEYS = {"subject", "serial", "not_after"}
 
 
+def release_key_problem(name: object) -> str | None:
+    """Why ``name`` cannot be an object of a release: the key rule, and no dot-files (the
+    origin hides them: upload temps and the lock live there)."""
+    problem = key_problem(name)
+    if problem is None and isinstance(name, str) and any(
+            seg.startswith(".") for seg in name.split("/")):
+        problem = "a name starting with '.' is hidden by the origin"
+    return problem
+
+
 def release_id_problem(value: object) -> str | None:
     if not isinstance(value, str):
         return "it is not a string"
@@ -176,7 +186,7 @@ def _validate(m: ReleaseManifest) -> None:
         raise _bad("files", f"duplicate name(s) {', '.join(dup)}")
     for f in m.files:
         where = f"files[{f.name!r}]"
-        problem = key_problem(f.name)
+        problem = release_key_problem(f.name)
         if problem:
             raise _bad(where, f"name {f.name!r}: {problem}")
         if f.name in (MANIFEST_NAME, MANIFEST_NAME + ".sig"):

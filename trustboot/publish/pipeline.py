@@ -51,6 +51,7 @@ from trustboot.publish.manifest import (
     check_release_id,
     parse_manifest,
     release_id_problem,
+    release_key_problem,
     release_prefix,
 )
 from trustboot.publish.origin import ObjectStat, Origin, OriginOptions, check_key
@@ -511,7 +512,10 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
     check_release_id(release_id)
     check_key(entry_path)
     for o in objects:
-        check_key(o.key)
+        problem = release_key_problem(o.key)
+        if problem:
+            raise ConfigError(f"{o.path}: cannot publish it as {o.key!r}: {problem}",
+                              hint="rename the file to letters, digits and '._-'")
     check_signed(objects)
     keys = {o.key for o in objects}
     if entry is not None and entry not in keys:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import secrets
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -36,7 +37,7 @@ import httpx
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.fileorigin import TMP_PREFIX
 from trustboot.publish.http import RetryableStatus, status_error, tls_context, with_retries
-from trustboot.publish.lock import LOCK_STALE_AFTER, origin_lock
+from trustboot.publish.lock import LOCK_STALE_AFTER, lock_is_stale, origin_lock
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
@@ -54,7 +55,7 @@ DAV = "{DAV:}"
 
 
 def parse_multistatus(data: bytes) -> list[tuple[str, bool, int | None, str | None]]:
-    """(href path, is_collection, size, etag) per response; no DTD, no entities."""
+    """(href, is_collection, size, etag) per response; no DTD, no entities."""
     if len(data) > MAX_PROPFIND_BYTES:
         raise OperationalError("PROPFIND answer larger than 16 MiB")
     # A multistatus never has a DTD, and without one there are no entities to expand.
@@ -78,7 +79,7 @@ def parse_multistatus(data: bytes) -> list[tuple[str, bool, int | None, str | No
         length = response.findtext(f".//{DAV}getcontentlength")
         etag = response.findtext(f".//{DAV}getetag")
         size = int(length) if length and length.strip().isdigit() else None
-        out.append((urlsplit(href).path, is_col, size, etag))
+        out.append((href, is_col, size, etag))
     return out
 
 
@@ -99,6 +100,7 @@ class WebDAVOrigin:
                                                                   "--unsafe-http)")
         path = parts.path if parts.path.endswith("/") else parts.path + "/"
         self.base_path = path
+        self._netloc = parts.netloc
         self.url = f"{parts.scheme}://{parts.netloc}{path}"
         self.options = options
         self._collections: set[str] = set()
@@ -173,9 +175,10 @@ class WebDAVOrigin:
         tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}.{name}"[:200]
         return f"{head}/{tmp}" if head else tmp
 
-    def _move(self, src: str, dst: str, *, overwrite: bool, collection: bool = False) -> bool:
+    def _move(self, src: str, dst: str, *, overwrite: bool, collection: bool = False,
+              missing_ok: bool = False) -> bool:
         r = self._request("MOVE", self._url(src, collection=collection), what="moving",
-                          ok=(201, 204), passthrough=(412,),
+                          ok=(201, 204), passthrough=(412, 404) if missing_ok else (412,),
                           headers={"Destination": self._url(dst, collection=collection),
                                    "Overwrite": "T" if overwrite else "F"})
         return r.status_code in (201, 204)
@@ -267,8 +270,11 @@ class WebDAVOrigin:
                                       b"<resourcetype/><getcontentlength/></prop></propfind>")
             if r.status_code == 404:
                 continue
-            for path, is_col, _size, _etag in parse_multistatus(r.content):
-                rel = unquote(path)
+            for href, is_col, _size, _etag in parse_multistatus(r.content):
+                parts = urlsplit(href)
+                if parts.netloc and parts.netloc != self._netloc:
+                    continue  # another server's name: not ours to list
+                rel = unquote(parts.path)
                 if not rel.startswith(self.base_path):
                     continue
                 key = rel[len(self.base_path):].rstrip("/")
@@ -312,8 +318,8 @@ class WebDAVOrigin:
             raise
 
     # -- lock -----------------------------------------------------------------------
-    def _read_lock(self) -> object:
-        r = self._request("GET", self._url(f"{LOCK_COLLECTION}/owner.json"), what="reading lock",
+    def _read_lock(self, collection: str = LOCK_COLLECTION) -> object:
+        r = self._request("GET", self._url(f"{collection}/owner.json"), what="reading lock",
                           ok=(200,), passthrough=(404, 403))
         if r.status_code != 200:
             return None
@@ -333,11 +339,21 @@ class WebDAVOrigin:
             self._put(f"{LOCK_COLLECTION}/owner.json", lambda: iter([body]), len(body))
             return True
 
-        def break_stale(_seen: object) -> None:
+        def break_stale(seen: object) -> None:
             # MOVE without overwrite: of two breakers only one moves it
             aside = f"{TMP_PREFIX}{secrets.token_hex(8)}.stale-lock"
-            if self._move(LOCK_COLLECTION, aside, overwrite=False, collection=True):
-                self._delete_quiet(aside, collection=True)
+            # (404: the holder released it meanwhile; the next attempt takes it)
+            if not self._move(LOCK_COLLECTION, aside, overwrite=False, collection=True,
+                              missing_ok=True):
+                return
+            moved = self._read_lock(aside)
+            if moved != seen and moved is not None and not lock_is_stale(
+                    moved, now=time.time(), stale_after=stale_after):
+                # a fresh lock taken after we looked: give it back
+                self._move(aside, LOCK_COLLECTION, overwrite=False, collection=True,
+                           missing_ok=True)
+                return
+            self._delete_quiet(aside, collection=True)
 
         return origin_lock(owner, where=self.url,
                            remove_hint=f"delete {self.url}{LOCK_COLLECTION}/",
