@@ -412,7 +412,7 @@ def _concrete(text: str) -> tuple[bool, bool]:
     return seen["unverified"], seen["ends"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(_scripts())
 def test_model_agrees_with_a_concrete_interpreter(text: str) -> None:
     unverified, ends = _concrete(text)
