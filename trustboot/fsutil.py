@@ -9,6 +9,7 @@ the secret is already on disk) inside 0700 directories.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -21,6 +22,56 @@ from trustboot.errors import ConfigError, OperationalError
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
+
+
+def read_capped(path: Path, limit: int, what: str, *, nofollow: bool = False) -> bytes:
+    """Read a regular file of at most ``limit`` bytes; ConfigError naming ``what`` otherwise.
+
+    The file is opened non-blocking (a FIFO cannot hang us) and checked with fstat before
+    anything is read, so /dev/zero, FIFOs and directories are refused unread. With
+    ``nofollow`` a symbolic link in the last component is refused too.
+    """
+    path = Path(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist", hint="check the path") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and nofollow:
+            raise ConfigError(
+                f"{what} {path} is a symbolic link, where a link is never expected",
+                hint=f"replace the link with the file itself, or check who created {path}",
+            ) from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}",
+                          hint="check the path and its permissions") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(
+                f"{what} {path} is not a regular file",
+                hint="pass a regular file (not a directory, device, FIFO or socket)",
+            )
+        if st.st_size > limit:
+            raise ConfigError(f"{what} {path} is larger than {limit} bytes",
+                              hint=f"a {what} is never that large: check the path")
+        # Regular files ignore O_NONBLOCK; read one byte past the cap to catch growth.
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise ConfigError(f"{what} {path} is larger than {limit} bytes",
+                              hint=f"a {what} is never that large: check the path")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -154,40 +205,3 @@ def locked(lock_path: Path, *, timeout: float = 60.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
-
-
-def read_capped(path: Path, limit: int, what: str) -> bytes:
-    """The bytes of regular file ``path``, at most ``limit`` of them, or a ConfigError.
-
-    Refuses FIFOs, devices and directories before reading (``/dev/zero`` would grow without
-    end and a FIFO would block); O_NONBLOCK keeps open() itself from blocking on a FIFO.
-    """
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{what} {path} is not a regular file",
-                              hint="pass a regular file (not a device, FIFO or directory)")
-        if st.st_size > limit:
-            raise ConfigError(f"{what} {path} is larger than {limit} bytes")
-        chunks: list[bytes] = []
-        total = 0
-        while total <= limit:
-            chunk = os.read(fd, min(1 << 16, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        if total > limit:
-            raise ConfigError(f"{what} {path} is larger than {limit} bytes")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
