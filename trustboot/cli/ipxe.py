@@ -98,16 +98,16 @@ def _chain_script(
     ))
 
 
-MAX_SCRIPT_BYTES = 1 << 20  # embedded scripts are a few KiB; iPXE holds them in memory
+# iPXE scripts are a few KiB; the cap keeps /dev/zero or a huge file from being read.
+MAX_SCRIPT_FILE = 1 << 20
 
 
 def _read_script(path: Path) -> str:
-    data = read_capped(path, MAX_SCRIPT_BYTES, "script")
+    data = read_capped(path, MAX_SCRIPT_FILE, "script")
     try:
         return data.decode()
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"script {path} is not UTF-8 text: {exc.reason} at byte "
-                          f"{exc.start}") from None
+        raise ConfigError(f"cannot read script {path}: {exc}") from None
 
 
 class _Progress:

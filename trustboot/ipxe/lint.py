@@ -198,13 +198,13 @@ class _Explorer:
         return images if image in images else (*images, image)
 
     def acquire(self, images: tuple[Image, ...], token: str, number: int
-                ) -> tuple[Image, tuple[Image, ...], bool]:
+                ) -> tuple[Image, tuple[Image, ...]]:
         """imgacquire(): an existing image by exact name, else a download (may fail)."""
         found = self.find(images, token)
         if found is not None:
-            return found, images, False
+            return found, images
         image = (uri_name(token), False, number)
-        return image, self.register(images, image), True
+        return image, self.register(images, image)
 
     # one command -----------------------------------------------------------------------
 
@@ -252,7 +252,7 @@ class _Explorer:
             image = (p.options.get("name") or uri_name(p.args[0]), False, number)
             return [out(True, self.register(images, image)), fail]
         if name in _SELECT or name == "imgargs":
-            image, imgs, _ = self.acquire(images, p.args[0], number)
+            image, imgs = self.acquire(images, p.args[0], number)
             if p.options.get("name"):
                 renamed = (str(p.options["name"]), image[1], image[2])
                 imgs = tuple(renamed if i == image else i for i in imgs)
@@ -260,7 +260,7 @@ class _Explorer:
             return [out(True, imgs, image if name in _SELECT else sel), fail]
         if name in _EXEC:
             if p.args:
-                target, imgs, _ = self.acquire(images, p.args[0], number)
+                target, imgs = self.acquire(images, p.args[0], number)
             elif sel is not None:
                 target, imgs = sel, images
             else:
@@ -270,7 +270,7 @@ class _Explorer:
                 return [out(True, imgs, control="halt"), out(False, imgs)]
             return [out(True, imgs), out(False, imgs)]
         if name == "imgverify":
-            image, imgs, _ = self.acquire(images, p.args[0], number)
+            image, imgs = self.acquire(images, p.args[0], number)
             sig = self.find(imgs, p.args[1])
             if sig is not None and not p.has("keep"):
                 imgs = tuple(i for i in imgs if i != sig)
