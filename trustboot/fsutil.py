@@ -230,6 +230,8 @@ def append_line(path: Path, data: bytes, *, mode: int = PUBLIC_FILE_MODE) -> Non
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
