@@ -112,7 +112,11 @@ release: {{id: "bench-{{digest8}}"}}
                     "curl", "-sSf", "--cacert", str(pki.ca), "--cert",
                     str(pki.cert("publisher")), "--key", str(client_key), "-T", str(src),
                     f"{nginx.url}reference-{name}"])
-            release = timed([trustboot, "release", str(d / "lab.yaml"), "--json"])
+            start = time.perf_counter()
+            first = subprocess.run([trustboot, "release", str(d / "lab.yaml"), "--json"],
+                                   capture_output=True, text=True, check=True)
+            release = time.perf_counter() - start
+            stages = {s["stage"]: s["seconds"] for s in json.loads(first.stdout)["stages"]}
             rerun_start = time.perf_counter()
             out = subprocess.run([trustboot, "release", str(d / "lab.yaml"), "--json"],
                                  capture_output=True, text=True, check=True)
@@ -128,6 +132,7 @@ release: {{id: "bench-{{digest8}}"}}
     print(f"openssl cms -sign + curl -T (both files): {reference:7.2f} s")
     print(f"trustboot release:                        {release:7.2f} s  ratio {ratio:.2f} "
           f"(goal <= 1.30) {'ok' if ratio <= 1.3 else 'MISSED'}")
+    print("  stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
     print(f"re-run of the unchanged release:          {rerun:7.2f} s  (goal < 3 s) "
           f"{'ok' if rerun < 3 else 'MISSED'}; uploaded {len(uploaded)} objects")
 

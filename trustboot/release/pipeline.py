@@ -28,6 +28,7 @@ import json
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,7 @@ class ReleaseResult:
     entry_url: str
     dry_run: bool
     plan: dict[str, Any]
-    stages: list[dict[str, str]] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
     publish: dict[str, Any] | None = None
     manifest: dict[str, Any] | None = None
     uploaded: list[str] = field(default_factory=list)
@@ -118,11 +119,15 @@ def origin_options(v: Validated) -> OriginOptions:
 class _Stages:
     def __init__(self, result: ReleaseResult | None, progress: Progress) -> None:
         self.progress = progress
-        self.log: list[dict[str, str]] = []
+        self.log: list[dict[str, Any]] = []
         self.result = result
+        self.last = time.monotonic()
 
     def done(self, stage: str, status: str, detail: str) -> None:
-        self.log.append({"stage": stage, "status": status, "detail": detail})
+        now = time.monotonic()
+        self.log.append({"stage": stage, "status": status, "detail": detail,
+                         "seconds": round(now - self.last, 3)})
+        self.last = now
         self.progress(stage, f"{status}: {detail}" if status != "done" else detail)
 
 
