@@ -17,8 +17,8 @@ The firmware is ``bin/ipxe.lkrn`` with IMAGE_TRUST_CMD, HTTPS and a serial conso
 cross-signing fetch, and an embedded script that runs DHCP (QEMU's user-mode network) and
 chains ``tftp://10.0.2.2/boot.ipxe``, which :func:`boot` serves from a temporary directory.
 :func:`boot_efi` boots an EFI binary under OVMF (from a disk, or PXE for snponly.efi).
-Builds are cached by their inputs under ``$TRUSTBOOT_TEST_CACHE`` or
-``$XDG_CACHE_HOME/trustboot-tests`` (default ``~/.cache/trustboot-tests``), outside the repo;
+Builds are cached by their inputs under ``$TRUSTBOOT_TEST_CACHE``, which tests/conftest.py
+points at pytest's per-user temp root unless it is set (never the user's own cache);
 concurrent callers with the same inputs wait on a lock and share one build.
 """
 
@@ -32,12 +32,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from trustboot.fsutil import ensure_private_dir
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe.config import BuildOptions, load_certificates, load_single_certificate
 from trustboot.ipxe.source import ENV_SOURCE, IpxeSource, open_source
@@ -64,8 +65,8 @@ def cache_root() -> Path:
     """Where test builds are cached (outside the repository)."""
     if os.environ.get("TRUSTBOOT_TEST_CACHE"):
         return Path(os.environ["TRUSTBOOT_TEST_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "trustboot-tests"
+    # Outside pytest (tests/conftest.py sets the variable): a private temp dir.
+    return Path(tempfile.gettempdir()) / f"trustboot-tests-{os.getuid()}"
 
 
 def ipxe_src_or_skip() -> Path:
@@ -120,8 +121,7 @@ def build_test_ipxe(
         options=BuildOptions(serial_console=True),
     )
     cache = cache_root() / "ipxe"
-    cache.mkdir(parents=True, exist_ok=True)
-    os.chmod(cache, 0o700)
+    ensure_private_dir(cache)  # 0700, ours: refused if another user planted it
     toolchain = ipxe_build.check_toolchain(request.targets)
     key = ipxe_build.cache_key(request, toolchain)
     result = ipxe_build.build(
@@ -145,8 +145,10 @@ def _rtc_args(rtc: datetime | None) -> list[str]:
     return ["-rtc", f"base={when.strftime('%Y-%m-%dT%H:%M:%S')},clock=vm"]
 
 
-def _run_console(argv: list[str], stop_on: Sequence[str], timeout: float) -> str:
-    """Run QEMU with the serial console on stdout until a stop string or the timeout."""
+def _run_console(argv: list[str], stop_on: Sequence[str], timeout: float,
+                 stop_when: Callable[[str], bool] | None = None) -> str:
+    """Run QEMU with the serial console on stdout until a stop string, ``stop_when`` (given
+    the console so far) returns true, or the timeout."""
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -172,7 +174,8 @@ def _run_console(argv: list[str], stop_on: Sequence[str], timeout: float) -> str
     thread.start()
     deadline = time.monotonic() + timeout
     while not done.wait(0.2) and time.monotonic() < deadline:
-        pass
+        if stop_when is not None and stop_when(_clean(b"".join(chunks).decode(errors="replace"))):
+            break
     proc.terminate()
     try:
         proc.wait(10)
@@ -192,6 +195,10 @@ def boot(
     timeout: float = 90,
     stop_on: Sequence[str] = (DONE_MARKER,),
     restrict: bool = True,
+    stock_nic_rom: bool = False,
+    bootfile: str = BOOT_SCRIPT_NAME,
+    stop_when: Callable[[str], bool] | None = None,
+    bios_log: Path | None = None,
 ) -> str:
     """Boot ``lkrn`` under QEMU (TCG), serve ``files`` and ``script`` over slirp's TFTP.
 
@@ -203,6 +210,11 @@ def boot(
     boot early (default: the done marker). ``restrict=False`` lets the guest reach the
     host's loopback as 10.0.2.2 (for an HTTPS origin served by the test); the default
     keeps it off every network but slirp's own DHCP and TFTP.
+
+    ``stock_nic_rom=True`` gives the NIC (an e1000) QEMU's own iPXE option ROM, a second
+    boot device that SeaBIOS tries after ``lkrn`` returns (it checks no signatures);
+    ``bootfile`` is the DHCP file name slirp offers it. ``bios_log`` receives SeaBIOS's
+    debug log (which boot devices it tried). ``stop_when`` ends the boot early.
     """
     if shutil.which(QEMU) is None:
         pytest.skip(f"needs {QEMU}: apt-get install qemu-system-x86")
@@ -220,13 +232,18 @@ def boot(
             QEMU, "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot",
             "-m", "256", "-kernel", str(lkrn),
             "-netdev", f"user,id=n0,restrict={'on' if restrict else 'off'},tftp={tftp},"
-            f"bootfile={BOOT_SCRIPT_NAME}",
-            # romfile= empty: no QEMU-bundled iPXE option ROM alongside the one under test.
-            "-device", "virtio-net-pci,netdev=n0,romfile=",
+            f"bootfile={bootfile}",
+            # romfile= empty: no QEMU-bundled iPXE option ROM alongside the one under test
+            # (unless the test wants that second boot device).
+            "-device", "e1000,netdev=n0,bootindex=1" if stock_nic_rom
+            else "virtio-net-pci,netdev=n0,romfile=",
             "-serial", "stdio", "-monitor", "none",
         ]
+        if bios_log is not None:
+            argv += ["-chardev", f"file,id=biosdbg,path={bios_log}",
+                     "-device", "isa-debugcon,iobase=0x402,chardev=biosdbg"]
         argv += _rtc_args(rtc)
-        return _run_console(argv, stop_on, timeout)
+        return _run_console(argv, stop_on, timeout, stop_when)
 
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")

@@ -1,15 +1,23 @@
-"""The quick start's first command: the embedded demo runs and its output is real."""
+"""The quick start's first command: the embedded demo releases over HTTPS and its output is
+real (an independent judge, openssl, accepts every signature)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from trustboot.cli.main import cli
+
+
+@pytest.fixture(autouse=True)
+def _no_ipxe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
@@ -17,16 +25,19 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["demo", "--workdir", str(work), "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    names = [Path(f["path"]).name for f in data["files"]]
-    assert names == ["vmlinuz", "initrd.img", "boot.ipxe"]
+    names = sorted(f["name"] for f in data["files"] if f["sig"])
+    assert names == ["boot.ipxe", "demo-linux/initrd.img", "demo-linux/vmlinuz"]
     assert data["tampered_copy_rejected_by"] == "signature-mismatch"
-    release = work / "release"
-    script = (release / "boot.ipxe").read_text()
-    assert script.startswith("#!ipxe\n")
-    assert "imgverify --signer demo-signer initrd.img initrd.img.sig" in script
-    assert "||" not in script
-    # An independent judge: openssl accepts every signature against the demo root.
-    for name in names:
+    assert data["entry_url"].startswith("https://127.0.0.1:")
+    stages = {s["stage"]: s for s in data["release"]["stages"]}
+    assert stages["build"]["status"] == "skipped"
+    assert "TRUSTBOOT_IPXE_SRC" in stages["build"]["detail"]
+    assert stages["verify"]["status"] == "done"
+    release = work / "origin" / "releases" / data["release"]["release"]
+    script = (work / "origin" / "boot.ipxe").read_text()
+    assert script == (release / "boot.ipxe").read_text()
+    assert "imgverify --signer demo-signer initrd.img https://127.0.0.1:" in script
+    for name in [*names, "release.json"]:
         out = subprocess.run(
             ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in",
              str(release / f"{name}.sig"), "-content", str(release / name), "-CAfile",
@@ -34,14 +45,47 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
             capture_output=True, text=True)
         assert out.returncode == 0, (name, out.stderr)
     assert (work / "pki" / "private").stat().st_mode & 0o077 == 0
-    # A second run into the same directory refuses instead of clobbering the CA.
+    assert not list((work / "secrets").glob("*.key")), "the TLS key must not stay on disk"
     again = CliRunner().invoke(cli, ["demo", "--workdir", str(work)])
     assert again.exit_code == 3 and "already holds a demo CA" in again.output
 
 
 def test_demo_default_runs_as_in_the_quick_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRUSTBOOT_IPXE_SRC"}
     r = subprocess.run([sys.executable, "-m", "trustboot", "demo"], capture_output=True,
-                       text=True, cwd=tmp_path, timeout=300)
+                       text=True, cwd=tmp_path, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert "verified" in r.stdout and "refused" in r.stderr
+    assert "skipped" in r.stderr and "TRUSTBOOT_IPXE_SRC" in r.stderr
     assert not r.stderr.startswith("error")
+
+
+def test_demo_recipe_from_dev_zero_is_refused() -> None:
+    r = CliRunner().invoke(cli, ["demo", "--recipe", "/dev/zero"])
+    assert r.exit_code == 3, r.output
+    assert "not a regular file" in r.output
+
+
+def test_demo_under_umask_000(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    old = os.umask(0)
+    try:
+        r = CliRunner().invoke(cli, ["demo", "--workdir", str(work), "--json"])
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    assert work.stat().st_mode & 0o777 == 0o755
+    for p in work.rglob("*"):
+        if p.is_symlink():
+            continue
+        mode = p.stat().st_mode
+        assert mode & 0o002 == 0, (p, oct(mode))  # nothing world-writable
+        if "secrets" in p.parts or "private" in p.parts:
+            assert mode & 0o077 == 0, (p, oct(mode))
+
+
+def test_demo_with_a_relative_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["demo", "--workdir", "out/run", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["workdir"] == str(tmp_path / "out" / "run")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_tool
-from tests.ipxe.fake_tree import fake_env, make_fake_tree
+from tests.ipxe.fake_tree import fake_env, fake_env_passthrough, make_fake_tree
 from tests.ipxe.testpki import TestPki, make_pki
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.ipxe import build as B
@@ -22,11 +22,6 @@ from trustboot.ipxe.source import find_src_dir, open_source, resolve_source_dir,
 
 TOOLCHAIN = {"gcc": "gcc (fake) 1", "make": "GNU Make 4.3"}
 SCRIPT = "#!ipxe\nimgtrust --permanent\n"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
@@ -41,6 +36,7 @@ def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     log.write_text("")
     for k, v in fake_env().items():
         monkeypatch.setenv(k, v)
+    fake_env_passthrough(monkeypatch)
     monkeypatch.setenv("FAKE_RUNS", str(log))
     return log
 
@@ -107,8 +103,8 @@ def test_make_plan(tree: Path, pki: TestPki) -> None:
     plan = B.make_plan(req, jobs=4)
     assert len(plan.invocations) == 2  # arm64 needs its own CROSS=
     host, arm = plan.invocations
-    assert host[:4] == ("make", "-C", "src", "-j4")
-    assert host[4:6] == ("bin-x86_64-efi/ipxe.efi", "bin/undionly.kpxe")
+    assert host[:5] == ("make", "-C", "src", "-j4", "--")
+    assert host[5:7] == ("bin-x86_64-efi/ipxe.efi", "bin/undionly.kpxe")
     fp = [c.fingerprint[:16] for c in req.chain_certs]
     assert len(fp) == 3  # both roots plus the issuing CA, each once
     # names carry the fingerprint, so a new root under the same path still rebuilds
@@ -123,7 +119,7 @@ def test_make_plan(tree: Path, pki: TestPki) -> None:
     assert "SOURCE_DATE_EPOCH=1700000000" in host
     assert "EXTRA_CFLAGS=-ffile-prefix-map=$(CURDIR)=." in host
     assert not any(a.startswith(("PRIVKEY=", "CROSS=")) for a in host)
-    assert arm[4] == "bin-arm64-efi/ipxe.efi" and arm[-1] == "CROSS=aarch64-linux-gnu-"
+    assert arm[5] == "bin-arm64-efi/ipxe.efi" and arm[-1] == "CROSS=aarch64-linux-gnu-"
     # no path of this machine in the plan: it goes into the cache key and manifest
     assert not any(str(tree) in a for a in host)
 

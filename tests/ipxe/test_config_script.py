@@ -142,17 +142,19 @@ def test_generated_script_shape() -> None:
     # trust is permanent before anything is fetched or executed
     assert code[0] == "imgtrust --permanent"
     verify = [ln for ln in code if ln.startswith("imgverify")]
-    assert [v.split("#")[0].strip() for v in verify] == [
-        "imgverify --signer ${tb_signer} tb_entry tb_entry.sig"]
-    assert "||" not in verify[0] and "&&" not in verify[0]
-    # executing comes right after a verification that aborts the script on failure
+    # options before arguments, and a failure goes to the fail-closed block
+    assert verify == ["imgverify --signer ${tb_signer} tb_entry tb_entry.sig || goto tb_failed"]
+    # executing comes right after the verification; a failed exec is fail-closed too
     i = code.index(verify[0])
-    assert code[i + 1] == "imgexec tb_entry"
+    assert code[i + 1] == "imgexec tb_entry || goto tb_failed"
     assert f"set tb_url {URL}" in code and f"set tb_sig {URL}.sig" in code
     assert "http://" not in text and "tftp://" not in text
     assert "ntp" not in text
     assert lint_script(text) == []
-    assert code[-1] == "exit 1"
+    # the default failure action halts for good: the script never ends
+    assert code[-4:] == [":tb_halt", "echo trustboot: halted; power-cycle the machine to try "
+                         "again", "sleep 3600 || goto tb_halt", "goto tb_halt"]
+    assert "exit" not in text and "reboot" not in text
 
 
 def test_generated_script_options() -> None:
@@ -164,11 +166,26 @@ def test_generated_script_options() -> None:
     assert "set tb_sig https://sigs.example.com/boot.ipxe.p7s" in text
     ntp_at = text.index("ntp ntp.example.com")
     assert ntp_at < text.index("\nimgverify")  # clock first, then certificate validity
-    assert "iseq ${tb_try} 3 && goto dhcp_failed" in text
-    assert "iseq ${tb_try} 7 && goto fetch_failed" in text
-    assert "sleep 2" in text
-    assert text.rstrip().endswith("reboot")
+    assert "iseq ${tb_try} 3 && goto tb_dhcp_failed" in text
+    assert "iseq ${tb_try} 7 && goto tb_fetch_failed" in text
+    assert "sleep 2 ||" in text
+    block = text[text.index(":tb_failed"):]
+    assert "sleep 60 ||\nreboot\n:tb_halt" in block  # a delay, then reboot, then halt
     assert lint_script(text) == []
+
+
+@pytest.mark.parametrize("action", ["halt", "reboot", "poweroff", "shell"])
+def test_every_failure_action_is_fail_closed(action: str) -> None:
+    text = render_chain_script(ChainScript(url=URL, signer="s", on_failure=action))
+    assert lint_script(text) == []
+    assert text.rstrip().endswith("goto tb_halt")
+
+
+def test_exit_action_is_reported_as_falling_through() -> None:
+    text = render_chain_script(ChainScript(url=URL, signer="s", on_failure="exit"))
+    findings = lint_script(text)
+    assert [f.rule for f in findings] == ["fall-through"]
+    assert "exit" in findings[0].message
 
 
 def test_generated_script_is_deterministic() -> None:
@@ -179,6 +196,7 @@ def test_generated_script_is_deterministic() -> None:
 @pytest.mark.parametrize("url", [
     "http://boot.example.com/boot.ipxe", "tftp://10.0.0.1/boot.ipxe", "https:///boot.ipxe",
     "https://boot.example.com/a b", "https://boot.example.com/${x}", "boot.ipxe",
+    "https://boot.example.com/x ; shell", "https://boot.example.com/x\nshell",
 ])
 def test_chain_url_must_be_https(url: str) -> None:
     with pytest.raises(ConfigError, match="--chain"):
@@ -189,31 +207,44 @@ def test_chain_url_must_be_https(url: str) -> None:
     ({"signer": ""}, "signer name"),
     ({"signer": "a${b}"}, "signer name"),
     ({"signer": "a\nimgtrust --allow"}, "signer name"),
+    ({"signer": "boot-signer ; shell"}, "signer name"),
+    ({"signer": "boot-signer && shell"}, "signer name"),
+    ({"signer": "boot-signer || shell"}, "signer name"),
+    ({"signer": "boot-signer #x"}, "signer name"),
+    ({"signer": "two  spaces"}, "signer name"),
     ({"signer": "s", "ntp_server": "pool ntp"}, "NTP server"),
+    ({"signer": "s", "ntp_server": "pool;shell"}, None),
+    ({"signer": "s", "ntp_server": "${net0/ntp}"}, "NTP server"),
     ({"signer": "s", "dhcp_attempts": 0}, "dhcp attempts"),
     ({"signer": "s", "retry_delay": -1}, "retry delay"),
     ({"signer": "s", "on_failure": "boot-anyway"}, "unknown failure action"),
     ({"signer": "s", "sig_url": "http://x/y.sig"}, "--chain-sig"),
+    ({"signer": "s", "sig_url": "https://x/y.sig && shell"}, "--chain-sig"),
 ])
-def test_chain_script_bad_parameters(kwargs: dict[str, object], match: str) -> None:
+def test_chain_script_bad_parameters(kwargs: dict[str, object], match: str | None) -> None:
+    if match is None:  # one word with ';' inside is just a word to iPXE: accepted
+        render_chain_script(ChainScript(url=URL, **kwargs))  # type: ignore[arg-type]
+        return
     with pytest.raises(ConfigError, match=match):
         ChainScript(url=URL, **kwargs)  # type: ignore[arg-type]
 
 
-# --- lint -----------------------------------------------------------------------------------
+# --- lint (more in test_lint.py) ------------------------------------------------------------
 
 GOOD = """#!ipxe
 imgtrust --permanent
-dhcp
-imgfetch https://boot.example.com/vmlinuz
-imgfetch https://boot.example.com/vmlinuz.sig
-imgverify vmlinuz vmlinuz.sig
-imgfetch --name initrd https://boot.example.com/initrd.img
+dhcp || goto failed
+imgfetch https://boot.example.com/vmlinuz || goto failed
+imgfetch https://boot.example.com/vmlinuz.sig || goto failed
+imgverify vmlinuz vmlinuz.sig || goto failed
+imgfetch --name initrd https://boot.example.com/initrd.img || goto failed
 imgverify initrd https://boot.example.com/initrd.img.sig || goto failed
-boot vmlinuz
+boot vmlinuz || goto failed
 :failed
 echo no
-exit 1
+:halt
+sleep 60 || goto halt
+goto halt
 """
 
 
@@ -227,23 +258,32 @@ def test_lint_accepts_fail_closed_script() -> None:
     (lambda s: s.replace("imgtrust --permanent\n", ""), "trust-missing"),
     (lambda s: s.replace("imgtrust --permanent", "imgtrust"), "trust-missing"),
     (lambda s: s.replace("imgtrust --permanent\n", "imgtrust --allow\n"), "trust-allow"),
-    (lambda s: s.replace("imgverify vmlinuz vmlinuz.sig",
+    (lambda s: s.replace("imgverify vmlinuz vmlinuz.sig || goto failed",
                          "imgverify vmlinuz vmlinuz.sig || echo unsigned"), "soft-verify"),
-    (lambda s: s.replace("imgverify vmlinuz vmlinuz.sig",
-                         "imgverify vmlinuz vmlinuz.sig ||"), "soft-verify"),
-    (lambda s: s.replace("https://boot.example.com/vmlinuz\n",
-                         "http://boot.example.com/vmlinuz\n"), "cleartext"),
-    (lambda s: s.replace("dhcp\n", "dhcp\nchain tftp://10.0.0.1/x\n"), "cleartext"),
-    (lambda s: s.replace("imgtrust --permanent\ndhcp\n",
-                         "chain https://x/y\nimgtrust --permanent\n"), "trust-first"),
-    (lambda s: s.replace("dhcp\n", "dhcp\nset crosscert http://x/\n"), "trust-setting"),
+    (lambda s: s.replace("imgverify vmlinuz vmlinuz.sig || goto failed",
+                         "imgverify vmlinuz vmlinuz.sig ||"), "unverified-exec"),
+    (lambda s: s.replace("imgverify vmlinuz vmlinuz.sig || goto failed",
+                         "imgverify vmlinuz vmlinuz.sig"), "fall-through"),
+    (lambda s: s.replace("https://boot.example.com/vmlinuz ",
+                         "http://boot.example.com/vmlinuz "), "cleartext"),
+    (lambda s: s.replace("dhcp || goto failed\n",
+                         "dhcp || goto failed\nchain tftp://10.0.0.1/x || goto failed\n"),
+     "cleartext"),
+    (lambda s: s.replace("imgtrust --permanent\ndhcp || goto failed\n",
+                         "chain https://x/y || goto failed\nimgtrust --permanent\n"),
+     "trust-first"),
+    (lambda s: s.replace("dhcp || goto failed\n", "dhcp || goto failed\nset crosscert "
+                         "http://x/\n"), "trust-setting"),
     (lambda s: "\n".join(ln for ln in s.splitlines() if not ln.startswith("imgverify")),
      "no-verify"),
-    (lambda s: s.replace("boot vmlinuz", "initrd https://boot.example.com/extra.cpio\n"
-                         "boot vmlinuz"), "unverified-load"),
-    (lambda s: s.replace("imgverify initrd", "imgverify vmlinuz"), "unverified-load"),
-    (lambda s: s.replace("boot vmlinuz", "module --name fw https://b/fw.bin\nboot vmlinuz"),
-     "unverified-load"),
+    (lambda s: s.replace("boot vmlinuz", "initrd https://boot.example.com/extra.cpio || goto "
+                         "failed\nboot vmlinuz"), "unverified-image"),
+    (lambda s: s.replace("imgverify initrd", "imgverify vmlinuz"), "unverified-image"),
+    (lambda s: s.replace("boot vmlinuz", "module --name fw https://b/fw.bin || goto failed\n"
+                         "boot vmlinuz"), "unverified-image"),
+    (lambda s: s.replace("goto halt\n", "exit\n"), "fall-through"),
+    (lambda s: s.replace(":halt\nsleep 60 || goto halt\ngoto halt\n", "reboot\n")
+     .replace("dhcp || goto failed", "dhcp"), "fall-through"),
 ])
 def test_lint_findings(mutation: Callable[[str], str], rule: str) -> None:
     text = mutation(GOOD)
@@ -255,19 +295,19 @@ def test_lint_findings(mutation: Callable[[str], str], rule: str) -> None:
 
 def test_lint_side_loads_verified_by_name_or_uri() -> None:
     text = GOOD.replace("boot vmlinuz", "\n".join([
-        "initrd https://b/extra.cpio?x=1",
-        "imgfetch https://b/extra.cpio.sig",
-        "imgverify extra.cpio extra.cpio.sig",
-        "module -n fw --timeout 5000 https://b/fw.bin",
-        "imgverify --signer s fw https://b/fw.bin.sig",
+        "initrd https://b/extra.cpio?x=1 || goto failed",
+        "imgfetch https://b/extra.cpio.sig || goto failed",
+        "imgverify extra.cpio extra.cpio.sig || goto failed",
+        "module -n fw --timeout 5000 https://b/fw.bin || goto failed",
+        "imgverify --signer s fw https://b/fw.bin.sig || goto failed",
         "boot vmlinuz",
     ]))
     assert lint_script(text) == []
 
 
 def test_lint_ignores_comments() -> None:
-    text = GOOD.replace("imgverify vmlinuz vmlinuz.sig",
-                        "imgverify vmlinuz vmlinuz.sig # not || echo soft, http://x")
+    text = GOOD.replace("imgverify vmlinuz vmlinuz.sig || goto failed",
+                        "imgverify vmlinuz vmlinuz.sig || goto failed # ; echo soft, http://x")
     assert lint_script(text) == []
 
 

@@ -265,6 +265,11 @@ def load_manifest(path: Path) -> Manifest:
         raise _fail(where, f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise _fail(where, "expected a JSON object with release, origin, ca_sha256, files")
+    if "version" in data:
+        # The release manifest `trustboot release`/`publish` write: one strict parser.
+        from trustboot.publish.manifest import parse_manifest
+
+        parse_manifest(raw, source=where)
     files_raw = data.get("files", [])
     if not isinstance(files_raw, list):
         raise _fail(f"{where}: files", "expected a list")

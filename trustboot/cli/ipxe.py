@@ -18,17 +18,27 @@ from trustboot.cli._common import (
     warn,
 )
 from trustboot.errors import ConfigError
+from trustboot.fsutil import read_capped
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe.config import BuildOptions
 from trustboot.ipxe.inputs import collect_trust, load_client_identity
+from trustboot.ipxe.lint import STAGES
 from trustboot.ipxe.script import (
+    DEFAULT_ON_FAILURE,
     ON_FAILURE,
     ChainScript,
     check_script,
     lint_script,
     render_chain_script,
 )
-from trustboot.ipxe.source import ENV_SOURCE, clone_pinned, open_source, resolve_source_dir
+from trustboot.ipxe.source import (
+    ENV_SOURCE,
+    check_commit,
+    check_git_url,
+    clone_pinned,
+    open_source,
+    resolve_source_dir,
+)
 
 
 @click.group("ipxe")
@@ -52,10 +62,12 @@ def _chain_options(func: Any) -> Any:
                      help="Attempts for DHCP and for fetching the entry script."),
         click.option("--retry-delay", type=int, default=5, show_default=True,
                      help="Seconds between attempts."),
-        click.option("--on-failure", type=click.Choice(ON_FAILURE), default="exit",
-                     show_default=True,
-                     help="What the firmware does once it gives up (it never boots "
-                     "anything unverified)."),
+        click.option("--on-failure", type=click.Choice(ON_FAILURE),
+                     default=DEFAULT_ON_FAILURE, show_default=True,
+                     help="What the firmware does once it gives up: halt (stay here), "
+                     "reboot (after 60 s), poweroff or shell, each followed by a halt loop. "
+                     "'exit' returns to the BIOS, which boots the next device: not "
+                     "fail-closed, warns."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -76,6 +88,9 @@ def _chain_script(
             hint="pass the common name of the code-signing certificate that signs the "
             "entry script (see `trustboot ca list`)",
         )
+    if on_failure == "exit":
+        warn("--on-failure exit is not fail-closed: after a failure iPXE returns to the "
+             "BIOS/UEFI, which boots the next device (unverified); use halt or reboot")
     return render_chain_script(ChainScript(
         url=chain_url, sig_url=chain_sig, signer=signer, ntp_server=ntp_server,
         dhcp_attempts=retries, fetch_attempts=retries, retry_delay=retry_delay,
@@ -83,12 +98,15 @@ def _chain_script(
     ))
 
 
+# iPXE scripts are a few KiB; the cap keeps /dev/zero or a huge file from being read.
+MAX_SCRIPT_FILE = 1 << 20
+
+
 def _read_script(path: Path) -> str:
+    data = read_capped(path, MAX_SCRIPT_FILE, "script")
     try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"script {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        return data.decode()
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read script {path}: {exc}") from None
 
 
@@ -158,6 +176,9 @@ class _Progress:
 @click.option("--no-cache", is_flag=True, help="Rebuild even if the same inputs were built.")
 @click.option("--clean", is_flag=True, help="Build in a fresh copy even for BIOS targets.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), help="make -j (default: CPUs).")
+@click.option("--make-env", "make_env_names", multiple=True, metavar="NAME",
+              help="Also pass environment variable NAME to make (e.g. CCACHE_DIR); make "
+              "otherwise sees only PATH, HOME, TMPDIR and the C locale. Repeatable.")
 @click.option("--unsafe-skip-lint", is_flag=True,
               help="Embed --script even if it is not fail-closed (not recommended).")
 @json_option
@@ -171,7 +192,7 @@ def build_cmd(
     on_failure: str, targets: tuple[str, ...], crosscert: str | None, no_ocsp: bool,
     serial_console: bool, source_date_epoch: int | None, output_dir: Path,
     cache_dir: Path | None, no_cache: bool, clean: bool, jobs: int | None,
-    unsafe_skip_lint: bool, as_json: bool,
+    make_env_names: tuple[str, ...], unsafe_skip_lint: bool, as_json: bool,
 ) -> None:
     """Build iPXE that trusts only your root and executes only verified images.
 
@@ -182,6 +203,20 @@ def build_cmd(
       trustboot ipxe build --target bin/ipxe.lkrn --script boot.ipxe --trust next-root.crt
     """
     target_list = ipxe_build.check_targets(targets or ipxe_build.DEFAULT_TARGETS)
+    if git_url is not None:
+        # Before anything else runs: the URL reaches git, the commit names a directory.
+        if source_dir is not None or commit is None:
+            raise ConfigError("--git URL needs --commit SHA and excludes --source")
+        git_url = check_git_url(git_url)
+        commit = check_commit(commit)
+    elif commit is not None:
+        raise ConfigError("--commit only makes sense with --git URL")
+    for name in make_env_names:
+        if not name or not name.replace("_", "a").isalnum() or name[0].isdigit():
+            raise ConfigError(f"--make-env {name!r} is not an environment variable name")
+        if passphrase_env is not None and name == passphrase_env:
+            raise ConfigError(f"--make-env {name} would hand the client key's passphrase "
+                              "to make", hint="pass another variable")
     # The default ./pki is used only if it is there; an explicit --pki must exist.
     explicit_pki = ctx.get_parameter_source("pki") not in (
         click.core.ParameterSource.DEFAULT, None,
@@ -222,14 +257,11 @@ def build_cmd(
         )
 
     if git_url is not None:
-        if source_dir is not None or commit is None:
-            raise ConfigError("--git URL needs --commit SHA and excludes --source")
+        assert commit is not None
         cache = ipxe_build.prepare_cache_dir(cache_dir or ipxe_build.default_cache_dir())
-        checkout = clone_pinned(git_url, commit, cache / "git" / commit.lower())
+        checkout = clone_pinned(git_url, commit, cache / "git" / commit)
         source = open_source(checkout)
     else:
-        if commit is not None:
-            raise ConfigError("--commit only makes sense with --git URL")
         source = open_source(resolve_source_dir(source_dir))
 
     if source.ignored_local_config:
@@ -259,6 +291,7 @@ def build_cmd(
         result = ipxe_build.build(
             request, output_dir=output_dir, cache_dir=cache_dir, jobs=jobs,
             use_cache=not no_cache, clean=clean, on_progress=progress,
+            make_env_names=make_env_names,
         )
     finally:
         progress.finish()
@@ -300,16 +333,24 @@ def render_cmd(
 
 @script_group.command("lint")
 @click.argument("script_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--stage", type=click.Choice(STAGES), default="embedded", show_default=True,
+              help="embedded: the script built into the firmware (--script). chained: a "
+              "script such firmware fetches, verifies and runs (boot.ipxe, menus).")
 @json_option
-def lint_cmd(script_file: Path, as_json: bool) -> None:
-    """Check that a script is fit to embed: fail-closed, HTTPS, no soft-failing imgverify.
+def lint_cmd(script_file: Path, stage: str, as_json: bool) -> None:
+    """Check a script by following every path through it as iPXE would run it.
 
+    Findings: any path that boots or executes an image without a successful imgverify of
+    it (and of every initrd), commands iPXE would reject (options after arguments, unknown
+    options), cleartext fetches, and for --stage embedded a missing 'imgtrust --permanent'
+    or any path that ends the script (the BIOS would boot the next device).
     Exit 0 when clean, 3 with the findings listed otherwise.
     """
     text = _read_script(script_file)
-    findings = lint_script(text)
+    findings = lint_script(text, stage=stage)
     if as_json:
-        emit_json({"file": str(script_file), "findings": [f.to_json() for f in findings]})
+        emit_json({"file": str(script_file), "stage": stage,
+                   "findings": [f.to_json() for f in findings]})
     else:
         for finding in findings:
             click.echo(f"{script_file}:{finding}")

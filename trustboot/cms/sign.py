@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from trustboot.cms import verify as rules
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion, verify_raw
 from trustboot.errors import ConfigError, OperationalError, VerificationError
-from trustboot.fsutil import atomic_write, fsync_dir, write_temp
+from trustboot.fsutil import atomic_write, fsync_dir, make_dirs, write_temp
 from trustboot.keys.signer import PendingSigner, Signer
 
 HASH_NAMES = ("sha256", "sha384", "sha512")
@@ -395,7 +395,7 @@ def _sign(
     # Serial on purpose: threads measured slower here (GIL, tiny work items).
     results = [one(i) for i in range(len(hashed))]
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(out_dir)  # 0755 whatever the umask; OperationalError if not creatable
     write_all([(signed.signature_path, der) for signed, der in results])
     return [s for s, _ in results]
 

@@ -1,27 +1,127 @@
-"""The embedded iPXE script: a fail-closed generator and a lint for scripts users bring.
+"""The embedded iPXE script: a fail-closed generator, the pieces other renderers reuse, and
+the lint (see :mod:`trustboot.ipxe.lint`) for scripts users bring.
 
 The generated script turns on ``imgtrust --permanent`` before anything is fetched, gets an
 address with bounded retries, optionally sets the clock over NTP, fetches the entry script
 and its detached signature over HTTPS, verifies it with ``imgverify --signer``, and only
-then executes it. A failed verification is never followed by ``||``-style soft failure:
-it reports what failed and stops (or reboots), it never boots anything unverified.
+then executes it. Every failure, a failed ``imgverify`` included, goes to one block that
+runs the failure action and then halts: the script never ends, because an embedded script
+that ends hands the machine back to the BIOS, which boots the next device unverified.
+
+Renderer API (the release menu/entry renderer builds on these; every value goes through
+:func:`trustboot.ipxe.syntax.check_word` / ``check_words``):
+
+- :func:`command` -- one command line from checked words;
+- :func:`echo` / :func:`set_setting` -- ``echo TEXT`` / ``set NAME VALUE``;
+- :func:`verify` -- ``imgverify --signer S IMAGE SIG || goto tb_failed``: the one form of
+  imgverify that the lint accepts as fail-closed;
+- :func:`or_fail` -- append ``|| goto tb_failed`` to any command that may fail;
+- :func:`failure_block` -- ``:tb_failed``, a message, the failure action, then the
+  ``:tb_halt`` loop, so no path ends the script;
+- :func:`check_https_url` -- an https:// URL that can be one script word.
 """
 
 from __future__ import annotations
 
-import re
-import shlex
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from trustboot.errors import ConfigError
+from trustboot.ipxe.lint import Finding, lint_script
+from trustboot.ipxe.syntax import check_word, check_words
+
+__all__ = [
+    "FAILED_LABEL", "HALT_LABEL", "MAGIC", "ON_FAILURE", "ChainScript", "Finding",
+    "check_https_url", "check_script", "command", "echo", "failure_block", "lint_script",
+    "or_fail", "render_chain_script", "set_setting", "verify",
+]
 
 MAGIC = "#!ipxe"
-ON_FAILURE = ("exit", "reboot", "poweroff", "shell")
+# halt (the default): stay in this firmware for good; reboot: start the boot order again
+# after a delay; poweroff; shell: an iPXE shell on the console; exit: return to the BIOS,
+# which boots the next device (not fail-closed; the CLI warns).
+ON_FAILURE = ("halt", "reboot", "poweroff", "shell", "exit")
+DEFAULT_ON_FAILURE = "halt"
+FAILED_LABEL = "tb_failed"
+HALT_LABEL = "tb_halt"
+REBOOT_DELAY = 60  # seconds: the message stays readable and the origin is not hammered
 
-# iPXE has no quoting: a value is safe on a command line if it holds none of these.
-_UNSAFE_VALUE = re.compile(r"[\s\"'${}#\\;&|]")
-_CLEARTEXT = re.compile(r"\b(?:http|tftp|ftp|nfs|slam)://", re.IGNORECASE)
+
+def command(*words: str, what: str = "script value") -> str:
+    """One command line from ``words``, each checked as a single iPXE word."""
+    if not words:
+        raise ValueError("a command needs at least its name")
+    return " ".join(check_word(w, what) for w in words)
+
+
+def echo(text: str) -> str:
+    """``echo TEXT``; ``text`` may hold spaces but nothing iPXE would act on."""
+    check_words(text, "echo text")
+    return f"echo {text}" if text.strip() else "echo"
+
+
+def set_setting(name: str, value: str, *, what: str = "setting value") -> str:
+    """``set NAME VALUE`` (iPXE's set joins the value's words with single spaces)."""
+    check_word(name, "setting name")
+    check_words(value, what, allow_empty=False)
+    if value != " ".join(value.split()):
+        raise ConfigError(
+            f"{what} {value!r} cannot go into an iPXE script: iPXE keeps single spaces "
+            "only (leading, trailing or repeated spaces are lost)",
+            hint="use single spaces between words",
+        )
+    return f"set {name} {value}"
+
+
+def or_fail(line: str, *, label: str = FAILED_LABEL) -> str:
+    """``line || goto LABEL``: a failure goes to the fail-closed block."""
+    return f"{line} || goto {check_word(label, 'label')}"
+
+
+def verify(image: str, signature: str, *, signer: str | None = None,
+           label: str = FAILED_LABEL) -> str:
+    """``imgverify [--signer S] IMAGE SIG || goto LABEL`` (options before arguments, as
+    iPXE's parser needs). ``signer`` may be ``${var}`` only when it names a setting the
+    script itself set, e.g. ``${tb_signer}``."""
+    words = ["imgverify"]
+    if signer is not None:
+        words += ["--signer", signer if _own_setting(signer)
+                  else check_word(signer, "signer")]
+    words += [check_word(image, "image name"), check_word(signature, "signature")]
+    return or_fail(" ".join(words), label=label)
+
+
+def _own_setting(word: str) -> bool:
+    """``${tb_...}``: a setting trustboot's own script set (not one DHCP could)."""
+    return (word.startswith("${tb_") and word.endswith("}")
+            and check_word(word[2:-1], "setting name") == word[2:-1]
+            and "$" not in word[2:-1] and "{" not in word[2:-1])
+
+
+def failure_block(action: str = DEFAULT_ON_FAILURE, *, message: str | None = None,
+                  label: str = FAILED_LABEL) -> list[str]:
+    """The block every failure goes to: a message, ``action``, then a halt loop that no
+    key press can leave (a cancelled sleep goes round again), so the script never ends."""
+    if action not in ON_FAILURE:
+        raise ConfigError(f"unknown failure action {action!r}",
+                          hint=f"choose one of {', '.join(ON_FAILURE)}")
+    lines = [f":{check_word(label, 'label')}",
+             echo(message or "trustboot: boot stopped: nothing verified can run")]
+    if action == "reboot":
+        lines += [echo(f"trustboot: rebooting in {REBOOT_DELAY}s"),
+                  f"sleep {REBOOT_DELAY} ||", "reboot"]
+    elif action == "poweroff":
+        lines += ["poweroff ||"]
+    elif action == "shell":
+        lines += ["shell"]
+    elif action == "exit":
+        # Not fail-closed: the BIOS boots the next device. Only on explicit request.
+        lines += ["exit 1"]
+    lines += [f":{HALT_LABEL}",
+              echo("trustboot: halted; power-cycle the machine to try again"),
+              f"sleep 3600 || goto {HALT_LABEL}",
+              f"goto {HALT_LABEL}"]
+    return lines
 
 
 @dataclass(frozen=True)
@@ -35,21 +135,15 @@ class ChainScript:
     dhcp_attempts: int = 5
     fetch_attempts: int = 5
     retry_delay: int = 5  # seconds between attempts
-    on_failure: str = "exit"
+    on_failure: str = DEFAULT_ON_FAILURE
 
     def __post_init__(self) -> None:
         check_https_url(self.url, "--chain")
         if self.sig_url is not None:
             check_https_url(self.sig_url, "--chain-sig")
-        if not self.signer or any(ord(c) < 0x20 or c in "${}#\"'\\" for c in self.signer):
-            raise ConfigError(
-                f"signer name {self.signer!r} is empty or holds characters iPXE cannot take",
-                hint="pass the code-signing certificate's common name, e.g. --signer boot-signer",
-            )
-        if self.ntp_server is not None and (
-            not self.ntp_server or _UNSAFE_VALUE.search(self.ntp_server)
-        ):
-            raise ConfigError(f"NTP server {self.ntp_server!r} is not a host name or address")
+        set_setting("tb_signer", self.signer, what="signer name")
+        if self.ntp_server is not None:
+            check_word(self.ntp_server, "NTP server")
         for name in ("dhcp_attempts", "fetch_attempts"):
             if not 1 <= getattr(self, name) <= 1000:
                 raise ConfigError(f"{name.replace('_', ' ')} must be between 1 and 1000")
@@ -62,250 +156,99 @@ class ChainScript:
             )
 
 
-def check_https_url(url: str, option: str) -> None:
+def check_https_url(url: str, option: str) -> str:
+    """``url`` if it is an https:// URL with a host that can be one script word."""
+    check_word(url, option)
     parts = urlsplit(url)
     if parts.scheme != "https":
         raise ConfigError(
             f"{option} {url!r} is not an https:// URL",
             hint="the entry script must come over HTTPS; there is no cleartext fallback",
         )
-    if not parts.hostname or _UNSAFE_VALUE.search(url.replace("&", "").replace("#", "")):
-        raise ConfigError(
-            f"{option} {url!r} has no host or holds spaces, quotes, '$' or braces",
-            hint="iPXE has no quoting: percent-encode those characters",
-        )
+    if not parts.hostname:
+        raise ConfigError(f"{option} {url!r} has no host",
+                          hint="pass https://HOST/PATH")
+    return url
 
 
 def render_chain_script(params: ChainScript) -> str:
     """The embedded script for ``--chain URL``. Deterministic: same input, same bytes."""
     sig_url = params.sig_url or params.url + ".sig"
-    failure = {
-        "exit": "exit 1",
-        "reboot": "reboot",
-        "poweroff": "poweroff",
-        "shell": "shell",
-    }[params.on_failure]
+    check_https_url(sig_url, "--chain-sig")
+    delay = params.retry_delay
     lines = [
         MAGIC,
         "# Generated by trustboot: fail-closed chain to a signed entry script.",
         "# From here on nothing that fails imgverify can be executed, and this cannot be undone.",
         "imgtrust --permanent",
-        f"set tb_url {params.url}",
-        f"set tb_sig {sig_url}",
-        f"set tb_signer {params.signer}",
+        set_setting("tb_url", params.url, what="--chain"),
+        set_setting("tb_sig", sig_url, what="--chain-sig"),
+        set_setting("tb_signer", params.signer, what="signer name"),
         "",
         "set tb_try:int32 0",
-        ":dhcp",
+        ":tb_dhcp",
         "inc tb_try",
-        "dhcp && goto dhcp_ok ||",
-        f"iseq ${{tb_try}} {params.dhcp_attempts} && goto dhcp_failed ||",
+        "dhcp && goto tb_dhcp_ok ||",
+        f"iseq ${{tb_try}} {params.dhcp_attempts} && goto tb_dhcp_failed ||",
         f"echo trustboot: DHCP failed (attempt ${{tb_try}}/{params.dhcp_attempts}), "
-        f"retrying in {params.retry_delay}s",
-        f"sleep {params.retry_delay}",
-        "goto dhcp",
-        ":dhcp_ok",
+        f"retrying in {delay}s",
+        f"sleep {delay} ||",
+        "goto tb_dhcp",
+        ":tb_dhcp_ok",
     ]
     if params.ntp_server is not None:
         lines += [
             "# Certificate validity is checked against this clock: set it before verifying.",
-            f"ntp {params.ntp_server} || echo trustboot: NTP failed, "
-            "keeping the firmware clock",
+            f"ntp {check_word(params.ntp_server, 'NTP server')} || echo trustboot: NTP "
+            "failed, keeping the firmware clock",
         ]
     lines += [
         "",
         "set tb_try:int32 0",
-        ":fetch",
+        ":tb_fetch",
         "inc tb_try",
-        # Same --name: a new fetch replaces the previous attempt's image.
+        # A failed attempt may leave the entry script without its signature: start clean.
+        "imgfree",
         "imgfetch --name tb_entry ${tb_url} && imgfetch --name tb_entry.sig ${tb_sig} "
-        "&& goto fetch_ok ||",
-        f"iseq ${{tb_try}} {params.fetch_attempts} && goto fetch_failed ||",
+        "&& goto tb_fetch_ok ||",
+        f"iseq ${{tb_try}} {params.fetch_attempts} && goto tb_fetch_failed ||",
         f"echo trustboot: could not fetch ${{tb_url}} or its signature "
-        f"(attempt ${{tb_try}}/{params.fetch_attempts}), retrying in {params.retry_delay}s",
-        f"sleep {params.retry_delay}",
-        "goto fetch",
-        ":fetch_ok",
-        "# No '||' here: a failed verification ends the script.",
+        f"(attempt ${{tb_try}}/{params.fetch_attempts}), retrying in {delay}s",
+        f"sleep {delay} ||",
+        "goto tb_fetch",
+        ":tb_fetch_ok",
         "echo trustboot: verifying ${tb_url} (signer ${tb_signer})",
-        "imgverify --signer ${tb_signer} tb_entry tb_entry.sig",  # discards the .sig
-        "imgexec tb_entry",
+        "# A failed verification goes to the failure block; the .sig is discarded.",
+        verify("tb_entry", "tb_entry.sig", signer="${tb_signer}"),
+        or_fail("imgexec tb_entry"),
         "echo trustboot: ${tb_url} returned, stopping",
-        "goto stop",
+        f"goto {FAILED_LABEL}",
         "",
-        ":dhcp_failed",
+        ":tb_dhcp_failed",
         f"echo trustboot: DHCP failed {params.dhcp_attempts} times, stopping",
-        "goto stop",
-        ":fetch_failed",
-        f"echo trustboot: could not fetch ${{tb_url}} after {params.fetch_attempts} attempts, "
-        "stopping",
-        "goto stop",
-        ":stop",
-        failure,
+        f"goto {FAILED_LABEL}",
+        ":tb_fetch_failed",
+        f"echo trustboot: could not fetch ${{tb_url}} after {params.fetch_attempts} "
+        "attempts, stopping",
+        f"goto {FAILED_LABEL}",
+        *failure_block(params.on_failure),
         "",
     ]
     return "\n".join(lines)
 
 
-# --- lint -----------------------------------------------------------------------------------
+# --- lint ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Finding:
-    line: int
-    rule: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message} [{self.rule}]"
-
-    def to_json(self) -> dict[str, object]:
-        return {"line": self.line, "rule": self.rule, "message": self.message}
-
-
-_EXEC_CMDS = {"chain", "boot", "imgexec", "exec", "sanboot", "kernel", "imgselect"}
-_FETCH_CMDS = {"imgfetch", "module", "initrd", "kernel", "chain", "imgload", "load", "fetch"}
-
-
-# Side-loads: images that are not executed, so only an explicit imgverify checks them.
-_SIDELOAD_CMDS = {"initrd", "module", "imgfetch", "fetch"}
-_FETCH_VALUE_OPTS = {"-n", "--name", "-t", "--timeout"}
-_VERIFY_VALUE_OPTS = {"-s", "--signer", "-t", "--timeout"}
-
-
-def _positional(words: list[str], value_opts: set[str]) -> list[str]:
-    """Arguments after the command that are not options (or option values)."""
-    out: list[str] = []
-    skip = False
-    for word in words[1:]:
-        if skip:
-            skip = False
-        elif word in value_opts:
-            skip = True
-        elif not word.startswith("-"):
-            out.append(word)
-    return out
-
-
-def _image_name(words: list[str]) -> str | None:
-    """The name iPXE gives a fetched image: --name, else the URI's last path segment."""
-    for i, word in enumerate(words[:-1]):
-        if word in ("-n", "--name"):
-            return words[i + 1]
-    args = _positional(words, _FETCH_VALUE_OPTS)
-    return (_last_segment(args[0]) or None) if args else None
-
-
-def _last_segment(uri: str) -> str:
-    """The last path segment of ``uri``: the name iPXE gives an image fetched from it."""
-    return (urlsplit(uri).path or uri).rstrip("/").rsplit("/", 1)[-1]
-
-
-def _split(line: str) -> list[list[str]]:
-    """A command line as its ``&&``/``||``-separated commands, each a list of words."""
-    try:
-        words = shlex.split(line, comments=False, posix=False)
-    except ValueError:
-        words = line.split()
-    groups: list[list[str]] = [[]]
-    for word in words:
-        if word.startswith("#"):
-            break  # iPXE: a token starting with '#' begins a comment
-        if word in ("&&", "||"):
-            groups.append([word])
-        else:
-            groups[-1].append(word)
-    return groups
-
-
-def lint_script(text: str) -> list[Finding]:
-    """Findings that make a script unfit to embed in trust-enforcing firmware (empty = ok)."""
-    findings: list[Finding] = []
-    lines = text.splitlines()
-    if not lines or lines[0].strip() != MAGIC:
-        findings.append(Finding(1, "magic", f"the script does not start with '{MAGIC}'"))
-        return findings
-    trust_line: int | None = None
-    loaded: dict[str, int] = {}  # image name -> line of initrd/module/imgfetch
-    verified: set[str] = set()  # names and URIs given to imgverify (image or signature)
-    for number, raw in enumerate(lines[1:], start=2):
-        line = raw.strip()
-        if not line or line.startswith(("#", ":")):
-            continue
-        groups = _split(line)
-        commands = [g[1:] if g and g[0] in ("&&", "||") else g for g in groups]
-        for index, words in enumerate(commands):
-            if not words:
-                continue
-            cmd = words[0]
-            if cmd == "imgtrust":
-                if "--allow" in words or "-a" in words:
-                    findings.append(Finding(
-                        number, "trust-allow",
-                        "imgtrust --allow lets unverified images run",
-                    ))
-                elif "--permanent" in words or "-p" in words:
-                    trust_line = trust_line or number
-            if cmd in _EXEC_CMDS | _FETCH_CMDS and trust_line is None:
-                findings.append(Finding(
-                    number, "trust-first",
-                    f"'{cmd}' runs before 'imgtrust --permanent'",
-                ))
-            if cmd == "imgverify":
-                for arg in _positional(words, _VERIFY_VALUE_OPTS)[:2]:
-                    # by name, or by URI (then iPXE names the image after the last segment)
-                    verified.add(arg)
-                    verified.add(_last_segment(arg))
-                rest = groups[index + 1:]
-                if rest and rest[0] and rest[0][0] == "||":
-                    target = rest[0][1:]
-                    if not (len(target) == 2 and target[0] == "goto"):
-                        findings.append(Finding(
-                            number, "soft-verify",
-                            "'imgverify ... ||' carries on after a failed verification; "
-                            "drop the '||' (or use '|| goto <label>' that stops)",
-                        ))
-            if cmd in _FETCH_CMDS and any(_CLEARTEXT.search(w) for w in words[1:]):
-                findings.append(Finding(
-                    number, "cleartext",
-                    f"'{cmd}' fetches over a cleartext protocol; use https://",
-                ))
-            if cmd in _SIDELOAD_CMDS:
-                name = _image_name(words)
-                if name is not None:
-                    loaded.setdefault(name, number)
-            if cmd == "set" and len(words) >= 2 and words[1].split(":")[0] in (
-                "crosscert", "trust",
-            ):
-                findings.append(Finding(
-                    number, "trust-setting",
-                    f"the script changes the '{words[1]}' setting",
-                ))
-    for name, number in loaded.items():
-        if name not in verified:
-            findings.append(Finding(
-                number, "unverified-load",
-                f"image '{name}' is loaded but never imgverify'd: initrds and modules are "
-                "not executed, so imgtrust never checks them",
-            ))
-    if trust_line is None:
-        findings.append(Finding(
-            1, "trust-missing", "no 'imgtrust --permanent': unsigned images could run",
-        ))
-    # Only a line that starts with imgverify counts (a line whose first word is imgverify
-    # starts with it, so splitting the lines again would find nothing more).
-    if not any(raw.lstrip().startswith("imgverify") for raw in lines):
-        findings.append(Finding(1, "no-verify", "the script never runs imgverify"))
-    return findings
-
-
-def check_script(text: str, *, origin: str = "the embedded script") -> None:
+def check_script(text: str, *, origin: str = "the embedded script",
+                 stage: str = "embedded") -> None:
     """Raise ConfigError listing every lint finding; return quietly when there are none."""
     if not text.startswith(MAGIC):
         raise ConfigError(
             f"{origin} does not start with '{MAGIC}'",
             hint="an embedded script must begin with the line '#!ipxe'",
         )
-    findings = lint_script(text)
+    findings = lint_script(text, stage=stage)
     if findings:
         listing = "; ".join(str(f) for f in findings)
         raise ConfigError(

@@ -12,6 +12,8 @@ chosen by whoever answers DHCP. Every generator in trustboot checks values with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from trustboot.errors import ConfigError
 
 TERMINATORS = ("&&", "||", ";")
@@ -134,3 +136,228 @@ def check_words(value: str, what: str, *, allow_empty: bool = True) -> str:
         raise ConfigError(f"{what} {value!r} cannot go into an iPXE script: {problem}",
                           hint=_HINT)
     return value
+
+
+# --- options, as iPXE's parse_options()/getopt_long() read them -----------------------------
+#
+# iPXE's getopt (src/core/getopt.c) does not permute: options end at the first word that does
+# not start with '-' (or at "--"), so `imgverify img sig --signer x` has four arguments and
+# prints the usage text. A required option value is the rest of the word (-sNAME, --signer=N)
+# or the next word unless that starts with '-'. Every command also takes -h/--help, which
+# prints the usage and fails. Then the argument count must be within the command's range.
+
+MAX_ARGUMENTS = 0xFF  # include/ipxe/parseopt.h
+
+
+@dataclass(frozen=True)
+class Option:
+    long: str
+    short: str
+    takes_value: bool = False
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    options: tuple[Option, ...] = ()
+    min_args: int = 0
+    max_args: int = MAX_ARGUMENTS
+
+
+def _o(long: str, short: str, value: bool = False) -> Option:
+    return Option(long, short, value)
+
+
+_IMG = (_o("name", "n", True), _o("timeout", "t", True), _o("quiet", "q"), _o("autofree", "a"))
+_IMGEXEC = (*_IMG, _o("replace", "r"))
+_SAN = (_o("drive", "d", True), _o("no-describe", "n"), _o("keep", "k"),
+        _o("filename", "f", True), _o("extra", "e", True), _o("label", "l", True),
+        _o("uuid", "u", True))
+_IFCONF = (_o("configurator", "c", True), _o("timeout", "t", True))
+
+# Option tables and argument ranges from src/core/exec.c, src/image/script.c, src/hci/shell.c
+# and src/hci/commands/*.c (checked against the tree by tests/ipxe/test_lint_real.py).
+COMMANDS: dict[str, CommandSpec] = {
+    "echo": CommandSpec((_o("n", "n"),)),
+    "exit": CommandSpec(max_args=1),
+    "isset": CommandSpec(min_args=1, max_args=1),
+    "iseq": CommandSpec(min_args=2, max_args=2),
+    "sleep": CommandSpec(min_args=1, max_args=1),
+    "goto": CommandSpec(min_args=1, max_args=1),
+    "prompt": CommandSpec((_o("key", "k", True), _o("timeout", "t", True))),
+    "shell": CommandSpec(max_args=0),
+    "help": CommandSpec(max_args=MAX_ARGUMENTS),  # takes no options table at all
+    "imgfetch": CommandSpec(_IMG, min_args=1),
+    "module": CommandSpec(_IMG, min_args=1),
+    "initrd": CommandSpec(_IMG, min_args=1),
+    "imgselect": CommandSpec(_IMG, min_args=1),
+    "imgload": CommandSpec(_IMG, min_args=1),
+    "kernel": CommandSpec(_IMG, min_args=1),
+    "imgexec": CommandSpec(_IMGEXEC),
+    "chain": CommandSpec(_IMGEXEC),
+    "boot": CommandSpec(_IMGEXEC),
+    "imgargs": CommandSpec(_IMG, min_args=1),
+    "imgstat": CommandSpec(),
+    "imgfree": CommandSpec(),
+    "imgtrust": CommandSpec((_o("allow", "a"), _o("permanent", "p")), max_args=0),
+    "imgverify": CommandSpec((_o("signer", "s", True), _o("keep", "k"),
+                              _o("timeout", "t", True), _o("quiet", "q")),
+                             min_args=2, max_args=2),
+    "imgextract": CommandSpec((_o("name", "n", True), _o("keep", "k"), _o("timeout", "t", True),
+                               _o("quiet", "q")), min_args=1, max_args=1),
+    "imgdecrypt": CommandSpec((_o("name", "n", True), _o("keep", "k"), _o("timeout", "t", True),
+                               _o("quiet", "q")), min_args=2, max_args=2),
+    "dhcp": CommandSpec(_IFCONF),
+    "ifconf": CommandSpec(_IFCONF),
+    "ifopen": CommandSpec(),
+    "ifclose": CommandSpec(),
+    "ifstat": CommandSpec(),
+    "iflinkwait": CommandSpec((_o("timeout", "t", True),)),
+    "autoboot": CommandSpec(),
+    "pxebs": CommandSpec(min_args=2, max_args=2),
+    "ntp": CommandSpec(min_args=1, max_args=1),
+    "show": CommandSpec((_o("quiet", "q"),), min_args=1, max_args=1),
+    "set": CommandSpec(min_args=1),
+    "clear": CommandSpec(min_args=1, max_args=1),
+    "read": CommandSpec((_o("timeout", "t", True),), min_args=1, max_args=1),
+    "inc": CommandSpec(min_args=1, max_args=2),
+    "config": CommandSpec(max_args=1),
+    "reboot": CommandSpec((_o("warm", "w"), _o("setup", "s")), max_args=0),
+    "poweroff": CommandSpec(max_args=0),
+    "sanhook": CommandSpec(_SAN[:2], min_args=1),
+    "sanboot": CommandSpec(_SAN),
+    "sanunhook": CommandSpec(_SAN[:1], max_args=0),
+    "certstat": CommandSpec((_o("subject", "s", True),), max_args=0),
+    "certstore": CommandSpec((_o("subject", "s", True), _o("keep", "k")), max_args=1),
+    "certfree": CommandSpec((_o("subject", "s", True),), max_args=0),
+    "menu": CommandSpec((_o("name", "n", True), _o("delete", "d"))),
+    "form": CommandSpec((_o("name", "n", True), _o("delete", "d"))),
+    "item": CommandSpec((_o("menu", "m", True), _o("form", "f", True), _o("key", "k", True),
+                         _o("default", "d"), _o("secret", "s"), _o("gap", "g"))),
+    "choose": CommandSpec((_o("menu", "m", True), _o("default", "d", True),
+                           _o("timeout", "t", True), _o("retimeout", "r", True),
+                           _o("keep", "k")), min_args=1, max_args=1),
+    "present": CommandSpec((_o("form", "f", True), _o("keep", "k")), max_args=0),
+    "params": CommandSpec((_o("name", "n", True), _o("method", "m", True), _o("delete", "d")),
+                          max_args=0),
+    "param": CommandSpec((_o("params", "p", True), _o("header", "H")), min_args=1),
+    "md5sum": CommandSpec((_o("set", "s", True),), min_args=1),
+    "sha1sum": CommandSpec((_o("set", "s", True),), min_args=1),
+    "nslookup": CommandSpec(min_args=2, max_args=2),
+    "ping": CommandSpec((_o("size", "s", True), _o("timeout", "t", True),
+                         _o("count", "c", True), _o("quiet", "q")), min_args=1, max_args=1),
+    "route": CommandSpec(max_args=0),
+    "ipstat": CommandSpec(max_args=0),
+    "nstat": CommandSpec(max_args=0),
+    "vcreate": CommandSpec((_o("tag", "t", True), _o("priority", "p", True)),
+                           min_args=1, max_args=1),
+    "vdestroy": CommandSpec(min_args=1, max_args=1),
+    "time": CommandSpec(min_args=1),
+    "sync": CommandSpec((_o("timeout", "t", True),), max_args=0),
+    "login": CommandSpec(max_args=0),
+    "cpuid": CommandSpec((_o("ext", "e"), _o("amd", "a"), _o("ecx", "c")),
+                         min_args=1, max_args=1),
+    "shim": CommandSpec((_o("timeout", "t", True), _o("quiet", "q"), _o("require-loader", "l"),
+                         _o("allow-pxe", "p"), _o("allow-sbat", "s")), max_args=1),
+}
+
+
+@dataclass(frozen=True)
+class ParsedCommand:
+    """One command as iPXE's option parser reads it."""
+
+    name: str
+    options: dict[str, str | None]  # long name -> value (None for a flag)
+    args: tuple[str, ...]
+    problem: str | None = None  # why iPXE prints the usage text and fails
+
+    def has(self, long: str) -> bool:
+        return long in self.options
+
+
+def parse_command(words: list[str] | tuple[str, ...]) -> ParsedCommand:
+    """Parse ``words`` (command first) the way iPXE's reparse_options() does.
+
+    Unknown commands get ``problem`` set ("command not found" fails at boot too)."""
+    name = words[0]
+    spec = COMMANDS.get(name)
+    if spec is None:
+        return ParsedCommand(name, {}, tuple(words[1:]), f"'{name}': command not found")
+    if name == "help":
+        return ParsedCommand(name, {}, tuple(words[1:]))
+    table = (*spec.options, Option("help", "h"))
+    options: dict[str, str | None] = {}
+
+    def fail(why: str) -> ParsedCommand:
+        return ParsedCommand(name, options, tuple(words[1:]), why)
+
+    i, n = 1, len(words)
+    while i < n:
+        word = words[i]
+        if not word.startswith("-"):
+            break
+        if word.startswith("--"):
+            text = word[2:]
+            i += 1
+            if not text:
+                break  # "--" ends the options
+            for opt in table:
+                if not text.startswith(opt.long):
+                    continue
+                rest = text[len(opt.long):]
+                if rest and not rest.startswith("="):
+                    continue  # trailing garbage: not this option
+                value = rest[1:] if rest else None
+                if opt.takes_value and value is None:
+                    if i < n and not words[i].startswith("-"):
+                        value = words[i]
+                        i += 1
+                    else:
+                        return fail(f'option "{opt.long}" requires an argument')
+                if not opt.takes_value and value is not None:
+                    return fail(f'option "{opt.long}" takes no argument')
+                if opt.long == "help":
+                    return fail("--help prints the usage text and fails")
+                options[opt.long] = value
+                break
+            else:
+                return fail(f'unrecognised option "--{text}"')
+            continue
+        pos = 1
+        while True:
+            ch = word[pos] if pos < len(word) else ""
+            match = next((o for o in table if o.short == ch), None) if ch else None
+            if match is None:
+                return fail(f'unrecognised option "-{ch}"')
+            if match.short == "h":
+                return fail("-h prints the usage text and fails")
+            pos += 1
+            if pos < len(word):
+                if match.takes_value:
+                    options[match.long] = word[pos:]
+                    i += 1
+                    break
+                options[match.long] = None
+                continue
+            i += 1
+            if match.takes_value:
+                if i < n and not words[i].startswith("-"):
+                    options[match.long] = words[i]
+                    i += 1
+                else:
+                    return fail(f'option "{match.short}" requires an argument')
+            else:
+                options[match.long] = None
+            break
+    args = tuple(words[i:])
+    if not spec.min_args <= len(args) <= spec.max_args:
+        if spec.max_args == spec.min_args:
+            want = f"exactly {spec.min_args}"
+        elif spec.max_args == MAX_ARGUMENTS:
+            want = f"at least {spec.min_args}"
+        else:
+            want = f"{spec.min_args} to {spec.max_args}"
+        why = f"'{name}' takes {want} argument(s) after its options, got {len(args)}"
+        if any(a.startswith("-") for a in args):
+            why += " (iPXE reads options only before the first argument)"
+        return ParsedCommand(name, options, args, why)
+    return ParsedCommand(name, options, args)

@@ -1,0 +1,421 @@
+"""The lint's model of iPXE: paths through labels, goto, &&, || and ;, options as iPXE's
+getopt reads them, the stages, and a property test against a concrete interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trustboot.cli.main import cli
+from trustboot.errors import ConfigError
+from trustboot.ipxe import script as S
+from trustboot.ipxe.lint import lint_script, parse_script
+from trustboot.ipxe.syntax import join_lines, parse_command, split_tokens
+
+HEAD = "#!ipxe\nimgtrust --permanent\n"
+FAILED = ":failed\necho stopped\n:halt\nsleep 60 || goto halt\ngoto halt\n"
+KERNEL = "kernel https://b/vmlinuz console=ttyS0 || goto failed\n"
+VERIFY_K = "imgverify vmlinuz https://b/vmlinuz.sig || goto failed\n"
+INITRD = "initrd https://b/initrd.img || goto failed\n"
+VERIFY_I = "imgverify initrd.img https://b/initrd.img.sig || goto failed\n"
+BOOT = "boot || goto failed\n"
+GOOD = HEAD + KERNEL + VERIFY_K + INITRD + VERIFY_I + BOOT + FAILED
+
+
+def rules(text: str, stage: str = "embedded") -> set[str]:
+    return {f.rule for f in lint_script(text, stage=stage)}
+
+
+def test_good_script_is_clean_in_both_stages() -> None:
+    assert lint_script(GOOD) == []
+    assert lint_script(GOOD, stage="chained") == []
+
+
+# --- the three scripts from the issue: each boots an unverified image -----------------------
+
+
+@pytest.mark.parametrize("stage", ["embedded", "chained"])
+def test_semicolon_after_imgverify_carries_on(stage: str) -> None:
+    text = GOOD.replace(VERIFY_K, "imgverify vmlinuz https://b/vmlinuz.sig ; echo ok\n")
+    found = lint_script(text, stage=stage)
+    assert {"soft-verify", "unverified-exec"} <= {f.rule for f in found}
+    boot = next(f for f in found if f.rule == "unverified-exec")
+    assert boot.line == 7 and "'imgverify' fails" in boot.message  # names the path
+
+
+@pytest.mark.parametrize("stage", ["embedded", "chained"])
+def test_quotes_do_not_protect_a_separator(stage: str) -> None:
+    text = GOOD.replace(BOOT, 'echo "x && initrd https://evil/i"\n' + BOOT)
+    found = {f.rule: f for f in lint_script(text, stage=stage)}
+    assert "unverified-image" in found
+    assert "'i\"'" in found["unverified-image"].message  # the name iPXE gives it
+
+
+@pytest.mark.parametrize("stage", ["embedded", "chained"])
+def test_goto_on_failure_to_a_label_that_boots(stage: str) -> None:
+    text = GOOD.replace(VERIFY_K, "imgverify vmlinuz https://b/vmlinuz.sig || goto go\n:go\n")
+    found = lint_script(text, stage=stage)
+    assert "unverified-exec" in {f.rule for f in found}
+    assert "(goto go)" in next(f for f in found if f.rule == "unverified-exec").message
+
+
+def test_a_label_line_runs_its_own_command() -> None:
+    # ":go boot" is a label *and* a command: iPXE runs the rest of the line.
+    text = GOOD.replace(VERIFY_K, "imgverify vmlinuz https://b/vmlinuz.sig || goto go\n")
+    text = text.replace(BOOT, ":go boot || goto failed\n")
+    assert "unverified-exec" in rules(text)
+    assert parse_script(":go boot\n")[0].label == "go"
+    assert parse_script(":go boot\n")[0].commands[0].words == ("boot",)
+
+
+def test_backslash_continuation_joins_a_command_onto_the_line() -> None:
+    text = GOOD.replace(BOOT, "echo hi \\\n && initrd https://evil/x\n" + BOOT)
+    assert "unverified-image" in rules(text)
+
+
+def test_goto_target_must_end_fail_closed() -> None:
+    # `|| goto LABEL` is accepted only when LABEL's block cannot end or boot.
+    ends = GOOD.replace(FAILED, ":failed\necho stopped\n")
+    assert "fall-through" in rules(ends)
+    assert "fall-through" not in rules(ends, stage="chained")
+    exits = GOOD.replace(FAILED, ":failed\nexit 1\n")
+    assert "fall-through" in rules(exits)
+    poweroff = GOOD.replace(FAILED, ":failed\npoweroff\n")  # poweroff can fail
+    assert "fall-through" in rules(poweroff)
+    assert rules(GOOD.replace(FAILED, ":failed\npoweroff || goto failed\n")) == set()
+    assert rules(GOOD.replace(FAILED, ":failed\nreboot\n")) == set()
+    missing = GOOD.replace(FAILED, "")
+    assert "missing-label" in rules(missing)
+
+
+def test_verify_then_and_or_goto_is_fail_closed() -> None:
+    text = GOOD.replace(VERIFY_K, "imgverify vmlinuz https://b/vmlinuz.sig && echo ok "
+                        "|| goto failed\n")
+    assert rules(text) == set()
+
+
+def test_uncaught_failure_in_embedded_script_falls_through() -> None:
+    text = GOOD.replace(VERIFY_K, "imgverify vmlinuz https://b/vmlinuz.sig\n")
+    found = lint_script(text)
+    assert [f.rule for f in found] == ["fall-through"]
+    assert found[0].line == 4 and "next device" in found[0].message
+    assert lint_script(text, stage="chained") == []  # the firmware handles imgexec failing
+
+
+def test_sanboot_and_autoboot_bypass_signatures() -> None:
+    assert "sanboot" in rules(GOOD.replace(BOOT, "sanboot --no-describe || goto failed\n"))
+    assert "autoboot" in rules(GOOD.replace(BOOT, "autoboot || goto failed\n"))
+
+
+def test_chain_of_a_fresh_url_is_unverified() -> None:
+    assert "unverified-exec" in rules(GOOD.replace(BOOT, "chain https://b/next.ipxe || goto "
+                                                         "failed\n"), "chained")
+
+
+def test_verified_then_replaced_image_is_unverified() -> None:
+    # A second fetch under the same name registers a new, unverified image next to it.
+    text = GOOD.replace(BOOT, "initrd https://b/initrd.img || goto failed\n" + BOOT)
+    assert "unverified-image" in rules(text)
+
+
+def test_imgfree_clears_unverified_images() -> None:
+    text = GOOD.replace(KERNEL, "imgfetch https://b/junk || goto failed\nimgfree\n" + KERNEL)
+    assert rules(text) == set()
+
+
+def test_computed_goto_reaches_every_label() -> None:
+    text = GOOD.replace(VERIFY_K, "choose target || goto failed\ngoto ${target} || goto failed"
+                        "\n:skip\n" + BOOT + VERIFY_K)
+    assert "unverified-exec" in rules(text)
+
+
+def test_trust_is_required_first_only_in_the_embedded_stage() -> None:
+    text = GOOD.replace("imgtrust --permanent\n", "")
+    assert {"trust-missing"} <= rules(text)
+    assert rules(text, "chained") == set()
+    late = GOOD.replace("imgtrust --permanent\n", "").replace(BOOT, "imgtrust --permanent\n"
+                                                              + BOOT)
+    assert "trust-first" in rules(late)
+    assert "trust-allow" in rules(GOOD.replace(BOOT, "imgtrust --allow\n" + BOOT), "chained")
+
+
+# --- options as iPXE's parser reads them (item 10) -------------------------------------------
+
+
+@pytest.mark.parametrize("line,problem", [
+    ("imgverify vmlinuz https://b/vmlinuz.sig --signer release-signer", "4"),
+    ("imgverify --signer", "requires an argument"),
+    ("imgverify --signer -k a b", "requires an argument"),
+    ("imgverify --sign x a b", 'unrecognised option "--sign"'),
+    ("imgverify --keep=yes a b", "takes no argument"),
+    ("imgverify -x a b", 'unrecognised option "-x"'),
+    ("imgverify a", "exactly 2"),
+    ("imgtrust --permanent now", "exactly 0"),
+    ("kernel", "at least 1"),
+    ("goto", "exactly 1"),
+    ("echo -e hi", 'unrecognised option "-e"'),
+    ("echo - hi", 'unrecognised option "-"'),
+    ("boot --help", "usage"),
+    ("frobnicate x", "command not found"),
+])
+def test_usage_errors_iPXE_would_print(line: str, problem: str) -> None:
+    parsed = parse_command(line.split())
+    assert parsed.problem is not None and problem in parsed.problem, parsed
+    text = GOOD.replace(BOOT, line + " || goto failed\n" + BOOT)
+    assert rules(text) & {"usage", "unknown-command"}
+
+
+@pytest.mark.parametrize("line,options,args", [
+    ("imgverify --signer release-signer a b", {"signer": "release-signer"}, ("a", "b")),
+    ("imgverify --signer=release-signer -k a b", {"signer": "release-signer", "keep": None},
+     ("a", "b")),
+    ("imgverify -srelease-signer -kq a b", {"signer": "release-signer", "keep": None,
+                                            "quiet": None}, ("a", "b")),
+    ("imgverify -ks x a b", {"keep": None, "signer": "x"}, ("a", "b")),
+    ("kernel --name k https://b/v quiet --verbose", {"name": "k"},
+     ("https://b/v", "quiet", "--verbose")),  # after the first argument, '-' is an argument
+    ("imgfetch -- -odd-name", {}, ("-odd-name",)),
+    ("echo -n", {"n": None}, ()),
+    ("boot", {}, ()),
+])
+def test_options_parse_like_ipxe(line: str, options: dict[str, str | None],
+                                 args: tuple[str, ...]) -> None:
+    parsed = parse_command(line.split())
+    assert parsed.problem is None, parsed.problem
+    assert parsed.options == options and parsed.args == args
+
+
+# --- the renderer API ------------------------------------------------------------------------
+
+
+def test_renderer_pieces() -> None:
+    assert S.verify("vmlinuz", "https://b/vmlinuz.sig", signer="release-signer") == (
+        "imgverify --signer release-signer vmlinuz https://b/vmlinuz.sig || goto tb_failed")
+    assert S.verify("a", "a.sig", signer="${tb_signer}").startswith(
+        "imgverify --signer ${tb_signer} a a.sig")
+    assert S.or_fail("initrd https://b/i") == "initrd https://b/i || goto tb_failed"
+    block = S.failure_block("reboot")
+    assert block[0] == ":tb_failed" and "reboot" in block and block[-1] == "goto tb_halt"
+    script = "\n".join([S.MAGIC, "imgtrust --permanent",
+                        S.or_fail(S.command("kernel", "https://b/vmlinuz", "quiet")),
+                        S.verify("vmlinuz", "https://b/vmlinuz.sig", signer="s"),
+                        S.or_fail("boot"), *S.failure_block(), ""])
+    assert lint_script(script) == []
+    assert lint_script(script, stage="chained") == []
+
+
+@pytest.mark.parametrize("call", [
+    lambda: S.verify("vmlinuz", "x.sig", signer="boot-signer ; shell"),
+    lambda: S.verify("vmlinuz", "x.sig", signer="${net0/signer}"),  # DHCP-controlled
+    lambda: S.verify("vmlinuz;", "&&"),
+    lambda: S.command("kernel", "vmlinuz", "quiet && boot"),
+    lambda: S.command("kernel", "#x"),
+    lambda: S.echo("done || shell"),
+    lambda: S.echo("line\nshell"),
+    lambda: S.set_setting("tb_url", "https://x/${y}"),
+    lambda: S.failure_block("boot-anyway"),
+    lambda: S.check_https_url("https://b/x || shell", "url"),
+])
+def test_renderer_refuses_hostile_values(call: object) -> None:
+    with pytest.raises(ConfigError):
+        call()  # type: ignore[operator]
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_render_refuses_an_injected_signer() -> None:
+    code, out, err = _run("ipxe", "script", "render", "--chain", "https://b/boot.ipxe",
+                          "--signer", "boot-signer ; shell")
+    assert code == 3 and out == "" and "signer name" in err
+
+
+def test_render_default_halts_and_exit_warns() -> None:
+    code, out, err = _run("ipxe", "script", "render", "--chain", "https://b/boot.ipxe",
+                          "--signer", "boot-signer")
+    assert code == 0 and "goto tb_halt" in out and "\nexit" not in out and err == ""
+    code, out, err = _run("ipxe", "script", "render", "--chain", "https://b/boot.ipxe",
+                          "--signer", "boot-signer", "--on-failure", "exit")
+    assert code == 0 and "exit 1" in out and "not fail-closed" in err
+
+
+def test_lint_stage_option(tmp_path: Path) -> None:
+    f = tmp_path / "boot.ipxe"
+    f.write_text(GOOD.replace("imgtrust --permanent\n", ""))
+    code, out, _ = _run("ipxe", "script", "lint", str(f), "--json")
+    assert code == 3 and "trust-missing" in {x["rule"] for x in json.loads(out)["findings"]}
+    code, out, _ = _run("ipxe", "script", "lint", str(f), "--stage", "chained", "--json")
+    assert code == 0 and json.loads(out) == {"file": str(f), "stage": "chained",
+                                             "findings": []}
+
+
+def test_lint_refuses_devices_fifos_and_huge_files(tmp_path: Path) -> None:
+    code, _, err = _run("ipxe", "script", "lint", "/dev/zero")
+    assert code == 3 and "not a regular file" in err
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code, _, err = _run("ipxe", "script", "lint", str(fifo))  # would block forever on main
+    assert code == 3 and "not a regular file" in err
+    big = tmp_path / "big.ipxe"
+    big.write_bytes(b"#!ipxe\n" + b"#" * (2 << 20))
+    code, _, err = _run("ipxe", "script", "lint", str(big))
+    assert code == 3 and "larger than" in err
+
+
+# --- property: the model against a concrete interpreter --------------------------------------
+#
+# The interpreter below follows iPXE's C code directly (process_script, system, execv) on
+# concrete runs, taking both branches wherever a command may succeed or fail. Scripts are
+# generated with forward gotos only, so every run ends and all runs can be enumerated.
+
+_CMDS = ["imgfetch https://h/A", "imgfetch https://h/B", "imgverify A https://h/A.sig",
+         "imgverify B https://h/B.sig", "boot A", "iseq x y", "echo ok", "exit", "reboot",
+         "imgfree"]
+
+
+@st.composite
+def _scripts(draw: st.DrawFn) -> str:
+    n = draw(st.integers(2, 5))
+    lines = [HEAD.rstrip("\n")]
+    for i in range(n):
+        words: list[str] = []
+        for k in range(draw(st.integers(1, 2))):
+            if k:
+                words.append(draw(st.sampled_from(["&&", "||", ";"])))
+            if draw(st.integers(0, 5)) == 0:
+                words.append(f"goto L{draw(st.integers(i + 1, n + 1))}")  # may not exist
+            else:
+                words.append(draw(st.sampled_from(_CMDS)))
+        if draw(st.booleans()):
+            words.append(draw(st.sampled_from(["&&", "||", ";"])))  # a trailing empty command
+        label = f":L{i} " if draw(st.booleans()) else ""
+        lines.append(label + " ".join(words))
+    return "\n".join(lines) + "\n"
+
+
+def _concrete(text: str) -> tuple[bool, bool]:
+    """(some run boots with an unverified image registered, some run ends the script)."""
+    joined = join_lines(text)
+    if text.endswith("\n") and joined and not joined[-1][1]:
+        joined.pop()
+    lines: list[tuple[str | None, list[str]]] = []
+    for _, raw in joined:
+        rest, label = raw.lstrip(), None
+        if rest.startswith(":"):
+            head, _, rest = rest[1:].partition(" ")
+            label = head
+        lines.append((label, split_tokens(rest)))
+    labels: dict[str, int] = {}
+    for i, (lab, _) in enumerate(lines):
+        if lab is not None:
+            labels.setdefault(lab, i)
+    seen = {"unverified": False, "ends": False}
+    Images = list[tuple[str, bool, int]]
+
+    def acquire(name: str, imgs: Images, site: int) -> list[tuple[int | None, Images]]:
+        for idx, (n, _, _) in enumerate(imgs):
+            if n == name:
+                return [(idx, imgs)]
+        base = name.rsplit("/", 1)[-1]
+        return [(len(imgs), [*imgs, (base, False, site)]), (None, imgs)]
+
+    def command(argv: list[str], imgs: Images, site: int
+                ) -> list[tuple[bool, Images, str | int | None]]:
+        name = argv[0]
+        if name == "goto":
+            return [(True, imgs, labels[argv[1]])] if argv[1] in labels else [(False, imgs,
+                                                                                None)]
+        if name == "exit":
+            return [(True, imgs, "exit")]
+        if name == "reboot":
+            return [(True, imgs, "halt")]
+        if name in ("echo", "imgtrust"):
+            return [(True, imgs, None)]
+        if name == "imgfree":
+            return [(True, [], None)]
+        if name == "iseq":
+            return [(True, imgs, None), (False, imgs, None)]
+        if name == "imgfetch":
+            img = (argv[1].rsplit("/", 1)[-1], False, site)
+            added = imgs if img in imgs else [*imgs, img]
+            return [(True, added, None), (False, imgs, None)]
+        if name == "imgverify":
+            out: list[tuple[bool, Images, str | int | None]] = []
+            for idx, got in acquire(argv[1], imgs, site):
+                if idx is None:
+                    out.append((False, got, None))
+                    continue
+                out.append((False, got, None))  # signature missing or not valid
+                n, _, s = got[idx]
+                out.append((True, [*got[:idx], (n, True, s), *got[idx + 1:]], None))
+            return out
+        if name == "boot":
+            out = []
+            for idx, got in acquire(argv[1], imgs, site):
+                if idx is None:
+                    out.append((False, got, None))
+                    continue
+                if not all(v for _, v, _ in got):
+                    seen["unverified"] = True
+                out += [(True, got, None), (False, got, None)]
+            return out
+        raise AssertionError(name)
+
+    def run_line(li: int, imgs: Images) -> None:
+        if li >= len(lines):
+            seen["ends"] = True
+            return
+        run_cmds(li, 0, True, True, imgs)
+
+    def run_cmds(li: int, pos: int, process: bool, ok: bool, imgs: Images) -> None:
+        tokens = lines[li][1]
+        end = pos
+        while end < len(tokens) and not tokens[end].startswith("#") and tokens[end] not in (
+                "&&", "||", ";"):
+            end += 1
+        argv = tokens[pos:end]
+        term = tokens[end] if end < len(tokens) and not tokens[end].startswith("#") else None
+        if not process:
+            results: list[tuple[bool, Images, str | int | None]] = [(ok, imgs, None)]
+        elif not argv:
+            results = [(True, imgs, None)]
+        else:
+            results = command(argv, imgs, li)
+        for rok, rimgs, ctl in results:
+            if isinstance(ctl, int):
+                run_line(ctl, rimgs)
+            elif ctl == "exit":
+                seen["ends"] = True
+            elif ctl == "halt":
+                pass
+            elif term is None:
+                if rok:
+                    run_line(li + 1, rimgs)
+                else:
+                    seen["ends"] = True
+            else:
+                go = {"&&": rok, "||": not rok, ";": True}[term]
+                run_cmds(li, end + 1, go, rok, rimgs)
+
+    run_line(0, [])
+    return seen["unverified"], seen["ends"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(_scripts())
+def test_model_agrees_with_a_concrete_interpreter(text: str) -> None:
+    unverified, ends = _concrete(text)
+    found = rules(text)
+    assert unverified == bool(found & {"unverified-exec", "unverified-image"}), (text, found)
+    assert ends == ("fall-through" in found), (text, found)

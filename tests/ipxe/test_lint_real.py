@@ -1,0 +1,138 @@
+"""The lint's facts about iPXE, checked against a real iPXE tree ($TRUSTBOOT_IPXE_SRC).
+
+1. The option tables and argument ranges in trustboot.ipxe.syntax.COMMANDS match the
+   OPTION_DESC/COMMAND_DESC tables in the tree's source (no QEMU needed).
+2. Under QEMU, iPXE behaves as the lint's model says: options after arguments print the
+   usage and fail, quotes do not protect '&&', a label line runs its command, ';' carries on
+   after a failed imgverify, and an uncaught failure ends the script.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.ipxe.testpki import TestPki, cached_pki
+from tests.ipxe_qemu import DONE_MARKER, boot, build_test_ipxe, cache_root, ipxe_src_or_skip
+from trustboot.ipxe.lint import lint_script
+from trustboot.ipxe.source import ENV_SOURCE
+from trustboot.ipxe.syntax import COMMANDS, MAX_ARGUMENTS
+
+# Command names whose descriptor is named after another command.
+_ALIASES = {"module": "imgfetch", "initrd": "imgfetch", "imgload": "imgselect",
+            "kernel": "imgselect", "chain": "imgexec", "boot": "imgexec", "dhcp": "ifconf",
+            "md5sum": "digest", "sha1sum": "digest", "menu": "dynui", "form": "dynui",
+            "imgstat": "imgmulti", "imgfree": "imgmulti"}
+
+_OPT = re.compile(r'OPTION_DESC\s*\(\s*"([^"]+)"\s*,\s*\'(.)\'\s*,\s*(\w+)')
+
+
+def _tables(src: Path) -> dict[str, tuple[list[tuple[str, str, bool]], int, int]]:
+    """descriptor name (without _cmd) -> (options, min_args, max_args) from the source."""
+    out: dict[str, tuple[list[tuple[str, str, bool]], int, int]] = {}
+    files = [src / "core/exec.c", src / "image/script.c", src / "hci/shell.c",
+             *sorted((src / "hci/commands").glob("*.c")),
+             *sorted((src / "arch/x86/hci/commands").glob("*.c"))]
+    for path in files:
+        text = re.sub(r"/\*.*?\*/", "", path.read_text(errors="replace"), flags=re.S)
+        arrays: dict[str, list[tuple[str, str, bool]]] = {}
+        for m in re.finditer(r"struct option_descriptor (\w+)\[\]\s*=\s*\{(.*?)\};", text,
+                             re.S):
+            arrays[m.group(1)] = [(a, b, c == "required_argument")
+                                  for a, b, c in _OPT.findall(m.group(2))]
+        for m in re.finditer(r"union\s*\{(.*?)\}\s*(\w+)\s*=\s*\{(.*?)\n\};", text, re.S):
+            full = [(a, b, c == "required_argument") for a, b, c in _OPT.findall(m.group(3))]
+            for member, size in re.findall(r"struct option_descriptor (\w+)\[(\d+)\]",
+                                           m.group(1)):
+                arrays[f"{m.group(2)}.{member}"] = full[:int(size)]
+        for m in re.finditer(r"struct \w+ (\w+)_cmd\s*=\s*\w*COMMAND_DESC\s*\(\s*struct \w+"
+                             r"\s*,\s*([\w.]+)\s*,\s*(\w+)\s*,\s*(\w+)", text):
+            name, opts, lo, hi = m.groups()
+            top = MAX_ARGUMENTS if hi == "MAX_ARGUMENTS" else int(hi)
+            out[name] = (arrays.get(opts, []), int(lo), top)
+    return out
+
+
+def test_option_tables_match_the_source() -> None:
+    import os
+
+    if not os.environ.get(ENV_SOURCE):
+        pytest.skip(f"needs an iPXE source tree: set {ENV_SOURCE}")
+    root = Path(os.environ[ENV_SOURCE])
+    src = root / "src" if (root / "src").is_dir() else root
+    tables = _tables(src)
+    mismatches = []
+    for name, spec in COMMANDS.items():
+        if name == "help":
+            continue  # help_exec takes no options table
+        key = _ALIASES.get(name, name)
+        if key not in tables:
+            mismatches.append(f"{name}: no descriptor {key}_cmd in the tree")
+            continue
+        options, lo, hi = tables[key]
+        ours = [(o.long, o.short, o.takes_value) for o in spec.options]
+        if (ours, spec.min_args, spec.max_args) != (options, lo, hi):
+            mismatches.append(f"{name}: ours {ours} {spec.min_args}-{spec.max_args}, "
+                              f"iPXE {options} {lo}-{hi}")
+    assert not mismatches, "\n".join(mismatches)
+    assert len(tables) > 40  # the parser found the tables at all
+
+
+# --- behaviour under QEMU ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPki:
+    ipxe_src_or_skip()
+    return cached_pki(cache_root() / "pki", "main")
+
+
+@pytest.mark.ipxe
+@pytest.mark.slow
+def test_ipxe_runs_scripts_the_way_the_lint_models_them(pki: TestPki) -> None:
+    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+    data = b"kernel stand-in\n" * 64
+    files = {"k": data, "k.sig": pki.sign_bytes(data, "lintreal"), "bad": data + b"x"}
+    files["inner.ipxe"] = (b"#!ipxe\nimgfetch tftp://10.0.2.2/bad\n"
+                           b"imgverify bad tftp://10.0.2.2/k.sig\necho AFTER-UNCAUGHT-FAILURE\n")
+    script = "\n".join([
+        "#!ipxe",
+        # before imgtrust: the inner script is unsigned on purpose
+        "chain tftp://10.0.2.2/inner.ipxe || echo INNER-FAILED",
+        "imgtrust --permanent",
+        "imgfetch tftp://10.0.2.2/k && imgfetch tftp://10.0.2.2/bad",
+        # options after the arguments: usage text, and the command fails
+        "imgverify k tftp://10.0.2.2/k.sig --signer boot-signer && echo VERDICT optsafter ok "
+        "|| echo VERDICT optsafter fail",
+        "imgverify --signer boot-signer k tftp://10.0.2.2/k.sig && echo VERDICT optsfirst ok "
+        "|| echo VERDICT optsfirst fail",
+        # no quoting: the '&&' inside the quotes runs a second command
+        'echo "x && echo INJECTED-RAN"',
+        # a label line runs the rest of its line
+        ":lab echo LABEL-LINE-RAN",
+        # ';' runs the next command whatever imgverify said, and the line succeeds
+        "imgverify bad tftp://10.0.2.2/k.sig ; echo SEMICOLON-CONTINUED",
+        # goto skips the rest of its own line
+        "goto skip ; echo AFTER-GOTO-SAME-LINE",
+        "echo SKIPPED-LINE",
+        ":skip",
+        f"echo {DONE_MARKER}",
+        "",
+    ])
+    console = boot(lkrn, files, script)
+    assert DONE_MARKER in console, console
+    assert "VERDICT optsafter fail" in console and "Usage:" in console, console
+    assert "VERDICT optsfirst ok" in console, console
+    assert "INJECTED-RAN" in console
+    assert "LABEL-LINE-RAN" in console
+    assert "SEMICOLON-CONTINUED" in console and "Could not verify" in console
+    assert "AFTER-GOTO-SAME-LINE" not in console and "SKIPPED-LINE" not in console
+
+    # What the lint says about the same constructs.
+    found = {(f.line, f.rule) for f in lint_script(script, stage="chained")}
+    assert (5, "usage") in found and (9, "soft-verify") in found
+
+    # An uncaught failure ends a script: nothing after it runs, and its caller sees failure.
+    assert "AFTER-UNCAUGHT-FAILURE" not in console and "INNER-FAILED" in console, console

@@ -1,0 +1,282 @@
+"""Recipes: every shipped recipe validates; every broken or hostile recipe fails with its
+file:line, a fix, and exit 3 (never a traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from trustboot.cli.main import cli
+from trustboot.errors import ConfigError, ExitCode
+from trustboot.release.recipe import (
+    RecipePath,
+    demo_recipe_text,
+    json_schema,
+    load_recipe,
+    parse_recipe,
+    resolve_path,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """\
+version: 1
+name: r1
+signer: {key: s1}
+entries:
+  - name: linux
+    kernel: images/vmlinuz
+    initrds: [images/initrd.img]
+    cmdline: console=ttyS0 quiet
+"""
+
+
+def _err(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as exc:
+        parse_recipe(text, "bad.yaml")
+    assert exc.value.exit_code == ExitCode.CONFIG
+    return exc.value
+
+
+def test_embedded_demo_matches_repo_copy() -> None:
+    assert demo_recipe_text() == (REPO / "recipes" / "demo.yaml").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.entries
+    # The printed schema accepts it too (the same table drives both).
+    jsonschema.validate(yaml.safe_load(path.read_text()), json_schema())
+
+
+def test_schema_command_prints_a_valid_json_schema() -> None:
+    r = CliRunner().invoke(cli, ["recipe", "schema"])
+    assert r.exit_code == 0
+    schema = json.loads(r.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert set(schema["required"]) == {"version", "name", "signer", "entries"}
+    assert schema["properties"]["entries"]["items"]["additionalProperties"] is False
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**yaml.safe_load(GOOD), "publish": 1}, schema)
+
+
+def test_good_recipe_defaults() -> None:
+    r = parse_recipe(GOOD, "good.yaml")
+    assert r.entries[0].arch == ("bios", "x86_64-efi")
+    assert r.entries[0].initrds == (RecipePath("images/initrd.img", "good.yaml:7"),)
+    assert r.release.id_template == "{date}-{digest8}"
+    assert r.release.min_signer_lifetime.days == 30
+    assert r.ca_home.raw == "pki" and r.origin is None and r.ipxe is None
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ("", "bad.yaml", "empty"),
+        ("a: &x [1, 2]\nb: *x\n", "bad.yaml:1", "anchors and aliases"),
+        ("version: 1\nx: !!python/object/apply:os.system [id]\n", "bad.yaml:2", "YAML tag"),
+        (GOOD.replace("version: 1", "version: 2"), "bad.yaml:1", "out of range"),
+        (GOOD.replace("version: 1", "version: '1'"), "bad.yaml:1", "must be an integer"),
+        (GOOD + "publish: yes\n", "bad.yaml:9", "unknown key 'publish'"),
+        (GOOD.replace("name: r1", "name: /abs"), "bad.yaml:2", "not allowed"),
+        (GOOD.replace("name: r1\n", ""), "bad.yaml:1", "needs 'name'"),
+        (GOOD.replace("{key: s1}", "{key: s1, colour: red}"), "bad.yaml:3",
+         "unknown key 'colour' in signer"),
+        (GOOD.replace("{key: s1}", "{name: s1}"), "bad.yaml:3", "signer needs 'key'"),
+        (GOOD.replace("{key: s1}", "{key: 'bogus:x'}"), "bad.yaml:3", "unknown key reference"),
+        (GOOD.replace("{key: s1}", "{key: 'file:k.pem'}"), "bad.yaml:3", "needs cert"),
+        (GOOD.replace("{key: s1}", "{key: s1, hash: md5}"), "bad.yaml:3", "not one of"),
+        (GOOD.replace("{key: s1}", "{key: s1, passphrase: {env: A, file: b}}"), "bad.yaml:3",
+         "exactly one of file or env"),
+        (GOOD.replace("{key: s1}", "{key: s1, passphrase: {env: 'A B'}}"), "bad.yaml:3",
+         "not allowed"),
+        (GOOD.replace("{key: s1}", "{key: s1, name: 'a ; shell'}"), "bad.yaml:3",
+         "cannot go into an iPXE script"),
+        (GOOD + "ca: [pki]\n", "bad.yaml:9", "ca must be a mapping"),
+        (GOOD + "ca: {home: ''}\n", "bad.yaml:9", "non-empty string"),
+        (GOOD + "ipxe: {targets: [bin/evil.efi]}\n", "bad.yaml:9", "not one of"),
+        (GOOD + "ipxe: {targets: []}\n", "bad.yaml:9", "needs 1 to"),
+        (GOOD + "ipxe: {git: https://x/y}\n", "bad.yaml:9", "needs ipxe.commit"),
+        (GOOD + "ipxe: {git: '--upload-pack=touch pwned', commit: " + "a" * 40 + "}\n",
+         "bad.yaml:9", "not allowed"),
+        (GOOD + "ipxe: {source: src, prebuilt: fw}\n", "bad.yaml:9", "one of source"),
+        (GOOD + "ipxe: {commit: xyz, git: 'https://a/b'}\n", "bad.yaml:9", "not allowed"),
+        (GOOD + "ipxe: {on_failure: boot}\n", "bad.yaml:9", "not one of"),
+        (GOOD + "ipxe: {ntp: 'pool ; shell'}\n", "bad.yaml:9", "not allowed"),
+        (GOOD + "ipxe: {serial_console: 'yes'}\n", "bad.yaml:9", "true or false"),
+        (GOOD + "origin: {entry: boot.ipxe}\n", "bad.yaml:9", "origin needs 'url'"),
+        (GOOD + "origin: {url: 'ftp://x/'}\n", "bad.yaml:9", "not allowed"),
+        (GOOD + "origin: {url: 'https://u:pw@x/'}\n", "bad.yaml:9", "holds credentials"),
+        (GOOD + "origin: {url: 'https://x/', public_url: 'http://x/'}\n", "bad.yaml:9",
+         "not allowed"),
+        (GOOD + "origin: {url: 'https://x/', public_url: 'https://x/${net0/ip}/'}\n",
+         "bad.yaml:9", "cannot go into an iPXE script"),
+        (GOOD + "origin: {url: 'https://x/', entry: ../boot.ipxe}\n", "bad.yaml:9",
+         "not allowed"),
+        (GOOD + "menu: {timeout: -1}\n", "bad.yaml:9", "out of range"),
+        (GOOD + "menu: {timeout: 99999}\n", "bad.yaml:9", "out of range"),
+        (GOOD + "menu: {title: 'a && boot'}\n", "bad.yaml:9", "cannot go into an iPXE script"),
+        (GOOD.replace("name: linux", "name: 'a b'"), "bad.yaml:5", "not allowed"),
+        (GOOD.replace("    kernel: images/vmlinuz\n", ""), "bad.yaml:5", "needs 'kernel'"),
+        (GOOD.replace("initrds: [images/initrd.img]", "initrds: images/initrd.img"),
+         "bad.yaml:7", "must be a list"),
+        (GOOD + "  - {name: linux, kernel: k}\n", "bad.yaml:9", "listed twice"),
+        (GOOD.replace("cmdline: console=ttyS0 quiet", "arch: [ppc64]"), "bad.yaml:8",
+         "not one of"),
+        (GOOD.replace("cmdline: console=ttyS0 quiet", "default: 1"), "bad.yaml:8",
+         "true or false"),
+        (GOOD + "  - {name: b, kernel: k, default: true}\n  - {name: c, kernel: k, default: "
+         "true}\n", "bad.yaml:5", "more than one entry"),
+        ("version: 1\nname: r\nsigner: {key: s}\nentries: []\n", "bad.yaml:4", "needs 1 to"),
+        (GOOD + "release: {id: '{date}'}\n", "bad.yaml:9", "no {digest}"),
+        (GOOD + "release: {id: '{digest8}-{whoami}'}\n", "bad.yaml:9", "unknown field"),
+        (GOOD + "release: {id: '../{digest8}'}\n", "bad.yaml:9", "not allowed"),
+        (GOOD + "release: {min_signer_lifetime: soon}\n", "bad.yaml:9", "not a duration"),
+        (GOOD + "release: {retention: 0}\n", "bad.yaml:9", "out of range"),
+        (GOOD + "demo: {generate: [{path: x, size: 3TiB}]}\n", "bad.yaml:9", "not a size"),
+        ("version: 1\nversion: 1\n", "bad.yaml:2", "appears twice"),
+        ("[1, 2\n", "bad.yaml", "not valid YAML"),
+        ("- 1\n- 2\n", "bad.yaml:1", "must be a mapping"),
+        ("? [a]\n: 1\n", "bad.yaml:1", "keys must be plain strings"),
+    ],
+)
+def test_broken_recipes_name_file_and_line(text: str, where: str, message: str) -> None:
+    exc = _err(text)
+    assert message in exc.message, exc.message
+    assert exc.message.startswith(where + ":") or exc.message.startswith(where + " ") \
+        or exc.message == where, exc.message
+
+
+# Issue 8 items 2 and 3: values that would reach the signed script must be refused, with
+# the line, because iPXE has no quoting and splits commands on these.
+@pytest.mark.parametrize("cmdline", [
+    "quiet && boot", "quiet ; shell", "quiet || boot", "x=${net0/ip}", "a\nchain http://e/x",
+    "quiet # comment", "a\tb", "root=\u00e9", "x\\",
+])
+def test_hostile_cmdline_is_refused_with_its_line(cmdline: str) -> None:
+    text = GOOD.replace("cmdline: console=ttyS0 quiet", f"cmdline: {json.dumps(cmdline)}")
+    exc = _err(text)
+    assert exc.message.startswith("bad.yaml:8: "), exc.message
+    assert "cannot go into an iPXE script" in exc.message
+    assert "no quoting" in (exc.hint or "")
+
+
+@pytest.mark.parametrize("title", ["a && boot", "x ; y", "${x}", "t\nimgtrust"])
+def test_hostile_entry_title_is_refused(title: str) -> None:
+    text = GOOD.replace("    cmdline:", f"    title: {json.dumps(title)}\n    cmdline:")
+    assert "cannot go into an iPXE script" in _err(text).message
+
+
+def test_5000_digit_integer_and_deep_nesting_are_config_errors(tmp_path: Path) -> None:
+    exc = _err(GOOD + "menu: {timeout: " + "9" * 5000 + "}\n")
+    assert exc.message.startswith("bad.yaml:9: ") and "out of range" in exc.message
+    exc = _err("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nesting deeper" in exc.message and exc.message.startswith("bad.yaml:1")
+    exc = _err("a:\n" + "".join("  " * i + "- \n" for i in range(1, 200)))
+    assert "nesting deeper" in exc.message
+    # Through the CLI: exit 3 with the message, not 70.
+    for body in (GOOD + "menu: {timeout: " + "9" * 5000 + "}\n",
+                 "a: " + "{b: " * 5000 + "1" + "}" * 5000 + "\n"):
+        f = tmp_path / "r.yaml"
+        f.write_text(body)
+        r = CliRunner().invoke(cli, ["release", str(f), "--dry-run"])
+        assert r.exit_code == 3, r.output
+        assert "internal error" not in r.output
+
+
+def test_alias_bomb_is_refused_fast() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]" for i in range(1, 30)]
+    assert "anchors and aliases" in _err("\n".join(lines)).message
+
+
+def test_unreadable_recipe_files(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"# " + b"x" * (1 << 20) + b"\n")
+    with pytest.raises(ConfigError, match="larger than"):
+        load_recipe(big)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_recipe(binary)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    for special in ("/dev/zero", str(tmp_path)):
+        with pytest.raises(ConfigError, match=r"not a regular file|directory"):
+            load_recipe(Path(special))
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_recipe(fifo)  # must not block
+    r = CliRunner().invoke(cli, ["release", "/dev/zero", "--dry-run"])
+    assert r.exit_code == 3 and "not a regular file" in r.output
+
+
+# --- paths: inside the recipe's directory after resolving symlinks -------------------------
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    d = tmp_path / "recipes"
+    (d / "images").mkdir(parents=True)
+    (d / "images" / "vmlinuz").write_bytes(b"k")
+    (tmp_path / "secret.txt").write_text("secret")
+    (d / "images" / "link").symlink_to(tmp_path / "secret.txt")
+    (d / "images" / "inner").symlink_to("vmlinuz")
+    return d
+
+
+def _recipe_in(tree: Path, text: str = GOOD) -> object:
+    f = tree / "r.yaml"
+    f.write_text(text)
+    return load_recipe(f)
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ("../secret.txt", "outside the recipe's directory"),
+    ("/etc/shadow", "outside the recipe's directory"),
+    ("images/link", "outside the recipe's directory"),  # a symlink that escapes
+    ("images/missing", "does not exist"),
+    ("images", "not a regular file"),
+])
+def test_path_rules(tree: Path, raw: str, message: str) -> None:
+    recipe = _recipe_in(tree)
+    with pytest.raises(ConfigError) as exc:
+        resolve_path(recipe, RecipePath(raw, "r.yaml:6"), "entries.linux.kernel")  # type: ignore[arg-type]
+    assert exc.value.message.startswith("r.yaml:6: ") and message in exc.value.message
+    if "outside" in message:
+        assert "--allow-outside" in (exc.value.hint or "")
+
+
+def test_path_inside_and_allowed_outside(tree: Path) -> None:
+    recipe = _recipe_in(tree)
+    inner = resolve_path(recipe, RecipePath("images/inner", "x"), "k")  # type: ignore[arg-type]
+    assert inner == (tree / "images" / "vmlinuz").resolve()
+    outside = resolve_path(recipe, RecipePath("../secret.txt", "x"), "k",  # type: ignore[arg-type]
+                           allow_outside=[tree.parent])
+    assert outside.read_text() == "secret"
+
+
+def test_release_refuses_etc_shadow_before_creating_anything(tree: Path) -> None:
+    text = GOOD.replace("kernel: images/vmlinuz", "kernel: /etc/shadow")
+    f = tree / "r.yaml"
+    f.write_text(text)
+    r = CliRunner().invoke(cli, ["release", str(f), "--dry-run"])
+    assert r.exit_code == 3, r.output
+    assert "r.yaml:6: entries.linux.kernel '/etc/shadow' resolves to" in r.output
+    assert "outside the recipe's directory" in r.output
+    assert not (tree / "pki").exists()
+
+
+def test_recipe_check_command() -> None:
+    r = CliRunner().invoke(cli, ["recipe", "check", str(REPO / "recipes" / "multiarch.yaml"),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["entries"] == ["debian-amd64", "rescue-amd64", "debian-arm64"]

@@ -1,0 +1,209 @@
+"""`trustboot release` end to end against a file:// origin served over HTTPS on 127.0.0.1:
+what is published verifies (trustboot and openssl), the script is fail-closed, a re-run
+uploads nothing, and refusals (signer lifetime, hostile values, escapes) change nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.release.conftest import Lab
+from trustboot.audit.policy import load_manifest
+from trustboot.cli.main import cli
+from trustboot.ipxe.script import lint_script
+from trustboot.publish.manifest import parse_manifest
+
+
+@pytest.fixture(autouse=True)
+def _no_ipxe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
+    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def release(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(cli, ["release", *args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def _openssl_ok(release_dir: Path, name: str, ca: Path) -> bool:
+    out = subprocess.run(
+        ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in",
+         str(release_dir / f"{name}.sig"), "-content", str(release_dir / name), "-CAfile",
+         str(ca), "-purpose", "any", "-out", "/dev/null"], capture_output=True, text=True)
+    return out.returncode == 0
+
+
+def test_release_to_file_origin_end_to_end_and_rerun_uploads_nothing(lab: Lab) -> None:
+    recipe = lab.recipe()
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    rid = data["release"]
+    assert rid.startswith("lab-") and len(rid) == len("lab-") + 12
+    assert [s["stage"] for s in data["stages"]] == [
+        "validate", "plan", "build", "render", "sign", "manifest", "publish", "verify"]
+    assert data["stages"][2]["status"] == "skipped"
+    assert sorted(data["uploaded"]) == sorted([
+        "boot.ipxe", "boot.ipxe.sig", "linux/vmlinuz", "linux/vmlinuz.sig",
+        "linux/initrd.img", "linux/initrd.img.sig", "release.json.sig"])
+    rel = lab.origin / "releases" / rid
+    assert (rel / "linux" / "vmlinuz").read_bytes() == (lab.dir / "images/vmlinuz").read_bytes()
+    for name in ("boot.ipxe", "linux/vmlinuz", "linux/initrd.img", "release.json"):
+        assert _openssl_ok(rel, name, lab.pki / "ca.crt"), name
+    # The live entry is the release's script, fail-closed and with absolute HTTPS URLs.
+    script = (lab.origin / "boot.ipxe").read_text()
+    assert script == (rel / "boot.ipxe").read_text()
+    assert lint_script(script, stage="chained") == []
+    base = f"{lab.public}releases/{rid}/linux"
+    assert (f"kernel {base}/vmlinuz console=ttyS0 quiet || goto tb_failed" in script)
+    assert (f"imgverify --signer release-signer vmlinuz {base}/vmlinuz.sig || goto tb_failed"
+            in script)
+    assert (f"imgverify --signer release-signer initrd.img {base}/initrd.img.sig "
+            "|| goto tb_failed") in script
+    assert "iseq ${platform} pcbios && goto arch_bios ||" in script
+    assert lint_script(script, stage="embedded") == []
+    assert "http://" not in script
+    for line in script.splitlines():
+        if "||" in line:
+            assert line.endswith(("|| goto tb_failed", "|| goto tb_halt", " ||")), line
+    # The manifest: the one shape, and the audit reads it.
+    manifest = parse_manifest((rel / "release.json").read_bytes())
+    assert manifest.release == rid and manifest.entry == "boot.ipxe"
+    assert manifest.signer is not None and "release-signer" in manifest.signer.subject
+    audit_view = load_manifest(rel / "release.json")
+    assert {f.name for f in audit_view.files} >= {"linux/vmlinuz", "boot.ipxe"}
+    assert audit_view.origin == f"{lab.public}releases/{rid}/"
+    before = {p: p.stat().st_mtime_ns for p in lab.origin.rglob("*") if p.is_file()}
+
+    # Re-running the same recipe: same id, nothing uploaded, nothing rewritten.
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["release"] == rid and again["uploaded"] == []
+    after = {p: p.stat().st_mtime_ns for p in lab.origin.rglob("*")
+             if p.is_file() and not p.name.startswith(".")}
+    changed = [str(p) for p in after if p in before and after[p] != before[p]
+               and p.parent != lab.origin]
+    assert changed == [], changed
+
+    # A changed kernel is a new release; the entry follows it.
+    (lab.dir / "images" / "vmlinuz").write_bytes(b"kernel v2 " * 5000)
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    second = json.loads(out)
+    assert second["release"] != rid
+    assert f"releases/{second['release']}/" in (lab.origin / "boot.ipxe").read_text()
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(lab: Lab) -> None:
+    recipe = lab.recipe()
+    code, out, err = release(str(recipe), "--dry-run")
+    assert code == 0, err
+    assert "dry run" in out and "linux/vmlinuz" in out and "firmware: skipped" in out
+    assert list(lab.origin.iterdir()) == []
+    code, out, _ = release(str(recipe), "--dry-run", "--json")
+    plan = json.loads(out)["plan"]
+    assert "linux/initrd.img.sig" in plan["upload"] and plan["build"] == []
+
+
+def test_signer_expiring_before_min_lifetime_is_refused(lab: Lab) -> None:
+    recipe = lab.recipe(release="release: {min_signer_lifetime: 1000d}")
+    code, _, err = release(str(recipe))
+    assert code == 4, err
+    assert "sooner than release.min_signer_lifetime (1000 days)" in err
+    assert "trustboot ca issue codesign release-signer-next" in err
+    assert list(lab.origin.iterdir()) == []
+    short = recipe.read_text().replace("key: release-signer", "key: short-signer")
+    recipe.write_text(short.replace("1000d", "30d"))
+    code, _, err = release(str(recipe))
+    assert code == 4 and "signer-lifetime" in err
+
+
+@pytest.mark.parametrize("cmdline", ["quiet && boot", "quiet ; shell", "a || boot",
+                                     "${root}", "a\\nchain https://evil/x"])
+def test_hostile_cmdline_exits_3_and_publishes_nothing(lab: Lab, cmdline: str) -> None:
+    entries = ("entries:\n  - name: linux\n    kernel: images/vmlinuz\n"
+               f"    cmdline: \"{cmdline}\"\n")
+    code, _, err = release(str(lab.recipe(entries=entries)))
+    assert code == 3, err
+    assert "r.yaml:" in err and "cannot go into an iPXE script" in err
+    assert list(lab.origin.iterdir()) == []
+
+
+def test_symlink_escape_and_allow_outside(lab: Lab, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "vmlinuz").write_bytes(b"outside kernel")
+    (lab.dir / "images" / "escape").symlink_to(outside / "vmlinuz")
+    entries = "entries:\n  - name: linux\n    kernel: images/escape\n"
+    recipe = lab.recipe(entries=entries)
+    code, _, err = release(str(recipe), "--dry-run")
+    assert code == 3 and "outside the recipe's directory" in err
+    code, _, err = release(str(recipe), "--dry-run", "--allow-outside", str(outside))
+    assert code == 0, err
+
+
+def test_missing_passphrase_without_terminal(lab: Lab) -> None:
+    recipe = lab.recipe()
+    recipe.write_text(recipe.read_text().replace(", passphrase: {file: pass.txt}", ""))
+    code, _, err = release(str(recipe))
+    assert code == 3 and "passphrase" in err
+    code, _, err = release(str(recipe), "--passphrase-file", str(lab.passfile), "--json")
+    assert code == 0, err
+
+
+def test_release_under_umask_000_creates_nothing_writable_by_others(lab: Lab) -> None:
+    old = os.umask(0)
+    try:
+        code, _, err = release(str(lab.recipe()))
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    for p in lab.origin.rglob("*"):
+        assert p.stat().st_mode & 0o022 == 0, (p, oct(p.stat().st_mode))
+
+
+def test_retention_prunes_old_releases_but_never_the_live_one(lab: Lab) -> None:
+    recipe = lab.recipe(release="release: {id: '{name}-{digest8}', retention: 1}")
+    ids = []
+    for n in range(3):
+        (lab.dir / "images" / "vmlinuz").write_bytes(b"kernel %d " % n * 3000)
+        code, out, err = release(str(recipe), "--json")
+        assert code == 0, err
+        ids.append(json.loads(out)["release"])
+    assert json.loads(out)["pruned"] == [ids[1]]  # ids[0] went with the second release
+    assert sorted(p.name for p in (lab.origin / "releases").iterdir()) == [ids[2]]
+
+
+def test_date_in_the_id_does_not_make_a_new_release_the_next_day(lab: Lab) -> None:
+    import datetime as dt
+
+    from trustboot.release.pipeline import run_release
+    from trustboot.release.plan import ReleaseOptions
+    from trustboot.release.recipe import load_recipe
+
+    recipe = load_recipe(lab.recipe(release="release: {id: '{date}-{digest8}'}"))
+    now = dt.datetime.now(dt.UTC)
+    first = run_release(recipe, ReleaseOptions(), now=now)
+    later = run_release(recipe, ReleaseOptions(), now=now + dt.timedelta(days=2))
+    assert later.release == first.release and later.uploaded == []
+
+
+def test_reverify_catches_an_object_changed_on_the_origin(lab: Lab) -> None:
+    recipe = lab.recipe()
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    rid = json.loads(out)["release"]
+    kernel = lab.origin / "releases" / rid / "linux" / "vmlinuz"
+    data = bytearray(kernel.read_bytes())
+    data[100] ^= 1  # same size: a plain re-run trusts the sizes and the live entry
+    kernel.chmod(0o644)
+    kernel.write_bytes(bytes(data))
+    code, _, err = release(str(recipe), "--reverify")
+    assert code == 4, err
+    assert "linux/vmlinuz" in err and "not served as published" in err

@@ -1,0 +1,110 @@
+"""`trustboot release RECIPE`: build, sign, render, publish and prove a boot chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import click
+
+from trustboot.cli._common import (
+    emit_json,
+    is_interactive,
+    json_option,
+    passphrase_options,
+    passphrase_source,
+)
+from trustboot.ipxe.source import ENV_SOURCE
+from trustboot.release.pipeline import run_release
+from trustboot.release.plan import ReleaseOptions
+from trustboot.release.recipe import load_recipe
+
+
+class StageReporter:
+    """One line per stage on stderr (a terminal or not); nothing with --json."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = is_interactive()
+
+    def __call__(self, stage: str, message: str) -> None:
+        if self.quiet:
+            return
+        label = click.style(f"{stage:>8}", bold=True) if self.tty else f"{stage:>8}"
+        click.echo(f"{label}  {message}", err=True)
+
+
+@click.command("release")
+@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--dry-run", is_flag=True,
+              help="Validate and print the plan (what is built, signed, uploaded); change "
+              "nothing.")
+@click.option("--allow-outside", "allow_outside", multiple=True,
+              type=click.Path(path_type=Path, file_okay=False),
+              help="Let the recipe's paths (and a file:// origin) resolve under DIR too. "
+              "Repeatable. Default: only the recipe's own directory.")
+@passphrase_options(what="the signing key")
+@click.option("--ipxe-source", type=click.Path(path_type=Path, file_okay=False),
+              envvar=ENV_SOURCE, show_envvar=True,
+              help="Build iPXE from this tree when the recipe names no ipxe.source, "
+              "ipxe.git or ipxe.prebuilt.")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="iPXE build cache (default: $TRUSTBOOT_CACHE_DIR/ipxe or "
+              "~/.cache/trustboot/ipxe).")
+@click.option("--readback-url", metavar="URL",
+              help="Read the published release back through URL instead of the recipe's "
+              "public_url (a build host that reaches the origin under another name).")
+@click.option("--reverify", is_flag=True,
+              help="Even when the release is already complete and live, read every object "
+              "back and judge every signature again (a re-run normally checks sizes and the "
+              "entry only).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), help="make -j for the build.")
+@json_option
+def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
+            passphrase_file: Path | None, passphrase_env: str | None,
+            ipxe_source: Path | None, cache_dir: Path | None, readback_url: str | None,
+            reverify: bool, jobs: int | None, as_json: bool) -> None:
+    """Release RECIPE: validate -> plan -> build iPXE -> render the menu -> sign ->
+    manifest -> publish -> verify what the origin serves, as iPXE.
+
+    The release id comes from a digest of the inputs, so running the same recipe again
+    uploads nothing. A signer whose chain expires before release.min_signer_lifetime is
+    refused. `trustboot recipe schema` prints the recipe format.
+
+    \b
+    Examples:
+      trustboot release recipes/multiarch.yaml --dry-run
+      trustboot release recipes/multiarch.yaml --passphrase-env TB_SIGNER_PW --json
+      trustboot release lab/boot.yaml --allow-outside /srv/images --ipxe-source ~/ipxe
+
+    \b
+    Exit codes: 0 published and verified, 1 origin or I/O failure, 3 invalid recipe,
+    4 a signature, the signer's lifetime or what the origin serves failed verification.
+    """
+    r = load_recipe(recipe)
+    passphrases = None
+    if passphrase_file is not None or passphrase_env is not None or is_interactive():
+        passphrases = passphrase_source(passphrase_file, passphrase_env)
+    options = ReleaseOptions(allow_outside=allow_outside, passphrases=passphrases,
+                             ipxe_source=ipxe_source, cache_dir=cache_dir, jobs=jobs,
+                             readback_url=readback_url, reverify=reverify)
+    result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
+                         progress=StageReporter(quiet=as_json))
+    if as_json:
+        emit_json(result.to_json())
+        return
+    if dry_run:
+        p = result.plan
+        click.echo(f"release {p['release']} (dry run: nothing was built, signed or uploaded)")
+        click.echo(f"  origin:   {p['origin']}  (entry {p['public_base']}{p['entry_path']})")
+        click.echo(f"  signer:   {p['signer']['ref']} ({p['signer']['subject']}, until "
+                   f"{p['signer']['not_after']})")
+        fw = p["firmware"]
+        click.echo(f"  firmware: {fw['mode']} {', '.join(fw['targets'])}"
+                   + (f" — {fw['reason']}" if fw["reason"] else ""))
+        click.echo(f"  sign:     {', '.join(p['sign'])}")
+        click.echo(f"  upload:   {len(p['upload'])} objects under releases/{p['release']}/")
+        return
+    pub = result.publish or {}
+    click.echo(f"release {result.release}: {len(result.uploaded)} uploaded, "
+               f"{len(pub.get('skipped', []))} unchanged; live at {result.entry_url}")

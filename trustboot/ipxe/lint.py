@@ -1,0 +1,459 @@
+"""Lint iPXE scripts by exploring every path through a small model of iPXE's execution.
+
+The model follows iPXE's own code (src/image/script.c, src/core/exec.c, src/core/getopt.c):
+
+- a script is read a line at a time, backslash continuations joined; a line whose first
+  word starts with ':' is a label, and the rest of that line is still a command;
+- a line is split on whitespace with no quoting; ``&&``, ``||`` and ``;`` end a command
+  (the next one runs on success, on failure, always); a word starting with '#' ends the line;
+- an empty command succeeds; a command that is skipped leaves the status as it was; a line
+  that ends with a failure status ends the script;
+- ``goto LABEL`` continues at the first line labelled LABEL (the rest of its own line is
+  skipped); ``exit`` ends the script; ``reboot`` does not come back;
+- options come before arguments (see :func:`trustboot.ipxe.syntax.parse_command`);
+- images are registered under their --name or the last segment of their URI, found by name
+  (the first registered wins), marked trusted by a successful ``imgverify``; an image that
+  is not executed (an initrd, a module) is never checked by ``imgtrust``.
+
+Every command that can fail is explored both ways. A finding is any path on which an image
+fetched from the network reaches ``boot``/``chain``/``imgexec`` without a successful
+``imgverify`` of it on that path, and, for the embedded script (``stage="embedded"``), any
+path that ends the script: iPXE then returns to the BIOS or UEFI boot manager, which boots
+the next device, whatever the script meant to do on failure. The fail-closed form is
+``imgverify ... || goto LABEL`` where every path from LABEL ends in ``reboot``, a halt loop
+or (for ``poweroff``) a halt loop behind it. A chained (second-stage) script runs under a
+firmware that already set ``imgtrust --permanent`` and handles a failed ``imgexec``: it may
+end, and need not set trust itself.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from trustboot.ipxe.syntax import (
+    COMMANDS,
+    WHITESPACE,
+    ParsedCommand,
+    join_lines,
+    parse_command,
+    split_commands,
+    split_tokens,
+)
+
+STAGES = ("embedded", "chained")
+MAGICS = ("#!ipxe", "#!gpxe")
+MAX_STATES = 200_000
+
+# Commands that fetch from a URI (their words are checked for cleartext schemes).
+_FETCHING = {"imgfetch", "module", "initrd", "kernel", "imgselect", "imgload", "chain",
+             "boot", "imgexec", "imgverify", "imgargs", "imgextract", "imgdecrypt",
+             "certstore", "sanboot", "sanhook"}
+_CLEARTEXT = ("http", "tftp", "ftp", "nfs", "slam")
+_EXEC = {"imgexec", "chain", "boot"}
+_LOAD = {"imgfetch", "module", "initrd"}
+_SELECT = {"kernel", "imgselect", "imgload"}
+# Commands that succeed whenever their options parse (everything else is explored both ways).
+_INFALLIBLE = {"echo", "set", "clear", "inc", "shell", "help", "imgstat", "ifstat", "route",
+               "ipstat", "nstat", "certstat", "config"}
+_TRUST_SETTINGS = {"crosscert", "trust"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    line: int
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message} [{self.rule}]"
+
+    def to_json(self) -> dict[str, object]:
+        return {"line": self.line, "rule": self.rule, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Command:
+    words: tuple[str, ...]
+    terminator: str | None  # "&&", "||", ";" or None at the end of the line
+    parsed: ParsedCommand | None  # None for an empty command
+
+
+@dataclass(frozen=True)
+class Line:
+    number: int
+    label: str | None
+    commands: tuple[Command, ...]
+
+
+def parse_script(text: str) -> list[Line]:
+    """The script as iPXE's process_script() sees it: labels split off, commands split."""
+    out: list[Line] = []
+    joined_lines = join_lines(text)
+    if text.endswith("\n") and joined_lines and not joined_lines[-1][1]:
+        joined_lines.pop()  # iPXE stops at the end of the data: no empty line after "\n"
+    for number, joined in joined_lines:
+        rest = joined.lstrip(WHITESPACE)
+        label: str | None = None
+        if rest.startswith(":"):
+            end = 1
+            while end < len(rest) and rest[end] not in WHITESPACE:
+                end += 1
+            label, rest = rest[1:end], rest[end + 1:]
+        commands = tuple(
+            Command(tuple(words), term, parse_command(words) if words else None)
+            for words, term in split_commands(split_tokens(rest))
+        )
+        out.append(Line(number, label, commands))
+    return out
+
+
+def uri_name(uri: str) -> str:
+    """The name iPXE gives an image fetched from ``uri``: the last segment of its path."""
+    path = urlsplit(uri).path if "://" in uri else uri
+    return path.rstrip("/").rsplit("/", 1)[-1] or uri
+
+
+# --- the model --------------------------------------------------------------------------------
+
+# An image: (name, verified, line it was fetched on). Registration order is kept.
+Image = tuple[str, bool, int]
+
+
+@dataclass(frozen=True)
+class _State:
+    line: int  # index into the lines
+    cmd: int  # index into the line's commands
+    process: bool  # whether this command runs (after && / || / ;)
+    ok: bool  # the status so far on this line
+    images: tuple[Image, ...]
+    selected: Image | None
+    require_trust: bool
+    permanent: bool
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    ok: bool
+    images: tuple[Image, ...]
+    selected: Image | None
+    require_trust: bool
+    permanent: bool
+    control: str = "next"  # next, goto, exit, halt
+    target: int = 0  # line index for goto
+
+
+class _Explorer:
+    def __init__(self, lines: list[Line], stage: str) -> None:
+        self.lines = lines
+        self.stage = stage
+        self.labels: dict[str, int] = {}
+        for index, line in enumerate(lines):
+            if line.label is not None:
+                self.labels.setdefault(line.label, index)
+        self.findings: dict[tuple[int, str], Finding] = {}
+        self.parent: dict[_State, tuple[_State | None, str]] = {}
+
+    def add(self, line: int, rule: str, message: str, state: _State | None = None,
+            note: str = "") -> None:
+        if (line, rule) in self.findings:
+            return
+        if state is not None:
+            message += f" (path: {self.trace(state)}{note})"
+        self.findings[(line, rule)] = Finding(line, rule, message)
+
+    def trace(self, state: _State) -> str:
+        hops: list[tuple[int, str]] = []
+        current: _State | None = state
+        while current is not None:
+            prev, note = self.parent[current]
+            hops.append((self.lines[current.line].number, note))
+            current = prev
+        hops.reverse()
+        steps: list[str] = []
+        last: tuple[int, str] | None = None
+        for number, note in hops:
+            if last is not None and last[0] == number and not last[1]:
+                steps.pop()  # the same line again: keep the step that says why
+            elif last == (number, note):
+                continue
+            steps.append(f"line {number}{note}")
+            last = (number, note)
+        if len(steps) > 12:
+            steps = [*steps[:4], "...", *steps[-7:]]
+        return " -> ".join(steps)
+
+    # images ----------------------------------------------------------------------------
+
+    @staticmethod
+    def find(images: tuple[Image, ...], name: str) -> Image | None:
+        return next((img for img in images if img[0] == name), None)
+
+    @staticmethod
+    def register(images: tuple[Image, ...], image: Image) -> tuple[Image, ...]:
+        # A second identical unverified image adds nothing the checks could see (and keeps
+        # retry loops from growing the state without end).
+        return images if image in images else (*images, image)
+
+    def acquire(self, images: tuple[Image, ...], token: str, number: int
+                ) -> tuple[Image, tuple[Image, ...]]:
+        """imgacquire(): an existing image by exact name, else a download (may fail)."""
+        found = self.find(images, token)
+        if found is not None:
+            return found, images
+        image = (uri_name(token), False, number)
+        return image, self.register(images, image)
+
+    # one command -----------------------------------------------------------------------
+
+    def run(self, state: _State, p: ParsedCommand, number: int) -> list[_Outcome]:
+        images, sel = state.images, state.selected
+        req, perm = state.require_trust, state.permanent
+
+        def out(ok: bool, imgs: tuple[Image, ...] = images, selected: Image | None = sel,
+                control: str = "next", target: int = 0, require: bool = req,
+                permanent: bool = perm) -> _Outcome:
+            if selected is not None and selected not in imgs:
+                selected = None
+            return _Outcome(ok, imgs, selected, require, permanent, control, target)
+
+        fail = out(False)
+        if p.problem is not None:
+            return [fail]
+        name = p.name
+        trusted = req and perm
+        if self.stage == "embedded" and not trusted and (
+            name in _LOAD | _SELECT | _EXEC | {"imgverify", "sanboot", "autoboot"}
+        ):
+            self.add(number, "trust-first",
+                     f"'{name}' can run before 'imgtrust --permanent'", state)
+        if name == "goto":
+            label = p.args[0]
+            if "${" in label:  # a computed target (a menu): any label
+                return [fail, *(out(True, control="goto", target=t)
+                                for t in sorted(set(self.labels.values())))]
+            if label in self.labels:
+                return [out(True, control="goto", target=self.labels[label])]
+            return [fail]
+        if name == "exit":
+            return [out(True, control="exit")]
+        if name == "reboot":
+            return [out(True, control="halt")]
+        if name == "poweroff":
+            return [out(True, control="halt"), fail]
+        if name == "imgtrust":
+            require = not p.has("allow")
+            if perm and require != req:
+                return [fail]
+            return [out(True, require=require, permanent=perm or p.has("permanent"))]
+        if name in _LOAD:
+            image = (p.options.get("name") or uri_name(p.args[0]), False, number)
+            return [out(True, self.register(images, image)), fail]
+        if name in _SELECT or name == "imgargs":
+            image, imgs = self.acquire(images, p.args[0], number)
+            if p.options.get("name"):
+                renamed = (str(p.options["name"]), image[1], image[2])
+                imgs = tuple(renamed if i == image else i for i in imgs)
+                image = renamed
+            return [out(True, imgs, image if name in _SELECT else sel), fail]
+        if name in _EXEC:
+            if p.args:
+                target, imgs = self.acquire(images, p.args[0], number)
+            elif sel is not None:
+                target, imgs = sel, images
+            else:
+                return [fail]  # "No image selected"
+            self.check_boot(state, number, name, target, imgs)
+            if p.has("replace"):
+                return [out(True, imgs, control="halt"), out(False, imgs)]
+            return [out(True, imgs), out(False, imgs)]
+        if name == "imgverify":
+            image, imgs = self.acquire(images, p.args[0], number)
+            sig = self.find(imgs, p.args[1])
+            if sig is not None and not p.has("keep"):
+                imgs = tuple(i for i in imgs if i != sig)
+            elif sig is None and p.has("keep"):
+                imgs = self.register(imgs, (uri_name(p.args[1]), False, number))
+            good = (image[0], True, image[2])
+            verified = tuple(good if i == image else i for i in imgs)
+            return [out(True, verified, good if sel == image else sel), out(False, imgs)]
+        if name == "imgfree":
+            if not p.args:
+                return [out(True, ())]
+            imgs = images
+            for token in p.args:
+                found = self.find(imgs, token)
+                if found is None:
+                    return [fail]
+                imgs = tuple(i for i in imgs if i != found)
+            return [out(True, imgs)]
+        if name in ("sanboot", "autoboot", "pxebs"):
+            what = {"sanboot": "boots a SAN or local disk",
+                    "autoboot": "boots whatever DHCP names (a root-path is SAN-booted)",
+                    "pxebs": "boots whatever a PXE boot server offers"}[name]
+            self.add(number, name, f"'{name}' {what} with no imgverify: imgtrust does not "
+                     "cover it", state)
+            return [out(True), fail]
+        if name in _INFALLIBLE:
+            return [out(True)]
+        return [out(True), fail]
+
+    def check_boot(self, state: _State, number: int, name: str, target: Image,
+                   images: tuple[Image, ...]) -> None:
+        if not target[1]:
+            self.add(number, "unverified-exec",
+                     f"'{name}' can execute image '{target[0]}' (fetched at line {target[2]}) "
+                     "without a successful imgverify of it on this path", state)
+        others = [i for i in images if i != target and not i[1]]
+        if others:
+            names = ", ".join(f"'{i[0]}' (line {i[2]})" for i in others)
+            self.add(number, "unverified-image",
+                     f"'{name}' runs while {names} is registered and not verified: an "
+                     "initrd or module is handed to the kernel without imgtrust checking "
+                     "it; imgverify it (|| goto a fail-closed label) first", state)
+
+    # the walk --------------------------------------------------------------------------
+
+    def successors(self, state: _State) -> Iterator[tuple[_State | str, str]]:
+        line = self.lines[state.line]
+        cmd = line.commands[state.cmd]
+        number = line.number
+        if state.process and cmd.parsed is not None:
+            outcomes = self.run(state, cmd.parsed, number)
+        else:  # an empty command succeeds; a skipped one keeps the status
+            ok = True if state.process else state.ok
+            outcomes = [_Outcome(ok, state.images, state.selected, state.require_trust,
+                                 state.permanent)]
+        for o in outcomes:
+            ran = state.process and cmd.parsed is not None
+            label = f" ('{cmd.words[0]}' fails)" if ran and not o.ok else ""
+            if o.control == "goto":
+                yield _State(o.target, 0, True, True, o.images, o.selected, o.require_trust,
+                             o.permanent), f" (goto {self.lines[o.target].label})"
+            elif o.control == "exit":
+                yield f"exit:{number}", label
+            elif o.control == "halt":
+                yield "halt", label
+            elif cmd.terminator is None:
+                if not o.ok:
+                    yield f"fail:{number}", label
+                elif state.line + 1 >= len(self.lines):
+                    yield f"end:{number}", label
+                else:
+                    yield _State(state.line + 1, 0, True, True, o.images, o.selected,
+                                 o.require_trust, o.permanent), label
+            else:
+                go = {"&&": o.ok, "||": not o.ok, ";": True}[cmd.terminator]
+                yield _State(state.line, state.cmd + 1, go, o.ok, o.images, o.selected,
+                             o.require_trust, o.permanent), label
+
+    def explore(self) -> None:
+        if not self.lines:
+            return
+        chained = self.stage == "chained"
+        start = _State(0, 0, True, True, (), None, chained, chained)
+        self.parent[start] = (None, "")
+        queue = deque([start])
+        while queue:
+            state = queue.popleft()
+            for nxt, note in self.successors(state):
+                if isinstance(nxt, str):
+                    self.terminal(nxt, state, note)
+                    continue
+                if nxt in self.parent:
+                    continue
+                if len(self.parent) >= MAX_STATES:
+                    self.add(1, "too-complex", "the script has too many paths to check; "
+                             "simplify it")
+                    return
+                self.parent[nxt] = (state, note)
+                queue.append(nxt)
+
+    def terminal(self, how: str, state: _State, note: str) -> None:
+        if self.stage != "embedded" or how == "halt":
+            return
+        kind, number = how.split(":")
+        line = int(number)
+        back = ("iPXE returns to the BIOS or UEFI boot manager, which boots the next "
+                "device (unverified)")
+        if kind == "exit":
+            self.add(line, "fall-through", f"'exit' ends the embedded script: {back}; end "
+                     "in a fail-closed block instead (reboot, or a halt loop)", state)
+        elif kind == "end":
+            self.add(line, "fall-through", f"the embedded script can run past its last "
+                     f"line: {back}", state)
+        else:
+            self.add(line, "fall-through", f"a failure on this line ends the embedded "
+                     f"script: {back}; add '|| goto LABEL' to a block that ends in reboot or "
+                     "a halt loop", state, note)
+
+
+# --- the lint ---------------------------------------------------------------------------------
+
+
+def _static(lines: list[Line], stage: str, ex: _Explorer) -> None:
+    has_verify = has_permanent = False
+    for line in lines:
+        for index, cmd in enumerate(line.commands):
+            p = cmd.parsed
+            if p is None:
+                continue
+            n = line.number
+            has_verify = has_verify or p.name == "imgverify"
+            if p.problem is not None:
+                rule = "usage" if p.name in COMMANDS else "unknown-command"
+                ex.add(n, rule, f"iPXE prints its usage text and fails here: {p.problem}"
+                       if rule == "usage" else f"{p.problem} in iPXE")
+                continue
+            if p.name == "imgverify":
+                after = line.commands[index + 1] if index + 1 < len(line.commands) else None
+                if cmd.terminator == ";" or (
+                    cmd.terminator == "||" and after is not None
+                    and not (after.parsed is not None and after.parsed.name == "goto")
+                ):
+                    ex.add(n, "soft-verify",
+                           f"'imgverify ... {cmd.terminator}' carries on after a failed "
+                           "verification; use '|| goto LABEL' to a fail-closed block")
+            if p.name == "imgtrust":
+                if p.has("allow"):
+                    ex.add(n, "trust-allow", "imgtrust --allow lets unverified images run")
+                elif p.has("permanent"):
+                    has_permanent = True
+            if p.name == "goto" and "${" not in p.args[0] and p.args[0] not in ex.labels:
+                ex.add(n, "missing-label", f"goto {p.args[0]}: there is no label "
+                       f":{p.args[0]}, so the goto fails")
+            if p.name in _FETCHING and any(
+                w.lower().startswith(tuple(f"{s}://" for s in _CLEARTEXT)) for w in p.args
+            ):
+                ex.add(n, "cleartext", f"'{p.name}' fetches over a cleartext protocol; "
+                       "use https://")
+            if p.name in ("set", "clear", "read", "inc") and p.args:
+                setting = p.args[0].split(":")[0].rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+                if setting in _TRUST_SETTINGS:
+                    ex.add(n, "trust-setting", f"the script changes the '{p.args[0]}' "
+                           "setting")
+    if stage == "embedded" and not has_permanent:
+        ex.add(1, "trust-missing", "no 'imgtrust --permanent': unsigned images could run")
+    if not has_verify:
+        ex.add(1, "no-verify", "the script never runs imgverify")
+
+
+def lint_script(text: str, *, stage: str = "embedded") -> list[Finding]:
+    """Findings that make a script unfit for its stage (empty = ok).
+
+    ``stage="embedded"``: the script built into the firmware (must set ``imgtrust
+    --permanent`` and never end). ``stage="chained"``: a script that firmware built by
+    trustboot fetches, verifies and runs (the firmware set trust and handles its end).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    if not (text[:6] in MAGICS and len(text) > 6 and text[6] in WHITESPACE):
+        return [Finding(1, "magic", "the script does not start with '#!ipxe' and a new "
+                        "line, so iPXE does not run it as a script")]
+    lines = parse_script(text)
+    explorer = _Explorer(lines, stage)
+    _static(lines, stage, explorer)
+    explorer.explore()
+    return sorted(explorer.findings.values(), key=lambda f: (f.line, f.rule))

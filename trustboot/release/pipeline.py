@@ -1,0 +1,402 @@
+"""`trustboot release`: a recipe to a published, verified boot chain, as named stages.
+
+validate -> plan -> build -> render -> sign -> manifest -> publish -> verify
+
+* validate: the recipe against the machine (paths, signer and its lifetime, origin);
+  nothing is created before it passes.
+* plan: hash the inputs, derive the release id; ``dry_run`` stops here.
+* build: iPXE through :mod:`trustboot.ipxe.build` (cached), or prebuilt, or skipped with
+  the reason and how to enable it.
+* render: the fail-closed entry/menu script (:mod:`trustboot.release.render`).
+* sign: kernels, initrds, firmware and the script, with one key unlock.
+* manifest: ``release.json`` (the one shape in :mod:`trustboot.publish.manifest`) and
+  its detached CMS signature. It is written before the objects because publishing
+  uploads it first: it claims the release id on the origin.
+* publish: :func:`trustboot.publish.pipeline.publish_release` uploads what is missing,
+  reads everything back as iPXE would and switches the entry.
+* verify: fetch the live entry and its signature from the public HTTPS URL, as the
+  firmware will, and judge them with iPXE's rules and ``--signer``.
+
+The core never prints: ``progress(stage, message)`` reports, ``now`` is the clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trustboot import fsutil
+from trustboot.cms import sign as cms_sign
+from trustboot.errors import VerificationError
+from trustboot.ipxe import build as ipxe_build
+from trustboot.keys.signer import Signer
+from trustboot.publish.check import CheckReport, check_origin
+from trustboot.publish.manifest import (
+    MANIFEST_NAME,
+    ReleaseManifest,
+    SignerSummary,
+    release_prefix,
+)
+from trustboot.publish.origin import Origin, OriginOptions, open_origin
+from trustboot.publish.pipeline import (
+    MAX_ENTRY_SIZE,
+    LocalObject,
+    PublishResult,
+    build_manifest,
+    prune,
+    publish_release,
+    read_manifest,
+)
+from trustboot.publish.readback import Trust
+from trustboot.release.plan import (
+    ENTRY_SCRIPT,
+    Plan,
+    ReleaseOptions,
+    Validated,
+    cert_der,
+    firmware_key,
+    plan,
+    root_anchor,
+    validate,
+)
+from trustboot.release.recipe import Recipe
+from trustboot.release.render import MenuEntry, render_menu
+
+STAGES = ("validate", "plan", "build", "render", "sign", "manifest", "publish", "verify")
+Progress = Callable[[str, str], None]
+
+
+@dataclass
+class ReleaseResult:
+    release: str
+    digest: str
+    origin: str
+    public_base: str
+    entry_url: str
+    dry_run: bool
+    plan: dict[str, Any]
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    publish: dict[str, Any] | None = None
+    manifest: dict[str, Any] | None = None
+    uploaded: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"release": self.release, "digest": self.digest, "origin": self.origin,
+                "public_base": self.public_base, "entry_url": self.entry_url,
+                "dry_run": self.dry_run, "plan": self.plan, "stages": self.stages,
+                "publish": self.publish, "uploaded": self.uploaded, "pruned": self.pruned,
+                "manifest": self.manifest, "warnings": self.warnings}
+
+
+def trust_of(v: Validated) -> Trust:
+    """What the release's firmware trusts: TRUST= roots, CERT= chain, --signer name."""
+    return Trust(roots=tuple(root_anchor(c) for c in v.roots),
+                 extra_certs=tuple(cert_der(c) for c in v.extra_certs),
+                 signer_name=v.signer_name)
+
+
+def origin_options(v: Validated) -> OriginOptions:
+    passphrase = None
+    if v.client_key_passphrase is not None:
+        passphrase = v.client_key_passphrase("the origin's TLS client key")
+    return OriginOptions(ca_file=v.origin_ca_file, credentials=v.credentials,
+                         endpoint_url=v.endpoint,
+                         public_url=v.readback_base, client_cert=v.client_cert,
+                         client_key=v.client_key, client_key_passphrase=passphrase)
+
+
+class _Stages:
+    def __init__(self, result: ReleaseResult | None, progress: Progress) -> None:
+        self.progress = progress
+        self.log: list[dict[str, Any]] = []
+        self.result = result
+        self.last = time.monotonic()
+
+    def done(self, stage: str, status: str, detail: str) -> None:
+        now = time.monotonic()
+        self.log.append({"stage": stage, "status": status, "detail": detail,
+                         "seconds": round(now - self.last, 3)})
+        self.last = now
+        self.progress(stage, f"{status}: {detail}" if status != "done" else detail)
+
+
+def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
+                dry_run: bool = False, workdir: Path | None = None,
+                progress: Progress = lambda _s, _m: None) -> ReleaseResult:
+    """Run every stage; raises a TrustbootError naming the stage's input on failure."""
+    st = _Stages(None, progress)
+    v = validate(recipe, options, now=now)
+    st.done("validate", "done", f"recipe {recipe.source}: {len(recipe.entries)} entries, "
+            f"{len(v.inputs)} files, signer {v.signer_name}")
+    p = plan(v, now=now)
+    if "{date}" in recipe.release.id_template:
+        # The same inputs released on another day keep their id: a re-run uploads nothing.
+        with open_origin(v.origin_url, origin_options(v)) as origin:
+            earlier = _same_digest_id(origin, recipe.release.id_template, recipe.name,
+                                      p.digest)
+        if earlier is not None:
+            p.release_id = earlier
+    result = ReleaseResult(release=p.release_id, digest=p.digest, origin=v.origin_url,
+                           public_base=v.public_base, entry_url=v.public_base + v.entry_path,
+                           dry_run=dry_run, plan=p.to_json(), stages=st.log)
+    st.done("plan", "done", f"release {p.release_id}: {len(p.objects) + 1} objects to sign "
+            f"and publish to {v.origin_url}")
+    if dry_run:
+        return result
+    own = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="trustboot-release-")) if own else workdir
+    assert work is not None
+    try:
+        _run_stages(p, options, work, st, result, now)
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
+                result: ReleaseResult, now: dt.datetime) -> None:
+    v = p.v
+    fsutil.ensure_private_dir(work)
+    stage = work / "stage"
+    fsutil.ensure_private_dir(stage)
+
+    # build
+    fw = v.firmware
+    firmware_paths: dict[str, Path] = {}
+    ipxe_manifest: dict[str, Any] | None = None
+    if fw.mode == "build":
+        assert fw.request is not None
+        built = ipxe_build.build(fw.request, output_dir=work / "firmware",
+                                 cache_dir=options.cache_dir, jobs=options.jobs)
+        firmware_paths = dict(built.outputs)
+        ipxe_manifest = built.manifest
+        st.done("build", "done", f"iPXE {', '.join(fw.targets)} "
+                f"({'from the cache' if built.cached else 'built'})")
+    elif fw.mode == "prebuilt":
+        assert fw.prebuilt_dir is not None
+        firmware_paths = {t: fw.prebuilt_dir / t for t in fw.targets}
+        mf = fw.prebuilt_dir / "manifest.json"
+        if mf.is_file():
+            try:
+                ipxe_manifest = json.loads(fsutil.read_capped(mf, 4 << 20, "build manifest"))
+            except ValueError:
+                ipxe_manifest = None
+        st.done("build", "skipped", f"prebuilt firmware from {fw.prebuilt_dir}")
+    else:
+        st.done("build", "skipped", fw.reason)
+
+    # render
+    entries = [MenuEntry(
+        name=e.name, title=e.title, arch=e.arch,
+        kernel_key=f"{e.name}/{Path(e.kernel.raw).name}",
+        initrd_keys=tuple(f"{e.name}/{Path(i.raw).name}" for i in e.initrds),
+        cmdline=e.cmdline, default=e.default) for e in v.recipe.entries]
+    script = render_menu(release_id=p.release_id, name=v.recipe.name, base_url=v.public_base,
+                         signer=v.signer_name, title=v.recipe.menu.title,
+                         timeout=v.recipe.menu.timeout, entries=entries,
+                         on_failure=v.on_failure)
+    script_path = stage / ENTRY_SCRIPT
+    fsutil.atomic_write(script_path, script.encode())
+    st.done("render", "done", f"{ENTRY_SCRIPT}: {len(entries)} entries, "
+            f"{len(script.splitlines())} lines")
+
+    # sign: every object is linked into the stage under its key, so each .sig lands
+    # beside it (inputs are never copied: a 512 MiB initrd is hashed once, in plan)
+    local: dict[str, Path] = {}
+    for obj in p.objects:
+        src = obj["path"] if obj["path"] is not None else firmware_paths.get(obj["target"])
+        if src is None:
+            continue
+        dest = stage / obj["key"]
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        dest.symlink_to(Path(src).resolve())
+        local[obj["key"]] = dest
+    hashed = [p.hashed[Path(o["path"])] for o in p.objects if o["path"] is not None]
+    relinked = [cms_sign.Hashed(local[o["key"]], h.size, h.digests)
+                for o, h in zip([o for o in p.objects if o["path"] is not None], hashed,
+                                strict=True)]
+    others = [local[o["key"]] for o in p.objects if o["path"] is None
+              and o["key"] in local] + [script_path]
+    trust = trust_of(v)
+    opts = origin_options(v)
+    with open_origin(v.origin_url, opts) as origin:
+        existing = read_manifest(origin, p.release_id)
+        wanted = {o["key"]: o["sha256"] for o in p.objects if o["sha256"] is not None}
+        wanted.update({k: cms_sign.hash_file(path, ["sha256"])[0]["sha256"].hex()
+                       for k, path in local.items() if k not in wanted})
+        wanted[ENTRY_SCRIPT] = hashlib.sha256(script.encode()).hexdigest()
+        if existing is not None and not options.reverify and _already_live(
+                origin, existing, wanted, v.entry_path):
+            # Same id, same content, every object in place and the entry switched to it:
+            # nothing to sign or upload. The entry is still fetched and judged below.
+            st.done("sign", "skipped", f"release {p.release_id} is already published")
+            st.done("manifest", "unchanged", f"{MANIFEST_NAME} on the origin lists the same "
+                    f"{len(existing.files)} objects")
+            st.done("publish", "unchanged", f"all {len(existing.files)} objects present with "
+                    f"their published sizes; {v.entry_path} already serves {p.release_id}")
+            result.manifest = existing.to_json()
+            result.publish = {"release": p.release_id, "uploaded": [], "switched": False,
+                              "unchanged": True}
+        else:
+            _sign_and_publish(p, v, st, result, origin, opts, trust, relinked, others, stage,
+                              ipxe_manifest, existing, now)
+        keep = v.recipe.release.retention
+        if keep is not None:
+            # Never the live release (publish just made it live) nor the newest `keep`.
+            result.pruned = prune(origin, keep=keep, entry_path=v.entry_path)
+
+    # verify: what the firmware will fetch first, from where it will fetch it
+    entry_url = v.public_base + v.entry_path
+    check_entry(v.readback_base + v.entry_path, trust, script.encode(),
+                ca_file=v.origin_ca_file, now=now)
+    st.done("verify", "done", f"{entry_url} and its signature verify as iPXE "
+            f"(--signer {v.signer_name})")
+
+
+def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
+                      origin: Origin, opts: OriginOptions, trust: Trust,
+                      relinked: list[cms_sign.Hashed], others: list[Path], stage: Path,
+                      ipxe_manifest: dict[str, Any] | None,
+                      existing: ReleaseManifest | None, now: dt.datetime) -> None:
+    with _unlocked(v) as signer:
+        signed = cms_sign.sign_hashed(relinked, signer, hash_name=v.hash_name, now=now)
+        signed += cms_sign.sign_files(others, signer, hash_name=v.hash_name, now=now)
+        st.done("sign", "done", f"{len(signed)} files signed by {v.signer_name} "
+                f"({v.hash_name})")
+        objects = _local_objects(stage, signed)
+        manifest = _manifest(p, objects, trust, ipxe_manifest, existing, now)
+        manifest_path = stage / MANIFEST_NAME
+        fsutil.atomic_write(manifest_path, manifest.to_bytes())
+        signed_manifest = cms_sign.sign_files([manifest_path], signer,
+                                              hash_name=v.hash_name, now=now)
+    objects += _local_objects(stage, signed_manifest)
+    st.done("manifest", "done" if existing is None else "unchanged",
+            f"{MANIFEST_NAME} for {len(manifest.files)} objects, signed")
+    result.manifest = manifest.to_json()
+    published: PublishResult = publish_release(
+        origin, p.release_id, objects, entry=ENTRY_SCRIPT, entry_path=v.entry_path,
+        trust=trust, now=now, options=opts, ipxe=ipxe_manifest)
+    result.publish = published.to_json()
+    result.uploaded = published.uploaded
+    st.done("publish", "done", f"{len(published.uploaded)} uploaded, "
+            f"{len(published.skipped)} already there, {len(published.verified)} read back "
+            f"and verified; {v.entry_path} switched to {p.release_id}")
+
+
+def _already_live(origin: Origin, existing: ReleaseManifest, wanted: dict[str, str],
+                  entry_path: str) -> bool:
+    """The release on the origin has exactly these objects, all present with their sizes,
+    and the entry path serves its script (so there is nothing to sign, upload or switch)."""
+    unsigned = {f.name: f.sha256 for f in existing.files if f.sig is not None}
+    if unsigned != wanted:
+        return False
+    prefix = release_prefix(existing.release)
+    for f in existing.files:
+        st = origin.stat(prefix + f.name)
+        if st is None or st.size != f.size or (st.sha256 is not None and st.sha256 != f.sha256):
+            return False
+    entry = existing.file(ENTRY_SCRIPT)
+    if entry is None or origin.stat(entry_path) is None:
+        return False
+    data = b"".join(origin.read(entry_path, max_size=MAX_ENTRY_SIZE))
+    return hashlib.sha256(data).hexdigest() == entry.sha256
+
+
+def _same_digest_id(origin: Origin, template: str, name: str, digest: str) -> str | None:
+    """An id on the origin made from ``template`` with this digest, on any date."""
+    values = {"name": re.escape(name), "date": r"\d{8}", "digest8": digest[:8],
+              "digest12": digest[:12], "digest": digest}
+    parts = re.split(r"(\{\w+\})", template)
+    pattern = "".join(values[x[1:-1]] if x.startswith("{") else re.escape(x) for x in parts)
+    ids = sorted({k.split("/")[1] for k in origin.list("releases/")
+                  if k.count("/") == 2 and k.endswith("/" + MANIFEST_NAME)})
+    matches = [i for i in ids if re.fullmatch(pattern, i)]
+    return matches[-1] if matches else None
+
+
+class _unlocked:
+    """The signer, unlocked once for the whole release."""
+
+    def __init__(self, v: Validated) -> None:
+        self.v = v
+
+    def __enter__(self) -> Signer:
+        return self.v.signer.unlock(self.v.passphrases)
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _local_objects(stage: Path, signed: list[cms_sign.Signed]) -> list[LocalObject]:
+    out = []
+    for s in signed:
+        key = s.path.relative_to(stage).as_posix()
+        out.append(LocalObject(key, s.path, s.size, s.sha256))
+        sig = s.signature_path.read_bytes()
+        out.append(LocalObject(key + ".sig", s.signature_path, len(sig),
+                               hashlib.sha256(sig).hexdigest()))
+    return out
+
+
+def _manifest(p: Plan, objects: list[LocalObject], trust: Trust,
+              ipxe: dict[str, Any] | None, existing: ReleaseManifest | None,
+              now: dt.datetime) -> ReleaseManifest:
+    """The release's manifest; an earlier run's ``created`` is kept when the content is the
+    same, so the bytes (and their signature) are the same and nothing is re-uploaded."""
+    cert = p.v.signer.certificate
+    chain_end = min(c.not_valid_after_utc for c in (cert, *p.v.signer.chain))
+    signer = SignerSummary(subject=cert.subject.rfc4514_string(),
+                           serial=f"{cert.serial_number:x}", not_after=chain_end)
+    origin = f"{p.v.public_base}releases/{p.release_id}/"
+
+    def build(created: dt.datetime) -> ReleaseManifest:
+        return build_manifest(p.release_id, objects, entry=ENTRY_SCRIPT, now=created,
+                              origin=origin, trust=trust, signer=signer, ipxe=ipxe)
+
+    fresh = build(now)
+    if existing is not None and existing.same_content(fresh):
+        return build(existing.created)
+    return fresh
+
+
+def check_entry(entry_url: str, trust: Trust, expected: bytes | None, *,
+                ca_file: Path | None, now: dt.datetime) -> CheckReport:
+    """`origin check` on ``entry_url``: a TLS 1.2 handshake as iPXE makes it, then the
+    script and its .sig fetched and judged with iPXE's rules (roots, chain, --signer).
+    VerificationError when iPXE would refuse, or when the script is not ``expected``."""
+    report = check_origin(entry_url, trust=trust, ca_file=ca_file, now=now)
+    if not report.ok:
+        raise VerificationError(
+            f"{entry_url}: iPXE would not run the served entry script: "
+            f"{report.tls_error or report.failure}",
+            hint="check the origin's TLS certificate and what it serves: "
+                 f"trustboot origin check {entry_url}",
+            rule="served-entry", subject=entry_url)
+    if expected is not None and report.sha256 != hashlib.sha256(expected).hexdigest():
+        raise VerificationError(
+            f"{entry_url} serves another script than this release's",
+            hint="another release was switched in meanwhile; run the release again",
+            rule="served-entry", subject=entry_url)
+    return report
+
+
+__all__ = [
+    "STAGES",
+    "ReleaseOptions",
+    "ReleaseResult",
+    "check_entry",
+    "firmware_key",
+    "run_release",
+]

@@ -1,0 +1,438 @@
+"""Validate a recipe against the machine, then plan the release: what is built, signed and
+uploaded, under which id. Nothing here writes anything.
+
+``validate`` resolves every path (inside the recipe's directory unless allowed), the signer
+(without unlocking its key), the signer's remaining lifetime, the firmware source and the
+origin. ``plan`` hashes the inputs and derives the release id from a digest over them (the
+inputs, never the time), so the same recipe and files give the same id and a re-run
+uploads nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+
+from trustboot.cms import sign as cms_sign
+from trustboot.cms import verify as rules
+from trustboot.errors import ConfigError, VerificationError
+from trustboot.ipxe import build as ipxe_build
+from trustboot.ipxe import syntax
+from trustboot.ipxe.config import BuildOptions, Certificate, load_single_certificate
+from trustboot.ipxe.script import (
+    DEFAULT_ON_FAILURE,
+    ChainScript,
+    check_https_url,
+    render_chain_script,
+)
+from trustboot.keys.signer import PendingSigner, resolve_signer
+from trustboot.publish.manifest import check_release_id
+from trustboot.publish.origin import Credentials, check_key, load_credentials
+from trustboot.release.recipe import (
+    EntrySpec,
+    Recipe,
+    RecipePath,
+    SecretRef,
+    origin_dir,
+    resolve_path,
+)
+from trustboot.secrets import PassphraseSource, from_env, from_file
+
+# Bump when the rendered bytes for the same inputs change, so the id changes with them.
+RELEASE_FORMAT = 1
+ENTRY_SCRIPT = "boot.ipxe"  # the release-relative key of the signed entry/menu script
+
+
+@dataclass(frozen=True)
+class ReleaseOptions:
+    """What the caller (CLI, demo, tests) adds to a recipe. Paths given here are trusted
+    (they come from the operator, not from the recipe)."""
+
+    allow_outside: tuple[Path, ...] = ()
+    passphrases: PassphraseSource | None = None
+    ipxe_source: Path | None = None
+    origin_url: str | None = None
+    public_url: str | None = None
+    origin_ca_file: Path | None = None
+    # Where this host reaches the public base when its name differs here (split horizon,
+    # or a VM's view of the host): read-back and the final check go there instead.
+    readback_url: str | None = None
+    ca_home: Path | None = None
+    cache_dir: Path | None = None
+    jobs: int | None = None
+    environ: Mapping[str, str] | None = None
+    # A re-run of a complete, live release normally checks sizes and the entry only;
+    # reverify reads every object back and judges every signature again.
+    reverify: bool = False
+
+
+@dataclass(frozen=True)
+class InputFile:
+    key: str
+    path: Path
+    role: str  # kernel | initrd | firmware
+    where: str
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """How the firmware is obtained: built (cached), prebuilt, or skipped (and why)."""
+
+    mode: str  # "build" | "prebuilt" | "skipped"
+    targets: tuple[str, ...] = ()
+    request: ipxe_build.BuildRequest | None = None
+    prebuilt_dir: Path | None = None
+    reason: str = ""
+    chain_script: str | None = None
+
+
+@dataclass(frozen=True)
+class Validated:
+    recipe: Recipe
+    ca_home: Path
+    signer: PendingSigner
+    signer_name: str
+    passphrases: PassphraseSource
+    roots: tuple[Certificate, ...]
+    extra_certs: tuple[Certificate, ...]
+    origin_url: str
+    public_base: str
+    entry_path: str
+    origin_ca_file: Path | None
+    credentials: Credentials | None
+    endpoint: str | None
+    client_cert: Path | None
+    client_key: Path | None
+    client_key_passphrase: PassphraseSource | None
+    inputs: tuple[InputFile, ...]
+    firmware: Firmware
+    readback_base: str = ""
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def hash_name(self) -> str:
+        return self.recipe.signer.hash
+
+    @property
+    def on_failure(self) -> str:
+        return self.recipe.ipxe.on_failure if self.recipe.ipxe else DEFAULT_ON_FAILURE
+
+
+@dataclass
+class Plan:
+    v: Validated
+    release_id: str
+    digest: str
+    hashed: dict[Path, cms_sign.Hashed]
+    objects: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def readback_base(self) -> str:
+        return self.v.readback_base
+
+    def to_json(self) -> dict[str, Any]:
+        fw = self.v.firmware
+        signer = self.v.signer.certificate
+        return {
+            "release": self.release_id, "digest": self.digest,
+            "recipe": self.v.recipe.source, "origin": self.v.origin_url,
+            "public_base": self.v.public_base, "entry_path": self.v.entry_path,
+            "signer": {"ref": str(self.v.signer.ref), "name": self.v.signer_name,
+                       "subject": signer.subject.rfc4514_string(),
+                       "not_after": signer.not_valid_after_utc.isoformat()},
+            "firmware": {"mode": fw.mode, "targets": list(fw.targets), "reason": fw.reason},
+            "build": list(fw.targets) if fw.mode == "build" else [],
+            "sign": [o["key"] for o in self.objects] + [ENTRY_SCRIPT],
+            "upload": sorted([o["key"] for o in self.objects]
+                             + [f"{o['key']}.sig" for o in self.objects]
+                             + [ENTRY_SCRIPT, f"{ENTRY_SCRIPT}.sig"]),
+        }
+
+
+def firmware_key(target: str) -> str:
+    """The release key of a firmware target: its file name, as DHCP offers it
+    (``undionly.kpxe``, ``ipxe.efi``); arm64 binaries get an ``arm64-`` prefix."""
+    folder, _, name = target.rpartition("/")
+    return f"arm64-{name}" if folder.startswith("bin-arm64") else name
+
+
+def _cn(cert: x509.Certificate) -> str | None:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else None
+
+
+def _chain_not_after(signer: PendingSigner) -> dt.datetime:
+    return min(c.not_valid_after_utc for c in (signer.certificate, *signer.chain))
+
+
+def check_lifetime(signer: PendingSigner, recipe: Recipe, ca_home: Path,
+                   now: dt.datetime) -> None:
+    """Refuse a signer whose chain ends before the recipe's minimum lifetime: every
+    signature of the release stops verifying at boot when any certificate expires."""
+    need = recipe.release.min_signer_lifetime
+    end = _chain_not_after(signer)
+    if end - now >= need:
+        return
+    if signer.ref.scheme == "ca":
+        renew = (f"issue a new code-signing certificate: trustboot ca issue codesign "
+                 f"{signer.ref.value}-next --pki {ca_home}, then set signer.key to it "
+                 "(and revoke the old one: trustboot ca revoke)")
+    else:
+        renew = ("have the CA issue a new code-signing certificate for this key "
+                 "(trustboot ca issue codesign NAME --csr ...) and update signer.cert")
+    left = end - now
+    raise VerificationError(
+        f"{recipe.signer.where}: the signer's chain expires on {end.isoformat()} "
+        f"({max(left.days, 0)} days from now), sooner than release.min_signer_lifetime "
+        f"({need.days} days) [rule: signer-lifetime]",
+        hint=renew, rule="signer-lifetime", subject=signer.certificate.subject.rfc4514_string())
+
+
+def _secret_source(recipe: Recipe, options: ReleaseOptions,
+                   ref: SecretRef | None = None) -> PassphraseSource:
+    ref = ref or recipe.signer.passphrase
+    if ref is not None and ref.env is not None:
+        return from_env(ref.env)
+    if ref is not None and ref.file is not None:
+        return from_file(resolve_path(recipe, ref.file, "passphrase file",
+                                      allow_outside=options.allow_outside))
+    if options.passphrases is not None:
+        return options.passphrases
+    raise ConfigError(f"{recipe.source}: no passphrase source for the signing key",
+                      hint="add signer.passphrase {env: NAME} to the recipe, or pass "
+                           "--passphrase-file / --passphrase-env")
+
+
+def _inputs(recipe: Recipe, allow: Sequence[Path]) -> list[InputFile]:
+    out: dict[str, InputFile] = {}
+
+    def add(entry: EntrySpec, p: RecipePath, role: str) -> None:
+        path = resolve_path(recipe, p, f"entries.{entry.name}.{role}", allow_outside=allow)
+        key = check_key(f"{entry.name}/{Path(p.raw).name}")
+        if key in out and out[key].path != path:
+            raise ConfigError(f"{p.where}: {key} names two different files "
+                              f"({out[key].path} and {path})", hint="rename one of them")
+        out[key] = InputFile(key, path, role, p.where)
+
+    for e in recipe.entries:
+        add(e, e.kernel, "kernel")
+        for i in e.initrds:
+            add(e, i, "initrd")
+    return list(out.values())
+
+
+def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certificate],
+              v_certs: Sequence[Certificate], chain_script: str,
+              allow: Sequence[Path]) -> Firmware:
+    from trustboot.ipxe.source import clone_pinned, open_source
+
+    spec = recipe.ipxe
+    targets = spec.targets if spec else ipxe_build.DEFAULT_TARGETS
+    ipxe_build.check_targets(targets)
+    if spec is not None and spec.prebuilt is not None:
+        d = resolve_path(recipe, spec.prebuilt, "ipxe.prebuilt", allow_outside=allow,
+                         kind="dir")
+        for t in targets:
+            if not (d / t).is_file():
+                raise ConfigError(f"{spec.prebuilt.where}: prebuilt firmware {t} is not in "
+                                  f"{d}", hint="build it with `trustboot ipxe build -o DIR`")
+        return Firmware("prebuilt", targets, prebuilt_dir=d)
+    # What the recipe pins wins; --ipxe-source / TRUSTBOOT_IPXE_SRC only fills a gap.
+    source_dir: Path | None = None
+    if spec is not None and spec.source is not None:
+        source_dir = resolve_path(recipe, spec.source, "ipxe.source", allow_outside=allow,
+                                  kind="dir")
+    elif spec is not None and spec.git is not None and spec.commit is not None:
+        cache = options.cache_dir or ipxe_build.default_cache_dir(options.environ)
+        source_dir = clone_pinned(spec.git, spec.commit,
+                                  ipxe_build.prepare_cache_dir(cache) / "src" / spec.commit)
+    elif options.ipxe_source is not None:
+        source_dir = options.ipxe_source
+    if source_dir is None:
+        return Firmware("skipped", targets, reason=(
+            "no iPXE source configured: set ipxe.source (or ipxe.git + ipxe.commit) in the "
+            "recipe, pass --ipxe-source DIR, or set TRUSTBOOT_IPXE_SRC, to build firmware "
+            "that trusts only this CA; or give ipxe.prebuilt"))
+    source = open_source(source_dir)
+    request = ipxe_build.BuildRequest(
+        source=source, targets=targets, trust=tuple(v_roots), certs=tuple(v_certs),
+        script=chain_script,
+        options=BuildOptions(ntp=bool(spec and spec.ntp),
+                             serial_console=bool(spec and spec.serial_console)),
+        source_date_epoch=source.git_commit_time or 0)
+    return Firmware("build", targets, request=request, chain_script=chain_script)
+
+
+def _public_base(url: str, public: str | None, where: str) -> str:
+    base = public
+    if base is None and urlsplit(url).scheme == "https":
+        base = url
+    if base is None:
+        raise ConfigError(f"{where}: origin {url} needs public_url: the https:// base URL "
+                          "that booting machines fetch the release from",
+                          hint="add origin.public_url: https://boot.example.net/")
+    check_https_url(base, "origin.public_url")
+    syntax.check_word(base, "origin.public_url")
+    return base if base.endswith("/") else base + "/"
+
+
+def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Validated:
+    """Everything that can be checked before anything is created."""
+    allow = options.allow_outside
+    inputs = _inputs(recipe, allow)  # the recipe's own files first: a path escape names them
+    ca_home = options.ca_home or resolve_path(recipe, recipe.ca_home, "ca.home",
+                                              allow_outside=allow, kind="dir")
+    s = recipe.signer
+    cert = resolve_path(recipe, s.cert, "signer.cert", allow_outside=allow) if s.cert else None
+    chain = (resolve_path(recipe, s.chain, "signer.chain", allow_outside=allow)
+             if s.chain else None)
+    try:
+        pending = resolve_signer(s.key, pki=ca_home, cert=cert, chain=chain, now=now)
+    except ConfigError as exc:
+        raise ConfigError(f"{s.where}: {exc.message}", hint=exc.hint) from None
+    check_lifetime(pending, recipe, ca_home, now)
+    signer_name = s.name or _cn(pending.certificate)
+    if signer_name is None:
+        raise ConfigError(f"{s.where}: the signing certificate has no common name",
+                          hint="set signer.name to a DNS name of its subjectAltName")
+    syntax.check_word(signer_name, "signer name")
+    passphrases = _secret_source(recipe, options)
+
+    roots = [load_single_certificate(ca_home / "ca.crt")]
+    extra_certs = []
+    issuing = ca_home / "issuing-ca.crt"
+    if issuing.is_file():
+        extra_certs.append(load_single_certificate(issuing))
+    if recipe.ipxe is not None:
+        for p in recipe.ipxe.extra_roots:
+            cert_file = resolve_path(recipe, p, "ipxe.extra_roots", allow_outside=allow)
+            root = load_single_certificate(cert_file)
+            if root.fingerprint not in {r.fingerprint for r in roots}:
+                roots.append(root)
+
+    o = recipe.origin
+    url = options.origin_url or (o.url if o else None)
+    if url is None:
+        raise ConfigError(f"{recipe.source}: the recipe has no origin",
+                          hint="add origin: {url: ..., public_url: ...}")
+    where = o.where if o else recipe.source
+    local = origin_dir(url)
+    if local is not None and options.origin_url is None:
+        target = local.resolve()
+        roots_ok = [recipe.directory.resolve()] if recipe.directory else []
+        roots_ok += [Path(a).resolve() for a in allow]
+        if not any(target == r or target.is_relative_to(r) for r in roots_ok):
+            raise ConfigError(f"{where}: origin directory {target} is outside the recipe's "
+                              "directory", hint=f"pass --allow-outside {target} if the recipe "
+                              "may publish there")
+    public = _public_base(url, options.public_url or (o.public_url if o else None), where)
+    entry_path = check_key(o.entry if o else "boot.ipxe")
+    ca_file = options.origin_ca_file
+    if ca_file is None and o is not None and o.ca_file is not None:
+        ca_file = resolve_path(recipe, o.ca_file, "origin.ca_file", allow_outside=allow)
+    creds = None
+    if o is not None and o.credentials is not None:
+        cfile = (resolve_path(recipe, o.credentials.file, "origin.credentials.file",
+                              allow_outside=allow) if o.credentials.file else None)
+        creds = load_credentials(file=cfile, env=o.credentials.env,
+                                 environ=dict(options.environ) if options.environ else None)
+
+    client_cert = client_key = None
+    client_pass: PassphraseSource | None = None
+    if o is not None and o.client_cert is not None:
+        client_cert = ca_home / "issued" / f"{o.client_cert}.crt"
+        client_key = ca_home / "private" / f"{o.client_cert}.key"
+        if not client_cert.is_file() or not client_key.is_file():
+            raise ConfigError(f"{where}: origin.client_cert {o.client_cert!r} is not a "
+                              f"client certificate of the CA in {ca_home}",
+                              hint=f"trustboot ca issue client {o.client_cert} --pki {ca_home}")
+        client_pass = _secret_source(recipe, options, o.client_key_passphrase)
+    spec = recipe.ipxe
+    chain_script = render_chain_script(ChainScript(
+        url=public + entry_path, signer=signer_name, ntp_server=spec.ntp if spec else None,
+        on_failure=spec.on_failure if spec else DEFAULT_ON_FAILURE))
+    firmware = _firmware(recipe, options, roots, extra_certs, chain_script, allow)
+    return Validated(recipe=recipe, ca_home=ca_home, signer=pending, signer_name=signer_name,
+                     passphrases=passphrases, roots=tuple(roots),
+                     extra_certs=tuple(extra_certs), origin_url=url, public_base=public,
+                     entry_path=entry_path, origin_ca_file=ca_file, credentials=creds,
+                     client_cert=client_cert, client_key=client_key,
+                     endpoint=o.endpoint if o else None,
+                     client_key_passphrase=client_pass,
+                     inputs=tuple(inputs), firmware=firmware,
+                     readback_base=_public_base(options.readback_url, None, where)
+                     if options.readback_url else public)
+
+
+def _firmware_identity(fw: Firmware, toolchain: Callable[[], Mapping[str, str]]) -> Any:
+    if fw.mode == "build":
+        assert fw.request is not None
+        return {"cache_key": ipxe_build.cache_key(fw.request, toolchain())}
+    if fw.mode == "prebuilt":
+        assert fw.prebuilt_dir is not None
+        return {t: cms_sign.hash_file(fw.prebuilt_dir / t, ["sha256"])[0]["sha256"].hex()
+                for t in fw.targets}
+    return None
+
+
+def render_id(template: str, *, name: str, digest: str, now: dt.datetime) -> str:
+    values = {"name": name, "date": now.strftime("%Y%m%d"), "digest8": digest[:8],
+              "digest12": digest[:12], "digest": digest}
+    return check_release_id(re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], template))
+
+
+def plan(v: Validated, *, now: dt.datetime,
+         progress: cms_sign.ProgressFactory | None = None,
+         toolchain: Mapping[str, str] | None = None) -> Plan:
+    """Hash the inputs, derive the release id and list the objects."""
+    paths = list(dict.fromkeys(i.path for i in v.inputs))
+    hashed = {h.path: h for h in cms_sign.hash_files(paths, v.hash_name, progress=progress)}
+    r = v.recipe
+
+    def tools() -> Mapping[str, str]:
+        return toolchain if toolchain is not None else ipxe_build.check_toolchain(
+            v.firmware.targets)
+
+    doc = {
+        "format": RELEASE_FORMAT, "name": r.name,
+        "entries": [{"name": e.name, "title": e.title, "arch": list(e.arch),
+                     "cmdline": e.cmdline, "default": e.default} for e in r.entries],
+        "inputs": {i.key: hashed[i.path].digests["sha256"].hex() for i in v.inputs},
+        "menu": {"title": r.menu.title, "timeout": r.menu.timeout},
+        "signer": v.signer.certificate.fingerprint(hashes.SHA256()).hex(),
+        "signer_name": v.signer_name, "hash": v.hash_name,
+        "roots": [c.fingerprint for c in v.roots],
+        "firmware": _firmware_identity(v.firmware, tools),
+        "public_base": v.public_base, "entry_path": v.entry_path,
+        "on_failure": v.on_failure,
+    }
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    release_id = render_id(r.release.id_template, name=r.name, digest=digest, now=now)
+    p = Plan(v=v, release_id=release_id, digest=digest, hashed=hashed)
+    for i in v.inputs:
+        h = hashed[i.path]
+        p.objects.append({"key": i.key, "path": i.path, "role": i.role, "size": h.size,
+                          "sha256": h.digests["sha256"].hex()})
+    for t in v.firmware.targets if v.firmware.mode != "skipped" else ():
+        p.objects.append({"key": firmware_key(t), "path": None, "role": "firmware",
+                          "target": t, "size": None, "sha256": None})
+    return p
+
+
+def root_anchor(cert: Certificate) -> rules.TrustAnchor:
+    return rules.TrustAnchor(rules.fingerprint(cert.der), cert.der, cert.subject)
+
+
+def cert_der(cert: Certificate) -> bytes:
+    return cert.der

@@ -1,0 +1,519 @@
+"""Release recipes: YAML -> frozen dataclasses, every error with ``file:line``.
+
+A recipe says what to boot (entries: kernel, initrds, command line, architectures), who
+signs (the CA home and a key reference), which firmware (an iPXE source to build, or
+prebuilt binaries), where it goes (the origin) and how releases are named and kept. It is
+read by :mod:`trustboot.release.yamlspec` (no anchors, aliases or tags; unknown keys, wrong
+types and out-of-range values are errors naming the line). Paths are kept as written,
+with their line, until :func:`resolve_inputs` turns them into files that must exist and
+must stay inside the recipe's directory (after resolving symlinks) unless the caller
+allows another root. Every value that will reach an iPXE script line is checked here with
+the shared rule in :mod:`trustboot.ipxe.syntax`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from trustboot import fsutil
+from trustboot.errors import ConfigError
+from trustboot.ipxe import build as ipxe_build
+from trustboot.ipxe import syntax
+from trustboot.ipxe.script import DEFAULT_ON_FAILURE, ON_FAILURE
+from trustboot.keys.ref import KeyRef, parse_ref
+from trustboot.release.yamlspec import (
+    Bool,
+    Checked,
+    Field,
+    Int,
+    List,
+    Map,
+    Str,
+    load_yaml,
+)
+
+MAX_RECIPE_BYTES = 1 << 20
+MAX_DEMO_SIZE = 1 << 30
+ARCHES = ("bios", "x86_64-efi", "arm64-efi")
+HASHES = ("sha256", "sha384", "sha512")
+ID_FIELDS = ("name", "date", "digest8", "digest12", "digest")
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_ENV = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
+_HOST = r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}"
+_KEY = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,7}"
+_PATH_DOC = ("a path relative to the recipe's directory; it may not leave that directory "
+             "(after resolving symlinks) unless `trustboot release --allow-outside DIR`")
+_SIZE_RE = re.compile(r"(\d{1,12})\s*(B|KiB|MiB|GiB)?")
+_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+_LIFETIME_RE = re.compile(r"(\d{1,6})\s*([hdw])")
+
+
+def _path(doc: str) -> Field:
+    return Str(f"{doc}: {_PATH_DOC}", max_length=1024)
+
+
+def _secret_ref(doc: str) -> Field:
+    return Map(doc, {
+        "file": _path("a file whose first line is the secret"),
+        "env": Str("the name of an environment variable holding the secret", pattern=_ENV),
+    })
+
+
+RECIPE = Map("A trustboot release recipe (`trustboot release RECIPE`).", {
+    "version": Int("recipe format version; this trustboot reads 1", minimum=1, maximum=1),
+    "name": Str("the release's name (letters, digits, . _ -)", pattern=_NAME),
+    "ca": Map("the private CA (trustboot ca) whose root the firmware trusts", {
+        "home": _path("the CA home directory (default: pki)"),
+    }),
+    "signer": Map("the code-signing key that signs every object", {
+        "key": Str("key reference: NAME (a codesign certificate of the CA), file:PATH, "
+                   "or a pkcs11: URI", max_length=2048),
+        "cert": _path("the signing certificate (file: and pkcs11: keys)"),
+        "chain": _path("its issuers, root included (file: and pkcs11: keys)"),
+        "name": Str("imgverify --signer NAME (default: the certificate's common name)",
+                    max_length=256),
+        "passphrase": _secret_ref("where the key's passphrase comes from (default: "
+                                  "--passphrase-file/--passphrase-env or a prompt)"),
+        "hash": Str("digest for the signatures", enum=HASHES),
+    }, required=("key",)),
+    "ipxe": Map("the firmware: built from an iPXE source, or prebuilt", {
+        "source": _path("an iPXE source tree (never modified)"),
+        "git": Str("clone iPXE from this https:// or ssh:// URL (needs commit)",
+                   pattern=r"(https|ssh)://[A-Za-z0-9][^\s\\]{0,500}", max_length=512),
+        "commit": Str("the full commit id git is pinned to", pattern=r"[0-9a-f]{40}"),
+        "targets": List("build targets", Str(enum=tuple(ipxe_build.KNOWN_TARGETS)),
+                        min_items=1, max_items=len(ipxe_build.KNOWN_TARGETS)),
+        "ntp": Str("set the clock from this NTP server before verifying", pattern=_HOST),
+        "on_failure": Str("what the firmware and the menu do once they give up; never "
+                          "boots anything unverified (default halt; exit may fall "
+                          "through to the next boot device)", enum=ON_FAILURE),
+        "extra_roots": List("more roots to build in (e.g. the next root of a rotation)",
+                            _path("a PEM root certificate")),
+        "serial_console": Bool("also use the first serial port"),
+        "prebuilt": _path("a directory from an earlier build (`ipxe build -o DIR`): "
+                          "no build"),
+    }),
+    "origin": Map("where the release is published", {
+        "url": Str("file:///DIR, https:// (WebDAV) or s3://BUCKET/PREFIX",
+                   pattern=r"(file|https|s3)://[^\s]{1,1000}", max_length=1024),
+        "entry": Str("the entry script's path on the origin (default boot.ipxe)",
+                     pattern=_KEY),
+        "public_url": Str("the https:// base URL iPXE fetches from (default: url, for "
+                          "https origins)", pattern=r"https://[^\s]{1,1000}",
+                          max_length=1024),
+        "endpoint": Str("the https:// endpoint of an s3:// origin (e.g. a Ceph RGW)",
+                        pattern=r"https://[^\s]{1,1000}", max_length=1024),
+        "ca_file": _path("the CA that signed the origin's TLS certificate"),
+        "credentials": _secret_ref("credentials for the origin"),
+        "client_cert": Str("TLS client certificate NAME of the CA (trustboot ca issue "
+                           "client NAME) for origins that take writes only from it",
+                           pattern=_NAME),
+        "client_key_passphrase": _secret_ref("the client key's passphrase (default: the "
+                                             "signer's)"),
+    }, required=("url",)),
+    "menu": Map("the boot menu", {
+        "title": Str("menu title", max_length=200),
+        "timeout": Int("seconds before the default entry boots", minimum=0, maximum=3600),
+    }),
+    "entries": List("what the menu boots", Map("one menu entry", {
+        "name": Str("entry name (a label: letters, digits, . _ -)", pattern=_NAME),
+        "title": Str("the menu text", max_length=200),
+        "arch": List("architectures this entry boots on", Str(enum=ARCHES), min_items=1,
+                     max_items=len(ARCHES)),
+        "kernel": _path("the kernel"),
+        "initrds": List("initrds, in order", _path("an initrd"), max_items=32),
+        "cmdline": Str("the kernel command line (inside the signed script)",
+                       max_length=4096),
+        "default": Bool("the menu's default entry"),
+    }, required=("name", "kernel")), min_items=1, max_items=64),
+    "release": Map("naming and keeping releases", {
+        "id": Str("release id template: letters, digits, . _ - and {name} {date} "
+                  "{digest8} {digest12} {digest}", pattern=r"[A-Za-z0-9._{}-]{1,128}"),
+        "min_signer_lifetime": Int("refuse to release when the signer expires sooner: "
+                                   "days, or e.g. 12h, 30d, 8w", minimum=0, maximum=36500,
+                                   also_str=True),
+        "retention": Int("releases to keep on the origin (older ones are pruned)",
+                         minimum=1, maximum=1000),
+    }),
+    "demo": Map("stand-in files `trustboot demo` generates before releasing", {
+        "generate": List("files to generate", Map("a generated file", {
+            "path": Str("file name", pattern=_NAME),
+            "size": Int("size in bytes or e.g. 4MiB", minimum=1, maximum=MAX_DEMO_SIZE,
+                        also_str=True),
+        }, required=("path", "size")), max_items=16),
+    }),
+}, required=("version", "name", "signer", "entries"))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a recipe, from the same table that validates recipes."""
+    schema = RECIPE.schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://trustboot.invalid/schema/recipe-v1.json",
+            "title": "trustboot release recipe", **schema}
+
+
+# --- typed recipe -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecipePath:
+    """A path as written in the recipe, with the place it was written."""
+
+    raw: str
+    where: str
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    file: RecipePath | None = None
+    env: str | None = None
+
+
+@dataclass(frozen=True)
+class SignerSpec:
+    key: KeyRef
+    where: str
+    cert: RecipePath | None = None
+    chain: RecipePath | None = None
+    name: str | None = None
+    passphrase: SecretRef | None = None
+    hash: str = "sha256"
+
+
+@dataclass(frozen=True)
+class IpxeSpec:
+    source: RecipePath | None = None
+    git: str | None = None
+    commit: str | None = None
+    targets: tuple[str, ...] = ipxe_build.DEFAULT_TARGETS
+    ntp: str | None = None
+    on_failure: str = DEFAULT_ON_FAILURE
+    extra_roots: tuple[RecipePath, ...] = ()
+    serial_console: bool = False
+    prebuilt: RecipePath | None = None
+
+
+@dataclass(frozen=True)
+class OriginSpec:
+    url: str
+    where: str
+    entry: str = "boot.ipxe"
+    public_url: str | None = None
+    endpoint: str | None = None
+    ca_file: RecipePath | None = None
+    credentials: SecretRef | None = None
+    client_cert: str | None = None
+    client_key_passphrase: SecretRef | None = None
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    name: str
+    title: str
+    arch: tuple[str, ...]
+    kernel: RecipePath
+    initrds: tuple[RecipePath, ...]
+    cmdline: str
+    default: bool
+
+
+@dataclass(frozen=True)
+class MenuSpec:
+    title: str = "trustboot"
+    timeout: int = 10
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    id_template: str = "{date}-{digest8}"
+    min_signer_lifetime: dt.timedelta = dt.timedelta(days=30)
+    retention: int | None = None
+
+
+@dataclass(frozen=True)
+class DemoFile:
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    source: str  # the name in messages (file path or "<embedded demo recipe>")
+    directory: Path | None  # paths resolve against this; None for an embedded recipe
+    ca_home: RecipePath
+    signer: SignerSpec
+    ipxe: IpxeSpec | None
+    origin: OriginSpec | None
+    menu: MenuSpec
+    entries: tuple[EntrySpec, ...]
+    release: ReleaseSpec
+    demo: tuple[DemoFile, ...] = ()
+
+    @property
+    def default_entry(self) -> EntrySpec:
+        return next((e for e in self.entries if e.default), self.entries[0])
+
+
+def _rpath(c: Checked | None) -> RecipePath | None:
+    return None if c is None else RecipePath(c.value, c.where)
+
+
+def _secret(c: Checked | None) -> SecretRef | None:
+    if c is None:
+        return None
+    v = c.value
+    if ("file" in v) == ("env" in v):
+        raise ConfigError(f"{c.where}: give exactly one of file or env")
+    return SecretRef(file=_rpath(v.get("file")), env=v["env"].value if "env" in v else None)
+
+
+def _size(c: Checked) -> int:
+    if isinstance(c.value, int):
+        return c.value
+    m = _SIZE_RE.fullmatch(c.value.strip())
+    if not m:
+        raise ConfigError(f"{c.where}: size {c.value!r} is not a size",
+                          hint="write e.g. 4MiB, 512KiB or 1048576")
+    size = int(m.group(1)) * _UNITS[m.group(2)]
+    if not 0 < size <= MAX_DEMO_SIZE:
+        raise ConfigError(f"{c.where}: size {c.value} is out of range (1 B to 1 GiB)")
+    return size
+
+
+def _lifetime(c: Checked) -> dt.timedelta:
+    if isinstance(c.value, int):
+        return dt.timedelta(days=c.value)
+    m = _LIFETIME_RE.fullmatch(c.value.strip())
+    if not m:
+        raise ConfigError(f"{c.where}: min_signer_lifetime {c.value!r} is not a duration",
+                          hint="write a number of days, or e.g. 12h, 30d, 8w")
+    n = int(m.group(1))
+    delta = {"h": dt.timedelta(hours=n), "d": dt.timedelta(days=n),
+             "w": dt.timedelta(weeks=n)}[m.group(2)]
+    if delta > dt.timedelta(days=36500):
+        raise ConfigError(f"{c.where}: min_signer_lifetime {c.value} is out of range")
+    return delta
+
+
+def _word(c: Checked, what: str) -> str:
+    try:
+        return syntax.check_word(c.value, what)
+    except ConfigError as exc:
+        raise ConfigError(f"{c.where}: {exc.message}", hint=exc.hint) from None
+
+
+def _words(c: Checked, what: str) -> str:
+    try:
+        return syntax.check_words(c.value, what)
+    except ConfigError as exc:
+        raise ConfigError(f"{c.where}: {exc.message}", hint=exc.hint) from None
+
+
+def _check_template(c: Checked) -> str:
+    template: str = c.value
+    fields = re.findall(r"\{([^{}]*)\}", template)
+    rest = re.sub(r"\{[^{}]*\}", "", template)
+    unknown = [f for f in fields if f not in ID_FIELDS]
+    if unknown or "{" in rest or "}" in rest:
+        raise ConfigError(f"{c.where}: release id template {template!r} has an unknown "
+                          f"field {('{' + unknown[0] + '}') if unknown else 'brace'}",
+                          hint="use " + ", ".join("{" + f + "}" for f in ID_FIELDS))
+    if not any(f.startswith("digest") for f in fields):
+        raise ConfigError(f"{c.where}: release id template {template!r} has no {{digest}} "
+                          "field", hint="the id must change when the inputs change: add "
+                          "{digest8}")
+    return template
+
+
+def _check_url(c: Checked, what: str) -> str:
+    url: str = c.value
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ConfigError(f"{c.where}: {what} holds credentials",
+                          hint="use origin.credentials (a file or an env var), never the URL")
+    if parts.scheme in ("https", "s3") and not parts.hostname:
+        raise ConfigError(f"{c.where}: {what} {url!r} has no host")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{c.where}: {what} {url!r} may not have a query or fragment")
+    return url
+
+
+def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = None
+                 ) -> Recipe:
+    """Validate ``text`` completely (structure, types, script values); no file is read."""
+    top: dict[str, Checked] = RECIPE.check(load_yaml(text, source), "the recipe")
+    name: str = top["name"].value
+    ca = top["ca"].value if "ca" in top else {}
+    ca_home = _rpath(ca.get("home")) or RecipePath("pki", top["version"].where)
+
+    s = top["signer"].value
+    try:
+        key = parse_ref(s["key"].value)
+    except ConfigError as exc:
+        raise ConfigError(f"{s['key'].where}: {exc.message}", hint=exc.hint) from None
+    if key.scheme != "ca" and "cert" not in s:
+        raise ConfigError(f"{top['signer'].where}: signer key {key} needs cert (and chain)",
+                          hint="add cert: the signing certificate, chain: its issuers")
+    signer = SignerSpec(
+        key=key, where=s["key"].where, cert=_rpath(s.get("cert")),
+        chain=_rpath(s.get("chain")),
+        name=_word(s["name"], "signer.name") if "name" in s else None,
+        passphrase=_secret(s.get("passphrase")),
+        hash=s["hash"].value if "hash" in s else "sha256")
+
+    ipxe: IpxeSpec | None = None
+    if "ipxe" in top:
+        i = top["ipxe"].value
+        where = top["ipxe"].where
+        kinds = [k for k in ("source", "git", "prebuilt") if k in i]
+        if len(kinds) > 1:
+            raise ConfigError(f"{where}: ipxe takes one of source, git or prebuilt, not "
+                              f"{' and '.join(kinds)}")
+        if ("git" in i) != ("commit" in i):
+            raise ConfigError(f"{where}: ipxe.git needs ipxe.commit (and commit needs git)",
+                              hint="pin the clone to a full 40-hex-digit commit id")
+        ipxe = IpxeSpec(
+            source=_rpath(i.get("source")), git=i["git"].value if "git" in i else None,
+            commit=i["commit"].value if "commit" in i else None,
+            targets=tuple(dict.fromkeys(t.value for t in i["targets"].value))
+            if "targets" in i else ipxe_build.DEFAULT_TARGETS,
+            ntp=_word(i["ntp"], "ipxe.ntp") if "ntp" in i else None,
+            on_failure=i["on_failure"].value if "on_failure" in i else DEFAULT_ON_FAILURE,
+            extra_roots=tuple(RecipePath(p.value, p.where)
+                              for p in i["extra_roots"].value) if "extra_roots" in i else (),
+            serial_console=bool(i["serial_console"].value) if "serial_console" in i
+            else False,
+            prebuilt=_rpath(i.get("prebuilt")))
+
+    origin: OriginSpec | None = None
+    if "origin" in top:
+        o = top["origin"].value
+        public = None
+        if "public_url" in o:
+            public = _word(o["public_url"], "origin.public_url")
+            _check_url(o["public_url"], "origin.public_url")
+        origin = OriginSpec(
+            url=_check_url(o["url"], "origin.url"), where=o["url"].where,
+            entry=o["entry"].value if "entry" in o else "boot.ipxe",
+            public_url=public, ca_file=_rpath(o.get("ca_file")),
+            endpoint=_check_url(o["endpoint"], "origin.endpoint") if "endpoint" in o else None,
+            credentials=_secret(o.get("credentials")),
+            client_cert=o["client_cert"].value if "client_cert" in o else None,
+            client_key_passphrase=_secret(o.get("client_key_passphrase")))
+
+    menu = MenuSpec()
+    if "menu" in top:
+        m = top["menu"].value
+        menu = MenuSpec(title=_words(m["title"], "menu.title") if "title" in m else menu.title,
+                        timeout=m["timeout"].value if "timeout" in m else menu.timeout)
+
+    entries: list[EntrySpec] = []
+    seen: set[str] = set()
+    for item in top["entries"].value:
+        e = item.value
+        ename = e["name"].value
+        if ename in seen:
+            raise ConfigError(f"{e['name'].where}: entry {ename!r} is listed twice")
+        seen.add(ename)
+        initrds = e["initrds"] if "initrds" in e else None
+        entries.append(EntrySpec(
+            name=ename,
+            title=_words(e["title"], f"entries.{ename}.title") if "title" in e else ename,
+            arch=tuple(dict.fromkeys(a.value for a in e["arch"].value)) if "arch" in e
+            else ("bios", "x86_64-efi"),
+            kernel=RecipePath(e["kernel"].value, e["kernel"].where),
+            initrds=tuple(RecipePath(p.value, p.where) for p in initrds.value)
+            if initrds is not None else (),
+            cmdline=_words(e["cmdline"], f"entries.{ename}.cmdline") if "cmdline" in e
+            else "",
+            default=bool(e["default"].value) if "default" in e else False))
+    defaults = [e for e in entries if e.default]
+    if len(defaults) > 1:
+        raise ConfigError(f"{top['entries'].where}: more than one entry has default: true "
+                          f"({', '.join(e.name for e in defaults)})")
+
+    release = ReleaseSpec()
+    if "release" in top:
+        r = top["release"].value
+        release = ReleaseSpec(
+            id_template=_check_template(r["id"]) if "id" in r else release.id_template,
+            min_signer_lifetime=_lifetime(r["min_signer_lifetime"])
+            if "min_signer_lifetime" in r else release.min_signer_lifetime,
+            retention=r["retention"].value if "retention" in r else None)
+
+    demo: list[DemoFile] = []
+    if "demo" in top and "generate" in top["demo"].value:
+        for g in top["demo"].value["generate"].value:
+            demo.append(DemoFile(g.value["path"].value, _size(g.value["size"])))
+
+    return Recipe(name=name, source=source, directory=directory, ca_home=ca_home,
+                  signer=signer, ipxe=ipxe, origin=origin, menu=menu,
+                  entries=tuple(entries), release=release, demo=tuple(demo))
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read (capped, regular files only) and validate a recipe file."""
+    data = fsutil.read_capped(Path(path), MAX_RECIPE_BYTES, "recipe")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: recipe is not UTF-8 text") from None
+    return parse_recipe(text, str(path), Path(path).absolute().parent)
+
+
+def demo_recipe_text() -> str:
+    """The embedded default: the package's copy of recipes/demo.yaml."""
+    return resources.files("trustboot").joinpath("data/demo.yaml").read_text()
+
+
+# --- paths ------------------------------------------------------------------------------
+
+
+def resolve_path(recipe: Recipe, path: RecipePath, what: str, *,
+                 allow_outside: Sequence[Path] = (), kind: str = "file") -> Path:
+    """``path`` resolved against the recipe's directory; it must exist, be a ``kind``
+    ("file" or "dir"), and lie inside the recipe's directory or an allowed root after
+    every symlink is resolved."""
+    if recipe.directory is None:
+        raise ConfigError(f"{path.where}: {what} {path.raw!r} cannot be resolved: the "
+                          "recipe has no directory", hint="run it from a recipe file")
+    if "\x00" in path.raw:
+        raise ConfigError(f"{path.where}: {what} holds a NUL byte")
+    base = recipe.directory.resolve()
+    target = (base / path.raw).resolve()
+    roots = [base, *(Path(a).resolve() for a in allow_outside)]
+    if not any(target == r or target.is_relative_to(r) for r in roots):
+        raise ConfigError(
+            f"{path.where}: {what} {path.raw!r} resolves to {target}, outside the recipe's "
+            f"directory {base}",
+            hint="move the file under the recipe's directory, or allow its root explicitly "
+                 "with --allow-outside DIR")
+    if not target.exists():
+        raise ConfigError(f"{path.where}: {what} {path.raw!r} does not exist ({target})",
+                          hint="build or copy it first, or fix the path in the recipe")
+    if kind == "file" and not target.is_file():
+        raise ConfigError(f"{path.where}: {what} {path.raw!r} is not a regular file")
+    if kind == "dir" and not target.is_dir():
+        raise ConfigError(f"{path.where}: {what} {path.raw!r} is not a directory")
+    return target
+
+
+def origin_dir(url: str) -> Path | None:
+    """The directory of a file:// origin URL (None for other schemes)."""
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        return None
+    if parts.netloc not in ("", "localhost"):
+        raise ConfigError(f"origin {url!r}: a file:// URL names a local path "
+                          "(file:///DIR)")
+    return Path(parts.path)

@@ -1,0 +1,272 @@
+"""Hostile YAML in, checked values out: the loader and the one table of what a recipe holds.
+
+Recipes come from pull requests, so the loader refuses what YAML can do beyond plain data:
+anchors and aliases (alias bombs), tags (object construction), duplicate keys, nesting deeper
+than a recipe ever needs, integers longer than any count, and more than 1 MiB of text. Every
+value keeps the ``file:line`` it came from, for messages. The same :class:`Field` table
+validates a recipe and prints its JSON Schema (``trustboot recipe schema``), so the two
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from trustboot.errors import ConfigError
+
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 16
+MAX_INT_DIGITS = 18  # a count, a size, a number of seconds: never more than this
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "bool", "null", "float", "map",
+                                                  "seq")}
+_SCALARS = yaml.constructor.SafeConstructor()
+
+
+class Node:
+    """A parsed YAML value with the place it came from."""
+
+    def __init__(self, value: Any, where: str) -> None:
+        self.value = value
+        self.where = where
+        self.key_where = where  # for a mapping value: the line of its key
+
+
+def _where(source: str, mark: Any) -> str:
+    return f"{source}:{mark.line + 1}" if mark is not None else source
+
+
+def _prescan(text: str, source: str) -> None:
+    """Refuse anchors, aliases and deep nesting from the event stream, before composing.
+
+    The composer recurses per nesting level (5000 levels overflow Python's stack) and
+    expands aliases; the event parser does neither, so the checks run on it.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ConfigError(
+                f"{_where(source, event.start_mark)}: YAML anchors and aliases are not "
+                "allowed in recipes", hint="write the values out")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(
+                    f"{_where(source, event.start_mark)}: nesting deeper than {MAX_DEPTH} "
+                    "levels", hint="a recipe is a few levels deep: flatten the value")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _convert(node: yaml.Node, source: str) -> Node:
+    where = _where(source, node.start_mark)
+    if node.tag not in _PLAIN_TAGS:
+        raise ConfigError(f"{where}: YAML tag {node.tag} is not allowed",
+                          hint="recipes are plain YAML: remove the tag")
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Node] = {}
+        for k, v in node.value:
+            kw = _where(source, k.start_mark)
+            if not isinstance(k, yaml.ScalarNode) or k.tag != "tag:yaml.org,2002:str":
+                raise ConfigError(f"{kw}: keys must be plain strings")
+            if k.value in out:
+                raise ConfigError(f"{kw}: key {k.value!r} appears twice")
+            child = _convert(v, source)
+            child.key_where = kw
+            out[k.value] = child
+        return Node(out, where)
+    if isinstance(node, yaml.SequenceNode):
+        return Node([_convert(v, source) for v in node.value], where)
+    assert isinstance(node, yaml.ScalarNode)
+    if node.tag == "tag:yaml.org,2002:int":
+        digits = node.value.lstrip("+-").replace("_", "")
+        if len(digits) > MAX_INT_DIGITS:
+            raise ConfigError(f"{where}: integer with {len(digits)} digits is out of range")
+    if node.tag == "tag:yaml.org,2002:float" and len(node.value) > 64:
+        raise ConfigError(f"{where}: number is too long")
+    try:
+        value = _SCALARS.construct_object(node)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{where}: cannot read the value: {exc}") from None
+    return Node(value, where)
+
+
+def load_yaml(text: str, source: str) -> Node:
+    """Parse ``text`` (named ``source`` in messages) into located nodes."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise ConfigError(f"{source}: recipe is larger than 1 MiB")
+    try:
+        _prescan(text, source)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{_where(source, mark)}: not valid YAML: {problem}") from None
+    except RecursionError:  # belt and braces: _prescan bounds the depth
+        raise ConfigError(f"{source}: nesting too deep") from None
+    if root is None:
+        raise ConfigError(f"{source}: recipe is empty")
+    return _convert(root, source)
+
+
+# --- the field table ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Field:
+    """One value's type and limits; ``check`` returns the Python value or raises."""
+
+    kind: str  # "str" | "int" | "bool" | "map" | "list"
+    doc: str = ""
+    pattern: str | None = None
+    enum: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+    max_length: int = 4096
+    fields: Mapping[str, Field] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    item: Field | None = None
+    min_items: int = 0
+    max_items: int = 256
+    also_str: bool = False  # an int field that also takes a string such as "30d"
+
+    def check(self, node: Node, what: str) -> Any:
+        v = node.value
+        if self.kind == "str":
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"{node.where}: {what} must be a non-empty string, "
+                                  f"not {_describe(v)}")
+            if len(v) > self.max_length:
+                raise ConfigError(f"{node.where}: {what} is longer than {self.max_length}")
+            if self.enum and v not in self.enum:
+                raise ConfigError(f"{node.where}: {what} {v!r} is not one of "
+                                  f"{', '.join(self.enum)}")
+            if self.pattern and not re.fullmatch(self.pattern, v):
+                raise ConfigError(f"{node.where}: {what} {v!r} is not allowed",
+                                  hint=self.doc or f"it must match {self.pattern}")
+            return v
+        if self.kind == "int":
+            if self.also_str and isinstance(v, str):
+                return v
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigError(f"{node.where}: {what} must be an integer, not "
+                                  f"{_describe(v)}")
+            if (self.minimum is not None and v < self.minimum) or (
+                    self.maximum is not None and v > self.maximum):
+                raise ConfigError(f"{node.where}: {what} {v} is out of range "
+                                  f"({self.minimum} to {self.maximum})")
+            return v
+        if self.kind == "bool":
+            if not isinstance(v, bool):
+                raise ConfigError(f"{node.where}: {what} must be true or false, not "
+                                  f"{_describe(v)}")
+            return v
+        if self.kind == "list":
+            if not isinstance(v, list):
+                raise ConfigError(f"{node.where}: {what} must be a list, not {_describe(v)}")
+            if not self.min_items <= len(v) <= self.max_items:
+                raise ConfigError(f"{node.where}: {what} needs {self.min_items} to "
+                                  f"{self.max_items} items, not {len(v)}")
+            assert self.item is not None
+            return [Checked(self.item.check(n, f"{what}[{i}]"), n) for i, n in enumerate(v)]
+        assert self.kind == "map"
+        if not isinstance(v, dict):
+            raise ConfigError(f"{node.where}: {what} must be a mapping, not {_describe(v)}")
+        unknown = sorted(set(v) - set(self.fields))
+        if unknown:
+            bad = v[unknown[0]]
+            raise ConfigError(
+                f"{bad.key_where}: unknown key {unknown[0]!r} in {what}",
+                hint=f"allowed keys: {', '.join(sorted(self.fields))}")
+        missing = [k for k in self.required if k not in v]
+        if missing:
+            raise ConfigError(f"{node.where}: {what} needs {missing[0]!r}",
+                              hint=self.fields[missing[0]].doc or None)
+        return {k: Checked(self.fields[k].check(n, f"{what}.{k}" if what != "the recipe"
+                                                 else k), n)
+                for k, n in v.items()}
+
+    def schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.doc:
+            out["description"] = self.doc
+        if self.kind == "str":
+            out["type"] = "string"
+            out["minLength"] = 1
+            out["maxLength"] = self.max_length
+            if self.enum:
+                out["enum"] = list(self.enum)
+            if self.pattern:
+                out["pattern"] = f"^(?:{self.pattern})$"
+        elif self.kind == "int":
+            out["type"] = ["integer", "string"] if self.also_str else "integer"
+            if self.minimum is not None:
+                out["minimum"] = self.minimum
+            if self.maximum is not None:
+                out["maximum"] = self.maximum
+        elif self.kind == "bool":
+            out["type"] = "boolean"
+        elif self.kind == "list":
+            assert self.item is not None
+            out.update(type="array", items=self.item.schema(), minItems=self.min_items,
+                       maxItems=self.max_items)
+        else:
+            out.update(type="object", additionalProperties=False,
+                       properties={k: f.schema() for k, f in self.fields.items()})
+            if self.required:
+                out["required"] = list(self.required)
+        return out
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A checked value and the node it came from (for ``file:line`` in later errors)."""
+
+    value: Any
+    node: Node
+
+    @property
+    def where(self) -> str:
+        return self.node.where
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return "an empty string" if not value else "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def Str(doc: str = "", *, pattern: str | None = None, enum: Sequence[str] = (),
+        max_length: int = 4096) -> Field:
+    return Field("str", doc, pattern=pattern, enum=tuple(enum), max_length=max_length)
+
+
+def Int(doc: str = "", *, minimum: int | None = None, maximum: int | None = None,
+        also_str: bool = False) -> Field:
+    return Field("int", doc, minimum=minimum, maximum=maximum, also_str=also_str)
+
+
+def Bool(doc: str = "") -> Field:
+    return Field("bool", doc)
+
+
+def Map(doc: str, fields: Mapping[str, Field], required: Sequence[str] = ()) -> Field:
+    return Field("map", doc, fields=dict(fields), required=tuple(required))
+
+
+def List(doc: str, item: Field, *, min_items: int = 0, max_items: int = 256) -> Field:
+    return Field("list", doc, item=item, min_items=min_items, max_items=max_items)
