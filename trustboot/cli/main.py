@@ -13,7 +13,7 @@ from trustboot import __version__
 from trustboot.errors import ExitCode, TrustbootError
 
 # Each module trustboot.cli.<name> exposes ``command`` (a click command or group).
-COMMAND_MODULES = ("ca", "sign", "verify", "ipxe", "audit", "demo")
+COMMAND_MODULES = ("ca", "sign", "verify", "ipxe", "audit", "demo", "secureboot")
 
 
 class TrustbootGroup(click.Group):
