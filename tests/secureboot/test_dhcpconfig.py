@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,12 +44,12 @@ def test_kea_snippet_is_json_with_classes() -> None:
 
 
 @pytest.fixture
-def segment(tmp_path: Path) -> Segment:
+def segment(tmp_path: Path) -> Iterator[Segment]:
     reason = missing_tools()
     if reason:
         pytest.skip(reason)
     seg = Segment(tmp_path)
-    yield seg  # type: ignore[misc]
+    yield seg
     seg.close()
 
 
