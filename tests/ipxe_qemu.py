@@ -236,7 +236,7 @@ OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 
 
 def boot_efi(
-    efi: Path,
+    efi: Path | None,
     *,
     rtc: datetime | None = None,
     timeout: float = 150,
@@ -246,6 +246,7 @@ def boot_efi(
     pxe: bool = False,
     vars_file: Path | None = None,
     secure_boot: bool = False,
+    extra_args: Sequence[str] = (),
 ) -> str:
     """Boot an iPXE EFI binary under OVMF (TCG).
 
@@ -267,7 +268,8 @@ def boot_efi(
     with tempfile.TemporaryDirectory(prefix="trustboot-ovmf-") as tmp:
         esp = Path(tmp) / "esp"
         (esp / "EFI" / "BOOT").mkdir(parents=True)
-        shutil.copyfile(efi, esp / "EFI" / "BOOT" / "BOOTX64.EFI")
+        if efi is not None:
+            shutil.copyfile(efi, esp / "EFI" / "BOOT" / "BOOTX64.EFI")
         served = Path(tmp) / "tftp"
         served.mkdir()
         for name, data in (tftp or {}).items():
@@ -285,6 +287,7 @@ def boot_efi(
             "-drive", f"if=pflash,format=raw,file={vars_copy}",
         ]
         if pxe:
+            assert efi is not None
             shutil.copyfile(efi, served / "boot.efi")
             argv += ["-netdev", f"{netdev},bootfile=boot.efi",
                      "-device", "virtio-net-pci,netdev=n0,romfile=,bootindex=0"]
@@ -292,8 +295,38 @@ def boot_efi(
             argv += ["-drive", f"if=none,id=esp,format=raw,file=fat:rw:{esp}",
                      "-device", "virtio-blk-pci,drive=esp,bootindex=0",
                      "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
-        argv += _rtc_args(rtc)
+        argv += [*_rtc_args(rtc), *extra_args]
         return _run_console(argv, stop_on, timeout)
+
+
+def boot_rom(
+    rom: Path,
+    *,
+    rtc: datetime | None = None,
+    timeout: float = 120,
+    stop_on: Sequence[str] = (DONE_MARKER,),
+    restrict: bool = True,
+) -> tuple[str, str]:
+    """Boot SeaBIOS with ``rom`` as the e1000 NIC's option ROM and nothing else to boot.
+
+    Returns (serial console, SeaBIOS debug log): the debug port (0x402) shows which boot
+    devices SeaBIOS tried, so a test can tell that no other boot code ran.
+    """
+    if shutil.which(QEMU) is None:
+        pytest.skip(f"needs {QEMU}: apt-get install qemu-system-x86")
+    with tempfile.TemporaryDirectory(prefix="trustboot-rom-") as tmp:
+        debug = Path(tmp) / "seabios.log"
+        argv = [
+            QEMU, "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot",
+            "-m", "256", "-serial", "stdio", "-monitor", "none",
+            "-netdev", f"user,id=n0,restrict={'on' if restrict else 'off'}",
+            "-device", f"e1000,netdev=n0,romfile={rom},bootindex=0",
+            "-chardev", f"file,id=seabios,path={debug}",
+            "-device", "isa-debugcon,iobase=0x402,chardev=seabios",
+        ]
+        argv += _rtc_args(rtc)
+        console = _run_console(argv, stop_on, timeout)
+        return console, _clean(debug.read_text(errors="replace")) if debug.exists() else ""
 
 
 def sha256_hex(data: bytes) -> str:

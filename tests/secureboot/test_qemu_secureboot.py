@@ -12,37 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.ipxe_qemu import DONE_MARKER, boot_efi, build_test_ipxe, ipxe_src_or_skip
+from tests.ipxe_qemu import DONE_MARKER, boot_efi
 from trustboot.secrets import constant
 from trustboot.secureboot import keyset
 
+from .conftest import EMBED_MARKER as MARKER
 from .conftest import PASS
 
 pytestmark = [pytest.mark.ipxe, pytest.mark.slow]
 
-MARKER = "TRUSTBOOT-SB-EMBED-RAN"
-EMBED = f"#!ipxe\necho {MARKER}\necho {DONE_MARKER}\n"
 # OVMF's boot manager says one of these when the image fails the db check.
 REFUSED = ("Access Denied", "Security Violation")
 STOPS = (DONE_MARKER, *REFUSED)
-
-
-@pytest.fixture(scope="module")
-def unsigned(keyset_pki: Path) -> dict[str, bytes]:
-    ipxe_src_or_skip()
-    trust = [keyset_pki / "secureboot" / "PK.crt"]  # any root: the embed verifies nothing
-    return {t: build_test_ipxe(trust, embed=EMBED, target=f"bin-x86_64-efi/{t}").read_bytes()
-            for t in ("ipxe.efi", "snponly.efi")}
-
-
-@pytest.fixture(scope="module")
-def vars_file(keyset_pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    template = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-    if not template.is_file():
-        pytest.skip("needs OVMF: apt-get install ovmf")
-    out = tmp_path_factory.mktemp("sbvars") / "vars.fd"
-    out.write_bytes(keyset.ovmf_vars(keyset.load_keyset(keyset_pki), template))
-    return out
 
 
 def _sign(pki: Path, data: bytes) -> bytes:
