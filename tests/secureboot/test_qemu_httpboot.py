@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from tests.ipxe.test_real_ipxe import _serve
 from tests.ipxe.testpki import TestPki, cached_pki
 from tests.ipxe_qemu import DONE_MARKER, boot_efi, cache_root
+from trustboot.publish.http import IPXE_CIPHERS, IPXE_LEGACY_CIPHERS
 from trustboot.secureboot import efi, keyset
 
 from .conftest import EMBED_MARKER as MARKER
@@ -53,7 +54,10 @@ def test_https_boot_of_the_signed_binary(served_by: str, unsigned: dict[str, byt
                                          keyset_pki: Path, vars_file: Path, tls_pki: TestPki,
                                          other_tls_pki: TestPki, tmp_path: Path) -> None:
     server_pki = tls_pki if served_by == "our-ca" else other_tls_pki
-    origin = _serve(server_pki, tmp_path)
+    # Firmware TLS stacks built without elliptic curves (edk2's default OpensslLib, e.g.
+    # Debian 12's OVMF) need plain RSA key exchange: what `origin nginx-config
+    # --legacy-ipxe` adds.
+    origin = _serve(server_pki, tmp_path, ciphers=":".join(IPXE_CIPHERS + IPXE_LEGACY_CIPHERS))
     try:
         origin.files = {"/ipxe.efi": _sign(keyset_pki, unsigned["ipxe.efi"])}
         url = f"https://10.0.2.2:{origin.server_address[1]}/ipxe.efi"
