@@ -103,7 +103,8 @@ def _source(path: Path) -> IpxeSource:
 
 
 def build_test_ipxe(
-    trust: list[Path], *, certs: list[Path] = [], embed: str | None = None
+    trust: list[Path], *, certs: list[Path] = [], embed: str | None = None,
+    target: str = "bin/ipxe.lkrn",
 ) -> Path:
     """Build ``bin/ipxe.lkrn`` trusting exactly ``trust`` (one root per file).
 
@@ -114,7 +115,7 @@ def build_test_ipxe(
     source = _source(ipxe_src_or_skip())
     request = ipxe_build.BuildRequest(
         source=source,
-        targets=("bin/ipxe.lkrn",),
+        targets=(target,),
         trust=tuple(load_single_certificate(p) for p in trust),
         certs=tuple(c for p in certs for c in load_certificates(p)),
         script=HARNESS_EMBED if embed is None else embed,
@@ -126,11 +127,11 @@ def build_test_ipxe(
     key = ipxe_build.cache_key(request, toolchain)
     result = ipxe_build.build(
         request,
-        output_dir=cache / "lkrn" / key[:24],
+        output_dir=cache / target.replace("/", "_") / key[:24],
         cache_dir=cache,
         toolchain=toolchain,
     )
-    return result.outputs["bin/ipxe.lkrn"]
+    return result.outputs[target]
 
 
 def _clean(text: str) -> str:
@@ -248,10 +249,11 @@ def boot(
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 
 
 def boot_efi(
-    efi: Path,
+    efi: Path | None,
     *,
     rtc: datetime | None = None,
     timeout: float = 150,
@@ -259,6 +261,9 @@ def boot_efi(
     restrict: bool = True,
     tftp: Mapping[str, bytes] | None = None,
     pxe: bool = False,
+    vars_file: Path | None = None,
+    secure_boot: bool = False,
+    extra_args: Sequence[str] = (),
 ) -> str:
     """Boot an iPXE EFI binary under OVMF (TCG).
 
@@ -267,30 +272,39 @@ def boot_efi(
     what snponly.efi needs (it drives only the NIC it was loaded from). The console is
     OVMF's serial terminal (iPXE's EFI console writes there). Same network, ``stop_on`` and
     ``restrict`` semantics as :func:`boot`; ``tftp`` files are served by slirp's TFTP.
-    Skips when OVMF is not installed (Debian package ovmf).
+    ``secure_boot`` runs OVMF's Secure Boot build (SMM, secure flash) with ``vars_file``
+    (a copy is used) holding the enrolled keys. Skips when OVMF is not installed (Debian
+    package ovmf).
     """
+    code = OVMF_CODE_SECBOOT if secure_boot else OVMF_CODE
+    template = vars_file or OVMF_VARS
     if shutil.which(QEMU) is None:
         pytest.skip(f"needs {QEMU}: apt-get install qemu-system-x86")
-    if not OVMF_CODE.is_file() or not OVMF_VARS.is_file():
+    if not code.is_file() or not template.is_file():
         pytest.skip("needs UEFI firmware for QEMU: apt-get install ovmf")
     with tempfile.TemporaryDirectory(prefix="trustboot-ovmf-") as tmp:
         esp = Path(tmp) / "esp"
         (esp / "EFI" / "BOOT").mkdir(parents=True)
-        shutil.copyfile(efi, esp / "EFI" / "BOOT" / "BOOTX64.EFI")
+        if efi is not None:
+            shutil.copyfile(efi, esp / "EFI" / "BOOT" / "BOOTX64.EFI")
         served = Path(tmp) / "tftp"
         served.mkdir()
         for name, data in (tftp or {}).items():
             (served / name).write_bytes(data)
         vars_copy = Path(tmp) / "vars.fd"
-        shutil.copyfile(OVMF_VARS, vars_copy)
+        shutil.copyfile(template, vars_copy)
         netdev = f"user,id=n0,restrict={'on' if restrict else 'off'},tftp={served}"
+        machine = ["-machine", "q35,smm=on", "-global",
+                   "driver=cfi.pflash01,property=secure,value=on"] if secure_boot else \
+            ["-machine", "q35"]
         argv = [
-            QEMU, "-accel", "tcg", "-machine", "q35", "-m", "512", "-nodefaults",
+            QEMU, "-accel", "tcg", *machine, "-m", "512", "-nodefaults",
             "-display", "none", "-no-reboot", "-serial", "stdio", "-monitor", "none",
-            "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,readonly=on,file={code}",
             "-drive", f"if=pflash,format=raw,file={vars_copy}",
         ]
         if pxe:
+            assert efi is not None
             shutil.copyfile(efi, served / "boot.efi")
             argv += ["-netdev", f"{netdev},bootfile=boot.efi",
                      "-device", "virtio-net-pci,netdev=n0,romfile=,bootindex=0"]
@@ -298,8 +312,38 @@ def boot_efi(
             argv += ["-drive", f"if=none,id=esp,format=raw,file=fat:rw:{esp}",
                      "-device", "virtio-blk-pci,drive=esp,bootindex=0",
                      "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
-        argv += _rtc_args(rtc)
+        argv += [*_rtc_args(rtc), *extra_args]
         return _run_console(argv, stop_on, timeout)
+
+
+def boot_rom(
+    rom: Path,
+    *,
+    rtc: datetime | None = None,
+    timeout: float = 120,
+    stop_on: Sequence[str] = (DONE_MARKER,),
+    restrict: bool = True,
+) -> tuple[str, str]:
+    """Boot SeaBIOS with ``rom`` as the e1000 NIC's option ROM and nothing else to boot.
+
+    Returns (serial console, SeaBIOS debug log): the debug port (0x402) shows which boot
+    devices SeaBIOS tried, so a test can tell that no other boot code ran.
+    """
+    if shutil.which(QEMU) is None:
+        pytest.skip(f"needs {QEMU}: apt-get install qemu-system-x86")
+    with tempfile.TemporaryDirectory(prefix="trustboot-rom-") as tmp:
+        debug = Path(tmp) / "seabios.log"
+        argv = [
+            QEMU, "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot",
+            "-m", "256", "-serial", "stdio", "-monitor", "none",
+            "-netdev", f"user,id=n0,restrict={'on' if restrict else 'off'}",
+            "-device", f"e1000,netdev=n0,romfile={rom},bootindex=0",
+            "-chardev", f"file,id=seabios,path={debug}",
+            "-device", "isa-debugcon,iobase=0x402,chardev=seabios",
+        ]
+        argv += _rtc_args(rtc)
+        console = _run_console(argv, stop_on, timeout)
+        return console, _clean(debug.read_text(errors="replace")) if debug.exists() else ""
 
 
 def sha256_hex(data: bytes) -> str:

@@ -232,56 +232,6 @@ def append_line(path: Path, data: bytes, *, mode: int = PUBLIC_FILE_MODE) -> Non
         os.close(fd)
 
 
-def read_capped(path: Path, limit: int, what: str, *, nofollow: bool = False) -> bytes:
-    """Read a regular file of at most ``limit`` bytes; ConfigError naming ``what`` otherwise.
-
-    The file is opened non-blocking (a FIFO cannot hang us) and checked with fstat before
-    anything is read, so /dev/zero, FIFOs and directories are refused unread. With
-    ``nofollow`` a symbolic link in the last component is refused too.
-    """
-    path = Path(path)
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist", hint="check the path") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP and nofollow:
-            raise ConfigError(
-                f"{what} {path} is a symbolic link, where a link is never expected",
-                hint=f"replace the link with the file itself, or check who created {path}",
-            ) from None
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}",
-                          hint="check the path and its permissions") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(
-                f"{what} {path} is not a regular file",
-                hint="pass a regular file (not a directory, device, FIFO or socket)",
-            )
-        if st.st_size > limit:
-            raise ConfigError(f"{what} {path} is larger than {limit} bytes",
-                              hint=f"a {what} is never that large: check the path")
-        # Regular files ignore O_NONBLOCK; read one byte past the cap to catch growth.
-        chunks: list[bytes] = []
-        total = 0
-        while total <= limit:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        if total > limit:
-            raise ConfigError(f"{what} {path} is larger than {limit} bytes",
-                              hint=f"a {what} is never that large: check the path")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-
-
 def fsync_dir(path: Path) -> None:
     """Make a rename in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -53,7 +53,23 @@ if embed:
     out.append(open(embed, "rb").read())
 for h in sorted(os.listdir("config/local")):
     out.append(open(os.path.join("config/local", h), "rb").read())
-open(target, "wb").write(b"\\n".join(out))
+data = b"\\n".join(out)
+if target.endswith(".efi"):
+    # EFI targets are PE/COFF (as real ones are), so Secure Boot signing can run on them:
+    # the payload above becomes the one section of a minimal PE32+ image.
+    import struct
+    raw = data + b"\\0" * (-len(data) % 0x200)
+    dos = b"MZ" + b"\\0" * 0x3A + struct.pack("<I", 0x40)
+    coff = struct.pack("<HHIIIHH", 0x8664, 1, 0, 0, 0, 240, 0x0022)
+    opt = struct.pack("<HBBIIIIIQIIHHHHHHIIIIHHQQQQII", 0x20B, 14, 0, len(raw), 0, 0,
+                      0x1000, 0x1000, 0, 0x1000, 0x200, 0, 0, 0, 0, 0, 0, 0,
+                      0x1000 + -(-len(raw) // 0x1000) * 0x1000, 0x200, 0, 10, 0,
+                      0x100000, 0x1000, 0x100000, 0x1000, 0, 16) + b"\\0" * 128
+    sect = struct.pack("<8sIIIIIIHHI", b".text", len(data), 0x1000, len(raw), 0x200,
+                       0, 0, 0, 0, 0x60000020)
+    head = dos + b"PE\\0\\0" + coff + opt + sect
+    data = head + b"\\0" * (0x200 - len(head)) + raw
+open(target, "wb").write(data)
 """
 
 

@@ -211,6 +211,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Origin
 
     def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:  # UEFI HTTP Boot asks for the size first
+        self._answer(body=False)
+
+    def _answer(self, *, body: bool) -> None:
         self.server.requests.append(self.path)
         data = self.server.files.get(self.path)
         if data is None:
@@ -219,19 +225,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if body:
+            self.wfile.write(data)
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-def _serve(pki: TestPki, tmp_path: Path, *, client_auth: bool = False, port: int = 0) -> _Origin:
+def _serve(pki: TestPki, tmp_path: Path, *, client_auth: bool = False, port: int = 0,
+           ciphers: str | None = None) -> _Origin:
     chain, key = pki.server_credentials("10.0.2.2")
     (tmp_path / "server.pem").write_bytes(chain)
     (tmp_path / "server.key").write_bytes(key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # what iPXE speaks
     ctx.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    if ciphers is not None:
+        ctx.set_ciphers(ciphers)
     if client_auth:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(pki.chain)

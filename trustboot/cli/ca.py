@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from trustboot.ca import profiles
 from trustboot.ca.store import (
@@ -251,8 +252,11 @@ def show_cmd(pki: Path, name: str, as_pem: bool, as_json: bool) -> None:
 @pki_option
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Directory to write the public trust material into.")
+@click.option("--uefi-tls", is_flag=True,
+              help="Also write uefi-cacerts.esl: the root as an EFI signature list, the form "
+              "UEFI firmware takes as its HTTPS Boot trust (edk2 'cacerts').")
 @json_option
-def export_cmd(pki: Path, out: Path, as_json: bool) -> None:
+def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
     """Public trust material: root.pem (one certificate, for iPXE TRUST=), chain.pem
     (issuing + root, what signatures carry), crl.pem and fingerprints."""
     ca = CertificateAuthority.open(pki)
@@ -270,6 +274,12 @@ def export_cmd(pki: Path, out: Path, as_json: bool) -> None:
         "chain": b"".join(pem(c) for c in ca.chain()),
         "crl": crl,
     }
+    if uefi_tls:
+        from trustboot.secureboot import efi
+
+        files["uefi_tls"] = out / "uefi-cacerts.esl"
+        contents["uefi_tls"] = efi.x509_list(
+            [ca.root_cert.public_bytes(serialization.Encoding.DER)], efi.TRUSTBOOT_OWNER)
     for kind, content in contents.items():
         try:
             atomic_write(files[kind], content, mode=PUBLIC_FILE_MODE)

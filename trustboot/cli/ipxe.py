@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -179,6 +180,10 @@ class _Progress:
 @click.option("--make-env", "make_env_names", multiple=True, metavar="NAME",
               help="Also pass environment variable NAME to make (e.g. CCACHE_DIR); make "
               "otherwise sees only PATH, HOME, TMPDIR and the C locale. Repeatable.")
+@click.option("--secureboot-sign", "secureboot_sign", type=click.Choice(["db"]),
+              help="Sign every EFI output with the CA home's Secure Boot db key "
+              "(trustboot secureboot init); the unsigned binary is kept as NAME.unsigned.efi.")
+@passphrase_options(prefix="secureboot-", what="the Secure Boot db key")
 @click.option("--unsafe-skip-lint", is_flag=True,
               help="Embed --script even if it is not fail-closed (not recommended).")
 @json_option
@@ -192,7 +197,9 @@ def build_cmd(
     on_failure: str, targets: tuple[str, ...], crosscert: str | None, no_ocsp: bool,
     serial_console: bool, source_date_epoch: int | None, output_dir: Path,
     cache_dir: Path | None, no_cache: bool, clean: bool, jobs: int | None,
-    make_env_names: tuple[str, ...], unsafe_skip_lint: bool, as_json: bool,
+    make_env_names: tuple[str, ...], unsafe_skip_lint: bool, secureboot_sign: str | None,
+    secureboot_passphrase_file: Path | None, secureboot_passphrase_env: str | None,
+    as_json: bool,
 ) -> None:
     """Build iPXE that trusts only your root and executes only verified images.
 
@@ -249,6 +256,19 @@ def build_cmd(
             hint="pass --chain https://HOST/boot.ipxe --signer NAME, or --script FILE",
         )
 
+    # The db key is unlocked before the build, so a wrong passphrase costs no build time.
+    sb_signer = None
+    if secureboot_sign is not None:
+        from trustboot.secureboot import keyset
+
+        if pki_dir is None:
+            raise ConfigError("--secureboot-sign needs the CA home with the Secure Boot key "
+                              "set (--pki)", hint="trustboot secureboot init --pki DIR")
+        sb_signer = keyset.open_signer(
+            keyset.load_keyset(pki_dir), "db",
+            passphrase_source(secureboot_passphrase_file, secureboot_passphrase_env,
+                              option="--secureboot-passphrase"),
+            now=datetime.now(UTC))
     client = None
     if client_cert is not None:
         client = load_client_identity(
@@ -295,6 +315,10 @@ def build_cmd(
         )
     finally:
         progress.finish()
+    if sb_signer is not None:
+        from trustboot.secureboot.sign_build import sign_outputs
+
+        sign_outputs(result.outputs, result.manifest, output_dir, sb_signer)
     if as_json:
         emit_json({"cached": result.cached, "output_dir": str(output_dir),
                    "outputs": {t: str(p) for t, p in result.outputs.items()},

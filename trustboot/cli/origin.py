@@ -24,7 +24,42 @@ def command() -> None:
           --client-ca /etc/trustboot/chain.pem --root /srv/boot \\
           > /etc/nginx/sites-enabled/trustboot
       trustboot origin check https://boot.example.net/boot.ipxe --signer boot-signer
+      trustboot origin dhcp-config --http-boot x86_64=https://boot.example.net/fw/ipxe.efi \\
+          --ipxe-script https://boot.example.net/boot.ipxe
     """
+
+
+@command.command("dhcp-config")
+@click.option("--http-boot", "http_boot", multiple=True, required=True, metavar="ARCH=URL",
+              help="UEFI HTTPS Boot: the signed iPXE binary's URL for ARCH (x86_64, arm64, "
+              "x86). Repeatable.")
+@click.option("--ipxe-script", metavar="URL",
+              help="Hand iPXE (user class iPXE) this script instead of the binary again.")
+@click.option("--format", "fmt", type=click.Choice(["dnsmasq", "kea"]), default="dnsmasq",
+              show_default=True)
+def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -> None:
+    """Print DHCP server snippets for UEFI HTTPS Boot of the signed iPXE (no TFTP).
+
+    Firmware announcing vendor class HTTPClient gets the HTTPS URL of the binary for its
+    architecture (option 93), with HTTPClient echoed back (firmware ignores offers without
+    it). Serve the binary signed for Secure Boot and give the firmware our CA as its TLS
+    trust (`trustboot ca export --uefi-tls`).
+    """
+    from trustboot.errors import ConfigError
+    from trustboot.publish import dhcpconfig
+
+    binaries: dict[str, str] = {}
+    for item in http_boot:
+        arch, sep, url = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--http-boot {item!r} is not ARCH=URL",
+                              hint="e.g. --http-boot x86_64=https://boot.example.net/ipxe.efi")
+        if arch in binaries:
+            raise ConfigError(f"--http-boot names {arch} twice")
+        binaries[arch] = url
+    config = dhcpconfig.HttpBoot(binaries, ipxe_script)
+    click.echo(dhcpconfig.dnsmasq(config) if fmt == "dnsmasq" else dhcpconfig.kea(config),
+               nl=False)
 
 
 @command.command("nginx-config")

@@ -46,7 +46,7 @@ class TargetInfo:
     linked: str | None = None  # the uncompressed linked image, if not "<target>.tmp"
 
 
-KNOWN_TARGETS: Mapping[str, TargetInfo] = {
+_FIXED_TARGETS: dict[str, TargetInfo] = {
     "bin-x86_64-efi/ipxe.efi": TargetInfo("efi", ""),
     "bin-x86_64-efi/snponly.efi": TargetInfo("efi", ""),
     "bin/undionly.kpxe": TargetInfo("bios", ""),
@@ -65,6 +65,34 @@ KNOWN_TARGETS: Mapping[str, TargetInfo] = {
         "efi", "aarch64-linux-gnu-", (("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),)
     ),
 }
+
+# NIC option ROMs: bin/VVVVDDDD.rom (PCI vendor and device ID), e.g. bin/8086100e.rom for
+# QEMU's e1000. Flashed into (or given to a VM as) the NIC's ROM, iPXE replaces the stock
+# PXE code, so the machine has no other network boot code to fall back to.
+_ROM = re.compile(r"bin/[0-9a-f]{8}\.rom")
+
+
+class _Targets(Mapping[str, TargetInfo]):
+    """The fixed targets, plus any PCI option ROM name."""
+
+    def __getitem__(self, name: str) -> TargetInfo:
+        if name in _FIXED_TARGETS:
+            return _FIXED_TARGETS[name]
+        if isinstance(name, str) and _ROM.fullmatch(name):
+            return TargetInfo("bios", "")
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in _FIXED_TARGETS or (isinstance(name, str) and bool(_ROM.fullmatch(name)))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FIXED_TARGETS)
+
+    def __len__(self) -> int:
+        return len(_FIXED_TARGETS)
+
+
+KNOWN_TARGETS: Mapping[str, TargetInfo] = _Targets()
 
 BASE_TOOLS = (
     ("make", "build-essential"),
@@ -86,7 +114,8 @@ def check_targets(targets: Sequence[str]) -> tuple[str, ...]:
         if target not in KNOWN_TARGETS:
             raise ConfigError(
                 f"unknown target {target!r}",
-                hint="choose from " + ", ".join(sorted(KNOWN_TARGETS)),
+                hint="choose from " + ", ".join(sorted(KNOWN_TARGETS))
+                + ", or a NIC option ROM bin/VVVVDDDD.rom (PCI vendor and device ID)",
             )
         if target not in out:
             out.append(target)

@@ -1,0 +1,69 @@
+"""NIC option ROM builds (`--target bin/VVVVDDDD.rom`) under QEMU as the e1000's ROM.
+
+With trustboot's ROM as the NIC's only boot code, the machine network-boots the verified
+chain and nothing else: a broken chain ends in the failure action, and SeaBIOS never
+starts another network loader (there is none). Needs TRUSTBOOT_IPXE_SRC and QEMU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.ipxe.test_real_ipxe import ENTRY, _flip, _serve
+from tests.ipxe.testpki import TestPki, cached_pki
+from tests.ipxe_qemu import DONE_MARKER, boot_rom, cache_root, ipxe_src_or_skip
+from trustboot.cli.main import cli
+
+pytestmark = [pytest.mark.ipxe, pytest.mark.slow]
+
+ROM = "bin/8086100e.rom"  # QEMU's e1000
+
+
+@pytest.fixture(scope="module")
+def src() -> Path:
+    return ipxe_src_or_skip()
+
+
+@pytest.fixture(scope="module")
+def pki(src: Path) -> TestPki:
+    return cached_pki(cache_root() / "pki", "main")
+
+
+def _rom(src: Path, pki: TestPki, port: int, tmp_path: Path) -> Path:
+    out = tmp_path / "fw"
+    result = CliRunner().invoke(cli, [
+        "ipxe", "build", "--source", str(src), "--pki", str(pki.dir),
+        "--target", ROM, "--serial-console",
+        "--chain", f"https://10.0.2.2:{port}/boot.ipxe", "--signer", "boot-signer",
+        "--retries", "2", "--retry-delay", "1",
+        "--cache-dir", str(cache_root() / "ipxe"), "-o", str(out), "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    return out / ROM
+
+
+def test_e1000_rom_boots_only_the_verified_chain(src: Path, pki: TestPki,
+                                                 tmp_path: Path) -> None:
+    origin = _serve(pki, tmp_path)
+    try:
+        rom = _rom(src, pki, origin.server_address[1], tmp_path)
+        assert rom.read_bytes()[:2] == b"\x55\xaa"  # a PCI option ROM
+        origin.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "rom")}
+        good, _ = boot_rom(rom, restrict=False, stop_on=(DONE_MARKER, "Could not verify"))
+        assert "MARKER-SIGNED-ENTRY-RAN" in good, good
+        origin.files = {"/boot.ipxe": _flip(ENTRY, 12),
+                        "/boot.ipxe.sig": origin.files["/boot.ipxe.sig"]}
+        bad, seabios = boot_rom(rom, restrict=False, timeout=90,
+                                stop_on=("No bootable device", "Booting from Hard Disk"))
+        assert "Could not verify" in bad, bad
+        assert "MARKER-SIGNED-ENTRY-RAN" not in bad
+        # The ROM is the NIC's only boot code: SeaBIOS tried exactly that one device, and
+        # no second iPXE (e.g. QEMU's stock e1000 ROM) ever printed its banner.
+        assert bad.count("iPXE initialising devices") <= 1, bad
+        assert "Booting from Hard Disk" not in seabios
+    finally:
+        origin.shutdown()
+        origin.server_close()

@@ -1,0 +1,91 @@
+"""`trustboot ipxe build --secureboot-sign db` with the fake iPXE tree (no iPXE needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.ipxe.testpki import make_pki
+from tests.secureboot.conftest import PASS
+from trustboot.cli.main import cli
+from trustboot.ipxe import build as B
+from trustboot.secureboot import authenticode, keyset
+
+CHAIN = ["--chain", "https://boot.example.com/boot.ipxe", "--signer", "boot-signer"]
+
+
+@pytest.fixture
+def pw(tmp_path: Path) -> Path:
+    p = tmp_path / "sb.pass"
+    p.write_text(PASS + "\n")
+    p.chmod(0o600)
+    return p
+
+
+@pytest.fixture
+def sb_env(env: dict[str, Path], tmp_path: Path, pw: Path) -> dict[str, Path]:
+    """The fake-tree build environment, and a CA home holding a Secure Boot key set."""
+    pki = make_pki(tmp_path / "pki-src").dir
+    r = CliRunner().invoke(cli, ["secureboot", "init", "--pki", str(pki), "--name", "Build",
+                                 "--passphrase-file", str(pw)])
+    assert r.exit_code == 0, r.output
+    return {**env, "pki": pki, "out": tmp_path / "out"}
+
+
+def test_efi_outputs_signed_and_recorded(sb_env: dict[str, Path], pw: Path) -> None:
+    r = CliRunner().invoke(cli, [
+        "ipxe", "build", "--source", str(sb_env["tree"]), "--pki", str(sb_env["pki"]), *CHAIN,
+        "-o", str(sb_env["out"]), "--secureboot-sign", "db",
+        "--secureboot-passphrase-file", str(pw), "--json"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((sb_env["out"] / "manifest.json").read_text())
+    db = keyset.load_keyset(sb_env["pki"]).certificates["db"]
+    record = manifest["secureboot"]
+    efi_targets = [t for t in B.DEFAULT_TARGETS if t.endswith(".efi")]
+    assert sorted(record["outputs"]) == sorted(efi_targets)
+    for target in efi_targets:
+        signed = (sb_env["out"] / target).read_bytes()
+        entry = record["outputs"][target]
+        assert hashlib.sha256(signed).hexdigest() == entry["signed_sha256"]
+        unsigned = (sb_env["out"] / target).with_name(entry["unsigned_copy"]).read_bytes()
+        assert hashlib.sha256(unsigned).hexdigest() == entry["unsigned_sha256"]
+        built = next(o for o in manifest["outputs"] if o["target"] == target)
+        assert built["sha256"] == entry["unsigned_sha256"]  # the build's own record
+        report = authenticode.verify_image(signed, [db], target)
+        assert report.image_sha256 == entry["authenticode_sha256"]
+        if shutil.which("sbverify"):
+            import subprocess
+
+            ok = subprocess.run(["sbverify", "--cert",
+                                 str(sb_env["pki"] / "secureboot" / "db.crt"),
+                                 str(sb_env["out"] / target)], capture_output=True)
+            assert ok.returncode == 0
+    # BIOS outputs are left alone.
+    assert "bin/undionly.kpxe" not in record["outputs"]
+
+
+def test_wrong_passphrase_fails_before_building(sb_env: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.write_text("not the passphrase\n")
+    bad.chmod(0o600)
+    r = CliRunner().invoke(cli, [
+        "ipxe", "build", "--source", str(sb_env["tree"]), "--pki", str(sb_env["pki"]), *CHAIN,
+        "-o", str(sb_env["out"]), "--secureboot-sign", "db",
+        "--secureboot-passphrase-file", str(bad)])
+    assert r.exit_code == 3 and "wrong passphrase" in r.output
+    assert not sb_env["out"].exists()
+    assert PASS not in r.output
+
+
+def test_no_key_set(sb_env: dict[str, Path], pw: Path, tmp_path: Path) -> None:
+    bare = make_pki(tmp_path / "bare").dir
+    r = CliRunner().invoke(cli, [
+        "ipxe", "build", "--source", str(sb_env["tree"]), "--pki", str(bare), *CHAIN,
+        "-o", str(sb_env["out"]), "--secureboot-sign", "db",
+        "--secureboot-passphrase-file", str(pw)])
+    assert r.exit_code == 3 and "no Secure Boot key set" in r.output

@@ -1,0 +1,323 @@
+"""A UEFI Secure Boot key set (PK, KEK, db) kept in the CA home, and its enrollment material.
+
+Layout under ``PKI/secureboot/``: ``secureboot.json`` (owner GUID, the certificates'
+SHA-256 fingerprints), ``PK.crt``/``KEK.crt``/``db.crt`` (PEM, 0644) and ``private/`` (0700)
+with the keys encrypted like every CA key (0600). Certificates are read back only if their
+fingerprint matches ``secureboot.json``: a certificate swapped in the directory is refused.
+
+Profiles: RSA-2048 and SHA-256 (what every UEFI implementation takes; larger RSA keys and
+ECDSA are refused by some firmware), self-signed with ``basicConstraints CA:TRUE`` as
+``openssl req -x509`` makes them, and ``notBefore`` backdated a day. Firmware does not
+check the validity period of db entries, but trustboot refuses to sign with an expired or
+not yet valid db certificate so that a stale key set is noticed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from asn1crypto import parser
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from trustboot import fsutil
+from trustboot.cms.sign import build_signed_data
+from trustboot.errors import ConfigError, OperationalError
+from trustboot.keys import keyfile
+from trustboot.keys.signer import KeySigner
+from trustboot.secrets import PassphraseSource
+from trustboot.secureboot import authenticode, efi
+
+ROLES = ("PK", "KEK", "db")
+# Who signs each variable's update: the PK signs itself (setup mode) and the KEK; the KEK
+# signs db.
+UPDATE_SIGNER = {"PK": "PK", "KEK": "PK", "db": "KEK"}
+DIRNAME = "secureboot"
+META = "secureboot.json"
+DEFAULT_DAYS = 3650
+MAX_CERT = 64 << 10
+
+
+@dataclass(frozen=True)
+class KeySet:
+    directory: Path
+    owner: uuid.UUID
+    certificates: dict[str, x509.Certificate]
+
+    def cert_path(self, role: str) -> Path:
+        return self.directory / f"{role}.crt"
+
+    def key_path(self, role: str) -> Path:
+        return self.directory / "private" / f"{role}.key"
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def _certificate(role: str, name: str, key: rsa.RSAPrivateKey, now: dt.datetime,
+                 days: int) -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Secure Boot {role}")])
+    not_before = now - dt.timedelta(days=1)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.datetime,
+                days: int = DEFAULT_DAYS, owner: uuid.UUID | None = None) -> KeySet:
+    """Create PK, KEK and db in ``pki/secureboot``. Refuses to overwrite a key set.
+
+    Everything is written into a private staging directory first and renamed into place
+    last, so a killed run leaves either no key set or a complete one.
+    """
+    pki = Path(pki)
+    if not pki.is_dir():
+        raise ConfigError(f"CA home {pki} does not exist", hint="run `trustboot ca init` first")
+    target = pki / DIRNAME
+    if target.exists() or target.is_symlink():
+        raise ConfigError(f"{target} already holds a Secure Boot key set",
+                          hint="keys enrolled in firmware are not replaced lightly; move it "
+                               "away first if you really mean to start over")
+    if not name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name) or len(name) > 64:
+        raise ConfigError(f"key set name {name!r} is empty, too long or holds control "
+                          "characters", hint="e.g. --name 'Example Boot'")
+    if not 1 <= days <= 36500:
+        raise ConfigError(f"--days {days} is out of range (1 to 36500)")
+    secret = passphrase("the Secure Boot keys")
+    keyfile.check_passphrase(secret, "the passphrase for the Secure Boot keys")
+    owner = owner or uuid.uuid4()
+    _clean_staging(pki)
+    staging = Path(tempfile.mkdtemp(prefix=".secureboot.", suffix=".tmp", dir=pki))
+    try:
+        os.chmod(staging, 0o755)  # noqa: S103 - public certificates; keys are in private/
+        fsutil.ensure_private_dir(staging / "private")
+        meta: dict[str, object] = {"version": 1, "name": name, "owner_guid": str(owner),
+                                   "created": now.astimezone(dt.UTC).isoformat(), "keys": {}}
+        certs: dict[str, x509.Certificate] = {}
+        for role in ROLES:
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            cert = _certificate(role, name, key, now, days)
+            keyfile.write_key(staging / "private" / f"{role}.key", key, secret)
+            fsutil.atomic_write(staging / f"{role}.crt",
+                                cert.public_bytes(serialization.Encoding.PEM),
+                                mode=fsutil.PUBLIC_FILE_MODE)
+            certs[role] = cert
+            keys = meta["keys"]
+            assert isinstance(keys, dict)
+            keys[role] = {"cert": f"{role}.crt", "sha256": _fingerprint(cert),
+                          "not_after": cert.not_valid_after_utc.isoformat()}
+        fsutil.atomic_write(staging / META, json.dumps(meta, indent=2).encode() + b"\n",
+                            mode=fsutil.PUBLIC_FILE_MODE)
+        os.rename(staging, target)
+        fsutil.fsync_dir(pki)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return KeySet(target, owner, certs)
+
+
+def _clean_staging(pki: Path) -> None:
+    """Remove staging directories left by a killed ``init`` (they never hold a key set
+    anyone uses: the rename is the commit)."""
+    for leftover in pki.glob(".secureboot.*.tmp"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def load_keyset(pki: Path) -> KeySet:
+    directory = Path(pki) / DIRNAME
+    meta_path = directory / META
+    if not meta_path.is_file():
+        raise ConfigError(f"no Secure Boot key set in {pki}",
+                          hint="create one with `trustboot secureboot init`")
+    try:
+        meta = json.loads(fsutil.read_capped(meta_path, 1 << 20, "Secure Boot metadata",
+                                             nofollow=True))
+        owner = uuid.UUID(meta["owner_guid"])
+        recorded = {role: meta["keys"][role]["sha256"] for role in ROLES}
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{meta_path} is damaged or incomplete",
+                          hint="restore the key set from your backup") from None
+    certs: dict[str, x509.Certificate] = {}
+    for role in ROLES:
+        path = directory / f"{role}.crt"
+        try:
+            cert = x509.load_pem_x509_certificate(
+                fsutil.read_capped(path, MAX_CERT, f"{role} certificate", nofollow=True))
+        except ValueError:
+            raise ConfigError(f"{path} is not a PEM certificate",
+                              hint="restore the key set from your backup") from None
+        if _fingerprint(cert) != recorded[role]:
+            raise ConfigError(f"{path} is not the {role} certificate recorded in {META}",
+                              hint="someone replaced it: restore it from your backup and "
+                                   "check who can write to the CA home")
+        certs[role] = cert
+    return KeySet(directory, owner, certs)
+
+
+def open_signer(keyset: KeySet, role: str, passphrase: PassphraseSource, *,
+                now: dt.datetime) -> KeySigner:
+    """The role's key, unlocked, after checking its certificate is valid at ``now``."""
+    cert = keyset.certificates[role]
+    if now < cert.not_valid_before_utc:
+        raise ConfigError(f"the {role} certificate is not valid until "
+                          f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z",
+                          hint="check this machine's clock")
+    if now > cert.not_valid_after_utc:
+        raise ConfigError(f"the {role} certificate expired on "
+                          f"{cert.not_valid_after_utc:%Y-%m-%d}",
+                          hint="create and enroll a new key set (firmware ignores the date, "
+                               "but an expired key set is one nobody is looking after)")
+    key = keyfile.load_key(keyset.key_path(role), passphrase, f"the Secure Boot {role} key")
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigError(f"the {role} key is not RSA")
+    return KeySigner(key, cert, [])
+
+
+def _pkcs7_signer(signer: KeySigner) -> Callable[[bytes], bytes]:
+    cert = signer.certificate.public_bytes(serialization.Encoding.DER)
+
+    def sign(digest: bytes) -> bytes:
+        info = build_signed_data(cert, [], "sha256", "rsa", signer.sign_digest(digest, "sha256"))
+        # UEFI wants the bare SignedData (as efitools writes it), not the ContentInfo around it.
+        return _inner_signed_data(info)
+    return sign
+
+
+def _inner_signed_data(content_info: bytes) -> bytes:
+    """The SignedData inside a DER ContentInfo: past the OID and the [0] wrapper."""
+    body = parser.parse(content_info)[4]
+    return bytes(parser.parse(body[parser.peek(body):])[4])
+
+
+def sign_efi(data: bytes, what: str, signer: KeySigner) -> bytes:
+    """``data`` signed (Authenticode, SHA-256) with the db key."""
+    return authenticode.sign_image(
+        data, what, signer.certificate, [],
+        lambda digest: signer.sign_digest(digest, "sha256"))
+
+
+def export(keyset: KeySet, out: Path, passphrase: PassphraseSource, *, now: dt.datetime,
+           ovmf_template: Path | None = None) -> list[Path]:
+    """Write the enrollment material into ``out`` (created 0755; existing files of the
+    same names are replaced atomically). Returns the files written."""
+    out = Path(out)
+    fsutil.make_dirs(out)
+    signers = {role: open_signer(keyset, role, passphrase, now=now) for role in ("PK", "KEK")}
+    written: list[Path] = []
+
+    def put(name: str, data: bytes) -> None:
+        try:
+            fsutil.atomic_write(out / name, data, mode=fsutil.PUBLIC_FILE_MODE)
+        except OSError as exc:
+            raise OperationalError(f"cannot write {out / name}: {exc.strerror}") from None
+        written.append(out / name)
+
+    for role in ROLES:
+        cert = keyset.certificates[role]
+        der = cert.public_bytes(serialization.Encoding.DER)
+        esl = efi.x509_list([der], keyset.owner)
+        put(f"{role}.crt", cert.public_bytes(serialization.Encoding.PEM))
+        put(f"{role}.cer", der)
+        put(f"{role}.esl", esl)
+        put(f"{role}.auth", efi.auth_update(role, esl, now,
+                                            _pkcs7_signer(signers[UPDATE_SIGNER[role]])))
+    put("owner-guid.txt", f"{keyset.owner}\n".encode())
+    put("ENROLL.md", _enroll_readme(keyset).encode())
+    if ovmf_template is not None:
+        put("OVMF_VARS.secboot.fd", ovmf_vars(keyset, ovmf_template))
+    return written
+
+
+def _virt_fw_vars() -> str:
+    local = Path(sys.executable).with_name("virt-fw-vars")
+    found = str(local) if local.is_file() else shutil.which("virt-fw-vars")
+    if not found:
+        raise ConfigError("virt-fw-vars is not installed (needed for the OVMF variables file)",
+                          hint="pip install 'trustboot[secureboot]' (PyPI virt-firmware)")
+    return found
+
+
+def ovmf_vars(keyset: KeySet, template: Path) -> bytes:
+    """An OVMF variable store from ``template`` with PK, KEK and db enrolled and Secure Boot
+    on (no Microsoft keys: only what this key set signed will start).
+
+    virt-firmware (GPL-2.0) runs as a separate program rather than being imported.
+    """
+    template = Path(template)
+    data = fsutil.read_capped(template, 64 << 20, "OVMF variables template")
+    with tempfile.TemporaryDirectory(prefix="trustboot-ovmf-") as tmp:
+        src = Path(tmp) / "template.fd"
+        src.write_bytes(data)
+        dst = Path(tmp) / "vars.fd"
+        owner = str(keyset.owner)
+        argv = [_virt_fw_vars(), "--input", str(src), "--output", str(dst),
+                "--set-pk", owner, str(keyset.cert_path("PK")),
+                "--add-kek", owner, str(keyset.cert_path("KEK")),
+                "--add-db", owner, str(keyset.cert_path("db")),
+                "--no-microsoft", "--secure-boot"]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False,
+                              timeout=120)
+        if proc.returncode != 0 or not dst.is_file():
+            detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ConfigError(f"{template} is not an OVMF variable store virt-fw-vars can use "
+                              f"({detail[0]})",
+                              hint="pass OVMF's VARS template, e.g. "
+                                   "/usr/share/OVMF/OVMF_VARS_4M.fd (Debian package ovmf)")
+        return dst.read_bytes()
+
+
+def _enroll_readme(keyset: KeySet) -> str:
+    fps = "\n".join(f"- {role}: SHA-256 {_fingerprint(c)}"
+                    for role, c in keyset.certificates.items())
+    return f"""# Enrolling this Secure Boot key set
+
+Owner GUID: {keyset.owner}
+
+{fps}
+
+Files: `PK/KEK/db` as `.crt` (PEM), `.cer` (DER), `.esl` (EFI signature list) and `.auth`
+(signed update: PK and KEK signed by PK, db signed by KEK).
+
+1. Put the firmware in **setup mode** (firmware setup: "Reset to setup mode" / "Clear
+   Secure Boot keys"). Keep the vendor keys if other operating systems must still boot:
+   then enroll only `db` (append) and keep the firmware's PK/KEK.
+2. Enroll in this order, db first and PK last (enrolling PK leaves setup mode):
+   - from Linux (efitools): `efi-updatevar -e -f db.esl db`,
+     `efi-updatevar -e -f KEK.esl KEK`, `efi-updatevar -f PK.auth PK`
+   - with KeyTool.efi: Edit Keys → db / KEK / PK → Add New Key → pick the `.auth` files
+   - in firmware setup screens that import files: pick `.cer` or `.auth` as offered.
+3. Turn Secure Boot on. Only EFI binaries signed by this db key start
+   (`trustboot secureboot sign` / `trustboot ipxe build --secureboot-sign db`).
+4. Virtual machines: `OVMF_VARS.secboot.fd` (when exported with `--ovmf-vars`) already has
+   the keys enrolled and Secure Boot on; use it with `OVMF_CODE_4M.secboot.fd` and
+   `-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on`.
+
+Keep `private/` of the key set offline-backed-up: losing the PK key means resetting the
+firmware to setup mode to change anything.
+"""
