@@ -33,10 +33,15 @@ from trustboot.cms import verify as rules
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion, verify_raw
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import atomic_write, fsync_dir, write_temp
-from trustboot.keys.signer import PendingSigner, Signer
+from trustboot.keys.algorithms import HashAlgorithm
+from trustboot.keys.signer import KeySource, Signer
 
-HASH_NAMES = ("sha256", "sha384", "sha512")
+HASH_NAMES = tuple(h.value for h in HashAlgorithm)
 CHUNK = 1 << 20
+# Files at least this large are hashed concurrently when there are several: hashlib drops
+# the GIL while it digests a large buffer, so threads use every core, without the start-up
+# and import cost of worker processes and with one progress display.
+PARALLEL_MIN_SIZE = 32 << 20
 Progress = Callable[[int], None]
 # progress(path, size) opens a per-file progress display and yields its byte-count callback.
 ProgressFactory = Callable[[Path, int], contextlib.AbstractContextManager[Progress]]
@@ -226,7 +231,7 @@ class Signed:
         }
 
 
-def preflight(signer: Signer | PendingSigner, *, now: dt.datetime,
+def preflight(signer: Signer | KeySource, *, now: dt.datetime,
               ipxe_version: IpxeVersion = DEFAULT_IPXE) -> rules.Verdict:
     """Refuse a signer iPXE would reject (chain judged against its own root at ``now``).
 
@@ -267,8 +272,7 @@ def preflight(signer: Signer | PendingSigner, *, now: dt.datetime,
 
 def sign_digest(signer: Signer, digest: bytes, hash_name: str) -> bytes:
     """The DER .sig for an image whose ``hash_name`` digest is ``digest``."""
-    if hash_name not in HASH_NAMES:
-        raise ConfigError(f"unsupported hash {hash_name}", hint="use sha256, sha384 or sha512")
+    hash_name = HashAlgorithm.parse(hash_name)
     signature = signer.sign_digest(digest, hash_name)
     return build_signed_data(_der(signer.certificate), [_der(c) for c in signer.chain],
                              hash_name, signer.algorithm, signature)
@@ -291,20 +295,52 @@ def hash_files(
     progress: ProgressFactory | None = None,
     cancel: threading.Event | None = None,
 ) -> list[Hashed]:
-    """Digest every file with ``hash_name`` (and SHA-256 for the manifest). No key needed."""
-    if hash_name not in HASH_NAMES:
-        raise ConfigError(f"unsupported hash {hash_name}", hint="use sha256, sha384 or sha512")
-    names = [hash_name] if hash_name == "sha256" else [hash_name, "sha256"]
-    out = []
-    for path in paths:
+    """Digest every file with ``hash_name`` (and SHA-256 for the manifest). No key needed.
+
+    Several large files are hashed concurrently, one thread each (up to the core count).
+    """
+    hash_name = HashAlgorithm.parse(hash_name)
+    names = [hash_name.value] if hash_name == "sha256" else [hash_name.value, "sha256"]
+    sizes = [_size(p) for p in paths]
+    large = [i for i, size in enumerate(sizes) if size >= PARALLEL_MIN_SIZE]
+    workers = min(len(large), os.cpu_count() or 1)
+    out: list[Hashed | None] = [None] * len(paths)
+    if workers >= 2:
+        lock = threading.Lock()
+        total = sum(sizes[i] for i in large)
+        with contextlib.ExitStack() as stack:
+            bar = (stack.enter_context(progress(Path(f"{len(large)} files"), total))
+                   if progress is not None else None)
+
+            def feed(n: int) -> None:
+                if bar is not None:
+                    with lock:
+                        bar(n)
+
+            def one(i: int) -> Hashed:
+                digests, size = hash_file(paths[i], names, feed, cancel)
+                return Hashed(paths[i], size, digests)
+
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for i, result in zip(large, pool.map(one, large), strict=True):
+                    out[i] = result
+    for i, path in enumerate(paths):
+        if out[i] is not None:
+            continue
         if progress is None:
             digests, size = hash_file(path, names, None, cancel)
         else:
-            size_hint = path.stat().st_size if path.exists() else 0
-            with progress(path, size_hint) as cb:
+            with progress(path, sizes[i]) as cb:
                 digests, size = hash_file(path, names, cb, cancel)
-        out.append(Hashed(path, size, digests))
-    return out
+        out[i] = Hashed(path, size, digests)
+    return [h for h in out if h is not None]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # hash_file reports the error with its context
 
 
 def check_targets(paths: Sequence[Path], out_dir: Path | None) -> None:
@@ -395,9 +431,31 @@ def _sign(
     # Serial on purpose: threads measured slower here (GIL, tiny work items).
     results = [one(i) for i in range(len(hashed))]
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_public_dirs(out_dir)
     write_all([(signed.signature_path, der) for signed, der in results])
     return [s for s, _ in results]
+
+
+def make_public_dirs(path: Path) -> None:
+    """Create ``path`` and missing parents 0755 whatever the umask (signatures are public,
+    but nobody else may add or replace files next to them)."""
+    missing: list[Path] = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        if current == current.parent:
+            break
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o755)
+            os.chmod(directory, 0o755)  # noqa: S103 - public signatures; the umask may narrow mkdir
+        except FileExistsError:
+            if not directory.is_dir():
+                raise _cannot_write(directory, FileExistsError(
+                    17, "exists and is not a directory"), "choose another --out") from None
+        except OSError as exc:
+            raise _cannot_write(directory, exc, "choose another --out directory") from None
 
 
 def _syncfs(directory: Path) -> bool:
