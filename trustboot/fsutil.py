@@ -1,14 +1,17 @@
-"""Atomic writes and private files.
+"""Atomic writes, private files, explicit modes and capped reads.
 
 Every write that matters goes through a temp file in the same directory, fsync, then
 os.replace, so a process killed at any moment leaves either the old or the new file.
 Private files are created with O_EXCL and mode 0600 from the start (never chmod'ed after
-the secret is already on disk) inside 0700 directories.
+the secret is already on disk) inside 0700 directories. Every file and directory gets an
+explicit mode: nothing here depends on the caller's umask. Files named by users are read
+through :func:`read_capped`, which refuses devices and FIFOs before reading a byte.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -21,6 +24,189 @@ from trustboot.errors import ConfigError, OperationalError
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
+PUBLIC_DIR_MODE = 0o755
+PUBLIC_FILE_MODE = 0o644
+# Leftover temp files (".NAME.XXXX.tmp") older than this belong to a killed run.
+STALE_TMP_SECONDS = 3600.0
+
+
+def make_dirs(path: Path, mode: int = PUBLIC_DIR_MODE) -> Path:
+    """``mkdir -p`` where every directory this call creates gets exactly ``mode``.
+
+    Existing directories are left as they are (callers that must trust one check it).
+    Raises OperationalError naming the path when a component is not a directory.
+    """
+    path = Path(path)
+    missing: list[Path] = []
+    probe = path
+    while not probe.is_dir():
+        if probe.exists() or probe.is_symlink():
+            raise OperationalError(
+                f"cannot create directory {path}: {probe} exists and is not a directory",
+                hint="choose another path, or move that file away",
+            )
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=mode)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise OperationalError(
+                    f"cannot create directory {path}: {directory} is not a directory"
+                ) from None
+            continue  # created meanwhile by a concurrent run: leave its mode to it
+        except OSError as exc:
+            raise OperationalError(
+                f"cannot create directory {directory}: {exc.strerror}",
+                hint="check the path and the permissions of its parent",
+            ) from None
+        os.chmod(directory, mode)  # mkdir's mode was narrowed by the umask
+    return path
+
+
+def read_capped(path: Path, limit: int, what: str, *, nofollow: bool = False) -> bytes:
+    """Read a regular file of at most ``limit`` bytes; ConfigError naming ``what`` otherwise.
+
+    The file is opened non-blocking (a FIFO cannot hang us) and checked with fstat before
+    anything is read, so /dev/zero, FIFOs and directories are refused unread. With
+    ``nofollow`` a symbolic link in the last component is refused too.
+    """
+    path = Path(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist", hint="check the path") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and nofollow:
+            raise ConfigError(
+                f"{what} {path} is a symbolic link, where a link is never expected",
+                hint=f"replace the link with the file itself, or check who created {path}",
+            ) from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}",
+                          hint="check the path and its permissions") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(
+                f"{what} {path} is not a regular file",
+                hint="pass a regular file (not a directory, device, FIFO or socket)",
+            )
+        if st.st_size > limit:
+            raise ConfigError(f"{what} {path} is larger than {limit} bytes",
+                              hint=f"a {what} is never that large: check the path")
+        # Regular files ignore O_NONBLOCK; read one byte past the cap to catch growth.
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise ConfigError(f"{what} {path} is larger than {limit} bytes",
+                              hint=f"a {what} is never that large: check the path")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def check_not_link(path: Path, what: str) -> None:
+    """Refuse a symbolic link where only a file the caller created belongs."""
+    if Path(path).is_symlink():
+        raise ConfigError(
+            f"{what} {path} is a symbolic link, where a link is never expected",
+            hint=f"remove the link (and check who created it): rm {path}",
+        )
+
+
+def check_owned_dir(path: Path, what: str, *, private: bool = False) -> None:
+    """Refuse a directory that another user owns or that group/others can write.
+
+    Anyone who can write to a directory can replace the files in it (a trust anchor, a
+    log, a link to a secret), whatever the files' own modes say. ``private`` also refuses
+    any access for group and others.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{what} {path} is not a directory")
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}): "
+            "its owner can replace what trustboot reads from it",
+            hint=f"chown -R {os.geteuid()} {path}  (as root, after checking its contents)",
+        )
+    loose = mode & (0o077 if private else 0o022)
+    if loose:
+        fix = "chmod 700" if private else "chmod go-w"
+        raise ConfigError(
+            f"{what} {path} is {'accessible to' if private else 'writable by'} other users "
+            f"(mode {mode:04o}): they could replace its files",
+            hint=f"{fix} {path}",
+        )
+
+
+def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Delete ``.*.tmp`` files a killed run left in ``directory``; returns what was removed.
+
+    Only files older than ``older_than`` seconds go: a younger one may belong to a
+    concurrent run that is about to rename it.
+    """
+    removed: list[Path] = []
+    cutoff = time.time() - older_than
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        tmp = Path(directory) / name
+        try:
+            st = os.lstat(tmp)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+                removed.append(tmp)
+    return removed
+
+
+def append_line(path: Path, data: bytes, *, mode: int = PUBLIC_FILE_MODE) -> None:
+    """Append to a log file that must be ours: never through a link, created with ``mode``."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(
+                f"{path} is a symbolic link, where a link is never expected; not appending",
+                hint=f"remove the link (and check who created it): rm {path}",
+            ) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path} is not a regular file; not appending",
+                              hint=f"move {path} away")
+        if st.st_size == 0:
+            os.fchmod(fd, mode)  # the umask narrowed (or, under umask 000, did not) the mode
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -69,18 +255,23 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
 def write_private_file(path: Path, data: bytes, *, overwrite: bool = False) -> None:
     """Write a secret: 0600 from creation, O_EXCL, atomically renamed into place.
 
-    With ``overwrite=False`` an existing file is an error, never replaced.
+    With ``overwrite=False`` an existing file (or any link, even a dangling one) is an
+    error, never replaced.
     """
     path = Path(path)
     ensure_private_dir(path.parent)
-    if path.exists() and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite:
         raise OperationalError(
             f"{path} already exists; refusing to overwrite a key file",
             hint="move the existing file away if you really mean to replace it",
         )
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover of a killed run that had our pid
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 PRIVATE_FILE_MODE)
     try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -89,7 +280,14 @@ def write_private_file(path: Path, data: bytes, *, overwrite: bool = False) -> N
             os.replace(tmp, path)
         else:
             # link() fails if the target appeared meanwhile: no silent replacement.
-            os.link(tmp, path)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OperationalError(
+                    f"{path} already exists; refusing to overwrite a key file",
+                    hint="move the existing file (or link) away if you really mean to "
+                    "replace it",
+                ) from None
             os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -98,10 +296,17 @@ def write_private_file(path: Path, data: bytes, *, overwrite: bool = False) -> N
     fsync_dir(path.parent)
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` as 0700, or check that an existing one is not open to others."""
+def read_private_file(path: Path, what: str, *, limit: int = 1 << 20) -> bytes:
+    """Read a key file: a regular file (never through a link), ours, 0600 or tighter."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_private_file(path, what)
+    return read_capped(path, limit, what, nofollow=True)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` as 0700, or check that an existing one is ours and closed to others."""
+    path = Path(path)
+    make_dirs(path.parent)
     try:
         # mkdir's mode can only be narrowed by the umask, so a directory another process is
         # creating at this moment is never looser than 0700: checking it below is safe.
@@ -111,33 +316,50 @@ def ensure_private_dir(path: Path) -> None:
     else:
         os.chmod(path, PRIVATE_DIR_MODE)  # the umask may have narrowed it further
         return
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ConfigError(
-            f"directory {path} is accessible to other users (mode {mode:04o})",
-            hint=f"chmod 700 {path}",
-        )
+    check_not_link(path, "private directory")
+    check_owned_dir(path, "private directory", private=True)
 
 
-def check_private_file(path: Path) -> None:
-    """Refuse a key file that group or others can read or write, naming the fix."""
+def check_private_file(path: Path, what: str = "key file") -> None:
+    """Refuse a key file that is a link, not ours, or open to group or others."""
     path = Path(path)
     try:
-        st = path.stat()
+        st = os.lstat(path)
     except FileNotFoundError:
-        raise ConfigError(f"key file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(
+            f"{what} {path} is a symbolic link, where a link is never expected",
+            hint=f"replace the link with the key file itself, or remove it: rm {path}",
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{what} {path} is not a regular file")
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
         raise ConfigError(
-            f"key file {path} is readable or writable by other users (mode {mode:04o})",
+            f"{what} {path} is readable or writable by other users (mode {mode:04o})",
             hint=f"chmod 600 {path}",
+        )
+    if st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})",
+            hint=f"chown {os.geteuid()} {path}  (after checking where it came from)",
         )
 
 
 @contextlib.contextmanager
 def locked(lock_path: Path, *, timeout: float = 60.0) -> Iterator[None]:
     """An exclusive advisory lock (fcntl.flock) held for the duration of the block."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     PRIVATE_FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"lock file {lock_path} is a symbolic link",
+                              hint=f"remove it (and check who created it): rm {lock_path}",
+                              ) from None
+        raise OperationalError(f"cannot open lock file {lock_path}: {exc.strerror}",
+                               hint="check the directory's permissions") from None
     deadline = time.monotonic() + timeout
     try:
         while True:

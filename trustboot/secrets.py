@@ -12,20 +12,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trustboot.errors import ConfigError
+from trustboot.fsutil import read_capped
 
 # Called with a short description of what the passphrase unlocks ("CA key", ...).
 PassphraseSource = Callable[[str], bytes]
 
 
+# A passphrase is one line; a file larger than this is the wrong file (or /dev/zero).
+MAX_PASSPHRASE_FILE = 64 * 1024
+
+
 def from_file(path: Path) -> PassphraseSource:
     def source(_what: str) -> bytes:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read passphrase file {path}: {exc.strerror}",
-                hint="pass a readable file with --passphrase-file",
-            ) from None
+        data = read_capped(Path(path), MAX_PASSPHRASE_FILE, "passphrase file")
         value = data.splitlines()[0] if data else b""
         if not value:
             raise ConfigError(f"passphrase file {path} is empty")
@@ -36,13 +35,15 @@ def from_file(path: Path) -> PassphraseSource:
 
 def from_env(name: str) -> PassphraseSource:
     def source(_what: str) -> bytes:
-        value = os.environ.get(name)
+        # environb: the bytes as given, whatever the locale (no decode error that would
+        # point into the secret).
+        value = os.environb.get(os.fsencode(name))
         if not value:
             raise ConfigError(
                 f"environment variable {name} is not set or empty",
                 hint=f"export {name} with the passphrase, or use --passphrase-file",
             )
-        return value.encode()
+        return value
 
     return source
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 MAKEFILE = """\
 FAKE_PY ?= python3
@@ -32,7 +33,7 @@ with open(os.environ["FAKE_RUNS"], "a") as log:
     log.write(target + "\\n")
 if os.environ.get("FAKE_FAIL"):
     for i in range(40):
-        print(f"  [BUILD] bin/file{i}.o")
+        print(f"  [BUILD] bin/file{i}.o", flush=True)
     print("core/broken.c:12: error: expected ';' before '}' token", file=sys.stderr)
     sys.exit(2)
 out = [b"FAKE-IPXE " + target.encode() + b" " + epoch.encode()]
@@ -64,5 +65,17 @@ def make_fake_tree(top: Path) -> Path:
     return top
 
 
+# make runs with a minimal environment: these reach the fake build through
+# trustboot.ipxe.build.MAKE_ENV_PASSTHROUGH (see fake_env_passthrough).
+FAKE_VARS = ("FAKE_PY", "FAKE_RUNS", "FAKE_FAIL", "FAKE_DROP_TRUST")
+
+
 def fake_env() -> dict[str, str]:
     return {"FAKE_PY": sys.executable}
+
+
+def fake_env_passthrough(monkeypatch: Any) -> None:
+    """Let make see the FAKE_* knobs (and nothing else of the test's environment)."""
+    from trustboot.ipxe import build
+
+    monkeypatch.setattr(build, "MAKE_ENV_PASSTHROUGH", FAKE_VARS)

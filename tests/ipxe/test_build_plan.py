@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_tool
-from tests.ipxe.fake_tree import fake_env, make_fake_tree
+from tests.ipxe.fake_tree import fake_env, fake_env_passthrough, make_fake_tree
 from tests.ipxe.testpki import TestPki, make_pki
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.ipxe import build as B
@@ -41,6 +41,7 @@ def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     log.write_text("")
     for k, v in fake_env().items():
         monkeypatch.setenv(k, v)
+    fake_env_passthrough(monkeypatch)
     monkeypatch.setenv("FAKE_RUNS", str(log))
     return log
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import require_tool
-from tests.ipxe.fake_tree import fake_env, make_fake_tree
+from tests.ipxe.fake_tree import fake_env, fake_env_passthrough, make_fake_tree
 from tests.ipxe.testpki import TestPki, make_pki
 from trustboot.cli.main import cli
 from trustboot.ipxe import build as B
@@ -34,6 +34,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     runs.write_text("")
     for k, v in fake_env().items():
         monkeypatch.setenv(k, v)
+    fake_env_passthrough(monkeypatch)
     monkeypatch.setenv("FAKE_RUNS", str(runs))
     monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
@@ -158,7 +159,7 @@ def test_bad_input_exits_3_with_a_hint(env: dict[str, Path], pki: TestPki, tmp_p
                                "no client certificate"),
         "commit-without-git": ([*src, *trust, *CHAIN, "--commit", "a" * 40], "--git"),
         "git-short-commit": ([*trust, *CHAIN, "--git", "https://example.invalid/ipxe.git",
-                              "--commit", "abc123"], "40-hex-digit"),
+                              "--commit", "abc123"], "40 or 64 hex digits"),
     }[case]
     code, out, err = run("ipxe", "build", *args)
     assert code == 3, (code, out, err)

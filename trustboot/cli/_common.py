@@ -88,13 +88,19 @@ def passphrase_source(
                 f"a passphrase for {what} is needed and there is no terminal to ask on",
                 hint=f"use {option}-file FILE or {option}-env NAME",
             )
-        value: str = click.prompt(
-            f"Passphrase for {what}", hide_input=True, confirmation_prompt=confirm,
-            err=True,
-        )
+        try:
+            value: str = click.prompt(
+                f"Passphrase for {what}", hide_input=True, confirmation_prompt=confirm,
+                err=True,
+            )
+        except UnicodeError:
+            # The codec's message gives byte positions inside the secret: never show it.
+            raise ConfigError(f"the passphrase typed for {what} is not valid in this "
+                              "terminal's encoding",
+                              hint=f"use {option}-file FILE (any bytes)") from None
         if not value:
             raise ConfigError("empty passphrase")
-        return value.encode()
+        return value.encode("utf-8", "surrogateescape")
 
     return prompt
 

@@ -28,7 +28,14 @@ from trustboot.ipxe.script import (
     lint_script,
     render_chain_script,
 )
-from trustboot.ipxe.source import ENV_SOURCE, clone_pinned, open_source, resolve_source_dir
+from trustboot.ipxe.source import (
+    ENV_SOURCE,
+    check_commit,
+    check_git_url,
+    clone_pinned,
+    open_source,
+    resolve_source_dir,
+)
 
 
 @click.group("ipxe")
@@ -158,6 +165,9 @@ class _Progress:
 @click.option("--no-cache", is_flag=True, help="Rebuild even if the same inputs were built.")
 @click.option("--clean", is_flag=True, help="Build in a fresh copy even for BIOS targets.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), help="make -j (default: CPUs).")
+@click.option("--make-env", "make_env_names", multiple=True, metavar="NAME",
+              help="Also pass environment variable NAME to make (e.g. CCACHE_DIR); make "
+              "otherwise sees only PATH, HOME, TMPDIR and the C locale. Repeatable.")
 @click.option("--unsafe-skip-lint", is_flag=True,
               help="Embed --script even if it is not fail-closed (not recommended).")
 @json_option
@@ -171,7 +181,7 @@ def build_cmd(
     on_failure: str, targets: tuple[str, ...], crosscert: str | None, no_ocsp: bool,
     serial_console: bool, source_date_epoch: int | None, output_dir: Path,
     cache_dir: Path | None, no_cache: bool, clean: bool, jobs: int | None,
-    unsafe_skip_lint: bool, as_json: bool,
+    make_env_names: tuple[str, ...], unsafe_skip_lint: bool, as_json: bool,
 ) -> None:
     """Build iPXE that trusts only your root and executes only verified images.
 
@@ -182,6 +192,20 @@ def build_cmd(
       trustboot ipxe build --target bin/ipxe.lkrn --script boot.ipxe --trust next-root.crt
     """
     target_list = ipxe_build.check_targets(targets or ipxe_build.DEFAULT_TARGETS)
+    if git_url is not None:
+        # Before anything else runs: the URL reaches git, the commit names a directory.
+        if source_dir is not None or commit is None:
+            raise ConfigError("--git URL needs --commit SHA and excludes --source")
+        git_url = check_git_url(git_url)
+        commit = check_commit(commit)
+    elif commit is not None:
+        raise ConfigError("--commit only makes sense with --git URL")
+    for name in make_env_names:
+        if not name or not name.replace("_", "a").isalnum() or name[0].isdigit():
+            raise ConfigError(f"--make-env {name!r} is not an environment variable name")
+        if passphrase_env is not None and name == passphrase_env:
+            raise ConfigError(f"--make-env {name} would hand the client key's passphrase "
+                              "to make", hint="pass another variable")
     # The default ./pki is used only if it is there; an explicit --pki must exist.
     explicit_pki = ctx.get_parameter_source("pki") not in (
         click.core.ParameterSource.DEFAULT, None,
@@ -222,14 +246,11 @@ def build_cmd(
         )
 
     if git_url is not None:
-        if source_dir is not None or commit is None:
-            raise ConfigError("--git URL needs --commit SHA and excludes --source")
+        assert commit is not None
         cache = ipxe_build.prepare_cache_dir(cache_dir or ipxe_build.default_cache_dir())
-        checkout = clone_pinned(git_url, commit, cache / "git" / commit.lower())
+        checkout = clone_pinned(git_url, commit, cache / "git" / commit)
         source = open_source(checkout)
     else:
-        if commit is not None:
-            raise ConfigError("--commit only makes sense with --git URL")
         source = open_source(resolve_source_dir(source_dir))
 
     if source.ignored_local_config:
@@ -259,6 +280,7 @@ def build_cmd(
         result = ipxe_build.build(
             request, output_dir=output_dir, cache_dir=cache_dir, jobs=jobs,
             use_cache=not no_cache, clean=clean, on_progress=progress,
+            make_env_names=make_env_names,
         )
     finally:
         progress.finish()

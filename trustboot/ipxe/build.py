@@ -14,8 +14,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from trustboot import fsutil
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.ipxe.config import BuildOptions, Certificate, ClientIdentity, render_headers
 from trustboot.ipxe.source import IpxeSource, copy_tree
+from trustboot.subproc import minimal_env
 
 # Bump when the way we build changes, so old cache entries are not reused.
 BUILD_FORMAT = 1
@@ -94,7 +97,8 @@ def check_targets(targets: Sequence[str]) -> tuple[str, ...]:
 
 
 def _first_line(argv: list[str]) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False,
+                          stdin=subprocess.DEVNULL, env=minimal_env())
     text = (proc.stdout or proc.stderr).strip().splitlines()
     return text[0].strip() if text else ""
 
@@ -139,7 +143,7 @@ def _present(name: str, which: Callable[[str], str | None]) -> bool:
 def _has_lzma_header() -> bool:
     proc = subprocess.run(
         ["gcc", "-E", "-x", "c", "-"], input="#include <lzma.h>\n",
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, env=minimal_env(),
     )
     return proc.returncode == 0
 
@@ -316,27 +320,46 @@ def _warm_key(request: BuildRequest, toolchain: Mapping[str, str]) -> str:
 _PROGRESS = re.compile(r"^\s*\[([A-Z]+)\]\s+(\S+)")
 
 
+# Names of variables from our own environment that make also sees (e.g. CCACHE_DIR);
+# empty by default: make gets PATH, HOME, TMPDIR and the C locale, never a passphrase
+# variable, a cloud credential or MAKEFLAGS.
+MAKE_ENV_PASSTHROUGH: tuple[str, ...] = ()
+
+
+def make_env(passthrough: Sequence[str] = ()) -> dict[str, str]:
+    """make's whole environment: minimal, plus the named variables if they are set."""
+    names = (*MAKE_ENV_PASSTHROUGH, *passthrough)
+    return minimal_env({n: os.environ[n] for n in names if n in os.environ})
+
+
 def _run_make(
-    argv: Sequence[str], cwd: Path, log: Path, on_progress: ProgressCallback | None
+    argv: Sequence[str], cwd: Path, log: Path, on_progress: ProgressCallback | None,
+    env: Mapping[str, str],
 ) -> None:
-    env = dict(os.environ)
-    env["LC_ALL"] = "C"
-    env.pop("MAKEFLAGS", None)
-    env.pop("MFLAGS", None)
     # The -ffile-prefix-map needs the absolute src dir; make expands $(CURDIR) itself.
     with open(log, "ab") as fh:
         fh.write(("$ " + " ".join(argv) + "\n").encode())
         fh.flush()
         proc = subprocess.Popen(
-            list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+            list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=dict(env),
         )
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            fh.write(raw)
-            match = _PROGRESS.match(raw.decode(errors="replace"))
-            if match and on_progress is not None:
-                on_progress(f"{match.group(1)} {match.group(2)}")
-        rc = proc.wait()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                fh.write(raw)
+                match = _PROGRESS.match(raw.decode(errors="replace"))
+                if match and on_progress is not None:
+                    on_progress(f"{match.group(1)} {match.group(2)}")
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:  # interrupted: make must not outlive its work tree
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     if rc != 0:
         tail = log.read_text(errors="replace").splitlines()[-25:]
         targets = ", ".join(a for a in argv if "/" in a and "=" not in a)
@@ -393,8 +416,69 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 
 
 def _copy_out(src: Path, dest: Path, mode: int) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    fsutil.make_dirs(dest.parent)
     fsutil.atomic_write(dest, src.read_bytes(), mode=mode)
+
+
+_FRESH_PREFIX = "build-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    return True
+
+
+def remove_abandoned_trees(work_root: Path) -> list[Path]:
+    """Remove fresh work trees whose build was killed (SIGKILL, power loss).
+
+    A fresh tree is named ``build-<pid>-...``; when that process is gone the tree is a
+    leftover, and one built with --client-cert still holds the unencrypted client key
+    (trustboot-inputs/client.key, and the objects made from it). Returns what was removed.
+    """
+    removed = []
+    try:
+        names = os.listdir(work_root)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not name.startswith(_FRESH_PREFIX):
+            continue
+        pid_text = name[len(_FRESH_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if _pid_alive(pid):  # a running build (ours included) owns it
+            continue
+        shutil.rmtree(work_root / name, ignore_errors=True)
+        removed.append(work_root / name)
+    return removed
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into an exception for the duration, so cleanup code runs.
+
+    Only in the main thread (where Python delivers signals); elsewhere a no-op, and the
+    next run's :func:`remove_abandoned_trees` is the safety net.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise OperationalError(f"interrupted by signal {signum}; the build was abandoned",
+                               hint="rerun the build")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -404,25 +488,30 @@ def _work_tree(
     """A private copy of src/: warm and reused for BIOS-only builds without a client key
     (iPXE rebuilds only what TRUST/CERT/EMBED touch, and those images are reproducible
     across trees); fresh and removed afterwards otherwise (EFI needs a clean tree to be
-    reproducible, and objects built with PRIVKEY= hold the key)."""
+    reproducible, and objects built with PRIVKEY= hold the key). A fresh tree is a 0700
+    temporary directory removed on every exit path, SIGTERM included; after a SIGKILL the
+    next build removes it (its name carries the pid that owned it)."""
     work_root = cache / "work"
-    work_root.mkdir(exist_ok=True)
+    fsutil.make_dirs(work_root, fsutil.PRIVATE_DIR_MODE)
     if _bios_only(request.targets) and request.client is None and not clean:
         top = work_root / f"warm-{_warm_key(request, toolchain)[:32]}"
         with fsutil.locked(work_root / f"{top.name}.lock", timeout=3600):
             if not (top / "src" / ".trustboot-complete").exists():
                 shutil.rmtree(top, ignore_errors=True)
-                top.mkdir()
+                top.mkdir(mode=fsutil.PRIVATE_DIR_MODE)
                 copy_tree(request.source, top)
                 (top / "src" / ".trustboot-complete").write_text("")
             yield top
         return
-    top = Path(tempfile.mkdtemp(prefix=f"build-{key[:12]}-", dir=work_root))
-    try:
-        copy_tree(request.source, top)
-        yield top
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
+    with _sigterm_unwinds():
+        # mkdtemp: 0700 whatever the umask.
+        top = Path(tempfile.mkdtemp(prefix=f"{_FRESH_PREFIX}{os.getpid()}-{key[:12]}-",
+                                    dir=work_root))
+        try:
+            copy_tree(request.source, top)
+            yield top
+        finally:
+            shutil.rmtree(top, ignore_errors=True)
 
 
 def build(
@@ -435,14 +524,23 @@ def build(
     clean: bool = False,
     on_progress: ProgressCallback | None = None,
     toolchain: Mapping[str, str] | None = None,
+    make_env_names: Sequence[str] = (),
 ) -> BuildResult:
-    """Build (or fetch from the cache) every target, copy them to ``output_dir``."""
+    """Build (or fetch from the cache) every target, copy them to ``output_dir``.
+
+    make runs with a minimal environment (:func:`make_env`); ``make_env_names`` names more
+    variables of ours it may see (e.g. CCACHE_DIR). Output directories are created 0755,
+    binaries 0644 (0600 when they hold a client key).
+    """
     toolchain = dict(toolchain) if toolchain is not None else check_toolchain(request.targets)
     cache = prepare_cache_dir(cache_dir or default_cache_dir())
     key = cache_key(request, toolchain)
     entry = cache / "out" / key
-    (cache / "out").mkdir(exist_ok=True)
-    (cache / "logs").mkdir(exist_ok=True)
+    for sub in ("out", "logs"):
+        fsutil.make_dirs(cache / sub, fsutil.PRIVATE_DIR_MODE)
+    # A build killed by SIGKILL left its tree (and maybe a client key): remove it first,
+    # whether or not this run needs a work tree.
+    remove_abandoned_trees(cache / "work")
     log = cache / "logs" / f"{key[:16]}.log"
     mode = 0o600 if request.client is not None else 0o644
     cached = True
@@ -450,7 +548,8 @@ def build(
         if not use_cache or not (entry / "manifest.json").exists():
             cached = False
             _build_into(request, entry, key, log, toolchain, cache,
-                        jobs or os.cpu_count() or 1, clean, on_progress)
+                        jobs or os.cpu_count() or 1, clean, on_progress,
+                        make_env(make_env_names))
         manifest_bytes = (entry / "manifest.json").read_bytes()
         outputs: dict[str, Path] = {}
         for target in request.targets:
@@ -472,9 +571,10 @@ def _build_into(
     jobs: int,
     clean: bool,
     on_progress: ProgressCallback | None,
+    env: Mapping[str, str],
 ) -> None:
     plan = make_plan(request, jobs=jobs)
-    log.write_bytes(b"")
+    fsutil.atomic_write(log, b"", mode=fsutil.PRIVATE_FILE_MODE)
     with _work_tree(request, cache, key, toolchain, clean) as top:
         src = top / "src"
         local = src / "config" / "local"
@@ -500,7 +600,7 @@ def _build_into(
             if request.client is not None:
                 fsutil.write_private_file(key_file, request.client.key_pem)
             for argv in plan.invocations:
-                _run_make(argv, top, log, on_progress)
+                _run_make(argv, top, log, on_progress, env)
         finally:
             # The key is readable only while make runs.
             with contextlib.suppress(FileNotFoundError):
@@ -521,8 +621,8 @@ def _build_into(
             data = built.read_bytes()
             check = _trust_check(built, data, target, request)
             dest = staging / target
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
+            fsutil.make_dirs(dest.parent, fsutil.PRIVATE_DIR_MODE)
+            fsutil.atomic_write(dest, data, mode=fsutil.PRIVATE_FILE_MODE)
             outputs.append({
                 "target": target,
                 "sha256": hashlib.sha256(data).hexdigest(),
@@ -558,6 +658,7 @@ def _build_into(
         "toolchain": dict(sorted(toolchain.items())),
         "outputs": outputs,
     }
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    fsutil.atomic_write(staging / "manifest.json",
+                        (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     shutil.rmtree(entry, ignore_errors=True)
     os.replace(staging, entry)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from trustboot.errors import ConfigError, OperationalError
+from trustboot.fsutil import PRIVATE_DIR_MODE, make_dirs
+from trustboot.subproc import git_env
 
 ENV_SOURCE = "TRUSTBOOT_IPXE_SRC"
 
@@ -117,22 +121,27 @@ def _git(top: Path, *args: str) -> str | None:
     if not (top / ".git").exists() or shutil.which("git") is None:
         return None
     proc = subprocess.run(
-        ["git", "-C", str(top), *args], capture_output=True, text=True, check=False
+        ["git", "-C", str(top), *args], capture_output=True, text=True, check=False,
+        stdin=subprocess.DEVNULL, env=git_env(),
     )
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _head(top: Path) -> str | None:
+    return _git(top, "rev-parse", "--verify", "--end-of-options", "HEAD^{commit}")
 
 
 def open_source(path: Path) -> IpxeSource:
     """Detect the tree at ``path`` and identify it (tree hash, git commit when there is one)."""
     src = find_src_dir(path)
     top = src.parent
-    commit = _git(top, "rev-parse", "HEAD")
+    commit = _head(top)
     dirty = None
     when = None
     if commit is not None:
         status = _git(top, "status", "--porcelain", "--untracked-files=no", "--", "src")
         dirty = bool(status)
-        stamp = _git(top, "log", "-1", "--format=%ct", "HEAD")
+        stamp = _git(top, "log", "-1", "--format=%ct", "HEAD", "--")
         when = int(stamp) if stamp and stamp.isdigit() else None
     local = src / "config" / "local"
     ignored = tuple(sorted(
@@ -160,31 +169,85 @@ def copy_tree(source: IpxeSource, dest: Path) -> Path:
     return target
 
 
-def clone_pinned(url: str, commit: str, dest: Path) -> Path:
-    """Clone ``url`` at exactly ``commit`` into ``dest`` (reused if already there)."""
-    if len(commit) != 40 or any(c not in "0123456789abcdef" for c in commit.lower()):
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_URL_SCHEMES = ("https", "ssh", "file")
+
+
+def check_commit(commit: str) -> str:
+    """A full commit id (SHA-1: 40 hex digits, SHA-256: 64), lower-cased."""
+    value = commit.strip().lower()
+    if not _COMMIT.fullmatch(value):
         raise ConfigError(
-            f"--commit {commit!r} is not a full 40-hex-digit commit id",
+            f"--commit {commit!r} is not a full commit id (40 or 64 hex digits)",
             hint="pin the source to a full commit id (git rev-parse v2.0.0^{commit})",
         )
+    return value
+
+
+def check_git_url(url: str) -> str:
+    """The repository ``--git`` names, made safe to hand to git.
+
+    Accepted: ``https://``, ``ssh://`` and ``file://`` URLs, and an existing local
+    directory (returned as an absolute path). Everything else is refused: a value starting
+    with ``-`` (git would read it as an option: ``--upload-pack=CMD`` runs CMD), control
+    characters and whitespace, ``ext::`` and other transport helpers, scp-like
+    ``host:path`` (give ``ssh://host/path``), plain http and git://.
+    """
+    hint = ("pass https://HOST/PATH, ssh://[USER@]HOST/PATH, file:///PATH or a local "
+            "directory, e.g. --git https://github.com/ipxe/ipxe.git")
+    if not url or url.startswith("-") or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise ConfigError(f"--git {url!r} is not a repository URL "
+                          "(it is empty, starts with '-' or holds spaces or control "
+                          "characters)", hint=hint)
+    scheme, sep, _rest = url.partition("://")
+    if sep:
+        parts = urlsplit(url)
+        if scheme.lower() not in _URL_SCHEMES:
+            raise ConfigError(f"--git {url!r}: the {scheme!r} transport is not allowed",
+                              hint=hint)
+        if scheme.lower() != "file" and not parts.hostname:
+            raise ConfigError(f"--git {url!r} has no host", hint=hint)
+        if scheme.lower() == "file" and (parts.netloc or not parts.path):
+            raise ConfigError(f"--git {url!r} is not a file:///PATH URL", hint=hint)
+        return url
+    if "::" in url or (":" in url.split("/", 1)[0]):
+        raise ConfigError(
+            f"--git {url!r} is a transport helper or scp-like address, which is not allowed",
+            hint=hint,
+        )
+    path = Path(url)
+    if not path.is_dir():
+        raise ConfigError(f"--git {url!r} is neither an allowed URL nor a local directory",
+                          hint=hint)
+    return str(path.resolve())
+
+
+def clone_pinned(url: str, commit: str, dest: Path) -> Path:
+    """Clone ``url`` at exactly ``commit`` into ``dest`` (reused if already there)."""
+    commit = check_commit(commit)
+    url = check_git_url(url)
     if shutil.which("git") is None:
         raise ConfigError("git is needed to clone an iPXE tree", hint="apt-get install git")
-    if (dest / ".git").exists() and _git(dest, "rev-parse", "HEAD") == commit.lower():
+    if (dest / ".git").exists() and _head(dest) == commit:
         return dest
-    dest.mkdir(parents=True, exist_ok=True)
+    make_dirs(dest, PRIVATE_DIR_MODE)
     steps = (
-        ["git", "init", "-q", str(dest)],
-        ["git", "-C", str(dest), "fetch", "-q", "--depth", "1", url, commit],
-        ["git", "-C", str(dest), "checkout", "-q", "--detach", "FETCH_HEAD"],
+        # --template=: no hook samples or other files from the system's template dir.
+        ["git", "init", "-q", "--template=", "--", str(dest)],
+        ["git", "-C", str(dest), "fetch", "-q", "--no-tags", "--depth", "1", "--", url,
+         commit],
+        ["git", "-C", str(dest), "-c", "advice.detachedHead=false", "checkout", "-q",
+         "--detach", commit, "--"],
     )
     for argv in steps:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL, env=git_env())
         if proc.returncode != 0:
             raise OperationalError(
                 f"could not fetch {commit} from {url}: {proc.stderr.strip()[-500:]}",
                 hint="check the URL and that the commit exists there, or use --source DIR",
             )
-    head = _git(dest, "rev-parse", "HEAD")
-    if head != commit.lower():
+    head = _head(dest)
+    if head != commit:
         raise OperationalError(f"clone of {url} is at {head}, not the pinned {commit}")
     return dest

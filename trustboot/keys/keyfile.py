@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from trustboot.errors import ConfigError
-from trustboot.fsutil import check_private_file, write_private_file
+from trustboot.fsutil import read_private_file, write_private_file
 from trustboot.secrets import PassphraseSource
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -26,6 +26,8 @@ SCRYPT_N = 1 << 14
 SCRYPT_R = 8
 SCRYPT_P = 1
 MIN_PASSPHRASE_LEN = 8
+# An RSA-16384 PKCS#8 PEM is under 13 KiB; anything near this cap is not a key.
+MAX_KEY_FILE_SIZE = 1 << 20
 
 _OID_PBES2 = "1.2.840.113549.1.5.13"
 _OID_SCRYPT = "1.3.6.1.4.1.11591.4.11"
@@ -96,8 +98,7 @@ def check_passphrase(passphrase: bytes, what: str) -> None:
 def load_key(path: Path, passphrases: PassphraseSource, what: str) -> PrivateKey:
     """Load an encrypted key file, refusing loose permissions and unencrypted keys."""
     path = Path(path)
-    check_private_file(path)
-    data = path.read_bytes()
+    data = read_private_file(path, "key file", limit=MAX_KEY_FILE_SIZE)
     if b"ENCRYPTED PRIVATE KEY" not in data and b"Proc-Type: 4,ENCRYPTED" not in data:
         raise ConfigError(
             f"key file {path} is not encrypted",
