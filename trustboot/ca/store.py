@@ -310,6 +310,7 @@ class CertificateAuthority:
         days: int | None = None,
         csr_pem: bytes | None = None,
         now: dt.datetime | None = None,
+        public_key: profiles.PublicKey | None = None,
     ) -> IssueResult:
         """Issue a leaf certificate; its new key is written encrypted to private/NAME.key."""
         now = now or utcnow()
@@ -331,8 +332,11 @@ class CertificateAuthority:
         self._check_duplicate(name)
         warnings: list[str] = []
         key: PrivateKey | None = None
+        # A key held elsewhere (a CSR's, or a token's public key): nothing is generated.
+        external = csr_pem is not None or public_key is not None
         if csr_pem is not None:
             public_key = _public_key_from_csr(csr_pem)
+        if public_key is not None:
             spec = profiles.check_public_key(public_key, for_ca=False)
         else:
             spec = profiles.parse_key_type(key_type, for_ca=False)
@@ -349,7 +353,7 @@ class CertificateAuthority:
             raise ConfigError("private/issuing-ca.key does not match issuing-ca.crt",
                               hint="the CA is damaged; restore it from backup")
         new_key_pem: bytes | None = None
-        if csr_pem is None:
+        if not external:
             assert key_passphrases is not None
             key_pass = key_passphrases(f"the new key {name!r}")
             keyfile.check_passphrase(key_pass, f"the passphrase for {name!r}")
@@ -361,6 +365,7 @@ class CertificateAuthority:
             self._tidy()
             self._check_duplicate(name)
             serial = self._new_serial()
+            assert public_key is not None  # from the CSR, the token, or the new key
             cert = profiles.build_certificate(
                 profile=profile, subject_cn=name, public_key=public_key,
                 issuer_cert=self.issuing_cert, issuer_key=issuing_key, serial=serial,

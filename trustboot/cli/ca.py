@@ -102,6 +102,14 @@ def _issue_options(func: Any) -> Any:
     func = click.option("--csr", type=click.Path(path_type=Path, dir_okay=False, exists=True),
                         help="Certify the public key of this CSR instead of generating a key "
                         "(e.g. a key held in an HSM).")(func)
+    func = click.option("--pkcs11-key", "pkcs11_key", metavar="URI",
+                        help="Certify the key pair in a PKCS#11 token named by this RFC 7512 "
+                        "URI (its public key object is read; the private key never leaves "
+                        "the token).")(func)
+    func = click.option("--pkcs11-module", "pkcs11_module",
+                        type=click.Path(path_type=Path, dir_okay=False),
+                        envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
+                        help="PKCS#11 module (.so) for --pkcs11-key.")(func)
     func = click.option("--days", type=int, help="Validity in days (profile default).")(func)
     func = click.option("--key-type", default="rsa-3072", show_default=True,
                         type=click.Choice(profiles.LEAF_KEY_TYPES))(func)
@@ -112,14 +120,27 @@ def _issue_options(func: Any) -> Any:
 def _do_issue(profile: str, name: str, sans: list[str], pki: Path, key_type: str,
               days: int | None, csr: Path | None, passphrase_file: Path | None,
               passphrase_env: str | None, key_passphrase_file: Path | None,
-              key_passphrase_env: str | None, as_json: bool) -> None:
+              key_passphrase_env: str | None, as_json: bool, pkcs11_key: str | None = None,
+              pkcs11_module: Path | None = None) -> None:
     ca = CertificateAuthority.open(pki)
+    public_key = None
+    if pkcs11_key is not None:
+        if csr is not None:
+            raise ConfigError("give only one of --csr and --pkcs11-key")
+        from trustboot.keys.pkcs11 import public_key_of
+        from trustboot.keys.ref import parse_ref
+
+        ref = parse_ref(pkcs11_key)
+        if ref.scheme != "pkcs11":
+            raise ConfigError(f"--pkcs11-key {ref} is not a pkcs11: URI",
+                              hint="pkcs11:token=T;object=O")
+        public_key = public_key_of(ref, pkcs11_module)
     ca_source = passphrase_source(passphrase_file, passphrase_env)
-    key_source = None if csr else passphrase_source(
+    key_source = None if (csr or public_key) else passphrase_source(
         key_passphrase_file, key_passphrase_env, confirm=True, option="--key-passphrase")
     result: IssueResult = ca.issue(
         profile, name, ca_source, key_source, sans=sans, key_type=key_type, days=days,
-        csr_pem=csr.read_bytes() if csr else None)
+        csr_pem=csr.read_bytes() if csr else None, public_key=public_key)
     for w in result.warnings:
         warn(w)
     e = result.entry

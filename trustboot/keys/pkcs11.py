@@ -35,6 +35,7 @@ from trustboot.keys.signer import (
     key_algorithm,
     load_certificates,
     order_chain,
+    revoked_error,
 )
 from trustboot.secrets import PassphraseSource
 
@@ -200,22 +201,47 @@ def find_one(session: Any, uri: Pkcs11Uri, object_class: Any, what: str) -> Any:
     return objects[0]
 
 
-def _certificate_from_token(lib: Any, uri: Pkcs11Uri) -> x509.Certificate:
+def _certificate_from_token(lib: Any, uri: Pkcs11Uri) -> x509.Certificate | None:
+    """The certificate object with the key's id/label, if the token holds one."""
     p11 = _import_pkcs11()
     token = find_token(lib, uri)
     with token.open() as session:  # certificates are public objects: no login
         objects = list(session.get_objects(_template(uri, p11.ObjectClass.CERTIFICATE)))
-        if len(objects) != 1:
-            raise ConfigError(
-                f"{'no' if not objects else len(objects)} certificate objects match "
-                f"{uri.text} in the token",
-                hint="pass the signing certificate with --cert FILE")
+        if not objects:
+            return None
+        if len(objects) > 1:
+            raise ConfigError(f"{len(objects)} certificate objects match {uri.text}",
+                              hint="add id= to the URI, or pass the certificate with --cert")
         der = bytes(objects[0][p11.Attribute.VALUE])
     try:
         return x509.load_der_x509_certificate(der)
     except ValueError:
         raise ConfigError(f"the certificate object of {uri.text} is not a readable "
                           "X.509 certificate", hint="pass it with --cert FILE") from None
+
+
+def _certificate_from_pki(lib: Any, uri: Pkcs11Uri, pki: Path | None) -> x509.Certificate:
+    """The pki's valid code-signing certificate for the token's public key (as issued by
+    `trustboot ca issue codesign NAME --pkcs11-key URI`)."""
+    hint = ("pass the signing certificate with --cert FILE, or issue one for this key: "
+            "trustboot ca issue codesign NAME --pkcs11-key URI")
+    from trustboot.ca.store import CertificateAuthority
+
+    if pki is None or not CertificateAuthority.exists(pki):
+        raise ConfigError(f"no certificate for {uri.text}: none in the token, no pki",
+                          hint=hint)
+    public = _token_public_key(lib, uri)
+    ca = CertificateAuthority.open(pki)
+    revoked = None
+    for entry in reversed(ca.entries):
+        if entry.profile != "codesign" or entry.load_cert().public_key() != public:
+            continue
+        if entry.status == "valid":
+            return entry.load_cert()
+        revoked = revoked or entry
+    if revoked is not None:
+        raise revoked_error(revoked.name, revoked.serial, f"the CA index in {pki}")
+    raise ConfigError(f"no certificate for {uri.text} in the token or in {pki}", hint=hint)
 
 
 @dataclass
@@ -358,7 +384,8 @@ def resolve(ref: KeyRef, opts: ResolveOptions) -> Pkcs11KeySource:
         if opts.cert is not None:
             leaf = load_certificates(opts.cert, "certificate")[0]
         else:
-            leaf = _certificate_from_token(lib, uri)
+            leaf = (_certificate_from_token(lib, uri)
+                    or _certificate_from_pki(lib, uri, opts.pki))
     pool = load_certificates(opts.chain, "chain") if opts.chain is not None else []
     return Pkcs11KeySource(ref, leaf, tuple(order_chain(leaf, pool)), uri, module)
 
@@ -366,28 +393,32 @@ def resolve(ref: KeyRef, opts: ResolveOptions) -> Pkcs11KeySource:
 def public_key_of(ref: KeyRef, module_option: Path | None) -> Any:
     """The public key of a token's key pair (for the CA to certify it); no login needed
     when the public key object is public, as it is by default."""
+    uri = parse_uri(ref.value)
+    with loaded_module(module_path(uri, module_option)) as lib:
+        return _token_public_key(lib, uri)
+
+
+def _token_public_key(lib: Any, uri: Pkcs11Uri) -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     p11 = _import_pkcs11()
-    uri = parse_uri(ref.value)
-    with loaded_module(module_path(uri, module_option)) as lib:
-        token = find_token(lib, uri)
-        with token.open() as session:
-            obj = find_one(session, uri, p11.ObjectClass.PUBLIC_KEY, "public key")
-            if obj.key_type == p11.KeyType.RSA:
-                n = int.from_bytes(bytes(obj[p11.Attribute.MODULUS]), "big")
-                e = int.from_bytes(bytes(obj[p11.Attribute.PUBLIC_EXPONENT]), "big")
-                return rsa.RSAPublicNumbers(e, n).public_key()
-            if obj.key_type == p11.KeyType.EC:
-                from asn1crypto import core, keys
+    token = find_token(lib, uri)
+    with token.open() as session:
+        obj = find_one(session, uri, p11.ObjectClass.PUBLIC_KEY, "public key")
+        if obj.key_type == p11.KeyType.RSA:
+            n = int.from_bytes(bytes(obj[p11.Attribute.MODULUS]), "big")
+            e = int.from_bytes(bytes(obj[p11.Attribute.PUBLIC_EXPONENT]), "big")
+            return rsa.RSAPublicNumbers(e, n).public_key()
+        if obj.key_type == p11.KeyType.EC:
+            from asn1crypto import core, keys
 
-                params = keys.ECDomainParameters.load(bytes(obj[p11.Attribute.EC_PARAMS]))
-                curves = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
-                curve = curves.get(params.chosen.native if params.name == "named" else "")
-                if curve is None:
-                    raise ConfigError(f"the key {uri.text} is on a curve iPXE cannot verify",
-                                      hint="use P-256 or P-384")
-                point = core.OctetString.load(bytes(obj[p11.Attribute.EC_POINT])).native
-                return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
-            raise ConfigError(f"the key {uri.text} is a {obj.key_type.name} key; only RSA "
-                              "and ECDSA keys can sign for iPXE", hint="use RSA or EC P-256")
+            params = keys.ECDomainParameters.load(bytes(obj[p11.Attribute.EC_PARAMS]))
+            curves = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
+            curve = curves.get(params.chosen.native if params.name == "named" else "")
+            if curve is None:
+                raise ConfigError(f"the key {uri.text} is on a curve iPXE cannot verify",
+                                  hint="use P-256 or P-384")
+            point = core.OctetString.load(bytes(obj[p11.Attribute.EC_POINT])).native
+            return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+        raise ConfigError(f"the key {uri.text} is a {obj.key_type.name} key; only RSA "
+                          "and ECDSA keys can sign for iPXE", hint="use RSA or EC P-256")

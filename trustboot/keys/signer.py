@@ -308,13 +308,13 @@ def pki_status(cert: x509.Certificate, pki: Path, now: dt.datetime | None,
     entry = ca.find_serial(cert.serial_number)
     name = entry.name if entry is not None else cert.subject.rfc4514_string()
     if entry is not None and entry.status == "revoked":
-        raise _revoked(name, cert.serial_number, f"the CA index in {pki}")
+        raise revoked_error(name, cert.serial_number, f"the CA index in {pki}")
     if _crl_lists(ca.path / "crl.pem", ca.issuing_cert, cert.serial_number):
-        raise _revoked(name, cert.serial_number, f"{ca.path / 'crl.pem'}")
+        raise revoked_error(name, cert.serial_number, f"{ca.path / 'crl.pem'}")
     return (entry.effective_status(now) if entry is not None else None), ca.chain()
 
 
-def _revoked(name: str, serial: int, where: str) -> VerificationError:
+def revoked_error(name: str, serial: int, where: str) -> VerificationError:
     return VerificationError(
         f"certificate {name} (serial {serial:#x}) is revoked in {where}; refusing to sign "
         "[rule: revoked]",
@@ -357,10 +357,10 @@ def _resolve_ca(ref: KeyRef, opts: ResolveOptions) -> KeySource:
         )
     status = entry.effective_status(now)
     if status == "revoked":
-        raise _revoked(entry.name, entry.serial, f"the CA index in {ca.path}")
+        raise revoked_error(entry.name, entry.serial, f"the CA index in {ca.path}")
     leaf = entry.load_cert()
     if _crl_lists(ca.path / "crl.pem", ca.issuing_cert, leaf.serial_number):
-        raise _revoked(entry.name, entry.serial, f"{ca.path / 'crl.pem'}")
+        raise revoked_error(entry.name, entry.serial, f"{ca.path / 'crl.pem'}")
     pool = list(ca.chain())
     if opts.chain is not None:
         pool += load_certificates(opts.chain, "chain")
