@@ -352,3 +352,37 @@ def test_sign_paths_is_the_cli_workflow(material: Material, tmp_path: Path) -> N
     assert len(run.results) == 3 and run.warnings == seen
     assert any("stop verifying" in w for w in seen)
     assert json.loads((tmp_path / "m.json").read_text()) == run.manifest()
+
+
+def test_large_rsa_batches_are_signed_in_parallel_and_correctly(material: Material) -> None:
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+    from cryptography.hazmat.primitives.hashes import SHA256
+
+    from trustboot.cms.sign import PARALLEL_SIGN_MIN, sign_many
+
+    key, cert, chain = material.issue("batch-signer", rsa_key())
+    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
+                            cert=cert, chain=chain)
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 9)]
+    signatures = sign_many(signer, digests, "sha256")
+    assert len(signatures) == len(digests)
+    public = signer.certificate.public_key()
+    for digest, sig in zip(digests, signatures, strict=True):  # in order, each one valid
+        public.verify(sig, digest, padding.PKCS1v15(), Prehashed(SHA256()))  # type: ignore
+
+
+def test_sign_help_does_not_import_the_signing_stack() -> None:
+    import subprocess
+    import sys
+
+    from trustboot.cli import sign as cli_sign
+    from trustboot.cms.certinfo import DEFAULT_IPXE
+
+    assert cli_sign.DEFAULT_IPXE == str(DEFAULT_IPXE)
+    code = ("import sys, trustboot.cli.sign; "
+            "print(sorted(m for m in sys.modules if m.startswith(('cryptography', 'asn1crypto', "
+            "'trustboot.cms', 'trustboot.ca', 'httpx', 'certifi', 'yaml'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out

@@ -10,6 +10,7 @@ import os
 import stat
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -23,10 +24,16 @@ from trustboot.cli._common import (
     progress,
     warn,
 )
-from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion
-from trustboot.cms.sign import HASH_NAMES, ProgressFactory
-from trustboot.cms.workflow import MAX_FILE_LIST_BYTES, read_file_list, sign_paths
 from trustboot.errors import ConfigError, OperationalError
+from trustboot.keys.algorithms import HashAlgorithm
+
+if TYPE_CHECKING:
+    from trustboot.cms.sign import ProgressFactory
+
+# The signing modules (cryptography, asn1crypto, iPXE's rules) are imported when the command
+# runs, not to build its options: `--help` and usage errors stay fast in CI loops.
+HASH_NAMES = tuple(h.value for h in HashAlgorithm)
+DEFAULT_IPXE = "2.0.0"  # trustboot.cms.certinfo.DEFAULT_IPXE (a test keeps them equal)
 
 # Files above this size get a progress bar on a terminal.
 PROGRESS_THRESHOLD = 64 << 20
@@ -62,6 +69,8 @@ def _pin_source(pin_file: Path | None, pin_env: str | None) -> secrets.Passphras
 
 
 def _read_files_from(source: str) -> list[Path]:
+    from trustboot.cms.workflow import MAX_FILE_LIST_BYTES, read_file_list
+
     if source == "-":
         return read_file_list(sys.stdin.buffer.read(MAX_FILE_LIST_BYTES + 1), "stdin")
     path = Path(source)
@@ -117,7 +126,7 @@ def _read_files_from(source: str) -> list[Path]:
 @click.option("--expiry-warning-days", type=int, default=30, show_default=True,
               envvar="TRUSTBOOT_EXPIRY_WARNING_DAYS", show_envvar=True,
               help="Warn when the signature's chain expires within this many days.")
-@click.option("--ipxe-version", "ipxe_version", default=str(DEFAULT_IPXE), show_default=True,
+@click.option("--ipxe-version", "ipxe_version", default=DEFAULT_IPXE, show_default=True,
               envvar="TRUSTBOOT_IPXE_VERSION", show_envvar=True,
               help="Target iPXE; ECDSA keys need 2.0.0 or later.")
 @json_option
@@ -133,6 +142,9 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
     token logged in to) once for all files. Without a terminal nothing is prompted for:
     secrets come from --passphrase-file/-env, --pin-file/-env or pin-source=.
     """
+    from trustboot.cms.certinfo import IpxeVersion
+    from trustboot.cms.workflow import sign_paths
+
     try:
         version = IpxeVersion.parse(ipxe_version)
     except ValueError as exc:

@@ -34,7 +34,7 @@ from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion, verify_raw
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import atomic_write, fsync_dir, write_temp
 from trustboot.keys.algorithms import HashAlgorithm
-from trustboot.keys.signer import KeySource, Signer
+from trustboot.keys.signer import KeySigner, KeySource, Signer
 
 HASH_NAMES = tuple(h.value for h in HashAlgorithm)
 CHUNK = 1 << 20
@@ -403,9 +403,11 @@ def _sign(
     assert isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
     subject = signer.certificate.subject.rfc4514_string()
 
+    signatures = sign_many(signer, [h.digests[hash_name] for h in hashed], hash_name)
+
     def one(index: int) -> tuple[Signed, bytes]:
         item = hashed[index]
-        signature = signer.sign_digest(item.digests[hash_name], hash_name)
+        signature = signatures[index]
         der = template.render(signature)
         # Belt and braces: what is about to be published verifies under iPXE's rules (in
         # full once; after that only the signature value differs between files).
@@ -428,12 +430,72 @@ def _sign(
             chain_not_after=report.chain_not_after,
         ), der
 
-    # Serial on purpose: threads measured slower here (GIL, tiny work items).
     results = [one(i) for i in range(len(hashed))]
     if out_dir is not None:
         make_public_dirs(out_dir)
     write_all([(signed.signature_path, der) for signed, der in results])
     return [s for s, _ in results]
+
+
+# From this many RSA signatures on, the batch is split over forked processes.
+PARALLEL_SIGN_MIN = 64
+
+
+def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str) -> list[bytes]:
+    """One signature per digest. An in-memory RSA key signs a large batch on every core:
+    each signature costs ~1 ms of CPU and cryptography holds the GIL while it signs, so
+    the batch is split over forked children (which inherit the unlocked key, never write it
+    anywhere, and exit at once). Tokens, ECDSA (fast already) and small batches stay serial,
+    as does any process with other threads running (forking those is unsafe)."""
+    workers = min(os.cpu_count() or 1, 8)
+    if (len(digests) < PARALLEL_SIGN_MIN or workers < 2 or not isinstance(signer, KeySigner)
+            or signer.algorithm != "rsa" or threading.active_count() > 1
+            or not hasattr(os, "fork")):
+        return [signer.sign_digest(d, hash_name) for d in digests]
+    chunks = [list(range(i, len(digests), workers)) for i in range(workers)]
+    children: list[tuple[int, int, list[int]]] = []
+    for chunk in chunks[1:]:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which never returns
+            code = 1
+            try:
+                os.close(read_fd)
+                out = b"".join(_frame(signer.sign_digest(digests[i], hash_name))
+                               for i in chunk)
+                with os.fdopen(write_fd, "wb") as fh:
+                    fh.write(out)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        children.append((pid, read_fd, chunk))
+    result: list[bytes | None] = [None] * len(digests)
+    for i in chunks[0]:
+        result[i] = signer.sign_digest(digests[i], hash_name)
+    for pid, read_fd, chunk in children:
+        with os.fdopen(read_fd, "rb") as fh:
+            data = fh.read()
+        _, status = os.waitpid(pid, 0)
+        values = _unframe(data) if os.waitstatus_to_exitcode(status) == 0 else []
+        if len(values) != len(chunk):  # a child failed: its share is signed here instead
+            values = [signer.sign_digest(digests[i], hash_name) for i in chunk]
+        for i, value in zip(chunk, values, strict=True):
+            result[i] = value
+    return [r for r in result if r is not None]
+
+
+def _frame(value: bytes) -> bytes:
+    return len(value).to_bytes(4, "big") + value
+
+
+def _unframe(data: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        out.append(data[pos + 4:pos + 4 + n])
+        pos += 4 + n
+    return out if pos == len(data) else []
 
 
 def make_public_dirs(path: Path) -> None:
