@@ -142,27 +142,41 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
     token logged in to) once for all files. Without a terminal nothing is prompted for:
     secrets come from --passphrase-file/-env, --pin-file/-env or pin-source=.
     """
-    from trustboot.cms.certinfo import IpxeVersion
-    from trustboot.cms.workflow import sign_paths
+    from trustboot.cms.digest import HashJob
+    from trustboot.cms.workflow import check_options
 
-    try:
-        version = IpxeVersion.parse(ipxe_version)
-    except ValueError as exc:
-        raise ConfigError(str(exc), hint="e.g. --ipxe-version 2.0.0") from None
     paths = list(files)
     if files_from is not None:
         paths += _read_files_from(files_from)
+    check_options(paths, out_dir=out_dir, manifest=manifest,
+                  expiry_warning_days=expiry_warning_days)
     passphrases = passphrase_source(passphrase_file, passphrase_env)
     pins = _pin_source(pin_file, pin_env)
     prompts = (passphrase_file is None and passphrase_env is None) if not \
         key_ref.strip().lower().startswith("pkcs11:") else (pin_file is None and pin_env is None
                                                             and "pin-source=" not in key_ref)
-    run = sign_paths(
-        paths, key_ref, secrets=passphrases, pins=pins, pki=pki, cert=cert, chain=chain,
-        hash_name=hash_name, out_dir=out_dir, manifest=manifest,
-        progress=_progress_factory(not as_json and is_interactive()), ipxe_version=version,
-        expiry_warning_days=expiry_warning_days, pkcs11_module=pkcs11_module,
-        on_warning=warn, unlock_first=prompts)
+    bars = _progress_factory(not as_json and is_interactive())
+    # Without a prompt to wait for, hashing starts now and overlaps the signing stack's
+    # imports, the key reference's resolution and the unlock (hashlib drops the GIL).
+    hashing = None if prompts else HashJob(paths, hash_name, progress=bars)
+    try:
+        from trustboot.cms.certinfo import IpxeVersion
+        from trustboot.cms.workflow import sign_paths
+
+        try:
+            version = IpxeVersion.parse(ipxe_version)
+        except ValueError as exc:
+            raise ConfigError(str(exc), hint="e.g. --ipxe-version 2.0.0") from None
+        run = sign_paths(
+            paths, key_ref, secrets=passphrases, pins=pins, pki=pki, cert=cert, chain=chain,
+            hash_name=hash_name, out_dir=out_dir, manifest=manifest, progress=bars,
+            ipxe_version=version, expiry_warning_days=expiry_warning_days,
+            pkcs11_module=pkcs11_module, on_warning=warn, unlock_first=prompts,
+            hashing=hashing)
+    except BaseException:
+        if hashing is not None:
+            hashing.cancel()
+        raise
     if as_json:
         emit_json(run.manifest())
         return

@@ -10,30 +10,25 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion
-from trustboot.cms.sign import (
-    Hashed,
-    ProgressFactory,
-    Signed,
-    check_targets,
-    hash_files,
-    preflight,
-    sign_hashed,
-)
+from trustboot.cms.digest import HashJob, ProgressFactory
 from trustboot.errors import ConfigError, OperationalError
-from trustboot.fsutil import atomic_write
 from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
 from trustboot.keys.ref import KeyRef, parse_ref
-from trustboot.keys.signer import KeySource, Signer, resolve_signer
 from trustboot.secrets import PassphraseSource
+
+if TYPE_CHECKING:
+    from trustboot.cms.certinfo import IpxeVersion
+    from trustboot.cms.sign import Signed
+
+# This module imports only the standard library and light trustboot modules at load time:
+# a caller validates options and starts a HashJob first, and the signing stack
+# (cryptography, asn1crypto, iPXE's rules) is imported inside sign_paths while it hashes.
 
 MAX_EXPIRY_WARNING_DAYS = 36500
 # A --files-from list larger than this is not a list of files.
@@ -135,18 +130,20 @@ def sign_paths(
     manifest: Path | None = None,
     now: dt.datetime | None = None,
     progress: ProgressFactory | None = None,
-    ipxe_version: IpxeVersion = DEFAULT_IPXE,
+    ipxe_version: IpxeVersion | None = None,
     expiry_warning_days: int = 30,
     pkcs11_module: Path | None = None,
     on_warning: Warn | None = None,
     unlock_first: bool = False,
+    hashing: HashJob | None = None,
 ) -> SignRun:
     """Sign ``paths`` with the key ``key_ref`` names; every FILE.sig or none is written.
 
     ``secrets`` answers passphrase requests (key files), ``pins`` PIN requests (tokens;
     defaults to ``secrets``). ``unlock_first``: ask for the secret before hashing (when it
     comes from a prompt, so a progress display does not run under it); otherwise the key is
-    unlocked while the files are hashed.
+    unlocked while the files are hashed. ``hashing``: a HashJob the caller started earlier
+    for the same files and hash (so hashing overlaps its imports); cancelled on failure.
     """
     paths = list(paths)
     hash_alg = HashAlgorithm.parse(hash_name)
@@ -161,26 +158,40 @@ def sign_paths(
         if on_warning is not None:
             on_warning(message)
 
-    source = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now,
-                            pkcs11_module=pkcs11_module)
-    if source.algorithm == KeyAlgorithm.ECDSA and not ipxe_version.ecdsa:
-        raise ConfigError(f"ECDSA signatures need iPXE >= 2.0.0 (target: {ipxe_version})",
-                          hint="use an RSA key, or --ipxe-version 2.0.0 for newer builds")
-    # Refuse a doomed signer before asking for its secret or reading any file.
-    for finding in preflight(source, now=now, ipxe_version=ipxe_version).warnings:
-        warn(f"{finding.message}\n  hint: {finding.remedy}")
-    check_targets(paths, out_dir)
-    wants_pin = source.secret_kind == "pin"  # noqa: S105 - a kind, not a secret
-    secret = pins if (pins is not None and wants_pin) else secrets
-    with ExitStack() as stack:
-        if unlock_first:
+    from trustboot.cms.certinfo import DEFAULT_IPXE
+    from trustboot.cms.sign import check_targets, preflight, sign_hashed
+    from trustboot.fsutil import atomic_write
+    from trustboot.keys.signer import resolve_signer
+
+    ipxe_version = ipxe_version or DEFAULT_IPXE
+    if hashing is not None and (hashing.paths != paths or hashing.hash != hash_alg):
+        raise ValueError("the hashing job was started for other files or another hash")
+    job = hashing
+    try:
+        source = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now,
+                                pkcs11_module=pkcs11_module)
+        if source.algorithm == KeyAlgorithm.ECDSA and not ipxe_version.ecdsa:
+            raise ConfigError(f"ECDSA signatures need iPXE >= 2.0.0 (target: {ipxe_version})",
+                              hint="use an RSA key, or --ipxe-version 2.0.0 for newer builds")
+        # Refuse a doomed signer before asking for its secret.
+        for finding in preflight(source, now=now, ipxe_version=ipxe_version).warnings:
+            warn(f"{finding.message}\n  hint: {finding.remedy}")
+        check_targets(paths, out_dir)
+        wants_pin = source.secret_kind == "pin"  # noqa: S105 - a kind, not a secret
+        secret = pins if (pins is not None and wants_pin) else secrets
+        with ExitStack() as stack:
+            if job is None and not unlock_first:
+                # Hash on a second core while the key's KDF (or the token login) runs.
+                job = HashJob(paths, hash_alg, progress=progress)
             signer = stack.enter_context(source.open(secret))
-            hashed = hash_files(paths, hash_alg, progress=progress)
-        else:
-            signer, hashed = _open_while_hashing(stack, source, secret, paths, hash_alg,
-                                                 progress)
-        results = sign_hashed(hashed, signer, hash_name=hash_alg, out_dir=out_dir, now=now,
-                              ipxe_version=ipxe_version)
+            hashed = job.result() if job is not None else HashJob(
+                paths, hash_alg, progress=progress).result()
+            results = sign_hashed(hashed, signer, hash_name=hash_alg, out_dir=out_dir,
+                                  now=now, ipxe_version=ipxe_version)
+    except BaseException:
+        if job is not None:
+            job.cancel()  # stop reading files nobody will sign
+        raise
     ends = min(r.chain_not_after for r in results)
     if ends - now < dt.timedelta(days=expiry_warning_days):
         warn(f"these signatures stop verifying on {ends.isoformat()} "
@@ -201,20 +212,3 @@ def sign_paths(
                                    hint="check the directory; the signatures were written"
                                    ) from None
     return run
-
-
-def _open_while_hashing(
-    stack: ExitStack, source: KeySource, secret: PassphraseSource, paths: list[Path],
-    hash_alg: HashAlgorithm, progress: ProgressFactory | None,
-) -> tuple[Signer, list[Hashed]]:
-    """Hash on a second core while the key's KDF (or the token login) runs; stop hashing
-    if unlocking fails."""
-    cancel = threading.Event()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(hash_files, paths, hash_alg, progress=progress, cancel=cancel)
-        try:
-            signer = stack.enter_context(source.open(secret))
-        except BaseException:
-            cancel.set()
-            raise
-        return signer, future.result()
