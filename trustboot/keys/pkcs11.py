@@ -28,11 +28,11 @@ from trustboot.errors import ConfigError, OperationalError
 from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
 from trustboot.keys.ref import KeyRef, mask_pin
 from trustboot.keys.signer import (
+    CertifiedSigner,
     KeySource,
     ResolveOptions,
     SecretKind,
     Signer,
-    key_algorithm,
     load_certificates,
     order_chain,
     revoked_error,
@@ -47,6 +47,7 @@ _PATH_ATTRS = {"token", "manufacturer", "serial", "model", "library-manufacturer
                "slot-manufacturer", "slot-description", "slot-id"}
 _QUERY_ATTRS = {"pin-source", "pin-value", "module-name", "module-path"}
 _TYPES = {"private", "public", "cert", "secret-key", "data"}
+_MISMATCH_HINT = "pass the certificate issued for this key (--cert), or fix id=/object="
 INSTALL_HINT = "install python-pkcs11: pip install 'trustboot[pkcs11]'"
 MODULE_HINT = ("name the token's PKCS#11 module: --pkcs11-module /path/to/module.so "
                "(or TRUSTBOOT_PKCS11_MODULE, or module-path= in the URI); SoftHSM2's is "
@@ -302,17 +303,15 @@ def secret_source(source: str) -> PassphraseSource:
     return secret_sources.from_file(Path(source))
 
 
-class Pkcs11Signer:
+class Pkcs11Signer(CertifiedSigner):
     """Signs host-computed digests with a private key object of an open, logged-in session."""
 
     def __init__(self, key: Any, certificate: x509.Certificate,
                  chain: Sequence[x509.Certificate], uri: Pkcs11Uri) -> None:
+        super().__init__(certificate, chain)
         p11 = _import_pkcs11()
         self._p11 = p11
         self._key = key
-        self._certificate = certificate
-        self._chain = tuple(chain)
-        self._algorithm = key_algorithm(certificate.public_key())
         key_type = key.key_type
         expected = p11.KeyType.RSA if self._algorithm == KeyAlgorithm.RSA else p11.KeyType.EC
         if key_type not in (p11.KeyType.RSA, p11.KeyType.EC):
@@ -320,10 +319,7 @@ class Pkcs11Signer:
                               "ECDSA keys can sign for iPXE",
                               hint="use an RSA or EC P-256/P-384 key object")
         if key_type != expected:
-            raise ConfigError(
-                f"the key {uri.text} ({key_type.name}) does not belong to certificate "
-                f"{certificate.subject.rfc4514_string()}",
-                hint="pass the certificate issued for this key (--cert), or fix id=/object=")
+            raise self.mismatch(f"{uri.text} ({key_type.name})", _MISMATCH_HINT)
         self._check_pair(uri)
 
     def _check_pair(self, uri: Pkcs11Uri) -> None:
@@ -335,22 +331,7 @@ class Pkcs11Signer:
         public_key = self._certificate.public_key()
         if not verify_raw(public_key, self._algorithm, "sha256", signature,  # type: ignore[arg-type]
                           digest=digest):
-            raise ConfigError(
-                f"the key {uri.text} does not belong to certificate "
-                f"{self._certificate.subject.rfc4514_string()}",
-                hint="pass the certificate issued for this key (--cert), or fix id=/object=")
-
-    @property
-    def certificate(self) -> x509.Certificate:
-        return self._certificate
-
-    @property
-    def chain(self) -> Sequence[x509.Certificate]:
-        return self._chain
-
-    @property
-    def algorithm(self) -> KeyAlgorithm:
-        return self._algorithm
+            raise self.mismatch(uri.text, _MISMATCH_HINT)
 
     def sign_digest(self, digest: bytes, hash_name: str) -> bytes:
         algo = HashAlgorithm.parse(hash_name)

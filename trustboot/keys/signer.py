@@ -75,28 +75,14 @@ def key_algorithm(public_key: object) -> KeyAlgorithm:
                       hint="iPXE verifies RSA and ECDSA (P-256, P-384) signatures only")
 
 
-class KeySigner:
-    """A private key held in memory for one run (unlocked once, used for every file)."""
+class CertifiedSigner:
+    """The certificate half every signer shares: certificate, chain, key algorithm."""
 
-    def __init__(
-        self, key: keyfile.PrivateKey, certificate: x509.Certificate,
-        chain: Sequence[x509.Certificate],
-    ) -> None:
-        if key.public_key() != certificate.public_key():
-            raise ConfigError(
-                f"the key does not belong to certificate {certificate.subject.rfc4514_string()}",
-                hint="pass the certificate issued for this key (--cert), or the right key",
-            )
-        self._key: keyfile.PrivateKey | None = key
+    def __init__(self, certificate: x509.Certificate,
+                 chain: Sequence[x509.Certificate]) -> None:
         self._certificate = certificate
         self._chain = tuple(chain)
         self._algorithm = key_algorithm(certificate.public_key())
-
-    def __enter__(self) -> KeySigner:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._key = None  # drop our reference: the key object is not used after the run
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -109,6 +95,31 @@ class KeySigner:
     @property
     def algorithm(self) -> KeyAlgorithm:
         return self._algorithm
+
+    def mismatch(self, key: str, hint: str) -> ConfigError:
+        return ConfigError(
+            f"the key {key} does not belong to certificate "
+            f"{self._certificate.subject.rfc4514_string()}", hint=hint)
+
+
+class KeySigner(CertifiedSigner):
+    """A private key held in memory for one run (unlocked once, used for every file)."""
+
+    def __init__(
+        self, key: keyfile.PrivateKey, certificate: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+    ) -> None:
+        super().__init__(certificate, chain)
+        if key.public_key() != certificate.public_key():
+            raise self.mismatch("file", "pass the certificate issued for this key (--cert), "
+                                "or the right key")
+        self._key: keyfile.PrivateKey | None = key
+
+    def __enter__(self) -> KeySigner:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._key = None  # drop our reference: the key object is not used after the run
 
     def sign_digest(self, digest: bytes, hash_name: str) -> bytes:
         if self._key is None:
