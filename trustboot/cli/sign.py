@@ -26,6 +26,7 @@ from trustboot.cli._common import (
 )
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.keys.algorithms import HashAlgorithm
+from trustboot.keys.ref import parse_ref
 
 if TYPE_CHECKING:
     from trustboot.cms.sign import ProgressFactory
@@ -152,9 +153,11 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
                   expiry_warning_days=expiry_warning_days)
     passphrases = passphrase_source(passphrase_file, passphrase_env)
     pins = _pin_source(pin_file, pin_env)
-    prompts = (passphrase_file is None and passphrase_env is None) if not \
-        key_ref.strip().lower().startswith("pkcs11:") else (pin_file is None and pin_env is None
-                                                            and "pin-source=" not in key_ref)
+    ref = parse_ref(key_ref)
+    # Would unlocking ask on the terminal? Then ask before hashing starts (no bar under it).
+    prompts = (pin_file is None and pin_env is None and "pin-source=" not in ref.value
+               ) if ref.scheme == "pkcs11" else (passphrase_file is None
+                                                 and passphrase_env is None)
     bars = _progress_factory(not as_json and is_interactive())
     # Without a prompt to wait for, hashing starts now and overlaps the signing stack's
     # imports, the key reference's resolution and the unlock (hashlib drops the GIL).
@@ -168,7 +171,7 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
         except ValueError as exc:
             raise ConfigError(str(exc), hint="e.g. --ipxe-version 2.0.0") from None
         run = sign_paths(
-            paths, key_ref, secrets=passphrases, pins=pins, pki=pki, cert=cert, chain=chain,
+            paths, ref, secrets=passphrases, pins=pins, pki=pki, cert=cert, chain=chain,
             hash_name=hash_name, out_dir=out_dir, manifest=manifest, progress=bars,
             ipxe_version=version, expiry_warning_days=expiry_warning_days,
             pkcs11_module=pkcs11_module, on_warning=warn, unlock_first=prompts,
