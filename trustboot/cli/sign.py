@@ -7,7 +7,6 @@ the release pipeline calls too.
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +23,7 @@ from trustboot.cli._common import (
     progress,
     warn,
 )
-from trustboot.errors import ConfigError, OperationalError
+from trustboot.errors import ConfigError
 from trustboot.keys.algorithms import HashAlgorithm
 from trustboot.keys.ref import parse_ref
 
@@ -71,20 +70,11 @@ def _pin_source(pin_file: Path | None, pin_env: str | None) -> secrets.Passphras
 
 def _read_files_from(source: str) -> list[Path]:
     from trustboot.cms.workflow import MAX_FILE_LIST_BYTES, read_file_list
+    from trustboot.fsutil import read_capped
 
     if source == "-":
         return read_file_list(sys.stdin.buffer.read(MAX_FILE_LIST_BYTES + 1), "stdin")
-    path = Path(source)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise OperationalError(f"cannot read file list {path}: {exc.strerror}",
-                               hint="check --files-from") from None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"file list {path} is not a regular file",
-                              hint="use --files-from - to read the list from a pipe")
-        return read_file_list(fh.read(MAX_FILE_LIST_BYTES + 1), str(path))
+    return read_file_list(read_capped(Path(source), MAX_FILE_LIST_BYTES, "file list"), source)
 
 
 @click.command("sign")

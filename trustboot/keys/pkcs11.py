@@ -142,6 +142,10 @@ def loaded_module(path: Path) -> Iterator[Any]:
                           hint=MODULE_HINT) from None
     try:
         yield lib
+    except p11.exceptions.PKCS11Error as exc:  # anything not mapped to a clearer error above
+        raise OperationalError(f"PKCS#11 module {path} failed: {type(exc).__name__}",
+                               hint="check the token (present, initialised) and the module"
+                               ) from None
     finally:
         with contextlib.suppress(p11.exceptions.PKCS11Error):
             lib.finalize()
