@@ -4,8 +4,33 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
+
+from trustboot.fsutil import ensure_private_dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_build_caches(tmp_path_factory: pytest.TempPathFactory,
+                          pytestconfig: pytest.Config) -> Iterator[None]:
+    """No test writes into the user's real cache (~/.cache/trustboot).
+
+    trustboot's default cache (TRUSTBOOT_CACHE_DIR) and the real-iPXE harness cache
+    (TRUSTBOOT_TEST_CACHE, unless set explicitly) live under pytest's own per-user temp
+    root (0700, checked by pytest), shared by later sessions so real iPXE builds are not
+    redone every run; with --basetemp they live in that session's temp dir.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = (base if pytestconfig.option.basetemp else base.parent) / "trustboot-cache"
+    ensure_private_dir(root)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TRUSTBOOT_CACHE_DIR", str(root / "default"))
+    if not os.environ.get("TRUSTBOOT_TEST_CACHE"):
+        ensure_private_dir(root / "tests")
+        patch.setenv("TRUSTBOOT_TEST_CACHE", str(root / "tests"))
+    yield
+    patch.undo()
 
 
 def require_root() -> None:

@@ -17,8 +17,8 @@ The firmware is ``bin/ipxe.lkrn`` with IMAGE_TRUST_CMD, HTTPS and a serial conso
 cross-signing fetch, and an embedded script that runs DHCP (QEMU's user-mode network) and
 chains ``tftp://10.0.2.2/boot.ipxe``, which :func:`boot` serves from a temporary directory.
 :func:`boot_efi` boots an EFI binary under OVMF (from a disk, or PXE for snponly.efi).
-Builds are cached by their inputs under ``$TRUSTBOOT_TEST_CACHE`` or
-``$XDG_CACHE_HOME/trustboot-tests`` (default ``~/.cache/trustboot-tests``), outside the repo;
+Builds are cached by their inputs under ``$TRUSTBOOT_TEST_CACHE``, which tests/conftest.py
+points at pytest's per-user temp root unless it is set (never the user's own cache);
 concurrent callers with the same inputs wait on a lock and share one build.
 """
 
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import pytest
 
+from trustboot.fsutil import ensure_private_dir
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe.config import BuildOptions, load_certificates, load_single_certificate
 from trustboot.ipxe.source import ENV_SOURCE, IpxeSource, open_source
@@ -64,8 +65,8 @@ def cache_root() -> Path:
     """Where test builds are cached (outside the repository)."""
     if os.environ.get("TRUSTBOOT_TEST_CACHE"):
         return Path(os.environ["TRUSTBOOT_TEST_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "trustboot-tests"
+    # Outside pytest (tests/conftest.py sets the variable): a private temp dir.
+    return Path(tempfile.gettempdir()) / f"trustboot-tests-{os.getuid()}"
 
 
 def ipxe_src_or_skip() -> Path:
@@ -120,8 +121,7 @@ def build_test_ipxe(
         options=BuildOptions(serial_console=True),
     )
     cache = cache_root() / "ipxe"
-    cache.mkdir(parents=True, exist_ok=True)
-    os.chmod(cache, 0o700)
+    ensure_private_dir(cache)  # 0700, ours: refused if another user planted it
     toolchain = ipxe_build.check_toolchain(request.targets)
     key = ipxe_build.cache_key(request, toolchain)
     result = ipxe_build.build(

@@ -24,7 +24,13 @@ from trustboot.ca.store import CertificateAuthority, fingerprint
 from trustboot.cms import sign as cms_sign
 from trustboot.cms import verify as rules
 from trustboot.errors import ConfigError, VerificationError
-from trustboot.fsutil import ensure_private_dir, write_private_file
+from trustboot.fsutil import (
+    atomic_write,
+    create_file,
+    ensure_private_dir,
+    make_dirs,
+    write_private_file,
+)
 from trustboot.keys.ref import KeyRef
 from trustboot.keys.signer import open_signer
 from trustboot.recipe import Recipe
@@ -75,7 +81,7 @@ def render_boot_script(recipe: Recipe) -> str:
 def _write_demo_image(path: Path, size: int, seed: str) -> None:
     """Deterministic pseudo-random content, written in chunks (no size-sized buffer)."""
     block = hashlib.shake_256(seed.encode()).digest(1 << 20)
-    with open(path, "wb") as fh:
+    with create_file(path) as fh:
         left = size
         while left:
             n = min(left, len(block))
@@ -86,7 +92,7 @@ def _write_demo_image(path: Path, size: int, seed: str) -> None:
 def run_demo(recipe: Recipe, workdir: Path, *, recipe_dir: Path | None = None,
              step: Step = lambda _m: None, now: dt.datetime | None = None) -> DemoResult:
     now = now or dt.datetime.now(dt.UTC)
-    workdir.mkdir(parents=True, exist_ok=True)
+    make_dirs(workdir)
     pki = workdir / "pki"
     if CertificateAuthority.exists(pki):
         raise ConfigError(f"{workdir} already holds a demo CA",
@@ -110,7 +116,7 @@ def run_demo(recipe: Recipe, workdir: Path, *, recipe_dir: Path | None = None,
              key_type=recipe.signer.key_type, now=now)
 
     release = workdir / "release"
-    release.mkdir(exist_ok=True)
+    make_dirs(release)
     paths: list[Path] = []
     for image in recipe.images:
         target = release / image.name
@@ -123,10 +129,11 @@ def run_demo(recipe: Recipe, workdir: Path, *, recipe_dir: Path | None = None,
             if not src.is_file():
                 raise ConfigError(f"image source {src} does not exist",
                                   hint="build it first or fix `source:` in the recipe")
-            shutil.copyfile(src, target)
+            with open(src, "rb") as fin, create_file(target) as fout:
+                shutil.copyfileobj(fin, fout)
         paths.append(target)
     script = release / recipe.script.name
-    script.write_text(render_boot_script(recipe))
+    atomic_write(script, render_boot_script(recipe).encode())
     paths.append(script)
 
     step(f"signing {len(paths)} files with {recipe.hash}")
@@ -152,7 +159,8 @@ def run_demo(recipe: Recipe, workdir: Path, *, recipe_dir: Path | None = None,
     # The negative control: the same signature over a kernel with one byte changed.
     first = signed[0]
     tampered = workdir / f"{first.path.name}.tampered"
-    shutil.copyfile(first.path, tampered)
+    with open(first.path, "rb") as fin, create_file(tampered) as fout:
+        shutil.copyfileobj(fin, fout)
     with open(tampered, "r+b") as fh:
         fh.seek(first.size // 2)
         byte = fh.read(1)

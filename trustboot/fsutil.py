@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from trustboot.errors import ConfigError, OperationalError
 
@@ -39,16 +40,25 @@ def make_dirs(path: Path, mode: int = PUBLIC_DIR_MODE) -> Path:
     path = Path(path)
     missing: list[Path] = []
     probe = path
-    while not probe.is_dir():
-        if probe.exists() or probe.is_symlink():
+    while True:
+        try:
+            st = os.stat(probe)
+        except FileNotFoundError:
+            missing.append(probe)
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+            continue
+        except OSError as exc:  # ENOTDIR: a file somewhere above, EACCES ...
+            raise OperationalError(f"cannot create directory {path}: {exc.strerror}",
+                                   hint="check the path and the permissions of its "
+                                   "parents") from None
+        if not stat.S_ISDIR(st.st_mode):
             raise OperationalError(
                 f"cannot create directory {path}: {probe} exists and is not a directory",
                 hint="choose another path, or move that file away",
             )
-        missing.append(probe)
-        if probe.parent == probe:
-            break
-        probe = probe.parent
+        break
     for directory in reversed(missing):
         try:
             directory.mkdir(mode=mode)
@@ -65,6 +75,19 @@ def make_dirs(path: Path, mode: int = PUBLIC_DIR_MODE) -> Path:
             ) from None
         os.chmod(directory, mode)  # mkdir's mode was narrowed by the umask
     return path
+
+
+def create_file(path: Path, mode: int = PUBLIC_FILE_MODE) -> BinaryIO:
+    """Open ``path`` for writing (created or truncated) with exactly ``mode``, never
+    through a link: for output streamed in pieces, where atomic_write would hold it all."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode)
+    try:
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb")
 
 
 def read_capped(path: Path, limit: int, what: str, *, nofollow: bool = False) -> bytes:
@@ -313,6 +336,10 @@ def ensure_private_dir(path: Path) -> None:
         path.mkdir(mode=PRIVATE_DIR_MODE)
     except FileExistsError:
         pass
+    except OSError as exc:
+        raise OperationalError(f"cannot create directory {path}: {exc.strerror}",
+                               hint="check the path and the permissions of its parent"
+                               ) from None
     else:
         os.chmod(path, PRIVATE_DIR_MODE)  # the umask may have narrowed it further
         return

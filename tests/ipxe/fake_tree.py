@@ -4,7 +4,8 @@ Its make writes each target as: a header, the SHA-256 fingerprints of the TRUST=
 DER of every CERT= certificate and the embedded script, so the cache, the manifest and the
 "is the trust really in the binary" check can be exercised for real. Environment knobs:
 FAKE_FAIL=1 makes the build fail after some output; FAKE_DROP_TRUST=1 leaves the
-fingerprints out; every run appends the target to the file $FAKE_RUNS.
+fingerprints out; FAKE_HOLD=FILE creates FILE and sleeps (a build to kill); every run
+appends the target to the file $FAKE_RUNS.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 target, trust, cert, embed, epoch = sys.argv[1:6]
 with open(os.environ["FAKE_RUNS"], "a") as log:
     log.write(target + "\\n")
+if os.environ.get("FAKE_HOLD"):  # stand still mid-build, to be killed by the test
+    import time
+    open(os.environ["FAKE_HOLD"], "w").close()
+    time.sleep(120)
 if os.environ.get("FAKE_FAIL"):
     for i in range(40):
         print(f"  [BUILD] bin/file{i}.o", flush=True)
@@ -67,7 +72,7 @@ def make_fake_tree(top: Path) -> Path:
 
 # make runs with a minimal environment: these reach the fake build through
 # trustboot.ipxe.build.MAKE_ENV_PASSTHROUGH (see fake_env_passthrough).
-FAKE_VARS = ("FAKE_PY", "FAKE_RUNS", "FAKE_FAIL", "FAKE_DROP_TRUST")
+FAKE_VARS = ("FAKE_PY", "FAKE_RUNS", "FAKE_FAIL", "FAKE_DROP_TRUST", "FAKE_HOLD")
 
 
 def fake_env() -> dict[str, str]:

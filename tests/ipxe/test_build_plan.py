@@ -24,11 +24,6 @@ TOOLCHAIN = {"gcc": "gcc (fake) 1", "make": "GNU Make 4.3"}
 SCRIPT = "#!ipxe\nimgtrust --permanent\n"
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     return make_fake_tree(tmp_path / "ipxe")
@@ -108,8 +103,8 @@ def test_make_plan(tree: Path, pki: TestPki) -> None:
     plan = B.make_plan(req, jobs=4)
     assert len(plan.invocations) == 2  # arm64 needs its own CROSS=
     host, arm = plan.invocations
-    assert host[:4] == ("make", "-C", "src", "-j4")
-    assert host[4:6] == ("bin-x86_64-efi/ipxe.efi", "bin/undionly.kpxe")
+    assert host[:5] == ("make", "-C", "src", "-j4", "--")
+    assert host[5:7] == ("bin-x86_64-efi/ipxe.efi", "bin/undionly.kpxe")
     fp = [c.fingerprint[:16] for c in req.chain_certs]
     assert len(fp) == 3  # both roots plus the issuing CA, each once
     # names carry the fingerprint, so a new root under the same path still rebuilds
@@ -124,7 +119,7 @@ def test_make_plan(tree: Path, pki: TestPki) -> None:
     assert "SOURCE_DATE_EPOCH=1700000000" in host
     assert "EXTRA_CFLAGS=-ffile-prefix-map=$(CURDIR)=." in host
     assert not any(a.startswith(("PRIVKEY=", "CROSS=")) for a in host)
-    assert arm[4] == "bin-arm64-efi/ipxe.efi" and arm[-1] == "CROSS=aarch64-linux-gnu-"
+    assert arm[5] == "bin-arm64-efi/ipxe.efi" and arm[-1] == "CROSS=aarch64-linux-gnu-"
     # no path of this machine in the plan: it goes into the cache key and manifest
     assert not any(str(tree) in a for a in host)
 

@@ -42,7 +42,7 @@ def test_arm64_efi_build_trusts_only_our_root(tmp_path: Path) -> None:
         "ipxe", "build", "--source", str(src), "--trust", str(pki.root),
         "--target", "bin-arm64-efi/ipxe.efi",
         "--chain", "https://boot.example.net/boot.ipxe", "--signer", "boot-signer",
-        "--output", str(out), "--json",
+        "--output", str(out), "--cache-dir", str(cache_root() / "ipxe"), "--json",
     ])
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / "manifest.json").read_text())

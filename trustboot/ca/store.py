@@ -17,7 +17,13 @@ Layout of a pki directory::
 
 Crash safety: every file is written atomically and index.json is written last, so a
 process killed at any moment leaves files that the index does not mention (ignored, and
-set aside by the next operation) but never an index that points at nothing.
+set aside by the next operation) but never an index that points at nothing. Temp files of
+a killed run are removed by the next operation (under the lock, nobody else writes).
+
+Trust: the pki and its directories must be owned by the user and not writable by group
+or others (anyone who can write to a directory can replace its files); files inside are
+never followed through symbolic links; and every certificate read back (ca.crt included)
+must have the SHA-256 fingerprint that index.json recorded when it was issued.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import getpass
 import json
 import os
 import shutil
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +45,18 @@ from trustboot.ca import profiles
 from trustboot.ca.profiles import CAOptions, PrivateKey
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.fsutil import (
+    PRIVATE_DIR_MODE,
+    append_line,
     atomic_write,
+    check_not_link,
+    check_owned_dir,
     ensure_private_dir,
     fsync_dir,
     locked,
+    make_dirs,
+    read_capped,
+    read_private_file,
+    remove_stale_temps,
     write_private_file,
 )
 from trustboot.keys import keyfile
@@ -51,6 +66,15 @@ INDEX_VERSION = 1
 ROOT_NAME = "root-ca"
 ISSUING_NAME = "issuing-ca"
 RESERVED_NAMES = {ROOT_NAME, ISSUING_NAME, "ca", "chain", "crl"}
+
+PUBLIC_DIRS = ("issued", "revoked", "certs_by_serial")
+# Files trustboot reads back from the pki; none is ever a link or writable by others.
+PUBLIC_FILES = ("index.json", "config.json", "ca.crt", "issuing-ca.crt", "chain.pem",
+                "crl.pem", "index.txt", "log.jsonl")
+# Caps for reads from the pki: nothing trustboot writes there comes close.
+MAX_CERT_FILE = 1 << 20
+MAX_INDEX_FILE = 64 << 20
+MAX_CRL_FILE = 64 << 20
 
 DEFAULT_DAYS = {"root": 20 * 365, "issuing": 5 * 365, "codesign": 2 * 365,
                 "server": 397, "client": 397}
@@ -102,8 +126,24 @@ class IssuedEntry:
         assert self.pki is not None
         return self.pki / self.key_file
 
+    def read_cert_pem(self) -> bytes:
+        """The certificate's PEM, refused unless it is the one the index recorded."""
+        assert self.pki is not None
+        data = read_capped(self.cert_path, MAX_CERT_FILE, "certificate", nofollow=True)
+        cert = _parse_cert(data, self.cert_path)
+        if fingerprint(cert) != self.sha256:
+            raise ConfigError(
+                f"{self.cert_path} is not the certificate {self.name!r} the index recorded "
+                f"(sha256 {fingerprint(cert)}, index.json says {self.sha256}): "
+                "it was replaced or damaged; refusing to use it",
+                hint=f"run `trustboot ca check --pki {self.pki}`; restore the file from "
+                f"{self.pki / 'certs_by_serial' / f'{self.serial:X}.pem'} or a backup",
+            )
+        return data
+
     def load_cert(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        """The certificate, checked against the index's fingerprint."""
+        return _parse_cert(self.read_cert_pem(), self.cert_path)
 
     def not_after_dt(self) -> dt.datetime:
         return dt.datetime.fromisoformat(self.not_after)
@@ -128,6 +168,12 @@ class IssuedEntry:
 
     @classmethod
     def from_record(cls, data: dict[str, Any], pki: Path) -> IssuedEntry:
+        for key in ("cert_file", "key_file"):
+            rel = data.get(key)
+            # Paths in the index stay inside the pki, whoever wrote the index.
+            if rel is not None and (not isinstance(rel, str) or rel.startswith("/")
+                                    or ".." in Path(rel).parts):
+                raise ValueError(f"{key} {rel!r} is not a path inside the pki")
         return cls(**(data | {"serial": int(data["serial"], 16)}), pki=pki)
 
 
@@ -147,8 +193,8 @@ class CertificateAuthority:
         self.config = config
         self.entries = entries
         self.crl_number = crl_number
-        self.root_cert = _load_cert(path / "ca.crt")
-        self.issuing_cert = _load_cert(path / "issuing-ca.crt")
+        self.root_cert = self._ca_entry(ROOT_NAME).load_cert()
+        self.issuing_cert = self._ca_entry(ISSUING_NAME).load_cert()
 
     # ---- loading -------------------------------------------------------------------
 
@@ -158,13 +204,36 @@ class CertificateAuthority:
 
     @classmethod
     def open(cls, path: Path) -> CertificateAuthority:
+        """Load the CA in ``path`` after checking that nobody else can have changed it."""
         path = Path(path)
         if not cls.exists(path):
             raise ConfigError(
                 f"no CA in {path} (no index.json)",
                 hint=f"create one with: trustboot ca init --pki {path}",
             )
+        check_pki_permissions(path)
         return cls(path, *_read_index(path))
+
+    def _ca_entry(self, name: str) -> IssuedEntry:
+        entry = next((e for e in self.entries if e.name == name), None)
+        if entry is None:
+            raise ConfigError(f"the CA in {self.path} is damaged: index.json has no {name}",
+                              hint="run `trustboot ca check` and restore from backup")
+        return entry
+
+    def crl_pem(self) -> bytes:
+        """crl.pem, refused unless the issuing CA signed it."""
+        path = self.path / "crl.pem"
+        data = read_capped(path, MAX_CRL_FILE, "CRL", nofollow=True)
+        try:
+            crl = x509.load_pem_x509_crl(data)
+        except ValueError:
+            raise ConfigError(f"{path} is not a PEM CRL",
+                              hint="regenerate it: trustboot ca crl") from None
+        if not crl.is_signature_valid(self.issuing_cert.public_key()):  # type: ignore[arg-type]
+            raise ConfigError(f"{path} is not signed by this CA's issuing CA",
+                              hint="regenerate it: trustboot ca crl")
+        return data
 
     @property
     def options(self) -> CAOptions:
@@ -193,6 +262,10 @@ class CertificateAuthority:
 
     def find_serial(self, serial: int) -> IssuedEntry | None:
         return next((e for e in self.entries if e.serial == serial), None)
+
+    def key_pem(self, entry: IssuedEntry) -> bytes:
+        """The encrypted key file of ``entry`` (0600, ours, never through a link)."""
+        return read_private_file(entry.key_path, f"key file of {entry.name!r}")
 
     def load_issuing_key(self, passphrases: PassphraseSource) -> PrivateKey:
         return keyfile.load_key(self.path / "private" / "issuing-ca.key", passphrases,
@@ -229,6 +302,12 @@ class CertificateAuthority:
             )
         if not common_name.strip() or len(common_name) > 64:
             raise ConfigError("--name must be 1-64 characters")
+        check_text(common_name, "--name")
+        if options is not None:
+            for value, what in ((options.organization, "--org"), (options.crl_url, "--crl-url"),
+                                (options.ocsp_url, "--ocsp-url")):
+                if value is not None:
+                    check_text(value, what)
         warnings = list(dict.fromkeys(w for w in (profiles.ecdsa_warning(root_spec),
                                                   profiles.ecdsa_warning(issuing_spec)) if w))
         if options is not None and options.ocsp_url:
@@ -237,12 +316,13 @@ class CertificateAuthority:
                 "OCSP answer at boot and fail without one; the responder must be reachable by "
                 "every booting client"
             )
-        path.mkdir(parents=True, exist_ok=True)
+        make_dirs(path)
         if cls.exists(path):
             raise ConfigError(
                 f"a CA already exists in {path}",
                 hint="use another --pki directory; trustboot never overwrites a CA",
             )
+        check_pki_permissions(path)
         passphrase = passphrases("the new CA keys")
         keyfile.check_passphrase(passphrase, "the CA passphrase")
         root_key = root_spec.generate()
@@ -250,12 +330,14 @@ class CertificateAuthority:
         with locked(path / ".lock"):
             if cls.exists(path):
                 raise ConfigError(f"a CA already exists in {path}")
+            _remove_temps(path)
             _set_aside_leftovers(path, ["ca.crt", "issuing-ca.crt", "chain.pem", "crl.pem",
                                         "config.json", "private/ca.key",
                                         "private/issuing-ca.key"], now)
-            for sub in ("issued", "revoked", "certs_by_serial"):
-                (path / sub).mkdir(exist_ok=True)
+            for sub in PUBLIC_DIRS:
+                make_dirs(path / sub)
             ensure_private_dir(path / "private")
+            check_pki_permissions(path)
             opts = options or CAOptions()
             root_cert = profiles.build_certificate(
                 profile="root", subject_cn=f"{common_name} Root CA",
@@ -410,17 +492,20 @@ class CertificateAuthority:
                 raise ConfigError(f"{name!r} (serial {entry.serial:x}) is already revoked")
             # Copy to revoked/ first, commit the index, then remove the originals: a kill
             # at any point leaves the index pointing at files that exist.
-            (self.path / "revoked").mkdir(exist_ok=True)
+            make_dirs(self.path / "revoked")
             new_cert_rel = f"revoked/{entry.serial:X}.crt"
-            atomic_write(self.path / new_cert_rel, entry.cert_path.read_bytes())
+            # Read through the index's fingerprint, never through a link: revoked/ is
+            # public, so what is copied there must be the certificate and nothing else.
+            atomic_write(self.path / new_cert_rel, entry.read_cert_pem())
             old_files = [entry.cert_path]
-            if entry.key_file is not None and (self.path / entry.key_file).exists():
+            key_path = self.path / entry.key_file if entry.key_file is not None else None
+            if key_path is not None and (key_path.exists() or key_path.is_symlink()):
+                key_data = self.key_pem(entry)
                 # Keys of revoked certificates stay private: a 0700 dir under private/.
                 ensure_private_dir(self.path / "private" / "revoked")
                 new_key_rel = f"private/revoked/{entry.serial:X}.key"
-                write_private_file(self.path / new_key_rel,
-                                   (self.path / entry.key_file).read_bytes(), overwrite=True)
-                old_files.append(self.path / entry.key_file)
+                write_private_file(self.path / new_key_rel, key_data, overwrite=True)
+                old_files.append(key_path)
                 entry.key_file = new_key_rel
             entry.cert_file = new_cert_rel
             entry.status = "revoked"
@@ -504,10 +589,10 @@ class CertificateAuthority:
                     problems.append(f"two valid certificates named {e.name!r}")
                 names.add(e.name)
             try:
-                data = e.cert_path.read_bytes()
-                cert = x509.load_pem_x509_certificate(data)
-            except (OSError, ValueError) as exc:
-                problems.append(f"{e.name}: cannot load {e.cert_file}: {exc}")
+                data = read_capped(e.cert_path, MAX_CERT_FILE, "certificate", nofollow=True)
+                cert = _parse_cert(data, e.cert_path)
+            except ConfigError as exc:
+                problems.append(f"{e.name}: {exc.message}")
                 continue
             if fingerprint(cert) != e.sha256:
                 problems.append(f"{e.name}: {e.cert_file} differs from the index")
@@ -526,8 +611,11 @@ class CertificateAuthority:
 
     def _check_crl(self) -> list[str]:
         try:
-            crl = x509.load_pem_x509_crl((self.path / "crl.pem").read_bytes())
-        except (OSError, ValueError) as exc:
+            crl = x509.load_pem_x509_crl(read_capped(self.path / "crl.pem", MAX_CRL_FILE,
+                                                     "CRL", nofollow=True))
+        except ConfigError as exc:
+            return [f"{exc.message}; run `trustboot ca crl`"]
+        except ValueError as exc:
             return [f"crl.pem cannot be loaded: {exc}; run `trustboot ca crl`"]
         if not crl.is_signature_valid(self.issuing_cert.public_key()):  # type: ignore[arg-type]
             return ["crl.pem is not signed by the issuing CA; run `trustboot ca crl`"]
@@ -542,8 +630,11 @@ class CertificateAuthority:
     # ---- internals -----------------------------------------------------------------------
 
     def _reload(self) -> None:
-        """Re-read the index under the lock; the CA certificates themselves never change."""
+        """Re-read the index under the lock; the CA certificates themselves never change.
+
+        Also removes the temp files of killed runs: under the lock nobody else writes."""
         self.config, self.entries, self.crl_number = _read_index(self.path)
+        _remove_temps(self.path)
 
     def _tidy(self) -> None:
         """Finish a revoke that was killed after its index commit: remove the originals
@@ -556,7 +647,9 @@ class CertificateAuthority:
             if e.key_file:
                 pairs.append((self.path / "private" / f"{e.name}.key", self.path / e.key_file))
             for original, copy in pairs:
-                if (original.exists() and copy.exists()
+                # Links are never ours: leave them for `ca check` (and a human) to judge.
+                if (original.is_file() and not original.is_symlink() and copy.is_file()
+                        and not copy.is_symlink()
                         and original.read_bytes() == copy.read_bytes()):
                     original.unlink()
 
@@ -602,23 +695,20 @@ class CertificateAuthority:
     def _log(self, op: str, now: dt.datetime, **fields: Any) -> None:
         record = {"time": now.isoformat(), "op": op, "user": _user(), "pid": os.getpid()}
         record.update(fields)
-        fd = os.open(self.path / "log.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.path / "log.jsonl", (json.dumps(record, sort_keys=True) + "\n").encode())
 
 
 def _read_index(path: Path) -> tuple[dict[str, Any], list[IssuedEntry], int]:
     try:
-        data = json.loads((path / "index.json").read_text())
-        config = json.loads((path / "config.json").read_text())
+        data = json.loads(read_capped(path / "index.json", MAX_INDEX_FILE, "CA index",
+                                      nofollow=True))
+        config = json.loads(read_capped(path / "config.json", MAX_CERT_FILE, "CA config",
+                                        nofollow=True))
         if data.get("version") != INDEX_VERSION:
             raise ValueError(f"index version {data.get('version')!r}")
         entries = [IssuedEntry.from_record(e, path) for e in data["entries"]]
         return config, entries, int(data.get("crl_number", 0))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(
             f"the CA in {path} is damaged: {exc}",
             hint="run `trustboot ca check` and restore from backup if it fails",
@@ -638,12 +728,84 @@ def _check_days(days: int, what: str) -> None:
                           hint="give a number of days between 1 and 14600")
 
 
-def _load_cert(path: Path) -> x509.Certificate:
+def _parse_cert(data: bytes, path: Path) -> x509.Certificate:
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load CA certificate {path}: {exc}",
+        return x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        raise ConfigError(f"cannot load certificate {path}: {exc}",
                           hint="run `trustboot ca check`; restore the pki from backup") from None
+
+
+def check_text(value: str, what: str) -> None:
+    """Values that end up in subjects, index.txt and logs: printable, one line."""
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in value):
+        raise ConfigError(f"{what} {value!r} contains control characters (a newline, tab ...)",
+                          hint="use printable characters only")
+
+
+def check_pki_permissions(path: Path) -> None:
+    """Refuse a pki that someone else can have changed: its directories must be ours and
+    not writable by group or others (private/ not accessible at all), and the files
+    trustboot reads back must not be links or writable by others."""
+    path = Path(path)
+    check_owned_dir(path, "pki directory")
+    for sub in PUBLIC_DIRS:
+        if (path / sub).exists() or (path / sub).is_symlink():
+            check_not_link(path / sub, "pki directory")
+            check_owned_dir(path / sub, "pki directory")
+    if (path / "private").exists() or (path / "private").is_symlink():
+        check_not_link(path / "private", "private directory")
+        check_owned_dir(path / "private", "private directory", private=True)
+    for name in PUBLIC_FILES:
+        file = path / name
+        try:
+            st = os.lstat(file)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise ConfigError(
+                f"{file} is a symbolic link, where a link is never expected",
+                hint=f"replace the link with the file itself (or restore it from backup): "
+                f"rm {file}",
+            )
+        if st.st_uid != os.geteuid():
+            raise ConfigError(
+                f"{file} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})",
+                hint=f"chown {os.geteuid()} {file}  (after checking its contents)",
+            )
+        if stat.S_IMODE(st.st_mode) & 0o022:
+            raise ConfigError(
+                f"{file} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})",
+                hint=f"chmod go-w {file}",
+            )
+
+
+def load_trusted_root(pki: Path) -> x509.Certificate:
+    """The root certificate of ``pki`` that may be trusted (``verify --pki``, builds).
+
+    A CA home (with index.json) is opened as :meth:`CertificateAuthority.open` does: its
+    directories must be safe and ca.crt must have the fingerprint the index recorded. A
+    directory with only trust material (``ca export`` output) is checked for ownership,
+    permissions and links. Raises ConfigError naming the fix otherwise.
+    """
+    pki = Path(pki)
+    if CertificateAuthority.exists(pki):
+        return CertificateAuthority.open(pki).root_cert
+    root = pki / "ca.crt"
+    if not root.exists() and not root.is_symlink():
+        raise ConfigError(
+            f"{pki} holds no CA ({root} is missing)",
+            hint="create one with `trustboot ca init --pki DIR`, or pass the root with "
+            "--trust FILE",
+        )
+    check_pki_permissions(pki)
+    return _parse_cert(read_capped(root, MAX_CERT_FILE, "root certificate", nofollow=True), root)
+
+
+def _remove_temps(pki: Path) -> None:
+    """Temp files (.NAME.XXXX.tmp) of killed runs; call only under the CA lock."""
+    for sub in ("", *PUBLIC_DIRS, "private", "private/revoked"):
+        remove_stale_temps(pki / sub, older_than=0.0)
 
 
 def _entry(name: str, profile: str, cert: x509.Certificate, cert_rel: str,
@@ -660,12 +822,12 @@ def _entry(name: str, profile: str, cert: x509.Certificate, cert_rel: str,
 def _set_aside_leftovers(pki: Path, rels: list[str], now: dt.datetime) -> None:
     """Files an interrupted run left behind (not in the index) move to .abandoned/,
     never deleted: they may hold the only copy of a key someone wants back."""
-    leftovers = [r for r in rels if (pki / r).exists()]
+    leftovers = [r for r in rels if (pki / r).exists() or (pki / r).is_symlink()]
     if not leftovers:
         return
     dest = pki / "private" / ".abandoned" / f"{now:%Y%m%dT%H%M%S}-{os.getpid()}"
     ensure_private_dir(pki / "private")
-    dest.mkdir(parents=True, mode=0o700, exist_ok=True)
+    make_dirs(dest, PRIVATE_DIR_MODE)
     for rel in leftovers:
         target = dest / rel.replace("/", "_")
         shutil.move(str(pki / rel), str(target))

@@ -24,8 +24,10 @@ from trustboot.cli._common import (
     passphrase_source,
     warn,
 )
-from trustboot.errors import ConfigError
-from trustboot.fsutil import atomic_write
+from trustboot.errors import ConfigError, OperationalError
+from trustboot.fsutil import PUBLIC_FILE_MODE, atomic_write, make_dirs, read_capped
+
+MAX_CSR_FILE = 1 << 20
 
 pki_option = click.option(
     "--pki", "pki", type=click.Path(path_type=Path, file_okay=False), envvar="TRUSTBOOT_PKI",
@@ -140,7 +142,7 @@ def _do_issue(profile: str, name: str, sans: list[str], pki: Path, key_type: str
         key_passphrase_file, key_passphrase_env, confirm=True, option="--key-passphrase")
     result: IssueResult = ca.issue(
         profile, name, ca_source, key_source, sans=sans, key_type=key_type, days=days,
-        csr_pem=csr.read_bytes() if csr else None, public_key=public_key)
+        csr_pem=read_capped(csr, MAX_CSR_FILE, "CSR") if csr else None, public_key=public_key)
     for w in result.warnings:
         warn(w)
     e = result.entry
@@ -275,17 +277,26 @@ def export_cmd(pki: Path, out: Path, as_json: bool) -> None:
     """Public trust material: root.pem (one certificate, for iPXE TRUST=), chain.pem
     (issuing + root, what signatures carry), crl.pem and fingerprints."""
     ca = CertificateAuthority.open(pki)
-    out.mkdir(parents=True, exist_ok=True)
+    crl = ca.crl_pem()
+    make_dirs(out)
     files = {
         "root": out / "root.pem",
         "issuing": out / "issuing-ca.pem",
         "chain": out / "chain.pem",
         "crl": out / "crl.pem",
     }
-    atomic_write(files["root"], pem(ca.root_cert))
-    atomic_write(files["issuing"], pem(ca.issuing_cert))
-    atomic_write(files["chain"], b"".join(pem(c) for c in ca.chain()))
-    atomic_write(files["crl"], (pki / "crl.pem").read_bytes())
+    contents = {
+        "root": pem(ca.root_cert),
+        "issuing": pem(ca.issuing_cert),
+        "chain": b"".join(pem(c) for c in ca.chain()),
+        "crl": crl,
+    }
+    for kind, content in contents.items():
+        try:
+            atomic_write(files[kind], content, mode=PUBLIC_FILE_MODE)
+        except OSError as exc:
+            raise OperationalError(f"cannot write {files[kind]}: {exc.strerror}",
+                                   hint="choose an --out directory you can write to") from None
     data: dict[str, Any] = {k: str(v) for k, v in files.items()}
     data["root_sha256"] = fingerprint(ca.root_cert)
     data["issuing_sha256"] = fingerprint(ca.issuing_cert)

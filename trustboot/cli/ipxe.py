@@ -18,6 +18,7 @@ from trustboot.cli._common import (
     warn,
 )
 from trustboot.errors import ConfigError
+from trustboot.fsutil import read_capped
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe.config import BuildOptions
 from trustboot.ipxe.inputs import collect_trust, load_client_identity
@@ -90,12 +91,15 @@ def _chain_script(
     ))
 
 
+# iPXE scripts are a few KiB; the cap keeps /dev/zero or a huge file from being read.
+MAX_SCRIPT_FILE = 1 << 20
+
+
 def _read_script(path: Path) -> str:
+    data = read_capped(path, MAX_SCRIPT_FILE, "script")
     try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"script {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        return data.decode()
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read script {path}: {exc}") from None
 
 

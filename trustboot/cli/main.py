@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -33,6 +35,27 @@ class TrustbootGroup(click.Group):
         command: click.Command = module.command
         return command
 
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        """With --json anywhere on the command line, click's own errors (usage, exit 2) are
+        JSON on stderr too, like every other error; otherwise click reports them."""
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or not _wants_json(argv):
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rc = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            hint = None
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                hint = f"see '{exc.ctx.command_path} --help'"
+            _json_error("UsageError", exc.format_message(), hint, exc.exit_code)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            _json_error("Aborted", "aborted", None, 1)
+            sys.exit(1)
+        sys.exit(rc if isinstance(rc, int) and not isinstance(rc, bool) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -48,20 +71,39 @@ class TrustbootGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            if (ctx.find_object(dict) or {}).get("json_errors"):
+                _json_error("Interrupted", "interrupted", None, 130)
+            else:
+                click.echo("interrupted", err=True)
             ctx.exit(130)
         except Exception as exc:  # a bug, not a verdict: never exit 1 or 4 here
             obj = ctx.find_object(dict) or {}
+            hint = ("this is a bug in trustboot; rerun with --debug for a traceback and "
+                    "report it")
             if obj.get("debug"):
                 traceback.print_exc()
-            else:
-                click.echo(
-                    f"internal error: {type(exc).__name__}: {exc}\n"
-                    "  hint: this is a bug in trustboot; rerun with --debug for a traceback "
-                    "and report it",
-                    err=True,
-                )
+            if obj.get("json_errors"):
+                _json_error("InternalError", f"{type(exc).__name__}: {exc}", hint,
+                            int(ExitCode.INTERNAL))
+            elif not obj.get("debug"):
+                click.echo(f"internal error: {type(exc).__name__}: {exc}\n  hint: {hint}",
+                           err=True)
             ctx.exit(int(ExitCode.INTERNAL))
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """``--json`` before any ``--`` (after it, it would be a file name)."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def _json_error(kind: str, message: str, hint: str | None, code: int) -> None:
+    click.echo(json.dumps({"error": kind, "message": message, "hint": hint,
+                           "exit_code": code}), err=True)
 
 
 @click.group(cls=TrustbootGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,6 +10,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from trustboot.ca.store import load_trusted_root
 from trustboot.cli._common import emit_json, is_interactive, json_option, progress, warn
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion
 from trustboot.cms.sign import hash_file
@@ -65,7 +66,10 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
             raise ConfigError(
                 "no trust anchors: pass --trust ROOT.crt (what iPXE was built with, TRUST=)",
                 hint=f"or run inside a CA home ({root} does not exist)")
-        items = [str(root)]
+        # The pki's root only after its permissions and index fingerprint were checked.
+        cert = load_trusted_root(pki)
+        der = _der(cert)
+        return [TrustAnchor(fingerprint(der), der, f'"{cert.subject.rfc4514_string()}"')]
     anchors = []
     for item in items:
         match = _FPR.match(item)

@@ -40,7 +40,7 @@ from trustboot.cms.digest import ProgressFactory as ProgressFactory
 from trustboot.cms.digest import hash_file as hash_file
 from trustboot.cms.digest import hash_files as hash_files
 from trustboot.errors import ConfigError, OperationalError, VerificationError
-from trustboot.fsutil import atomic_write, fsync_dir, write_temp
+from trustboot.fsutil import atomic_write, fsync_dir, make_dirs, write_temp
 from trustboot.keys.algorithms import HashAlgorithm
 from trustboot.keys.signer import KeySigner, KeySource, Signer
 
@@ -286,7 +286,7 @@ def _sign(
 
     results = [one(i) for i in range(len(hashed))]
     if out_dir is not None:
-        make_public_dirs(out_dir)
+        make_dirs(out_dir)  # 0755 whatever the umask; OperationalError if not creatable
     write_all([(signed.signature_path, der) for signed, der in results])
     return [s for s, _ in results]
 
@@ -350,28 +350,6 @@ def _unframe(data: bytes) -> list[bytes]:
         out.append(data[pos + 4:pos + 4 + n])
         pos += 4 + n
     return out if pos == len(data) else []
-
-
-def make_public_dirs(path: Path) -> None:
-    """Create ``path`` and missing parents 0755 whatever the umask (signatures are public,
-    but nobody else may add or replace files next to them)."""
-    missing: list[Path] = []
-    current = path
-    while not current.is_dir():
-        missing.append(current)
-        if current == current.parent:
-            break
-        current = current.parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o755)
-            os.chmod(directory, 0o755)  # noqa: S103 - public signatures; the umask may narrow mkdir
-        except FileExistsError:
-            if not directory.is_dir():
-                raise _cannot_write(directory, FileExistsError(
-                    17, "exists and is not a directory"), "choose another --out") from None
-        except OSError as exc:
-            raise _cannot_write(directory, exc, "choose another --out directory") from None
 
 
 def _syncfs(directory: Path) -> bool:

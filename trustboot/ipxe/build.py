@@ -250,7 +250,8 @@ def make_plan(request: BuildRequest, *, jobs: int, src_dir: str = "src") -> Make
         by_cross.setdefault(KNOWN_TARGETS[target].cross, []).append(target)
     invocations = []
     for cross, targets in by_cross.items():
-        argv = ["make", "-C", src_dir, f"-j{jobs}", *targets, *common]
+        # "--": nothing after it is an option (targets are known names, the rest VAR=value).
+        argv = ["make", "-C", src_dir, f"-j{jobs}", "--", *targets, *common]
         if cross:
             argv.append(f"CROSS={cross}")
         invocations.append(tuple(argv))
@@ -440,7 +441,7 @@ def remove_abandoned_trees(work_root: Path) -> list[Path]:
     leftover, and one built with --client-cert still holds the unencrypted client key
     (trustboot-inputs/client.key, and the objects made from it). Returns what was removed.
     """
-    removed = []
+    removed: list[Path] = []
     try:
         names = os.listdir(work_root)
     except FileNotFoundError:
@@ -471,6 +472,8 @@ def _sigterm_unwinds() -> Iterator[None]:
         return
 
     def handler(signum: int, _frame: object) -> None:
+        # Once: a second SIGTERM must not interrupt the cleanup this one starts.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise OperationalError(f"interrupted by signal {signum}; the build was abandoned",
                                hint="rerun the build")
 
@@ -551,6 +554,7 @@ def build(
                         jobs or os.cpu_count() or 1, clean, on_progress,
                         make_env(make_env_names))
         manifest_bytes = (entry / "manifest.json").read_bytes()
+        fsutil.make_dirs(output_dir)  # only now: a failed build leaves no empty output dir
         outputs: dict[str, Path] = {}
         for target in request.targets:
             dest = output_dir / target

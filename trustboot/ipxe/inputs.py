@@ -12,7 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from trustboot.ca.store import (
+    MAX_CERT_FILE,
+    CertificateAuthority,
+    check_pki_permissions,
+    load_trusted_root,
+)
 from trustboot.errors import ConfigError
+from trustboot.fsutil import read_capped
 from trustboot.ipxe.config import (
     Certificate,
     ClientIdentity,
@@ -37,17 +47,14 @@ def collect_trust(
     trust: list[Certificate] = []
     certs: list[Certificate] = []
     if pki is not None:
-        root = pki / "ca.crt"
-        if not root.is_file():
-            raise ConfigError(
-                f"{pki} holds no CA ({root} is missing)",
-                hint="create one with `trustboot ca init --pki DIR`, or pass the root with "
-                "--trust FILE",
-            )
-        trust.append(load_single_certificate(root))
-        issuing = pki / "issuing-ca.crt"
-        if issuing.is_file():
-            certs.extend(load_certificates(issuing))
+        # Only a root whose pki nobody else can have changed, checked against the index.
+        root_cert = load_trusted_root(pki)
+        trust.append(_as_build_cert(root_cert, pki / "ca.crt"))
+        if CertificateAuthority.exists(pki):
+            ca = CertificateAuthority.open(pki)
+            certs.append(_as_build_cert(ca.issuing_cert, pki / "issuing-ca.crt"))
+        elif (pki / "issuing-ca.crt").is_file():
+            certs.extend(load_certificates(pki / "issuing-ca.crt"))
     for path in trust_files:
         cert = load_single_certificate(path)
         if cert.fingerprint not in {c.fingerprint for c in trust}:
@@ -72,13 +79,40 @@ def load_client_identity(
         raise ConfigError(f"client certificate name {name!r} is not a plain name")
     cert_path = pki / "issued" / f"{name}.crt"
     key_path = pki / "private" / f"{name}.key"
-    if not cert_path.is_file():
-        raise ConfigError(
-            f"no client certificate {cert_path}",
-            hint="issue one with `trustboot ca issue client NAME`",
-        )
-    cert = load_single_certificate(cert_path)
-    if not key_path.is_file():
-        raise ConfigError(f"no key {key_path} for client certificate {name}")
+    if CertificateAuthority.exists(pki):
+        # A CA home: the certificate must be the one the index recorded, and valid.
+        ca = CertificateAuthority.open(pki)
+        if not any(e.name == name for e in ca.entries):
+            raise ConfigError(f"no client certificate {name!r} in {pki}",
+                              hint="issue one with `trustboot ca issue client NAME`")
+        entry = ca.get(name)
+        if entry.profile != "client" or entry.status != "valid":
+            raise ConfigError(
+                f"{name!r} is not a valid client certificate in {pki} "
+                f"(profile {entry.profile}, {entry.status})",
+                hint="issue one with `trustboot ca issue client NAME`",
+            )
+        cert = _as_build_cert(entry.load_cert(), entry.cert_path)
+        key_path = entry.key_path
+    else:
+        # Loose files laid out like a pki: at least nobody else can have swapped them.
+        check_pki_permissions(pki)
+        if not cert_path.is_file():
+            raise ConfigError(
+                f"no client certificate {cert_path}",
+                hint="issue one with `trustboot ca issue client NAME`",
+            )
+        data = read_capped(cert_path, MAX_CERT_FILE, "client certificate", nofollow=True)
+        try:
+            parsed = x509.load_pem_x509_certificate(data)
+        except ValueError:
+            raise ConfigError(f"{cert_path} is not a PEM certificate") from None
+        cert = _as_build_cert(parsed, cert_path)
+    # load_key refuses a link, a key open to others, and an unencrypted key.
     key = load_key(key_path, passphrases, f"the client key {name}")
     return client_identity(cert, key)
+
+
+def _as_build_cert(cert: x509.Certificate, origin: Path) -> Certificate:
+    return Certificate(origin=str(origin), pem=cert.public_bytes(serialization.Encoding.PEM),
+                       der=cert.public_bytes(serialization.Encoding.DER))

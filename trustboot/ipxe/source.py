@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,15 @@ def _iter_files(src: Path) -> list[Path]:
     return files
 
 
+def _check_regular(file: Path) -> None:
+    """A FIFO or device in a tree would block or never end the hash and the copy."""
+    if not stat.S_ISREG(os.lstat(file).st_mode):
+        raise ConfigError(
+            f"{file} in the iPXE tree is not a regular file (a FIFO, device or socket)",
+            hint="remove it, or build from a clean checkout",
+        )
+
+
 def tree_hash(src: Path) -> str:
     """SHA-256 over (relative path, mode bit x, content) of every file, in sorted order."""
     outer = hashlib.sha256()
@@ -107,6 +117,7 @@ def tree_hash(src: Path) -> str:
         if file.is_symlink():
             entry = b"L" + os.readlink(file).encode()
         else:
+            _check_regular(file)
             inner = hashlib.sha256()
             with open(file, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):

@@ -1,0 +1,312 @@
+"""Attacks on the CA home by another local user or a crafted input, each refused.
+
+Reproduces issue 8's findings: a replaced ca.crt, a symlink at log.jsonl, issued/X.crt
+pointing at a secret, group-writable directories, unbounded passphrase reads, names with
+newlines, a dangling key link, and leftovers of killed runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.ca.conftest import Run, issue, run_proc, trustboot_cmd
+from trustboot.ca.store import CertificateAuthority, load_trusted_root
+from trustboot.cli.main import cli
+from trustboot.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def attacker_pki(tmp_path_factory: pytest.TempPathFactory, secrets_dir: Path) -> Path:
+    pki = tmp_path_factory.mktemp("attacker") / "pki"
+    r = CliRunner().invoke(cli, ["ca", "init", "--pki", str(pki), "--key-type", "ec-p256",
+                                 "--passphrase-file", str(secrets_dir / "ca.pass")])
+    assert r.exit_code == 0, r.output
+    return pki
+
+
+# --- a replaced ca.crt ------------------------------------------------------------------
+
+
+def test_replaced_root_is_refused_everywhere(pki: Path, attacker_pki: Path, tmp_path: Path,
+                                             secrets_dir: Path, run: Run) -> None:
+    original_root = (pki / "ca.crt").read_bytes()
+    # the attacker's image, signed by the attacker's own code-signing certificate
+    r = issue(run, attacker_pki, secrets_dir, "codesign", "signer")
+    assert r.exit_code == 0, r.output
+    image = tmp_path / "evil.bin"
+    image.write_bytes(b"evil kernel")
+    r = run("sign", str(image), "--key", "signer", "--pki", str(attacker_pki),
+            "--passphrase-file", str(secrets_dir / "key.pass"))
+    assert r.exit_code == 0, r.output
+    # control: with the genuine root, verify --pki refuses the attacker's signature
+    r = run("verify", str(image), "--pki", str(pki))
+    assert r.exit_code == 4, r.output
+
+    # the attack: the second user swaps in their root
+    shutil.copyfile(attacker_pki / "ca.crt", pki / "ca.crt")
+    assert (pki / "ca.crt").read_bytes() != original_root
+    r = run("verify", str(image), "--pki", str(pki))
+    assert r.exit_code == 3, r.output
+    assert "not the certificate 'root-ca' the index recorded" in r.output
+    with pytest.raises(ConfigError, match="index recorded"):
+        load_trusted_root(pki)
+    r = run("ca", "export", "--pki", str(pki), "--out", str(tmp_path / "export"))
+    assert r.exit_code == 3 and not (tmp_path / "export" / "root.pem").exists()
+    r = run("sign", str(image), "--key", "signer", "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "key.pass"), "--out", str(tmp_path / "sigs"))
+    assert r.exit_code == 3, r.output
+    r = run("ipxe", "build", "--pki", str(pki), "--source", str(tmp_path),
+            "--chain", "https://boot.example.net/boot.ipxe", "--signer", "signer")
+    assert r.exit_code == 3 and "index recorded" in r.output
+    r = run("ca", "revoke", "signer", "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3, r.output
+
+
+def test_replaced_leaf_certificate_is_refused(pki: Path, attacker_pki: Path,
+                                              secrets_dir: Path, run: Run) -> None:
+    issue(run, attacker_pki, secrets_dir, "codesign", "signer")
+    shutil.copyfile(attacker_pki / "issued" / "signer.crt", pki / "issued" / "signer.crt")
+    entry = CertificateAuthority.open(pki).get("signer")
+    with pytest.raises(ConfigError, match="index recorded"):
+        entry.load_cert()
+    r = run("ca", "show", "signer", "--pki", str(pki))
+    assert r.exit_code == 3 and "index recorded" in r.output
+
+
+@pytest.mark.parametrize("where", ["", "issued", "certs_by_serial", "revoked"])
+def test_directory_writable_by_others_is_refused(pki: Path, where: str, run: Run) -> None:
+    target = pki / where if where else pki
+    os.chmod(target, 0o777)
+    r = run("ca", "list", "--pki", str(pki))
+    assert r.exit_code == 3, r.output
+    assert "writable by other users" in r.output and f"chmod go-w {target}" in r.output
+    with pytest.raises(ConfigError, match="writable by other users"):
+        load_trusted_root(pki)
+    os.chmod(target, 0o755)
+    assert run("ca", "list", "--pki", str(pki)).exit_code == 0
+
+
+def test_private_dir_open_to_others_is_refused(pki: Path, run: Run) -> None:
+    os.chmod(pki / "private", 0o750)
+    r = run("ca", "list", "--pki", str(pki))
+    assert r.exit_code == 3 and f"chmod 700 {pki / 'private'}" in r.output
+
+
+def test_world_writable_file_is_refused(pki: Path, run: Run) -> None:
+    os.chmod(pki / "index.json", 0o666)
+    r = run("ca", "list", "--pki", str(pki))
+    assert r.exit_code == 3 and f"chmod go-w {pki / 'index.json'}" in r.output
+
+
+def test_pki_owned_by_another_user_is_refused(pki: Path, run: Run) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the pki to another uid")
+    os.chown(pki / "issued", 65534, 65534)
+    r = run("ca", "list", "--pki", str(pki))
+    assert r.exit_code == 3 and "not by you" in r.output and "chown" in r.output
+
+
+# --- links where none belongs ---------------------------------------------------------
+
+
+def test_symlink_at_log_is_refused_and_target_untouched(pki: Path, tmp_path: Path,
+                                                        secrets_dir: Path, run: Run) -> None:
+    victim = tmp_path / "root-only.conf"
+    victim.write_text("do not touch\n")
+    victim.chmod(0o600)
+    (pki / "log.jsonl").unlink()
+    (pki / "log.jsonl").symlink_to(victim)
+    r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3, r.output
+    assert "symbolic link" in r.output
+    assert victim.read_text() == "do not touch\n"
+    # the library refuses the append itself, even when the open-time check is bypassed
+    from trustboot.fsutil import append_line
+
+    with pytest.raises(ConfigError, match="symbolic link"):
+        append_line(pki / "log.jsonl", b"forged\n")
+    assert victim.read_text() == "do not touch\n"
+
+
+def test_issued_cert_linked_to_a_secret_is_not_copied(pki: Path, tmp_path: Path,
+                                                      secrets_dir: Path, run: Run) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret-hash:19000:0:99999:7:::\n")
+    secret.chmod(0o600)
+    cert = pki / "issued" / "signer.crt"
+    cert.unlink()
+    cert.symlink_to(secret)
+    before = set((pki / "revoked").iterdir())
+    r = run("ca", "revoke", "signer", "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3, r.output
+    assert "symbolic link" in r.output
+    assert set((pki / "revoked").iterdir()) == before
+    for f in pki.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            assert b"secret-hash" not in f.read_bytes(), f
+    assert CertificateAuthority.open(pki).get("signer").status == "valid"
+
+
+def test_key_file_linked_elsewhere_is_refused(pki: Path, tmp_path: Path, secrets_dir: Path,
+                                              run: Run) -> None:
+    key = pki / "private" / "signer.key"
+    moved = tmp_path / "elsewhere.key"
+    shutil.move(key, moved)
+    key.symlink_to(moved)
+    image = tmp_path / "f.bin"
+    image.write_bytes(b"x")
+    r = run("sign", str(image), "--key", "signer", "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "key.pass"))
+    assert r.exit_code == 3 and "symbolic link" in r.output
+
+
+def test_dangling_key_link_is_a_documented_error(pki: Path, tmp_path: Path,
+                                                 secrets_dir: Path, run: Run) -> None:
+    (pki / "private" / "newname.key").symlink_to(tmp_path / "nowhere")
+    r = issue(run, pki, secrets_dir, "codesign", "newname")
+    # the stray link is set aside (never followed) and the key written in its place
+    assert r.exit_code == 0, r.output
+    key = pki / "private" / "newname.key"
+    assert not key.is_symlink() and stat.S_IMODE(key.stat().st_mode) == 0o600
+    # a dangling link as the key of an issued certificate: exit 3, not a crash
+    (pki / "private" / "signer.key").unlink()
+    (pki / "private" / "signer.key").symlink_to(tmp_path / "nowhere")
+    image = tmp_path / "f.bin"
+    image.write_bytes(b"x")
+    r = run("sign", str(image), "--key", "signer", "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "key.pass"))
+    assert r.exit_code == 3, r.output
+
+
+# --- inputs: names, passphrases, output paths ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["evil\nV\t991231235959Z\t\t01\tunknown\t/CN=forged",
+                                  "tab\there", "nul\x00", "bell\x07", "del\x7f"])
+def test_ca_name_with_control_characters_is_refused(tmp_path: Path, secrets_dir: Path,
+                                                    run: Run, name: str) -> None:
+    r = run("ca", "init", "--pki", str(tmp_path / "pki"), "--name", name,
+            "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3, r.output
+    assert "control characters" in r.output
+    assert not (tmp_path / "pki" / "index.txt").exists()
+
+
+def test_org_with_newline_is_refused(tmp_path: Path, secrets_dir: Path, run: Run) -> None:
+    r = run("ca", "init", "--pki", str(tmp_path / "pki"), "--org", "Acme\nV\tforged",
+            "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3 and "control characters" in r.output
+
+
+def test_passphrase_file_dev_zero_is_refused_unread(pki: Path, run: Run) -> None:
+    start = time.monotonic()
+    r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", "/dev/zero")
+    assert r.exit_code == 3, r.output
+    assert "not a regular file" in r.output
+    assert time.monotonic() - start < 30
+
+
+def test_passphrase_fifo_does_not_block(pki: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "pass.fifo"
+    os.mkfifo(fifo)
+    proc = run_proc("ca", "crl", "--pki", str(pki), "--passphrase-file", str(fifo),
+                    timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "not a regular file" in proc.stderr
+
+
+def test_oversized_passphrase_file_is_refused(pki: Path, tmp_path: Path, run: Run) -> None:
+    big = tmp_path / "big.pass"
+    big.write_bytes(b"x" * (1 << 20))
+    r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(big))
+    assert r.exit_code == 3 and "larger than" in r.output
+
+
+def test_non_utf8_passphrase_in_env_is_not_a_crash(pki: Path) -> None:
+    secret = b"\xff\xfe-not-utf8-" + b"s" * 23
+    env = {k: v for k, v in os.environb.items()}
+    env[b"TB_BAD_PASS"] = secret
+    proc = subprocess.run(
+        [*trustboot_cmd(), "ca", "crl", "--pki", str(pki), "--passphrase-env", "TB_BAD_PASS"],
+        capture_output=True, env=env, timeout=120)
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 3, err  # a wrong passphrase, not a bug
+    assert "internal error" not in err and "position" not in err
+    assert str(len(secret)) not in err and "not-utf8" not in err
+
+
+def test_export_to_an_unwritable_place_is_operational(pki: Path, run: Run) -> None:
+    r = run("ca", "export", "--pki", str(pki), "--out", "/proc/trustboot-export")
+    assert r.exit_code == 1, r.output
+    assert "cannot create directory /proc/trustboot-export" in r.output
+
+
+def test_init_under_a_file_is_operational(tmp_path: Path, secrets_dir: Path, run: Run) -> None:
+    (tmp_path / "file").write_text("x")
+    r = run("ca", "init", "--pki", str(tmp_path / "file" / "sub"), "--passphrase-file",
+            str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 1, r.output
+    assert "is not a directory" in r.output or "Not a directory" in r.output
+
+
+def test_export_checks_the_crl_signature(pki: Path, attacker_pki: Path, tmp_path: Path,
+                                         run: Run) -> None:
+    shutil.copyfile(attacker_pki / "crl.pem", pki / "crl.pem")
+    r = run("ca", "export", "--pki", str(pki), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 3 and "not signed by this CA" in r.output
+
+
+# --- leftovers of killed runs -------------------------------------------------------------
+
+
+def test_temp_files_of_killed_runs_are_removed(pki: Path, secrets_dir: Path, run: Run) -> None:
+    leftovers = [pki / ".index.json.abc123.tmp", pki / "issued" / ".signer.crt.x1.tmp",
+                 pki / "certs_by_serial" / ".1234.pem.zz.tmp",
+                 pki / "private" / ".signer.key.4242.tmp"]
+    for f in leftovers:
+        f.write_bytes(b"partial")
+    keep = pki / "issued" / "notes.txt"  # not ours to remove
+    keep.write_text("x")
+    r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 0, r.output
+    assert [f for f in leftovers if f.exists()] == []
+    assert keep.exists()
+
+
+def test_concurrent_reader_sees_no_half_written_files(pki: Path, secrets_dir: Path) -> None:
+    """The temp cleanup runs under the lock: a concurrent crl never loses its temp file."""
+    errors: list[str] = []
+
+    def crl() -> None:
+        r = CliRunner().invoke(cli, ["ca", "crl", "--pki", str(pki), "--passphrase-file",
+                                     str(secrets_dir / "ca.pass")])
+        if r.exit_code != 0:
+            errors.append(r.output)
+
+    threads = [threading.Thread(target=crl) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads((pki / "index.json").read_text())["crl_number"] >= 4
+
+
+def test_index_paths_outside_the_pki_are_refused(pki: Path, run: Run) -> None:
+    doc = json.loads((pki / "index.json").read_text())
+    doc["entries"][-1]["cert_file"] = "../../etc/passwd"
+    (pki / "index.json").write_text(json.dumps(doc))
+    r = run("ca", "list", "--pki", str(pki))
+    assert r.exit_code == 3 and "not a path inside the pki" in r.output

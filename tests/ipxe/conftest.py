@@ -1,0 +1,39 @@
+"""Fixtures shared by the fake-tree iPXE tests: a throwaway pki and the CLI environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_tool
+from tests.ipxe.fake_tree import fake_env, fake_env_passthrough, make_fake_tree
+from tests.ipxe.testpki import TestPki, make_pki
+from trustboot.ipxe import build as B
+
+FAKE_TOOLCHAIN = {"gcc": "gcc (fake)", "make": "make (fake)"}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A fake tree, a private cache, and the fake toolchain (make itself is real)."""
+    require_tool("make", "make")
+    tree = make_fake_tree(tmp_path / "ipxe")
+    runs = tmp_path / "runs.log"
+    runs.write_text("")
+    for k, v in fake_env().items():
+        monkeypatch.setenv(k, v)
+    fake_env_passthrough(monkeypatch)
+    monkeypatch.setenv("FAKE_RUNS", str(runs))
+    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
+    monkeypatch.delenv("TRUSTBOOT_PKI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(B, "check_toolchain", lambda targets: dict(FAKE_TOOLCHAIN))
+    return {"tree": tree, "runs": runs, "out": tmp_path / "ipxe-build",
+            "cache": tmp_path / "cache" / "ipxe"}

@@ -1,0 +1,299 @@
+"""`ipxe build` under attack: option injection through --git, the environment make sees,
+and the unencrypted client key of a killed build. Runs against the fake tree (real make,
+real git); no iPXE tree needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import require_tool
+from tests.ipxe.fake_tree import FAKE_VARS
+from tests.ipxe.testpki import TestPki
+from trustboot.cli.main import cli
+from trustboot.errors import ConfigError
+from trustboot.ipxe import build as B
+from trustboot.ipxe.source import check_commit, check_git_url, clone_pinned
+from trustboot.subproc import git_env
+
+CHAIN = ["--chain", "https://boot.example.com/boot.ipxe", "--signer", "boot-signer"]
+CLIENT_PASS = "client key passphrase"
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+# --- --git ---------------------------------------------------------------------------------
+
+
+def test_git_url_cannot_smuggle_an_option(env: dict[str, Path], pki: TestPki,
+                                          tmp_path: Path) -> None:
+    require_tool("git", "git")
+    pwned = tmp_path / "pwned"
+    code, _, err = run("ipxe", "build", "--git", f"--upload-pack=touch {pwned}",
+                       "--commit", "a" * 40, "--pki", str(pki.dir), *CHAIN)
+    assert code == 3, err
+    assert "starts with '-'" in err
+    assert not pwned.exists()
+    assert not (env["cache"] / "git").exists()  # refused before anything ran
+    # the library refuses it too, whoever calls it
+    with pytest.raises(ConfigError):
+        clone_pinned(f"--upload-pack=touch {pwned}", "a" * 40, tmp_path / "clone")
+    assert not pwned.exists()
+
+
+@pytest.mark.parametrize("url", [
+    "--upload-pack=touch /tmp/x",
+    "-oProxyCommand=touch /tmp/x",
+    "ext::sh -c touch% /tmp/x",
+    "ext::sh",
+    "fd::17",
+    "http://example.com/ipxe.git",
+    "git://example.com/ipxe.git",
+    "ftp://example.com/ipxe.git",
+    "git@github.com:ipxe/ipxe.git",
+    "https://example.com/ipxe.git\n--upload-pack=x",
+    "https://example.com/a b",
+    "https:///no-host",
+    "file://host/path",
+    "no/such/local/dir",
+    "",
+])
+def test_git_url_rule_refuses(url: str) -> None:
+    with pytest.raises(ConfigError):
+        check_git_url(url)
+
+
+def test_git_url_rule_accepts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in ("https://github.com/ipxe/ipxe.git", "ssh://git@example.com/ipxe.git",
+                "ssh://git@example.com:2222/ipxe.git", "file:///srv/git/ipxe.git"):
+        assert check_git_url(url) == url
+    # a local directory becomes absolute, so it can never start with '-'
+    (tmp_path / "-repo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError):
+        check_git_url("-repo")  # '-repo' itself is refused ...
+    assert check_git_url("./-repo") == str(tmp_path / "-repo")  # ... './-repo' is fine
+
+
+@pytest.mark.parametrize("commit", ["abc123", "--foo", "g" * 40, "a" * 41, "HEAD", ""])
+def test_commit_must_be_a_full_id(commit: str) -> None:
+    with pytest.raises(ConfigError):
+        check_commit(commit)
+    assert check_commit("A" * 40) == "a" * 40 and check_commit("b" * 64) == "b" * 64
+
+
+def test_git_environment_refuses_ext_transport_even_if_asked(tmp_path: Path) -> None:
+    """Defence in depth: git itself runs with GIT_ALLOW_PROTOCOL=https:ssh:file."""
+    git = require_tool("git", "git")
+    pwned = tmp_path / "pwned2"
+    proc = subprocess.run([git, "ls-remote", "--", f"ext::sh -c touch% {pwned}"],
+                          capture_output=True, env=git_env(), cwd=tmp_path, timeout=60)
+    assert proc.returncode != 0
+    assert not pwned.exists()
+
+
+def test_subprocess_environments_carry_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TB_SECRET_PASS", "hunter2hunter2")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "abc")
+    monkeypatch.setenv("MAKEFLAGS", "-j99 --eval=$(shell touch /tmp/x)")
+    for env in (git_env(), B.make_env()):
+        assert "TB_SECRET_PASS" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+        assert "MAKEFLAGS" not in env
+        assert env["LC_ALL"] == "C" and env["PATH"]
+    assert git_env()["GIT_ALLOW_PROTOCOL"] == "https:ssh:file"
+    assert git_env()["GIT_TERMINAL_PROMPT"] == "0"
+    assert B.make_env(["TB_SECRET_PASS"])["TB_SECRET_PASS"] == "hunter2hunter2"  # opt-in
+
+
+def test_git_clone_from_a_local_repository_still_works(env: dict[str, Path], pki: TestPki,
+                                                       tmp_path: Path) -> None:
+    git = require_tool("git", "git")
+    repo = tmp_path / "repo"
+    subprocess.run(["cp", "-a", str(env["tree"]), str(repo)], check=True)
+    for argv in (["init", "-q"], ["add", "-A"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x"]):
+        subprocess.run([git, "-C", str(repo), *argv], check=True)
+    commit = subprocess.run([git, "-C", str(repo), "rev-parse", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    code, out, err = run("ipxe", "build", "--git", str(repo), "--commit", commit,
+                         "--pki", str(pki.dir), "--target", "bin/ipxe.lkrn", *CHAIN, "--json")
+    assert code == 0, err
+    assert json.loads(out)["manifest"]["source"]["git_commit"] == commit
+
+
+# --- the client key ------------------------------------------------------------------------
+
+
+def _client_store(pki: TestPki, root: Path) -> Path:
+    """A pki layout holding client certificate 'c1' and its encrypted key."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from trustboot.keys.keyfile import write_key
+
+    store = root / "store"
+    (store / "issued").mkdir(parents=True)
+    (store / "ca.crt").write_bytes(pki.root.read_bytes())
+    (store / "issuing-ca.crt").write_bytes(pki.issuing.read_bytes())
+    cert, key = pki.client_credentials("c1")
+    (store / "issued" / "c1.crt").write_bytes(cert.public_bytes(Encoding.PEM))
+    write_key(store / "private" / "c1.key", key, CLIENT_PASS.encode())
+    return store
+
+
+def test_make_never_sees_the_passphrase_variable(env: dict[str, Path], pki: TestPki,
+                                                 tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _client_store(pki, tmp_path)
+    builder = env["tree"] / "src" / "fake_build.py"
+    dump = tmp_path / "make-env.json"
+    builder.write_text(builder.read_text().replace(
+        'with open(os.environ["FAKE_RUNS"], "a") as log:',
+        f'open({str(dump)!r}, "w").write(__import__("json").dumps(dict(os.environ)))\n'
+        'with open(os.environ["FAKE_RUNS"], "a") as log:'))
+    monkeypatch.setenv("TB_CLIENT_PASS", CLIENT_PASS)
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(store),
+                       "--client-cert", "c1", "--passphrase-env", "TB_CLIENT_PASS",
+                       "--target", "bin/ipxe.lkrn", *CHAIN)
+    assert code == 0, err
+    seen = json.loads(dump.read_text())
+    assert "TB_CLIENT_PASS" not in seen
+    assert CLIENT_PASS not in json.dumps(seen)
+    make_own = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "PWD", "SHLVL", "_"}
+    plan_vars = {"TRUST", "CERT", "EMBED", "PRIVKEY", "EXTRA_CFLAGS", "SOURCE_DATE_EPOCH",
+                 "GITVERSION", "CROSS"}  # make exports its command-line variables
+    assert set(seen) <= {"PATH", "HOME", "TMPDIR", "USER", "LOGNAME", "LANG", "LC_ALL",
+                         *FAKE_VARS, *make_own, *plan_vars}
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(store),
+                       "--client-cert", "c1", "--passphrase-env", "TB_CLIENT_PASS",
+                       "--make-env", "TB_CLIENT_PASS", "--target", "bin/ipxe.lkrn", *CHAIN)
+    assert code == 3 and "passphrase" in err
+
+
+_DRIVER = """\
+import sys
+from trustboot.ipxe import build as B
+B.check_toolchain = lambda targets: {"gcc": "gcc (fake)", "make": "make (fake)"}
+B.MAKE_ENV_PASSTHROUGH = %r
+from trustboot.cli.main import main
+sys.argv = ["trustboot", *sys.argv[1:]]
+main()
+"""
+
+
+def _start_client_build(env: dict[str, Path], pki: TestPki, tmp_path: Path,
+                        hold: Path) -> subprocess.Popen[bytes]:
+    store = _client_store(pki, tmp_path)
+    child_env = {**os.environ, "FAKE_HOLD": str(hold), "TB_CLIENT_PASS": CLIENT_PASS,
+                 "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.Popen(
+        [sys.executable, "-c", _DRIVER % (FAKE_VARS,), "ipxe", "build",
+         "--source", str(env["tree"]), "--pki", str(store), "--client-cert", "c1",
+         "--passphrase-env", "TB_CLIENT_PASS", "--target", "bin/ipxe.lkrn", *CHAIN,
+         "--cache-dir", str(env["cache"]), "-o", str(tmp_path / "out")],
+        env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the build ended early: {err.decode(errors='replace')}")
+        if time.monotonic() > deadline:
+            pytest.fail("the build never reached make")
+        time.sleep(0.05)
+
+
+def _keys_in(cache: Path) -> list[Path]:
+    return [p for p in cache.rglob("*") if p.name == "client.key" or "private_key" in p.name]
+
+
+def test_sigkilled_client_build_leaves_key_only_until_the_next_run(
+    env: dict[str, Path], pki: TestPki, tmp_path: Path
+) -> None:
+    hold = tmp_path / "holding"
+    proc = _start_client_build(env, pki, tmp_path, hold)
+    try:
+        _wait_for(hold, proc)
+        trees = list((env["cache"] / "work").glob(f"build-{proc.pid}-*"))
+        assert len(trees) == 1
+        tree = trees[0]
+        assert oct(tree.stat().st_mode & 0o777) == "0o700"
+        key = tree / "trustboot-inputs" / "client.key"
+        assert key.is_file() and oct(key.stat().st_mode & 0o777) == "0o600"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # python, make and the compiler: no cleanup
+        proc.wait()
+    assert _keys_in(env["cache"]), "SIGKILL leaves the key behind (nothing can run)"
+    # the next build, whatever it builds, removes the dead build's tree first
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       "--target", "bin/ipxe.lkrn", *CHAIN, "--cache-dir", str(env["cache"]))
+    assert code == 0, err
+    assert _keys_in(env["cache"]) == []
+    assert list((env["cache"] / "work").glob(f"build-{proc.pid}-*")) == []
+
+
+def test_sigterm_removes_the_key_at_once(env: dict[str, Path], pki: TestPki,
+                                         tmp_path: Path) -> None:
+    hold = tmp_path / "holding"
+    proc = _start_client_build(env, pki, tmp_path, hold)
+    try:
+        _wait_for(hold, proc)
+        assert _keys_in(env["cache"])
+        os.kill(proc.pid, signal.SIGTERM)  # trustboot only, as a service manager would
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, err
+    assert b"interrupted by signal" in err
+    assert _keys_in(env["cache"]) == []
+    assert list((env["cache"] / "work").glob("build-*")) == []
+
+
+# --- unbounded reads and odd files -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--trust", "--cert", "--script"])
+def test_device_and_fifo_inputs_are_refused_unread(env: dict[str, Path], pki: TestPki,
+                                                   tmp_path: Path, option: str) -> None:
+    fifo = tmp_path / "input.fifo"
+    os.mkfifo(fifo)
+    extra = [] if option == "--script" else CHAIN
+    for path in ("/dev/zero", str(fifo)):
+        start = time.monotonic()
+        code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki",
+                           str(pki.dir), option, path, *extra)
+        assert code == 3, err
+        assert "not a regular file" in err
+        assert time.monotonic() - start < 30
+    assert env["runs"].read_text() == ""
+
+
+def test_fifo_in_the_source_tree_is_refused(env: dict[str, Path], pki: TestPki) -> None:
+    os.mkfifo(env["tree"] / "src" / "trap.fifo")
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       *CHAIN)
+    assert code == 3 and "not a regular file" in err
+
+
+def test_output_under_a_file_is_operational(env: dict[str, Path], pki: TestPki,
+                                            tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       "--target", "bin/ipxe.lkrn", *CHAIN, "-o", str(tmp_path / "afile" / "o"))
+    assert code == 1, err
+    assert "cannot create directory" in err and "Traceback" not in err
