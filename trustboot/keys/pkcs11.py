@@ -77,7 +77,8 @@ class Pkcs11Uri:
         return self.path.get("id")
 
 
-def parse_uri(text: str) -> Pkcs11Uri:
+def parse_uri(text: str, *, require_key: bool = True) -> Pkcs11Uri:
+    """``require_key=False`` for a URI naming only a token (where CA keys are generated)."""
     shown = mask_pin(text)
     scheme, _, rest = text.partition(":")
     if scheme.lower() != "pkcs11":
@@ -104,7 +105,7 @@ def parse_uri(text: str) -> Pkcs11Uri:
     if kind not in (None, "private"):
         raise ConfigError(f"{shown} names a {kind} object; signing needs the private key",
                           hint="use type=private (or leave it out)")
-    if not (uri.get("object") or uri.id):
+    if require_key and not (uri.get("object") or uri.id):
         raise ConfigError(f"{shown} names no key (object= or id=)",
                           hint="add object=LABEL or id=%01 to the URI")
     return uri
@@ -262,42 +263,50 @@ class Pkcs11KeySource(KeySource):
     @contextlib.contextmanager
     def open(self, secrets: PassphraseSource) -> Iterator[Signer]:
         p11 = _import_pkcs11()
-        errors = p11.exceptions
-        with loaded_module(self.module) as lib:
-            token = find_token(lib, self.uri)
-            pin: str | None = None
-            if token.flags & p11.TokenFlag.LOGIN_REQUIRED:
-                source = self.uri.get("pin-source")
-                raw = (secret_source(source) if source else secrets)(
-                    f"the PIN of token {token.label!r}")
-                try:
-                    pin = raw.decode()
-                except UnicodeDecodeError:  # say nothing about the value itself
-                    raise ConfigError(f"the PIN for token {token.label!r} is not UTF-8",
-                                      hint="check the PIN source") from None
+        with token_session(self.uri, self.module, secrets) as session:
+            key = find_one(session, self.uri, p11.ObjectClass.PRIVATE_KEY, "private key")
+            yield Pkcs11Signer(key, self.certificate, self.chain, self.uri)
+
+
+@contextlib.contextmanager
+def token_session(uri: Pkcs11Uri, module: Path, secrets: PassphraseSource, *,
+                  rw: bool = False) -> Iterator[Any]:
+    """A session on the URI's token, logged in when the token wants it (one PIN request);
+    closed, and the module finalised, when the block ends."""
+    p11 = _import_pkcs11()
+    errors = p11.exceptions
+    with loaded_module(module) as lib:
+        token = find_token(lib, uri)
+        pin: str | None = None
+        if token.flags & p11.TokenFlag.LOGIN_REQUIRED:
+            source = uri.get("pin-source")
+            raw = (secret_source(source) if source else secrets)(
+                f"the PIN of token {token.label!r}")
             try:
-                session = token.open(user_pin=pin)
-            except errors.PinIncorrect:
-                raise ConfigError(f"wrong PIN for token {token.label!r}",
-                                  hint="check the PIN source (--pin-file / --pin-env / "
-                                       "pin-source=); repeated failures lock the token"
-                                  ) from None
-            except errors.PinLocked:
-                raise OperationalError(
-                    f"the PIN of token {token.label!r} is locked (too many wrong PINs)",
-                    hint="reset it with the security officer PIN (e.g. pkcs11-tool "
-                         "--init-pin --login --login-type so)") from None
-            except (errors.PinExpired, errors.PinInvalid, errors.PinLenRange) as exc:
-                raise ConfigError(f"token {token.label!r} refused the PIN: "
-                                  f"{type(exc).__name__}", hint="check the PIN") from None
-            except errors.PKCS11Error as exc:
-                raise OperationalError(f"cannot log in to token {token.label!r}: "
-                                       f"{type(exc).__name__}",
-                                       hint="check the token and its module") from None
-            with session:
-                key = find_one(session, self.uri, p11.ObjectClass.PRIVATE_KEY, "private key")
-                signer = Pkcs11Signer(key, self.certificate, self.chain, self.uri)
-                yield signer
+                pin = raw.decode()
+            except UnicodeDecodeError:  # say nothing about the value itself
+                raise ConfigError(f"the PIN for token {token.label!r} is not UTF-8",
+                                  hint="check the PIN source") from None
+        try:
+            session = token.open(rw=rw, user_pin=pin)
+        except errors.PinIncorrect:
+            raise ConfigError(f"wrong PIN for token {token.label!r}",
+                              hint="check the PIN source (--pin-file / --pin-env / "
+                                   "pin-source=); repeated failures lock the token") from None
+        except errors.PinLocked:
+            raise OperationalError(
+                f"the PIN of token {token.label!r} is locked (too many wrong PINs)",
+                hint="reset it with the security officer PIN (e.g. pkcs11-tool "
+                     "--init-pin --login --login-type so)") from None
+        except (errors.PinExpired, errors.PinInvalid, errors.PinLenRange) as exc:
+            raise ConfigError(f"token {token.label!r} refused the PIN: "
+                              f"{type(exc).__name__}", hint="check the PIN") from None
+        except errors.PKCS11Error as exc:
+            raise OperationalError(f"cannot log in to token {token.label!r}: "
+                                   f"{type(exc).__name__}",
+                                   hint="check the token and its module") from None
+        with session:
+            yield session
 
 
 def secret_source(source: str) -> PassphraseSource:
@@ -314,7 +323,6 @@ class Pkcs11Signer(CertifiedSigner):
                  chain: Sequence[x509.Certificate], uri: Pkcs11Uri) -> None:
         super().__init__(certificate, chain)
         p11 = _import_pkcs11()
-        self._p11 = p11
         self._key = key
         key_type = key.key_type
         expected = p11.KeyType.RSA if self._algorithm == KeyAlgorithm.RSA else p11.KeyType.EC
@@ -338,20 +346,28 @@ class Pkcs11Signer(CertifiedSigner):
             raise self.mismatch(uri.text, _MISMATCH_HINT)
 
     def sign_digest(self, digest: bytes, hash_name: str) -> bytes:
-        algo = HashAlgorithm.parse(hash_name)
-        algo.check_digest(digest)
-        mech = self._p11.Mechanism
-        try:
-            if self._algorithm == KeyAlgorithm.RSA:
-                return bytes(self._key.sign(algo.digest_info(digest), mechanism=mech.RSA_PKCS))
-            raw = bytes(self._key.sign(digest, mechanism=mech.ECDSA))
-        except self._p11.exceptions.PKCS11Error as exc:
-            raise OperationalError(f"the token refused to sign: {type(exc).__name__}",
-                                   hint="check the key's CKA_SIGN and the token") from None
-        from asn1crypto import algos
+        return sign_in_token(self._key, self._algorithm, HashAlgorithm.parse(hash_name),
+                             digest)
 
-        der: bytes = algos.DSASignature.from_p1363(raw).dump()
-        return der
+
+def sign_in_token(key: Any, algorithm: KeyAlgorithm, hash_alg: HashAlgorithm,
+                  digest: bytes) -> bytes:
+    """The token signs a host-computed digest: CKM_RSA_PKCS over the DigestInfo, or
+    CKM_ECDSA whose raw r||s becomes a DER Ecdsa-Sig-Value."""
+    p11 = _import_pkcs11()
+    hash_alg.check_digest(digest)
+    try:
+        if algorithm == KeyAlgorithm.RSA:
+            return bytes(key.sign(hash_alg.digest_info(digest),
+                                  mechanism=p11.Mechanism.RSA_PKCS))
+        raw = bytes(key.sign(digest, mechanism=p11.Mechanism.ECDSA))
+    except p11.exceptions.PKCS11Error as exc:
+        raise OperationalError(f"the token refused to sign: {type(exc).__name__}",
+                               hint="check the key's CKA_SIGN and the token") from None
+    from asn1crypto import algos
+
+    der: bytes = algos.DSASignature.from_p1363(raw).dump()
+    return der
 
 
 def resolve(ref: KeyRef, opts: ResolveOptions) -> Pkcs11KeySource:
@@ -407,3 +423,147 @@ def _token_public_key(lib: Any, uri: Pkcs11Uri) -> Any:
             return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
         raise ConfigError(f"the key {uri.text} is a {obj.key_type.name} key; only RSA "
                           "and ECDSA keys can sign for iPXE", hint="use RSA or EC P-256")
+
+
+# ---- CA keys that live in a token ---------------------------------------------------------
+# cryptography's certificate and CRL builders sign through the private key's ``sign``
+# method, so an object implementing its private key interface with a token behind it lets
+# the CA sign certificates and CRLs in the token without another code path.
+
+def _digest(data: bytes, algorithm: Any) -> tuple[HashAlgorithm, bytes]:
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+    if isinstance(algorithm, Prehashed):
+        sizes = {h.digest_size: h for h in HashAlgorithm}  # Prehashed hides its algorithm
+        if algorithm.digest_size not in sizes:
+            raise ValueError("unsupported prehashed digest")
+        return sizes[algorithm.digest_size], bytes(data)
+    hash_alg = HashAlgorithm.parse(algorithm.name)
+    return hash_alg, hashlib.new(hash_alg.value, bytes(data)).digest()
+
+
+class _TokenKey:
+    """Signs through a fresh session per operation (a CA signs one or two things per run);
+    the PIN is asked for once and kept for this object's life only."""
+
+    def __init__(self, ref: str, module: Path, secrets: PassphraseSource, public: Any) -> None:
+        self.ref = ref
+        self._uri = parse_uri(ref)
+        self._module = module
+        self._pin: bytes | None = None
+        self._secrets = secrets
+        self._public = public
+
+    def _pin_once(self, what: str) -> bytes:
+        if self._pin is None:
+            self._pin = self._secrets(what)
+        return self._pin
+
+    def _token_sign(self, algorithm: KeyAlgorithm, hash_alg: HashAlgorithm,
+                    digest: bytes) -> bytes:
+        p11 = _import_pkcs11()
+        with token_session(self._uri, self._module, self._pin_once) as session:
+            key = find_one(session, self._uri, p11.ObjectClass.PRIVATE_KEY, "private key")
+            return sign_in_token(key, algorithm, hash_alg, digest)
+
+    def public_key(self) -> Any:
+        return self._public
+
+    def private_numbers(self) -> Any:
+        raise ConfigError(f"the key {self._uri.text} is in a token and cannot be exported")
+
+    def private_bytes(self, *_args: Any) -> bytes:
+        raise ConfigError(f"the key {self._uri.text} is in a token and cannot be exported")
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, _memo: Any) -> Any:
+        return self
+
+
+def token_private_key(ref: str, module: Path, secrets: PassphraseSource) -> Any:
+    """A cryptography private key object whose signing happens in the token."""
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    uri = parse_uri(ref)
+    with loaded_module(module) as lib:
+        public = _token_public_key(lib, uri)
+
+    if isinstance(public, rsa.RSAPublicKey):
+        class TokenRSAKey(_TokenKey, rsa.RSAPrivateKey):
+            @property
+            def key_size(self) -> int:
+                return int(public.key_size)
+
+            def sign(self, data: Any, pad: Any, algorithm: Any) -> bytes:
+                if not isinstance(pad, padding.PKCS1v15):
+                    raise ValueError("the token key signs with PKCS#1 v1.5 only")
+                hash_alg, digest = _digest(data, algorithm)
+                return self._token_sign(KeyAlgorithm.RSA, hash_alg, digest)
+
+            def decrypt(self, *_args: Any) -> bytes:
+                raise ValueError("the token key is for signing only")
+
+        return TokenRSAKey(ref, module, secrets, public)
+
+    class TokenECKey(_TokenKey, ec.EllipticCurvePrivateKey):
+        @property
+        def curve(self) -> ec.EllipticCurve:
+            return public.curve  # type: ignore[no-any-return]
+
+        @property
+        def key_size(self) -> int:
+            return int(public.curve.key_size)
+
+        def sign(self, data: Any, signature_algorithm: Any) -> bytes:
+            hash_alg, digest = _digest(data, signature_algorithm.algorithm)
+            return self._token_sign(KeyAlgorithm.ECDSA, hash_alg, digest)
+
+        def exchange(self, *_args: Any) -> bytes:
+            raise ValueError("the token key is for signing only")
+
+    return TokenECKey(ref, module, secrets, public)
+
+
+def generate_key_pair(token_ref: str, module: Path, secrets: PassphraseSource, *,
+                      label: str, kind: str, size: int) -> str:
+    """Generate a non-extractable, sensitive signing key pair in the token; returns the
+    URI naming it. Refuses when the token already holds an object with that label."""
+    p11 = _import_pkcs11()
+    uri = parse_uri(f"{token_ref};object={label}" if "object=" not in token_ref
+                    else token_ref)
+    attr = p11.Attribute
+    private = {attr.TOKEN: True, attr.PRIVATE: True, attr.SENSITIVE: True,
+               attr.EXTRACTABLE: False, attr.SIGN: True, attr.DECRYPT: False,
+               attr.UNWRAP: False, attr.DERIVE: False}
+    public = {attr.TOKEN: True, attr.VERIFY: True, attr.ENCRYPT: False, attr.WRAP: False}
+    with token_session(uri, module_path(uri, module), secrets, rw=True) as session:
+        existing = list(session.get_objects({attr.LABEL: label}))
+        if existing:
+            raise ConfigError(f"token already holds objects labelled {label!r}",
+                              hint="use another token, or remove them after checking "
+                                   "that no CA uses them")
+        key_id = os.urandom(8)
+        try:
+            if kind == "rsa":
+                session.generate_keypair(p11.KeyType.RSA, size, id=key_id, label=label,
+                                         store=True, public_template=public,
+                                         private_template=private)
+            else:
+                from pkcs11.util.ec import encode_named_curve_parameters
+
+                curve = {256: "secp256r1", 384: "secp384r1"}[size]
+                params = session.create_domain_parameters(
+                    p11.KeyType.EC, {attr.EC_PARAMS: encode_named_curve_parameters(curve)},
+                    local=True)
+                params.generate_keypair(id=key_id, label=label, store=True,
+                                        public_template=public, private_template=private)
+        except p11.exceptions.PKCS11Error as exc:
+            raise OperationalError(f"the token could not generate a {kind}-{size} key: "
+                                   f"{type(exc).__name__}",
+                                   hint="check that the token supports this key type") from None
+    ident = "".join(f"%{b:02x}" for b in key_id)
+    return f"{token_ref.split('?')[0]};object={label};id={ident}"
