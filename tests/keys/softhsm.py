@@ -84,3 +84,12 @@ def make_token(directory: Path, label: str = "trustboot-test") -> Token:
     token.run("softhsm2-util", "--init-token", "--free", "--label", label, "--pin", PIN,
               "--so-pin", SO_PIN)
     return token
+
+
+def openssl_verify(image: Path, sig: Path, root: Path) -> None:
+    """The independent check: openssl accepts the detached DER signature under ``root``."""
+    proc = subprocess.run(["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in",
+                           str(sig), "-content", str(image), "-CAfile", str(root), "-purpose",
+                           "any", "-out", os.devnull], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr

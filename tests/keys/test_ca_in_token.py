@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
 
-from tests.keys.softhsm import PIN, Token
+from tests.keys.softhsm import PIN, Token, openssl_verify
 from trustboot.cli.main import cli
 
 KEY_PASS = "leaf key passphrase"
@@ -58,11 +57,7 @@ def test_ca_keys_in_token(token: Token, tmp_path: Path, key_type: str) -> None:
     signed = CliRunner().invoke(cli, ["sign", str(image), "--pki", str(pki), "--key", "leaf",
                                       "--passphrase-env", "TB_KEY"], env=env)
     assert signed.exit_code == 0, signed.output
-    proc = subprocess.run(["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in",
-                           f"{image}.sig", "-content", str(image), "-CAfile",
-                           str(pki / "ca.crt"), "-purpose", "any", "-out", "/dev/null"],
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
+    openssl_verify(image, Path(f"{image}.sig"), pki / "ca.crt")
     revoke = CliRunner().invoke(cli, ["ca", "revoke", "leaf", "--pki", str(pki),
                                       "--passphrase-env", "TB_PIN"], env=env)
     assert revoke.exit_code == 0, revoke.output

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.keys.softhsm import PIN, Token, make_token
+from tests.keys.softhsm import PIN, Token, make_token, openssl_verify
 from trustboot import secrets
 from trustboot.ca.store import CertificateAuthority
 from trustboot.keys.pkcs11 import public_key_of
@@ -80,11 +80,7 @@ def _run(script: str, work: Path, env: dict[str, str]) -> None:
 
 def _check_signed(work: Path, files: list[Path]) -> None:
     for f in files:
-        proc = subprocess.run(["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in",
-                               f"{f}.sig", "-content", str(f), "-CAfile",
-                               str(work / "pki" / "ca.crt"), "-purpose", "any", "-out",
-                               os.devnull], capture_output=True, text=True, check=False)
-        assert proc.returncode == 0, proc.stderr
+        openssl_verify(f, Path(f"{f}.sig"), work / "pki" / "ca.crt")
     manifest = json.loads((work / "dist" / "signatures.json").read_text())
     assert sorted(Path(e["path"]).name for e in manifest["files"]) == sorted(
         f.name for f in files)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import dsa, ec
 
 from tests.cms.pki import Material, ec_key, rsa_key
-from tests.keys.softhsm import PIN, Token
+from tests.keys.softhsm import PIN, Token, openssl_verify
 from trustboot.cli.main import cli
 from trustboot.cms.workflow import sign_paths
 from trustboot.errors import ConfigError
@@ -36,14 +36,6 @@ def _pin_file(tmp_path: Path, pin: str = PIN) -> Path:
     return path
 
 
-def _openssl_verify(image: Path, sig: Path, root: Path) -> None:
-    proc = subprocess.run(["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in",
-                           str(sig), "-content", str(image), "-CAfile", str(root), "-purpose",
-                           "any", "-out", os.devnull], capture_output=True, text=True,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr
-
-
 def _sign(token: Token, tmp_path: Path, files: list[Path], uri: str, *extra: str,
           pin: str = PIN) -> object:
     return CliRunner().invoke(cli, ["sign", *map(str, files), "--key", uri,
@@ -63,7 +55,7 @@ def test_token_signature_verifies_like_a_file_key(token: Token, material: Materi
     assert result.exit_code == 0, result.output
     sig = image.with_name("vmlinuz.sig")
     root = material.directory / "root.pem"
-    _openssl_verify(image, sig, root)
+    openssl_verify(image, sig, root)
     verify = CliRunner().invoke(cli, ["verify", str(image), "--trust", str(root)])
     assert verify.exit_code == 0, verify.output
     # Same structure as the file-key path: only the signature value may differ.
@@ -106,7 +98,7 @@ def test_certificate_from_the_token_and_many_files_one_login(
     assert len(run.results) == 40 and len(asked) == 1, asked
     assert "trustboot-test" in asked[0]
     for f in files[:3] + files[-2:]:
-        _openssl_verify(f, f.with_name(f.name + ".sig"), material.directory / "root.pem")
+        openssl_verify(f, f.with_name(f.name + ".sig"), material.directory / "root.pem")
 
 
 @pytest.mark.skipif(not ENGINE.is_file(), reason="libengine-pkcs11-openssl is not installed")
@@ -135,7 +127,7 @@ def test_cross_check_with_openssl_pkcs11_engine(token: Token, material: Material
     assert proc.returncode == 0, proc.stderr
     root = material.directory / "root.pem"
     for sig in (osig, image.with_name("vmlinuz.sig")):
-        _openssl_verify(image, sig, root)
+        openssl_verify(image, sig, root)
         verify = CliRunner().invoke(cli, ["verify", str(image), "--sig", str(sig),
                                           "--trust", str(root)])
         assert verify.exit_code == 0, verify.output
@@ -219,7 +211,7 @@ def test_pin_source_and_no_prompt_without_terminal(token: Token, material: Mater
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    _openssl_verify(image, image.with_name("vmlinuz.sig"), material.directory / "root.pem")
+    openssl_verify(image, image.with_name("vmlinuz.sig"), material.directory / "root.pem")
 
 
 @pytest.mark.skip(reason="SoftHSM2 never locks a user PIN (it only sets "
