@@ -284,6 +284,8 @@ def test_bad_options_fail_before_any_signature(material: Material, tmp_path: Pat
         (["--expiry-warning-days", "99999999999"], 3, "out of range"),
         (["--expiry-warning-days", "-1"], 3, "out of range"),
         (["--manifest", str(tmp_path / "missing" / "dir" / "m.json")], 1, "does not exist"),
+        (["--out", str(tmp_path / "o1"), "--manifest", str(tmp_path / "o2" / "m.json")], 1,
+         "does not exist"),
     ]
     for extra, code, needle in cases:
         result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), *map(str, files),
@@ -386,3 +388,14 @@ def test_sign_help_does_not_import_the_signing_stack() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_manifest_may_go_into_the_out_directory(material: Material, tmp_path: Path) -> None:
+    key, cert, chain = material.issue("manifest-in-out", ec_key())
+    out = tmp_path / "sigs" / "v1"
+    for manifest in (out / "m.json", tmp_path / "sigs" / "m.json"):
+        result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain),
+                                          str(_files(tmp_path, 1)[0]), "--out", str(out),
+                                          "--manifest", str(manifest)], env=ENV)
+        assert result.exit_code == 0, result.output
+        assert json.loads(manifest.read_text())["files"]

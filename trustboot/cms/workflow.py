@@ -76,11 +76,15 @@ def check_options(
         if manifest.is_dir():
             raise OperationalError(f"--manifest {manifest} is a directory",
                                    hint="name the manifest file itself")
-        if not parent.is_dir():
+        # --out creates its directory and parents first: a manifest may go in one of them.
+        made_by_out = out_dir is not None and (
+            parent.absolute() == out_dir.absolute() or parent.absolute() in
+            out_dir.absolute().parents)
+        if not parent.is_dir() and not made_by_out:
             raise OperationalError(
                 f"cannot write manifest {manifest}: directory {parent} does not exist",
                 hint=f"create it first (mkdir -p {parent}) or choose another path")
-        if not os.access(parent, os.W_OK | os.X_OK):
+        if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
             raise OperationalError(f"cannot write manifest {manifest}: {parent} is not writable",
                                    hint="choose a writable directory")
 
