@@ -399,3 +399,29 @@ def test_manifest_may_go_into_the_out_directory(material: Material, tmp_path: Pa
                                           "--manifest", str(manifest)], env=ENV)
         assert result.exit_code == 0, result.output
         assert json.loads(manifest.read_text())["files"]
+
+
+def test_hash_job_in_processes_matches_hashlib_and_reports_errors(tmp_path: Path) -> None:
+    import os
+
+    from trustboot.cms.digest import PROCESS_MIN_BYTES, HashJob
+    from trustboot.errors import TrustbootError
+
+    files = []
+    for i in range(3):
+        p = tmp_path / f"big{i}"
+        p.write_bytes(os.urandom(PROCESS_MIN_BYTES // 2 + i))
+        files.append(p)
+    job = HashJob(files, "sha384")
+    assert job.processes >= 1  # forked: no progress display, enough data
+    for path, hashed in zip(files, job.result(), strict=True):
+        data = path.read_bytes()
+        assert hashed.path == path and hashed.size == len(data)
+        assert hashed.digests["sha384"] == hashlib.sha384(data).digest()
+        assert hashed.digests["sha256"] == hashlib.sha256(data).digest()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(TrustbootError) as err:  # refused in the child, re-raised here
+        HashJob([*files, fifo], "sha256").result()
+    assert "not a regular file" in err.value.message
+    HashJob(files, "sha256").cancel()  # killing the workers leaves nothing behind
