@@ -134,11 +134,24 @@ def test_key_references() -> None:
             parse_ref(bad)
 
 
-def test_pkcs11_is_recognised_but_not_supported_yet(tmp_path: Path) -> None:
+def test_pkcs11_without_a_module_is_a_config_error(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRUSTBOOT_PKCS11_MODULE", raising=False)
     image = _files(tmp_path, 1)[0]
     result = CliRunner().invoke(cli, ["sign", str(image), "--key", "pkcs11:token=t;object=o"])
-    assert result.exit_code == 3
-    assert "not supported yet" in result.output
+    assert result.exit_code == 3, result.output
+    assert "no PKCS#11 module" in result.output and "--pkcs11-module" in result.output
+
+
+@pytest.mark.parametrize("ref", ["pkcs:token=t;object=o;pin-value=S3cr3tPIN",
+                                 "pkcs11;token=t;pin-value=S3cr3tPIN",
+                                 "file:",
+                                 "pkcs11:token=t;object=o?pin-value=S3cr3tPIN"])
+def test_malformed_key_reference_never_echoes_a_pin(tmp_path: Path, ref: str) -> None:
+    image = _files(tmp_path, 1)[0]
+    result = CliRunner().invoke(cli, ["sign", str(image), "--key", ref, "--json"])
+    assert result.exit_code == 3, result.output
+    assert "S3cr3tPIN" not in result.output
 
 
 def test_wrong_passphrase_and_mismatched_cert(material: Material, tmp_path: Path) -> None:
@@ -228,3 +241,187 @@ def test_ocsp_signer_signs_with_a_warning(material: Material, tmp_path: Path) ->
                                 env=ENV)
     assert result.exit_code == 0, result.output
     assert "OCSP" in result.stderr and "warning:" in result.stderr
+
+
+def test_revoked_certificate_refused_through_file_reference(tmp_path: Path) -> None:
+    """Revocation is the pki's verdict on the certificate, whatever names the key."""
+    from trustboot.ca.store import CertificateAuthority
+
+    pki = tmp_path / "pki"
+    pw = secrets.constant(PASSPHRASE)
+    ca, _ = CertificateAuthority.init(pki, pw, key_type="ec-p256")
+    entry = ca.issue("codesign", "gone-signer", pw, pw, key_type="ec-p256").entry
+    cert = tmp_path / "gone.crt"
+    cert.write_bytes(entry.cert_path.read_bytes())
+    key = tmp_path / "gone.key"
+    key.write_bytes(entry.key_path.read_bytes())
+    key.chmod(0o600)
+    image = _files(tmp_path, 1)[0]
+    args = ["sign", str(image), "--key", f"file:{key}", "--cert", str(cert), "--pki", str(pki),
+            "--passphrase-env", "TB_TEST_PASS"]
+    ok = CliRunner().invoke(cli, args, env=ENV)  # chain taken from the pki
+    assert ok.exit_code == 0, ok.output
+    old_index = (pki / "index.json").read_bytes()
+    CertificateAuthority.open(pki).revoke("gone-signer", pw)
+    image.with_name(image.name + ".sig").unlink()
+    refused = CliRunner().invoke(cli, args, env=ENV)
+    assert refused.exit_code == 4, refused.output
+    assert "[rule: revoked]" in refused.output and "hint:" in refused.output
+    assert not image.with_name(image.name + ".sig").exists()
+    # Listed only in the CRL (an index restored from an older backup): still refused.
+    (pki / "index.json").write_bytes(old_index)
+    crl_only = CliRunner().invoke(cli, args, env=ENV)
+    assert crl_only.exit_code == 4 and "crl.pem" in crl_only.output, crl_only.output
+
+
+def test_bad_options_fail_before_any_signature(material: Material, tmp_path: Path) -> None:
+    key, cert, chain = material.issue("opts-signer", ec_key())
+    files = _files(tmp_path, 2)
+    blocker = tmp_path / "FILE"
+    blocker.write_text("x")
+    cases = [
+        (["--out", str(blocker / "sub")], 1, "not a directory"),
+        (["--expiry-warning-days", "99999999999"], 3, "out of range"),
+        (["--expiry-warning-days", "-1"], 3, "out of range"),
+        (["--manifest", str(tmp_path / "missing" / "dir" / "m.json")], 1, "does not exist"),
+        (["--out", str(tmp_path / "o1"), "--manifest", str(tmp_path / "o2" / "m.json")], 1,
+         "does not exist"),
+    ]
+    for extra, code, needle in cases:
+        result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), *map(str, files),
+                                          *extra], env=ENV)
+        assert result.exit_code == code, (extra, result.output)
+        assert needle in result.output and "hint:" in result.output, result.output
+        assert not list(tmp_path.rglob("*.sig")), extra
+
+
+def test_out_dir_created_with_explicit_modes(material: Material, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    key, cert, chain = material.issue("umask-signer", ec_key())
+    out = tmp_path / "a" / "b"
+    old = os.umask(0)
+    try:
+        result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain),
+                                          str(_files(tmp_path, 1)[0]), "--out", str(out)],
+                                    env=ENV)
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    for d in (tmp_path / "a", out):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o755
+    (sig,) = out.iterdir()
+    assert stat.S_IMODE(sig.stat().st_mode) == 0o644
+
+
+def test_files_from_list_and_stdin(material: Material, tmp_path: Path) -> None:
+    key, cert, chain = material.issue("list-signer", ec_key())
+    files = _files(tmp_path, 5)
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(map(str, files[:3])) + "\n\n")
+    result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(files[3]),
+                                      "--files-from", str(listing), "--json"], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert {Path(f["path"]) for f in json.loads(result.stdout)["files"]} == set(files[:4])
+    piped = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), "--files-from", "-",
+                                     "--out", str(tmp_path / "o")],
+                               input=f"{files[4]}\n", env=ENV)
+    assert piped.exit_code == 0, piped.output
+    assert (tmp_path / "o" / f"{files[4].name}.sig").is_file()
+    empty = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), "--files-from", "-"],
+                               input="", env=ENV)
+    assert empty.exit_code == 3 and "no files" in empty.output
+    import os
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    refused = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), "--files-from", str(fifo)],
+                                 env=ENV)
+    assert refused.exit_code == 3 and "not a regular file" in refused.output
+    not_regular = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(fifo)], env=ENV)
+    assert not_regular.exit_code == 1 and "regular file" in not_regular.output
+
+
+def test_sign_paths_is_the_cli_workflow(material: Material, tmp_path: Path) -> None:
+    from trustboot.cms.workflow import sign_paths
+
+    key, cert, chain = material.issue("lib-signer", rsa_key(),
+                                      not_after=dt.datetime.now(dt.UTC) + 5 * DAY)
+    seen: list[str] = []
+    run = sign_paths(_files(tmp_path, 3), f"file:{key}", secrets=secrets.constant(PASSPHRASE),
+                     cert=cert, chain=chain, out_dir=tmp_path / "sigs",
+                     manifest=tmp_path / "m.json", on_warning=seen.append)
+    assert len(run.results) == 3 and run.warnings == seen
+    assert any("stop verifying" in w for w in seen)
+    assert json.loads((tmp_path / "m.json").read_text()) == run.manifest()
+
+
+def test_large_rsa_batches_are_signed_in_parallel_and_correctly(material: Material) -> None:
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+    from cryptography.hazmat.primitives.hashes import SHA256
+
+    from trustboot.cms.sign import PARALLEL_SIGN_MIN, sign_many
+
+    key, cert, chain = material.issue("batch-signer", rsa_key())
+    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
+                            cert=cert, chain=chain)
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 9)]
+    signatures = sign_many(signer, digests, "sha256")
+    assert len(signatures) == len(digests)
+    public = signer.certificate.public_key()
+    for digest, sig in zip(digests, signatures, strict=True):  # in order, each one valid
+        public.verify(sig, digest, padding.PKCS1v15(), Prehashed(SHA256()))  # type: ignore
+
+
+def test_sign_help_does_not_import_the_signing_stack() -> None:
+    import subprocess
+    import sys
+
+    from trustboot.cli import sign as cli_sign
+    from trustboot.cms.certinfo import DEFAULT_IPXE
+
+    assert cli_sign.DEFAULT_IPXE == str(DEFAULT_IPXE)
+    code = ("import sys, trustboot.cli.sign; "
+            "print(sorted(m for m in sys.modules if m.startswith(('cryptography', 'asn1crypto', "
+            "'trustboot.cms', 'trustboot.ca', 'httpx', 'certifi', 'yaml'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_manifest_may_go_into_the_out_directory(material: Material, tmp_path: Path) -> None:
+    key, cert, chain = material.issue("manifest-in-out", ec_key())
+    out = tmp_path / "sigs" / "v1"
+    for manifest in (out / "m.json", tmp_path / "sigs" / "m.json"):
+        result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain),
+                                          str(_files(tmp_path, 1)[0]), "--out", str(out),
+                                          "--manifest", str(manifest)], env=ENV)
+        assert result.exit_code == 0, result.output
+        assert json.loads(manifest.read_text())["files"]
+
+
+def test_hash_job_in_processes_matches_hashlib_and_reports_errors(tmp_path: Path) -> None:
+    import os
+
+    from trustboot.cms.digest import PROCESS_MIN_BYTES, HashJob
+    from trustboot.errors import TrustbootError
+
+    files = []
+    for i in range(3):
+        p = tmp_path / f"big{i}"
+        p.write_bytes(os.urandom(PROCESS_MIN_BYTES // 2 + i))
+        files.append(p)
+    job = HashJob(files, "sha384")
+    assert job.processes >= 1  # forked: no progress display, enough data
+    for path, hashed in zip(files, job.result(), strict=True):
+        data = path.read_bytes()
+        assert hashed.path == path and hashed.size == len(data)
+        assert hashed.digests["sha384"] == hashlib.sha384(data).digest()
+        assert hashed.digests["sha256"] == hashlib.sha256(data).digest()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(TrustbootError) as err:  # refused in the child, re-raised here
+        HashJob([*files, fifo], "sha256").result()
+    assert "not a regular file" in err.value.message
+    HashJob(files, "sha256").cancel()  # killing the workers leaves nothing behind

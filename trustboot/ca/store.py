@@ -268,6 +268,13 @@ class CertificateAuthority:
         return read_private_file(entry.key_path, f"key file of {entry.name!r}")
 
     def load_issuing_key(self, passphrases: PassphraseSource) -> PrivateKey:
+        token = self.config.get("pkcs11")
+        if token:  # a key in a token: it signs there, asking ``passphrases`` for the PIN
+            from trustboot.keys.pkcs11 import token_private_key
+
+            key: PrivateKey = token_private_key(token["issuing"], Path(token["module"]),
+                                                passphrases)
+            return key
         return keyfile.load_key(self.path / "private" / "issuing-ca.key", passphrases,
                                 "the issuing CA key")
 
@@ -286,8 +293,13 @@ class CertificateAuthority:
         issuing_days: int = DEFAULT_DAYS["issuing"],
         options: CAOptions | None = None,
         now: dt.datetime | None = None,
+        pkcs11: tuple[str, Path] | None = None,
     ) -> tuple[CertificateAuthority, list[str]]:
-        """Create root + issuing CA in ``path``; refuses if a CA is already there."""
+        """Create root + issuing CA in ``path``; refuses if a CA is already there.
+
+        ``pkcs11=(token URI, module)``: the two CA keys are generated in that token (never
+        extractable) and ``passphrases`` answers its PIN; no key file is written.
+        """
         now = now or utcnow()
         path = Path(path)
         root_spec = profiles.parse_key_type(key_type, for_ca=True)
@@ -323,10 +335,16 @@ class CertificateAuthority:
                 hint="use another --pki directory; trustboot never overwrites a CA",
             )
         check_pki_permissions(path)
-        passphrase = passphrases("the new CA keys")
-        keyfile.check_passphrase(passphrase, "the CA passphrase")
-        root_key = root_spec.generate()
-        issuing_key = issuing_spec.generate()
+        token_refs: dict[str, str] = {}
+        if pkcs11 is not None:
+            root_key, issuing_key, token_refs = _token_ca_keys(pkcs11, passphrases,
+                                                               root_spec, issuing_spec)
+            passphrase = b""
+        else:
+            passphrase = passphrases("the new CA keys")
+            keyfile.check_passphrase(passphrase, "the CA passphrase")
+            root_key = root_spec.generate()
+            issuing_key = issuing_spec.generate()
         with locked(path / ".lock"):
             if cls.exists(path):
                 raise ConfigError(f"a CA already exists in {path}")
@@ -348,8 +366,9 @@ class CertificateAuthority:
                 public_key=issuing_key.public_key(), issuer_cert=root_cert,
                 issuer_key=root_key, serial=x509.random_serial_number(), now=now,
                 days=issuing_days, opts=opts)
-            keyfile.write_key(path / "private" / "ca.key", root_key, passphrase)
-            keyfile.write_key(path / "private" / "issuing-ca.key", issuing_key, passphrase)
+            if not token_refs:
+                keyfile.write_key(path / "private" / "ca.key", root_key, passphrase)
+                keyfile.write_key(path / "private" / "issuing-ca.key", issuing_key, passphrase)
             atomic_write(path / "ca.crt", pem(root_cert))
             atomic_write(path / "issuing-ca.crt", pem(issuing_cert))
             atomic_write(path / "chain.pem", pem(issuing_cert) + pem(root_cert))
@@ -363,11 +382,14 @@ class CertificateAuthority:
                 "issuing_key_type": issuing_spec.label,
                 "created": now.isoformat(),
             }
+            if token_refs:
+                config["pkcs11"] = token_refs
             atomic_write(path / "config.json", json.dumps(config, indent=2).encode())
             entries = [
-                _entry(ROOT_NAME, "root", root_cert, "ca.crt", "private/ca.key", path),
+                _entry(ROOT_NAME, "root", root_cert, "ca.crt",
+                       None if token_refs else "private/ca.key", path),
                 _entry(ISSUING_NAME, "issuing", issuing_cert, "issuing-ca.crt",
-                       "private/issuing-ca.key", path),
+                       None if token_refs else "private/issuing-ca.key", path),
             ]
             for cert in (root_cert, issuing_cert):
                 atomic_write(path / "certs_by_serial" / f"{cert.serial_number:X}.pem", pem(cert))
@@ -392,6 +414,7 @@ class CertificateAuthority:
         days: int | None = None,
         csr_pem: bytes | None = None,
         now: dt.datetime | None = None,
+        public_key: profiles.PublicKey | None = None,
     ) -> IssueResult:
         """Issue a leaf certificate; its new key is written encrypted to private/NAME.key."""
         now = now or utcnow()
@@ -413,8 +436,11 @@ class CertificateAuthority:
         self._check_duplicate(name)
         warnings: list[str] = []
         key: PrivateKey | None = None
+        # A key held elsewhere (a CSR's, or a token's public key): nothing is generated.
+        external = csr_pem is not None or public_key is not None
         if csr_pem is not None:
             public_key = _public_key_from_csr(csr_pem)
+        if public_key is not None:
             spec = profiles.check_public_key(public_key, for_ca=False)
         else:
             spec = profiles.parse_key_type(key_type, for_ca=False)
@@ -431,7 +457,7 @@ class CertificateAuthority:
             raise ConfigError("private/issuing-ca.key does not match issuing-ca.crt",
                               hint="the CA is damaged; restore it from backup")
         new_key_pem: bytes | None = None
-        if csr_pem is None:
+        if not external:
             assert key_passphrases is not None
             key_pass = key_passphrases(f"the new key {name!r}")
             keyfile.check_passphrase(key_pass, f"the passphrase for {name!r}")
@@ -443,6 +469,7 @@ class CertificateAuthority:
             self._tidy()
             self._check_duplicate(name)
             serial = self._new_serial()
+            assert public_key is not None  # from the CSR, the token, or the new key
             cert = profiles.build_certificate(
                 profile=profile, subject_cn=name, public_key=public_key,
                 issuer_cert=self.issuing_cert, issuer_key=issuing_key, serial=serial,
@@ -848,3 +875,26 @@ def _public_key_from_csr(csr_pem: bytes) -> profiles.PublicKey:
 def _same_public_key(key: PrivateKey, cert: x509.Certificate) -> bool:
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return bool(key.public_key().public_bytes(*fmt) == cert.public_key().public_bytes(*fmt))
+
+
+def _token_ca_keys(pkcs11: tuple[str, Path], passphrases: PassphraseSource,
+                   root_spec: profiles.KeySpec, issuing_spec: profiles.KeySpec,
+                   ) -> tuple[PrivateKey, PrivateKey, dict[str, str]]:
+    """Generate the root and issuing keys in a token (see keys/pkcs11.py)."""
+    from trustboot.keys.pkcs11 import generate_key_pair, token_private_key
+
+    token, module = pkcs11
+    pin: list[bytes] = []
+
+    def once(what: str) -> bytes:  # one PIN request for the two keys and their first uses
+        if not pin:
+            pin.append(passphrases(what))
+        return pin[0]
+
+    refs = {"module": str(module)}
+    keys: list[PrivateKey] = []
+    for role, spec in (("root", root_spec), ("issuing", issuing_spec)):
+        refs[role] = generate_key_pair(token, module, once, label=f"trustboot-{role}-ca",
+                                       kind=spec.kind, size=spec.size)
+        keys.append(token_private_key(refs[role], module, once))
+    return keys[0], keys[1], refs

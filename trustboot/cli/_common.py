@@ -43,18 +43,28 @@ def warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
-def passphrase_options(prefix: str = "", what: str = "the key") -> Callable[[F], F]:
-    """``--{prefix}passphrase-file`` and ``--{prefix}passphrase-env`` (never the value itself)."""
+def passphrase_options(prefix: str = "", what: str = "the key",
+                       envvar_prefix: str | None = None) -> Callable[[F], F]:
+    """``--{prefix}passphrase-file`` and ``--{prefix}passphrase-env`` (never the value itself).
+
+    ``envvar_prefix`` (e.g. "TRUSTBOOT_SIGN_") also reads them from ``{envvar_prefix}
+    PASSPHRASE_FILE`` / ``..._ENV``: where a pipeline keeps the file or variable name.
+    """
+
+    def env(name: str) -> str | None:
+        return f"{envvar_prefix}{name}" if envvar_prefix else None
 
     def decorate(func: F) -> F:
         func = click.option(
             f"--{prefix}passphrase-env", f"{prefix.replace('-', '_')}passphrase_env",
             metavar="NAME", help=f"Read the passphrase for {what} from environment variable NAME.",
+            envvar=env("PASSPHRASE_ENV"), show_envvar=envvar_prefix is not None,
         )(func)
         func = click.option(
             f"--{prefix}passphrase-file", f"{prefix.replace('-', '_')}passphrase_file",
             type=click.Path(path_type=Path, dir_okay=False),
             help=f"Read the passphrase for {what} from the first line of this file.",
+            envvar=env("PASSPHRASE_FILE"), show_envvar=envvar_prefix is not None,
         )(func)
         return func
 

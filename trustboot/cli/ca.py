@@ -56,23 +56,41 @@ def command() -> None:
 @click.option("--crl-url", help="CRL distribution point put into issued certificates.")
 @click.option("--ocsp-url",
               help="OCSP responder put into AIA. iPXE then requires an OCSP answer at boot.")
-@passphrase_options(what="the new CA keys")
+@click.option("--pkcs11", "pkcs11_token", metavar="URI",
+              help="Generate the root and issuing keys inside this PKCS#11 token (RFC 7512 "
+              "URI, e.g. pkcs11:token=ca); the passphrase options then give its PIN.")
+@click.option("--pkcs11-module", "pkcs11_module", type=click.Path(path_type=Path,
+              dir_okay=False), envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
+              help="PKCS#11 module (.so) for --pkcs11.")
+@passphrase_options(what="the new CA keys (or the token PIN with --pkcs11)")
 @json_option
 def init_cmd(pki: Path, common_name: str, organization: str | None, key_type: str,
              issuing_key_type: str | None, root_days: int, issuing_days: int,
-             crl_url: str | None, ocsp_url: str | None, passphrase_file: Path | None,
+             crl_url: str | None, ocsp_url: str | None, pkcs11_token: str | None,
+             pkcs11_module: Path | None, passphrase_file: Path | None,
              passphrase_env: str | None, as_json: bool) -> None:
     """Create a root CA and an issuing CA under it (never overwrites an existing CA)."""
+    pkcs11 = None
+    if pkcs11_token is not None:
+        from trustboot.keys.pkcs11 import module_path, parse_uri
+
+        uri = parse_uri(pkcs11_token, require_key=False)
+        if uri.get("object") or uri.id or "pin-value" in uri.query:
+            raise ConfigError(f"--pkcs11 {uri.text}: name the token only (token=, serial=)",
+                              hint="trustboot names the keys it generates; give the PIN "
+                                   "with --passphrase-file/--passphrase-env")
+        pkcs11 = (pkcs11_token, module_path(uri, pkcs11_module))
     for url, opt in ((crl_url, "--crl-url"), (ocsp_url, "--ocsp-url")):
         if url is not None and not url.startswith(("http://", "https://")):
             raise ConfigError(f"{opt} {url!r} is not an http(s) URL")
     # CertificateAuthority.init refuses an existing CA before it asks for a passphrase.
-    source = passphrase_source(passphrase_file, passphrase_env, confirm=True)
+    source = passphrase_source(passphrase_file, passphrase_env, confirm=pkcs11 is None)
     ca, warnings = CertificateAuthority.init(
         pki, source, common_name=common_name, key_type=key_type,
         issuing_key_type=issuing_key_type, root_days=root_days, issuing_days=issuing_days,
         options=profiles.CAOptions(organization=organization, crl_url=crl_url,
                                    ocsp_url=ocsp_url),
+        pkcs11=pkcs11,
     )
     for w in warnings:
         warn(w)
@@ -105,6 +123,14 @@ def _issue_options(func: Any) -> Any:
     func = click.option("--csr", type=click.Path(path_type=Path, dir_okay=False, exists=True),
                         help="Certify the public key of this CSR instead of generating a key "
                         "(e.g. a key held in an HSM).")(func)
+    func = click.option("--pkcs11-key", "pkcs11_key", metavar="URI",
+                        help="Certify the key pair in a PKCS#11 token named by this RFC 7512 "
+                        "URI (its public key object is read; the private key never leaves "
+                        "the token).")(func)
+    func = click.option("--pkcs11-module", "pkcs11_module",
+                        type=click.Path(path_type=Path, dir_okay=False),
+                        envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
+                        help="PKCS#11 module (.so) for --pkcs11-key.")(func)
     func = click.option("--days", type=int, help="Validity in days (profile default).")(func)
     func = click.option("--key-type", default="rsa-3072", show_default=True,
                         type=click.Choice(profiles.LEAF_KEY_TYPES))(func)
@@ -115,14 +141,27 @@ def _issue_options(func: Any) -> Any:
 def _do_issue(profile: str, name: str, sans: list[str], pki: Path, key_type: str,
               days: int | None, csr: Path | None, passphrase_file: Path | None,
               passphrase_env: str | None, key_passphrase_file: Path | None,
-              key_passphrase_env: str | None, as_json: bool) -> None:
+              key_passphrase_env: str | None, as_json: bool, pkcs11_key: str | None = None,
+              pkcs11_module: Path | None = None) -> None:
     ca = CertificateAuthority.open(pki)
+    public_key = None
+    if pkcs11_key is not None:
+        if csr is not None:
+            raise ConfigError("give only one of --csr and --pkcs11-key")
+        from trustboot.keys.pkcs11 import public_key_of
+        from trustboot.keys.ref import parse_ref
+
+        ref = parse_ref(pkcs11_key)
+        if ref.scheme != "pkcs11":
+            raise ConfigError(f"--pkcs11-key {ref} is not a pkcs11: URI",
+                              hint="pkcs11:token=T;object=O")
+        public_key = public_key_of(ref, pkcs11_module)
     ca_source = passphrase_source(passphrase_file, passphrase_env)
-    key_source = None if csr else passphrase_source(
+    key_source = None if (csr or public_key) else passphrase_source(
         key_passphrase_file, key_passphrase_env, confirm=True, option="--key-passphrase")
     result: IssueResult = ca.issue(
         profile, name, ca_source, key_source, sans=sans, key_type=key_type, days=days,
-        csr_pem=read_capped(csr, MAX_CSR_FILE, "CSR") if csr else None)
+        csr_pem=read_capped(csr, MAX_CSR_FILE, "CSR") if csr else None, public_key=public_key)
     for w in result.warnings:
         warn(w)
     e = result.entry

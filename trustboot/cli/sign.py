@@ -1,17 +1,19 @@
-"""`trustboot sign`: detached CMS signatures that iPXE's imgverify accepts."""
+"""`trustboot sign`: detached CMS signatures that iPXE's imgverify accepts.
+
+Only parsing and printing here: the workflow is trustboot.cms.workflow.sign_paths, which
+the release pipeline calls too.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from cryptography.hazmat.primitives.asymmetric import ec
 
+from trustboot import secrets
 from trustboot.cli._common import (
     emit_json,
     is_interactive,
@@ -21,21 +23,17 @@ from trustboot.cli._common import (
     progress,
     warn,
 )
-from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion
-from trustboot.cms.sign import (
-    HASH_NAMES,
-    Hashed,
-    ProgressFactory,
-    check_targets,
-    hash_files,
-    preflight,
-    sign_hashed,
-)
-from trustboot.errors import ConfigError, OperationalError
-from trustboot.fsutil import atomic_write
+from trustboot.errors import ConfigError
+from trustboot.keys.algorithms import HashAlgorithm
 from trustboot.keys.ref import parse_ref
-from trustboot.keys.signer import PendingSigner, Signer, resolve_signer
-from trustboot.secrets import PassphraseSource
+
+if TYPE_CHECKING:
+    from trustboot.cms.sign import ProgressFactory
+
+# The signing modules (cryptography, asn1crypto, iPXE's rules) are imported when the command
+# runs, not to build its options: `--help` and usage errors stay fast in CI loops.
+HASH_NAMES = tuple(h.value for h in HashAlgorithm)
+DEFAULT_IPXE = "2.0.0"  # trustboot.cms.certinfo.DEFAULT_IPXE (a test keeps them equal)
 
 # Files above this size get a progress bar on a terminal.
 PROGRESS_THRESHOLD = 64 << 20
@@ -48,105 +46,133 @@ def _progress_factory(enabled: bool) -> ProgressFactory | None:
                                        enabled=size >= PROGRESS_THRESHOLD)
 
 
-def _unlock_while_hashing(
-    pending: PendingSigner, passphrases: PassphraseSource, files: list[Path], hash_name: str,
-    bars: ProgressFactory | None,
-) -> tuple[Signer, list[Hashed]]:
-    """Hash on a second core while the key's KDF runs; stop hashing if unlocking fails."""
-    cancel = threading.Event()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(hash_files, files, hash_name, progress=bars, cancel=cancel)
-        try:
-            signer = pending.unlock(passphrases)
-        except BaseException:
-            cancel.set()
-            raise
-        return signer, future.result()
+def _pin_source(pin_file: Path | None, pin_env: str | None) -> secrets.PassphraseSource:
+    """The token PIN from --pin-file, --pin-env, or a hidden prompt on a terminal."""
+    if pin_file is not None and pin_env is not None:
+        raise ConfigError("give only one of --pin-file and --pin-env")
+    if pin_file is not None:
+        return secrets.from_file(pin_file)
+    if pin_env is not None:
+        return secrets.from_env(pin_env)
+
+    def prompt(what: str) -> bytes:
+        if not sys.stdin.isatty():
+            raise ConfigError(
+                f"{what} is needed and there is no terminal to ask on",
+                hint="use --pin-file FILE, --pin-env NAME, or pin-source= in the URI")
+        value: str = click.prompt(f"{what[:1].upper()}{what[1:]}", hide_input=True, err=True)
+        if not value:
+            raise ConfigError("empty PIN")
+        return value.encode()
+
+    return prompt
+
+
+def _read_files_from(source: str) -> list[Path]:
+    from trustboot.cms.workflow import MAX_FILE_LIST_BYTES, read_file_list
+    from trustboot.fsutil import read_capped
+
+    if source == "-":
+        return read_file_list(sys.stdin.buffer.read(MAX_FILE_LIST_BYTES + 1), "stdin")
+    return read_file_list(read_capped(Path(source), MAX_FILE_LIST_BYTES, "file list"), source)
 
 
 @click.command("sign")
-@click.argument("files", nargs=-1, required=True,
-                type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--files-from", "files_from", metavar="LIST", envvar="TRUSTBOOT_SIGN_FILES_FROM",
+              show_envvar=True,
+              help="Also sign the files listed in LIST, one path per line ('-': stdin).")
 @click.option("--key", "key_ref", envvar="TRUSTBOOT_SIGNING_KEY", show_envvar=True,
               required=True, metavar="REF",
-              help="Signing key: a CA code-signing certificate NAME (or ca:NAME), or "
-              "file:PATH with --cert/--chain. pkcs11: URIs are reserved.")
+              help="Signing key: a CA code-signing certificate NAME (or ca:NAME), "
+              "file:PATH with --cert/--chain, or an RFC 7512 pkcs11: URI "
+              "(pkcs11:token=T;object=O).")
 @click.option("--pki", "pki", type=click.Path(path_type=Path, file_okay=False),
-              envvar="TRUSTBOOT_PKI", default=Path("pki"), show_default=True,
-              help="The CA home (for NAME references).")
+              envvar="TRUSTBOOT_PKI", show_envvar=True, default=Path("pki"), show_default=True,
+              help="The CA home: NAME references, and the revocation check for every key.")
 @click.option("--cert", "cert", type=click.Path(path_type=Path, dir_okay=False),
-              help="Signing certificate (file: keys).")
+              envvar="TRUSTBOOT_SIGNING_CERT", show_envvar=True,
+              help="Signing certificate (file: keys; pkcs11: keys when the token has none).")
 @click.option("--chain", "chain", type=click.Path(path_type=Path, dir_okay=False),
-              help="Issuer certificates, root included (PEM bundle).")
-@passphrase_options(what="the signing key")
+              envvar="TRUSTBOOT_SIGNING_CHAIN", show_envvar=True,
+              help="Issuer certificates, root included (PEM bundle); default: the pki's "
+              "chain when the pki issued the signing certificate.")
+@passphrase_options(what="the signing key", envvar_prefix="TRUSTBOOT_SIGN_")
+@click.option("--pin-file", "pin_file", type=click.Path(path_type=Path, dir_okay=False),
+              envvar="TRUSTBOOT_PIN_FILE", show_envvar=True,
+              help="Read the token PIN (pkcs11: keys) from the first line of this file.")
+@click.option("--pin-env", "pin_env", metavar="NAME", envvar="TRUSTBOOT_PIN_ENV",
+              show_envvar=True, help="Read the token PIN from environment variable NAME.")
+@click.option("--pkcs11-module", "pkcs11_module", type=click.Path(path_type=Path,
+              dir_okay=False), envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
+              help="PKCS#11 module (.so) for pkcs11: keys, unless the URI has module-path=.")
 @click.option("--hash", "hash_name", type=click.Choice(HASH_NAMES), default="sha256",
-              show_default=True)
+              envvar="TRUSTBOOT_SIGN_HASH", show_envvar=True, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              envvar="TRUSTBOOT_SIGN_OUT", show_envvar=True,
               help="Write signatures here (default: FILE.sig next to each file).")
 @click.option("--manifest", "manifest", type=click.Path(path_type=Path, dir_okay=False),
+              envvar="TRUSTBOOT_SIGN_MANIFEST", show_envvar=True,
               help="Also write the JSON manifest to this file.")
 @click.option("--expiry-warning-days", type=int, default=30, show_default=True,
+              envvar="TRUSTBOOT_EXPIRY_WARNING_DAYS", show_envvar=True,
               help="Warn when the signature's chain expires within this many days.")
-@click.option("--ipxe-version", "ipxe_version", default=str(DEFAULT_IPXE), show_default=True,
+@click.option("--ipxe-version", "ipxe_version", default=DEFAULT_IPXE, show_default=True,
+              envvar="TRUSTBOOT_IPXE_VERSION", show_envvar=True,
               help="Target iPXE; ECDSA keys need 2.0.0 or later.")
 @json_option
-def command(files: tuple[Path, ...], key_ref: str, pki: Path, cert: Path | None,
-            chain: Path | None, passphrase_file: Path | None, passphrase_env: str | None,
-            hash_name: str, out_dir: Path | None, manifest: Path | None,
-            expiry_warning_days: int, ipxe_version: str, as_json: bool) -> None:
+def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: Path,
+            cert: Path | None, chain: Path | None, passphrase_file: Path | None,
+            passphrase_env: str | None, pin_file: Path | None, pin_env: str | None,
+            pkcs11_module: Path | None, hash_name: str, out_dir: Path | None,
+            manifest: Path | None, expiry_warning_days: int, ipxe_version: str,
+            as_json: bool) -> None:
     """Sign FILES for iPXE's imgverify (writes FILE.sig, detached CMS in DER).
 
-    Refuses a signer iPXE would reject; the key is unlocked once for all files.
+    Refuses a signer iPXE would reject or the pki revoked; the key is unlocked (or the
+    token logged in to) once for all files. Without a terminal nothing is prompted for:
+    secrets come from --passphrase-file/-env, --pin-file/-env or pin-source=.
     """
-    try:
-        version = IpxeVersion.parse(ipxe_version)
-    except ValueError as exc:
-        raise ConfigError(str(exc), hint="e.g. --ipxe-version 2.0.0") from None
-    for path in files:
-        if not path.is_file():
-            raise OperationalError(f"cannot sign {path}: not a readable file",
-                                   hint="check the path")
-    now = dt.datetime.now(dt.UTC)
-    ref = parse_ref(key_ref)
-    pending = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now)
-    if isinstance(pending.certificate.public_key(), ec.EllipticCurvePublicKey) \
-            and not version.ecdsa:
-        raise ConfigError(f"ECDSA signatures need iPXE >= 2.0.0 (target: {version})",
-                          hint="use an RSA key, or --ipxe-version 2.0.0 for newer builds")
-    # Refuse a doomed signer before asking for its passphrase or reading any file.
-    for finding in preflight(pending, now=now, ipxe_version=version).warnings:
-        warn(f"{finding.message}\n  hint: {finding.remedy}")
-    check_targets(list(files), out_dir)
+    from trustboot.cms.digest import HashJob
+    from trustboot.cms.workflow import check_options
+
+    paths = list(files)
+    if files_from is not None:
+        paths += _read_files_from(files_from)
+    check_options(paths, out_dir=out_dir, manifest=manifest,
+                  expiry_warning_days=expiry_warning_days)
     passphrases = passphrase_source(passphrase_file, passphrase_env)
+    pins = _pin_source(pin_file, pin_env)
+    ref = parse_ref(key_ref)
+    # Would unlocking ask on the terminal? Then ask before hashing starts (no bar under it).
+    prompts = (pin_file is None and pin_env is None and "pin-source=" not in ref.value
+               ) if ref.scheme == "pkcs11" else (passphrase_file is None
+                                                 and passphrase_env is None)
     bars = _progress_factory(not as_json and is_interactive())
-    if passphrase_file is None and passphrase_env is None:
-        # A prompt may come: ask first, then hash with a progress bar.
-        signer = pending.unlock(passphrases)
-        hashed = hash_files(list(files), hash_name, progress=bars)
-    else:
-        signer, hashed = _unlock_while_hashing(pending, passphrases, list(files), hash_name,
-                                               bars)
-    results = sign_hashed(hashed, signer, hash_name=hash_name, out_dir=out_dir, now=now,
-                          ipxe_version=version)
-    ends = min(r.chain_not_after for r in results)
-    if ends - now < dt.timedelta(days=expiry_warning_days):
-        warn(f"these signatures stop verifying on {ends.isoformat()} "
-             f"({(ends - now).days} days): iPXE checks the chain against the client's clock "
-             "at boot; renew the signing certificate and re-sign before then")
-    if signer.algorithm == "ecdsa":
-        warn("ECDSA signatures verify only in iPXE 2.0.0 and later")
-    doc = {"signer": signer.certificate.subject.rfc4514_string(), "key": str(ref),
-           "hash": hash_name, "signed_at": now.isoformat(),
-           "files": [r.to_json() for r in results]}
-    if manifest is not None:
+    # Without a prompt to wait for, hashing starts now and overlaps the signing stack's
+    # imports, the key reference's resolution and the unlock (hashlib drops the GIL).
+    hashing = None if prompts else HashJob(paths, hash_name, progress=bars)
+    try:
+        from trustboot.cms.certinfo import IpxeVersion
+        from trustboot.cms.workflow import sign_paths
+
         try:
-            atomic_write(manifest, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
-        except OSError as exc:
-            raise OperationalError(f"cannot write manifest {manifest}: {exc.strerror}",
-                                   hint="check the directory") from None
+            version = IpxeVersion.parse(ipxe_version)
+        except ValueError as exc:
+            raise ConfigError(str(exc), hint="e.g. --ipxe-version 2.0.0") from None
+        run = sign_paths(
+            paths, ref, secrets=passphrases, pins=pins, pki=pki, cert=cert, chain=chain,
+            hash_name=hash_name, out_dir=out_dir, manifest=manifest, progress=bars,
+            ipxe_version=version, expiry_warning_days=expiry_warning_days,
+            pkcs11_module=pkcs11_module, on_warning=warn, unlock_first=prompts,
+            hashing=hashing)
+    except BaseException:
+        if hashing is not None:
+            hashing.cancel()
+        raise
     if as_json:
-        emit_json(doc)
+        emit_json(run.manifest())
         return
-    for r in results:
+    for r in run.results:
         click.echo(f"signed {os.fspath(r.path)} -> {os.fspath(r.signature_path)} "
                    f"({r.size} bytes, sha256 {r.sha256[:16]}...)")

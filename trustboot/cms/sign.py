@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
-import hashlib
 import os
-import queue
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,105 +29,26 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from trustboot.cms import verify as rules
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion, verify_raw
+
+# Hashing was defined here first; callers still import it from here.
+from trustboot.cms.digest import CHUNK as CHUNK
+from trustboot.cms.digest import PARALLEL_MIN_SIZE as PARALLEL_MIN_SIZE
+from trustboot.cms.digest import Cancelled as Cancelled
+from trustboot.cms.digest import Hashed as Hashed
+from trustboot.cms.digest import Progress as Progress
+from trustboot.cms.digest import ProgressFactory as ProgressFactory
+from trustboot.cms.digest import hash_file as hash_file
+from trustboot.cms.digest import hash_files as hash_files
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import atomic_write, fsync_dir, make_dirs, write_temp
-from trustboot.keys.signer import PendingSigner, Signer
+from trustboot.keys.algorithms import HashAlgorithm
+from trustboot.keys.signer import KeySigner, KeySource, Signer
 
-HASH_NAMES = ("sha256", "sha384", "sha512")
-CHUNK = 1 << 20
-Progress = Callable[[int], None]
-# progress(path, size) opens a per-file progress display and yields its byte-count callback.
-ProgressFactory = Callable[[Path, int], contextlib.AbstractContextManager[Progress]]
+HASH_NAMES = tuple(h.value for h in HashAlgorithm)
 
 
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
-
-
-class Cancelled(Exception):
-    """Hashing was stopped from another thread (e.g. the key failed to unlock)."""
-
-
-def hash_file(path: Path, hash_names: Sequence[str], progress: Progress | None = None,
-              cancel: threading.Event | None = None) -> tuple[dict[str, bytes], int]:
-    """Digest ``path`` with each hash in one pass; returns (digests, size).
-
-    A reader thread fills the next buffer while this one is hashed (both release the
-    GIL), so reading costs no wall time; memory stays at a few fixed buffers whatever the
-    file size.
-    """
-    hashers = [hashlib.new(name) for name in hash_names]
-    size = 0
-    try:
-        with open(path, "rb", buffering=0) as fh:
-            with contextlib.suppress(AttributeError, OSError):
-                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            small = os.fstat(fh.fileno()).st_size <= CHUNK
-            # Small files (boot scripts, most kernels' .sig companions) in one read: a
-            # read-ahead thread and its buffers would cost more than the hashing.
-            for chunk in (_whole(fh) if small else _chunks(fh)):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(str(path))
-                for h in hashers:
-                    h.update(chunk)
-                size += len(chunk)
-                if progress is not None:
-                    progress(len(chunk))
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a directory, not a file",
-                          hint="pass the image file itself") from None
-    except OSError as exc:
-        raise OperationalError(f"cannot read {path}: {exc.strerror}",
-                               hint="check the path and permissions") from None
-    return {name: h.digest() for name, h in zip(hash_names, hashers, strict=True)}, size
-
-
-def _whole(fh: Any) -> Iterator[memoryview]:
-    while True:  # a file that grew since fstat() is still read to its end, in chunks
-        data = fh.read(CHUNK)
-        if not data:
-            return
-        yield memoryview(data)
-
-
-def _chunks(fh: Any, buffers: int = 3) -> Iterator[memoryview]:
-    """Yield views of the file's consecutive chunks, read ahead by a helper thread."""
-    free: queue.Queue[bytearray] = queue.Queue()
-    full: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
-    for _ in range(buffers):
-        free.put(bytearray(CHUNK))
-    stop = threading.Event()
-
-    def reader() -> None:
-        try:
-            while not stop.is_set():
-                buf = free.get()
-                if stop.is_set():
-                    break
-                n = fh.readinto(buf)
-                if not n:
-                    break
-                full.put((buf, n))
-            full.put(None)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            full.put(exc)
-
-    thread = threading.Thread(target=reader, name="trustboot-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = full.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            buf, n = item
-            yield memoryview(buf)[:n]
-            free.put(buf)
-    finally:
-        stop.set()
-        free.put(bytearray(0))  # wake the reader if it waits for a buffer
-        thread.join()
 
 
 def _tlv(tag: int, body: bytes) -> bytes:
@@ -226,7 +145,7 @@ class Signed:
         }
 
 
-def preflight(signer: Signer | PendingSigner, *, now: dt.datetime,
+def preflight(signer: Signer | KeySource, *, now: dt.datetime,
               ipxe_version: IpxeVersion = DEFAULT_IPXE) -> rules.Verdict:
     """Refuse a signer iPXE would reject (chain judged against its own root at ``now``).
 
@@ -267,8 +186,7 @@ def preflight(signer: Signer | PendingSigner, *, now: dt.datetime,
 
 def sign_digest(signer: Signer, digest: bytes, hash_name: str) -> bytes:
     """The DER .sig for an image whose ``hash_name`` digest is ``digest``."""
-    if hash_name not in HASH_NAMES:
-        raise ConfigError(f"unsupported hash {hash_name}", hint="use sha256, sha384 or sha512")
+    hash_name = HashAlgorithm.parse(hash_name)
     signature = signer.sign_digest(digest, hash_name)
     return build_signed_data(_der(signer.certificate), [_der(c) for c in signer.chain],
                              hash_name, signer.algorithm, signature)
@@ -277,34 +195,6 @@ def sign_digest(signer: Signer, digest: bytes, hash_name: str) -> bytes:
 def signature_path(path: Path, out_dir: Path | None) -> Path:
     return (out_dir / f"{path.name}.sig") if out_dir is not None else path.with_name(
         path.name + ".sig")
-
-
-@dataclass(frozen=True)
-class Hashed:
-    path: Path
-    size: int
-    digests: dict[str, bytes]
-
-
-def hash_files(
-    paths: Sequence[Path], hash_name: str, *,
-    progress: ProgressFactory | None = None,
-    cancel: threading.Event | None = None,
-) -> list[Hashed]:
-    """Digest every file with ``hash_name`` (and SHA-256 for the manifest). No key needed."""
-    if hash_name not in HASH_NAMES:
-        raise ConfigError(f"unsupported hash {hash_name}", hint="use sha256, sha384 or sha512")
-    names = [hash_name] if hash_name == "sha256" else [hash_name, "sha256"]
-    out = []
-    for path in paths:
-        if progress is None:
-            digests, size = hash_file(path, names, None, cancel)
-        else:
-            size_hint = path.stat().st_size if path.exists() else 0
-            with progress(path, size_hint) as cb:
-                digests, size = hash_file(path, names, cb, cancel)
-        out.append(Hashed(path, size, digests))
-    return out
 
 
 def check_targets(paths: Sequence[Path], out_dir: Path | None) -> None:
@@ -367,9 +257,11 @@ def _sign(
     assert isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
     subject = signer.certificate.subject.rfc4514_string()
 
+    signatures = sign_many(signer, [h.digests[hash_name] for h in hashed], hash_name)
+
     def one(index: int) -> tuple[Signed, bytes]:
         item = hashed[index]
-        signature = signer.sign_digest(item.digests[hash_name], hash_name)
+        signature = signatures[index]
         der = template.render(signature)
         # Belt and braces: what is about to be published verifies under iPXE's rules (in
         # full once; after that only the signature value differs between files).
@@ -392,12 +284,72 @@ def _sign(
             chain_not_after=report.chain_not_after,
         ), der
 
-    # Serial on purpose: threads measured slower here (GIL, tiny work items).
     results = [one(i) for i in range(len(hashed))]
     if out_dir is not None:
         make_dirs(out_dir)  # 0755 whatever the umask; OperationalError if not creatable
     write_all([(signed.signature_path, der) for signed, der in results])
     return [s for s, _ in results]
+
+
+# From this many RSA signatures on, the batch is split over forked processes.
+PARALLEL_SIGN_MIN = 64
+
+
+def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str) -> list[bytes]:
+    """One signature per digest. An in-memory RSA key signs a large batch on every core:
+    each signature costs ~1 ms of CPU and cryptography holds the GIL while it signs, so
+    the batch is split over forked children (which inherit the unlocked key, never write it
+    anywhere, and exit at once). Tokens, ECDSA (fast already) and small batches stay serial,
+    as does any process with other threads running (forking those is unsafe)."""
+    workers = min(os.cpu_count() or 1, 8)
+    if (len(digests) < PARALLEL_SIGN_MIN or workers < 2 or not isinstance(signer, KeySigner)
+            or signer.algorithm != "rsa" or threading.active_count() > 1
+            or not hasattr(os, "fork")):
+        return [signer.sign_digest(d, hash_name) for d in digests]
+    chunks = [list(range(i, len(digests), workers)) for i in range(workers)]
+    children: list[tuple[int, int, list[int]]] = []
+    for chunk in chunks[1:]:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which never returns
+            code = 1
+            try:
+                os.close(read_fd)
+                out = b"".join(_frame(signer.sign_digest(digests[i], hash_name))
+                               for i in chunk)
+                with os.fdopen(write_fd, "wb") as fh:
+                    fh.write(out)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        children.append((pid, read_fd, chunk))
+    result: list[bytes | None] = [None] * len(digests)
+    for i in chunks[0]:
+        result[i] = signer.sign_digest(digests[i], hash_name)
+    for pid, read_fd, chunk in children:
+        with os.fdopen(read_fd, "rb") as fh:
+            data = fh.read()
+        _, status = os.waitpid(pid, 0)
+        values = _unframe(data) if os.waitstatus_to_exitcode(status) == 0 else []
+        if len(values) != len(chunk):  # a child failed: its share is signed here instead
+            values = [signer.sign_digest(digests[i], hash_name) for i in chunk]
+        for i, value in zip(chunk, values, strict=True):
+            result[i] = value
+    return [r for r in result if r is not None]
+
+
+def _frame(value: bytes) -> bytes:
+    return len(value).to_bytes(4, "big") + value
+
+
+def _unframe(data: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        out.append(data[pos + 4:pos + 4 + n])
+        pos += 4 + n
+    return out if pos == len(data) else []
 
 
 def _syncfs(directory: Path) -> bool:

@@ -3,7 +3,7 @@
 * ``NAME`` or ``ca:NAME``: the code-signing certificate NAME issued by the CA in the pki dir
   (its key in private/NAME.key, its chain from chain.pem);
 * ``file:PATH``: an encrypted PKCS#8 key file; the certificate and chain come separately;
-* ``pkcs11:...`` (RFC 7512): recognised, so that an HSM signer can plug in later.
+* ``pkcs11:...`` (RFC 7512): a key in a token or HSM (see trustboot.keys.pkcs11).
 """
 
 from __future__ import annotations
@@ -35,20 +35,26 @@ class KeyRef:
     def __str__(self) -> str:
         """For messages and manifests: a PIN inside a pkcs11: URI is masked."""
         if self.scheme == "pkcs11":
-            return _PIN_VALUE.sub(r"\1***", self.value)
+            return mask_pin(self.value)
         return f"{self.scheme}:{self.value}"
+
+
+def mask_pin(text: str) -> str:
+    """``text`` with any RFC 7512 ``pin-value=`` masked: for every message showing a ref."""
+    return _PIN_VALUE.sub(r"\1***", text)
 
 
 def parse_ref(text: str) -> KeyRef:
     """Parse a key reference; ConfigError naming the accepted forms otherwise."""
     raw = text.strip()
+    shown = mask_pin(raw)  # a malformed reference may still carry a PIN
     forms = "a CA certificate name (NAME or ca:NAME), file:PATH, or a pkcs11: URI"
     if not raw:
         raise ConfigError("empty key reference", hint=f"pass --key with {forms}")
     scheme, sep, rest = raw.partition(":")
     if sep and scheme.lower() == "file":
         if not rest:
-            raise ConfigError(f"key reference {raw!r} has no path", hint="use file:PATH")
+            raise ConfigError(f"key reference {shown!r} has no path", hint="use file:PATH")
         # file:///abs/path and file:rel/path both work.
         path = rest[2:] if rest.startswith("//") else rest
         return KeyRef("file", path)
@@ -57,11 +63,11 @@ def parse_ref(text: str) -> KeyRef:
     if sep and scheme.lower() == "ca":
         name = rest
     elif sep:
-        raise ConfigError(f"unknown key reference scheme {scheme!r} in {raw!r}",
+        raise ConfigError(f"unknown key reference scheme {mask_pin(scheme)!r} in {shown!r}",
                           hint=f"use {forms}")
     else:
         name = raw
     if not _NAME.match(name):
-        raise ConfigError(f"{name!r} is not a valid certificate name",
+        raise ConfigError(f"{mask_pin(name)!r} is not a valid certificate name",
                           hint="names are letters, digits, '.', '_' and '-'")
     return KeyRef("ca", name)

@@ -1,32 +1,41 @@
 """Signers: a certificate, its chain, and one operation, ``sign_digest``.
 
 CMS signing needs the key only to sign the image digest, so a signer is anything that can
-do that: an in-memory key unlocked once per run (here), or later a PKCS#11 token.
+do that: an in-memory key unlocked once per run, or a PKCS#11 token session.
+
+Key references resolve through a registry by URI scheme (as securesystemslib's
+``Signer.from_priv_key_uri``): ``resolve_signer`` returns a :class:`KeySource` whose
+certificate and chain are known but whose key is not in use yet, so policy checks and
+hashing can run before a passphrase or PIN is asked for. ``KeySource.open`` then yields the
+:class:`Signer` as a context manager (a token session is always closed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Sequence
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from trustboot.errors import ConfigError, OperationalError, VerificationError
-from trustboot.keys import keyfile
+from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
 from trustboot.keys.ref import KeyRef
 from trustboot.secrets import PassphraseSource
 
-HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-}
+if TYPE_CHECKING:
+    from trustboot.keys import keyfile
+
+# Kept for callers that look a hash up by name.
+HASHES = {h.value: type(h.crypto()) for h in HashAlgorithm}
 
 
 @runtime_checkable
@@ -40,8 +49,8 @@ class Signer(Protocol):
         ...
 
     @property
-    def algorithm(self) -> str:
-        """"rsa" (PKCS#1 v1.5) or "ecdsa"."""
+    def algorithm(self) -> KeyAlgorithm:
+        """KeyAlgorithm.RSA (PKCS#1 v1.5) or KeyAlgorithm.ECDSA."""
         ...
 
     def sign_digest(self, digest: bytes, hash_name: str) -> bytes:
@@ -54,24 +63,26 @@ class SignerInfo:
     """Where a signer came from, for manifests and policy (the CA index status)."""
 
     ref: KeyRef
-    ca_status: str | None = None  # "valid" | "revoked" | "expired" for ca: references
+    ca_status: str | None = None  # "valid" | "revoked" | "expired" when the pki knows it
 
 
-class KeySigner:
-    """A private key held in memory for one run (unlocked once, used for every file)."""
+def key_algorithm(public_key: object) -> KeyAlgorithm:
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return KeyAlgorithm.RSA
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return KeyAlgorithm.ECDSA
+    raise ConfigError(f"unsupported key type {type(public_key).__name__}",
+                      hint="iPXE verifies RSA and ECDSA (P-256, P-384) signatures only")
 
-    def __init__(
-        self, key: keyfile.PrivateKey, certificate: x509.Certificate,
-        chain: Sequence[x509.Certificate],
-    ) -> None:
-        if key.public_key() != certificate.public_key():
-            raise ConfigError(
-                f"the key does not belong to certificate {certificate.subject.rfc4514_string()}",
-                hint="pass the certificate issued for this key (--cert), or the right key",
-            )
-        self._key = key
+
+class CertifiedSigner:
+    """The certificate half every signer shares: certificate, chain, key algorithm."""
+
+    def __init__(self, certificate: x509.Certificate,
+                 chain: Sequence[x509.Certificate]) -> None:
         self._certificate = certificate
         self._chain = tuple(chain)
+        self._algorithm = key_algorithm(certificate.public_key())
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -82,16 +93,42 @@ class KeySigner:
         return self._chain
 
     @property
-    def algorithm(self) -> str:
-        return "rsa" if isinstance(self._key, rsa.RSAPrivateKey) else "ecdsa"
+    def algorithm(self) -> KeyAlgorithm:
+        return self._algorithm
+
+    def mismatch(self, key: str, hint: str) -> ConfigError:
+        return ConfigError(
+            f"the key {key} does not belong to certificate "
+            f"{self._certificate.subject.rfc4514_string()}", hint=hint)
+
+
+class KeySigner(CertifiedSigner):
+    """A private key held in memory for one run (unlocked once, used for every file)."""
+
+    def __init__(
+        self, key: keyfile.PrivateKey, certificate: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+    ) -> None:
+        super().__init__(certificate, chain)
+        if key.public_key() != certificate.public_key():
+            raise self.mismatch("file", "pass the certificate issued for this key (--cert), "
+                                "or the right key")
+        self._key: keyfile.PrivateKey | None = key
+
+    def __enter__(self) -> KeySigner:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._key = None  # drop our reference: the key object is not used after the run
 
     def sign_digest(self, digest: bytes, hash_name: str) -> bytes:
-        algo = HASHES[hash_name]()
-        if len(digest) != algo.digest_size:
-            raise ValueError(f"{hash_name} digest must be {algo.digest_size} bytes")
+        if self._key is None:
+            raise ValueError("this signer was closed")
+        algo = HashAlgorithm.parse(hash_name)
+        algo.check_digest(digest)
         if isinstance(self._key, rsa.RSAPrivateKey):
-            return self._key.sign(digest, padding.PKCS1v15(), Prehashed(algo))
-        return self._key.sign(digest, ec.ECDSA(Prehashed(algo)))
+            return self._key.sign(digest, padding.PKCS1v15(), Prehashed(algo.crypto()))
+        return self._key.sign(digest, ec.ECDSA(Prehashed(algo.crypto())))
 
 
 def load_certificates(path: Path, what: str) -> list[x509.Certificate]:
@@ -126,13 +163,39 @@ def order_chain(leaf: x509.Certificate,
     return ordered + [c for c in remaining if c != leaf]
 
 
-@dataclass(frozen=True)
-class PendingSigner:
-    """A resolved reference whose key is not unlocked yet.
+SecretKind = Literal["passphrase", "pin", "none"]
+
+
+class KeySource(ABC):
+    """A resolved reference whose key is not in use yet.
 
     The certificate and chain are known, so policy checks (and hashing) can run before
-    the passphrase is asked for; ``unlock`` then opens the key, once.
+    the secret is asked for; ``open`` then unlocks the key (or logs in to the token) once.
     """
+
+    ref: KeyRef
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    ca_status: str | None
+    # Which secret ``open`` asks its callback for, so a front end offers the right options.
+    secret_kind: SecretKind = "passphrase"  # noqa: S105 - a kind, not a secret
+
+    @property
+    def info(self) -> SignerInfo:
+        return SignerInfo(self.ref, self.ca_status)
+
+    @property
+    def algorithm(self) -> KeyAlgorithm:
+        return key_algorithm(self.certificate.public_key())
+
+    @abstractmethod
+    def open(self, secrets: PassphraseSource) -> contextlib.AbstractContextManager[Signer]:
+        """The ready signer, valid inside the ``with`` block only."""
+
+
+@dataclass
+class PendingSigner(KeySource):
+    """An encrypted key file (``ca:NAME`` and ``file:PATH`` references)."""
 
     ref: KeyRef
     certificate: x509.Certificate
@@ -140,13 +203,54 @@ class PendingSigner:
     key_path: Path
     ca_status: str | None = None
 
-    @property
-    def info(self) -> SignerInfo:
-        return SignerInfo(self.ref, self.ca_status)
+    def unlock(self, passphrases: PassphraseSource) -> KeySigner:
+        from trustboot.keys import keyfile
 
-    def unlock(self, passphrases: PassphraseSource) -> Signer:
         key = keyfile.load_key(self.key_path, passphrases, f"signing key {self.key_path.stem}")
         return KeySigner(key, self.certificate, self.chain)
+
+    @contextlib.contextmanager
+    def open(self, secrets: PassphraseSource) -> Iterator[Signer]:
+        with self.unlock(secrets) as signer:
+            yield signer
+
+
+FileKeySource = PendingSigner
+
+
+@dataclass(frozen=True)
+class ResolveOptions:
+    """What a resolver may need besides the reference itself."""
+
+    pki: Path | None = None
+    cert: Path | None = None
+    chain: Path | None = None
+    now: dt.datetime | None = None
+    pkcs11_module: Path | None = None
+
+
+Resolver = Callable[[KeyRef, ResolveOptions], KeySource]
+# scheme -> resolver, or "module:function" imported on first use (python-pkcs11 is optional
+# and only loaded for pkcs11: references).
+_REGISTRY: dict[str, Resolver | str] = {}
+
+
+def register_scheme(scheme: str, resolver: Resolver | str) -> None:
+    """Make ``scheme:`` references resolve through ``resolver``."""
+    _REGISTRY[scheme] = resolver
+
+
+def _resolver(scheme: str) -> Resolver:
+    entry = _REGISTRY.get(scheme)
+    if entry is None:
+        raise ConfigError(f"no signer is registered for {scheme}: key references",
+                          hint="use NAME, ca:NAME, file:PATH or a pkcs11: URI")
+    if isinstance(entry, str):
+        module, _, name = entry.partition(":")
+        resolver: Resolver = getattr(importlib.import_module(module), name)
+        _REGISTRY[scheme] = resolver
+        return resolver
+    return entry
 
 
 def open_signer(
@@ -158,9 +262,15 @@ def open_signer(
     chain: Path | None = None,
     now: dt.datetime | None = None,
 ) -> tuple[Signer, SignerInfo]:
-    """Resolve a reference to a ready signer; the key is unlocked here, once."""
-    pending = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now)
-    return pending.unlock(passphrases), pending.info
+    """Resolve a file or CA reference to a ready in-memory signer, unlocked here, once.
+
+    For tokens use ``resolve_signer(...).open(...)`` in a ``with`` block.
+    """
+    source = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now)
+    if not isinstance(source, PendingSigner):
+        raise ConfigError(f"{ref} needs a session: use resolve_signer(...).open() in a with "
+                          "block", hint="or sign through trustboot.cms.workflow.sign_paths")
+    return source.unlock(passphrases), source.info
 
 
 def resolve_signer(
@@ -170,30 +280,84 @@ def resolve_signer(
     cert: Path | None = None,
     chain: Path | None = None,
     now: dt.datetime | None = None,
-) -> PendingSigner:
-    """Find the certificate, chain and key of a reference without touching the key."""
-    if ref.scheme == "pkcs11":
-        raise ConfigError(
-            f"PKCS#11 keys are not supported yet ({ref})",
-            hint="use a CA certificate name (--key NAME) or an encrypted key file "
-                 "(--key file:PATH --cert CERT --chain CHAIN)",
-        )
-    if ref.scheme == "file":
-        if cert is None:
-            raise ConfigError(f"--key {ref} needs --cert (the signing certificate)",
-                              hint="pass --cert FILE and --chain FILE (issuers, root included)")
-        leaf = load_certificates(cert, "certificate")[0]
-        pool = load_certificates(chain, "chain") if chain is not None else []
-        return PendingSigner(ref, leaf, tuple(order_chain(leaf, pool)), ref.path)
-    return _resolve_ca(ref, pki=pki or Path("pki"), chain=chain,
-                       now=now or dt.datetime.now(dt.UTC))
+    pkcs11_module: Path | None = None,
+) -> KeySource:
+    """Find the certificate, chain and key of a reference without touching the key.
+
+    Whatever the scheme, a certificate that the pki's index or CRL lists as revoked is
+    refused (when ``pki`` holds the CA that issued it); without ``--chain`` that CA's chain
+    is used.
+    """
+    opts = ResolveOptions(pki=pki, cert=cert, chain=chain,
+                          now=now or dt.datetime.now(dt.UTC), pkcs11_module=pkcs11_module)
+    source = _resolver(ref.scheme)(ref, opts)
+    if ref.scheme != "ca" and pki is not None:
+        found = pki_status(source.certificate, pki, opts.now)
+        if found is not None:
+            source.ca_status, ca_chain = found
+            if chain is None:
+                source.chain = tuple(order_chain(source.certificate, ca_chain))
+    return source
 
 
-def _resolve_ca(ref: KeyRef, *, pki: Path, chain: Path | None,
-                now: dt.datetime) -> PendingSigner:
-    from trustboot.ca.store import CertificateAuthority  # the CA is optional for file: keys
+def pki_status(cert: x509.Certificate, pki: Path, now: dt.datetime | None,
+               ) -> tuple[str | None, list[x509.Certificate]] | None:
+    """What the CA in ``pki`` says about ``cert``: (index status or None, the CA's chain);
+    None when no CA there issued it. VerificationError if its index or CRL lists it as
+    revoked."""
+    if not (pki / "index.json").is_file():  # CertificateAuthority.exists, without its import
+        return None
+    from trustboot.ca.store import CertificateAuthority
 
     ca = CertificateAuthority.open(pki)
+    if cert.issuer != ca.issuing_cert.subject:
+        return None
+    try:
+        cert.verify_directly_issued_by(ca.issuing_cert)
+    except (InvalidSignature, ValueError, TypeError):  # not issued by this CA
+        return None
+    entry = ca.find_serial(cert.serial_number)
+    name = entry.name if entry is not None else cert.subject.rfc4514_string()
+    if entry is not None and entry.status == "revoked":
+        raise revoked_error(name, cert.serial_number, f"the CA index in {pki}")
+    if _crl_lists(ca.path / "crl.pem", ca.issuing_cert, cert.serial_number):
+        raise revoked_error(name, cert.serial_number, f"{ca.path / 'crl.pem'}")
+    return (entry.effective_status(now) if entry is not None else None), ca.chain()
+
+
+def revoked_error(name: str, serial: int, where: str) -> VerificationError:
+    return VerificationError(
+        f"certificate {name} (serial {serial:#x}) is revoked in {where}; refusing to sign "
+        "[rule: revoked]",
+        hint="issue a new code-signing certificate and sign with it",
+        rule="revoked", subject=name)
+
+
+def _crl_lists(path: Path, issuer: x509.Certificate, serial: int) -> bool:
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+    except (OSError, ValueError):
+        return False  # no CRL yet (or unreadable: `ca check` reports it); the index decides
+    if crl.issuer != issuer.subject or not crl.is_signature_valid(
+            issuer.public_key()):  # type: ignore[arg-type]
+        return False
+    return crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+def _resolve_file(ref: KeyRef, opts: ResolveOptions) -> KeySource:
+    if opts.cert is None:
+        raise ConfigError(f"--key {ref} needs --cert (the signing certificate)",
+                          hint="pass --cert FILE and --chain FILE (issuers, root included)")
+    leaf = load_certificates(opts.cert, "certificate")[0]
+    pool = load_certificates(opts.chain, "chain") if opts.chain is not None else []
+    return PendingSigner(ref, leaf, tuple(order_chain(leaf, pool)), ref.path)
+
+
+def _resolve_ca(ref: KeyRef, opts: ResolveOptions) -> KeySource:
+    from trustboot.ca.store import CertificateAuthority  # the CA is optional for file: keys
+
+    now = opts.now or dt.datetime.now(dt.UTC)
+    ca = CertificateAuthority.open(opts.pki or Path("pki"))
     entry = ca.get(ref.value)
     if entry.profile != "codesign":
         raise VerificationError(
@@ -204,14 +368,16 @@ def _resolve_ca(ref: KeyRef, *, pki: Path, chain: Path | None,
         )
     status = entry.effective_status(now)
     if status == "revoked":
-        raise VerificationError(
-            f"certificate {entry.name} (serial {entry.serial:#x}) is revoked in the CA index; "
-            "refusing to sign [rule: revoked]",
-            hint="issue a new code-signing certificate and sign with it",
-            rule="revoked", subject=entry.name,
-        )
+        raise revoked_error(entry.name, entry.serial, f"the CA index in {ca.path}")
     leaf = entry.load_cert()
+    if _crl_lists(ca.path / "crl.pem", ca.issuing_cert, leaf.serial_number):
+        raise revoked_error(entry.name, entry.serial, f"{ca.path / 'crl.pem'}")
     pool = list(ca.chain())
-    if chain is not None:
-        pool += load_certificates(chain, "chain")
+    if opts.chain is not None:
+        pool += load_certificates(opts.chain, "chain")
     return PendingSigner(ref, leaf, tuple(order_chain(leaf, pool)), entry.key_path, status)
+
+
+register_scheme("ca", _resolve_ca)
+register_scheme("file", _resolve_file)
+register_scheme("pkcs11", "trustboot.keys.pkcs11:resolve")

@@ -1,0 +1,82 @@
+"""`ca init --pkcs11`: the root and issuing keys are generated in a token and sign there."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography import x509
+
+from tests.keys.softhsm import PIN, Token, openssl_verify
+from trustboot.cli.main import cli
+
+KEY_PASS = "leaf key passphrase"
+
+
+@pytest.mark.parametrize("key_type", ["ec-p256", "rsa-3072"])
+def test_ca_keys_in_token(token: Token, tmp_path: Path, key_type: str) -> None:
+    import pkcs11
+
+    pki = tmp_path / "pki"
+    env = {"TB_PIN": PIN, "TB_KEY": KEY_PASS}
+    init = CliRunner().invoke(cli, ["ca", "init", "--pki", str(pki), "--key-type", key_type,
+                                    "--pkcs11", f"pkcs11:token={token.label}",
+                                    "--passphrase-env", "TB_PIN", "--json"], env=env)
+    assert init.exit_code == 0, init.output
+    assert not (pki / "private" / "ca.key").exists()
+    assert not (pki / "private" / "issuing-ca.key").exists()
+    config = json.loads((pki / "config.json").read_text())
+    assert set(config["pkcs11"]) == {"module", "root", "issuing"}
+    assert PIN not in (pki / "config.json").read_text()
+    root = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    issuing = x509.load_pem_x509_certificate((pki / "issuing-ca.crt").read_bytes())
+    root.verify_directly_issued_by(root)
+    issuing.verify_directly_issued_by(root)
+    # The keys are sensitive and cannot leave the token.
+    lib = pkcs11.lib(str(token.module))
+    try:
+        with lib.get_token(token_label=token.label).open(user_pin=PIN) as session:
+            keys = list(session.get_objects({pkcs11.Attribute.CLASS:
+                                             pkcs11.ObjectClass.PRIVATE_KEY}))
+            assert {k.label for k in keys} == {"trustboot-root-ca", "trustboot-issuing-ca"}
+            for k in keys:
+                assert k[pkcs11.Attribute.SENSITIVE] and not k[pkcs11.Attribute.EXTRACTABLE]
+    finally:
+        lib.finalize()
+    # The issuing key in the token signs leaf certificates and CRLs.
+    issue = CliRunner().invoke(cli, ["ca", "issue", "codesign", "leaf", "--pki", str(pki),
+                                     "--key-type", "ec-p256", "--passphrase-env", "TB_PIN",
+                                     "--key-passphrase-env", "TB_KEY"], env=env)
+    assert issue.exit_code == 0, issue.output
+    leaf = x509.load_pem_x509_certificate((pki / "issued" / "leaf.crt").read_bytes())
+    leaf.verify_directly_issued_by(issuing)
+    image = tmp_path / "vmlinuz"
+    image.write_bytes(b"kernel" * 100)
+    signed = CliRunner().invoke(cli, ["sign", str(image), "--pki", str(pki), "--key", "leaf",
+                                      "--passphrase-env", "TB_KEY"], env=env)
+    assert signed.exit_code == 0, signed.output
+    openssl_verify(image, Path(f"{image}.sig"), pki / "ca.crt")
+    revoke = CliRunner().invoke(cli, ["ca", "revoke", "leaf", "--pki", str(pki),
+                                      "--passphrase-env", "TB_PIN"], env=env)
+    assert revoke.exit_code == 0, revoke.output
+    crl = x509.load_pem_x509_crl((pki / "crl.pem").read_bytes())
+    assert crl.is_signature_valid(issuing.public_key())  # type: ignore[arg-type]
+    assert crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None
+    check = CliRunner().invoke(cli, ["ca", "check", "--pki", str(pki)])
+    assert check.exit_code == 0, check.output
+    wrong = CliRunner().invoke(cli, ["ca", "crl", "--pki", str(pki), "--passphrase-env",
+                                     "TB_BAD"], env={"TB_BAD": "000000"})
+    assert wrong.exit_code == 3 and "wrong PIN" in wrong.output, wrong.output
+
+
+def test_second_ca_in_the_same_token_is_refused(token: Token, tmp_path: Path) -> None:
+    env = {"TB_PIN": PIN}
+    args = ["ca", "init", "--key-type", "ec-p256", "--pkcs11", f"pkcs11:token={token.label}",
+            "--passphrase-env", "TB_PIN"]
+    first = CliRunner().invoke(cli, [*args, "--pki", str(tmp_path / "a")], env=env)
+    assert first.exit_code == 0, first.output
+    second = CliRunner().invoke(cli, [*args, "--pki", str(tmp_path / "b")], env=env)
+    assert second.exit_code == 3 and "already holds" in second.output, second.output
+    assert not (tmp_path / "b" / "index.json").exists()

@@ -1,0 +1,247 @@
+"""`trustboot sign --key pkcs11:...` against a real SoftHSM2 token (a fresh one per test)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from asn1crypto import cms
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric import dsa, ec
+
+from tests.cms.pki import Material, ec_key, rsa_key
+from tests.keys.softhsm import PIN, Token, openssl_verify
+from trustboot.cli.main import cli
+from trustboot.cms.workflow import sign_paths
+from trustboot.errors import ConfigError
+from trustboot.keys.pkcs11 import parse_uri
+
+ENGINE = Path("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so")
+
+
+def _image(tmp_path: Path, name: str = "vmlinuz", data: bytes = b"kernel " * 999) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _pin_file(tmp_path: Path, pin: str = PIN) -> Path:
+    path = tmp_path / "pin"
+    path.write_text(pin + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def _sign(token: Token, tmp_path: Path, files: list[Path], uri: str, *extra: str,
+          pin: str = PIN) -> object:
+    return CliRunner().invoke(cli, ["sign", *map(str, files), "--key", uri,
+                                    "--pin-file", str(_pin_file(tmp_path, pin)), *extra])
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ec-p256", "ec-p384"])
+def test_token_signature_verifies_like_a_file_key(token: Token, material: Material,
+                                                  tmp_path: Path, kind: str) -> None:
+    key = rsa_key() if kind == "rsa" else ec_key(
+        ec.SECP256R1() if kind == "ec-p256" else ec.SECP384R1())
+    key_path, cert, chain = material.issue(f"hsm-{kind}", key)
+    token.import_key(key, "signer")
+    image = _image(tmp_path)
+    result = _sign(token, tmp_path, [image], token.uri(), "--cert", str(cert),
+                   "--chain", str(chain), "--hash", "sha384", "--pki", str(tmp_path / "nopki"))
+    assert result.exit_code == 0, result.output
+    sig = image.with_name("vmlinuz.sig")
+    root = material.directory / "root.pem"
+    openssl_verify(image, sig, root)
+    verify = CliRunner().invoke(cli, ["verify", str(image), "--trust", str(root)])
+    assert verify.exit_code == 0, verify.output
+    # Same structure as the file-key path: only the signature value may differ.
+    file_sig = tmp_path / "file.sig"
+    env = {"TB_P": "correct horse battery"}
+    same = CliRunner().invoke(cli, ["sign", str(image), "--key", f"file:{key_path}", "--cert",
+                                    str(cert), "--chain", str(chain), "--hash", "sha384",
+                                    "--passphrase-env", "TB_P", "--out", str(tmp_path / "f")],
+                              env=env)
+    assert same.exit_code == 0, same.output
+    file_sig = tmp_path / "f" / "vmlinuz.sig"
+    a = cms.ContentInfo.load(sig.read_bytes())["content"]
+    b = cms.ContentInfo.load(file_sig.read_bytes())["content"]
+    for name in ("version", "digest_algorithms", "encap_content_info", "certificates"):
+        assert a[name].dump() == b[name].dump(), name
+    sa, sb = a["signer_infos"][0], b["signer_infos"][0]
+    for name in ("version", "sid", "digest_algorithm", "signature_algorithm", "signed_attrs"):
+        assert sa[name].dump() == sb[name].dump(), name
+    if kind == "rsa":  # PKCS#1 v1.5 is deterministic: the token computed the same value
+        assert sa["signature"].native == sb["signature"].native
+
+
+def test_certificate_from_the_token_and_many_files_one_login(
+        token: Token, material: Material, tmp_path: Path) -> None:
+    key = ec_key()
+    _, cert_path, chain = material.issue("hsm-cert-in-token", key)
+    from cryptography import x509
+
+    token.import_key(key, "signer", "0a")
+    token.import_cert(x509.load_pem_x509_certificate(cert_path.read_bytes()), "signer", "0a")
+    files = [_image(tmp_path, f"f{i}", f"file {i}".encode()) for i in range(40)]
+    asked: list[str] = []
+
+    def pins(what: str) -> bytes:
+        asked.append(what)
+        return PIN.encode()
+
+    run = sign_paths(files, token.uri(id="%0a"), secrets=pins, chain=chain,
+                     pkcs11_module=token.module)
+    assert len(run.results) == 40 and len(asked) == 1, asked
+    assert "trustboot-test" in asked[0]
+    for f in files[:3] + files[-2:]:
+        openssl_verify(f, f.with_name(f.name + ".sig"), material.directory / "root.pem")
+
+
+@pytest.mark.skipif(not ENGINE.is_file(), reason="libengine-pkcs11-openssl is not installed")
+def test_cross_check_with_openssl_pkcs11_engine(token: Token, material: Material,
+                                                tmp_path: Path) -> None:
+    key = rsa_key()
+    _, cert, chain = material.issue("hsm-engine", key)
+    token.import_key(key, "signer")
+    image = _image(tmp_path)
+    result = _sign(token, tmp_path, [image], token.uri(), "--cert", str(cert), "--chain",
+                   str(chain))
+    assert result.exit_code == 0, result.output
+    conf = tmp_path / "openssl.cnf"
+    conf.write_text(
+        "openssl_conf = init\n[init]\nengines = engines\n[engines]\npkcs11 = p11\n[p11]\n"
+        f"engine_id = pkcs11\ndynamic_path = {ENGINE}\nMODULE_PATH = {token.module}\n"
+        "init = 0\n")
+    osig = tmp_path / "openssl.sig"
+    proc = subprocess.run(
+        ["openssl", "cms", "-sign", "-binary", "-noattr", "-nosmimecap", "-engine", "pkcs11",
+         "-keyform", "engine", "-inkey", f"{token.uri()};type=private?pin-value={PIN}",
+         "-signer", str(cert), "-certfile", str(chain), "-in", str(image), "-outform", "DER",
+         "-out", str(osig), "-md", "sha256"],
+        env=os.environ | token.env | {"OPENSSL_CONF": str(conf)}, capture_output=True,
+        text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    root = material.directory / "root.pem"
+    for sig in (osig, image.with_name("vmlinuz.sig")):
+        openssl_verify(image, sig, root)
+        verify = CliRunner().invoke(cli, ["verify", str(image), "--sig", str(sig),
+                                          "--trust", str(root)])
+        assert verify.exit_code == 0, verify.output
+    ours = cms.ContentInfo.load(image.with_name("vmlinuz.sig").read_bytes())["content"]
+    theirs = cms.ContentInfo.load(osig.read_bytes())["content"]
+    so, st = ours["signer_infos"][0], theirs["signer_infos"][0]
+    assert so["sid"].dump() == st["sid"].dump()
+    assert so["digest_algorithm"]["algorithm"].native == st["digest_algorithm"][
+        "algorithm"].native == "sha256"
+    assert so["signature"].native == st["signature"].native  # same key, same digest
+    assert st["signed_attrs"].native is None and so["signed_attrs"].native is None
+    assert {c.dump() for c in ours["certificates"]} == {c.dump() for c in theirs["certificates"]}
+
+
+def _expect(result: object, code: int, *needles: str) -> None:
+    assert result.exit_code == code, result.output  # type: ignore[attr-defined]
+    out: str = result.output  # type: ignore[attr-defined]
+    for needle in needles:
+        assert needle in out, out
+    assert "hint:" in out and "Traceback" not in out
+
+
+def test_errors_are_clear_and_write_nothing(token: Token, material: Material,
+                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    key = rsa_key()
+    _, cert, chain = material.issue("hsm-errors", key)
+    token.import_key(key, "signer", "01")
+    image = _image(tmp_path)
+    args = ("--cert", str(cert), "--chain", str(chain))
+    _expect(_sign(token, tmp_path, [image], token.uri(), *args, pin="999999"), 3,
+            "wrong PIN", "trustboot-test")
+    _expect(_sign(token, tmp_path, [image], "pkcs11:token=nope;object=signer", *args), 3,
+            "no token matches", "trustboot-test")
+    _expect(_sign(token, tmp_path, [image], token.uri("missing"), *args), 3,
+            "no private key matching")
+    token.import_key(rsa_key(), "signer", "02")  # a second key with the same label
+    _expect(_sign(token, tmp_path, [image], token.uri(), *args), 3, "2 private keys match",
+            "id=")
+    _expect(_sign(token, tmp_path, [image], token.uri("signer", id="%02"), *args), 3,
+            "does not belong")
+    _expect(_sign(token, tmp_path, [image], token.uri(), *args, "--pkcs11-module",
+                  str(tmp_path / "missing.so")), 3, "does not exist")
+    bogus = tmp_path / "bogus.so"
+    bogus.write_bytes(b"not a shared object")
+    _expect(_sign(token, tmp_path, [image], token.uri(), *args, "--pkcs11-module",
+                  str(bogus)), 3, "cannot load PKCS#11 module")
+    monkeypatch.delenv("TRUSTBOOT_PKCS11_MODULE")
+    _expect(_sign(token, tmp_path, [image], token.uri(), *args), 3, "no PKCS#11 module")
+    secret = "pkcs11:token=trustboot-test;object=signer?pin-value=S3cretPIN"
+    result = _sign(token, tmp_path, [image], secret, *args)
+    _expect(result, 3, "pin-value")
+    assert "S3cretPIN" not in result.output
+    assert not list(tmp_path.glob("*.sig")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_unsupported_key_type(token: Token, material: Material, tmp_path: Path) -> None:
+    dsa_key = dsa.generate_private_key(key_size=2048)
+    token.import_key(dsa_key, "dsa")
+    _, cert, chain = material.issue("hsm-dsa-cert", rsa_key())
+    result = _sign(token, tmp_path, [_image(tmp_path)], token.uri("dsa"), "--cert", str(cert),
+                   "--chain", str(chain))
+    _expect(result, 3, "DSA", "only RSA and ECDSA")
+
+
+def test_pin_source_and_no_prompt_without_terminal(token: Token, material: Material,
+                                                   tmp_path: Path) -> None:
+    key = ec_key()
+    _, cert, chain = material.issue("hsm-pin-source", key)
+    token.import_key(key, "signer")
+    image = _image(tmp_path)
+    base = [sys.executable, "-m", "trustboot", "sign", str(image), "--cert", str(cert),
+            "--chain", str(chain), "--key"]
+    env = os.environ | token.env | {"TRUSTBOOT_PKCS11_MODULE": str(token.module)}
+    proc = subprocess.run([*base, token.uri()], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "no terminal" in proc.stderr and "--pin-file" in proc.stderr
+    pin = _pin_file(tmp_path)
+    proc = subprocess.run([*base, f"{token.uri()}?pin-source=file:{pin}"], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    openssl_verify(image, image.with_name("vmlinuz.sig"), material.directory / "root.pem")
+
+
+@pytest.mark.skip(reason="SoftHSM2 never locks a user PIN (it only sets "
+                         "CKF_USER_PIN_COUNT_LOW), so CKR_PIN_LOCKED cannot be produced here")
+def test_locked_pin() -> None:  # pragma: no cover
+    pass
+
+
+def test_uri_parsing() -> None:
+    uri = parse_uri("pkcs11:token=My%20HSM;object=sign;id=%01%ff;type=private"
+                    "?module-path=/m.so&pin-source=/p")
+    assert uri.get("token") == "My HSM" and uri.id == b"\x01\xff"
+    assert uri.get("module-path") == "/m.so"
+    for bad in ["pkcs11:token=t", "pkcs11:token=t;object=o;type=cert",
+                "pkcs11:token=t;object=o;bogus=1", "pkcs11:object=a;object=b",
+                "pkcs11:object=o?pin-value"]:
+        with pytest.raises(ConfigError):
+            parse_uri(bad)
+    with pytest.raises(ConfigError) as err:
+        parse_uri("pkcs11:object=o;pin-value=123456")
+    assert "123456" not in err.value.message
+
+
+def test_signed_at_is_the_callers_clock(token: Token, material: Material,
+                                        tmp_path: Path) -> None:
+    key = rsa_key()
+    _, cert, chain = material.issue("hsm-now", key)
+    token.import_key(key, "signer")
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    run = sign_paths([_image(tmp_path)], token.uri(), secrets=lambda _w: PIN.encode(),
+                     cert=cert, chain=chain, now=now, pkcs11_module=token.module)
+    assert run.manifest()["signed_at"] == now.isoformat()
+    assert run.manifest()["key"] == token.uri()

@@ -1,0 +1,303 @@
+"""Streaming file digests: the half of signing that needs no key and no certificate.
+
+Kept apart from cms/sign.py so that it imports only the standard library: a caller can
+start hashing (``HashJob``) before the signing stack (cryptography, asn1crypto, iPXE's
+rules) is imported, and the two overlap; hashlib drops the GIL on large buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trustboot.errors import ConfigError, OperationalError
+from trustboot.keys.algorithms import HashAlgorithm
+
+CHUNK = 1 << 20
+# Files at least this large are hashed concurrently when there are several: hashlib drops
+# the GIL while it digests a large buffer, so threads use every core, without the start-up
+# and import cost of worker processes and with one progress display.
+PARALLEL_MIN_SIZE = 32 << 20
+Progress = Callable[[int], None]
+# progress(path, size) opens a per-file progress display and yields its byte-count callback.
+ProgressFactory = Callable[[Path, int], contextlib.AbstractContextManager[Progress]]
+
+
+class Cancelled(Exception):
+    """Hashing was stopped from another thread (e.g. the key failed to unlock)."""
+
+
+def hash_file(path: Path, hash_names: Sequence[str], progress: Progress | None = None,
+              cancel: threading.Event | None = None) -> tuple[dict[str, bytes], int]:
+    """Digest ``path`` with each hash in one pass; returns (digests, size).
+
+    One reused 1 MiB buffer: memory stays flat whatever the file size. A read-ahead
+    thread was measured slower here (with SHA-NI the page-cache copy is cheap, and handing
+    buffers between two threads costs GIL switches), so reading is plain and sequential,
+    as `openssl dgst` does it.
+    """
+    hashers = [hashlib.new(name) for name in hash_names]
+    size = 0
+    try:
+        # O_NONBLOCK: a FIFO put in the file's place must not block the open.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb", buffering=0) as fh:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"{path} is not a regular file",
+                                  hint="sign image files (not devices, FIFOs or sockets)")
+            os.set_blocking(fd, True)
+            with contextlib.suppress(AttributeError, OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            small = st.st_size <= CHUNK
+            # Small files (boot scripts, most kernels' .sig companions) in one read: a
+            # read-ahead thread and its buffers would cost more than the hashing.
+            for chunk in (_whole(fh) if small else _chunks(fh)):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(str(path))
+                for h in hashers:
+                    h.update(chunk)
+                size += len(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a file",
+                          hint="pass the image file itself") from None
+    except OSError as exc:
+        raise OperationalError(f"cannot read {path}: {exc.strerror}",
+                               hint="check the path and permissions") from None
+    return {name: h.digest() for name, h in zip(hash_names, hashers, strict=True)}, size
+
+
+def _whole(fh: Any) -> Iterator[memoryview]:
+    while True:  # a file that grew since fstat() is still read to its end, in chunks
+        data = fh.read(CHUNK)
+        if not data:
+            return
+        yield memoryview(data)
+
+
+def _chunks(fh: Any) -> Iterator[memoryview]:
+    """Views of the file's consecutive chunks, read into one reused buffer."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while n := fh.readinto(buf):
+        yield view[:n]
+
+
+@dataclass(frozen=True)
+class Hashed:
+    path: Path
+    size: int
+    digests: dict[str, bytes]
+
+
+def hash_files(
+    paths: Sequence[Path], hash_name: str, *,
+    progress: ProgressFactory | None = None,
+    cancel: threading.Event | None = None,
+) -> list[Hashed]:
+    """Digest every file with ``hash_name`` (and SHA-256 for the manifest). No key needed.
+
+    Several large files are hashed concurrently, one thread each (up to the core count).
+    """
+    hash_name = HashAlgorithm.parse(hash_name)
+    names = [hash_name.value] if hash_name == "sha256" else [hash_name.value, "sha256"]
+    sizes = [_size(p) for p in paths]
+    large = [i for i, size in enumerate(sizes) if size >= PARALLEL_MIN_SIZE]
+    workers = min(len(large), os.cpu_count() or 1)
+    out: list[Hashed | None] = [None] * len(paths)
+    if workers >= 2:
+        lock = threading.Lock()
+        total = sum(sizes[i] for i in large)
+        with contextlib.ExitStack() as stack:
+            bar = (stack.enter_context(progress(Path(f"{len(large)} files"), total))
+                   if progress is not None else None)
+
+            def feed(n: int) -> None:
+                if bar is not None:
+                    with lock:
+                        bar(n)
+
+            def one(i: int) -> Hashed:
+                digests, size = hash_file(paths[i], names, feed, cancel)
+                return Hashed(paths[i], size, digests)
+
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for i, result in zip(large, pool.map(one, large), strict=True):
+                    out[i] = result
+    for i, path in enumerate(paths):
+        if out[i] is not None:
+            continue
+        if progress is None:
+            digests, size = hash_file(path, names, None, cancel)
+        else:
+            with progress(path, sizes[i]) as cb:
+                digests, size = hash_file(path, names, cb, cancel)
+        out[i] = Hashed(path, size, digests)
+    return [h for h in out if h is not None]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # hash_file reports the error with its context
+
+
+# From this many bytes in total, a HashJob hashes in forked processes (see HashJob).
+PROCESS_MIN_BYTES = 16 << 20
+
+
+class HashJob:
+    """``hash_files`` running in the background from now on; ``result()`` waits.
+
+    Without a progress display and with enough data, the files are hashed in forked child
+    processes (one per core at most, largest files spread first): a hashing thread would
+    share the GIL with whatever the caller does meanwhile (importing the signing stack,
+    the key's KDF) and was measured to slow down by a third. Otherwise (a progress bar to
+    feed, little data, or other threads running, where forking is unsafe) a thread.
+    """
+
+    def __init__(self, paths: Sequence[Path], hash_name: str, *,
+                 progress: ProgressFactory | None = None) -> None:
+        self.paths = list(paths)
+        self.hash = HashAlgorithm.parse(hash_name)
+        self._cancel = threading.Event()
+        self._result: list[Hashed] | None = None
+        self._error: BaseException | None = None
+        self._children: list[tuple[int, int, list[int]]] = []
+        self._thread: threading.Thread | None = None
+        sizes = [_size(path) for path in self.paths]
+        if (progress is None and sum(sizes) >= PROCESS_MIN_BYTES and hasattr(os, "fork")
+                and threading.active_count() == 1):
+            self._fork(sizes)
+        else:
+            self._thread = threading.Thread(target=self._run, args=(progress,),
+                                            name="trustboot-hash", daemon=True)
+            self._thread.start()
+
+    def _run(self, progress: ProgressFactory | None) -> None:
+        try:
+            self._result = hash_files(self.paths, self.hash, progress=progress,
+                                      cancel=self._cancel)
+        except BaseException as exc:  # handed to result(), which re-raises it
+            self._error = exc
+
+    def _fork(self, sizes: list[int]) -> None:
+        workers = max(1, min(os.cpu_count() or 1, len(self.paths)))
+        groups: list[list[int]] = [[] for _ in range(workers)]
+        loads = [0] * workers
+        for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+            target = loads.index(min(loads))
+            groups[target].append(i)
+            loads[target] += sizes[i]
+        for group in groups:
+            if not group:
+                continue
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child, which never returns
+                os.close(read_fd)
+                os._exit(_hash_in_child(write_fd, [self.paths[i] for i in group], self.hash))
+            os.close(write_fd)
+            self._children.append((pid, read_fd, group))
+
+    @property
+    def processes(self) -> int:
+        """How many child processes are hashing (0: a thread, or already collected)."""
+        return len(self._children)
+
+    def result(self) -> list[Hashed]:
+        if self._thread is not None:
+            self._thread.join()
+        elif self._result is None and self._error is None:
+            self._collect()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def _collect(self) -> None:
+        import json
+
+        out: list[Hashed | None] = [None] * len(self.paths)
+        children, self._children = self._children, []
+        for pid, read_fd, group in children:
+            with os.fdopen(read_fd, "rb") as fh:
+                data = fh.read()
+            os.waitpid(pid, 0)
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                doc = {"error": "RuntimeError", "message": "a hashing process died"}
+            if "error" in doc and self._error is None:
+                self._error = _rebuild_error(doc)
+            for i, item in zip(group, doc.get("files", []), strict=False):
+                out[i] = Hashed(self.paths[i], item["size"],
+                                {k: bytes.fromhex(v) for k, v in item["digests"].items()})
+        if self._error is None:
+            self._result = [h for h in out if h is not None]
+            if len(self._result) != len(self.paths):
+                self._error = RuntimeError("a hashing process returned too few results")
+
+    def cancel(self) -> None:
+        """Stop reading (the work is no longer needed) and wait for the workers."""
+        import signal
+
+        self._cancel.set()
+        if self._thread is not None:
+            self._thread.join()
+        children, self._children = self._children, []
+        for pid, read_fd, _ in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.close(read_fd)
+            os.waitpid(pid, 0)
+
+
+def _hash_in_child(write_fd: int, paths: list[Path], hash_alg: HashAlgorithm) -> int:
+    """Hash ``paths`` and write the JSON result to ``write_fd``; the exit code."""
+    import json
+
+    from trustboot.errors import TrustbootError
+
+    code = 0
+    try:
+        files = []
+        for path in paths:
+            hashed = hash_files([path], hash_alg)[0]
+            files.append({"size": hashed.size,
+                          "digests": {k: v.hex() for k, v in hashed.digests.items()}})
+        doc: dict[str, Any] = {"files": files}
+    except TrustbootError as exc:
+        doc, code = {"error": type(exc).__name__, "message": exc.message,
+                     "hint": exc.hint}, 1
+    except BaseException as exc:  # a bug: reported to the parent, which raises it
+        doc, code = {"error": "RuntimeError", "message": f"{type(exc).__name__}: {exc}"}, 1
+    try:
+        with os.fdopen(write_fd, "wb") as fh:
+            fh.write(json.dumps(doc).encode())
+    except BaseException:
+        return 2
+    return code
+
+
+def _rebuild_error(doc: dict[str, Any]) -> BaseException:
+    from trustboot import errors
+
+    cls = getattr(errors, str(doc.get("error")), None)
+    if isinstance(cls, type) and issubclass(cls, errors.TrustbootError) \
+            and cls is not errors.VerificationError:
+        return cls(str(doc.get("message")), hint=doc.get("hint"))
+    return RuntimeError(str(doc.get("message")))

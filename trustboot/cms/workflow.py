@@ -1,0 +1,218 @@
+"""The signing workflow, shared by `trustboot sign` and the release pipeline.
+
+Validate every option, resolve the key reference, refuse a signer iPXE would reject (or the
+pki revoked) before any secret is asked for, unlock the key (or log in to the token) once
+while the files are hashed, sign, write every .sig atomically, then the manifest. Nothing
+here prints or prompts: secrets come from callbacks, warnings go to ``on_warning``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trustboot.cms.digest import HashJob, ProgressFactory
+from trustboot.errors import ConfigError, OperationalError
+from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
+from trustboot.keys.ref import KeyRef, parse_ref
+from trustboot.secrets import PassphraseSource
+
+if TYPE_CHECKING:
+    from trustboot.cms.certinfo import IpxeVersion
+    from trustboot.cms.sign import Signed
+
+# This module imports only the standard library and light trustboot modules at load time:
+# a caller validates options and starts a HashJob first, and the signing stack
+# (cryptography, asn1crypto, iPXE's rules) is imported inside sign_paths while it hashes.
+
+MAX_EXPIRY_WARNING_DAYS = 36500
+# A --files-from list larger than this is not a list of files.
+MAX_FILE_LIST_BYTES = 64 << 20
+
+Warn = Callable[[str], None]
+
+
+@dataclass
+class SignRun:
+    """What one signing run did: the signed files and the manifest written for them."""
+
+    ref: KeyRef
+    signer_subject: str
+    hash: HashAlgorithm
+    signed_at: dt.datetime
+    results: list[Signed]
+    warnings: list[str] = field(default_factory=list)
+
+    def manifest(self) -> dict[str, Any]:
+        return {"signer": self.signer_subject, "key": str(self.ref), "hash": self.hash.value,
+                "signed_at": self.signed_at.isoformat(),
+                "files": [r.to_json() for r in self.results]}
+
+
+def check_options(
+    paths: Sequence[Path], *, out_dir: Path | None, manifest: Path | None,
+    expiry_warning_days: int,
+) -> None:
+    """Refuse bad options before any work: nothing is written when one is wrong."""
+    if not paths:
+        raise ConfigError("no files to sign", hint="pass FILES or --files-from LIST")
+    if not 0 <= expiry_warning_days <= MAX_EXPIRY_WARNING_DAYS:
+        raise ConfigError(
+            f"--expiry-warning-days {expiry_warning_days} is out of range",
+            hint=f"use 0 to {MAX_EXPIRY_WARNING_DAYS} days")
+    for path in paths:
+        if not path.is_file():  # also refuses FIFOs and devices, which could block or not end
+            raise OperationalError(f"cannot sign {path}: not a readable regular file",
+                                   hint="check the path")
+    if out_dir is not None:
+        _check_can_create_dir(out_dir, "--out")
+    if manifest is not None:
+        parent = manifest.parent
+        if manifest.is_dir():
+            raise OperationalError(f"--manifest {manifest} is a directory",
+                                   hint="name the manifest file itself")
+        # --out creates its directory and parents first: a manifest may go in one of them.
+        made_by_out = out_dir is not None and (
+            parent.absolute() == out_dir.absolute() or parent.absolute() in
+            out_dir.absolute().parents)
+        if not parent.is_dir() and not made_by_out:
+            raise OperationalError(
+                f"cannot write manifest {manifest}: directory {parent} does not exist",
+                hint=f"create it first (mkdir -p {parent}) or choose another path")
+        if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+            raise OperationalError(f"cannot write manifest {manifest}: {parent} is not writable",
+                                   hint="choose a writable directory")
+
+
+def _check_can_create_dir(path: Path, option: str) -> None:
+    """``path`` is a directory, or the nearest existing ancestor is one we can write in."""
+    current = path
+    while not current.exists() and current != current.parent:
+        if current.is_symlink():  # a dangling link: mkdir would fail on it
+            break
+        current = current.parent
+    if not current.is_dir():
+        raise OperationalError(f"{option} {path}: {current} is not a directory",
+                               hint=f"choose another {option} directory")
+    if current != path and not os.access(current, os.W_OK | os.X_OK):
+        raise OperationalError(f"{option} {path}: cannot create it in {current}",
+                               hint="choose a writable directory")
+
+
+def read_file_list(data: bytes, origin: str) -> list[Path]:
+    """Paths from a --files-from list: one per line, blank lines ignored."""
+    if len(data) > MAX_FILE_LIST_BYTES:
+        raise ConfigError(f"file list {origin} is larger than {MAX_FILE_LIST_BYTES >> 20} MiB",
+                          hint="split it over several calls")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"file list {origin} is not UTF-8",
+                          hint="one path per line, UTF-8") from None
+    if "\0" in text:
+        raise ConfigError(f"file list {origin} contains a NUL byte",
+                          hint="one path per line (newline-separated, not -print0)")
+    return [Path(line) for line in text.splitlines() if line.strip()]
+
+
+def sign_paths(
+    paths: Sequence[Path],
+    key_ref: KeyRef | str,
+    *,
+    secrets: PassphraseSource,
+    pins: PassphraseSource | None = None,
+    pki: Path | None = None,
+    cert: Path | None = None,
+    chain: Path | None = None,
+    hash_name: HashAlgorithm | str = HashAlgorithm.SHA256,
+    out_dir: Path | None = None,
+    manifest: Path | None = None,
+    now: dt.datetime | None = None,
+    progress: ProgressFactory | None = None,
+    ipxe_version: IpxeVersion | None = None,
+    expiry_warning_days: int = 30,
+    pkcs11_module: Path | None = None,
+    on_warning: Warn | None = None,
+    unlock_first: bool = False,
+    hashing: HashJob | None = None,
+) -> SignRun:
+    """Sign ``paths`` with the key ``key_ref`` names; every FILE.sig or none is written.
+
+    ``secrets`` answers passphrase requests (key files), ``pins`` PIN requests (tokens;
+    defaults to ``secrets``). ``unlock_first``: ask for the secret before hashing (when it
+    comes from a prompt, so a progress display does not run under it); otherwise the key is
+    unlocked while the files are hashed. ``hashing``: a HashJob the caller started earlier
+    for the same files and hash (so hashing overlaps its imports); cancelled on failure.
+    """
+    paths = list(paths)
+    hash_alg = HashAlgorithm.parse(hash_name)
+    check_options(paths, out_dir=out_dir, manifest=manifest,
+                  expiry_warning_days=expiry_warning_days)
+    now = now or dt.datetime.now(dt.UTC)
+    ref = parse_ref(key_ref) if isinstance(key_ref, str) else key_ref
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if on_warning is not None:
+            on_warning(message)
+
+    from trustboot.cms.certinfo import DEFAULT_IPXE
+    from trustboot.cms.sign import check_targets, preflight, sign_hashed
+    from trustboot.fsutil import atomic_write
+    from trustboot.keys.signer import resolve_signer
+
+    ipxe_version = ipxe_version or DEFAULT_IPXE
+    if hashing is not None and (hashing.paths != paths or hashing.hash != hash_alg):
+        raise ValueError("the hashing job was started for other files or another hash")
+    job = hashing
+    try:
+        source = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now,
+                                pkcs11_module=pkcs11_module)
+        if source.algorithm == KeyAlgorithm.ECDSA and not ipxe_version.ecdsa:
+            raise ConfigError(f"ECDSA signatures need iPXE >= 2.0.0 (target: {ipxe_version})",
+                              hint="use an RSA key, or --ipxe-version 2.0.0 for newer builds")
+        # Refuse a doomed signer before asking for its secret.
+        for finding in preflight(source, now=now, ipxe_version=ipxe_version).warnings:
+            warn(f"{finding.message}\n  hint: {finding.remedy}")
+        check_targets(paths, out_dir)
+        wants_pin = source.secret_kind == "pin"  # noqa: S105 - a kind, not a secret
+        secret = pins if (pins is not None and wants_pin) else secrets
+        with ExitStack() as stack:
+            if job is None and not unlock_first:
+                # Hash on a second core while the key's KDF (or the token login) runs.
+                job = HashJob(paths, hash_alg, progress=progress)
+            signer = stack.enter_context(source.open(secret))
+            hashed = job.result() if job is not None else HashJob(
+                paths, hash_alg, progress=progress).result()
+            results = sign_hashed(hashed, signer, hash_name=hash_alg, out_dir=out_dir,
+                                  now=now, ipxe_version=ipxe_version)
+    except BaseException:
+        if job is not None:
+            job.cancel()  # stop reading files nobody will sign
+        raise
+    ends = min(r.chain_not_after for r in results)
+    if ends - now < dt.timedelta(days=expiry_warning_days):
+        warn(f"these signatures stop verifying on {ends.isoformat()} "
+             f"({(ends - now).days} days): iPXE checks the chain against the client's clock "
+             "at boot; renew the signing certificate and re-sign before then")
+    if signer.algorithm == KeyAlgorithm.ECDSA:
+        warn("ECDSA signatures verify only in iPXE 2.0.0 and later")
+    run = SignRun(ref, signer.certificate.subject.rfc4514_string(), hash_alg, now, results,
+                  warnings)
+    if manifest is not None:
+        import json
+
+        try:
+            atomic_write(manifest,
+                         (json.dumps(run.manifest(), indent=2, sort_keys=True) + "\n").encode())
+        except OSError as exc:
+            raise OperationalError(f"cannot write manifest {manifest}: {exc.strerror}",
+                                   hint="check the directory; the signatures were written"
+                                   ) from None
+    return run

@@ -1,0 +1,569 @@
+"""Keys in a PKCS#11 token or HSM, named by RFC 7512 URIs.
+
+cryptography cannot use a key it cannot read, so the token signs the digest the host
+computed: RSA PKCS#1 v1.5 (CKM_RSA_PKCS over a DigestInfo) or ECDSA (CKM_ECDSA, whose raw
+r||s is converted to the DER Ecdsa-Sig-Value CMS needs). One login per run, however many
+files; the session is closed when the ``with`` block ends. python-pkcs11 is imported only
+here, so it is needed only for pkcs11: references (extra ``trustboot[pkcs11]``).
+
+The PIN comes from the caller's callback (a prompt, --pin-file, --pin-env) or the URI's
+``pin-source=`` file; a ``pin-value=`` in the URI is refused (it would sit in argv, shell
+history and CI logs) and masked wherever the reference is shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+
+from trustboot import secrets as secret_sources
+from trustboot.errors import ConfigError, OperationalError
+from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
+from trustboot.keys.ref import KeyRef, mask_pin
+from trustboot.keys.signer import (
+    CertifiedSigner,
+    KeySource,
+    ResolveOptions,
+    SecretKind,
+    Signer,
+    load_certificates,
+    order_chain,
+    revoked_error,
+)
+from trustboot.secrets import PassphraseSource
+
+if TYPE_CHECKING:
+    pass
+
+_PATH_ATTRS = {"token", "manufacturer", "serial", "model", "library-manufacturer",
+               "library-description", "library-version", "object", "type", "id",
+               "slot-manufacturer", "slot-description", "slot-id"}
+_QUERY_ATTRS = {"pin-source", "pin-value", "module-name", "module-path"}
+_TYPES = {"private", "public", "cert", "secret-key", "data"}
+_MISMATCH_HINT = "pass the certificate issued for this key (--cert), or fix id=/object="
+INSTALL_HINT = "install python-pkcs11: pip install 'trustboot[pkcs11]'"
+MODULE_HINT = ("name the token's PKCS#11 module: --pkcs11-module /path/to/module.so "
+               "(or TRUSTBOOT_PKCS11_MODULE, or module-path= in the URI); SoftHSM2's is "
+               "/usr/lib/softhsm/libsofthsm2.so")
+
+
+@dataclass(frozen=True)
+class Pkcs11Uri:
+    """The attributes of a ``pkcs11:`` URI (RFC 7512), percent-decoded."""
+
+    text: str  # for messages: pin-value masked
+    path: dict[str, bytes] = field(default_factory=dict)
+    query: dict[str, bytes] = field(default_factory=dict)
+
+    def get(self, name: str) -> str | None:
+        raw = self.path.get(name, self.query.get(name))
+        if raw is None:
+            return None
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise ConfigError(f"attribute {name} of {self.text} is not UTF-8",
+                              hint="percent-encode it as UTF-8") from None
+
+    @property
+    def id(self) -> bytes | None:
+        return self.path.get("id")
+
+
+def parse_uri(text: str, *, require_key: bool = True) -> Pkcs11Uri:
+    """``require_key=False`` for a URI naming only a token (where CA keys are generated)."""
+    shown = mask_pin(text)
+    scheme, _, rest = text.partition(":")
+    if scheme.lower() != "pkcs11":
+        raise ConfigError(f"{shown!r} is not a pkcs11: URI", hint="pkcs11:token=T;object=O")
+    path_part, _, query_part = rest.partition("?")
+    uri = Pkcs11Uri(shown)
+    for part, sep, allowed, into in ((path_part, ";", _PATH_ATTRS, uri.path),
+                                     (query_part, "&", _QUERY_ATTRS, uri.query)):
+        for item in filter(None, part.split(sep)):
+            name, eq, value = item.partition("=")
+            name = name.lower()
+            if not eq or (name not in allowed and not name.startswith("x-")):
+                raise ConfigError(
+                    f"unknown or malformed attribute {mask_pin(item)!r} in {shown}",
+                    hint="RFC 7512: pkcs11:token=T;object=O;type=private"
+                         "?module-path=/path/module.so&pin-source=/path/pin")
+            if name in into:
+                raise ConfigError(f"attribute {name} appears twice in {shown}")
+            into[name] = urllib.parse.unquote_to_bytes(value)
+    kind = uri.get("type")
+    if kind is not None and kind not in _TYPES:
+        raise ConfigError(f"type={kind} in {shown} is not a PKCS#11 object type",
+                          hint="use type=private (or leave it out)")
+    if kind not in (None, "private"):
+        raise ConfigError(f"{shown} names a {kind} object; signing needs the private key",
+                          hint="use type=private (or leave it out)")
+    if require_key and not (uri.get("object") or uri.id):
+        raise ConfigError(f"{shown} names no key (object= or id=)",
+                          hint="add object=LABEL or id=%01 to the URI")
+    return uri
+
+
+def _import_pkcs11() -> Any:
+    try:
+        import pkcs11
+    except ImportError:
+        raise ConfigError("pkcs11: keys need the python-pkcs11 package",
+                          hint=INSTALL_HINT) from None
+    return pkcs11
+
+
+def module_path(uri: Pkcs11Uri, option: Path | None) -> Path:
+    """The module: module-path= in the URI, else --pkcs11-module / TRUSTBOOT_PKCS11_MODULE."""
+    given = uri.get("module-path")
+    path = Path(given) if given else option
+    if path is None:
+        raise ConfigError(f"no PKCS#11 module for {uri.text}", hint=MODULE_HINT)
+    if not path.is_file():
+        raise ConfigError(f"PKCS#11 module {path} does not exist or is not a file",
+                          hint=MODULE_HINT)
+    return path
+
+
+@contextlib.contextmanager
+def loaded_module(path: Path) -> Iterator[Any]:
+    """The module, initialised for this block only (C_Finalize at the end, always)."""
+    p11 = _import_pkcs11()
+    try:
+        lib = p11.lib(os.fspath(path))
+    except p11.exceptions.PKCS11Error as exc:
+        raise ConfigError(f"cannot load PKCS#11 module {path}: {exc}",
+                          hint=MODULE_HINT) from None
+    try:
+        yield lib
+    except p11.exceptions.PKCS11Error as exc:  # anything not mapped to a clearer error above
+        raise OperationalError(f"PKCS#11 module {path} failed: {type(exc).__name__}",
+                               hint="check the token (present, initialised) and the module"
+                               ) from None
+    finally:
+        with contextlib.suppress(p11.exceptions.PKCS11Error):
+            lib.finalize()
+
+
+def find_token(lib: Any, uri: Pkcs11Uri) -> Any:
+    """The one token the URI's token attributes select."""
+    p11 = _import_pkcs11()
+    wanted = {"token": uri.get("token"), "serial": uri.get("serial"),
+              "manufacturer": uri.get("manufacturer"), "model": uri.get("model")}
+    slot_id = uri.get("slot-id")
+    found = []
+    labels = []
+    try:
+        slots = lib.get_slots(token_present=True)
+        for slot in slots:
+            token = slot.get_token()
+            have = {"token": token.label, "serial": token.serial.decode(errors="replace").strip(),
+                    "manufacturer": token.manufacturer_id, "model": token.model}
+            labels.append(token.label)
+            if slot_id is not None and str(slot.slot_id) != slot_id:
+                continue
+            if all(v is None or have[k] == v for k, v in wanted.items()):
+                found.append(token)
+    except p11.exceptions.PKCS11Error as exc:
+        raise OperationalError(f"PKCS#11 module error listing tokens: {type(exc).__name__}",
+                               hint="check the module and its configuration") from None
+    if not found:
+        raise ConfigError(
+            f"no token matches {uri.text}",
+            hint=(f"tokens present: {', '.join(repr(label) for label in labels)}"
+                  if labels else "no token is present: initialise one or plug it in"))
+    if len(found) > 1:
+        raise ConfigError(f"{len(found)} tokens match {uri.text}",
+                          hint="add serial= (or slot-id=) to the URI to choose one")
+    return found[0]
+
+
+def _template(uri: Pkcs11Uri, object_class: Any) -> dict[Any, Any]:
+    p11 = _import_pkcs11()
+    attrs: dict[Any, Any] = {p11.Attribute.CLASS: object_class}
+    if (label := uri.get("object")) is not None:
+        attrs[p11.Attribute.LABEL] = label
+    if uri.id is not None:
+        attrs[p11.Attribute.ID] = uri.id
+    return attrs
+
+
+def find_one(session: Any, uri: Pkcs11Uri, object_class: Any, what: str) -> Any:
+    objects = list(session.get_objects(_template(uri, object_class)))
+    if not objects:
+        raise ConfigError(f"no {what} matching {uri.text} in the token",
+                          hint="list the token's objects: pkcs11-tool --module M -O "
+                               "(or p11tool --list-all); check object= / id=")
+    if len(objects) > 1:
+        raise ConfigError(f"{len(objects)} {what}s match {uri.text}",
+                          hint="add id= (or a more precise object=) to the URI to choose one")
+    return objects[0]
+
+
+def _certificate_from_token(lib: Any, uri: Pkcs11Uri) -> x509.Certificate | None:
+    """The certificate object with the key's id/label, if the token holds one."""
+    p11 = _import_pkcs11()
+    token = find_token(lib, uri)
+    with token.open() as session:  # certificates are public objects: no login
+        objects = list(session.get_objects(_template(uri, p11.ObjectClass.CERTIFICATE)))
+        if not objects:
+            return None
+        if len(objects) > 1:
+            raise ConfigError(f"{len(objects)} certificate objects match {uri.text}",
+                              hint="add id= to the URI, or pass the certificate with --cert")
+        der = bytes(objects[0][p11.Attribute.VALUE])
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise ConfigError(f"the certificate object of {uri.text} is not a readable "
+                          "X.509 certificate", hint="pass it with --cert FILE") from None
+
+
+def _certificate_from_pki(lib: Any, uri: Pkcs11Uri, pki: Path | None) -> x509.Certificate:
+    """The pki's valid code-signing certificate for the token's public key (as issued by
+    `trustboot ca issue codesign NAME --pkcs11-key URI`)."""
+    hint = ("pass the signing certificate with --cert FILE, or issue one for this key: "
+            "trustboot ca issue codesign NAME --pkcs11-key URI")
+    from trustboot.ca.store import CertificateAuthority
+
+    if pki is None or not CertificateAuthority.exists(pki):
+        raise ConfigError(f"no certificate for {uri.text}: none in the token, no pki",
+                          hint=hint)
+    public = _token_public_key(lib, uri)
+    ca = CertificateAuthority.open(pki)
+    revoked = None
+    for entry in reversed(ca.entries):
+        if entry.profile != "codesign" or entry.load_cert().public_key() != public:
+            continue
+        if entry.status == "valid":
+            return entry.load_cert()
+        revoked = revoked or entry
+    if revoked is not None:
+        raise revoked_error(revoked.name, revoked.serial, f"the CA index in {pki}")
+    raise ConfigError(f"no certificate for {uri.text} in the token or in {pki}", hint=hint)
+
+
+@dataclass
+class Pkcs11KeySource(KeySource):
+    ref: KeyRef
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    uri: Pkcs11Uri
+    module: Path
+    ca_status: str | None = None
+    secret_kind: SecretKind = "pin"  # noqa: S105 - a kind, not a secret
+
+    @contextlib.contextmanager
+    def open(self, secrets: PassphraseSource) -> Iterator[Signer]:
+        p11 = _import_pkcs11()
+        with token_session(self.uri, self.module, secrets) as session:
+            key = find_one(session, self.uri, p11.ObjectClass.PRIVATE_KEY, "private key")
+            yield Pkcs11Signer(key, self.certificate, self.chain, self.uri)
+
+
+@contextlib.contextmanager
+def token_session(uri: Pkcs11Uri, module: Path, secrets: PassphraseSource, *,
+                  rw: bool = False) -> Iterator[Any]:
+    """A session on the URI's token, logged in when the token wants it (one PIN request);
+    closed, and the module finalised, when the block ends."""
+    p11 = _import_pkcs11()
+    errors = p11.exceptions
+    with loaded_module(module) as lib:
+        token = find_token(lib, uri)
+        pin: str | None = None
+        if token.flags & p11.TokenFlag.LOGIN_REQUIRED:
+            source = uri.get("pin-source")
+            raw = (secret_source(source) if source else secrets)(
+                f"the PIN of token {token.label!r}")
+            try:
+                pin = raw.decode()
+            except UnicodeDecodeError:  # say nothing about the value itself
+                raise ConfigError(f"the PIN for token {token.label!r} is not UTF-8",
+                                  hint="check the PIN source") from None
+        try:
+            session = token.open(rw=rw, user_pin=pin)
+        except errors.PinIncorrect:
+            raise ConfigError(f"wrong PIN for token {token.label!r}",
+                              hint="check the PIN source (--pin-file / --pin-env / "
+                                   "pin-source=); repeated failures lock the token") from None
+        except errors.PinLocked:
+            raise OperationalError(
+                f"the PIN of token {token.label!r} is locked (too many wrong PINs)",
+                hint="reset it with the security officer PIN (e.g. pkcs11-tool "
+                     "--init-pin --login --login-type so)") from None
+        except (errors.PinExpired, errors.PinInvalid, errors.PinLenRange) as exc:
+            raise ConfigError(f"token {token.label!r} refused the PIN: "
+                              f"{type(exc).__name__}", hint="check the PIN") from None
+        except errors.PKCS11Error as exc:
+            raise OperationalError(f"cannot log in to token {token.label!r}: "
+                                   f"{type(exc).__name__}",
+                                   hint="check the token and its module") from None
+        with session:
+            yield session
+
+
+def secret_source(source: str) -> PassphraseSource:
+    """RFC 7512 pin-source: a file (path or file: URI) whose first line is the PIN."""
+    if source.startswith("file:"):
+        source = urllib.parse.urlparse(source).path or source[5:]
+    return secret_sources.from_file(Path(source))
+
+
+class Pkcs11Signer(CertifiedSigner):
+    """Signs host-computed digests with a private key object of an open, logged-in session."""
+
+    def __init__(self, key: Any, certificate: x509.Certificate,
+                 chain: Sequence[x509.Certificate], uri: Pkcs11Uri) -> None:
+        super().__init__(certificate, chain)
+        p11 = _import_pkcs11()
+        self._key = key
+        key_type = key.key_type
+        expected = p11.KeyType.RSA if self._algorithm == KeyAlgorithm.RSA else p11.KeyType.EC
+        if key_type not in (p11.KeyType.RSA, p11.KeyType.EC):
+            raise ConfigError(f"the key {uri.text} is a {key_type.name} key; only RSA and "
+                              "ECDSA keys can sign for iPXE",
+                              hint="use an RSA or EC P-256/P-384 key object")
+        if key_type != expected:
+            raise self.mismatch(f"{uri.text} ({key_type.name})", _MISMATCH_HINT)
+        self._check_pair(uri)
+
+    def _check_pair(self, uri: Pkcs11Uri) -> None:
+        """One test signature: the token's key must be the certificate's."""
+        from trustboot.cms.certinfo import verify_raw
+
+        digest = os.urandom(32)
+        signature = self.sign_digest(digest, "sha256")
+        public_key = self._certificate.public_key()
+        if not verify_raw(public_key, self._algorithm, "sha256", signature,  # type: ignore[arg-type]
+                          digest=digest):
+            raise self.mismatch(uri.text, _MISMATCH_HINT)
+
+    def sign_digest(self, digest: bytes, hash_name: str) -> bytes:
+        return sign_in_token(self._key, self._algorithm, HashAlgorithm.parse(hash_name),
+                             digest)
+
+
+def sign_in_token(key: Any, algorithm: KeyAlgorithm, hash_alg: HashAlgorithm,
+                  digest: bytes) -> bytes:
+    """The token signs a host-computed digest: CKM_RSA_PKCS over the DigestInfo, or
+    CKM_ECDSA whose raw r||s becomes a DER Ecdsa-Sig-Value."""
+    p11 = _import_pkcs11()
+    hash_alg.check_digest(digest)
+    try:
+        if algorithm == KeyAlgorithm.RSA:
+            return bytes(key.sign(hash_alg.digest_info(digest),
+                                  mechanism=p11.Mechanism.RSA_PKCS))
+        raw = bytes(key.sign(digest, mechanism=p11.Mechanism.ECDSA))
+    except p11.exceptions.PKCS11Error as exc:
+        raise OperationalError(f"the token refused to sign: {type(exc).__name__}",
+                               hint="check the key's CKA_SIGN and the token") from None
+    from asn1crypto import algos
+
+    der: bytes = algos.DSASignature.from_p1363(raw).dump()
+    return der
+
+
+def resolve(ref: KeyRef, opts: ResolveOptions) -> Pkcs11KeySource:
+    """A pkcs11: reference: the token must be present now; the certificate comes from
+    --cert or from a certificate object with the key's id/label in the token."""
+    uri = parse_uri(ref.value)
+    if "pin-value" in uri.query:
+        raise ConfigError(
+            f"{uri.text} carries the PIN itself (pin-value=); refusing, as it would be in "
+            "argv, shell history and logs",
+            hint="use --pin-file FILE, --pin-env NAME, or pin-source=FILE in the URI")
+    module = module_path(uri, opts.pkcs11_module)
+    with loaded_module(module) as lib:
+        find_token(lib, uri)  # fail now, before any file is read
+        if opts.cert is not None:
+            leaf = load_certificates(opts.cert, "certificate")[0]
+        else:
+            leaf = (_certificate_from_token(lib, uri)
+                    or _certificate_from_pki(lib, uri, opts.pki))
+    pool = load_certificates(opts.chain, "chain") if opts.chain is not None else []
+    return Pkcs11KeySource(ref, leaf, tuple(order_chain(leaf, pool)), uri, module)
+
+
+def public_key_of(ref: KeyRef, module_option: Path | None) -> Any:
+    """The public key of a token's key pair (for the CA to certify it); no login needed
+    when the public key object is public, as it is by default."""
+    uri = parse_uri(ref.value)
+    with loaded_module(module_path(uri, module_option)) as lib:
+        return _token_public_key(lib, uri)
+
+
+def _token_public_key(lib: Any, uri: Pkcs11Uri) -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    p11 = _import_pkcs11()
+    token = find_token(lib, uri)
+    with token.open() as session:
+        obj = find_one(session, uri, p11.ObjectClass.PUBLIC_KEY, "public key")
+        if obj.key_type == p11.KeyType.RSA:
+            n = int.from_bytes(bytes(obj[p11.Attribute.MODULUS]), "big")
+            e = int.from_bytes(bytes(obj[p11.Attribute.PUBLIC_EXPONENT]), "big")
+            return rsa.RSAPublicNumbers(e, n).public_key()
+        if obj.key_type == p11.KeyType.EC:
+            from asn1crypto import core, keys
+
+            params = keys.ECDomainParameters.load(bytes(obj[p11.Attribute.EC_PARAMS]))
+            curves = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
+            curve = curves.get(params.chosen.native if params.name == "named" else "")
+            if curve is None:
+                raise ConfigError(f"the key {uri.text} is on a curve iPXE cannot verify",
+                                  hint="use P-256 or P-384")
+            point = core.OctetString.load(bytes(obj[p11.Attribute.EC_POINT])).native
+            return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+        raise ConfigError(f"the key {uri.text} is a {obj.key_type.name} key; only RSA "
+                          "and ECDSA keys can sign for iPXE", hint="use RSA or EC P-256")
+
+
+# ---- CA keys that live in a token ---------------------------------------------------------
+# cryptography's certificate and CRL builders sign through the private key's ``sign``
+# method, so an object implementing its private key interface with a token behind it lets
+# the CA sign certificates and CRLs in the token without another code path.
+
+def _digest(data: bytes, algorithm: Any) -> tuple[HashAlgorithm, bytes]:
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+    if isinstance(algorithm, Prehashed):
+        sizes = {h.digest_size: h for h in HashAlgorithm}  # Prehashed hides its algorithm
+        if algorithm.digest_size not in sizes:
+            raise ValueError("unsupported prehashed digest")
+        return sizes[algorithm.digest_size], bytes(data)
+    hash_alg = HashAlgorithm.parse(algorithm.name)
+    return hash_alg, hashlib.new(hash_alg.value, bytes(data)).digest()
+
+
+class _TokenKey:
+    """Signs through a fresh session per operation (a CA signs one or two things per run);
+    the PIN is asked for once and kept for this object's life only."""
+
+    def __init__(self, ref: str, module: Path, secrets: PassphraseSource, public: Any) -> None:
+        self.ref = ref
+        self._uri = parse_uri(ref)
+        self._module = module
+        self._pin: bytes | None = None
+        self._secrets = secrets
+        self._public = public
+
+    def _pin_once(self, what: str) -> bytes:
+        if self._pin is None:
+            self._pin = self._secrets(what)
+        return self._pin
+
+    def _token_sign(self, algorithm: KeyAlgorithm, hash_alg: HashAlgorithm,
+                    digest: bytes) -> bytes:
+        p11 = _import_pkcs11()
+        with token_session(self._uri, self._module, self._pin_once) as session:
+            key = find_one(session, self._uri, p11.ObjectClass.PRIVATE_KEY, "private key")
+            return sign_in_token(key, algorithm, hash_alg, digest)
+
+    def public_key(self) -> Any:
+        return self._public
+
+    def private_numbers(self) -> Any:
+        raise ConfigError(f"the key {self._uri.text} is in a token and cannot be exported")
+
+    def private_bytes(self, *_args: Any) -> bytes:
+        raise ConfigError(f"the key {self._uri.text} is in a token and cannot be exported")
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, _memo: Any) -> Any:
+        return self
+
+
+def token_private_key(ref: str, module: Path, secrets: PassphraseSource) -> Any:
+    """A cryptography private key object whose signing happens in the token."""
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    uri = parse_uri(ref)
+    with loaded_module(module) as lib:
+        public = _token_public_key(lib, uri)
+
+    if isinstance(public, rsa.RSAPublicKey):
+        class TokenRSAKey(_TokenKey, rsa.RSAPrivateKey):
+            @property
+            def key_size(self) -> int:
+                return int(public.key_size)
+
+            def sign(self, data: Any, pad: Any, algorithm: Any) -> bytes:
+                if not isinstance(pad, padding.PKCS1v15):
+                    raise ValueError("the token key signs with PKCS#1 v1.5 only")
+                hash_alg, digest = _digest(data, algorithm)
+                return self._token_sign(KeyAlgorithm.RSA, hash_alg, digest)
+
+            def decrypt(self, *_args: Any) -> bytes:
+                raise ValueError("the token key is for signing only")
+
+        return TokenRSAKey(ref, module, secrets, public)
+
+    class TokenECKey(_TokenKey, ec.EllipticCurvePrivateKey):
+        @property
+        def curve(self) -> ec.EllipticCurve:
+            return public.curve  # type: ignore[no-any-return]
+
+        @property
+        def key_size(self) -> int:
+            return int(public.curve.key_size)
+
+        def sign(self, data: Any, signature_algorithm: Any) -> bytes:
+            hash_alg, digest = _digest(data, signature_algorithm.algorithm)
+            return self._token_sign(KeyAlgorithm.ECDSA, hash_alg, digest)
+
+        def exchange(self, *_args: Any) -> bytes:
+            raise ValueError("the token key is for signing only")
+
+    return TokenECKey(ref, module, secrets, public)
+
+
+def generate_key_pair(token_ref: str, module: Path, secrets: PassphraseSource, *,
+                      label: str, kind: str, size: int) -> str:
+    """Generate a non-extractable, sensitive signing key pair in the token; returns the
+    URI naming it. Refuses when the token already holds an object with that label."""
+    p11 = _import_pkcs11()
+    uri = parse_uri(f"{token_ref};object={label}" if "object=" not in token_ref
+                    else token_ref)
+    attr = p11.Attribute
+    private = {attr.TOKEN: True, attr.PRIVATE: True, attr.SENSITIVE: True,
+               attr.EXTRACTABLE: False, attr.SIGN: True, attr.DECRYPT: False,
+               attr.UNWRAP: False, attr.DERIVE: False}
+    public = {attr.TOKEN: True, attr.VERIFY: True, attr.ENCRYPT: False, attr.WRAP: False}
+    with token_session(uri, module_path(uri, module), secrets, rw=True) as session:
+        existing = list(session.get_objects({attr.LABEL: label}))
+        if existing:
+            raise ConfigError(f"token already holds objects labelled {label!r}",
+                              hint="use another token, or remove them after checking "
+                                   "that no CA uses them")
+        key_id = os.urandom(8)
+        try:
+            if kind == "rsa":
+                session.generate_keypair(p11.KeyType.RSA, size, id=key_id, label=label,
+                                         store=True, public_template=public,
+                                         private_template=private)
+            else:
+                from pkcs11.util.ec import encode_named_curve_parameters
+
+                curve = {256: "secp256r1", 384: "secp384r1"}[size]
+                params = session.create_domain_parameters(
+                    p11.KeyType.EC, {attr.EC_PARAMS: encode_named_curve_parameters(curve)},
+                    local=True)
+                params.generate_keypair(id=key_id, label=label, store=True,
+                                        public_template=public, private_template=private)
+        except p11.exceptions.PKCS11Error as exc:
+            raise OperationalError(f"the token could not generate a {kind}-{size} key: "
+                                   f"{type(exc).__name__}",
+                                   hint="check that the token supports this key type") from None
+    ident = "".join(f"%{b:02x}" for b in key_id)
+    return f"{token_ref.split('?')[0]};object={label};id={ident}"
