@@ -6,6 +6,7 @@ Boot on. Needs TRUSTBOOT_IPXE_SRC, QEMU, OVMF and virt-firmware.
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,10 @@ def test_https_boot_of_the_signed_binary(served_by: str, unsigned: dict[str, byt
     # Debian 12's OVMF) need plain RSA key exchange: what `origin nginx-config
     # --legacy-ipxe` adds.
     origin = _serve(server_pki, tmp_path, ciphers=":".join(IPXE_CIPHERS + IPXE_LEGACY_CIPHERS))
+    errors: list[str] = []
+    # What the firmware's TLS stack did, if it never got as far as a request.
+    origin.handle_error = lambda _req, _addr: errors.append(  # type: ignore[method-assign]
+        repr(sys.exc_info()[1]))
     try:
         origin.files = {"/ipxe.efi": _sign(keyset_pki, unsigned["ipxe.efi"])}
         url = f"https://10.0.2.2:{origin.server_address[1]}/ipxe.efi"
@@ -72,7 +77,7 @@ def test_https_boot_of_the_signed_binary(served_by: str, unsigned: dict[str, byt
         origin.shutdown()
         origin.server_close()
     if served_by == "our-ca":
-        assert "/ipxe.efi" in origin.requests, console
+        assert "/ipxe.efi" in origin.requests, (errors, console)
         assert seen(MARKER, console), console
     else:
         assert not seen(MARKER, console), console

@@ -22,6 +22,7 @@ The core never prints: ``progress(stage, message)`` reports, ``now`` is the cloc
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -326,17 +327,10 @@ def _same_digest_id(origin: Origin, template: str, name: str, digest: str) -> st
     return matches[-1] if matches else None
 
 
-class _unlocked:
-    """The signer, unlocked once for the whole release."""
-
-    def __init__(self, v: Validated) -> None:
-        self.v = v
-
-    def __enter__(self) -> Signer:
-        return self.v.signer.unlock(self.v.passphrases)
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _unlocked(v: Validated) -> contextlib.AbstractContextManager[Signer]:
+    """The signer, unlocked (or logged in to its token) once for the whole release and
+    closed when the release is done."""
+    return v.signer.open(v.passphrases)
 
 
 def _local_objects(stage: Path, signed: list[cms_sign.Signed]) -> list[LocalObject]:

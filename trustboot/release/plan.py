@@ -36,7 +36,7 @@ from trustboot.ipxe.script import (
     check_https_url,
     render_chain_script,
 )
-from trustboot.keys.signer import PendingSigner, resolve_signer
+from trustboot.keys.signer import KeySource, resolve_signer
 from trustboot.publish.manifest import check_release_id
 from trustboot.publish.origin import Credentials, check_key, load_credentials
 from trustboot.release.recipe import (
@@ -101,7 +101,7 @@ class Firmware:
 class Validated:
     recipe: Recipe
     ca_home: Path
-    signer: PendingSigner
+    signer: KeySource
     signer_name: str
     passphrases: PassphraseSource
     roots: tuple[Certificate, ...]
@@ -172,11 +172,11 @@ def _cn(cert: x509.Certificate) -> str | None:
     return str(attrs[0].value) if attrs else None
 
 
-def _chain_not_after(signer: PendingSigner) -> dt.datetime:
+def _chain_not_after(signer: KeySource) -> dt.datetime:
     return min(c.not_valid_after_utc for c in (signer.certificate, *signer.chain))
 
 
-def check_lifetime(signer: PendingSigner, recipe: Recipe, ca_home: Path,
+def check_lifetime(signer: KeySource, recipe: Recipe, ca_home: Path,
                    now: dt.datetime) -> None:
     """Refuse a signer whose chain ends before the recipe's minimum lifetime: every
     signature of the release stops verifying at boot when any certificate expires."""
