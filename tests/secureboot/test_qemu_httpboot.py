@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.ipxe.test_real_ipxe import _serve
+from tests.ipxe.test_real_ipxe import _Handler, _serve
 from tests.ipxe.testpki import TestPki, cached_pki
 from tests.ipxe_qemu import DONE_MARKER, boot_efi, cache_root
 from trustboot.publish.http import IPXE_CIPHERS, IPXE_LEGACY_CIPHERS
@@ -59,9 +59,11 @@ def test_https_boot_of_the_signed_binary(served_by: str, unsigned: dict[str, byt
     # Debian 12's OVMF) need plain RSA key exchange: what `origin nginx-config
     # --legacy-ipxe` adds.
     origin = _serve(server_pki, tmp_path, ciphers=":".join(IPXE_CIPHERS + IPXE_LEGACY_CIPHERS))
+    # UEFI HTTP Boot sends HEAD, then GET on the same connection: keep it open.
+    origin.RequestHandlerClass = type("KeepAlive", (_Handler,), {"protocol_version": "HTTP/1.1"})
     errors: list[str] = []
     # What the firmware's TLS stack did, if it never got as far as a request.
-    origin.handle_error = lambda _req, _addr: errors.append(  # type: ignore[method-assign]
+    origin.handle_error = lambda _req, _addr: errors.append(  # type: ignore[method-assign,assignment]
         repr(sys.exc_info()[1]))
     try:
         origin.files = {"/ipxe.efi": _sign(keyset_pki, unsigned["ipxe.efi"])}
