@@ -555,6 +555,8 @@ def build(
                         make_env(make_env_names))
         manifest_bytes = (entry / "manifest.json").read_bytes()
         fsutil.make_dirs(output_dir)  # only now: a failed build leaves no empty output dir
+        for target in request.targets:  # temp files of a copy killed an hour or more ago
+            fsutil.remove_stale_temps((output_dir / target).parent)
         outputs: dict[str, Path] = {}
         for target in request.targets:
             dest = output_dir / target
