@@ -310,3 +310,15 @@ def test_index_paths_outside_the_pki_are_refused(pki: Path, run: Run) -> None:
     (pki / "index.json").write_text(json.dumps(doc))
     r = run("ca", "list", "--pki", str(pki))
     assert r.exit_code == 3 and "not a path inside the pki" in r.output
+
+
+def test_export_removes_old_temp_files_only(pki: Path, tmp_path: Path, run: Run) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    old, young = out / ".root.pem.k1ll3d.tmp", out / ".chain.pem.busy.tmp"
+    old.write_text("partial")
+    young.write_text("another export is writing this one")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    r = run("ca", "export", "--pki", str(pki), "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert not old.exists() and young.exists()

@@ -20,16 +20,22 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """A fake tree, a private cache, and the fake toolchain (make itself is real)."""
+def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fake make's knobs; every fake build appends its target to the returned file."""
     require_tool("make", "make")
-    tree = make_fake_tree(tmp_path / "ipxe")
-    runs = tmp_path / "runs.log"
-    runs.write_text("")
+    log = tmp_path / "runs.log"
+    log.write_text("")
     for k, v in fake_env().items():
         monkeypatch.setenv(k, v)
     fake_env_passthrough(monkeypatch)
-    monkeypatch.setenv("FAKE_RUNS", str(runs))
+    monkeypatch.setenv("FAKE_RUNS", str(log))
+    return log
+
+
+@pytest.fixture
+def env(tmp_path: Path, runs: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A fake tree, a private cache, and the fake toolchain (make itself is real)."""
+    tree = make_fake_tree(tmp_path / "ipxe")
     monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
     monkeypatch.delenv("TRUSTBOOT_PKI", raising=False)

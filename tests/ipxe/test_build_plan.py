@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require_tool
-from tests.ipxe.fake_tree import fake_env, fake_env_passthrough, make_fake_tree
+from tests.ipxe.fake_tree import make_fake_tree
 from tests.ipxe.testpki import TestPki, make_pki
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.ipxe import build as B
@@ -27,18 +26,6 @@ SCRIPT = "#!ipxe\nimgtrust --permanent\n"
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     return make_fake_tree(tmp_path / "ipxe")
-
-
-@pytest.fixture
-def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    require_tool("make", "make")
-    log = tmp_path / "runs.log"
-    log.write_text("")
-    for k, v in fake_env().items():
-        monkeypatch.setenv(k, v)
-    fake_env_passthrough(monkeypatch)
-    monkeypatch.setenv("FAKE_RUNS", str(log))
-    return log
 
 
 def _request(tree: Path, pki: TestPki, **kw: Any) -> B.BuildRequest:

@@ -26,7 +26,13 @@ from trustboot.cli._common import (
     warn,
 )
 from trustboot.errors import ConfigError, OperationalError
-from trustboot.fsutil import PUBLIC_FILE_MODE, atomic_write, make_dirs, read_capped
+from trustboot.fsutil import (
+    PUBLIC_FILE_MODE,
+    atomic_write,
+    make_dirs,
+    read_capped,
+    remove_stale_temps,
+)
 
 MAX_CSR_FILE = 1 << 20
 
@@ -301,6 +307,7 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
     ca = CertificateAuthority.open(pki)
     crl = ca.crl_pem()
     make_dirs(out)
+    remove_stale_temps(out)  # of an export killed an hour or more ago
     files = {
         "root": out / "root.pem",
         "issuing": out / "issuing-ca.pem",

@@ -489,12 +489,18 @@ def remove_abandoned_trees(work_root: Path) -> list[Path]:
     return removed
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind (cleanup runs), then let the previous disposition act."""
+
+
 @contextlib.contextmanager
 def _sigterm_unwinds() -> Iterator[None]:
-    """Turn SIGTERM into an exception for the duration, so cleanup code runs.
+    """Make SIGTERM unwind the block, so its cleanup runs, then deliver it again.
 
-    Only in the main thread (where Python delivers signals); elsewhere a no-op, and the
-    next run's :func:`remove_abandoned_trees` is the safety net.
+    After the cleanup the previous handler is restored and the signal re-sent, so the
+    process still dies of SIGTERM (exit 143) as its sender meant, and a host program's own
+    handler still runs. Only in the main thread (where Python delivers signals); elsewhere
+    a no-op, and the next run's :func:`remove_abandoned_trees` is the safety net.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -503,12 +509,17 @@ def _sigterm_unwinds() -> Iterator[None]:
     def handler(signum: int, _frame: object) -> None:
         # Once: a second SIGTERM must not interrupt the cleanup this one starts.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise OperationalError(f"interrupted by signal {signum}; the build was abandoned",
-                               hint="rerun the build")
+        raise _Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, previous)
+        os.kill(os.getpid(), signal.SIGTERM)
+        # Still here: the previous disposition ignores SIGTERM or handled it and returned.
+        raise OperationalError("interrupted by SIGTERM; the build was abandoned",
+                               hint="rerun the build") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -584,6 +595,8 @@ def build(
                         make_env(make_env_names))
         manifest_bytes = (entry / "manifest.json").read_bytes()
         fsutil.make_dirs(output_dir)  # only now: a failed build leaves no empty output dir
+        for target in request.targets:  # temp files of a copy killed an hour or more ago
+            fsutil.remove_stale_temps((output_dir / target).parent)
         outputs: dict[str, Path] = {}
         for target in request.targets:
             dest = output_dir / target
