@@ -5,7 +5,7 @@
     python servers.py hostile-dhcp IF     answers every DHCPDISCOVER with malformed replies
     python servers.py rogue IF MODE ARG.. a hostile DHCP responder speaking raw frames:
         flood N          on the first DISCOVER: N junk offers to other clients from random
-                         MACs, then its own offer (evil.kpxe)
+                         MACs; its own offer (evil.kpxe) to every DISCOVER
         spoof N IP MAC   on the first DISCOVER: N distinct offers spoofing IP/MAC, then its own
         urls URL...      answers each DISCOVER with the next URL as option 67
         evasive          answers only DISCOVERs with secs >= 5, from a universally
@@ -207,16 +207,19 @@ def rogue(interface: str, mode: str, *args: str) -> None:
             continue
         if req.op != 1 or req.message_type != dhcp4.DISCOVER:
             continue
-        if mode == "flood" and not answered:
-            start = time.monotonic()
-            for junk_frame in junk:
-                try:
-                    sock.send(junk_frame)
-                except OSError:
-                    time.sleep(0.0005)
-            print(f"flood of {len(junk)} took {time.monotonic() - start:.2f} s", file=sys.stderr,
-                  flush=True)
-            time.sleep(0.05)
+        if mode == "flood":
+            if not answered:
+                start = time.monotonic()
+                for junk_frame in junk:
+                    try:
+                        sock.send(junk_frame)
+                    except OSError:
+                        time.sleep(0.0005)
+                print(f"flood of {len(junk)} took {time.monotonic() - start:.2f} s",
+                      file=sys.stderr, flush=True)
+                time.sleep(0.05)
+            # Like any DHCP server, the rogue answers every DISCOVER (the flood only once):
+            # an offer the kernel dropped while the socket was full comes again.
             sock.send(_offer(req, server_ip=ip, file=b"evil.kpxe", src_mac=mac, src_ip=ip))
         elif mode == "spoof" and not answered:
             spoof_mac = bytes.fromhex(args[2].replace(":", ""))

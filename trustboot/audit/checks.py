@@ -267,11 +267,15 @@ def aggregate(findings: list[Finding]) -> list[Finding]:
         if key in done:
             continue
         done.add(key)
+        # Senders that answered our own probes first: a rogue must not drown among the
+        # senders of a flood addressed to other clients (stable sort keeps the rest in order).
+        group = sorted(group, key=lambda g: not g.evidence.get("answered_probes"))
         subjects = list(dict.fromkeys(g.subject for g in group))
         shown = ", ".join(subjects[:5]) + (f" and {len(subjects) - 5} more"
                                            if len(subjects) > 5 else "")
         out.append(Finding(f.rule, f.severity, f"{len(subjects)} subjects",
-                           f"{len(group)} findings of this kind ({shown}); first: {f.message}",
+                           f"{len(group)} findings of this kind ({shown}); first: "
+                           f"{group[0].message}",
                            {"count": len(group), "subjects": subjects[:AGGREGATE_SUBJECTS],
                             "subjects_omitted": max(0, len(subjects) - AGGREGATE_SUBJECTS),
                             "examples": [g.evidence for g in group[:AGGREGATE_EXAMPLES]]}))

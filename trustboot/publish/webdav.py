@@ -26,7 +26,7 @@ import secrets
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -315,6 +315,27 @@ class WebDAVOrigin:
             self._move(tmp, dst_key, overwrite=True)
         except BaseException:
             self._delete_quiet(tmp)
+            raise
+
+    def copy_many(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Copy several objects so that they change together as closely as WebDAV allows:
+        every COPY to a temp name first, then the MOVEs back to back (one round trip apart),
+        so a writer killed mid-switch leaves a mismatched pair for the shortest time."""
+        staged: list[tuple[str, str]] = []
+        try:
+            for src_key, dst_key in pairs:
+                check_key(src_key)
+                check_key(dst_key)
+                self._ensure_collections(dst_key)
+                tmp = self._temp_key(dst_key)
+                staged.append((tmp, dst_key))
+                self._request("COPY", self._url(src_key), what="copying", ok=(201, 204),
+                              headers={"Destination": self._url(tmp), "Overwrite": "T"})
+            for tmp, dst_key in staged:
+                self._move(tmp, dst_key, overwrite=True)
+        except BaseException:
+            for tmp, _dst in staged:
+                self._delete_quiet(tmp)
             raise
 
     # -- lock -----------------------------------------------------------------------
