@@ -51,7 +51,8 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def _tlv(tag: int, body: bytes) -> bytes:
+def der_tlv(tag: int, body: bytes) -> bytes:
+    """One DER TLV (definite length): what iPXE's parser and UEFI firmware accept."""
     n = len(body)
     if n < 0x80:
         return bytes([tag, n]) + body
@@ -79,9 +80,9 @@ class SignedDataTemplate:
         self._signed_data_oid = info["content_type"].dump()
 
     def render(self, signature: bytes) -> bytes:
-        signer_info = _tlv(0x30, self._si_head + _tlv(0x04, signature))
-        signed_data = _tlv(0x30, self._head + _tlv(0x31, signer_info))
-        return _tlv(0x30, self._signed_data_oid + _tlv(0xA0, signed_data))
+        signer_info = der_tlv(0x30, self._si_head + der_tlv(0x04, signature))
+        signed_data = der_tlv(0x30, self._head + der_tlv(0x31, signer_info))
+        return der_tlv(0x30, self._signed_data_oid + der_tlv(0xA0, signed_data))
 
 
 def build_signed_data(

@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from trustboot.cms.sign import der_tlv
 from trustboot.errors import ConfigError, VerificationError
 
 SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
@@ -174,22 +175,14 @@ class _AuthenticodeContentInfo(core.Sequence):  # type: ignore[misc]
                ("content", _AuthenticodeSignedData, {"explicit": 0})]
 
 
-def _tlv(tag: int, body: bytes) -> bytes:
-    n = len(body)
-    if n < 0x80:
-        return bytes([tag, n]) + body
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(raw)]) + raw + body
-
-
 # SpcPeImageData as sbsign and signtool write it: no flags, file = "<<<Obsolete>>>"
 # (SpcLink file [2] EXPLICIT SpcString unicode [0] IMPLICIT BMPString).
-_PE_IMAGE_DATA = _tlv(0x30, bytes.fromhex("030100") + _tlv(0xA0, _tlv(0xA2, _tlv(
+_PE_IMAGE_DATA = der_tlv(0x30, bytes.fromhex("030100") + der_tlv(0xA0, der_tlv(0xA2, der_tlv(
     0x80, "<<<Obsolete>>>".encode("utf-16-be")))))
 
 
 def _attribute(oid: str, value_der: bytes) -> bytes:
-    return _tlv(0x30, core.ObjectIdentifier(oid).dump() + _tlv(0x31, value_der))
+    return der_tlv(0x30, core.ObjectIdentifier(oid).dump() + der_tlv(0x31, value_der))
 
 
 def build_signature(digest: bytes, certificate: x509.Certificate,
@@ -206,34 +199,35 @@ def build_signature(digest: bytes, certificate: x509.Certificate,
     content_octets = indirect.contents
     attrs = sorted([
         _attribute("1.2.840.113549.1.9.3", core.ObjectIdentifier(SPC_INDIRECT_DATA).dump()),
-        _attribute(SPC_SP_OPUS_INFO, _tlv(0x30, b"")),
+        _attribute(SPC_SP_OPUS_INFO, der_tlv(0x30, b"")),
         _attribute("1.2.840.113549.1.9.4",
                    core.OctetString(hashlib.sha256(content_octets).digest()).dump()),
     ])
     signed_attrs = b"".join(attrs)
-    signature = sign_sha256(hashlib.sha256(_tlv(0x31, signed_attrs)).digest())
+    signature = sign_sha256(hashlib.sha256(der_tlv(0x31, signed_attrs)).digest())
     der = certificate.public_bytes(serialization.Encoding.DER)
     tbs = ax509.Certificate.load(der)["tbs_certificate"]
     sig_alg = ("rsassa_pkcs1v15" if algorithm == "rsa" else "sha256_ecdsa")
-    signer_info = _tlv(0x30, b"".join([
+    signer_info = der_tlv(0x30, b"".join([
         core.Integer(1).dump(),
         cms.IssuerAndSerialNumber({"issuer": tbs["issuer"],
                                    "serial_number": tbs["serial_number"]}).dump(),
         algos.DigestAlgorithm({"algorithm": "sha256"}).dump(),
-        _tlv(0xA0, signed_attrs),
+        der_tlv(0xA0, signed_attrs),
         algos.SignedDigestAlgorithm({"algorithm": sig_alg}).dump(),
         core.OctetString(signature).dump(),
     ]))
     certs = b"".join(c.public_bytes(serialization.Encoding.DER) for c in (certificate, *chain))
-    signed_data = _tlv(0x30, b"".join([
+    signed_data = der_tlv(0x30, b"".join([
         core.Integer(1).dump(),
-        _tlv(0x31, algos.DigestAlgorithm({"algorithm": "sha256"}).dump()),
-        _tlv(0x30, core.ObjectIdentifier(SPC_INDIRECT_DATA).dump() + _tlv(0xA0, indirect_der)),
-        _tlv(0xA0, certs),
-        _tlv(0x31, signer_info),
+        der_tlv(0x31, algos.DigestAlgorithm({"algorithm": "sha256"}).dump()),
+        der_tlv(0x30, core.ObjectIdentifier(SPC_INDIRECT_DATA).dump()
+                + der_tlv(0xA0, indirect_der)),
+        der_tlv(0xA0, certs),
+        der_tlv(0x31, signer_info),
     ]))
-    return _tlv(0x30, core.ObjectIdentifier("1.2.840.113549.1.7.2").dump()
-                + _tlv(0xA0, signed_data))
+    return der_tlv(0x30, core.ObjectIdentifier("1.2.840.113549.1.7.2").dump()
+                + der_tlv(0xA0, signed_data))
 
 
 def embed_signature(data: bytes, signature: bytes) -> bytes:
