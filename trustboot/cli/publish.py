@@ -64,9 +64,11 @@ def origin_options(func: F) -> F:
         click.option("--client-key-passphrase-env", metavar="NAME",
                      help="Passphrase of the client key, from environment variable NAME."),
         click.option("--credentials-file", type=click.Path(path_type=Path, dir_okay=False),
-                     help="HTTP credentials (user:password or bearer:TOKEN), a 0600 file."),
+                     help="Credentials, a 0600 file: user:password or bearer:TOKEN for "
+                     "https:// origins, ACCESS_KEY_ID:SECRET for s3:// (else boto3's usual "
+                     "chain: env, profile, instance role)."),
         click.option("--credentials-env", metavar="NAME",
-                     help="HTTP credentials from environment variable NAME."),
+                     help="The same credentials from environment variable NAME."),
         click.option("--endpoint-url", metavar="URL", help="S3 endpoint (https://...)."),
         click.option("--public-url", metavar="URL",
                      help="HTTPS base URL clients fetch from (default for https:// origins: "

@@ -74,7 +74,7 @@ def tls_context(*, ca_file: Path | None = None, ca_pem: bytes | None = None,
     return ctx
 
 
-def _tls_failure(url: str, exc: BaseException) -> VerificationError | None:
+def tls_failure(url: str, exc: BaseException) -> VerificationError | None:
     """A certificate problem buried in an httpx error, as a VerificationError."""
     cause: BaseException | None = exc
     while cause is not None:
@@ -118,7 +118,7 @@ def with_retries(fn: Callable[[], T], *, url: str, what: str, retries: int,
                 ) from None
             last = f"HTTP {status}"
         except httpx.TransportError as exc:
-            tls = _tls_failure(url, exc)
+            tls = tls_failure(url, exc)
             if tls is not None:
                 raise tls from None
             if attempt >= retries:
