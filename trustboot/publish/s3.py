@@ -56,8 +56,7 @@ from botocore.config import Config
 
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.publish.fileorigin import LOCK_NAME
-from trustboot.publish.http import tls_failure
-from trustboot.publish.http import tls_context
+from trustboot.publish.http import tls_context, tls_failure
 from trustboot.publish.lock import LOCK_STALE_AFTER, origin_lock
 from trustboot.publish.origin import (
     ObjectStat,
