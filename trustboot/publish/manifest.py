@@ -80,7 +80,10 @@ def release_prefix(release_id: str) -> str:
 def format_time(value: dt.datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    return value.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Sub-second digits only when there are any: releases published within one second
+    # (scripts, tests) still sort in the order they were made.
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if value.microsecond else "%Y-%m-%dT%H:%M:%SZ"
+    return value.astimezone(dt.UTC).strftime(fmt)
 
 
 def parse_time(value: object, where: str) -> dt.datetime:

@@ -739,10 +739,7 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
     with origin.lock(owner or _owner()):
         manifests, _ = _manifests(origin)
         live = live_release(origin, manifests, entry_path)
-        # created has one-second resolution: among releases of the same second the live
-        # one (the latest switch) counts as the newest
-        newest = sorted(manifests, key=lambda m: (m.created, m.release == live, m.release),
-                        reverse=True)
+        newest = sorted(manifests, key=lambda m: (m.created, m.release), reverse=True)
         keep_ids = {m.release for m in newest[:keep]} | ({live} if live else set())
         for m in newest:
             if m.release in keep_ids:
