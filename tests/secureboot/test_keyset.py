@@ -252,3 +252,13 @@ def test_export_digest_stable(exported: Path) -> None:
         der = (exported / f"{role}.cer").read_bytes()
         pem = x509.load_pem_x509_certificate((exported / f"{role}.crt").read_bytes())
         assert hashlib.sha256(der).hexdigest() == pem.fingerprint(hashes.SHA256()).hex()
+
+
+def test_key_set_others_can_write_refused(pki_copy: Path, run: Run, tmp_path: Path,
+                                          pw: Path) -> None:
+    # Whoever can write there can replace a certificate and its recorded fingerprint.
+    (pki_copy / "secureboot").chmod(0o775)
+    r = run("secureboot", "export", "--pki", str(pki_copy), "--out", str(tmp_path / "o"),
+            "--passphrase-file", str(pw))
+    assert r.exit_code == 3 and "chmod" in r.output, r.output
+    assert not (tmp_path / "o").exists()

@@ -39,6 +39,7 @@ from trustboot.keys import keyfile
 from trustboot.keys.signer import KeySigner
 from trustboot.secrets import PassphraseSource
 from trustboot.secureboot import authenticode, efi
+from trustboot.subproc import minimal_env
 
 ROLES = ("PK", "KEK", "db")
 # Who signs each variable's update: the PK signs itself (setup mode) and the KEK; the KEK
@@ -154,6 +155,14 @@ def load_keyset(pki: Path) -> KeySet:
     if not meta_path.is_file():
         raise ConfigError(f"no Secure Boot key set in {pki}",
                           hint="create one with `trustboot secureboot init`")
+    # The recorded fingerprints live beside the certificates: they only mean something if
+    # nobody else can write there (the same rule as for the CA's own directories).
+    fsutil.check_not_link(directory, "Secure Boot key set")
+    fsutil.check_owned_dir(Path(pki), "pki directory")
+    fsutil.check_owned_dir(directory, "Secure Boot key set directory")
+    fsutil.check_not_link(directory / "private", "Secure Boot private directory")
+    fsutil.check_owned_dir(directory / "private", "Secure Boot private directory",
+                           private=True)
     try:
         meta = json.loads(fsutil.read_capped(meta_path, 1 << 20, "Secure Boot metadata",
                                              nofollow=True))
@@ -275,13 +284,14 @@ def ovmf_vars(keyset: KeySet, template: Path) -> bytes:
         src.write_bytes(data)
         dst = Path(tmp) / "vars.fd"
         owner = str(keyset.owner)
+        # Absolute paths: a relative --pki starting with '-' must not read as an option.
+        certs = {role: str(keyset.cert_path(role).resolve()) for role in ROLES}
         argv = [_virt_fw_vars(), "--input", str(src), "--output", str(dst),
-                "--set-pk", owner, str(keyset.cert_path("PK")),
-                "--add-kek", owner, str(keyset.cert_path("KEK")),
-                "--add-db", owner, str(keyset.cert_path("db")),
+                "--set-pk", owner, certs["PK"], "--add-kek", owner, certs["KEK"],
+                "--add-db", owner, certs["db"],
                 "--no-microsoft", "--secure-boot"]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False,
+        proc = subprocess.run(argv, capture_output=True, text=True, env=minimal_env(),
+                              check=False,
                               timeout=120)
         if proc.returncode != 0 or not dst.is_file():
             detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
