@@ -346,6 +346,24 @@ def boot_rom(
         return console, _clean(debug.read_text(errors="replace")) if debug.exists() else ""
 
 
+def chain_firmware(src: Path, pki_dir: Path, chain_url: str, out: Path, *,
+                   target: str = "bin/ipxe.lkrn", signer: str = "boot-signer") -> Path:
+    """Firmware built the way users build it (`trustboot ipxe build --chain URL`), with a
+    serial console and short retries, cached in the tests' iPXE cache; returns the target."""
+    from click.testing import CliRunner
+
+    from trustboot.cli.main import cli
+
+    result = CliRunner().invoke(cli, [
+        "ipxe", "build", "--source", str(src), "--pki", str(pki_dir),
+        "--target", target, "--serial-console",
+        "--chain", chain_url, "--signer", signer, "--retries", "2", "--retry-delay", "1",
+        "--cache-dir", str(cache_root() / "ipxe"), "-o", str(out), "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    return out / target
+
+
 def sha256_hex(data: bytes) -> str:
     """Convenience for tests comparing served files."""
     return hashlib.sha256(data).hexdigest()

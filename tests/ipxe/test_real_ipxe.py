@@ -29,6 +29,7 @@ from tests.ipxe_qemu import (
     boot_efi,
     build_test_ipxe,
     cache_root,
+    chain_firmware,
     ipxe_src_or_skip,
 )
 from trustboot.cli.main import cli
@@ -263,23 +264,11 @@ def origin(pki: TestPki, tmp_path: Path) -> Iterator[_Origin]:
     server.server_close()
 
 
-def _cli_firmware(src: Path, pki: TestPki, port: int, tmp_path: Path) -> Path:
-    out = tmp_path / "fw"
-    result = CliRunner().invoke(cli, [
-        "ipxe", "build", "--source", str(src), "--pki", str(pki.dir),
-        "--target", "bin/ipxe.lkrn", "--serial-console",
-        "--chain", f"https://10.0.2.2:{port}/boot.ipxe", "--signer", "boot-signer",
-        "--retries", "2", "--retry-delay", "1",
-        "--cache-dir", str(cache_root() / "ipxe"), "-o", str(out), "--json",
-    ])
-    assert result.exit_code == 0, result.output
-    return out / "bin/ipxe.lkrn"
-
-
 def test_cli_built_firmware_chains_only_a_verified_entry_script(
     src: Path, pki: TestPki, rogue: TestPki, origin: _Origin, tmp_path: Path
 ) -> None:
-    lkrn = _cli_firmware(src, pki, origin.server_address[1], tmp_path)
+    lkrn = chain_firmware(src, pki.dir, f"https://10.0.2.2:{origin.server_address[1]}/boot.ipxe",
+                          tmp_path / "fw")
     stops = (DONE_MARKER, "Could not verify", "stopping")
     cases = {
         "good": {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "h1")},

@@ -10,12 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from tests.ipxe.test_real_ipxe import ENTRY, _flip, _serve
 from tests.ipxe.testpki import TestPki, cached_pki
-from tests.ipxe_qemu import DONE_MARKER, boot_rom, cache_root, ipxe_src_or_skip
-from trustboot.cli.main import cli
+from tests.ipxe_qemu import DONE_MARKER, boot_rom, cache_root, chain_firmware, ipxe_src_or_skip
 
 pytestmark = [pytest.mark.ipxe, pytest.mark.slow]
 
@@ -32,24 +30,13 @@ def pki(src: Path) -> TestPki:
     return cached_pki(cache_root() / "pki", "main")
 
 
-def _rom(src: Path, pki: TestPki, port: int, tmp_path: Path) -> Path:
-    out = tmp_path / "fw"
-    result = CliRunner().invoke(cli, [
-        "ipxe", "build", "--source", str(src), "--pki", str(pki.dir),
-        "--target", ROM, "--serial-console",
-        "--chain", f"https://10.0.2.2:{port}/boot.ipxe", "--signer", "boot-signer",
-        "--retries", "2", "--retry-delay", "1",
-        "--cache-dir", str(cache_root() / "ipxe"), "-o", str(out), "--json",
-    ])
-    assert result.exit_code == 0, result.output
-    return out / ROM
-
-
 def test_e1000_rom_boots_only_the_verified_chain(src: Path, pki: TestPki,
                                                  tmp_path: Path) -> None:
     origin = _serve(pki, tmp_path)
     try:
-        rom = _rom(src, pki, origin.server_address[1], tmp_path)
+        rom = chain_firmware(src, pki.dir,
+                             f"https://10.0.2.2:{origin.server_address[1]}/boot.ipxe",
+                             tmp_path / "fw", target=ROM)
         assert rom.read_bytes()[:2] == b"\x55\xaa"  # a PCI option ROM
         origin.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "rom")}
         good, _ = boot_rom(rom, restrict=False, stop_on=(DONE_MARKER, "Could not verify"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.ipxe_qemu import DONE_MARKER, boot, cache_root, ipxe_src_or_skip
+from tests.ipxe_qemu import DONE_MARKER, boot, chain_firmware, ipxe_src_or_skip
 from tests.publish.conftest import Nginx, Pki, ReleaseFactory
 from trustboot.cli.main import cli
 
@@ -32,15 +32,8 @@ def _publish(pki: Pki, args: list[str]) -> dict[str, object]:
 def test_real_ipxe_boots_the_published_release_and_the_rollback(
         pki: Pki, nginx: Nginx, make_release: ReleaseFactory, tmp_path: Path) -> None:
     src = ipxe_src_or_skip()
-    fw = tmp_path / "fw"
-    res = CliRunner().invoke(cli, [
-        "ipxe", "build", "--source", str(src), "--pki", str(pki.dir),
-        "--target", "bin/ipxe.lkrn", "--serial-console",
-        "--chain", f"https://10.0.2.2:{nginx.port}/boot.ipxe", "--signer", "boot-signer",
-        "--retries", "2", "--retry-delay", "1",
-        "--cache-dir", str(cache_root() / "ipxe"), "-o", str(fw), "--json"])
-    assert res.exit_code == 0, res.output
-    lkrn = fw / "bin/ipxe.lkrn"
+    lkrn = chain_firmware(src, pki.dir, f"https://10.0.2.2:{nginx.port}/boot.ipxe",
+                          tmp_path / "fw")
     stops = (DONE_MARKER, "Could not verify", "stopping")
 
     def boot_marker() -> str:

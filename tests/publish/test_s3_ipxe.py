@@ -10,15 +10,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from click.testing import CliRunner
 
 pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
 
-from tests.ipxe_qemu import DONE_MARKER, boot, cache_root, ipxe_src_or_skip
+from tests.ipxe_qemu import DONE_MARKER, boot, chain_firmware, ipxe_src_or_skip
 from tests.publish.conftest import Pki, ReleaseFactory
 from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
 from tests.publish.test_s3_publish import CREDS_ENV, cli_run
-from trustboot.cli.main import cli
 
 pytestmark = [pytest.mark.ipxe, pytest.mark.slow]
 
@@ -44,15 +42,8 @@ def test_real_ipxe_boots_from_rgw_and_the_rollback(
     origin = f"s3://{bucket}/boot"
     port = urlsplit(rgw.endpoint).port
     # QEMU's user network reaches the host's loopback at 10.0.2.2 (in the server cert)
-    fw = tmp_path / "fw"
-    res = CliRunner().invoke(cli, [
-        "ipxe", "build", "--source", str(src), "--pki", str(pki.dir),
-        "--target", "bin/ipxe.lkrn", "--serial-console",
-        "--chain", f"https://10.0.2.2:{port}/{bucket}/boot/boot.ipxe",
-        "--signer", "boot-signer", "--retries", "2", "--retry-delay", "1",
-        "--cache-dir", str(cache_root() / "ipxe"), "-o", str(fw), "--json"])
-    assert res.exit_code == 0, res.output
-    lkrn = fw / "bin/ipxe.lkrn"
+    lkrn = chain_firmware(src, pki.dir, f"https://10.0.2.2:{port}/{bucket}/boot/boot.ipxe",
+                          tmp_path / "fw")
     stops = (DONE_MARKER, "Could not verify", "stopping")
 
     def boot_marker() -> str:
