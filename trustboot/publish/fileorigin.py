@@ -19,7 +19,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -278,6 +278,11 @@ class FileOrigin:
             finally:
                 os.close(parent)
             dirs = dirs[:-1]
+
+    def copy_many(self, pairs: Sequence[tuple[str, str]]) -> None:
+        # each copy is already one atomic replace; nothing to stage before them
+        for src_key, dst_key in pairs:
+            self.copy(src_key, dst_key)
 
     def copy(self, src_key: str, dst_key: str) -> None:
         # the source descriptor stays on the inode it opened: a consistent copy even if

@@ -20,7 +20,7 @@ import importlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +112,11 @@ class Origin(Protocol):
 
     def copy(self, src_key: str, dst_key: str) -> None:
         """Atomic replace of ``dst_key`` with the content of ``src_key``."""
+        ...
+
+    def copy_many(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """``copy`` for each pair, the replacements as close together as the backend
+        allows (the entry script and its signature are switched this way)."""
         ...
 
     def lock(self, owner: str) -> AbstractContextManager[None]:

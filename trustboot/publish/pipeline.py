@@ -462,13 +462,8 @@ def _switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: 
         raise ConfigError(f"entry {manifest.entry} has no signature in the release")
     # the signature first: a client between the two copies gets old script + new
     # signature, which imgverify refuses (see the module docstring)
-    pairs = [(prefix + entry.sig, entry_path + ".sig"), (prefix + entry.name, entry_path)]
-    copy_many = getattr(origin, "copy_many", None)
-    if copy_many is not None:  # backends that can stage first narrow the mixed window
-        copy_many(pairs)
-    else:
-        for src, dst in pairs:
-            origin.copy(src, dst)
+    origin.copy_many([(prefix + entry.sig, entry_path + ".sig"),
+                      (prefix + entry.name, entry_path)])
     signature = _served_bytes(origin, reader, entry_path + ".sig", MAX_SIGNATURE_SIZE)
     served = _served(origin, reader, entry_path, max_size=MAX_ENTRY_SIZE,
                      hash_names=signature_hashes(signature))

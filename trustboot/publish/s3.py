@@ -45,7 +45,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -485,6 +485,11 @@ class S3Origin:
     def delete(self, key: str) -> None:
         with self._calling(key, "DELETE"):
             self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
+
+    def copy_many(self, pairs: Sequence[tuple[str, str]]) -> None:
+        # each copy is already one atomic replace; nothing to stage before them
+        for src_key, dst_key in pairs:
+            self.copy(src_key, dst_key)
 
     def copy(self, src_key: str, dst_key: str) -> None:
         check_key(dst_key)
