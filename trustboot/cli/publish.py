@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from trustboot.cli._common import emit_json, is_interactive, json_option, passphrase_source, warn
 from trustboot.errors import ConfigError
+from trustboot.fsutil import read_capped
 from trustboot.publish.origin import Origin, OriginOptions, load_credentials, open_origin
 from trustboot.publish.origin import unsafe_warnings as _unsafe_warnings
 
@@ -126,7 +127,7 @@ def build_options(kw: dict[str, Any]) -> OriginOptions:
     if (cert is None) != (key is None):
         raise ConfigError("--client-cert-file needs --client-key-file (and vice versa)")
     passphrase = None
-    if key is not None and b"ENCRYPTED" in Path(key).read_bytes()[:200]:
+    if key is not None and b"ENCRYPTED" in read_capped(Path(key), 1 << 20, "client key")[:200]:
         source = passphrase_source(kw.get("client_key_passphrase_file"),
                                    kw.get("client_key_passphrase_env"),
                                    option="--client-key-passphrase")

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.fsutil import read_capped
 from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
 from trustboot.keys.ref import KeyRef
 from trustboot.secrets import PassphraseSource
@@ -333,10 +334,14 @@ def revoked_error(name: str, serial: int, where: str) -> VerificationError:
         rule="revoked", subject=name)
 
 
+MAX_CRL_BYTES = 64 << 20
+
+
 def _crl_lists(path: Path, issuer: x509.Certificate, serial: int) -> bool:
     try:
-        crl = x509.load_pem_x509_crl(path.read_bytes())
-    except (OSError, ValueError):
+        # capped and regular files only: a FIFO or /dev/zero planted there must not hang
+        crl = x509.load_pem_x509_crl(read_capped(path, MAX_CRL_BYTES, "CRL", nofollow=True))
+    except (OSError, ValueError, ConfigError):
         return False  # no CRL yet (or unreadable: `ca check` reports it); the index decides
     if crl.issuer != issuer.subject or not crl.is_signature_valid(
             issuer.public_key()):  # type: ignore[arg-type]
