@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from trustboot import fsutil
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.lock import LOCK_STALE_AFTER, lock_is_stale, origin_lock
 from trustboot.publish.origin import (
@@ -60,8 +61,9 @@ class FileOrigin:
 
     # -- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> FileOrigin:
+        # every directory this creates gets DIR_MODE, whatever the umask
+        fsutil.make_dirs(self.root, DIR_MODE)
         try:
-            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise OperationalError(f"cannot open origin directory {self.root}: "

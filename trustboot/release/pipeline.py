@@ -221,7 +221,7 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
         if src is None:
             continue
         dest = stage / obj["key"]
-        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fsutil.make_dirs(dest.parent, 0o700)
         dest.symlink_to(Path(src).resolve())
         local[obj["key"]] = dest
     hashed = [p.hashed[Path(o["path"])] for o in p.objects if o["path"] is not None]
