@@ -16,7 +16,7 @@ from trustboot.errors import ExitCode, TrustbootError
 
 # Each module trustboot.cli.<name> exposes ``command`` (a click command or group).
 COMMAND_MODULES = ("ca", "sign", "verify", "ipxe", "audit", "demo", "publish", "origin",
-                   "release", "recipe", "secureboot")
+                   "release", "recipe", "resign", "secureboot")
 
 
 class TrustbootGroup(click.Group):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +118,17 @@ def nginx_config(server_names: tuple[str, ...], root: Path, cert: Path, key: Pat
 @click.option("--signer", metavar="NAME", help="As imgverify --signer.")
 @click.option("--warn-days", type=click.IntRange(0), default=30, show_default=True,
               help="Warn when a certificate expires within this many days.")
+@click.option("--fail-within", type=click.IntRange(0), metavar="DAYS",
+              help="Exit 4 when the live release's signatures stop verifying (signer chain "
+                   "notAfter) within DAYS: for cron/monitoring, before clients refuse it.")
 @click.option("--timeout", type=float, default=10.0, show_default=True)
 @json_option
 def check(url: str, as_json: bool, **kw: Any) -> None:
-    """Fetch URL and URL.sig as iPXE would: TLS version, cipher, chain, iPXE's verdict.
+    """Fetch URL and URL.sig as iPXE would: TLS version, cipher, chain, iPXE's verdict,
+    and the replay window the entry's signer gives (its notAfter + iPXE's 12h30m margin).
 
-    Exit 0 if iPXE would boot it, 4 if not.
+    Exit 0 if iPXE would boot it, 4 if not (or, with --fail-within, if its signer expires
+    within that many days).
     """
     from trustboot.cli.publish import build_trust, utc_now
     from trustboot.publish.check import check_origin
@@ -140,7 +146,11 @@ def check(url: str, as_json: bool, **kw: Any) -> None:
         if report.sha256:
             click.echo(f"  entry:  {report.size} bytes, sha256 {report.sha256}")
         for s in report.signers:
-            click.echo(f"  signer: {s['subject']}")
+            click.echo(f"  signer: {s['subject']} (chain until {s['chain_not_after'][:16]})")
+        if report.replay_window:
+            w = report.replay_window
+            click.echo(f"  replay: {w['text']} (refused from {w['refused_after'][:19]} by "
+                       "the client's clock)")
         click.echo(f"  iPXE:   {'accepts' if report.ok else 'REFUSES'}")
         for w in report.warnings:
             warn(w)
@@ -149,3 +159,11 @@ def check(url: str, as_json: bool, **kw: Any) -> None:
             f"iPXE would not boot {url}: {report.tls_error or report.failure}",
             hint="see the report above; `trustboot publish rollback` switches back",
             rule="origin-check", subject=url)
+    days = kw.get("fail_within")
+    ends = report.signer_not_after
+    if days is not None and ends is not None and ends - utc_now() < dt.timedelta(days=days):
+        raise VerificationError(
+            f"{url}: the live release's signatures stop verifying on {ends:%Y-%m-%d %H:%M}Z "
+            f"(+12h30m margin), within {days} days [rule: signer-expiring]",
+            hint="re-sign it with a fresh signer: trustboot ca renew NAME --days 7, then "
+                 "trustboot resign ORIGIN --key NAME", rule="signer-expiring", subject=url)

@@ -91,6 +91,7 @@ class SignerReport:
     not_after: dt.datetime  # the signer certificate's
     chain_not_after: dt.datetime  # the earliest of the chain: the signature's end of life
     sha256: str = ""  # the signer certificate's fingerprint (hex)
+    not_before: dt.datetime | None = None  # the signer certificate's
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +100,7 @@ class SignerReport:
             "signature_algorithm": self.signature_algorithm, "chain": list(self.chain),
             "not_after": self.not_after.isoformat(),
             "chain_not_after": self.chain_not_after.isoformat(),
+            "not_before": self.not_before.isoformat() if self.not_before else None,
             "sha256": self.sha256,
         }
 
@@ -713,7 +715,7 @@ def _report(signer: _Signer) -> SignerReport:
         signature_algorithm=signer.sig_family, chain=tuple(c.label for c in signer.chain),
         not_after=cert.not_after,
         chain_not_after=min(c.not_after for c in signer.chain),
-        sha256=cert.sha256.hex(),
+        sha256=cert.sha256.hex(), not_before=cert.not_before,
     )
 
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
+from trustboot.cms.freshness import replay_window
 from trustboot.errors import ConfigError, TrustbootError
 from trustboot.publish.http import tls_context
 from trustboot.publish.readback import Reader, Trust
@@ -39,6 +40,8 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     size: int | None = None
     sha256: str | None = None
+    replay_window: dict[str, Any] | None = None  # of the entry's signer (cms.freshness)
+    signer_not_after: dt.datetime | None = None  # earliest chain end of the entry's signers
 
     @property
     def ok(self) -> bool:
@@ -49,7 +52,9 @@ class CheckReport:
                 "cipher": self.cipher, "chain": self.chain, "tls_error": self.tls_error,
                 "ipxe_accepts": self.ipxe_ok, "failure": self.failure,
                 "signers": self.signers, "warnings": self.warnings, "size": self.size,
-                "sha256": self.sha256, "ok": self.ok}
+                "sha256": self.sha256, "replay_window": self.replay_window,
+                "signer_not_after": self.signer_not_after.isoformat()
+                if self.signer_not_after else None, "ok": self.ok}
 
 
 def _peer_chain(tls: ssl.SSLSocket) -> list[bytes]:
@@ -112,6 +117,11 @@ def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.dateti
     report.ipxe_ok = verdict.ok
     report.failure = verdict.failure.message if verdict.failure else None
     report.signers = [s.to_json() for s in verdict.signers]
+    if verdict.signers:
+        first = min(verdict.signers, key=lambda s: s.chain_not_after)
+        report.signer_not_after = first.chain_not_after
+        report.replay_window = replay_window(first.chain_not_after, now=now,
+                                             not_before=first.not_before).to_json()
     for s in verdict.signers:
         if s.chain_not_after < soon:
             report.warnings.append(f"the signature by {s.common_name} stops verifying on "

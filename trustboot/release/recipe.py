@@ -291,17 +291,23 @@ def _size(c: Checked) -> int:
 
 
 def _lifetime(c: Checked) -> dt.timedelta:
-    if isinstance(c.value, int):
-        return dt.timedelta(days=c.value)
-    m = _LIFETIME_RE.fullmatch(c.value.strip())
-    if not m:
-        raise ConfigError(f"{c.where}: min_signer_lifetime {c.value!r} is not a duration",
-                          hint="write a number of days, or e.g. 12h, 30d, 8w")
-    n = int(m.group(1))
-    delta = {"h": dt.timedelta(hours=n), "d": dt.timedelta(days=n),
-             "w": dt.timedelta(weeks=n)}[m.group(2)]
-    if delta > dt.timedelta(days=36500):
-        raise ConfigError(f"{c.where}: min_signer_lifetime {c.value} is out of range")
+    return parse_lifetime(c.value, f"{c.where}: min_signer_lifetime")
+
+
+def parse_lifetime(value: int | str, where: str) -> dt.timedelta:
+    """A signer lifetime: days as an integer, or ``12h``, ``30d``, ``8w``."""
+    if isinstance(value, int):
+        delta = dt.timedelta(days=value)
+    else:
+        m = _LIFETIME_RE.fullmatch(value.strip())
+        if not m:
+            raise ConfigError(f"{where} {value!r} is not a duration",
+                              hint="write a number of days, or e.g. 12h, 30d, 8w")
+        n = int(m.group(1))
+        delta = {"h": dt.timedelta(hours=n), "d": dt.timedelta(days=n),
+                 "w": dt.timedelta(weeks=n)}[m.group(2)]
+    if not dt.timedelta(0) <= delta <= dt.timedelta(days=36500):
+        raise ConfigError(f"{where} {value} is out of range")
     return delta
 
 

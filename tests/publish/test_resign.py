@@ -1,0 +1,273 @@
+"""`trustboot resign`: re-sign the live release with a fresh signer, as a new release id.
+
+file:// (in-process and SIGKILLed at every commit point) and the real nginx WebDAV origin
+over TLS. What must hold: the live release is verified before anything changes (tampering
+-> exit 4, nothing written), only signatures, the manifest and the release directory named
+in scripts differ, the old release stays, a rerun with the same signer changes nothing, and
+a killed run leaves the old release live and is completed by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.publish.conftest import Nginx, Pki, ReleaseFactory, anon_get, run_cli
+from trustboot.cli.main import cli
+
+REPO = Path(__file__).resolve().parents[2]
+KERNEL = os.urandom(200_000)
+INITRD = os.urandom(300_000)
+
+
+def entry(release: str, base: str = "https://boot.example.net/") -> bytes:
+    return (f"#!ipxe\n# trustboot release {release}\n"
+            f"kernel {base}releases/{release}/vmlinuz console=ttyS0 || goto failed\n"
+            f"imgverify vmlinuz {base}releases/{release}/vmlinuz.sig --signer boot-signer "
+            "|| goto failed\n"
+            f"initrd {base}releases/{release}/initrd.img || goto failed\n"
+            "boot || goto failed\n:failed\nshell\n").encode()
+
+
+def publish(pki: Pki, directory: Path, origin: str, release: str, *extra: str) -> Result:
+    return CliRunner().invoke(cli, [
+        "publish", str(directory), origin, "--release-id", release, "--pki", str(pki.dir),
+        "--json", *extra])
+
+
+def resign(pki: Pki, origin: str, key: str, *extra: str) -> Result:
+    return CliRunner().invoke(cli, [
+        "resign", origin, "--key", key, "--pki", str(pki.dir), "--passphrase-file",
+        str(pki.key_pass), "--json", *extra])
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.fixture(scope="module")
+def fresh_signer(pki: Pki) -> str:
+    """A short-lived signer (firmware here trusts the root; no --signer name)."""
+    pki.issue("codesign", "fresh-7d", "--days", "7")
+    return "fresh-7d"
+
+
+@pytest.fixture
+def live(pki: Pki, tmp_path: Path, make_release: ReleaseFactory) -> tuple[str, Path]:
+    """file:// origin serving release r1 (entry script naming releases/r1/)."""
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    rel = make_release({"boot.ipxe": entry("r1"), "vmlinuz": KERNEL, "initrd.img": INITRD})
+    res = publish(pki, rel, f"file://{origin}", "r1")
+    assert res.exit_code == 0, res.output
+    return f"file://{origin}", origin
+
+
+def test_resign_file_origin_only_sigs_manifest_change(pki: Pki, live: tuple[str, Path],
+                                                      fresh_signer: str) -> None:
+    url, root = live
+    before = snapshot(root)
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    new = out["release"]
+    assert out["changed"] and out["switched"] and out["previous"] == "r1"
+    assert new.startswith("r1.rs-") and len(new) == len("r1.rs-") + 12
+    assert out["rewritten"] == ["boot.ipxe"]
+    assert sorted(out["signed"]) == ["boot.ipxe", "initrd.img", "vmlinuz"]
+    assert sorted(out["copied"]) == ["initrd.img", "vmlinuz"]
+    assert out["signer"]["subject"].startswith("CN=fresh-7d")
+    # a 7-day signer: replay window = about 7 days + 12h30m from now
+    window = out["replay_window"]
+    assert window["margin_seconds"] == 45000
+    assert 7 * 86400 + 45000 - 120 < window["window_seconds"] <= 7 * 86400 + 45000
+    after = snapshot(root)
+    # the old release is untouched (immutable), byte for byte
+    assert {k: v for k, v in after.items() if k.startswith("releases/r1/")} == \
+        {k: v for k, v in before.items() if k.startswith("releases/r1/")}
+    old, fresh = f"releases/r1/", f"releases/{new}/"
+    # data objects identical, every .sig and the manifest different, the entry script
+    # differs exactly by its release directory
+    for name in ("vmlinuz", "initrd.img"):
+        assert after[fresh + name] == before[old + name]
+    for name in ("vmlinuz.sig", "initrd.img.sig", "boot.ipxe.sig", "release.json"):
+        assert after[fresh + name] != before[old + name]
+    assert after[fresh + "boot.ipxe"] == before[old + "boot.ipxe"].replace(
+        b"releases/r1/", f"releases/{new}/".encode())
+    assert b"# trustboot release r1\n" in after[fresh + "boot.ipxe"]
+    assert (fresh + "release.json.sig") in after
+    assert after["boot.ipxe"] == after[fresh + "boot.ipxe"]
+    assert after["boot.ipxe.sig"] == after[fresh + "boot.ipxe.sig"]
+    manifest = json.loads(after[fresh + "release.json"])
+    assert manifest["release"] == new and manifest["signer"]["subject"].startswith(
+        "CN=fresh-7d")
+    assert {f["name"] for f in manifest["files"]} == {
+        f["name"] for f in json.loads(before[old + "release.json"])["files"]}
+    # every new signature verifies as iPXE would (independent of resign's own check)
+    for name in ("vmlinuz", "initrd.img", "boot.ipxe"):
+        run_cli("verify", str(root / fresh / name), "--pki", str(pki.dir), "--signer",
+                "fresh-7d")
+    # publish list shows both, the new one live, with the signer's expiry
+    listed = CliRunner().invoke(cli, ["publish", "list", url, "--json"])
+    infos = {i["id"]: i for i in json.loads(listed.output)}
+    assert infos[new]["live"] and not infos["r1"]["live"] and infos[new]["expiry"]
+    assert infos[new]["expiry"] < infos["r1"]["expiry"]
+
+    # idempotent: the same signer again changes nothing (not even a timestamp)
+    again = resign(pki, url, fresh_signer)
+    assert again.exit_code == 0, again.output
+    out2 = json.loads(again.output)
+    assert not out2["changed"] and out2["release"] == new and not out2["switched"]
+    assert snapshot(root) == after
+    # the text output says what happened and the replay window
+    text = CliRunner().invoke(cli, ["resign", url, "--key", fresh_signer, "--pki",
+                                    str(pki.dir), "--passphrase-file", str(pki.key_pass)])
+    assert text.exit_code == 0, text.output
+    assert "nothing changed" in text.output and "replay window 7d 12h" in text.output
+    # and resigning the re-signed release with yet another signer does not grow the id
+    res3 = resign(pki, url, "boot-signer")
+    assert res3.exit_code == 0, res3.output
+    assert json.loads(res3.output)["release"].count(".rs-") == 1
+
+
+@pytest.mark.parametrize("where", ["releases/r1/vmlinuz", "releases/r1/boot.ipxe.sig",
+                                   "releases/r1/release.json.sig"])
+def test_tampered_live_release_refused_nothing_changed(pki: Pki, live: tuple[str, Path],
+                                                       fresh_signer: str, where: str) -> None:
+    url, root = live
+    if where.endswith("release.json.sig"):
+        # the release made by `publish` has none: a forged one must still be judged
+        (root / where).write_bytes((root / "releases/r1/vmlinuz.sig").read_bytes())
+    else:
+        data = bytearray((root / where).read_bytes())
+        data[len(data) // 2] ^= 1  # same size: only the digest can tell
+        (root / where).write_bytes(bytes(data))
+    before = snapshot(root)
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 4, res.output
+    assert ("not served as published" in res.output or "signature does not verify"
+            in res.output), res.output
+    assert snapshot(root) == before
+    assert not any(k.startswith("releases/r1.rs-") for k in snapshot(root))
+
+
+def test_short_lived_or_wrong_signer_refused(pki: Pki, live: tuple[str, Path]) -> None:
+    url, root = live
+    before = snapshot(root)
+    pki.issue("codesign", "short-1d", "--days", "1")
+    res = CliRunner().invoke(cli, ["resign", url, "--key", "short-1d", "--pki",
+                                   str(pki.dir), "--passphrase-file", str(pki.key_pass),
+                                   "--min-lifetime", "3d"])
+    assert res.exit_code == 4, res.output
+    assert "signer-lifetime" in res.output and "trustboot ca renew short-1d" in res.output
+    # a signer the firmware's --signer does not match: refused before any upload
+    res = resign(pki, url, "other-signer", "--signer", "boot-signer")
+    assert res.exit_code == 4, res.output
+    assert snapshot(root) == before
+    # no live release: a clear configuration error
+    empty = root.parent / "empty"
+    empty.mkdir()
+    res = resign(pki, f"file://{empty}", "boot-signer")
+    assert res.exit_code == 3, res.output
+    bad = CliRunner().invoke(cli, ["resign", url, "--key", "boot-signer", "--pki",
+                                   str(pki.dir), "--min-lifetime", "soon"])
+    assert bad.exit_code == 3 and "not a duration" in bad.output
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, str(REPO / "tests/ca/crashpoint.py"), *args],
+                          env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_sigkill_at_every_commit_point_then_rerun(pki: Pki, live: tuple[str, Path],
+                                                  fresh_signer: str, tmp_path: Path) -> None:
+    url, root = live
+    old_entry = (root / "boot.ipxe").read_bytes()
+    args = ("resign", url, "--key", fresh_signer, "--pki", str(pki.dir),
+            "--passphrase-file", str(pki.key_pass), "--json")
+    env = dict(os.environ, PYTHONPATH=str(REPO), CRASH_COUNT_FILE=str(tmp_path / "count"))
+    # count the commit points of a full run on a copy of the origin
+    import shutil
+
+    shutil.copytree(root, tmp_path / "probe")
+    probe = _cli(*(a if a != url else f"file://{tmp_path / 'probe'}" for a in args), env=env)
+    assert probe.returncode == 0, probe.stderr.decode()
+    points = int((tmp_path / "count").read_text())
+    assert points > 5
+    del env["CRASH_COUNT_FILE"]
+    for n in range(1, points + 1, max(1, points // 8)):
+        killed = _cli(*args, env=env | {"CRASH_AT": str(n)})
+        assert killed.returncode == -9, (n, killed.stderr.decode())
+        entry_now = (root / "boot.ipxe").read_bytes()
+        if entry_now != old_entry:
+            break  # the switch happened: the run was past its last check
+        # the old release is still live and verifies
+        run_cli("verify", str(root / "boot.ipxe"), "--pki", str(pki.dir))
+    done = _cli(*args, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    out = json.loads(done.stdout)
+    assert out["release"].startswith("r1.rs-")
+    assert (root / "boot.ipxe").read_bytes() == (root / "releases" / out["release"] /
+                                                 "boot.ipxe").read_bytes()
+    run_cli("verify", str(root / "boot.ipxe"), "--pki", str(pki.dir))
+    # and once more: nothing left to do
+    again = _cli(*args, env=env)
+    assert again.returncode == 0 and not json.loads(again.stdout)["changed"]
+
+
+def test_resign_on_nginx_webdav(pki: Pki, nginx: Nginx, make_release: ReleaseFactory,
+                                fresh_signer: str) -> None:
+    origin = ("--client-cert", "publisher", "--client-key-passphrase-file",
+              str(pki.key_pass))
+    rel = make_release({"boot.ipxe": entry("n1", nginx.url), "vmlinuz": KERNEL,
+                        "initrd.img": INITRD})
+    res = publish(pki, rel, nginx.url, "n1", *origin)
+    assert res.exit_code == 0, res.output
+    before = snapshot(nginx.root)
+    # tampering on the origin (same size) is found by the read-back over HTTPS: nothing
+    # changes
+    kernel = nginx.root / "releases/n1/vmlinuz"
+    kernel.write_bytes(b"X" + KERNEL[1:])
+    res = resign(pki, nginx.url, fresh_signer, *origin)
+    assert res.exit_code == 4, res.output
+    assert snapshot(nginx.root) == {**before, "releases/n1/vmlinuz": b"X" + KERNEL[1:]}
+    kernel.write_bytes(KERNEL)
+    res = resign(pki, nginx.url, fresh_signer, *origin)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    new = out["release"]
+    served = anon_get(nginx.url + "boot.ipxe", pki).content
+    assert served == entry("n1", nginx.url).replace(b"releases/n1/",
+                                                    f"releases/{new}/".encode())
+    assert anon_get(f"{nginx.url}releases/{new}/vmlinuz", pki).content == KERNEL
+    assert anon_get(f"{nginx.url}releases/{new}/vmlinuz.sig", pki).content != \
+        (rel / "vmlinuz.sig").read_bytes()
+    assert anon_get(f"{nginx.url}releases/n1/vmlinuz.sig", pki).content == \
+        (rel / "vmlinuz.sig").read_bytes()
+    # origin check: the live entry verifies, its signer's window is reported, and
+    # --fail-within fails the cron job when the signer runs out within that many days
+    check = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
+                                     str(pki.dir), "--json"])
+    assert check.exit_code == 0, check.output
+    report = json.loads(check.output)
+    assert report["replay_window"]["window_seconds"] > 6 * 86400
+    assert any("stops verifying" in w for w in report["warnings"])  # within 30 days
+    failing = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
+                                       str(pki.dir), "--fail-within", "8"])
+    assert failing.exit_code == 4 and "signer-expiring" in failing.output
+    passing = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
+                                       str(pki.dir), "--fail-within", "6"])
+    assert passing.exit_code == 0, passing.output
+    again = resign(pki, nginx.url, fresh_signer, *origin)
+    assert again.exit_code == 0 and not json.loads(again.output)["changed"]
+    assert hashlib.sha256(anon_get(nginx.url + "boot.ipxe", pki).content).digest() == \
+        hashlib.sha256(served).digest()

@@ -1,0 +1,400 @@
+"""Re-sign the live release on an origin with a fresh (short-lived) signer.
+
+iPXE accepts a signature until its chain's earliest notAfter + 12 h 30 min by the client's
+clock (:mod:`trustboot.cms.freshness`), so a signer that lives a week, re-signed every day,
+bounds how long an old release can be replayed to a booting machine. This module keeps the
+live release bootable under that schedule.
+
+Design: a re-signed release is a NEW release id, ``<base>.rs-<signer sha256[:12]>``, never a
+change to the old one. Releases are immutable: the generated nginx site serves
+``releases/`` with ``Cache-Control: immutable``, a CDN would keep serving replaced
+signatures for ever, and ``publish``'s resume and read-back memo rely on an object under a
+claimed id never changing. So:
+
+1. Under the origin's lock, find the live release (the one whose entry script and .sig the
+   entry path serves) and read every object of it back (as iPXE would, through the public
+   URL when there is one): size and sha256 against its manifest, every .sig (and
+   release.json.sig) judged with iPXE's rules at ``now``. Anything off: VerificationError
+   (exit 4) and nothing is written.
+2. If the live release is already signed by this signer: nothing to do (idempotent).
+3. Data objects are copied server-side into ``releases/<new>/`` (no download). Scripts that
+   name their own release directory (the entry script ``trustboot release`` renders fetches
+   ``<base>/releases/<id>/<key>``) get that one path segment rewritten to the new id, which
+   is the only change to a signed object's bytes; every signed object gets a new .sig made
+   from the digest the read-back just proved. Each new .sig is judged with iPXE's rules
+   before anything is uploaded.
+4. The .sig objects and rewritten scripts are uploaded, then ``release.json`` (which claims
+   the id) and ``release.json.sig``; the new release is read back and verified in full, and
+   only then is the entry switched (the same switch as publish and rollback).
+
+A run killed anywhere leaves the old release live. Objects under an id that has no
+manifest yet are rewritten by the next run; an id whose manifest exists is checked for the
+same structure and signer and then verified and switched to (a resume), never changed. The
+old release stays on the origin for rollback until ``publish prune`` removes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from trustboot import fsutil
+from trustboot.cms.freshness import ReplayWindow, replay_window
+from trustboot.errors import ConfigError, VerificationError
+from trustboot.publish.manifest import (
+    MANIFEST_NAME,
+    ManifestFile,
+    ReleaseManifest,
+    SignerSummary,
+    parse_manifest,
+    release_prefix,
+)
+from trustboot.publish.origin import Origin, OriginOptions, check_key
+from trustboot.publish.pipeline import (
+    MAX_ENTRY_SIZE,
+    PublishProgress,
+    _make_reader,
+    _manifests,
+    _owner,
+    _release_base,
+    _run_all,
+    _switch_and_check,
+    live_release,
+    read_manifest,
+    verify_manifest_signature,
+    verify_served,
+)
+from trustboot.publish.readback import Trust, judge
+
+if TYPE_CHECKING:
+    from trustboot.keys.signer import KeySource
+    from trustboot.secrets import PassphraseSource
+
+__all__ = ["ResignResult", "check_signer_lifetime", "resign_id", "resign_live"]
+
+_SUFFIX = re.compile(r"^(?P<base>.+)\.rs-[0-9a-f]{12}$")
+MAX_ID = 128
+_ID_SUFFIX_LEN = len(".rs-") + 12
+# ``releases/<id>/`` as a whole path segment in a script (not "myreleases/<id>/")
+_REF = re.compile(rb"(?<![A-Za-z0-9._~+=,@-])releases/([A-Za-z0-9][A-Za-z0-9._-]{0,127})/")
+
+Stage = Callable[[str, str], None]
+
+
+@dataclass
+class ResignResult:
+    origin: str
+    previous: str  # the release that was live
+    release: str  # the release live now (== previous when nothing changed)
+    changed: bool
+    switched: bool = False
+    resumed: bool = False  # the new id existed from an interrupted run
+    copied: list[str] = field(default_factory=list)
+    signed: list[str] = field(default_factory=list)
+    rewritten: list[str] = field(default_factory=list)
+    verified: list[str] = field(default_factory=list)
+    signer: dict[str, Any] | None = None
+    previous_signer: dict[str, Any] | None = None
+    replay_window: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"origin": self.origin, "previous": self.previous, "release": self.release,
+                "changed": self.changed, "switched": self.switched, "resumed": self.resumed,
+                "copied": self.copied, "signed": self.signed, "rewritten": self.rewritten,
+                "verified": self.verified, "signer": self.signer,
+                "previous_signer": self.previous_signer,
+                "replay_window": self.replay_window, "warnings": self.warnings}
+
+
+def resign_id(live_id: str, signer_sha256: str) -> str:
+    """The release id a re-sign of ``live_id`` by this signer gets: deterministic, so a
+    rerun after a crash finds (and resumes) the same id, and re-signing a re-signed release
+    does not grow the id."""
+    m = _SUFFIX.match(live_id)
+    base = m.group("base") if m else live_id
+    base = base[: MAX_ID - _ID_SUFFIX_LEN].rstrip("._-") or "r"
+    return f"{base}.rs-{signer_sha256[:12]}"
+
+
+def _chain_not_after(source: KeySource) -> dt.datetime:
+    return min(c.not_valid_after_utc for c in (source.certificate, *source.chain))
+
+
+def check_signer_lifetime(source: KeySource, *, now: dt.datetime,
+                          min_lifetime: dt.timedelta) -> ReplayWindow:
+    """Refuse (exit 4) a signer whose chain ends before ``min_lifetime`` from now, naming the
+    command that gives a fresh one; its replay window otherwise."""
+    end = _chain_not_after(source)
+    window = replay_window(end, now=now, not_before=source.certificate.not_valid_before_utc)
+    if end - now >= min_lifetime:
+        return window
+    if source.ref.scheme == "ca":
+        name = source.ref.value
+        renew = (f"renew it: trustboot ca renew {name} --days 7 (or issue a new one: "
+                 f"trustboot ca issue codesign {name}-next --days 7), then resign again")
+    else:
+        renew = ("have the CA issue a fresh code-signing certificate for this key "
+                 "(trustboot ca issue codesign NAME --csr ... --days 7) and pass it")
+    left = end - now
+    raise VerificationError(
+        f"the signer {source.certificate.subject.rfc4514_string()} (chain) expires on "
+        f"{end.isoformat()}, {max(left.days, 0)} days {int(left.total_seconds() % 86400)//3600}"
+        f" hours from now: sooner than --min-lifetime ({min_lifetime}) "
+        "[rule: signer-lifetime]", hint=renew, rule="signer-lifetime",
+        subject=source.certificate.subject.rfc4514_string())
+
+
+def _summary(source: KeySource) -> SignerSummary:
+    cert = source.certificate
+    return SignerSummary(subject=cert.subject.rfc4514_string(),
+                         serial=f"{cert.serial_number:x}", not_after=_chain_not_after(source))
+
+
+def _sig_names(m: ReleaseManifest) -> set[str]:
+    return {f.sig for f in m.files if f.sig}
+
+
+def _rewrites(m: ReleaseManifest) -> list[ManifestFile]:
+    """Signed scripts that may name their release directory: the entry and any *.ipxe."""
+    return [f for f in m.files if f.sig and (f.name == m.entry or f.name.endswith(".ipxe"))
+            and f.size <= MAX_ENTRY_SIZE]
+
+
+def _rewrite(data: bytes, old: str, new: str) -> tuple[bytes, set[str]]:
+    """``releases/<old>/`` -> ``releases/<new>/``; the other release ids it names."""
+    others = {m.group(1).decode() for m in _REF.finditer(data)} - {old}
+    out = _REF.sub(lambda m: b"releases/" + new.encode() + b"/" if m.group(1) == old.encode()
+                   else m.group(0), data)
+    return out, others
+
+
+def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
+                trust: Trust, now: dt.datetime, workdir: Path,
+                min_lifetime: dt.timedelta = dt.timedelta(days=1),
+                entry_path: str = "boot.ipxe", jobs: int = 4,
+                options: OriginOptions | None = None,
+                progress: PublishProgress | None = None,
+                stage: Stage = lambda _s, _m: None, owner: str | None = None) -> ResignResult:
+    """Re-sign the release ``entry_path`` serves with ``source`` (see the module docstring).
+
+    ``workdir``: a private directory for the new signatures (the caller removes it).
+    ``stage(name, message)`` reports steps; ``progress`` drives byte-level bars.
+    """
+    from trustboot.cms.sign import Hashed, preflight, sign_files, sign_hashed
+
+    check_key(entry_path)
+    # a doomed signer is refused before any secret is asked for or any byte fetched
+    window = check_signer_lifetime(source, now=now, min_lifetime=min_lifetime)
+    preflight(source, now=now)
+    new_sha = hashlib.sha256(source.certificate.public_bytes(Encoding.DER)).hexdigest()
+    summary = _summary(source)
+    fsutil.ensure_private_dir(workdir)
+    reader = _make_reader(origin, trust, options)
+    try:
+        with origin.lock(owner or _owner()):
+            manifests, _ = _manifests(origin)
+            live_id = live_release(origin, manifests, entry_path)
+            if live_id is None:
+                raise ConfigError(
+                    f"{origin.url}: {entry_path} serves no release published there",
+                    hint="publish a release first (trustboot publish / trustboot release); "
+                         "resign only re-signs the live one")
+            old = next(m for m in manifests if m.release == live_id)
+            result = ResignResult(origin=origin.url, previous=live_id, release=live_id,
+                                  changed=False, signer=summary.to_json(),
+                                  previous_signer=old.signer.to_json() if old.signer else None,
+                                  replay_window=window.to_json())
+            stage("verify", f"reading back live release {live_id} "
+                  f"({len(old.files)} objects)")
+            result.verified = verify_served(origin, old, trust=trust, now=now, reader=reader,
+                                            jobs=jobs, progress=progress)
+            old_prefix = release_prefix(live_id)
+            if origin.stat(old_prefix + MANIFEST_NAME + ".sig") is not None:
+                verify_manifest_signature(origin, live_id, trust=trust, now=now,
+                                          reader=reader)
+            if old.signer is not None and old.signer.serial == summary.serial:
+                stage("resign", f"release {live_id} is already signed by this signer: "
+                      "nothing to do")
+                return result
+            if old.signer is not None and summary.not_after < old.signer.not_after:
+                result.warnings.append(
+                    f"the new signer's chain expires {summary.not_after:%Y-%m-%d %H:%M}Z, "
+                    f"before the live release's ({old.signer.not_after:%Y-%m-%d %H:%M}Z)")
+            new_id = resign_id(live_id, new_sha)
+            result.release, result.changed = new_id, True
+            new_prefix = release_prefix(new_id)
+            sig_names = _sig_names(old)
+            rewrite = {f.name for f in _rewrites(old)}
+
+            # the scripts, as served, checked against the manifest the read-back proved
+            scripts: dict[str, bytes] = {}
+            for f in _rewrites(old):
+                data = b"".join(origin.read(old_prefix + f.name, max_size=f.size))
+                if hashlib.sha256(data).hexdigest() != f.sha256:
+                    raise VerificationError(
+                        f"{origin.url}{old_prefix}{f.name} changed while being re-signed",
+                        hint="another writer is changing the origin; find out who, then "
+                             "run resign again", rule="served-object", subject=f.name)
+                new_data, others = _rewrite(data, live_id, new_id)
+                for other in sorted(others):
+                    result.warnings.append(
+                        f"{f.name} also fetches from releases/{other}/, which resign does "
+                        "not re-sign: those signatures keep their old expiry")
+                if new_data != data:
+                    scripts[f.name] = new_data
+            unchanged = [f for f in old.files if f.name not in sig_names
+                         and f.name not in scripts]
+            result.rewritten = sorted(scripts)
+
+            existing = read_manifest(origin, new_id)
+            if existing is not None:
+                _check_resumable(existing, old, scripts, summary, new_id, origin.url)
+                new = existing
+                result.resumed = True
+                stage("resign", f"release {new_id} exists (an interrupted run): resuming")
+                _copy_missing(origin, old_prefix, new_prefix, unchanged, result, jobs)
+            else:
+                stage("sign", f"signing {sum(1 for f in old.files if f.sig)} objects of "
+                      f"{live_id} as {new_id}")
+                hashed: list[Hashed] = []
+                for f in old.files:
+                    if f.sig is None:
+                        continue
+                    path = workdir / f.name
+                    fsutil.make_dirs(path.parent, 0o700)
+                    data_ = scripts.get(f.name)
+                    if data_ is not None:
+                        fsutil.atomic_write(path, data_)
+                        hashed.append(Hashed(path, len(data_),
+                                             {"sha256": hashlib.sha256(data_).digest()}))
+                    else:
+                        hashed.append(Hashed(path, f.size,
+                                             {"sha256": bytes.fromhex(f.sha256)}))
+                with source.open(secrets) as signer:
+                    signed = sign_hashed(hashed, signer, now=now)
+                    # judged as the firmware will (its roots, CERT=, --signer) before upload
+                    failures = []
+                    for s in signed:
+                        sig = s.signature_path.read_bytes()
+                        verdict = judge(sig, {"sha256": bytes.fromhex(s.sha256)}, trust, now)
+                        if not verdict.ok:
+                            assert verdict.failure is not None
+                            failures.append(f"{s.path.relative_to(workdir).as_posix()}: "
+                                            f"{verdict.failure.message}")
+                    if failures:
+                        raise VerificationError(
+                            "iPXE would refuse the new signatures: " + "; ".join(failures[:5]),
+                            hint="the new signer must chain to a root the firmware trusts "
+                                 "(--trust) and match --signer", rule="new-signature")
+                    new = _new_manifest(old, new_id, signed, workdir, scripts, summary, now,
+                                        _release_base(origin, new_id))
+                    manifest_path = workdir / MANIFEST_NAME
+                    fsutil.atomic_write(manifest_path, new.to_bytes())
+                    sign_files([manifest_path], signer, now=now)
+                _copy_missing(origin, old_prefix, new_prefix, unchanged, result, jobs)
+                # signatures and rewritten scripts, then the manifest (the id's claim) and
+                # its signature: a run killed before the claim is redone from scratch
+                uploads = [workdir / name for name in sorted(scripts)]
+                uploads += [s.signature_path for s in signed]
+
+                def put(path: Path) -> None:
+                    data = path.read_bytes()
+                    origin.put_bytes(new_prefix + path.relative_to(workdir).as_posix(), data,
+                                     sha256=hashlib.sha256(data).hexdigest())
+
+                _run_all(put, uploads, jobs)
+                result.signed = sorted(s.path.relative_to(workdir).as_posix() for s in signed)
+                put(manifest_path)
+            if origin.stat(new_prefix + MANIFEST_NAME + ".sig") is None or not result.resumed:
+                if result.resumed:
+                    _sign_served_manifest(origin, new_id, source, secrets, workdir, now)
+                else:
+                    data = (workdir / (MANIFEST_NAME + ".sig")).read_bytes()
+                    origin.put_bytes(new_prefix + MANIFEST_NAME + ".sig", data,
+                                     sha256=hashlib.sha256(data).hexdigest())
+            stage("verify", f"reading back {new_id} ({len(new.files)} objects)")
+            result.verified = verify_served(origin, new, trust=trust, now=now, reader=reader,
+                                            jobs=jobs, progress=progress)
+            verify_manifest_signature(origin, new_id, trust=trust, now=now, reader=reader)
+            if progress:
+                progress.phase("switch", 0)
+            _switch_and_check(origin, new, entry_path=entry_path, trust=trust, now=now,
+                              reader=reader)
+            result.switched = True
+            stage("switch", f"{entry_path} switched from {live_id} to {new_id}")
+            return result
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _new_manifest(old: ReleaseManifest, new_id: str, signed: list[Any], workdir: Path,
+                  scripts: dict[str, bytes], signer: SignerSummary, now: dt.datetime,
+                  base: str | None) -> ReleaseManifest:
+    by_name: dict[str, tuple[int, str]] = {}
+    for s in signed:
+        name = s.path.relative_to(workdir).as_posix()
+        sig = s.signature_path.read_bytes()
+        by_name[name + ".sig"] = (len(sig), hashlib.sha256(sig).hexdigest())
+        if name in scripts:
+            by_name[name] = (s.size, s.sha256)
+    files = tuple(ManifestFile(f.name, *by_name.get(f.name, (f.size, f.sha256)), sig=f.sig)
+                  for f in old.files)
+    return ReleaseManifest(release=new_id, created=now, files=files, origin=base,
+                           ca_sha256=old.ca_sha256, signer=signer, entry=old.entry,
+                           ipxe=old.ipxe)
+
+
+def _check_resumable(existing: ReleaseManifest, old: ReleaseManifest,
+                     scripts: dict[str, bytes], signer: SignerSummary, new_id: str,
+                     url: str) -> None:
+    """The id exists: it must be this re-sign of this release (same objects, same bytes
+    apart from signatures, this signer), else it is someone else's and is left alone."""
+    sigs = _sig_names(old)
+    want = {f.name: (f.size, f.sha256) for f in old.files if f.name not in sigs}
+    want.update({k: (len(v), hashlib.sha256(v).hexdigest()) for k, v in scripts.items()})
+    have = {f.name: (f.size, f.sha256) for f in existing.files if f.name not in sigs}
+    same = (have == want and {f.name for f in existing.files} == {f.name for f in old.files}
+            and existing.entry == old.entry and existing.signer is not None
+            and existing.signer.serial == signer.serial)
+    if not same:
+        raise ConfigError(
+            f"release {new_id} already exists on {url} with other content or another signer; "
+            "releases are immutable",
+            hint=f"inspect it (trustboot publish list), delete releases/{new_id}/ if it is "
+                 "not needed, and run resign again")
+
+
+def _copy_missing(origin: Origin, old_prefix: str, new_prefix: str,
+                  files: list[ManifestFile], result: ResignResult, jobs: int) -> None:
+    """Server-side copies of the unchanged objects; one present with the right size was
+    copied by an earlier run (the read-back after catches anything else)."""
+    todo = [f for f in files
+            if (st := origin.stat(new_prefix + f.name)) is None or st.size != f.size
+            or (st.sha256 is not None and st.sha256 != f.sha256)]
+    _run_all(lambda f: origin.copy(old_prefix + f.name, new_prefix + f.name), todo, jobs)
+    result.copied = sorted(f.name for f in todo)
+
+
+def _sign_served_manifest(origin: Origin, release_id: str, source: KeySource,
+                          secrets: PassphraseSource, workdir: Path, now: dt.datetime) -> None:
+    """release.json.sig for a manifest a killed run wrote but did not sign yet."""
+    from trustboot.cms.sign import sign_files
+
+    key = release_prefix(release_id) + MANIFEST_NAME
+    data = b"".join(origin.read(key, max_size=4 << 20))
+    parse_manifest(data, source=f"{origin.url}{key}")
+    path = workdir / MANIFEST_NAME
+    fsutil.atomic_write(path, data)
+    with source.open(secrets) as signer:
+        sign_files([path], signer, now=now)
+    sig = (workdir / (MANIFEST_NAME + ".sig")).read_bytes()
+    origin.put_bytes(key + ".sig", sig, sha256=hashlib.sha256(sig).hexdigest())
