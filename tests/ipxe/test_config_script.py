@@ -167,6 +167,13 @@ def test_generated_script_options() -> None:
     ntp_at = text.index("ntp ntp.example.com")
     assert ntp_at < text.index("\nimgverify")  # clock first, then certificate validity
     assert "iseq ${tb_try} 3 && goto tb_dhcp_failed" in text
+    # NTP is fail-closed: retried, then the failure block; never "keep the firmware clock"
+    assert "ntp ntp.example.com && goto tb_ntp_ok ||" in text
+    assert "iseq ${tb_try} 3 && goto tb_ntp_failed" in text
+    failed = text[text.index(":tb_ntp_failed"):].splitlines()
+    assert failed[2] == "goto tb_failed" and "firmware clock" in failed[1]
+    assert text.index(":tb_ntp_ok") < text.index("imgfetch")
+    assert "keeping the firmware clock" not in text
     assert "iseq ${tb_try} 7 && goto tb_fetch_failed" in text
     assert "sleep 2 ||" in text
     block = text[text.index(":tb_failed"):]

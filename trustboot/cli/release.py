@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -104,7 +105,16 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
                    + (f" — {fw['reason']}" if fw["reason"] else ""))
         click.echo(f"  sign:     {', '.join(p['sign'])}")
         click.echo(f"  upload:   {len(p['upload'])} objects under releases/{p['release']}/")
+        _echo_window(result.replay_window)
         return
     pub = result.publish or {}
     click.echo(f"release {result.release}: {len(result.uploaded)} uploaded, "
                f"{len(pub.get('skipped', []))} unchanged; live at {result.entry_url}")
+    _echo_window(result.replay_window)
+
+
+def _echo_window(window: dict[str, Any] | None) -> None:
+    if window:
+        click.echo(f"  replay window {window['text']}: iPXE refuses these signatures from "
+                   f"{window['refused_after'][:19]} by the client's clock (signer notAfter + "
+                   "12h30m); a short-lived signer and `trustboot resign` bound it")

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from trustboot.ca.store import load_trusted_root
 from trustboot.cli._common import emit_json, is_interactive, json_option, progress, warn
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion
+from trustboot.cms.freshness import ReplayWindow, replay_window
 from trustboot.cms.sign import hash_file
 from trustboot.cms.verify import (
     MAX_SIGNATURE_SIZE,
@@ -185,10 +186,12 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
     pki_given = not trust or ctx.get_parameter_source("pki") not in {
         click.core.ParameterSource.DEFAULT, None}
     revoked = _revoked(pki, verdict, explicit=pki_given)
+    window = _replay_window(verdict, now)
     if as_json:
         emit_json({"file": str(file), "signature": str(sig_path), "size": size,
                    "at": now.isoformat(), "ipxe_version": str(version)} | verdict.to_json()
-                  | {"revoked": revoked})
+                  | {"revoked": revoked,
+                     "replay_window": window.to_json() if window else None})
     else:
         for w in verdict.warnings:
             warn(f"{w.message}\n  hint: {w.remedy}")
@@ -204,6 +207,16 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
             click.echo(f"OK {file}: signed by \"{s.common_name}\" ({s.digest_algorithm}, "
                        f"{s.signature_algorithm}); iPXE {version} accepts it until "
                        f"{s.chain_not_after.isoformat()} (chain expiry)")
+        if window is not None:
+            click.echo(f"   {window.describe()}")
+
+
+def _replay_window(verdict: Verdict, now: dt.datetime) -> ReplayWindow | None:
+    """What the signature allows from ``now`` (the --at clock): its earliest-ending signer."""
+    if not verdict.signers or verdict.failure is not None:
+        return None
+    first = min(verdict.signers, key=lambda s: s.chain_not_after)
+    return replay_window(first.chain_not_after, now=now, not_before=first.not_before)
 
 
 def _revoked(pki: Path, verdict: Verdict, *, explicit: bool) -> list[dict[str, str]]:

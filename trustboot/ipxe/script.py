@@ -197,10 +197,23 @@ def render_chain_script(params: ChainScript) -> str:
         ":tb_dhcp_ok",
     ]
     if params.ntp_server is not None:
+        ntp = check_word(params.ntp_server, "NTP server")
+        # Fail-closed: every certificate is checked against this clock, and a signer's
+        # expiry is the only freshness iPXE has. A firmware clock left in the past (no RTC
+        # battery, or NTP blocked on purpose) would accept signatures that expired long ago.
         lines += [
-            "# Certificate validity is checked against this clock: set it before verifying.",
-            f"ntp {check_word(params.ntp_server, 'NTP server')} || echo trustboot: NTP "
-            "failed, keeping the firmware clock",
+            "# Certificate validity is checked against this clock: set it before verifying,",
+            "# and never verify against an unset clock.",
+            "set tb_try:int32 0",
+            ":tb_ntp",
+            "inc tb_try",
+            f"ntp {ntp} && goto tb_ntp_ok ||",
+            f"iseq ${{tb_try}} {params.dhcp_attempts} && goto tb_ntp_failed ||",
+            f"echo trustboot: no answer from NTP server {ntp} (attempt "
+            f"${{tb_try}}/{params.dhcp_attempts}), retrying in {delay}s",
+            f"sleep {delay} ||",
+            "goto tb_ntp",
+            ":tb_ntp_ok",
         ]
     lines += [
         "",
@@ -227,6 +240,11 @@ def render_chain_script(params: ChainScript) -> str:
         ":tb_dhcp_failed",
         f"echo trustboot: DHCP failed {params.dhcp_attempts} times, stopping",
         f"goto {FAILED_LABEL}",
+        *([":tb_ntp_failed",
+           f"echo trustboot: no time from NTP server {params.ntp_server} after "
+           f"{params.dhcp_attempts} attempts; not verifying against the firmware clock, "
+           "stopping",
+           f"goto {FAILED_LABEL}"] if params.ntp_server is not None else []),
         ":tb_fetch_failed",
         f"echo trustboot: could not fetch ${{tb_url}} after {params.fetch_attempts} "
         "attempts, stopping",

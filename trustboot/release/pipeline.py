@@ -37,6 +37,7 @@ from typing import Any
 
 from trustboot import fsutil
 from trustboot.cms import sign as cms_sign
+from trustboot.cms.freshness import replay_window
 from trustboot.errors import VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.keys.signer import Signer
@@ -91,9 +92,11 @@ class ReleaseResult:
     uploaded: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # what the signer's lifetime allows an old copy of this release (cms.freshness)
+    replay_window: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"release": self.release, "digest": self.digest, "origin": self.origin,
+        return {"replay_window": self.replay_window, "release": self.release, "digest": self.digest, "origin": self.origin,
                 "public_base": self.public_base, "entry_url": self.entry_url,
                 "dry_run": self.dry_run, "plan": self.plan, "stages": self.stages,
                 "publish": self.publish, "uploaded": self.uploaded, "pruned": self.pruned,
@@ -151,6 +154,10 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     result = ReleaseResult(release=p.release_id, digest=p.digest, origin=v.origin_url,
                            public_base=v.public_base, entry_url=v.public_base + v.entry_path,
                            dry_run=dry_run, plan=p.to_json(), stages=st.log)
+    cert = v.signer.certificate
+    result.replay_window = replay_window(
+        min(c.not_valid_after_utc for c in (cert, *v.signer.chain)), now=now,
+        not_before=cert.not_valid_before_utc).to_json()
     st.done("plan", "done", f"release {p.release_id}: {len(p.objects) + 1} objects to sign "
             f"and publish to {v.origin_url}")
     if dry_run:
