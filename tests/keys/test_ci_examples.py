@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 
@@ -142,3 +143,102 @@ def test_gitlab_ci_example(scratch: tuple[Path, Token, Path], tmp_path: Path) ->
             exports.append(f'export {key}="{value}"')
         _run("\n".join(exports + job["script"]), work, _env(token, ci_vars))
         _check_signed(work, files)
+
+
+SKIPPED_RESIGN_STEPS = {"Install trustboot"}
+
+
+def _renew_available() -> bool:
+    from trustboot.cli.ca import command as ca_command
+
+    return isinstance(ca_command, click.Group) and "renew" in ca_command.commands
+
+
+def _emulate_renew(script: str) -> str:
+    """Before `ca renew` exists (the lifecycle half of issue 12), the same effect with
+    today's commands: supersede the certificate, then issue the same name again."""
+    if _renew_available():
+        return script
+    return re.sub(
+        r'trustboot ca renew (\S+) --days (\d+) --passphrase-env (\w+)',
+        r'trustboot ca revoke \1 --reason superseded --passphrase-env \3 && '
+        r'rm -f pki/private/\1.key && trustboot ca issue codesign \1 --days \2 '
+        r'--key-type ec-p256 --passphrase-env \3 --key-passphrase-env SIGNING_KEY_PASSPHRASE',
+        script)
+
+
+def test_scheduled_resign_example(tmp_path: Path) -> None:
+    """docs/ci/resign-scheduled.yml: renew the signer, re-sign the live release on a
+    file:// origin; the live entry then verifies under the new signer only."""
+    from click.testing import CliRunner
+
+    from trustboot.cli.main import cli
+
+    work = tmp_path / "checkout"
+    pki = work / "pki"
+    pw = secrets.constant(CA_PASS)
+    ca, _ = CertificateAuthority.init(pki, pw, key_type="ec-p256")
+    ca.issue("codesign", "boot-signer", pw, secrets.constant(KEY_PASS.encode()),
+             key_type="ec-p256")
+    keys = {name: (pki / "private" / f"{name}.key").read_text()
+            for name in ("issuing-ca", "boot-signer")}
+    # the release that is live before the job runs
+    dist = work / "dist"
+    dist.mkdir()
+    (dist / "boot.ipxe").write_bytes(b"#!ipxe\nkernel https://boot.example.net/releases/"
+                                     b"r1/vmlinuz\n")
+    (dist / "vmlinuz").write_bytes(os.urandom(5000))
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    env_pw = {"TB_TEST_PW": KEY_PASS}
+    runner = CliRunner()
+    for args in (["sign", "--key", "boot-signer", "--pki", str(pki), "--passphrase-env",
+                  "TB_TEST_PW", str(dist / "boot.ipxe"), str(dist / "vmlinuz")],
+                 ["publish", str(dist), f"file://{origin}", "--release-id", "r1", "--pki",
+                  str(pki)]):
+        r = runner.invoke(cli, args, env=env_pw)
+        assert r.exit_code == 0, r.output
+    shutil.rmtree(pki / "private")  # what a repository holds: no private keys
+
+    doc = yaml.safe_load((DOCS / "resign-scheduled.yml").read_text())
+    assert "schedule" in doc[True] or "schedule" in doc.get("on", {})  # yaml: on -> True
+    runner_temp = tmp_path / "runner-temp"
+    runner_temp.mkdir()
+    values = {"runner.temp": str(runner_temp), "vars.BOOT_ORIGIN": f"file://{origin}",
+              "vars.BOOT_ORIGIN_ARGS": "--credentials-env ORIGIN_CREDENTIALS",
+              "secrets.ISSUING_CA_KEY_PEM": keys["issuing-ca"],
+              "secrets.SIGNING_KEY_PEM": keys["boot-signer"],
+              "secrets.CA_PASSPHRASE": CA_PASS.decode(),
+              "secrets.SIGNING_KEY_PASSPHRASE": KEY_PASS,
+              "secrets.ORIGIN_CREDENTIALS": "unused:by-file-origins"}
+
+    def expand(text: str) -> str:
+        return re.sub(r"\$\{\{\s*([\w.]+)\s*\}\}", lambda m: values[m.group(1)], text)
+
+    [job] = doc["jobs"].values()
+    job_env = {k: expand(str(v)) for k, v in job["env"].items()}
+    names = {s.get("name") for s in job["steps"]}
+    assert SKIPPED_RESIGN_STEPS <= names, names
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+           "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+    ran = 0
+    for step in job["steps"]:
+        if "run" not in step or step.get("name") in SKIPPED_RESIGN_STEPS:
+            continue
+        step_env = {k: expand(str(v)) for k, v in step.get("env", {}).items()}
+        # the emulated renew makes a new key: it needs that key's passphrase too
+        emulation = {} if _renew_available() else {"SIGNING_KEY_PASSPHRASE": KEY_PASS}
+        _run(_emulate_renew(expand(step["run"])), work, env | job_env | emulation | step_env)
+        ran += 1
+    assert ran == 4
+    assert not (pki / "private").exists()  # the cleanup step ran
+    out = json.loads((runner_temp / "resign.json").read_text())
+    assert out["changed"] and out["previous"] == "r1" and out["release"].startswith("r1.rs-")
+    assert out["rewritten"] == ["boot.ipxe"]
+    live = (origin / "boot.ipxe").read_bytes()
+    assert f"releases/{out['release']}/vmlinuz".encode() in live
+    served = origin / "releases" / out["release"]
+    r = runner.invoke(cli, ["verify", str(served / "vmlinuz"), "--pki", str(pki), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["signers"][0]["serial"] == out["signer"]["serial"]
+    assert 7 * 86400 < json.loads(r.output)["replay_window"]["window_seconds"] < 8 * 86400
