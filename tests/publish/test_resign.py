@@ -271,3 +271,83 @@ def test_resign_on_nginx_webdav(pki: Pki, nginx: Nginx, make_release: ReleaseFac
     assert again.exit_code == 0 and not json.loads(again.output)["changed"]
     assert hashlib.sha256(anon_get(nginx.url + "boot.ipxe", pki).content).digest() == \
         hashlib.sha256(served).digest()
+
+
+def test_systemd_units_run_against_nginx(pki: Pki, nginx: Nginx, make_release: ReleaseFactory,
+                                         tmp_path: Path) -> None:
+    """docs/systemd/trustboot-resign.service: its ExecStart lines, in order, as systemd
+    would run them (no shell; ${VAR} from Environment=, %d the credentials directory)."""
+    import shlex
+    import shutil
+
+    unit = (REPO / "docs/systemd/trustboot-resign.service").read_text().splitlines()
+    timer = (REPO / "docs/systemd/trustboot-resign.timer").read_text()
+    assert "OnCalendar=" in timer and "Persistent=true" in timer
+    env: dict[str, str] = {}
+    creds: dict[str, str] = {}
+    execs: list[str] = []
+    for line in unit:
+        key, _, value = line.partition("=")
+        if key == "Environment":
+            name, _, val = value.partition("=")
+            env[name] = val
+        elif key == "LoadCredential":
+            name, _, path = value.partition(":")
+            creds[name] = path
+        elif key == "ExecStart":
+            execs.append(value)
+    assert set(creds) == {"ca-pass", "signer-pass", "publisher-pass"}
+    assert [shlex.split(e)[1:3] for e in execs] == [["ca", "renew"], ["resign", "${ORIGIN}"],
+                                                    ["publish", "prune"], ["origin", "check"]]
+    # a copy of the CA (the renew changes it), the credentials as systemd would place them
+    home = tmp_path / "pki"
+    shutil.copytree(pki.dir, home)
+    creddir = tmp_path / "credentials"
+    creddir.mkdir(mode=0o700)
+    for name, src in {"ca-pass": pki.secrets / "ca.pass", "signer-pass": pki.key_pass,
+                      "publisher-pass": pki.key_pass}.items():
+        shutil.copyfile(src, creddir / name)
+        (creddir / name).chmod(0o400)
+    env |= {"TRUSTBOOT_PKI": str(home), "ORIGIN": nginx.url}
+    rel = make_release({"boot.ipxe": entry("s1", nginx.url), "vmlinuz": KERNEL})
+    res = publish(pki, rel, nginx.url, "s1", "--client-cert", "publisher",
+                  "--client-key-passphrase-file", str(pki.key_pass))
+    assert res.exit_code == 0, res.output
+    run_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8",
+               "PYTHONPATH": str(REPO),
+               "TRUSTBOOT_PUBLISH_CACHE": str(tmp_path / "cache.json")} | env
+    for line in execs:
+        expanded = line.replace("%d", str(creddir))
+        for name, value in env.items():
+            expanded = expanded.replace("${" + name + "}", value)
+        argv = shlex.split(expanded)
+        assert argv[0] == "/usr/local/bin/trustboot"
+        argv = [sys.executable, "-m", "trustboot", *argv[1:]]
+        if argv[3:5] == ["ca", "renew"]:
+            from trustboot.cli.ca import command as ca_command
+
+            if "renew" not in getattr(ca_command, "commands", {}):
+                # before `ca renew` (the lifecycle half of issue 12): supersede + reissue
+                name, days = argv[5], argv[argv.index("--days") + 1]
+                passfile = argv[argv.index("--passphrase-file") + 1]
+                for cmd in (["ca", "revoke", name, "--reason", "superseded",
+                             "--passphrase-file", passfile],
+                            ["ca", "issue", "codesign", name, "--days", days, "--key-type",
+                             "rsa-2048", "--passphrase-file", passfile,
+                             "--key-passphrase-file", str(creddir / "signer-pass")]):
+                    done = subprocess.run([sys.executable, "-m", "trustboot", *cmd],
+                                          env=run_env, capture_output=True, timeout=120)
+                    assert done.returncode == 0, (cmd, done.stderr.decode())
+                continue
+        done = subprocess.run(argv, env=run_env, capture_output=True, timeout=300,
+                              cwd=tmp_path)
+        assert done.returncode == 0, (argv, done.stdout.decode(), done.stderr.decode())
+    served = anon_get(nginx.url + "boot.ipxe", pki).content
+    assert b"releases/s1.rs-" in served
+    listed = CliRunner().invoke(cli, ["publish", "list", nginx.url, "--pki", str(home),
+                                      "--client-cert", "publisher",
+                                      "--client-key-passphrase-file", str(pki.key_pass),
+                                      "--json"])
+    infos = {i["id"]: i for i in json.loads(listed.output)}
+    live = [i for i in infos.values() if i["live"]]
+    assert len(live) == 1 and live[0]["id"].startswith("s1.rs-") and "s1" in infos
