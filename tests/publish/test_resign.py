@@ -93,7 +93,7 @@ def test_resign_file_origin_only_sigs_manifest_change(pki: Pki, live: tuple[str,
     # the old release is untouched (immutable), byte for byte
     assert {k: v for k, v in after.items() if k.startswith("releases/r1/")} == \
         {k: v for k, v in before.items() if k.startswith("releases/r1/")}
-    old, fresh = f"releases/r1/", f"releases/{new}/"
+    old, fresh = "releases/r1/", f"releases/{new}/"
     # data objects identical, every .sig and the manifest different, the entry script
     # differs exactly by its release directory
     for name in ("vmlinuz", "initrd.img"):
@@ -351,3 +351,21 @@ def test_systemd_units_run_against_nginx(pki: Pki, nginx: Nginx, make_release: R
     infos = {i["id"]: i for i in json.loads(listed.output)}
     live = [i for i in infos.values() if i["live"]]
     assert len(live) == 1 and live[0]["id"].startswith("s1.rs-") and "s1" in infos
+
+
+def test_resign_id_and_rewrite_rules() -> None:
+    from trustboot.publish.manifest import check_release_id
+    from trustboot.publish.resign import _rewrite, resign_id
+
+    fp = "ab" * 32
+    assert resign_id("2026.11.25", fp) == "2026.11.25.rs-" + "ab" * 6
+    # re-signing a re-signed release replaces the suffix instead of growing the id
+    assert resign_id("2026.11.25.rs-0123456789ab", fp) == "2026.11.25.rs-" + "ab" * 6
+    long = resign_id("x" * 128, fp)
+    assert len(long) == 128 and check_release_id(long)
+    script = (b"#!ipxe\n# release r1\nkernel https://h/releases/r1/k\n"
+              b"initrd https://h/myreleases/r1/i\ninitrd https://h/releases/r10/i\n"
+              b"chain https://h/releases/other/x.ipxe\n")
+    out, others = _rewrite(script, "r1", "r1.rs-x")
+    assert out == script.replace(b"/releases/r1/k", b"/releases/r1.rs-x/k")
+    assert others == {"r10", "other"}

@@ -148,9 +148,9 @@ def check(url: str, as_json: bool, **kw: Any) -> None:
         for s in report.signers:
             click.echo(f"  signer: {s['subject']} (chain until {s['chain_not_after'][:16]})")
         if report.replay_window:
-            w = report.replay_window
-            click.echo(f"  replay: {w['text']} (refused from {w['refused_after'][:19]} by "
-                       "the client's clock)")
+            window = report.replay_window
+            click.echo(f"  replay: {window['text']} (refused from "
+                       f"{window['refused_after'][:19]} by the client's clock)")
         click.echo(f"  iPXE:   {'accepts' if report.ok else 'REFUSES'}")
         for w in report.warnings:
             warn(w)

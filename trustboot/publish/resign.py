@@ -232,7 +232,6 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             result.release, result.changed = new_id, True
             new_prefix = release_prefix(new_id)
             sig_names = _sig_names(old)
-            rewrite = {f.name for f in _rewrites(old)}
 
             # the scripts, as served, checked against the manifest the read-back proved
             scripts: dict[str, bytes] = {}

@@ -96,7 +96,8 @@ class ReleaseResult:
     replay_window: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"replay_window": self.replay_window, "release": self.release, "digest": self.digest, "origin": self.origin,
+        return {"replay_window": self.replay_window, "release": self.release,
+                "digest": self.digest, "origin": self.origin,
                 "public_base": self.public_base, "entry_url": self.entry_url,
                 "dry_run": self.dry_run, "plan": self.plan, "stages": self.stages,
                 "publish": self.publish, "uploaded": self.uploaded, "pruned": self.pruned,
