@@ -77,6 +77,17 @@ def test_every_command_under_umask_000(tmp_path: Path) -> None:
     _run("verify", "image.bin", "--sig", "sigs/out/image.bin.sig", "--pki", pki,
          "--ipxe-version", "2.0.0", cwd=work)
     _run("demo", "--workdir", "demo/run", cwd=work)
+    # publish to a file:// origin, then re-sign the live release with a second signer
+    (work / "rel").mkdir()
+    os.chmod(work / "rel", 0o755)
+    (work / "rel" / "boot.ipxe").write_bytes(b"#!ipxe\necho umask\n")
+    _run("sign", "rel/boot.ipxe", "--key", "signer", *common, "--ipxe-version", "2.0.0",
+         cwd=work)
+    _run("publish", "rel", f"file://{work}/origin/www", "--release-id", "r1", "--pki", pki,
+         cwd=work)
+    _run("ca", "issue", "codesign", "signer2", *common, "--key-type", "ec-p256",
+         "--key-passphrase-env", "TB_UMASK_PASS", cwd=work)
+    _run("resign", f"file://{work}/origin/www", "--key", "signer2", *common, cwd=work)
 
     # named expectations, so a regression points at the file
     p = work / pki
@@ -88,11 +99,16 @@ def test_every_command_under_umask_000(tmp_path: Path) -> None:
         work / "exported" / "trust": 0o755, work / "exported" / "trust" / "root.pem": 0o644,
         work / "sigs" / "out": 0o755, work / "sigs" / "out" / "image.bin.sig": 0o644,
         work / "demo" / "run": 0o755, work / "demo" / "run" / "origin": 0o755,
-        work / "demo" / "run" / "secrets": 0o700,
+        work / "demo" / "run" / "secrets": 0o700, work / "origin": 0o755,
+        work / "origin" / "www" / "releases": 0o755, work / "origin" / "www" / "boot.ipxe.sig":
+        0o644,
     }
     for path, mode in expect.items():
         assert stat.S_IMODE(path.stat().st_mode) == mode, (path, oct(path.stat().st_mode))
     assert any((p / "revoked").iterdir())
+    resigned = [d for d in (work / "origin" / "www" / "releases").iterdir()
+                if d.name.startswith("r1.rs-")]
+    assert len(resigned) == 1 and stat.S_IMODE(resigned[0].stat().st_mode) == 0o755
     _check_tree(work)
 
 
