@@ -48,6 +48,9 @@ def test_release_to_file_origin_end_to_end_and_rerun_uploads_nothing(lab: Lab) -
     assert [s["stage"] for s in data["stages"]] == [
         "validate", "plan", "build", "render", "sign", "manifest", "publish", "verify"]
     assert data["stages"][2]["status"] == "skipped"
+    # the default code-signing lifetime (730 days) gives a replay window of 730d 12h30m
+    window = data["replay_window"]["window_seconds"]
+    assert 730 * 86400 + 45000 - 300 < window <= 730 * 86400 + 45000
     assert sorted(data["uploaded"]) == sorted([
         "boot.ipxe", "boot.ipxe.sig", "linux/vmlinuz", "linux/vmlinuz.sig",
         "linux/initrd.img", "linux/initrd.img.sig", "release.json.sig"])
@@ -105,6 +108,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(lab: Lab) -> None:
     code, out, err = release(str(recipe), "--dry-run")
     assert code == 0, err
     assert "dry run" in out and "linux/vmlinuz" in out and "firmware: skipped" in out
+    assert "replay window 730d 12h" in out
     assert list(lab.origin.iterdir()) == []
     code, out, _ = release(str(recipe), "--dry-run", "--json")
     plan = json.loads(out)["plan"]
