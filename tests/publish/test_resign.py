@@ -369,3 +369,46 @@ def test_resign_id_and_rewrite_rules() -> None:
     out, others = _rewrite(script, "r1", "r1.rs-x")
     assert out == script.replace(b"/releases/r1/k", b"/releases/r1.rs-x/k")
     assert others == {"r10", "other"}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_resign_on_nginx_then_rerun(pki: Pki, nginx: Nginx,
+                                                make_release: ReleaseFactory) -> None:
+    import signal
+    import time
+
+    origin = ["--client-cert", "publisher", "--client-key-passphrase-file", str(pki.key_pass)]
+    big = os.urandom(6 << 20)
+    rel = make_release({"boot.ipxe": entry("k1", nginx.url), "vmlinuz": big,
+                        "initrd.img": big[::-1]})
+    assert publish(pki, rel, nginx.url, "k1", *origin).exit_code == 0
+    old_entry = anon_get(nginx.url + "boot.ipxe", pki).content
+    pki.issue("codesign", "fresh-kill", "--days", "7")
+    argv = [sys.executable, "-m", "trustboot", "resign", nginx.url, "--key", "fresh-kill",
+            "--pki", str(pki.dir), "--passphrase-file", str(pki.key_pass), "--json",
+            "--jobs", "2", *origin]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # a resign of this release takes about 1.5 s here: kills land before, during, after
+    for delay in (0.6, 0.8, 1.0, 1.2, 1.5):
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        served = anon_get(nginx.url + "boot.ipxe", pki).content
+        if served != old_entry:
+            assert b"releases/k1.rs-" in served  # switched: the run had finished its checks
+            break
+        # the old release is still live, whole, and its entry verifies as iPXE would
+        check = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe",
+                                         "--pki", str(pki.dir)])
+        assert check.exit_code == 0, check.output
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    out = json.loads(done.stdout)
+    assert out["release"].startswith("k1.rs-")
+    served = anon_get(nginx.url + "boot.ipxe", pki).content
+    assert served == old_entry.replace(b"releases/k1/", f"releases/{out['release']}/".encode())
+    check = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
+                                     str(pki.dir), "--json"])
+    assert check.exit_code == 0, check.output
+    assert json.loads(check.output)["signers"][0]["common_name"] == "fresh-kill"
