@@ -21,8 +21,8 @@ __all__ = ["ReplayWindow", "format_duration", "replay_window"]
 
 
 def format_duration(delta: dt.timedelta) -> str:
-    """``7d 12h30m``; negative durations get a leading '-'."""
-    seconds = int(delta.total_seconds())
+    """``7d 12h30m`` (to the nearest minute); negative durations get a leading '-'."""
+    seconds = round(delta.total_seconds() / 60) * 60
     sign = "-" if seconds < 0 else ""
     seconds = abs(seconds)
     days, rest = divmod(seconds, 86400)

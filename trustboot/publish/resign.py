@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from trustboot import fsutil
-from trustboot.cms.freshness import ReplayWindow, replay_window
+from trustboot.cms.freshness import ReplayWindow, format_duration, replay_window
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.publish.manifest import (
     MANIFEST_NAME,
@@ -147,7 +147,7 @@ def check_signer_lifetime(source: KeySource, *, now: dt.datetime,
     raise VerificationError(
         f"the signer {source.certificate.subject.rfc4514_string()} (chain) expires on "
         f"{end.isoformat()}, {max(left.days, 0)} days {int(left.total_seconds() % 86400)//3600}"
-        f" hours from now: sooner than --min-lifetime ({min_lifetime}) "
+        f" hours from now: sooner than --min-lifetime ({format_duration(min_lifetime)}) "
         "[rule: signer-lifetime]", hint=renew, rule="signer-lifetime",
         subject=source.certificate.subject.rfc4514_string())
 
@@ -227,7 +227,9 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             if old.signer is not None and summary.not_after < old.signer.not_after:
                 result.warnings.append(
                     f"the new signer's chain expires {summary.not_after:%Y-%m-%d %H:%M}Z, "
-                    f"before the live release's ({old.signer.not_after:%Y-%m-%d %H:%M}Z)")
+                    f"before the live release's ({old.signer.not_after:%Y-%m-%d %H:%M}Z): "
+                    "it stops booting then unless re-signed again (intended for a "
+                    "short-lived signer)")
             new_id = resign_id(live_id, new_sha)
             result.release, result.changed = new_id, True
             new_prefix = release_prefix(new_id)
