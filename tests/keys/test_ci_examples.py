@@ -14,11 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 import yaml
 
 from tests.keys.softhsm import PIN, Token, make_token, openssl_verify
+from tests.renew import renew_available
 from trustboot import secrets
 from trustboot.ca.store import CertificateAuthority
 from trustboot.keys.pkcs11 import public_key_of
@@ -148,16 +148,10 @@ def test_gitlab_ci_example(scratch: tuple[Path, Token, Path], tmp_path: Path) ->
 SKIPPED_RESIGN_STEPS = {"Install trustboot"}
 
 
-def _renew_available() -> bool:
-    from trustboot.cli.ca import command as ca_command
-
-    return isinstance(ca_command, click.Group) and "renew" in ca_command.commands
-
-
 def _emulate_renew(script: str) -> str:
     """Before `ca renew` exists (the lifecycle half of issue 12), the same effect with
     today's commands: supersede the certificate, then issue the same name again."""
-    if _renew_available():
+    if renew_available():
         return script
     return re.sub(
         r'trustboot ca renew (\S+) --days (\d+) --passphrase-env (\w+)',
@@ -227,7 +221,7 @@ def test_scheduled_resign_example(tmp_path: Path) -> None:
             continue
         step_env = {k: expand(str(v)) for k, v in step.get("env", {}).items()}
         # the emulated renew makes a new key: it needs that key's passphrase too
-        emulation = {} if _renew_available() else {"SIGNING_KEY_PASSPHRASE": KEY_PASS}
+        emulation = {} if renew_available() else {"SIGNING_KEY_PASSPHRASE": KEY_PASS}
         _run(_emulate_renew(expand(step["run"])), work, env | job_env | emulation | step_env)
         ran += 1
     assert ran == 4

@@ -20,6 +20,7 @@ from cryptography import x509
 from tests.ipxe_qemu import boot
 from tests.release.conftest import PASSPHRASE
 from tests.release.test_attack_lab import MARKER, STOP, Release, _released
+from tests.renew import renew_signer
 from trustboot.cli.main import cli
 
 pytestmark = [pytest.mark.ipxe, pytest.mark.slow]
@@ -52,14 +53,10 @@ def test_expired_short_signer_refused_then_resigned_release_boots(
         assert ENTRY_OK not in outside and MARKER not in outside, outside[-3000:]
         assert "verifying https://10.0.2.2" in outside, outside[-3000:]
 
-        # a fresh certificate with the same name (what `ca renew` gives; here the way
-        # today's CLI does it: supersede, then issue again), valid 30 days
+        # a fresh certificate with the same name, valid 30 days (tests/renew.py)
         pw = rel.dir / "pass.txt"
-        _cli("ca", "revoke", "short-signer", "--reason", "superseded", "--pki", str(pki),
-             "--passphrase-file", str(pw))
-        _cli("ca", "issue", "codesign", "short-signer", "--days", "30", "--pki", str(pki),
-             "--key-type", "rsa-3072", "--passphrase-file", str(pw), "--key-passphrase-file",
-             str(pw))
+        renew_signer("short-signer", days=30, pki=pki, ca_pass=pw, key_pass=pw,
+                     key_type="rsa-3072")
         out = json.loads(_cli(
             "resign", f"file://{rel.origin}", "--key", "short-signer", "--pki", str(pki),
             "--passphrase-file", str(pw), "--signer", "short-signer",
