@@ -26,10 +26,11 @@ from trustboot.cli.sign import _pin_source
 
 EPILOG = """\b
 Examples:
-  # a fresh 7-day signer every day, then re-sign what is live (cron / systemd timer / CI)
-  trustboot ca issue codesign boot-signer-$(date +%Y%m%d) --days 7 --passphrase-file ca.pass
-  trustboot resign https://boot.example.net/ --key boot-signer-$(date +%Y%m%d) \\
-      --passphrase-file key.pass --client-cert publisher --signer boot-signer --json
+  # a fresh 7-day certificate every day, then re-sign what is live (systemd timer / CI:
+  # docs/freshness.md); the replay window is then at most 7d 12h30m
+  trustboot ca renew boot-signer --days 7 --passphrase-file ca.pass
+  trustboot resign https://boot.example.net/ --key boot-signer --signer boot-signer \\
+      --passphrase-file key.pass --client-cert publisher --min-lifetime 6d --json
   trustboot resign file:///srv/boot --key file:sign.key --signing-cert sign.crt \\
       --public-url https://boot.example.net/ --min-lifetime 3d
 
