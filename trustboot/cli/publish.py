@@ -37,6 +37,8 @@ Examples:
   trustboot publish list https://boot.example.net/ --client-cert publisher
   trustboot publish rollback https://boot.example.net/ 2026.11.24 --client-cert publisher
   trustboot publish prune https://boot.example.net/ --keep 3 --client-cert publisher
+  # finish an entry switch that a killed run left half done
+  trustboot publish repair https://boot.example.net/ --client-cert publisher
 
 \b
 Exit codes: 0 published, 1 origin/network failure, 3 bad input, 4 the origin serves
@@ -281,6 +283,8 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
                f"({'over HTTPS as iPXE' if result.readback == 'https' else 'from the backend'})"
                + (f"; {len(result.readback_cached)} unchanged since a full read-back"
                   if result.readback_cached else ""))
+    if result.repaired:
+        click.echo(result.repaired)
     if result.switched:
         was = f" (was {result.previous_live})" if result.previous_live else ""
         click.echo(f"switched {result.entry_path} to {release_id}{was}; verified after the "
@@ -340,6 +344,31 @@ def rollback_cmd(origin_url: str, release_id: str, as_json: bool, **kw: Any) -> 
     was = f" (was {result.previous_live})" if result.previous_live else ""
     click.echo(f"verified {len(result.verified)} object(s); switched {result.entry_path} to "
                f"{release_id}{was}")
+
+
+@command.command("repair")
+@click.argument("origin_url", metavar="ORIGIN")
+@trust_options
+@origin_options
+@json_option
+def repair_cmd(origin_url: str, as_json: bool, **kw: Any) -> None:
+    """Finish an entry switch that an interrupted run left half done.
+
+    A run killed between replacing the entry's signature and the entry script leaves a
+    pair that fails verification (iPXE refuses it). The switch was recorded on the origin
+    first: this completes it (any publish, rollback or prune does the same before its own
+    work), or drops the record when the pair still verifies.
+    """
+    from trustboot.publish.pipeline import repair
+
+    trust = build_trust(kw)
+    origin, options = open_cli_origin(origin_url, kw)
+    with origin:
+        result = repair(origin, trust=trust, now=utc_now(), options=options)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    click.echo(result.detail or f"no interrupted switch on {origin.url}")
 
 
 @command.command("prune")

@@ -25,12 +25,25 @@ Order of a publish, and why:
    script with the new signature: imgverify fails (the digest does not match), the script
    is never run, and the firmware's retry gets the consistent pair. Then the entry pair is
    fetched and verified again.
+
+An interrupted switch: the two replacements are one round trip apart, but a run killed (or
+cut off from the origin) exactly between them leaves the new signature beside the old
+script. That pair fails imgverify (never boots anything unverified), but it would stay
+until the next switch. So before the first replacement the switch is written down in
+``.trustboot-switch.json`` at the origin root (release id and entry path), and removed once
+both replacements are done. Every later run that takes the origin's lock (publish,
+rollback, prune, ``publish repair``) first looks for that record: if the entry pair as
+served does not verify, it completes the recorded switch to that release (verified before
+the record was written) and checks the pair again; if the pair verifies (the run died
+before the first replacement), the record is dropped and the live release stays.
+``origin check`` reports a mismatched pair and names ``publish repair``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import socket
 import stat
@@ -66,11 +79,15 @@ from trustboot.publish.readback import (
 )
 
 __all__ = ["LocalObject", "PublishProgress", "PublishResult", "ReleaseInfo", "Trust",
-           "list_releases", "prune", "publish_release", "rollback", "scan_directory"]
+           "list_releases", "prune", "publish_release", "repair", "repair_switch", "rollback",
+           "scan_directory"]
 
 MAX_OBJECT_SIZE = 64 << 30
 MAX_ENTRY_SIZE = 16 << 20
 MAX_LOCAL_FILES = 10_000
+# The record of a switch in progress (see the module docstring); at the origin root, next
+# to the lock, never under releases/.
+SWITCH_JOURNAL = ".trustboot-switch.json"
 
 
 @dataclass(frozen=True)
@@ -105,11 +122,14 @@ class PublishResult:
     previous_live: str | None = None
     signer: dict[str, Any] | None = None
     bytes_uploaded: int = 0
+    # an interrupted switch found and completed first (see repair_switch), or None
+    repaired: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "release": self.release, "origin": self.origin, "entry": self.entry,
             "entry_path": self.entry_path, "switched": self.switched,
+            "repaired": self.repaired,
             "uploaded": self.uploaded, "skipped": self.skipped, "verified": self.verified,
             "readback": self.readback, "readback_cached": self.readback_cached,
             "previous_live": self.previous_live,
@@ -172,7 +192,7 @@ def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = 
     if not found:
         raise ConfigError(f"release directory {root} is empty",
                           hint="sign the boot files first: trustboot sign FILES --out DIR")
-    from trustboot.cms.sign import hash_file
+    from trustboot.cms.digest import hash_file, remember
 
     objects = []
     for key, path in sorted(found):
@@ -181,6 +201,7 @@ def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = 
         known = cache.local_digest(path, st) if cache is not None else None
         if known is not None:
             objects.append(LocalObject(key, path, st.st_size, known))
+            remember(st, {"sha256": bytes.fromhex(known)})  # the upload need not hash it
             continue
         digests, size = hash_file(path, ["sha256"], progress)
         objects.append(LocalObject(key, path, size, digests["sha256"].hex()))
@@ -460,10 +481,17 @@ def _switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: 
     assert entry is not None
     if entry.sig is None:
         raise ConfigError(f"entry {manifest.entry} has no signature in the release")
+    sig = manifest.file(entry.sig)
+    record = json.dumps({"version": 1, "release": manifest.release, "entry_path": entry_path,
+                         "script_sha256": entry.sha256,
+                         "sig_sha256": sig.sha256 if sig else None}).encode()
+    origin.put_bytes(SWITCH_JOURNAL, record, sha256=hashlib.sha256(record).hexdigest())
     # the signature first: a client between the two copies gets old script + new
     # signature, which imgverify refuses (see the module docstring)
     origin.copy_many([(prefix + entry.sig, entry_path + ".sig"),
                       (prefix + entry.name, entry_path)])
+    # both replaced (a failure above leaves the record for the next run to finish)
+    origin.delete(SWITCH_JOURNAL)
     signature = _served_bytes(origin, reader, entry_path + ".sig", MAX_SIGNATURE_SIZE)
     served = _served(origin, reader, entry_path, max_size=MAX_ENTRY_SIZE,
                      hash_names=signature_hashes(signature))
@@ -476,6 +504,76 @@ def _switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: 
             hint="another writer changed the entry meanwhile, or a cache in front of the "
                  "origin serves a stale copy; run `trustboot publish rollback` or publish again",
             rule="entry-after-switch", subject=entry_path)
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    release: str | None  # the release the record names (None: no record)
+    action: str  # "none", "completed", "dropped" (the pair verified), "invalid"
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"release": self.release, "action": self.action, "detail": self.detail}
+
+
+def _entry_pair_verifies(origin: Origin, reader: Reader | None, entry_path: str, *,
+                         trust: Trust, now: dt.datetime) -> bool:
+    try:
+        signature = _served_bytes(origin, reader, entry_path + ".sig", MAX_SIGNATURE_SIZE)
+        served = _served(origin, reader, entry_path, max_size=MAX_ENTRY_SIZE,
+                         hash_names=signature_hashes(signature))
+    except (NotServed, OperationalError):
+        return False
+    return judge(signature, served.digests, trust, now).ok
+
+
+def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
+                  reader: Reader | None) -> RepairResult:
+    """Finish an entry switch a killed run left half done (caller holds the lock).
+
+    The record names a release that was fully verified before it was written. If the entry
+    pair as served does not verify, the switch to that release is completed (and checked
+    like any switch); if it verifies, the run died before the first replacement and the
+    record is dropped. A record that does not parse is dropped with detail: it is only
+    ever written by this code, and the entry pair is judged on every switch anyway.
+    """
+    if origin.stat(SWITCH_JOURNAL) is None:
+        return RepairResult(None, "none")
+    data = b"".join(origin.read(SWITCH_JOURNAL, max_size=64 << 10))
+    try:
+        doc = json.loads(data)
+        release_id, entry_path = doc["release"], doc["entry_path"]
+        if release_id_problem(release_id) or not isinstance(entry_path, str):
+            raise ValueError("bad release id or entry path")
+        check_key(entry_path)
+        manifest = read_manifest(origin, release_id)
+        if manifest is None or manifest.entry is None:
+            raise ValueError(f"release {release_id} has no manifest or no entry")
+    except (ValueError, KeyError, TypeError, TrustbootError) as exc:
+        origin.delete(SWITCH_JOURNAL)
+        why = exc.message if isinstance(exc, TrustbootError) else str(exc)
+        return RepairResult(None, "invalid", f"dropped an unusable switch record: {why}")
+    if _entry_pair_verifies(origin, reader, entry_path, trust=trust, now=now):
+        origin.delete(SWITCH_JOURNAL)
+        return RepairResult(release_id, "dropped",
+                            f"{entry_path} and its signature verify; the interrupted switch "
+                            f"to {release_id} had not started")
+    _switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
+                      reader=reader)
+    return RepairResult(release_id, "completed",
+                        f"completed the interrupted switch of {entry_path} to {release_id}")
+
+
+def repair(origin: Origin, *, trust: Trust, now: dt.datetime,
+           options: OriginOptions | None = None, owner: str | None = None) -> RepairResult:
+    """``trustboot publish repair``: under the lock, finish an interrupted switch."""
+    reader = _make_reader(origin, trust, options)
+    try:
+        with origin.lock(owner or _owner()):
+            return repair_switch(origin, trust=trust, now=now, reader=reader)
+    finally:
+        if reader is not None:
+            reader.close()
 
 
 def _verify_release(origin: Origin, manifest: ReleaseManifest, result: PublishResult,
@@ -546,6 +644,8 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
     reader = _make_reader(origin, trust, options)
     try:
         with origin.lock(owner or _owner()):
+            result.repaired = _repaired(repair_switch(origin, trust=trust, now=now,
+                                                      reader=reader))
             existing = read_manifest(origin, release_id)
             if existing is not None and not existing.same_content(manifest):
                 raise ConfigError(
@@ -579,6 +679,10 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
         if reader is not None:
             reader.close()
     return result
+
+
+def _repaired(r: RepairResult) -> str | None:
+    return r.detail if r.action != "none" else None
 
 
 def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: int,
@@ -697,6 +801,7 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
     reader = _make_reader(origin, trust, options)
     try:
         with origin.lock(owner or _owner()):
+            repaired = _repaired(repair_switch(origin, trust=trust, now=now, reader=reader))
             manifest = read_manifest(origin, release_id)
             if manifest is None:
                 raise ConfigError(f"release {release_id} does not exist on {origin.url}",
@@ -707,7 +812,7 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
                                    entry=manifest.entry, entry_path=entry_path,
                                    readback="https" if reader else "backend",
                                    signer=manifest.signer.to_json() if manifest.signer
-                                   else None)
+                                   else None, repaired=repaired)
             prefix = release_prefix(release_id)
             stats = {f.name: origin.stat(prefix + f.name) for f in manifest.files}
             _verify_release(origin, manifest, result, stats, trust=trust, now=now,
@@ -732,6 +837,11 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
     check_key(entry_path)
     deleted = []
     with origin.lock(owner or _owner()):
+        if origin.stat(SWITCH_JOURNAL) is not None:
+            # the live release is ambiguous until the switch is finished
+            raise OperationalError(
+                f"{origin.url} has an interrupted entry switch recorded; nothing pruned",
+                hint=f"finish it first: trustboot publish repair {origin.url}")
         manifests, _ = _manifests(origin)
         live = live_release(origin, manifests, entry_path)
         newest = sorted(manifests, key=lambda m: (m.created, m.release), reverse=True)
