@@ -190,3 +190,29 @@ def test_sigkill_mid_publish_then_resume(target: Target, pki: Pki,
     # free the OSD's RAM for the rest of the session
     for key in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]:
         s3.delete_object(Bucket=bucket, Key=key)
+
+
+def test_no_public_read_publishes_objects_nobody_can_fetch_anonymously(
+        target: Target, pki: Pki, make_release: ReleaseFactory) -> None:
+    """--no-public-read, for a bucket behind a CDN with origin access: no object (release,
+    entry, signatures) gets the public-read ACL, and the read-back goes through
+    authenticated reads because no --public-url names the CDN."""
+    rgw, s3, base = target.rgw, target.s3, target.base  # noqa: F811
+    r1 = make_release({"boot.ipxe": ENTRY1, "vmlinuz": os.urandom(50_000)})
+    res = cli_run(rgw, pki, "publish", str(r1), target.origin, "--release-id", "r1",
+                  "--no-public-read")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["switched"] and out["readback"] == "backend"
+    for key in ("boot.ipxe", "boot.ipxe.sig", "releases/r1/vmlinuz",
+                "releases/r1/vmlinuz.sig", "releases/r1/release.json"):
+        assert anon_get(base + key, rgw.ca_file)[0] == 403, key
+        grants = s3.get_object_acl(Bucket=target.bucket, Key=f"boot/{key}")["Grants"]
+        assert not any(g["Grantee"].get("URI", "").endswith("/AllUsers") for g in grants), key
+    body = s3.get_object(Bucket=target.bucket, Key="boot/boot.ipxe")["Body"].read()
+    assert body == ENTRY1  # the owner (or a CDN's origin access) still reads it
+    # the default keeps today's behaviour: anonymously readable
+    r2 = make_release({"boot.ipxe": ENTRY2})
+    assert cli_run(rgw, pki, "publish", str(r2), target.origin, "--release-id",
+                   "r2").exit_code == 0
+    assert anon_get(base + "releases/r2/boot.ipxe", rgw.ca_file)[0] == 200

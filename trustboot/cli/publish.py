@@ -76,6 +76,10 @@ def origin_options(func: F) -> F:
         click.option("--public-url", metavar="URL",
                      help="HTTPS base URL clients fetch from (default for https:// origins: "
                           "the origin URL)."),
+        click.option("--no-public-read", "no_public_read", is_flag=True,
+                     help="s3:// only: do not give objects the public-read ACL (a bucket "
+                          "policy or a CDN with origin access serves them; the read-back "
+                          "uses --public-url, else authenticated reads)."),
         click.option("--timeout", type=float, default=30.0, show_default=True,
                      help="Seconds per network operation."),
         click.option("--retries", type=click.IntRange(0, 20), default=4, show_default=True,
@@ -139,7 +143,8 @@ def build_options(kw: dict[str, Any]) -> OriginOptions:
         ca_file=ca_file, client_cert=cert, client_key=key, client_key_passphrase=passphrase,
         credentials=credentials, endpoint_url=kw.get("endpoint_url"),
         public_url=kw.get("public_url"), unsafe_http=kw["unsafe_http"],
-        unsafe_no_verify=kw["unsafe_no_verify"], timeout=kw["timeout"], retries=kw["retries"])
+        unsafe_no_verify=kw["unsafe_no_verify"], timeout=kw["timeout"], retries=kw["retries"],
+        public_read=not kw.get("no_public_read", False))
     for message in _unsafe_warnings(options):
         warn(message)
     return options

@@ -73,6 +73,9 @@ class OriginOptions:
     unsafe_no_verify: bool = False  # --unsafe-no-tls-verify (warns every run)
     timeout: float = 30.0
     retries: int = 4
+    # s3:// only: give objects the canned ACL public-read (booting clients fetch straight
+    # from the store). False for a bucket behind a CDN with origin access / a bucket policy.
+    public_read: bool = True
 
     def __repr__(self) -> str:  # the passphrase and credentials never reach a log
         return (f"OriginOptions(ca_file={self.ca_file!r}, client_cert={self.client_cert!r}, "

@@ -137,7 +137,7 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                 progress: Progress = lambda _s, _m: None) -> ReleaseResult:
     """Run every stage; raises a TrustbootError naming the stage's input on failure."""
     st = _Stages(None, progress)
-    v = validate(recipe, options, now=now)
+    v = validate(recipe, options, now=now, dry_run=dry_run)
     st.done("validate", "done", f"recipe {recipe.source}: {len(recipe.entries)} entries, "
             f"{len(v.inputs)} files, signer {v.signer_name}")
     p = plan(v, now=now)

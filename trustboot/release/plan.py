@@ -95,6 +95,9 @@ class Firmware:
     prebuilt_dir: Path | None = None
     reason: str = ""
     chain_script: str | None = None
+    # a dry run with a git-pinned source that is not in the cache yet: nothing is cloned,
+    # and the firmware is identified by the pin (the release id is then provisional)
+    pinned: tuple[str, str] | None = None  # (git URL, commit)
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,8 @@ class Plan:
                        "subject": signer.subject.rfc4514_string(),
                        "not_after": signer.not_valid_after_utc.isoformat()},
             "firmware": {"mode": fw.mode, "targets": list(fw.targets), "reason": fw.reason},
+            # the id includes the firmware's build cache key, unknown until it is cloned
+            "release_id_provisional": fw.pinned is not None and fw.request is None,
             "build": list(fw.targets) if fw.mode == "build" else [],
             "sign": [o["key"] for o in self.objects] + [ENTRY_SCRIPT],
             "upload": sorted([o["key"] for o in self.objects]
@@ -234,8 +239,8 @@ def _inputs(recipe: Recipe, allow: Sequence[Path]) -> list[InputFile]:
 
 def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certificate],
               v_certs: Sequence[Certificate], chain_script: str,
-              allow: Sequence[Path]) -> Firmware:
-    from trustboot.ipxe.source import clone_pinned, open_source
+              allow: Sequence[Path], *, dry_run: bool = False) -> Firmware:
+    from trustboot.ipxe.source import clone_pinned, cloned_at, open_source
 
     spec = recipe.ipxe
     targets = spec.targets if spec else ipxe_build.DEFAULT_TARGETS
@@ -255,8 +260,17 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
                                   kind="dir")
     elif spec is not None and spec.git is not None and spec.commit is not None:
         cache = options.cache_dir or ipxe_build.default_cache_dir(options.environ)
-        source_dir = clone_pinned(spec.git, spec.commit,
-                                  ipxe_build.prepare_cache_dir(cache) / "src" / spec.commit)
+        if dry_run:
+            # touch nothing: use the cached clone if it is there, else only name the pin
+            source_dir = cloned_at(spec.git, spec.commit, cache / "src" / spec.commit)
+            if source_dir is None:
+                return Firmware("build", targets, chain_script=chain_script,
+                                pinned=(spec.git, spec.commit), reason=(
+                                    f"would clone {spec.git} at {spec.commit} into the "
+                                    "iPXE cache and build (not cloned: --dry-run)"))
+        else:
+            source_dir = clone_pinned(spec.git, spec.commit,
+                                      ipxe_build.prepare_cache_dir(cache) / "src" / spec.commit)
     elif options.ipxe_source is not None:
         source_dir = options.ipxe_source
     if source_dir is None:
@@ -287,8 +301,10 @@ def _public_base(url: str, public: str | None, where: str) -> str:
     return base if base.endswith("/") else base + "/"
 
 
-def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Validated:
-    """Everything that can be checked before anything is created."""
+def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
+             dry_run: bool = False) -> Validated:
+    """Everything that can be checked before anything is created (with ``dry_run``,
+    nothing is created at all: a git-pinned iPXE source is not cloned)."""
     allow = options.allow_outside
     inputs = _inputs(recipe, allow)  # the recipe's own files first: a path escape names them
     ca_home = options.ca_home or resolve_path(recipe, recipe.ca_home, "ca.home",
@@ -362,7 +378,8 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Va
     chain_script = render_chain_script(ChainScript(
         url=public + entry_path, signer=signer_name, ntp_server=spec.ntp if spec else None,
         on_failure=spec.on_failure if spec else DEFAULT_ON_FAILURE))
-    firmware = _firmware(recipe, options, roots, extra_certs, chain_script, allow)
+    firmware = _firmware(recipe, options, roots, extra_certs, chain_script, allow,
+                         dry_run=dry_run)
     return Validated(recipe=recipe, ca_home=ca_home, signer=pending, signer_name=signer_name,
                      passphrases=passphrases, roots=tuple(roots),
                      extra_certs=tuple(extra_certs), origin_url=url, public_base=public,
@@ -376,6 +393,8 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Va
 
 
 def _firmware_identity(fw: Firmware, toolchain: Callable[[], Mapping[str, str]]) -> Any:
+    if fw.mode == "build" and fw.pinned is not None and fw.request is None:
+        return {"git": fw.pinned[0], "commit": fw.pinned[1]}  # a dry run's stand-in
     if fw.mode == "build":
         assert fw.request is not None
         return {"cache_key": ipxe_build.cache_key(fw.request, toolchain())}
