@@ -15,6 +15,7 @@ from trustboot.cli._common import (
     passphrase_source,
 )
 from trustboot.ipxe.source import ENV_SOURCE
+from trustboot.publish.cache import default_cache_path
 from trustboot.release.pipeline import run_release
 from trustboot.release.plan import ReleaseOptions
 from trustboot.release.recipe import load_recipe
@@ -87,7 +88,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
         passphrases = passphrase_source(passphrase_file, passphrase_env)
     options = ReleaseOptions(allow_outside=allow_outside, passphrases=passphrases,
                              ipxe_source=ipxe_source, cache_dir=cache_dir, jobs=jobs,
-                             readback_url=readback_url, reverify=reverify)
+                             readback_url=readback_url, reverify=reverify,
+                             publish_cache=None if reverify else default_cache_path())
     result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
                          progress=StageReporter(quiet=as_json))
     if as_json:

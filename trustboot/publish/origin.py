@@ -16,6 +16,7 @@ read-back memo keys on size + ETag.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import os
 import re
@@ -124,6 +125,11 @@ class Origin(Protocol):
 
     def lock(self, owner: str) -> AbstractContextManager[None]:
         """Exclusive publish lock; OperationalError naming the holder if taken."""
+        ...
+
+    def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
+        """Delete temporary objects (of uploads a killed run never finished) older than
+        ``older_than`` seconds; the names removed. Called under the lock."""
         ...
 
     def public_url(self, key: str) -> str | None:

@@ -47,6 +47,7 @@ import json
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -88,6 +89,9 @@ MAX_LOCAL_FILES = 10_000
 # The record of a switch in progress (see the module docstring); at the origin root, next
 # to the lock, never under releases/.
 SWITCH_JOURNAL = ".trustboot-switch.json"
+# Temporary objects of uploads older than this are a killed run's leftovers: removed by
+# the next publish or prune (under the lock; the age spares a run whose lock was broken).
+STALE_TEMP_AGE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -124,12 +128,14 @@ class PublishResult:
     bytes_uploaded: int = 0
     # an interrupted switch found and completed first (see repair_switch), or None
     repaired: str | None = None
+    # temporary objects of killed uploads, removed (see STALE_TEMP_AGE)
+    removed_temps: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "release": self.release, "origin": self.origin, "entry": self.entry,
             "entry_path": self.entry_path, "switched": self.switched,
-            "repaired": self.repaired,
+            "repaired": self.repaired, "removed_temps": self.removed_temps,
             "uploaded": self.uploaded, "skipped": self.skipped, "verified": self.verified,
             "readback": self.readback, "readback_cached": self.readback_cached,
             "previous_live": self.previous_live,
@@ -192,7 +198,7 @@ def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = 
     if not found:
         raise ConfigError(f"release directory {root} is empty",
                           hint="sign the boot files first: trustboot sign FILES --out DIR")
-    from trustboot.cms.digest import hash_file, remember
+    from trustboot.cms.digest import RACY_WINDOW_NS, hash_file, remember
 
     objects = []
     for key, path in sorted(found):
@@ -203,9 +209,12 @@ def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = 
             objects.append(LocalObject(key, path, st.st_size, known))
             remember(st, {"sha256": bytes.fromhex(known)})  # the upload need not hash it
             continue
+        started = time.time_ns()
         digests, size = hash_file(path, ["sha256"], progress)
         objects.append(LocalObject(key, path, size, digests["sha256"].hex()))
-        if cache is not None and size == st.st_size:
+        # (a file changed within the racy window is not remembered: see cms.digest)
+        if cache is not None and size == st.st_size and \
+                started - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_WINDOW_NS:
             cache.remember_local(path, st, digests["sha256"].hex())
     check_signed(objects)
     return objects
@@ -646,6 +655,7 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
         with origin.lock(owner or _owner()):
             result.repaired = _repaired(repair_switch(origin, trust=trust, now=now,
                                                       reader=reader))
+            result.removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
             existing = read_manifest(origin, release_id)
             if existing is not None and not existing.same_content(manifest):
                 raise ConfigError(
@@ -842,6 +852,7 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
             raise OperationalError(
                 f"{origin.url} has an interrupted entry switch recorded; nothing pruned",
                 hint=f"finish it first: trustboot publish repair {origin.url}")
+        origin.remove_stale_temps(STALE_TEMP_AGE)
         manifests, _ = _manifests(origin)
         live = live_release(origin, manifests, entry_path)
         newest = sorted(manifests, key=lambda m: (m.created, m.release), reverse=True)

@@ -40,6 +40,7 @@ is imported only for s3:// origins, so other commands never load boto3.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -592,6 +593,11 @@ class S3Origin:
                          release=lambda: self.delete(LOCK_NAME), stale_after=stale_after):
             self._abort_stale_uploads()
             yield
+
+    def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
+        # a PUT leaves no temporary object; the multipart uploads of a killed run are
+        # aborted by whoever takes its stale lock (_abort_stale_uploads)
+        return []
 
     # -- URLs -----------------------------------------------------------------------
     def public_url(self, key: str) -> str | None:

@@ -40,6 +40,7 @@ from trustboot.cms import sign as cms_sign
 from trustboot.errors import VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.keys.signer import Signer
+from trustboot.publish.cache import PublishCache
 from trustboot.publish.check import CheckReport, check_origin
 from trustboot.publish.manifest import (
     MANIFEST_NAME,
@@ -140,7 +141,8 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     v = validate(recipe, options, now=now, dry_run=dry_run)
     st.done("validate", "done", f"recipe {recipe.source}: {len(recipe.entries)} entries, "
             f"{len(v.inputs)} files, signer {v.signer_name}")
-    p = plan(v, now=now)
+    cache = PublishCache(options.publish_cache) if options.publish_cache else None
+    p = plan(v, now=now, cache=cache)
     if "{date}" in recipe.release.id_template:
         # The same inputs released on another day keep their id: a re-run uploads nothing.
         with open_origin(v.origin_url, origin_options(v)) as origin:

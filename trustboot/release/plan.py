@@ -10,10 +10,13 @@ uploads nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +40,7 @@ from trustboot.ipxe.script import (
     render_chain_script,
 )
 from trustboot.keys.signer import KeySource, resolve_signer
+from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import check_release_id
 from trustboot.publish.origin import Credentials, check_key, load_credentials
 from trustboot.release.recipe import (
@@ -75,6 +79,8 @@ class ReleaseOptions:
     # A re-run of a complete, live release normally checks sizes and the entry only;
     # reverify reads every object back and judges every signature again.
     reverify: bool = False
+    # trustboot.publish.cache: inputs unchanged since an earlier run are not hashed again
+    publish_cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -411,12 +417,49 @@ def render_id(template: str, *, name: str, digest: str, now: dt.datetime) -> str
     return check_release_id(re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], template))
 
 
+def _hash_inputs(paths: Sequence[Path], hash_name: str,
+                 progress: cms_sign.ProgressFactory | None,
+                 cache: PublishCache | None) -> dict[Path, cms_sign.Hashed]:
+    """Digest the inputs; with ``cache`` (SHA-256 signing only), an input unchanged since
+    an earlier run (same device, inode, size, mtime and ctime) is not read again."""
+    from trustboot.cms.digest import RACY_WINDOW_NS, file_stamp, remember
+
+    out: dict[Path, cms_sign.Hashed] = {}
+    todo: list[tuple[Path, os.stat_result | None]] = []
+    for path in paths:
+        try:
+            st: os.stat_result | None = os.stat(path)
+        except OSError:
+            st = None  # hash_files reports it with its context
+        known = (cache.local_digest(path, st) if cache is not None and st is not None
+                 and hash_name == "sha256" else None)
+        if known is not None and st is not None:
+            digests = {"sha256": bytes.fromhex(known)}
+            out[path] = cms_sign.Hashed(path, st.st_size, digests)
+            remember(st, digests)  # the upload need not hash it either
+        else:
+            todo.append((path, st))
+    started = time.time_ns()
+    for h, (path, before) in zip(cms_sign.hash_files([p for p, _ in todo], hash_name,
+                                                     progress=progress), todo, strict=True):
+        out[path] = h
+        if cache is not None and before is not None and "sha256" in h.digests and \
+                started - max(before.st_mtime_ns, before.st_ctime_ns) > RACY_WINDOW_NS:
+            with contextlib.suppress(OSError):
+                if file_stamp(os.stat(path)) == file_stamp(before):
+                    cache.remember_local(path, before, h.digests["sha256"].hex())
+    if cache is not None:
+        cache.save()
+    return {path: out[path] for path in paths}
+
+
 def plan(v: Validated, *, now: dt.datetime,
          progress: cms_sign.ProgressFactory | None = None,
-         toolchain: Mapping[str, str] | None = None) -> Plan:
+         toolchain: Mapping[str, str] | None = None,
+         cache: PublishCache | None = None) -> Plan:
     """Hash the inputs, derive the release id and list the objects."""
     paths = list(dict.fromkeys(i.path for i in v.inputs))
-    hashed = {h.path: h for h in cms_sign.hash_files(paths, v.hash_name, progress=progress)}
+    hashed = _hash_inputs(paths, v.hash_name, progress, cache)
     r = v.recipe
 
     def tools() -> Mapping[str, str]:
