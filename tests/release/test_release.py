@@ -228,3 +228,29 @@ def test_dry_run_with_a_git_pinned_ipxe_clones_nothing(lab: Lab, tmp_path: Path)
     code, _, err = release(str(recipe), "--json")
     assert code == 1 and "could not fetch" in err, err
     assert list(lab.origin.iterdir()) == []
+
+
+def test_release_shows_upload_progress_on_a_terminal(lab: Lab) -> None:
+    """On a pty the publish stage draws bars with bytes and rate; with --json only JSON."""
+    import sys
+
+    pexpect = pytest.importorskip("pexpect")
+    (lab.dir / "images" / "initrd.img").write_bytes(os.urandom(4 << 20))
+    recipe = lab.recipe()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    child = pexpect.spawn(sys.executable, ["-m", "trustboot", "release", str(recipe)],
+                          env=env, encoding="utf-8", timeout=120, dimensions=(24, 160))
+    child.expect(r"upload.*MiB of [0-9.]+ MiB, [0-9.]+ MiB/s")
+    child.expect(r"readback.*MiB/s")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    (lab.dir / "images" / "vmlinuz").write_bytes(b"kernel v2 " * 5000)
+    quiet = pexpect.spawn(sys.executable, ["-m", "trustboot", "release", str(recipe),
+                                           "--json"], env=env, encoding="utf-8",
+                          timeout=120, dimensions=(24, 160))
+    quiet.expect(pexpect.EOF)
+    quiet.close()
+    assert quiet.exitstatus == 0, quiet.before
+    assert "MiB/s" not in quiet.before
+    assert json.loads(quiet.before)["uploaded"]

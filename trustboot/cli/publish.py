@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -167,24 +168,33 @@ def open_cli_origin(url: str, kw: dict[str, Any]) -> tuple[Origin, OriginOptions
 
 
 class BarProgress:
-    """Progress bars on stderr (TTY only), safe to call from upload threads."""
+    """Progress bars on stderr (TTY only), safe to call from upload threads: per phase
+    (upload, read-back), the bytes done of the total and the rate."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._bar: Any = None
+        self._done = 0
+        self._total = 0
+        self._start = 0.0
 
     def phase(self, name: str, total_bytes: int) -> None:
         with self._lock:
             self._close()
             if total_bytes > 0:
+                self._done, self._total, self._start = 0, total_bytes, time.monotonic()
                 self._bar = click.progressbar(length=total_bytes, label=f"{name:9}",
-                                              file=sys.stderr)
+                                              file=sys.stderr, show_pos=False,
+                                              item_show_func=lambda text: text)
                 self._bar.__enter__()
 
     def advance(self, nbytes: int) -> None:
         with self._lock:
             if self._bar is not None:
-                self._bar.update(nbytes)
+                self._done += nbytes
+                rate = self._done / max(time.monotonic() - self._start, 1e-3)
+                self._bar.update(nbytes, f"{_mib(self._done)} of {_mib(self._total)}, "
+                                         f"{rate / (1 << 20):.1f} MiB/s")
 
     def item(self, key: str, action: str) -> None:
         pass
@@ -200,7 +210,7 @@ class BarProgress:
 
 
 @contextmanager
-def _progress(as_json: bool) -> Iterator[BarProgress | None]:
+def upload_progress(as_json: bool) -> Iterator[BarProgress | None]:
     """Bars on a terminal only; quiet with --json or when stderr is not a TTY."""
     bars = BarProgress() if not as_json and is_interactive() else None
     try:
@@ -273,7 +283,7 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
     if entry is None and "boot.ipxe" in keys:
         entry = "boot.ipxe"
     origin, options = open_cli_origin(origin_url, kw)
-    with _progress(as_json) as bars, origin:
+    with upload_progress(as_json) as bars, origin:
         result = publish_release(origin, release_id, objects, entry=entry,
                                  entry_path=kw["entry_path"], trust=trust, now=utc_now(),
                                  jobs=kw["jobs"], switch=not no_switch, progress=bars,
@@ -339,7 +349,7 @@ def rollback_cmd(origin_url: str, release_id: str, as_json: bool, **kw: Any) -> 
 
     trust = build_trust(kw)
     origin, options = open_cli_origin(origin_url, kw)
-    with _progress(as_json) as bars, origin:
+    with upload_progress(as_json) as bars, origin:
         result = rollback(origin, release_id, entry_path=kw["entry_path"], trust=trust,
                           now=utc_now(), jobs=kw["jobs"], progress=bars, options=options,
                           cache=PublishCache(default_cache_path()))

@@ -14,6 +14,7 @@ from trustboot.cli._common import (
     passphrase_options,
     passphrase_source,
 )
+from trustboot.cli.publish import upload_progress
 from trustboot.ipxe.source import ENV_SOURCE
 from trustboot.publish.cache import default_cache_path
 from trustboot.release.pipeline import run_release
@@ -90,8 +91,9 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
                              ipxe_source=ipxe_source, cache_dir=cache_dir, jobs=jobs,
                              readback_url=readback_url, reverify=reverify,
                              publish_cache=None if reverify else default_cache_path())
-    result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
-                         progress=StageReporter(quiet=as_json))
+    with upload_progress(as_json) as bars:
+        result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
+                             progress=StageReporter(quiet=as_json), upload_progress=bars)
     if as_json:
         emit_json(result.to_json())
         return

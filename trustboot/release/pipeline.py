@@ -52,6 +52,7 @@ from trustboot.publish.origin import Origin, OriginOptions, open_origin
 from trustboot.publish.pipeline import (
     MAX_ENTRY_SIZE,
     LocalObject,
+    PublishProgress,
     PublishResult,
     build_manifest,
     prune,
@@ -124,6 +125,7 @@ class _Stages:
         self.log: list[dict[str, Any]] = []
         self.result = result
         self.last = time.monotonic()
+        self.upload_progress: PublishProgress | None = None
 
     def done(self, stage: str, status: str, detail: str) -> None:
         now = time.monotonic()
@@ -135,9 +137,12 @@ class _Stages:
 
 def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                 dry_run: bool = False, workdir: Path | None = None,
-                progress: Progress = lambda _s, _m: None) -> ReleaseResult:
-    """Run every stage; raises a TrustbootError naming the stage's input on failure."""
+                progress: Progress = lambda _s, _m: None,
+                upload_progress: PublishProgress | None = None) -> ReleaseResult:
+    """Run every stage; raises a TrustbootError naming the stage's input on failure.
+    ``upload_progress`` follows the publish stage's bytes (upload, read-back)."""
     st = _Stages(None, progress)
+    st.upload_progress = upload_progress
     v = validate(recipe, options, now=now, dry_run=dry_run)
     st.done("validate", "done", f"recipe {recipe.source}: {len(recipe.entries)} entries, "
             f"{len(v.inputs)} files, signer {v.signer_name}")
@@ -290,7 +295,7 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
     result.manifest = manifest.to_json()
     published: PublishResult = publish_release(
         origin, p.release_id, objects, entry=ENTRY_SCRIPT, entry_path=v.entry_path,
-        trust=trust, now=now, options=opts, ipxe=ipxe_manifest)
+        trust=trust, now=now, options=opts, ipxe=ipxe_manifest, progress=st.upload_progress)
     result.publish = published.to_json()
     result.uploaded = published.uploaded
     st.done("publish", "done", f"{len(published.uploaded)} uploaded, "
