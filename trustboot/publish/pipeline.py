@@ -47,9 +47,10 @@ import json
 import os
 import socket
 import stat
+import threading
 import time
-from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,6 +87,9 @@ __all__ = ["LocalObject", "PublishProgress", "PublishResult", "ReleaseInfo", "Tr
 MAX_OBJECT_SIZE = 64 << 30
 MAX_ENTRY_SIZE = 16 << 20
 MAX_LOCAL_FILES = 10_000
+# Objects at least this large are read back as soon as they are uploaded (in parallel with
+# the rest of the upload) instead of after all uploads.
+EARLY_READBACK_MIN = 4 << 20
 # The record of a switch in progress (see the module docstring); at the origin root, next
 # to the lock, never under releases/.
 SWITCH_JOURNAL = ".trustboot-switch.json"
@@ -356,9 +360,11 @@ def _served_bytes(origin: Origin, reader: Reader | None, key: str, max_size: int
 def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                   now: dt.datetime, reader: Reader | None, jobs: int = 4,
                   progress: PublishProgress | None = None,
-                  cached: Collection[str] = ()) -> list[str]:
+                  cached: Collection[str] = (),
+                  prefetched: Mapping[str, Future[Served]] | None = None) -> list[str]:
     """Read back every object of ``manifest``, compare, judge each .sig; VerificationError
-    listing every problem, or the keys verified."""
+    listing every problem, or the keys verified. ``prefetched``: objects whose read-back
+    already started (the upload overlaps it, see publish_release), by name."""
     prefix = release_prefix(manifest.release)
     by_name = {f.name: f for f in manifest.files}
     if progress:
@@ -387,9 +393,14 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
             # unchanged since a full read-back (see cache.py); its .sig was fetched in full
             served = Served(f.name, f.size, {"sha256": bytes.fromhex(f.sha256)})
         else:
+            early = (prefetched or {}).get(f.name)
             try:
-                served = _served(origin, reader, prefix + f.name, max_size=f.size,
-                                 hash_names=names)
+                if early is not None and early.result() is not None \
+                        and names <= set(early.result().digests):
+                    served = early.result()
+                else:
+                    served = _served(origin, reader, prefix + f.name, max_size=f.size,
+                                     hash_names=names)
             except NotServed as exc:
                 problems.append(exc.message)
                 return
@@ -588,12 +599,14 @@ def repair(origin: Origin, *, trust: Trust, now: dt.datetime,
 def _verify_release(origin: Origin, manifest: ReleaseManifest, result: PublishResult,
                     stats: dict[str, ObjectStat | None], *, trust: Trust, now: dt.datetime,
                     reader: Reader | None, jobs: int, progress: PublishProgress | None,
-                    cache: PublishCache | None, signed_manifest: bool) -> None:
+                    cache: PublishCache | None, signed_manifest: bool,
+                    prefetched: Mapping[str, Future[Served]] | None = None) -> None:
     """The whole release as served, before any switch (VerificationError if not)."""
     cached = _cached_names(origin, manifest, cache, stats)
     result.readback_cached = sorted(cached)
     result.verified = verify_served(origin, manifest, trust=trust, now=now, reader=reader,
-                                    jobs=jobs, progress=progress, cached=cached)
+                                    jobs=jobs, progress=progress, cached=cached,
+                                    prefetched=prefetched)
     _remember(origin, manifest, cache, stats, cached)
     if signed_manifest:
         verify_manifest_signature(origin, manifest.release, trust=trust, now=now,
@@ -651,6 +664,8 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                            readback="https" if base else "backend",
                            signer=manifest.signer.to_json() if manifest.signer else None)
     reader = _make_reader(origin, trust, options)
+    by_key = {o.key: o for o in objects}
+    early_lock = threading.Lock()
     try:
         with origin.lock(owner or _owner()):
             result.repaired = _repaired(repair_switch(origin, trust=trust, now=now,
@@ -672,11 +687,41 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                                     sha256=given.sha256)
             else:
                 manifest = existing
-            stats = _upload(origin, prefix, [o for o in objects if o.key != MANIFEST_NAME],
-                            jobs, result, progress)
-            _verify_release(origin, manifest, result, stats, trust=trust, now=now,
-                            reader=reader, jobs=jobs, progress=progress, cache=cache,
-                            signed_manifest=MANIFEST_NAME + ".sig" in keys)
+            with ThreadPoolExecutor(max_workers=max(1, jobs)) as early:
+                prefetched: dict[str, Future[Served]] = {}
+
+                early_stats: dict[str, ObjectStat] = {}
+
+                def read_back_early(o: LocalObject) -> None:
+                    # a large object is read back as soon as it is in place, while the
+                    # others still upload: the two directions overlap. Its size and ETag
+                    # now are checked again just before the switch (a change after the
+                    # read-back is caught there).
+                    sig = by_key.get(o.key + ".sig")
+                    if sig is None or o.size < EARLY_READBACK_MIN:
+                        return
+                    st = origin.stat(prefix + o.key)
+                    if st is None or not st.etag:
+                        return  # nothing cheap to re-check with: read it back later
+                    names = signature_hashes(_read_small(sig.path, MAX_SIGNATURE_SIZE))
+                    with early_lock:
+                        early_stats[o.key] = st
+                        prefetched[o.key] = early.submit(_served, origin, reader,
+                                                         prefix + o.key, max_size=o.size,
+                                                         hash_names=names)
+
+                try:
+                    stats = _upload(origin, prefix,
+                                    [o for o in objects if o.key != MANIFEST_NAME],
+                                    jobs, result, progress, on_uploaded=read_back_early)
+                    _verify_release(origin, manifest, result, stats, trust=trust, now=now,
+                                    reader=reader, jobs=jobs, progress=progress, cache=cache,
+                                    signed_manifest=MANIFEST_NAME + ".sig" in keys,
+                                    prefetched=prefetched)
+                    _unchanged_since_readback(origin, prefix, early_stats)
+                finally:
+                    for future in prefetched.values():
+                        future.cancel()
             if switch and entry is not None:
                 releases = [m for m in _manifests(origin)[0]]
                 result.previous_live = live_release(origin, releases, entry_path)
@@ -691,14 +736,31 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
     return result
 
 
+def _unchanged_since_readback(origin: Origin, prefix: str,
+                              seen: Mapping[str, ObjectStat]) -> None:
+    """Objects read back early still have the size and ETag they had then."""
+    changed = []
+    for key, before in sorted(seen.items()):
+        now = origin.stat(prefix + key)
+        if now is None or (now.size, now.etag) != (before.size, before.etag):
+            changed.append(prefix + key)
+    if changed:
+        raise VerificationError(
+            f"{', '.join(changed)} changed on {origin.url} after being read back and verified",
+            hint="nothing was switched; find out who writes to the origin, then publish "
+                 "again", rule="served-object", subject=changed[0])
+
+
 def _repaired(r: RepairResult) -> str | None:
     return r.detail if r.action != "none" else None
 
 
 def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: int,
-            result: PublishResult, progress: PublishProgress | None
+            result: PublishResult, progress: PublishProgress | None,
+            on_uploaded: Callable[[LocalObject], None] | None = None
             ) -> dict[str, ObjectStat | None]:
-    """Upload what is missing or different; the origin's stat of every object after."""
+    """Upload what is missing or different; the origin's stat of every object after.
+    ``on_uploaded(o)`` runs as soon as ``o`` is in place."""
     todo: list[LocalObject] = []
     stats: dict[str, ObjectStat | None] = {}
     for o in objects:
@@ -717,6 +779,8 @@ def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: i
     def one(o: LocalObject) -> None:
         origin.put_file(prefix + o.key, o.path, size=o.size, sha256=o.sha256,
                         progress=progress.advance if progress else None)
+        if on_uploaded is not None:
+            on_uploaded(o)
         result.uploaded.append(o.key)
         if progress:
             progress.item(o.key, "uploaded")

@@ -64,16 +64,20 @@ DAV = "{DAV:}"
 
 def parse_multistatus(data: bytes) -> list[tuple[str, bool, int | None, str | None]]:
     """(href, is_collection, size, etag) per response; no DTD, no entities."""
-    root = _parse(data)
     out = []
-    for response in root.iter(f"{DAV}response"):
-        href = response.findtext(f"{DAV}href") or ""
-        is_col = response.find(f".//{DAV}resourcetype/{DAV}collection") is not None
+    for href, is_col, response in _responses(data):
         length = response.findtext(f".//{DAV}getcontentlength")
         etag = response.findtext(f".//{DAV}getetag")
         size = int(length) if length and length.strip().isdigit() else None
         out.append((href, is_col, size, etag))
     return out
+
+
+def _responses(data: bytes) -> Iterator[tuple[str, bool, ET.Element]]:
+    """(href, is_collection, the response element) per response of a multistatus."""
+    for response in _parse(data).iter(f"{DAV}response"):
+        href = response.findtext(f"{DAV}href") or ""
+        yield href, response.find(f".//{DAV}resourcetype/{DAV}collection") is not None, response
 
 
 def _parse(data: bytes) -> ET.Element:
@@ -98,11 +102,8 @@ def _parse(data: bytes) -> ET.Element:
 
 def parse_modified(data: bytes) -> list[tuple[str, bool, float | None]]:
     """(href, is_collection, getlastmodified as a Unix time) per response."""
-    root = _parse(data)
     out = []
-    for response in root.iter(f"{DAV}response"):
-        href = response.findtext(f"{DAV}href") or ""
-        is_col = response.find(f".//{DAV}resourcetype/{DAV}collection") is not None
+    for href, is_col, response in _responses(data):
         text = response.findtext(f".//{DAV}getlastmodified")
         when = None
         if text:
