@@ -665,7 +665,6 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                            signer=manifest.signer.to_json() if manifest.signer else None)
     reader = _make_reader(origin, trust, options)
     by_key = {o.key: o for o in objects}
-    early_lock = threading.Lock()
     try:
         with origin.lock(owner or _owner()):
             result.repaired = _repaired(repair_switch(origin, trust=trust, now=now,
@@ -687,41 +686,19 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                                     sha256=given.sha256)
             else:
                 manifest = existing
-            with ThreadPoolExecutor(max_workers=max(1, jobs)) as early:
-                prefetched: dict[str, Future[Served]] = {}
-
-                early_stats: dict[str, ObjectStat] = {}
-
-                def read_back_early(o: LocalObject) -> None:
-                    # a large object is read back as soon as it is in place, while the
-                    # others still upload: the two directions overlap. Its size and ETag
-                    # now are checked again just before the switch (a change after the
-                    # read-back is caught there).
-                    sig = by_key.get(o.key + ".sig")
-                    if sig is None or o.size < EARLY_READBACK_MIN:
-                        return
-                    st = origin.stat(prefix + o.key)
-                    if st is None or not st.etag:
-                        return  # nothing cheap to re-check with: read it back later
-                    names = signature_hashes(_read_small(sig.path, MAX_SIGNATURE_SIZE))
-                    with early_lock:
-                        early_stats[o.key] = st
-                        prefetched[o.key] = early.submit(_served, origin, reader,
-                                                         prefix + o.key, max_size=o.size,
-                                                         hash_names=names)
-
+            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                early = _EarlyReadback(origin, reader, prefix, by_key, pool)
                 try:
                     stats = _upload(origin, prefix,
                                     [o for o in objects if o.key != MANIFEST_NAME],
-                                    jobs, result, progress, on_uploaded=read_back_early)
+                                    jobs, result, progress, on_uploaded=early.submit)
                     _verify_release(origin, manifest, result, stats, trust=trust, now=now,
                                     reader=reader, jobs=jobs, progress=progress, cache=cache,
                                     signed_manifest=MANIFEST_NAME + ".sig" in keys,
-                                    prefetched=prefetched)
-                    _unchanged_since_readback(origin, prefix, early_stats)
+                                    prefetched=early.prefetched)
+                    early.check_unchanged()
                 finally:
-                    for future in prefetched.values():
-                        future.cancel()
+                    early.cancel()
             if switch and entry is not None:
                 releases = [m for m in _manifests(origin)[0]]
                 result.previous_live = live_release(origin, releases, entry_path)
@@ -736,19 +713,50 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
     return result
 
 
-def _unchanged_since_readback(origin: Origin, prefix: str,
-                              seen: Mapping[str, ObjectStat]) -> None:
-    """Objects read back early still have the size and ETag they had then."""
-    changed = []
-    for key, before in sorted(seen.items()):
-        now = origin.stat(prefix + key)
-        if now is None or (now.size, now.etag) != (before.size, before.etag):
-            changed.append(prefix + key)
-    if changed:
-        raise VerificationError(
-            f"{', '.join(changed)} changed on {origin.url} after being read back and verified",
-            hint="nothing was switched; find out who writes to the origin, then publish "
-                 "again", rule="served-object", subject=changed[0])
+class _EarlyReadback:
+    """Large objects read back as soon as they are in place, while the others still
+    upload (the two directions overlap). Each one's size and ETag are noted before its
+    read-back and checked again just before the switch, so a change after the read-back
+    still stops it; a backend without ETags gets no early read-back."""
+
+    def __init__(self, origin: Origin, reader: Reader | None, prefix: str,
+                 by_key: Mapping[str, LocalObject], pool: ThreadPoolExecutor) -> None:
+        self.origin, self.reader, self.prefix = origin, reader, prefix
+        self.by_key, self.pool = by_key, pool
+        self.prefetched: dict[str, Future[Served]] = {}
+        self.seen: dict[str, ObjectStat] = {}
+        self.lock = threading.Lock()
+
+    def submit(self, o: LocalObject) -> None:
+        sig = self.by_key.get(o.key + ".sig")
+        if sig is None or o.size < EARLY_READBACK_MIN:
+            return
+        st = self.origin.stat(self.prefix + o.key)
+        if st is None or not st.etag:
+            return  # nothing cheap to re-check with: read back with the others
+        names = signature_hashes(_read_small(sig.path, MAX_SIGNATURE_SIZE))
+        future = self.pool.submit(_served, self.origin, self.reader, self.prefix + o.key,
+                                  max_size=o.size, hash_names=names)
+        with self.lock:
+            self.seen[o.key] = st
+            self.prefetched[o.key] = future
+
+    def check_unchanged(self) -> None:
+        changed = []
+        for key, before in sorted(self.seen.items()):
+            now = self.origin.stat(self.prefix + key)
+            if now is None or (now.size, now.etag) != (before.size, before.etag):
+                changed.append(self.prefix + key)
+        if changed:
+            raise VerificationError(
+                f"{', '.join(changed)} changed on {self.origin.url} after being read back "
+                "and verified", hint="nothing was switched; find out who writes to the "
+                                     "origin, then publish again",
+                rule="served-object", subject=changed[0])
+
+    def cancel(self) -> None:
+        for future in self.prefetched.values():
+            future.cancel()
 
 
 def _repaired(r: RepairResult) -> str | None:
