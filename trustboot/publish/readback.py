@@ -153,6 +153,22 @@ class Reader:
         if conn is not None:
             conn.close()
 
+    def _send(self, conn: http.client.HTTPConnection, target: str, scheme: str, host: str,
+              port: int | None) -> http.client.HTTPResponse:
+        headers = {"Accept-Encoding": "identity", "User-Agent": "iPXE/2 (trustboot)"}
+        reused = conn.sock is not None
+        try:
+            conn.request("GET", target, headers=headers)
+            return conn.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            if not reused:
+                raise
+        # the server closed the idle keep-alive connection: once more on a new one
+        self._drop_connection(scheme, host, port)
+        conn = self._connection(scheme, host, port)
+        conn.request("GET", target, headers=headers)
+        return conn.getresponse()
+
     def _get_hashed(self, url: str, max_size: int, names: tuple[str, ...]) -> Served:
         """One GET of ``url`` over http.client, hashed into ``names`` (see the module doc)."""
         parts = urlsplit(url)
@@ -160,9 +176,7 @@ class Reader:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn = self._connection(parts.scheme, host, parts.port)
         try:
-            conn.request("GET", target, headers={"Accept-Encoding": "identity",
-                                                 "User-Agent": "iPXE/2 (trustboot)"})
-            response = conn.getresponse()
+            response = self._send(conn, target, parts.scheme, host, parts.port)
             if response.status != 200:
                 body = response.read(64 << 10)
                 self._status(httpx.Response(response.status, headers=response.getheaders(),
