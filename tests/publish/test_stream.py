@@ -77,3 +77,10 @@ def test_a_stamp_that_changed_since_hashing_means_hashing_again(tmp_path: Path) 
                                   .hexdigest()))
     good = hashlib.sha256(b"b" * 1000).hexdigest()
     assert b"".join(stream.hashed_chunks(f, size=1000, sha256=good)) == b"b" * 1000
+
+
+def test_a_fifo_swapped_in_after_the_scan_is_refused_without_hanging(tmp_path: Path) -> None:
+    f = tmp_path / "vmlinuz"
+    os.mkfifo(f)
+    with pytest.raises(OperationalError, match="no longer a regular file"):
+        list(stream.hashed_chunks(f, size=10, sha256="0" * 64))

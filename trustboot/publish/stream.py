@@ -41,13 +41,17 @@ def hashed_chunks(path: Path, *, size: int, sha256: str,
     chunk is handed out, so a caller that commits only after a complete stream never
     commits a changed file."""
     try:
-        fh = open(path, "rb", buffering=0)
-        st = os.fstat(fh.fileno())
+        # O_NONBLOCK: a FIFO put in the file's place since the scan must not hang the open
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fh = open(fd, "rb", buffering=0)
+        st = os.fstat(fd)
     except OSError as exc:
         raise OperationalError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):
         fh.close()
-        raise OperationalError(f"{path} is no longer a regular file")
+        raise OperationalError(f"{path} is no longer a regular file",
+                               hint="do not modify the release directory during a publish")
+    os.set_blocking(fd, True)
     known = recall(st, "sha256")
     # None: hashed by this process with this very stamp; re-check the stamp instead
     digest = None if (st.st_size == size and known is not None
