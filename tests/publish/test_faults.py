@@ -41,6 +41,7 @@ from trustboot.keys.keyfile import load_key
 from trustboot.publish.origin import OriginOptions, open_origin
 from trustboot.publish.pipeline import publish_release, rollback, scan_directory
 from trustboot.publish.readback import Reader, Trust, judge
+from trustboot.publish.webdav import STAGING
 
 ENTRY_A = b"#!ipxe\necho release A\n"
 ENTRY_B = b"#!ipxe\necho release B, a little longer\n"
@@ -196,7 +197,10 @@ def test_disk_full_on_nginx(pki: Pki, make_release: ReleaseFactory,
         assert res.exit_code == 1, res.output
         assert "413" in res.output
         assert not (small.root / "boot.ipxe").exists()
-        assert not any(p.name.startswith(".tb-tmp") for p in small.root.rglob("*"))
+        # no temporary object left (the staging collection itself may stay, empty)
+        assert not any(p.is_file() and (p.name.startswith(".tb-tmp") or
+                                        p.parent.name == STAGING)
+                       for p in small.root.rglob("*"))
     finally:
         stop_nginx(small)
 
@@ -243,20 +247,39 @@ class _Tamper:
             self.path.write_bytes(bytes(data))
 
 
+@pytest.mark.parametrize("size,tamper", [
+    (10000, "after-upload"),  # a small object: read back after all uploads
+    # a large one is read back while the rest uploads: a change after that read-back is
+    # caught too (size/ETag re-checked before the switch, or the read-back sees it)
+    (6 << 20, "at-readback")])
 def test_object_altered_after_upload_is_caught_before_the_switch(
-        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory, size: int, tamper: str) -> None:
     ra = make_release({"boot.ipxe": ENTRY_A})
     assert publish(pki, ra, nginx.url, "ra").exit_code == 0
-    rb = make_release({"boot.ipxe": ENTRY_B, "vmlinuz": b"v" * 10000})
+    rb = make_release({"boot.ipxe": ENTRY_B, "vmlinuz": os.urandom(size)})
+    target = nginx.root / "releases/rb/vmlinuz"
+    sink = _Tamper(target) if tamper == "after-upload" else _GrowAtReadback(target)
     with open_origin(nginx.url, options_of(pki)) as origin:
         with pytest.raises(VerificationError) as err:
             publish_release(origin, "rb", scan_directory(rb), entry="boot.ipxe",
                             trust=trust_of(pki), now=dt.datetime.now(dt.UTC),
-                            progress=_Tamper(nginx.root / "releases/rb/vmlinuz"),
-                            options=options_of(pki))
+                            progress=sink, options=options_of(pki))
     assert "releases/rb/vmlinuz" in err.value.message
     assert err.value.exit_code == 4
     assert anon_get(nginx.url + "boot.ipxe", pki).content == ENTRY_A
+
+
+class _GrowAtReadback(_Tamper):
+    """Appends to an object when the read-back phase starts: after a large object's early
+    read-back (or during it)."""
+
+    def item(self, key: str, action: str) -> None:
+        pass
+
+    def phase(self, name: str, total_bytes: int) -> None:
+        if name == "readback":
+            with open(self.path, "ab") as fh:
+                fh.write(b"x")
 
 
 def _entry_verifies(pki: Pki, url: str) -> bytes:

@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
 
-from tests.publish.conftest import Pki, ReleaseFactory
+from tests.publish.conftest import KEY_PASS, Pki, ReleaseFactory
 from tests.publish.rgw import RGW, anon_get, rgw  # noqa: F401  (the session fixture)
 from trustboot.cli.main import cli
 
@@ -190,3 +190,82 @@ def test_sigkill_mid_publish_then_resume(target: Target, pki: Pki,
     # free the OSD's RAM for the rest of the session
     for key in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]:
         s3.delete_object(Bucket=bucket, Key=key)
+
+
+def test_no_public_read_publishes_objects_nobody_can_fetch_anonymously(
+        target: Target, pki: Pki, make_release: ReleaseFactory) -> None:
+    """--no-public-read, for a bucket behind a CDN with origin access: no object (release,
+    entry, signatures) gets the public-read ACL, and the read-back goes through
+    authenticated reads because no --public-url names the CDN."""
+    rgw, s3, base = target.rgw, target.s3, target.base  # noqa: F811
+    r1 = make_release({"boot.ipxe": ENTRY1, "vmlinuz": os.urandom(50_000)})
+    res = cli_run(rgw, pki, "publish", str(r1), target.origin, "--release-id", "r1",
+                  "--no-public-read")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["switched"] and out["readback"] == "backend"
+    for key in ("boot.ipxe", "boot.ipxe.sig", "releases/r1/vmlinuz",
+                "releases/r1/vmlinuz.sig", "releases/r1/release.json"):
+        assert anon_get(base + key, rgw.ca_file)[0] == 403, key
+        grants = s3.get_object_acl(Bucket=target.bucket, Key=f"boot/{key}")["Grants"]
+        assert not any(g["Grantee"].get("URI", "").endswith("/AllUsers") for g in grants), key
+    body = s3.get_object(Bucket=target.bucket, Key="boot/boot.ipxe")["Body"].read()
+    assert body == ENTRY1  # the owner (or a CDN's origin access) still reads it
+    # the default keeps today's behaviour: anonymously readable
+    r2 = make_release({"boot.ipxe": ENTRY2})
+    assert cli_run(rgw, pki, "publish", str(r2), target.origin, "--release-id",
+                   "r2").exit_code == 0
+    assert anon_get(base + "releases/r2/boot.ipxe", rgw.ca_file)[0] == 200
+
+
+def test_5xx_bursts_on_rgw_are_retried_and_never_half_publish(
+        target: Target, pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """Through a proxy that forwards requests unchanged (SigV4 stays valid) and answers
+    503 to the first N requests of a kind: bursts within the retry budget (uploads, the
+    anonymous read-back, the entry switch's copy) are absorbed; a longer one fails the
+    run cleanly with the entry still on the previous, complete release; the next run
+    resumes."""
+    from tests.publish.s3proxy import Burst, s3_passthrough
+
+    rgw, s3, bucket = target.rgw, target.s3, target.bucket  # noqa: F811
+    direct = target.base
+    chain = tmp_path / "proxy-chain.pem"  # what RGW presents: server + issuing CA
+    chain.write_bytes(pki.cert("origin").read_bytes()
+                      + (pki.dir / "issuing-ca.crt").read_bytes())
+    with s3_passthrough(rgw.endpoint, cert=chain, key=pki.key("origin"),
+                        key_password=KEY_PASS, ca=pki.ca) as (endpoint, state):
+
+        def run(*args: str) -> Result:
+            return CliRunner().invoke(cli, [
+                *args, "--pki", str(pki.dir), "--endpoint-url", endpoint,
+                "--credentials-env", CREDS_ENV, "--json"])
+
+        state.bursts = [Burst("PUT", r"/releases/r1/vmlinuz$", 2),
+                        Burst("GET", r"/releases/r1/vmlinuz$", 1),
+                        Burst("PUT", r"/boot/boot\.ipxe\.sig$", 1)]
+        r1 = make_release({"boot.ipxe": ENTRY1, "vmlinuz": os.urandom(300_000)})
+        res = run("publish", str(r1), target.origin, "--release-id", "r1")
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["switched"]
+        assert state.injected() == 4 and all(b.count == 0 for b in state.bursts)
+        assert anon_get(direct + "boot.ipxe", rgw.ca_file)[2] == ENTRY1
+        body = s3.get_object(Bucket=bucket, Key="boot/releases/r1/vmlinuz")["Body"].read()
+        assert body == (r1 / "vmlinuz").read_bytes()
+
+        # a burst longer than the retries: a clear failure, nothing switched
+        state.bursts = [Burst("PUT", r"/releases/r2/vmlinuz$", 50)]
+        r2 = make_release({"boot.ipxe": ENTRY2, "vmlinuz": os.urandom(200_000)})
+        bad = run("publish", str(r2), target.origin, "--release-id", "r2", "--retries", "1")
+        assert bad.exit_code == 1, bad.output
+        assert "503" in bad.output or "ServiceUnavailable" in bad.output, bad.output
+        assert "Traceback" not in bad.output
+        assert anon_get(direct + "boot.ipxe", rgw.ca_file)[2] == ENTRY1  # still r1, whole
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+        assert "boot/releases/r2/vmlinuz" not in keys
+        assert not any(k.startswith("boot/.trustboot") for k in keys)  # lock released
+
+        state.bursts = []
+        again = run("publish", str(r2), target.origin, "--release-id", "r2")
+        assert again.exit_code == 0, again.output
+        assert "vmlinuz" in json.loads(again.output)["uploaded"]
+        assert anon_get(direct + "boot.ipxe", rgw.ca_file)[2] == ENTRY2

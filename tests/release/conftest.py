@@ -19,6 +19,12 @@ from trustboot.release.serve import serve_https
 from trustboot.secrets import constant
 
 PASSPHRASE = b"release tests passphrase"
+
+
+@pytest.fixture(autouse=True)
+def _publish_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own digest/read-back memo (never the user's)."""
+    monkeypatch.setenv("TRUSTBOOT_PUBLISH_CACHE", str(tmp_path / "publish-cache.json"))
 SIGNER = "release-signer"
 
 

@@ -211,3 +211,50 @@ def test_reverify_catches_an_object_changed_on_the_origin(lab: Lab) -> None:
     code, _, err = release(str(recipe), "--reverify")
     assert code == 4, err
     assert "linux/vmlinuz" in err and "not served as published" in err
+
+
+def test_dry_run_with_a_git_pinned_ipxe_clones_nothing(lab: Lab, tmp_path: Path) -> None:
+    """--dry-run touches nothing: a git-pinned iPXE source is named, not cloned (no network:
+    the host does not even resolve), and the cache directory is not even created."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "cache"
+    recipe = lab.recipe(ipxe=f"ipxe: {{git: 'https://git.example.invalid/ipxe.git', "
+                        f"commit: {commit}}}")
+    code, out, err = release(str(recipe), "--dry-run", "--json")
+    assert code == 0, err
+    plan = json.loads(out)["plan"]
+    assert plan["firmware"]["mode"] == "build"
+    assert "would clone" in plan["firmware"]["reason"] and commit in plan["firmware"]["reason"]
+    assert plan["release_id_provisional"] is True
+    assert not cache.exists(), sorted(cache.rglob("*"))
+    assert list(lab.origin.iterdir()) == []
+    # without --dry-run the clone is attempted (and fails cleanly: the host does not exist)
+    code, _, err = release(str(recipe), "--json")
+    assert code == 1 and "could not fetch" in err, err
+    assert list(lab.origin.iterdir()) == []
+
+
+def test_release_shows_upload_progress_on_a_terminal(lab: Lab) -> None:
+    """On a pty the publish stage draws bars with bytes and rate; with --json only JSON."""
+    import sys
+
+    pexpect = pytest.importorskip("pexpect")
+    (lab.dir / "images" / "initrd.img").write_bytes(os.urandom(4 << 20))
+    recipe = lab.recipe()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    child = pexpect.spawn(sys.executable, ["-m", "trustboot", "release", str(recipe)],
+                          env=env, encoding="utf-8", timeout=120, dimensions=(24, 160))
+    child.expect(r"upload.*MiB of [0-9.]+ MiB, [0-9.]+ MiB/s")
+    child.expect(r"readback.*MiB/s")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    (lab.dir / "images" / "vmlinuz").write_bytes(b"kernel v2 " * 5000)
+    quiet = pexpect.spawn(sys.executable, ["-m", "trustboot", "release", str(recipe),
+                                           "--json"], env=env, encoding="utf-8",
+                          timeout=120, dimensions=(24, 160))
+    quiet.expect(pexpect.EOF)
+    quiet.close()
+    assert quiet.exitstatus == 0, quiet.before
+    assert "MiB/s" not in quiet.before
+    assert json.loads(quiet.before)["uploaded"]

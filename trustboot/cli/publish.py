@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,8 @@ Examples:
   trustboot publish list https://boot.example.net/ --client-cert publisher
   trustboot publish rollback https://boot.example.net/ 2026.11.24 --client-cert publisher
   trustboot publish prune https://boot.example.net/ --keep 3 --client-cert publisher
+  # finish an entry switch that a killed run left half done
+  trustboot publish repair https://boot.example.net/ --client-cert publisher
 
 \b
 Exit codes: 0 published, 1 origin/network failure, 3 bad input, 4 the origin serves
@@ -74,6 +77,10 @@ def origin_options(func: F) -> F:
         click.option("--public-url", metavar="URL",
                      help="HTTPS base URL clients fetch from (default for https:// origins: "
                           "the origin URL)."),
+        click.option("--no-public-read", "no_public_read", is_flag=True,
+                     help="s3:// only: do not give objects the public-read ACL (a bucket "
+                          "policy or a CDN with origin access serves them; the read-back "
+                          "uses --public-url, else authenticated reads)."),
         click.option("--timeout", type=float, default=30.0, show_default=True,
                      help="Seconds per network operation."),
         click.option("--retries", type=click.IntRange(0, 20), default=4, show_default=True,
@@ -137,7 +144,8 @@ def build_options(kw: dict[str, Any]) -> OriginOptions:
         ca_file=ca_file, client_cert=cert, client_key=key, client_key_passphrase=passphrase,
         credentials=credentials, endpoint_url=kw.get("endpoint_url"),
         public_url=kw.get("public_url"), unsafe_http=kw["unsafe_http"],
-        unsafe_no_verify=kw["unsafe_no_verify"], timeout=kw["timeout"], retries=kw["retries"])
+        unsafe_no_verify=kw["unsafe_no_verify"], timeout=kw["timeout"], retries=kw["retries"],
+        public_read=not kw.get("no_public_read", False))
     for message in _unsafe_warnings(options):
         warn(message)
     return options
@@ -160,24 +168,33 @@ def open_cli_origin(url: str, kw: dict[str, Any]) -> tuple[Origin, OriginOptions
 
 
 class BarProgress:
-    """Progress bars on stderr (TTY only), safe to call from upload threads."""
+    """Progress bars on stderr (TTY only), safe to call from upload threads: per phase
+    (upload, read-back), the bytes done of the total and the rate."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._bar: Any = None
+        self._done = 0
+        self._total = 0
+        self._start = 0.0
 
     def phase(self, name: str, total_bytes: int) -> None:
         with self._lock:
             self._close()
             if total_bytes > 0:
+                self._done, self._total, self._start = 0, total_bytes, time.monotonic()
                 self._bar = click.progressbar(length=total_bytes, label=f"{name:9}",
-                                              file=sys.stderr)
+                                              file=sys.stderr, show_pos=False,
+                                              item_show_func=lambda text: text)
                 self._bar.__enter__()
 
     def advance(self, nbytes: int) -> None:
         with self._lock:
             if self._bar is not None:
-                self._bar.update(nbytes)
+                self._done += nbytes
+                rate = self._done / max(time.monotonic() - self._start, 1e-3)
+                self._bar.update(nbytes, f"{_mib(self._done)} of {_mib(self._total)}, "
+                                         f"{rate / (1 << 20):.1f} MiB/s")
 
     def item(self, key: str, action: str) -> None:
         pass
@@ -193,7 +210,7 @@ class BarProgress:
 
 
 @contextmanager
-def _progress(as_json: bool) -> Iterator[BarProgress | None]:
+def upload_progress(as_json: bool) -> Iterator[BarProgress | None]:
     """Bars on a terminal only; quiet with --json or when stderr is not a TTY."""
     bars = BarProgress() if not as_json and is_interactive() else None
     try:
@@ -266,7 +283,7 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
     if entry is None and "boot.ipxe" in keys:
         entry = "boot.ipxe"
     origin, options = open_cli_origin(origin_url, kw)
-    with _progress(as_json) as bars, origin:
+    with upload_progress(as_json) as bars, origin:
         result = publish_release(origin, release_id, objects, entry=entry,
                                  entry_path=kw["entry_path"], trust=trust, now=utc_now(),
                                  jobs=kw["jobs"], switch=not no_switch, progress=bars,
@@ -281,6 +298,8 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
                f"({'over HTTPS as iPXE' if result.readback == 'https' else 'from the backend'})"
                + (f"; {len(result.readback_cached)} unchanged since a full read-back"
                   if result.readback_cached else ""))
+    if result.repaired:
+        click.echo(result.repaired)
     if result.switched:
         was = f" (was {result.previous_live})" if result.previous_live else ""
         click.echo(f"switched {result.entry_path} to {release_id}{was}; verified after the "
@@ -330,7 +349,7 @@ def rollback_cmd(origin_url: str, release_id: str, as_json: bool, **kw: Any) -> 
 
     trust = build_trust(kw)
     origin, options = open_cli_origin(origin_url, kw)
-    with _progress(as_json) as bars, origin:
+    with upload_progress(as_json) as bars, origin:
         result = rollback(origin, release_id, entry_path=kw["entry_path"], trust=trust,
                           now=utc_now(), jobs=kw["jobs"], progress=bars, options=options,
                           cache=PublishCache(default_cache_path()))
@@ -340,6 +359,31 @@ def rollback_cmd(origin_url: str, release_id: str, as_json: bool, **kw: Any) -> 
     was = f" (was {result.previous_live})" if result.previous_live else ""
     click.echo(f"verified {len(result.verified)} object(s); switched {result.entry_path} to "
                f"{release_id}{was}")
+
+
+@command.command("repair")
+@click.argument("origin_url", metavar="ORIGIN")
+@trust_options
+@origin_options
+@json_option
+def repair_cmd(origin_url: str, as_json: bool, **kw: Any) -> None:
+    """Finish an entry switch that an interrupted run left half done.
+
+    A run killed between replacing the entry's signature and the entry script leaves a
+    pair that fails verification (iPXE refuses it). The switch was recorded on the origin
+    first: this completes it (any publish, rollback or prune does the same before its own
+    work), or drops the record when the pair still verifies.
+    """
+    from trustboot.publish.pipeline import repair
+
+    trust = build_trust(kw)
+    origin, options = open_cli_origin(origin_url, kw)
+    with origin:
+        result = repair(origin, trust=trust, now=utc_now(), options=options)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    click.echo(result.detail or f"no interrupted switch on {origin.url}")
 
 
 @command.command("prune")

@@ -15,7 +15,9 @@ from trustboot.cli._common import (
     passphrase_options,
     passphrase_source,
 )
+from trustboot.cli.publish import upload_progress
 from trustboot.ipxe.source import ENV_SOURCE
+from trustboot.publish.cache import default_cache_path
 from trustboot.release.pipeline import run_release
 from trustboot.release.plan import ReleaseOptions
 from trustboot.release.recipe import load_recipe
@@ -88,15 +90,19 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
         passphrases = passphrase_source(passphrase_file, passphrase_env)
     options = ReleaseOptions(allow_outside=allow_outside, passphrases=passphrases,
                              ipxe_source=ipxe_source, cache_dir=cache_dir, jobs=jobs,
-                             readback_url=readback_url, reverify=reverify)
-    result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
-                         progress=StageReporter(quiet=as_json))
+                             readback_url=readback_url, reverify=reverify,
+                             publish_cache=None if reverify else default_cache_path())
+    with upload_progress(as_json) as bars:
+        result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
+                             progress=StageReporter(quiet=as_json), upload_progress=bars)
     if as_json:
         emit_json(result.to_json())
         return
     if dry_run:
         p = result.plan
-        click.echo(f"release {p['release']} (dry run: nothing was built, signed or uploaded)")
+        click.echo(f"release {p['release']} (dry run: nothing was built, signed or uploaded)"
+                   + ("; the id is provisional until the pinned iPXE tree is cloned"
+                      if p.get("release_id_provisional") else ""))
         click.echo(f"  origin:   {p['origin']}  (entry {p['public_base']}{p['entry_path']})")
         click.echo(f"  signer:   {p['signer']['ref']} ({p['signer']['subject']}, until "
                    f"{p['signer']['not_after']})")

@@ -12,6 +12,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ def hash_file(path: Path, hash_names: Sequence[str], progress: Progress | None =
                 raise ConfigError(f"{path} is not a regular file",
                                   hint="sign image files (not devices, FIFOs or sockets)")
             os.set_blocking(fd, True)
+            started = time.time_ns()
             with contextlib.suppress(AttributeError, OSError):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             small = st.st_size <= CHUNK
@@ -70,13 +72,53 @@ def hash_file(path: Path, hash_names: Sequence[str], progress: Progress | None =
                 size += len(chunk)
                 if progress is not None:
                     progress(len(chunk))
+            after = os.fstat(fd)
     except IsADirectoryError:
         raise ConfigError(f"{path} is a directory, not a file",
                           hint="pass the image file itself") from None
     except OSError as exc:
         raise OperationalError(f"cannot read {path}: {exc.strerror}",
                                hint="check the path and permissions") from None
-    return {name: h.digest() for name, h in zip(hash_names, hashers, strict=True)}, size
+    digests = {name: h.digest() for name, h in zip(hash_names, hashers, strict=True)}
+    if (size == st.st_size and file_stamp(st) == file_stamp(after)
+            and started - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_WINDOW_NS):
+        remember(after, digests)
+    return digests, size
+
+
+# -- digests this process computed, by file identity -----------------------------------
+# A file hashed here (to sign it, or to list it in a manifest) is often sent to an origin
+# seconds later. The uploader may skip hashing it again when the open file still has the
+# stamp it had while it was hashed, and has it still when the last byte is sent (it checks
+# both). The stamp has the same strength as the publish cache's (device, inode, size,
+# mtime_ns, ctime_ns; ctime cannot be set back by a user); what an origin serves is
+# hashed again in full by the read-back, which stays the check that matters.
+# A file changed less than RACY_WINDOW_NS before it was hashed is not remembered (as git
+# does for its index): a write in the same timestamp tick would leave the stamp unchanged,
+# while any write after a tick has passed moves ctime (filesystem granularity is 2 s at
+# worst).
+RACY_WINDOW_NS = 2_500_000_000
+_KNOWN: dict[tuple[int, ...], dict[str, bytes]] = {}
+_KNOWN_LOCK = threading.Lock()
+_KNOWN_MAX = 4096
+
+
+def file_stamp(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def remember(st: os.stat_result, digests: dict[str, bytes]) -> None:
+    """Record that the file with stamp ``st`` has ``digests`` (see above)."""
+    with _KNOWN_LOCK:
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.pop(next(iter(_KNOWN)))
+        _KNOWN.setdefault(file_stamp(st), {}).update(digests)
+
+
+def recall(st: os.stat_result, name: str) -> bytes | None:
+    """The ``name`` digest of the file with stamp ``st``, if this process computed it."""
+    with _KNOWN_LOCK:
+        return _KNOWN.get(file_stamp(st), {}).get(name)
 
 
 def _whole(fh: Any) -> Iterator[memoryview]:
@@ -244,8 +286,11 @@ class HashJob:
             if "error" in doc and self._error is None:
                 self._error = _rebuild_error(doc)
             for i, item in zip(group, doc.get("files", []), strict=False):
-                out[i] = Hashed(self.paths[i], item["size"],
-                                {k: bytes.fromhex(v) for k, v in item["digests"].items()})
+                digests = {k: bytes.fromhex(v) for k, v in item["digests"].items()}
+                out[i] = Hashed(self.paths[i], item["size"], digests)
+                if item.get("stamp"):  # the child hashed it: remember it here too
+                    with _KNOWN_LOCK:
+                        _KNOWN[tuple(item["stamp"])] = dict(digests)
         if self._error is None:
             self._result = [h for h in out if h is not None]
             if len(self._result) != len(self.paths):
@@ -277,8 +322,11 @@ def _hash_in_child(write_fd: int, paths: list[Path], hash_alg: HashAlgorithm) ->
         files = []
         for path in paths:
             hashed = hash_files([path], hash_alg)[0]
+            st = os.stat(path)
+            known = _KNOWN.get(file_stamp(st)) == hashed.digests
             files.append({"size": hashed.size,
-                          "digests": {k: v.hex() for k, v in hashed.digests.items()}})
+                          "digests": {k: v.hex() for k, v in hashed.digests.items()},
+                          "stamp": list(file_stamp(st)) if known else None})
         doc: dict[str, Any] = {"files": files}
     except TrustbootError as exc:
         doc, code = {"error": type(exc).__name__, "message": exc.message,

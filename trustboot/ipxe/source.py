@@ -233,6 +233,16 @@ def check_git_url(url: str) -> str:
     return str(path.resolve())
 
 
+def cloned_at(url: str, commit: str, dest: Path) -> Path | None:
+    """``dest`` if it already holds the clone ``clone_pinned`` would make; else None.
+    Reads only (for dry runs)."""
+    commit = check_commit(commit)
+    check_git_url(url)
+    if shutil.which("git") is None or not (dest / ".git").is_dir():
+        return None
+    return dest if _head(dest) == commit else None
+
+
 def clone_pinned(url: str, commit: str, dest: Path) -> Path:
     """Clone ``url`` at exactly ``commit`` into ``dest`` (reused if already there)."""
     commit = check_commit(commit)

@@ -116,6 +116,11 @@ def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.dateti
     report.size, report.sha256 = served.size, served.sha256
     report.ipxe_ok = verdict.ok
     report.failure = verdict.failure.message if verdict.failure else None
+    if verdict.failure is not None and verdict.failure.rule == "signature-mismatch":
+        report.warnings.append(
+            "the entry script and its signature do not match: a switch in progress (retry), "
+            "or one a killed run left half done: `trustboot publish repair ORIGIN` finishes "
+            "it")
     report.signers = [s.to_json() for s in verdict.signers]
     if verdict.signers:
         first = min(verdict.signers, key=lambda s: s.chain_not_after)

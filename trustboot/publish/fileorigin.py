@@ -255,6 +255,40 @@ class FileOrigin:
             elif entry.is_file(follow_symlinks=False):
                 out.append(key)
 
+    def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
+        """Temporary files of killed uploads (``.tb-tmp.*`` in any directory)."""
+        removed: builtins.list[str] = []
+        cutoff = time.time() - older_than
+        try:
+            dfd = self._dir([], create=False)
+        except OSError:
+            return removed
+        try:
+            self._collect(dfd, "", cutoff, removed)
+        finally:
+            os.close(dfd)
+        return sorted(removed)
+
+    def _collect(self, dfd: int, base: str, cutoff: float,
+                 removed: builtins.list[str]) -> None:
+        with os.scandir(dfd) as it:
+            entries = list(it)
+        for entry in entries:
+            key = f"{base}/{entry.name}" if base else entry.name
+            if entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.name, dir_fd=dfd)
+                        removed.append(key)
+            elif entry.is_dir(follow_symlinks=False) and not key_problem(key) \
+                    and entry.name != LOCK_NAME:
+                sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                              dir_fd=dfd)
+                try:
+                    self._collect(sub, key, cutoff, removed)
+                finally:
+                    os.close(sub)
+
     def delete(self, key: str) -> None:
         dirs, name = self._split(key)
         try:

@@ -16,6 +16,7 @@ read-back memo keys on size + ETag.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import os
 import re
@@ -73,6 +74,9 @@ class OriginOptions:
     unsafe_no_verify: bool = False  # --unsafe-no-tls-verify (warns every run)
     timeout: float = 30.0
     retries: int = 4
+    # s3:// only: give objects the canned ACL public-read (booting clients fetch straight
+    # from the store). False for a bucket behind a CDN with origin access / a bucket policy.
+    public_read: bool = True
 
     def __repr__(self) -> str:  # the passphrase and credentials never reach a log
         return (f"OriginOptions(ca_file={self.ca_file!r}, client_cert={self.client_cert!r}, "
@@ -121,6 +125,11 @@ class Origin(Protocol):
 
     def lock(self, owner: str) -> AbstractContextManager[None]:
         """Exclusive publish lock; OperationalError naming the holder if taken."""
+        ...
+
+    def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
+        """Delete temporary objects (of uploads a killed run never finished) older than
+        ``older_than`` seconds; the names removed. Called under the lock."""
         ...
 
     def public_url(self, key: str) -> str | None:

@@ -25,17 +25,32 @@ Order of a publish, and why:
    script with the new signature: imgverify fails (the digest does not match), the script
    is never run, and the firmware's retry gets the consistent pair. Then the entry pair is
    fetched and verified again.
+
+An interrupted switch: the two replacements are one round trip apart, but a run killed (or
+cut off from the origin) exactly between them leaves the new signature beside the old
+script. That pair fails imgverify (never boots anything unverified), but it would stay
+until the next switch. So before the first replacement the switch is written down in
+``.trustboot-switch.json`` at the origin root (release id and entry path), and removed once
+both replacements are done. Every later run that takes the origin's lock (publish,
+rollback, prune, ``publish repair``) first looks for that record: if the entry pair as
+served does not verify, it completes the recorded switch to that release (verified before
+the record was written) and checks the pair again; if the pair verifies (the run died
+before the first replacement), the record is dropped and the live release stays.
+``origin check`` reports a mismatched pair and names ``publish repair``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import socket
 import stat
-from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,11 +81,21 @@ from trustboot.publish.readback import (
 )
 
 __all__ = ["LocalObject", "PublishProgress", "PublishResult", "ReleaseInfo", "Trust",
-           "list_releases", "prune", "publish_release", "rollback", "scan_directory"]
+           "list_releases", "prune", "publish_release", "repair", "repair_switch", "rollback",
+           "scan_directory"]
 
 MAX_OBJECT_SIZE = 64 << 30
 MAX_ENTRY_SIZE = 16 << 20
 MAX_LOCAL_FILES = 10_000
+# Objects at least this large are read back as soon as they are uploaded (in parallel with
+# the rest of the upload) instead of after all uploads.
+EARLY_READBACK_MIN = 4 << 20
+# The record of a switch in progress (see the module docstring); at the origin root, next
+# to the lock, never under releases/.
+SWITCH_JOURNAL = ".trustboot-switch.json"
+# Temporary objects of uploads older than this are a killed run's leftovers: removed by
+# the next publish or prune (under the lock; the age spares a run whose lock was broken).
+STALE_TEMP_AGE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -105,11 +130,16 @@ class PublishResult:
     previous_live: str | None = None
     signer: dict[str, Any] | None = None
     bytes_uploaded: int = 0
+    # an interrupted switch found and completed first (see repair_switch), or None
+    repaired: str | None = None
+    # temporary objects of killed uploads, removed (see STALE_TEMP_AGE)
+    removed_temps: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "release": self.release, "origin": self.origin, "entry": self.entry,
             "entry_path": self.entry_path, "switched": self.switched,
+            "repaired": self.repaired, "removed_temps": self.removed_temps,
             "uploaded": self.uploaded, "skipped": self.skipped, "verified": self.verified,
             "readback": self.readback, "readback_cached": self.readback_cached,
             "previous_live": self.previous_live,
@@ -172,7 +202,7 @@ def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = 
     if not found:
         raise ConfigError(f"release directory {root} is empty",
                           hint="sign the boot files first: trustboot sign FILES --out DIR")
-    from trustboot.cms.sign import hash_file
+    from trustboot.cms.digest import RACY_WINDOW_NS, hash_file, remember
 
     objects = []
     for key, path in sorted(found):
@@ -181,10 +211,14 @@ def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = 
         known = cache.local_digest(path, st) if cache is not None else None
         if known is not None:
             objects.append(LocalObject(key, path, st.st_size, known))
+            remember(st, {"sha256": bytes.fromhex(known)})  # the upload need not hash it
             continue
+        started = time.time_ns()
         digests, size = hash_file(path, ["sha256"], progress)
         objects.append(LocalObject(key, path, size, digests["sha256"].hex()))
-        if cache is not None and size == st.st_size:
+        # (a file changed within the racy window is not remembered: see cms.digest)
+        if cache is not None and size == st.st_size and \
+                started - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_WINDOW_NS:
             cache.remember_local(path, st, digests["sha256"].hex())
     check_signed(objects)
     return objects
@@ -326,9 +360,11 @@ def _served_bytes(origin: Origin, reader: Reader | None, key: str, max_size: int
 def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                   now: dt.datetime, reader: Reader | None, jobs: int = 4,
                   progress: PublishProgress | None = None,
-                  cached: Collection[str] = ()) -> list[str]:
+                  cached: Collection[str] = (),
+                  prefetched: Mapping[str, Future[Served]] | None = None) -> list[str]:
     """Read back every object of ``manifest``, compare, judge each .sig; VerificationError
-    listing every problem, or the keys verified."""
+    listing every problem, or the keys verified. ``prefetched``: objects whose read-back
+    already started (the upload overlaps it, see publish_release), by name."""
     prefix = release_prefix(manifest.release)
     by_name = {f.name: f for f in manifest.files}
     if progress:
@@ -357,9 +393,14 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
             # unchanged since a full read-back (see cache.py); its .sig was fetched in full
             served = Served(f.name, f.size, {"sha256": bytes.fromhex(f.sha256)})
         else:
+            early = (prefetched or {}).get(f.name)
             try:
-                served = _served(origin, reader, prefix + f.name, max_size=f.size,
-                                 hash_names=names)
+                if early is not None and early.result() is not None \
+                        and names <= set(early.result().digests):
+                    served = early.result()
+                else:
+                    served = _served(origin, reader, prefix + f.name, max_size=f.size,
+                                     hash_names=names)
             except NotServed as exc:
                 problems.append(exc.message)
                 return
@@ -460,10 +501,17 @@ def _switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: 
     assert entry is not None
     if entry.sig is None:
         raise ConfigError(f"entry {manifest.entry} has no signature in the release")
+    sig = manifest.file(entry.sig)
+    record = json.dumps({"version": 1, "release": manifest.release, "entry_path": entry_path,
+                         "script_sha256": entry.sha256,
+                         "sig_sha256": sig.sha256 if sig else None}).encode()
+    origin.put_bytes(SWITCH_JOURNAL, record, sha256=hashlib.sha256(record).hexdigest())
     # the signature first: a client between the two copies gets old script + new
     # signature, which imgverify refuses (see the module docstring)
     origin.copy_many([(prefix + entry.sig, entry_path + ".sig"),
                       (prefix + entry.name, entry_path)])
+    # both replaced (a failure above leaves the record for the next run to finish)
+    origin.delete(SWITCH_JOURNAL)
     signature = _served_bytes(origin, reader, entry_path + ".sig", MAX_SIGNATURE_SIZE)
     served = _served(origin, reader, entry_path, max_size=MAX_ENTRY_SIZE,
                      hash_names=signature_hashes(signature))
@@ -478,15 +526,87 @@ def _switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: 
             rule="entry-after-switch", subject=entry_path)
 
 
+@dataclass(frozen=True)
+class RepairResult:
+    release: str | None  # the release the record names (None: no record)
+    action: str  # "none", "completed", "dropped" (the pair verified), "invalid"
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"release": self.release, "action": self.action, "detail": self.detail}
+
+
+def _entry_pair_verifies(origin: Origin, reader: Reader | None, entry_path: str, *,
+                         trust: Trust, now: dt.datetime) -> bool:
+    try:
+        signature = _served_bytes(origin, reader, entry_path + ".sig", MAX_SIGNATURE_SIZE)
+        served = _served(origin, reader, entry_path, max_size=MAX_ENTRY_SIZE,
+                         hash_names=signature_hashes(signature))
+    except (NotServed, OperationalError):
+        return False
+    return judge(signature, served.digests, trust, now).ok
+
+
+def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
+                  reader: Reader | None) -> RepairResult:
+    """Finish an entry switch a killed run left half done (caller holds the lock).
+
+    The record names a release that was fully verified before it was written. If the entry
+    pair as served does not verify, the switch to that release is completed (and checked
+    like any switch); if it verifies, the run died before the first replacement and the
+    record is dropped. A record that does not parse is dropped with detail: it is only
+    ever written by this code, and the entry pair is judged on every switch anyway.
+    """
+    if origin.stat(SWITCH_JOURNAL) is None:
+        return RepairResult(None, "none")
+    data = b"".join(origin.read(SWITCH_JOURNAL, max_size=64 << 10))
+    try:
+        doc = json.loads(data)
+        release_id, entry_path = doc["release"], doc["entry_path"]
+        if release_id_problem(release_id) or not isinstance(entry_path, str):
+            raise ValueError("bad release id or entry path")
+        check_key(entry_path)
+        manifest = read_manifest(origin, release_id)
+        if manifest is None or manifest.entry is None:
+            raise ValueError(f"release {release_id} has no manifest or no entry")
+    except (ValueError, KeyError, TypeError, TrustbootError) as exc:
+        origin.delete(SWITCH_JOURNAL)
+        why = exc.message if isinstance(exc, TrustbootError) else str(exc)
+        return RepairResult(None, "invalid", f"dropped an unusable switch record: {why}")
+    if _entry_pair_verifies(origin, reader, entry_path, trust=trust, now=now):
+        origin.delete(SWITCH_JOURNAL)
+        return RepairResult(release_id, "dropped",
+                            f"{entry_path} and its signature verify; the interrupted switch "
+                            f"to {release_id} had not started")
+    _switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
+                      reader=reader)
+    return RepairResult(release_id, "completed",
+                        f"completed the interrupted switch of {entry_path} to {release_id}")
+
+
+def repair(origin: Origin, *, trust: Trust, now: dt.datetime,
+           options: OriginOptions | None = None, owner: str | None = None) -> RepairResult:
+    """``trustboot publish repair``: under the lock, finish an interrupted switch."""
+    reader = _make_reader(origin, trust, options)
+    try:
+        with origin.lock(owner or _owner()):
+            return repair_switch(origin, trust=trust, now=now, reader=reader)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
 def _verify_release(origin: Origin, manifest: ReleaseManifest, result: PublishResult,
                     stats: dict[str, ObjectStat | None], *, trust: Trust, now: dt.datetime,
                     reader: Reader | None, jobs: int, progress: PublishProgress | None,
-                    cache: PublishCache | None, signed_manifest: bool) -> None:
+                    cache: PublishCache | None, signed_manifest: bool,
+                    prefetched: Mapping[str, Future[Served]] | None = None) -> None:
     """The whole release as served, before any switch (VerificationError if not)."""
     cached = _cached_names(origin, manifest, cache, stats)
     result.readback_cached = sorted(cached)
     result.verified = verify_served(origin, manifest, trust=trust, now=now, reader=reader,
-                                    jobs=jobs, progress=progress, cached=cached)
+                                    jobs=jobs, progress=progress, cached=cached,
+                                    prefetched=prefetched)
     _remember(origin, manifest, cache, stats, cached)
     if signed_manifest:
         verify_manifest_signature(origin, manifest.release, trust=trust, now=now,
@@ -544,8 +664,12 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                            readback="https" if base else "backend",
                            signer=manifest.signer.to_json() if manifest.signer else None)
     reader = _make_reader(origin, trust, options)
+    by_key = {o.key: o for o in objects}
     try:
         with origin.lock(owner or _owner()):
+            result.repaired = _repaired(repair_switch(origin, trust=trust, now=now,
+                                                      reader=reader))
+            result.removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
             existing = read_manifest(origin, release_id)
             if existing is not None and not existing.same_content(manifest):
                 raise ConfigError(
@@ -562,11 +686,19 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                                     sha256=given.sha256)
             else:
                 manifest = existing
-            stats = _upload(origin, prefix, [o for o in objects if o.key != MANIFEST_NAME],
-                            jobs, result, progress)
-            _verify_release(origin, manifest, result, stats, trust=trust, now=now,
-                            reader=reader, jobs=jobs, progress=progress, cache=cache,
-                            signed_manifest=MANIFEST_NAME + ".sig" in keys)
+            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                early = _EarlyReadback(origin, reader, prefix, by_key, pool)
+                try:
+                    stats = _upload(origin, prefix,
+                                    [o for o in objects if o.key != MANIFEST_NAME],
+                                    jobs, result, progress, on_uploaded=early.submit)
+                    _verify_release(origin, manifest, result, stats, trust=trust, now=now,
+                                    reader=reader, jobs=jobs, progress=progress, cache=cache,
+                                    signed_manifest=MANIFEST_NAME + ".sig" in keys,
+                                    prefetched=early.prefetched)
+                    early.check_unchanged()
+                finally:
+                    early.cancel()
             if switch and entry is not None:
                 releases = [m for m in _manifests(origin)[0]]
                 result.previous_live = live_release(origin, releases, entry_path)
@@ -581,10 +713,62 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
     return result
 
 
+class _EarlyReadback:
+    """Large objects read back as soon as they are in place, while the others still
+    upload (the two directions overlap). Each one's size and ETag are noted before its
+    read-back and checked again just before the switch, so a change after the read-back
+    still stops it; a backend without ETags gets no early read-back."""
+
+    def __init__(self, origin: Origin, reader: Reader | None, prefix: str,
+                 by_key: Mapping[str, LocalObject], pool: ThreadPoolExecutor) -> None:
+        self.origin, self.reader, self.prefix = origin, reader, prefix
+        self.by_key, self.pool = by_key, pool
+        self.prefetched: dict[str, Future[Served]] = {}
+        self.seen: dict[str, ObjectStat] = {}
+        self.lock = threading.Lock()
+
+    def submit(self, o: LocalObject) -> None:
+        sig = self.by_key.get(o.key + ".sig")
+        if sig is None or o.size < EARLY_READBACK_MIN:
+            return
+        st = self.origin.stat(self.prefix + o.key)
+        if st is None or not st.etag:
+            return  # nothing cheap to re-check with: read back with the others
+        names = signature_hashes(_read_small(sig.path, MAX_SIGNATURE_SIZE))
+        future = self.pool.submit(_served, self.origin, self.reader, self.prefix + o.key,
+                                  max_size=o.size, hash_names=names)
+        with self.lock:
+            self.seen[o.key] = st
+            self.prefetched[o.key] = future
+
+    def check_unchanged(self) -> None:
+        changed = []
+        for key, before in sorted(self.seen.items()):
+            now = self.origin.stat(self.prefix + key)
+            if now is None or (now.size, now.etag) != (before.size, before.etag):
+                changed.append(self.prefix + key)
+        if changed:
+            raise VerificationError(
+                f"{', '.join(changed)} changed on {self.origin.url} after being read back "
+                "and verified", hint="nothing was switched; find out who writes to the "
+                                     "origin, then publish again",
+                rule="served-object", subject=changed[0])
+
+    def cancel(self) -> None:
+        for future in self.prefetched.values():
+            future.cancel()
+
+
+def _repaired(r: RepairResult) -> str | None:
+    return r.detail if r.action != "none" else None
+
+
 def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: int,
-            result: PublishResult, progress: PublishProgress | None
+            result: PublishResult, progress: PublishProgress | None,
+            on_uploaded: Callable[[LocalObject], None] | None = None
             ) -> dict[str, ObjectStat | None]:
-    """Upload what is missing or different; the origin's stat of every object after."""
+    """Upload what is missing or different; the origin's stat of every object after.
+    ``on_uploaded(o)`` runs as soon as ``o`` is in place."""
     todo: list[LocalObject] = []
     stats: dict[str, ObjectStat | None] = {}
     for o in objects:
@@ -603,6 +787,8 @@ def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: i
     def one(o: LocalObject) -> None:
         origin.put_file(prefix + o.key, o.path, size=o.size, sha256=o.sha256,
                         progress=progress.advance if progress else None)
+        if on_uploaded is not None:
+            on_uploaded(o)
         result.uploaded.append(o.key)
         if progress:
             progress.item(o.key, "uploaded")
@@ -697,6 +883,7 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
     reader = _make_reader(origin, trust, options)
     try:
         with origin.lock(owner or _owner()):
+            repaired = _repaired(repair_switch(origin, trust=trust, now=now, reader=reader))
             manifest = read_manifest(origin, release_id)
             if manifest is None:
                 raise ConfigError(f"release {release_id} does not exist on {origin.url}",
@@ -707,7 +894,7 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
                                    entry=manifest.entry, entry_path=entry_path,
                                    readback="https" if reader else "backend",
                                    signer=manifest.signer.to_json() if manifest.signer
-                                   else None)
+                                   else None, repaired=repaired)
             prefix = release_prefix(release_id)
             stats = {f.name: origin.stat(prefix + f.name) for f in manifest.files}
             _verify_release(origin, manifest, result, stats, trust=trust, now=now,
@@ -732,6 +919,12 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
     check_key(entry_path)
     deleted = []
     with origin.lock(owner or _owner()):
+        if origin.stat(SWITCH_JOURNAL) is not None:
+            # the live release is ambiguous until the switch is finished
+            raise OperationalError(
+                f"{origin.url} has an interrupted entry switch recorded; nothing pruned",
+                hint=f"finish it first: trustboot publish repair {origin.url}")
+        origin.remove_stale_temps(STALE_TEMP_AGE)
         manifests, _ = _manifests(origin)
         live = live_release(origin, manifests, entry_path)
         newest = sorted(manifests, key=lambda m: (m.created, m.release), reverse=True)

@@ -14,9 +14,11 @@ is imported only for s3:// origins, so other commands never load boto3.
 * Checksums: ``when_required`` both ways, because Ceph RGW (16.x) rejects the flexible
   checksums current boto3 sends by default (PUT fails with MissingContentLength).
 * Every object is stored with ``x-amz-meta-sha256`` (what ``stat`` reports, so a re-run
-  uploads only what is missing or different) and, unless ``public_read=False``, the canned
-  ACL ``public-read``: booting clients fetch anonymously. With ``public_read=False`` the
-  bucket policy or a CDN must grant reads.
+  uploads only what is missing or different) and, unless ``OriginOptions.public_read`` is
+  False (``--no-public-read``), the canned ACL ``public-read``: booting clients fetch
+  anonymously. Without it a bucket policy or a CDN (origin access) must grant reads; the
+  read-back then goes through ``public_url`` (the CDN), or, when none is given, through
+  authenticated reads from the store (the endpoint URL is not what clients fetch).
 * A PUT (single or a completed multipart upload) is atomic per object: readers see the old
   object or the complete new one. Files above ``MULTIPART_THRESHOLD`` are sent in parts read
   straight from the file (memory stays at a few buffers whatever the size); a failed
@@ -38,6 +40,7 @@ is imported only for s3:// origins, so other commands never load boto3.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -153,7 +156,7 @@ class _FileSlice:
 class S3Origin:
     """An origin in an S3 bucket under an optional prefix (``s3://boot/prod``)."""
 
-    def __init__(self, url: str, options: OriginOptions, *, public_read: bool = True,
+    def __init__(self, url: str, options: OriginOptions, *, public_read: bool | None = None,
                  multipart_threshold: int = MULTIPART_THRESHOLD,
                  part_size: int = PART_SIZE) -> None:
         parts = urlsplit(url)
@@ -173,7 +176,7 @@ class S3Origin:
         self.prefix = prefix
         self.url = f"s3://{bucket}/" + (f"{prefix}/" if prefix else "")
         self.options = options
-        self.public_read = public_read
+        self.public_read = options.public_read if public_read is None else public_read
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.endpoint = self._check_endpoint(options)
@@ -591,12 +594,20 @@ class S3Origin:
             self._abort_stale_uploads()
             yield
 
+    def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
+        # a PUT leaves no temporary object; the multipart uploads of a killed run are
+        # aborted by whoever takes its stale lock (_abort_stale_uploads)
+        return []
+
     # -- URLs -----------------------------------------------------------------------
     def public_url(self, key: str) -> str | None:
-        """``OriginOptions.public_url`` + key, else the endpoint's path-style URL."""
+        """``OriginOptions.public_url`` + key, else the endpoint's path-style URL (None
+        for private objects: ``public_read`` False and no public URL given)."""
         path = quote(check_key(key), safe="/-._~")
         if self.options.public_url:
             return self.options.public_url.rstrip("/") + "/" + path
+        if not self.public_read:
+            return None  # private objects: clients fetch through a CDN we were not told of
         root = quote(self.prefix, safe="/-._~") + "/" if self.prefix else ""
         if self.endpoint:
             return f"{self.endpoint}/{self.bucket}/{root}{path}"

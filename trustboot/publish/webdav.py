@@ -6,8 +6,11 @@ Content-Length and no buffering, PUT-to-temp + MOVE for atomic replace, retries 
 re-open the file, per-status hints, TLS trusting only the private CA) without an fsspec
 layer and its dependencies.
 
-* put: PUT to ``.tb-tmp.<random>.<name>`` in the target collection, then MOVE with
-  ``Overwrite: T`` (a rename on the server): readers see the old or the whole new object.
+* put: PUT to ``.tb-tmp.staging/<random>.<name>``, then MOVE with ``Overwrite: T``
+  (a rename on the server): readers see the old or the whole new object. All temporary
+  objects live in that one staging collection, so what a killed upload leaves behind is
+  found with one PROPFIND and removed by the next run once it is an hour old
+  (``remove_stale_temps``).
 * collections: MKCOL each missing parent (405 = exists).
 * list: PROPFIND ``Depth: 1`` per collection, parsed by ElementTree with DTDs and entity
   declarations refused (a multistatus never has one; billion-laughs never parses).
@@ -20,8 +23,10 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import email.utils
 import hashlib
 import json
+import re
 import secrets
 import threading
 import time
@@ -50,12 +55,33 @@ from trustboot.publish.stream import hashed_chunks
 
 CHUNK = 1 << 20
 LOCK_COLLECTION = ".trustboot-lock"
+# hidden from list() like every name starting with TMP_PREFIX
+STAGING = TMP_PREFIX + "staging"
+_TEMP_NAME = re.compile(r"[0-9a-f]{16}\..+")
 MAX_PROPFIND_BYTES = 16 << 20
 DAV = "{DAV:}"
 
 
 def parse_multistatus(data: bytes) -> list[tuple[str, bool, int | None, str | None]]:
     """(href, is_collection, size, etag) per response; no DTD, no entities."""
+    out = []
+    for href, is_col, response in _responses(data):
+        length = response.findtext(f".//{DAV}getcontentlength")
+        etag = response.findtext(f".//{DAV}getetag")
+        size = int(length) if length and length.strip().isdigit() else None
+        out.append((href, is_col, size, etag))
+    return out
+
+
+def _responses(data: bytes) -> Iterator[tuple[str, bool, ET.Element]]:
+    """(href, is_collection, the response element) per response of a multistatus."""
+    for response in _parse(data).iter(f"{DAV}response"):
+        href = response.findtext(f"{DAV}href") or ""
+        yield href, response.find(f".//{DAV}resourcetype/{DAV}collection") is not None, response
+
+
+def _parse(data: bytes) -> ET.Element:
+    """A multistatus answer as XML: capped, UTF-8 only, no DTD (so no entities)."""
     if len(data) > MAX_PROPFIND_BYTES:
         raise OperationalError("PROPFIND answer larger than 16 MiB")
     # A multistatus never has a DTD, and without one there are no entities to expand.
@@ -68,18 +94,22 @@ def parse_multistatus(data: bytes) -> list[tuple[str, bool, int | None, str | No
         raise OperationalError("the origin's PROPFIND answer has a DTD; refused",
                                hint="a WebDAV server never sends one: check the origin")
     try:
-        root = ET.fromstring(text)  # noqa: S314 - DTDs refused above
+        return ET.fromstring(text)  # noqa: S314 - DTDs refused above
     except ET.ParseError as exc:
         raise OperationalError(f"the origin's PROPFIND answer is not acceptable XML: {exc}",
                                hint="is the URL a WebDAV collection?") from None
+
+
+def parse_modified(data: bytes) -> list[tuple[str, bool, float | None]]:
+    """(href, is_collection, getlastmodified as a Unix time) per response."""
     out = []
-    for response in root.iter(f"{DAV}response"):
-        href = response.findtext(f"{DAV}href") or ""
-        is_col = response.find(f".//{DAV}resourcetype/{DAV}collection") is not None
-        length = response.findtext(f".//{DAV}getcontentlength")
-        etag = response.findtext(f".//{DAV}getetag")
-        size = int(length) if length and length.strip().isdigit() else None
-        out.append((href, is_col, size, etag))
+    for href, is_col, response in _responses(data):
+        text = response.findtext(f".//{DAV}getlastmodified")
+        when = None
+        if text:
+            with contextlib.suppress(TypeError, ValueError, IndexError):
+                when = email.utils.parsedate_to_datetime(text.strip()).timestamp()
+        out.append((href, is_col, when))
     return out
 
 
@@ -171,9 +201,31 @@ class WebDAVOrigin:
                 self._collections.add(col)
 
     def _temp_key(self, key: str) -> str:
-        head, _, name = key.rpartition("/")
-        tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}.{name}"[:200]
-        return f"{head}/{tmp}" if head else tmp
+        name = key.rpartition("/")[2]
+        # no leading dot inside: nginx's PROPFIND hides dot files, and the collector
+        # below must see them
+        tmp = f"{STAGING}/{secrets.token_hex(8)}.{name}"[:200]
+        self._ensure_collections(tmp)
+        return tmp
+
+    def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
+        r = self._request("PROPFIND", self._url(STAGING, collection=True), what="listing",
+                          ok=(207,), passthrough=(404,), headers={"Depth": "1"},
+                          content=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
+                                  b"<resourcetype/><getlastmodified/></prop></propfind>")
+        if r.status_code == 404:
+            return []
+        now = time.time()
+        removed = []
+        for href, is_col, modified in parse_modified(r.content):
+            name = unquote(urlsplit(href).path).rstrip("/").rpartition("/")[2]
+            if is_col or not _TEMP_NAME.fullmatch(name) or key_problem(name):
+                continue
+            if modified is not None and now - modified < older_than:
+                continue  # perhaps an upload in progress (a lock broken as stale)
+            self._delete_quiet(f"{STAGING}/{name}")
+            removed.append(f"{STAGING}/{name}")
+        return sorted(removed)
 
     def _move(self, src: str, dst: str, *, overwrite: bool, collection: bool = False,
               missing_ok: bool = False) -> bool:

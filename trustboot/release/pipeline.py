@@ -41,6 +41,7 @@ from trustboot.cms.freshness import replay_window
 from trustboot.errors import VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.keys.signer import Signer
+from trustboot.publish.cache import PublishCache
 from trustboot.publish.check import CheckReport, check_origin
 from trustboot.publish.manifest import (
     MANIFEST_NAME,
@@ -52,6 +53,7 @@ from trustboot.publish.origin import Origin, OriginOptions, open_origin
 from trustboot.publish.pipeline import (
     MAX_ENTRY_SIZE,
     LocalObject,
+    PublishProgress,
     PublishResult,
     build_manifest,
     prune,
@@ -127,6 +129,7 @@ class _Stages:
         self.log: list[dict[str, Any]] = []
         self.result = result
         self.last = time.monotonic()
+        self.upload_progress: PublishProgress | None = None
 
     def done(self, stage: str, status: str, detail: str) -> None:
         now = time.monotonic()
@@ -138,13 +141,17 @@ class _Stages:
 
 def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                 dry_run: bool = False, workdir: Path | None = None,
-                progress: Progress = lambda _s, _m: None) -> ReleaseResult:
-    """Run every stage; raises a TrustbootError naming the stage's input on failure."""
+                progress: Progress = lambda _s, _m: None,
+                upload_progress: PublishProgress | None = None) -> ReleaseResult:
+    """Run every stage; raises a TrustbootError naming the stage's input on failure.
+    ``upload_progress`` follows the publish stage's bytes (upload, read-back)."""
     st = _Stages(None, progress)
-    v = validate(recipe, options, now=now)
+    st.upload_progress = upload_progress
+    v = validate(recipe, options, now=now, dry_run=dry_run)
     st.done("validate", "done", f"recipe {recipe.source}: {len(recipe.entries)} entries, "
             f"{len(v.inputs)} files, signer {v.signer_name}")
-    p = plan(v, now=now)
+    cache = PublishCache(options.publish_cache) if options.publish_cache else None
+    p = plan(v, now=now, cache=cache)
     if "{date}" in recipe.release.id_template:
         # The same inputs released on another day keep their id: a re-run uploads nothing.
         with open_origin(v.origin_url, origin_options(v)) as origin:
@@ -296,7 +303,7 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
     result.manifest = manifest.to_json()
     published: PublishResult = publish_release(
         origin, p.release_id, objects, entry=ENTRY_SCRIPT, entry_path=v.entry_path,
-        trust=trust, now=now, options=opts, ipxe=ipxe_manifest)
+        trust=trust, now=now, options=opts, ipxe=ipxe_manifest, progress=st.upload_progress)
     result.publish = published.to_json()
     result.uploaded = published.uploaded
     st.done("publish", "done", f"{len(published.uploaded)} uploaded, "

@@ -10,10 +10,13 @@ uploads nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +40,7 @@ from trustboot.ipxe.script import (
     render_chain_script,
 )
 from trustboot.keys.signer import KeySource, resolve_signer
+from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import check_release_id
 from trustboot.publish.origin import Credentials, check_key, load_credentials
 from trustboot.release.recipe import (
@@ -75,6 +79,8 @@ class ReleaseOptions:
     # A re-run of a complete, live release normally checks sizes and the entry only;
     # reverify reads every object back and judges every signature again.
     reverify: bool = False
+    # trustboot.publish.cache: inputs unchanged since an earlier run are not hashed again
+    publish_cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,9 @@ class Firmware:
     prebuilt_dir: Path | None = None
     reason: str = ""
     chain_script: str | None = None
+    # a dry run with a git-pinned source that is not in the cache yet: nothing is cloned,
+    # and the firmware is identified by the pin (the release id is then provisional)
+    pinned: tuple[str, str] | None = None  # (git URL, commit)
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,8 @@ class Plan:
                        "subject": signer.subject.rfc4514_string(),
                        "not_after": signer.not_valid_after_utc.isoformat()},
             "firmware": {"mode": fw.mode, "targets": list(fw.targets), "reason": fw.reason},
+            # the id includes the firmware's build cache key, unknown until it is cloned
+            "release_id_provisional": fw.pinned is not None and fw.request is None,
             "build": list(fw.targets) if fw.mode == "build" else [],
             "sign": [o["key"] for o in self.objects] + [ENTRY_SCRIPT],
             "upload": sorted([o["key"] for o in self.objects]
@@ -234,8 +245,8 @@ def _inputs(recipe: Recipe, allow: Sequence[Path]) -> list[InputFile]:
 
 def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certificate],
               v_certs: Sequence[Certificate], chain_script: str,
-              allow: Sequence[Path]) -> Firmware:
-    from trustboot.ipxe.source import clone_pinned, open_source
+              allow: Sequence[Path], *, dry_run: bool = False) -> Firmware:
+    from trustboot.ipxe.source import clone_pinned, cloned_at, open_source
 
     spec = recipe.ipxe
     targets = spec.targets if spec else ipxe_build.DEFAULT_TARGETS
@@ -255,8 +266,17 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
                                   kind="dir")
     elif spec is not None and spec.git is not None and spec.commit is not None:
         cache = options.cache_dir or ipxe_build.default_cache_dir(options.environ)
-        source_dir = clone_pinned(spec.git, spec.commit,
-                                  ipxe_build.prepare_cache_dir(cache) / "src" / spec.commit)
+        if dry_run:
+            # touch nothing: use the cached clone if it is there, else only name the pin
+            source_dir = cloned_at(spec.git, spec.commit, cache / "src" / spec.commit)
+            if source_dir is None:
+                return Firmware("build", targets, chain_script=chain_script,
+                                pinned=(spec.git, spec.commit), reason=(
+                                    f"would clone {spec.git} at {spec.commit} into the "
+                                    "iPXE cache and build (not cloned: --dry-run)"))
+        else:
+            source_dir = clone_pinned(spec.git, spec.commit,
+                                      ipxe_build.prepare_cache_dir(cache) / "src" / spec.commit)
     elif options.ipxe_source is not None:
         source_dir = options.ipxe_source
     if source_dir is None:
@@ -287,8 +307,10 @@ def _public_base(url: str, public: str | None, where: str) -> str:
     return base if base.endswith("/") else base + "/"
 
 
-def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Validated:
-    """Everything that can be checked before anything is created."""
+def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
+             dry_run: bool = False) -> Validated:
+    """Everything that can be checked before anything is created (with ``dry_run``,
+    nothing is created at all: a git-pinned iPXE source is not cloned)."""
     allow = options.allow_outside
     inputs = _inputs(recipe, allow)  # the recipe's own files first: a path escape names them
     ca_home = options.ca_home or resolve_path(recipe, recipe.ca_home, "ca.home",
@@ -362,7 +384,8 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Va
     chain_script = render_chain_script(ChainScript(
         url=public + entry_path, signer=signer_name, ntp_server=spec.ntp if spec else None,
         on_failure=spec.on_failure if spec else DEFAULT_ON_FAILURE))
-    firmware = _firmware(recipe, options, roots, extra_certs, chain_script, allow)
+    firmware = _firmware(recipe, options, roots, extra_certs, chain_script, allow,
+                         dry_run=dry_run)
     return Validated(recipe=recipe, ca_home=ca_home, signer=pending, signer_name=signer_name,
                      passphrases=passphrases, roots=tuple(roots),
                      extra_certs=tuple(extra_certs), origin_url=url, public_base=public,
@@ -376,6 +399,8 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime) -> Va
 
 
 def _firmware_identity(fw: Firmware, toolchain: Callable[[], Mapping[str, str]]) -> Any:
+    if fw.mode == "build" and fw.pinned is not None and fw.request is None:
+        return {"git": fw.pinned[0], "commit": fw.pinned[1]}  # a dry run's stand-in
     if fw.mode == "build":
         assert fw.request is not None
         return {"cache_key": ipxe_build.cache_key(fw.request, toolchain())}
@@ -392,12 +417,49 @@ def render_id(template: str, *, name: str, digest: str, now: dt.datetime) -> str
     return check_release_id(re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], template))
 
 
+def _hash_inputs(paths: Sequence[Path], hash_name: str,
+                 progress: cms_sign.ProgressFactory | None,
+                 cache: PublishCache | None) -> dict[Path, cms_sign.Hashed]:
+    """Digest the inputs; with ``cache`` (SHA-256 signing only), an input unchanged since
+    an earlier run (same device, inode, size, mtime and ctime) is not read again."""
+    from trustboot.cms.digest import RACY_WINDOW_NS, file_stamp, remember
+
+    out: dict[Path, cms_sign.Hashed] = {}
+    todo: list[tuple[Path, os.stat_result | None]] = []
+    for path in paths:
+        try:
+            st: os.stat_result | None = os.stat(path)
+        except OSError:
+            st = None  # hash_files reports it with its context
+        known = (cache.local_digest(path, st) if cache is not None and st is not None
+                 and hash_name == "sha256" else None)
+        if known is not None and st is not None:
+            digests = {"sha256": bytes.fromhex(known)}
+            out[path] = cms_sign.Hashed(path, st.st_size, digests)
+            remember(st, digests)  # the upload need not hash it either
+        else:
+            todo.append((path, st))
+    started = time.time_ns()
+    for h, (path, before) in zip(cms_sign.hash_files([p for p, _ in todo], hash_name,
+                                                     progress=progress), todo, strict=True):
+        out[path] = h
+        if cache is not None and before is not None and "sha256" in h.digests and \
+                started - max(before.st_mtime_ns, before.st_ctime_ns) > RACY_WINDOW_NS:
+            with contextlib.suppress(OSError):
+                if file_stamp(os.stat(path)) == file_stamp(before):
+                    cache.remember_local(path, before, h.digests["sha256"].hex())
+    if cache is not None:
+        cache.save()
+    return {path: out[path] for path in paths}
+
+
 def plan(v: Validated, *, now: dt.datetime,
          progress: cms_sign.ProgressFactory | None = None,
-         toolchain: Mapping[str, str] | None = None) -> Plan:
+         toolchain: Mapping[str, str] | None = None,
+         cache: PublishCache | None = None) -> Plan:
     """Hash the inputs, derive the release id and list the objects."""
     paths = list(dict.fromkeys(i.path for i in v.inputs))
-    hashed = {h.path: h for h in cms_sign.hash_files(paths, v.hash_name, progress=progress)}
+    hashed = _hash_inputs(paths, v.hash_name, progress, cache)
     r = v.recipe
 
     def tools() -> Mapping[str, str]:

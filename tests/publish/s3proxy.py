@@ -1,0 +1,124 @@
+"""A TLS front for the real RGW that injects 5xx answers and otherwise forwards each
+request unchanged: same method, path, query, Host and every signed header, byte for byte
+the same body. That is what keeps AWS SigV4 valid through it (the signature covers Host,
+the path and the payload hash); only ``Expect``, which SigV4 never signs, and hop-by-hop
+headers are dropped. It presents the same server certificate as RGW (the publish pki's
+``origin``), so clients trust it exactly as they trust RGW.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import re
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+       "proxy-authorization", "proxy-authenticate", "expect"}
+ERROR = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
+         b"<Message>injected by the test proxy</Message></Error>")
+
+
+@dataclass
+class Burst:
+    method: str  # regex on the method
+    path: str  # regex searched in the path (with its query)
+    count: int  # how many matching requests get ``status``
+    status: int = 503
+
+
+@dataclass
+class PassState:
+    upstream: tuple[str, int]
+    upstream_ctx: ssl.SSLContext
+    bursts: list[Burst] = field(default_factory=list)
+    seen: list[tuple[str, str, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def injected(self) -> int:
+        return sum(1 for _m, _p, status in self.seen if status >= 500)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    state: PassState
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def _any(self) -> None:
+        st = self.server.state
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        with st.lock:
+            burst = next((b for b in st.bursts if b.count > 0 and
+                          re.fullmatch(b.method, self.command) and
+                          re.search(b.path, self.path)), None)
+            if burst:
+                burst.count -= 1
+        if burst:
+            self._answer(burst.status, [("Content-Type", "application/xml")], ERROR)
+            return
+        conn = http.client.HTTPSConnection(*st.upstream, context=st.upstream_ctx,
+                                           timeout=60)
+        try:
+            conn.putrequest(self.command, self.path, skip_host=True,
+                            skip_accept_encoding=True)
+            for name, value in self.headers.items():
+                if name.lower() not in HOP:
+                    conn.putheader(name, value)
+            conn.endheaders(body if length else None)
+            r = conn.getresponse()
+            data = r.read()
+            headers = [(k, v) for k, v in r.getheaders()
+                       if k.lower() not in HOP and (k.lower() != "content-length"
+                                                    or self.command == "HEAD")]
+            self._answer(r.status, headers, data)
+        finally:
+            conn.close()
+
+    def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        with self.server.state.lock:
+            self.server.state.seen.append((self.command, self.path, status))
+        self.send_response_only(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        if self.command != "HEAD":
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _any
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def s3_passthrough(endpoint: str, *, cert: Path, key: Path, key_password: str,
+                   ca: Path) -> Iterator[tuple[str, PassState]]:
+    """(https://127.0.0.1:PORT, state) in front of ``endpoint``."""
+    parts = urlsplit(endpoint)
+    up_ctx = ssl.create_default_context(cafile=str(ca))
+    state = PassState((parts.hostname or "127.0.0.1", parts.port or 443), up_ctx)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key), password=key_password)
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    server.state = state
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", state
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,145 @@
+"""A run SIGKILLed in the middle of an entry switch (the .sig replaced, the script not):
+the pair fails verification, `origin check` says so and names the fix, prune refuses, and
+the next publish / `publish repair` finishes the recorded switch. Against the real nginx."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.publish.conftest import Nginx, Pki, ReleaseFactory
+from tests.publish.test_faults import ENTRY_A, ENTRY_B, _entry_verifies, publish
+from trustboot.cli.main import cli
+from trustboot.publish.origin import OriginOptions, open_origin
+from trustboot.publish.pipeline import SWITCH_JOURNAL
+from trustboot.publish.webdav import STAGING
+
+REPO = Path(__file__).resolve().parents[2]
+ENTRY_C = b"#!ipxe\necho release C\n"
+
+
+def killed_publish(pki: Pki, directory: Path, url: str, release: str, at: str) -> None:
+    argv = [sys.executable, str(REPO / "tests/publish/killswitch.py"), "publish",
+            str(directory), url, "--release-id", release, "--pki", str(pki.dir),
+            "--client-cert", "publisher", "--client-key-passphrase-file", str(pki.key_pass),
+            "--json"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), KILL_AT=at)
+    proc = subprocess.run(argv, env=env, capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()
+
+
+def origin_args(pki: Pki) -> list[str]:
+    return ["--pki", str(pki.dir), "--client-cert", "publisher",
+            "--client-key-passphrase-file", str(pki.key_pass), "--json"]
+
+
+def mismatched(pki: Pki, nginx: Nginx) -> bool:
+    try:
+        _entry_verifies(pki, nginx.url)
+    except AssertionError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_killed_between_the_two_moves_then_repaired(pki: Pki, nginx: Nginx,
+                                                    make_release: ReleaseFactory) -> None:
+    assert publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra").exit_code == 0
+    killed_publish(pki, make_release({"boot.ipxe": ENTRY_B}), nginx.url, "rb", "between")
+    # the mismatched pair: new signature, old script; it never verifies
+    assert (nginx.root / "boot.ipxe").read_bytes() == ENTRY_A
+    assert mismatched(pki, nginx)
+    record = json.loads((nginx.root / SWITCH_JOURNAL).read_bytes())
+    assert record["release"] == "rb" and record["entry_path"] == "boot.ipxe"
+
+    check = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
+                                     str(pki.dir), "--json"])
+    assert check.exit_code == 4, check.output
+    assert "publish repair" in check.output
+
+    pruned = CliRunner().invoke(cli, ["publish", "prune", nginx.url, "--keep", "1",
+                                      *origin_args(pki)])
+    assert pruned.exit_code == 1 and "interrupted entry switch" in pruned.output
+    assert (nginx.root / "releases/ra/release.json").exists()
+
+    fixed = CliRunner().invoke(cli, ["publish", "repair", nginx.url, *origin_args(pki)])
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads(fixed.output)["action"] == "completed"
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()
+    assert not (nginx.root / SWITCH_JOURNAL).exists()
+    again = CliRunner().invoke(cli, ["publish", "repair", nginx.url, *origin_args(pki)])
+    assert json.loads(again.output)["action"] == "none"
+
+
+@pytest.mark.slow
+def test_the_next_publish_finishes_an_interrupted_switch_first(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    assert publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra").exit_code == 0
+    killed_publish(pki, make_release({"boot.ipxe": ENTRY_B}), nginx.url, "rb", "between")
+    assert mismatched(pki, nginx)
+    r = publish(pki, make_release({"boot.ipxe": ENTRY_C}), nginx.url, "rc", "--no-switch")
+    assert r.exit_code == 0, r.output
+    assert "rb" in json.loads(r.output)["repaired"]
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()
+    assert not (nginx.root / SWITCH_JOURNAL).exists()
+
+
+@pytest.mark.slow
+def test_killed_before_the_first_move_keeps_the_live_release(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    assert publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra").exit_code == 0
+    killed_publish(pki, make_release({"boot.ipxe": ENTRY_B}), nginx.url, "rb", "before")
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_A).digest()
+    assert (nginx.root / SWITCH_JOURNAL).exists()
+    fixed = CliRunner().invoke(cli, ["publish", "repair", nginx.url, *origin_args(pki)])
+    assert json.loads(fixed.output)["action"] == "dropped", fixed.output
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_A).digest()
+    assert not (nginx.root / SWITCH_JOURNAL).exists()
+
+
+@pytest.mark.slow
+def test_temp_objects_of_a_killed_run_are_removed_once_stale(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """A run killed mid-switch leaves the staged copy of the script in the staging
+    collection; the next publish removes it once it is an hour old (a young one is left:
+    it could belong to a run whose lock was broken)."""
+    assert publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra").exit_code == 0
+    killed_publish(pki, make_release({"boot.ipxe": ENTRY_B}), nginx.url, "rb", "between")
+    staging = nginx.root / STAGING
+    left = sorted(p.name for p in staging.iterdir())
+    assert len(left) == 1 and left[0].endswith(".boot.ipxe"), left
+    young = staging / "0123456789abcdef.vmlinuz"
+    young.write_bytes(b"an upload in progress")
+    old = time.time() - 2 * 3600
+    os.utime(staging / left[0], (old, old))
+    r = publish(pki, make_release({"boot.ipxe": ENTRY_C}), nginx.url, "rc")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["removed_temps"] == [f"{STAGING}/{left[0]}"]
+    assert sorted(p.name for p in staging.iterdir()) == [young.name]
+    # listing never shows staging objects
+    listed = CliRunner().invoke(cli, ["publish", "list", nginx.url, *origin_args(pki)])
+    assert "tb-tmp" not in listed.output
+
+
+def test_file_origin_removes_only_stale_temp_files(tmp_path: Path) -> None:
+    root = tmp_path / "origin"
+    (root / "releases/r1").mkdir(parents=True)
+    stale = root / "releases/r1/.tb-tmp.aaaa.vmlinuz"
+    young = root / "releases/r1/.tb-tmp.bbbb.initrd"
+    kept = root / "releases/r1/vmlinuz"
+    for f in (stale, young, kept):
+        f.write_bytes(b"x")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    os.utime(kept, (old, old))
+    with open_origin(f"file://{root}", OriginOptions()) as origin:
+        assert origin.remove_stale_temps(3600) == ["releases/r1/.tb-tmp.aaaa.vmlinuz"]
+    assert not stale.exists() and young.exists() and kept.exists()
