@@ -49,6 +49,7 @@ DIRNAME = "secureboot"
 META = "secureboot.json"
 DEFAULT_DAYS = 3650
 MAX_CERT = 64 << 10
+NO_PK_DELAY = dt.timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -239,9 +240,9 @@ def export(keyset: KeySet, out: Path, passphrase: PassphraseSource, *, now: dt.d
     signers = {role: open_signer(keyset, role, passphrase, now=now) for role in ("PK", "KEK")}
     written: list[Path] = []
 
-    def put(name: str, data: bytes) -> None:
+    def put(name: str, data: bytes, mode: int = fsutil.PUBLIC_FILE_MODE) -> None:
         try:
-            fsutil.atomic_write(out / name, data, mode=fsutil.PUBLIC_FILE_MODE)
+            fsutil.atomic_write(out / name, data, mode=mode)
         except OSError as exc:
             raise OperationalError(f"cannot write {out / name}: {exc.strerror}") from None
         written.append(out / name)
@@ -255,6 +256,12 @@ def export(keyset: KeySet, out: Path, passphrase: PassphraseSource, *, now: dt.d
         put(f"{role}.esl", esl)
         put(f"{role}.auth", efi.auth_update(role, esl, now,
                                             _pkcs7_signer(signers[UPDATE_SIGNER[role]])))
+    # The owner's way back to setup mode: an empty PK update signed by the PK deletes it.
+    # Firmware takes a PK update only with a timestamp later than the stored one, so it is
+    # dated a second after the PK.auth written with it. Private: whoever holds it can turn
+    # Secure Boot enforcement off on every machine with this PK.
+    put("noPK.auth", efi.auth_update("PK", b"", now + NO_PK_DELAY,
+                                     _pkcs7_signer(signers["PK"])), mode=fsutil.PRIVATE_FILE_MODE)
     put("owner-guid.txt", f"{keyset.owner}\n".encode())
     put("ENROLL.md", _enroll_readme(keyset).encode())
     if ovmf_template is not None:
@@ -312,7 +319,7 @@ Owner GUID: {keyset.owner}
 {fps}
 
 Files: `PK/KEK/db` as `.crt` (PEM), `.cer` (DER), `.esl` (EFI signature list) and `.auth`
-(signed update: PK and KEK signed by PK, db signed by KEK).
+(signed update: PK and KEK signed by PK, db signed by KEK), and `noPK.auth` (see 5).
 
 1. Put the firmware in **setup mode** (firmware setup: "Reset to setup mode" / "Clear
    Secure Boot keys"). Keep the vendor keys if other operating systems must still boot:
@@ -327,6 +334,12 @@ Files: `PK/KEK/db` as `.crt` (PEM), `.cer` (DER), `.esl` (EFI signature list) an
 4. Virtual machines: `OVMF_VARS.secboot.fd` (when exported with `--ovmf-vars`) already has
    the keys enrolled and Secure Boot on; use it with `OVMF_CODE_4M.secboot.fd` and
    `-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on`.
+
+5. Back to setup mode (to enroll other keys, or hand the machine on): write `noPK.auth`
+   to PK, e.g. `efi-updatevar -f noPK.auth PK`. It is an empty PK signed by the PK, so
+   only the key set's owner can make it; firmware takes it only while the enrolled PK is
+   this one and was enrolled from a `PK.auth` older than it (the same or an earlier export).
+   Keep it offline: anyone holding it can switch Secure Boot enforcement off.
 
 Keep `private/` of the key set offline-backed-up: losing the PK key means resetting the
 firmware to setup mode to change anything.
