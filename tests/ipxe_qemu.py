@@ -24,6 +24,7 @@ concurrent callers with the same inputs wait on a lock and share one build.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -264,6 +265,7 @@ def boot_efi(
     vars_file: Path | None = None,
     secure_boot: bool = False,
     extra_args: Sequence[str] = (),
+    vars_in_place: bool = False,
 ) -> str:
     """Boot an iPXE EFI binary under OVMF (TCG).
 
@@ -273,8 +275,10 @@ def boot_efi(
     OVMF's serial terminal (iPXE's EFI console writes there). Same network, ``stop_on`` and
     ``restrict`` semantics as :func:`boot`; ``tftp`` files are served by slirp's TFTP.
     ``secure_boot`` runs OVMF's Secure Boot build (SMM, secure flash) with ``vars_file``
-    (a copy is used) holding the enrolled keys. Skips when OVMF is not installed (Debian
-    package ovmf).
+    (a copy is used) holding the enrolled keys; ``vars_in_place=True`` boots ``vars_file``
+    itself, so what the guest writes to its variables is there for the next boot (a
+    reboot is two calls). ``efi=None`` with ``-kernel`` in ``extra_args`` boots a Linux
+    kernel through OVMF. Skips when OVMF is not installed (Debian package ovmf).
     """
     code = OVMF_CODE_SECBOOT if secure_boot else OVMF_CODE
     template = vars_file or OVMF_VARS
@@ -292,7 +296,11 @@ def boot_efi(
         for name, data in (tftp or {}).items():
             (served / name).write_bytes(data)
         vars_copy = Path(tmp) / "vars.fd"
-        shutil.copyfile(template, vars_copy)
+        if vars_in_place:
+            assert vars_file is not None, "vars_in_place needs a vars_file"
+            vars_copy = vars_file
+        else:
+            shutil.copyfile(template, vars_copy)
         netdev = f"user,id=n0,restrict={'on' if restrict else 'off'},tftp={served}"
         machine = ["-machine", "q35,smm=on", "-global",
                    "driver=cfi.pflash01,property=secure,value=on"] if secure_boot else \
@@ -308,6 +316,8 @@ def boot_efi(
             shutil.copyfile(efi, served / "boot.efi")
             argv += ["-netdev", f"{netdev},bootfile=boot.efi",
                      "-device", "virtio-net-pci,netdev=n0,romfile=,bootindex=0"]
+        elif efi is None:  # booting what extra_args give (-kernel takes bootindex 0)
+            argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
         else:
             argv += ["-drive", f"if=none,id=esp,format=raw,file=fat:rw:{esp}",
                      "-device", "virtio-blk-pci,drive=esp,bootindex=0",
@@ -362,6 +372,27 @@ def chain_firmware(src: Path, pki_dir: Path, chain_url: str, out: Path, *,
     ])
     assert result.exit_code == 0, result.output
     return out / target
+
+
+def newc_cpio(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
+    """A newc cpio archive (an initramfs): (name, mode, data, (rdev major, minor))."""
+    out = bytearray()
+    for ino, (name, mode, data, rdev) in enumerate([*entries, ("TRAILER!!!", 0, b"", (0, 0))],
+                                                  start=1):
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
+        out += b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
+        out += b"\0" * (-len(out) % 4) + data
+        out += b"\0" * (-len(out) % 4)
+    return bytes(out)
+
+
+def real_kernel() -> Path:
+    """Debian's kernel from /boot (an EFI-stub bzImage), or skip naming the package."""
+    kernels = sorted(glob.glob("/boot/vmlinuz-*"))
+    if not kernels or not os.access(kernels[-1], os.R_OK):
+        pytest.skip("needs a Linux kernel in /boot: apt-get install linux-image-amd64")
+    return Path(kernels[-1])
 
 
 def sha256_hex(data: bytes) -> str:
