@@ -78,14 +78,9 @@ def init_cmd(pki: Path, common_name: str, organization: str | None, key_type: st
     """Create a root CA and an issuing CA under it (never overwrites an existing CA)."""
     pkcs11 = None
     if pkcs11_token is not None:
-        from trustboot.keys.pkcs11 import module_path, parse_uri
+        from trustboot.keys.pkcs11 import generation_token
 
-        uri = parse_uri(pkcs11_token, require_key=False)
-        if uri.get("object") or uri.id or "pin-value" in uri.query:
-            raise ConfigError(f"--pkcs11 {uri.text}: name the token only (token=, serial=)",
-                              hint="trustboot names the keys it generates; give the PIN "
-                                   "with --passphrase-file/--passphrase-env")
-        pkcs11 = (pkcs11_token, module_path(uri, pkcs11_module))
+        pkcs11 = generation_token(pkcs11_token, pkcs11_module)
     for url, opt in ((crl_url, "--crl-url"), (ocsp_url, "--ocsp-url")):
         if url is not None and not url.startswith(("http://", "https://")):
             raise ConfigError(f"{opt} {url!r} is not an http(s) URL")

@@ -57,6 +57,9 @@ class KeySet:
     directory: Path
     owner: uuid.UUID
     certificates: dict[str, x509.Certificate]
+    # Keys in a PKCS#11 token: {"module": path, "PK"/"KEK"/"db": key URI}; None when the
+    # keys are encrypted files in private/.
+    pkcs11: dict[str, str] | None = None
 
     def cert_path(self, role: str) -> Path:
         return self.directory / f"{role}.crt"
@@ -90,11 +93,14 @@ def _certificate(role: str, name: str, key: rsa.RSAPrivateKey, now: dt.datetime,
 
 
 def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.datetime,
-                days: int = DEFAULT_DAYS, owner: uuid.UUID | None = None) -> KeySet:
+                days: int = DEFAULT_DAYS, owner: uuid.UUID | None = None,
+                pkcs11: tuple[str, Path] | None = None) -> KeySet:
     """Create PK, KEK and db in ``pki/secureboot``. Refuses to overwrite a key set.
 
     Everything is written into a private staging directory first and renamed into place
-    last, so a killed run leaves either no key set or a complete one.
+    last, so a killed run leaves either no key set or a complete one. ``pkcs11=(token URI,
+    module)``: the three keys are generated in that token instead (non-extractable) and
+    sign there; ``passphrase`` then gives the token's PIN (asked once).
     """
     pki = Path(pki)
     if not pki.is_dir():
@@ -109,9 +115,13 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
                           "characters", hint="e.g. --name 'Example Boot'")
     if not 1 <= days <= 36500:
         raise ConfigError(f"--days {days} is out of range (1 to 36500)")
-    secret = passphrase("the Secure Boot keys")
-    keyfile.check_passphrase(secret, "the passphrase for the Secure Boot keys")
+    if pkcs11 is None:
+        secret = passphrase("the Secure Boot keys")
+        keyfile.check_passphrase(secret, "the passphrase for the Secure Boot keys")
+    else:
+        passphrase = once(passphrase)
     owner = owner or uuid.uuid4()
+    token_refs: dict[str, str] = {}
     _clean_staging(pki)
     staging = Path(tempfile.mkdtemp(prefix=".secureboot.", suffix=".tmp", dir=pki))
     try:
@@ -121,9 +131,13 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
                                    "created": now.astimezone(dt.UTC).isoformat(), "keys": {}}
         certs: dict[str, x509.Certificate] = {}
         for role in ROLES:
-            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            if pkcs11 is None:
+                key: rsa.RSAPrivateKey = rsa.generate_private_key(public_exponent=65537,
+                                                                  key_size=2048)
+                keyfile.write_key(staging / "private" / f"{role}.key", key, secret)
+            else:
+                key = _token_key(pkcs11, role, passphrase, token_refs)
             cert = _certificate(role, name, key, now, days)
-            keyfile.write_key(staging / "private" / f"{role}.key", key, secret)
             fsutil.atomic_write(staging / f"{role}.crt",
                                 cert.public_bytes(serialization.Encoding.PEM),
                                 mode=fsutil.PUBLIC_FILE_MODE)
@@ -132,14 +146,47 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
             assert isinstance(keys, dict)
             keys[role] = {"cert": f"{role}.crt", "sha256": _fingerprint(cert),
                           "not_after": cert.not_valid_after_utc.isoformat()}
+        token_meta = {"module": str(pkcs11[1]), **token_refs} if pkcs11 else None
+        if token_meta:
+            meta["pkcs11"] = token_meta
         fsutil.atomic_write(staging / META, json.dumps(meta, indent=2).encode() + b"\n",
                             mode=fsutil.PUBLIC_FILE_MODE)
         os.rename(staging, target)
         fsutil.fsync_dir(pki)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if pkcs11 is not None and token_refs:  # no half key set in the token either
+            from trustboot.keys.pkcs11 import destroy_generated
+
+            destroy_generated(pkcs11[0], pkcs11[1], passphrase,
+                              [f"trustboot-sb-{role}" for role in token_refs])
         raise
-    return KeySet(target, owner, certs)
+    return KeySet(target, owner, certs, token_meta)
+
+
+def once(passphrase: PassphraseSource) -> PassphraseSource:
+    """``passphrase`` asked at most once (a token's PIN serves every key of the set)."""
+    memo: list[bytes] = []
+
+    def source(what: str) -> bytes:
+        if not memo:
+            memo.append(passphrase(what))
+        return memo[0]
+    return source
+
+
+def _token_key(pkcs11: tuple[str, Path], role: str, pin: PassphraseSource,
+               refs: dict[str, str]) -> rsa.RSAPrivateKey:
+    """A new RSA-2048 key in the token, labelled ``trustboot-sb-ROLE`` (a label the token
+    already holds is refused, so a second key set never reuses another's keys)."""
+    from trustboot.keys.pkcs11 import generate_key_pair, token_private_key
+
+    token, module = pkcs11
+    refs[role] = generate_key_pair(token, module, pin, label=f"trustboot-sb-{role}",
+                                   kind="rsa", size=2048)
+    key = token_private_key(refs[role], module, pin)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
 
 
 def _clean_staging(pki: Path) -> None:
@@ -169,6 +216,11 @@ def load_keyset(pki: Path) -> KeySet:
                                              nofollow=True))
         owner = uuid.UUID(meta["owner_guid"])
         recorded = {role: meta["keys"][role]["sha256"] for role in ROLES}
+        token = meta.get("pkcs11")
+        if token is not None and not (
+                isinstance(token, dict) and all(isinstance(token.get(k), str) and token[k]
+                                                for k in ("module", *ROLES))):
+            raise ValueError("pkcs11")
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{meta_path} is damaged or incomplete",
                           hint="restore the key set from your backup") from None
@@ -186,7 +238,7 @@ def load_keyset(pki: Path) -> KeySet:
                               hint="someone replaced it: restore it from your backup and "
                                    "check who can write to the CA home")
         certs[role] = cert
-    return KeySet(directory, owner, certs)
+    return KeySet(directory, owner, certs, token)
 
 
 def open_signer(keyset: KeySet, role: str, passphrase: PassphraseSource, *,
@@ -202,7 +254,14 @@ def open_signer(keyset: KeySet, role: str, passphrase: PassphraseSource, *,
                           f"{cert.not_valid_after_utc:%Y-%m-%d}",
                           hint="create and enroll a new key set (firmware ignores the date, "
                                "but an expired key set is one nobody is looking after)")
-    key = keyfile.load_key(keyset.key_path(role), passphrase, f"the Secure Boot {role} key")
+    if keyset.pkcs11 is not None:
+        from trustboot.keys.pkcs11 import token_private_key
+
+        key: keyfile.PrivateKey = token_private_key(keyset.pkcs11[role],
+                                                    Path(keyset.pkcs11["module"]), passphrase)
+    else:
+        key = keyfile.load_key(keyset.key_path(role), passphrase,
+                               f"the Secure Boot {role} key")
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ConfigError(f"the {role} key is not RSA")
     return KeySigner(key, cert, [])
@@ -237,6 +296,7 @@ def export(keyset: KeySet, out: Path, passphrase: PassphraseSource, *, now: dt.d
     same names are replaced atomically). Returns the files written."""
     out = Path(out)
     fsutil.make_dirs(out)
+    passphrase = once(passphrase)  # one passphrase (or PIN) for PK and KEK
     signers = {role: open_signer(keyset, role, passphrase, now=now) for role in ("PK", "KEK")}
     written: list[Path] = []
 
