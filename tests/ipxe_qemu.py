@@ -148,9 +148,12 @@ def _rtc_args(rtc: datetime | None) -> list[str]:
 
 
 def _run_console(argv: list[str], stop_on: Sequence[str], timeout: float,
-                 stop_when: Callable[[str], bool] | None = None) -> str:
+                 stop_when: Callable[[str], bool] | None = None,
+                 exited: list[bool] | None = None) -> str:
     """Run QEMU with the serial console on stdout until a stop string, ``stop_when`` (given
-    the console so far) returns true, or the timeout."""
+    the console so far) returns true, or the timeout. ``exited`` gets whether QEMU had
+    ended by itself (the guest powered off, or reset under -no-reboot) before it was
+    stopped."""
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -178,6 +181,12 @@ def _run_console(argv: list[str], stop_on: Sequence[str], timeout: float,
     while not done.wait(0.2) and time.monotonic() < deadline:
         if stop_when is not None and stop_when(_clean(b"".join(chunks).decode(errors="replace"))):
             break
+    if exited is not None:
+        try:  # stdout closes a moment before the process is reaped
+            proc.wait(0.5 if done.is_set() else 0)
+        except subprocess.TimeoutExpired:
+            pass
+        exited.append(proc.poll() is not None)
     proc.terminate()
     try:
         proc.wait(10)
@@ -201,6 +210,8 @@ def boot(
     bootfile: str = BOOT_SCRIPT_NAME,
     stop_when: Callable[[str], bool] | None = None,
     bios_log: Path | None = None,
+    no_reboot: bool = True,
+    exited: list[bool] | None = None,
 ) -> str:
     """Boot ``lkrn`` under QEMU (TCG), serve ``files`` and ``script`` over slirp's TFTP.
 
@@ -217,6 +228,8 @@ def boot(
     boot device that SeaBIOS tries after ``lkrn`` returns (it checks no signatures);
     ``bootfile`` is the DHCP file name slirp offers it. ``bios_log`` receives SeaBIOS's
     debug log (which boot devices it tried). ``stop_when`` ends the boot early.
+    ``no_reboot=False`` lets a guest reset restart the machine (QEMU then ends only on a
+    power-off); ``exited`` gets whether QEMU ended by itself.
     """
     if shutil.which(QEMU) is None:
         pytest.skip(f"needs {QEMU}: apt-get install qemu-system-x86")
@@ -231,7 +244,8 @@ def boot(
             dest.write_bytes(data)
         (tftp / BOOT_SCRIPT_NAME).write_text(script)
         argv = [
-            QEMU, "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot",
+            QEMU, "-accel", "tcg", "-nodefaults", "-display", "none",
+            *(["-no-reboot"] if no_reboot else []),
             "-m", "256", "-kernel", str(lkrn),
             "-netdev", f"user,id=n0,restrict={'on' if restrict else 'off'},tftp={tftp},"
             f"bootfile={bootfile}",
@@ -245,7 +259,7 @@ def boot(
             argv += ["-chardev", f"file,id=biosdbg,path={bios_log}",
                      "-device", "isa-debugcon,iobase=0x402,chardev=biosdbg"]
         argv += _rtc_args(rtc)
-        return _run_console(argv, stop_on, timeout, stop_when)
+        return _run_console(argv, stop_on, timeout, stop_when, exited)
 
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -266,6 +280,7 @@ def boot_efi(
     secure_boot: bool = False,
     extra_args: Sequence[str] = (),
     vars_in_place: bool = False,
+    stop_when: Callable[[str], bool] | None = None,
 ) -> str:
     """Boot an iPXE EFI binary under OVMF (TCG).
 
@@ -323,7 +338,18 @@ def boot_efi(
                      "-device", "virtio-blk-pci,drive=esp,bootindex=0",
                      "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
         argv += [*_rtc_args(rtc), *extra_args]
-        return _run_console(argv, stop_on, timeout)
+        return _run_console(argv, stop_on, timeout, stop_when)
+
+
+def doubled(text: str) -> str:
+    """iPXE built with a serial console, under OVMF, writes every character twice to the
+    serial port (once itself, once through OVMF's console mirror)."""
+    return "".join(c * 2 for c in text)
+
+
+def seen(marker: str, console: str) -> bool:
+    """``marker`` on an OVMF console, written once or (iPXE with a serial console) twice."""
+    return marker in console or doubled(marker) in console
 
 
 def boot_rom(
@@ -357,9 +383,11 @@ def boot_rom(
 
 
 def chain_firmware(src: Path, pki_dir: Path, chain_url: str, out: Path, *,
-                   target: str = "bin/ipxe.lkrn", signer: str = "boot-signer") -> Path:
+                   target: str = "bin/ipxe.lkrn", signer: str = "boot-signer",
+                   extra: Sequence[str] = ()) -> Path:
     """Firmware built the way users build it (`trustboot ipxe build --chain URL`), with a
-    serial console and short retries, cached in the tests' iPXE cache; returns the target."""
+    serial console and short retries, cached in the tests' iPXE cache; returns the target.
+    ``extra``: more `ipxe build` options (e.g. --on-failure poweroff)."""
     from click.testing import CliRunner
 
     from trustboot.cli.main import cli
@@ -368,7 +396,7 @@ def chain_firmware(src: Path, pki_dir: Path, chain_url: str, out: Path, *,
         "ipxe", "build", "--source", str(src), "--pki", str(pki_dir),
         "--target", target, "--serial-console",
         "--chain", chain_url, "--signer", signer, "--retries", "2", "--retry-delay", "1",
-        "--cache-dir", str(cache_root() / "ipxe"), "-o", str(out), "--json",
+        "--cache-dir", str(cache_root() / "ipxe"), "-o", str(out), "--json", *extra,
     ])
     assert result.exit_code == 0, result.output
     return out / target

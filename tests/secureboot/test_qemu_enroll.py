@@ -35,14 +35,16 @@ from tests.ipxe_qemu import (
     OVMF_VARS,
     QEMU,
     boot_efi,
+    doubled,
     newc_cpio,
     real_kernel,
+    seen,
 )
 from trustboot.cli.main import cli
 from trustboot.secrets import constant
 from trustboot.secureboot import authenticode, efi, keyset
 
-from .conftest import EMBED_MARKER, PASS, doubled, seen
+from .conftest import EMBED_MARKER, PASS
 from .mkpe import make_marker_app
 
 pytestmark = [pytest.mark.slow]
