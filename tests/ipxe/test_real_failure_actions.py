@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.ipxe.test_real_ipxe import ENTRY, _flip, _Origin, _serve
-from tests.ipxe.testpki import TestPki, cached_pki
-from tests.ipxe_qemu import boot, boot_efi, cache_root, chain_firmware, ipxe_src_or_skip, seen
+from tests.ipxe.testpki import TestPki
+from tests.ipxe_qemu import boot, boot_efi, chain_firmware, seen
 from tests.secureboot.mkpe import make_marker_app
 
 pytestmark = [pytest.mark.ipxe, pytest.mark.slow]
@@ -38,20 +38,11 @@ EFI = "bin-x86_64-efi/ipxe.efi"
 
 
 @pytest.fixture(scope="module")
-def src() -> Path:
-    return ipxe_src_or_skip()
-
-
-@pytest.fixture(scope="module")
-def pki(src: Path) -> TestPki:
-    return cached_pki(cache_root() / "pki", "main")
-
-
-@pytest.fixture(scope="module")
-def origin(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Origin]:
+def origin(real_pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Origin]:
     """The entry script signed, then one byte changed: every boot fails verification."""
-    server = _serve(pki, tmp_path_factory.mktemp("failure-origin"), port=ORIGIN_PORT)
-    server.files = {"/boot.ipxe": _flip(ENTRY, 12), "/boot.ipxe.sig": pki.sign_bytes(ENTRY)}
+    server = _serve(real_pki, tmp_path_factory.mktemp("failure-origin"), port=ORIGIN_PORT)
+    server.files = {"/boot.ipxe": _flip(ENTRY, 12),
+                    "/boot.ipxe.sig": real_pki.sign_bytes(ENTRY)}
     yield server
     server.shutdown()
     server.server_close()
@@ -64,9 +55,9 @@ def _firmware(src: Path, pki: TestPki, origin: _Origin, out: Path, action: str,
                           extra=["--on-failure", action])
 
 
-def test_on_failure_poweroff_powers_the_machine_off(src: Path, pki: TestPki, origin: _Origin,
-                                                    tmp_path: Path) -> None:
-    fw = _firmware(src, pki, origin, tmp_path, "poweroff")
+def test_on_failure_poweroff_powers_the_machine_off(
+        real_src: Path, real_pki: TestPki, origin: _Origin, tmp_path: Path) -> None:
+    fw = _firmware(real_src, real_pki, origin, tmp_path, "poweroff")
     exited: list[bool] = []
     console = boot(fw, {}, "#!ipxe\n", restrict=False, stop_on=(), no_reboot=False,
                    exited=exited, timeout=240)
@@ -76,9 +67,9 @@ def test_on_failure_poweroff_powers_the_machine_off(src: Path, pki: TestPki, ori
     assert "halted" not in console and "MARKER-SIGNED-ENTRY-RAN" not in console, console
 
 
-def test_on_failure_reboot_loops(src: Path, pki: TestPki, origin: _Origin,
+def test_on_failure_reboot_loops(real_src: Path, real_pki: TestPki, origin: _Origin,
                                  tmp_path: Path) -> None:
-    fw = _firmware(src, pki, origin, tmp_path, "reboot")
+    fw = _firmware(real_src, real_pki, origin, tmp_path, "reboot")
     exited: list[bool] = []
     console = boot(fw, {}, "#!ipxe\n", restrict=False, stop_on=(), no_reboot=False,
                    exited=exited, timeout=300,
@@ -103,16 +94,16 @@ def _ovmf_with_next_device(fw: Path, tmp_path: Path, *, timeout: float,
                         "-device", "virtio-blk-pci,drive=next,bootindex=1"])
 
 
-def test_ovmf_exit_falls_through_and_halt_does_not(src: Path, pki: TestPki, origin: _Origin,
-                                                   tmp_path: Path) -> None:
+def test_ovmf_exit_falls_through_and_halt_does_not(
+        real_src: Path, real_pki: TestPki, origin: _Origin, tmp_path: Path) -> None:
     # Control: --on-failure exit hands the machine back to OVMF, which boots the next disk.
-    exit_fw = _firmware(src, pki, origin, tmp_path, "exit", target=EFI)
+    exit_fw = _firmware(real_src, real_pki, origin, tmp_path, "exit", target=EFI)
     console = _ovmf_with_next_device(exit_fw, tmp_path, timeout=300)
     assert seen(FAILED, console), console
     assert NEXT_DEVICE_MARKER in console, console
 
     # The default (halt): the same failure, and the next device never runs.
-    halt_fw = _firmware(src, pki, origin, tmp_path, "halt", target=EFI)
+    halt_fw = _firmware(real_src, real_pki, origin, tmp_path, "halt", target=EFI)
     gave_up: list[float] = []
 
     def settle(text: str) -> bool:

@@ -16,6 +16,8 @@ from trustboot.cli._common import (
     json_option,
     passphrase_options,
     passphrase_source,
+    pkcs11_generation,
+    pkcs11_generation_options,
 )
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.secureboot import authenticode, keyset
@@ -47,23 +49,14 @@ def _now() -> dt.datetime:
 @pki_option
 @click.option("--name", required=True, help="Names the certificates: '<name> Secure Boot PK'.")
 @click.option("--days", type=int, default=keyset.DEFAULT_DAYS, show_default=True)
-@click.option("--pkcs11", "pkcs11_token", metavar="URI",
-              help="Generate the three keys inside this PKCS#11 token (RFC 7512 URI, e.g. "
-              "pkcs11:token=secureboot); the passphrase options then give its PIN.")
-@click.option("--pkcs11-module", "pkcs11_module", type=click.Path(path_type=Path,
-              dir_okay=False), envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
-              help="PKCS#11 module (.so) for --pkcs11.")
+@pkcs11_generation_options("the three keys", "pkcs11:token=secureboot")
 @passphrase_options(what="the new Secure Boot keys (or the token PIN with --pkcs11)")
 @json_option
 def init_cmd(pki: Path, name: str, days: int, pkcs11_token: str | None,
              pkcs11_module: Path | None, passphrase_file: Path | None,
              passphrase_env: str | None, as_json: bool) -> None:
     """Create a PK, KEK and db key set (RSA-2048, SHA-256) in PKI/secureboot."""
-    pkcs11 = None
-    if pkcs11_token is not None:
-        from trustboot.keys.pkcs11 import generation_token
-
-        pkcs11 = generation_token(pkcs11_token, pkcs11_module)
+    pkcs11 = pkcs11_generation(pkcs11_token, pkcs11_module)
     source = passphrase_source(passphrase_file, passphrase_env, confirm=pkcs11 is None)
     ks = keyset.init_keyset(pki, source, name=name, now=_now(), days=days, pkcs11=pkcs11)
     fingerprints = {r: c.fingerprint(hashes.SHA256()).hex() for r, c in ks.certificates.items()}
