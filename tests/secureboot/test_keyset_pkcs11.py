@@ -147,3 +147,37 @@ def test_init_uri_must_name_the_token_only(uri: str, tmp_path: Path) -> None:
              "--pkcs11-module", "/nonexistent.so", "--passphrase-env", "TB_PIN")
     assert r.exit_code == 3 and "name the token only" in r.output, r.output
     assert not (tmp_path / keyset.DIRNAME).exists()
+
+
+def test_failed_init_removes_the_keys_it_generated(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token already holds a 'trustboot-sb-KEK' (someone else's): the PK generated
+    before the refusal is removed again, and the other object is left alone."""
+    import pkcs11
+
+    token = make_token(tmp_path / "hsm", label="sb-half")
+    for key, value in token.env.items():
+        monkeypatch.setenv(key, value)
+    lib = pkcs11.lib(str(token.module))
+    try:
+        with lib.get_token(token_label=token.label).open(rw=True, user_pin=PIN) as s:
+            s.create_object({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.DATA,
+                             pkcs11.Attribute.TOKEN: True,
+                             pkcs11.Attribute.LABEL: "trustboot-sb-KEK",
+                             pkcs11.Attribute.VALUE: b"not ours"})
+    finally:
+        lib.finalize()
+    pki = tmp_path / "pki"
+    pki.mkdir(mode=0o755)
+    r = _cli("secureboot", "init", "--pki", str(pki), "--name", "Half",
+             "--pkcs11", f"pkcs11:token={token.label}", "--pkcs11-module", str(token.module),
+             "--passphrase-env", "TB_PIN")
+    assert r.exit_code == 3 and "trustboot-sb-KEK" in r.output, r.output
+    assert not (pki / keyset.DIRNAME).exists()
+    lib = pkcs11.lib(str(token.module))
+    try:
+        with lib.get_token(token_label=token.label).open(user_pin=PIN) as s:
+            labels = sorted(o[pkcs11.Attribute.LABEL] for o in list(s.get_objects({})))
+    finally:
+        lib.finalize()
+    assert labels == ["trustboot-sb-KEK"], labels
