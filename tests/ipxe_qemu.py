@@ -24,6 +24,7 @@ concurrent callers with the same inputs wait on a lock and share one build.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -147,9 +148,12 @@ def _rtc_args(rtc: datetime | None) -> list[str]:
 
 
 def _run_console(argv: list[str], stop_on: Sequence[str], timeout: float,
-                 stop_when: Callable[[str], bool] | None = None) -> str:
+                 stop_when: Callable[[str], bool] | None = None,
+                 exited: list[bool] | None = None) -> str:
     """Run QEMU with the serial console on stdout until a stop string, ``stop_when`` (given
-    the console so far) returns true, or the timeout."""
+    the console so far) returns true, or the timeout. ``exited`` gets whether QEMU had
+    ended by itself (the guest powered off, or reset under -no-reboot) before it was
+    stopped."""
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -177,6 +181,12 @@ def _run_console(argv: list[str], stop_on: Sequence[str], timeout: float,
     while not done.wait(0.2) and time.monotonic() < deadline:
         if stop_when is not None and stop_when(_clean(b"".join(chunks).decode(errors="replace"))):
             break
+    if exited is not None:
+        try:  # stdout closes a moment before the process is reaped
+            proc.wait(0.5 if done.is_set() else 0)
+        except subprocess.TimeoutExpired:
+            pass
+        exited.append(proc.poll() is not None)
     proc.terminate()
     try:
         proc.wait(10)
@@ -200,6 +210,8 @@ def boot(
     bootfile: str = BOOT_SCRIPT_NAME,
     stop_when: Callable[[str], bool] | None = None,
     bios_log: Path | None = None,
+    no_reboot: bool = True,
+    exited: list[bool] | None = None,
 ) -> str:
     """Boot ``lkrn`` under QEMU (TCG), serve ``files`` and ``script`` over slirp's TFTP.
 
@@ -216,6 +228,8 @@ def boot(
     boot device that SeaBIOS tries after ``lkrn`` returns (it checks no signatures);
     ``bootfile`` is the DHCP file name slirp offers it. ``bios_log`` receives SeaBIOS's
     debug log (which boot devices it tried). ``stop_when`` ends the boot early.
+    ``no_reboot=False`` lets a guest reset restart the machine (QEMU then ends only on a
+    power-off); ``exited`` gets whether QEMU ended by itself.
     """
     if shutil.which(QEMU) is None:
         pytest.skip(f"needs {QEMU}: apt-get install qemu-system-x86")
@@ -230,7 +244,8 @@ def boot(
             dest.write_bytes(data)
         (tftp / BOOT_SCRIPT_NAME).write_text(script)
         argv = [
-            QEMU, "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot",
+            QEMU, "-accel", "tcg", "-nodefaults", "-display", "none",
+            *(["-no-reboot"] if no_reboot else []),
             "-m", "256", "-kernel", str(lkrn),
             "-netdev", f"user,id=n0,restrict={'on' if restrict else 'off'},tftp={tftp},"
             f"bootfile={bootfile}",
@@ -244,7 +259,7 @@ def boot(
             argv += ["-chardev", f"file,id=biosdbg,path={bios_log}",
                      "-device", "isa-debugcon,iobase=0x402,chardev=biosdbg"]
         argv += _rtc_args(rtc)
-        return _run_console(argv, stop_on, timeout, stop_when)
+        return _run_console(argv, stop_on, timeout, stop_when, exited)
 
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -264,6 +279,8 @@ def boot_efi(
     vars_file: Path | None = None,
     secure_boot: bool = False,
     extra_args: Sequence[str] = (),
+    vars_in_place: bool = False,
+    stop_when: Callable[[str], bool] | None = None,
 ) -> str:
     """Boot an iPXE EFI binary under OVMF (TCG).
 
@@ -273,8 +290,10 @@ def boot_efi(
     OVMF's serial terminal (iPXE's EFI console writes there). Same network, ``stop_on`` and
     ``restrict`` semantics as :func:`boot`; ``tftp`` files are served by slirp's TFTP.
     ``secure_boot`` runs OVMF's Secure Boot build (SMM, secure flash) with ``vars_file``
-    (a copy is used) holding the enrolled keys. Skips when OVMF is not installed (Debian
-    package ovmf).
+    (a copy is used) holding the enrolled keys; ``vars_in_place=True`` boots ``vars_file``
+    itself, so what the guest writes to its variables is there for the next boot (a
+    reboot is two calls). ``efi=None`` with ``-kernel`` in ``extra_args`` boots a Linux
+    kernel through OVMF. Skips when OVMF is not installed (Debian package ovmf).
     """
     code = OVMF_CODE_SECBOOT if secure_boot else OVMF_CODE
     template = vars_file or OVMF_VARS
@@ -292,7 +311,11 @@ def boot_efi(
         for name, data in (tftp or {}).items():
             (served / name).write_bytes(data)
         vars_copy = Path(tmp) / "vars.fd"
-        shutil.copyfile(template, vars_copy)
+        if vars_in_place:
+            assert vars_file is not None, "vars_in_place needs a vars_file"
+            vars_copy = vars_file
+        else:
+            shutil.copyfile(template, vars_copy)
         netdev = f"user,id=n0,restrict={'on' if restrict else 'off'},tftp={served}"
         machine = ["-machine", "q35,smm=on", "-global",
                    "driver=cfi.pflash01,property=secure,value=on"] if secure_boot else \
@@ -308,12 +331,25 @@ def boot_efi(
             shutil.copyfile(efi, served / "boot.efi")
             argv += ["-netdev", f"{netdev},bootfile=boot.efi",
                      "-device", "virtio-net-pci,netdev=n0,romfile=,bootindex=0"]
+        elif efi is None:  # booting what extra_args give (-kernel takes bootindex 0)
+            argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
         else:
             argv += ["-drive", f"if=none,id=esp,format=raw,file=fat:rw:{esp}",
                      "-device", "virtio-blk-pci,drive=esp,bootindex=0",
                      "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
         argv += [*_rtc_args(rtc), *extra_args]
-        return _run_console(argv, stop_on, timeout)
+        return _run_console(argv, stop_on, timeout, stop_when)
+
+
+def doubled(text: str) -> str:
+    """iPXE built with a serial console, under OVMF, writes every character twice to the
+    serial port (once itself, once through OVMF's console mirror)."""
+    return "".join(c * 2 for c in text)
+
+
+def seen(marker: str, console: str) -> bool:
+    """``marker`` on an OVMF console, written once or (iPXE with a serial console) twice."""
+    return marker in console or doubled(marker) in console
 
 
 def boot_rom(
@@ -347,9 +383,11 @@ def boot_rom(
 
 
 def chain_firmware(src: Path, pki_dir: Path, chain_url: str, out: Path, *,
-                   target: str = "bin/ipxe.lkrn", signer: str = "boot-signer") -> Path:
+                   target: str = "bin/ipxe.lkrn", signer: str = "boot-signer",
+                   extra: Sequence[str] = ()) -> Path:
     """Firmware built the way users build it (`trustboot ipxe build --chain URL`), with a
-    serial console and short retries, cached in the tests' iPXE cache; returns the target."""
+    serial console and short retries, cached in the tests' iPXE cache; returns the target.
+    ``extra``: more `ipxe build` options (e.g. --on-failure poweroff)."""
     from click.testing import CliRunner
 
     from trustboot.cli.main import cli
@@ -358,10 +396,31 @@ def chain_firmware(src: Path, pki_dir: Path, chain_url: str, out: Path, *,
         "ipxe", "build", "--source", str(src), "--pki", str(pki_dir),
         "--target", target, "--serial-console",
         "--chain", chain_url, "--signer", signer, "--retries", "2", "--retry-delay", "1",
-        "--cache-dir", str(cache_root() / "ipxe"), "-o", str(out), "--json",
+        "--cache-dir", str(cache_root() / "ipxe"), "-o", str(out), "--json", *extra,
     ])
     assert result.exit_code == 0, result.output
     return out / target
+
+
+def newc_cpio(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
+    """A newc cpio archive (an initramfs): (name, mode, data, (rdev major, minor))."""
+    out = bytearray()
+    for ino, (name, mode, data, rdev) in enumerate([*entries, ("TRAILER!!!", 0, b"", (0, 0))],
+                                                  start=1):
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
+        out += b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
+        out += b"\0" * (-len(out) % 4) + data
+        out += b"\0" * (-len(out) % 4)
+    return bytes(out)
+
+
+def real_kernel() -> Path:
+    """Debian's kernel from /boot (an EFI-stub bzImage), or skip naming the package."""
+    kernels = sorted(glob.glob("/boot/vmlinuz-*"))
+    if not kernels or not os.access(kernels[-1], os.R_OK):
+        pytest.skip("needs a Linux kernel in /boot: apt-get install linux-image-amd64")
+    return Path(kernels[-1])
 
 
 def sha256_hex(data: bytes) -> str:

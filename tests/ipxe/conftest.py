@@ -1,4 +1,5 @@
-"""Fixtures shared by the fake-tree iPXE tests: a throwaway pki and the CLI environment."""
+"""Fixtures shared by the iPXE tests: a throwaway pki and the CLI environment (fake tree),
+and the real tree with the cached test pki its firmware builds are cached for."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 
 from tests.conftest import require_tool
 from tests.ipxe.fake_tree import fake_env, fake_env_passthrough, make_fake_tree
-from tests.ipxe.testpki import TestPki, make_pki
+from tests.ipxe.testpki import TestPki, cached_pki, make_pki
+from tests.ipxe_qemu import cache_root, ipxe_src_or_skip
 from trustboot.ipxe import build as B
 
 FAKE_TOOLCHAIN = {"gcc": "gcc (fake)", "make": "make (fake)"}
@@ -17,6 +19,18 @@ FAKE_TOOLCHAIN = {"gcc": "gcc (fake)", "make": "make (fake)"}
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def real_src() -> Path:
+    """$TRUSTBOOT_IPXE_SRC (skips with the reason without it, QEMU or the toolchain)."""
+    return ipxe_src_or_skip()
+
+
+@pytest.fixture(scope="module")
+def real_pki(real_src: Path) -> TestPki:
+    """The test pki cached across runs, so firmware built for it is cached too."""
+    return cached_pki(cache_root() / "pki", "main")
 
 
 @pytest.fixture

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import glob
 import json
-import os
 import shutil
 import stat
 from collections.abc import Callable, Iterator
@@ -25,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 
-from tests.ipxe_qemu import boot, cache_root, ipxe_src_or_skip
+from tests.ipxe_qemu import boot, cache_root, ipxe_src_or_skip, newc_cpio, real_kernel
 from tests.release.conftest import PASSPHRASE
 from trustboot.ca.profiles import CAOptions
 from trustboot.ca.store import CertificateAuthority
@@ -44,39 +42,19 @@ EVIL = "TRUSTBOOT-LAB-EVIL-RAN"
 STOP = (MARKER, EVIL, "trustboot: halted", "Kernel panic")
 
 
-def _cpio(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
-    """A newc cpio archive: (name, mode, data, (rdev major, minor))."""
-    out = bytearray()
-    for ino, (name, mode, data, rdev) in enumerate([*entries, ("TRAILER!!!", 0, b"", (0, 0))],
-                                                  start=1):
-        encoded = name.encode() + b"\0"
-        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
-        out += b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
-        out += b"\0" * (-len(out) % 4) + data
-        out += b"\0" * (-len(out) % 4)
-    return bytes(out)
-
-
 def make_initrd(marker: str) -> bytes:
     busybox = Path("/bin/busybox")
     if not busybox.is_file():
         pytest.skip("needs a static busybox: apt-get install busybox-static")
     init = (f"#!/bin/busybox sh\n/bin/busybox echo {marker}\n"
             f"/bin/busybox echo {marker} > /dev/console\n/bin/busybox poweroff -f\n").encode()
-    return _cpio([
+    return newc_cpio([
         ("bin", stat.S_IFDIR | 0o755, b"", (0, 0)),
         ("dev", stat.S_IFDIR | 0o755, b"", (0, 0)),
         ("dev/console", stat.S_IFCHR | 0o600, b"", (5, 1)),
         ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes(), (0, 0)),
         ("init", stat.S_IFREG | 0o755, init, (0, 0)),
     ])
-
-
-def real_kernel() -> Path:
-    kernels = sorted(glob.glob("/boot/vmlinuz-*"))
-    if not kernels or not os.access(kernels[-1], os.R_OK):
-        pytest.skip("needs a Linux kernel in /boot: apt-get install linux-image-amd64")
-    return Path(kernels[-1])
 
 
 @dataclass

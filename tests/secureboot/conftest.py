@@ -60,16 +60,6 @@ def pki_copy(keyset_pki: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def doubled(text: str) -> str:
-    """iPXE built with a serial console, under OVMF, writes every character twice to the
-    serial port (once itself, once through OVMF's console mirror)."""
-    return "".join(c * 2 for c in text)
-
-
-def seen(marker: str, console: str) -> bool:
-    return marker in console or doubled(marker) in console
-
-
 EMBED_SCRIPT = f"#!ipxe\necho {EMBED_MARKER}\necho {DONE_MARKER}\n"
 
 

@@ -31,3 +31,26 @@ def make_efi_app(code: bytes = b"\x31\xc0\xc3", *, pad_to: int = 0x200) -> bytes
                           size_of_headers, 0, 0, 0, 0, 0x60000020)
     head = dos + b"PE\0\0" + coff + opt + section
     return head + b"\0" * (size_of_headers - len(head)) + raw
+
+
+def make_marker_app(marker: str) -> bytes:
+    """An EFI application that prints ``marker`` on the firmware console (ConOut) and
+    returns EFI_SUCCESS: the marker on the console means the firmware started it.
+
+    x86-64 code, position independent (the message is addressed RIP-relative), so the
+    image needs no relocations::
+
+        sub  rsp, 0x28            ; shadow space, stack 16-byte aligned for the call
+        mov  rcx, [rdx + 0x40]    ; SystemTable->ConOut
+        lea  rdx, [rip + msg]
+        call [rcx + 8]            ; ConOut->OutputString(ConOut, msg)
+        xor  eax, eax
+        add  rsp, 0x28
+        ret
+    """
+    head = b"\x48\x83\xec\x28" b"\x48\x8b\x4a\x40" b"\x48\x8d\x15"
+    tail = b"\xff\x51\x08" b"\x31\xc0" b"\x48\x83\xc4\x28" b"\xc3"
+    # The displacement counts from the end of the lea (head + its 4 bytes) to msg.
+    disp = struct.pack("<i", len(tail))
+    msg = f"\r\n{marker}\r\n".encode("utf-16-le") + b"\0\0"
+    return make_efi_app(head + disp + tail + msg)

@@ -154,9 +154,10 @@ def test_esl_identical_to_virt_firmware(exported: Path, keyset_pki: Path, tmp_pa
     assert f"Test Boot Secure Boot {role}" in out.stdout + out.stderr
 
 
-def _verify_auth(exported: Path, role: str, signer_role: str) -> None:
-    upd = efi.parse_auth_update((exported / f"{role}.auth").read_bytes())
-    assert upd.data == (exported / f"{role}.esl").read_bytes()
+def _verify_auth(exported: Path, role: str, signer_role: str, *, file: str | None = None,
+                 data: bytes | None = None) -> None:
+    upd = efi.parse_auth_update((exported / (file or f"{role}.auth")).read_bytes())
+    assert upd.data == ((exported / f"{role}.esl").read_bytes() if data is None else data)
     signer = x509.load_pem_x509_certificate((exported / f"{signer_role}.crt").read_bytes())
     # The bare SignedData: its last element is the signer info ending in the signature.
     from asn1crypto import cms
@@ -262,3 +263,16 @@ def test_key_set_others_can_write_refused(pki_copy: Path, run: Run, tmp_path: Pa
             "--passphrase-file", str(pw))
     assert r.exit_code == 3 and "chmod" in r.output, r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_no_pk_auth_deletes_pk(exported: Path) -> None:
+    """noPK.auth: an empty PK update signed by the PK, dated after PK.auth (firmware takes
+    a PK update only with a later timestamp) and private (it switches enforcement off)."""
+    nopk = exported / "noPK.auth"
+    assert nopk.stat().st_mode & 0o777 == 0o600
+    upd = efi.parse_auth_update(nopk.read_bytes())
+    assert upd.data == b""
+    enrolled = efi.parse_auth_update((exported / "PK.auth").read_bytes())
+    assert struct.unpack_from("<HBBBBB", upd.timestamp) > \
+        struct.unpack_from("<HBBBBB", enrolled.timestamp)
+    _verify_auth(exported, "PK", "PK", file="noPK.auth", data=b"")

@@ -15,12 +15,11 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.ipxe.test_real_ipxe import _Handler, _serve
 from tests.ipxe.testpki import TestPki, cached_pki
-from tests.ipxe_qemu import DONE_MARKER, boot_efi, cache_root
+from tests.ipxe_qemu import DONE_MARKER, boot_efi, cache_root, doubled, seen
 from trustboot.publish.http import IPXE_CIPHERS, IPXE_LEGACY_CIPHERS
 from trustboot.secureboot import efi, keyset
 
 from .conftest import EMBED_MARKER as MARKER
-from .conftest import doubled, seen
 from .test_qemu_secureboot import _sign
 
 pytestmark = [pytest.mark.ipxe, pytest.mark.slow]

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.ipxe_qemu import DONE_MARKER, boot_efi
+from tests.ipxe_qemu import DONE_MARKER, boot_efi, doubled, seen
 from trustboot.secrets import constant
 from trustboot.secureboot import keyset
 
 from .conftest import EMBED_MARKER as MARKER
-from .conftest import PASS, doubled, seen
+from .conftest import PASS
 
 pytestmark = [pytest.mark.ipxe, pytest.mark.slow]
 

@@ -71,6 +71,32 @@ def passphrase_options(prefix: str = "", what: str = "the key",
     return decorate
 
 
+def pkcs11_generation_options(keys: str, example: str) -> Callable[[F], F]:
+    """``--pkcs11 URI`` (generate ``keys`` inside that token) and ``--pkcs11-module``."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--pkcs11-module", "pkcs11_module", envvar="TRUSTBOOT_PKCS11_MODULE",
+            type=click.Path(path_type=Path, dir_okay=False), show_envvar=True,
+            help="PKCS#11 module (.so) for --pkcs11.")(func)
+        func = click.option(
+            "--pkcs11", "pkcs11_token", metavar="URI",
+            help=f"Generate {keys} inside this PKCS#11 token (RFC 7512 URI, e.g. {example}); "
+                 "the passphrase options then give its PIN.")(func)
+        return func
+
+    return decorate
+
+
+def pkcs11_generation(token: str | None, module: Path | None) -> tuple[str, Path] | None:
+    """The (token URI, module) of ``--pkcs11``/``--pkcs11-module``, checked; None without."""
+    if token is None:
+        return None
+    from trustboot.keys.pkcs11 import generation_token
+
+    return generation_token(token, module)
+
+
 def passphrase_source(
     file: Path | None, env: str | None, *, confirm: bool = False, option: str = "--passphrase"
 ) -> secrets.PassphraseSource:

@@ -23,6 +23,8 @@ from trustboot.cli._common import (
     json_option,
     passphrase_options,
     passphrase_source,
+    pkcs11_generation,
+    pkcs11_generation_options,
     warn,
 )
 from trustboot.errors import ConfigError, OperationalError
@@ -62,12 +64,7 @@ def command() -> None:
 @click.option("--crl-url", help="CRL distribution point put into issued certificates.")
 @click.option("--ocsp-url",
               help="OCSP responder put into AIA. iPXE then requires an OCSP answer at boot.")
-@click.option("--pkcs11", "pkcs11_token", metavar="URI",
-              help="Generate the root and issuing keys inside this PKCS#11 token (RFC 7512 "
-              "URI, e.g. pkcs11:token=ca); the passphrase options then give its PIN.")
-@click.option("--pkcs11-module", "pkcs11_module", type=click.Path(path_type=Path,
-              dir_okay=False), envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
-              help="PKCS#11 module (.so) for --pkcs11.")
+@pkcs11_generation_options("the root and issuing keys", "pkcs11:token=ca")
 @passphrase_options(what="the new CA keys (or the token PIN with --pkcs11)")
 @json_option
 def init_cmd(pki: Path, common_name: str, organization: str | None, key_type: str,
@@ -76,16 +73,7 @@ def init_cmd(pki: Path, common_name: str, organization: str | None, key_type: st
              pkcs11_module: Path | None, passphrase_file: Path | None,
              passphrase_env: str | None, as_json: bool) -> None:
     """Create a root CA and an issuing CA under it (never overwrites an existing CA)."""
-    pkcs11 = None
-    if pkcs11_token is not None:
-        from trustboot.keys.pkcs11 import module_path, parse_uri
-
-        uri = parse_uri(pkcs11_token, require_key=False)
-        if uri.get("object") or uri.id or "pin-value" in uri.query:
-            raise ConfigError(f"--pkcs11 {uri.text}: name the token only (token=, serial=)",
-                              hint="trustboot names the keys it generates; give the PIN "
-                                   "with --passphrase-file/--passphrase-env")
-        pkcs11 = (pkcs11_token, module_path(uri, pkcs11_module))
+    pkcs11 = pkcs11_generation(pkcs11_token, pkcs11_module)
     for url, opt in ((crl_url, "--crl-url"), (ocsp_url, "--ocsp-url")):
         if url is not None and not url.startswith(("http://", "https://")):
             raise ConfigError(f"{opt} {url!r} is not an http(s) URL")

@@ -16,6 +16,8 @@ from trustboot.cli._common import (
     json_option,
     passphrase_options,
     passphrase_source,
+    pkcs11_generation,
+    pkcs11_generation_options,
 )
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.secureboot import authenticode, keyset
@@ -47,17 +49,21 @@ def _now() -> dt.datetime:
 @pki_option
 @click.option("--name", required=True, help="Names the certificates: '<name> Secure Boot PK'.")
 @click.option("--days", type=int, default=keyset.DEFAULT_DAYS, show_default=True)
-@passphrase_options(what="the new Secure Boot keys")
+@pkcs11_generation_options("the three keys", "pkcs11:token=secureboot")
+@passphrase_options(what="the new Secure Boot keys (or the token PIN with --pkcs11)")
 @json_option
-def init_cmd(pki: Path, name: str, days: int, passphrase_file: Path | None,
+def init_cmd(pki: Path, name: str, days: int, pkcs11_token: str | None,
+             pkcs11_module: Path | None, passphrase_file: Path | None,
              passphrase_env: str | None, as_json: bool) -> None:
     """Create a PK, KEK and db key set (RSA-2048, SHA-256) in PKI/secureboot."""
-    source = passphrase_source(passphrase_file, passphrase_env, confirm=True)
-    ks = keyset.init_keyset(pki, source, name=name, now=_now(), days=days)
+    pkcs11 = pkcs11_generation(pkcs11_token, pkcs11_module)
+    source = passphrase_source(passphrase_file, passphrase_env, confirm=pkcs11 is None)
+    ks = keyset.init_keyset(pki, source, name=name, now=_now(), days=days, pkcs11=pkcs11)
     fingerprints = {r: c.fingerprint(hashes.SHA256()).hex() for r, c in ks.certificates.items()}
     if as_json:
         emit_json({"directory": str(ks.directory), "owner_guid": str(ks.owner),
-                   "certificates": fingerprints})
+                   "certificates": fingerprints,
+                   "pkcs11": {r: ks.pkcs11[r] for r in keyset.ROLES} if ks.pkcs11 else None})
         return
     click.echo(f"Secure Boot key set in {ks.directory} (owner GUID {ks.owner})")
     for role, fp in fingerprints.items():
@@ -71,7 +77,7 @@ def init_cmd(pki: Path, name: str, days: int, passphrase_file: Path | None,
 @click.option("--ovmf-vars", "ovmf_template", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write OVMF_VARS.secboot.fd from this OVMF VARS template, keys "
                    "enrolled and Secure Boot on (needs virt-firmware).")
-@passphrase_options(what="the Secure Boot keys")
+@passphrase_options(what="the Secure Boot keys (or their token's PIN)")
 @json_option
 def export_cmd(pki: Path, out: Path, ovmf_template: Path | None, passphrase_file: Path | None,
                passphrase_env: str | None, as_json: bool) -> None:
@@ -97,7 +103,7 @@ def _read_efi(path: Path) -> bytes:
 @click.option("--out", type=click.Path(path_type=Path),
               help="Output file (one input) or directory (several). Default: FILE.signed.efi "
                    "beside each input.")
-@passphrase_options(what="the Secure Boot db key")
+@passphrase_options(what="the Secure Boot db key (or its token's PIN)")
 @json_option
 def sign_cmd(pki: Path, files: tuple[Path, ...], out: Path | None,
              passphrase_file: Path | None, passphrase_env: str | None, as_json: bool) -> None:

@@ -528,6 +528,31 @@ def token_private_key(ref: str, module: Path, secrets: PassphraseSource) -> Any:
     return TokenECKey(ref, module, secrets, public)
 
 
+def generation_token(text: str, module_option: Path | None,
+                     option: str = "--pkcs11") -> tuple[str, Path]:
+    """The (token URI, module) keys are generated in: the URI names a token only; trustboot
+    names the keys, and the PIN comes from the passphrase options, never the URI."""
+    uri = parse_uri(text, require_key=False)
+    if uri.get("object") or uri.id or "pin-value" in uri.query:
+        raise ConfigError(f"{option} {uri.text}: name the token only (token=, serial=)",
+                          hint="trustboot names the keys it generates; give the PIN "
+                               "with --passphrase-file/--passphrase-env")
+    return text, module_path(uri, module_option)
+
+
+def destroy_generated(token_ref: str, module: Path, secrets: PassphraseSource,
+                      labels: Sequence[str]) -> None:
+    """Remove the key pairs labelled ``labels`` that a failed run just generated (best
+    effort: the run's own error is what the user needs to see)."""
+    p11 = _import_pkcs11()
+    uri = parse_uri(token_ref, require_key=False)
+    with contextlib.suppress(p11.exceptions.PKCS11Error, ConfigError, OperationalError), \
+            token_session(uri, module_path(uri, module), secrets, rw=True) as session:
+        for label in labels:
+            for obj in list(session.get_objects({p11.Attribute.LABEL: label})):
+                obj.destroy()
+
+
 def generate_key_pair(token_ref: str, module: Path, secrets: PassphraseSource, *,
                       label: str, kind: str, size: int) -> str:
     """Generate a non-extractable, sensitive signing key pair in the token; returns the

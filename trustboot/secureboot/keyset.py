@@ -49,6 +49,7 @@ DIRNAME = "secureboot"
 META = "secureboot.json"
 DEFAULT_DAYS = 3650
 MAX_CERT = 64 << 10
+NO_PK_DELAY = dt.timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class KeySet:
     directory: Path
     owner: uuid.UUID
     certificates: dict[str, x509.Certificate]
+    # Keys in a PKCS#11 token: {"module": path, "PK"/"KEK"/"db": key URI}; None when the
+    # keys are encrypted files in private/.
+    pkcs11: dict[str, str] | None = None
 
     def cert_path(self, role: str) -> Path:
         return self.directory / f"{role}.crt"
@@ -89,11 +93,14 @@ def _certificate(role: str, name: str, key: rsa.RSAPrivateKey, now: dt.datetime,
 
 
 def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.datetime,
-                days: int = DEFAULT_DAYS, owner: uuid.UUID | None = None) -> KeySet:
+                days: int = DEFAULT_DAYS, owner: uuid.UUID | None = None,
+                pkcs11: tuple[str, Path] | None = None) -> KeySet:
     """Create PK, KEK and db in ``pki/secureboot``. Refuses to overwrite a key set.
 
     Everything is written into a private staging directory first and renamed into place
-    last, so a killed run leaves either no key set or a complete one.
+    last, so a killed run leaves either no key set or a complete one. ``pkcs11=(token URI,
+    module)``: the three keys are generated in that token instead (non-extractable) and
+    sign there; ``passphrase`` then gives the token's PIN (asked once).
     """
     pki = Path(pki)
     if not pki.is_dir():
@@ -108,9 +115,13 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
                           "characters", hint="e.g. --name 'Example Boot'")
     if not 1 <= days <= 36500:
         raise ConfigError(f"--days {days} is out of range (1 to 36500)")
-    secret = passphrase("the Secure Boot keys")
-    keyfile.check_passphrase(secret, "the passphrase for the Secure Boot keys")
+    if pkcs11 is None:
+        secret = passphrase("the Secure Boot keys")
+        keyfile.check_passphrase(secret, "the passphrase for the Secure Boot keys")
+    else:
+        passphrase = once(passphrase)
     owner = owner or uuid.uuid4()
+    token_refs: dict[str, str] = {}
     _clean_staging(pki)
     staging = Path(tempfile.mkdtemp(prefix=".secureboot.", suffix=".tmp", dir=pki))
     try:
@@ -120,9 +131,13 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
                                    "created": now.astimezone(dt.UTC).isoformat(), "keys": {}}
         certs: dict[str, x509.Certificate] = {}
         for role in ROLES:
-            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            if pkcs11 is None:
+                key: rsa.RSAPrivateKey = rsa.generate_private_key(public_exponent=65537,
+                                                                  key_size=2048)
+                keyfile.write_key(staging / "private" / f"{role}.key", key, secret)
+            else:
+                key = _token_key(pkcs11, role, passphrase, token_refs)
             cert = _certificate(role, name, key, now, days)
-            keyfile.write_key(staging / "private" / f"{role}.key", key, secret)
             fsutil.atomic_write(staging / f"{role}.crt",
                                 cert.public_bytes(serialization.Encoding.PEM),
                                 mode=fsutil.PUBLIC_FILE_MODE)
@@ -131,14 +146,47 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
             assert isinstance(keys, dict)
             keys[role] = {"cert": f"{role}.crt", "sha256": _fingerprint(cert),
                           "not_after": cert.not_valid_after_utc.isoformat()}
+        token_meta = {"module": str(pkcs11[1]), **token_refs} if pkcs11 else None
+        if token_meta:
+            meta["pkcs11"] = token_meta
         fsutil.atomic_write(staging / META, json.dumps(meta, indent=2).encode() + b"\n",
                             mode=fsutil.PUBLIC_FILE_MODE)
         os.rename(staging, target)
         fsutil.fsync_dir(pki)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if pkcs11 is not None and token_refs:  # no half key set in the token either
+            from trustboot.keys.pkcs11 import destroy_generated
+
+            destroy_generated(pkcs11[0], pkcs11[1], passphrase,
+                              [f"trustboot-sb-{role}" for role in token_refs])
         raise
-    return KeySet(target, owner, certs)
+    return KeySet(target, owner, certs, token_meta)
+
+
+def once(passphrase: PassphraseSource) -> PassphraseSource:
+    """``passphrase`` asked at most once (a token's PIN serves every key of the set)."""
+    memo: list[bytes] = []
+
+    def source(what: str) -> bytes:
+        if not memo:
+            memo.append(passphrase(what))
+        return memo[0]
+    return source
+
+
+def _token_key(pkcs11: tuple[str, Path], role: str, pin: PassphraseSource,
+               refs: dict[str, str]) -> rsa.RSAPrivateKey:
+    """A new RSA-2048 key in the token, labelled ``trustboot-sb-ROLE`` (a label the token
+    already holds is refused, so a second key set never reuses another's keys)."""
+    from trustboot.keys.pkcs11 import generate_key_pair, token_private_key
+
+    token, module = pkcs11
+    refs[role] = generate_key_pair(token, module, pin, label=f"trustboot-sb-{role}",
+                                   kind="rsa", size=2048)
+    key = token_private_key(refs[role], module, pin)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
 
 
 def _clean_staging(pki: Path) -> None:
@@ -168,6 +216,11 @@ def load_keyset(pki: Path) -> KeySet:
                                              nofollow=True))
         owner = uuid.UUID(meta["owner_guid"])
         recorded = {role: meta["keys"][role]["sha256"] for role in ROLES}
+        token = meta.get("pkcs11")
+        if token is not None and not (
+                isinstance(token, dict) and all(isinstance(token.get(k), str) and token[k]
+                                                for k in ("module", *ROLES))):
+            raise ValueError("pkcs11")
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{meta_path} is damaged or incomplete",
                           hint="restore the key set from your backup") from None
@@ -185,7 +238,7 @@ def load_keyset(pki: Path) -> KeySet:
                               hint="someone replaced it: restore it from your backup and "
                                    "check who can write to the CA home")
         certs[role] = cert
-    return KeySet(directory, owner, certs)
+    return KeySet(directory, owner, certs, token)
 
 
 def open_signer(keyset: KeySet, role: str, passphrase: PassphraseSource, *,
@@ -201,7 +254,14 @@ def open_signer(keyset: KeySet, role: str, passphrase: PassphraseSource, *,
                           f"{cert.not_valid_after_utc:%Y-%m-%d}",
                           hint="create and enroll a new key set (firmware ignores the date, "
                                "but an expired key set is one nobody is looking after)")
-    key = keyfile.load_key(keyset.key_path(role), passphrase, f"the Secure Boot {role} key")
+    if keyset.pkcs11 is not None:
+        from trustboot.keys.pkcs11 import token_private_key
+
+        key: keyfile.PrivateKey = token_private_key(keyset.pkcs11[role],
+                                                    Path(keyset.pkcs11["module"]), passphrase)
+    else:
+        key = keyfile.load_key(keyset.key_path(role), passphrase,
+                               f"the Secure Boot {role} key")
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ConfigError(f"the {role} key is not RSA")
     return KeySigner(key, cert, [])
@@ -236,12 +296,13 @@ def export(keyset: KeySet, out: Path, passphrase: PassphraseSource, *, now: dt.d
     same names are replaced atomically). Returns the files written."""
     out = Path(out)
     fsutil.make_dirs(out)
+    passphrase = once(passphrase)  # one passphrase (or PIN) for PK and KEK
     signers = {role: open_signer(keyset, role, passphrase, now=now) for role in ("PK", "KEK")}
     written: list[Path] = []
 
-    def put(name: str, data: bytes) -> None:
+    def put(name: str, data: bytes, mode: int = fsutil.PUBLIC_FILE_MODE) -> None:
         try:
-            fsutil.atomic_write(out / name, data, mode=fsutil.PUBLIC_FILE_MODE)
+            fsutil.atomic_write(out / name, data, mode=mode)
         except OSError as exc:
             raise OperationalError(f"cannot write {out / name}: {exc.strerror}") from None
         written.append(out / name)
@@ -255,6 +316,12 @@ def export(keyset: KeySet, out: Path, passphrase: PassphraseSource, *, now: dt.d
         put(f"{role}.esl", esl)
         put(f"{role}.auth", efi.auth_update(role, esl, now,
                                             _pkcs7_signer(signers[UPDATE_SIGNER[role]])))
+    # The owner's way back to setup mode: an empty PK update signed by the PK deletes it.
+    # Firmware takes a PK update only with a timestamp later than the stored one, so it is
+    # dated a second after the PK.auth written with it. Private: whoever holds it can turn
+    # Secure Boot enforcement off on every machine with this PK.
+    put("noPK.auth", efi.auth_update("PK", b"", now + NO_PK_DELAY,
+                                     _pkcs7_signer(signers["PK"])), mode=fsutil.PRIVATE_FILE_MODE)
     put("owner-guid.txt", f"{keyset.owner}\n".encode())
     put("ENROLL.md", _enroll_readme(keyset).encode())
     if ovmf_template is not None:
@@ -312,7 +379,7 @@ Owner GUID: {keyset.owner}
 {fps}
 
 Files: `PK/KEK/db` as `.crt` (PEM), `.cer` (DER), `.esl` (EFI signature list) and `.auth`
-(signed update: PK and KEK signed by PK, db signed by KEK).
+(signed update: PK and KEK signed by PK, db signed by KEK), and `noPK.auth` (see 5).
 
 1. Put the firmware in **setup mode** (firmware setup: "Reset to setup mode" / "Clear
    Secure Boot keys"). Keep the vendor keys if other operating systems must still boot:
@@ -327,6 +394,12 @@ Files: `PK/KEK/db` as `.crt` (PEM), `.cer` (DER), `.esl` (EFI signature list) an
 4. Virtual machines: `OVMF_VARS.secboot.fd` (when exported with `--ovmf-vars`) already has
    the keys enrolled and Secure Boot on; use it with `OVMF_CODE_4M.secboot.fd` and
    `-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on`.
+
+5. Back to setup mode (to enroll other keys, or hand the machine on): write `noPK.auth`
+   to PK, e.g. `efi-updatevar -f noPK.auth PK`. It is an empty PK signed by the PK, so
+   only the key set's owner can make it; firmware takes it only while the enrolled PK is
+   this one and was enrolled from a `PK.auth` older than it (the same or an earlier export).
+   Keep it offline: anyone holding it can switch Secure Boot enforcement off.
 
 Keep `private/` of the key set offline-backed-up: losing the PK key means resetting the
 firmware to setup mode to change anything.
