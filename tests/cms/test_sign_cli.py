@@ -425,3 +425,52 @@ def test_hash_job_in_processes_matches_hashlib_and_reports_errors(tmp_path: Path
         HashJob([*files, fifo], "sha256").result()
     assert "not a regular file" in err.value.message
     HashJob(files, "sha256").cancel()  # killing the workers leaves nothing behind
+
+
+def test_batch_signatures_stream_to_the_caller_and_a_failure_stops_the_workers(
+        material: Material) -> None:
+    from trustboot.cms.sign import PARALLEL_SIGN_MIN, sign_many
+
+    key, cert, chain = material.issue("stream-signer", rsa_key())
+    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
+                            cert=cert, chain=chain)
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 5)]
+    seen: dict[int, bytes] = {}
+    signatures = sign_many(signer, digests, "sha256", on_signed=seen.__setitem__)
+    assert [seen[i] for i in range(len(digests))] == signatures  # each once, all of them
+
+    class Stop(Exception):
+        pass
+
+    def stop(index: int, _sig: bytes) -> None:
+        raise Stop(index)
+
+    before = _children()
+    with pytest.raises(Stop):
+        sign_many(signer, digests, "sha256", on_signed=stop)
+    assert _children() == before  # every forked worker was stopped and reaped
+
+
+def _children() -> set[str]:
+    """This process's child pids (Linux)."""
+    return {pid for task in Path("/proc/self/task").iterdir()
+            for pid in (task / "children").read_text().split()}
+
+
+def test_staged_writes_replace_nothing_unless_all_were_written(tmp_path: Path) -> None:
+    from trustboot.cms.sign import StagedWrites, write_all
+    from trustboot.errors import OperationalError
+
+    old = tmp_path / "a.sig"
+    old.write_bytes(b"old")
+    with StagedWrites() as staged:  # left without commit: the temp files go away
+        staged.add(old, b"new")
+        staged.add(tmp_path / "b.sig", b"new")
+    assert old.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.sig"]
+    with pytest.raises(OperationalError) as err:  # one target cannot be written: none is
+        write_all([(old, b"new"), (tmp_path / "missing" / "c.sig", b"new")])
+    assert "missing" in err.value.message and "nothing was replaced" in (err.value.hint or "")
+    assert old.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.sig"]
+    write_all([(old, b"new"), (tmp_path / "b.sig", b"b")])
+    assert old.read_bytes() == b"new" and (tmp_path / "b.sig").read_bytes() == b"b"
+    assert old.stat().st_mode & 0o777 == 0o644
