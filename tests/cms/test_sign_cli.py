@@ -474,3 +474,39 @@ def test_staged_writes_replace_nothing_unless_all_were_written(tmp_path: Path) -
     write_all([(old, b"new"), (tmp_path / "b.sig", b"b")])
     assert old.read_bytes() == b"new" and (tmp_path / "b.sig").read_bytes() == b"b"
     assert old.stat().st_mode & 0o777 == 0o644
+
+
+def test_serial_signer_overlaps_the_handling_and_stops_at_its_first_error(
+        material: Material) -> None:
+    """A signer that is not an in-memory key (a token) signs in this thread while another
+    handles the previous signature; every signature arrives once, in order, and an error
+    in the handling stops the signing at once."""
+    from trustboot.cms.sign import sign_many
+
+    key, cert, chain = material.issue("serial-signer", rsa_key())
+    inner, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
+                           cert=cert, chain=chain)
+    calls: list[int] = []
+
+    class Counting:  # the Signer protocol, not a KeySigner: the token code path
+        certificate, chain, algorithm = inner.certificate, inner.chain, inner.algorithm
+
+        def sign_digest(self, digest: bytes, hash_name: str) -> bytes:
+            calls.append(1)
+            return inner.sign_digest(digest, hash_name)
+
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(12)]
+    order: list[int] = []
+    signatures = sign_many(Counting(), digests, "sha256",
+                           on_signed=lambda i, _sig: order.append(i))
+    assert order == list(range(12)) and len(signatures) == 12 and len(calls) == 12
+    assert signatures == [inner.sign_digest(d, "sha256") for d in digests]
+
+    def fail_at_three(index: int, _sig: bytes) -> None:
+        if index == 3:
+            raise ValueError("stop")
+
+    calls.clear()
+    with pytest.raises(ValueError, match="stop"):
+        sign_many(Counting(), digests, "sha256", on_signed=fail_at_three)
+    assert len(calls) <= 5  # signature 4 may be under way when 3 fails, not more

@@ -327,6 +327,9 @@ def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
             on_signed(index, signature)
 
     workers = min(os.cpu_count() or 1, 8)
+    if not isinstance(signer, KeySigner) and on_signed is not None and len(digests) > 1:
+        _sign_overlapped(signer, digests, hash_name, got)
+        return [r for r in result if r is not None]
     if (len(digests) < PARALLEL_SIGN_MIN or workers < 2 or not isinstance(signer, KeySigner)
             or signer.algorithm != "rsa" or threading.active_count() > 1
             or not hasattr(os, "fork")):
@@ -360,6 +363,23 @@ def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
         if value is None:
             got(i, signer.sign_digest(digests[i], hash_name))
     return [r for r in result if r is not None]
+
+
+def _sign_overlapped(signer: Signer, digests: Sequence[bytes], hash_name: str,
+                     got: Callable[[int, bytes], None]) -> None:
+    """Serial signing by a token: this thread alone talks to the token (its session is not
+    shared, and python-pkcs11 initialises the module for one thread at a time), while one
+    other thread handles signature N (check, encode, hand to the writer) during the token's
+    signature N+1, whose call releases the GIL."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trustboot-signed") as handler:
+        pending: Future[None] | None = None
+        for i, digest in enumerate(digests):
+            signature = signer.sign_digest(digest, hash_name)
+            if pending is not None:
+                pending.result()  # one in flight at most; its error stops the signing
+            pending = handler.submit(got, i, signature)
+        if pending is not None:
+            pending.result()
 
 
 _FRAME_HEAD = 8  # index and length, 4 bytes each
