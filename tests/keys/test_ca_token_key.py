@@ -92,13 +92,18 @@ def test_public_key_alone_is_not_certified(token: Token, tmp_path: Path) -> None
     assert not (pki / "issued" / "n.crt").exists()
 
 
-def test_private_key_of_another_pair_is_not_certified(token: Token, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("theirs", "refusal"), [
+    ("rsa:2048", "does not match its public key"),
+    ("EC:prime256v1", "is a RSA key but its public key object is not"),
+])
+def test_private_key_of_another_pair_is_not_certified(token: Token, tmp_path: Path,
+                                                      theirs: str, refusal: str) -> None:
     """The URI's public and private key objects must be one pair: the challenge signed by
     the private key has to verify with the public key that would be certified."""
     pki = tmp_path / "pki"
     CertificateAuthority.init(pki, secrets.constant(CA_PASS), key_type="ec-p256")
     _keypair(token, "mine", "0a")
-    _keypair(token, "theirs", "0b")
+    _keypair(token, "theirs", "0b", theirs)
     # Keep their public key, and put my private key under their label and id.
     pkcs11 = ("pkcs11-tool", "--module", str(token.module), "--login", "--pin", PIN,
               "--token-label", token.label)
@@ -109,7 +114,7 @@ def test_private_key_of_another_pair_is_not_certified(token: Token, tmp_path: Pa
     assert with_mine.exit_code == 3 and "no private key" in with_mine.output, with_mine.output
     refused = _issue(pki, uri.replace(";object=theirs", ""), "m")
     assert refused.exit_code == 3, refused.output
-    assert "does not match its public key" in refused.output, refused.output
+    assert refusal in refused.output and "hint:" in refused.output, refused.output
     assert not (pki / "issued" / "m.crt").exists()
 
 

@@ -467,6 +467,12 @@ def proven_public_key(ref: KeyRef, module_option: Path | None,
         if len(objects) > 1:
             raise ConfigError(f"{len(objects)} private keys match {uri.text}",
                               hint="add id= (or a more precise object=) to the URI")
+        expected = p11.KeyType.RSA if algorithm == KeyAlgorithm.RSA else p11.KeyType.EC
+        if objects[0].key_type != expected:
+            raise ConfigError(
+                f"the private key {uri.text} is a {objects[0].key_type.name} key but its "
+                "public key object is not; refusing to certify it (proof of possession)",
+                hint="fix object=/id= so that both objects belong to one key pair")
         challenge = hashlib.sha256(b"trustboot proof of possession\0" + os.urandom(32)
                                    ).digest()
         signature = sign_in_token(objects[0], algorithm, HashAlgorithm.SHA256, challenge)
