@@ -316,9 +316,10 @@ def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
     An in-memory RSA key signs a large batch on every core: each signature costs ~1 ms of
     CPU and cryptography holds the GIL while it signs, so the batch is split over forked
     children (which inherit the unlocked key, never write it anywhere, and exit at once)
-    that stream their signatures back; this process only collects them. Tokens, ECDSA
-    (fast already) and small batches stay serial, as does any process with other threads
-    running (forking those is unsafe)."""
+    that stream their signatures back; this process only collects them. ECDSA (fast
+    already) and small batches stay serial, as does any process with other threads running
+    (forking those is unsafe). A token signs serially too, overlapped with the handling of
+    the previous signature (_sign_overlapped)."""
     result: list[bytes | None] = [None] * len(digests)
 
     def got(index: int, signature: bytes) -> None:
