@@ -510,3 +510,28 @@ def test_serial_signer_overlaps_the_handling_and_stops_at_its_first_error(
     with pytest.raises(ValueError, match="stop"):
         sign_many(Counting(), digests, "sha256", on_signed=fail_at_three)
     assert len(calls) <= 5  # signature 4 may be under way when 3 fails, not more
+
+
+def test_a_damaged_rsa_key_never_yields_a_signature(material: Material) -> None:
+    """Keys load without OpenSSL's consistency check (speed); every RSA signature is
+    checked against the certificate instead, so a key whose private values are damaged
+    (public half intact) makes no signature at all."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from trustboot.errors import VerificationError
+    from trustboot.keys.signer import KeySigner
+
+    good = rsa_key()
+    key_path, cert, chain = material.issue("damaged-signer", good)
+    signer, _ = open_signer(parse_ref(f"file:{key_path}"),
+                            passphrases=secrets.constant(PASSPHRASE), cert=cert, chain=chain)
+    n = good.private_numbers()
+    bad = rsa.RSAPrivateNumbers(n.p, n.q, n.d ^ 2, n.dmp1 ^ 2, n.dmq1, n.iqmp,
+                                n.public_numbers).private_key(
+        unsafe_skip_rsa_key_validation=True)
+    damaged = KeySigner(bad, signer.certificate, signer.chain)  # the public half matches
+    digest = hashlib.sha256(b"x").digest()
+    with pytest.raises(VerificationError) as err:
+        damaged.sign_digest(digest, "sha256")
+    assert err.value.rule == "self-check" and "damaged" in (err.value.hint or "")
+    assert len(signer.sign_digest(digest, "sha256")) == good.key_size // 8
