@@ -14,12 +14,19 @@ Every figure is printed beside its goal (issue 11):
 Each command runs as a child process. Peak RSS is the child's own, measured by
 `/usr/bin/time -f %M` around it (wait4's ru_maxrss of a child forked from this Python
 process also counts the parent's pages it inherited). Wall time is the best of --repeat
-runs, tools alternating: a shared machine only ever adds time.
+runs, tools alternating: a shared machine only ever adds time; the range of the per-run
+ratios and the load average are printed beside it, to judge the noise.
+
+Conditions, the same for both tools: trustboot's bytecode is compiled first (as `pip
+install` does; an editable install run with PYTHONDONTWRITEBYTECODE would otherwise compile
+every module on every run), and every run writes fresh signature files (the previous run's
+are removed untimed), as a CI job signing new build outputs does.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import subprocess
@@ -30,6 +37,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+import trustboot
 from trustboot import secrets
 from trustboot.ca.store import CertificateAuthority
 from trustboot.keys.keyfile import load_key
@@ -74,6 +82,21 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]
 def best(samples: list[tuple[float, int]]) -> tuple[float, int]:
     """Best wall time, worst RSS."""
     return min(t for t, _ in samples), max(r for _, r in samples)
+
+
+def spread(ratios: list[float], fmt: str = ".2f") -> str:
+    """The range of per-run ratios (each run's tools ran back to back)."""
+    return f"runs {min(ratios):{fmt}}-{max(ratios):{fmt}}"
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def remove(paths: list[Path]) -> None:
+    """Untimed: the next run writes fresh files."""
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def make_pki(directory: Path) -> dict[str, Path]:
@@ -146,10 +169,17 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per measurement; the best of each is reported")
+    parser.add_argument("--parts", default="large,pair,small",
+                        help="comma-separated subset of: large, pair, small")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= {"large", "pair", "small"}:
+        parser.error("--parts takes large, pair and small")
+    compileall.compile_dir(Path(trustboot.__file__).parent, quiet=1)
 
     tb = [sys.executable, "-m", "trustboot"]
     env = os.environ | {"TB_BENCH_PASS": PASSPHRASE}
+    mib = 1 << 20
     if not TIME.exists():
         print(f"note: {TIME} is missing (Debian package time): RSS figures are not measured")
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="tb-bench-") as tmp:
@@ -158,94 +188,33 @@ def main() -> None:
         key_args = ["--key", f"file:{pki['key']}", "--cert", str(pki["cert"]),
                     "--chain", str(pki["chain"]), "--passphrase-env", "TB_BENCH_PASS",
                     "--pki", str(pki["pki"])]
-        big = work / "big.img"
         size = parse_size(args.size)
-        make_file(big, size)
-        warm(big)
-        print(f"large file: {size / (1 << 30):.2f} GiB; {os.cpu_count()} cores")
-
-        os_sig = work / "big.openssl.sig"
-        os_sign_argv = ["openssl", "cms", "-sign", "-binary", "-noattr", "-in", str(big),
-                        "-signer", str(pki["cert"]), "-inkey", str(pki["plainkey"]),
-                        "-certfile", str(pki["chain"]), "-outform", "DER", "-out", str(os_sig),
-                        "-md", "sha256"]
-        dgst_argv = ["openssl", "dgst", "-sha256", "-out", os.devnull, str(big)]
-        tb_verify_argv = [*tb, "verify", str(big), "--trust", str(pki["root"])]
-        os_verify_argv = ["openssl", "cms", "-verify", "-binary", "-inform", "DER",
-                          "-in", str(big) + ".sig", "-content", str(big), "-CAfile",
-                          str(pki["root"]), "-purpose", "any", "-out", os.devnull]
-        samples: dict[str, list[tuple[float, int]]] = {
-            k: [] for k in ("ts", "dg", "os", "tv", "ov")}
-        for _ in range(args.repeat):
-            samples["ts"].append(run([*tb, "sign", str(big), *key_args], env))
-            samples["dg"].append(run(dgst_argv))
-            samples["os"].append(run(os_sign_argv))
-            samples["tv"].append(run(tb_verify_argv))
-            samples["ov"].append(run(os_verify_argv))
-        (tb_sign, tb_rss), (dgst, dg_rss), (os_sign, os_rss), (tb_ver, tb_vrss), (os_ver, _) = (
-            best(samples[k]) for k in ("ts", "dg", "os", "tv", "ov"))
-        mib = 1 << 20
-        print(f"sign large   trustboot {tb_sign:6.2f}s | openssl dgst -sha256 {dgst:6.2f}s | "
-              f"ratio {tb_sign / dgst:.3f} (goal <= 1.05: {verdict(tb_sign / dgst <= 1.05)})")
-        print(f"             openssl cms -sign {os_sign:6.2f}s (ratio {tb_sign / os_sign:.3f})")
-        print(f"peak RSS     trustboot sign {tb_rss / mib:5.1f} MiB (goal <= 64 MiB: "
-              f"{verdict(0 < tb_rss <= 64 * mib)}) | openssl cms -sign {os_rss / mib:5.1f} MiB | "
-              f"openssl dgst {dg_rss / mib:5.1f} MiB | trustboot verify {tb_vrss / mib:5.1f} MiB")
-        print(f"verify large trustboot {tb_ver:6.2f}s | openssl cms -verify {os_ver:6.2f}s | "
-              f"ratio {tb_ver / os_ver:.3f} (goal <= 1.05: {verdict(tb_ver / os_ver <= 1.05)})")
-
-        big2 = work / "big2.img"
-        make_file(big2, size)
-        warm(big2)
-        pair_one, pair_seq = [], []
-        for _ in range(args.repeat):
-            pair_one.append(run([*tb, "sign", str(big), str(big2), *key_args], env)[0])
-            pair_seq.append(run([*tb, "sign", str(big), *key_args], env)[0]
-                            + run([*tb, "sign", str(big2), *key_args], env)[0])
-        one, seq = min(pair_one), min(pair_seq)
-        print(f"two large    one call {one:6.2f}s | two sequential calls {seq:6.2f}s | "
-              f"ratio {one / seq:.2f} (goal: well under 1, parallel hashing: "
-              f"{verdict(one / seq <= 0.75)})")
-        big.unlink()
-        big2.unlink()
-        base, _ = best([run([*tb, "sign", "--help"]) for _ in range(args.repeat)])
-        print(f"start-up     `trustboot sign --help` {base:.3f}s")
-
-        small_dir = work / "small"
-        small_dir.mkdir()
-        smalls = []
-        for i in range(args.small):
-            p = small_dir / f"f{i:04d}.ipxe"
-            p.write_bytes(os.urandom(4096))
-            smalls.append(p)
-        listing = work / "small.txt"
-        listing.write_text("".join(f"{p}\n" for p in smalls))
-        token_env = make_token(work / "hsm", pki["plainkey"])
-        tb_runs, os_runs, hsm_runs = [], [], []
-        for _ in range(args.repeat):
-            tb_runs.append(run([*tb, "sign", "--files-from", str(listing), *key_args], env)[0])
-            if token_env is not None:
-                hsm_runs.append(run([*tb, "sign", "--files-from", str(listing), "--key",
-                                     "pkcs11:token=bench;object=signer", "--cert",
-                                     str(pki["cert"]), "--chain", str(pki["chain"]),
-                                     "--pin-env", "TB_BENCH_PIN", "--pki", str(pki["pki"])],
-                                    env | token_env)[0])
-            start = time.perf_counter()
-            for p in smalls:
-                subprocess.run(["openssl", "cms", "-sign", "-binary", "-noattr", "-in", str(p),
-                                "-signer", str(pki["cert"]), "-inkey", str(pki["plainkey"]),
-                                "-certfile", str(pki["chain"]), "-outform", "DER", "-out",
-                                str(p) + ".osig", "-md", "sha256"], check=True)
-            os_runs.append(time.perf_counter() - start)
-        tb_many, os_many = min(tb_runs), min(os_runs)
-        print(f"{args.small} small  file key, one call {tb_many:6.2f}s | openssl cms -sign "
-              f"({args.small} calls) {os_many:6.2f}s | speedup {os_many / tb_many:5.1f}x "
-              f"(goal >= 10x: {verdict(os_many / tb_many >= 10)})")
-        if hsm_runs:
-            hsm = min(hsm_runs)
-            print(f"{args.small} small  PKCS#11 (SoftHSM2), one call {hsm:6.2f}s | speedup "
-                  f"{os_many / hsm:5.1f}x vs openssl with a file key (file key: "
-                  f"{os_many / tb_many:.1f}x)")
+        print(f"large file: {size / (1 << 30):.2f} GiB; {os.cpu_count()} cores; {load()}")
+        big, big2 = work / "big.img", work / "big2.img"
+        tb_rss = 0
+        if parts & {"large", "pair"}:
+            make_file(big, size)
+            warm(big)
+        if "large" in parts:
+            tb_rss = bench_large(args.repeat, tb, key_args, env, big, pki)
+        if "pair" in parts:
+            make_file(big2, size)
+            warm(big2)
+            pair_one, pair_seq = [], []
+            for _ in range(args.repeat):
+                pair_one.append(run([*tb, "sign", str(big), str(big2), *key_args], env)[0])
+                pair_seq.append(run([*tb, "sign", str(big), *key_args], env)[0]
+                                + run([*tb, "sign", str(big2), *key_args], env)[0])
+            one, seq = min(pair_one), min(pair_seq)
+            ratios = [a / b for a, b in zip(pair_one, pair_seq, strict=True)]
+            print(f"two large    one call {one:6.2f}s | two sequential calls {seq:6.2f}s | "
+                  f"ratio {one / seq:.2f} ({spread(ratios)}; goal: well under 1, parallel "
+                  f"hashing: {verdict(one / seq <= 0.75)}) | {load()}")
+        remove([big, big2])
+        if "small" in parts:
+            base, _ = best([run([*tb, "sign", "--help"]) for _ in range(args.repeat)])
+            print(f"start-up     `trustboot sign --help` {base:.3f}s")
+            bench_small(args.repeat, args.small, tb, key_args, env, work, pki)
 
         if args.rss_size:
             huge = work / "huge.img"
@@ -254,6 +223,94 @@ def main() -> None:
             t, rss = run([*tb, "sign", str(huge), *key_args], env)
             print(f"sign {hsize / (1 << 30):.2f} GiB: trustboot {t:7.2f}s rss {rss / mib:.1f} "
                   f"MiB (vs {tb_rss / mib:.1f} MiB at {size / (1 << 30):.2f} GiB)")
+
+
+def bench_large(repeat: int, tb: list[str], key_args: list[str], env: dict[str, str],
+                big: Path, pki: dict[str, Path]) -> int:
+    """Sign and verify one large file, against openssl; returns trustboot's peak RSS."""
+    os_sig = big.with_name("big.openssl.sig")
+    os_sign_argv = ["openssl", "cms", "-sign", "-binary", "-noattr", "-in", str(big),
+                    "-signer", str(pki["cert"]), "-inkey", str(pki["plainkey"]),
+                    "-certfile", str(pki["chain"]), "-outform", "DER", "-out", str(os_sig),
+                    "-md", "sha256"]
+    dgst_argv = ["openssl", "dgst", "-sha256", "-out", os.devnull, str(big)]
+    tb_verify_argv = [*tb, "verify", str(big), "--trust", str(pki["root"])]
+    os_verify_argv = ["openssl", "cms", "-verify", "-binary", "-inform", "DER",
+                      "-in", str(big) + ".sig", "-content", str(big), "-CAfile",
+                      str(pki["root"]), "-purpose", "any", "-out", os.devnull]
+    samples: dict[str, list[tuple[float, int]]] = {k: [] for k in ("ts", "dg", "os", "tv", "ov")}
+    for _ in range(repeat):
+        remove([Path(str(big) + ".sig"), os_sig])
+        samples["ts"].append(run([*tb, "sign", str(big), *key_args], env))
+        samples["dg"].append(run(dgst_argv))
+        samples["os"].append(run(os_sign_argv))
+        samples["tv"].append(run(tb_verify_argv))
+        samples["ov"].append(run(os_verify_argv))
+    (tb_sign, tb_rss), (dgst, dg_rss), (os_sign, os_rss), (tb_ver, tb_vrss), (os_ver, _) = (
+        best(samples[k]) for k in ("ts", "dg", "os", "tv", "ov"))
+
+    def ratios(a: str, b: str) -> list[float]:
+        return [x[0] / y[0] for x, y in zip(samples[a], samples[b], strict=True)]
+
+    mib = 1 << 20
+    print(f"sign large   trustboot {tb_sign:6.2f}s | openssl dgst -sha256 {dgst:6.2f}s | "
+          f"ratio {tb_sign / dgst:.3f} ({spread(ratios('ts', 'dg'), '.3f')}; goal <= 1.05: "
+          f"{verdict(tb_sign / dgst <= 1.05)}) | {load()}")
+    print(f"             openssl cms -sign {os_sign:6.2f}s (ratio {tb_sign / os_sign:.3f})")
+    print(f"peak RSS     trustboot sign {tb_rss / mib:5.1f} MiB (goal <= 64 MiB: "
+          f"{verdict(0 < tb_rss <= 64 * mib)}) | openssl cms -sign {os_rss / mib:5.1f} MiB | "
+          f"openssl dgst {dg_rss / mib:5.1f} MiB | trustboot verify {tb_vrss / mib:5.1f} MiB")
+    print(f"verify large trustboot {tb_ver:6.2f}s | openssl cms -verify {os_ver:6.2f}s | "
+          f"ratio {tb_ver / os_ver:.3f} ({spread(ratios('tv', 'ov'), '.3f')}; goal <= 1.05: "
+          f"{verdict(tb_ver / os_ver <= 1.05)})")
+    remove([Path(str(big) + ".sig"), os_sig])
+    return tb_rss
+
+
+def bench_small(repeat: int, count: int, tb: list[str], key_args: list[str],
+                env: dict[str, str], work: Path, pki: dict[str, Path]) -> None:
+    """``count`` small files in one call (file key, SoftHSM2 key) vs one openssl call each."""
+    small_dir = work / "small"
+    small_dir.mkdir()
+    smalls = []
+    for i in range(count):
+        p = small_dir / f"f{i:04d}.ipxe"
+        p.write_bytes(os.urandom(4096))
+        smalls.append(p)
+    listing = work / "small.txt"
+    listing.write_text("".join(f"{p}\n" for p in smalls))
+    token_env = make_token(work / "hsm", pki["plainkey"])
+    outputs = [Path(f"{p}.sig") for p in smalls] + [Path(f"{p}.osig") for p in smalls]
+    tb_runs, os_runs, hsm_runs = [], [], []
+    for _ in range(repeat):
+        remove(outputs)
+        tb_runs.append(run([*tb, "sign", "--files-from", str(listing), *key_args], env)[0])
+        if token_env is not None:
+            remove(outputs)
+            hsm_runs.append(run([*tb, "sign", "--files-from", str(listing), "--key",
+                                 "pkcs11:token=bench;object=signer", "--cert",
+                                 str(pki["cert"]), "--chain", str(pki["chain"]),
+                                 "--pin-env", "TB_BENCH_PIN", "--pki", str(pki["pki"])],
+                                env | token_env)[0])
+        start = time.perf_counter()
+        for p in smalls:
+            subprocess.run(["openssl", "cms", "-sign", "-binary", "-noattr", "-in", str(p),
+                            "-signer", str(pki["cert"]), "-inkey", str(pki["plainkey"]),
+                            "-certfile", str(pki["chain"]), "-outform", "DER", "-out",
+                            str(p) + ".osig", "-md", "sha256"], check=True)
+        os_runs.append(time.perf_counter() - start)
+    tb_many, os_many = min(tb_runs), min(os_runs)
+    speedups = [o / t for o, t in zip(os_runs, tb_runs, strict=True)]
+    print(f"{count} small  file key, one call {tb_many:6.2f}s | openssl cms -sign "
+          f"({count} calls) {os_many:6.2f}s | speedup {os_many / tb_many:5.1f}x "
+          f"({spread(speedups, '.1f')}x; goal >= 10x: {verdict(os_many / tb_many >= 10)}) | "
+          f"{load()}")
+    if hsm_runs:
+        hsm = min(hsm_runs)
+        speedups = [o / t for o, t in zip(os_runs, hsm_runs, strict=True)]
+        print(f"{count} small  PKCS#11 (SoftHSM2), one call {hsm:6.2f}s | speedup "
+              f"{os_many / hsm:5.1f}x ({spread(speedups, '.1f')}x) vs openssl with a file key "
+              f"(file key: {os_many / tb_many:.1f}x)")
 
 
 if __name__ == "__main__":

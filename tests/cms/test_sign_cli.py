@@ -425,3 +425,113 @@ def test_hash_job_in_processes_matches_hashlib_and_reports_errors(tmp_path: Path
         HashJob([*files, fifo], "sha256").result()
     assert "not a regular file" in err.value.message
     HashJob(files, "sha256").cancel()  # killing the workers leaves nothing behind
+
+
+def test_batch_signatures_stream_to_the_caller_and_a_failure_stops_the_workers(
+        material: Material) -> None:
+    from trustboot.cms.sign import PARALLEL_SIGN_MIN, sign_many
+
+    key, cert, chain = material.issue("stream-signer", rsa_key())
+    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
+                            cert=cert, chain=chain)
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 5)]
+    seen: dict[int, bytes] = {}
+    signatures = sign_many(signer, digests, "sha256", on_signed=seen.__setitem__)
+    assert [seen[i] for i in range(len(digests))] == signatures  # each once, all of them
+
+    class Stop(Exception):
+        pass
+
+    def stop(index: int, _sig: bytes) -> None:
+        raise Stop(index)
+
+    before = _children()
+    with pytest.raises(Stop):
+        sign_many(signer, digests, "sha256", on_signed=stop)
+    assert _children() == before  # every forked worker was stopped and reaped
+
+
+def _children() -> set[str]:
+    """This process's child pids (Linux)."""
+    return {pid for task in Path("/proc/self/task").iterdir()
+            for pid in (task / "children").read_text().split()}
+
+
+def test_staged_writes_replace_nothing_unless_all_were_written(tmp_path: Path) -> None:
+    from trustboot.cms.sign import StagedWrites, write_all
+    from trustboot.errors import OperationalError
+
+    old = tmp_path / "a.sig"
+    old.write_bytes(b"old")
+    with StagedWrites() as staged:  # left without commit: the temp files go away
+        staged.add(old, b"new")
+        staged.add(tmp_path / "b.sig", b"new")
+    assert old.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.sig"]
+    with pytest.raises(OperationalError) as err:  # one target cannot be written: none is
+        write_all([(old, b"new"), (tmp_path / "missing" / "c.sig", b"new")])
+    assert "missing" in err.value.message and "nothing was replaced" in (err.value.hint or "")
+    assert old.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.sig"]
+    write_all([(old, b"new"), (tmp_path / "b.sig", b"b")])
+    assert old.read_bytes() == b"new" and (tmp_path / "b.sig").read_bytes() == b"b"
+    assert old.stat().st_mode & 0o777 == 0o644
+
+
+def test_serial_signer_overlaps_the_handling_and_stops_at_its_first_error(
+        material: Material) -> None:
+    """A signer that is not an in-memory key (a token) signs in this thread while another
+    handles the previous signature; every signature arrives once, in order, and an error
+    in the handling stops the signing at once."""
+    from trustboot.cms.sign import sign_many
+
+    key, cert, chain = material.issue("serial-signer", rsa_key())
+    inner, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
+                           cert=cert, chain=chain)
+    calls: list[int] = []
+
+    class Counting:  # the Signer protocol, not a KeySigner: the token code path
+        certificate, chain, algorithm = inner.certificate, inner.chain, inner.algorithm
+
+        def sign_digest(self, digest: bytes, hash_name: str) -> bytes:
+            calls.append(1)
+            return inner.sign_digest(digest, hash_name)
+
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(12)]
+    order: list[int] = []
+    signatures = sign_many(Counting(), digests, "sha256",
+                           on_signed=lambda i, _sig: order.append(i))
+    assert order == list(range(12)) and len(signatures) == 12 and len(calls) == 12
+    assert signatures == [inner.sign_digest(d, "sha256") for d in digests]
+
+    def fail_at_three(index: int, _sig: bytes) -> None:
+        if index == 3:
+            raise ValueError("stop")
+
+    calls.clear()
+    with pytest.raises(ValueError, match="stop"):
+        sign_many(Counting(), digests, "sha256", on_signed=fail_at_three)
+    assert len(calls) <= 5  # signature 4 may be under way when 3 fails, not more
+
+
+def test_a_damaged_rsa_key_never_yields_a_signature(material: Material) -> None:
+    """Keys load without OpenSSL's consistency check (speed); every RSA signature is
+    checked against the certificate instead, so a key whose private values are damaged
+    (public half intact) makes no signature at all."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from trustboot.errors import VerificationError
+    from trustboot.keys.signer import KeySigner
+
+    good = rsa_key()
+    key_path, cert, chain = material.issue("damaged-signer", good)
+    signer, _ = open_signer(parse_ref(f"file:{key_path}"),
+                            passphrases=secrets.constant(PASSPHRASE), cert=cert, chain=chain)
+    n = good.private_numbers()
+    bad = rsa.RSAPrivateNumbers(n.p, n.q, n.d ^ 2, n.dmp1 ^ 2, n.dmq1, n.iqmp,
+                                n.public_numbers).private_key(
+        unsafe_skip_rsa_key_validation=True)
+    damaged = KeySigner(bad, signer.certificate, signer.chain)  # the public half matches
+    digest = hashlib.sha256(b"x").digest()
+    with pytest.raises(VerificationError) as err:
+        damaged.sign_digest(digest, "sha256")
+    assert err.value.rule == "self-check" and "damaged" in (err.value.hint or "")
+    assert len(signer.sign_digest(digest, "sha256")) == good.key_size // 8

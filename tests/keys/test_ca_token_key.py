@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from tests.keys.softhsm import PIN, Token, openssl_verify
 from trustboot import secrets
@@ -23,10 +23,10 @@ def test_issue_for_token_key_then_sign_by_uri_alone(token: Token, tmp_path: Path
               "--label", "signer", "--id", "07")
     pki = tmp_path / "pki"
     CertificateAuthority.init(pki, secrets.constant(CA_PASS), key_type="ec-p256")
-    env = {"TB_CA": CA_PASS.decode()}
+    env = {"TB_CA": CA_PASS.decode(), "TB_PIN": PIN}
     issued = CliRunner().invoke(cli, ["ca", "issue", "codesign", "hsm-signer", "--pki", str(pki),
                                       "--pkcs11-key", token.uri(), "--passphrase-env", "TB_CA",
-                                      "--json"], env=env)
+                                      "--pin-env", "TB_PIN", "--json"], env=env)
     assert issued.exit_code == 0, issued.output
     assert not (pki / "private" / "hsm-signer.key").exists()  # the key stays in the token
     image = tmp_path / "boot.ipxe"
@@ -56,5 +56,76 @@ def test_pkcs11_key_and_csr_are_exclusive(token: Token, tmp_path: Path) -> None:
                                       "--pkcs11-key", token.uri(), "--csr", str(csr)])
     assert result.exit_code == 3 and "only one of" in result.output
     missing = CliRunner().invoke(cli, ["ca", "issue", "codesign", "n", "--pki", str(pki),
-                                       "--pkcs11-key", token.uri("nothing")])
+                                       "--pkcs11-key", token.uri("nothing"), "--pin-env",
+                                       "TB_PIN"], env={"TB_PIN": PIN})
     assert missing.exit_code == 3 and "no public key matching" in missing.output
+
+
+def _keypair(token: Token, label: str, key_id: str, key_type: str = "rsa:2048") -> None:
+    token.run("pkcs11-tool", "--module", str(token.module), "--login", "--pin", PIN,
+              "--token-label", token.label, "--keypairgen", "--key-type", key_type,
+              "--label", label, "--id", key_id)
+
+
+def _issue(pki: Path, uri: str, name: str = "n") -> Result:
+    return CliRunner().invoke(cli, ["ca", "issue", "codesign", name, "--pki", str(pki),
+                                    "--pkcs11-key", uri, "--passphrase-env", "TB_CA",
+                                    "--pin-env", "TB_PIN"],
+                              env={"TB_CA": CA_PASS.decode(), "TB_PIN": PIN})
+
+
+def test_public_key_alone_is_not_certified(token: Token, tmp_path: Path) -> None:
+    """Proof of possession: a token holding someone's public key object but not the
+    private key cannot get it certified."""
+    pki = tmp_path / "pki"
+    CertificateAuthority.init(pki, secrets.constant(CA_PASS), key_type="ec-p256")
+    _keypair(token, "theirs", "09")
+    token.run("pkcs11-tool", "--module", str(token.module), "--login", "--pin", PIN,
+              "--token-label", token.label, "--delete-object", "--type", "privkey",
+              "--label", "theirs")
+    refused = _issue(pki, token.uri("theirs"))
+    assert refused.exit_code == 3, refused.output
+    assert "no private key" in refused.output and "proof of possession" in refused.output
+    assert "hint:" in refused.output and "Traceback" not in refused.output
+    ca = CertificateAuthority.open(pki)
+    assert not [e for e in ca.entries if e.name == "n"]  # nothing issued
+    assert not (pki / "issued" / "n.crt").exists()
+
+
+@pytest.mark.parametrize(("theirs", "refusal"), [
+    ("rsa:2048", "does not match its public key"),
+    ("EC:prime256v1", "is a RSA key but its public key object is not"),
+])
+def test_private_key_of_another_pair_is_not_certified(token: Token, tmp_path: Path,
+                                                      theirs: str, refusal: str) -> None:
+    """The URI's public and private key objects must be one pair: the challenge signed by
+    the private key has to verify with the public key that would be certified."""
+    pki = tmp_path / "pki"
+    CertificateAuthority.init(pki, secrets.constant(CA_PASS), key_type="ec-p256")
+    _keypair(token, "mine", "0a")
+    _keypair(token, "theirs", "0b", theirs)
+    # Keep their public key, and put my private key under their label and id.
+    pkcs11 = ("pkcs11-tool", "--module", str(token.module), "--login", "--pin", PIN,
+              "--token-label", token.label)
+    token.run(*pkcs11, "--delete-object", "--type", "privkey", "--label", "theirs")
+    token.run(*pkcs11, "--set-id", "0b", "--id", "0a", "--type", "privkey")
+    uri = token.uri("theirs", id="%0b")
+    with_mine = _issue(pki, token.uri("mine", id="%0a"))  # the public half of mine is gone
+    assert with_mine.exit_code == 3 and "no private key" in with_mine.output, with_mine.output
+    refused = _issue(pki, uri.replace(";object=theirs", ""), "m")
+    assert refused.exit_code == 3, refused.output
+    assert refusal in refused.output and "hint:" in refused.output, refused.output
+    assert not (pki / "issued" / "m.crt").exists()
+
+
+def test_wrong_pin_refuses_before_anything_is_issued(token: Token, tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    CertificateAuthority.init(pki, secrets.constant(CA_PASS), key_type="ec-p256")
+    _keypair(token, "signer", "07")
+    result = CliRunner().invoke(cli, ["ca", "issue", "codesign", "n", "--pki", str(pki),
+                                      "--pkcs11-key", token.uri(), "--passphrase-env", "TB_CA",
+                                      "--pin-env", "TB_PIN"],
+                                env={"TB_CA": CA_PASS.decode(), "TB_PIN": "000000"})
+    assert result.exit_code == 3 and "wrong PIN" in result.output, result.output
+    assert "000000" not in result.output
+    assert not (pki / "issued" / "n.crt").exists()

@@ -214,12 +214,6 @@ def test_pin_source_and_no_prompt_without_terminal(token: Token, material: Mater
     openssl_verify(image, image.with_name("vmlinuz.sig"), material.directory / "root.pem")
 
 
-@pytest.mark.skip(reason="SoftHSM2 never locks a user PIN (it only sets "
-                         "CKF_USER_PIN_COUNT_LOW), so CKR_PIN_LOCKED cannot be produced here")
-def test_locked_pin() -> None:  # pragma: no cover
-    pass
-
-
 def test_uri_parsing() -> None:
     uri = parse_uri("pkcs11:token=My%20HSM;object=sign;id=%01%ff;type=private"
                     "?module-path=/m.so&pin-source=/p")
@@ -245,3 +239,26 @@ def test_signed_at_is_the_callers_clock(token: Token, material: Material,
                      cert=cert, chain=chain, now=now, pkcs11_module=token.module)
     assert run.manifest()["signed_at"] == now.isoformat()
     assert run.manifest()["key"] == token.uri()
+
+
+def test_login_errors_are_translated_from_the_real_exception_classes() -> None:
+    """SoftHSM2 never locks a user PIN (it only sets CKF_USER_PIN_COUNT_LOW), so
+    CKR_PIN_LOCKED cannot come from a test token: the translation token_session applies is
+    checked with python-pkcs11's own exception classes instead."""
+    p11 = pytest.importorskip("pkcs11", reason="python-pkcs11 is not installed (extra: pkcs11)")
+    from trustboot.errors import ExitCode, OperationalError
+    from trustboot.keys.pkcs11 import login_error
+
+    exc = p11.exceptions
+    locked = login_error(exc.PinLocked(), "prod-hsm")
+    assert isinstance(locked, OperationalError) and locked.exit_code == ExitCode.OPERATIONAL
+    assert "PIN of token 'prod-hsm' is locked" in locked.message
+    assert locked.hint is not None and "security officer" in locked.hint
+    wrong = login_error(exc.PinIncorrect(), "prod-hsm")
+    assert isinstance(wrong, ConfigError) and "wrong PIN" in wrong.message
+    assert wrong.hint is not None and "lock" in wrong.hint
+    for cls in (exc.PinExpired, exc.PinInvalid, exc.PinLenRange):
+        refused = login_error(cls(), "t")
+        assert isinstance(refused, ConfigError) and cls.__name__ in refused.message
+    other = login_error(exc.DeviceRemoved(), "t")
+    assert isinstance(other, OperationalError) and "DeviceRemoved" in other.message

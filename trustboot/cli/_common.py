@@ -97,6 +97,40 @@ def pkcs11_generation(token: str | None, module: Path | None) -> tuple[str, Path
     return generation_token(token, module)
 
 
+def pin_options(func: F) -> F:
+    """``--pin-file`` / ``--pin-env``: a token PIN (pkcs11: keys), never the value itself."""
+    func = click.option("--pin-env", "pin_env", metavar="NAME", envvar="TRUSTBOOT_PIN_ENV",
+                        show_envvar=True,
+                        help="Read the token PIN from environment variable NAME.")(func)
+    func = click.option("--pin-file", "pin_file", type=click.Path(path_type=Path,
+                        dir_okay=False), envvar="TRUSTBOOT_PIN_FILE", show_envvar=True,
+                        help="Read the token PIN (pkcs11: keys) from the first line of "
+                        "this file.")(func)
+    return func
+
+
+def pin_source(pin_file: Path | None, pin_env: str | None) -> secrets.PassphraseSource:
+    """The token PIN from --pin-file, --pin-env, or a hidden prompt on a terminal."""
+    if pin_file is not None and pin_env is not None:
+        raise ConfigError("give only one of --pin-file and --pin-env")
+    if pin_file is not None:
+        return secrets.from_file(pin_file)
+    if pin_env is not None:
+        return secrets.from_env(pin_env)
+
+    def prompt(what: str) -> bytes:
+        if not sys.stdin.isatty():
+            raise ConfigError(
+                f"{what} is needed and there is no terminal to ask on",
+                hint="use --pin-file FILE, --pin-env NAME, or pin-source= in the URI")
+        value: str = click.prompt(f"{what[:1].upper()}{what[1:]}", hide_input=True, err=True)
+        if not value:
+            raise ConfigError("empty PIN")
+        return value.encode()
+
+    return prompt
+
+
 def passphrase_source(
     file: Path | None, env: str | None, *, confirm: bool = False, option: str = "--passphrase"
 ) -> secrets.PassphraseSource:

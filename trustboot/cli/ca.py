@@ -25,6 +25,8 @@ from trustboot.cli._common import (
     passphrase_source,
     pkcs11_generation,
     pkcs11_generation_options,
+    pin_options,
+    pin_source,
     warn,
 )
 from trustboot.errors import ConfigError, OperationalError
@@ -120,7 +122,8 @@ def _issue_options(func: Any) -> Any:
     func = click.option("--pkcs11-key", "pkcs11_key", metavar="URI",
                         help="Certify the key pair in a PKCS#11 token named by this RFC 7512 "
                         "URI (its public key object is read; the private key never leaves "
-                        "the token).")(func)
+                        "the token, but first signs a challenge: --pin-file/--pin-env).")(func)
+    func = pin_options(func)
     func = click.option("--pkcs11-module", "pkcs11_module",
                         type=click.Path(path_type=Path, dir_okay=False),
                         envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
@@ -136,20 +139,22 @@ def _do_issue(profile: str, name: str, sans: list[str], pki: Path, key_type: str
               days: int | None, csr: Path | None, passphrase_file: Path | None,
               passphrase_env: str | None, key_passphrase_file: Path | None,
               key_passphrase_env: str | None, as_json: bool, pkcs11_key: str | None = None,
-              pkcs11_module: Path | None = None) -> None:
+              pkcs11_module: Path | None = None, pin_file: Path | None = None,
+              pin_env: str | None = None) -> None:
     ca = CertificateAuthority.open(pki)
     public_key = None
     if pkcs11_key is not None:
         if csr is not None:
             raise ConfigError("give only one of --csr and --pkcs11-key")
-        from trustboot.keys.pkcs11 import public_key_of
+        from trustboot.keys.pkcs11 import proven_public_key
         from trustboot.keys.ref import parse_ref
 
         ref = parse_ref(pkcs11_key)
         if ref.scheme != "pkcs11":
             raise ConfigError(f"--pkcs11-key {ref} is not a pkcs11: URI",
                               hint="pkcs11:token=T;object=O")
-        public_key = public_key_of(ref, pkcs11_module)
+        # Only a key the token proves it holds (it signs a fresh challenge) is certified.
+        public_key = proven_public_key(ref, pkcs11_module, pin_source(pin_file, pin_env))
     ca_source = passphrase_source(passphrase_file, passphrase_env)
     key_source = None if (csr or public_key) else passphrase_source(
         key_passphrase_file, key_passphrase_env, confirm=True, option="--key-passphrase")

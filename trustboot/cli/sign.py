@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from trustboot import secrets
 from trustboot.cli._common import (
     emit_json,
     is_interactive,
     json_option,
     passphrase_options,
     passphrase_source,
+    pin_options,
+    pin_source,
     progress,
     warn,
 )
@@ -44,28 +45,6 @@ def _progress_factory(enabled: bool) -> ProgressFactory | None:
         return None
     return lambda path, size: progress(size, f"hashing {path.name}",
                                        enabled=size >= PROGRESS_THRESHOLD)
-
-
-def _pin_source(pin_file: Path | None, pin_env: str | None) -> secrets.PassphraseSource:
-    """The token PIN from --pin-file, --pin-env, or a hidden prompt on a terminal."""
-    if pin_file is not None and pin_env is not None:
-        raise ConfigError("give only one of --pin-file and --pin-env")
-    if pin_file is not None:
-        return secrets.from_file(pin_file)
-    if pin_env is not None:
-        return secrets.from_env(pin_env)
-
-    def prompt(what: str) -> bytes:
-        if not sys.stdin.isatty():
-            raise ConfigError(
-                f"{what} is needed and there is no terminal to ask on",
-                hint="use --pin-file FILE, --pin-env NAME, or pin-source= in the URI")
-        value: str = click.prompt(f"{what[:1].upper()}{what[1:]}", hide_input=True, err=True)
-        if not value:
-            raise ConfigError("empty PIN")
-        return value.encode()
-
-    return prompt
 
 
 def _read_files_from(source: str) -> list[Path]:
@@ -98,11 +77,7 @@ def _read_files_from(source: str) -> list[Path]:
               help="Issuer certificates, root included (PEM bundle); default: the pki's "
               "chain when the pki issued the signing certificate.")
 @passphrase_options(what="the signing key", envvar_prefix="TRUSTBOOT_SIGN_")
-@click.option("--pin-file", "pin_file", type=click.Path(path_type=Path, dir_okay=False),
-              envvar="TRUSTBOOT_PIN_FILE", show_envvar=True,
-              help="Read the token PIN (pkcs11: keys) from the first line of this file.")
-@click.option("--pin-env", "pin_env", metavar="NAME", envvar="TRUSTBOOT_PIN_ENV",
-              show_envvar=True, help="Read the token PIN from environment variable NAME.")
+@pin_options
 @click.option("--pkcs11-module", "pkcs11_module", type=click.Path(path_type=Path,
               dir_okay=False), envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
               help="PKCS#11 module (.so) for pkcs11: keys, unless the URI has module-path=.")
@@ -142,7 +117,7 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
     check_options(paths, out_dir=out_dir, manifest=manifest,
                   expiry_warning_days=expiry_warning_days)
     passphrases = passphrase_source(passphrase_file, passphrase_env)
-    pins = _pin_source(pin_file, pin_env)
+    pins = pin_source(pin_file, pin_env)
     ref = parse_ref(key_ref)
     # Would unlocking ask on the terminal? Then ask before hashing starts (no bar under it).
     prompts = (pin_file is None and pin_env is None and "pin-source=" not in ref.value

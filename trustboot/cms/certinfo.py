@@ -6,6 +6,7 @@ Pure: bytes in, a frozen record out (or a ``CertProblem`` naming iPXE's rule).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -509,15 +510,22 @@ def _subject_text(subject_raw: bytes, cn: bytes | None) -> str:
 
 def _strict_der_oddities(raw: bytes, label: str) -> list[tuple[str, str]]:
     """What a strict RFC 5280 / DER reader refuses but iPXE reads: worth a warning."""
+    return list(_strict_der_check(raw, label))
+
+
+@functools.lru_cache(maxsize=64)
+def _strict_der_check(raw: bytes, label: str) -> tuple[tuple[str, str], ...]:
+    """_strict_der_oddities, remembered: parsing every field with asn1crypto costs ~15 ms a
+    certificate, and signing checks the same chain several times (preflight, self-check)."""
     try:
         _asn1.check_framing(raw)
         cert = ax509.Certificate.load(raw, strict=True)
         cert.native  # noqa: B018  (parse every field)
     except Exception as exc:  # any refusal by the strict reader is the answer
-        return [("certificate-encoding", (
+        return (("certificate-encoding", (
             f"certificate {label} is not strict DER X.509 ({exc}); iPXE reads it anyway, "
-            "but other tools may not"))]
-    return []
+            "but other tools may not")),)
+    return ()
 
 
 def public_key(cert: CertInfo) -> PublicKey:

@@ -9,13 +9,12 @@ certificate of the chain including the root (iPXE's TRUST= holds only fingerprin
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime as dt
 import os
-import sys
+import signal
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from trustboot.cms.digest import ProgressFactory as ProgressFactory
 from trustboot.cms.digest import hash_file as hash_file
 from trustboot.cms.digest import hash_files as hash_files
 from trustboot.errors import ConfigError, OperationalError, VerificationError
-from trustboot.fsutil import atomic_write, fsync_dir, make_dirs, write_temp
+from trustboot.fsutil import fsync_dir, make_dirs, write_temp
 from trustboot.keys.algorithms import HashAlgorithm
 from trustboot.keys.signer import KeySigner, KeySource, Signer
 
@@ -258,11 +257,8 @@ def _sign(
     assert isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
     subject = signer.certificate.subject.rfc4514_string()
 
-    signatures = sign_many(signer, [h.digests[hash_name] for h in hashed], hash_name)
-
-    def one(index: int) -> tuple[Signed, bytes]:
+    def one(index: int, signature: bytes) -> tuple[Signed, bytes]:
         item = hashed[index]
-        signature = signatures[index]
         der = template.render(signature)
         # Belt and braces: what is about to be published verifies under iPXE's rules (in
         # full once; after that only the signature value differs between files).
@@ -285,153 +281,226 @@ def _sign(
             chain_not_after=report.chain_not_after,
         ), der
 
-    results = [one(i) for i in range(len(hashed))]
-    if out_dir is not None:
-        make_dirs(out_dir)  # 0755 whatever the umask; OperationalError if not creatable
-    write_all([(signed.signature_path, der) for signed, der in results])
-    return [s for s, _ in results]
+    results: list[tuple[Signed, bytes] | None] = [None] * len(hashed)
+    # Where the directories exist, each .sig goes to its temp file as soon as it is signed
+    # (filesystem waits overlap the signing); a --out still to be created is made only once
+    # everything was signed, so a failure leaves nothing behind.
+    streaming = out_dir is None or out_dir.is_dir()
+    with StagedWrites() as staged:
+
+        def signed(index: int, signature: bytes) -> None:
+            results[index] = entry = one(index, signature)
+            if streaming:
+                staged.add(entry[0].signature_path, entry[1])
+
+        sign_many(signer, [h.digests[hash_name] for h in hashed], hash_name, on_signed=signed)
+        done = [r for r in results if r is not None]
+        if not streaming:
+            assert out_dir is not None
+            make_dirs(out_dir)  # 0755 whatever the umask; OperationalError if not creatable
+            for entry, der in done:
+                staged.add(entry.signature_path, der)
+        staged.commit()
+    return [entry for entry, _ in done]
 
 
 # From this many RSA signatures on, the batch is split over forked processes.
 PARALLEL_SIGN_MIN = 64
 
 
-def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str) -> list[bytes]:
-    """One signature per digest. An in-memory RSA key signs a large batch on every core:
-    each signature costs ~1 ms of CPU and cryptography holds the GIL while it signs, so
-    the batch is split over forked children (which inherit the unlocked key, never write it
-    anywhere, and exit at once). Tokens, ECDSA (fast already) and small batches stay serial,
-    as does any process with other threads running (forking those is unsafe)."""
+def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
+              on_signed: Callable[[int, bytes], None] | None = None) -> list[bytes]:
+    """One signature per digest; ``on_signed(index, signature)`` is called as each arrives
+    (so the caller writes while the rest is signed).
+
+    An in-memory RSA key signs a large batch on every core: each signature costs ~1 ms of
+    CPU and cryptography holds the GIL while it signs, so the batch is split over forked
+    children (which inherit the unlocked key, never write it anywhere, and exit at once)
+    that stream their signatures back; this process only collects them. ECDSA (fast
+    already) and small batches stay serial, as does any process with other threads running
+    (forking those is unsafe). A token signs serially too, overlapped with the handling of
+    the previous signature (_sign_overlapped)."""
+    result: list[bytes | None] = [None] * len(digests)
+
+    def got(index: int, signature: bytes) -> None:
+        result[index] = signature
+        if on_signed is not None:
+            on_signed(index, signature)
+
     workers = min(os.cpu_count() or 1, 8)
+    if not isinstance(signer, KeySigner) and on_signed is not None and len(digests) > 1:
+        _sign_overlapped(signer, digests, hash_name, got)
+        return [r for r in result if r is not None]
     if (len(digests) < PARALLEL_SIGN_MIN or workers < 2 or not isinstance(signer, KeySigner)
             or signer.algorithm != "rsa" or threading.active_count() > 1
             or not hasattr(os, "fork")):
-        return [signer.sign_digest(d, hash_name) for d in digests]
-    chunks = [list(range(i, len(digests), workers)) for i in range(workers)]
-    children: list[tuple[int, int, list[int]]] = []
-    for chunk in chunks[1:]:
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, which never returns
-            code = 1
-            try:
-                os.close(read_fd)
-                out = b"".join(_frame(signer.sign_digest(digests[i], hash_name))
-                               for i in chunk)
-                with os.fdopen(write_fd, "wb") as fh:
-                    fh.write(out)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        children.append((pid, read_fd, chunk))
-    result: list[bytes | None] = [None] * len(digests)
-    for i in chunks[0]:
-        result[i] = signer.sign_digest(digests[i], hash_name)
-    for pid, read_fd, chunk in children:
-        with os.fdopen(read_fd, "rb") as fh:
-            data = fh.read()
-        _, status = os.waitpid(pid, 0)
-        values = _unframe(data) if os.waitstatus_to_exitcode(status) == 0 else []
-        if len(values) != len(chunk):  # a child failed: its share is signed here instead
-            values = [signer.sign_digest(digests[i], hash_name) for i in chunk]
-        for i, value in zip(chunk, values, strict=True):
-            result[i] = value
+        for i, digest in enumerate(digests):
+            got(i, signer.sign_digest(digest, hash_name))
+        return [r for r in result if r is not None]
+    children: dict[int, int] = {}  # read fd -> pid
+    try:
+        for first in range(workers):
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, which never returns
+                code = 1
+                try:
+                    os.close(read_fd)
+                    for i in range(first, len(digests), workers):
+                        _write_frame(write_fd, i, signer.sign_digest(digests[i], hash_name))
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write_fd)
+            children[read_fd] = pid
+        _collect_frames(list(children), got)
+    finally:
+        for read_fd, pid in children.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # gone already, unless we stopped early
+            os.close(read_fd)
+            os.waitpid(pid, 0)
+    for i, value in enumerate(result):  # a child failed: its share is signed here instead
+        if value is None:
+            got(i, signer.sign_digest(digests[i], hash_name))
     return [r for r in result if r is not None]
 
 
-def _frame(value: bytes) -> bytes:
-    return len(value).to_bytes(4, "big") + value
+def _sign_overlapped(signer: Signer, digests: Sequence[bytes], hash_name: str,
+                     got: Callable[[int, bytes], None]) -> None:
+    """Serial signing by a token: this thread alone talks to the token (its session is not
+    shared, and python-pkcs11 initialises the module for one thread at a time), while one
+    other thread handles signature N (check, encode, hand to the writer) during the token's
+    signature N+1, whose call releases the GIL."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trustboot-signed") as handler:
+        pending: Future[None] | None = None
+        for i, digest in enumerate(digests):
+            signature = signer.sign_digest(digest, hash_name)
+            if pending is not None:
+                pending.result()  # one in flight at most; its error stops the signing
+            pending = handler.submit(got, i, signature)
+        if pending is not None:
+            pending.result()
 
 
-def _unframe(data: bytes) -> list[bytes]:
-    out, pos = [], 0
-    while pos + 4 <= len(data):
-        n = int.from_bytes(data[pos:pos + 4], "big")
-        out.append(data[pos + 4:pos + 4 + n])
-        pos += 4 + n
-    return out if pos == len(data) else []
+_FRAME_HEAD = 8  # index and length, 4 bytes each
 
 
-def _syncfs(directory: Path) -> bool:
-    """Flush the whole filesystem holding ``directory`` (Linux syncfs); False if unavailable."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except (OSError, AttributeError):
-        return False
-    try:
-        return bool(libc.syncfs(fd) == 0)
-    except AttributeError:
-        return False
-    finally:
-        os.close(fd)
+def _write_frame(fd: int, index: int, signature: bytes) -> None:
+    data = index.to_bytes(4, "big") + len(signature).to_bytes(4, "big") + signature
+    while data:
+        data = data[os.write(fd, data):]
 
 
-# From this many files on, one syncfs() beats one fsync() per file.
-SYNCFS_MIN_FILES = 16
+def _collect_frames(fds: list[int], got: Callable[[int, bytes], None]) -> None:
+    """Read (index, signature) frames from every pipe until all are closed."""
+    import selectors
+
+    buffers = {fd: b"" for fd in fds}
+    with selectors.DefaultSelector() as selector:
+        for fd in fds:
+            selector.register(fd, selectors.EVENT_READ)
+        while buffers:
+            for key, _ in selector.select():
+                fd = int(key.fd)
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    selector.unregister(fd)
+                    del buffers[fd]  # a truncated last frame is dropped: signed again
+                    continue
+                data = buffers[fd] + chunk
+                while len(data) >= _FRAME_HEAD:
+                    n = int.from_bytes(data[4:8], "big")
+                    if len(data) < _FRAME_HEAD + n:
+                        break
+                    got(int.from_bytes(data[:4], "big"), data[_FRAME_HEAD:_FRAME_HEAD + n])
+                    data = data[_FRAME_HEAD + n:]
+                buffers[fd] = data
+
+
+# Threads writing .sig files (see write_all).
+WRITE_THREADS = 8
 
 
 def write_all(items: Sequence[tuple[Path, bytes]]) -> None:
-    """Atomically write many small files: each is either absent/old or complete.
+    """Atomically write many small files: each is either absent/old or complete."""
+    with StagedWrites() as staged:
+        for path, data in items:
+            staged.add(path, data)
+        staged.commit()
 
-    Same guarantee as fsutil.atomic_write (temp file, flushed to disk, rename, directory
-    synced), but for many files the data is flushed with one syncfs() (or concurrent
-    fsyncs where there is none) and each directory is synced once.
+
+class StagedWrites:
+    """Files written to temp names beside their targets as their contents become known,
+    then renamed into place together by ``commit()`` once every one was written and
+    fsynced; leaving the block without a commit removes the temp files. Each target is
+    either untouched or complete (fsutil.atomic_write's guarantee), each directory synced
+    once.
+
+    The work runs in WRITE_THREADS threads: creating, syncing and renaming are filesystem
+    waits that release the GIL, and concurrent fsyncs share the journal's commits.
+    Measured for 500 files on a shared, busy ext4: 0.5-1.6 s, against 1.3-2.2 s with one
+    syncfs() (which also waits for every other process's dirty data on that filesystem: up
+    to 1.6 s alone) and 2-3 s with fsyncs one after the other.
     """
-    if len(items) == 1:
-        path, data = items[0]
+
+    def __init__(self) -> None:
+        # Threads start on the first add(): after sign_many has forked, never before.
+        self._pool = ThreadPoolExecutor(max_workers=WRITE_THREADS,
+                                        thread_name_prefix="trustboot-write")
+        self._targets: list[Path] = []
+        self._made: list[Future[Path]] = []
+        self._committed = False
+
+    def __enter__(self) -> StagedWrites:
+        return self
+
+    def add(self, target: Path, data: bytes) -> None:
+        self._targets.append(target)
+        self._made.append(self._pool.submit(write_temp, target, data))
+
+    def commit(self) -> None:
+        failed = _first_error(self._made, self._targets)
+        if failed is not None:
+            raise _cannot_write(failed[0], failed[1], "check the output directory; nothing "
+                                "was replaced")
+        temps = [fut.result() for fut in self._made]
+        failed = _first_error([self._pool.submit(os.replace, tmp, target)
+                               for tmp, target in zip(temps, self._targets, strict=True)],
+                              self._targets)
+        if failed is not None:
+            raise _cannot_write(failed[0], failed[1], "check the output directory")
+        for directory in dict.fromkeys(path.parent for path in self._targets):
+            try:
+                fsync_dir(directory)
+            except OSError as exc:
+                raise _cannot_write(directory, exc, "check the output directory") from None
+        self._committed = True
+
+    def __exit__(self, *_exc: object) -> None:
         try:
-            atomic_write(path, data)
-        except OSError as exc:
-            raise _cannot_write(path, exc, "check the output directory") from None
-        return
-    dirs = {path.parent for path, _ in items}
-    temps: list[Path] = []
-    current, replacing = items[0][0], False  # for the error: which file, and how far
-    try:
-        if len(items) >= SYNCFS_MIN_FILES:
-            for current, data in items:
-                temps.append(write_temp(current, data, sync=False))
-            if not all(_syncfs(d) for d in dirs):
-                for tmp, (path, _) in zip(temps, items, strict=True):
-                    current = path
-                    fd = os.open(tmp, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-        else:
-            with ThreadPoolExecutor(max_workers=len(items)) as pool:
-                futures = [pool.submit(write_temp, path, data, sync=True)
-                           for path, data in items]
-            # Every write has finished: keep all the temp files made, so all are cleaned up.
-            failed: tuple[Path, BaseException] | None = None
-            for (path, _), fut in zip(items, futures, strict=True):
-                error = fut.exception()
-                if error is None:
-                    temps.append(fut.result())
-                elif failed is None:
-                    failed = (path, error)
-            if failed is not None:
-                current = failed[0]
-                raise failed[1]
-        replacing = True
-        for tmp, (current, _) in zip(temps, items, strict=True):
-            os.replace(tmp, current)
-        for current in dirs:
-            fsync_dir(current)
-    except BaseException as exc:
-        for tmp in temps:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise _cannot_write(current, exc, "check the output directory" + (
-                "" if replacing else "; nothing was replaced")) from None
-        raise
+            if not self._committed:
+                for fut in self._made:
+                    if fut.exception() is None:  # waits for it
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(fut.result())
+        finally:
+            self._pool.shutdown(wait=True)
 
 
-def _cannot_write(path: Path, exc: OSError, hint: str) -> OperationalError:
+def _first_error(futures: Sequence[Future[Any]], targets: Sequence[Path],
+                 ) -> tuple[Path, BaseException] | None:
+    """Wait for every future; the target of the first that failed, with its error."""
+    failed = None
+    for target, fut in zip(targets, futures, strict=True):
+        error = fut.exception()
+        if error is not None and failed is None:
+            failed = (target, error)
+    return failed
+
+
+def _cannot_write(path: Path, exc: BaseException, hint: str) -> BaseException:
+    """The error for a failed write: an OperationalError for an OSError, else ``exc``."""
+    if not isinstance(exc, OSError):
+        return exc
     return OperationalError(f"cannot write {path}: {exc.strerror}", hint=hint)

@@ -289,24 +289,31 @@ def token_session(uri: Pkcs11Uri, module: Path, secrets: PassphraseSource, *,
                                   hint="check the PIN source") from None
         try:
             session = token.open(rw=rw, user_pin=pin)
-        except errors.PinIncorrect:
-            raise ConfigError(f"wrong PIN for token {token.label!r}",
-                              hint="check the PIN source (--pin-file / --pin-env / "
-                                   "pin-source=); repeated failures lock the token") from None
-        except errors.PinLocked:
-            raise OperationalError(
-                f"the PIN of token {token.label!r} is locked (too many wrong PINs)",
-                hint="reset it with the security officer PIN (e.g. pkcs11-tool "
-                     "--init-pin --login --login-type so)") from None
-        except (errors.PinExpired, errors.PinInvalid, errors.PinLenRange) as exc:
-            raise ConfigError(f"token {token.label!r} refused the PIN: "
-                              f"{type(exc).__name__}", hint="check the PIN") from None
         except errors.PKCS11Error as exc:
-            raise OperationalError(f"cannot log in to token {token.label!r}: "
-                                   f"{type(exc).__name__}",
-                                   hint="check the token and its module") from None
+            raise login_error(exc, token.label) from None
         with session:
             yield session
+
+
+def login_error(exc: Exception, label: str) -> ConfigError | OperationalError:
+    """The error to raise for python-pkcs11's exception ``exc`` on logging in to token
+    ``label``: a wrong PIN is a configuration error (exit 3), a locked PIN or anything else
+    from the token an operational one (exit 1). The PIN itself is never in the message."""
+    errors = _import_pkcs11().exceptions
+    if isinstance(exc, errors.PinIncorrect):
+        return ConfigError(f"wrong PIN for token {label!r}",
+                           hint="check the PIN source (--pin-file / --pin-env / "
+                                "pin-source=); repeated failures lock the token")
+    if isinstance(exc, errors.PinLocked):
+        return OperationalError(
+            f"the PIN of token {label!r} is locked (too many wrong PINs)",
+            hint="reset it with the security officer PIN (e.g. pkcs11-tool "
+                 "--init-pin --login --login-type so)")
+    if isinstance(exc, errors.PinExpired | errors.PinInvalid | errors.PinLenRange):
+        return ConfigError(f"token {label!r} refused the PIN: {type(exc).__name__}",
+                           hint="check the PIN")
+    return OperationalError(f"cannot log in to token {label!r}: {type(exc).__name__}",
+                            hint="check the token and its module")
 
 
 def secret_source(source: str) -> PassphraseSource:
@@ -400,29 +407,81 @@ def public_key_of(ref: KeyRef, module_option: Path | None) -> Any:
 
 
 def _token_public_key(lib: Any, uri: Pkcs11Uri) -> Any:
+    token = find_token(lib, uri)
+    with token.open() as session:
+        return _public_key_in(session, uri)
+
+
+def _public_key_in(session: Any, uri: Pkcs11Uri) -> Any:
+    """The public key object the URI names, as a cryptography public key."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     p11 = _import_pkcs11()
-    token = find_token(lib, uri)
-    with token.open() as session:
-        obj = find_one(session, uri, p11.ObjectClass.PUBLIC_KEY, "public key")
-        if obj.key_type == p11.KeyType.RSA:
-            n = int.from_bytes(bytes(obj[p11.Attribute.MODULUS]), "big")
-            e = int.from_bytes(bytes(obj[p11.Attribute.PUBLIC_EXPONENT]), "big")
-            return rsa.RSAPublicNumbers(e, n).public_key()
-        if obj.key_type == p11.KeyType.EC:
-            from asn1crypto import core, keys
+    obj = find_one(session, uri, p11.ObjectClass.PUBLIC_KEY, "public key")
+    if obj.key_type == p11.KeyType.RSA:
+        n = int.from_bytes(bytes(obj[p11.Attribute.MODULUS]), "big")
+        e = int.from_bytes(bytes(obj[p11.Attribute.PUBLIC_EXPONENT]), "big")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    if obj.key_type == p11.KeyType.EC:
+        from asn1crypto import core, keys
 
-            params = keys.ECDomainParameters.load(bytes(obj[p11.Attribute.EC_PARAMS]))
-            curves = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
-            curve = curves.get(params.chosen.native if params.name == "named" else "")
-            if curve is None:
-                raise ConfigError(f"the key {uri.text} is on a curve iPXE cannot verify",
-                                  hint="use P-256 or P-384")
-            point = core.OctetString.load(bytes(obj[p11.Attribute.EC_POINT])).native
-            return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
-        raise ConfigError(f"the key {uri.text} is a {obj.key_type.name} key; only RSA "
-                          "and ECDSA keys can sign for iPXE", hint="use RSA or EC P-256")
+        params = keys.ECDomainParameters.load(bytes(obj[p11.Attribute.EC_PARAMS]))
+        curves = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
+        curve = curves.get(params.chosen.native if params.name == "named" else "")
+        if curve is None:
+            raise ConfigError(f"the key {uri.text} is on a curve iPXE cannot verify",
+                              hint="use P-256 or P-384")
+        point = core.OctetString.load(bytes(obj[p11.Attribute.EC_POINT])).native
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+    raise ConfigError(f"the key {uri.text} is a {obj.key_type.name} key; only RSA "
+                      "and ECDSA keys can sign for iPXE", hint="use RSA or EC P-256")
+
+
+def proven_public_key(ref: KeyRef, module_option: Path | None,
+                      pins: PassphraseSource) -> Any:
+    """The public key of a token's key pair, for the CA to certify, once the token has
+    proved it holds the matching private key: the private key object the URI names signs
+    a fresh random challenge, checked with the public key object. A URI naming a public key
+    object alone (anyone's public key can be imported into a token) is refused, so the CA
+    never certifies a key its requester does not have. Logs in (one PIN request)."""
+    import hashlib
+
+    from trustboot.cms.certinfo import verify_raw
+    from trustboot.keys.signer import key_algorithm
+
+    p11 = _import_pkcs11()
+    uri = parse_uri(ref.value)
+    if "pin-value" in uri.query:
+        raise ConfigError(f"{uri.text} carries the PIN itself (pin-value=); refusing",
+                          hint="use --pin-file FILE, --pin-env NAME, or pin-source=FILE")
+    with token_session(uri, module_path(uri, module_option), pins) as session:
+        public = _public_key_in(session, uri)
+        algorithm = key_algorithm(public)
+        objects = list(session.get_objects(_template(uri, p11.ObjectClass.PRIVATE_KEY)))
+        if not objects:
+            raise ConfigError(
+                f"the token holds no private key for {uri.text}; refusing to certify a "
+                "public key whose private key is not there (proof of possession)",
+                hint="name the key pair generated in (or imported into) this token; a "
+                     "public key alone cannot be certified")
+        if len(objects) > 1:
+            raise ConfigError(f"{len(objects)} private keys match {uri.text}",
+                              hint="add id= (or a more precise object=) to the URI")
+        expected = p11.KeyType.RSA if algorithm == KeyAlgorithm.RSA else p11.KeyType.EC
+        if objects[0].key_type != expected:
+            raise ConfigError(
+                f"the private key {uri.text} is a {objects[0].key_type.name} key but its "
+                "public key object is not; refusing to certify it (proof of possession)",
+                hint="fix object=/id= so that both objects belong to one key pair")
+        challenge = hashlib.sha256(b"trustboot proof of possession\0" + os.urandom(32)
+                                   ).digest()
+        signature = sign_in_token(objects[0], algorithm, HashAlgorithm.SHA256, challenge)
+    if not verify_raw(public, algorithm, "sha256", signature, digest=challenge):
+        raise ConfigError(
+            f"the private key {uri.text} does not match its public key object; refusing "
+            "to certify it (proof of possession failed)",
+            hint="fix object=/id= so that both objects belong to one key pair")
+    return public
 
 
 # ---- CA keys that live in a token ---------------------------------------------------------
