@@ -23,10 +23,10 @@ from trustboot.cli._common import (
     json_option,
     passphrase_options,
     passphrase_source,
-    pkcs11_generation,
-    pkcs11_generation_options,
     pin_options,
     pin_source,
+    pkcs11_generation,
+    pkcs11_generation_options,
     warn,
 )
 from trustboot.errors import ConfigError, OperationalError

@@ -12,17 +12,23 @@ from typing import Any
 
 import click
 
-from trustboot.cli._common import emit_json, json_option, passphrase_options, passphrase_source
+from trustboot.cli._common import (
+    emit_json,
+    json_option,
+    passphrase_options,
+    passphrase_source,
+    pin_options,
+    pin_source,
+)
 from trustboot.cli.publish import (
-    _progress,
     build_trust,
     open_cli_origin,
     origin_options,
     trust_options,
+    upload_progress,
     utc_now,
 )
 from trustboot.cli.release import StageReporter
-from trustboot.cli.sign import _pin_source
 
 EPILOG = """\b
 Examples:
@@ -55,11 +61,7 @@ new signatures.
               envvar="TRUSTBOOT_SIGNING_CHAIN", show_envvar=True,
               help="Its issuers, root included (default: the pki's chain).")
 @passphrase_options(what="the signing key", envvar_prefix="TRUSTBOOT_SIGN_")
-@click.option("--pin-file", type=click.Path(path_type=Path, dir_okay=False),
-              envvar="TRUSTBOOT_PIN_FILE", show_envvar=True,
-              help="Token PIN (pkcs11: keys), first line of this file.")
-@click.option("--pin-env", metavar="NAME", envvar="TRUSTBOOT_PIN_ENV", show_envvar=True,
-              help="Token PIN from environment variable NAME.")
+@pin_options
 @click.option("--pkcs11-module", type=click.Path(path_type=Path, dir_okay=False),
               envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
               help="PKCS#11 module for pkcs11: keys.")
@@ -93,12 +95,12 @@ def command(origin_url: str, key_ref: str, signing_cert: Path | None,
     trust = build_trust(kw)
     source = resolve_signer(ref, pki=kw["pki"], cert=signing_cert, chain=signing_chain,
                             now=now, pkcs11_module=pkcs11_module)
-    secrets = (_pin_source(pin_file, pin_env) if source.secret_kind == "pin"  # noqa: S105
+    secrets = (pin_source(pin_file, pin_env) if source.secret_kind == "pin"  # noqa: S105
                else passphrase_source(passphrase_file, passphrase_env))
     origin, options = open_cli_origin(origin_url, kw)
     work = Path(tempfile.mkdtemp(prefix="trustboot-resign-"))
     try:
-        with _progress(as_json) as bars, origin:
+        with upload_progress(as_json) as bars, origin:
             result = resign_live(origin, source, secrets, trust=trust, now=now,
                                  workdir=work / "sigs", min_lifetime=lifetime,
                                  entry_path=kw["entry_path"], jobs=kw["jobs"],
