@@ -212,7 +212,7 @@ def verify(path: Path, *, chained_from: int | None = None) -> LogCheck:
             nxt = records[idx + 1] if idx + 1 < len(records) else None
             own_change = nxt is not None and chained(nxt) and nxt["prev"] != line_hash(
                 lines[idx])
-            if idx == legacy or own_change:
+            if own_change or idx == 0:
                 return result(LogProblem(lineno, "edited", (
                     f"line {lineno} was changed: its link does not match the line before "
                     "it")))
