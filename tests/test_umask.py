@@ -82,7 +82,8 @@ def test_every_command_under_umask_000(tmp_path: Path) -> None:
     p = work / pki
     expect = {
         p: 0o755, p / "issued": 0o755, p / "revoked": 0o755, p / "certs_by_serial": 0o755,
-        p / "private": 0o700, p / "private" / "keys": 0o700, p / "ca.crt": 0o644, p / "index.json": 0o644,
+        p / "private": 0o700, p / "private" / "keys": 0o700, p / "ca.crt": 0o644,
+        p / "index.json": 0o644,
         p / "log.jsonl": 0o644, p / "crl.pem": 0o644, p / "private" / "ca.key": 0o600,
         p / "private" / "signer.key": 0o600, work / "deep": 0o755,
         work / "exported" / "trust": 0o755, work / "exported" / "trust" / "root.pem": 0o644,

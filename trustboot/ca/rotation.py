@@ -328,7 +328,7 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
     _check_file_keys(ca)
     step = (ca.state.rotation or {}).get("step")
     if step == "promoted":
-        return _resume(ca, "promote", now)
+        return _resume(ca, "promote", now, passphrases=passphrases)
     if step != "begun":
         raise _refuse(ca, "promote")
     rotation = dict(ca.state.rotation or {})
@@ -408,14 +408,22 @@ def retire_root(ca: CertificateAuthority, *, now: dt.datetime | None = None) -> 
 
 
 def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
-            locked_already: bool = False) -> StepResult:
-    """A step that already happened: finish what a killed run left (views, CRL) and
-    report it done."""
+            locked_already: bool = False,
+            passphrases: PassphraseSource | None = None) -> StepResult:
+    """A step that already happened: finish what a killed run left (views; with
+    ``passphrases`` the CRL of the new issuing CA) and report it done."""
+    key = None
+    if passphrases is not None and not locked_already and ca._check_crl():
+        key = ca.load_issuing_key(constant(passphrases("the CA keys")))
     if locked_already:
         ca._refresh_views(now)
     else:
         with locked(ca.path / ".lock"):
             ca._begin_write(now)
+            if key is not None and ca._check_crl():
+                ca.crl_number += 1
+                ca._commit(now)
+                ca._write_crl(key, now, days=30, number=ca.crl_number)
     return StepResult(step, True, status(ca))
 
 
