@@ -10,30 +10,20 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from trustboot.ca.store import CertificateAuthority
-from trustboot.cli.main import cli
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.keys.ref import parse_ref
 from trustboot.keys.signer import resolve_signer
 from trustboot.secrets import constant
 
-from .conftest import CA_PASS, Run, init_ca, issue, spki
+from .conftest import CA_PASS, Run, issue, make_ec_ca, spki
 
 
 @pytest.fixture(scope="module")
 def ec_ca(tmp_path_factory: pytest.TempPathFactory, secrets_dir: Path) -> Path:
-    def run(*args: str):  # type: ignore[no-untyped-def]
-        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-    pki = tmp_path_factory.mktemp("renew") / "pki"
-    init_ca(run, pki, secrets_dir, "--key-type", "ec-p256")
-    assert issue(run, pki, secrets_dir, "codesign", "signer", "--key-type",
-                 "ec-p256").exit_code == 0
-    assert issue(run, pki, secrets_dir, "server", "boot.example.net", "192.0.2.1",
-                 "--key-type", "ec-p256").exit_code == 0
-    return pki
+    return make_ec_ca(tmp_path_factory.mktemp("renew") / "pki", secrets_dir,
+                      [["codesign", "signer"], ["server", "boot.example.net", "192.0.2.1"]])
 
 
 @pytest.fixture

@@ -9,27 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from trustboot.ca.store import CertificateAuthority, fingerprint
-from trustboot.cli.main import cli
 from trustboot.ipxe.build import BUILD_FORMAT
 from trustboot.ipxe.inputs import collect_trust
 
-from .conftest import Run, init_ca, issue
+from .conftest import Run, issue, make_ec_ca
 
 
 @pytest.fixture(scope="module")
 def ec_ca(tmp_path_factory: pytest.TempPathFactory, secrets_dir: Path) -> Path:
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-    pki = tmp_path_factory.mktemp("rotation") / "pki"
-    init_ca(run, pki, secrets_dir, "--key-type", "ec-p256")
-    for name in ("signer", "other"):
-        assert issue(run, pki, secrets_dir, "codesign", name, "--key-type",
-                     "ec-p256").exit_code == 0
-    return pki
+    return make_ec_ca(tmp_path_factory.mktemp("rotation") / "pki", secrets_dir,
+                      [["codesign", "signer"], ["codesign", "other"]])
 
 
 @pytest.fixture

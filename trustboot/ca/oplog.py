@@ -18,17 +18,14 @@ Nothing here takes a lock: the CA store appends under its own lock.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trustboot.errors import ConfigError
-from trustboot.fsutil import append_line, read_capped
+from trustboot.fsutil import append_line, open_log, read_capped
 
 GENESIS = "0" * 64
 MAX_LOG_FILE = 256 << 20
@@ -67,21 +64,9 @@ class LogCheck:
 def _open_log(path: Path) -> int | None:
     """The log opened for reading (never through a link); None when it does not exist."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return open_log(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ConfigError(
-                f"{path} is a symbolic link, where a link is never expected; not appending",
-                hint=f"remove the link (and check who created it): rm {path}",
-            ) from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError(f"{path} is not a regular file; not appending",
-                          hint=f"move {path} away")
-    return fd
 
 
 def _count_lines(fd: int) -> int:
