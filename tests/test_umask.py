@@ -69,6 +69,11 @@ def test_every_command_under_umask_000(tmp_path: Path) -> None:
          "--key-passphrase-env", "TB_UMASK_PASS", cwd=work)
     _run("ca", "revoke", "c1", *common, cwd=work)
     _run("ca", "crl", *common, cwd=work)
+    _run("ca", "renew", "signer", *common, "--rekey", "--key-passphrase-env", "TB_UMASK_PASS",
+         cwd=work)
+    _run("ca", "rotate", "issuing", *common, cwd=work)
+    _run("ca", "rotate", "root", "begin", *common, cwd=work)
+    _run("ca", "rotate", "root", "promote", *common, "--confirm-fleet", cwd=work)
     _run("ca", "export", "--pki", pki, "--out", "exported/trust", cwd=work)
     (work / "image.bin").write_bytes(b"kernel bytes")
     os.chmod(work / "image.bin", 0o644)

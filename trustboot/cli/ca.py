@@ -230,6 +230,10 @@ def revoke_cmd(pki: Path, name: str, reason: str, serial: str | None,
     ca = CertificateAuthority.open(pki)
     entry = ca.revoke(name, passphrase_source(passphrase_file, passphrase_env), reason=reason,
                       serial=_parse_serial(serial) if serial else None)
+    if entry.issuer_sha256 not in (None, ca.active_entry("issuing").sha256):
+        warn(f"serial {entry.serial:x} was issued by a previous issuing CA: it is revoked in "
+             "the index (trustboot refuses to sign with it) but crl.pem, the CRL of the "
+             "active issuing CA, cannot list it")
     if as_json:
         emit_json(entry.to_json())
     else:
@@ -369,7 +373,8 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
 
         files["uefi_tls"] = out / "uefi-cacerts.esl"
         contents["uefi_tls"] = efi.x509_list(
-            [ca.root_cert.public_bytes(serialization.Encoding.DER)], efi.TRUSTBOOT_OWNER)
+            [c.public_bytes(serialization.Encoding.DER) for c in ca.trusted_roots()],
+            efi.TRUSTBOOT_OWNER)
     for kind, content in contents.items():
         try:
             atomic_write(files[kind], content, mode=PUBLIC_FILE_MODE)
