@@ -198,3 +198,38 @@ def test_lifecycle_kill_at_every_commit_point(op: str, lifecycle_cas: dict[str, 
             assert (pki / "issued" / "victim.crt").read_bytes() == current.read_cert_pem()
         if op == "root-retire":
             assert len(ca.trusted_roots()) == 1
+
+
+def test_migration_of_a_v1_home_killed_at_every_commit_point(tmp_path: Path) -> None:
+    """The first write to a CA home of index version 1 migrates it; a kill at any point
+    leaves a home that loads (as version 1 or 2) and migrates on the next write."""
+    import json
+
+    from .test_renew import V1_CA_PASS, _v1_home
+
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    (secrets / "ca.pass").write_bytes(V1_CA_PASS + b"\n")
+    (secrets / "ca.pass").chmod(0o600)
+    args = ["ca", "crl"]  # a write that does not depend on the leaves' validity
+    probe = _v1_home(tmp_path / "probe")
+    count_file = tmp_path / "count"
+    r = _run(probe, secrets, args, 0, count_file)
+    assert r.returncode == 0, r.stderr
+    points = int(count_file.read_text())
+    assert points >= 4
+    for k in range(1, points + 1):
+        pki = _v1_home(tmp_path / f"k{k}")
+        keys = {p.name: p.read_bytes() for p in (pki / "private").rglob("*.key")}
+        r = _run(pki, secrets, args, k)
+        assert r.returncode == -9, (k, r.stderr)
+        CertificateAuthority.open(pki)  # loads, whichever version it is
+        again = _run(pki, secrets, args, 0)
+        assert again.returncode == 0, (k, again.stderr)
+        ca = CertificateAuthority.open(pki)
+        assert json.loads((pki / "index.json").read_text())["version"] == 2
+        assert ca.check() == [], (k, ca.check())
+        assert ca.check_log().problem is None, k
+        # every key of the old home is still there, byte for byte
+        kept = {p.read_bytes() for p in (pki / "private").rglob("*.key")}
+        assert set(keys.values()) <= kept, k

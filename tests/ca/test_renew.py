@@ -212,7 +212,7 @@ def _v1_home(tmp_path: Path) -> Path:
     """A CA home written by trustboot before the layout change (index version 1): root,
     issuing CA, codesign `signer`, codesign `victim` revoked."""
     pki = tmp_path / "v1"
-    pki.mkdir(mode=0o755)
+    pki.mkdir(mode=0o755, parents=True)
     with tarfile.open(V1_HOME) as tar:
         tar.extractall(pki, filter="data")
     for path in [pki, *pki.rglob("*")]:
