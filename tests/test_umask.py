@@ -69,6 +69,11 @@ def test_every_command_under_umask_000(tmp_path: Path) -> None:
          "--key-passphrase-env", "TB_UMASK_PASS", cwd=work)
     _run("ca", "revoke", "c1", *common, cwd=work)
     _run("ca", "crl", *common, cwd=work)
+    _run("ca", "renew", "signer", *common, "--rekey", "--key-passphrase-env", "TB_UMASK_PASS",
+         cwd=work)
+    _run("ca", "rotate", "issuing", *common, cwd=work)
+    _run("ca", "rotate", "root", "begin", *common, cwd=work)
+    _run("ca", "rotate", "root", "promote", *common, "--confirm-fleet", cwd=work)
     _run("ca", "export", "--pki", pki, "--out", "exported/trust", cwd=work)
     (work / "image.bin").write_bytes(b"kernel bytes")
     os.chmod(work / "image.bin", 0o644)
@@ -93,7 +98,8 @@ def test_every_command_under_umask_000(tmp_path: Path) -> None:
     p = work / pki
     expect = {
         p: 0o755, p / "issued": 0o755, p / "revoked": 0o755, p / "certs_by_serial": 0o755,
-        p / "private": 0o700, p / "ca.crt": 0o644, p / "index.json": 0o644,
+        p / "private": 0o700, p / "private" / "keys": 0o700, p / "ca.crt": 0o644,
+        p / "index.json": 0o644,
         p / "log.jsonl": 0o644, p / "crl.pem": 0o644, p / "private" / "ca.key": 0o600,
         p / "private" / "signer.key": 0o600, work / "deep": 0o755,
         work / "exported" / "trust": 0o755, work / "exported" / "trust" / "root.pem": 0o644,
@@ -105,7 +111,7 @@ def test_every_command_under_umask_000(tmp_path: Path) -> None:
     }
     for path, mode in expect.items():
         assert stat.S_IMODE(path.stat().st_mode) == mode, (path, oct(path.stat().st_mode))
-    assert any((p / "revoked").iterdir())
+    assert '"status": "revoked"' in (p / "index.json").read_text()
     resigned = [d for d in (work / "origin" / "www" / "releases").iterdir()
                 if d.name.startswith("r1.rs-")]
     assert len(resigned) == 1 and stat.S_IMODE(resigned[0].stat().st_mode) == 0o755

@@ -207,11 +207,11 @@ def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS
     return removed
 
 
-def append_line(path: Path, data: bytes, *, mode: int = PUBLIC_FILE_MODE) -> None:
-    """Append to a log file that must be ours: never through a link, created with ``mode``."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+def open_log(path: Path, flags: int, mode: int = PUBLIC_FILE_MODE) -> int:
+    """Open a log file that must be ours (never through a link, a regular file): the
+    descriptor, for appending or for reading its tail. ``O_NOFOLLOW`` is always added."""
     try:
-        fd = os.open(path, flags, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ConfigError(
@@ -219,11 +219,18 @@ def append_line(path: Path, data: bytes, *, mode: int = PUBLIC_FILE_MODE) -> Non
                 hint=f"remove the link (and check who created it): rm {path}",
             ) from None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path} is not a regular file; not appending",
+                          hint=f"move {path} away")
+    return fd
+
+
+def append_line(path: Path, data: bytes, *, mode: int = PUBLIC_FILE_MODE) -> None:
+    """Append to a log file that must be ours: never through a link, created with ``mode``."""
+    fd = open_log(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{path} is not a regular file; not appending",
-                              hint=f"move {path} away")
         if st.st_size == 0:
             os.fchmod(fd, mode)  # the umask narrowed (or, under umask 000, did not) the mode
         os.write(fd, data)

@@ -69,6 +69,18 @@ def base_ca(tmp_path_factory: pytest.TempPathFactory, secrets_dir: Path) -> Path
     return pki
 
 
+def make_ec_ca(pki: Path, secrets_dir: Path, leaves: list[list[str]]) -> Path:
+    """A fast CA (ECDSA P-256 everywhere) with the given leaves (["codesign", "NAME"], ...)."""
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+    init_ca(run, pki, secrets_dir, "--key-type", "ec-p256")
+    for leaf in leaves:
+        r = issue(run, pki, secrets_dir, leaf[0], *leaf[1:], "--key-type", "ec-p256")
+        assert r.exit_code == 0, r.output
+    return pki
+
+
 @pytest.fixture
 def pki(base_ca: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "pki"

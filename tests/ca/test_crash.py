@@ -24,9 +24,9 @@ def _run(pki: Path, secrets: Path, args: list[str], crash_at: int,
     env = {**os.environ, "CRASH_AT": str(crash_at)}
     if count_file is not None:
         env["CRASH_COUNT_FILE"] = str(count_file)
+    secret = [] if args[-1] == "retire" else ["--passphrase-file", str(secrets / "ca.pass")]
     return subprocess.run(
-        [sys.executable, str(CRASHPOINT), *args, "--pki", str(pki), "--passphrase-file",
-         str(secrets / "ca.pass")],
+        [sys.executable, str(CRASHPOINT), *args, "--pki", str(pki), *secret],
         capture_output=True, text=True, env=env, timeout=120,
         cwd=Path(__file__).resolve().parents[2])
 
@@ -109,3 +109,127 @@ def test_kill_init_at_every_commit_point(secrets_dir: Path, tmp_path: Path) -> N
         assert again.returncode == 0, (k, again.stderr)
         assert CertificateAuthority.open(pki).check() == []
         assert (pki / "private").stat().st_mode & 0o077 == 0
+
+
+# --- renew and rotations ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lifecycle_cas(small_ca: Path, tmp_path_factory: pytest.TempPathFactory,
+                  secrets_dir: Path) -> dict[str, Path]:
+    """The CA at each step of a root rotation: stable, begun, promoted."""
+    base = tmp_path_factory.mktemp("lifecycle")
+    homes = {"stable": small_ca}
+    begun = base / "begun"
+    shutil.copytree(small_ca, begun)
+    assert _run(begun, secrets_dir, ["ca", "rotate", "root", "begin"], 0).returncode == 0
+    promoted = base / "promoted"
+    shutil.copytree(begun, promoted)
+    r = _run(promoted, secrets_dir, ["ca", "rotate", "root", "promote", "--confirm-fleet"], 0)
+    assert r.returncode == 0, r.stderr
+    homes |= {"begun": begun, "promoted": promoted}
+    return homes
+
+
+LIFECYCLE_OPS = {
+    # op: (starting state, arguments, state after)
+    "renew": ("stable", ["ca", "renew", "victim"], "stable"),
+    "renew-rekey": ("stable", ["ca", "renew", "victim", "--rekey", "--key-passphrase-file",
+                               "{secrets}/key.pass"], "stable"),
+    "rotate-issuing": ("stable", ["ca", "rotate", "issuing"], "stable"),
+    "root-begin": ("stable", ["ca", "rotate", "root", "begin"], "begun"),
+    "root-promote": ("begun", ["ca", "rotate", "root", "promote", "--confirm-fleet"],
+                     "promoted"),
+    "root-retire": ("promoted", ["ca", "rotate", "root", "retire"], "stable"),
+}
+
+
+def _state(pki: Path) -> str:
+    from trustboot.ca import rotation
+
+    return rotation.status(CertificateAuthority.open(pki)).step
+
+
+@pytest.mark.parametrize("op", sorted(LIFECYCLE_OPS))
+def test_lifecycle_kill_at_every_commit_point(op: str, lifecycle_cas: dict[str, Path],
+                                              secrets_dir: Path, tmp_path: Path) -> None:
+    start, raw_args, end = LIFECYCLE_OPS[op]
+    args = [a.format(secrets=secrets_dir) for a in raw_args]
+    home = lifecycle_cas[start]
+    before = CertificateAuthority.open(home)
+    victim_serial = before.get("victim").serial
+    probe = tmp_path / "probe"
+    shutil.copytree(home, probe)
+    count_file = tmp_path / "count"
+    r = _run(probe, secrets_dir, args, 0, count_file)
+    assert r.returncode == 0, r.stderr
+    points = int(count_file.read_text())
+    # retire changes the index only (and index.txt beside it)
+    assert points >= (2 if op == "root-retire" else 4), "expected several commit points"
+    assert _state(probe) == end
+    for k in range(1, points + 1):
+        pki = tmp_path / f"k{k}"
+        shutil.copytree(home, pki)
+        r = _run(pki, secrets_dir, args, k)
+        assert r.returncode == -9, (k, r.stderr)
+        ca = CertificateAuthority.open(pki)  # loads
+        assert _state(pki) in (start, end), k  # the step happened entirely or not at all
+        problems = ca.check()
+        assert all("run `trustboot ca crl`" in p for p in problems), (k, problems)
+        assert ca.check_log().problem is None, k
+        # the same command again finishes the step (or repeats a renewal)
+        again = _run(pki, secrets_dir, args, 0)
+        assert again.returncode == 0, (k, again.stderr)
+        ca = CertificateAuthority.open(pki)
+        problems = ca.check()
+        if problems:  # killed between an index commit and its CRL: `ca crl` catches up
+            assert all("run `trustboot ca crl`" in p for p in problems), (k, problems)
+            assert _run(pki, secrets_dir, ["ca", "crl"], 0).returncode == 0
+            ca = CertificateAuthority.open(pki)
+        assert ca.check() == [], (k, ca.check())
+        assert _state(pki) == end, k
+        for entry in ca.entries:
+            if entry.key_file:
+                assert (pki / entry.key_file).stat().st_mode & 0o077 == 0, entry.key_file
+        current = ca.current("victim")
+        assert current is not None, k
+        if op.startswith("renew") or op == "root-promote":
+            assert current.serial != victim_serial, k
+            assert (pki / "issued" / "victim.crt").read_bytes() == current.read_cert_pem()
+        if op == "root-retire":
+            assert len(ca.trusted_roots()) == 1
+
+
+def test_migration_of_a_v1_home_killed_at_every_commit_point(tmp_path: Path) -> None:
+    """The first write to a CA home of index version 1 migrates it; a kill at any point
+    leaves a home that loads (as version 1 or 2) and migrates on the next write."""
+    import json
+
+    from .test_renew import V1_CA_PASS, _v1_home
+
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    (secrets / "ca.pass").write_bytes(V1_CA_PASS + b"\n")
+    (secrets / "ca.pass").chmod(0o600)
+    args = ["ca", "crl"]  # a write that does not depend on the leaves' validity
+    probe = _v1_home(tmp_path / "probe")
+    count_file = tmp_path / "count"
+    r = _run(probe, secrets, args, 0, count_file)
+    assert r.returncode == 0, r.stderr
+    points = int(count_file.read_text())
+    assert points >= 4
+    for k in range(1, points + 1):
+        pki = _v1_home(tmp_path / f"k{k}")
+        keys = {p.name: p.read_bytes() for p in (pki / "private").rglob("*.key")}
+        r = _run(pki, secrets, args, k)
+        assert r.returncode == -9, (k, r.stderr)
+        CertificateAuthority.open(pki)  # loads, whichever version it is
+        again = _run(pki, secrets, args, 0)
+        assert again.returncode == 0, (k, again.stderr)
+        ca = CertificateAuthority.open(pki)
+        assert json.loads((pki / "index.json").read_text())["version"] == 2
+        assert ca.check() == [], (k, ca.check())
+        assert ca.check_log().problem is None, k
+        # every key of the old home is still there, byte for byte
+        kept = {p.read_bytes() for p in (pki / "private").rglob("*.key")}
+        assert set(keys.values()) <= kept, k

@@ -77,9 +77,16 @@ def test_replaced_leaf_certificate_is_refused(pki: Path, attacker_pki: Path,
                                               secrets_dir: Path, run: Run) -> None:
     issue(run, attacker_pki, secrets_dir, "codesign", "signer")
     shutil.copyfile(attacker_pki / "issued" / "signer.crt", pki / "issued" / "signer.crt")
-    entry = CertificateAuthority.open(pki).get("signer")
+    # issued/NAME.crt is a view other tools read: a certificate the index never recorded
+    # there makes the whole CA refuse to load
     with pytest.raises(ConfigError, match="index recorded"):
-        entry.load_cert()
+        CertificateAuthority.open(pki)
+    # the file the index names is refused too when it is replaced
+    entry_file = pki / json.loads((pki / "index.json").read_text())["entries"][2]["cert_file"]
+    shutil.copyfile(pki / "ca.crt", entry_file)
+    (pki / "issued" / "signer.crt").unlink()
+    with pytest.raises(ConfigError, match="index recorded"):
+        CertificateAuthority.open(pki).get("signer").load_cert()
     r = run("ca", "show", "signer", "--pki", str(pki))
     assert r.exit_code == 3 and "index recorded" in r.output
 
@@ -156,6 +163,7 @@ def test_issued_cert_linked_to_a_secret_is_not_copied(pki: Path, tmp_path: Path,
     for f in pki.rglob("*"):
         if f.is_file() and not f.is_symlink():
             assert b"secret-hash" not in f.read_bytes(), f
+    cert.unlink()  # the view goes; the CA loads again and nothing was revoked
     assert CertificateAuthority.open(pki).get("signer").status == "valid"
 
 

@@ -66,6 +66,24 @@ def test_ca_keys_in_token(token: Token, tmp_path: Path, key_type: str) -> None:
     assert crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None
     check = CliRunner().invoke(cli, ["ca", "check", "--pki", str(pki)])
     assert check.exit_code == 0, check.output
+    # renewal is signed by the issuing key in the token; rotating the token's CA keys is not
+    # supported and says so
+    # (its only certificate is revoked: the same key is refused, a new one is certified)
+    same = CliRunner().invoke(cli, ["ca", "renew", "leaf", "--pki", str(pki),
+                                    "--passphrase-env", "TB_PIN"], env=env)
+    assert same.exit_code == 3 and "--rekey" in same.output, same.output
+    renew = CliRunner().invoke(cli, ["ca", "renew", "leaf", "--rekey", "--pki", str(pki),
+                                     "--passphrase-env", "TB_PIN", "--key-passphrase-env",
+                                     "TB_KEY"], env=env)
+    assert renew.exit_code == 0, renew.output
+    renewed = x509.load_pem_x509_certificate((pki / "issued" / "leaf.crt").read_bytes())
+    renewed.verify_directly_issued_by(issuing)
+    assert renewed.serial_number != leaf.serial_number
+    assert renewed.public_key() != leaf.public_key()
+    for args in (["rotate", "issuing"], ["rotate", "root", "begin"]):
+        r = CliRunner().invoke(cli, ["ca", *args, "--pki", str(pki), "--passphrase-env",
+                                     "TB_PIN"], env=env)
+        assert r.exit_code == 3 and "PKCS#11 token" in r.output, r.output
     wrong = CliRunner().invoke(cli, ["ca", "crl", "--pki", str(pki), "--passphrase-env",
                                      "TB_BAD"], env={"TB_BAD": "000000"})
     assert wrong.exit_code == 3 and "wrong PIN" in wrong.output, wrong.output

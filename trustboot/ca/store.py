@@ -1,35 +1,49 @@
 """The CA home (easy-rsa-like layout) and every operation on it.
 
-Layout of a pki directory::
+Layout of a pki directory (index version 2)::
 
-    ca.crt               root CA certificate (PEM)
-    issuing-ca.crt       issuing (intermediate) CA certificate, signed by the root
-    chain.pem            issuing + root: the certificates every signature carries
-    crl.pem              current CRL, signed by the issuing CA
+    index.json           every certificate ever issued, with status, which root and issuing
+                         CA are active, and the state of a root rotation: the source of truth
     config.json          choices made at init (organization, CRL/OCSP URLs, key types)
-    index.json           every certificate ever issued, with status: the source of truth
-    index.txt            the same in OpenSSL's `ca` index format, for familiar tools
-    log.jsonl            append-only log of every CA operation (never a secret)
-    private/  (0700)     ca.key, issuing-ca.key, NAME.key: encrypted PKCS#8, 0600
-    issued/              NAME.crt for every valid leaf
-    revoked/             certificates (and keys) of revoked leaves, by serial
-    certs_by_serial/     SERIAL.pem for every certificate ever issued
+    certs_by_serial/     SERIAL.pem: every certificate ever issued; the file the index names
+    private/  (0700)     keys/SERIAL.key: every key (encrypted PKCS#8, 0600), named by the
+                         serial of the first certificate issued for it (a renewal with the
+                         same key shares the file)
+    log.jsonl            append-only, hash-chained log of every CA operation (see oplog.py)
+    crl.pem              current CRL, signed by the active issuing CA
+    index.txt            index.json in OpenSSL's `ca` index format, for familiar tools
+
+and views that trustboot keeps current for people and other tools (derived from the index
+after every change; trustboot itself reads the files the index names)::
+
+    ca.crt               the active root;  issuing-ca.crt: the active issuing CA
+    chain.pem            active issuing + root: the certificates every signature carries
+    issued/NAME.crt      the current certificate of NAME (the newest valid one)
+    private/NAME.key     its key (a copy of private/keys/SERIAL.key); private/ca.key and
+                         private/issuing-ca.key: the keys of the active CA certificates
+
+A view is never trusted: one whose content is not a certificate the index recorded under
+that name (or is a link) makes the CA refuse to load; one left stale by a killed run is
+refreshed by the next write. A CA home of index version 1 (ca.crt, issued/NAME.crt and
+private/NAME.key were the index's own files) is migrated on its first write: keys are copied
+to private/keys/, the index is repointed and becomes version 2 (the old files stay as views).
 
 Crash safety: every file is written atomically and index.json is written last, so a
-process killed at any moment leaves files that the index does not mention (ignored, and
-set aside by the next operation) but never an index that points at nothing. Temp files of
-a killed run are removed by the next operation (under the lock, nobody else writes).
+process killed at any moment leaves files that the index does not mention (ignored) but
+never an index that points at nothing. Temp files of a killed run are removed by the next
+operation (under the lock, nobody else writes).
 
 Trust: the pki and its directories must be owned by the user and not writable by group
 or others (anyone who can write to a directory can replace its files); files inside are
-never followed through symbolic links; and every certificate read back (ca.crt included)
-must have the SHA-256 fingerprint that index.json recorded when it was issued.
+never followed through symbolic links; and every certificate read back must have the
+SHA-256 fingerprint that index.json recorded when it was issued.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import getpass
+import hashlib
 import json
 import os
 import shutil
@@ -39,19 +53,19 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 
-from trustboot.ca import profiles
+from trustboot.ca import oplog, profiles
 from trustboot.ca.profiles import CAOptions, PrivateKey
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.fsutil import (
     PRIVATE_DIR_MODE,
-    append_line,
     atomic_write,
     check_not_link,
     check_owned_dir,
+    check_private_file,
     ensure_private_dir,
-    fsync_dir,
     locked,
     make_dirs,
     read_capped,
@@ -62,7 +76,8 @@ from trustboot.fsutil import (
 from trustboot.keys import keyfile
 from trustboot.secrets import PassphraseSource
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 is migrated on the first write
 ROOT_NAME = "root-ca"
 ISSUING_NAME = "issuing-ca"
 RESERVED_NAMES = {ROOT_NAME, ISSUING_NAME, "ca", "chain", "crl"}
@@ -92,6 +107,13 @@ def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def spki_sha256(public_key: object) -> str:
+    """SHA-256 of a public key's SubjectPublicKeyInfo: which certificates share a key."""
+    der = public_key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
 @dataclass
 class IssuedEntry:
     """One row of index.json."""
@@ -105,10 +127,13 @@ class IssuedEntry:
     sha256: str
     cert_file: str  # relative to the pki dir
     key_file: str | None  # relative; None when the key came from a CSR
-    status: str = "valid"  # valid | revoked (expired is computed)
+    status: str = "valid"  # valid | revoked (leaves) | retired (CAs); expired is computed
     revoked_at: str | None = None
     revocation_reason: str | None = None
     sans: list[str] = field(default_factory=list)
+    issuer_sha256: str | None = None  # the issuing certificate (a root: itself)
+    key_sha256: str | None = None  # spki_sha256 of its public key
+    retired_at: str | None = None
     pki: Path | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -137,7 +162,7 @@ class IssuedEntry:
                 f"(sha256 {fingerprint(cert)}, index.json says {self.sha256}): "
                 "it was replaced or damaged; refusing to use it",
                 hint=f"run `trustboot ca check --pki {self.pki}`; restore the file from "
-                f"{self.pki / 'certs_by_serial' / f'{self.serial:X}.pem'} or a backup",
+                "a backup",
             )
         return data
 
@@ -149,8 +174,8 @@ class IssuedEntry:
         return dt.datetime.fromisoformat(self.not_after)
 
     def effective_status(self, now: dt.datetime | None = None) -> str:
-        if self.status == "revoked":
-            return "revoked"
+        if self.status in ("revoked", "retired"):
+            return self.status
         return "expired" if self.not_after_dt() <= (now or utcnow()) else "valid"
 
     def to_record(self) -> dict[str, Any]:
@@ -184,17 +209,40 @@ class IssueResult:
     warnings: list[str]
 
 
+@dataclass
+class IndexState:
+    """index.json besides its entries: what is active, and where a root rotation stands."""
+
+    version: int = INDEX_VERSION
+    crl_number: int = 0
+    active: dict[str, str] = field(default_factory=dict)  # "root"/"issuing" -> sha256
+    rotation: dict[str, Any] | None = None  # a root rotation in progress (see rotation.py)
+    last_rotation: dict[str, Any] | None = None
+    log_chained_from: int | None = None  # line of log.jsonl where the hash chain starts
+
+
 class CertificateAuthority:
     """A loaded CA home. Use :meth:`init` to create one and :meth:`open` to load one."""
 
     def __init__(self, path: Path, config: dict[str, Any], entries: list[IssuedEntry],
-                 crl_number: int) -> None:
+                 state: IndexState) -> None:
         self.path = path
         self.config = config
         self.entries = entries
-        self.crl_number = crl_number
-        self.root_cert = self._ca_entry(ROOT_NAME).load_cert()
-        self.issuing_cert = self._ca_entry(ISSUING_NAME).load_cert()
+        self.state = state
+        self._load_active()
+
+    def _load_active(self) -> None:
+        self.root_cert = self.active_entry("root").load_cert()
+        self.issuing_cert = self.active_entry("issuing").load_cert()
+
+    @property
+    def crl_number(self) -> int:
+        return self.state.crl_number
+
+    @crl_number.setter
+    def crl_number(self, value: int) -> None:
+        self.state.crl_number = value
 
     # ---- loading -------------------------------------------------------------------
 
@@ -212,14 +260,22 @@ class CertificateAuthority:
                 hint=f"create one with: trustboot ca init --pki {path}",
             )
         check_pki_permissions(path)
-        return cls(path, *_read_index(path))
+        ca = cls(path, *_read_index(path))
+        ca._check_views()
+        return ca
 
-    def _ca_entry(self, name: str) -> IssuedEntry:
-        entry = next((e for e in self.entries if e.name == name), None)
+    def active_entry(self, role: str) -> IssuedEntry:
+        """The active root (``role="root"``) or issuing CA (``"issuing"``)."""
+        sha = self.state.active.get(role)
+        entry = next((e for e in self.entries if e.profile == role and e.sha256 == sha), None)
         if entry is None:
-            raise ConfigError(f"the CA in {self.path} is damaged: index.json has no {name}",
+            raise ConfigError(f"the CA in {self.path} is damaged: index.json has no active "
+                              f"{role} CA",
                               hint="run `trustboot ca check` and restore from backup")
         return entry
+
+    def by_sha256(self, sha: str | None) -> IssuedEntry | None:
+        return next((e for e in self.entries if e.sha256 == sha), None)
 
     def crl_pem(self) -> bytes:
         """crl.pem, refused unless the issuing CA signed it."""
@@ -244,11 +300,112 @@ class CertificateAuthority:
         )
 
     def chain(self) -> list[x509.Certificate]:
-        """[issuing, root]: what every signature must carry for iPXE."""
+        """[issuing, root] of the active chain: what new signatures carry."""
         return [self.issuing_cert, self.root_cert]
 
-    def get(self, name: str) -> IssuedEntry:
-        """The current certificate called ``name`` (the valid one if several were issued)."""
+    def issuer_entry(self, entry: IssuedEntry) -> IssuedEntry | None:
+        """The CA certificate that issued ``entry`` (a root: itself)."""
+        if entry.issuer_sha256 is not None:
+            return self.by_sha256(entry.issuer_sha256)
+        # An index of version 1 records no issuer: it had one root and one issuing CA.
+        return self.active_entry("root" if entry.profile in ("root", "issuing")
+                                 else "issuing")
+
+    def chain_for(self, entry: IssuedEntry) -> list[x509.Certificate]:
+        """The issuers of ``entry``, nearest first, root last (what its signatures carry)."""
+        chain: list[x509.Certificate] = []
+        current = entry
+        for _ in range(2):
+            issuer = self.issuer_entry(current)
+            if issuer is None or issuer.sha256 == current.sha256:
+                break
+            chain.append(issuer.load_cert())
+            current = issuer
+        return chain
+
+    def issuing_entry_of(self, cert: x509.Certificate) -> IssuedEntry | None:
+        """The issuing CA of this CA that signed ``cert`` (None: not issued by this CA)."""
+        for e in reversed(self.entries):
+            if e.profile != "issuing" or e.subject != cert.issuer.rfc4514_string():
+                continue
+            try:
+                cert.verify_directly_issued_by(e.load_cert())
+            except (InvalidSignature, ValueError, TypeError):
+                continue
+            return e
+        return None
+
+    def trusted_roots(self) -> list[x509.Certificate]:
+        """Roots that firmware built now must trust: the active one first, and during a
+        root rotation the other root too (the next one, or the previous until retired)."""
+        roots = [self.root_cert]
+        rotation = self.state.rotation
+        if rotation:
+            for sha in (rotation.get("new_root"), rotation.get("old_root")):
+                e = self.by_sha256(sha)
+                if e is not None and e.status != "retired" and e.sha256 != self.active_entry(
+                        "root").sha256:
+                    roots.append(e.load_cert())
+        return roots
+
+    def trusted_issuing(self) -> list[x509.Certificate]:
+        """Issuing CAs under the trusted roots that are not retired (for CERT=)."""
+        roots = {fingerprint(c) for c in self.trusted_roots()}
+        return [e.load_cert() for e in self.entries
+                if e.profile == "issuing" and e.status != "retired"
+                and (e.issuer_sha256 in roots or e.issuer_sha256 is None)]
+
+    def chain_retired(self, entry: IssuedEntry) -> bool:
+        """Whether a CA certificate above ``entry`` (or ``entry`` itself) is retired."""
+        current: IssuedEntry | None = entry
+        for _ in range(3):
+            if current is None:
+                return False
+            if current.status == "retired":
+                return True
+            nxt = self.issuer_entry(current)
+            if nxt is None or nxt.sha256 == current.sha256:
+                return False
+            current = nxt
+        return False
+
+    def status_of(self, entry: IssuedEntry, now: dt.datetime | None = None) -> str:
+        """valid | expired | revoked | retired (its chain was retired)."""
+        status = entry.effective_status(now)
+        if status in ("valid", "expired") and self.chain_retired(entry):
+            return "retired"
+        return status
+
+    def key_id(self, entry: IssuedEntry) -> str:
+        if entry.key_sha256 is None:
+            entry.key_sha256 = spki_sha256(entry.load_cert().public_key())
+        return entry.key_sha256
+
+    def _compromised_keys(self, name: str) -> set[str]:
+        return {self.key_id(e) for e in self.entries if e.name == name
+                and e.status == "revoked" and e.revocation_reason == "key_compromise"}
+
+    def current(self, name: str, now: dt.datetime | None = None) -> IssuedEntry | None:
+        """The certificate that signs as ``name``: the newest one that is valid now (not
+        revoked, not expired, its chain not retired, its key not revoked as compromised);
+        None when there is none."""
+        now = now or utcnow()
+        candidates = [e for e in self.entries if e.name == name
+                      and e.profile in profiles.LEAF_PROFILES]
+        compromised = self._compromised_keys(name) if candidates else set()
+        for e in reversed(candidates):  # the index is in issuance order
+            if (e.status == "valid" and e.not_after_dt() > now
+                    and dt.datetime.fromisoformat(e.not_before) <= now + profiles.BACKDATE
+                    and not self.chain_retired(e) and self.key_id(e) not in compromised):
+                return e
+        return None
+
+    def get(self, name: str, now: dt.datetime | None = None) -> IssuedEntry:
+        """The certificate called ``name``: the current one (see :meth:`current`), else the
+        newest (revoked or expired: the caller reports it). ``root-ca``/``issuing-ca``
+        name the active CA certificates."""
+        if name in (ROOT_NAME, ISSUING_NAME):
+            return self.active_entry("root" if name == ROOT_NAME else "issuing")
         matches = [e for e in self.entries if e.name == name]
         if not matches:
             known = ", ".join(sorted({e.name for e in self.entries if e.profile in
@@ -257,8 +414,7 @@ class CertificateAuthority:
                 f"no certificate named {name!r} in {self.path}",
                 hint=f"issued names: {known}; issue one with `trustboot ca issue`",
             )
-        valid = [e for e in matches if e.status == "valid"]
-        return valid[-1] if valid else matches[-1]
+        return self.current(name, now) or matches[-1]
 
     def find_serial(self, serial: int) -> IssuedEntry | None:
         return next((e for e in self.entries if e.serial == serial), None)
@@ -267,16 +423,39 @@ class CertificateAuthority:
         """The encrypted key file of ``entry`` (0600, ours, never through a link)."""
         return read_private_file(entry.key_path, f"key file of {entry.name!r}")
 
-    def load_issuing_key(self, passphrases: PassphraseSource) -> PrivateKey:
+    def _token_refs(self) -> dict[str, str] | None:
         token = self.config.get("pkcs11")
+        return token if isinstance(token, dict) else None
+
+    def load_ca_key(self, entry: IssuedEntry, passphrases: PassphraseSource) -> PrivateKey:
+        """The private key of a CA certificate, checked against it."""
+        token = self._token_refs()
         if token:  # a key in a token: it signs there, asking ``passphrases`` for the PIN
             from trustboot.keys.pkcs11 import token_private_key
 
-            key: PrivateKey = token_private_key(token["issuing"], Path(token["module"]),
+            role = "root" if entry.profile == "root" else "issuing"
+            if entry.sha256 != self.active_entry(role).sha256:
+                raise self.token_unsupported()
+            key: PrivateKey = token_private_key(token[role], Path(token["module"]),
                                                 passphrases)
             return key
-        return keyfile.load_key(self.path / "private" / "issuing-ca.key", passphrases,
-                                "the issuing CA key")
+        what = "the root CA key" if entry.profile == "root" else "the issuing CA key"
+        key = keyfile.load_key(entry.key_path, passphrases, what)
+        if not _same_public_key(key, entry.load_cert()):
+            raise ConfigError(f"{entry.key_file} does not match the {entry.profile} CA "
+                              f"certificate (serial {entry.serial:x})",
+                              hint="the CA is damaged; restore it from backup")
+        return key
+
+    def load_issuing_key(self, passphrases: PassphraseSource) -> PrivateKey:
+        return self.load_ca_key(self.active_entry("issuing"), passphrases)
+
+    def token_unsupported(self) -> ConfigError:
+        return ConfigError(
+            f"the CA keys of {self.path} live in a PKCS#11 token: rotating them is not "
+            "supported yet",
+            hint="create a new CA (`trustboot ca init --pkcs11 ...`) and build firmware that "
+            "trusts both roots (`ipxe build --trust old.pem --trust new.pem`)")
 
     # ---- init ------------------------------------------------------------------------
 
@@ -350,8 +529,7 @@ class CertificateAuthority:
                 raise ConfigError(f"a CA already exists in {path}")
             _remove_temps(path)
             _set_aside_leftovers(path, ["ca.crt", "issuing-ca.crt", "chain.pem", "crl.pem",
-                                        "config.json", "private/ca.key",
-                                        "private/issuing-ca.key"], now)
+                                        "config.json", "log.jsonl"], now)
             for sub in PUBLIC_DIRS:
                 make_dirs(path / sub)
             ensure_private_dir(path / "private")
@@ -366,12 +544,14 @@ class CertificateAuthority:
                 public_key=issuing_key.public_key(), issuer_cert=root_cert,
                 issuer_key=root_key, serial=x509.random_serial_number(), now=now,
                 days=issuing_days, opts=opts)
+            key_rels: list[str | None] = [None, None]
             if not token_refs:
-                keyfile.write_key(path / "private" / "ca.key", root_key, passphrase)
-                keyfile.write_key(path / "private" / "issuing-ca.key", issuing_key, passphrase)
-            atomic_write(path / "ca.crt", pem(root_cert))
-            atomic_write(path / "issuing-ca.crt", pem(issuing_cert))
-            atomic_write(path / "chain.pem", pem(issuing_cert) + pem(root_cert))
+                for i, (cert, key) in enumerate(((root_cert, root_key),
+                                                 (issuing_cert, issuing_key))):
+                    key_rels[i] = _key_rel(cert.serial_number)
+                    ensure_private_dir(path / "private" / "keys")
+                    _set_aside_leftovers(path, [str(key_rels[i])], now)
+                    keyfile.write_key(path / str(key_rels[i]), key, passphrase)
             config = {
                 "version": 1,
                 "common_name": common_name,
@@ -385,22 +565,25 @@ class CertificateAuthority:
             if token_refs:
                 config["pkcs11"] = token_refs
             atomic_write(path / "config.json", json.dumps(config, indent=2).encode())
-            entries = [
-                _entry(ROOT_NAME, "root", root_cert, "ca.crt",
-                       None if token_refs else "private/ca.key", path),
-                _entry(ISSUING_NAME, "issuing", issuing_cert, "issuing-ca.crt",
-                       None if token_refs else "private/issuing-ca.key", path),
-            ]
             for cert in (root_cert, issuing_cert):
-                atomic_write(path / "certs_by_serial" / f"{cert.serial_number:X}.pem", pem(cert))
-            ca = cls(path, config, entries, 1)
+                atomic_write(path / _cert_rel(cert.serial_number), pem(cert))
+            entries = [
+                _entry(ROOT_NAME, "root", root_cert, key_rels[0], path, fingerprint(root_cert)),
+                _entry(ISSUING_NAME, "issuing", issuing_cert, key_rels[1], path,
+                       fingerprint(root_cert)),
+            ]
+            state = IndexState(crl_number=1, active={"root": entries[0].sha256,
+                                                     "issuing": entries[1].sha256},
+                               log_chained_from=1)
+            ca = cls(path, config, entries, state)
             ca._write_crl(issuing_key, now, days=30, number=1)
+            ca._refresh_views(now)
             ca._write_index()  # last: from here on the CA exists
             ca._log("init", now, root=fingerprint(root_cert),
                     issuing=fingerprint(issuing_cert), key_type=root_spec.label)
         return ca, warnings
 
-    # ---- issue -----------------------------------------------------------------------
+    # ---- issue / renew ---------------------------------------------------------------
 
     def issue(
         self,
@@ -416,7 +599,7 @@ class CertificateAuthority:
         now: dt.datetime | None = None,
         public_key: profiles.PublicKey | None = None,
     ) -> IssueResult:
-        """Issue a leaf certificate; its new key is written encrypted to private/NAME.key."""
+        """Issue a leaf certificate; its new key is written encrypted to private/keys/."""
         now = now or utcnow()
         if profile not in profiles.LEAF_PROFILES:
             raise ConfigError(
@@ -435,7 +618,6 @@ class CertificateAuthority:
         _check_days(days, profile)
         self._check_duplicate(name)
         warnings: list[str] = []
-        key: PrivateKey | None = None
         # A key held elsewhere (a CSR's, or a token's public key): nothing is generated.
         external = csr_pem is not None or public_key is not None
         if csr_pem is not None:
@@ -453,42 +635,112 @@ class CertificateAuthority:
                             "cannot be built into iPXE for TLS client authentication")
         # Expensive work (key generation, unlocking the CA key) happens outside the lock.
         issuing_key = self.load_issuing_key(ca_passphrases)
-        if not _same_public_key(issuing_key, self.issuing_cert):
-            raise ConfigError("private/issuing-ca.key does not match issuing-ca.crt",
-                              hint="the CA is damaged; restore it from backup")
         new_key_pem: bytes | None = None
         if not external:
             assert key_passphrases is not None
-            key_pass = key_passphrases(f"the new key {name!r}")
-            keyfile.check_passphrase(key_pass, f"the passphrase for {name!r}")
-            key = spec.generate()
-            public_key = key.public_key()
-            new_key_pem = keyfile.encrypt_pkcs8(key, key_pass)
+            new_key_pem, public_key = _new_key(spec, key_passphrases, name)
+        assert public_key is not None  # from the CSR, the token, or the new key
         with locked(self.path / ".lock"):
-            self._reload()
-            self._tidy()
+            self._begin_write(now)
             self._check_duplicate(name)
-            serial = self._new_serial()
-            assert public_key is not None  # from the CSR, the token, or the new key
-            cert = profiles.build_certificate(
-                profile=profile, subject_cn=name, public_key=public_key,
-                issuer_cert=self.issuing_cert, issuer_key=issuing_key, serial=serial,
-                now=now, days=days, opts=self.options, sans=san_names or None)
-            key_rel = f"private/{name}.key" if new_key_pem is not None else None
-            cert_rel = f"issued/{name}.crt"
-            _set_aside_leftovers(self.path, [cert_rel] + ([key_rel] if key_rel else []), now)
-            if new_key_pem is not None and key_rel is not None:
-                write_private_file(self.path / key_rel, new_key_pem)
-            atomic_write(self.path / "certs_by_serial" / f"{serial:X}.pem", pem(cert))
-            atomic_write(self.path / cert_rel, pem(cert))
-            entry = _entry(name, profile, cert, cert_rel, key_rel, self.path)
-            entry.sans = [str(s.value) for s in san_names]
-            self.entries.append(entry)
-            self._write_index()
-            self._log("issue", now, name=name, profile=profile, serial=f"{serial:x}",
+            entry, cert = self._add_leaf(name, profile, public_key, issuing_key, now=now,
+                                         days=days, sans=san_names, new_key_pem=new_key_pem,
+                                         key_rel=None)
+            self._commit(now)
+            self._log("issue", now, name=name, profile=profile, serial=f"{entry.serial:x}",
                       sha256=entry.sha256, key_type=spec.label,
                       from_csr=csr_pem is not None)
         return IssueResult(entry, cert, warnings)
+
+    def renew(
+        self,
+        name: str,
+        ca_passphrases: PassphraseSource,
+        key_passphrases: PassphraseSource | None = None,
+        *,
+        days: int | None = None,
+        rekey: bool = False,
+        key_type: str | None = None,
+        now: dt.datetime | None = None,
+    ) -> IssueResult:
+        """A new certificate for the leaf ``name`` from the active issuing CA: same key, or
+        a new one (``rekey``). The previous certificates stay valid until they expire or
+        are revoked; the new one becomes current (the one that signs)."""
+        now = now or utcnow()
+        base = self._renewal_base(name, rekey)
+        days = days if days is not None else DEFAULT_DAYS[base.profile]
+        _check_days(days, base.profile)
+        base_cert = base.load_cert()
+        warnings: list[str] = []
+        new_key_pem: bytes | None = None
+        if rekey:
+            spec = profiles.parse_key_type(
+                key_type or profiles.key_spec_of(base_cert.public_key()).label, for_ca=False)
+            if key_passphrases is None:
+                raise ConfigError("a passphrase for the new key is needed")
+            if w := profiles.ecdsa_warning(spec):
+                warnings.append(w)
+        elif key_type is not None:
+            raise ConfigError("--key-type only applies with --rekey",
+                              hint=f"trustboot ca renew {name} --rekey --key-type {key_type}")
+        issuing_key = self.load_issuing_key(ca_passphrases)
+        public_key: profiles.PublicKey = base_cert.public_key()  # type: ignore[assignment]
+        if rekey:
+            assert key_passphrases is not None
+            new_key_pem, public_key = _new_key(spec, key_passphrases, name)
+        sans = [profiles.parse_san(s) for s in base.sans]
+        with locked(self.path / ".lock"):
+            self._begin_write(now)
+            base = self._renewal_base(name, rekey)
+            entry, cert = self._add_leaf(
+                name, base.profile, public_key, issuing_key, now=now, days=days, sans=sans,
+                new_key_pem=new_key_pem, key_rel=None if rekey else base.key_file)
+            self._commit(now)
+            self._log("renew", now, name=name, profile=base.profile,
+                      serial=f"{entry.serial:x}", previous=f"{base.serial:x}",
+                      sha256=entry.sha256, rekey=rekey)
+        return IssueResult(entry, cert, warnings)
+
+    def _renewal_base(self, name: str, rekey: bool) -> IssuedEntry:
+        """The certificate a renewal copies: the newest unrevoked one of ``name``."""
+        entry = self.get(name)
+        if entry.profile not in profiles.LEAF_PROFILES:
+            raise ConfigError(f"{name!r} is a CA certificate: renew leaves only",
+                              hint="rotate CA certificates: trustboot ca rotate issuing")
+        leaves = [e for e in self.entries if e.name == name]
+        unrevoked = [e for e in leaves if e.status != "revoked"]
+        if not rekey:
+            compromised = self._compromised_keys(name)
+            unrevoked = [e for e in unrevoked if self.key_id(e) not in compromised]
+            if not unrevoked:
+                raise ConfigError(
+                    f"every certificate of {name!r} is revoked: its key must not be "
+                    "certified again",
+                    hint=f"renew with a new key: trustboot ca renew {name} --rekey")
+        return (unrevoked or leaves)[-1]
+
+    def _add_leaf(self, name: str, profile: str, public_key: profiles.PublicKey,
+                  issuing_key: PrivateKey, *, now: dt.datetime, days: int,
+                  sans: list[x509.GeneralName], new_key_pem: bytes | None,
+                  key_rel: str | None, issuing: IssuedEntry | None = None,
+                  ) -> tuple[IssuedEntry, x509.Certificate]:
+        """Sign and store one leaf certificate (under the lock; the index is not written)."""
+        issuing = issuing or self.active_entry("issuing")
+        serial = self._new_serial()
+        cert = profiles.build_certificate(
+            profile=profile, subject_cn=name, public_key=public_key,
+            issuer_cert=issuing.load_cert(), issuer_key=issuing_key, serial=serial,
+            now=now, days=days, opts=self.options, sans=sans or None)
+        if new_key_pem is not None:
+            key_rel = _key_rel(serial)
+            ensure_private_dir(self.path / "private" / "keys")
+            _set_aside_leftovers(self.path, [key_rel], now)
+            write_private_file(self.path / key_rel, new_key_pem)
+        atomic_write(self.path / _cert_rel(serial), pem(cert))
+        entry = _entry(name, profile, cert, key_rel, self.path, issuing.sha256)
+        entry.sans = [str(s.value) for s in sans]
+        self.entries.append(entry)
+        return entry, cert
 
     # ---- revoke / crl ------------------------------------------------------------------
 
@@ -496,50 +748,47 @@ class CertificateAuthority:
                "affiliation_changed")
 
     def revoke(self, name: str, ca_passphrases: PassphraseSource, *,
-               reason: str = "unspecified", now: dt.datetime | None = None) -> IssuedEntry:
-        """Mark NAME revoked, move its files to revoked/, and publish a new CRL."""
+               reason: str = "unspecified", now: dt.datetime | None = None,
+               serial: int | None = None) -> IssuedEntry:
+        """Mark the current certificate of NAME (or the one with ``serial``) revoked and
+        publish a new CRL. With reason key_compromise every certificate of NAME that
+        shares its key is revoked too."""
         now = now or utcnow()
         if reason not in self.REASONS:
             raise ConfigError(f"unknown revocation reason {reason!r}",
                               hint=f"use one of {', '.join(self.REASONS)}")
         issuing_key = self.load_issuing_key(ca_passphrases)
         with locked(self.path / ".lock"):
-            self._reload()
-            self._tidy()
+            self._begin_write(now)
             entry = self.get(name)
+            if serial is not None:
+                found = self.find_serial(serial)
+                if found is None or found.name != name:
+                    raise ConfigError(f"{name!r} has no certificate with serial {serial:x}",
+                                      hint=f"see: trustboot ca list --all --pki {self.path}")
+                entry = found
             if entry.profile not in profiles.LEAF_PROFILES:
                 raise ConfigError(f"{name!r} is a CA certificate; trustboot revokes leaves only",
-                                  hint="to retire the CA, create a new one and rotate trust")
+                                  hint="to retire the CA, rotate it: trustboot ca rotate")
             if entry.status == "revoked":
                 raise ConfigError(f"{name!r} (serial {entry.serial:x}) is already revoked")
-            # Copy to revoked/ first, commit the index, then remove the originals: a kill
-            # at any point leaves the index pointing at files that exist.
-            make_dirs(self.path / "revoked")
-            new_cert_rel = f"revoked/{entry.serial:X}.crt"
-            # Read through the index's fingerprint, never through a link: revoked/ is
-            # public, so what is copied there must be the certificate and nothing else.
-            atomic_write(self.path / new_cert_rel, entry.read_cert_pem())
-            old_files = [entry.cert_path]
-            key_path = self.path / entry.key_file if entry.key_file is not None else None
-            if key_path is not None and (key_path.exists() or key_path.is_symlink()):
-                key_data = self.key_pem(entry)
-                # Keys of revoked certificates stay private: a 0700 dir under private/.
-                ensure_private_dir(self.path / "private" / "revoked")
-                new_key_rel = f"private/revoked/{entry.serial:X}.key"
-                write_private_file(self.path / new_key_rel, key_data, overwrite=True)
-                old_files.append(key_path)
-                entry.key_file = new_key_rel
-            entry.cert_file = new_cert_rel
-            entry.status = "revoked"
-            entry.revoked_at = now.isoformat()
-            entry.revocation_reason = reason
+            # The certificate is read through the index's fingerprint: a replaced or
+            # linked file is refused before anything changes.
+            entry.read_cert_pem()
+            targets = [entry]
+            if reason == "key_compromise":
+                key = self.key_id(entry)
+                targets += [e for e in self.entries if e.name == name and e is not entry
+                            and e.status == "valid" and self.key_id(e) == key]
+            for e in targets:
+                e.status = "revoked"
+                e.revoked_at = now.isoformat()
+                e.revocation_reason = reason
             self.crl_number += 1
-            self._write_index()
-            for old in old_files:
-                old.unlink(missing_ok=True)
-            fsync_dir(self.path / "issued")
+            self._commit(now)
             self._write_crl(issuing_key, now, days=30, number=self.crl_number)
-            self._log("revoke", now, name=name, serial=f"{entry.serial:x}", reason=reason)
+            for e in targets:
+                self._log("revoke", now, name=name, serial=f"{e.serial:x}", reason=reason)
         return entry
 
     def generate_crl(self, ca_passphrases: PassphraseSource, *, days: int = 30,
@@ -548,9 +797,9 @@ class CertificateAuthority:
         _check_days(days, "crl")
         issuing_key = self.load_issuing_key(ca_passphrases)
         with locked(self.path / ".lock"):
-            self._reload()
+            self._begin_write(now)
             self.crl_number += 1
-            self._write_index()
+            self._commit(now)
             self._write_crl(issuing_key, now, days=days, number=self.crl_number)
             self._log("crl", now, crl_number=self.crl_number)
         return self.path / "crl.pem"
@@ -577,39 +826,40 @@ class CertificateAuthority:
                 critical=False,
             )
         )
-        for e in self.entries:
-            if e.status == "revoked" and e.revoked_at:
-                rc = (
-                    x509.RevokedCertificateBuilder()
-                    .serial_number(e.serial)
-                    .revocation_date(dt.datetime.fromisoformat(e.revoked_at))
-                    .add_extension(
-                        x509.CRLReason(reasons[e.revocation_reason or "unspecified"]),
-                        critical=False,
-                    )
-                    .build()
+        for e in self._crl_entries():
+            assert e.revoked_at is not None
+            rc = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(e.serial)
+                .revocation_date(dt.datetime.fromisoformat(e.revoked_at))
+                .add_extension(
+                    x509.CRLReason(reasons[e.revocation_reason or "unspecified"]),
+                    critical=False,
                 )
-                b = b.add_revoked_certificate(rc)
+                .build()
+            )
+            b = b.add_revoked_certificate(rc)
         crl = b.sign(issuing_key, profiles.hash_for(issuing_key))
         atomic_write(self.path / "crl.pem", crl.public_bytes(serialization.Encoding.PEM))
+
+    def _crl_entries(self) -> list[IssuedEntry]:
+        """Revoked leaves of the active issuing CA: a CRL speaks for its issuer only."""
+        active = self.active_entry("issuing")
+        return [e for e in self.entries if e.status == "revoked" and e.revoked_at
+                and (self.issuer_entry(e) or active).sha256 == active.sha256]
 
     # ---- check -------------------------------------------------------------------------
 
     def check(self, now: dt.datetime | None = None) -> list[str]:
         """Consistency of the store: every index entry has its certificate, unchanged,
-        issued by this CA. Returns problems (empty when healthy)."""
+        issued by this CA; the views are current. Returns problems (empty when healthy)."""
         now = now or utcnow()
         problems: list[str] = []
         serials: set[int] = set()
-        names: set[str] = set()
         for e in self.entries:
             if e.serial in serials:
                 problems.append(f"duplicate serial {e.serial:x}")
             serials.add(e.serial)
-            if e.status == "valid":
-                if e.name in names:
-                    problems.append(f"two valid certificates named {e.name!r}")
-                names.add(e.name)
             try:
                 data = read_capped(e.cert_path, MAX_CERT_FILE, "certificate", nofollow=True)
                 cert = _parse_cert(data, e.cert_path)
@@ -620,16 +870,25 @@ class CertificateAuthority:
                 problems.append(f"{e.name}: {e.cert_file} differs from the index")
             if cert.serial_number != e.serial:
                 problems.append(f"{e.name}: serial mismatch")
-            issuer = self.root_cert if e.profile in ("root", "issuing") else self.issuing_cert
+            issuer_entry = self.issuer_entry(e)
+            if issuer_entry is None:
+                problems.append(f"{e.name}: its issuer {e.issuer_sha256} is not in the index")
+                continue
             try:
-                cert.verify_directly_issued_by(issuer)
-            except (ValueError, TypeError, Exception) as exc:  # InvalidSignature has no base
-                problems.append(f"{e.name}: not issued by {issuer.subject.rfc4514_string()}: "
+                cert.verify_directly_issued_by(issuer_entry.load_cert())
+            except (ValueError, TypeError, InvalidSignature, ConfigError) as exc:
+                problems.append(f"{e.name}: not issued by {issuer_entry.subject}: "
                                 f"{exc or type(exc).__name__}")
-            if e.key_file and e.status == "valid" and not (self.path / e.key_file).exists():
+            if (e.key_file and e.status == "valid" and not self.chain_retired(e)
+                    and not (self.path / e.key_file).exists()):
                 problems.append(f"{e.name}: key file {e.key_file} is missing")
         problems += self._check_crl()
+        problems += self._stale_views(now)
         return problems
+
+    def check_log(self) -> oplog.LogCheck:
+        """The hash chain of log.jsonl (see oplog.verify)."""
+        return oplog.verify(self.path / "log.jsonl", chained_from=self.state.log_chained_from)
 
     def _check_crl(self) -> list[str]:
         try:
@@ -642,45 +901,193 @@ class CertificateAuthority:
         if not crl.is_signature_valid(self.issuing_cert.public_key()):  # type: ignore[arg-type]
             return ["crl.pem is not signed by the issuing CA; run `trustboot ca crl`"]
         listed = {r.serial_number for r in crl}
-        missing = [e for e in self.entries if e.status == "revoked" and e.serial not in listed]
+        missing = [e for e in self._crl_entries() if e.serial not in listed]
         if missing:
             # Possible after a kill between the index and the CRL: the index is the truth.
             return [f"crl.pem does not list revoked {e.name} ({e.serial:x}); run "
                     "`trustboot ca crl`" for e in missing]
         return []
 
+    # ---- views -------------------------------------------------------------------------
+
+    def _view_entries(self, now: dt.datetime) -> dict[str, IssuedEntry | None]:
+        """Which entry each leaf name's views show: the current one, else the newest
+        expired one (kept visible), else none (all revoked or retired)."""
+        views: dict[str, IssuedEntry | None] = {}
+        for name in dict.fromkeys(e.name for e in self.entries
+                                  if e.profile in profiles.LEAF_PROFILES):
+            views[name] = self.current(name, now) or next(
+                (e for e in reversed(self.entries) if e.name == name
+                 and self.status_of(e, now) == "expired"), None)
+        return views
+
+    def _views(self, now: dt.datetime) -> tuple[dict[str, bytes | None],
+                                                dict[str, IssuedEntry | None]]:
+        """What every view should hold: certificate views (relative path -> content, None
+        for "absent") and key views (relative path -> the entry whose key it copies)."""
+        root, issuing = self.active_entry("root"), self.active_entry("issuing")
+        certs: dict[str, bytes | None] = {
+            "ca.crt": pem(self.root_cert),
+            "issuing-ca.crt": pem(self.issuing_cert),
+            "chain.pem": pem(self.issuing_cert) + pem(self.root_cert),
+        }
+        keys: dict[str, IssuedEntry | None] = {"private/ca.key": root,
+                                               "private/issuing-ca.key": issuing}
+        for name, entry in self._view_entries(now).items():
+            certs[f"issued/{name}.crt"] = entry.read_cert_pem() if entry else None
+            keys[f"private/{name}.key"] = entry
+        return certs, keys
+
+    def _key_view_content(self, entry: IssuedEntry | None) -> bytes | None:
+        if entry is None or entry.key_file is None:
+            return None
+        try:
+            return self.key_pem(entry)
+        except ConfigError:
+            return None  # a missing or unsafe key file: `ca check` reports it
+
+    def _refresh_views(self, now: dt.datetime) -> None:
+        """Bring every view up to date (under the lock): after a change, and to finish the
+        work of a run killed after its index commit."""
+        certs, keys = self._views(now)
+        for rel, content in certs.items():
+            path = self.path / rel
+            if content is None:
+                _remove_view(path)
+            elif _read_view(path) != content:
+                atomic_write(path, content)
+        for rel, entry in keys.items():
+            path = self.path / rel
+            content = self._key_view_content(entry)
+            if content is None:
+                if path.exists() or path.is_symlink():
+                    self._drop_key_view(rel, now)
+            elif _read_view(path) != content:
+                write_private_file(path, content, overwrite=True)
+
+    def _drop_key_view(self, rel: str, now: dt.datetime) -> None:
+        """Remove a key view whose key is kept in private/keys/; set it aside otherwise
+        (a key file is never deleted unless another copy exists)."""
+        data = _read_view(self.path / rel)
+        copies = {self._key_view_content(e) for e in self.entries
+                  if e.key_file and e.key_file != rel}
+        if data is not None and data in copies:
+            (self.path / rel).unlink()
+        else:
+            _set_aside_leftovers(self.path, [rel], now)
+
+    def _stale_views(self, now: dt.datetime) -> list[str]:
+        problems = []
+        certs, keys = self._views(now)
+        stale = [(rel, _read_view(self.path / rel), content) for rel, content in certs.items()]
+        stale += [(rel, _read_view(self.path / rel), self._key_view_content(entry))
+                  for rel, entry in keys.items()]
+        for rel, have, want in stale:
+            if have == want:
+                continue
+            state = "is missing" if have is None else "is not current"
+            if want is None:
+                state = "should not exist (its certificate was revoked or retired)"
+            problems.append(f"view {rel} {state} (a run was killed before it refreshed it); "
+                            "run `trustboot ca crl` to refresh the views")
+        return problems
+
+    def _check_views(self) -> None:
+        """Refuse to load when a view holds something the index never recorded there (a
+        link, or another certificate): other tools read these files. A view that is only
+        stale (an earlier certificate of the same name) is tolerated until the next write."""
+        allowed: dict[str, tuple[str, set[str]]] = {
+            "ca.crt": (ROOT_NAME, {e.sha256 for e in self.entries if e.profile == "root"}),
+            "issuing-ca.crt": (ISSUING_NAME, {e.sha256 for e in self.entries
+                                              if e.profile == "issuing"}),
+            "chain.pem": ("chain", {e.sha256 for e in self.entries
+                                    if e.profile in ("root", "issuing")}),
+        }
+        for e in self.entries:
+            if e.profile in profiles.LEAF_PROFILES:
+                allowed.setdefault(f"issued/{e.name}.crt", (e.name, set()))[1].add(e.sha256)
+        for rel, (name, shas) in allowed.items():
+            path = self.path / rel
+            if not path.exists() and not path.is_symlink():
+                continue
+            data = read_capped(path, MAX_CERT_FILE, "certificate", nofollow=True)
+            try:
+                certs = x509.load_pem_x509_certificates(data)
+            except ValueError:
+                certs = []
+            bad = [fingerprint(c) for c in certs if fingerprint(c) not in shas] or (
+                [] if certs else ["(no certificate)"])
+            if bad:
+                raise ConfigError(
+                    f"{path} differs from the index: it is not the certificate {name!r} the "
+                    f"index recorded (sha256 {bad[0]}); it was replaced or damaged, refusing "
+                    "to use this CA",
+                    hint=f"run `trustboot ca check --pki {self.path}`; restore the file from "
+                    "a backup (or delete it: the next CA write recreates it)")
+            if rel.startswith("issued/"):
+                key_view = self.path / "private" / f"{name}.key"
+                if key_view.exists() or key_view.is_symlink():
+                    check_private_file(key_view, f"key file of {name!r}")
+        for rel in ("private/ca.key", "private/issuing-ca.key"):
+            if (self.path / rel).exists() or (self.path / rel).is_symlink():
+                check_private_file(self.path / rel, "CA key file")
+
     # ---- internals -----------------------------------------------------------------------
 
     def _reload(self) -> None:
-        """Re-read the index under the lock; the CA certificates themselves never change.
-
-        Also removes the temp files of killed runs: under the lock nobody else writes."""
-        self.config, self.entries, self.crl_number = _read_index(self.path)
+        """Re-read the index under the lock; also removes the temp files of killed runs
+        (under the lock nobody else writes)."""
+        self.config, self.entries, self.state = _read_index(self.path)
+        self._load_active()
         _remove_temps(self.path)
 
-    def _tidy(self) -> None:
-        """Finish a revoke that was killed after its index commit: remove the originals
-        of revoked certificates (and keys) that are byte-identical to their revoked copy."""
-        valid = {e.name for e in self.entries if e.status == "valid"}
+    def _begin_write(self, now: dt.datetime) -> None:
+        """Under the lock, before any change: the index as it is now, migrated to the
+        current layout, with the views a killed run left stale brought up to date."""
+        self._reload()
+        self._migrate(now)
+        self._refresh_views(now)
+
+    def _commit(self, now: dt.datetime) -> None:
+        """Write the index (the commit point), then the views derived from it."""
+        self._write_index()
+        self._load_active()
+        self._refresh_views(now)
+
+    def _migrate(self, now: dt.datetime) -> None:
+        """Index version 1 -> 2: each certificate's file becomes certs_by_serial/SERIAL.pem
+        and each key is copied to private/keys/SERIAL.key; the index is repointed in one
+        commit. The old files stay where they are, as views."""
+        if self.state.version >= INDEX_VERSION:
+            return
         for e in self.entries:
-            if e.status != "revoked" or e.name in valid:
-                continue
-            pairs = [(self.path / "issued" / f"{e.name}.crt", self.path / e.cert_file)]
-            if e.key_file:
-                pairs.append((self.path / "private" / f"{e.name}.key", self.path / e.key_file))
-            for original, copy in pairs:
-                # Links are never ours: leave them for `ca check` (and a human) to judge.
-                if (original.is_file() and not original.is_symlink() and copy.is_file()
-                        and not copy.is_symlink()
-                        and original.read_bytes() == copy.read_bytes()):
-                    original.unlink()
+            data = e.read_cert_pem()  # through the index's fingerprint
+            rel = _cert_rel(e.serial)
+            if _read_view(self.path / rel) != data:
+                atomic_write(self.path / rel, data)
+            if e.key_file is not None and not e.key_file.startswith("private/revoked/"):
+                src = self.path / e.key_file
+                if src.exists() or src.is_symlink():
+                    key = read_private_file(src, f"key file of {e.name!r}")
+                    ensure_private_dir(self.path / "private" / "keys")
+                    if _read_view(self.path / _key_rel(e.serial)) != key:
+                        write_private_file(self.path / _key_rel(e.serial), key, overwrite=True)
+                    e.key_file = _key_rel(e.serial)
+            e.cert_file = rel
+            e.issuer_sha256 = self.issuer_entry(e).sha256  # type: ignore[union-attr]
+            e.key_sha256 = spki_sha256(_parse_cert(data, e.cert_path).public_key())
+        self.state.version = INDEX_VERSION
+        self.state.log_chained_from = oplog.count_lines(self.path / "log.jsonl") + 1
+        self._write_index()
+        self._log("migrate", now, from_version=1, to_version=INDEX_VERSION)
 
     def _check_duplicate(self, name: str) -> None:
         for e in self.entries:
-            if e.name == name and e.status == "valid":
+            if e.name == name and e.status == "valid" and not self.chain_retired(e):
                 raise ConfigError(
                     f"a valid certificate named {name!r} already exists (serial {e.serial:x})",
-                    hint=f"choose another name, or revoke it first: trustboot ca revoke {name}",
+                    hint=f"renew it: trustboot ca renew {name} (or revoke it first: "
+                    f"trustboot ca revoke {name})",
                 )
 
     def _new_serial(self) -> int:
@@ -691,11 +1098,18 @@ class CertificateAuthority:
                 return serial
 
     def _write_index(self) -> None:
+        st = self.state
         data = {
-            "version": INDEX_VERSION,
-            "crl_number": self.crl_number,
+            "version": st.version,
+            "crl_number": st.crl_number,
+            "active": st.active,
+            "rotation": st.rotation,
+            "last_rotation": st.last_rotation,
+            "log_chained_from": st.log_chained_from,
             "entries": [e.to_record() for e in self.entries],
         }
+        if st.version < 2:
+            data = {k: data[k] for k in ("version", "crl_number", "entries")}
         atomic_write(self.path / "index.json", json.dumps(data, indent=2).encode())
         # Derived view for OpenSSL-minded tools; index.json stays the source of truth.
         atomic_write(self.path / "index.txt", self._openssl_index().encode())
@@ -717,24 +1131,70 @@ class CertificateAuthority:
     def _log(self, op: str, now: dt.datetime, **fields: Any) -> None:
         record = {"time": now.isoformat(), "op": op, "user": _user(), "pid": os.getpid()}
         record.update(fields)
-        append_line(self.path / "log.jsonl", (json.dumps(record, sort_keys=True) + "\n").encode())
+        oplog.append(self.path / "log.jsonl", record)
 
 
-def _read_index(path: Path) -> tuple[dict[str, Any], list[IssuedEntry], int]:
+def _read_index(path: Path) -> tuple[dict[str, Any], list[IssuedEntry], IndexState]:
     try:
         data = json.loads(read_capped(path / "index.json", MAX_INDEX_FILE, "CA index",
                                       nofollow=True))
         config = json.loads(read_capped(path / "config.json", MAX_CERT_FILE, "CA config",
                                         nofollow=True))
-        if data.get("version") != INDEX_VERSION:
-            raise ValueError(f"index version {data.get('version')!r}")
+        version = data.get("version")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"index version {version!r}")
         entries = [IssuedEntry.from_record(e, path) for e in data["entries"]]
-        return config, entries, int(data.get("crl_number", 0))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        state = IndexState(version=version, crl_number=int(data.get("crl_number", 0)))
+        if version == 1:
+            # One root and one issuing CA, the first of each.
+            state.active = {role: next(e.sha256 for e in entries if e.profile == role)
+                            for role in ("root", "issuing")}
+        else:
+            state.active = {"root": str(data["active"]["root"]),
+                            "issuing": str(data["active"]["issuing"])}
+            for key in ("rotation", "last_rotation"):
+                value = data.get(key)
+                if value is not None and not isinstance(value, dict):
+                    raise ValueError(f"{key} is not an object")
+                setattr(state, key, value)
+            chained = data.get("log_chained_from")
+            state.log_chained_from = int(chained) if chained is not None else None
+        return config, entries, state
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration) as exc:
         raise ConfigError(
             f"the CA in {path} is damaged: {exc}",
             hint="run `trustboot ca check` and restore from backup if it fails",
         ) from None
+
+
+def _cert_rel(serial: int) -> str:
+    return f"certs_by_serial/{serial:X}.pem"
+
+
+def _key_rel(serial: int) -> str:
+    return f"private/keys/{serial:X}.key"
+
+
+def _new_key(spec: profiles.KeySpec, passphrases: PassphraseSource, name: str,
+             ) -> tuple[bytes, profiles.PublicKey]:
+    """A new key for ``name``, encrypted with the passphrase ``passphrases`` gives."""
+    key_pass = passphrases(f"the new key {name!r}")
+    keyfile.check_passphrase(key_pass, f"the passphrase for {name!r}")
+    key = spec.generate()
+    return keyfile.encrypt_pkcs8(key, key_pass), key.public_key()
+
+
+def _read_view(path: Path) -> bytes | None:
+    """A view's bytes; None when it is missing, a link or not a regular file."""
+    try:
+        return read_capped(path, MAX_CERT_FILE, "view", nofollow=True)
+    except ConfigError:
+        return None
+
+
+def _remove_view(path: Path) -> None:
+    if path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def _user() -> str:
@@ -824,20 +1284,30 @@ def load_trusted_root(pki: Path) -> x509.Certificate:
     return _parse_cert(read_capped(root, MAX_CERT_FILE, "root certificate", nofollow=True), root)
 
 
+def load_trusted_roots(pki: Path) -> list[x509.Certificate]:
+    """Every root of ``pki`` that may be trusted now: the active one first and, during a
+    root rotation, the other one (see :meth:`CertificateAuthority.trusted_roots`)."""
+    pki = Path(pki)
+    if CertificateAuthority.exists(pki):
+        return CertificateAuthority.open(pki).trusted_roots()
+    return [load_trusted_root(pki)]
+
+
 def _remove_temps(pki: Path) -> None:
     """Temp files (.NAME.XXXX.tmp) of killed runs; call only under the CA lock."""
-    for sub in ("", *PUBLIC_DIRS, "private", "private/revoked"):
+    for sub in ("", *PUBLIC_DIRS, "private", "private/revoked", "private/keys"):
         remove_stale_temps(pki / sub, older_than=0.0)
 
 
-def _entry(name: str, profile: str, cert: x509.Certificate, cert_rel: str,
-           key_rel: str | None, pki: Path) -> IssuedEntry:
+def _entry(name: str, profile: str, cert: x509.Certificate, key_rel: str | None, pki: Path,
+           issuer_sha256: str) -> IssuedEntry:
     return IssuedEntry(
         name=name, profile=profile, serial=cert.serial_number,
         subject=cert.subject.rfc4514_string(),
         not_before=cert.not_valid_before_utc.isoformat(),
         not_after=cert.not_valid_after_utc.isoformat(),
-        sha256=fingerprint(cert), cert_file=cert_rel, key_file=key_rel, pki=pki,
+        sha256=fingerprint(cert), cert_file=_cert_rel(cert.serial_number), key_file=key_rel,
+        pki=pki, issuer_sha256=issuer_sha256, key_sha256=spki_sha256(cert.public_key()),
     )
 
 

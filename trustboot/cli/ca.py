@@ -10,9 +10,10 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from trustboot.ca import profiles
+from trustboot.ca import profiles, rotation
 from trustboot.ca.store import (
     CertificateAuthority,
+    IssuedEntry,
     IssueResult,
     fingerprint,
     pem,
@@ -29,7 +30,7 @@ from trustboot.cli._common import (
     pkcs11_generation_options,
     warn,
 )
-from trustboot.errors import ConfigError, OperationalError
+from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import (
     PUBLIC_FILE_MODE,
     atomic_write,
@@ -170,9 +171,10 @@ def _do_issue(profile: str, name: str, sans: list[str], pki: Path, key_type: str
     else:
         click.echo(f"issued {profile} certificate {name!r} serial {e.serial:x}, valid until "
                    f"{e.not_after[:10]}")
-        click.echo(f"  certificate {e.cert_path}")
+        click.echo(f"  certificate {pki / 'issued' / f'{name}.crt'} (stored as {e.cert_path})")
         if e.key_file:
-            click.echo(f"  key         {e.key_path} (encrypted, 0600)")
+            click.echo(f"  key         {pki / 'private' / f'{name}.key'} (encrypted, 0600; "
+                       f"stored as {e.key_path})")
 
 
 @issue_group.command("codesign")
@@ -207,13 +209,24 @@ def issue_server(hosts: tuple[str, ...], name: str | None, **kw: Any) -> None:
 @click.argument("name")
 @click.option("--reason", default="unspecified", show_default=True,
               type=click.Choice(CertificateAuthority.REASONS))
+@click.option("--serial", metavar="HEX",
+              help="Revoke this certificate of NAME (default: its current one).")
 @passphrase_options(what="the issuing CA key")
 @json_option
-def revoke_cmd(pki: Path, name: str, reason: str, passphrase_file: Path | None,
-               passphrase_env: str | None, as_json: bool) -> None:
-    """Revoke a leaf certificate and publish a new CRL (crl.pem)."""
+def revoke_cmd(pki: Path, name: str, reason: str, serial: str | None,
+               passphrase_file: Path | None, passphrase_env: str | None,
+               as_json: bool) -> None:
+    """Revoke a leaf certificate and publish a new CRL (crl.pem).
+
+    NAME's current certificate is revoked (after `ca renew` an older one may then become
+    current); with --reason key_compromise every certificate of NAME with the same key."""
     ca = CertificateAuthority.open(pki)
-    entry = ca.revoke(name, passphrase_source(passphrase_file, passphrase_env), reason=reason)
+    entry = ca.revoke(name, passphrase_source(passphrase_file, passphrase_env), reason=reason,
+                      serial=_parse_serial(serial) if serial else None)
+    if entry.issuer_sha256 not in (None, ca.active_entry("issuing").sha256):
+        warn(f"serial {entry.serial:x} was issued by a previous issuing CA: it is revoked in "
+             "the index (trustboot refuses to sign with it) but crl.pem, the CRL of the "
+             "active issuing CA, cannot list it")
     if as_json:
         emit_json(entry.to_json())
     else:
@@ -242,19 +255,41 @@ def crl_cmd(pki: Path, days: int, passphrase_file: Path | None, passphrase_env: 
 @click.option("--all", "show_all", is_flag=True, help="Include revoked and expired.")
 @json_option
 def list_cmd(pki: Path, show_all: bool, as_json: bool) -> None:
-    """Every certificate with status and days to expiry."""
+    """Every certificate with status and days to expiry; '*' marks the current one of
+    each name (the one that signs) and the active CA certificates."""
     ca = CertificateAuthority.open(pki)
     now = utcnow()
-    rows = [e for e in ca.entries if show_all or e.effective_status(now) == "valid"]
+    rows = [e for e in ca.entries if show_all or ca.status_of(e, now) == "valid"]
     if as_json:
-        emit_json([e.to_json(now) for e in rows])
+        emit_json([_entry_json(ca, e, now) for e in rows])
         return
-    header = f"{'NAME':<28} {'PROFILE':<9} {'STATUS':<8} {'DAYS':>6}  {'EXPIRES':<10}  SERIAL"
+    header = (f"  {'NAME':<28} {'PROFILE':<9} {'STATUS':<8} {'DAYS':>6}  {'EXPIRES':<10}  "
+              "SERIAL")
     click.echo(header)
     for e in rows:
-        data = e.to_json(now)
-        click.echo(f"{e.name:<28} {e.profile:<9} {data['status']:<8} {data['days_left']:>6}  "
-                   f"{e.not_after[:10]}  {e.serial:x}")
+        data = _entry_json(ca, e, now)
+        mark = "*" if data["current"] else " "
+        click.echo(f"{mark} {e.name:<28} {e.profile:<9} {data['status']:<8} "
+                   f"{data['days_left']:>6}  {e.not_after[:10]}  {e.serial:x}")
+
+
+def _is_current(ca: CertificateAuthority, e: IssuedEntry, now: dt.datetime) -> bool:
+    if e.profile in ("root", "issuing"):
+        return e.sha256 == ca.active_entry(e.profile).sha256
+    return ca.current(e.name, now) is e
+
+
+def _entry_json(ca: CertificateAuthority, e: IssuedEntry, now: dt.datetime) -> dict[str, Any]:
+    return e.to_json(now) | {"status": ca.status_of(e, now),
+                             "current": _is_current(ca, e, now)}
+
+
+def _parse_serial(text: str) -> int:
+    try:
+        return int(text.removeprefix("0x"), 16)
+    except ValueError:
+        raise ConfigError(f"--serial {text!r} is not a hexadecimal serial number",
+                          hint="copy it from `trustboot ca list --all`") from None
 
 
 @command.command("show")
@@ -270,7 +305,7 @@ def show_cmd(pki: Path, name: str, as_pem: bool, as_json: bool) -> None:
     if as_pem:
         click.echo(pem(cert).decode(), nl=False)
         return
-    data = entry.to_json() | _cert_summary(cert)
+    data = _entry_json(ca, entry, utcnow()) | _cert_summary(cert)
     if as_json:
         emit_json(data)
         return
@@ -313,12 +348,26 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
         "chain": b"".join(pem(c) for c in ca.chain()),
         "crl": crl,
     }
+    # During a root rotation firmware must trust both roots: the other one goes into its
+    # own file (iPXE's TRUST= takes one certificate per file).
+    step = rotation.status(ca)
+    other = "root_next" if step.step == "begun" else "root_previous"
+    others = ca.trusted_roots()[1:]
+    for cert in others:
+        files[other] = out / f"{other.replace('_', '-')}.pem"
+        contents[other] = pem(cert)
+    stale = out / ("root-previous.pem" if other == "root_next" else "root-next.pem")
+    for leftover in [stale] + ([] if others else [out / "root-next.pem",
+                                                  out / "root-previous.pem"]):
+        if leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink()  # a retired root must not stay in an export someone builds from
     if uefi_tls:
         from trustboot.secureboot import efi
 
         files["uefi_tls"] = out / "uefi-cacerts.esl"
         contents["uefi_tls"] = efi.x509_list(
-            [ca.root_cert.public_bytes(serialization.Encoding.DER)], efi.TRUSTBOOT_OWNER)
+            [c.public_bytes(serialization.Encoding.DER) for c in ca.trusted_roots()],
+            efi.TRUSTBOOT_OWNER)
     for kind, content in contents.items():
         try:
             atomic_write(files[kind], content, mode=PUBLIC_FILE_MODE)
@@ -328,7 +377,10 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
     data: dict[str, Any] = {k: str(v) for k, v in files.items()}
     data["root_sha256"] = fingerprint(ca.root_cert)
     data["issuing_sha256"] = fingerprint(ca.issuing_cert)
-    data["make_args"] = f"TRUST={files['root']} CERT={files['root']},{files['issuing']}"
+    data["trust_sha256"] = [fingerprint(c) for c in ca.trusted_roots()]
+    data["rotation"] = step.step
+    trust = ",".join(str(files[k]) for k in ("root", other) if k in files)
+    data["make_args"] = f"TRUST={trust} CERT={files['root']},{files['issuing']}"
     if as_json:
         emit_json(data)
     else:
@@ -342,19 +394,209 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
 @pki_option
 @json_option
 def check_cmd(pki: Path, as_json: bool) -> None:
-    """Check the store: index, files and signatures agree (exit 3 when they do not)."""
+    """Check the store (index, files and signatures agree: exit 3 when they do not) and
+    the hash chain of the operation log (exit 4 at the first broken entry)."""
     ca = CertificateAuthority.open(pki)
     problems = ca.check()
+    log = ca.check_log()
     if as_json:
-        emit_json({"pki": str(pki), "entries": len(ca.entries), "problems": problems})
+        emit_json({"pki": str(pki), "entries": len(ca.entries), "problems": problems,
+                   "log": log.to_json()})
     else:
         for p in problems:
             click.echo(f"problem: {p}")
+        if log.legacy:
+            click.echo(f"log: {log.legacy} unchained legacy entries (lines 1-{log.legacy}) "
+                       "predate the hash chain; it starts at line "
+                       f"{log.legacy + 1}")
+        if log.problem:
+            click.echo(f"log: line {log.problem.line}: {log.problem.kind}: "
+                       f"{log.problem.message}")
+        else:
+            click.echo(f"log: {log.lines} entries, chain intact; head seq {log.head_seq} "
+                       f"sha256 {log.head_sha256} (record it elsewhere to protect the end of "
+                       "the log)")
         if not problems:
             click.echo(f"{pki}: {len(ca.entries)} certificates, consistent")
+    if log.problem:
+        raise VerificationError(
+            f"the operation log {pki / 'log.jsonl'} was changed after it was written: first "
+            f"broken entry at line {log.problem.line} ({log.problem.kind})",
+            hint="compare it with a backup of log.jsonl; entries from that line on cannot be "
+            "trusted (the certificates themselves are checked against index.json)",
+            rule="log-chain")
     if problems:
         raise ConfigError(f"the CA in {pki} has {len(problems)} problem(s)",
                           hint="restore the pki from backup")
+
+
+@command.command("renew")
+@click.argument("name")
+@click.option("--days", type=int, help="Validity in days (profile default).")
+@click.option("--rekey", is_flag=True, help="Generate a new key (default: keep the key).")
+@click.option("--key-type", type=click.Choice(profiles.LEAF_KEY_TYPES),
+              help="Key type of the new key with --rekey (default: the current one's).")
+@pki_option
+@passphrase_options(what="the issuing CA key")
+@passphrase_options(prefix="key-", what="the new key (with --rekey)")
+@json_option
+def renew_cmd(name: str, days: int | None, rekey: bool, key_type: str | None, pki: Path,
+              passphrase_file: Path | None, passphrase_env: str | None,
+              key_passphrase_file: Path | None, key_passphrase_env: str | None,
+              as_json: bool) -> None:
+    """A new certificate for the leaf NAME from the active issuing CA, with the same key or
+    a new one (--rekey). The previous certificate stays valid until it expires or is
+    revoked; the new one becomes current: signing as NAME uses it."""
+    ca = CertificateAuthority.open(pki)
+    key_source = passphrase_source(key_passphrase_file, key_passphrase_env, confirm=True,
+                                   option="--key-passphrase") if rekey else None
+    result = ca.renew(name, passphrase_source(passphrase_file, passphrase_env), key_source,
+                      days=days, rekey=rekey, key_type=key_type)
+    for w in result.warnings:
+        warn(w)
+    e = result.entry
+    if as_json:
+        emit_json(e.to_json() | {"cert_path": str(pki / "issued" / f"{name}.crt"),
+                                 "rekey": rekey, "current": True})
+    else:
+        click.echo(f"renewed {e.profile} certificate {name!r}: serial {e.serial:x}, valid until "
+                   f"{e.not_after[:10]}{' (new key)' if rekey else ' (same key)'}")
+        click.echo(f"  certificate {pki / 'issued' / f'{name}.crt'} (now current)")
+
+
+@command.command("status")
+@pki_option
+@json_option
+def status_cmd(pki: Path, as_json: bool) -> None:
+    """Where the CA stands: active root and issuing CA, the step of a root rotation, and
+    what comes next."""
+    ca = CertificateAuthority.open(pki)
+    st = rotation.status(ca)
+    if as_json:
+        emit_json({"pki": str(pki)} | st.to_json())
+        return
+    click.echo(f"root rotation step: {st.step}")
+    click.echo(f"  {st.description}")
+    click.echo(f"  active root     sha256 {st.active_root}")
+    click.echo(f"  active issuing  sha256 {st.active_issuing}")
+    if st.next_root:
+        click.echo(f"  next root       sha256 {st.next_root}")
+    if st.previous_root:
+        click.echo(f"  previous root   sha256 {st.previous_root}")
+    click.echo(f"next: {st.next_step}")
+
+
+@command.group("rotate")
+def rotate_group() -> None:
+    """Rotate CA certificates: `issuing` (one step) or `root` (begin, promote, retire)."""
+
+
+@rotate_group.command("issuing")
+@pki_option
+@click.option("--days", type=int, help="Validity of the new issuing CA (default 5 years).")
+@click.option("--key-type", type=click.Choice(profiles.CA_KEY_TYPES),
+              help="Key type (default: the CA's issuing key type).")
+@click.option("--retire", "retire_serial", metavar="HEX",
+              help="Instead: retire the previous issuing CA with this serial (refused while "
+              "a current leaf still depends on it).")
+@passphrase_options(what="the CA keys (the root's unlocks the rotation)")
+@json_option
+def rotate_issuing_cmd(pki: Path, days: int | None, key_type: str | None,
+                       retire_serial: str | None, passphrase_file: Path | None,
+                       passphrase_env: str | None, as_json: bool) -> None:
+    """A new issuing CA under the same root: it issues from now on; leaves of the previous
+    one keep verifying with their own chain. Firmware trusts the root: nothing to rebuild."""
+    ca = CertificateAuthority.open(pki)
+    if retire_serial is not None:
+        entry = rotation.retire_issuing(ca, _parse_serial(retire_serial))
+        verb = "retired"
+    else:
+        entry = rotation.rotate_issuing(ca, passphrase_source(passphrase_file, passphrase_env),
+                                        days=days, key_type=key_type)
+        verb = "created"
+    if as_json:
+        emit_json(entry.to_json() | {"action": verb})
+    else:
+        click.echo(f"{verb} issuing CA {entry.subject} serial {entry.serial:x}"
+                   + (", now issuing new certificates" if verb == "created" else ""))
+
+
+@rotate_group.group("root")
+def rotate_root_group() -> None:
+    """Replace the root in three steps: begin, promote, retire (see `ca status`)."""
+
+
+def _emit_step(result: rotation.StepResult, as_json: bool) -> None:
+    st = result.status
+    if as_json:
+        emit_json({"step": result.step, "already_done": result.already_done,
+                   "status": st.to_json(),
+                   "created": [e.to_json() for e in result.created],
+                   "renewed": [e.to_json() for e in result.renewed],
+                   "retired": [e.to_json() for e in result.retired],
+                   "evidence": result.evidence})
+        return
+    if result.already_done:
+        click.echo(f"`{result.step}` had already completed; its remaining work is done")
+    for e in result.created:
+        click.echo(f"created {e.profile} CA {e.subject} sha256 {e.sha256}")
+    for line in result.evidence:
+        click.echo(f"evidence: {line}")
+    for e in result.renewed:
+        click.echo(f"renewed {e.name} under the new chain: serial {e.serial:x}")
+    for e in result.retired:
+        click.echo(f"retired {e.profile} CA {e.subject} (kept in the pki as an archive)")
+    click.echo(f"root rotation step: {st.step}; next: {st.next_step}")
+
+
+@rotate_root_group.command("begin")
+@pki_option
+@click.option("--key-type", type=click.Choice(profiles.CA_KEY_TYPES),
+              help="Key type of the next root (default: the CA's).")
+@click.option("--issuing-key-type", type=click.Choice(profiles.CA_KEY_TYPES))
+@click.option("--root-days", type=int, default=20 * 365, show_default=True)
+@click.option("--issuing-days", type=int, default=5 * 365, show_default=True)
+@passphrase_options(what="the CA keys (the new keys get the same passphrase)")
+@json_option
+def rotate_root_begin(pki: Path, key_type: str | None, issuing_key_type: str | None,
+                      root_days: int, issuing_days: int, passphrase_file: Path | None,
+                      passphrase_env: str | None, as_json: bool) -> None:
+    """Step 1: create the next root and its issuing CA beside the active ones."""
+    ca = CertificateAuthority.open(pki)
+    result = rotation.begin_root(ca, passphrase_source(passphrase_file, passphrase_env),
+                                 root_days=root_days, issuing_days=issuing_days,
+                                 key_type=key_type, issuing_key_type=issuing_key_type)
+    _emit_step(result, as_json)
+
+
+@rotate_root_group.command("promote")
+@pki_option
+@click.option("--build-manifest", "manifests", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Evidence: manifest.json of the deployed firmware's `ipxe build` (or its "
+              "release.json); must list the next root in its trust. Repeatable.")
+@click.option("--confirm-fleet", is_flag=True,
+              help="Evidence: you checked that the whole fleet runs firmware trusting the "
+              "next root.")
+@passphrase_options(what="the CA keys")
+@json_option
+def rotate_root_promote(pki: Path, manifests: tuple[Path, ...], confirm_fleet: bool,
+                        passphrase_file: Path | None, passphrase_env: str | None,
+                        as_json: bool) -> None:
+    """Step 2: the next root becomes active; current leaves are re-certified under it."""
+    ca = CertificateAuthority.open(pki)
+    result = rotation.promote_root(ca, passphrase_source(passphrase_file, passphrase_env),
+                                   confirm_fleet=confirm_fleet, manifests=list(manifests))
+    _emit_step(result, as_json)
+
+
+@rotate_root_group.command("retire")
+@pki_option
+@json_option
+def rotate_root_retire(pki: Path, as_json: bool) -> None:
+    """Step 3: retire the previous root (out of trust and exports, kept archived)."""
+    ca = CertificateAuthority.open(pki)
+    _emit_step(rotation.retire_root(ca), as_json)
 
 
 def _cert_summary(cert: x509.Certificate) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from trustboot.ca.store import load_trusted_root
+from trustboot.ca.store import load_trusted_roots
 from trustboot.cli._common import emit_json, is_interactive, json_option, progress, warn
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion
 from trustboot.cms.freshness import ReplayWindow, replay_window
@@ -92,10 +92,14 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
             raise ConfigError(
                 "no trust anchors: pass --trust ROOT.crt (what iPXE was built with, TRUST=)",
                 hint=f"or run inside a CA home ({root} does not exist)")
-        # The pki's root only after its permissions and index fingerprint were checked.
-        cert = load_trusted_root(pki)
-        der = _der(cert)
-        return [TrustAnchor(fingerprint(der), der, f'"{cert.subject.rfc4514_string()}"')]
+        # The pki's roots only after its permissions and index fingerprints were checked
+        # (two during a root rotation, as firmware built then trusts both).
+        anchors = []
+        for cert in load_trusted_roots(pki):
+            der = _der(cert)
+            anchors.append(TrustAnchor(fingerprint(der), der,
+                                       f'"{cert.subject.rfc4514_string()}"'))
+        return anchors
     anchors = []
     for item in items:
         match = _FPR.match(item)

@@ -48,13 +48,17 @@ def collect_trust(
     certs: list[Certificate] = []
     if pki is not None:
         # Only a root whose pki nobody else can have changed, checked against the index.
-        root_cert = load_trusted_root(pki)
-        trust.append(_as_build_cert(root_cert, pki / "ca.crt"))
         if CertificateAuthority.exists(pki):
+            # During a root rotation the firmware must trust both roots (see `ca status`).
             ca = CertificateAuthority.open(pki)
-            certs.append(_as_build_cert(ca.issuing_cert, pki / "issuing-ca.crt"))
-        elif (pki / "issuing-ca.crt").is_file():
-            certs.extend(load_certificates(pki / "issuing-ca.crt"))
+            for root in ca.trusted_roots():
+                trust.append(_as_build_cert(root, _stored(pki, root)))
+            for issuing in ca.trusted_issuing():
+                certs.append(_as_build_cert(issuing, _stored(pki, issuing)))
+        else:
+            trust.append(_as_build_cert(load_trusted_root(pki), pki / "ca.crt"))
+            if (pki / "issuing-ca.crt").is_file():
+                certs.extend(load_certificates(pki / "issuing-ca.crt"))
     for path in trust_files:
         cert = load_single_certificate(path)
         if cert.fingerprint not in {c.fingerprint for c in trust}:
@@ -111,6 +115,11 @@ def load_client_identity(
     # load_key refuses a link, a key open to others, and an unencrypted key.
     key = load_key(key_path, passphrases, f"the client key {name}")
     return client_identity(cert, key)
+
+
+def _stored(pki: Path, cert: x509.Certificate) -> Path:
+    """Where the CA keeps ``cert`` (manifests name the file a certificate came from)."""
+    return pki / "certs_by_serial" / f"{cert.serial_number:X}.pem"
 
 
 def _as_build_cert(cert: x509.Certificate, origin: Path) -> Certificate:

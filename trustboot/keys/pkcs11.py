@@ -238,13 +238,18 @@ def _certificate_from_pki(lib: Any, uri: Pkcs11Uri, pki: Path | None) -> x509.Ce
                           hint=hint)
     public = _token_public_key(lib, uri)
     ca = CertificateAuthority.open(pki)
-    revoked = None
-    for entry in reversed(ca.entries):
+    revoked = expired = None
+    for entry in reversed(ca.entries):  # the newest certificate of the key that is valid
         if entry.profile != "codesign" or entry.load_cert().public_key() != public:
             continue
-        if entry.status == "valid":
+        if ca.current(entry.name) is entry:
             return entry.load_cert()
-        revoked = revoked or entry
+        if entry.status == "revoked":
+            revoked = revoked or entry
+        elif expired is None:
+            expired = entry  # expired (or under a retired chain): sign's policy reports it
+    if expired is not None:
+        return expired.load_cert()
     if revoked is not None:
         raise revoked_error(revoked.name, revoked.serial, f"the CA index in {pki}")
     raise ConfigError(f"no certificate for {uri.text} in the token or in {pki}", hint=hint)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
@@ -326,11 +325,8 @@ def pki_status(cert: x509.Certificate, pki: Path, now: dt.datetime | None,
     from trustboot.ca.store import CertificateAuthority
 
     ca = CertificateAuthority.open(pki)
-    if cert.issuer != ca.issuing_cert.subject:
-        return None
-    try:
-        cert.verify_directly_issued_by(ca.issuing_cert)
-    except (InvalidSignature, ValueError, TypeError):  # not issued by this CA
+    issuing = ca.issuing_entry_of(cert)  # any issuing CA of this CA, rotated ones too
+    if issuing is None:
         return None
     entry = ca.find_serial(cert.serial_number)
     name = entry.name if entry is not None else cert.subject.rfc4514_string()
@@ -338,14 +334,15 @@ def pki_status(cert: x509.Certificate, pki: Path, now: dt.datetime | None,
         raise revoked_error(name, cert.serial_number, f"the CA index in {pki}")
     if _crl_lists(ca.path / "crl.pem", ca.issuing_cert, cert.serial_number):
         raise revoked_error(name, cert.serial_number, f"{ca.path / 'crl.pem'}")
-    return (entry.effective_status(now) if entry is not None else None), ca.chain()
+    status = ca.status_of(entry, now) if entry is not None else None
+    return status, [issuing.load_cert(), *ca.chain_for(issuing)]
 
 
 def revoked_error(name: str, serial: int, where: str) -> VerificationError:
     return VerificationError(
         f"certificate {name} (serial {serial:#x}) is revoked in {where}; refusing to sign "
         "[rule: revoked]",
-        hint="issue a new code-signing certificate and sign with it",
+        hint=f"renew it with a new key and sign with that: trustboot ca renew {name} --rekey",
         rule="revoked", subject=name)
 
 
@@ -378,7 +375,9 @@ def _resolve_ca(ref: KeyRef, opts: ResolveOptions) -> KeySource:
 
     now = opts.now or dt.datetime.now(dt.UTC)
     ca = CertificateAuthority.open(opts.pki or Path("pki"))
-    entry = ca.get(ref.value)
+    # The newest certificate of the name that is valid now (after `ca renew` there are
+    # several); when none is, the newest one, whose status is reported below.
+    entry = ca.get(ref.value, now)
     if entry.profile != "codesign":
         raise VerificationError(
             f"certificate {entry.name} was issued with profile {entry.profile!r}, not "
@@ -386,13 +385,22 @@ def _resolve_ca(ref: KeyRef, opts: ResolveOptions) -> KeySource:
             hint="issue one: trustboot ca issue codesign NAME",
             rule="code-signing", subject=entry.name,
         )
-    status = entry.effective_status(now)
+    status = ca.status_of(entry, now)
     if status == "revoked":
         raise revoked_error(entry.name, entry.serial, f"the CA index in {ca.path}")
+    if status == "retired":
+        raise VerificationError(
+            f"certificate {entry.name} (serial {entry.serial:#x}) was issued under a retired "
+            f"CA certificate of {ca.path}; firmware no longer trusts its chain "
+            "[rule: retired-chain]",
+            hint=f"renew it under the active chain: trustboot ca renew {entry.name}",
+            rule="retired-chain", subject=entry.name)
     leaf = entry.load_cert()
     if _crl_lists(ca.path / "crl.pem", ca.issuing_cert, leaf.serial_number):
         raise revoked_error(entry.name, entry.serial, f"{ca.path / 'crl.pem'}")
-    pool = list(ca.chain())
+    # The chain of the issuing CA that signed this certificate (after `ca rotate` it
+    # need not be the active one).
+    pool = ca.chain_for(entry)
     if opts.chain is not None:
         pool += load_certificates(opts.chain, "chain")
     return PendingSigner(ref, leaf, tuple(order_chain(leaf, pool)), entry.key_path, status)

@@ -1,0 +1,167 @@
+"""The hash-chained operation log: every kind of change is found at its first line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trustboot.ca import oplog
+from trustboot.errors import ConfigError
+
+from .conftest import Run
+
+
+def _log(tmp_path: Path, n: int = 8) -> Path:
+    path = tmp_path / "log.jsonl"
+    for i in range(n):
+        oplog.append(path, {"op": "issue", "name": f"c{i}"})
+    return path
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def test_intact_chain_links_every_line(tmp_path: Path) -> None:
+    path = _log(tmp_path)
+    result = oplog.verify(path)
+    assert result.problem is None and result.lines == 8 and result.legacy == 0
+    lines = _lines(path)
+    first, second = json.loads(lines[0]), json.loads(lines[1])
+    assert first["prev"] == oplog.GENESIS and first["seq"] == 1
+    assert second["prev"] == oplog.line_hash(lines[0].rstrip(b"\n")) and second["seq"] == 2
+    assert result.head_sha256 == oplog.line_hash(lines[-1].rstrip(b"\n"))
+
+
+def test_edited_entry_is_the_first_broken_line(tmp_path: Path) -> None:
+    path = _log(tmp_path)
+    lines = _lines(path)
+    lines[3] = lines[3].replace(b'"c3"', b'"cX"')  # line 4
+    path.write_bytes(b"".join(lines))
+    problem = oplog.verify(path).problem
+    assert problem is not None
+    assert (problem.line, problem.kind) == (4, "edited"), problem
+
+
+def test_edited_link_itself_is_blamed_on_its_own_line(tmp_path: Path) -> None:
+    path = _log(tmp_path)
+    lines = _lines(path)
+    rec = json.loads(lines[5])
+    rec["prev"] = "f" * 64
+    lines[5] = json.dumps(rec, sort_keys=True).encode() + b"\n"  # line 6
+    path.write_bytes(b"".join(lines))
+    problem = oplog.verify(path).problem
+    assert problem is not None and (problem.line, problem.kind) == (6, "edited"), problem
+
+
+def test_deleted_entry(tmp_path: Path) -> None:
+    path = _log(tmp_path)
+    lines = _lines(path)
+    del lines[2]  # entry 3
+    path.write_bytes(b"".join(lines))
+    problem = oplog.verify(path).problem
+    assert problem is not None and (problem.line, problem.kind) == (3, "deleted"), problem
+    assert "entry 3" in problem.message
+
+
+def test_reordered_entries(tmp_path: Path) -> None:
+    path = _log(tmp_path)
+    lines = _lines(path)
+    lines[4], lines[5] = lines[5], lines[4]  # entries 5 and 6
+    path.write_bytes(b"".join(lines))
+    problem = oplog.verify(path).problem
+    assert problem is not None and (problem.line, problem.kind) == (5, "reordered"), problem
+
+
+def test_truncated_last_line(tmp_path: Path) -> None:
+    path = _log(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-20])
+    problem = oplog.verify(path).problem
+    assert problem is not None and (problem.line, problem.kind) == (8, "truncated"), problem
+    # the next append starts a line of its own; the damage stays visible
+    oplog.append(path, {"op": "crl"})
+    assert json.loads(_lines(path)[-1])["seq"] == 9
+    problem = oplog.verify(path).problem
+    assert problem is not None and problem.line == 8
+
+
+def test_inserted_unchained_line(tmp_path: Path) -> None:
+    path = _log(tmp_path)
+    lines = _lines(path)
+    lines.insert(6, b'{"op": "issue", "name": "forged"}\n')
+    path.write_bytes(b"".join(lines))
+    problem = oplog.verify(path).problem
+    assert problem is not None and (problem.line, problem.kind) == (7, "inserted"), problem
+
+
+def test_legacy_prefix_is_reported_once_and_chained_from(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"op": "init"}\n{"op": "issue"}\n{"op": "crl"}\n')
+    oplog.append(path, {"op": "migrate"})
+    oplog.append(path, {"op": "renew"})
+    result = oplog.verify(path, chained_from=4)
+    assert result.problem is None and result.legacy == 3 and result.lines == 5
+    fourth = json.loads(_lines(path)[3])
+    assert fourth["seq"] == 4
+    assert fourth["prev"] == oplog.line_hash(b'{"op": "crl"}')
+    # the legacy prefix itself is still protected by the first chained entry
+    lines = _lines(path)
+    lines[2] = b'{"op": "crl", "x": 1}\n'
+    path.write_bytes(b"".join(lines))
+    problem = oplog.verify(path, chained_from=4).problem
+    assert problem is not None and problem.line == 3 and problem.kind == "edited"
+
+
+def test_stripped_links_are_not_mistaken_for_legacy(tmp_path: Path) -> None:
+    path = _log(tmp_path, 4)
+    stripped = [json.dumps({k: v for k, v in json.loads(line).items()
+                            if k not in ("seq", "prev")}).encode() + b"\n"
+                for line in _lines(path)]
+    path.write_bytes(b"".join(stripped))
+    assert oplog.verify(path).problem is None  # without the index's word: legacy
+    problem = oplog.verify(path, chained_from=1).problem
+    assert problem is not None and problem.line == 1 and problem.kind == "inserted"
+
+
+def test_log_symlink_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("x\n")
+    (tmp_path / "log.jsonl").symlink_to(target)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        oplog.append(tmp_path / "log.jsonl", {"op": "x"})
+    assert target.read_text() == "x\n"
+
+
+@pytest.mark.parametrize("damage", ["edit", "delete", "reorder"])
+def test_ca_check_reports_the_first_broken_line(pki: Path, run: Run, secrets_dir: Path,
+                                                damage: str) -> None:
+    for _ in range(3):
+        assert run("ca", "crl", "--pki", str(pki), "--passphrase-file",
+                   str(secrets_dir / "ca.pass")).exit_code == 0
+    r = run("ca", "check", "--pki", str(pki), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["log"]["problem"] is None
+    path = pki / "log.jsonl"
+    lines = _lines(path)
+    assert len(lines) == 7  # init, 3 issues, 3 crls
+    if damage == "edit":
+        lines[1] = lines[1].replace(b'"op": "issue"', b'"op": "issuX"')
+        want = (2, "edited")
+    elif damage == "delete":
+        del lines[4]
+        want = (5, "deleted")
+    else:
+        lines[2], lines[3] = lines[3], lines[2]
+        want = (3, "reordered")
+    path.write_bytes(b"".join(lines))
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 4, r.output
+    assert f"log: line {want[0]}: {want[1]}" in r.output
+    assert f"first broken entry at line {want[0]}" in r.output and "hint:" in r.output
+    r = run("ca", "check", "--pki", str(pki), "--json")
+    assert r.exit_code == 4
+    data, _end = json.JSONDecoder().raw_decode(r.output)  # then the error record
+    assert (data["log"]["problem"]["line"], data["log"]["problem"]["kind"]) == want

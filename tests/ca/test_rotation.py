@@ -1,0 +1,303 @@
+"""`ca rotate issuing` and the root rotation procedure (begin, promote, retire)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import Result
+
+from trustboot.ca.store import CertificateAuthority, fingerprint
+from trustboot.ipxe.build import BUILD_FORMAT
+from trustboot.ipxe.inputs import collect_trust
+
+from .conftest import Run, issue, make_ec_ca
+
+
+@pytest.fixture(scope="module")
+def ec_ca(tmp_path_factory: pytest.TempPathFactory, secrets_dir: Path) -> Path:
+    return make_ec_ca(tmp_path_factory.mktemp("rotation") / "pki", secrets_dir,
+                      [["codesign", "signer"], ["codesign", "other"]])
+
+
+@pytest.fixture
+def ca_home(ec_ca: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "pki"
+    shutil.copytree(ec_ca, dest)
+    return dest
+
+
+def ca(run: Run, pki: Path, secrets: Path, *args: str, secret: bool = True) -> Result:
+    extra = ["--passphrase-file", str(secrets / "ca.pass")] if secret else []
+    return run("ca", *args, "--pki", str(pki), *extra)
+
+
+def js(result: Result) -> Any:
+    """The JSON document at the start of the output (an error record may follow)."""
+    data, _end = json.JSONDecoder().raw_decode(result.output[result.output.index("{"):])
+    return data
+
+
+def export(run: Run, pki: Path, out: Path) -> dict[str, Any]:
+    r = run("ca", "export", "--pki", str(pki), "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    return js(r)  # type: ignore[no-any-return]
+
+
+def sign(run: Run, pki: Path, secrets: Path, out: Path, name: str = "signer") -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image = out.parent / "img.bin"
+    image.write_bytes(b"a kernel")
+    r = run("sign", str(image), "--key", name, "--pki", str(pki), "--passphrase-file",
+            str(secrets / "key.pass"), "--out", str(out))
+    assert r.exit_code == 0, r.output
+    return out / "img.bin.sig"
+
+
+def verify(run: Run, sig: Path, *trust: Path) -> Result:
+    args = [a for t in trust for a in ("--trust", str(t))]
+    return run("verify", str(sig.parent.parent / "img.bin"), "--sig", str(sig), *args)
+
+
+def openssl_cms(sig: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", str(sig), "-content",
+         str(sig.parent.parent / "img.bin"), "-CAfile", str(root), "-purpose", "any", "-out",
+         "/dev/null"], capture_output=True, text=True)
+
+
+def openssl_chain(root: Path, issuing: Path, leaf: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", "verify", "-CAfile", str(root), "-untrusted",
+                           str(issuing), str(leaf)], capture_output=True, text=True)
+
+
+def build_manifest(path: Path, pki: Path, *, found: bool = True) -> Path:
+    """A manifest shaped as `trustboot ipxe build` writes it, for firmware built from the
+    pki as it is now (TRUST= every root the CA wants trusted)."""
+    trust = collect_trust(pki, [], []).trust
+    doc = {"trustboot_ipxe_build": BUILD_FORMAT, "targets": ["bin/ipxe.lkrn"],
+           "trust": [c.to_json() for c in trust],
+           "outputs": [{"target": "bin/ipxe.lkrn", "sha256": "0" * 64, "size": 1,
+                        "trust_check": {"trust": {c.fingerprint: found for c in trust}}}]}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+# --- issuing CA ------------------------------------------------------------------------------
+
+
+def test_rotate_issuing_keeps_old_firmware_working(ca_home: Path, run: Run,
+                                                   secrets_dir: Path, tmp_path: Path) -> None:
+    before = export(run, ca_home, tmp_path / "before")
+    old_root = Path(before["root"])
+    old_issuing = CertificateAuthority.open(ca_home).issuing_cert
+    old_sig = sign(run, ca_home, secrets_dir, tmp_path / "s-old" / "out")
+
+    r = ca(run, ca_home, secrets_dir, "rotate", "issuing", "--json")
+    assert r.exit_code == 0, r.output
+    new_entry = js(r)
+    authority = CertificateAuthority.open(ca_home)
+    assert fingerprint(authority.issuing_cert) == new_entry["sha256"] != fingerprint(old_issuing)
+    assert fingerprint(authority.root_cert) == before["root_sha256"]  # same root
+    assert "Issuing CA 2" in new_entry["subject"]
+    # a new leaf comes from the new issuing CA; firmware built with the old root accepts it
+    assert issue(run, ca_home, secrets_dir, "codesign", "fresh", "--key-type",
+                 "ec-p256").exit_code == 0
+    fresh = CertificateAuthority.open(ca_home).get("fresh")
+    assert fresh.issuer_sha256 == new_entry["sha256"]
+    sig = sign(run, ca_home, secrets_dir, tmp_path / "s-new" / "out", "fresh")
+    r = verify(run, sig, old_root)
+    assert r.exit_code == 0, r.output
+    assert openssl_cms(sig, old_root).returncode == 0
+    # the existing leaf keeps signing with its own chain (the previous issuing CA)
+    sig2 = sign(run, ca_home, secrets_dir, tmp_path / "s-old2" / "out")
+    assert verify(run, sig2, old_root).exit_code == 0
+    certs = subprocess.run(["openssl", "pkcs7", "-inform", "DER", "-in", str(sig2),
+                            "-print_certs", "-noout"], capture_output=True, text=True).stdout
+    assert "Issuing CA\n" in certs + "\n" and "Issuing CA 2" not in certs
+    assert verify(run, old_sig, old_root).exit_code == 0
+    # exports and openssl agree on the new chain
+    after = export(run, ca_home, tmp_path / "after")
+    assert after["root_sha256"] == before["root_sha256"]
+    assert after["issuing_sha256"] == new_entry["sha256"]
+    ok = openssl_chain(Path(after["root"]), Path(after["issuing"]),
+                       ca_home / "issued" / "fresh.crt")
+    assert ok.returncode == 0, ok.stderr
+    crl = subprocess.run(["openssl", "crl", "-in", str(ca_home / "crl.pem"), "-CAfile",
+                          str(Path(after["chain"])), "-noout"], capture_output=True, text=True)
+    assert "verify OK" in crl.stdout + crl.stderr
+    assert authority.check() == [] and CertificateAuthority.open(ca_home).check() == []
+
+
+def test_retire_previous_issuing_only_when_unused(ca_home: Path, run: Run, secrets_dir: Path,
+                                                  tmp_path: Path) -> None:
+    old = CertificateAuthority.open(ca_home).active_entry("issuing")
+    assert ca(run, ca_home, secrets_dir, "rotate", "issuing").exit_code == 0
+    r = ca(run, ca_home, secrets_dir, "rotate", "issuing", "--retire", f"{old.serial:x}",
+           secret=False)
+    assert r.exit_code == 3 and "signer" in r.output and "trustboot ca renew other" in r.output
+    for name in ("signer", "other"):
+        assert ca(run, ca_home, secrets_dir, "renew", name).exit_code == 0
+    r = ca(run, ca_home, secrets_dir, "rotate", "issuing", "--retire", f"{old.serial:x}",
+           secret=False)
+    assert r.exit_code == 0, r.output
+    authority = CertificateAuthority.open(ca_home)
+    assert authority.find_serial(old.serial).status == "retired"  # type: ignore[union-attr]
+    assert old.sha256 not in {fingerprint(c) for c in authority.trusted_issuing()}
+    active = authority.active_entry("issuing")
+    r = ca(run, ca_home, secrets_dir, "rotate", "issuing", "--retire", f"{active.serial:x}",
+           secret=False)
+    assert r.exit_code == 3 and "active" in r.output
+    assert authority.check() == []
+
+
+def test_token_held_ca_is_refused_clearly(ca_home: Path, run: Run, secrets_dir: Path) -> None:
+    config = json.loads((ca_home / "config.json").read_text())
+    config["pkcs11"] = {"module": "/nonexistent.so", "root": "pkcs11:token=t;object=r",
+                        "issuing": "pkcs11:token=t;object=i"}
+    (ca_home / "config.json").write_text(json.dumps(config))
+    for args in (["rotate", "issuing"], ["rotate", "root", "begin"]):
+        r = ca(run, ca_home, secrets_dir, *args)
+        assert r.exit_code == 3 and "PKCS#11 token" in r.output and "hint:" in r.output
+
+
+# --- root rotation ---------------------------------------------------------------------------
+
+
+def test_root_rotation_every_step(ca_home: Path, run: Run, secrets_dir: Path,
+                                  tmp_path: Path) -> None:
+    r = ca(run, ca_home, secrets_dir, "status", "--json", secret=False)
+    assert js(r)["step"] == "stable"
+    for step in ("promote", "retire"):
+        r = ca(run, ca_home, secrets_dir, "rotate", "root", step,
+               secret=step == "promote")
+        assert r.exit_code == 3, r.output
+        assert "step 'stable'" in r.output and "trustboot ca rotate root begin" in r.output
+    old = export(run, ca_home, tmp_path / "old")
+    old_root = Path(old["root"])
+    old_sig = sign(run, ca_home, secrets_dir, tmp_path / "s0" / "out")
+
+    # begin
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "begin", "--json")
+    assert r.exit_code == 0, r.output
+    begun = js(r)
+    assert begun["status"]["step"] == "begun" and not begun["already_done"]
+    new_root_sha = begun["status"]["next_root"]
+    assert [e["profile"] for e in begun["created"]] == ["root", "issuing"]
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "begin", "--json")
+    assert r.exit_code == 0 and js(r)["already_done"]  # idempotent
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "retire", secret=False)
+    assert r.exit_code == 3 and "step 'begun'" in r.output and "promote" in r.output
+    r = ca(run, ca_home, secrets_dir, "rotate", "issuing")
+    assert r.exit_code == 3 and "root rotation is in progress" in r.output
+    status = ca(run, ca_home, secrets_dir, "status", secret=False).output
+    assert "root rotation step: begun" in status and "--build-manifest" in status
+    # the active chain still signs; exports and builds trust both roots
+    authority = CertificateAuthority.open(ca_home)
+    assert fingerprint(authority.root_cert) == old["root_sha256"]
+    both = export(run, ca_home, tmp_path / "both")
+    assert both["trust_sha256"] == [old["root_sha256"], new_root_sha]
+    assert Path(both["root_next"]).read_text().count("BEGIN CERTIFICATE") == 1
+    assert f"TRUST={both['root']},{both['root_next']}" in both["make_args"]
+    assert [c.fingerprint for c in collect_trust(ca_home, [], []).trust] == \
+        [old["root_sha256"], new_root_sha]
+    sig = sign(run, ca_home, secrets_dir, tmp_path / "s1" / "out")
+    assert verify(run, sig, old_root).exit_code == 0
+    assert run("verify", str(tmp_path / "s1" / "img.bin"), "--sig", str(sig), "--pki",
+               str(ca_home)).exit_code == 0
+
+    # promote: refused without evidence, or with firmware that does not trust the next root
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "promote")
+    assert r.exit_code == 3 and "--build-manifest" in r.output and "--confirm-fleet" in r.output
+    old_fw = tmp_path / "old-manifest.json"
+    doc = json.loads(build_manifest(old_fw, ca_home).read_text())
+    doc["trust"] = [t for t in doc["trust"] if t["sha256"] == old["root_sha256"]]
+    old_fw.write_text(json.dumps(doc))
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "promote", "--build-manifest",
+           str(old_fw))
+    assert r.exit_code == 4 and "does not trust the next root" in r.output
+    not_found = build_manifest(tmp_path / "nf.json", ca_home, found=False)
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "promote", "--build-manifest",
+           str(not_found))
+    assert r.exit_code == 4 and "not in the binary" in r.output
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text('{"release": "x"}')
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "promote", "--build-manifest",
+           str(garbage))
+    assert r.exit_code == 3 and "neither an iPXE build manifest" in r.output
+    assert js(ca(run, ca_home, secrets_dir, "status", "--json", secret=False))["step"] == "begun"
+    # a release manifest that carries the build manifest is evidence too
+    fw = build_manifest(tmp_path / "manifest.json", ca_home)
+    release = tmp_path / "release.json"
+    release.write_text(json.dumps({"version": 1, "release": "r1",
+                                   "ipxe": json.loads(fw.read_text())}))
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "promote", "--build-manifest",
+           str(release), "--json")
+    assert r.exit_code == 0, r.output
+    promoted = js(r)
+    assert promoted["status"]["step"] == "promoted" and promoted["evidence"]
+    assert sorted(e["name"] for e in promoted["renewed"]) == ["other", "signer"]
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "promote", "--json")
+    assert r.exit_code == 0 and js(r)["already_done"]
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "begin")
+    assert r.exit_code == 3 and "step 'promoted'" in r.output and "retire" in r.output
+
+    # signing switched to the new chain, with the same keys
+    authority = CertificateAuthority.open(ca_home)
+    assert fingerprint(authority.root_cert) == new_root_sha
+    new_sig = sign(run, ca_home, secrets_dir, tmp_path / "s2" / "out")
+    promoted_export = export(run, ca_home, tmp_path / "promoted")
+    new_root = Path(promoted_export["root"])
+    assert promoted_export["trust_sha256"] == [new_root_sha, old["root_sha256"]]
+    assert Path(promoted_export["root_previous"]).read_bytes() == old_root.read_bytes()
+    assert verify(run, new_sig, new_root).exit_code == 0
+    assert openssl_cms(new_sig, new_root).returncode == 0
+    assert openssl_chain(new_root, Path(promoted_export["issuing"]),
+                         ca_home / "issued" / "signer.crt").returncode == 0
+    r = verify(run, new_sig, old_root)  # firmware that only trusts the old root refuses
+    assert r.exit_code == 4 and "untrusted-root" in r.output
+    assert openssl_cms(new_sig, old_root).returncode != 0
+    assert verify(run, old_sig, old_root).exit_code == 0  # old signatures still boot old fw
+    assert authority.check() == []
+
+    # retire
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "retire", "--json", secret=False)
+    assert r.exit_code == 0, r.output
+    retired = js(r)
+    assert retired["status"]["step"] == "stable"
+    assert {e["profile"] for e in retired["retired"]} == {"root", "issuing"}
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "retire", "--json", secret=False)
+    assert r.exit_code == 0 and js(r)["already_done"]
+    final = export(run, ca_home, tmp_path / "promoted")  # same directory as before
+    assert final["trust_sha256"] == [new_root_sha]
+    assert not (tmp_path / "promoted" / "root-previous.pem").exists()
+    assert "root-previous" not in final["make_args"]
+    assert [c.fingerprint for c in collect_trust(ca_home, [], []).trust] == [new_root_sha]
+    r = run("verify", str(tmp_path / "s0" / "img.bin"), "--sig", str(old_sig), "--pki",
+            str(ca_home))
+    assert r.exit_code == 4  # the old chain is out of the pki's trust
+    authority = CertificateAuthority.open(ca_home)
+    old_leaves = [e for e in authority.entries if e.name == "signer"][:1]
+    assert authority.status_of(old_leaves[0]) == "retired"
+    old_root_entry = authority.by_sha256(old["root_sha256"])
+    assert old_root_entry is not None and old_root_entry.status == "retired"
+    assert old_root_entry.key_path.exists()  # archived, not deleted
+    assert authority.check() == [] and authority.check_log().problem is None
+    ops = [json.loads(x)["op"] for x in (ca_home / "log.jsonl").read_text().splitlines()]
+    assert ops[-3:] == ["rotate-root-begin", "rotate-root-promote", "rotate-root-retire"]
+    # a second rotation can follow
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "begin", "--json")
+    assert r.exit_code == 0 and "Root CA 3" in js(r)["created"][0]["subject"]
+
+
+def test_begin_with_the_wrong_passphrase_changes_nothing(ca_home: Path, run: Run,
+                                                        secrets_dir: Path) -> None:
+    before = (ca_home / "index.json").read_bytes()
+    r = run("ca", "rotate", "root", "begin", "--pki", str(ca_home), "--passphrase-file",
+            str(secrets_dir / "wrong.pass"))
+    assert r.exit_code == 3 and "wrong passphrase" in r.output
+    assert (ca_home / "index.json").read_bytes() == before

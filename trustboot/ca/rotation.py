@@ -1,0 +1,482 @@
+"""Rotating the CA certificates.
+
+Issuing CA rotation (:func:`rotate_issuing`): a new issuing CA under the same root becomes
+the one that issues; the previous one stays in the index, so its leaves keep verifying with
+their own chain, until :func:`retire_issuing`. Firmware trusts the root, so nothing changes
+for machines in the field.
+
+Root rotation is a procedure with steps, because firmware in the field embeds the root
+(iPXE's TRUST=) and must be rebuilt before signatures under a new root can boot::
+
+    stable --begin--> begun --promote--> promoted --retire--> stable
+
+* ``begin``: the next root and an issuing CA under it are created beside the active ones;
+  the active chain still signs. Firmware built now (``ipxe build --pki``, ``ca export``)
+  trusts both roots.
+* ``promote``: once the fleet runs firmware that trusts the next root (shown by a build
+  manifest listing its fingerprint, or the operator's word), it becomes the active root:
+  every current leaf is certified again (same key) under the new issuing CA, so signing
+  switches to the new chain.
+* ``retire``: the previous root and its issuing CAs are marked retired: out of trust and
+  exports, their certificates and keys kept in the pki as an archive.
+
+The state lives in index.json (``rotation``), committed atomically with the certificates
+of each step, so a step killed at any point either did not happen or is complete; running
+the same step again finishes its remaining work (views, CRL) and reports it done. A step
+out of order is refused with the current step and the command that comes next.
+
+CA keys held in a PKCS#11 token (``ca init --pkcs11``) cannot be rotated here yet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from trustboot.ca import profiles
+from trustboot.ca.profiles import PrivateKey
+from trustboot.ca.store import (
+    DEFAULT_DAYS,
+    ISSUING_NAME,
+    ROOT_NAME,
+    CertificateAuthority,
+    IssuedEntry,
+    _cert_rel,
+    _check_days,
+    _entry,
+    _key_rel,
+    _set_aside_leftovers,
+    fingerprint,
+    pem,
+    utcnow,
+)
+from trustboot.errors import ConfigError, VerificationError
+from trustboot.fsutil import atomic_write, ensure_private_dir, locked, read_capped
+from trustboot.keys import keyfile
+from trustboot.secrets import PassphraseSource, constant
+
+MAX_MANIFEST = 4 << 20
+STEPS = ("stable", "begun", "promoted")
+
+
+@dataclass(frozen=True)
+class RotationStatus:
+    step: str  # stable | begun | promoted
+    active_root: str
+    active_issuing: str
+    next_root: str | None  # during "begun"
+    previous_root: str | None  # during "promoted"
+    description: str
+    next_step: str  # what to do next, with the command
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "active_root": self.active_root,
+                "active_issuing": self.active_issuing, "next_root": self.next_root,
+                "previous_root": self.previous_root, "description": self.description,
+                "next": self.next_step}
+
+
+@dataclass
+class StepResult:
+    step: str  # begin | promote | retire
+    already_done: bool  # the step had completed before (a re-run after a kill, or twice)
+    status: RotationStatus
+    created: list[IssuedEntry] = field(default_factory=list)
+    renewed: list[IssuedEntry] = field(default_factory=list)
+    retired: list[IssuedEntry] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)
+
+
+def _pki(ca: CertificateAuthority) -> str:
+    return str(ca.path)
+
+
+def status(ca: CertificateAuthority) -> RotationStatus:
+    """Where the CA stands in a root rotation and what comes next."""
+    rotation = ca.state.rotation
+    root = ca.active_entry("root").sha256
+    issuing = ca.active_entry("issuing").sha256
+    pki = _pki(ca)
+    if not rotation:
+        return RotationStatus(
+            "stable", root, issuing, None, None,
+            "no root rotation in progress: one root, trusted by firmware and signing",
+            f"nothing to do; to replace the root: trustboot ca rotate root begin --pki {pki}")
+    if rotation.get("step") == "begun":
+        return RotationStatus(
+            "begun", root, issuing, rotation.get("new_root"), None,
+            "the next root and its issuing CA exist beside the active ones; the active chain "
+            "still signs; firmware built now trusts both roots",
+            "build and deploy firmware that trusts both roots (`trustboot ipxe build --pki "
+            f"{pki} ...` trusts both during a rotation; or `trustboot ca export --pki {pki} "
+            "--out DIR` and `trustboot ipxe build --trust DIR/root.pem --trust "
+            "DIR/root-next.pem ...`); once the fleet runs it: trustboot ca rotate root "
+            f"promote --pki {pki} --build-manifest FIRMWARE/manifest.json (or --confirm-fleet)")
+    return RotationStatus(
+        "promoted", root, issuing, None, rotation.get("old_root"),
+        "the new chain signs; firmware still trusts the previous root too",
+        "re-sign and publish the live releases with the new chain, build firmware that "
+        "trusts only the new root, then: trustboot ca rotate root retire "
+        f"--pki {pki}")
+
+
+def _refuse(ca: CertificateAuthority, command: str) -> ConfigError:
+    st = status(ca)
+    return ConfigError(
+        f"`ca rotate root {command}` cannot run now: the root rotation of {ca.path} is at "
+        f"step {st.step!r} ({st.description})",
+        hint=f"next: {st.next_step}")
+
+
+def _check_file_keys(ca: CertificateAuthority) -> None:
+    if ca.config.get("pkcs11"):
+        raise ca.token_unsupported()
+
+
+def _unlock(ca: CertificateAuthority, entry: IssuedEntry,
+            passphrases: PassphraseSource) -> tuple[PrivateKey, bytes]:
+    """The key of a CA certificate and the passphrase that opened it (the new CA keys of a
+    rotation are encrypted with the same passphrase: one secret for the CA's keys)."""
+    secret = passphrases("the CA keys")
+    return ca.load_ca_key(entry, constant(secret)), secret
+
+
+def _subject_cn(ca: CertificateAuthority, role: str) -> str:
+    """``<name> Root CA 2``, ``<name> Issuing CA 3``: every CA certificate gets its own
+    subject, since iPXE and OpenSSL find issuers by name."""
+    kind = "Root" if role == "root" else "Issuing"
+    base = f"{ca.config.get('common_name', 'trustboot')} {kind} CA"
+    taken = {part for e in ca.entries for part in e.subject.split(",")}
+    n = sum(1 for e in ca.entries if e.profile == role) + 1
+    while f"CN={base} {n}" in taken:
+        n += 1
+    return f"{base} {n}"
+
+
+def _store_ca(ca: CertificateAuthority, name: str, role: str, cert: x509.Certificate,
+              key: PrivateKey, secret: bytes, issuer_sha256: str, now: dt.datetime,
+              ) -> IssuedEntry:
+    """Write a new CA certificate and its encrypted key (under the lock, before the
+    index commit that makes them part of the CA)."""
+    key_rel = _key_rel(cert.serial_number)
+    ensure_private_dir(ca.path / "private" / "keys")
+    _set_aside_leftovers(ca.path, [key_rel], now)
+    keyfile.write_key(ca.path / key_rel, key, secret)
+    atomic_write(ca.path / _cert_rel(cert.serial_number), pem(cert))
+    entry = _entry(name, role, cert, key_rel, ca.path, issuer_sha256)
+    ca.entries.append(entry)
+    return entry
+
+
+# ---- issuing CA ------------------------------------------------------------------------
+
+
+def rotate_issuing(ca: CertificateAuthority, passphrases: PassphraseSource, *,
+                   days: int | None = None, key_type: str | None = None,
+                   now: dt.datetime | None = None) -> IssuedEntry:
+    """A new issuing CA under the active root; it issues from now on (and signs the CRL).
+    The previous one stays valid for the leaves it issued."""
+    now = now or utcnow()
+    _check_file_keys(ca)
+    if ca.state.rotation:
+        raise _refuse_issuing(ca)
+    days = days if days is not None else DEFAULT_DAYS["issuing"]
+    _check_days(days, "issuing")
+    spec = profiles.parse_key_type(key_type or ca.config.get("issuing_key_type", "rsa-4096"),
+                                   for_ca=True)
+    root = ca.active_entry("root")
+    root_key, secret = _unlock(ca, root, passphrases)
+    new_key = spec.generate()
+    with locked(ca.path / ".lock"):
+        ca._begin_write(now)
+        if ca.state.rotation:
+            raise _refuse_issuing(ca)
+        root = ca.active_entry("root")
+        previous = ca.active_entry("issuing")
+        cert = profiles.build_certificate(
+            profile="issuing", subject_cn=_subject_cn(ca, "issuing"),
+            public_key=new_key.public_key(), issuer_cert=root.load_cert(), issuer_key=root_key,
+            serial=ca._new_serial(), now=now, days=days, opts=ca.options)
+        entry = _store_ca(ca, ISSUING_NAME, "issuing", cert, new_key, secret, root.sha256, now)
+        ca.state.active["issuing"] = entry.sha256
+        ca.crl_number += 1
+        ca._commit(now)
+        ca._write_crl(new_key, now, days=30, number=ca.crl_number)
+        ca._log("rotate-issuing", now, issuing=entry.sha256, previous=previous.sha256,
+                serial=f"{entry.serial:x}", key_type=spec.label)
+    return entry
+
+
+def _refuse_issuing(ca: CertificateAuthority) -> ConfigError:
+    st = status(ca)
+    return ConfigError(
+        f"a root rotation is in progress in {ca.path} (step {st.step!r}): the issuing CA is "
+        "rotated with it",
+        hint=f"finish the root rotation first; next: {st.next_step}")
+
+
+def retire_issuing(ca: CertificateAuthority, serial: int, *,
+                   now: dt.datetime | None = None) -> IssuedEntry:
+    """Retire a previous issuing CA: its chain leaves trust and exports; refused while a
+    current leaf still depends on it (renew those first)."""
+    now = now or utcnow()
+    with locked(ca.path / ".lock"):
+        ca._begin_write(now)
+        entry = ca.find_serial(serial)
+        if entry is None or entry.profile != "issuing":
+            raise ConfigError(f"no issuing CA with serial {serial:x} in {ca.path}",
+                              hint=f"see: trustboot ca list --all --pki {ca.path}")
+        if entry.sha256 == ca.active_entry("issuing").sha256:
+            raise ConfigError(f"issuing CA {serial:x} is the active one",
+                              hint="rotate it first: trustboot ca rotate issuing")
+        if entry.status == "retired":
+            return entry
+        names = {e.name for e in ca.entries if e.issuer_sha256 == entry.sha256}
+        users = sorted(n for n in names if (c := ca.current(n, now)) is not None
+                       and c.issuer_sha256 == entry.sha256)
+        if users:
+            raise ConfigError(
+                f"issuing CA {serial:x} still issued the current certificate of "
+                f"{', '.join(users)}",
+                hint="renew them under the active issuing CA first: "
+                + "; ".join(f"trustboot ca renew {n}" for n in users))
+        entry.status = "retired"
+        entry.retired_at = now.isoformat()
+        ca._commit(now)
+        ca._log("retire-issuing", now, issuing=entry.sha256, serial=f"{entry.serial:x}")
+    return entry
+
+
+# ---- root --------------------------------------------------------------------------------
+
+
+def begin_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
+               root_days: int | None = None, issuing_days: int | None = None,
+               key_type: str | None = None, issuing_key_type: str | None = None,
+               now: dt.datetime | None = None) -> StepResult:
+    """Step 1: create the next root and an issuing CA under it, beside the active ones."""
+    now = now or utcnow()
+    _check_file_keys(ca)
+    step = (ca.state.rotation or {}).get("step")
+    if step == "begun":
+        return _resume(ca, "begin", now)
+    if step is not None:
+        raise _refuse(ca, "begin")
+    root_days = root_days if root_days is not None else DEFAULT_DAYS["root"]
+    issuing_days = issuing_days if issuing_days is not None else DEFAULT_DAYS["issuing"]
+    _check_days(root_days, "root")
+    _check_days(issuing_days, "issuing")
+    if issuing_days >= root_days:
+        raise ConfigError(f"the issuing CA ({issuing_days} days) must expire before the root "
+                          f"({root_days} days)", hint="shorten --issuing-days")
+    root_spec = profiles.parse_key_type(key_type or ca.config.get("root_key_type", "rsa-4096"),
+                                        for_ca=True)
+    issuing_spec = profiles.parse_key_type(
+        issuing_key_type or key_type or ca.config.get("issuing_key_type", "rsa-4096"),
+        for_ca=True)
+    # The active root's key proves the operator holds this CA; the new keys get its
+    # passphrase.
+    _root_key, secret = _unlock(ca, ca.active_entry("root"), passphrases)
+    root_key, issuing_key = root_spec.generate(), issuing_spec.generate()
+    with locked(ca.path / ".lock"):
+        ca._begin_write(now)
+        step = (ca.state.rotation or {}).get("step")
+        if step == "begun":  # a concurrent run did it
+            return _resume(ca, "begin", now, locked_already=True)
+        if step is not None:
+            raise _refuse(ca, "begin")
+        old_root = ca.active_entry("root")
+        root_cert = profiles.build_certificate(
+            profile="root", subject_cn=_subject_cn(ca, "root"),
+            public_key=root_key.public_key(), issuer_cert=None, issuer_key=root_key,
+            serial=ca._new_serial(), now=now, days=root_days, opts=ca.options)
+        root = _store_ca(ca, ROOT_NAME, "root", root_cert, root_key, secret,
+                         fingerprint(root_cert), now)
+        issuing_cert = profiles.build_certificate(
+            profile="issuing", subject_cn=_subject_cn(ca, "issuing"),
+            public_key=issuing_key.public_key(), issuer_cert=root_cert, issuer_key=root_key,
+            serial=ca._new_serial(), now=now, days=issuing_days, opts=ca.options)
+        issuing = _store_ca(ca, ISSUING_NAME, "issuing", issuing_cert, issuing_key, secret,
+                            root.sha256, now)
+        ca.state.rotation = {"step": "begun", "old_root": old_root.sha256,
+                             "old_issuing": ca.active_entry("issuing").sha256,
+                             "new_root": root.sha256, "new_issuing": issuing.sha256,
+                             "begun_at": now.isoformat()}
+        ca._commit(now)
+        ca._log("rotate-root-begin", now, old_root=old_root.sha256, new_root=root.sha256,
+                new_issuing=issuing.sha256, key_type=root_spec.label)
+        return StepResult("begin", False, status(ca), created=[root, issuing])
+
+
+def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
+                 confirm_fleet: bool = False, manifests: list[Path] | None = None,
+                 now: dt.datetime | None = None) -> StepResult:
+    """Step 2: the next root becomes the active one; every current leaf is certified
+    again (same key) by the new issuing CA, so signing switches to the new chain.
+
+    Refused without evidence that the fleet's firmware trusts the next root: a build
+    manifest (``ipxe build``'s manifest.json, or a release manifest with its ``ipxe``
+    record) that lists its fingerprint, or ``confirm_fleet``.
+    """
+    now = now or utcnow()
+    _check_file_keys(ca)
+    step = (ca.state.rotation or {}).get("step")
+    if step == "promoted":
+        return _resume(ca, "promote", now, passphrases=passphrases)
+    if step != "begun":
+        raise _refuse(ca, "promote")
+    rotation = dict(ca.state.rotation or {})
+    evidence = [check_fleet_evidence(path, rotation["new_root"]) for path in manifests or []]
+    if not evidence and not confirm_fleet:
+        raise ConfigError(
+            "promoting the next root needs evidence that the fleet's firmware trusts it: "
+            "machines whose firmware only trusts the current root stop booting new "
+            "signatures",
+            hint="pass --build-manifest FILE (the manifest.json of the deployed firmware's "
+            "`trustboot ipxe build`, or its release.json) or, if you checked it another way, "
+            "--confirm-fleet")
+    if confirm_fleet and not evidence:
+        evidence = ["the operator confirmed that the fleet's firmware trusts the next root"]
+    new_issuing = ca.by_sha256(rotation["new_issuing"])
+    if new_issuing is None:
+        raise ConfigError(f"the CA in {ca.path} is damaged: the next issuing CA is missing",
+                          hint="run `trustboot ca check` and restore from backup")
+    issuing_key, _secret = _unlock(ca, new_issuing, passphrases)
+    with locked(ca.path / ".lock"):
+        ca._begin_write(now)
+        step = (ca.state.rotation or {}).get("step")
+        if step == "promoted":
+            return _resume(ca, "promote", now, locked_already=True)
+        if step != "begun":
+            raise _refuse(ca, "promote")
+        renewed = []
+        for name, entry in _current_leaves(ca, now):
+            if entry.issuer_sha256 == new_issuing.sha256:
+                continue
+            # Keep each certificate's end of life: a short-lived signer stays short-lived.
+            days = max(1, math.ceil((entry.not_after_dt() - now) / dt.timedelta(days=1)))
+            new, _cert = ca._add_leaf(
+                name, entry.profile, entry.load_cert().public_key(),  # type: ignore[arg-type]
+                issuing_key, now=now, days=days,
+                sans=[profiles.parse_san(s) for s in entry.sans], new_key_pem=None,
+                key_rel=entry.key_file, issuing=new_issuing)
+            renewed.append(new)
+        ca.state.active = {"root": rotation["new_root"], "issuing": new_issuing.sha256}
+        ca.state.rotation = rotation | {"step": "promoted", "promoted_at": now.isoformat(),
+                                        "evidence": evidence}
+        ca.crl_number += 1
+        ca._commit(now)
+        ca._write_crl(issuing_key, now, days=30, number=ca.crl_number)
+        ca._log("rotate-root-promote", now, new_root=rotation["new_root"],
+                evidence=evidence, renewed=[f"{e.name}:{e.serial:x}" for e in renewed])
+        return StepResult("promote", False, status(ca), renewed=renewed, evidence=evidence)
+
+
+def retire_root(ca: CertificateAuthority, *, now: dt.datetime | None = None) -> StepResult:
+    """Step 3: the previous root and its issuing CAs are retired (out of trust and
+    exports; kept in the pki as an archive). Leaves under them no longer sign."""
+    now = now or utcnow()
+    with locked(ca.path / ".lock"):
+        ca._begin_write(now)
+        rotation = ca.state.rotation
+        last = ca.state.last_rotation or {}
+        if not rotation and last.get("step") == "retired":
+            return _resume(ca, "retire", now, locked_already=True)
+        if not rotation or rotation.get("step") != "promoted":
+            raise _refuse(ca, "retire")
+        old = ca.by_sha256(rotation["old_root"])
+        retired = []
+        for e in ca.entries:
+            if e is old or (e.profile == "issuing" and old is not None
+                            and e.issuer_sha256 == old.sha256):
+                if e.status != "retired":
+                    e.status = "retired"
+                    e.retired_at = now.isoformat()
+                    retired.append(e)
+        ca.state.last_rotation = rotation | {"step": "retired", "retired_at": now.isoformat()}
+        ca.state.rotation = None
+        ca._commit(now)
+        ca._log("rotate-root-retire", now, old_root=rotation["old_root"],
+                retired=[e.sha256 for e in retired])
+        return StepResult("retire", False, status(ca), retired=retired)
+
+
+def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
+            locked_already: bool = False,
+            passphrases: PassphraseSource | None = None) -> StepResult:
+    """A step that already happened: finish what a killed run left (views; with
+    ``passphrases`` the CRL of the new issuing CA) and report it done."""
+    key = None
+    if passphrases is not None and not locked_already and ca._check_crl():
+        key = ca.load_issuing_key(constant(passphrases("the CA keys")))
+    if locked_already:
+        ca._refresh_views(now)
+    else:
+        with locked(ca.path / ".lock"):
+            ca._begin_write(now)
+            if key is not None and ca._check_crl():
+                ca.crl_number += 1
+                ca._commit(now)
+                ca._write_crl(key, now, days=30, number=ca.crl_number)
+    return StepResult(step, True, status(ca))
+
+
+def _current_leaves(ca: CertificateAuthority, now: dt.datetime,
+                    ) -> list[tuple[str, IssuedEntry]]:
+    names = dict.fromkeys(e.name for e in ca.entries if e.profile in profiles.LEAF_PROFILES)
+    found = []
+    for name in names:
+        entry = ca.current(name, now)
+        if entry is not None:
+            found.append((name, entry))
+    return found
+
+
+def check_fleet_evidence(path: Path, root_sha256: str) -> str:
+    """Check that the firmware described by ``path`` trusts the root ``root_sha256``.
+
+    ``path`` is the manifest.json that ``trustboot ipxe build`` writes beside its outputs
+    (``trust`` lists the TRUST= fingerprints, ``outputs[].trust_check`` what was found in
+    each binary), or a release manifest (release.json) carrying it under ``ipxe``.
+    Returns a one-line description; VerificationError when the root is not trusted.
+    """
+    data = read_capped(path, MAX_MANIFEST, "build manifest")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise ConfigError(f"build manifest {path} is not JSON",
+                          hint="pass the manifest.json of `trustboot ipxe build`") from None
+    build = doc.get("ipxe") if isinstance(doc, dict) and "trustboot_ipxe_build" not in doc \
+        else doc
+    if not isinstance(build, dict) or not isinstance(build.get("trust"), list):
+        raise ConfigError(
+            f"{path} is neither an iPXE build manifest nor a release manifest with one",
+            hint="pass the manifest.json of `trustboot ipxe build` (or the release.json of "
+            "a release that built its firmware)")
+    trusted = {str(t.get("sha256", "")).lower() for t in build["trust"] if isinstance(t, dict)}
+    if root_sha256 not in trusted:
+        raise VerificationError(
+            f"the firmware of {path} does not trust the next root (sha256 {root_sha256}): "
+            "it trusts " + (", ".join(sorted(trusted)) or "nothing"),
+            hint="build firmware that trusts both roots (`trustboot ipxe build --pki PKI` "
+            "during the rotation), deploy it, and pass its manifest",
+            rule="fleet-trust")
+    targets = []
+    for out in build.get("outputs") or []:
+        if not isinstance(out, dict):
+            continue
+        found = ((out.get("trust_check") or {}).get("trust") or {}).get(root_sha256)
+        if found is False:
+            raise VerificationError(
+                f"{out.get('target')} of {path} was built with the next root in TRUST= but "
+                "its fingerprint is not in the binary",
+                hint="rebuild the firmware and check the build log", rule="fleet-trust")
+        targets.append(str(out.get("target")))
+    return (f"{path}: firmware {', '.join(targets) or '(no outputs listed)'} trusts the next "
+            f"root {root_sha256[:16]}")
