@@ -276,3 +276,18 @@ def test_no_pk_auth_deletes_pk(exported: Path) -> None:
     assert struct.unpack_from("<HBBBBB", upd.timestamp) > \
         struct.unpack_from("<HBBBBB", enrolled.timestamp)
     _verify_auth(exported, "PK", "PK", file="noPK.auth", data=b"")
+
+
+def test_ca_secureboot_is_the_same_command(tmp_path: Path, pw: Path, run: Run) -> None:
+    """`trustboot ca secureboot ...` (the issue's spelling) makes the same key set."""
+    pki = tmp_path / "pki"
+    pki.mkdir(mode=0o755)
+    r = run("ca", "secureboot", "init", "--pki", str(pki), "--name", "Via CA",
+            "--passphrase-file", str(pw), "--json")
+    assert r.exit_code == 0, r.output
+    meta = json.loads((pki / "secureboot" / "secureboot.json").read_text())
+    assert "Via CA" in json.dumps(meta)
+    r = run("ca", "secureboot", "init", "--pki", str(pki), "--name", "Via CA",
+            "--passphrase-file", str(pw))
+    assert r.exit_code == 3, r.output  # a second key set is refused, as by `secureboot init`
+    assert "secureboot" in run("ca", "--help").output

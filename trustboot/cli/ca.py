@@ -48,7 +48,22 @@ pki_option = click.option(
 )
 
 
-@click.group("ca")
+class _CaGroup(click.Group):
+    """``ca secureboot`` is ``trustboot secureboot`` (its key set lives in the CA home),
+    imported only when asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "secureboot"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "secureboot":
+            from trustboot.cli.secureboot import command as secureboot
+
+            return secureboot
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group("ca", cls=_CaGroup)
 def command() -> None:
     """The private CA: root + issuing CA, code-signing, server and client certificates."""
 
