@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 from tests.keys.softhsm import PIN, Token, make_token, openssl_verify
-from tests.renew import renew_available
 from trustboot import secrets
 from trustboot.ca.store import CertificateAuthority
 from trustboot.keys.pkcs11 import public_key_of
@@ -148,19 +147,6 @@ def test_gitlab_ci_example(scratch: tuple[Path, Token, Path], tmp_path: Path) ->
 SKIPPED_RESIGN_STEPS = {"Install trustboot"}
 
 
-def _emulate_renew(script: str) -> str:
-    """Before `ca renew` exists (the lifecycle half of issue 12), the same effect with
-    today's commands: supersede the certificate, then issue the same name again."""
-    if renew_available():
-        return script
-    return re.sub(
-        r'trustboot ca renew (\S+) --days (\d+) --passphrase-env (\w+)',
-        r'trustboot ca revoke \1 --reason superseded --passphrase-env \3 && '
-        r'rm -f pki/private/\1.key && trustboot ca issue codesign \1 --days \2 '
-        r'--key-type ec-p256 --passphrase-env \3 --key-passphrase-env SIGNING_KEY_PASSPHRASE',
-        script)
-
-
 def test_scheduled_resign_example(tmp_path: Path) -> None:
     """docs/ci/resign-scheduled.yml: renew the signer, re-sign the live release on a
     file:// origin; the live entry then verifies under the new signer only."""
@@ -221,9 +207,7 @@ def test_scheduled_resign_example(tmp_path: Path) -> None:
         if "run" not in step or step.get("name") in SKIPPED_RESIGN_STEPS:
             continue
         step_env = {k: expand(str(v)) for k, v in step.get("env", {}).items()}
-        # the emulated renew makes a new key: it needs that key's passphrase too
-        emulation = {} if renew_available() else {"SIGNING_KEY_PASSPHRASE": KEY_PASS}
-        _run(_emulate_renew(expand(step["run"])), work, env | job_env | emulation | step_env)
+        _run(expand(step["run"]), work, env | job_env | step_env)
         ran += 1
     assert ran == 4
     assert not (pki / "private").exists()  # the cleanup step ran

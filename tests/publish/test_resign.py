@@ -20,7 +20,6 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.publish.conftest import Nginx, Pki, ReleaseFactory, anon_get, run_cli
-from tests.renew import renew_available
 from trustboot.cli.main import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -324,20 +323,6 @@ def test_systemd_units_run_against_nginx(pki: Pki, nginx: Nginx, make_release: R
         argv = shlex.split(expanded)
         assert argv[0] == "/usr/local/bin/trustboot"
         argv = [sys.executable, "-m", "trustboot", *argv[1:]]
-        if argv[3:5] == ["ca", "renew"]:
-            if not renew_available():
-                # before `ca renew` (the lifecycle half of issue 12): supersede + reissue
-                name, days = argv[5], argv[argv.index("--days") + 1]
-                passfile = argv[argv.index("--passphrase-file") + 1]
-                for cmd in (["ca", "revoke", name, "--reason", "superseded",
-                             "--passphrase-file", passfile],
-                            ["ca", "issue", "codesign", name, "--days", days, "--key-type",
-                             "rsa-2048", "--passphrase-file", passfile,
-                             "--key-passphrase-file", str(creddir / "signer-pass")]):
-                    done = subprocess.run([sys.executable, "-m", "trustboot", *cmd],
-                                          env=run_env, capture_output=True, timeout=120)
-                    assert done.returncode == 0, (cmd, done.stderr.decode())
-                continue
         done = subprocess.run(argv, env=run_env, capture_output=True, timeout=300,
                               cwd=tmp_path)
         assert done.returncode == 0, (argv, done.stdout.decode(), done.stderr.decode())

@@ -55,8 +55,7 @@ def test_expired_short_signer_refused_then_resigned_release_boots(
 
         # a fresh certificate with the same name, valid 30 days (tests/renew.py)
         pw = rel.dir / "pass.txt"
-        renew_signer("short-signer", days=30, pki=pki, ca_pass=pw, key_pass=pw,
-                     key_type="rsa-3072")
+        renew_signer("short-signer", days=30, pki=pki, ca_pass=pw)
         out = json.loads(_cli(
             "resign", f"file://{rel.origin}", "--key", "short-signer", "--pki", str(pki),
             "--passphrase-file", str(pw), "--signer", "short-signer",
