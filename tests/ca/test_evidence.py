@@ -257,3 +257,15 @@ def test_audit_report_of_a_segment_booting_old_firmware_is_refused(
                 str(tmp_path / "junk.json"))
     assert r.exit_code == 3 and "not a `trustboot audit --json` report" in r.output
     assert status(run, begun, secrets_dir)["step"] == "begun"
+
+
+def test_status_reads_evidence_recorded_by_older_versions(begun: Path) -> None:
+    """Before evidence records, index.json kept one line of text per evidence."""
+    from trustboot.ca import rotation
+    from trustboot.ca.store import CertificateAuthority
+
+    authority = CertificateAuthority.open(begun)
+    assert authority.state.rotation is not None
+    authority.state.rotation |= {"step": "promoted", "evidence": ["manifest.json: trusted"]}
+    assert rotation.status(authority).to_json()["evidence"] == [
+        {"kind": "legacy", "source": None, "description": "manifest.json: trusted"}]
