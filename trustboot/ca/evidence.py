@@ -260,6 +260,8 @@ def audit_evidence(path: Path, root_sha256: str,
                    firmware_evidence: Sequence[FleetEvidence]) -> FleetEvidence:
     """``--audit-report FILE``: every boot file offered on the audited segment is firmware of
     a build that trusts the next root (see the module docstring for what counts)."""
+    # only builds (from a file or an origin) say which binaries trust the root
+    firmware_evidence = [e for e in firmware_evidence if e.kind in ("build-manifest", "origin")]
     if not firmware_evidence:
         raise ConfigError(
             f"--audit-report {path} needs firmware evidence to compare against",

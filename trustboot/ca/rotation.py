@@ -349,7 +349,8 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
                               hint="gather it again for the root `ca status` names")
     found = [evidence_mod.build_manifest_evidence(p, new_root) for p in manifests]
     found += list(evidence)
-    found += [evidence_mod.audit_evidence(p, new_root, found) for p in audit_reports]
+    firmware = list(found)  # what the audits are compared against
+    found += [evidence_mod.audit_evidence(p, new_root, firmware) for p in audit_reports]
     if not found and not confirm_fleet:
         raise ConfigError(
             "promoting the next root needs evidence that the fleet's firmware trusts it: "
