@@ -31,15 +31,17 @@ CA keys held in a PKCS#11 token (``ca init --pkcs11``) cannot be rotated here ye
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
+from trustboot.ca import evidence as evidence_mod
 from trustboot.ca import profiles
+from trustboot.ca.evidence import FleetEvidence, evidence_json
 from trustboot.ca.profiles import PrivateKey
 from trustboot.ca.store import (
     DEFAULT_DAYS,
@@ -56,12 +58,11 @@ from trustboot.ca.store import (
     pem,
     utcnow,
 )
-from trustboot.errors import ConfigError, VerificationError
-from trustboot.fsutil import atomic_write, ensure_private_dir, locked, read_capped
+from trustboot.errors import ConfigError
+from trustboot.fsutil import atomic_write, ensure_private_dir, locked
 from trustboot.keys import keyfile
 from trustboot.secrets import PassphraseSource, constant
 
-MAX_MANIFEST = 4 << 20
 STEPS = ("stable", "begun", "promoted")
 
 
@@ -74,12 +75,14 @@ class RotationStatus:
     previous_root: str | None  # during "promoted"
     description: str
     next_step: str  # what to do next, with the command
+    # what the promote step accepted as proof (this rotation, or the last one when stable)
+    evidence: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"step": self.step, "active_root": self.active_root,
                 "active_issuing": self.active_issuing, "next_root": self.next_root,
                 "previous_root": self.previous_root, "description": self.description,
-                "next": self.next_step}
+                "next": self.next_step, "evidence": list(self.evidence)}
 
 
 @dataclass
@@ -90,7 +93,7 @@ class StepResult:
     created: list[IssuedEntry] = field(default_factory=list)
     renewed: list[IssuedEntry] = field(default_factory=list)
     retired: list[IssuedEntry] = field(default_factory=list)
-    evidence: list[str] = field(default_factory=list)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _pki(ca: CertificateAuthority) -> str:
@@ -104,10 +107,12 @@ def status(ca: CertificateAuthority) -> RotationStatus:
     issuing = ca.active_entry("issuing").sha256
     pki = _pki(ca)
     if not rotation:
+        last = ca.state.last_rotation or {}
         return RotationStatus(
             "stable", root, issuing, None, None,
             "no root rotation in progress: one root, trusted by firmware and signing",
-            f"nothing to do; to replace the root: trustboot ca rotate root begin --pki {pki}")
+            f"nothing to do; to replace the root: trustboot ca rotate root begin --pki {pki}",
+            tuple(evidence_json(e) for e in last.get("evidence") or []))
     if rotation.get("step") == "begun":
         return RotationStatus(
             "begun", root, issuing, rotation.get("new_root"), None,
@@ -117,13 +122,14 @@ def status(ca: CertificateAuthority) -> RotationStatus:
             f"{pki} ...` trusts both during a rotation; or `trustboot ca export --pki {pki} "
             "--out DIR` and `trustboot ipxe build --trust DIR/root.pem --trust "
             "DIR/root-next.pem ...`); once the fleet runs it: trustboot ca rotate root "
-            f"promote --pki {pki} --build-manifest FIRMWARE/manifest.json (or --confirm-fleet)")
+            f"promote --pki {pki} --build-manifest FIRMWARE/manifest.json or --from-origin "
+            "URL (with --audit-report FILE per segment; or --confirm-fleet)")
     return RotationStatus(
         "promoted", root, issuing, None, rotation.get("old_root"),
         "the new chain signs; firmware still trusts the previous root too",
         "re-sign and publish the live releases with the new chain, build firmware that "
         "trusts only the new root, then: trustboot ca rotate root retire "
-        f"--pki {pki}")
+        f"--pki {pki}", tuple(evidence_json(e) for e in rotation.get("evidence") or []))
 
 
 def _refuse(ca: CertificateAuthority, command: str) -> ConfigError:
@@ -315,14 +321,17 @@ def begin_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
 
 
 def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
-                 confirm_fleet: bool = False, manifests: list[Path] | None = None,
+                 confirm_fleet: bool = False, manifests: Sequence[Path] = (),
+                 evidence: Sequence[FleetEvidence] = (), audit_reports: Sequence[Path] = (),
                  now: dt.datetime | None = None) -> StepResult:
     """Step 2: the next root becomes the active one; every current leaf is certified
     again (same key) by the new issuing CA, so signing switches to the new chain.
 
-    Refused without evidence that the fleet's firmware trusts the next root: a build
-    manifest (``ipxe build``'s manifest.json, or a release manifest with its ``ipxe``
-    record) that lists its fingerprint, or ``confirm_fleet``.
+    Refused without evidence that the fleet's firmware trusts the next root
+    (:mod:`trustboot.ca.evidence`): build manifests (``manifests``, files), firmware
+    evidence gathered elsewhere (``evidence``, e.g. :func:`evidence.origin_evidence` for
+    the next root, see :func:`status`), audit reports of segments checked against those
+    builds (``audit_reports``), or ``confirm_fleet``.
     """
     now = now or utcnow()
     _check_file_keys(ca)
@@ -332,17 +341,28 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
     if step != "begun":
         raise _refuse(ca, "promote")
     rotation = dict(ca.state.rotation or {})
-    evidence = [check_fleet_evidence(path, rotation["new_root"]) for path in manifests or []]
-    if not evidence and not confirm_fleet:
+    new_root = rotation["new_root"]
+    for e in evidence:
+        if e.root_sha256 != new_root:
+            raise ConfigError(f"evidence from {e.source} is about root {e.root_sha256}, not "
+                              f"the next root {new_root}",
+                              hint="gather it again for the root `ca status` names")
+    found = [evidence_mod.build_manifest_evidence(p, new_root) for p in manifests]
+    found += list(evidence)
+    firmware = list(found)  # what the audits are compared against
+    found += [evidence_mod.audit_evidence(p, new_root, firmware) for p in audit_reports]
+    if not found and not confirm_fleet:
         raise ConfigError(
             "promoting the next root needs evidence that the fleet's firmware trusts it: "
             "machines whose firmware only trusts the current root stop booting new "
             "signatures",
             hint="pass --build-manifest FILE (the manifest.json of the deployed firmware's "
-            "`trustboot ipxe build`, or its release.json) or, if you checked it another way, "
-            "--confirm-fleet")
-    if confirm_fleet and not evidence:
-        evidence = ["the operator confirmed that the fleet's firmware trusts the next root"]
+            "`trustboot ipxe build`, or its release.json) or --from-origin URL (the live "
+            "release's build record), with --audit-report FILE for each segment; or, if you "
+            "checked it another way, --confirm-fleet")
+    if confirm_fleet and not found:
+        found = [evidence_mod.operator_evidence(new_root)]
+    records = [e.to_json() for e in found]
     new_issuing = ca.by_sha256(rotation["new_issuing"])
     if new_issuing is None:
         raise ConfigError(f"the CA in {ca.path} is damaged: the next issuing CA is missing",
@@ -369,13 +389,22 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
             renewed.append(new)
         ca.state.active = {"root": rotation["new_root"], "issuing": new_issuing.sha256}
         ca.state.rotation = rotation | {"step": "promoted", "promoted_at": now.isoformat(),
-                                        "evidence": evidence}
+                                        "evidence": records}
         ca.crl_number += 1
         ca._commit(now)
         ca._write_crl(issuing_key, now, days=30, number=ca.crl_number)
         ca._log("rotate-root-promote", now, new_root=rotation["new_root"],
-                evidence=evidence, renewed=[f"{e.name}:{e.serial:x}" for e in renewed])
-        return StepResult("promote", False, status(ca), renewed=renewed, evidence=evidence)
+                evidence=[_log_record(e) for e in records],
+                renewed=[f"{e.name}:{e.serial:x}" for e in renewed])
+        return StepResult("promote", False, status(ca), renewed=renewed, evidence=records)
+
+
+def _log_record(record: dict[str, Any]) -> dict[str, Any]:
+    """What the op log keeps of one evidence: kind, source, fingerprints."""
+    return {"kind": record["kind"], "source": record["source"],
+            "release": record.get("release"), "segment": record.get("segment"),
+            "trust": record.get("trust", []),
+            "firmware_sha256": sorted({f["sha256"] for f in record.get("firmware", [])})}
 
 
 def retire_root(ca: CertificateAuthority, *, now: dt.datetime | None = None) -> StepResult:
@@ -439,44 +468,7 @@ def _current_leaves(ca: CertificateAuthority, now: dt.datetime,
 
 
 def check_fleet_evidence(path: Path, root_sha256: str) -> str:
-    """Check that the firmware described by ``path`` trusts the root ``root_sha256``.
-
-    ``path`` is the manifest.json that ``trustboot ipxe build`` writes beside its outputs
-    (``trust`` lists the TRUST= fingerprints, ``outputs[].trust_check`` what was found in
-    each binary), or a release manifest (release.json) carrying it under ``ipxe``.
-    Returns a one-line description; VerificationError when the root is not trusted.
-    """
-    data = read_capped(path, MAX_MANIFEST, "build manifest")
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        raise ConfigError(f"build manifest {path} is not JSON",
-                          hint="pass the manifest.json of `trustboot ipxe build`") from None
-    build = doc.get("ipxe") if isinstance(doc, dict) and "trustboot_ipxe_build" not in doc \
-        else doc
-    if not isinstance(build, dict) or not isinstance(build.get("trust"), list):
-        raise ConfigError(
-            f"{path} is neither an iPXE build manifest nor a release manifest with one",
-            hint="pass the manifest.json of `trustboot ipxe build` (or the release.json of "
-            "a release that built its firmware)")
-    trusted = {str(t.get("sha256", "")).lower() for t in build["trust"] if isinstance(t, dict)}
-    if root_sha256 not in trusted:
-        raise VerificationError(
-            f"the firmware of {path} does not trust the next root (sha256 {root_sha256}): "
-            "it trusts " + (", ".join(sorted(trusted)) or "nothing"),
-            hint="build firmware that trusts both roots (`trustboot ipxe build --pki PKI` "
-            "during the rotation), deploy it, and pass its manifest",
-            rule="fleet-trust")
-    targets = []
-    for out in build.get("outputs") or []:
-        if not isinstance(out, dict):
-            continue
-        found = ((out.get("trust_check") or {}).get("trust") or {}).get(root_sha256)
-        if found is False:
-            raise VerificationError(
-                f"{out.get('target')} of {path} was built with the next root in TRUST= but "
-                "its fingerprint is not in the binary",
-                hint="rebuild the firmware and check the build log", rule="fleet-trust")
-        targets.append(str(out.get("target")))
-    return (f"{path}: firmware {', '.join(targets) or '(no outputs listed)'} trusts the next "
-            f"root {root_sha256[:16]}")
+    """Check that the firmware described by ``path`` (``ipxe build``'s manifest.json, or a
+    release.json carrying it under ``ipxe``) trusts the root ``root_sha256``; a one-line
+    description, VerificationError when it does not (see :mod:`trustboot.ca.evidence`)."""
+    return evidence_mod.build_manifest_evidence(path, root_sha256).description

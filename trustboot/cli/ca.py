@@ -30,6 +30,7 @@ from trustboot.cli._common import (
     pkcs11_generation_options,
     warn,
 )
+from trustboot.cli.publish import origin_access_options
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import (
     PUBLIC_FILE_MODE,
@@ -498,6 +499,8 @@ def status_cmd(pki: Path, as_json: bool) -> None:
         click.echo(f"  next root       sha256 {st.next_root}")
     if st.previous_root:
         click.echo(f"  previous root   sha256 {st.previous_root}")
+    for record in st.evidence:
+        click.echo(f"  evidence ({record.get('kind')}): {record.get('description')}")
     click.echo(f"next: {st.next_step}")
 
 
@@ -555,8 +558,8 @@ def _emit_step(result: rotation.StepResult, as_json: bool) -> None:
         click.echo(f"`{result.step}` had already completed; its remaining work is done")
     for e in result.created:
         click.echo(f"created {e.profile} CA {e.subject} sha256 {e.sha256}")
-    for line in result.evidence:
-        click.echo(f"evidence: {line}")
+    for record in result.evidence:
+        click.echo(f"evidence ({record['kind']}): {record['description']}")
     for e in result.renewed:
         click.echo(f"renewed {e.name} under the new chain: serial {e.serial:x}")
     for e in result.retired:
@@ -584,24 +587,76 @@ def rotate_root_begin(pki: Path, key_type: str | None, issuing_key_type: str | N
     _emit_step(result, as_json)
 
 
-@rotate_root_group.command("promote")
+PROMOTE_HELP = """Step 2: the next root becomes active; current leaves are re-certified under it.
+
+\b
+Evidence that the fleet's firmware trusts the next root (at least one; recorded in
+index.json, the op log and `ca status --json`):
+  --build-manifest FILE  `ipxe build`'s manifest.json (or a release.json carrying it): its
+                         trust must list the next root, its trust check must find it.
+  --from-origin URL      the release LIVE on a publish origin: its release.json and
+                         release.json.sig are read as served (TLS: the pki's ca.crt or
+                         --ca-file, never the system store), the signature judged with the
+                         CA's roots, and its iPXE build record checked by the same rule.
+  --audit-report FILE    a `trustboot audit --json` report of one segment, next to the
+                         firmware evidence above: every boot file the audit was offered
+                         and fetched (TFTP files named by DHCP/ProxyDHCP offers, HTTP(S)
+                         boot URLs of DHCPv4 option 67 / DHCPv6 option 59) must be, by
+                         sha256, an output of a build that trusts the next root. Scripts
+                         (e.g. the iPXE script offered to iPXE) and well-known names the
+                         audit guessed do not count; a boot file not fetched in full, an
+                         audit that stopped at a bound or did not follow, or one with no
+                         boot file refuses the promotion.
+  --confirm-fleet        you checked it another way.
+
+\b
+Exit codes: 0 promoted, 1 origin/network failure, 3 bad input or out of order,
+4 the evidence does not show the fleet trusts the next root.
+"""
+
+
+@rotate_root_group.command("promote", help=PROMOTE_HELP)
 @pki_option
 @click.option("--build-manifest", "manifests", multiple=True,
               type=click.Path(path_type=Path, dir_okay=False),
               help="Evidence: manifest.json of the deployed firmware's `ipxe build` (or its "
               "release.json); must list the next root in its trust. Repeatable.")
+@click.option("--from-origin", "origins", multiple=True, metavar="URL",
+              help="Evidence: the iPXE build record of the release live on this publish "
+              "origin (signed release.json). Repeatable.")
+@click.option("--entry-path", default="boot.ipxe", show_default=True,
+              help="With --from-origin: the firmware's entry object on the origin.")
+@click.option("--audit-report", "audit_reports", multiple=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Evidence per segment: `trustboot audit --json` report whose offered boot "
+              "files must all be firmware of the builds above. Repeatable.")
 @click.option("--confirm-fleet", is_flag=True,
               help="Evidence: you checked that the whole fleet runs firmware trusting the "
               "next root.")
+@origin_access_options
 @passphrase_options(what="the CA keys")
 @json_option
-def rotate_root_promote(pki: Path, manifests: tuple[Path, ...], confirm_fleet: bool,
+def rotate_root_promote(pki: Path, manifests: tuple[Path, ...], origins: tuple[str, ...],
+                        entry_path: str, audit_reports: tuple[Path, ...], confirm_fleet: bool,
                         passphrase_file: Path | None, passphrase_env: str | None,
-                        as_json: bool) -> None:
-    """Step 2: the next root becomes active; current leaves are re-certified under it."""
+                        as_json: bool, **kw: Any) -> None:
     ca = CertificateAuthority.open(pki)
+    found = []
+    st = rotation.status(ca)
+    if origins and st.step == "begun" and st.next_root:
+        from trustboot.ca.evidence import origin_evidence
+        from trustboot.cli.publish import build_trust, open_cli_origin
+
+        trust = build_trust({"trust": (), "pki": pki, "certs": ()})
+        now = utcnow()
+        for url in origins:
+            origin, options = open_cli_origin(url, kw | {"pki": pki})
+            with origin:
+                found.append(origin_evidence(origin, st.next_root, trust=trust, now=now,
+                                             options=options, entry_path=entry_path))
     result = rotation.promote_root(ca, passphrase_source(passphrase_file, passphrase_env),
-                                   confirm_fleet=confirm_fleet, manifests=list(manifests))
+                                   confirm_fleet=confirm_fleet, manifests=list(manifests),
+                                   evidence=found, audit_reports=list(audit_reports))
     _emit_step(result, as_json)
 
 

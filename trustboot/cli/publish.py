@@ -49,10 +49,17 @@ something iPXE would refuse (nothing was switched).
 
 def origin_options(func: F) -> F:
     """Options every command that talks to an origin takes."""
+    func = origin_access_options(func)
+    return click.option("--pki", type=click.Path(path_type=Path, file_okay=False),
+                        envvar="TRUSTBOOT_PKI", default=Path("pki"), show_default=True,
+                        help="CA home: its ca.crt is the default TLS trust and iPXE root.",
+                        )(func)
+
+
+def origin_access_options(func: F) -> F:
+    """The origin options without --pki, for commands that have their own (the pki's
+    ca.crt stays the default TLS trust: see build_options)."""
     opts = [
-        click.option("--pki", type=click.Path(path_type=Path, file_okay=False),
-                     envvar="TRUSTBOOT_PKI", default=Path("pki"), show_default=True,
-                     help="CA home: its ca.crt is the default TLS trust and iPXE root."),
         click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False),
                      help="CA certificate(s) trusted for the origin's TLS (default: the "
                           "pki's ca.crt; never the system store)."),

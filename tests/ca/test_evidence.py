@@ -1,0 +1,271 @@
+"""Evidence for `ca rotate root promote`: the live release on an origin (file://, signed
+release.json with an iPXE build record) and audit reports of segments."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.audit.test_checks import offer
+from trustboot.audit.loaders import identify
+from trustboot.audit.model import BootTarget, Fetched, HttpCheck, Observation
+from trustboot.audit.policy import policy_from_dict
+from trustboot.audit.report import to_json
+from trustboot.audit.runner import AuditResult
+from trustboot.audit.tftp import FetchResult
+from trustboot.cli.publish import build_trust
+from trustboot.ipxe.build import BUILD_FORMAT
+from trustboot.ipxe.inputs import collect_trust
+from trustboot.publish.manifest import MANIFEST_NAME
+from trustboot.publish.pipeline import build_manifest, scan_directory
+
+from .conftest import Run, make_ec_ca
+from .test_rotation import ca, js
+
+FIRMWARE = b"\0" * 16 + b"PXE->EB:" + b"\0" * 16 + b"firmware trusting both roots"
+OLD_FIRMWARE = b"\0" * 16 + b"PXE->EB:" + b"\0" * 16 + b"firmware trusting the old root"
+SCRIPT = b"#!ipxe\nchain --autofree boot.ipxe\n"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def ec_ca(tmp_path_factory: pytest.TempPathFactory, secrets_dir: Path) -> Path:
+    return make_ec_ca(tmp_path_factory.mktemp("evidence") / "pki", secrets_dir,
+                      [["codesign", "signer"]])
+
+
+@pytest.fixture
+def begun(ec_ca: Path, tmp_path: Path, run: Run, secrets_dir: Path) -> Path:
+    """A CA in the "begun" step of a root rotation."""
+    dest = tmp_path / "pki"
+    shutil.copytree(ec_ca, dest)
+    r = ca(run, dest, secrets_dir, "rotate", "root", "begin")
+    assert r.exit_code == 0, r.output
+    return dest
+
+
+def build_record(pki: Path, *, next_root: bool = True) -> dict[str, Any]:
+    """A build manifest shaped as `trustboot ipxe build` writes it, for FIRMWARE built
+    from the pki as it is now (or, ``next_root=False``, trusting only the active root)."""
+    trust = collect_trust(pki, [], []).trust
+    if not next_root:
+        trust = trust[:1]
+    return {"trustboot_ipxe_build": BUILD_FORMAT, "targets": ["bin/undionly.kpxe"],
+            "trust": [c.to_json() for c in trust],
+            "outputs": [{"target": "bin/undionly.kpxe", "sha256": sha(FIRMWARE),
+                         "size": len(FIRMWARE),
+                         "trust_check": {"trust": {c.fingerprint: True for c in trust}}}]}
+
+
+def publish(run: Run, pki: Path, secrets: Path, tmp_path: Path, origin: Path, *,
+            ipxe: dict[str, Any] | None, release: str = "r1", sign_manifest: bool = True,
+            ) -> None:
+    """Publish a release (entry script + firmware) whose signed release.json carries
+    ``ipxe``, as `trustboot release` does, on a file:// origin."""
+    out = tmp_path / f"rel-{release}"
+    out.mkdir()
+    (out / "boot.ipxe").write_bytes(SCRIPT)
+    (out / "undionly.kpxe").write_bytes(FIRMWARE)
+
+    def sign(*names: str) -> None:
+        r = run("sign", *(str(out / n) for n in names), "--key", "signer", "--pki", str(pki),
+                "--passphrase-file", str(secrets / "key.pass"), "--out", str(out))
+        assert r.exit_code == 0, r.output
+
+    sign("boot.ipxe", "undionly.kpxe")
+    if sign_manifest:
+        trust = build_trust({"trust": (), "pki": pki, "certs": ()})
+        manifest = build_manifest(release, scan_directory(out), entry="boot.ipxe",
+                                  now=dt.datetime.now(dt.UTC), origin=None, trust=trust,
+                                  ipxe=ipxe)
+        (out / MANIFEST_NAME).write_bytes(manifest.to_bytes())
+        sign(MANIFEST_NAME)
+    r = run("publish", str(out), f"file://{origin}", "--release-id", release, "--entry",
+            "boot.ipxe", "--pki", str(pki))
+    assert r.exit_code == 0, r.output
+
+
+def promote(run: Run, pki: Path, secrets: Path, *args: str) -> Any:
+    return ca(run, pki, secrets, "rotate", "root", "promote", *args, "--json")
+
+
+def status(run: Run, pki: Path, secrets: Path) -> dict[str, Any]:
+    return js(ca(run, pki, secrets, "status", "--json", secret=False))  # type: ignore[no-any-return]
+
+
+# --- origin ------------------------------------------------------------------------------
+
+
+def test_origin_evidence_promotes_and_is_recorded(begun: Path, run: Run, secrets_dir: Path,
+                                                  tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    publish(run, begun, secrets_dir, tmp_path, origin, ipxe=build_record(begun))
+    next_root = status(run, begun, secrets_dir)["next_root"]
+    r = promote(run, begun, secrets_dir, "--from-origin", f"file://{origin}")
+    assert r.exit_code == 0, r.output
+    result = js(r)
+    assert result["status"]["step"] == "promoted"
+    [ev] = result["evidence"]
+    assert ev["kind"] == "origin" and ev["release"] == "r1"
+    assert ev["source"].startswith("file://") and ev["root_sha256"] == next_root
+    assert next_root in ev["trust"]
+    assert ev["firmware"] == [{"target": "bin/undionly.kpxe", "sha256": sha(FIRMWARE)}]
+    st = status(run, begun, secrets_dir)
+    assert st["step"] == "promoted" and st["evidence"] == [ev]
+    last = json.loads((begun / "log.jsonl").read_text().splitlines()[-1])
+    assert last["op"] == "rotate-root-promote"
+    assert last["evidence"] == [{"kind": "origin", "source": ev["source"], "release": "r1",
+                                 "segment": None, "trust": ev["trust"],
+                                 "firmware_sha256": [sha(FIRMWARE)]}]
+    # the record survives the retire step (ca status shows the last rotation's evidence)
+    r = ca(run, begun, secrets_dir, "rotate", "root", "retire", secret=False)
+    assert r.exit_code == 0, r.output
+    assert status(run, begun, secrets_dir)["evidence"] == [ev]
+
+
+def test_origin_whose_firmware_lacks_the_next_root_is_refused(
+        begun: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    publish(run, begun, secrets_dir, tmp_path, origin,
+            ipxe=build_record(begun, next_root=False))
+    r = promote(run, begun, secrets_dir, "--from-origin", f"file://{origin}")
+    assert r.exit_code == 4, r.output
+    assert "does not trust the next root" in r.output and "(release r1)" not in r.output
+    assert status(run, begun, secrets_dir)["step"] == "begun"
+
+
+def test_tampered_release_manifest_is_refused(begun: Path, run: Run, secrets_dir: Path,
+                                              tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    # firmware that does NOT trust the next root, and an origin where someone edits the
+    # record to claim it does: the signature must catch it
+    publish(run, begun, secrets_dir, tmp_path, origin,
+            ipxe=build_record(begun, next_root=False))
+    served = origin / "releases" / "r1" / MANIFEST_NAME
+    doc = json.loads(served.read_text())
+    doc["ipxe"] = build_record(begun)
+    served.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    r = promote(run, begun, secrets_dir, "--from-origin", f"file://{origin}")
+    assert r.exit_code == 4, r.output
+    assert "signature does not verify" in r.output and "manifest-signature" in r.output
+    assert status(run, begun, secrets_dir)["step"] == "begun"
+
+
+def test_release_without_build_record_or_signature_is_not_evidence(
+        begun: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    publish(run, begun, secrets_dir, tmp_path, origin, ipxe=None)
+    r = promote(run, begun, secrets_dir, "--from-origin", f"file://{origin}")
+    assert r.exit_code == 3, r.output
+    assert "no iPXE build record" in r.output and "--build-manifest" in r.output
+    unsigned = tmp_path / "unsigned"
+    publish(run, begun, secrets_dir, tmp_path, unsigned, ipxe=None, release="r2",
+            sign_manifest=False)
+    r = promote(run, begun, secrets_dir, "--from-origin", f"file://{unsigned}")
+    assert r.exit_code == 4 and "has no signature" in r.output, r.output
+    r = promote(run, begun, secrets_dir, "--from-origin", f"file://{tmp_path / 'empty'}")
+    assert r.exit_code == 3 and "serves no release" in r.output, r.output
+    assert status(run, begun, secrets_dir)["step"] == "begun"
+
+
+# --- audit reports -----------------------------------------------------------------------
+
+
+def audit_report(path: Path, firmware: bytes, *, truncated: bool = False) -> Path:
+    """A `trustboot audit --json` report made by the audit's own report code: a DHCP
+    server offers undionly.kpxe (TFTP) to the PXE probe and an iPXE script URL to the iPXE
+    probe; the audit also guessed pxelinux.0 by name."""
+    obs = Observation(interface="seg-lab1", mode="active", window=1.0)
+    obs.offers = [offer(file="undionly.kpxe"),
+                  offer(file="http://192.0.2.1/boot.ipxe", ipxe=True)]
+    boot = FetchResult("192.0.2.1", "undionly.kpxe", ok=not truncated, size=len(firmware),
+                       sha256=None if truncated else sha(firmware), truncated=truncated,
+                       error="deadline" if truncated else None)
+    guessed = FetchResult("192.0.2.1", "pxelinux.0", ok=True, size=5, sha256=sha(b"other"))
+    obs.fetched = [
+        Fetched(BootTarget("tftp", "192.0.2.1", "undionly.kpxe",
+                           "tftp://192.0.2.1/undionly.kpxe"), boot, identify(firmware)),
+        Fetched(BootTarget("tftp", "192.0.2.1", "pxelinux.0", "tftp://192.0.2.1/pxelinux.0"),
+                guessed, identify(b"PXELINUX"), well_known=True)]
+    obs.http = [HttpCheck("http://192.0.2.1/boot.ipxe", ok=True, status=200,
+                          size=len(SCRIPT), sha256=sha(SCRIPT), loader=identify(SCRIPT))]
+    now = dt.datetime.now(dt.UTC)
+    pol = policy_from_dict({})
+    path.write_text(json.dumps(to_json(AuditResult(obs, [], pol, now, now), None)))
+    return path
+
+
+def test_audit_report_matching_trusted_firmware_is_evidence(
+        begun: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(build_record(begun)))
+    report = audit_report(tmp_path / "seg1.json", FIRMWARE)
+    r = promote(run, begun, secrets_dir, "--audit-report", str(report))
+    assert r.exit_code == 3 and "--from-origin" in r.output, r.output  # needs firmware
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest), "--audit-report",
+                str(report))
+    assert r.exit_code == 0, r.output
+    kinds = [(e["kind"], e["source"]) for e in js(r)["evidence"]]
+    assert kinds == [("build-manifest", str(manifest)), ("audit", str(report))]
+    audit = js(r)["evidence"][1]
+    assert audit["segment"] == "seg-lab1"
+    # the firmware counts; the script offered to iPXE and the guessed pxelinux.0 do not
+    assert audit["firmware"] == [{"target": "tftp://192.0.2.1/undionly.kpxe",
+                                  "sha256": sha(FIRMWARE)}]
+    assert status(run, begun, secrets_dir)["evidence"][1]["kind"] == "audit"
+
+
+def test_audit_report_of_a_segment_booting_old_firmware_is_refused(
+        begun: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(build_record(begun)))
+    good = audit_report(tmp_path / "good.json", FIRMWARE)
+    old = audit_report(tmp_path / "old.json", OLD_FIRMWARE)
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest), "--audit-report",
+                str(good), "--audit-report", str(old))
+    assert r.exit_code == 4, r.output
+    assert "segment seg-lab1" in r.output and "tftp://192.0.2.1/undionly.kpxe" in r.output
+    assert "offer from 192.0.2.1" in r.output and sha(OLD_FIRMWARE) in r.output
+    cut = audit_report(tmp_path / "cut.json", FIRMWARE, truncated=True)
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest), "--audit-report",
+                str(cut))
+    assert r.exit_code == 4 and "not fetched in full" in r.output, r.output
+    doc = json.loads(good.read_text())
+    doc["summary"]["complete"] = False
+    doc["summary"]["limits"] = {"follow-targets": 3}
+    (tmp_path / "bounded.json").write_text(json.dumps(doc))
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest), "--audit-report",
+                str(tmp_path / "bounded.json"))
+    assert r.exit_code == 4 and "follow-targets" in r.output, r.output
+    doc = json.loads(good.read_text())
+    doc["observation"]["fetched"] = []
+    (tmp_path / "empty.json").write_text(json.dumps(doc))
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest), "--audit-report",
+                str(tmp_path / "empty.json"))
+    assert r.exit_code == 4 and "fetched no boot firmware" in r.output, r.output
+    (tmp_path / "junk.json").write_text('{"tool": "other"}')
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest), "--audit-report",
+                str(tmp_path / "junk.json"))
+    assert r.exit_code == 3 and "not a `trustboot audit --json` report" in r.output
+    assert status(run, begun, secrets_dir)["step"] == "begun"
+
+
+def test_status_reads_evidence_recorded_by_older_versions(begun: Path) -> None:
+    """Before evidence records, index.json kept one line of text per evidence."""
+    from trustboot.ca import rotation
+    from trustboot.ca.store import CertificateAuthority
+
+    authority = CertificateAuthority.open(begun)
+    assert authority.state.rotation is not None
+    authority.state.rotation |= {"step": "promoted", "evidence": ["manifest.json: trusted"]}
+    assert rotation.status(authority).to_json()["evidence"] == [
+        {"kind": "legacy", "source": None, "description": "manifest.json: trusted"}]
