@@ -140,8 +140,12 @@ def run(args: argparse.Namespace, base: Path, pki: object, nginx: object) -> int
 
     # The machine may be shared: alternate the two uploads and keep each one's best run.
     curl_runs, upload_runs, upload_cpu = [], [], []
+    # Each timed upload starts with no dirty data from the previous one (nginx has just
+    # written 1 GiB: its writeback would slow whichever upload came second).
     for trial in range(args.trials):
+        os.sync()
         curl_runs.append(curl(f"curl-{trial}.bin"))
+        os.sync()
         run_out = publish(f"bench{trial}")
         upload_runs.append(run_out["marks"]["readback"] - run_out["marks"]["upload"])
         upload_cpu.append(run_out["cpu"]["readback"] - run_out["cpu"]["upload"])
