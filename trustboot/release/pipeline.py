@@ -148,7 +148,8 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     st = _Stages(None, progress)
     st.upload_progress = upload_progress
     v = validate(recipe, options, now=now, dry_run=dry_run)
-    st.done("validate", "done", f"recipe {recipe.source}: {len(recipe.entries)} entries, "
+    entries = _count(len(recipe.entries), "entry", "entries")
+    st.done("validate", "done", f"recipe {recipe.source}: {entries}, "
             f"{len(v.inputs)} files, signer {v.signer_name}")
     cache = PublishCache(options.publish_cache) if options.publish_cache else None
     p = plan(v, now=now, cache=cache)
@@ -225,7 +226,7 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
                          on_failure=v.on_failure)
     script_path = stage / ENTRY_SCRIPT
     fsutil.atomic_write(script_path, script.encode())
-    st.done("render", "done", f"{ENTRY_SCRIPT}: {len(entries)} entries, "
+    st.done("render", "done", f"{ENTRY_SCRIPT}: {_count(len(entries), 'entry', 'entries')}, "
             f"{len(script.splitlines())} lines")
 
     # sign: every object is linked into the stage under its key, so each .sig lands
@@ -409,3 +410,7 @@ __all__ = [
     "firmware_key",
     "run_release",
 ]
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
