@@ -65,6 +65,12 @@ def test_killed_between_the_two_moves_then_repaired(pki: Pki, nginx: Nginx,
     assert check.exit_code == 4, check.output
     assert "publish repair" in check.output
 
+    listed = CliRunner().invoke(cli, ["publish", "list", nginx.url, *origin_args(pki)])
+    assert listed.exit_code == 0, listed.output
+    assert "interrupted entry switch" in listed.stderr
+    assert f"trustboot publish repair {nginx.url}" in listed.stderr
+    assert json.loads(listed.stdout)  # --json stays parseable
+
     pruned = CliRunner().invoke(cli, ["publish", "prune", nginx.url, "--keep", "1",
                                       *origin_args(pki)])
     assert pruned.exit_code == 1 and "interrupted entry switch" in pruned.output
@@ -77,6 +83,8 @@ def test_killed_between_the_two_moves_then_repaired(pki: Pki, nginx: Nginx,
     assert not (nginx.root / SWITCH_JOURNAL).exists()
     again = CliRunner().invoke(cli, ["publish", "repair", nginx.url, *origin_args(pki)])
     assert json.loads(again.output)["action"] == "none"
+    listed = CliRunner().invoke(cli, ["publish", "list", nginx.url, *origin_args(pki)])
+    assert listed.exit_code == 0 and "interrupted" not in listed.stderr, listed.output
 
 
 @pytest.mark.slow

@@ -322,11 +322,15 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
 @json_option
 def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None:
     """Releases on ORIGIN with date, signer, expiry, and which one is live."""
-    from trustboot.publish.pipeline import list_releases
+    from trustboot.publish.pipeline import list_releases, pending_switch
 
     origin, _ = open_cli_origin(origin_url, kw)
     with origin:
         infos = list_releases(origin, entry_path=entry_path)
+        pending = pending_switch(origin)
+    if pending:  # on stderr: --json output stays the list it always was
+        warn(f"{origin.url} has an interrupted entry switch: the live release above may not "
+             f"be what boots; finish it with `trustboot publish repair {origin.url}`")
     if as_json:
         emit_json([i.to_json() for i in infos])
         return

@@ -853,6 +853,12 @@ def _manifests(origin: Origin) -> tuple[list[ReleaseManifest], dict[str, str]]:
     return out, problems
 
 
+def pending_switch(origin: Origin) -> bool:
+    """Whether an entry switch was recorded and never finished (a run killed between the
+    two replacements): until repaired, the entry pair may not verify."""
+    return origin.stat(SWITCH_JOURNAL) is not None
+
+
 def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe") -> list[ReleaseInfo]:
     """Releases with date, signer, expiry, completeness and which one is live."""
     manifests, problems = _manifests(origin)
@@ -919,7 +925,7 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
     check_key(entry_path)
     deleted = []
     with origin.lock(owner or _owner()):
-        if origin.stat(SWITCH_JOURNAL) is not None:
+        if pending_switch(origin):
             # the live release is ambiguous until the switch is finished
             raise OperationalError(
                 f"{origin.url} has an interrupted entry switch recorded; nothing pruned",
