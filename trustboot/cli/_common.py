@@ -111,30 +111,29 @@ def pin_options(func: F) -> F:
 
 def pin_source(pin_file: Path | None, pin_env: str | None) -> secrets.PassphraseSource:
     """The token PIN from --pin-file, --pin-env, or a hidden prompt on a terminal."""
-    if pin_file is not None and pin_env is not None:
-        raise ConfigError("give only one of --pin-file and --pin-env")
-    if pin_file is not None:
-        return secrets.from_file(pin_file)
-    if pin_env is not None:
-        return secrets.from_env(pin_env)
-
-    def prompt(what: str) -> bytes:
-        if not sys.stdin.isatty():
-            raise ConfigError(
-                f"{what} is needed and there is no terminal to ask on",
-                hint="use --pin-file FILE, --pin-env NAME, or pin-source= in the URI")
-        value: str = click.prompt(f"{what[:1].upper()}{what[1:]}", hide_input=True, err=True)
-        if not value:
-            raise ConfigError("empty PIN")
-        return value.encode()
-
-    return prompt
+    return _secret_source(
+        pin_file, env=pin_env, option="--pin", kind="PIN", confirm=False,
+        label=lambda what: f"{what[:1].upper()}{what[1:]}",
+        needed=lambda what: f"{what} is needed",
+        hint="use --pin-file FILE, --pin-env NAME, or pin-source= in the URI")
 
 
 def passphrase_source(
     file: Path | None, env: str | None, *, confirm: bool = False, option: str = "--passphrase"
 ) -> secrets.PassphraseSource:
     """Build the callback from options, or a hidden prompt when on a terminal."""
+    return _secret_source(
+        file, env=env, option=option, kind="passphrase", confirm=confirm,
+        label=lambda what: f"Passphrase for {what}",
+        needed=lambda what: f"a passphrase for {what} is needed",
+        hint=f"use {option}-file FILE or {option}-env NAME")
+
+
+def _secret_source(file: Path | None, *, env: str | None, option: str, kind: str,
+                   confirm: bool, label: Callable[[str], str], needed: Callable[[str], str],
+                   hint: str) -> secrets.PassphraseSource:
+    """One rule for passphrases and PINs: a file, an environment variable, or a hidden
+    prompt on a terminal (never argv)."""
     if file is not None and env is not None:
         raise ConfigError(f"give only one of {option}-file and {option}-env")
     if file is not None:
@@ -144,22 +143,17 @@ def passphrase_source(
 
     def prompt(what: str) -> bytes:
         if not sys.stdin.isatty():
-            raise ConfigError(
-                f"a passphrase for {what} is needed and there is no terminal to ask on",
-                hint=f"use {option}-file FILE or {option}-env NAME",
-            )
+            raise ConfigError(f"{needed(what)} and there is no terminal to ask on", hint=hint)
         try:
-            value: str = click.prompt(
-                f"Passphrase for {what}", hide_input=True, confirmation_prompt=confirm,
-                err=True,
-            )
+            value: str = click.prompt(label(what), hide_input=True,
+                                      confirmation_prompt=confirm, err=True)
         except UnicodeError:
             # The codec's message gives byte positions inside the secret: never show it.
-            raise ConfigError(f"the passphrase typed for {what} is not valid in this "
+            raise ConfigError(f"the {kind} typed for {what} is not valid in this "
                               "terminal's encoding",
                               hint=f"use {option}-file FILE (any bytes)") from None
         if not value:
-            raise ConfigError("empty passphrase")
+            raise ConfigError(f"empty {kind}")
         return value.encode("utf-8", "surrogateescape")
 
     return prompt
