@@ -215,13 +215,13 @@ def open_log(path: Path, flags: int, mode: int = PUBLIC_FILE_MODE) -> int:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ConfigError(
-                f"{path} is a symbolic link, where a link is never expected; not appending",
+                f"{path} is a symbolic link, where a link is never expected; not opened",
                 hint=f"remove the link (and check who created it): rm {path}",
             ) from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise ConfigError(f"{path} is not a regular file; not appending",
+        raise ConfigError(f"{path} is not a regular file; not opened",
                           hint=f"move {path} away")
     return fd
 

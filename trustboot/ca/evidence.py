@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 MAX_MANIFEST = 4 << 20
 MAX_AUDIT_REPORT = 64 << 20
-KINDS = ("build-manifest", "origin", "audit", "operator")
 
 
 @dataclass(frozen=True)

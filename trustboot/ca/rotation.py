@@ -465,10 +465,3 @@ def _current_leaves(ca: CertificateAuthority, now: dt.datetime,
         if entry is not None:
             found.append((name, entry))
     return found
-
-
-def check_fleet_evidence(path: Path, root_sha256: str) -> str:
-    """Check that the firmware described by ``path`` (``ipxe build``'s manifest.json, or a
-    release.json carrying it under ``ipxe``) trusts the root ``root_sha256``; a one-line
-    description, VerificationError when it does not (see :mod:`trustboot.ca.evidence`)."""
-    return evidence_mod.build_manifest_evidence(path, root_sha256).description
