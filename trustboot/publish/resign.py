@@ -316,7 +316,7 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                 put(manifest_path)
             if origin.stat(new_prefix + MANIFEST_NAME + ".sig") is None or not result.resumed:
                 if result.resumed:
-                    _sign_served_manifest(origin, new_id, source, secrets, workdir, now)
+                    _sign_served_manifest(origin, new_id, new, source, secrets, workdir, now)
                 else:
                     data = (workdir / (MANIFEST_NAME + ".sig")).read_bytes()
                     origin.put_bytes(new_prefix + MANIFEST_NAME + ".sig", data,
@@ -385,14 +385,20 @@ def _copy_missing(origin: Origin, old_prefix: str, new_prefix: str,
     result.copied = sorted(f.name for f in todo)
 
 
-def _sign_served_manifest(origin: Origin, release_id: str, source: KeySource,
-                          secrets: PassphraseSource, workdir: Path, now: dt.datetime) -> None:
-    """release.json.sig for a manifest a killed run wrote but did not sign yet."""
+def _sign_served_manifest(origin: Origin, release_id: str, checked: ReleaseManifest,
+                          source: KeySource, secrets: PassphraseSource, workdir: Path,
+                          now: dt.datetime) -> None:
+    """release.json.sig for a manifest a killed run wrote but did not sign yet: only if
+    the bytes read now still say what ``checked`` (judged by _check_resumable) said."""
     from trustboot.cms.sign import sign_files
 
     key = release_prefix(release_id) + MANIFEST_NAME
     data = b"".join(origin.read(key, max_size=4 << 20))
-    parse_manifest(data, source=f"{origin.url}{key}")
+    if parse_manifest(data, source=f"{origin.url}{key}") != checked:
+        raise VerificationError(
+            f"{origin.url}{key} changed while resign ran; not signed",
+            hint="find out who else writes to the origin, then run resign again",
+            rule="manifest-changed")
     path = workdir / MANIFEST_NAME
     fsutil.atomic_write(path, data)
     with source.open(secrets) as signer:
