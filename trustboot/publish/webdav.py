@@ -221,7 +221,7 @@ class WebDAVOrigin:
             name = unquote(urlsplit(href).path).rstrip("/").rpartition("/")[2]
             if is_col or not _TEMP_NAME.fullmatch(name) or key_problem(name):
                 continue
-            if modified is not None and now - modified < older_than:
+            if modified is None or now - modified < older_than:
                 continue  # perhaps an upload in progress (a lock broken as stale)
             self._delete_quiet(f"{STAGING}/{name}")
             removed.append(f"{STAGING}/{name}")
