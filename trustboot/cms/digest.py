@@ -216,7 +216,7 @@ class HashJob:
     """
 
     def __init__(self, paths: Sequence[Path], hash_name: str, *,
-                 progress: ProgressFactory | None = None) -> None:
+                 progress: ProgressFactory | None = None, fork: bool = True) -> None:
         self.paths = list(paths)
         self.hash = HashAlgorithm.parse(hash_name)
         self._cancel = threading.Event()
@@ -225,7 +225,8 @@ class HashJob:
         self._children: list[tuple[int, int, list[int]]] = []
         self._thread: threading.Thread | None = None
         sizes = [_size(path) for path in self.paths]
-        if (progress is None and sum(sizes) >= PROCESS_MIN_BYTES and hasattr(os, "fork")
+        if (fork and progress is None and sum(sizes) >= PROCESS_MIN_BYTES
+                and hasattr(os, "fork")
                 and threading.active_count() == 1):
             self._fork(sizes)
         else:

@@ -188,8 +188,10 @@ def sign_paths(
                 # Hash on a second core while the key's KDF (or the token login) runs.
                 job = HashJob(paths, hash_alg, progress=progress)
             signer = stack.enter_context(source.open(secret))
+            # The key is unlocked now (or a token session open): no forked hashers, which
+            # would each hold a copy of it.
             hashed = job.result() if job is not None else HashJob(
-                paths, hash_alg, progress=progress).result()
+                paths, hash_alg, progress=progress, fork=False).result()
             results = sign_hashed(hashed, signer, hash_name=hash_alg, out_dir=out_dir,
                                   now=now, ipxe_version=ipxe_version)
     except BaseException:
