@@ -120,9 +120,13 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
     pins = pin_source(pin_file, pin_env)
     ref = parse_ref(key_ref)
     # Would unlocking ask on the terminal? Then ask before hashing starts (no bar under it).
-    prompts = (pin_file is None and pin_env is None and "pin-source=" not in ref.value
-               ) if ref.scheme == "pkcs11" else (passphrase_file is None
-                                                 and passphrase_env is None)
+    if ref.scheme == "pkcs11":
+        from trustboot.keys.pkcs11 import parse_uri
+
+        prompts = (pin_file is None and pin_env is None
+                   and parse_uri(ref.value).get("pin-source") is None)
+    else:
+        prompts = passphrase_file is None and passphrase_env is None
     bars = _progress_factory(not as_json and is_interactive())
     # Without a prompt to wait for, hashing starts now and overlaps the signing stack's
     # imports, the key reference's resolution and the unlock (hashlib drops the GIL).
