@@ -152,7 +152,7 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     st.done("validate", "done", f"recipe {recipe.source}: {entries}, "
             f"{len(v.inputs)} files, signer {v.signer_name}")
     cache = PublishCache(options.publish_cache) if options.publish_cache else None
-    p = plan(v, now=now, cache=cache)
+    p = plan(v, now=now, cache=cache, save_cache=not dry_run)
     if "{date}" in recipe.release.id_template:
         # The same inputs released on another day keep their id: a re-run uploads nothing.
         with open_origin(v.origin_url, origin_options(v)) as origin:

@@ -448,18 +448,19 @@ def _hash_inputs(paths: Sequence[Path], hash_name: str,
             with contextlib.suppress(OSError):
                 if file_stamp(os.stat(path)) == file_stamp(before):
                     cache.remember_local(path, before, h.digests["sha256"].hex())
-    if cache is not None:
-        cache.save()
     return {path: out[path] for path in paths}
 
 
 def plan(v: Validated, *, now: dt.datetime,
          progress: cms_sign.ProgressFactory | None = None,
          toolchain: Mapping[str, str] | None = None,
-         cache: PublishCache | None = None) -> Plan:
-    """Hash the inputs, derive the release id and list the objects."""
+         cache: PublishCache | None = None, save_cache: bool = True) -> Plan:
+    """Hash the inputs, derive the release id and list the objects (``save_cache=False``:
+    the cache is read, never written, as a dry run promises)."""
     paths = list(dict.fromkeys(i.path for i in v.inputs))
     hashed = _hash_inputs(paths, v.hash_name, progress, cache)
+    if cache is not None and save_cache:
+        cache.save()
     r = v.recipe
 
     def tools() -> Mapping[str, str]:
