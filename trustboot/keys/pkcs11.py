@@ -601,7 +601,9 @@ def generation_token(text: str, module_option: Path | None,
         raise ConfigError(f"{option} {uri.text}: name the token only (token=, serial=)",
                           hint="trustboot names the keys it generates; give the PIN "
                                "with --passphrase-file/--passphrase-env")
-    return text, module_path(uri, module_option)
+    # Absolute: the path is stored (CA index, secureboot.json) and dlopen()ed later, from
+    # whatever directory that run starts in.
+    return text, module_path(uri, module_option).resolve()
 
 
 def destroy_generated(token_ref: str, module: Path, secrets: PassphraseSource,
