@@ -256,6 +256,8 @@ class HashJob:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child, which never returns
                 os.close(read_fd)
+                for _pid, earlier, _group in self._children:  # the siblings' pipes
+                    os.close(earlier)
                 os._exit(_hash_in_child(write_fd, [self.paths[i] for i in group], self.hash))
             os.close(write_fd)
             self._children.append((pid, read_fd, group))

@@ -346,6 +346,8 @@ def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
                 code = 1
                 try:
                     os.close(read_fd)
+                    for earlier in children:  # the siblings' pipes
+                        os.close(earlier)
                     for i in range(first, len(digests), workers):
                         _write_frame(write_fd, i, signer.sign_digest(digests[i], hash_name))
                     code = 0
