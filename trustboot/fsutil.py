@@ -248,13 +248,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_temp(target: Path, data: bytes, *, mode: int = 0o644, sync: bool = True) -> Path:
+def write_temp(target: Path, data: bytes, *, mode: int = 0o644, sync: bool = True,
+               name: str | None = None) -> Path:
     """Write ``data`` to a new temp file beside ``target`` (to be renamed onto it).
 
     ``sync=False`` leaves durability to the caller (e.g. one syncfs for many files).
+    ``name``: the temp file's name, chosen by a caller that must find it again without
+    being told (it is created exclusively, never through a link); default: a random one.
     """
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    if name is None:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    else:
+        tmp = str(target.parent / name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import tracemalloc
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.cms.pki import PASSPHRASE, Material, ec_key, make_material, rsa_key
@@ -535,3 +537,94 @@ def test_a_damaged_rsa_key_never_yields_a_signature(material: Material) -> None:
         damaged.sign_digest(digest, "sha256")
     assert err.value.rule == "self-check" and "damaged" in (err.value.hint or "")
     assert len(signer.sign_digest(digest, "sha256")) == good.key_size // 8
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="forked signers need 2 cores")
+def test_worker_step_runs_in_the_forked_signers_and_a_failed_share_is_signed_here(
+        material: Material) -> None:
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+    from cryptography.hazmat.primitives.hashes import SHA256
+
+    from trustboot.cms.sign import PARALLEL_SIGN_MIN, WorkerStep, sign_many
+
+    key, cert, chain = material.issue("step-signer", rsa_key())
+    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
+                            cert=cert, chain=chain)
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 9)]
+
+    def run(index: int, _sig: bytes) -> bytes:
+        if index == 5:
+            raise RuntimeError("this worker stops here")
+        return os.getpid().to_bytes(4, "big")
+
+    taken: dict[int, tuple[bytes, bytes]] = {}
+    here: dict[int, bytes] = {}
+    signatures = sign_many(signer, digests, "sha256", on_signed=here.__setitem__,
+                           worker_step=WorkerStep(run, lambda i, s, x: taken.__setitem__(
+                               i, (s, x))))
+    assert not set(taken) & set(here) and set(taken) | set(here) == set(range(len(digests)))
+    assert 5 in here  # the failed worker's index, and the rest of its share, signed here
+    workers = {int.from_bytes(x, "big") for _, x in taken.values()}
+    assert len(workers) >= 2 and os.getpid() not in workers  # run() ran in the children
+    public = signer.certificate.public_key()
+    for i, (digest, sig) in enumerate(zip(digests, signatures, strict=True)):
+        assert sig == (taken[i][0] if i in taken else here[i])
+        public.verify(sig, digest, padding.PKCS1v15(), Prehashed(SHA256()))  # type: ignore
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="forked signers need 2 cores")
+def test_forked_signers_write_the_files_and_leave_no_temp_behind(
+        material: Material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forked signers write the .sig temp files themselves; a worker that dies after
+    writing one (before telling) has its share signed here, and its temp file goes; a
+    failure of the whole run replaces nothing and leaves no temp file either."""
+    import trustboot.cms.sign as cms_sign
+    from trustboot.cms.sign import PARALLEL_SIGN_MIN
+    from trustboot.cms.verify import TrustAnchor, fingerprint, verify_signature
+    from trustboot.errors import OperationalError
+
+    key, cert, chain = material.issue("fork-writer", rsa_key())
+    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
+                            cert=cert, chain=chain)
+    files = _files(tmp_path, PARALLEL_SIGN_MIN + 6)
+    real_write = cms_sign.write_temp
+    parent = os.getpid()
+
+    def dies_after_writing_7(target: Path, data: bytes, **kw: object) -> Path:
+        written = real_write(target, data, **kw)  # type: ignore[arg-type]
+        if os.getpid() != parent and str(kw.get("name", "")).endswith(".7.tmp"):
+            raise OSError("worker gone")
+        return written
+
+    monkeypatch.setattr(cms_sign, "write_temp", dies_after_writing_7)
+    now = dt.datetime.now(dt.UTC)
+    results = sign_files(files, signer, now=now)
+    assert len(results) == len(files)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    root = signer.chain[-1].public_bytes(serialization.Encoding.DER)
+    for path in files:
+        sig = path.with_name(path.name + ".sig").read_bytes()
+        digests = {"sha256": hashlib.sha256(path.read_bytes()).digest()}
+        check = verify_signature(sig, digests, trust=[TrustAnchor(fingerprint(root), root)],
+                                 now=now)
+        assert check.failure is None, (path, check.failure)
+        assert path.with_name(path.name + ".sig").stat().st_mode & 0o777 == 0o644
+
+    for path in files:  # the old signatures must survive a failed run
+        path.with_name(path.name + ".sig").write_bytes(b"old")
+
+    def here_fails(target: Path, data: bytes, **kw: object) -> Path:
+        if os.getpid() == parent:
+            raise OSError(28, "No space left on device")
+        written = real_write(target, data, **kw)  # type: ignore[arg-type]
+        if str(kw.get("name", "")).endswith(".3.tmp"):
+            raise OSError("worker gone")  # after writing: its share comes back here
+        return written
+
+    monkeypatch.setattr(cms_sign, "write_temp", here_fails)
+    with pytest.raises(OperationalError) as err:
+        sign_files(files, signer, now=now)
+    assert "No space left" in err.value.message
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert {path.with_name(path.name + ".sig").read_bytes() for path in files} == {b"old"}

@@ -13,7 +13,7 @@ import datetime as dt
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,7 +257,8 @@ def _sign(
     assert isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
     subject = signer.certificate.subject.rfc4514_string()
 
-    def one(index: int, signature: bytes) -> tuple[Signed, bytes]:
+    def checked(index: int, signature: bytes) -> bytes:
+        """The .sig for file ``index``, once its signature verified."""
         item = hashed[index]
         der = template.render(signature)
         # Belt and braces: what is about to be published verifies under iPXE's rules (in
@@ -274,34 +275,78 @@ def _sign(
                 f"the signature made for {item.path} does not verify: {failure}",
                 hint="this is unexpected: the signer (or its token) misbehaves; report it",
                 rule="self-check")
+        return der
+
+    def entry(index: int) -> Signed:
+        item = hashed[index]
         return Signed(
             path=item.path, size=item.size, sha256=item.digests["sha256"].hex(),
             hash_name=hash_name, signature_path=signature_path(item.path, out_dir),
             signer_subject=subject, signer_not_after=report.not_after,
             chain_not_after=report.chain_not_after,
-        ), der
+        )
 
     results: list[tuple[Signed, bytes] | None] = [None] * len(hashed)
     # Where the directories exist, each .sig goes to its temp file as soon as it is signed
     # (filesystem waits overlap the signing); a --out still to be created is made only once
     # everything was signed, so a failure leaves nothing behind.
     streaming = out_dir is None or out_dir.is_dir()
+    # Temp names a forked signer writes to (this process must find them to rename or, on
+    # failure, remove them without being told): random per run, then the file's index.
+    run_tag = os.urandom(6).hex()
+
+    def temp_name(index: int) -> str:
+        return f".{signature_path(hashed[index].path, out_dir).name}.{run_tag}.{index}.tmp"
+
     with StagedWrites() as staged:
 
         def signed(index: int, signature: bytes) -> None:
-            results[index] = entry = one(index, signature)
+            results[index] = item = (entry(index), checked(index, signature))
             if streaming:
-                staged.add(entry[0].signature_path, entry[1])
+                staged.add(item[0].signature_path, item[1])
 
-        sign_many(signer, [h.digests[hash_name] for h in hashed], hash_name, on_signed=signed)
+        def in_worker(index: int, signature: bytes) -> bytes:
+            # In a forked signer, on its own core: check, encode and (streaming) write.
+            der = checked(index, signature)
+            if not streaming:
+                return der
+            # Not synced here: that is one journal commit per file per worker; this
+            # process's writer threads sync many at once (StagedWrites.adopt).
+            write_temp(signature_path(hashed[index].path, out_dir), der, name=temp_name(index),
+                       sync=False)
+            return b""
+
+        def from_worker(index: int, _signature: bytes, der: bytes) -> None:
+            results[index] = item = (entry(index), der)
+            if streaming:
+                staged.adopt(item[0].signature_path,
+                             item[0].signature_path.with_name(temp_name(index)))
+
+        if streaming:
+            staged.remove_on_abort(signature_path(h.path, out_dir).with_name(temp_name(i))
+                                   for i, h in enumerate(hashed))
+        sign_many(signer, [h.digests[hash_name] for h in hashed], hash_name, on_signed=signed,
+                  worker_step=WorkerStep(in_worker, from_worker))
         done = [r for r in results if r is not None]
         if not streaming:
             assert out_dir is not None
             make_dirs(out_dir)  # 0755 whatever the umask; OperationalError if not creatable
-            for entry, der in done:
-                staged.add(entry.signature_path, der)
+            for item, der in done:
+                staged.add(item.signature_path, der)
         staged.commit()
-    return [entry for entry, _ in done]
+    return [item for item, _ in done]
+
+
+@dataclass(frozen=True)
+class WorkerStep:
+    """What a forked signer does with each signature it made, on its own core, and how
+    this process takes the result: ``run(index, signature)`` returns bytes that reach
+    ``take(index, signature, result)`` here. A signature made in this process goes to
+    sign_many's ``on_signed`` instead. ``run`` raising stops that worker: the rest of its
+    share is then signed here (so the error is raised here)."""
+
+    run: Callable[[int, bytes], bytes]
+    take: Callable[[int, bytes, bytes], None]
 
 
 # From this many RSA signatures on, the batch is split over forked processes.
@@ -309,9 +354,11 @@ PARALLEL_SIGN_MIN = 64
 
 
 def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
-              on_signed: Callable[[int, bytes], None] | None = None) -> list[bytes]:
+              on_signed: Callable[[int, bytes], None] | None = None,
+              worker_step: WorkerStep | None = None) -> list[bytes]:
     """One signature per digest; ``on_signed(index, signature)`` is called as each arrives
-    (so the caller writes while the rest is signed).
+    (so the caller writes while the rest is signed), or, for one a forked signer made,
+    ``worker_step`` runs there and its result is taken here (see WorkerStep).
 
     An in-memory RSA key signs a large batch on every core: each signature costs ~1 ms of
     CPU and cryptography holds the GIL while it signs, so the batch is split over forked
@@ -327,11 +374,14 @@ def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
         if on_signed is not None:
             on_signed(index, signature)
 
-    workers = min(os.cpu_count() or 1, 8)
+    cores = os.cpu_count() or 1
+    # A worker step that writes files waits on the disk: twice as many workers keep the
+    # cores busy meanwhile.
+    workers = min(cores * (2 if worker_step is not None else 1), 8)
     if not isinstance(signer, KeySigner) and on_signed is not None and len(digests) > 1:
         _sign_overlapped(signer, digests, hash_name, got)
         return [r for r in result if r is not None]
-    if (len(digests) < PARALLEL_SIGN_MIN or workers < 2 or not isinstance(signer, KeySigner)
+    if (len(digests) < PARALLEL_SIGN_MIN or cores < 2 or not isinstance(signer, KeySigner)
             or signer.algorithm != "rsa" or threading.active_count() > 1
             or not hasattr(os, "fork")):
         for i, digest in enumerate(digests):
@@ -349,13 +399,22 @@ def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
                     for earlier in children:  # the siblings' pipes
                         os.close(earlier)
                     for i in range(first, len(digests), workers):
-                        _write_frame(write_fd, i, signer.sign_digest(digests[i], hash_name))
+                        signature = signer.sign_digest(digests[i], hash_name)
+                        extra = worker_step.run(i, signature) if worker_step else b""
+                        _write_frame(write_fd, i, signature, extra)
                     code = 0
                 finally:
                     os._exit(code)
             os.close(write_fd)
             children[read_fd] = pid
-        _collect_frames(list(children), got)
+        def take(index: int, signature: bytes, extra: bytes) -> None:
+            if worker_step is None:
+                got(index, signature)
+                return
+            result[index] = signature
+            worker_step.take(index, signature, extra)
+
+        _collect_frames(list(children), take)
     finally:
         for read_fd, pid in children.items():
             with contextlib.suppress(ProcessLookupError):
@@ -385,17 +444,18 @@ def _sign_overlapped(signer: Signer, digests: Sequence[bytes], hash_name: str,
             pending.result()
 
 
-_FRAME_HEAD = 8  # index and length, 4 bytes each
+_FRAME_HEAD = 12  # index, signature length, extra length: 4 bytes each
 
 
-def _write_frame(fd: int, index: int, signature: bytes) -> None:
-    data = index.to_bytes(4, "big") + len(signature).to_bytes(4, "big") + signature
+def _write_frame(fd: int, index: int, signature: bytes, extra: bytes) -> None:
+    data = b"".join((index.to_bytes(4, "big"), len(signature).to_bytes(4, "big"),
+                     len(extra).to_bytes(4, "big"), signature, extra))
     while data:
         data = data[os.write(fd, data):]
 
 
-def _collect_frames(fds: list[int], got: Callable[[int, bytes], None]) -> None:
-    """Read (index, signature) frames from every pipe until all are closed."""
+def _collect_frames(fds: list[int], got: Callable[[int, bytes, bytes], None]) -> None:
+    """Read (index, signature, extra) frames from every pipe until all are closed."""
     import selectors
 
     buffers = {fd: b"" for fd in fds}
@@ -413,10 +473,13 @@ def _collect_frames(fds: list[int], got: Callable[[int, bytes], None]) -> None:
                 data = buffers[fd] + chunk
                 while len(data) >= _FRAME_HEAD:
                     n = int.from_bytes(data[4:8], "big")
-                    if len(data) < _FRAME_HEAD + n:
+                    m = int.from_bytes(data[8:12], "big")
+                    end = _FRAME_HEAD + n + m
+                    if len(data) < end:
                         break
-                    got(int.from_bytes(data[:4], "big"), data[_FRAME_HEAD:_FRAME_HEAD + n])
-                    data = data[_FRAME_HEAD + n:]
+                    got(int.from_bytes(data[:4], "big"), data[_FRAME_HEAD:_FRAME_HEAD + n],
+                        data[_FRAME_HEAD + n:end])
+                    data = data[end:]
                 buffers[fd] = data
 
 
@@ -452,6 +515,7 @@ class StagedWrites:
                                         thread_name_prefix="trustboot-write")
         self._targets: list[Path] = []
         self._made: list[Future[Path]] = []
+        self._maybe: list[Path] = []
         self._committed = False
 
     def __enter__(self) -> StagedWrites:
@@ -460,6 +524,17 @@ class StagedWrites:
     def add(self, target: Path, data: bytes) -> None:
         self._targets.append(target)
         self._made.append(self._pool.submit(write_temp, target, data))
+
+    def adopt(self, target: Path, temp: Path) -> None:
+        """A temp file someone else wrote beside ``target``: synced here, then renamed onto
+        it by commit() like the others, removed without one."""
+        self._targets.append(target)
+        self._made.append(self._pool.submit(_synced, temp))
+
+    def remove_on_abort(self, temps: Iterable[Path]) -> None:
+        """Temp files that may exist (written by a process that was stopped before saying
+        so): removed, where present, if the block is left without a commit."""
+        self._maybe.extend(temps)
 
     def commit(self) -> None:
         failed = _first_error(self._made, self._targets)
@@ -472,6 +547,11 @@ class StagedWrites:
                               self._targets)
         if failed is not None:
             raise _cannot_write(failed[0], failed[1], "check the output directory")
+        renamed = set(temps)
+        for temp in self._maybe:  # written by a worker that then failed: signed here again
+            if temp not in renamed:
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    os.unlink(temp)
         for directory in dict.fromkeys(path.parent for path in self._targets):
             try:
                 fsync_dir(directory)
@@ -486,8 +566,20 @@ class StagedWrites:
                     if fut.exception() is None:  # waits for it
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(fut.result())
+                for temp in self._maybe:
+                    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                        os.unlink(temp)
         finally:
             self._pool.shutdown(wait=True)
+
+
+def _synced(path: Path) -> Path:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
 
 
 def _first_error(futures: Sequence[Future[Any]], targets: Sequence[Path],
