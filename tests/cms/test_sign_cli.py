@@ -20,7 +20,7 @@ from trustboot.cli.main import cli
 from trustboot.cms.sign import CHUNK, hash_file, sign_files
 from trustboot.errors import ConfigError
 from trustboot.keys.ref import KeyRef, parse_ref
-from trustboot.keys.signer import open_signer
+from trustboot.keys.signer import KeySigner, open_signer
 
 ENV = {"TB_TEST_PASS": PASSPHRASE.decode()}
 DAY = dt.timedelta(days=1)
@@ -38,6 +38,15 @@ def _files(tmp_path: Path, n: int) -> list[Path]:
         p.write_bytes(f"payload {i}\n".encode() * (i + 1))
         out.append(p)
     return out
+
+
+def _rsa_signer(material: Material, name: str) -> KeySigner:
+    """An unlocked RSA key signer for a fresh certificate ``name``."""
+    key, cert, chain = material.issue(name, rsa_key())
+    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
+                            cert=cert, chain=chain)
+    assert isinstance(signer, KeySigner)
+    return signer
 
 
 def _sign_args(key: Path, cert: Path, chain: Path) -> list[str]:
@@ -365,9 +374,7 @@ def test_large_rsa_batches_are_signed_in_parallel_and_correctly(material: Materi
 
     from trustboot.cms.sign import PARALLEL_SIGN_MIN, sign_many
 
-    key, cert, chain = material.issue("batch-signer", rsa_key())
-    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
-                            cert=cert, chain=chain)
+    signer = _rsa_signer(material, "batch-signer")
     digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 9)]
     signatures = sign_many(signer, digests, "sha256")
     assert len(signatures) == len(digests)
@@ -433,9 +440,7 @@ def test_batch_signatures_stream_to_the_caller_and_a_failure_stops_the_workers(
         material: Material) -> None:
     from trustboot.cms.sign import PARALLEL_SIGN_MIN, sign_many
 
-    key, cert, chain = material.issue("stream-signer", rsa_key())
-    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
-                            cert=cert, chain=chain)
+    signer = _rsa_signer(material, "stream-signer")
     digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 5)]
     seen: dict[int, bytes] = {}
     signatures = sign_many(signer, digests, "sha256", on_signed=seen.__setitem__)
@@ -485,9 +490,7 @@ def test_serial_signer_overlaps_the_handling_and_stops_at_its_first_error(
     in the handling stops the signing at once."""
     from trustboot.cms.sign import sign_many
 
-    key, cert, chain = material.issue("serial-signer", rsa_key())
-    inner, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
-                           cert=cert, chain=chain)
+    inner = _rsa_signer(material, "serial-signer")
     calls: list[int] = []
 
     class Counting:  # the Signer protocol, not a KeySigner: the token code path
@@ -548,9 +551,7 @@ def test_worker_step_runs_in_the_forked_signers_and_a_failed_share_is_signed_her
 
     from trustboot.cms.sign import PARALLEL_SIGN_MIN, WorkerStep, sign_many
 
-    key, cert, chain = material.issue("step-signer", rsa_key())
-    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
-                            cert=cert, chain=chain)
+    signer = _rsa_signer(material, "step-signer")
     digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 9)]
 
     def run(index: int, _sig: bytes) -> bytes:
@@ -584,9 +585,7 @@ def test_forked_signers_write_the_files_and_leave_no_temp_behind(
     from trustboot.cms.verify import TrustAnchor, fingerprint, verify_signature
     from trustboot.errors import OperationalError
 
-    key, cert, chain = material.issue("fork-writer", rsa_key())
-    signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
-                            cert=cert, chain=chain)
+    signer = _rsa_signer(material, "fork-writer")
     files = _files(tmp_path, PARALLEL_SIGN_MIN + 6)
     real_write = cms_sign.write_temp
     parent = os.getpid()
