@@ -20,7 +20,10 @@ ratios and the load average are printed beside it, to judge the noise.
 Conditions, the same for both tools: trustboot's bytecode is compiled first (as `pip
 install` does; an editable install run with PYTHONDONTWRITEBYTECODE would otherwise compile
 every module on every run), and every run writes fresh signature files (the previous run's
-are removed untimed), as a CI job signing new build outputs does.
+are removed untimed), as a CI job signing new build outputs does. Before each timed
+many-files run the filesystem is synced (untimed), so no tool pays for the previous one's
+deletions and writes: trustboot syncs each signature it writes (the journal commit would
+carry them), openssl does not.
 """
 
 from __future__ import annotations
@@ -284,14 +287,18 @@ def bench_small(repeat: int, count: int, tb: list[str], key_args: list[str],
     tb_runs, os_runs, hsm_runs = [], [], []
     for _ in range(repeat):
         remove(outputs)
+        os.sync()
         tb_runs.append(run([*tb, "sign", "--files-from", str(listing), *key_args], env)[0])
         if token_env is not None:
             remove(outputs)
+            os.sync()
             hsm_runs.append(run([*tb, "sign", "--files-from", str(listing), "--key",
                                  "pkcs11:token=bench;object=signer", "--cert",
                                  str(pki["cert"]), "--chain", str(pki["chain"]),
                                  "--pin-env", "TB_BENCH_PIN", "--pki", str(pki["pki"])],
                                 env | token_env)[0])
+        remove(outputs)
+        os.sync()
         start = time.perf_counter()
         for p in smalls:
             subprocess.run(["openssl", "cms", "-sign", "-binary", "-noattr", "-in", str(p),
