@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -315,3 +316,41 @@ def test_default_cache_dir() -> None:
     assert B.default_cache_dir({"TRUSTBOOT_CACHE_DIR": "/c"}) == Path("/c/ipxe")
     assert B.default_cache_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/trustboot/ipxe")
     assert B.default_cache_dir({"HOME": "/h"}) == Path("/h/.cache/trustboot/ipxe")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git (Debian package git)")
+def test_identifying_a_tree_runs_no_command_its_git_config_names(
+        tree: Path, tmp_path: Path) -> None:
+    """A tree's .git/config may name commands git runs while reading the tree (fsmonitor
+    on status, gpg on log, content filters): open_source (also run by dry runs, which run no
+    Makefile) must run none of them, and says "unknown" rather than "clean" when it could
+    not ask git."""
+    import subprocess
+
+    from trustboot.subproc import git_env
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@t",
+                        *args], check=True, capture_output=True, env=git_env())
+
+    git("init", "-q", "--template=")
+    git("add", "-A")
+    git("commit", "-q", "-m", "tree")
+    clean = open_source(tree)
+    assert clean.git_commit and clean.git_dirty is False
+    (tree / "src" / "Makefile").write_text((tree / "src" / "Makefile").read_text() + "# x\n")
+    assert open_source(tree).git_dirty is True
+
+    marker = tmp_path / "ran"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\nexit 0\n")
+    hook.chmod(0o755)
+    (tree / ".gitattributes").write_text("* filter=evil\n")
+    for key, value in [("core.fsmonitor", str(hook)), ("log.showSignature", "true"),
+                       ("gpg.program", str(hook)), ("filter.evil.clean", str(hook)),
+                       ("filter.evil.smudge", str(hook))]:
+        git("config", "--local", key, value)
+    os.utime(tree / "src" / "Makefile")  # racy stat data: status would run the filter
+    found = open_source(tree)
+    assert not marker.exists(), "git ran a command named by the tree's config"
+    assert found.git_commit == clean.git_commit and found.git_dirty is None

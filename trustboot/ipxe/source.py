@@ -128,14 +128,34 @@ def tree_hash(src: Path) -> str:
     return outer.hexdigest()
 
 
+# A tree's own .git/config can name commands git runs while reading it: an fsmonitor hook
+# (status), signature checking through gpg (log), content filters from .gitattributes
+# (status, when a file's stat data is racy). Identifying a tree must run none of them (a
+# dry run or a plan runs no Makefile either): the first two are switched off for every
+# call, and a config with any filter.* or other command key gets no `git status`.
+_GIT_OFF = ("-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false",
+            "-c", "log.showSignature=false")
+_COMMAND_KEYS = re.compile(
+    r"^(filter\..*|diff\..*\.(textconv|command)|diff\.external|gpg\.(.*\.)?program|"
+    r"core\.(fsmonitor|sshcommand|hookspath)|include(if)?\..*)$")
+
+
 def _git(top: Path, *args: str) -> str | None:
     if not (top / ".git").exists() or shutil.which("git") is None:
         return None
     proc = subprocess.run(
-        ["git", "-C", str(top), *args], capture_output=True, text=True, check=False,
-        stdin=subprocess.DEVNULL, env=git_env(),
+        ["git", "-C", str(top), *_GIT_OFF, *args], capture_output=True, text=True,
+        check=False, stdin=subprocess.DEVNULL, env=git_env(),
     )
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _config_runs_commands(top: Path) -> bool:
+    """Whether the tree's git config names a command (see _COMMAND_KEYS); unreadable: yes."""
+    names = _git(top, "config", "--local", "--name-only", "--list")
+    if names is None:
+        return True
+    return any(_COMMAND_KEYS.match(name.lower()) for name in names.splitlines())
 
 
 def _head(top: Path) -> str | None:
@@ -150,8 +170,9 @@ def open_source(path: Path) -> IpxeSource:
     dirty = None
     when = None
     if commit is not None:
-        status = _git(top, "status", "--porcelain", "--untracked-files=no", "--", "src")
-        dirty = bool(status)
+        if not _config_runs_commands(top):  # else: unknown
+            status = _git(top, "status", "--porcelain", "--untracked-files=no", "--", "src")
+            dirty = bool(status) if status is not None else None
         stamp = _git(top, "log", "-1", "--format=%ct", "HEAD", "--")
         when = int(stamp) if stamp and stamp.isdigit() else None
     local = src / "config" / "local"
