@@ -55,3 +55,16 @@ def constant(value: bytes) -> PassphraseSource:
         return value
 
     return source
+
+
+def asked_once(source: PassphraseSource) -> PassphraseSource:
+    """``source`` asked at most once, its answer reused (one PIN for every key of a token,
+    one passphrase for several keys of a set)."""
+    memo: list[bytes] = []
+
+    def remembered(what: str) -> bytes:
+        if not memo:
+            memo.append(source(what))
+        return memo[0]
+
+    return remembered

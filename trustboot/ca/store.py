@@ -74,7 +74,7 @@ from trustboot.fsutil import (
     write_private_file,
 )
 from trustboot.keys import keyfile
-from trustboot.secrets import PassphraseSource
+from trustboot.secrets import PassphraseSource, asked_once
 
 INDEX_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 is migrated on the first write
@@ -1354,13 +1354,7 @@ def _token_ca_keys(pkcs11: tuple[str, Path], passphrases: PassphraseSource,
     from trustboot.keys.pkcs11 import generate_key_pair, token_private_key
 
     token, module = pkcs11
-    pin: list[bytes] = []
-
-    def once(what: str) -> bytes:  # one PIN request for the two keys and their first uses
-        if not pin:
-            pin.append(passphrases(what))
-        return pin[0]
-
+    once = asked_once(passphrases)  # one PIN request for the two keys and their first uses
     refs = {"module": str(module)}
     keys: list[PrivateKey] = []
     for role, spec in (("root", root_spec), ("issuing", issuing_spec)):

@@ -37,7 +37,7 @@ from trustboot.cms.sign import build_signed_data
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.keys import keyfile
 from trustboot.keys.signer import KeySigner
-from trustboot.secrets import PassphraseSource
+from trustboot.secrets import PassphraseSource, asked_once
 from trustboot.secureboot import authenticode, efi
 from trustboot.subproc import minimal_env
 
@@ -119,7 +119,7 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
         secret = passphrase("the Secure Boot keys")
         keyfile.check_passphrase(secret, "the passphrase for the Secure Boot keys")
     else:
-        passphrase = once(passphrase)
+        passphrase = asked_once(passphrase)
     owner = owner or uuid.uuid4()
     token_refs: dict[str, str] = {}
     _clean_staging(pki)
@@ -162,17 +162,6 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
                               [f"trustboot-sb-{role}" for role in token_refs])
         raise
     return KeySet(target, owner, certs, token_meta)
-
-
-def once(passphrase: PassphraseSource) -> PassphraseSource:
-    """``passphrase`` asked at most once (a token's PIN serves every key of the set)."""
-    memo: list[bytes] = []
-
-    def source(what: str) -> bytes:
-        if not memo:
-            memo.append(passphrase(what))
-        return memo[0]
-    return source
 
 
 def _token_key(pkcs11: tuple[str, Path], role: str, pin: PassphraseSource,
@@ -296,7 +285,7 @@ def export(keyset: KeySet, out: Path, passphrase: PassphraseSource, *, now: dt.d
     same names are replaced atomically). Returns the files written."""
     out = Path(out)
     fsutil.make_dirs(out)
-    passphrase = once(passphrase)  # one passphrase (or PIN) for PK and KEK
+    passphrase = asked_once(passphrase)  # one passphrase (or PIN) for PK and KEK
     signers = {role: open_signer(keyset, role, passphrase, now=now) for role in ("PK", "KEK")}
     written: list[Path] = []
 
