@@ -1171,6 +1171,11 @@ def _cert_rel(serial: int) -> str:
     return f"certs_by_serial/{serial:X}.pem"
 
 
+def stored_cert_path(pki: Path, serial: int) -> Path:
+    """Where the CA home ``pki`` keeps the certificate with ``serial``."""
+    return pki / _cert_rel(serial)
+
+
 def _key_rel(serial: int) -> str:
     return f"private/keys/{serial:X}.key"
 

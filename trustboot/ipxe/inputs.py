@@ -20,6 +20,7 @@ from trustboot.ca.store import (
     CertificateAuthority,
     check_pki_permissions,
     load_trusted_root,
+    stored_cert_path,
 )
 from trustboot.errors import ConfigError
 from trustboot.fsutil import read_capped
@@ -119,7 +120,7 @@ def load_client_identity(
 
 def _stored(pki: Path, cert: x509.Certificate) -> Path:
     """Where the CA keeps ``cert`` (manifests name the file a certificate came from)."""
-    return pki / "certs_by_serial" / f"{cert.serial_number:X}.pem"
+    return stored_cert_path(pki, cert.serial_number)
 
 
 def _as_build_cert(cert: x509.Certificate, origin: Path) -> Certificate:
