@@ -49,6 +49,8 @@ class Case:
     # The verdict when the root certificate is also built in with CERT= (trustboot's
     # iPXE builds do that), if it differs from expect_ok.
     ok_with_builtin_root: bool | None = None
+    # The verdict of a BIOS build (no IPv6) if it differs from expect_ok (EFI or unknown).
+    bios_ok: bool | None = None
     note: str = ""
 
     @property
@@ -431,6 +433,25 @@ def generate(directory: Path, now: dt.datetime | None = None) -> Corpus:
         *good("signer-ip-octal", ip_signer))
     add(Case("signer-ip-other", False, "signer-name", signer="192.0.2.11"),
         *good("signer-ip-other", ip_signer))
+    # IPv6: iPXE's inet6_aton() reads each word with its strtoul(.., 16) and
+    # ipv6_sock_aton() strips "[...]"; an IPv4-mapped dotted tail is not IPv6 to it. BIOS
+    # builds have no IPv6 at all (NET_PROTO_IPV6 is off for pcbios): no match there.
+    ip6_signer = leaf("ip6-signer", san=[
+        x509.IPAddress(ipaddress.ip_address("2001:db8::10")),
+        x509.IPAddress(ipaddress.ip_address("::ffff:192.0.2.10"))])
+    for name, wanted, ok in [
+            ("signer-ip6", "2001:db8::10", True),
+            ("signer-ip6-long", "2001:0db8:0:0:0:0:0:0010", True),
+            ("signer-ip6-bracketed", "[2001:DB8::10]", True),
+            # iPXE's strtoul takes "0x" as a prefix only in base 0, not in base 16.
+            ("signer-ip6-hex-prefix", "2001:0xdb8::0x10", False),
+            ("signer-ip6-plus", "2001:+db8::+10", True),
+            ("signer-ip6-other", "2001:db8::11", False),
+            ("signer-ip6-two-gaps", "2001::db8::10", False),
+            ("signer-ip6-mapped-dotted", "::ffff:192.0.2.10", False),
+            ("signer-ip6-mapped-hex", "::ffff:c000:20a", True)]:
+        add(Case(name, ok, None if ok else "signer-name", signer=wanted,
+                 bios_ok=False if ok else None), *good(name, ip6_signer))
 
     # Damage.
     img, sig = good("flipped-image-byte")

@@ -63,3 +63,28 @@ def test_missing_root_is_fine_when_built_in(corpus: Corpus) -> None:
             "--cert", str(corpus.root), "--at", corpus.at(case).isoformat()]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
+
+
+def test_an_ipv6_signer_name_depends_on_the_platform(corpus: Corpus) -> None:
+    """BIOS builds of iPXE have no IPv6, so there --signer 2001:db8::10 matches nothing
+    (the real-iPXE corpus test shows it); EFI builds match it; unknown: a warning."""
+    case = corpus.case("signer-ip6")
+    image = (corpus.directory / case.image).read_bytes()
+    sig = (corpus.directory / case.sig).read_bytes()
+    digests = {"sha256": hashlib.sha256(image).digest()}
+    verdicts = {ipv6: verify_signature(sig, digests, trust=[corpus.anchor], now=corpus.at(case),
+                                       signer_name=case.signer, ipv6=ipv6)
+                for ipv6 in (None, True, False)}
+    assert verdicts[None].ok and [w.rule for w in verdicts[None].warnings] == [
+        "signer-name-ipv6"]
+    assert verdicts[True].ok and not verdicts[True].warnings
+    failure = verdicts[False].failure
+    assert failure is not None and failure.rule == "signer-name" and "BIOS" in failure.message
+    args = ["verify", str(corpus.directory / case.image), "--trust", str(corpus.root),
+            "--at", corpus.at(case).isoformat(), "--signer", "2001:db8::10"]
+    bios = CliRunner().invoke(cli, [*args, "--platform", "bios"])
+    assert bios.exit_code == 4 and "[rule: signer-name]" in bios.output, bios.output
+    efi = CliRunner().invoke(cli, [*args, "--platform", "efi"])
+    assert efi.exit_code == 0 and "IPv6" not in efi.output, efi.output
+    unknown = CliRunner().invoke(cli, args)
+    assert unknown.exit_code == 0 and "BIOS builds" in unknown.output, unknown.output

@@ -7,6 +7,7 @@ roots, hostile --at/--trust/--sig values and the pki's revocation list.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -177,3 +178,87 @@ def test_unrelated_pki_says_nothing(corpus: Corpus, revoked_pki: tuple[Path, Pat
     pki, _ = revoked_pki
     code, out = _verify(corpus, "good", "--pki", str(pki))
     assert code == 0 and "revoked" not in out
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("::", "::"), ("::1", "::1"), ("1::", "1::"), ("1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8"),
+    ("2001:db8::10", "2001:db8::10"), ("[2001:db8::10]", "2001:db8::10"),
+    ("+2001:db8::  10", "2001:db8::10"), ("fFfF::", "ffff::"), ("0x2001::", None),
+    ("2001:0xdb8::", None),
+    ("1:2:3:4:5:6:7:8:9", None), ("1:2:3:4:5:6:7", None), ("1::2::3", None),
+    ("10000::", None), ("-1::", None), ("::ffff:1.2.3.4", None), ("fe80::1%net0", None),
+    ("1:2:3:4:5:6:7:", "1:2:3:4:5:6:7:0"), ("", None), ("g::", None), ("[::1", None),
+])
+def test_ipv6_signer_names_parse_as_ipxe_does(text: str, expected: str | None) -> None:
+    """--signer as iPXE's ipv6_sock_aton() reads it (each word with iPXE's strtoul(.., 16),
+    which takes no "0x" in base 16), not as Python's ipaddress would (which takes dotted
+    IPv4 tails)."""
+    import ipaddress
+
+    from trustboot.cms.verify import _sock_aton6
+
+    packed = _sock_aton6(text)
+    assert packed == (ipaddress.IPv6Address(expected).packed if expected else None)
+
+
+def test_crl_warns_about_a_revoked_signer_without_the_ca_home(
+        revoked_pki: tuple[Path, Path], corpus: Corpus, tmp_path: Path) -> None:
+    """A pipeline with only the published CRL learns that the signer was revoked (iPXE
+    still accepts); an unrelated CRL says so; an altered one is refused."""
+    pki, image = revoked_pki
+    crl = pki / "crl.pem"
+    root = ["--trust", str(pki / "ca.crt"), "--pki", str(tmp_path / "no-pki")]
+    result = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(crl)])
+    assert result.exit_code == 0, result.output
+    assert "is revoked by" in result.stderr and "key_compromise" in result.stderr
+    assert "iPXE does not read CRLs" in result.stderr
+    doc = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(crl), "--json"])
+    assert doc.exit_code == 0, doc.output
+    (entry,) = json.loads(doc.stdout)["revoked"]
+    assert entry["name"] == "signer" and entry["reason"] == "key_compromise"
+    # Past its next update the CRL is stale, and the warning says so.
+    from cryptography import x509 as _x509
+
+    later = _x509.load_pem_x509_crl(crl.read_bytes()).next_update_utc
+    assert later is not None
+    stale = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(crl),
+                                     "--at", (later + dt.timedelta(days=1)).isoformat()])
+    assert stale.exit_code == 0 and "is stale" in stale.stderr, stale.output
+    # With the pki too: reported once.
+    both = CliRunner().invoke(cli, ["verify", str(image), "--pki", str(pki), "--crl", str(crl),
+                                    "--json"])
+    assert len(json.loads(both.stdout)["revoked"]) == 1
+    # A CRL of another CA says nothing about this signer, and says so.
+    code, out = _verify(corpus, "good", "--crl", str(crl))
+    assert code == 0 and "says nothing about them" in out and "revoked by" not in out
+    # An altered CRL (a byte of its signature flipped) is not evidence either way.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    der = bytearray(x509.load_pem_x509_crl(crl.read_bytes()).public_bytes(
+        serialization.Encoding.DER))
+    der[-5] ^= 0x01
+    bad = tmp_path / "altered.crl"
+    bad.write_bytes(bytes(der))
+    altered = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(bad)])
+    assert altered.exit_code == 3 and "does not verify" in altered.output, altered.output
+    junk = tmp_path / "junk.crl"
+    junk.write_bytes(b"not a crl")
+    refused = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(junk)])
+    assert refused.exit_code == 3 and "is not a CRL" in refused.output, refused.output
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("192.0.2.10", "192.0.2.10"), ("0300.0.2.012", "192.0.2.10"), ("0xc0.0.2.0xa", "192.0.2.10"),
+    ("+192. 0.2.10", "192.0.2.10"), ("0x.0.2.10", "0.0.2.10"), ("+.0.2.10", "0.0.2.10"),
+    ("0.0.2.", None), ("256.0.2.10", None), ("-1.0.2.10", None), ("1.2.3", None),
+    ("1.2.3.4.", None), ("1.2.3.4 ", None), (".1.2.3", None), ("09.1.2.3", None),
+])
+def test_ipv4_signer_names_parse_as_ipxe_does(text: str, expected: str | None) -> None:
+    """iPXE's inet_aton() with iPXE's strtoul(.., 0): a sign, whitespace or a bare "0x"
+    is progress (value 0), unlike C's strtoul."""
+    import ipaddress
+
+    from trustboot.cms.verify import _inet_aton
+
+    assert _inet_aton(text) == (ipaddress.IPv4Address(expected).packed if expected else None)

@@ -144,13 +144,21 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
               help="A chain certificate names an OCSP responder that the booting client can "
               "reach and that answers 'good': predict acceptance (with a warning) instead "
               "of iPXE's rejection when the responder is unreachable.")
+@click.option("--crl", "crl_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="A CRL from the signer's CA (e.g. the published crl.pem): a signer it "
+              "revokes is warned about (iPXE reads no CRL, so the verdict stays).")
+@click.option("--platform", "platform", type=click.Choice(["bios", "efi"]), default=None,
+              help="The client's iPXE platform, where it matters: BIOS builds have no IPv6, "
+              "so an IPv6 --signer never matches there (default: unknown; it matches, with "
+              "a warning).")
 @click.option("--strict", "strict", is_flag=True,
               help="Also refuse what iPXE accepts but no honest signing tool writes "
               "(altered skipped fields, mismatched algorithm names, non-DER encodings).")
 @json_option
 def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tuple[str, ...],
             signer: str | None, at: str, ipxe_version: str, pki: Path, ocsp_reachable: bool,
-            strict: bool, as_json: bool) -> None:
+            crl_path: Path | None, platform: str | None, strict: bool, as_json: bool
+            ) -> None:
     """Check FILE's signature exactly as iPXE's imgverify would.
 
     Exit 0 if iPXE would accept it, 4 if not (the rule, certificate and fix are named).
@@ -185,11 +193,14 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
         verdict = verify_signature(signature, digests, trust=anchors, now=now,
                                    signer_name=signer, extra_certs=extra,
                                    ipxe_version=version,
-                                   assume_ocsp_reachable=ocsp_reachable, strict=strict)
+                                   assume_ocsp_reachable=ocsp_reachable, strict=strict,
+                                   ipv6=None if platform is None else platform == "efi")
     ctx = click.get_current_context()
     pki_given = not trust or ctx.get_parameter_source("pki") not in {
         click.core.ParameterSource.DEFAULT, None}
     revoked = _revoked(pki, verdict, explicit=pki_given)
+    if crl_path is not None:
+        revoked += _crl_revoked(crl_path, verdict, now, revoked)
     window = _replay_window(verdict, now)
     if as_json:
         emit_json({"file": str(file), "signature": str(sig_path), "size": size,
@@ -215,12 +226,44 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
             click.echo(f"   {window.describe()}")
 
 
+MAX_CRL_FILE = 16 << 20
+
+
+def _crl_revoked(path: Path, verdict: Verdict, now: dt.datetime,
+                 known: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The --crl's revocations (those the pki did not already report) and its notes."""
+    from trustboot.cms.revocation import check_crl
+
+    if not verdict.signers:
+        return []
+    check = check_crl(read_capped(path, MAX_CRL_FILE, "CRL"), verdict.signers,
+                      source=f"CRL {path}", now=now)
+    for note in check.notes:
+        warn(note)
+    found = []
+    for r in check.revoked:
+        if any(k["serial"] == f"{r.serial:x}" for k in known):
+            continue
+        found.append(r.to_json() | {
+            "message": f"the signer \"{r.common_name}\" (serial {r.serial:x}) is revoked by "
+                       f"{path} since {r.revoked_at.isoformat()}"
+                       + (f" ({r.reason})" if r.reason else "")
+                       + "; iPXE does not read CRLs, so it still accepts this signature",
+            "remedy": REVOKED_REMEDY})
+    return found
+
+
 def _replay_window(verdict: Verdict, now: dt.datetime) -> ReplayWindow | None:
     """What the signature allows from ``now`` (the --at clock): its earliest-ending signer."""
     if not verdict.signers or verdict.failure is not None:
         return None
     first = min(verdict.signers, key=lambda s: s.chain_not_after)
     return replay_window(first.chain_not_after, now=now, not_before=first.not_before)
+
+
+REVOKED_REMEDY = ("rotate the signer: issue a new signing certificate, re-sign every image, "
+                  "and if the revoked key may be compromised rebuild the firmware with a new "
+                  "root (TRUST=) so that its signatures stop verifying")
 
 
 def _revoked(pki: Path, verdict: Verdict, *, explicit: bool) -> list[dict[str, str]]:
@@ -251,8 +294,6 @@ def _revoked(pki: Path, verdict: Verdict, *, explicit: bool) -> list[dict[str, s
                        f"{entry.serial:x}) was revoked in {pki}"
                        + (f" at {entry.revoked_at}" if entry.revoked_at else "")
                        + "; iPXE does not read CRLs, so it still accepts this signature",
-            "remedy": "rotate the signer: issue a new signing certificate, re-sign every "
-                      "image, and if the revoked key may be compromised rebuild the firmware "
-                      "with a new root (TRUST=) so that its signatures stop verifying",
+            "remedy": REVOKED_REMEDY,
         })
     return found

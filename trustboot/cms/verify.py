@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import ipaddress
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -92,6 +91,7 @@ class SignerReport:
     chain_not_after: dt.datetime  # the earliest of the chain: the signature's end of life
     sha256: str = ""  # the signer certificate's fingerprint (hex)
     not_before: dt.datetime | None = None  # the signer certificate's
+    issuer_der: bytes | None = None  # the certificate that issued it, as the chain found it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -635,58 +635,118 @@ def _dns_match(pattern: bytes, name: str) -> bool:
     return len(raw) == len(pattern) and raw.lower() == pattern.lower()
 
 
-def name_matches(cert: CertInfo, name: str) -> bool:
-    """``imgverify --signer``: CN, then SAN DNS names and IP addresses, case-insensitive."""
+def name_match(cert: CertInfo, name: str) -> str | None:
+    """How ``imgverify --signer NAME`` matches ``cert``: "name" (CN, then SAN DNS names,
+    case-insensitive), "ipv4" or "ipv6" (a SAN IP address), or None."""
     if _dns_match(cert.common_name or b"", name):
-        return True
+        return "name"
     if any(_dns_match(d, name) for d in cert.san_dns):
-        return True
+        return "name"
     packed = _inet_aton(name)
+    kind = "ipv4"
     if packed is None:
-        try:
-            packed = ipaddress.IPv6Address(name).packed
-        except ValueError:
-            return False
-    return any(ip == packed for ip in cert.san_ip)
+        packed, kind = _sock_aton6(name), "ipv6"
+    if packed is None or not any(ip == packed for ip in cert.san_ip):
+        return None
+    return kind
 
 
-def _strtoul(text: str) -> tuple[int | None, str]:
-    """C strtoul(text, &end, 0): (value or None if no digits, the rest of the text)."""
-    rest = text.lstrip(" \t\n\v\f\r")
-    negative = rest[:1] == "-"
-    if rest[:1] in "+-" and rest:
-        rest = rest[1:]
-    base, digits = 10, "0123456789"
-    if rest[:2].lower() == "0x" and rest[2:3] and rest[2:3].lower() in "0123456789abcdef":
-        base, digits, rest = 16, "0123456789abcdef", rest[2:]
-    elif rest[:1] == "0":
-        base, digits = 8, "01234567"
-    end = 0
-    while end < len(rest) and rest[end].lower() in digits:
-        end += 1
-    if end == 0:
-        return None, text
-    value = int(rest[:end], base)
-    return ((-value) % (1 << 64) if negative else value), rest[end:]
+def _strtoul(text: str, base: int = 0) -> tuple[int, int]:
+    """iPXE's strtoul() (core/string.c), not C's: (value, index of the end pointer).
+
+    It skips whitespace, a sign and (base 0 only) a "0"/"0x" prefix even when no digit
+    follows, leaving the end pointer after them; "0x" is a prefix only in base 0; overflow
+    wraps (unsigned long: 64 bits, as in x86-64 and arm64 builds).
+    """
+    i, n = 0, len(text)
+    while i < n and text[i] in " \t\n\v\f\r":
+        i += 1
+    negate = i < n and text[i] == "-"
+    if i < n and text[i] in "+-":
+        i += 1
+    if base == 0:
+        base = 10
+        if i < n and text[i] == "0":
+            i, base = i + 1, 8
+            if i < n and ord(text[i]) & ~0x20 == ord("X"):
+                i, base = i + 1, 16
+    value = 0
+    while i < n and _digit_value(text[i]) < base:
+        value = (value * base + _digit_value(text[i])) % (1 << 64)
+        i += 1
+    return ((-value) % (1 << 64) if negate else value), i
+
+
+def _digit_value(char: str) -> int:
+    """iPXE's digit_value(): a letter counts from 10 up, anything else is >= any base."""
+    c = ord(char)
+    if c >= ord("a"):
+        return c - ord("a") + 10
+    if c >= ord("A"):
+        return c - ord("A") + 10
+    return c - ord("0") if ord("0") <= c <= ord("9") else 1 << 32
+
+
+def _sock_aton6(name: str) -> bytes | None:
+    """iPXE's ipv6_sock_aton(): "[...]" stripped, then inet6_aton(). A scope ("%net0")
+    names a network device of the client, unknown here: such a name never matches (the
+    cautious side: iPXE might accept it)."""
+    if name[:1] == "[" and name[-1:] == "]":
+        name = name[1:-1]
+    if "%" in name:
+        return None
+    return _inet6_aton(name)
+
+
+def _inet6_aton(name: str) -> bytes | None:
+    """iPXE's inet6_aton(): up to eight strtoul(.., 16) words separated by ':' (an empty
+    word is 0), one "::" padded with zero words."""
+    words: list[int] = []
+    pad: int | None = None
+    pos = 0
+    while True:
+        value, used = _strtoul(name[pos:], 16)
+        end = pos + used
+        if value > 0xFFFF:
+            return None
+        words.append(value)
+        if end == len(name):
+            break
+        if name[end] != ":":
+            return None
+        if end == pos and pos != 0:
+            if pad is not None:
+                return None  # a second "::"
+            pad = len(words)
+        pos = end + 1
+        if len(words) == 8:
+            return None
+    if pad is not None:
+        words[pad:pad] = [0] * (8 - len(words))
+    elif len(words) != 8:
+        return None
+    return b"".join(w.to_bytes(2, "big") for w in words)
 
 
 def _inet_aton(name: str) -> bytes | None:
-    """iPXE's inet_aton(): four strtoul() numbers (so 0x0a and 012 count) up to 255."""
+    """iPXE's inet_aton(): four strtoul(.., 0) numbers up to 255 (so 0x0a, 012, "+1" and
+    even an empty "0x" count), separated by '.'."""
     out = bytearray()
-    rest = name
+    pos = 0
     for i in range(4):
-        value, rest = _strtoul(rest)
-        if value is None or value > 0xFF:
+        value, used = _strtoul(name[pos:])
+        if used == 0 or value > 0xFF:
             return None
         out.append(value)
+        end = pos + used
         if i < 3:
-            if rest[:1] != ".":
+            if name[end:end + 1] != ".":
                 return None
-            rest = rest[1:]
-    return bytes(out) if rest == "" else None
+            pos = end + 1
+        elif end != len(name):
+            return None
+    return bytes(out)
 
-
-# --- the verdict ---------------------------------------------------------------------------
 
 def _check_signer_usage(cert: CertInfo) -> None:
     if not cert.digital_signature:
@@ -716,6 +776,7 @@ def _report(signer: _Signer) -> SignerReport:
         not_after=cert.not_after,
         chain_not_after=min(c.not_after for c in signer.chain),
         sha256=cert.sha256.hex(), not_before=cert.not_before,
+        issuer_der=signer.chain[1].der if len(signer.chain) > 1 else None,
     )
 
 
@@ -760,8 +821,13 @@ def verify_signature(
     ipxe_version: IpxeVersion = DEFAULT_IPXE,
     assume_ocsp_reachable: bool = True,
     strict: bool = False,
+    ipv6: bool | None = None,
 ) -> Verdict:
     """Judge ``signature`` over an image whose digests (by hash name) are ``digests``.
+
+    ``ipv6``: whether the client's iPXE parses IPv6 addresses (a ``signer_name`` that is
+    one matches only then): True for EFI builds, False for BIOS builds (NET_PROTO_IPV6 is
+    off there), None when unknown (it matches, with a warning).
 
     ``assume_ocsp_reachable=False`` is iPXE's verdict on a network where the OCSP
     responder named in a chain certificate cannot be reached (the `verify` command's
@@ -788,8 +854,19 @@ def verify_signature(
             reports.append(_report(signer))
         checked = 0
         for signer in message.signers:
-            if signer_name is not None and not name_matches(signer.info, signer_name):
-                continue
+            if signer_name is not None:
+                match = name_match(signer.info, signer_name)
+                if match is None or (match == "ipv6" and ipv6 is False):
+                    continue
+                if match == "ipv6" and ipv6 is None:
+                    warnings.append(Finding(
+                        "signer-name-ipv6",
+                        f"--signer {signer_name!r} matches {signer.info.label} as an IPv6 "
+                        "address, which iPXE parses only in builds with IPv6: EFI builds "
+                        "have it, BIOS builds (undionly.kpxe, ipxe.lkrn...) do not, and "
+                        "there imgverify refuses this signature",
+                        "name the signer by its common name, or check with --platform "
+                        "bios/efi", signer.info.label))
             _check_signer_usage(signer.info)
             if signer.digest not in digests:
                 raise ValueError(f"digest {signer.digest} of the image was not provided")
@@ -822,7 +899,9 @@ def verify_signature(
                 "signer-name",
                 f"no signer matches --signer {signer_name!r} (signed by: {names}); iPXE "
                 "compares the common name, then SAN DNS names and IP addresses, "
-                "case-insensitively, with wildcards only in the certificate",
+                "case-insensitively, with wildcards only in the certificate"
+                + (" (IPv6 addresses only in builds with IPv6, not BIOS ones)"
+                   if ipv6 is False else ""),
                 "pass the signing certificate's common name to --signer, or sign with the "
                 "expected certificate")
         if strict:
