@@ -277,11 +277,13 @@ def _sign(
                 rule="self-check")
         return der
 
+    targets = [signature_path(h.path, out_dir) for h in hashed]
+
     def entry(index: int) -> Signed:
         item = hashed[index]
         return Signed(
             path=item.path, size=item.size, sha256=item.digests["sha256"].hex(),
-            hash_name=hash_name, signature_path=signature_path(item.path, out_dir),
+            hash_name=hash_name, signature_path=targets[index],
             signer_subject=subject, signer_not_after=report.not_after,
             chain_not_after=report.chain_not_after,
         )
@@ -294,9 +296,7 @@ def _sign(
     # Temp names a forked signer writes to (this process must find them to rename or, on
     # failure, remove them without being told): random per run, then the file's index.
     run_tag = os.urandom(6).hex()
-
-    def temp_name(index: int) -> str:
-        return f".{signature_path(hashed[index].path, out_dir).name}.{run_tag}.{index}.tmp"
+    temps = [t.with_name(f".{t.name}.{run_tag}.{i}.tmp") for i, t in enumerate(targets)]
 
     with StagedWrites() as staged:
 
@@ -312,19 +312,16 @@ def _sign(
                 return der
             # Not synced here: that is one journal commit per file per worker; this
             # process's writer threads sync many at once (StagedWrites.adopt).
-            write_temp(signature_path(hashed[index].path, out_dir), der, name=temp_name(index),
-                       sync=False)
+            write_temp(targets[index], der, name=temps[index].name, sync=False)
             return b""
 
         def from_worker(index: int, _signature: bytes, der: bytes) -> None:
-            results[index] = item = (entry(index), der)
+            results[index] = (entry(index), der)
             if streaming:
-                staged.adopt(item[0].signature_path,
-                             item[0].signature_path.with_name(temp_name(index)))
+                staged.adopt(targets[index], temps[index])
 
         if streaming:
-            staged.remove_on_abort(signature_path(h.path, out_dir).with_name(temp_name(i))
-                                   for i, h in enumerate(hashed))
+            staged.remove_on_abort(temps)
         sign_many(signer, [h.digests[hash_name] for h in hashed], hash_name, on_signed=signed,
                   worker_step=WorkerStep(in_worker, from_worker))
         done = [r for r in results if r is not None]
@@ -515,6 +512,10 @@ class StagedWrites:
                                         thread_name_prefix="trustboot-write")
         self._targets: list[Path] = []
         self._made: list[Future[Path]] = []
+        # Adopted temps are synced in batches: a job per file costs more in thread
+        # hand-offs than the fsync waits it overlaps.
+        self._pending: list[tuple[Path, Path]] = []
+        self._batches: list[tuple[list[tuple[Path, Path]], Future[None]]] = []
         self._maybe: list[Path] = []
         self._committed = False
 
@@ -528,8 +529,14 @@ class StagedWrites:
     def adopt(self, target: Path, temp: Path) -> None:
         """A temp file someone else wrote beside ``target``: synced here, then renamed onto
         it by commit() like the others, removed without one."""
-        self._targets.append(target)
-        self._made.append(self._pool.submit(_synced, temp))
+        self._pending.append((target, temp))
+        if len(self._pending) >= ADOPT_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._batches.append((batch, self._pool.submit(_sync_all, batch)))
 
     def remove_on_abort(self, temps: Iterable[Path]) -> None:
         """Temp files that may exist (written by a process that was stopped before saying
@@ -537,22 +544,34 @@ class StagedWrites:
         self._maybe.extend(temps)
 
     def commit(self) -> None:
+        self._flush()
         failed = _first_error(self._made, self._targets)
+        for _, done in self._batches:
+            error = done.exception()
+            if failed is None and isinstance(error, _PathError):
+                failed = (error.target, error.error)
+            elif failed is None and error is not None:
+                raise error
         if failed is not None:
             raise _cannot_write(failed[0], failed[1], "check the output directory; nothing "
                                 "was replaced")
-        temps = [fut.result() for fut in self._made]
-        failed = _first_error([self._pool.submit(os.replace, tmp, target)
-                               for tmp, target in zip(temps, self._targets, strict=True)],
-                              self._targets)
-        if failed is not None:
-            raise _cannot_write(failed[0], failed[1], "check the output directory")
-        renamed = set(temps)
+        pairs = [(target, fut.result()) for target, fut in zip(self._targets, self._made,
+                                                                strict=True)]
+        pairs += [pair for batch, _ in self._batches for pair in batch]
+        jobs = [self._pool.submit(_rename_all, pairs[i:i + RENAME_BATCH])
+                for i in range(0, len(pairs), RENAME_BATCH)]
+        for job in jobs:
+            error = job.exception()
+            if isinstance(error, _PathError):
+                raise _cannot_write(error.target, error.error, "check the output directory")
+            if error is not None:
+                raise error
+        renamed = {temp for _, temp in pairs}
         for temp in self._maybe:  # written by a worker that then failed: signed here again
             if temp not in renamed:
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                     os.unlink(temp)
-        for directory in dict.fromkeys(path.parent for path in self._targets):
+        for directory in dict.fromkeys(target.parent for target, _ in pairs):
             try:
                 fsync_dir(directory)
             except OSError as exc:
@@ -566,20 +585,47 @@ class StagedWrites:
                     if fut.exception() is None:  # waits for it
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(fut.result())
-                for temp in self._maybe:
+                for _, done in self._batches:
+                    done.exception()  # waits for it
+                for temp in [t for _, t in self._pending] + [
+                        t for batch, _ in self._batches for _, t in batch] + self._maybe:
                     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                         os.unlink(temp)
         finally:
             self._pool.shutdown(wait=True)
 
 
-def _synced(path: Path) -> Path:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
+# Adopted temp files synced per job, renames per job (see StagedWrites).
+ADOPT_BATCH = 32
+RENAME_BATCH = 64
+
+
+class _PathError(Exception):
+    """An OSError in a batch job, with the target it was for."""
+
+    def __init__(self, target: Path, error: OSError) -> None:
+        super().__init__(str(error))
+        self.target, self.error = target, error
+
+
+def _sync_all(batch: Sequence[tuple[Path, Path]]) -> None:
+    for target, temp in batch:
+        try:
+            fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _PathError(target, exc) from None
+
+
+def _rename_all(pairs: Sequence[tuple[Path, Path]]) -> None:
+    for target, temp in pairs:
+        try:
+            os.replace(temp, target)
+        except OSError as exc:
+            raise _PathError(target, exc) from None
 
 
 def _first_error(futures: Sequence[Future[Any]], targets: Sequence[Path],
