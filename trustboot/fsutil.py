@@ -17,7 +17,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -180,11 +180,13 @@ def check_owned_dir(path: Path, what: str, *, private: bool = False) -> None:
         )
 
 
-def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS,
+                       prefixes: Collection[str] | None = None) -> list[Path]:
     """Delete ``.*.tmp`` files a killed run left in ``directory``; returns what was removed.
 
     Only files older than ``older_than`` seconds go: a younger one may belong to a
-    concurrent run that is about to rename it.
+    concurrent run that is about to rename it. ``prefixes``: only names starting with one
+    of them (in a directory that is not ours, only the temps our own targets would have).
     """
     removed: list[Path] = []
     cutoff = time.time() - older_than
@@ -194,6 +196,8 @@ def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS
         return removed
     for name in names:
         if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        if prefixes is not None and not name.startswith(tuple(prefixes)):
             continue
         tmp = Path(directory) / name
         try:

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -627,3 +628,22 @@ def test_forked_signers_write_the_files_and_leave_no_temp_behind(
     assert "No space left" in err.value.message
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert {path.with_name(path.name + ".sig").read_bytes() for path in files} == {b"old"}
+
+
+def test_a_killed_runs_old_temp_files_go_and_nothing_else(
+        material: Material, tmp_path: Path) -> None:
+    """Temp files a killed `trustboot sign` left beside its targets go once an hour old;
+    a younger one (a concurrent run's) and files that are not ours stay."""
+    signer = _rsa_signer(material, "sweeper")
+    files = _files(tmp_path, 2)
+    old = [tmp_path / ".file0.bin.sig.0123456789ab.0.tmp", tmp_path / ".file1.bin.sig.x.tmp"]
+    young = tmp_path / ".file0.bin.sig.ba9876543210.0.tmp"
+    theirs = [tmp_path / ".notes.tmp", tmp_path / ".file9.bin.sig.0123.tmp"]
+    for path in [*old, young, *theirs]:
+        path.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    for path in [*old, *theirs]:
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    sign_files(files, signer, now=dt.datetime.now(dt.UTC))
+    assert not any(p.exists() for p in old)
+    assert young.exists() and all(p.exists() for p in theirs)

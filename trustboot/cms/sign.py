@@ -39,7 +39,7 @@ from trustboot.cms.digest import ProgressFactory as ProgressFactory
 from trustboot.cms.digest import hash_file as hash_file
 from trustboot.cms.digest import hash_files as hash_files
 from trustboot.errors import ConfigError, OperationalError, VerificationError
-from trustboot.fsutil import fsync_dir, make_dirs, write_temp
+from trustboot.fsutil import fsync_dir, make_dirs, remove_stale_temps, write_temp
 from trustboot.keys.algorithms import HashAlgorithm
 from trustboot.keys.signer import KeySigner, KeySource, Signer
 
@@ -297,6 +297,7 @@ def _sign(
     # failure, remove them without being told): random per run, then the file's index.
     run_tag = os.urandom(6).hex()
     temps = [t.with_name(f".{t.name}.{run_tag}.{i}.tmp") for i, t in enumerate(targets)]
+    _remove_stale_temps(targets)
 
     with StagedWrites() as staged:
 
@@ -332,6 +333,17 @@ def _sign(
                 staged.add(item.signature_path, der)
         staged.commit()
     return [item for item, _ in done]
+
+
+def _remove_stale_temps(targets: Sequence[Path]) -> None:
+    """Temp files of these targets that a killed run left, an hour old or more (the
+    directories are the user's: only names our targets' temps would have)."""
+    by_dir: dict[Path, set[str]] = {}
+    for target in targets:
+        by_dir.setdefault(target.parent, set()).add(f".{target.name}.")
+    for directory, prefixes in by_dir.items():
+        with contextlib.suppress(OSError):  # unreadable: the signing will say so
+            remove_stale_temps(directory, prefixes=prefixes)
 
 
 @dataclass(frozen=True)
