@@ -10,11 +10,13 @@ to kill); every run appends the target to the file $FAKE_RUNS.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +159,26 @@ def group_alive(pgid: int, timeout: float = 5) -> bool:
         if time.monotonic() > deadline:
             return True
         time.sleep(0.05)
+
+
+def signal_mid_build(proc: subprocess.Popen[bytes], hold: Path, signum: int,
+                     while_held: Callable[[int], None]) -> tuple[bytes, bool]:
+    """Wait until the fake make holds, call ``while_held(make's process group)``, send
+    ``signum`` to trustboot only (as a service manager would) and wait for it to end.
+    Returns its stderr and whether make's group outlived it (then killed, as is every
+    leftover)."""
+    make_group = proc.pid
+    try:
+        make_group = wait_for_hold(hold, proc)
+        while_held(make_group)
+        os.kill(proc.pid, signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        alive = make_group != proc.pid and group_alive(make_group)
+        if make_group != proc.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(make_group, signal.SIGKILL)
+    return err, alive

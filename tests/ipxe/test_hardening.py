@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import require_tool
-from tests.ipxe.fake_tree import FAKE_VARS, group_alive, start_trustboot, wait_for_hold
+from tests.ipxe.fake_tree import FAKE_VARS, signal_mid_build, start_trustboot, wait_for_hold
 from tests.ipxe.testpki import TestPki
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
@@ -232,20 +232,12 @@ def test_signal_removes_the_key_and_stops_make(env: dict[str, Path], pki: TestPk
                                                returncode: int) -> None:
     hold = tmp_path / "holding"
     proc = _start_client_build(env, pki, tmp_path, hold)
-    make_group = proc.pid
-    try:
-        make_group = wait_for_hold(hold, proc)
+
+    def held(make_group: int) -> None:
         assert make_group != proc.pid  # make runs in a process group of its own
         assert _keys_in(env["cache"])
-        os.kill(proc.pid, signum)  # trustboot only, as a service manager would
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        alive = group_alive(make_group)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(make_group, signal.SIGKILL)
+
+    err, alive = signal_mid_build(proc, hold, signum, held)
     # the cleanup ran, then the process ended as the signal meant
     assert proc.returncode == returncode, err
     assert not alive, "make (or its compiler) outlived the build"

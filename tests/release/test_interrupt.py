@@ -4,8 +4,6 @@ tree's make holds until the test signals; no iPXE tree needed."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import sys
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_tool
-from tests.ipxe.fake_tree import group_alive, make_fake_tree, start_trustboot, wait_for_hold
+from tests.ipxe.fake_tree import make_fake_tree, signal_mid_build, start_trustboot
 from tests.release.conftest import Lab
 
 
@@ -36,20 +34,12 @@ def test_signal_during_the_build_leaves_no_temp_dir_and_no_make(
     proc = start_trustboot(["release", str(recipe), "--json"], {
         "TMPDIR": str(tmp), "TRUSTBOOT_CACHE_DIR": str(cache), "FAKE_PY": sys.executable,
         "FAKE_RUNS": str(runs), "FAKE_HOLD": str(hold)})
-    make_group = proc.pid
-    try:
-        make_group = wait_for_hold(hold, proc)
+
+    def held(_make_group: int) -> None:
         assert [p.name for p in tmp.iterdir() if p.name.startswith("trustboot-release-")]
         assert list((cache / "ipxe" / "work").glob("build-*"))
-        os.kill(proc.pid, signum)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        alive = group_alive(make_group)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(make_group, signal.SIGKILL)
+
+    err, alive = signal_mid_build(proc, hold, signum, held)
     assert proc.returncode == returncode, err
     assert not alive, "make outlived the release"
     assert list(tmp.iterdir()) == []
