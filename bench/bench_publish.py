@@ -23,7 +23,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.publish.conftest import KEY_PASS, make_pki, start_nginx, stop_nginx  # noqa: E402
+from tests.publish.conftest import KEY_PASS, Nginx, Pki, scratch_nginx  # noqa: E402
 
 PHASES = """
 import datetime as dt, json, resource, sys, time
@@ -84,20 +83,11 @@ def main() -> int:
     if not shutil.which("curl") or not shutil.which("nginx"):
         print(json.dumps({"skipped": "needs curl and nginx (+ libnginx-mod-http-dav-ext)"}))
         return 0
-    with tempfile.TemporaryDirectory(prefix="bench-publish-") as tmp:
-        base = Path(tmp)
-        pki = make_pki(base / "ca")
-        nginx = start_nginx(pki, base / "nginx")
-        try:
-            return run(args, base, pki, nginx)
-        finally:
-            stop_nginx(nginx)
+    with scratch_nginx("bench-publish-") as (base, pki, nginx):
+        return run(args, base, pki, nginx)
 
 
-def run(args: argparse.Namespace, base: Path, pki: object, nginx: object) -> int:
-    from tests.publish.conftest import Nginx, Pki
-
-    assert isinstance(pki, Pki) and isinstance(nginx, Nginx)
+def run(args: argparse.Namespace, base: Path, pki: Pki, nginx: Nginx) -> int:
     rel = base / "release"
     rel.mkdir()
     big = rel / "vmlinuz"

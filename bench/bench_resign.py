@@ -21,14 +21,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.publish.conftest import make_pki, start_nginx, stop_nginx  # noqa: E402
+from tests.publish.conftest import Nginx, Pki, scratch_nginx  # noqa: E402
 
 
 def main() -> int:
@@ -40,20 +39,11 @@ def main() -> int:
     if not shutil.which("nginx"):
         print(json.dumps({"skipped": "needs nginx (+ libnginx-mod-http-dav-ext)"}))
         return 0
-    with tempfile.TemporaryDirectory(prefix="bench-resign-") as tmp:
-        base = Path(tmp)
-        pki = make_pki(base / "ca")
-        nginx = start_nginx(pki, base / "nginx")
-        try:
-            return run(args, base, pki, nginx)
-        finally:
-            stop_nginx(nginx)
+    with scratch_nginx("bench-resign-") as (base, pki, nginx):
+        return run(args, base, pki, nginx)
 
 
-def run(args: argparse.Namespace, base: Path, pki: object, nginx: object) -> int:
-    from tests.publish.conftest import Nginx, Pki
-
-    assert isinstance(pki, Pki) and isinstance(nginx, Nginx)
+def run(args: argparse.Namespace, base: Path, pki: Pki, nginx: Nginx) -> int:
     rel = base / "release"
     rel.mkdir()
     sizes = {"boot.ipxe": None, "vmlinuz": args.kernel_mib << 20,

@@ -230,17 +230,13 @@ def open_log(path: Path, flags: int, mode: int = PUBLIC_FILE_MODE) -> int:
     return fd
 
 
-def append_line(path: Path, data: bytes, *, mode: int = PUBLIC_FILE_MODE) -> None:
-    """Append to a log file that must be ours: never through a link, created with ``mode``."""
-    fd = open_log(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
-    try:
-        st = os.fstat(fd)
-        if st.st_size == 0:
-            os.fchmod(fd, mode)  # the umask narrowed (or, under umask 000, did not) the mode
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def open_append(path: Path, *, mode: int = PUBLIC_FILE_MODE) -> int:
+    """A log file that must be ours (never through a link), opened once both to read its
+    tail and to append (``O_APPEND``); created with ``mode``."""
+    fd = open_log(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, mode)
+    if os.fstat(fd).st_size == 0:
+        os.fchmod(fd, mode)  # the umask narrowed (or, under umask 000, did not) the mode
+    return fd
 
 
 def fsync_dir(path: Path) -> None:

@@ -180,13 +180,15 @@ def test_release_without_build_record_or_signature_is_not_evidence(
 # --- audit reports -----------------------------------------------------------------------
 
 
-def audit_report(path: Path, firmware: bytes, *, truncated: bool = False) -> Path:
+def audit_report(path: Path, firmware: bytes, *, truncated: bool = False,
+                 more_offers: tuple[str, ...] = ()) -> Path:
     """A `trustboot audit --json` report made by the audit's own report code: a DHCP
     server offers undionly.kpxe (TFTP) to the PXE probe and an iPXE script URL to the iPXE
     probe; the audit also guessed pxelinux.0 by name."""
     obs = Observation(interface="seg-lab1", mode="active", window=1.0)
     obs.offers = [offer(file="undionly.kpxe"),
                   offer(file="http://192.0.2.1/boot.ipxe", ipxe=True)]
+    obs.offers += [offer(file=f, arch="efi-x64") for f in more_offers]
     boot = FetchResult("192.0.2.1", "undionly.kpxe", ok=not truncated, size=len(firmware),
                        sha256=None if truncated else sha(firmware), truncated=truncated,
                        error="deadline" if truncated else None)
@@ -256,6 +258,35 @@ def test_audit_report_of_a_segment_booting_old_firmware_is_refused(
     r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest), "--audit-report",
                 str(tmp_path / "junk.json"))
     assert r.exit_code == 3 and "not a `trustboot audit --json` report" in r.output
+    assert status(run, begun, secrets_dir)["step"] == "begun"
+
+
+@pytest.mark.parametrize("bootfile", ["ftp://192.0.2.9/ipxe.efi", "nfs://192.0.2.9/ipxe.efi",
+                                      "tftp://boot.example.net/ipxe.efi"])
+def test_audit_report_with_an_offered_file_it_never_fetched_is_refused(
+        begun: Path, run: Run, secrets_dir: Path, tmp_path: Path, bootfile: str) -> None:
+    """A boot file offered under a scheme the audit does not fetch (or from a server named
+    by host name) leaves no fetch: the report lists it, and the evidence refuses it rather
+    than counting only the firmware that was fetched."""
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(build_record(begun)))
+    report = audit_report(tmp_path / "seg.json", FIRMWARE, more_offers=(bootfile,))
+    listed = json.loads(report.read_text())["observation"]["not_fetched"]
+    assert [n["url"] for n in listed] == [bootfile]
+    assert listed[0]["reason"] and listed[0]["offer"]["server_ip"] == "192.0.2.1"
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest), "--audit-report",
+                str(report))
+    assert r.exit_code == 4, r.output
+    assert bootfile in r.output and "offered but not fetched" in r.output
+    assert "offer from 192.0.2.1" in r.output
+    # a report without the list (an older version) cannot show there was none: refused too
+    doc = json.loads(audit_report(tmp_path / "good.json", FIRMWARE).read_text())
+    assert doc["observation"]["not_fetched"] == []
+    del doc["observation"]["not_fetched"]
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest), "--audit-report",
+                str(tmp_path / "old.json"))
+    assert r.exit_code == 4 and "older trustboot" in r.output, r.output
     assert status(run, begun, secrets_dir)["step"] == "begun"
 
 

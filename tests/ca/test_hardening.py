@@ -140,10 +140,10 @@ def test_symlink_at_log_is_refused_and_target_untouched(pki: Path, tmp_path: Pat
     assert "symbolic link" in r.output
     assert victim.read_text() == "do not touch\n"
     # the library refuses the append itself, even when the open-time check is bypassed
-    from trustboot.fsutil import append_line
+    from trustboot.ca import oplog
 
     with pytest.raises(ConfigError, match="symbolic link"):
-        append_line(pki / "log.jsonl", b"forged\n")
+        oplog.append(pki / "log.jsonl", {"op": "forged"})
     assert victim.read_text() == "do not touch\n"
 
 

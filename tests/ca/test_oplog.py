@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,79 @@ def test_ca_check_reports_the_first_broken_line(pki: Path, run: Run, secrets_dir
     assert r.exit_code == 4
     data, _end = json.JSONDecoder().raw_decode(r.output)  # then the error record
     assert (data["log"]["problem"]["line"], data["log"]["problem"]["kind"]) == want
+
+
+def test_log_larger_than_a_line_cap_is_streamed(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cap on the whole log: with the per-line cap and the read chunk made tiny, a log
+    many times larger verifies (and every kind of damage is still found) while no more
+    than a chunk and one line are ever held."""
+    path = _log(tmp_path, 40)
+    size = path.stat().st_size
+    longest = max(len(line) for line in _lines(path))
+    monkeypatch.setattr(oplog, "MAX_LOG_LINE", longest)
+    # the cap the whole log had before (verify refused a log above it): gone
+    monkeypatch.setattr(oplog, "MAX_LOG_FILE", longest, raising=False)
+    monkeypatch.setattr(oplog, "_CHUNK", 64)
+    assert size > 20 * longest
+    reads: list[int] = []
+    real_read = oplog.os.read
+
+    def counting_read(fd: int, n: int) -> bytes:
+        reads.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(oplog.os, "read", counting_read)
+    result = oplog.verify(path)
+    assert result.problem is None and result.lines == 40
+    assert result.head_sha256 == oplog.line_hash(_lines(path)[-1].rstrip(b"\n"))
+    assert reads and max(reads) == 64  # never the whole file at once
+    # appending reads only the last line, in chunks
+    oplog.append(path, {"op": "crl"})
+    assert oplog.verify(path).lines == 41
+    lines = _lines(path)
+    del lines[20]
+    path.write_bytes(b"".join(lines))
+    problem = oplog.verify(path).problem
+    assert problem is not None and (problem.line, problem.kind) == (21, "deleted")
+    # a line over the cap is an edit, and still hashed in full
+    lines = _lines(path)
+    lines[5] = b'{"pad": "' + b"x" * (2 * longest) + b'"}\n'
+    path.write_bytes(b"".join(lines))
+    problem = oplog.verify(path).problem
+    assert problem is not None and problem.kind == "edited" and problem.line == 6
+    assert "longer than" in problem.message
+
+
+def test_verify_streams_lines_from_a_generator() -> None:
+    """check_lines takes lines one at a time, as read_lines yields them from a pipe (which
+    cannot be read whole up front, nor seeked)."""
+    data, prev = b"", oplog.GENESIS
+    for seq in range(1, 6):
+        line = json.dumps({"op": "x", "seq": seq, "prev": prev}, sort_keys=True).encode()
+        data += line + b"\n"
+        prev = oplog.line_hash(line)
+    r, w = os.pipe()
+    try:
+        os.write(w, data)
+        os.close(w)
+        result = oplog.check_lines(oplog.read_lines(r))
+    finally:
+        os.close(r)
+    assert result.problem is None and result.lines == 5 and result.head_sha256 == prev
+
+
+def test_append_opens_the_log_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _log(tmp_path, 3)
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(p: object, *args: object, **kw: object) -> int:
+        if str(p) == str(path):
+            opened.append(str(p))
+        return real_open(p, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", counting_open)
+    oplog.append(path, {"op": "crl"})
+    assert len(opened) == 1
+    assert oplog.verify(path).problem is None

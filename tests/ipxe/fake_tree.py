@@ -4,15 +4,23 @@ Its make writes each target as: a header, the SHA-256 fingerprints of the TRUST=
 DER of every CERT= certificate and the embedded script, so the cache, the manifest and the
 "is the trust really in the binary" check can be exercised for real. Environment knobs:
 FAKE_FAIL=1 makes the build fail after some output; FAKE_DROP_TRUST=1 leaves the
-fingerprints out; FAKE_HOLD=FILE creates FILE and sleeps (a build to kill); every run
-appends the target to the file $FAKE_RUNS.
+fingerprints out; FAKE_HOLD=FILE writes its process group id to FILE and sleeps (a build
+to kill); every run appends the target to the file $FAKE_RUNS.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 MAKEFILE = """\
 FAKE_PY ?= python3
@@ -34,7 +42,10 @@ with open(os.environ["FAKE_RUNS"], "a") as log:
     log.write(target + "\\n")
 if os.environ.get("FAKE_HOLD"):  # stand still mid-build, to be killed by the test
     import time
-    open(os.environ["FAKE_HOLD"], "w").close()
+    # the file says which process group make runs in (the test checks it is gone after)
+    with open(os.environ["FAKE_HOLD"] + ".tmp", "w") as f:
+        f.write(str(os.getpgid(0)))
+    os.replace(os.environ["FAKE_HOLD"] + ".tmp", os.environ["FAKE_HOLD"])
     time.sleep(120)
 if os.environ.get("FAKE_FAIL"):
     for i in range(40):
@@ -100,3 +111,74 @@ def fake_env_passthrough(monkeypatch: Any) -> None:
     from trustboot.ipxe import build
 
     monkeypatch.setattr(build, "MAKE_ENV_PASSTHROUGH", FAKE_VARS)
+
+
+# `trustboot` in a child process, with the fake toolchain and the FAKE_* knobs reaching make:
+# a real process that a test can signal.
+_DRIVER = """\
+import sys
+from trustboot.ipxe import build as B
+B.check_toolchain = lambda targets: {"gcc": "gcc (fake)", "make": "make (fake)"}
+B.MAKE_ENV_PASSTHROUGH = %r
+from trustboot.cli.main import main
+sys.argv = ["trustboot", *sys.argv[1:]]
+main()
+"""
+
+
+def start_trustboot(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Run ``trustboot ARGS`` in its own session (so a test can kill everything it left)."""
+    child_env = {**os.environ, **env,
+                 "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.Popen([sys.executable, "-c", _DRIVER % (FAKE_VARS,), *args],
+                            env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def wait_for_hold(hold: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """Wait until the fake make holds (FAKE_HOLD); returns make's process group id."""
+    deadline = time.monotonic() + timeout
+    while not hold.exists():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the build ended early: {err.decode(errors='replace')}")
+        if time.monotonic() > deadline:
+            pytest.fail("the build never reached make")
+        time.sleep(0.05)
+    return int(hold.read_text())
+
+
+def group_alive(pgid: int, timeout: float = 5) -> bool:
+    """Whether process group ``pgid`` still has a member after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+
+
+def signal_mid_build(proc: subprocess.Popen[bytes], hold: Path, signum: int,
+                     while_held: Callable[[int], None]) -> tuple[bytes, bool]:
+    """Wait until the fake make holds, call ``while_held(make's process group)``, send
+    ``signum`` to trustboot only (as a service manager would) and wait for it to end.
+    Returns its stderr and whether make's group outlived it (then killed, as is every
+    leftover)."""
+    make_group = proc.pid
+    try:
+        make_group = wait_for_hold(hold, proc)
+        while_held(make_group)
+        os.kill(proc.pid, signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        alive = make_group != proc.pid and group_alive(make_group)
+        if make_group != proc.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(make_group, signal.SIGKILL)
+    return err, alive

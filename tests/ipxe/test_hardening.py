@@ -4,11 +4,11 @@ real git); no iPXE tree needed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import require_tool
-from tests.ipxe.fake_tree import FAKE_VARS
+from tests.ipxe.fake_tree import FAKE_VARS, signal_mid_build, start_trustboot, wait_for_hold
 from tests.ipxe.testpki import TestPki
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
@@ -180,40 +180,14 @@ def test_make_never_sees_the_passphrase_variable(env: dict[str, Path], pki: Test
     assert code == 3 and "passphrase" in err
 
 
-_DRIVER = """\
-import sys
-from trustboot.ipxe import build as B
-B.check_toolchain = lambda targets: {"gcc": "gcc (fake)", "make": "make (fake)"}
-B.MAKE_ENV_PASSTHROUGH = %r
-from trustboot.cli.main import main
-sys.argv = ["trustboot", *sys.argv[1:]]
-main()
-"""
-
-
 def _start_client_build(env: dict[str, Path], pki: TestPki, tmp_path: Path,
                         hold: Path) -> subprocess.Popen[bytes]:
     store = _client_store(pki, tmp_path)
-    child_env = {**os.environ, "FAKE_HOLD": str(hold), "TB_CLIENT_PASS": CLIENT_PASS,
-                 "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    return subprocess.Popen(
-        [sys.executable, "-c", _DRIVER % (FAKE_VARS,), "ipxe", "build",
-         "--source", str(env["tree"]), "--pki", str(store), "--client-cert", "c1",
-         "--passphrase-env", "TB_CLIENT_PASS", "--target", "bin/ipxe.lkrn", *CHAIN,
+    return start_trustboot(
+        ["ipxe", "build", "--source", str(env["tree"]), "--pki", str(store), "--client-cert",
+         "c1", "--passphrase-env", "TB_CLIENT_PASS", "--target", "bin/ipxe.lkrn", *CHAIN,
          "--cache-dir", str(env["cache"]), "-o", str(tmp_path / "out")],
-        env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True)
-
-
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"the build ended early: {err.decode(errors='replace')}")
-        if time.monotonic() > deadline:
-            pytest.fail("the build never reached make")
-        time.sleep(0.05)
+        {"FAKE_HOLD": str(hold), "TB_CLIENT_PASS": CLIENT_PASS})
 
 
 def _keys_in(cache: Path) -> list[Path]:
@@ -225,8 +199,9 @@ def test_sigkilled_client_build_leaves_key_only_until_the_next_run(
 ) -> None:
     hold = tmp_path / "holding"
     proc = _start_client_build(env, pki, tmp_path, hold)
+    make_group = proc.pid
     try:
-        _wait_for(hold, proc)
+        make_group = wait_for_hold(hold, proc)
         trees = list((env["cache"] / "work").glob(f"build-{proc.pid}-*"))
         assert len(trees) == 1
         tree = trees[0]
@@ -234,7 +209,9 @@ def test_sigkilled_client_build_leaves_key_only_until_the_next_run(
         key = tree / "trustboot-inputs" / "client.key"
         assert key.is_file() and oct(key.stat().st_mode & 0o777) == "0o600"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # python, make and the compiler: no cleanup
+        for group in {proc.pid, make_group}:  # python, make and the compiler: no cleanup
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
         proc.wait()
     assert _keys_in(env["cache"]), "SIGKILL leaves the key behind (nothing can run)"
     # the next build, whatever it builds, removes the dead build's tree first
@@ -245,23 +222,28 @@ def test_sigkilled_client_build_leaves_key_only_until_the_next_run(
     assert list((env["cache"] / "work").glob(f"build-{proc.pid}-*")) == []
 
 
-def test_sigterm_removes_the_key_at_once(env: dict[str, Path], pki: TestPki,
-                                         tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "returncode"), [
+    (signal.SIGTERM, -signal.SIGTERM),  # dies of it after the cleanup: 143 in a shell
+    (signal.SIGHUP, -signal.SIGHUP),
+    (signal.SIGINT, 130),  # Ctrl-C: the documented exit code
+])
+def test_signal_removes_the_key_and_stops_make(env: dict[str, Path], pki: TestPki,
+                                               tmp_path: Path, signum: int,
+                                               returncode: int) -> None:
     hold = tmp_path / "holding"
     proc = _start_client_build(env, pki, tmp_path, hold)
-    try:
-        _wait_for(hold, proc)
+
+    def held(make_group: int) -> None:
+        assert make_group != proc.pid  # make runs in a process group of its own
         assert _keys_in(env["cache"])
-        os.kill(proc.pid, signal.SIGTERM)  # trustboot only, as a service manager would
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    # the cleanup ran, then the process died of the SIGTERM it was sent
-    assert proc.returncode == -signal.SIGTERM, err
+
+    err, alive = signal_mid_build(proc, hold, signum, held)
+    # the cleanup ran, then the process ended as the signal meant
+    assert proc.returncode == returncode, err
+    assert not alive, "make (or its compiler) outlived the build"
     assert _keys_in(env["cache"]) == []
     assert list((env["cache"] / "work").glob("build-*")) == []
+    assert b"Traceback" not in err
 
 
 # --- unbounded reads and odd files -----------------------------------------------------------

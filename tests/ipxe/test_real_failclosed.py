@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from tests.ipxe.test_real_ipxe import ENTRY, _flip, _Origin, _serve
-from tests.ipxe.testpki import TestPki, cached_pki
-from tests.ipxe_qemu import boot, cache_root, ipxe_src_or_skip
+from tests.ipxe.testpki import TestPki
+from tests.ipxe_qemu import boot, cache_root
 from trustboot.cli.main import cli
 
 pytestmark = [pytest.mark.ipxe, pytest.mark.slow]
@@ -29,16 +29,6 @@ pytestmark = [pytest.mark.ipxe, pytest.mark.slow]
 # A fixed origin port keeps these firmwares (their --chain URL names it) cached across runs.
 ORIGIN_PORT = 47445
 ROGUE_FILE = "/rogue-nbp.ipxe"
-
-
-@pytest.fixture(scope="module")
-def src() -> Path:
-    return ipxe_src_or_skip()
-
-
-@pytest.fixture(scope="module")
-def pki(src: Path) -> TestPki:
-    return cached_pki(cache_root() / "pki", "main")
 
 
 class _Rogue(http.server.ThreadingHTTPServer):
@@ -71,16 +61,16 @@ def rogue() -> Iterator[_Rogue]:
 
 
 @pytest.fixture
-def origin(pki: TestPki, tmp_path: Path) -> Iterator[_Origin]:
-    server = _serve(pki, tmp_path, port=ORIGIN_PORT)
+def origin(real_pki: TestPki, tmp_path: Path) -> Iterator[_Origin]:
+    server = _serve(real_pki, tmp_path, port=ORIGIN_PORT)
     yield server
     server.shutdown()
     server.server_close()
 
 
-def _firmware(src: Path, pki: TestPki, port: int, out: Path, *extra: str) -> Path:
+def _firmware(real_src: Path, real_pki: TestPki, port: int, out: Path, *extra: str) -> Path:
     result = CliRunner().invoke(cli, [
-        "ipxe", "build", "--source", str(src), "--pki", str(pki.dir),
+        "ipxe", "build", "--source", str(real_src), "--pki", str(real_pki.dir),
         "--target", "bin/ipxe.lkrn", "--serial-console",
         "--chain", f"https://10.0.2.2:{port}/boot.ipxe", "--signer", "boot-signer",
         "--retries", "1", "--retry-delay", "1",
@@ -114,15 +104,15 @@ def _boot_failing(lkrn: Path, rogue: _Rogue, tmp_path: Path, *, settle: float
 
 
 def test_failed_verification_never_reaches_the_next_boot_device(
-    src: Path, pki: TestPki, origin: _Origin, rogue: _Rogue, tmp_path: Path
+    real_src: Path, real_pki: TestPki, origin: _Origin, rogue: _Rogue, tmp_path: Path
 ) -> None:
     port = origin.server_address[1]
     # The entry script is signed, then changed: imgverify fails.
-    origin.files = {"/boot.ipxe": _flip(ENTRY, 12), "/boot.ipxe.sig": pki.sign_bytes(ENTRY)}
+    origin.files = {"/boot.ipxe": _flip(ENTRY, 12), "/boot.ipxe.sig": real_pki.sign_bytes(ENTRY)}
 
     # Control: --on-failure exit returns to the BIOS, which boots the stock NIC ROM, which
     # fetches the rogue file. This shows the setup can see a fall-through.
-    exit_fw = _firmware(src, pki, port, tmp_path / "exit", "--on-failure", "exit")
+    exit_fw = _firmware(real_src, real_pki, port, tmp_path / "exit", "--on-failure", "exit")
     console, bios, gave_up = _boot_failing(exit_fw, rogue, tmp_path, settle=90)
     assert "Could not verify" in console, console
     assert "MARKER-SIGNED-ENTRY-RAN" not in console
@@ -133,7 +123,7 @@ def test_failed_verification_never_reaches_the_next_boot_device(
 
     # The default: after the same failure the firmware halts; nothing else ever boots.
     rogue.requests.clear()
-    halt_fw = _firmware(src, pki, port, tmp_path / "halt")
+    halt_fw = _firmware(real_src, real_pki, port, tmp_path / "halt")
     settle = max(45.0, 3 * fall_through)
     console, bios, gave_up = _boot_failing(halt_fw, rogue, tmp_path, settle=settle)
     assert "Could not verify" in console, console
@@ -146,12 +136,12 @@ def test_failed_verification_never_reaches_the_next_boot_device(
 
 
 def test_failed_fetch_and_failed_dhcp_paths_halt_too(
-    src: Path, pki: TestPki, origin: _Origin, rogue: _Rogue, tmp_path: Path
+    real_src: Path, real_pki: TestPki, origin: _Origin, rogue: _Rogue, tmp_path: Path
 ) -> None:
     """No signature on the origin: the fetch retries run out and the firmware halts."""
     port = origin.server_address[1]
     origin.files = {"/boot.ipxe": ENTRY}  # no .sig
-    halt_fw = _firmware(src, pki, port, tmp_path / "halt")
+    halt_fw = _firmware(real_src, real_pki, port, tmp_path / "halt")
     console, bios, gave_up = _boot_failing(halt_fw, rogue, tmp_path, settle=45)
     assert "could not fetch https://10.0.2.2" in console, console
     assert gave_up is not None and "halted" in console, console

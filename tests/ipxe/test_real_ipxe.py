@@ -30,7 +30,6 @@ from tests.ipxe_qemu import (
     build_test_ipxe,
     cache_root,
     chain_firmware,
-    ipxe_src_or_skip,
 )
 from trustboot.cli.main import cli
 from trustboot.ipxe import build as B
@@ -43,18 +42,7 @@ ENTRY = b"#!ipxe\necho MARKER-SIGNED-ENTRY-RAN\necho " + DONE_MARKER.encode() + 
 
 
 @pytest.fixture(scope="module")
-def src() -> Path:
-    return ipxe_src_or_skip()
-
-
-@pytest.fixture(scope="module")
-def pki(src: Path) -> TestPki:
-    # Cached across runs, so the firmware built for it is too.
-    return cached_pki(cache_root() / "pki", "main")
-
-
-@pytest.fixture(scope="module")
-def rogue(src: Path) -> TestPki:
+def rogue(real_src: Path) -> TestPki:
     # Same names, same signer CN, different keys: only the trust anchor tells them apart.
     return cached_pki(cache_root() / "pki", "rogue")
 
@@ -65,27 +53,28 @@ def _flip(data: bytes, at: int) -> bytes:
     return bytes(out)
 
 
-def _chain_valid_from(pki: TestPki) -> datetime:
+def _chain_valid_from(real_pki: TestPki) -> datetime:
     """The latest notBefore in the signing chain: before it, iPXE must refuse."""
     from cryptography import x509
 
     return max(x509.load_pem_x509_certificate(p.read_bytes()).not_valid_before_utc
-               for p in (pki.root, pki.issuing, pki.leaf))
+               for p in (real_pki.root, real_pki.issuing, real_pki.leaf))
 
 
 def _verdict(name: str, command: str) -> str:
     return f"{command} && echo VERDICT {name} ok || echo VERDICT {name} fail"
 
 
-def test_harness_firmware_verifies_and_refuses(src: Path, pki: TestPki, rogue: TestPki) -> None:
-    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+def test_harness_firmware_verifies_and_refuses(real_src: Path, real_pki: TestPki,
+                                               rogue: TestPki) -> None:
+    lkrn = build_test_ipxe([real_pki.root], certs=[real_pki.issuing])
     kernel = hashlib.sha512(b"k").digest() * 32768  # 2 MiB stand-in for a kernel
     files = {
         "vmlinuz": kernel,
-        "vmlinuz.sig": pki.sign_bytes(kernel, "vmlinuz"),
+        "vmlinuz.sig": real_pki.sign_bytes(kernel, "vmlinuz"),
         "vmlinuz.bad": _flip(kernel, 1_000_000),
         "entry.ipxe": ENTRY,
-        "entry.ipxe.sig": pki.sign_bytes(ENTRY, "entry"),
+        "entry.ipxe.sig": real_pki.sign_bytes(ENTRY, "entry"),
         "entry.bad": _flip(ENTRY, 10),
         "rogue.ipxe": ENTRY,
         "rogue.ipxe.sig": rogue.sign_bytes(ENTRY, "rogue"),
@@ -126,14 +115,14 @@ def test_harness_firmware_verifies_and_refuses(src: Path, pki: TestPki, rogue: T
 
 
 def test_trustboot_sign_output_verifies_in_real_ipxe(
-    src: Path, pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    real_src: Path, real_pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Signatures made by `trustboot sign` (not openssl) against the same firmware."""
     from cryptography.hazmat.primitives import serialization
 
     from trustboot.keys.keyfile import write_key
 
-    key = serialization.load_pem_private_key(pki.leaf_key.read_bytes(), None)
+    key = serialization.load_pem_private_key(real_pki.leaf_key.read_bytes(), None)
     assert isinstance(key, rsa.RSAPrivateKey)
     write_key(tmp_path / "keys" / "leaf.key", key, b"signing passphrase")
     monkeypatch.setenv("TB_TEST_SIGN_PASS", "signing passphrase")
@@ -141,12 +130,12 @@ def test_trustboot_sign_output_verifies_in_real_ipxe(
     entry.write_bytes(ENTRY)
     result = CliRunner().invoke(cli, [
         "sign", str(entry), "--key", f"file:{tmp_path / 'keys' / 'leaf.key'}",
-        "--cert", str(pki.leaf), "--chain", str(pki.chain),
+        "--cert", str(real_pki.leaf), "--chain", str(real_pki.chain),
         "--passphrase-env", "TB_TEST_SIGN_PASS",
     ])
     assert result.exit_code == 0, result.output
     sig = (tmp_path / "entry.ipxe.sig").read_bytes()
-    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+    lkrn = build_test_ipxe([real_pki.root], certs=[real_pki.issuing])
     console = boot(lkrn, {"entry.ipxe": ENTRY, "entry.ipxe.sig": sig,
                           "flipped.ipxe": _flip(ENTRY, 12)}, "\n".join([
         "#!ipxe",
@@ -165,11 +154,11 @@ def test_trustboot_sign_output_verifies_in_real_ipxe(
 
 
 def test_untrusted_root_firmware_refuses_our_signatures(
-    src: Path, pki: TestPki, rogue: TestPki
+    real_src: Path, real_pki: TestPki, rogue: TestPki
 ) -> None:
     # The same chain, but firmware that trusts only the rogue root.
     lkrn = build_test_ipxe([rogue.root], certs=[rogue.issuing])
-    console = boot(lkrn, {"entry.ipxe": ENTRY, "entry.ipxe.sig": pki.sign_bytes(ENTRY, "e2")},
+    console = boot(lkrn, {"entry.ipxe": ENTRY, "entry.ipxe.sig": real_pki.sign_bytes(ENTRY, "e2")},
                    f"""#!ipxe
 imgtrust --permanent
 imgfetch tftp://10.0.2.2/entry.ipxe && imgfetch tftp://10.0.2.2/entry.ipxe.sig
@@ -180,12 +169,12 @@ echo {DONE_MARKER}
     assert "MARKER-SIGNED-ENTRY-RAN" not in console
 
 
-def test_client_clock_before_the_chain_is_valid_refuses(src: Path, pki: TestPki) -> None:
+def test_client_clock_before_the_chain_is_valid_refuses(real_src: Path, real_pki: TestPki) -> None:
     # iPXE allows 12 h 30 min of clock error. A client whose clock is two days before the
     # chain's notBefore must refuse; one that is 6 h slow (the CA is backdated a day) accepts.
 
-    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
-    files = {"entry.ipxe": ENTRY, "entry.ipxe.sig": pki.sign_bytes(ENTRY, "clock")}
+    lkrn = build_test_ipxe([real_pki.root], certs=[real_pki.issuing])
+    files = {"entry.ipxe": ENTRY, "entry.ipxe.sig": real_pki.sign_bytes(ENTRY, "clock")}
     script = "\n".join([
         "#!ipxe",
         "imgfetch tftp://10.0.2.2/entry.ipxe",
@@ -194,7 +183,7 @@ def test_client_clock_before_the_chain_is_valid_refuses(src: Path, pki: TestPki)
         "",
     ])
     now = datetime.now(UTC)
-    early = boot(lkrn, files, script, rtc=_chain_valid_from(pki) - timedelta(days=2))
+    early = boot(lkrn, files, script, rtc=_chain_valid_from(real_pki) - timedelta(days=2))
     assert "VERDICT clock fail" in early, early
     slow = boot(lkrn, files, script, rtc=now - timedelta(hours=6))
     assert "VERDICT clock ok" in slow, slow
@@ -233,9 +222,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _serve(pki: TestPki, tmp_path: Path, *, client_auth: bool = False, port: int = 0,
+def _serve(real_pki: TestPki, tmp_path: Path, *, client_auth: bool = False, port: int = 0,
            ciphers: str | None = None) -> _Origin:
-    chain, key = pki.server_credentials("10.0.2.2")
+    chain, key = real_pki.server_credentials("10.0.2.2")
     (tmp_path / "server.pem").write_bytes(chain)
     (tmp_path / "server.key").write_bytes(key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -245,7 +234,7 @@ def _serve(pki: TestPki, tmp_path: Path, *, client_auth: bool = False, port: int
         ctx.set_ciphers(ciphers)
     if client_auth:
         ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(pki.chain)
+        ctx.load_verify_locations(real_pki.chain)
     try:
         server = _Origin(("127.0.0.1", port), _Handler)
     except OSError:  # a fixed port in use: any port (the firmware is then rebuilt)
@@ -257,22 +246,22 @@ def _serve(pki: TestPki, tmp_path: Path, *, client_auth: bool = False, port: int
 
 
 @pytest.fixture
-def origin(pki: TestPki, tmp_path: Path) -> Iterator[_Origin]:
-    server = _serve(pki, tmp_path)
+def origin(real_pki: TestPki, tmp_path: Path) -> Iterator[_Origin]:
+    server = _serve(real_pki, tmp_path)
     yield server
     server.shutdown()
     server.server_close()
 
 
 def test_cli_built_firmware_chains_only_a_verified_entry_script(
-    src: Path, pki: TestPki, rogue: TestPki, origin: _Origin, tmp_path: Path
+    real_src: Path, real_pki: TestPki, rogue: TestPki, origin: _Origin, tmp_path: Path
 ) -> None:
-    lkrn = chain_firmware(src, pki.dir, f"https://10.0.2.2:{origin.server_address[1]}/boot.ipxe",
+    lkrn = chain_firmware(real_src, real_pki.dir, f"https://10.0.2.2:{origin.server_address[1]}/boot.ipxe",
                           tmp_path / "fw")
     stops = (DONE_MARKER, "Could not verify", "stopping")
     cases = {
-        "good": {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "h1")},
-        "flipped": {"/boot.ipxe": _flip(ENTRY, 12), "/boot.ipxe.sig": pki.sign_bytes(ENTRY)},
+        "good": {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": real_pki.sign_bytes(ENTRY, "h1")},
+        "flipped": {"/boot.ipxe": _flip(ENTRY, 12), "/boot.ipxe.sig": real_pki.sign_bytes(ENTRY)},
         "untrusted": {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": rogue.sign_bytes(ENTRY, "h2")},
         "unsigned": {"/boot.ipxe": ENTRY},
     }
@@ -332,7 +321,7 @@ class _NtpServer:
 
 
 def test_cli_ntp_sets_the_clock_before_verifying(
-    src: Path, pki: TestPki, origin: _Origin, tmp_path: Path
+    real_src: Path, real_pki: TestPki, origin: _Origin, tmp_path: Path
 ) -> None:
     """--ntp: a client whose clock is before the chain's notBefore verifies once NTP has set
     the clock; with no NTP answer it is fail-closed: it fetches and runs nothing."""
@@ -342,7 +331,7 @@ def test_cli_ntp_sets_the_clock_before_verifying(
         port = origin.server_address[1]
         out = tmp_path / "fw"
         result = CliRunner().invoke(cli, [
-            "ipxe", "build", "--source", str(src), "--pki", str(pki.dir),
+            "ipxe", "build", "--source", str(real_src), "--pki", str(real_pki.dir),
             "--target", "bin/ipxe.lkrn", "--serial-console", "--ntp", "10.0.2.2",
             "--chain", f"https://10.0.2.2:{port}/boot.ipxe", "--signer", "boot-signer",
             "--retries", "1", "--retry-delay", "1",
@@ -350,9 +339,9 @@ def test_cli_ntp_sets_the_clock_before_verifying(
         ])
         assert result.exit_code == 0, result.output
         lkrn = out / "bin/ipxe.lkrn"
-        origin.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "ntp")}
+        origin.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": real_pki.sign_bytes(ENTRY, "ntp")}
         stops = (DONE_MARKER, "Could not verify", "stopping")
-        slow = _chain_valid_from(pki) - timedelta(days=2)
+        slow = _chain_valid_from(real_pki) - timedelta(days=2)
         synced = boot(lkrn, {}, "#!ipxe\n", rtc=slow, restrict=False, stop_on=stops,
                       timeout=120)
         assert ntp.queries >= 1
@@ -373,14 +362,14 @@ def test_cli_ntp_sets_the_clock_before_verifying(
 CLIENT_ORIGIN_PORT = 47444
 
 
-def _cached_client(pki: TestPki, cn: str) -> tuple[Any, Any]:
+def _cached_client(real_pki: TestPki, cn: str) -> tuple[Any, Any]:
     """The same client certificate across runs (it is part of the firmware's cache key)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    crt, key_file = pki.dir / f"client-{cn}.crt", pki.dir / f"client-{cn}.key"
+    crt, key_file = real_pki.dir / f"client-{cn}.crt", real_pki.dir / f"client-{cn}.key"
     if not crt.exists() or not key_file.exists():
-        cert, key = pki.client_credentials(cn)
+        cert, key = real_pki.client_credentials(cn)
         key_file.write_bytes(key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption()))
@@ -390,7 +379,7 @@ def _cached_client(pki: TestPki, cn: str) -> tuple[Any, Any]:
 
 
 def test_client_certificate_origin(
-    src: Path, pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    real_src: Path, real_pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--client-cert: the firmware authenticates to an origin that requires it; firmware
     without the client key cannot fetch from it. A fresh build (the key never enters a
@@ -401,20 +390,20 @@ def test_client_certificate_origin(
 
     store = tmp_path / "pki"
     (store / "issued").mkdir(parents=True)
-    (store / "ca.crt").write_bytes(pki.root.read_bytes())
-    (store / "issuing-ca.crt").write_bytes(pki.issuing.read_bytes())
-    cert, key = _cached_client(pki, "boot-client-1")
+    (store / "ca.crt").write_bytes(real_pki.root.read_bytes())
+    (store / "issuing-ca.crt").write_bytes(real_pki.issuing.read_bytes())
+    cert, key = _cached_client(real_pki, "boot-client-1")
     (store / "issued" / "boot-client-1.crt").write_bytes(cert.public_bytes(Encoding.PEM))
     write_key(store / "private" / "boot-client-1.key", key, b"correct horse battery")
     monkeypatch.setenv("TB_TEST_CLIENT_PASS", "correct horse battery")
     (tmp_path / "origin").mkdir()
-    server = _serve(pki, tmp_path / "origin", client_auth=True, port=CLIENT_ORIGIN_PORT)
+    server = _serve(real_pki, tmp_path / "origin", client_auth=True, port=CLIENT_ORIGIN_PORT)
     try:
         port = server.server_address[1]
-        server.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "cc")}
+        server.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": real_pki.sign_bytes(ENTRY, "cc")}
         out = tmp_path / "fw"
         result = CliRunner().invoke(cli, [
-            "ipxe", "build", "--source", str(src), "--pki", str(store),
+            "ipxe", "build", "--source", str(real_src), "--pki", str(store),
             "--client-cert", "boot-client-1", "--passphrase-env", "TB_TEST_CLIENT_PASS",
             "--target", "bin/ipxe.lkrn", "--serial-console",
             "--chain", f"https://10.0.2.2:{port}/boot.ipxe", "--signer", "boot-signer",
@@ -428,7 +417,7 @@ def test_client_certificate_origin(
         console = boot(lkrn, {}, "#!ipxe\n", restrict=False, stop_on=stops, timeout=120)
         assert "MARKER-SIGNED-ENTRY-RAN" in console, console
         # the harness firmware trusts the same root but has no client key
-        plain = build_test_ipxe([pki.root], certs=[pki.issuing])
+        plain = build_test_ipxe([real_pki.root], certs=[real_pki.issuing])
         console = boot(plain, {}, "\n".join([
             "#!ipxe",
             _verdict("noclient", f"imgfetch https://10.0.2.2:{port}/boot.ipxe"),
@@ -445,16 +434,16 @@ EFI_ORIGIN_PORT = 47443
 
 
 def test_default_efi_targets_chain_only_a_verified_entry_script(
-    src: Path, pki: TestPki, tmp_path: Path
+    real_src: Path, real_pki: TestPki, tmp_path: Path
 ) -> None:
     """The default targets under OVMF: ipxe.efi from a disk, snponly.efi PXE-booted (with an
     unsigned autoexec.ipxe on the TFTP server, which iPXE 2.0 fetches and must not run)."""
-    server = _serve(pki, tmp_path, port=EFI_ORIGIN_PORT)
+    server = _serve(real_pki, tmp_path, port=EFI_ORIGIN_PORT)
     try:
         port = server.server_address[1]
         out = tmp_path / "fw"
         result = CliRunner().invoke(cli, [
-            "ipxe", "build", "--source", str(src), "--pki", str(pki.dir),
+            "ipxe", "build", "--source", str(real_src), "--pki", str(real_pki.dir),
             "--chain", f"https://10.0.2.2:{port}/boot.ipxe", "--signer", "boot-signer",
             "--retries", "2", "--retry-delay", "1",
             "--cache-dir", str(cache_root() / "ipxe"), "-o", str(out), "--json",
@@ -466,7 +455,7 @@ def test_default_efi_targets_chain_only_a_verified_entry_script(
                           "bin-x86_64-efi/snponly.efi": "output",
                           "bin/undionly.kpxe": "linked image"}
         stops = (DONE_MARKER, "Could not verify", "stopping", "AUTOEXEC-RAN")
-        server.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "efi")}
+        server.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": real_pki.sign_bytes(ENTRY, "efi")}
         disk = boot_efi(out / "bin-x86_64-efi/ipxe.efi", restrict=False, stop_on=stops)
         assert "MARKER-SIGNED-ENTRY-RAN" in disk, disk
         autoexec = {"autoexec.ipxe": b"#!ipxe\necho AUTOEXEC-RAN\n"}
@@ -487,34 +476,36 @@ def test_default_efi_targets_chain_only_a_verified_entry_script(
 # --- reproducibility ------------------------------------------------------------------------
 
 
-def _request(src: Path, pki: TestPki, targets: tuple[str, ...]) -> B.BuildRequest:
+def _request(real_src: Path, real_pki: TestPki, targets: tuple[str, ...]) -> B.BuildRequest:
     return B.BuildRequest(
-        source=open_source(src), targets=targets,
-        trust=(load_single_certificate(pki.root),),
-        certs=tuple(load_certificates(pki.issuing)),
+        source=open_source(real_src), targets=targets,
+        trust=(load_single_certificate(real_pki.root),),
+        certs=tuple(load_certificates(real_pki.issuing)),
         script=HARNESS_EMBED, options=BuildOptions(serial_console=True),
     )
 
 
-def test_bios_media_targets_carry_the_trust(src: Path, pki: TestPki, tmp_path: Path) -> None:
+def test_bios_media_targets_carry_the_trust(real_src: Path, real_pki: TestPki,
+                                            tmp_path: Path) -> None:
     # ISO and USB wrap the compressed image; the check looks in the linked image they wrap.
     targets = ("bin/ipxe.iso", "bin/ipxe.usb", "bin/undionly.kpxe")
-    res = B.build(_request(src, pki, targets), output_dir=tmp_path / "out",
+    res = B.build(_request(real_src, real_pki, targets), output_dir=tmp_path / "out",
                   cache_dir=cache_root() / "ipxe")
     outputs: Any = res.manifest["outputs"]
     for out in outputs:
         check = out["trust_check"]
         assert check["searched"] == "linked image"
-        assert list(check["trust"]) == [load_single_certificate(pki.root).fingerprint]
+        assert list(check["trust"]) == [load_single_certificate(real_pki.root).fingerprint]
         assert all(check["trust"].values()) and all(check["certs"].values())
         assert (tmp_path / "out" / out["target"]).stat().st_size == out["size"]
 
 
-def test_lkrn_is_reproducible_across_trees(src: Path, pki: TestPki, tmp_path: Path) -> None:
+def test_lkrn_is_reproducible_across_trees(real_src: Path, real_pki: TestPki,
+                                           tmp_path: Path) -> None:
     # The harness build came from the shared warm tree (possibly rebuilt incrementally from
     # other trust); this one from a fresh copy at another path.
-    warm = build_test_ipxe([pki.root], certs=[pki.issuing]).read_bytes()
-    fresh = B.build(_request(src, pki, ("bin/ipxe.lkrn",)), output_dir=tmp_path / "out",
+    warm = build_test_ipxe([real_pki.root], certs=[real_pki.issuing]).read_bytes()
+    fresh = B.build(_request(real_src, real_pki, ("bin/ipxe.lkrn",)), output_dir=tmp_path / "out",
                     cache_dir=tmp_path / "cache", clean=True)
     assert not fresh.cached
     assert hashlib.sha256(fresh.outputs["bin/ipxe.lkrn"].read_bytes()).hexdigest() == \
@@ -523,8 +514,9 @@ def test_lkrn_is_reproducible_across_trees(src: Path, pki: TestPki, tmp_path: Pa
 
 @pytest.mark.skipif(os.environ.get("TRUSTBOOT_SKIP_EFI_REPRO") == "1",
                     reason="TRUSTBOOT_SKIP_EFI_REPRO=1")
-def test_efi_is_reproducible_across_trees(src: Path, pki: TestPki, tmp_path: Path) -> None:
-    req = _request(src, pki, ("bin-x86_64-efi/snponly.efi",))
+def test_efi_is_reproducible_across_trees(real_src: Path, real_pki: TestPki,
+                                          tmp_path: Path) -> None:
+    req = _request(real_src, real_pki, ("bin-x86_64-efi/snponly.efi",))
     digests = []
     for name in ("a", "b"):
         res = B.build(req, output_dir=tmp_path / name / "out",

@@ -12,33 +12,23 @@ from pathlib import Path
 import pytest
 
 from tests.ipxe.test_real_ipxe import ENTRY, _flip, _serve
-from tests.ipxe.testpki import TestPki, cached_pki
-from tests.ipxe_qemu import DONE_MARKER, boot_rom, cache_root, chain_firmware, ipxe_src_or_skip
+from tests.ipxe.testpki import TestPki
+from tests.ipxe_qemu import DONE_MARKER, boot_rom, chain_firmware
 
 pytestmark = [pytest.mark.ipxe, pytest.mark.slow]
 
 ROM = "bin/8086100e.rom"  # QEMU's e1000
 
 
-@pytest.fixture(scope="module")
-def src() -> Path:
-    return ipxe_src_or_skip()
-
-
-@pytest.fixture(scope="module")
-def pki(src: Path) -> TestPki:
-    return cached_pki(cache_root() / "pki", "main")
-
-
-def test_e1000_rom_boots_only_the_verified_chain(src: Path, pki: TestPki,
+def test_e1000_rom_boots_only_the_verified_chain(real_src: Path, real_pki: TestPki,
                                                  tmp_path: Path) -> None:
-    origin = _serve(pki, tmp_path)
+    origin = _serve(real_pki, tmp_path)
     try:
-        rom = chain_firmware(src, pki.dir,
+        rom = chain_firmware(real_src, real_pki.dir,
                              f"https://10.0.2.2:{origin.server_address[1]}/boot.ipxe",
                              tmp_path / "fw", target=ROM)
         assert rom.read_bytes()[:2] == b"\x55\xaa"  # a PCI option ROM
-        origin.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": pki.sign_bytes(ENTRY, "rom")}
+        origin.files = {"/boot.ipxe": ENTRY, "/boot.ipxe.sig": real_pki.sign_bytes(ENTRY, "rom")}
         good, _ = boot_rom(rom, restrict=False, stop_on=(DONE_MARKER, "Could not verify"))
         assert "MARKER-SIGNED-ENTRY-RAN" in good, good
         origin.files = {"/boot.ipxe": _flip(ENTRY, 12),

@@ -227,6 +227,12 @@ def test_uri_parsing() -> None:
     with pytest.raises(ConfigError) as err:
         parse_uri("pkcs11:object=o;pin-value=123456")
     assert "123456" not in err.value.message
+    # the PIN in the query is refused by the parser itself, for a key or a token alike
+    for text, require_key in (("pkcs11:object=o?pin-value=123456", True),
+                              ("pkcs11:token=t?pin-value=123456", False)):
+        with pytest.raises(ConfigError, match="carries the PIN itself") as err:
+            parse_uri(text, require_key=require_key)
+        assert "123456" not in err.value.message
 
 
 def test_signed_at_is_the_callers_clock(token: Token, material: Material,

@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -199,6 +201,20 @@ def stop_nginx(n: Nginx) -> None:
     except subprocess.TimeoutExpired:
         n.process.kill()
         n.process.wait()
+
+
+@contextlib.contextmanager
+def scratch_nginx(prefix: str) -> Iterator[tuple[Path, Pki, Nginx]]:
+    """A fresh CA and an nginx origin in a temporary directory, both gone afterwards:
+    (the directory, the CA, nginx). For the benchmarks, which run outside pytest."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        base = Path(tmp)
+        pki = make_pki(base / "ca")
+        nginx = start_nginx(pki, base / "nginx")
+        try:
+            yield base, pki, nginx
+        finally:
+            stop_nginx(nginx)
 
 
 @pytest.fixture(scope="session")

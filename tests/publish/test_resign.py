@@ -182,6 +182,78 @@ def test_short_lived_or_wrong_signer_refused(pki: Pki, live: tuple[str, Path]) -
     assert bad.exit_code == 3 and "not a duration" in bad.output
 
 
+def test_already_signed_is_decided_by_the_signatures_not_the_manifest(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str) -> None:
+    """A manifest (unsigned here, as `publish` makes it) claiming the fresh signer's serial
+    while its signatures are boot-signer's is re-signed, not called done."""
+    from cryptography import x509
+
+    url, root = live
+    cert = x509.load_pem_x509_certificate(pki.cert(fresh_signer).read_bytes())
+    serial = f"{cert.serial_number:x}"
+    path = root / "releases/r1/release.json"
+    doc = json.loads(path.read_bytes())
+    assert doc["signer"]["serial"] != serial
+    doc["signer"]["serial"] = serial
+    path.write_text(json.dumps(doc))
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["changed"] and out["switched"] and out["release"].startswith("r1.rs-")
+    run_cli("verify", str(root / "boot.ipxe"), "--pki", str(pki.dir), "--signer", fresh_signer)
+
+
+def test_resign_repairs_an_interrupted_switch_and_removes_stale_temps(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str,
+        make_release: ReleaseFactory) -> None:
+    from trustboot.publish.pipeline import SWITCH_JOURNAL
+
+    url, root = live
+    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
+    res = publish(pki, rel, url, "r2", "--no-switch")
+    assert res.exit_code == 0, res.output
+    # a switch to r2 killed between its two replacements: r2's signature, r1's script
+    r2 = json.loads((root / "releases/r2/release.json").read_bytes())
+    sig = next(f for f in r2["files"] if f["name"] == "boot.ipxe.sig")
+    script = next(f for f in r2["files"] if f["name"] == "boot.ipxe")
+    (root / SWITCH_JOURNAL).write_text(json.dumps({
+        "version": 1, "release": "r2", "entry_path": "boot.ipxe",
+        "script_sha256": script["sha256"], "sig_sha256": sig["sha256"]}))
+    (root / "boot.ipxe.sig").write_bytes((root / "releases/r2/boot.ipxe.sig").read_bytes())
+    stale = root / "releases/r1/.tb-tmp.4242.vmlinuz"
+    stale.write_bytes(b"half an upload")
+    os.utime(stale, (1, 1))
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert "completed the interrupted switch" in out["repaired"]
+    assert out["removed_temps"] == ["releases/r1/.tb-tmp.4242.vmlinuz"]
+    assert not stale.exists() and not (root / SWITCH_JOURNAL).exists()
+    assert out["previous"] == "r2" and out["release"].startswith("r2.rs-")
+
+
+def test_entry_without_its_release_directory_is_warned(
+        pki: Pki, tmp_path: Path, fresh_signer: str, make_release: ReleaseFactory) -> None:
+    origin = tmp_path / "origin-relative"
+    origin.mkdir()
+    script = (b"#!ipxe\nkernel vmlinuz || goto failed\n"
+              b"imgverify vmlinuz vmlinuz.sig || goto failed\nboot || goto failed\n"
+              b":failed\nshell\n")
+    rel = make_release({"boot.ipxe": script, "vmlinuz": KERNEL})
+    assert publish(pki, rel, f"file://{origin}", "r1").exit_code == 0
+    res = resign(pki, f"file://{origin}", fresh_signer)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["changed"] and out["rewritten"] == []
+    assert any("names no releases/r1/" in w for w in out["warnings"]), out["warnings"]
+    # and in the text output
+    text = CliRunner().invoke(cli, ["resign", f"file://{origin}", "--key", "boot-signer",
+                                    "--pki", str(pki.dir), "--passphrase-file",
+                                    str(pki.key_pass)])
+    assert text.exit_code == 0, text.output
+    assert "warning: the entry script boot.ipxe names no releases/" in text.output
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, str(REPO / "tests/ca/crashpoint.py"), *args],
                           env=env, capture_output=True, timeout=120)

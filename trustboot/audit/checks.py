@@ -585,20 +585,13 @@ def _check_fetched(obs: Observation, policy: Policy) -> list[Finding]:
             f"cleartext, unauthenticated TFTP; it {what}", evidence, sev))
         out += _check_content(target.url, target.path, res.sha256, policy, evidence)
         out += _loader_findings(target.url, fetched.loader, evidence)
-    # Offers whose target was never fetched (unresolvable names, follow disabled).
-    fetched_targets = {f.target for f in obs.fetched}
-    refused = {h.url for h in obs.http if h.refused is not None}
-    for offer in obs.offers:
-        for target in offer.boot_targets():
-            if target.scheme == "tftp" and target not in fetched_targets and obs.followed \
-                    and obs.mode == "active" and target.url not in refused:
-                fetched_targets.add(target)
-                why = ("the offer names no boot server" if not target.server
-                       else "the boot server is not an IP address" if not target.server_is_ip
-                       else "skipped: too many targets or no IPv4 address to fetch from")
+    # Offers whose TFTP target was never fetched (unresolvable names, skipped).
+    if obs.followed and obs.mode == "active":
+        for nf in obs.not_fetched():
+            if nf.target.scheme == "tftp":
                 out.append(_finding(
-                    "boot-file-unverified", target.url,
-                    f"{target.url} was not fetched ({why})", offer.evidence()))
+                    "boot-file-unverified", nf.target.url,
+                    f"{nf.target.url} was not fetched ({nf.reason})", nf.offer))
     return out
 
 

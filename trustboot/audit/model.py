@@ -257,6 +257,33 @@ class HttpCheck:
         }
 
 
+@dataclass(frozen=True)
+class NotFetched:
+    """A boot file that was offered but has no fetch in the report, and why."""
+
+    target: BootTarget
+    reason: str
+    offer: dict[str, object]  # the evidence of the offer (or DHCPv6 reply) naming it
+
+    def to_json(self) -> dict[str, object]:
+        return {"url": self.target.url, "scheme": self.target.scheme, "reason": self.reason,
+                "offer": self.offer}
+
+
+# what the audit follows; a boot file offered under any other scheme is never fetched
+FETCHED_SCHEMES = ("tftp", "http", "https")
+
+
+def _why_not_fetched(target: BootTarget) -> str:
+    if target.scheme not in FETCHED_SCHEMES:
+        return f"the audit does not fetch {target.scheme}:// boot files"
+    if target.scheme == "tftp" and not target.server:
+        return "the offer names no boot server"
+    if target.scheme == "tftp" and not target.server_is_ip:
+        return "the boot server is not an IP address"
+    return "skipped: too many targets or no IPv4 address to fetch from"
+
+
 @dataclass
 class Observation:
     interface: str
@@ -287,6 +314,23 @@ class Observation:
             if len(samples) < 5 and sample not in samples:
                 samples.append(sample)
 
+    def not_fetched(self) -> list[NotFetched]:
+        """Every offered boot file (DHCPv4 offers, DHCPv6 boot URLs) with no fetch or HTTP
+        check in the observation: an unfetchable scheme (ftp://, nfs://, ...), a TFTP
+        server named by host name, or one skipped. A report must show these: a reader that
+        only looks at what was fetched would otherwise take the segment as fully seen."""
+        seen = {f.target.url for f in self.fetched} | {h.url for h in self.http}
+        out: list[NotFetched] = []
+        offered = [(t, o.evidence()) for o in self.offers for t in o.boot_targets()]
+        offered += [(BootTarget.from_url(r.message.bootfile_url), r.evidence())
+                    for r in self.replies6 if r.message.bootfile_url]
+        for target, evidence in offered:
+            if target.url in seen:
+                continue
+            seen.add(target.url)
+            out.append(NotFetched(target, _why_not_fetched(target), evidence))
+        return out
+
     @property
     def dropped(self) -> int:
         """Packets not kept because a bound was reached (listener limits only)."""
@@ -304,6 +348,7 @@ class Observation:
             "malformed": [m.evidence() for m in self.malformed],
             "fetched": [f.to_json() for f in self.fetched],
             "http": [h.to_json() for h in self.http],
+            "not_fetched": [n.to_json() for n in self.not_fetched()],
             "tftp_write_probes": [w.to_json() for w in self.writes],
             "clients_seen": self.clients_seen, "notes": self.notes, "dropped": self.dropped,
             "limits": dict(self.limits), "limit_samples": dict(self.limit_samples),

@@ -24,8 +24,11 @@ three kinds (each a :class:`FleetEvidence`, recorded in index.json, the op log a
     which the firmware then verifies with imgverify) and ``well_known`` files the audit
     guessed by name (nobody offered them);
   - refused: an offered file whose fetch failed, was cut (``truncated``/a limit) or has no
-    sha256, a report whose audit did not follow offers (``--no-follow``), stopped at a
-    bound (``summary.complete`` false), or counted no boot file at all.
+    sha256, one offered but never fetched (``observation.not_fetched``: a scheme the audit
+    does not fetch such as ftp://, a TFTP server named by host name), a report that does
+    not list those (an older version), a report whose audit did not follow offers
+    (``--no-follow``), stopped at a bound (``summary.complete`` false), or counted no boot
+    file at all.
 """
 
 from __future__ import annotations
@@ -279,6 +282,21 @@ def audit_evidence(path: Path, root_sha256: str,
             hint="run the audit again (without --no-follow, with a larger --max-file-size or "
             "--follow-timeout if a boot file was cut) and pass the new report",
             rule="fleet-audit", subject=str(path))
+    if not isinstance(obs.get("not_fetched"), list):
+        raise VerificationError(
+            f"{where} does not list the boot files it was offered but did not fetch (a "
+            "report from an older trustboot), so a boot file it never examined would go "
+            "uncounted", hint="audit the segment again with this version and pass the new "
+            "report", rule="fleet-audit", subject=str(path))
+    for skipped in _list(obs, "not_fetched"):
+        url = str(skipped.get("url") or "?")
+        raise VerificationError(
+            f"{where}: the boot file {url} ({_offered_by(obs, url, '')}) was offered but "
+            f"not fetched ({skipped.get('reason') or 'no reason given'}), so the audit does "
+            "not show what firmware machines there boot",
+            hint="offer the firmware over TFTP from an IP address or over HTTP(S), which "
+            "the audit fetches, and audit the segment again", rule="fleet-audit",
+            subject=url)
     entries = [e for e in _list(obs, "fetched") if not e.get("well_known")]
     entries += _list(obs, "http")
     booted: list[Firmware] = []

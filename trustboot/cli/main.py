@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ import click
 
 from trustboot import __version__
 from trustboot.errors import ExitCode, TrustbootError
+from trustboot.interrupt import Interrupted, cleanup_on_signals
 
 # Each module trustboot.cli.<name> exposes ``command`` (a click command or group).
 COMMAND_MODULES = ("ca", "sign", "verify", "ipxe", "audit", "demo", "publish", "origin",
@@ -59,7 +61,14 @@ class TrustbootGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            # SIGTERM/SIGHUP/SIGINT unwind the command (temp trees removed, make killed),
+            # then end the process as the signal would have (see trustboot.interrupt).
+            with cleanup_on_signals():
+                try:
+                    return super().invoke(ctx)
+                except Interrupted as exc:
+                    _report_interrupted(ctx, exc)
+                    raise
         except TrustbootError as exc:
             obj = ctx.find_object(dict) or {}
             if obj.get("debug"):
@@ -92,6 +101,16 @@ class TrustbootGroup(click.Group):
             ctx.exit(int(ExitCode.INTERNAL))
 
 
+def _report_interrupted(ctx: click.Context, exc: Interrupted) -> None:
+    if exc.signum == signal.SIGINT:
+        return  # reported as KeyboardInterrupt, once the signal is delivered again
+    message = f"interrupted by {exc.name}; cleaned up"
+    if (ctx.find_object(dict) or {}).get("json_errors"):
+        _json_error("Interrupted", message, None, 128 + exc.signum)
+    else:
+        click.echo(message, err=True)
+
+
 def _wants_json(argv: Sequence[str]) -> bool:
     """``--json`` before any ``--`` (after it, it would be a file name)."""
     for arg in argv:
@@ -115,7 +134,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """trustboot: a signed network-boot chain, end to end.
 
     Exit codes: 0 ok, 1 operational failure, 2 usage, 3 invalid configuration or input,
-    4 verification failed, 5 audit findings at or above --fail-on, 70 internal bug.
+    4 verification failed, 5 audit findings at or above --fail-on, 70 internal bug,
+    130 interrupted; SIGTERM/SIGHUP end it with the signal, after cleaning up.
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug

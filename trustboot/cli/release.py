@@ -121,6 +121,13 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
 
 def _echo_window(window: dict[str, Any] | None) -> None:
     if window:
-        click.echo(f"  replay window {window['text']}: iPXE refuses these signatures from "
-                   f"{window['refused_after'][:19]} by the client's clock (signer notAfter + "
-                   "12h30m); a short-lived signer and `trustboot resign` bound it")
+        # the one wording of the window (ReplayWindow.describe), from the result's JSON
+        from trustboot.cms.freshness import ReplayWindow
+
+        not_after = dt.datetime.fromisoformat(window["signer_not_after"])
+        before = window.get("signer_not_before")
+        described = ReplayWindow(
+            not_after=not_after,
+            now=not_after - dt.timedelta(seconds=window["remaining_seconds"]),
+            not_before=dt.datetime.fromisoformat(before) if before else None).describe()
+        click.echo(f"  {described}; a short-lived signer and `trustboot resign` bound it")

@@ -121,7 +121,7 @@ def command(origin_url: str, key_ref: str, signing_cert: Path | None,
                    f"{len(result.signed)} signature(s), {len(result.copied)} object(s) copied, "
                    f"{len(result.rewritten)} script(s) pointed at the new release; "
                    f"{kw['entry_path']} switched")
-    window = result.replay_window or {}
-    click.echo(f"replay window {window.get('text')}: iPXE refuses these signatures from "
-               f"{window.get('refused_after')} (signer notAfter + 12h30m) by the client's "
-               "clock")
+    if result.repaired:
+        click.echo(f"repaired first: {result.repaired}", err=True)
+    if result.window is not None:
+        click.echo(result.window.describe())

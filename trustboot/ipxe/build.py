@@ -17,13 +17,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trustboot import fsutil
 from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.interrupt import cleanup_on_signals
 from trustboot.ipxe.config import BuildOptions, Certificate, ClientIdentity, render_headers
 from trustboot.ipxe.source import IpxeSource, copy_tree
 from trustboot.subproc import minimal_env
@@ -370,9 +370,11 @@ def _run_make(
     with open(log, "ab") as fh:
         fh.write(("$ " + " ".join(argv) + "\n").encode())
         fh.flush()
+        # Its own process group, so an interruption can stop make and every compiler it
+        # started (they write into a work tree that is about to be removed).
         proc = subprocess.Popen(
             list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=dict(env),
+            stdin=subprocess.DEVNULL, env=dict(env), process_group=0,
         )
         try:
             assert proc.stdout is not None
@@ -384,12 +386,7 @@ def _run_make(
             rc = proc.wait()
         finally:
             if proc.poll() is None:  # interrupted: make must not outlive its work tree
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                _stop_group(proc)
     if rc != 0:
         tail = log.read_text(errors="replace").splitlines()[-25:]
         targets = ", ".join(a for a in argv if "/" in a and "=" not in a)
@@ -398,6 +395,21 @@ def _run_make(
             + "\n".join("  | " + line for line in tail),
             hint=f"the full log is {log}",
         )
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """TERM make's process group (make deletes half-written targets), KILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    # Compilers make did not wait for, or make itself if it ignored the TERM. The group id
+    # stays reserved while any member lives, so this cannot reach another process.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _find_fingerprints(data: bytes, request: BuildRequest) -> dict[str, bool]:
@@ -489,41 +501,6 @@ def remove_abandoned_trees(work_root: Path) -> list[Path]:
     return removed
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived: unwind (cleanup runs), then let the previous disposition act."""
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """Make SIGTERM unwind the block, so its cleanup runs, then deliver it again.
-
-    After the cleanup the previous handler is restored and the signal re-sent, so the
-    process still dies of SIGTERM (exit 143) as its sender meant, and a host program's own
-    handler still runs. Only in the main thread (where Python delivers signals); elsewhere
-    a no-op, and the next run's :func:`remove_abandoned_trees` is the safety net.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: object) -> None:
-        # Once: a second SIGTERM must not interrupt the cleanup this one starts.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise _Terminated(signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    except _Terminated:
-        signal.signal(signal.SIGTERM, previous)
-        os.kill(os.getpid(), signal.SIGTERM)
-        # Still here: the previous disposition ignores SIGTERM or handled it and returned.
-        raise OperationalError("interrupted by SIGTERM; the build was abandoned",
-                               hint="rerun the build") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 @contextlib.contextmanager
 def _work_tree(
     request: BuildRequest, cache: Path, key: str, toolchain: Mapping[str, str], clean: bool
@@ -532,8 +509,9 @@ def _work_tree(
     (iPXE rebuilds only what TRUST/CERT/EMBED touch, and those images are reproducible
     across trees); fresh and removed afterwards otherwise (EFI needs a clean tree to be
     reproducible, and objects built with PRIVKEY= hold the key). A fresh tree is a 0700
-    temporary directory removed on every exit path, SIGTERM included; after a SIGKILL the
-    next build removes it (its name carries the pid that owned it)."""
+    temporary directory removed on every exit path, SIGTERM, SIGINT and SIGHUP included
+    (:func:`cleanup_on_signals`); after a SIGKILL the next build removes it (its name
+    carries the pid that owned it)."""
     work_root = cache / "work"
     fsutil.make_dirs(work_root, fsutil.PRIVATE_DIR_MODE)
     if _bios_only(request.targets) and request.client is None and not clean:
@@ -546,7 +524,7 @@ def _work_tree(
                 (top / "src" / ".trustboot-complete").write_text("")
             yield top
         return
-    with _sigterm_unwinds():
+    with cleanup_on_signals():
         # mkdtemp: 0700 whatever the umask.
         top = Path(tempfile.mkdtemp(prefix=f"{_FRESH_PREFIX}{os.getpid()}-{key[:12]}-",
                                     dir=work_root))

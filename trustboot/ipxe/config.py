@@ -92,12 +92,11 @@ class ClientIdentity:
 
     @property
     def public_key_sha256(self) -> str:
-        """Identifies the key in the cache key and manifest without deriving from the secret."""
-        cert = x509.load_der_x509_certificate(self.cert.der)
-        spki = cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return hashlib.sha256(spki).hexdigest()
+        """Identifies the key in the cache key and manifest without deriving from the secret
+        (the same SPKI hash the CA index records as the certificate's key_sha256)."""
+        from trustboot.ca.store import spki_sha256  # only client-certificate builds need it
+
+        return spki_sha256(x509.load_der_x509_certificate(self.cert.der).public_key())
 
 
 def client_identity(cert: Certificate, key: object) -> ClientIdentity:

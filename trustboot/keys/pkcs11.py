@@ -98,6 +98,11 @@ def parse_uri(text: str, *, require_key: bool = True) -> Pkcs11Uri:
             if name in into:
                 raise ConfigError(f"attribute {name} appears twice in {shown}")
             into[name] = urllib.parse.unquote_to_bytes(value)
+    if "pin-value" in uri.query:  # refused wherever a URI is read, so no caller forgets
+        raise ConfigError(
+            f"{shown} carries the PIN itself (pin-value=); refusing, as it would be in "
+            "argv, shell history and logs",
+            hint="use --pin-file FILE, --pin-env NAME, or pin-source=FILE in the URI")
     kind = uri.get("type")
     if kind is not None and kind not in _TYPES:
         raise ConfigError(f"type={kind} in {shown} is not a PKCS#11 object type",
@@ -386,11 +391,6 @@ def resolve(ref: KeyRef, opts: ResolveOptions) -> Pkcs11KeySource:
     """A pkcs11: reference: the token must be present now; the certificate comes from
     --cert or from a certificate object with the key's id/label in the token."""
     uri = parse_uri(ref.value)
-    if "pin-value" in uri.query:
-        raise ConfigError(
-            f"{uri.text} carries the PIN itself (pin-value=); refusing, as it would be in "
-            "argv, shell history and logs",
-            hint="use --pin-file FILE, --pin-env NAME, or pin-source=FILE in the URI")
     module = module_path(uri, opts.pkcs11_module)
     with loaded_module(module) as lib:
         find_token(lib, uri)  # fail now, before any file is read
@@ -456,9 +456,6 @@ def proven_public_key(ref: KeyRef, module_option: Path | None,
 
     p11 = _import_pkcs11()
     uri = parse_uri(ref.value)
-    if "pin-value" in uri.query:
-        raise ConfigError(f"{uri.text} carries the PIN itself (pin-value=); refusing",
-                          hint="use --pin-file FILE, --pin-env NAME, or pin-source=FILE")
     with token_session(uri, module_path(uri, module_option), pins) as session:
         public = _public_key_in(session, uri)
         algorithm = key_algorithm(public)
@@ -597,7 +594,7 @@ def generation_token(text: str, module_option: Path | None,
     """The (token URI, module) keys are generated in: the URI names a token only; trustboot
     names the keys, and the PIN comes from the passphrase options, never the URI."""
     uri = parse_uri(text, require_key=False)
-    if uri.get("object") or uri.id or "pin-value" in uri.query:
+    if uri.get("object") or uri.id:
         raise ConfigError(f"{option} {uri.text}: name the token only (token=, serial=)",
                           hint="trustboot names the keys it generates; give the PIN "
                                "with --passphrase-file/--passphrase-env")

@@ -59,6 +59,7 @@ from trustboot.publish.manifest import (
 from trustboot.publish.origin import Origin, OriginOptions, check_key
 from trustboot.publish.pipeline import (
     MAX_ENTRY_SIZE,
+    STALE_TEMP_AGE,
     PublishProgress,
     _make_reader,
     _manifests,
@@ -68,6 +69,7 @@ from trustboot.publish.pipeline import (
     _switch_and_check,
     live_release,
     read_manifest,
+    repair_switch,
     verify_manifest_signature,
     verify_served,
 )
@@ -104,6 +106,10 @@ class ResignResult:
     previous_signer: dict[str, Any] | None = None
     replay_window: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    # an interrupted entry switch completed (or dropped) first, as publish does
+    repaired: str | None = None
+    removed_temps: list[str] = field(default_factory=list)  # of killed uploads
+    window: ReplayWindow | None = None  # replay_window, for describe()
 
     def to_json(self) -> dict[str, Any]:
         return {"origin": self.origin, "previous": self.previous, "release": self.release,
@@ -111,7 +117,8 @@ class ResignResult:
                 "copied": self.copied, "signed": self.signed, "rewritten": self.rewritten,
                 "verified": self.verified, "signer": self.signer,
                 "previous_signer": self.previous_signer,
-                "replay_window": self.replay_window, "warnings": self.warnings}
+                "replay_window": self.replay_window, "warnings": self.warnings,
+                "repaired": self.repaired, "removed_temps": self.removed_temps}
 
 
 def resign_id(live_id: str, signer_sha256: str) -> str:
@@ -200,6 +207,10 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
     reader = _make_reader(origin, trust, options)
     try:
         with origin.lock(owner or _owner()):
+            # as publish does: a switch a killed run left half done would make the entry
+            # pair match no release, and temporaries of killed uploads go
+            repair = repair_switch(origin, trust=trust, now=now, reader=reader)
+            removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
             manifests, _ = _manifests(origin)
             live_id = live_release(origin, manifests, entry_path)
             if live_id is None:
@@ -211,7 +222,9 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             result = ResignResult(origin=origin.url, previous=live_id, release=live_id,
                                   changed=False, signer=summary.to_json(),
                                   previous_signer=old.signer.to_json() if old.signer else None,
-                                  replay_window=window.to_json())
+                                  replay_window=window.to_json(), window=window,
+                                  repaired=repair.detail if repair.action != "none" else None,
+                                  removed_temps=removed_temps)
             stage("verify", f"reading back live release {live_id} "
                   f"({len(old.files)} objects)")
             result.verified = verify_served(origin, old, trust=trust, now=now, reader=reader,
@@ -220,7 +233,10 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             if origin.stat(old_prefix + MANIFEST_NAME + ".sig") is not None:
                 verify_manifest_signature(origin, live_id, trust=trust, now=now,
                                           reader=reader)
-            if old.signer is not None and old.signer.serial == summary.serial:
+            # The manifest's claim only spares the reads when it names another signer: what
+            # decides is who made the signatures the firmware will verify.
+            if old.signer is not None and old.signer.serial == summary.serial and \
+                    _signed_only_by(origin, old, new_sha, trust=trust, now=now, jobs=jobs):
                 stage("resign", f"release {live_id} is already signed by this signer: "
                       "nothing to do")
                 return result
@@ -251,6 +267,11 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                         "not re-sign: those signatures keep their old expiry")
                 if new_data != data:
                     scripts[f.name] = new_data
+                elif f.name == old.entry:
+                    result.warnings.append(
+                        f"the entry script {f.name} names no releases/{live_id}/ to point at "
+                        f"{new_id}: it is re-signed unchanged, so whatever it fetches (a "
+                        "relative or ${...} URL?) keeps its old signatures and their expiry")
             unchanged = [f for f in old.files if f.name not in sig_names
                          and f.name not in scripts]
             result.rewritten = sorted(scripts)
@@ -281,10 +302,12 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                                              {"sha256": bytes.fromhex(f.sha256)}))
                 with source.open(secrets) as signer:
                     signed = sign_hashed(hashed, signer, now=now)
+                    # each new .sig is read once: judged, described and uploaded from here
+                    sigs = {s.signature_path: s.signature_path.read_bytes() for s in signed}
                     # judged as the firmware will (its roots, CERT=, --signer) before upload
                     failures = []
                     for s in signed:
-                        sig = s.signature_path.read_bytes()
+                        sig = sigs[s.signature_path]
                         verdict = judge(sig, {"sha256": bytes.fromhex(s.sha256)}, trust, now)
                         if not verdict.ok:
                             assert verdict.failure is not None
@@ -295,8 +318,8 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                             "iPXE would refuse the new signatures: " + "; ".join(failures[:5]),
                             hint="the new signer must chain to a root the firmware trusts "
                                  "(--trust) and match --signer", rule="new-signature")
-                    new = _new_manifest(old, new_id, signed, workdir, scripts, summary, now,
-                                        _release_base(origin, new_id))
+                    new = _new_manifest(old, new_id, signed, sigs, workdir, scripts, summary,
+                                        now, _release_base(origin, new_id))
                     manifest_path = workdir / MANIFEST_NAME
                     fsutil.atomic_write(manifest_path, new.to_bytes())
                     sign_files([manifest_path], signer, now=now)
@@ -307,7 +330,7 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                 uploads += [s.signature_path for s in signed]
 
                 def put(path: Path) -> None:
-                    data = path.read_bytes()
+                    data = sigs[path] if path in sigs else path.read_bytes()
                     origin.put_bytes(new_prefix + path.relative_to(workdir).as_posix(), data,
                                      sha256=hashlib.sha256(data).hexdigest())
 
@@ -337,13 +360,14 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             reader.close()
 
 
-def _new_manifest(old: ReleaseManifest, new_id: str, signed: list[Any], workdir: Path,
-                  scripts: dict[str, bytes], signer: SignerSummary, now: dt.datetime,
-                  base: str | None) -> ReleaseManifest:
+def _new_manifest(old: ReleaseManifest, new_id: str, signed: list[Any],
+                  sigs: dict[Path, bytes], workdir: Path, scripts: dict[str, bytes],
+                  signer: SignerSummary, now: dt.datetime, base: str | None
+                  ) -> ReleaseManifest:
     by_name: dict[str, tuple[int, str]] = {}
     for s in signed:
         name = s.path.relative_to(workdir).as_posix()
-        sig = s.signature_path.read_bytes()
+        sig = sigs[s.signature_path]
         by_name[name + ".sig"] = (len(sig), hashlib.sha256(sig).hexdigest())
         if name in scripts:
             by_name[name] = (s.size, s.sha256)
@@ -352,6 +376,36 @@ def _new_manifest(old: ReleaseManifest, new_id: str, signed: list[Any], workdir:
     return ReleaseManifest(release=new_id, created=now, files=files, origin=base,
                            ca_sha256=old.ca_sha256, signer=signer, entry=old.entry,
                            ipxe=old.ipxe)
+
+
+def _signed_only_by(origin: Origin, m: ReleaseManifest, cert_sha256: str, *, trust: Trust,
+                    now: dt.datetime, jobs: int) -> bool:
+    """Every signed object of ``m`` has a .sig, with the bytes the manifest records, that
+    verifies as iPXE would with this certificate (by fingerprint) as its only signer.
+
+    The read-back just proved each object and .sig is served as ``m`` records them; the
+    verdicts here say who signed them (a signature by another digest than sha256 counts
+    as not this signer's: re-signing it is safe, wrongly skipping it is not)."""
+    prefix = release_prefix(m.release)
+    by_name = {f.name: f for f in m.files}
+    signed = [f for f in m.files if f.sig]
+    ours: list[bool] = []
+
+    def check(f: ManifestFile) -> None:
+        entry = by_name.get(f.sig or "")
+        if entry is None:
+            ours.append(False)
+            return
+        data = b"".join(origin.read(prefix + entry.name, max_size=entry.size))
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            ours.append(False)
+            return
+        verdict = judge(data, {"sha256": bytes.fromhex(f.sha256)}, trust, now)
+        ours.append(verdict.ok and bool(verdict.signers)
+                    and all(r.sha256 == cert_sha256 for r in verdict.signers))
+
+    _run_all(check, signed, jobs)
+    return bool(signed) and all(ours)
 
 
 def _check_resumable(existing: ReleaseManifest, old: ReleaseManifest,
