@@ -291,7 +291,8 @@ def test_killed_runs_leave_a_loadable_consistent_store(tmp_path: Path, secrets_d
         ca = CertificateAuthority.open(pki)  # still loads
         # killed after its index commit: views are refreshed by the next write
         assert all("refresh the views" in p for p in ca.check()), f"after kill {i}"
-    # Whatever the kills left behind, issuing each name now works (or says it exists).
+    # Whatever the kills left behind, issuing each name now works (or says it exists, and
+    # finishes the views a run killed after its commit left: no write may follow).
     for n in range(4):
         r = issue(run, pki, secrets_dir, "codesign", f"k{n}", "--key-type", "ec-p256")
         assert r.exit_code == 0 or "already exists" in r.output, r.output
@@ -302,3 +303,19 @@ def test_killed_runs_leave_a_loadable_consistent_store(tmp_path: Path, secrets_d
         if e.key_file:
             assert stat.S_IMODE((pki / e.key_file).stat().st_mode) == 0o600
     assert os.access(pki / "index.json", os.R_OK)
+
+
+def test_a_refused_duplicate_finishes_the_views_a_killed_run_left(
+        tmp_path: Path, secrets_dir: Path, run) -> None:  # type: ignore[no-untyped-def]
+    """Killed after its index commit, an issue leaves stale views; when the next command
+    is that same issue (refused: the name exists), the views are finished all the same."""
+    pki = tmp_path / "pki"
+    init_ca(run, pki, secrets_dir, "--key-type", "ec-p256")
+    r = issue(run, pki, secrets_dir, "codesign", "k0", "--key-type", "ec-p256")
+    assert r.exit_code == 0, r.output
+    view = next(p for p in (pki / "issued").iterdir() if p.name.startswith("k0"))
+    view.unlink()  # what a kill between the index commit and the view refresh leaves
+    assert any("refresh the views" in p for p in CertificateAuthority.open(pki).check())
+    r = issue(run, pki, secrets_dir, "codesign", "k0", "--key-type", "ec-p256")
+    assert r.exit_code == 3 and "already exists" in r.output, r.output
+    assert view.exists() and CertificateAuthority.open(pki).check() == []

@@ -616,7 +616,14 @@ class CertificateAuthority:
                               hint="trustboot ca issue server boot.example.net")
         days = days if days is not None else DEFAULT_DAYS[profile]
         _check_days(days, profile)
-        self._check_duplicate(name)
+        try:
+            self._check_duplicate(name)
+        except ConfigError:
+            # The name may exist because a run was killed right after committing it: its
+            # views are finished now, as any write would (nothing else changes).
+            with locked(self.path / ".lock"):
+                self._begin_write(now)
+            raise
         warnings: list[str] = []
         # A key held elsewhere (a CSR's, or a token's public key): nothing is generated.
         external = csr_pem is not None or public_key is not None
