@@ -20,6 +20,15 @@ Conditions, the same for both sides:
 * every round's release is a genuine first release: the origin's document root is emptied
   and the publish cache (a private file here, never the user's) removed, untimed, before it.
   The re-run of the unchanged release runs after the last round, with that round's cache.
+
+What the release does beyond the reference, and so what bounds the ratio: it reads every
+object back over HTTPS and hashes it before switching (the reference never downloads), and
+it starts an interpreter and unlocks two encrypted keys (the TLS client key and the signer;
+openssl and curl get plain keys). Uploading overlaps hashing (release.staging) and the
+signer's unlock overlaps the upload, but the read-back of an object can only start once it
+is at its final key, i.e. once every input is hashed. With one nginx worker, the upload and
+the read-back each cost nginx about a CPU second per 512 MiB (TLS in 16 KiB records, small
+body and output buffers), so on two cores they, not the client, set the pace.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.publish.conftest import Nginx, Pki, anon_get
+from tests.release.conftest import Lab
 from trustboot.errors import OperationalError
 from trustboot.publish import stream
 from trustboot.publish.origin import OriginOptions, open_origin, staging_of
@@ -212,3 +213,15 @@ def test_killed_runs_staged_objects_are_swept(pki: Pki, nginx: Nginx, tmp_path: 
     result = _release(recipe, tmp_path / "cache.json")
     assert (result.publish or {})["removed_temps"] == [old.token]
     assert _staging_dir(nginx) == [young_name]
+
+
+def test_file_origin_release_stages_and_renames(lab: Lab) -> None:
+    data = os.urandom(BIG)
+    (lab.dir / "images" / "initrd.img").write_bytes(data)
+    result = _release(lab.recipe(), lab.dir.parent / "cache.json")
+    assert any("1 staged on the origin" in s["detail"] for s in result.stages)
+    rel = lab.origin / "releases" / result.release
+    assert (rel / "linux" / "initrd.img").read_bytes() == data
+    assert "linux/initrd.img" in result.uploaded
+    # nothing temporary left anywhere in the origin
+    assert [p for p in lab.origin.rglob(".tb-tmp.*")] == []

@@ -788,8 +788,9 @@ def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: i
     todo: list[LocalObject] = []
     stats: dict[str, ObjectStat | None] = {}
     stager = staging_of(origin)
+    stats.update(_stat_all(origin, prefix, [o.key for o in objects], jobs))
     for o in objects:
-        st = stats[o.key] = origin.stat(prefix + o.key)
+        st = stats[o.key]
         if st is not None and st.size == o.size and (st.sha256 is None or st.sha256 == o.sha256):
             result.skipped.append(o.key)
             if o.staged is not None and stager is not None:
@@ -823,9 +824,20 @@ def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: i
     result.uploaded.sort()
     result.skipped.sort()
     result.bytes_uploaded = sum(o.size for o in todo)
-    for o in todo:
-        stats[o.key] = origin.stat(prefix + o.key)
+    stats.update(_stat_all(origin, prefix, [o.key for o in todo], jobs))
     return stats
+
+
+def _stat_all(origin: Origin, prefix: str, keys: Sequence[str], jobs: int
+              ) -> dict[str, ObjectStat | None]:
+    """``origin.stat`` of each key under ``prefix``, ``jobs`` at a time (round trips)."""
+    out: dict[str, ObjectStat | None] = {}
+
+    def one(key: str) -> None:
+        out[key] = origin.stat(prefix + key)
+
+    _run_all(one, keys, jobs)
+    return out
 
 
 def _unchanged_since_staged(staged: Staged) -> None:
