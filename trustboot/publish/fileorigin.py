@@ -39,7 +39,7 @@ from trustboot.publish.origin import (
     check_prefix,
     key_problem,
 )
-from trustboot.publish.stream import Digested, digesting_chunks, hashed_chunks
+from trustboot.publish.stream import DigestingUpload, hashed_chunks
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -221,17 +221,10 @@ class FileOrigin:
                    progress: Callable[[int], None] | None = None,
                    cancel: threading.Event | None = None) -> Staged:
         check_key(name)
-        try:
-            size = os.stat(path).st_size
-        except OSError as exc:
-            raise OperationalError(f"cannot read {path}: {exc.strerror or exc}") from None
-        out = Digested()
-        chunks = digesting_chunks(path, size=size, hash_names=set(hash_names) | {"sha256"},
-                                  out=out, progress=progress, cancel=cancel)
-        tmp = self._write_temp(self._root(), name, name.rpartition("/")[2], chunks,
-                               sha256=None, progress=None)
-        assert out.stamp is not None
-        return Staged(tmp, path, out.size, dict(out.digests), out.stamp)
+        upload = DigestingUpload(path, hash_names=hash_names, progress=progress,
+                                 cancel=cancel)
+        return upload.staged(self._write_temp(self._root(), name, name.rpartition("/")[2],
+                                              upload.chunks(), sha256=None, progress=None))
 
     def _check_staged(self, staged: Staged) -> None:
         if not _STAGED_NAME.fullmatch(staged.token) or staged.done:

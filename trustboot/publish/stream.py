@@ -37,6 +37,7 @@ from pathlib import Path
 
 from trustboot.cms.digest import file_stamp, recall
 from trustboot.errors import OperationalError
+from trustboot.publish.origin import Staged
 
 # When hashing, fewer larger chunks measured less CPU per GiB than 1 MiB; without hashing
 # the CPU is the same and 1 MiB kept the pipeline fuller (512 MiB to nginx against curl -T,
@@ -181,3 +182,30 @@ def digesting_chunks(path: Path, *, size: int, hash_names: Collection[str], out:
 
     yield from _pipeline(fd, size=size, read_size=chunk, depth=depth, on_chunk=on_chunk,
                          finish=finish, progress=progress)
+
+
+class DigestingUpload:
+    """One staging upload of ``path`` (a StagingOrigin's ``stage_file``): the size to
+    announce, a fresh chunk stream for each attempt (a retried upload reads and hashes
+    the file again), and the Staged record once a stream ended cleanly."""
+
+    def __init__(self, path: Path, *, hash_names: Collection[str],
+                 progress: Callable[[int], None] | None = None,
+                 cancel: threading.Event | None = None) -> None:
+        try:
+            self.size = os.stat(path).st_size
+        except OSError as exc:
+            raise OperationalError(f"cannot read {path}: {exc.strerror or exc}") from None
+        self.path, self.progress, self.cancel = path, progress, cancel
+        self.names = set(hash_names) | {"sha256"}
+        self.out = Digested()
+
+    def chunks(self) -> Iterator[bytes]:
+        return digesting_chunks(self.path, size=self.size, hash_names=self.names,
+                                out=self.out, progress=self.progress, cancel=self.cancel)
+
+    def staged(self, token: str) -> Staged:
+        """The record of the object the origin now holds as ``token``."""
+        assert self.out.stamp is not None, "the stream did not end cleanly"
+        return Staged(token, self.path, self.out.size, dict(self.out.digests),
+                      self.out.stamp)

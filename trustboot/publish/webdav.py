@@ -29,7 +29,6 @@ import contextlib
 import email.utils
 import hashlib
 import json
-import os
 import re
 import secrets
 import threading
@@ -56,7 +55,7 @@ from trustboot.publish.origin import (
     key_problem,
     redact_url,
 )
-from trustboot.publish.stream import Digested, digesting_chunks, hashed_chunks
+from trustboot.publish.stream import DigestingUpload, hashed_chunks
 
 CHUNK = 1 << 20
 LOCK_COLLECTION = ".trustboot-lock"
@@ -298,18 +297,9 @@ class WebDAVOrigin:
                    progress: Callable[[int], None] | None = None,
                    cancel: threading.Event | None = None) -> Staged:
         check_key(name)
-        try:
-            size = os.stat(path).st_size
-        except OSError as exc:
-            raise OperationalError(f"cannot read {path}: {exc.strerror or exc}") from None
-        out = Digested()
-        names = set(hash_names) | {"sha256"}
-        # (a retried PUT reads and hashes the file again, from a fresh Digested state)
-        tmp = self._put_temp(name, lambda: digesting_chunks(
-            path, size=size, hash_names=names, out=out, progress=progress, cancel=cancel),
-            size)
-        assert out.stamp is not None
-        return Staged(tmp, path, out.size, dict(out.digests), out.stamp)
+        upload = DigestingUpload(path, hash_names=hash_names, progress=progress,
+                                 cancel=cancel)
+        return upload.staged(self._put_temp(name, upload.chunks, upload.size))
 
     def _check_staged(self, staged: Staged) -> None:
         head, _, name = staged.token.rpartition("/")
