@@ -20,7 +20,7 @@ import pytest
 
 from tests.publish.conftest import Nginx, Pki, anon_get
 from tests.release.conftest import Lab
-from trustboot.errors import OperationalError
+from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish import stream
 from trustboot.publish.origin import OriginOptions, open_origin, staging_of
 from trustboot.release import staging
@@ -225,3 +225,21 @@ def test_file_origin_release_stages_and_renames(lab: Lab) -> None:
     assert "linux/initrd.img" in result.uploaded
     # nothing temporary left anywhere in the origin
     assert [p for p in lab.origin.rglob(".tb-tmp.*")] == []
+
+
+def test_wrong_signer_passphrase_while_staging_leaves_nothing(pki: Pki, nginx: Nginx,
+                                                              tmp_path: Path) -> None:
+    d = tmp_path / "lab"
+    recipe = _lab(d, pki, nginx.url, initrd=12 * stream.CHUNK,
+                  extra=", client_key_passphrase: {file: client.pass}")
+    shutil.copy(d / "key.pass", d / "client.pass")
+    (d / "key.pass").write_text("not the passphrase\n")
+    # the key is unlocked while the inputs upload: its failure stops them and deletes
+    # what was staged; nothing is claimed, placed or switched
+    before = len(_log(nginx))
+    with pytest.raises(ConfigError, match="wrong passphrase"):
+        _release(recipe, tmp_path / "cache.json")
+    assert "initrd.img" in _puts(_log(nginx)[before:])  # its upload had started
+    assert _staging_dir(nginx) == []
+    assert not (nginx.root / "releases").exists()
+    assert not (nginx.root / "boot.ipxe").exists()
