@@ -243,3 +243,22 @@ def test_wrong_signer_passphrase_while_staging_leaves_nothing(pki: Pki, nginx: N
     assert _staging_dir(nginx) == []
     assert not (nginx.root / "releases").exists()
     assert not (nginx.root / "boot.ipxe").exists()
+
+
+def test_one_staged_file_under_two_keys(pki: Pki, nginx: Nginx, tmp_path: Path) -> None:
+    recipe = _lab(tmp_path / "lab", pki, nginx.url)
+    recipe.write_text(recipe.read_text().replace(
+        "entries:\n", "entries:\n  - {name: rescue, kernel: images/vmlinuz, "
+        "initrds: [images/initrd.img], cmdline: single}\n"))
+    before = len(_log(nginx))
+    result = _release(recipe, tmp_path / "cache.json")
+    # staged once, moved under one key; the other key is uploaded from the same file
+    assert any("1 staged on the origin" in s["detail"] for s in result.stages)
+    puts = _puts(_log(nginx)[before:])
+    assert puts.count("initrd.img") == 2
+    assert puts.index("initrd.img") < puts.index("release.json")
+    data = (tmp_path / "lab/images/initrd.img").read_bytes()
+    for entry in ("linux", "rescue"):
+        url = f"{nginx.url}releases/{result.release}/{entry}/initrd.img"
+        assert anon_get(url, pki).content == data
+    assert _staging_dir(nginx) == []
