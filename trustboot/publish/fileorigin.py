@@ -5,7 +5,9 @@ Every key is resolved one segment at a time from a descriptor of the root with
 operation fail instead of leaving the directory. Objects are written to a temp file in their
 final directory, fsync'ed and renamed over the key: a web server reading at the same time
 sees the old object or the complete new one. Modes are explicit (0644 files, 0755 dirs),
-never the umask's.
+never the umask's. Staging (``origin.StagingOrigin``) writes a file being hashed to a
+temporary file at the root and renames it to its key later (a copy if the key is on
+another file system); leftovers of a killed run are swept like every ``.tb-tmp.`` file.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -30,17 +34,19 @@ from trustboot.publish.lock import LOCK_STALE_AFTER, lock_is_stale, origin_lock
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
+    Staged,
     check_key,
     check_prefix,
     key_problem,
 )
-from trustboot.publish.stream import hashed_chunks
+from trustboot.publish.stream import DigestingUpload, hashed_chunks
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 CHUNK = 1 << 20
 LOCK_NAME = ".trustboot-publish.lock"
 TMP_PREFIX = ".tb-tmp."
+_STAGED_NAME = re.compile(re.escape(TMP_PREFIX) + r"[0-9a-f]{16}\.[^/]+")
 
 
 class FileOrigin:
@@ -145,13 +151,10 @@ class FileOrigin:
         finally:
             os.close(fd)
 
-    def _write(self, key: str, chunks: Iterator[bytes], *, sha256: str | None,
-               progress: Callable[[int], None] | None = None) -> None:
-        dirs, name = self._split(key)
-        try:
-            dfd = self._dir(dirs, create=True)
-        except OSError as exc:
-            raise self._fail(key, "creating its directory", exc) from None
+    def _write_temp(self, dfd: int, key: str, name: str, chunks: Iterator[bytes], *,
+                    sha256: str | None, progress: Callable[[int], None] | None) -> str:
+        """A new temporary file in the directory ``dfd`` holding ``chunks``, fsync'ed;
+        its name (removed again on any failure)."""
         tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}.{name}"[:255]
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
@@ -174,8 +177,6 @@ class FileOrigin:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            os.fsync(dfd)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dfd)
@@ -184,6 +185,24 @@ class FileOrigin:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dfd)
             raise
+        return tmp
+
+    def _write(self, key: str, chunks: Iterator[bytes], *, sha256: str | None,
+               progress: Callable[[int], None] | None = None) -> None:
+        dirs, name = self._split(key)
+        try:
+            dfd = self._dir(dirs, create=True)
+        except OSError as exc:
+            raise self._fail(key, "creating its directory", exc) from None
+        try:
+            tmp = self._write_temp(dfd, key, name, chunks, sha256=sha256, progress=progress)
+            try:
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                os.fsync(dfd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise self._fail(key, "writing", exc) from None
         finally:
             os.close(dfd)
 
@@ -195,6 +214,54 @@ class FileOrigin:
 
     def put_bytes(self, key: str, data: bytes, *, sha256: str) -> None:
         self._write(key, iter([data]), sha256=sha256)
+
+    # -- staging (origin.StagingOrigin): a temporary file at the root, written while the
+    # input is hashed, renamed to its key later; remove_stale_temps sweeps leftovers
+    def stage_file(self, path: Path, *, name: str, hash_names: Collection[str],
+                   progress: Callable[[int], None] | None = None,
+                   cancel: threading.Event | None = None) -> Staged:
+        check_key(name)
+        upload = DigestingUpload(path, hash_names=hash_names, progress=progress,
+                                 cancel=cancel)
+        return upload.staged(self._write_temp(self._root(), name, name.rpartition("/")[2],
+                                              upload.chunks(), sha256=None, progress=None))
+
+    def _check_staged(self, staged: Staged) -> None:
+        if not _STAGED_NAME.fullmatch(staged.token) or staged.done:
+            raise ValueError(f"{staged.token!r} is not a pending staged object")
+
+    def place_staged(self, staged: Staged, key: str) -> None:
+        self._check_staged(staged)
+        dirs, name = self._split(key)
+        root = self._root()
+        try:
+            dfd = self._dir(dirs, create=True)
+        except OSError as exc:
+            self.discard_staged(staged)
+            raise self._fail(key, "creating its directory", exc) from None
+        try:
+            os.rename(staged.token, name, src_dir_fd=root, dst_dir_fd=dfd)
+            os.fsync(dfd)
+            staged.done = True
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                self.discard_staged(staged)
+                raise self._fail(key, "writing", exc) from None
+            # another file system mounted under the origin: copy (one more write)
+            try:
+                self._write(key, self.read(staged.token, max_size=staged.size),
+                            sha256=staged.sha256)
+            finally:
+                self.discard_staged(staged)
+        finally:
+            os.close(dfd)
+
+    def discard_staged(self, staged: Staged) -> None:
+        if not staged.done:
+            self._check_staged(staged)
+            staged.done = True
+            with contextlib.suppress(OSError):
+                os.unlink(staged.token, dir_fd=self._root())
 
     def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
         try:

@@ -12,6 +12,13 @@ Each backend class is constructed as ``Cls(url: str, options: OriginOptions)``. 
 share the lock protocol in ``trustboot.publish.lock.origin_lock`` (give it an atomic
 create-if-absent) and report ``ObjectStat.etag`` where they can: the publish pipeline's
 read-back memo keys on size + ETag.
+
+A backend whose temporary objects can be moved into place cheaply on the server (a WebDAV
+MOVE, a rename) may also be a ``StagingOrigin``: a large input is uploaded to a temporary
+object while it is being hashed, in the same read, before its key is known (the release
+id may be a digest of the inputs); once the id and the signatures exist it is moved to
+its key. ``staging_of(origin)`` says whether an origin can; one that cannot (S3: a copy
+would write the data again) is uploaded after hashing, as before.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ import importlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from trustboot.errors import ConfigError
@@ -135,6 +143,53 @@ class Origin(Protocol):
     def public_url(self, key: str) -> str | None:
         """The URL iPXE fetches for ``key``, or None if unknown."""
         ...
+
+
+@dataclass
+class Staged:
+    """A local file uploaded to a temporary object of an origin and hashed in the same
+    read (``StagingOrigin.stage_file``). The temporary object is never served under a
+    release key until ``place_staged`` moves it there; a killed run's leftovers are found
+    by ``remove_stale_temps``."""
+
+    token: str  # the backend's name for the temporary object
+    path: Path
+    size: int
+    digests: dict[str, bytes]
+    stamp: os.stat_result  # the local file's stat when it was read (unchanged to the end)
+    done: bool = False  # placed or discarded
+
+    @property
+    def sha256(self) -> str:
+        return self.digests["sha256"].hex()
+
+
+@runtime_checkable
+class StagingOrigin(Protocol):
+    """An origin that can stage a file's bytes while they are hashed (see module doc)."""
+
+    def stage_file(self, path: Path, *, name: str, hash_names: Collection[str],
+                   progress: Callable[[int], None] | None = None,
+                   cancel: threading.Event | None = None) -> Staged:
+        """Upload ``path`` to a temporary object, hashing it with ``hash_names`` (and
+        sha256) in the same read; OperationalError if the file changed while it was read
+        (nothing is left on the origin then). ``name``: the key it will get (for the
+        temporary object's name)."""
+        ...
+
+    def place_staged(self, staged: Staged, key: str) -> None:
+        """Move the staged object to ``key`` (an atomic replace, done on the server)."""
+        ...
+
+    def discard_staged(self, staged: Staged) -> None:
+        """Delete the staged object if it was not placed (errors are ignored: a leftover
+        is removed by a later run's ``remove_stale_temps``)."""
+        ...
+
+
+def staging_of(origin: object) -> StagingOrigin | None:
+    """``origin`` if it can stage uploads (StagingOrigin), else None."""
+    return origin if isinstance(origin, StagingOrigin) else None
 
 
 def key_problem(key: object) -> str | None:

@@ -16,7 +16,10 @@ Order of a publish, and why:
    digest (file://, WebDAV): no digest sidecars, one source of truth. Backends that do store
    a sha256 (S3 metadata) are compared on it as well. Tampering on the origin is caught by
    step 4, which hashes everything anyway.
-3. Missing or different objects are uploaded in parallel (atomic per object).
+3. Missing or different objects are uploaded in parallel (atomic per object). An object
+   that was staged on the origin while it was hashed (``LocalObject.staged``, see
+   ``origin.StagingOrigin``) is moved into place on the server instead, after checking
+   that the local file still has the stamp it had while it was read.
 4. Every object is read back through its public HTTPS URL as iPXE would, its size and
    sha256 compared, and every .sig judged on the served bytes. Any problem: no switch,
    exit 4, the entry untouched.
@@ -69,7 +72,14 @@ from trustboot.publish.manifest import (
     release_key_problem,
     release_prefix,
 )
-from trustboot.publish.origin import ObjectStat, Origin, OriginOptions, check_key
+from trustboot.publish.origin import (
+    ObjectStat,
+    Origin,
+    OriginOptions,
+    Staged,
+    check_key,
+    staging_of,
+)
 from trustboot.publish.readback import (
     NotServed,
     Reader,
@@ -104,6 +114,9 @@ class LocalObject:
     path: Path
     size: int
     sha256: str
+    # already uploaded to a temporary object of the origin while it was hashed (a
+    # StagingOrigin's stage_file): publishing moves it into place instead of uploading
+    staged: Staged | None = field(default=None, compare=False, repr=False)
 
 
 class PublishProgress(Protocol):
@@ -255,8 +268,11 @@ def _local_verify(objects: Sequence[LocalObject], trust: Trust, now: dt.datetime
             continue
         signature = _read_small(sig.path, MAX_SIGNATURE_SIZE)
         names = sorted(signature_hashes(signature))
-        digests, _ = hash_file(obj.path, names) if names != ["sha256"] else (
-            {"sha256": bytes.fromhex(obj.sha256)}, obj.size)
+        known = obj.staged.digests if obj.staged is not None else {
+            "sha256": bytes.fromhex(obj.sha256)}
+        # (a staged object's bytes are on the origin: never hash the local file again)
+        digests, _ = ({n: known[n] for n in names}, obj.size) if set(names) <= set(known) \
+            else hash_file(obj.path, names)
         verdict = judge(signature, digests, trust, now)
         verdicts[obj.key] = verdict
         if not verdict.ok:
@@ -771,22 +787,33 @@ def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: i
     ``on_uploaded(o)`` runs as soon as ``o`` is in place."""
     todo: list[LocalObject] = []
     stats: dict[str, ObjectStat | None] = {}
+    stager = staging_of(origin)
+    stats.update(_stat_all(origin, prefix, [o.key for o in objects], jobs))
     for o in objects:
-        st = stats[o.key] = origin.stat(prefix + o.key)
+        st = stats[o.key]
         if st is not None and st.size == o.size and (st.sha256 is None or st.sha256 == o.sha256):
             result.skipped.append(o.key)
+            if o.staged is not None and stager is not None:
+                stager.discard_staged(o.staged)
             if progress:
                 progress.item(o.key, "skipped")
         else:
             todo.append(o)
     if progress:
-        progress.phase("upload", sum(o.size for o in todo))
-    # small objects (signatures, scripts) last, so the large ones start early in parallel
-    todo.sort(key=lambda o: -o.size)
+        progress.phase("upload", sum(o.size for o in todo if o.staged is None))
+    # small objects (signatures, scripts) last, so the large ones start early in parallel;
+    # staged ones first of all: a move on the server, then their read-back can start
+    todo.sort(key=lambda o: (o.staged is None, -o.size))
 
     def one(o: LocalObject) -> None:
-        origin.put_file(prefix + o.key, o.path, size=o.size, sha256=o.sha256,
-                        progress=progress.advance if progress else None)
+        if o.staged is not None:
+            if stager is None:
+                raise ValueError(f"{o.key} was staged on another kind of origin")
+            _unchanged_since_staged(o.staged)
+            stager.place_staged(o.staged, prefix + o.key)
+        else:
+            origin.put_file(prefix + o.key, o.path, size=o.size, sha256=o.sha256,
+                            progress=progress.advance if progress else None)
         if on_uploaded is not None:
             on_uploaded(o)
         result.uploaded.append(o.key)
@@ -797,9 +824,35 @@ def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: i
     result.uploaded.sort()
     result.skipped.sort()
     result.bytes_uploaded = sum(o.size for o in todo)
-    for o in todo:
-        stats[o.key] = origin.stat(prefix + o.key)
+    stats.update(_stat_all(origin, prefix, [o.key for o in todo], jobs))
     return stats
+
+
+def _stat_all(origin: Origin, prefix: str, keys: Sequence[str], jobs: int
+              ) -> dict[str, ObjectStat | None]:
+    """``origin.stat`` of each key under ``prefix``, ``jobs`` at a time (round trips)."""
+    out: dict[str, ObjectStat | None] = {}
+
+    def one(key: str) -> None:
+        out[key] = origin.stat(prefix + key)
+
+    _run_all(one, keys, jobs)
+    return out
+
+
+def _unchanged_since_staged(staged: Staged) -> None:
+    """The local file still has the stamp it had while it was read and staged: what is
+    published is what the release directory holds (as an upload after hashing checks)."""
+    from trustboot.cms.digest import file_stamp
+
+    try:
+        same = file_stamp(os.stat(staged.path)) == file_stamp(staged.stamp)
+    except OSError:
+        same = False
+    if not same:
+        raise OperationalError(
+            f"{staged.path} changed after it was read and uploaded; nothing was switched",
+            hint="do not modify the release directory during a publish; run it again")
 
 
 def _cached_names(origin: Origin, manifest: ReleaseManifest, cache: PublishCache | None,

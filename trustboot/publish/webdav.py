@@ -11,6 +11,9 @@ layer and its dependencies.
   objects live in that one staging collection, so what a killed upload leaves behind is
   found with one PROPFIND and removed by the next run once it is an hour old
   (``remove_stale_temps``).
+* staging (``origin.StagingOrigin``): ``stage_file`` PUTs a file to the staging collection
+  while hashing it (one read), ``place_staged`` MOVEs it to its key later; what a killed
+  run staged is swept like any temporary object.
 * collections: MKCOL each missing parent (405 = exists).
 * list: PROPFIND ``Depth: 1`` per collection, parsed by ElementTree with DTDs and entity
   declarations refused (a multistatus never has one; billion-laughs never parses).
@@ -31,7 +34,7 @@ import secrets
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -46,12 +49,13 @@ from trustboot.publish.lock import LOCK_STALE_AFTER, lock_is_stale, origin_lock
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
+    Staged,
     check_key,
     check_prefix,
     key_problem,
     redact_url,
 )
-from trustboot.publish.stream import hashed_chunks
+from trustboot.publish.stream import DigestingUpload, hashed_chunks
 
 CHUNK = 1 << 20
 LOCK_COLLECTION = ".trustboot-lock"
@@ -252,15 +256,24 @@ class WebDAVOrigin:
             raise OperationalError(f"{self._url(key)}: HEAD without a Content-Length")
         return ObjectStat(size=int(length), sha256=None, etag=r.headers.get("etag"))
 
-    def _put(self, key: str, factory: Callable[[], Iterator[bytes]], size: int) -> None:
-        check_key(key)
-        self._ensure_collections(key)
+    def _put_temp(self, key: str, factory: Callable[[], Iterator[bytes]], size: int) -> str:
+        """PUT the body to a new temporary object named after ``key``; its name."""
         tmp = self._temp_key(key)
         try:
             self._request("PUT", self._url(tmp), what="uploading", ok=(200, 201, 204),
                           content_factory=factory,
                           headers={"Content-Length": str(size),
                                    "Content-Type": "application/octet-stream"})
+        except BaseException:
+            self._delete_quiet(tmp)
+            raise
+        return tmp
+
+    def _put(self, key: str, factory: Callable[[], Iterator[bytes]], size: int) -> None:
+        check_key(key)
+        self._ensure_collections(key)
+        tmp = self._put_temp(key, factory, size)
+        try:
             self._move(tmp, key, overwrite=True)
         except BaseException:
             self._delete_quiet(tmp)
@@ -277,6 +290,39 @@ class WebDAVOrigin:
         if hashlib.sha256(data).hexdigest() != sha256:
             raise ValueError("sha256 does not match the data")
         self._put(key, lambda: iter([data]), len(data))
+
+    # -- staging (origin.StagingOrigin): PUT to the staging collection while hashing,
+    # MOVE to the key later; a killed run's leftovers are remove_stale_temps' to sweep
+    def stage_file(self, path: Path, *, name: str, hash_names: Collection[str],
+                   progress: Callable[[int], None] | None = None,
+                   cancel: threading.Event | None = None) -> Staged:
+        check_key(name)
+        upload = DigestingUpload(path, hash_names=hash_names, progress=progress,
+                                 cancel=cancel)
+        return upload.staged(self._put_temp(name, upload.chunks, upload.size))
+
+    def _check_staged(self, staged: Staged) -> None:
+        head, _, name = staged.token.rpartition("/")
+        if head != STAGING or not _TEMP_NAME.fullmatch(name) or staged.done:
+            raise ValueError(f"{staged.token!r} is not a pending staged object")
+
+    def place_staged(self, staged: Staged, key: str) -> None:
+        check_key(key)
+        self._check_staged(staged)
+        self._ensure_collections(key)
+        try:
+            self._move(staged.token, key, overwrite=True)
+        except BaseException:
+            self._delete_quiet(staged.token)
+            raise
+        finally:
+            staged.done = True
+
+    def discard_staged(self, staged: Staged) -> None:
+        if not staged.done:
+            self._check_staged(staged)
+            staged.done = True
+            self._delete_quiet(staged.token)
 
     def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
         url = self._url(check_key(key))

@@ -4,7 +4,10 @@ validate -> plan -> build -> render -> sign -> manifest -> publish -> verify
 
 * validate: the recipe against the machine (paths, signer and its lifetime, origin);
   nothing is created before it passes.
-* plan: hash the inputs, derive the release id; ``dry_run`` stops here.
+* plan: hash the inputs, derive the release id; ``dry_run`` stops here. On an origin
+  that moves objects cheaply (WebDAV, file://), large inputs are uploaded to temporary
+  objects by the same read that hashes them (:mod:`trustboot.release.staging`), and the
+  signing key is unlocked meanwhile; publish later moves them into place.
 * build: iPXE through :mod:`trustboot.ipxe.build` (cached), or prebuilt, or skipped with
   the reason and how to enable it.
 * render: the fail-closed entry/menu script (:mod:`trustboot.release.render`).
@@ -23,6 +26,7 @@ The core never prints: ``progress(stage, message)`` reports, ``now`` is the cloc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -30,7 +34,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +53,7 @@ from trustboot.publish.manifest import (
     SignerSummary,
     release_prefix,
 )
-from trustboot.publish.origin import Origin, OriginOptions, open_origin
+from trustboot.publish.origin import Origin, OriginOptions, Staged, open_origin
 from trustboot.publish.pipeline import (
     MAX_ENTRY_SIZE,
     LocalObject,
@@ -74,6 +78,8 @@ from trustboot.release.plan import (
 )
 from trustboot.release.recipe import Recipe
 from trustboot.release.render import MenuEntry, render_menu
+from trustboot.release.staging import hashed as staged_hashes
+from trustboot.release.staging import start_staging
 
 STAGES = ("validate", "plan", "build", "render", "sign", "manifest", "publish", "verify")
 Progress = Callable[[str, str], None]
@@ -152,14 +158,55 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     st.done("validate", "done", f"recipe {recipe.source}: {entries}, "
             f"{len(v.inputs)} files, signer {v.signer_name}")
     cache = PublishCache(options.publish_cache) if options.publish_cache else None
-    p = plan(v, now=now, cache=cache, save_cache=not dry_run)
-    if "{date}" in recipe.release.id_template:
-        # The same inputs released on another day keep their id: a re-run uploads nothing.
-        with open_origin(v.origin_url, origin_options(v)) as origin:
-            earlier = _same_digest_id(origin, recipe.release.id_template, recipe.name,
-                                      p.digest)
-        if earlier is not None:
-            p.release_id = earlier
+    if dry_run:
+        p = plan(v, now=now, cache=cache, save_cache=False)
+        if "{date}" in recipe.release.id_template:
+            with open_origin(v.origin_url, origin_options(v)) as origin:
+                _keep_dated_id(p, origin)
+        result = _planned(p, st, dry_run=True, now=now)
+        return result
+    # one origin session for the whole release: staging, manifest, publish, prune
+    with contextlib.ExitStack() as stack:
+        origin = stack.enter_context(open_origin(v.origin_url, origin_options(v)))
+        staging = start_staging(origin, v.inputs, hash_name=v.hash_name, cache=cache)
+        signer = None
+        known: dict[Path, Staged] = {}
+        if staging is not None:
+            stack.callback(staging.close)  # staged objects never placed are deleted
+            # the key's unlock (a KDF, or a token login) overlaps the uploads; no bar
+            # draws over a passphrase prompt until it is done
+            signer = stack.enter_context(_unlocked(v))
+            staging.progress.show(upload_progress)
+            known = staging.result(cache)
+        p = plan(v, now=now, cache=cache, known=staged_hashes(known))
+        if "{date}" in recipe.release.id_template:
+            _keep_dated_id(p, origin)
+        result = _planned(p, st, dry_run=False, now=now)
+        st.done("plan", "done", f"release {p.release_id}: {len(p.objects) + 1} objects to "
+                f"sign and publish to {v.origin_url}"
+                + (f" ({len(known)} staged on the origin while hashed)" if known else ""))
+        own = workdir is None
+        work = Path(tempfile.mkdtemp(prefix="trustboot-release-")) if own else workdir
+        assert work is not None
+        try:
+            _run_stages(p, options, work, st, result, now, origin=origin, signer=signer,
+                        staged=known)
+        finally:
+            if own:
+                shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _keep_dated_id(p: Plan, origin: Origin) -> None:
+    """The same inputs released on another day keep their id: a re-run uploads nothing."""
+    recipe = p.v.recipe
+    earlier = _same_digest_id(origin, recipe.release.id_template, recipe.name, p.digest)
+    if earlier is not None:
+        p.release_id = earlier
+
+
+def _planned(p: Plan, st: _Stages, *, dry_run: bool, now: dt.datetime) -> ReleaseResult:
+    v = p.v
     result = ReleaseResult(release=p.release_id, digest=p.digest, origin=v.origin_url,
                            public_base=v.public_base, entry_url=v.public_base + v.entry_path,
                            dry_run=dry_run, plan=p.to_json(), stages=st.log)
@@ -167,23 +214,15 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     result.replay_window = replay_window(
         min(c.not_valid_after_utc for c in (cert, *v.signer.chain)), now=now,
         not_before=cert.not_valid_before_utc).to_json()
-    st.done("plan", "done", f"release {p.release_id}: {len(p.objects) + 1} objects to sign "
-            f"and publish to {v.origin_url}")
     if dry_run:
-        return result
-    own = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="trustboot-release-")) if own else workdir
-    assert work is not None
-    try:
-        _run_stages(p, options, work, st, result, now)
-    finally:
-        if own:
-            shutil.rmtree(work, ignore_errors=True)
+        st.done("plan", "done", f"release {p.release_id}: {len(p.objects) + 1} objects to "
+                f"sign and publish to {v.origin_url}")
     return result
 
 
 def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
-                result: ReleaseResult, now: dt.datetime) -> None:
+                result: ReleaseResult, now: dt.datetime, *, origin: Origin,
+                signer: Signer | None, staged: Mapping[Path, Staged]) -> None:
     v = p.v
     fsutil.ensure_private_dir(work)
     stage = work / "stage"
@@ -247,32 +286,37 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
     others = [local[o["key"]] for o in p.objects if o["path"] is None
               and o["key"] in local] + [script_path]
     trust = trust_of(v)
-    opts = origin_options(v)
-    with open_origin(v.origin_url, opts) as origin:
-        existing = read_manifest(origin, p.release_id)
-        wanted = {o["key"]: o["sha256"] for o in p.objects if o["sha256"] is not None}
-        wanted.update({k: cms_sign.hash_file(path, ["sha256"])[0]["sha256"].hex()
-                       for k, path in local.items() if k not in wanted})
-        wanted[ENTRY_SCRIPT] = hashlib.sha256(script.encode()).hexdigest()
-        if existing is not None and not options.reverify and _already_live(
-                origin, existing, wanted, v.entry_path):
-            # Same id, same content, every object in place and the entry switched to it:
-            # nothing to sign or upload. The entry is still fetched and judged below.
-            st.done("sign", "skipped", f"release {p.release_id} is already published")
-            st.done("manifest", "unchanged", f"{MANIFEST_NAME} on the origin lists the same "
-                    f"{len(existing.files)} objects")
-            st.done("publish", "unchanged", f"all {len(existing.files)} objects present with "
-                    f"their published sizes; {v.entry_path} already serves {p.release_id}")
-            result.manifest = existing.to_json()
-            result.publish = {"release": p.release_id, "uploaded": [], "switched": False,
-                              "unchanged": True}
-        else:
-            _sign_and_publish(p, v, st, result, origin, opts, trust, relinked, others, stage,
-                              ipxe_manifest, existing, now)
-        keep = v.recipe.release.retention
-        if keep is not None:
-            # Never the live release (publish just made it live) nor the newest `keep`.
-            result.pruned = prune(origin, keep=keep, entry_path=v.entry_path)
+    # each staged input under its first key (another key of the same file is uploaded)
+    staged_keys: dict[str, Staged] = {}
+    for o in p.objects:
+        if o["path"] in staged and not any(s is staged[o["path"]] for s in staged_keys.values()):
+            staged_keys[o["key"]] = staged[o["path"]]
+    existing = read_manifest(origin, p.release_id)
+    wanted = {o["key"]: o["sha256"] for o in p.objects if o["sha256"] is not None}
+    wanted.update({k: cms_sign.hash_file(path, ["sha256"])[0]["sha256"].hex()
+                   for k, path in local.items() if k not in wanted})
+    wanted[ENTRY_SCRIPT] = hashlib.sha256(script.encode()).hexdigest()
+    if existing is not None and not options.reverify and _already_live(
+            origin, existing, wanted, v.entry_path):
+        # Same id, same content, every object in place and the entry switched to it:
+        # nothing to sign or upload. The entry is still fetched and judged below.
+        st.done("sign", "skipped", f"release {p.release_id} is already published")
+        st.done("manifest", "unchanged", f"{MANIFEST_NAME} on the origin lists the same "
+                f"{len(existing.files)} objects")
+        st.done("publish", "unchanged", f"all {len(existing.files)} objects present with "
+                f"their published sizes; {v.entry_path} already serves {p.release_id}")
+        result.manifest = existing.to_json()
+        result.publish = {"release": p.release_id, "uploaded": [], "switched": False,
+                          "unchanged": True}
+    else:
+        with contextlib.nullcontext(signer) if signer is not None else _unlocked(v) as key:
+            _sign_and_publish(p, v, st, result, origin, origin_options(v), trust, relinked,
+                              others, stage, ipxe_manifest, existing, now, signer=key,
+                              staged=staged_keys)
+    keep = v.recipe.release.retention
+    if keep is not None:
+        # Never the live release (publish just made it live) nor the newest `keep`.
+        result.pruned = prune(origin, keep=keep, entry_path=v.entry_path)
 
     # verify: what the firmware will fetch first, from where it will fetch it
     entry_url = v.public_base + v.entry_path
@@ -286,18 +330,19 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
                       origin: Origin, opts: OriginOptions, trust: Trust,
                       relinked: list[cms_sign.Hashed], others: list[Path], stage: Path,
                       ipxe_manifest: dict[str, Any] | None,
-                      existing: ReleaseManifest | None, now: dt.datetime) -> None:
-    with _unlocked(v) as signer:
-        signed = cms_sign.sign_hashed(relinked, signer, hash_name=v.hash_name, now=now)
-        signed += cms_sign.sign_files(others, signer, hash_name=v.hash_name, now=now)
-        st.done("sign", "done", f"{len(signed)} files signed by {v.signer_name} "
-                f"({v.hash_name})")
-        objects = _local_objects(stage, signed)
-        manifest = _manifest(p, objects, trust, ipxe_manifest, existing, now)
-        manifest_path = stage / MANIFEST_NAME
-        fsutil.atomic_write(manifest_path, manifest.to_bytes())
-        signed_manifest = cms_sign.sign_files([manifest_path], signer,
-                                              hash_name=v.hash_name, now=now)
+                      existing: ReleaseManifest | None, now: dt.datetime, *,
+                      signer: Signer, staged: Mapping[str, Staged]) -> None:
+    signed = cms_sign.sign_hashed(relinked, signer, hash_name=v.hash_name, now=now)
+    signed += cms_sign.sign_files(others, signer, hash_name=v.hash_name, now=now)
+    st.done("sign", "done", f"{len(signed)} files signed by {v.signer_name} "
+            f"({v.hash_name})")
+    objects = [dataclasses.replace(o, staged=staged.get(o.key))
+               for o in _local_objects(stage, signed)]
+    manifest = _manifest(p, objects, trust, ipxe_manifest, existing, now)
+    manifest_path = stage / MANIFEST_NAME
+    fsutil.atomic_write(manifest_path, manifest.to_bytes())
+    signed_manifest = cms_sign.sign_files([manifest_path], signer,
+                                          hash_name=v.hash_name, now=now)
     objects += _local_objects(stage, signed_manifest)
     st.done("manifest", "done" if existing is None else "unchanged",
             f"{MANIFEST_NAME} for {len(manifest.files)} objects, signed")
@@ -353,7 +398,10 @@ def _local_objects(stage: Path, signed: list[cms_sign.Signed]) -> list[LocalObje
     out = []
     for s in signed:
         key = s.path.relative_to(stage).as_posix()
-        out.append(LocalObject(key, s.path, s.size, s.sha256))
+        # an input is linked into the stage: upload the file itself (a backend may open
+        # it with O_NOFOLLOW, as the S3 one does)
+        path = s.path.resolve() if s.path.is_symlink() else s.path
+        out.append(LocalObject(key, path, s.size, s.sha256))
         sig = s.signature_path.read_bytes()
         out.append(LocalObject(key + ".sig", s.signature_path, len(sig),
                                hashlib.sha256(sig).hexdigest()))

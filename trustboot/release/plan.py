@@ -454,11 +454,16 @@ def _hash_inputs(paths: Sequence[Path], hash_name: str,
 def plan(v: Validated, *, now: dt.datetime,
          progress: cms_sign.ProgressFactory | None = None,
          toolchain: Mapping[str, str] | None = None,
-         cache: PublishCache | None = None, save_cache: bool = True) -> Plan:
+         cache: PublishCache | None = None, save_cache: bool = True,
+         known: Mapping[Path, cms_sign.Hashed] | None = None) -> Plan:
     """Hash the inputs, derive the release id and list the objects (``save_cache=False``:
-    the cache is read, never written, as a dry run promises)."""
+    the cache is read, never written, as a dry run promises). ``known``: inputs already
+    hashed (while they were staged on the origin, see release.staging)."""
     paths = list(dict.fromkeys(i.path for i in v.inputs))
-    hashed = _hash_inputs(paths, v.hash_name, progress, cache)
+    known = known or {}
+    hashed = dict(known)
+    hashed.update(_hash_inputs([p for p in paths if p not in known], v.hash_name, progress,
+                               cache))
     if cache is not None and save_cache:
         cache.save()
     r = v.recipe
