@@ -34,7 +34,6 @@ three kinds (each a :class:`FleetEvidence`, recorded in index.json, the op log a
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -160,21 +159,19 @@ def origin_evidence(origin: Origin, root_sha256: str, *, trust: Trust, now: dt.d
     (the CA's roots) at ``now``, and the manifest parsed from the very bytes judged.
     """
     # here, not at the top: the ca commands do not pay for the publish machinery
-    from trustboot.cms.verify import MAX_SIGNATURE_SIZE
-    from trustboot.publish.manifest import (
-        MANIFEST_NAME,
-        MAX_MANIFEST_BYTES,
-        parse_manifest,
-        release_prefix,
-    )
+    from trustboot.publish.manifest import MANIFEST_NAME, parse_manifest, release_prefix
     from trustboot.publish.origin import redact_url
-    from trustboot.publish.pipeline import _make_reader, _manifests, _served_bytes, live_release
-    from trustboot.publish.readback import judge, signature_hashes
+    from trustboot.publish.pipeline import (
+        live_release,
+        make_reader,
+        read_manifests,
+        verify_manifest_signature,
+    )
 
     source = redact_url(origin.url)
-    reader = _make_reader(origin, trust, options)
+    reader = make_reader(origin, trust, options)
     try:
-        manifests, _problems = _manifests(origin)
+        manifests, _problems = read_manifests(origin)
         live = live_release(origin, manifests, entry_path)
         if live is None:
             raise ConfigError(
@@ -190,20 +187,11 @@ def origin_evidence(origin: Origin, root_sha256: str, *, trust: Trust, now: dt.d
                 hint="publish the firmware with `trustboot release`, which signs the "
                 "release manifest, or pass its manifest.json with --build-manifest",
                 rule="manifest-signature", subject=key)
-        signature = _served_bytes(origin, reader, key + ".sig", MAX_SIGNATURE_SIZE)
-        data = _served_bytes(origin, reader, key, MAX_MANIFEST_BYTES)
+        # judged against the CA's roots, and parsed from the very bytes judged
+        data = verify_manifest_signature(origin, live, trust=trust, now=now, reader=reader)
     finally:
         if reader is not None:
             reader.close()
-    digests = {name: hashlib.new(name, data).digest() for name in signature_hashes(signature)}
-    verdict = judge(signature, digests, trust, now)
-    if not verdict.ok:
-        assert verdict.failure is not None
-        raise VerificationError(
-            f"{source}{key}: its signature does not verify: {verdict.failure.message}",
-            hint="the release manifest was changed on the origin or signed by a key outside "
-            "the CA's trust; publish the release again",
-            rule="manifest-signature", subject=key)
     manifest = parse_manifest(data, source=f"{source}{key}")
     if manifest.release != live:
         raise VerificationError(f"{source}{key} names release {manifest.release!r}, "

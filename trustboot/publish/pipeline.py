@@ -63,6 +63,7 @@ from trustboot.errors import ConfigError, OperationalError, TrustbootError, Veri
 from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import (
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     ManifestFile,
     ReleaseManifest,
     SignerSummary,
@@ -78,6 +79,7 @@ from trustboot.publish.origin import (
     OriginOptions,
     Staged,
     check_key,
+    redact_url,
     staging_of,
 )
 from trustboot.publish.readback import (
@@ -324,7 +326,7 @@ def build_manifest(release_id: str, objects: Sequence[LocalObject], *, entry: st
 
 # -- origin side ----------------------------------------------------------------------
 
-def _owner() -> str:
+def default_owner() -> str:
     return f"trustboot publish pid {os.getpid()} on {socket.gethostname()}"
 
 
@@ -340,12 +342,12 @@ def read_manifest(origin: Origin, release_id: str) -> ReleaseManifest | None:
     return manifest
 
 
-def _release_base(origin: Origin, release_id: str) -> str | None:
+def release_base_url(origin: Origin, release_id: str) -> str | None:
     url = origin.public_url(release_prefix(release_id) + MANIFEST_NAME)
     return url[: -len(MANIFEST_NAME)] if url else None
 
 
-def _make_reader(origin: Origin, trust: Trust, options: OriginOptions | None) -> Reader | None:
+def make_reader(origin: Origin, trust: Trust, options: OriginOptions | None) -> Reader | None:
     if origin.public_url(MANIFEST_NAME) is None:
         return None
     opts = options or OriginOptions()
@@ -461,19 +463,24 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
 
 
 def verify_manifest_signature(origin: Origin, release_id: str, *, trust: Trust,
-                              now: dt.datetime, reader: Reader | None) -> None:
-    """release.json against its detached signature, both as served."""
+                              now: dt.datetime, reader: Reader | None) -> bytes:
+    """release.json against its detached signature, both as served; returns the bytes
+    judged (a caller that parses them reads nothing a second time, which a hostile origin
+    could answer differently)."""
     key = release_prefix(release_id) + MANIFEST_NAME
     signature = _served_bytes(origin, reader, key + ".sig", MAX_SIGNATURE_SIZE)
-    served = _served(origin, reader, key, max_size=4 << 20,
-                     hash_names=signature_hashes(signature))
-    verdict = judge(signature, served.digests, trust, now)
+    data = _served_bytes(origin, reader, key, MAX_MANIFEST_BYTES)
+    digests = {name: hashlib.new(name, data).digest() for name in signature_hashes(signature)}
+    verdict = judge(signature, digests, trust, now)
     if not verdict.ok:
         assert verdict.failure is not None
         raise VerificationError(
-            f"{origin.url}{key}: its signature does not verify: {verdict.failure.message}",
-            hint="the release manifest was changed on the origin or signed by another key",
+            f"{redact_url(origin.url)}{key}: its signature does not verify: "
+            f"{verdict.failure.message}",
+            hint="the release manifest was changed on the origin or signed by a key the "
+                 "trusted roots do not cover; publish the release again",
             rule="manifest-signature", subject=key)
+    return data
 
 
 def _run_all(fn: Callable[[Any], None], items: Sequence[Any], jobs: int) -> None:
@@ -509,7 +516,7 @@ def live_release(origin: Origin, releases: Sequence[ReleaseManifest], entry_path
     return None
 
 
-def _switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: str,
+def switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: str,
                       trust: Trust, now: dt.datetime, reader: Reader | None) -> None:
     assert manifest.entry is not None
     prefix = release_prefix(manifest.release)
@@ -594,7 +601,7 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
         return RepairResult(release_id, "dropped",
                             f"{entry_path} and its signature verify; the interrupted switch "
                             f"to {release_id} had not started")
-    _switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
+    switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
                       reader=reader)
     return RepairResult(release_id, "completed",
                         f"completed the interrupted switch of {entry_path} to {release_id}")
@@ -603,9 +610,9 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
 def repair(origin: Origin, *, trust: Trust, now: dt.datetime,
            options: OriginOptions | None = None, owner: str | None = None) -> RepairResult:
     """``trustboot publish repair``: under the lock, finish an interrupted switch."""
-    reader = _make_reader(origin, trust, options)
+    reader = make_reader(origin, trust, options)
     try:
-        with origin.lock(owner or _owner()):
+        with origin.lock(owner or default_owner()):
             return repair_switch(origin, trust=trust, now=now, reader=reader)
     finally:
         if reader is not None:
@@ -659,7 +666,7 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                           hint=f"files: {', '.join(sorted(keys)[:10])}")
     verdicts = _local_verify(objects, trust, now)
     prefix = release_prefix(release_id)
-    base = _release_base(origin, release_id)
+    base = release_base_url(origin, release_id)
     given = next((o for o in objects if o.key == MANIFEST_NAME), None)
     if given is not None:
         manifest = parse_manifest(_read_small(given.path, 4 << 20), source=str(given.path))
@@ -679,10 +686,10 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                            entry_path=entry_path if entry else None,
                            readback="https" if base else "backend",
                            signer=manifest.signer.to_json() if manifest.signer else None)
-    reader = _make_reader(origin, trust, options)
+    reader = make_reader(origin, trust, options)
     by_key = {o.key: o for o in objects}
     try:
-        with origin.lock(owner or _owner()):
+        with origin.lock(owner or default_owner()):
             result.repaired = _repaired(repair_switch(origin, trust=trust, now=now,
                                                       reader=reader))
             result.removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
@@ -716,11 +723,11 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                 finally:
                     early.cancel()
             if switch and entry is not None:
-                releases = [m for m in _manifests(origin)[0]]
+                releases = [m for m in read_manifests(origin)[0]]
                 result.previous_live = live_release(origin, releases, entry_path)
                 if progress:
                     progress.phase("switch", 0)
-                _switch_and_check(origin, manifest, entry_path=entry_path, trust=trust,
+                switch_and_check(origin, manifest, entry_path=entry_path, trust=trust,
                                   now=now, reader=reader)
                 result.switched = True
     finally:
@@ -888,7 +895,7 @@ def _remember(origin: Origin, manifest: ReleaseManifest, cache: PublishCache | N
     cache.save()
 
 
-def _manifests(origin: Origin) -> tuple[list[ReleaseManifest], dict[str, str]]:
+def read_manifests(origin: Origin) -> tuple[list[ReleaseManifest], dict[str, str]]:
     """Every release manifest on the origin, and problems with the ones that do not parse."""
     ids = sorted({k.split("/")[1] for k in origin.list("releases/")
                   if k.count("/") >= 2 and k.endswith("/" + MANIFEST_NAME)})
@@ -914,7 +921,7 @@ def pending_switch(origin: Origin) -> bool:
 
 def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe") -> list[ReleaseInfo]:
     """Releases with date, signer, expiry, completeness and which one is live."""
-    manifests, problems = _manifests(origin)
+    manifests, problems = read_manifests(origin)
     live = live_release(origin, manifests, entry_path)
     present = set(origin.list("releases/"))
     infos = []
@@ -939,9 +946,9 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
     """Switch the entry back to ``release_id``, after verifying it like a publish."""
     check_release_id(release_id)
     check_key(entry_path)
-    reader = _make_reader(origin, trust, options)
+    reader = make_reader(origin, trust, options)
     try:
-        with origin.lock(owner or _owner()):
+        with origin.lock(owner or default_owner()):
             repaired = _repaired(repair_switch(origin, trust=trust, now=now, reader=reader))
             manifest = read_manifest(origin, release_id)
             if manifest is None:
@@ -960,8 +967,8 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
                             reader=reader, jobs=jobs, progress=progress, cache=cache,
                             signed_manifest=origin.stat(prefix + MANIFEST_NAME + ".sig")
                             is not None)
-            result.previous_live = live_release(origin, _manifests(origin)[0], entry_path)
-            _switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
+            result.previous_live = live_release(origin, read_manifests(origin)[0], entry_path)
+            switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
                               reader=reader)
             result.switched = True
             return result
@@ -977,14 +984,14 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
         raise ConfigError(f"--keep {keep}: keep at least one release")
     check_key(entry_path)
     deleted = []
-    with origin.lock(owner or _owner()):
+    with origin.lock(owner or default_owner()):
         if pending_switch(origin):
             # the live release is ambiguous until the switch is finished
             raise OperationalError(
                 f"{origin.url} has an interrupted entry switch recorded; nothing pruned",
                 hint=f"finish it first: trustboot publish repair {origin.url}")
         origin.remove_stale_temps(STALE_TEMP_AGE)
-        manifests, _ = _manifests(origin)
+        manifests, _ = read_manifests(origin)
         live = live_release(origin, manifests, entry_path)
         newest = sorted(manifests, key=lambda m: (m.created, m.release), reverse=True)
         keep_ids = {m.release for m in newest[:keep]} | ({live} if live else set())

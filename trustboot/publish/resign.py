@@ -61,15 +61,15 @@ from trustboot.publish.pipeline import (
     MAX_ENTRY_SIZE,
     STALE_TEMP_AGE,
     PublishProgress,
-    _make_reader,
-    _manifests,
-    _owner,
-    _release_base,
     _run_all,
-    _switch_and_check,
+    default_owner,
     live_release,
+    make_reader,
     read_manifest,
+    read_manifests,
+    release_base_url,
     repair_switch,
+    switch_and_check,
     verify_manifest_signature,
     verify_served,
 )
@@ -204,14 +204,14 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
     new_sha = hashlib.sha256(source.certificate.public_bytes(Encoding.DER)).hexdigest()
     summary = _summary(source)
     fsutil.ensure_private_dir(workdir)
-    reader = _make_reader(origin, trust, options)
+    reader = make_reader(origin, trust, options)
     try:
-        with origin.lock(owner or _owner()):
+        with origin.lock(owner or default_owner()):
             # as publish does: a switch a killed run left half done would make the entry
             # pair match no release, and temporaries of killed uploads go
             repair = repair_switch(origin, trust=trust, now=now, reader=reader)
             removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
-            manifests, _ = _manifests(origin)
+            manifests, _ = read_manifests(origin)
             live_id = live_release(origin, manifests, entry_path)
             if live_id is None:
                 raise ConfigError(
@@ -319,7 +319,7 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                             hint="the new signer must chain to a root the firmware trusts "
                                  "(--trust) and match --signer", rule="new-signature")
                     new = _new_manifest(old, new_id, signed, sigs, workdir, scripts, summary,
-                                        now, _release_base(origin, new_id))
+                                        now, release_base_url(origin, new_id))
                     manifest_path = workdir / MANIFEST_NAME
                     fsutil.atomic_write(manifest_path, new.to_bytes())
                     sign_files([manifest_path], signer, now=now)
@@ -350,7 +350,7 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             verify_manifest_signature(origin, new_id, trust=trust, now=now, reader=reader)
             if progress:
                 progress.phase("switch", 0)
-            _switch_and_check(origin, new, entry_path=entry_path, trust=trust, now=now,
+            switch_and_check(origin, new, entry_path=entry_path, trust=trust, now=now,
                               reader=reader)
             result.switched = True
             stage("switch", f"{entry_path} switched from {live_id} to {new_id}")
