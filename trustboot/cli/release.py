@@ -8,7 +8,6 @@ toward every release's wall time.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +84,6 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     Exit codes: 0 published and verified, 1 origin or I/O failure, 3 invalid recipe,
     4 a signature, the signer's lifetime or what the origin serves failed verification.
     """
-    # httpx's __init__ imports its own command-line client (click, pygments, rich when
-    # installed) only to offer httpx.main, never used here: 10-20 ms of every release
-    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     from trustboot.cli.publish import upload_progress
     from trustboot.publish.cache import default_cache_path
     from trustboot.release.pipeline import run_release
