@@ -46,6 +46,15 @@ def _check_tree(root: Path) -> None:
     bad = []
     for rel, mode in _modes(root).items():
         path = root / rel
+        parts = rel.split("/")
+        if "cache" in parts:
+            # The iPXE build cache (the demo builds when TRUSTBOOT_IPXE_SRC is set) is
+            # private, 0700 at its top; inside, the copied sources keep their own bits, and
+            # nothing (make's outputs included) may be writable by others.
+            top = parts[-1] == "cache"
+            if (top and mode != 0o700) or mode & 0o022:
+                bad.append(f"{rel}: {mode:04o}, want {'0700' if top else 'no group/other write'}")
+            continue
         private = _is_private(rel)
         if path.is_dir():
             want = 0o700 if private else 0o755

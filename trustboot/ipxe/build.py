@@ -372,9 +372,11 @@ def _run_make(
         fh.flush()
         # Its own process group, so an interruption can stop make and every compiler it
         # started (they write into a work tree that is about to be removed).
+        # umask 077: what make and the compilers write into the private work tree is
+        # private too, whatever trustboot's own umask (000 would make it all writable).
         proc = subprocess.Popen(
             list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=dict(env), process_group=0,
+            stdin=subprocess.DEVNULL, env=dict(env), process_group=0, umask=0o077,
         )
         try:
             assert proc.stdout is not None
@@ -454,7 +456,10 @@ def _write_if_changed(path: Path, data: bytes) -> None:
             return
     except FileNotFoundError:
         pass
-    path.write_bytes(data)
+    # private like the rest of the work tree, whatever the umask (the certificates and
+    # headers are not secret, but nothing here is for others to change)
+    with fsutil.create_file(path, fsutil.PRIVATE_FILE_MODE) as fh:
+        fh.write(data)
 
 
 def _copy_out(src: Path, dest: Path, mode: int) -> None:
@@ -521,7 +526,8 @@ def _work_tree(
                 shutil.rmtree(top, ignore_errors=True)
                 top.mkdir(mode=fsutil.PRIVATE_DIR_MODE)
                 copy_tree(request.source, top)
-                (top / "src" / ".trustboot-complete").write_text("")
+                fsutil.create_file(top / "src" / ".trustboot-complete",
+                                   fsutil.PRIVATE_FILE_MODE).close()
             yield top
         return
     with cleanup_on_signals():

@@ -187,17 +187,28 @@ def open_source(path: Path) -> IpxeSource:
 
 
 def copy_tree(source: IpxeSource, dest: Path) -> Path:
-    """Copy ``source.src`` (without build outputs or config/local) to ``dest/src``."""
+    """Copy ``source.src`` (without build outputs or config/local) to ``dest/src``.
+
+    Directories are made 0700 whatever the umask (the work tree is private: it may get a
+    client key); files keep their source's permission bits.
+    """
     target = dest / "src"
+    made: set[Path] = set()
+
+    def directory(path: Path) -> None:
+        if path not in made:
+            make_dirs(path, PRIVATE_DIR_MODE)
+            made.add(path)
+
     for file in _iter_files(source.src):
         rel = file.relative_to(source.src)
         out = target / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
+        directory(out.parent)
         if file.is_symlink():
             os.symlink(os.readlink(file), out)
         else:
             shutil.copy2(file, out)
-    (target / "config" / "local").mkdir(parents=True, exist_ok=True)
+    directory(target / "config" / "local")
     return target
 
 
