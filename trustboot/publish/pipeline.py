@@ -379,10 +379,12 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                   now: dt.datetime, reader: Reader | None, jobs: int = 4,
                   progress: PublishProgress | None = None,
                   cached: Collection[str] = (),
-                  prefetched: Mapping[str, Future[Served]] | None = None) -> list[str]:
+                  prefetched: Mapping[str, Future[Served]] | None = None,
+                  signers: dict[str, frozenset[str]] | None = None) -> list[str]:
     """Read back every object of ``manifest``, compare, judge each .sig; VerificationError
     listing every problem, or the keys verified. ``prefetched``: objects whose read-back
-    already started (the upload overlaps it, see publish_release), by name."""
+    already started (the upload overlaps it, see publish_release), by name. ``signers``,
+    if given, receives each signed object's signer certificate fingerprints (hex)."""
     prefix = release_prefix(manifest.release)
     by_name = {f.name: f for f in manifest.files}
     if progress:
@@ -443,6 +445,8 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                 problems.append(f"{prefix}{f.name}: iPXE would refuse it: "
                                 f"{verdict.failure.message}")
                 return
+            if signers is not None:
+                signers[f.name] = frozenset(r.sha256 for r in verdict.signers)
         if progress:
             progress.item(f.name, "verified")
 

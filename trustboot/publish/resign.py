@@ -38,7 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,8 +227,9 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                                   removed_temps=removed_temps)
             stage("verify", f"reading back live release {live_id} "
                   f"({len(old.files)} objects)")
+            signed_by: dict[str, frozenset[str]] = {}
             result.verified = verify_served(origin, old, trust=trust, now=now, reader=reader,
-                                            jobs=jobs, progress=progress)
+                                            jobs=jobs, progress=progress, signers=signed_by)
             old_prefix = release_prefix(live_id)
             if origin.stat(old_prefix + MANIFEST_NAME + ".sig") is not None:
                 verify_manifest_signature(origin, live_id, trust=trust, now=now,
@@ -236,7 +237,7 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             # The manifest's claim only spares the reads when it names another signer: what
             # decides is who made the signatures the firmware will verify.
             if old.signer is not None and old.signer.serial == summary.serial and \
-                    _signed_only_by(origin, old, new_sha, trust=trust, now=now, jobs=jobs):
+                    _signed_only_by(old, signed_by, new_sha):
                 stage("resign", f"release {live_id} is already signed by this signer: "
                       "nothing to do")
                 return result
@@ -378,34 +379,13 @@ def _new_manifest(old: ReleaseManifest, new_id: str, signed: list[Any],
                            ipxe=old.ipxe)
 
 
-def _signed_only_by(origin: Origin, m: ReleaseManifest, cert_sha256: str, *, trust: Trust,
-                    now: dt.datetime, jobs: int) -> bool:
-    """Every signed object of ``m`` has a .sig, with the bytes the manifest records, that
-    verifies as iPXE would with this certificate (by fingerprint) as its only signer.
-
-    The read-back just proved each object and .sig is served as ``m`` records them; the
-    verdicts here say who signed them (a signature by another digest than sha256 counts
-    as not this signer's: re-signing it is safe, wrongly skipping it is not)."""
-    prefix = release_prefix(m.release)
-    by_name = {f.name: f for f in m.files}
+def _signed_only_by(m: ReleaseManifest, signed_by: Mapping[str, frozenset[str]],
+                    cert_sha256: str) -> bool:
+    """Every signed object of ``m`` verified (in the read-back that filled ``signed_by``)
+    with this certificate (by fingerprint) as its only signer."""
     signed = [f for f in m.files if f.sig]
-    ours: list[bool] = []
-
-    def check(f: ManifestFile) -> None:
-        entry = by_name.get(f.sig or "")
-        if entry is None:
-            ours.append(False)
-            return
-        data = b"".join(origin.read(prefix + entry.name, max_size=entry.size))
-        if hashlib.sha256(data).hexdigest() != entry.sha256:
-            ours.append(False)
-            return
-        verdict = judge(data, {"sha256": bytes.fromhex(f.sha256)}, trust, now)
-        ours.append(verdict.ok and bool(verdict.signers)
-                    and all(r.sha256 == cert_sha256 for r in verdict.signers))
-
-    _run_all(check, signed, jobs)
-    return bool(signed) and all(ours)
+    return bool(signed) and all(signed_by.get(f.name) == frozenset({cert_sha256})
+                                for f in signed)
 
 
 def _check_resumable(existing: ReleaseManifest, old: ReleaseManifest,
