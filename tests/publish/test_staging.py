@@ -18,7 +18,7 @@ import pytest
 from tests.publish.conftest import KEY_PASS, Nginx, Pki, anon_get
 from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
 from tests.release.test_staging import _lab, _release
-from trustboot.errors import OperationalError
+from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish import stream
 from trustboot.publish.origin import (
     OriginOptions,
@@ -106,6 +106,22 @@ def test_file_changed_while_staged_leaves_nothing(kind: str, nginx: Nginx, pki: 
         with pytest.raises(OperationalError, match=r"changed while it was read"):
             origin.stage_file(f, name="linux/initrd.img", hash_names=(), progress=rewrite)
         assert _files(root) == []
+
+
+@pytest.mark.parametrize("kind", ["webdav", "file"])
+@pytest.mark.parametrize("name", ["../escape.img", "/abs.img", "linux/a b.img", "a//b", ""])
+def test_a_bad_name_is_refused_before_reading(kind: str, name: str, nginx: Nginx, pki: Pki,
+                                               tmp_path: Path) -> None:
+    # the key check comes first on every backend: no read, no temporary object
+    root = nginx.root if kind == "webdav" else tmp_path / "origin"
+    read: list[int] = []
+    f = tmp_path / "initrd.img"
+    f.write_bytes(b"x" * 100)
+    with _origin(kind, nginx, pki, tmp_path) as origin:
+        with pytest.raises(ConfigError, match="is refused"):
+            origin.stage_file(f, name=name, hash_names=(), progress=read.append)
+    assert read == []
+    assert _files(root) == []
 
 
 def test_a_fifo_or_missing_file_is_refused(nginx: Nginx, pki: Pki, tmp_path: Path) -> None:

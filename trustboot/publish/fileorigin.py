@@ -21,9 +21,8 @@ import os
 import re
 import secrets
 import stat
-import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -39,7 +38,7 @@ from trustboot.publish.origin import (
     check_prefix,
     key_problem,
 )
-from trustboot.publish.stream import DigestingUpload, hashed_chunks
+from trustboot.publish.stream import DigestingUpload, StagesUploads, hashed_chunks
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -49,7 +48,7 @@ TMP_PREFIX = ".tb-tmp."
 _STAGED_NAME = re.compile(re.escape(TMP_PREFIX) + r"[0-9a-f]{16}\.[^/]+")
 
 
-class FileOrigin:
+class FileOrigin(StagesUploads):
     """An origin in a local directory (``file:///srv/boot``)."""
 
     def __init__(self, url: str, options: OriginOptions) -> None:
@@ -217,14 +216,10 @@ class FileOrigin:
 
     # -- staging (origin.StagingOrigin): a temporary file at the root, written while the
     # input is hashed, renamed to its key later; remove_stale_temps sweeps leftovers
-    def stage_file(self, path: Path, *, name: str, hash_names: Collection[str],
-                   progress: Callable[[int], None] | None = None,
-                   cancel: threading.Event | None = None) -> Staged:
-        check_key(name)
-        upload = DigestingUpload(path, hash_names=hash_names, progress=progress,
-                                 cancel=cancel)
-        return upload.staged(self._write_temp(self._root(), name, name.rpartition("/")[2],
-                                              upload.chunks(), sha256=None, progress=None))
+    # (stage_file: stream.StagesUploads)
+    def _store_staging(self, name: str, upload: DigestingUpload) -> str:
+        return self._write_temp(self._root(), name, name.rpartition("/")[2],
+                                upload.chunks(), sha256=None, progress=None)
 
     def _check_staged(self, staged: Staged) -> None:
         if not _STAGED_NAME.fullmatch(staged.token) or staged.done:

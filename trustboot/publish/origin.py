@@ -19,6 +19,8 @@ object while it is being hashed, in the same read, before its key is known (the 
 id may be a digest of the inputs); once the id and the signatures exist it is moved to
 its key. ``staging_of(origin)`` says whether an origin can; one that cannot (S3: a copy
 would write the data again) is uploaded after hashing, as before.
+``trustboot.publish.stream.StagesUploads`` is the one ``stage_file``: a backend mixes
+it in and says only how it stores a stream under a temporary name.
 """
 
 from __future__ import annotations

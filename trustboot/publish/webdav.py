@@ -34,7 +34,7 @@ import secrets
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from trustboot.publish.origin import (
     key_problem,
     redact_url,
 )
-from trustboot.publish.stream import DigestingUpload, hashed_chunks
+from trustboot.publish.stream import DigestingUpload, StagesUploads, hashed_chunks
 
 CHUNK = 1 << 20
 LOCK_COLLECTION = ".trustboot-lock"
@@ -117,7 +117,7 @@ def parse_modified(data: bytes) -> list[tuple[str, bool, float | None]]:
     return out
 
 
-class WebDAVOrigin:
+class WebDAVOrigin(StagesUploads):
     """A WebDAV collection over HTTPS (client certificate and/or basic/bearer auth)."""
 
     def __init__(self, url: str, options: OriginOptions) -> None:
@@ -293,13 +293,9 @@ class WebDAVOrigin:
 
     # -- staging (origin.StagingOrigin): PUT to the staging collection while hashing,
     # MOVE to the key later; a killed run's leftovers are remove_stale_temps' to sweep
-    def stage_file(self, path: Path, *, name: str, hash_names: Collection[str],
-                   progress: Callable[[int], None] | None = None,
-                   cancel: threading.Event | None = None) -> Staged:
-        check_key(name)
-        upload = DigestingUpload(path, hash_names=hash_names, progress=progress,
-                                 cancel=cancel)
-        return upload.staged(self._put_temp(name, upload.chunks, upload.size))
+    # (stage_file: stream.StagesUploads)
+    def _store_staging(self, name: str, upload: DigestingUpload) -> str:
+        return self._put_temp(name, upload.chunks, upload.size)
 
     def _check_staged(self, staged: Staged) -> None:
         head, _, name = staged.token.rpartition("/")
