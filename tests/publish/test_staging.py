@@ -17,7 +17,8 @@ import pytest
 
 from tests.publish.conftest import KEY_PASS, Nginx, Pki, anon_get
 from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
-from tests.release.test_staging import _lab, _release
+from tests.release.lab import make_lab
+from tests.release.test_staging import BIG, SMALL, _release
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish import stream
 from trustboot.publish.origin import (
@@ -143,9 +144,10 @@ def test_s3_origin_keeps_hash_then_upload(pki: Pki, rgw: RGW, tmp_path: Path,  #
     s3.create_bucket(Bucket=bucket)
     monkeypatch.setenv("TB_TEST_STAGING_S3", f"{rgw.access_key}:{rgw.secret_key}")
     base = f"{rgw.endpoint}/{bucket}/boot/"
-    recipe = _lab(tmp_path / "lab", pki, f"s3://{bucket}/boot", client_cert=False,
-                  extra=f", endpoint: '{rgw.endpoint}', public_url: '{base}', "
-                        "credentials: {env: TB_TEST_STAGING_S3}")
+    recipe = make_lab(tmp_path / "lab", pki, f"s3://{bucket}/boot", client_cert=False,
+                      images={"vmlinuz": SMALL, "initrd.img": BIG},
+                      extra=f", endpoint: '{rgw.endpoint}', public_url: '{base}', "
+                            "credentials: {env: TB_TEST_STAGING_S3}")
     result = _release(recipe, tmp_path / "cache.json")
     assert not any("staged on the origin" in s["detail"] for s in result.stages)
     assert {"linux/initrd.img", "linux/vmlinuz"} <= set(result.uploaded)
