@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.publish.conftest import KEY_PASS, Nginx, Pki, anon_get
-from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
+from tests.publish.rgw import RGW, release_origin, rgw  # noqa: F401  (the session fixture)
 from tests.release.lab import make_lab
 from tests.release.test_staging import BIG, SMALL, _release
 from trustboot.errors import ConfigError, OperationalError
@@ -141,13 +141,9 @@ def test_s3_origin_keeps_hash_then_upload(pki: Pki, rgw: RGW, tmp_path: Path,  #
     pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
     s3 = rgw.client()
     bucket = f"tb-staging-{os.getpid()}"
-    s3.create_bucket(Bucket=bucket)
-    monkeypatch.setenv("TB_TEST_STAGING_S3", f"{rgw.access_key}:{rgw.secret_key}")
-    base = f"{rgw.endpoint}/{bucket}/boot/"
-    recipe = make_lab(tmp_path / "lab", pki, f"s3://{bucket}/boot", client_cert=False,
-                      images={"vmlinuz": SMALL, "initrd.img": BIG},
-                      extra=f", endpoint: '{rgw.endpoint}', public_url: '{base}', "
-                            "credentials: {env: TB_TEST_STAGING_S3}")
+    url, extra = release_origin(rgw, bucket, "TB_TEST_STAGING_S3", monkeypatch)
+    recipe = make_lab(tmp_path / "lab", pki, url, client_cert=False,
+                      images={"vmlinuz": SMALL, "initrd.img": BIG}, extra=extra)
     result = _release(recipe, tmp_path / "cache.json")
     assert not any("staged on the origin" in s["detail"] for s in result.stages)
     assert {"linux/initrd.img", "linux/vmlinuz"} <= set(result.uploaded)

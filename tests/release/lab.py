@@ -27,13 +27,14 @@ def write_random(path: Path, size: int) -> None:
 
 def make_lab(d: Path, pki: Pki, origin: str, *, images: Mapping[str, bytes | int],
              name: str = "lab", firmware: bytes = FIRMWARE, client_cert: bool = True,
-             extra: str = "") -> Path:
+             extra: str = "", release_id: str = "{name}-{digest8}") -> Path:
     """The recipe ``d/lab.yaml`` releasing images/vmlinuz and images/initrd.img to
     ``origin``, signed by boot-signer (passphrase in key.pass), with firmware
     bin/undionly.kpxe prebuilt. The pki, key.pass and firmware are written by the first
     call for ``d`` only; each call (re)writes the ``images`` it names: bytes as given, an
     int as that many random bytes. ``client_cert``: writes with the publisher client
-    certificate; ``extra``: more ``origin`` keys (``", endpoint: ..."``)."""
+    certificate; ``extra``: more ``origin`` keys (``", endpoint: ..."``); ``release_id``:
+    the recipe's id template."""
     if not (d / "pki").exists():
         shutil.copytree(pki.dir, d / "pki")
         shutil.copy(pki.key_pass, d / "key.pass")
@@ -57,6 +58,6 @@ ipxe: {{prebuilt: firmware, targets: [bin/undionly.kpxe]}}
 origin: {{url: '{origin}', ca_file: pki/ca.crt{cc}{extra}}}
 entries:
   - {{name: linux, kernel: images/vmlinuz, initrds: [images/initrd.img], cmdline: quiet}}
-release: {{id: "{{name}}-{{digest8}}"}}
+release: {{id: "{release_id}"}}
 """)
     return recipe

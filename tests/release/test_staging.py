@@ -48,7 +48,8 @@ def _lab(d: Path, pki: Pki, origin: str, *, kernel: int = SMALL, initrd: int = B
 
 def _release(recipe: Path, cache: Path, **kw: object) -> ReleaseResult:
     options = ReleaseOptions(publish_cache=cache)
-    return run_release(load_recipe(recipe), options, now=NOW, **kw)  # type: ignore[arg-type]
+    kw.setdefault("now", NOW)
+    return run_release(load_recipe(recipe), options, **kw)  # type: ignore[arg-type]
 
 
 def _tree(root: Path) -> dict[str, str]:

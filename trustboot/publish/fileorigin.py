@@ -282,10 +282,21 @@ class FileOrigin(StagesUploads):
             os.close(fd)
 
     def list(self, prefix: str) -> list[str]:
+        return self._listing(prefix, self._walk)
+
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        def level(dfd: int, base: str, out: builtins.list[str]) -> None:
+            out.extend(entry.name for _key, entry in self._entries(dfd, base)
+                       if entry.is_dir(follow_symlinks=False))
+        return self._listing(prefix, level)
+
+    def _listing(self, prefix: str,
+                 collect: Callable[[int, str, builtins.list[str]], None]) -> builtins.list[str]:
+        """``collect(dir fd, its key, out)`` run on the directory ``prefix`` names."""
         check_prefix(prefix)
         base = prefix.rstrip("/")
         parts = base.split("/") if base else []
-        out: list[str] = []
+        out: builtins.list[str] = []
         try:
             dfd = self._dir(parts, create=False)
         except (FileNotFoundError, NotADirectoryError):
@@ -293,20 +304,29 @@ class FileOrigin(StagesUploads):
         except OSError as exc:
             raise self._fail(prefix, "listing", exc) from None
         try:
-            self._walk(dfd, base, out)
+            collect(dfd, base, out)
         finally:
             os.close(dfd)
         return sorted(out)
 
-    def _walk(self, dfd: int, base: str, out: builtins.list[str]) -> None:
+    @staticmethod
+    def _entries(dfd: int, base: str) -> builtins.list[tuple[str, os.DirEntry[str]]]:
+        """(key, entry) of what the directory ``dfd`` (key ``base``) holds that a listing
+        shows: no temporary files, no lock, no name ``check_key`` refuses."""
         with os.scandir(dfd) as it:
             entries = list(it)
+        out = []
         for entry in entries:
             if entry.name.startswith(TMP_PREFIX) or entry.name == LOCK_NAME:
                 continue
             key = f"{base}/{entry.name}" if base else entry.name
             if key_problem(key):
                 continue  # not something we wrote; never hand it on
+            out.append((key, entry))
+        return out
+
+    def _walk(self, dfd: int, base: str, out: builtins.list[str]) -> None:
+        for key, entry in self._entries(dfd, base):
             if entry.is_dir(follow_symlinks=False):
                 sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
                               dir_fd=dfd)

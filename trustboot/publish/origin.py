@@ -120,6 +120,14 @@ class Origin(Protocol):
         """Keys under ``prefix`` (recursive, sorted); '' lists everything."""
         ...
 
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        """The names of the directories directly under ``prefix`` ('' or a key, with an
+        optional trailing '/'), sorted: one listing of that level (a WebDAV PROPFIND
+        ``Depth: 1``, S3 ``CommonPrefixes``, one directory read), so its cost grows with the
+        directories there, not with the objects below them. Names refused as ``list``
+        refuses them (``check_key``, temporary objects, the lock) are left out."""
+        ...
+
     def delete(self, key: str) -> None:
         """Missing is not an error."""
         ...

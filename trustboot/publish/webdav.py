@@ -15,8 +15,9 @@ layer and its dependencies.
   while hashing it (one read), ``place_staged`` MOVEs it to its key later; what a killed
   run staged is swept like any temporary object.
 * collections: MKCOL each missing parent (405 = exists).
-* list: PROPFIND ``Depth: 1`` per collection, parsed by ElementTree with DTDs and entity
-  declarations refused (a multistatus never has one; billion-laughs never parses).
+* list: PROPFIND ``Depth: 1`` per collection (``list_dirs``: of the one collection),
+  parsed by ElementTree with DTDs and entity declarations refused (a multistatus never
+  has one; billion-laughs never parses).
 * lock: MKCOL of ``.trustboot-lock/`` (creating a collection is atomic: exactly one client
   gets 201) holding ``owner.json``; a stale lock (dead pid on this host, or old) is moved
   aside with MOVE ``Overwrite: F`` before being deleted, so two breakers cannot both win.
@@ -352,36 +353,61 @@ class WebDAVOrigin(StagesUploads):
 
     def list(self, prefix: str) -> builtins.list[str]:
         check_prefix(prefix)
-        base = prefix.rstrip("/")
         out: builtins.list[str] = []
-        todo = [base]
+        todo = [prefix.rstrip("/")]
         while todo:
-            col = todo.pop()
-            url = self._url(col, collection=True) if col else self.url
-            r = self._request("PROPFIND", url, what="listing", ok=(207,),
-                              passthrough=(404,), headers={"Depth": "1"},
-                              content=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
-                                      b"<resourcetype/><getcontentlength/></prop></propfind>")
-            if r.status_code == 404:
-                continue
-            for href, is_col, _size, _etag in parse_multistatus(r.content):
-                parts = urlsplit(href)
-                if parts.netloc and parts.netloc != self._netloc:
-                    continue  # another server's name: not ours to list
-                rel = unquote(parts.path)
-                if not rel.startswith(self.base_path):
-                    continue
-                key = rel[len(self.base_path):].rstrip("/")
-                if key == col or not key:
-                    continue
-                name = key.rpartition("/")[2]
-                if name.startswith(TMP_PREFIX) or name == LOCK_COLLECTION or key_problem(key):
-                    continue
-                if is_col:
-                    todo.append(key)
-                else:
-                    out.append(key)
+            for key, is_col in self._children(todo.pop()):
+                (todo if is_col else out).append(key)
         return sorted(out)
+
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        check_prefix(prefix)
+        col = prefix.rstrip("/")
+        start = len(col) + 1 if col else 0
+        # one PROPFIND (Depth: 1) of this collection, whatever lies below it; only its
+        # direct sub-collections (a server may answer with deeper names)
+        return sorted(key[start:] for key, is_col in self._children(col)
+                      if is_col and "/" not in key[start:])
+
+    def _children(self, col: str) -> builtins.list[tuple[str, bool]]:
+        """(key, is_collection) of what one PROPFIND ``Depth: 1`` of the collection ``col``
+        ('' is the root) shows: only names on this server under ``col`` that ``check_key``
+        accepts, no temporary objects, no lock."""
+        url = self._url(col, collection=True) if col else self.url
+        r = self._request("PROPFIND", url, what="listing", ok=(207,),
+                          passthrough=(404,), headers={"Depth": "1"},
+                          content=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
+                                  b"<resourcetype/><getcontentlength/></prop></propfind>")
+        if r.status_code == 404:
+            return []
+        out = []
+        for href, is_col, _size, _etag in parse_multistatus(r.content):
+            parts = urlsplit(href)
+            if parts.netloc and parts.netloc != self._netloc:
+                continue  # another server's name: not ours to list
+            rel = unquote(parts.path)
+            if not rel.startswith(self.base_path):
+                continue
+            key = rel[len(self.base_path):].rstrip("/")
+            if key == col or not key or (col and not key.startswith(col + "/")):
+                continue  # the collection itself, or not inside it
+            name = key.rpartition("/")[2]
+            if name.startswith(TMP_PREFIX) or name == LOCK_COLLECTION or key_problem(key):
+                continue
+            out.append((key, is_col))
+        return out
+
+    def _holds_objects(self, col: str) -> bool:
+        """Whether ``list(col + '/')`` would list anything, stopping at the first object
+        found (a collection with other releases beside it costs one PROPFIND or two, not
+        a listing of all of them)."""
+        todo = [col]
+        while todo:
+            children = self._children(todo.pop())
+            if any(not is_col for _key, is_col in children):
+                return True
+            todo.extend(key for key, is_col in children if is_col)
+        return False
 
     def delete(self, key: str) -> None:
         self._request("DELETE", self._url(check_key(key)), what="deleting", ok=(200, 204),
@@ -389,7 +415,7 @@ class WebDAVOrigin(StagesUploads):
         # drop now-empty collections (a pruned release leaves nothing behind)
         head = key.rpartition("/")[0]
         while head:
-            if self.list(head + "/"):
+            if self._holds_objects(head):
                 break
             self._request("DELETE", self._url(head, collection=True), what="deleting",
                           ok=(200, 204), passthrough=(404, 409),
