@@ -38,7 +38,6 @@ import compileall
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ sys.path.insert(0, str(REPO))
 
 import trustboot  # noqa: E402
 from tests.publish.conftest import Nginx, Pki, make_pki, start_nginx, stop_nginx  # noqa: E402
+from tests.release.lab import make_lab  # noqa: E402
 from trustboot.keys.keyfile import load_key  # noqa: E402
 from trustboot.secrets import from_file  # noqa: E402
 
@@ -84,15 +84,6 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, st
     return wall, proc.stdout
 
 
-def write_random(path: Path, size: int) -> None:
-    with open(path, "wb") as fh:
-        left = size
-        while left:
-            n = min(left, 8 << 20)
-            fh.write(os.urandom(n))
-            left -= n
-
-
 def plain_key(src: Path, dest: Path, passfile: Path) -> Path:
     key = load_key(src, from_file(passfile), "bench key")
     dest.write_bytes(key.private_bytes(serialization.Encoding.PEM,
@@ -108,26 +99,9 @@ def load() -> str:
 
 def lab(base: Path, pki: Pki, nginx: Nginx, files: dict[str, int]) -> Path:
     d = base / "lab"
-    (d / "images").mkdir(parents=True)
-    (d / "firmware" / "bin").mkdir(parents=True)
-    (d / "firmware" / "bin" / "undionly.kpxe").write_bytes(b"prebuilt" * 8192)
-    shutil.copytree(pki.dir, d / "pki")
-    shutil.copy(pki.key_pass, d / "key.pass")
-    (d / "key.pass").chmod(0o600)
-    for name, size in files.items():
-        write_random(d / "images" / name, size)
+    make_lab(d, pki, nginx.url, images=files, name="bench", firmware=b"prebuilt" * 8192)
+    for name in files:
         (d / "images" / name).read_bytes()  # warm the page cache
-    (d / "lab.yaml").write_text(f"""\
-version: 1
-name: bench
-ca: {{home: pki}}
-signer: {{key: boot-signer, passphrase: {{file: key.pass}}}}
-ipxe: {{prebuilt: firmware, targets: [bin/undionly.kpxe]}}
-origin: {{url: '{nginx.url}', ca_file: pki/ca.crt, client_cert: publisher}}
-entries:
-  - {{name: linux, kernel: images/vmlinuz, initrds: [images/initrd.img], cmdline: quiet}}
-release: {{id: "bench-{{digest8}}"}}
-""")
     return d
 
 

@@ -122,6 +122,17 @@ def anon_get(url: str, ca_file: Path) -> tuple[int, dict[str, str], bytes]:
         return exc.code, dict(exc.headers), b""
 
 
+def release_origin(rgw: RGW, bucket: str, env: str, monkeypatch: pytest.MonkeyPatch
+                   ) -> tuple[str, str]:
+    """A new bucket for a release lab (tests.release.lab.make_lab) and the store's
+    credentials in the environment variable ``env``: (the recipe's origin URL, its extra
+    origin keys)."""
+    rgw.client().create_bucket(Bucket=bucket)
+    monkeypatch.setenv(env, f"{rgw.access_key}:{rgw.secret_key}")
+    return f"s3://{bucket}/boot", (f", endpoint: '{rgw.endpoint}', public_url: "
+                                   f"'{rgw.endpoint}/{bucket}/boot/', credentials: {{env: {env}}}")
+
+
 def missing_binaries() -> list[str]:
     return [f"{b} (Debian package {p})" for b, p in BINARIES.items() if shutil.which(b) is None]
 

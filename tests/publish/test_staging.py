@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.publish.conftest import KEY_PASS, Nginx, Pki, anon_get
-from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
-from tests.release.test_staging import _lab, _release
-from trustboot.errors import OperationalError
+from tests.publish.rgw import RGW, release_origin, rgw  # noqa: F401  (the session fixture)
+from tests.release.lab import make_lab
+from tests.release.test_staging import BIG, SMALL, _release
+from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish import stream
 from trustboot.publish.origin import (
     OriginOptions,
@@ -108,6 +109,22 @@ def test_file_changed_while_staged_leaves_nothing(kind: str, nginx: Nginx, pki: 
         assert _files(root) == []
 
 
+@pytest.mark.parametrize("kind", ["webdav", "file"])
+@pytest.mark.parametrize("name", ["../escape.img", "/abs.img", "linux/a b.img", "a//b", ""])
+def test_a_bad_name_is_refused_before_reading(kind: str, name: str, nginx: Nginx, pki: Pki,
+                                               tmp_path: Path) -> None:
+    # the key check comes first on every backend: no read, no temporary object
+    root = nginx.root if kind == "webdav" else tmp_path / "origin"
+    read: list[int] = []
+    f = tmp_path / "initrd.img"
+    f.write_bytes(b"x" * 100)
+    with _origin(kind, nginx, pki, tmp_path) as origin:
+        with pytest.raises(ConfigError, match="is refused"):
+            origin.stage_file(f, name=name, hash_names=(), progress=read.append)
+    assert read == []
+    assert _files(root) == []
+
+
 def test_a_fifo_or_missing_file_is_refused(nginx: Nginx, pki: Pki, tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -124,12 +141,9 @@ def test_s3_origin_keeps_hash_then_upload(pki: Pki, rgw: RGW, tmp_path: Path,  #
     pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
     s3 = rgw.client()
     bucket = f"tb-staging-{os.getpid()}"
-    s3.create_bucket(Bucket=bucket)
-    monkeypatch.setenv("TB_TEST_STAGING_S3", f"{rgw.access_key}:{rgw.secret_key}")
-    base = f"{rgw.endpoint}/{bucket}/boot/"
-    recipe = _lab(tmp_path / "lab", pki, f"s3://{bucket}/boot", client_cert=False,
-                  extra=f", endpoint: '{rgw.endpoint}', public_url: '{base}', "
-                        "credentials: {env: TB_TEST_STAGING_S3}")
+    url, extra = release_origin(rgw, bucket, "TB_TEST_STAGING_S3", monkeypatch)
+    recipe = make_lab(tmp_path / "lab", pki, url, client_cert=False,
+                      images={"vmlinuz": SMALL, "initrd.img": BIG}, extra=extra)
     result = _release(recipe, tmp_path / "cache.json")
     assert not any("staged on the origin" in s["detail"] for s in result.stages)
     assert {"linux/initrd.img", "linux/vmlinuz"} <= set(result.uploaded)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,39 +14,11 @@ from click.testing import CliRunner
 
 from tests.audit.netns import Segment, missing_tools
 from tests.publish.conftest import Nginx, Pki, anon_get
+from tests.release.lab import make_lab
 from trustboot.cli.main import cli
 
 GOOD_FIRMWARE = b"\xeb\x3c good undionly.kpxe stand-in " * 100
 EVIL_FIRMWARE = b"\xeb\x3c evil undionly.kpxe " * 100
-
-
-def _recipe(d: Path, pki: Pki, url: str, kernel: bytes) -> Path:
-    if not (d / "pki").exists():
-        shutil.copytree(pki.dir, d / "pki")
-        shutil.copy(pki.key_pass, d / "key.pass")
-        (d / "key.pass").chmod(0o600)
-        fw = d / "firmware" / "bin"
-        fw.mkdir(parents=True)
-        (fw / "undionly.kpxe").write_bytes(GOOD_FIRMWARE)
-        (d / "images").mkdir()
-        (d / "images" / "initrd.img").write_bytes(b"initrd " * 1000)
-    (d / "images" / "vmlinuz").write_bytes(kernel)
-    recipe = d / "lab.yaml"
-    recipe.write_text(f"""\
-version: 1
-name: lab
-ca: {{home: pki}}
-signer: {{key: boot-signer, passphrase: {{file: key.pass}}}}
-ipxe: {{prebuilt: firmware, targets: [bin/undionly.kpxe]}}
-origin:
-  url: {url}
-  ca_file: pki/ca.crt
-  client_cert: publisher
-entries:
-  - {{name: linux, kernel: images/vmlinuz, initrds: [images/initrd.img], cmdline: quiet}}
-release: {{id: "{{name}}-{{digest8}}"}}
-""")
-    return recipe
 
 
 def _release(recipe: Path) -> dict[str, object]:
@@ -62,7 +33,8 @@ def test_release_second_release_rollback_and_audit(pki: Pki, nginx: Nginx, tmp_p
     monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
     d = tmp_path / "lab"
     d.mkdir()
-    first = _release(_recipe(d, pki, nginx.url, b"kernel one " * 3000))
+    first = _release(make_lab(d, pki, nginx.url, firmware=GOOD_FIRMWARE, images={
+        "vmlinuz": b"kernel one " * 3000, "initrd.img": b"initrd " * 1000}))
     r1 = str(first["release"])
     entry1 = anon_get(nginx.url + "boot.ipxe", pki).content
     assert f"releases/{r1}/linux/vmlinuz".encode() in entry1
@@ -70,10 +42,10 @@ def test_release_second_release_rollback_and_audit(pki: Pki, nginx: Nginx, tmp_p
     stages = {s["stage"]: s["status"] for s in first["stages"]}  # type: ignore[attr-defined]
     assert stages["build"] == "skipped" and stages["verify"] == "done"
 
-    again = _release(_recipe(d, pki, nginx.url, b"kernel one " * 3000))
+    again = _release(make_lab(d, pki, nginx.url, images={"vmlinuz": b"kernel one " * 3000}))
     assert again["release"] == r1 and again["uploaded"] == []
 
-    second = _release(_recipe(d, pki, nginx.url, b"kernel two " * 3000))
+    second = _release(make_lab(d, pki, nginx.url, images={"vmlinuz": b"kernel two " * 3000}))
     r2 = str(second["release"])
     assert r2 != r1
     assert second["publish"]["previous_live"] == r1  # type: ignore[index]

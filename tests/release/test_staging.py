@@ -20,6 +20,7 @@ import pytest
 
 from tests.publish.conftest import Nginx, Pki, anon_get
 from tests.release.conftest import Lab
+from tests.release.lab import make_lab
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish import stream
 from trustboot.publish.origin import OriginOptions, open_origin, staging_of
@@ -40,34 +41,15 @@ def _no_ipxe(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _lab(d: Path, pki: Pki, origin: str, *, kernel: int = SMALL, initrd: int = BIG,
          extra: str = "", client_cert: bool = True) -> Path:
-    if not (d / "pki").exists():
-        shutil.copytree(pki.dir, d / "pki")
-        shutil.copy(pki.key_pass, d / "key.pass")
-        (d / "key.pass").chmod(0o600)
-        (d / "firmware" / "bin").mkdir(parents=True)
-        (d / "firmware" / "bin" / "undionly.kpxe").write_bytes(b"firmware " * 500)
-        (d / "images").mkdir()
-    for name, size in (("vmlinuz", kernel), ("initrd.img", initrd)):
-        (d / "images" / name).write_bytes(os.urandom(size))
-    recipe = d / "lab.yaml"
-    cc = ", client_cert: publisher" if client_cert else ""
-    recipe.write_text(f"""\
-version: 1
-name: lab
-ca: {{home: pki}}
-signer: {{key: boot-signer, passphrase: {{file: key.pass}}}}
-ipxe: {{prebuilt: firmware, targets: [bin/undionly.kpxe]}}
-origin: {{url: '{origin}', ca_file: pki/ca.crt{cc}{extra}}}
-entries:
-  - {{name: linux, kernel: images/vmlinuz, initrds: [images/initrd.img], cmdline: quiet}}
-release: {{id: "{{name}}-{{digest8}}"}}
-""")
-    return recipe
+    """The shared lab with fresh random inputs of these sizes (new ids every call)."""
+    return make_lab(d, pki, origin, images={"vmlinuz": kernel, "initrd.img": initrd},
+                    extra=extra, client_cert=client_cert)
 
 
 def _release(recipe: Path, cache: Path, **kw: object) -> ReleaseResult:
     options = ReleaseOptions(publish_cache=cache)
-    return run_release(load_recipe(recipe), options, now=NOW, **kw)  # type: ignore[arg-type]
+    kw.setdefault("now", NOW)
+    return run_release(load_recipe(recipe), options, **kw)  # type: ignore[arg-type]
 
 
 def _tree(root: Path) -> dict[str, str]:

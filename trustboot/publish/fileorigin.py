@@ -21,9 +21,8 @@ import os
 import re
 import secrets
 import stat
-import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -39,7 +38,7 @@ from trustboot.publish.origin import (
     check_prefix,
     key_problem,
 )
-from trustboot.publish.stream import DigestingUpload, hashed_chunks
+from trustboot.publish.stream import DigestingUpload, StagesUploads, hashed_chunks
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -49,7 +48,7 @@ TMP_PREFIX = ".tb-tmp."
 _STAGED_NAME = re.compile(re.escape(TMP_PREFIX) + r"[0-9a-f]{16}\.[^/]+")
 
 
-class FileOrigin:
+class FileOrigin(StagesUploads):
     """An origin in a local directory (``file:///srv/boot``)."""
 
     def __init__(self, url: str, options: OriginOptions) -> None:
@@ -217,14 +216,10 @@ class FileOrigin:
 
     # -- staging (origin.StagingOrigin): a temporary file at the root, written while the
     # input is hashed, renamed to its key later; remove_stale_temps sweeps leftovers
-    def stage_file(self, path: Path, *, name: str, hash_names: Collection[str],
-                   progress: Callable[[int], None] | None = None,
-                   cancel: threading.Event | None = None) -> Staged:
-        check_key(name)
-        upload = DigestingUpload(path, hash_names=hash_names, progress=progress,
-                                 cancel=cancel)
-        return upload.staged(self._write_temp(self._root(), name, name.rpartition("/")[2],
-                                              upload.chunks(), sha256=None, progress=None))
+    # (stage_file: stream.StagesUploads)
+    def _store_staging(self, name: str, upload: DigestingUpload) -> str:
+        return self._write_temp(self._root(), name, name.rpartition("/")[2],
+                                upload.chunks(), sha256=None, progress=None)
 
     def _check_staged(self, staged: Staged) -> None:
         if not _STAGED_NAME.fullmatch(staged.token) or staged.done:
@@ -287,10 +282,21 @@ class FileOrigin:
             os.close(fd)
 
     def list(self, prefix: str) -> list[str]:
+        return self._listing(prefix, self._walk)
+
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        def level(dfd: int, base: str, out: builtins.list[str]) -> None:
+            out.extend(entry.name for _key, entry in self._entries(dfd, base)
+                       if entry.is_dir(follow_symlinks=False))
+        return self._listing(prefix, level)
+
+    def _listing(self, prefix: str,
+                 collect: Callable[[int, str, builtins.list[str]], None]) -> builtins.list[str]:
+        """``collect(dir fd, its key, out)`` run on the directory ``prefix`` names."""
         check_prefix(prefix)
         base = prefix.rstrip("/")
         parts = base.split("/") if base else []
-        out: list[str] = []
+        out: builtins.list[str] = []
         try:
             dfd = self._dir(parts, create=False)
         except (FileNotFoundError, NotADirectoryError):
@@ -298,20 +304,29 @@ class FileOrigin:
         except OSError as exc:
             raise self._fail(prefix, "listing", exc) from None
         try:
-            self._walk(dfd, base, out)
+            collect(dfd, base, out)
         finally:
             os.close(dfd)
         return sorted(out)
 
-    def _walk(self, dfd: int, base: str, out: builtins.list[str]) -> None:
+    @staticmethod
+    def _entries(dfd: int, base: str) -> builtins.list[tuple[str, os.DirEntry[str]]]:
+        """(key, entry) of what the directory ``dfd`` (key ``base``) holds that a listing
+        shows: no temporary files, no lock, no name ``check_key`` refuses."""
         with os.scandir(dfd) as it:
             entries = list(it)
+        out = []
         for entry in entries:
             if entry.name.startswith(TMP_PREFIX) or entry.name == LOCK_NAME:
                 continue
             key = f"{base}/{entry.name}" if base else entry.name
             if key_problem(key):
                 continue  # not something we wrote; never hand it on
+            out.append((key, entry))
+        return out
+
+    def _walk(self, dfd: int, base: str, out: builtins.list[str]) -> None:
+        for key, entry in self._entries(dfd, base):
             if entry.is_dir(follow_symlinks=False):
                 sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
                               dir_fd=dfd)

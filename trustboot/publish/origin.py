@@ -19,6 +19,8 @@ object while it is being hashed, in the same read, before its key is known (the 
 id may be a digest of the inputs); once the id and the signatures exist it is moved to
 its key. ``staging_of(origin)`` says whether an origin can; one that cannot (S3: a copy
 would write the data again) is uploaded after hashing, as before.
+``trustboot.publish.stream.StagesUploads`` is the one ``stage_file``: a backend mixes
+it in and says only how it stores a stream under a temporary name.
 """
 
 from __future__ import annotations
@@ -116,6 +118,14 @@ class Origin(Protocol):
 
     def list(self, prefix: str) -> list[str]:
         """Keys under ``prefix`` (recursive, sorted); '' lists everything."""
+        ...
+
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        """The names of the directories directly under ``prefix`` ('' or a key, with an
+        optional trailing '/'), sorted: one listing of that level (a WebDAV PROPFIND
+        ``Depth: 1``, S3 ``CommonPrefixes``, one directory read), so its cost grows with the
+        directories there, not with the objects below them. Names refused as ``list``
+        refuses them (``check_key``, temporary objects, the lock) are left out."""
         ...
 
     def delete(self, key: str) -> None:

@@ -64,6 +64,7 @@ from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
+    RELEASES_PREFIX,
     ManifestFile,
     ReleaseManifest,
     SignerSummary,
@@ -901,10 +902,9 @@ def _remember(origin: Origin, manifest: ReleaseManifest, cache: PublishCache | N
 
 def read_manifests(origin: Origin) -> tuple[list[ReleaseManifest], dict[str, str]]:
     """Every release manifest on the origin, and problems with the ones that do not parse."""
-    ids = sorted({k.split("/")[1] for k in origin.list("releases/")
-                  if k.count("/") >= 2 and k.endswith("/" + MANIFEST_NAME)})
     out, problems = [], {}
-    for rid in ids:
+    # one listing of releases/ (its directories), not of every object of every release
+    for rid in origin.list_dirs(RELEASES_PREFIX + "/"):
         if release_id_problem(rid):
             continue
         try:

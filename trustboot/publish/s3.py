@@ -485,6 +485,29 @@ class S3Origin:
                     out.append(key)
         return sorted(out)
 
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        check_prefix(prefix)
+        col = prefix.rstrip("/")
+        level = f"{self.prefix}/" if self.prefix else ""
+        level += f"{col}/" if col else ""
+        out: list[str] = []
+        with self._calling(prefix, "listing"):
+            # Delimiter '/': the store rolls every key below a "directory" up into one
+            # CommonPrefixes entry, so the pages count directories, not objects
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=level, Delimiter="/")
+            for page in pages:
+                for item in page.get("CommonPrefixes", []):
+                    full = item.get("Prefix", "")
+                    name = full[len(level):-1]
+                    # a store that answers with names outside the prefix, or ones we never
+                    # write: never hand them on
+                    if not full.startswith(level) or not full.endswith("/") or not name \
+                            or "/" in name or key_problem(f"{col}/{name}" if col else name):
+                        continue
+                    out.append(name)
+        return sorted(out)
+
     def delete(self, key: str) -> None:
         with self._calling(key, "DELETE"):
             self.client.delete_object(Bucket=self.bucket, Key=self._full(key))

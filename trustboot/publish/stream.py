@@ -31,13 +31,14 @@ import os
 import queue
 import stat
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trustboot.cms.digest import file_stamp, recall
 from trustboot.errors import OperationalError
-from trustboot.publish.origin import Staged
+from trustboot.publish.origin import Staged, check_key
 
 # When hashing, fewer larger chunks measured less CPU per GiB than 1 MiB; without hashing
 # the CPU is the same and 1 MiB kept the pipeline fuller (512 MiB to nginx against curl -T,
@@ -209,3 +210,24 @@ class DigestingUpload:
         assert self.out.stamp is not None, "the stream did not end cleanly"
         return Staged(token, self.path, self.out.size, dict(self.out.digests),
                       self.out.stamp)
+
+
+class StagesUploads(ABC):
+    """``stage_file`` of a StagingOrigin, written once: check the key the file will get,
+    set up the DigestingUpload, and record what the backend stored. A backend mixes this
+    in and says only how it stores a stream under a temporary name
+    (``_store_staging``)."""
+
+    def stage_file(self, path: Path, *, name: str, hash_names: Collection[str],
+                   progress: Callable[[int], None] | None = None,
+                   cancel: threading.Event | None = None) -> Staged:
+        check_key(name)
+        upload = DigestingUpload(path, hash_names=hash_names, progress=progress,
+                                 cancel=cancel)
+        return upload.staged(self._store_staging(name, upload))
+
+    @abstractmethod
+    def _store_staging(self, name: str, upload: DigestingUpload) -> str:
+        """Store ``upload.chunks()`` (``upload.size`` bytes) as a new temporary object
+        named after the key ``name``; its token. Nothing may be left behind if the stream
+        raises (a file changed while it was read)."""

@@ -15,8 +15,9 @@ layer and its dependencies.
   while hashing it (one read), ``place_staged`` MOVEs it to its key later; what a killed
   run staged is swept like any temporary object.
 * collections: MKCOL each missing parent (405 = exists).
-* list: PROPFIND ``Depth: 1`` per collection, parsed by ElementTree with DTDs and entity
-  declarations refused (a multistatus never has one; billion-laughs never parses).
+* list: PROPFIND ``Depth: 1`` per collection (``list_dirs``: of the one collection),
+  parsed by ElementTree with DTDs and entity declarations refused (a multistatus never
+  has one; billion-laughs never parses).
 * lock: MKCOL of ``.trustboot-lock/`` (creating a collection is atomic: exactly one client
   gets 201) holding ``owner.json``; a stale lock (dead pid on this host, or old) is moved
   aside with MOVE ``Overwrite: F`` before being deleted, so two breakers cannot both win.
@@ -34,7 +35,7 @@ import secrets
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ from trustboot.publish.origin import (
     key_problem,
     redact_url,
 )
-from trustboot.publish.stream import DigestingUpload, hashed_chunks
+from trustboot.publish.stream import DigestingUpload, StagesUploads, hashed_chunks
 
 CHUNK = 1 << 20
 LOCK_COLLECTION = ".trustboot-lock"
@@ -117,7 +118,7 @@ def parse_modified(data: bytes) -> list[tuple[str, bool, float | None]]:
     return out
 
 
-class WebDAVOrigin:
+class WebDAVOrigin(StagesUploads):
     """A WebDAV collection over HTTPS (client certificate and/or basic/bearer auth)."""
 
     def __init__(self, url: str, options: OriginOptions) -> None:
@@ -293,13 +294,9 @@ class WebDAVOrigin:
 
     # -- staging (origin.StagingOrigin): PUT to the staging collection while hashing,
     # MOVE to the key later; a killed run's leftovers are remove_stale_temps' to sweep
-    def stage_file(self, path: Path, *, name: str, hash_names: Collection[str],
-                   progress: Callable[[int], None] | None = None,
-                   cancel: threading.Event | None = None) -> Staged:
-        check_key(name)
-        upload = DigestingUpload(path, hash_names=hash_names, progress=progress,
-                                 cancel=cancel)
-        return upload.staged(self._put_temp(name, upload.chunks, upload.size))
+    # (stage_file: stream.StagesUploads)
+    def _store_staging(self, name: str, upload: DigestingUpload) -> str:
+        return self._put_temp(name, upload.chunks, upload.size)
 
     def _check_staged(self, staged: Staged) -> None:
         head, _, name = staged.token.rpartition("/")
@@ -356,36 +353,61 @@ class WebDAVOrigin:
 
     def list(self, prefix: str) -> builtins.list[str]:
         check_prefix(prefix)
-        base = prefix.rstrip("/")
         out: builtins.list[str] = []
-        todo = [base]
+        todo = [prefix.rstrip("/")]
         while todo:
-            col = todo.pop()
-            url = self._url(col, collection=True) if col else self.url
-            r = self._request("PROPFIND", url, what="listing", ok=(207,),
-                              passthrough=(404,), headers={"Depth": "1"},
-                              content=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
-                                      b"<resourcetype/><getcontentlength/></prop></propfind>")
-            if r.status_code == 404:
-                continue
-            for href, is_col, _size, _etag in parse_multistatus(r.content):
-                parts = urlsplit(href)
-                if parts.netloc and parts.netloc != self._netloc:
-                    continue  # another server's name: not ours to list
-                rel = unquote(parts.path)
-                if not rel.startswith(self.base_path):
-                    continue
-                key = rel[len(self.base_path):].rstrip("/")
-                if key == col or not key:
-                    continue
-                name = key.rpartition("/")[2]
-                if name.startswith(TMP_PREFIX) or name == LOCK_COLLECTION or key_problem(key):
-                    continue
-                if is_col:
-                    todo.append(key)
-                else:
-                    out.append(key)
+            for key, is_col in self._children(todo.pop()):
+                (todo if is_col else out).append(key)
         return sorted(out)
+
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        check_prefix(prefix)
+        col = prefix.rstrip("/")
+        start = len(col) + 1 if col else 0
+        # one PROPFIND (Depth: 1) of this collection, whatever lies below it; only its
+        # direct sub-collections (a server may answer with deeper names)
+        return sorted(key[start:] for key, is_col in self._children(col)
+                      if is_col and "/" not in key[start:])
+
+    def _children(self, col: str) -> builtins.list[tuple[str, bool]]:
+        """(key, is_collection) of what one PROPFIND ``Depth: 1`` of the collection ``col``
+        ('' is the root) shows: only names on this server under ``col`` that ``check_key``
+        accepts, no temporary objects, no lock."""
+        url = self._url(col, collection=True) if col else self.url
+        r = self._request("PROPFIND", url, what="listing", ok=(207,),
+                          passthrough=(404,), headers={"Depth": "1"},
+                          content=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
+                                  b"<resourcetype/><getcontentlength/></prop></propfind>")
+        if r.status_code == 404:
+            return []
+        out = []
+        for href, is_col, _size, _etag in parse_multistatus(r.content):
+            parts = urlsplit(href)
+            if parts.netloc and parts.netloc != self._netloc:
+                continue  # another server's name: not ours to list
+            rel = unquote(parts.path)
+            if not rel.startswith(self.base_path):
+                continue
+            key = rel[len(self.base_path):].rstrip("/")
+            if key == col or not key or (col and not key.startswith(col + "/")):
+                continue  # the collection itself, or not inside it
+            name = key.rpartition("/")[2]
+            if name.startswith(TMP_PREFIX) or name == LOCK_COLLECTION or key_problem(key):
+                continue
+            out.append((key, is_col))
+        return out
+
+    def _holds_objects(self, col: str) -> bool:
+        """Whether ``list(col + '/')`` would list anything, stopping at the first object
+        found (a collection with other releases beside it costs one PROPFIND or two, not
+        a listing of all of them)."""
+        todo = [col]
+        while todo:
+            children = self._children(todo.pop())
+            if any(not is_col for _key, is_col in children):
+                return True
+            todo.extend(key for key, is_col in children if is_col)
+        return False
 
     def delete(self, key: str) -> None:
         self._request("DELETE", self._url(check_key(key)), what="deleting", ok=(200, 204),
@@ -393,7 +415,7 @@ class WebDAVOrigin:
         # drop now-empty collections (a pruned release leaves nothing behind)
         head = key.rpartition("/")[0]
         while head:
-            if self.list(head + "/"):
+            if self._holds_objects(head):
                 break
             self._request("DELETE", self._url(head, collection=True), what="deleting",
                           ok=(200, 204), passthrough=(404, 409),

@@ -49,8 +49,10 @@ from trustboot.publish.cache import PublishCache
 from trustboot.publish.check import CheckReport, check_origin
 from trustboot.publish.manifest import (
     MANIFEST_NAME,
+    RELEASES_PREFIX,
     ReleaseManifest,
     SignerSummary,
+    release_id_problem,
     release_prefix,
 )
 from trustboot.publish.origin import Origin, OriginOptions, Staged, open_origin
@@ -382,10 +384,14 @@ def _same_digest_id(origin: Origin, template: str, name: str, digest: str) -> st
               "digest12": digest[:12], "digest": digest}
     parts = re.split(r"(\{\w+\})", template)
     pattern = "".join(values[x[1:-1]] if x.startswith("{") else re.escape(x) for x in parts)
-    ids = sorted({k.split("/")[1] for k in origin.list("releases/")
-                  if k.count("/") == 2 and k.endswith("/" + MANIFEST_NAME)})
-    matches = [i for i in ids if re.fullmatch(pattern, i)]
-    return matches[-1] if matches else None
+    # the ids (one listing of releases/, not of every object of every release), then the
+    # manifest of the newest matching one that has it
+    matches = [i for i in origin.list_dirs(RELEASES_PREFIX + "/")
+               if re.fullmatch(pattern, i) and not release_id_problem(i)]
+    for rid in sorted(matches, reverse=True):
+        if origin.stat(release_prefix(rid) + MANIFEST_NAME) is not None:
+            return rid
+    return None
 
 
 def _unlocked(v: Validated) -> contextlib.AbstractContextManager[Signer]:

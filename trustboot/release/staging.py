@@ -32,6 +32,7 @@ from pathlib import Path
 
 from trustboot.cms.digest import RACY_WINDOW_NS, Hashed, remember
 from trustboot.publish.cache import PublishCache
+from trustboot.publish.manifest import RELEASES_PREFIX, release_id_problem, release_prefix
 from trustboot.publish.origin import Origin, Staged, StagingOrigin, staging_of
 from trustboot.publish.pipeline import PublishProgress
 from trustboot.release.plan import InputFile
@@ -144,10 +145,12 @@ def start_staging(origin: Origin, inputs: Sequence[InputFile], *, hash_name: str
 def _maybe_published(origin: Origin, key: str, size: int) -> bool:
     """Whether a release on the origin holds ``key`` (the largest input) with this size:
     perhaps a re-run without the publish cache, which must upload nothing."""
-    for found in origin.list("releases/"):
-        parts = found.split("/", 2)
-        if len(parts) == 3 and parts[2] == key:
-            st = origin.stat(found)
-            if st is not None and st.size == size:
-                return True
+    # one listing of releases/ and a stat per release, not a listing of every object of
+    # every release (newest-looking ids first: a dated id template sorts by date)
+    for rid in sorted(origin.list_dirs(RELEASES_PREFIX + "/"), reverse=True):
+        if release_id_problem(rid):
+            continue
+        st = origin.stat(release_prefix(rid) + key)
+        if st is not None and st.size == size:
+            return True
     return False
