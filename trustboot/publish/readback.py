@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -97,6 +98,25 @@ def hash_chunks(chunks: Iterable[bytes], hash_names: Iterable[str]) -> tuple[int
         for h in hashers.values():
             h.update(chunk)
     return size, {name: h.digest() for name, h in hashers.items()}
+
+
+def _too_large(url: str, max_size: int) -> OperationalError:
+    return OperationalError(f"{url} is larger than {max_size} bytes",
+                            hint="the origin serves something else than what was published")
+
+
+def _hash_inline(response: http.client.HTTPResponse, hashers: list[Any], url: str,
+                 max_size: int) -> int:
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    size = 0
+    while n := response.readinto(buf):
+        size += n
+        if size > max_size:
+            raise _too_large(url, max_size)
+        for h in hashers:
+            h.update(view[:n])
+    return size
 
 
 class Reader:
@@ -187,17 +207,12 @@ class Reader:
                     f"{url} was served with Content-Encoding {encoding}; iPXE would hash "
                     "the encoded bytes", hint="turn off gzip for boot files on the origin")
             hashers = [hashlib.new(name) for name in names]
-            buf = bytearray(CHUNK)
-            view = memoryview(buf)
-            size = 0
-            while n := response.readinto(buf):
-                size += n
-                if size > max_size:
-                    raise OperationalError(f"{url} is larger than {max_size} bytes",
-                                           hint="the origin serves something else than "
-                                                "what was published")
-                for h in hashers:
-                    h.update(view[:n])
+            length = response.length  # None when chunked
+            size = _hash_inline(response, hashers, url, max_size)
+            if length is not None and size != length:
+                # http.client ends a body cut short quietly: a transfer error (retried),
+                # not a digest of the part that arrived
+                raise http.client.IncompleteRead(b"", length - size)
             if response.will_close:
                 self._drop_connection(parts.scheme, host, parts.port)
             return Served(url, size, {name: h.digest() for name, h in
@@ -257,9 +272,7 @@ class Reader:
         for chunk in chunks:
             total += len(chunk)
             if total > max_size:
-                raise OperationalError(f"{url} is larger than {max_size} bytes",
-                                       hint="the origin serves something else than what "
-                                            "was published")
+                raise _too_large(url, max_size)
             yield chunk
 
     def verify_pair(self, image_url: str, sig_url: str, *, trust: Trust, now: dt.datetime,
