@@ -258,3 +258,19 @@ def test_release_shows_upload_progress_on_a_terminal(lab: Lab) -> None:
     assert quiet.exitstatus == 0, quiet.before
     assert "MiB/s" not in quiet.before
     assert json.loads(quiet.before)["uploaded"]
+
+
+def test_percent_encoded_dot_dot_in_a_file_origin_cannot_leave_the_recipe_dir(
+        lab: Lab, tmp_path: Path) -> None:
+    """The file:// origin decodes %2e%2e to '..': the recipe's origin must be judged as
+    the directory the origin will really write to, not as the literal text."""
+    escape = lab.dir.parent / "escaped-origin"
+    recipe = lab.recipe()
+    text = recipe.read_text()
+    sneaky = f"file://{lab.dir}/%2e%2e/escaped-origin"
+    assert f"file://{lab.origin}" in text
+    recipe.write_text(text.replace(f"file://{lab.origin}", sneaky))
+    code, _, err = release(str(recipe))
+    assert code == 3, err
+    assert "outside the recipe's directory" in err
+    assert not escape.exists()

@@ -516,10 +516,10 @@ def resolve_path(recipe: Recipe, path: RecipePath, what: str, *,
 
 def origin_dir(url: str) -> Path | None:
     """The directory of a file:// origin URL (None for other schemes)."""
-    parts = urlsplit(url)
-    if parts.scheme != "file":
+    if urlsplit(url).scheme != "file":
         return None
-    if parts.netloc not in ("", "localhost"):
-        raise ConfigError(f"origin {url!r}: a file:// URL names a local path "
-                          "(file:///DIR)")
-    return Path(parts.path)
+    # the origin's own reading of the URL (percent-decoded), so that what is checked is
+    # where it will write; imported here: only a file:// recipe needs the backend
+    from trustboot.publish.fileorigin import directory_of
+
+    return directory_of(url)
