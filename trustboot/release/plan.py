@@ -81,6 +81,8 @@ class ReleaseOptions:
     reverify: bool = False
     # trustboot.publish.cache: inputs unchanged since an earlier run are not hashed again
     publish_cache: Path | None = None
+    # the PKCS#11 module for a pkcs11: signer (a recipe may not name one: it is code)
+    pkcs11_module: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -320,7 +322,8 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     chain = (resolve_path(recipe, s.chain, "signer.chain", allow_outside=allow)
              if s.chain else None)
     try:
-        pending = resolve_signer(s.key, pki=ca_home, cert=cert, chain=chain, now=now)
+        pending = resolve_signer(s.key, pki=ca_home, cert=cert, chain=chain, now=now,
+                                 pkcs11_module=options.pkcs11_module)
     except ConfigError as exc:
         raise ConfigError(f"{s.where}: {exc.message}", hint=exc.hint) from None
     check_lifetime(pending, recipe, ca_home, now)
