@@ -335,3 +335,34 @@ def test_recipe_pkcs11_module_comes_from_the_operator(lab: Lab, tmp_path: Path,
     monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
     code, _, err = release(str(recipe), "--dry-run", "--pkcs11-module", str(module))
     assert code != 0 and "no PKCS#11 module" not in err and "absent" in err, err
+
+
+def test_recipe_file_key_resolves_in_the_recipe_dir_and_stays_there(
+        lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """signer.key file:PATH is a recipe path like any other: relative to the recipe's
+    directory (not the working directory), and never outside it without --allow-outside."""
+    import shutil
+
+    key = lab.pki / "private" / "release-signer.key"
+    cert = lab.pki / "issued" / "release-signer.crt"
+    assert key.is_file() and cert.is_file()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy2(key, outside / "signer.key")
+    recipe = lab.recipe()
+    text = recipe.read_text()
+    recipe.write_text(text.replace(
+        "signer: {key: release-signer,",
+        f"signer: {{key: 'file:{outside / 'signer.key'}', cert: pki/issued/release-signer.crt,"
+        " chain: pki/chain.pem,"))
+    code, _, err = release(str(recipe), "--dry-run")
+    assert code == 3 and "outside the recipe's directory" in err and "signer.key" in err, err
+    code, _, err = release(str(recipe), "--dry-run", "--allow-outside", str(outside))
+    assert code == 0, err
+    recipe.write_text(text.replace(
+        "signer: {key: release-signer,",
+        "signer: {key: 'file:pki/private/release-signer.key', "
+        "cert: pki/issued/release-signer.crt, chain: pki/chain.pem,"))
+    monkeypatch.chdir(tmp_path)  # elsewhere: the path is the recipe's, not the caller's
+    code, _, err = release(str(recipe))
+    assert code == 0, err
