@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -647,3 +649,52 @@ def test_a_killed_runs_old_temp_files_go_and_nothing_else(
     sign_files(files, signer, now=dt.datetime.now(dt.UTC))
     assert not any(p.exists() for p in old)
     assert young.exists() and all(p.exists() for p in theirs)
+
+
+def test_a_temp_name_planted_by_another_user_does_not_crash_the_run(
+        material: Material, tmp_path: Path) -> None:
+    """In a shared output directory (a sticky /tmp) another user sees the first temp file
+    a forked signer writes, so the run's temp names: they plant one of a later file first.
+    That signer's share is signed here instead, and the run must not then fail (exit 70,
+    after every .sig was already replaced) trying to remove a temp that is not its own
+    (in a sticky directory: EPERM; here, as root: a directory in its place)."""
+    import re
+    import subprocess
+    import threading
+
+    from trustboot.cms.sign import PARALLEL_SIGN_MIN
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("forked signing needs two cores")
+    key, cert, chain = material.issue("shared-dir", rsa_key())
+    files = _files(tmp_path, max(PARALLEL_SIGN_MIN, 400))
+    last = len(files) - 1
+    planted: list[Path] = []
+    stop = threading.Event()
+
+    def plant() -> None:
+        first = re.compile(r"\.file\d+\.bin\.sig\.([0-9a-f]{12})\.\d+\.tmp")
+        while not stop.is_set():
+            for name in os.listdir(tmp_path):
+                m = first.fullmatch(name)
+                if m:
+                    target = tmp_path / f".file{last}.bin.sig.{m.group(1)}.{last}.tmp"
+                    with contextlib.suppress(FileExistsError):
+                        target.mkdir()
+                        planted.append(target)
+                    return
+            time.sleep(0.0005)
+
+    watcher = threading.Thread(target=plant, daemon=True)
+    watcher.start()
+    proc = subprocess.run(
+        [sys.executable, "-m", "trustboot", *_sign_args(key, cert, chain), "--json",
+         *map(str, files)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, **ENV})
+    stop.set()
+    watcher.join()
+    if not planted:
+        pytest.skip("the run finished before a temp name could be planted")
+    assert proc.returncode == 0, proc.stderr
+    assert planted[0].is_dir()  # not ours: left alone
+    assert all(p.with_name(p.name + ".sig").stat().st_size > 0 for p in files)

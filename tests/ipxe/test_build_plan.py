@@ -354,3 +354,39 @@ def test_identifying_a_tree_runs_no_command_its_git_config_names(
     found = open_source(tree)
     assert not marker.exists(), "git ran a command named by the tree's config"
     assert found.git_commit == clean.git_commit and found.git_dirty is None
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git (Debian package git)")
+def test_a_submodule_config_runs_no_command_either(tree: Path, tmp_path: Path) -> None:
+    """`git status` of the tree recurses into a submodule under src/ and applies that
+    submodule's own config (its .git/modules/*/config, which the check of the tree's
+    config does not read): a content filter there must not run either."""
+    import subprocess
+
+    from trustboot.subproc import git_env
+
+    def git(where: Path, *args: str) -> None:
+        subprocess.run(["git", "-C", str(where), "-c", "user.name=t", "-c", "user.email=t@t",
+                        "-c", "protocol.file.allow=always", *args], check=True,
+                       capture_output=True, env=git_env())
+
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / ".gitattributes").write_text("*.c filter=evil\n")
+    (sub / "a.c").write_text("int a;\n")
+    git(sub, "init", "-q", "--template=")
+    git(sub, "add", "-A")
+    git(sub, "commit", "-q", "-m", "sub")
+    git(tree, "init", "-q", "--template=")
+    git(tree, "add", "-A")
+    git(tree, "submodule", "add", "-q", str(sub), "src/vendor")
+    git(tree, "commit", "-q", "-m", "tree")
+    marker = tmp_path / "ran"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\nexec cat\n")
+    hook.chmod(0o755)
+    git(tree / "src" / "vendor", "config", "--local", "filter.evil.clean", str(hook))
+    (tree / "src" / "vendor" / "a.c").write_text("int b;\n")  # status must look at it
+    found = open_source(tree)
+    assert not marker.exists(), "git ran a command named by a submodule's config"
+    assert found.git_commit is not None

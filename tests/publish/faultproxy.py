@@ -33,6 +33,9 @@ class ProxyState:
     faults: list[Fault] = field(default_factory=list)
     require_auth: str | None = None  # Authorization value required on write methods
     canned: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # method -> answer
+    # method -> status answered before reading the body, then the connection is closed
+    # (a server or middlebox that does not wait for the upload)
+    early: dict[str, int] = field(default_factory=dict)
     seen: list[tuple[str, str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -59,6 +62,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _any(self) -> None:
         st = self.server.state
+        if self.command in st.early:
+            st.seen.append((self.command, self.path, st.early[self.command]))
+            self.close_connection = True
+            self._reply(st.early[self.command], {"Connection": "close"})
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         with st.lock:

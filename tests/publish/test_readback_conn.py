@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from trustboot.errors import OperationalError
 from trustboot.publish.readback import Reader
 
 BODY = b"#!ipxe\necho keep-alive\n" * 100
@@ -47,3 +49,51 @@ def test_a_dropped_keep_alive_connection_is_reopened(dropping_server: str) -> No
             served = reader.stream(dropping_server, max_size=1 << 20)
             assert served.sha256 == hashlib.sha256(BODY).hexdigest()
             assert served.size == len(BODY)
+
+
+class _Trickles(http.server.BaseHTTPRequestHandler):
+    """A hostile origin: every byte of the answer (headers too, for /slow-head) arrives
+    in time for the per-read timeout, but the whole never does (slowloris)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
+        try:
+            if self.path == "/slow-head":
+                for byte in head:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            self.wfile.write(head)
+            for _ in range(100000):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the client gave up: what it should do
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("how", ["stream", "fetch", "slow-head"])
+def test_an_origin_trickling_its_answer_is_given_up_on(how: str) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickles)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{how}"
+    try:
+        with Reader(unsafe_http=True, unsafe_no_verify=True, retries=2, timeout=1.0,
+                    min_rate=50_000) as reader:
+            started = time.monotonic()
+            with pytest.raises(OperationalError, match="too slowly"):
+                if how == "fetch":
+                    reader.fetch(url, max_size=100_000)
+                else:
+                    reader.stream(url, max_size=100_000)
+            # budget: timeout + max_size / min_rate = 3 s, never retried
+            assert time.monotonic() - started < 6
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -468,3 +468,74 @@ def test_sigkill_mid_resign_on_nginx_then_rerun(pki: Pki, nginx: Nginx,
                                      str(pki.dir), "--json"])
     assert check.exit_code == 0, check.output
     assert json.loads(check.output)["signers"][0]["common_name"] == "fresh-kill"
+
+
+FORGED = "f0" * 32  # the fingerprint of a root the fleet's firmware does not trust
+
+
+def test_claims_of_an_unsigned_manifest_are_not_signed_by_resign(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str) -> None:
+    """A live release.json without a signature (publish makes them; or its .sig was
+    deleted) is only a claim. Its files are proved by the read-back, but its iPXE build
+    record (what the fleet's firmware trusts: the evidence `ca rotate root promote
+    --from-origin` accepts from a SIGNED manifest) and ca_sha256 (what audit expects of
+    boot servers) are not: resign must not sign them into the new manifest."""
+    url, root = live
+    path = root / "releases/r1/release.json"
+    doc = json.loads(path.read_bytes())
+    honest_ca = doc["ca_sha256"]
+    assert honest_ca and not (root / "releases/r1/release.json.sig").exists()
+    doc["ipxe"] = {"trust": [{"sha256": FORGED}], "outputs": []}
+    doc["ca_sha256"] = "e1" * 32
+    path.write_text(json.dumps(doc))
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    new = json.loads((root / f"releases/{out['release']}/release.json").read_bytes())
+    assert (root / f"releases/{out['release']}/release.json.sig").exists()
+    assert new["ipxe"] is None and new["ca_sha256"] == honest_ca
+    assert any("not signed" in w and "build record" in w for w in out["warnings"]), out
+
+
+def test_a_planted_resume_manifest_is_not_signed(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str) -> None:
+    """The re-signed id is predictable (the signer's certificate is public): an origin
+    writer can plant releases/<id>/release.json, same files and signer serial as a real
+    interrupted run, but with a forged build record and no .sig. A resume must not sign
+    it."""
+    url, root = live
+    first = resign(pki, url, fresh_signer)
+    assert first.exit_code == 0, first.output
+    new_id = json.loads(first.output)["release"]
+    new_dir = root / "releases" / new_id
+    # back to r1, as if the first run had died before its manifest was signed
+    for name in ("boot.ipxe", "boot.ipxe.sig"):
+        (root / name).write_bytes((root / "releases/r1" / name).read_bytes())
+    (new_dir / "release.json.sig").unlink()
+    doc = json.loads((new_dir / "release.json").read_bytes())
+    doc["ipxe"] = {"trust": [{"sha256": FORGED}], "outputs": []}
+    (new_dir / "release.json").write_text(json.dumps(doc))
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 3, res.output
+    assert "already exists" in res.output
+    assert not (new_dir / "release.json.sig").exists()
+    assert (root / "boot.ipxe").read_bytes() == (root / "releases/r1/boot.ipxe").read_bytes()
+
+
+def test_claims_of_a_signed_manifest_are_kept(pki: Pki, live: tuple[str, Path],
+                                              fresh_signer: str) -> None:
+    """The positive control: a release.json whose signature verifies keeps its build
+    record and CA in the re-signed manifest."""
+    url, root = live
+    path = root / "releases/r1/release.json"
+    doc = json.loads(path.read_bytes())
+    record = {"trust": [{"sha256": FORGED}], "outputs": []}
+    doc["ipxe"] = record
+    path.write_text(json.dumps(doc))
+    pki.sign([path], path.parent)
+    assert (root / "releases/r1/release.json.sig").exists()
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    new = json.loads((root / f"releases/{out['release']}/release.json").read_bytes())
+    assert new["ipxe"] == record and new["ca_sha256"] == doc["ca_sha256"]

@@ -155,3 +155,31 @@ def test_s3_origin_keeps_hash_then_upload(pki: Pki, rgw: RGW, tmp_path: Path,  #
                             credentials=load_credentials(env="TB_TEST_STAGING_S3"))
     with open_origin(f"s3://{bucket}/boot", options) as origin:
         assert staging_of(origin) is None
+
+
+def test_origin_answering_put_before_the_whole_body_is_refused(nginx: Nginx, pki: Pki,
+                                                               tmp_path: Path) -> None:
+    """A hostile server (or a middlebox) answers 201 to the staging PUT before reading the
+    body and closes: httpx then returns the 201 with the file only partly read. That is an
+    upload that did not happen (an origin error, exit 1), never a Staged record without
+    digests (an internal error) or one left from an earlier attempt."""
+    from tests.publish.faultproxy import fault_proxy
+
+    f = tmp_path / "initrd.img"
+    f.write_bytes(os.urandom(16 * stream.CHUNK))
+    chain = nginx.base / "server-chain.pem"
+    with fault_proxy(nginx.url, cert=chain, key=pki.key("origin"), key_password=KEY_PASS,
+                     ca=pki.ca, client_cert=pki.cert("publisher"),
+                     client_key=pki.key("publisher"), client_password=KEY_PASS) as (url, st):
+        st.early["PUT"] = 201
+        opts = OriginOptions(ca_file=pki.ca, retries=0)
+        with open_origin(url, opts) as origin:
+            stager = staging_of(origin)
+            assert stager is not None
+            with pytest.raises(OperationalError, match="before it received the whole body"):
+                stager.stage_file(f, name="linux/initrd.img", hash_names=())
+            # a plain upload is refused the same way, before any MOVE into place
+            with pytest.raises(OperationalError, match="before it received the whole body"):
+                origin.put_file("releases/r1/linux/initrd.img", f, size=f.stat().st_size,
+                                sha256=hashlib.sha256(f.read_bytes()).hexdigest())
+        assert not any(m == "MOVE" for m, _p, _s in st.seen)

@@ -258,3 +258,111 @@ def test_release_shows_upload_progress_on_a_terminal(lab: Lab) -> None:
     assert quiet.exitstatus == 0, quiet.before
     assert "MiB/s" not in quiet.before
     assert json.loads(quiet.before)["uploaded"]
+
+
+def test_percent_encoded_dot_dot_in_a_file_origin_cannot_leave_the_recipe_dir(
+        lab: Lab, tmp_path: Path) -> None:
+    """The file:// origin decodes %2e%2e to '..': the recipe's origin must be judged as
+    the directory the origin will really write to, not as the literal text."""
+    escape = lab.dir.parent / "escaped-origin"
+    recipe = lab.recipe()
+    text = recipe.read_text()
+    sneaky = f"file://{lab.dir}/%2e%2e/escaped-origin"
+    assert f"file://{lab.origin}" in text
+    recipe.write_text(text.replace(f"file://{lab.origin}", sneaky))
+    code, _, err = release(str(recipe))
+    assert code == 3, err
+    assert "outside the recipe's directory" in err
+    assert not escape.exists()
+
+
+def _evil_module(directory: Path, marker: Path) -> Path:
+    """A shared library that, once loaded, writes ``marker`` (code from a pull request)."""
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler to build the stand-in PKCS#11 module")
+    src = directory / "evil.c"
+    src.write_text("#include <stdio.h>\n__attribute__((constructor)) static void run(void)"
+                   f" {{ FILE *f = fopen(\"{marker}\", \"w\"); if (f) fclose(f); }}\n")
+    lib = directory / "evil.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    return lib
+
+
+@pytest.mark.parametrize("attr", ["module-path", "pin-source"])
+def test_recipe_pkcs11_uri_names_no_module_or_pin_file(lab: Lab, tmp_path: Path,
+                                                       attr: str) -> None:
+    """A recipe comes from a pull request: a pkcs11: key naming module-path= would load
+    (run) a library of its choosing, even in a dry run; pin-source= would read a file
+    anywhere. The module and the PIN come from the operator."""
+    pytest.importorskip("pkcs11", reason="needs python-pkcs11 (trustboot[pkcs11])")
+    marker = tmp_path / "module-ran"
+    lib = _evil_module(lab.dir, marker)
+    value = str(lib) if attr == "module-path" else "/etc/hostname"
+    other = f"&module-path={lib}" if attr == "pin-source" else ""
+    recipe = lab.recipe()
+    text = recipe.read_text().replace(
+        "signer: {key: release-signer,",
+        f"signer: {{key: 'pkcs11:token=t;object=o?{attr}={value}{other}', "
+        "cert: pki/ca.crt,")
+    assert "pkcs11:" in text
+    recipe.write_text(text)
+    code, _, err = release(str(recipe), "--dry-run")
+    assert code == 3, err
+    assert "r.yaml:" in err and attr in err
+    assert not marker.exists()
+
+
+def test_recipe_pkcs11_module_comes_from_the_operator(lab: Lab, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without module-path= the operator's --pkcs11-module is used (here: SoftHSM2 with
+    no such token, so the release stops at the token, not at a missing module)."""
+    pytest.importorskip("pkcs11", reason="needs python-pkcs11 (trustboot[pkcs11])")
+    module = Path("/usr/lib/softhsm/libsofthsm2.so")
+    if not module.is_file():
+        pytest.skip("needs SoftHSM2 (apt-get install softhsm2)")
+    conf = tmp_path / "softhsm2.conf"
+    (tmp_path / "tokens").mkdir()
+    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\n")
+    recipe = lab.recipe()
+    recipe.write_text(recipe.read_text().replace(
+        "signer: {key: release-signer,",
+        "signer: {key: 'pkcs11:token=absent;object=o', cert: pki/ca.crt,"))
+    code, _, err = release(str(recipe), "--dry-run")
+    assert code == 3 and "no PKCS#11 module" in err, err
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
+    code, _, err = release(str(recipe), "--dry-run", "--pkcs11-module", str(module))
+    assert code != 0 and "no PKCS#11 module" not in err and "absent" in err, err
+
+
+def test_recipe_file_key_resolves_in_the_recipe_dir_and_stays_there(
+        lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """signer.key file:PATH is a recipe path like any other: relative to the recipe's
+    directory (not the working directory), and never outside it without --allow-outside."""
+    import shutil
+
+    key = lab.pki / "private" / "release-signer.key"
+    cert = lab.pki / "issued" / "release-signer.crt"
+    assert key.is_file() and cert.is_file()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy2(key, outside / "signer.key")
+    recipe = lab.recipe()
+    text = recipe.read_text()
+    recipe.write_text(text.replace(
+        "signer: {key: release-signer,",
+        f"signer: {{key: 'file:{outside / 'signer.key'}', cert: pki/issued/release-signer.crt,"
+        " chain: pki/chain.pem,"))
+    code, _, err = release(str(recipe), "--dry-run")
+    assert code == 3 and "outside the recipe's directory" in err and "signer.key" in err, err
+    code, _, err = release(str(recipe), "--dry-run", "--allow-outside", str(outside))
+    assert code == 0, err
+    recipe.write_text(text.replace(
+        "signer: {key: release-signer,",
+        "signer: {key: 'file:pki/private/release-signer.key', "
+        "cert: pki/issued/release-signer.crt, chain: pki/chain.pem,"))
+    monkeypatch.chdir(tmp_path)  # elsewhere: the path is the recipe's, not the caller's
+    code, _, err = release(str(recipe))
+    assert code == 0, err

@@ -62,11 +62,15 @@ class StageReporter:
               "back and judge every signature again (a re-run normally checks sizes and the "
               "entry only).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), help="make -j for the build.")
+@click.option("--pkcs11-module", type=click.Path(path_type=Path, dir_okay=False),
+              envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
+              help="PKCS#11 module (.so) for a pkcs11: signer (a recipe may not name one).")
 @json_option
 def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             passphrase_file: Path | None, passphrase_env: str | None,
             ipxe_source: Path | None, cache_dir: Path | None, readback_url: str | None,
-            reverify: bool, jobs: int | None, as_json: bool) -> None:
+            reverify: bool, jobs: int | None, pkcs11_module: Path | None,
+            as_json: bool) -> None:
     """Release RECIPE: validate -> plan -> build iPXE -> render the menu -> sign ->
     manifest -> publish -> verify what the origin serves, as iPXE.
 
@@ -97,7 +101,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     options = ReleaseOptions(allow_outside=allow_outside, passphrases=passphrases,
                              ipxe_source=ipxe_source, cache_dir=cache_dir, jobs=jobs,
                              readback_url=readback_url, reverify=reverify,
-                             publish_cache=None if reverify else default_cache_path())
+                             publish_cache=None if reverify else default_cache_path(),
+                             pkcs11_module=pkcs11_module)
     with upload_progress(as_json) as bars:
         result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
                              progress=StageReporter(quiet=as_json), upload_progress=bars)

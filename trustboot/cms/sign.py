@@ -581,8 +581,7 @@ class StagedWrites:
         renamed = {temp for _, temp in pairs}
         for temp in self._maybe:  # written by a worker that then failed: signed here again
             if temp not in renamed:
-                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                    os.unlink(temp)
+                _remove_maybe(temp)
         for directory in dict.fromkeys(target.parent for target, _ in pairs):
             try:
                 fsync_dir(directory)
@@ -601,10 +600,18 @@ class StagedWrites:
                     done.exception()  # waits for it
                 for temp in [t for _, t in self._pending] + [
                         t for batch, _ in self._batches for _, t in batch] + self._maybe:
-                    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                        os.unlink(temp)
+                    _remove_maybe(temp)
         finally:
             self._pool.shutdown(wait=True)
+
+
+def _remove_maybe(temp: Path) -> None:
+    """Remove a temp file a worker may have written. Its name is visible to anyone who
+    can list the directory: what is there may be another user's (a sticky directory
+    refuses, a directory in its place cannot be unlinked), which is not ours to remove
+    and no reason to fail a run whose signatures are in place."""
+    with contextlib.suppress(OSError):
+        os.unlink(temp)
 
 
 # Adopted temp files synced per job, renames per job (see StagedWrites).

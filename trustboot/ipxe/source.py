@@ -132,7 +132,8 @@ def tree_hash(src: Path) -> str:
 # (status), signature checking through gpg (log), content filters from .gitattributes
 # (status, when a file's stat data is racy). Identifying a tree must run none of them (a
 # dry run or a plan runs no Makefile either): the first two are switched off for every
-# call, and a config with any filter.* or other command key gets no `git status`.
+# call, and a config with any filter.* or other command key gets no `git status`, which
+# never descends into submodules (their configs are not checked).
 _GIT_OFF = ("-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false",
             "-c", "log.showSignature=false")
 _COMMAND_KEYS = re.compile(
@@ -171,7 +172,10 @@ def open_source(path: Path) -> IpxeSource:
     when = None
     if commit is not None:
         if not _config_runs_commands(top):  # else: unknown
-            status = _git(top, "status", "--porcelain", "--untracked-files=no", "--", "src")
+            # --ignore-submodules: a submodule's own config (filters...) is never read
+            # (the tree hash covers its files)
+            status = _git(top, "status", "--porcelain", "--untracked-files=no",
+                          "--ignore-submodules=all", "--", "src")
             dirty = bool(status) if status is not None else None
         stamp = _git(top, "log", "-1", "--format=%ct", "HEAD", "--")
         when = int(stamp) if stamp and stamp.isdigit() else None

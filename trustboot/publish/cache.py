@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,14 @@ class PublishCache:
 
     def _load(self, path: Path) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             with os.fdopen(fd, "rb") as fh:
+                st = os.fstat(fd)
+                # whoever can write the cache chooses what is signed without being hashed
+                # (and what is not read back): only our own private regular file counts
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() \
+                        or st.st_mode & 0o077:
+                    return
                 data = json.loads(fh.read(MAX_BYTES + 1))
             if isinstance(data, dict) and data.get("version") == 1:
                 local, verified = data.get("local"), data.get("verified")

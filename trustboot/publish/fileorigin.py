@@ -48,18 +48,25 @@ TMP_PREFIX = ".tb-tmp."
 _STAGED_NAME = re.compile(re.escape(TMP_PREFIX) + r"[0-9a-f]{16}\.[^/]+")
 
 
+def directory_of(url: str) -> Path:
+    """The directory a ``file://`` origin URL names, percent-decoded exactly as the origin
+    opens it (a check of where it writes must look at this path, never the URL's text:
+    ``%2e%2e`` is ``..`` here)."""
+    parts = urlsplit(url)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost") or parts.query \
+            or parts.fragment:
+        raise ConfigError(f"origin {url!r} is not a file:///ABSOLUTE/DIR URL")
+    path = unquote(parts.path)
+    if not path.startswith("/") or "\x00" in path:
+        raise ConfigError(f"origin {url!r} needs an absolute path: file:///srv/boot")
+    return Path(path)
+
+
 class FileOrigin(StagesUploads):
     """An origin in a local directory (``file:///srv/boot``)."""
 
     def __init__(self, url: str, options: OriginOptions) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "file" or parts.netloc not in ("", "localhost") or parts.query \
-                or parts.fragment:
-            raise ConfigError(f"origin {url!r} is not a file:///ABSOLUTE/DIR URL")
-        path = unquote(parts.path)
-        if not path.startswith("/") or "\x00" in path:
-            raise ConfigError(f"origin {url!r} needs an absolute path: file:///srv/boot")
-        self.root = Path(path)
+        self.root = directory_of(url)
         self.url = "file://" + str(self.root).rstrip("/") + "/"
         self.options = options
         self._root_fd: int | None = None

@@ -14,11 +14,14 @@ cost left is TLS and SHA-256. One keep-alive connection per thread and origin.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import http.client
+import socket
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +43,10 @@ from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.http import RetryableStatus, status_error, tls_context, with_retries
 
 CHUNK = 1 << 20
+# The slowest answer waited for: a request gets timeout + max_size / MIN_RATE seconds in
+# all. The per-read timeout alone does not bound an answer trickled a byte at a time
+# (slowloris): a hostile origin would hold a release (or a CI job) forever.
+MIN_RATE = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,7 @@ def _too_large(url: str, max_size: int) -> OperationalError:
 
 
 def _hash_inline(response: http.client.HTTPResponse, hashers: list[Any], url: str,
-                 max_size: int) -> int:
+                 max_size: int, body: list[bytes] | None) -> int:
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     size = 0
@@ -116,7 +123,59 @@ def _hash_inline(response: http.client.HTTPResponse, hashers: list[Any], url: st
             raise _too_large(url, max_size)
         for h in hashers:
             h.update(view[:n])
+        if body is not None:
+            body.append(bytes(view[:n]))
     return size
+
+
+class _Deadlines:
+    """Shuts down the connection of a request that outlives its deadline (see MIN_RATE):
+    one thread per Reader, started on first use, looking a few times a second."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[int, tuple[float, http.client.HTTPConnection]] = {}
+        self._expired: set[int] = set()
+        self._count = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def watch(self, conn: http.client.HTTPConnection, deadline: float) -> int:
+        with self._lock:
+            self._count += 1
+            self._due[self._count] = (deadline, conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="trustboot-readback-deadline")
+                self._thread.start()
+            return self._count
+
+    def done(self, token: int) -> bool:
+        """Stop watching ``token``; whether its deadline passed."""
+        with self._lock:
+            self._due.pop(token, None)
+            late = token in self._expired
+            self._expired.discard(token)
+            return late
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            now = time.monotonic()
+            with self._lock:
+                late = [(t, conn) for t, (when, conn) in self._due.items() if when <= now]
+                for token, conn in late:
+                    self._expired.add(token)
+                    if conn.sock is not None:  # else: still connecting (its own timeout)
+                        del self._due[token]
+            for _token, conn in late:
+                sock = conn.sock
+                if sock is not None:
+                    # the raw socket's shutdown: a blocked read (TLS or not) returns at once
+                    with contextlib.suppress(OSError):
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 class Reader:
@@ -124,19 +183,19 @@ class Reader:
 
     def __init__(self, *, ca_file: Path | None = None, ca_pem: bytes | None = None,
                  unsafe_no_verify: bool = False, unsafe_http: bool = False,
-                 timeout: float = 30.0, retries: int = 4, ipxe_tls: bool = True) -> None:
+                 timeout: float = 30.0, retries: int = 4, ipxe_tls: bool = True,
+                 min_rate: float = MIN_RATE) -> None:
         self.unsafe_http = unsafe_http
         self.retries = retries
         self.timeout = timeout
+        self.min_rate = min_rate
+        self._deadlines = _Deadlines()
         ctx = tls_context(ca_file=ca_file, ca_pem=ca_pem, unsafe_no_verify=unsafe_no_verify,
                           ipxe_tls=ipxe_tls)
         self._ctx = ctx
         self._local = threading.local()
         self._conns: list[http.client.HTTPConnection] = []
         self._conns_lock = threading.Lock()
-        self.client = httpx.Client(
-            verify=ctx, timeout=timeout, follow_redirects=False, trust_env=False,
-            headers={"Accept-Encoding": "identity", "User-Agent": "iPXE/2 (trustboot)"})
 
     def __enter__(self) -> Reader:
         return self
@@ -146,7 +205,7 @@ class Reader:
         self.close()
 
     def close(self) -> None:
-        self.client.close()
+        self._deadlines.close()
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for conn in conns:
@@ -189,18 +248,46 @@ class Reader:
         conn.request("GET", target, headers=headers)
         return conn.getresponse()
 
-    def _get_hashed(self, url: str, max_size: int, names: tuple[str, ...]) -> Served:
-        """One GET of ``url`` over http.client, hashed into ``names`` (see the module doc)."""
+    def _get_hashed(self, url: str, max_size: int, names: tuple[str, ...],
+                    body: list[bytes] | None = None) -> Served:
+        """One GET of ``url`` over http.client, hashed into ``names`` (see the module doc);
+        the bytes are also appended to ``body`` if given. OperationalError (not retried)
+        when the answer takes longer than its deadline (see MIN_RATE)."""
         parts = urlsplit(url)
         host = parts.hostname or ""
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn = self._connection(parts.scheme, host, parts.port)
+        budget = self.timeout + max_size / self.min_rate
+        token = self._deadlines.watch(conn, time.monotonic() + budget)
         try:
-            response = self._send(conn, target, parts.scheme, host, parts.port)
+            served = self._get_on(conn, url, (parts.scheme, host, parts.port), target,
+                                  max_size, names, body)
+        except BaseException:
+            if not self._deadlines.done(token):
+                raise
+            late = True
+        else:
+            # a connection shut down at its deadline may look like an answer that ended
+            late = self._deadlines.done(token)
+        if late:
+            self._drop_connection(parts.scheme, host, parts.port)
+            raise OperationalError(
+                f"{url} was served too slowly: not complete after {budget:.0f} s "
+                f"(less than {self.min_rate / 1024:.0f} KiB/s)",
+                hint="check the origin and the network path to it; an origin that trickles "
+                     "its answers holds every client that boots from it") from None
+        return served
+
+    def _get_on(self, conn: http.client.HTTPConnection, url: str,
+                where: tuple[str, str, int | None], target: str, max_size: int,
+                names: tuple[str, ...], body: list[bytes] | None) -> Served:
+        scheme, host, port = where
+        try:
+            response = self._send(conn, target, scheme, host, port)
             if response.status != 200:
-                body = response.read(64 << 10)
+                answer = response.read(64 << 10)
                 self._status(httpx.Response(response.status, headers=response.getheaders(),
-                                            content=body), url)
+                                            content=answer), url)
             encoding = (response.getheader("content-encoding") or "identity").lower()
             if encoding not in ("identity", ""):
                 raise OperationalError(
@@ -208,22 +295,22 @@ class Reader:
                     "the encoded bytes", hint="turn off gzip for boot files on the origin")
             hashers = [hashlib.new(name) for name in names]
             length = response.length  # None when chunked
-            size = _hash_inline(response, hashers, url, max_size)
+            size = _hash_inline(response, hashers, url, max_size, body)
             if length is not None and size != length:
                 # http.client ends a body cut short quietly: a transfer error (retried),
                 # not a digest of the part that arrived
                 raise http.client.IncompleteRead(b"", length - size)
             if response.will_close:
-                self._drop_connection(parts.scheme, host, parts.port)
+                self._drop_connection(scheme, host, port)
             return Served(url, size, {name: h.digest() for name, h in
                                       zip(names, hashers, strict=True)})
         except (OSError, http.client.HTTPException) as exc:
-            self._drop_connection(parts.scheme, host, parts.port)
+            self._drop_connection(scheme, host, port)
             # as an httpx transport error: with_retries retries it, or reports the TLS
             # certificate failure it wraps (see http.tls_failure)
             raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
-            self._drop_connection(parts.scheme, host, parts.port)
+            self._drop_connection(scheme, host, port)
             raise
 
     def _check_url(self, url: str) -> None:
@@ -244,12 +331,13 @@ class Reader:
                             what="fetching", retries=self.retries)
 
     def fetch(self, url: str, *, max_size: int) -> bytes:
+        """GET ``url`` whole (a signature, a script); more than ``max_size`` is an error."""
         self._check_url(url)
 
         def once() -> bytes:
-            with self.client.stream("GET", url) as response:
-                self._status(response, url)
-                return b"".join(self._capped(response.iter_raw(CHUNK), url, max_size))
+            body: list[bytes] = []
+            self._get_hashed(url, max_size, ("sha256",), body)
+            return b"".join(body)
 
         return with_retries(once, url=url, what="fetching", retries=self.retries)
 
@@ -265,15 +353,6 @@ class Reader:
                             hint="the object is missing on the origin or not readable "
                                  "anonymously; iPXE fetches without credentials")
         raise status_error(response, "fetching", url)
-
-    @staticmethod
-    def _capped(chunks: Iterator[bytes], url: str, max_size: int) -> Iterator[bytes]:
-        total = 0
-        for chunk in chunks:
-            total += len(chunk)
-            if total > max_size:
-                raise _too_large(url, max_size)
-            yield chunk
 
     def verify_pair(self, image_url: str, sig_url: str, *, trust: Trust, now: dt.datetime,
                     max_size: int) -> tuple[Served, Verdict]:

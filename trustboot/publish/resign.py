@@ -73,7 +73,7 @@ from trustboot.publish.pipeline import (
     verify_manifest_signature,
     verify_served,
 )
-from trustboot.publish.readback import Trust, judge
+from trustboot.publish.readback import Reader, Trust, judge
 
 if TYPE_CHECKING:
     from trustboot.keys.signer import KeySource
@@ -231,9 +231,7 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             result.verified = verify_served(origin, old, trust=trust, now=now, reader=reader,
                                             jobs=jobs, progress=progress, signers=signed_by)
             old_prefix = release_prefix(live_id)
-            if origin.stat(old_prefix + MANIFEST_NAME + ".sig") is not None:
-                verify_manifest_signature(origin, live_id, trust=trust, now=now,
-                                          reader=reader)
+            claims = _proven_claims(origin, old, live_id, trust, now, reader, result)
             # The manifest's claim only spares the reads when it names another signer: what
             # decides is who made the signatures the firmware will verify.
             if old.signer is not None and old.signer.serial == summary.serial and \
@@ -279,7 +277,7 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
 
             existing = read_manifest(origin, new_id)
             if existing is not None:
-                _check_resumable(existing, old, scripts, summary, new_id, origin.url)
+                _check_resumable(existing, old, scripts, summary, new_id, origin.url, claims)
                 new = existing
                 result.resumed = True
                 stage("resign", f"release {new_id} exists (an interrupted run): resuming")
@@ -320,7 +318,7 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                             hint="the new signer must chain to a root the firmware trusts "
                                  "(--trust) and match --signer", rule="new-signature")
                     new = _new_manifest(old, new_id, signed, sigs, workdir, scripts, summary,
-                                        now, release_base_url(origin, new_id))
+                                        now, release_base_url(origin, new_id), claims)
                     manifest_path = workdir / MANIFEST_NAME
                     fsutil.atomic_write(manifest_path, new.to_bytes())
                     sign_files([manifest_path], signer, now=now)
@@ -361,10 +359,42 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             reader.close()
 
 
+@dataclass(frozen=True)
+class _Claims:
+    """What the new manifest says beyond its files: only what a signature proved."""
+
+    ca_sha256: str | None
+    ipxe: dict[str, Any] | None
+
+
+def _proven_claims(origin: Origin, old: ReleaseManifest, live_id: str, trust: Trust,
+                   now: dt.datetime, reader: Reader | None, result: ResignResult) -> _Claims:
+    """The live manifest's claims resign may sign again. Its files were proved by the
+    read-back, but its iPXE build record (what the firmware trusts: root-promotion
+    evidence once signed) and ca_sha256 only by release.json.sig: without one they are
+    anybody's words, and the new manifest gets this run's trust and no build record."""
+    key = release_prefix(live_id) + MANIFEST_NAME
+    if origin.stat(key + ".sig") is None:
+        if old.ipxe is not None:
+            result.warnings.append(
+                f"{key} is not signed: its iPXE build record is not signed into the "
+                "re-signed manifest (publish firmware with `trustboot release`, which signs "
+                "it)")
+        return _Claims(trust.ca_sha256, None)
+    data = verify_manifest_signature(origin, live_id, trust=trust, now=now, reader=reader)
+    proven = parse_manifest(data, source=f"{origin.url}{key}")
+    if proven != old or proven.ipxe != old.ipxe:
+        raise VerificationError(
+            f"{origin.url}{key} changed while being re-signed",
+            hint="another writer is changing the origin; find out who, then run resign "
+                 "again", rule="manifest-changed", subject=key)
+    return _Claims(proven.ca_sha256, proven.ipxe)
+
+
 def _new_manifest(old: ReleaseManifest, new_id: str, signed: list[Any],
                   sigs: dict[Path, bytes], workdir: Path, scripts: dict[str, bytes],
-                  signer: SignerSummary, now: dt.datetime, base: str | None
-                  ) -> ReleaseManifest:
+                  signer: SignerSummary, now: dt.datetime, base: str | None,
+                  claims: _Claims) -> ReleaseManifest:
     by_name: dict[str, tuple[int, str]] = {}
     for s in signed:
         name = s.path.relative_to(workdir).as_posix()
@@ -375,8 +405,8 @@ def _new_manifest(old: ReleaseManifest, new_id: str, signed: list[Any],
     files = tuple(ManifestFile(f.name, *by_name.get(f.name, (f.size, f.sha256)), sig=f.sig)
                   for f in old.files)
     return ReleaseManifest(release=new_id, created=now, files=files, origin=base,
-                           ca_sha256=old.ca_sha256, signer=signer, entry=old.entry,
-                           ipxe=old.ipxe)
+                           ca_sha256=claims.ca_sha256, signer=signer, entry=old.entry,
+                           ipxe=claims.ipxe)
 
 
 def _signed_only_by(m: ReleaseManifest, signed_by: Mapping[str, frozenset[str]],
@@ -390,16 +420,19 @@ def _signed_only_by(m: ReleaseManifest, signed_by: Mapping[str, frozenset[str]],
 
 def _check_resumable(existing: ReleaseManifest, old: ReleaseManifest,
                      scripts: dict[str, bytes], signer: SignerSummary, new_id: str,
-                     url: str) -> None:
+                     url: str, claims: _Claims) -> None:
     """The id exists: it must be this re-sign of this release (same objects, same bytes
-    apart from signatures, this signer), else it is someone else's and is left alone."""
+    apart from signatures, this signer, the same claims), else it is someone else's and
+    is left alone (its name is predictable: anyone who can write to the origin can plant
+    a manifest there, which a resume would otherwise sign)."""
     sigs = _sig_names(old)
     want = {f.name: (f.size, f.sha256) for f in old.files if f.name not in sigs}
     want.update({k: (len(v), hashlib.sha256(v).hexdigest()) for k, v in scripts.items()})
     have = {f.name: (f.size, f.sha256) for f in existing.files if f.name not in sigs}
     same = (have == want and {f.name for f in existing.files} == {f.name for f in old.files}
             and existing.entry == old.entry and existing.signer is not None
-            and existing.signer.serial == signer.serial)
+            and existing.signer.serial == signer.serial
+            and existing.ca_sha256 == claims.ca_sha256 and existing.ipxe == claims.ipxe)
     if not same:
         raise ConfigError(
             f"release {new_id} already exists on {url} with other content or another signer; "
@@ -428,7 +461,8 @@ def _sign_served_manifest(origin: Origin, release_id: str, checked: ReleaseManif
 
     key = release_prefix(release_id) + MANIFEST_NAME
     data = b"".join(origin.read(key, max_size=4 << 20))
-    if parse_manifest(data, source=f"{origin.url}{key}") != checked:
+    served = parse_manifest(data, source=f"{origin.url}{key}")
+    if served != checked or served.ipxe != checked.ipxe:  # (ipxe is not compared by ==)
         raise VerificationError(
             f"{origin.url}{key} changed while resign ran; not signed",
             hint="find out who else writes to the origin, then run resign again",

@@ -202,6 +202,7 @@ class DigestingUpload:
         self.out = Digested()
 
     def chunks(self) -> Iterator[bytes]:
+        self.out = Digested()  # never what an earlier attempt read
         return digesting_chunks(self.path, size=self.size, hash_names=self.names,
                                 out=self.out, progress=self.progress, cancel=self.cancel)
 

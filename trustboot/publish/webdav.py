@@ -118,6 +118,32 @@ def parse_modified(data: bytes) -> list[tuple[str, bool, float | None]]:
     return out
 
 
+class _WholeBody:
+    """A request body made fresh for each attempt (``attempt``) that knows whether the
+    last attempt's stream was read to its end (``sent``)."""
+
+    def __init__(self, factory: Callable[[], Iterator[bytes]]) -> None:
+        self.factory = factory
+        self.sent = False
+        self._stream: Iterator[bytes] | None = None
+
+    def attempt(self) -> Iterator[bytes]:
+        self.close()
+        self.sent = False
+        self._stream = self.factory()
+        return self._follow(self._stream)
+
+    def _follow(self, stream: Iterator[bytes]) -> Iterator[bytes]:
+        yield from stream
+        self.sent = True
+
+    def close(self) -> None:
+        stream, self._stream = self._stream, None
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # a stream left half-read stops its reader thread now
+
+
 class WebDAVOrigin(StagesUploads):
     """A WebDAV collection over HTTPS (client certificate and/or basic/bearer auth)."""
 
@@ -260,14 +286,25 @@ class WebDAVOrigin(StagesUploads):
     def _put_temp(self, key: str, factory: Callable[[], Iterator[bytes]], size: int) -> str:
         """PUT the body to a new temporary object named after ``key``; its name."""
         tmp = self._temp_key(key)
+        body = _WholeBody(factory)
         try:
-            self._request("PUT", self._url(tmp), what="uploading", ok=(200, 201, 204),
-                          content_factory=factory,
-                          headers={"Content-Length": str(size),
-                                   "Content-Type": "application/octet-stream"})
+            r = self._request("PUT", self._url(tmp), what="uploading", ok=(200, 201, 204),
+                              content_factory=body.attempt,
+                              headers={"Content-Length": str(size),
+                                       "Content-Type": "application/octet-stream"})
+            if not body.sent:
+                # httpx returns an answer that arrives while the body is still being
+                # written (the server then stops reading): success before the last byte
+                # was read means the object is not what was hashed
+                raise OperationalError(
+                    f"uploading {self._url(tmp)}: the origin answered HTTP {r.status_code} "
+                    "before it received the whole body", hint="the origin (or a proxy in "
+                    "front of it) does not wait for uploads: check its configuration")
         except BaseException:
             self._delete_quiet(tmp)
             raise
+        finally:
+            body.close()
         return tmp
 
     def _put(self, key: str, factory: Callable[[], Iterator[bytes]], size: int) -> None:

@@ -39,6 +39,7 @@ from trustboot.ipxe.script import (
     check_https_url,
     render_chain_script,
 )
+from trustboot.keys.ref import KeyRef
 from trustboot.keys.signer import KeySource, resolve_signer
 from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import check_release_id
@@ -81,6 +82,8 @@ class ReleaseOptions:
     reverify: bool = False
     # trustboot.publish.cache: inputs unchanged since an earlier run are not hashed again
     publish_cache: Path | None = None
+    # the PKCS#11 module for a pkcs11: signer (a recipe may not name one: it is code)
+    pkcs11_module: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -319,8 +322,14 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     cert = resolve_path(recipe, s.cert, "signer.cert", allow_outside=allow) if s.cert else None
     chain = (resolve_path(recipe, s.chain, "signer.chain", allow_outside=allow)
              if s.chain else None)
+    key = s.key
+    if key.scheme == "file":
+        # a key file is a recipe path like the others (recipe-relative, inside its root)
+        key = KeyRef("file", str(resolve_path(recipe, RecipePath(key.value, s.where),
+                                              "signer.key", allow_outside=allow)))
     try:
-        pending = resolve_signer(s.key, pki=ca_home, cert=cert, chain=chain, now=now)
+        pending = resolve_signer(key, pki=ca_home, cert=cert, chain=chain, now=now,
+                                 pkcs11_module=options.pkcs11_module)
     except ConfigError as exc:
         raise ConfigError(f"{s.where}: {exc.message}", hint=exc.hint) from None
     check_lifetime(pending, recipe, ca_home, now)

@@ -354,6 +354,27 @@ def _check_url(c: Checked, what: str) -> str:
     return url
 
 
+def _check_recipe_token(key: KeyRef, where: str) -> None:
+    """A recipe comes from a pull request: its pkcs11: key may name the token and the
+    object, never the module (a library that is loaded, i.e. code that runs, even in a
+    dry run) or a PIN file (read from anywhere): those come from the operator."""
+    from trustboot.keys.pkcs11 import parse_uri
+
+    try:
+        uri = parse_uri(key.value)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+    for attr, hint in (
+            ("module-path", "remove it; name the module with `trustboot release "
+                            "--pkcs11-module FILE` (or TRUSTBOOT_PKCS11_MODULE)"),
+            ("pin-source", "remove it; give the PIN with signer.passphrase, "
+                           "--passphrase-file or --passphrase-env")):
+        if uri.get(attr) is not None:
+            raise ConfigError(f"{where}: signer key {key} names {attr}=: a recipe may not "
+                              "choose a module to load or a file to read the PIN from",
+                              hint=hint)
+
+
 def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = None
                  ) -> Recipe:
     """Validate ``text`` completely (structure, types, script values); no file is read."""
@@ -367,6 +388,8 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
         key = parse_ref(s["key"].value)
     except ConfigError as exc:
         raise ConfigError(f"{s['key'].where}: {exc.message}", hint=exc.hint) from None
+    if key.scheme == "pkcs11":
+        _check_recipe_token(key, s["key"].where)
     if key.scheme != "ca" and "cert" not in s:
         raise ConfigError(f"{top['signer'].where}: signer key {key} needs cert (and chain)",
                           hint="add cert: the signing certificate, chain: its issuers")
@@ -516,10 +539,10 @@ def resolve_path(recipe: Recipe, path: RecipePath, what: str, *,
 
 def origin_dir(url: str) -> Path | None:
     """The directory of a file:// origin URL (None for other schemes)."""
-    parts = urlsplit(url)
-    if parts.scheme != "file":
+    if urlsplit(url).scheme != "file":
         return None
-    if parts.netloc not in ("", "localhost"):
-        raise ConfigError(f"origin {url!r}: a file:// URL names a local path "
-                          "(file:///DIR)")
-    return Path(parts.path)
+    # the origin's own reading of the URL (percent-decoded), so that what is checked is
+    # where it will write; imported here: only a file:// recipe needs the backend
+    from trustboot.publish.fileorigin import directory_of
+
+    return directory_of(url)

@@ -1,0 +1,54 @@
+"""The publish cache tells a run that a file with some stamp has some digest (so it is
+signed without being hashed again) and that an object on the origin was verified (so it
+is not read back). Whoever can write the cache decides what gets signed: a cache file
+that another user owns or could have written is ignored (it only costs time)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from trustboot.publish.cache import PublishCache
+
+
+def _poisoned(path: Path, victim: Path) -> str:
+    """A cache claiming ``victim`` (as it is now) has another file's digest."""
+    forged = hashlib.sha256(b"the attacker's kernel").hexdigest()
+    cache = PublishCache(path)
+    cache.remember_local(victim, victim.stat(), forged)
+    cache.remember_verified("file:///srv/boot/", "releases/r1/vmlinuz", size=3,
+                            etag='"x"', sha256=forged)
+    cache.save()
+    assert PublishCache(path).local_digest(victim, victim.stat()) == forged
+    return forged
+
+
+def _trusted(path: Path, victim: Path) -> bool:
+    cache = PublishCache(path)
+    return cache.local_digest(victim, victim.stat()) is not None or cache.is_verified(
+        "file:///srv/boot/", "releases/r1/vmlinuz", size=3, etag='"x"',
+        sha256=hashlib.sha256(b"the attacker's kernel").hexdigest())
+
+
+def test_a_cache_others_can_write_is_ignored(tmp_path: Path) -> None:
+    victim = tmp_path / "vmlinuz"
+    victim.write_bytes(b"the real kernel")
+    path = tmp_path / "cache" / "publish-cache.json"
+    _poisoned(path, victim)
+    os.chmod(path, 0o666)
+    assert not _trusted(path, victim)
+    os.chmod(path, 0o600)
+    assert _trusted(path, victim)  # the control: our own private cache is used
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file to another user")
+def test_a_cache_owned_by_another_user_is_ignored(tmp_path: Path) -> None:
+    victim = tmp_path / "vmlinuz"
+    victim.write_bytes(b"the real kernel")
+    path = tmp_path / "cache" / "publish-cache.json"
+    _poisoned(path, victim)
+    os.chown(path, 65534, 65534)  # nobody: e.g. planted in a shared XDG_CACHE_HOME
+    assert not _trusted(path, victim)
