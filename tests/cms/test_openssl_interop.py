@@ -98,3 +98,23 @@ def test_trustboot_verify_judges_openssl_signatures(
     if rule:
         assert f"[rule: {rule}]" in result.output
         assert "hint:" in result.output
+
+
+def test_refused_signed_attributes_are_not_also_called_accepted(
+    material: Material, tmp_path: Path
+) -> None:
+    # openssl's default (signed attributes) fails in iPXE; the warning that iPXE "accepts"
+    # signed attributes whose signature is over the image digest must not contradict that.
+    require_tool("openssl", "openssl")
+    image, sig = _openssl_sign(material, tmp_path, [])
+    result = CliRunner().invoke(cli, ["verify", str(image), "--sig", str(sig), "--trust",
+                                      str(material.directory / "root.pem"), "--json"])
+    assert result.exit_code == 4, result.output
+    import json
+
+    report = json.loads(result.stdout)
+    assert report["failure"]["rule"] == "signed-attributes"
+    assert [w["rule"] for w in report["warnings"]] == []
+    assert "accepts it" not in CliRunner().invoke(cli, [
+        "verify", str(image), "--sig", str(sig), "--trust",
+        str(material.directory / "root.pem")]).output

@@ -877,6 +877,11 @@ def verify_signature(
             if not verify_raw(key, signer.sig_family, signer.digest,
                               signer.signature, digest=digests[signer.digest]):
                 if signer.signed_attrs:
+                    # The warning that iPXE accepts signed attributes assumed a signature
+                    # over the image digest; this one is not, so it would contradict this.
+                    warnings[:] = [w for w in warnings
+                                   if not (w.rule == "signed-attributes-ignored"
+                                           and w.certificate == signer.info.label)]
                     raise _fail(
                         "signed-attributes",
                         "the signature has signed attributes; iPXE skips them and checks "
