@@ -168,6 +168,12 @@ def test_short_lived_or_wrong_signer_refused(pki: Pki, live: tuple[str, Path]) -
                                    "--min-lifetime", "3d"])
     assert res.exit_code == 4, res.output
     assert "signer-lifetime" in res.output and "trustboot ca renew short-1d" in res.output
+    # the renewal the hint names must itself pass the --min-lifetime asked for
+    res = CliRunner().invoke(cli, ["resign", url, "--key", "short-1d", "--pki",
+                                   str(pki.dir), "--passphrase-file", str(pki.key_pass),
+                                   "--min-lifetime", "10d"])
+    assert res.exit_code == 4, res.output
+    assert "trustboot ca renew short-1d --days 11 " in res.output, res.output
     # a signer the firmware's --signer does not match: refused before any upload
     res = resign(pki, url, "other-signer", "--signer", "boot-signer")
     assert res.exit_code == 4, res.output
