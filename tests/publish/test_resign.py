@@ -342,6 +342,9 @@ def test_resign_on_nginx_webdav(pki: Pki, nginx: Nginx, make_release: ReleaseFac
     failing = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
                                        str(pki.dir), "--fail-within", "8"])
     assert failing.exit_code == 4 and "signer-expiring" in failing.output
+    # the hint is the command to run, for this origin and signer, long enough to pass
+    assert (f"trustboot ca renew {fresh_signer} --days 9, then trustboot resign "
+            f"{nginx.url} --key {fresh_signer}") in failing.output, failing.output
     passing = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
                                        str(pki.dir), "--fail-within", "6"])
     assert passing.exit_code == 0, passing.output
