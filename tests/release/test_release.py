@@ -258,3 +258,25 @@ def test_release_shows_upload_progress_on_a_terminal(lab: Lab) -> None:
     assert quiet.exitstatus == 0, quiet.before
     assert "MiB/s" not in quiet.before
     assert json.loads(quiet.before)["uploaded"]
+
+
+def test_passphrase_option_overrides_the_recipes_source(lab: Lab) -> None:
+    # The README's `release RECIPE --passphrase-env NAME` on a recipe that names its own
+    # source (recipes/multiarch.yaml): the operator's option wins, it is not ignored.
+    recipe = lab.recipe()
+    recipe.write_text(recipe.read_text().replace(
+        "passphrase: {file: pass.txt}", "passphrase: {env: TB_TEST_UNSET_PASSPHRASE}"))
+    code, _, err = release(str(recipe))
+    assert code == 3 and "TB_TEST_UNSET_PASSPHRASE" in err, err
+    pw = (lab.dir / "pass.txt").read_text().strip()
+    r = CliRunner().invoke(cli, ["release", str(recipe), "--passphrase-env", "TB_TEST_PW",
+                                 "--json"], env={"TB_TEST_PW": pw,
+                                                 "TB_TEST_UNSET_PASSPHRASE": None})
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["release"].startswith("lab-")
+    # and a wrong one is refused, not replaced by the recipe's
+    recipe.write_text(recipe.read_text().replace(
+        "{env: TB_TEST_UNSET_PASSPHRASE}", "{file: pass.txt}"))
+    r = CliRunner().invoke(cli, ["release", str(recipe), "--passphrase-env", "TB_TEST_PW",
+                                 "--reverify"], env={"TB_TEST_PW": "wrong passphrase"})
+    assert r.exit_code == 3, r.output

@@ -65,6 +65,9 @@ class ReleaseOptions:
 
     allow_outside: tuple[Path, ...] = ()
     passphrases: PassphraseSource | None = None
+    # The operator named the signing key's passphrase source for this run
+    # (--passphrase-file/--passphrase-env): it wins over the recipe's signer.passphrase.
+    passphrases_explicit: bool = False
     ipxe_source: Path | None = None
     origin_url: str | None = None
     public_url: str | None = None
@@ -211,7 +214,10 @@ def check_lifetime(signer: KeySource, recipe: Recipe, ca_home: Path,
 
 
 def _secret_source(recipe: Recipe, options: ReleaseOptions,
-                   ref: SecretRef | None = None) -> PassphraseSource:
+                   ref: SecretRef | None = None, *,
+                   signing_key: bool = False) -> PassphraseSource:
+    if signing_key and options.passphrases_explicit and options.passphrases is not None:
+        return options.passphrases
     ref = ref or recipe.signer.passphrase
     if ref is not None and ref.env is not None:
         return from_env(ref.env)
@@ -329,7 +335,7 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         raise ConfigError(f"{s.where}: the signing certificate has no common name",
                           hint="set signer.name to a DNS name of its subjectAltName")
     syntax.check_word(signer_name, "signer name")
-    passphrases = _secret_source(recipe, options)
+    passphrases = _secret_source(recipe, options, signing_key=True)
 
     roots = [load_single_certificate(ca_home / "ca.crt")]
     extra_certs = []
