@@ -280,3 +280,17 @@ def test_passphrase_option_overrides_the_recipes_source(lab: Lab) -> None:
     r = CliRunner().invoke(cli, ["release", str(recipe), "--passphrase-env", "TB_TEST_PW",
                                  "--reverify"], env={"TB_TEST_PW": "wrong passphrase"})
     assert r.exit_code == 3, r.output
+
+
+def test_rerun_summary_counts_the_unchanged_objects(lab: Lab) -> None:
+    recipe = lab.recipe()
+    code, out, err = release(str(recipe))
+    assert code == 0, err
+    code, out, err = release(str(recipe))
+    assert code == 0, err
+    # a re-run of a live release leaves all six objects as they are: say so, not "0"
+    assert ": 0 uploaded, 6 unchanged; live at" in out, out
+    code, out, err = release(str(recipe), "--json")
+    assert sorted(json.loads(out)["publish"]["skipped"]) == sorted([
+        "boot.ipxe", "boot.ipxe.sig", "linux/vmlinuz", "linux/vmlinuz.sig",
+        "linux/initrd.img", "linux/initrd.img.sig"])
