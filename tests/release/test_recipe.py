@@ -280,3 +280,5 @@ def test_recipe_check_command() -> None:
                                  "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["entries"] == ["debian-amd64", "rescue-amd64", "debian-arm64"]
+    r = CliRunner().invoke(cli, ["recipe", "check", str(REPO / "recipes" / "webdav.yaml")])
+    assert r.exit_code == 0 and r.stdout.endswith(": ok (webdav-example, 1 entry)\n"), r.output
