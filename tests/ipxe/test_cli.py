@@ -228,3 +228,10 @@ def test_json_build_prints_no_progress(env: dict[str, Path], pki: TestPki) -> No
     code, out, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
                          "--target", "bin/ipxe.lkrn", *CHAIN, "--no-cache")
     assert code == 0 and "make: 1 steps" in err, err
+
+
+def test_build_help_names_every_kind_of_target() -> None:
+    code, out, _ = run("ipxe", "build", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "bin/VVVVDDDD.rom" in text and "bin/ipxe.lkrn" in text

@@ -163,7 +163,9 @@ class _Progress:
               help="Build target; repeatable. Default: "
               + ", ".join(ipxe_build.DEFAULT_TARGETS) + ". Also: "
               + ", ".join(t for t in ipxe_build.KNOWN_TARGETS
-                          if t not in ipxe_build.DEFAULT_TARGETS))
+                          if t not in ipxe_build.DEFAULT_TARGETS)
+              + ", and NIC option ROMs bin/VVVVDDDD.rom (PCI vendor and device ID, e.g. "
+              "bin/8086100e.rom).")
 @click.option("--crosscert", metavar="URL",
               help="Let iPXE fetch missing chain certificates from URL (default: never).")
 @click.option("--no-ocsp", is_flag=True,
