@@ -657,6 +657,12 @@ class CertificateAuthority:
             self._log("issue", now, name=name, profile=profile, serial=f"{entry.serial:x}",
                       sha256=entry.sha256, key_type=spec.label,
                       from_csr=csr_pem is not None)
+        if now + dt.timedelta(days=days) - cert.not_valid_after_utc > dt.timedelta(seconds=1):
+            # A leaf never outlives its issuer: say so instead of quietly shortening it.
+            warnings.append(
+                f"--days {days} reaches past the issuing CA, which expires "
+                f"{cert.not_valid_after_utc:%Y-%m-%d}: the certificate ends then too "
+                "(`trustboot ca rotate issuing` gives a newer issuing CA)")
         return IssueResult(entry, cert, warnings)
 
     def renew(
