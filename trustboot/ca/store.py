@@ -1032,9 +1032,10 @@ class CertificateAuthority:
                 [] if certs else ["(no certificate)"])
             if bad:
                 raise ConfigError(
-                    f"{path} differs from the index: it is not the certificate {name!r} the "
-                    f"index recorded (sha256 {bad[0]}); it was replaced or damaged, refusing "
-                    "to use this CA",
+                    f"{path} differs from the index: it holds "
+                    + (f"a certificate with sha256 {bad[0]}" if len(bad[0]) == 64 else "none")
+                    + f", not the certificate {name!r} the index recorded; it was replaced "
+                    "or damaged, refusing to use this CA",
                     hint=f"run `trustboot ca check --pki {self.path}`; restore the file from "
                     "a backup (or delete it: the next CA write recreates it)")
             if rel.startswith("issued/"):
