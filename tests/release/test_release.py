@@ -294,3 +294,38 @@ def test_rerun_summary_counts_the_unchanged_objects(lab: Lab) -> None:
     assert sorted(json.loads(out)["publish"]["skipped"]) == sorted([
         "boot.ipxe", "boot.ipxe.sig", "linux/vmlinuz", "linux/vmlinuz.sig",
         "linux/initrd.img", "linux/initrd.img.sig"])
+
+
+def test_release_during_a_root_rotation_builds_firmware_trusting_both_roots(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `ipxe build --pki` trusts both roots while a rotation is under way; the release's
+    # build stage (the same build) must too, or its firmware is no evidence for promote.
+    import sys
+
+    from tests.conftest import require_tool
+    from tests.ipxe.fake_tree import fake_env_passthrough, make_fake_tree
+
+    require_tool("make", "make")
+    make_fake_tree(lab.dir / "ipxe")
+    fake_env_passthrough(monkeypatch)
+    monkeypatch.setenv("FAKE_PY", sys.executable)
+    monkeypatch.setenv("FAKE_RUNS", str(lab.dir / "runs.log"))
+    r = CliRunner().invoke(cli, ["ca", "rotate", "root", "begin", "--pki", str(lab.pki),
+                                 "--passphrase-file", str(lab.dir / "pass.txt")])
+    assert r.exit_code == 0, r.output
+    status = json.loads(CliRunner().invoke(cli, ["ca", "export", "--pki", str(lab.pki),
+                                                 "--out", str(lab.dir / "t"), "--json"]).stdout)
+    both = status["trust_sha256"]
+    assert len(both) == 2
+    recipe = lab.recipe(ipxe="ipxe: {source: ipxe, targets: [bin/ipxe.lkrn]}")
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    rid = json.loads(out)["release"]
+    record = json.loads((lab.origin / "releases" / rid / "release.json").read_text())["ipxe"]
+    assert [t["sha256"] for t in record["trust"]] == both
+    r = CliRunner().invoke(cli, ["ca", "rotate", "root", "promote", "--pki", str(lab.pki),
+                                 "--build-manifest", str(lab.origin / "releases" / rid /
+                                                         "release.json"),
+                                 "--passphrase-file", str(lab.dir / "pass.txt")])
+    assert r.exit_code == 0, r.output
