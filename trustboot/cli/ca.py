@@ -400,7 +400,8 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
     data["trust_sha256"] = [fingerprint(c) for c in ca.trusted_roots()]
     data["rotation"] = step.step
     trust = ",".join(str(files[k]) for k in ("root", other) if k in files)
-    data["make_args"] = f"TRUST={trust} CERT={files['root']},{files['issuing']}"
+    # iPXE's TRUST= keeps only fingerprints: every trusted root's bytes go in CERT= too.
+    data["make_args"] = f"TRUST={trust} CERT={trust},{files['issuing']}"
     if as_json:
         emit_json(data)
     else:
