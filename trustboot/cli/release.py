@@ -77,7 +77,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     \b
     Examples:
       trustboot release recipes/multiarch.yaml --allow-outside pki --dry-run
-      trustboot release recipes/multiarch.yaml --allow-outside pki \
+      trustboot release recipes/multiarch.yaml --allow-outside pki \\
           --passphrase-env TB_SIGNER_PW --json
       trustboot release lab/boot.yaml --allow-outside /srv/images --ipxe-source ~/ipxe
 
