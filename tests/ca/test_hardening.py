@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from tests.ca.conftest import Run, issue, run_proc, trustboot_cmd
 from trustboot.ca.store import CertificateAuthority, load_trusted_root
@@ -59,6 +61,10 @@ def test_replaced_root_is_refused_everywhere(pki: Path, attacker_pki: Path, tmp_
     r = run("verify", str(image), "--pki", str(pki))
     assert r.exit_code == 3, r.output
     assert "not the certificate 'root-ca' the index recorded" in r.output
+    # the fingerprint shown is the intruder's, said to be what the file holds
+    swapped = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    fp = swapped.fingerprint(hashes.SHA256()).hex()
+    assert f"holds a certificate with sha256 {fp}, not the certificate" in r.output, r.output
     with pytest.raises(ConfigError, match="index recorded"):
         load_trusted_root(pki)
     r = run("ca", "export", "--pki", str(pki), "--out", str(tmp_path / "export"))

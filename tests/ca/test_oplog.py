@@ -64,7 +64,7 @@ def test_deleted_entry(tmp_path: Path) -> None:
     path.write_bytes(b"".join(lines))
     problem = oplog.verify(path).problem
     assert problem is not None and (problem.line, problem.kind) == (3, "deleted"), problem
-    assert "entry 3" in problem.message
+    assert "entry 3 of the log is missing" in problem.message
 
 
 def test_reordered_entries(tmp_path: Path) -> None:

@@ -203,6 +203,9 @@ def test_root_rotation_every_step(ca_home: Path, run: Run, secrets_dir: Path,
     assert both["trust_sha256"] == [old["root_sha256"], new_root_sha]
     assert Path(both["root_next"]).read_text().count("BEGIN CERTIFICATE") == 1
     assert f"TRUST={both['root']},{both['root_next']}" in both["make_args"]
+    # TRUST= holds fingerprints only: the next root's bytes go in CERT= too, as
+    # `ipxe build --pki` does, or TLS chains to it cannot be completed at boot
+    assert f"CERT={both['root']},{both['root_next']},{both['issuing']}" in both["make_args"]
     assert [c.fingerprint for c in collect_trust(ca_home, [], []).trust] == \
         [old["root_sha256"], new_root_sha]
     sig = sign(run, ca_home, secrets_dir, tmp_path / "s1" / "out")

@@ -319,3 +319,18 @@ def test_a_refused_duplicate_finishes_the_views_a_killed_run_left(
     r = issue(run, pki, secrets_dir, "codesign", "k0", "--key-type", "ec-p256")
     assert r.exit_code == 3 and "already exists" in r.output, r.output
     assert view.exists() and CertificateAuthority.open(pki).check() == []
+
+
+def test_days_beyond_the_issuing_ca_are_cut_with_a_warning(pki: Path, run,  # type: ignore[no-untyped-def]
+                                                           secrets_dir: Path) -> None:
+    # A leaf never outlives its issuer; asking for more is not silently shortened.
+    from tests.ca.conftest import issue
+
+    r = issue(run, pki, secrets_dir, "codesign", "too-long", "--days", "4000")
+    assert r.exit_code == 0, r.output
+    issuing = x509.load_pem_x509_certificate((pki / "issuing-ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((pki / "issued" / "too-long.crt").read_bytes())
+    assert cert.not_valid_after_utc == issuing.not_valid_after_utc
+    assert "--days 4000" in r.output and "issuing CA" in r.output, r.output
+    r = issue(run, pki, secrets_dir, "codesign", "short-enough", "--days", "30")
+    assert r.exit_code == 0 and "warning" not in r.output, r.output

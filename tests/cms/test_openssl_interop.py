@@ -98,3 +98,41 @@ def test_trustboot_verify_judges_openssl_signatures(
     if rule:
         assert f"[rule: {rule}]" in result.output
         assert "hint:" in result.output
+
+
+def test_refused_signed_attributes_are_not_also_called_accepted(
+    material: Material, tmp_path: Path
+) -> None:
+    # openssl's default (signed attributes) fails in iPXE; the warning that iPXE "accepts"
+    # signed attributes whose signature is over the image digest must not contradict that.
+    require_tool("openssl", "openssl")
+    image, sig = _openssl_sign(material, tmp_path, [])
+    result = CliRunner().invoke(cli, ["verify", str(image), "--sig", str(sig), "--trust",
+                                      str(material.directory / "root.pem"), "--json"])
+    assert result.exit_code == 4, result.output
+    import json
+
+    report = json.loads(result.stdout)
+    assert report["failure"]["rule"] == "signed-attributes"
+    assert [w["rule"] for w in report["warnings"]] == []
+    assert "accepts it" not in CliRunner().invoke(cli, [
+        "verify", str(image), "--sig", str(sig), "--trust",
+        str(material.directory / "root.pem")]).output
+
+
+def test_sign_with_an_incomplete_chain_names_the_chain_option(
+    material: Material, tmp_path: Path
+) -> None:
+    # The intermediate is missing from --chain: the hint must say how to fix it with
+    # trustboot itself, not only with openssl's flag.
+    key_path, cert, _chain = material.issue(f"short-{tmp_path.name}", rsa_key())
+    image = tmp_path / "kernel"
+    image.write_bytes(b"kernel")
+    result = CliRunner().invoke(cli, [
+        "sign", str(image), "--key", f"file:{key_path}", "--cert", str(cert),
+        "--chain", str(material.directory / "root.pem"), "--passphrase-env", "TB_TEST_PASS",
+    ], env={"TB_TEST_PASS": PASSPHRASE.decode()})
+    assert result.exit_code == 4, result.output
+    assert "[rule: chain-incomplete]" in result.output
+    assert "--chain" in result.output.split("hint:", 1)[1]
+    assert not image.with_name("kernel.sig").exists()

@@ -133,8 +133,19 @@ def test_ecdsa_refused_for_old_ipxe(material: Material, tmp_path: Path) -> None:
     key, cert, chain = material.issue("ec-old", ec_key())
     result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(_files(tmp_path, 1)[0]),
                                       "--ipxe-version", "1.21.1"], env=ENV)
-    assert result.exit_code == 3, result.output
-    assert "2.0.0" in result.output
+    # a signer iPXE would reject: exit 4, like every other refused signer (README "CI signing")
+    assert result.exit_code == 4, result.output
+    assert "2.0.0" in result.output and "[rule: unsupported-algorithm]" in result.output
+
+
+def test_p521_signer_refused_with_exit_4(material: Material, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key, cert, chain = material.issue("p521-sign", ec.generate_private_key(ec.SECP521R1()))
+    image = _files(tmp_path, 1)[0]
+    result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(image)], env=ENV)
+    assert result.exit_code == 4, result.output
+    assert not image.with_name(image.name + ".sig").exists()
 
 
 def test_key_references() -> None:

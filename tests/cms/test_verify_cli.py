@@ -134,3 +134,11 @@ def test_p521_is_not_in_ipxe(tmp_path: Path) -> None:
     with pytest.raises(VerificationError) as err:  # refused before signing
         sign_hashed([Hashed(image, 7, digests)], signer, now=dt.datetime.now(dt.UTC))
     assert err.value.rule == "unsupported-algorithm"
+
+
+def test_a_missing_image_is_named_not_its_signature(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["verify", str(tmp_path / "vmlinuzz"), "--trust",
+                                      "sha256:" + "00" * 32])
+    assert result.exit_code == 1, result.output
+    assert f"cannot read image {tmp_path / 'vmlinuzz'}: no such file" in result.output
+    assert ".sig" not in result.output

@@ -215,3 +215,23 @@ def test_script_lint_reports_findings(tmp_path: Path) -> None:
     assert code == 3 and "does not exist" in err
     code, out, err = run("ipxe", "script", "render", "--chain", "http://x/y", "--signer", "s")
     assert code == 3 and "https" in err
+
+
+def test_json_build_prints_no_progress(env: dict[str, Path], pki: TestPki) -> None:
+    # --json is for machines: stdout the document, stderr quiet (README "Conventions").
+    code, out, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                         "--target", "bin/ipxe.lkrn", *CHAIN, "--json", "--no-cache")
+    assert code == 0, err
+    assert json.loads(out)["outputs"]
+    assert "make:" not in err, err
+    # without --json, a pipe still gets the occasional line that shows the build is alive
+    code, out, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                         "--target", "bin/ipxe.lkrn", *CHAIN, "--no-cache")
+    assert code == 0 and "make: 1 steps" in err, err
+
+
+def test_build_help_names_every_kind_of_target() -> None:
+    code, out, _ = run("ipxe", "build", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "bin/VVVVDDDD.rom" in text and "bin/ipxe.lkrn" in text

@@ -95,6 +95,8 @@ def test_second_ca_in_the_same_token_is_refused(token: Token, tmp_path: Path) ->
             "--passphrase-env", "TB_PIN"]
     first = CliRunner().invoke(cli, [*args, "--pki", str(tmp_path / "a")], env=env)
     assert first.exit_code == 0, first.output
+    # no key file was written, so the advice is not to guard pki/private
+    assert "keys stay in the token" in first.output and "private" not in first.output
     second = CliRunner().invoke(cli, [*args, "--pki", str(tmp_path / "b")], env=env)
     assert second.exit_code == 3 and "already holds" in second.output, second.output
     assert not (tmp_path / "b" / "index.json").exists()

@@ -51,6 +51,11 @@ def test_publish_readback_switch_rollback(pki: Pki, nginx: Nginx,
     infos = {i["id"]: i for i in json.loads(listed.output)}
     assert infos["r2"]["live"] and not infos["r1"]["live"]
     assert infos["r1"]["complete"] and infos["r1"]["signer"]
+    # listing is a PROPFIND, which the site allows only with a client certificate: the
+    # hint says so (it spoke only of writes, which list does not do)
+    anon = CliRunner().invoke(cli, ["publish", "list", nginx.url, "--pki", str(pki.dir)])
+    assert anon.exit_code == 1 and "HTTP 403" in anon.output, anon.output
+    assert "listing (PROPFIND)" in anon.output and "--client-cert" in anon.output
 
     rb = CliRunner().invoke(cli, ["publish", "rollback", nginx.url, "r1", "--pki",
                                   str(pki.dir), "--client-cert", "publisher",

@@ -168,6 +168,12 @@ def test_short_lived_or_wrong_signer_refused(pki: Pki, live: tuple[str, Path]) -
                                    "--min-lifetime", "3d"])
     assert res.exit_code == 4, res.output
     assert "signer-lifetime" in res.output and "trustboot ca renew short-1d" in res.output
+    # the renewal the hint names must itself pass the --min-lifetime asked for
+    res = CliRunner().invoke(cli, ["resign", url, "--key", "short-1d", "--pki",
+                                   str(pki.dir), "--passphrase-file", str(pki.key_pass),
+                                   "--min-lifetime", "10d"])
+    assert res.exit_code == 4, res.output
+    assert "trustboot ca renew short-1d --days 11 " in res.output, res.output
     # a signer the firmware's --signer does not match: refused before any upload
     res = resign(pki, url, "other-signer", "--signer", "boot-signer")
     assert res.exit_code == 4, res.output
@@ -336,6 +342,9 @@ def test_resign_on_nginx_webdav(pki: Pki, nginx: Nginx, make_release: ReleaseFac
     failing = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
                                        str(pki.dir), "--fail-within", "8"])
     assert failing.exit_code == 4 and "signer-expiring" in failing.output
+    # the hint is the command to run, for this origin and signer, long enough to pass
+    assert (f"trustboot ca renew {fresh_signer} --days 9, then trustboot resign "
+            f"{nginx.url} --key {fresh_signer}") in failing.output, failing.output
     passing = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
                                        str(pki.dir), "--fail-within", "6"])
     assert passing.exit_code == 0, passing.output

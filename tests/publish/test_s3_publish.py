@@ -216,6 +216,14 @@ def test_no_public_read_publishes_objects_nobody_can_fetch_anonymously(
     assert cli_run(rgw, pki, "publish", str(r2), target.origin, "--release-id",
                    "r2").exit_code == 0
     assert anon_get(base + "releases/r2/boot.ipxe", rgw.ca_file)[0] == 200
+    # --no-public-read with a --public-url that is the store itself: the read-back is
+    # refused (403), and the hint says why instead of blaming someone for changing it
+    r3 = make_release({"boot.ipxe": ENTRY1 + b"echo r3\n"})
+    res = cli_run(rgw, pki, "publish", str(r3), target.origin, "--release-id", "r3",
+                  "--no-public-read", "--public-url", base)
+    assert res.exit_code == 4, res.output
+    assert "HTTP 403" in res.output and "find out who changed" not in res.output, res.output
+    assert "--public-url" in res.output.split("hint", 1)[1], res.output
 
 
 def test_5xx_bursts_on_rgw_are_retried_and_never_half_publish(

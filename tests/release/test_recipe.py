@@ -280,3 +280,13 @@ def test_recipe_check_command() -> None:
                                  "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["entries"] == ["debian-amd64", "rescue-amd64", "debian-arm64"]
+    r = CliRunner().invoke(cli, ["recipe", "check", str(REPO / "recipes" / "webdav.yaml")])
+    assert r.exit_code == 0 and r.stdout.endswith(": ok (webdav-example, 1 entry)\n"), r.output
+
+
+def test_release_help_examples_run_as_shown() -> None:
+    # the multiarch recipe's CA home is ../pki: its examples need --allow-outside pki, and
+    # a continued example line stays a shell continuation in the help text
+    out = CliRunner().invoke(cli, ["release", "--help"]).output
+    assert "recipes/multiarch.yaml --allow-outside pki --dry-run\n" in out
+    assert "--allow-outside pki \\\n        --passphrase-env TB_SIGNER_PW --json" in out

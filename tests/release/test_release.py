@@ -366,3 +366,74 @@ def test_recipe_file_key_resolves_in_the_recipe_dir_and_stays_there(
     monkeypatch.chdir(tmp_path)  # elsewhere: the path is the recipe's, not the caller's
     code, _, err = release(str(recipe))
     assert code == 0, err
+
+
+def test_passphrase_option_overrides_the_recipes_source(lab: Lab) -> None:
+    # The README's `release RECIPE --passphrase-env NAME` on a recipe that names its own
+    # source (recipes/multiarch.yaml): the operator's option wins, it is not ignored.
+    recipe = lab.recipe()
+    recipe.write_text(recipe.read_text().replace(
+        "passphrase: {file: pass.txt}", "passphrase: {env: TB_TEST_UNSET_PASSPHRASE}"))
+    code, _, err = release(str(recipe))
+    assert code == 3 and "TB_TEST_UNSET_PASSPHRASE" in err, err
+    pw = (lab.dir / "pass.txt").read_text().strip()
+    r = CliRunner().invoke(cli, ["release", str(recipe), "--passphrase-env", "TB_TEST_PW",
+                                 "--json"], env={"TB_TEST_PW": pw,
+                                                 "TB_TEST_UNSET_PASSPHRASE": None})
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["release"].startswith("lab-")
+    # and a wrong one is refused, not replaced by the recipe's
+    recipe.write_text(recipe.read_text().replace(
+        "{env: TB_TEST_UNSET_PASSPHRASE}", "{file: pass.txt}"))
+    r = CliRunner().invoke(cli, ["release", str(recipe), "--passphrase-env", "TB_TEST_PW",
+                                 "--reverify"], env={"TB_TEST_PW": "wrong passphrase"})
+    assert r.exit_code == 3, r.output
+
+
+def test_rerun_summary_counts_the_unchanged_objects(lab: Lab) -> None:
+    recipe = lab.recipe()
+    code, out, err = release(str(recipe))
+    assert code == 0, err
+    code, out, err = release(str(recipe))
+    assert code == 0, err
+    # a re-run of a live release leaves all six objects as they are: say so, not "0"
+    assert ": 0 uploaded, 6 unchanged; live at" in out, out
+    code, out, err = release(str(recipe), "--json")
+    assert sorted(json.loads(out)["publish"]["skipped"]) == sorted([
+        "boot.ipxe", "boot.ipxe.sig", "linux/vmlinuz", "linux/vmlinuz.sig",
+        "linux/initrd.img", "linux/initrd.img.sig"])
+
+
+def test_release_during_a_root_rotation_builds_firmware_trusting_both_roots(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `ipxe build --pki` trusts both roots while a rotation is under way; the release's
+    # build stage (the same build) must too, or its firmware is no evidence for promote.
+    import sys
+
+    from tests.conftest import require_tool
+    from tests.ipxe.fake_tree import fake_env_passthrough, make_fake_tree
+
+    require_tool("make", "make")
+    make_fake_tree(lab.dir / "ipxe")
+    fake_env_passthrough(monkeypatch)
+    monkeypatch.setenv("FAKE_PY", sys.executable)
+    monkeypatch.setenv("FAKE_RUNS", str(lab.dir / "runs.log"))
+    r = CliRunner().invoke(cli, ["ca", "rotate", "root", "begin", "--pki", str(lab.pki),
+                                 "--passphrase-file", str(lab.dir / "pass.txt")])
+    assert r.exit_code == 0, r.output
+    status = json.loads(CliRunner().invoke(cli, ["ca", "export", "--pki", str(lab.pki),
+                                                 "--out", str(lab.dir / "t"), "--json"]).stdout)
+    both = status["trust_sha256"]
+    assert len(both) == 2
+    recipe = lab.recipe(ipxe="ipxe: {source: ipxe, targets: [bin/ipxe.lkrn]}")
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    rid = json.loads(out)["release"]
+    record = json.loads((lab.origin / "releases" / rid / "release.json").read_text())["ipxe"]
+    assert [t["sha256"] for t in record["trust"]] == both
+    r = CliRunner().invoke(cli, ["ca", "rotate", "root", "promote", "--pki", str(lab.pki),
+                                 "--build-manifest", str(lab.origin / "releases" / rid /
+                                                         "release.json"),
+                                 "--passphrase-file", str(lab.dir / "pass.txt")])
+    assert r.exit_code == 0, r.output

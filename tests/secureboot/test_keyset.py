@@ -245,6 +245,8 @@ def test_ovmf_template_not_a_store(keyset_pki: Path, pw: Path, run: Run,
             "--ovmf-vars", str(junk), "--passphrase-file", str(pw))
     assert r.exit_code == 3 and "not an OVMF variable store" in r.output
     assert not (tmp_path / "o" / "OVMF_VARS.secboot.fd").exists()
+    # refused with nothing written (README): not even the .auth files beside it
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
 
 
 def test_export_digest_stable(exported: Path) -> None:

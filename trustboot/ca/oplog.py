@@ -241,9 +241,10 @@ def check_lines(lines: Iterator[_Line], *, chained_from: int | None = None) -> L
     if moved is not None:
         line, seq = moved
         if seq > line and not later_has_line and later_all_greater:
-            missing = f"entry {line}" if seq == line + 1 else f"entries {line}-{seq - 1}"
+            missing = (f"entry {line} of the log is" if seq == line + 1
+                       else f"entries {line}-{seq - 1} of the log are")
             problem = LogProblem(line, "deleted", (
-                f"{missing} of the log are missing: line {line} holds entry {seq}"))
+                f"{missing} missing: line {line} holds entry {seq}"))
         else:
             problem = LogProblem(line, "reordered", (
                 f"line {line} holds entry {seq}: entries were moved or duplicated"))

@@ -657,6 +657,12 @@ class CertificateAuthority:
             self._log("issue", now, name=name, profile=profile, serial=f"{entry.serial:x}",
                       sha256=entry.sha256, key_type=spec.label,
                       from_csr=csr_pem is not None)
+        if now + dt.timedelta(days=days) - cert.not_valid_after_utc > dt.timedelta(seconds=1):
+            # A leaf never outlives its issuer: say so instead of quietly shortening it.
+            warnings.append(
+                f"--days {days} reaches past the issuing CA, which expires "
+                f"{cert.not_valid_after_utc:%Y-%m-%d}: the certificate ends then too "
+                "(`trustboot ca rotate issuing` gives a newer issuing CA)")
         return IssueResult(entry, cert, warnings)
 
     def renew(
@@ -1026,9 +1032,10 @@ class CertificateAuthority:
                 [] if certs else ["(no certificate)"])
             if bad:
                 raise ConfigError(
-                    f"{path} differs from the index: it is not the certificate {name!r} the "
-                    f"index recorded (sha256 {bad[0]}); it was replaced or damaged, refusing "
-                    "to use this CA",
+                    f"{path} differs from the index: it holds "
+                    + (f"a certificate with sha256 {bad[0]}" if len(bad[0]) == 64 else "none")
+                    + f", not the certificate {name!r} the index recorded; it was replaced "
+                    "or damaged, refusing to use this CA",
                     hint=f"run `trustboot ca check --pki {self.path}`; restore the file from "
                     "a backup (or delete it: the next CA write recreates it)")
             if rel.startswith("issued/"):

@@ -120,8 +120,12 @@ def init_cmd(pki: Path, common_name: str, organization: str | None, key_type: st
                    f"sha256 {fingerprint(ca.root_cert)}")
         click.echo(f"  issuing  {ca.issuing_cert.subject.rfc4514_string()}  "
                    f"sha256 {fingerprint(ca.issuing_cert)}")
-        click.echo(f"Build iPXE with TRUST={pki / 'ca.crt'}; keep {pki / 'private'} offline "
-                   "and backed up.")
+        if pkcs11 is None:
+            click.echo(f"Build iPXE with TRUST={pki / 'ca.crt'}; keep {pki / 'private'} "
+                       "offline and backed up.")
+        else:  # no key file was written: the keys never leave the token
+            click.echo(f"Build iPXE with TRUST={pki / 'ca.crt'}; the CA keys stay in the "
+                       f"token; keep {pki} backed up.")
 
 
 @command.group("issue")
@@ -396,7 +400,8 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
     data["trust_sha256"] = [fingerprint(c) for c in ca.trusted_roots()]
     data["rotation"] = step.step
     trust = ",".join(str(files[k]) for k in ("root", other) if k in files)
-    data["make_args"] = f"TRUST={trust} CERT={files['root']},{files['issuing']}"
+    # iPXE's TRUST= keeps only fingerprints: every trusted root's bytes go in CERT= too.
+    data["make_args"] = f"TRUST={trust} CERT={trust},{files['issuing']}"
     if as_json:
         emit_json(data)
     else:

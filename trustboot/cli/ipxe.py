@@ -112,16 +112,20 @@ def _read_script(path: Path) -> str:
 
 
 class _Progress:
-    """A live line on a terminal; elsewhere one line every 15 s so CI logs show life."""
+    """A live line on a terminal; elsewhere one line every 15 s so CI logs show life;
+    nothing with --json."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, quiet: bool = False) -> None:
         self.count = 0
         self.last = 0.0
-        self.tty = is_interactive()
+        self.quiet = quiet
+        self.tty = is_interactive() and not quiet
 
     def __call__(self, step: str) -> None:
         self.count += 1
         now = time.monotonic()
+        if self.quiet:
+            return
         if self.tty:
             click.echo(f"\r\x1b[Kmake: {self.count} steps, {step}"[:120], nl=False, err=True)
         elif now - self.last >= 15:
@@ -159,7 +163,9 @@ class _Progress:
               help="Build target; repeatable. Default: "
               + ", ".join(ipxe_build.DEFAULT_TARGETS) + ". Also: "
               + ", ".join(t for t in ipxe_build.KNOWN_TARGETS
-                          if t not in ipxe_build.DEFAULT_TARGETS))
+                          if t not in ipxe_build.DEFAULT_TARGETS)
+              + ", and NIC option ROMs bin/VVVVDDDD.rom (PCI vendor and device ID, e.g. "
+              "bin/8086100e.rom).")
 @click.option("--crosscert", metavar="URL",
               help="Let iPXE fetch missing chain certificates from URL (default: never).")
 @click.option("--no-ocsp", is_flag=True,
@@ -306,7 +312,7 @@ def build_cmd(
         ),
         source_date_epoch=source_date_epoch,
     )
-    progress = _Progress()
+    progress = _Progress(quiet=as_json)
     try:
         result = ipxe_build.build(
             request, output_dir=output_dir, cache_dir=cache_dir, jobs=jobs,

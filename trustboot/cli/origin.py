@@ -165,5 +165,14 @@ def check(url: str, as_json: bool, **kw: Any) -> None:
         raise VerificationError(
             f"{url}: the live release's signatures stop verifying on {ends:%Y-%m-%d %H:%M}Z "
             f"(+12h30m margin), within {days} days [rule: signer-expiring]",
-            hint="re-sign it with a fresh signer: trustboot ca renew NAME --days 7, then "
-                 "trustboot resign ORIGIN --key NAME", rule="signer-expiring", subject=url)
+            hint=_resign_hint(url, report.signers, days), rule="signer-expiring",
+            subject=url)
+
+
+def _resign_hint(url: str, signers: list[dict[str, Any]], days: int) -> str:
+    """The commands that fix a signer running out: filled in with this origin, the live
+    signer's name and a lifetime that passes the same --fail-within again."""
+    name = next((str(s["common_name"]) for s in signers if s.get("common_name")), "NAME")
+    origin = url[: url.rfind("/") + 1]
+    return (f"re-sign it with a fresh signer: trustboot ca renew {name} --days "
+            f"{max(7, days + 1)}, then trustboot resign {origin} --key {name}")

@@ -31,4 +31,5 @@ def check_cmd(recipe: Path, as_json: bool) -> None:
         emit_json({"recipe": str(recipe), "name": r.name, "ok": True,
                    "entries": [e.name for e in r.entries]})
     else:
-        click.echo(f"{recipe}: ok ({r.name}, {len(r.entries)} entries)")
+        n = len(r.entries)
+        click.echo(f"{recipe}: ok ({r.name}, {n} entr{'y' if n == 1 else 'ies'})")

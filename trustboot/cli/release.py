@@ -80,8 +80,9 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
 
     \b
     Examples:
-      trustboot release recipes/multiarch.yaml --dry-run
-      trustboot release recipes/multiarch.yaml --passphrase-env TB_SIGNER_PW --json
+      trustboot release recipes/multiarch.yaml --allow-outside pki --dry-run
+      trustboot release recipes/multiarch.yaml --allow-outside pki \\
+          --passphrase-env TB_SIGNER_PW --json
       trustboot release lab/boot.yaml --allow-outside /srv/images --ipxe-source ~/ipxe
 
     \b
@@ -96,9 +97,11 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
 
     r = load_recipe(recipe)
     passphrases = None
-    if passphrase_file is not None or passphrase_env is not None or is_interactive():
+    explicit = passphrase_file is not None or passphrase_env is not None
+    if explicit or is_interactive():
         passphrases = passphrase_source(passphrase_file, passphrase_env)
     options = ReleaseOptions(allow_outside=allow_outside, passphrases=passphrases,
+                             passphrases_explicit=explicit,
                              ipxe_source=ipxe_source, cache_dir=cache_dir, jobs=jobs,
                              readback_url=readback_url, reverify=reverify,
                              publish_cache=None if reverify else default_cache_path(),

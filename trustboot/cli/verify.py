@@ -173,12 +173,13 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
     cert_paths = [Path(s.strip()) for spec in certs for s in spec.split(",") if s.strip()]
     extra = [_der(c) for path in cert_paths for c in _certificates(path, "--cert file")]
     sig_path = sig_path or file.with_name(file.name + ".sig")
-    signature = _read_signature(sig_path)
+    # The image first: a mistyped FILE is named as such, not as its missing FILE.sig.
     if not file.is_file():
         raise OperationalError(
             f"cannot read image {file}: "
             + ("not a regular file" if file.exists() else "no such file"),
             hint="check the image path")
+    signature = _read_signature(sig_path)
     size = file.stat().st_size
     verdict: Verdict
     if signature is None:

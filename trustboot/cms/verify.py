@@ -604,8 +604,9 @@ def _explain_untrusted(
             "chain-incomplete",
             f"the issuer of {last.label} is not in the signature (nor given with --cert); "
             f"iPXE would try to download it from {CROSSCERT} at boot",
-            "re-sign with every certificate of the chain, root included (openssl: -certfile "
-            "chain.pem), or build iPXE with CERT= for the missing one", last)
+            "re-sign with every certificate of the chain, root included (`trustboot sign "
+            "--chain chain.pem`; openssl: -certfile chain.pem), or build iPXE with CERT= for "
+            "the missing one", last)
     raise _fail(
         "untrusted-root",
         f"the chain ends at {last.label} (sha256 {last.sha256.hex()}), whose fingerprint is not "
@@ -877,6 +878,11 @@ def verify_signature(
             if not verify_raw(key, signer.sig_family, signer.digest,
                               signer.signature, digest=digests[signer.digest]):
                 if signer.signed_attrs:
+                    # The warning that iPXE accepts signed attributes assumed a signature
+                    # over the image digest; this one is not, so it would contradict this.
+                    warnings[:] = [w for w in warnings
+                                   if not (w.rule == "signed-attributes-ignored"
+                                           and w.certificate == signer.info.label)]
                     raise _fail(
                         "signed-attributes",
                         "the signature has signed attributes; iPXE skips them and checks "

@@ -139,8 +139,8 @@ def status_error(response: httpx.Response, what: str, url: str) -> OperationalEr
     hints = {
         401: "the origin wants credentials: --credentials-file/--credentials-env or a "
              "client certificate (--client-cert)",
-        403: "the origin refused: writes need a client certificate from your CA "
-             "(--client-cert) or credentials allowed to write",
+        403: "the origin refused: listing (PROPFIND) and writes need a client certificate "
+             "from your CA (--client-cert) or credentials allowed to write",
         404: "the path does not exist on the origin (a missing collection?): check the "
              "origin URL",
         409: "a parent collection is missing on the origin",

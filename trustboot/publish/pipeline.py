@@ -458,12 +458,20 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
     if not problems:
         _run_all(check, others, jobs)
     if problems:
+        hint = ("nothing was switched; find out who changed the origin, then delete "
+                f"releases/{manifest.release}/ there and publish again")
+        if all(p.endswith(("(HTTP 401)", "(HTTP 403)")) for p in problems):
+            # Nothing changed on the origin: the read-back URL refuses anonymous reads.
+            hint = ("nothing was switched; the read-back URL refuses anonymous reads, as "
+                    "a booting client would be refused: make --public-url (recipe: "
+                    "origin.public_url) serve the objects (for s3:// with --no-public-read: "
+                    "a bucket policy, or a CDN "
+                    "with origin access), or leave --public-url out to read back from the "
+                    "store itself; then publish again")
         raise VerificationError(
             f"release {manifest.release} on {origin.url} is not served as published: "
             + "; ".join(sorted(problems)),
-            hint="nothing was switched; find out who changed the origin, then delete "
-                 f"releases/{manifest.release}/ there and publish again",
-            rule="served-object", subject=manifest.release)
+            hint=hint, rule="served-object", subject=manifest.release)
     return sorted(by_name)
 
 

@@ -143,13 +143,15 @@ def check_signer_lifetime(source: KeySource, *, now: dt.datetime,
     window = replay_window(end, now=now, not_before=source.certificate.not_valid_before_utc)
     if end - now >= min_lifetime:
         return window
+    # A week by default, but always enough to pass --min-lifetime on the next run.
+    days = max(7, -(-min_lifetime // dt.timedelta(days=1)) + 1)
     if source.ref.scheme == "ca":
         name = source.ref.value
-        renew = (f"renew it: trustboot ca renew {name} --days 7 (or issue a new one: "
-                 f"trustboot ca issue codesign {name}-next --days 7), then resign again")
+        renew = (f"renew it: trustboot ca renew {name} --days {days} (or issue a new one: "
+                 f"trustboot ca issue codesign {name}-next --days {days}), then resign again")
     else:
         renew = ("have the CA issue a fresh code-signing certificate for this key "
-                 "(trustboot ca issue codesign NAME --csr ... --days 7) and pass it")
+                 f"(trustboot ca issue codesign NAME --csr ... --days {days}) and pass it")
     left = end - now
     raise VerificationError(
         f"the signer {source.certificate.subject.rfc4514_string()} (chain) expires on "

@@ -309,7 +309,7 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
                 f"their published sizes; {v.entry_path} already serves {p.release_id}")
         result.manifest = existing.to_json()
         result.publish = {"release": p.release_id, "uploaded": [], "switched": False,
-                          "unchanged": True}
+                          "unchanged": True, "skipped": [f.name for f in existing.files]}
     else:
         with contextlib.nullcontext(signer) if signer is not None else _unlocked(v) as key:
             _sign_and_publish(p, v, st, result, origin, origin_options(v), trust, relinked,

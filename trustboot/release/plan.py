@@ -32,7 +32,8 @@ from trustboot.cms import verify as rules
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe import syntax
-from trustboot.ipxe.config import BuildOptions, Certificate, load_single_certificate
+from trustboot.ipxe.config import BuildOptions, Certificate
+from trustboot.ipxe.inputs import collect_trust
 from trustboot.ipxe.script import (
     DEFAULT_ON_FAILURE,
     ChainScript,
@@ -66,6 +67,9 @@ class ReleaseOptions:
 
     allow_outside: tuple[Path, ...] = ()
     passphrases: PassphraseSource | None = None
+    # The operator named the signing key's passphrase source for this run
+    # (--passphrase-file/--passphrase-env): it wins over the recipe's signer.passphrase.
+    passphrases_explicit: bool = False
     ipxe_source: Path | None = None
     origin_url: str | None = None
     public_url: str | None = None
@@ -214,7 +218,10 @@ def check_lifetime(signer: KeySource, recipe: Recipe, ca_home: Path,
 
 
 def _secret_source(recipe: Recipe, options: ReleaseOptions,
-                   ref: SecretRef | None = None) -> PassphraseSource:
+                   ref: SecretRef | None = None, *,
+                   signing_key: bool = False) -> PassphraseSource:
+    if signing_key and options.passphrases_explicit and options.passphrases is not None:
+        return options.passphrases
     ref = ref or recipe.signer.passphrase
     if ref is not None and ref.env is not None:
         return from_env(ref.env)
@@ -338,19 +345,15 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         raise ConfigError(f"{s.where}: the signing certificate has no common name",
                           hint="set signer.name to a DNS name of its subjectAltName")
     syntax.check_word(signer_name, "signer name")
-    passphrases = _secret_source(recipe, options)
+    passphrases = _secret_source(recipe, options, signing_key=True)
 
-    roots = [load_single_certificate(ca_home / "ca.crt")]
-    extra_certs = []
-    issuing = ca_home / "issuing-ca.crt"
-    if issuing.is_file():
-        extra_certs.append(load_single_certificate(issuing))
-    if recipe.ipxe is not None:
-        for p in recipe.ipxe.extra_roots:
-            cert_file = resolve_path(recipe, p, "ipxe.extra_roots", allow_outside=allow)
-            root = load_single_certificate(cert_file)
-            if root.fingerprint not in {r.fingerprint for r in roots}:
-                roots.append(root)
+    # The same trust as `ipxe build --pki`: the root checked against the CA's index, both
+    # roots during a root rotation, then the recipe's extra roots.
+    extra_roots = [resolve_path(recipe, p, "ipxe.extra_roots", allow_outside=allow)
+                   for p in (recipe.ipxe.extra_roots if recipe.ipxe is not None else ())]
+    trust_inputs = collect_trust(ca_home, extra_roots, [])
+    roots = list(trust_inputs.trust)
+    extra_certs = list(trust_inputs.certs)
 
     o = recipe.origin
     url = options.origin_url or (o.url if o else None)

@@ -284,6 +284,8 @@ def export(keyset: KeySet, out: Path, passphrase: PassphraseSource, *, now: dt.d
     """Write the enrollment material into ``out`` (created 0755; existing files of the
     same names are replaced atomically). Returns the files written."""
     out = Path(out)
+    # The variable store first: a template that is not one is refused with nothing written.
+    ovmf = ovmf_vars(keyset, ovmf_template) if ovmf_template is not None else None
     fsutil.make_dirs(out)
     passphrase = asked_once(passphrase)  # one passphrase (or PIN) for PK and KEK
     signers = {role: open_signer(keyset, role, passphrase, now=now) for role in ("PK", "KEK")}
@@ -313,8 +315,8 @@ def export(keyset: KeySet, out: Path, passphrase: PassphraseSource, *, now: dt.d
                                      _pkcs7_signer(signers["PK"])), mode=fsutil.PRIVATE_FILE_MODE)
     put("owner-guid.txt", f"{keyset.owner}\n".encode())
     put("ENROLL.md", _enroll_readme(keyset).encode())
-    if ovmf_template is not None:
-        put("OVMF_VARS.secboot.fd", ovmf_vars(keyset, ovmf_template))
+    if ovmf is not None:
+        put("OVMF_VARS.secboot.fd", ovmf)
     return written
 
 
