@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_tool
-from tests.ipxe.fake_tree import fake_env, fake_env_passthrough, make_fake_tree
+from tests.ipxe.fake_tree import fake_env, fake_env_passthrough, fake_sandbox, make_fake_tree
 from tests.ipxe.testpki import TestPki, cached_pki, make_pki
 from tests.ipxe_qemu import cache_root, ipxe_src_or_skip
 from trustboot.ipxe import build as B
@@ -42,6 +42,8 @@ def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for k, v in fake_env().items():
         monkeypatch.setenv(k, v)
     fake_env_passthrough(monkeypatch)
+    # in the sandbox, the fake make writes its runs (and FAKE_HOLD) under tmp_path
+    fake_sandbox(monkeypatch, [tmp_path])
     monkeypatch.setenv("FAKE_RUNS", str(log))
     return log
 

@@ -42,9 +42,10 @@ with open(os.environ["FAKE_RUNS"], "a") as log:
     log.write(target + "\\n")
 if os.environ.get("FAKE_HOLD"):  # stand still mid-build, to be killed by the test
     import time
-    # the file says which process group make runs in (the test checks it is gone after)
+    # the file says who this process is: its pid and PID namespace (in the sandbox both
+    # differ from the host's); the test finds make's process group from them
     with open(os.environ["FAKE_HOLD"] + ".tmp", "w") as f:
-        f.write(str(os.getpgid(0)))
+        f.write(f"{os.getpid()} {os.readlink('/proc/self/ns/pid')}")
     os.replace(os.environ["FAKE_HOLD"] + ".tmp", os.environ["FAKE_HOLD"])
     time.sleep(120)
 if os.environ.get("FAKE_FAIL"):
@@ -102,6 +103,22 @@ def make_fake_tree(top: Path) -> Path:
 FAKE_VARS = ("FAKE_PY", "FAKE_RUNS", "FAKE_FAIL", "FAKE_DROP_TRUST", "FAKE_HOLD")
 
 
+def sandbox_paths(writable: Sequence[str | Path]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What the fake make must see in the sandbox besides the toolchain: this virtualenv
+    and the Python it was made from (the fake build's interpreter and cryptography)
+    read-only, and ``writable`` (where FAKE_RUNS and FAKE_HOLD point) read-write."""
+    ro = {p for p in (sys.prefix, sys.base_prefix) if not p.startswith("/usr")}
+    return tuple(sorted(ro)), tuple(sorted({str(Path(p)) for p in writable}))
+
+
+def fake_sandbox(monkeypatch: Any, writable: Sequence[str | Path]) -> None:
+    from trustboot.ipxe import sandbox
+
+    ro, rw = sandbox_paths(writable)
+    monkeypatch.setattr(sandbox, "EXTRA_READ_ONLY", ro)
+    monkeypatch.setattr(sandbox, "EXTRA_WRITABLE", rw)
+
+
 def fake_env() -> dict[str, str]:
     return {"FAKE_PY": sys.executable}
 
@@ -116,10 +133,13 @@ def fake_env_passthrough(monkeypatch: Any) -> None:
 # `trustboot` in a child process, with the fake toolchain and the FAKE_* knobs reaching make:
 # a real process that a test can signal.
 _DRIVER = """\
-import sys
-from trustboot.ipxe import build as B
+import os, sys
+from trustboot.ipxe import build as B, sandbox as S
+from tests.ipxe.fake_tree import sandbox_paths
 B.check_toolchain = lambda targets: {"gcc": "gcc (fake)", "make": "make (fake)"}
 B.MAKE_ENV_PASSTHROUGH = %r
+S.EXTRA_READ_ONLY, S.EXTRA_WRITABLE = sandbox_paths(
+    [os.path.dirname(os.environ[v]) for v in ("FAKE_RUNS", "FAKE_HOLD") if os.environ.get(v)])
 from trustboot.cli.main import main
 sys.argv = ["trustboot", *sys.argv[1:]]
 main()
@@ -135,8 +155,39 @@ def start_trustboot(args: Sequence[str], env: dict[str, str]) -> subprocess.Pope
                             start_new_session=True)
 
 
+def host_pid(pid: int, pid_ns: str) -> int | None:
+    """The host's pid of the process that is ``pid`` in PID namespace ``pid_ns``."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{name}/ns/pid") != pid_ns:
+                continue
+            status = Path(f"/proc/{name}/status").read_text()
+            nspid = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+            if int(nspid.split()[-1]) == pid:
+                return int(name)
+    return None
+
+
+def namespace_alive(pid_ns: str) -> bool:
+    """Whether any process is left in PID namespace ``pid_ns``."""
+    for name in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if name.isdigit() and os.readlink(f"/proc/{name}/ns/pid") == pid_ns:
+                return True
+    return False
+
+
+def read_hold(hold: Path) -> tuple[int, str]:
+    """The fake make's pid and PID namespace, as it wrote them to FAKE_HOLD."""
+    pid, pid_ns = hold.read_text().split()
+    return int(pid), pid_ns
+
+
 def wait_for_hold(hold: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
-    """Wait until the fake make holds (FAKE_HOLD); returns make's process group id."""
+    """Wait until the fake make holds (FAKE_HOLD); returns make's process group id (on
+    the host: make runs in a sandbox with PID namespace of its own)."""
     deadline = time.monotonic() + timeout
     while not hold.exists():
         if proc.poll() is not None:
@@ -145,7 +196,9 @@ def wait_for_hold(hold: Path, proc: subprocess.Popen[bytes], timeout: float = 60
         if time.monotonic() > deadline:
             pytest.fail("the build never reached make")
         time.sleep(0.05)
-    return int(hold.read_text())
+    found = host_pid(*read_hold(hold))
+    assert found is not None, "the holding build is not visible from the host"
+    return os.getpgid(found)
 
 
 def group_alive(pgid: int, timeout: float = 5) -> bool:

@@ -21,6 +21,7 @@ from trustboot.cli._common import (
 from trustboot.errors import ConfigError
 from trustboot.fsutil import read_capped
 from trustboot.ipxe import build as ipxe_build
+from trustboot.ipxe import sandbox
 from trustboot.ipxe.config import BuildOptions
 from trustboot.ipxe.inputs import collect_trust, load_client_identity
 from trustboot.ipxe.lint import STAGES
@@ -190,6 +191,8 @@ class _Progress:
               help="Sign every EFI output with the CA home's Secure Boot db key "
               "(trustboot secureboot init); the unsigned binary is kept as NAME.unsigned.efi.")
 @passphrase_options(prefix="secureboot-", what="the Secure Boot db key")
+@click.option(sandbox.UNSAFE_OPTION, "unsafe_unsandboxed", is_flag=True,
+              envvar=sandbox.UNSAFE_ENV, show_envvar=True, help=sandbox.UNSAFE_HELP)
 @click.option("--unsafe-skip-lint", is_flag=True,
               help="Embed --script even if it is not fail-closed (not recommended).")
 @json_option
@@ -205,7 +208,7 @@ def build_cmd(
     cache_dir: Path | None, no_cache: bool, clean: bool, jobs: int | None,
     make_env_names: tuple[str, ...], unsafe_skip_lint: bool, secureboot_sign: str | None,
     secureboot_passphrase_file: Path | None, secureboot_passphrase_env: str | None,
-    as_json: bool,
+    unsafe_unsandboxed: bool, as_json: bool,
 ) -> None:
     """Build iPXE that trusts only your root and executes only verified images.
 
@@ -216,6 +219,8 @@ def build_cmd(
       trustboot ipxe build --target bin/ipxe.lkrn --script boot.ipxe --trust next-root.crt
     """
     target_list = ipxe_build.check_targets(targets or ipxe_build.DEFAULT_TARGETS)
+    if unsafe_unsandboxed:
+        warn(sandbox.UNSAFE_WARNING)
     if git_url is not None:
         # Before anything else runs: the URL reaches git, the commit names a directory.
         if source_dir is not None or commit is None:
@@ -317,7 +322,7 @@ def build_cmd(
         result = ipxe_build.build(
             request, output_dir=output_dir, cache_dir=cache_dir, jobs=jobs,
             use_cache=not no_cache, clean=clean, on_progress=progress,
-            make_env_names=make_env_names,
+            make_env_names=make_env_names, unsafe_unsandboxed=unsafe_unsandboxed,
         )
     finally:
         progress.finish()

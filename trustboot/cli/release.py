@@ -19,7 +19,9 @@ from trustboot.cli._common import (
     json_option,
     passphrase_options,
     passphrase_source,
+    warn,
 )
+from trustboot.ipxe import sandbox
 from trustboot.ipxe.source import ENV_SOURCE
 
 
@@ -62,6 +64,9 @@ class StageReporter:
               "back and judge every signature again (a re-run normally checks sizes and the "
               "entry only).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), help="make -j for the build.")
+# Only here, never from a recipe: a recipe (from a pull request) must not turn it off.
+@click.option(sandbox.UNSAFE_OPTION, "unsafe_unsandboxed", is_flag=True,
+              envvar=sandbox.UNSAFE_ENV, show_envvar=True, help=sandbox.UNSAFE_HELP)
 @click.option("--pkcs11-module", type=click.Path(path_type=Path, dir_okay=False),
               envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
               help="PKCS#11 module (.so) for a pkcs11: signer (a recipe may not name one).")
@@ -69,8 +74,8 @@ class StageReporter:
 def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             passphrase_file: Path | None, passphrase_env: str | None,
             ipxe_source: Path | None, cache_dir: Path | None, readback_url: str | None,
-            reverify: bool, jobs: int | None, pkcs11_module: Path | None,
-            as_json: bool) -> None:
+            reverify: bool, jobs: int | None, unsafe_unsandboxed: bool,
+            pkcs11_module: Path | None, as_json: bool) -> None:
     """Release RECIPE: validate -> plan -> build iPXE -> render the menu -> sign ->
     manifest -> publish -> verify what the origin serves, as iPXE.
 
@@ -95,6 +100,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     from trustboot.release.plan import ReleaseOptions
     from trustboot.release.recipe import load_recipe
 
+    if unsafe_unsandboxed:
+        warn(sandbox.UNSAFE_WARNING)
     r = load_recipe(recipe)
     passphrases = None
     explicit = passphrase_file is not None or passphrase_env is not None
@@ -105,7 +112,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
                              ipxe_source=ipxe_source, cache_dir=cache_dir, jobs=jobs,
                              readback_url=readback_url, reverify=reverify,
                              publish_cache=None if reverify else default_cache_path(),
-                             pkcs11_module=pkcs11_module)
+                             pkcs11_module=pkcs11_module,
+                             unsafe_unsandboxed_build=unsafe_unsandboxed)
     with upload_progress(as_json) as bars:
         result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
                              progress=StageReporter(quiet=as_json), upload_progress=bars)

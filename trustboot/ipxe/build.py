@@ -24,6 +24,7 @@ from pathlib import Path
 from trustboot import fsutil
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.interrupt import cleanup_on_signals
+from trustboot.ipxe import sandbox
 from trustboot.ipxe.config import BuildOptions, Certificate, ClientIdentity, render_headers
 from trustboot.ipxe.source import IpxeSource, copy_tree
 from trustboot.subproc import minimal_env
@@ -364,19 +365,26 @@ def make_env(passthrough: Sequence[str] = ()) -> dict[str, str]:
 
 def _run_make(
     argv: Sequence[str], cwd: Path, log: Path, on_progress: ProgressCallback | None,
-    env: Mapping[str, str],
+    env: Mapping[str, str], bwrap: str | None,
 ) -> None:
+    """Run one make invocation in ``cwd`` (the work tree), in the sandbox unless ``bwrap``
+    is None (--unsafe-unsandboxed-build)."""
     # The -ffile-prefix-map needs the absolute src dir; make expands $(CURDIR) itself.
     with open(log, "ab") as fh:
         fh.write(("$ " + " ".join(argv) + "\n").encode())
         fh.flush()
+        command = list(argv)
+        child_env = dict(env)
+        if bwrap is not None:
+            command = sandbox.sandbox_argv(argv, cwd.resolve(), bwrap=bwrap)
+            child_env = sandbox.sandbox_env(child_env)
         # Its own process group, so an interruption can stop make and every compiler it
         # started (they write into a work tree that is about to be removed).
         # umask 077: what make and the compilers write into the private work tree is
         # private too, whatever trustboot's own umask (000 would make it all writable).
         proc = subprocess.Popen(
-            list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=dict(env), process_group=0, umask=0o077,
+            command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=child_env, process_group=0, umask=0o077,
         )
         try:
             assert proc.stdout is not None
@@ -388,7 +396,10 @@ def _run_make(
             rc = proc.wait()
         finally:
             if proc.poll() is None:  # interrupted: make must not outlive its work tree
-                _stop_group(proc)
+                if bwrap is not None:
+                    sandbox.stop(proc)
+                else:
+                    _stop_group(proc)
     if rc != 0:
         tail = log.read_text(errors="replace").splitlines()[-25:]
         targets = ", ".join(a for a in argv if "/" in a and "=" not in a)
@@ -552,12 +563,14 @@ def build(
     on_progress: ProgressCallback | None = None,
     toolchain: Mapping[str, str] | None = None,
     make_env_names: Sequence[str] = (),
+    unsafe_unsandboxed: bool = False,
 ) -> BuildResult:
     """Build (or fetch from the cache) every target, copy them to ``output_dir``.
 
-    make runs with a minimal environment (:func:`make_env`); ``make_env_names`` names more
-    variables of ours it may see (e.g. CCACHE_DIR). Output directories are created 0755,
-    binaries 0644 (0600 when they hold a client key).
+    make runs in a bubblewrap sandbox (:mod:`trustboot.ipxe.sandbox`; ConfigError when it
+    cannot be created) unless ``unsafe_unsandboxed``, with a minimal environment
+    (:func:`make_env`); ``make_env_names`` names more variables of ours it may see.
+    Output directories are created 0755, binaries 0644 (0600 when they hold a client key).
     """
     toolchain = dict(toolchain) if toolchain is not None else check_toolchain(request.targets)
     cache = prepare_cache_dir(cache_dir or default_cache_dir())
@@ -574,9 +587,11 @@ def build(
     with fsutil.locked(cache / "out" / f"{key[:32]}.lock", timeout=3600):
         if not use_cache or not (entry / "manifest.json").exists():
             cached = False
+            # Before any work: without a sandbox the tree's code is not run at all.
+            bwrap = None if unsafe_unsandboxed else sandbox.find_bwrap()
             _build_into(request, entry, key, log, toolchain, cache,
                         jobs or os.cpu_count() or 1, clean, on_progress,
-                        make_env(make_env_names))
+                        make_env(make_env_names), bwrap)
         manifest_bytes = (entry / "manifest.json").read_bytes()
         fsutil.make_dirs(output_dir)  # only now: a failed build leaves no empty output dir
         for target in request.targets:  # temp files of a copy killed an hour or more ago
@@ -602,6 +617,7 @@ def _build_into(
     clean: bool,
     on_progress: ProgressCallback | None,
     env: Mapping[str, str],
+    bwrap: str | None,
 ) -> None:
     plan = make_plan(request, jobs=jobs)
     fsutil.atomic_write(log, b"", mode=fsutil.PRIVATE_FILE_MODE)
@@ -630,7 +646,7 @@ def _build_into(
             if request.client is not None:
                 fsutil.write_private_file(key_file, request.client.key_pem)
             for argv in plan.invocations:
-                _run_make(argv, top, log, on_progress, env)
+                _run_make(argv, top, log, on_progress, env, bwrap)
         finally:
             # The key is readable only while make runs.
             with contextlib.suppress(FileNotFoundError):

@@ -237,7 +237,8 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
     if fw.mode == "build":
         assert fw.request is not None
         built = ipxe_build.build(fw.request, output_dir=work / "firmware",
-                                 cache_dir=options.cache_dir, jobs=options.jobs)
+                                 cache_dir=options.cache_dir, jobs=options.jobs,
+                                 unsafe_unsandboxed=options.unsafe_unsandboxed_build)
         firmware_paths = dict(built.outputs)
         ipxe_manifest = built.manifest
         st.done("build", "done", f"iPXE {', '.join(fw.targets)} "

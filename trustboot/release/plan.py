@@ -88,6 +88,8 @@ class ReleaseOptions:
     publish_cache: Path | None = None
     # the PKCS#11 module for a pkcs11: signer (a recipe may not name one: it is code)
     pkcs11_module: Path | None = None
+    # run the iPXE tree's make outside the sandbox (operator only: no recipe key sets it)
+    unsafe_unsandboxed_build: bool = False
 
 
 @dataclass(frozen=True)
