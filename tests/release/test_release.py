@@ -412,11 +412,12 @@ def test_release_during_a_root_rotation_builds_firmware_trusting_both_roots(
     import sys
 
     from tests.conftest import require_tool
-    from tests.ipxe.fake_tree import fake_env_passthrough, make_fake_tree
+    from tests.ipxe.fake_tree import fake_env_passthrough, fake_sandbox, make_fake_tree
 
     require_tool("make", "make")
     make_fake_tree(lab.dir / "ipxe")
     fake_env_passthrough(monkeypatch)
+    fake_sandbox(monkeypatch, [lab.dir])  # the fake make is this venv's Python
     monkeypatch.setenv("FAKE_PY", sys.executable)
     monkeypatch.setenv("FAKE_RUNS", str(lab.dir / "runs.log"))
     r = CliRunner().invoke(cli, ["ca", "rotate", "root", "begin", "--pki", str(lab.pki),
