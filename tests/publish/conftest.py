@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import shutil
 import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -112,6 +114,20 @@ def make_release(pki: Pki, tmp_path: Path) -> ReleaseFactory:
         return out
 
     return make
+
+
+@contextlib.contextmanager
+def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A plain-HTTP server on 127.0.0.1 answering with ``handler`` (a misbehaving origin
+    for the read-back's tests), in daemon threads: its base URL, ending in '/'."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def free_port() -> int:

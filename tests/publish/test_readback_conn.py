@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from tests.publish.conftest import http_server
 from trustboot.errors import OperationalError
 from trustboot.publish.readback import Reader
 
@@ -33,14 +33,8 @@ class _DropsAfterEachAnswer(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def dropping_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DropsAfterEachAnswer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/boot.ipxe"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(_DropsAfterEachAnswer) as url:
+        yield url + "boot.ipxe"
 
 
 def test_a_dropped_keep_alive_connection_is_reopened(dropping_server: str) -> None:
@@ -79,21 +73,15 @@ class _Trickles(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize("how", ["stream", "fetch", "slow-head"])
 def test_an_origin_trickling_its_answer_is_given_up_on(how: str) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickles)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/{how}"
-    try:
-        with Reader(unsafe_http=True, unsafe_no_verify=True, retries=2, timeout=1.0,
-                    min_rate=50_000) as reader:
-            started = time.monotonic()
-            with pytest.raises(OperationalError, match="too slowly"):
-                if how == "fetch":
-                    reader.fetch(url, max_size=100_000)
-                else:
-                    reader.stream(url, max_size=100_000)
-            # budget: timeout + max_size / min_rate = 3 s, never retried
-            assert time.monotonic() - started < 6
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(_Trickles) as base, Reader(
+            unsafe_http=True, unsafe_no_verify=True, retries=2, timeout=1.0,
+            min_rate=50_000) as reader:
+        url = base + how
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="too slowly"):
+            if how == "fetch":
+                reader.fetch(url, max_size=100_000)
+            else:
+                reader.stream(url, max_size=100_000)
+        # budget: timeout + max_size / min_rate = 3 s, never retried
+        assert time.monotonic() - started < 6

@@ -6,12 +6,11 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
-import threading
 from collections.abc import Iterator
 
 import pytest
 
-from tests.publish.conftest import Nginx, Pki
+from tests.publish.conftest import Nginx, Pki, http_server
 from trustboot.errors import OperationalError
 from trustboot.publish import readback
 from trustboot.publish.readback import Reader
@@ -55,14 +54,8 @@ class _CutShort(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def cut_short() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutShort)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(_CutShort) as url:
+        yield url
 
 
 @pytest.mark.parametrize("announced", [1000, 3 * readback.CHUNK])
