@@ -392,12 +392,18 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
         progress.phase("readback", sum(f.size for f in manifest.files))
     sigs: dict[str, bytes] = {}
     problems: list[str] = []
+    refused: list[str] = []  # the problems that are a 403: anonymous reads refused
+
+    def not_served(exc: NotServed) -> None:
+        problems.append(exc.message)
+        if exc.status == 403:
+            refused.append(exc.message)
 
     def fetch_sig(f: ManifestFile) -> None:
         try:
             data = _served_bytes(origin, reader, prefix + f.name, MAX_SIGNATURE_SIZE)
         except NotServed as exc:
-            problems.append(exc.message)
+            not_served(exc)
             return
         if len(data) != f.size or hashlib.sha256(data).hexdigest() != f.sha256:
             problems.append(f"{prefix}{f.name}: the origin serves other bytes than were "
@@ -423,7 +429,7 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                     served = _served(origin, reader, prefix + f.name, max_size=f.size,
                                      hash_names=names)
             except NotServed as exc:
-                problems.append(exc.message)
+                not_served(exc)
                 return
             except OperationalError as exc:
                 if "larger than" in exc.message:
@@ -460,7 +466,7 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
     if problems:
         hint = ("nothing was switched; find out who changed the origin, then delete "
                 f"releases/{manifest.release}/ there and publish again")
-        if all(p.endswith(("(HTTP 401)", "(HTTP 403)")) for p in problems):
+        if len(refused) == len(problems):
             # Nothing changed on the origin: the read-back URL refuses anonymous reads.
             hint = ("nothing was switched; the read-back URL refuses anonymous reads, as "
                     "a booting client would be refused: make --public-url (recipe: "

@@ -94,7 +94,11 @@ class Served:
 
 
 class NotServed(OperationalError):
-    """The origin does not serve this URL (404/403/410)."""
+    """The origin does not serve this URL (404/403/410: ``status``)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, status: int) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
 
 
 def hash_chunks(chunks: Iterable[bytes], hash_names: Iterable[str]) -> tuple[int, dict[str, bytes]]:
@@ -107,11 +111,6 @@ def hash_chunks(chunks: Iterable[bytes], hash_names: Iterable[str]) -> tuple[int
     return size, {name: h.digest() for name, h in hashers.items()}
 
 
-def _too_large(url: str, max_size: int) -> OperationalError:
-    return OperationalError(f"{url} is larger than {max_size} bytes",
-                            hint="the origin serves something else than what was published")
-
-
 def _hash_inline(response: http.client.HTTPResponse, hashers: list[Any], url: str,
                  max_size: int, body: list[bytes] | None) -> int:
     buf = bytearray(CHUNK)
@@ -120,7 +119,9 @@ def _hash_inline(response: http.client.HTTPResponse, hashers: list[Any], url: st
     while n := response.readinto(buf):
         size += n
         if size > max_size:
-            raise _too_large(url, max_size)
+            raise OperationalError(f"{url} is larger than {max_size} bytes",
+                                   hint="the origin serves something else than what was "
+                                        "published")
         for h in hashers:
             h.update(view[:n])
         if body is not None:
@@ -351,7 +352,8 @@ class Reader:
         if code in (403, 404, 410):
             raise NotServed(f"the origin does not serve {url} (HTTP {code})",
                             hint="the object is missing on the origin or not readable "
-                                 "anonymously; iPXE fetches without credentials")
+                                 "anonymously; iPXE fetches without credentials",
+                            status=code)
         raise status_error(response, "fetching", url)
 
     def verify_pair(self, image_url: str, sig_url: str, *, trust: Trust, now: dt.datetime,
