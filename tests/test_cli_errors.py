@@ -47,12 +47,12 @@ def test_json_after_double_dash_is_an_argument(tmp_path: Path) -> None:
 
 
 def test_internal_errors_are_json_with_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trustboot.cli import ca as ca_cli
+    from trustboot.ca.store import CertificateAuthority  # the class the ca CLI opens
 
     def boom(_path: Path) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(ca_cli.CertificateAuthority, "open", boom)
+    monkeypatch.setattr(CertificateAuthority, "open", boom)
     result = CliRunner().invoke(cli, ["ca", "list", "--json"])
     assert result.exit_code == 70
     doc = json.loads(result.stderr)

@@ -90,7 +90,8 @@ def _audit(hb: HttpBootSegment, *extra: str) -> AuditRun:
 def _http(run: AuditRun, url: str) -> dict[str, object]:
     checks = [h for h in run.json["observation"]["http"] if h["url"] == url]
     assert checks, run.json["observation"]["http"]
-    return checks[0]
+    check: dict[str, object] = checks[0]
+    return check
 
 
 def _findings_for(run: AuditRun, url: str) -> set[str]:

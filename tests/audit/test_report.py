@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 
 from tests.audit.test_checks import (
     IPXE,

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pytest
 
 from tests.audit.conftest import (

@@ -182,13 +182,13 @@ def test_log_larger_than_a_line_cap_is_streamed(tmp_path: Path,
     monkeypatch.setattr(oplog, "_CHUNK", 64)
     assert size > 20 * longest
     reads: list[int] = []
-    real_read = oplog.os.read
+    real_read = os.read
 
     def counting_read(fd: int, n: int) -> bytes:
         reads.append(n)
         return real_read(fd, n)
 
-    monkeypatch.setattr(oplog.os, "read", counting_read)
+    monkeypatch.setattr(os, "read", counting_read)
     result = oplog.verify(path)
     assert result.problem is None and result.lines == 40
     assert result.head_sha256 == oplog.line_hash(_lines(path)[-1].rstrip(b"\n"))

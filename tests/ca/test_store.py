@@ -21,7 +21,7 @@ from trustboot.errors import ConfigError
 from trustboot.keys import keyfile
 from trustboot.secrets import constant
 
-from .conftest import CA_PASS, KEY_PASS, init_ca, issue, run_proc, spki, trustboot_cmd
+from .conftest import CA_PASS, KEY_PASS, Run, init_ca, issue, run_proc, spki, trustboot_cmd
 
 
 def test_key_files_are_private_and_encrypted(pki: Path) -> None:
@@ -250,7 +250,7 @@ def test_check_detects_tampering(pki: Path, run) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.slow
-def test_twenty_concurrent_issues(tmp_path: Path, secrets_dir: Path, run) -> None:  # type: ignore[no-untyped-def]
+def test_twenty_concurrent_issues(tmp_path: Path, secrets_dir: Path, run: Run) -> None:
     pki = tmp_path / "pki"
     init_ca(run, pki, secrets_dir, "--key-type", "ec-p256")
 
@@ -306,7 +306,7 @@ def test_killed_runs_leave_a_loadable_consistent_store(tmp_path: Path, secrets_d
 
 
 def test_a_refused_duplicate_finishes_the_views_a_killed_run_left(
-        tmp_path: Path, secrets_dir: Path, run) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, secrets_dir: Path, run: Run) -> None:
     """Killed after its index commit, an issue leaves stale views; when the next command
     is that same issue (refused: the name exists), the views are finished all the same."""
     pki = tmp_path / "pki"

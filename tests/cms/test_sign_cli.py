@@ -601,7 +601,8 @@ def test_forked_signers_write_the_files_and_leave_no_temp_behind(
 
     signer = _rsa_signer(material, "fork-writer")
     files = _files(tmp_path, PARALLEL_SIGN_MIN + 6)
-    real_write = cms_sign.write_temp
+    from trustboot.fsutil import write_temp as real_write  # what sign.py calls
+
     parent = os.getpid()
 
     def dies_after_writing_7(target: Path, data: bytes, **kw: object) -> Path:

@@ -129,9 +129,9 @@ def test_p521_is_not_in_ipxe(tmp_path: Path) -> None:
     from trustboot.keys.signer import resolve_signer
 
     pending = resolve_signer(parse_ref(f"file:{key}"), cert=cert, chain=chain)
-    signer = pending.unlock(secrets.constant(b"correct horse battery"))
     digests = {"sha256": hashlib.sha256(b"payload").digest()}
-    with pytest.raises(VerificationError) as err:  # refused before signing
+    with (pending.open(secrets.constant(b"correct horse battery")) as signer,
+          pytest.raises(VerificationError) as err):  # refused before signing
         sign_hashed([Hashed(image, 7, digests)], signer, now=dt.datetime.now(dt.UTC))
     assert err.value.rule == "unsupported-algorithm"
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-
-from tests.cms.corpus import Key
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 MODULE_CANDIDATES = [Path("/usr/lib/softhsm/libsofthsm2.so"),
                      Path("/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"),
@@ -51,7 +50,7 @@ class Token:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
 
-    def import_key(self, key: Key, label: str, key_id: str = "01") -> None:
+    def import_key(self, key: PrivateKeyTypes, label: str, key_id: str = "01") -> None:
         pem = self.directory / f"{label}.{key_id}.pem"
         pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                           serialization.PrivateFormat.PKCS8,

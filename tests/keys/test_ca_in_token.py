@@ -40,7 +40,8 @@ def test_ca_keys_in_token(token: Token, tmp_path: Path, key_type: str) -> None:
         with lib.get_token(token_label=token.label).open(user_pin=PIN) as session:
             keys = list(session.get_objects({pkcs11.Attribute.CLASS:
                                              pkcs11.ObjectClass.PRIVATE_KEY}))
-            assert {k.label for k in keys} == {"trustboot-root-ca", "trustboot-issuing-ca"}
+            labels = {k[pkcs11.Attribute.LABEL] for k in keys}
+            assert labels == {"trustboot-root-ca", "trustboot-issuing-ca"}
             for k in keys:
                 assert k[pkcs11.Attribute.SENSITIVE] and not k[pkcs11.Attribute.EXTRACTABLE]
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import cms
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric import dsa, ec
 
 from tests.cms.pki import Material, ec_key, rsa_key
@@ -37,7 +37,7 @@ def _pin_file(tmp_path: Path, pin: str = PIN) -> Path:
 
 
 def _sign(token: Token, tmp_path: Path, files: list[Path], uri: str, *extra: str,
-          pin: str = PIN) -> object:
+          pin: str = PIN) -> Result:
     return CliRunner().invoke(cli, ["sign", *map(str, files), "--key", uri,
                                     "--pin-file", str(_pin_file(tmp_path, pin)), *extra])
 
@@ -142,9 +142,9 @@ def test_cross_check_with_openssl_pkcs11_engine(token: Token, material: Material
     assert {c.dump() for c in ours["certificates"]} == {c.dump() for c in theirs["certificates"]}
 
 
-def _expect(result: object, code: int, *needles: str) -> None:
-    assert result.exit_code == code, result.output  # type: ignore[attr-defined]
-    out: str = result.output  # type: ignore[attr-defined]
+def _expect(result: Result, code: int, *needles: str) -> None:
+    assert result.exit_code == code, result.output
+    out: str = result.output
     for needle in needles:
         assert needle in out, out
     assert "hint:" in out and "Traceback" not in out

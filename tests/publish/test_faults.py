@@ -109,7 +109,7 @@ def _server_cert(pki: Pki, tmp_path: Path, *, name: str, expired: bool) -> tuple
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
-            .sign(issuing, hashes.SHA256()))  # type: ignore[arg-type]
+            .sign(issuing, hashes.SHA256()))
     cert_path, key_path = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM)
                           + issuer.public_bytes(serialization.Encoding.PEM))

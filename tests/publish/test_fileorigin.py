@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from tests.publish.conftest import Pki, ReleaseFactory
 from trustboot.cli.main import cli
@@ -163,7 +163,7 @@ def test_propfind_with_a_dtd_is_refused() -> None:
         parse_multistatus(bomb.decode().encode("utf-16"))
 
 
-def _publish(pki: Pki, directory: Path, origin: str, release: str, *extra: str):
+def _publish(pki: Pki, directory: Path, origin: str, release: str, *extra: str) -> Result:
     return CliRunner().invoke(cli, ["publish", str(directory), origin, "--release-id",
                                     release, "--pki", str(pki.dir), "--json", *extra])
 

@@ -7,7 +7,7 @@ import ssl
 from pathlib import Path
 
 import httpx
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from tests.publish.conftest import Nginx, Pki, ReleaseFactory, anon_get
 from trustboot.cli.main import cli
@@ -16,7 +16,7 @@ ENTRY1 = b"#!ipxe\necho release one\n"
 ENTRY2 = b"#!ipxe\necho release two\n"
 
 
-def publish(pki: Pki, directory: Path, origin: str, release: str, *extra: str):
+def publish(pki: Pki, directory: Path, origin: str, release: str, *extra: str) -> Result:
     return CliRunner().invoke(cli, [
         "publish", str(directory), origin, "--release-id", release, "--pki", str(pki.dir),
         "--client-cert", "publisher", "--client-key-passphrase-file", str(pki.key_pass),

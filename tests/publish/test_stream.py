@@ -40,7 +40,7 @@ def test_a_file_just_hashed_is_streamed_without_hashing_again(
     f.write_bytes(data)
     digests, size = hash_file(f, ["sha256"])
     assert recall(os.stat(f), "sha256") == digests["sha256"]
-    monkeypatch.setattr(stream.hashlib, "sha256", NoHash)
+    monkeypatch.setattr(hashlib, "sha256", NoHash)
     sent = b"".join(stream.hashed_chunks(f, size=size, sha256=digests["sha256"].hex(),
                                          chunk=1 << 20))
     assert sent == data

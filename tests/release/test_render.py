@@ -85,4 +85,4 @@ def test_hostile_values_never_reach_the_script(field: str, value: str) -> None:
                                 {"title": "t && boot"}])
 def test_hostile_release_values(kw: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="cannot go into an iPXE script"):
-        render(**kw)
+        render(ENTRIES, **kw)

@@ -67,10 +67,11 @@ def test_keys_generated_in_the_token(token_keyset: TokenKeySet) -> None:
         with lib.get_token(token_label=token_keyset.token.label).open(user_pin=PIN) as s:
             keys = list(s.get_objects({pkcs11.Attribute.CLASS:
                                        pkcs11.ObjectClass.PRIVATE_KEY}))
-            assert {k.label for k in keys} == {f"trustboot-sb-{r}" for r in keyset.ROLES}
+            labels = {k[pkcs11.Attribute.LABEL] for k in keys}
+            assert labels == {f"trustboot-sb-{r}" for r in keyset.ROLES}
             for k in keys:
                 assert k[pkcs11.Attribute.SENSITIVE] and not k[pkcs11.Attribute.EXTRACTABLE]
-                assert k.key_length == 2048
+                assert len(k[pkcs11.Attribute.MODULUS]) * 8 == 2048
     finally:
         lib.finalize()
     # The certificates were self-signed in the token, each by its own key.
