@@ -438,3 +438,20 @@ def test_release_during_a_root_rotation_builds_firmware_trusting_both_roots(
                                                          "release.json"),
                                  "--passphrase-file", str(lab.dir / "pass.txt")])
     assert r.exit_code == 0, r.output
+
+
+def test_recipe_origin_cannot_take_credentials_bound_to_another_origin(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe change that points the origin elsewhere, keeping CI's credentials
+    variable, is refused in validation (dry run included), the secret never shown."""
+    recipe = lab.recipe()
+    text = recipe.read_text().replace("ca_file: pki/ca.crt}",
+                                      "ca_file: pki/ca.crt, credentials: {env: TB_CREDS}}")
+    recipe.write_text(text)
+    monkeypatch.setenv("TB_CREDS", "https://dav.example.net/boot/ ci:hunter2hunter2")
+    for extra in (["--dry-run"], []):
+        code, out, err = release(str(recipe), *extra)
+        assert code == 3, err
+        assert "bound to origin https://dav.example.net/boot/" in err
+        assert "hunter2" not in out + err
+    assert not any(lab.origin.iterdir())

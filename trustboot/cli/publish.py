@@ -77,7 +77,8 @@ def origin_access_options(func: F) -> F:
         click.option("--credentials-file", type=click.Path(path_type=Path, dir_okay=False),
                      help="Credentials, a 0600 file: user:password or bearer:TOKEN for "
                      "https:// origins, ACCESS_KEY_ID:SECRET for s3:// (else boto3's usual "
-                     "chain: env, profile, instance role)."),
+                     "chain: env, profile, instance role); after 'ORIGIN_URL ' they are "
+                     "bound to that origin and refused for any other."),
         click.option("--credentials-env", metavar="NAME",
                      help="The same credentials from environment variable NAME."),
         click.option("--endpoint-url", metavar="URL", help="S3 endpoint (https://...)."),

@@ -64,9 +64,14 @@ class Credentials:
     secret: str  # the password or the token
     username: str | None = None  # basic only
     source: str = ""  # where they came from, for messages (never the secret)
+    # The origin URL these credentials are bound to (a leading "URL " in the secret):
+    # open_origin refuses any other origin, so a changed recipe or option cannot send
+    # them elsewhere. None: unbound (usable with any origin).
+    scope: str | None = None
 
     def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
-        return f"Credentials(scheme={self.scheme!r}, source={self.source!r})"
+        return (f"Credentials(scheme={self.scheme!r}, source={self.source!r}, "
+                f"scope={self.scope!r})")
 
 
 @dataclass(frozen=True)
@@ -301,14 +306,46 @@ def _read_secret_file(path: Path) -> bytes:
     return data
 
 
+# "ORIGIN_URL " before the secret binds it to that origin (see Credentials.scope).
+_SCOPED = re.compile(r"((?:https?|s3)://[^ ]+) +([^ ].*)", re.IGNORECASE)
+
+
 def parse_credentials(text: str, source: str) -> Credentials:
-    """``user:password`` (basic) or ``bearer:TOKEN`` / ``Bearer TOKEN``, one line."""
+    """``user:password`` (basic) or ``bearer:TOKEN`` / ``Bearer TOKEN``, one line,
+    optionally preceded by the origin URL they are bound to and a space
+    (``https://dav.example.net/boot/ user:password``)."""
     value = text.strip("\r\n")
     if "\n" in value or not value.strip():
         raise ConfigError(f"credentials from {source} must be one non-empty line",
                           hint="write 'user:password' for basic auth or 'bearer:TOKEN'")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise ConfigError(f"credentials from {source} hold control characters")
+    scope = None
+    scoped = _SCOPED.fullmatch(value)
+    if scoped is not None:
+        scope, value = _check_scope(scoped.group(1), source), scoped.group(2)
+    creds = _parse_secret(value, source)
+    return Credentials(creds.scheme, creds.secret, username=creds.username, source=source,
+                       scope=scope)
+
+
+def _check_scope(url: str, source: str) -> str:
+    parts = urlsplit(url)
+    if (not parts.hostname or parts.username is not None or parts.password is not None
+            or parts.query or parts.fragment):
+        raise ConfigError(
+            f"credentials from {source} are bound to {redact_url(url)!r}, which is not an "
+            "origin URL", hint="write the origin's URL (scheme, host, path; nothing after "
+            "? or #, no user@), a space, then the secret")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(f"credentials from {source} are bound to a URL with a bad "
+                          "port") from None
+    return url
+
+
+def _parse_secret(value: str, source: str) -> Credentials:
     lower = value.lower()
     for prefix in ("bearer:", "bearer "):
         if lower.startswith(prefix):
@@ -321,6 +358,35 @@ def parse_credentials(text: str, source: str) -> Credentials:
         raise ConfigError(f"credentials from {source} are not 'user:password' or "
                           "'bearer:TOKEN'", hint="write one line: user:password")
     return Credentials("basic", password, username=user, source=source)
+
+
+def _origin_parts(url: str) -> tuple[str, str, list[str]]:
+    """(scheme, host[:port] with the default port made explicit, path segments)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    port = parts.port or {"https": 443, "http": 80}.get(scheme)
+    return scheme, f"{host}:{port}" if port else host, [s for s in parts.path.split("/") if s]
+
+
+def credentials_cover(scope: str, url: str) -> bool:
+    """True when credentials bound to ``scope`` may go to origin ``url``: same scheme and
+    host (and port), and the origin's path is the scope's path or below it."""
+    s_scheme, s_host, s_path = _origin_parts(scope)
+    u_scheme, u_host, u_path = _origin_parts(url)
+    return (s_scheme, s_host) == (u_scheme, u_host) and u_path[:len(s_path)] == s_path
+
+
+def check_credentials_scope(url: str, options: OriginOptions) -> None:
+    """Refuse credentials bound to another origin than ``url`` (before any request)."""
+    creds = options.credentials
+    if creds is None or creds.scope is None or credentials_cover(creds.scope, url):
+        return
+    raise ConfigError(
+        f"credentials from {creds.source} are bound to origin {redact_url(creds.scope)}, "
+        f"not to {redact_url(url)}",
+        hint="check the origin URL (a changed recipe or option must not send credentials "
+             "elsewhere), or give the credentials meant for this origin")
 
 
 def load_credentials(*, file: Path | None = None, env: str | None = None,
@@ -367,6 +433,7 @@ def open_origin(url: str, options: OriginOptions) -> Origin:
         raise ConfigError(
             f"origin {redact_url(url)} is plain HTTP: anyone on the path could change what "
             "is published", hint="use https://, or pass --unsafe-http if you really must")
+    check_credentials_scope(url, options)
     module_name, _, cls_name = _BACKENDS[scheme].partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -44,7 +44,13 @@ from trustboot.keys.ref import KeyRef
 from trustboot.keys.signer import KeySource, resolve_signer
 from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import check_release_id
-from trustboot.publish.origin import Credentials, check_key, load_credentials
+from trustboot.publish.origin import (
+    Credentials,
+    OriginOptions,
+    check_credentials_scope,
+    check_key,
+    load_credentials,
+)
 from trustboot.release.recipe import (
     EntrySpec,
     Recipe,
@@ -383,6 +389,8 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                               allow_outside=allow) if o.credentials.file else None)
         creds = load_credentials(file=cfile, env=o.credentials.env,
                                  environ=dict(options.environ) if options.environ else None)
+        # bound to another origin: refused here, so a dry run says so too
+        check_credentials_scope(url, OriginOptions(credentials=creds))
 
     client_cert = client_key = None
     client_pass: PassphraseSource | None = None

@@ -112,7 +112,9 @@ RECIPE = Map("A trustboot release recipe (`trustboot release RECIPE`).", {
         "endpoint": Str("the https:// endpoint of an s3:// origin (e.g. a Ceph RGW)",
                         pattern=r"https://[^\s]{1,1000}", max_length=1024),
         "ca_file": _path("the CA that signed the origin's TLS certificate"),
-        "credentials": _secret_ref("credentials for the origin"),
+        "credentials": _secret_ref("credentials for the origin ('user:password' or "
+                                   "'bearer:TOKEN', best after 'ORIGIN_URL ', which binds "
+                                   "them to that origin)"),
         "client_cert": Str("TLS client certificate NAME of the CA (trustboot ca issue "
                            "client NAME) for origins that take writes only from it",
                            pattern=_NAME),

@@ -1,0 +1,93 @@
+"""Credentials bound to their origin: a secret written as ``ORIGIN_URL secret`` is only
+ever sent to that origin, so a changed recipe or option cannot send it elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from trustboot.cli.main import cli
+from trustboot.errors import ConfigError
+from trustboot.publish.origin import (
+    credentials_cover,
+    parse_credentials,
+)
+
+from .conftest import Nginx, Pki, ReleaseFactory
+
+
+def test_a_leading_origin_url_binds_basic_and_bearer_credentials() -> None:
+    c = parse_credentials("https://dav.example.net/boot/ alice:pa ss:word\n", "file f")
+    assert (c.scheme, c.username, c.secret) == ("basic", "alice", "pa ss:word")
+    assert c.scope == "https://dav.example.net/boot/"
+    b = parse_credentials("s3://bucket/prod Bearer tok", "env X")
+    assert (b.scheme, b.secret, b.scope) == ("bearer", "tok", "s3://bucket/prod")
+    plain = parse_credentials("alice:s3cret", "env X")  # unbound, as before
+    assert plain.scope is None and plain.secret == "s3cret"
+    assert "s3cret" not in repr(plain) and "pa ss" not in repr(c)
+
+
+@pytest.mark.parametrize("text", [
+    "https://bob:pw@dav.example.net/ alice:x",   # userinfo in the binding
+    "https://dav.example.net/?a=b alice:x",      # query
+    "https://dav.example.net/#f alice:x",        # fragment
+    "https://dav.example.net:99999/ alice:x",    # bad port
+    "https:///nohost alice:x",                   # no host
+])
+def test_a_binding_that_is_not_an_origin_url_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="bound to") as err:
+        parse_credentials(text, "env X")
+    assert "alice" not in str(err.value) and "bob" not in str(err.value)
+
+
+def test_a_binding_with_no_secret_after_it_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_credentials("https://dav.example.net/ nocolon", "env X")
+    assert "nocolon" not in str(err.value)
+
+
+@pytest.mark.parametrize(("scope", "url", "ok"), [
+    ("https://dav.example.net/boot/", "https://dav.example.net/boot/", True),
+    ("https://dav.example.net/boot", "https://dav.example.net/boot/prod/", True),
+    ("https://DAV.example.net/boot/", "https://dav.example.net:443/boot", True),
+    ("https://dav.example.net/", "https://dav.example.net/anything/", True),
+    ("https://dav.example.net/boot/", "https://dav.example.net/bootx/", False),
+    ("https://dav.example.net/boot/", "https://dav.example.net/", False),
+    ("https://dav.example.net/boot/", "https://evil.example.net/boot/", False),
+    ("https://dav.example.net/boot/", "https://dav.example.net.evil.net/boot/", False),
+    ("https://dav.example.net/boot/", "https://dav.example.net:8443/boot/", False),
+    ("https://dav.example.net/boot/", "http://dav.example.net/boot/", False),
+    ("s3://bucket/prod", "s3://bucket/prod/", True),
+    ("s3://bucket/prod", "s3://other/prod", False),
+    ("s3://bucket/prod", "file:///prod", False),
+])
+def test_what_a_binding_covers(scope: str, url: str, ok: bool) -> None:
+    assert credentials_cover(scope, url) is ok
+
+
+def _publish(pki: Pki, directory: Path, origin: str, creds: str) -> Result:
+    return CliRunner().invoke(cli, [
+        "publish", str(directory), origin, "--release-id", "r1", "--pki", str(pki.dir),
+        "--client-cert", "publisher", "--client-key-passphrase-file", str(pki.key_pass),
+        "--signer", "boot-signer", "--credentials-env", "TB_ORIGIN_CREDS", "--json"],
+        env={"TB_ORIGIN_CREDS": creds})
+
+
+def test_bound_credentials_reach_their_origin_and_no_other(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """On the real nginx WebDAV origin: credentials bound to another origin stop the
+    publish before a single request (nginx logs none); bound to this one, it publishes."""
+    release = make_release({"boot.ipxe": b"#!ipxe\necho scoped\n"})
+    log = nginx.base / "access.log"
+    before = log.read_bytes() if log.exists() else b""
+    res = _publish(pki, release, nginx.url, "https://dav.example.net/boot/ alice:s3cret")
+    assert res.exit_code == 3, res.output
+    assert "bound to origin https://dav.example.net/boot/" in res.output
+    assert "s3cret" not in res.output
+    assert (log.read_bytes() if log.exists() else b"") == before
+    assert not (nginx.root / "boot.ipxe").exists()
+    res = _publish(pki, release, nginx.url, f"{nginx.url} alice:s3cret")
+    assert res.exit_code == 0, res.output
+    assert (nginx.root / "boot.ipxe").read_bytes() == b"#!ipxe\necho scoped\n"
