@@ -36,7 +36,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from trustboot.errors import ConfigError
 
@@ -374,6 +374,13 @@ def credentials_cover(scope: str, url: str) -> bool:
     host (and port), and the origin's path is the scope's path or below it."""
     s_scheme, s_host, s_path = _origin_parts(scope)
     u_scheme, u_host, u_path = _origin_parts(url)
+    # "boot/../elsewhere" starts with "boot" but is not below it: dot segments (also
+    # percent-encoded ones, which servers decode) never count as covered
+    if any(unquote(seg) in (".", "..") for seg in u_path):
+        return False
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        return False  # a user@ part (parsers disagree on such URLs): never covered
     return (s_scheme, s_host) == (u_scheme, u_host) and u_path[:len(s_path)] == s_path
 
 
