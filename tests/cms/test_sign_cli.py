@@ -363,8 +363,11 @@ def test_files_from_list_and_stdin(material: Material, tmp_path: Path) -> None:
     refused = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), "--files-from", str(fifo)],
                                  env=ENV)
     assert refused.exit_code == 3 and "not a regular file" in refused.output
-    not_regular = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(fifo)], env=ENV)
-    assert not_regular.exit_code == 1 and "regular file" in not_regular.output
+    # FILES that are not regular files, a directory too, are I/O failures (1), as in verify
+    for operand in (fifo, tmp_path):
+        not_regular = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(operand)],
+                                         env=ENV)
+        assert not_regular.exit_code == 1 and "regular file" in not_regular.output
 
 
 def test_sign_paths_is_the_cli_workflow(material: Material, tmp_path: Path) -> None:
