@@ -308,9 +308,9 @@ def test_bad_options_fail_before_any_signature(material: Material, tmp_path: Pat
         (["--out", str(blocker / "sub")], 1, "not a directory"),
         (["--expiry-warning-days", "99999999999"], 3, "out of range"),
         (["--expiry-warning-days", "-1"], 3, "out of range"),
-        (["--manifest", str(tmp_path / "missing" / "dir" / "m.json")], 1, "does not exist"),
-        (["--out", str(tmp_path / "o1"), "--manifest", str(tmp_path / "o2" / "m.json")], 1,
-         "does not exist"),
+        (["--manifest", str(blocker / "dir" / "m.json")], 1, "not a directory"),
+        (["--out", str(tmp_path / "o1"), "--manifest", str(blocker / "m.json")], 1,
+         "not a directory"),
     ]
     for extra, code, needle in cases:
         result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), *map(str, files),
@@ -417,8 +417,24 @@ def test_sign_help_does_not_import_the_signing_stack() -> None:
 
 
 def test_manifest_may_go_into_the_out_directory(material: Material, tmp_path: Path) -> None:
+    """--manifest creates its missing directories as --out does (0755, whatever the umask),
+    inside --out's or anywhere else."""
+    import os
+    import stat
+
     key, cert, chain = material.issue("manifest-in-out", ec_key())
     out = tmp_path / "sigs" / "v1"
+    old = os.umask(0)
+    try:
+        elsewhere = CliRunner().invoke(cli, [*_sign_args(key, cert, chain),
+                                             str(_files(tmp_path, 1)[0]), "--manifest",
+                                             str(tmp_path / "m" / "n" / "m.json")], env=ENV)
+    finally:
+        os.umask(old)
+    assert elsewhere.exit_code == 0, elsewhere.output
+    for made in (tmp_path / "m", tmp_path / "m" / "n"):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o755
+    assert json.loads((tmp_path / "m" / "n" / "m.json").read_text())["files"]
     for manifest in (out / "m.json", tmp_path / "sigs" / "m.json"):
         result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain),
                                           str(_files(tmp_path, 1)[0]), "--out", str(out),
