@@ -728,3 +728,23 @@ def test_a_temp_name_planted_by_another_user_does_not_crash_the_run(
     assert proc.returncode == 0, proc.stderr
     assert planted[0].is_dir()  # not ours: left alone
     assert all(p.with_name(p.name + ".sig").stat().st_size > 0 for p in files)
+
+
+def test_signing_cert_names_are_those_of_resign_and_old_ones_still_work(
+        material: Material, tmp_path: Path) -> None:
+    """sign and resign both name the signing certificate --signing-cert/--signing-chain;
+    sign's first names, --cert/--chain, keep working but are not shown."""
+    key, cert, chain = material.issue("names-signer", ec_key())
+    files = _files(tmp_path, 2)
+    new = ["sign", "--key", f"file:{key}", "--signing-cert", str(cert), "--signing-chain",
+           str(chain), "--passphrase-env", "TB_TEST_PASS"]
+    for args, image in ((new, files[0]), (_sign_args(key, cert, chain), files[1])):
+        result = CliRunner().invoke(cli, [*args, str(image)], env=ENV)
+        assert result.exit_code == 0, result.output
+        assert image.with_name(image.name + ".sig").is_file()
+    for command in ("sign", "resign"):
+        shown = CliRunner().invoke(cli, [command, "--help"]).stdout
+        assert "--signing-cert FILE" in shown and "--signing-chain FILE" in shown, command
+    sign_help = CliRunner().invoke(cli, ["sign", "--help"]).stdout
+    assert "--cert" not in sign_help.replace("--signing-cert", "")
+    assert "--chain" not in sign_help.replace("--signing-chain", "")

@@ -22,6 +22,7 @@ from trustboot.cli._common import (
     pin_options,
     pin_source,
     progress,
+    signing_cert_options,
     warn,
 )
 from trustboot.errors import ConfigError
@@ -66,18 +67,12 @@ def _read_files_from(source: str) -> list[Path]:
 @click.option("--key", "key_ref", envvar="TRUSTBOOT_SIGNING_KEY", show_envvar=True,
               required=True, metavar="REF",
               help="Signing key: a CA code-signing certificate NAME (or ca:NAME), "
-              "file:PATH with --cert/--chain, or an RFC 7512 pkcs11: URI "
+              "file:PATH with --signing-cert/--signing-chain, or an RFC 7512 pkcs11: URI "
               "(pkcs11:token=T;object=O).")
 @click.option("--pki", "pki", type=click.Path(path_type=Path, file_okay=False),
               envvar="TRUSTBOOT_PKI", show_envvar=True, default=Path("pki"), show_default=True,
               help="The CA home: NAME references, and the revocation check for every key.")
-@click.option("--cert", "cert", type=click.Path(path_type=Path, dir_okay=False),
-              envvar="TRUSTBOOT_SIGNING_CERT", show_envvar=True,
-              help="Signing certificate (file: keys; pkcs11: keys when the token has none).")
-@click.option("--chain", "chain", type=click.Path(path_type=Path, dir_okay=False),
-              envvar="TRUSTBOOT_SIGNING_CHAIN", show_envvar=True,
-              help="Issuer certificates, root included (PEM bundle); default: the pki's "
-              "chain when the pki issued the signing certificate.")
+@signing_cert_options(old_names=True)
 @passphrase_options(what="the signing key", envvar_prefix="TRUSTBOOT_SIGN_")
 @pin_options
 @click.option("--pkcs11-module", "pkcs11_module", type=click.Path(path_type=Path,
@@ -101,7 +96,7 @@ def _read_files_from(source: str) -> list[Path]:
               help="Target iPXE; ECDSA keys need 2.0.0 or later.")
 @json_option
 def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: Path,
-            cert: Path | None, chain: Path | None, passphrase_file: Path | None,
+            signing_cert: Path | None, signing_chain: Path | None, passphrase_file: Path | None,
             passphrase_env: str | None, pin_file: Path | None, pin_env: str | None,
             pkcs11_module: Path | None, hash_name: str, out_dir: Path | None,
             manifest: Path | None, expiry_warning_days: int, ipxe_version: str,
@@ -144,7 +139,8 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
         except ValueError as exc:
             raise ConfigError(str(exc), hint="e.g. --ipxe-version 2.0.0") from None
         run = sign_paths(
-            paths, ref, secrets=passphrases, pins=pins, pki=pki, cert=cert, chain=chain,
+            paths, ref, secrets=passphrases, pins=pins, pki=pki, cert=signing_cert,
+            chain=signing_chain,
             hash_name=hash_name, out_dir=out_dir, manifest=manifest, progress=bars,
             ipxe_version=version, expiry_warning_days=expiry_warning_days,
             pkcs11_module=pkcs11_module, on_warning=warn, unlock_first=prompts,
