@@ -602,11 +602,11 @@ def _explain_untrusted(
                 last)
         raise _fail(
             "chain-incomplete",
-            f"the issuer of {last.label} is not in the signature (nor given with --cert); "
+            f"the issuer of {last.label} is not in the signature (nor built in with CERT=); "
             f"iPXE would try to download it from {CROSSCERT} at boot",
             "re-sign with every certificate of the chain, root included (`trustboot sign "
-            "--chain chain.pem`; openssl: -certfile chain.pem), or build iPXE with CERT= for "
-            "the missing one", last)
+            "--signing-chain chain.pem`; openssl: -certfile chain.pem), or build iPXE with CERT= "
+            "for the missing one", last)
     raise _fail(
         "untrusted-root",
         f"the chain ends at {last.label} (sha256 {last.sha256.hex()}), whose fingerprint is not "

@@ -222,19 +222,20 @@ def _certificate_from_token(lib: Any, uri: Pkcs11Uri) -> x509.Certificate | None
             return None
         if len(objects) > 1:
             raise ConfigError(f"{len(objects)} certificate objects match {uri.text}",
-                              hint="add id= to the URI, or pass the certificate with --cert")
+                              hint="add id= to the URI, or pass the certificate with "
+                              "--signing-cert")
         der = bytes(objects[0][p11.Attribute.VALUE])
     try:
         return x509.load_der_x509_certificate(der)
     except ValueError:
         raise ConfigError(f"the certificate object of {uri.text} is not a readable "
-                          "X.509 certificate", hint="pass it with --cert FILE") from None
+                          "X.509 certificate", hint="pass it with --signing-cert FILE") from None
 
 
 def _certificate_from_pki(lib: Any, uri: Pkcs11Uri, pki: Path | None) -> x509.Certificate:
     """The pki's valid code-signing certificate for the token's public key (as issued by
     `trustboot ca issue codesign NAME --pkcs11-key URI`)."""
-    hint = ("pass the signing certificate with --cert FILE, or issue one for this key: "
+    hint = ("pass the signing certificate with --signing-cert FILE, or issue one for this key: "
             "trustboot ca issue codesign NAME --pkcs11-key URI")
     from trustboot.ca.store import CertificateAuthority
 
