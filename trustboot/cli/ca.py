@@ -64,7 +64,29 @@ class _CaGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-@click.group("ca", cls=_CaGroup)
+EPILOG = """\b
+Examples (ca.pass, key.pass: passphrases, one line each; without the options you are asked):
+  trustboot ca init --name "Example Boot" --org Example --passphrase-file ca.pass
+  trustboot ca issue codesign release-signer --passphrase-file ca.pass \\
+      --key-passphrase-file key.pass
+  trustboot ca issue server boot.example.net 192.0.2.10 --passphrase-file ca.pass \\
+      --key-passphrase-file key.pass
+  trustboot ca list
+  trustboot ca show release-signer --json
+  trustboot ca export --out trust/
+  trustboot ca renew release-signer --days 30 --passphrase-file ca.pass
+  trustboot ca revoke release-signer --reason superseded --passphrase-file ca.pass
+  trustboot ca check
+
+\b
+Exit codes: 0 ok, 1 I/O or a store locked by another run, 3 invalid input, a pki that
+fails its checks (permissions, index fingerprints) or a rotation step out of order,
+4 a broken operation log (ca check), a signer that can no longer sign, or rotation
+evidence that does not show the fleet trusts the next root.
+"""
+
+
+@click.group("ca", cls=_CaGroup, epilog=EPILOG)
 def command() -> None:
     """The private CA: root + issuing CA, code-signing, server and client certificates."""
 

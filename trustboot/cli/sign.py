@@ -57,7 +57,26 @@ def _read_files_from(source: str) -> list[Path]:
     return read_file_list(read_capped(Path(source), MAX_FILE_LIST_BYTES, "file list"), source)
 
 
-@click.command("sign")
+EPILOG = """\b
+Examples:
+  export TRUSTBOOT_PKI=pki
+  trustboot sign vmlinuz initrd.img boot.ipxe --key release-signer --passphrase-env TB_PW
+  trustboot sign --key file:keys/sign.key --signing-cert sign.crt --signing-chain chain.pem \\
+      --hash sha384 --out dist/ --manifest dist/manifest.json vmlinuz
+  find dist -type f ! -name '*.sig' | trustboot sign --key release-signer \\
+      --passphrase-env TB_PW --files-from - --json > signed.json
+  trustboot sign vmlinuz --key 'pkcs11:token=release;object=codesign' --pin-file pin.txt \\
+      --pkcs11-module /usr/lib/softhsm/libsofthsm2.so
+
+\b
+Exit codes: 0 signed, 1 I/O (a FILE missing or not a regular file), 3 configuration or
+secret (bad option, key, passphrase or PIN), 4 signer refused (revoked, expired, not
+acceptable to iPXE). --json prints the manifest: signer, key, hash, signed_at and files
+(path, size, sha256, signature, hash, signer_subject, signer_not_after, chain_not_after).
+"""
+
+
+@click.command("sign", epilog=EPILOG)
 # Not click's dir_okay=False: a FILE that is not a regular file, a directory included, is
 # refused by check_options (exit 1) as in a --files-from list and in `verify`.
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))

@@ -135,11 +135,25 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
     return anchors
 
 
-@click.command("verify")
+EPILOG = """\b
+Examples:
+  trustboot verify vmlinuz --trust pki/ca.crt --signer release-signer
+  trustboot verify initrd.img --sig initrd.img.sig --trust root1.crt,root2.crt \\
+      --cert extra-ca.crt --at 2027-06-01T08:00:00Z --ipxe-version 2.0.0 --json
+
+\b
+Exit codes: 0 iPXE would accept it, 1 FILE or its signature cannot be read (missing, not a
+regular file), 3 bad option or certificate file, 4 iPXE would refuse it. --json prints
+file, signature, size, at, ipxe_version, ok, failure, warnings, signers, revoked and
+replay_window (also when iPXE would refuse it; exit 4 then).
+"""
+
+
+@click.command("verify", epilog=EPILOG)
 # FILE and --sig are checked by _operand_size (exit 1 for any non-regular file, a
 # directory included), not by click (exit 2 for a directory only).
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--sig", "sig_path", type=click.Path(path_type=Path),
+@click.option("--sig", "sig_path", type=click.Path(path_type=Path), metavar="FILE",
               help="The detached signature (default: FILE.sig).")
 @click.option("--trust", "trust", multiple=True, metavar="ROOT[,ROOT]",
               help="Trusted root certificate file(s), or sha256:HEX, as iPXE's TRUST= "
@@ -154,7 +168,7 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
 @click.option("--ipxe-version", "ipxe_version", default=str(DEFAULT_IPXE), show_default=True,
               help="Target iPXE (1.21.1: RSA only; 2.0.0: ECDSA P-256/P-384; master).")
 @click.option("--pki", "pki", type=click.Path(path_type=Path, file_okay=False),
-              envvar="TRUSTBOOT_PKI", default=Path("pki"), show_default=True,
+              envvar="TRUSTBOOT_PKI", show_envvar=True, default=Path("pki"), show_default=True,
               help="CA home whose root is trusted when --trust is not given.")
 @click.option("--assume-ocsp-reachable", "ocsp_reachable", is_flag=True,
               help="A chain certificate names an OCSP responder that the booting client can "
