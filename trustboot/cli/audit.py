@@ -61,7 +61,8 @@ Examples (as root, on the interface facing the segment):
 Exit codes: 0 no finding at or above --fail-on, 1 the interface or a socket failed (not
 root?), 3 bad option (an unknown interface too), policy or release manifest, 5 findings
 at or above --fail-on.
---json prints version, interface, summary, findings and observation.
+--json prints tool, version, started, finished, beyond_window_s, summary, policy, findings
+and observation (the report also comes before exit 5).
 """
 
 
