@@ -77,6 +77,11 @@ class Pkcs11Uri:
         return self.path.get("id")
 
 
+def _shown_label(label: str) -> str:
+    # a slot's empty label is SoftHSM2's (and others') spare, uninitialised token
+    return repr(label) if label.strip() else "an uninitialised token (no label)"
+
+
 def parse_uri(text: str, *, require_key: bool = True) -> Pkcs11Uri:
     """``require_key=False`` for a URI naming only a token (where CA keys are generated)."""
     shown = mask_pin(text)
@@ -90,6 +95,13 @@ def parse_uri(text: str, *, require_key: bool = True) -> Pkcs11Uri:
         for item in filter(None, part.split(sep)):
             name, eq, value = item.partition("=")
             name = name.lower()
+            if name == "pin-value":  # wherever it is written: the same refusal below
+                uri.query[name] = b""
+                continue
+            if eq and sep == ";" and name in _QUERY_ATTRS:
+                raise ConfigError(
+                    f"{name}= in {shown} is a query attribute: it goes after '?'",
+                    hint=f"e.g. pkcs11:token=T;object=O?{name}=...")
             if not eq or (name not in allowed and not name.startswith("x-")):
                 raise ConfigError(
                     f"unknown or malformed attribute {mask_pin(item)!r} in {shown}",
@@ -182,7 +194,7 @@ def find_token(lib: Any, uri: Pkcs11Uri) -> Any:
     if not found:
         raise ConfigError(
             f"no token matches {uri.text}",
-            hint=(f"tokens present: {', '.join(repr(label) for label in labels)}"
+            hint=(f"tokens present: {', '.join(_shown_label(label) for label in labels)}"
                   if labels else "no token is present: initialise one or plug it in"))
     if len(found) > 1:
         raise ConfigError(f"{len(found)} tokens match {uri.text}",
