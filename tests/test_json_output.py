@@ -97,6 +97,10 @@ def test_sign_and_verify_json(pki: Pki, tmp_path: Path) -> None:
                           "signer_not_after", "chain_not_after"}
     ok = run("verify", str(image), "--pki", str(pki.dir), "--json")
     assert keys_of(ok) == table["verify"]
+    # names are RFC 4514 in verify as in sign (and ca, origin check's TLS chain)
+    subject = json.loads(ok.stdout)["signers"][0]["subject"]
+    assert subject == json.loads(signed.stdout)["signer"] == entry["signer_subject"]
+    assert subject.startswith("CN=boot-signer")
     # refused: the same document (ok false) on stdout, the error as JSON on stderr, exit 4
     refused = run("verify", str(image), "--pki", str(pki.dir), "--signer", "someone-else",
                   "--json")
