@@ -51,7 +51,8 @@ def origin_options(func: F) -> F:
     """Options every command that talks to an origin takes."""
     func = origin_access_options(func)
     return click.option("--pki", type=click.Path(path_type=Path, file_okay=False),
-                        envvar="TRUSTBOOT_PKI", default=Path("pki"), show_default=True,
+                        envvar="TRUSTBOOT_PKI", show_envvar=True, default=Path("pki"),
+                        show_default=True,
                         help="CA home: its ca.crt is the default TLS trust and iPXE root.",
                         )(func)
 
@@ -317,7 +318,8 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
 
 @command.command("list")
 @click.argument("origin_url", metavar="ORIGIN")
-@click.option("--entry-path", default="boot.ipxe", show_default=True)
+@click.option("--entry-path", default="boot.ipxe", show_default=True,
+              help="The firmware's fixed entry object on the origin.")
 @origin_options
 @json_option
 def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None:
@@ -401,7 +403,8 @@ def repair_cmd(origin_url: str, as_json: bool, **kw: Any) -> None:
 @click.argument("origin_url", metavar="ORIGIN")
 @click.option("--keep", type=click.IntRange(1), required=True,
               help="Keep this many newest releases (the live one is always kept).")
-@click.option("--entry-path", default="boot.ipxe", show_default=True)
+@click.option("--entry-path", default="boot.ipxe", show_default=True,
+              help="The firmware's fixed entry object on the origin.")
 @origin_options
 @json_option
 def prune_cmd(origin_url: str, keep: int, entry_path: str, as_json: bool, **kw: Any) -> None:
