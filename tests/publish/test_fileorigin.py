@@ -287,3 +287,22 @@ def test_prune_keeps_newest_and_live(pki: Pki, make_release: ReleaseFactory,
         ("r1", True, True), ("r3", False, True)]
     res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "0"])
     assert res.exit_code == 2
+
+
+def test_only_publish_creates_a_file_origin_directory(pki: Pki, make_release: ReleaseFactory,
+                                                      tmp_path: Path) -> None:
+    """A mistyped file:// path: list, prune, rollback, repair and resign say it does not
+    exist (exit 1) and leave no directory behind (they created it, and list said 'no
+    releases'); the first publish creates it."""
+    missing = tmp_path / "typo" / "srv"
+    origin = f"file://{missing}"
+    for args in (["publish", "list", origin], ["publish", "prune", origin, "--keep", "1"],
+                 ["publish", "rollback", origin, "r1"], ["publish", "repair", origin],
+                 ["resign", origin, "--key", "boot-signer"]):
+        result = CliRunner().invoke(cli, [*args, "--pki", str(pki.dir)])
+        assert result.exit_code == 1, (args, result.output)
+        assert f"origin directory {missing} does not exist" in result.stderr, args
+        assert not (tmp_path / "typo").exists(), args
+    res = _publish(pki, make_release({"boot.ipxe": ENTRY}), origin, "r1")
+    assert res.exit_code == 0, res.output
+    assert (missing / "releases" / "r1" / "boot.ipxe").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sys
 import threading
@@ -170,8 +171,10 @@ def build_trust(kw: dict[str, Any]) -> Any:
     return Trust(tuple(anchors), extra, kw.get("signer"))
 
 
-def open_cli_origin(url: str, kw: dict[str, Any]) -> tuple[Origin, OriginOptions]:
-    options = build_options(kw)
+def open_cli_origin(url: str, kw: dict[str, Any], *, create_root: bool = False
+                    ) -> tuple[Origin, OriginOptions]:
+    """``create_root``: a file:// origin's directory may be created (publish only)."""
+    options = dataclasses.replace(build_options(kw), create_root=create_root)
     return open_origin(url, options), options
 
 
@@ -290,7 +293,7 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
     keys = {o.key for o in objects}
     if entry is None and "boot.ipxe" in keys:
         entry = "boot.ipxe"
-    origin, options = open_cli_origin(origin_url, kw)
+    origin, options = open_cli_origin(origin_url, kw, create_root=True)
     with upload_progress(as_json) as bars, origin:
         result = publish_release(origin, release_id, objects, entry=entry,
                                  entry_path=kw["entry_path"], trust=trust, now=utc_now(),

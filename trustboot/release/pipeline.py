@@ -164,7 +164,8 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         p = plan(v, now=now, cache=cache, save_cache=False)
         if "{date}" in recipe.release.id_template:
             try:
-                with open_origin(v.origin_url, origin_options(v)) as origin:
+                read_only = dataclasses.replace(origin_options(v), create_root=False)
+                with open_origin(v.origin_url, read_only) as origin:
                     _keep_dated_id(p, origin)
             except OperationalError as exc:
                 # A dry run still plans when the origin is out of reach (a laptop, a CI job
