@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from trustboot.cli.main import cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CA_PASS = "scratch ca passphrase"
 KEY_PASS = "scratch key passphrase"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.publish.conftest import Pki, make_pki
+from tests.publish.conftest import Pki
 from trustboot.cli.main import cli
 
 
@@ -167,18 +167,6 @@ CASES: list[Case] = [
      lambda s: _publish(s, f"file://{s.dir}/srv", signer="other-signer")),
     ("ca check: an edited operation log line", 4, _edited_log),
 ]
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("exit-pki"))
-
-
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRUSTBOOT_PUBLISH_CACHE", str(tmp_path / "publish-cache.json"))
-    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
 
 
 @pytest.mark.parametrize(("case", "code", "argv"), CASES, ids=[c[0] for c in CASES])

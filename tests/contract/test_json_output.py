@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.publish.conftest import Pki, make_pki
+from tests.publish.conftest import Pki
 from trustboot.cli.main import cli
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 ENTRY = b"#!ipxe\nchain --autofree https://boot.example.net/menu.ipxe\n"
 
 
@@ -34,18 +34,6 @@ def documented() -> dict[str, set[str]]:
         assert command is not None, line
         table[command.group(1)] = set(re.findall(r"`([a-z_0-9]+)`", cells[1]))
     return table
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("json-pki"))
-
-
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRUSTBOOT_PUBLISH_CACHE", str(tmp_path / "publish-cache.json"))
-    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
 
 
 def run(*args: str) -> Result:
