@@ -154,6 +154,9 @@ CASES: list[Case] = [
      lambda s: ["release", str(s.recipe("surprise: 1\n")), *s.allow()]),
     ("publish: bad release id", 3,
      lambda s: _publish(s, f"file://{s.dir}/srv", "--release-id", "../x")),
+    ("publish: the release directory does not exist", 3,
+     lambda s: ["publish", str(s.dir / "nope"), f"file://{s.dir}/srv", "--release-id", "r1",
+                "--pki", str(s.pki.dir)]),
     ("ca check: a certificate not the one the index recorded", 3, _tampered_cert),
     # 4: verification failed
     ("verify: tampered image", 4, _tampered),

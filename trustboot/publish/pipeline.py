@@ -195,7 +195,9 @@ def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = 
     try:
         st = os.stat(root)
     except OSError as exc:
-        raise ConfigError(f"cannot read release directory {root}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read release directory {root}: {exc.strerror}",
+                          hint="pass the directory `trustboot sign --out DIR` wrote, with "
+                          "the files beside their .sig") from None
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"{root} is not a directory", hint="pass the output directory "
                                                              "of `trustboot sign`")
