@@ -125,8 +125,8 @@ def test_dry_run_plans_when_the_origin_is_out_of_reach(lab: Lab) -> None:
         f"url: 'file://{lab.origin}'", "url: 'https://127.0.0.1:9/dav/'"))
     code, out, err = release(str(recipe), "--dry-run")
     assert code == 0, err
-    assert "the id is provisional: the origin was not reachable" in out
-    assert "origin not reachable" in err and "127.0.0.1:9" in err
+    assert "the id is provisional: the origin could not be listed" in out
+    assert "could not list the origin" in err and "127.0.0.1:9" in err
     code, out, _ = release(str(recipe), "--dry-run", "--json")
     plan = json.loads(out)["plan"]
     assert plan["release_id_provisional"] is True and "127.0.0.1:9" in plan["origin_unreachable"]

@@ -124,7 +124,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
         p = result.plan
         provisional = ""
         if p.get("origin_unreachable"):
-            provisional = "; the id is provisional: the origin was not reachable"
+            provisional = "; the id is provisional: the origin could not be listed"
         elif p.get("release_id_provisional"):
             provisional = "; the id is provisional until the pinned iPXE tree is cloned"
         click.echo(f"release {p['release']} (dry run: nothing was built, signed or uploaded)"

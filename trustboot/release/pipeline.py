@@ -225,7 +225,7 @@ def _planned(p: Plan, st: _Stages, *, dry_run: bool, now: dt.datetime) -> Releas
         not_before=cert.not_valid_before_utc).to_json()
     if dry_run:
         if p.origin_unreachable is not None:
-            st.done("plan", "warning", f"origin not reachable ({p.origin_unreachable}): "
+            st.done("plan", "warning", f"could not list the origin ({p.origin_unreachable}): "
                     f"release {p.release_id} is provisional, the same inputs may already "
                     "be there under an earlier day's id")
         st.done("plan", "done", f"release {p.release_id}: {len(p.objects) + 1} objects to "
