@@ -194,8 +194,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="tb-bench-") as tmp:
         work = Path(tmp)
         pki = make_pki(work)
-        key_args = ["--key", f"file:{pki['key']}", "--cert", str(pki["cert"]),
-                    "--chain", str(pki["chain"]), "--passphrase-env", "TB_BENCH_PASS",
+        key_args = ["--key", f"file:{pki['key']}", "--signing-cert", str(pki["cert"]),
+                    "--signing-chain", str(pki["chain"]), "--passphrase-env", "TB_BENCH_PASS",
                     "--pki", str(pki["pki"])]
         size = parse_size(args.size)
         print(f"large file: {size / (1 << 30):.2f} GiB; {os.cpu_count()} cores; {load()}")
@@ -316,8 +316,8 @@ def bench_small(repeat: int, count: int, tb: list[str], key_args: list[str],
     listing.write_text("".join(f"{p}\n" for p in smalls))
     token_env = make_token(work / "hsm", pki["plainkey"])
     outputs = [Path(f"{p}.sig") for p in smalls] + [Path(f"{p}.osig") for p in smalls]
-    ec_args = ["--key", f"file:{pki['ec_key']}", "--cert", str(pki["ec_cert"]),
-               "--chain", str(pki["chain"]), "--passphrase-env", "TB_BENCH_PASS",
+    ec_args = ["--key", f"file:{pki['ec_key']}", "--signing-cert", str(pki["ec_cert"]),
+               "--signing-chain", str(pki["chain"]), "--passphrase-env", "TB_BENCH_PASS",
                "--pki", str(pki["pki"])]
 
     def fresh() -> None:
@@ -346,8 +346,9 @@ def bench_small(repeat: int, count: int, tb: list[str], key_args: list[str],
         runs["floor"].append(run([sys.executable, "-c", FLOOR, str(pki["key"]), str(count)],
                                  env)[0])
         if token_env is not None:
-            runs["hsm"].append(tb_run(["--key", "pkcs11:token=bench;object=signer", "--cert",
-                                       str(pki["cert"]), "--chain", str(pki["chain"]),
+            runs["hsm"].append(tb_run(["--key", "pkcs11:token=bench;object=signer",
+                                       "--signing-cert", str(pki["cert"]),
+                                       "--signing-chain", str(pki["chain"]),
                                        "--pin-env", "TB_BENCH_PIN", "--pki",
                                        str(pki["pki"])], token_env))
         runs["ec"].append(tb_run(ec_args))

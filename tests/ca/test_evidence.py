@@ -172,8 +172,13 @@ def test_release_without_build_record_or_signature_is_not_evidence(
             sign_manifest=False)
     r = promote(run, begun, secrets_dir, "--from-origin", f"file://{unsigned}")
     assert r.exit_code == 4 and "has no signature" in r.output, r.output
+    (tmp_path / "empty").mkdir()
     r = promote(run, begun, secrets_dir, "--from-origin", f"file://{tmp_path / 'empty'}")
     assert r.exit_code == 3 and "serves no release" in r.output, r.output
+    # a mistyped origin directory is named as such (and not created)
+    r = promote(run, begun, secrets_dir, "--from-origin", f"file://{tmp_path / 'typo'}")
+    assert r.exit_code == 1 and "does not exist" in r.output, r.output
+    assert not (tmp_path / "typo").exists()
     assert status(run, begun, secrets_dir)["step"] == "begun"
 
 

@@ -134,5 +134,5 @@ def test_sign_with_an_incomplete_chain_names_the_chain_option(
     ], env={"TB_TEST_PASS": PASSPHRASE.decode()})
     assert result.exit_code == 4, result.output
     assert "[rule: chain-incomplete]" in result.output
-    assert "--chain" in result.output.split("hint:", 1)[1]
+    assert "--signing-chain" in result.output.split("hint:", 1)[1]
     assert not image.with_name("kernel.sig").exists()

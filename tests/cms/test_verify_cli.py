@@ -142,3 +142,38 @@ def test_a_missing_image_is_named_not_its_signature(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert f"cannot read image {tmp_path / 'vmlinuzz'}: no such file" in result.output
     assert ".sig" not in result.output
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "missing"])
+@pytest.mark.parametrize("operand", ["image", "signature"])
+def test_an_operand_that_is_not_a_regular_file_exits_1(tmp_path: Path, operand: str,
+                                                       kind: str) -> None:
+    """FILE and its .sig follow one rule (as `sign` does for FILES): missing, a FIFO or a
+    directory is an I/O failure, exit 1, named as the image or the signature; never a
+    hang, a usage error or a bug."""
+    import os
+
+    image, sig = tmp_path / "vmlinuz", tmp_path / "vmlinuz.sig"
+    image.write_bytes(b"kernel")
+    sig.write_bytes(b"\x30\x00")
+    bad = image if operand == "image" else sig
+    bad.unlink()
+    if kind == "fifo":
+        os.mkfifo(bad)
+    elif kind == "directory":
+        bad.mkdir()
+    for extra in ([], ["--json"]):
+        result = CliRunner().invoke(cli, ["verify", str(image), "--trust",
+                                          "sha256:" + "00" * 32, *extra])
+        assert result.exit_code == 1, result.output
+        expected = ("no such file" if kind == "missing" else "not a regular file")
+        assert f"cannot read {operand} {bad}: {expected}" in result.stderr
+        if extra:
+            assert json.loads(result.stderr)["exit_code"] == 1 and not result.stdout
+
+
+def test_a_directory_as_file_is_refused_not_a_bug(tmp_path: Path) -> None:
+    for path in (".", "/", str(tmp_path)):
+        result = CliRunner().invoke(cli, ["verify", path, "--trust", "sha256:" + "00" * 32])
+        assert result.exit_code == 1, result.output
+        assert "not a regular file" in result.stderr

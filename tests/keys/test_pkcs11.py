@@ -161,7 +161,7 @@ def test_errors_are_clear_and_write_nothing(token: Token, material: Material,
     _expect(_sign(token, tmp_path, [image], token.uri(), *args, pin="999999"), 3,
             "wrong PIN", "trustboot-test")
     _expect(_sign(token, tmp_path, [image], "pkcs11:token=nope;object=signer", *args), 3,
-            "no token matches", "trustboot-test")
+            "no token matches", "trustboot-test", "an uninitialised token (no label)")
     _expect(_sign(token, tmp_path, [image], token.uri("missing"), *args), 3,
             "no private key matching")
     token.import_key(rsa_key(), "signer", "02")  # a second key with the same label
@@ -224,9 +224,13 @@ def test_uri_parsing() -> None:
                 "pkcs11:object=o?pin-value"]:
         with pytest.raises(ConfigError):
             parse_uri(bad)
-    with pytest.raises(ConfigError) as err:
+    # pin-value= in the path (where users write it) gets the same refusal as in the query,
+    # not "unknown attribute"; a query attribute in the path says where it goes
+    with pytest.raises(ConfigError, match="carries the PIN itself") as err:
         parse_uri("pkcs11:object=o;pin-value=123456")
     assert "123456" not in err.value.message
+    with pytest.raises(ConfigError, match=r"module-path= .* is a query attribute"):
+        parse_uri("pkcs11:object=o;module-path=/m.so")
     # the PIN in the query is refused by the parser itself, for a key or a token alike
     for text, require_key in (("pkcs11:object=o?pin-value=123456", True),
                               ("pkcs11:token=t?pin-value=123456", False)):

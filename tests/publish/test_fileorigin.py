@@ -193,6 +193,24 @@ def test_file_origin_publish_and_refusals(pki: Pki, make_release: ReleaseFactory
         assert res.exit_code in (2, 3), (bad, res.output)
 
 
+def test_previous_live_when_releases_share_the_entry(pki: Pki, make_release: ReleaseFactory,
+                                                      tmp_path: Path) -> None:
+    """The same boot.ipxe signed again by the same RSA key is byte-identical, .sig too:
+    publishing r2 after r1 said 'switched to r2 (was r2)'; it was r1."""
+    origin = f"file://{tmp_path}/srv"
+    r1 = make_release({"boot.ipxe": ENTRY, "vmlinuz": b"one" * 100})
+    r2 = make_release({"boot.ipxe": ENTRY, "vmlinuz": b"two" * 100})
+    assert (r1 / "boot.ipxe.sig").read_bytes() == (r2 / "boot.ipxe.sig").read_bytes()
+    assert _publish(pki, r1, origin, "r1").exit_code == 0
+    second = _publish(pki, r2, origin, "r2")
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.output)["previous_live"] == "r1"
+    back = CliRunner().invoke(cli, ["publish", "rollback", origin, "r1", "--pki", str(pki.dir),
+                                    "--json"])
+    assert back.exit_code == 0, back.output
+    assert json.loads(back.output)["previous_live"] == "r2"
+
+
 def test_unsigned_or_badly_signed_release_is_refused_before_upload(
         pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
     origin = tmp_path / "srv"
@@ -269,3 +287,22 @@ def test_prune_keeps_newest_and_live(pki: Pki, make_release: ReleaseFactory,
         ("r1", True, True), ("r3", False, True)]
     res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "0"])
     assert res.exit_code == 2
+
+
+def test_only_publish_creates_a_file_origin_directory(pki: Pki, make_release: ReleaseFactory,
+                                                      tmp_path: Path) -> None:
+    """A mistyped file:// path: list, prune, rollback, repair and resign say it does not
+    exist (exit 1) and leave no directory behind (they created it, and list said 'no
+    releases'); the first publish creates it."""
+    missing = tmp_path / "typo" / "srv"
+    origin = f"file://{missing}"
+    for args in (["publish", "list", origin], ["publish", "prune", origin, "--keep", "1"],
+                 ["publish", "rollback", origin, "r1"], ["publish", "repair", origin],
+                 ["resign", origin, "--key", "boot-signer"]):
+        result = CliRunner().invoke(cli, [*args, "--pki", str(pki.dir)])
+        assert result.exit_code == 1, (args, result.output)
+        assert f"origin directory {missing} does not exist" in result.stderr, args
+        assert not (tmp_path / "typo").exists(), args
+    res = _publish(pki, make_release({"boot.ipxe": ENTRY}), origin, "r1")
+    assert res.exit_code == 0, res.output
+    assert (missing / "releases" / "r1" / "boot.ipxe").is_file()

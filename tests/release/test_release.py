@@ -115,6 +115,26 @@ def test_dry_run_prints_the_plan_and_changes_nothing(lab: Lab) -> None:
     assert "linux/initrd.img.sig" in plan["upload"] and plan["build"] == []
 
 
+def test_dry_run_plans_when_the_origin_is_out_of_reach(lab: Lab) -> None:
+    """A {date} id looks for the same inputs released on an earlier day; when the origin
+    cannot be listed, a dry run still prints the plan, saying the id is provisional (the
+    README's and --help's dry-run example of recipes/multiarch.yaml, whose origin is
+    boot.example.net, failed with 'the run resumes')."""
+    recipe = lab.recipe(release="release: {id: '{date}-{digest8}', min_signer_lifetime: 30d}")
+    recipe.write_text(recipe.read_text().replace(
+        f"url: 'file://{lab.origin}'", "url: 'https://127.0.0.1:9/dav/'"))
+    code, out, err = release(str(recipe), "--dry-run")
+    assert code == 0, err
+    assert "the id is provisional: the origin could not be listed" in out
+    assert "could not list the origin" in err and "127.0.0.1:9" in err
+    code, out, _ = release(str(recipe), "--dry-run", "--json")
+    plan = json.loads(out)["plan"]
+    assert plan["release_id_provisional"] is True and "127.0.0.1:9" in plan["origin_unreachable"]
+    # a real run needs the origin: still an origin failure, exit 1
+    code, _, err = release(str(recipe))
+    assert code == 1 and "127.0.0.1:9" in err
+
+
 def test_signer_expiring_before_min_lifetime_is_refused(lab: Lab) -> None:
     recipe = lab.recipe(release="release: {min_signer_lifetime: 1000d}")
     code, _, err = release(str(recipe))

@@ -31,6 +31,46 @@ def json_option(func: F) -> F:
     )(func)
 
 
+class HiddenAliasOption(click.Option):
+    """An option whose later names are old spellings that still work but are not shown:
+    ``--help`` lists only the first name."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        shown, self.opts = self.opts, self.opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = shown
+
+
+def signing_cert_options(*, old_names: bool) -> Callable[[F], F]:
+    """``--signing-cert`` / ``--signing-chain`` (parameters ``signing_cert`` and
+    ``signing_chain``): the code-signing certificate of a ``file:``/``pkcs11:`` key, one
+    spelling for sign and resign. ``old_names``: also take sign's first spellings,
+    ``--cert``/``--chain``, hidden (resign cannot: there ``--cert`` means CERT=, as in
+    verify and publish)."""
+
+    def names(new: str, old: str) -> tuple[str, ...]:
+        return (new, old) if old_names else (new,)
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            *names("--signing-chain", "--chain"), "signing_chain", cls=HiddenAliasOption,
+            type=click.Path(path_type=Path, dir_okay=False), envvar="TRUSTBOOT_SIGNING_CHAIN",
+            show_envvar=True,
+            help="Issuers of the signing certificate, root included (PEM bundle); default: "
+            "the pki's chain when the pki issued it.")(func)
+        func = click.option(
+            *names("--signing-cert", "--cert"), "signing_cert", cls=HiddenAliasOption,
+            type=click.Path(path_type=Path, dir_okay=False), envvar="TRUSTBOOT_SIGNING_CERT",
+            show_envvar=True,
+            help="Signing certificate of a file: key (and of a pkcs11: key when the token "
+            "holds none); a NAME key takes it from the pki.")(func)
+        return func
+
+    return decorate
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 

@@ -48,7 +48,25 @@ def _arches(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names)) or tuple(dhcp4.ARCHES)
 
 
-@click.command("audit")
+EPILOG = """\b
+Examples (as root, on the interface facing the segment):
+  trustboot audit -i eth1                                  # table; exit 5 on high/critical
+  trustboot audit -i eth1 --policy segment.yaml --json     # JSON for CI
+  trustboot audit -i eth1 --release-manifest release.json --sarif audit.sarif
+  trustboot audit -i eth1 --passive --window 60            # listen only, send nothing
+  trustboot audit -i eth1 --enumerate-tftp --probe-writes  # WRITES a file to TFTP servers
+  trustboot audit -i eth1 --fail-on medium                 # or none: never exit 5
+
+\b
+Exit codes: 0 no finding at or above --fail-on, 1 the interface or a socket failed (not
+root?), 3 bad option (an unknown interface too), policy or release manifest, 5 findings
+at or above --fail-on.
+--json prints tool, version, started, finished, beyond_window_s, summary, policy, findings
+and observation (the report also comes before exit 5).
+"""
+
+
+@click.command("audit", epilog=EPILOG)
 @click.option("--interface", "-i", required=True, metavar="IF",
               help="Network interface facing the segment to audit.")
 @click.option("--policy", "policy_path", type=click.Path(path_type=Path, dir_okay=False),

@@ -64,7 +64,29 @@ class _CaGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-@click.group("ca", cls=_CaGroup)
+EPILOG = """\b
+Examples (ca.pass, key.pass: passphrases, one line each; without the options you are asked):
+  trustboot ca init --name "Example Boot" --org Example --passphrase-file ca.pass
+  trustboot ca issue codesign release-signer --passphrase-file ca.pass \\
+      --key-passphrase-file key.pass
+  trustboot ca issue server boot.example.net 192.0.2.10 --passphrase-file ca.pass \\
+      --key-passphrase-file key.pass
+  trustboot ca list
+  trustboot ca show release-signer --json
+  trustboot ca export --out trust/
+  trustboot ca renew release-signer --days 30 --passphrase-file ca.pass
+  trustboot ca revoke release-signer --reason superseded --passphrase-file ca.pass
+  trustboot ca check
+
+\b
+Exit codes: 0 ok, 1 I/O or a store locked by another run, 3 invalid input, a pki that
+fails its checks (permissions, index fingerprints) or a rotation step out of order,
+4 a broken operation log (ca check), a signer that can no longer sign, or rotation
+evidence that does not show the fleet trusts the next root.
+"""
+
+
+@click.group("ca", cls=_CaGroup, epilog=EPILOG)
 def command() -> None:
     """The private CA: root + issuing CA, code-signing, server and client certificates."""
 
@@ -78,8 +100,10 @@ def command() -> None:
               type=click.Choice(profiles.CA_KEY_TYPES), help="Root key type.")
 @click.option("--issuing-key-type", type=click.Choice(profiles.CA_KEY_TYPES),
               help="Issuing CA key type (default: same as the root).")
-@click.option("--root-days", type=int, default=20 * 365, show_default=True)
-@click.option("--issuing-days", type=int, default=5 * 365, show_default=True)
+@click.option("--root-days", type=int, default=20 * 365, show_default=True,
+              help="Validity of the root certificate in days.")
+@click.option("--issuing-days", type=int, default=5 * 365, show_default=True,
+              help="Validity of the issuing CA certificate in days.")
 @click.option("--crl-url", help="CRL distribution point put into issued certificates.")
 @click.option("--ocsp-url",
               help="OCSP responder put into AIA. iPXE then requires an OCSP answer at boot.")
@@ -151,7 +175,9 @@ def _issue_options(func: Any) -> Any:
                         help="PKCS#11 module (.so) for --pkcs11-key.")(func)
     func = click.option("--days", type=int, help="Validity in days (profile default).")(func)
     func = click.option("--key-type", default="rsa-3072", show_default=True,
-                        type=click.Choice(profiles.LEAF_KEY_TYPES))(func)
+                        type=click.Choice(profiles.LEAF_KEY_TYPES),
+                        help="Type of the key generated for the certificate (ECDSA needs "
+                        "iPXE 2.0.0; a client key for PRIVKEY= must be RSA).")(func)
     func = pki_option(func)
     return func
 
@@ -577,8 +603,10 @@ def _emit_step(result: rotation.StepResult, as_json: bool) -> None:
 @click.option("--key-type", type=click.Choice(profiles.CA_KEY_TYPES),
               help="Key type of the next root (default: the CA's).")
 @click.option("--issuing-key-type", type=click.Choice(profiles.CA_KEY_TYPES))
-@click.option("--root-days", type=int, default=20 * 365, show_default=True)
-@click.option("--issuing-days", type=int, default=5 * 365, show_default=True)
+@click.option("--root-days", type=int, default=20 * 365, show_default=True,
+              help="Validity of the root certificate in days.")
+@click.option("--issuing-days", type=int, default=5 * 365, show_default=True,
+              help="Validity of the issuing CA certificate in days.")
 @passphrase_options(what="the CA keys (the new keys get the same passphrase)")
 @json_option
 def rotate_root_begin(pki: Path, key_type: str | None, issuing_key_type: str | None,

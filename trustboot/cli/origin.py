@@ -37,7 +37,7 @@ def command() -> None:
 @click.option("--ipxe-script", metavar="URL",
               help="Hand iPXE (user class iPXE) this script instead of the binary again.")
 @click.option("--format", "fmt", type=click.Choice(["dnsmasq", "kea"]), default="dnsmasq",
-              show_default=True)
+              show_default=True, help="DHCP server the snippet is for.")
 def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -> None:
     """Print DHCP server snippets for UEFI HTTPS Boot of the signed iPXE (no TFTP).
 
@@ -108,7 +108,8 @@ def nginx_config(server_names: tuple[str, ...], root: Path, cert: Path, key: Pat
 @command.command("check")
 @click.argument("url")
 @click.option("--pki", type=click.Path(path_type=Path, file_okay=False),
-              envvar="TRUSTBOOT_PKI", default=Path("pki"), show_default=True)
+              envvar="TRUSTBOOT_PKI", show_envvar=True, default=Path("pki"), show_default=True,
+              help="CA home: its ca.crt is the default TLS trust and iPXE root.")
 @click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False),
               help="CA for the origin's TLS (default: the iPXE roots, as iPXE does).")
 @click.option("--trust", "trust", multiple=True, metavar="ROOT[,ROOT]",
@@ -121,7 +122,8 @@ def nginx_config(server_names: tuple[str, ...], root: Path, cert: Path, key: Pat
 @click.option("--fail-within", type=click.IntRange(0), metavar="DAYS",
               help="Exit 4 when the live release's signatures stop verifying (signer chain "
                    "notAfter) within DAYS: for cron/monitoring, before clients refuse it.")
-@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds per network operation.")
 @json_option
 def check(url: str, as_json: bool, **kw: Any) -> None:
     """Fetch URL and URL.sig as iPXE would: TLS version, cipher, chain, iPXE's verdict,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sys
 import threading
@@ -51,7 +52,8 @@ def origin_options(func: F) -> F:
     """Options every command that talks to an origin takes."""
     func = origin_access_options(func)
     return click.option("--pki", type=click.Path(path_type=Path, file_okay=False),
-                        envvar="TRUSTBOOT_PKI", default=Path("pki"), show_default=True,
+                        envvar="TRUSTBOOT_PKI", show_envvar=True, default=Path("pki"),
+                        show_default=True,
                         help="CA home: its ca.crt is the default TLS trust and iPXE root.",
                         )(func)
 
@@ -170,8 +172,10 @@ def build_trust(kw: dict[str, Any]) -> Any:
     return Trust(tuple(anchors), extra, kw.get("signer"))
 
 
-def open_cli_origin(url: str, kw: dict[str, Any]) -> tuple[Origin, OriginOptions]:
-    options = build_options(kw)
+def open_cli_origin(url: str, kw: dict[str, Any], *, create_root: bool = False
+                    ) -> tuple[Origin, OriginOptions]:
+    """``create_root``: a file:// origin's directory may be created (publish only)."""
+    options = dataclasses.replace(build_options(kw), create_root=create_root)
     return open_origin(url, options), options
 
 
@@ -290,7 +294,7 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
     keys = {o.key for o in objects}
     if entry is None and "boot.ipxe" in keys:
         entry = "boot.ipxe"
-    origin, options = open_cli_origin(origin_url, kw)
+    origin, options = open_cli_origin(origin_url, kw, create_root=True)
     with upload_progress(as_json) as bars, origin:
         result = publish_release(origin, release_id, objects, entry=entry,
                                  entry_path=kw["entry_path"], trust=trust, now=utc_now(),
@@ -318,7 +322,8 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
 
 @command.command("list")
 @click.argument("origin_url", metavar="ORIGIN")
-@click.option("--entry-path", default="boot.ipxe", show_default=True)
+@click.option("--entry-path", default="boot.ipxe", show_default=True,
+              help="The firmware's fixed entry object on the origin.")
 @origin_options
 @json_option
 def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None:
@@ -402,7 +407,8 @@ def repair_cmd(origin_url: str, as_json: bool, **kw: Any) -> None:
 @click.argument("origin_url", metavar="ORIGIN")
 @click.option("--keep", type=click.IntRange(1), required=True,
               help="Keep this many newest releases (the live one is always kept).")
-@click.option("--entry-path", default="boot.ipxe", show_default=True)
+@click.option("--entry-path", default="boot.ipxe", show_default=True,
+              help="The firmware's fixed entry object on the origin.")
 @origin_options
 @json_option
 def prune_cmd(origin_url: str, keep: int, entry_path: str, as_json: bool, **kw: Any) -> None:

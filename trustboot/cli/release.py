@@ -122,9 +122,13 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
         return
     if dry_run:
         p = result.plan
+        provisional = ""
+        if p.get("origin_unreachable"):
+            provisional = "; the id is provisional: the origin could not be listed"
+        elif p.get("release_id_provisional"):
+            provisional = "; the id is provisional until the pinned iPXE tree is cloned"
         click.echo(f"release {p['release']} (dry run: nothing was built, signed or uploaded)"
-                   + ("; the id is provisional until the pinned iPXE tree is cloned"
-                      if p.get("release_id_provisional") else ""))
+                   + provisional)
         click.echo(f"  origin:   {p['origin']}  (entry {p['public_base']}{p['entry_path']})")
         click.echo(f"  signer:   {p['signer']['ref']} ({p['signer']['subject']}, until "
                    f"{p['signer']['not_after']})")

@@ -19,6 +19,7 @@ from trustboot.cli._common import (
     passphrase_source,
     pin_options,
     pin_source,
+    signing_cert_options,
 )
 from trustboot.cli.publish import (
     build_trust,
@@ -54,12 +55,7 @@ new signatures.
               required=True, metavar="REF",
               help="The fresh signer: a CA code-signing certificate NAME (or ca:NAME), "
               "file:PATH with --signing-cert, or a pkcs11: URI.")
-@click.option("--signing-cert", type=click.Path(path_type=Path, dir_okay=False),
-              envvar="TRUSTBOOT_SIGNING_CERT", show_envvar=True,
-              help="Certificate of a file:/pkcs11: key (NAME takes it from the pki).")
-@click.option("--signing-chain", type=click.Path(path_type=Path, dir_okay=False),
-              envvar="TRUSTBOOT_SIGNING_CHAIN", show_envvar=True,
-              help="Its issuers, root included (default: the pki's chain).")
+@signing_cert_options(old_names=False)
 @passphrase_options(what="the signing key", envvar_prefix="TRUSTBOOT_SIGN_")
 @pin_options
 @click.option("--pkcs11-module", type=click.Path(path_type=Path, dir_okay=False),

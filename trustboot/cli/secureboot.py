@@ -34,6 +34,7 @@ def command() -> None:
     """UEFI Secure Boot with your own keys: PK, KEK and db from the CA home.
 
     \b
+    Examples:
       trustboot secureboot init --name "Example Boot"
       trustboot secureboot export --out sb/ --ovmf-vars /usr/share/OVMF/OVMF_VARS_4M.fd
       trustboot secureboot sign ipxe-build/bin-x86_64-efi/ipxe.efi --out ipxe.signed.efi

@@ -22,6 +22,7 @@ from trustboot.cli._common import (
     pin_options,
     pin_source,
     progress,
+    signing_cert_options,
     warn,
 )
 from trustboot.errors import ConfigError
@@ -56,26 +57,41 @@ def _read_files_from(source: str) -> list[Path]:
     return read_file_list(read_capped(Path(source), MAX_FILE_LIST_BYTES, "file list"), source)
 
 
-@click.command("sign")
-@click.argument("files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+EPILOG = """\b
+Examples:
+  export TRUSTBOOT_PKI=pki
+  trustboot sign vmlinuz initrd.img boot.ipxe --key release-signer --passphrase-env TB_PW
+  trustboot sign --key file:keys/sign.key --signing-cert sign.crt --signing-chain chain.pem \\
+      --hash sha384 --out dist/ --manifest dist/manifest.json vmlinuz
+  find dist -type f ! -name '*.sig' | trustboot sign --key release-signer \\
+      --passphrase-env TB_PW --files-from - --json > signed.json
+  trustboot sign vmlinuz --key 'pkcs11:token=release;object=codesign' --pin-file pin.txt \\
+      --pkcs11-module /usr/lib/softhsm/libsofthsm2.so
+
+\b
+Exit codes: 0 signed, 1 I/O (a FILE missing or not a regular file), 3 configuration or
+secret (bad option, key, passphrase or PIN), 4 signer refused (revoked, expired, not
+acceptable to iPXE). --json prints the manifest: signer, key, hash, signed_at and files
+(path, size, sha256, signature, hash, signer_subject, signer_not_after, chain_not_after).
+"""
+
+
+@click.command("sign", epilog=EPILOG)
+# Not click's dir_okay=False: a FILE that is not a regular file, a directory included, is
+# refused by check_options (exit 1) as in a --files-from list and in `verify`.
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--files-from", "files_from", metavar="LIST", envvar="TRUSTBOOT_SIGN_FILES_FROM",
               show_envvar=True,
               help="Also sign the files listed in LIST, one path per line ('-': stdin).")
 @click.option("--key", "key_ref", envvar="TRUSTBOOT_SIGNING_KEY", show_envvar=True,
               required=True, metavar="REF",
               help="Signing key: a CA code-signing certificate NAME (or ca:NAME), "
-              "file:PATH with --cert/--chain, or an RFC 7512 pkcs11: URI "
+              "file:PATH with --signing-cert/--signing-chain, or an RFC 7512 pkcs11: URI "
               "(pkcs11:token=T;object=O).")
 @click.option("--pki", "pki", type=click.Path(path_type=Path, file_okay=False),
               envvar="TRUSTBOOT_PKI", show_envvar=True, default=Path("pki"), show_default=True,
               help="The CA home: NAME references, and the revocation check for every key.")
-@click.option("--cert", "cert", type=click.Path(path_type=Path, dir_okay=False),
-              envvar="TRUSTBOOT_SIGNING_CERT", show_envvar=True,
-              help="Signing certificate (file: keys; pkcs11: keys when the token has none).")
-@click.option("--chain", "chain", type=click.Path(path_type=Path, dir_okay=False),
-              envvar="TRUSTBOOT_SIGNING_CHAIN", show_envvar=True,
-              help="Issuer certificates, root included (PEM bundle); default: the pki's "
-              "chain when the pki issued the signing certificate.")
+@signing_cert_options(old_names=True)
 @passphrase_options(what="the signing key", envvar_prefix="TRUSTBOOT_SIGN_")
 @pin_options
 @click.option("--pkcs11-module", "pkcs11_module", type=click.Path(path_type=Path,
@@ -85,10 +101,12 @@ def _read_files_from(source: str) -> list[Path]:
               envvar="TRUSTBOOT_SIGN_HASH", show_envvar=True, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               envvar="TRUSTBOOT_SIGN_OUT", show_envvar=True,
-              help="Write signatures here (default: FILE.sig next to each file).")
+              help="Write signatures here, creating missing directories (default: "
+              "FILE.sig next to each file).")
 @click.option("--manifest", "manifest", type=click.Path(path_type=Path, dir_okay=False),
               envvar="TRUSTBOOT_SIGN_MANIFEST", show_envvar=True,
-              help="Also write the JSON manifest to this file.")
+              help="Also write the JSON manifest (as --json prints it) to this file, "
+              "creating missing directories.")
 @click.option("--expiry-warning-days", type=int, default=30, show_default=True,
               envvar="TRUSTBOOT_EXPIRY_WARNING_DAYS", show_envvar=True,
               help="Warn when the signature's chain expires within this many days.")
@@ -97,7 +115,7 @@ def _read_files_from(source: str) -> list[Path]:
               help="Target iPXE; ECDSA keys need 2.0.0 or later.")
 @json_option
 def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: Path,
-            cert: Path | None, chain: Path | None, passphrase_file: Path | None,
+            signing_cert: Path | None, signing_chain: Path | None, passphrase_file: Path | None,
             passphrase_env: str | None, pin_file: Path | None, pin_env: str | None,
             pkcs11_module: Path | None, hash_name: str, out_dir: Path | None,
             manifest: Path | None, expiry_warning_days: int, ipxe_version: str,
@@ -140,7 +158,8 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
         except ValueError as exc:
             raise ConfigError(str(exc), hint="e.g. --ipxe-version 2.0.0") from None
         run = sign_paths(
-            paths, ref, secrets=passphrases, pins=pins, pki=pki, cert=cert, chain=chain,
+            paths, ref, secrets=passphrases, pins=pins, pki=pki, cert=signing_cert,
+            chain=signing_chain,
             hash_name=hash_name, out_dir=out_dir, manifest=manifest, progress=bars,
             ipxe_version=version, expiry_warning_days=expiry_warning_days,
             pkcs11_module=pkcs11_module, on_warning=warn, unlock_first=prompts,

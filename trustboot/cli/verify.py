@@ -47,20 +47,34 @@ def parse_time(text: str) -> dt.datetime:
                           hint="use ISO 8601 (2026-01-31T12:00:00Z) or @EPOCH") from None
 
 
-def _read_signature(path: Path) -> bytes | None:
-    """The .sig (None: larger than iPXE's 4 MiB, refused unread).
+def _operand_size(path: Path, what: str) -> int:
+    """The size of FILE or its .sig, which must be a readable regular file.
 
-    Only a regular file is read (a FIFO or device would block or never end), and never
-    more than the cap.
+    Like `sign`, an operand that is missing, unreadable or not a regular file (a FIFO or
+    device would block or never end; a directory) is an I/O failure, exit 1, whether it is
+    the image or the signature; option files (--trust, --cert, --crl) are configuration, 3.
     """
     try:
         st = path.stat()
     except OSError as exc:
-        raise OperationalError(f"cannot read signature {path}: {exc.strerror}",
-                               hint="check the signature path") from None
-    if stat.S_ISREG(st.st_mode) and st.st_size > MAX_SIGNATURE_SIZE:
+        reason = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror
+        raise OperationalError(f"cannot read {what} {path}: {reason}",
+                               hint=f"check the {what} path") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise OperationalError(f"cannot read {what} {path}: not a regular file",
+                               hint=f"check the {what} path (a regular file, not a "
+                               "directory, device, FIFO or socket)")
+    return st.st_size
+
+
+def _read_signature(path: Path) -> bytes | None:
+    """The .sig (None: larger than iPXE's 4 MiB, refused unread); never more than the cap."""
+    if _operand_size(path, "signature") > MAX_SIGNATURE_SIZE:
         return None
-    return read_capped(path, MAX_SIGNATURE_SIZE, "signature")
+    try:
+        return read_capped(path, MAX_SIGNATURE_SIZE, "signature")
+    except ConfigError as exc:  # replaced or grown since the check above: still I/O
+        raise OperationalError(exc.message, hint=exc.hint) from None
 
 
 MAX_CERT_FILE = 1 << 20
@@ -121,9 +135,25 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
     return anchors
 
 
-@click.command("verify")
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--sig", "sig_path", type=click.Path(path_type=Path, dir_okay=False),
+EPILOG = """\b
+Examples:
+  trustboot verify vmlinuz --trust pki/ca.crt --signer release-signer
+  trustboot verify initrd.img --sig initrd.img.sig --trust root1.crt,root2.crt \\
+      --cert extra-ca.crt --at 2027-06-01T08:00:00Z --ipxe-version 2.0.0 --json
+
+\b
+Exit codes: 0 iPXE would accept it, 1 FILE or its signature cannot be read (missing, not a
+regular file), 3 bad option or certificate file, 4 iPXE would refuse it. --json prints
+file, signature, size, at, ipxe_version, ok, failure, warnings, signers, revoked and
+replay_window (also when iPXE would refuse it; exit 4 then).
+"""
+
+
+@click.command("verify", epilog=EPILOG)
+# FILE and --sig are checked by _operand_size (exit 1 for any non-regular file, a
+# directory included), not by click (exit 2 for a directory only).
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--sig", "sig_path", type=click.Path(path_type=Path), metavar="FILE",
               help="The detached signature (default: FILE.sig).")
 @click.option("--trust", "trust", multiple=True, metavar="ROOT[,ROOT]",
               help="Trusted root certificate file(s), or sha256:HEX, as iPXE's TRUST= "
@@ -138,7 +168,7 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
 @click.option("--ipxe-version", "ipxe_version", default=str(DEFAULT_IPXE), show_default=True,
               help="Target iPXE (1.21.1: RSA only; 2.0.0: ECDSA P-256/P-384; master).")
 @click.option("--pki", "pki", type=click.Path(path_type=Path, file_okay=False),
-              envvar="TRUSTBOOT_PKI", default=Path("pki"), show_default=True,
+              envvar="TRUSTBOOT_PKI", show_envvar=True, default=Path("pki"), show_default=True,
               help="CA home whose root is trusted when --trust is not given.")
 @click.option("--assume-ocsp-reachable", "ocsp_reachable", is_flag=True,
               help="A chain certificate names an OCSP responder that the booting client can "
@@ -172,15 +202,11 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
     anchors = load_trust(trust, pki)
     cert_paths = [Path(s.strip()) for spec in certs for s in spec.split(",") if s.strip()]
     extra = [_der(c) for path in cert_paths for c in _certificates(path, "--cert file")]
+    # The image first: a mistyped FILE is named as such, not as its missing FILE.sig (and
+    # a directory such as '.' or '/' is refused before FILE.sig is derived from its name).
+    size = _operand_size(file, "image")
     sig_path = sig_path or file.with_name(file.name + ".sig")
-    # The image first: a mistyped FILE is named as such, not as its missing FILE.sig.
-    if not file.is_file():
-        raise OperationalError(
-            f"cannot read image {file}: "
-            + ("not a regular file" if file.exists() else "no such file"),
-            hint="check the image path")
     signature = _read_signature(sig_path)
-    size = file.stat().st_size
     verdict: Verdict
     if signature is None:
         verdict = oversized()

@@ -501,9 +501,26 @@ def _label_guess(raw: bytes) -> str:
     return f"(sha256 {hashlib.sha256(raw).hexdigest()[:16]})"
 
 
+def name_text(raw: bytes) -> str:
+    """A DER Name as RFC 4514 text (``CN=x,O=y``), as every other trustboot output writes
+    names; asn1crypto's wording for what cryptography will not represent. Raises
+    asn1crypto's parse errors for what is no Name at all."""
+    from cryptography import x509
+    from cryptography.x509.oid import ObjectIdentifier
+
+    name = ax509.Name.load(raw)
+    try:
+        rdns = [x509.RelativeDistinguishedName(
+            [x509.NameAttribute(ObjectIdentifier(atv["type"].dotted), atv["value"].native)
+             for atv in rdn]) for rdn in name.chosen]
+        return x509.Name(rdns).rfc4514_string()
+    except (ValueError, TypeError, AttributeError):
+        return str(name.human_friendly)
+
+
 def _subject_text(subject_raw: bytes, cn: bytes | None) -> str:
     try:
-        return str(ax509.Name.load(subject_raw).human_friendly)
+        return name_text(subject_raw)
     except _asn1.PARSE_ERRORS:
         return cn.decode("utf-8", "replace") if cn else subject_raw.hex()
 

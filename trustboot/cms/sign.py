@@ -171,7 +171,7 @@ def preflight(signer: Signer | KeySource, *, now: dt.datetime,
         raise VerificationError(
             f"the chain of {cert.subject.rfc4514_string()} does not end at a root "
             "certificate; iPXE needs the root's bytes in the signature [rule: chain-incomplete]",
-            hint="pass the issuers, root included (--chain chain.pem)",
+            hint="pass the issuers, root included (--signing-chain chain.pem)",
             rule="chain-incomplete", subject=cert.subject.rfc4514_string())
     root = rules.TrustAnchor(rules.fingerprint(chain[-1]), chain[-1])
     verdict = rules.check_signer(_der(cert), chain, trust=[root], now=now,

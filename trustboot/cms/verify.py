@@ -28,7 +28,6 @@ from typing import Any
 
 from asn1crypto import cms as acms
 from asn1crypto import core
-from asn1crypto import x509 as ax509
 
 from trustboot.cms import _asn1
 from trustboot.cms._asn1 import FramingError
@@ -37,6 +36,7 @@ from trustboot.cms.certinfo import (
     CertInfo,
     CertProblem,
     IpxeVersion,
+    name_text,
     parse_certificate,
     public_key,
     verify_raw,
@@ -413,7 +413,7 @@ def _serial_text(tlv: bytes) -> str:
 
 def _name_text(tlv: bytes) -> str:
     try:
-        return str(ax509.Name.load(tlv).human_friendly)
+        return name_text(tlv)
     except _asn1.PARSE_ERRORS:
         return tlv.hex()
 
@@ -602,11 +602,11 @@ def _explain_untrusted(
                 last)
         raise _fail(
             "chain-incomplete",
-            f"the issuer of {last.label} is not in the signature (nor given with --cert); "
+            f"the issuer of {last.label} is not in the signature (nor built in with CERT=); "
             f"iPXE would try to download it from {CROSSCERT} at boot",
             "re-sign with every certificate of the chain, root included (`trustboot sign "
-            "--chain chain.pem`; openssl: -certfile chain.pem), or build iPXE with CERT= for "
-            "the missing one", last)
+            "--signing-chain chain.pem`; openssl: -certfile chain.pem), or build iPXE with CERT= "
+            "for the missing one", last)
     raise _fail(
         "untrusted-root",
         f"the chain ends at {last.label} (sha256 {last.sha256.hex()}), whose fingerprint is not "

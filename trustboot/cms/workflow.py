@@ -72,18 +72,12 @@ def check_options(
     if out_dir is not None:
         _check_can_create_dir(out_dir, "--out")
     if manifest is not None:
-        parent = manifest.parent
         if manifest.is_dir():
             raise OperationalError(f"--manifest {manifest} is a directory",
                                    hint="name the manifest file itself")
-        # --out creates its directory and parents first: a manifest may go in one of them.
-        made_by_out = out_dir is not None and (
-            parent.absolute() == out_dir.absolute() or parent.absolute() in
-            out_dir.absolute().parents)
-        if not parent.is_dir() and not made_by_out:
-            raise OperationalError(
-                f"cannot write manifest {manifest}: directory {parent} does not exist",
-                hint=f"create it first (mkdir -p {parent}) or choose another path")
+        # Like --out, missing directories are created (0755), once the signatures exist.
+        parent = manifest.parent
+        _check_can_create_dir(parent, "--manifest")
         if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
             raise OperationalError(f"cannot write manifest {manifest}: {parent} is not writable",
                                    hint="choose a writable directory")
@@ -164,7 +158,7 @@ def sign_paths(
 
     from trustboot.cms.certinfo import DEFAULT_IPXE
     from trustboot.cms.sign import check_targets, preflight, sign_hashed
-    from trustboot.fsutil import atomic_write
+    from trustboot.fsutil import atomic_write, make_dirs
     from trustboot.keys.signer import resolve_signer
 
     ipxe_version = ipxe_version or DEFAULT_IPXE
@@ -214,6 +208,7 @@ def sign_paths(
     if manifest is not None:
         import json
 
+        make_dirs(manifest.parent)  # 0755 whatever the umask, as --out
         try:
             atomic_write(manifest,
                          (json.dumps(run.manifest(), indent=2, sort_keys=True) + "\n").encode())

@@ -77,6 +77,11 @@ class Pkcs11Uri:
         return self.path.get("id")
 
 
+def _shown_label(label: str) -> str:
+    # a slot's empty label is SoftHSM2's (and others') spare, uninitialised token
+    return repr(label) if label.strip() else "an uninitialised token (no label)"
+
+
 def parse_uri(text: str, *, require_key: bool = True) -> Pkcs11Uri:
     """``require_key=False`` for a URI naming only a token (where CA keys are generated)."""
     shown = mask_pin(text)
@@ -90,6 +95,13 @@ def parse_uri(text: str, *, require_key: bool = True) -> Pkcs11Uri:
         for item in filter(None, part.split(sep)):
             name, eq, value = item.partition("=")
             name = name.lower()
+            if name == "pin-value":  # wherever it is written: the same refusal below
+                uri.query[name] = b""
+                continue
+            if eq and sep == ";" and name in _QUERY_ATTRS:
+                raise ConfigError(
+                    f"{name}= in {shown} is a query attribute: it goes after '?'",
+                    hint=f"e.g. pkcs11:token=T;object=O?{name}=...")
             if not eq or (name not in allowed and not name.startswith("x-")):
                 raise ConfigError(
                     f"unknown or malformed attribute {mask_pin(item)!r} in {shown}",
@@ -182,7 +194,7 @@ def find_token(lib: Any, uri: Pkcs11Uri) -> Any:
     if not found:
         raise ConfigError(
             f"no token matches {uri.text}",
-            hint=(f"tokens present: {', '.join(repr(label) for label in labels)}"
+            hint=(f"tokens present: {', '.join(_shown_label(label) for label in labels)}"
                   if labels else "no token is present: initialise one or plug it in"))
     if len(found) > 1:
         raise ConfigError(f"{len(found)} tokens match {uri.text}",
@@ -222,19 +234,20 @@ def _certificate_from_token(lib: Any, uri: Pkcs11Uri) -> x509.Certificate | None
             return None
         if len(objects) > 1:
             raise ConfigError(f"{len(objects)} certificate objects match {uri.text}",
-                              hint="add id= to the URI, or pass the certificate with --cert")
+                              hint="add id= to the URI, or pass the certificate with "
+                              "--signing-cert")
         der = bytes(objects[0][p11.Attribute.VALUE])
     try:
         return x509.load_der_x509_certificate(der)
     except ValueError:
         raise ConfigError(f"the certificate object of {uri.text} is not a readable "
-                          "X.509 certificate", hint="pass it with --cert FILE") from None
+                          "X.509 certificate", hint="pass it with --signing-cert FILE") from None
 
 
 def _certificate_from_pki(lib: Any, uri: Pkcs11Uri, pki: Path | None) -> x509.Certificate:
     """The pki's valid code-signing certificate for the token's public key (as issued by
     `trustboot ca issue codesign NAME --pkcs11-key URI`)."""
-    hint = ("pass the signing certificate with --cert FILE, or issue one for this key: "
+    hint = ("pass the signing certificate with --signing-cert FILE, or issue one for this key: "
             "trustboot ca issue codesign NAME --pkcs11-key URI")
     from trustboot.ca.store import CertificateAuthority
 

@@ -73,8 +73,14 @@ class FileOrigin(StagesUploads):
 
     # -- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> FileOrigin:
-        # every directory this creates gets DIR_MODE, whatever the umask
-        fsutil.make_dirs(self.root, DIR_MODE)
+        if self.options.create_root:
+            # every directory this creates gets DIR_MODE, whatever the umask
+            fsutil.make_dirs(self.root, DIR_MODE)
+        elif not self.root.is_dir():
+            raise OperationalError(
+                f"origin directory {self.root} does not exist",
+                hint="check the origin URL; the first `trustboot publish DIR file://...` "
+                "creates it")
         try:
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:

@@ -140,7 +140,10 @@ def status_error(response: httpx.Response, what: str, url: str) -> OperationalEr
         401: "the origin wants credentials: --credentials-file/--credentials-env or a "
              "client certificate (--client-cert)",
         403: "the origin refused: listing (PROPFIND) and writes need a client certificate "
-             "from your CA (--client-cert) or credentials allowed to write",
+             "from your CA (--client-cert) or credentials allowed to write; with those, "
+             "the web server itself may not be allowed to write its root (nginx answers "
+             "403 when mkdir is denied: its error log says so; the root and the body temp "
+             "directory belong to its worker user)",
         404: "the path does not exist on the origin (a missing collection?): check the "
              "origin URL",
         409: "a parent collection is missing on the origin",

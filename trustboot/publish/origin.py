@@ -92,6 +92,10 @@ class OriginOptions:
     # s3:// only: give objects the canned ACL public-read (booting clients fetch straight
     # from the store). False for a bucket behind a CDN with origin access / a bucket policy.
     public_read: bool = True
+    # file:// only: create the origin directory when it is missing. Only a publish does;
+    # listing, rollback, prune, repair, re-signing and a dry run never create one (a
+    # mistyped path must not leave a directory behind).
+    create_root: bool = True
 
     def __repr__(self) -> str:  # the passphrase and credentials never reach a log
         return (f"OriginOptions(ca_file={self.ca_file!r}, client_cert={self.client_cert!r}, "

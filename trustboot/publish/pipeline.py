@@ -195,7 +195,9 @@ def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = 
     try:
         st = os.stat(root)
     except OSError as exc:
-        raise ConfigError(f"cannot read release directory {root}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read release directory {root}: {exc.strerror}",
+                          hint="pass the directory `trustboot sign --out DIR` wrote, with "
+                          "the files beside their .sig") from None
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"{root} is not a directory", hint="pass the output directory "
                                                              "of `trustboot sign`")
@@ -512,9 +514,14 @@ def _run_all(fn: Callable[[Any], None], items: Sequence[Any], jobs: int) -> None
             future.result()  # re-raises the first operational error
 
 
-def live_release(origin: Origin, releases: Sequence[ReleaseManifest], entry_path: str
-                 ) -> str | None:
-    """The release whose entry script the entry path serves now (by sha256)."""
+def live_release(origin: Origin, releases: Sequence[ReleaseManifest], entry_path: str, *,
+                 switching_to: str | None = None) -> str | None:
+    """The release whose entry script the entry path serves now (by sha256).
+
+    Releases can share a byte-identical entry and signature (the same script signed
+    again by the same RSA key); the newest of those is named, except ``switching_to``,
+    the release a switch is about to make live, which is named only when no other
+    matches (it was live already)."""
     check_key(entry_path)
     if origin.stat(entry_path) is None:
         return None
@@ -525,14 +532,16 @@ def live_release(origin: Origin, releases: Sequence[ReleaseManifest], entry_path
         _, sd = hash_chunks(origin.read(entry_path + ".sig", max_size=MAX_SIGNATURE_SIZE),
                             ["sha256"])
         sig_digest = sd["sha256"].hex()
+    matching = []
     for m in sorted(releases, key=lambda m: m.created, reverse=True):
         entry = m.file(m.entry) if m.entry else None
         if entry is None or entry.sha256 != live:
             continue
         sig = m.file(entry.sig) if entry.sig else None
         if sig is None or sig_digest is None or sig.sha256 == sig_digest:
-            return m.release
-    return None
+            matching.append(m.release)
+    others = [r for r in matching if r != switching_to]
+    return next(iter(others or matching), None)
 
 
 def switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: str,
@@ -742,8 +751,8 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                 finally:
                     early.cancel()
             if switch and entry is not None:
-                releases = [m for m in read_manifests(origin)[0]]
-                result.previous_live = live_release(origin, releases, entry_path)
+                result.previous_live = live_release(origin, read_manifests(origin)[0],
+                                                    entry_path, switching_to=manifest.release)
                 if progress:
                     progress.phase("switch", 0)
                 switch_and_check(origin, manifest, entry_path=entry_path, trust=trust,
@@ -985,7 +994,8 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
                             reader=reader, jobs=jobs, progress=progress, cache=cache,
                             signed_manifest=origin.stat(prefix + MANIFEST_NAME + ".sig")
                             is not None)
-            result.previous_live = live_release(origin, read_manifests(origin)[0], entry_path)
+            result.previous_live = live_release(origin, read_manifests(origin)[0], entry_path,
+                                                switching_to=release_id)
             switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
                               reader=reader)
             result.switched = True

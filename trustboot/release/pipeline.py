@@ -42,7 +42,7 @@ from typing import Any
 from trustboot import fsutil
 from trustboot.cms import sign as cms_sign
 from trustboot.cms.freshness import replay_window
-from trustboot.errors import VerificationError
+from trustboot.errors import OperationalError, VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.keys.signer import Signer
 from trustboot.publish.cache import PublishCache
@@ -163,8 +163,15 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     if dry_run:
         p = plan(v, now=now, cache=cache, save_cache=False)
         if "{date}" in recipe.release.id_template:
-            with open_origin(v.origin_url, origin_options(v)) as origin:
-                _keep_dated_id(p, origin)
+            try:
+                read_only = dataclasses.replace(origin_options(v), create_root=False)
+                with open_origin(v.origin_url, read_only) as origin:
+                    _keep_dated_id(p, origin)
+            except OperationalError as exc:
+                # A dry run still plans when the origin is out of reach (a laptop, a CI job
+                # checking a recipe): only the id of the same inputs on an earlier day is
+                # unknown then.
+                p.origin_unreachable = exc.message
         result = _planned(p, st, dry_run=True, now=now)
         return result
     # one origin session for the whole release: staging, manifest, publish, prune
@@ -217,6 +224,10 @@ def _planned(p: Plan, st: _Stages, *, dry_run: bool, now: dt.datetime) -> Releas
         min(c.not_valid_after_utc for c in (cert, *v.signer.chain)), now=now,
         not_before=cert.not_valid_before_utc).to_json()
     if dry_run:
+        if p.origin_unreachable is not None:
+            st.done("plan", "warning", f"could not list the origin ({p.origin_unreachable}): "
+                    f"release {p.release_id} is provisional, the same inputs may already "
+                    "be there under an earlier day's id")
         st.done("plan", "done", f"release {p.release_id}: {len(p.objects) + 1} objects to "
                 f"sign and publish to {v.origin_url}")
     return result

@@ -160,6 +160,8 @@ class Plan:
     digest: str
     hashed: dict[Path, cms_sign.Hashed]
     objects: list[dict[str, Any]] = field(default_factory=list)
+    # a dry run that could not list the origin: why (the id may be an earlier day's there)
+    origin_unreachable: str | None = None
 
     @property
     def readback_base(self) -> str:
@@ -177,7 +179,9 @@ class Plan:
                        "not_after": signer.not_valid_after_utc.isoformat()},
             "firmware": {"mode": fw.mode, "targets": list(fw.targets), "reason": fw.reason},
             # the id includes the firmware's build cache key, unknown until it is cloned
-            "release_id_provisional": fw.pinned is not None and fw.request is None,
+            "release_id_provisional": (fw.pinned is not None and fw.request is None)
+            or self.origin_unreachable is not None,
+            "origin_unreachable": self.origin_unreachable,
             "build": list(fw.targets) if fw.mode == "build" else [],
             "sign": [o["key"] for o in self.objects] + [ENTRY_SCRIPT],
             "upload": sorted([o["key"] for o in self.objects]
