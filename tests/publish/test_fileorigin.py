@@ -269,3 +269,28 @@ def test_prune_keeps_newest_and_live(pki: Pki, make_release: ReleaseFactory,
         ("r1", True, True), ("r3", False, True)]
     res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "0"])
     assert res.exit_code == 2
+
+
+def test_prune_with_another_entry_path_than_the_origins_deletes_nothing(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """The live release is found through the entry path: prune told the wrong one (the
+    default boot.ipxe for an origin whose firmware fetches menu.ipxe) cannot tell which
+    release is live, so it must not delete one that may be it."""
+    origin = f"file://{tmp_path}/srv"
+    for i in (1, 2):
+        r = make_release({"boot.ipxe": ENTRY + f"echo {i}\n".encode()})
+        res = _publish(pki, r, origin, f"r{i}", "--entry-path", "menu.ipxe")
+        assert res.exit_code == 0, res.output
+        time.sleep(1.1)  # distinct creation times
+    res = CliRunner().invoke(cli, ["publish", "rollback", origin, "r1", "--pki",
+                                   str(pki.dir), "--entry-path", "menu.ipxe"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "1"])
+    assert res.exit_code == 3, res.output
+    assert "--entry-path" in res.output
+    assert sorted(p.name for p in (tmp_path / "srv/releases").iterdir()) == ["r1", "r2"]
+    # told the right entry path, the live r1 is kept
+    res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "1", "--entry-path",
+                                   "menu.ipxe", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["deleted"] == []
