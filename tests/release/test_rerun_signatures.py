@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from tests.release.conftest import PASSPHRASE, SIGNER, Lab
 from trustboot.ca.store import CertificateAuthority
 from trustboot.cli.main import cli
+from trustboot.errors import OperationalError
 from trustboot.secrets import constant
 
 
@@ -65,7 +66,7 @@ def test_ecdsa_release_killed_after_claiming_its_id_completes_on_rerun(
     real = pipeline._upload
 
     def cut_off(*args: object, **kwargs: object) -> object:
-        raise pipeline.OperationalError("connection to the origin lost (test)")
+        raise OperationalError("connection to the origin lost (test)")
 
     monkeypatch.setattr(pipeline, "_upload", cut_off)
     r = CliRunner().invoke(cli, ["release", str(recipe)])
