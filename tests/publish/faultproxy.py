@@ -24,6 +24,7 @@ class Fault:
     method: str  # regex on the method
     status: int
     count: int  # how many matching requests fail
+    path: str = ".*"  # regex on the request path
 
 
 @dataclass
@@ -71,7 +72,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         with st.lock:
             fault = next((f for f in st.faults if f.count > 0 and
-                          re.fullmatch(f.method, self.command)), None)
+                          re.fullmatch(f.method, self.command)
+                          and re.fullmatch(f.path, self.path)), None)
             if fault:
                 fault.count -= 1
         if fault:

@@ -16,7 +16,14 @@ import pytest
 from click.testing import CliRunner
 
 from tests.publish.conftest import Nginx, Pki, ReleaseFactory
-from tests.publish.test_faults import ENTRY_A, ENTRY_B, _entry_verifies, publish
+from tests.publish.faultproxy import Fault, ProxyState
+from tests.publish.test_faults import (  # noqa: F401 - proxy is a fixture
+    ENTRY_A,
+    ENTRY_B,
+    _entry_verifies,
+    proxy,
+    publish,
+)
 from trustboot.cli.main import cli
 from trustboot.publish.origin import OriginOptions, open_origin
 from trustboot.publish.pipeline import SWITCH_JOURNAL
@@ -151,3 +158,27 @@ def test_file_origin_removes_only_stale_temp_files(tmp_path: Path) -> None:
     with open_origin(f"file://{root}", OriginOptions()) as origin:
         assert origin.remove_stale_temps(3600) == ["releases/r1/.tb-tmp.aaaa.vmlinuz"]
     assert not stale.exists() and young.exists() and kept.exists()
+
+
+@pytest.mark.slow
+def test_an_origin_failing_during_repair_keeps_the_switch_record(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory,
+        proxy: tuple[str, ProxyState]) -> None:  # noqa: F811
+    """A network failure while the repair reads the recorded release is an origin failure
+    (exit 1, try again), not an unusable record: dropping the record would leave the
+    mismatched pair with nothing left to finish it."""
+    url, state = proxy
+    assert publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra").exit_code == 0
+    killed_publish(pki, make_release({"boot.ipxe": ENTRY_B}), nginx.url, "rb", "between")
+    assert mismatched(pki, nginx)
+    state.faults.append(Fault("GET", 503, count=100, path=r".*/releases/rb/release\.json"))
+    r = CliRunner().invoke(cli, ["publish", "repair", url, "--retries", "1",
+                                 *origin_args(pki)])
+    assert r.exit_code == 1, r.output
+    assert "503" in r.output
+    assert (nginx.root / SWITCH_JOURNAL).exists()
+    state.faults.clear()
+    fixed = CliRunner().invoke(cli, ["publish", "repair", url, *origin_args(pki)])
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads(fixed.output)["action"] == "completed"
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()

@@ -611,7 +611,9 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
         manifest = read_manifest(origin, release_id)
         if manifest is None or manifest.entry is None:
             raise ValueError(f"release {release_id} has no manifest or no entry")
-    except (ValueError, KeyError, TypeError, TrustbootError) as exc:
+    except (ValueError, KeyError, TypeError, ConfigError, VerificationError) as exc:
+        # (an OperationalError, the origin failing to answer, is not the record's fault:
+        # it propagates and the record stays for the next run)
         origin.delete(SWITCH_JOURNAL)
         why = exc.message if isinstance(exc, TrustbootError) else str(exc)
         return RepairResult(None, "invalid", f"dropped an unusable switch record: {why}")
