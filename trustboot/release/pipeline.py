@@ -42,6 +42,7 @@ from typing import Any
 from trustboot import fsutil
 from trustboot.cms import sign as cms_sign
 from trustboot.cms.freshness import replay_window
+from trustboot.cms.verify import MAX_SIGNATURE_SIZE
 from trustboot.errors import VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.keys.signer import Signer
@@ -62,6 +63,7 @@ from trustboot.publish.pipeline import (
     PublishProgress,
     PublishResult,
     build_manifest,
+    pending_switch,
     prune,
     publish_release,
     read_manifest,
@@ -363,7 +365,7 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
 def _already_live(origin: Origin, existing: ReleaseManifest, wanted: dict[str, str],
                   entry_path: str) -> bool:
     """The release on the origin has exactly these objects, all present with their sizes,
-    and the entry path serves its script (so there is nothing to sign, upload or switch)."""
+    and the entry path serves its script and signature (nothing to sign, upload or switch)."""
     unsigned = {f.name: f.sha256 for f in existing.files if f.sig is not None}
     if unsigned != wanted:
         return False
@@ -373,10 +375,18 @@ def _already_live(origin: Origin, existing: ReleaseManifest, wanted: dict[str, s
         if st is None or st.size != f.size or (st.sha256 is not None and st.sha256 != f.sha256):
             return False
     entry = existing.file(ENTRY_SCRIPT)
-    if entry is None or origin.stat(entry_path) is None:
+    sig = existing.file(entry.sig) if entry is not None and entry.sig else None
+    # the pair, not the script alone: a switch killed between its two moves leaves this
+    # script beside another release's signature (recorded: publish repairs it first)
+    if entry is None or sig is None or pending_switch(origin):
         return False
-    data = b"".join(origin.read(entry_path, max_size=MAX_ENTRY_SIZE))
-    return hashlib.sha256(data).hexdigest() == entry.sha256
+    for key, want, cap in ((entry_path, entry.sha256, MAX_ENTRY_SIZE),
+                           (entry_path + ".sig", sig.sha256, MAX_SIGNATURE_SIZE)):
+        if origin.stat(key) is None:
+            return False
+        if hashlib.sha256(b"".join(origin.read(key, max_size=cap))).hexdigest() != want:
+            return False
+    return True
 
 
 def _same_digest_id(origin: Origin, template: str, name: str, digest: str) -> str | None:
