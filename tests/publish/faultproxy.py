@@ -8,6 +8,7 @@ import http.server
 import re
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,15 @@ class Fault:
 
 
 @dataclass
+class Delay:
+    method: str  # regex on the method
+    path: str  # regex on the request path
+    seconds: float  # held this long before it is forwarded
+    count: int = 1  # how many matching requests are held
+    started: threading.Event = field(default_factory=threading.Event)  # set when one is
+
+
+@dataclass
 class ProxyState:
     upstream: str
     client: httpx.Client
@@ -38,6 +48,7 @@ class ProxyState:
     # (a server or middlebox that does not wait for the upload)
     early: dict[str, int] = field(default_factory=dict)
     seen: list[tuple[str, str, int]] = field(default_factory=list)
+    delays: list[Delay] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -76,6 +87,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                           and re.fullmatch(f.path, self.path)), None)
             if fault:
                 fault.count -= 1
+        with st.lock:
+            delay = next((d for d in st.delays if d.count > 0 and
+                          re.fullmatch(d.method, self.command)
+                          and re.fullmatch(d.path, self.path)), None)
+            if delay:
+                delay.count -= 1
+        if delay:
+            delay.started.set()
+            time.sleep(delay.seconds)
         if fault:
             st.seen.append((self.command, self.path, fault.status))
             self._reply(fault.status, body=b"injected fault\n")

@@ -182,3 +182,19 @@ def test_an_origin_failing_during_repair_keeps_the_switch_record(
     assert fixed.exit_code == 0, fixed.output
     assert json.loads(fixed.output)["action"] == "completed"
     assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()
+
+
+def test_a_lock_record_a_killed_run_left_in_staging_is_removed_once_stale(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """A run killed between writing its lock record and moving it into place leaves the
+    record's collection in the staging collection: swept like any stale temporary."""
+    left = nginx.root / STAGING / "0123456789abcdef.lock"
+    left.mkdir(parents=True)
+    (left / "owner.json").write_text("{}")
+    old = time.time() - 2 * 3600
+    os.utime(left, (old, old))
+    r = publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["removed_temps"] == [f"{STAGING}/{left.name}"]
+    assert not left.exists()
+    assert not (nginx.root / ".trustboot-lock").exists()  # released
