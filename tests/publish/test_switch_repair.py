@@ -198,3 +198,54 @@ def test_a_lock_record_a_killed_run_left_in_staging_is_removed_once_stale(
     assert json.loads(r.output)["removed_temps"] == [f"{STAGING}/{left.name}"]
     assert not left.exists()
     assert not (nginx.root / ".trustboot-lock").exists()  # released
+
+
+@pytest.mark.slow
+def test_killed_after_both_moves_is_reported_as_finished(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """Killed after both replacements, before the record is removed: the new release is
+    live and verifies; the repair drops the record and says the switch had finished (it
+    said the switch had not started, naming as not live the release that is)."""
+    assert publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra").exit_code == 0
+    killed_publish(pki, make_release({"boot.ipxe": ENTRY_B}), nginx.url, "rb", "after")
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()
+    assert (nginx.root / SWITCH_JOURNAL).exists()
+    fixed = CliRunner().invoke(cli, ["publish", "repair", nginx.url, *origin_args(pki)])
+    assert fixed.exit_code == 0, fixed.output
+    out = json.loads(fixed.output)
+    assert out["action"] == "dropped" and out["release"] == "rb"
+    assert "had finished" in out["detail"] and "not started" not in out["detail"]
+    assert not (nginx.root / SWITCH_JOURNAL).exists()
+
+
+@pytest.mark.slow
+def test_prune_killed_midway_leaves_a_claimed_incomplete_release_and_resumes(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """A prune SIGKILLed after deleting one object of a release: its manifest (the id's
+    claim) stays, the live release is untouched, `publish list` shows it incomplete, the
+    next prune finishes it, and publishing the same content under that id again resumes."""
+    old = make_release({"boot.ipxe": ENTRY_A, "vmlinuz": b"kernel a " * 500})
+    assert publish(pki, old, nginx.url, "ra").exit_code == 0
+    time.sleep(1.1)  # distinct creation times
+    assert publish(pki, make_release({"boot.ipxe": ENTRY_B}), nginx.url, "rb").exit_code == 0
+    argv = [sys.executable, str(REPO / "tests/publish/killswitch.py"), "publish", "prune",
+            nginx.url, "--keep", "1", *origin_args(pki)]
+    proc = subprocess.run(argv, env=dict(os.environ, PYTHONPATH=str(REPO), KILL_AT="prune"),
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert (nginx.root / "releases/ra/release.json").exists()
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()
+    listed = CliRunner().invoke(cli, ["publish", "list", nginx.url, *origin_args(pki)])
+    info = {i["id"]: i for i in json.loads(listed.stdout)}
+    assert not info["ra"]["complete"], info
+    assert info["rb"]["complete"] and info["rb"]["live"], info
+    # the same content again under the claimed id: only what is missing is uploaded
+    again = publish(pki, old, nginx.url, "ra", "--no-switch")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["uploaded"]
+    pruned = CliRunner().invoke(cli, ["publish", "prune", nginx.url, "--keep", "1",
+                                      *origin_args(pki)])
+    assert pruned.exit_code == 0, pruned.output
+    assert json.loads(pruned.output)["deleted"] == ["ra"]
+    assert not (nginx.root / "releases/ra").exists()
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()

@@ -38,7 +38,8 @@ both replacements are done. Every later run that takes the origin's lock (publis
 rollback, prune, ``publish repair``) first looks for that record: if the entry pair as
 served does not verify, it completes the recorded switch to that release (verified before
 the record was written) and checks the pair again; if the pair verifies (the run died
-before the first replacement), the record is dropped and the live release stays.
+before the first replacement, or after the second), the record is dropped and the live
+release stays.
 ``origin check`` reports a mismatched pair and names ``publish repair``.
 """
 
@@ -578,15 +579,16 @@ class RepairResult:
         return {"release": self.release, "action": self.action, "detail": self.detail}
 
 
-def _entry_pair_verifies(origin: Origin, reader: Reader | None, entry_path: str, *,
-                         trust: Trust, now: dt.datetime) -> bool:
+def _verified_entry(origin: Origin, reader: Reader | None, entry_path: str, *,
+                    trust: Trust, now: dt.datetime) -> str | None:
+    """The sha256 of the entry script served, if the pair as served verifies; else None."""
     try:
         signature = _served_bytes(origin, reader, entry_path + ".sig", MAX_SIGNATURE_SIZE)
         served = _served(origin, reader, entry_path, max_size=MAX_ENTRY_SIZE,
                          hash_names=signature_hashes(signature))
     except (NotServed, OperationalError):
-        return False
-    return judge(signature, served.digests, trust, now).ok
+        return None
+    return served.sha256 if judge(signature, served.digests, trust, now).ok else None
 
 
 def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
@@ -617,11 +619,16 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
         origin.delete(SWITCH_JOURNAL)
         why = exc.message if isinstance(exc, TrustbootError) else str(exc)
         return RepairResult(None, "invalid", f"dropped an unusable switch record: {why}")
-    if _entry_pair_verifies(origin, reader, entry_path, trust=trust, now=now):
+    served = _verified_entry(origin, reader, entry_path, trust=trust, now=now)
+    if served is not None:
         origin.delete(SWITCH_JOURNAL)
+        entry = manifest.file(manifest.entry)
+        # killed before the first replacement, or after the second (record not removed)
+        when = ("had finished: it is live" if entry is not None and served == entry.sha256
+                else "had not started")
         return RepairResult(release_id, "dropped",
                             f"{entry_path} and its signature verify; the interrupted switch "
-                            f"to {release_id} had not started")
+                            f"to {release_id} {when}")
     switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
                       reader=reader)
     return RepairResult(release_id, "completed",
