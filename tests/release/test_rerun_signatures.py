@@ -79,3 +79,29 @@ def test_ecdsa_release_killed_after_claiming_its_id_completes_on_rerun(
     rid = str(data["release"])
     assert (lab.origin / "boot.ipxe").read_bytes() == \
         (lab.origin / "releases" / rid / "boot.ipxe").read_bytes()
+
+
+def test_rerun_republishes_the_claimed_manifest_as_it_is_on_the_origin(lab: Lab) -> None:
+    """The same inputs released again while another release is live: the release.json the
+    origin holds is the one published and reported, whatever changed in fields outside the
+    release's content (here the prebuilt firmware's build record, not part of the id)."""
+    fw = lab.dir / "fw" / "bin"
+    fw.mkdir(parents=True)
+    (fw / "undionly.kpxe").write_bytes(b"\xeb\x3c firmware " * 200)
+    recipe = lab.recipe(ipxe="ipxe: {prebuilt: fw, targets: [bin/undionly.kpxe]}")
+    kernel = lab.dir / "images" / "vmlinuz"
+    first_kernel = kernel.read_bytes()
+    code, first, err = _release(recipe)
+    assert code == 0, err
+    rid = str(first["release"])
+    claimed = (lab.origin / "releases" / rid / "release.json").read_bytes()
+    kernel.write_bytes(b"another kernel " * 3000)
+    code, _, err = _release(recipe)
+    assert code == 0, err
+    kernel.write_bytes(first_kernel)
+    (lab.dir / "fw" / "manifest.json").write_text('{"note": "written after the release"}')
+    code, again, err = _release(recipe)
+    assert code == 0, err
+    assert again["release"] == rid
+    assert (lab.origin / "releases" / rid / "release.json").read_bytes() == claimed
+    assert again["manifest"] == json.loads(claimed)

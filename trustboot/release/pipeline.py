@@ -50,9 +50,11 @@ from trustboot.publish.cache import PublishCache
 from trustboot.publish.check import CheckReport, check_origin
 from trustboot.publish.manifest import (
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     RELEASES_PREFIX,
     ReleaseManifest,
     SignerSummary,
+    parse_manifest,
     release_id_problem,
     release_prefix,
 )
@@ -343,9 +345,10 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
             f"({v.hash_name})")
     objects = [dataclasses.replace(o, staged=staged.get(o.key))
                for o in _local_objects(stage, signed)]
-    manifest = _manifest(p, objects, trust, ipxe_manifest, existing, now)
+    manifest, manifest_bytes = _manifest(p, objects, trust, ipxe_manifest, existing, now,
+                                         origin)
     manifest_path = stage / MANIFEST_NAME
-    fsutil.atomic_write(manifest_path, manifest.to_bytes())
+    fsutil.atomic_write(manifest_path, manifest_bytes)
     signed_manifest = cms_sign.sign_files([manifest_path], signer,
                                           hash_name=v.hash_name, now=now)
     objects += _local_objects(stage, signed_manifest)
@@ -427,23 +430,25 @@ def _local_objects(stage: Path, signed: list[cms_sign.Signed]) -> list[LocalObje
 
 def _manifest(p: Plan, objects: list[LocalObject], trust: Trust,
               ipxe: dict[str, Any] | None, existing: ReleaseManifest | None,
-              now: dt.datetime) -> ReleaseManifest:
-    """The release's manifest; an earlier run's ``created`` is kept when the content is the
-    same, so the bytes (and their signature) are the same and nothing is re-uploaded."""
+              now: dt.datetime, origin: Origin) -> tuple[ReleaseManifest, bytes]:
+    """The release's manifest and its bytes. When the origin already holds a manifest
+    with the same content (the id's claim), it is used byte for byte: re-signed as it is,
+    it is what the origin serves and what is reported (its notes, e.g. the prebuilt
+    firmware's build record, may differ from this run's; they are not part of the id)."""
     cert = p.v.signer.certificate
     chain_end = min(c.not_valid_after_utc for c in (cert, *p.v.signer.chain))
     signer = SignerSummary(subject=cert.subject.rfc4514_string(),
                            serial=f"{cert.serial_number:x}", not_after=chain_end)
-    origin = f"{p.v.public_base}releases/{p.release_id}/"
-
-    def build(created: dt.datetime) -> ReleaseManifest:
-        return build_manifest(p.release_id, objects, entry=ENTRY_SCRIPT, now=created,
-                              origin=origin, trust=trust, signer=signer, ipxe=ipxe)
-
-    fresh = build(now)
+    fresh = build_manifest(p.release_id, objects, entry=ENTRY_SCRIPT, now=now,
+                           origin=f"{p.v.public_base}releases/{p.release_id}/", trust=trust,
+                           signer=signer, ipxe=ipxe)
     if existing is not None and existing.same_content(fresh):
-        return build(existing.created)
-    return fresh
+        key = release_prefix(p.release_id) + MANIFEST_NAME
+        data = b"".join(origin.read(key, max_size=MAX_MANIFEST_BYTES))
+        claimed = parse_manifest(data, source=f"{origin.url}{key}")
+        if claimed.release == p.release_id and claimed.same_content(fresh):
+            return claimed, data
+    return fresh, fresh.to_bytes()
 
 
 def check_entry(entry_url: str, trust: Trust, expected: bytes | None, *,
