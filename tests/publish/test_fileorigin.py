@@ -344,3 +344,47 @@ def test_a_lock_being_created_is_never_taken_by_a_second_publisher(
         release.set()
         thread.join(10)
     assert len(holders) == 1, holders
+
+
+_HOLDER = """
+import sys, time
+from trustboot.publish.fileorigin import FileOrigin
+from trustboot.publish.origin import OriginOptions
+with FileOrigin(sys.argv[1], OriginOptions()) as o, o.lock("in a container"):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes it
+"""
+
+
+def test_a_lock_held_in_another_pid_namespace_of_this_host_is_not_broken(
+        tmp_path: Path) -> None:
+    """A publisher in a container that shares this host's name (host networking) holds
+    the lock with a pid of its own PID namespace, one no process has here: that pid says
+    nothing about whether it is alive, so its lock is not taken for a dead process's."""
+    import subprocess
+    import sys
+
+    from tests.conftest import require_root, require_tool
+
+    require_root()
+    require_tool("unshare", "util-linux")
+    url = f"file://{tmp_path}"
+    # a pid far above any in use here (set for the new namespace, which starts empty)
+    script = ("echo 4190000 > /proc/sys/kernel/ns_last_pid && "
+              '"$0" -c "$1" "$2"; true')
+    holder = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script, sys.executable,
+         _HOLDER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        record = json.loads((tmp_path / ".trustboot-publish.lock").read_text())
+        assert record["pid"] > 4190000  # (no such process in this namespace)
+        with pytest.raises(OperationalError, match="locked by in a container"):
+            with FileOrigin(url, OriginOptions()) as o, o.lock("here"):
+                pass
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+    assert not (tmp_path / ".trustboot-publish.lock").exists()
