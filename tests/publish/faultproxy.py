@@ -9,10 +9,11 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -35,6 +36,9 @@ class Delay:
     seconds: float  # held this long before it is forwarded
     count: int = 1  # how many matching requests are held
     started: threading.Event = field(default_factory=threading.Event)  # set when one is
+
+
+_Scripted = TypeVar("_Scripted", Fault, Delay)
 
 
 @dataclass
@@ -72,6 +76,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _take(self, scripted: Sequence[_Scripted]) -> _Scripted | None:
+        """The first of ``scripted`` matching this request with a count left (used up)."""
+        hit = next((x for x in scripted if x.count > 0 and re.fullmatch(x.method, self.command)
+                    and re.fullmatch(x.path, self.path)), None)
+        if hit is not None:
+            hit.count -= 1
+        return hit
+
     def _any(self) -> None:
         st = self.server.state
         if self.command in st.early:
@@ -82,17 +94,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         with st.lock:
-            fault = next((f for f in st.faults if f.count > 0 and
-                          re.fullmatch(f.method, self.command)
-                          and re.fullmatch(f.path, self.path)), None)
-            if fault:
-                fault.count -= 1
-        with st.lock:
-            delay = next((d for d in st.delays if d.count > 0 and
-                          re.fullmatch(d.method, self.command)
-                          and re.fullmatch(d.path, self.path)), None)
-            if delay:
-                delay.count -= 1
+            fault = self._take(st.faults)
+            delay = self._take(st.delays)
         if delay:
             delay.started.set()
             time.sleep(delay.seconds)

@@ -388,3 +388,22 @@ def test_a_lock_held_in_another_pid_namespace_of_this_host_is_not_broken(
         holder.stdin.close()
         holder.wait(10)
     assert not (tmp_path / ".trustboot-publish.lock").exists()
+
+
+def test_prune_keeps_the_release_another_entry_path_serves(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """Two recipes share an origin with their own entry paths (a production and a staging
+    menu): pruning for one must not delete the release the other one serves."""
+    origin = f"file://{tmp_path}/srv"
+    r = make_release({"boot.ipxe": ENTRY + b"echo staging\n"})
+    res = _publish(pki, r, origin, "staging1", "--entry-path", "test/staging.ipxe")
+    assert res.exit_code == 0, res.output
+    for i in (1, 2):
+        time.sleep(1.1)  # distinct creation times
+        r = make_release({"boot.ipxe": ENTRY + f"echo {i}\n".encode()})
+        assert _publish(pki, r, origin, f"prod{i}").exit_code == 0
+    res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["deleted"] == ["prod1"]
+    assert sorted(p.name for p in (tmp_path / "srv/releases").iterdir()) == [
+        "prod2", "staging1"]

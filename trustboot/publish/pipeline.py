@@ -1004,9 +1004,21 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
             reader.close()
 
 
+def _served_elsewhere(origin: Origin, manifests: Sequence[ReleaseManifest],
+                      entry_path: str) -> set[str]:
+    """The releases served by entry pairs at other paths than ``entry_path`` (another
+    recipe's entry on a shared origin: a staging menu beside the production one)."""
+    keys = set(origin.list(""))
+    others = sorted(k[:-4] for k in keys if k.endswith(".sig") and k[:-4] in keys
+                    and k[:-4] != entry_path and not k.startswith(RELEASES_PREFIX + "/"))
+    served = (live_release(origin, manifests, path) for path in others)
+    return {r for r in served if r is not None}
+
+
 def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
           owner: str | None = None) -> list[str]:
-    """Delete all but the ``keep`` newest releases, never the live one; the deleted ids."""
+    """Delete all but the ``keep`` newest releases, never one an entry pair of the origin
+    serves (``entry_path``'s, or another's); the deleted ids."""
     if keep < 1:
         raise ConfigError(f"--keep {keep}: keep at least one release")
     check_key(entry_path)
@@ -1033,6 +1045,7 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
                      "rollback ORIGIN ID")
         newest = sorted(manifests, key=lambda m: (m.created, m.release), reverse=True)
         keep_ids = {m.release for m in newest[:keep]} | ({live} if live else set())
+        keep_ids |= _served_elsewhere(origin, manifests, entry_path)
         for m in newest:
             if m.release in keep_ids:
                 continue
