@@ -271,11 +271,11 @@ def test_prune_keeps_newest_and_live(pki: Pki, make_release: ReleaseFactory,
     assert res.exit_code == 2
 
 
-def test_prune_with_another_entry_path_than_the_origins_deletes_nothing(
+def test_prune_with_another_entry_path_than_the_origins_keeps_the_live_one(
         pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
-    """The live release is found through the entry path: prune told the wrong one (the
-    default boot.ipxe for an origin whose firmware fetches menu.ipxe) cannot tell which
-    release is live, so it must not delete one that may be it."""
+    """Prune told another entry path (the default boot.ipxe for an origin whose firmware
+    fetches menu.ipxe) still keeps the release menu.ipxe serves; an entry path that serves
+    something else than a release makes it refuse: what that boots cannot be told."""
     origin = f"file://{tmp_path}/srv"
     for i in (1, 2):
         r = make_release({"boot.ipxe": ENTRY + f"echo {i}\n".encode()})
@@ -285,15 +285,15 @@ def test_prune_with_another_entry_path_than_the_origins_deletes_nothing(
     res = CliRunner().invoke(cli, ["publish", "rollback", origin, "r1", "--pki",
                                    str(pki.dir), "--entry-path", "menu.ipxe"])
     assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["deleted"] == []  # r2 the newest, r1 live
+    assert sorted(p.name for p in (tmp_path / "srv/releases").iterdir()) == ["r1", "r2"]
+    (tmp_path / "srv/boot.ipxe").write_bytes(b"#!ipxe\nchain releases/r1/boot.ipxe\n")
     res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "1"])
     assert res.exit_code == 3, res.output
-    assert "--entry-path" in res.output
+    assert "--entry-path" in res.output and "serves none of its releases" in res.output
     assert sorted(p.name for p in (tmp_path / "srv/releases").iterdir()) == ["r1", "r2"]
-    # told the right entry path, the live r1 is kept
-    res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "1", "--entry-path",
-                                   "menu.ipxe", "--json"])
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["deleted"] == []
 
 
 def test_a_lock_being_created_is_never_taken_by_a_second_publisher(

@@ -1032,17 +1032,14 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
         origin.remove_stale_temps(STALE_TEMP_AGE)
         manifests, _ = read_manifests(origin)
         live = live_release(origin, manifests, entry_path)
-        if live is None and any(m.entry for m in manifests):
-            # the live release is known only through the entry path: one that serves none
-            # of the releases (a wrong --entry-path, a hand-edited entry) hides it
-            where = ("does not exist" if origin.stat(entry_path) is None
-                     else "serves none of its releases")
+        if live is None and origin.stat(entry_path) is not None:
+            # an entry that is none of the releases' (hand-edited, or another tool's) may
+            # still fetch from any of them: which ones cannot be told
             raise ConfigError(
-                f"{origin.url}{entry_path} {where}: cannot tell which release is live; "
-                "nothing pruned",
-                hint="pass --entry-path with the path the firmware fetches (recipe: "
-                     "origin.entry), or switch to a release first: trustboot publish "
-                     "rollback ORIGIN ID")
+                f"{origin.url}{entry_path} serves none of its releases: cannot tell which "
+                "release it boots; nothing pruned",
+                hint="check --entry-path (recipe: origin.entry), or switch it to a release "
+                     "first: trustboot publish rollback ORIGIN ID")
         newest = sorted(manifests, key=lambda m: (m.created, m.release), reverse=True)
         keep_ids = {m.release for m in newest[:keep]} | ({live} if live else set())
         keep_ids |= _served_elsewhere(origin, manifests, entry_path)
