@@ -8,10 +8,12 @@ import http.server
 import re
 import ssl
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -24,6 +26,19 @@ class Fault:
     method: str  # regex on the method
     status: int
     count: int  # how many matching requests fail
+    path: str = ".*"  # regex on the request path
+
+
+@dataclass
+class Delay:
+    method: str  # regex on the method
+    path: str  # regex on the request path
+    seconds: float  # held this long before it is forwarded
+    count: int = 1  # how many matching requests are held
+    started: threading.Event = field(default_factory=threading.Event)  # set when one is
+
+
+_Scripted = TypeVar("_Scripted", Fault, Delay)
 
 
 @dataclass
@@ -37,6 +52,7 @@ class ProxyState:
     # (a server or middlebox that does not wait for the upload)
     early: dict[str, int] = field(default_factory=dict)
     seen: list[tuple[str, str, int]] = field(default_factory=list)
+    delays: list[Delay] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -60,6 +76,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _take(self, scripted: Sequence[_Scripted]) -> _Scripted | None:
+        """The first of ``scripted`` matching this request with a count left (used up)."""
+        hit = next((x for x in scripted if x.count > 0 and re.fullmatch(x.method, self.command)
+                    and re.fullmatch(x.path, self.path)), None)
+        if hit is not None:
+            hit.count -= 1
+        return hit
+
     def _any(self) -> None:
         st = self.server.state
         if self.command in st.early:
@@ -70,10 +94,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         with st.lock:
-            fault = next((f for f in st.faults if f.count > 0 and
-                          re.fullmatch(f.method, self.command)), None)
-            if fault:
-                fault.count -= 1
+            fault = self._take(st.faults)
+            delay = self._take(st.delays)
+        if delay:
+            delay.started.set()
+            time.sleep(delay.seconds)
         if fault:
             st.seen.append((self.command, self.path, fault.status))
             self._reply(fault.status, body=b"injected fault\n")

@@ -415,3 +415,45 @@ def test_hostile_propfind_names_are_never_listed(pki: Pki, proxy: tuple[str, Pro
     state.canned["PROPFIND"] = (207, body)
     with open_origin(url, options_of(pki)) as origin:
         assert origin.list("") == ["ok2", "releases/r1/ok.img"]
+
+
+def test_a_lock_whose_record_is_slow_to_arrive_is_not_broken(
+        pki: Pki, nginx: Nginx, proxy: tuple[str, ProxyState]) -> None:
+    """The first publisher's lock record takes seconds to arrive (a slow or retried PUT);
+    a second publisher meanwhile must not take the lock for a crashed holder's, break it
+    and take it too: exactly one of them holds the origin's lock."""
+    from tests.publish.faultproxy import Delay
+    from trustboot.errors import OperationalError
+
+    url, state = proxy
+    delay = Delay("PUT", r".*owner\.json", 3.0)
+    state.delays.append(delay)
+    holders: list[str] = []
+    lost: list[str] = []
+    release = threading.Event()
+
+    def first() -> None:
+        try:
+            with open_origin(url, options_of(pki)) as o, o.lock("first"):
+                holders.append("first")
+                release.wait(30)
+        except OperationalError as exc:
+            lost.append(exc.message)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert delay.started.wait(10)
+        with open_origin(url, options_of(pki)) as o, o.lock("second"):
+            holders.append("second")
+            for _ in range(200):  # until the first one has won or lost
+                if lost or len(holders) > 1:
+                    break
+                time.sleep(0.05)
+    except OperationalError as exc:
+        lost.append(exc.message)
+    finally:
+        release.set()
+        thread.join(30)
+    assert len(holders) == 1, (holders, lost)
+    assert any("locked by" in m for m in lost), lost

@@ -306,3 +306,141 @@ def test_only_publish_creates_a_file_origin_directory(pki: Pki, make_release: Re
     res = _publish(pki, make_release({"boot.ipxe": ENTRY}), origin, "r1")
     assert res.exit_code == 0, res.output
     assert (missing / "releases" / "r1" / "boot.ipxe").is_file()
+
+
+def test_prune_with_another_entry_path_than_the_origins_keeps_the_live_one(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """Prune told another entry path (the default boot.ipxe for an origin whose firmware
+    fetches menu.ipxe) still keeps the release menu.ipxe serves; an entry path that serves
+    something else than a release makes it refuse: what that boots cannot be told."""
+    origin = f"file://{tmp_path}/srv"
+    for i in (1, 2):
+        r = make_release({"boot.ipxe": ENTRY + f"echo {i}\n".encode()})
+        res = _publish(pki, r, origin, f"r{i}", "--entry-path", "menu.ipxe")
+        assert res.exit_code == 0, res.output
+        time.sleep(1.1)  # distinct creation times
+    res = CliRunner().invoke(cli, ["publish", "rollback", origin, "r1", "--pki",
+                                   str(pki.dir), "--entry-path", "menu.ipxe"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["deleted"] == []  # r2 the newest, r1 live
+    assert sorted(p.name for p in (tmp_path / "srv/releases").iterdir()) == ["r1", "r2"]
+    (tmp_path / "srv/boot.ipxe").write_bytes(b"#!ipxe\nchain releases/r1/boot.ipxe\n")
+    res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "1"])
+    assert res.exit_code == 3, res.output
+    assert "--entry-path" in res.output and "serves none of its releases" in res.output
+    assert sorted(p.name for p in (tmp_path / "srv/releases").iterdir()) == ["r1", "r2"]
+
+
+def test_a_lock_being_created_is_never_taken_by_a_second_publisher(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first publisher is held between creating its lock and writing its record; a
+    second one arriving then must not find an empty lock, judge it a crashed holder's and
+    take it over: exactly one of the two holds the lock."""
+    import threading
+
+    url = f"file://{tmp_path}"
+    writing, go_on, release = threading.Event(), threading.Event(), threading.Event()
+    real_write = os.write
+
+    def held_write(fd: int, data: bytes) -> int:
+        if bytes(data).startswith(b'{"owner": "first"') and not go_on.is_set():
+            writing.set()
+            go_on.wait(10)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", held_write)
+    holders: list[str] = []
+    lost: list[str] = []
+
+    def first() -> None:
+        try:
+            with FileOrigin(url, OriginOptions()) as o, o.lock("first"):
+                holders.append("first")
+                release.wait(10)
+        except OperationalError as exc:
+            lost.append(exc.message)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert writing.wait(5)
+    try:
+        with FileOrigin(url, OriginOptions()) as o, o.lock("second"):
+            holders.append("second")
+            go_on.set()
+            for _ in range(100):  # until the first one has won or lost
+                if lost or len(holders) > 1:
+                    break
+                time.sleep(0.05)
+            assert holders == ["second"] and "locked by second" in lost[0]
+    except OperationalError:
+        go_on.set()
+    finally:
+        go_on.set()
+        release.set()
+        thread.join(10)
+    assert len(holders) == 1, holders
+
+
+_HOLDER = """
+import sys, time
+from trustboot.publish.fileorigin import FileOrigin
+from trustboot.publish.origin import OriginOptions
+with FileOrigin(sys.argv[1], OriginOptions()) as o, o.lock("in a container"):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes it
+"""
+
+
+def test_a_lock_held_in_another_pid_namespace_of_this_host_is_not_broken(
+        tmp_path: Path) -> None:
+    """A publisher in a container that shares this host's name (host networking) holds
+    the lock with a pid of its own PID namespace, one no process has here: that pid says
+    nothing about whether it is alive, so its lock is not taken for a dead process's."""
+    import subprocess
+    import sys
+
+    from tests.conftest import require_root, require_tool
+
+    require_root()
+    require_tool("unshare", "util-linux")
+    url = f"file://{tmp_path}"
+    # a pid far above any in use here (set for the new namespace, which starts empty)
+    script = ("echo 4190000 > /proc/sys/kernel/ns_last_pid && "
+              '"$0" -c "$1" "$2"; true')
+    holder = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script, sys.executable,
+         _HOLDER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        record = json.loads((tmp_path / ".trustboot-publish.lock").read_text())
+        assert record["pid"] > 4190000  # (no such process in this namespace)
+        with pytest.raises(OperationalError, match="locked by in a container"):
+            with FileOrigin(url, OriginOptions()) as o, o.lock("here"):
+                pass
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+    assert not (tmp_path / ".trustboot-publish.lock").exists()
+
+
+def test_prune_keeps_the_release_another_entry_path_serves(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """Two recipes share an origin with their own entry paths (a production and a staging
+    menu): pruning for one must not delete the release the other one serves."""
+    origin = f"file://{tmp_path}/srv"
+    r = make_release({"boot.ipxe": ENTRY + b"echo staging\n"})
+    res = _publish(pki, r, origin, "staging1", "--entry-path", "test/staging.ipxe")
+    assert res.exit_code == 0, res.output
+    for i in (1, 2):
+        time.sleep(1.1)  # distinct creation times
+        r = make_release({"boot.ipxe": ENTRY + f"echo {i}\n".encode()})
+        assert _publish(pki, r, origin, f"prod{i}").exit_code == 0
+    res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["deleted"] == ["prod1"]
+    assert sorted(p.name for p in (tmp_path / "srv/releases").iterdir()) == [
+        "prod2", "staging1"]

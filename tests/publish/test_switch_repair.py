@@ -16,7 +16,14 @@ import pytest
 from click.testing import CliRunner
 
 from tests.publish.conftest import Nginx, Pki, ReleaseFactory
-from tests.publish.test_faults import ENTRY_A, ENTRY_B, _entry_verifies, publish
+from tests.publish.faultproxy import Fault, ProxyState
+from tests.publish.test_faults import (  # noqa: F401 - proxy is a fixture
+    ENTRY_A,
+    ENTRY_B,
+    _entry_verifies,
+    proxy,
+    publish,
+)
 from trustboot.cli.main import cli
 from trustboot.publish.origin import OriginOptions, open_origin
 from trustboot.publish.pipeline import SWITCH_JOURNAL
@@ -151,3 +158,94 @@ def test_file_origin_removes_only_stale_temp_files(tmp_path: Path) -> None:
     with open_origin(f"file://{root}", OriginOptions()) as origin:
         assert origin.remove_stale_temps(3600) == ["releases/r1/.tb-tmp.aaaa.vmlinuz"]
     assert not stale.exists() and young.exists() and kept.exists()
+
+
+@pytest.mark.slow
+def test_an_origin_failing_during_repair_keeps_the_switch_record(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory,
+        proxy: tuple[str, ProxyState]) -> None:  # noqa: F811
+    """A network failure while the repair reads the recorded release is an origin failure
+    (exit 1, try again), not an unusable record: dropping the record would leave the
+    mismatched pair with nothing left to finish it."""
+    url, state = proxy
+    assert publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra").exit_code == 0
+    killed_publish(pki, make_release({"boot.ipxe": ENTRY_B}), nginx.url, "rb", "between")
+    assert mismatched(pki, nginx)
+    state.faults.append(Fault("GET", 503, count=100, path=r".*/releases/rb/release\.json"))
+    r = CliRunner().invoke(cli, ["publish", "repair", url, "--retries", "1",
+                                 *origin_args(pki)])
+    assert r.exit_code == 1, r.output
+    assert "503" in r.output
+    assert (nginx.root / SWITCH_JOURNAL).exists()
+    state.faults.clear()
+    fixed = CliRunner().invoke(cli, ["publish", "repair", url, *origin_args(pki)])
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads(fixed.output)["action"] == "completed"
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()
+
+
+def test_a_lock_record_a_killed_run_left_in_staging_is_removed_once_stale(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """A run killed between writing its lock record and moving it into place leaves the
+    record's collection in the staging collection: swept like any stale temporary."""
+    left = nginx.root / STAGING / "0123456789abcdef.lock"
+    left.mkdir(parents=True)
+    (left / "owner.json").write_text("{}")
+    old = time.time() - 2 * 3600
+    os.utime(left, (old, old))
+    r = publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["removed_temps"] == [f"{STAGING}/{left.name}"]
+    assert not left.exists()
+    assert not (nginx.root / ".trustboot-lock").exists()  # released
+
+
+@pytest.mark.slow
+def test_killed_after_both_moves_is_reported_as_finished(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """Killed after both replacements, before the record is removed: the new release is
+    live and verifies; the repair drops the record and says the switch had finished (it
+    said the switch had not started, naming as not live the release that is)."""
+    assert publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra").exit_code == 0
+    killed_publish(pki, make_release({"boot.ipxe": ENTRY_B}), nginx.url, "rb", "after")
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()
+    assert (nginx.root / SWITCH_JOURNAL).exists()
+    fixed = CliRunner().invoke(cli, ["publish", "repair", nginx.url, *origin_args(pki)])
+    assert fixed.exit_code == 0, fixed.output
+    out = json.loads(fixed.output)
+    assert out["action"] == "dropped" and out["release"] == "rb"
+    assert "had finished" in out["detail"] and "not started" not in out["detail"]
+    assert not (nginx.root / SWITCH_JOURNAL).exists()
+
+
+@pytest.mark.slow
+def test_prune_killed_midway_leaves_a_claimed_incomplete_release_and_resumes(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """A prune SIGKILLed after deleting one object of a release: its manifest (the id's
+    claim) stays, the live release is untouched, `publish list` shows it incomplete, the
+    next prune finishes it, and publishing the same content under that id again resumes."""
+    old = make_release({"boot.ipxe": ENTRY_A, "vmlinuz": b"kernel a " * 500})
+    assert publish(pki, old, nginx.url, "ra").exit_code == 0
+    time.sleep(1.1)  # distinct creation times
+    assert publish(pki, make_release({"boot.ipxe": ENTRY_B}), nginx.url, "rb").exit_code == 0
+    argv = [sys.executable, str(REPO / "tests/publish/killswitch.py"), "publish", "prune",
+            nginx.url, "--keep", "1", *origin_args(pki)]
+    proc = subprocess.run(argv, env=dict(os.environ, PYTHONPATH=str(REPO), KILL_AT="prune"),
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert (nginx.root / "releases/ra/release.json").exists()
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()
+    listed = CliRunner().invoke(cli, ["publish", "list", nginx.url, *origin_args(pki)])
+    info = {i["id"]: i for i in json.loads(listed.stdout)}
+    assert not info["ra"]["complete"], info
+    assert info["rb"]["complete"] and info["rb"]["live"], info
+    # the same content again under the claimed id: only what is missing is uploaded
+    again = publish(pki, old, nginx.url, "ra", "--no-switch")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["uploaded"]
+    pruned = CliRunner().invoke(cli, ["publish", "prune", nginx.url, "--keep", "1",
+                                      *origin_args(pki)])
+    assert pruned.exit_code == 0, pruned.output
+    assert json.loads(pruned.output)["deleted"] == ["ra"]
+    assert not (nginx.root / "releases/ra").exists()
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()

@@ -142,7 +142,11 @@ class KeySigner(CertifiedSigner):
                     hint="the key file is damaged: restore it from a backup or reissue",
                     rule="self-check") from None
             return signature
-        return self._key.sign(digest, ec.ECDSA(Prehashed(algo.crypto())))
+        # RFC 6979: the same digest gives the same signature, so a release re-signed by a
+        # re-run has the bytes its manifest on the origin already claims (releases are
+        # immutable; a random k made every re-run of a half-published release conflict)
+        return self._key.sign(digest, ec.ECDSA(Prehashed(algo.crypto()),
+                                               deterministic_signing=True))
 
 
 def load_certificates(path: Path, what: str) -> list[x509.Certificate]:

@@ -426,6 +426,26 @@ class FileOrigin(StagesUploads):
         root = self._root()
 
         def try_create(body: bytes) -> bool:
+            # The record is written first and the lock appears whole (link fails if it
+            # exists): created empty and written after, a second publisher arriving in
+            # between judged the empty lock a crashed holder's and took it over.
+            tmp = self._write_temp(root, LOCK_NAME, "lock", iter([body]), sha256=None,
+                                   progress=None)
+            try:
+                os.link(tmp, LOCK_NAME, src_dir_fd=root, dst_dir_fd=root,
+                        follow_symlinks=False)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise self._fail(LOCK_NAME, "locking", exc) from None
+                return create_then_write(body)  # a file system without hard links
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=root)
+            return True
+
+        def create_then_write(body: bytes) -> bool:
             try:
                 fd = os.open(LOCK_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                              FILE_MODE, dir_fd=root)

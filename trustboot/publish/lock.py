@@ -1,9 +1,10 @@
 """The publish lock every backend takes: one protocol, backend-specific atomic create.
 
-A backend supplies an atomic "create if absent" (O_EXCL file, MKCOL, S3 conditional PUT),
-a reader of the holder's record, a way to move a stale lock aside, and a release. The
-record names owner, host, pid and time, so the loser's error names the winner, and a lock
-left by a dead process on this host (or one older than ``stale_after``) is broken.
+A backend supplies an atomic "create if absent" (a hard link, a MOVE without overwrite, an
+S3 conditional PUT), a reader of the holder's record, a way to move a stale lock aside, and
+a release. The record names owner, host, pid (and its PID namespace) and time, so the
+loser's error names the winner, and a lock left by a dead process on this host (or one
+older than ``stale_after``) is broken.
 """
 
 from __future__ import annotations
@@ -20,9 +21,17 @@ from trustboot.errors import OperationalError, TrustbootError
 LOCK_STALE_AFTER = 6 * 3600.0
 
 
+def _pid_namespace() -> str | None:
+    """This process's PID namespace (``pid:[4026531836]``), or None where there is none."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def lock_record(owner: str) -> dict[str, object]:
     return {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
-            "time": time.time()}
+            "pidns": _pid_namespace(), "time": time.time()}
 
 
 def lock_is_stale(record: object, *, now: float, stale_after: float) -> bool:
@@ -33,6 +42,11 @@ def lock_is_stale(record: object, *, now: float, stale_after: float) -> bool:
     if isinstance(when, int | float) and now - when > stale_after:
         return True
     pid = record.get("pid")
+    # A pid means something only in the PID namespace it was taken in: a container on
+    # this host with its hostname (host networking) has pids this process cannot see.
+    pidns = record.get("pidns")
+    if pidns is not None and pidns != _pid_namespace():
+        return False
     if record.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0:
         try:
             os.kill(pid, 0)

@@ -38,7 +38,8 @@ both replacements are done. Every later run that takes the origin's lock (publis
 rollback, prune, ``publish repair``) first looks for that record: if the entry pair as
 served does not verify, it completes the recorded switch to that release (verified before
 the record was written) and checks the pair again; if the pair verifies (the run died
-before the first replacement), the record is dropped and the live release stays.
+before the first replacement, or after the second), the record is dropped and the live
+release stays.
 ``origin check`` reports a mismatched pair and names ``publish repair``.
 """
 
@@ -587,15 +588,16 @@ class RepairResult:
         return {"release": self.release, "action": self.action, "detail": self.detail}
 
 
-def _entry_pair_verifies(origin: Origin, reader: Reader | None, entry_path: str, *,
-                         trust: Trust, now: dt.datetime) -> bool:
+def _verified_entry(origin: Origin, reader: Reader | None, entry_path: str, *,
+                    trust: Trust, now: dt.datetime) -> str | None:
+    """The sha256 of the entry script served, if the pair as served verifies; else None."""
     try:
         signature = _served_bytes(origin, reader, entry_path + ".sig", MAX_SIGNATURE_SIZE)
         served = _served(origin, reader, entry_path, max_size=MAX_ENTRY_SIZE,
                          hash_names=signature_hashes(signature))
     except (NotServed, OperationalError):
-        return False
-    return judge(signature, served.digests, trust, now).ok
+        return None
+    return served.sha256 if judge(signature, served.digests, trust, now).ok else None
 
 
 def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
@@ -620,15 +622,22 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
         manifest = read_manifest(origin, release_id)
         if manifest is None or manifest.entry is None:
             raise ValueError(f"release {release_id} has no manifest or no entry")
-    except (ValueError, KeyError, TypeError, TrustbootError) as exc:
+    except (ValueError, KeyError, TypeError, ConfigError, VerificationError) as exc:
+        # (an OperationalError, the origin failing to answer, is not the record's fault:
+        # it propagates and the record stays for the next run)
         origin.delete(SWITCH_JOURNAL)
         why = exc.message if isinstance(exc, TrustbootError) else str(exc)
         return RepairResult(None, "invalid", f"dropped an unusable switch record: {why}")
-    if _entry_pair_verifies(origin, reader, entry_path, trust=trust, now=now):
+    served = _verified_entry(origin, reader, entry_path, trust=trust, now=now)
+    if served is not None:
         origin.delete(SWITCH_JOURNAL)
+        entry = manifest.file(manifest.entry)
+        # killed before the first replacement, or after the second (record not removed)
+        when = ("had finished: it is live" if entry is not None and served == entry.sha256
+                else "had not started")
         return RepairResult(release_id, "dropped",
                             f"{entry_path} and its signature verify; the interrupted switch "
-                            f"to {release_id} had not started")
+                            f"to {release_id} {when}")
     switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
                       reader=reader)
     return RepairResult(release_id, "completed",
@@ -1005,9 +1014,21 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
             reader.close()
 
 
+def _served_elsewhere(origin: Origin, manifests: Sequence[ReleaseManifest],
+                      entry_path: str) -> set[str]:
+    """The releases served by entry pairs at other paths than ``entry_path`` (another
+    recipe's entry on a shared origin: a staging menu beside the production one)."""
+    keys = set(origin.list(""))
+    others = sorted(k[:-4] for k in keys if k.endswith(".sig") and k[:-4] in keys
+                    and k[:-4] != entry_path and not k.startswith(RELEASES_PREFIX + "/"))
+    served = (live_release(origin, manifests, path) for path in others)
+    return {r for r in served if r is not None}
+
+
 def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
           owner: str | None = None) -> list[str]:
-    """Delete all but the ``keep`` newest releases, never the live one; the deleted ids."""
+    """Delete all but the ``keep`` newest releases, never one an entry pair of the origin
+    serves (``entry_path``'s, or another's); the deleted ids."""
     if keep < 1:
         raise ConfigError(f"--keep {keep}: keep at least one release")
     check_key(entry_path)
@@ -1021,8 +1042,17 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
         origin.remove_stale_temps(STALE_TEMP_AGE)
         manifests, _ = read_manifests(origin)
         live = live_release(origin, manifests, entry_path)
+        if live is None and origin.stat(entry_path) is not None:
+            # an entry that is none of the releases' (hand-edited, or another tool's) may
+            # still fetch from any of them: which ones cannot be told
+            raise ConfigError(
+                f"{origin.url}{entry_path} serves none of its releases: cannot tell which "
+                "release it boots; nothing pruned",
+                hint="check --entry-path (recipe: origin.entry), or switch it to a release "
+                     "first: trustboot publish rollback ORIGIN ID")
         newest = sorted(manifests, key=lambda m: (m.created, m.release), reverse=True)
         keep_ids = {m.release for m in newest[:keep]} | ({live} if live else set())
+        keep_ids |= _served_elsewhere(origin, manifests, entry_path)
         for m in newest:
             if m.release in keep_ids:
                 continue

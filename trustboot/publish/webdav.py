@@ -18,8 +18,9 @@ layer and its dependencies.
 * list: PROPFIND ``Depth: 1`` per collection (``list_dirs``: of the one collection),
   parsed by ElementTree with DTDs and entity declarations refused (a multistatus never
   has one; billion-laughs never parses).
-* lock: MKCOL of ``.trustboot-lock/`` (creating a collection is atomic: exactly one client
-  gets 201) holding ``owner.json``; a stale lock (dead pid on this host, or old) is moved
+* lock: ``.trustboot-lock/`` holding ``owner.json``, made in the staging collection and
+  MOVEd into place with ``Overwrite: F`` (atomic: exactly one client gets 201, and the lock
+  never exists without its record); a stale lock (dead pid on this host, or old) is moved
   aside with MOVE ``Overwrite: F`` before being deleted, so two breakers cannot both win.
 """
 
@@ -250,11 +251,12 @@ class WebDAVOrigin(StagesUploads):
         removed = []
         for href, is_col, modified in parse_modified(r.content):
             name = unquote(urlsplit(href).path).rstrip("/").rpartition("/")[2]
-            if is_col or not _TEMP_NAME.fullmatch(name) or key_problem(name):
+            if not _TEMP_NAME.fullmatch(name) or key_problem(name):
                 continue
             if modified is None or now - modified < older_than:
                 continue  # perhaps an upload in progress (a lock broken as stale)
-            self._delete_quiet(f"{STAGING}/{name}")
+            # (a collection: a lock record a killed run never moved into place)
+            self._delete_quiet(f"{STAGING}/{name}", collection=is_col)
             removed.append(f"{STAGING}/{name}")
         return sorted(removed)
 
@@ -509,13 +511,19 @@ class WebDAVOrigin(StagesUploads):
     def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER
              ) -> AbstractContextManager[None]:
         def try_create(body: bytes) -> bool:
-            # creating a collection is atomic: exactly one client gets 201
-            r = self._request("MKCOL", self._url(LOCK_COLLECTION, collection=True),
-                              what="locking", ok=(201,), passthrough=(405,))
-            if r.status_code != 201:
-                return False
-            self._put(f"{LOCK_COLLECTION}/owner.json", lambda: iter([body]), len(body))
-            return True
+            # The lock appears with its record: owner.json goes into a new collection in
+            # the staging area, which is then MOVEd to the lock's name without overwrite
+            # (atomic: exactly one client gets 201). A lock collection made first and
+            # written after looked, while a slow or retried PUT was on its way, like a
+            # crashed holder's: a second publisher broke it and both held the lock.
+            tmp = f"{STAGING}/{secrets.token_hex(8)}.lock"
+            try:
+                self._put(f"{tmp}/owner.json", lambda: iter([body]), len(body))
+                return self._move(tmp, LOCK_COLLECTION, overwrite=False, collection=True)
+            finally:
+                self._delete_quiet(tmp, collection=True)  # (404 once it was moved)
+                with self._mutex:
+                    self._collections.discard(tmp)
 
         def break_stale(seen: object) -> None:
             # MOVE without overwrite: of two breakers only one moves it

@@ -42,6 +42,7 @@ from typing import Any
 from trustboot import fsutil
 from trustboot.cms import sign as cms_sign
 from trustboot.cms.freshness import replay_window
+from trustboot.cms.verify import MAX_SIGNATURE_SIZE
 from trustboot.errors import OperationalError, VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.keys.signer import Signer
@@ -49,9 +50,11 @@ from trustboot.publish.cache import PublishCache
 from trustboot.publish.check import CheckReport, check_origin
 from trustboot.publish.manifest import (
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     RELEASES_PREFIX,
     ReleaseManifest,
     SignerSummary,
+    parse_manifest,
     release_id_problem,
     release_prefix,
 )
@@ -62,6 +65,7 @@ from trustboot.publish.pipeline import (
     PublishProgress,
     PublishResult,
     build_manifest,
+    pending_switch,
     prune,
     publish_release,
     read_manifest,
@@ -352,9 +356,10 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
             f"({v.hash_name})")
     objects = [dataclasses.replace(o, staged=staged.get(o.key))
                for o in _local_objects(stage, signed)]
-    manifest = _manifest(p, objects, trust, ipxe_manifest, existing, now)
+    manifest, manifest_bytes = _manifest(p, objects, trust, ipxe_manifest, existing, now,
+                                         origin)
     manifest_path = stage / MANIFEST_NAME
-    fsutil.atomic_write(manifest_path, manifest.to_bytes())
+    fsutil.atomic_write(manifest_path, manifest_bytes)
     signed_manifest = cms_sign.sign_files([manifest_path], signer,
                                           hash_name=v.hash_name, now=now)
     objects += _local_objects(stage, signed_manifest)
@@ -374,7 +379,7 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
 def _already_live(origin: Origin, existing: ReleaseManifest, wanted: dict[str, str],
                   entry_path: str) -> bool:
     """The release on the origin has exactly these objects, all present with their sizes,
-    and the entry path serves its script (so there is nothing to sign, upload or switch)."""
+    and the entry path serves its script and signature (nothing to sign, upload or switch)."""
     unsigned = {f.name: f.sha256 for f in existing.files if f.sig is not None}
     if unsigned != wanted:
         return False
@@ -384,10 +389,18 @@ def _already_live(origin: Origin, existing: ReleaseManifest, wanted: dict[str, s
         if st is None or st.size != f.size or (st.sha256 is not None and st.sha256 != f.sha256):
             return False
     entry = existing.file(ENTRY_SCRIPT)
-    if entry is None or origin.stat(entry_path) is None:
+    sig = existing.file(entry.sig) if entry is not None and entry.sig else None
+    # the pair, not the script alone: a switch killed between its two moves leaves this
+    # script beside another release's signature (recorded: publish repairs it first)
+    if entry is None or sig is None or pending_switch(origin):
         return False
-    data = b"".join(origin.read(entry_path, max_size=MAX_ENTRY_SIZE))
-    return hashlib.sha256(data).hexdigest() == entry.sha256
+    for key, want, cap in ((entry_path, entry.sha256, MAX_ENTRY_SIZE),
+                           (entry_path + ".sig", sig.sha256, MAX_SIGNATURE_SIZE)):
+        if origin.stat(key) is None:
+            return False
+        if hashlib.sha256(b"".join(origin.read(key, max_size=cap))).hexdigest() != want:
+            return False
+    return True
 
 
 def _same_digest_id(origin: Origin, template: str, name: str, digest: str) -> str | None:
@@ -428,23 +441,25 @@ def _local_objects(stage: Path, signed: list[cms_sign.Signed]) -> list[LocalObje
 
 def _manifest(p: Plan, objects: list[LocalObject], trust: Trust,
               ipxe: dict[str, Any] | None, existing: ReleaseManifest | None,
-              now: dt.datetime) -> ReleaseManifest:
-    """The release's manifest; an earlier run's ``created`` is kept when the content is the
-    same, so the bytes (and their signature) are the same and nothing is re-uploaded."""
+              now: dt.datetime, origin: Origin) -> tuple[ReleaseManifest, bytes]:
+    """The release's manifest and its bytes. When the origin already holds a manifest
+    with the same content (the id's claim), it is used byte for byte: re-signed as it is,
+    it is what the origin serves and what is reported (its notes, e.g. the prebuilt
+    firmware's build record, may differ from this run's; they are not part of the id)."""
     cert = p.v.signer.certificate
     chain_end = min(c.not_valid_after_utc for c in (cert, *p.v.signer.chain))
     signer = SignerSummary(subject=cert.subject.rfc4514_string(),
                            serial=f"{cert.serial_number:x}", not_after=chain_end)
-    origin = f"{p.v.public_base}releases/{p.release_id}/"
-
-    def build(created: dt.datetime) -> ReleaseManifest:
-        return build_manifest(p.release_id, objects, entry=ENTRY_SCRIPT, now=created,
-                              origin=origin, trust=trust, signer=signer, ipxe=ipxe)
-
-    fresh = build(now)
+    fresh = build_manifest(p.release_id, objects, entry=ENTRY_SCRIPT, now=now,
+                           origin=f"{p.v.public_base}releases/{p.release_id}/", trust=trust,
+                           signer=signer, ipxe=ipxe)
     if existing is not None and existing.same_content(fresh):
-        return build(existing.created)
-    return fresh
+        key = release_prefix(p.release_id) + MANIFEST_NAME
+        data = b"".join(origin.read(key, max_size=MAX_MANIFEST_BYTES))
+        claimed = parse_manifest(data, source=f"{origin.url}{key}")
+        if claimed.release == p.release_id and claimed.same_content(fresh):
+            return claimed, data
+    return fresh, fresh.to_bytes()
 
 
 def check_entry(entry_url: str, trust: Trust, expected: bytes | None, *,

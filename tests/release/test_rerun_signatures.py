@@ -1,0 +1,107 @@
+"""A release id that is on the origin but not live (a killed run, or a rollback since) is
+published again by re-running its recipe. Its signatures must then be the ones the origin
+already holds: an ECDSA signature differs on every signing, and a release is immutable."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.release.conftest import PASSPHRASE, SIGNER, Lab
+from trustboot.ca.store import CertificateAuthority
+from trustboot.cli.main import cli
+from trustboot.errors import OperationalError
+from trustboot.secrets import constant
+
+
+@pytest.fixture(autouse=True)
+def _no_ipxe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
+    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _release(recipe: Path) -> tuple[int, dict[str, object], str]:
+    r = CliRunner().invoke(cli, ["release", str(recipe), "--json"])
+    return r.exit_code, json.loads(r.stdout) if r.exit_code == 0 else {}, r.stderr
+
+
+def _ec_recipe(lab: Lab) -> Path:
+    pw = constant(PASSPHRASE)
+    CertificateAuthority.open(lab.pki).issue("codesign", "ec-signer", pw, pw,
+                                             key_type="ec-p256", now=dt.datetime.now(dt.UTC))
+    text = lab.recipe().read_text().replace(f"key: {SIGNER},", "key: ec-signer,")
+    recipe = lab.dir / "ec.yaml"
+    recipe.write_text(text)
+    return recipe
+
+
+def test_ecdsa_release_switched_back_to_by_rerunning_its_recipe(lab: Lab) -> None:
+    recipe = _ec_recipe(lab)
+    kernel = lab.dir / "images" / "vmlinuz"
+    first_kernel = kernel.read_bytes()
+    code, first, err = _release(recipe)
+    assert code == 0, err
+    kernel.write_bytes(b"another kernel " * 3000)
+    code, second, err = _release(recipe)
+    assert code == 0, err
+    assert second["release"] != first["release"]
+    kernel.write_bytes(first_kernel)  # back to the first release's inputs: the same id
+    code, again, err = _release(recipe)
+    assert code == 0, err
+    assert again["release"] == first["release"]
+    assert again["uploaded"] == []  # every object (signatures too) was already there
+    live = (lab.origin / "boot.ipxe").read_bytes()
+    assert live == (lab.origin / "releases" / str(first["release"]) / "boot.ipxe").read_bytes()
+
+
+def test_ecdsa_release_killed_after_claiming_its_id_completes_on_rerun(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trustboot.publish import pipeline
+
+    recipe = _ec_recipe(lab)
+    real = pipeline._upload
+
+    def cut_off(*args: object, **kwargs: object) -> object:
+        raise OperationalError("connection to the origin lost (test)")
+
+    monkeypatch.setattr(pipeline, "_upload", cut_off)
+    r = CliRunner().invoke(cli, ["release", str(recipe)])
+    assert r.exit_code == 1, r.stderr
+    assert list((lab.origin / "releases").glob("*/release.json"))  # the id is claimed
+    assert not (lab.origin / "boot.ipxe").exists()
+    monkeypatch.setattr(pipeline, "_upload", real)
+    code, data, err = _release(recipe)
+    assert code == 0, err
+    rid = str(data["release"])
+    assert (lab.origin / "boot.ipxe").read_bytes() == \
+        (lab.origin / "releases" / rid / "boot.ipxe").read_bytes()
+
+
+def test_rerun_republishes_the_claimed_manifest_as_it_is_on_the_origin(lab: Lab) -> None:
+    """The same inputs released again while another release is live: the release.json the
+    origin holds is the one published and reported, whatever changed in fields outside the
+    release's content (here the prebuilt firmware's build record, not part of the id)."""
+    fw = lab.dir / "fw" / "bin"
+    fw.mkdir(parents=True)
+    (fw / "undionly.kpxe").write_bytes(b"\xeb\x3c firmware " * 200)
+    recipe = lab.recipe(ipxe="ipxe: {prebuilt: fw, targets: [bin/undionly.kpxe]}")
+    kernel = lab.dir / "images" / "vmlinuz"
+    first_kernel = kernel.read_bytes()
+    code, first, err = _release(recipe)
+    assert code == 0, err
+    rid = str(first["release"])
+    claimed = (lab.origin / "releases" / rid / "release.json").read_bytes()
+    kernel.write_bytes(b"another kernel " * 3000)
+    code, _, err = _release(recipe)
+    assert code == 0, err
+    kernel.write_bytes(first_kernel)
+    (lab.dir / "fw" / "manifest.json").write_text('{"note": "written after the release"}')
+    code, again, err = _release(recipe)
+    assert code == 0, err
+    assert again["release"] == rid
+    assert (lab.origin / "releases" / rid / "release.json").read_bytes() == claimed
+    assert again["manifest"] == json.loads(claimed)
