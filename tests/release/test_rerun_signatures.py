@@ -66,7 +66,14 @@ def test_ecdsa_release_killed_after_claiming_its_id_completes_on_rerun(
     real = pipeline._upload
 
     def cut_off(*args: object, **kwargs: object) -> object:
-        raise OperationalError("connection to the origin lost (test)")
+        claim = kwargs.get("claim")
+
+        def claim_then_fail() -> None:  # the signatures are up: claim, then lose the origin
+            assert callable(claim)
+            claim()
+            raise OperationalError("connection to the origin lost (test)")
+
+        return real(*args, **{**kwargs, "claim": claim_then_fail})  # type: ignore[arg-type]
 
     monkeypatch.setattr(pipeline, "_upload", cut_off)
     r = CliRunner().invoke(cli, ["release", str(recipe)])

@@ -736,14 +736,16 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                     f"release {release_id} already exists on {origin.url} with different "
                     "content; releases are immutable",
                     hint="publish under a new release id (or prune the old one first)")
+            claim: Callable[[], None] | None = None
             if existing is None:
-                if manifest_bytes is not None:
-                    origin.put_bytes(prefix + MANIFEST_NAME, manifest_bytes,
-                                     sha256=hashlib.sha256(manifest_bytes).hexdigest())
-                else:
-                    assert given is not None
-                    origin.put_file(prefix + MANIFEST_NAME, given.path, size=given.size,
-                                    sha256=given.sha256)
+                def claim() -> None:
+                    if manifest_bytes is not None:
+                        origin.put_bytes(prefix + MANIFEST_NAME, manifest_bytes,
+                                         sha256=hashlib.sha256(manifest_bytes).hexdigest())
+                    else:
+                        assert given is not None
+                        origin.put_file(prefix + MANIFEST_NAME, given.path, size=given.size,
+                                        sha256=given.sha256)
             else:
                 manifest = existing
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -751,7 +753,8 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                 try:
                     stats = _upload(origin, prefix,
                                     [o for o in objects if o.key != MANIFEST_NAME],
-                                    jobs, result, progress, on_uploaded=early.submit)
+                                    jobs, result, progress, on_uploaded=early.submit,
+                                    claim=claim)
                     _verify_release(origin, manifest, result, stats, trust=trust, now=now,
                                     reader=reader, jobs=jobs, progress=progress, cache=cache,
                                     signed_manifest=MANIFEST_NAME + ".sig" in keys,
@@ -825,10 +828,14 @@ def _repaired(r: RepairResult) -> str | None:
 
 def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: int,
             result: PublishResult, progress: PublishProgress | None,
-            on_uploaded: Callable[[LocalObject], None] | None = None
-            ) -> dict[str, ObjectStat | None]:
+            on_uploaded: Callable[[LocalObject], None] | None = None,
+            claim: Callable[[], None] | None = None) -> dict[str, ObjectStat | None]:
     """Upload what is missing or different; the origin's stat of every object after.
-    ``on_uploaded(o)`` runs as soon as ``o`` is in place."""
+    ``on_uploaded(o)`` runs as soon as ``o`` is in place. ``claim`` (writing a new
+    release's manifest) runs once the signatures are in place, before anything else is:
+    a run killed after the claim leaves them on the origin, and a re-run keeps them
+    (release's _Held) where signing again would not match the claim (a token's ECDSA
+    signature differs on every signing). They are small, and nothing points at them yet."""
     todo: list[LocalObject] = []
     stats: dict[str, ObjectStat | None] = {}
     stager = staging_of(origin)
@@ -864,7 +871,12 @@ def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: i
         if progress:
             progress.item(o.key, "uploaded")
 
-    _run_all(one, todo, jobs)
+    rest = todo
+    if claim is not None:
+        _run_all(one, [o for o in todo if o.key.endswith(".sig")], jobs)
+        claim()
+        rest = [o for o in todo if not o.key.endswith(".sig")]
+    _run_all(one, rest, jobs)
     result.uploaded.sort()
     result.skipped.sort()
     result.bytes_uploaded = sum(o.size for o in todo)

@@ -39,10 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from trustboot import fsutil
 from trustboot.cms import sign as cms_sign
 from trustboot.cms.freshness import replay_window
-from trustboot.cms.verify import MAX_SIGNATURE_SIZE
+from trustboot.cms.verify import MAX_SIGNATURE_SIZE, verify_signature
 from trustboot.errors import OperationalError, VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.keys.signer import Signer
@@ -350,18 +352,27 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
                       ipxe_manifest: dict[str, Any] | None,
                       existing: ReleaseManifest | None, now: dt.datetime, *,
                       signer: Signer, staged: Mapping[str, Staged]) -> None:
-    signed = cms_sign.sign_hashed(relinked, signer, hash_name=v.hash_name, now=now)
-    signed += cms_sign.sign_files(others, signer, hash_name=v.hash_name, now=now)
-    st.done("sign", "done", f"{len(signed)} files signed by {v.signer_name} "
-            f"({v.hash_name})")
+    held = _Held(origin, p.release_id, existing, signer, trust, v.hash_name, now)
+    fresh = [h for h in relinked if not held.reuse(h, stage)]
+    fresh_others = [f for f in others if not held.reuse(_hashed(f, v.hash_name), stage)]
+    signed = cms_sign.sign_hashed(fresh, signer, hash_name=v.hash_name, now=now) \
+        if fresh else []
+    if fresh_others:
+        signed += cms_sign.sign_files(fresh_others, signer, hash_name=v.hash_name, now=now)
+    signed += held.signed
+    st.done("sign", "done", f"{len(signed) - len(held.signed)} files signed by "
+            f"{v.signer_name} ({v.hash_name})"
+            + (f", {len(held.signed)} signatures the origin holds for this release kept"
+               if held.signed else ""))
     objects = [dataclasses.replace(o, staged=staged.get(o.key))
                for o in _local_objects(stage, signed)]
     manifest, manifest_bytes = _manifest(p, objects, trust, ipxe_manifest, existing, now,
                                          origin)
     manifest_path = stage / MANIFEST_NAME
     fsutil.atomic_write(manifest_path, manifest_bytes)
-    signed_manifest = cms_sign.sign_files([manifest_path], signer,
-                                          hash_name=v.hash_name, now=now)
+    manifest_hashed = _hashed(manifest_path, v.hash_name)
+    signed_manifest = held.signed[-1:] if held.reuse(manifest_hashed, stage) else \
+        cms_sign.sign_hashed([manifest_hashed], signer, hash_name=v.hash_name, now=now)
     objects += _local_objects(stage, signed_manifest)
     st.done("manifest", "done" if existing is None else "unchanged",
             f"{MANIFEST_NAME} for {len(manifest.files)} objects, signed")
@@ -374,6 +385,68 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
     st.done("publish", "done", f"{len(published.uploaded)} uploaded, "
             f"{len(published.skipped)} already there, {len(published.verified)} read back "
             f"and verified; {v.entry_path} switched to {p.release_id}")
+
+
+def _hashed(path: Path, hash_name: str) -> cms_sign.Hashed:
+    names = sorted({"sha256", hash_name})
+    digests, size = cms_sign.hash_file(path, names)
+    return cms_sign.Hashed(path, size, digests)
+
+
+class _Held:
+    """The signatures the origin already holds for this release id (a run killed after
+    claiming it, or a release switched back to by re-running its recipe), kept instead of
+    signing again: a release is immutable, and an ECDSA signature from a token differs on
+    every signing. Kept only when it is the one the claimed manifest records, signs
+    exactly this file's bytes and verifies as iPXE would, by this run's signer."""
+
+    def __init__(self, origin: Origin, release_id: str, existing: ReleaseManifest | None,
+                 signer: Signer, trust: Trust, hash_name: str, now: dt.datetime) -> None:
+        self.origin, self.existing, self.signer = origin, existing, signer
+        self.trust, self.hash_name, self.now = trust, hash_name, now
+        self.prefix = release_prefix(release_id)
+        self.cert_sha256 = hashlib.sha256(
+            signer.certificate.public_bytes(Encoding.DER)).hexdigest()
+        self.signed: list[cms_sign.Signed] = []
+
+    def reuse(self, item: cms_sign.Hashed, stage: Path) -> bool:
+        """True (and the signature written beside ``item``) when the origin's is kept."""
+        if self.existing is None:
+            return False
+        key = item.path.relative_to(stage).as_posix()
+        sha256 = item.digests["sha256"].hex()
+        if key == MANIFEST_NAME:
+            recorded = None  # the manifest does not list its own signature
+        else:
+            f = self.existing.file(key)
+            sig = self.existing.file(f.sig) if f is not None and f.sig else None
+            if f is None or sig is None or f.sha256 != sha256 or f.size != item.size:
+                return False
+            recorded = sig.sha256
+        name = key + ".sig"
+        try:
+            if self.origin.stat(self.prefix + name) is None:
+                return False
+            der = b"".join(self.origin.read(self.prefix + name, max_size=MAX_SIGNATURE_SIZE))
+        except OperationalError:
+            return False  # unreadable now: signed again, and publish judges the origin
+        if recorded is not None and hashlib.sha256(der).hexdigest() != recorded:
+            return False
+        verdict = verify_signature(der, {self.hash_name: item.digests[self.hash_name]},
+                                   trust=self.trust.roots, now=self.now,
+                                   signer_name=self.trust.signer_name,
+                                   extra_certs=self.trust.extra_certs)
+        if not verdict.ok or [r.sha256 for r in verdict.signers] != [self.cert_sha256]:
+            return False
+        target = cms_sign.signature_path(item.path, None)
+        fsutil.atomic_write(target, der)
+        cert = self.signer.certificate
+        self.signed.append(cms_sign.Signed(
+            path=item.path, size=item.size, sha256=sha256, hash_name=self.hash_name,
+            signature_path=target, signer_subject=cert.subject.rfc4514_string(),
+            signer_not_after=cert.not_valid_after_utc,
+            chain_not_after=min(c.not_valid_after_utc for c in (cert, *self.signer.chain))))
+        return True
 
 
 def _already_live(origin: Origin, existing: ReleaseManifest, wanted: dict[str, str],
