@@ -147,12 +147,15 @@ def sign_paths(
     defaults to ``secrets``). ``unlock_first``: ask for the secret before hashing (when it
     comes from a prompt, so a progress display does not run under it); otherwise the key is
     unlocked while the files are hashed. ``hashing``: a HashJob the caller started earlier
-    for the same files and hash (so hashing overlaps its imports); cancelled on failure.
+    for the same files and hash (so hashing overlaps its imports), after passing the same
+    arguments to :func:`check_options` (here they are checked only without one); cancelled
+    on failure.
     """
     paths = list(paths)
     hash_alg = HashAlgorithm.parse(hash_name)
-    check_options(paths, out_dir=out_dir, manifest=manifest,
-                  expiry_warning_days=expiry_warning_days)
+    if hashing is None:
+        check_options(paths, out_dir=out_dir, manifest=manifest,
+                      expiry_warning_days=expiry_warning_days)
     now = now or dt.datetime.now(dt.UTC)
     ref = parse_ref(key_ref) if isinstance(key_ref, str) else key_ref
     warnings: list[str] = []
