@@ -15,7 +15,7 @@ import click
 from trustboot import __version__
 from trustboot.errors import ExitCode, TrustbootError
 from trustboot.interrupt import Interrupted, cleanup_on_signals
-from trustboot.keys.run import key_run
+from trustboot.run import run_scope
 
 # Each module trustboot.cli.<name> exposes ``command`` (a click command or group).
 COMMAND_MODULES = ("ca", "sign", "verify", "ipxe", "audit", "demo", "publish", "origin",
@@ -64,8 +64,8 @@ class TrustbootGroup(click.Group):
         try:
             # SIGTERM/SIGHUP/SIGINT unwind the command (temp trees removed, make killed),
             # then end the process as the signal would have (see trustboot.interrupt).
-            # key_run: what a key needs (a PKCS#11 module) is set up once per command
-            with cleanup_on_signals(), key_run():
+            # run_scope: what a command needs once (a PKCS#11 module) is set up once
+            with cleanup_on_signals(), run_scope():
                 try:
                     return super().invoke(ctx)
                 except Interrupted as exc:

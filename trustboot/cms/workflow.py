@@ -20,7 +20,7 @@ from trustboot.cms.digest import HashJob, ProgressFactory
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
 from trustboot.keys.ref import KeyRef, parse_ref
-from trustboot.keys.run import key_run
+from trustboot.run import run_scope
 from trustboot.secrets import PassphraseSource
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ def sign_paths(
     job = hashing
     try:
         # one run: a token's module is initialised once for resolving and signing
-        with key_run():
+        with run_scope():
             source = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now,
                                     pkcs11_module=pkcs11_module)
             if source.algorithm == KeyAlgorithm.ECDSA and not ipxe_version.ecdsa:

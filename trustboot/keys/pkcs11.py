@@ -28,7 +28,6 @@ from trustboot import secrets as secret_sources
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
 from trustboot.keys.ref import KeyRef, mask_pin
-from trustboot.keys.run import keep_for_run
 from trustboot.keys.signer import (
     CertifiedSigner,
     KeySource,
@@ -39,6 +38,7 @@ from trustboot.keys.signer import (
     order_chain,
     revoked_error,
 )
+from trustboot.run import keep_for_run
 from trustboot.secrets import PassphraseSource
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def _initialised(path: Path) -> Iterator[Any]:
 
 @contextlib.contextmanager
 def loaded_module(path: Path) -> Iterator[Any]:
-    """The module, initialised for this block; inside a run (trustboot.keys.run) it stays
+    """The module, initialised for this block; inside a run (trustboot.run) it stays
     initialised until the run ends, so resolving a key, reading its certificate and
     signing with it cost one C_Initialize."""
     p11 = _import_pkcs11()
