@@ -664,6 +664,51 @@ def test_a_killed_runs_old_temp_files_go_and_nothing_else(
     assert young.exists() and all(p.exists() for p in theirs)
 
 
+def _stale(path: Path, data: bytes = b"partial") -> Path:
+    path.write_bytes(data)
+    os.utime(path, (time.time() - 7200,) * 2, follow_symlinks=False)
+    return path
+
+
+def test_the_sweep_never_follows_a_link_nor_removes_another_users_file(
+        material: Material, tmp_path: Path) -> None:
+    """In a shared output directory, a name like one of our temps may be a link or
+    another user's file: neither goes (nor what the link points at)."""
+    signer = _rsa_signer(material, "sweep-safety")
+    files = _files(tmp_path, 2)
+    elsewhere = _stale(tmp_path / "elsewhere.tmp")
+    link = tmp_path / ".file0.bin.sig.abcdefgh.tmp"
+    link.symlink_to(elsewhere)
+    os.utime(link, (time.time() - 7200,) * 2, follow_symlinks=False)
+    untagged = _stale(tmp_path / ".file0.bin.sig.tmp")  # not a name write_temp makes
+    theirs = _stale(tmp_path / ".file1.bin.sig.0123456789ab.0.tmp")
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+    else:
+        theirs.unlink()
+    sign_files(files, signer, now=dt.datetime.now(dt.UTC))
+    assert link.is_symlink() and elsewhere.read_bytes() == b"partial"
+    assert untagged.exists()
+    if os.geteuid() == 0:
+        assert theirs.exists(), "another user's file was removed"
+
+
+def test_a_directory_is_swept_once_per_run(material: Material, tmp_path: Path) -> None:
+    """Several signing steps of one run (a release signs kernels, then scripts) look for
+    stale temps in a directory once: what a killed run left is an hour old already."""
+    from trustboot.run import run_scope
+
+    signer = _rsa_signer(material, "sweep-once")
+    files = _files(tmp_path, 2)
+    with run_scope():
+        sign_files(files[:1], signer, now=dt.datetime.now(dt.UTC))
+        left = _stale(tmp_path / ".file1.bin.sig.0123456789ab.0.tmp")
+        sign_files(files[1:], signer, now=dt.datetime.now(dt.UTC))
+        assert left.exists()  # the directory was swept earlier in this run
+    sign_files(files[1:], signer, now=dt.datetime.now(dt.UTC))  # a new run
+    assert not left.exists()
+
+
 def test_a_temp_name_planted_by_another_user_does_not_crash_the_run(
         material: Material, tmp_path: Path) -> None:
     """In a shared output directory (a sticky /tmp) another user sees the first temp file
