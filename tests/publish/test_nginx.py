@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import ssl
 from pathlib import Path
 
 import httpx
 from click.testing import CliRunner
 
-from tests.publish.conftest import Nginx, Pki, ReleaseFactory, anon_get
+from tests.publish.conftest import Nginx, Pki, ReleaseFactory, anon_get, logged_requests
 from trustboot.cli.main import cli
 
 ENTRY1 = b"#!ipxe\necho release one\n"
@@ -102,15 +101,16 @@ def test_client_certificate_required_for_writes(pki: Pki, nginx: Nginx,
 
 def _list_requests(pki: Pki, nginx: Nginx) -> list[str]:
     """The requests one `publish list` makes, as nginx logged them (method and path)."""
-    log = nginx.base / "access.log"
-    before = len(log.read_text())
-    listed = CliRunner().invoke(cli, ["publish", "list", nginx.url, "--pki", str(pki.dir),
-                                      "--client-cert", "publisher",
-                                      "--client-key-passphrase-file", str(pki.key_pass),
-                                      "--json"])
-    assert listed.exit_code == 0, listed.output
-    assert [i["complete"] for i in json.loads(listed.output)] == [True]
-    return re.findall(r'"([A-Z]+ \S+) ', log.read_text()[before:])
+
+    def run() -> None:
+        listed = CliRunner().invoke(cli, ["publish", "list", nginx.url, "--pki",
+                                          str(pki.dir), "--client-cert", "publisher",
+                                          "--client-key-passphrase-file", str(pki.key_pass),
+                                          "--json"])
+        assert listed.exit_code == 0, listed.output
+        assert [i["complete"] for i in json.loads(listed.output)] == [True]
+
+    return logged_requests(nginx, pki, run)
 
 
 def test_list_requests_do_not_grow_with_objects_per_release(
