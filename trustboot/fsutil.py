@@ -180,34 +180,52 @@ def check_owned_dir(path: Path, what: str, *, private: bool = False) -> None:
         )
 
 
+def _temp_of(name: str, targets: Collection[str]) -> bool:
+    """Whether ``name`` is a temp name of one of ``targets``: ``.TARGET.TAG.tmp`` (what
+    write_temp makes), whatever dots TARGET holds; a set lookup per dot, so a directory
+    of many targets costs no more per entry than one of a few."""
+    start = 1
+    while (dot := name.find(".", start, len(name) - 4)) > 0:
+        if name[1:dot] in targets:
+            return True
+        start = dot + 1
+    return False
+
+
 def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS,
-                       prefixes: Collection[str] | None = None) -> list[Path]:
+                       targets: Collection[str] | None = None) -> list[Path]:
     """Delete ``.*.tmp`` files a killed run left in ``directory``; returns what was removed.
 
-    Only files older than ``older_than`` seconds go: a younger one may belong to a
-    concurrent run that is about to rename it. ``prefixes``: only names starting with one
-    of them (in a directory that is not ours, only the temps our own targets would have).
+    Only our own regular files (never a link, nor another user's file) older than
+    ``older_than`` seconds go: a younger one may belong to a concurrent run that is about
+    to rename it. ``targets`` (a set, for speed): only the temps of files of these names
+    (in a directory that is not ours, only the temps our own targets would have). Only
+    the names that match are stat-ed; the listing and the removals go through one
+    descriptor of the directory, so a directory swapped meanwhile is not swept.
     """
     removed: list[Path] = []
     cutoff = time.time() - older_than
     try:
-        names = os.listdir(directory)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         return removed
-    for name in names:
-        if not (name.startswith(".") and name.endswith(".tmp")):
-            continue
-        if prefixes is not None and not name.startswith(tuple(prefixes)):
-            continue
-        tmp = Path(directory) / name
-        try:
-            st = os.lstat(tmp)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-                removed.append(tmp)
+    try:
+        with os.scandir(dfd) as entries:
+            names = [e.name for e in entries
+                     if e.name.startswith(".") and e.name.endswith(".tmp")
+                     and (targets is None or _temp_of(e.name, targets))]
+        me = os.geteuid()
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_uid == me and st.st_mtime < cutoff:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dfd)
+                    removed.append(Path(directory) / name)
+    finally:
+        os.close(dfd)
     return removed
 
 

@@ -312,12 +312,14 @@ def test_bad_options_fail_before_any_signature(material: Material, tmp_path: Pat
         (["--out", str(tmp_path / "o1"), "--manifest", str(blocker / "m.json")], 1,
          "not a directory"),
     ]
-    for extra, code, needle in cases:
-        result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), *map(str, files),
-                                          *extra], env=ENV)
-        assert result.exit_code == code, (extra, result.output)
-        assert needle in result.output and "hint:" in result.output, result.output
-        assert not list(tmp_path.rglob("*.sig")), extra
+    # with a passphrase option (hashing starts at once) and without one (the key would be
+    # unlocked first: no secret is asked for when an option is wrong)
+    for secret in (_sign_args(key, cert, chain), _sign_args(key, cert, chain)[:-2]):
+        for extra, code, needle in cases:
+            result = CliRunner().invoke(cli, [*secret, *map(str, files), *extra], env=ENV)
+            assert result.exit_code == code, (extra, result.output)
+            assert needle in result.output and "hint:" in result.output, result.output
+            assert not list(tmp_path.rglob("*.sig")), extra
 
 
 def test_out_dir_created_with_explicit_modes(material: Material, tmp_path: Path) -> None:
@@ -680,6 +682,51 @@ def test_a_killed_runs_old_temp_files_go_and_nothing_else(
     sign_files(files, signer, now=dt.datetime.now(dt.UTC))
     assert not any(p.exists() for p in old)
     assert young.exists() and all(p.exists() for p in theirs)
+
+
+def _stale(path: Path, data: bytes = b"partial") -> Path:
+    path.write_bytes(data)
+    os.utime(path, (time.time() - 7200,) * 2, follow_symlinks=False)
+    return path
+
+
+def test_the_sweep_never_follows_a_link_nor_removes_another_users_file(
+        material: Material, tmp_path: Path) -> None:
+    """In a shared output directory, a name like one of our temps may be a link or
+    another user's file: neither goes (nor what the link points at)."""
+    signer = _rsa_signer(material, "sweep-safety")
+    files = _files(tmp_path, 2)
+    elsewhere = _stale(tmp_path / "elsewhere.tmp")
+    link = tmp_path / ".file0.bin.sig.abcdefgh.tmp"
+    link.symlink_to(elsewhere)
+    os.utime(link, (time.time() - 7200,) * 2, follow_symlinks=False)
+    untagged = _stale(tmp_path / ".file0.bin.sig.tmp")  # not a name write_temp makes
+    theirs = _stale(tmp_path / ".file1.bin.sig.0123456789ab.0.tmp")
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+    else:
+        theirs.unlink()
+    sign_files(files, signer, now=dt.datetime.now(dt.UTC))
+    assert link.is_symlink() and elsewhere.read_bytes() == b"partial"
+    assert untagged.exists()
+    if os.geteuid() == 0:
+        assert theirs.exists(), "another user's file was removed"
+
+
+def test_a_directory_is_swept_once_per_run(material: Material, tmp_path: Path) -> None:
+    """Several signing steps of one run (a release signs kernels, then scripts) look for
+    stale temps in a directory once: what a killed run left is an hour old already."""
+    from trustboot.run import run_scope
+
+    signer = _rsa_signer(material, "sweep-once")
+    files = _files(tmp_path, 2)
+    with run_scope():
+        sign_files(files[:1], signer, now=dt.datetime.now(dt.UTC))
+        left = _stale(tmp_path / ".file1.bin.sig.0123456789ab.0.tmp")
+        sign_files(files[1:], signer, now=dt.datetime.now(dt.UTC))
+        assert left.exists()  # the directory was swept earlier in this run
+    sign_files(files[1:], signer, now=dt.datetime.now(dt.UTC))  # a new run
+    assert not left.exists()
 
 
 def test_a_temp_name_planted_by_another_user_does_not_crash_the_run(

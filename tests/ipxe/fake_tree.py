@@ -11,6 +11,7 @@ to kill); every run appends the target to the file $FAKE_RUNS.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from trustboot.ipxe.sandbox import ExtraBinds
 
 MAKEFILE = """\
 FAKE_PY ?= python3
@@ -103,20 +106,21 @@ def make_fake_tree(top: Path) -> Path:
 FAKE_VARS = ("FAKE_PY", "FAKE_RUNS", "FAKE_FAIL", "FAKE_DROP_TRUST", "FAKE_HOLD")
 
 
-def sandbox_paths(writable: Sequence[str | Path]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def sandbox_paths(writable: Sequence[str | Path]) -> ExtraBinds:
     """What the fake make must see in the sandbox besides the toolchain: this virtualenv
     and the Python it was made from (the fake build's interpreter and cryptography)
     read-only, and ``writable`` (where FAKE_RUNS and FAKE_HOLD point) read-write."""
     ro = {p for p in (sys.prefix, sys.base_prefix) if not p.startswith("/usr")}
-    return tuple(sorted(ro)), tuple(sorted({str(Path(p)) for p in writable}))
+    return ExtraBinds(tuple(sorted(ro)), tuple(sorted({str(Path(p)) for p in writable})))
 
 
 def fake_sandbox(monkeypatch: Any, writable: Sequence[str | Path]) -> None:
-    from trustboot.ipxe import sandbox
+    """Every build of this test (library or CLI) passes the fake tree's binds: the CLI
+    has no way to, by design, so its one call of ``build`` gets them as a keyword."""
+    from trustboot.ipxe import build
 
-    ro, rw = sandbox_paths(writable)
-    monkeypatch.setattr(sandbox, "EXTRA_READ_ONLY", ro)
-    monkeypatch.setattr(sandbox, "EXTRA_WRITABLE", rw)
+    monkeypatch.setattr(build, "build", functools.partial(
+        build.build, extra_binds=sandbox_paths(writable)))
 
 
 def fake_env() -> dict[str, str]:
@@ -133,13 +137,13 @@ def fake_env_passthrough(monkeypatch: Any) -> None:
 # `trustboot` in a child process, with the fake toolchain and the FAKE_* knobs reaching make:
 # a real process that a test can signal.
 _DRIVER = """\
-import os, sys
-from trustboot.ipxe import build as B, sandbox as S
+import functools, os, sys
+from trustboot.ipxe import build as B
 from tests.ipxe.fake_tree import sandbox_paths
 B.check_toolchain = lambda targets: {"gcc": "gcc (fake)", "make": "make (fake)"}
 B.MAKE_ENV_PASSTHROUGH = %r
-S.EXTRA_READ_ONLY, S.EXTRA_WRITABLE = sandbox_paths(
-    [os.path.dirname(os.environ[v]) for v in ("FAKE_RUNS", "FAKE_HOLD") if os.environ.get(v)])
+B.build = functools.partial(B.build, extra_binds=sandbox_paths(
+    [os.path.dirname(os.environ[v]) for v in ("FAKE_RUNS", "FAKE_HOLD") if os.environ.get(v)]))
 from trustboot.cli.main import main
 sys.argv = ["trustboot", *sys.argv[1:]]
 main()

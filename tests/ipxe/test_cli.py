@@ -186,6 +186,11 @@ def test_git_clone_pinned_to_commit(env: dict[str, Path], pki: TestPki, tmp_path
     m = json.loads(out)["manifest"]
     assert m["source"]["git_commit"] == commit
     assert f"GITVERSION={commit}" in m["make"]["invocations"][0]
+    # the clone is where a release pinned to the same commit looks first (its --dry-run
+    # uses it rather than saying it would clone)
+    from trustboot.ipxe.source import clone_dir, cloned_at
+
+    assert cloned_at(f"file://{repo}", commit, clone_dir(env["cache"], commit)) is not None
     code, _, err = run("ipxe", "build", "--git", f"file://{repo}", "--commit", "f" * 40,
                        "--pki", str(pki.dir), "--target", "bin/ipxe.lkrn", *CHAIN)
     assert code == 1 and "could not fetch" in err

@@ -137,7 +137,7 @@ def _bound_under(home: Path) -> list[str]:
     from tests.ipxe.fake_tree import sandbox_paths
 
     names = []
-    for path in sandbox_paths([])[0]:
+    for path in sandbox_paths([]).read_only:
         with contextlib.suppress(ValueError):
             names.append(Path(path).relative_to(home).parts[0])
     return names
@@ -315,3 +315,67 @@ def test_release_takes_the_unsafe_option_and_warns(tmp_path: Path) -> None:
     assert result.exit_code == 3, result.output  # then the recipe is looked at, as ever
     result = CliRunner().invoke(cli, ["release", str(tmp_path / "missing.yaml")])
     assert "without a sandbox" not in result.stderr
+
+
+# What bwrap prints where the kernel refuses unprivileged user namespaces (Debian's sysctl).
+NO_USERNS = ("bwrap: No permissions to creating new namespace, likely because the kernel does "
+             "not allow non-privileged user namespaces. On e.g. debian this can be enabled "
+             "with 'sysctl kernel.unprivileged_userns_clone=1'.")
+
+
+def _fake_bwrap(bindir: Path, body: str) -> Path:
+    bindir.mkdir(exist_ok=True)
+    script = bindir / "bwrap"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return script
+
+
+def test_bwrap_that_cannot_create_namespaces_is_a_clear_error(
+        env: dict[str, Path], pki: TestPki, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from trustboot.cli.main import cli
+
+    calls = tmp_path / "bwrap-calls"
+    bindir = tmp_path / "fake-bin"
+    _fake_bwrap(bindir, f'echo "$*" >> {calls}\necho "{NO_USERNS}" >&2\nexit 1\n')
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    for _ in range(2):  # a failed probe is not remembered: the second run probes again
+        result = CliRunner().invoke(cli, ["ipxe", "build", "--source", str(env["tree"]),
+                                          "--pki", str(pki.dir), "--target", "bin/ipxe.lkrn",
+                                          *CHAIN])
+        assert result.exit_code == 3, result.output
+        assert "Traceback" not in result.output
+        assert ("cannot run the iPXE build in a sandbox: bwrap cannot create its namespaces "
+                f"here ({NO_USERNS[:200]})") in result.stderr
+        hint = result.stderr.split("hint: ", 1)[1]
+        assert "unprivileged user namespaces are disabled" in hint
+        assert "--unsafe-unsandboxed-build" in hint
+        assert "apt-get install" not in hint  # it is installed
+    assert len(calls.read_text().splitlines()) == 2  # the probe only; make never ran
+    assert env["runs"].read_text() == ""
+    assert not env["out"].exists()
+    assert list(env["cache"].glob("out/*/manifest.json")) == []
+    assert list(env["cache"].glob("work/*")) == []
+
+
+def test_bwrap_is_probed_once_per_process(env: dict[str, Path], pki: TestPki,
+                                          tmp_path: Path, bwrap: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from trustboot.cli.main import cli
+
+    calls = tmp_path / "bwrap-calls"
+    _fake_bwrap(tmp_path / "wrap-bin", f'echo "$*" >> {calls}\nexec {bwrap} "$@"\n')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'wrap-bin'}:{os.environ['PATH']}")
+    for _ in range(3):
+        result = CliRunner().invoke(cli, ["ipxe", "build", "--source", str(env["tree"]),
+                                          "--pki", str(pki.dir), "--target", "bin/ipxe.lkrn",
+                                          "--no-cache", *CHAIN])
+        assert result.exit_code == 0, result.output
+    lines = calls.read_text().splitlines()
+    assert len([line for line in lines if line.endswith(" -- true")]) == 1, lines
+    assert len([line for line in lines if " make " in f" {line} "]) == 3, lines

@@ -272,3 +272,47 @@ def test_login_errors_are_translated_from_the_real_exception_classes() -> None:
         assert isinstance(refused, ConfigError) and cls.__name__ in refused.message
     other = login_error(exc.DeviceRemoved(), "t")
     assert isinstance(other, OperationalError) and "DeviceRemoved" in other.message
+
+
+def test_a_sign_run_initialises_the_module_once(token: Token, material: Material,
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolving the key, reading its certificate from the token and signing share one
+    C_Initialize; the module is finalised when the run ends (the CLI's or sign_paths')."""
+    import pkcs11
+
+    key = ec_key()
+    _, cert_path, chain = material.issue("hsm-one-init", key)
+    from cryptography import x509
+
+    token.import_key(key, "signer", "0b")
+    token.import_cert(x509.load_pem_x509_certificate(cert_path.read_bytes()), "signer", "0b")
+    real = pkcs11.lib
+    libs: dict[str, object] = {}
+    inits: list[str] = []
+
+    def counting(so: str) -> object:
+        """python-pkcs11 keeps one lib object per module and initialises it (C_Initialize)
+        in lib() unless it is already: count those."""
+        before = libs.get(so)
+        was_initialised = before is not None and before.initialized  # type: ignore[attr-defined]
+        lib = real(so)
+        assert before is None or lib is before
+        libs[so] = lib
+        if not was_initialised:
+            inits.append(so)
+        return lib
+
+    monkeypatch.setattr(pkcs11, "lib", counting)
+    image = _image(tmp_path)
+    result = _sign(token, tmp_path, [image], token.uri(id="%0b"), "--chain", str(chain),
+                   "--pki", str(tmp_path / "nopki"))
+    assert result.exit_code == 0, result.output
+    assert inits == [str(token.module)]
+    (lib,) = libs.values()
+    assert not lib.initialized  # type: ignore[attr-defined]
+    inits.clear()
+    run = sign_paths([image], token.uri(id="%0b"), secrets=lambda _what: PIN.encode(),
+                     chain=chain, pkcs11_module=token.module)
+    assert len(run.results) == 1 and inits == [str(token.module)]
+    assert not lib.initialized  # type: ignore[attr-defined]

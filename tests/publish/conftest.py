@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -250,3 +251,22 @@ def nginx(nginx_origin: Nginx) -> Nginx:
 def anon_get(url: str, pki: Pki) -> httpx.Response:
     return httpx.get(url, verify=ssl.create_default_context(cafile=str(pki.ca)),
                      trust_env=False)
+
+
+def logged_requests(nginx: Nginx, pki: Pki, action: Callable[[], object]) -> list[str]:
+    """The requests ("METHOD /path") nginx logged while ``action`` ran. nginx writes a
+    line once it has answered, so the client may go on before its last request is
+    logged: the window is cut by a marker request before and after (one worker: logged
+    in order), not by the log's size, which let a late line of the step before in."""
+    log = nginx.base / "access.log"
+    tag = os.urandom(6).hex()
+    anon_get(f"{nginx.url}.mark-{tag}-start", pki)
+    action()
+    anon_get(f"{nginx.url}.mark-{tag}-end", pki)
+    deadline = time.monotonic() + 10
+    while f"/.mark-{tag}-end " not in (text := log.read_text()):
+        assert time.monotonic() < deadline, "the end marker was never logged"
+        time.sleep(0.05)
+    window = text.split(f"/.mark-{tag}-start ", 1)[1].split("\n", 1)[1]
+    window = window.split(f"/.mark-{tag}-end ", 1)[0].rpartition("\n")[0]
+    return re.findall(r'"([A-Z]+ \S+) ', window)

@@ -19,6 +19,7 @@ from trustboot.publish.fileorigin import FileOrigin
 from trustboot.publish.manifest import ManifestFile, ReleaseManifest, parse_manifest
 from trustboot.publish.origin import (
     OriginOptions,
+    TooLarge,
     check_key,
     load_credentials,
     open_origin,
@@ -53,7 +54,7 @@ def test_file_origin_objects(tmp_path: Path) -> None:
         assert (tmp_path / "o/a/b/c").stat().st_mode & 0o777 == 0o644
         assert (tmp_path / "o/a/b").stat().st_mode & 0o777 == 0o755
         assert b"".join(origin.read("a/b/c", max_size=5)) == b"hello"
-        with pytest.raises(OperationalError):
+        with pytest.raises(TooLarge):
             b"".join(origin.read("a/b/c", max_size=4))
         origin.copy("a/b/c", "top")
         assert origin.list("") == ["a/b/c", "top"]

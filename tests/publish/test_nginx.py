@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from click.testing import CliRunner, Result
 
-from tests.publish.conftest import Nginx, Pki, ReleaseFactory, anon_get
+from tests.publish.conftest import Nginx, Pki, ReleaseFactory, anon_get, logged_requests
 from trustboot.cli.main import cli
 
 ENTRY1 = b"#!ipxe\necho release one\n"
@@ -97,3 +97,35 @@ def test_client_certificate_required_for_writes(pki: Pki, nginx: Nginx,
     assert headers["cache-control"] == "no-store"
     rel = anon_get(nginx.url + "releases/r1/boot.ipxe", pki).headers
     assert "immutable" in rel["cache-control"]
+
+
+def _list_requests(pki: Pki, nginx: Nginx) -> list[str]:
+    """The requests one `publish list` makes, as nginx logged them (method and path)."""
+
+    def run() -> None:
+        listed = CliRunner().invoke(cli, ["publish", "list", nginx.url, "--pki",
+                                          str(pki.dir), "--client-cert", "publisher",
+                                          "--client-key-passphrase-file", str(pki.key_pass),
+                                          "--json"])
+        assert listed.exit_code == 0, listed.output
+        assert [i["complete"] for i in json.loads(listed.output)] == [True]
+
+    return logged_requests(nginx, pki, run)
+
+
+def test_list_requests_do_not_grow_with_objects_per_release(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    counts = []
+    for n in (1, 8):
+        nginx.clear()
+        files = {"boot.ipxe": ENTRY1, **{f"linux/k{i}": b"kernel %d" % i for i in range(n)}}
+        res = publish(pki, make_release(files), nginx.url, "r1")
+        assert res.exit_code == 0, res.output
+        requests = _list_requests(pki, nginx)
+        # the release ids: one listing of releases/ (PROPFIND Depth 1); no object is
+        # fetched or stat-ed one by one
+        assert "PROPFIND /releases/" in requests, requests
+        assert not [r for r in requests if r.startswith(("GET /releases/r1/linux",
+                                                          "HEAD /releases/r1/linux"))]
+        counts.append(len(requests))
+    assert counts[0] == counts[1], counts

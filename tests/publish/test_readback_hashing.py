@@ -13,6 +13,7 @@ import pytest
 from tests.publish.conftest import Nginx, Pki, http_server
 from trustboot.errors import OperationalError
 from trustboot.publish import readback
+from trustboot.publish.origin import TooLarge
 from trustboot.publish.readback import Reader
 
 SIZES = [0, 1000, 3 * readback.CHUNK + 12345]
@@ -29,7 +30,7 @@ def test_digests_are_those_of_the_served_bytes(size: int, pki: Pki, nginx: Nginx
         assert served.digests == {"sha256": hashlib.sha256(data).digest(),
                                   "sha384": hashlib.sha384(data).digest()}
         if size:
-            with pytest.raises(OperationalError, match="larger than"):
+            with pytest.raises(TooLarge, match="larger than"):
                 reader.stream(nginx.url + "image", max_size=size - 1)
         # the connection a refused body left behind is not reused half-read
         assert reader.stream(nginx.url + "image", max_size=size).size == size

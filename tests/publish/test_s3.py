@@ -25,7 +25,7 @@ from tests.publish.rgw import RGW, anon_get, rgw  # noqa: F401  (the session fix
 from trustboot.ca.store import CertificateAuthority
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.publish.fileorigin import LOCK_NAME
-from trustboot.publish.origin import Credentials, OriginOptions, open_origin
+from trustboot.publish.origin import Credentials, OriginOptions, TooLarge, open_origin
 from trustboot.publish.s3 import S3Origin
 from trustboot.secrets import constant
 
@@ -77,7 +77,7 @@ def test_put_stat_read_list_delete(rgw: RGW, s3: Any, bucket: str,  # noqa: F811
         st = o.stat("releases/r1/vmlinuz")
         assert st is not None and st.size == len(data) and st.sha256 == sha(data)
         assert b"".join(o.read("releases/r1/vmlinuz", max_size=len(data))) == data
-        with pytest.raises(OperationalError, match="larger than"):
+        with pytest.raises(TooLarge, match="larger than"):
             b"".join(o.read("releases/r1/vmlinuz", max_size=len(data) - 1))
         with pytest.raises(OperationalError, match="does not exist"):
             o.read("releases/r1/missing", max_size=10)

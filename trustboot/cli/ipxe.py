@@ -37,6 +37,7 @@ from trustboot.ipxe.source import (
     ENV_SOURCE,
     check_commit,
     check_git_url,
+    clone_dir,
     clone_pinned,
     open_source,
     resolve_source_dir,
@@ -290,7 +291,7 @@ def build_cmd(
     if git_url is not None:
         assert commit is not None
         cache = ipxe_build.prepare_cache_dir(cache_dir or ipxe_build.default_cache_dir())
-        checkout = clone_pinned(git_url, commit, cache / "git" / commit)
+        checkout = clone_pinned(git_url, commit, clone_dir(cache, commit))
         source = open_source(checkout)
     else:
         source = open_source(resolve_source_dir(source_dir))

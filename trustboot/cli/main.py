@@ -15,6 +15,7 @@ import click
 from trustboot import __version__
 from trustboot.errors import ExitCode, TrustbootError
 from trustboot.interrupt import Interrupted, cleanup_on_signals
+from trustboot.run import run_scope
 
 # Each module trustboot.cli.<name> exposes ``command`` (a click command or group).
 COMMAND_MODULES = ("ca", "sign", "verify", "ipxe", "audit", "demo", "publish", "origin",
@@ -63,7 +64,8 @@ class TrustbootGroup(click.Group):
         try:
             # SIGTERM/SIGHUP/SIGINT unwind the command (temp trees removed, make killed),
             # then end the process as the signal would have (see trustboot.interrupt).
-            with cleanup_on_signals():
+            # run_scope: what a command needs once (a PKCS#11 module) is set up once
+            with cleanup_on_signals(), run_scope():
                 try:
                     return super().invoke(ctx)
                 except Interrupted as exc:

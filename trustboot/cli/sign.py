@@ -132,8 +132,6 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
     paths = list(files)
     if files_from is not None:
         paths += _read_files_from(files_from)
-    check_options(paths, out_dir=out_dir, manifest=manifest,
-                  expiry_warning_days=expiry_warning_days)
     passphrases = passphrase_source(passphrase_file, passphrase_env)
     pins = pin_source(pin_file, pin_env)
     ref = parse_ref(key_ref)
@@ -147,8 +145,13 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
         prompts = passphrase_file is None and passphrase_env is None
     bars = _progress_factory(not as_json and is_interactive())
     # Without a prompt to wait for, hashing starts now and overlaps the signing stack's
-    # imports, the key reference's resolution and the unlock (hashlib drops the GIL).
-    hashing = None if prompts else HashJob(paths, hash_name, progress=bars)
+    # imports, the key reference's resolution and the unlock (hashlib drops the GIL); the
+    # options are checked first (sign_paths checks them only when it starts the hashing).
+    hashing = None
+    if not prompts:
+        check_options(paths, out_dir=out_dir, manifest=manifest,
+                      expiry_warning_days=expiry_warning_days)
+        hashing = HashJob(paths, hash_name, progress=bars)
     try:
         from trustboot.cms.certinfo import IpxeVersion
         from trustboot.cms.workflow import sign_paths

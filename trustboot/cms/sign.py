@@ -42,6 +42,7 @@ from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import fsync_dir, make_dirs, remove_stale_temps, write_temp
 from trustboot.keys.algorithms import HashAlgorithm
 from trustboot.keys.signer import KeySigner, KeySource, Signer
+from trustboot.run import first_in_run
 
 HASH_NAMES = tuple(h.value for h in HashAlgorithm)
 
@@ -337,13 +338,17 @@ def _sign(
 
 def _remove_stale_temps(targets: Sequence[Path]) -> None:
     """Temp files of these targets that a killed run left, an hour old or more (the
-    directories are the user's: only names our targets' temps would have)."""
+    directories are the user's: only names our targets' temps would have). Each directory
+    once per run (trustboot.run): what a killed run left is an hour old or more, so a
+    second look in the same run finds nothing new."""
     by_dir: dict[Path, set[str]] = {}
     for target in targets:
-        by_dir.setdefault(target.parent, set()).add(f".{target.name}.")
-    for directory, prefixes in by_dir.items():
+        by_dir.setdefault(target.parent, set()).add(target.name)
+    for directory, names in by_dir.items():
+        if not first_in_run(f"stale-temps:{os.path.abspath(directory)}"):
+            continue
         with contextlib.suppress(OSError):  # unreadable: the signing will say so
-            remove_stale_temps(directory, prefixes=prefixes)
+            remove_stale_temps(directory, targets=names)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from trustboot.cms.digest import HashJob, ProgressFactory
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
 from trustboot.keys.ref import KeyRef, parse_ref
+from trustboot.run import run_scope
 from trustboot.secrets import PassphraseSource
 
 if TYPE_CHECKING:
@@ -141,12 +142,15 @@ def sign_paths(
     defaults to ``secrets``). ``unlock_first``: ask for the secret before hashing (when it
     comes from a prompt, so a progress display does not run under it); otherwise the key is
     unlocked while the files are hashed. ``hashing``: a HashJob the caller started earlier
-    for the same files and hash (so hashing overlaps its imports); cancelled on failure.
+    for the same files and hash (so hashing overlaps its imports), after passing the same
+    arguments to :func:`check_options` (here they are checked only without one); cancelled
+    on failure.
     """
     paths = list(paths)
     hash_alg = HashAlgorithm.parse(hash_name)
-    check_options(paths, out_dir=out_dir, manifest=manifest,
-                  expiry_warning_days=expiry_warning_days)
+    if hashing is None:
+        check_options(paths, out_dir=out_dir, manifest=manifest,
+                      expiry_warning_days=expiry_warning_days)
     now = now or dt.datetime.now(dt.UTC)
     ref = parse_ref(key_ref) if isinstance(key_ref, str) else key_ref
     warnings: list[str] = []
@@ -166,32 +170,34 @@ def sign_paths(
         raise ValueError("the hashing job was started for other files or another hash")
     job = hashing
     try:
-        source = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now,
-                                pkcs11_module=pkcs11_module)
-        if source.algorithm == KeyAlgorithm.ECDSA and not ipxe_version.ecdsa:
-            # A signer iPXE would reject, like verify's rule of the same name: exit 4.
-            raise VerificationError(
-                f"refusing to sign: ECDSA signatures need iPXE >= 2.0.0 (target: "
-                f"{ipxe_version}) [rule: unsupported-algorithm]",
-                hint="use an RSA key, or --ipxe-version 2.0.0 for newer builds",
-                rule="unsupported-algorithm")
-        # Refuse a doomed signer before asking for its secret.
-        for finding in preflight(source, now=now, ipxe_version=ipxe_version).warnings:
-            warn(f"{finding.message}\n  hint: {finding.remedy}")
-        check_targets(paths, out_dir)
-        wants_pin = source.secret_kind == "pin"  # noqa: S105 - a kind, not a secret
-        secret = pins if (pins is not None and wants_pin) else secrets
-        with ExitStack() as stack:
-            if job is None and not unlock_first:
-                # Hash on a second core while the key's KDF (or the token login) runs.
-                job = HashJob(paths, hash_alg, progress=progress)
-            signer = stack.enter_context(source.open(secret))
-            # The key is unlocked now (or a token session open): no forked hashers, which
-            # would each hold a copy of it.
-            hashed = job.result() if job is not None else HashJob(
-                paths, hash_alg, progress=progress, fork=False).result()
-            results = sign_hashed(hashed, signer, hash_name=hash_alg, out_dir=out_dir,
-                                  now=now, ipxe_version=ipxe_version)
+        # one run: a token's module is initialised once for resolving and signing
+        with run_scope():
+            source = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now,
+                                    pkcs11_module=pkcs11_module)
+            if source.algorithm == KeyAlgorithm.ECDSA and not ipxe_version.ecdsa:
+                # A signer iPXE would reject, like verify's rule of the same name: exit 4.
+                raise VerificationError(
+                    f"refusing to sign: ECDSA signatures need iPXE >= 2.0.0 (target: "
+                    f"{ipxe_version}) [rule: unsupported-algorithm]",
+                    hint="use an RSA key, or --ipxe-version 2.0.0 for newer builds",
+                    rule="unsupported-algorithm")
+            # Refuse a doomed signer before asking for its secret.
+            for finding in preflight(source, now=now, ipxe_version=ipxe_version).warnings:
+                warn(f"{finding.message}\n  hint: {finding.remedy}")
+            check_targets(paths, out_dir)
+            wants_pin = source.secret_kind == "pin"  # noqa: S105 - a kind, not a secret
+            secret = pins if (pins is not None and wants_pin) else secrets
+            with ExitStack() as stack:
+                if job is None and not unlock_first:
+                    # Hash on a second core while the key's KDF (or the token login) runs.
+                    job = HashJob(paths, hash_alg, progress=progress)
+                signer = stack.enter_context(source.open(secret))
+                # The key is unlocked now (or a token session open): no forked hashers, which
+                # would each hold a copy of it.
+                hashed = job.result() if job is not None else HashJob(
+                    paths, hash_alg, progress=progress, fork=False).result()
+                results = sign_hashed(hashed, signer, hash_name=hash_alg, out_dir=out_dir,
+                                      now=now, ipxe_version=ipxe_version)
     except BaseException:
         if job is not None:
             job.cancel()  # stop reading files nobody will sign

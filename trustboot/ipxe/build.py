@@ -365,7 +365,7 @@ def make_env(passthrough: Sequence[str] = ()) -> dict[str, str]:
 
 def _run_make(
     argv: Sequence[str], cwd: Path, log: Path, on_progress: ProgressCallback | None,
-    env: Mapping[str, str], bwrap: str | None,
+    env: Mapping[str, str], bwrap: str | None, extra_binds: sandbox.ExtraBinds,
 ) -> None:
     """Run one make invocation in ``cwd`` (the work tree), in the sandbox unless ``bwrap``
     is None (--unsafe-unsandboxed-build)."""
@@ -376,7 +376,7 @@ def _run_make(
         command = list(argv)
         child_env = dict(env)
         if bwrap is not None:
-            command = sandbox.sandbox_argv(argv, cwd.resolve(), bwrap=bwrap)
+            command = sandbox.sandbox_argv(argv, cwd.resolve(), bwrap=bwrap, extra=extra_binds)
             child_env = sandbox.sandbox_env(child_env)
         # Its own process group, so an interruption can stop make and every compiler it
         # started (they write into a work tree that is about to be removed).
@@ -564,12 +564,15 @@ def build(
     toolchain: Mapping[str, str] | None = None,
     make_env_names: Sequence[str] = (),
     unsafe_unsandboxed: bool = False,
+    extra_binds: sandbox.ExtraBinds = sandbox.NO_EXTRA_BINDS,
 ) -> BuildResult:
     """Build (or fetch from the cache) every target, copy them to ``output_dir``.
 
     make runs in a bubblewrap sandbox (:mod:`trustboot.ipxe.sandbox`; ConfigError when it
     cannot be created) unless ``unsafe_unsandboxed``, with a minimal environment
-    (:func:`make_env`); ``make_env_names`` names more variables of ours it may see.
+    (:func:`make_env`); ``make_env_names`` names more variables of ours it may see, and
+    ``extra_binds`` more host paths it may see in the sandbox (for tests' fake trees only:
+    neither a recipe nor an option sets them).
     Output directories are created 0755, binaries 0644 (0600 when they hold a client key).
     """
     toolchain = dict(toolchain) if toolchain is not None else check_toolchain(request.targets)
@@ -591,7 +594,7 @@ def build(
             bwrap = None if unsafe_unsandboxed else sandbox.find_bwrap()
             _build_into(request, entry, key, log, toolchain, cache,
                         jobs or os.cpu_count() or 1, clean, on_progress,
-                        make_env(make_env_names), bwrap)
+                        make_env(make_env_names), bwrap, extra_binds)
         manifest_bytes = (entry / "manifest.json").read_bytes()
         fsutil.make_dirs(output_dir)  # only now: a failed build leaves no empty output dir
         for target in request.targets:  # temp files of a copy killed an hour or more ago
@@ -618,6 +621,7 @@ def _build_into(
     on_progress: ProgressCallback | None,
     env: Mapping[str, str],
     bwrap: str | None,
+    extra_binds: sandbox.ExtraBinds,
 ) -> None:
     plan = make_plan(request, jobs=jobs)
     fsutil.atomic_write(log, b"", mode=fsutil.PRIVATE_FILE_MODE)
@@ -646,7 +650,7 @@ def _build_into(
             if request.client is not None:
                 fsutil.write_private_file(key_file, request.client.key_pem)
             for argv in plan.invocations:
-                _run_make(argv, top, log, on_progress, env, bwrap)
+                _run_make(argv, top, log, on_progress, env, bwrap, extra_binds)
         finally:
             # The key is readable only while make runs.
             with contextlib.suppress(FileNotFoundError):

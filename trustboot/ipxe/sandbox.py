@@ -17,7 +17,9 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from trustboot.errors import ConfigError
@@ -40,24 +42,38 @@ _ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/altern
 # Inside the sandbox /tmp is a fresh tmpfs of its own, not the host's.
 PRIVATE_TMP = "/tmp"  # noqa: S108
 
-# More host paths make sees, read-only and read-write. Empty: only tests set them (the
-# interpreter of the fake tree, the file it records its runs in); never from a recipe.
-EXTRA_READ_ONLY: tuple[str, ...] = ()
-EXTRA_WRITABLE: tuple[str, ...] = ()
 
 
-def _unavailable(reason: str) -> ConfigError:
-    return ConfigError(
-        f"cannot run the iPXE build in a sandbox: {reason}",
-        hint="install bubblewrap (apt-get install bubblewrap) and allow user namespaces "
-        "(sysctl kernel.unprivileged_userns_clone=1 when not root); only for a tree you "
-        f"trust as much as this account: {UNSAFE_OPTION}",
-    )
+@dataclass(frozen=True)
+class ExtraBinds:
+    """More host paths make sees, read-only and read-write, passed by a caller of the
+    library (the tests' fake tree: its interpreter, the file it records its runs in). No
+    recipe key or command-line option leads here."""
+
+    read_only: tuple[str, ...] = ()
+    writable: tuple[str, ...] = ()
 
 
-def sandbox_argv(argv: Sequence[str], work: Path | None, *, bwrap: str) -> list[str]:
+NO_EXTRA_BINDS = ExtraBinds()
+
+_FALLBACK = f"only for a tree you trust as much as this account: {UNSAFE_OPTION}"
+
+# The bwrap binaries whose probe succeeded in this process: a build (or a release's
+# several) does not start a sandbox just to see that it can.
+_probed: set[str] = set()
+_probe_lock = threading.Lock()
+
+
+def _unavailable(reason: str, hint: str) -> ConfigError:
+    return ConfigError(f"cannot run the iPXE build in a sandbox: {reason}",
+                       hint=f"{hint}; {_FALLBACK}")
+
+
+def sandbox_argv(argv: Sequence[str], work: Path | None, *, bwrap: str,
+                 extra: ExtraBinds = NO_EXTRA_BINDS) -> list[str]:
     """bwrap's command line running ``argv`` with ``work`` (absolute) as the only writable
-    host directory and the current directory (None: no host directory, in /)."""
+    host directory (besides ``extra.writable``) and the current directory (None: no host
+    directory, in /)."""
     out = [bwrap,
            "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
            "--unshare-cgroup", "--unshare-net",
@@ -75,10 +91,10 @@ def sandbox_argv(argv: Sequence[str], work: Path | None, *, bwrap: str) -> list[
     for path_text in _ETC:
         out += ["--ro-bind-try", path_text, path_text]
     out += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", PRIVATE_TMP]
-    for extra in EXTRA_READ_ONLY:
-        out += ["--ro-bind", extra, extra]
-    for extra in EXTRA_WRITABLE:
-        out += ["--bind", extra, extra]
+    for path_text in extra.read_only:
+        out += ["--ro-bind", path_text, path_text]
+    for path_text in extra.writable:
+        out += ["--bind", path_text, path_text]
     if work is not None:
         # The same path as outside: log lines and the tree's own paths read the same.
         out += ["--bind", str(work), str(work)]
@@ -86,17 +102,29 @@ def sandbox_argv(argv: Sequence[str], work: Path | None, *, bwrap: str) -> list[
 
 
 def find_bwrap(path: str | None = None) -> str:
-    """bwrap's path, after checking it can create the namespaces; ConfigError if not."""
+    """bwrap's path, after checking (once per process and binary) that it can create the
+    namespaces; ConfigError if not."""
     found = shutil.which(BWRAP, path=path)
     if found is None:
-        raise _unavailable("bwrap (bubblewrap) is not installed")
-    probe = subprocess.run(
-        sandbox_argv(["true"], None, bwrap=found), capture_output=True, text=True,
-        stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"}, check=False, timeout=60,
-    )
-    if probe.returncode != 0:
-        detail = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
-        raise _unavailable(f"bwrap cannot create its namespaces here ({detail[:200]})")
+        raise _unavailable("bwrap (bubblewrap) is not installed",
+                           "install bubblewrap (apt-get install bubblewrap)")
+    with _probe_lock:
+        if found in _probed:
+            return found
+        probe = subprocess.run(
+            sandbox_argv(["true"], None, bwrap=found), capture_output=True, text=True,
+            stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"}, check=False, timeout=60,
+        )
+        if probe.returncode != 0:
+            detail = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
+            raise _unavailable(
+                f"bwrap cannot create its namespaces here ({detail[:200]})",
+                "bubblewrap is installed; the likely cause is that unprivileged user "
+                "namespaces are disabled: allow them (Debian: sysctl "
+                "kernel.unprivileged_userns_clone=1; Ubuntu: sysctl "
+                "kernel.apparmor_restrict_unprivileged_userns=0; in a container: a seccomp "
+                "profile that allows them)")
+        _probed.add(found)
     return found
 
 

@@ -269,24 +269,34 @@ def check_git_url(url: str) -> str:
     return str(path.resolve())
 
 
+def clone_dir(cache: Path, commit: str) -> Path:
+    """Where the clone of ``commit`` lives in the iPXE cache ``cache``: one place for
+    `ipxe build --git` and a recipe's ipxe.git, so either reuses the other's clone."""
+    return cache / "git" / check_commit(commit)
+
+
+def _pinned(url: str, commit: str, dest: Path) -> tuple[str, str, bool]:
+    """The checked URL and commit, and whether ``dest`` already holds that clone."""
+    commit = check_commit(commit)
+    url = check_git_url(url)
+    have = (shutil.which("git") is not None and (dest / ".git").is_dir()
+            and _head(dest) == commit)
+    return url, commit, have
+
+
 def cloned_at(url: str, commit: str, dest: Path) -> Path | None:
     """``dest`` if it already holds the clone ``clone_pinned`` would make; else None.
     Reads only (for dry runs)."""
-    commit = check_commit(commit)
-    check_git_url(url)
-    if shutil.which("git") is None or not (dest / ".git").is_dir():
-        return None
-    return dest if _head(dest) == commit else None
+    return dest if _pinned(url, commit, dest)[2] else None
 
 
 def clone_pinned(url: str, commit: str, dest: Path) -> Path:
     """Clone ``url`` at exactly ``commit`` into ``dest`` (reused if already there)."""
-    commit = check_commit(commit)
-    url = check_git_url(url)
+    url, commit, have = _pinned(url, commit, dest)
+    if have:
+        return dest
     if shutil.which("git") is None:
         raise ConfigError("git is needed to clone an iPXE tree", hint="apt-get install git")
-    if (dest / ".git").exists() and _head(dest) == commit:
-        return dest
     make_dirs(dest, PRIVATE_DIR_MODE)
     steps = (
         # --template=: no hook samples or other files from the system's template dir.

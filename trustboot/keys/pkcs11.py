@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from trustboot.keys.signer import (
     order_chain,
     revoked_error,
 )
+from trustboot.run import keep_for_run
 from trustboot.secrets import PassphraseSource
 
 if TYPE_CHECKING:
@@ -149,24 +151,49 @@ def module_path(uri: Pkcs11Uri, option: Path | None) -> Path:
     return path
 
 
+# How many blocks hold each module (by path) initialised: python-pkcs11 keeps one lib
+# object per path, so the first holder's C_Initialize serves all and the last one out
+# calls C_Finalize, whichever thread they run in.
+_holders: dict[str, int] = {}
+_holders_lock = threading.Lock()
+
+
 @contextlib.contextmanager
-def loaded_module(path: Path) -> Iterator[Any]:
-    """The module, initialised for this block only (C_Finalize at the end, always)."""
+def _initialised(path: Path) -> Iterator[Any]:
     p11 = _import_pkcs11()
-    try:
-        lib = p11.lib(os.fspath(path))
-    except p11.exceptions.PKCS11Error as exc:
-        raise ConfigError(f"cannot load PKCS#11 module {path}: {exc}",
-                          hint=MODULE_HINT) from None
+    name = os.fspath(path)
+    with _holders_lock:
+        try:
+            lib = p11.lib(name)  # C_Initialize unless already initialised
+        except p11.exceptions.PKCS11Error as exc:
+            raise ConfigError(f"cannot load PKCS#11 module {path}: {exc}",
+                              hint=MODULE_HINT) from None
+        _holders[name] = _holders.get(name, 0) + 1
     try:
         yield lib
-    except p11.exceptions.PKCS11Error as exc:  # anything not mapped to a clearer error above
-        raise OperationalError(f"PKCS#11 module {path} failed: {type(exc).__name__}",
-                               hint="check the token (present, initialised) and the module"
-                               ) from None
     finally:
-        with contextlib.suppress(p11.exceptions.PKCS11Error):
-            lib.finalize()
+        with _holders_lock:
+            _holders[name] -= 1
+            if not _holders[name]:
+                del _holders[name]
+                with contextlib.suppress(p11.exceptions.PKCS11Error):
+                    lib.finalize()
+
+
+@contextlib.contextmanager
+def loaded_module(path: Path) -> Iterator[Any]:
+    """The module, initialised for this block; inside a run (trustboot.run) it stays
+    initialised until the run ends, so resolving a key, reading its certificate and
+    signing with it cost one C_Initialize."""
+    p11 = _import_pkcs11()
+    with _initialised(path) as lib:
+        keep_for_run(f"pkcs11-module:{os.fspath(path)}", lambda: _initialised(path))
+        try:
+            yield lib
+        except p11.exceptions.PKCS11Error as exc:  # anything not mapped to a clearer error
+            raise OperationalError(f"PKCS#11 module {path} failed: {type(exc).__name__}",
+                                   hint="check the token (present, initialised) and the "
+                                        "module") from None
 
 
 def find_token(lib: Any, uri: Pkcs11Uri) -> Any:

@@ -34,6 +34,7 @@ from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
     Staged,
+    TooLarge,
     check_key,
     check_prefix,
     key_problem,
@@ -289,7 +290,7 @@ class FileOrigin(StagesUploads):
                     return
                 total += len(chunk)
                 if total > max_size:
-                    raise OperationalError(f"{self.url}{key} is larger than {max_size} bytes")
+                    raise TooLarge(f"{self.url}{key} is larger than {max_size} bytes")
                 yield chunk
         finally:
             os.close(fd)

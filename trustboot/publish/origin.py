@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
-from trustboot.errors import ConfigError
+from trustboot.errors import ConfigError, OperationalError
 
 MAX_KEY_LENGTH = 1024
 MAX_CREDENTIALS_BYTES = 64 << 10
@@ -47,6 +47,12 @@ MAX_CREDENTIALS_BYTES = 64 << 10
 # fetches and in iPXE script lines, so anything needing quoting or percent-encoding is
 # refused here rather than escaped in five places.
 _SEGMENT = re.compile(r"[A-Za-z0-9._~+=,@-]+")
+
+
+class TooLarge(OperationalError):
+    """A read hit its cap: the object is larger than ``max_size``. Raised by every
+    origin's ``read`` and by the read-back Reader, so a caller that expects a size (the
+    read-back of a published object) tells "serves more than published" by its type."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,7 @@ class Origin(Protocol):
     def put_bytes(self, key: str, data: bytes, *, sha256: str) -> None: ...
 
     def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
-        """The object as the backend stores it, in chunks; more than max_size is an error."""
+        """The object as the backend stores it, in chunks; more than max_size: TooLarge."""
         ...
 
     def list(self, prefix: str) -> list[str]:

@@ -80,6 +80,7 @@ from trustboot.publish.origin import (
     Origin,
     OriginOptions,
     Staged,
+    TooLarge,
     check_key,
     redact_url,
     staging_of,
@@ -434,12 +435,10 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
             except NotServed as exc:
                 not_served(exc)
                 return
-            except OperationalError as exc:
-                if "larger than" in exc.message:
-                    problems.append(f"{prefix}{f.name}: the origin serves more than the "
-                                    f"{f.size} bytes published")
-                    return
-                raise
+            except TooLarge:
+                problems.append(f"{prefix}{f.name}: the origin serves more than the "
+                                f"{f.size} bytes published")
+                return
             if served.size != f.size or served.sha256 != f.sha256:
                 problems.append(f"{prefix}{f.name}: the origin serves {served.size} bytes "
                                 f"with sha256 {served.sha256[:16]}..., published {f.size} "

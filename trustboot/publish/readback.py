@@ -41,6 +41,7 @@ from trustboot.cms.verify import (
 )
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.http import RetryableStatus, status_error, tls_context, with_retries
+from trustboot.publish.origin import TooLarge
 
 CHUNK = 1 << 20
 # The slowest answer waited for: a request gets timeout + max_size / MIN_RATE seconds in
@@ -119,9 +120,8 @@ def _hash_inline(response: http.client.HTTPResponse, hashers: list[Any], url: st
     while n := response.readinto(buf):
         size += n
         if size > max_size:
-            raise OperationalError(f"{url} is larger than {max_size} bytes",
-                                   hint="the origin serves something else than what was "
-                                        "published")
+            raise TooLarge(f"{url} is larger than {max_size} bytes",
+                           hint="the origin serves something else than what was published")
         for h in hashers:
             h.update(view[:n])
         if body is not None:

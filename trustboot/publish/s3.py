@@ -64,6 +64,7 @@ from trustboot.publish.lock import LOCK_STALE_AFTER, origin_lock
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
+    TooLarge,
     check_key,
     check_prefix,
     key_problem,
@@ -453,7 +454,7 @@ class S3Origin:
         body = obj["Body"]
         if int(obj.get("ContentLength", 0)) > max_size:
             body.close()
-            raise OperationalError(f"{self.url}{key} is larger than {max_size} bytes")
+            raise TooLarge(f"{self.url}{key} is larger than {max_size} bytes")
         return self._chunks(body, key, max_size)
 
     def _chunks(self, body: Any, key: str, max_size: int) -> Iterator[bytes]:
@@ -463,8 +464,7 @@ class S3Origin:
                 for chunk in body.iter_chunks(READ_CHUNK):
                     total += len(chunk)
                     if total > max_size:
-                        raise OperationalError(f"{self.url}{key} is larger than {max_size} "
-                                               "bytes")
+                        raise TooLarge(f"{self.url}{key} is larger than {max_size} bytes")
                     yield chunk
         finally:
             body.close()

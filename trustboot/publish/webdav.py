@@ -52,6 +52,7 @@ from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
     Staged,
+    TooLarge,
     check_key,
     check_prefix,
     key_problem,
@@ -385,7 +386,7 @@ class WebDAVOrigin(StagesUploads):
             for chunk in response.iter_raw(CHUNK):
                 total += len(chunk)
                 if total > max_size:
-                    raise OperationalError(f"{url} is larger than {max_size} bytes")
+                    raise TooLarge(f"{url} is larger than {max_size} bytes")
                 yield chunk
         finally:
             response.close()

@@ -268,7 +268,7 @@ def _inputs(recipe: Recipe, allow: Sequence[Path]) -> list[InputFile]:
 def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certificate],
               v_certs: Sequence[Certificate], chain_script: str,
               allow: Sequence[Path], *, dry_run: bool = False) -> Firmware:
-    from trustboot.ipxe.source import clone_pinned, cloned_at, open_source
+    from trustboot.ipxe.source import clone_dir, clone_pinned, cloned_at, open_source
 
     spec = recipe.ipxe
     targets = spec.targets if spec else ipxe_build.DEFAULT_TARGETS
@@ -290,15 +290,15 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
         cache = options.cache_dir or ipxe_build.default_cache_dir(options.environ)
         if dry_run:
             # touch nothing: use the cached clone if it is there, else only name the pin
-            source_dir = cloned_at(spec.git, spec.commit, cache / "src" / spec.commit)
+            source_dir = cloned_at(spec.git, spec.commit, clone_dir(cache, spec.commit))
             if source_dir is None:
                 return Firmware("build", targets, chain_script=chain_script,
                                 pinned=(spec.git, spec.commit), reason=(
                                     f"would clone {spec.git} at {spec.commit} into the "
                                     "iPXE cache and build (not cloned: --dry-run)"))
         else:
-            source_dir = clone_pinned(spec.git, spec.commit,
-                                      ipxe_build.prepare_cache_dir(cache) / "src" / spec.commit)
+            source_dir = clone_pinned(spec.git, spec.commit, clone_dir(
+                ipxe_build.prepare_cache_dir(cache), spec.commit))
     elif options.ipxe_source is not None:
         source_dir = options.ipxe_source
     if source_dir is None:

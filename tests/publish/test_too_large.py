@@ -1,0 +1,81 @@
+"""An object larger than its read cap is a TooLarge error on every origin and in the
+read-back Reader, and the read-back of a release reports it as "serves more than
+published" (by the type, not by the text of the error)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from tests.publish.conftest import Nginx, Pki, ReleaseFactory
+from tests.publish.test_faults import options_of, publish, trust_of
+from trustboot.errors import VerificationError
+from trustboot.publish.manifest import parse_manifest
+from trustboot.publish.origin import Origin, OriginOptions, TooLarge, open_origin
+from trustboot.publish.pipeline import verify_served
+from trustboot.publish.readback import Reader
+
+ENTRY = b"#!ipxe\necho too large\n"
+KERNEL = b"k" * 4096
+
+
+def test_file_origin_read_over_its_cap_is_too_large(tmp_path: Path) -> None:
+    with open_origin(f"file://{tmp_path}/o", OriginOptions()) as origin:
+        origin.put_bytes("a", b"hello", sha256=hashlib.sha256(b"hello").hexdigest())
+        with pytest.raises(TooLarge, match="larger than 4 bytes"):
+            b"".join(origin.read("a", max_size=4))
+
+
+def test_webdav_read_over_its_cap_is_too_large(pki: Pki, nginx: Nginx) -> None:
+    with open_origin(nginx.url, options_of(pki)) as origin:
+        origin.put_bytes("a", b"hello", sha256=hashlib.sha256(b"hello").hexdigest())
+        assert b"".join(origin.read("a", max_size=5)) == b"hello"
+        with pytest.raises(TooLarge, match="larger than 4 bytes"):
+            b"".join(origin.read("a", max_size=4))
+
+
+def test_reader_over_its_cap_is_too_large(pki: Pki, nginx: Nginx) -> None:
+    (nginx.root / "a").write_bytes(b"hello")
+    with Reader(ca_file=pki.ca) as reader:
+        with pytest.raises(TooLarge, match="larger than 4 bytes"):
+            reader.stream(nginx.url + "a", max_size=4)
+        with pytest.raises(TooLarge, match="larger than 4 bytes"):
+            reader.fetch(nginx.url + "a", max_size=4)
+
+
+def _served_grown(origin: Origin, root: Path, pki: Pki, reader: Reader | None) -> str:
+    """Append to the published kernel, read the release back: the problem reported."""
+    with open(root / "releases/r1/vmlinuz", "ab") as fh:
+        fh.write(b"x")
+    manifest = parse_manifest((root / "releases/r1/release.json").read_bytes())
+    with pytest.raises(VerificationError) as err:
+        verify_served(origin, manifest, trust=trust_of(pki), now=dt.datetime.now(dt.UTC),
+                      reader=reader)
+    assert err.value.exit_code == 4
+    assert err.value.hint is not None and err.value.hint.startswith(
+        "nothing was switched; find out who changed the origin")
+    return err.value.message
+
+
+def test_readback_from_the_store_names_an_object_served_larger(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    r = make_release({"boot.ipxe": ENTRY, "vmlinuz": KERNEL})
+    url = f"file://{tmp_path}/srv"
+    assert publish(pki, r, url, "r1", "--no-switch").exit_code == 0
+    with open_origin(url, OriginOptions()) as origin:
+        message = _served_grown(origin, tmp_path / "srv", pki, None)
+    assert message == (f"release r1 on {url}/ is not served as published: releases/r1/"
+                       "vmlinuz: the origin serves more than the 4096 bytes published")
+
+
+def test_readback_over_https_names_an_object_served_larger(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    r = make_release({"boot.ipxe": ENTRY, "vmlinuz": KERNEL})
+    assert publish(pki, r, nginx.url, "r1", "--no-switch").exit_code == 0
+    with open_origin(nginx.url, options_of(pki)) as origin, Reader(ca_file=pki.ca) as reader:
+        message = _served_grown(origin, nginx.root, pki, reader)
+    assert message.endswith("releases/r1/vmlinuz: the origin serves more than the 4096 "
+                            "bytes published")
