@@ -287,9 +287,8 @@ def export(keyset: KeySet, out: Path, passphrase: PassphraseSource, *, now: dt.d
     out = Path(out)
     # The variable store first: a template that is not one is refused with nothing written.
     ovmf = ovmf_vars(keyset, ovmf_template) if ovmf_template is not None else None
-    fsutil.make_dirs(out)
     # whoever can write there could swap the enrollment files before they are enrolled
-    fsutil.check_owned_dir(out, "export directory")
+    fsutil.make_output_dir(out, "export directory")
     passphrase = asked_once(passphrase)  # one passphrase (or PIN) for PK and KEK
     signers = {role: open_signer(keyset, role, passphrase, now=now) for role in ("PK", "KEK")}
     written: list[Path] = []
