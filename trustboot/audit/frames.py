@@ -4,13 +4,15 @@ The probe speaks from a random MAC, as a booting machine would, so it builds who
 and answers neighbour solicitations for its own link-local addresses itself.
 ``parse_frame`` returns None for frames that are not UDP or ICMPv6 over IP and raises
 :class:`MalformedPacket` for IP/UDP headers that lie about their lengths.
+:class:`Reassembler` puts fragmented IPv4 datagrams back together first, as a client's
+stack does (iPXE, EDK2): a rogue must not hide its offer by fragmenting it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trustboot.audit.errors import MalformedPacket
 
@@ -22,6 +24,9 @@ IPPROTO_ICMPV6 = 58
 BROADCAST_MAC = b"\xff" * 6
 ICMPV6_NS = 135
 ICMPV6_NA = 136
+MAX_PENDING_DATAGRAMS = 64  # fragmented datagrams being put together at once
+MAX_FRAGMENTS = 64  # fragments of one datagram
+FRAGMENT_TIMEOUT = 3.0  # seconds a datagram's fragments wait for the rest
 
 
 def checksum(data: bytes) -> int:
@@ -194,3 +199,124 @@ def neighbour_solicitation_target(frame: Frame) -> str | None:
     if frame.icmp_type != ICMPV6_NS or len(frame.payload) < 24:
         return None
     return str(ipaddress.IPv6Address(frame.payload[8:24]))
+
+
+def _ip4_start(frame: bytes) -> int | None:
+    """Where the IPv4 header of an Ethernet frame (VLAN-tagged or not) starts, or None."""
+    if len(frame) >= 18 and frame[12:14] == b"\x81\x00":
+        return 18 if frame[16:18] == b"\x08\x00" else None
+    return 14 if frame[12:14] == b"\x08\x00" else None
+
+
+def is_ip4_fragment(frame: bytes) -> bool:
+    """Whether ``frame`` carries a fragment of a UDP datagram over IPv4."""
+    start = _ip4_start(frame)
+    if start is None or len(frame) < start + 20 or frame[start + 9] != IPPROTO_UDP:
+        return False
+    return bool(struct.unpack_from("!H", frame, start + 6)[0] & 0x3FFF)
+
+
+def ip4_source(frame: bytes) -> str:
+    """The IPv4 source address of a frame (for evidence), or '?'."""
+    start = _ip4_start(frame)
+    if start is None or len(frame) < start + 20:
+        return "?"
+    return str(ipaddress.IPv4Address(frame[start + 12 : start + 16]))
+
+
+@dataclass
+class _Datagram:
+    first_seen: float
+    source: tuple[str, bytes]  # IPv4 address and MAC of the sender
+    head: bytes | None = None  # the first fragment's Ethernet + IPv4 header
+    total: int | None = None  # payload length, known from the last fragment
+    pieces: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+class Reassembler:
+    """IPv4 fragments (of UDP datagrams) back into whole frames; bounded in memory.
+
+    ``add`` returns the frame of the whole datagram once its last missing fragment is in,
+    with the first fragment's headers (fragment fields cleared). Fragments that overlap
+    (the classic way to show a checker and a client different datagrams), that do not add
+    up, or that are too many raise MalformedPacket and drop the datagram. When
+    MAX_PENDING_DATAGRAMS are pending, new ones are not kept: ``dropped`` counts their
+    fragments. A datagram whose first fragment came but which never completed (within
+    FRAGMENT_TIMEOUT, or by ``flush``) is listed in ``incomplete`` (its sender's IPv4
+    address and MAC).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[bytes, bytes, bytes], _Datagram] = {}
+        self.dropped = 0
+        self.incomplete: list[tuple[str, bytes]] = []
+
+    def _expire(self, now: float) -> None:
+        for key, d in list(self._pending.items()):
+            if now - d.first_seen > FRAGMENT_TIMEOUT:
+                self._drop(key)
+
+    def _drop(self, key: tuple[bytes, bytes, bytes]) -> None:
+        d = self._pending.pop(key)
+        if d.head is not None:
+            self.incomplete.append(d.source)
+
+    def flush(self) -> None:
+        """The listen window closed: whatever is still pending never completed."""
+        for key in list(self._pending):
+            self._drop(key)
+
+    def add(self, frame: bytes, now: float) -> bytes | None:
+        start = _ip4_start(frame)
+        if start is None or len(frame) < start + 20:
+            return None
+        ip = frame[start:]
+        ihl = (ip[0] & 0x0F) * 4
+        total = struct.unpack_from("!H", ip, 2)[0]
+        if ip[0] >> 4 != 4 or ihl < 20 or total < ihl or total > len(ip):
+            raise MalformedPacket("IPv4 header lengths are inconsistent")
+        flags = struct.unpack_from("!H", ip, 6)[0]
+        offset, more = (flags & 0x1FFF) * 8, bool(flags & 0x2000)
+        data = ip[ihl:total]
+        if more and len(data) % 8:
+            raise MalformedPacket("IPv4 fragment that is not a multiple of 8 bytes")
+        end = offset + len(data)
+        if ihl + end > 0xFFFF:
+            raise MalformedPacket("IPv4 fragments of a datagram longer than 65535 bytes")
+        self._expire(now)
+        key = (ip[12:20], ip[4:6], ip[9:10])  # addresses, identification, protocol
+        d = self._pending.get(key)
+        if d is None:
+            if len(self._pending) >= MAX_PENDING_DATAGRAMS:
+                self.dropped += 1
+                return None
+            d = self._pending[key] = _Datagram(now, (ip4_source(frame), frame[6:12]))
+        for at, piece in d.pieces:
+            if at < end and offset < at + len(piece):
+                if (at, piece) == (offset, data):
+                    return None  # a retransmitted copy
+                self._pending.pop(key)
+                raise MalformedPacket("overlapping IPv4 fragments (a checker and a client "
+                                      "could see different datagrams)")
+        if not more:
+            if (d.total is not None and d.total != end) or any(at + len(p) > end
+                                                              for at, p in d.pieces):
+                self._pending.pop(key)
+                raise MalformedPacket("IPv4 fragments that do not add up to one datagram")
+            d.total = end
+        elif d.total is not None and end > d.total:
+            self._pending.pop(key)
+            raise MalformedPacket("IPv4 fragments that do not add up to one datagram")
+        if len(d.pieces) >= MAX_FRAGMENTS:
+            self._pending.pop(key)
+            raise MalformedPacket(f"more than {MAX_FRAGMENTS} fragments of one IPv4 datagram")
+        d.pieces.append((offset, data))
+        if offset == 0:
+            d.head = frame[: start + ihl]
+        if d.head is None or d.total is None or sum(len(p) for _, p in d.pieces) != d.total:
+            return None
+        del self._pending[key]
+        head = bytearray(d.head)
+        struct.pack_into("!H", head, start + 2, ihl + d.total)
+        struct.pack_into("!H", head, start + 6, 0)
+        return bytes(head) + b"".join(p for _, p in sorted(d.pieces))
