@@ -54,11 +54,11 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
         except OSError:
             pass  # the client gave up: what it should do
 
-    def do_PROPFIND(self) -> None:  # noqa: N802 - the HTTP method's name
+    def do_PROPFIND(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self._answer("207 Multi-Status")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._answer("200 OK")
 
     def log_message(self, *args: object) -> None:
