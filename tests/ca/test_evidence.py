@@ -261,6 +261,22 @@ def test_audit_report_of_a_segment_booting_old_firmware_is_refused(
     assert status(run, begun, secrets_dir)["step"] == "begun"
 
 
+def test_audit_report_with_terminal_escapes_is_refused(
+        begun: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    """The audit escapes every control character it writes; a report carrying raw ones
+    (crafted, edited) is refused before its text reaches `ca status` or an error."""
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(build_record(begun)))
+    doc = json.loads(audit_report(tmp_path / "seg.json", FIRMWARE).read_text())
+    doc["observation"]["interface"] = "seg\x1b]0;owned\x07\x1b[2J"
+    (tmp_path / "escapes.json").write_text(json.dumps(doc))
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest), "--audit-report",
+                str(tmp_path / "escapes.json"))
+    assert r.exit_code == 3 and "/observation/interface" in r.output, r.output
+    assert "\x1b" not in r.output and "\x07" not in r.output
+    assert status(run, begun, secrets_dir)["step"] == "begun"
+
+
 @pytest.mark.parametrize("also_to_ipxe", [False, True])
 def test_a_boot_program_starting_with_ipxe_magic_is_not_a_script(
         begun: Path, run: Run, secrets_dir: Path, tmp_path: Path, also_to_ipxe: bool) -> None:

@@ -224,7 +224,34 @@ def _load_report(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not a `trustboot audit --json` report",
                           hint="run `trustboot audit IFACE --json > report.json` on the "
                           "segment and pass that file")
+    where = _unsafe_string(doc, "")
+    if where is not None:
+        # the audit escapes every control/format character it writes: text that reaches
+        # `ca status` and error messages from here must not carry terminal escapes
+        raise ConfigError(f"{path} is not a `trustboot audit --json` report: the string at "
+                          f"{where} holds control characters the audit never writes",
+                          hint="pass the report exactly as `trustboot audit --json` wrote it")
     return doc
+
+
+def _unsafe_string(value: object, where: str) -> str | None:
+    """The JSON path of the first string (or key) with characters ``clean`` escapes."""
+    from trustboot.audit.text import clean  # the audit report boundary's one rule
+
+    todo = [(value, where)]
+    while todo:
+        item, at = todo.pop()
+        if isinstance(item, str):
+            if clean(item) != item:
+                return at or "/"
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if clean(str(key)) != key:
+                    return f"{at}/(a key)"
+                todo.append((sub, f"{at}/{key}"))
+        elif isinstance(item, list):
+            todo.extend((sub, f"{at}/{i}") for i, sub in enumerate(item))
+    return None
 
 
 def _list(obs: dict[str, Any], key: str) -> list[dict[str, Any]]:
