@@ -261,7 +261,7 @@ def test_audit_report_of_a_segment_booting_old_firmware_is_refused(
     assert status(run, begun, secrets_dir)["step"] == "begun"
 
 
-def test_audit_report_with_terminal_escapes_is_refused(
+def test_evidence_with_terminal_escapes_is_refused(
         begun: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
     """The audit escapes every control character it writes; a report carrying raw ones
     (crafted, edited) is refused before its text reaches `ca status` or an error."""
@@ -274,6 +274,12 @@ def test_audit_report_with_terminal_escapes_is_refused(
                 str(tmp_path / "escapes.json"))
     assert r.exit_code == 3 and "/observation/interface" in r.output, r.output
     assert "\x1b" not in r.output and "\x07" not in r.output
+    record = build_record(begun)
+    record["outputs"][0]["target"] = "bin/\x1b[31mundionly.kpxe"
+    manifest.write_text(json.dumps(record))
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest))
+    assert r.exit_code == 3 and "/outputs/0/target" in r.output, r.output
+    assert "\x1b" not in r.output
     assert status(run, begun, secrets_dir)["step"] == "begun"
 
 

@@ -104,6 +104,11 @@ def check_build_record(build: object, source: str, root_sha256: str, *,
             f"{source} is neither an iPXE build manifest nor a release manifest with one",
             hint="pass the manifest.json of `trustboot ipxe build` (or the release.json of "
             "a release that built its firmware)")
+    where = _unsafe_string(build, "")
+    if where is not None:  # its targets reach `ca status` and error messages
+        raise ConfigError(f"the iPXE build record of {source} holds control characters at "
+                          f"{where}: `trustboot ipxe build` never writes them",
+                          hint="pass the manifest exactly as `trustboot ipxe build` wrote it")
     trusted = sorted({str(t.get("sha256", "")).lower() for t in build["trust"]
                       if isinstance(t, dict)} - {""})
     if root_sha256 not in trusted:
