@@ -241,7 +241,7 @@ def _load_report(path: Path) -> dict[str, Any]:
 
 def _unsafe_string(value: object, where: str) -> str | None:
     """The JSON path of the first string (or key) with characters ``clean`` escapes."""
-    from trustboot.audit.text import clean  # the audit report boundary's one rule
+    from trustboot.text import clean
 
     todo = [(value, where)]
     while todo:
