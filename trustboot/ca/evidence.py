@@ -104,8 +104,9 @@ def check_build_record(build: object, source: str, root_sha256: str, *,
             f"{source} is neither an iPXE build manifest nor a release manifest with one",
             hint="pass the manifest.json of `trustboot ipxe build` (or the release.json of "
             "a release that built its firmware)")
-    where = _unsafe_string(build, "")
-    if where is not None:  # its targets reach `ca status` and error messages
+    # what reaches `ca status` and error messages (config_headers are multi-line text)
+    where = _unsafe_string({"trust": build["trust"], "outputs": build.get("outputs")}, "")
+    if where is not None:
         raise ConfigError(f"the iPXE build record of {source} holds control characters at "
                           f"{where}: `trustboot ipxe build` never writes them",
                           hint="pass the manifest exactly as `trustboot ipxe build` wrote it")

@@ -113,7 +113,7 @@ def deadline_transport(ctx: ssl.SSLContext, *, max_connections: int) -> httpx.HT
     if not isinstance(getattr(transport, "_pool", None), httpcore.ConnectionPool):
         raise RuntimeError("this httpx version is not supported (no connection pool)")
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=ctx, max_connections=max_connections,
+        ssl_context=ctx, max_connections=max_connections, keepalive_expiry=5.0,
         network_backend=_DeadlineBackend())
     return transport
 
