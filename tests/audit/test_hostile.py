@@ -240,6 +240,22 @@ def test_a_rogue_fragmenting_its_offers_is_found(seg: Segment, tmp_path: Path) -
     assert run.returncode == 5
 
 
+def test_a_rogue_fragmenting_its_dhcpv6_advertise_is_found(seg: Segment,
+                                                          tmp_path: Path) -> None:
+    """The same over IPv6: the Advertise in fragments, last first, through the kernel's
+    filter (a fragment header dropped it unseen)."""
+    v6 = seg.add_host("v6", 3, ipv6=True)
+    seg.start_server(v6, "rogue", "eth0", "fragmented6")
+    client = seg.add_host("client", 50, ipv6=True)
+    run = seg.audit(client, "--window", "3", "--no-follow", "--arch", "efi-x64", "--json",
+                    "--policy", str(policy(tmp_path)))
+    found = run.findings("rogue-dhcpv6")
+    assert found, (run.json["findings"], run.stderr)
+    assert "https://[2001:db8::66]/evil.efi" in json.dumps(found)
+    assert not run.findings("malformed-packet")
+    assert run.returncode == 5
+
+
 def test_report_amplification_is_bounded(seg: Segment, tmp_path: Path) -> None:
     """Item 9: 2,000 fake servers with long option 67 values: one aggregated finding,
     bounded JSON, SARIF and table."""

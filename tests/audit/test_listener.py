@@ -343,3 +343,22 @@ def test_fragment_reassembly_is_bounded() -> None:
     with pytest.raises(MalformedPacket, match="more than"):
         for frame in tiny:
             reasm.add(frame, 10.0)
+
+
+def test_a_fragmented_advertise_is_reassembled() -> None:
+    """IPv6 too: a DHCPv6 Advertise in fragments (last first) is what a client sees."""
+    def server6(frame: frames.Frame) -> list[bytes]:
+        if frame.dport != 547:
+            return []
+        msg = dhcp6.parse(frame.payload)
+        adv = packets.advertise(xid=msg.xid, client_duid=bytes.fromhex(msg.client_duid or ""),
+                                url="http://[2001:db8::66]/rogue.efi")
+        return packets.fragment6(packets.advertise_frame(adv, dst_mac=frame.src_mac), 48,
+                                 ident=msg.xid)[::-1]
+
+    link = FakeLink([server6])
+    lst, obs = listener(link, window=0.3, arches=("efi-x64",), ipxe_probe=False)
+    lst.run()
+    assert obs.replies6, [m.reason for m in obs.malformed]
+    assert {r.message.bootfile_url for r in obs.replies6} == {"http://[2001:db8::66]/rogue.efi"}
+    assert not obs.malformed and not obs.limits

@@ -24,7 +24,7 @@ LIMIT_REASONS = {
     "client-messages": "client messages not examined (passive mode) past the per-window bound",
     "unparsed-frames": "frames that were no DHCP message, not examined past the per-window bound",
     "backlog": "frames that arrived within the window but were still unread when it closed",
-    "ip-fragments": "IPv4 fragments not kept because too many datagrams were being "
+    "ip-fragments": "IP fragments not kept because too many datagrams were being "
                     "reassembled at once",
     "proxy-queries": "ProxyDHCP servers not queried on port 4011 because too many answered",
     "follow-targets": "boot files not fetched because too many were offered",

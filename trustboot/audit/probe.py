@@ -136,6 +136,7 @@ def boot_protocol_filter(*, passive: bool = False) -> list[tuple[int, int, int, 
         (_JEQ_K, frames.ETH_P_IPV6, 0, "drop"),
         (_LD_B_ABS, 20),
         (_JEQ_K, 58, "icmp6", 0),
+        (_JEQ_K, frames.IPPROTO_FRAGMENT, "accept", 0),  # reassembled, then judged
         (_JEQ_K, 17, 0, "drop"),
         (_LD_H_ABS, 54),
         (_JEQ_K, 547, "accept", 0),
@@ -772,7 +773,7 @@ class Listener:
         try:
             whole = reasm.add(data, time.monotonic())
         except MalformedPacket as exc:
-            self._malformed("ip/udp", exc, frames.ip4_source(data), data[6:12], data)
+            self._malformed("ip/udp", exc, frames.ip_source(data), data[6:12], data)
             whole = None
         self._fragment_leftovers()
         return whole
@@ -798,7 +799,7 @@ class Listener:
             data, pkttype = got
             if pkttype == PACKET_OUTGOING:
                 continue
-            if frames.is_ip4_fragment(data):
+            if frames.is_fragment(data):
                 whole = self._reassemble(data)
                 if whole is None:
                     continue
