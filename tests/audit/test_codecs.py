@@ -313,6 +313,11 @@ def _v4(sport: int, dport: int, payload: bytes) -> bytes:
     (frames.neighbour_advert(src_mac=MAC, dst_mac=MAC, target="fe80::1", dst_ip="fe80::2"),
      False, False),
     (frames.ethernet(MAC, MAC, 0x0806, b"\0" * 28), False, False),  # ARP
+    # fragments of a UDP datagram (an offer split to hide it): reassembled in user space
+    *[(f, True, True) for f in packets.fragment(packets.offer_frame(b"\x02" * 40), 8)],
+    *[(f, True, True) for f in packets.fragment6(frames.udp6_frame(
+        src_mac=MAC, dst_mac=MAC, src_ip="fe80::1", dst_ip="fe80::2", sport=547, dport=546,
+        payload=b"x" * 40), 16)],
 ])
 def test_bpf_filter(frame: bytes, active: bool, passive: bool) -> None:
     assert bool(_run_bpf(probe.boot_protocol_filter(), frame)) is active

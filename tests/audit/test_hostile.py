@@ -224,6 +224,38 @@ def test_an_evasive_rogue_is_found(seg: Segment, tmp_path: Path) -> None:
     assert run.returncode == 5
 
 
+def test_a_rogue_fragmenting_its_offers_is_found(seg: Segment, tmp_path: Path) -> None:
+    """A client's IP stack reassembles a fragmented offer (iPXE, EDK2): the audit does too,
+    through the kernel's filter, instead of seeing one malformed packet from nobody."""
+    rogue = seg.add_host("rogue", 2)
+    seg.start_server(rogue, "rogue", "eth0", "fragmented")
+    client = seg.add_host("client", 50)
+    run = seg.audit(client, "--window", "3", "--no-follow", "--no-dhcpv6", "--json",
+                    "--arch", "bios", "--policy", str(policy(tmp_path)))
+    found = [f for f in run.findings("rogue-dhcp") if f["subject"] == ROGUE]
+    assert len(found) == 1, (run.json["findings"], run.json["observation"]["malformed"],
+                             run.stderr)
+    assert found[0]["evidence"]["option_67_bootfile"] == "evil.kpxe"
+    assert not run.findings("malformed-packet")
+    assert run.returncode == 5
+
+
+def test_a_rogue_fragmenting_its_dhcpv6_advertise_is_found(seg: Segment,
+                                                          tmp_path: Path) -> None:
+    """The same over IPv6: the Advertise in fragments, last first, through the kernel's
+    filter (a fragment header dropped it unseen)."""
+    v6 = seg.add_host("v6", 3, ipv6=True)
+    seg.start_server(v6, "rogue", "eth0", "fragmented6")
+    client = seg.add_host("client", 50, ipv6=True)
+    run = seg.audit(client, "--window", "3", "--no-follow", "--arch", "efi-x64", "--json",
+                    "--policy", str(policy(tmp_path)))
+    found = run.findings("rogue-dhcpv6")
+    assert found, (run.json["findings"], run.stderr)
+    assert "https://[2001:db8::66]/evil.efi" in json.dumps(found)
+    assert not run.findings("malformed-packet")
+    assert run.returncode == 5
+
+
 def test_report_amplification_is_bounded(seg: Segment, tmp_path: Path) -> None:
     """Item 9: 2,000 fake servers with long option 67 values: one aggregated finding,
     bounded JSON, SARIF and table."""

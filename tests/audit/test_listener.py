@@ -8,9 +8,12 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.audit import packets
 from tests.audit.fakelink import FakeLink, Responder, listener
 from trustboot.audit import dhcp4, dhcp6, frames, probe
+from trustboot.audit.errors import MalformedPacket
 from trustboot.audit.model import Offer
 
 
@@ -281,3 +284,81 @@ def test_port_4011_queries_are_bounded() -> None:
     lst.run()
     assert len(lst.state.proxied) == probe.MAX_PROXY_QUERIES
     assert obs.limits["proxy-queries"] > 0
+
+
+def _fragmented_rogue(order: Callable[[list[bytes]], list[bytes]]) -> Responder:
+    """A rogue DHCP server that sends its offers in IPv4 fragments (in ``order``): a
+    client's stack reassembles them, so the audit must too."""
+    def respond(frame: frames.Frame) -> list[bytes]:
+        if frame.dport != 67:
+            return []
+        req = dhcp4.parse(frame.payload)
+        reply = packets.dhcp_reply(xid=req.xid, chaddr=req.chaddr, file=b"rogue.kpxe",
+                                   server_id="192.0.2.66", siaddr="192.0.2.66")
+        whole = packets.offer_frame(reply, src_mac=packets.ROGUE_MAC, src_ip="192.0.2.66")
+        return order(packets.fragment(whole, 64, ident=req.xid & 0xFFFF))
+    return respond
+
+
+@pytest.mark.parametrize("order", [list, lambda f: f[::-1], lambda f: f[1:] + f[:1]],
+                         ids=["in-order", "reversed", "first-last"])
+def test_a_fragmented_offer_is_reassembled(order: Callable[[list[bytes]], list[bytes]]
+                                           ) -> None:
+    link = FakeLink([_fragmented_rogue(order)])
+    lst, obs = listener(link, window=0.3, arches=("bios",), dhcpv6=False, ipxe_probe=False)
+    lst.run()
+    assert obs.offers, [m.reason for m in obs.malformed]
+    assert {(o.server_ip, o.boot_file) for o in obs.offers} == {("192.0.2.66", "rogue.kpxe")}
+    assert all(o.probe is not None for o in obs.offers)
+    assert not obs.malformed and not obs.limits
+
+
+def test_fragments_that_cannot_be_one_datagram_are_malformed_from_their_sender() -> None:
+    link = FakeLink()
+    lst, obs = listener(link, window=0.2, arches=("bios",), dhcpv6=False)
+    reply = packets.dhcp_reply(xid=7, chaddr=b"\x02" * 6, file=b"x.kpxe")
+    whole = packets.offer_frame(reply, src_mac=packets.ROGUE_MAC, src_ip="192.0.2.66")
+    parts = packets.fragment(whole, 64, ident=1)
+    overlap = packets.fragment(whole, 128, ident=1)[1]  # overlaps parts[2] and [3]
+    for frame in [*parts[:3], overlap]:
+        link.inject(frame)
+    link.inject(packets.fragment(whole, 64, ident=2)[0])  # the rest never comes
+    lst.run()
+    assert not obs.offers
+    reasons = {(m.src_ip, m.reason) for m in obs.malformed}
+    assert any(ip == "192.0.2.66" and "overlapping" in r for ip, r in reasons), reasons
+    assert ("192.0.2.66", "fragmented IPv4 datagram that never completed") in reasons
+
+
+def test_fragment_reassembly_is_bounded() -> None:
+    reasm = frames.Reassembler()
+    whole = packets.offer_frame(b"\x02" * 300)
+    for ident in range(frames.MAX_PENDING_DATAGRAMS + 10):
+        assert reasm.add(packets.fragment(whole, 64, ident=ident)[0], 0.0) is None
+    assert reasm.dropped == 10
+    assert reasm.add(packets.fragment(whole, 64, ident=0)[0], 0.0) is None  # a copy
+    reasm.add(packets.fragment(whole, 64, ident=5000)[0], frames.FRAGMENT_TIMEOUT + 1)
+    assert len(reasm.incomplete) == frames.MAX_PENDING_DATAGRAMS  # expired, with senders
+    tiny = packets.fragment(packets.offer_frame(b"\x02" * 600), 8, ident=9)
+    with pytest.raises(MalformedPacket, match="more than"):
+        for frame in tiny:
+            reasm.add(frame, 10.0)
+
+
+def test_a_fragmented_advertise_is_reassembled() -> None:
+    """IPv6 too: a DHCPv6 Advertise in fragments (last first) is what a client sees."""
+    def server6(frame: frames.Frame) -> list[bytes]:
+        if frame.dport != 547:
+            return []
+        msg = dhcp6.parse(frame.payload)
+        adv = packets.advertise(xid=msg.xid, client_duid=bytes.fromhex(msg.client_duid or ""),
+                                url="http://[2001:db8::66]/rogue.efi")
+        return packets.fragment6(packets.advertise_frame(adv, dst_mac=frame.src_mac), 48,
+                                 ident=msg.xid)[::-1]
+
+    link = FakeLink([server6])
+    lst, obs = listener(link, window=0.3, arches=("efi-x64",), ipxe_probe=False)
+    lst.run()
+    assert obs.replies6, [m.reason for m in obs.malformed]
+    assert {r.message.bootfile_url for r in obs.replies6} == {"http://[2001:db8::66]/rogue.efi"}
+    assert not obs.malformed and not obs.limits

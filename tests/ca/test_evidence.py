@@ -266,6 +266,59 @@ def test_audit_report_of_a_segment_booting_old_firmware_is_refused(
     assert status(run, begun, secrets_dir)["step"] == "begun"
 
 
+def test_evidence_with_terminal_escapes_is_refused(
+        begun: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    """The audit escapes every control character it writes; a report carrying raw ones
+    (crafted, edited) is refused before its text reaches `ca status` or an error."""
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(build_record(begun)))
+    doc = json.loads(audit_report(tmp_path / "seg.json", FIRMWARE).read_text())
+    doc["observation"]["interface"] = "seg\x1b]0;owned\x07\x1b[2J"
+    (tmp_path / "escapes.json").write_text(json.dumps(doc))
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest), "--audit-report",
+                str(tmp_path / "escapes.json"))
+    assert r.exit_code == 3 and "/observation/interface" in r.output, r.output
+    assert "\x1b" not in r.output and "\x07" not in r.output
+    record = build_record(begun)
+    record["outputs"][0]["target"] = "bin/\x1b[31mundionly.kpxe"
+    manifest.write_text(json.dumps(record))
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest))
+    assert r.exit_code == 3 and "/outputs/0/target" in r.output, r.output
+    assert "\x1b" not in r.output
+    assert status(run, begun, secrets_dir)["step"] == "begun"
+
+
+@pytest.mark.parametrize("also_to_ipxe", [False, True])
+def test_a_boot_program_starting_with_ipxe_magic_is_not_a_script(
+        begun: Path, run: Run, secrets_dir: Path, tmp_path: Path, also_to_ipxe: bool) -> None:
+    """A BIOS boot program is raw code: it can start with "#!ipxe" and pass for a script.
+    Offered to a firmware (non-iPXE) probe it is executed by the firmware, so it must be
+    firmware that trusts the next root, whatever its first bytes say."""
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(build_record(begun)))
+    rogue = b"#!ipxe\n" + b"\xeb\xfe" + b"\0" * 64  # a script to identify(), code to a BIOS
+    assert identify(rogue).script
+    doc = json.loads(audit_report(tmp_path / "seg.json", FIRMWARE).read_text())
+    extra = Observation(interface="seg-lab1", mode="active", window=1.0)
+    extra.offers = [offer(file="rogue.kpxe")]
+    if also_to_ipxe:
+        extra.offers.append(offer(file="rogue.kpxe", ipxe=True))
+    extra.fetched = [Fetched(
+        BootTarget("tftp", "192.0.2.1", "rogue.kpxe", "tftp://192.0.2.1/rogue.kpxe"),
+        FetchResult("192.0.2.1", "rogue.kpxe", ok=True, size=len(rogue), sha256=sha(rogue)),
+        identify(rogue))]
+    now = dt.datetime.now(dt.UTC)
+    more = to_json(AuditResult(extra, [], policy_from_dict({}), now, now), None)["observation"]
+    doc["observation"]["dhcpv4"] += more["dhcpv4"]
+    doc["observation"]["fetched"] += more["fetched"]
+    (tmp_path / "rogue.json").write_text(json.dumps(doc))
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(manifest), "--audit-report",
+                str(tmp_path / "rogue.json"))
+    assert r.exit_code == 4, r.output
+    assert "tftp://192.0.2.1/rogue.kpxe" in r.output and sha(rogue) in r.output
+    assert status(run, begun, secrets_dir)["step"] == "begun"
+
+
 @pytest.mark.parametrize("bootfile", ["ftp://192.0.2.9/ipxe.efi", "nfs://192.0.2.9/ipxe.efi",
                                       "tftp://boot.example.net/ipxe.efi"])
 def test_audit_report_with_an_offered_file_it_never_fetched_is_refused(

@@ -131,6 +131,21 @@ def test_pki_owned_by_another_user_is_refused(pki: Path, run: Run) -> None:
     assert r.exit_code == 3 and "not by you" in r.output and "chown" in r.output
 
 
+def test_export_into_a_directory_others_can_write_is_refused(pki: Path, tmp_path: Path,
+                                                             run: Run) -> None:
+    """root.pem goes into firmware (TRUST=): whoever can write the export directory could
+    put their own root there before the build reads it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    r = run("ca", "export", "--pki", str(pki), "--out", str(shared))
+    assert r.exit_code == 3 and "writable by other users" in r.output, r.output
+    assert list(shared.iterdir()) == []
+    shared.chmod(0o755)
+    assert run("ca", "export", "--pki", str(pki), "--out", str(shared)).exit_code == 0
+    assert (shared / "root.pem").is_file()
+
+
 # --- links where none belongs ---------------------------------------------------------
 
 

@@ -177,3 +177,30 @@ def test_a_directory_as_file_is_refused_not_a_bug(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli, ["verify", path, "--trust", "sha256:" + "00" * 32])
         assert result.exit_code == 1, result.output
         assert "not a regular file" in result.stderr
+
+
+def test_names_from_a_hostile_certificate_reach_no_terminal_raw(tmp_path: Path) -> None:
+    """Whoever makes a signature chooses its certificates' names: a common name with
+    terminal escapes or a bidi override is shown escaped, in verdicts and errors alike."""
+    from tests.cms.pki import PASSPHRASE, make_material, rsa_key
+
+    material = make_material(tmp_path / "pki")
+    hostile = "evil\x1b]0;owned\x07\x1b[2J\u202ename"
+    key, cert, chain = material.issue(hostile, rsa_key())
+    image = tmp_path / "img.bin"
+    image.write_bytes(b"boot me\n")
+    signed = CliRunner().invoke(cli, [
+        "sign", str(image), "--key", f"file:{key}", "--cert", str(cert), "--chain", str(chain),
+        "--passphrase-env", "TB_HOSTILE_PASS"], env={"TB_HOSTILE_PASS": PASSPHRASE.decode()})
+    assert signed.exit_code == 0, signed.output
+    other = make_material(tmp_path / "other")
+    for trust, code in ((material.directory / "root.pem", 0),
+                        (other.directory / "root.pem", 4)):
+        for extra in ((), ("--json",), ("--signer", "nobody")):
+            r = CliRunner().invoke(cli, ["verify", str(image), "--trust", str(trust), *extra])
+            want = 4 if extra and extra[0] == "--signer" else code
+            assert r.exit_code == want, r.output
+            text = r.stdout + r.stderr
+            assert not any(c in text for c in "\x1b\x07\u202e"), text
+            if want == 0:
+                assert "evil\\x1b]0;owned\\x07" in text.replace("\\\\", "\\")

@@ -281,6 +281,20 @@ def test_output_under_a_file_is_operational(env: dict[str, Path], pki: TestPki,
     assert "cannot create directory" in err and "Traceback" not in err
 
 
+def test_output_directory_others_can_write_is_refused(env: dict[str, Path], pki: TestPki,
+                                                      tmp_path: Path) -> None:
+    """Whoever can write the output directory could swap the firmware (which trusts the
+    root) before it is deployed: refused, no binary copied there."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       "--target", "bin/ipxe.lkrn", *CHAIN, "-o", str(shared))
+    assert code == 3, err
+    assert "writable by other users" in err and "Traceback" not in err
+    assert list(shared.iterdir()) == []
+
+
 def test_sigterm_in_a_host_program_reaches_its_own_handler(
     env: dict[str, Path], pki: TestPki, tmp_path: Path
 ) -> None:

@@ -16,7 +16,12 @@ from tests.publish.conftest import Pki, ReleaseFactory
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.fileorigin import FileOrigin
-from trustboot.publish.manifest import ManifestFile, ReleaseManifest, parse_manifest
+from trustboot.publish.manifest import (
+    ManifestFile,
+    ReleaseManifest,
+    SignerSummary,
+    parse_manifest,
+)
 from trustboot.publish.origin import (
     OriginOptions,
     TooLarge,
@@ -153,6 +158,33 @@ def test_manifest_round_trip_and_strictness() -> None:
                 {"entry": "missing"}, {"created": "yesterday"}):
         with pytest.raises(ConfigError):
             parse_manifest(json.dumps(data | bad).encode())
+
+
+def test_manifest_text_shown_to_operators_carries_no_terminal_escapes(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """`publish list` shows each release's signer from its manifest, which whoever can
+    write the origin can plant: control and format characters there make it unreadable."""
+    m = ReleaseManifest(release="r2", created=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+                        files=(ManifestFile("a", 1, "0" * 64),), entry="a",
+                        signer=SignerSummary("CN=boot", "1f",
+                                             dt.datetime(2027, 1, 1, tzinfo=dt.UTC)))
+    doc = json.loads(m.to_bytes())
+    doc["signer"]["subject"] = "CN=boot\x1b]0;owned\x07"
+    hostile = json.dumps(doc).encode()
+    with pytest.raises(ConfigError, match="control or format"):
+        parse_manifest(hostile)
+    for origin in ("https://boot.example.net/\x9b31m", "https://boot.example.net/\u202e"):
+        with pytest.raises(ConfigError, match="origin"):
+            parse_manifest(json.dumps(json.loads(m.to_bytes()) | {"origin": origin}).encode())
+    srv = tmp_path / "srv"
+    assert _publish(pki, make_release({"boot.ipxe": ENTRY}), f"file://{srv}", "r1"
+                    ).exit_code == 0
+    planted = srv / "releases" / "r2"
+    planted.mkdir()
+    (planted / "release.json").write_bytes(hostile)
+    res = CliRunner().invoke(cli, ["publish", "list", f"file://{srv}"])
+    assert res.exit_code == 0, res.output
+    assert "r2" in res.output and "\x1b" not in res.output and "\x07" not in res.output
 
 
 def test_propfind_with_a_dtd_is_refused() -> None:

@@ -89,6 +89,25 @@ def test_wrong_passphrase(keyset_pki: Path, tmp_path: Path, run: Run) -> None:
     assert PASS not in r.output
 
 
+def test_export_into_a_directory_others_can_write_is_refused(
+        keyset_pki: Path, pw: Path, run: Run, tmp_path: Path) -> None:
+    """Whoever can write the export directory can swap PK.auth/db.esl for their own before
+    they are enrolled (and move noPK.auth aside): refused, nothing written, no key used."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    r = run("secureboot", "export", "--pki", str(keyset_pki), "--out", str(shared),
+            "--passphrase-file", str(pw))
+    assert r.exit_code == 3 and "writable by other users" in r.output, r.output
+    assert list(shared.iterdir()) == []
+    # a link to such a directory is judged by where it leads
+    link = tmp_path / "link"
+    link.symlink_to(shared)
+    r = run("secureboot", "export", "--pki", str(keyset_pki), "--out", str(link),
+            "--passphrase-file", str(pw))
+    assert r.exit_code == 3 and list(shared.iterdir()) == [], r.output
+
+
 def test_killed_init_leaves_no_key_set(tmp_path: Path) -> None:
     pki = tmp_path / "pki"
     pki.mkdir()

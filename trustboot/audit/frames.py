@@ -4,13 +4,15 @@ The probe speaks from a random MAC, as a booting machine would, so it builds who
 and answers neighbour solicitations for its own link-local addresses itself.
 ``parse_frame`` returns None for frames that are not UDP or ICMPv6 over IP and raises
 :class:`MalformedPacket` for IP/UDP headers that lie about their lengths.
+:class:`Reassembler` puts fragmented IP datagrams back together first, as a client's
+stack does (iPXE, EDK2): a rogue must not hide its offer by fragmenting it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trustboot.audit.errors import MalformedPacket
 
@@ -19,9 +21,13 @@ ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
 IPPROTO_UDP = 17
 IPPROTO_ICMPV6 = 58
+IPPROTO_FRAGMENT = 44
 BROADCAST_MAC = b"\xff" * 6
 ICMPV6_NS = 135
 ICMPV6_NA = 136
+MAX_PENDING_DATAGRAMS = 64  # fragmented datagrams being put together at once
+MAX_FRAGMENTS = 64  # fragments of one datagram
+FRAGMENT_TIMEOUT = 3.0  # seconds a datagram's fragments wait for the rest
 
 
 def checksum(data: bytes) -> int:
@@ -194,3 +200,174 @@ def neighbour_solicitation_target(frame: Frame) -> str | None:
     if frame.icmp_type != ICMPV6_NS or len(frame.payload) < 24:
         return None
     return str(ipaddress.IPv6Address(frame.payload[8:24]))
+
+
+def _ip_start(frame: bytes, ethertype: bytes) -> int | None:
+    """Where the IP header of an Ethernet frame (VLAN-tagged or not) starts, or None."""
+    if len(frame) >= 18 and frame[12:14] == b"\x81\x00":
+        return 18 if frame[16:18] == ethertype else None
+    return 14 if frame[12:14] == ethertype else None
+
+
+@dataclass(frozen=True)
+class _Fragment:
+    key: tuple[bytes, ...]  # addresses, identification (and protocol)
+    source: tuple[str, bytes]  # the sender's IP address and MAC
+    offset: int
+    more: bool
+    data: bytes
+    head: bytes  # Ethernet + IP header (+ IPv6 extension headers before the fragment's)
+    fix: tuple[int, int]  # where the IP header starts; where the header's next-header is
+
+
+def _fragment(frame: bytes) -> _Fragment | None:
+    """The fragment ``frame`` carries (a UDP datagram's, or any over IPv6), else None.
+    MalformedPacket for headers that lie about their lengths."""
+    start = _ip_start(frame, b"\x08\x00")
+    if start is not None and len(frame) >= start + 20 and frame[start + 9] == IPPROTO_UDP:
+        ip = frame[start:]
+        flags = struct.unpack_from("!H", ip, 6)[0]
+        if not flags & 0x3FFF:
+            return None
+        ihl = (ip[0] & 0x0F) * 4
+        total = struct.unpack_from("!H", ip, 2)[0]
+        if ip[0] >> 4 != 4 or ihl < 20 or total < ihl or total > len(ip):
+            raise MalformedPacket("IPv4 header lengths are inconsistent")
+        return _Fragment((ip[12:20], ip[4:6], ip[9:10]),
+                         (str(ipaddress.IPv4Address(ip[12:16])), frame[6:12]),
+                         (flags & 0x1FFF) * 8, bool(flags & 0x2000), ip[ihl:total],
+                         frame[: start + ihl], (start, -1))
+    start = _ip_start(frame, b"\x86\xdd")
+    if start is None or len(frame) < start + 48:
+        return None
+    ip = frame[start:]
+    at, next_at = 40, 6  # the header after the fixed one, and where its type is said
+    if ip[6] == 0:  # hop-by-hop options first (MLD does that); then the fragment header
+        at, next_at = 40 + (ip[41] + 1) * 8, 40
+    if ip[next_at] != IPPROTO_FRAGMENT or len(ip) < at + 8:
+        return None
+    plen = struct.unpack_from("!H", ip, 4)[0]
+    if 40 + plen > len(ip) or at + 8 > 40 + plen:
+        raise MalformedPacket("IPv6 payload length runs past the frame")
+    field_ = struct.unpack_from("!H", ip, at + 2)[0]
+    head = bytearray(frame[: start + at])
+    head[start + next_at] = ip[at]  # the fragmented payload's own type
+    return _Fragment((ip[8:40], ip[at + 4 : at + 8]),
+                     (str(ipaddress.IPv6Address(ip[8:24])), frame[6:12]),
+                     field_ & 0xFFF8, bool(field_ & 1), ip[at + 8 : 40 + plen], bytes(head),
+                     (start, 0))
+
+
+def is_fragment(frame: bytes) -> bool:
+    """Whether ``frame`` carries an IP fragment that ``Reassembler`` takes."""
+    try:
+        return _fragment(frame) is not None
+    except MalformedPacket:
+        return True  # add() reports it
+
+
+def ip_source(frame: bytes) -> str:
+    """The IP source address of a frame (for evidence), or '?'."""
+    start = _ip_start(frame, b"\x08\x00")
+    if start is not None and len(frame) >= start + 20:
+        return str(ipaddress.IPv4Address(frame[start + 12 : start + 16]))
+    start = _ip_start(frame, b"\x86\xdd")
+    if start is not None and len(frame) >= start + 40:
+        return str(ipaddress.IPv6Address(frame[start + 8 : start + 24]))
+    return "?"
+
+
+@dataclass
+class _Datagram:
+    first_seen: float
+    source: tuple[str, bytes]  # IP address and MAC of the sender
+    head: bytes | None = None  # the first fragment's headers
+    fix: tuple[int, int] = (0, -1)
+    total: int | None = None  # payload length, known from the last fragment
+    pieces: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+class Reassembler:
+    """IP fragments (IPv4: of UDP datagrams; IPv6: any) back into whole frames; bounded.
+
+    ``add`` returns the frame of the whole datagram once its last missing fragment is in,
+    with the first fragment's headers (IPv4: fragment fields cleared; IPv6: the fragment
+    header removed). Fragments that overlap (the classic way to show a checker and a
+    client different datagrams), that do not add up, or that are too many raise
+    MalformedPacket and drop the datagram. When MAX_PENDING_DATAGRAMS are pending, new ones
+    are not kept: ``dropped`` counts their fragments. A datagram whose first fragment came
+    but which never completed (within FRAGMENT_TIMEOUT, or by ``flush``) is listed in
+    ``incomplete`` (its sender's IP address and MAC).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[bytes, ...], _Datagram] = {}
+        self.dropped = 0
+        self.incomplete: list[tuple[str, bytes]] = []
+
+    def _expire(self, now: float) -> None:
+        for key, d in list(self._pending.items()):
+            if now - d.first_seen > FRAGMENT_TIMEOUT:
+                self._drop(key)
+
+    def _drop(self, key: tuple[bytes, ...]) -> None:
+        d = self._pending.pop(key)
+        if d.head is not None:
+            self.incomplete.append(d.source)
+
+    def flush(self) -> None:
+        """The listen window closed: whatever is still pending never completed."""
+        for key in list(self._pending):
+            self._drop(key)
+
+    def add(self, frame: bytes, now: float) -> bytes | None:
+        frag = _fragment(frame)
+        if frag is None:
+            return None
+        offset, data = frag.offset, frag.data
+        if frag.more and len(data) % 8:
+            raise MalformedPacket("IP fragment that is not a multiple of 8 bytes")
+        end = offset + len(data)
+        if end > 0xFFFF:
+            raise MalformedPacket("IP fragments of a datagram longer than 65535 bytes")
+        self._expire(now)
+        key = frag.key
+        d = self._pending.get(key)
+        if d is None:
+            if len(self._pending) >= MAX_PENDING_DATAGRAMS:
+                self.dropped += 1
+                return None
+            d = self._pending[key] = _Datagram(now, frag.source)
+        for at, piece in d.pieces:
+            if at < end and offset < at + len(piece):
+                if (at, piece) == (offset, data):
+                    return None  # a retransmitted copy
+                self._pending.pop(key)
+                raise MalformedPacket("overlapping IP fragments (a checker and a client "
+                                      "could see different datagrams)")
+        if not frag.more:
+            if (d.total is not None and d.total != end) or any(at + len(p) > end
+                                                                for at, p in d.pieces):
+                self._pending.pop(key)
+                raise MalformedPacket("IP fragments that do not add up to one datagram")
+            d.total = end
+        elif d.total is not None and end > d.total:
+            self._pending.pop(key)
+            raise MalformedPacket("IP fragments that do not add up to one datagram")
+        if len(d.pieces) >= MAX_FRAGMENTS:
+            self._pending.pop(key)
+            raise MalformedPacket(f"more than {MAX_FRAGMENTS} fragments of one IP datagram")
+        d.pieces.append((offset, data))
+        if offset == 0:
+            d.head, d.fix = frag.head, frag.fix
+        if d.head is None or d.total is None or sum(len(p) for _, p in d.pieces) != d.total:
+            return None
+        del self._pending[key]
+        head = bytearray(d.head)
+        start, kind = d.fix
+        if kind < 0:  # IPv4: total length, no fragment fields
+            struct.pack_into("!H", head, start + 2, len(head) - start + d.total)
+            struct.pack_into("!H", head, start + 6, 0)
+        else:  # IPv6: payload length (extension headers kept, the fragment header gone)
+            struct.pack_into("!H", head, start + 4, len(head) - start - 40 + d.total)
+        return bytes(head) + b"".join(p for _, p in sorted(d.pieces))

@@ -24,6 +24,8 @@ LIMIT_REASONS = {
     "client-messages": "client messages not examined (passive mode) past the per-window bound",
     "unparsed-frames": "frames that were no DHCP message, not examined past the per-window bound",
     "backlog": "frames that arrived within the window but were still unread when it closed",
+    "ip-fragments": "IP fragments not kept because too many datagrams were being "
+                    "reassembled at once",
     "proxy-queries": "ProxyDHCP servers not queried on port 4011 because too many answered",
     "follow-targets": "boot files not fetched because too many were offered",
     "follow-deadline": "fetches still running when the follow-up time ran out",
@@ -31,7 +33,8 @@ LIMIT_REASONS = {
     "size-cap": "boot files larger than --max-file-size (only a prefix was read)",
 }
 LISTENER_LIMITS = ("kernel-drops", "per-server-cap", "server-count-cap", "total-cap",
-                   "malformed-senders", "client-messages", "unparsed-frames", "backlog")
+                   "malformed-senders", "client-messages", "unparsed-frames", "backlog",
+                   "ip-fragments")
 
 
 @dataclass

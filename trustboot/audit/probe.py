@@ -121,7 +121,7 @@ def boot_protocol_filter(*, passive: bool = False) -> list[tuple[int, int, int, 
         (_LD_B_ABS, 23),
         (_JEQ_K, 17, 0, "drop"),
         (_LD_H_ABS, 20),
-        (_JSET_K, 0x1FFF, "drop", 0),
+        (_JSET_K, 0x3FFF, "accept", 0),  # a UDP fragment: reassembled, then judged
         (_LDX_B_MSH, 14),
         (_LD_H_IND, 16),
         (_JEQ_K, dhcp4.CLIENT_PORT, "bootreply", 0),
@@ -136,6 +136,7 @@ def boot_protocol_filter(*, passive: bool = False) -> list[tuple[int, int, int, 
         (_JEQ_K, frames.ETH_P_IPV6, 0, "drop"),
         (_LD_B_ABS, 20),
         (_JEQ_K, 58, "icmp6", 0),
+        (_JEQ_K, frames.IPPROTO_FRAGMENT, "accept", 0),  # reassembled, then judged
         (_JEQ_K, 17, 0, "drop"),
         (_LD_H_ABS, 54),
         (_JEQ_K, 547, "accept", 0),
@@ -390,6 +391,7 @@ class Listener:
         if not link.filtered:
             obs.notes.append("kernel refused the BPF filter: filtering in user space")
         self.udp: socket.socket | None = None
+        self.fragments = frames.Reassembler()
 
     def close(self) -> None:
         self.pkt.close()
@@ -759,8 +761,32 @@ class Listener:
             left += 1
         if left:
             self.obs.limit("backlog", count=left)
+        self.fragments.flush()
+        self._fragment_leftovers()
         self._kernel_drops()
         self.obs.listen_seconds = time.monotonic() - self.start
+
+    def _reassemble(self, data: bytes) -> bytes | None:
+        """A fragment in; the whole datagram's frame once complete. What cannot be put
+        together is recorded as malformed (by its sender), what a bound kept out as such."""
+        reasm = self.fragments
+        try:
+            whole = reasm.add(data, time.monotonic())
+        except MalformedPacket as exc:
+            self._malformed("ip/udp", exc, frames.ip_source(data), data[6:12], data)
+            whole = None
+        self._fragment_leftovers()
+        return whole
+
+    def _fragment_leftovers(self) -> None:
+        reasm = self.fragments
+        if reasm.dropped:
+            self.obs.limit("ip-fragments", count=reasm.dropped)
+            reasm.dropped = 0
+        for source_ip, source_mac in reasm.incomplete:
+            self._malformed("ip/udp", MalformedPacket(
+                "fragmented IPv4 datagram that never completed"), source_ip, source_mac, b"")
+        reasm.incomplete.clear()
 
     def _read(self, most: int) -> int:
         """Triage and record up to ``most`` queued frames; how many were read."""
@@ -773,6 +799,11 @@ class Listener:
             data, pkttype = got
             if pkttype == PACKET_OUTGOING:
                 continue
+            if frames.is_fragment(data):
+                whole = self._reassemble(data)
+                if whole is None:
+                    continue
+                data = whole
             if self.triage(data):
                 self.handle_frame(data)
         self._kernel_drops()

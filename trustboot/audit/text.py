@@ -11,46 +11,16 @@ server cannot make a report of hundreds of megabytes.
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Any
 
-# Unicode general categories that must never reach an output verbatim.
-UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+from trustboot.text import UNSAFE_CATEGORIES, clean
+
+__all__ = ["UNSAFE_CATEGORIES", "bound", "clean"]
+
 MAX_STRING = 512  # characters of one value in JSON/SARIF evidence
 MAX_ITEMS = 50  # entries of one list in JSON/SARIF evidence
 MAX_KEYS = 100  # keys of one mapping (the audit's own field names; a bound all the same)
 MAX_DEPTH = 12
-
-
-def _escape(ch: str) -> str:
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 \
-        else f"\\U{code:08x}"
-
-
-def clean(text: str, *, limit: int | None = None, ascii_only: bool = False) -> str:
-    """``text`` with unsafe characters escaped; cut to ``limit`` characters with a marker.
-
-    ``ascii_only`` escapes every non-ASCII character too (the terminal table), so the output
-    encodes in whatever encoding stdout has.
-    """
-    if limit is not None and len(text) > limit:
-        cut = len(text) - limit
-        text = text[:limit]
-        suffix = f"...[{cut} more chars]"
-    else:
-        suffix = ""
-    if text.isascii() and text.isprintable():
-        return text + suffix
-    out = []
-    for ch in text:
-        if ch.isascii():
-            out.append(ch if ch.isprintable() else _escape(ch))
-        elif ascii_only or unicodedata.category(ch) in UNSAFE_CATEGORIES:
-            out.append(_escape(ch))
-        else:
-            out.append(ch)
-    return "".join(out) + suffix
 
 
 def bound(value: Any, *, max_string: int = MAX_STRING, max_items: int = MAX_ITEMS,

@@ -20,9 +20,11 @@ three kinds (each a :class:`FleetEvidence`, recorded in index.json, the op log a
   - counted: ``observation.fetched`` entries that are not ``well_known`` (TFTP files named
     by a DHCP/ProxyDHCP offer: option 67 / the BOOTP file field) and ``observation.http``
     entries (HTTP(S) boot URLs offered by DHCPv4 option 67 or DHCPv6 option 59);
-  - not counted: scripts (``loader.script``, e.g. an iPXE script handed to the iPXE probe,
-    which the firmware then verifies with imgverify) and ``well_known`` files the audit
-    guessed by name (nobody offered them);
+  - not counted: scripts (``loader.script``) offered only to the iPXE probes, which the
+    firmware then verifies with imgverify, and ``well_known`` files the audit guessed by
+    name (nobody offered them). A "script" offered to a firmware (non-iPXE) probe or by an
+    unidentified offer counts as a boot program: the firmware executes whatever it is
+    offered, and a boot program can start with ``#!ipxe``;
   - refused: an offered file whose fetch failed, was cut (``truncated``/a limit) or has no
     sha256, one offered but never fetched (``observation.not_fetched``: a scheme the audit
     does not fetch such as ftp://, a TFTP server named by host name), a report that does
@@ -102,6 +104,12 @@ def check_build_record(build: object, source: str, root_sha256: str, *,
             f"{source} is neither an iPXE build manifest nor a release manifest with one",
             hint="pass the manifest.json of `trustboot ipxe build` (or the release.json of "
             "a release that built its firmware)")
+    # what reaches `ca status` and error messages (config_headers are multi-line text)
+    where = _unsafe_string({"trust": build["trust"], "outputs": build.get("outputs")}, "")
+    if where is not None:
+        raise ConfigError(f"the iPXE build record of {source} holds control characters at "
+                          f"{where}: `trustboot ipxe build` never writes them",
+                          hint="pass the manifest exactly as `trustboot ipxe build` wrote it")
     trusted = sorted({str(t.get("sha256", "")).lower() for t in build["trust"]
                       if isinstance(t, dict)} - {""})
     if root_sha256 not in trusted:
@@ -222,7 +230,34 @@ def _load_report(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not a `trustboot audit --json` report",
                           hint="run `trustboot audit IFACE --json > report.json` on the "
                           "segment and pass that file")
+    where = _unsafe_string(doc, "")
+    if where is not None:
+        # the audit escapes every control/format character it writes: text that reaches
+        # `ca status` and error messages from here must not carry terminal escapes
+        raise ConfigError(f"{path} is not a `trustboot audit --json` report: the string at "
+                          f"{where} holds control characters the audit never writes",
+                          hint="pass the report exactly as `trustboot audit --json` wrote it")
     return doc
+
+
+def _unsafe_string(value: object, where: str) -> str | None:
+    """The JSON path of the first string (or key) with characters ``clean`` escapes."""
+    from trustboot.text import clean
+
+    todo = [(value, where)]
+    while todo:
+        item, at = todo.pop()
+        if isinstance(item, str):
+            if clean(item) != item:
+                return at or "/"
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if clean(str(key)) != key:
+                    return f"{at}/(a key)"
+                todo.append((sub, f"{at}/{key}"))
+        elif isinstance(item, list):
+            todo.extend((sub, f"{at}/{i}") for i, sub in enumerate(item))
+    return None
 
 
 def _list(obs: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -230,20 +265,40 @@ def _list(obs: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
 
 
-def _offered_by(obs: dict[str, Any], url: str, filename: str) -> str:
-    """Which responder offered this boot file (from the report's DHCP evidence)."""
+def _offers(obs: dict[str, Any], url: str, filename: str) -> list[dict[str, Any]]:
+    """Every DHCPv4 offer and DHCPv6 reply in the report that names this boot file."""
     name = filename.lstrip("/")
+    found = []
     for o in _list(obs, "dhcpv4"):
         offered = {str(o.get(k) or "").lstrip("/") for k in ("file", "option_67_bootfile")}
         if url in offered or (name and name in offered):
-            probe = o.get("probe_arch")
-            return (f"offer from {o.get('server_ip')} ({o.get('source_mac')})"
-                    + (f" to the {probe}{'+ipxe' if o.get('probe_ipxe') else ''} probe"
-                       if probe else ""))
+            found.append(o)
     for r in _list(obs, "dhcpv6"):
         if url in {str(v) for v in r.values() if isinstance(v, str)}:
-            return f"DHCPv6 reply from {r.get('source_ip')}"
+            found.append(r)
+    return found
+
+
+def _offered_by(obs: dict[str, Any], url: str, filename: str) -> str:
+    """Which responder offered this boot file (from the report's DHCP evidence)."""
+    for o in _offers(obs, url, filename):
+        if "server_ip" not in o:
+            return f"DHCPv6 reply from {o.get('source_ip')}"
+        probe = o.get("probe_arch")
+        return (f"offer from {o.get('server_ip')} ({o.get('source_mac')})"
+                + (f" to the {probe}{'+ipxe' if o.get('probe_ipxe') else ''} probe"
+                   if probe else ""))
     return "offer (responder not identified in the report)"
+
+
+def _loaded_by_ipxe_only(obs: dict[str, Any], url: str, filename: str) -> bool:
+    """Whether only iPXE (which verifies what it loads) was ever offered this file.
+
+    What the firmware's own PXE client is offered, it executes, whatever its first bytes:
+    a boot program can start with "#!ipxe" (a BIOS NBP is raw code), so a file counts as a
+    script only by its role, never by its content alone."""
+    offers = _offers(obs, url, filename)
+    return bool(offers) and all(o.get("probe_ipxe") is True for o in offers)
 
 
 def audit_evidence(path: Path, root_sha256: str,
@@ -291,8 +346,9 @@ def audit_evidence(path: Path, root_sha256: str,
     for entry in entries:
         url = str(entry.get("url") or "?")
         loader = entry.get("loader") if isinstance(entry.get("loader"), dict) else None
-        if loader is not None and loader.get("script"):
-            continue  # a script is verified by the firmware (imgverify), not firmware itself
+        if loader is not None and loader.get("script") \
+                and _loaded_by_ipxe_only(obs, url, str(entry.get("filename") or "")):
+            continue  # a script iPXE loads is verified by it (imgverify), not firmware
         offer = _offered_by(obs, url, str(entry.get("filename") or ""))
         sha = entry.get("sha256")
         if not entry.get("ok") or entry.get("truncated") or entry.get("limit") \

@@ -35,7 +35,7 @@ from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import (
     PUBLIC_FILE_MODE,
     atomic_write,
-    make_dirs,
+    make_output_dir,
     read_capped,
     remove_stale_temps,
 )
@@ -380,7 +380,7 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
     (issuing + root, what signatures carry), crl.pem and fingerprints."""
     ca = CertificateAuthority.open(pki)
     crl = ca.crl_pem()
-    make_dirs(out)
+    make_output_dir(out, "export directory")  # others could swap the root before use
     remove_stale_temps(out)  # of an export killed an hour or more ago
     files = {
         "root": out / "root.pem",

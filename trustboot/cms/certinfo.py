@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 from trustboot.cms import _asn1
+from trustboot.text import clean
 
 OID_CN = "2.5.4.3"
 OID_CODE_SIGNING = "1.3.6.1.5.5.7.3.3"
@@ -124,8 +125,8 @@ class CertInfo:
     @property
     def name(self) -> str:
         """iPXE's x509_name(): the common name, else the SHA-1 fingerprint."""
-        if self.common_name:
-            return self.common_name[:63].decode("utf-8", "replace")
+        if self.common_name:  # whoever made the certificate chose it: shown escaped
+            return clean(self.common_name[:63].decode("utf-8", "replace"))
         return hashlib.sha1(self.der, usedforsecurity=False).hexdigest()
 
     @property
@@ -495,7 +496,7 @@ def _label_guess(raw: bytes) -> str:
         cert = ax509.Certificate.load(raw)
         cn = _common_name(_asn1.Cursor(cert["tbs_certificate"]["subject"].dump()))[1]
         if cn:
-            return f'"{cn[:63].decode("utf-8", "replace")}"'
+            return f'"{clean(cn[:63].decode("utf-8", "replace"))}"'
     except _asn1.PARSE_ERRORS:
         pass
     return f"(sha256 {hashlib.sha256(raw).hexdigest()[:16]})"
@@ -520,9 +521,9 @@ def name_text(raw: bytes) -> str:
 
 def _subject_text(subject_raw: bytes, cn: bytes | None) -> str:
     try:
-        return name_text(subject_raw)
+        return clean(name_text(subject_raw))
     except _asn1.PARSE_ERRORS:
-        return cn.decode("utf-8", "replace") if cn else subject_raw.hex()
+        return clean(cn.decode("utf-8", "replace")) if cn else subject_raw.hex()
 
 
 def _strict_der_oddities(raw: bytes, label: str) -> list[tuple[str, str]]:

@@ -41,6 +41,7 @@ from trustboot.cms.certinfo import (
     public_key,
     verify_raw,
 )
+from trustboot.text import clean
 
 # config/crypto.h: 12 h for a non-UTC RTC plus 30 min of drift.
 TIMESTAMP_ERROR_MARGIN = dt.timedelta(seconds=(12 * 60 + 30) * 60)
@@ -413,7 +414,7 @@ def _serial_text(tlv: bytes) -> str:
 
 def _name_text(tlv: bytes) -> str:
     try:
-        return name_text(tlv)
+        return clean(name_text(tlv))
     except _asn1.PARSE_ERRORS:
         return tlv.hex()
 

@@ -573,7 +573,8 @@ def build(
     (:func:`make_env`); ``make_env_names`` names more variables of ours it may see, and
     ``extra_binds`` more host paths it may see in the sandbox (for tests' fake trees only:
     neither a recipe nor an option sets them).
-    Output directories are created 0755, binaries 0644 (0600 when they hold a client key).
+    Output directories are created 0755 (an existing one must be ours and not writable by
+    others), binaries 0644 (0600 when they hold a client key).
     """
     toolchain = dict(toolchain) if toolchain is not None else check_toolchain(request.targets)
     cache = prepare_cache_dir(cache_dir or default_cache_dir())
@@ -596,7 +597,9 @@ def build(
                         jobs or os.cpu_count() or 1, clean, on_progress,
                         make_env(make_env_names), bwrap, extra_binds)
         manifest_bytes = (entry / "manifest.json").read_bytes()
-        fsutil.make_dirs(output_dir)  # only now: a failed build leaves no empty output dir
+        # only now: a failed build leaves no empty output dir; one others can write is
+        # refused (they could swap the firmware, which trusts the root, before it ships)
+        fsutil.make_output_dir(output_dir, "output directory")
         for target in request.targets:  # temp files of a copy killed an hour or more ago
             fsutil.remove_stale_temps((output_dir / target).parent)
         outputs: dict[str, Path] = {}

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from trustboot.errors import ConfigError
 from trustboot.publish.origin import key_problem
+from trustboot.text import clean
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "release.json"
@@ -176,7 +177,8 @@ def _validate(m: ReleaseManifest) -> None:
     if m.origin is not None:
         parts = urlsplit(m.origin)
         if parts.scheme not in ("https", "http") or not parts.netloc or parts.username \
-                or parts.password or any(ord(c) < 0x21 for c in m.origin):
+                or parts.password or any(ord(c) < 0x21 for c in m.origin) \
+                or clean(m.origin) != m.origin:
             raise _bad("origin", f"expected an https:// URL without credentials, "
                                  f"got {m.origin!r}")
     if m.ca_sha256 is not None and not _HEX64.fullmatch(m.ca_sha256):
@@ -205,6 +207,8 @@ def _validate(m: ReleaseManifest) -> None:
     if m.signer is not None:
         if not isinstance(m.signer.subject, str) or not _SERIAL.fullmatch(m.signer.serial):
             raise _bad("signer", "expected a subject and a lower-case hex serial")
+        if clean(m.signer.subject) != m.signer.subject:  # `publish list` shows it
+            raise _bad("signer", "the subject holds control or format characters")
 
 
 def _obj(value: object, keys: set[str], where: str, *, required: Sequence[str]) -> dict[str, Any]:

@@ -40,14 +40,16 @@ from trustboot.cms.verify import (
     verify_signature,
 )
 from trustboot.errors import ConfigError, OperationalError
-from trustboot.publish.http import RetryableStatus, status_error, tls_context, with_retries
+from trustboot.publish.http import (
+    MIN_RATE,
+    RetryableStatus,
+    status_error,
+    tls_context,
+    with_retries,
+)
 from trustboot.publish.origin import TooLarge
 
 CHUNK = 1 << 20
-# The slowest answer waited for: a request gets timeout + max_size / MIN_RATE seconds in
-# all. The per-read timeout alone does not bound an answer trickled a byte at a time
-# (slowloris): a hostile origin would hold a release (or a CI job) forever.
-MIN_RATE = 64 << 10
 
 
 @dataclass(frozen=True)

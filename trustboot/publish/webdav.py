@@ -46,7 +46,15 @@ import httpx
 
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.fileorigin import TMP_PREFIX
-from trustboot.publish.http import RetryableStatus, status_error, tls_context, with_retries
+from trustboot.publish.http import (
+    MIN_RATE,
+    RetryableStatus,
+    deadline_transport,
+    status_error,
+    tls_context,
+    total_deadline,
+    with_retries,
+)
 from trustboot.publish.lock import LOCK_STALE_AFTER, lock_is_stale, origin_lock
 from trustboot.publish.origin import (
     ObjectStat,
@@ -66,6 +74,7 @@ LOCK_COLLECTION = ".trustboot-lock"
 STAGING = TMP_PREFIX + "staging"
 _TEMP_NAME = re.compile(r"[0-9a-f]{16}\..+")
 MAX_PROPFIND_BYTES = 16 << 20
+MAX_ANSWER_BYTES = 1 << 20  # any other answer: a status page, an error text, a lock file
 DAV = "{DAV:}"
 
 
@@ -184,9 +193,9 @@ class WebDAVOrigin(StagesUploads):
                 auth = httpx.BasicAuth(o.credentials.username or "", o.credentials.secret)
             else:
                 headers["Authorization"] = f"Bearer {o.credentials.secret}"
-        self._client = httpx.Client(verify=ctx, timeout=o.timeout, auth=auth, headers=headers,
+        self._client = httpx.Client(timeout=o.timeout, auth=auth, headers=headers,
                                     follow_redirects=False, trust_env=False,
-                                    limits=httpx.Limits(max_connections=16))
+                                    transport=deadline_transport(ctx, max_connections=16))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -205,13 +214,27 @@ class WebDAVOrigin(StagesUploads):
         return self.url + quote(key) + ("/" if collection else "")
 
     def _request(self, method: str, url: str, *, what: str, ok: tuple[int, ...],
-                 passthrough: tuple[int, ...] = (), **kw: Any) -> httpx.Response:
+                 passthrough: tuple[int, ...] = (), max_answer: int = MAX_ANSWER_BYTES,
+                 upload: int = 0, **kw: Any) -> httpx.Response:
+        """One request (retried, see with_retries): its answer read in full, at most
+        ``max_answer`` bytes, and the whole exchange within its deadline (see MIN_RATE):
+        a hostile server can neither fill memory nor hold the run by trickling bytes."""
+        budget = self.options.timeout + (upload + max_answer) / MIN_RATE
+
         def once() -> httpx.Response:
             content = kw.get("content_factory")
             args = {k: v for k, v in kw.items() if k != "content_factory"}
             if content is not None:
                 args["content"] = content()
-            response = self.client.request(method, url, **args)
+            with total_deadline(budget, url):
+                request = self.client.build_request(method, url, **args)
+                streamed = self.client.send(request, stream=True)
+                try:
+                    body = b"".join(self._capped(streamed, url, max_answer))
+                finally:
+                    streamed.close()
+            response = httpx.Response(streamed.status_code, headers=streamed.headers,
+                                      content=body, request=request)
             if response.status_code in ok or response.status_code in passthrough:
                 return response
             if response.status_code >= 500:
@@ -244,6 +267,7 @@ class WebDAVOrigin(StagesUploads):
     def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
         r = self._request("PROPFIND", self._url(STAGING, collection=True), what="listing",
                           ok=(207,), passthrough=(404,), headers={"Depth": "1"},
+                          max_answer=MAX_PROPFIND_BYTES,
                           content=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
                                   b"<resourcetype/><getlastmodified/></prop></propfind>")
         if r.status_code == 404:
@@ -292,7 +316,7 @@ class WebDAVOrigin(StagesUploads):
         body = _WholeBody(factory)
         try:
             r = self._request("PUT", self._url(tmp), what="uploading", ok=(200, 201, 204),
-                              content_factory=body.attempt,
+                              content_factory=body.attempt, upload=size,
                               headers={"Content-Length": str(size),
                                        "Content-Type": "application/octet-stream"})
             if not body.sent:
@@ -363,30 +387,46 @@ class WebDAVOrigin(StagesUploads):
 
     def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
         url = self._url(check_key(key))
+        budget = self.options.timeout + max_size / MIN_RATE
 
         def once() -> Iterator[bytes]:
-            request = self.client.build_request("GET", url)
-            response = self.client.send(request, stream=True)
+            with total_deadline(budget, url) as due:
+                request = self.client.build_request("GET", url)
+                response = self.client.send(request, stream=True)
             if response.status_code != 200:
-                response.read()
-                response.close()
+                with total_deadline(budget, url, start=due - budget):
+                    answer = b"".join(self._capped(response, url, MAX_ANSWER_BYTES))
+                response = httpx.Response(response.status_code, headers=response.headers,
+                                          content=answer, request=request)
                 if response.status_code >= 500:
                     raise RetryableStatus(response)
                 if response.status_code == 404:
                     raise OperationalError(f"{url} does not exist on the origin")
                 raise status_error(response, "reading", url)
-            return self._capped(response, url, max_size)
+            return self._capped(response, url, max_size, deadline=(due - budget, budget))
 
         return with_retries(once, url=url, what="reading", retries=self.options.retries)
 
     @staticmethod
-    def _capped(response: httpx.Response, url: str, max_size: int) -> Iterator[bytes]:
+    def _capped(response: httpx.Response, url: str, max_size: int, *,
+                deadline: tuple[float, float] | None = None) -> Iterator[bytes]:
+        """The raw body, at most ``max_size`` bytes; each read within ``deadline`` (start,
+        seconds) of the whole request when given (the caller is between reads otherwise)."""
         total = 0
+        chunks = response.iter_raw(CHUNK)
         try:
-            for chunk in response.iter_raw(CHUNK):
+            while True:
+                if deadline is None:
+                    chunk = next(chunks, None)
+                else:
+                    with total_deadline(deadline[1], url, start=deadline[0]):
+                        chunk = next(chunks, None)
+                if chunk is None:
+                    return
                 total += len(chunk)
                 if total > max_size:
-                    raise TooLarge(f"{url} is larger than {max_size} bytes")
+                    raise TooLarge(f"{url} is larger than {max_size} bytes",
+                                   hint="check the origin: is this the right URL?")
                 yield chunk
         finally:
             response.close()
@@ -416,6 +456,7 @@ class WebDAVOrigin(StagesUploads):
         url = self._url(col, collection=True) if col else self.url
         r = self._request("PROPFIND", url, what="listing", ok=(207,),
                           passthrough=(404,), headers={"Depth": "1"},
+                          max_answer=MAX_PROPFIND_BYTES,
                           content=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
                                   b"<resourcetype/><getcontentlength/></prop></propfind>")
         if r.status_code == 404:

@@ -281,12 +281,14 @@ def sign_efi(data: bytes, what: str, signer: KeySigner) -> bytes:
 
 def export(keyset: KeySet, out: Path, passphrase: PassphraseSource, *, now: dt.datetime,
            ovmf_template: Path | None = None) -> list[Path]:
-    """Write the enrollment material into ``out`` (created 0755; existing files of the
-    same names are replaced atomically). Returns the files written."""
+    """Write the enrollment material into ``out`` (created 0755; an existing one must be
+    ours and not writable by others; existing files of the same names are replaced
+    atomically). Returns the files written."""
     out = Path(out)
     # The variable store first: a template that is not one is refused with nothing written.
     ovmf = ovmf_vars(keyset, ovmf_template) if ovmf_template is not None else None
-    fsutil.make_dirs(out)
+    # whoever can write there could swap the enrollment files before they are enrolled
+    fsutil.make_output_dir(out, "export directory")
     passphrase = asked_once(passphrase)  # one passphrase (or PIN) for PK and KEK
     signers = {role: open_signer(keyset, role, passphrase, now=now) for role in ("PK", "KEK")}
     written: list[Path] = []

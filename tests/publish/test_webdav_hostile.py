@@ -1,0 +1,101 @@
+"""A hostile WebDAV server cannot hold a run or fill its memory: every request (listing,
+reads, any other answer) has a total deadline, not only a per-read timeout, and every
+answer is capped while it streams."""
+
+from __future__ import annotations
+
+import http.server
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.publish.conftest import http_server
+from trustboot.errors import OperationalError
+from trustboot.publish import webdav
+from trustboot.publish.origin import OriginOptions
+from trustboot.publish.webdav import WebDAVOrigin
+
+TRICKLE_FOR = 12.0  # the server gives up trickling after this long (the test's bound)
+sent: dict[str, int] = {}
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """/slow-*: each byte in time for the per-read timeout, the whole never (slowloris);
+    /slow-head: the status line and headers too; /huge/: an endless multistatus."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self, status: str) -> None:
+        head = f"HTTP/1.1 {status}\r\nContent-Length: 100000\r\n\r\n".encode()
+        started = time.monotonic()
+        try:
+            if self.path.startswith("/huge/"):
+                self.wfile.write(f"HTTP/1.1 {status}\r\nConnection: close\r\n\r\n".encode())
+                self.wfile.write(b'<?xml version="1.0"?><multistatus xmlns="DAV:">')
+                block = b"<response><href>/huge/x</href></response>" * 1000
+                sent["huge"] = 0
+                while sent["huge"] < 64 << 20:
+                    self.wfile.write(block)
+                    sent["huge"] += len(block)
+                return
+            if self.path.startswith("/slow-head/"):
+                for byte in head:
+                    if time.monotonic() - started > TRICKLE_FOR:
+                        return
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            self.wfile.write(head)
+            while time.monotonic() - started < TRICKLE_FOR:
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the client gave up: what it should do
+
+    def do_PROPFIND(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._answer("207 Multi-Status")
+
+    def do_GET(self) -> None:
+        self._answer("200 OK")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hostile(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    # a 1 s read timeout and 16 MiB/s as the slowest rate: every deadline here is 2 s
+    monkeypatch.setattr(webdav, "MIN_RATE", 16 << 20, raising=False)
+    with http_server(_Hostile) as url:
+        yield url
+
+
+def origin(url: str) -> WebDAVOrigin:
+    return WebDAVOrigin(url, OriginOptions(unsafe_http=True, unsafe_no_verify=True,
+                                           timeout=1.0, retries=2))
+
+
+@pytest.mark.parametrize("path", ["slow-body/", "slow-head/"])
+def test_a_trickled_listing_is_given_up_on(hostile: str, path: str) -> None:
+    started = time.monotonic()
+    with origin(hostile + path) as o, pytest.raises(OperationalError, match="too slowly"):
+        o.list("")
+    assert time.monotonic() - started < 6  # deadline 2 s, never retried
+
+
+@pytest.mark.parametrize("path", ["slow-body/", "slow-head/"])
+def test_a_trickled_read_is_given_up_on(hostile: str, path: str) -> None:
+    started = time.monotonic()
+    with origin(hostile + path) as o, pytest.raises(OperationalError, match="too slowly"):
+        b"".join(o.read("boot.ipxe", max_size=100_000))
+    assert time.monotonic() - started < 6
+
+
+def test_an_endless_listing_is_cut_at_the_cap(hostile: str) -> None:
+    with origin(hostile + "huge/") as o, pytest.raises(OperationalError, match="larger than"):
+        o.list("")
+    # read no further than the cap (plus what the socket buffers held)
+    assert sent["huge"] < webdav.MAX_PROPFIND_BYTES + (8 << 20)

@@ -1,0 +1,45 @@
+"""Text from outside (the network, certificates, files others wrote) made safe to show.
+
+``clean`` escapes control characters (C0, DEL, C1), Unicode format characters (bidi
+overrides, zero-width characters, ...), line/paragraph separators, surrogates, private-use
+and unassigned code points as visible ``\\xNN``/``\\uXXXX`` text, so nothing an outsider
+wrote can move a terminal's cursor, retitle it or reorder what a reader sees. No I/O.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+# Unicode general categories that must never reach an output verbatim.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 \
+        else f"\\U{code:08x}"
+
+
+def clean(text: str, *, limit: int | None = None, ascii_only: bool = False) -> str:
+    """``text`` with unsafe characters escaped; cut to ``limit`` characters with a marker.
+
+    ``ascii_only`` escapes every non-ASCII character too (the terminal table), so the output
+    encodes in whatever encoding stdout has.
+    """
+    if limit is not None and len(text) > limit:
+        cut = len(text) - limit
+        text = text[:limit]
+        suffix = f"...[{cut} more chars]"
+    else:
+        suffix = ""
+    if text.isascii() and text.isprintable():
+        return text + suffix
+    out = []
+    for ch in text:
+        if ch.isascii():
+            out.append(ch if ch.isprintable() else _escape(ch))
+        elif ascii_only or unicodedata.category(ch) in UNSAFE_CATEGORIES:
+            out.append(_escape(ch))
+        else:
+            out.append(ch)
+    return "".join(out) + suffix
