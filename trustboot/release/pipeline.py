@@ -354,7 +354,8 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
                       signer: Signer, staged: Mapping[str, Staged]) -> None:
     held = _Held(origin, p.release_id, existing, signer, trust, v.hash_name, now)
     fresh = [h for h in relinked if not held.reuse(h, stage)]
-    fresh_others = [f for f in others if not held.reuse(_hashed(f, v.hash_name), stage)]
+    fresh_others = others if existing is None else [
+        f for f in others if not held.reuse(_hashed(f, v.hash_name), stage)]
     signed = cms_sign.sign_hashed(fresh, signer, hash_name=v.hash_name, now=now) \
         if fresh else []
     if fresh_others:
