@@ -3,6 +3,7 @@ recipe directory with an HTTPS server in front of its file:// origin."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 from collections.abc import Iterator
@@ -96,3 +97,27 @@ def lab(session_ca: Path, tmp_path: Path) -> Iterator[Lab]:
 
 # The publish branch's real nginx WebDAV/TLS origin (session-wide) and its pki.
 from tests.publish.conftest import nginx, nginx_origin, pki  # noqa: E402, F401
+
+
+@contextlib.contextmanager
+def origin_lost_after_the_claim() -> Iterator[None]:
+    """Inside: a publish loses the origin right after release.json claimed the id (the
+    signatures are up by then, the other objects not): a run killed just after its claim."""
+    from trustboot.errors import OperationalError
+    from trustboot.publish import pipeline
+
+    real = pipeline._upload
+
+    def cut_off(*args: object, **kwargs: object) -> object:
+        claim = kwargs.get("claim")
+
+        def claim_then_fail() -> None:
+            assert callable(claim)
+            claim()
+            raise OperationalError("connection to the origin lost (test)")
+
+        return real(*args, **{**kwargs, "claim": claim_then_fail})  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pipeline, "_upload", cut_off)
+        yield

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.release.conftest import PASSPHRASE, SIGNER, Lab
+from tests.release.conftest import PASSPHRASE, SIGNER, Lab, origin_lost_after_the_claim
 from trustboot.ca.store import CertificateAuthority
 from trustboot.cli.main import cli
-from trustboot.errors import OperationalError
 from trustboot.secrets import constant
 
 
@@ -58,29 +57,13 @@ def test_ecdsa_release_switched_back_to_by_rerunning_its_recipe(lab: Lab) -> Non
     assert live == (lab.origin / "releases" / str(first["release"]) / "boot.ipxe").read_bytes()
 
 
-def test_ecdsa_release_killed_after_claiming_its_id_completes_on_rerun(
-        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
-    from trustboot.publish import pipeline
-
+def test_ecdsa_release_killed_after_claiming_its_id_completes_on_rerun(lab: Lab) -> None:
     recipe = _ec_recipe(lab)
-    real = pipeline._upload
-
-    def cut_off(*args: object, **kwargs: object) -> object:
-        claim = kwargs.get("claim")
-
-        def claim_then_fail() -> None:  # the signatures are up: claim, then lose the origin
-            assert callable(claim)
-            claim()
-            raise OperationalError("connection to the origin lost (test)")
-
-        return real(*args, **{**kwargs, "claim": claim_then_fail})  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pipeline, "_upload", cut_off)
-    r = CliRunner().invoke(cli, ["release", str(recipe)])
+    with origin_lost_after_the_claim():
+        r = CliRunner().invoke(cli, ["release", str(recipe)])
     assert r.exit_code == 1, r.stderr
     assert list((lab.origin / "releases").glob("*/release.json"))  # the id is claimed
     assert not (lab.origin / "boot.ipxe").exists()
-    monkeypatch.setattr(pipeline, "_upload", real)
     code, data, err = _release(recipe)
     assert code == 0, err
     rid = str(data["release"])

@@ -14,10 +14,9 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.keys.softhsm import PIN, Token, make_token
-from tests.release.conftest import PASSPHRASE, SIGNER, Lab
+from tests.release.conftest import PASSPHRASE, SIGNER, Lab, origin_lost_after_the_claim
 from trustboot.ca.store import CertificateAuthority
 from trustboot.cli.main import cli
-from trustboot.errors import OperationalError
 from trustboot.secrets import constant
 
 pytest.importorskip("pkcs11", reason="needs python-pkcs11 (trustboot[pkcs11])")
@@ -69,31 +68,16 @@ def _live(lab: Lab, rid: str) -> bool:
 
 
 def test_token_ecdsa_release_killed_after_claiming_its_id_completes_on_rerun(
-        lab: Lab, token: Token, monkeypatch: pytest.MonkeyPatch) -> None:
-    from trustboot.publish import pipeline
-
+        lab: Lab, token: Token) -> None:
     recipe = _token_recipe(lab, token)
-    real = pipeline._upload
-
-    def cut_after_the_claim(*args: object, **kwargs: object) -> object:
-        claim = kwargs.get("claim")
-
-        def claim_then_fail() -> None:  # the signatures are up: claim, then lose the origin
-            assert callable(claim)
-            claim()
-            raise OperationalError("connection to the origin lost (test)")
-
-        return real(*args, **{**kwargs, "claim": claim_then_fail})  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pipeline, "_upload", cut_after_the_claim)
-    code, _, err = _release(recipe, token)
+    with origin_lost_after_the_claim():
+        code, _, err = _release(recipe, token)
     assert code == 1, err
     claims = list((lab.origin / "releases").glob("*/release.json"))
     assert len(claims) == 1 and not (lab.origin / "boot.ipxe").exists()
     rid = claims[0].parent.name
     held = {p.name: p.read_bytes() for p in claims[0].parent.glob("*/*.sig")}
     assert held  # the signatures went first
-    monkeypatch.setattr(pipeline, "_upload", real)
     code, data, err = _release(recipe, token)
     assert code == 0, err
     assert data["release"] == rid and _live(lab, rid)

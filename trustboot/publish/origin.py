@@ -394,9 +394,8 @@ def credentials_cover(scope: str, url: str) -> bool:
     return (s_scheme, s_host) == (u_scheme, u_host) and u_path[:len(s_path)] == s_path
 
 
-def check_credentials_scope(url: str, options: OriginOptions) -> None:
+def check_credentials_scope(url: str, creds: Credentials | None) -> None:
     """Refuse credentials bound to another origin than ``url`` (before any request)."""
-    creds = options.credentials
     if creds is None or creds.scope is None or credentials_cover(creds.scope, url):
         return
     raise ConfigError(
@@ -450,7 +449,7 @@ def open_origin(url: str, options: OriginOptions) -> Origin:
         raise ConfigError(
             f"origin {redact_url(url)} is plain HTTP: anyone on the path could change what "
             "is published", hint="use https://, or pass --unsafe-http if you really must")
-    check_credentials_scope(url, options)
+    check_credentials_scope(url, options.credentials)
     module_name, _, cls_name = _BACKENDS[scheme].partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -355,7 +355,7 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
     held = _Held(origin, p.release_id, existing, signer, trust, v.hash_name, now)
     fresh = [h for h in relinked if not held.reuse(h, stage)]
     fresh_others = others if existing is None else [
-        f for f in others if not held.reuse(_hashed(f, v.hash_name), stage)]
+        f for f in others if not held.reuse(cms_sign.hash_files([f], v.hash_name)[0], stage)]
     signed = cms_sign.sign_hashed(fresh, signer, hash_name=v.hash_name, now=now) \
         if fresh else []
     if fresh_others:
@@ -371,7 +371,7 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
                                          origin)
     manifest_path = stage / MANIFEST_NAME
     fsutil.atomic_write(manifest_path, manifest_bytes)
-    manifest_hashed = _hashed(manifest_path, v.hash_name)
+    manifest_hashed = cms_sign.hash_files([manifest_path], v.hash_name)[0]
     signed_manifest = held.signed[-1:] if held.reuse(manifest_hashed, stage) else \
         cms_sign.sign_hashed([manifest_hashed], signer, hash_name=v.hash_name, now=now)
     objects += _local_objects(stage, signed_manifest)
@@ -386,12 +386,6 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
     st.done("publish", "done", f"{len(published.uploaded)} uploaded, "
             f"{len(published.skipped)} already there, {len(published.verified)} read back "
             f"and verified; {v.entry_path} switched to {p.release_id}")
-
-
-def _hashed(path: Path, hash_name: str) -> cms_sign.Hashed:
-    names = sorted({"sha256", hash_name})
-    digests, size = cms_sign.hash_file(path, names)
-    return cms_sign.Hashed(path, size, digests)
 
 
 class _Held:
@@ -425,12 +419,10 @@ class _Held:
                 return False
             recorded = sig.sha256
         name = key + ".sig"
-        try:
-            if self.origin.stat(self.prefix + name) is None:
-                return False
+        try:  # one GET: a missing signature fails it like any other unreadable one
             der = b"".join(self.origin.read(self.prefix + name, max_size=MAX_SIGNATURE_SIZE))
         except OperationalError:
-            return False  # unreadable now: signed again, and publish judges the origin
+            return False  # missing or unreadable now: signed again; publish judges the origin
         if recorded is not None and hashlib.sha256(der).hexdigest() != recorded:
             return False
         verdict = verify_signature(der, {self.hash_name: item.digests[self.hash_name]},

@@ -46,7 +46,6 @@ from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import check_release_id
 from trustboot.publish.origin import (
     Credentials,
-    OriginOptions,
     check_credentials_scope,
     check_key,
     load_credentials,
@@ -394,7 +393,7 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         creds = load_credentials(file=cfile, env=o.credentials.env,
                                  environ=dict(options.environ) if options.environ else None)
         # bound to another origin: refused here, so a dry run says so too
-        check_credentials_scope(url, OriginOptions(credentials=creds))
+        check_credentials_scope(url, creds)
 
     client_cert = client_key = None
     client_pass: PassphraseSource | None = None
