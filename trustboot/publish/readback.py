@@ -21,12 +21,12 @@ import http.client
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from cryptography import x509
@@ -39,17 +39,31 @@ from trustboot.cms.verify import (
     digest_algorithms,
     verify_signature,
 )
-from trustboot.errors import ConfigError, OperationalError
+from trustboot.errors import (
+    ConfigError,
+    OperationalError,
+    TrustbootError,
+    VerificationError,
+)
 from trustboot.publish.http import (
     MIN_RATE,
     RetryableStatus,
     status_error,
     tls_context,
+    tls_failure,
     with_retries,
 )
 from trustboot.publish.origin import TooLarge
+from trustboot.text import clean
 
 CHUNK = 1 << 20
+
+# Redirects followed before the read-back gives up. iPXE follows the Location of any 3xx
+# answer with no limit of its own (src/net/tcp/httpcore.c, http_transfer_complete); a
+# CDN or a moved path needs one or two hops, a longer chain is a misconfigured origin.
+MAX_REDIRECTS = 5
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,23 @@ class Served:
     @property
     def sha256(self) -> str:
         return self.digests["sha256"].hex()
+
+
+class _Redirect(Exception):
+    """A 3xx answer with a Location (the chain is followed by ``Reader._following``)."""
+
+    def __init__(self, status: int, location: str) -> None:
+        super().__init__(f"HTTP {status} to {location}")
+        self.status = status
+        self.location = location
+
+
+def _chain(urls: list[str]) -> str:
+    return " -> ".join(clean(u, limit=300) for u in urls)
+
+
+def _via(chain: list[str]) -> str:
+    return f"reached by redirect: {_chain(chain)}"
 
 
 class NotServed(OperationalError):
@@ -252,16 +283,19 @@ class Reader:
         return conn.getresponse()
 
     def _get_hashed(self, url: str, max_size: int, names: tuple[str, ...],
-                    body: list[bytes] | None = None) -> Served:
+                    body: list[bytes] | None = None, *, due: float | None = None) -> Served:
         """One GET of ``url`` over http.client, hashed into ``names`` (see the module doc);
         the bytes are also appended to ``body`` if given. OperationalError (not retried)
-        when the answer takes longer than its deadline (see MIN_RATE)."""
+        when the answer takes longer than its deadline (see MIN_RATE), which is
+        ``budget`` from now but no later than ``due + budget`` (a redirect chain's)."""
         parts = urlsplit(url)
         host = parts.hostname or ""
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn = self._connection(parts.scheme, host, parts.port)
         budget = self.timeout + max_size / self.min_rate
-        token = self._deadlines.watch(conn, time.monotonic() + budget)
+        now = time.monotonic()
+        deadline = now + budget if due is None else min(now, due) + budget
+        token = self._deadlines.watch(conn, deadline)
         try:
             served = self._get_on(conn, url, (parts.scheme, host, parts.port), target,
                                   max_size, names, body)
@@ -287,6 +321,9 @@ class Reader:
         scheme, host, port = where
         try:
             response = self._send(conn, target, scheme, host, port)
+            location = response.getheader("location")
+            if 300 <= response.status < 400 and location:
+                raise _Redirect(response.status, location)
             if response.status != 200:
                 answer = response.read(64 << 10)
                 self._status(httpx.Response(response.status, headers=response.getheaders(),
@@ -324,22 +361,81 @@ class Reader:
         if scheme not in ("http", "https"):
             raise ConfigError(f"public URL {url!r} is not https://")
 
+    def _following(self, url: str, get: Callable[[str, float], T]) -> T:
+        """``get(hop_url, chain_deadline)`` along the redirects from ``url``, as iPXE
+        follows them: any 3xx with a Location, resolved against the URL that answered.
+        What is judged is what the last URL serves. Every hop is TLS-verified with the
+        same roots and has its own deadline; the chain ends by ``chain_deadline`` (one
+        request's budget plus ``timeout`` per hop). A hop that leaves https (iPXE would
+        follow it), a loop or more than MAX_REDIRECTS hops is an error naming the chain."""
+        chain = [url]
+        start = time.monotonic()
+        while True:
+            hop = chain[-1]
+            try:
+                return get(hop, start + (len(chain) - 1) * self.timeout)
+            except _Redirect as redirect:
+                target = urljoin(hop, redirect.location.strip())
+                self._check_hop(chain, target, redirect.status)
+                chain.append(target)
+            except httpx.TransportError as exc:
+                tls = tls_failure(hop, exc) if len(chain) > 1 else None
+                if tls is None:
+                    raise
+                raise VerificationError(f"{tls.message} ({_via(chain)})", hint=tls.hint,
+                                        rule=tls.rule, subject=hop) from None
+            except TrustbootError as exc:
+                if len(chain) > 1:
+                    exc.message = f"{exc.message} ({_via(chain)})"
+                raise
+
+    def _check_hop(self, chain: list[str], target: str, status: int) -> None:
+        shown = [*chain, target]
+        parts = urlsplit(target)
+        if parts.scheme != "https" and not (parts.scheme == "http" and self.unsafe_http):
+            raise VerificationError(
+                f"{clean(chain[-1])} redirects (HTTP {status}) to {clean(target)}, which is "
+                f"not https:// ({_chain(shown)})",
+                hint="iPXE would follow it and fetch the rest of the boot chain without TLS, "
+                     "where anyone on the path can answer instead of the origin (a signed "
+                     "image still verifies, but what the boot fetches and when is theirs to "
+                     "choose); make the origin redirect to https:// only",
+                rule="origin-redirect", subject=chain[0])
+        if not parts.hostname:
+            raise OperationalError(f"{clean(chain[-1])} redirects (HTTP {status}) to "
+                                   f"{clean(target)!r}, which names no host",
+                                   hint="fix the redirect on the origin")
+        if target in chain:
+            raise OperationalError(f"{clean(chain[0])} redirects in a loop: {_chain(shown)}",
+                                   hint="fix the redirects on the origin (iPXE would "
+                                        "loop until its download times out)")
+        if len(chain) > MAX_REDIRECTS:
+            raise OperationalError(
+                f"{clean(chain[0])} redirects more than {MAX_REDIRECTS} times: "
+                f"{_chain(shown)}", hint="point the origin's redirect at the final location")
+
     def stream(self, url: str, *, max_size: int, hash_names: Iterable[str] = ("sha256",)
                ) -> Served:
-        """GET ``url`` and hash it while streaming; more than ``max_size`` is an error."""
+        """GET ``url`` (following redirects) and hash it while streaming; more than
+        ``max_size`` is an error. ``Served.url`` is where the bytes came from."""
         self._check_url(url)
         names = tuple(sorted(set(hash_names) | {"sha256"}))
 
-        return with_retries(lambda: self._get_hashed(url, max_size, names), url=url,
-                            what="fetching", retries=self.retries)
+        def once() -> Served:
+            return self._following(url, lambda hop, due: self._get_hashed(
+                hop, max_size, names, due=due))
+
+        return with_retries(once, url=url, what="fetching", retries=self.retries)
 
     def fetch(self, url: str, *, max_size: int) -> bytes:
-        """GET ``url`` whole (a signature, a script); more than ``max_size`` is an error."""
+        """GET ``url`` whole (a signature, a script), following redirects; more than
+        ``max_size`` is an error."""
         self._check_url(url)
 
         def once() -> bytes:
             body: list[bytes] = []
-            self._get_hashed(url, max_size, ("sha256",), body)
+            self._following(url, lambda hop, due: self._get_hashed(
+                hop, max_size, ("sha256",), body, due=due))
             return b"".join(body)
 
         return with_retries(once, url=url, what="fetching", retries=self.retries)

@@ -1,0 +1,242 @@
+"""The read-back follows redirects as iPXE does (any 3xx with a Location, resolved
+against the URL that answered), TLS-verifying every hop with the same roots, and refuses
+a hop that leaves https://, a loop and an over-long chain, naming the chain.
+
+Against a real nginx ("the redirector", same CA as the session's WebDAV origin) that
+answers 301/302/307 to another path on itself, to the session's nginx (a second origin),
+in a loop, to plain http:// (a server block of its own) and to a server block whose
+certificate comes from another CA."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.publish.conftest import Nginx, Pki, ReleaseFactory, free_port
+from tests.publish.test_faults import publish
+from trustboot.cli.main import cli
+from trustboot.errors import OperationalError, VerificationError
+from trustboot.publish.readback import MAX_REDIRECTS, Reader
+
+BODY = b"served at the end of the chain\n" * 100
+
+
+@dataclass
+class Redirector:
+    url: str  # https://127.0.0.1:PORT/ (a certificate from the test CA)
+    root: Path  # served under /files/
+    http_port: int
+    foreign_port: int
+
+
+def _foreign_cert(base: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: a CA the read-back does not trust."""
+    cert, key = base / "foreign.crt", base / "foreign.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True,
+                   capture_output=True)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def redirector(pki: Pki, nginx_origin: Nginx, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[Redirector]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        pytest.skip("needs nginx (Debian package nginx); .ci/setup installs it")
+    base = tmp_path_factory.mktemp("redirector")
+    root = base / "www"
+    (root / "files").mkdir(parents=True)
+    foreign_crt, foreign_key = _foreign_cert(base)
+    port, http_port, foreign_port = free_port(), free_port(), free_port()
+    chain = nginx_origin.base / "server-chain.pem"
+    hops = "\n".join(f"        location ~ ^/hop{n}/(.*)$ {{ return 302 /hop{n - 1}/$1; }}"
+                     for n in range(2, MAX_REDIRECTS + 2))
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    temps = "\n".join(f"    {t}_temp_path {base}/{t}-tmp;" for t in
+                      ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (base / "nginx.conf").write_text(f"""\
+{user}worker_processes 1;
+daemon off;
+pid {base}/nginx.pid;
+error_log {base}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {base}/access.log;
+{temps}
+    root {root};
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {chain};
+        ssl_certificate_key {pki.key("origin")};
+        ssl_password_file {pki.key_pass};
+        location /files/ {{ }}
+        location ~ ^/r301/(.*)$ {{ return 301 /files/$1; }}
+        location ~ ^/r302/(.*)$ {{ return 302 /files/$1; }}
+        location ~ ^/r307/(.*)$ {{ return 307 /files/$1; }}
+        location ~ ^/relative/(.*)$ {{ absolute_redirect off; return 302 ../files/$1; }}
+        location ~ ^/other/(.*)$ {{ return 302 {nginx_origin.url}$1; }}
+        location ~ ^/twice/(.*)$ {{ return 302 /other/$1; }}
+        location ~ ^/loop/(.*)$ {{ return 302 /loop2/$1; }}
+        location ~ ^/loop2/(.*)$ {{ return 302 /loop/$1; }}
+        location ~ ^/hop1/(.*)$ {{ return 302 /files/$1; }}
+{hops}
+        location ~ ^/plain/(.*)$ {{ return 302 http://127.0.0.1:{http_port}/files/$1; }}
+        location ~ ^/ftp/(.*)$ {{ return 302 ftp://127.0.0.1/files/$1; }}
+        location ~ ^/foreign/(.*)$ {{ return 302 https://127.0.0.1:{foreign_port}/files/$1; }}
+        location /nolocation/ {{ return 302; }}
+    }}
+    server {{
+        listen 127.0.0.1:{http_port};
+        location /files/ {{ }}
+    }}
+    server {{
+        listen 127.0.0.1:{foreign_port} ssl;
+        ssl_certificate {foreign_crt};
+        ssl_certificate_key {foreign_key};
+        location /files/ {{ }}
+    }}
+}}
+""")
+    proc = subprocess.Popen([nginx, "-e", str(base / "error.log"), "-p", str(base), "-c",
+                             str(base / "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"nginx exited: {(base / 'error.log').read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            assert time.monotonic() < deadline, "the redirector did not start"
+            time.sleep(0.05)
+    try:
+        yield Redirector(f"https://127.0.0.1:{port}/", root / "files", http_port,
+                         foreign_port)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+@pytest.fixture
+def served(redirector: Redirector, nginx: Nginx) -> str:
+    """BODY as "a" on the redirector's /files/ and at the root of the session's nginx."""
+    (redirector.root / "a").write_bytes(BODY)
+    (nginx.root / "a").write_bytes(BODY)
+    return hashlib.sha256(BODY).hexdigest()
+
+
+@pytest.mark.parametrize("path", ["r301", "r302", "r307", "relative", "hop1",
+                                  f"hop{MAX_REDIRECTS}"])
+def test_follows_a_redirect_on_the_same_origin(pki: Pki, redirector: Redirector,
+                                               served: str, path: str) -> None:
+    with Reader(ca_file=pki.ca, retries=0) as reader:
+        got = reader.stream(f"{redirector.url}{path}/a", max_size=len(BODY))
+        assert reader.fetch(f"{redirector.url}{path}/a", max_size=len(BODY)) == BODY
+    assert (got.size, got.sha256) == (len(BODY), served)
+    assert got.url == f"{redirector.url}files/a"  # what was judged: the last URL's bytes
+
+
+@pytest.mark.parametrize("path", ["other", "twice"])
+def test_follows_a_redirect_to_a_second_origin_of_the_same_ca(
+        pki: Pki, redirector: Redirector, nginx: Nginx, served: str, path: str) -> None:
+    with Reader(ca_file=pki.ca, retries=0) as reader:
+        got = reader.stream(f"{redirector.url}{path}/a", max_size=len(BODY))
+    assert got.url == f"{nginx.url}a" and got.sha256 == served
+
+
+def test_caps_apply_at_the_end_of_the_chain(pki: Pki, redirector: Redirector,
+                                            served: str) -> None:
+    with Reader(ca_file=pki.ca, retries=0) as reader, \
+            pytest.raises(OperationalError) as err:
+        reader.fetch(f"{redirector.url}r302/a", max_size=len(BODY) - 1)
+    assert f"{redirector.url}files/a is larger than {len(BODY) - 1} bytes" in err.value.message
+    assert f"reached by redirect: {redirector.url}r302/a -> {redirector.url}files/a" \
+        in err.value.message
+
+
+def test_a_loop_is_an_error_naming_the_chain(pki: Pki, redirector: Redirector,
+                                             served: str) -> None:
+    with Reader(ca_file=pki.ca, retries=0) as reader, \
+            pytest.raises(OperationalError) as err:
+        reader.stream(f"{redirector.url}loop/a", max_size=len(BODY))
+    u = redirector.url
+    assert err.value.exit_code == 1
+    assert err.value.message == (f"{u}loop/a redirects in a loop: {u}loop/a -> {u}loop2/a "
+                                 f"-> {u}loop/a")
+
+
+def test_too_many_hops_is_an_error(pki: Pki, redirector: Redirector, served: str) -> None:
+    with Reader(ca_file=pki.ca, retries=0) as reader, \
+            pytest.raises(OperationalError, match=f"redirects more than {MAX_REDIRECTS} "
+                                                  "times: .*hop1/a -> .*/files/a$"):
+        reader.stream(f"{redirector.url}hop{MAX_REDIRECTS + 1}/a", max_size=len(BODY))
+
+
+@pytest.mark.parametrize("path,scheme", [("plain", "http"), ("ftp", "ftp")])
+def test_a_hop_off_https_is_refused(pki: Pki, redirector: Redirector, served: str,
+                                    path: str, scheme: str) -> None:
+    with Reader(ca_file=pki.ca, retries=0) as reader, \
+            pytest.raises(VerificationError) as err:
+        reader.stream(f"{redirector.url}{path}/a", max_size=len(BODY))
+    assert err.value.exit_code == 4 and err.value.rule == "origin-redirect"
+    assert err.value.message.startswith(f"{redirector.url}{path}/a redirects (HTTP 302) to "
+                                        f"{scheme}://127.0.0.1")
+    assert "not https://" in err.value.message
+    assert err.value.hint is not None and "without TLS" in err.value.hint
+
+
+def test_a_hop_to_plain_http_is_followed_with_unsafe_http(pki: Pki, redirector: Redirector,
+                                                          served: str) -> None:
+    with Reader(ca_file=pki.ca, retries=0, unsafe_http=True) as reader:
+        got = reader.stream(f"{redirector.url}plain/a", max_size=len(BODY))
+    assert got.url == f"http://127.0.0.1:{redirector.http_port}/files/a"
+
+
+def test_a_hop_to_another_ca_does_not_verify(pki: Pki, redirector: Redirector,
+                                             served: str) -> None:
+    with Reader(ca_file=pki.ca, retries=0) as reader, \
+            pytest.raises(VerificationError) as err:
+        reader.stream(f"{redirector.url}foreign/a", max_size=len(BODY))
+    assert err.value.rule == "origin-tls"
+    hop = f"https://127.0.0.1:{redirector.foreign_port}/files/a"
+    assert err.value.message.startswith(f"the TLS certificate of {hop} does not verify")
+    assert f"reached by redirect: {redirector.url}foreign/a -> {hop}" in err.value.message
+
+
+def test_a_redirect_without_location_is_an_http_error(pki: Pki, redirector: Redirector
+                                                      ) -> None:
+    with Reader(ca_file=pki.ca, retries=0) as reader, \
+            pytest.raises(OperationalError, match="HTTP 302"):
+        reader.stream(f"{redirector.url}nolocation/a", max_size=10)
+
+
+def test_publish_reads_back_through_a_redirecting_public_url(
+        pki: Pki, redirector: Redirector, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """The origin's public URL redirects every object to the WebDAV origin (a CDN in
+    front of it, say): the release verifies; and `origin check` follows the same way."""
+    r = make_release({"boot.ipxe": b"#!ipxe\necho redirected\n", "vmlinuz": b"k" * 5000})
+    res = publish(pki, r, nginx.url, "r1", "--public-url", redirector.url + "other/")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["release"] == "r1"
+    res = CliRunner().invoke(cli, ["origin", "check", redirector.url + "other/boot.ipxe",
+                                   "--pki", str(pki.dir), "--signer", "boot-signer",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    # a public URL that leaves https on the way: nothing is switched, exit 4
+    res = publish(pki, r, nginx.url, "r2", "--public-url", redirector.url + "plain/")
+    assert res.exit_code == 4, res.output
+    assert "not https://" in res.output
