@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from tests.publish.conftest import Nginx, Pki, ReleaseFactory
 from tests.publish.test_faults import options_of, publish, trust_of
+from trustboot.cli.main import cli
+from trustboot.cms.verify import MAX_SIGNATURE_SIZE
 from trustboot.errors import VerificationError
 from trustboot.publish.manifest import parse_manifest
 from trustboot.publish.origin import Origin, OriginOptions, TooLarge, open_origin
@@ -79,3 +83,23 @@ def test_readback_over_https_names_an_object_served_larger(
         message = _served_grown(origin, nginx.root, pki, reader)
     assert message.endswith("releases/r1/vmlinuz: the origin serves more than the 4096 "
                             "bytes published")
+
+
+@pytest.mark.parametrize("sig", ["vmlinuz.sig", "release.json.sig"])
+def test_a_served_signature_over_the_cap_does_not_verify(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory, sig: str) -> None:
+    """A .sig the origin serves larger than iPXE takes (it copies the whole .sig into its
+    4 MiB heap) is "what the origin serves does not verify", exit 4 like any other
+    read-back mismatch, naming the URL and the cap (not exit 1, an I/O failure)."""
+    r = make_release({"boot.ipxe": ENTRY, "vmlinuz": KERNEL})
+    assert publish(pki, r, nginx.url, "r1").exit_code == 0
+    (nginx.root / "releases/r1" / sig).write_bytes(b"\x30" * (MAX_SIGNATURE_SIZE + 1))
+    res = CliRunner().invoke(cli, ["publish", "rollback", nginx.url, "r1", "--pki",
+                                   str(pki.dir), "--client-cert", "publisher",
+                                   "--client-key-passphrase-file", str(pki.key_pass),
+                                   "--json"])
+    assert res.exit_code == 4, res.output
+    err = json.loads(res.stderr)
+    assert f"{nginx.url}releases/r1/{sig} is larger than {MAX_SIGNATURE_SIZE} bytes" \
+        in err["message"]
+    assert "iPXE" in err["message"]

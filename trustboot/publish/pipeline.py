@@ -380,6 +380,20 @@ def _served_bytes(origin: Origin, reader: Reader | None, key: str, max_size: int
     return reader.fetch(url, max_size=max_size)
 
 
+def _served_signature(origin: Origin, reader: Reader | None, key: str) -> bytes:
+    """A .sig as served. One larger than iPXE takes is what the origin serves failing
+    verification (exit 4, as any other read-back mismatch), not an I/O failure."""
+    try:
+        return _served_bytes(origin, reader, key, MAX_SIGNATURE_SIZE)
+    except TooLarge as exc:
+        raise VerificationError(
+            f"{exc.message}: iPXE refuses a signature over {MAX_SIGNATURE_SIZE} bytes (it "
+            "copies the whole .sig into its heap)",
+            hint="the origin serves something else than was published: find out who "
+                 "changed it, then publish the release again",
+            rule="served-signature", subject=key) from None
+
+
 def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                   now: dt.datetime, reader: Reader | None, jobs: int = 4,
                   progress: PublishProgress | None = None,
@@ -405,9 +419,12 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
 
     def fetch_sig(f: ManifestFile) -> None:
         try:
-            data = _served_bytes(origin, reader, prefix + f.name, MAX_SIGNATURE_SIZE)
+            data = _served_signature(origin, reader, prefix + f.name)
         except NotServed as exc:
             not_served(exc)
+            return
+        except VerificationError as exc:
+            problems.append(exc.message)
             return
         if len(data) != f.size or hashlib.sha256(data).hexdigest() != f.sha256:
             problems.append(f"{prefix}{f.name}: the origin serves other bytes than were "
@@ -489,7 +506,7 @@ def verify_manifest_signature(origin: Origin, release_id: str, *, trust: Trust,
     judged (a caller that parses them reads nothing a second time, which a hostile origin
     could answer differently)."""
     key = release_prefix(release_id) + MANIFEST_NAME
-    signature = _served_bytes(origin, reader, key + ".sig", MAX_SIGNATURE_SIZE)
+    signature = _served_signature(origin, reader, key + ".sig")
     data = _served_bytes(origin, reader, key, MAX_MANIFEST_BYTES)
     digests = {name: hashlib.new(name, data).digest() for name in signature_hashes(signature)}
     verdict = judge(signature, digests, trust, now)
@@ -563,7 +580,7 @@ def switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: s
                       (prefix + entry.name, entry_path)])
     # both replaced (a failure above leaves the record for the next run to finish)
     origin.delete(SWITCH_JOURNAL)
-    signature = _served_bytes(origin, reader, entry_path + ".sig", MAX_SIGNATURE_SIZE)
+    signature = _served_signature(origin, reader, entry_path + ".sig")
     served = _served(origin, reader, entry_path, max_size=MAX_ENTRY_SIZE,
                      hash_names=signature_hashes(signature))
     verdict = judge(signature, served.digests, trust, now)
