@@ -109,6 +109,12 @@ def _edited_log(s: Scene) -> list[str]:
     return ["ca", "check", "--pki", str(pki)]
 
 
+def _recipe_missing_kernel(s: Scene) -> list[str]:
+    recipe = s.recipe()
+    (s.dir / "images" / "vmlinuz").unlink()
+    return ["release", str(recipe), *s.allow()]
+
+
 def _publish(s: Scene, origin: str, *extra: str, signer: str = "boot-signer") -> list[str]:
     release = s.dir / "release"
     if not release.exists():
@@ -135,6 +141,11 @@ CASES: list[Case] = [
     ("verify: its .sig a FIFO", 1, _fifo),
     ("sign: a FILE missing", 1, lambda s: ["sign", str(s.dir / "nope"), *s.key()]),
     ("sign: a FILE is a directory", 1, lambda s: ["sign", str(s.dir), *s.key()]),
+    # the operand is the input asked for, as sign's and verify's FILE (a directory a
+    # recipe names is configuration: exit 3, below)
+    ("publish: the release directory does not exist", 1,
+     lambda s: ["publish", str(s.dir / "nope"), f"file://{s.dir}/srv", "--release-id", "r1",
+                "--pki", str(s.pki.dir)]),
     ("publish: origin unreachable", 1,
      lambda s: _publish(s, "https://127.0.0.1:9/", "--retries", "0", "--timeout", "2")),
     # 2: usage (click's own)
@@ -152,11 +163,9 @@ CASES: list[Case] = [
      lambda s: ["sign", *s.key(), "--files-from", str(s.dir)]),
     ("release: unknown recipe key", 3,
      lambda s: ["release", str(s.recipe("surprise: 1\n")), *s.allow()]),
+    ("release: a kernel the recipe names does not exist", 3, _recipe_missing_kernel),
     ("publish: bad release id", 3,
      lambda s: _publish(s, f"file://{s.dir}/srv", "--release-id", "../x")),
-    ("publish: the release directory does not exist", 3,
-     lambda s: ["publish", str(s.dir / "nope"), f"file://{s.dir}/srv", "--release-id", "r1",
-                "--pki", str(s.pki.dir)]),
     ("ca check: a certificate not the one the index recorded", 3, _tampered_cert),
     # 4: verification failed
     ("verify: tampered image", 4, _tampered),

@@ -194,17 +194,24 @@ def scan_directory(directory: Path, *, progress: Callable[[int], None] | None = 
     check_key, and every file that is not a .sig needs its .sig beside it.
     """
     root = Path(directory)
+    # the directory asked for is the input, like sign's and verify's FILE: not there or
+    # unreadable is operational (exit 1); what it holds is judged below (exit 3)
     try:
         st = os.stat(root)
     except OSError as exc:
-        raise ConfigError(f"cannot read release directory {root}: {exc.strerror}",
-                          hint="pass the directory `trustboot sign --out DIR` wrote, with "
-                          "the files beside their .sig") from None
+        raise OperationalError(f"cannot read release directory {root}: {exc.strerror}",
+                               hint="pass the directory `trustboot sign --out DIR` wrote, "
+                                    "with the files beside their .sig") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"{root} is not a directory", hint="pass the output directory "
-                                                             "of `trustboot sign`")
+        raise OperationalError(f"cannot read release directory {root}: not a directory",
+                               hint="pass the output directory of `trustboot sign`")
+
+    def unreadable(exc: OSError) -> None:  # os.walk would skip it: a release cut short
+        raise OperationalError(f"cannot read {exc.filename} in release directory {root}: "
+                               f"{exc.strerror}", hint="make the whole directory readable")
+
     found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
         base = Path(dirpath)
         for name in dirnames:
             if (base / name).is_symlink():
