@@ -13,6 +13,7 @@ import http.server
 import re
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,11 @@ class Burst:
     path: str  # regex searched in the path (with its query)
     count: int  # how many matching requests get ``status``
     status: int = 503
+    answer: bytes = ERROR  # the body of the injected error
+    # > 0: instead of an error, RGW's real answer, sent one byte every ``trickle`` seconds
+    # (a slowloris origin: each read gets a byte well within any per-read timeout)
+    trickle: float = 0.0
+    trickle_body: bool = False  # the status line and headers at once, then the trickle
 
 
 @dataclass
@@ -64,8 +70,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                           re.search(b.path, self.path)), None)
             if burst:
                 burst.count -= 1
-        if burst:
-            self._answer(burst.status, [("Content-Type", "application/xml")], ERROR)
+        if burst and not burst.trickle:
+            self._answer(burst.status, [("Content-Type", "application/xml")], burst.answer)
             return
         conn = http.client.HTTPSConnection(*st.upstream, context=st.upstream_ctx,
                                            timeout=60)
@@ -81,9 +87,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers = [(k, v) for k, v in r.getheaders()
                        if k.lower() not in HOP and (k.lower() != "content-length"
                                                     or self.command == "HEAD")]
-            self._answer(r.status, headers, data)
+            if burst:
+                self._trickle(r.status, headers, data, burst)
+            else:
+                self._answer(r.status, headers, data)
         finally:
             conn.close()
+
+    def _trickle(self, status: int, headers: list[tuple[str, str]], body: bytes,
+                 burst: Burst) -> None:
+        with self.server.state.lock:
+            self.server.state.seen.append((self.command, self.path, status))
+        head = f"HTTP/1.1 {status} OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+        if self.command != "HEAD":
+            head += f"Content-Length: {len(body)}\r\n"
+        data = (head + "\r\n").encode("latin-1") + (body if self.command != "HEAD" else b"")
+        every = burst.trickle
+        try:
+            if burst.trickle_body:
+                self.wfile.write(data[:len(head) + 2])
+                data = data[len(head) + 2:]
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(every)
+        except OSError:
+            self.close_connection = True  # the client gave up: what the test wants
 
     def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         with self.server.state.lock:

@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import random
+import socket
 import ssl
 import threading
 import time
@@ -143,6 +145,58 @@ def too_slow(url: str, seconds: float) -> OperationalError:
         f"(less than {MIN_RATE / 1024:.0f} KiB/s)",
         hint="check the origin and the network path to it; an origin that trickles "
              "its answers holds every client that boots from it")
+
+
+class Deadlines:
+    """Shuts down the connection of a request that outlives its deadline (see MIN_RATE):
+    one thread per Reader or S3 origin, started on first use, looking a few times a
+    second. For clients that are not httpx (``deadline_transport``): http.client and
+    the urllib3 connections under boto3, which are http.client connections too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[int, tuple[float, http.client.HTTPConnection]] = {}
+        self._expired: set[int] = set()
+        self._count = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def watch(self, conn: http.client.HTTPConnection, deadline: float) -> int:
+        with self._lock:
+            self._count += 1
+            self._due[self._count] = (deadline, conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="trustboot-deadline")
+                self._thread.start()
+            return self._count
+
+    def done(self, token: int) -> bool:
+        """Stop watching ``token``; whether its deadline passed."""
+        with self._lock:
+            self._due.pop(token, None)
+            late = token in self._expired
+            self._expired.discard(token)
+            return late
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            now = time.monotonic()
+            with self._lock:
+                late = [(t, conn) for t, (when, conn) in self._due.items() if when <= now]
+                for token, conn in late:
+                    self._expired.add(token)
+                    if conn.sock is not None:  # else: still connecting (its own timeout)
+                        del self._due[token]
+            for _token, conn in late:
+                sock = conn.sock
+                if sock is not None:
+                    # the raw socket's shutdown: a blocked read (TLS or not) returns at once
+                    with contextlib.suppress(OSError):
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def tls_context(*, ca_file: Path | None = None, ca_pem: bytes | None = None,

@@ -14,11 +14,9 @@ cost left is TLS and SHA-256. One keep-alive connection per thread and origin.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import http.client
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -47,6 +45,7 @@ from trustboot.errors import (
 )
 from trustboot.publish.http import (
     MIN_RATE,
+    Deadlines,
     RetryableStatus,
     status_error,
     tls_context,
@@ -162,56 +161,6 @@ def _hash_inline(response: http.client.HTTPResponse, hashers: list[Any], url: st
     return size
 
 
-class _Deadlines:
-    """Shuts down the connection of a request that outlives its deadline (see MIN_RATE):
-    one thread per Reader, started on first use, looking a few times a second."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._due: dict[int, tuple[float, http.client.HTTPConnection]] = {}
-        self._expired: set[int] = set()
-        self._count = 0
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    def watch(self, conn: http.client.HTTPConnection, deadline: float) -> int:
-        with self._lock:
-            self._count += 1
-            self._due[self._count] = (deadline, conn)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="trustboot-readback-deadline")
-                self._thread.start()
-            return self._count
-
-    def done(self, token: int) -> bool:
-        """Stop watching ``token``; whether its deadline passed."""
-        with self._lock:
-            self._due.pop(token, None)
-            late = token in self._expired
-            self._expired.discard(token)
-            return late
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            now = time.monotonic()
-            with self._lock:
-                late = [(t, conn) for t, (when, conn) in self._due.items() if when <= now]
-                for token, conn in late:
-                    self._expired.add(token)
-                    if conn.sock is not None:  # else: still connecting (its own timeout)
-                        del self._due[token]
-            for _token, conn in late:
-                sock = conn.sock
-                if sock is not None:
-                    # the raw socket's shutdown: a blocked read (TLS or not) returns at once
-                    with contextlib.suppress(OSError):
-                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._stop.set()
-
-
 class Reader:
     """An HTTPS client that sees what iPXE sees."""
 
@@ -223,7 +172,7 @@ class Reader:
         self.retries = retries
         self.timeout = timeout
         self.min_rate = min_rate
-        self._deadlines = _Deadlines()
+        self._deadlines = Deadlines()
         ctx = tls_context(ca_file=ca_file, ca_pem=ca_pem, unsafe_no_verify=unsafe_no_verify,
                           ipxe_tls=ipxe_tls)
         self._ctx = ctx

@@ -25,6 +25,15 @@ is imported only for s3:// origins, so other commands never load boto3.
   multipart upload is aborted.
 * ``copy`` (the entry switch) is a server-side copy with ``Cache-Control: no-cache``: the
   entry object changes on every switch and must not be cached by a CDN.
+* Deadlines: botocore's connect/read timeouts bound each socket operation, not a
+  request, so a store that trickles its answer a byte at a time would hold the run
+  forever. Every call (with botocore's retries) ends within ``timeout`` + (its upload +
+  its answer) / MIN_RATE, as on WebDAV: the connections it sends on are registered with a
+  watchdog (``http.Deadlines``) that shuts them down at the deadline, and the failure is
+  "served too slowly" (exit 1). A GET's budget counts its ``max_size``.
+* Text the store sends (error codes and messages) goes through ``text.clean`` before it
+  reaches a message: nothing the server wrote can move the terminal's cursor or forge a
+  line of ours.
 * ``lock``: the shared protocol of ``trustboot.publish.lock`` on a private lock object
   ``.trustboot-publish.lock``, created with ``If-None-Match: *``. Stores that honour it (AWS
   S3 since 2024, the Ceph RGW 16 tested here, R2, MinIO) make creation atomic: exactly one
@@ -47,6 +56,7 @@ import json
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -55,11 +65,17 @@ from urllib.parse import quote, urlsplit
 
 import boto3
 import botocore.exceptions as bexc
+from botocore.awsrequest import (
+    AWSHTTPConnection,
+    AWSHTTPConnectionPool,
+    AWSHTTPSConnection,
+    AWSHTTPSConnectionPool,
+)
 from botocore.config import Config
 
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.publish.fileorigin import LOCK_NAME
-from trustboot.publish.http import tls_context, tls_failure
+from trustboot.publish.http import MIN_RATE, Deadlines, tls_context, tls_failure, too_slow
 from trustboot.publish.lock import LOCK_STALE_AFTER, origin_lock
 from trustboot.publish.origin import (
     ObjectStat,
@@ -69,6 +85,7 @@ from trustboot.publish.origin import (
     check_prefix,
     key_problem,
 )
+from trustboot.text import clean
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -79,6 +96,7 @@ MAX_PARTS = 10_000
 MAX_COPY_SIZE = 5 << 30  # a single server-side copy; entry objects are far smaller
 READ_CHUNK = 1 << 16
 LOCK_SETTLE = 1.0
+MAX_ANSWER = 1 << 20  # the answer allowance of a call that is not a GET (as WebDAV's)
 SHA256_META = "sha256"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # AWS's bucket rule (lower-case, digits, '.', '-'); also what RGW accepts by default.
@@ -92,6 +110,82 @@ def _content_type(key: str) -> str:
     if name.endswith(".json"):
         return "application/json"
     return "application/octet-stream"
+
+
+_current = threading.local()  # .watch: the _Watch of this thread's S3 call, if any
+
+
+class _Watch:
+    """The connections one S3 call (botocore's retries included) sends on, shut down by
+    ``deadlines`` once ``budget`` seconds have passed (see the module docstring)."""
+
+    def __init__(self, deadlines: Deadlines, budget: float) -> None:
+        self.deadlines = deadlines
+        self.budget = budget
+        self.due = time.monotonic() + budget
+        self.tokens: list[int] = []
+        self.late = False
+
+    def add(self, conn: Any) -> None:
+        self.tokens.append(self.deadlines.watch(conn, self.due))
+
+    def end(self) -> bool:
+        """Stop watching (again: a no-op); whether the deadline passed."""
+        for token in self.tokens:
+            self.late |= self.deadlines.done(token)
+        self.tokens.clear()
+        self.late |= time.monotonic() >= self.due
+        return self.late
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        outer = getattr(_current, "watch", None)
+        _current.watch = self
+        try:
+            yield
+        finally:
+            _current.watch = outer
+
+
+def _watched(conn: Any) -> None:
+    watch = getattr(_current, "watch", None)
+    if watch is not None:
+        watch.add(conn)
+
+
+# botocore's own connection classes, registering each request with the calling
+# thread's _Watch (urllib3's connections are http.client connections: Deadlines shuts
+# down their socket)
+class _WatchedHTTPConnection(AWSHTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        _watched(self)
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(AWSHTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        _watched(self)
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTPPool(AWSHTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(AWSHTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+def _watch_connections(client: Any) -> None:
+    """Make ``client`` open its connections from the pools above."""
+    http = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    manager = getattr(http, "_manager", None)
+    if http is None or manager is None \
+            or not isinstance(getattr(http, "_pool_classes_by_scheme", None), dict):
+        raise RuntimeError("this botocore version is not supported (no URLLib3Session)")
+    classes = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+    http._pool_classes_by_scheme = classes  # proxy managers made later take these too
+    manager.pool_classes_by_scheme = classes
 
 
 class _Digest:
@@ -183,6 +277,7 @@ class S3Origin:
         self.endpoint = self._check_endpoint(options)
         self._client: S3Client | None = None
         self._region = "us-east-1"
+        self._deadlines = Deadlines()
 
     @staticmethod
     def _check_endpoint(options: OriginOptions) -> str | None:
@@ -245,9 +340,12 @@ class S3Origin:
         )
         self._client = session.client("s3", endpoint_url=self.endpoint, verify=verify,
                                       config=config)
+        _watch_connections(self._client)
+        self._deadlines = Deadlines()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._deadlines.close()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -271,9 +369,10 @@ class S3Origin:
         what = f"{self.url}{key}: {action}"
         if isinstance(exc, bexc.ClientError):
             err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
+            # the store's words: escaped (text.clean) before they reach a message
+            code = clean(str(err.get("Code", "")), limit=100)
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            msg = str(err.get("Message", "")) or code
+            msg = clean(str(err.get("Message", "")), limit=500) or code
             if code == "SignatureDoesNotMatch":
                 return OperationalError(
                     f"{what} refused: the secret key does not match the access key "
@@ -319,7 +418,7 @@ class S3Origin:
                 return tls
             return OperationalError(
                 f"{what} failed: TLS verification of {self.endpoint or 'the endpoint'} "
-                f"failed: {exc}",
+                f"failed: {clean(str(exc), limit=500)}",
                 hint="the endpoint's certificate must chain to --ca-file (default: the pki's "
                      "ca.crt) and name the host in --endpoint-url")
         if isinstance(exc, bexc.NoCredentialsError | bexc.PartialCredentialsError):
@@ -330,17 +429,42 @@ class S3Origin:
         if isinstance(exc, bexc.EndpointConnectionError | bexc.ConnectTimeoutError
                       | bexc.ReadTimeoutError | bexc.ConnectionClosedError):
             return OperationalError(f"{what} failed: cannot reach {self.endpoint or 'S3'} "
-                                    f"after {self.options.retries} retries: {exc}",
+                                    f"after {self.options.retries} retries: "
+                                    f"{clean(str(exc), limit=500)}",
                                     hint="check --endpoint-url and the network, then run "
                                          "again (it resumes)")
-        return OperationalError(f"{what} failed: {exc}")
+        return OperationalError(f"{what} failed: {clean(str(exc), limit=500)}")
 
     @contextlib.contextmanager
-    def _calling(self, key: str, action: str) -> Iterator[None]:
+    def _timed(self, key: str, *, size: int = 0, budget: float | None = None,
+               keep: bool = False) -> Iterator[_Watch]:
+        """One call within its deadline: ``timeout`` + (``size`` + MAX_ANSWER) / MIN_RATE,
+        or ``budget``. A failure after it is "served too slowly" (see the docstring).
+        ``keep``: still watched after a success (a body to read; the reader ends it)."""
+        watch = _Watch(self._deadlines, budget if budget is not None else
+                       self.options.timeout + (size + MAX_ANSWER) / MIN_RATE)
         try:
-            yield
-        except (bexc.BotoCoreError, bexc.ClientError) as exc:
-            raise self._error(exc, key, action) from None
+            with watch.active():
+                yield watch
+        except (bexc.BotoCoreError, bexc.ClientError, OperationalError) as exc:
+            if not watch.end() or isinstance(exc, TooLarge):
+                raise
+            raise too_slow(f"{self.url}{key}", watch.budget) from None
+        except BaseException:
+            watch.end()
+            raise
+        # an answer cut at the deadline can parse as a shorter one (urllib3 only logs
+        # headers that end early): past the deadline nothing that arrived counts
+        if (not keep or time.monotonic() >= watch.due) and watch.end():
+            raise too_slow(f"{self.url}{key}", watch.budget)
+
+    @contextlib.contextmanager
+    def _calling(self, key: str, action: str, *, size: int = 0) -> Iterator[None]:
+        with self._timed(key, size=size):
+            try:
+                yield
+            except (bexc.BotoCoreError, bexc.ClientError) as exc:
+                raise self._error(exc, key, action) from None
 
     def _put_args(self, key: str, sha256: str) -> dict[str, Any]:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key),
@@ -354,7 +478,8 @@ class S3Origin:
     def stat(self, key: str) -> ObjectStat | None:
         full = self._full(key)
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=full)
+            with self._timed(key):
+                head = self.client.head_object(Bucket=self.bucket, Key=full)
         except bexc.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchKey", "NotFound"):
@@ -386,7 +511,7 @@ class S3Origin:
             digest = _Digest()
             if size <= self.multipart_threshold:
                 body = _FileSlice(fd, 0, size, digest, progress)
-                with self._calling(key, "upload"):
+                with self._calling(key, "upload", size=size):
                     self.client.put_object(Body=body, ContentLength=size,  # type: ignore[arg-type]
                                            **args)
                 if digest.h.hexdigest() != sha256:
@@ -413,7 +538,7 @@ class S3Origin:
             parts = []
             for number, offset in enumerate(range(0, size, part_size), start=1):
                 length = min(part_size, size - offset)
-                with self._calling(key, f"uploading part {number}"):
+                with self._calling(key, f"uploading part {number}", size=length):
                     r = self.client.upload_part(
                         Bucket=self.bucket, Key=args["Key"], UploadId=upload_id,
                         PartNumber=number, ContentLength=length,
@@ -436,14 +561,17 @@ class S3Origin:
     def put_bytes(self, key: str, data: bytes, *, sha256: str) -> None:
         if hashlib.sha256(data).hexdigest() != sha256:
             raise ValueError(f"put_bytes({key!r}): sha256 does not match the data")
-        with self._calling(key, "upload"):
+        with self._calling(key, "upload", size=len(data)):
             self.client.put_object(Body=data, ContentLength=len(data),
                                    **self._put_args(key, sha256))
 
     def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
         full = self._full(key)
+        # one deadline for the request and its body (read by _chunks)
+        budget = self.options.timeout + max_size / MIN_RATE
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=full)
+            with self._timed(key, budget=budget, keep=True) as watch:
+                obj = self.client.get_object(Bucket=self.bucket, Key=full)
         except bexc.ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchKey":
                 raise OperationalError(f"{self.url}{key} does not exist on the origin") \
@@ -454,20 +582,27 @@ class S3Origin:
         body = obj["Body"]
         if int(obj.get("ContentLength", 0)) > max_size:
             body.close()
+            watch.end()
             raise TooLarge(f"{self.url}{key} is larger than {max_size} bytes")
-        return self._chunks(body, key, max_size)
+        return self._chunks(body, key, max_size, watch)
 
-    def _chunks(self, body: Any, key: str, max_size: int) -> Iterator[bytes]:
+    def _chunks(self, body: Any, key: str, max_size: int, watch: _Watch) -> Iterator[bytes]:
         total = 0
         try:
-            with self._calling(key, "GET"):
-                for chunk in body.iter_chunks(READ_CHUNK):
-                    total += len(chunk)
-                    if total > max_size:
-                        raise TooLarge(f"{self.url}{key} is larger than {max_size} bytes")
-                    yield chunk
+            for chunk in body.iter_chunks(READ_CHUNK):
+                total += len(chunk)
+                if total > max_size:
+                    raise TooLarge(f"{self.url}{key} is larger than {max_size} bytes")
+                yield chunk
+            if watch.end():  # the body may have been cut at the deadline (see _timed)
+                raise too_slow(f"{self.url}{key}", watch.budget)
+        except (bexc.BotoCoreError, bexc.ClientError) as exc:
+            if watch.end():
+                raise too_slow(f"{self.url}{key}", watch.budget) from None
+            raise self._error(exc, key, "GET") from None
         finally:
             body.close()
+            watch.end()
 
     def list(self, prefix: str) -> list[str]:
         check_prefix(prefix)
@@ -556,8 +691,9 @@ class S3Origin:
         or 'unsupported' (the store refuses the If-None-Match header outright)."""
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if conditional else {}
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._full(LOCK_NAME), Body=body,
-                                   ContentType="application/json", **extra)
+            with self._timed(LOCK_NAME, size=len(body)):
+                self.client.put_object(Bucket=self.bucket, Key=self._full(LOCK_NAME),
+                                       Body=body, ContentType="application/json", **extra)
         except bexc.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -599,7 +735,8 @@ class S3Origin:
         just keeps them.
         """
         base = f"{self.prefix}/" if self.prefix else ""
-        with contextlib.suppress(bexc.BotoCoreError, bexc.ClientError):
+        with contextlib.suppress(bexc.BotoCoreError, bexc.ClientError, OperationalError), \
+                self._timed("(multipart uploads)"):
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=self.bucket, Prefix=base)
             for page in pages:

