@@ -4,6 +4,7 @@ the next publish / `publish repair` finishes the recorded switch. Against the re
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -249,3 +250,39 @@ def test_prune_killed_midway_leaves_a_claimed_incomplete_release_and_resumes(
     assert json.loads(pruned.output)["deleted"] == ["ra"]
     assert not (nginx.root / "releases/ra").exists()
     assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()
+
+
+@pytest.mark.slow
+def test_repair_when_the_recorded_release_no_longer_verifies(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The release a killed switch was making live has since stopped verifying (its
+    signer's certificate expired). Completing the switch would make live an entry iPXE
+    refuses: `publish repair` says exactly that (exit 4), changes nothing and keeps the
+    record, with a hint that names the way out; a rollback (or publish) to a release that
+    verifies then replaces the pair and clears the record."""
+    pki.issue("codesign", "repair-short", "--days", "1")
+    assert publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra").exit_code == 0
+    killed_publish(pki, make_release({"boot.ipxe": ENTRY_B}, signer="repair-short"),
+                   nginx.url, "rb", "between")
+    assert mismatched(pki, nginx)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    monkeypatch.setattr("trustboot.cli.publish.utc_now", lambda: later)
+    before = {p: p.read_bytes() for p in (nginx.root / "boot.ipxe",
+                                          nginx.root / "boot.ipxe.sig")}
+    for _run in range(2):  # the same answer every time, not only on a first run
+        r = CliRunner().invoke(cli, ["publish", "repair", nginx.url, *origin_args(pki)])
+        assert r.exit_code == 4, r.output
+        err = json.loads(r.stderr)
+        assert "cannot finish the interrupted switch" in err["message"], err
+        assert "release rb no longer verifies" in err["message"], err
+        assert "expired" in err["message"], err
+        assert "trustboot publish rollback" in err["hint"], err
+        assert (nginx.root / SWITCH_JOURNAL).exists()
+        assert {p: p.read_bytes() for p in before} == before
+    r = CliRunner().invoke(cli, ["publish", "rollback", nginx.url, "ra",
+                                 *origin_args(pki)])
+    assert r.exit_code == 0, r.output
+    assert "no longer verifies" in json.loads(r.stdout)["repaired"]
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_A).digest()
+    assert not (nginx.root / SWITCH_JOURNAL).exists()

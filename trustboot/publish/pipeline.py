@@ -604,27 +604,37 @@ def switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: s
 @dataclass(frozen=True)
 class RepairResult:
     release: str | None  # the release the record names (None: no record)
-    action: str  # "none", "completed", "dropped" (the pair verified), "invalid"
+    # "none", "completed", "dropped" (the pair verified), "invalid", "superseded" (the
+    # recorded release no longer verifies; the caller's own switch replaces the pair)
+    action: str
     detail: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"release": self.release, "action": self.action, "detail": self.detail}
 
 
+def _judged_pair(origin: Origin, reader: Reader | None, script: str, sig: str, *,
+                 trust: Trust, now: dt.datetime) -> tuple[str, Verdict]:
+    """A script and its signature as served: the script's sha256 and iPXE's verdict."""
+    signature = _served_signature(origin, reader, sig)
+    served = _served(origin, reader, script, max_size=MAX_ENTRY_SIZE,
+                     hash_names=signature_hashes(signature))
+    return served.sha256, judge(signature, served.digests, trust, now)
+
+
 def _verified_entry(origin: Origin, reader: Reader | None, entry_path: str, *,
                     trust: Trust, now: dt.datetime) -> str | None:
     """The sha256 of the entry script served, if the pair as served verifies; else None."""
     try:
-        signature = _served_bytes(origin, reader, entry_path + ".sig", MAX_SIGNATURE_SIZE)
-        served = _served(origin, reader, entry_path, max_size=MAX_ENTRY_SIZE,
-                         hash_names=signature_hashes(signature))
-    except (NotServed, OperationalError):
+        sha256, verdict = _judged_pair(origin, reader, entry_path, entry_path + ".sig",
+                                       trust=trust, now=now)
+    except (NotServed, OperationalError, VerificationError):
         return None
-    return served.sha256 if judge(signature, served.digests, trust, now).ok else None
+    return sha256 if verdict.ok else None
 
 
 def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
-                  reader: Reader | None) -> RepairResult:
+                  reader: Reader | None, then_switching: bool = False) -> RepairResult:
     """Finish an entry switch a killed run left half done (caller holds the lock).
 
     The record names a release that was fully verified before it was written. If the entry
@@ -632,6 +642,12 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
     like any switch); if it verifies, the run died before the first replacement and the
     record is dropped. A record that does not parse is dropped with detail: it is only
     ever written by this code, and the entry pair is judged on every switch anyway.
+
+    The recorded release may have stopped verifying since (its signer's certificate
+    expired): completing the switch would make live an entry iPXE refuses, so nothing is
+    switched. A caller that switches the entry itself next (``then_switching``: publish,
+    rollback) goes on, its switch replacing the pair and the record; otherwise this is a
+    VerificationError naming the release and the way out, the record kept.
     """
     if origin.stat(SWITCH_JOURNAL) is None:
         return RepairResult(None, "none")
@@ -661,6 +677,28 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
         return RepairResult(release_id, "dropped",
                             f"{entry_path} and its signature verify; the interrupted switch "
                             f"to {release_id} {when}")
+    entry = manifest.file(manifest.entry)
+    if entry is not None and entry.sig is not None:
+        prefix = release_prefix(release_id)
+        _, verdict = _judged_pair(origin, reader, prefix + entry.name, prefix + entry.sig,
+                                  trust=trust, now=now)
+        if not verdict.ok:
+            assert verdict.failure is not None
+            why = f"release {release_id} no longer verifies: {verdict.failure.message}"
+            if then_switching:  # the record stays until that switch replaces it
+                return RepairResult(release_id, "superseded",
+                                    f"the interrupted switch of {entry_path} to {release_id} "
+                                    f"was not finished: {why}; this run switches it")
+            where = redact_url(origin.url)
+            raise VerificationError(
+                f"cannot finish the interrupted switch of {entry_path} to release "
+                f"{release_id}: {why}. Nothing changed: {entry_path} and its signature on "
+                f"{where} still do not verify together (iPXE refuses them)",
+                hint=f"make live a release that verifies: `trustboot publish rollback "
+                     f"{where} ID` (ids: `trustboot publish list {where}`), or publish a "
+                     "new release signed by a current signer; either replaces the pair "
+                     "and the switch record",
+                rule="repair-release", subject=release_id)
     switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
                       reader=reader)
     return RepairResult(release_id, "completed",
@@ -751,7 +789,7 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
     try:
         with origin.lock(owner or default_owner()):
             result.repaired = _repaired(repair_switch(origin, trust=trust, now=now,
-                                                      reader=reader))
+                                                      reader=reader, then_switching=switch))
             result.removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
             existing = read_manifest(origin, release_id)
             if existing is not None and not existing.same_content(manifest):
@@ -1020,7 +1058,8 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
     reader = make_reader(origin, trust, options)
     try:
         with origin.lock(owner or default_owner()):
-            repaired = _repaired(repair_switch(origin, trust=trust, now=now, reader=reader))
+            repaired = _repaired(repair_switch(origin, trust=trust, now=now, reader=reader,
+                                               then_switching=True))
             manifest = read_manifest(origin, release_id)
             if manifest is None:
                 raise ConfigError(f"release {release_id} does not exist on {origin.url}",
