@@ -796,3 +796,31 @@ def test_signing_cert_names_are_those_of_resign_and_old_ones_still_work(
     sign_help = CliRunner().invoke(cli, ["sign", "--help"]).stdout
     assert "--cert" not in sign_help.replace("--signing-cert", "")
     assert "--chain" not in sign_help.replace("--signing-chain", "")
+
+
+@pytest.mark.parametrize("option", ["--out", "--manifest"])
+@pytest.mark.parametrize("how", ["another-owner", "world-writable"])
+def test_out_and_manifest_directories_must_be_ours(material: Material, tmp_path: Path,
+                                                   option: str, how: str) -> None:
+    """As every other command's --out (fsutil.make_output_dir): a directory another user
+    owns or can write is refused (exit 3) before anything is signed or written, since
+    they could swap the signatures or the manifest before they are used."""
+    key, cert, chain = material.issue(f"own-{option[2:]}-{how}", ec_key())
+    files = _files(tmp_path, 1)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    if how == "another-owner":
+        if os.geteuid() != 0:
+            pytest.skip("giving a directory to another uid needs root (CI runs as root)")
+        os.chown(shared, 65534, 65534)
+        needle = "is owned by uid 65534"
+    else:
+        shared.chmod(0o777)
+        needle = "is writable by other users (mode 0777)"
+    extra = ["--out", str(shared)] if option == "--out" else \
+        ["--manifest", str(shared / "m.json")]
+    for secret in (_sign_args(key, cert, chain), _sign_args(key, cert, chain)[:-2]):
+        result = CliRunner().invoke(cli, [*secret, *map(str, files), *extra], env=ENV)
+        assert result.exit_code == 3, result.output
+        assert needle in result.output and "hint:" in result.output, result.output
+        assert not list(tmp_path.rglob("*.sig")) and not list(shared.iterdir())

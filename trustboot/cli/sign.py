@@ -101,12 +101,13 @@ acceptable to iPXE). --json prints the manifest: signer, key, hash, signed_at an
               envvar="TRUSTBOOT_SIGN_HASH", show_envvar=True, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               envvar="TRUSTBOOT_SIGN_OUT", show_envvar=True,
-              help="Write signatures here, creating missing directories (default: "
-              "FILE.sig next to each file).")
+              help="Write signatures here, creating missing directories; an existing "
+              "one must be yours and not group/world-writable (default: FILE.sig next to "
+              "each file).")
 @click.option("--manifest", "manifest", type=click.Path(path_type=Path, dir_okay=False),
               envvar="TRUSTBOOT_SIGN_MANIFEST", show_envvar=True,
               help="Also write the JSON manifest (as --json prints it) to this file, "
-              "creating missing directories.")
+              "creating missing directories (an existing one: as --out).")
 @click.option("--expiry-warning-days", type=int, default=30, show_default=True,
               envvar="TRUSTBOOT_EXPIRY_WARNING_DAYS", show_envvar=True,
               help="Warn when the signature's chain expires within this many days.")

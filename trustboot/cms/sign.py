@@ -39,7 +39,13 @@ from trustboot.cms.digest import ProgressFactory as ProgressFactory
 from trustboot.cms.digest import hash_file as hash_file
 from trustboot.cms.digest import hash_files as hash_files
 from trustboot.errors import ConfigError, OperationalError, VerificationError
-from trustboot.fsutil import fsync_dir, make_dirs, remove_stale_temps, write_temp
+from trustboot.fsutil import (
+    check_owned_dir,
+    fsync_dir,
+    make_output_dir,
+    remove_stale_temps,
+    write_temp,
+)
 from trustboot.keys.algorithms import HashAlgorithm
 from trustboot.keys.signer import KeySigner, KeySource, Signer
 from trustboot.run import first_in_run
@@ -294,6 +300,8 @@ def _sign(
     # (filesystem waits overlap the signing); a --out still to be created is made only once
     # everything was signed, so a failure leaves nothing behind.
     streaming = out_dir is None or out_dir.is_dir()
+    if out_dir is not None and streaming:
+        check_owned_dir(out_dir, "--out directory")  # see make_output_dir
     # Temp names a forked signer writes to (this process must find them to rename or, on
     # failure, remove them without being told): random per run, then the file's index.
     run_tag = os.urandom(6).hex()
@@ -329,7 +337,9 @@ def _sign(
         done = [r for r in results if r is not None]
         if not streaming:
             assert out_dir is not None
-            make_dirs(out_dir)  # 0755 whatever the umask; OperationalError if not creatable
+            # 0755 whatever the umask; then ours and not writable by others (as at the
+            # start: one made meanwhile by someone else is refused)
+            make_output_dir(out_dir, "--out directory")
             for item, der in done:
                 staged.add(item.signature_path, der)
         staged.commit()

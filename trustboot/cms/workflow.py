@@ -60,6 +60,8 @@ def check_options(
     expiry_warning_days: int,
 ) -> None:
     """Refuse bad options before any work: nothing is written when one is wrong."""
+    from trustboot.fsutil import check_owned_dir
+
     if not paths:
         raise ConfigError("no files to sign", hint="pass FILES or --files-from LIST")
     if not 0 <= expiry_warning_days <= MAX_EXPIRY_WARNING_DAYS:
@@ -70,12 +72,18 @@ def check_options(
         if not path.is_file():  # also refuses FIFOs and devices, which could block or not end
             raise OperationalError(f"cannot sign {path}: not a readable regular file",
                                    hint="check the path")
+    # an existing output directory must be ours and not writable by others (the rule of
+    # every --out, fsutil.make_output_dir): they could swap what we write before it is used
     if out_dir is not None:
         _check_can_create_dir(out_dir, "--out")
+        if out_dir.is_dir():
+            check_owned_dir(out_dir, "--out directory")
     if manifest is not None:
         if manifest.is_dir():
             raise OperationalError(f"--manifest {manifest} is a directory",
                                    hint="name the manifest file itself")
+        if manifest.parent.is_dir():
+            check_owned_dir(manifest.parent, "--manifest directory")
         # Like --out, missing directories are created (0755), once the signatures exist.
         parent = manifest.parent
         _check_can_create_dir(parent, "--manifest")
@@ -162,7 +170,7 @@ def sign_paths(
 
     from trustboot.cms.certinfo import DEFAULT_IPXE
     from trustboot.cms.sign import check_targets, preflight, sign_hashed
-    from trustboot.fsutil import atomic_write, make_dirs
+    from trustboot.fsutil import atomic_write, make_output_dir
     from trustboot.keys.signer import resolve_signer
 
     ipxe_version = ipxe_version or DEFAULT_IPXE
@@ -214,7 +222,7 @@ def sign_paths(
     if manifest is not None:
         import json
 
-        make_dirs(manifest.parent)  # 0755 whatever the umask, as --out
+        make_output_dir(manifest.parent, "--manifest directory")  # 0755, as --out
         try:
             atomic_write(manifest,
                          (json.dumps(run.manifest(), indent=2, sort_keys=True) + "\n").encode())
