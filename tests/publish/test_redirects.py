@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +19,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.publish.conftest import Nginx, Pki, ReleaseFactory, free_port
+from tests.publish.conftest import (
+    Nginx,
+    Pki,
+    ReleaseFactory,
+    free_port,
+    start_nginx,
+    stop_nginx,
+)
 from tests.publish.test_faults import publish
 from trustboot.cli.main import cli
 from trustboot.errors import OperationalError, VerificationError
@@ -53,33 +56,22 @@ def _foreign_cert(base: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def redirector(pki: Pki, nginx_origin: Nginx, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[Redirector]:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
-        pytest.skip("needs nginx (Debian package nginx); .ci/setup installs it")
+    """A second nginx (started as the session's, see start_nginx) whose extra server
+    blocks redirect: on its TLS port, to /files/ on itself, to the session's nginx, in a
+    loop, too often, off https; and two more ports serving /files/: plain HTTP, and TLS
+    with a certificate from another CA."""
     base = tmp_path_factory.mktemp("redirector")
-    root = base / "www"
+    root = base / "redirects"
     (root / "files").mkdir(parents=True)
     foreign_crt, foreign_key = _foreign_cert(base)
     port, http_port, foreign_port = free_port(), free_port(), free_port()
-    chain = nginx_origin.base / "server-chain.pem"
     hops = "\n".join(f"        location ~ ^/hop{n}/(.*)$ {{ return 302 /hop{n - 1}/$1; }}"
                      for n in range(2, MAX_REDIRECTS + 2))
-    user = "user root root;\n" if os.geteuid() == 0 else ""
-    temps = "\n".join(f"    {t}_temp_path {base}/{t}-tmp;" for t in
-                      ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    (base / "nginx.conf").write_text(f"""\
-{user}worker_processes 1;
-daemon off;
-pid {base}/nginx.pid;
-error_log {base}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {base}/access.log;
-{temps}
-    root {root};
+    servers = f"""\
     server {{
         listen 127.0.0.1:{port} ssl;
-        ssl_certificate {chain};
+        root {root};
+        ssl_certificate {nginx_origin.base / "server-chain.pem"};
         ssl_certificate_key {pki.key("origin")};
         ssl_password_file {pki.key_pass};
         location /files/ {{ }}
@@ -100,35 +92,23 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{http_port};
+        root {root};
         location /files/ {{ }}
     }}
     server {{
         listen 127.0.0.1:{foreign_port} ssl;
+        root {root};
         ssl_certificate {foreign_crt};
         ssl_certificate_key {foreign_key};
         location /files/ {{ }}
     }}
-}}
-""")
-    proc = subprocess.Popen([nginx, "-e", str(base / "error.log"), "-p", str(base), "-c",
-                             str(base / "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"nginx exited: {(base / 'error.log').read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            assert time.monotonic() < deadline, "the redirector did not start"
-            time.sleep(0.05)
+"""
+    n = start_nginx(pki, base / "nginx", main_extra=servers)
     try:
         yield Redirector(f"https://127.0.0.1:{port}/", root / "files", http_port,
                          foreign_port)
     finally:
-        proc.terminate()
-        proc.wait(5)
+        stop_nginx(n)
 
 
 @pytest.fixture
