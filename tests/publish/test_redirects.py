@@ -216,6 +216,11 @@ def test_publish_reads_back_through_a_redirecting_public_url(
                                    "--pki", str(pki.dir), "--signer", "boot-signer",
                                    "--json"])
     assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["served_from"] == nginx.url + "boot.ipxe"
+    res = CliRunner().invoke(cli, ["origin", "check", redirector.url + "other/boot.ipxe",
+                                   "--pki", str(pki.dir)])
+    assert res.exit_code == 0, res.output
+    assert f"served from: {nginx.url}boot.ipxe (redirected)" in res.output
     # a public URL that leaves https on the way: nothing is switched, exit 4
     res = publish(pki, r, nginx.url, "r2", "--public-url", redirector.url + "plain/")
     assert res.exit_code == 4, res.output

@@ -145,6 +145,8 @@ def check(url: str, as_json: bool, **kw: Any) -> None:
         click.echo(f"  TLS:    {report.tls_version or '-'} {report.cipher or ''}")
         for c in report.chain:
             click.echo(f"  cert:   {c['subject']} (until {c['not_after'][:10]})")
+        if report.served_from and report.served_from != url:
+            click.echo(f"  served from: {report.served_from} (redirected)")
         if report.sha256:
             click.echo(f"  entry:  {report.size} bytes, sha256 {report.sha256}")
         for s in report.signers:

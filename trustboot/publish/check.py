@@ -42,6 +42,7 @@ class CheckReport:
     sha256: str | None = None
     replay_window: dict[str, Any] | None = None  # of the entry's signer (cms.freshness)
     signer_not_after: dt.datetime | None = None  # earliest chain end of the entry's signers
+    served_from: str | None = None  # the entry's URL after redirects (see readback)
 
     @property
     def ok(self) -> bool:
@@ -54,7 +55,8 @@ class CheckReport:
                 "signers": self.signers, "warnings": self.warnings, "size": self.size,
                 "sha256": self.sha256, "replay_window": self.replay_window,
                 "signer_not_after": self.signer_not_after.isoformat()
-                if self.signer_not_after else None, "ok": self.ok}
+                if self.signer_not_after else None, "served_from": self.served_from,
+                "ok": self.ok}
 
 
 def _peer_chain(tls: ssl.SSLSocket) -> list[bytes]:
@@ -114,6 +116,7 @@ def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.dateti
         report.failure = exc.message
         return report
     report.size, report.sha256 = served.size, served.sha256
+    report.served_from = served.url
     report.ipxe_ok = verdict.ok
     report.failure = verdict.failure.message if verdict.failure else None
     if verdict.failure is not None and verdict.failure.rule == "signature-mismatch":
