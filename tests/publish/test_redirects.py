@@ -89,6 +89,8 @@ def redirector(pki: Pki, nginx_origin: Nginx, tmp_path_factory: pytest.TempPathF
         location ~ ^/ftp/(.*)$ {{ return 302 ftp://127.0.0.1/files/$1; }}
         location ~ ^/foreign/(.*)$ {{ return 302 https://127.0.0.1:{foreign_port}/files/$1; }}
         location /nolocation/ {{ return 302; }}
+        location /nonascii/ {{ return 302 "/f\u00efles/a"; }}
+        location /spaces/ {{ return 302 "/files/a b"; }}
     }}
     server {{
         listen 127.0.0.1:{http_port};
@@ -195,6 +197,18 @@ def test_a_hop_to_another_ca_does_not_verify(pki: Pki, redirector: Redirector,
     hop = f"https://127.0.0.1:{redirector.foreign_port}/files/a"
     assert err.value.message.startswith(f"the TLS certificate of {hop} does not verify")
     assert f"reached by redirect: {redirector.url}foreign/a -> {hop}" in err.value.message
+
+
+@pytest.mark.parametrize("path", ["nonascii", "spaces"])
+def test_a_location_that_is_no_url_is_an_error(pki: Pki, redirector: Redirector,
+                                               path: str) -> None:
+    with Reader(ca_file=pki.ca, retries=0) as reader, \
+            pytest.raises(OperationalError) as err:
+        reader.stream(f"{redirector.url}{path}/a", max_size=10)
+    assert err.value.exit_code == 1
+    assert err.value.message.startswith(f"{redirector.url}{path}/a redirects (HTTP 302) to ")
+    assert "which is not a valid URL" in err.value.message
+    assert err.value.message.isascii() and err.value.message.isprintable()
 
 
 def test_a_redirect_without_location_is_an_http_error(pki: Pki, redirector: Redirector

@@ -118,8 +118,13 @@ class _Redirect(Exception):
         self.location = location
 
 
+def _shown(url: str) -> str:
+    """A URL an origin sent (a redirect's Location), safe and short in a message."""
+    return clean(url, limit=300, ascii_only=True)
+
+
 def _chain(urls: list[str]) -> str:
-    return " -> ".join(clean(u, limit=300) for u in urls)
+    return " -> ".join(_shown(u) for u in urls)
 
 
 def _via(chain: list[str]) -> str:
@@ -340,10 +345,16 @@ class Reader:
 
     def _check_hop(self, chain: list[str], target: str, status: int) -> None:
         shown = [*chain, target]
+        if not target.isascii() or any(c.isspace() or not c.isprintable() for c in target):
+            # (http.client would refuse it, or fail to encode it, on the next request)
+            raise OperationalError(f"{_shown(chain[-1])} redirects (HTTP {status}) to "
+                                   f"{_shown(target)!r}, which is not a valid URL",
+                                   hint="fix the redirect on the origin (a URL is ASCII, "
+                                        "with spaces and the like %-encoded)")
         parts = urlsplit(target)
         if parts.scheme != "https" and not (parts.scheme == "http" and self.unsafe_http):
             raise VerificationError(
-                f"{clean(chain[-1])} redirects (HTTP {status}) to {clean(target)}, which is "
+                f"{_shown(chain[-1])} redirects (HTTP {status}) to {_shown(target)}, which is "
                 f"not https:// ({_chain(shown)})",
                 hint="iPXE would follow it and fetch the rest of the boot chain without TLS, "
                      "where anyone on the path can answer instead of the origin (a signed "
@@ -351,16 +362,16 @@ class Reader:
                      "choose); make the origin redirect to https:// only",
                 rule="origin-redirect", subject=chain[0])
         if not parts.hostname:
-            raise OperationalError(f"{clean(chain[-1])} redirects (HTTP {status}) to "
-                                   f"{clean(target)!r}, which names no host",
+            raise OperationalError(f"{_shown(chain[-1])} redirects (HTTP {status}) to "
+                                   f"{_shown(target)!r}, which names no host",
                                    hint="fix the redirect on the origin")
         if target in chain:
-            raise OperationalError(f"{clean(chain[0])} redirects in a loop: {_chain(shown)}",
+            raise OperationalError(f"{_shown(chain[0])} redirects in a loop: {_chain(shown)}",
                                    hint="fix the redirects on the origin (iPXE would "
                                         "loop until its download times out)")
         if len(chain) > MAX_REDIRECTS:
             raise OperationalError(
-                f"{clean(chain[0])} redirects more than {MAX_REDIRECTS} times: "
+                f"{_shown(chain[0])} redirects more than {MAX_REDIRECTS} times: "
                 f"{_chain(shown)}", hint="point the origin's redirect at the final location")
 
     def stream(self, url: str, *, max_size: int, hash_names: Iterable[str] = ("sha256",)
