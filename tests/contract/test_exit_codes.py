@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from tests.publish.conftest import Pki
 from trustboot.cli.main import cli
+from trustboot.cms.verify import MAX_SIGNATURE_SIZE
 
 
 @dataclass
@@ -125,6 +126,14 @@ def _publish(s: Scene, origin: str, *extra: str, signer: str = "boot-signer") ->
             "--signer", signer, *extra]
 
 
+def _oversized_served_sig(s: Scene) -> list[str]:
+    result = CliRunner().invoke(cli, _publish(s, f"file://{s.dir}/srv"))
+    assert result.exit_code == 0, result.output
+    with open(s.dir / "srv/releases/r1/boot.ipxe.sig", "ab") as sig:
+        sig.truncate(MAX_SIGNATURE_SIZE + 1)
+    return ["publish", "rollback", f"file://{s.dir}/srv", "r1", "--pki", str(s.pki.dir)]
+
+
 Case = tuple[str, int, Callable[[Scene], list[str]]]
 CASES: list[Case] = [
     # 0: success
@@ -177,6 +186,7 @@ CASES: list[Case] = [
                 *s.allow()]),
     ("publish: local signature by another signer than --signer", 4,
      lambda s: _publish(s, f"file://{s.dir}/srv", signer="other-signer")),
+    ("publish rollback: the origin serves a .sig over iPXE's cap", 4, _oversized_served_sig),
     ("ca check: an edited operation log line", 4, _edited_log),
 ]
 
