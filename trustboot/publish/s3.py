@@ -608,17 +608,25 @@ class S3Origin:
         check_prefix(prefix)
         base = f"{self.prefix}/" if self.prefix else ""
         out: list[str] = []
-        with self._calling(prefix, "listing"):
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=base + prefix)
-            for page in pages:
-                for item in page.get("Contents", []):
-                    key = item["Key"][len(base):]
-                    # not something we wrote (or a lock): never hand it on
-                    if key == LOCK_NAME or key_problem(key):
-                        continue
-                    out.append(key)
+        for page in self._pages(prefix, Prefix=base + prefix):
+            for item in page.get("Contents", []):
+                key = item["Key"][len(base):]
+                # not something we wrote (or a lock): never hand it on
+                if key == LOCK_NAME or key_problem(key):
+                    continue
+                out.append(key)
         return sorted(out)
+
+    def _pages(self, prefix: str, **args: Any) -> Iterator[Any]:
+        """list_objects_v2's pages, each request within its own deadline."""
+        pages = iter(self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, **args))
+        while True:
+            with self._calling(prefix, "listing"):
+                page = next(pages, None)
+            if page is None:
+                return
+            yield page
 
     def list_dirs(self, prefix: str) -> builtins.list[str]:
         check_prefix(prefix)
@@ -626,21 +634,18 @@ class S3Origin:
         level = f"{self.prefix}/" if self.prefix else ""
         level += f"{col}/" if col else ""
         out: list[str] = []
-        with self._calling(prefix, "listing"):
-            # Delimiter '/': the store rolls every key below a "directory" up into one
-            # CommonPrefixes entry, so the pages count directories, not objects
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=level, Delimiter="/")
-            for page in pages:
-                for item in page.get("CommonPrefixes", []):
-                    full = item.get("Prefix", "")
-                    name = full[len(level):-1]
-                    # a store that answers with names outside the prefix, or ones we never
-                    # write: never hand them on
-                    if not full.startswith(level) or not full.endswith("/") or not name \
-                            or "/" in name or key_problem(f"{col}/{name}" if col else name):
-                        continue
-                    out.append(name)
+        # Delimiter '/': the store rolls every key below a "directory" up into one
+        # CommonPrefixes entry, so the pages count directories, not objects
+        for page in self._pages(prefix, Prefix=level, Delimiter="/"):
+            for item in page.get("CommonPrefixes", []):
+                full = item.get("Prefix", "")
+                name = full[len(level):-1]
+                # a store that answers with names outside the prefix, or ones we never
+                # write: never hand them on
+                if not full.startswith(level) or not full.endswith("/") or not name \
+                        or "/" in name or key_problem(f"{col}/{name}" if col else name):
+                    continue
+                out.append(name)
         return sorted(out)
 
     def delete(self, key: str) -> None:
@@ -667,7 +672,9 @@ class S3Origin:
         if src.etag:
             # the object we looked at, not one replaced meanwhile (then the metadata would lie)
             extra["CopySourceIfMatch"] = src.etag
-        with self._calling(dst_key, f"server-side copy from {src_key}"):
+        # the store copies before it answers (AWS sends whitespace meanwhile): the budget
+        # counts the object, as an upload's does
+        with self._calling(dst_key, f"server-side copy from {src_key}", size=src.size):
             self.client.copy_object(CopySource={"Bucket": self.bucket,
                                                 "Key": self._full(src_key)},
                                     MetadataDirective="REPLACE", CacheControl="no-cache",
