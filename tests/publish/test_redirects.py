@@ -78,6 +78,7 @@ def redirector(pki: Pki, nginx_origin: Nginx, tmp_path_factory: pytest.TempPathF
         location ~ ^/r301/(.*)$ {{ return 301 /files/$1; }}
         location ~ ^/r302/(.*)$ {{ return 302 /files/$1; }}
         location ~ ^/r307/(.*)$ {{ return 307 /files/$1; }}
+        location ~ ^/r404/(.*)$ {{ add_header Location /files/$1 always; return 404; }}
         location ~ ^/relative/(.*)$ {{ absolute_redirect off; return 302 ../files/$1; }}
         location ~ ^/other/(.*)$ {{ return 302 {nginx_origin.url}$1; }}
         location ~ ^/twice/(.*)$ {{ return 302 /other/$1; }}
@@ -121,7 +122,7 @@ def served(redirector: Redirector, nginx: Nginx) -> str:
     return hashlib.sha256(BODY).hexdigest()
 
 
-@pytest.mark.parametrize("path", ["r301", "r302", "r307", "relative", "hop1",
+@pytest.mark.parametrize("path", ["r301", "r302", "r307", "r404", "relative", "hop1",
                                   f"hop{MAX_REDIRECTS}"])
 def test_follows_a_redirect_on_the_same_origin(pki: Pki, redirector: Redirector,
                                                served: str, path: str) -> None:

@@ -57,9 +57,10 @@ from trustboot.text import clean
 
 CHUNK = 1 << 20
 
-# Redirects followed before the read-back gives up. iPXE follows the Location of any 3xx
-# answer with no limit of its own (src/net/tcp/httpcore.c, http_transfer_complete); a
-# CDN or a moved path needs one or two hops, a longer chain is a misconfigured origin.
+# Redirects followed before the read-back gives up. iPXE follows the Location of any
+# answer that is not a 2xx (a 3xx, or even a 404 with one), with no limit of its own
+# (src/net/tcp/httpcore.c, http_transfer_complete); a CDN or a moved path needs one or
+# two hops, a longer chain is a misconfigured origin.
 MAX_REDIRECTS = 5
 
 T = TypeVar("T")
@@ -110,7 +111,7 @@ class Served:
 
 
 class _Redirect(Exception):
-    """A 3xx answer with a Location (the chain is followed by ``Reader._following``)."""
+    """A non-2xx answer with a Location (followed by ``Reader._following``)."""
 
     def __init__(self, status: int, location: str) -> None:
         super().__init__(f"HTTP {status} to {location}")
@@ -276,7 +277,9 @@ class Reader:
         try:
             response = self._send(conn, target, scheme, host, port)
             location = response.getheader("location")
-            if 300 <= response.status < 400 and location:
+            if location and not 200 <= response.status < 300:
+                # as iPXE: a Location is followed on any answer but a success, not only
+                # on a 3xx (httpcore.c, http_transfer_complete)
                 raise _Redirect(response.status, location)
             if response.status != 200:
                 answer = response.read(64 << 10)
@@ -317,7 +320,8 @@ class Reader:
 
     def _following(self, url: str, get: Callable[[str, float], T]) -> T:
         """``get(hop_url, chain_deadline)`` along the redirects from ``url``, as iPXE
-        follows them: any 3xx with a Location, resolved against the URL that answered.
+        follows them: any answer but a 2xx that has a Location (a 3xx, but also a 404
+        with one), resolved against the URL that answered.
         What is judged is what the last URL serves. Every hop is TLS-verified with the
         same roots and has its own deadline; the chain ends by ``chain_deadline`` (one
         request's budget plus ``timeout`` per hop). A hop that leaves https (iPXE would
