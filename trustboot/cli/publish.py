@@ -86,7 +86,8 @@ def origin_access_options(func: F) -> F:
         click.option("--endpoint-url", metavar="URL", help="S3 endpoint (https://...)."),
         click.option("--public-url", metavar="URL",
                      help="HTTPS base URL clients fetch from (default for https:// origins: "
-                          "the origin URL)."),
+                          "the origin URL). The read-back follows its redirects as iPXE "
+                          "does (at most 5 hops, https:// only)."),
         click.option("--no-public-read", "no_public_read", is_flag=True,
                      help="s3:// only: do not give objects the public-read ACL (a bucket "
                           "policy or a CDN with origin access serves them; the read-back "
