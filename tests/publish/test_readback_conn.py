@@ -85,3 +85,45 @@ def test_an_origin_trickling_its_answer_is_given_up_on(how: str) -> None:
                 reader.stream(url, max_size=100_000)
         # budget: timeout + max_size / min_rate = 3 s, never retried
         assert time.monotonic() - started < 6
+
+
+class _SlowRedirects(http.server.BaseHTTPRequestHandler):
+    """/hopN redirects to /hopN-1, each answer trickled over 2 s; /hop0 is the object."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        n = int(self.path.removeprefix("/hop"))
+        if n == 0:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(BODY)))
+            self.end_headers()
+            self.wfile.write(BODY)
+            return
+        answer = (f"HTTP/1.1 302 Found\r\nLocation: /hop{n - 1}\r\n"
+                  "Content-Length: 0\r\n\r\n").encode()
+        try:
+            for byte in answer:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(2.0 / len(answer))
+        except OSError:
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_redirect_chain_has_a_total_deadline() -> None:
+    """Each hop answers within its own deadline (timeout + max_size / min_rate = 4 s),
+    but the chain gets one request's budget plus ``timeout`` per hop: the fifth hop of
+    2 s each is cut at about 6 s, not let run to 10 s and more."""
+    with http_server(_SlowRedirects) as base, Reader(
+            unsafe_http=True, unsafe_no_verify=True, retries=0, timeout=1.0,
+            min_rate=50_000) as reader:
+        assert reader.stream(base + "hop1", max_size=150_000).size == len(BODY)
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="too slowly"):
+            reader.stream(base + "hop5", max_size=150_000)
+        took = time.monotonic() - started
+    assert 5 < took < 8, took
