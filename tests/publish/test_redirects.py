@@ -80,7 +80,7 @@ def redirector(pki: Pki, nginx_origin: Nginx, tmp_path_factory: pytest.TempPathF
         location ~ ^/r307/(.*)$ {{ return 307 /files/$1; }}
         location ~ ^/r404/(.*)$ {{ add_header Location /files/$1 always; return 404; }}
         location ~ ^/relative/(.*)$ {{ absolute_redirect off; return 302 ../files/$1; }}
-        location ~ ^/other/(.*)$ {{ return 302 {nginx_origin.url}$1; }}
+        location ~ ^/other/(.*)$ {{ return 302 https://$host:{nginx_origin.port}/$1; }}
         location ~ ^/twice/(.*)$ {{ return 302 /other/$1; }}
         location ~ ^/loop/(.*)$ {{ return 302 /loop2/$1; }}
         location ~ ^/loop2/(.*)$ {{ return 302 /loop/$1; }}
@@ -240,3 +240,35 @@ def test_publish_reads_back_through_a_redirecting_public_url(
     res = publish(pki, r, nginx.url, "r2", "--public-url", redirector.url + "plain/")
     assert res.exit_code == 4, res.output
     assert "not https://" in res.output
+
+
+@pytest.mark.ipxe
+@pytest.mark.slow
+def test_real_ipxe_boots_through_the_redirect_the_readback_followed(
+        pki: Pki, redirector: Redirector, nginx: Nginx, make_release: ReleaseFactory,
+        tmp_path: Path) -> None:
+    """What the read-back accepted, real iPXE boots: its chain URL on the redirector
+    answers 302 to the WebDAV origin (from the guest, 10.0.2.2 is the host). A redirect to
+    a server whose certificate is from another CA: the read-back refuses it, and so does
+    iPXE (the marker never appears)."""
+    from tests.ipxe_qemu import DONE_MARKER, boot, chain_firmware, ipxe_src_or_skip
+
+    src = ipxe_src_or_skip()
+    entry = f"#!ipxe\necho MARKER-REDIRECTED\necho {DONE_MARKER}\n".encode()
+    r = make_release({"boot.ipxe": entry})
+    res = publish(pki, r, nginx.url, "r1", "--public-url", redirector.url + "other/")
+    assert res.exit_code == 0, res.output
+    guest = redirector.url.replace("127.0.0.1", "10.0.2.2")
+    stops = (DONE_MARKER, "Could not", "stopping")
+    lkrn = chain_firmware(src, pki.dir, f"{guest}other/boot.ipxe", tmp_path / "fw")
+    console = boot(lkrn, {}, "#!ipxe\n", restrict=False, stop_on=stops, timeout=150)
+    assert "MARKER-REDIRECTED" in console, console
+
+    for name in ("boot.ipxe", "boot.ipxe.sig"):
+        (redirector.root / name).write_bytes((r / name).read_bytes())
+    with Reader(ca_file=pki.ca, retries=0) as reader, pytest.raises(VerificationError):
+        reader.stream(f"{redirector.url}foreign/boot.ipxe", max_size=1 << 20)
+    lkrn = chain_firmware(src, pki.dir, f"{guest}foreign/boot.ipxe", tmp_path / "fw2")
+    console = boot(lkrn, {}, "#!ipxe\n", restrict=False, stop_on=stops, timeout=150)
+    assert "MARKER-REDIRECTED" not in console, console
+    assert "Could not" in console or "stopping" in console, console
