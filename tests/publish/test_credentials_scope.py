@@ -95,3 +95,58 @@ def test_bound_credentials_reach_their_origin_and_no_other(
     res = _publish(pki, release, nginx.url, f"{nginx.url} alice:s3cret")
     assert res.exit_code == 0, res.output
     assert (nginx.root / "boot.ipxe").read_bytes() == b"#!ipxe\necho scoped\n"
+
+
+@pytest.mark.parametrize("below", [
+    "..%2fother/",      # nginx decodes %2F, then resolves the dot segment: /other/
+    "%2e%2e%2Fother/",
+    "..;/other/",       # servlet containers drop ;params before resolving
+    "..%5cother/",      # a backslash is a separator to some servers
+    "%252e%252e/other/",  # decoded twice by a proxy in front
+])
+def test_encoded_separators_below_the_binding_are_not_covered(below: str) -> None:
+    assert not credentials_cover("https://dav.example.net/boot/",
+                                 f"https://dav.example.net/boot/{below}")
+
+
+@pytest.mark.parametrize("url", [
+    "https://dav.example.net:443:80/boot/",           # two ports
+    "https://dav.example.net:99999/boot/",            # port out of range
+    "https://[zz/boot/",                              # broken IPv6 literal
+    "https://dav.example.net\uff0fevil.net/boot/",    # fullwidth '/' (NFKC)
+])
+def test_a_hostile_origin_url_is_a_config_error_not_a_crash(url: str) -> None:
+    bound = parse_credentials("https://dav.example.net/boot/ alice:s3cret", "env X")
+    for creds in (bound, None):
+        res = CliRunner().invoke(cli, ["publish", "list", url, "--ca-file", __file__]
+                                 + (["--credentials-env", "TB_C"] if creds else []),
+                                 env={"TB_C": "https://dav.example.net/boot/ alice:s3cret"})
+        assert res.exit_code == 3, res.output
+        assert "s3cret" not in res.output and "internal error" not in res.output
+
+
+@pytest.mark.parametrize("text", [
+    "https://dav.example.net\uff0fx/ alice:s3cret",
+    "https://[zz/ alice:s3cret",
+])
+def test_a_hostile_binding_is_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError, match="bound to") as err:
+        parse_credentials(text, "env X")
+    assert "s3cret" not in str(err.value)
+
+
+def test_an_encoded_dot_segment_cannot_carry_bound_credentials_out_of_their_path(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """nginx decodes %2F and then resolves the '..' it makes: /boot/..%2fother/ is
+    /other/. Credentials bound to /boot/ must not be sent there (no request at all)."""
+    release = make_release({"boot.ipxe": b"#!ipxe\necho escaped\n"})
+    (nginx.root / "boot").mkdir()
+    (nginx.root / "other").mkdir()
+    log = nginx.base / "access.log"
+    before = log.read_bytes() if log.exists() else b""
+    res = _publish(pki, release, f"{nginx.url}boot/..%2fother/",
+                   f"{nginx.url}boot/ alice:s3cret")
+    assert res.exit_code == 3, res.output
+    assert "bound to origin" in res.output and "s3cret" not in res.output
+    assert (log.read_bytes() if log.exists() else b"") == before
+    assert not (nginx.root / "other" / "boot.ipxe").exists()

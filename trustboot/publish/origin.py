@@ -36,7 +36,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from trustboot.errors import ConfigError, OperationalError
 
@@ -270,9 +270,14 @@ def join_key(*parts: str) -> str:
 
 def redact_url(url: str) -> str:
     """``url`` without any user:password@ part (URLs are shown in messages and manifests)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:  # malformed: drop everything up to the last '@' (a secret may
+        scheme, sep, rest = url.partition("://")  # hold '/', so not only the netloc's)
+        return scheme + sep + rest.rpartition("@")[2]
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
@@ -340,18 +345,17 @@ def parse_credentials(text: str, source: str) -> Credentials:
 
 
 def _check_scope(url: str, source: str) -> str:
-    parts = urlsplit(url)
+    bad = ConfigError(
+        f"credentials from {source} are bound to {redact_url(url)!r}, which is not an "
+        "origin URL", hint="write the origin's URL (scheme, host, path; nothing after "
+        "? or #, no user@), a space, then the secret")
+    try:
+        parts = split_url(url, "the binding")
+    except ConfigError:
+        raise bad from None
     if (not parts.hostname or parts.username is not None or parts.password is not None
             or parts.query or parts.fragment):
-        raise ConfigError(
-            f"credentials from {source} are bound to {redact_url(url)!r}, which is not an "
-            "origin URL", hint="write the origin's URL (scheme, host, path; nothing after "
-            "? or #, no user@), a space, then the secret")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ConfigError(f"credentials from {source} are bound to a URL with a bad "
-                          "port") from None
+        raise bad
     return url
 
 
@@ -370,6 +374,20 @@ def _parse_secret(value: str, source: str) -> Credentials:
     return Credentials("basic", password, username=user, source=source)
 
 
+def split_url(url: str, what: str) -> SplitResult:
+    """``urlsplit(url)`` with its host and port checked: a malformed URL (a broken IPv6
+    literal, two ports, a port out of range, characters that NFKC turns into '/', '?',
+    '#' or '@') is a ConfigError naming ``what``, not a ValueError from deep inside."""
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018 - each raises ValueError on a malformed URL
+        parts.port  # noqa: B018
+    except ValueError as exc:
+        raise ConfigError(f"{what} is not a valid URL: {exc}",
+                          hint="check the host and the port") from None
+    return parts
+
+
 def _origin_parts(url: str) -> tuple[str, str, list[str]]:
     """(scheme, host[:port] with the default port made explicit, path segments)."""
     parts = urlsplit(url)
@@ -379,16 +397,28 @@ def _origin_parts(url: str) -> tuple[str, str, list[str]]:
     return scheme, f"{host}:{port}" if port else host, [s for s in parts.path.split("/") if s]
 
 
+def _escapes(segment: str) -> bool:
+    """True when a server may read ``segment`` as more than one plain name: a dot
+    segment, also percent-encoded or before ';params' (servlet containers drop those),
+    or one holding an encoded '/' or '\\' (nginx decodes %2F, then resolves the '..' it
+    makes) or a '%' still after decoding (a proxy in front may decode twice)."""
+    decoded = unquote(segment)
+    return decoded.split(";", 1)[0] in (".", "..", "") or any(c in decoded for c in "/\\%")
+
+
 def credentials_cover(scope: str, url: str) -> bool:
     """True when credentials bound to ``scope`` may go to origin ``url``: same scheme and
     host (and port), and the origin's path is the scope's path or below it."""
-    s_scheme, s_host, s_path = _origin_parts(scope)
-    u_scheme, u_host, u_path = _origin_parts(url)
-    # "boot/../elsewhere" starts with "boot" but is not below it: dot segments (also
-    # percent-encoded ones, which servers decode) never count as covered
-    if any(unquote(seg) in (".", "..") for seg in u_path):
+    try:
+        s_scheme, s_host, s_path = _origin_parts(scope)
+        u_scheme, u_host, u_path = _origin_parts(url)
+        parts = urlsplit(url)
+    except ValueError:
+        return False  # a malformed URL covers nothing
+    # "boot/../elsewhere" starts with "boot" but is not below it: no segment a server
+    # could resolve to somewhere else counts as covered
+    if any(_escapes(seg) for seg in u_path):
         return False
-    parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
         return False  # a user@ part (parsers disagree on such URLs): never covered
     return (s_scheme, s_host) == (u_scheme, u_host) and u_path[:len(s_path)] == s_path
@@ -440,7 +470,7 @@ def open_origin(url: str, options: OriginOptions) -> Origin:
     """The backend for ``url`` by scheme; plain http:// only with ``unsafe_http``."""
     if not isinstance(url, str) or not url or any(ord(c) < 0x21 for c in url):
         raise ConfigError(f"origin URL {url!r} is empty or holds whitespace/control characters")
-    scheme = urlsplit(url).scheme.lower()
+    scheme = split_url(url, f"origin {redact_url(url)!r}").scheme.lower()
     if scheme not in _BACKENDS:
         raise ConfigError(
             f"origin {redact_url(url)!r} has an unsupported scheme {scheme or '(none)'!r}",

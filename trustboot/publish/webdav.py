@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 import httpx
 
@@ -94,6 +94,17 @@ def _responses(data: bytes) -> Iterator[tuple[str, bool, ET.Element]]:
     for response in _parse(data).iter(f"{DAV}response"):
         href = response.findtext(f"{DAV}href") or ""
         yield href, response.find(f".//{DAV}resourcetype/{DAV}collection") is not None, response
+
+
+def _split_href(href: str) -> SplitResult | None:
+    """``href`` split, or None when no URL parser would take it (a hostile server's broken
+    IPv6 literal, two ports, a fullwidth '/'): a name that is not a URL is not ours."""
+    try:
+        parts = urlsplit(href)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return None
+    return parts
 
 
 def _parse(data: bytes) -> ET.Element:
@@ -275,7 +286,8 @@ class WebDAVOrigin(StagesUploads):
         now = time.time()
         removed = []
         for href, is_col, modified in parse_modified(r.content):
-            name = unquote(urlsplit(href).path).rstrip("/").rpartition("/")[2]
+            parts = _split_href(href)
+            name = unquote(parts.path).rstrip("/").rpartition("/")[2] if parts else ""
             if not _TEMP_NAME.fullmatch(name) or key_problem(name):
                 continue
             if modified is None or now - modified < older_than:
@@ -463,8 +475,8 @@ class WebDAVOrigin(StagesUploads):
             return []
         out = []
         for href, is_col, _size, _etag in parse_multistatus(r.content):
-            parts = urlsplit(href)
-            if parts.netloc and parts.netloc != self._netloc:
+            parts = _split_href(href)
+            if parts is None or (parts.netloc and parts.netloc != self._netloc):
                 continue  # another server's name: not ours to list
             rel = unquote(parts.path)
             if not rel.startswith(self.base_path):
