@@ -114,6 +114,7 @@ def test_encoded_separators_below_the_binding_are_not_covered(below: str) -> Non
     "https://dav.example.net:99999/boot/",            # port out of range
     "https://[zz/boot/",                              # broken IPv6 literal
     "https://dav.example.net\uff0fevil.net/boot/",    # fullwidth '/' (NFKC)
+    "https://u:s3cret@dav.example.net\uff0fx/boot/",  # ... after a user:password@
 ])
 def test_a_hostile_origin_url_is_a_config_error_not_a_crash(url: str) -> None:
     bound = parse_credentials("https://dav.example.net/boot/ alice:s3cret", "env X")

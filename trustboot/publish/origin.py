@@ -383,7 +383,9 @@ def split_url(url: str, what: str) -> SplitResult:
         parts.hostname  # noqa: B018 - each raises ValueError on a malformed URL
         parts.port  # noqa: B018
     except ValueError as exc:
-        raise ConfigError(f"{what} is not a valid URL: {exc}",
+        # the parser's text quotes the netloc, which may hold a user:password@
+        reason = "a malformed host or port" if "@" in url else str(exc)
+        raise ConfigError(f"{what} is not a valid URL: {reason}",
                           hint="check the host and the port") from None
     return parts
 
