@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from trustboot.errors import OperationalError, TrustbootError
+from trustboot.text import clean
 
 LOCK_STALE_AFTER = 6 * 3600.0
 
@@ -62,8 +63,10 @@ def describe_lock(record: object) -> str:
         return "an unknown process"
     when = record.get("time")
     age = f", {int(time.time() - when)} s ago" if isinstance(when, int | float) else ""
-    return (f"{record.get('owner', '?')!s} (pid {record.get('pid', '?')!s} on "
-            f"{record.get('host', '?')!s}{age})")
+    # the record is the origin's text: escaped, so it cannot drive the terminal
+    owner, pid, host = (clean(str(record.get(k, "?")), limit=200)
+                        for k in ("owner", "pid", "host"))
+    return f"{owner} (pid {pid} on {host}{age})"
 
 
 @contextlib.contextmanager
