@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from trustboot.text import clean
+from trustboot.text import clean_lines
 
 
 class ExitCode(IntEnum):
@@ -35,9 +35,9 @@ class TrustbootError(Exception):
         """The terminal's text. A message may quote what an origin, a certificate or a
         file wrote: each line is escaped (``trustboot.text.clean``), so no control or bidi
         character in it reaches the terminal; the lines a message is written in stay."""
-        text = "error: " + _clean_lines(self.message)
+        text = "error: " + clean_lines(self.message)
         if self.hint:
-            text += "\n  hint: " + _clean_lines(self.hint)
+            text += "\n  hint: " + clean_lines(self.hint)
         return text
 
     def to_json(self) -> dict[str, object]:
@@ -94,6 +94,3 @@ class AuditFindingsError(TrustbootError):
 
     exit_code = ExitCode.AUDIT_FINDINGS
 
-
-def _clean_lines(text: str) -> str:
-    return "\n".join(clean(line) for line in text.split("\n"))
