@@ -3,11 +3,15 @@ ever sent to that origin, so a changed recipe or option cannot send it elsewhere
 
 from __future__ import annotations
 
+import http.server
+import os
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner, Result
 
+from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
 from trustboot.publish.origin import (
@@ -15,7 +19,7 @@ from trustboot.publish.origin import (
     parse_credentials,
 )
 
-from .conftest import Nginx, Pki, ReleaseFactory
+from .conftest import Nginx, Pki, ReleaseFactory, http_server
 
 
 def test_a_leading_origin_url_binds_basic_and_bearer_credentials() -> None:
@@ -151,3 +155,65 @@ def test_an_encoded_dot_segment_cannot_carry_bound_credentials_out_of_their_path
     assert "bound to origin" in res.output and "s3cret" not in res.output
     assert (log.read_bytes() if log.exists() else b"") == before
     assert not (nginx.root / "other" / "boot.ipxe").exists()
+
+
+def test_an_s3_binding_may_name_its_endpoint() -> None:
+    c = parse_credentials("s3://boot/prod https://rgw.example.net:8443 AKID:s3cret", "env X")
+    assert (c.scope, c.endpoint, c.username, c.secret) == (
+        "s3://boot/prod", "https://rgw.example.net:8443", "AKID", "s3cret")
+    for text in ("https://dav.example.net/ https://rgw.example.net alice:s3cret",
+                 "s3://boot/prod https://rgw.example.net/path AKID:s3cret",
+                 "s3://boot/prod https://u:p@rgw.example.net AKID:s3cret"):
+        with pytest.raises(ConfigError) as err:
+            parse_credentials(text, "env X")
+        assert "s3cret" not in str(err.value)
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A server a changed --endpoint-url points at: records every request's headers."""
+
+    seen: ClassVar[list[str]] = []
+
+    def _any(self) -> None:
+        self.seen.append(str(self.headers))
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = do_PUT = do_DELETE = _any
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_s3_credentials_are_not_signed_for_another_endpoint(pki: Pki) -> None:
+    """The s3:// URL is the binding, but the requests go to the endpoint, signed with
+    the key: a recipe or option pointing --endpoint-url elsewhere got signed requests
+    (replayable against the real store while they are fresh). Now nothing is sent."""
+    _Recorder.seen.clear()
+    with http_server(_Recorder) as url:
+        for creds in ("s3://boot/prod AKIDTEST:s3cret",
+                      "s3://boot/prod https://rgw.example.net AKIDTEST:s3cret"):
+            res = CliRunner().invoke(cli, [
+                "publish", "list", "s3://boot/prod", "--endpoint-url", url.rstrip("/"),
+                "--unsafe-http", "--ca-file", str(pki.ca), "--credentials-env", "TB_C"],
+                env={"TB_C": creds})
+            assert res.exit_code == 3, res.output
+            assert "not at http://127.0.0.1" in res.output and "s3cret" not in res.output
+    assert _Recorder.seen == []
+
+
+def test_an_s3_binding_with_its_endpoint_reaches_the_store(rgw: RGW) -> None:  # noqa: F811
+    """On the real RGW: bound to the bucket and this endpoint, the listing works; the
+    same binding without the endpoint (the default one) is refused before a request."""
+    bucket = f"tb-scope-{os.getpid()}"
+    rgw.client().create_bucket(Bucket=bucket)
+    args = ["publish", "list", f"s3://{bucket}/prod", "--endpoint-url", rgw.endpoint,
+            "--ca-file", str(rgw.ca_file), "--credentials-env", "TB_C", "--json"]
+    secret = f"{rgw.access_key}:{rgw.secret_key}"
+    res = CliRunner().invoke(cli, args, env={"TB_C": f"s3://{bucket}/prod {rgw.endpoint} "
+                                                     f"{secret}"})
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, args, env={"TB_C": f"s3://{bucket}/prod {secret}"})
+    assert res.exit_code == 3 and "the default S3 endpoint" in res.output, res.output
+    assert rgw.secret_key not in res.output

@@ -74,10 +74,14 @@ class Credentials:
     # open_origin refuses any other origin, so a changed recipe or option cannot send
     # them elsewhere. None: unbound (usable with any origin).
     scope: str | None = None
+    # An s3:// binding's S3 endpoint (the URL after the binding: "s3://b/p https://rgw
+    # KEY:SECRET"): the requests they sign go to the endpoint, not to the s3:// URL, so
+    # a binding without one covers only the default endpoint (no --endpoint-url).
+    endpoint: str | None = None
 
     def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
         return (f"Credentials(scheme={self.scheme!r}, source={self.source!r}, "
-                f"scope={self.scope!r})")
+                f"scope={self.scope!r}, endpoint={self.endpoint!r})")
 
 
 @dataclass(frozen=True)
@@ -322,7 +326,9 @@ def _read_secret_file(path: Path) -> bytes:
 
 
 # "ORIGIN_URL " before the secret binds it to that origin (see Credentials.scope).
-_SCOPED = re.compile(r"((?:https?|s3)://[^ ]+) +([^ ].*)", re.IGNORECASE)
+# For s3:// the S3 endpoint may follow it ("s3://boot/prod https://rgw.example KEY:SECRET").
+_SCOPED = re.compile(r"((?:https?|s3)://[^ ]+) +(?:(https?://[^ ]+) +)?([^ ].*)",
+                     re.IGNORECASE)
 
 
 def parse_credentials(text: str, source: str) -> Credentials:
@@ -335,13 +341,20 @@ def parse_credentials(text: str, source: str) -> Credentials:
                           hint="write 'user:password' for basic auth or 'bearer:TOKEN'")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise ConfigError(f"credentials from {source} hold control characters")
-    scope = None
+    scope = endpoint = None
     scoped = _SCOPED.fullmatch(value)
     if scoped is not None:
-        scope, value = _check_scope(scoped.group(1), source), scoped.group(2)
+        scope, value = _check_scope(scoped.group(1), source), scoped.group(3)
+        if scoped.group(2) is not None:
+            endpoint = _check_scope(scoped.group(2), source)
+            if urlsplit(scope).scheme.lower() != "s3" or urlsplit(endpoint).path not in ("", "/"):
+                raise ConfigError(
+                    f"credentials from {source}: only an s3:// binding is followed by an "
+                    "endpoint, and that is scheme://host[:port] only",
+                    hint="write 's3://BUCKET/PREFIX https://ENDPOINT KEY_ID:SECRET'")
     creds = _parse_secret(value, source)
     return Credentials(creds.scheme, creds.secret, username=creds.username, source=source,
-                       scope=scope)
+                       scope=scope, endpoint=endpoint)
 
 
 def _check_scope(url: str, source: str) -> str:
@@ -426,9 +439,34 @@ def credentials_cover(scope: str, url: str) -> bool:
     return (s_scheme, s_host) == (u_scheme, u_host) and u_path[:len(s_path)] == s_path
 
 
-def check_credentials_scope(url: str, creds: Credentials | None) -> None:
-    """Refuse credentials bound to another origin than ``url`` (before any request)."""
-    if creds is None or creds.scope is None or credentials_cover(creds.scope, url):
+def _endpoint_of(endpoint: str | None) -> tuple[str, str] | None:
+    if endpoint is None:
+        return None
+    scheme, host, _path = _origin_parts(endpoint)
+    return scheme, host
+
+
+def check_credentials_scope(url: str, creds: Credentials | None, *,
+                            endpoint: str | None = None) -> None:
+    """Refuse credentials bound to another origin than ``url`` (before any request);
+    for s3://, also to another S3 endpoint than ``endpoint`` (None: the default)."""
+    if creds is None or creds.scope is None:
+        return
+    if credentials_cover(creds.scope, url) and urlsplit(url).scheme.lower() == "s3":
+        try:
+            same = _endpoint_of(creds.endpoint) == _endpoint_of(endpoint)
+        except ValueError:
+            same = False
+        if same:
+            return
+        raise ConfigError(
+            f"credentials from {creds.source} are bound to {creds.scope} at "
+            f"{redact_url(creds.endpoint) if creds.endpoint else 'the default S3 endpoint'}"
+            f", not at {redact_url(endpoint) if endpoint else 'the default S3 endpoint'}",
+            hint="check the endpoint (a changed recipe or option must not have the store's "
+                 "requests signed for another server), or bind them to this one: "
+                 f"'{creds.scope} {endpoint or 'https://ENDPOINT'} KEY_ID:SECRET'")
+    if credentials_cover(creds.scope, url):
         return
     raise ConfigError(
         f"credentials from {creds.source} are bound to origin {redact_url(creds.scope)}, "
@@ -481,7 +519,7 @@ def open_origin(url: str, options: OriginOptions) -> Origin:
         raise ConfigError(
             f"origin {redact_url(url)} is plain HTTP: anyone on the path could change what "
             "is published", hint="use https://, or pass --unsafe-http if you really must")
-    check_credentials_scope(url, options.credentials)
+    check_credentials_scope(url, options.credentials, endpoint=options.endpoint_url)
     module_name, _, cls_name = _BACKENDS[scheme].partition(":")
     try:
         module = importlib.import_module(module_name)
