@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -118,6 +119,38 @@ def test_lock_is_exclusive_and_stale_locks_are_broken(tmp_path: Path) -> None:
         with origin.lock("third"):
             assert "third" in (tmp_path / ".trustboot-publish.lock").read_text()
         assert not (tmp_path / ".trustboot-publish.lock").exists()
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+def test_a_planted_lock_is_neither_followed_nor_waited_on(tmp_path: Path,
+                                                         planted: str) -> None:
+    """Someone who can write the origin directory puts a link or a FIFO where the lock
+    goes: the link was followed into a crash (exit 70), the FIFO hung the publish for
+    good. Neither is a lock trustboot writes: it is moved aside and the lock taken."""
+    lock = tmp_path / ".trustboot-publish.lock"
+    target = tmp_path / "elsewhere"
+    target.write_text("not a lock")
+    if planted == "symlink":
+        lock.symlink_to(target)
+    else:
+        os.mkfifo(lock)
+    result: list[object] = []
+
+    def take() -> None:
+        try:
+            with FileOrigin(f"file://{tmp_path}", OriginOptions()) as origin, \
+                    origin.lock("me"):
+                result.append(json.loads(lock.read_text())["owner"])
+        except BaseException as exc:  # handed to the test
+            result.append(exc)
+
+    worker = threading.Thread(target=take, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the lock waited on a FIFO"
+    assert result == ["me"]
+    assert target.read_text() == "not a lock"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
 
 
 def test_origin_registry(tmp_path: Path) -> None:
