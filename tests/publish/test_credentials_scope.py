@@ -217,3 +217,12 @@ def test_an_s3_binding_with_its_endpoint_reaches_the_store(rgw: RGW) -> None:  #
     res = CliRunner().invoke(cli, args, env={"TB_C": f"s3://{bucket}/prod {secret}"})
     assert res.exit_code == 3 and "the default S3 endpoint" in res.output, res.output
     assert rgw.secret_key not in res.output
+
+
+@pytest.mark.parametrize("url", ["https://dav.example.net:443:80/boot.ipxe",
+                                 "https://[zz/boot.ipxe",
+                                 "https://u:s3cret@dav.example.net\uff0fx/boot.ipxe"])
+def test_origin_check_of_a_malformed_url_is_a_config_error(pki: Pki, url: str) -> None:
+    res = CliRunner().invoke(cli, ["origin", "check", url, "--pki", str(pki.dir)])
+    assert res.exit_code == 3, res.output
+    assert "not a valid URL" in res.output and "s3cret" not in res.output
