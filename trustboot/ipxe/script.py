@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from trustboot.errors import ConfigError
 from trustboot.ipxe.lint import Finding, lint_script
 from trustboot.ipxe.syntax import check_word, check_words
-from trustboot.publish.origin import split_url
+from trustboot.publish.origin import redact_url, split_url
 
 __all__ = [
     "FAILED_LABEL", "HALT_LABEL", "MAGIC", "ON_FAILURE", "ChainScript", "Finding",
@@ -159,7 +159,7 @@ class ChainScript:
 def check_https_url(url: str, option: str) -> str:
     """``url`` if it is an https:// URL with a host that can be one script word."""
     check_word(url, option)
-    parts = split_url(url, f"{option} {url!r}")
+    parts = split_url(url, f"{option} {redact_url(url)!r}")
     if parts.scheme != "https":
         raise ConfigError(
             f"{option} {url!r} is not an https:// URL",

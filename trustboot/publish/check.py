@@ -20,7 +20,7 @@ from cryptography import x509
 from trustboot.cms.freshness import replay_window
 from trustboot.errors import ConfigError, TrustbootError
 from trustboot.publish.http import tls_context
-from trustboot.publish.origin import split_url
+from trustboot.publish.origin import redact_url, split_url
 from trustboot.publish.readback import Reader, Trust
 
 MAX_ENTRY = 16 << 20
@@ -72,7 +72,7 @@ def _peer_chain(tls: ssl.SSLSocket) -> list[bytes]:
 
 def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.datetime,
                  warn_days: int = 30, timeout: float = 10.0) -> CheckReport:
-    parts = split_url(url, repr(url))
+    parts = split_url(url, repr(redact_url(url)))
     if parts.scheme != "https" or not parts.hostname:
         raise ConfigError(f"{url!r} is not an https:// URL",
                           hint="iPXE fetches its entry script over https://")
