@@ -31,6 +31,7 @@ import os
 import re
 import stat
 import threading
+import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -416,8 +417,9 @@ def _escapes(segment: str) -> bool:
     """True when a server may read ``segment`` as more than one plain name: a dot
     segment, also percent-encoded or before ';params' (servlet containers drop those),
     or one holding an encoded '/' or '\\' (nginx decodes %2F, then resolves the '..' it
-    makes) or a '%' still after decoding (a proxy in front may decode twice)."""
-    decoded = unquote(segment)
+    makes) or a '%' still after decoding (a proxy in front may decode twice); also
+    after NFKC (some servers fold a fullwidth '．' or '／' into '.' and '/')."""
+    decoded = unicodedata.normalize("NFKC", unquote(segment))
     return decoded.split(";", 1)[0] in (".", "..", "") or any(c in decoded for c in "/\\%")
 
 
