@@ -107,7 +107,7 @@ def test_bound_credentials_reach_their_origin_and_no_other(
     "..;/other/",       # servlet containers drop ;params before resolving
     "..%5cother/",      # a backslash is a separator to some servers
     "%252e%252e/other/",  # decoded twice by a proxy in front
-    "%EF%BC%8E%EF%BC%8E/other/",  # fullwidth '．．', folded by NFKC-normalising servers
+    "%EF%BC%8E%EF%BC%8E/other/",  # fullwidth full stops: NFKC folds them
     "\uff0e\uff0e/other/",
 ])
 def test_encoded_separators_below_the_binding_are_not_covered(below: str) -> None:

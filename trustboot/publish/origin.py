@@ -418,7 +418,7 @@ def _escapes(segment: str) -> bool:
     segment, also percent-encoded or before ';params' (servlet containers drop those),
     or one holding an encoded '/' or '\\' (nginx decodes %2F, then resolves the '..' it
     makes) or a '%' still after decoding (a proxy in front may decode twice); also
-    after NFKC (some servers fold a fullwidth '．' or '／' into '.' and '/')."""
+    after NFKC (some servers fold a fullwidth full stop or solidus into '.' and '/')."""
     decoded = unicodedata.normalize("NFKC", unquote(segment))
     return decoded.split(";", 1)[0] in (".", "..", "") or any(c in decoded for c in "/\\%")
 
