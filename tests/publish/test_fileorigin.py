@@ -153,6 +153,18 @@ def test_a_planted_lock_is_neither_followed_nor_waited_on(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
 
 
+@pytest.mark.parametrize("when", ["Infinity", "NaN", "1e400"])
+def test_a_lock_record_with_a_time_that_is_no_number_is_stale(tmp_path: Path,
+                                                              when: str) -> None:
+    """JSON's Infinity/NaN (which Python's parser accepts) in a planted lock's time ended
+    the run in an internal error (exit 70) while it was described; such a record is not
+    one trustboot writes: judged like an unreadable one."""
+    lock = tmp_path / ".trustboot-publish.lock"
+    lock.write_text('{"owner": "x", "host": "elsewhere", "pid": 1, "time": ' + when + "}")
+    with FileOrigin(f"file://{tmp_path}", OriginOptions()) as origin, origin.lock("me"):
+        assert json.loads(lock.read_text())["owner"] == "me"
+
+
 def test_origin_registry(tmp_path: Path) -> None:
     assert isinstance(open_origin(f"file://{tmp_path}", OriginOptions()), FileOrigin)
     with pytest.raises(ConfigError, match="plain HTTP"):
