@@ -16,7 +16,6 @@ import builtins
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -27,7 +26,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from trustboot import fsutil
+from trustboot import fsutil, jsonin
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.lock import LOCK_STALE_AFTER, lock_is_stale, origin_lock
 from trustboot.publish.origin import (
@@ -486,7 +485,7 @@ class FileOrigin(StagesUploads):
         finally:
             os.close(fd)
         try:
-            return json.loads(data)
+            return jsonin.loads(data)
         except ValueError:
             return "unreadable"
 

@@ -57,6 +57,7 @@ import boto3
 import botocore.exceptions as bexc
 from botocore.config import Config
 
+from trustboot import jsonin
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.publish.fileorigin import LOCK_NAME
 from trustboot.publish.http import tls_context, tls_failure
@@ -547,7 +548,7 @@ class S3Origin:
                 return None
             raise
         try:
-            return json.loads(data)
+            return jsonin.loads(data)
         except ValueError:
             return "unreadable"
 

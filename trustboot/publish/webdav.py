@@ -30,7 +30,6 @@ import builtins
 import contextlib
 import email.utils
 import hashlib
-import json
 import re
 import secrets
 import threading
@@ -44,6 +43,7 @@ from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 import httpx
 
+from trustboot import jsonin
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.fileorigin import TMP_PREFIX
 from trustboot.publish.http import (
@@ -558,7 +558,7 @@ class WebDAVOrigin(StagesUploads):
         if r.status_code != 200:
             return None
         try:
-            return json.loads(r.content[:4096])
+            return jsonin.loads(r.content[:4096])
         except ValueError:
             return "unreadable"
 
