@@ -121,7 +121,7 @@ def test_lock_is_exclusive_and_stale_locks_are_broken(tmp_path: Path) -> None:
         assert not (tmp_path / ".trustboot-publish.lock").exists()
 
 
-@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+@pytest.mark.parametrize("planted", ["symlink", "fifo", "directory"])
 def test_a_planted_lock_is_neither_followed_nor_waited_on(tmp_path: Path,
                                                          planted: str) -> None:
     """Someone who can write the origin directory puts a link or a FIFO where the lock
@@ -132,8 +132,10 @@ def test_a_planted_lock_is_neither_followed_nor_waited_on(tmp_path: Path,
     target.write_text("not a lock")
     if planted == "symlink":
         lock.symlink_to(target)
-    else:
+    elif planted == "fifo":
         os.mkfifo(lock)
+    else:
+        lock.mkdir()
     result: list[object] = []
 
     def take() -> None:

@@ -503,8 +503,13 @@ class FileOrigin(StagesUploads):
             # someone else's fresh lock: put it back unless a new one appeared meanwhile
             with contextlib.suppress(OSError):
                 os.link(aside, LOCK_NAME, src_dir_fd=root, dst_dir_fd=root)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(aside, dir_fd=root)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:  # a directory planted as the lock (a full one stays)
+            with contextlib.suppress(OSError):
+                os.rmdir(aside, dir_fd=root)
 
     def public_url(self, key: str) -> str | None:
         base = self.options.public_url
