@@ -38,7 +38,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 import httpx
@@ -74,6 +74,8 @@ LOCK_COLLECTION = ".trustboot-lock"
 STAGING = TMP_PREFIX + "staging"
 _TEMP_NAME = re.compile(r"[0-9a-f]{16}\..+")
 MAX_PROPFIND_BYTES = 16 << 20
+MAX_XML_DEPTH = 32
+MAX_XML_ELEMENTS = MAX_PROPFIND_BYTES // 32  # nginx spends ~40 bytes an element
 MAX_ANSWER_BYTES = 1 << 20  # any other answer: a status page, an error text, a lock file
 DAV = "{DAV:}"
 
@@ -120,11 +122,37 @@ def _parse(data: bytes) -> ET.Element:
     if "<!doctype" in text.lower() or "<!entity" in text.lower():
         raise OperationalError("the origin's PROPFIND answer has a DTD; refused",
                                hint="a WebDAV server never sends one: check the origin")
+    # Parsed as it streams, counting: within the cap, millions of nested or empty
+    # elements still built a tree of hundreds of MB; a real answer is a few levels deep
+    # with a few elements per name listed.
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
+    root: ET.Element | None = None
+    depth = count = 0
     try:
-        return ET.fromstring(text)  # noqa: S314 - DTDs refused above
+        for at in [*range(0, len(text), CHUNK), -1]:
+            if at < 0:
+                parser.close()  # (raises on a document cut short)
+            else:
+                parser.feed(text[at:at + CHUNK])
+            for item in parser.read_events():
+                event, element = cast("tuple[str, object]", item)  # (events asked for)
+                if event == "end":
+                    depth -= 1
+                    continue
+                depth, count = depth + 1, count + 1
+                if root is None and isinstance(element, ET.Element):
+                    root = element
+                if depth > MAX_XML_DEPTH:
+                    raise OperationalError("the origin's PROPFIND answer is nested too "
+                                           "deeply; refused", hint="check the origin")
+                if count > MAX_XML_ELEMENTS:
+                    raise OperationalError("the origin's PROPFIND answer has too many "
+                                           "elements; refused", hint="check the origin")
     except ET.ParseError as exc:
         raise OperationalError(f"the origin's PROPFIND answer is not acceptable XML: {exc}",
                                hint="is the URL a WebDAV collection?") from None
+    assert root is not None  # (close() raised on a document without one)
+    return root
 
 
 def parse_modified(data: bytes) -> list[tuple[str, bool, float | None]]:
