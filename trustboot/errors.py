@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from trustboot.text import clean_lines
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -30,9 +32,12 @@ class TrustbootError(Exception):
         self.hint = hint
 
     def diagnostics(self) -> str:
-        text = f"error: {self.message}"
+        """The terminal's text. A message may quote what an origin, a certificate or a
+        file wrote: each line is escaped (``trustboot.text.clean``), so no control or bidi
+        character in it reaches the terminal; the lines a message is written in stay."""
+        text = "error: " + clean_lines(self.message)
         if self.hint:
-            text += f"\n  hint: {self.hint}"
+            text += "\n  hint: " + clean_lines(self.hint)
         return text
 
     def to_json(self) -> dict[str, object]:
@@ -88,3 +93,4 @@ class AuditFindingsError(TrustbootError):
     """The audit found issues at or above ``--fail-on``; the report was already printed."""
 
     exit_code = ExitCode.AUDIT_FINDINGS
+

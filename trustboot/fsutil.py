@@ -168,10 +168,17 @@ def check_owned_dir(path: Path, what: str, *, private: bool = False) -> None:
     path = Path(path)
     try:
         st = os.stat(path)
+        link = os.lstat(path)
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"{what} {path} is not a directory")
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, os.geteuid()):
+        # (in /tmp, say) its owner can point it at a directory of theirs at any time
+        raise ConfigError(
+            f"{what} {path} is a symbolic link owned by uid {link.st_uid}, not by you: "
+            "its owner decides where it leads", hint=f"remove it and use a directory of "
+                                                     f"your own: rm {path}")
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid != os.geteuid():
         raise ConfigError(

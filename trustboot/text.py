@@ -43,3 +43,9 @@ def clean(text: str, *, limit: int | None = None, ascii_only: bool = False) -> s
         else:
             out.append(ch)
     return "".join(out) + suffix
+
+
+def clean_lines(text: str) -> str:
+    """``clean`` on each line: for a message written in several lines that may quote
+    outside text (errors, warnings): the lines stay, nothing in them drives a terminal."""
+    return "\n".join(clean(line) for line in text.split("\n"))

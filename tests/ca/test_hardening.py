@@ -131,6 +131,29 @@ def test_pki_owned_by_another_user_is_refused(pki: Path, run: Run) -> None:
     assert r.exit_code == 3 and "not by you" in r.output and "chown" in r.output
 
 
+def test_a_pki_link_another_user_owns_is_refused(pki: Path, tmp_path: Path,
+                                               secrets_dir: Path, run: Run) -> None:
+    """In a shared sticky directory (/tmp) another user plants the CA home as a link to a
+    directory of ours: its owner can point it elsewhere later, so it is not used (init
+    creates nothing through it; an existing CA is not opened through it)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to plant a link as another uid")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    empty = tmp_path / "ours"
+    empty.mkdir()
+    for name, target in (("new", empty), ("old", pki)):
+        (shared / name).symlink_to(target)
+        os.chown(shared / name, 65534, 65534, follow_symlinks=False)
+    r = run("ca", "init", "--pki", str(shared / "new"), "--passphrase-file",
+            str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3 and "symbolic link owned by uid 65534" in r.output, r.output
+    assert list(empty.iterdir()) == []
+    r = run("ca", "list", "--pki", str(shared / "old"))
+    assert r.exit_code == 3 and "symbolic link owned by uid 65534" in r.output, r.output
+
+
 def test_export_into_a_directory_others_can_write_is_refused(pki: Path, tmp_path: Path,
                                                              run: Run) -> None:
     """root.pem goes into firmware (TRUST=): whoever can write the export directory could

@@ -824,3 +824,25 @@ def test_out_and_manifest_directories_must_be_ours(material: Material, tmp_path:
         assert result.exit_code == 3, result.output
         assert needle in result.output and "hint:" in result.output, result.output
         assert not list(tmp_path.rglob("*.sig")) and not list(shared.iterdir())
+
+
+def test_hostile_file_names_reach_the_terminal_escaped(material: Material,
+                                                       tmp_path: Path) -> None:
+    """`trustboot sign dir/*` over a directory someone else wrote: a name holding escape
+    sequences, a bidi override or a newline is shown escaped by sign and verify; --json
+    keeps the name exact (JSON escapes it)."""
+    key, cert, chain = material.issue("name-signer", rsa_key())
+    name = "k\x1b]0;pwned\x07\u202egnp.exe\nsigned fake"
+    path = tmp_path / name
+    path.write_bytes(b"kernel")
+    res = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(path)], env=ENV)
+    assert res.exit_code == 0, res.output
+    verify = CliRunner().invoke(cli, ["verify", str(path), "--trust",
+                                      str(material.directory / "root.pem")])
+    assert verify.exit_code == 0, verify.output
+    for out in (res.stdout, verify.stdout):
+        assert "\x1b" not in out and "\u202e" not in out and "\nsigned fake" not in out, out
+        assert "\\x1b]0;pwned" in out
+    as_json = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(path), "--json"],
+                                 env=ENV)
+    assert json.loads(as_json.stdout)["files"][0]["path"] == str(path)

@@ -308,11 +308,51 @@ def test_a_sign_run_initialises_the_module_once(token: Token, material: Material
     result = _sign(token, tmp_path, [image], token.uri(id="%0b"), "--chain", str(chain),
                    "--pki", str(tmp_path / "nopki"))
     assert result.exit_code == 0, result.output
-    assert inits == [str(token.module)]
+    assert inits == [os.path.realpath(token.module)]  # loaded by its checked real path
     (lib,) = libs.values()
     assert not lib.initialized  # type: ignore[attr-defined]
     inits.clear()
     run = sign_paths([image], token.uri(id="%0b"), secrets=lambda _what: PIN.encode(),
                      chain=chain, pkcs11_module=token.module)
-    assert len(run.results) == 1 and inits == [str(token.module)]
+    assert len(run.results) == 1 and inits == [os.path.realpath(token.module)]
     assert not lib.initialized  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("loose", ["file", "dir"])
+def test_a_module_another_user_could_replace_is_not_loaded(
+        token: Token, material: Material, tmp_path: Path, loose: str) -> None:
+    """The module is code that runs with the PIN in reach: one that group or others may
+    write (the file, or a directory above it without the sticky bit) is refused before
+    it is loaded; the same file in a directory only its owner writes is used."""
+    import shutil
+
+    key = ec_key()
+    _, cert, chain = material.issue(f"hsm-mod-{loose}", key)
+    token.import_key(key, "signer")
+    mods = tmp_path / "mods"
+    mods.mkdir(mode=0o755)
+    module = mods / "libsofthsm2.so"
+    shutil.copyfile(token.module.resolve(), module)
+    module.chmod(0o755)
+    (mods / "link.so").symlink_to(module)
+    (module if loose == "file" else mods).chmod(0o777 if loose == "dir" else 0o757)
+    image = _image(tmp_path)
+    for given in (module, mods / "link.so"):
+        res = _sign(token, tmp_path, [image], token.uri(), "--cert", str(cert), "--chain",
+                    str(chain), "--pkcs11-module", str(given), "--pki", str(tmp_path / "p"))
+        assert res.exit_code == 3, res.output
+        assert "writable by other users" in res.output, res.output
+        assert not image.with_name("vmlinuz.sig").exists()
+    (module if loose == "file" else mods).chmod(0o755)
+    res = _sign(token, tmp_path, [image], token.uri(), "--cert", str(cert), "--chain",
+                str(chain), "--pkcs11-module", str(mods / "link.so"),
+                "--pki", str(tmp_path / "p"))
+    assert res.exit_code == 0, res.output
+
+
+def test_a_percent_encoded_pin_value_is_masked_in_the_refusal() -> None:
+    for text in ("pkcs11:token=t;object=o?pin%2Dvalue=98761234",
+                 "pkcs11:token=t;object=o;%70in-value=98761234"):
+        with pytest.raises(ConfigError) as err:
+            parse_uri(text)
+        assert "98761234" not in str(err.value), str(err.value)

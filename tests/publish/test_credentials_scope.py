@@ -3,11 +3,15 @@ ever sent to that origin, so a changed recipe or option cannot send it elsewhere
 
 from __future__ import annotations
 
+import http.server
+import os
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner, Result
 
+from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
 from trustboot.publish.origin import (
@@ -15,7 +19,7 @@ from trustboot.publish.origin import (
     parse_credentials,
 )
 
-from .conftest import Nginx, Pki, ReleaseFactory
+from .conftest import Nginx, Pki, ReleaseFactory, http_server
 
 
 def test_a_leading_origin_url_binds_basic_and_bearer_credentials() -> None:
@@ -95,3 +99,132 @@ def test_bound_credentials_reach_their_origin_and_no_other(
     res = _publish(pki, release, nginx.url, f"{nginx.url} alice:s3cret")
     assert res.exit_code == 0, res.output
     assert (nginx.root / "boot.ipxe").read_bytes() == b"#!ipxe\necho scoped\n"
+
+
+@pytest.mark.parametrize("below", [
+    "..%2fother/",      # nginx decodes %2F, then resolves the dot segment: /other/
+    "%2e%2e%2Fother/",
+    "..;/other/",       # servlet containers drop ;params before resolving
+    "..%5cother/",      # a backslash is a separator to some servers
+    "%252e%252e/other/",  # decoded twice by a proxy in front
+    "%EF%BC%8E%EF%BC%8E/other/",  # fullwidth full stops: NFKC folds them
+    "\uff0e\uff0e/other/",
+])
+def test_encoded_separators_below_the_binding_are_not_covered(below: str) -> None:
+    assert not credentials_cover("https://dav.example.net/boot/",
+                                 f"https://dav.example.net/boot/{below}")
+
+
+@pytest.mark.parametrize("url", [
+    "https://dav.example.net:443:80/boot/",           # two ports
+    "https://dav.example.net:99999/boot/",            # port out of range
+    "https://[zz/boot/",                              # broken IPv6 literal
+    "https://dav.example.net\uff0fevil.net/boot/",    # fullwidth '/' (NFKC)
+    "https://u:s3cret@dav.example.net\uff0fx/boot/",  # ... after a user:password@
+])
+def test_a_hostile_origin_url_is_a_config_error_not_a_crash(url: str) -> None:
+    bound = parse_credentials("https://dav.example.net/boot/ alice:s3cret", "env X")
+    for creds in (bound, None):
+        res = CliRunner().invoke(cli, ["publish", "list", url, "--ca-file", __file__]
+                                 + (["--credentials-env", "TB_C"] if creds else []),
+                                 env={"TB_C": "https://dav.example.net/boot/ alice:s3cret"})
+        assert res.exit_code == 3, res.output
+        assert "s3cret" not in res.output and "internal error" not in res.output
+
+
+@pytest.mark.parametrize("text", [
+    "https://dav.example.net\uff0fx/ alice:s3cret",
+    "https://[zz/ alice:s3cret",
+])
+def test_a_hostile_binding_is_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError, match="bound to") as err:
+        parse_credentials(text, "env X")
+    assert "s3cret" not in str(err.value)
+
+
+def test_an_encoded_dot_segment_cannot_carry_bound_credentials_out_of_their_path(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """nginx decodes %2F and then resolves the '..' it makes: /boot/..%2fother/ is
+    /other/. Credentials bound to /boot/ must not be sent there (no request at all)."""
+    release = make_release({"boot.ipxe": b"#!ipxe\necho escaped\n"})
+    (nginx.root / "boot").mkdir()
+    (nginx.root / "other").mkdir()
+    log = nginx.base / "access.log"
+    before = log.read_bytes() if log.exists() else b""
+    res = _publish(pki, release, f"{nginx.url}boot/..%2fother/",
+                   f"{nginx.url}boot/ alice:s3cret")
+    assert res.exit_code == 3, res.output
+    assert "bound to origin" in res.output and "s3cret" not in res.output
+    assert (log.read_bytes() if log.exists() else b"") == before
+    assert not (nginx.root / "other" / "boot.ipxe").exists()
+
+
+def test_an_s3_binding_may_name_its_endpoint() -> None:
+    c = parse_credentials("s3://boot/prod https://rgw.example.net:8443 AKID:s3cret", "env X")
+    assert (c.scope, c.endpoint, c.username, c.secret) == (
+        "s3://boot/prod", "https://rgw.example.net:8443", "AKID", "s3cret")
+    for text in ("https://dav.example.net/ https://rgw.example.net alice:s3cret",
+                 "s3://boot/prod https://rgw.example.net/path AKID:s3cret",
+                 "s3://boot/prod https://u:p@rgw.example.net AKID:s3cret"):
+        with pytest.raises(ConfigError) as err:
+            parse_credentials(text, "env X")
+        assert "s3cret" not in str(err.value)
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A server a changed --endpoint-url points at: records every request's headers."""
+
+    seen: ClassVar[list[str]] = []
+
+    def _any(self) -> None:
+        self.seen.append(str(self.headers))
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = do_PUT = do_DELETE = _any
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_s3_credentials_are_not_signed_for_another_endpoint(pki: Pki) -> None:
+    """The s3:// URL is the binding, but the requests go to the endpoint, signed with
+    the key: a recipe or option pointing --endpoint-url elsewhere got signed requests
+    (replayable against the real store while they are fresh). Now nothing is sent."""
+    _Recorder.seen.clear()
+    with http_server(_Recorder) as url:
+        for creds in ("s3://boot/prod AKIDTEST:s3cret",
+                      "s3://boot/prod https://rgw.example.net AKIDTEST:s3cret"):
+            res = CliRunner().invoke(cli, [
+                "publish", "list", "s3://boot/prod", "--endpoint-url", url.rstrip("/"),
+                "--unsafe-http", "--ca-file", str(pki.ca), "--credentials-env", "TB_C"],
+                env={"TB_C": creds})
+            assert res.exit_code == 3, res.output
+            assert "not at http://127.0.0.1" in res.output and "s3cret" not in res.output
+    assert _Recorder.seen == []
+
+
+def test_an_s3_binding_with_its_endpoint_reaches_the_store(rgw: RGW) -> None:  # noqa: F811
+    """On the real RGW: bound to the bucket and this endpoint, the listing works; the
+    same binding without the endpoint (the default one) is refused before a request."""
+    bucket = f"tb-scope-{os.getpid()}"
+    rgw.client().create_bucket(Bucket=bucket)
+    args = ["publish", "list", f"s3://{bucket}/prod", "--endpoint-url", rgw.endpoint,
+            "--ca-file", str(rgw.ca_file), "--credentials-env", "TB_C", "--json"]
+    secret = f"{rgw.access_key}:{rgw.secret_key}"
+    res = CliRunner().invoke(cli, args, env={"TB_C": f"s3://{bucket}/prod {rgw.endpoint} "
+                                                     f"{secret}"})
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, args, env={"TB_C": f"s3://{bucket}/prod {secret}"})
+    assert res.exit_code == 3 and "the default S3 endpoint" in res.output, res.output
+    assert rgw.secret_key not in res.output
+
+
+@pytest.mark.parametrize("url", ["https://dav.example.net:443:80/boot.ipxe",
+                                 "https://[zz/boot.ipxe",
+                                 "https://u:s3cret@dav.example.net\uff0fx/boot.ipxe"])
+def test_origin_check_of_a_malformed_url_is_a_config_error(pki: Pki, url: str) -> None:
+    res = CliRunner().invoke(cli, ["origin", "check", url, "--pki", str(pki.dir)])
+    assert res.exit_code == 3, res.output
+    assert "not a valid URL" in res.output and "s3cret" not in res.output

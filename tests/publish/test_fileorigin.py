@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -118,6 +119,52 @@ def test_lock_is_exclusive_and_stale_locks_are_broken(tmp_path: Path) -> None:
         with origin.lock("third"):
             assert "third" in (tmp_path / ".trustboot-publish.lock").read_text()
         assert not (tmp_path / ".trustboot-publish.lock").exists()
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo", "directory"])
+def test_a_planted_lock_is_neither_followed_nor_waited_on(tmp_path: Path,
+                                                         planted: str) -> None:
+    """Someone who can write the origin directory puts a link or a FIFO where the lock
+    goes: the link was followed into a crash (exit 70), the FIFO hung the publish for
+    good. Neither is a lock trustboot writes: it is moved aside and the lock taken."""
+    lock = tmp_path / ".trustboot-publish.lock"
+    target = tmp_path / "elsewhere"
+    target.write_text("not a lock")
+    if planted == "symlink":
+        lock.symlink_to(target)
+    elif planted == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
+    result: list[object] = []
+
+    def take() -> None:
+        try:
+            with FileOrigin(f"file://{tmp_path}", OriginOptions()) as origin, \
+                    origin.lock("me"):
+                result.append(json.loads(lock.read_text())["owner"])
+        except BaseException as exc:  # handed to the test
+            result.append(exc)
+
+    worker = threading.Thread(target=take, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the lock waited on a FIFO"
+    assert result == ["me"]
+    assert target.read_text() == "not a lock"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
+
+
+@pytest.mark.parametrize("when", ["Infinity", "NaN", "1e400"])
+def test_a_lock_record_with_a_time_that_is_no_number_is_stale(tmp_path: Path,
+                                                              when: str) -> None:
+    """JSON's Infinity/NaN (which Python's parser accepts) in a planted lock's time ended
+    the run in an internal error (exit 70) while it was described; such a record is not
+    one trustboot writes: judged like an unreadable one."""
+    lock = tmp_path / ".trustboot-publish.lock"
+    lock.write_text('{"owner": "x", "host": "elsewhere", "pid": 1, "time": ' + when + "}")
+    with FileOrigin(f"file://{tmp_path}", OriginOptions()) as origin, origin.lock("me"):
+        assert json.loads(lock.read_text())["owner"] == "me"
 
 
 def test_origin_registry(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import time
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -99,3 +100,56 @@ def test_an_endless_listing_is_cut_at_the_cap(hostile: str) -> None:
         o.list("")
     # read no further than the cap (plus what the socket buffers held)
     assert sent["huge"] < webdav.MAX_PROPFIND_BYTES + (8 << 20)
+
+
+class _BadHrefs(http.server.BaseHTTPRequestHandler):
+    """A 207 multistatus whose hrefs no URL parser accepts (a broken IPv6 literal, two
+    ports, a fullwidth '/'), beside one good name."""
+
+    protocol_version = "HTTP/1.1"
+    hrefs: ClassVar[list[str]] = ["https://[zz/boot.ipxe", "https://h:1:2/x.sig", "https://a\uff0fb/c"]
+
+    def do_PROPFIND(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        base = self.path.rstrip("/")
+        good = "0123456789abcdef.k" if "staging" in base else "good.ipxe"
+        body = ('<?xml version="1.0"?><multistatus xmlns="DAV:">'
+                + "".join(f"<response><href>{h}</href><propstat><prop><resourcetype/>"
+                          "<getlastmodified>Mon, 01 Jan 2001 00:00:00 GMT</getlastmodified>"
+                          "</prop></propstat></response>" for h in self.hrefs)
+                + f"<response><href>{base}/{good}</href><propstat><prop><resourcetype/>"
+                  "<getlastmodified>Mon, 01 Jan 2001 00:00:00 GMT</getlastmodified>"
+                  "</prop></propstat></response></multistatus>").encode()
+        self.send_response(207)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_DELETE(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_hrefs_no_parser_accepts_are_skipped_not_a_crash() -> None:
+    """A hostile origin's listing must not end the run as an internal error (exit 70):
+    a name that is not a URL is not one of ours, and the listing goes on."""
+    with http_server(_BadHrefs) as url, origin(url) as o:
+        assert o.list("") == ["good.ipxe"]
+        assert o.list_dirs("") == []
+        assert o.remove_stale_temps(0) == [".tb-tmp.staging/0123456789abcdef.k"]
+
+
+@pytest.mark.parametrize("shape", ["deep", "wide"])
+def test_a_listing_built_to_eat_memory_is_refused_early(shape: str) -> None:
+    """Within the 16 MiB cap, 2 million nested (or 4 million empty) elements built a tree
+    of about 650 MB in 5 s; no WebDAV answer nests deeper than a few levels or holds more
+    elements than a few per listed name: refused while it is parsed."""
+    n = (webdav.MAX_PROPFIND_BYTES - 100) // (8 if shape == "deep" else 4)
+    body = "<a>" * n + "</a>" * n if shape == "deep" else "<a/>" * n
+    data = f'<multistatus xmlns="DAV:">{body}</multistatus>'.encode()
+    with pytest.raises(OperationalError, match=r"nested too deeply|too many elements"):
+        webdav.parse_multistatus(data)

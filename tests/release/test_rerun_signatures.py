@@ -95,3 +95,30 @@ def test_rerun_republishes_the_claimed_manifest_as_it_is_on_the_origin(lab: Lab)
     assert again["release"] == rid
     assert (lab.origin / "releases" / rid / "release.json").read_bytes() == claimed
     assert again["manifest"] == json.loads(claimed)
+
+
+def test_a_rerun_never_signs_claims_the_origin_wrote_into_the_manifest(lab: Lab) -> None:
+    """Someone who can write the origin but has no signing key edits a claimed release's
+    release.json outside its content (the iPXE build record: root-promotion evidence once
+    signed; ca_sha256) and removes its signature. Re-running that release's recipe must
+    not sign those claims: the run is refused and release.json.sig is not replaced."""
+    kernel = lab.dir / "images" / "vmlinuz"
+    first_kernel = kernel.read_bytes()
+    code, first, err = _release(lab.recipe())
+    assert code == 0, err
+    rid = str(first["release"])
+    kernel.write_bytes(b"another kernel " * 3000)
+    code, _, err = _release(lab.recipe())
+    assert code == 0, err
+    manifest = lab.origin / "releases" / rid / "release.json"
+    forged = json.loads(manifest.read_text())
+    forged["ca_sha256"] = "ab" * 32
+    forged["ipxe"] = {"note": "forged: the fleet trusts the new root"}
+    manifest.write_text(json.dumps(forged, indent=2, sort_keys=True) + "\n")
+    sig = manifest.with_name("release.json.sig")
+    sig.unlink()
+    kernel.write_bytes(first_kernel)
+    code, _, err = _release(lab.recipe())
+    assert code == 4, err
+    assert "release.json" in err and "not sign" in err
+    assert not sig.exists()

@@ -36,12 +36,12 @@ three kinds (each a :class:`FleetEvidence`, recorded in index.json, the op log a
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trustboot import jsonin
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.fsutil import read_capped
 
@@ -146,7 +146,7 @@ def build_manifest_evidence(path: Path, root_sha256: str) -> FleetEvidence:
     carrying one under ``ipxe``."""
     data = read_capped(path, MAX_MANIFEST, "build manifest")
     try:
-        doc = json.loads(data)
+        doc = jsonin.loads(data)
     except ValueError:
         raise ConfigError(f"build manifest {path} is not JSON",
                           hint="pass the manifest.json of `trustboot ipxe build`") from None
@@ -221,7 +221,7 @@ def origin_evidence(origin: Origin, root_sha256: str, *, trust: Trust, now: dt.d
 def _load_report(path: Path) -> dict[str, Any]:
     data = read_capped(path, MAX_AUDIT_REPORT, "audit report")
     try:
-        doc = json.loads(data)
+        doc = jsonin.loads(data)
     except ValueError:
         doc = None
     if not isinstance(doc, dict) or doc.get("tool") != "trustboot audit" \

@@ -13,6 +13,7 @@ import click
 
 from trustboot import secrets
 from trustboot.errors import ConfigError
+from trustboot.text import clean_lines
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,7 +81,8 @@ def is_interactive() -> bool:
 
 
 def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    # a warning may quote a certificate's or an origin's text (see TrustbootError.diagnostics)
+    click.echo(f"warning: {clean_lines(message)}", err=True)
 
 
 def passphrase_options(prefix: str = "", what: str = "the key",

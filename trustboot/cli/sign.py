@@ -28,6 +28,7 @@ from trustboot.cli._common import (
 from trustboot.errors import ConfigError
 from trustboot.keys.algorithms import HashAlgorithm
 from trustboot.keys.ref import parse_ref
+from trustboot.text import clean
 
 if TYPE_CHECKING:
     from trustboot.cms.sign import ProgressFactory
@@ -176,5 +177,7 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
         emit_json(run.manifest())
         return
     for r in run.results:
-        click.echo(f"signed {os.fspath(r.path)} -> {os.fspath(r.signature_path)} "
+        # a name from a glob over a directory others write may hold escape sequences
+        click.echo(f"signed {clean(os.fspath(r.path))} -> "
+                   f"{clean(os.fspath(r.signature_path))} "
                    f"({r.size} bytes, sha256 {r.sha256[:16]}...)")

@@ -28,6 +28,7 @@ from trustboot.cms.verify import (
 from trustboot.errors import ConfigError, OperationalError, TrustbootError, VerificationError
 from trustboot.fsutil import read_capped
 from trustboot.keys.signer import load_certificates
+from trustboot.text import clean
 
 _FPR = re.compile(r"^(?:sha256:)?([0-9a-fA-F:]{64,95})$")
 
@@ -246,7 +247,8 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
                                 subject=f.certificate)
     if not as_json:
         for s in verdict.signers:
-            click.echo(f"OK {file}: signed by \"{s.common_name}\" ({s.digest_algorithm}, "
+            click.echo(f"OK {clean(str(file))}: signed by \"{clean(s.common_name)}\" "
+                       f"({s.digest_algorithm}, "
                        f"{s.signature_algorithm}); iPXE {version} accepts it until "
                        f"{s.chain_not_after.isoformat()} (chain expiry)")
         if window is not None:

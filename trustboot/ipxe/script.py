@@ -24,11 +24,11 @@ Renderer API (the release menu/entry renderer builds on these; every value goes 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from trustboot.errors import ConfigError
 from trustboot.ipxe.lint import Finding, lint_script
 from trustboot.ipxe.syntax import check_word, check_words
+from trustboot.publish.origin import redact_url, split_url
 
 __all__ = [
     "FAILED_LABEL", "HALT_LABEL", "MAGIC", "ON_FAILURE", "ChainScript", "Finding",
@@ -159,7 +159,7 @@ class ChainScript:
 def check_https_url(url: str, option: str) -> str:
     """``url`` if it is an https:// URL with a host that can be one script word."""
     check_word(url, option)
-    parts = urlsplit(url)
+    parts = split_url(url, f"{option} {redact_url(url)!r}")
     if parts.scheme != "https":
         raise ConfigError(
             f"{option} {url!r} is not an https:// URL",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -158,10 +159,37 @@ _holders: dict[str, int] = {}
 _holders_lock = threading.Lock()
 
 
+def _trusted_module(path: Path) -> Path:
+    """``path`` resolved, if no one but its owner (root or us) can change it: the module
+    is code that runs with the PIN in reach, so the file and every directory above it
+    must be owned by root or by us and not writable by group or others (a directory
+    with the sticky bit, like /tmp, only lets others remove their own files)."""
+    real = Path(os.path.realpath(path))
+    me = os.geteuid()
+    for p in (real, *real.parents):
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            raise ConfigError(f"PKCS#11 module {path}: cannot check {p}: "
+                              f"{exc.strerror or exc}", hint=MODULE_HINT) from None
+        sticky_dir = p != real and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if st.st_uid not in (0, me):
+            raise ConfigError(
+                f"PKCS#11 module {path}: {p} is owned by uid {st.st_uid}, not by root or "
+                "you: its owner could replace the code that is loaded",
+                hint="install the module where only root (or you) can write, e.g. /usr/lib")
+        if st.st_mode & 0o022 and not sticky_dir:
+            raise ConfigError(
+                f"PKCS#11 module {path}: {p} is writable by other users "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}): they could replace the code that "
+                "is loaded", hint=f"chmod go-w {p}")
+    return real
+
+
 @contextlib.contextmanager
 def _initialised(path: Path) -> Iterator[Any]:
     p11 = _import_pkcs11()
-    name = os.fspath(path)
+    name = os.fspath(_trusted_module(path))  # loaded by the path that was checked
     with _holders_lock:
         try:
             lib = p11.lib(name)  # C_Initialize unless already initialised

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trustboot import jsonin
 from trustboot.errors import TrustbootError
 from trustboot.fsutil import atomic_write, ensure_private_dir
 
@@ -57,7 +58,7 @@ class PublishCache:
                 if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() \
                         or st.st_mode & 0o077:
                     return
-                data = json.loads(fh.read(MAX_BYTES + 1))
+                data = jsonin.loads(fh.read(MAX_BYTES + 1))
             if isinstance(data, dict) and data.get("version") == 1:
                 local, verified = data.get("local"), data.get("verified")
                 if isinstance(local, dict) and isinstance(verified, dict):

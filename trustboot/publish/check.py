@@ -14,13 +14,13 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from trustboot.cms.freshness import replay_window
 from trustboot.errors import ConfigError, TrustbootError
 from trustboot.publish.http import tls_context
+from trustboot.publish.origin import redact_url, split_url
 from trustboot.publish.readback import Reader, Trust
 
 MAX_ENTRY = 16 << 20
@@ -74,7 +74,7 @@ def _peer_chain(tls: ssl.SSLSocket) -> list[bytes]:
 
 def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.datetime,
                  warn_days: int = 30, timeout: float = 10.0) -> CheckReport:
-    parts = urlsplit(url)
+    parts = split_url(url, repr(redact_url(url)))
     if parts.scheme != "https" or not parts.hostname:
         raise ConfigError(f"{url!r} is not an https:// URL",
                           hint="iPXE fetches its entry script over https://")

@@ -16,7 +16,6 @@ import builtins
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -27,7 +26,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from trustboot import fsutil
+from trustboot import fsutil, jsonin
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.lock import LOCK_STALE_AFTER, lock_is_stale, origin_lock
 from trustboot.publish.origin import (
@@ -468,19 +467,25 @@ class FileOrigin(StagesUploads):
                            release=lambda: os.unlink(LOCK_NAME, dir_fd=root),
                            stale_after=stale_after)
 
-    def _read_lock(self) -> object:
+    def _read_lock(self, name: str = LOCK_NAME) -> object:
+        """The lock record ``name`` holds; None if it is gone. Anything but a regular file
+        (a link, a FIFO someone planted: opened without blocking) is "unreadable", a
+        stale lock that is moved aside, never followed or waited on."""
         try:
-            fd = os.open(LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._root())
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         dir_fd=self._root())
         except FileNotFoundError:
             return None
         except OSError:
             return "unreadable"
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return "unreadable"
             data = os.read(fd, 4096)
         finally:
             os.close(fd)
         try:
-            return json.loads(data)
+            return jsonin.loads(data)
         except ValueError:
             return "unreadable"
 
@@ -492,21 +497,19 @@ class FileOrigin(StagesUploads):
             os.rename(LOCK_NAME, aside, src_dir_fd=root, dst_dir_fd=root)
         except FileNotFoundError:
             return
-        fd = os.open(aside, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=root)
-        try:
-            data = os.read(fd, 4096)
-        finally:
-            os.close(fd)
-        try:
-            moved: object = json.loads(data)
-        except ValueError:
-            moved = "unreadable"
+        moved = self._read_lock(aside)
         if moved != seen and not lock_is_stale(moved, now=time.time(),
                                                stale_after=LOCK_STALE_AFTER):
             # someone else's fresh lock: put it back unless a new one appeared meanwhile
             with contextlib.suppress(OSError):
                 os.link(aside, LOCK_NAME, src_dir_fd=root, dst_dir_fd=root)
-        os.unlink(aside, dir_fd=root)
+        try:
+            os.unlink(aside, dir_fd=root)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:  # a directory planted as the lock (a full one stays)
+            with contextlib.suppress(OSError):
+                os.rmdir(aside, dir_fd=root)
 
     def public_url(self, key: str) -> str | None:
         base = self.options.public_url

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 
 from trustboot.errors import OperationalError, TrustbootError
+from trustboot.text import clean
 
 LOCK_STALE_AFTER = 6 * 3600.0
 
@@ -39,6 +41,8 @@ def lock_is_stale(record: object, *, now: float, stale_after: float) -> bool:
     if not isinstance(record, dict):
         return True  # unreadable: a crash between create and write
     when = record.get("time")
+    if isinstance(when, float) and not math.isfinite(when):
+        return True  # (JSON's Infinity/NaN) not a time trustboot writes: unreadable
     if isinstance(when, int | float) and now - when > stale_after:
         return True
     pid = record.get("pid")
@@ -61,9 +65,12 @@ def describe_lock(record: object) -> str:
     if not isinstance(record, dict):
         return "an unknown process"
     when = record.get("time")
-    age = f", {int(time.time() - when)} s ago" if isinstance(when, int | float) else ""
-    return (f"{record.get('owner', '?')!s} (pid {record.get('pid', '?')!s} on "
-            f"{record.get('host', '?')!s}{age})")
+    age = f", {int(time.time() - when)} s ago" if isinstance(when, int | float) \
+        and math.isfinite(when) else ""
+    # the record is the origin's text: escaped, so it cannot drive the terminal
+    owner, pid, host = (clean(str(record.get(k, "?")), limit=200)
+                        for k in ("owner", "pid", "host"))
+    return f"{owner} (pid {pid} on {host}{age})"
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from trustboot import jsonin
 from trustboot.errors import ConfigError
 from trustboot.publish.origin import key_problem
 from trustboot.text import clean
@@ -234,7 +235,7 @@ def parse_manifest(data: bytes, *, source: str = MANIFEST_NAME) -> ReleaseManife
     if len(data) > MAX_MANIFEST_BYTES:
         raise _bad(source, "larger than 4 MiB")
     try:
-        raw = json.loads(data.decode("utf-8"))
+        raw = jsonin.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise _bad(source, f"not valid JSON: {exc}") from None
     top = _obj(raw, _TOP_KEYS, source, required=("version", "release", "created", "files"))

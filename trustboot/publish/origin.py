@@ -31,12 +31,13 @@ import os
 import re
 import stat
 import threading
+import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from trustboot.errors import ConfigError, OperationalError
 
@@ -74,10 +75,14 @@ class Credentials:
     # open_origin refuses any other origin, so a changed recipe or option cannot send
     # them elsewhere. None: unbound (usable with any origin).
     scope: str | None = None
+    # An s3:// binding's S3 endpoint (the URL after the binding: "s3://b/p https://rgw
+    # KEY:SECRET"): the requests they sign go to the endpoint, not to the s3:// URL, so
+    # a binding without one covers only the default endpoint (no --endpoint-url).
+    endpoint: str | None = None
 
     def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
         return (f"Credentials(scheme={self.scheme!r}, source={self.source!r}, "
-                f"scope={self.scope!r})")
+                f"scope={self.scope!r}, endpoint={self.endpoint!r})")
 
 
 @dataclass(frozen=True)
@@ -270,9 +275,14 @@ def join_key(*parts: str) -> str:
 
 def redact_url(url: str) -> str:
     """``url`` without any user:password@ part (URLs are shown in messages and manifests)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:  # malformed: drop everything up to the last '@' (a secret may
+        scheme, sep, rest = url.partition("://")  # hold '/', so not only the netloc's)
+        return scheme + sep + rest.rpartition("@")[2]
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
@@ -317,7 +327,9 @@ def _read_secret_file(path: Path) -> bytes:
 
 
 # "ORIGIN_URL " before the secret binds it to that origin (see Credentials.scope).
-_SCOPED = re.compile(r"((?:https?|s3)://[^ ]+) +([^ ].*)", re.IGNORECASE)
+# For s3:// the S3 endpoint may follow it ("s3://boot/prod https://rgw.example KEY:SECRET").
+_SCOPED = re.compile(r"((?:https?|s3)://[^ ]+) +(?:(https?://[^ ]+) +)?([^ ].*)",
+                     re.IGNORECASE)
 
 
 def parse_credentials(text: str, source: str) -> Credentials:
@@ -330,28 +342,34 @@ def parse_credentials(text: str, source: str) -> Credentials:
                           hint="write 'user:password' for basic auth or 'bearer:TOKEN'")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise ConfigError(f"credentials from {source} hold control characters")
-    scope = None
+    scope = endpoint = None
     scoped = _SCOPED.fullmatch(value)
     if scoped is not None:
-        scope, value = _check_scope(scoped.group(1), source), scoped.group(2)
+        scope, value = _check_scope(scoped.group(1), source), scoped.group(3)
+        if scoped.group(2) is not None:
+            endpoint = _check_scope(scoped.group(2), source)
+            if urlsplit(scope).scheme.lower() != "s3" or urlsplit(endpoint).path not in ("", "/"):
+                raise ConfigError(
+                    f"credentials from {source}: only an s3:// binding is followed by an "
+                    "endpoint, and that is scheme://host[:port] only",
+                    hint="write 's3://BUCKET/PREFIX https://ENDPOINT KEY_ID:SECRET'")
     creds = _parse_secret(value, source)
     return Credentials(creds.scheme, creds.secret, username=creds.username, source=source,
-                       scope=scope)
+                       scope=scope, endpoint=endpoint)
 
 
 def _check_scope(url: str, source: str) -> str:
-    parts = urlsplit(url)
+    bad = ConfigError(
+        f"credentials from {source} are bound to {redact_url(url)!r}, which is not an "
+        "origin URL", hint="write the origin's URL (scheme, host, path; nothing after "
+        "? or #, no user@), a space, then the secret")
+    try:
+        parts = split_url(url, "the binding")
+    except ConfigError:
+        raise bad from None
     if (not parts.hostname or parts.username is not None or parts.password is not None
             or parts.query or parts.fragment):
-        raise ConfigError(
-            f"credentials from {source} are bound to {redact_url(url)!r}, which is not an "
-            "origin URL", hint="write the origin's URL (scheme, host, path; nothing after "
-            "? or #, no user@), a space, then the secret")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ConfigError(f"credentials from {source} are bound to a URL with a bad "
-                          "port") from None
+        raise bad
     return url
 
 
@@ -370,6 +388,22 @@ def _parse_secret(value: str, source: str) -> Credentials:
     return Credentials("basic", password, username=user, source=source)
 
 
+def split_url(url: str, what: str) -> SplitResult:
+    """``urlsplit(url)`` with its host and port checked: a malformed URL (a broken IPv6
+    literal, two ports, a port out of range, characters that NFKC turns into '/', '?',
+    '#' or '@') is a ConfigError naming ``what``, not a ValueError from deep inside."""
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018 - each raises ValueError on a malformed URL
+        parts.port  # noqa: B018
+    except ValueError as exc:
+        # the parser's text quotes the netloc, which may hold a user:password@
+        reason = "a malformed host or port" if "@" in url else str(exc)
+        raise ConfigError(f"{what} is not a valid URL: {reason}",
+                          hint="check the host and the port") from None
+    return parts
+
+
 def _origin_parts(url: str) -> tuple[str, str, list[str]]:
     """(scheme, host[:port] with the default port made explicit, path segments)."""
     parts = urlsplit(url)
@@ -379,24 +413,62 @@ def _origin_parts(url: str) -> tuple[str, str, list[str]]:
     return scheme, f"{host}:{port}" if port else host, [s for s in parts.path.split("/") if s]
 
 
+def _escapes(segment: str) -> bool:
+    """True when a server may read ``segment`` as more than one plain name: a dot
+    segment, also percent-encoded or before ';params' (servlet containers drop those),
+    or one holding an encoded '/' or '\\' (nginx decodes %2F, then resolves the '..' it
+    makes) or a '%' still after decoding (a proxy in front may decode twice); also
+    after NFKC (some servers fold a fullwidth full stop or solidus into '.' and '/')."""
+    decoded = unicodedata.normalize("NFKC", unquote(segment))
+    return decoded.split(";", 1)[0] in (".", "..", "") or any(c in decoded for c in "/\\%")
+
+
 def credentials_cover(scope: str, url: str) -> bool:
     """True when credentials bound to ``scope`` may go to origin ``url``: same scheme and
     host (and port), and the origin's path is the scope's path or below it."""
-    s_scheme, s_host, s_path = _origin_parts(scope)
-    u_scheme, u_host, u_path = _origin_parts(url)
-    # "boot/../elsewhere" starts with "boot" but is not below it: dot segments (also
-    # percent-encoded ones, which servers decode) never count as covered
-    if any(unquote(seg) in (".", "..") for seg in u_path):
+    try:
+        s_scheme, s_host, s_path = _origin_parts(scope)
+        u_scheme, u_host, u_path = _origin_parts(url)
+        parts = urlsplit(url)
+    except ValueError:
+        return False  # a malformed URL covers nothing
+    # "boot/../elsewhere" starts with "boot" but is not below it: no segment a server
+    # could resolve to somewhere else counts as covered
+    if any(_escapes(seg) for seg in u_path):
         return False
-    parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
         return False  # a user@ part (parsers disagree on such URLs): never covered
     return (s_scheme, s_host) == (u_scheme, u_host) and u_path[:len(s_path)] == s_path
 
 
-def check_credentials_scope(url: str, creds: Credentials | None) -> None:
-    """Refuse credentials bound to another origin than ``url`` (before any request)."""
-    if creds is None or creds.scope is None or credentials_cover(creds.scope, url):
+def _endpoint_of(endpoint: str | None) -> tuple[str, str] | None:
+    if endpoint is None:
+        return None
+    scheme, host, _path = _origin_parts(endpoint)
+    return scheme, host
+
+
+def check_credentials_scope(url: str, creds: Credentials | None, *,
+                            endpoint: str | None = None) -> None:
+    """Refuse credentials bound to another origin than ``url`` (before any request);
+    for s3://, also to another S3 endpoint than ``endpoint`` (None: the default)."""
+    if creds is None or creds.scope is None:
+        return
+    if credentials_cover(creds.scope, url) and urlsplit(url).scheme.lower() == "s3":
+        try:
+            same = _endpoint_of(creds.endpoint) == _endpoint_of(endpoint)
+        except ValueError:
+            same = False
+        if same:
+            return
+        raise ConfigError(
+            f"credentials from {creds.source} are bound to {creds.scope} at "
+            f"{redact_url(creds.endpoint) if creds.endpoint else 'the default S3 endpoint'}"
+            f", not at {redact_url(endpoint) if endpoint else 'the default S3 endpoint'}",
+            hint="check the endpoint (a changed recipe or option must not have the store's "
+                 "requests signed for another server), or bind them to this one: "
+                 f"'{creds.scope} {endpoint or 'https://ENDPOINT'} KEY_ID:SECRET'")
+    if credentials_cover(creds.scope, url):
         return
     raise ConfigError(
         f"credentials from {creds.source} are bound to origin {redact_url(creds.scope)}, "
@@ -440,7 +512,7 @@ def open_origin(url: str, options: OriginOptions) -> Origin:
     """The backend for ``url`` by scheme; plain http:// only with ``unsafe_http``."""
     if not isinstance(url, str) or not url or any(ord(c) < 0x21 for c in url):
         raise ConfigError(f"origin URL {url!r} is empty or holds whitespace/control characters")
-    scheme = urlsplit(url).scheme.lower()
+    scheme = split_url(url, f"origin {redact_url(url)!r}").scheme.lower()
     if scheme not in _BACKENDS:
         raise ConfigError(
             f"origin {redact_url(url)!r} has an unsupported scheme {scheme or '(none)'!r}",
@@ -449,7 +521,7 @@ def open_origin(url: str, options: OriginOptions) -> Origin:
         raise ConfigError(
             f"origin {redact_url(url)} is plain HTTP: anyone on the path could change what "
             "is published", hint="use https://, or pass --unsafe-http if you really must")
-    check_credentials_scope(url, options.credentials)
+    check_credentials_scope(url, options.credentials, endpoint=options.endpoint_url)
     module_name, _, cls_name = _BACKENDS[scheme].partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from trustboot import jsonin
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE, Verdict
 from trustboot.errors import ConfigError, OperationalError, TrustbootError, VerificationError
 from trustboot.publish.cache import PublishCache
@@ -653,7 +654,7 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
         return RepairResult(None, "none")
     data = b"".join(origin.read(SWITCH_JOURNAL, max_size=64 << 10))
     try:
-        doc = json.loads(data)
+        doc = jsonin.loads(data)
         release_id, entry_path = doc["release"], doc["entry_path"]
         if release_id_problem(release_id) or not isinstance(entry_path, str):
             raise ValueError("bad release id or entry path")

@@ -73,6 +73,7 @@ from botocore.awsrequest import (
 )
 from botocore.config import Config
 
+from trustboot import jsonin
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.publish.fileorigin import LOCK_NAME
 from trustboot.publish.http import MIN_RATE, Deadlines, tls_context, tls_failure, too_slow
@@ -689,7 +690,7 @@ class S3Origin:
                 return None
             raise
         try:
-            return json.loads(data)
+            return jsonin.loads(data)
         except ValueError:
             return "unreadable"
 

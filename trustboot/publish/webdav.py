@@ -30,7 +30,6 @@ import builtins
 import contextlib
 import email.utils
 import hashlib
-import json
 import re
 import secrets
 import threading
@@ -39,11 +38,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from typing import Any, cast
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 import httpx
 
+from trustboot import jsonin
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.fileorigin import TMP_PREFIX
 from trustboot.publish.http import (
@@ -74,6 +74,8 @@ LOCK_COLLECTION = ".trustboot-lock"
 STAGING = TMP_PREFIX + "staging"
 _TEMP_NAME = re.compile(r"[0-9a-f]{16}\..+")
 MAX_PROPFIND_BYTES = 16 << 20
+MAX_XML_DEPTH = 32
+MAX_XML_ELEMENTS = MAX_PROPFIND_BYTES // 32  # nginx spends ~40 bytes an element
 MAX_ANSWER_BYTES = 1 << 20  # any other answer: a status page, an error text, a lock file
 DAV = "{DAV:}"
 
@@ -96,6 +98,17 @@ def _responses(data: bytes) -> Iterator[tuple[str, bool, ET.Element]]:
         yield href, response.find(f".//{DAV}resourcetype/{DAV}collection") is not None, response
 
 
+def _split_href(href: str) -> SplitResult | None:
+    """``href`` split, or None when no URL parser would take it (a hostile server's broken
+    IPv6 literal, two ports, a fullwidth '/'): a name that is not a URL is not ours."""
+    try:
+        parts = urlsplit(href)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return None
+    return parts
+
+
 def _parse(data: bytes) -> ET.Element:
     """A multistatus answer as XML: capped, UTF-8 only, no DTD (so no entities)."""
     if len(data) > MAX_PROPFIND_BYTES:
@@ -109,11 +122,37 @@ def _parse(data: bytes) -> ET.Element:
     if "<!doctype" in text.lower() or "<!entity" in text.lower():
         raise OperationalError("the origin's PROPFIND answer has a DTD; refused",
                                hint="a WebDAV server never sends one: check the origin")
+    # Parsed as it streams, counting: within the cap, millions of nested or empty
+    # elements still built a tree of hundreds of MB; a real answer is a few levels deep
+    # with a few elements per name listed.
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
+    root: ET.Element | None = None
+    depth = count = 0
     try:
-        return ET.fromstring(text)  # noqa: S314 - DTDs refused above
+        for at in [*range(0, len(text), CHUNK), -1]:
+            if at < 0:
+                parser.close()  # (raises on a document cut short)
+            else:
+                parser.feed(text[at:at + CHUNK])
+            for item in parser.read_events():
+                event, element = cast("tuple[str, object]", item)  # (events asked for)
+                if event == "end":
+                    depth -= 1
+                    continue
+                depth, count = depth + 1, count + 1
+                if root is None and isinstance(element, ET.Element):
+                    root = element
+                if depth > MAX_XML_DEPTH:
+                    raise OperationalError("the origin's PROPFIND answer is nested too "
+                                           "deeply; refused", hint="check the origin")
+                if count > MAX_XML_ELEMENTS:
+                    raise OperationalError("the origin's PROPFIND answer has too many "
+                                           "elements; refused", hint="check the origin")
     except ET.ParseError as exc:
         raise OperationalError(f"the origin's PROPFIND answer is not acceptable XML: {exc}",
                                hint="is the URL a WebDAV collection?") from None
+    assert root is not None  # (close() raised on a document without one)
+    return root
 
 
 def parse_modified(data: bytes) -> list[tuple[str, bool, float | None]]:
@@ -275,7 +314,8 @@ class WebDAVOrigin(StagesUploads):
         now = time.time()
         removed = []
         for href, is_col, modified in parse_modified(r.content):
-            name = unquote(urlsplit(href).path).rstrip("/").rpartition("/")[2]
+            parts = _split_href(href)
+            name = unquote(parts.path).rstrip("/").rpartition("/")[2] if parts else ""
             if not _TEMP_NAME.fullmatch(name) or key_problem(name):
                 continue
             if modified is None or now - modified < older_than:
@@ -463,8 +503,8 @@ class WebDAVOrigin(StagesUploads):
             return []
         out = []
         for href, is_col, _size, _etag in parse_multistatus(r.content):
-            parts = urlsplit(href)
-            if parts.netloc and parts.netloc != self._netloc:
+            parts = _split_href(href)
+            if parts is None or (parts.netloc and parts.netloc != self._netloc):
                 continue  # another server's name: not ours to list
             rel = unquote(parts.path)
             if not rel.startswith(self.base_path):
@@ -546,7 +586,7 @@ class WebDAVOrigin(StagesUploads):
         if r.status_code != 200:
             return None
         try:
-            return json.loads(r.content[:4096])
+            return jsonin.loads(r.content[:4096])
         except ValueError:
             return "unreadable"
 

@@ -367,13 +367,24 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
                if held.signed else ""))
     objects = [dataclasses.replace(o, staged=staged.get(o.key))
                for o in _local_objects(stage, signed)]
-    manifest, manifest_bytes = _manifest(p, objects, trust, ipxe_manifest, existing, now,
-                                         origin)
+    manifest, manifest_bytes, vouched = _manifest(p, objects, trust, ipxe_manifest,
+                                                  existing, now, origin)
     manifest_path = stage / MANIFEST_NAME
     fsutil.atomic_write(manifest_path, manifest_bytes)
     manifest_hashed = cms_sign.hash_files([manifest_path], v.hash_name)[0]
-    signed_manifest = held.signed[-1:] if held.reuse(manifest_hashed, stage) else \
-        cms_sign.sign_hashed([manifest_hashed], signer, hash_name=v.hash_name, now=now)
+    if held.reuse(manifest_hashed, stage):
+        signed_manifest = held.signed[-1:]
+    elif vouched:
+        signed_manifest = cms_sign.sign_hashed([manifest_hashed], signer,
+                                               hash_name=v.hash_name, now=now)
+    else:
+        raise VerificationError(
+            f"release {p.release_id}: the {MANIFEST_NAME} the origin holds claims what "
+            "this run does not (its iPXE build record, CA, signer or origin differ) and "
+            "has no signature of this signer: this run will not sign it",
+            hint="find out who changed it on the origin; then publish under a new release "
+                 f"id, or prune release {p.release_id} and run again",
+            rule="manifest-claims", subject=release_prefix(p.release_id) + MANIFEST_NAME)
     objects += _local_objects(stage, signed_manifest)
     st.done("manifest", "done" if existing is None else "unchanged",
             f"{MANIFEST_NAME} for {len(manifest.files)} objects, signed")
@@ -507,11 +518,14 @@ def _local_objects(stage: Path, signed: list[cms_sign.Signed]) -> list[LocalObje
 
 def _manifest(p: Plan, objects: list[LocalObject], trust: Trust,
               ipxe: dict[str, Any] | None, existing: ReleaseManifest | None,
-              now: dt.datetime, origin: Origin) -> tuple[ReleaseManifest, bytes]:
-    """The release's manifest and its bytes. When the origin already holds a manifest
-    with the same content (the id's claim), it is used byte for byte: re-signed as it is,
-    it is what the origin serves and what is reported (its notes, e.g. the prebuilt
-    firmware's build record, may differ from this run's; they are not part of the id)."""
+              now: dt.datetime, origin: Origin) -> tuple[ReleaseManifest, bytes, bool]:
+    """The release's manifest, its bytes, and whether this run vouches for every claim
+    in them. When the origin already holds a manifest with the same content (the id's
+    claim), it is used byte for byte: it is what the origin serves and what is reported
+    (its notes, e.g. the prebuilt firmware's build record, may differ from this run's;
+    they are not part of the id). Its claims beyond its time are this run's own, or only
+    kept under the signature the origin holds (anyone who can write the origin could have
+    written them: a signed build record is root-promotion evidence)."""
     cert = p.v.signer.certificate
     chain_end = min(c.not_valid_after_utc for c in (cert, *p.v.signer.chain))
     signer = SignerSummary(subject=cert.subject.rfc4514_string(),
@@ -524,8 +538,10 @@ def _manifest(p: Plan, objects: list[LocalObject], trust: Trust,
         data = b"".join(origin.read(key, max_size=MAX_MANIFEST_BYTES))
         claimed = parse_manifest(data, source=f"{origin.url}{key}")
         if claimed.release == p.release_id and claimed.same_content(fresh):
-            return claimed, data
-    return fresh, fresh.to_bytes()
+            own = (claimed.origin, claimed.ca_sha256, claimed.signer, claimed.ipxe) == \
+                (fresh.origin, fresh.ca_sha256, fresh.signer, fresh.ipxe)
+            return claimed, data, own
+    return fresh, fresh.to_bytes(), True
 
 
 def check_entry(entry_url: str, trust: Trust, expected: bytes | None, *,

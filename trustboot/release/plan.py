@@ -393,7 +393,7 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         creds = load_credentials(file=cfile, env=o.credentials.env,
                                  environ=dict(options.environ) if options.environ else None)
         # bound to another origin: refused here, so a dry run says so too
-        check_credentials_scope(url, creds)
+        check_credentials_scope(url, creds, endpoint=o.endpoint)
 
     client_cert = client_key = None
     client_pass: PassphraseSource | None = None

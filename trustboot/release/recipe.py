@@ -28,6 +28,7 @@ from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe import syntax
 from trustboot.ipxe.script import DEFAULT_ON_FAILURE, ON_FAILURE
 from trustboot.keys.ref import KeyRef, parse_ref
+from trustboot.publish.origin import redact_url, split_url
 from trustboot.release.yamlspec import (
     Bool,
     Checked,
@@ -345,7 +346,7 @@ def _check_template(c: Checked) -> str:
 
 def _check_url(c: Checked, what: str) -> str:
     url: str = c.value
-    parts = urlsplit(url)
+    parts = split_url(url, f"{c.where}: {what} {redact_url(url)!r}")
     if parts.username or parts.password:
         raise ConfigError(f"{c.where}: {what} holds credentials",
                           hint="use origin.credentials (a file or an env var), never the URL")
