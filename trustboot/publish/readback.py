@@ -9,16 +9,16 @@ Bodies are streamed with the standard library's ``http.client`` on the same TLS 
 not httpx: OpenSSL hands out one 16 KiB TLS record per read, and httpx/httpcore/h11 spend
 a dozen Python calls on each (measured: 2.5 CPU s per 512 MiB against curl's 0.8; most of
 the read-back's time). ``http.client`` fills a 1 MiB buffer in C (``readinto``), so the
-cost left is TLS and SHA-256. One keep-alive connection per thread and origin.
+cost left is TLS and SHA-256. One keep-alive connection per thread and origin. The total
+deadline of each GET is the one policy of ``trustboot.publish.deadline``, enforced by its
+``Watchdog`` (a per-recv clamp cannot reach inside ``readinto``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import http.client
-import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -40,8 +40,8 @@ from trustboot.cms.verify import (
     verify_signature,
 )
 from trustboot.errors import ConfigError, OperationalError
+from trustboot.publish.deadline import MIN_RATE, Watchdog, budget, too_slow
 from trustboot.publish.http import (
-    MIN_RATE,
     RetryableStatus,
     status_error,
     tls_context,
@@ -131,56 +131,6 @@ def _hash_inline(response: http.client.HTTPResponse, hashers: list[Any], url: st
     return size
 
 
-class _Deadlines:
-    """Shuts down the connection of a request that outlives its deadline (see MIN_RATE):
-    one thread per Reader, started on first use, looking a few times a second."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._due: dict[int, tuple[float, http.client.HTTPConnection]] = {}
-        self._expired: set[int] = set()
-        self._count = 0
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    def watch(self, conn: http.client.HTTPConnection, deadline: float) -> int:
-        with self._lock:
-            self._count += 1
-            self._due[self._count] = (deadline, conn)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="trustboot-readback-deadline")
-                self._thread.start()
-            return self._count
-
-    def done(self, token: int) -> bool:
-        """Stop watching ``token``; whether its deadline passed."""
-        with self._lock:
-            self._due.pop(token, None)
-            late = token in self._expired
-            self._expired.discard(token)
-            return late
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            now = time.monotonic()
-            with self._lock:
-                late = [(t, conn) for t, (when, conn) in self._due.items() if when <= now]
-                for token, conn in late:
-                    self._expired.add(token)
-                    if conn.sock is not None:  # else: still connecting (its own timeout)
-                        del self._due[token]
-            for _token, conn in late:
-                sock = conn.sock
-                if sock is not None:
-                    # the raw socket's shutdown: a blocked read (TLS or not) returns at once
-                    with contextlib.suppress(OSError):
-                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._stop.set()
-
-
 class Reader:
     """An HTTPS client that sees what iPXE sees."""
 
@@ -192,7 +142,7 @@ class Reader:
         self.retries = retries
         self.timeout = timeout
         self.min_rate = min_rate
-        self._deadlines = _Deadlines()
+        self._deadlines = Watchdog(name="trustboot-readback-deadline")
         ctx = tls_context(ca_file=ca_file, ca_pem=ca_pem, unsafe_no_verify=unsafe_no_verify,
                           ipxe_tls=ipxe_tls)
         self._ctx = ctx
@@ -255,13 +205,13 @@ class Reader:
                     body: list[bytes] | None = None) -> Served:
         """One GET of ``url`` over http.client, hashed into ``names`` (see the module doc);
         the bytes are also appended to ``body`` if given. OperationalError (not retried)
-        when the answer takes longer than its deadline (see MIN_RATE)."""
+        when the answer takes longer than its deadline (``trustboot.publish.deadline``)."""
         parts = urlsplit(url)
         host = parts.hostname or ""
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn = self._connection(parts.scheme, host, parts.port)
-        budget = self.timeout + max_size / self.min_rate
-        token = self._deadlines.watch(conn, time.monotonic() + budget)
+        seconds = budget(self.timeout, max_size, min_rate=self.min_rate)
+        token = self._deadlines.watch(conn, time.monotonic() + seconds)
         try:
             served = self._get_on(conn, url, (parts.scheme, host, parts.port), target,
                                   max_size, names, body)
@@ -274,11 +224,7 @@ class Reader:
             late = self._deadlines.done(token)
         if late:
             self._drop_connection(parts.scheme, host, parts.port)
-            raise OperationalError(
-                f"{url} was served too slowly: not complete after {budget:.0f} s "
-                f"(less than {self.min_rate / 1024:.0f} KiB/s)",
-                hint="check the origin and the network path to it; an origin that trickles "
-                     "its answers holds every client that boots from it") from None
+            raise too_slow(url, seconds, min_rate=self.min_rate) from None
         return served
 
     def _get_on(self, conn: http.client.HTTPConnection, url: str,

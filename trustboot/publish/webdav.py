@@ -45,14 +45,13 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from trustboot.errors import ConfigError, OperationalError
+from trustboot.publish.deadline import MIN_RATE, total_deadline
 from trustboot.publish.fileorigin import TMP_PREFIX
 from trustboot.publish.http import (
-    MIN_RATE,
     RetryableStatus,
     deadline_transport,
     status_error,
     tls_context,
-    total_deadline,
     with_retries,
 )
 from trustboot.publish.lock import LOCK_STALE_AFTER, lock_is_stale, origin_lock
