@@ -22,6 +22,7 @@ The policy is enforced in the way each client allows:
 from __future__ import annotations
 
 import contextlib
+import http.client
 import socket
 import ssl
 import threading
@@ -137,15 +138,14 @@ class Watchdog:
     def __init__(self, *, name: str = "trustboot-deadline") -> None:
         self._name = name
         self._lock = threading.Lock()
-        self._due: dict[int, tuple[float, Any]] = {}
+        self._due: dict[int, tuple[float, http.client.HTTPConnection]] = {}
         self._expired: set[int] = set()
         self._count = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def watch(self, conn: Any, deadline: float) -> int:
-        """Watch ``conn`` (anything with a ``sock`` attribute, None while it connects,
-        such as ``http.client.HTTPConnection``) until ``deadline``; a token for done."""
+    def watch(self, conn: http.client.HTTPConnection, deadline: float) -> int:
+        """Watch ``conn`` until ``deadline``; a token for ``done``."""
         with self._lock:
             self._count += 1
             self._due[self._count] = (deadline, conn)
