@@ -15,12 +15,14 @@ a successful refresh (someone may have judged it stale by then); the origin's wr
 the entry switch call ``HeldLock.check`` first (``GuardedByLock``), which then raises: the
 holder stops before its next change to the origin, never continues.
 
-A refresh reads the record, then rewrites it, then reads it again; the rewrite itself is
-not conditional. A breaker that took the lock between that first read and the rewrite
-would have it overwritten, then both would hold it until one of them checks. That needs
-the breaker to judge a record stale that was refreshed less than ``refresh`` seconds
-before (a clock skew of ``stale_after - refresh`` between hosts), since a holder that
-could not refresh for that long gives up by itself.
+A refresh reads the record, then rewrites it, then reads it again. On S3 the rewrite is
+conditional on our last record's ETag (``If-Match``), so it never replaces another's lock.
+On file:// (a rename over the lock) and WebDAV (a MOVE over ``owner.json``, refused when
+the lock collection is gone) it is not: a breaker that replaced the lock between that
+first read and the rewrite would have its record overwritten, and both would hold the
+lock until the breaker's next check. That needs the breaker to judge stale a record
+refreshed less than ``refresh`` seconds before (a clock skew of ``stale_after - refresh``
+between hosts), since a holder that could not refresh for that long gives up by itself.
 """
 
 from __future__ import annotations
