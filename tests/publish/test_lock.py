@@ -342,3 +342,53 @@ def test_two_breakers_of_one_stale_lock_one_wins(rgw: Any, interleaving: str,  #
         release.set()
         for t in threads:
             t.join(20)
+
+
+# -- a publish whose lock is taken over ---------------------------------------------------
+
+class _StealAt:
+    """A progress sink: another publisher takes the origin's lock when ``phase`` starts
+    (judging it stale at once) and holds it until ``stop``."""
+
+    def __init__(self, origin: Origin, phase: str) -> None:
+        self.origin = origin
+        self.at = phase
+        self.stack = contextlib.ExitStack()
+
+    def phase(self, name: str, total_bytes: int) -> None:
+        if name == self.at:
+            self.stack.enter_context(self.origin.lock("thief", stale_after=0.0,  # type: ignore[call-arg]
+                                                      refresh=30))
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def item(self, key: str, action: str) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.stack.close()
+
+
+def test_a_publish_whose_lock_is_taken_stops_before_the_switch(
+        pki: Pki, nginx: Nginx, make_release: Callable[..., Path]) -> None:
+    import datetime as dt
+
+    from tests.publish.test_faults import ENTRY_A, ENTRY_B, options_of, publish, trust_of
+    from trustboot.publish.pipeline import publish_release, scan_directory
+
+    assert publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra").exit_code == 0
+    rb = make_release({"boot.ipxe": ENTRY_B})
+    with open_origin(nginx.url, options_of(pki)) as origin, \
+            open_origin(nginx.url, options_of(pki)) as thief:
+        sink = _StealAt(thief, "readback")
+        try:
+            with pytest.raises(OperationalError, match=r"lost the lock.*thief") as info:
+                publish_release(origin, "rb", scan_directory(rb), entry="boot.ipxe",
+                                trust=trust_of(pki), now=dt.datetime.now(dt.UTC),
+                                progress=sink, options=options_of(pki))
+            assert info.value.exit_code == ExitCode.OPERATIONAL
+            assert (nginx.root / "boot.ipxe").read_bytes() == ENTRY_A  # never switched
+            assert b"thief" in (nginx.root / ".trustboot-lock/owner.json").read_bytes()
+        finally:
+            sink.stop()
