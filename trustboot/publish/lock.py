@@ -131,9 +131,9 @@ class HeldLock:
             raise OperationalError(
                 f"lost the lock on {self.where} ({self._lost}); stopped before changing "
                 "the origin further",
-                hint="another publisher took the lock, judging this run's lock stale: "
-                     "check what it published, then run `trustboot publish repair` and "
-                     "publish again")
+                hint="another publisher took the lock over, judging this run's stale (did "
+                     "its refreshes reach the origin? are the two hosts' clocks apart?): "
+                     "let that one finish, then run this one again (it resumes)")
 
     @property
     def lost(self) -> str | None:
