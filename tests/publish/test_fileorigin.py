@@ -413,56 +413,6 @@ def test_prune_with_another_entry_path_than_the_origins_keeps_the_live_one(
     assert sorted(p.name for p in (tmp_path / "srv/releases").iterdir()) == ["r1", "r2"]
 
 
-def test_a_lock_being_created_is_never_taken_by_a_second_publisher(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first publisher is held between creating its lock and writing its record; a
-    second one arriving then must not find an empty lock, judge it a crashed holder's and
-    take it over: exactly one of the two holds the lock."""
-    import threading
-
-    url = f"file://{tmp_path}"
-    writing, go_on, release = threading.Event(), threading.Event(), threading.Event()
-    real_write = os.write
-
-    def held_write(fd: int, data: bytes) -> int:
-        if bytes(data).startswith(b'{"owner": "first"') and not go_on.is_set():
-            writing.set()
-            go_on.wait(10)
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", held_write)
-    holders: list[str] = []
-    lost: list[str] = []
-
-    def first() -> None:
-        try:
-            with FileOrigin(url, OriginOptions()) as o, o.lock("first"):
-                holders.append("first")
-                release.wait(10)
-        except OperationalError as exc:
-            lost.append(exc.message)
-
-    thread = threading.Thread(target=first)
-    thread.start()
-    assert writing.wait(5)
-    try:
-        with FileOrigin(url, OriginOptions()) as o, o.lock("second"):
-            holders.append("second")
-            go_on.set()
-            for _ in range(100):  # until the first one has won or lost
-                if lost or len(holders) > 1:
-                    break
-                time.sleep(0.05)
-            assert holders == ["second"] and "locked by second" in lost[0]
-    except OperationalError:
-        go_on.set()
-    finally:
-        go_on.set()
-        release.set()
-        thread.join(10)
-    assert len(holders) == 1, holders
-
-
 _HOLDER = """
 import sys, time
 from trustboot.publish.fileorigin import FileOrigin

@@ -28,7 +28,13 @@ from urllib.parse import unquote, urlsplit
 
 from trustboot import fsutil, jsonin
 from trustboot.errors import ConfigError, OperationalError
-from trustboot.publish.lock import LOCK_STALE_AFTER, lock_is_stale, origin_lock
+from trustboot.publish.lock import (
+    LOCK_STALE_AFTER,
+    GuardedByLock,
+    HeldLock,
+    lock_is_stale,
+    origin_lock,
+)
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
@@ -62,7 +68,7 @@ def directory_of(url: str) -> Path:
     return Path(path)
 
 
-class FileOrigin(StagesUploads):
+class FileOrigin(StagesUploads, GuardedByLock):
     """An origin in a local directory (``file:///srv/boot``)."""
 
     def __init__(self, url: str, options: OriginOptions) -> None:
@@ -209,12 +215,17 @@ class FileOrigin(StagesUploads):
         try:
             tmp = self._write_temp(dfd, key, name, chunks, sha256=sha256, progress=progress)
             try:
+                self._check_lock()
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
                 os.fsync(dfd)
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
                 raise self._fail(key, "writing", exc) from None
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
         finally:
             os.close(dfd)
 
@@ -248,6 +259,7 @@ class FileOrigin(StagesUploads):
             self.discard_staged(staged)
             raise self._fail(key, "creating its directory", exc) from None
         try:
+            self._check_lock()
             os.rename(staged.token, name, src_dir_fd=root, dst_dir_fd=dfd)
             os.fsync(dfd)
             staged.done = True
@@ -386,6 +398,7 @@ class FileOrigin(StagesUploads):
 
     def delete(self, key: str) -> None:
         dirs, name = self._split(key)
+        self._check_lock()
         try:
             dfd = self._dir(dirs, create=False)
         except FileNotFoundError:
@@ -412,6 +425,7 @@ class FileOrigin(StagesUploads):
 
     def copy_many(self, pairs: Sequence[tuple[str, str]]) -> None:
         # each copy is already one atomic replace; nothing to stage before them
+        self._check_lock(confirm=True)  # the entry switch: never on a lost lock
         for src_key, dst_key in pairs:
             self.copy(src_key, dst_key)
 
@@ -421,8 +435,8 @@ class FileOrigin(StagesUploads):
         self._write(dst_key, self.read(src_key, max_size=1 << 40), sha256=None)
 
     # -- lock -----------------------------------------------------------------------
-    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER
-             ) -> AbstractContextManager[None]:
+    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER,
+             refresh: float | None = None) -> AbstractContextManager[HeldLock]:
         root = self._root()
 
         def try_create(body: bytes) -> bool:
@@ -461,11 +475,24 @@ class FileOrigin(StagesUploads):
                 os.close(fd)
             return True
 
-        return origin_lock(owner, where=self.url, remove_hint=f"remove {self.root / LOCK_NAME}",
-                           try_create=try_create, read=self._read_lock,
-                           break_stale=self._break_lock,
-                           release=lambda: os.unlink(LOCK_NAME, dir_fd=root),
-                           stale_after=stale_after)
+        def rewrite(body: bytes) -> bool:
+            # the record whole or not at all: a reader never sees a half-written lock
+            tmp = self._write_temp(root, LOCK_NAME, "lock", iter([body]), sha256=None,
+                                   progress=None)
+            try:
+                os.rename(tmp, LOCK_NAME, src_dir_fd=root, dst_dir_fd=root)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=root)
+                raise self._fail(LOCK_NAME, "refreshing the lock", exc) from None
+            return True  # (whether it is still ours: the next read says)
+
+        return self._guarded(origin_lock(
+            owner, where=self.url, remove_hint=f"remove {self.root / LOCK_NAME}",
+            try_create=try_create, read=self._read_lock,
+            break_stale=lambda seen, _body: self._break_lock(seen, stale_after),
+            release=lambda: os.unlink(LOCK_NAME, dir_fd=root), rewrite=rewrite,
+            stale_after=stale_after, refresh=refresh))
 
     def _read_lock(self, name: str = LOCK_NAME) -> object:
         """The lock record ``name`` holds; None if it is gone. Anything but a regular file
@@ -489,17 +516,18 @@ class FileOrigin(StagesUploads):
         except ValueError:
             return "unreadable"
 
-    def _break_lock(self, seen: object) -> None:
-        """Move a stale lock aside, then make sure it is the one we judged stale."""
+    def _break_lock(self, seen: object, stale_after: float) -> bool:
+        """Move a stale lock aside, then make sure it is the one we judged stale; False:
+        the next attempt creates ours."""
         aside = f"{TMP_PREFIX}{secrets.token_hex(8)}.stale-lock"
         root = self._root()
         try:
             os.rename(LOCK_NAME, aside, src_dir_fd=root, dst_dir_fd=root)
         except FileNotFoundError:
-            return
+            return False
         moved = self._read_lock(aside)
         if moved != seen and not lock_is_stale(moved, now=time.time(),
-                                               stale_after=LOCK_STALE_AFTER):
+                                               stale_after=stale_after):
             # someone else's fresh lock: put it back unless a new one appeared meanwhile
             with contextlib.suppress(OSError):
                 os.link(aside, LOCK_NAME, src_dir_fd=root, dst_dir_fd=root)
@@ -510,6 +538,7 @@ class FileOrigin(StagesUploads):
         except IsADirectoryError:  # a directory planted as the lock (a full one stays)
             with contextlib.suppress(OSError):
                 os.rmdir(aside, dir_fd=root)
+        return False
 
     def public_url(self, key: str) -> str | None:
         base = self.options.public_url

@@ -6,28 +6,25 @@
   it implements), so a read-back that succeeds is one iPXE can repeat.
 * ``with_retries`` retries connection errors and 5xx with exponential backoff and ends in
   one OperationalError naming the URL; certificate failures are never retried.
-* ``deadline_transport`` + ``total_deadline``: a per-read timeout alone does not bound an
-  answer trickled a byte at a time (slowloris); every socket operation of a request made
-  under ``total_deadline`` waits at most until the request's deadline (see MIN_RATE).
+* ``deadline_transport``: an httpx transport (public httpx/httpcore API only) whose
+  requests made under ``trustboot.publish.deadline.total_deadline`` end by their deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import random
-import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpcore
 import httpx
 
 from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.publish.deadline import DeadlineBackend
 
 # The cipher suites iPXE implements (src/crypto/mishmash/*: ECDHE/DHE/RSA with AES-CBC and
 # AES-GCM; TLS 1.2 at most), in OpenSSL names, forward-secret and AEAD first.
@@ -45,158 +42,89 @@ USER_AGENT = "trustboot-publish (iPXE-compatible read-back)"
 
 T = TypeVar("T")
 
-# The slowest answer waited for: a request gets timeout + max_size / MIN_RATE seconds in
-# all. The per-read timeout alone does not bound an answer trickled a byte at a time
-# (slowloris): a hostile origin would hold a release (or a CI job) forever.
-MIN_RATE = 64 << 10
-
-_due = threading.local()  # the deadline (time.monotonic()) of this thread's request
-
-
-def _clamp(timeout: float | None) -> float | None:
-    """``timeout`` cut to what is left of this thread's total deadline, if any."""
-    due: float | None = getattr(_due, "at", None)
-    if due is None:
-        return timeout
-    left = due - time.monotonic()
-    if left <= 0:
-        raise httpcore.ReadTimeout("the request's total deadline has passed")
-    return left if timeout is None else min(timeout, left)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, _clamp(timeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _clamp(timeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname,
-                                                     _clamp(timeout)))
-
-    def get_extra_info(self, info: str) -> object:
-        return self._inner.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    def __init__(self) -> None:
-        self._inner = httpcore.SyncBackend()
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                    local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._inner.connect_tcp(host, port, _clamp(timeout),
-                                                       local_address, socket_options))
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[Any] | None = None
-                            ) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._inner.connect_unix_socket(path, _clamp(timeout),
-                                                               socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-def deadline_transport(ctx: ssl.SSLContext, *, max_connections: int) -> httpx.HTTPTransport:
-    """An httpx transport whose requests made under ``total_deadline`` end by then."""
-    transport = httpx.HTTPTransport(verify=ctx, limits=httpx.Limits(
-        max_connections=max_connections))
-    # httpx takes no network backend: the pool it made is replaced by the same pool
-    # over one that clamps each socket operation to the thread's deadline
-    if not isinstance(getattr(transport, "_pool", None), httpcore.ConnectionPool):
-        raise RuntimeError("this httpx version is not supported (no connection pool)")
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=ctx, max_connections=max_connections, keepalive_expiry=5.0,
-        network_backend=_DeadlineBackend())
-    return transport
+# httpcore's exceptions as the httpx ones callers catch (with_retries retries
+# httpx.TransportError), as httpx's own HTTPTransport maps them.
+_HTTPX_ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
+    httpcore.TimeoutException: httpx.TimeoutException,
+    httpcore.ConnectTimeout: httpx.ConnectTimeout,
+    httpcore.ReadTimeout: httpx.ReadTimeout,
+    httpcore.WriteTimeout: httpx.WriteTimeout,
+    httpcore.PoolTimeout: httpx.PoolTimeout,
+    httpcore.NetworkError: httpx.NetworkError,
+    httpcore.ConnectError: httpx.ConnectError,
+    httpcore.ReadError: httpx.ReadError,
+    httpcore.WriteError: httpx.WriteError,
+    httpcore.ProxyError: httpx.ProxyError,
+    httpcore.UnsupportedProtocol: httpx.UnsupportedProtocol,
+    httpcore.ProtocolError: httpx.ProtocolError,
+    httpcore.LocalProtocolError: httpx.LocalProtocolError,
+    httpcore.RemoteProtocolError: httpx.RemoteProtocolError,
+}
 
 
 @contextlib.contextmanager
-def total_deadline(seconds: float, url: str, *, start: float | None = None
-                   ) -> Iterator[float]:
-    """Socket operations of ``deadline_transport`` requests on this thread end within
-    ``seconds`` of ``start`` (time.monotonic(), default now); a transport error after that
-    is the OperationalError "served too slowly" (not retried). Yields the deadline."""
-    outer: float | None = getattr(_due, "at", None)
-    at = (time.monotonic() if start is None else start) + seconds
-    _due.at = at if outer is None else min(outer, at)
+def _as_httpx_errors() -> Iterator[None]:
     try:
-        yield _due.at
-    except httpx.TransportError:
-        if time.monotonic() < _due.at:
+        yield
+    except Exception as exc:
+        # the most specific: the first class of the exception's MRO that is mapped
+        mapped = next((_HTTPX_ERRORS[c] for c in type(exc).__mro__ if c in _HTTPX_ERRORS),
+                      None)
+        if mapped is None:
             raise
-        raise too_slow(url, seconds) from None
-    finally:
-        _due.at = outer
+        raise mapped(str(exc)) from exc
 
 
-def too_slow(url: str, seconds: float) -> OperationalError:
-    return OperationalError(
-        f"{url} was served too slowly: not complete after {seconds:.0f} s "
-        f"(less than {MIN_RATE / 1024:.0f} KiB/s)",
-        hint="check the origin and the network path to it; an origin that trickles "
-             "its answers holds every client that boots from it")
+class _ResponseStream(httpx.SyncByteStream):
+    def __init__(self, parts: Iterable[bytes]) -> None:
+        self._parts = parts
 
-
-class Deadlines:
-    """Shuts down the connection of a request that outlives its deadline (see MIN_RATE):
-    one thread per Reader or S3 origin, started on first use, looking a few times a
-    second. For clients that are not httpx (``deadline_transport``): http.client and
-    the urllib3 connections under boto3, which are http.client connections too."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._due: dict[int, tuple[float, http.client.HTTPConnection]] = {}
-        self._expired: set[int] = set()
-        self._count = 0
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    def watch(self, conn: http.client.HTTPConnection, deadline: float) -> int:
-        with self._lock:
-            self._count += 1
-            self._due[self._count] = (deadline, conn)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="trustboot-deadline")
-                self._thread.start()
-            return self._count
-
-    def done(self, token: int) -> bool:
-        """Stop watching ``token``; whether its deadline passed."""
-        with self._lock:
-            self._due.pop(token, None)
-            late = token in self._expired
-            self._expired.discard(token)
-            return late
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            now = time.monotonic()
-            with self._lock:
-                late = [(t, conn) for t, (when, conn) in self._due.items() if when <= now]
-                for token, conn in late:
-                    self._expired.add(token)
-                    if conn.sock is not None:  # else: still connecting (its own timeout)
-                        del self._due[token]
-            for _token, conn in late:
-                sock = conn.sock
-                if sock is not None:
-                    # the raw socket's shutdown: a blocked read (TLS or not) returns at once
-                    with contextlib.suppress(OSError):
-                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx_errors():
+            yield from self._parts
 
     def close(self) -> None:
-        self._stop.set()
+        close = getattr(self._parts, "close", None)
+        if close is not None:
+            with _as_httpx_errors():
+                close()
+
+
+class DeadlineTransport(httpx.BaseTransport):
+    """httpx's HTTPTransport, made of public httpx/httpcore API only, over a connection
+    pool whose network backend keeps each request made under ``total_deadline`` within
+    its deadline (httpx.HTTPTransport takes no network backend)."""
+
+    def __init__(self, ctx: ssl.SSLContext, *, max_connections: int) -> None:
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ctx, max_connections=max_connections, keepalive_expiry=5.0,
+            network_backend=DeadlineBackend())
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not isinstance(request.stream, httpx.SyncByteStream):
+            raise TypeError("an asynchronous request body on a synchronous transport")
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host,
+                             port=request.url.port, target=request.url.raw_path),
+            headers=request.headers.raw, content=request.stream,
+            extensions=request.extensions)  # the timeouts, sni_hostname, ...
+        with _as_httpx_errors():
+            answer = self._pool.handle_request(core)
+        if not isinstance(answer.stream, Iterable):
+            raise TypeError("an asynchronous response body on a synchronous transport")
+        return httpx.Response(status_code=answer.status, headers=answer.headers,
+                              stream=_ResponseStream(answer.stream),
+                              extensions=answer.extensions)
+
+    def close(self) -> None:
+        with _as_httpx_errors():
+            self._pool.close()
+
+
+def deadline_transport(ctx: ssl.SSLContext, *, max_connections: int) -> DeadlineTransport:
+    """An httpx transport whose requests made under ``total_deadline`` end by then."""
+    return DeadlineTransport(ctx, max_connections=max_connections)
 
 
 def tls_context(*, ca_file: Path | None = None, ca_pem: bytes | None = None,

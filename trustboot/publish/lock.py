@@ -1,10 +1,28 @@
 """The publish lock every backend takes: one protocol, backend-specific atomic create.
 
 A backend supplies an atomic "create if absent" (a hard link, a MOVE without overwrite, an
-S3 conditional PUT), a reader of the holder's record, a way to move a stale lock aside, and
-a release. The record names owner, host, pid (and its PID namespace) and time, so the
-loser's error names the winner, and a lock left by a dead process on this host (or one
-older than ``stale_after``) is broken.
+S3 conditional PUT), a reader of the holder's record, a way to move a stale lock aside, a
+rewrite of the record and a release. The record names owner, host, pid (and its PID
+namespace), time and a random token (what makes a lock ours), so the loser's error names
+the winner, and a lock left by a dead process on this host (or one older than
+``stale_after``) is broken.
+
+Heartbeat: a holder rewrites its record (same token, new time) every ``refresh`` seconds
+(a sixth of ``stale_after`` unless given) on a daemon thread, so a publish that runs longer
+than ``stale_after`` keeps its lock. A refresh that finds the lock is not ours any more
+(broken, or replaced) marks it lost, and so does ``stale_after - refresh`` seconds without
+a successful refresh (someone may have judged it stale by then); the origin's writes and
+the entry switch call ``HeldLock.check`` first (``GuardedByLock``), which then raises: the
+holder stops before its next change to the origin, never continues.
+
+A refresh reads the record, then rewrites it, then reads it again. On S3 the rewrite is
+conditional on our last record's ETag (``If-Match``), so it never replaces another's lock.
+On file:// (a rename over the lock) and WebDAV (a MOVE over ``owner.json``, refused when
+the lock collection is gone) it is not: a breaker that replaced the lock between that
+first read and the rewrite would have its record overwritten, and both would hold the
+lock until the breaker's next check. That needs the breaker to judge stale a record
+refreshed less than ``refresh`` seconds before (a clock skew of ``stale_after - refresh``
+between hosts), since a holder that could not refresh for that long gives up by itself.
 """
 
 from __future__ import annotations
@@ -13,7 +31,9 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -21,6 +41,7 @@ from trustboot.errors import OperationalError, TrustbootError
 from trustboot.text import clean
 
 LOCK_STALE_AFTER = 6 * 3600.0
+REFRESH_FRACTION = 6  # refreshed every stale_after / 6 (at least every second) by default
 
 
 def _pid_namespace() -> str | None:
@@ -31,9 +52,9 @@ def _pid_namespace() -> str | None:
         return None
 
 
-def lock_record(owner: str) -> dict[str, object]:
+def lock_record(owner: str, token: str) -> dict[str, object]:
     return {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
-            "pidns": _pid_namespace(), "time": time.time()}
+            "pidns": _pid_namespace(), "time": time.time(), "token": token}
 
 
 def lock_is_stale(record: object, *, now: float, stale_after: float) -> bool:
@@ -73,14 +94,137 @@ def describe_lock(record: object) -> str:
     return f"{owner} (pid {pid} on {host}{age})"
 
 
+class HeldLock:
+    """A lock this process holds, kept fresh by a daemon thread (see the module doc)."""
+
+    def __init__(self, where: str, record: dict[str, object], *, stale_after: float,
+                 refresh: float, read: Callable[[], object],
+                 rewrite: Callable[[bytes], bool]) -> None:
+        self.where = where
+        self.token = str(record["token"])
+        self._record = record
+        self._stale_after = stale_after
+        self._refresh = refresh
+        self._read = read
+        self._rewrite = rewrite
+        self._lost: str | None = None
+        self._mutex = threading.Lock()  # one refresh at a time, none after stop
+        self._stopped = threading.Event()
+        self._last_ok = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="trustboot-lock-heartbeat")
+
+    def ours(self, record: object) -> bool:
+        return isinstance(record, dict) and record.get("token") == self.token
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop refreshing; returns once no refresh is under way."""
+        with self._mutex:
+            self._stopped.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def check(self, *, confirm: bool = False) -> None:
+        """Raise if the lock is lost; ``confirm``: read the record to be sure first (before
+        the entry switch)."""
+        if confirm and self._lost is None:
+            held = self._read()
+            if not self.ours(held):
+                self._lose_to(held)
+        if self._lost is not None:
+            raise OperationalError(
+                f"lost the lock on {self.where} ({self._lost}); stopped before changing "
+                "the origin further",
+                hint="another publisher took the lock over, judging this run's stale (did "
+                     "its refreshes reach the origin? are the two hosts' clocks apart?): "
+                     "let that one finish, then run this one again (it resumes)")
+
+    @property
+    def lost(self) -> str | None:
+        return self._lost
+
+    def _lose(self, why: str) -> None:
+        if self._lost is None:
+            self._lost = why
+
+    def _lose_to(self, held: object) -> None:
+        self._lose(f"it is now held by {describe_lock(held)}" if held is not None
+                   else "it was removed")
+
+    def refresh(self) -> bool:
+        """One heartbeat: rewrite the record if it is still ours; whether it is."""
+        with self._mutex:
+            if self._stopped.is_set() or self._lost is not None:
+                return self._lost is None
+            held = self._read()
+            if self.ours(held):
+                self._record = dict(self._record, time=time.time())
+                refused = not self._rewrite(json.dumps(self._record).encode())
+                held = self._read()  # after a refusal: whoever took it meanwhile
+                if refused:
+                    self._lose_to(held)
+                    return False
+            if not self.ours(held):
+                self._lose_to(held)
+                return False
+            self._last_ok = time.monotonic()
+            return True
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._refresh):
+            try:
+                if not self.refresh():
+                    return
+            except (TrustbootError, OSError):
+                # the origin is unreachable: keep trying until someone may have judged
+                # the record stale; then the lock cannot be trusted any more
+                if time.monotonic() - self._last_ok > self._stale_after - self._refresh:
+                    self._lose(f"it could not be refreshed for "
+                               f"{time.monotonic() - self._last_ok:.0f} s")
+                    return
+
+
+class GuardedByLock:
+    """Mixed into an origin: while it holds its lock, its writes (and its entry switch,
+    ``confirm=True``) first make sure the lock is still theirs (``HeldLock.check``)."""
+
+    _held: HeldLock | None = None
+
+    def _check_lock(self, *, confirm: bool = False) -> None:
+        held = self._held
+        if held is not None:
+            held.check(confirm=confirm)
+
+    @contextlib.contextmanager
+    def _guarded(self, lock: contextlib.AbstractContextManager[HeldLock]
+                 ) -> Iterator[HeldLock]:
+        with lock as held:
+            self._held = held
+            try:
+                yield held
+            finally:
+                self._held = None
+
+
 @contextlib.contextmanager
 def origin_lock(owner: str, *, where: str, remove_hint: str,
                 try_create: Callable[[bytes], bool], read: Callable[[], object],
-                break_stale: Callable[[object], None], release: Callable[[], None],
-                stale_after: float = LOCK_STALE_AFTER, settle: float = 0.0) -> Iterator[None]:
-    """Hold the lock for the block. ``settle``: how long to wait for a holder that has
-    created the lock but not yet written its record (non-atomic backends)."""
-    body = json.dumps(lock_record(owner)).encode()
+                break_stale: Callable[[object, bytes], bool], release: Callable[[], None],
+                rewrite: Callable[[bytes], bool], stale_after: float = LOCK_STALE_AFTER,
+                refresh: float | None = None, settle: float = 0.0) -> Iterator[HeldLock]:
+    """Hold the lock for the block, refreshing it (see the module doc).
+
+    ``try_create(body)``: create the lock with this record if there is none; whether it did.
+    ``break_stale(seen, body)``: remove the lock judged stale if it still is ``seen``, or
+    replace it by ``body`` atomically; True only in the second case (the lock is ours).
+    ``rewrite(body)``: the heartbeat's new record; False if the store refused it (not ours).
+    ``settle``: how long to wait for a holder that has created the lock but not yet written
+    its record (non-atomic backends)."""
+    record = lock_record(owner, secrets.token_hex(16))
+    body = json.dumps(record).encode()
     for _attempt in range(3):
         if try_create(body):
             break
@@ -94,13 +238,22 @@ def origin_lock(owner: str, *, where: str, remove_hint: str,
                 f"origin {where} is locked by {describe_lock(held)}",
                 hint=f"another publish is running; wait for it, or {remove_hint} if that "
                      "process is gone")
-        break_stale(held)
+        if break_stale(held, body):
+            break
     else:
         raise OperationalError(f"could not take the lock on {where}",
                                hint="another publish keeps taking it; retry later")
+    if refresh is None:
+        refresh = max(stale_after / REFRESH_FRACTION, 1.0)
+    if refresh <= 0:
+        raise ValueError("the lock's refresh interval must be positive")
+    lock = HeldLock(where, record, stale_after=stale_after, refresh=refresh, read=read,
+                    rewrite=rewrite)
+    lock.start()
     try:
-        yield
+        yield lock
     finally:
+        lock.stop()
         with contextlib.suppress(TrustbootError, OSError):
-            if read() == json.loads(body):
+            if lock.ours(read()):
                 release()

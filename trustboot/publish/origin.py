@@ -40,6 +40,7 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from trustboot.errors import ConfigError, OperationalError
+from trustboot.publish.lock import HeldLock
 
 MAX_KEY_LENGTH = 1024
 MAX_CREDENTIALS_BYTES = 64 << 10
@@ -161,8 +162,9 @@ class Origin(Protocol):
         allows (the entry script and its signature are switched this way)."""
         ...
 
-    def lock(self, owner: str) -> AbstractContextManager[None]:
-        """Exclusive publish lock; OperationalError naming the holder if taken."""
+    def lock(self, owner: str) -> AbstractContextManager[HeldLock]:
+        """Exclusive publish lock, refreshed while held; OperationalError naming the
+        holder if taken. The origin's writes stop once it is lost (``lock.py``)."""
         ...
 
     def remove_stale_temps(self, older_than: float) -> builtins.list[str]:

@@ -9,7 +9,9 @@ Bodies are streamed with the standard library's ``http.client`` on the same TLS 
 not httpx: OpenSSL hands out one 16 KiB TLS record per read, and httpx/httpcore/h11 spend
 a dozen Python calls on each (measured: 2.5 CPU s per 512 MiB against curl's 0.8; most of
 the read-back's time). ``http.client`` fills a 1 MiB buffer in C (``readinto``), so the
-cost left is TLS and SHA-256. One keep-alive connection per thread and origin.
+cost left is TLS and SHA-256. One keep-alive connection per thread and origin. The total
+deadline of each GET is the one policy of ``trustboot.publish.deadline``, enforced by its
+``Watchdog`` (a per-recv clamp cannot reach inside ``readinto``).
 """
 
 from __future__ import annotations
@@ -43,9 +45,8 @@ from trustboot.errors import (
     TrustbootError,
     VerificationError,
 )
+from trustboot.publish.deadline import MIN_RATE, Watchdog, budget, too_slow
 from trustboot.publish.http import (
-    MIN_RATE,
-    Deadlines,
     RetryableStatus,
     status_error,
     tls_context,
@@ -178,7 +179,7 @@ class Reader:
         self.retries = retries
         self.timeout = timeout
         self.min_rate = min_rate
-        self._deadlines = Deadlines()
+        self._deadlines = Watchdog(name="trustboot-readback-deadline")
         ctx = tls_context(ca_file=ca_file, ca_pem=ca_pem, unsafe_no_verify=unsafe_no_verify,
                           ipxe_tls=ipxe_tls)
         self._ctx = ctx
@@ -241,16 +242,17 @@ class Reader:
                     body: list[bytes] | None = None, *, due: float | None = None) -> Served:
         """One GET of ``url`` over http.client, hashed into ``names`` (see the module doc);
         the bytes are also appended to ``body`` if given. OperationalError (not retried)
-        when the answer takes longer than its deadline (see MIN_RATE), which is
-        ``budget`` from now but no later than ``due + budget`` (a redirect chain's)."""
+        when the answer takes longer than its deadline (``trustboot.publish.deadline``),
+        which is ``budget`` from now but no later than ``due + budget`` (a redirect
+        chain's)."""
         parts = urlsplit(url)
         host = parts.hostname or ""
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn = self._connection(parts.scheme, host, parts.port)
-        budget = self.timeout + max_size / self.min_rate
+        seconds = budget(self.timeout, max_size, min_rate=self.min_rate)
         now = time.monotonic()
-        deadline = now + budget if due is None else min(now, due) + budget
-        token = self._deadlines.watch(conn, deadline)
+        token = self._deadlines.watch(conn, now + seconds if due is None
+                                      else min(now, due) + seconds)
         try:
             served = self._get_on(conn, url, (parts.scheme, host, parts.port), target,
                                   max_size, names, body)
@@ -263,11 +265,7 @@ class Reader:
             late = self._deadlines.done(token)
         if late:
             self._drop_connection(parts.scheme, host, parts.port)
-            raise OperationalError(
-                f"{url} was served too slowly: not complete after {budget:.0f} s "
-                f"(less than {self.min_rate / 1024:.0f} KiB/s)",
-                hint="check the origin and the network path to it; an origin that trickles "
-                     "its answers holds every client that boots from it") from None
+            raise too_slow(url, seconds, min_rate=self.min_rate) from None
         return served
 
     def _get_on(self, conn: http.client.HTTPConnection, url: str,

@@ -29,22 +29,32 @@ is imported only for s3:// origins, so other commands never load boto3.
   request, so a store that trickles its answer a byte at a time would hold the run
   forever. Every call (with botocore's retries) ends within ``timeout`` + (its upload +
   its answer) / MIN_RATE, as on WebDAV: the connections it sends on are registered with a
-  watchdog (``http.Deadlines``) that shuts them down at the deadline, and the failure is
+  watchdog (``deadline.Watchdog``) that shuts them down at the deadline, and the failure is
   "served too slowly" (exit 1). A GET's budget counts its ``max_size``.
 * Text the store sends (error codes and messages) goes through ``text.clean`` before it
   reaches a message: nothing the server wrote can move the terminal's cursor or forge a
   line of ours.
 * ``lock``: the shared protocol of ``trustboot.publish.lock`` on a private lock object
-  ``.trustboot-publish.lock``, created with ``If-None-Match: *``. Stores that honour it (AWS
-  S3 since 2024, the Ceph RGW 16 tested here, R2, MinIO) make creation atomic: exactly one
-  publisher wins. A store that ignores the header would simply overwrite; that is detected
-  (a second conditional PUT on the existing lock succeeds, or the store answers 501), and
-  then the lock is held only if the object still carries our record (owner, host, pid,
-  time) after ``LOCK_SETTLE`` seconds. That fallback is best effort: it excludes publishers
-  whose lock PUTs land within the settle period of each other, which covers publishers
-  started together, but it is not a consensus protocol. A stale lock (its process is gone
-  on this host, or older than six hours) is taken over, as on the other backends, and the
-  new holder aborts multipart uploads a killed publish left under the prefix.
+  ``.trustboot-publish.lock``. Checked against the Ceph RGW 16.2.15 tested here: a PUT
+  honours ``If-None-Match: *`` and ``If-Match: ETAG`` (412 otherwise; RGW wants the ETag
+  without its quotes, so both forms are tried), a DELETE ignores ``If-Match`` (it deletes
+  whatever the ETag). So every change to the lock is a conditional PUT:
+  - create: ``If-None-Match: *``, exactly one publisher wins;
+  - break a stale lock: no DELETE, but our record PUT with ``If-Match`` on the stale
+    record's ETag (read together with the record judged stale): of two breakers exactly
+    one replaces it, the other's precondition fails and it then finds a fresh lock;
+  - heartbeat: ``If-Match`` on the ETag of our own last record, so a refresh never
+    overwrites a lock someone else took;
+  - release: the record is read and deleted if ours (an unconditional DELETE; only the
+    holder releases, and nobody breaks a lock that is refreshed).
+  Whether the store honours the header is checked each time (the same conditional PUT
+  repeated must now fail); a store that ignores it (or answers 501) falls back to "ours
+  if the object still carries our record after ``LOCK_SETTLE`` seconds". That fallback
+  is best effort: it excludes publishers whose PUTs land within the settle period of each
+  other, not a breaker whose PUT lands after another's settle: both then hold the lock
+  until the first heartbeat (``HeldLock``) of the overwritten one finds it lost and stops
+  it before its next write. The new holder of a stale lock aborts multipart uploads a
+  killed publish left under the prefix.
 """
 
 from __future__ import annotations
@@ -75,9 +85,10 @@ from botocore.config import Config
 
 from trustboot import jsonin
 from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.publish.deadline import MIN_RATE, Watchdog, too_slow
 from trustboot.publish.fileorigin import LOCK_NAME
-from trustboot.publish.http import MIN_RATE, Deadlines, tls_context, tls_failure, too_slow
-from trustboot.publish.lock import LOCK_STALE_AFTER, origin_lock
+from trustboot.publish.http import tls_context, tls_failure
+from trustboot.publish.lock import LOCK_STALE_AFTER, GuardedByLock, HeldLock, origin_lock
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
@@ -120,7 +131,7 @@ class _Watch:
     """The connections one S3 call (botocore's retries included) sends on, shut down by
     ``deadlines`` once ``budget`` seconds have passed (see the module docstring)."""
 
-    def __init__(self, deadlines: Deadlines, budget: float) -> None:
+    def __init__(self, deadlines: Watchdog, budget: float) -> None:
         self.deadlines = deadlines
         self.budget = budget
         self.due = time.monotonic() + budget
@@ -155,7 +166,7 @@ def _watched(conn: Any) -> None:
 
 
 # botocore's own connection classes, registering each request with the calling
-# thread's _Watch (urllib3's connections are http.client connections: Deadlines shuts
+# thread's _Watch (urllib3's connections are http.client connections: the Watchdog shuts
 # down their socket)
 class _WatchedHTTPConnection(AWSHTTPConnection):
     def request(self, *args: Any, **kwargs: Any) -> Any:
@@ -249,7 +260,11 @@ class _FileSlice:
         return self._pos
 
 
-class S3Origin:
+class _NoConditions(Exception):
+    """The store refuses conditional PUTs (HTTP 501)."""
+
+
+class S3Origin(GuardedByLock):
     """An origin in an S3 bucket under an optional prefix (``s3://boot/prod``)."""
 
     def __init__(self, url: str, options: OriginOptions, *, public_read: bool | None = None,
@@ -277,8 +292,9 @@ class S3Origin:
         self.part_size = part_size
         self.endpoint = self._check_endpoint(options)
         self._client: S3Client | None = None
+        self._lock_etag: str | None = None  # of the lock record this origin wrote last
         self._region = "us-east-1"
-        self._deadlines = Deadlines()
+        self._deadlines = Watchdog(name="trustboot-s3-deadline")
 
     @staticmethod
     def _check_endpoint(options: OriginOptions) -> str | None:
@@ -342,7 +358,7 @@ class S3Origin:
         self._client = session.client("s3", endpoint_url=self.endpoint, verify=verify,
                                       config=config)
         _watch_connections(self._client)
-        self._deadlines = Deadlines()
+        self._deadlines = Watchdog(name="trustboot-s3-deadline")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -512,6 +528,7 @@ class S3Origin:
             digest = _Digest()
             if size <= self.multipart_threshold:
                 body = _FileSlice(fd, 0, size, digest, progress)
+                self._check_lock()
                 with self._calling(key, "upload", size=size):
                     self.client.put_object(Body=body, ContentLength=size,  # type: ignore[arg-type]
                                            **args)
@@ -548,6 +565,7 @@ class S3Origin:
                 parts.append({"PartNumber": number, "ETag": r["ETag"]})
             if digest.h.hexdigest() != args["Metadata"][SHA256_META]:
                 raise self._changed(path, key)  # before completing: nothing becomes visible
+            self._check_lock()
             with self._calling(key, "completing a multipart upload"):
                 self.client.complete_multipart_upload(
                     Bucket=self.bucket, Key=args["Key"], UploadId=upload_id,
@@ -562,6 +580,7 @@ class S3Origin:
     def put_bytes(self, key: str, data: bytes, *, sha256: str) -> None:
         if hashlib.sha256(data).hexdigest() != sha256:
             raise ValueError(f"put_bytes({key!r}): sha256 does not match the data")
+        self._check_lock()
         with self._calling(key, "upload", size=len(data)):
             self.client.put_object(Body=data, ContentLength=len(data),
                                    **self._put_args(key, sha256))
@@ -650,16 +669,19 @@ class S3Origin:
         return sorted(out)
 
     def delete(self, key: str) -> None:
+        self._check_lock()
         with self._calling(key, "DELETE"):
             self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
 
     def copy_many(self, pairs: Sequence[tuple[str, str]]) -> None:
         # each copy is already one atomic replace; nothing to stage before them
+        self._check_lock(confirm=True)  # the entry switch: never on a lost lock
         for src_key, dst_key in pairs:
             self.copy(src_key, dst_key)
 
     def copy(self, src_key: str, dst_key: str) -> None:
         check_key(dst_key)
+        self._check_lock()
         src = self.stat(src_key)
         if src is None:
             raise OperationalError(f"{self.url}{src_key} does not exist on the origin")
@@ -682,58 +704,115 @@ class S3Origin:
                                     **extra, **args)
 
     # -- lock -----------------------------------------------------------------------
-    def _read_lock(self) -> object:
+    def _get_lock(self) -> tuple[object, str | None]:
+        """The lock's record and ETag; (None, None) when there is none."""
         try:
-            data = b"".join(self.read(LOCK_NAME, max_size=4096))
-        except OperationalError as exc:
-            if "does not exist" in exc.message:
-                return None
-            raise
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._full(LOCK_NAME))
+            with contextlib.closing(obj["Body"]) as body:
+                data = body.read(4097)
+        except bexc.ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchKey":
+                return None, None
+            raise self._error(exc, LOCK_NAME, "reading the lock") from None
+        except bexc.BotoCoreError as exc:
+            raise self._error(exc, LOCK_NAME, "reading the lock") from None
         try:
-            return jsonin.loads(data)
+            record: object = jsonin.loads(data) if len(data) <= 4096 else "unreadable"
         except ValueError:
-            return "unreadable"
+            record = "unreadable"
+        return record, obj.get("ETag")
 
-    def _put_lock(self, body: bytes, *, conditional: bool) -> str:
-        """PUT the lock object (private): 'created', 'exists' (a conditional PUT found one)
-        or 'unsupported' (the store refuses the If-None-Match header outright)."""
-        extra: dict[str, Any] = {"IfNoneMatch": "*"} if conditional else {}
+    def _read_lock(self) -> object:
+        return self._get_lock()[0]
+
+    def _put_lock(self, body: bytes, **condition: str) -> str | None:
+        """PUT the lock object (private) under ``condition`` (IfNoneMatch or IfMatch): its
+        new ETag, or None when the precondition failed. _NoConditions when the store
+        refuses the header outright."""
         try:
             with self._timed(LOCK_NAME, size=len(body)):
-                self.client.put_object(Bucket=self.bucket, Key=self._full(LOCK_NAME),
-                                       Body=body, ContentType="application/json", **extra)
+                r = self.client.put_object(Bucket=self.bucket, Key=self._full(LOCK_NAME),
+                                           Body=body, ContentType="application/json",
+                                           **condition)  # type: ignore[arg-type]
         except bexc.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if conditional and (code in ("PreconditionFailed", "ConditionalRequestConflict")
-                                or status in (409, 412)):
-                return "exists"
-            if conditional and (code == "NotImplemented" or status == 501):
-                return "unsupported"
+            if condition and (code in ("PreconditionFailed", "ConditionalRequestConflict")
+                              or status in (409, 412)):
+                return None
+            if condition and (code == "NotImplemented" or status == 501):
+                raise _NoConditions from None
             raise self._error(exc, LOCK_NAME, "locking") from None
         except bexc.BotoCoreError as exc:
             raise self._error(exc, LOCK_NAME, "locking") from None
-        return "created"
+        return str(r.get("ETag") or "")
+
+    def _replace_lock(self, body: bytes, etag: str) -> str | None:
+        """PUT ``body`` if the lock's ETag is still ``etag`` (compare-and-swap): the new
+        ETag, or None. RGW 16 compares If-Match without the quotes S3 puts around an
+        ETag (the quoted form never matches there): each form is tried; neither matches
+        another object."""
+        forms = [etag] + ([etag.strip('"')] if etag.startswith('"') else [])
+        for form in forms:
+            new = self._put_lock(body, IfMatch=form)
+            if new is not None:
+                return new
+        return None
 
     def _create_lock(self, body: bytes, settle: float) -> bool:
         """Create the lock object if absent; True if it is ours (see the module docstring)."""
         if self._read_lock() is not None:
             return False  # held (or stale): the shared protocol judges the holder
-        first = self._put_lock(body, conditional=True)
-        if first == "exists":
-            return False
-        if first == "unsupported":
-            self._put_lock(body, conditional=False)
-        # Does the store honour If-None-Match? Then this second PUT must be refused.
-        elif self._put_lock(body, conditional=True) == "exists":
-            return True  # an atomic create: the lock is ours
-        time.sleep(settle)  # the store ignores it: let a racing PUT land, then look
-        return bool(self._read_lock() == json.loads(body))
+        try:
+            etag = self._put_lock(body, IfNoneMatch="*")
+            if etag is None:
+                return False
+            # Does the store honour If-None-Match? Then this second PUT must be refused.
+            if self._put_lock(body, IfNoneMatch="*") is None:
+                self._lock_etag = etag
+                return True  # an atomic create: the lock is ours
+        except _NoConditions:
+            self._put_lock(body)
+        return self._settled(body, settle)
 
-    def _break_lock(self, seen: object) -> None:
-        """Delete a stale lock, if it is still the one judged stale."""
-        if self._read_lock() == seen:
-            self.delete(LOCK_NAME)
+    def _settled(self, body: bytes, settle: float) -> bool:
+        """For a store that ignores conditions: let a racing PUT land, then look."""
+        time.sleep(settle)
+        record, etag = self._get_lock()
+        if record != json.loads(body):
+            return False
+        self._lock_etag = etag
+        return True
+
+    def _break_lock(self, seen: object, body: bytes, settle: float) -> bool:
+        """Replace a stale lock by ours if it is still the one judged stale: a PUT with
+        If-Match on its ETag, so of two breakers exactly one wins (S3 has no conditional
+        DELETE: RGW 16 deletes whatever If-Match says). True if the lock is now ours."""
+        record, etag = self._get_lock()
+        if record != seen or not etag:
+            return False  # refreshed, released or taken meanwhile: look again
+        try:
+            new = self._replace_lock(body, etag)
+            if new is None:
+                return False  # another breaker (or the holder's refresh) was first
+            # Does the store honour If-Match? Then the old ETag must not match any more.
+            if self._replace_lock(body, etag) is None:
+                self._lock_etag = new
+                return True
+        except _NoConditions:
+            self._put_lock(body)
+        return self._settled(body, settle)
+
+    def _refresh_lock(self, body: bytes) -> bool:
+        """The heartbeat's rewrite: only over our own last record (If-Match)."""
+        try:
+            new = self._replace_lock(body, self._lock_etag or "")
+        except _NoConditions:
+            new = self._put_lock(body)
+        if new is None:
+            return False
+        self._lock_etag = new
+        return True
 
     def _abort_stale_uploads(self) -> None:
         """Abort multipart uploads left under the prefix by a killed publish.
@@ -754,13 +833,16 @@ class S3Origin:
 
     @contextlib.contextmanager
     def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER,
-             settle: float = LOCK_SETTLE) -> Iterator[None]:
-        with origin_lock(owner, where=self.url, remove_hint=f"delete {self.url}{LOCK_NAME}",
-                         try_create=lambda body: self._create_lock(body, settle),
-                         read=self._read_lock, break_stale=self._break_lock,
-                         release=lambda: self.delete(LOCK_NAME), stale_after=stale_after):
+             refresh: float | None = None, settle: float = LOCK_SETTLE) -> Iterator[HeldLock]:
+        with self._guarded(origin_lock(
+                owner, where=self.url, remove_hint=f"delete {self.url}{LOCK_NAME}",
+                try_create=lambda body: self._create_lock(body, settle),
+                read=self._read_lock,
+                break_stale=lambda seen, body: self._break_lock(seen, body, settle),
+                release=lambda: self.delete(LOCK_NAME), rewrite=self._refresh_lock,
+                stale_after=stale_after, refresh=refresh)) as held:
             self._abort_stale_uploads()
-            yield
+            yield held
 
     def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
         # a PUT leaves no temporary object; the multipart uploads of a killed run are

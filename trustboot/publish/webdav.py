@@ -45,17 +45,22 @@ import httpx
 
 from trustboot import jsonin
 from trustboot.errors import ConfigError, OperationalError
+from trustboot.publish.deadline import MIN_RATE, budget, total_deadline
 from trustboot.publish.fileorigin import TMP_PREFIX
 from trustboot.publish.http import (
-    MIN_RATE,
     RetryableStatus,
     deadline_transport,
     status_error,
     tls_context,
-    total_deadline,
     with_retries,
 )
-from trustboot.publish.lock import LOCK_STALE_AFTER, lock_is_stale, origin_lock
+from trustboot.publish.lock import (
+    LOCK_STALE_AFTER,
+    GuardedByLock,
+    HeldLock,
+    lock_is_stale,
+    origin_lock,
+)
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
@@ -194,7 +199,7 @@ class _WholeBody:
             close()  # a stream left half-read stops its reader thread now
 
 
-class WebDAVOrigin(StagesUploads):
+class WebDAVOrigin(StagesUploads, GuardedByLock):
     """A WebDAV collection over HTTPS (client certificate and/or basic/bearer auth)."""
 
     def __init__(self, url: str, options: OriginOptions) -> None:
@@ -258,14 +263,14 @@ class WebDAVOrigin(StagesUploads):
         """One request (retried, see with_retries): its answer read in full, at most
         ``max_answer`` bytes, and the whole exchange within its deadline (see MIN_RATE):
         a hostile server can neither fill memory nor hold the run by trickling bytes."""
-        budget = self.options.timeout + (upload + max_answer) / MIN_RATE
+        seconds = budget(self.options.timeout, upload + max_answer, min_rate=MIN_RATE)
 
         def once() -> httpx.Response:
             content = kw.get("content_factory")
             args = {k: v for k, v in kw.items() if k != "content_factory"}
             if content is not None:
                 args["content"] = content()
-            with total_deadline(budget, url):
+            with total_deadline(seconds, url):
                 request = self.client.build_request(method, url, **args)
                 streamed = self.client.send(request, stream=True)
                 try:
@@ -379,6 +384,7 @@ class WebDAVOrigin(StagesUploads):
         self._ensure_collections(key)
         tmp = self._put_temp(key, factory, size)
         try:
+            self._check_lock()
             self._move(tmp, key, overwrite=True)
         except BaseException:
             self._delete_quiet(tmp)
@@ -412,6 +418,7 @@ class WebDAVOrigin(StagesUploads):
         self._check_staged(staged)
         self._ensure_collections(key)
         try:
+            self._check_lock()
             self._move(staged.token, key, overwrite=True)
         except BaseException:
             self._delete_quiet(staged.token)
@@ -427,14 +434,14 @@ class WebDAVOrigin(StagesUploads):
 
     def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
         url = self._url(check_key(key))
-        budget = self.options.timeout + max_size / MIN_RATE
+        seconds = budget(self.options.timeout, max_size, min_rate=MIN_RATE)
 
         def once() -> Iterator[bytes]:
-            with total_deadline(budget, url) as due:
+            with total_deadline(seconds, url) as due:
                 request = self.client.build_request("GET", url)
                 response = self.client.send(request, stream=True)
             if response.status_code != 200:
-                with total_deadline(budget, url, start=due - budget):
+                with total_deadline(seconds, url, start=due - seconds):
                     answer = b"".join(self._capped(response, url, MAX_ANSWER_BYTES))
                 response = httpx.Response(response.status_code, headers=response.headers,
                                           content=answer, request=request)
@@ -443,7 +450,7 @@ class WebDAVOrigin(StagesUploads):
                 if response.status_code == 404:
                     raise OperationalError(f"{url} does not exist on the origin")
                 raise status_error(response, "reading", url)
-            return self._capped(response, url, max_size, deadline=(due - budget, budget))
+            return self._capped(response, url, max_size, deadline=(due - seconds, seconds))
 
         return with_retries(once, url=url, what="reading", retries=self.options.retries)
 
@@ -531,6 +538,7 @@ class WebDAVOrigin(StagesUploads):
         return False
 
     def delete(self, key: str) -> None:
+        self._check_lock()
         self._request("DELETE", self._url(check_key(key)), what="deleting", ok=(200, 204),
                       passthrough=(404,))
         # drop now-empty collections (a pruned release leaves nothing behind)
@@ -553,6 +561,7 @@ class WebDAVOrigin(StagesUploads):
         try:
             self._request("COPY", self._url(src_key), what="copying", ok=(201, 204),
                           headers={"Destination": self._url(tmp), "Overwrite": "T"})
+            self._check_lock()
             self._move(tmp, dst_key, overwrite=True)
         except BaseException:
             self._delete_quiet(tmp)
@@ -572,6 +581,7 @@ class WebDAVOrigin(StagesUploads):
                 staged.append((tmp, dst_key))
                 self._request("COPY", self._url(src_key), what="copying", ok=(201, 204),
                               headers={"Destination": self._url(tmp), "Overwrite": "T"})
+            self._check_lock(confirm=True)  # the entry switch: never on a lost lock
             for tmp, dst_key in staged:
                 self._move(tmp, dst_key, overwrite=True)
         except BaseException:
@@ -590,8 +600,8 @@ class WebDAVOrigin(StagesUploads):
         except ValueError:
             return "unreadable"
 
-    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER
-             ) -> AbstractContextManager[None]:
+    def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER,
+             refresh: float | None = None) -> AbstractContextManager[HeldLock]:
         def try_create(body: bytes) -> bool:
             # The lock appears with its record: owner.json goes into a new collection in
             # the staging area, which is then MOVEd to the lock's name without overwrite
@@ -607,29 +617,41 @@ class WebDAVOrigin(StagesUploads):
                 with self._mutex:
                     self._collections.discard(tmp)
 
-        def break_stale(seen: object) -> None:
+        def break_stale(seen: object, _body: bytes) -> bool:
             # MOVE without overwrite: of two breakers only one moves it
             aside = f"{TMP_PREFIX}{secrets.token_hex(8)}.stale-lock"
             # (404: the holder released it meanwhile; the next attempt takes it)
             if not self._move(LOCK_COLLECTION, aside, overwrite=False, collection=True,
                               missing_ok=True):
-                return
+                return False
             moved = self._read_lock(aside)
             if moved != seen and moved is not None and not lock_is_stale(
                     moved, now=time.time(), stale_after=stale_after):
                 # a fresh lock taken after we looked: give it back
                 self._move(aside, LOCK_COLLECTION, overwrite=False, collection=True,
                            missing_ok=True)
-                return
+                return False
             self._delete_quiet(aside, collection=True)
+            return False  # the next attempt creates ours
 
-        return origin_lock(owner, where=self.url,
-                           remove_hint=f"delete {self.url}{LOCK_COLLECTION}/",
-                           try_create=try_create, read=self._read_lock,
-                           break_stale=break_stale,
-                           release=lambda: self._delete_quiet(LOCK_COLLECTION,
-                                                              collection=True),
-                           stale_after=stale_after, settle=2.0)
+        def rewrite(body: bytes) -> bool:
+            # a new record MOVEd over the lock's: never into a lock collection that is
+            # gone (409 then: the lock was broken, which the next read sees)
+            tmp = self._put_temp("owner.json", lambda: iter([body]), len(body))
+            try:
+                r = self._request("MOVE", self._url(tmp), what="refreshing the lock",
+                                  ok=(201, 204), passthrough=(404, 409, 412),
+                                  headers={"Destination": self._url(
+                                      f"{LOCK_COLLECTION}/owner.json"), "Overwrite": "T"})
+                return r.status_code in (201, 204)
+            finally:
+                self._delete_quiet(tmp)  # (404 once it was moved)
+
+        return self._guarded(origin_lock(
+            owner, where=self.url, remove_hint=f"delete {self.url}{LOCK_COLLECTION}/",
+            try_create=try_create, read=self._read_lock, break_stale=break_stale,
+            release=lambda: self._delete_quiet(LOCK_COLLECTION, collection=True),
+            rewrite=rewrite, stale_after=stale_after, refresh=refresh, settle=2.0))
 
     def public_url(self, key: str) -> str | None:
         base = self.options.public_url or self.url

@@ -1,0 +1,183 @@
+"""Total deadlines for HTTP requests: one policy, two ways to enforce it.
+
+A per-read timeout alone does not bound an answer trickled a byte at a time (slowloris): a
+hostile origin would hold a release (or a CI job) forever. So every request gets
+``budget(timeout, size)`` = timeout + size / ``MIN_RATE`` seconds in all, and one that is
+not done by then fails with ``too_slow`` (an OperationalError, never retried).
+
+The policy is enforced in the way each client allows:
+
+* httpx (WebDAV): ``total_deadline`` sets this thread's deadline and ``DeadlineBackend``,
+  the httpcore network backend of ``trustboot.publish.http.deadline_transport``, cuts each
+  socket operation's timeout to what is left of it. httpcore hands every recv/send to the
+  backend, so no thread is needed.
+* ``http.client`` (the read-back, chosen for speed: see ``trustboot.publish.readback``):
+  ``Watchdog`` shuts down the socket of a request that outlives its deadline. A clamp
+  cannot work there: ``HTTPResponse.readinto`` fills a 1 MiB buffer in C with as many recv
+  calls as the server makes it, each given the full timeout, and nothing is called between
+  them. The watchdog costs the read-back nothing per byte: it looks at the clock ten
+  times a second, and a request only registers and unregisters once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import httpcore
+import httpx
+
+from trustboot.errors import OperationalError
+
+# The slowest answer waited for, in bytes per second (see budget).
+MIN_RATE = 64 << 10
+
+
+def budget(timeout: float, size: int, *, min_rate: float = MIN_RATE) -> float:
+    """Seconds a request moving ``size`` bytes gets in all."""
+    return timeout + size / min_rate
+
+
+def too_slow(url: str, seconds: float, *, min_rate: float = MIN_RATE) -> OperationalError:
+    return OperationalError(
+        f"{url} was served too slowly: not complete after {seconds:.0f} s "
+        f"(less than {min_rate / 1024:.0f} KiB/s)",
+        hint="check the origin and the network path to it; an origin that trickles "
+             "its answers holds every client that boots from it")
+
+
+# -- httpx: each socket operation clamped to the thread's deadline --------------------
+_due = threading.local()  # the deadline (time.monotonic()) of this thread's request
+
+
+def _clamp(timeout: float | None) -> float | None:
+    """``timeout`` cut to what is left of this thread's total deadline, if any."""
+    due: float | None = getattr(_due, "at", None)
+    if due is None:
+        return timeout
+    left = due - time.monotonic()
+    if left <= 0:
+        raise httpcore.ReadTimeout("the request's total deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _clamp(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _clamp(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname,
+                                                     _clamp(timeout)))
+
+    def get_extra_info(self, info: str) -> object:
+        return self._inner.get_extra_info(info)
+
+
+class DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's synchronous backend, each operation within this thread's deadline."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_tcp(host, port, _clamp(timeout),
+                                                       local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None
+                            ) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_unix_socket(path, _clamp(timeout),
+                                                               socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+@contextlib.contextmanager
+def total_deadline(seconds: float, url: str, *, start: float | None = None
+                   ) -> Iterator[float]:
+    """Socket operations of ``DeadlineBackend`` connections on this thread end within
+    ``seconds`` of ``start`` (time.monotonic(), default now); a transport error after that
+    is ``too_slow`` (not retried). Yields the deadline."""
+    outer: float | None = getattr(_due, "at", None)
+    at = (time.monotonic() if start is None else start) + seconds
+    _due.at = at if outer is None else min(outer, at)
+    try:
+        yield _due.at
+    except httpx.TransportError:
+        if time.monotonic() < _due.at:
+            raise
+        raise too_slow(url, seconds) from None
+    finally:
+        _due.at = outer
+
+
+# -- http.client: a watchdog shuts a late request's socket down ----------------------
+class Watchdog:
+    """Shuts down the socket of a request that outlives its deadline: one thread per
+    watchdog, started on first use, looking a few times a second."""
+
+    def __init__(self, *, name: str = "trustboot-deadline") -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._due: dict[int, tuple[float, http.client.HTTPConnection]] = {}
+        self._expired: set[int] = set()
+        self._count = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def watch(self, conn: http.client.HTTPConnection, deadline: float) -> int:
+        """Watch ``conn`` until ``deadline``; a token for ``done``."""
+        with self._lock:
+            self._count += 1
+            self._due[self._count] = (deadline, conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name=self._name)
+                self._thread.start()
+            return self._count
+
+    def done(self, token: int) -> bool:
+        """Stop watching ``token``; whether its deadline passed."""
+        with self._lock:
+            self._due.pop(token, None)
+            late = token in self._expired
+            self._expired.discard(token)
+            return late
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            now = time.monotonic()
+            with self._lock:
+                late = [(t, conn) for t, (when, conn) in self._due.items() if when <= now]
+                for token, conn in late:
+                    self._expired.add(token)
+                    if conn.sock is not None:  # else: still connecting (its own timeout)
+                        del self._due[token]
+            for _token, conn in late:
+                sock = conn.sock
+                if sock is not None:
+                    # the raw socket's shutdown: a blocked read (TLS or not) returns at once
+                    with contextlib.suppress(OSError):
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
