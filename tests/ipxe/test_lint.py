@@ -79,6 +79,32 @@ def test_backslash_continuation_joins_a_command_onto_the_line() -> None:
     assert "unverified-image" in rules(text)
 
 
+@pytest.mark.parametrize("end", ["reboot \\\n", "reboot \\"])
+def test_a_continuation_open_at_the_end_never_runs(end: str) -> None:
+    # iPXE stops at the end of the data while still reading the line (-EINVAL): the
+    # fail-closed 'reboot' never runs and the embedded script falls through.
+    text = GOOD.replace(FAILED, ":failed\n" + end)
+    assert rules(GOOD.replace(FAILED, ":failed\nreboot\n")) == set()
+    found = {f.rule: f for f in lint_script(text)}
+    assert {"dangling-continuation", "fall-through"} <= found.keys()
+    assert found["dangling-continuation"].line == 9
+
+
+def test_a_backslash_left_after_an_empty_line_continues_again() -> None:
+    # iPXE strips the backslash from the line read so far: "echo x \\", then an empty
+    # line, still ends in a backslash and swallows the label line after it.
+    text = GOOD.replace(FAILED, "echo bye \\\\\n\n:failed reboot\n")
+    assert join_lines(text)[-1] == (8, "echo bye :failed reboot")
+    assert "missing-label" in rules(text)
+
+
+def test_a_nul_ends_the_line() -> None:
+    # A script line is a C string in iPXE: nothing after a NUL is seen, '|| goto' included.
+    text = GOOD.replace(VERIFY_K, VERIFY_K.replace(" ||", "\0 ||"))
+    assert parse_script(text)[3].commands[0].terminator is None
+    assert "fall-through" in rules(text)
+
+
 def test_goto_target_must_end_fail_closed() -> None:
     # `|| goto LABEL` is accepted only when LABEL's block cannot end or boot.
     ends = GOOD.replace(FAILED, ":failed\necho stopped\n")

@@ -16,7 +16,7 @@ import pytest
 
 from tests.ipxe.testpki import TestPki, cached_pki
 from tests.ipxe_qemu import DONE_MARKER, boot, build_test_ipxe, cache_root, ipxe_src_or_skip
-from trustboot.ipxe.lint import lint_script
+from trustboot.ipxe.lint import lint_script, parse_script
 from trustboot.ipxe.source import ENV_SOURCE
 from trustboot.ipxe.syntax import COMMANDS, MAX_ARGUMENTS
 
@@ -136,3 +136,43 @@ def test_ipxe_runs_scripts_the_way_the_lint_models_them(pki: TestPki) -> None:
 
     # An uncaught failure ends a script: nothing after it runs, and its caller sees failure.
     assert "AFTER-UNCAUGHT-FAILURE" not in console and "INNER-FAILED" in console, console
+
+
+@pytest.mark.ipxe
+@pytest.mark.slow
+def test_ipxe_reads_lines_the_way_the_lint_models_them(pki: TestPki) -> None:
+    """Line reading, where a script's text and what iPXE runs differ: a continuation left
+    open at the end of the script is never run and the script fails; a backslash left at
+    the end after a continuation and an empty line continues again (the label below it is
+    swallowed); a NUL ends the line (the '|| ...' after it is not seen)."""
+    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+    scripts = {
+        "dangling.ipxe": b"#!ipxe\necho DANGLING-START\necho DANGLING-LAST-RAN \\\n",
+        "double.ipxe": (b"#!ipxe\ngoto target || echo VERDICT double nolabel\n"
+                        b"echo DOUBLE-JOINED \\\\\n\n:target echo DOUBLE-LABEL-RAN\n"),
+        "nul.ipxe": (b"#!ipxe\nimgverify nosuch tftp://10.0.2.2/nosuch.sig\x00 || echo "
+                     b"NUL-CAUGHT\necho NUL-AFTER\n"),
+    }
+    script = "\n".join([
+        "#!ipxe",
+        *(f"chain tftp://10.0.2.2/{name} || echo VERDICT {name} failed" for name in scripts),
+        f"echo {DONE_MARKER}",
+        "",
+    ])
+    console = boot(lkrn, dict(scripts), script)
+    assert DONE_MARKER in console, console
+    assert "DANGLING-START" in console and "DANGLING-LAST-RAN" not in console, console
+    assert "VERDICT dangling.ipxe failed" in console, console
+    assert "VERDICT double nolabel" in console, console
+    assert "DOUBLE-JOINED :target echo DOUBLE-LABEL-RAN" in console, console
+    assert "NUL-CAUGHT" not in console and "NUL-AFTER" not in console, console
+    assert "VERDICT nul.ipxe failed" in console, console
+
+    # The lint reads the same lines.
+    texts = {name: data.decode() for name, data in scripts.items()}
+    assert {f.rule for f in lint_script(texts["dangling.ipxe"], stage="chained")} >= {
+        "dangling-continuation"}
+    assert "missing-label" in {f.rule for f in lint_script(texts["double.ipxe"],
+                                                           stage="chained")}
+    (verify,) = parse_script(texts["nul.ipxe"])[1].commands
+    assert verify.words == ("imgverify", "nosuch", "tftp://10.0.2.2/nosuch.sig")

@@ -37,8 +37,8 @@ from trustboot.ipxe.syntax import (
     COMMANDS,
     WHITESPACE,
     ParsedCommand,
-    join_lines,
     parse_command,
+    read_lines,
     split_commands,
     split_tokens,
 )
@@ -46,6 +46,8 @@ from trustboot.ipxe.syntax import (
 STAGES = ("embedded", "chained")
 MAGICS = ("#!ipxe", "#!gpxe")
 MAX_STATES = 200_000
+# The command standing for a continuation left open at the end of the script.
+DANGLING = "\\"
 
 # Commands that fetch from a URI (their words are checked for cleartext schemes).
 _FETCHING = {"imgfetch", "module", "initrd", "kernel", "imgselect", "imgload", "chain",
@@ -91,9 +93,7 @@ class Line:
 def parse_script(text: str) -> list[Line]:
     """The script as iPXE's process_script() sees it: labels split off, commands split."""
     out: list[Line] = []
-    joined_lines = join_lines(text)
-    if text.endswith("\n") and joined_lines and not joined_lines[-1][1]:
-        joined_lines.pop()  # iPXE stops at the end of the data: no empty line after "\n"
+    joined_lines, dangling = read_lines(text)
     for number, joined in joined_lines:
         rest = joined.lstrip(WHITESPACE)
         label: str | None = None
@@ -107,6 +107,12 @@ def parse_script(text: str) -> list[Line]:
             for words, term in split_commands(split_tokens(rest))
         )
         out.append(Line(number, label, commands))
+    if dangling is not None:
+        # iPXE never runs a line continued past the end of the script: the script stops
+        # there with an error, as a failing command would.
+        problem = ParsedCommand(DANGLING, {}, (), "the line ends in a backslash at the end "
+                                "of the script: iPXE never runs it and the script fails")
+        out.append(Line(dangling, None, (Command((DANGLING,), None, problem),)))
     return out
 
 
@@ -402,6 +408,9 @@ def _static(lines: list[Line], stage: str, ex: _Explorer) -> None:
                 continue
             n = line.number
             has_verify = has_verify or p.name == "imgverify"
+            if p.problem is not None and p.name == DANGLING:
+                ex.add(n, "dangling-continuation", f"{p.problem}; remove the backslash")
+                continue
             if p.problem is not None:
                 rule = "usage" if p.name in COMMANDS else "unknown-command"
                 ex.add(n, rule, f"iPXE prints its usage text and fails here: {p.problem}"
