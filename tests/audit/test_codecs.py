@@ -90,12 +90,33 @@ def test_hostile_strings_are_escaped() -> None:
     (b"", "too short"),
     (b"\x02" * 235, "too short"),
     (b"\x07" + b"\0" * 239, "neither BOOTREQUEST nor BOOTREPLY"),
-    (packets.dhcp_reply(xid=1, chaddr=MAC, raw_options=b"\x43\xc8evil"), "runs past the end"),
-    (packets.dhcp_reply(xid=1, chaddr=MAC, raw_options=b"\x35")[:-1], "no length byte"),
 ])
 def test_malformed_dhcp4(data: bytes, reason: str) -> None:
     with pytest.raises(MalformedPacket, match=reason):
         dhcp4.parse(data)
+
+
+@pytest.mark.parametrize(("tail", "reason"), [
+    (b"\xfe\x40xx\xff", "options: option 254 length 64 runs past the end"),
+    (b"\xfe", "options: option 254 has no length byte"),
+])
+def test_a_cut_short_option_ends_the_options_as_in_ipxe(tail: bytes, reason: str) -> None:
+    """iPXE (dhcpopts.c) stops at an option that runs past the end and uses the ones before
+    it: so does the audit, or a rogue server hid its offer by appending one broken byte."""
+    head = packets.dhcp_reply(xid=1, chaddr=MAC, options=[(67, b"evil.kpxe")])[:-1]
+    pkt = dhcp4.parse(head + tail)
+    assert pkt.message_type_name == "OFFER" and pkt.server_id == "192.0.2.1"
+    assert pkt.bootfile_option == "evil.kpxe"
+    assert pkt.damage == reason
+    assert dhcp4.parse(head + b"\xff").damage is None
+
+
+def test_a_broken_overloaded_field_does_not_hide_the_reply() -> None:
+    # iPXE ignores option 52 and reads the file field as text.
+    raw = packets.dhcp_reply(xid=1, chaddr=MAC, file=b"\x01\xff", options=[(52, b"\x01")])
+    pkt = dhcp4.parse(raw)
+    assert pkt.message_type_name == "OFFER" and pkt.overload == 1
+    assert pkt.damage == "overloaded file field: option 1 length 255 runs past the end"
 
 
 def test_recoverable_oddities_are_anomalies() -> None:
@@ -114,6 +135,16 @@ def test_pxe_vendor_option_described() -> None:
     described = dhcp4.describe_pxe_vendor(subs)
     assert described["boot_menu"] == [{"type": 0x8000, "description": "Boot"}]
     assert dhcp4.first_boot_item(subs) == b"\x80\x00\x00\x00"
+
+
+def test_pxe_menu_before_a_cut_short_sub_option_still_counts() -> None:
+    # iPXE finds the boot menu (43.9) in an encapsulated block the way it finds any option:
+    # a broken sub-option after it does not hide the menu the audit must follow.
+    menu = struct.pack("!HB", 0x8000, 4) + b"Boot"
+    vendor = packets.opt(6, b"\x03") + packets.opt(9, menu) + b"\x0a\x40PXE"
+    pkt = dhcp4.parse(packets.dhcp_reply(xid=1, chaddr=MAC, options=[(43, vendor)]))
+    subs = pkt.pxe_vendor_options()
+    assert subs is not None and dhcp4.first_boot_item(subs) == b"\x80\x00\x00\x00"
 
 
 # -- DHCPv6 ------------------------------------------------------------------------------------

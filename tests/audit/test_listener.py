@@ -139,6 +139,8 @@ def test_malformed_packets_are_recorded_not_fatal() -> None:
     lst.run()
     reasons = [(m.protocol, m.reason) for m in obs.malformed]
     assert ("dhcpv4", "options: option 67 length 200 runs past the end") in reasons
+    # ... and that offer still counts: iPXE takes it, using the options before the cut.
+    assert [(o.server_ip, o.src_ip) for o in obs.offers] == [("192.0.2.9", "192.0.2.9")]
     assert any(p == "dhcpv4" and "too short" in r for p, r in reasons)
     assert any(p == "ip/udp" for p, _ in reasons)
     assert all(m.head_hex for m in obs.malformed)

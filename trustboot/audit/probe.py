@@ -669,6 +669,11 @@ class Listener:
         except MalformedPacket as exc:
             self._malformed("dhcpv4", exc, frame.src_ip, frame.src_mac, frame.payload)
             return
+        if pkt.damage is not None:
+            # Evidence of a broken sender, and still an answer: iPXE uses the options
+            # before the cut, so the reply is judged like any other.
+            self._malformed("dhcpv4", MalformedPacket(pkt.damage), frame.src_ip,
+                            frame.src_mac, frame.payload)
         if client_to_server and not server_to_client:
             if pkt.op == 1 and self.cfg.passive:
                 self._client_seen(f"{pkt.client_mac} {pkt.vendor_class or ''}".strip())
