@@ -172,13 +172,26 @@ def test_advertise_decoded() -> None:
 
 @pytest.mark.parametrize(("data", "reason"), [
     (b"\x02\x00", "too short"),
-    (b"\x02\x00\x00\x01\x00\x3b\x00\x20http", "runs past the end"),
-    (b"\x02\x00\x00\x01\x00", "truncated option header"),
     (b"\x0d" + b"\0" * 20, "relay message header"),
 ])
 def test_malformed_dhcp6(data: bytes, reason: str) -> None:
     with pytest.raises(MalformedPacket, match=reason):
         dhcp6.parse(data)
+
+
+@pytest.mark.parametrize(("tail", "reason"), [
+    (b"\x00\x3b\x00\x20http", "option 59 length 32 runs past the end"),
+    (b"\x00", "truncated option header"),
+])
+def test_a_cut_short_dhcp6_option_ends_the_options_as_in_ipxe(tail: bytes, reason: str
+                                                               ) -> None:
+    # iPXE's dhcpv6_option() stops at the cut and finds the options before it.
+    good = packets.advertise(xid=1, client_duid=b"\x00\x03\x00\x01" + MAC,
+                             url="http://[2001:db8::66]/evil.efi")
+    msg = dhcp6.parse(good + tail)
+    assert msg.type_name == "ADVERTISE" and msg.damage == reason
+    assert msg.bootfile_url == "http://[2001:db8::66]/evil.efi"
+    assert dhcp6.parse(good).damage is None
 
 
 def test_dhcp6_nested_status_and_params() -> None:
