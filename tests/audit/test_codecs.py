@@ -283,6 +283,13 @@ def _pe(signed: bool) -> bytes:
 
 def test_identify_loaders() -> None:
     assert loaders.identify(b"#!ipxe\nchain http://x/y\n").imgverify is False
+    # The word in a comment, an echo or a URL is not a verification iPXE runs.
+    for fake in (b"#!ipxe\n# every image passes imgverify\nchain https://x/y\n",
+                 b"#!ipxe\necho imgtrust on\nchain https://x/imgverify.efi\n",
+                 b"#!ipxe\nimgtrust --allow\nchain https://x/y\n"):
+        assert loaders.identify(fake).imgverify is False, fake
+    assert loaders.identify(b"#!ipxe\n:go imgtrust --permanent\nchain https://x/y\n"
+                            ).imgverify is True
     script = loaders.identify(b"#!ipxe\nimgtrust --permanent\nchain https://a/b\n")
     assert script.kind == "ipxe-script" and script.imgverify and script.urls == ["https://a/b"]
     assert loaders.identify(b"\0" * 10 + b"PXE->EB:" + b"\0").kind == "ipxe"
