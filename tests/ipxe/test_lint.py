@@ -98,6 +98,17 @@ def test_a_backslash_left_after_an_empty_line_continues_again() -> None:
     assert "missing-label" in rules(text)
 
 
+@pytest.mark.parametrize("cmd", ["chain --replace", "boot -r", "imgexec --replace"])
+def test_replace_never_comes_back_to_the_embedded_script(cmd: str) -> None:
+    # imgexec --replace stops the script and runs the image in its place: a failing image
+    # returns to the firmware, so the '|| goto failed' after it never runs.
+    text = GOOD.replace(BOOT, f"{cmd} vmlinuz || goto failed\n")
+    found = {f.rule: f for f in lint_script(text)}
+    assert set(found) == {"fall-through"} and found["fall-through"].line == 7
+    assert "--replace" in found["fall-through"].message
+    assert rules(text, stage="chained") == set()  # the firmware handles a chained failure
+
+
 def test_a_nul_ends_the_line() -> None:
     # A script line is a C string in iPXE: nothing after a NUL is seen, '|| goto' included.
     text = GOOD.replace(VERIFY_K, VERIFY_K.replace(" ||", "\0 ||"))

@@ -176,3 +176,30 @@ def test_ipxe_reads_lines_the_way_the_lint_models_them(pki: TestPki) -> None:
                                                            stage="chained")}
     (verify,) = parse_script(texts["nul.ipxe"])[1].commands
     assert verify.words == ("imgverify", "nosuch", "tftp://10.0.2.2/nosuch.sig")
+
+
+@pytest.mark.ipxe
+@pytest.mark.slow
+def test_ipxe_never_returns_to_a_script_after_chain_replace(pki: TestPki) -> None:
+    """`chain --replace` stops the script and runs the image in its place: when that image
+    fails, iPXE returns to the script's caller, not to the '|| goto' after the command (so
+    in an embedded script, to the firmware's boot manager)."""
+    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+    files = {
+        "mid.ipxe": (b"#!ipxe\nchain --replace tftp://10.0.2.2/inner.ipxe || goto fail\n"
+                     b"echo AFTER-REPLACE\n:fail\necho FAIL-BLOCK-RAN\n"),
+        "inner.ipxe": b"#!ipxe\necho INNER-RAN\nexit 1\n",
+    }
+    script = "\n".join([
+        "#!ipxe",
+        "chain tftp://10.0.2.2/mid.ipxe || echo VERDICT mid returned failure",
+        f"echo {DONE_MARKER}",
+        "",
+    ])
+    console = boot(lkrn, files, script)
+    assert DONE_MARKER in console and "INNER-RAN" in console, console
+    assert "AFTER-REPLACE" not in console and "FAIL-BLOCK-RAN" not in console, console
+    assert "VERDICT mid returned failure" in console, console
+    # The lint says the same of an embedded script.
+    mid = files["mid.ipxe"].decode().replace("#!ipxe\n", "#!ipxe\nimgtrust --permanent\n")
+    assert "fall-through" in {f.rule for f in lint_script(mid)}

@@ -9,7 +9,8 @@ The model follows iPXE's own code (src/image/script.c, src/core/exec.c, src/core
 - an empty command succeeds; a command that is skipped leaves the status as it was; a line
   that ends with a failure status ends the script;
 - ``goto LABEL`` continues at the first line labelled LABEL (the rest of its own line is
-  skipped); ``exit`` ends the script; ``reboot`` does not come back;
+  skipped); ``exit`` ends the script; ``reboot`` does not come back; ``chain --replace``
+  ends the script and runs the image in its place (its failure returns to the caller);
 - options come before arguments (see :func:`trustboot.ipxe.syntax.parse_command`);
 - images are registered under their --name or the last segment of their URI, found by name
   (the first registered wins), marked trusted by a successful ``imgverify``; an image that
@@ -273,7 +274,11 @@ class _Explorer:
                 return [fail]  # "No image selected"
             self.check_boot(state, number, name, target, imgs)
             if p.has("replace"):
-                return [out(True, imgs, control="halt"), out(False, imgs)]
+                # The script stops here and the image runs in its place (image_exec's
+                # tail call): if it fails, iPXE returns to this script's caller, never to
+                # the next line, whatever '||' follows.
+                return [out(True, imgs, control="halt"), out(True, imgs, control="replaced"),
+                        out(False, imgs)]
             return [out(True, imgs), out(False, imgs)]
         if name == "imgverify":
             image, imgs = self.acquire(images, p.args[0], number)
@@ -342,6 +347,8 @@ class _Explorer:
                 yield f"exit:{number}", label
             elif o.control == "halt":
                 yield "halt", label
+            elif o.control == "replaced":
+                yield f"replaced:{number}", f" ('{cmd.words[0]} --replace' fails to boot)"
             elif cmd.terminator is None:
                 if not o.ok:
                     yield f"fail:{number}", label
@@ -384,7 +391,11 @@ class _Explorer:
         line = int(number)
         back = ("iPXE returns to the BIOS or UEFI boot manager, which boots the next "
                 "device (unverified)")
-        if kind == "exit":
+        if kind == "replaced":
+            self.add(line, "fall-through", "'--replace' ends the embedded script before the "
+                     f"image runs: if it fails, {back}; drop --replace and follow the "
+                     "command with '|| goto LABEL'", state, note)
+        elif kind == "exit":
             self.add(line, "fall-through", f"'exit' ends the embedded script: {back}; end "
                      "in a fail-closed block instead (reboot, or a halt loop)", state)
         elif kind == "end":
