@@ -109,6 +109,28 @@ def test_replace_never_comes_back_to_the_embedded_script(cmd: str) -> None:
     assert rules(text, stage="chained") == set()  # the firmware handles a chained failure
 
 
+def test_an_image_extracted_from_an_unverified_archive_is_unverified() -> None:
+    # imgextract registers a new image (trusted only if its source was) and discards the
+    # source: freeing the source does not make the extracted initrd verified.
+    extract = ("imgfetch https://b/initrd.img.gz || goto failed\n"
+               "imgextract initrd.img.gz || goto failed\n")
+    text = GOOD.replace(INITRD + VERIFY_I, extract)
+    found = {f.rule: f for f in lint_script(text)}
+    assert "unverified-image" in found and "'initrd.img'" in found["unverified-image"].message
+    # Verified before extraction: the extracted image is trusted too (archive.c).
+    verified = ("imgfetch https://b/initrd.img.gz || goto failed\n"
+                "imgverify initrd.img.gz https://b/initrd.img.gz.sig || goto failed\n"
+                "imgextract --name initrd.img initrd.img.gz || goto failed\n")
+    assert rules(GOOD.replace(INITRD + VERIFY_I, verified)) == set()
+
+
+def test_a_decrypted_image_is_no_longer_verified() -> None:
+    # imgdecrypt changes the image in place and clears its trusted flag (cms.c).
+    text = GOOD.replace(BOOT, "imgdecrypt initrd.img https://b/initrd.env || goto failed\n"
+                        + BOOT)
+    assert "unverified-image" in rules(text)
+
+
 def test_a_nul_ends_the_line() -> None:
     # A script line is a C string in iPXE: nothing after a NUL is seen, '|| goto' included.
     text = GOOD.replace(VERIFY_K, VERIFY_K.replace(" ||", "\0 ||"))

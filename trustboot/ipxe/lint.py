@@ -117,6 +117,11 @@ def parse_script(text: str) -> list[Line]:
     return out
 
 
+def _strip_suffix(name: str) -> str:
+    """iPXE's image_strip_suffix(): the name up to its last dot, if it has one."""
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
 def uri_name(uri: str) -> str:
     """The name iPXE gives an image fetched from ``uri``: the last segment of its path."""
     path = urlsplit(uri).path if "://" in uri else uri
@@ -290,6 +295,31 @@ class _Explorer:
             good = (image[0], True, image[2])
             verified = tuple(good if i == image else i for i in imgs)
             return [out(True, verified, good if sel == image else sel), out(False, imgs)]
+        if name == "imgextract":
+            # A new image from the archive: named --name or the source's name without its
+            # last dot suffix, trusted only if the source was; the source is discarded
+            # (unless --keep) whether or not the extraction worked.
+            source, imgs = self.acquire(images, p.args[0], number)
+            if not p.has("keep"):
+                imgs = tuple(i for i in imgs if i != source)
+            extracted = (str(p.options.get("name") or _strip_suffix(source[0])), source[1],
+                         number)
+            return [out(True, self.register(imgs, extracted)), out(False, imgs)]
+        if name == "imgdecrypt":
+            # Decrypted in place: renamed (--name, or its last dot suffix stripped) and no
+            # longer trusted, even when decryption fails; the envelope is discarded unless
+            # --keep.
+            image, imgs = self.acquire(images, p.args[0], number)
+            envelope, imgs = self.acquire(imgs, p.args[1], number)
+            if not p.has("keep") and envelope != image:
+                imgs = tuple(i for i in imgs if i != envelope)
+            results = []
+            for ok, new_name in ((True, str(p.options.get("name") or _strip_suffix(image[0]))),
+                                 (False, image[0])):
+                plain = (new_name, False, image[2])
+                updated = tuple(plain if i == image else i for i in imgs)
+                results.append(out(ok, updated, plain if sel == image else sel))
+            return results
         if name == "imgfree":
             if not p.args:
                 return [out(True, ())]
