@@ -173,6 +173,9 @@ class Dhcp4Packet:
     option_order: list[int] = field(default_factory=list)
     overload: int = 0
     anomalies: list[str] = field(default_factory=list)
+    # Options sent more than once: the first instance, which is all iPXE reads (RFC 3396
+    # clients concatenate them, as ``options`` does).
+    first_instances: dict[int, bytes] = field(default_factory=dict)
 
     # -- convenience views -------------------------------------------------------------
     @property
@@ -204,6 +207,12 @@ class Dhcp4Packet:
         if value is None:
             return None
         return safe_text(value.rstrip(b"\x00"))
+
+    def ipxe_text_option(self, code: int) -> str | None:
+        """Option ``code`` as iPXE reads it, when that differs from the concatenation:
+        only its first instance."""
+        value = self.first_instances.get(code)
+        return None if value is None else safe_text(value.rstrip(b"\x00"))
 
     @property
     def vendor_class(self) -> str | None:
@@ -269,6 +278,9 @@ class Dhcp4Packet:
                 data[key] = (
                     self.server_id if code == OPT_SERVER_ID else self.text_option(code)
                 )
+        for code in (OPT_TFTP_SERVER, OPT_BOOTFILE):
+            if code in self.first_instances:  # split: what iPXE reads of it
+                data[f"option_{code}_first_instance"] = self.ipxe_text_option(code)
         if OPT_VENDOR in self.options:
             data["option_43_hex"] = self.options[OPT_VENDOR][:255].hex()
         if self.overload:
@@ -283,13 +295,15 @@ TRUNCATED = "truncated: "
 
 
 def parse_option_block(
-    buf: bytes, start: int, end: int, *, where: str = "options", lenient: bool = False
+    buf: bytes, start: int, end: int, *, where: str = "options", lenient: bool = False,
+    first: dict[int, bytes] | None = None,
 ) -> tuple[dict[int, bytes], list[int], list[str]]:
     """TLV options between start and end; repeated codes are concatenated (RFC 3396).
 
     An option that runs past the end raises MalformedPacket, or with ``lenient`` ends the
     block as it does in iPXE's dhcpopts.c (the options before it count) and is reported as
-    the first anomaly, starting with :data:`TRUNCATED`."""
+    the first anomaly, starting with :data:`TRUNCATED`. ``first`` receives the first
+    instance of each repeated code: all iPXE reads (it does not concatenate)."""
     options: dict[int, bytes] = {}
     order: list[int] = []
     anomalies: list[str] = []
@@ -316,6 +330,8 @@ def parse_option_block(
         length = buf[i + 1]
         value = buf[i + 2 : i + 2 + length]
         if code in options:
+            if first is not None:
+                first.setdefault(code, options[code])
             options[code] += value
         else:
             options[code] = value
@@ -350,7 +366,8 @@ def parse(data: bytes) -> Dhcp4Packet:
     if len(data) >= BOOTP_HEADER_LEN + 4 and data[236:240] == MAGIC_COOKIE:
         # Leniently: a reply whose last option is cut short still counts for iPXE (and
         # for a rogue server that appends one broken byte to hide from a strict parser).
-        opts, order, anoms = parse_option_block(data, 240, len(data), lenient=True)
+        opts, order, anoms = parse_option_block(data, 240, len(data), lenient=True,
+                                                first=pkt.first_instances)
         pkt.options, pkt.option_order = opts, order
         anomalies.extend(anoms)
     elif len(data) > BOOTP_HEADER_LEN:
