@@ -131,6 +131,17 @@ def test_a_decrypted_image_is_no_longer_verified() -> None:
     assert "unverified-image" in rules(text)
 
 
+@pytest.mark.parametrize("line", ["set next:ipv4 ${filename}", "inc net9/tries",
+                                  "clear ${name}", "set url https://b/${x}/y"])
+def test_a_set_that_can_fail_ends_the_embedded_script(line: str) -> None:
+    # set/inc/clear fail when the value does not parse for its type or the scope does not
+    # exist; an expanded value is whatever DHCP says.
+    text = GOOD.replace(KERNEL, f"{line}\n" + KERNEL)
+    assert "fall-through" in rules(text)
+    assert rules(GOOD.replace(KERNEL, f"{line} || goto failed\n" + KERNEL)) == set()
+    assert rules(GOOD.replace(KERNEL, "set tries:int32 0\ninc tries\n" + KERNEL)) == set()
+
+
 def test_a_nul_ends_the_line() -> None:
     # A script line is a C string in iPXE: nothing after a NUL is seen, '|| goto' included.
     text = GOOD.replace(VERIFY_K, VERIFY_K.replace(" ||", "\0 ||"))

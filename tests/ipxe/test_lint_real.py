@@ -203,3 +203,23 @@ def test_ipxe_never_returns_to_a_script_after_chain_replace(pki: TestPki) -> Non
     # The lint says the same of an embedded script.
     mid = files["mid.ipxe"].decode().replace("#!ipxe\n", "#!ipxe\nimgtrust --permanent\n")
     assert "fall-through" in {f.rule for f in lint_script(mid)}
+
+
+@pytest.mark.ipxe
+@pytest.mark.slow
+def test_ipxe_set_and_inc_can_fail(pki: TestPki) -> None:
+    """`set` with a typed setting whose (expanded) value does not parse, and `inc` of a
+    setting in a scope that does not exist, fail: the lint explores them both ways."""
+    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+    script = "\n".join([
+        "#!ipxe",
+        "set tb_x:ipv4 ${filename} && echo VERDICT set ok || echo VERDICT set failed",
+        "inc net9/tb_y && echo VERDICT inc ok || echo VERDICT inc failed",
+        "set tb_z:int32 0 && echo VERDICT literal ok || echo VERDICT literal failed",
+        f"echo {DONE_MARKER}",
+        "",
+    ])
+    console = boot(lkrn, {}, script)
+    assert DONE_MARKER in console, console
+    assert "VERDICT set failed" in console and "VERDICT inc failed" in console, console
+    assert "VERDICT literal ok" in console, console

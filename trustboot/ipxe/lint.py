@@ -6,7 +6,9 @@ The model follows iPXE's own code (src/image/script.c, src/core/exec.c, src/core
   word starts with ':' is a label, and the rest of that line is still a command;
 - a line is split on whitespace with no quoting; ``&&``, ``||`` and ``;`` end a command
   (the next one runs on success, on failure, always); a word starting with '#' ends the line;
-- an empty command succeeds; a command that is skipped leaves the status as it was; a line
+- ``set``/``clear``/``inc`` can fail when a word is expanded (a typed value that does not
+  parse) or the setting names a scope; an empty command succeeds; a command that is
+  skipped leaves the status as it was; a line
   that ends with a failure status ends the script;
 - ``goto LABEL`` continues at the first line labelled LABEL (the rest of its own line is
   skipped); ``exit`` ends the script; ``reboot`` does not come back; ``chain --replace``
@@ -61,6 +63,10 @@ _SELECT = {"kernel", "imgselect", "imgload"}
 # Commands that succeed whenever their options parse (everything else is explored both ways).
 _INFALLIBLE = {"echo", "set", "clear", "inc", "shell", "help", "imgstat", "ifstat", "route",
                "ipstat", "nstat", "certstat", "config"}
+# ... except these when a word is expanded (a DHCP server can make a typed setting's value
+# unparseable: "Could not store") or the setting names a scope (net0/..., which may not
+# exist): then they fail like any other command.
+_SETTING_COMMANDS = {"set", "clear", "inc"}
 _TRUST_SETTINGS = {"crosscert", "trust"}
 
 
@@ -336,6 +342,10 @@ class _Explorer:
                     "pxebs": "boots whatever a PXE boot server offers"}[name]
             self.add(number, name, f"'{name}' {what} with no imgverify: imgtrust does not "
                      "cover it", state)
+            return [out(True), fail]
+        if name in _SETTING_COMMANDS and (
+            any("${" in word for word in p.args) or "/" in (p.args[0] if p.args else "")
+        ):
             return [out(True), fail]
         if name in _INFALLIBLE:
             return [out(True)]
