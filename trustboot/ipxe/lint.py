@@ -8,8 +8,8 @@ The model follows iPXE's own code (src/image/script.c, src/core/exec.c, src/core
   (the next one runs on success, on failure, always); a word starting with '#' ends the line;
 - ``set``/``clear``/``inc`` can fail when a word is expanded (a typed value that does not
   parse) or the setting names a scope; an empty command succeeds; a command that is
-  skipped leaves the status as it was; a line
-  that ends with a failure status ends the script;
+  skipped leaves the status as it was; a line that ends with a failure status ends
+  the script;
 - ``goto LABEL`` continues at the first line labelled LABEL (the rest of its own line is
   skipped); ``exit`` ends the script; ``reboot`` does not come back; ``chain --replace``
   ends the script and runs the image in its place (its failure returns to the caller);
