@@ -176,6 +176,9 @@ class Dhcp4Packet:
     # Options sent more than once: the first instance, which is all iPXE reads (RFC 3396
     # clients concatenate them, as ``options`` does).
     first_instances: dict[int, bytes] = field(default_factory=dict)
+    # An overloaded (option 52) file / sname field read as text, as iPXE reads it.
+    ipxe_file: str = ""
+    ipxe_sname: str = ""
 
     # -- convenience views -------------------------------------------------------------
     @property
@@ -278,6 +281,10 @@ class Dhcp4Packet:
                 data[key] = (
                     self.server_id if code == OPT_SERVER_ID else self.text_option(code)
                 )
+        if self.ipxe_file:
+            data["file_read_as_text_by_ipxe"] = self.ipxe_file
+        if self.ipxe_sname:
+            data["sname_read_as_text_by_ipxe"] = self.ipxe_sname
         for code in (OPT_TFTP_SERVER, OPT_BOOTFILE):
             if code in self.first_instances:  # split: what iPXE reads of it
                 data[f"option_{code}_first_instance"] = self.ipxe_text_option(code)
@@ -393,6 +400,10 @@ def parse(data: bytes) -> Dhcp4Packet:
                 else:
                     pkt.options[code] = extra[code]
                     pkt.option_order.append(code)
+    if pkt.overload:
+        # iPXE ignores option 52: it reads both fields as text whatever they hold.
+        pkt.ipxe_file = _cstring(file_raw)[0] if pkt.overload & 1 else ""
+        pkt.ipxe_sname = _cstring(sname_raw)[0] if pkt.overload & 2 else ""
     if not pkt.overload & 1:
         pkt.file, junk = _cstring(file_raw)
         if junk:
