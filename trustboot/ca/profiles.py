@@ -182,10 +182,12 @@ def build_certificate(
     days: int,
     opts: CAOptions,
     sans: list[x509.GeneralName] | None = None,
+    not_after: dt.datetime | None = None,
 ) -> x509.Certificate:
-    """Build and sign one certificate of ``profile`` (root, issuing, codesign, server, client)."""
+    """Build and sign one certificate of ``profile`` (root, issuing, codesign, server, client).
+    ``not_after``, when given, replaces ``now + days`` (a renewal that keeps an end)."""
     not_before = now - BACKDATE
-    not_after = now + dt.timedelta(days=days)
+    not_after = not_after if not_after is not None else now + dt.timedelta(days=days)
     if issuer_cert is not None and now >= issuer_cert.not_valid_after_utc:
         # Clamped to it, the certificate would be born expired (or, past a day, have its
         # end before its start): nothing it signs would verify.

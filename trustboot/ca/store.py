@@ -742,6 +742,7 @@ class CertificateAuthority:
                   issuing_key: PrivateKey, *, now: dt.datetime, days: int,
                   sans: list[x509.GeneralName], new_key_pem: bytes | None,
                   key_rel: str | None, issuing: IssuedEntry | None = None,
+                  not_after: dt.datetime | None = None,
                   ) -> tuple[IssuedEntry, x509.Certificate]:
         """Sign and store one leaf certificate (under the lock; the index is not written)."""
         issuing = issuing or self.active_entry("issuing")
@@ -749,7 +750,7 @@ class CertificateAuthority:
         cert = profiles.build_certificate(
             profile=profile, subject_cn=name, public_key=public_key,
             issuer_cert=issuing.load_cert(), issuer_key=issuing_key, serial=serial,
-            now=now, days=days, opts=self.options, sans=sans or None)
+            now=now, days=days, opts=self.options, sans=sans or None, not_after=not_after)
         if new_key_pem is not None:
             key_rel = _key_rel(serial)
             ensure_private_dir(self.path / "private" / "keys")
