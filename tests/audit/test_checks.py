@@ -218,6 +218,33 @@ def test_unexpected_origin() -> None:
         observe(offers=[offer(ipxe=True, file="https://boot.example/releases2/x")]), sub)
 
 
+def test_a_split_boot_file_option_is_checked_as_ipxe_reads_it() -> None:
+    # RFC 3396 joins repeated options; iPXE reads only the first instance. Joined, the URL
+    # lies under the expected origin; iPXE fetches https://boot.ex/ (another host).
+    raw = packets.dhcp_reply(xid=1, chaddr=b"\x02" * 6, server_id="192.0.2.1",
+                             options=[(67, b"https://boot.ex"), (67, b"ample/boot.ipxe")])
+    split = Offer(dhcp4.parse(raw), "192.0.2.1", AUTH_MAC, 67, 0.1,
+                  Probe("dhcpv4", "bios", True, "02:02:02:02:02:02", 1))
+    assert split.packet.bootfile_option == "https://boot.example/boot.ipxe"
+    found = rules(observe(offers=[split]))
+    assert [f.subject for f in found["unexpected-origin"]] == ["https://boot.ex"]
+    assert found["unexpected-origin"][0].evidence["option_67_first_instance"] == \
+        "https://boot.ex"
+
+
+def test_an_overloaded_file_field_is_checked_as_ipxe_reads_it() -> None:
+    # iPXE ignores option 52 and boots the file field's text; read as options (RFC 2132)
+    # it is harmless junk, so the cleartext URL was never seen.
+    raw = packets.dhcp_reply(xid=1, chaddr=b"\x02" * 6, server_id="192.0.2.1",
+                             file=b"http://evil.example/x.efi", options=[(52, b"\x01")])
+    over = Offer(dhcp4.parse(raw), "192.0.2.1", AUTH_MAC, 67, 0.1,
+                 Probe("dhcpv4", "bios", True, "02:02:02:02:02:02", 1))
+    assert over.packet.file == "" and over.packet.ipxe_file == "http://evil.example/x.efi"
+    found = rules(observe(offers=[over]))
+    assert [f.subject for f in found["cleartext-boot-url"]] == ["http://evil.example/x.efi"]
+    assert "unexpected-origin" in found
+
+
 def test_https_unexpected_ca() -> None:
     bad = HttpCheck("https://boot.example/boot.ipxe", ok=True, sha256="b" * 64,
                     tls_chain_sha256=["d" * 64, "e" * 64])

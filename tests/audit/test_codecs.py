@@ -90,12 +90,33 @@ def test_hostile_strings_are_escaped() -> None:
     (b"", "too short"),
     (b"\x02" * 235, "too short"),
     (b"\x07" + b"\0" * 239, "neither BOOTREQUEST nor BOOTREPLY"),
-    (packets.dhcp_reply(xid=1, chaddr=MAC, raw_options=b"\x43\xc8evil"), "runs past the end"),
-    (packets.dhcp_reply(xid=1, chaddr=MAC, raw_options=b"\x35")[:-1], "no length byte"),
 ])
 def test_malformed_dhcp4(data: bytes, reason: str) -> None:
     with pytest.raises(MalformedPacket, match=reason):
         dhcp4.parse(data)
+
+
+@pytest.mark.parametrize(("tail", "reason"), [
+    (b"\xfe\x40xx\xff", "options: option 254 length 64 runs past the end"),
+    (b"\xfe", "options: option 254 has no length byte"),
+])
+def test_a_cut_short_option_ends_the_options_as_in_ipxe(tail: bytes, reason: str) -> None:
+    """iPXE (dhcpopts.c) stops at an option that runs past the end and uses the ones before
+    it: so does the audit, or a rogue server hid its offer by appending one broken byte."""
+    head = packets.dhcp_reply(xid=1, chaddr=MAC, options=[(67, b"evil.kpxe")])[:-1]
+    pkt = dhcp4.parse(head + tail)
+    assert pkt.message_type_name == "OFFER" and pkt.server_id == "192.0.2.1"
+    assert pkt.bootfile_option == "evil.kpxe"
+    assert pkt.damage == reason
+    assert dhcp4.parse(head + b"\xff").damage is None
+
+
+def test_a_broken_overloaded_field_does_not_hide_the_reply() -> None:
+    # iPXE ignores option 52 and reads the file field as text.
+    raw = packets.dhcp_reply(xid=1, chaddr=MAC, file=b"\x01\xff", options=[(52, b"\x01")])
+    pkt = dhcp4.parse(raw)
+    assert pkt.message_type_name == "OFFER" and pkt.overload == 1
+    assert pkt.damage == "overloaded file field: option 1 length 255 runs past the end"
 
 
 def test_recoverable_oddities_are_anomalies() -> None:
@@ -114,6 +135,16 @@ def test_pxe_vendor_option_described() -> None:
     described = dhcp4.describe_pxe_vendor(subs)
     assert described["boot_menu"] == [{"type": 0x8000, "description": "Boot"}]
     assert dhcp4.first_boot_item(subs) == b"\x80\x00\x00\x00"
+
+
+def test_pxe_menu_before_a_cut_short_sub_option_still_counts() -> None:
+    # iPXE finds the boot menu (43.9) in an encapsulated block the way it finds any option:
+    # a broken sub-option after it does not hide the menu the audit must follow.
+    menu = struct.pack("!HB", 0x8000, 4) + b"Boot"
+    vendor = packets.opt(6, b"\x03") + packets.opt(9, menu) + b"\x0a\x40PXE"
+    pkt = dhcp4.parse(packets.dhcp_reply(xid=1, chaddr=MAC, options=[(43, vendor)]))
+    subs = pkt.pxe_vendor_options()
+    assert subs is not None and dhcp4.first_boot_item(subs) == b"\x80\x00\x00\x00"
 
 
 # -- DHCPv6 ------------------------------------------------------------------------------------
@@ -141,13 +172,26 @@ def test_advertise_decoded() -> None:
 
 @pytest.mark.parametrize(("data", "reason"), [
     (b"\x02\x00", "too short"),
-    (b"\x02\x00\x00\x01\x00\x3b\x00\x20http", "runs past the end"),
-    (b"\x02\x00\x00\x01\x00", "truncated option header"),
     (b"\x0d" + b"\0" * 20, "relay message header"),
 ])
 def test_malformed_dhcp6(data: bytes, reason: str) -> None:
     with pytest.raises(MalformedPacket, match=reason):
         dhcp6.parse(data)
+
+
+@pytest.mark.parametrize(("tail", "reason"), [
+    (b"\x00\x3b\x00\x20http", "option 59 length 32 runs past the end"),
+    (b"\x00", "truncated option header"),
+])
+def test_a_cut_short_dhcp6_option_ends_the_options_as_in_ipxe(tail: bytes, reason: str
+                                                               ) -> None:
+    # iPXE's dhcpv6_option() stops at the cut and finds the options before it.
+    good = packets.advertise(xid=1, client_duid=b"\x00\x03\x00\x01" + MAC,
+                             url="http://[2001:db8::66]/evil.efi")
+    msg = dhcp6.parse(good + tail)
+    assert msg.type_name == "ADVERTISE" and msg.damage == reason
+    assert msg.bootfile_url == "http://[2001:db8::66]/evil.efi"
+    assert dhcp6.parse(good).damage is None
 
 
 def test_dhcp6_nested_status_and_params() -> None:
@@ -239,6 +283,13 @@ def _pe(signed: bool) -> bytes:
 
 def test_identify_loaders() -> None:
     assert loaders.identify(b"#!ipxe\nchain http://x/y\n").imgverify is False
+    # The word in a comment, an echo or a URL is not a verification iPXE runs.
+    for fake in (b"#!ipxe\n# every image passes imgverify\nchain https://x/y\n",
+                 b"#!ipxe\necho imgtrust on\nchain https://x/imgverify.efi\n",
+                 b"#!ipxe\nimgtrust --allow\nchain https://x/y\n"):
+        assert loaders.identify(fake).imgverify is False, fake
+    assert loaders.identify(b"#!ipxe\n:go imgtrust --permanent\nchain https://x/y\n"
+                            ).imgverify is True
     script = loaders.identify(b"#!ipxe\nimgtrust --permanent\nchain https://a/b\n")
     assert script.kind == "ipxe-script" and script.imgverify and script.urls == ["https://a/b"]
     assert loaders.identify(b"\0" * 10 + b"PXE->EB:" + b"\0").kind == "ipxe"

@@ -139,6 +139,8 @@ def test_malformed_packets_are_recorded_not_fatal() -> None:
     lst.run()
     reasons = [(m.protocol, m.reason) for m in obs.malformed]
     assert ("dhcpv4", "options: option 67 length 200 runs past the end") in reasons
+    # ... and that offer still counts: iPXE takes it, using the options before the cut.
+    assert [(o.server_ip, o.src_ip) for o in obs.offers] == [("192.0.2.9", "192.0.2.9")]
     assert any(p == "dhcpv4" and "too short" in r for p, r in reasons)
     assert any(p == "ip/udp" for p, _ in reasons)
     assert all(m.head_hex for m in obs.malformed)
@@ -362,3 +364,23 @@ def test_a_fragmented_advertise_is_reassembled() -> None:
     assert obs.replies6, [m.reason for m in obs.malformed]
     assert {r.message.bootfile_url for r in obs.replies6} == {"http://[2001:db8::66]/rogue.efi"}
     assert not obs.malformed and not obs.limits
+
+
+def test_a_dhcpv6_advertise_cut_short_is_still_an_answer() -> None:
+    """A rogue DHCPv6 server appending a broken option: iPXE still uses the boot URL before
+    it, so the audit records the answer (and the damage as malformed-packet evidence)."""
+    def server6(frame: frames.Frame) -> list[bytes]:
+        if frame.dport != 547:
+            return []
+        msg = dhcp6.parse(frame.payload)
+        adv = packets.advertise(xid=msg.xid, client_duid=bytes.fromhex(msg.client_duid or ""),
+                                url="http://[2001:db8::66]/evil.efi") + b"\x00\x3b\x00\x40x"
+        return [packets.advertise_frame(adv, dst_mac=frame.src_mac)]
+
+    link = FakeLink([server6])
+    lst, obs = listener(link, window=0.3, arches=("efi-x64",), ipxe_probe=False)
+    lst.run()
+    assert obs.replies6
+    assert {r.message.bootfile_url for r in obs.replies6} == {"http://[2001:db8::66]/evil.efi"}
+    assert ("dhcpv6", "option 59 length 64 runs past the end") in {
+        (m.protocol, m.reason) for m in obs.malformed}

@@ -170,7 +170,7 @@ def test_hostile_segment_fails_with_exit_5(hostile_run: tuple[AuditRun, Path]) -
 
 def test_rogue_dhcp_server(hostile_run: tuple[AuditRun, Path]) -> None:
     run, _ = hostile_run
-    [rogue] = by_id(run, "rogue-dhcp")
+    [rogue] = [f for f in by_id(run, "rogue-dhcp") if f["subject"].startswith("192.0.2.2 ")]
     assert rogue["severity"] == "critical"
     assert rogue["subject"] == "192.0.2.2 (02:74:62:00:00:02)"
     ev = rogue["evidence"]
@@ -204,8 +204,9 @@ def test_multiple_responders(hostile_run: tuple[AuditRun, Path]) -> None:
     run, _ = hostile_run
     [multi] = by_id(run, "multiple-responders")
     assert multi["severity"] == "medium"
+    # 192.0.2.9 answers with broken packets, which iPXE still takes (see below)
     assert {s["ip"] for s in multi["evidence"]["servers"]} == {
-        "192.0.2.1", "192.0.2.2", "192.0.2.3"}
+        "192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.9"}
 
 
 def test_cleartext_boot_url_and_unexpected_origin(hostile_run: tuple[AuditRun, Path]) -> None:
@@ -272,6 +273,18 @@ def test_well_known_tftp_paths(hostile_run: tuple[AuditRun, Path]) -> None:
     assert {"tftp://192.0.2.6/pxelinux.cfg/default", "tftp://192.0.2.6/boot.ipxe"} <= exposed
     # dnsmasq's root on the authorized server holds boot.ipxe too (it is also served by HTTPS)
     assert "tftp://192.0.2.1/undionly.kpxe" not in exposed  # offered file: reported once
+
+
+def test_a_broken_last_option_does_not_hide_a_rogue(hostile_run: tuple[AuditRun, Path]
+                                                    ) -> None:
+    """192.0.2.9 offers 192.0.2.77 in replies whose last option runs past the end, or whose
+    overloaded file field is garbage: iPXE takes them (it stops at the cut, and ignores
+    option 52), so the audit reports a rogue DHCP server, not only a malformed packet."""
+    run, _ = hostile_run
+    [rogue] = [f for f in by_id(run, "rogue-dhcp") if f["subject"].startswith("192.0.2.9 ")]
+    assert rogue["severity"] in ("high", "critical")
+    assert "192.0.2.77" in rogue["message"]
+    assert by_id(run, "malformed-packet")  # and the broken packets stay evidence
 
 
 def test_malformed_packets_are_evidence(hostile_run: tuple[AuditRun, Path]) -> None:

@@ -233,3 +233,46 @@ def test_migration_of_a_v1_home_killed_at_every_commit_point(tmp_path: Path) -> 
         # every key of the old home is still there, byte for byte
         kept = {p.read_bytes() for p in (pki / "private").rglob("*.key")}
         assert set(keys.values()) <= kept, k
+
+
+def test_revoke_killed_before_its_crl_is_finished_by_running_it_again(
+        small_ca: Path, secrets_dir: Path, tmp_path: Path) -> None:
+    """Killed after the index commit and before crl.pem: `ca export` refuses to hand on a
+    CRL that misses the revocation, and running the same `ca revoke` again (what anyone
+    does after a crash) writes the CRL instead of saying 'already revoked' and leaving it."""
+    args = OPS["revoke"]
+    count_file = tmp_path / "count"
+    probe = tmp_path / "probe"
+    shutil.copytree(small_ca, probe)
+    assert _run(probe, secrets_dir, args, 0, count_file).returncode == 0
+    for k in range(1, int(count_file.read_text()) + 1):
+        pki = tmp_path / f"k{k}"
+        shutil.copytree(small_ca, pki)
+        assert _run(pki, secrets_dir, args, k).returncode == -9
+        ca = CertificateAuthority.open(pki)
+        if ca.get("victim").status == "revoked" and any("does not list" in p
+                                                        for p in ca.check()):
+            break
+    else:
+        pytest.fail("no commit point between the index and the CRL")
+    serial = ca.get("victim").serial
+    from click.testing import CliRunner
+
+    from trustboot.cli.main import cli
+    export = CliRunner().invoke(cli, ["ca", "export", "--pki", str(pki), "--out",
+                                      str(tmp_path / "out")])
+    assert export.exit_code == 3 and "does not list revoked victim" in export.output
+    assert not (tmp_path / "out" / "crl.pem").exists()
+    again = _run(pki, secrets_dir, args, 0)
+    assert again.returncode == 0, again.stderr
+    assert CertificateAuthority.open(pki).check() == []
+    # openssl: the CRL is the issuing CA's and lists the serial
+    checked = subprocess.run(["openssl", "crl", "-in", str(pki / "crl.pem"), "-CAfile",
+                              str(pki / "chain.pem"), "-noout", "-text"],
+                             capture_output=True, text=True, check=True)
+    assert "verify OK" in checked.stderr + checked.stdout
+    listed = {int(line.split(":")[1], 16) for line in checked.stdout.splitlines()
+              if "Serial Number:" in line}
+    assert serial in listed
+    # A second run is the plain 'already revoked' again.
+    assert "already revoked" in _run(pki, secrets_dir, args, 0).stderr

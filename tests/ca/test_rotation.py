@@ -304,3 +304,25 @@ def test_begin_with_the_wrong_passphrase_changes_nothing(ca_home: Path, run: Run
             str(secrets_dir / "wrong.pass"))
     assert r.exit_code == 3 and "wrong passphrase" in r.output
     assert (ca_home / "index.json").read_bytes() == before
+
+
+
+def test_promote_keeps_each_leaf_end_of_life_to_the_second(tmp_path: Path) -> None:
+    """The leaves certified again under the next root end when they ended, not up to a
+    day later (the renewal counted whole days from now)."""
+    import datetime as dt
+
+    from trustboot.ca import rotation
+    from trustboot.secrets import constant
+
+    now = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+    pw = constant(b"correct horse battery")
+    ca, _ = CertificateAuthority.init(tmp_path / "pki", pw, key_type="ec-p256", now=now)
+    ca.issue("codesign", "short", pw, pw, key_type="ec-p256", days=2, now=now)
+    before = ca.get("short", now).not_after_dt()
+    later = now + dt.timedelta(hours=7, minutes=13)
+    rotation.begin_root(ca, pw, key_type="ec-p256", now=later)
+    result = rotation.promote_root(ca, pw, confirm_fleet=True, now=later)
+    [renewed] = [e for e in result.renewed if e.name == "short"]
+    assert renewed.not_after_dt() == before
+    assert ca.get("short", later).serial == renewed.serial

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import random
@@ -16,6 +17,7 @@ import pytest
 from cryptography import x509
 
 from trustboot.ca import profiles
+from trustboot.ca.rotation import rotate_issuing
 from trustboot.ca.store import CertificateAuthority
 from trustboot.errors import ConfigError
 from trustboot.keys import keyfile
@@ -334,3 +336,31 @@ def test_days_beyond_the_issuing_ca_are_cut_with_a_warning(pki: Path, run,  # ty
     assert "--days 4000" in r.output and "issuing CA" in r.output, r.output
     r = issue(run, pki, secrets_dir, "codesign", "short-enough", "--days", "30")
     assert r.exit_code == 0 and "warning" not in r.output, r.output
+
+
+@pytest.mark.parametrize("late", [dt.timedelta(0), dt.timedelta(hours=12),
+                                  dt.timedelta(days=3)])
+def test_an_expired_issuing_ca_issues_nothing(tmp_path: Path, late: dt.timedelta) -> None:
+    """From the moment the issuing CA expires, issue and renew refuse (exit 3) and the index
+    is unchanged: a leaf clamped to its issuer would be born expired, and past a day its end
+    came before its start (cryptography raised ValueError: exit 70)."""
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    pw = constant(CA_PASS.encode())
+    ca, _ = CertificateAuthority.init(tmp_path / "pki", pw, key_type="ec-p256", root_days=10,
+                                      issuing_days=2, now=now)
+    ca.issue("codesign", "signer", pw, pw, key_type="ec-p256", now=now)
+    expiry = ca.issuing_cert.not_valid_after_utc
+    before = (tmp_path / "pki" / "index.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"expired on .* it cannot issue") as exc:
+        ca.issue("codesign", "late", pw, pw, key_type="ec-p256", now=expiry + late)
+    assert "rotate issuing" in (exc.value.hint or "")
+    with pytest.raises(ConfigError, match="it cannot issue"):
+        ca.renew("signer", pw, now=expiry + late)
+    assert (tmp_path / "pki" / "index.json").read_bytes() == before
+    # One second before, the CA still issues (its leaf ends with it, with a warning).
+    result = ca.issue("codesign", "early", pw, pw, key_type="ec-p256",
+                      now=expiry - dt.timedelta(seconds=1))
+    assert result.certificate.not_valid_after_utc == expiry
+    # A new issuing CA issues again.
+    rotate_issuing(ca, pw, key_type="ec-p256", now=expiry + late)
+    assert ca.issue("codesign", "late", pw, pw, key_type="ec-p256", now=expiry + late)

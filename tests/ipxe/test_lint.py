@@ -79,6 +79,76 @@ def test_backslash_continuation_joins_a_command_onto_the_line() -> None:
     assert "unverified-image" in rules(text)
 
 
+@pytest.mark.parametrize("end", ["reboot \\\n", "reboot \\"])
+def test_a_continuation_open_at_the_end_never_runs(end: str) -> None:
+    # iPXE stops at the end of the data while still reading the line (-EINVAL): the
+    # fail-closed 'reboot' never runs and the embedded script falls through.
+    text = GOOD.replace(FAILED, ":failed\n" + end)
+    assert rules(GOOD.replace(FAILED, ":failed\nreboot\n")) == set()
+    found = {f.rule: f for f in lint_script(text)}
+    assert {"dangling-continuation", "fall-through"} <= found.keys()
+    assert found["dangling-continuation"].line == 9
+
+
+def test_a_backslash_left_after_an_empty_line_continues_again() -> None:
+    # iPXE strips the backslash from the line read so far: "echo x \\", then an empty
+    # line, still ends in a backslash and swallows the label line after it.
+    text = GOOD.replace(FAILED, "echo bye \\\\\n\n:failed reboot\n")
+    assert join_lines(text)[-1] == (8, "echo bye :failed reboot")
+    assert "missing-label" in rules(text)
+
+
+@pytest.mark.parametrize("cmd", ["chain --replace", "boot -r", "imgexec --replace"])
+def test_replace_never_comes_back_to_the_embedded_script(cmd: str) -> None:
+    # imgexec --replace stops the script and runs the image in its place: a failing image
+    # returns to the firmware, so the '|| goto failed' after it never runs.
+    text = GOOD.replace(BOOT, f"{cmd} vmlinuz || goto failed\n")
+    found = {f.rule: f for f in lint_script(text)}
+    assert set(found) == {"fall-through"} and found["fall-through"].line == 7
+    assert "--replace" in found["fall-through"].message
+    assert rules(text, stage="chained") == set()  # the firmware handles a chained failure
+
+
+def test_an_image_extracted_from_an_unverified_archive_is_unverified() -> None:
+    # imgextract registers a new image (trusted only if its source was) and discards the
+    # source: freeing the source does not make the extracted initrd verified.
+    extract = ("imgfetch https://b/initrd.img.gz || goto failed\n"
+               "imgextract initrd.img.gz || goto failed\n")
+    text = GOOD.replace(INITRD + VERIFY_I, extract)
+    found = {f.rule: f for f in lint_script(text)}
+    assert "unverified-image" in found and "'initrd.img'" in found["unverified-image"].message
+    # Verified before extraction: the extracted image is trusted too (archive.c).
+    verified = ("imgfetch https://b/initrd.img.gz || goto failed\n"
+                "imgverify initrd.img.gz https://b/initrd.img.gz.sig || goto failed\n"
+                "imgextract --name initrd.img initrd.img.gz || goto failed\n")
+    assert rules(GOOD.replace(INITRD + VERIFY_I, verified)) == set()
+
+
+def test_a_decrypted_image_is_no_longer_verified() -> None:
+    # imgdecrypt changes the image in place and clears its trusted flag (cms.c).
+    text = GOOD.replace(BOOT, "imgdecrypt initrd.img https://b/initrd.env || goto failed\n"
+                        + BOOT)
+    assert "unverified-image" in rules(text)
+
+
+@pytest.mark.parametrize("line", ["set next:ipv4 ${filename}", "inc net9/tries",
+                                  "clear ${name}", "set url https://b/${x}/y"])
+def test_a_set_that_can_fail_ends_the_embedded_script(line: str) -> None:
+    # set/inc/clear fail when the value does not parse for its type or the scope does not
+    # exist; an expanded value is whatever DHCP says.
+    text = GOOD.replace(KERNEL, f"{line}\n" + KERNEL)
+    assert "fall-through" in rules(text)
+    assert rules(GOOD.replace(KERNEL, f"{line} || goto failed\n" + KERNEL)) == set()
+    assert rules(GOOD.replace(KERNEL, "set tries:int32 0\ninc tries\n" + KERNEL)) == set()
+
+
+def test_a_nul_ends_the_line() -> None:
+    # A script line is a C string in iPXE: nothing after a NUL is seen, '|| goto' included.
+    text = GOOD.replace(VERIFY_K, VERIFY_K.replace(" ||", "\0 ||"))
+    assert parse_script(text)[3].commands[0].terminator is None
+    assert "fall-through" in rules(text)
+
+
 def test_goto_target_must_end_fail_closed() -> None:
     # `|| goto LABEL` is accepted only when LABEL's block cannot end or boot.
     ends = GOOD.replace(FAILED, ":failed\necho stopped\n")

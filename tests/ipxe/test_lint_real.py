@@ -16,7 +16,7 @@ import pytest
 
 from tests.ipxe.testpki import TestPki, cached_pki
 from tests.ipxe_qemu import DONE_MARKER, boot, build_test_ipxe, cache_root, ipxe_src_or_skip
-from trustboot.ipxe.lint import lint_script
+from trustboot.ipxe.lint import lint_script, parse_script
 from trustboot.ipxe.source import ENV_SOURCE
 from trustboot.ipxe.syntax import COMMANDS, MAX_ARGUMENTS
 
@@ -136,3 +136,90 @@ def test_ipxe_runs_scripts_the_way_the_lint_models_them(pki: TestPki) -> None:
 
     # An uncaught failure ends a script: nothing after it runs, and its caller sees failure.
     assert "AFTER-UNCAUGHT-FAILURE" not in console and "INNER-FAILED" in console, console
+
+
+@pytest.mark.ipxe
+@pytest.mark.slow
+def test_ipxe_reads_lines_the_way_the_lint_models_them(pki: TestPki) -> None:
+    """Line reading, where a script's text and what iPXE runs differ: a continuation left
+    open at the end of the script is never run and the script fails; a backslash left at
+    the end after a continuation and an empty line continues again (the label below it is
+    swallowed); a NUL ends the line (the '|| ...' after it is not seen)."""
+    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+    scripts = {
+        "dangling.ipxe": b"#!ipxe\necho DANGLING-START\necho DANGLING-LAST-RAN \\\n",
+        "double.ipxe": (b"#!ipxe\ngoto target || echo VERDICT double nolabel\n"
+                        b"echo DOUBLE-JOINED \\\\\n\n:target echo DOUBLE-LABEL-RAN\n"),
+        "nul.ipxe": (b"#!ipxe\nimgverify nosuch tftp://10.0.2.2/nosuch.sig\x00 || echo "
+                     b"NUL-CAUGHT\necho NUL-AFTER\n"),
+    }
+    script = "\n".join([
+        "#!ipxe",
+        *(f"chain tftp://10.0.2.2/{name} || echo VERDICT {name} failed" for name in scripts),
+        f"echo {DONE_MARKER}",
+        "",
+    ])
+    console = boot(lkrn, dict(scripts), script)
+    assert DONE_MARKER in console, console
+    assert "DANGLING-START" in console and "DANGLING-LAST-RAN" not in console, console
+    assert "VERDICT dangling.ipxe failed" in console, console
+    assert "VERDICT double nolabel" in console, console
+    assert "DOUBLE-JOINED :target echo DOUBLE-LABEL-RAN" in console, console
+    assert "NUL-CAUGHT" not in console and "NUL-AFTER" not in console, console
+    assert "VERDICT nul.ipxe failed" in console, console
+
+    # The lint reads the same lines.
+    texts = {name: data.decode() for name, data in scripts.items()}
+    assert {f.rule for f in lint_script(texts["dangling.ipxe"], stage="chained")} >= {
+        "dangling-continuation"}
+    assert "missing-label" in {f.rule for f in lint_script(texts["double.ipxe"],
+                                                           stage="chained")}
+    (verify,) = parse_script(texts["nul.ipxe"])[1].commands
+    assert verify.words == ("imgverify", "nosuch", "tftp://10.0.2.2/nosuch.sig")
+
+
+@pytest.mark.ipxe
+@pytest.mark.slow
+def test_ipxe_never_returns_to_a_script_after_chain_replace(pki: TestPki) -> None:
+    """`chain --replace` stops the script and runs the image in its place: when that image
+    fails, iPXE returns to the script's caller, not to the '|| goto' after the command (so
+    in an embedded script, to the firmware's boot manager)."""
+    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+    files = {
+        "mid.ipxe": (b"#!ipxe\nchain --replace tftp://10.0.2.2/inner.ipxe || goto fail\n"
+                     b"echo AFTER-REPLACE\n:fail\necho FAIL-BLOCK-RAN\n"),
+        "inner.ipxe": b"#!ipxe\necho INNER-RAN\nexit 1\n",
+    }
+    script = "\n".join([
+        "#!ipxe",
+        "chain tftp://10.0.2.2/mid.ipxe || echo VERDICT mid returned failure",
+        f"echo {DONE_MARKER}",
+        "",
+    ])
+    console = boot(lkrn, files, script)
+    assert DONE_MARKER in console and "INNER-RAN" in console, console
+    assert "AFTER-REPLACE" not in console and "FAIL-BLOCK-RAN" not in console, console
+    assert "VERDICT mid returned failure" in console, console
+    # The lint says the same of an embedded script.
+    mid = files["mid.ipxe"].decode().replace("#!ipxe\n", "#!ipxe\nimgtrust --permanent\n")
+    assert "fall-through" in {f.rule for f in lint_script(mid)}
+
+
+@pytest.mark.ipxe
+@pytest.mark.slow
+def test_ipxe_set_and_inc_can_fail(pki: TestPki) -> None:
+    """`set` with a typed setting whose (expanded) value does not parse, and `inc` of a
+    setting in a scope that does not exist, fail: the lint explores them both ways."""
+    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+    script = "\n".join([
+        "#!ipxe",
+        "set tb_x:ipv4 ${filename} && echo VERDICT set ok || echo VERDICT set failed",
+        "inc net9/tb_y && echo VERDICT inc ok || echo VERDICT inc failed",
+        "set tb_z:int32 0 && echo VERDICT literal ok || echo VERDICT literal failed",
+        f"echo {DONE_MARKER}",
+        "",
+    ])
+    console = boot(lkrn, {}, script)
+    assert DONE_MARKER in console, console
+    assert "VERDICT set failed" in console and "VERDICT inc failed" in console, console
+    assert "VERDICT literal ok" in console, console

@@ -173,8 +173,21 @@ class Dhcp4Packet:
     option_order: list[int] = field(default_factory=list)
     overload: int = 0
     anomalies: list[str] = field(default_factory=list)
+    # Options sent more than once: the first instance, which is all iPXE reads (RFC 3396
+    # clients concatenate them, as ``options`` does).
+    first_instances: dict[int, bytes] = field(default_factory=dict)
+    # An overloaded (option 52) file / sname field read as text, as iPXE reads it.
+    ipxe_file: str = ""
+    ipxe_sname: str = ""
 
     # -- convenience views -------------------------------------------------------------
+    @property
+    def damage(self) -> str | None:
+        """Why a strict parser would have refused the packet (a truncated option block,
+        whose options before the cut still count), or None."""
+        return next((a[len(TRUNCATED):] for a in self.anomalies if a.startswith(TRUNCATED)),
+                    None)
+
     @property
     def message_type(self) -> int | None:
         value = self.options.get(OPT_MESSAGE_TYPE)
@@ -197,6 +210,12 @@ class Dhcp4Packet:
         if value is None:
             return None
         return safe_text(value.rstrip(b"\x00"))
+
+    def ipxe_text_option(self, code: int) -> str | None:
+        """Option ``code`` as iPXE reads it, when that differs from the concatenation:
+        only its first instance."""
+        value = self.first_instances.get(code)
+        return None if value is None else safe_text(value.rstrip(b"\x00"))
 
     @property
     def vendor_class(self) -> str | None:
@@ -228,14 +247,13 @@ class Dhcp4Packet:
         return self.text_option(OPT_USER_CLASS)
 
     def pxe_vendor_options(self) -> dict[int, bytes] | None:
-        """Option 43 as PXE sub-options, or None when absent or not a TLV list."""
+        """Option 43 as PXE sub-options (those before any cut short, as iPXE reads an
+        encapsulated block), or None when absent."""
         value = self.options.get(OPT_VENDOR)
         if value is None:
             return None
-        try:
-            subs, _order, _anoms = parse_option_block(value, 0, len(value), where="option 43")
-        except MalformedPacket:
-            return None
+        subs, _order, _anoms = parse_option_block(value, 0, len(value), where="option 43",
+                                                  lenient=True)
         return subs
 
     def evidence(self) -> dict[str, object]:
@@ -263,6 +281,13 @@ class Dhcp4Packet:
                 data[key] = (
                     self.server_id if code == OPT_SERVER_ID else self.text_option(code)
                 )
+        if self.ipxe_file:
+            data["file_read_as_text_by_ipxe"] = self.ipxe_file
+        if self.ipxe_sname:
+            data["sname_read_as_text_by_ipxe"] = self.ipxe_sname
+        for code in (OPT_TFTP_SERVER, OPT_BOOTFILE):
+            if code in self.first_instances:  # split: what iPXE reads of it
+                data[f"option_{code}_first_instance"] = self.ipxe_text_option(code)
         if OPT_VENDOR in self.options:
             data["option_43_hex"] = self.options[OPT_VENDOR][:255].hex()
         if self.overload:
@@ -272,10 +297,20 @@ class Dhcp4Packet:
         return data
 
 
+# The start of the anomaly a truncated option block leaves (see parse_option_block).
+TRUNCATED = "truncated: "
+
+
 def parse_option_block(
-    buf: bytes, start: int, end: int, *, where: str = "options"
+    buf: bytes, start: int, end: int, *, where: str = "options", lenient: bool = False,
+    first: dict[int, bytes] | None = None,
 ) -> tuple[dict[int, bytes], list[int], list[str]]:
-    """TLV options between start and end; repeated codes are concatenated (RFC 3396)."""
+    """TLV options between start and end; repeated codes are concatenated (RFC 3396).
+
+    An option that runs past the end raises MalformedPacket, or with ``lenient`` ends the
+    block as it does in iPXE's dhcpopts.c (the options before it count) and is reported as
+    the first anomaly, starting with :data:`TRUNCATED`. ``first`` receives the first
+    instance of each repeated code: all iPXE reads (it does not concatenate)."""
     options: dict[int, bytes] = {}
     order: list[int] = []
     anomalies: list[str] = []
@@ -289,15 +324,21 @@ def parse_option_block(
         if code == OPT_END:
             saw_end = True
             break
+        problem = None
         if i + 1 >= end:
-            raise MalformedPacket(f"{where}: option {code} has no length byte", offset=i)
+            problem = f"{where}: option {code} has no length byte"
+        elif i + 2 + buf[i + 1] > end:
+            problem = f"{where}: option {code} length {buf[i + 1]} runs past the end"
+        if problem is not None:
+            if not lenient:
+                raise MalformedPacket(problem, offset=i)
+            anomalies.insert(0, TRUNCATED + problem)
+            return options, order, anomalies
         length = buf[i + 1]
-        if i + 2 + length > end:
-            raise MalformedPacket(
-                f"{where}: option {code} length {length} runs past the end", offset=i
-            )
         value = buf[i + 2 : i + 2 + length]
         if code in options:
+            if first is not None:
+                first.setdefault(code, options[code])
             options[code] += value
         else:
             options[code] = value
@@ -330,7 +371,10 @@ def parse(data: bytes) -> Dhcp4Packet:
         giaddr=_ip(data[24:28]), chaddr=chaddr, sname="", file="", anomalies=anomalies,
     )
     if len(data) >= BOOTP_HEADER_LEN + 4 and data[236:240] == MAGIC_COOKIE:
-        opts, order, anoms = parse_option_block(data, 240, len(data))
+        # Leniently: a reply whose last option is cut short still counts for iPXE (and
+        # for a rogue server that appends one broken byte to hide from a strict parser).
+        opts, order, anoms = parse_option_block(data, 240, len(data), lenient=True,
+                                                first=pkt.first_instances)
         pkt.options, pkt.option_order = opts, order
         anomalies.extend(anoms)
     elif len(data) > BOOTP_HEADER_LEN:
@@ -344,15 +388,22 @@ def parse(data: bytes) -> Dhcp4Packet:
     # RFC 2131 4.1: options, then file, then sname.
     for bit, raw, name in ((1, file_raw, "file"), (2, sname_raw, "sname")):
         if pkt.overload & bit:
-            extra, extra_order, _ = parse_option_block(
-                raw, 0, len(raw), where=f"overloaded {name} field"
+            # iPXE ignores option 52 (it reads the field as text): what it holds must not
+            # make the whole reply undecodable.
+            extra, extra_order, extra_anoms = parse_option_block(
+                raw, 0, len(raw), where=f"overloaded {name} field", lenient=True
             )
+            anomalies.extend(a for a in extra_anoms if a.startswith(TRUNCATED))
             for code in extra_order:
                 if code in pkt.options:
                     pkt.options[code] += extra[code]
                 else:
                     pkt.options[code] = extra[code]
                     pkt.option_order.append(code)
+    if pkt.overload:
+        # iPXE ignores option 52: it reads both fields as text whatever they hold.
+        pkt.ipxe_file = _cstring(file_raw)[0] if pkt.overload & 1 else ""
+        pkt.ipxe_sname = _cstring(sname_raw)[0] if pkt.overload & 2 else ""
     if not pkt.overload & 1:
         pkt.file, junk = _cstring(file_raw)
         if junk:

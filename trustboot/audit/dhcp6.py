@@ -60,6 +60,9 @@ class Dhcp6Message:
     hop_count: int | None = None
     link_address: str | None = None
     peer_address: str | None = None
+    # Why a strict parser would have refused it: an option running past the end, where
+    # iPXE's dhcpv6_option() stops and still uses the options before it (they count here).
+    damage: str | None = None
 
     @property
     def type_name(self) -> str:
@@ -179,6 +182,16 @@ def _length_prefixed(value: bytes) -> list[bytes]:
 
 
 def parse_options(buf: bytes, start: int = 0, *, depth: int = 0) -> list[tuple[int, bytes]]:
+    out, damage = _options(buf, start, depth=depth)
+    if damage is not None:
+        raise MalformedPacket(damage[0], offset=damage[1])
+    return out
+
+
+def _options(buf: bytes, start: int = 0, *, depth: int = 0,
+             ) -> tuple[list[tuple[int, bytes]], tuple[str, int] | None]:
+    """The options up to the end or to one that is cut short, and (reason, offset) of the
+    cut. Too deep, too many or a body shorter than its fixed fields raise."""
     if depth > MAX_DEPTH:
         raise MalformedPacket("options nested too deeply")
     out: list[tuple[int, bytes]] = []
@@ -187,15 +200,15 @@ def parse_options(buf: bytes, start: int = 0, *, depth: int = 0) -> list[tuple[i
         raise MalformedPacket("option body shorter than its fixed fields")
     while i < len(buf):
         if i + 4 > len(buf):
-            raise MalformedPacket("truncated option header", offset=i)
+            return out, ("truncated option header", i)
         code, length = struct.unpack_from("!HH", buf, i)
         if i + 4 + length > len(buf):
-            raise MalformedPacket(f"option {code} length {length} runs past the end", offset=i)
+            return out, (f"option {code} length {length} runs past the end", i)
         out.append((code, buf[i + 4 : i + 4 + length]))
         if len(out) > MAX_OPTIONS:
             raise MalformedPacket("too many options")
         i += 4 + length
-    return out
+    return out, None
 
 
 def parse(data: bytes) -> Dhcp6Message:
@@ -207,13 +220,19 @@ def parse(data: bytes) -> Dhcp6Message:
     if msg_type in (RELAY_FORW, RELAY_REPL):
         if len(data) < 34:
             raise MalformedPacket("too short for a relay message header")
+        options, damage = _options(data, 34)
         return Dhcp6Message(
-            msg_type, 0, parse_options(data, 34), hop_count=data[1],
+            msg_type, 0, options, hop_count=data[1],
             link_address=str(ipaddress.IPv6Address(data[2:18])),
             peer_address=str(ipaddress.IPv6Address(data[18:34])),
+            damage=None if damage is None else damage[0],
         )
     xid = int.from_bytes(data[1:4], "big")
-    msg = Dhcp6Message(msg_type, xid, parse_options(data, 4))
+    options, damage = _options(data, 4)
+    msg = Dhcp6Message(msg_type, xid, options, damage=None if damage is None else damage[0])
+    if damage is not None:
+        msg.anomalies.append(f"{damage[0]} (at byte {damage[1]}): the options before it "
+                             "are used, as iPXE uses them")
     if msg_type == 0 or msg_type > 36:
         msg.anomalies.append(f"unknown message type {msg_type}")
     seen = [c for c, _ in msg.options]

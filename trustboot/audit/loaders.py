@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 from trustboot.audit.dhcp4 import safe_text
+from trustboot.ipxe.lint import parse_script
 
 URL_RE = re.compile(rb"(?:https?|tftp|ftp|nfs)://[\x21-\x7e]{1,512}")
 IPXE_VERSION_RE = re.compile(rb"iPXE (\d+\.\d+\.\d+[0-9A-Za-z+.\-]*)")
@@ -73,14 +74,25 @@ def _urls(data: bytes) -> list[str]:
     return out
 
 
+def _runs_verification(script: bytes) -> bool:
+    """Whether a command of the script (as iPXE reads it: not a comment, not an echo's
+    text) is imgverify or imgtrust without --allow. Parsing only, no path exploration: the
+    audit's deadline holds whatever the file."""
+    for line in parse_script(script.decode("latin-1")):  # byte for byte: iPXE has no encoding
+        for command in line.commands:
+            p = command.parsed
+            if p is not None and (p.name == "imgverify"
+                                  or (p.name == "imgtrust" and not p.has("allow"))):
+                return True
+    return False
+
+
 def identify(head: bytes) -> LoaderInfo:
     """Classify a boot file from its first bytes (up to a few MiB)."""
     stripped = head.lstrip(b"\xef\xbb\xbf")
     if stripped[:6].lower() == b"#!ipxe":
-        lowered = stripped.lower()
-        verified = b"imgverify" in lowered or b"imgtrust" in lowered
         return LoaderInfo("ipxe-script", "iPXE script", ipxe=True, script=True,
-                          urls=_urls(stripped), imgverify=verified)
+                          urls=_urls(stripped), imgverify=_runs_verification(stripped))
     pe = _pe_signed(head)
     version = IPXE_VERSION_RE.search(head)
     ipxe = (

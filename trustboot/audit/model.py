@@ -110,8 +110,13 @@ class Offer:
     def boot_targets(self) -> list[BootTarget]:
         """Every (server, file) the header fields and options 66/67 point at, deduplicated."""
         pkt = self.packet
-        files = [f for f in (pkt.bootfile_option, pkt.file) if f]
-        servers = [s for s in (pkt.tftp_server_option, pkt.sname) if s]
+        # A split option 67/66 is one name to RFC 3396 clients and its first part to iPXE.
+        # An overloaded file/sname field is options to RFC 2132 clients and text to iPXE.
+        files = [f for f in (pkt.bootfile_option, pkt.ipxe_text_option(dhcp4.OPT_BOOTFILE),
+                             pkt.file, pkt.ipxe_file) if f]
+        servers = [s for s in (pkt.tftp_server_option,
+                               pkt.ipxe_text_option(dhcp4.OPT_TFTP_SERVER), pkt.sname,
+                               pkt.ipxe_sname) if s]
         if pkt.siaddr != dhcp4.NO_ADDRESS:
             servers.append(pkt.siaddr)
         if not servers and self.is_proxy:

@@ -669,6 +669,11 @@ class Listener:
         except MalformedPacket as exc:
             self._malformed("dhcpv4", exc, frame.src_ip, frame.src_mac, frame.payload)
             return
+        if pkt.damage is not None:
+            # Evidence of a broken sender, and still an answer: iPXE uses the options
+            # before the cut, so the reply is judged like any other.
+            self._malformed("dhcpv4", MalformedPacket(pkt.damage), frame.src_ip,
+                            frame.src_mac, frame.payload)
         if client_to_server and not server_to_client:
             if pkt.op == 1 and self.cfg.passive:
                 self._client_seen(f"{pkt.client_mac} {pkt.vendor_class or ''}".strip())
@@ -695,6 +700,9 @@ class Listener:
             except MalformedPacket as exc:
                 self._malformed("dhcpv6", exc, frame.src_ip, frame.src_mac, frame.payload)
                 return
+            if msg.damage is not None:  # evidence, and still an answer (as for DHCPv4)
+                self._malformed("dhcpv6", MalformedPacket(msg.damage), frame.src_ip,
+                                frame.src_mac, frame.payload)
             if msg.msg_type not in dhcp6.SERVER_MESSAGES:
                 return
             reply = Reply6(msg, frame.src_ip, dhcp4.mac_text(frame.src_mac),
@@ -708,6 +716,9 @@ class Listener:
             except MalformedPacket as exc:
                 self._malformed("dhcpv6", exc, frame.src_ip, frame.src_mac, frame.payload)
                 return
+            if msg.damage is not None:  # evidence, and still an answer (as for DHCPv4)
+                self._malformed("dhcpv6", MalformedPacket(msg.damage), frame.src_ip,
+                                frame.src_mac, frame.payload)
             self._client_seen(f"{dhcp4.mac_text(frame.src_mac)} dhcpv6 {msg.type_name}")
 
     def _client_seen(self, text: str) -> None:

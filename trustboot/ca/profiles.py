@@ -182,10 +182,20 @@ def build_certificate(
     days: int,
     opts: CAOptions,
     sans: list[x509.GeneralName] | None = None,
+    not_after: dt.datetime | None = None,
 ) -> x509.Certificate:
-    """Build and sign one certificate of ``profile`` (root, issuing, codesign, server, client)."""
+    """Build and sign one certificate of ``profile`` (root, issuing, codesign, server, client).
+    ``not_after``, when given, replaces ``now + days`` (a renewal that keeps an end)."""
     not_before = now - BACKDATE
-    not_after = now + dt.timedelta(days=days)
+    not_after = not_after if not_after is not None else now + dt.timedelta(days=days)
+    if issuer_cert is not None and now >= issuer_cert.not_valid_after_utc:
+        # Clamped to it, the certificate would be born expired (or, past a day, have its
+        # end before its start): nothing it signs would verify.
+        raise ConfigError(
+            f"the CA certificate {issuer_cert.subject.rfc4514_string()} expired on "
+            f"{issuer_cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC: it cannot issue",
+            hint="give the CA a new certificate first: `trustboot ca rotate issuing` for an "
+            "issuing CA, a root rotation (`trustboot ca rotate root begin`) for the root")
     if issuer_cert is not None and not_after > issuer_cert.not_valid_after_utc:
         # A chain is only as valid as its shortest link: iPXE would reject it after that.
         not_after = issuer_cert.not_valid_after_utc

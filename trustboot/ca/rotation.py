@@ -31,7 +31,6 @@ CA keys held in a PKCS#11 token (``ca init --pkcs11``) cannot be rotated here ye
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,13 +378,13 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
         for name, entry in _current_leaves(ca, now):
             if entry.issuer_sha256 == new_issuing.sha256:
                 continue
-            # Keep each certificate's end of life: a short-lived signer stays short-lived.
-            days = max(1, math.ceil((entry.not_after_dt() - now) / dt.timedelta(days=1)))
+            # Keep each certificate's end of life to the second: a short-lived signer
+            # stays short-lived (whole days from now ended up to a day later).
             new, _cert = ca._add_leaf(
                 name, entry.profile, entry.load_cert().public_key(),  # type: ignore[arg-type]
-                issuing_key, now=now, days=days,
+                issuing_key, now=now, days=1,
                 sans=[profiles.parse_san(s) for s in entry.sans], new_key_pem=None,
-                key_rel=entry.key_file, issuing=new_issuing)
+                key_rel=entry.key_file, issuing=new_issuing, not_after=entry.not_after_dt())
             renewed.append(new)
         ca.state.active = {"root": rotation["new_root"], "issuing": new_issuing.sha256}
         ca.state.rotation = rotation | {"step": "promoted", "promoted_at": now.isoformat(),

@@ -289,6 +289,12 @@ class CertificateAuthority:
         if not crl.is_signature_valid(self.issuing_cert.public_key()):  # type: ignore[arg-type]
             raise ConfigError(f"{path} is not signed by this CA's issuing CA",
                               hint="regenerate it: trustboot ca crl")
+        if missing := self._unlisted_revocations():
+            # A revoke killed between its index commit and its CRL: never hand that on.
+            raise ConfigError(
+                f"{path} does not list revoked {missing[0].name} (serial "
+                f"{missing[0].serial:x}): a revocation was not finished",
+                hint="regenerate it: trustboot ca crl")
         return data
 
     @property
@@ -736,6 +742,7 @@ class CertificateAuthority:
                   issuing_key: PrivateKey, *, now: dt.datetime, days: int,
                   sans: list[x509.GeneralName], new_key_pem: bytes | None,
                   key_rel: str | None, issuing: IssuedEntry | None = None,
+                  not_after: dt.datetime | None = None,
                   ) -> tuple[IssuedEntry, x509.Certificate]:
         """Sign and store one leaf certificate (under the lock; the index is not written)."""
         issuing = issuing or self.active_entry("issuing")
@@ -743,7 +750,7 @@ class CertificateAuthority:
         cert = profiles.build_certificate(
             profile=profile, subject_cn=name, public_key=public_key,
             issuer_cert=issuing.load_cert(), issuer_key=issuing_key, serial=serial,
-            now=now, days=days, opts=self.options, sans=sans or None)
+            now=now, days=days, opts=self.options, sans=sans or None, not_after=not_after)
         if new_key_pem is not None:
             key_rel = _key_rel(serial)
             ensure_private_dir(self.path / "private" / "keys")
@@ -784,6 +791,14 @@ class CertificateAuthority:
                 raise ConfigError(f"{name!r} is a CA certificate; trustboot revokes leaves only",
                                   hint="to retire the CA, rotate it: trustboot ca rotate")
             if entry.status == "revoked":
+                if entry in self._unlisted_revocations():
+                    # A run killed after its index commit: finish it (the CRL), as a
+                    # re-run of a rotation step does.
+                    self.crl_number += 1
+                    self._commit(now)
+                    self._write_crl(issuing_key, now, days=30, number=self.crl_number)
+                    self._log("crl", now, crl_number=self.crl_number)
+                    return entry
                 raise ConfigError(f"{name!r} (serial {entry.serial:x}) is already revoked")
             # The certificate is read through the index's fingerprint: a replaced or
             # linked file is refused before anything changes.
@@ -903,6 +918,19 @@ class CertificateAuthority:
         """The hash chain of log.jsonl (see oplog.verify)."""
         return oplog.verify(self.path / "log.jsonl", chained_from=self.state.log_chained_from)
 
+    def _unlisted_revocations(self) -> list[IssuedEntry]:
+        """Revocations of the active issuing CA that crl.pem does not list (all of them
+        when it cannot be read or is not the issuing CA's)."""
+        try:
+            crl = x509.load_pem_x509_crl(read_capped(self.path / "crl.pem", MAX_CRL_FILE,
+                                                     "CRL", nofollow=True))
+            public_key = self.issuing_cert.public_key()
+            listed = ({r.serial_number for r in crl}
+                      if crl.is_signature_valid(public_key) else set())  # type: ignore[arg-type]
+        except (ConfigError, ValueError):
+            listed = set()
+        return [e for e in self._crl_entries() if e.serial not in listed]
+
     def _check_crl(self) -> list[str]:
         try:
             crl = x509.load_pem_x509_crl(read_capped(self.path / "crl.pem", MAX_CRL_FILE,
@@ -913,8 +941,7 @@ class CertificateAuthority:
             return [f"crl.pem cannot be loaded: {exc}; run `trustboot ca crl`"]
         if not crl.is_signature_valid(self.issuing_cert.public_key()):  # type: ignore[arg-type]
             return ["crl.pem is not signed by the issuing CA; run `trustboot ca crl`"]
-        listed = {r.serial_number for r in crl}
-        missing = [e for e in self._crl_entries() if e.serial not in listed]
+        missing = self._unlisted_revocations()
         if missing:
             # Possible after a kill between the index and the CRL: the index is the truth.
             return [f"crl.pem does not list revoked {e.name} ({e.serial:x}); run "

@@ -6,10 +6,13 @@ The model follows iPXE's own code (src/image/script.c, src/core/exec.c, src/core
   word starts with ':' is a label, and the rest of that line is still a command;
 - a line is split on whitespace with no quoting; ``&&``, ``||`` and ``;`` end a command
   (the next one runs on success, on failure, always); a word starting with '#' ends the line;
-- an empty command succeeds; a command that is skipped leaves the status as it was; a line
-  that ends with a failure status ends the script;
+- ``set``/``clear``/``inc`` can fail when a word is expanded (a typed value that does not
+  parse) or the setting names a scope; an empty command succeeds; a command that is
+  skipped leaves the status as it was; a line that ends with a failure status ends
+  the script;
 - ``goto LABEL`` continues at the first line labelled LABEL (the rest of its own line is
-  skipped); ``exit`` ends the script; ``reboot`` does not come back;
+  skipped); ``exit`` ends the script; ``reboot`` does not come back; ``chain --replace``
+  ends the script and runs the image in its place (its failure returns to the caller);
 - options come before arguments (see :func:`trustboot.ipxe.syntax.parse_command`);
 - images are registered under their --name or the last segment of their URI, found by name
   (the first registered wins), marked trusted by a successful ``imgverify``; an image that
@@ -37,8 +40,8 @@ from trustboot.ipxe.syntax import (
     COMMANDS,
     WHITESPACE,
     ParsedCommand,
-    join_lines,
     parse_command,
+    read_lines,
     split_commands,
     split_tokens,
 )
@@ -46,6 +49,8 @@ from trustboot.ipxe.syntax import (
 STAGES = ("embedded", "chained")
 MAGICS = ("#!ipxe", "#!gpxe")
 MAX_STATES = 200_000
+# The command standing for a continuation left open at the end of the script.
+DANGLING = "\\"
 
 # Commands that fetch from a URI (their words are checked for cleartext schemes).
 _FETCHING = {"imgfetch", "module", "initrd", "kernel", "imgselect", "imgload", "chain",
@@ -58,6 +63,10 @@ _SELECT = {"kernel", "imgselect", "imgload"}
 # Commands that succeed whenever their options parse (everything else is explored both ways).
 _INFALLIBLE = {"echo", "set", "clear", "inc", "shell", "help", "imgstat", "ifstat", "route",
                "ipstat", "nstat", "certstat", "config"}
+# ... except these when a word is expanded (a DHCP server can make a typed setting's value
+# unparseable: "Could not store") or the setting names a scope (net0/..., which may not
+# exist): then they fail like any other command.
+_SETTING_COMMANDS = {"set", "clear", "inc"}
 _TRUST_SETTINGS = {"crosscert", "trust"}
 
 
@@ -91,9 +100,7 @@ class Line:
 def parse_script(text: str) -> list[Line]:
     """The script as iPXE's process_script() sees it: labels split off, commands split."""
     out: list[Line] = []
-    joined_lines = join_lines(text)
-    if text.endswith("\n") and joined_lines and not joined_lines[-1][1]:
-        joined_lines.pop()  # iPXE stops at the end of the data: no empty line after "\n"
+    joined_lines, dangling = read_lines(text)
     for number, joined in joined_lines:
         rest = joined.lstrip(WHITESPACE)
         label: str | None = None
@@ -107,7 +114,18 @@ def parse_script(text: str) -> list[Line]:
             for words, term in split_commands(split_tokens(rest))
         )
         out.append(Line(number, label, commands))
+    if dangling is not None:
+        # iPXE never runs a line continued past the end of the script: the script stops
+        # there with an error, as a failing command would.
+        problem = ParsedCommand(DANGLING, {}, (), "the line ends in a backslash at the end "
+                                "of the script: iPXE never runs it and the script fails")
+        out.append(Line(dangling, None, (Command((DANGLING,), None, problem),)))
     return out
+
+
+def _strip_suffix(name: str) -> str:
+    """iPXE's image_strip_suffix(): the name up to its last dot, if it has one."""
+    return name.rsplit(".", 1)[0] if "." in name else name
 
 
 def uri_name(uri: str) -> str:
@@ -267,7 +285,11 @@ class _Explorer:
                 return [fail]  # "No image selected"
             self.check_boot(state, number, name, target, imgs)
             if p.has("replace"):
-                return [out(True, imgs, control="halt"), out(False, imgs)]
+                # The script stops here and the image runs in its place (image_exec's
+                # tail call): if it fails, iPXE returns to this script's caller, never to
+                # the next line, whatever '||' follows.
+                return [out(True, imgs, control="halt"), out(True, imgs, control="replaced"),
+                        out(False, imgs)]
             return [out(True, imgs), out(False, imgs)]
         if name == "imgverify":
             image, imgs = self.acquire(images, p.args[0], number)
@@ -279,6 +301,31 @@ class _Explorer:
             good = (image[0], True, image[2])
             verified = tuple(good if i == image else i for i in imgs)
             return [out(True, verified, good if sel == image else sel), out(False, imgs)]
+        if name == "imgextract":
+            # A new image from the archive: named --name or the source's name without its
+            # last dot suffix, trusted only if the source was; the source is discarded
+            # (unless --keep) whether or not the extraction worked.
+            source, imgs = self.acquire(images, p.args[0], number)
+            if not p.has("keep"):
+                imgs = tuple(i for i in imgs if i != source)
+            extracted = (str(p.options.get("name") or _strip_suffix(source[0])), source[1],
+                         number)
+            return [out(True, self.register(imgs, extracted)), out(False, imgs)]
+        if name == "imgdecrypt":
+            # Decrypted in place: renamed (--name, or its last dot suffix stripped) and no
+            # longer trusted, even when decryption fails; the envelope is discarded unless
+            # --keep.
+            image, imgs = self.acquire(images, p.args[0], number)
+            envelope, imgs = self.acquire(imgs, p.args[1], number)
+            if not p.has("keep") and envelope != image:
+                imgs = tuple(i for i in imgs if i != envelope)
+            results = []
+            for ok, new_name in ((True, str(p.options.get("name") or _strip_suffix(image[0]))),
+                                 (False, image[0])):
+                plain = (new_name, False, image[2])
+                updated = tuple(plain if i == image else i for i in imgs)
+                results.append(out(ok, updated, plain if sel == image else sel))
+            return results
         if name == "imgfree":
             if not p.args:
                 return [out(True, ())]
@@ -295,6 +342,10 @@ class _Explorer:
                     "pxebs": "boots whatever a PXE boot server offers"}[name]
             self.add(number, name, f"'{name}' {what} with no imgverify: imgtrust does not "
                      "cover it", state)
+            return [out(True), fail]
+        if name in _SETTING_COMMANDS and (
+            any("${" in word for word in p.args) or "/" in (p.args[0] if p.args else "")
+        ):
             return [out(True), fail]
         if name in _INFALLIBLE:
             return [out(True)]
@@ -336,6 +387,8 @@ class _Explorer:
                 yield f"exit:{number}", label
             elif o.control == "halt":
                 yield "halt", label
+            elif o.control == "replaced":
+                yield f"replaced:{number}", f" ('{cmd.words[0]} --replace' fails to boot)"
             elif cmd.terminator is None:
                 if not o.ok:
                     yield f"fail:{number}", label
@@ -378,7 +431,11 @@ class _Explorer:
         line = int(number)
         back = ("iPXE returns to the BIOS or UEFI boot manager, which boots the next "
                 "device (unverified)")
-        if kind == "exit":
+        if kind == "replaced":
+            self.add(line, "fall-through", "'--replace' ends the embedded script before the "
+                     f"image runs: if it fails, {back}; drop --replace and follow the "
+                     "command with '|| goto LABEL'", state, note)
+        elif kind == "exit":
             self.add(line, "fall-through", f"'exit' ends the embedded script: {back}; end "
                      "in a fail-closed block instead (reboot, or a halt loop)", state)
         elif kind == "end":
@@ -402,6 +459,9 @@ def _static(lines: list[Line], stage: str, ex: _Explorer) -> None:
                 continue
             n = line.number
             has_verify = has_verify or p.name == "imgverify"
+            if p.problem is not None and p.name == DANGLING:
+                ex.add(n, "dangling-continuation", f"{p.problem}; remove the backslash")
+                continue
             if p.problem is not None:
                 rule = "usage" if p.name in COMMANDS else "unknown-command"
                 ex.add(n, rule, f"iPXE prints its usage text and fails here: {p.problem}"

@@ -55,24 +55,41 @@ def split_commands(tokens: list[str]) -> list[tuple[list[str], str | None]]:
     return commands
 
 
-def join_lines(text: str) -> list[tuple[int, str]]:
-    """Script lines as iPXE reads them: (first line number, text) with backslash
-    continuations joined."""
+def read_lines(text: str) -> tuple[list[tuple[int, str]], int | None]:
+    """Script lines exactly as iPXE's process_script() reads them: (first line number,
+    text) with backslash continuations joined, and the number of a last line left open by
+    a continuation (None when there is none).
+
+    iPXE strips a trailing CR and a trailing backslash from the line read so far, not only
+    from the newest piece, so a backslash left at the end after a continuation and an empty
+    line continues again; a NUL ends the line (it is a C string from there on); no line
+    follows a final new line; and a continuation at the very end of the script is never
+    run: the script stops there and fails (-EINVAL).
+    """
     out: list[tuple[int, str]] = []
-    pending = ""
-    start = 0
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw[:-1] if raw.endswith("\r") else raw
-        if not pending:
-            start = number
+    pieces = text.split("\n")
+    if len(pieces) > 1 and pieces[-1] == "":
+        pieces.pop()  # the loop ends when the data does: no empty line after the last "\n"
+    line = ""
+    start: int | None = None
+    for number, piece in enumerate(pieces, start=1):
+        start = start or number
+        line += piece
+        if line.endswith("\r"):
+            line = line[:-1]
         if line.endswith("\\"):
-            pending += line[:-1]
+            line = line[:-1]
+            if number == len(pieces):
+                return out, start
             continue
-        out.append((start, pending + line))
-        pending = ""
-    if pending:
-        out.append((start, pending))
-    return out
+        out.append((start, line.split("\0", 1)[0]))
+        line, start = "", None
+    return out, None
+
+
+def join_lines(text: str) -> list[tuple[int, str]]:
+    """The lines iPXE runs (see :func:`read_lines`)."""
+    return read_lines(text)[0]
 
 
 def word_problem(value: str) -> str | None:
