@@ -278,17 +278,19 @@ def strip_if_match(origin: Any) -> None:
     origin.client.meta.events.register("before-sign.s3.PutObject", strip)
 
 
-@pytest.mark.parametrize("honours_if_match", [True, False])
-@pytest.mark.parametrize("interleaving", ["both read, then both write",
-                                          "A holds, then B writes"])
+# (A store that ignores If-Match has a documented window in the second interleaving (see
+# s3.py): that combination is not a case this test can pass, so it is not listed.)
+@pytest.mark.parametrize(("interleaving", "honours_if_match"), [
+    ("both read, then both write", True),
+    ("both read, then both write", False),
+    ("A holds, then B writes", True),
+])
 def test_two_breakers_of_one_stale_lock_one_wins(rgw: Any, interleaving: str,  # noqa: F811
                                                  honours_if_match: bool) -> None:
     """A lock older than the stale age; two publishers break it at once. Each reads the
     stale record, then changes the lock: each change is held until both have read, and
     then (second case) B's until A holds the lock (a read-then-DELETE breaker B deleted
     A's fresh lock there and took it too). Exactly one may hold it."""
-    if interleaving == "A holds, then B writes" and not honours_if_match:
-        pytest.skip("the documented window of a store ignoring If-Match (see s3.py)")
     from trustboot.publish.fileorigin import LOCK_NAME
     from trustboot.publish.s3 import S3Origin
 
