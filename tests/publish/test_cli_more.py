@@ -69,6 +69,27 @@ def test_origin_check(pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> N
     assert "REFUSES" in res.output
 
 
+def test_origin_check_tells_an_outage_from_a_refusal(pki: Pki, nginx: Nginx) -> None:
+    """Nothing to judge is exit 1 (a monitor pages for an outage), not 4 (which says iPXE
+    refused what the origin served): a port nothing listens on, an entry not served."""
+    import socket
+
+    with socket.socket() as s:  # a free port, closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = CliRunner().invoke(cli, ["origin", "check", f"https://127.0.0.1:{port}/boot.ipxe",
+                                    "--pki", str(pki.dir), "--json"])
+    assert down.exit_code == 1, down.output
+    report = json.loads(down.stdout)  # the report is still printed, then the error
+    assert not report["ok"] and "cannot connect" in report["tls_error"]
+    assert '"exit_code": 1' in down.stderr
+    nginx.clear()  # TLS and the CA are fine, but there is no entry script
+    missing = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
+                                       str(pki.dir)])
+    assert missing.exit_code == 1, missing.output
+    assert "could not check" in missing.output and "404" in missing.output
+
+
 @pytest.mark.parametrize("args", [
     ["--server-name", "a;b"], ["--server-name", "x", "--listen", "80; include /etc"],
     ["--server-name", "x", "--root", "/srv/a b"], ["--server-name", "x", "--entry-path",

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from trustboot.cli._common import emit_json, json_option, warn
-from trustboot.errors import VerificationError
+from trustboot.errors import ConfigError, ExitCode, OperationalError, VerificationError
 
 
 @click.group("origin")
@@ -130,7 +130,8 @@ def check(url: str, as_json: bool, **kw: Any) -> None:
     and the replay window the entry's signer gives (its notAfter + iPXE's 12h30m margin).
 
     Exit 0 if iPXE would boot it, 4 if not (or, with --fail-within, if its signer expires
-    within that many days).
+    within that many days), 1 if there was nothing to judge (the origin unreachable, the
+    entry not served).
     """
     from trustboot.cli.publish import build_trust, utc_now
     from trustboot.publish.check import check_origin
@@ -158,6 +159,13 @@ def check(url: str, as_json: bool, **kw: Any) -> None:
         click.echo(f"  iPXE:   {'accepts' if report.ok else 'REFUSES'}")
         for w in report.warnings:
             warn(w)
+    if not report.ok and report.failure_exit == ExitCode.CONFIG:
+        raise ConfigError(f"cannot check {url}: {report.failure}",
+                          hint="give the https:// URL iPXE fetches its entry script from")
+    if not report.ok and report.failure_exit == ExitCode.OPERATIONAL:
+        raise OperationalError(
+            f"could not check {url}: {report.tls_error or report.failure}",
+            hint="check that the origin is up, serves this URL and is reachable from here")
     if not report.ok:
         raise VerificationError(
             f"iPXE would not boot {url}: {report.tls_error or report.failure}",

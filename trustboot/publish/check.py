@@ -18,7 +18,7 @@ from typing import Any
 from cryptography import x509
 
 from trustboot.cms.freshness import replay_window
-from trustboot.errors import ConfigError, TrustbootError
+from trustboot.errors import ConfigError, ExitCode, TrustbootError
 from trustboot.publish.http import tls_context
 from trustboot.publish.origin import redact_url, split_url
 from trustboot.publish.readback import Reader, Trust
@@ -43,6 +43,10 @@ class CheckReport:
     replay_window: dict[str, Any] | None = None  # of the entry's signer (cms.freshness)
     signer_not_after: dt.datetime | None = None  # earliest chain end of the entry's signers
     served_from: str | None = None  # the entry's URL after redirects (see readback)
+    # the exit code of the failure: 4 when iPXE would refuse what it got, 1 when there was
+    # nothing to judge (origin unreachable, entry not served), 3 for a URL that cannot be
+    # checked: a monitor tells an outage from a refusal
+    failure_exit: int = 4
 
     @property
     def ok(self) -> bool:
@@ -93,8 +97,12 @@ def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.dateti
     except ssl.SSLCertVerificationError as exc:
         report.tls_error = f"certificate does not verify: {exc.verify_message}"
         chain = []
-    except (OSError, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:
         report.tls_error = f"TLS 1.2 handshake with iPXE's cipher suites failed: {exc}"
+        chain = []
+    except OSError as exc:
+        report.tls_error = f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+        report.failure_exit = 1
         chain = []
     for der in chain:
         cert = x509.load_der_x509_certificate(der)
@@ -114,6 +122,9 @@ def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.dateti
                                                  max_size=MAX_ENTRY)
     except TrustbootError as exc:
         report.failure = exc.message
+        # an origin that answers wrongly is refused (4); one that cannot be asked is not
+        report.failure_exit = (int(exc.exit_code) if exc.exit_code in
+                               (ExitCode.OPERATIONAL, ExitCode.CONFIG) else 4)
         return report
     report.size, report.sha256 = served.size, served.sha256
     report.served_from = served.url
