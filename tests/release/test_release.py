@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -475,3 +477,33 @@ def test_recipe_origin_cannot_take_credentials_bound_to_another_origin(
         assert "bound to origin https://dav.example.net/boot/" in err
         assert "hunter2" not in out + err
     assert not any(lab.origin.iterdir())
+
+
+def test_an_entry_gone_when_it_is_checked_is_an_outage_not_a_refusal(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verify stage finds nothing to judge (the live entry deleted on the origin
+    between the switch and its check): exit 1 naming the check to run, not exit 4, which
+    says iPXE refused what the origin served. A served entry edited there stays exit 4."""
+    from trustboot.publish import check
+    from trustboot.release import pipeline
+
+    real = check.check_origin
+
+    def after(change: str) -> Callable[..., check.CheckReport]:
+        def checking(url: str, **kw: Any) -> check.CheckReport:
+            entry = lab.origin / "boot.ipxe"
+            if change == "deleted":
+                entry.unlink()
+            else:
+                entry.write_bytes(entry.read_bytes() + b"echo edited\n")
+            return real(url, **kw)
+        return checking
+
+    monkeypatch.setattr(pipeline, "check_origin", after("deleted"))
+    code, _, err = release(str(lab.recipe()))
+    assert code == 1, err
+    assert "could not fetch the served entry script" in err and "404" in err
+    assert "trustboot origin check" in err
+    monkeypatch.setattr(pipeline, "check_origin", after("edited"))
+    code, _, err = release(str(lab.recipe()))
+    assert code == 4, err

@@ -45,7 +45,7 @@ from trustboot import fsutil
 from trustboot.cms import sign as cms_sign
 from trustboot.cms.freshness import replay_window
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE, verify_signature
-from trustboot.errors import OperationalError, VerificationError
+from trustboot.errors import ExitCode, OperationalError, VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.keys.signer import Signer
 from trustboot.publish.cache import PublishCache
@@ -548,8 +548,15 @@ def check_entry(entry_url: str, trust: Trust, expected: bytes | None, *,
                 ca_file: Path | None, now: dt.datetime) -> CheckReport:
     """`origin check` on ``entry_url``: a TLS 1.2 handshake as iPXE makes it, then the
     script and its .sig fetched and judged with iPXE's rules (roots, chain, --signer).
-    VerificationError when iPXE would refuse, or when the script is not ``expected``."""
+    VerificationError when iPXE would refuse, or when the script is not ``expected``;
+    OperationalError when there was nothing to judge (unreachable, not served)."""
     report = check_origin(entry_url, trust=trust, ca_file=ca_file, now=now)
+    if not report.ok and report.failure_exit == ExitCode.OPERATIONAL:
+        raise OperationalError(  # nothing to judge: not a verdict on what is served
+            f"{entry_url}: could not fetch the served entry script to check it: "
+            f"{report.tls_error or report.failure}",
+            hint=f"check that the origin is reachable from here: trustboot origin check "
+                 f"{entry_url}")
     if not report.ok:
         raise VerificationError(
             f"{entry_url}: iPXE would not run the served entry script: "
