@@ -272,7 +272,9 @@ def test_sigkill_at_every_commit_point_then_rerun(pki: Pki, live: tuple[str, Pat
     old_entry = (root / "boot.ipxe").read_bytes()
     args = ("resign", url, "--key", fresh_signer, "--pki", str(pki.dir),
             "--passphrase-file", str(pki.key_pass), "--json")
-    env = dict(os.environ, PYTHONPATH=str(REPO), CRASH_COUNT_FILE=str(tmp_path / "count"))
+    # TMPDIR: the work directory a killed run cannot remove stays in tmp_path
+    env = dict(os.environ, PYTHONPATH=str(REPO), CRASH_COUNT_FILE=str(tmp_path / "count"),
+               TMPDIR=str(tmp_path))
     # count the commit points of a full run on a copy of the origin
     import shutil
 
@@ -438,7 +440,8 @@ def test_resign_id_and_rewrite_rules() -> None:
 
 @pytest.mark.slow
 def test_sigkill_mid_resign_on_nginx_then_rerun(pki: Pki, nginx: Nginx,
-                                                make_release: ReleaseFactory) -> None:
+                                                make_release: ReleaseFactory,
+                                                tmp_path: Path) -> None:
     import signal
     import time
 
@@ -452,7 +455,8 @@ def test_sigkill_mid_resign_on_nginx_then_rerun(pki: Pki, nginx: Nginx,
     argv = [sys.executable, "-m", "trustboot", "resign", nginx.url, "--key", "fresh-kill",
             "--pki", str(pki.dir), "--passphrase-file", str(pki.key_pass), "--json",
             "--jobs", "2", *origin]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # TMPDIR: the work directories killed runs cannot remove stay in tmp_path
+    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmp_path))
     # a resign of this release takes about 1.5 s here: kills land before, during, after
     for delay in (0.6, 0.8, 1.0, 1.2, 1.5):
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

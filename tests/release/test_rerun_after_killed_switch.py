@@ -40,7 +40,8 @@ def test_rerun_of_the_served_release_repairs_a_killed_switch(
     two = make_lab(d, pki, nginx.url, images={"vmlinuz": b"kernel two " * 3000})
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests/publish/killswitch.py"), "release", str(two)],
-        env=dict(os.environ, PYTHONPATH=str(REPO), KILL_AT="between"),
+        env=dict(os.environ, PYTHONPATH=str(REPO), KILL_AT="between",
+                 TMPDIR=str(tmp_path)),  # what the killed run leaves stays here
         capture_output=True, timeout=300)
     assert proc.returncode == -9, proc.stderr.decode()
     assert (nginx.root / SWITCH_JOURNAL).exists()
