@@ -131,3 +131,12 @@ def test_manifest_errors(tmp_path: Path) -> None:
         "release": 7, "signer": "x", "files": [{"name": "a", "sha256": SHA, "url": "u"}]}),
         "m.json"))
     assert m.release == "7" and m.files[0].name == "a"
+
+
+def test_a_manifest_nested_to_exhaust_the_parser_is_a_config_error(tmp_path: Path) -> None:
+    """A release manifest may come from an origin: a few KiB of '[' was a RecursionError
+    (exit 70); it is malformed JSON like any other (the parser publish uses: jsonin)."""
+    p = tmp_path / "release.json"
+    p.write_text("[" * 100_000)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_manifest(p)

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from trustboot import jsonin
 from trustboot.errors import ConfigError
 
 ROLES = ("any", "dhcp", "proxydhcp", "dhcpv6", "relay")
@@ -260,7 +260,7 @@ def load_manifest(path: Path) -> Manifest:
     where = str(path)
     raw = _read(path, "release manifest")
     try:
-        data = json.loads(raw)
+        data = jsonin.loads(raw)  # a manifest may come from an origin: hostile nesting too
     except (ValueError, UnicodeDecodeError) as exc:
         raise _fail(where, f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
