@@ -85,7 +85,8 @@ from botocore.config import Config
 
 from trustboot import jsonin
 from trustboot.errors import ConfigError, OperationalError, VerificationError
-from trustboot.publish.deadline import MIN_RATE, Watchdog, too_slow
+from trustboot.publish.deadline import Watchdog, too_slow
+from trustboot.publish.deadline import budget as deadline_budget
 from trustboot.publish.fileorigin import LOCK_NAME
 from trustboot.publish.http import tls_context, tls_failure
 from trustboot.publish.lock import LOCK_STALE_AFTER, GuardedByLock, HeldLock, origin_lock
@@ -97,6 +98,9 @@ from trustboot.publish.origin import (
     check_prefix,
     key_problem,
 )
+
+# the answer allowance of a call that is not a GET: WebDAV's
+from trustboot.publish.webdav import MAX_ANSWER_BYTES as MAX_ANSWER
 from trustboot.text import clean
 
 if TYPE_CHECKING:
@@ -108,7 +112,6 @@ MAX_PARTS = 10_000
 MAX_COPY_SIZE = 5 << 30  # a single server-side copy; entry objects are far smaller
 READ_CHUNK = 1 << 16
 LOCK_SETTLE = 1.0
-MAX_ANSWER = 1 << 20  # the answer allowance of a call that is not a GET (as WebDAV's)
 SHA256_META = "sha256"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # AWS's bucket rule (lower-case, digits, '.', '-'); also what RGW accepts by default.
@@ -459,7 +462,7 @@ class S3Origin(GuardedByLock):
         or ``budget``. A failure after it is "served too slowly" (see the docstring).
         ``keep``: still watched after a success (a body to read; the reader ends it)."""
         watch = _Watch(self._deadlines, budget if budget is not None else
-                       self.options.timeout + (size + MAX_ANSWER) / MIN_RATE)
+                       deadline_budget(self.options.timeout, size + MAX_ANSWER))
         try:
             with watch.active():
                 yield watch
@@ -588,9 +591,9 @@ class S3Origin(GuardedByLock):
     def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
         full = self._full(key)
         # one deadline for the request and its body (read by _chunks)
-        budget = self.options.timeout + max_size / MIN_RATE
         try:
-            with self._timed(key, budget=budget, keep=True) as watch:
+            with self._timed(key, budget=deadline_budget(self.options.timeout, max_size),
+                             keep=True) as watch:
                 obj = self.client.get_object(Bucket=self.bucket, Key=full)
         except bexc.ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchKey":
