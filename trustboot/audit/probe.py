@@ -691,19 +691,24 @@ class Listener:
         if self.on_offer is not None:
             self.on_offer(offer)
 
+    def _parse6(self, frame: frames.Frame) -> dhcp6.Dhcp6Message | None:
+        """The DHCPv6 message in ``frame``; None (and recorded) when it cannot be read."""
+        try:
+            msg = dhcp6.parse(frame.payload)
+        except MalformedPacket as exc:
+            self._malformed("dhcpv6", exc, frame.src_ip, frame.src_mac, frame.payload)
+            return None
+        if msg.damage is not None:  # evidence, and still an answer (as for DHCPv4)
+            self._malformed("dhcpv6", MalformedPacket(msg.damage), frame.src_ip,
+                            frame.src_mac, frame.payload)
+        return msg
+
     def _handle_v6(self, frame: frames.Frame) -> None:
         if frame.protocol != frames.IPPROTO_UDP:
             return
         if frame.sport == dhcp6.SERVER_PORT or frame.dport == dhcp6.CLIENT_PORT:
-            try:
-                msg = dhcp6.parse(frame.payload)
-            except MalformedPacket as exc:
-                self._malformed("dhcpv6", exc, frame.src_ip, frame.src_mac, frame.payload)
-                return
-            if msg.damage is not None:  # evidence, and still an answer (as for DHCPv4)
-                self._malformed("dhcpv6", MalformedPacket(msg.damage), frame.src_ip,
-                                frame.src_mac, frame.payload)
-            if msg.msg_type not in dhcp6.SERVER_MESSAGES:
+            msg = self._parse6(frame)
+            if msg is None or msg.msg_type not in dhcp6.SERVER_MESSAGES:
                 return
             reply = Reply6(msg, frame.src_ip, dhcp4.mac_text(frame.src_mac),
                            time.monotonic() - self.start, self.state.by_xid6.get(msg.xid))
@@ -711,14 +716,9 @@ class Listener:
             if self.on_reply6 is not None:
                 self.on_reply6(reply)
         elif frame.dport == dhcp6.SERVER_PORT and self.cfg.passive:
-            try:
-                msg = dhcp6.parse(frame.payload)
-            except MalformedPacket as exc:
-                self._malformed("dhcpv6", exc, frame.src_ip, frame.src_mac, frame.payload)
+            msg = self._parse6(frame)
+            if msg is None:
                 return
-            if msg.damage is not None:  # evidence, and still an answer (as for DHCPv4)
-                self._malformed("dhcpv6", MalformedPacket(msg.damage), frame.src_ip,
-                                frame.src_mac, frame.payload)
             self._client_seen(f"{dhcp4.mac_text(frame.src_mac)} dhcpv6 {msg.type_name}")
 
     def _client_seen(self, text: str) -> None:
