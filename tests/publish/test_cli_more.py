@@ -88,6 +88,8 @@ def test_origin_check_tells_an_outage_from_a_refusal(pki: Pki, nginx: Nginx) -> 
                                        str(pki.dir)])
     assert missing.exit_code == 1, missing.output
     assert "could not check" in missing.output and "404" in missing.output
+    # the report must not claim a refusal it did not see
+    assert "REFUSES" not in missing.stdout and "not judged" in missing.stdout
 
 
 @pytest.mark.parametrize("args", [

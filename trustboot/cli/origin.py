@@ -156,7 +156,10 @@ def check(url: str, as_json: bool, **kw: Any) -> None:
             window = report.replay_window
             click.echo(f"  replay: {window['text']} (refused from "
                        f"{window['refused_after'][:19]} by the client's clock)")
-        click.echo(f"  iPXE:   {'accepts' if report.ok else 'REFUSES'}")
+        # nothing fetched is no verdict: 'REFUSES' would read as an exit-4 refusal
+        verdict = ("accepts" if report.ok else "REFUSES"
+                   if report.failure_exit == ExitCode.VERIFICATION else "not judged")
+        click.echo(f"  iPXE:   {verdict}")
         for w in report.warnings:
             warn(w)
     if not report.ok and report.failure_exit == ExitCode.CONFIG:
