@@ -68,3 +68,20 @@ def test_help_and_version_still_work_with_json() -> None:
     assert proc.returncode == 0 and "Usage:" in proc.stdout
     proc = _proc("--version")
     assert proc.returncode == 0 and "trustboot" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["recipe", "schema"],
+    ["ipxe", "script", "render", "--chain", "https://boot.example.net/b.ipxe", "--signer", "s"],
+])
+def test_a_closed_output_pipe_is_not_a_bug(args: list[str], tmp_path: Path) -> None:
+    """`trustboot ... | head`: the reader closing the pipe ends the run quietly with
+    128+SIGPIPE, as it ends other tools, not 'internal error' and exit 70."""
+    proc = subprocess.Popen([sys.executable, "-m", "trustboot", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command writes anything
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import signal
 import sys
 import traceback
@@ -82,6 +83,10 @@ class TrustbootGroup(click.Group):
             ctx.exit(int(exc.exit_code))
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:
+            # the reader went away (`| head`): not a bug; end quietly as SIGPIPE ends a tool
+            _drop_stdout()
+            ctx.exit(128 + signal.SIGPIPE)
         except KeyboardInterrupt:
             if (ctx.find_object(dict) or {}).get("json_errors"):
                 _json_error("Interrupted", "interrupted", None, 130)
@@ -111,6 +116,17 @@ def _report_interrupted(ctx: click.Context, exc: Interrupted) -> None:
         _json_error("Interrupted", message, None, 128 + exc.signum)
     else:
         click.echo(message, err=True)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _wants_json(argv: Sequence[str]) -> bool:
