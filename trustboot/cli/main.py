@@ -153,7 +153,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     Exit codes: 0 ok, 1 operational failure, 2 usage, 3 invalid configuration or input,
     4 verification failed, 5 audit findings at or above --fail-on, 70 internal bug,
-    130 interrupted; SIGTERM/SIGHUP end it with the signal, after cleaning up.
+    130 interrupted; SIGTERM/SIGHUP end it with the signal, after cleaning up; a closed
+    output pipe (| head) ends it quietly with 141.
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
