@@ -21,7 +21,7 @@ README = REPO / "README.md"
 # Shell words that end one command of a line and may start another.
 OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "2>", "&"}
 # Variables read elsewhere than an option's envvar: the shell, CI, the tests.
-NOT_OPTIONS = {"TRUSTBOOT_IPXE_SRC", "TRUSTBOOT_CACHE_DIR", "TRUSTBOOT_UNSAFE_UNSANDBOXED_BUILD"}
+NOT_OPTIONS = {"TRUSTBOOT_IPXE_SRC", "TRUSTBOOT_CACHE_DIR", "TRUSTBOOT_PUBLISH_CACHE"}
 
 
 def sh_lines(text: str) -> list[str]:
