@@ -1,9 +1,9 @@
 """The README's command examples name commands, options and environment variables that
-exist: every `trustboot ...` line of its ```sh blocks resolves to a real (sub)command and
-each of its options is one that command takes; every `TRUSTBOOT_*` variable the README
-names is read by an option or by the code. A renamed option fails here, not in a user's
-shell. (The examples themselves are run by the tests of each command and
-tests/contract/test_help_examples.py; this only keeps the names honest.)"""
+exist: every `trustboot ...` line of its ```sh blocks (and each inline `trustboot ...`)
+resolves to a real (sub)command and each of its options is one that command takes; every
+`TRUSTBOOT_*` variable the README names is read by an option or by the code. A renamed
+option fails here, not in a user's shell. (The examples themselves are run by the tests of
+each command and tests/contract/test_help_examples.py; this only keeps the names honest.)"""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def sh_lines(text: str) -> list[str]:
     for block in re.findall(r"^```sh\n(.*?)^```", text, re.S | re.M):
         lines.extend(re.sub(r"\\\n\s*", " ", block).splitlines())
     return lines
+
+
+def commands(text: str) -> list[str]:
+    """The sh block lines and the inline `trustboot ...` spans of the prose."""
+    return sh_lines(text) + re.findall(r"`(trustboot [^`]+)`", text)
 
 
 def invocations(line: str) -> list[list[str]]:
@@ -108,7 +113,7 @@ def all_commands(cmd: click.Command = cli) -> list[click.Command]:
 def stale_options(text: str) -> list[str]:
     """Each README example option the command it is given to does not take."""
     problems: list[str] = []
-    for line in sh_lines(text):
+    for line in commands(text):
         for argv in invocations(line):
             cmd, path, options = resolve(argv)
             known = option_names(cmd)
@@ -156,9 +161,11 @@ def test_readme_names_real_environment_variables() -> None:
     ("trustboot ca list [--all|--jsn]", "has no --jsn"),
     ("trustboot publish out/ file:///srv --release-idd 1", "has no --release-idd"),
     ("trustboot ca rotate root promot --confirm-fleet", "no command 'promot'"),
+    ("in prose: `trustboot release --pkcs11-modul` names it", "has no --pkcs11-modul"),
 ])
 def test_a_renamed_option_or_command_fails(example: str, problem: str) -> None:
-    text = f"x\n\n```sh\n{example}   # a comment --not-an-option\n```\n"
+    text = (example if example.startswith("in prose") else
+            f"x\n\n```sh\n{example}   # a comment --not-an-option\n```\n")
     try:
         found = "\n".join(stale_options(text))
     except AssertionError as exc:
