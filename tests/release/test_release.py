@@ -507,3 +507,30 @@ def test_an_entry_gone_when_it_is_checked_is_an_outage_not_a_refusal(
     monkeypatch.setattr(pipeline, "check_origin", after("edited"))
     code, _, err = release(str(lab.recipe()))
     assert code == 4, err
+
+
+def test_the_build_stage_shows_make_progress_like_ipxe_build(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release that builds iPXE takes minutes; in a pipe (CI) its build stage prints the
+    occasional `make: N steps` line, as `ipxe build` does (README "Conventions"), instead
+    of going silent; with --json stderr stays quiet."""
+    import sys
+
+    from tests.conftest import require_tool
+    from tests.ipxe.fake_tree import fake_env_passthrough, fake_sandbox, make_fake_tree
+
+    require_tool("make", "make")
+    make_fake_tree(lab.dir / "ipxe")
+    fake_env_passthrough(monkeypatch)
+    fake_sandbox(monkeypatch, [lab.dir])  # the fake make is this venv's Python
+    monkeypatch.setenv("FAKE_PY", sys.executable)
+    monkeypatch.setenv("FAKE_RUNS", str(lab.dir / "runs.log"))
+    recipe = lab.recipe(ipxe="ipxe: {source: ipxe, targets: [bin/ipxe.lkrn]}")
+    code, out, err = release(str(recipe))
+    assert code == 0, err
+    assert "make: 1 steps" in err, err
+    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(lab.dir / "cache2"))  # build again
+    code, out, err = release(str(recipe), "--json", "--reverify")
+    assert code == 0, err
+    assert "make:" not in err and json.loads(out)["stages"][2]["detail"].endswith("(built)")

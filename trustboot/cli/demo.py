@@ -10,6 +10,7 @@ import click
 
 from trustboot import fsutil
 from trustboot.cli._common import emit_json, json_option
+from trustboot.cli.ipxe import MakeProgress
 from trustboot.cli.release import StageReporter
 from trustboot.ipxe.source import ENV_SOURCE
 from trustboot.release.demo import run_demo
@@ -50,8 +51,12 @@ def command(recipe_path: Path | None, workdir: Path | None, ipxe_source: Path | 
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="trustboot-demo-"))
     report = StageReporter(quiet=as_json)
-    result = run_demo(text, source, workdir, ipxe_source=ipxe_source, step=report,
-                      now=dt.datetime.now(dt.UTC))
+    make = MakeProgress(quiet=as_json)
+    try:
+        result = run_demo(text, source, workdir, ipxe_source=ipxe_source, step=report,
+                          build_progress=make, now=dt.datetime.now(dt.UTC))
+    finally:
+        make.finish()
     if as_json:
         emit_json(result.to_json())
         return

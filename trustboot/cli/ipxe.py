@@ -113,7 +113,7 @@ def _read_script(path: Path) -> str:
         raise ConfigError(f"cannot read script {path}: {exc}") from None
 
 
-class _Progress:
+class MakeProgress:
     """A live line on a terminal; elsewhere one line every 15 s so CI logs show life;
     nothing with --json."""
 
@@ -318,7 +318,7 @@ def build_cmd(
         ),
         source_date_epoch=source_date_epoch,
     )
-    progress = _Progress(quiet=as_json)
+    progress = MakeProgress(quiet=as_json)
     try:
         result = ipxe_build.build(
             request, output_dir=output_dir, cache_dir=cache_dir, jobs=jobs,

@@ -94,6 +94,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     Exit codes: 0 published and verified, 1 origin or I/O failure, 3 invalid recipe,
     4 a signature, the signer's lifetime or what the origin serves failed verification.
     """
+    from trustboot.cli.ipxe import MakeProgress
     from trustboot.cli.publish import upload_progress
     from trustboot.publish.cache import default_cache_path
     from trustboot.release.pipeline import run_release
@@ -114,9 +115,14 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
                              publish_cache=None if reverify else default_cache_path(),
                              pkcs11_module=pkcs11_module,
                              unsafe_unsandboxed_build=unsafe_unsandboxed)
+    make = MakeProgress(quiet=as_json)  # a build of minutes shows it is alive, as ipxe build
     with upload_progress(as_json) as bars:
-        result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
-                             progress=StageReporter(quiet=as_json), upload_progress=bars)
+        try:
+            result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
+                                 progress=StageReporter(quiet=as_json), upload_progress=bars,
+                                 build_progress=make)
+        finally:
+            make.finish()
     if as_json:
         emit_json(result.to_json())
         return

@@ -26,6 +26,7 @@ from trustboot.ca.profiles import CAOptions
 from trustboot.ca.store import CertificateAuthority, fingerprint
 from trustboot.cms import verify as rules
 from trustboot.errors import ConfigError, VerificationError
+from trustboot.ipxe.build import ProgressCallback
 from trustboot.keys.keyfile import load_key
 from trustboot.publish.manifest import MANIFEST_NAME, release_prefix
 from trustboot.release.pipeline import ReleaseResult, check_entry, run_release, trust_of
@@ -108,6 +109,7 @@ def prepare_demo(recipe_text: str, source: str, workdir: Path, *, now: dt.dateti
 
 def run_demo(recipe_text: str, source: str, workdir: Path, *, ipxe_source: Path | None,
              cache_dir: Path | None = None, step: Step = lambda _s, _m: None,
+             build_progress: ProgressCallback | None = None,
              now: dt.datetime | None = None) -> DemoResult:
     now = now or dt.datetime.now(dt.UTC)
     workdir = workdir.absolute()  # it becomes a file:// URL, which names an absolute path
@@ -131,7 +133,7 @@ def run_demo(recipe_text: str, source: str, workdir: Path, *, ipxe_source: Path 
             cache_dir=cache_dir or workdir / "cache")
         try:
             release = run_release(recipe, options, now=now, workdir=workdir / "work",
-                                  progress=step)
+                                  progress=step, build_progress=build_progress)
         finally:
             # staging links and build copies: everything that matters is on the origin
             shutil.rmtree(workdir / "work", ignore_errors=True)

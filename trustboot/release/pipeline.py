@@ -144,6 +144,7 @@ class _Stages:
         self.result = result
         self.last = time.monotonic()
         self.upload_progress: PublishProgress | None = None
+        self.build_progress: ipxe_build.ProgressCallback | None = None
 
     def done(self, stage: str, status: str, detail: str) -> None:
         now = time.monotonic()
@@ -156,11 +157,14 @@ class _Stages:
 def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                 dry_run: bool = False, workdir: Path | None = None,
                 progress: Progress = lambda _s, _m: None,
-                upload_progress: PublishProgress | None = None) -> ReleaseResult:
+                upload_progress: PublishProgress | None = None,
+                build_progress: ipxe_build.ProgressCallback | None = None) -> ReleaseResult:
     """Run every stage; raises a TrustbootError naming the stage's input on failure.
-    ``upload_progress`` follows the publish stage's bytes (upload, read-back)."""
+    ``upload_progress`` follows the publish stage's bytes (upload, read-back),
+    ``build_progress`` the build stage's make steps (as ``ipxe build`` reports them)."""
     st = _Stages(None, progress)
     st.upload_progress = upload_progress
+    st.build_progress = build_progress
     v = validate(recipe, options, now=now, dry_run=dry_run)
     entries = _count(len(recipe.entries), "entry", "entries")
     st.done("validate", "done", f"recipe {recipe.source}: {entries}, "
@@ -255,6 +259,7 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
         assert fw.request is not None
         built = ipxe_build.build(fw.request, output_dir=work / "firmware",
                                  cache_dir=options.cache_dir, jobs=options.jobs,
+                                 on_progress=st.build_progress,
                                  unsafe_unsandboxed=options.unsafe_unsandboxed_build)
         firmware_paths = dict(built.outputs)
         ipxe_manifest = built.manifest
