@@ -89,3 +89,38 @@ def test_demo_with_a_relative_workdir(tmp_path: Path, monkeypatch: pytest.Monkey
     r = CliRunner().invoke(cli, ["demo", "--workdir", "out/run", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["workdir"] == str(tmp_path / "out" / "run")
+
+
+def test_demo_builds_in_the_users_ipxe_cache(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`TRUSTBOOT_IPXE_SRC=... trustboot demo` builds in the iPXE cache `ipxe build` and
+    `release` use, so a second demo (a new work directory, a new CA) rebuilds only what
+    the new root changes, not a whole tree in a fresh cache inside the work directory."""
+    from tests.conftest import require_tool
+    from tests.ipxe.fake_tree import fake_env_passthrough, fake_sandbox, make_fake_tree
+
+    require_tool("make", "make")
+    make_fake_tree(tmp_path / "ipxe")
+    fake_env_passthrough(monkeypatch)
+    fake_sandbox(monkeypatch, [tmp_path])  # the fake make is this venv's Python
+    monkeypatch.setenv("FAKE_PY", sys.executable)
+    monkeypatch.setenv("FAKE_RUNS", str(tmp_path / "runs.log"))
+    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+    for n in (1, 2):
+        work = tmp_path / f"demo{n}"
+        r = CliRunner().invoke(cli, ["demo", "--workdir", str(work), "--ipxe-source",
+                                     str(tmp_path / "ipxe"), "--json"])
+        assert r.exit_code == 0, r.output
+        stages = {s["stage"]: s for s in json.loads(r.stdout)["release"]["stages"]}
+        assert stages["build"]["status"] == "done", stages["build"]
+        assert not (work / "cache").exists()
+    warm = [p for p in (tmp_path / "cache" / "ipxe" / "work").glob("warm-*") if p.is_dir()]
+    assert len(warm) == 1, warm  # both demos built in the one warm tree
+
+
+def test_demo_without_ipxe_writes_no_cache(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+    r = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path / "demo"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "cache").exists()

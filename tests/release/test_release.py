@@ -426,11 +426,8 @@ def test_rerun_summary_counts_the_unchanged_objects(lab: Lab) -> None:
         "linux/initrd.img", "linux/initrd.img.sig"])
 
 
-def test_release_during_a_root_rotation_builds_firmware_trusting_both_roots(
-    lab: Lab, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # `ipxe build --pki` trusts both roots while a rotation is under way; the release's
-    # build stage (the same build) must too, or its firmware is no evidence for promote.
+def _fake_ipxe_tree(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake iPXE tree at lab/ipxe whose make (this venv's Python) runs in the sandbox."""
     import sys
 
     from tests.conftest import require_tool
@@ -439,9 +436,17 @@ def test_release_during_a_root_rotation_builds_firmware_trusting_both_roots(
     require_tool("make", "make")
     make_fake_tree(lab.dir / "ipxe")
     fake_env_passthrough(monkeypatch)
-    fake_sandbox(monkeypatch, [lab.dir])  # the fake make is this venv's Python
+    fake_sandbox(monkeypatch, [lab.dir])
     monkeypatch.setenv("FAKE_PY", sys.executable)
     monkeypatch.setenv("FAKE_RUNS", str(lab.dir / "runs.log"))
+
+
+def test_release_during_a_root_rotation_builds_firmware_trusting_both_roots(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `ipxe build --pki` trusts both roots while a rotation is under way; the release's
+    # build stage (the same build) must too, or its firmware is no evidence for promote.
+    _fake_ipxe_tree(lab, monkeypatch)
     r = CliRunner().invoke(cli, ["ca", "rotate", "root", "begin", "--pki", str(lab.pki),
                                  "--passphrase-file", str(lab.dir / "pass.txt")])
     assert r.exit_code == 0, r.output
@@ -515,17 +520,7 @@ def test_the_build_stage_shows_make_progress_like_ipxe_build(
     """A release that builds iPXE takes minutes; in a pipe (CI) its build stage prints the
     occasional `make: N steps` line, as `ipxe build` does (README "Conventions"), instead
     of going silent; with --json stderr stays quiet."""
-    import sys
-
-    from tests.conftest import require_tool
-    from tests.ipxe.fake_tree import fake_env_passthrough, fake_sandbox, make_fake_tree
-
-    require_tool("make", "make")
-    make_fake_tree(lab.dir / "ipxe")
-    fake_env_passthrough(monkeypatch)
-    fake_sandbox(monkeypatch, [lab.dir])  # the fake make is this venv's Python
-    monkeypatch.setenv("FAKE_PY", sys.executable)
-    monkeypatch.setenv("FAKE_RUNS", str(lab.dir / "runs.log"))
+    _fake_ipxe_tree(lab, monkeypatch)
     recipe = lab.recipe(ipxe="ipxe: {source: ipxe, targets: [bin/ipxe.lkrn]}")
     code, out, err = release(str(recipe))
     assert code == 0, err
