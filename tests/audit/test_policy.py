@@ -84,8 +84,9 @@ def test_ca_file_fingerprint_must_agree(tmp_path: Path) -> None:
     fp = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
     pol = load_policy(write(tmp_path, "expected_ca_file: root.pem\n"))
     assert pol.ca_sha256 == fp and pol.ca_file == tmp_path / "root.pem"
-    with pytest.raises(ConfigError, match="not the expected"):
+    with pytest.raises(ConfigError, match="not the expected") as refused:
         load_policy(write(tmp_path, f"expected_ca_file: root.pem\nexpected_ca_sha256: '{SHA}'\n"))
+    assert refused.value.hint and "same root" in refused.value.hint  # what to do next
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -357,7 +357,9 @@ def policy_from_dict(data: dict[str, Any], *, where: str = "policy",
         file_sha = ca_file_sha256(ca_file)
         if ca is not None and ca != file_sha:
             raise _fail(f"{where}: expected_ca_file",
-                        f"{ca_file} has SHA-256 {file_sha}, not the expected {ca}")
+                        f"{ca_file} has SHA-256 {file_sha}, not the expected {ca}",
+                        "the two must name the same root: the one the firmware trusts "
+                        "(TRUST=, `trustboot ca export`'s root.pem); fix or drop one")
         ca = file_sha
     tftp_allowed = data.get("tftp_allowed", True)
     if not isinstance(tftp_allowed, bool):
