@@ -91,11 +91,12 @@ def test_demo_with_a_relative_workdir(tmp_path: Path, monkeypatch: pytest.Monkey
     assert json.loads(r.stdout)["workdir"] == str(tmp_path / "out" / "run")
 
 
-def test_demo_builds_in_the_users_ipxe_cache(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """`TRUSTBOOT_IPXE_SRC=... trustboot demo` builds in the iPXE cache `ipxe build` and
-    `release` use, so a second demo (a new work directory, a new CA) rebuilds only what
-    the new root changes, not a whole tree in a fresh cache inside the work directory."""
+def test_demo_builds_in_its_work_directory_or_the_cache_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`TRUSTBOOT_IPXE_SRC=... trustboot demo` builds in a cache inside its work directory
+    (the demo leaves nothing outside it, not even in the user's iPXE cache); with
+    --cache-dir, in that cache, so a second demo (a new work directory, a new CA) rebuilds
+    only what the new root changes."""
     from tests.conftest import require_tool
     from tests.ipxe.fake_tree import fake_env_passthrough, fake_sandbox, make_fake_tree
 
@@ -105,17 +106,19 @@ def test_demo_builds_in_the_users_ipxe_cache(tmp_path: Path,
     fake_sandbox(monkeypatch, [tmp_path])  # the fake make is this venv's Python
     monkeypatch.setenv("FAKE_PY", sys.executable)
     monkeypatch.setenv("FAKE_RUNS", str(tmp_path / "runs.log"))
-    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
-    for n in (1, 2):
+    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "user-cache"))
+    for n, extra in ((0, []), (1, ["--cache-dir", str(tmp_path / "cache")]),
+                     (2, ["--cache-dir", str(tmp_path / "cache")])):
         work = tmp_path / f"demo{n}"
         r = CliRunner().invoke(cli, ["demo", "--workdir", str(work), "--ipxe-source",
-                                     str(tmp_path / "ipxe"), "--json"])
+                                     str(tmp_path / "ipxe"), "--json", *extra])
         assert r.exit_code == 0, r.output
         stages = {s["stage"]: s for s in json.loads(r.stdout)["release"]["stages"]}
         assert stages["build"]["status"] == "done", stages["build"]
-        assert not (work / "cache").exists()
-    warm = [p for p in (tmp_path / "cache" / "ipxe" / "work").glob("warm-*") if p.is_dir()]
-    assert len(warm) == 1, warm  # both demos built in the one warm tree
+        assert (work / "cache").exists() == (not extra)
+    assert not (tmp_path / "user-cache").exists()
+    warm = [p for p in (tmp_path / "cache" / "work").glob("warm-*") if p.is_dir()]
+    assert len(warm) == 1, warm  # both demos given the cache built in its one warm tree
 
 
 def test_demo_without_ipxe_writes_no_cache(tmp_path: Path,

@@ -12,7 +12,6 @@ from trustboot import fsutil
 from trustboot.cli._common import emit_json, json_option
 from trustboot.cli.ipxe import MakeProgress
 from trustboot.cli.release import StageReporter
-from trustboot.ipxe.build import default_cache_dir
 from trustboot.ipxe.source import ENV_SOURCE
 from trustboot.release.demo import run_demo
 from trustboot.release.recipe import MAX_RECIPE_BYTES, demo_recipe_text
@@ -27,9 +26,10 @@ from trustboot.release.recipe import MAX_RECIPE_BYTES, demo_recipe_text
               envvar=ENV_SOURCE, show_envvar=True,
               help="Build iPXE from this tree (default: skipped, with how to enable it).")
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
-              help="iPXE build cache (default: $TRUSTBOOT_CACHE_DIR/ipxe or "
-              "~/.cache/trustboot/ipxe, as ipxe build), so a second demo rebuilds only "
-              "what its new CA changes.")
+              help="iPXE build cache to use, e.g. the one ipxe build and release use "
+              "(~/.cache/trustboot/ipxe), so a second demo rebuilds only what its new CA "
+              "changes. Default: one inside the work directory, so the demo leaves nothing "
+              "outside it.")
 @json_option
 def command(recipe_path: Path | None, workdir: Path | None, ipxe_source: Path | None,
             cache_dir: Path | None, as_json: bool) -> None:
@@ -59,7 +59,7 @@ def command(recipe_path: Path | None, workdir: Path | None, ipxe_source: Path | 
     make = MakeProgress(quiet=as_json)
     try:
         result = run_demo(text, source, workdir, ipxe_source=ipxe_source, step=report,
-                          cache_dir=cache_dir or default_cache_dir(), build_progress=make,
+                          cache_dir=cache_dir, build_progress=make,
                           now=dt.datetime.now(dt.UTC))
     finally:
         make.finish()
