@@ -154,6 +154,47 @@ def test_a_pki_link_another_user_owns_is_refused(pki: Path, tmp_path: Path,
     assert r.exit_code == 3 and "symbolic link owned by uid 65534" in r.output, r.output
 
 
+@pytest.mark.parametrize("mode", [0o777, 0o770])
+def test_export_below_a_directory_others_can_write_is_refused(pki: Path, tmp_path: Path,
+                                                              run: Run, mode: int) -> None:
+    """The export directory's own owner and mode are not enough: whoever can write a
+    directory above it can rename it away, root.pem included, and put their own root in
+    its place before the firmware build reads it. Refused (exit 3) before anything is
+    created; a sticky parent (as /tmp) only lets others remove their own entries."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    out = shared / "release" / "trust"
+    r = run("ca", "export", "--pki", str(pki), "--out", str(out))
+    assert r.exit_code == 3, r.output
+    assert f"{shared} above it is writable by other users" in r.output, r.output
+    assert f"chmod go-w {shared}" in r.output and "Traceback" not in r.output
+    assert list(shared.iterdir()) == []
+    # through a link of ours that leads below the shared directory: refused as well
+    link = tmp_path / "trust-link"
+    link.symlink_to(out, target_is_directory=True)
+    r = run("ca", "export", "--pki", str(pki), "--out", str(link))
+    assert r.exit_code == 3 and "writable by other users" in r.output, r.output
+    shared.chmod(mode | 0o1000)
+    assert run("ca", "export", "--pki", str(pki), "--out", str(out)).exit_code == 0
+    assert (out / "root.pem").is_file()
+
+
+def test_export_below_a_directory_of_another_user_is_refused(pki: Path, tmp_path: Path,
+                                                             run: Run) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another uid needs root (CI runs as root)")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 65534, 65534)
+    sub = theirs / "ours"
+    sub.mkdir(mode=0o755)  # ours, but its parent's owner can swap it
+    r = run("ca", "export", "--pki", str(pki), "--out", str(sub))
+    assert r.exit_code == 3, r.output
+    assert f"{theirs} above it is owned by uid 65534" in r.output, r.output
+    assert list(sub.iterdir()) == []
+
+
 def test_export_into_a_directory_others_can_write_is_refused(pki: Path, tmp_path: Path,
                                                              run: Run) -> None:
     """root.pem goes into firmware (TRUST=): whoever can write the export directory could

@@ -875,3 +875,24 @@ def test_certificate_file_that_is_not_a_file_is_refused_unread(
     assert proc.returncode == 3, proc.stderr
     assert f"{bad} is not a regular file" in proc.stderr
     assert not image.with_name(image.name + ".sig").exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--manifest"])
+def test_out_and_manifest_below_a_directory_others_can_write_are_refused(
+        material: Material, tmp_path: Path, option: str) -> None:
+    """Whoever can write a directory above --out (or the manifest's directory) can move
+    it away with the signatures and put their own in its place: refused (exit 3) before
+    anything is signed, as every --out (fsutil.make_output_dir)."""
+    key, cert, chain = material.issue(f"parents-{option[2:]}", ec_key())
+    files = _files(tmp_path, 1)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    target = shared / "dist"
+    extra = ["--out", str(target)] if option == "--out" else \
+        ["--manifest", str(target / "m.json")]
+    result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), *map(str, files),
+                                      *extra], env=ENV)
+    assert result.exit_code == 3, result.output
+    assert f"{shared} above it is writable by other users" in result.output, result.output
+    assert not list(tmp_path.rglob("*.sig")) and not list(shared.iterdir())
