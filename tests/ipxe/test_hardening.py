@@ -295,6 +295,35 @@ def test_output_directory_others_can_write_is_refused(env: dict[str, Path], pki:
     assert list(shared.iterdir()) == []
 
 
+def test_cache_below_a_directory_of_another_user_is_refused(env: dict[str, Path],
+                                                            pki: TestPki,
+                                                            tmp_path: Path) -> None:
+    """`sudo` keeping HOME puts root's build cache in a user's ~/.cache: the cache is
+    root's and 0700, but that user owns its parent and can move it away during a build
+    and put their own in its place, whose out/KEY/ firmware is then a cache hit copied
+    to -o. Refused (exit 3) before anything is built or copied."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another uid needs root (CI runs as root)")
+    home_cache = tmp_path / "alice-cache"
+    home_cache.mkdir(mode=0o755)
+    os.chown(home_cache, 65534, 65534)
+    cache = home_cache / "trustboot"
+    out = tmp_path / "out"
+    # what `nobody` can do to root's private cache there: rename it and plant their own
+    cache.mkdir(mode=0o700)
+    # (cwd: entered as root, so nobody needs no access to the test's private tmp above)
+    subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                    "mv", "--", "trustboot", "moved"], check=True, cwd=home_cache)
+    assert not cache.exists()
+    (home_cache / "moved").rename(cache)  # (put back: the refusal must not depend on it)
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       "--target", "bin/ipxe.lkrn", *CHAIN, "--cache-dir", str(cache),
+                       "-o", str(out))
+    assert code == 3, err
+    assert f"{home_cache} above it is owned by uid 65534" in err and "Traceback" not in err
+    assert list(cache.iterdir()) == [] and not out.exists()
+
+
 def test_sigterm_in_a_host_program_reaches_its_own_handler(
     env: dict[str, Path], pki: TestPki, tmp_path: Path
 ) -> None:
