@@ -180,6 +180,34 @@ def test_export_below_a_directory_others_can_write_is_refused(pki: Path, tmp_pat
     assert (out / "root.pem").is_file()
 
 
+def test_pki_below_a_directory_of_another_user_is_refused(pki: Path, tmp_path: Path,
+                                                          secrets_dir: Path, run: Run) -> None:
+    """The pki is ours and 0755, but the owner of the directory above it can move it
+    away and put a CA of theirs in its place (whose ca.crt an export or a build would
+    then take as the root): refused on every open and by init, which creates nothing."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another uid needs root (CI runs as root)")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 65534, 65534)
+    moved = theirs / "pki"
+    shutil.move(pki, moved)
+    # what they can do to it (cwd entered as root: nobody needs no access above)
+    subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "mv",
+                    "--", "pki", "elsewhere"], check=True, cwd=theirs)
+    (theirs / "elsewhere").rename(moved)
+    r = run("ca", "export", "--pki", str(moved), "--out", str(tmp_path / "trust"))
+    assert r.exit_code == 3, r.output
+    assert f"{theirs} above it is owned by uid 65534" in r.output, r.output
+    assert not (tmp_path / "trust").exists()
+    with pytest.raises(ConfigError, match="above it is owned by uid 65534"):
+        load_trusted_root(moved)
+    r = run("ca", "init", "--pki", str(theirs / "new"), "--key-type", "ec-p256",
+            "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3 and "above it is owned by uid 65534" in r.output, r.output
+    assert not (theirs / "new").exists()
+
+
 def test_export_below_a_directory_of_another_user_is_refused(pki: Path, tmp_path: Path,
                                                              run: Run) -> None:
     if os.geteuid() != 0:
