@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from tests.ca.conftest import Run, issue, run_proc, trustboot_cmd
+from tests.conftest import as_nobody, dir_of_nobody
 from trustboot.ca.store import CertificateAuthority, load_trusted_root
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
@@ -185,16 +186,10 @@ def test_pki_below_a_directory_of_another_user_is_refused(pki: Path, tmp_path: P
     """The pki is ours and 0755, but the owner of the directory above it can move it
     away and put a CA of theirs in its place (whose ca.crt an export or a build would
     then take as the root): refused on every open and by init, which creates nothing."""
-    if os.geteuid() != 0:
-        pytest.skip("giving a directory to another uid needs root (CI runs as root)")
-    theirs = tmp_path / "theirs"
-    theirs.mkdir(mode=0o755)
-    os.chown(theirs, 65534, 65534)
+    theirs = dir_of_nobody(tmp_path / "theirs")
     moved = theirs / "pki"
     shutil.move(pki, moved)
-    # what they can do to it (cwd entered as root: nobody needs no access above)
-    subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "mv",
-                    "--", "pki", "elsewhere"], check=True, cwd=theirs)
+    as_nobody("mv", "--", "pki", "elsewhere", cwd=theirs)  # what they can do to it
     (theirs / "elsewhere").rename(moved)
     r = run("ca", "export", "--pki", str(moved), "--out", str(tmp_path / "trust"))
     assert r.exit_code == 3, r.output
@@ -210,11 +205,7 @@ def test_pki_below_a_directory_of_another_user_is_refused(pki: Path, tmp_path: P
 
 def test_export_below_a_directory_of_another_user_is_refused(pki: Path, tmp_path: Path,
                                                              run: Run) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("giving a directory to another uid needs root (CI runs as root)")
-    theirs = tmp_path / "theirs"
-    theirs.mkdir(mode=0o755)
-    os.chown(theirs, 65534, 65534)
+    theirs = dir_of_nobody(tmp_path / "theirs")
     sub = theirs / "ours"
     sub.mkdir(mode=0o755)  # ours, but its parent's owner can swap it
     r = run("ca", "export", "--pki", str(pki), "--out", str(sub))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import require_tool
+from tests.conftest import as_nobody, dir_of_nobody, require_tool
 from tests.ipxe.fake_tree import FAKE_VARS, signal_mid_build, start_trustboot, wait_for_hold
 from tests.ipxe.testpki import TestPki
 from trustboot.cli.main import cli
@@ -302,18 +302,12 @@ def test_cache_below_a_directory_of_another_user_is_refused(env: dict[str, Path]
     root's and 0700, but that user owns its parent and can move it away during a build
     and put their own in its place, whose out/KEY/ firmware is then a cache hit copied
     to -o. Refused (exit 3) before anything is built or copied."""
-    if os.geteuid() != 0:
-        pytest.skip("giving a directory to another uid needs root (CI runs as root)")
-    home_cache = tmp_path / "alice-cache"
-    home_cache.mkdir(mode=0o755)
-    os.chown(home_cache, 65534, 65534)
+    home_cache = dir_of_nobody(tmp_path / "alice-cache")
     cache = home_cache / "trustboot"
     out = tmp_path / "out"
     # what `nobody` can do to root's private cache there: rename it and plant their own
     cache.mkdir(mode=0o700)
-    # (cwd: entered as root, so nobody needs no access to the test's private tmp above)
-    subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                    "mv", "--", "trustboot", "moved"], check=True, cwd=home_cache)
+    as_nobody("mv", "--", "trustboot", "moved", cwd=home_cache)
     assert not cache.exists()
     (home_cache / "moved").rename(cache)  # (put back: the refusal must not depend on it)
     code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
