@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +38,22 @@ def _private_build_caches(tmp_path_factory: pytest.TempPathFactory,
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces / raw sockets); CI runs as root")
+
+
+def dir_of_nobody(path: Path) -> Path:
+    """A new 0755 directory owned by uid 65534: another local user's (skips unless root)."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another uid needs root (CI runs as root)")
+    path.mkdir(mode=0o755)
+    os.chown(path, 65534, 65534)
+    return path
+
+
+def as_nobody(*argv: str, cwd: Path) -> None:
+    """Run ``argv`` as uid/gid 65534 in ``cwd`` (entered as root first, so the directories
+    above it need not be open to nobody)."""
+    subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+                   check=True, cwd=cwd)
 
 
 def require_tool(name: str, package: str) -> str:

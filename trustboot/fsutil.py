@@ -80,10 +80,49 @@ def make_dirs(path: Path, mode: int = PUBLIC_DIR_MODE) -> Path:
 def make_output_dir(path: Path, what: str) -> Path:
     """``make_dirs(path)`` for output others must not be able to swap before it is used
     (enrollment keys, firmware, trust anchors): an existing directory (or where a link to
-    one leads) must be ours and not writable by group or others (ConfigError)."""
+    one leads) must be ours and not writable by group or others, and so must every
+    directory above it (:func:`check_parents`) (ConfigError)."""
+    check_parents(path, what)
     make_dirs(path)
     check_owned_dir(path, what)
     return Path(path)
+
+
+def check_parents(path: Path, what: str) -> None:
+    """Refuse ``path`` when a directory above it could be changed by a user other than
+    root and us: one owned by another user, or writable by group or others without the
+    sticky bit (in a sticky directory like /tmp others can only remove their own entries).
+    Whoever can write a parent can rename ``path`` away, with what we wrote in it, and
+    put a directory of theirs in its place; its own mode and owner cannot prevent that.
+    The parents of ``path`` as written and of where it really leads (links resolved) are
+    both checked; those that do not exist yet are skipped (we create them)."""
+    path = Path(path)
+    me = os.geteuid()
+    seen: set[Path] = set()
+    for base in (Path(os.path.abspath(path)), Path(os.path.realpath(path))):
+        for parent in base.parents:
+            if parent in seen:
+                continue
+            seen.add(parent)
+            try:
+                st = os.stat(parent)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ConfigError(f"{what} {path}: cannot check {parent}: {exc.strerror}",
+                                  hint="check the path and its permissions") from None
+            if st.st_uid not in (0, me):
+                raise ConfigError(
+                    f"{what} {path}: {parent} above it is owned by uid {st.st_uid}, not by "
+                    "root or you: its owner can replace what trustboot writes there",
+                    hint="choose a directory whose parents only root and you can change")
+            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+                raise ConfigError(
+                    f"{what} {path}: {parent} above it is writable by other users (mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}): they can move it away with what "
+                    "trustboot wrote and put their own in its place",
+                    hint=f"chmod go-w {parent}  (or chmod +t, as /tmp), or choose another "
+                         "directory")
 
 
 def create_file(path: Path, mode: int = PUBLIC_FILE_MODE) -> BinaryIO:

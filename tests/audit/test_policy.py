@@ -103,7 +103,7 @@ def test_ca_file_fingerprint_must_agree(tmp_path: Path) -> None:
     ("tftp_allowed: maybe\n", "true or false"),
     ("version: 2\n", "unsupported policy version"),
     ("- a\n- b\n", "mapping at the top level"),
-    ("release_manifest: missing.json\n", "cannot read release manifest"),
+    ("release_manifest: missing.json\n", "missing.json does not exist"),
 ])
 def test_invalid_policies_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=r"policy\.yaml") as info:
@@ -117,8 +117,41 @@ def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
 
 
 def test_missing_policy_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read policy"):
+    with pytest.raises(ConfigError, match=r"policy .*nope\.yaml does not exist"):
         load_policy(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("which", ["policy", "release manifest"])
+def test_fifo_policy_or_manifest_is_refused_unread(tmp_path: Path, which: str) -> None:
+    """The audit is bounded in time: a FIFO given as --policy or --release-manifest (or
+    named by a policy's release_manifest) blocked it forever in open(), before the first
+    probe. It is refused unread, as every file trustboot is given."""
+    import os
+    import threading
+
+    fifo = tmp_path / "input.fifo"
+    os.mkfifo(fifo)
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            if which == "policy":
+                load_policy(fifo)
+            else:
+                load_policy(write(tmp_path, "release_manifest: input.fifo\n"))
+        except BaseException as exc:  # handed to the test thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # unblock the open() so the thread ends, then fail
+        with open(os.open(fifo, os.O_RDWR | os.O_NONBLOCK), "wb", closefd=True):
+            pass
+        worker.join(10)
+        pytest.fail(f"loading a FIFO as the {which} blocked")
+    assert len(errors) == 1 and isinstance(errors[0], ConfigError), errors
+    assert "input.fifo is not a regular file" in str(errors[0])
 
 
 def test_manifest_errors(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from tests.ca.conftest import Run, issue, run_proc, trustboot_cmd
+from tests.conftest import as_nobody, dir_of_nobody
 from trustboot.ca.store import CertificateAuthority, load_trusted_root
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
@@ -152,6 +153,65 @@ def test_a_pki_link_another_user_owns_is_refused(pki: Path, tmp_path: Path,
     assert list(empty.iterdir()) == []
     r = run("ca", "list", "--pki", str(shared / "old"))
     assert r.exit_code == 3 and "symbolic link owned by uid 65534" in r.output, r.output
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770])
+def test_export_below_a_directory_others_can_write_is_refused(pki: Path, tmp_path: Path,
+                                                              run: Run, mode: int) -> None:
+    """The export directory's own owner and mode are not enough: whoever can write a
+    directory above it can rename it away, root.pem included, and put their own root in
+    its place before the firmware build reads it. Refused (exit 3) before anything is
+    created; a sticky parent (as /tmp) only lets others remove their own entries."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    out = shared / "release" / "trust"
+    r = run("ca", "export", "--pki", str(pki), "--out", str(out))
+    assert r.exit_code == 3, r.output
+    assert f"{shared} above it is writable by other users" in r.output, r.output
+    assert f"chmod go-w {shared}" in r.output and "Traceback" not in r.output
+    assert list(shared.iterdir()) == []
+    # through a link of ours that leads below the shared directory: refused as well
+    link = tmp_path / "trust-link"
+    link.symlink_to(out, target_is_directory=True)
+    r = run("ca", "export", "--pki", str(pki), "--out", str(link))
+    assert r.exit_code == 3 and "writable by other users" in r.output, r.output
+    shared.chmod(mode | 0o1000)
+    assert run("ca", "export", "--pki", str(pki), "--out", str(out)).exit_code == 0
+    assert (out / "root.pem").is_file()
+
+
+def test_pki_below_a_directory_of_another_user_is_refused(pki: Path, tmp_path: Path,
+                                                          secrets_dir: Path, run: Run) -> None:
+    """The pki is ours and 0755, but the owner of the directory above it can move it
+    away and put a CA of theirs in its place (whose ca.crt an export or a build would
+    then take as the root): refused on every open and by init, which creates nothing."""
+    theirs = dir_of_nobody(tmp_path / "theirs")
+    moved = theirs / "pki"
+    shutil.move(pki, moved)
+    as_nobody("mv", "--", "pki", "elsewhere", cwd=theirs)  # what they can do to it
+    (theirs / "elsewhere").rename(moved)
+    r = run("ca", "export", "--pki", str(moved), "--out", str(tmp_path / "trust"))
+    assert r.exit_code == 3, r.output
+    assert f"{theirs} above it is owned by uid 65534" in r.output, r.output
+    assert not (tmp_path / "trust").exists()
+    with pytest.raises(ConfigError, match="above it is owned by uid 65534"):
+        load_trusted_root(moved)
+    r = run("ca", "init", "--pki", str(theirs / "new"), "--key-type", "ec-p256",
+            "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3 and "above it is owned by uid 65534" in r.output, r.output
+    assert not (theirs / "new").exists()
+
+
+def test_export_below_a_directory_of_another_user_is_refused(pki: Path, tmp_path: Path,
+                                                             run: Run) -> None:
+    theirs = dir_of_nobody(tmp_path / "theirs")
+    sub = theirs / "ours"
+    sub.mkdir(mode=0o755)  # ours, but its parent's owner can swap it
+    r = run("ca", "export", "--pki", str(pki), "--out", str(sub))
+    assert r.exit_code == 3, r.output
+    assert f"{theirs} above it is owned by uid 65534" in r.output, r.output
+    assert list(sub.iterdir()) == []
 
 
 def test_export_into_a_directory_others_can_write_is_refused(pki: Path, tmp_path: Path,

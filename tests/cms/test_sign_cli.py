@@ -7,6 +7,8 @@ import datetime as dt
 import hashlib
 import json
 import os
+import resource
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -846,3 +848,51 @@ def test_hostile_file_names_reach_the_terminal_escaped(material: Material,
     as_json = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(path), "--json"],
                                  env=ENV)
     assert json.loads(as_json.stdout)["files"][0]["path"] == str(path)
+
+
+@pytest.mark.parametrize("which", ["--signing-cert", "--signing-chain"])
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_certificate_file_that_is_not_a_file_is_refused_unread(
+        material: Material, tmp_path: Path, which: str, kind: str) -> None:
+    """A FIFO named as the certificate or chain hung `sign` forever (no writer ever
+    comes), /dev/zero read until memory ran out (exit 70): both are exit 3 naming the
+    option's file, before the key is unlocked, and no .sig is written."""
+    key, cert, chain = material.issue(f"fifo-{which[2:]}-{kind}", ec_key())
+    image = _files(tmp_path, 1)[0]
+    if kind == "fifo":
+        bad = tmp_path / "cert.fifo"
+        os.mkfifo(bad)
+    else:
+        bad = Path("/dev/zero")
+    args = {"--signing-cert": str(cert), "--signing-chain": str(chain), which: str(bad)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "trustboot", "sign", "--key", f"file:{key}",
+         *(x for pair in args.items() for x in pair), "--passphrase-env", "TB_TEST_PASS",
+         str(image)], capture_output=True, text=True, timeout=60,
+        env={**os.environ, **ENV},
+        # 2 GiB of address space: a regression reads /dev/zero into MemoryError, not OOM
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+    assert proc.returncode == 3, proc.stderr
+    assert f"{bad} is not a regular file" in proc.stderr
+    assert not image.with_name(image.name + ".sig").exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--manifest"])
+def test_out_and_manifest_below_a_directory_others_can_write_are_refused(
+        material: Material, tmp_path: Path, option: str) -> None:
+    """Whoever can write a directory above --out (or the manifest's directory) can move
+    it away with the signatures and put their own in its place: refused (exit 3) before
+    anything is signed, as every --out (fsutil.make_output_dir)."""
+    key, cert, chain = material.issue(f"parents-{option[2:]}", ec_key())
+    files = _files(tmp_path, 1)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    target = shared / "dist"
+    extra = ["--out", str(target)] if option == "--out" else \
+        ["--manifest", str(target / "m.json")]
+    result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), *map(str, files),
+                                      *extra], env=ENV)
+    assert result.exit_code == 3, result.output
+    assert f"{shared} above it is writable by other users" in result.output, result.output
+    assert not list(tmp_path.rglob("*.sig")) and not list(shared.iterdir())

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import require_tool
+from tests.conftest import as_nobody, dir_of_nobody, require_tool
 from tests.ipxe.fake_tree import FAKE_VARS, signal_mid_build, start_trustboot, wait_for_hold
 from tests.ipxe.testpki import TestPki
 from trustboot.cli.main import cli
@@ -293,6 +293,29 @@ def test_output_directory_others_can_write_is_refused(env: dict[str, Path], pki:
     assert code == 3, err
     assert "writable by other users" in err and "Traceback" not in err
     assert list(shared.iterdir()) == []
+
+
+def test_cache_below_a_directory_of_another_user_is_refused(env: dict[str, Path],
+                                                            pki: TestPki,
+                                                            tmp_path: Path) -> None:
+    """`sudo` keeping HOME puts root's build cache in a user's ~/.cache: the cache is
+    root's and 0700, but that user owns its parent and can move it away during a build
+    and put their own in its place, whose out/KEY/ firmware is then a cache hit copied
+    to -o. Refused (exit 3) before anything is built or copied."""
+    home_cache = dir_of_nobody(tmp_path / "alice-cache")
+    cache = home_cache / "trustboot"
+    out = tmp_path / "out"
+    # what `nobody` can do to root's private cache there: rename it and plant their own
+    cache.mkdir(mode=0o700)
+    as_nobody("mv", "--", "trustboot", "moved", cwd=home_cache)
+    assert not cache.exists()
+    (home_cache / "moved").rename(cache)  # (put back: the refusal must not depend on it)
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       "--target", "bin/ipxe.lkrn", *CHAIN, "--cache-dir", str(cache),
+                       "-o", str(out))
+    assert code == 3, err
+    assert f"{home_cache} above it is owned by uid 65534" in err and "Traceback" not in err
+    assert list(cache.iterdir()) == [] and not out.exists()
 
 
 def test_sigterm_in_a_host_program_reaches_its_own_handler(

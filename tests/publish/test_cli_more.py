@@ -222,3 +222,32 @@ def test_manifest_is_what_audit_reads(pki: Pki, make_release: ReleaseFactory,
     m = load_manifest(tmp_path / "srv/releases/a1/release.json")
     assert m.release == "a1" and m.origin == "https://127.0.0.1:9/releases/a1/"
     assert {f.name for f in m.files} == {"boot.ipxe", "boot.ipxe.sig"}
+
+
+@pytest.mark.parametrize("which", ["ca", "client-cert", "client-key"])
+def test_tls_files_that_are_fifos_are_refused_unread(pki: Pki, nginx: Nginx, tmp_path: Path,
+                                                     which: str) -> None:
+    """OpenSSL opens --ca-file and the client certificate and key by path and reads them
+    to the end: a FIFO there hung `origin check` (a monitor) and every publish command
+    forever. Refused (exit 3) naming the file, before any connection."""
+    import subprocess
+    import sys
+
+    fifo = tmp_path / f"{which}.fifo"
+    os.mkfifo(fifo)
+    if which == "ca":
+        argv = ["origin", "check", nginx.url + "boot.ipxe", "--ca-file", str(fifo),
+                "--pki", str(pki.dir)]
+        what = "origin CA file"
+    else:
+        files = {"client-cert": str(pki.cert("publisher")),
+                 "client-key": str(pki.dir / "private" / "publisher.key"), which: str(fifo)}
+        argv = ["publish", "list", nginx.url, "--ca-file", str(pki.ca),
+                "--client-cert-file", files["client-cert"],
+                "--client-key-file", files["client-key"],
+                "--client-key-passphrase-file", str(pki.key_pass)]
+        what = "client certificate" if which == "client-cert" else "client key"
+    proc = subprocess.run([sys.executable, "-m", "trustboot", *argv], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert f"{what} {fifo} is not a regular file" in proc.stderr, proc.stderr

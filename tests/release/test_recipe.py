@@ -202,6 +202,26 @@ def test_alias_bomb_is_refused_fast() -> None:
     assert "anchors and aliases" in _err("\n".join(lines)).message
 
 
+def test_a_megabyte_of_tiny_values_is_refused_fast() -> None:
+    """Within the 1 MiB cap, `x: [0,0,0,...]` (400,000 values) took PyYAML about a minute
+    and ~370 MB before the unknown key was even looked at: now the count of values stops
+    the parse early, with the line where it went over."""
+    import time
+
+    text = "version: 1\nx: [" + ",".join("0" for _ in range(400_000)) + "]\n"
+    assert len(text) < 1 << 20
+    start = time.monotonic()
+    exc = _err(text)
+    assert "more than 20000 values" in exc.message and exc.message.startswith("bad.yaml:2")
+    assert time.monotonic() - start < 20
+    # the largest recipe the table allows (64 entries of 32 initrds each) is not near it
+    entry = ("  - name: e{i}\n    title: t\n    kernel: k\n    cmdline: c\n"
+             "    initrds: [" + ", ".join(f"i{n}" for n in range(32)) + "]\n")
+    big = GOOD.split("entries:")[0] + "entries:\n" + "".join(
+        entry.format(i=i) for i in range(64))
+    parse_recipe(big, "big.yaml")
+
+
 def test_unreadable_recipe_files(tmp_path: Path) -> None:
     big = tmp_path / "big.yaml"
     big.write_bytes(b"# " + b"x" * (1 << 20) + b"\n")

@@ -194,6 +194,27 @@ def test_release_under_umask_000_creates_nothing_writable_by_others(lab: Lab) ->
         assert p.stat().st_mode & 0o022 == 0, (p, oct(p.stat().st_mode))
 
 
+def test_work_directory_in_a_tmpdir_others_can_write_is_refused(
+        lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The work directory (0700, ours) holds the firmware between its build and its
+    hashing: in a TMPDIR others can write without the sticky bit, they could move it
+    away and have their firmware signed and published. Refused (exit 3), nothing
+    published; the same release runs in a sticky one."""
+    import tempfile
+
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    code, _, err = release(str(lab.recipe()))
+    assert code == 3, err
+    assert f"{shared} above it is writable by other users" in err, err
+    assert not [p for p in lab.origin.rglob("*") if p.is_file()]
+    shared.chmod(0o1777)
+    code, _, err = release(str(lab.recipe()))
+    assert code == 0, err
+
+
 def test_retention_prunes_old_releases_but_never_the_live_one(lab: Lab) -> None:
     recipe = lab.recipe(release="release: {id: '{name}-{digest8}', retention: 1}")
     ids = []

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from trustboot import jsonin
 from trustboot.errors import ConfigError
+from trustboot.fsutil import read_capped
 
 ROLES = ("any", "dhcp", "proxydhcp", "dhcpv6", "relay")
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -244,15 +245,9 @@ class Manifest:
 
 
 def _read(path: Path, what: str) -> bytes:
-    """A small input file, or a ConfigError saying which and why not."""
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_POLICY_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_POLICY_BYTES:
-        raise _fail(str(path), f"{what} is larger than 4 MiB")
-    return raw
+    """A small input file, or a ConfigError saying which and why not: a regular file only
+    (the audit is bounded in time, and a FIFO would block it before the first probe)."""
+    return read_capped(path, MAX_POLICY_BYTES, what)
 
 
 def load_manifest(path: Path) -> Manifest:

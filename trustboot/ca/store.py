@@ -64,6 +64,7 @@ from trustboot.fsutil import (
     atomic_write,
     check_not_link,
     check_owned_dir,
+    check_parents,
     check_private_file,
     ensure_private_dir,
     locked,
@@ -513,6 +514,7 @@ class CertificateAuthority:
                 "OCSP answer at boot and fail without one; the responder must be reachable by "
                 "every booting client"
             )
+        check_parents(path, "pki directory")  # before creating anything there
         make_dirs(path)
         if cls.exists(path):
             raise ConfigError(
@@ -1274,8 +1276,10 @@ def check_text(value: str, what: str) -> None:
 def check_pki_permissions(path: Path) -> None:
     """Refuse a pki that someone else can have changed: its directories must be ours and
     not writable by group or others (private/ not accessible at all), and the files
-    trustboot reads back must not be links or writable by others."""
+    trustboot reads back must not be links or writable by others; nor may a directory
+    above it be (fsutil.check_parents), or the whole pki could be swapped mid-run."""
     path = Path(path)
+    check_parents(path, "pki directory")
     check_owned_dir(path, "pki directory")
     for sub in PUBLIC_DIRS:
         if (path / sub).exists() or (path / sub).is_symlink():

@@ -60,7 +60,7 @@ def check_options(
     expiry_warning_days: int,
 ) -> None:
     """Refuse bad options before any work: nothing is written when one is wrong."""
-    from trustboot.fsutil import check_owned_dir
+    from trustboot.fsutil import check_owned_dir, check_parents
 
     if not paths:
         raise ConfigError("no files to sign", hint="pass FILES or --files-from LIST")
@@ -76,12 +76,14 @@ def check_options(
     # every --out, fsutil.make_output_dir): they could swap what we write before it is used
     if out_dir is not None:
         _check_can_create_dir(out_dir, "--out")
+        check_parents(out_dir, "--out directory")
         if out_dir.is_dir():
             check_owned_dir(out_dir, "--out directory")
     if manifest is not None:
         if manifest.is_dir():
             raise OperationalError(f"--manifest {manifest} is a directory",
                                    hint="name the manifest file itself")
+        check_parents(manifest.parent, "--manifest directory")
         if manifest.parent.is_dir():
             check_owned_dir(manifest.parent, "--manifest directory")
         # Like --out, missing directories are created (0755), once the signatures exist.

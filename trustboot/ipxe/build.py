@@ -320,7 +320,11 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def prepare_cache_dir(cache: Path) -> Path:
-    """Create the cache as 0700 (outputs may embed a client key) or check an existing one."""
+    """Create the cache as 0700 (outputs may embed a client key) or check an existing one,
+    and refuse one whose parents another user can change: they could move it away
+    during a build and put their own in its place, whose out/KEY/ firmware would then be
+    taken as a cache hit (``sudo`` keeping HOME puts root's cache in a user's ~/.cache)."""
+    fsutil.check_parents(cache, "iPXE build cache")
     fsutil.ensure_private_dir(cache)  # safe against concurrent runs creating it too
     return cache
 

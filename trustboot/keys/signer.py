@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.errors import ConfigError, VerificationError
 from trustboot.fsutil import read_capped
 from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
 from trustboot.keys.ref import KeyRef
@@ -149,13 +149,15 @@ class KeySigner(CertifiedSigner):
                                                deterministic_signing=True))
 
 
+# A certificate bundle (leaf and chain) is a few KiB; the same cap as `ipxe build --trust`.
+MAX_CERT_FILE = 4 << 20
+
+
 def load_certificates(path: Path, what: str) -> list[x509.Certificate]:
-    """Every certificate of a PEM bundle, or the one DER certificate, in ``path``."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise OperationalError(f"cannot read {what} {path}: {exc.strerror}",
-                               hint=f"check the path given for the {what}") from None
+    """Every certificate of a PEM bundle, or the one DER certificate, in ``path``: a
+    regular file of at most MAX_CERT_FILE bytes (a FIFO would hang the run, /dev/zero
+    exhaust its memory; ConfigError naming ``what``)."""
+    data = read_capped(path, MAX_CERT_FILE, what)
     try:
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificates(data)

@@ -24,6 +24,7 @@ import httpcore
 import httpx
 
 from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.fsutil import read_capped
 from trustboot.publish.deadline import DeadlineBackend
 
 # The cipher suites iPXE implements (src/crypto/mishmash/*: ECDHE/DHE/RSA with AES-CBC and
@@ -144,6 +145,8 @@ def tls_context(*, ca_file: Path | None = None, ca_pem: bytes | None = None,
         if ca_file is None and ca_pem is None:
             raise ConfigError("no CA to verify the origin's TLS certificate with",
                               hint="pass --ca-file or --pki (its ca.crt is trusted)")
+        if ca_file is not None:
+            _check_small_file(ca_file, "origin CA file")
         try:
             if ca_file is not None:
                 ctx.load_verify_locations(cafile=str(ca_file))
@@ -153,6 +156,9 @@ def tls_context(*, ca_file: Path | None = None, ca_pem: bytes | None = None,
             raise ConfigError(f"cannot load the origin CA {ca_file or '(trust roots)'}: "
                               f"{exc}", hint="pass a PEM CA certificate with --ca-file") from None
     if client_cert is not None:
+        _check_small_file(client_cert, "client certificate")
+        if client_key is not None:
+            _check_small_file(client_key, "client key")
         try:
             ctx.load_cert_chain(str(client_cert), str(client_key) if client_key else None,
                                 password=client_key_passphrase)
@@ -161,6 +167,17 @@ def tls_context(*, ca_file: Path | None = None, ca_pem: bytes | None = None,
                               hint="pass the PEM certificate and its key (and the key's "
                                    "passphrase) from `trustboot ca issue client`") from None
     return ctx
+
+
+# A CA bundle, a client certificate or key: a few KiB (a system bundle ~200 KiB).
+MAX_TLS_FILE = 4 << 20
+
+
+def _check_small_file(path: Path, what: str) -> None:
+    """OpenSSL opens these by path and reads them to the end: a FIFO there blocked the run
+    forever (an `origin check` monitor included), /dev/zero never ended. Refused unread
+    by read_capped (ConfigError naming the file); a regular file is then loaded as given."""
+    read_capped(path, MAX_TLS_FILE, what)
 
 
 def tls_failure(url: str, exc: BaseException) -> VerificationError | None:

@@ -2,10 +2,10 @@
 
 Recipes come from pull requests, so the loader refuses what YAML can do beyond plain data:
 anchors and aliases (alias bombs), tags (object construction), duplicate keys, nesting deeper
-than a recipe ever needs, integers longer than any count, and more than 1 MiB of text. Every
-value keeps the ``file:line`` it came from, for messages. The same :class:`Field` table
-validates a recipe and prints its JSON Schema (``trustboot recipe schema``), so the two
-cannot drift apart.
+than a recipe ever needs, more values than one ever holds, integers longer than any count,
+and more than 1 MiB of text. Every value keeps the ``file:line`` it came from, for messages.
+The same :class:`Field` table validates a recipe and prints its JSON Schema (``trustboot
+recipe schema``), so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from trustboot.errors import ConfigError
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 16
 MAX_INT_DIGITS = 18  # a count, a size, a number of seconds: never more than this
+# Values (scalars, lists, maps): the largest recipe the field table allows (64 entries of 32
+# initrds...) holds under 10,000. PyYAML is pure Python here: 1 MiB of `[0,0,0,...]`
+# (400,000 values) took a minute and ~370 MB before any field was checked.
+MAX_NODES = 20_000
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "bool", "null", "float", "map",
                                                   "seq")}
 _SCALARS = yaml.constructor.SafeConstructor()
@@ -46,12 +50,18 @@ def _prescan(text: str, source: str) -> None:
     The composer recurses per nesting level (5000 levels overflow Python's stack) and
     expands aliases; the event parser does neither, so the checks run on it.
     """
-    depth = 0
+    depth = nodes = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise ConfigError(
                 f"{_where(source, event.start_mark)}: YAML anchors and aliases are not "
                 "allowed in recipes", hint="write the values out")
+        if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+            nodes += 1
+            if nodes > MAX_NODES:
+                raise ConfigError(
+                    f"{_where(source, event.start_mark)}: more than {MAX_NODES} values",
+                    hint="a recipe holds a few hundred values: check what was committed")
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
