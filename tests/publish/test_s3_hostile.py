@@ -98,3 +98,22 @@ def test_a_trickled_get_ends_within_its_deadline(
         err.value.message
     assert err.value.hint is not None and "trickles" in err.value.hint
     assert [s[:2] for s in state.seen][:1] == [("GET", f"/{origin_url[5:].split('/')[0]}/p/obj")]
+
+
+def test_the_deadline_watch_reaches_no_private_attribute_of_botocore() -> None:
+    """The watch hooks in through botocore's public ``before-send`` event: an attribute
+    with a leading underscore is read or set only on the origin's own objects (a
+    botocore upgrade that renames its internals must not silently drop the deadline)."""
+    import ast
+
+    import trustboot.publish.s3 as s3
+
+    tree = ast.parse(Path(s3.__file__).read_text(encoding="utf-8"))
+    own = {"self", "cls", "_current", "watch", "outer"}
+    reached = sorted(
+        f"{ast.unparse(node.value)}.{node.attr} (line {node.lineno})"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and not (isinstance(node.value, ast.Name) and node.value.id in own))
+    assert reached == [], reached
