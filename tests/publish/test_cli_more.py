@@ -90,6 +90,42 @@ def test_origin_check_tells_an_outage_from_a_refusal(pki: Pki, nginx: Nginx) -> 
     assert "could not check" in missing.output and "404" in missing.output
 
 
+def test_a_failed_check_names_one_error_for_every_caller(pki: Pki, nginx: Nginx,
+                                                         make_release: ReleaseFactory) -> None:
+    """`origin check` and release's verify stage raise the error the report names: the
+    same class (so the same exit code) and the same words for the same origin."""
+    from trustboot.errors import ConfigError, OperationalError, VerificationError
+    from trustboot.publish.check import CheckReport, check_origin
+    from trustboot.release.pipeline import check_entry
+
+    url = nginx.url + "boot.ipxe"
+    trust = Trust(tuple(load_trust((), pki.dir)), signer_name="boot-signer")
+    nginx.clear()  # nothing served: nothing to judge
+    missing = check_origin(url, trust=trust, ca_file=None, now=dt.datetime.now(dt.UTC))
+    error = missing.error()
+    assert isinstance(error, OperationalError) and error.exit_code == 1
+    with pytest.raises(OperationalError) as raised:
+        check_entry(url, trust, None, ca_file=None, now=dt.datetime.now(dt.UTC))
+    assert raised.value.message == error.message and raised.value.hint == error.hint
+    res = CliRunner().invoke(cli, ["origin", "check", url, "--pki", str(pki.dir)])
+    assert res.exit_code == 1 and error.message in " ".join(res.output.split())
+    r = make_release({"boot.ipxe": ENTRY})
+    assert publish(pki, r, nginx.url, "r1").exit_code == 0
+    other = Trust(tuple(load_trust((), pki.dir)), signer_name="someone-else")
+    refused = check_origin(url, trust=other, ca_file=None, now=dt.datetime.now(dt.UTC))
+    error = refused.error(rule="served-entry")
+    assert isinstance(error, VerificationError) and error.exit_code == 4
+    with pytest.raises(VerificationError) as judged:
+        check_entry(url, other, None, ca_file=None, now=dt.datetime.now(dt.UTC))
+    assert (judged.value.message, judged.value.rule) == (error.message, "served-entry")
+    accepted = check_origin(url, trust=trust, ca_file=None, now=dt.datetime.now(dt.UTC))
+    assert accepted.ok and accepted.error() is None
+    # a URL that cannot be checked is a configuration error, whoever asks
+    unusable = CheckReport(url=url, sig_url=url + ".sig", failure="not https",
+                           failure_exit=3)
+    assert isinstance(unusable.error(), ConfigError)
+
+
 @pytest.mark.parametrize("args", [
     ["--server-name", "a;b"], ["--server-name", "x", "--listen", "80; include /etc"],
     ["--server-name", "x", "--root", "/srv/a b"], ["--server-name", "x", "--entry-path",

@@ -18,7 +18,13 @@ from typing import Any
 from cryptography import x509
 
 from trustboot.cms.freshness import replay_window
-from trustboot.errors import ConfigError, ExitCode, TrustbootError
+from trustboot.errors import (
+    ConfigError,
+    ExitCode,
+    OperationalError,
+    TrustbootError,
+    VerificationError,
+)
 from trustboot.publish.http import tls_context
 from trustboot.publish.origin import redact_url, split_url
 from trustboot.publish.readback import Reader, Trust
@@ -51,6 +57,32 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return self.tls_error is None and self.ipxe_ok
+
+    def error(self, *, rule: str = "origin-check") -> TrustbootError | None:
+        """What a failed check raises (None when iPXE would boot the entry), one mapping
+        for every caller (`origin check`, release's verify stage): ConfigError for a URL
+        that cannot be checked (3), OperationalError when there was nothing to judge (1:
+        a monitor pages for an outage), VerificationError when iPXE would refuse what is
+        served (4, with ``rule``)."""
+        if self.ok:
+            return None
+        why = self.tls_error or self.failure
+        if self.failure_exit == ExitCode.CONFIG:
+            return ConfigError(f"cannot check {self.url}: {why}",
+                               hint="give the https:// URL iPXE fetches its entry script "
+                                    "from")
+        if self.failure_exit == ExitCode.OPERATIONAL:
+            return OperationalError(
+                f"could not check {self.url}: could not fetch the served entry script: "
+                f"{why}",
+                hint="check that the origin is up, serves this URL and is reachable from "
+                     f"here: trustboot origin check {self.url}")
+        return VerificationError(
+            f"iPXE would not boot {self.url}: {why}",
+            hint=f"`trustboot origin check {self.url}` shows the TLS chain and the signers "
+                 "iPXE gets; `trustboot publish rollback ORIGIN` switches back to the "
+                 "previous release",
+            rule=rule, subject=self.url)
 
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "sig_url": self.sig_url, "tls_version": self.tls_version,

@@ -45,7 +45,7 @@ from trustboot import fsutil
 from trustboot.cms import sign as cms_sign
 from trustboot.cms.freshness import replay_window
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE, verify_signature
-from trustboot.errors import ExitCode, OperationalError, VerificationError
+from trustboot.errors import OperationalError, VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.keys.signer import Signer
 from trustboot.publish.cache import PublishCache
@@ -551,19 +551,9 @@ def check_entry(entry_url: str, trust: Trust, expected: bytes | None, *,
     VerificationError when iPXE would refuse, or when the script is not ``expected``;
     OperationalError when there was nothing to judge (unreachable, not served)."""
     report = check_origin(entry_url, trust=trust, ca_file=ca_file, now=now)
-    if not report.ok and report.failure_exit == ExitCode.OPERATIONAL:
-        raise OperationalError(  # nothing to judge: not a verdict on what is served
-            f"{entry_url}: could not fetch the served entry script to check it: "
-            f"{report.tls_error or report.failure}",
-            hint=f"check that the origin is reachable from here: trustboot origin check "
-                 f"{entry_url}")
-    if not report.ok:
-        raise VerificationError(
-            f"{entry_url}: iPXE would not run the served entry script: "
-            f"{report.tls_error or report.failure}",
-            hint="check the origin's TLS certificate and what it serves: "
-                 f"trustboot origin check {entry_url}",
-            rule="served-entry", subject=entry_url)
+    error = report.error(rule="served-entry")
+    if error is not None:
+        raise error
     if expected is not None and report.sha256 != hashlib.sha256(expected).hexdigest():
         raise VerificationError(
             f"{entry_url} serves another script than this release's",
