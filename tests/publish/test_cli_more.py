@@ -90,6 +90,34 @@ def test_origin_check_tells_an_outage_from_a_refusal(pki: Pki, nginx: Nginx) -> 
     assert "could not check" in missing.output and "404" in missing.output
 
 
+def test_origin_check_makes_one_connection(pki: Pki, tmp_path: Path,
+                                           make_release: ReleaseFactory) -> None:
+    """The TLS handshake `origin check` reports on is the one its GETs go on: nginx
+    numbers its connections ($connection, one worker), and the entry and its .sig come
+    on the connection right after a marker request, with no handshake in between."""
+    from tests.publish.conftest import anon_get, start_nginx, stop_nginx
+
+    base = tmp_path / "n"
+    log = base / "conn.log"
+    nginx = start_nginx(pki, base, main_extra=f"    log_format tbconn '$connection $request';\n"
+                                              f"    access_log {log} tbconn;")
+    try:
+        r = make_release({"boot.ipxe": ENTRY})
+        assert publish(pki, r, nginx.url, "r1").exit_code == 0
+        anon_get(nginx.url + ".mark", pki)
+        res = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
+                                       str(pki.dir), "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["tls_version"] == "TLSv1.2"
+    finally:
+        stop_nginx(nginx)  # flushes the log
+    lines = [line.split(" ", 2) for line in log.read_text().splitlines()]
+    mark = next(int(n) for n, _m, path in lines if path.startswith("/.mark "))
+    after = [(int(n), path.split(" ")[0]) for n, method, path in lines
+             if int(n) > mark and method == "GET"]
+    assert after == [(mark + 1, "/boot.ipxe"), (mark + 1, "/boot.ipxe.sig")], after
+
+
 def test_a_failed_check_names_one_error_for_every_caller(pki: Pki, nginx: Nginx,
                                                          make_release: ReleaseFactory) -> None:
     """`origin check` and release's verify stage raise the error the report names: the

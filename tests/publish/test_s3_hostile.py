@@ -117,3 +117,22 @@ def test_the_deadline_watch_reaches_no_private_attribute_of_botocore() -> None:
         and not node.attr.startswith("__")
         and not (isinstance(node.value, ast.Name) and node.value.id in own))
     assert reached == [], reached
+
+
+def test_an_origin_entered_again_still_has_its_deadline(
+        rgw: RGW, proxied: tuple[str, PassState, str]) -> None:  # noqa: F811
+    """Leaving the origin stops its deadline watchdog; entering it again must start it
+    anew (one watchdog per origin, not one per entry), or a trickled answer would hold
+    the second use for about a minute."""
+    endpoint, state, origin_url = proxied
+    origin = open_origin(origin_url, _options(rgw, endpoint, timeout=2.0))
+    with origin:
+        assert b"".join(origin.read("obj", max_size=len(DATA))) == DATA
+    state.bursts = [Burst("GET", r"/p/obj$", 10, trickle=0.05, trickle_body=True)]
+    with origin:
+        start = time.monotonic()
+        with pytest.raises(OperationalError) as err:
+            b"".join(origin.read("obj", max_size=len(DATA)))
+        took = time.monotonic() - start
+    assert took < 2.0 + len(DATA) / (64 << 10) + 2, took
+    assert "served too slowly" in err.value.message

@@ -444,7 +444,6 @@ class S3Origin(GuardedByLock):
         # the stubs type every handler as returning None; before-send's may answer
         self._client.meta.events.register("before-send.s3",
                                           cast(Callable[..., None], self._sender.send))
-        self._deadlines = Watchdog(name="trustboot-s3-deadline")
         return self
 
     def __exit__(self, *exc: object) -> None:
