@@ -136,3 +136,28 @@ def test_an_origin_entered_again_still_has_its_deadline(
         took = time.monotonic() - start
     assert took < 2.0 + len(DATA) / (64 << 10) + 2, took
     assert "served too slowly" in err.value.message
+
+
+def test_a_handler_registered_after_entering_runs_before_the_request_is_sent(
+        rgw: RGW, proxied: tuple[str, PassState, str]) -> None:  # noqa: F811
+    """The origin's sender answers botocore's before-send event last: a handler a caller
+    (or a test holding a request) registers later still sees the request unsent."""
+    from typing import Any
+
+    endpoint, _state, origin_url = proxied
+    bucket = origin_url[5:].split("/")[0]
+    seen: list[bool] = []
+    with open_origin(origin_url, _options(rgw, endpoint)) as origin:
+        def look(request: Any, **_: Any) -> None:
+            if request.method != "PUT":
+                return
+            try:
+                rgw.client().head_object(Bucket=bucket, Key="p/late")
+                seen.append(True)
+            except Exception:  # 404: not stored yet
+                seen.append(False)
+
+        # the sender's own event, not a more specific one (those run first anyway)
+        origin.client.meta.events.register("before-send.s3", look)  # type: ignore[attr-defined]
+        origin.put_bytes("late", b"x", sha256=hashlib.sha256(b"x").hexdigest())
+    assert seen == [False]

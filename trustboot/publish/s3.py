@@ -441,9 +441,11 @@ class S3Origin(GuardedByLock):
         self._client = session.client("s3", endpoint_url=self.endpoint, verify=verify,
                                       config=config)
         self._sender = _Sender(tls_ctx, opts.timeout, 16)
-        # the stubs type every handler as returning None; before-send's may answer
-        self._client.meta.events.register("before-send.s3",
-                                          cast(Callable[..., None], self._sender.send))
+        # last: a handler registered later (one that looks at or holds a request) still
+        # runs before the request is sent. (The stubs type every handler as returning
+        # None; before-send's may answer.)
+        self._client.meta.events.register_last("before-send.s3",
+                                               cast(Callable[..., None], self._sender.send))
         return self
 
     def __exit__(self, *exc: object) -> None:
