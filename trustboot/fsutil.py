@@ -14,6 +14,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
+import shutil
 import stat
 import tempfile
 import time
@@ -240,6 +242,81 @@ def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=dfd)
                     removed.append(Path(directory) / name)
+    finally:
+        os.close(dfd)
+    return removed
+
+
+# The private work directories of runs, in TMPDIR (tempfile.mkdtemp's names: the prefix
+# and 8 characters); the only names remove_stale_work_dirs ever looks at.
+WORK_DIR_PREFIXES = ("trustboot-release-", "trustboot-resign-")
+_WORK_DIR_NAME = re.compile("(?:" + "|".join(map(re.escape, WORK_DIR_PREFIXES))
+                            + ")[a-z0-9_]{8}")
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str) -> Iterator[Path]:
+    """A private (0700) work directory in TMPDIR for one run, removed at its end. The run
+    holds an exclusive flock on it meanwhile: a run killed by SIGKILL cannot remove it,
+    but its lock goes with it, which is how ``remove_stale_work_dirs`` tells its leftovers
+    from a live run's directory (whatever their age)."""
+    if prefix not in WORK_DIR_PREFIXES:
+        raise ValueError(f"work_dir: unknown prefix {prefix!r}")
+    path = Path(tempfile.mkdtemp(prefix=prefix))  # 0700 whatever the umask
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):  # a TMPDIR without flock: the age rule alone
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+def remove_stale_work_dirs(*, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Work directories (``work_dir``) that killed runs left in TMPDIR; what was removed.
+
+    Only names ``work_dir`` makes, only directories (never a link, never followed),
+    only this user's, unchanged for ``older_than`` seconds and not locked by a live run.
+    The listing and removals go through one descriptor of TMPDIR, the directory's
+    identity is checked on the descriptor that takes its lock, and the tree is removed
+    without following links (shutil.rmtree with dir_fd)."""
+    base = Path(tempfile.gettempdir())
+    removed: list[Path] = []
+    cutoff = time.time() - older_than
+    try:
+        dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return removed
+    try:
+        with os.scandir(dfd) as entries:
+            names = [e.name for e in entries if _WORK_DIR_NAME.fullmatch(e.name)]
+        me = os.geteuid()
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != me or st.st_mtime >= cutoff:
+                continue
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError:
+                continue
+            try:
+                held = os.fstat(fd)
+                if (held.st_dev, held.st_ino) != (st.st_dev, st.st_ino):
+                    continue  # replaced since it was looked at
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a live run's
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(name, dir_fd=dfd)
+                    removed.append(base / name)
+            finally:
+                os.close(fd)
     finally:
         os.close(dfd)
     return removed

@@ -31,8 +31,6 @@ import datetime as dt
 import hashlib
 import json
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -180,6 +178,8 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                 p.origin_unreachable = exc.message
         result = _planned(p, st, dry_run=True, now=now)
         return result
+    # what runs killed by SIGKILL left (they cannot clean up after themselves)
+    fsutil.remove_stale_work_dirs()
     # one origin session for the whole release: staging, manifest, publish, prune
     with contextlib.ExitStack() as stack:
         origin = stack.enter_context(open_origin(v.origin_url, origin_options(v)))
@@ -200,15 +200,10 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         st.done("plan", "done", f"release {p.release_id}: {len(p.objects) + 1} objects to "
                 f"sign and publish to {v.origin_url}"
                 + (f" ({len(known)} staged on the origin while hashed)" if known else ""))
-        own = workdir is None
-        work = Path(tempfile.mkdtemp(prefix="trustboot-release-")) if own else workdir
-        assert work is not None
-        try:
-            _run_stages(p, options, work, st, result, now, origin=origin, signer=signer,
-                        staged=known)
-        finally:
-            if own:
-                shutil.rmtree(work, ignore_errors=True)
+        work = workdir if workdir is not None else \
+            stack.enter_context(fsutil.work_dir("trustboot-release-"))
+        _run_stages(p, options, work, st, result, now, origin=origin, signer=signer,
+                    staged=known)
     return result
 
 
