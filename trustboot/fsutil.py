@@ -19,7 +19,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -222,29 +222,41 @@ def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS
     descriptor of the directory, so a directory swapped meanwhile is not swept.
     """
     removed: list[Path] = []
+    for dfd, name, _st in _own_old_entries(
+            directory, lambda n: n.startswith(".") and n.endswith(".tmp")
+            and (targets is None or _temp_of(n, targets)), stat.S_ISREG, older_than):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dfd)
+            removed.append(Path(directory) / name)
+    return removed
+
+
+def _own_old_entries(directory: Path, match: Callable[[str], bool],
+                     kind: Callable[[int], bool], older_than: float
+                     ) -> Iterator[tuple[int, str, os.stat_result]]:
+    """(directory descriptor, name, lstat) of the entries of ``directory`` whose name
+    ``match``es, of ``kind`` (stat.S_ISREG, S_ISDIR: a link is neither), this user's and
+    unchanged for ``older_than`` seconds. Only matching names are stat-ed; everything
+    goes through one descriptor of the directory (open while iterating), so a directory
+    swapped meanwhile is not swept. Nothing when the directory does not exist."""
     cutoff = time.time() - older_than
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return removed
+        return
     try:
         with os.scandir(dfd) as entries:
-            names = [e.name for e in entries
-                     if e.name.startswith(".") and e.name.endswith(".tmp")
-                     and (targets is None or _temp_of(e.name, targets))]
+            names = [e.name for e in entries if match(e.name)]
         me = os.geteuid()
         for name in names:
             try:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if stat.S_ISREG(st.st_mode) and st.st_uid == me and st.st_mtime < cutoff:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=dfd)
-                    removed.append(Path(directory) / name)
+            if kind(st.st_mode) and st.st_uid == me and st.st_mtime < cutoff:
+                yield dfd, name, st
     finally:
         os.close(dfd)
-    return removed
 
 
 # The private work directories of runs, in TMPDIR (tempfile.mkdtemp's names: the prefix
@@ -283,22 +295,10 @@ def remove_stale_work_dirs(*, older_than: float = STALE_TMP_SECONDS) -> list[Pat
     without following links (shutil.rmtree with dir_fd)."""
     base = Path(tempfile.gettempdir())
     removed: list[Path] = []
-    cutoff = time.time() - older_than
-    try:
-        dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return removed
-    try:
-        with os.scandir(dfd) as entries:
-            names = [e.name for e in entries if _WORK_DIR_NAME.fullmatch(e.name)]
-        me = os.geteuid()
-        for name in names:
-            try:
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            except OSError:
-                continue
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != me or st.st_mtime >= cutoff:
-                continue
+    with contextlib.suppress(OSError):  # TMPDIR unreadable: nothing to sweep
+        for dfd, name, st in _own_old_entries(
+                base, lambda n: _WORK_DIR_NAME.fullmatch(n) is not None, stat.S_ISDIR,
+                older_than):
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                              | os.O_CLOEXEC, dir_fd=dfd)
@@ -317,8 +317,6 @@ def remove_stale_work_dirs(*, older_than: float = STALE_TMP_SECONDS) -> list[Pat
                     removed.append(base / name)
             finally:
                 os.close(fd)
-    finally:
-        os.close(dfd)
     return removed
 
 
