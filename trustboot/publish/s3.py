@@ -246,7 +246,9 @@ class _Sender:
             # a plain-HTTP proxy takes the absolute URL; a tunnel (CONNECT) the path
             target = url if proxy and parts.scheme == "http" else \
                 (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            chunked = str(request.headers.get("Transfer-Encoding", "")).lower() == "chunked"
+            encoding = request.headers.get("Transfer-Encoding", b"")
+            chunked = (encoding.decode("latin-1") if isinstance(encoding, bytes)
+                       else str(encoding)).lower() == "chunked"
             body: Any = request.body  # botocore's types and urllib3's differ in name only
             headers: Any = request.headers
             raw = conn.urlopen(method=request.method, url=target, body=body,
