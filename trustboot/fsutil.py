@@ -14,10 +14,12 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
+import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -259,28 +261,101 @@ def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS
     descriptor of the directory, so a directory swapped meanwhile is not swept.
     """
     removed: list[Path] = []
+    for dfd, name, _st in _own_old_entries(
+            directory, lambda n: n.startswith(".") and n.endswith(".tmp")
+            and (targets is None or _temp_of(n, targets)), stat.S_ISREG, older_than):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dfd)
+            removed.append(Path(directory) / name)
+    return removed
+
+
+def _own_old_entries(directory: Path, match: Callable[[str], bool],
+                     kind: Callable[[int], bool], older_than: float
+                     ) -> Iterator[tuple[int, str, os.stat_result]]:
+    """(directory descriptor, name, lstat) of the entries of ``directory`` whose name
+    ``match``es, of ``kind`` (stat.S_ISREG, S_ISDIR: a link is neither), this user's and
+    unchanged for ``older_than`` seconds. Only matching names are stat-ed; everything
+    goes through one descriptor of the directory (open while iterating), so a directory
+    swapped meanwhile is not swept. Nothing when the directory does not exist."""
     cutoff = time.time() - older_than
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return removed
+        return
     try:
         with os.scandir(dfd) as entries:
-            names = [e.name for e in entries
-                     if e.name.startswith(".") and e.name.endswith(".tmp")
-                     and (targets is None or _temp_of(e.name, targets))]
+            names = [e.name for e in entries if match(e.name)]
         me = os.geteuid()
         for name in names:
             try:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if stat.S_ISREG(st.st_mode) and st.st_uid == me and st.st_mtime < cutoff:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=dfd)
-                    removed.append(Path(directory) / name)
+            if kind(st.st_mode) and st.st_uid == me and st.st_mtime < cutoff:
+                yield dfd, name, st
     finally:
         os.close(dfd)
+
+
+# The private work directories of runs, in TMPDIR (tempfile.mkdtemp's names: the prefix
+# and 8 characters); the only names remove_stale_work_dirs ever looks at.
+WORK_DIR_PREFIXES = ("trustboot-release-", "trustboot-resign-")
+_WORK_DIR_NAME = re.compile("(?:" + "|".join(map(re.escape, WORK_DIR_PREFIXES))
+                            + ")[a-z0-9_]{8}")
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str) -> Iterator[Path]:
+    """A private (0700) work directory in TMPDIR for one run, removed at its end. The run
+    holds an exclusive flock on it meanwhile: a run killed by SIGKILL cannot remove it,
+    but its lock goes with it, which is how ``remove_stale_work_dirs`` tells its leftovers
+    from a live run's directory (whatever their age)."""
+    if prefix not in WORK_DIR_PREFIXES:
+        raise ValueError(f"work_dir: unknown prefix {prefix!r}")
+    path = Path(tempfile.mkdtemp(prefix=prefix))  # 0700 whatever the umask
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):  # a TMPDIR without flock: the age rule alone
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+def remove_stale_work_dirs(*, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Work directories (``work_dir``) that killed runs left in TMPDIR; what was removed.
+
+    Only names ``work_dir`` makes, only directories (never a link, never followed),
+    only this user's, unchanged for ``older_than`` seconds and not locked by a live run.
+    The listing and removals go through one descriptor of TMPDIR, the directory's
+    identity is checked on the descriptor that takes its lock, and the tree is removed
+    without following links (shutil.rmtree with dir_fd)."""
+    base = Path(tempfile.gettempdir())
+    removed: list[Path] = []
+    with contextlib.suppress(OSError):  # TMPDIR unreadable: nothing to sweep
+        for dfd, name, st in _own_old_entries(
+                base, lambda n: _WORK_DIR_NAME.fullmatch(n) is not None, stat.S_ISDIR,
+                older_than):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError:
+                continue
+            try:
+                held = os.fstat(fd)
+                if (held.st_dev, held.st_ino) != (st.st_dev, st.st_ino):
+                    continue  # replaced since it was looked at
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a live run's
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(name, dir_fd=dfd)
+                    removed.append(base / name)
+            finally:
+                os.close(fd)
     return removed
 
 

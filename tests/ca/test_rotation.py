@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+from cryptography import x509
 
 from trustboot.ca.store import CertificateAuthority, fingerprint
 from trustboot.ipxe.build import BUILD_FORMAT
@@ -326,3 +327,60 @@ def test_promote_keeps_each_leaf_end_of_life_to_the_second(tmp_path: Path) -> No
     [renewed] = [e for e in result.renewed if e.name == "short"]
     assert renewed.not_after_dt() == before
     assert ca.get("short", later).serial == renewed.serial
+
+
+def test_revoking_a_leaf_of_a_previous_issuing_ca_puts_it_on_that_ca_s_crl(
+        ca_home: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    """After `ca rotate issuing`, crl.pem is the new issuing CA's and cannot list a leaf
+    the previous one issued. Revoking that leaf writes crls/SERIAL.pem, signed by the
+    previous issuing CA (its key is still in the CA home): openssl verifies it against
+    that CA, it lists the leaf, and `verify --crl` reports a signature by the leaf as
+    revoked. `ca crl` refreshes it; `ca check` stays clean."""
+    before = export(run, ca_home, tmp_path / "before")
+    old = CertificateAuthority.open(ca_home).active_entry("issuing")
+    old_sig = sign(run, ca_home, secrets_dir, tmp_path / "s" / "out")  # by "signer"
+    assert ca(run, ca_home, secrets_dir, "rotate", "issuing").exit_code == 0
+    r = ca(run, ca_home, secrets_dir, "revoke", "signer", "--reason", "key_compromise",
+           "--json")
+    assert r.exit_code == 0, r.output
+    assert "previous issuing CA" not in r.output  # no warning: it is on a CRL
+    crl_path = ca_home / "crls" / f"{old.serial:x}.pem"
+    assert js(r)["crl"] == str(crl_path)
+    authority = CertificateAuthority.open(ca_home)
+    leaf = authority.find_serial(int(js(r)["serial"], 16))
+    assert leaf is not None and leaf.issuer_sha256 == old.sha256
+    text = subprocess.run(["openssl", "crl", "-in", str(crl_path), "-CAfile",
+                           str(Path(before["chain"])), "-noout", "-text"],
+                          capture_output=True, text=True)
+    assert "verify OK" in text.stdout + text.stderr, text.stdout + text.stderr
+    assert f"{leaf.serial:X}" in text.stdout.replace(":", "").upper()
+    assert "Key Compromise" in text.stdout
+    # the active issuing CA's CRL still lists none of the previous one's leaves
+    assert leaf.serial not in {c.serial_number for c in x509.load_pem_x509_crl(
+        (ca_home / "crl.pem").read_bytes())}
+    # what a pipeline without the CA home learns from the published CRL
+    r = run("verify", str(old_sig.parent.parent / "img.bin"), "--sig", str(old_sig),
+            "--trust", before["root"], "--crl", str(crl_path), "--json")
+    assert json.loads(r.output)["revoked"], r.output
+    # `ca crl` refreshes it (a new number), `ca check` finds everything consistent
+    number = x509.load_pem_x509_crl(crl_path.read_bytes()).extensions.get_extension_for_class(
+        x509.CRLNumber).value.crl_number
+    assert ca(run, ca_home, secrets_dir, "crl").exit_code == 0
+    assert x509.load_pem_x509_crl(crl_path.read_bytes()).extensions.get_extension_for_class(
+        x509.CRLNumber).value.crl_number > number
+    assert CertificateAuthority.open(ca_home).check() == []
+
+
+def test_revoking_a_leaf_of_a_previous_issuing_ca_without_its_key_says_why(
+        ca_home: Path, run: Run, secrets_dir: Path) -> None:
+    """The previous issuing CA's key is gone from the CA home: the leaf is revoked in the
+    index, no CRL can list it, and the warning says so and what to do."""
+    old = CertificateAuthority.open(ca_home).active_entry("issuing")
+    assert ca(run, ca_home, secrets_dir, "rotate", "issuing").exit_code == 0
+    old.key_path.unlink()
+    r = ca(run, ca_home, secrets_dir, "revoke", "signer")
+    assert r.exit_code == 0, r.output
+    assert f"previous issuing CA {old.serial:x}, whose key is not in the CA home" in r.output
+    assert f"--retire {old.serial:x}" in r.output and "on no CRL" in r.output
+    assert not (ca_home / "crls").exists()
+    assert CertificateAuthority.open(ca_home).get("signer").status == "revoked"

@@ -92,6 +92,70 @@ def test_origin_check_tells_an_outage_from_a_refusal(pki: Pki, nginx: Nginx) -> 
     assert "REFUSES" not in missing.stdout and "not judged" in missing.stdout
 
 
+def test_origin_check_makes_one_connection(pki: Pki, tmp_path: Path,
+                                           make_release: ReleaseFactory) -> None:
+    """The TLS handshake `origin check` reports on is the one its GETs go on: nginx
+    numbers its connections ($connection, one worker), and the entry and its .sig come
+    on the connection right after a marker request, with no handshake in between."""
+    from tests.publish.conftest import anon_get, start_nginx, stop_nginx
+
+    base = tmp_path / "n"
+    log = base / "conn.log"
+    nginx = start_nginx(pki, base, main_extra=f"    log_format tbconn '$connection $request';\n"
+                                              f"    access_log {log} tbconn;")
+    try:
+        r = make_release({"boot.ipxe": ENTRY})
+        assert publish(pki, r, nginx.url, "r1").exit_code == 0
+        anon_get(nginx.url + ".mark", pki)
+        res = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe", "--pki",
+                                       str(pki.dir), "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["tls_version"] == "TLSv1.2"
+    finally:
+        stop_nginx(nginx)  # flushes the log
+    lines = [line.split(" ", 2) for line in log.read_text().splitlines()]
+    mark = next(int(n) for n, _m, path in lines if path.startswith("/.mark "))
+    after = [(int(n), path.split(" ")[0]) for n, method, path in lines
+             if int(n) > mark and method == "GET"]
+    assert after == [(mark + 1, "/boot.ipxe"), (mark + 1, "/boot.ipxe.sig")], after
+
+
+def test_a_failed_check_names_one_error_for_every_caller(pki: Pki, nginx: Nginx,
+                                                         make_release: ReleaseFactory) -> None:
+    """`origin check` and release's verify stage raise the error the report names: the
+    same class (so the same exit code) and the same words for the same origin."""
+    from trustboot.errors import ConfigError, OperationalError, VerificationError
+    from trustboot.publish.check import CheckReport, check_origin
+    from trustboot.release.pipeline import check_entry
+
+    url = nginx.url + "boot.ipxe"
+    trust = Trust(tuple(load_trust((), pki.dir)), signer_name="boot-signer")
+    nginx.clear()  # nothing served: nothing to judge
+    missing = check_origin(url, trust=trust, ca_file=None, now=dt.datetime.now(dt.UTC))
+    error = missing.error()
+    assert isinstance(error, OperationalError) and error.exit_code == 1
+    with pytest.raises(OperationalError) as raised:
+        check_entry(url, trust, None, ca_file=None, now=dt.datetime.now(dt.UTC))
+    assert raised.value.message == error.message and raised.value.hint == error.hint
+    res = CliRunner().invoke(cli, ["origin", "check", url, "--pki", str(pki.dir)])
+    assert res.exit_code == 1 and error.message in " ".join(res.output.split())
+    r = make_release({"boot.ipxe": ENTRY})
+    assert publish(pki, r, nginx.url, "r1").exit_code == 0
+    other = Trust(tuple(load_trust((), pki.dir)), signer_name="someone-else")
+    refused = check_origin(url, trust=other, ca_file=None, now=dt.datetime.now(dt.UTC))
+    error = refused.error(rule="served-entry")
+    assert isinstance(error, VerificationError) and error.exit_code == 4
+    with pytest.raises(VerificationError) as judged:
+        check_entry(url, other, None, ca_file=None, now=dt.datetime.now(dt.UTC))
+    assert (judged.value.message, judged.value.rule) == (error.message, "served-entry")
+    accepted = check_origin(url, trust=trust, ca_file=None, now=dt.datetime.now(dt.UTC))
+    assert accepted.ok and accepted.error() is None
+    # a URL that cannot be checked is a configuration error, whoever asks
+    unusable = CheckReport(url=url, sig_url=url + ".sig", failure="not https",
+                           failure_exit=3)
+    assert isinstance(unusable.error(), ConfigError)
+
+
 @pytest.mark.parametrize("args", [
     ["--server-name", "a;b"], ["--server-name", "x", "--listen", "80; include /etc"],
     ["--server-name", "x", "--root", "/srv/a b"], ["--server-name", "x", "--entry-path",

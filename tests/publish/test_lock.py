@@ -159,6 +159,71 @@ def test_a_holder_releases_only_its_own_lock(backend: Backend) -> None:
             stack.close()
 
 
+@pytest.mark.parametrize("kind", ["file", "webdav"])
+def test_a_refresh_never_overwrites_a_lock_taken_while_it_runs(
+        kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat has read its record (ours); before its rewrite lands, another
+    publisher judges the lock stale and takes it. The rewrite is a compare-and-swap: the
+    taker's record stays, and the holder finds its lock lost (both going on was the
+    bug). file://: the taker acts just before the heartbeat's first rename; WebDAV
+    (real nginx): while the heartbeat's first MOVE is held by a proxy."""
+    taken = contextlib.ExitStack()
+    with contextlib.ExitStack() as stack:
+        if kind == "file":
+            url = f"file://{tmp_path}/origin"
+            holder_options = thief_options = OriginOptions()
+            holder_url = url
+        else:
+            nginx: Nginx = request.getfixturevalue("nginx")
+            pki: Pki = request.getfixturevalue("pki")
+            url = nginx.url
+            holder_options = thief_options = webdav_options(pki)
+            holder_url, state = stack.enter_context(fault_proxy(
+                nginx.url, cert=nginx.base / "server-chain.pem", key=pki.key("origin"),
+                key_password=KEY_PASS, ca=pki.ca, client_cert=pki.cert("publisher"),
+                client_key=pki.key("publisher"), client_password=KEY_PASS))
+        # (Any: the lock's stale_after/refresh are the backends', not the protocol's)
+        holder: Any = stack.enter_context(open_origin(holder_url, holder_options))
+        thief: Any = stack.enter_context(open_origin(url, thief_options))
+
+        def take_over() -> None:
+            taken.enter_context(thief.lock("thief", stale_after=0.0, refresh=600))
+
+        held = stack.enter_context(holder.lock("holder", stale_after=3600, refresh=600))
+        if kind == "file":
+            real_rename = os.rename
+            armed = [True]
+
+            def rename(*args: Any, **kw: Any) -> None:
+                if armed:
+                    armed.clear()
+                    take_over()
+                real_rename(*args, **kw)
+
+            monkeypatch.setattr(os, "rename", rename)
+            refreshed = held.refresh()
+            monkeypatch.undo()
+        else:
+            delay = Delay("MOVE", ".*", 2.0)
+            state.delays.append(delay)
+            result: list[bool] = []
+            heartbeat = threading.Thread(target=lambda: result.append(held.refresh()))
+            heartbeat.start()
+            assert delay.started.wait(10)
+            take_over()
+            heartbeat.join(30)
+            refreshed = result[0]
+        with taken:
+            assert not refreshed
+            assert held.lost is not None and "thief" in held.lost, held.lost
+            # the taker's record is the lock's: a third publisher is told it is the holder
+            third: Any = stack.enter_context(open_origin(url, thief_options))
+            with pytest.raises(OperationalError, match="locked by thief"), \
+                    third.lock("third", stale_after=3600):
+                pass
+
+
 # -- two publishers while the first one's record is on its way (D2) ----------------------
 
 @contextlib.contextmanager

@@ -471,8 +471,17 @@ def test_sigkill_mid_resign_on_nginx_then_rerun(pki: Pki, nginx: Nginx,
         check = CliRunner().invoke(cli, ["origin", "check", nginx.url + "boot.ipxe",
                                          "--pki", str(pki.dir)])
         assert check.exit_code == 0, check.output
+    # the killed runs' work directories (and one like them, should every kill have come
+    # before its run made one), an hour old by now: the next resign removes them
+    import tempfile
+
+    left = [*tmp_path.glob("trustboot-resign-*"),
+            Path(tempfile.mkdtemp(prefix="trustboot-resign-", dir=tmp_path))]
+    for path in left:
+        os.utime(path, (time.time() - 7200,) * 2)
     done = subprocess.run(argv, env=env, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()
+    assert list(tmp_path.glob("trustboot-resign-*")) == []
     out = json.loads(done.stdout)
     assert out["release"].startswith("k1.rs-")
     served = anon_get(nginx.url + "boot.ipxe", pki).content

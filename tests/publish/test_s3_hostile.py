@@ -98,3 +98,66 @@ def test_a_trickled_get_ends_within_its_deadline(
         err.value.message
     assert err.value.hint is not None and "trickles" in err.value.hint
     assert [s[:2] for s in state.seen][:1] == [("GET", f"/{origin_url[5:].split('/')[0]}/p/obj")]
+
+
+def test_the_deadline_watch_reaches_no_private_attribute_of_botocore() -> None:
+    """The watch hooks in through botocore's public ``before-send`` event: an attribute
+    with a leading underscore is read or set only on the origin's own objects (a
+    botocore upgrade that renames its internals must not silently drop the deadline)."""
+    import ast
+
+    import trustboot.publish.s3 as s3
+
+    tree = ast.parse(Path(s3.__file__).read_text(encoding="utf-8"))
+    own = {"self", "cls", "_current", "watch", "outer"}
+    reached = sorted(
+        f"{ast.unparse(node.value)}.{node.attr} (line {node.lineno})"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and not (isinstance(node.value, ast.Name) and node.value.id in own))
+    assert reached == [], reached
+
+
+def test_an_origin_entered_again_still_has_its_deadline(
+        rgw: RGW, proxied: tuple[str, PassState, str]) -> None:  # noqa: F811
+    """Leaving the origin stops its deadline watchdog; entering it again must start it
+    anew (one watchdog per origin, not one per entry), or a trickled answer would hold
+    the second use for about a minute."""
+    endpoint, state, origin_url = proxied
+    origin = open_origin(origin_url, _options(rgw, endpoint, timeout=2.0))
+    with origin:
+        assert b"".join(origin.read("obj", max_size=len(DATA))) == DATA
+    state.bursts = [Burst("GET", r"/p/obj$", 10, trickle=0.05, trickle_body=True)]
+    with origin:
+        start = time.monotonic()
+        with pytest.raises(OperationalError) as err:
+            b"".join(origin.read("obj", max_size=len(DATA)))
+        took = time.monotonic() - start
+    assert took < 2.0 + len(DATA) / (64 << 10) + 2, took
+    assert "served too slowly" in err.value.message
+
+
+def test_a_handler_registered_after_entering_runs_before_the_request_is_sent(
+        rgw: RGW, proxied: tuple[str, PassState, str]) -> None:  # noqa: F811
+    """The origin's sender answers botocore's before-send event last: a handler a caller
+    (or a test holding a request) registers later still sees the request unsent."""
+    from typing import Any
+
+    endpoint, _state, origin_url = proxied
+    bucket = origin_url[5:].split("/")[0]
+    seen: list[bool] = []
+    with open_origin(origin_url, _options(rgw, endpoint)) as origin:
+        def look(request: Any, **_: Any) -> None:
+            if request.method != "PUT":
+                return
+            try:
+                rgw.client().head_object(Bucket=bucket, Key="p/late")
+                seen.append(True)
+            except Exception:  # 404: not stored yet
+                seen.append(False)
+
+        # the sender's own event, not a more specific one (those run first anyway)
+        origin.client.meta.events.register("before-send.s3", look)  # type: ignore[attr-defined]
+        origin.put_bytes("late", b"x", sha256=hashlib.sha256(b"x").hexdigest())
+    assert seen == [False]

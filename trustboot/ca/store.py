@@ -11,6 +11,8 @@ Layout of a pki directory (index version 2)::
                          same key shares the file)
     log.jsonl            append-only, hash-chained log of every CA operation (see oplog.py)
     crl.pem              current CRL, signed by the active issuing CA
+    crls/SERIAL.pem      the CRL of a previous issuing CA (serial SERIAL), signed by it:
+                         written when a leaf it issued is revoked (its key is still here)
     index.txt            index.json in OpenSSL's `ca` index format, for familiar tools
 
 and views that trustboot keeps current for people and other tools (derived from the index
@@ -780,62 +782,140 @@ class CertificateAuthority:
             raise ConfigError(f"unknown revocation reason {reason!r}",
                               hint=f"use one of {', '.join(self.REASONS)}")
         issuing_key = self.load_issuing_key(ca_passphrases)
+        # (before the lock, as the issuing key: a prompt never holds it)
+        previous_keys = self._previous_issuer_keys(
+            [self.issuer_entry(e) for e in self._revoke_targets(name, serial, reason)],
+            ca_passphrases)
         with locked(self.path / ".lock"):
             self._begin_write(now)
-            entry = self.get(name)
-            if serial is not None:
-                found = self.find_serial(serial)
-                if found is None or found.name != name:
-                    raise ConfigError(f"{name!r} has no certificate with serial {serial:x}",
-                                      hint=f"see: trustboot ca list --all --pki {self.path}")
-                entry = found
-            if entry.profile not in profiles.LEAF_PROFILES:
-                raise ConfigError(f"{name!r} is a CA certificate; trustboot revokes leaves only",
-                                  hint="to retire the CA, rotate it: trustboot ca rotate")
+            targets = self._revoke_targets(name, serial, reason)
+            entry = targets[0]
             if entry.status == "revoked":
-                if entry in self._unlisted_revocations():
+                if entry in self._unlisted_revocations() or self._unlisted_previous(
+                        entry, previous_keys):
                     # A run killed after its index commit: finish it (the CRL), as a
                     # re-run of a rotation step does.
                     self.crl_number += 1
                     self._commit(now)
-                    self._write_crl(issuing_key, now, days=30, number=self.crl_number)
+                    self._write_crls(issuing_key, previous_keys, now)
                     self._log("crl", now, crl_number=self.crl_number)
                     return entry
                 raise ConfigError(f"{name!r} (serial {entry.serial:x}) is already revoked")
             # The certificate is read through the index's fingerprint: a replaced or
             # linked file is refused before anything changes.
             entry.read_cert_pem()
-            targets = [entry]
-            if reason == "key_compromise":
-                key = self.key_id(entry)
-                targets += [e for e in self.entries if e.name == name and e is not entry
-                            and e.status == "valid" and self.key_id(e) == key]
             for e in targets:
                 e.status = "revoked"
                 e.revoked_at = now.isoformat()
                 e.revocation_reason = reason
             self.crl_number += 1
             self._commit(now)
-            self._write_crl(issuing_key, now, days=30, number=self.crl_number)
+            self._write_crls(issuing_key, previous_keys, now)
             for e in targets:
                 self._log("revoke", now, name=name, serial=f"{e.serial:x}", reason=reason)
         return entry
+
+    def _revoke_targets(self, name: str, serial: int | None,
+                        reason: str) -> list[IssuedEntry]:
+        """What ``revoke`` revokes: NAME's current certificate (or the one with
+        ``serial``) first, with key_compromise every valid certificate of NAME with its
+        key."""
+        entry = self.get(name)
+        if serial is not None:
+            found = self.find_serial(serial)
+            if found is None or found.name != name:
+                raise ConfigError(f"{name!r} has no certificate with serial {serial:x}",
+                                  hint=f"see: trustboot ca list --all --pki {self.path}")
+            entry = found
+        if entry.profile not in profiles.LEAF_PROFILES:
+            raise ConfigError(f"{name!r} is a CA certificate; trustboot revokes leaves only",
+                              hint="to retire the CA, rotate it: trustboot ca rotate")
+        targets = [entry]
+        if reason == "key_compromise" and entry.status != "revoked":
+            key = self.key_id(entry)
+            targets += [e for e in self.entries if e.name == name and e is not entry
+                        and e.status == "valid" and self.key_id(e) == key]
+        return targets
+
+    def _previous_issuer_keys(self, issuers: list[IssuedEntry | None],
+                              passphrases: PassphraseSource) -> dict[str, PrivateKey]:
+        """The keys of those of ``issuers`` that are previous issuing CAs (by certificate
+        sha256) and whose key is still in the CA home: only they can sign the CRL of the
+        leaves they issued (a CRL speaks for its issuer only). A CA whose key file is
+        gone is left out."""
+        active = self.active_entry("issuing").sha256
+        keys: dict[str, PrivateKey] = {}
+        for issuer in issuers:
+            if issuer is None or issuer.sha256 in (active, *keys) or issuer.key_file is None \
+                    or not issuer.key_path.exists():
+                continue
+            keys[issuer.sha256] = self.load_ca_key(issuer, passphrases)
+        return keys
+
+    def crl_path(self, issuer: IssuedEntry) -> Path:
+        """Where the CRL of an issuing CA is: crl.pem for the active one, crls/SERIAL.pem
+        for a previous one."""
+        if issuer.sha256 == self.active_entry("issuing").sha256:
+            return self.path / "crl.pem"
+        return self.path / "crls" / f"{issuer.serial:x}.pem"
+
+    def crl_listing(self, entry: IssuedEntry) -> Path | None:
+        """The CRL in the CA home, signed by the issuer of ``entry``, that lists it; None
+        when there is none (a previous issuing CA whose key is not here)."""
+        issuer = self.issuer_entry(entry) or self.active_entry("issuing")
+        path = self.crl_path(issuer)
+        return path if entry.serial in self._listed(path, issuer) else None
+
+    def _listed(self, path: Path, issuer: IssuedEntry) -> set[int]:
+        """Serials the CRL at ``path`` lists, if ``issuer`` signed it (else none)."""
+        try:
+            crl = x509.load_pem_x509_crl(read_capped(path, MAX_CRL_FILE, "CRL",
+                                                     nofollow=True))
+            if not crl.is_signature_valid(issuer.load_cert().public_key()):  # type: ignore[arg-type]
+                return set()
+        except (ConfigError, ValueError):
+            return set()
+        return {r.serial_number for r in crl}
+
+    def _unlisted_previous(self, entry: IssuedEntry, keys: dict[str, PrivateKey]) -> bool:
+        """A revoked leaf of a previous issuing CA whose key is here, not on its CRL."""
+        issuer = self.issuer_entry(entry)
+        return issuer is not None and issuer.sha256 in keys \
+            and entry.serial not in self._listed(self.crl_path(issuer), issuer)
+
+    def _write_crls(self, issuing_key: PrivateKey, previous_keys: dict[str, PrivateKey],
+                    now: dt.datetime, *, days: int = 30) -> None:
+        """crl.pem, and the CRL of each previous issuing CA in ``previous_keys``: all
+        with this run's CRL number (one counter for the CA home, so each issuer's
+        numbers increase too)."""
+        self._write_crl(issuing_key, now, days=days, number=self.crl_number)
+        for sha, key in previous_keys.items():
+            issuer = self.by_sha256(sha)
+            if issuer is not None:
+                self._write_crl(key, now, days=days, number=self.crl_number, issuer=issuer)
 
     def generate_crl(self, ca_passphrases: PassphraseSource, *, days: int = 30,
                      now: dt.datetime | None = None) -> Path:
         now = now or utcnow()
         _check_days(days, "crl")
         issuing_key = self.load_issuing_key(ca_passphrases)
+        # the CRLs of previous issuing CAs (see revoke) are refreshed too
+        previous_keys = self._previous_issuer_keys(
+            [e for e in self.entries if e.profile == "issuing" and self.crl_path(e).exists()],
+            ca_passphrases)
         with locked(self.path / ".lock"):
             self._begin_write(now)
             self.crl_number += 1
             self._commit(now)
-            self._write_crl(issuing_key, now, days=days, number=self.crl_number)
+            self._write_crls(issuing_key, previous_keys, now, days=days)
             self._log("crl", now, crl_number=self.crl_number)
         return self.path / "crl.pem"
 
     def _write_crl(self, issuing_key: PrivateKey, now: dt.datetime, *, days: int,
-                   number: int) -> None:
+                   number: int, issuer: IssuedEntry | None = None) -> None:
+        """The CRL of ``issuer`` (default: the active issuing CA), signed by its key."""
+        issuer = issuer or self.active_entry("issuing")
+        issuer_cert = issuer.load_cert()
         reasons = {
             "unspecified": x509.ReasonFlags.unspecified,
             "key_compromise": x509.ReasonFlags.key_compromise,
@@ -845,18 +925,18 @@ class CertificateAuthority:
         }
         b = (
             x509.CertificateRevocationListBuilder()
-            .issuer_name(self.issuing_cert.subject)
+            .issuer_name(issuer_cert.subject)
             .last_update(now - dt.timedelta(hours=1))
             .next_update(now + dt.timedelta(days=days))
             .add_extension(x509.CRLNumber(number), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self.issuing_cert.public_key()  # type: ignore[arg-type]
+                    issuer_cert.public_key()  # type: ignore[arg-type]
                 ),
                 critical=False,
             )
         )
-        for e in self._crl_entries():
+        for e in self._crl_entries(issuer):
             assert e.revoked_at is not None
             rc = (
                 x509.RevokedCertificateBuilder()
@@ -870,13 +950,18 @@ class CertificateAuthority:
             )
             b = b.add_revoked_certificate(rc)
         crl = b.sign(issuing_key, profiles.hash_for(issuing_key))
-        atomic_write(self.path / "crl.pem", crl.public_bytes(serialization.Encoding.PEM))
+        path = self.crl_path(issuer)
+        if path.parent != self.path:
+            make_dirs(path.parent)
+        atomic_write(path, crl.public_bytes(serialization.Encoding.PEM))
 
-    def _crl_entries(self) -> list[IssuedEntry]:
-        """Revoked leaves of the active issuing CA: a CRL speaks for its issuer only."""
+    def _crl_entries(self, issuer: IssuedEntry | None = None) -> list[IssuedEntry]:
+        """Revoked leaves of ``issuer`` (default: the active issuing CA): a CRL speaks for
+        its issuer only."""
         active = self.active_entry("issuing")
+        issuer = issuer or active
         return [e for e in self.entries if e.status == "revoked" and e.revoked_at
-                and (self.issuer_entry(e) or active).sha256 == active.sha256]
+                and (self.issuer_entry(e) or active).sha256 == issuer.sha256]
 
     # ---- check -------------------------------------------------------------------------
 

@@ -269,15 +269,21 @@ def revoke_cmd(pki: Path, name: str, reason: str, serial: str | None,
     ca = CertificateAuthority.open(pki)
     entry = ca.revoke(name, passphrase_source(passphrase_file, passphrase_env), reason=reason,
                       serial=_parse_serial(serial) if serial else None)
-    if entry.issuer_sha256 not in (None, ca.active_entry("issuing").sha256):
-        warn(f"serial {entry.serial:x} was issued by a previous issuing CA: it is revoked in "
-             "the index (trustboot refuses to sign with it) but crl.pem, the CRL of the "
-             "active issuing CA, cannot list it")
+    crl = ca.crl_listing(entry)
+    issuer = ca.issuer_entry(entry)
+    if crl is None and issuer is not None \
+            and issuer.sha256 != ca.active_entry("issuing").sha256:
+        # a CRL must be signed by the certificate's issuer, and that key is not here
+        warn(f"serial {entry.serial:x} was issued by the previous issuing CA {issuer.serial:x}, "
+             "whose key is not in the CA home: it is revoked in the index (trustboot refuses "
+             "to sign with it), but no CRL lists it (crl.pem is the active issuing CA's); "
+             "once no current certificate needs that CA, retire it (trustboot ca rotate "
+             f"issuing --retire {issuer.serial:x}) so its chain leaves trust and exports")
     if as_json:
-        emit_json(entry.to_json())
+        emit_json({**entry.to_json(), "crl": str(crl) if crl else None})
     else:
-        click.echo(f"revoked {name!r} serial {entry.serial:x} ({reason}); new CRL "
-                   f"{pki / 'crl.pem'}")
+        click.echo(f"revoked {name!r} serial {entry.serial:x} ({reason}); "
+                   + (f"listed in the CRL {crl}" if crl else "on no CRL"))
 
 
 @command.command("crl")

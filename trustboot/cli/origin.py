@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from trustboot.cli._common import emit_json, json_option, warn
-from trustboot.errors import ConfigError, ExitCode, OperationalError, VerificationError
+from trustboot.errors import ConfigError, VerificationError
 
 
 @click.group("origin")
@@ -46,7 +46,6 @@ def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -
     it). Serve the binary signed for Secure Boot and give the firmware our CA as its TLS
     trust (`trustboot ca export --uefi-tls`).
     """
-    from trustboot.errors import ConfigError
     from trustboot.publish import dhcpconfig
 
     binaries: dict[str, str] = {}
@@ -162,18 +161,9 @@ def check(url: str, as_json: bool, **kw: Any) -> None:
         click.echo(f"  iPXE:   {verdict}")
         for w in report.warnings:
             warn(w)
-    if not report.ok and report.failure_exit == ExitCode.CONFIG:
-        raise ConfigError(f"cannot check {url}: {report.failure}",
-                          hint="give the https:// URL iPXE fetches its entry script from")
-    if not report.ok and report.failure_exit == ExitCode.OPERATIONAL:
-        raise OperationalError(
-            f"could not check {url}: {report.tls_error or report.failure}",
-            hint="check that the origin is up, serves this URL and is reachable from here")
-    if not report.ok:
-        raise VerificationError(
-            f"iPXE would not boot {url}: {report.tls_error or report.failure}",
-            hint="see the report above; `trustboot publish rollback` switches back",
-            rule="origin-check", subject=url)
+    error = report.error()
+    if error is not None:
+        raise error
     days = kw.get("fail_within")
     ends = report.signer_not_after
     if days is not None and ends is not None and ends - utc_now() < dt.timedelta(days=days):

@@ -5,8 +5,6 @@ Only parsing and printing: the workflow is trustboot.publish.resign.resign_live.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from trustboot.cli.publish import (
     utc_now,
 )
 from trustboot.cli.release import StageReporter
+from trustboot.fsutil import remove_stale_work_dirs, work_dir
 
 EPILOG = """\b
 Examples:
@@ -94,16 +93,13 @@ def command(origin_url: str, key_ref: str, signing_cert: Path | None,
     secrets = (pin_source(pin_file, pin_env) if source.secret_kind == "pin"  # noqa: S105
                else passphrase_source(passphrase_file, passphrase_env))
     origin, options = open_cli_origin(origin_url, kw)
-    work = Path(tempfile.mkdtemp(prefix="trustboot-resign-"))
-    try:
-        with upload_progress(as_json) as bars, origin:
-            result = resign_live(origin, source, secrets, trust=trust, now=now,
-                                 workdir=work / "sigs", min_lifetime=lifetime,
-                                 entry_path=kw["entry_path"], jobs=kw["jobs"],
-                                 options=options, progress=bars,
-                                 stage=StageReporter(quiet=as_json))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    remove_stale_work_dirs()  # what resign or release runs killed by SIGKILL left
+    with work_dir("trustboot-resign-") as work, upload_progress(as_json) as bars, origin:
+        result = resign_live(origin, source, secrets, trust=trust, now=now,
+                             workdir=work / "sigs", min_lifetime=lifetime,
+                             entry_path=kw["entry_path"], jobs=kw["jobs"],
+                             options=options, progress=bars,
+                             stage=StageReporter(quiet=as_json))
     if as_json:
         emit_json(result.to_json())
         return

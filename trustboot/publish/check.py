@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,13 @@ from typing import Any
 from cryptography import x509
 
 from trustboot.cms.freshness import replay_window
-from trustboot.errors import ConfigError, ExitCode, TrustbootError
-from trustboot.publish.http import tls_context
+from trustboot.errors import (
+    ConfigError,
+    ExitCode,
+    OperationalError,
+    TrustbootError,
+    VerificationError,
+)
 from trustboot.publish.origin import redact_url, split_url
 from trustboot.publish.readback import Reader, Trust
 
@@ -51,6 +55,32 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return self.tls_error is None and self.ipxe_ok
+
+    def error(self, *, rule: str = "origin-check") -> TrustbootError | None:
+        """What a failed check raises (None when iPXE would boot the entry), one mapping
+        for every caller (`origin check`, release's verify stage): ConfigError for a URL
+        that cannot be checked (3), OperationalError when there was nothing to judge (1:
+        a monitor pages for an outage), VerificationError when iPXE would refuse what is
+        served (4, with ``rule``)."""
+        if self.ok:
+            return None
+        why = self.tls_error or self.failure
+        if self.failure_exit == ExitCode.CONFIG:
+            return ConfigError(f"cannot check {self.url}: {why}",
+                               hint="give the https:// URL iPXE fetches its entry script "
+                                    "from")
+        if self.failure_exit == ExitCode.OPERATIONAL:
+            return OperationalError(
+                f"could not check {self.url}: could not fetch the served entry script: "
+                f"{why}",
+                hint="check that the origin is up, serves this URL and is reachable from "
+                     f"here: trustboot origin check {self.url}")
+        return VerificationError(
+            f"iPXE would not boot {self.url}: {why}",
+            hint=f"`trustboot origin check {self.url}` shows the TLS chain and the signers "
+                 "iPXE gets; `trustboot publish rollback ORIGIN` switches back to the "
+                 "previous release",
+            rule=rule, subject=self.url)
 
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "sig_url": self.sig_url, "tls_version": self.tls_version,
@@ -84,48 +114,48 @@ def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.dateti
                           hint="iPXE fetches its entry script over https://")
     report = CheckReport(url=url, sig_url=url + ".sig")
     ca_pem = None if ca_file else trust.ca_pem()
-    ctx = tls_context(ca_file=ca_file, ca_pem=ca_pem, ipxe_tls=True)
     host, port = parts.hostname, parts.port or 443
     soon = now + dt.timedelta(days=warn_days)
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, \
-                ctx.wrap_socket(raw, server_hostname=host) as tls:
+    # one connection: the handshake looked at here is the one the entry is fetched on
+    with Reader(ca_file=ca_file, ca_pem=ca_pem, timeout=timeout, retries=1) as reader:
+        try:
+            tls = reader.connect(url)
             report.tls_version = tls.version()
             cipher = tls.cipher()
             report.cipher = cipher[0] if cipher else None
             chain = _peer_chain(tls)
-    except ssl.SSLCertVerificationError as exc:
-        report.tls_error = f"certificate does not verify: {exc.verify_message}"
-        chain = []
-    except ssl.SSLError as exc:
-        report.tls_error = f"TLS 1.2 handshake with iPXE's cipher suites failed: {exc}"
-        chain = []
-    except OSError as exc:
-        report.tls_error = f"cannot connect to {host}:{port}: {exc.strerror or exc}"
-        report.failure_exit = 1
-        chain = []
-    for der in chain:
-        cert = x509.load_der_x509_certificate(der)
-        not_after = cert.not_valid_after_utc
-        report.chain.append({"subject": cert.subject.rfc4514_string(),
-                             "issuer": cert.issuer.rfc4514_string(),
-                             "not_after": not_after.isoformat(),
-                             "sha256": hashlib.sha256(der).hexdigest()})
-        if not_after < soon:
-            report.warnings.append(f"TLS certificate {cert.subject.rfc4514_string()} expires "
-                                   f"{not_after:%Y-%m-%d} (within {warn_days} days)")
-    if report.tls_error:
-        return report
-    try:
-        with Reader(ca_file=ca_file, ca_pem=ca_pem, timeout=timeout, retries=1) as reader:
+        except ssl.SSLCertVerificationError as exc:
+            report.tls_error = f"certificate does not verify: {exc.verify_message}"
+            chain = []
+        except ssl.SSLError as exc:
+            report.tls_error = f"TLS 1.2 handshake with iPXE's cipher suites failed: {exc}"
+            chain = []
+        except OSError as exc:
+            report.tls_error = f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+            report.failure_exit = 1
+            chain = []
+        for der in chain:
+            cert = x509.load_der_x509_certificate(der)
+            not_after = cert.not_valid_after_utc
+            report.chain.append({"subject": cert.subject.rfc4514_string(),
+                                 "issuer": cert.issuer.rfc4514_string(),
+                                 "not_after": not_after.isoformat(),
+                                 "sha256": hashlib.sha256(der).hexdigest()})
+            if not_after < soon:
+                report.warnings.append(f"TLS certificate {cert.subject.rfc4514_string()} "
+                                       f"expires {not_after:%Y-%m-%d} (within {warn_days} "
+                                       "days)")
+        if report.tls_error:
+            return report
+        try:
             served, verdict = reader.verify_pair(url, report.sig_url, trust=trust, now=now,
                                                  max_size=MAX_ENTRY)
-    except TrustbootError as exc:
-        report.failure = exc.message
-        # an origin that answers wrongly is refused (4); one that cannot be asked is not
-        report.failure_exit = (int(exc.exit_code) if exc.exit_code in
-                               (ExitCode.OPERATIONAL, ExitCode.CONFIG) else 4)
-        return report
+        except TrustbootError as exc:
+            report.failure = exc.message
+            # an origin that answers wrongly is refused (4); one that cannot be asked is not
+            report.failure_exit = (int(exc.exit_code) if exc.exit_code in
+                                   (ExitCode.OPERATIONAL, ExitCode.CONFIG) else 4)
+            return report
     report.size, report.sha256 = served.size, served.sha256
     report.served_from = served.url
     report.ipxe_ok = verdict.ok

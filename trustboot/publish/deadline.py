@@ -142,7 +142,7 @@ class Watchdog:
         self._expired: set[int] = set()
         self._count = 0
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # the running thread's
 
     def watch(self, conn: http.client.HTTPConnection, deadline: float) -> int:
         """Watch ``conn`` until ``deadline``; a token for ``done``."""
@@ -150,8 +150,10 @@ class Watchdog:
             self._count += 1
             self._due[self._count] = (deadline, conn)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name=self._name)
+                # each thread has its own stop: after close(), the next watch starts anew
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._run, args=(self._stop,),
+                                                daemon=True, name=self._name)
                 self._thread.start()
             return self._count
 
@@ -163,8 +165,8 @@ class Watchdog:
             self._expired.discard(token)
             return late
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(0.1):
             now = time.monotonic()
             with self._lock:
                 late = [(t, conn) for t, (when, conn) in self._due.items() if when <= now]
@@ -180,4 +182,7 @@ class Watchdog:
                         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def close(self) -> None:
-        self._stop.set()
+        """Stop the thread; a later ``watch`` starts another (an origin entered again)."""
+        with self._lock:
+            self._stop.set()
+            self._thread = None

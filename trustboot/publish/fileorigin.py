@@ -34,6 +34,7 @@ from trustboot.publish.lock import (
     HeldLock,
     lock_is_stale,
     origin_lock,
+    swap_record,
 )
 from trustboot.publish.origin import (
     ObjectStat,
@@ -475,17 +476,28 @@ class FileOrigin(StagesUploads, GuardedByLock):
                 os.close(fd)
             return True
 
-        def rewrite(body: bytes) -> bool:
-            # the record whole or not at all: a reader never sees a half-written lock
-            tmp = self._write_temp(root, LOCK_NAME, "lock", iter([body]), sha256=None,
-                                   progress=None)
+        def take() -> str | None:
+            aside = f"{TMP_PREFIX}{secrets.token_hex(8)}.refresh-lock"
             try:
-                os.rename(tmp, LOCK_NAME, src_dir_fd=root, dst_dir_fd=root)
+                os.rename(LOCK_NAME, aside, src_dir_fd=root, dst_dir_fd=root)
+            except FileNotFoundError:
+                return None
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=root)
                 raise self._fail(LOCK_NAME, "refreshing the lock", exc) from None
-            return True  # (whether it is still ours: the next read says)
+            return aside
+
+        def give_back(aside: str) -> None:
+            with contextlib.suppress(FileExistsError):  # a newcomer's lock stays
+                self._link_or_rename(aside, LOCK_NAME)
+
+        def drop(aside: str) -> None:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(aside, dir_fd=root)
+
+        def rewrite(body: bytes) -> bool:
+            # compare-and-swap: never over a record that is not ours (see lock.py)
+            return swap_record(body, take=take, read=self._read_lock, give_back=give_back,
+                               drop=drop, create=try_create)
 
         return self._guarded(origin_lock(
             owner, where=self.url, remove_hint=f"remove {self.root / LOCK_NAME}",
@@ -516,6 +528,22 @@ class FileOrigin(StagesUploads, GuardedByLock):
         except ValueError:
             return "unreadable"
 
+    def _link_or_rename(self, src: str, dst: str) -> None:
+        """``src`` also as ``dst``, never over an existing ``dst`` (FileExistsError): a
+        hard link; on a file system without them, a rename after a look (not atomic)."""
+        root = self._root()
+        try:
+            os.link(src, dst, src_dir_fd=root, dst_dir_fd=root, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            try:
+                os.stat(dst, dir_fd=root, follow_symlinks=False)
+            except FileNotFoundError:
+                os.rename(src, dst, src_dir_fd=root, dst_dir_fd=root)
+                return
+            raise FileExistsError(errno.EEXIST, "exists", dst) from None
+
     def _break_lock(self, seen: object, stale_after: float) -> bool:
         """Move a stale lock aside, then make sure it is the one we judged stale; False:
         the next attempt creates ours."""
@@ -530,7 +558,7 @@ class FileOrigin(StagesUploads, GuardedByLock):
                                                stale_after=stale_after):
             # someone else's fresh lock: put it back unless a new one appeared meanwhile
             with contextlib.suppress(OSError):
-                os.link(aside, LOCK_NAME, src_dir_fd=root, dst_dir_fd=root)
+                self._link_or_rename(aside, LOCK_NAME)
         try:
             os.unlink(aside, dir_fd=root)
         except FileNotFoundError:

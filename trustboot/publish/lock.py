@@ -15,14 +15,22 @@ a successful refresh (someone may have judged it stale by then); the origin's wr
 the entry switch call ``HeldLock.check`` first (``GuardedByLock``), which then raises: the
 holder stops before its next change to the origin, never continues.
 
-A refresh reads the record, then rewrites it, then reads it again. On S3 the rewrite is
-conditional on our last record's ETag (``If-Match``), so it never replaces another's lock.
-On file:// (a rename over the lock) and WebDAV (a MOVE over ``owner.json``, refused when
-the lock collection is gone) it is not: a breaker that replaced the lock between that
-first read and the rewrite would have its record overwritten, and both would hold the
-lock until the breaker's next check. That needs the breaker to judge stale a record
-refreshed less than ``refresh`` seconds before (a clock skew of ``stale_after - refresh``
-between hosts), since a holder that could not refresh for that long gives up by itself.
+A refresh reads the record, then rewrites it, then reads it again. The rewrite is a
+compare-and-swap: it never replaces a record that is not ours (another's lock taken while
+the refresh was under way).
+- S3: a PUT conditional on our last record's ETag (``If-Match``).
+- file:// and WebDAV (``swap_record``): the stores' only atomic conditional is "move if
+  the destination is absent" (a hard link, a MOVE with ``Overwrite: F``; nginx's dav
+  module ignores If-Match, If-None-Match, If-Unmodified-Since and If on PUT, MOVE and
+  DELETE, tested on nginx 1.22). So the lock is moved aside (atomic: whatever record it
+  held is now ours alone to look at), read there, and our new record created in its
+  place without overwrite, or, when the record aside is not ours, that one given back
+  without overwrite. What remains: while the lock is aside (a rename on file://, three
+  or four requests on WebDAV) it is absent. A publisher arriving then takes it, and the
+  holder's create fails: the holder marks its lock lost and stops (one holder, the
+  newcomer). A breaker whose lock was moved aside by the holder's refresh and reads it
+  in that moment finds it gone and stops too (no holder; a run again resumes). Never do
+  two holders both go on.
 """
 
 from __future__ import annotations
@@ -185,6 +193,35 @@ class HeldLock:
                     self._lose(f"it could not be refreshed for "
                                f"{time.monotonic() - self._last_ok:.0f} s")
                     return
+
+
+def swap_record(body: bytes, *, take: Callable[[], str | None],
+                read: Callable[[str], object], give_back: Callable[[str], object],
+                drop: Callable[[str], object], create: Callable[[bytes], bool]) -> bool:
+    """The heartbeat's rewrite as a compare-and-swap on a store that only has "move if
+    the destination is absent" (see the module doc): True if the lock held our record
+    (the token in ``body``) and now holds ``body``.
+
+    ``take()``: move the lock to a new private name and return it (None: no lock).
+    ``read(aside)``: its record. ``give_back(aside)``: move it back without overwrite.
+    ``drop(aside)``: remove it (gone already is fine). ``create(body)``: the lock with
+    ``body`` if absent (the same atomic create a publisher takes it with)."""
+    token = json.loads(body).get("token")
+    aside = take()
+    if aside is None:
+        return False  # broken (the next read tells by whom)
+    try:
+        held = read(aside)
+        if not (isinstance(held, dict) and held.get("token") == token):
+            give_back(aside)  # another's: back in place, unless a newcomer's is there
+            return False
+        try:
+            return create(body)  # False: a newcomer took the absent lock meanwhile
+        except BaseException:
+            give_back(aside)  # ours again, as it was
+            raise
+    finally:
+        drop(aside)
 
 
 class GuardedByLock:

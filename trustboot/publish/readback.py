@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import http.client
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -216,6 +217,26 @@ class Reader:
             with self._conns_lock:
                 self._conns.append(conn)
         return conn
+
+    def connect(self, url: str) -> ssl.SSLSocket:
+        """Open this thread's connection to ``url``'s host now (TCP and the TLS handshake,
+        with this Reader's trust and iPXE's suites) and return its TLS socket, to see
+        what the handshake negotiated; the next request to that host goes on it, so a
+        check costs one handshake. Errors as the socket raises them (OSError, ssl)."""
+        parts = urlsplit(url)
+        where = (parts.scheme, parts.hostname or "", parts.port)
+        if parts.scheme != "https":
+            raise ConfigError(f"{url!r} is not an https:// URL")
+        conn = self._connection(*where)
+        if conn.sock is None:
+            try:
+                conn.connect()
+            except BaseException:
+                self._drop_connection(*where)
+                raise
+        if not isinstance(conn.sock, ssl.SSLSocket):  # https: always TLS
+            raise RuntimeError(f"no TLS socket to {url}")
+        return conn.sock
 
     def _drop_connection(self, scheme: str, host: str, port: int | None) -> None:
         conn = self._local.__dict__.get("conns", {}).pop((scheme, host, port), None)

@@ -30,7 +30,9 @@ is imported only for s3:// origins, so other commands never load boto3.
   forever. Every call (with botocore's retries) ends within ``timeout`` + (its upload +
   its answer) / MIN_RATE, as on WebDAV: the connections it sends on are registered with a
   watchdog (``deadline.Watchdog``) that shuts them down at the deadline, and the failure is
-  "served too slowly" (exit 1). A GET's budget counts its ``max_size``.
+  "served too slowly" (exit 1). A GET's budget counts its ``max_size``. The requests are
+  sent by ``_Sender`` through botocore's public ``before-send`` event, on urllib3 pools
+  whose connections register themselves: no private attribute of botocore is touched.
 * Text the store sends (error codes and messages) goes through ``text.clean`` before it
   reaches a message: nothing the server wrote can move the terminal's cursor or forge a
   line of ours.
@@ -65,23 +67,31 @@ import hashlib
 import json
 import os
 import re
+import socket
+import ssl
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, urlsplit
 
 import boto3
 import botocore.exceptions as bexc
+import urllib3
+import urllib3.exceptions as u3exc
 from botocore.awsrequest import (
     AWSHTTPConnection,
     AWSHTTPConnectionPool,
     AWSHTTPSConnection,
     AWSHTTPSConnectionPool,
+    AWSPreparedRequest,
+    AWSResponse,
 )
 from botocore.config import Config
+from botocore.httpsession import ProxyConfiguration, mask_proxy_url
+from botocore.utils import get_environ_proxies
 
 from trustboot import jsonin
 from trustboot.errors import ConfigError, OperationalError, VerificationError
@@ -191,16 +201,87 @@ class _WatchedHTTPSPool(AWSHTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
-def _watch_connections(client: Any) -> None:
-    """Make ``client`` open its connections from the pools above."""
-    http = getattr(getattr(client, "_endpoint", None), "http_session", None)
-    manager = getattr(http, "_manager", None)
-    if http is None or manager is None \
-            or not isinstance(getattr(http, "_pool_classes_by_scheme", None), dict):
-        raise RuntimeError("this botocore version is not supported (no URLLib3Session)")
-    classes = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
-    http._pool_classes_by_scheme = classes  # proxy managers made later take these too
-    manager.pool_classes_by_scheme = classes
+class _Sender:
+    """Sends the S3 client's requests itself, on connections from the pools above, so the
+    calling thread's _Watch sees each one. Through botocore's documented ``before-send``
+    event (a handler's AWSResponse fulfils the request): botocore still signs, retries
+    and parses; only the HTTP exchange is ours. It is botocore's own (URLLib3Session.send)
+    in urllib3's public API, errors mapped to the same botocore exceptions (which its
+    retries and ``S3Origin._error`` judge), proxies from the environment as botocore
+    takes them."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, timeout: float, maxsize: int) -> None:
+        self._kwargs: dict[str, Any] = {
+            "timeout": urllib3.Timeout(connect=timeout, read=timeout),
+            "maxsize": maxsize, "ssl_context": ssl_context}
+        self._direct = self._watching(urllib3.PoolManager(**self._kwargs))
+        self._proxied: dict[str, urllib3.PoolManager] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _watching(manager: urllib3.PoolManager) -> urllib3.PoolManager:
+        manager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+        return manager
+
+    def _manager(self, url: str) -> tuple[urllib3.PoolManager, str | None]:
+        proxies = get_environ_proxies(url)
+        config = ProxyConfiguration(proxies=proxies)
+        proxy = config.proxy_url_for(url)
+        if not proxy:
+            return self._direct, None
+        with self._lock:
+            if proxy not in self._proxied:
+                self._proxied[proxy] = self._watching(urllib3.proxy_from_url(
+                    proxy, proxy_headers=config.proxy_headers_for(proxy), **self._kwargs))
+            return self._proxied[proxy], proxy
+
+    def send(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse:
+        url = request.url
+        proxy: str | None = None
+        try:
+            manager, proxy = self._manager(url)
+            conn = manager.connection_from_url(url)
+            parts = urlsplit(url)
+            # a plain-HTTP proxy takes the absolute URL; a tunnel (CONNECT) the path
+            target = url if proxy and parts.scheme == "http" else \
+                (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            encoding = request.headers.get("Transfer-Encoding", b"")
+            chunked = (encoding.decode("latin-1") if isinstance(encoding, bytes)
+                       else str(encoding)).lower() == "chunked"
+            body: Any = request.body  # botocore's types and urllib3's differ in name only
+            headers: Any = request.headers
+            raw = conn.urlopen(method=request.method, url=target, body=body,
+                               headers=headers, retries=urllib3.Retry(False),
+                               assert_same_host=False, preload_content=False,
+                               decode_content=False, chunked=chunked,
+                               enforce_content_length=False)
+            response = AWSResponse(url, raw.status, cast(Any, raw.headers), raw)
+            if not request.stream_output:
+                response.content  # noqa: B018  (read now, within the call's watch)
+            return response
+        except u3exc.SSLError as exc:
+            raise bexc.SSLError(endpoint_url=url, error=exc) from exc
+        except (u3exc.NewConnectionError, socket.gaierror) as exc:
+            raise bexc.EndpointConnectionError(endpoint_url=url, error=exc) from exc
+        except u3exc.ProxyError as exc:
+            raise bexc.ProxyConnectionError(proxy_url=mask_proxy_url(proxy or ""),
+                                            error=exc) from exc
+        except u3exc.ConnectTimeoutError as exc:
+            raise bexc.ConnectTimeoutError(endpoint_url=url, error=exc) from exc
+        except u3exc.ReadTimeoutError as exc:
+            raise bexc.ReadTimeoutError(endpoint_url=url, error=exc) from exc
+        except u3exc.ProtocolError as exc:
+            raise bexc.ConnectionClosedError(error=exc, request=request,
+                                             endpoint_url=url) from exc
+        except (OSError, u3exc.HTTPError) as exc:
+            raise bexc.HTTPClientError(error=exc) from exc
+
+    def close(self) -> None:
+        self._direct.clear()
+        with self._lock:
+            for manager in self._proxied.values():
+                manager.clear()
 
 
 class _Digest:
@@ -295,6 +376,7 @@ class S3Origin(GuardedByLock):
         self.part_size = part_size
         self.endpoint = self._check_endpoint(options)
         self._client: S3Client | None = None
+        self._sender: _Sender | None = None
         self._lock_etag: str | None = None  # of the lock record this origin wrote last
         self._region = "us-east-1"
         self._deadlines = Watchdog(name="trustboot-s3-deadline")
@@ -344,7 +426,7 @@ class S3Origin(GuardedByLock):
                                    "--client-cert")
         # The same rule as every origin: a CA is required (never the system store unless
         # given as --ca-file) and must load; the unsafe flag is the only way around it.
-        tls_context(ca_file=opts.ca_file, unsafe_no_verify=opts.unsafe_no_verify)
+        tls_ctx = tls_context(ca_file=opts.ca_file, unsafe_no_verify=opts.unsafe_no_verify)
         verify: bool | str = False if opts.unsafe_no_verify else str(opts.ca_file)
         config = Config(
             region_name=self._region,
@@ -360,12 +442,19 @@ class S3Origin(GuardedByLock):
         )
         self._client = session.client("s3", endpoint_url=self.endpoint, verify=verify,
                                       config=config)
-        _watch_connections(self._client)
-        self._deadlines = Watchdog(name="trustboot-s3-deadline")
+        self._sender = _Sender(tls_ctx, opts.timeout, 16)
+        # last: a handler registered later (one that looks at or holds a request) still
+        # runs before the request is sent. (The stubs type every handler as returning
+        # None; before-send's may answer.)
+        self._client.meta.events.register_last("before-send.s3",
+                                               cast(Callable[..., None], self._sender.send))
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._deadlines.close()
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
         if self._client is not None:
             self._client.close()
             self._client = None

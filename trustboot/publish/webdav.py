@@ -22,6 +22,9 @@ layer and its dependencies.
   MOVEd into place with ``Overwrite: F`` (atomic: exactly one client gets 201, and the lock
   never exists without its record); a stale lock (dead pid on this host, or old) is moved
   aside with MOVE ``Overwrite: F`` before being deleted, so two breakers cannot both win.
+  The heartbeat's rewrite moves the lock aside the same way, and puts a new record in
+  place only if the one aside was ours (``lock.swap_record``): nginx's dav module
+  ignores If-Match on PUT and MOVE, so ``Overwrite: F`` is the conditional there is.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from trustboot.publish.lock import (
     HeldLock,
     lock_is_stale,
     origin_lock,
+    swap_record,
 )
 from trustboot.publish.origin import (
     ObjectStat,
@@ -634,18 +638,22 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
             self._delete_quiet(aside, collection=True)
             return False  # the next attempt creates ours
 
+        def take() -> str | None:
+            aside = f"{TMP_PREFIX}{secrets.token_hex(8)}.refresh-lock"
+            if not self._move(LOCK_COLLECTION, aside, overwrite=False, collection=True,
+                              missing_ok=True):
+                return None
+            return aside
+
         def rewrite(body: bytes) -> bool:
-            # a new record MOVEd over the lock's: never into a lock collection that is
-            # gone (409 then: the lock was broken, which the next read sees)
-            tmp = self._put_temp("owner.json", lambda: iter([body]), len(body))
-            try:
-                r = self._request("MOVE", self._url(tmp), what="refreshing the lock",
-                                  ok=(201, 204), passthrough=(404, 409, 412),
-                                  headers={"Destination": self._url(
-                                      f"{LOCK_COLLECTION}/owner.json"), "Overwrite": "T"})
-                return r.status_code in (201, 204)
-            finally:
-                self._delete_quiet(tmp)  # (404 once it was moved)
+            # compare-and-swap: never over a record that is not ours (see lock.py; nginx
+            # honours no If-Match on PUT or MOVE, only Overwrite: F)
+            return swap_record(
+                body, take=take, read=self._read_lock,
+                give_back=lambda aside: self._move(aside, LOCK_COLLECTION, overwrite=False,
+                                                   collection=True, missing_ok=True),
+                drop=lambda aside: self._delete_quiet(aside, collection=True),
+                create=try_create)
 
         return self._guarded(origin_lock(
             owner, where=self.url, remove_hint=f"delete {self.url}{LOCK_COLLECTION}/",

@@ -31,8 +31,6 @@ import datetime as dt
 import hashlib
 import json
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,7 +43,7 @@ from trustboot import fsutil
 from trustboot.cms import sign as cms_sign
 from trustboot.cms.freshness import replay_window
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE, verify_signature
-from trustboot.errors import ExitCode, OperationalError, VerificationError
+from trustboot.errors import OperationalError, VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.keys.signer import Signer
 from trustboot.publish.cache import PublishCache
@@ -184,6 +182,8 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                 p.origin_unreachable = exc.message
         result = _planned(p, st, dry_run=True, now=now)
         return result
+    # what runs killed by SIGKILL left (they cannot clean up after themselves)
+    fsutil.remove_stale_work_dirs()
     # one origin session for the whole release: staging, manifest, publish, prune
     with contextlib.ExitStack() as stack:
         origin = stack.enter_context(open_origin(v.origin_url, origin_options(v)))
@@ -204,15 +204,10 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         st.done("plan", "done", f"release {p.release_id}: {len(p.objects) + 1} objects to "
                 f"sign and publish to {v.origin_url}"
                 + (f" ({len(known)} staged on the origin while hashed)" if known else ""))
-        own = workdir is None
-        work = Path(tempfile.mkdtemp(prefix="trustboot-release-")) if own else workdir
-        assert work is not None
-        try:
-            _run_stages(p, options, work, st, result, now, origin=origin, signer=signer,
-                        staged=known)
-        finally:
-            if own:
-                shutil.rmtree(work, ignore_errors=True)
+        work = workdir if workdir is not None else \
+            stack.enter_context(fsutil.work_dir("trustboot-release-"))
+        _run_stages(p, options, work, st, result, now, origin=origin, signer=signer,
+                    staged=known)
     return result
 
 
@@ -559,19 +554,9 @@ def check_entry(entry_url: str, trust: Trust, expected: bytes | None, *,
     VerificationError when iPXE would refuse, or when the script is not ``expected``;
     OperationalError when there was nothing to judge (unreachable, not served)."""
     report = check_origin(entry_url, trust=trust, ca_file=ca_file, now=now)
-    if not report.ok and report.failure_exit == ExitCode.OPERATIONAL:
-        raise OperationalError(  # nothing to judge: not a verdict on what is served
-            f"{entry_url}: could not fetch the served entry script to check it: "
-            f"{report.tls_error or report.failure}",
-            hint=f"check that the origin is reachable from here: trustboot origin check "
-                 f"{entry_url}")
-    if not report.ok:
-        raise VerificationError(
-            f"{entry_url}: iPXE would not run the served entry script: "
-            f"{report.tls_error or report.failure}",
-            hint="check the origin's TLS certificate and what it serves: "
-                 f"trustboot origin check {entry_url}",
-            rule="served-entry", subject=entry_url)
+    error = report.error(rule="served-entry")
+    if error is not None:
+        raise error
     if expected is not None and report.sha256 != hashlib.sha256(expected).hexdigest():
         raise VerificationError(
             f"{entry_url} serves another script than this release's",
