@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from trustboot.cli._common import emit_json, json_option, warn
-from trustboot.errors import ConfigError, VerificationError
+from trustboot.errors import ConfigError, ExitCode, VerificationError
 
 
 @click.group("origin")
