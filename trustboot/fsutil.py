@@ -310,9 +310,11 @@ def work_dir(prefix: str) -> Iterator[Path]:
     """A private (0700) work directory in TMPDIR for one run, removed at its end. The run
     holds an exclusive flock on it meanwhile: a run killed by SIGKILL cannot remove it,
     but its lock goes with it, which is how ``remove_stale_work_dirs`` tells its leftovers
-    from a live run's directory (whatever their age)."""
+    from a live run's directory (whatever their age). Those are swept first, here: every
+    run that can leave one behind cleans up after the killed ones."""
     if prefix not in WORK_DIR_PREFIXES:
         raise ValueError(f"work_dir: unknown prefix {prefix!r}")
+    remove_stale_work_dirs()
     path = Path(tempfile.mkdtemp(prefix=prefix))  # 0700 whatever the umask
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:

@@ -28,7 +28,7 @@ from trustboot.cli.publish import (
     utc_now,
 )
 from trustboot.cli.release import StageReporter
-from trustboot.fsutil import remove_stale_work_dirs, work_dir
+from trustboot.fsutil import work_dir
 
 EPILOG = """\b
 Examples:
@@ -93,7 +93,6 @@ def command(origin_url: str, key_ref: str, signing_cert: Path | None,
     secrets = (pin_source(pin_file, pin_env) if source.secret_kind == "pin"  # noqa: S105
                else passphrase_source(passphrase_file, passphrase_env))
     origin, options = open_cli_origin(origin_url, kw)
-    remove_stale_work_dirs()  # what resign or release runs killed by SIGKILL left
     with work_dir("trustboot-resign-") as work, upload_progress(as_json) as bars, origin:
         result = resign_live(origin, source, secrets, trust=trust, now=now,
                              workdir=work / "sigs", min_lifetime=lifetime,

@@ -182,8 +182,6 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                 p.origin_unreachable = exc.message
         result = _planned(p, st, dry_run=True, now=now)
         return result
-    # what runs killed by SIGKILL left (they cannot clean up after themselves)
-    fsutil.remove_stale_work_dirs()
     # one origin session for the whole release: staging, manifest, publish, prune
     with contextlib.ExitStack() as stack:
         origin = stack.enter_context(open_origin(v.origin_url, origin_options(v)))
