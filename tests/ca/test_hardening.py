@@ -99,9 +99,10 @@ def test_replaced_leaf_certificate_is_refused(pki: Path, attacker_pki: Path,
     assert r.exit_code == 3 and "index recorded" in r.output
 
 
-@pytest.mark.parametrize("where", ["", "issued", "certs_by_serial", "revoked"])
+@pytest.mark.parametrize("where", ["", "issued", "certs_by_serial", "revoked", "crls"])
 def test_directory_writable_by_others_is_refused(pki: Path, where: str, run: Run) -> None:
     target = pki / where if where else pki
+    target.mkdir(mode=0o755, exist_ok=True)  # crls/: made by the first revocation needing it
     os.chmod(target, 0o777)
     r = run("ca", "list", "--pki", str(pki))
     assert r.exit_code == 3, r.output

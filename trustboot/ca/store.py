@@ -86,6 +86,9 @@ ISSUING_NAME = "issuing-ca"
 RESERVED_NAMES = {ROOT_NAME, ISSUING_NAME, "ca", "chain", "crl"}
 
 PUBLIC_DIRS = ("issued", "revoked", "certs_by_serial")
+# The previous issuing CAs' CRLs (crl_path): made on the first such revocation, then held
+# to the rules of PUBLIC_DIRS (never a link, ours, swept of killed runs' temps).
+CRL_DIR = "crls"
 # Files trustboot reads back from the pki; none is ever a link or writable by others.
 PUBLIC_FILES = ("index.json", "config.json", "ca.crt", "issuing-ca.crt", "chain.pem",
                 "crl.pem", "index.txt", "log.jsonl")
@@ -857,7 +860,7 @@ class CertificateAuthority:
         for a previous one."""
         if issuer.sha256 == self.active_entry("issuing").sha256:
             return self.path / "crl.pem"
-        return self.path / "crls" / f"{issuer.serial:x}.pem"
+        return self.path / CRL_DIR / f"{issuer.serial:x}.pem"
 
     def crl_listing(self, entry: IssuedEntry) -> Path | None:
         """The CRL in the CA home, signed by the issuer of ``entry``, that lists it; None
@@ -1366,7 +1369,7 @@ def check_pki_permissions(path: Path) -> None:
     path = Path(path)
     check_parents(path, "pki directory")
     check_owned_dir(path, "pki directory")
-    for sub in PUBLIC_DIRS:
+    for sub in (*PUBLIC_DIRS, CRL_DIR):
         if (path / sub).exists() or (path / sub).is_symlink():
             check_not_link(path / sub, "pki directory")
             check_owned_dir(path / sub, "pki directory")
@@ -1430,7 +1433,7 @@ def load_trusted_roots(pki: Path) -> list[x509.Certificate]:
 
 def _remove_temps(pki: Path) -> None:
     """Temp files (.NAME.XXXX.tmp) of killed runs; call only under the CA lock."""
-    for sub in ("", *PUBLIC_DIRS, "private", "private/revoked", "private/keys"):
+    for sub in ("", *PUBLIC_DIRS, CRL_DIR, "private", "private/revoked", "private/keys"):
         remove_stale_temps(pki / sub, older_than=0.0)
 
 
