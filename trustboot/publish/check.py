@@ -50,7 +50,7 @@ class CheckReport:
     # the exit code of the failure: 4 when iPXE would refuse what it got, 1 when there was
     # nothing to judge (origin unreachable, entry not served), 3 for a URL that cannot be
     # checked: a monitor tells an outage from a refusal
-    failure_exit: int = 4
+    failure_exit: int = ExitCode.VERIFICATION
 
     @property
     def ok(self) -> bool:
@@ -132,7 +132,7 @@ def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.dateti
             chain = []
         except OSError as exc:
             report.tls_error = f"cannot connect to {host}:{port}: {exc.strerror or exc}"
-            report.failure_exit = 1
+            report.failure_exit = ExitCode.OPERATIONAL
             chain = []
         for der in chain:
             cert = x509.load_der_x509_certificate(der)
@@ -154,7 +154,8 @@ def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.dateti
             report.failure = exc.message
             # an origin that answers wrongly is refused (4); one that cannot be asked is not
             report.failure_exit = (int(exc.exit_code) if exc.exit_code in
-                                   (ExitCode.OPERATIONAL, ExitCode.CONFIG) else 4)
+                                   (ExitCode.OPERATIONAL, ExitCode.CONFIG)
+                                   else ExitCode.VERIFICATION)
             return report
     report.size, report.sha256 = served.size, served.sha256
     report.served_from = served.url

@@ -122,6 +122,7 @@ MAX_PARTS = 10_000
 MAX_COPY_SIZE = 5 << 30  # a single server-side copy; entry objects are far smaller
 READ_CHUNK = 1 << 16
 LOCK_SETTLE = 1.0
+MAX_CONNECTIONS = 16  # per origin: botocore's pool and our sender's (_Sender) alike
 SHA256_META = "sha256"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # AWS's bucket rule (lower-case, digits, '.', '-'); also what RGW accepts by default.
@@ -437,12 +438,12 @@ class S3Origin(GuardedByLock):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             s3={"addressing_style": "path" if self.endpoint else "auto"},
-            max_pool_connections=16,
+            max_pool_connections=MAX_CONNECTIONS,
             user_agent_extra="trustboot",
         )
         self._client = session.client("s3", endpoint_url=self.endpoint, verify=verify,
                                       config=config)
-        self._sender = _Sender(tls_ctx, opts.timeout, 16)
+        self._sender = _Sender(tls_ctx, opts.timeout, MAX_CONNECTIONS)
         # last: a handler registered later (one that looks at or holds a request) still
         # runs before the request is sent. (The stubs type every handler as returning
         # None; before-send's may answer.)
