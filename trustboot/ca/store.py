@@ -917,8 +917,9 @@ class CertificateAuthority:
     def _write_crl(self, issuing_key: PrivateKey, now: dt.datetime, *, days: int,
                    number: int, issuer: IssuedEntry | None = None) -> None:
         """The CRL of ``issuer`` (default: the active issuing CA), signed by its key."""
+        # the active issuing CA's certificate was loaded (and checked) when the CA opened
+        issuer_cert = self.issuing_cert if issuer is None else issuer.load_cert()
         issuer = issuer or self.active_entry("issuing")
-        issuer_cert = issuer.load_cert()
         reasons = {
             "unspecified": x509.ReasonFlags.unspecified,
             "key_compromise": x509.ReasonFlags.key_compromise,
