@@ -25,6 +25,7 @@ from trustboot.errors import (
     VerificationError,
 )
 from trustboot.publish.origin import redact_url, split_url
+from trustboot.publish.proxy import proxy_for
 from trustboot.publish.readback import Reader, Trust
 
 MAX_ENTRY = 16 << 20
@@ -131,7 +132,10 @@ def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.dateti
             report.tls_error = f"TLS 1.2 handshake with iPXE's cipher suites failed: {exc}"
             chain = []
         except OSError as exc:
-            report.tls_error = f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+            proxy = proxy_for("https", host, parts.port)
+            through = f" through the proxy {proxy.shown}" if proxy else ""
+            report.tls_error = (f"cannot connect to {host}:{port}{through}: "
+                                f"{exc.strerror or exc}")
             report.failure_exit = ExitCode.OPERATIONAL
             chain = []
         for der in chain:

@@ -26,6 +26,7 @@ import httpx
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import read_capped
 from trustboot.publish.deadline import DeadlineBackend
+from trustboot.publish.proxy import Proxy, proxy_for
 
 # The cipher suites iPXE implements (src/crypto/mishmash/*: ECDHE/DHE/RSA with AES-CBC and
 # AES-GCM; TLS 1.2 at most), in OpenSSL names, forward-secret and AEAD first.
@@ -64,7 +65,7 @@ _HTTPX_ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
 
 
 @contextlib.contextmanager
-def _as_httpx_errors() -> Iterator[None]:
+def _as_httpx_errors(proxy: Proxy | None = None) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
@@ -73,7 +74,8 @@ def _as_httpx_errors() -> Iterator[None]:
                       None)
         if mapped is None:
             raise
-        raise mapped(str(exc)) from exc
+        through = f" (through the proxy {proxy.shown})" if proxy else ""
+        raise mapped(f"{exc}{through}") from exc
 
 
 class _ResponseStream(httpx.SyncByteStream):
@@ -97,21 +99,37 @@ class DeadlineTransport(httpx.BaseTransport):
     its deadline (httpx.HTTPTransport takes no network backend)."""
 
     def __init__(self, ctx: ssl.SSLContext, *, max_connections: int) -> None:
+        self._ctx, self._max = ctx, max_connections
         self._pool = httpcore.ConnectionPool(
             ssl_context=ctx, max_connections=max_connections, keepalive_expiry=5.0,
             network_backend=DeadlineBackend())
+        self._proxied: dict[Proxy, httpcore.HTTPProxy] = {}
+
+    def _pool_for(self, url: httpx.URL) -> tuple[httpcore.ConnectionPool, Proxy | None]:
+        proxy = proxy_for(url.scheme, url.host, url.port)
+        if proxy is None:
+            return self._pool, None
+        if proxy not in self._proxied:
+            host = f"[{proxy.host}]" if ":" in proxy.host else proxy.host
+            # https:// is tunnelled (CONNECT): TLS with self._ctx to the origin, end to end
+            self._proxied[proxy] = httpcore.HTTPProxy(
+                proxy_url=f"http://{host}:{proxy.port}", proxy_headers=list(proxy.headers.items()),
+                ssl_context=self._ctx, max_connections=self._max, keepalive_expiry=5.0,
+                network_backend=DeadlineBackend())
+        return self._proxied[proxy], proxy
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not isinstance(request.stream, httpx.SyncByteStream):
             raise TypeError("an asynchronous request body on a synchronous transport")
+        pool, proxy = self._pool_for(request.url)
         core = httpcore.Request(
             method=request.method,
             url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host,
                              port=request.url.port, target=request.url.raw_path),
             headers=request.headers.raw, content=request.stream,
             extensions=request.extensions)  # the timeouts, sni_hostname, ...
-        with _as_httpx_errors():
-            answer = self._pool.handle_request(core)
+        with _as_httpx_errors(proxy):
+            answer = pool.handle_request(core)
         if not isinstance(answer.stream, Iterable):
             raise TypeError("an asynchronous response body on a synchronous transport")
         return httpx.Response(status_code=answer.status, headers=answer.headers,
@@ -121,6 +139,8 @@ class DeadlineTransport(httpx.BaseTransport):
     def close(self) -> None:
         with _as_httpx_errors():
             self._pool.close()
+            for pool in self._proxied.values():
+                pool.close()
 
 
 def deadline_transport(ctx: ssl.SSLContext, *, max_connections: int) -> DeadlineTransport:

@@ -55,6 +55,7 @@ from trustboot.publish.http import (
     with_retries,
 )
 from trustboot.publish.origin import TooLarge
+from trustboot.publish.proxy import Proxy, proxy_for
 from trustboot.text import clean
 
 CHUNK = 1 << 20
@@ -186,6 +187,7 @@ class Reader:
         self._ctx = ctx
         self._local = threading.local()
         self._conns: list[http.client.HTTPConnection] = []
+        self._proxies: dict[http.client.HTTPConnection, Proxy] = {}
         self._conns_lock = threading.Lock()
 
     def __enter__(self) -> Reader:
@@ -210,9 +212,15 @@ class Reader:
         key = (scheme, host, port)
         conn = conns.get(key)
         if conn is None:
-            conn = (http.client.HTTPSConnection(host, port, timeout=self.timeout,
+            proxy = proxy_for(scheme, host, port)
+            # through a proxy: a CONNECT tunnel to the origin, TLS end to end inside it
+            at = (proxy.host, proxy.port) if proxy else (host, port)
+            conn = (http.client.HTTPSConnection(*at, timeout=self.timeout,
                                                 context=self._ctx) if scheme == "https"
-                    else http.client.HTTPConnection(host, port, timeout=self.timeout))
+                    else http.client.HTTPConnection(*at, timeout=self.timeout))
+            if proxy:
+                conn.set_tunnel(host, port, headers=proxy.headers)
+                self._proxies[conn] = proxy
             conns[key] = conn
             with self._conns_lock:
                 self._conns.append(conn)
@@ -241,6 +249,7 @@ class Reader:
     def _drop_connection(self, scheme: str, host: str, port: int | None) -> None:
         conn = self._local.__dict__.get("conns", {}).pop((scheme, host, port), None)
         if conn is not None:
+            self._proxies.pop(conn, None)
             conn.close()
 
     def _send(self, conn: http.client.HTTPConnection, target: str, scheme: str, host: str,
@@ -321,10 +330,12 @@ class Reader:
             return Served(url, size, {name: h.digest() for name, h in
                                       zip(names, hashers, strict=True)})
         except (OSError, http.client.HTTPException) as exc:
+            proxy = self._proxies.get(conn)
             self._drop_connection(scheme, host, port)
             # as an httpx transport error: with_retries retries it, or reports the TLS
             # certificate failure it wraps (see http.tls_failure)
-            raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc
+            through = f" (through the proxy {proxy.shown})" if proxy else ""
+            raise httpx.ReadError(f"{type(exc).__name__}: {exc}{through}") from exc
         except BaseException:
             self._drop_connection(scheme, host, port)
             raise

@@ -29,6 +29,7 @@ from trustboot.errors import ConfigError, VerificationError
 from trustboot.ipxe.build import ProgressCallback
 from trustboot.keys.keyfile import load_key
 from trustboot.publish.manifest import MANIFEST_NAME, release_prefix
+from trustboot.publish.proxy import direct_to
 from trustboot.release.pipeline import ReleaseResult, check_entry, run_release, trust_of
 from trustboot.release.plan import ReleaseOptions, validate
 from trustboot.release.recipe import Recipe, parse_recipe
@@ -123,7 +124,7 @@ def run_demo(recipe_text: str, source: str, workdir: Path, *, ipxe_source: Path 
                          for c in (server.load_cert(), ca.issuing_cert))
     key = load_key(server.key_path, key_pass, "the demo origin's TLS key")
     with serve_https(origin_dir, cert_chain_pem=chain_pem, key=key,
-                     scratch=workdir / "secrets") as port:
+                     scratch=workdir / "secrets") as port, direct_to("127.0.0.1", port):
         public = f"https://127.0.0.1:{port}/"
         step("origin", f"file://{origin_dir} served at {public} (TLS certificate from the "
                        "demo CA)")

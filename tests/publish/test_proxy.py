@@ -1,0 +1,234 @@
+"""Publishing, the read-back and `origin check` through an HTTP proxy from the environment
+(https_proxy / no_proxy, as curl, git and botocore take them), against a real tinyproxy:
+a CONNECT tunnel with TLS to the origin end to end, the proxy's password never shown."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.publish.conftest import Nginx, Pki, ReleaseFactory, anon_get
+from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
+from tests.publish.test_nginx import publish
+from tests.publish.test_redirects import _foreign_cert
+from tests.publish.tinyproxy import PASSWORD, Tinyproxy, tinyproxy  # noqa: F401
+from trustboot.cli.main import cli
+from trustboot.errors import ConfigError, VerificationError
+from trustboot.publish.proxy import proxy_for
+from trustboot.publish.readback import Reader
+
+ENTRY = b"#!ipxe\necho through a proxy\n"
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+
+
+def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert proxy_for("https", "origin.example", 443) is None
+    monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")  # bare host:port, as curl takes it
+    proxy = proxy_for("https", "origin.example", 443)
+    assert proxy is not None and (proxy.host, proxy.port, proxy.headers) == \
+        ("proxy.corp", 3128, {})
+    assert proxy_for("http", "origin.example", 80) is None  # http_proxy is not https_proxy
+    # credentials are %-decoded into Proxy-Authorization and masked when shown
+    monkeypatch.setenv("https_proxy", "http://us%40er:p%3Ass:w@10.0.0.1:8080/")
+    proxy = proxy_for("https", "origin.example", None)
+    assert proxy is not None and proxy.port == 8080
+    assert base64.b64decode(proxy.headers["Proxy-Authorization"].split()[1]) == b"us@er:p:ss:w"
+    assert proxy.shown == "http://***@10.0.0.1:8080" and "p:ss" not in repr(proxy.shown)
+    # no_proxy: names, domain suffixes, host:port
+    monkeypatch.setenv("no_proxy", "internal.example,.lab,origin.example:8443")
+    assert proxy_for("https", "internal.example", 443) is None
+    assert proxy_for("https", "boot.lab", 443) is None
+    assert proxy_for("https", "origin.example", 8443) is None
+    assert proxy_for("https", "origin.example", 443) is not None
+
+
+@pytest.mark.parametrize("value", [
+    "https://user:hunter2@proxy.corp:3128",  # TLS to the proxy: not supported
+    "socks5://user:hunter2@proxy.corp:1080",
+    "http://user:hunter2@proxy.corp:99999",
+    "http://user:hunter2@proxy.corp:3128/some/path",
+    "http://user:hunter2@:3128",
+])
+def test_a_proxy_that_is_not_http_host_port_is_refused_without_its_password(
+        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("https_proxy", value)
+    with pytest.raises(ConfigError) as caught:
+        proxy_for("https", "origin.example", 443)
+    text = f"{caught.value.message} {caught.value.hint}"
+    assert "https_proxy" in text and "http://HOST:PORT" in text
+    assert "hunter2" not in text and "user" not in text
+
+
+def _wait_for_connect(proxy: Tinyproxy, before: int, target: str) -> list[str]:
+    """The CONNECTs logged since ``before``, once ``target`` is among them (the proxy logs
+    a request as it takes it; a short wait covers the write reaching the file)."""
+    deadline = time.monotonic() + 5
+    while target not in (new := proxy.connects()[before:]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return new
+
+
+def _check(pki: Pki, url: str) -> Result:
+    return CliRunner().invoke(cli, ["origin", "check", url, "--pki", str(pki.dir),
+                                    "--signer", "boot-signer", "--json"])
+
+
+def test_publish_and_check_through_a_proxy(pki: Pki, nginx: Nginx, tinyproxy: Tinyproxy,  # noqa: F811
+                                           make_release: ReleaseFactory,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    origin = f"127.0.0.1:{nginx.port}"
+    monkeypatch.setenv("https_proxy", tinyproxy.url())
+    before = len(tinyproxy.connects())
+    res = publish(pki, make_release({"boot.ipxe": ENTRY, "vmlinuz": b"k" * 300_000}),
+                  nginx.url, "r1")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["readback"] == "https"
+    assert anon_get(nginx.url + "boot.ipxe", pki).content == ENTRY
+    # uploads (httpcore) and the read-back (http.client) both went through the tunnel
+    assert origin in _wait_for_connect(tinyproxy, before, origin)
+    assert PASSWORD not in res.output
+
+    before = len(tinyproxy.connects())
+    res = _check(pki, nginx.url + "boot.ipxe")
+    assert res.exit_code == 0, res.output
+    # TLS end to end: the origin's own chain, as iPXE would see it, not the proxy's
+    assert json.loads(res.output)["chain"][0]["subject"] == "CN=origin"
+    assert origin in _wait_for_connect(tinyproxy, before, origin)
+
+
+def test_no_proxy_goes_direct(pki: Pki, nginx: Nginx, tinyproxy: Tinyproxy,  # noqa: F811
+                              make_release: ReleaseFactory,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("https_proxy", tinyproxy.url())
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
+    before = len(tinyproxy.connects())
+    res = publish(pki, make_release({"boot.ipxe": ENTRY}), nginx.url, "r1")
+    assert res.exit_code == 0, res.output
+    assert _check(pki, nginx.url + "boot.ipxe").exit_code == 0
+    time.sleep(0.3)
+    assert tinyproxy.connects()[before:] == []
+
+
+def test_a_proxy_that_refuses_fails_the_run_naming_it_not_its_password(
+        pki: Pki, nginx: Nginx, tinyproxy: Tinyproxy,  # noqa: F811
+        make_release: ReleaseFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("https_proxy", tinyproxy.url("wrong-secret-77"))
+    res = publish(pki, make_release({"boot.ipxe": ENTRY}), nginx.url, "r1", "--retries", "0")
+    assert res.exit_code == 1, res.output
+    shown = f"http://***@127.0.0.1:{tinyproxy.port}"
+    assert shown in res.output and "wrong-secret-77" not in res.output
+    # the uploads went to the proxy too: nothing reached the origin, not even a release dir
+    assert anon_get(nginx.url + "boot.ipxe", pki).status_code == 404
+    assert anon_get(nginx.url + "releases/r1/boot.ipxe", pki).status_code == 404
+
+    res = _check(pki, nginx.url + "boot.ipxe")
+    assert res.exit_code == 1, res.output
+    assert shown in res.output and "wrong-secret-77" not in res.output
+
+
+def test_s3_publish_through_a_proxy(pki: Pki, tinyproxy: Tinyproxy,  # noqa: F811
+                                    rgw: RGW, make_release: ReleaseFactory,  # noqa: F811
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's reading of the same variables, through the deadline sender's own pools."""
+    pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
+    bucket = f"tb-proxy-{os.getpid()}"
+    rgw.client().create_bucket(Bucket=bucket)
+    monkeypatch.setenv("TB_TEST_S3_PROXY_CREDS", f"{rgw.access_key}:{rgw.secret_key}")
+    monkeypatch.setenv("https_proxy", tinyproxy.url())
+    release = make_release({"boot.ipxe": ENTRY, "vmlinuz": b"s3" * 100_000})
+
+    def run(release_id: str, *extra: str) -> Result:
+        return CliRunner().invoke(cli, [
+            "publish", str(release), f"s3://{bucket}/boot", "--release-id", release_id, "--pki",
+            str(pki.dir), "--endpoint-url", rgw.endpoint, "--credentials-env",
+            "TB_TEST_S3_PROXY_CREDS", "--signer", "boot-signer", "--json", *extra])
+
+    before = len(tinyproxy.connects())
+    res = run("r1")
+    assert res.exit_code == 0, res.output
+    store = rgw.endpoint.removeprefix("https://")
+    assert store in _wait_for_connect(tinyproxy, before, store)
+    assert PASSWORD not in res.output
+
+    monkeypatch.setenv("https_proxy", tinyproxy.url("wrong-secret-77"))
+    res = run("r2", "--retries", "0")
+    assert res.exit_code == 1, res.output
+    assert "wrong-secret-77" not in res.output
+    # the uploads went to the proxy too (not only the read-back): nothing of r2 is stored
+    monkeypatch.delenv("https_proxy")  # (the test's own boto3 client takes it too)
+    listed = rgw.client().list_objects_v2(Bucket=bucket, Prefix="boot/releases/r2/")
+    assert listed.get("KeyCount", 0) == 0
+
+
+@pytest.fixture
+def mitm_proxy(tmp_path: Path) -> Iterator[str]:
+    """A hostile proxy: it accepts any CONNECT, then answers the TLS handshake itself with
+    a certificate for 127.0.0.1 from a CA of its own. Its URL."""
+    cert, key = _foreign_cert(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    part = conn.recv(4096)
+                    if not part:
+                        break
+                    head += part
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                try:
+                    with ctx.wrap_socket(conn, server_side=True) as tls:
+                        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
+                except (OSError, ssl.SSLError):
+                    pass  # the client refused our certificate: as it should
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+def test_a_proxy_cannot_answer_for_the_origin(pki: Pki, nginx: Nginx, mitm_proxy: str,
+                                              make_release: ReleaseFactory,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("https_proxy", mitm_proxy)
+    url = nginx.url + "boot.ipxe"
+    with Reader(ca_file=pki.ca, retries=0) as reader, \
+            pytest.raises(VerificationError) as err:
+        reader.fetch(url, max_size=1 << 20)
+    assert err.value.rule == "origin-tls" and "does not verify" in err.value.message
+    # the uploads (httpcore's tunnel) verify the origin the same way: exit 4, nothing sent
+    res = publish(pki, make_release({"boot.ipxe": ENTRY}), nginx.url, "r1", "--retries", "0")
+    assert res.exit_code == 4, res.output
+    assert "does not verify" in res.output
+    res = _check(pki, url)
+    assert res.exit_code == 4, res.output
+    assert json.loads(res.stdout)["tls_error"].startswith("certificate does not verify")
