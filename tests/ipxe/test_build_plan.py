@@ -78,6 +78,27 @@ def test_tree_hash_ignores_outputs_and_local_config_but_not_sources(tree: Path) 
     assert tree_hash(src) != before
 
 
+def test_a_link_out_of_the_tree_is_refused(tree: Path, tmp_path: Path) -> None:
+    """The hash records a link's text: a link leading out of the tree would let a build read
+    what the cache key does not cover (edit the outside file: same key, stale firmware)."""
+    src = tree / "src"
+    (src / "core").mkdir(exist_ok=True)
+    (src / "core" / "inside.c").write_text("int inside;\n")
+    (src / "core" / "alias.c").symlink_to("inside.c")  # within the tree: hashed as a link
+    before = tree_hash(src)
+    (src / "core" / "inside.c").write_text("int inside = 1;\n")
+    assert tree_hash(src) != before  # the file the link names is hashed itself
+    outside = tmp_path / "outside.c"
+    outside.write_text("int outside;\n")
+    for name, target in (("abs.c", str(outside)), ("rel.c", "../../../outside.c"),
+                         ("dangling.c", "missing.c"), ("dir.c", "..")):
+        link = src / "core" / name
+        link.symlink_to(target)
+        with pytest.raises(ConfigError, match=f"{name} in the iPXE tree is a symbolic link"):
+            tree_hash(src)
+        link.unlink()
+
+
 # --- plan -----------------------------------------------------------------------------------
 
 

@@ -96,7 +96,10 @@ def _iter_files(src: Path) -> list[Path]:
             if not (rel_root == Path(".") and d.startswith("bin"))
             and (rel_root / d).as_posix() not in _SKIP_TOP
         )
-        files.extend(Path(root, n) for n in sorted(names))
+        # a link to a directory is not walked (nor copied): listed, so tree_hash judges it
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        dirs[:] = [d for d in dirs if d not in links]
+        files.extend(Path(root, n) for n in sorted(names + links))
     return files
 
 
@@ -109,12 +112,28 @@ def _check_regular(file: Path) -> None:
         )
 
 
+def _check_link(file: Path, root: str) -> None:
+    """A link's text is what the hash records: the file it leads to must be one the hash
+    covers too, in the tree. One that leads out of it (or nowhere) would let a build read
+    content the cache key does not cover (a stale firmware counted as a hit), and in the
+    build's copy of the tree it would lead somewhere else again."""
+    target = os.path.realpath(file)
+    if os.path.commonpath([root, target]) != root or not os.path.isfile(target):
+        raise ConfigError(
+            f"{file} in the iPXE tree is a symbolic link to {os.readlink(file)!r}, which "
+            "is not a file in the tree",
+            hint="replace the link with the file it names, or build from a clean checkout",
+        )
+
+
 def tree_hash(src: Path) -> str:
     """SHA-256 over (relative path, mode bit x, content) of every file, in sorted order."""
     outer = hashlib.sha256()
+    root = os.path.realpath(src)
     for file in _iter_files(src):
         rel = file.relative_to(src).as_posix()
         if file.is_symlink():
+            _check_link(file, root)
             entry = b"L" + os.readlink(file).encode()
         else:
             _check_regular(file)
