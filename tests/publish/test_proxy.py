@@ -23,7 +23,7 @@ from tests.publish.test_nginx import publish
 from tests.publish.test_redirects import _foreign_cert
 from tests.publish.tinyproxy import PASSWORD, Tinyproxy, tinyproxy  # noqa: F401
 from trustboot.cli.main import cli
-from trustboot.errors import ConfigError, VerificationError
+from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.publish.proxy import proxy_for
 from trustboot.publish.readback import Reader
 
@@ -232,3 +232,36 @@ def test_a_proxy_cannot_answer_for_the_origin(pki: Pki, nginx: Nginx, mitm_proxy
     res = _check(pki, url)
     assert res.exit_code == 4, res.output
     assert json.loads(res.stdout)["tls_error"].startswith("certificate does not verify")
+
+
+def test_a_proxy_that_trickles_its_answer_is_cut_at_the_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CONNECT answered one header line every 0.2 s, forever (each read in time for
+    the per-read timeout): the fetch ends at its deadline, naming the proxy."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n")
+            while not stop.is_set():
+                conn.sendall(b"X-Wait: 1\r\n")
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    try:
+        with Reader(unsafe_no_verify=True, retries=0, timeout=2) as reader, \
+                pytest.raises(OperationalError) as err:
+            reader.fetch("https://origin.invalid/boot.ipxe", max_size=1024)
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - start < 10
+    assert "served too slowly" in err.value.message
+    assert f"(through the proxy http://127.0.0.1:{port})" in err.value.message

@@ -44,10 +44,11 @@ def budget(timeout: float, size: int, *, min_rate: float = MIN_RATE) -> float:
     return timeout + size / min_rate
 
 
-def too_slow(url: str, seconds: float, *, min_rate: float = MIN_RATE) -> OperationalError:
+def too_slow(url: str, seconds: float, *, min_rate: float = MIN_RATE,
+             via: str = "") -> OperationalError:
     return OperationalError(
         f"{url} was served too slowly: not complete after {seconds:.0f} s "
-        f"(less than {min_rate / 1024:.0f} KiB/s)",
+        f"(less than {min_rate / 1024:.0f} KiB/s){via}",
         hint="check the origin and the network path to it; an origin that trickles "
              "its answers holds every client that boots from it")
 

@@ -279,6 +279,7 @@ class Reader:
         host = parts.hostname or ""
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn = self._connection(parts.scheme, host, parts.port)
+        proxy = self._proxies.get(conn)
         seconds = budget(self.timeout, max_size, min_rate=self.min_rate)
         now = time.monotonic()
         token = self._deadlines.watch(conn, now + seconds if due is None
@@ -295,7 +296,9 @@ class Reader:
             late = self._deadlines.done(token)
         if late:
             self._drop_connection(parts.scheme, host, parts.port)
-            raise too_slow(url, seconds, min_rate=self.min_rate) from None
+            # (a tunnel the proxy never opens looks the same)
+            through = f" (through the proxy {proxy.shown})" if proxy else ""
+            raise too_slow(url, seconds, min_rate=self.min_rate, via=through) from None
         return served
 
     def _get_on(self, conn: http.client.HTTPConnection, url: str,
