@@ -138,6 +138,27 @@ def test_bad_origin_certificate(case: str, pki: Pki, nginx: Nginx,
         assert check.exit_code == 4, check.output
 
 
+def test_a_stale_entry_served_after_the_switch_is_caught(
+        pki: Pki, nginx: Nginx, proxy: tuple[str, ProxyState],
+        make_release: ReleaseFactory) -> None:
+    """A cache in front of the origin keeps serving the previous entry pair after the
+    switch. That pair verifies (it is the old release, validly signed), so only comparing
+    the served entry with the one just published shows that clients do not get it: the
+    publish must fail instead of reporting the release live."""
+    url, state = proxy
+    ra = make_release({"boot.ipxe": ENTRY_A})
+    assert publish(pki, ra, nginx.url, "ra").exit_code == 0
+    state.stale["/boot.ipxe"] = ENTRY_A
+    state.stale["/boot.ipxe.sig"] = (ra / "boot.ipxe.sig").read_bytes()
+    rb = make_release({"boot.ipxe": ENTRY_B})
+    res = publish(pki, rb, url, "rb")
+    assert res.exit_code == 4, res.output
+    assert "after switching boot.ipxe to release rb" in res.output
+    assert "entry-after-switch" in res.output
+    # behind the cache the origin did switch: the failure is about what clients get
+    assert anon_get(nginx.url + "boot.ipxe", pki).content == ENTRY_B
+
+
 # --- HTTP errors -----------------------------------------------------------------------
 
 def test_401_then_bearer_credentials_from_env(pki: Pki, proxy: tuple[str, ProxyState],
