@@ -106,6 +106,11 @@ def test_many_files_unlock_the_key_once(material: Material, tmp_path: Path) -> N
     ({"not_before": dt.datetime.now(dt.UTC) - 400 * DAY,
       "not_after": dt.datetime.now(dt.UTC) - DAY}, "expired"),
     ({"not_before": dt.datetime.now(dt.UTC) + DAY}, "not-yet-valid"),
+    # within iPXE's 12h30m margin, which a client would still accept: signing is stricter
+    # (a signature made with a just-expired signer dies within hours everywhere)
+    ({"not_before": dt.datetime.now(dt.UTC) - 400 * DAY,
+      "not_after": dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)}, "expired"),
+    ({"not_before": dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)}, "not-yet-valid"),
 ])
 def test_refuses_signers_ipxe_would_reject(material: Material, tmp_path: Path,
                                            kw: dict[str, object], rule: str) -> None:
