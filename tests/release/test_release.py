@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.release.conftest import Lab
+from tests.release.conftest import Lab, serve_over_https
 from trustboot.audit.policy import load_manifest
 from trustboot.cli.main import cli
 from trustboot.ipxe.script import lint_script
@@ -550,3 +551,26 @@ def test_the_build_stage_shows_make_progress_like_ipxe_build(
     code, out, err = release(str(recipe), "--json", "--reverify")
     assert code == 0, err
     assert "make:" not in err and json.loads(out)["stages"][2]["detail"].endswith("(built)")
+
+
+def test_rerun_fails_when_the_public_url_serves_an_older_validly_signed_entry(
+        lab: Lab, tmp_path: Path) -> None:
+    """The verify stage fetches the entry from where the firmware will and checks it is
+    this release's script, not just a script that verifies: a cache in front of the
+    origin still serving the previous release's entry (validly signed by the same
+    signer) fails the run (exit 4) even when the origin itself is up to date."""
+    recipe = lab.recipe()
+    code, _, err = release(str(recipe))
+    assert code == 0, err
+    old = {n: (lab.origin / n).read_bytes() for n in ("boot.ipxe", "boot.ipxe.sig")}
+    recipe.write_text(recipe.read_text().replace("console=ttyS0 quiet", "console=ttyS1"))
+    code, _, err = release(str(recipe))
+    assert code == 0, err
+    mirror = tmp_path / "stale-cache"
+    shutil.copytree(lab.origin, mirror)
+    for name, data in old.items():
+        (mirror / name).write_bytes(data)
+    with serve_over_https(lab.pki, mirror, tmp_path / "scratch2") as port:
+        code, _, err = release(str(recipe), "--readback-url", f"https://127.0.0.1:{port}/")
+    assert code == 4, err
+    assert "serves another script than this release's" in err, err
