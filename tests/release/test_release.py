@@ -4,6 +4,7 @@ uploads nothing, and refusals (signer lifetime, hostile values, escapes) change 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -18,8 +19,11 @@ from click.testing import CliRunner
 from tests.release.conftest import Lab, serve_over_https
 from trustboot.audit.policy import load_manifest
 from trustboot.cli.main import cli
+from trustboot.errors import ConfigError
 from trustboot.ipxe.script import lint_script
 from trustboot.publish.manifest import parse_manifest
+from trustboot.release.plan import ReleaseOptions, validate
+from trustboot.release.recipe import load_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -574,3 +578,16 @@ def test_rerun_fails_when_the_public_url_serves_an_older_validly_signed_entry(
         code, _, err = release(str(recipe), "--readback-url", f"https://127.0.0.1:{port}/")
     assert code == 4, err
     assert "serves another script than this release's" in err, err
+
+
+@pytest.mark.parametrize("public", ["http://127.0.0.1/boot/", "ftp://127.0.0.1/boot/"])
+def test_a_public_url_given_by_a_caller_must_be_https(lab: Lab, public: str) -> None:
+    """The recipe schema allows only https:// public URLs, but ReleaseOptions.public_url
+    (the demo, other callers of the library) bypasses the schema: validate itself refuses
+    a cleartext base, which would put http:// kernel and initrd URLs into the script."""
+    recipe = load_recipe(lab.recipe())
+    with pytest.raises(ConfigError, match="is not an https:// URL") as err:
+        validate(recipe, ReleaseOptions(public_url=public), now=dt.datetime.now(dt.UTC))
+    # named as the input it is (the embedded script's --chain check would also refuse it,
+    # naming an option this caller never gave)
+    assert err.value.message.startswith("origin.public_url"), err.value.message
