@@ -558,6 +558,19 @@ def generate(directory: Path, now: dt.datetime | None = None) -> Corpus:
               leaf("under-expired-ca", issuer=(old_int, int_key), nb=now - 700 * DAY),
               leaf_key, [old_int, root]))
 
+    # Right names, wrong key: a certificate naming the issuing CA (or the root) as its
+    # issuer but signed by another key. Only the issuer's signature on it binds it to
+    # the trusted chain (x509_check_signature()); names alone are free to copy.
+    add(Case("forged-signer", False, "certificate-signature"),
+        *good("forged-signer", leaf("forged-signer", issuer=(inter, other_key)), leaf_key,
+              chain))
+    forged_int = make_cert("Corpus Issuing CA", int_key, (root, other_key),
+                           not_before=long_ago, not_after=far - DAY, ca=True, path_len=0,
+                           key_usage=ca_ku)
+    add(Case("forged-intermediate", False, "certificate-signature", isolate=True),
+        *good("forged-intermediate", leaf("under-forged-ca", issuer=(forged_int, int_key)),
+              leaf_key, [forged_int, root]))
+
     # Several signers: all must verify (iPXE validates every signer's chain before it
     # looks at --signer, so a selected good signer does not rescue a broken one).
     img = image_for("two-signers")

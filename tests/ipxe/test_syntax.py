@@ -65,3 +65,11 @@ def test_accepted_cmdline_is_one_command(value: str) -> None:
     assert len(cmds) == 1 and cmds[0][1] is None
     assert cmds[0][0] == ["kernel", "vmlinuz", *value.split()]
     assert not any("${" in t for t in cmds[0][0])
+
+
+@pytest.mark.parametrize("value", ["two words", "tab\there", "new\nline"])
+def test_whitespace_is_named_as_the_reason(value: str) -> None:
+    """A space or line break in a word is refused for what it does in iPXE (splits the
+    word: there is no quoting), not as a mere non-printable character."""
+    problem = syntax.word_problem(value)
+    assert problem is not None and "whitespace" in problem and "quoting" in problem

@@ -318,13 +318,17 @@ def test_a_sign_run_initialises_the_module_once(token: Token, material: Material
     assert not lib.initialized  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("loose", ["file", "dir"])
+@pytest.mark.parametrize("loose", ["file", "dir", "owner"])
 def test_a_module_another_user_could_replace_is_not_loaded(
         token: Token, material: Material, tmp_path: Path, loose: str) -> None:
     """The module is code that runs with the PIN in reach: one that group or others may
-    write (the file, or a directory above it without the sticky bit) is refused before
-    it is loaded; the same file in a directory only its owner writes is used."""
+    write (the file, or a directory above it without the sticky bit), or that another
+    user owns (who can chmod it at will), is refused before it is loaded; the same file
+    in a directory only its owner writes is used."""
     import shutil
+
+    if loose == "owner" and os.geteuid() != 0:
+        pytest.skip("needs root to give the module to another user")
 
     key = ec_key()
     _, cert, chain = material.issue(f"hsm-mod-{loose}", key)
@@ -335,15 +339,22 @@ def test_a_module_another_user_could_replace_is_not_loaded(
     shutil.copyfile(token.module.resolve(), module)
     module.chmod(0o755)
     (mods / "link.so").symlink_to(module)
-    (module if loose == "file" else mods).chmod(0o777 if loose == "dir" else 0o757)
+    if loose == "owner":
+        os.chown(module, 65534, 65534)  # nobody's; 0755, so only the mode would pass
+    else:
+        (module if loose == "file" else mods).chmod(0o777 if loose == "dir" else 0o757)
     image = _image(tmp_path)
     for given in (module, mods / "link.so"):
         res = _sign(token, tmp_path, [image], token.uri(), "--cert", str(cert), "--chain",
                     str(chain), "--pkcs11-module", str(given), "--pki", str(tmp_path / "p"))
         assert res.exit_code == 3, res.output
-        assert "writable by other users" in res.output, res.output
+        assert ("owned by uid 65534" if loose == "owner" else "writable by other users") \
+            in res.output, res.output
         assert not image.with_name("vmlinuz.sig").exists()
-    (module if loose == "file" else mods).chmod(0o755)
+    if loose == "owner":
+        os.chown(module, os.geteuid(), os.getegid())
+    else:
+        (module if loose == "file" else mods).chmod(0o755)
     res = _sign(token, tmp_path, [image], token.uri(), "--cert", str(cert), "--chain",
                 str(chain), "--pkcs11-module", str(mods / "link.so"),
                 "--pki", str(tmp_path / "p"))

@@ -53,6 +53,9 @@ class ProxyState:
     early: dict[str, int] = field(default_factory=dict)
     seen: list[tuple[str, str, int]] = field(default_factory=list)
     delays: list[Delay] = field(default_factory=list)
+    # path -> bytes a GET answers instead of the origin's (a cache in front serving a
+    # stale copy)
+    stale: dict[str, bytes] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -102,6 +105,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault:
             st.seen.append((self.command, self.path, fault.status))
             self._reply(fault.status, body=b"injected fault\n")
+            return
+        if self.command in ("GET", "HEAD") and self.path in st.stale:
+            st.seen.append((self.command, self.path, 200))
+            self._reply(200, {"Content-Type": "application/octet-stream"}, st.stale[self.path])
             return
         if self.command in st.canned:
             status, canned = st.canned[self.command]

@@ -4,6 +4,7 @@ refusals, a signed release manifest, hostile names on the https backend, help, u
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.publish.conftest import Nginx, Pki, ReleaseFactory, run_cli
+from tests.publish.conftest import Nginx, Pki, ReleaseFactory, http_server, run_cli
 from tests.publish.faultproxy import fault_proxy
 from trustboot.cli.main import cli
 from trustboot.cli.verify import load_trust
@@ -252,6 +253,35 @@ def test_unsafe_flags_warn_every_run(pki: Pki, make_release: ReleaseFactory,
     res = CliRunner().invoke(cli, ["publish", str(r), "http://127.0.0.1:9/",
                                    "--release-id", "w1", "--pki", str(pki.dir)])
     assert res.exit_code == 3 and "plain HTTP" in res.output
+
+
+def test_a_cleartext_public_url_is_refused_for_the_read_back(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """The read-back fetches from the public URL the way clients will. A plain http://
+    one is refused (exit 3, nothing switched) even when the cleartext mirror serves the
+    right bytes: iPXE would fetch the release unauthenticated. --unsafe-http allows it,
+    with a warning."""
+    r = make_release({"boot.ipxe": ENTRY})
+    srv = tmp_path / "srv"
+
+    class Mirror(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kw: object) -> None:
+            super().__init__(*args, directory=str(srv), **kw)  # type: ignore[arg-type]
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http_server(Mirror) as url:
+        argv = ["publish", str(r), f"file://{srv}", "--release-id", "c1", "--pki",
+                str(pki.dir), "--public-url", url]
+        res = CliRunner().invoke(cli, argv)
+        assert res.exit_code == 3, res.output
+        assert "plain HTTP" in res.output and "--unsafe-http" in res.output
+        assert not (srv / "boot.ipxe").exists()
+        res = CliRunner().invoke(cli, [*argv, "--unsafe-http"])
+        assert res.exit_code == 0, res.output
+        assert "--unsafe-http" in res.stderr and "warning" in res.stderr
+        assert (srv / "boot.ipxe").read_bytes() == ENTRY
 
 
 def test_webdav_lock_collection(pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:

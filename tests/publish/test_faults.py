@@ -138,6 +138,27 @@ def test_bad_origin_certificate(case: str, pki: Pki, nginx: Nginx,
         assert check.exit_code == 4, check.output
 
 
+def test_a_stale_entry_served_after_the_switch_is_caught(
+        pki: Pki, nginx: Nginx, proxy: tuple[str, ProxyState],
+        make_release: ReleaseFactory) -> None:
+    """A cache in front of the origin keeps serving the previous entry pair after the
+    switch. That pair verifies (it is the old release, validly signed), so only comparing
+    the served entry with the one just published shows that clients do not get it: the
+    publish must fail instead of reporting the release live."""
+    url, state = proxy
+    ra = make_release({"boot.ipxe": ENTRY_A})
+    assert publish(pki, ra, nginx.url, "ra").exit_code == 0
+    state.stale["/boot.ipxe"] = ENTRY_A
+    state.stale["/boot.ipxe.sig"] = (ra / "boot.ipxe.sig").read_bytes()
+    rb = make_release({"boot.ipxe": ENTRY_B})
+    res = publish(pki, rb, url, "rb")
+    assert res.exit_code == 4, res.output
+    assert "after switching boot.ipxe to release rb" in res.output
+    assert "entry-after-switch" in res.output
+    # behind the cache the origin did switch: the failure is about what clients get
+    assert anon_get(nginx.url + "boot.ipxe", pki).content == ENTRY_B
+
+
 # --- HTTP errors -----------------------------------------------------------------------
 
 def test_401_then_bearer_credentials_from_env(pki: Pki, proxy: tuple[str, ProxyState],
@@ -265,6 +286,9 @@ def test_object_altered_after_upload_is_caught_before_the_switch(
                             trust=trust_of(pki), now=dt.datetime.now(dt.UTC),
                             progress=sink, options=options_of(pki))
     assert "releases/rb/vmlinuz" in err.value.message
+    # named as what it is, bytes other than were published, whatever the .sig says
+    assert "changed on" in err.value.message, err.value.message
+    assert "iPXE would refuse" not in err.value.message
     assert err.value.exit_code == 4
     assert anon_get(nginx.url + "boot.ipxe", pki).content == ENTRY_A
 
@@ -415,3 +439,31 @@ def test_hostile_propfind_names_are_never_listed(pki: Pki, proxy: tuple[str, Pro
     state.canned["PROPFIND"] = (207, body)
     with open_origin(url, options_of(pki)) as origin:
         assert origin.list("") == ["ok2", "releases/r1/ok.img"]
+
+
+def test_rollback_refuses_a_release_whose_kernel_signature_no_longer_verifies(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """Rollback reads every object back and judges each .sig as iPXE would at the time of
+    the rollback, not only the entry script: a release whose kernel was signed by a
+    certificate that has since expired would switch the fleet to a kernel iPXE refuses.
+    The objects are unchanged on the origin (their bytes match the manifest), so only the
+    judgement of the read-back signature can stop it."""
+    pki.issue("codesign", "short-lived-signer", "--days", "1")
+    ra = make_release({"boot.ipxe": ENTRY_A})
+    (ra / "vmlinuz").write_bytes(b"kernel A" * 100)
+    pki.sign([ra / "vmlinuz"], ra, signer="short-lived-signer")
+    rb = make_release({"boot.ipxe": ENTRY_B})
+    trust = Trust(tuple(load_trust((), pki.dir)))  # any signer of the CA, as --signer unset
+    now = dt.datetime.now(dt.UTC)
+    with open_origin(nginx.url, options_of(pki)) as origin:
+        for rid, directory in (("ra", ra), ("rb", rb)):
+            publish_release(origin, rid, scan_directory(directory), entry="boot.ipxe",
+                            trust=trust, now=now, options=options_of(pki))
+        assert anon_get(nginx.url + "boot.ipxe", pki).content == ENTRY_B
+        later = now + dt.timedelta(days=3)  # the kernel's signer expired; the entry's not
+        with pytest.raises(VerificationError) as err:
+            rollback(origin, "ra", trust=trust, now=later, options=options_of(pki))
+    assert "releases/ra/vmlinuz" in err.value.message
+    assert "iPXE would refuse it" in err.value.message and "expired" in err.value.message
+    assert err.value.exit_code == 4
+    assert anon_get(nginx.url + "boot.ipxe", pki).content == ENTRY_B

@@ -92,7 +92,14 @@ def test_symlink_planted_in_origin_cannot_escape(tmp_path: Path) -> None:
     root.mkdir()
     (root / "releases").symlink_to(outside)
     (root / "boot.ipxe").symlink_to(outside / "target")
+    # a link to a file that exists: reading through it would serve (and publish's
+    # read-back would vouch for) a file from outside the origin
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not for the origin")
+    (root / "entry.ipxe").symlink_to(secret)
     with FileOrigin(f"file://{root}", OriginOptions()) as origin:
+        with pytest.raises(OperationalError):
+            list(origin.read("entry.ipxe", max_size=100))
         with pytest.raises(OperationalError, match="symbolic link"):
             origin.put_bytes("releases/r1/x", b"x", sha256=_digest(b"x"))
         with pytest.raises(OperationalError):

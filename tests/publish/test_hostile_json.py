@@ -48,3 +48,11 @@ def test_publish_list_over_a_hostile_release_json_is_not_a_crash(tmp_path: Path)
     res = CliRunner().invoke(cli, ["publish", "list", f"file://{tmp_path}", "--json"])
     assert res.exit_code != 70 and "InternalError" not in res.output, res.output
     assert "RecursionError" not in res.output
+
+
+def test_a_manifest_over_4_mib_is_refused_by_size() -> None:
+    """Every reader caps what it fetches, but parse_manifest is also handed files and
+    audit inputs: it refuses more than 4 MiB itself, before decoding any of it."""
+    doc = b'{"version": 1, "release": "r1", "files": [], "x": "' + b"a" * (4 << 20) + b'"}'
+    with pytest.raises(ConfigError, match="larger than 4 MiB"):
+        parse_manifest(doc)

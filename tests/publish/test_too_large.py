@@ -103,3 +103,16 @@ def test_a_served_signature_over_the_cap_does_not_verify(
     assert f"{nginx.url}releases/r1/{sig} is larger than {MAX_SIGNATURE_SIZE} bytes" \
         in err["message"]
     assert "iPXE" in err["message"]
+
+
+def test_reader_caps_the_signature_of_a_pair_at_ipxes_limit(pki: Pki, nginx: Nginx) -> None:
+    """verify_pair (origin check, the release's verify stage) reads a .sig only up to the
+    4 MiB iPXE accepts: an origin serving a larger one is cut off by the read cap, not
+    downloaded whole and then judged oversized."""
+    (nginx.root / "pair.ipxe").write_bytes(ENTRY)
+    (nginx.root / "pair.ipxe.sig").write_bytes(b"\x30" * (MAX_SIGNATURE_SIZE + 1))
+    with Reader(ca_file=pki.ca) as reader:
+        with pytest.raises(TooLarge, match=f"larger than {MAX_SIGNATURE_SIZE} bytes"):
+            reader.verify_pair(nginx.url + "pair.ipxe", nginx.url + "pair.ipxe.sig",
+                               trust=trust_of(pki), now=dt.datetime.now(dt.UTC),
+                               max_size=1 << 20)

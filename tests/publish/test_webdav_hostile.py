@@ -151,5 +151,17 @@ def test_a_listing_built_to_eat_memory_is_refused_early(shape: str) -> None:
     n = (webdav.MAX_PROPFIND_BYTES - 100) // (8 if shape == "deep" else 4)
     body = "<a>" * n + "</a>" * n if shape == "deep" else "<a/>" * n
     data = f'<multistatus xmlns="DAV:">{body}</multistatus>'.encode()
-    with pytest.raises(OperationalError, match=r"nested too deeply|too many elements"):
+    # each shape by its own limit: the element count alone would stop the deep one later
+    with pytest.raises(OperationalError, match="nested too deeply" if shape == "deep"
+                       else "too many elements"):
         webdav.parse_multistatus(data)
+
+
+def test_the_parser_refuses_an_answer_over_the_cap_before_parsing_it() -> None:
+    """The transport stops reading at MAX_PROPFIND_BYTES; the parser keeps its own cap for
+    any other caller, and refuses by size (not after chewing through it as XML)."""
+    data = b" " * (webdav.MAX_PROPFIND_BYTES + 1)
+    with pytest.raises(OperationalError, match="larger than 16 MiB"):
+        webdav.parse_multistatus(data)
+    with pytest.raises(OperationalError, match="larger than 16 MiB"):
+        webdav.parse_modified(data)

@@ -72,6 +72,19 @@ def session_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+@contextlib.contextmanager
+def serve_over_https(home: Path, directory: Path, scratch: Path) -> Iterator[int]:
+    """``directory`` served over HTTPS on 127.0.0.1 with the "origin" server certificate
+    of the lab CA in ``home``: its port."""
+    ca = CertificateAuthority.open(home)
+    server = ca.get("origin")
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM)
+                     for c in (server.load_cert(), ca.issuing_cert))
+    key = load_key(server.key_path, constant(PASSPHRASE), "server key")
+    with serve_https(directory, cert_chain_pem=chain, key=key, scratch=scratch) as port:
+        yield port
+
+
 @pytest.fixture
 def lab(session_ca: Path, tmp_path: Path) -> Iterator[Lab]:
     d = tmp_path / "lab"
@@ -84,13 +97,7 @@ def lab(session_ca: Path, tmp_path: Path) -> Iterator[Lab]:
     passfile.chmod(0o600)
     origin = d / "origin"
     origin.mkdir()
-    ca = CertificateAuthority.open(d / "pki")
-    server = ca.get("origin")
-    chain = b"".join(c.public_bytes(serialization.Encoding.PEM)
-                     for c in (server.load_cert(), ca.issuing_cert))
-    key = load_key(server.key_path, constant(PASSPHRASE), "server key")
-    with serve_https(origin, cert_chain_pem=chain, key=key, scratch=tmp_path / "scratch") \
-            as port:
+    with serve_over_https(d / "pki", origin, tmp_path / "scratch") as port:
         yield Lab(dir=d, pki=d / "pki", origin=origin, public=f"https://127.0.0.1:{port}/",
                   passfile=passfile)
 

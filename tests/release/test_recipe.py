@@ -227,6 +227,20 @@ def test_unreadable_recipe_files(tmp_path: Path) -> None:
     big.write_bytes(b"# " + b"x" * (1 << 20) + b"\n")
     with pytest.raises(ConfigError, match="larger than"):
         load_recipe(big)
+    # refused by its size before it is read: a sparse 64 MiB file costs no memory
+    import tracemalloc
+
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as fh:
+        fh.truncate(64 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match="larger than"):
+            load_recipe(huge)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ConfigError, match="not UTF-8"):

@@ -4,8 +4,10 @@ uploads nothing, and refusals (signer lifetime, hostile values, escapes) change 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -14,11 +16,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.release.conftest import Lab
+from tests.release.conftest import Lab, serve_over_https
 from trustboot.audit.policy import load_manifest
 from trustboot.cli.main import cli
+from trustboot.errors import ConfigError
 from trustboot.ipxe.script import lint_script
 from trustboot.publish.manifest import parse_manifest
+from trustboot.release.plan import ReleaseOptions, validate
+from trustboot.release.recipe import load_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -550,3 +555,39 @@ def test_the_build_stage_shows_make_progress_like_ipxe_build(
     code, out, err = release(str(recipe), "--json", "--reverify")
     assert code == 0, err
     assert "make:" not in err and json.loads(out)["stages"][2]["detail"].endswith("(built)")
+
+
+def test_rerun_fails_when_the_public_url_serves_an_older_validly_signed_entry(
+        lab: Lab, tmp_path: Path) -> None:
+    """The verify stage fetches the entry from where the firmware will and checks it is
+    this release's script, not just a script that verifies: a cache in front of the
+    origin still serving the previous release's entry (validly signed by the same
+    signer) fails the run (exit 4) even when the origin itself is up to date."""
+    recipe = lab.recipe()
+    code, _, err = release(str(recipe))
+    assert code == 0, err
+    old = {n: (lab.origin / n).read_bytes() for n in ("boot.ipxe", "boot.ipxe.sig")}
+    recipe.write_text(recipe.read_text().replace("console=ttyS0 quiet", "console=ttyS1"))
+    code, _, err = release(str(recipe))
+    assert code == 0, err
+    mirror = tmp_path / "stale-cache"
+    shutil.copytree(lab.origin, mirror)
+    for name, data in old.items():
+        (mirror / name).write_bytes(data)
+    with serve_over_https(lab.pki, mirror, tmp_path / "scratch2") as port:
+        code, _, err = release(str(recipe), "--readback-url", f"https://127.0.0.1:{port}/")
+    assert code == 4, err
+    assert "serves another script than this release's" in err, err
+
+
+@pytest.mark.parametrize("public", ["http://127.0.0.1/boot/", "ftp://127.0.0.1/boot/"])
+def test_a_public_url_given_by_a_caller_must_be_https(lab: Lab, public: str) -> None:
+    """The recipe schema allows only https:// public URLs, but ReleaseOptions.public_url
+    (the demo, other callers of the library) bypasses the schema: validate itself refuses
+    a cleartext base, which would put http:// kernel and initrd URLs into the script."""
+    recipe = load_recipe(lab.recipe())
+    with pytest.raises(ConfigError, match="is not an https:// URL") as err:
+        validate(recipe, ReleaseOptions(public_url=public), now=dt.datetime.now(dt.UTC))
+    # named as the input it is (the embedded script's --chain check would also refuse it,
+    # naming an option this caller never gave)
+    assert err.value.message.startswith("origin.public_url"), err.value.message

@@ -276,13 +276,18 @@ def test_export_digest_stable(exported: Path) -> None:
         assert hashlib.sha256(der).hexdigest() == pem.fingerprint(hashes.SHA256()).hex()
 
 
-def test_key_set_others_can_write_refused(pki_copy: Path, run: Run, tmp_path: Path,
-                                          pw: Path) -> None:
+@pytest.mark.parametrize(("sub", "mode", "fix"), [
     # Whoever can write there can replace a certificate and its recorded fingerprint.
-    (pki_copy / "secureboot").chmod(0o775)
+    ("", 0o775, "chmod go-w"),
+    # The keys' directory is closed to group and others entirely, as the CA's private/.
+    ("private", 0o750, "chmod 700"),
+])
+def test_key_set_others_can_write_refused(pki_copy: Path, run: Run, tmp_path: Path,
+                                          pw: Path, sub: str, mode: int, fix: str) -> None:
+    (pki_copy / "secureboot" / sub).chmod(mode)
     r = run("secureboot", "export", "--pki", str(pki_copy), "--out", str(tmp_path / "o"),
             "--passphrase-file", str(pw))
-    assert r.exit_code == 3 and "chmod" in r.output, r.output
+    assert r.exit_code == 3 and fix in r.output, r.output
     assert not (tmp_path / "o").exists()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustboot.cms.digest import HashJob, ProgressFactory
-from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.errors import ConfigError, OperationalError
 from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
 from trustboot.keys.ref import KeyRef, parse_ref
 from trustboot.run import run_scope
@@ -184,14 +184,8 @@ def sign_paths(
         with run_scope():
             source = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now,
                                     pkcs11_module=pkcs11_module)
-            if source.algorithm == KeyAlgorithm.ECDSA and not ipxe_version.ecdsa:
-                # A signer iPXE would reject, like verify's rule of the same name: exit 4.
-                raise VerificationError(
-                    f"refusing to sign: ECDSA signatures need iPXE >= 2.0.0 (target: "
-                    f"{ipxe_version}) [rule: unsupported-algorithm]",
-                    hint="use an RSA key, or --ipxe-version 2.0.0 for newer builds",
-                    rule="unsupported-algorithm")
-            # Refuse a doomed signer before asking for its secret.
+            # Refuse a doomed signer before asking for its secret (an ECDSA key for an
+            # iPXE older than 2.0.0 included: verify's unsupported-algorithm rule).
             for finding in preflight(source, now=now, ipxe_version=ipxe_version).warnings:
                 warn(f"{finding.message}\n  hint: {finding.remedy}")
             check_targets(paths, out_dir)
