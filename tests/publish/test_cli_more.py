@@ -282,6 +282,11 @@ def test_a_cleartext_public_url_is_refused_for_the_read_back(
         assert res.exit_code == 0, res.output
         assert "--unsafe-http" in res.stderr and "warning" in res.stderr
         assert (srv / "boot.ipxe").read_bytes() == ENTRY
+        # and says how the read-back went: not "over HTTPS as iPXE"
+        assert "(over plain HTTP: --unsafe-http)" in res.stdout and "HTTPS" not in res.stdout
+        res = CliRunner().invoke(cli, [*argv, "--unsafe-http", "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["readback"] == "http"
 
 
 def test_webdav_lock_collection(pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:

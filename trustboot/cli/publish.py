@@ -233,6 +233,11 @@ def upload_progress(as_json: bool) -> Iterator[BarProgress | None]:
             bars.close()
 
 
+# How the read-back reached what the origin serves (PublishResult.readback), in words
+_READBACK = {"https": "over HTTPS as iPXE", "http": "over plain HTTP: --unsafe-http",
+             "backend": "from the backend"}
+
+
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
@@ -308,7 +313,7 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
                f"object(s) ({_mib(result.bytes_uploaded)}), {len(result.skipped)} already "
                "there")
     click.echo(f"verified {len(result.verified)} object(s) as served "
-               f"({'over HTTPS as iPXE' if result.readback == 'https' else 'from the backend'})"
+               f"({_READBACK.get(result.readback, result.readback)})"
                + (f"; {len(result.readback_cached)} unchanged since a full read-back"
                   if result.readback_cached else ""))
     if result.repaired:

@@ -58,6 +58,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from trustboot import jsonin
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE, Verdict
@@ -358,6 +359,15 @@ def read_manifest(origin: Origin, release_id: str) -> ReleaseManifest | None:
 def release_base_url(origin: Origin, release_id: str) -> str | None:
     url = origin.public_url(release_prefix(release_id) + MANIFEST_NAME)
     return url[: -len(MANIFEST_NAME)] if url else None
+
+
+def readback_kind(origin: Origin) -> str:
+    """How the read-back reaches what the origin serves: "https" as iPXE does, "http" (only
+    with --unsafe-http), or "backend" (the origin has no public URL)."""
+    url = origin.public_url(MANIFEST_NAME)
+    if url is None:
+        return "backend"
+    return "http" if urlsplit(url).scheme == "http" else "https"
 
 
 def make_reader(origin: Origin, trust: Trust, options: OriginOptions | None) -> Reader | None:
@@ -783,7 +793,7 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
         manifest_bytes = manifest.to_bytes()
     result = PublishResult(release=release_id, origin=origin.url, entry=entry,
                            entry_path=entry_path if entry else None,
-                           readback="https" if base else "backend",
+                           readback=readback_kind(origin),
                            signer=manifest.signer.to_json() if manifest.signer else None)
     reader = make_reader(origin, trust, options)
     by_key = {o.key: o for o in objects}
@@ -1069,7 +1079,7 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
                 raise ConfigError(f"release {release_id} has no entry script to switch to")
             result = PublishResult(release=release_id, origin=origin.url,
                                    entry=manifest.entry, entry_path=entry_path,
-                                   readback="https" if reader else "backend",
+                                   readback=readback_kind(origin),
                                    signer=manifest.signer.to_json() if manifest.signer
                                    else None, repaired=repaired)
             prefix = release_prefix(release_id)
