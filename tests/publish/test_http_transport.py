@@ -6,6 +6,7 @@ the request's extensions (timeouts, sni_hostname) and httpx's exception types (w
 from __future__ import annotations
 
 import ast
+import os
 import socket
 import ssl
 import threading
@@ -15,13 +16,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 import trustboot.publish.deadline
 import trustboot.publish.http
 from tests.publish.conftest import Nginx, Pki
-from trustboot.errors import OperationalError
+from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.deadline import total_deadline
-from trustboot.publish.http import deadline_transport, tls_context, tls_failure, with_retries
+from trustboot.publish.http import (
+    deadline_transport,
+    loadable,
+    tls_context,
+    tls_failure,
+    with_retries,
+)
 
 MODULES = [trustboot.publish.http, trustboot.publish.deadline]
 
@@ -157,3 +166,51 @@ def test_a_certificate_failure_is_not_hidden(nginx: Nginx) -> None:
     # the cause stays chained: with_retries reports it as a verification failure
     failure = tls_failure(nginx.url, info.value)
     assert failure is not None and "does not verify" in failure.message
+
+
+def _self_signed_pem(cn: str) -> bytes:
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_openssl_loads_the_bytes_that_were_read_not_the_path_again(
+        nginx: Nginx, pki: Pki, tmp_path: Path) -> None:
+    """tls_context reads each TLS file once (capped, regular) and OpenSSL loads those
+    bytes (loadable): a file swapped after the check is not what gets loaded, and the
+    copy OpenSSL reads is sealed in memory, on no disk."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.ca.read_bytes())
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    with loadable(ca.read_bytes()) as path:
+        ca.write_bytes(_self_signed_pem("swapped in"))  # after the check, before the load
+        ctx.load_verify_locations(cafile=path)
+        assert Path(path).resolve().name.startswith("memfd:")
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            with pytest.raises(PermissionError):
+                os.write(fd, b"x")  # sealed: nobody changes it until OpenSSL is done
+        finally:
+            os.close(fd)
+    names = [dict(rdn[0] for rdn in c["subject"])["commonName"] for c in ctx.get_ca_certs()]
+    assert names == [x509.load_pem_x509_certificate(pki.ca.read_bytes()).subject
+                     .get_attributes_for_oid(NameOID.COMMON_NAME)[0].value]
+    (nginx.root / "x").write_bytes(b"x")
+    with httpx.Client(transport=deadline_transport(ctx, max_connections=1),
+                      trust_env=False, timeout=5.0) as c:
+        assert c.get(nginx.url + "x").content == b"x"
+    # tls_context itself: a CA file that is not PEM is refused naming the file, as before
+    with pytest.raises(ConfigError, match=f"cannot load the origin CA {ca}"):
+        ca.write_bytes(b"not a certificate")
+        tls_context(ca_file=ca)
