@@ -43,6 +43,7 @@ from trustboot.cms.certinfo import (
     public_key,
     verify_raw,
 )
+from trustboot.ipxeparse import inet6_aton, inet_aton
 from trustboot.text import clean
 
 # config/crypto.h: 12 h for a non-UTC RTC plus 30 min of drift.
@@ -691,49 +692,13 @@ def name_match(cert: CertInfo, name: str) -> str | None:
         return "name"
     if any(_dns_match(d, name) for d in cert.san_dns):
         return "name"
-    packed = _inet_aton(name)
+    packed = inet_aton(name)
     kind = "ipv4"
     if packed is None:
         packed, kind = _sock_aton6(name), "ipv6"
     if packed is None or not any(ip == packed for ip in cert.san_ip):
         return None
     return kind
-
-
-def _strtoul(text: str, base: int = 0) -> tuple[int, int]:
-    """iPXE's strtoul() (core/string.c), not C's: (value, index of the end pointer).
-
-    It skips whitespace, a sign and (base 0 only) a "0"/"0x" prefix even when no digit
-    follows, leaving the end pointer after them; "0x" is a prefix only in base 0; overflow
-    wraps (unsigned long: 64 bits, as in x86-64 and arm64 builds).
-    """
-    i, n = 0, len(text)
-    while i < n and text[i] in " \t\n\v\f\r":
-        i += 1
-    negate = i < n and text[i] == "-"
-    if i < n and text[i] in "+-":
-        i += 1
-    if base == 0:
-        base = 10
-        if i < n and text[i] == "0":
-            i, base = i + 1, 8
-            if i < n and ord(text[i]) & ~0x20 == ord("X"):
-                i, base = i + 1, 16
-    value = 0
-    while i < n and _digit_value(text[i]) < base:
-        value = (value * base + _digit_value(text[i])) % (1 << 64)
-        i += 1
-    return ((-value) % (1 << 64) if negate else value), i
-
-
-def _digit_value(char: str) -> int:
-    """iPXE's digit_value(): a letter counts from 10 up, anything else is >= any base."""
-    c = ord(char)
-    if c >= ord("a"):
-        return c - ord("a") + 10
-    if c >= ord("A"):
-        return c - ord("A") + 10
-    return c - ord("0") if ord("0") <= c <= ord("9") else 1 << 32
 
 
 def _sock_aton6(name: str) -> bytes | None:
@@ -744,57 +709,7 @@ def _sock_aton6(name: str) -> bytes | None:
         name = name[1:-1]
     if "%" in name:
         return None
-    return _inet6_aton(name)
-
-
-def _inet6_aton(name: str) -> bytes | None:
-    """iPXE's inet6_aton(): up to eight strtoul(.., 16) words separated by ':' (an empty
-    word is 0), one "::" padded with zero words."""
-    words: list[int] = []
-    pad: int | None = None
-    pos = 0
-    while True:
-        value, used = _strtoul(name[pos:], 16)
-        end = pos + used
-        if value > 0xFFFF:
-            return None
-        words.append(value)
-        if end == len(name):
-            break
-        if name[end] != ":":
-            return None
-        if end == pos and pos != 0:
-            if pad is not None:
-                return None  # a second "::"
-            pad = len(words)
-        pos = end + 1
-        if len(words) == 8:
-            return None
-    if pad is not None:
-        words[pad:pad] = [0] * (8 - len(words))
-    elif len(words) != 8:
-        return None
-    return b"".join(w.to_bytes(2, "big") for w in words)
-
-
-def _inet_aton(name: str) -> bytes | None:
-    """iPXE's inet_aton(): four strtoul(.., 0) numbers up to 255 (so 0x0a, 012, "+1" and
-    even an empty "0x" count), separated by '.'."""
-    out = bytearray()
-    pos = 0
-    for i in range(4):
-        value, used = _strtoul(name[pos:])
-        if used == 0 or value > 0xFF:
-            return None
-        out.append(value)
-        end = pos + used
-        if i < 3:
-            if name[end:end + 1] != ".":
-                return None
-            pos = end + 1
-        elif end != len(name):
-            return None
-    return bytes(out)
+    return inet6_aton(name)
 
 
 def _check_signer_usage(cert: CertInfo) -> None:
