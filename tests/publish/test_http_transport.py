@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 import trustboot.publish.deadline
@@ -203,9 +204,8 @@ def test_openssl_loads_the_bytes_that_were_read_not_the_path_again(
                 os.write(fd, b"x")  # sealed: nobody changes it until OpenSSL is done
         finally:
             os.close(fd)
-    names = [dict(rdn[0] for rdn in c["subject"])["commonName"] for c in ctx.get_ca_certs()]
-    assert names == [x509.load_pem_x509_certificate(pki.ca.read_bytes()).subject
-                     .get_attributes_for_oid(NameOID.COMMON_NAME)[0].value]
+    assert ctx.get_ca_certs(binary_form=True) == [
+        x509.load_pem_x509_certificate(pki.ca.read_bytes()).public_bytes(Encoding.DER)]
     (nginx.root / "x").write_bytes(b"x")
     with httpx.Client(transport=deadline_transport(ctx, max_connections=1),
                       trust_env=False, timeout=5.0) as c:
@@ -214,3 +214,50 @@ def test_openssl_loads_the_bytes_that_were_read_not_the_path_again(
     with pytest.raises(ConfigError, match=f"cannot load the origin CA {ca}"):
         ca.write_bytes(b"not a certificate")
         tls_context(ca_file=ca)
+
+
+class _Opens:
+    """Counts opens of files with inotify (IN_OPEN; IN_CLOSE_NOWRITE in the watch mask
+    keeps two opens from merging into one event)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = int(self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+        assert self._fd >= 0
+        self.by_wd = {int(self._libc.inotify_add_watch(self._fd, bytes(p), 0x20 | 0x10)): p
+                      for p in paths}
+
+    def counts(self) -> dict[str, int]:
+        import struct
+
+        out = {p.name: 0 for p in self.by_wd.values()}
+        try:
+            data = os.read(self._fd, 1 << 16)
+        except BlockingIOError:
+            data = b""
+        os.close(self._fd)
+        offset = 0
+        while offset < len(data):
+            wd, mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+            offset += 16 + length
+            if mask & 0x20:
+                out[self.by_wd[wd].name] += 1
+        return out
+
+
+def test_each_tls_file_is_opened_once(pki: Pki, tmp_path: Path) -> None:
+    """What was checked is what OpenSSL loads: tls_context opens the CA file, the client
+    certificate and its key once each (it opened each again by path for OpenSSL, leaving
+    a window in which the checked file could be swapped)."""
+    files = {"ca.pem": pki.ca, "client.crt": pki.cert("publisher"),
+             "client.key": pki.key("publisher")}
+    for name, source in files.items():
+        (tmp_path / name).write_bytes(source.read_bytes())
+    opens = _Opens([tmp_path / name for name in files])
+    ctx = tls_context(ca_file=tmp_path / "ca.pem", client_cert=tmp_path / "client.crt",
+                      client_key=tmp_path / "client.key",
+                      client_key_passphrase=pki.key_pass.read_bytes().strip())
+    assert opens.counts() == {"ca.pem": 1, "client.crt": 1, "client.key": 1}
+    assert len(ctx.get_ca_certs()) == 1
