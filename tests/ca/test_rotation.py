@@ -440,14 +440,14 @@ def test_check_checks_each_previous_issuing_cas_crl(
     rel = f"crls/{crl_path.name}"
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
     assert any(p.startswith(f"{rel} is out of date") for p in authority.check(later))
+    fix = (f"; run `trustboot ca crl` (it needs that CA's key in the CA home), or retire "
+           f"the CA: `trustboot ca rotate issuing --retire {old.serial:x}`")
     good = crl_path.read_bytes()
     crl_path.write_bytes((ca_home / "crl.pem").read_bytes())
-    assert f"{rel} is not signed by this CA's previous issuing CA {old.serial:x}; run " \
-        "`trustboot ca crl`" in \
+    assert f"{rel} is not signed by this CA's previous issuing CA {old.serial:x}{fix}" in \
         CertificateAuthority.open(ca_home).check()
     crl_path.write_bytes(b"not a CRL")
-    assert f"{rel} is not a PEM CRL; run `trustboot ca crl`" in \
-        CertificateAuthority.open(ca_home).check()
+    assert f"{rel} is not a PEM CRL{fix}" in CertificateAuthority.open(ca_home).check()
     crl_path.write_bytes(good)
     (ca_home / "crls" / "ffff.pem").write_bytes(good)
     problems = CertificateAuthority.open(ca_home).check()
@@ -455,3 +455,24 @@ def test_check_checks_each_previous_issuing_cas_crl(
                         f"move it out of {ca_home / 'crls'}"]
     r = run("ca", "check", "--pki", str(ca_home))
     assert r.exit_code == 3 and "crls/ffff.pem" in r.output, r.output
+
+
+def test_a_retired_issuing_cas_crl_is_neither_exported_nor_held_to_its_date(
+        ca_home: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    """Retiring a previous issuing CA takes its chain out of trust and exports: its CRL
+    leaves the export, and `ca check` no longer wants it fresh (its key may be gone, so
+    nothing could refresh it); a signature on it still has to be its own."""
+    old, crl_path = _old_leaf_revoked(ca_home, run, secrets_dir)
+    out = tmp_path / "export"
+    assert export(run, ca_home, out)["crls"] == [str(out / "crls" / crl_path.name)]
+    assert ca(run, ca_home, secrets_dir, "renew", "other").exit_code == 0
+    assert ca(run, ca_home, secrets_dir, "rotate", "issuing", "--retire", f"{old.serial:x}",
+              secret=False).exit_code == 0
+    assert export(run, ca_home, out)["crls"] == []
+    assert list((out / "crls").iterdir()) == []
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
+    assert not any(p.startswith("crls/") for p in
+                   CertificateAuthority.open(ca_home).check(later))
+    crl_path.write_bytes((ca_home / "crl.pem").read_bytes())
+    assert any(p.startswith(f"crls/{crl_path.name} is not signed by") for p in
+               CertificateAuthority.open(ca_home).check())

@@ -307,7 +307,8 @@ class CertificateAuthority:
             if issuer is None:
                 raise ConfigError(f"{path} is not the CRL of a previous issuing CA of this CA",
                                   hint=f"move it out of {path.parent}")
-            out[path.name] = self._checked_crl(path, issuer)
+            if issuer.status != "retired":  # a retired CA's chain leaves trust and exports
+                out[path.name] = self._checked_crl(path, issuer)
         return out
 
     def _checked_crl(self, path: Path, issuer: IssuedEntry) -> bytes:
@@ -1080,11 +1081,16 @@ class CertificateAuthority:
                 problems.append(f"{rel} is not the CRL of a previous issuing CA of this CA; "
                                 f"move it out of {path.parent}")
                 continue
+            retired = issuer.status == "retired"  # out of trust: its CRL may go stale
             try:
-                found = self._crl_problems(path, issuer, now)[1]
+                found = self._crl_problems(path, issuer, None if retired else now)[1]
             except ConfigError as exc:
                 found = [f"cannot be read: {exc.message}"]
-            problems += [f"{rel} {p}; run `trustboot ca crl`" for p in found]
+            fix = "run `trustboot ca crl`"
+            if path.parent != self.path:
+                fix += (f" (it needs that CA's key in the CA home), or retire the CA: "
+                        f"`trustboot ca rotate issuing --retire {issuer.serial:x}`")
+            problems += [f"{rel} {p}; {fix}" for p in found]
         return problems
 
     # ---- views -------------------------------------------------------------------------
