@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.cms.corpus import Corpus, children, der, make_cert, seq, tlv
 from trustboot.cli.main import cli
+from trustboot.cms import certinfo
 from trustboot.cms import verify as rules
 from trustboot.cms.verify import MAX_CERTIFICATES, digest_algorithms, verify_signature
 
@@ -89,7 +90,7 @@ def test_each_certificate_is_parsed_once_per_verification(
         corpus: Corpus, monkeypatch: pytest.MonkeyPatch) -> None:
     sig = _with_certificates(_good(corpus), _junk(5))  # bytes no earlier test judged
     calls: list[bytes] = []
-    real = rules.parse_certificate
+    real = certinfo.parse_certificate
 
     def counting(der_bytes: bytes, *args: object, **kw: object) -> object:
         calls.append(der_bytes)
