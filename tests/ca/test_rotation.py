@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 from click.testing import Result
 from cryptography import x509
 
-from trustboot.ca.store import CertificateAuthority, fingerprint
+from trustboot.ca.store import CertificateAuthority, IssuedEntry, fingerprint
 from trustboot.ipxe.build import BUILD_FORMAT
 from trustboot.ipxe.inputs import collect_trust
 
@@ -384,3 +385,94 @@ def test_revoking_a_leaf_of_a_previous_issuing_ca_without_its_key_says_why(
     assert f"--retire {old.serial:x}" in r.output and "on no CRL" in r.output
     assert not (ca_home / "crls").exists()
     assert CertificateAuthority.open(ca_home).get("signer").status == "revoked"
+
+
+def _old_leaf_revoked(ca_home: Path, run: Run, secrets_dir: Path) -> tuple[IssuedEntry, Path]:
+    """Rotate the issuing CA and revoke a leaf of the previous one: crls/SERIAL.pem."""
+    old = CertificateAuthority.open(ca_home).active_entry("issuing")
+    assert ca(run, ca_home, secrets_dir, "rotate", "issuing").exit_code == 0
+    assert ca(run, ca_home, secrets_dir, "revoke", "signer").exit_code == 0
+    crl_path = ca_home / "crls" / f"{old.serial:x}.pem"
+    assert crl_path.is_file()
+    return old, crl_path
+
+
+def test_export_carries_the_previous_issuing_cas_crls(
+        ca_home: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    """A pipeline that checks signatures by a previous issuing CA's leaves needs that CA's
+    CRL: `ca export` copies crls/ beside crl.pem, public, and drops one that is gone."""
+    old, crl_path = _old_leaf_revoked(ca_home, run, secrets_dir)
+    out = tmp_path / "export"
+    data = export(run, ca_home, out)
+    copied = out / "crls" / crl_path.name
+    assert data["crls"] == [str(copied)]
+    assert copied.read_bytes() == crl_path.read_bytes()
+    assert copied.stat().st_mode & 0o777 == 0o644
+    assert (out / "crls").stat().st_mode & 0o777 == 0o755
+    leaf = CertificateAuthority.open(ca_home).find_serial(old.serial)
+    assert leaf is not None
+    listed = {c.serial_number for c in x509.load_pem_x509_crl(copied.read_bytes())}
+    assert any(e.serial in listed for e in CertificateAuthority.open(ca_home).entries
+               if e.status == "revoked")
+    # a CRL that is no longer in the CA home does not stay in the export
+    (out / "crls" / "abc.pem").write_bytes(copied.read_bytes())
+    export(run, ca_home, out)
+    assert sorted(p.name for p in (out / "crls").iterdir()) == [crl_path.name]
+
+
+def test_export_refuses_a_previous_crl_its_issuer_did_not_sign(
+        ca_home: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    _old, crl_path = _old_leaf_revoked(ca_home, run, secrets_dir)
+    crl_path.write_bytes((ca_home / "crl.pem").read_bytes())  # the new issuing CA's
+    r = run("ca", "export", "--pki", str(ca_home), "--out", str(tmp_path / "export"))
+    assert r.exit_code == 3, r.output
+    assert f"{crl_path} is not signed by this CA's previous issuing CA" in r.output
+    assert not (tmp_path / "export" / "crls").exists()
+
+
+def test_check_checks_each_previous_issuing_cas_crl(
+        ca_home: Path, run: Run, secrets_dir: Path) -> None:
+    """`ca check` holds crls/SERIAL.pem to crl.pem's rules: signed by that previous issuing
+    CA, not past nextUpdate, listing its every revocation; a stray file is named."""
+    old, crl_path = _old_leaf_revoked(ca_home, run, secrets_dir)
+    authority = CertificateAuthority.open(ca_home)
+    assert authority.check() == []
+    rel = f"crls/{crl_path.name}"
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
+    assert any(p.startswith(f"{rel} is out of date") for p in authority.check(later))
+    fix = (f"; run `trustboot ca crl` (it needs that CA's key in the CA home), or retire "
+           f"the CA: `trustboot ca rotate issuing --retire {old.serial:x}`")
+    good = crl_path.read_bytes()
+    crl_path.write_bytes((ca_home / "crl.pem").read_bytes())
+    assert f"{rel} is not signed by this CA's previous issuing CA {old.serial:x}{fix}" in \
+        CertificateAuthority.open(ca_home).check()
+    crl_path.write_bytes(b"not a CRL")
+    assert f"{rel} is not a PEM CRL{fix}" in CertificateAuthority.open(ca_home).check()
+    crl_path.write_bytes(good)
+    (ca_home / "crls" / "ffff.pem").write_bytes(good)
+    problems = CertificateAuthority.open(ca_home).check()
+    assert problems == [f"crls/ffff.pem is not the CRL of a previous issuing CA of this CA; "
+                        f"move it out of {ca_home / 'crls'}"]
+    r = run("ca", "check", "--pki", str(ca_home))
+    assert r.exit_code == 3 and "crls/ffff.pem" in r.output, r.output
+
+
+def test_a_retired_issuing_cas_crl_is_neither_exported_nor_held_to_its_date(
+        ca_home: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    """Retiring a previous issuing CA takes its chain out of trust and exports: its CRL
+    leaves the export, and `ca check` no longer wants it fresh (its key may be gone, so
+    nothing could refresh it); a signature on it still has to be its own."""
+    old, crl_path = _old_leaf_revoked(ca_home, run, secrets_dir)
+    out = tmp_path / "export"
+    assert export(run, ca_home, out)["crls"] == [str(out / "crls" / crl_path.name)]
+    assert ca(run, ca_home, secrets_dir, "renew", "other").exit_code == 0
+    assert ca(run, ca_home, secrets_dir, "rotate", "issuing", "--retire", f"{old.serial:x}",
+              secret=False).exit_code == 0
+    assert export(run, ca_home, out)["crls"] == []
+    assert list((out / "crls").iterdir()) == []
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
+    assert not any(p.startswith("crls/") for p in
+                   CertificateAuthority.open(ca_home).check(later))
+    crl_path.write_bytes((ca_home / "crl.pem").read_bytes())
+    assert any(p.startswith(f"crls/{crl_path.name} is not signed by") for p in
+               CertificateAuthority.open(ca_home).check())

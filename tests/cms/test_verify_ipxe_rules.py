@@ -261,6 +261,6 @@ def test_ipv4_signer_names_parse_as_ipxe_does(text: str, expected: str | None) -
     is progress (value 0), unlike C's strtoul."""
     import ipaddress
 
-    from trustboot.cms.verify import _inet_aton
+    from trustboot.ipxeparse import inet_aton
 
-    assert _inet_aton(text) == (ipaddress.IPv4Address(expected).packed if expected else None)
+    assert inet_aton(text) == (ipaddress.IPv4Address(expected).packed if expected else None)

@@ -142,6 +142,48 @@ def test_a_set_that_can_fail_ends_the_embedded_script(line: str) -> None:
     assert rules(GOOD.replace(KERNEL, "set tries:int32 0\ninc tries\n" + KERNEL)) == set()
 
 
+# `set NAME:TYPE VALUE` with a literal value: (words, iPXE stores it). Checked against a
+# real iPXE by test_lint_real.test_ipxe_refuses_the_literal_values_the_lint_flags.
+LITERAL_SETS = [
+    ("tb_a:ipv4 notanip", False), ("tb_b:ipv4 10.0.0.1", True),
+    ("tb_c:ipv4 0x0a.1.2.3", True), ("tb_d:ipv4 10.0.0", False),
+    ("tb_e:uint8 12abc", False), ("tb_f:uint8 0x", True), ("tb_g:int32 -5", True),
+    ("tb_h:int32 1 2", False), ("tb_i:uint16 70000", True),
+    ("tb_j:hex 0a:1b", True), ("tb_k:hex 0a1b", False), ("tb_l:hex 0a:", False),
+    ("tb_m:hexhyp 0a-1b", True), ("tb_n:hexraw 0a1", False), ("tb_o:hexraw 0A1b", True),
+    ("tb_p:uuid 01234567-89ab-cdef-0123-456789abcdef", True), ("tb_q:uuid 0123", False),
+    ("tb_r:guid 0123456789abcdef0123456789abcdef", True),
+    ("tb_s:base64 aGk=", True), ("tb_t:base64 a=b", False), ("tb_u:base64 aGk", False),
+    ("tb_v:nosuchtype 1", False), ("tb_w:string not an ip", True),
+    ("tb_x:busdevfn 1", False), ("tb_y:uristring %zz", True), ("tb_z:ipv4", True),
+    ("next-server notanip", False), ("priority 1x", False), ("tb_0 notanip", True),
+]
+
+
+@pytest.mark.parametrize("words, stored", LITERAL_SETS)
+def test_a_literal_value_that_cannot_parse_is_flagged(words: str, stored: bool) -> None:
+    """`set x:ipv4 notanip` always fails in iPXE ("Could not store"): flagged, and the
+    command is modelled as failing (the embedded script ends there)."""
+    text = GOOD.replace(KERNEL, f"set {words}\n" + KERNEL)
+    found = {f.rule: f.message for f in lint_script(text)}
+    if stored:
+        assert found == {}
+        return
+    assert set(found) == {"setting-value", "fall-through"}
+    assert words.split()[0] in found["setting-value"]
+    # even with '|| goto', the set is flagged: it can never succeed
+    caught = GOOD.replace(KERNEL, f"set {words} || goto failed\n" + KERNEL)
+    assert rules(caught) == {"setting-value"}
+
+
+def test_an_expanded_value_is_not_judged_and_clear_checks_the_type() -> None:
+    assert rules(GOOD.replace(KERNEL, "set x:ipv4 ${next-server} || goto failed\n"
+                              + KERNEL)) == set()
+    assert rules(GOOD.replace(KERNEL, "clear x:ipv5 || goto failed\n" + KERNEL)) \
+        == {"setting-value"}
+    assert rules(GOOD.replace(KERNEL, "clear x:ipv4\n" + KERNEL)) == set()
+
+
 def test_a_nul_ends_the_line() -> None:
     # A script line is a C string in iPXE: nothing after a NUL is seen, '|| goto' included.
     text = GOOD.replace(VERIFY_K, VERIFY_K.replace(" ||", "\0 ||"))

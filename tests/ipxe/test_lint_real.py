@@ -223,3 +223,24 @@ def test_ipxe_set_and_inc_can_fail(pki: TestPki) -> None:
     assert DONE_MARKER in console, console
     assert "VERDICT set failed" in console and "VERDICT inc failed" in console, console
     assert "VERDICT literal ok" in console, console
+
+
+@pytest.mark.ipxe
+@pytest.mark.slow
+def test_ipxe_refuses_the_literal_values_the_lint_flags(pki: TestPki) -> None:
+    """Every literal `set` of test_lint.LITERAL_SETS: a real iPXE stores exactly those the
+    lint (setting_types) accepts."""
+    from tests.ipxe.test_lint import LITERAL_SETS
+    from trustboot.ipxe.setting_types import setting_problem
+
+    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+    lines = ["#!ipxe"]
+    for i, (words, _) in enumerate(LITERAL_SETS):
+        lines.append(f"set {words} && echo VERDICT {i} ok || echo VERDICT {i} failed")
+    console = boot(lkrn, {}, "\n".join([*lines, f"echo {DONE_MARKER}", ""]))
+    assert DONE_MARKER in console, console
+    for i, (words, stored) in enumerate(LITERAL_SETS):
+        real = f"VERDICT {i} ok" in console
+        assert real != (f"VERDICT {i} failed" in console), (words, console)
+        assert real == stored, f"iPXE {'stores' if real else 'refuses'} 'set {words}'"
+        assert (setting_problem("set", words.split()) is None) == real, words

@@ -6,6 +6,7 @@ the request's extensions (timeouts, sni_hostname) and httpx's exception types (w
 from __future__ import annotations
 
 import ast
+import os
 import socket
 import ssl
 import threading
@@ -15,13 +16,22 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
 import trustboot.publish.deadline
 import trustboot.publish.http
 from tests.publish.conftest import Nginx, Pki
-from trustboot.errors import OperationalError
+from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.deadline import total_deadline
-from trustboot.publish.http import deadline_transport, tls_context, tls_failure, with_retries
+from trustboot.publish.http import (
+    deadline_transport,
+    loadable,
+    tls_context,
+    tls_failure,
+    with_retries,
+)
 
 MODULES = [trustboot.publish.http, trustboot.publish.deadline]
 
@@ -157,3 +167,97 @@ def test_a_certificate_failure_is_not_hidden(nginx: Nginx) -> None:
     # the cause stays chained: with_retries reports it as a verification failure
     failure = tls_failure(nginx.url, info.value)
     assert failure is not None and "does not verify" in failure.message
+
+
+def _self_signed_pem(cn: str) -> bytes:
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_openssl_loads_the_bytes_that_were_read_not_the_path_again(
+        nginx: Nginx, pki: Pki, tmp_path: Path) -> None:
+    """tls_context reads each TLS file once (capped, regular) and OpenSSL loads those
+    bytes (loadable): a file swapped after the check is not what gets loaded, and the
+    copy OpenSSL reads is sealed in memory, on no disk."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.ca.read_bytes())
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    with loadable(ca.read_bytes()) as path:
+        ca.write_bytes(_self_signed_pem("swapped in"))  # after the check, before the load
+        ctx.load_verify_locations(cafile=path)
+        assert Path(path).resolve().name.startswith("memfd:")
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            with pytest.raises(PermissionError):
+                os.write(fd, b"x")  # sealed: nobody changes it until OpenSSL is done
+        finally:
+            os.close(fd)
+    assert ctx.get_ca_certs(binary_form=True) == [
+        x509.load_pem_x509_certificate(pki.ca.read_bytes()).public_bytes(Encoding.DER)]
+    (nginx.root / "x").write_bytes(b"x")
+    with httpx.Client(transport=deadline_transport(ctx, max_connections=1),
+                      trust_env=False, timeout=5.0) as c:
+        assert c.get(nginx.url + "x").content == b"x"
+    # tls_context itself: a CA file that is not PEM is refused naming the file, as before
+    with pytest.raises(ConfigError, match=f"cannot load the origin CA {ca}"):
+        ca.write_bytes(b"not a certificate")
+        tls_context(ca_file=ca)
+
+
+class _Opens:
+    """Counts opens of files with inotify (IN_OPEN; IN_CLOSE_NOWRITE in the watch mask
+    keeps two opens from merging into one event)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = int(self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+        assert self._fd >= 0
+        self.by_wd = {int(self._libc.inotify_add_watch(self._fd, bytes(p), 0x20 | 0x10)): p
+                      for p in paths}
+
+    def counts(self) -> dict[str, int]:
+        import struct
+
+        out = {p.name: 0 for p in self.by_wd.values()}
+        try:
+            data = os.read(self._fd, 1 << 16)
+        except BlockingIOError:
+            data = b""
+        os.close(self._fd)
+        offset = 0
+        while offset < len(data):
+            wd, mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+            offset += 16 + length
+            if mask & 0x20:
+                out[self.by_wd[wd].name] += 1
+        return out
+
+
+def test_each_tls_file_is_opened_once(pki: Pki, tmp_path: Path) -> None:
+    """What was checked is what OpenSSL loads: tls_context opens the CA file, the client
+    certificate and its key once each (it opened each again by path for OpenSSL, leaving
+    a window in which the checked file could be swapped)."""
+    files = {"ca.pem": pki.ca, "client.crt": pki.cert("publisher"),
+             "client.key": pki.key("publisher")}
+    for name, source in files.items():
+        (tmp_path / name).write_bytes(source.read_bytes())
+    opens = _Opens([tmp_path / name for name in files])
+    ctx = tls_context(ca_file=tmp_path / "ca.pem", client_cert=tmp_path / "client.crt",
+                      client_key=tmp_path / "client.key",
+                      client_key_passphrase=pki.key_pass.read_bytes().strip())
+    assert opens.counts() == {"ca.pem": 1, "client.crt": 1, "client.key": 1}
+    assert len(ctx.get_ca_certs()) == 1

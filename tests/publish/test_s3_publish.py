@@ -131,7 +131,8 @@ def test_publish_to_rgw_end_to_end(target: Target, pki: Pki, make_release: Relea
     assert pr.exit_code == 0, pr.output
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
     assert "boot/releases/r1/vmlinuz" in keys  # the live release is never pruned
-    assert not any(k.startswith("boot/.trustboot") for k in keys)  # no lock left behind
+    # no lock left behind (the live record stays: which release boot.ipxe serves)
+    assert {k for k in keys if k.startswith("boot/.trustboot")} == {"boot/.trustboot-live.json"}
 
 
 def test_publish_with_a_wrong_secret_fails_cleanly(s3_env: RGW, pki: Pki,
@@ -186,7 +187,8 @@ def test_sigkill_mid_publish_then_resume(target: Target, pki: Pki,
     everything = {"boot.ipxe", "boot.ipxe.sig", "initrd.img", "initrd.img.sig"}
     assert set(out["uploaded"]) == everything - present
     assert anon_get(base + "boot.ipxe", rgw.ca_file)[2] == ENTRY2
-    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="boot/.trustboot")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="boot/.trustboot")[
+        "Contents"]] == ["boot/.trustboot-live.json"]  # no lock, no switch record left
     # free the OSD's RAM for the rest of the session
     for key in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]:
         s3.delete_object(Bucket=bucket, Key=key)
@@ -270,7 +272,8 @@ def test_5xx_bursts_on_rgw_are_retried_and_never_half_publish(
         assert anon_get(direct + "boot.ipxe", rgw.ca_file)[2] == ENTRY1  # still r1, whole
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
         assert "boot/releases/r2/vmlinuz" not in keys
-        assert not any(k.startswith("boot/.trustboot") for k in keys)  # lock released
+        assert {k for k in keys if k.startswith("boot/.trustboot")} == {
+            "boot/.trustboot-live.json"}  # lock released (r1's live record stays)
 
         state.bursts = []
         again = run("publish", str(r2), target.origin, "--release-id", "r2")

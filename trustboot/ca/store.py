@@ -284,24 +284,66 @@ class CertificateAuthority:
         return next((e for e in self.entries if e.sha256 == sha), None)
 
     def crl_pem(self) -> bytes:
-        """crl.pem, refused unless the issuing CA signed it."""
-        path = self.path / "crl.pem"
+        """crl.pem, refused unless the issuing CA signed it and it lists every revocation."""
+        return self._checked_crl(self.path / "crl.pem", self.active_entry("issuing"))
+
+    def previous_crls(self) -> list[tuple[Path, IssuedEntry | None]]:
+        """The files in crls/ with the previous issuing CA each is the CRL of (crl_path's
+        naming: its serial in hex); None for a file that names no previous issuing CA."""
+        directory = self.path / CRL_DIR
+        if not directory.is_dir():
+            return []
+        active = self.active_entry("issuing").sha256
+        previous = {f"{e.serial:x}.pem": e for e in self.entries
+                    if e.profile == "issuing" and e.sha256 != active}
+        return [(directory / name, previous.get(name))
+                for name in sorted(os.listdir(directory)) if not name.startswith(".")]
+
+    def previous_crl_pems(self) -> dict[str, bytes]:
+        """Each CRL in crls/ by file name, refused (ConfigError) unless the previous issuing
+        CA it is named for signed it and it lists that CA's every revocation."""
+        out: dict[str, bytes] = {}
+        for path, issuer in self.previous_crls():
+            if issuer is None:
+                raise ConfigError(f"{path} is not the CRL of a previous issuing CA of this CA",
+                                  hint=f"move it out of {path.parent}")
+            if issuer.status != "retired":  # a retired CA's chain leaves trust and exports
+                out[path.name] = self._checked_crl(path, issuer)
+        return out
+
+    def _checked_crl(self, path: Path, issuer: IssuedEntry) -> bytes:
+        data, problems = self._crl_problems(path, issuer)
+        if problems:
+            raise ConfigError(f"{path} {problems[0]}", hint="regenerate it: trustboot ca crl")
+        return data
+
+    def _crl_problems(self, path: Path, issuer: IssuedEntry,
+                      now: dt.datetime | None = None) -> tuple[bytes, list[str]]:
+        """The CRL at ``path`` and what is wrong with it as ``issuer``'s CRL: not PEM, not
+        signed by it, another issuer's name, past its nextUpdate (only with ``now``), a
+        revocation of ``issuer``'s it does not list (a revoke killed between its index
+        commit and its CRL: never hand that on)."""
         data = read_capped(path, MAX_CRL_FILE, "CRL", nofollow=True)
         try:
             crl = x509.load_pem_x509_crl(data)
         except ValueError:
-            raise ConfigError(f"{path} is not a PEM CRL",
-                              hint="regenerate it: trustboot ca crl") from None
-        if not crl.is_signature_valid(self.issuing_cert.public_key()):  # type: ignore[arg-type]
-            raise ConfigError(f"{path} is not signed by this CA's issuing CA",
-                              hint="regenerate it: trustboot ca crl")
-        if missing := self._unlisted_revocations():
-            # A revoke killed between its index commit and its CRL: never hand that on.
-            raise ConfigError(
-                f"{path} does not list revoked {missing[0].name} (serial "
-                f"{missing[0].serial:x}): a revocation was not finished",
-                hint="regenerate it: trustboot ca crl")
-        return data
+            return data, ["is not a PEM CRL"]
+        issuer_cert = self._issuer_cert(issuer)
+        what = ("this CA's issuing CA" if issuer.sha256 == self.active_entry("issuing").sha256
+                else f"this CA's previous issuing CA {issuer.serial:x}")
+        if not crl.is_signature_valid(issuer_cert.public_key()):  # type: ignore[arg-type]
+            return data, [f"is not signed by {what}"]
+        if crl.issuer != issuer_cert.subject:
+            return data, [f"names issuer {crl.issuer.rfc4514_string()}, not {what}"]
+        problems = []
+        if now is not None and (crl.next_update_utc is None or crl.next_update_utc < now):
+            problems.append(f"is out of date (nextUpdate {crl.next_update_utc}, before "
+                            f"{now.isoformat(timespec='seconds')})")
+        listed = {r.serial_number for r in crl}
+        problems += [f"does not list revoked {e.name} (serial {e.serial:x}): a revocation "
+                     "was not finished" for e in self._crl_entries(issuer)
+                     if e.serial not in listed]
+        return data, problems
 
     @property
     def options(self) -> CAOptions:
@@ -869,12 +911,19 @@ class CertificateAuthority:
         path = self.crl_path(issuer)
         return path if entry.serial in self._listed(path, issuer) else None
 
+    def _issuer_cert(self, issuer: IssuedEntry) -> x509.Certificate:
+        # the active issuing CA's certificate was loaded (and checked) when the CA opened
+        if issuer.sha256 == self.active_entry("issuing").sha256:
+            return self.issuing_cert
+        return issuer.load_cert()
+
     def _listed(self, path: Path, issuer: IssuedEntry) -> set[int]:
         """Serials the CRL at ``path`` lists, if ``issuer`` signed it (else none)."""
         try:
             crl = x509.load_pem_x509_crl(read_capped(path, MAX_CRL_FILE, "CRL",
                                                      nofollow=True))
-            if not crl.is_signature_valid(issuer.load_cert().public_key()):  # type: ignore[arg-type]
+            if not crl.is_signature_valid(
+                    self._issuer_cert(issuer).public_key()):  # type: ignore[arg-type]
                 return set()
         except (ConfigError, ValueError):
             return set()
@@ -917,9 +966,8 @@ class CertificateAuthority:
     def _write_crl(self, issuing_key: PrivateKey, now: dt.datetime, *, days: int,
                    number: int, issuer: IssuedEntry | None = None) -> None:
         """The CRL of ``issuer`` (default: the active issuing CA), signed by its key."""
-        # the active issuing CA's certificate was loaded (and checked) when the CA opened
-        issuer_cert = self.issuing_cert if issuer is None else issuer.load_cert()
         issuer = issuer or self.active_entry("issuing")
+        issuer_cert = self._issuer_cert(issuer)
         reasons = {
             "unspecified": x509.ReasonFlags.unspecified,
             "key_compromise": x509.ReasonFlags.key_compromise,
@@ -1001,7 +1049,7 @@ class CertificateAuthority:
             if (e.key_file and e.status == "valid" and not self.chain_retired(e)
                     and not (self.path / e.key_file).exists()):
                 problems.append(f"{e.name}: key file {e.key_file} is missing")
-        problems += self._check_crl()
+        problems += self._check_crls(now)
         problems += self._stale_views(now)
         return problems
 
@@ -1012,32 +1060,38 @@ class CertificateAuthority:
     def _unlisted_revocations(self) -> list[IssuedEntry]:
         """Revocations of the active issuing CA that crl.pem does not list (all of them
         when it cannot be read or is not the issuing CA's)."""
-        try:
-            crl = x509.load_pem_x509_crl(read_capped(self.path / "crl.pem", MAX_CRL_FILE,
-                                                     "CRL", nofollow=True))
-            public_key = self.issuing_cert.public_key()
-            listed = ({r.serial_number for r in crl}
-                      if crl.is_signature_valid(public_key) else set())  # type: ignore[arg-type]
-        except (ConfigError, ValueError):
-            listed = set()
+        listed = self._listed(self.path / "crl.pem", self.active_entry("issuing"))
         return [e for e in self._crl_entries() if e.serial not in listed]
 
     def _check_crl(self) -> list[str]:
+        """What is wrong with crl.pem, its date aside (a rotation step rewrites it then)."""
         try:
-            crl = x509.load_pem_x509_crl(read_capped(self.path / "crl.pem", MAX_CRL_FILE,
-                                                     "CRL", nofollow=True))
+            return self._crl_problems(self.path / "crl.pem", self.active_entry("issuing"))[1]
         except ConfigError as exc:
-            return [f"{exc.message}; run `trustboot ca crl`"]
-        except ValueError as exc:
-            return [f"crl.pem cannot be loaded: {exc}; run `trustboot ca crl`"]
-        if not crl.is_signature_valid(self.issuing_cert.public_key()):  # type: ignore[arg-type]
-            return ["crl.pem is not signed by the issuing CA; run `trustboot ca crl`"]
-        missing = self._unlisted_revocations()
-        if missing:
-            # Possible after a kill between the index and the CRL: the index is the truth.
-            return [f"crl.pem does not list revoked {e.name} ({e.serial:x}); run "
-                    "`trustboot ca crl`" for e in missing]
-        return []
+            return [exc.message]
+
+    def _check_crls(self, now: dt.datetime) -> list[str]:
+        """crl.pem and each previous issuing CA's CRL in crls/ (see _crl_problems)."""
+        crls: list[tuple[Path, IssuedEntry | None]] = [
+            (self.path / "crl.pem", self.active_entry("issuing")), *self.previous_crls()]
+        problems = []
+        for path, issuer in crls:
+            rel = path.relative_to(self.path)
+            if issuer is None:
+                problems.append(f"{rel} is not the CRL of a previous issuing CA of this CA; "
+                                f"move it out of {path.parent}")
+                continue
+            retired = issuer.status == "retired"  # out of trust: its CRL may go stale
+            try:
+                found = self._crl_problems(path, issuer, None if retired else now)[1]
+            except ConfigError as exc:
+                found = [f"cannot be read: {exc.message}"]
+            fix = "run `trustboot ca crl`"
+            if path.parent != self.path:
+                fix += (f" (it needs that CA's key in the CA home), or retire the CA: "
+                        f"`trustboot ca rotate issuing --retire {issuer.serial:x}`")
+            problems += [f"{rel} {p}; {fix}" for p in found]
+        return problems
 
     # ---- views -------------------------------------------------------------------------
 

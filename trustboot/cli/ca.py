@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from trustboot.ca import profiles, rotation
 from trustboot.ca.store import (
+    CRL_DIR,
     CertificateAuthority,
     IssuedEntry,
     IssueResult,
@@ -383,9 +384,11 @@ def show_cmd(pki: Path, name: str, as_pem: bool, as_json: bool) -> None:
 @json_option
 def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
     """Public trust material: root.pem (one certificate, for iPXE TRUST=), chain.pem
-    (issuing + root, what signatures carry), crl.pem and fingerprints."""
+    (issuing + root, what signatures carry), crl.pem, crls/ (the CRLs of previous issuing
+    CAs, for leaves they issued) and fingerprints."""
     ca = CertificateAuthority.open(pki)
     crl = ca.crl_pem()
+    previous_crls = ca.previous_crl_pems()
     make_output_dir(out, "export directory")  # others could swap the root before use
     remove_stale_temps(out)  # of an export killed an hour or more ago
     files = {
@@ -420,13 +423,24 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
         contents["uefi_tls"] = efi.x509_list(
             [c.public_bytes(serialization.Encoding.DER) for c in ca.trusted_roots()],
             efi.TRUSTBOOT_OWNER)
-    for kind, content in contents.items():
+    crl_dir = out / CRL_DIR
+    if previous_crls or crl_dir.exists() or crl_dir.is_symlink():
+        make_output_dir(crl_dir, "export directory")
+        remove_stale_temps(crl_dir)
+        for leftover in crl_dir.glob("*.pem"):
+            if leftover.name not in previous_crls and leftover.is_file() \
+                    and not leftover.is_symlink():
+                leftover.unlink()  # no longer a CRL of this CA home
+    written = {**{files[k]: c for k, c in contents.items()},
+               **{crl_dir / name: c for name, c in previous_crls.items()}}
+    for path, content in written.items():
         try:
-            atomic_write(files[kind], content, mode=PUBLIC_FILE_MODE)
+            atomic_write(path, content, mode=PUBLIC_FILE_MODE)
         except OSError as exc:
-            raise OperationalError(f"cannot write {files[kind]}: {exc.strerror}",
+            raise OperationalError(f"cannot write {path}: {exc.strerror}",
                                    hint="choose an --out directory you can write to") from None
     data: dict[str, Any] = {k: str(v) for k, v in files.items()}
+    data["crls"] = [str(crl_dir / name) for name in previous_crls]
     data["root_sha256"] = fingerprint(ca.root_cert)
     data["issuing_sha256"] = fingerprint(ca.issuing_cert)
     data["trust_sha256"] = [fingerprint(c) for c in ca.trusted_roots()]
@@ -439,6 +453,8 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
     else:
         for k, v in files.items():
             click.echo(f"{k:<8} {v}")
+        for name in previous_crls:
+            click.echo(f"{'crl':<8} {crl_dir / name} (a previous issuing CA's)")
         click.echo(f"root sha256 {data['root_sha256']}")
         click.echo(f"iPXE: make ... {data['make_args']}")
 

@@ -298,6 +298,7 @@ def parse_certificate(der: bytes, version: IpxeVersion = DEFAULT_IPXE) -> CertIn
             "wants v3); iPXE reads the extensions anyway")))
     oddities.extend(_strict_der_oddities(raw, label))
     sig_family = tbs_algo.pubkey or ""
+    san_dns, san_ip = _names(ext.alt_names)  # once: a hostile SAN list can be long
     return CertInfo(
         der=raw,
         sha256=hashlib.sha256(raw).digest(),
@@ -316,8 +317,8 @@ def parse_certificate(der: bytes, version: IpxeVersion = DEFAULT_IPXE) -> CertIn
         key_cert_sign=bool(ext.usage_bits & X509_KEY_CERT_SIGN),
         code_signing=ext.code_signing,
         ocsp_uris=tuple(ext.ocsp),
-        san_dns=_names(ext.alt_names)[0],
-        san_ip=_names(ext.alt_names)[1],
+        san_dns=san_dns,
+        san_ip=san_ip,
         tbs=tbs,
         sig_hash=tbs_algo.digest,
         sig_family=sig_family,

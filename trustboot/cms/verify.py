@@ -19,11 +19,13 @@ nothing here reads files or the clock.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from asn1crypto import cms as acms
@@ -41,6 +43,7 @@ from trustboot.cms.certinfo import (
     public_key,
     verify_raw,
 )
+from trustboot.ipxeparse import inet6_aton, inet_aton
 from trustboot.text import clean
 
 # config/crypto.h: 12 h for a non-UTC RTC plus 30 min of drift.
@@ -48,6 +51,12 @@ TIMESTAMP_ERROR_MARGIN = dt.timedelta(seconds=(12 * 60 + 30) * 60)
 # iPXE copies the whole .sig into its 4 MiB heap.
 MAX_SIGNATURE_SIZE = 4 << 20
 WARN_SIGNATURE_SIZE = 1 << 20
+# A real signature carries its chain (signer, issuing CA, root; during a CA rotation perhaps
+# one more), and iPXE keeps every certificate of it in its 4 MiB heap (core/malloc.c), so
+# real ones carry a handful. Parsing costs ~1 ms a certificate: without a cap a hostile
+# 4 MiB .sig of ~12,000 small ones costs half a minute of CPU in `origin check` or a
+# read-back. 64 is ten times any real chain.
+MAX_CERTIFICATES = 64
 CROSSCERT = "http://ca.ipxe.org/auto"
 OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
 OID_DATA = "1.2.840.113549.1.7.1"
@@ -135,7 +144,7 @@ def _fail(rule: str, message: str, remedy: str, cert: CertInfo | None = None) ->
     return _Fail(Finding(rule, message, remedy, cert.label if cert else None))
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Signer:
     info: CertInfo
     digest: str
@@ -144,14 +153,17 @@ class _Signer:
     signature: bytes
     sig_hash: str | None = None  # the hash signatureAlgorithm names, if any
     signed_attrs: bool = False
-    chain: list[CertInfo] = field(default_factory=list)
+    chain: tuple[CertInfo, ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Message:
-    certificates: list[CertInfo]
-    signers: list[_Signer]
-    warnings: list[Finding]
+    """A parsed signature. Immutable: one parse serves digest_algorithms() and
+    verify_signature() (see _parsed), and each verification builds its own chains."""
+
+    certificates: tuple[CertInfo, ...]
+    signers: tuple[_Signer, ...]
+    warnings: tuple[Finding, ...]
 
 
 # --- parsing (cms.c) ---------------------------------------------------------------------
@@ -237,6 +249,14 @@ def _parse(data: bytes, version: IpxeVersion) -> _Message:
             "sign with the certificate chain included: " + RESIGN)
     certs_cursor = sd.copy()
     certs_cursor.enter(_asn1.explicit(0))
+    count = _count(certs_cursor)
+    if count > MAX_CERTIFICATES:
+        raise _fail(
+            "too-many-certificates",
+            f"the signature carries {count} certificates; trustboot reads at most "
+            f"{MAX_CERTIFICATES} (a real signature carries its chain, a handful, which "
+            "iPXE keeps in its 4 MiB heap): this .sig is broken or hostile",
+            "sign with the signer's chain only: " + RESIGN)
     certificates: list[CertInfo] = []
     while certs_cursor.len:
         try:
@@ -254,7 +274,35 @@ def _parse(data: bytes, version: IpxeVersion) -> _Message:
         signers.append(_parse_signer_info(participants, certificates, version))
         participants.skip(_asn1.ANY)
     warnings.extend(_oddities(der, signers))
-    return _Message(certificates, signers, warnings)
+    return _Message(tuple(certificates), tuple(signers), tuple(warnings))
+
+
+def _count(cursor: _asn1.Cursor) -> int:
+    """How many objects ``cursor`` holds, without parsing them."""
+    walk = cursor.copy()
+    count = 0
+    while walk.len:
+        walk.skip(_asn1.ANY)
+        count += 1
+    return count
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(data: bytes, version: IpxeVersion) -> _Message | Finding:
+    """_parse(), remembered: callers ask digest_algorithms() and then verify_signature()
+    about the same bytes, and a publish judges each .sig twice. A few entries: the
+    signatures of one release."""
+    try:
+        return _parse(data, version)
+    except _Fail as exc:
+        return exc.finding
+
+
+def _message(data: bytes, version: IpxeVersion) -> _Message:
+    parsed = _parsed(data, version)
+    if isinstance(parsed, Finding):
+        raise _Fail(parsed)
+    return parsed
 
 
 _NULL = b"\x05\x00"
@@ -430,7 +478,7 @@ def oversized() -> Verdict:
 def digest_algorithms(signature: bytes, version: IpxeVersion = DEFAULT_IPXE) -> set[str]:
     """The hashes the image must be digested with to check this signature (empty if broken)."""
     try:
-        return {s.digest for s in _parse(signature, version).signers}
+        return {s.digest for s in _message(signature, version).signers}
     except _Fail:
         return set()
 
@@ -486,7 +534,7 @@ def _path_len(cert: CertInfo) -> float:
 
 
 def _validate_chain(
-    chain: list[CertInfo], now: dt.datetime, trusted: set[bytes],
+    chain: Sequence[CertInfo], now: dt.datetime, trusted: set[bytes],
     anchors: Sequence[TrustAnchor], warnings: list[Finding], *, ocsp_reachable: bool,
 ) -> None:
     now_s = _seconds(now)
@@ -582,7 +630,7 @@ def _check_curve(cert: CertInfo) -> None:
 
 
 def _explain_untrusted(
-    chain: list[CertInfo], now: dt.datetime, trusted: set[bytes],
+    chain: Sequence[CertInfo], now: dt.datetime, trusted: set[bytes],
     anchors: Sequence[TrustAnchor],
 ) -> None:
     for cert in chain:
@@ -644,49 +692,13 @@ def name_match(cert: CertInfo, name: str) -> str | None:
         return "name"
     if any(_dns_match(d, name) for d in cert.san_dns):
         return "name"
-    packed = _inet_aton(name)
+    packed = inet_aton(name)
     kind = "ipv4"
     if packed is None:
         packed, kind = _sock_aton6(name), "ipv6"
     if packed is None or not any(ip == packed for ip in cert.san_ip):
         return None
     return kind
-
-
-def _strtoul(text: str, base: int = 0) -> tuple[int, int]:
-    """iPXE's strtoul() (core/string.c), not C's: (value, index of the end pointer).
-
-    It skips whitespace, a sign and (base 0 only) a "0"/"0x" prefix even when no digit
-    follows, leaving the end pointer after them; "0x" is a prefix only in base 0; overflow
-    wraps (unsigned long: 64 bits, as in x86-64 and arm64 builds).
-    """
-    i, n = 0, len(text)
-    while i < n and text[i] in " \t\n\v\f\r":
-        i += 1
-    negate = i < n and text[i] == "-"
-    if i < n and text[i] in "+-":
-        i += 1
-    if base == 0:
-        base = 10
-        if i < n and text[i] == "0":
-            i, base = i + 1, 8
-            if i < n and ord(text[i]) & ~0x20 == ord("X"):
-                i, base = i + 1, 16
-    value = 0
-    while i < n and _digit_value(text[i]) < base:
-        value = (value * base + _digit_value(text[i])) % (1 << 64)
-        i += 1
-    return ((-value) % (1 << 64) if negate else value), i
-
-
-def _digit_value(char: str) -> int:
-    """iPXE's digit_value(): a letter counts from 10 up, anything else is >= any base."""
-    c = ord(char)
-    if c >= ord("a"):
-        return c - ord("a") + 10
-    if c >= ord("A"):
-        return c - ord("A") + 10
-    return c - ord("0") if ord("0") <= c <= ord("9") else 1 << 32
 
 
 def _sock_aton6(name: str) -> bytes | None:
@@ -697,57 +709,7 @@ def _sock_aton6(name: str) -> bytes | None:
         name = name[1:-1]
     if "%" in name:
         return None
-    return _inet6_aton(name)
-
-
-def _inet6_aton(name: str) -> bytes | None:
-    """iPXE's inet6_aton(): up to eight strtoul(.., 16) words separated by ':' (an empty
-    word is 0), one "::" padded with zero words."""
-    words: list[int] = []
-    pad: int | None = None
-    pos = 0
-    while True:
-        value, used = _strtoul(name[pos:], 16)
-        end = pos + used
-        if value > 0xFFFF:
-            return None
-        words.append(value)
-        if end == len(name):
-            break
-        if name[end] != ":":
-            return None
-        if end == pos and pos != 0:
-            if pad is not None:
-                return None  # a second "::"
-            pad = len(words)
-        pos = end + 1
-        if len(words) == 8:
-            return None
-    if pad is not None:
-        words[pad:pad] = [0] * (8 - len(words))
-    elif len(words) != 8:
-        return None
-    return b"".join(w.to_bytes(2, "big") for w in words)
-
-
-def _inet_aton(name: str) -> bytes | None:
-    """iPXE's inet_aton(): four strtoul(.., 0) numbers up to 255 (so 0x0a, 012, "+1" and
-    even an empty "0x" count), separated by '.'."""
-    out = bytearray()
-    pos = 0
-    for i in range(4):
-        value, used = _strtoul(name[pos:])
-        if used == 0 or value > 0xFF:
-            return None
-        out.append(value)
-        end = pos + used
-        if i < 3:
-            if name[end:end + 1] != ".":
-                return None
-            pos = end + 1
-        elif end != len(name):
-            return None
-    return bytes(out)
+    return inet6_aton(name)
 
 
 def _check_signer_usage(cert: CertInfo) -> None:
@@ -784,7 +746,9 @@ def _report(signer: _Signer) -> SignerReport:
 
 def _prepare(
     message: _Message, extra: Sequence[bytes], version: IpxeVersion,
-) -> None:
+) -> list[_Signer]:
+    """The message's signers, each with its chain as iPXE builds it (new objects: the
+    message is shared by every verification of the same bytes)."""
     store: list[CertInfo] = []
     for der in extra:
         try:
@@ -798,10 +762,13 @@ def _prepare(
     for cert in [*store, *message.certificates]:
         if not any(c.der == cert.der for c in certstore):
             certstore.insert(0, cert)
+    signers = []
     for signer in message.signers:
-        signer.chain = [signer.info]
-        _auto_append(signer.chain, message.certificates)  # cms_parse_identifier()
-        _auto_append(signer.chain, certstore)  # x509_validate_chain()
+        chain = [signer.info]
+        _auto_append(chain, message.certificates)  # cms_parse_identifier()
+        _auto_append(chain, certstore)  # x509_validate_chain()
+        signers.append(dataclasses.replace(signer, chain=tuple(chain)))
+    return signers
 
 
 def _certificate_oddities(message: _Message) -> list[Finding]:
@@ -842,20 +809,20 @@ def verify_signature(
     warnings: list[Finding] = []
     reports: list[SignerReport] = []
     try:
-        message = _parse(signature, ipxe_version)
+        message = _message(signature, ipxe_version)
         warnings.extend(message.warnings)
         warnings.extend(_certificate_oddities(message))
-        _prepare(message, extra_certs, ipxe_version)
-        if not message.signers:
+        signers = _prepare(message, extra_certs, ipxe_version)
+        if not signers:
             raise _fail("no-signatures", "the signature has no SignerInfo",
                         "sign the image: " + RESIGN)
         # imgverify completes (validates) every signer's chain before --signer filtering.
-        for signer in message.signers:
+        for signer in signers:
             _validate_chain(signer.chain, now, trusted, trust, warnings,
                             ocsp_reachable=assume_ocsp_reachable)
             reports.append(_report(signer))
         checked = 0
-        for signer in message.signers:
+        for signer in signers:
             if signer_name is not None:
                 match = name_match(signer.info, signer_name)
                 if match is None or (match == "ipv6" and ipv6 is False):
@@ -901,7 +868,7 @@ def verify_signature(
             checked += 1
         if checked == 0:
             assert signer_name is not None
-            names = ", ".join(s.info.name for s in message.signers)
+            names = ", ".join(s.info.name for s in signers)
             raise _fail(
                 "signer-name",
                 f"no signer matches --signer {signer_name!r} (signed by: {names}); iPXE "
@@ -953,7 +920,7 @@ def check_signer(
         except CertProblem as exc:
             raise _fail(exc.rule, exc.message, exc.remedy) from None
         sig_family = "rsa" if info.key_family == "rsa" else "ecdsa"
-        report = _report(_Signer(info, "", "", sig_family, b"", chain=full))
+        report = _report(_Signer(info, "", "", sig_family, b"", chain=tuple(full)))
     except _Fail as exc:
         return Verdict(exc.finding, tuple(warnings))
     return Verdict(None, tuple(warnings), (report,))

@@ -7,7 +7,9 @@ The model follows iPXE's own code (src/image/script.c, src/core/exec.c, src/core
 - a line is split on whitespace with no quoting; ``&&``, ``||`` and ``;`` end a command
   (the next one runs on success, on failure, always); a word starting with '#' ends the line;
 - ``set``/``clear``/``inc`` can fail when a word is expanded (a typed value that does not
-  parse) or the setting names a scope; an empty command succeeds; a command that is
+  parse) or the setting names a scope, and always fail on a literal value that does not
+  parse as the setting's type or an unknown type (``set x:ipv4 notanip``, see
+  :mod:`trustboot.ipxe.setting_types`); an empty command succeeds; a command that is
   skipped leaves the status as it was; a line that ends with a failure status ends
   the script;
 - ``goto LABEL`` continues at the first line labelled LABEL (the rest of its own line is
@@ -36,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from trustboot.ipxe.setting_types import setting_problem
 from trustboot.ipxe.syntax import (
     COMMANDS,
     WHITESPACE,
@@ -343,6 +346,8 @@ class _Explorer:
             self.add(number, name, f"'{name}' {what} with no imgverify: imgtrust does not "
                      "cover it", state)
             return [out(True), fail]
+        if name in _SETTING_COMMANDS and setting_problem(name, p.args) is not None:
+            return [fail]
         if name in _SETTING_COMMANDS and (
             any("${" in word for word in p.args) or "/" in (p.args[0] if p.args else "")
         ):
@@ -489,6 +494,8 @@ def _static(lines: list[Line], stage: str, ex: _Explorer) -> None:
             ):
                 ex.add(n, "cleartext", f"'{p.name}' fetches over a cleartext protocol; "
                        "use https://")
+            if p.name in _SETTING_COMMANDS and (why := setting_problem(p.name, p.args)):
+                ex.add(n, "setting-value", why)
             if p.name in ("set", "clear", "read", "inc") and p.args:
                 setting = p.args[0].split(":")[0].rsplit("/", 1)[-1].rsplit(".", 1)[-1]
                 if setting in _TRUST_SETTINGS:

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import random
 import ssl
 import time
@@ -165,23 +167,23 @@ def tls_context(*, ca_file: Path | None = None, ca_pem: bytes | None = None,
         if ca_file is None and ca_pem is None:
             raise ConfigError("no CA to verify the origin's TLS certificate with",
                               hint="pass --ca-file or --pki (its ca.crt is trusted)")
-        if ca_file is not None:
-            _check_small_file(ca_file, "origin CA file")
         try:
             if ca_file is not None:
-                ctx.load_verify_locations(cafile=str(ca_file))
+                with loadable(_read_tls_file(ca_file, "origin CA file")) as path:
+                    ctx.load_verify_locations(cafile=path)
             if ca_pem is not None:
-                ctx.load_verify_locations(cadata=ca_pem.decode("ascii"))
+                with loadable(ca_pem) as path:
+                    ctx.load_verify_locations(cafile=path)
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError(f"cannot load the origin CA {ca_file or '(trust roots)'}: "
                               f"{exc}", hint="pass a PEM CA certificate with --ca-file") from None
     if client_cert is not None:
-        _check_small_file(client_cert, "client certificate")
-        if client_key is not None:
-            _check_small_file(client_key, "client key")
+        cert = _read_tls_file(client_cert, "client certificate")
+        key = _read_tls_file(client_key, "client key") if client_key is not None else None
         try:
-            ctx.load_cert_chain(str(client_cert), str(client_key) if client_key else None,
-                                password=client_key_passphrase)
+            with loadable(cert) as cert_path, \
+                    (loadable(key) if key is not None else contextlib.nullcontext()) as key_path:
+                ctx.load_cert_chain(cert_path, key_path, password=client_key_passphrase)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load the client certificate {client_cert}: {exc}",
                               hint="pass the PEM certificate and its key (and the key's "
@@ -193,11 +195,30 @@ def tls_context(*, ca_file: Path | None = None, ca_pem: bytes | None = None,
 MAX_TLS_FILE = 4 << 20
 
 
-def _check_small_file(path: Path, what: str) -> None:
-    """OpenSSL opens these by path and reads them to the end: a FIFO there blocked the run
-    forever (an `origin check` monitor included), /dev/zero never ended. Refused unread
-    by read_capped (ConfigError naming the file); a regular file is then loaded as given."""
-    read_capped(path, MAX_TLS_FILE, what)
+def _read_tls_file(path: Path, what: str) -> bytes:
+    """The CA bundle or client certificate/key at ``path``, read once: a regular file of at
+    most MAX_TLS_FILE bytes (read_capped: a FIFO there blocked the run forever, /dev/zero
+    never ended; ConfigError naming the file). Links are followed: these are the user's
+    own paths, and secret mounts (Kubernetes, Vault agents) are links."""
+    return read_capped(path, MAX_TLS_FILE, what)
+
+
+@contextlib.contextmanager
+def loadable(data: bytes) -> Iterator[str]:
+    """A path that reads ``data``, for OpenSSL calls that take only a path: a sealed
+    in-memory file of this process (memfd), so what was read and checked is exactly what
+    OpenSSL loads, whatever happens to the original path meanwhile (no window to swap
+    it), and a client key never touches a disk."""
+    fd = os.memfd_create("trustboot-tls", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                    | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def tls_failure(url: str, exc: BaseException) -> VerificationError | None:

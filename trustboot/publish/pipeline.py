@@ -27,7 +27,9 @@ Order of a publish, and why:
    ``<entry_path>``, each an atomic replace. A client fetching in between gets the old
    script with the new signature: imgverify fails (the digest does not match), the script
    is never run, and the firmware's retry gets the consistent pair. Then the entry pair is
-   fetched and verified again.
+   fetched and verified again. Which release the entry path now serves is written down
+   in ``.trustboot-live.json`` (LIVE_RECORD): two releases can have byte-identical entry
+   pairs, and only the record tells them apart.
 
 An interrupted switch: the two replacements are one round trip apart, but a run killed (or
 cut off from the origin) exactly between them leaves the new signature beside the old
@@ -110,6 +112,12 @@ EARLY_READBACK_MIN = 4 << 20
 # The record of a switch in progress (see the module docstring); at the origin root, next
 # to the lock, never under releases/.
 SWITCH_JOURNAL = ".trustboot-switch.json"
+# Which release each entry path was last switched to (release id and the entry pair's
+# sha256), rewritten by every switch under the lock. Two releases can have byte-identical
+# entry pairs (the same script signed again by the same RSA key): the served bytes alone
+# cannot tell which one is live, and `publish list`, rollback, prune and resign need to.
+LIVE_RECORD = ".trustboot-live.json"
+MAX_LIVE_RECORD = 1 << 20
 # Temporary objects of uploads older than this are a killed run's leftovers: removed by
 # the next publish or prune (under the lock; the age spares a run whose lock was broken).
 STALE_TEMP_AGE = 3600.0
@@ -575,8 +583,38 @@ def live_release(origin: Origin, releases: Sequence[ReleaseManifest], entry_path
         sig = m.file(entry.sig) if entry.sig else None
         if sig is None or sig_digest is None or sig.sha256 == sig_digest:
             matching.append(m.release)
+    if len(matching) > 1:
+        recorded = _live_records(origin).get(entry_path)
+        if isinstance(recorded, dict) and recorded.get("release") in matching \
+                and recorded.get("script_sha256") == live:
+            return str(recorded["release"])
+    # no record (an origin published before it existed, or an entry switched by hand):
+    # the newest that matches
     others = [r for r in matching if r != switching_to]
     return next(iter(others or matching), None)
+
+
+def _live_records(origin: Origin) -> dict[str, Any]:
+    """LIVE_RECORD's entries by entry path; empty when absent or unusable (it is only
+    ever written by this code; live_release then falls back to the served bytes)."""
+    if origin.stat(LIVE_RECORD) is None:
+        return {}
+    try:
+        doc = jsonin.loads(b"".join(origin.read(LIVE_RECORD, max_size=MAX_LIVE_RECORD)))
+        entries = doc["entries"]
+    except (ValueError, KeyError, TypeError, TooLarge):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _record_live(origin: Origin, entry_path: str, release: str, script_sha256: str,
+                 sig_sha256: str | None) -> None:
+    """Write down that ``entry_path`` serves ``release`` now (caller holds the lock)."""
+    entries = _live_records(origin)
+    entries[entry_path] = {"release": release, "script_sha256": script_sha256,
+                           "sig_sha256": sig_sha256}
+    data = json.dumps({"version": 1, "entries": entries}, sort_keys=True).encode()
+    origin.put_bytes(LIVE_RECORD, data, sha256=hashlib.sha256(data).hexdigest())
 
 
 def switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: str,
@@ -597,6 +635,8 @@ def switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: s
     origin.copy_many([(prefix + entry.sig, entry_path + ".sig"),
                       (prefix + entry.name, entry_path)])
     # both replaced (a failure above leaves the record for the next run to finish)
+    _record_live(origin, entry_path, manifest.release, entry.sha256,
+                 sig.sha256 if sig else None)
     origin.delete(SWITCH_JOURNAL)
     signature = _served_signature(origin, reader, entry_path + ".sig")
     served = _served(origin, reader, entry_path, max_size=MAX_ENTRY_SIZE,
@@ -680,8 +720,13 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
         return RepairResult(None, "invalid", f"dropped an unusable switch record: {why}")
     served = _verified_entry(origin, reader, entry_path, trust=trust, now=now)
     if served is not None:
-        origin.delete(SWITCH_JOURNAL)
         entry = manifest.file(manifest.entry)
+        if entry is not None and served == entry.sha256:
+            # both replaced, maybe killed before the live record was written: write it
+            sig = manifest.file(entry.sig) if entry.sig else None
+            _record_live(origin, entry_path, release_id, entry.sha256,
+                         sig.sha256 if sig else None)
+        origin.delete(SWITCH_JOURNAL)
         # killed before the first replacement, or after the second (record not removed)
         when = ("had finished: it is live" if entry is not None and served == entry.sha256
                 else "had not started")
