@@ -77,6 +77,39 @@ def test_error_text_from_the_store_is_escaped(rgw: RGW, proxied: tuple[str, Pass
     assert all(b.count == 0 for b in state.bursts)
 
 
+LISTING = ("<?xml version='1.0' encoding='UTF-8'?><ListBucketResult xmlns='http://s3."
+           "amazonaws.com/doc/2006-03-01/'><Name>b</Name><Prefix>p/</Prefix><KeyCount>1"
+           "</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated><Contents>"
+           "<Key>p/releases/x</Key><Size>{size}</Size><LastModified>{when}</LastModified>"
+           "<ETag>\"e\"</ETag></Contents></ListBucketResult>")
+
+
+@pytest.mark.parametrize("size,when", [("abc", "2020-01-01T00:00:00Z"),
+                                       ("\u00b2", "2020-01-01T00:00:00Z"),
+                                       ("1", "99999-01-01T00:00:00Z"),
+                                       ("1", "no date")])
+def test_a_listing_botocore_cannot_parse_is_the_stores_error(
+        rgw: RGW, proxied: tuple[str, PassState, str], size: str, when: str  # noqa: F811
+        ) -> None:
+    """A size that is no number or a date that is none in the store's answer: botocore's
+    parser raises ValueError, no BotoCoreError, and every publish, list or prune of that
+    origin ended in an internal error (exit 70). It is the store's failure (exit 1),
+    named, its text escaped."""
+    endpoint, state, origin_url = proxied
+    answer = LISTING.format(size=size, when=when).encode()
+    state.bursts = [Burst("GET", r"list-type=2", 2, status=200, answer=answer)]
+    with open_origin(origin_url, _options(rgw, endpoint)) as origin:
+        for call in (lambda: origin.list(""), lambda: origin.list_dirs("")):
+            with pytest.raises(OperationalError) as err:
+                call()
+            assert err.value.exit_code == 1
+            assert "listing failed: the store's answer could not be read" \
+                in err.value.message, err.value.message
+            assert err.value.message.isprintable(), repr(err.value.message)
+        assert b"".join(origin.read("obj", max_size=len(DATA))) == DATA  # the rest works
+    assert all(b.count == 0 for b in state.bursts)
+
+
 @pytest.mark.parametrize("body_only", [False, True], ids=["headers", "body"])
 def test_a_trickled_get_ends_within_its_deadline(
         rgw: RGW, proxied: tuple[str, PassState, str], body_only: bool) -> None:  # noqa: F811

@@ -72,13 +72,14 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, urlsplit
 
 import boto3
 import botocore.exceptions as bexc
+import botocore.session
 import urllib3
 import urllib3.exceptions as u3exc
 from botocore.awsrequest import (
@@ -91,6 +92,8 @@ from botocore.awsrequest import (
 )
 from botocore.config import Config
 from botocore.httpsession import ProxyConfiguration, mask_proxy_url
+from botocore.model import Shape
+from botocore.parsers import ResponseParser, ResponseParserError, ResponseParserFactory
 from botocore.utils import get_environ_proxies
 
 from trustboot import jsonin
@@ -349,6 +352,32 @@ class _NoConditions(Exception):
     """The store refuses conditional PUTs (HTTP 501)."""
 
 
+class MalformedAnswer(bexc.BotoCoreError):
+    """An answer of the store botocore could not parse (a size that is no number, a date
+    that is none): an error of the store like any other, not of trustboot."""
+
+    fmt = "the store's answer could not be read: {error}"
+
+
+class _CheckedParsers(ResponseParserFactory):
+    """botocore's parsers, whose failures on a malformed answer (ValueError from int() or
+    the date parser, ResponseParserError, neither a BotoCoreError) are MalformedAnswer:
+    a hostile or broken store's '<Size>abc</Size>' was an internal error (exit 70)."""
+
+    def create_parser(self, protocol_name: str) -> ResponseParser:
+        parser = super().create_parser(protocol_name)
+        parse = parser.parse
+
+        def checked(response: Mapping[str, Any], shape: Shape) -> Any:
+            try:
+                return parse(response, shape)
+            except (ValueError, ResponseParserError) as exc:
+                raise MalformedAnswer(error=clean(str(exc), limit=300)) from None
+
+        parser.parse = checked  # type: ignore[method-assign]
+        return parser
+
+
 class S3Origin(GuardedByLock):
     """An origin in an S3 bucket under an optional prefix (``s3://boot/prod``)."""
 
@@ -417,7 +446,9 @@ class S3Origin(GuardedByLock):
             kwargs = {"aws_access_key_id": creds.username,
                       "aws_secret_access_key": creds.secret}
         try:
-            session = boto3.session.Session(**kwargs)
+            core = botocore.session.Session()
+            core.register_component("response_parser_factory", _CheckedParsers())
+            session = boto3.session.Session(botocore_session=core, **kwargs)
         except bexc.BotoCoreError as exc:  # a broken profile in ~/.aws/config
             raise ConfigError(f"cannot load the AWS configuration: {exc}") from None
         self._region = session.region_name or "us-east-1"
