@@ -345,7 +345,7 @@ def _own_old_entries(directory: Path, match: Callable[[str], bool],
 
 # The private work directories of runs, in TMPDIR (tempfile.mkdtemp's names: the prefix
 # and 8 characters); the only names remove_stale_work_dirs ever looks at.
-WORK_DIR_PREFIXES = ("trustboot-release-", "trustboot-resign-")
+WORK_DIR_PREFIXES = ("trustboot-release-", "trustboot-resign-", "trustboot-ovmf-")
 _WORK_DIR_NAME = re.compile("(?:" + "|".join(map(re.escape, WORK_DIR_PREFIXES))
                             + ")[a-z0-9_]{8}")
 
@@ -356,9 +356,15 @@ def work_dir(prefix: str) -> Iterator[Path]:
     holds an exclusive flock on it meanwhile: a run killed by SIGKILL cannot remove it,
     but its lock goes with it, which is how ``remove_stale_work_dirs`` tells its leftovers
     from a live run's directory (whatever their age). Those are swept first, here: every
-    run that can leave one behind cleans up after the killed ones."""
+    run that can leave one behind cleans up after the killed ones.
+
+    TMPDIR must pass :func:`check_parents` (ConfigError before anything is created there):
+    in one others can write without the sticky bit they could move the directory away
+    mid-run and put theirs in its place, whose files the run then signs (resign's
+    manifest, release's firmware) or hands on (an OVMF variable store)."""
     if prefix not in WORK_DIR_PREFIXES:
         raise ValueError(f"work_dir: unknown prefix {prefix!r}")
+    check_parents(Path(tempfile.gettempdir()) / f"{prefix}*", "work directory")
     remove_stale_work_dirs()
     path = Path(tempfile.mkdtemp(prefix=prefix))  # 0700 whatever the umask
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
