@@ -9,6 +9,7 @@ RGW's real answer sent one byte at a time."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import os
 import time
 from collections.abc import Iterator
@@ -194,3 +195,58 @@ def test_a_handler_registered_after_entering_runs_before_the_request_is_sent(
         origin.client.meta.events.register("before-send.s3", look)  # type: ignore[attr-defined]
         origin.put_bytes("late", b"x", sha256=hashlib.sha256(b"x").hexdigest())
     assert seen == [False]
+
+
+ENDLESS_CAP = 200 << 20  # the test server gives up here (never reached with the cap)
+endless_sent: dict[str, int] = {}
+
+
+class _Endless(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint whose every answer is 200 with a body that never ends (no length,
+    the connection closed after it), sent as fast as the client takes it."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _endless(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n<?xml version='1.0'?>")
+        block = b"<Contents><Key>x</Key></Contents>" * 4096
+        endless_sent[self.command] = 0
+        try:
+            while endless_sent[self.command] < ENDLESS_CAP:
+                self.wfile.write(block)
+                endless_sent[self.command] += len(block)
+        except OSError:
+            pass  # the client stopped reading: what it should do
+
+    do_GET = do_PUT = _endless
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_endless_answer_is_cut_at_the_cap(pki: Pki) -> None:
+    """botocore reads an answer (other than a GET's object body) whole into memory: a
+    store answering a listing or a PUT with an endless body, fast, filled memory until the
+    call's deadline (about 46 s by default: tens of GB on a fast link). Read at most
+    MAX_ANSWER_READ bytes, then the store's error (exit 1), nothing retried."""
+    from tests.publish.conftest import http_server
+    from trustboot.publish import s3
+
+    with http_server(_Endless) as url:
+        options = OriginOptions(endpoint_url=url.rstrip("/"), unsafe_http=True, retries=0,
+                                ca_file=pki.ca,
+                                timeout=30.0, credentials=Credentials("basic", "secret",
+                                                                      "access", "test"))
+        with open_origin("s3://bucket/p", options) as origin:
+            started = time.monotonic()
+            with pytest.raises(OperationalError) as err:
+                origin.list("")
+            assert "larger than" in err.value.message, err.value.message
+            with pytest.raises(OperationalError) as err:
+                origin.put_bytes("k", b"x", sha256=hashlib.sha256(b"x").hexdigest())
+            assert "larger than" in err.value.message, err.value.message
+            assert time.monotonic() - started < 20
+    for method in ("GET", "PUT"):
+        # no further than the cap (plus what the socket buffers held)
+        assert endless_sent[method] < s3.MAX_ANSWER_READ + (8 << 20), endless_sent

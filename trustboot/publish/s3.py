@@ -205,6 +205,34 @@ class _WatchedHTTPSPool(AWSHTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
+# An answer botocore reads whole into memory (everything but an object's body): a
+# listing page of 1000 keys of up to 1 KiB each is about 1.3 MB; as WebDAV's listings.
+MAX_ANSWER_READ = 16 << 20
+
+
+class _CappedRaw:
+    """A urllib3 response whose ``stream()`` (what AWSResponse.content reads) ends in
+    TooLarge past MAX_ANSWER_READ bytes: a store's endless answer to a listing or a PUT
+    otherwise filled memory until the call's deadline."""
+
+    def __init__(self, raw: Any, where: str) -> None:
+        self._raw = raw
+        self._where = where
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+        total = 0
+        for chunk in self._raw.stream(*args, **kwargs):
+            total += len(chunk)
+            if total > MAX_ANSWER_READ:
+                self._raw.close()
+                raise TooLarge(f"{self._where}: the store's answer is larger than "
+                               f"{MAX_ANSWER_READ} bytes", hint="check the S3 endpoint")
+            yield chunk
+
+
 class _Sender:
     """Sends the S3 client's requests itself, on connections from the pools above, so the
     calling thread's _Watch sees each one. Through botocore's documented ``before-send``
@@ -260,9 +288,11 @@ class _Sender:
                                assert_same_host=False, preload_content=False,
                                decode_content=False, chunked=chunked,
                                enforce_content_length=False)
-            response = AWSResponse(url, raw.status, cast(Any, raw.headers), raw)
-            if not request.stream_output:
-                response.content  # noqa: B018  (read now, within the call's watch)
+            if request.stream_output:  # an object's body: read (capped) by S3Origin.read
+                return AWSResponse(url, raw.status, cast(Any, raw.headers), raw)
+            response = AWSResponse(url, raw.status, cast(Any, raw.headers),
+                                   _CappedRaw(raw, f"{parts.netloc}{parts.path}"))
+            response.content  # noqa: B018  (read now, within the call's watch)
             return response
         except u3exc.SSLError as exc:
             raise bexc.SSLError(endpoint_url=url, error=exc) from exc
