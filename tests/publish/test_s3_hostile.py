@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -132,6 +133,28 @@ def test_a_trickled_get_ends_within_its_deadline(
         err.value.message
     assert err.value.hint is not None and "trickles" in err.value.hint
     assert [s[:2] for s in state.seen][:1] == [("GET", f"/{origin_url[5:].split('/')[0]}/p/obj")]
+
+
+def test_a_trickled_lock_record_ends_within_its_deadline(
+        rgw: RGW, proxied: tuple[str, PassState, str]) -> None:  # noqa: F811
+    """The lock record is read by whoever finds the lock taken, by the heartbeat and by
+    the entry switch's check: that GET had no total deadline, so a store trickling it
+    (a byte every 0.2 s, each read well within the 2 s read timeout) held publish for
+    minutes (as long as it liked, with a longer answer). Now it is a call like any other."""
+    endpoint, state, origin_url = proxied
+    bucket = origin_url[5:].split("/")[0]
+    record = {"owner": "other", "host": "elsewhere", "pid": 1, "time": time.time(),
+              "token": "t"}
+    rgw.client().put_object(Bucket=bucket, Key="p/.trustboot-publish.lock",
+                            Body=json.dumps(record).encode())
+    state.bursts = [Burst("GET", r"/p/\.trustboot-publish\.lock$", 10, trickle=0.2)]
+    with open_origin(origin_url, _options(rgw, endpoint, timeout=2.0)) as origin:
+        start = time.monotonic()
+        with pytest.raises(OperationalError) as err, origin.lock("me"):
+            pass
+        took = time.monotonic() - start
+    assert took < 2.0 + (4097 + (1 << 20)) / (64 << 10) + 5, took
+    assert "served too slowly" in err.value.message, err.value.message
 
 
 def test_the_deadline_watch_reaches_no_private_attribute_of_botocore() -> None:

@@ -861,9 +861,13 @@ class S3Origin(GuardedByLock):
     def _get_lock(self) -> tuple[object, str | None]:
         """The lock's record and ETag; (None, None) when there is none."""
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self._full(LOCK_NAME))
-            with contextlib.closing(obj["Body"]) as body:
-                data = body.read(4097)
+            # within a deadline, as every call: a store trickling the record held the
+            # lock's taker (and the heartbeat, and the switch's check) for as long as it
+            # liked
+            with self._timed(LOCK_NAME, size=4097):
+                obj = self.client.get_object(Bucket=self.bucket, Key=self._full(LOCK_NAME))
+                with contextlib.closing(obj["Body"]) as body:
+                    data = body.read(4097)
         except bexc.ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchKey":
                 return None, None
