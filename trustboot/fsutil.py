@@ -165,7 +165,10 @@ def _walk(path: Path, what: str) -> list[Path]:
         links += 1
         if links > 40:
             break  # a loop: the kernel refuses it (ELOOP) when the path is used
-        target = os.readlink(step)
+        try:
+            target = os.readlink(step)
+        except OSError:
+            break  # replaced meanwhile: the lookups below report what is there now
         if target.startswith("/"):
             current = "/"
         pending.extend(reversed(target.split("/")))
