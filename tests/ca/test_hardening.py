@@ -133,16 +133,22 @@ def test_pki_owned_by_another_user_is_refused(pki: Path, run: Run) -> None:
     assert r.exit_code == 3 and "not by you" in r.output and "chown" in r.output
 
 
-def test_a_pki_link_another_user_owns_is_refused(pki: Path, tmp_path: Path,
-                                               secrets_dir: Path, run: Run) -> None:
-    """In a shared sticky directory (/tmp) another user plants the CA home as a link to a
-    directory of ours: its owner can point it elsewhere later, so it is not used (init
-    creates nothing through it; an existing CA is not opened through it)."""
+def _shared_sticky_dir(tmp_path: Path) -> Path:
+    """A directory like /tmp (1777) where another user's links are planted (needs root)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to plant a link as another uid")
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
+    return shared
+
+
+def test_a_pki_link_another_user_owns_is_refused(pki: Path, tmp_path: Path,
+                                               secrets_dir: Path, run: Run) -> None:
+    """In a shared sticky directory (/tmp) another user plants the CA home as a link to a
+    directory of ours: its owner can point it elsewhere later, so it is not used (init
+    creates nothing through it; an existing CA is not opened through it)."""
+    shared = _shared_sticky_dir(tmp_path)
     empty = tmp_path / "ours"
     empty.mkdir()
     for name, target in (("new", empty), ("old", pki)):
@@ -165,11 +171,7 @@ def test_a_link_another_user_owns_on_the_way_is_refused(pki: Path, tmp_path: Pat
     (exit 3) before anything is written; the link's ``..`` and a chain of links (ours to
     theirs) are followed as the kernel does, and a link of ours in a directory others
     can write (they can replace it) is refused too."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to plant a link as another uid")
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
+    shared = _shared_sticky_dir(tmp_path)
     ours = tmp_path / "ours"
     (ours / "sub").mkdir(parents=True)
     theirs = shared / "lnk"
