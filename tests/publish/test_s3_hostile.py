@@ -101,9 +101,9 @@ def test_a_listing_botocore_cannot_parse_is_the_stores_error(
     answer = LISTING.format(size=size, when=when).encode()
     state.bursts = [Burst("GET", r"list-type=2", 2, status=200, answer=answer)]
     with open_origin(origin_url, _options(rgw, endpoint)) as origin:
-        for call in (lambda: origin.list(""), lambda: origin.list_dirs("")):
+        for call in (origin.list, origin.list_dirs):
             with pytest.raises(OperationalError) as err:
-                call()
+                call("")
             assert err.value.exit_code == 1
             assert "listing failed: the store's answer could not be read" \
                 in err.value.message, err.value.message
