@@ -97,34 +97,82 @@ def check_parents(path: Path, what: str) -> None:
     Whoever can write a parent can rename ``path`` away, with what we wrote in it, and
     put a directory of theirs in its place; its own mode and owner cannot prevent that.
     The parents of ``path`` as written and of where it really leads (links resolved) are
-    both checked; those that do not exist yet are skipped (we create them)."""
+    both checked, and so is every directory and link the way there passes through
+    (:func:`_walk`); those that do not exist yet are skipped (we create them)."""
     path = Path(path)
     me = os.geteuid()
     seen: set[Path] = set()
-    for base in (Path(os.path.abspath(path)), Path(os.path.realpath(path))):
-        for parent in base.parents:
-            if parent in seen:
-                continue
-            seen.add(parent)
-            try:
-                st = os.stat(parent)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise ConfigError(f"{what} {path}: cannot check {parent}: {exc.strerror}",
-                                  hint="check the path and its permissions") from None
-            if st.st_uid not in (0, me):
-                raise ConfigError(
-                    f"{what} {path}: {parent} above it is owned by uid {st.st_uid}, not by "
-                    "root or you: its owner can replace what trustboot writes there",
-                    hint="choose a directory whose parents only root and you can change")
-            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-                raise ConfigError(
-                    f"{what} {path}: {parent} above it is writable by other users (mode "
-                    f"{stat.S_IMODE(st.st_mode):04o}): they can move it away with what "
-                    "trustboot wrote and put their own in its place",
-                    hint=f"chmod go-w {parent}  (or chmod +t, as /tmp), or choose another "
-                         "directory")
+    walked = _walk(path, what)
+    for parent in (*Path(os.path.abspath(path)).parents,
+                   *Path(os.path.realpath(path)).parents, *walked):
+        if parent in seen:
+            continue
+        seen.add(parent)
+        try:
+            st = os.stat(parent)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"{what} {path}: cannot check {parent}: {exc.strerror}",
+                              hint="check the path and its permissions") from None
+        if st.st_uid not in (0, me):
+            raise ConfigError(
+                f"{what} {path}: {parent} above it is owned by uid {st.st_uid}, not by "
+                "root or you: its owner can replace what trustboot writes there",
+                hint="choose a directory whose parents only root and you can change")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise ConfigError(
+                f"{what} {path}: {parent} above it is writable by other users (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): they can move it away with what "
+                "trustboot wrote and put their own in its place",
+                hint=f"chmod go-w {parent}  (or chmod +t, as /tmp), or choose another "
+                     "directory")
+
+
+def _walk(path: Path, what: str) -> list[Path]:
+    """The directories ``path`` is looked up through, as the kernel resolves it (every
+    link followed, ``..`` after a link meaning the link target's parent), until a
+    component that does not exist. A link on the way owned by a user other than root and
+    us is refused: in a sticky directory (/tmp) its owner can replace it at any time, so
+    every check made through it says nothing about where it leads a moment later."""
+    me = os.geteuid()
+    pending = list(reversed(os.path.join(os.getcwd(), path).split("/")))
+    current = "/"
+    dirs: list[Path] = []
+    links = 0
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        step = os.path.join(current, name)
+        dirs.append(Path(current))
+        try:
+            st = os.lstat(step)
+        except OSError:
+            break  # missing (we create it), or not a directory: the caller's error
+        if not stat.S_ISLNK(st.st_mode):
+            current = step
+            continue
+        if st.st_uid not in (0, me):
+            raise ConfigError(
+                f"{what} {path}: {step} on the way to it is a symbolic link owned by uid "
+                f"{st.st_uid}, not by root or you: its owner decides where it leads",
+                hint=f"use a path without that link (where it leads now: "
+                     f"{os.path.realpath(step)})")
+        links += 1
+        if links > 40:
+            break  # a loop: the kernel refuses it (ELOOP) when the path is used
+        try:
+            target = os.readlink(step)
+        except OSError:
+            break  # replaced meanwhile: the lookups below report what is there now
+        if target.startswith("/"):
+            current = "/"
+        pending.extend(reversed(target.split("/")))
+    return dirs
 
 
 def create_file(path: Path, mode: int = PUBLIC_FILE_MODE) -> BinaryIO:
@@ -300,7 +348,7 @@ def _own_old_entries(directory: Path, match: Callable[[str], bool],
 
 # The private work directories of runs, in TMPDIR (tempfile.mkdtemp's names: the prefix
 # and 8 characters); the only names remove_stale_work_dirs ever looks at.
-WORK_DIR_PREFIXES = ("trustboot-release-", "trustboot-resign-")
+WORK_DIR_PREFIXES = ("trustboot-release-", "trustboot-resign-", "trustboot-ovmf-")
 _WORK_DIR_NAME = re.compile("(?:" + "|".join(map(re.escape, WORK_DIR_PREFIXES))
                             + ")[a-z0-9_]{8}")
 
@@ -311,9 +359,15 @@ def work_dir(prefix: str) -> Iterator[Path]:
     holds an exclusive flock on it meanwhile: a run killed by SIGKILL cannot remove it,
     but its lock goes with it, which is how ``remove_stale_work_dirs`` tells its leftovers
     from a live run's directory (whatever their age). Those are swept first, here: every
-    run that can leave one behind cleans up after the killed ones."""
+    run that can leave one behind cleans up after the killed ones.
+
+    TMPDIR must pass :func:`check_parents` (ConfigError before anything is created there):
+    in one others can write without the sticky bit they could move the directory away
+    mid-run and put theirs in its place, whose files the run then signs (resign's
+    manifest, release's firmware) or hands on (an OVMF variable store)."""
     if prefix not in WORK_DIR_PREFIXES:
         raise ValueError(f"work_dir: unknown prefix {prefix!r}")
+    check_parents(Path(tempfile.gettempdir()) / f"{prefix}*", "work directory")
     remove_stale_work_dirs()
     path = Path(tempfile.mkdtemp(prefix=prefix))  # 0700 whatever the umask
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)

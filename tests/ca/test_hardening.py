@@ -133,16 +133,22 @@ def test_pki_owned_by_another_user_is_refused(pki: Path, run: Run) -> None:
     assert r.exit_code == 3 and "not by you" in r.output and "chown" in r.output
 
 
-def test_a_pki_link_another_user_owns_is_refused(pki: Path, tmp_path: Path,
-                                               secrets_dir: Path, run: Run) -> None:
-    """In a shared sticky directory (/tmp) another user plants the CA home as a link to a
-    directory of ours: its owner can point it elsewhere later, so it is not used (init
-    creates nothing through it; an existing CA is not opened through it)."""
+def _shared_sticky_dir(tmp_path: Path) -> Path:
+    """A directory like /tmp (1777) where another user's links are planted (needs root)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to plant a link as another uid")
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
+    return shared
+
+
+def test_a_pki_link_another_user_owns_is_refused(pki: Path, tmp_path: Path,
+                                               secrets_dir: Path, run: Run) -> None:
+    """In a shared sticky directory (/tmp) another user plants the CA home as a link to a
+    directory of ours: its owner can point it elsewhere later, so it is not used (init
+    creates nothing through it; an existing CA is not opened through it)."""
+    shared = _shared_sticky_dir(tmp_path)
     empty = tmp_path / "ours"
     empty.mkdir()
     for name, target in (("new", empty), ("old", pki)):
@@ -154,6 +160,47 @@ def test_a_pki_link_another_user_owns_is_refused(pki: Path, tmp_path: Path,
     assert list(empty.iterdir()) == []
     r = run("ca", "list", "--pki", str(shared / "old"))
     assert r.exit_code == 3 and "symbolic link owned by uid 65534" in r.output, r.output
+
+
+def test_a_link_another_user_owns_on_the_way_is_refused(pki: Path, tmp_path: Path,
+                                                       run: Run) -> None:
+    """A link above the path, not at it: in a shared sticky directory another user's
+    link leads to a directory of ours, so every directory the checks see is ours; but
+    that user can point the link at a directory of theirs the moment the checks are
+    done, and the root.pem export writes (or the pki a build reads) is theirs. Refused
+    (exit 3) before anything is written; the link's ``..`` and a chain of links (ours to
+    theirs) are followed as the kernel does, and a link of ours in a directory others
+    can write (they can replace it) is refused too."""
+    shared = _shared_sticky_dir(tmp_path)
+    ours = tmp_path / "ours"
+    (ours / "sub").mkdir(parents=True)
+    theirs = shared / "lnk"
+    theirs.symlink_to(ours / "sub")
+    os.chown(theirs, 65534, 65534, follow_symlinks=False)
+    mine = tmp_path / "mine"
+    mine.symlink_to(theirs)
+    for out in (theirs / "trust", theirs / ".." / "trust", mine / "trust"):
+        r = run("ca", "export", "--pki", str(pki), "--out", str(out))
+        assert r.exit_code == 3, (out, r.output)
+        assert f"{theirs} on the way to it is a symbolic link owned by uid 65534" \
+            in r.output, r.output
+    assert list((ours / "sub").iterdir()) == [] and not (ours / "trust").exists()
+    moved = theirs / "pki"
+    shutil.copytree(pki, ours / "sub" / "pki", symlinks=True)
+    r = run("ca", "list", "--pki", str(moved))
+    assert r.exit_code == 3 and "symbolic link owned by uid 65534" in r.output, r.output
+    # a link of ours, but in a directory anyone can write (not sticky): replaceable
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    (open_dir / "lnk").symlink_to(ours)
+    open_dir.chmod(0o777)
+    r = run("ca", "export", "--pki", str(pki), "--out", str(open_dir / "lnk" / "trust"))
+    assert r.exit_code == 3 and f"{open_dir} above it is writable" in r.output, r.output
+    # control: the same export through a link of ours in a directory of ours is fine
+    (tmp_path / "fine").symlink_to(ours)
+    r = run("ca", "export", "--pki", str(pki), "--out", str(tmp_path / "fine" / "trust"))
+    assert r.exit_code == 0, r.output
+    assert (ours / "trust" / "root.pem").is_file()
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o770])

@@ -174,6 +174,73 @@ def test_a_lock_record_with_a_time_that_is_no_number_is_stale(tmp_path: Path,
         assert json.loads(lock.read_text())["owner"] == "me"
 
 
+BIG = "1" + "0" * 400  # an integer JSON allows and no float holds
+
+
+@pytest.mark.parametrize("field", ["time", "pid"])
+def test_a_lock_record_with_numbers_beyond_range_is_no_internal_error(
+        tmp_path: Path, field: str) -> None:
+    """Another publisher of the origin (or the origin itself) writes a record with an
+    integer time no float holds, or a pid of this host's name beyond any pid: judging or
+    describing it raised OverflowError (exit 70). A time like that is no time trustboot
+    writes (unreadable: stale); a pid like that is no process here (judged by time)."""
+    import socket
+    lock = tmp_path / ".trustboot-publish.lock"
+    record = {"time": f'"owner": "x", "host": "elsewhere", "pid": 1, "time": {BIG}',
+              "pid": f'"owner": "x", "host": "{socket.gethostname()}", "pid": {BIG}, '
+                     f'"time": {time.time()}'}[field]
+    lock.write_text("{" + record + "}")
+    with FileOrigin(f"file://{tmp_path}", OriginOptions()) as origin:
+        if field == "time":
+            with origin.lock("me"):
+                assert json.loads(lock.read_text())["owner"] == "me"
+        else:
+            with pytest.raises(OperationalError, match=r"locked by x \(pid 1000"), \
+                    origin.lock("me"):
+                pass
+
+
+def test_a_holder_whose_lock_is_replaced_by_a_crafted_record_learns_it(
+        tmp_path: Path) -> None:
+    """The heartbeat describes whoever holds the lock now; a record whose time is beyond
+    a float killed the heartbeat thread with OverflowError before it marked the lock lost,
+    and the holder went on writing (no heartbeat, lock never lost) until its switch."""
+    lock = tmp_path / ".trustboot-publish.lock"
+    with FileOrigin(f"file://{tmp_path}", OriginOptions()) as origin, \
+            origin.lock("me", stale_after=5, refresh=0.1) as held:
+        lock.write_text('{"owner": "x", "host": "elsewhere", "pid": 1, "token": "t", '
+                        f'"time": {BIG}}}')
+        deadline = time.monotonic() + 10
+        while held.lost is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held.lost is not None and "x (pid 1 on elsewhere)" in held.lost
+        with pytest.raises(OperationalError, match="lost the lock"):
+            origin.put_bytes("releases/r/x", b"x", sha256=hashlib.sha256(b"x").hexdigest())
+
+
+def test_a_holder_whose_heartbeat_died_stops_writing(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever kills the heartbeat thread (a bug, as the OverflowError above was), the
+    record stops being refreshed and others will judge it stale: the holder's next write
+    is refused, not made under a lock nobody keeps."""
+    import trustboot.publish.lock as lockmod
+
+    def bug(_record: object) -> str:
+        raise RuntimeError("a bug in the heartbeat")
+
+    monkeypatch.setattr(lockmod, "describe_lock", bug)
+    monkeypatch.setattr("threading.excepthook", lambda _args: None)
+    lock = tmp_path / ".trustboot-publish.lock"
+    with FileOrigin(f"file://{tmp_path}", OriginOptions()) as origin, \
+            origin.lock("me", stale_after=60, refresh=0.1) as held:
+        lock.write_text('{"owner": "x", "host": "elsewhere", "pid": 1, "token": "t"}')
+        time.sleep(1.0)
+        with pytest.raises(OperationalError, match="heartbeat stopped"):
+            origin.put_bytes("releases/r/x", b"x", sha256=hashlib.sha256(b"x").hexdigest())
+        assert held.lost == "its heartbeat stopped"
+    assert not (tmp_path / "releases" / "r" / "x").exists()
+
+
 def test_origin_registry(tmp_path: Path) -> None:
     assert isinstance(open_origin(f"file://{tmp_path}", OriginOptions()), FileOrigin)
     with pytest.raises(ConfigError, match="plain HTTP"):

@@ -92,6 +92,9 @@ def redirector(pki: Pki, nginx_origin: Nginx, tmp_path_factory: pytest.TempPathF
         location /nolocation/ {{ return 302; }}
         location /nonascii/ {{ return 302 "/f\u00efles/a"; }}
         location /spaces/ {{ return 302 "/files/a b"; }}
+        location /badport/ {{ return 302 "https://127.0.0.1:99999/files/a"; }}
+        location /notaport/ {{ return 302 "https://127.0.0.1:x/files/a"; }}
+        location /badv6/ {{ return 302 "https://[::1/files/a"; }}
     }}
     server {{
         listen 127.0.0.1:{http_port};
@@ -200,9 +203,11 @@ def test_a_hop_to_another_ca_does_not_verify(pki: Pki, redirector: Redirector,
     assert f"reached by redirect: {redirector.url}foreign/a -> {hop}" in err.value.message
 
 
-@pytest.mark.parametrize("path", ["nonascii", "spaces"])
+@pytest.mark.parametrize("path", ["nonascii", "spaces", "badport", "notaport", "badv6"])
 def test_a_location_that_is_no_url_is_an_error(pki: Pki, redirector: Redirector,
                                                path: str) -> None:
+    """(A port beyond 65535 or no number, an unclosed IPv6 bracket: urllib's ValueError
+    was an internal error, exit 70, for an origin check a monitor runs.)"""
     with Reader(ca_file=pki.ca, retries=0) as reader, \
             pytest.raises(OperationalError) as err:
         reader.stream(f"{redirector.url}{path}/a", max_size=10)

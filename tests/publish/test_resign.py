@@ -159,6 +159,30 @@ def test_tampered_live_release_refused_nothing_changed(pki: Pki, live: tuple[str
     assert not any(k.startswith("releases/r1.rs-") for k in snapshot(root))
 
 
+def test_resign_in_a_tmpdir_others_can_write_is_refused(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """resign writes the new release.json into its work directory and signs the file
+    there: in a TMPDIR others can write without the sticky bit they could move the
+    directory away and swap that file (a script, a kernel of theirs) before it is signed,
+    and keep the signature it gets beside it. Refused (exit 3) before anything is created
+    there or changed on the origin; the same resign runs in a sticky one."""
+    import tempfile
+
+    url, root = live
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    before = snapshot(root)
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 3, res.output
+    assert f"{shared} above it is writable by other users" in res.output, res.output
+    assert list(shared.iterdir()) == [] and snapshot(root) == before
+    shared.chmod(0o1777)
+    assert resign(pki, url, fresh_signer).exit_code == 0
+
+
 def test_short_lived_or_wrong_signer_refused(pki: Pki, live: tuple[str, Path]) -> None:
     url, root = live
     before = snapshot(root)

@@ -9,6 +9,8 @@ RGW's real answer sent one byte at a time."""
 from __future__ import annotations
 
 import hashlib
+import http.server
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -77,6 +79,39 @@ def test_error_text_from_the_store_is_escaped(rgw: RGW, proxied: tuple[str, Pass
     assert all(b.count == 0 for b in state.bursts)
 
 
+LISTING = ("<?xml version='1.0' encoding='UTF-8'?><ListBucketResult xmlns='http://s3."
+           "amazonaws.com/doc/2006-03-01/'><Name>b</Name><Prefix>p/</Prefix><KeyCount>1"
+           "</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated><Contents>"
+           "<Key>p/releases/x</Key><Size>{size}</Size><LastModified>{when}</LastModified>"
+           "<ETag>\"e\"</ETag></Contents></ListBucketResult>")
+
+
+@pytest.mark.parametrize("size,when", [("abc", "2020-01-01T00:00:00Z"),
+                                       ("\u00b2", "2020-01-01T00:00:00Z"),
+                                       ("1", "99999-01-01T00:00:00Z"),
+                                       ("1", "no date")])
+def test_a_listing_botocore_cannot_parse_is_the_stores_error(
+        rgw: RGW, proxied: tuple[str, PassState, str], size: str, when: str  # noqa: F811
+        ) -> None:
+    """A size that is no number or a date that is none in the store's answer: botocore's
+    parser raises ValueError, no BotoCoreError, and every publish, list or prune of that
+    origin ended in an internal error (exit 70). It is the store's failure (exit 1),
+    named, its text escaped."""
+    endpoint, state, origin_url = proxied
+    answer = LISTING.format(size=size, when=when).encode()
+    state.bursts = [Burst("GET", r"list-type=2", 2, status=200, answer=answer)]
+    with open_origin(origin_url, _options(rgw, endpoint)) as origin:
+        for call in (origin.list, origin.list_dirs):
+            with pytest.raises(OperationalError) as err:
+                call("")
+            assert err.value.exit_code == 1
+            assert "listing failed: the store's answer could not be read" \
+                in err.value.message, err.value.message
+            assert err.value.message.isprintable(), repr(err.value.message)
+        assert b"".join(origin.read("obj", max_size=len(DATA))) == DATA  # the rest works
+    assert all(b.count == 0 for b in state.bursts)
+
+
 @pytest.mark.parametrize("body_only", [False, True], ids=["headers", "body"])
 def test_a_trickled_get_ends_within_its_deadline(
         rgw: RGW, proxied: tuple[str, PassState, str], body_only: bool) -> None:  # noqa: F811
@@ -98,6 +133,28 @@ def test_a_trickled_get_ends_within_its_deadline(
         err.value.message
     assert err.value.hint is not None and "trickles" in err.value.hint
     assert [s[:2] for s in state.seen][:1] == [("GET", f"/{origin_url[5:].split('/')[0]}/p/obj")]
+
+
+def test_a_trickled_lock_record_ends_within_its_deadline(
+        rgw: RGW, proxied: tuple[str, PassState, str]) -> None:  # noqa: F811
+    """The lock record is read by whoever finds the lock taken, by the heartbeat and by
+    the entry switch's check: that GET had no total deadline, so a store trickling it
+    (a byte every 0.2 s, each read well within the 2 s read timeout) held publish for
+    minutes (as long as it liked, with a longer answer). Now it is a call like any other."""
+    endpoint, state, origin_url = proxied
+    bucket = origin_url[5:].split("/")[0]
+    record = {"owner": "other", "host": "elsewhere", "pid": 1, "time": time.time(),
+              "token": "t"}
+    rgw.client().put_object(Bucket=bucket, Key="p/.trustboot-publish.lock",
+                            Body=json.dumps(record).encode())
+    state.bursts = [Burst("GET", r"/p/\.trustboot-publish\.lock$", 10, trickle=0.2)]
+    with open_origin(origin_url, _options(rgw, endpoint, timeout=2.0)) as origin:
+        start = time.monotonic()
+        with pytest.raises(OperationalError) as err, origin.lock("me"):
+            pass
+        took = time.monotonic() - start
+    assert took < 2.0 + (4097 + (1 << 20)) / (64 << 10) + 5, took
+    assert "served too slowly" in err.value.message, err.value.message
 
 
 def test_the_deadline_watch_reaches_no_private_attribute_of_botocore() -> None:
@@ -161,3 +218,58 @@ def test_a_handler_registered_after_entering_runs_before_the_request_is_sent(
         origin.client.meta.events.register("before-send.s3", look)  # type: ignore[attr-defined]
         origin.put_bytes("late", b"x", sha256=hashlib.sha256(b"x").hexdigest())
     assert seen == [False]
+
+
+ENDLESS_CAP = 200 << 20  # the test server gives up here (never reached with the cap)
+endless_sent: dict[str, int] = {}
+
+
+class _Endless(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint whose every answer is 200 with a body that never ends (no length,
+    the connection closed after it), sent as fast as the client takes it."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _endless(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n<?xml version='1.0'?>")
+        block = b"<Contents><Key>x</Key></Contents>" * 4096
+        endless_sent[self.command] = 0
+        try:
+            while endless_sent[self.command] < ENDLESS_CAP:
+                self.wfile.write(block)
+                endless_sent[self.command] += len(block)
+        except OSError:
+            pass  # the client stopped reading: what it should do
+
+    do_GET = do_PUT = _endless
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_endless_answer_is_cut_at_the_cap(pki: Pki) -> None:
+    """botocore reads an answer (other than a GET's object body) whole into memory: a
+    store answering a listing or a PUT with an endless body, fast, filled memory until the
+    call's deadline (about 46 s by default: tens of GB on a fast link). Read at most
+    MAX_ANSWER_READ bytes, then the store's error (exit 1), nothing retried."""
+    from tests.publish.conftest import http_server
+    from trustboot.publish import s3
+
+    with http_server(_Endless) as url:
+        options = OriginOptions(endpoint_url=url.rstrip("/"), unsafe_http=True, retries=0,
+                                ca_file=pki.ca,
+                                timeout=30.0, credentials=Credentials("basic", "secret",
+                                                                      "access", "test"))
+        with open_origin("s3://bucket/p", options) as origin:
+            started = time.monotonic()
+            with pytest.raises(OperationalError) as err:
+                origin.list("")
+            assert "larger than" in err.value.message, err.value.message
+            with pytest.raises(OperationalError) as err:
+                origin.put_bytes("k", b"x", sha256=hashlib.sha256(b"x").hexdigest())
+            assert "larger than" in err.value.message, err.value.message
+            assert time.monotonic() - started < 20
+    for method in ("GET", "PUT"):
+        # no further than the cap (plus what the socket buffers held)
+        assert endless_sent[method] < s3.MAX_ANSWER_READ + (8 << 20), endless_sent

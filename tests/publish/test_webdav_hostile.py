@@ -143,6 +143,17 @@ def test_hrefs_no_parser_accepts_are_skipped_not_a_crash() -> None:
         assert o.remove_stale_temps(0) == [".tb-tmp.staging/0123456789abcdef.k"]
 
 
+@pytest.mark.parametrize("length", ["\u00b2", "\u0661\u0662", "9" * 5000, "-1", "1e3"])
+def test_a_content_length_that_is_no_ascii_number_is_no_size(length: str) -> None:
+    """A listing's getcontentlength is the origin's text: '²' passed str.isdigit() and
+    int() refused it, an internal error (exit 70) for every publish to that origin; a
+    number of thousands of digits too. Not a size (as a missing one)."""
+    data = ('<?xml version="1.0"?><multistatus xmlns="DAV:"><response><href>/a</href>'
+            f"<propstat><prop><getcontentlength>{length}</getcontentlength></prop>"
+            "</propstat></response></multistatus>").encode()
+    assert webdav.parse_multistatus(data) == [("/a", False, None, None)]
+
+
 @pytest.mark.parametrize("shape", ["deep", "wide"])
 def test_a_listing_built_to_eat_memory_is_refused_early(shape: str) -> None:
     """Within the 16 MiB cap, 2 million nested (or 4 million empty) elements built a tree

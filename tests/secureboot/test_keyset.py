@@ -317,3 +317,26 @@ def test_ca_secureboot_is_the_same_command(tmp_path: Path, pw: Path, run: Run) -
             "--passphrase-file", str(pw))
     assert r.exit_code == 3, r.output  # a second key set is refused, as by `secureboot init`
     assert "secureboot" in run("ca", "--help").output
+
+
+def test_ovmf_vars_in_a_tmpdir_others_can_write_is_refused(
+        keyset_pki: Path, pw: Path, run: Run, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """virt-fw-vars writes the enrolled store into a temporary directory and the export
+    reads it back from there: in a TMPDIR others can write without the sticky bit they
+    could swap that directory for theirs, and OVMF_VARS.secboot.fd would enroll their PK.
+    Refused (exit 3) before anything is created there or exported."""
+    import tempfile
+
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    template = tmp_path / "vars.fd"
+    template.write_bytes(os.urandom(4096))
+    r = run("secureboot", "export", "--pki", str(keyset_pki), "--out", str(tmp_path / "o"),
+            "--ovmf-vars", str(template), "--passphrase-file", str(pw))
+    assert r.exit_code == 3, r.output
+    assert f"{shared} above it is writable by other users" in r.output, r.output
+    assert list(shared.iterdir()) == []
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []

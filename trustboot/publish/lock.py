@@ -65,14 +65,30 @@ def lock_record(owner: str, token: str) -> dict[str, object]:
             "pidns": _pid_namespace(), "time": time.time(), "token": token}
 
 
+def _when(record: dict[object, object]) -> float | None:
+    """The record's time as a finite float; None when it has none. A number no writer of
+    ours makes (10**400, beyond a float) raises ValueError: an unreadable record."""
+    when = record.get("time")
+    if isinstance(when, bool) or not isinstance(when, int | float):
+        return None
+    try:
+        value = float(when)
+    except OverflowError:
+        raise ValueError("lock time out of range") from None
+    if not math.isfinite(value):
+        raise ValueError("lock time not finite")  # (JSON's Infinity/NaN)
+    return value
+
+
 def lock_is_stale(record: object, *, now: float, stale_after: float) -> bool:
     """A lock left by a dead process on this host, or older than ``stale_after``."""
     if not isinstance(record, dict):
         return True  # unreadable: a crash between create and write
-    when = record.get("time")
-    if isinstance(when, float) and not math.isfinite(when):
-        return True  # (JSON's Infinity/NaN) not a time trustboot writes: unreadable
-    if isinstance(when, int | float) and now - when > stale_after:
+    try:
+        when = _when(record)
+    except ValueError:
+        return True  # not a time trustboot writes: unreadable
+    if when is not None and now - when > stale_after:
         return True
     pid = record.get("pid")
     # A pid means something only in the PID namespace it was taken in: a container on
@@ -80,7 +96,9 @@ def lock_is_stale(record: object, *, now: float, stale_after: float) -> bool:
     pidns = record.get("pidns")
     if pidns is not None and pidns != _pid_namespace():
         return False
-    if record.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0:
+    # (a pid beyond the kernel's range is no process of this host: os.kill cannot take it)
+    if record.get("host") == socket.gethostname() and isinstance(pid, int) \
+            and not isinstance(pid, bool) and 0 < pid < 1 << 31:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -93,9 +111,11 @@ def lock_is_stale(record: object, *, now: float, stale_after: float) -> bool:
 def describe_lock(record: object) -> str:
     if not isinstance(record, dict):
         return "an unknown process"
-    when = record.get("time")
-    age = f", {int(time.time() - when)} s ago" if isinstance(when, int | float) \
-        and math.isfinite(when) else ""
+    try:
+        when = _when(record)
+    except ValueError:
+        when = None
+    age = f", {int(time.time() - when)} s ago" if when is not None else ""
     # the record is the origin's text: escaped, so it cannot drive the terminal
     owner, pid, host = (clean(str(record.get(k, "?")), limit=200)
                         for k in ("owner", "pid", "host"))
@@ -142,6 +162,10 @@ class HeldLock:
             held = self._read()
             if not self.ours(held):
                 self._lose_to(held)
+        if not self._thread.is_alive() and not self._stopped.is_set():
+            # the heartbeat ends only once the lock is lost, unless it died of a bug:
+            # then nothing refreshes the record and others will judge it stale
+            self._lose("its heartbeat stopped")
         if self._lost is not None:
             raise OperationalError(
                 f"lost the lock on {self.where} ({self._lost}); stopped before changing "

@@ -366,7 +366,10 @@ class Reader:
             try:
                 return get(hop, start + (len(chain) - 1) * self.timeout)
             except _Redirect as redirect:
-                target = urljoin(hop, redirect.location.strip())
+                try:
+                    target = urljoin(hop, redirect.location.strip())
+                except ValueError:  # "https://[::1/": _check_hop says what is wrong
+                    target = redirect.location.strip()
                 self._check_hop(chain, target, redirect.status)
                 chain.append(target)
             except httpx.TransportError as exc:
@@ -382,13 +385,19 @@ class Reader:
 
     def _check_hop(self, chain: list[str], target: str, status: int) -> None:
         shown = [*chain, target]
-        if not target.isascii() or any(c.isspace() or not c.isprintable() for c in target):
+        try:
+            parts = urlsplit(target)
+            _ = parts.port  # ValueError for a port out of range or not a number
+            valid = target.isascii() and not any(c.isspace() or not c.isprintable()
+                                                  for c in target)
+        except ValueError:
+            valid = False
+        if not valid:
             # (http.client would refuse it, or fail to encode it, on the next request)
             raise OperationalError(f"{_shown(chain[-1])} redirects (HTTP {status}) to "
                                    f"{_shown(target)!r}, which is not a valid URL",
                                    hint="fix the redirect on the origin (a URL is ASCII, "
                                         "with spaces and the like %-encoded)")
-        parts = urlsplit(target)
         if parts.scheme != "https" and not (parts.scheme == "http" and self.unsafe_http):
             raise VerificationError(
                 f"{_shown(chain[-1])} redirects (HTTP {status}) to {_shown(target)}, which is "

@@ -72,13 +72,14 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, urlsplit
 
 import boto3
 import botocore.exceptions as bexc
+import botocore.session
 import urllib3
 import urllib3.exceptions as u3exc
 from botocore.awsrequest import (
@@ -91,6 +92,8 @@ from botocore.awsrequest import (
 )
 from botocore.config import Config
 from botocore.httpsession import ProxyConfiguration, mask_proxy_url
+from botocore.model import Shape
+from botocore.parsers import ResponseParser, ResponseParserError, ResponseParserFactory
 from botocore.utils import get_environ_proxies
 
 from trustboot import jsonin
@@ -202,6 +205,34 @@ class _WatchedHTTPSPool(AWSHTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
+# An answer botocore reads whole into memory (everything but an object's body): a
+# listing page of 1000 keys of up to 1 KiB each is about 1.3 MB; as WebDAV's listings.
+MAX_ANSWER_READ = 16 << 20
+
+
+class _CappedRaw:
+    """A urllib3 response whose ``stream()`` (what AWSResponse.content reads) ends in
+    TooLarge past MAX_ANSWER_READ bytes: a store's endless answer to a listing or a PUT
+    otherwise filled memory until the call's deadline."""
+
+    def __init__(self, raw: Any, where: str) -> None:
+        self._raw = raw
+        self._where = where
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+        total = 0
+        for chunk in self._raw.stream(*args, **kwargs):
+            total += len(chunk)
+            if total > MAX_ANSWER_READ:
+                self._raw.close()
+                raise TooLarge(f"{self._where}: the store's answer is larger than "
+                               f"{MAX_ANSWER_READ} bytes", hint="check the S3 endpoint")
+            yield chunk
+
+
 class _Sender:
     """Sends the S3 client's requests itself, on connections from the pools above, so the
     calling thread's _Watch sees each one. Through botocore's documented ``before-send``
@@ -257,9 +288,11 @@ class _Sender:
                                assert_same_host=False, preload_content=False,
                                decode_content=False, chunked=chunked,
                                enforce_content_length=False)
-            response = AWSResponse(url, raw.status, cast(Any, raw.headers), raw)
-            if not request.stream_output:
-                response.content  # noqa: B018  (read now, within the call's watch)
+            if request.stream_output:  # an object's body: read (capped) by S3Origin.read
+                return AWSResponse(url, raw.status, cast(Any, raw.headers), raw)
+            response = AWSResponse(url, raw.status, cast(Any, raw.headers),
+                                   _CappedRaw(raw, f"{parts.netloc}{parts.path}"))
+            response.content  # noqa: B018  (read now, within the call's watch)
             return response
         except u3exc.SSLError as exc:
             raise bexc.SSLError(endpoint_url=url, error=exc) from exc
@@ -349,6 +382,32 @@ class _NoConditions(Exception):
     """The store refuses conditional PUTs (HTTP 501)."""
 
 
+class MalformedAnswer(bexc.BotoCoreError):
+    """An answer of the store botocore could not parse (a size that is no number, a date
+    that is none): an error of the store like any other, not of trustboot."""
+
+    fmt = "the store's answer could not be read: {error}"
+
+
+class _CheckedParsers(ResponseParserFactory):
+    """botocore's parsers, whose failures on a malformed answer (ValueError from int() or
+    the date parser, ResponseParserError, neither a BotoCoreError) are MalformedAnswer:
+    a hostile or broken store's '<Size>abc</Size>' was an internal error (exit 70)."""
+
+    def create_parser(self, protocol_name: str) -> ResponseParser:
+        parser = super().create_parser(protocol_name)
+        parse = parser.parse
+
+        def checked(response: Mapping[str, Any], shape: Shape) -> Any:
+            try:
+                return parse(response, shape)
+            except (ValueError, ResponseParserError) as exc:
+                raise MalformedAnswer(error=clean(str(exc), limit=300)) from None
+
+        parser.parse = checked  # type: ignore[method-assign]
+        return parser
+
+
 class S3Origin(GuardedByLock):
     """An origin in an S3 bucket under an optional prefix (``s3://boot/prod``)."""
 
@@ -417,7 +476,9 @@ class S3Origin(GuardedByLock):
             kwargs = {"aws_access_key_id": creds.username,
                       "aws_secret_access_key": creds.secret}
         try:
-            session = boto3.session.Session(**kwargs)
+            core = botocore.session.Session()
+            core.register_component("response_parser_factory", _CheckedParsers())
+            session = boto3.session.Session(botocore_session=core, **kwargs)
         except bexc.BotoCoreError as exc:  # a broken profile in ~/.aws/config
             raise ConfigError(f"cannot load the AWS configuration: {exc}") from None
         self._region = session.region_name or "us-east-1"
@@ -800,9 +861,13 @@ class S3Origin(GuardedByLock):
     def _get_lock(self) -> tuple[object, str | None]:
         """The lock's record and ETag; (None, None) when there is none."""
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self._full(LOCK_NAME))
-            with contextlib.closing(obj["Body"]) as body:
-                data = body.read(4097)
+            # within a deadline, as every call: a store trickling the record held the
+            # lock's taker (and the heartbeat, and the switch's check) for as long as it
+            # liked
+            with self._timed(LOCK_NAME, size=4097):
+                obj = self.client.get_object(Bucket=self.bucket, Key=self._full(LOCK_NAME))
+                with contextlib.closing(obj["Body"]) as body:
+                    data = body.read(4097)
         except bexc.ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchKey":
                 return None, None

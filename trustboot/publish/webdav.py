@@ -95,7 +95,10 @@ def parse_multistatus(data: bytes) -> list[tuple[str, bool, int | None, str | No
     for href, is_col, response in _responses(data):
         length = response.findtext(f".//{DAV}getcontentlength")
         etag = response.findtext(f".//{DAV}getetag")
-        size = int(length) if length and length.strip().isdigit() else None
+        length = (length or "").strip()
+        # ASCII digits only: str.isdigit() takes '²', which int() refuses (ValueError)
+        size = int(length) if length.isascii() and length.isdigit() \
+            and len(length) <= 20 else None
         out.append((href, is_col, size, etag))
     return out
 

@@ -240,9 +240,8 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
                 result: ReleaseResult, now: dt.datetime, *, origin: Origin,
                 signer: Signer | None, staged: Mapping[Path, Staged]) -> None:
     v = p.v
-    # the firmware is built into it and hashed later: whoever could move it away (a TMPDIR
-    # that others can write, without /tmp's sticky bit) would have their firmware signed
-    fsutil.check_parents(work, "release work directory")
+    # (fsutil.work_dir refused a TMPDIR others could move it out of: the firmware is
+    # built into it and hashed later)
     fsutil.ensure_private_dir(work)
     stage = work / "stage"
     fsutil.ensure_private_dir(stage)

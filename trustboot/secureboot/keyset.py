@@ -339,7 +339,9 @@ def ovmf_vars(keyset: KeySet, template: Path) -> bytes:
     """
     template = Path(template)
     data = fsutil.read_capped(template, 64 << 20, "OVMF variables template")
-    with tempfile.TemporaryDirectory(prefix="trustboot-ovmf-") as tmp:
+    # (work_dir: a TMPDIR others can write is refused; they could swap vars.fd for a
+    # store with their own PK before it is read)
+    with fsutil.work_dir("trustboot-ovmf-") as tmp:
         src = Path(tmp) / "template.fd"
         src.write_bytes(data)
         dst = Path(tmp) / "vars.fd"
