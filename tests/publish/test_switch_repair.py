@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.publish.conftest import Nginx, Pki, ReleaseFactory
+from tests.publish.conftest import Nginx, Pki, ReleaseFactory, logged_requests
 from tests.publish.faultproxy import Fault, ProxyState
 from tests.publish.test_faults import (  # noqa: F401 - proxy is a fixture
     ENTRY_A,
@@ -25,10 +25,11 @@ from tests.publish.test_faults import (  # noqa: F401 - proxy is a fixture
     proxy,
     publish,
 )
+from tests.publish.test_lock import webdav_options
 from trustboot.cli.main import cli
 from trustboot.publish.origin import OriginOptions, open_origin
 from trustboot.publish.pipeline import SWITCH_JOURNAL
-from trustboot.publish.webdav import STAGING
+from trustboot.publish.webdav import STAGING, WebDAVOrigin
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY_C = b"#!ipxe\necho release C\n"
@@ -286,3 +287,32 @@ def test_repair_when_the_recorded_release_no_longer_verifies(
     assert "no longer verifies" in json.loads(r.stdout)["repaired"]
     assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_A).digest()
     assert not (nginx.root / SWITCH_JOURNAL).exists()
+
+
+def test_a_lock_record_a_killed_heartbeat_left_aside_is_removed_once_stale(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """A holder killed mid-refresh (or a breaker killed mid-break) leaves the lock collection
+    moved aside: into the staging collection, swept once stale like any temporary (at the
+    root, where it used to go, nginx's listing shows no dot-names and it stayed forever)."""
+    def hold_while_refreshing() -> None:
+        with open_origin(nginx.url, webdav_options(pki)) as origin:
+            assert isinstance(origin, WebDAVOrigin)
+            with origin.lock("refreshing", refresh=0.2):
+                time.sleep(1.0)
+
+    # each refresh moves the lock aside, reads it there and deletes it (or moves it back)
+    asides = {r.split()[1].split(".refresh-lock/")[0] + ".refresh-lock"
+              for r in logged_requests(nginx, pki, hold_while_refreshing)
+              if ".refresh-lock/" in r}
+    assert asides and all(a.startswith(f"/{STAGING}/") for a in asides), asides
+    aside = sorted(asides)[0].strip("/")
+    # what a kill between the move aside and the delete leaves
+    left = nginx.root / aside
+    left.mkdir()
+    (left / "owner.json").write_text("{}")
+    old = time.time() - 2 * 3600
+    os.utime(left, (old, old))
+    r = publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["removed_temps"] == [aside]
+    assert not left.exists()

@@ -607,6 +607,12 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
         except ValueError:
             return "unreadable"
 
+    def _aside(self, what: str) -> str:
+        """A new name in the staging collection (made if need be) to move the lock to."""
+        name = f"{STAGING}/{secrets.token_hex(8)}.{what}"
+        self._ensure_collections(name)
+        return name
+
     def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER,
              refresh: float | None = None) -> AbstractContextManager[HeldLock]:
         def try_create(body: bytes) -> bool:
@@ -625,8 +631,10 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
                     self._collections.discard(tmp)
 
         def break_stale(seen: object, _body: bytes) -> bool:
-            # MOVE without overwrite: of two breakers only one moves it
-            aside = f"{TMP_PREFIX}{secrets.token_hex(8)}.stale-lock"
+            # MOVE without overwrite: of two breakers only one moves it. Aside into the
+            # staging collection: a run killed before it deletes it leaves it where
+            # remove_stale_temps sweeps (dav_ext lists no dot-names, at the root included)
+            aside = self._aside("stale-lock")
             # (404: the holder released it meanwhile; the next attempt takes it)
             if not self._move(LOCK_COLLECTION, aside, overwrite=False, collection=True,
                               missing_ok=True):
@@ -642,7 +650,7 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
             return False  # the next attempt creates ours
 
         def take() -> str | None:
-            aside = f"{TMP_PREFIX}{secrets.token_hex(8)}.refresh-lock"
+            aside = self._aside("refresh-lock")  # (see break_stale)
             if not self._move(LOCK_COLLECTION, aside, overwrite=False, collection=True,
                               missing_ok=True):
                 return None
