@@ -189,7 +189,13 @@ def read_hold(hold: Path) -> tuple[int, str]:
     return int(pid), pid_ns
 
 
-def wait_for_hold(hold: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+# Generous: seconds on an idle machine, but a loaded one (a parallel suite, QEMU) has hit
+# 60 s, failing a build that was merely slow. Only a hang waits this long.
+HOLD_TIMEOUT = 240.0
+
+
+def wait_for_hold(hold: Path, proc: subprocess.Popen[bytes],
+                  timeout: float = HOLD_TIMEOUT) -> int:
     """Wait until the fake make holds (FAKE_HOLD); returns make's process group id (on
     the host: make runs in a sandbox with PID namespace of its own)."""
     deadline = time.monotonic() + timeout
@@ -229,7 +235,7 @@ def signal_mid_build(proc: subprocess.Popen[bytes], hold: Path, signum: int,
         make_group = wait_for_hold(hold, proc)
         while_held(make_group)
         os.kill(proc.pid, signum)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=HOLD_TIMEOUT)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
