@@ -55,7 +55,7 @@ from trustboot.publish.http import (
     with_retries,
 )
 from trustboot.publish.origin import TooLarge
-from trustboot.publish.proxy import Proxy, proxy_for
+from trustboot.publish.proxy import proxy_for
 from trustboot.text import clean
 
 CHUNK = 1 << 20
@@ -187,7 +187,6 @@ class Reader:
         self._ctx = ctx
         self._local = threading.local()
         self._conns: list[http.client.HTTPConnection] = []
-        self._proxies: dict[http.client.HTTPConnection, Proxy] = {}
         self._conns_lock = threading.Lock()
 
     def __enter__(self) -> Reader:
@@ -220,7 +219,6 @@ class Reader:
                     else http.client.HTTPConnection(*at, timeout=self.timeout))
             if proxy:
                 conn.set_tunnel(host, port, headers=proxy.headers)
-                self._proxies[conn] = proxy
             conns[key] = conn
             with self._conns_lock:
                 self._conns.append(conn)
@@ -249,7 +247,6 @@ class Reader:
     def _drop_connection(self, scheme: str, host: str, port: int | None) -> None:
         conn = self._local.__dict__.get("conns", {}).pop((scheme, host, port), None)
         if conn is not None:
-            self._proxies.pop(conn, None)
             conn.close()
 
     def _send(self, conn: http.client.HTTPConnection, target: str, scheme: str, host: str,
@@ -279,7 +276,8 @@ class Reader:
         host = parts.hostname or ""
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn = self._connection(parts.scheme, host, parts.port)
-        proxy = self._proxies.get(conn)
+        # (the environment read again: it named this connection's proxy, if any)
+        proxy = proxy_for(parts.scheme, host, parts.port)
         seconds = budget(self.timeout, max_size, min_rate=self.min_rate)
         now = time.monotonic()
         token = self._deadlines.watch(conn, now + seconds if due is None
@@ -333,7 +331,7 @@ class Reader:
             return Served(url, size, {name: h.digest() for name, h in
                                       zip(names, hashers, strict=True)})
         except (OSError, http.client.HTTPException) as exc:
-            proxy = self._proxies.get(conn)
+            proxy = proxy_for(scheme, host, port)
             self._drop_connection(scheme, host, port)
             # as an httpx transport error: with_retries retries it, or reports the TLS
             # certificate failure it wraps (see http.tls_failure)
