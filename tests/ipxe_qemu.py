@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import stop_process
 from trustboot.fsutil import ensure_private_dir
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe.config import BuildOptions, load_certificates, load_single_certificate
@@ -187,12 +188,7 @@ def _run_console(argv: list[str], stop_on: Sequence[str], timeout: float,
         except subprocess.TimeoutExpired:
             pass
         exited.append(proc.poll() is not None)
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
     thread.join(5)
     return _clean(b"".join(chunks).decode(errors="replace"))
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.procs import stop_processes
+
 REPO = Path(__file__).resolve().parents[2]
 SERVERS = Path(__file__).resolve().parent / "servers.py"
 
@@ -173,15 +175,8 @@ class Segment:
         return AuditRun(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
     def close(self) -> None:
+        stop_processes(self.procs, 5)
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
             if proc.stdout is not None:
                 proc.stdout.close()
         self.procs.clear()

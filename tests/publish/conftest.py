@@ -23,6 +23,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from tests.procs import stop_process
 from trustboot.cli.main import cli
 
 CA_PASS = "publish ca pass"
@@ -212,12 +213,7 @@ http {{
 
 
 def stop_nginx(n: Nginx) -> None:
-    n.process.terminate()
-    try:
-        n.process.wait(5)
-    except subprocess.TimeoutExpired:
-        n.process.kill()
-        n.process.wait()
+    stop_process(n.process, 5)
 
 
 @contextlib.contextmanager

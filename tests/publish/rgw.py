@@ -47,6 +47,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from tests.procs import stop_process
 from tests.publish.conftest import KEY_PASS, Pki
 from trustboot import secrets as tb_secrets
 from trustboot.fsutil import write_private_file
@@ -162,14 +163,8 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     """TERM rgw, osd, mon (in that order) by PID; KILL what does not exit in time."""
     for name in ("rgw", "osd", "mon"):
         proc = procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            continue
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc is not None:
+            stop_process(proc)
 
 
 def server_tls(pki: Path, name: str, key_passphrase: bytes,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_tool
+from tests.procs import stop_process
 from tests.publish.conftest import free_port
 
 # (tinyproxy takes [-a-z0-9._] only in BasicAuth)
@@ -67,9 +68,4 @@ def tinyproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tinyproxy]:
         err = proc.stderr.read().decode() if proc.stderr else ""
         pytest.fail(f"tinyproxy did not start: {err}")
     yield proxy
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, 5)

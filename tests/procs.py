@@ -1,0 +1,25 @@
+"""Stopping the servers and guests the tests start (nginx, tinyproxy, RGW, QEMU, dnsmasq)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[Any]], timeout: float = 10.0) -> None:
+    """TERM every process still running, then reap each, killing one that outlives
+    ``timeout``: all are asked at once, so N servers take one timeout, not N."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    stop_processes([proc], timeout)
