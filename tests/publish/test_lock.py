@@ -120,6 +120,42 @@ def test_without_refreshes_the_same_lock_would_be_broken(backend: Backend) -> No
                 assert held.lost is not None and "breaker" in held.lost
 
 
+@pytest.mark.parametrize("write", ["put", "delete"])
+def test_a_holder_whose_heartbeat_is_late_reads_the_lock_before_any_write(
+        backend: Backend, write: str) -> None:
+    """A holder stopped (SIGSTOP, a suspended laptop) past the stale age wakes before its
+    heartbeat runs: its next write of any kind, not only the switch, finds the lock taken
+    and stops, so a paused prune cannot delete what the new holder just made live."""
+    with backend.open() as a, backend.open() as b:
+        with a.lock("paused holder", stale_after=2.0, refresh=600) as held:
+            put(a, "releases/r0/boot.ipxe", b"#!ipxe\n")
+            time.sleep(2.5)  # the heartbeat (every 600 s) has not run
+            with b.lock("breaker", stale_after=2.0):
+                with pytest.raises(OperationalError, match=r"lost the lock.*breaker"):
+                    if write == "put":
+                        put(a, "releases/r1/x", b"written late")
+                    else:
+                        a.delete("releases/r0/boot.ipxe")
+                assert held.lost is not None and "breaker" in held.lost
+                assert read(b, "releases/r0/boot.ipxe") == b"#!ipxe\n"
+                with pytest.raises(OperationalError):
+                    read(b, "releases/r1/x")
+
+
+def test_a_late_holder_nobody_took_over_refreshes_and_goes_on(backend: Backend) -> None:
+    """The other side: a late holder whose lock nobody broke renews it at its next write
+    and goes on; a publisher arriving then finds the lock fresh."""
+    with backend.open() as a, backend.open() as b:
+        with a.lock("paused holder", stale_after=2.0, refresh=600) as held:
+            time.sleep(2.5)
+            put(a, "releases/r1/x", b"written late")
+            assert held.lost is None
+            with pytest.raises(OperationalError, match="locked by paused holder"), \
+                    b.lock("second", stale_after=2.0):
+                pass
+            assert read(a, "releases/r1/x") == b"written late"
+
+
 def test_a_holder_whose_lock_was_taken_stops_before_writing_and_switching(
         backend: Backend) -> None:
     entry = b"#!ipxe\necho live release\n"

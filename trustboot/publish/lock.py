@@ -13,7 +13,9 @@ than ``stale_after`` keeps its lock. A refresh that finds the lock is not ours a
 (broken, or replaced) marks it lost, and so does ``stale_after - refresh`` seconds without
 a successful refresh (someone may have judged it stale by then); the origin's writes and
 the entry switch call ``HeldLock.check`` first (``GuardedByLock``), which then raises: the
-holder stops before its next change to the origin, never continues.
+holder stops before its next change to the origin, never continues. A check that finds the
+heartbeat overdue (the process was stopped, or the machine slept, past that age: its writes
+can wake before its heartbeat) refreshes the record itself first, or finds the lock lost.
 
 A refresh reads the record, then rewrites it, then reads it again. The rewrite is a
 compare-and-swap: it never replaces a record that is not ours (another's lock taken while
@@ -50,6 +52,15 @@ from trustboot.text import clean
 
 LOCK_STALE_AFTER = 6 * 3600.0
 REFRESH_FRACTION = 6  # refreshed every stale_after / 6 (at least every second) by default
+
+
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def _clock() -> float:
+    """Seconds that also run while the machine sleeps: others judge our record by the wall
+    clock, so a laptop suspended mid-publish must see that time passed too."""
+    return time.clock_gettime(_BOOTTIME)
 
 
 def _pid_namespace() -> str | None:
@@ -137,8 +148,9 @@ class HeldLock:
         self._rewrite = rewrite
         self._lost: str | None = None
         self._mutex = threading.Lock()  # one refresh at a time, none after stop
+        self._refreshing: int | None = None  # the thread in refresh (its writes check too)
         self._stopped = threading.Event()
-        self._last_ok = time.monotonic()
+        self._last_ok = _clock()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="trustboot-lock-heartbeat")
 
@@ -155,9 +167,20 @@ class HeldLock:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
 
+    def _overdue(self) -> bool:
+        """Whether another publisher may have judged our record stale by now: it was last
+        known ours ``stale_after - refresh`` seconds ago or more."""
+        return _clock() - self._last_ok > self._stale_after - self._refresh
+
     def check(self, *, confirm: bool = False) -> None:
         """Raise if the lock is lost; ``confirm``: read the record to be sure first (before
         the entry switch)."""
+        if (self._lost is None and self._refreshing != threading.get_ident()
+                and self._overdue()):
+            # The heartbeat is late: this process was stopped or the machine slept past
+            # the stale age, and the heartbeat has not run since. Another publisher may
+            # hold the lock now; refresh here (or find it lost) before writing anything.
+            self.refresh()
         if confirm and self._lost is None:
             held = self._read()
             if not self.ours(held):
@@ -191,19 +214,26 @@ class HeldLock:
         with self._mutex:
             if self._stopped.is_set() or self._lost is not None:
                 return self._lost is None
-            held = self._read()
-            if self.ours(held):
-                self._record = dict(self._record, time=time.time())
-                refused = not self._rewrite(json.dumps(self._record).encode())
-                held = self._read()  # after a refusal: whoever took it meanwhile
-                if refused:
-                    self._lose_to(held)
-                    return False
-            if not self.ours(held):
+            self._refreshing = threading.get_ident()
+            try:
+                return self._refresh_held()
+            finally:
+                self._refreshing = None
+
+    def _refresh_held(self) -> bool:
+        held = self._read()
+        if self.ours(held):
+            self._record = dict(self._record, time=time.time())
+            refused = not self._rewrite(json.dumps(self._record).encode())
+            held = self._read()  # after a refusal: whoever took it meanwhile
+            if refused:
                 self._lose_to(held)
                 return False
-            self._last_ok = time.monotonic()
-            return True
+        if not self.ours(held):
+            self._lose_to(held)
+            return False
+        self._last_ok = _clock()
+        return True
 
     def _run(self) -> None:
         while not self._stopped.wait(self._refresh):
@@ -213,9 +243,9 @@ class HeldLock:
             except (TrustbootError, OSError):
                 # the origin is unreachable: keep trying until someone may have judged
                 # the record stale; then the lock cannot be trusted any more
-                if time.monotonic() - self._last_ok > self._stale_after - self._refresh:
+                if self._overdue():
                     self._lose(f"it could not be refreshed for "
-                               f"{time.monotonic() - self._last_ok:.0f} s")
+                               f"{_clock() - self._last_ok:.0f} s")
                     return
 
 
