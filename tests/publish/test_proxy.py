@@ -265,3 +265,106 @@ def test_a_proxy_that_trickles_its_answer_is_cut_at_the_deadline(
     assert time.monotonic() - start < 10
     assert "served too slowly" in err.value.message
     assert f"(through the proxy http://127.0.0.1:{port})" in err.value.message
+
+
+@pytest.mark.parametrize(("no_proxy", "host", "port", "direct"), [
+    # a default port left out of the URL (httpx and urlsplit give None) is still that port
+    ("origin.example:443", "origin.example", None, True),
+    ("origin.example:443", "origin.example", 8443, False),
+    # IPv6 entries, with or without brackets, with a port only in brackets
+    ("::1", "::1", 8443, True),
+    ("[::1]", "::1", None, True),
+    ("[::1]:8443", "::1", 8443, True),
+    ("fd00::/8", "fd00::7", 443, True),
+    # CIDR ranges, as curl takes them; an address is never matched as a domain suffix
+    ("10.0.0.0/8", "10.1.2.3", 443, True),
+    ("0.1", "10.0.0.1", 443, False),
+    ("192.168.1.0/24", "192.168.2.1", 443, False),
+    # names: the name and its subdomains, a leading dot or not; never a longer name
+    (".example.com", "example.com", 443, True),
+    ("example.com", "boot.EXAMPLE.com", 443, True),
+    ("example.com", "badexample.com", 443, False),
+    ("*", "anything.example", 443, True),
+    ("foo,*", "anything.example", 443, False),  # '*' counts alone only (curl)
+])
+def test_no_proxy_as_curl_reads_it(monkeypatch: pytest.MonkeyPatch, no_proxy: str, host: str,
+                                   port: int | None, direct: bool) -> None:
+    monkeypatch.setenv("https_proxy", "http://proxy.corp:3128")
+    monkeypatch.setenv("no_proxy", no_proxy)
+    if direct:
+        assert proxy_for("https", host, port) is None
+    elif ":" in host:
+        with pytest.raises(ConfigError):
+            proxy_for("https", host, port)
+    else:
+        assert proxy_for("https", host, port) is not None
+
+
+def test_lowercase_proxy_variables_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://upper.corp:1")
+    monkeypatch.setenv("NO_PROXY", "origin.example")
+    assert proxy_for("https", "origin.example", None) is None
+    assert proxy_for("https", "other.example", None) == proxy_for("https", "x.example", 443)
+    monkeypatch.setenv("https_proxy", "http://lower.corp:2")
+    monkeypatch.setenv("no_proxy", "other.example")
+    proxy = proxy_for("https", "origin.example", None)
+    assert proxy is not None and (proxy.host, proxy.port) == ("lower.corp", 2)
+    assert proxy_for("https", "other.example", None) is None
+
+
+def test_an_ipv6_origin_through_a_proxy_is_refused_with_the_way_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.11's http.client and httpcore write "CONNECT ::1:443" (and a server name
+    without brackets): no proxy opens that tunnel; say so instead of the proxy's 400."""
+    monkeypatch.setenv("https_proxy", "http://proxy.corp:3128")
+    with pytest.raises(ConfigError) as err:
+        proxy_for("https", "::1", None)
+    assert "no_proxy" in (err.value.hint or "")
+    with Reader(unsafe_no_verify=True, retries=0, timeout=2) as reader, \
+            pytest.raises(ConfigError):
+        reader.fetch("https://[::1]:8443/boot.ipxe", max_size=10)
+
+
+def test_the_proxy_password_is_in_no_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("https_proxy", "http://user:hunter2@proxy.corp:3128")
+    proxy = proxy_for("https", "origin.example", None)
+    assert proxy is not None and proxy.headers
+    encoded = proxy.headers["Proxy-Authorization"].split()[1]
+    assert "hunter2" not in repr(proxy) and encoded not in repr(proxy)
+
+
+def test_no_proxy_cidr_goes_direct(pki: Pki, nginx: Nginx, tinyproxy: Tinyproxy,  # noqa: F811
+                                   make_release: ReleaseFactory,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An address range in no_proxy (curl's reading) keeps the uploads, the read-back
+    and `origin check` off the proxy: it is never asked to CONNECT, never sent the
+    proxy credentials."""
+    monkeypatch.setenv("https_proxy", tinyproxy.url())
+    monkeypatch.setenv("no_proxy", "intranet.example, 127.0.0.0/8")
+    before = len(tinyproxy.connects())
+    res = publish(pki, make_release({"boot.ipxe": ENTRY}), nginx.url, "r1")
+    assert res.exit_code == 0, res.output
+    assert _check(pki, nginx.url + "boot.ipxe").exit_code == 0
+    time.sleep(0.3)
+    assert tinyproxy.connects()[before:] == []
+
+
+def test_s3_no_proxy_is_read_as_for_the_other_origins(
+        pki: Pki, tinyproxy: Tinyproxy, rgw: RGW,  # noqa: F811
+        make_release: ReleaseFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's own reading of no_proxy knows no address ranges: the uploads went to
+    the proxy while the read-back went direct."""
+    pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
+    bucket = f"tb-noproxy-{os.getpid()}"
+    rgw.client().create_bucket(Bucket=bucket)
+    monkeypatch.setenv("TB_TEST_S3_PROXY_CREDS", f"{rgw.access_key}:{rgw.secret_key}")
+    monkeypatch.setenv("https_proxy", tinyproxy.url())
+    monkeypatch.setenv("no_proxy", "127.0.0.0/8")
+    before = len(tinyproxy.connects())
+    res = CliRunner().invoke(cli, [
+        "publish", str(make_release({"boot.ipxe": ENTRY})), f"s3://{bucket}/boot",
+        "--release-id", "r1", "--pki", str(pki.dir), "--endpoint-url", rgw.endpoint,
+        "--credentials-env", "TB_TEST_S3_PROXY_CREDS", "--signer", "boot-signer", "--json"])
+    assert res.exit_code == 0, res.output
+    time.sleep(0.3)
+    assert tinyproxy.connects()[before:] == []

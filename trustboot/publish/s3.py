@@ -113,6 +113,7 @@ from trustboot.publish.origin import (
 )
 
 # the answer allowance of a call that is not a GET: WebDAV's
+from trustboot.publish.proxy import goes_direct
 from trustboot.publish.webdav import MAX_ANSWER_BYTES as MAX_ANSWER
 from trustboot.text import clean
 
@@ -257,6 +258,9 @@ class _Sender:
         return manager
 
     def _manager(self, url: str) -> tuple[urllib3.PoolManager, str | None]:
+        parts = urlsplit(url)
+        if goes_direct(parts.scheme, parts.hostname or "", parts.port):
+            return self._direct, None  # no_proxy as the read-back and WebDAV read it
         proxies = get_environ_proxies(url)
         config = ProxyConfiguration(proxies=proxies)
         proxy = config.proxy_url_for(url)
