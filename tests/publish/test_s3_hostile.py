@@ -273,3 +273,59 @@ def test_an_endless_answer_is_cut_at_the_cap(pki: Pki) -> None:
     for method in ("GET", "PUT"):
         # no further than the cap (plus what the socket buffers held)
         assert endless_sent[method] < s3.MAX_ANSWER_READ + (8 << 20), endless_sent
+
+
+PAGES_STOP = 3000  # pages the endless store serves before its last one (the test's bound)
+pages_served: list[str] = []
+
+
+class _EndlessPages(http.server.BaseHTTPRequestHandler):
+    """An S3 listing that is always truncated, each page with a new continuation token
+    (botocore stops only on a token seen twice) and one key, or none with ?empty."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        pages_served.append(self.path)
+        n = len(pages_served)
+        more = n < PAGES_STOP
+        contents = "" if "empty" in self.path or "delimiter" in self.path else \
+            f"<Contents><Key>p/releases/r1/object-{n}</Key><Size>1</Size></Contents>"
+        prefixes = f"<CommonPrefixes><Prefix>p/releases/r{n}/</Prefix></CommonPrefixes>" \
+            if "delimiter" in self.path else ""
+        body = ('<?xml version="1.0" encoding="UTF-8"?><ListBucketResult '
+                'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>bucket</Name>'
+                f"<KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys>"
+                f"<IsTruncated>{'true' if more else 'false'}</IsTruncated>"
+                + (f"<NextContinuationToken>t{n}</NextContinuationToken>" if more else "")
+                + f"{contents}{prefixes}</ListBucketResult>").encode()
+        # one write: headers and body apart wait on the client's delayed ACK (40 ms each)
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("call", ["list", "list-empty-pages", "list_dirs"])
+def test_a_listing_without_end_is_cut_at_the_listing_cap(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
+    """Every page is capped (MAX_ANSWER_READ), but a store that always answers "more"
+    with a new token held `publish list`, prune and publish forever, memory growing
+    with every page (or, with empty pages, the run only). Bounded: origin.MAX_LISTED."""
+    from tests.publish.conftest import http_server
+    from trustboot.publish import origin as origin_module
+
+    monkeypatch.setattr(origin_module, "MAX_LISTED", 300)
+    pages_served.clear()
+    with http_server(_EndlessPages) as url:
+        options = OriginOptions(endpoint_url=url.rstrip("/"), unsafe_http=True, retries=0,
+                                ca_file=pki.ca, timeout=30.0,
+                                credentials=Credentials("basic", "secret", "access", "test"))
+        with open_origin("s3://bucket/p", options) as origin, \
+                pytest.raises(OperationalError, match="did not end within 300 names"):
+            if call == "list_dirs":
+                origin.list_dirs("releases/")
+            else:
+                origin.list("releases/empty/" if call == "list-empty-pages" else "releases/")
+    assert len(pages_served) <= 301

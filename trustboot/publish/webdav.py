@@ -66,6 +66,7 @@ from trustboot.publish.lock import (
     swap_record,
 )
 from trustboot.publish.origin import (
+    ListingBudget,
     ObjectStat,
     OriginOptions,
     Staged,
@@ -489,8 +490,11 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
         check_prefix(prefix)
         out: builtins.list[str] = []
         todo = [prefix.rstrip("/")]
+        budget = ListingBudget(f"{redact_url(self.url)}{prefix}")
         while todo:
+            budget.request()
             for key, is_col in self._children(todo.pop()):
+                budget.name(key)
                 (todo if is_col else out).append(key)
         return sorted(out)
 
@@ -537,8 +541,12 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
         found (a collection with other releases beside it costs one PROPFIND or two, not
         a listing of all of them)."""
         todo = [col]
+        budget = ListingBudget(f"{redact_url(self.url)}{col}/")
         while todo:
+            budget.request()
             children = self._children(todo.pop())
+            for key, _is_col in children:
+                budget.name(key)
             if any(not is_col for _key, is_col in children):
                 return True
             todo.extend(key for key, is_col in children if is_col)
