@@ -84,8 +84,12 @@ def make_output_dir(path: Path, what: str) -> Path:
     (enrollment keys, firmware, trust anchors): an existing directory (or where a link to
     one leads) must be ours and not writable by group or others, and so must every
     directory above it (:func:`check_parents`) (ConfigError)."""
-    check_parents(path, what)
+    check_parents(path, what)  # nothing created under another's directory
     make_dirs(path)
+    # and again, now that every directory exists: one another user made in a missing
+    # place between the first check and make_dirs (which keeps an existing one) would
+    # hold ours, to be moved away with what we write and replaced
+    check_parents(path, what)
     check_owned_dir(path, what)
     return Path(path)
 
