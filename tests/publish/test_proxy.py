@@ -368,3 +368,70 @@ def test_s3_no_proxy_is_read_as_for_the_other_origins(
     assert res.exit_code == 0, res.output
     time.sleep(0.3)
     assert tinyproxy.connects()[before:] == []
+
+
+@pytest.fixture
+def dripper() -> Iterator[tuple[int, list[bytes]]]:
+    """A server that, once a client speaks, answers one piece every 0.2 s for 20 s: as a
+    proxy, a CONNECT reply whose headers never end; as an origin, a TLS handshake
+    record (16 KiB long) that never completes. (port, what it was sent first)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    heard: list[bytes] = []
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            first = conn.recv(4096)
+            heard.append(first)
+            proxy = first.startswith(b"CONNECT")
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n" if proxy
+                         else b"\x16\x03\x03\x40\x00")
+            started = time.monotonic()
+            while not stop.is_set() and time.monotonic() - started < 20:
+                try:
+                    conn.sendall(b"X-Wait: 1\r\n" if proxy else b"\x02")
+                except OSError:
+                    return  # the client gave up: as it should
+                time.sleep(0.2)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], heard
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+@pytest.mark.parametrize("via", ["proxy", "origin"])
+def test_origin_check_ends_when_the_handshake_trickles(
+        pki: Pki, dripper: tuple[int, list[bytes]], monkeypatch: pytest.MonkeyPatch,
+        via: str) -> None:
+    """`origin check` (a monitor, run from cron) opens its connection before any GET:
+    the proxy's CONNECT answer had only the per-read timeout, so a proxy sending a header
+    line in time for each read held it for as long as it liked. Now the tunnel and the TLS
+    handshake end within --timeout in all, an operational failure (exit 1)."""
+    port, heard = dripper
+    if via == "proxy":
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+        url = "https://origin.invalid/boot.ipxe"
+    else:
+        url = f"https://127.0.0.1:{port}/boot.ipxe"
+    started = time.monotonic()
+    res = CliRunner().invoke(cli, ["origin", "check", url, "--pki", str(pki.dir),
+                                   "--timeout", "2", "--json"])
+    took = time.monotonic() - started
+    assert heard, "the client never reached the server"
+    assert res.exit_code == 1, res.output
+    assert took < 10, f"origin check took {took:.0f} s"
+    # (OpenSSL's handshake has its own total timeout; the proxy's CONNECT answer had none)
+    assert ("were not done after 2 s" if via == "proxy" else "timed out") in \
+        json.loads(res.stdout)["tls_error"]

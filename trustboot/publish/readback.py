@@ -228,18 +228,35 @@ class Reader:
         """Open this thread's connection to ``url``'s host now (TCP and the TLS handshake,
         with this Reader's trust and iPXE's suites) and return its TLS socket, to see
         what the handshake negotiated; the next request to that host goes on it, so a
-        check costs one handshake. Errors as the socket raises them (OSError, ssl)."""
+        check costs one handshake. Errors as the socket raises them (OSError, ssl);
+        TimeoutError when it all takes longer than the timeout."""
         parts = urlsplit(url)
         where = (parts.scheme, parts.hostname or "", parts.port)
         if parts.scheme != "https":
             raise ConfigError(f"{url!r} is not an https:// URL")
         conn = self._connection(*where)
         if conn.sock is None:
+            # the tunnel and the handshake within one timeout in all: a proxy or an origin
+            # trickling them a byte at a time (each in time for the per-read timeout)
+            # held `origin check` forever
+            seconds = budget(self.timeout, 0, min_rate=self.min_rate)
+            token = self._deadlines.watch(conn, time.monotonic() + seconds)
             try:
                 conn.connect()
             except BaseException:
+                late = self._deadlines.done(token)
                 self._drop_connection(*where)
-                raise
+                if not late:
+                    raise
+            else:
+                late = self._deadlines.done(token)  # (shut down as it finished: no use)
+                if late:
+                    self._drop_connection(*where)
+            if late:
+                proxy = proxy_for(*where)
+                through = f" through the proxy {proxy.shown}" if proxy else ""
+                raise TimeoutError(f"connecting{through} and the TLS handshake were not "
+                                   f"done after {seconds:.0f} s")
         if not isinstance(conn.sock, ssl.SSLSocket):  # https: always TLS
             raise RuntimeError(f"no TLS socket to {url}")
         return conn.sock
