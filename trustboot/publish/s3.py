@@ -293,7 +293,9 @@ class _Sender:
                                assert_same_host=False, preload_content=False,
                                decode_content=False, chunked=chunked,
                                enforce_content_length=False)
-            if request.stream_output:  # an object's body: read (capped) by S3Origin.read
+            if request.stream_output and raw.status < 300:
+                # an object's body: read (capped) by S3Origin.read. (An error's body
+                # botocore reads whole to parse it: capped below like any answer.)
                 return AWSResponse(url, raw.status, cast(Any, raw.headers), raw)
             response = AWSResponse(url, raw.status, cast(Any, raw.headers),
                                    _CappedRaw(raw, f"{parts.netloc}{parts.path}"))
