@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import time
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -85,6 +86,60 @@ def test_an_origin_trickling_its_answer_is_given_up_on(how: str) -> None:
                 reader.stream(url, max_size=100_000)
         # budget: timeout + max_size / min_rate = 3 s, never retried
         assert time.monotonic() - started < 6
+
+
+class _DropsThenTrickles(http.server.BaseHTTPRequestHandler):
+    """The first connection answers once, keep-alive, then hangs up on the next request
+    without an answer (an idle connection dropped); every later connection trickles
+    its answer a byte at a time."""
+
+    protocol_version = "HTTP/1.1"
+    connections: ClassVar[list[int]] = []
+
+    def handle(self) -> None:
+        self.connections.append(1)
+        self.first = len(self.connections) == 1
+        self.answered = 0
+        super().handle()
+
+    def do_GET(self) -> None:
+        if self.first:
+            if self.answered:
+                self.close_connection = True  # hang up, no answer
+                return
+            self.answered += 1
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            return
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            started = time.monotonic()
+            while time.monotonic() - started < 30:
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the client gave up: what it should do
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_answer_on_a_reopened_connection_keeps_the_deadline() -> None:
+    """A request whose idle keep-alive connection was dropped is sent once more on a new
+    connection: that one was a new object the deadline's watchdog did not watch, so an
+    origin dropping the idle connection and then trickling the answer held the
+    read-back as long as it liked (the deadline was only noticed after it ended)."""
+    _DropsThenTrickles.connections.clear()
+    with http_server(_DropsThenTrickles) as base, Reader(
+            unsafe_http=True, unsafe_no_verify=True, retries=0, timeout=1.0,
+            min_rate=50_000) as reader:
+        assert reader.fetch(base + "first", max_size=100_000) == b"ok"
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="too slowly"):
+            reader.fetch(base + "second", max_size=100_000)
+        # budget: timeout + max_size / min_rate = 3 s
+        assert time.monotonic() - started < 8
+    assert len(_DropsThenTrickles.connections) == 2
 
 
 class _SlowRedirects(http.server.BaseHTTPRequestHandler):

@@ -266,8 +266,8 @@ class Reader:
         if conn is not None:
             conn.close()
 
-    def _send(self, conn: http.client.HTTPConnection, target: str, scheme: str, host: str,
-              port: int | None) -> http.client.HTTPResponse:
+    @staticmethod
+    def _send(conn: http.client.HTTPConnection, target: str) -> http.client.HTTPResponse:
         headers = {"Accept-Encoding": "identity", "User-Agent": "iPXE/2 (trustboot)"}
         reused = conn.sock is not None
         try:
@@ -276,9 +276,10 @@ class Reader:
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
             if not reused:
                 raise
-        # the server closed the idle keep-alive connection: once more on a new one
-        self._drop_connection(scheme, host, port)
-        conn = self._connection(scheme, host, port)
+        # the server closed the idle keep-alive connection: once more on a new one, opened
+        # by the same connection object, which the request's watchdog watches (a new
+        # object was not: the origin could trickle the retried answer for ever)
+        conn.close()
         conn.request("GET", target, headers=headers)
         return conn.getresponse()
 
@@ -321,7 +322,7 @@ class Reader:
                 names: tuple[str, ...], body: list[bytes] | None) -> Served:
         scheme, host, port = where
         try:
-            response = self._send(conn, target, scheme, host, port)
+            response = self._send(conn, target)
             location = response.getheader("location")
             if location and not 200 <= response.status < 300:
                 # as iPXE: a Location is followed on any answer but a success, not only
