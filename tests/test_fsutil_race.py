@@ -60,3 +60,14 @@ def test_without_a_race_both_are_created(tmp_path: Path) -> None:
     assert fsutil.make_output_dir(shared / "build" / "out", "--out directory").is_dir()
     cache = prepare_cache_dir(shared / "cache-parent" / "trustboot")
     assert (cache.stat().st_mode & 0o777) == 0o700
+
+
+def test_an_absolute_path_is_checked_from_a_directory_that_is_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_parents' walk asked getcwd for every path: run from a removed directory
+    (a CI workspace cleaned under a shell), any absolute --out was an internal error."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    fsutil.check_parents(tmp_path / "out", "--out directory")

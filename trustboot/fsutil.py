@@ -140,7 +140,9 @@ def _walk(path: Path, what: str) -> list[Path]:
     us is refused: in a sticky directory (/tmp) its owner can replace it at any time, so
     every check made through it says nothing about where it leads a moment later."""
     me = os.geteuid()
-    pending = list(reversed(os.path.join(os.getcwd(), path).split("/")))
+    # (an absolute path needs no getcwd, which fails when the directory run from is gone)
+    start = str(path) if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+    pending = list(reversed(start.split("/")))
     current = "/"
     dirs: list[Path] = []
     links = 0
