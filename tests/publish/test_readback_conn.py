@@ -88,7 +88,7 @@ def test_an_origin_trickling_its_answer_is_given_up_on(how: str) -> None:
         assert time.monotonic() - started < 6
 
 
-class _DropsThenTrickles(http.server.BaseHTTPRequestHandler):
+class _DropsThenTrickles(_Trickles):
     """The first connection answers once, keep-alive, then hangs up on the next request
     without an answer (an idle connection dropped); every later connection trickles
     its answer a byte at a time."""
@@ -110,18 +110,7 @@ class _DropsThenTrickles(http.server.BaseHTTPRequestHandler):
             self.answered += 1
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             return
-        try:
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-            started = time.monotonic()
-            while time.monotonic() - started < 30:
-                self.wfile.write(b"x")
-                self.wfile.flush()
-                time.sleep(0.2)
-        except OSError:
-            pass  # the client gave up: what it should do
-
-    def log_message(self, *args: object) -> None:
-        pass
+        super().do_GET()
 
 
 def test_the_answer_on_a_reopened_connection_keeps_the_deadline() -> None:
