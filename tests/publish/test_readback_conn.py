@@ -6,14 +6,15 @@ from __future__ import annotations
 import hashlib
 import http.server
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
 
-from tests.publish.conftest import http_server
+from tests.publish.conftest import gzip_of_zeros, http_server
 from trustboot.errors import OperationalError
-from trustboot.publish.readback import Reader
+from trustboot.publish.readback import NotServed, Reader
 
 BODY = b"#!ipxe\necho keep-alive\n" * 100
 
@@ -171,3 +172,32 @@ def test_a_redirect_chain_has_a_total_deadline() -> None:
             reader.stream(base + "hop5", max_size=150_000)
         took = time.monotonic() - started
     assert 5 < took < 8, took
+
+
+READBACK_BOMB = gzip_of_zeros(48 << 20)  # within the 64 KiB an error answer is read to
+
+
+class _BombOn404(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.wfile.write(b"HTTP/1.1 404 Not Found\r\nContent-Encoding: gzip\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(READBACK_BOMB), READBACK_BOMB))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_encoded_error_answer_is_never_inflated() -> None:
+    """The read-back judges a non-200 answer by its first 64 KiB, which httpx inflated:
+    48 MiB of memory from a 48 KiB gzip 404 (the read-back asks for identity)."""
+    with http_server(_BombOn404) as base, Reader(
+            unsafe_http=True, unsafe_no_verify=True, retries=0, timeout=5.0) as reader:
+        tracemalloc.start()
+        try:
+            with pytest.raises(NotServed):
+                reader.fetch(base + "boot.ipxe", max_size=1 << 20)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 16 << 20, f"peak {peak >> 20} MiB"

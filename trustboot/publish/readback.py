@@ -49,6 +49,7 @@ from trustboot.errors import (
 from trustboot.publish.deadline import MIN_RATE, Watchdog, budget, too_slow
 from trustboot.publish.http import (
     RetryableStatus,
+    raw_answer,
     status_error,
     tls_context,
     tls_failure,
@@ -330,8 +331,8 @@ class Reader:
                 raise _Redirect(response.status, location)
             if response.status != 200:
                 answer = response.read(64 << 10)
-                self._status(httpx.Response(response.status, headers=response.getheaders(),
-                                            content=answer), url)
+                self._status(raw_answer(response.status, response.getheaders(), answer),
+                             url)
             encoding = (response.getheader("content-encoding") or "identity").lower()
             if encoding not in ("identity", ""):
                 raise OperationalError(

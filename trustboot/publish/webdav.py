@@ -53,6 +53,7 @@ from trustboot.publish.fileorigin import TMP_PREFIX
 from trustboot.publish.http import (
     RetryableStatus,
     deadline_transport,
+    raw_answer,
     status_error,
     tls_context,
     with_retries,
@@ -285,8 +286,7 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
                     body = b"".join(self._capped(streamed, url, max_answer))
                 finally:
                     streamed.close()
-            response = httpx.Response(streamed.status_code, headers=streamed.headers,
-                                      content=body, request=request)
+            response = raw_answer(streamed.status_code, streamed.headers, body, request)
             if response.status_code in ok or response.status_code in passthrough:
                 return response
             if response.status_code >= 500:
@@ -451,8 +451,8 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
             if response.status_code != 200:
                 with total_deadline(seconds, url, start=due - seconds):
                     answer = b"".join(self._capped(response, url, MAX_ANSWER_BYTES))
-                response = httpx.Response(response.status_code, headers=response.headers,
-                                          content=answer, request=request)
+                response = raw_answer(response.status_code, response.headers, answer,
+                                      request)
                 if response.status_code >= 500:
                     raise RetryableStatus(response)
                 if response.status_code == 404:
