@@ -84,8 +84,12 @@ def make_output_dir(path: Path, what: str) -> Path:
     (enrollment keys, firmware, trust anchors): an existing directory (or where a link to
     one leads) must be ours and not writable by group or others, and so must every
     directory above it (:func:`check_parents`) (ConfigError)."""
-    check_parents(path, what)
+    check_parents(path, what)  # nothing created under another's directory
     make_dirs(path)
+    # and again, now that every directory exists: one another user made in a missing
+    # place between the first check and make_dirs (which keeps an existing one) would
+    # hold ours, to be moved away with what we write and replaced
+    check_parents(path, what)
     check_owned_dir(path, what)
     return Path(path)
 
@@ -136,7 +140,9 @@ def _walk(path: Path, what: str) -> list[Path]:
     us is refused: in a sticky directory (/tmp) its owner can replace it at any time, so
     every check made through it says nothing about where it leads a moment later."""
     me = os.geteuid()
-    pending = list(reversed(os.path.join(os.getcwd(), path).split("/")))
+    # (an absolute path needs no getcwd, which fails when the directory run from is gone)
+    start = str(path) if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+    pending = list(reversed(start.split("/")))
     current = "/"
     dirs: list[Path] = []
     links = 0

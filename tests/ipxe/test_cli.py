@@ -222,6 +222,21 @@ def test_script_lint_reports_findings(tmp_path: Path) -> None:
     assert code == 3 and "https" in err
 
 
+def test_script_lint_output_escapes_the_scripts_words(tmp_path: Path) -> None:
+    """Findings quote the script (a 'set' value, a goto label): a script from a pull
+    request wrote an OSC title sequence, or anything else, to the reviewer's terminal.
+    The lines are escaped, and a long value is cut."""
+    f = tmp_path / "hostile.ipxe"
+    f.write_text("#!ipxe\nimgtrust --permanent\nset x:ipv4 \x1b]0;pwned\x07\n"
+                 "goto \x1b[2J\nset y:hex " + "z" * 5000 + "\nimgverify a b\n")
+    code, out, _err = run("ipxe", "script", "lint", str(f))
+    assert code == 3
+    assert "setting-value" in out and "missing-label" in out, out
+    assert all(line.isprintable() for line in out.splitlines()), repr(out)
+    assert "\\x1b]0;pwned\\x07" in out and "\\x1b[2J" in out
+    assert "z" * 81 not in out and "(5000 chars)" in out
+
+
 def test_json_build_prints_no_progress(env: dict[str, Path], pki: TestPki) -> None:
     # --json is for machines: stdout the document, stderr quiet (README "Conventions").
     code, out, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),

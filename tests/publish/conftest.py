@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,13 @@ def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[s
     finally:
         server.shutdown()
         server.server_close()
+
+
+def gzip_of_zeros(size: int) -> bytes:
+    """``size`` zero bytes gzipped: a decompression bomb (about 1,000 to 1) for answers
+    that must never be inflated."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    return packer.compress(bytes(size)) + packer.flush()
 
 
 def free_port() -> int:

@@ -52,3 +52,28 @@ def test_a_cache_owned_by_another_user_is_ignored(tmp_path: Path) -> None:
     _poisoned(path, victim)
     os.chown(path, 65534, 65534)  # nobody: e.g. planted in a shared XDG_CACHE_HOME
     assert not _trusted(path, victim)
+
+
+def test_a_damaged_cache_only_costs_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    """Entries of another shape (a truncated or hand-edited file) are dropped when the
+    cache is read: saving a full cache sorted them by their last element, and a run
+    ended in an internal error (exit 70) instead of ignoring them."""
+    import json
+
+    from trustboot.publish import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "MAX_ENTRIES", 2)
+    path = tmp_path / "publish-cache.json"
+    path.write_text(json.dumps({"version": 1, "verified": {}, "local": {
+        "a": ["0" * 64, 1.0], "b": [], "c": "x", "d": ["0" * 64, "late"], "e": [True]}}))
+    os.chmod(path, 0o600)
+    cache = PublishCache(path)
+    assert set(cache.local) == {"a"}
+    victim = tmp_path / "vmlinuz"
+    victim.write_bytes(b"k")
+    for n in range(3):
+        cache.remember_local(victim, victim.stat(), f"{n:064x}")
+        victim.write_bytes(b"k" * (n + 2))  # another identity each time
+    cache.save()
+    assert len(PublishCache(path).local) == 2

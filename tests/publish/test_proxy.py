@@ -11,7 +11,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,11 +112,14 @@ def test_publish_and_check_through_a_proxy(pki: Pki, nginx: Nginx, tinyproxy: Ti
     assert origin in _wait_for_connect(tinyproxy, before, origin)
 
 
+# (an address range, as curl reads no_proxy: the proxy is never asked to CONNECT,
+# never sent the proxy credentials)
+@pytest.mark.parametrize("no_proxy", ["localhost,127.0.0.1", "intranet.example, 127.0.0.0/8"])
 def test_no_proxy_goes_direct(pki: Pki, nginx: Nginx, tinyproxy: Tinyproxy,  # noqa: F811
                               make_release: ReleaseFactory,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+                              monkeypatch: pytest.MonkeyPatch, no_proxy: str) -> None:
     monkeypatch.setenv("https_proxy", tinyproxy.url())
-    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
+    monkeypatch.setenv("no_proxy", no_proxy)
     before = len(tinyproxy.connects())
     res = publish(pki, make_release({"boot.ipxe": ENTRY}), nginx.url, "r1")
     assert res.exit_code == 0, res.output
@@ -176,6 +179,23 @@ def test_s3_publish_through_a_proxy(pki: Pki, tinyproxy: Tinyproxy,  # noqa: F81
     assert listed.get("KeyCount", 0) == 0
 
 
+def _accepting(listener: socket.socket, stop: threading.Event,
+               handle: Callable[[socket.socket], None]) -> threading.Thread:
+    """A started thread handing each connection ``listener`` (with a short timeout)
+    accepts to ``handle``, on a thread of its own, until ``stop``."""
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.fixture
 def mitm_proxy(tmp_path: Path) -> Iterator[str]:
     """A hostile proxy: it accepts any CONNECT, then answers the TLS handshake itself with
@@ -187,29 +207,23 @@ def mitm_proxy(tmp_path: Path) -> Iterator[str]:
     listener.settimeout(0.2)
     stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                part = conn.recv(4096)
+                if not part:
+                    break
+                head += part
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                head = b""
-                while b"\r\n\r\n" not in head and len(head) < 65536:
-                    part = conn.recv(4096)
-                    if not part:
-                        break
-                    head += part
-                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                try:
-                    with ctx.wrap_socket(conn, server_side=True) as tls:
-                        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
-                except (OSError, ssl.SSLError):
-                    pass  # the client refused our certificate: as it should
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
+            except (OSError, ssl.SSLError):
+                pass  # the client refused our certificate: as it should
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    thread = _accepting(listener, stop, answer)
     yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     stop.set()
     thread.join(5)
@@ -265,3 +279,148 @@ def test_a_proxy_that_trickles_its_answer_is_cut_at_the_deadline(
     assert time.monotonic() - start < 10
     assert "served too slowly" in err.value.message
     assert f"(through the proxy http://127.0.0.1:{port})" in err.value.message
+
+
+@pytest.mark.parametrize(("no_proxy", "host", "port", "direct"), [
+    # a default port left out of the URL (httpx and urlsplit give None) is still that port
+    ("origin.example:443", "origin.example", None, True),
+    ("origin.example:443", "origin.example", 8443, False),
+    # IPv6 entries, with or without brackets, with a port only in brackets
+    ("::1", "::1", 8443, True),
+    ("[::1]", "::1", None, True),
+    ("[::1]:8443", "::1", 8443, True),
+    ("fd00::/8", "fd00::7", 443, True),
+    # CIDR ranges, as curl takes them; an address is never matched as a domain suffix
+    ("10.0.0.0/8", "10.1.2.3", 443, True),
+    ("0.1", "10.0.0.1", 443, False),
+    ("192.168.1.0/24", "192.168.2.1", 443, False),
+    # names: the name and its subdomains, a leading dot or not; never a longer name
+    (".example.com", "example.com", 443, True),
+    ("example.com", "boot.EXAMPLE.com", 443, True),
+    ("example.com", "badexample.com", 443, False),
+    ("*", "anything.example", 443, True),
+    ("foo,*", "anything.example", 443, False),  # '*' counts alone only (curl)
+])
+def test_no_proxy_as_curl_reads_it(monkeypatch: pytest.MonkeyPatch, no_proxy: str, host: str,
+                                   port: int | None, direct: bool) -> None:
+    monkeypatch.setenv("https_proxy", "http://proxy.corp:3128")
+    monkeypatch.setenv("no_proxy", no_proxy)
+    if direct:
+        assert proxy_for("https", host, port) is None
+    elif ":" in host:
+        with pytest.raises(ConfigError):
+            proxy_for("https", host, port)
+    else:
+        assert proxy_for("https", host, port) is not None
+
+
+def test_lowercase_proxy_variables_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://upper.corp:1")
+    monkeypatch.setenv("NO_PROXY", "origin.example")
+    assert proxy_for("https", "origin.example", None) is None
+    assert proxy_for("https", "other.example", None) == proxy_for("https", "x.example", 443)
+    monkeypatch.setenv("https_proxy", "http://lower.corp:2")
+    monkeypatch.setenv("no_proxy", "other.example")
+    proxy = proxy_for("https", "origin.example", None)
+    assert proxy is not None and (proxy.host, proxy.port) == ("lower.corp", 2)
+    assert proxy_for("https", "other.example", None) is None
+
+
+def test_an_ipv6_origin_through_a_proxy_is_refused_with_the_way_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.11's http.client and httpcore write "CONNECT ::1:443" (and a server name
+    without brackets): no proxy opens that tunnel; say so instead of the proxy's 400."""
+    monkeypatch.setenv("https_proxy", "http://proxy.corp:3128")
+    with pytest.raises(ConfigError) as err:
+        proxy_for("https", "::1", None)
+    assert "no_proxy" in (err.value.hint or "")
+    with Reader(unsafe_no_verify=True, retries=0, timeout=2) as reader, \
+            pytest.raises(ConfigError):
+        reader.fetch("https://[::1]:8443/boot.ipxe", max_size=10)
+
+
+def test_the_proxy_password_is_in_no_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("https_proxy", "http://user:hunter2@proxy.corp:3128")
+    proxy = proxy_for("https", "origin.example", None)
+    assert proxy is not None and proxy.headers
+    encoded = proxy.headers["Proxy-Authorization"].split()[1]
+    assert "hunter2" not in repr(proxy) and encoded not in repr(proxy)
+
+
+def test_s3_no_proxy_is_read_as_for_the_other_origins(
+        pki: Pki, tinyproxy: Tinyproxy, rgw: RGW,  # noqa: F811
+        make_release: ReleaseFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's own reading of no_proxy knows no address ranges: the uploads went to
+    the proxy while the read-back went direct."""
+    pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
+    bucket = f"tb-noproxy-{os.getpid()}"
+    rgw.client().create_bucket(Bucket=bucket)
+    monkeypatch.setenv("TB_TEST_S3_PROXY_CREDS", f"{rgw.access_key}:{rgw.secret_key}")
+    monkeypatch.setenv("https_proxy", tinyproxy.url())
+    monkeypatch.setenv("no_proxy", "127.0.0.0/8")
+    before = len(tinyproxy.connects())
+    res = CliRunner().invoke(cli, [
+        "publish", str(make_release({"boot.ipxe": ENTRY})), f"s3://{bucket}/boot",
+        "--release-id", "r1", "--pki", str(pki.dir), "--endpoint-url", rgw.endpoint,
+        "--credentials-env", "TB_TEST_S3_PROXY_CREDS", "--signer", "boot-signer", "--json"])
+    assert res.exit_code == 0, res.output
+    time.sleep(0.3)
+    assert tinyproxy.connects()[before:] == []
+
+
+@pytest.fixture
+def dripper() -> Iterator[tuple[int, list[bytes]]]:
+    """A server that, once a client speaks, answers one piece every 0.2 s for 20 s: as a
+    proxy, a CONNECT reply whose headers never end; as an origin, a TLS handshake
+    record (16 KiB long) that never completes. (port, what it was sent first)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    heard: list[bytes] = []
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            first = conn.recv(4096)
+            heard.append(first)
+            proxy = first.startswith(b"CONNECT")
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n" if proxy
+                         else b"\x16\x03\x03\x40\x00")
+            started = time.monotonic()
+            while not stop.is_set() and time.monotonic() - started < 20:
+                try:
+                    conn.sendall(b"X-Wait: 1\r\n" if proxy else b"\x02")
+                except OSError:
+                    return  # the client gave up: as it should
+                time.sleep(0.2)
+
+    thread = _accepting(listener, stop, drip)
+    yield listener.getsockname()[1], heard
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+@pytest.mark.parametrize("via", ["proxy", "origin"])
+def test_origin_check_ends_when_the_handshake_trickles(
+        pki: Pki, dripper: tuple[int, list[bytes]], monkeypatch: pytest.MonkeyPatch,
+        via: str) -> None:
+    """`origin check` (a monitor, run from cron) opens its connection before any GET:
+    the proxy's CONNECT answer had only the per-read timeout, so a proxy sending a header
+    line in time for each read held it for as long as it liked. Now the tunnel and the TLS
+    handshake end within --timeout in all, an operational failure (exit 1)."""
+    port, heard = dripper
+    if via == "proxy":
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+        url = "https://origin.invalid/boot.ipxe"
+    else:
+        url = f"https://127.0.0.1:{port}/boot.ipxe"
+    started = time.monotonic()
+    res = CliRunner().invoke(cli, ["origin", "check", url, "--pki", str(pki.dir),
+                                   "--timeout", "2", "--json"])
+    took = time.monotonic() - started
+    assert heard, "the client never reached the server"
+    assert res.exit_code == 1, res.output
+    assert took < 10, f"origin check took {took:.0f} s"
+    # (OpenSSL's handshake has its own total timeout; the proxy's CONNECT answer had none)
+    assert ("were not done after 2 s" if via == "proxy" else "timed out") in \
+        json.loads(res.stdout)["tls_error"]

@@ -273,3 +273,134 @@ def test_an_endless_answer_is_cut_at_the_cap(pki: Pki) -> None:
     for method in ("GET", "PUT"):
         # no further than the cap (plus what the socket buffers held)
         assert endless_sent[method] < s3.MAX_ANSWER_READ + (8 << 20), endless_sent
+
+
+PAGES_STOP = 3000  # pages the endless store serves before its last one (the test's bound)
+pages_served: list[str] = []
+
+
+class _EndlessPages(http.server.BaseHTTPRequestHandler):
+    """An S3 listing that is always truncated, each page with a new continuation token
+    (botocore stops only on a token seen twice) and one key, or none with ?empty."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        pages_served.append(self.path)
+        n = len(pages_served)
+        more = n < PAGES_STOP
+        contents = "" if "empty" in self.path or "delimiter" in self.path else \
+            f"<Contents><Key>p/releases/r1/object-{n}</Key><Size>1</Size></Contents>"
+        prefixes = f"<CommonPrefixes><Prefix>p/releases/r{n}/</Prefix></CommonPrefixes>" \
+            if "delimiter" in self.path else ""
+        body = ('<?xml version="1.0" encoding="UTF-8"?><ListBucketResult '
+                'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>bucket</Name>'
+                f"<KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys>"
+                f"<IsTruncated>{'true' if more else 'false'}</IsTruncated>"
+                + (f"<NextContinuationToken>t{n}</NextContinuationToken>" if more else "")
+                + f"{contents}{prefixes}</ListBucketResult>").encode()
+        # one write: headers and body apart wait on the client's delayed ACK (40 ms each)
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("call", ["list", "list-empty-pages", "list_dirs"])
+def test_a_listing_without_end_is_cut_at_the_listing_cap(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
+    """Every page is capped (MAX_ANSWER_READ), but a store that always answers "more"
+    with a new token held `publish list`, prune and publish forever, memory growing
+    with every page (or, with empty pages, the run only). Bounded: origin.MAX_LISTED."""
+    from tests.publish.conftest import http_server
+    from trustboot.publish import origin as origin_module
+
+    monkeypatch.setattr(origin_module, "MAX_LISTED", 300)
+    pages_served.clear()
+    with http_server(_EndlessPages) as url:
+        options = OriginOptions(endpoint_url=url.rstrip("/"), unsafe_http=True, retries=0,
+                                ca_file=pki.ca, timeout=30.0,
+                                credentials=Credentials("basic", "secret", "access", "test"))
+        with open_origin("s3://bucket/p", options) as origin, \
+                pytest.raises(OperationalError, match="did not end within 300 names"):
+            if call == "list_dirs":
+                origin.list_dirs("releases/")
+            else:
+                origin.list("releases/empty/" if call == "list-empty-pages" else "releases/")
+    assert len(pages_served) <= 301
+
+
+class _EndlessError(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint answering an object's GET with 403 and an error body that never
+    ends (sent as fast as the client takes it)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.wfile.write(b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\n"
+                         b"<?xml version='1.0'?><Error><Code>AccessDenied</Code><Message>")
+        block = b"denied " * 8192
+        endless_sent["GET-error"] = 0
+        try:
+            while endless_sent["GET-error"] < ENDLESS_CAP:
+                self.wfile.write(block)
+                endless_sent["GET-error"] += len(block)
+        except OSError:
+            pass  # the client stopped reading: what it should do
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_endless_error_answer_to_a_get_is_cut_at_the_cap(pki: Pki) -> None:
+    """An object's GET hands its body to the caller unread (read capped by the caller),
+    but botocore reads an error answer's body whole to parse it: a store answering a
+    GET with 403 and an endless body filled memory for the whole of the read's deadline
+    (which grows with the object's size). Error bodies are capped like every answer."""
+    from tests.publish.conftest import http_server
+    from trustboot.publish import s3
+
+    with http_server(_EndlessError) as url:
+        options = OriginOptions(endpoint_url=url.rstrip("/"), unsafe_http=True, retries=0,
+                                ca_file=pki.ca, timeout=30.0,
+                                credentials=Credentials("basic", "secret", "access", "test"))
+        with open_origin("s3://bucket/p", options) as origin:
+            started = time.monotonic()
+            with pytest.raises(OperationalError) as err:
+                b"".join(origin.read("vmlinuz", max_size=64 << 30))
+            assert "larger than" in err.value.message, err.value.message
+            assert time.monotonic() - started < 20
+    assert endless_sent["GET-error"] < s3.MAX_ANSWER_READ + (8 << 20), endless_sent
+
+
+class _StalledError(http.server.BaseHTTPRequestHandler):
+    """An object's GET answered 403, its error body stopping half way for 4 s."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.wfile.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 500\r\n\r\n"
+                         b"<?xml version='1.0'?><Error><Code>AccessDenied</Code>")
+        self.wfile.flush()
+        time.sleep(4)
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_stalled_error_answer_to_a_get_is_the_stores_error(pki: Pki) -> None:
+    """That error body was read by botocore outside the sender, where no urllib3 error is
+    mapped: its read timeout escaped as urllib3's ReadTimeoutError, an internal error
+    (exit 70). It is read in the sender now: an OperationalError (exit 1)."""
+    from tests.publish.conftest import http_server
+
+    with http_server(_StalledError) as url:
+        options = OriginOptions(endpoint_url=url.rstrip("/"), unsafe_http=True, retries=0,
+                                ca_file=pki.ca, timeout=1.0,
+                                credentials=Credentials("basic", "secret", "access", "test"))
+        with open_origin("s3://bucket/p", options) as origin, \
+                pytest.raises(OperationalError):
+            b"".join(origin.read("vmlinuz", max_size=1024))

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import http.server
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
 
-from tests.publish.conftest import http_server
+from tests.publish.conftest import gzip_of_zeros, http_server
 from trustboot.errors import OperationalError
 from trustboot.publish import webdav
 from trustboot.publish.origin import OriginOptions
@@ -176,3 +177,92 @@ def test_the_parser_refuses_an_answer_over_the_cap_before_parsing_it() -> None:
         webdav.parse_multistatus(data)
     with pytest.raises(OperationalError, match="larger than 16 MiB"):
         webdav.parse_modified(data)
+
+
+ENDLESS_TREE_STOP = 3000  # PROPFINDs the endless tree answers before it ends (the test's bound)
+tree_asked: list[str] = []
+
+
+class _EndlessTree(http.server.BaseHTTPRequestHandler):
+    """Every collection holds two more collections and one object, without end (until
+    ENDLESS_TREE_STOP requests): each answer small and fast, the whole never done."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_PROPFIND(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        tree_asked.append(self.path)
+        base = self.path.rstrip("/")
+        children = "" if len(tree_asked) > ENDLESS_TREE_STOP else "".join(
+            f"<response><href>{base}/{name}/</href><propstat><prop><resourcetype>"
+            "<collection/></resourcetype></prop></propstat></response>"
+            for name in ("a", "b")) + (
+            f"<response><href>{base}/o</href><propstat><prop><resourcetype/>"
+            "<getcontentlength>1</getcontentlength></prop></propstat></response>")
+        body = f'<?xml version="1.0"?><multistatus xmlns="DAV:">{children}</multistatus>'
+        data = body.encode()
+        # one write: headers and body apart wait on the client's delayed ACK (40 ms each)
+        self.wfile.write(b"HTTP/1.1 207 Multi-Status\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(data), data))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_listing_without_end_is_cut_at_the_listing_cap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each PROPFIND answer is capped, but a listing walks every collection: an origin
+    whose collections hold collections forever held `publish list` and prune, memory
+    growing with every answer. A whole listing is bounded too (origin.MAX_LISTED)."""
+    from trustboot.publish import origin as origin_module
+
+    monkeypatch.setattr(origin_module, "MAX_LISTED", 300)
+    tree_asked.clear()
+    with http_server(_EndlessTree) as url, origin(url) as o, \
+            pytest.raises(OperationalError, match="did not end within 300 names"):
+        o.list("releases/")
+    assert len(tree_asked) < 150  # stopped at the cap, long before the server would
+
+
+BOMB = gzip_of_zeros(256 << 20)  # ~250 KiB on the wire, 256 MiB inflated
+
+
+class _Bomb(http.server.BaseHTTPRequestHandler):
+    """Every answer (a listing's 207, a read's 403) a gzip bomb, though the client asked
+    for the identity encoding."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _bomb(self, status: str) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.wfile.write(f"HTTP/1.1 {status}\r\nContent-Encoding: gzip\r\n"
+                         f"Content-Length: {len(BOMB)}\r\n\r\n".encode() + BOMB)
+
+    def do_PROPFIND(self) -> None:
+        self._bomb("207 Multi-Status")
+
+    def do_GET(self) -> None:
+        self._bomb("403 Forbidden")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("call", ["list", "read"])
+def test_an_encoded_answer_is_never_inflated(call: str) -> None:
+    """Answers are read raw and capped, then handed to httpx to judge: httpx undid their
+    Content-Encoding in memory, so a 250 KiB answer (1 MiB for an error page, 16 MiB for
+    a listing, within the caps) became 256 MiB (1 GiB, 16 GiB). An encoded body stays as
+    it came: the listing does not parse, the read is refused."""
+    with http_server(_Bomb) as url, origin(url) as o:
+        tracemalloc.start()
+        try:
+            with pytest.raises(OperationalError):
+                if call == "list":
+                    o.list("")
+                else:
+                    b"".join(o.read("boot.ipxe", max_size=1 << 20))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 32 << 20, f"peak {peak >> 20} MiB"

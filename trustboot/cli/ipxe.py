@@ -42,6 +42,7 @@ from trustboot.ipxe.source import (
     open_source,
     resolve_source_dir,
 )
+from trustboot.text import clean
 
 
 @click.group("ipxe")
@@ -389,7 +390,9 @@ def lint_cmd(script_file: Path, stage: str, as_json: bool) -> None:
                    "findings": [f.to_json() for f in findings]})
     else:
         for finding in findings:
-            click.echo(f"{script_file}:{finding}")
+            # a finding quotes the script's words: escaped, so a script from a pull
+            # request cannot drive the reviewer's terminal
+            click.echo(clean(f"{script_file}:{finding}"))
     if findings:
         raise ConfigError(
             f"{script_file}: {len(findings)} finding(s); the script is not fail-closed",

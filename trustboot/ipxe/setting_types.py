@@ -80,5 +80,6 @@ def setting_problem(command: str, args: Sequence[str]) -> str | None:
     why = PARSERS[kind](value) if value else None
     if why is None:
         return None
-    return (f"'set {args[0]}' cannot store '{value}' as {kind}: {why}; iPXE prints "
+    shown = value if len(value) <= 80 else f"{value[:80]}...({len(value)} chars)"
+    return (f"'set {args[0]}' cannot store '{shown}' as {kind}: {why}; iPXE prints "
             "\"Could not store\" and the command fails")

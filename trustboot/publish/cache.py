@@ -39,6 +39,13 @@ def default_cache_path() -> Path:
     return Path(base) / "trustboot" / "publish-cache.json"
 
 
+def _entries(table: dict[str, Any]) -> dict[str, list[Any]]:
+    """The entries of a loaded table that have the shape this code writes (a list ending
+    in its time): save() sorts by that time, and a damaged file must only cost time."""
+    return {k: v for k, v in table.items() if isinstance(v, list) and v
+            and isinstance(v[-1], int | float) and not isinstance(v[-1], bool)}
+
+
 class PublishCache:
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -62,7 +69,7 @@ class PublishCache:
             if isinstance(data, dict) and data.get("version") == 1:
                 local, verified = data.get("local"), data.get("verified")
                 if isinstance(local, dict) and isinstance(verified, dict):
-                    self.local, self.verified = local, verified
+                    self.local, self.verified = _entries(local), _entries(verified)
         except (OSError, ValueError):
             pass
 

@@ -221,6 +221,17 @@ def loadable(data: bytes) -> Iterator[str]:
         os.close(fd)
 
 
+def raw_answer(status: int, headers: httpx.Headers | Sequence[tuple[str, str]],
+               content: bytes, request: httpx.Request | None = None) -> httpx.Response:
+    """An answer whose body was read raw and capped, as an httpx.Response to judge: its
+    Content-Encoding dropped, which httpx would otherwise undo in memory on the spot (a
+    hostile origin's 1 MiB gzip answer is 1 GiB inflated; trustboot asks for identity,
+    so an encoded body is only ever a broken answer, left as it came)."""
+    kept = httpx.Headers(headers)
+    kept.pop("content-encoding", None)
+    return httpx.Response(status, headers=kept, content=content, request=request)
+
+
 def tls_failure(url: str, exc: BaseException) -> VerificationError | None:
     """A certificate problem buried in an httpx error, as a VerificationError."""
     cause: BaseException | None = exc

@@ -57,6 +57,42 @@ class TooLarge(OperationalError):
     read-back of a published object) tells "serves more than published" by its type."""
 
 
+# A listing's bounds over all its requests (each answer has its own cap): a store that
+# answers page after page with a new continuation token, or collections inside
+# collections, without end held a run forever and filled its memory one capped answer at
+# a time. A real origin of 100 releases of 10,000 objects lists one million names.
+MAX_LISTED = 1_000_000  # names listed plus requests made
+MAX_LISTED_CHARS = 128 << 20  # the names' total length
+
+
+class ListingBudget:
+    """What one listing (``Origin.list``/``list_dirs``, all its pages or collections) may
+    take; TooLarge naming ``where`` once it is spent."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self._count = 0
+        self._chars = 0
+
+    def request(self) -> None:
+        """One more page or collection asked for."""
+        self._spend(1, 0)
+
+    def name(self, key: str) -> None:
+        """One more name listed."""
+        self._spend(1, len(key))
+
+    def _spend(self, count: int, chars: int) -> None:
+        self._count += count
+        self._chars += chars
+        if self._count > MAX_LISTED or self._chars > MAX_LISTED_CHARS:
+            raise TooLarge(
+                f"listing {self.where} did not end within {MAX_LISTED} names and requests "
+                f"({MAX_LISTED_CHARS >> 20} MiB of names)",
+                hint="the origin keeps answering a listing with more pages or collections: "
+                     "check it (a broken or hostile store), or prune its old releases")
+
+
 @dataclass(frozen=True)
 class ObjectStat:
     size: int

@@ -49,6 +49,7 @@ from trustboot.errors import (
 from trustboot.publish.deadline import MIN_RATE, Watchdog, budget, too_slow
 from trustboot.publish.http import (
     RetryableStatus,
+    raw_answer,
     status_error,
     tls_context,
     tls_failure,
@@ -228,18 +229,35 @@ class Reader:
         """Open this thread's connection to ``url``'s host now (TCP and the TLS handshake,
         with this Reader's trust and iPXE's suites) and return its TLS socket, to see
         what the handshake negotiated; the next request to that host goes on it, so a
-        check costs one handshake. Errors as the socket raises them (OSError, ssl)."""
+        check costs one handshake. Errors as the socket raises them (OSError, ssl);
+        TimeoutError when it all takes longer than the timeout."""
         parts = urlsplit(url)
         where = (parts.scheme, parts.hostname or "", parts.port)
         if parts.scheme != "https":
             raise ConfigError(f"{url!r} is not an https:// URL")
         conn = self._connection(*where)
         if conn.sock is None:
+            # the tunnel and the handshake within one timeout in all: a proxy or an origin
+            # trickling them a byte at a time (each in time for the per-read timeout)
+            # held `origin check` forever
+            seconds = budget(self.timeout, 0, min_rate=self.min_rate)
+            token = self._deadlines.watch(conn, time.monotonic() + seconds)
             try:
                 conn.connect()
             except BaseException:
+                late = self._deadlines.done(token)
                 self._drop_connection(*where)
-                raise
+                if not late:
+                    raise
+            else:
+                late = self._deadlines.done(token)  # (shut down as it finished: no use)
+                if late:
+                    self._drop_connection(*where)
+            if late:
+                proxy = proxy_for(*where)
+                through = f" through the proxy {proxy.shown}" if proxy else ""
+                raise TimeoutError(f"connecting{through} and the TLS handshake were not "
+                                   f"done after {seconds:.0f} s")
         if not isinstance(conn.sock, ssl.SSLSocket):  # https: always TLS
             raise RuntimeError(f"no TLS socket to {url}")
         return conn.sock
@@ -249,8 +267,8 @@ class Reader:
         if conn is not None:
             conn.close()
 
-    def _send(self, conn: http.client.HTTPConnection, target: str, scheme: str, host: str,
-              port: int | None) -> http.client.HTTPResponse:
+    @staticmethod
+    def _send(conn: http.client.HTTPConnection, target: str) -> http.client.HTTPResponse:
         headers = {"Accept-Encoding": "identity", "User-Agent": "iPXE/2 (trustboot)"}
         reused = conn.sock is not None
         try:
@@ -259,9 +277,10 @@ class Reader:
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
             if not reused:
                 raise
-        # the server closed the idle keep-alive connection: once more on a new one
-        self._drop_connection(scheme, host, port)
-        conn = self._connection(scheme, host, port)
+        # the server closed the idle keep-alive connection: once more on a new one, opened
+        # by the same connection object, which the request's watchdog watches (a new
+        # object was not: the origin could trickle the retried answer for ever)
+        conn.close()
         conn.request("GET", target, headers=headers)
         return conn.getresponse()
 
@@ -304,7 +323,7 @@ class Reader:
                 names: tuple[str, ...], body: list[bytes] | None) -> Served:
         scheme, host, port = where
         try:
-            response = self._send(conn, target, scheme, host, port)
+            response = self._send(conn, target)
             location = response.getheader("location")
             if location and not 200 <= response.status < 300:
                 # as iPXE: a Location is followed on any answer but a success, not only
@@ -312,8 +331,8 @@ class Reader:
                 raise _Redirect(response.status, location)
             if response.status != 200:
                 answer = response.read(64 << 10)
-                self._status(httpx.Response(response.status, headers=response.getheaders(),
-                                            content=answer), url)
+                self._status(raw_answer(response.status, response.getheaders(), answer),
+                             url)
             encoding = (response.getheader("content-encoding") or "identity").lower()
             if encoding not in ("identity", ""):
                 raise OperationalError(

@@ -104,6 +104,7 @@ from trustboot.publish.fileorigin import LOCK_NAME
 from trustboot.publish.http import tls_context, tls_failure
 from trustboot.publish.lock import LOCK_STALE_AFTER, GuardedByLock, HeldLock, origin_lock
 from trustboot.publish.origin import (
+    ListingBudget,
     ObjectStat,
     OriginOptions,
     TooLarge,
@@ -111,6 +112,7 @@ from trustboot.publish.origin import (
     check_prefix,
     key_problem,
 )
+from trustboot.publish.proxy import goes_direct
 
 # the answer allowance of a call that is not a GET: WebDAV's
 from trustboot.publish.webdav import MAX_ANSWER_BYTES as MAX_ANSWER
@@ -257,6 +259,9 @@ class _Sender:
         return manager
 
     def _manager(self, url: str) -> tuple[urllib3.PoolManager, str | None]:
+        parts = urlsplit(url)
+        if goes_direct(parts.scheme, parts.hostname or "", parts.port):
+            return self._direct, None  # no_proxy as the read-back and WebDAV read it
         proxies = get_environ_proxies(url)
         config = ProxyConfiguration(proxies=proxies)
         proxy = config.proxy_url_for(url)
@@ -288,7 +293,9 @@ class _Sender:
                                assert_same_host=False, preload_content=False,
                                decode_content=False, chunked=chunked,
                                enforce_content_length=False)
-            if request.stream_output:  # an object's body: read (capped) by S3Origin.read
+            if request.stream_output and raw.status < 300:
+                # an object's body: read (capped) by S3Origin.read. (An error's body
+                # botocore reads whole to parse it: capped below like any answer.)
                 return AWSResponse(url, raw.status, cast(Any, raw.headers), raw)
             response = AWSResponse(url, raw.status, cast(Any, raw.headers),
                                    _CappedRaw(raw, f"{parts.netloc}{parts.path}"))
@@ -782,20 +789,24 @@ class S3Origin(GuardedByLock):
         check_prefix(prefix)
         base = f"{self.prefix}/" if self.prefix else ""
         out: list[str] = []
-        for page in self._pages(prefix, Prefix=base + prefix):
+        budget = ListingBudget(f"{self.url}{prefix}")
+        for page in self._pages(prefix, budget, Prefix=base + prefix):
             for item in page.get("Contents", []):
                 key = item["Key"][len(base):]
+                budget.name(key)
                 # not something we wrote (or a lock): never hand it on
                 if key == LOCK_NAME or key_problem(key):
                     continue
                 out.append(key)
         return sorted(out)
 
-    def _pages(self, prefix: str, **args: Any) -> Iterator[Any]:
-        """list_objects_v2's pages, each request within its own deadline."""
+    def _pages(self, prefix: str, budget: ListingBudget, **args: Any) -> Iterator[Any]:
+        """list_objects_v2's pages, each request within its own deadline, all of them
+        within ``budget``."""
         pages = iter(self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, **args))
         while True:
+            budget.request()
             with self._calling(prefix, "listing"):
                 page = next(pages, None)
             if page is None:
@@ -808,11 +819,13 @@ class S3Origin(GuardedByLock):
         level = f"{self.prefix}/" if self.prefix else ""
         level += f"{col}/" if col else ""
         out: list[str] = []
+        budget = ListingBudget(f"{self.url}{prefix}")
         # Delimiter '/': the store rolls every key below a "directory" up into one
         # CommonPrefixes entry, so the pages count directories, not objects
-        for page in self._pages(prefix, Prefix=level, Delimiter="/"):
+        for page in self._pages(prefix, budget, Prefix=level, Delimiter="/"):
             for item in page.get("CommonPrefixes", []):
                 full = item.get("Prefix", "")
+                budget.name(str(full))
                 name = full[len(level):-1]
                 # a store that answers with names outside the prefix, or ones we never
                 # write: never hand them on

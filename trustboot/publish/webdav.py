@@ -53,6 +53,7 @@ from trustboot.publish.fileorigin import TMP_PREFIX
 from trustboot.publish.http import (
     RetryableStatus,
     deadline_transport,
+    raw_answer,
     status_error,
     tls_context,
     with_retries,
@@ -66,6 +67,7 @@ from trustboot.publish.lock import (
     swap_record,
 )
 from trustboot.publish.origin import (
+    ListingBudget,
     ObjectStat,
     OriginOptions,
     Staged,
@@ -284,8 +286,7 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
                     body = b"".join(self._capped(streamed, url, max_answer))
                 finally:
                     streamed.close()
-            response = httpx.Response(streamed.status_code, headers=streamed.headers,
-                                      content=body, request=request)
+            response = raw_answer(streamed.status_code, streamed.headers, body, request)
             if response.status_code in ok or response.status_code in passthrough:
                 return response
             if response.status_code >= 500:
@@ -450,8 +451,8 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
             if response.status_code != 200:
                 with total_deadline(seconds, url, start=due - seconds):
                     answer = b"".join(self._capped(response, url, MAX_ANSWER_BYTES))
-                response = httpx.Response(response.status_code, headers=response.headers,
-                                          content=answer, request=request)
+                response = raw_answer(response.status_code, response.headers, answer,
+                                      request)
                 if response.status_code >= 500:
                     raise RetryableStatus(response)
                 if response.status_code == 404:
@@ -489,8 +490,11 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
         check_prefix(prefix)
         out: builtins.list[str] = []
         todo = [prefix.rstrip("/")]
+        budget = ListingBudget(f"{redact_url(self.url)}{prefix}")
         while todo:
+            budget.request()
             for key, is_col in self._children(todo.pop()):
+                budget.name(key)
                 (todo if is_col else out).append(key)
         return sorted(out)
 
@@ -537,8 +541,12 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
         found (a collection with other releases beside it costs one PROPFIND or two, not
         a listing of all of them)."""
         todo = [col]
+        budget = ListingBudget(f"{redact_url(self.url)}{col}/")
         while todo:
+            budget.request()
             children = self._children(todo.pop())
+            for key, _is_col in children:
+                budget.name(key)
             if any(not is_col for _key, is_col in children):
                 return True
             todo.extend(key for key, is_col in children if is_col)
