@@ -350,3 +350,52 @@ def test_tls_files_that_are_fifos_are_refused_unread(pki: Pki, nginx: Nginx, tmp
                           text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
     assert f"{what} {fifo} is not a regular file" in proc.stderr, proc.stderr
+
+
+def test_an_unreadable_subdirectory_stops_the_scan() -> None:
+    """os.walk skips a directory it cannot read: the release would be published without
+    the files in it. The scan stops (exit 1) naming that directory instead. Run as another
+    uid in a forked child (root reads everything)."""
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("reading as another uid needs root (CI runs as root)")
+    with tempfile.TemporaryDirectory(prefix="tb-scan-") as tmp:
+        tree = Path(tmp) / "release"
+        tree.mkdir()
+        os.chmod(tmp, 0o755)
+        (tree / "boot.ipxe").write_bytes(b"#!ipxe\n")
+        hidden = tree / "linux"
+        hidden.mkdir(mode=0o700)  # root's: nobody cannot list it
+        (hidden / "vmlinuz").write_bytes(b"kernel")
+
+        def scan_as_nobody() -> str:
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                try:
+                    os.close(read_fd)
+                    os.setgroups([])
+                    os.setresgid(65534, 65534, 65534)
+                    os.setresuid(65534, 65534, 65534)
+                    try:
+                        scan_directory(tree)
+                        said = "no error"
+                    except Exception as exc:  # reported to the parent
+                        said = f"{type(exc).__name__}: {exc}"
+                    os.write(write_fd, said.encode())
+                finally:
+                    os._exit(0)
+            os.close(write_fd)
+            with os.fdopen(read_fd, "rb") as fh:
+                said = fh.read().decode()
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            return said
+
+        said = scan_as_nobody()
+        assert said.startswith("OperationalError: cannot read "), said
+        assert str(hidden) in said
+        hidden.chmod(0o755)  # the control: readable, the scan goes on to judge the files
+        said = scan_as_nobody()
+        assert "cannot read" not in said and said.startswith("ConfigError"), said
