@@ -203,13 +203,18 @@ def _size(path: Path) -> int:
 
 # From this many bytes in total, a HashJob hashes in forked processes (see HashJob).
 PROCESS_MIN_BYTES = 16 << 20
+# ... and from this many files, however small (one process: per-file overhead, not bytes):
+# 500 boot scripts cost ~25 ms of the GIL in a thread, which the caller's imports and the
+# key's KDF (which holds the GIL) then wait for.
+PROCESS_MIN_FILES = 64
 
 
 class HashJob:
     """``hash_files`` running in the background from now on; ``result()`` waits.
 
-    Without a progress display and with enough data, the files are hashed in forked child
-    processes (one per core at most, largest files spread first): a hashing thread would
+    Without a progress display and with enough data (or many files: then in one process),
+    the files are hashed in forked child processes (one per core at most, largest files
+    spread first): a hashing thread would
     share the GIL with whatever the caller does meanwhile (importing the signing stack,
     the key's KDF) and was measured to slow down by a third. Otherwise (a progress bar to
     feed, little data, or other threads running, where forking is unsafe) a thread.
@@ -225,10 +230,13 @@ class HashJob:
         self._children: list[tuple[int, int, list[int]]] = []
         self._thread: threading.Thread | None = None
         sizes = [_size(path) for path in self.paths]
-        if (fork and progress is None and sum(sizes) >= PROCESS_MIN_BYTES
+        total = sum(sizes)
+        if (fork and progress is None
+                and (total >= PROCESS_MIN_BYTES or len(sizes) >= PROCESS_MIN_FILES)
                 and hasattr(os, "fork")
                 and threading.active_count() == 1):
-            self._fork(sizes)
+            # little data in many files: one process beside this one, not one per core
+            self._fork(sizes, cores=1 if total < PROCESS_MIN_BYTES else None)
         else:
             self._thread = threading.Thread(target=self._run, args=(progress,),
                                             name="trustboot-hash", daemon=True)
@@ -241,8 +249,8 @@ class HashJob:
         except BaseException as exc:  # handed to result(), which re-raises it
             self._error = exc
 
-    def _fork(self, sizes: list[int]) -> None:
-        workers = max(1, min(os.cpu_count() or 1, len(self.paths)))
+    def _fork(self, sizes: list[int], cores: int | None = None) -> None:
+        workers = max(1, min(cores or os.cpu_count() or 1, len(self.paths)))
         groups: list[list[int]] = [[] for _ in range(workers)]
         loads = [0] * workers
         for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
