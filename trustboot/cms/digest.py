@@ -157,8 +157,7 @@ def hash_files(
 
     Several large files are hashed concurrently, one thread each (up to the core count).
     """
-    hash_name = HashAlgorithm.parse(hash_name)
-    names = [hash_name.value] if hash_name == "sha256" else [hash_name.value, "sha256"]
+    names = _hash_names(HashAlgorithm.parse(hash_name))
     sizes = [_size(p) for p in paths]
     large = [i for i, size in enumerate(sizes) if size >= PARALLEL_MIN_SIZE]
     workers = min(len(large), os.cpu_count() or 1)
@@ -192,6 +191,11 @@ def hash_files(
                 digests, size = hash_file(path, names, cb, cancel)
         out[i] = Hashed(path, size, digests)
     return [h for h in out if h is not None]
+
+
+def _hash_names(hash_alg: HashAlgorithm) -> list[str]:
+    """The digests to compute: the signature's, and SHA-256 for the manifest."""
+    return [hash_alg.value] if hash_alg == "sha256" else [hash_alg.value, "sha256"]
 
 
 def _size(path: Path) -> int:
@@ -335,12 +339,14 @@ def _hash_in_child(write_fd: int, paths: list[Path], hash_alg: HashAlgorithm) ->
     code = 0
     try:
         files = []
+        names = _hash_names(hash_alg)
         for path in paths:
-            hashed = hash_files([path], hash_alg)[0]
+            # one after the other (this process has its share of the cores), without
+            # hash_files' set-up per file (a stat, the core count: a read of /sys)
+            digests, size = hash_file(path, names)
             st = os.stat(path)
-            known = _KNOWN.get(file_stamp(st)) == hashed.digests
-            files.append({"size": hashed.size,
-                          "digests": {k: v.hex() for k, v in hashed.digests.items()},
+            known = _KNOWN.get(file_stamp(st)) == digests
+            files.append({"size": size, "digests": {k: v.hex() for k, v in digests.items()},
                           "stamp": list(file_stamp(st)) if known else None})
         doc: dict[str, Any] = {"files": files}
     except TrustbootError as exc:
