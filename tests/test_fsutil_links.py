@@ -39,3 +39,35 @@ def test_a_named_temp_file_is_created_exclusively(tmp_path: Path, planted: str) 
     assert not target.exists()
     if planted == "file":
         assert (tmp_path / name).read_bytes() == b"someone else's"
+
+
+@pytest.mark.parametrize("name", [None, ".big.sig.0123.0.tmp"])
+def test_a_temp_file_holds_every_byte_with_its_mode_whatever_the_umask(
+        tmp_path: Path, name: str | None) -> None:
+    import os
+    import stat
+
+    data = os.urandom(3 << 20)  # larger than one write() may take
+    old = os.umask(0o077)
+    try:
+        tmp = write_temp(tmp_path / "big.sig", data, mode=0o644, name=name)
+    finally:
+        os.umask(old)
+    assert tmp.parent == tmp_path and tmp.name != "big.sig"
+    assert tmp.read_bytes() == data
+    assert stat.S_IMODE(tmp.stat().st_mode) == 0o644
+
+
+def test_a_temp_file_that_cannot_be_written_is_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    def full(_fd: int, _data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError) as err:
+        write_temp(tmp_path / "x.sig", b"signature", name=".x.sig.0123.0.tmp")
+    assert err.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind

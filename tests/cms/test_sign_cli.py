@@ -481,6 +481,31 @@ def test_hash_job_in_processes_matches_hashlib_and_reports_errors(tmp_path: Path
     HashJob(files, "sha256").cancel()  # killing the workers leaves nothing behind
 
 
+def test_hash_job_of_many_small_files_runs_in_one_process(tmp_path: Path) -> None:
+    import os
+
+    from trustboot.cms.digest import PROCESS_MIN_FILES, HashJob
+    from trustboot.errors import TrustbootError
+
+    files = []
+    for i in range(PROCESS_MIN_FILES):
+        p = tmp_path / f"s{i}.ipxe"
+        p.write_bytes(os.urandom(i))  # the empty file included
+        files.append(p)
+    job = HashJob(files, "sha512")
+    assert job.processes == 1  # many files, little data: one process beside this one
+    for path, hashed in zip(files, job.result(), strict=True):
+        data = path.read_bytes()
+        assert hashed.path == path and hashed.size == len(data)
+        assert hashed.digests["sha512"] == hashlib.sha512(data).digest()
+        assert hashed.digests["sha256"] == hashlib.sha256(data).digest()
+    assert HashJob(files[:-1], "sha256").processes == 0  # fewer: a thread
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(TrustbootError) as err:  # refused in the child, re-raised here
+        HashJob([*files, tmp_path / "dir"], "sha256").result()
+    assert "is a directory" in err.value.message
+
+
 def test_batch_signatures_stream_to_the_caller_and_a_failure_stops_the_workers(
         material: Material) -> None:
     from trustboot.cms.sign import PARALLEL_SIGN_MIN, sign_many

@@ -44,21 +44,19 @@ SHA-256 fingerprint that index.json recorded when it was issued.
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import hashlib
 import json
 import os
-import shutil
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 
-from trustboot.ca import oplog, profiles
+from trustboot.ca import profiles
 from trustboot.ca.profiles import CAOptions, PrivateKey
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.fsutil import (
@@ -78,6 +76,13 @@ from trustboot.fsutil import (
 )
 from trustboot.keys import keyfile
 from trustboot.secrets import PassphraseSource, asked_once
+
+if TYPE_CHECKING:
+    from trustboot.ca import oplog
+
+# The operation log (oplog), getpass and shutil are imported by the operations that write:
+# reading the CA (`trustboot sign NAME`, the revocation check of every key) never needs
+# them, and signing in a CI loop pays its imports on every call.
 
 INDEX_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 is migrated on the first write
@@ -1055,6 +1060,8 @@ class CertificateAuthority:
 
     def check_log(self) -> oplog.LogCheck:
         """The hash chain of log.jsonl (see oplog.verify)."""
+        from trustboot.ca import oplog
+
         return oplog.verify(self.path / "log.jsonl", chained_from=self.state.log_chained_from)
 
     def _unlisted_revocations(self) -> list[IssuedEntry]:
@@ -1263,6 +1270,8 @@ class CertificateAuthority:
             e.issuer_sha256 = self.issuer_entry(e).sha256  # type: ignore[union-attr]
             e.key_sha256 = spki_sha256(_parse_cert(data, e.cert_path).public_key())
         self.state.version = INDEX_VERSION
+        from trustboot.ca import oplog
+
         self.state.log_chained_from = oplog.count_lines(self.path / "log.jsonl") + 1
         self._write_index()
         self._log("migrate", now, from_version=1, to_version=INDEX_VERSION)
@@ -1317,6 +1326,8 @@ class CertificateAuthority:
     def _log(self, op: str, now: dt.datetime, **fields: Any) -> None:
         record = {"time": now.isoformat(), "op": op, "user": _user(), "pid": os.getpid()}
         record.update(fields)
+        from trustboot.ca import oplog
+
         oplog.append(self.path / "log.jsonl", record)
 
 
@@ -1389,6 +1400,8 @@ def _remove_view(path: Path) -> None:
 
 
 def _user() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -1515,6 +1528,8 @@ def _set_aside_leftovers(pki: Path, rels: list[str], now: dt.datetime) -> None:
     make_dirs(dest, PRIVATE_DIR_MODE)
     for rel in leftovers:
         target = dest / rel.replace("/", "_")
+        import shutil
+
         shutil.move(str(pki / rel), str(target))
 
 

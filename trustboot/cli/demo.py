@@ -10,7 +10,7 @@ import click
 
 from trustboot import fsutil
 from trustboot.cli._common import emit_json, json_option
-from trustboot.cli.ipxe import MakeProgress
+from trustboot.cli.progress import MakeProgress
 from trustboot.cli.release import StageReporter
 from trustboot.ipxe.source import ENV_SOURCE
 from trustboot.release.demo import run_demo

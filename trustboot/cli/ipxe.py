@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -12,12 +11,12 @@ import click
 
 from trustboot.cli._common import (
     emit_json,
-    is_interactive,
     json_option,
     passphrase_options,
     passphrase_source,
     warn,
 )
+from trustboot.cli.progress import MakeProgress as MakeProgress
 from trustboot.errors import ConfigError
 from trustboot.fsutil import read_capped
 from trustboot.ipxe import build as ipxe_build
@@ -112,32 +111,6 @@ def _read_script(path: Path) -> str:
         return data.decode()
     except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read script {path}: {exc}") from None
-
-
-class MakeProgress:
-    """A live line on a terminal; elsewhere one line every 15 s so CI logs show life;
-    nothing with --json."""
-
-    def __init__(self, *, quiet: bool = False) -> None:
-        self.count = 0
-        self.last = 0.0
-        self.quiet = quiet
-        self.tty = is_interactive() and not quiet
-
-    def __call__(self, step: str) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if self.quiet:
-            return
-        if self.tty:
-            click.echo(f"\r\x1b[Kmake: {self.count} steps, {step}"[:120], nl=False, err=True)
-        elif now - self.last >= 15:
-            self.last = now
-            click.echo(f"make: {self.count} steps, {step}", err=True)
-
-    def finish(self) -> None:
-        if self.tty and self.count:
-            click.echo("\r\x1b[K", nl=False, err=True)
 
 
 @command.command("build")

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from trustboot.cli._common import emit_json, is_interactive, json_option, passphrase_source, warn
+from trustboot.cli._common import emit_json, json_option, passphrase_source, warn
+from trustboot.cli.progress import mib as _mib
+from trustboot.cli.progress import upload_progress
 from trustboot.errors import ConfigError
 from trustboot.fsutil import read_capped
 from trustboot.publish.origin import Origin, OriginOptions, load_credentials, open_origin
@@ -180,66 +178,9 @@ def open_cli_origin(url: str, kw: dict[str, Any], *, create_root: bool = False
     return open_origin(url, options), options
 
 
-class BarProgress:
-    """Progress bars on stderr (TTY only), safe to call from upload threads: per phase
-    (upload, read-back), the bytes done of the total and the rate."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._bar: Any = None
-        self._done = 0
-        self._total = 0
-        self._start = 0.0
-
-    def phase(self, name: str, total_bytes: int) -> None:
-        with self._lock:
-            self._close()
-            if total_bytes > 0:
-                self._done, self._total, self._start = 0, total_bytes, time.monotonic()
-                self._bar = click.progressbar(length=total_bytes, label=f"{name:9}",
-                                              file=sys.stderr, show_pos=False,
-                                              item_show_func=lambda text: text)
-                self._bar.__enter__()
-
-    def advance(self, nbytes: int) -> None:
-        with self._lock:
-            if self._bar is not None:
-                self._done += nbytes
-                rate = self._done / max(time.monotonic() - self._start, 1e-3)
-                self._bar.update(nbytes, f"{_mib(self._done)} of {_mib(self._total)}, "
-                                         f"{rate / (1 << 20):.1f} MiB/s")
-
-    def item(self, key: str, action: str) -> None:
-        pass
-
-    def _close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
-
-    def close(self) -> None:
-        with self._lock:
-            self._close()
-
-
-@contextmanager
-def upload_progress(as_json: bool) -> Iterator[BarProgress | None]:
-    """Bars on a terminal only; quiet with --json or when stderr is not a TTY."""
-    bars = BarProgress() if not as_json and is_interactive() else None
-    try:
-        yield bars
-    finally:
-        if bars:
-            bars.close()
-
-
 # How the read-back reached what the origin serves (PublishResult.readback), in words
 _READBACK = {"https": "over HTTPS as iPXE", "http": "over plain HTTP: --unsafe-http",
              "backend": "from the backend"}
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
 
 
 class PublishGroup(click.Group):

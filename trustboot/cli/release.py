@@ -94,8 +94,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     Exit codes: 0 published and verified, 1 origin or I/O failure, 3 invalid recipe,
     4 a signature, the signer's lifetime or what the origin serves failed verification.
     """
-    from trustboot.cli.ipxe import MakeProgress
-    from trustboot.cli.publish import upload_progress
+    from trustboot.cli.progress import MakeProgress, upload_progress
     from trustboot.publish.cache import default_cache_path
     from trustboot.release.pipeline import run_release
     from trustboot.release.plan import ReleaseOptions

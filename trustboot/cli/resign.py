@@ -19,12 +19,12 @@ from trustboot.cli._common import (
     pin_source,
     signing_cert_options,
 )
+from trustboot.cli.progress import upload_progress
 from trustboot.cli.publish import (
     build_trust,
     open_cli_origin,
     origin_options,
     trust_options,
-    upload_progress,
     utc_now,
 )
 from trustboot.cli.release import StageReporter

@@ -157,8 +157,7 @@ def hash_files(
 
     Several large files are hashed concurrently, one thread each (up to the core count).
     """
-    hash_name = HashAlgorithm.parse(hash_name)
-    names = [hash_name.value] if hash_name == "sha256" else [hash_name.value, "sha256"]
+    names = _hash_names(HashAlgorithm.parse(hash_name))
     sizes = [_size(p) for p in paths]
     large = [i for i, size in enumerate(sizes) if size >= PARALLEL_MIN_SIZE]
     workers = min(len(large), os.cpu_count() or 1)
@@ -194,6 +193,11 @@ def hash_files(
     return [h for h in out if h is not None]
 
 
+def _hash_names(hash_alg: HashAlgorithm) -> list[str]:
+    """The digests to compute: the signature's, and SHA-256 for the manifest."""
+    return [hash_alg.value] if hash_alg == "sha256" else [hash_alg.value, "sha256"]
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -203,13 +207,18 @@ def _size(path: Path) -> int:
 
 # From this many bytes in total, a HashJob hashes in forked processes (see HashJob).
 PROCESS_MIN_BYTES = 16 << 20
+# ... and from this many files, however small (one process: per-file overhead, not bytes):
+# 500 boot scripts cost ~25 ms of the GIL in a thread, which the caller's imports and the
+# key's KDF (which holds the GIL) then wait for.
+PROCESS_MIN_FILES = 64
 
 
 class HashJob:
     """``hash_files`` running in the background from now on; ``result()`` waits.
 
-    Without a progress display and with enough data, the files are hashed in forked child
-    processes (one per core at most, largest files spread first): a hashing thread would
+    Without a progress display and with enough data (or many files: then in one process),
+    the files are hashed in forked child processes (one per core at most, largest files
+    spread first): a hashing thread would
     share the GIL with whatever the caller does meanwhile (importing the signing stack,
     the key's KDF) and was measured to slow down by a third. Otherwise (a progress bar to
     feed, little data, or other threads running, where forking is unsafe) a thread.
@@ -225,10 +234,13 @@ class HashJob:
         self._children: list[tuple[int, int, list[int]]] = []
         self._thread: threading.Thread | None = None
         sizes = [_size(path) for path in self.paths]
-        if (fork and progress is None and sum(sizes) >= PROCESS_MIN_BYTES
+        total = sum(sizes)
+        if (fork and progress is None
+                and (total >= PROCESS_MIN_BYTES or len(sizes) >= PROCESS_MIN_FILES)
                 and hasattr(os, "fork")
                 and threading.active_count() == 1):
-            self._fork(sizes)
+            # little data in many files: one process beside this one, not one per core
+            self._fork(sizes, cores=1 if total < PROCESS_MIN_BYTES else None)
         else:
             self._thread = threading.Thread(target=self._run, args=(progress,),
                                             name="trustboot-hash", daemon=True)
@@ -241,8 +253,8 @@ class HashJob:
         except BaseException as exc:  # handed to result(), which re-raises it
             self._error = exc
 
-    def _fork(self, sizes: list[int]) -> None:
-        workers = max(1, min(os.cpu_count() or 1, len(self.paths)))
+    def _fork(self, sizes: list[int], cores: int | None = None) -> None:
+        workers = max(1, min(cores or os.cpu_count() or 1, len(self.paths)))
         groups: list[list[int]] = [[] for _ in range(workers)]
         loads = [0] * workers
         for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
@@ -327,12 +339,14 @@ def _hash_in_child(write_fd: int, paths: list[Path], hash_alg: HashAlgorithm) ->
     code = 0
     try:
         files = []
+        names = _hash_names(hash_alg)
         for path in paths:
-            hashed = hash_files([path], hash_alg)[0]
+            # one after the other (this process has its share of the cores), without
+            # hash_files' set-up per file (a stat, the core count: a read of /sys)
+            digests, size = hash_file(path, names)
             st = os.stat(path)
-            known = _KNOWN.get(file_stamp(st)) == hashed.digests
-            files.append({"size": hashed.size,
-                          "digests": {k: v.hex() for k, v in hashed.digests.items()},
+            known = _KNOWN.get(file_stamp(st)) == digests
+            files.append({"size": size, "digests": {k: v.hex() for k, v in digests.items()},
                           "stamp": list(file_stamp(st)) if known else None})
         doc: dict[str, Any] = {"files": files}
     except TrustbootError as exc:
