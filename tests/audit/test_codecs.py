@@ -90,6 +90,8 @@ def test_hostile_strings_are_escaped() -> None:
     (b"", "too short"),
     (b"\x02" * 235, "too short"),
     (b"\x07" + b"\0" * 239, "neither BOOTREQUEST nor BOOTREPLY"),
+    (b"\x00" + b"\0" * 239, "op 0 is neither BOOTREQUEST nor BOOTREPLY"),
+    (b"\x02" + b"\0" * 65535, "longer than any UDP payload"),
 ])
 def test_malformed_dhcp4(data: bytes, reason: str) -> None:
     with pytest.raises(MalformedPacket, match=reason):
@@ -99,6 +101,8 @@ def test_malformed_dhcp4(data: bytes, reason: str) -> None:
 @pytest.mark.parametrize(("tail", "reason"), [
     (b"\xfe\x40xx\xff", "options: option 254 length 64 runs past the end"),
     (b"\xfe", "options: option 254 has no length byte"),
+    # one byte short: the value would end just past the packet
+    (b"\xfe\x02x", "options: option 254 length 2 runs past the end"),
 ])
 def test_a_cut_short_option_ends_the_options_as_in_ipxe(tail: bytes, reason: str) -> None:
     """iPXE (dhcpopts.c) stops at an option that runs past the end and uses the ones before
@@ -117,6 +121,45 @@ def test_a_broken_overloaded_field_does_not_hide_the_reply() -> None:
     pkt = dhcp4.parse(raw)
     assert pkt.message_type_name == "OFFER" and pkt.overload == 1
     assert pkt.damage == "overloaded file field: option 1 length 255 runs past the end"
+
+
+def test_an_overloaded_sname_is_read_as_text_as_ipxe_does() -> None:
+    # option 52 = 2 (sname holds options): RFC clients read options there, iPXE reads the
+    # field as the TFTP server's name. The audit must follow the name iPXE would use.
+    raw = packets.dhcp_reply(xid=1, chaddr=MAC, sname=b"192.0.2.66", file=b"evil.kpxe",
+                             options=[(52, b"\x02")])
+    pkt = dhcp4.parse(raw)
+    assert pkt.overload == 2 and pkt.sname == ""
+    assert pkt.ipxe_sname == "192.0.2.66" and pkt.file == "evil.kpxe"
+    assert pkt.evidence()["sname_read_as_text_by_ipxe"] == "192.0.2.66"
+
+
+def test_an_invalid_overload_option_overloads_nothing() -> None:
+    # option 52 must be one byte 1, 2 or 3: two bytes starting with 1 do not make the
+    # file field options (it stays the boot file name iPXE reads)
+    raw = packets.dhcp_reply(xid=1, chaddr=MAC, file=b"pxelinux.0", options=[(52, b"\x01\x00")])
+    pkt = dhcp4.parse(raw)
+    assert pkt.overload == 0 and pkt.file == "pxelinux.0"
+    assert "invalid option 52 value 0100" in pkt.anomalies
+
+
+def test_header_and_option_lengths_that_lie_are_anomalies_not_values() -> None:
+    # hlen 200: chaddr stays the 16 bytes of its field (not the sname after it)
+    raw = bytearray(packets.dhcp_reply(xid=1, chaddr=MAC, sname=b"S" * 20,
+                                       options=[(93, b"\x07")]))
+    raw[2] = 200
+    pkt = dhcp4.parse(bytes(raw))
+    assert pkt.chaddr == MAC + bytes(10) and "hlen 200 > 16" in pkt.anomalies
+    assert pkt.client_arch is None  # option 93 needs two bytes
+    # option 53 of two bytes is no message type; option 54 of five bytes is no address
+    raw2 = packets.dhcp_reply(xid=1, chaddr=MAC, server_id=None,
+                              raw_options=packets.opt(53, b"\x02\x02")
+                              + packets.opt(54, b"\xc0\x00\x02\x01\x01"))
+    pkt2 = dhcp4.parse(raw2)
+    assert pkt2.message_type is None and pkt2.message_type_name == "invalid"
+    assert pkt2.server_id is None
+    assert {"option 53 has length 2", "option 54 has length 5"} <= set(pkt2.anomalies)
+    assert pkt2.evidence()["option_54_server_id"] is None
 
 
 def test_recoverable_oddities_are_anomalies() -> None:
