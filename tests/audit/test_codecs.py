@@ -215,7 +215,10 @@ def test_advertise_decoded() -> None:
 
 @pytest.mark.parametrize(("data", "reason"), [
     (b"\x02\x00", "too short"),
+    (b"\x02\x00\x00", "too short for a DHCPv6 header"),
     (b"\x0d" + b"\0" * 20, "relay message header"),
+    (b"\x0d" + b"\0" * 32, "relay message header"),  # one byte short of 34
+    (b"\x02\0\0\1" + b"\x00\x63\x00\x00" * (dhcp6.MAX_OPTIONS + 1), "too many options"),
 ])
 def test_malformed_dhcp6(data: bytes, reason: str) -> None:
     with pytest.raises(MalformedPacket, match=reason):
@@ -235,6 +238,11 @@ def test_a_cut_short_dhcp6_option_ends_the_options_as_in_ipxe(tail: bytes, reaso
     assert msg.type_name == "ADVERTISE" and msg.damage == reason
     assert msg.bootfile_url == "http://[2001:db8::66]/evil.efi"
     assert dhcp6.parse(good).damage is None
+
+
+def test_an_advertise_without_a_server_identifier_is_an_anomaly() -> None:
+    raw = bytes([dhcp6.ADVERTISE]) + b"\0\0\1" + packets.opt6(1, dhcp6.duid_ll(MAC))
+    assert "0 server identifier options" in dhcp6.parse(raw).anomalies
 
 
 def test_dhcp6_nested_status_and_params() -> None:

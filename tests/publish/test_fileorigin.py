@@ -128,6 +128,19 @@ def test_lock_is_exclusive_and_stale_locks_are_broken(tmp_path: Path) -> None:
         assert not (tmp_path / ".trustboot-publish.lock").exists()
 
 
+def test_a_fresh_lock_of_another_host_is_not_broken_for_its_pid(tmp_path: Path) -> None:
+    """A pid means something only on the host that wrote it: a fresh lock of another
+    host (an origin shared over NFS) whose pid no process has here is held, not stale."""
+    lock = tmp_path / ".trustboot-publish.lock"
+    lock.write_text(json.dumps({"owner": "elsewhere", "host": "another-host." + os.uname().nodename,
+                                "pid": 2**22 + 12345, "time": time.time()}))
+    with FileOrigin(f"file://{tmp_path}", OriginOptions()) as origin:
+        with pytest.raises(OperationalError, match="locked by elsewhere"):
+            with origin.lock("second"):
+                pass
+    assert "elsewhere" in lock.read_text()
+
+
 @pytest.mark.parametrize("planted", ["symlink", "fifo", "directory"])
 def test_a_planted_lock_is_neither_followed_nor_waited_on(tmp_path: Path,
                                                          planted: str) -> None:
