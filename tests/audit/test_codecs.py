@@ -240,6 +240,19 @@ def test_a_cut_short_dhcp6_option_ends_the_options_as_in_ipxe(tail: bytes, reaso
     assert dhcp6.parse(good).damage is None
 
 
+@pytest.mark.parametrize(("duid", "mac"), [
+    (struct.pack("!HH", 3, 1) + MAC, "02:aa:bb:cc:dd:ee"),  # DUID-LL, Ethernet
+    (struct.pack("!HHI", 1, 1, 7) + MAC, "02:aa:bb:cc:dd:ee"),  # DUID-LLT, Ethernet
+    (struct.pack("!HH", 3, 6) + MAC, None),  # IEEE 802 hardware type: not comparable
+    (struct.pack("!HH", 3, 1) + MAC + b"\x01\x02", None),  # 8 bytes: no Ethernet MAC
+    (struct.pack("!HH", 2, 1) + MAC, None),  # DUID-EN holds no MAC at all
+])
+def test_the_mac_inside_a_server_duid(duid: bytes, mac: str | None) -> None:
+    # compared with the sender's MAC (server-identity-conflict): only an Ethernet address
+    raw = bytes([dhcp6.ADVERTISE]) + b"\0\0\1" + packets.opt6(2, duid)
+    assert dhcp6.parse(raw).server_duid_mac == mac
+
+
 def test_an_advertise_without_a_server_identifier_is_an_anomaly() -> None:
     raw = bytes([dhcp6.ADVERTISE]) + b"\0\0\1" + packets.opt6(1, dhcp6.duid_ll(MAC))
     assert "0 server identifier options" in dhcp6.parse(raw).anomalies
