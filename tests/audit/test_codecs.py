@@ -292,6 +292,21 @@ def test_malformed_tftp(data: bytes) -> None:
         tftp.parse(data)
 
 
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"\x00\x01file\x00octet\x00x", "not NUL-terminated"),  # the last field is cut
+    (b"\x00\x01file\x00octet\x00blksize\x00", "option without a value"),
+    (b"\x00\x01" + b"f\x00" * 66, "too many fields"),
+    (b"\x00\x04\x00\x01\x00", "ACK of 3 bytes"),
+])
+def test_malformed_tftp_reasons(data: bytes, reason: str) -> None:
+    with pytest.raises(MalformedPacket, match=reason):
+        tftp.parse(data)
+
+
+def test_a_tftp_error_message_is_cut_to_512_bytes() -> None:
+    assert len(tftp.parse(tftp.build_error(0, "A" * 5000)).error_message) == 512
+
+
 # -- frames ------------------------------------------------------------------------------------
 
 

@@ -144,6 +144,16 @@ def test_oversized_block_and_bogus_options(fake_server) -> None:  # type: ignore
     assert result.error == "server sent a non-numeric option value"
 
 
+@pytest.mark.parametrize("blksize", [7, 65465])
+def test_a_blksize_outside_rfc_2348_is_refused(fake_server, blksize: int) -> None:  # type: ignore[no-untyped-def]
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        sock.sendto(b"\x00\x06blksize\x00%d\x00" % blksize, client)
+
+    port = fake_server(handler)
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=2)
+    assert result.error == f"server chose an invalid blksize {blksize}"
+
+
 def test_huge_announced_size_is_refused_before_transfer(fake_server) -> None:  # type: ignore[no-untyped-def]
     def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
         sock.sendto(b"\x00\x06tsize\x0099999999999\x00blksize\x001428\x00", client)

@@ -141,6 +141,29 @@ def test_a_fresh_lock_of_another_host_is_not_broken_for_its_pid(tmp_path: Path) 
     assert "elsewhere" in lock.read_text()
 
 
+def test_a_lock_of_a_live_process_of_another_user_is_not_stale() -> None:
+    """Another user's live process cannot be signalled (EPERM): it is alive, so its lock
+    holds. Judged by a child running as nobody about a lock of this (root) process."""
+    from tests.conftest import require_root
+    from trustboot.publish.lock import lock_is_stale
+
+    require_root()
+    record = {"owner": "root", "host": os.uname().nodename, "pid": os.getpid(),
+              "time": time.time()}
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through its exit status only
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os._exit(0 if not lock_is_stale(record, now=time.time(), stale_after=3600.0)
+                     else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "a live process of another user was " \
+        "judged dead (1), or the check failed (2)"
+
+
 @pytest.mark.parametrize("planted", ["symlink", "fifo", "directory"])
 def test_a_planted_lock_is_neither_followed_nor_waited_on(tmp_path: Path,
                                                          planted: str) -> None:
