@@ -144,6 +144,26 @@ def test_oversized_block_and_bogus_options(fake_server) -> None:  # type: ignore
     assert result.error == "server sent a non-numeric option value"
 
 
+def _plain_transfer(payload: bytes) -> Callable[[socket.socket, bytes, tuple[str, int]], None]:
+    """A server that ignores the options (no OACK, no tsize) and sends 512-byte blocks."""
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        for block, at in enumerate(range(0, len(payload) + 1, 512), start=1):
+            sock.sendto(tftp.build_data(block, payload[at:at + 512]), client)
+            sock.recvfrom(2048)  # the ACK (or the client's error when it stops)
+    return handler
+
+
+@pytest.mark.parametrize(("size", "ok"), [(1024, True), (1025, False), (2048, False)])
+def test_max_size_holds_without_an_announced_size(fake_server, size: int, ok: bool) -> None:  # type: ignore[no-untyped-def]
+    # exactly max_size is whole; a byte more is cut, though the server never said how big
+    port = fake_server(_plain_transfer(b"x" * size))
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=3, max_size=1024)
+    assert result.announced_size is None
+    assert (result.ok, result.truncated) == (ok, not ok), result.error
+    if not ok:
+        assert result.error == "more than 1024 bytes" and result.sha256 is None
+
+
 @pytest.mark.parametrize("blksize", [7, 65465])
 def test_a_blksize_outside_rfc_2348_is_refused(fake_server, blksize: int) -> None:  # type: ignore[no-untyped-def]
     def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:

@@ -210,6 +210,16 @@ def test_a_lock_record_with_a_time_that_is_no_number_is_stale(tmp_path: Path,
         assert json.loads(lock.read_text())["owner"] == "me"
 
 
+@pytest.mark.parametrize("when", ["true", "false", '"0"', "null"])
+def test_a_lock_record_whose_time_is_no_number_has_no_age(when: str) -> None:
+    """true is no time (not 1970, which would make a fresh lock of another host stale
+    at once): such a record is judged like one without a time, by its host and pid."""
+    from trustboot.publish.lock import lock_is_stale
+
+    record = json.loads('{"owner": "x", "host": "elsewhere", "pid": 1, "time": ' + when + "}")
+    assert not lock_is_stale(record, now=time.time(), stale_after=60.0)
+
+
 BIG = "1" + "0" * 400  # an integer JSON allows and no float holds
 
 
