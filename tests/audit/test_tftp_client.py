@@ -164,6 +164,37 @@ def test_max_size_holds_without_an_announced_size(fake_server, size: int, ok: bo
         assert result.error == "more than 1024 bytes" and result.sha256 is None
 
 
+@pytest.mark.parametrize("spoof_from", ["127.0.0.2", "127.0.0.1"])
+def test_blocks_from_another_host_or_port_are_not_the_file(fake_server, spoof_from: str  # type: ignore[no-untyped-def]
+                                                           ) -> None:
+    """A second sender on the segment races the server with its own blocks: one from
+    another address before the server's first block, one from the server's address but
+    another port (transfer ID) in mid-transfer. Neither is taken for the file."""
+    spoof = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    spoof.bind((spoof_from, 0))
+
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        if spoof_from != "127.0.0.1":
+            spoof.sendto(tftp.build_data(1, b"evil"), client)
+            time.sleep(0.1)
+            sock.sendto(tftp.build_data(1, b"good"), client)
+        else:
+            sock.sendto(tftp.build_data(1, b"a" * 512), client)
+            sock.recvfrom(2048)
+            spoof.sendto(tftp.build_data(2, b"evil"), client)
+            time.sleep(0.1)
+            sock.sendto(tftp.build_data(2, b"good"), client)
+        sock.recvfrom(2048)
+
+    port = fake_server(handler)
+    try:
+        result = tftp.fetch("127.0.0.1", "x", port=port, timeout=3, retry=2.0)
+    finally:
+        spoof.close()
+    expected = b"good" if spoof_from != "127.0.0.1" else b"a" * 512 + b"good"
+    assert result.ok and result.sha256 == hashlib.sha256(expected).hexdigest(), result.error
+
+
 @pytest.mark.parametrize("blksize", [7, 65465])
 def test_a_blksize_outside_rfc_2348_is_refused(fake_server, blksize: int) -> None:  # type: ignore[no-untyped-def]
     def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
