@@ -195,6 +195,20 @@ def test_blocks_from_another_host_or_port_are_not_the_file(fake_server, spoof_fr
     assert result.ok and result.sha256 == hashlib.sha256(expected).hexdigest(), result.error
 
 
+def test_a_block_out_of_order_is_not_the_next_one(fake_server) -> None:  # type: ignore[no-untyped-def]
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        sock.sendto(tftp.build_data(1, b"a" * 512), client)
+        sock.recvfrom(2048)
+        sock.sendto(tftp.build_data(3, b"evil"), client)  # skips block 2
+        time.sleep(0.1)
+        sock.sendto(tftp.build_data(2, b"good"), client)
+        sock.recvfrom(2048)
+
+    port = fake_server(handler)
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=3, retry=2.0)
+    assert result.ok and result.sha256 == hashlib.sha256(b"a" * 512 + b"good").hexdigest()
+
+
 @pytest.mark.parametrize("blksize", [7, 65465])
 def test_a_blksize_outside_rfc_2348_is_refused(fake_server, blksize: int) -> None:  # type: ignore[no-untyped-def]
     def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
