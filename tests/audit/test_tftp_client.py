@@ -209,6 +209,21 @@ def test_a_block_out_of_order_is_not_the_next_one(fake_server) -> None:  # type:
     assert result.ok and result.sha256 == hashlib.sha256(b"a" * 512 + b"good").hexdigest()
 
 
+def test_options_acknowledged_mid_transfer_change_nothing(fake_server) -> None:  # type: ignore[no-untyped-def]
+    # an OACK is the answer to the request only: one after block 1 does not shrink blksize
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        sock.sendto(tftp.build_data(1, b"a" * 512), client)
+        sock.recvfrom(2048)
+        sock.sendto(b"\x00\x06blksize\x008\x00", client)
+        time.sleep(0.1)
+        sock.sendto(tftp.build_data(2, b"b" * 100), client)
+        sock.recvfrom(2048)
+
+    port = fake_server(handler)
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=3, retry=2.0)
+    assert result.ok and result.size == 612, result.error
+
+
 @pytest.mark.parametrize("blksize", [7, 65465])
 def test_a_blksize_outside_rfc_2348_is_refused(fake_server, blksize: int) -> None:  # type: ignore[no-untyped-def]
     def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
@@ -236,6 +251,23 @@ def test_refused_write(fake_server) -> None:  # type: ignore[no-untyped-def]
     port = fake_server(handler)
     result = tftp.probe_write("127.0.0.1", port=port, timeout=2)
     assert not result.writable and "error 2" in result.detail
+
+
+def test_a_write_request_acked_with_another_block_is_not_writable(fake_server) -> None:  # type: ignore[no-untyped-def]
+    port = fake_server(lambda sock, data, client: sock.sendto(tftp.build_ack(7), client))
+    result = tftp.probe_write("127.0.0.1", port=port, timeout=2)
+    assert not result.writable and result.detail == "unexpected answer ACK"
+
+
+def test_a_write_is_confirmed_only_by_the_ack_of_its_block(fake_server) -> None:  # type: ignore[no-untyped-def]
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        sock.sendto(tftp.build_ack(0), client)
+        sock.recvfrom(2048)  # the data block
+        sock.sendto(tftp.build_ack(0), client)  # the request's ACK again, not block 1's
+
+    port = fake_server(handler)
+    result = tftp.probe_write("127.0.0.1", port=port, timeout=2, retry=0.3)
+    assert result.writable and not result.confirmed
 
 
 def test_ipv6_server_in_long_form_is_recognised() -> None:
