@@ -1,14 +1,17 @@
-"""lock.swap_record, the heartbeat's compare-and-swap on a store whose only conditional is
-"move if the destination is absent" (file://, WebDAV), over an in-memory store: the
-backends' own tests (test_lock.py) race real servers, these pin each branch."""
+"""The lock protocol's parts over in-memory stores: lock.swap_record, the heartbeat's
+compare-and-swap on a store whose only conditional is "move if the destination is absent"
+(file://, WebDAV), and the heartbeat giving up. The backends' own tests (test_lock.py)
+race real servers; these pin each branch."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from trustboot.publish.lock import swap_record
+from trustboot.errors import OperationalError
+from trustboot.publish.lock import HeldLock, lock_record, swap_record
 
 
 class Store:
@@ -76,3 +79,23 @@ def test_a_failed_create_gives_our_record_back() -> None:
     with pytest.raises(OSError, match="went away"):
         store.swap(NEW)
     assert store.record() == OURS and set(store.objects) == {"lock"}
+
+
+def test_a_heartbeat_that_cannot_reach_the_origin_gives_the_lock_up() -> None:
+    """Once others may judge the record stale (stale_after - refresh without a refresh),
+    the holder must not go on: the next write raises."""
+    def unreachable() -> object:
+        raise OSError("no route to host")
+
+    held = HeldLock("origin", lock_record("me", "t1"), stale_after=0.6, refresh=0.1,
+                    read=unreachable, rewrite=lambda body: True)
+    held.start()
+    try:
+        end = time.monotonic() + 5
+        while held.lost is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert held.lost is not None and "could not be refreshed" in held.lost
+        with pytest.raises(OperationalError, match="lost the lock on origin"):
+            held.check()
+    finally:
+        held.stop()
