@@ -344,6 +344,42 @@ def test_broken_ip_is_malformed_or_ignored(frame: bytes) -> None:
         pass
 
 
+def _udp4(payload: bytes = b"x" * 40) -> bytearray:
+    return bytearray(packets.offer_frame(payload))
+
+
+def _with_ip_total(frame: bytearray, delta: int) -> bytes:
+    struct.pack_into("!H", frame, 16, struct.unpack_from("!H", frame, 16)[0] + delta)
+    return bytes(frame)
+
+
+def _with_udp_length(frame: bytearray, at: int, value: int) -> bytes:
+    struct.pack_into("!H", frame, at, value)
+    return bytes(frame)
+
+
+def _udp6() -> bytearray:
+    return bytearray(frames.udp6_frame(src_mac=MAC, dst_mac=MAC, src_ip="fe80::1",
+                                       dst_ip="fe80::2", sport=547, dport=546,
+                                       payload=b"y" * 40))
+
+
+@pytest.mark.parametrize(("frame", "reason"), [
+    # IPv4 total length beyond the frame (the UDP header itself is consistent)
+    (_with_ip_total(_udp4(), 100), "IPv4 header lengths are inconsistent"),
+    # a first fragment (more fragments, offset 0) is not a whole datagram
+    (packets.fragment(packets.offer_frame(b"x" * 40), 16)[0], "fragmented IPv4 datagram"),
+    # UDP length below its own header, and beyond the IP payload
+    (_with_udp_length(_udp4(), 14 + 20 + 4, 7), "UDP length field is inconsistent"),
+    (_with_udp_length(_udp4(), 14 + 20 + 4, 8 + 41), "UDP length field is inconsistent"),
+    # IPv6 payload length beyond the frame
+    (bytes(_udp6()[:-1]), "IPv6 payload length runs past the frame"),
+], ids=["ip-total", "first-fragment", "udp-below-header", "udp-past-ip", "ipv6-plen"])
+def test_ip_and_udp_lengths_that_lie_are_malformed(frame: bytes, reason: str) -> None:
+    with pytest.raises(MalformedPacket, match=reason):
+        frames.parse_frame(frame)
+
+
 # -- loaders -----------------------------------------------------------------------------------
 
 
