@@ -99,3 +99,15 @@ def test_a_heartbeat_that_cannot_reach_the_origin_gives_the_lock_up() -> None:
             held.check()
     finally:
         held.stop()
+
+
+def test_a_refused_rewrite_loses_the_lock_even_if_the_record_reads_as_ours() -> None:
+    # the store refused the new record (S3: another ETag): the time in the store was not
+    # renewed, so others will judge it stale; the holder cannot count on it any more
+    record = lock_record("me", "t1")
+    held = HeldLock("origin", record, stale_after=60.0, refresh=10.0,
+                    read=lambda: dict(record), rewrite=lambda body: False)
+    assert held.refresh() is False
+    assert held.lost is not None
+    with pytest.raises(OperationalError, match="lost the lock"):
+        held.check()
