@@ -169,6 +169,10 @@ def test_role_restricts_authorization() -> None:
     assert found["rogue-proxydhcp"][0].severity == Severity.CRITICAL
     allowed = policy(authorized_servers=[{"ip": "192.0.2.1", "role": "proxydhcp"}])
     assert "rogue-proxydhcp" not in rules(observe(offers=[proxy]), allowed)
+    # authorized as ProxyDHCP, it also hands out addresses: that is a DHCP server the
+    # policy did not authorize (one answer as a proxy does not vouch for the others)
+    both = observe(offers=[proxy, offer(server="192.0.2.1")])
+    assert rules(both, allowed)["rogue-dhcp"][0].subject == f"192.0.2.1 ({AUTH_MAC})"
 
 
 def test_no_policy_means_no_rogue_verdict_but_an_info() -> None:

@@ -344,6 +344,13 @@ def test_broken_ip_is_malformed_or_ignored(frame: bytes) -> None:
         pass
 
 
+def test_a_neighbour_solicitation_too_short_for_its_target_has_none() -> None:
+    # from the segment: 10 bytes of ICMPv6 type 135 must not raise (an address needs 16)
+    short = frames.Frame(MAC, MAC, 6, "fe80::1", "ff02::1", frames.IPPROTO_ICMPV6, 0, 0,
+                         bytes([frames.ICMPV6_NS]) + bytes(9), icmp_type=frames.ICMPV6_NS)
+    assert frames.neighbour_solicitation_target(short) is None
+
+
 def _udp4(payload: bytes = b"x" * 40) -> bytearray:
     return bytearray(packets.offer_frame(payload))
 
