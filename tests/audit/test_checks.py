@@ -206,10 +206,21 @@ def test_cleartext_boot_url() -> None:
     assert "cleartext-boot-url" not in rules(good_segment())
 
 
+
+@pytest.mark.parametrize("url", ["ftp://boot.example/boot.ipxe", "nfs://boot.example/boot.ipxe"])
+def test_every_cleartext_scheme_in_an_offer_is_reported(url: str) -> None:
+    [clear] = rules(observe(offers=[offer(ipxe=True, file=url)]))["cleartext-boot-url"]
+    assert clear.subject == url
+
+
 def test_dhcpv6_cleartext_boot_url() -> None:
     found = rules(observe(replies6=[reply6("http://[2001:db8::1]/x.efi")]))
     assert found["dhcpv6-cleartext-boot-url"][0].subject == "http://[2001:db8::1]/x.efi"
     assert "dhcpv6-cleartext-boot-url" not in rules(observe(replies6=[reply6(None)]))
+    for url in ("tftp://[2001:db8::1]/x.efi", "ftp://[2001:db8::1]/x.efi",
+                "nfs://[2001:db8::1]/x.efi"):
+        found = rules(observe(replies6=[reply6(url)]))
+        assert found["dhcpv6-cleartext-boot-url"][0].subject == url
 
 
 def test_unexpected_origin() -> None:
