@@ -231,6 +231,9 @@ def test_unexpected_origin() -> None:
     sub = policy(expected_origin="https://boot.example/releases")
     assert "unexpected-origin" in rules(
         observe(offers=[offer(ipxe=True, file="https://boot.example/releases2/x")]), sub)
+    # a DHCPv6 boot URL (option 59) is held to the origin too
+    v6 = rules(observe(replies6=[reply6("https://boot.example.evil/x.efi")]))
+    assert v6["unexpected-origin"][0].subject == "https://boot.example.evil/x.efi"
 
 
 def test_a_split_boot_file_option_is_checked_as_ipxe_reads_it() -> None:
