@@ -330,6 +330,11 @@ def test_unsigned_chain_hints() -> None:
                           fetched=[fetched("192.0.2.1", "boot.ipxe", script)]))
     assert "script-without-imgverify" in found
     assert found["cleartext-boot-url"][0].subject == "http://x/vmlinuz"
+    script = b"#!ipxe\nimgtrust --permanent\nkernel ftp://x/vmlinuz\nchain tftp://x/next.ipxe\n"
+    found = rules(observe(offers=[offer(file="boot.ipxe")],
+                          fetched=[fetched("192.0.2.1", "boot.ipxe", script)]))
+    assert {f.subject for f in found["cleartext-boot-url"]} == {"ftp://x/vmlinuz",
+                                                                  "tftp://x/next.ipxe"}
     assert "non-ipxe-loader" not in rules(good_segment())
 
 
@@ -359,6 +364,11 @@ def test_well_known_path_exposed() -> None:
     [exposed] = rules(obs)["tftp-path-exposed"]
     assert exposed.subject == "tftp://192.0.2.1/pxelinux.cfg/default"
     assert "tftp-path-exposed" not in rules(good_segment())
+    # read in part (cut at the well-known size cap, or the server stopped): still exposed
+    partial = fetched("192.0.2.1", "boot.ipxe", None, well_known=True)
+    partial.result.size, partial.result.truncated = 4096, True
+    [cut] = rules(observe(offers=[offer()], fetched=[partial]))["tftp-path-exposed"]
+    assert cut.subject == "tftp://192.0.2.1/boot.ipxe" and "4096 bytes" in cut.message
 
 
 def test_malformed_packets() -> None:
