@@ -11,6 +11,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -18,9 +19,9 @@ import pytest
 from tests.audit import packets
 from tests.audit.test_checks import ROGUE_MAC, observe, offer, policy, reply6, rules
 from trustboot.audit import dhcp6
-from trustboot.audit.checks import Severity, evaluate
+from trustboot.audit.checks import AGGREGATE_ABOVE, Severity, evaluate
 from trustboot.audit.follow import FollowConfig, Follower, forbidden_address, resolve
-from trustboot.audit.model import HttpCheck, Reply6
+from trustboot.audit.model import HttpCheck, Malformed, Reply6
 from trustboot.audit.policy import Policy
 from trustboot.audit.report import to_json, to_sarif, to_table
 from trustboot.audit.runner import AuditResult
@@ -113,6 +114,40 @@ def test_many_servers_make_one_bounded_finding() -> None:
     assert max(len(line) for line in responders.splitlines()) <= 7 * 42  # cells cut at 40
     assert "... 540 more row(s): see --json" in table
     assert len(json.dumps(to_sarif(result, None))) < 256 * 1024
+
+
+def test_aggregation_starts_above_twenty_and_keeps_probe_answerers_first() -> None:
+    def rogues(n: int, *, probed_last: bool = False) -> list[Any]:
+        out = [offer(server=f"198.51.100.{i}", mac=f"02:fa:00:00:00:{i:02x}", probe=False)
+               for i in range(n)]
+        if probed_last:  # the rogue that answered our own probe, behind a flood
+            out.append(offer(server="203.0.113.66", mac=ROGUE_MAC))
+        return out
+
+    at_limit = rules(observe(offers=rogues(AGGREGATE_ABOVE)))["rogue-dhcp"]
+    assert len(at_limit) == AGGREGATE_ABOVE  # each its own finding
+    [one] = rules(observe(offers=rogues(30, probed_last=True)))["rogue-dhcp"]
+    assert one.evidence["count"] == 31
+    assert one.evidence["subjects"][0] == f"203.0.113.66 ({ROGUE_MAC})"
+    assert one.evidence["examples"][0]["answered_probes"] == ["bios"]
+
+
+def test_malformed_senders_are_counted_beyond_the_evidence_kept() -> None:
+    kept = Malformed("dhcpv4", "option 67 length 200 runs past the end", "192.0.2.9",
+                     "02:74:62:00:00:09", "0201", 300, 0.2)
+    obs = observe(malformed=[kept],
+                  malformed_counts={"dhcpv4 192.0.2.9 02:74:62:00:00:09": 500,
+                                    "dhcpv6 fe80::9 02:74:62:00:00:0a": 7})
+    found = {f.subject: f for f in rules(obs)["malformed-packet"]}
+    assert found["192.0.2.9 (02:74:62:00:00:09)"].evidence["count"] == 500
+    assert found["fe80::9 (02:74:62:00:00:0a)"].evidence["count"] == 7
+
+
+def test_an_http_boot_file_that_could_not_be_fetched_is_unverified() -> None:
+    failed = HttpCheck("https://boot.example/boot.ipxe", ok=False, status=404, error="HTTP 404")
+    [unverified] = rules(observe(http=[failed]))["boot-file-unverified"]
+    assert unverified.subject == "https://boot.example/boot.ipxe"
+    assert unverified.message.endswith("HTTP 404")
 
 
 def test_table_cells_are_cut_with_a_marker() -> None:
