@@ -163,6 +163,13 @@ def test_authorization_by_ip_only_or_mac_only() -> None:
                                      by_mac)
 
 
+def test_an_entry_with_a_duid_authorizes_no_dhcpv4_server() -> None:
+    # all fields given must match: a DHCPv4 answer shows no DUID, so an entry naming one
+    # (with the server's IP, role any) does not vouch for it
+    ip_and_duid = policy(authorized_servers=[{"ip": "192.0.2.1", "duid": "00030001" + "02" * 6}])
+    assert "rogue-dhcp" in rules(observe(offers=[offer()]), ip_and_duid)
+
+
 def test_role_restricts_authorization() -> None:
     proxy = offer(server="192.0.2.1", file="", yiaddr="0.0.0.0", vendor="PXEClient")
     found = rules(observe(offers=[proxy]))  # 192.0.2.1 is authorized as dhcp only

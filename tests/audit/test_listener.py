@@ -386,6 +386,15 @@ def test_fragments_that_cannot_be_one_datagram_are_refused(
             reasm.add(frame, 0.0)
 
 
+def test_an_ipv6_fragment_whose_payload_length_runs_past_the_frame_is_refused() -> None:
+    whole = frames.udp6_frame(src_mac=b"\x02" * 6, dst_mac=b"\x02" * 6, src_ip="fe80::1",
+                              dst_ip="fe80::2", sport=547, dport=546, payload=b"y" * 100)
+    first = bytearray(packets.fragment6(whole, 48)[0])
+    struct.pack_into("!H", first, 14 + 4, struct.unpack_from("!H", first, 14 + 4)[0] + 8)
+    with pytest.raises(MalformedPacket, match="IPv6 payload length runs past the frame"):
+        frames.Reassembler().add(bytes(first), 0.0)
+
+
 def test_a_fragmented_advertise_is_reassembled() -> None:
     """IPv6 too: a DHCPv6 Advertise in fragments (last first) is what a client sees."""
     def server6(frame: frames.Frame) -> list[bytes]:
