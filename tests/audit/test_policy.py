@@ -62,6 +62,9 @@ def test_expected_file_name_matching() -> None:
     assert pol.expected_by_name("boot/efi/ipxe.efi")
     assert not pol.expected_by_name("ipxe.efi")
     assert not pol.expected_by_name("undionly.kpxe.bak")
+    # a name that only ends like a released one is another file (unexpected, not a mismatch)
+    assert not pol.expected_by_name("evil-undionly.kpxe")
+    assert not pol.expected_by_name("boot/myefi/ipxe.efi")
 
 
 def test_ca_file_fingerprint_must_agree(tmp_path: Path) -> None:
