@@ -238,6 +238,12 @@ def test_unexpected_origin() -> None:
     sub = policy(expected_origin="https://boot.example/releases")
     assert "unexpected-origin" in rules(
         observe(offers=[offer(ipxe=True, file="https://boot.example/releases2/x")]), sub)
+    # another port of the origin's host is another origin (another server may listen there)
+    port = rules(observe(offers=[offer(ipxe=True, file="https://boot.example:8443/a/b")]))
+    assert port["unexpected-origin"][0].subject == "https://boot.example:8443/a/b"
+    # so is the origin's host over plain http (besides being cleartext)
+    plain = rules(observe(offers=[offer(ipxe=True, file="http://boot.example/a/b")]))
+    assert plain["unexpected-origin"][0].subject == "http://boot.example/a/b"
     # a DHCPv6 boot URL (option 59) is held to the origin too
     v6 = rules(observe(replies6=[reply6("https://boot.example.evil/x.efi")]))
     assert v6["unexpected-origin"][0].subject == "https://boot.example.evil/x.efi"
