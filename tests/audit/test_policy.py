@@ -103,6 +103,8 @@ def test_ca_file_fingerprint_must_agree(tmp_path: Path) -> None:
     ("expected_files:\n  - name: a\n    sha256: abc\n", "64 hex digits"),
     ("expected_origni: https://x/\n", "unknown key"),
     ("expected_origin: ftp://x/\n", "http(s):// URL"),
+    ("expected_origin: 'https:///releases/'\n", "http(s):// URL"),  # no host
+    ("authorized_servers:\n  - duid: '000300010'\n", "DUID as hex digits"),  # odd digits
     ("tftp_allowed: maybe\n", "true or false"),
     ("version: 2\n", "unsupported policy version"),
     ("- a\n- b\n", "mapping at the top level"),
