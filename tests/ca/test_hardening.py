@@ -468,12 +468,17 @@ def test_concurrent_reader_sees_no_half_written_files(pki: Path, secrets_dir: Pa
     assert json.loads((pki / "index.json").read_text())["crl_number"] >= 4
 
 
-def test_index_paths_outside_the_pki_are_refused(pki: Path, run: Run) -> None:
-    doc = json.loads((pki / "index.json").read_text())
-    doc["entries"][-1]["cert_file"] = "../../etc/passwd"
-    (pki / "index.json").write_text(json.dumps(doc))
+@pytest.mark.parametrize(("key", "path"), [("cert_file", "../../etc/passwd"),
+                                         ("cert_file", "/etc/passwd"),
+                                         ("key_file", "/root/.ssh/id_rsa")])
+def test_index_paths_outside_the_pki_are_refused(pki: Path, run: Run, key: str,
+                                                 path: str) -> None:
+    index = pki / "index.json"
+    doc = json.loads(index.read_text())
+    doc["entries"][-1][key] = path
+    index.write_text(json.dumps(doc))
     r = run("ca", "list", "--pki", str(pki))
-    assert r.exit_code == 3 and "not a path inside the pki" in r.output
+    assert r.exit_code == 3 and f"{key} {path!r} is not a path inside the pki" in r.output
 
 
 def test_export_removes_old_temp_files_only(pki: Path, tmp_path: Path, run: Run) -> None:
