@@ -101,6 +101,8 @@ def test_ca_file_fingerprint_must_agree(tmp_path: Path) -> None:
     ("authorized_servers:\n  - ip: 192.0.2.1\n    ipaddr: 1\n", "unknown key"),
     ("expected_files:\n  - name: a\n    sha256: 1234\n", "as a number"),
     ("expected_files:\n  - name: a\n    sha256: abc\n", "64 hex digits"),
+    ("expected_files:\n  - name: a\n    sha256: '" + "a" * 64 + "'\n    size: -1\n",
+     "expected a byte count"),
     ("expected_origni: https://x/\n", "unknown key"),
     ("expected_origin: ftp://x/\n", "http(s):// URL"),
     ("expected_origin: 'https:///releases/'\n", "http(s):// URL"),  # no host
