@@ -172,6 +172,17 @@ def test_manifest_errors(tmp_path: Path) -> None:
         "release": 7, "signer": "x", "files": [{"name": "a", "sha256": SHA, "url": "u"}]}),
         "m.json"))
     assert m.release == "7" and m.files[0].name == "a"
+    # a manifest saying it is `trustboot release`'s (version) is held to that format
+    with pytest.raises(ConfigError, match=r"missing key\(s\) release, created"):
+        load_manifest(write(tmp_path, json.dumps({
+            "version": 1, "files": [{"name": "a", "sha256": SHA}]}), "m.json"))
+
+
+def test_a_policy_larger_than_its_cap_is_refused_by_size(tmp_path: Path) -> None:
+    big = tmp_path / "policy.yaml"
+    big.write_bytes(b"# " + b"x" * (4 * 1024 * 1024) + b"\n")
+    with pytest.raises(ConfigError, match=r"policy .*policy\.yaml is larger than 4194304 bytes"):
+        load_policy(big)
 
 
 def test_a_manifest_nested_to_exhaust_the_parser_is_a_config_error(tmp_path: Path) -> None:
