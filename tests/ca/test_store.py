@@ -251,6 +251,14 @@ def test_check_detects_tampering(pki: Path, run) -> None:  # type: ignore[no-unt
     assert r.exit_code == 3 and "differs from the index" in r.output
 
 
+def test_check_reports_a_crl_past_its_next_update(pki: Path) -> None:
+    ca = CertificateAuthority.open(pki)
+    assert ca.check() == []
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)  # crl.pem is good for 30 days
+    problems = ca.check(now=later)
+    assert any(p.startswith("crl.pem is out of date") for p in problems), problems
+
+
 @pytest.mark.slow
 def test_twenty_concurrent_issues(tmp_path: Path, secrets_dir: Path, run: Run) -> None:
     pki = tmp_path / "pki"
