@@ -216,6 +216,7 @@ def test_duid_only_authorization_checks_the_embedded_mac() -> None:
     ("0x7f.1", "loopback"), ("127.1", "loopback"), ("::1", "loopback"),
     ("::ffff:127.0.0.1", "loopback"), ("169.254.169.254", "link-local"),
     ("fe80::1", "link-local"), ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+    ("0.1.2.3", "unspecified"),  # "this network" (0/8): not unspecified to ipaddress
     ("224.0.0.1", "multicast/broadcast"), ("255.255.255.255", "multicast/broadcast"),
 ])
 def test_every_spelling_of_a_local_address_is_refused(host: str, why: str) -> None:
