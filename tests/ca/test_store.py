@@ -259,6 +259,19 @@ def test_check_reports_a_crl_past_its_next_update(pki: Path) -> None:
     assert any(p.startswith("crl.pem is out of date") for p in problems), problems
 
 
+def test_a_crl_from_before_a_revocation_is_refused(pki: Path, tmp_path: Path,
+                                                   run: Run) -> None:
+    """crl.pem put back as it was before a revoke (validly signed, current): it does not
+    list the revoked certificate, so it is never handed on as this CA's CRL."""
+    before = (pki / "crl.pem").read_bytes()
+    CertificateAuthority.open(pki).revoke("ipxe-client", constant(CA_PASS.encode()))
+    (pki / "crl.pem").write_bytes(before)
+    problems = CertificateAuthority.open(pki).check()
+    assert any("does not list revoked ipxe-client" in p for p in problems), problems
+    r = run("ca", "export", "--pki", str(pki), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 3 and "does not list revoked ipxe-client" in r.output, r.output
+
+
 @pytest.mark.slow
 def test_twenty_concurrent_issues(tmp_path: Path, secrets_dir: Path, run: Run) -> None:
     pki = tmp_path / "pki"
