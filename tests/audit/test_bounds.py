@@ -230,6 +230,16 @@ def test_ordinary_addresses_are_allowed_and_own_ones_refused() -> None:
     assert forbidden_address("192.0.2.50", {"192.0.2.50"}) == "an address of the auditing host"
 
 
+def test_a_name_with_any_local_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a DNS answer with a public address first and a loopback one after: the connection
+    # may go to either, so every address is vetted, not only the first
+    from trustboot.audit import follow
+
+    monkeypatch.setattr(follow, "resolve", lambda host, port: ["192.0.2.1", "127.0.0.1"])
+    refusal, _ = follow.vet_host("boot.example", 443, frozenset())
+    assert refusal == "boot.example is 127.0.0.1 (loopback)"
+
+
 def test_a_refused_target_is_a_finding_not_a_fetch() -> None:
     found = rules(observe(http=[HttpCheck("http://127.1/x", refused="127.1 is 127.0.0.1 "
                                           "(loopback)", error="not fetched")]))
