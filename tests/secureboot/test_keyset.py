@@ -62,6 +62,19 @@ def test_init_under_umask_000(tmp_path: Path, pw: Path, run: Run) -> None:
             assert not mode & 0o077, (p, oct(mode))
 
 
+@pytest.mark.parametrize(("passphrase", "days", "message"), [
+    (PASS.encode(), 0, "--days 0 is out of range"),
+    (PASS.encode(), 36501, "--days 36501 is out of range"),
+    (b"short", 365, "the passphrase for the Secure Boot keys is shorter than"),  # (not PK.key)
+])
+def test_init_refuses_bad_days_and_a_weak_passphrase(tmp_path: Path, passphrase: bytes,
+                                                     days: int, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        keyset.init_keyset(tmp_path, constant(passphrase), name="X",
+                           now=dt.datetime.now(dt.UTC), days=days)
+    assert not (tmp_path / "secureboot").exists()
+
+
 def test_second_init_refused(keyset_pki: Path, pw: Path, run: Run) -> None:
     before = (keyset_pki / "secureboot" / "secureboot.json").read_bytes()
     r = run("secureboot", "init", "--pki", str(keyset_pki), "--name", "X",
