@@ -251,6 +251,20 @@ def test_check_detects_tampering(pki: Path, run) -> None:  # type: ignore[no-unt
     assert r.exit_code == 3 and "differs from the index" in r.output
 
 
+def test_a_certificate_not_yet_valid_is_not_current(pki: Path) -> None:
+    # (a clock that was ahead when it was issued): it does not sign until its notBefore,
+    # give or take the backdating every certificate gets
+    ca = CertificateAuthority.open(pki)
+    now = dt.datetime.now(dt.UTC)
+    entry = ca.current("signer", now)
+    assert entry is not None
+    not_before = dt.datetime.fromisoformat(entry.not_before)
+    assert ca.current("signer", not_before - profiles.BACKDATE + dt.timedelta(minutes=1)) \
+        is entry
+    assert ca.current("signer", not_before - profiles.BACKDATE - dt.timedelta(minutes=1)) \
+        is None
+
+
 def test_check_reports_a_crl_past_its_next_update(pki: Path) -> None:
     ca = CertificateAuthority.open(pki)
     assert ca.check() == []
