@@ -258,6 +258,27 @@ def test_encoded_boot_file_is_a_finding() -> None:
 # -- abandonable workers -----------------------------------------------------------------------
 
 
+def test_a_tftp_boot_server_on_a_local_address_is_refused_not_fetched() -> None:
+    obs = observe()
+    follower = Follower(FollowConfig(device=None, timeout=0.5), policy(), obs)
+    follower.on_offer(offer(server="127.0.0.1", file="x.kpxe"))
+    follower.finish(2.0)
+    assert [(h.url, h.refused) for h in obs.http] == [
+        ("tftp://127.0.0.1/x.kpxe", "127.0.0.1 (loopback)")]
+    assert not obs.fetched
+
+
+def test_targets_beyond_max_targets_are_a_reached_limit() -> None:
+    obs = observe()
+    follower = Follower(FollowConfig(device=None, timeout=0.2, max_targets=2), policy(), obs,
+                        deadline=time.monotonic() + 0.5)
+    for i in range(3):  # TEST-NET addresses: each fetch times out quickly
+        follower.on_offer(offer(file=f"https://192.0.2.{i + 10}/boot.ipxe"))
+    follower.finish(1.0)
+    assert obs.limits["follow-targets"] == 1
+    assert obs.limit_samples["follow-targets"] == ["https://192.0.2.12/boot.ipxe"]
+
+
 def test_a_stuck_fetch_is_abandoned_and_reported(tmp_path: Path) -> None:
     obs = observe()
     follower = Follower(FollowConfig(device=None, timeout=0.5), policy(), obs,
