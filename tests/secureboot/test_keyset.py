@@ -75,6 +75,18 @@ def test_init_refuses_bad_days_and_a_weak_passphrase(tmp_path: Path, passphrase:
     assert not (tmp_path / "secureboot").exists()
 
 
+@pytest.mark.parametrize("sub", ["secureboot", "secureboot/private"])
+def test_a_key_set_reached_through_a_link_is_refused(pki_copy: Path, tmp_path: Path,
+                                                     sub: str) -> None:
+    # the recorded fingerprints are trusted only where they were written: a link (to a
+    # directory whoever made the link controls) is refused, whatever it points at
+    real = tmp_path / "elsewhere"
+    (pki_copy / sub).rename(real)
+    (pki_copy / sub).symlink_to(real)
+    with pytest.raises(ConfigError, match="link"):
+        keyset.load_keyset(pki_copy)
+
+
 def test_second_init_refused(keyset_pki: Path, pw: Path, run: Run) -> None:
     before = (keyset_pki / "secureboot" / "secureboot.json").read_bytes()
     r = run("secureboot", "init", "--pki", str(keyset_pki), "--name", "X",
