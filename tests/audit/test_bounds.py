@@ -279,6 +279,28 @@ def test_targets_beyond_max_targets_are_a_reached_limit() -> None:
     assert obs.limit_samples["follow-targets"] == ["https://192.0.2.12/boot.ipxe"]
 
 
+def test_fetches_cut_by_a_bound_are_reached_limits() -> None:
+    """A transfer cut at max_size or still running at its deadline (TFTP), or an HTTP
+    fetch cut either way: what lay beyond was not examined, so each is a reached limit."""
+    from trustboot.audit.model import BootTarget, Fetched
+    from trustboot.audit.tftp import FetchResult
+
+    def tftp_result(name: str, **cut: bool) -> Fetched:
+        target = BootTarget("tftp", "192.0.2.1", name, f"tftp://192.0.2.1/{name}")
+        return Fetched(target, FetchResult("192.0.2.1", name, size=10, **cut), None)
+
+    obs = observe()
+    follower = Follower(FollowConfig(device=None, timeout=0.5), policy(), obs)
+    results = [tftp_result("big.efi", truncated=True), tftp_result("slow.efi",
+                                                                    deadline_reached=True),
+               HttpCheck("https://192.0.2.1/huge", limit="size-cap", error="too big")]
+    for i, result in enumerate(results):
+        follower._submit(f"url:{i}", lambda value=result, **_: value)
+    follower.finish(2.0)
+    assert obs.limits == {"size-cap": 2, "fetch-deadline": 1}
+    assert obs.limit_samples["fetch-deadline"] == ["tftp://192.0.2.1/slow.efi"]
+
+
 def test_a_stuck_fetch_is_abandoned_and_reported(tmp_path: Path) -> None:
     obs = observe()
     follower = Follower(FollowConfig(device=None, timeout=0.5), policy(), obs,
