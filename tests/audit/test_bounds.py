@@ -285,9 +285,11 @@ def test_fetches_cut_by_a_bound_are_reached_limits() -> None:
     from trustboot.audit.model import BootTarget, Fetched
     from trustboot.audit.tftp import FetchResult
 
-    def tftp_result(name: str, **cut: bool) -> Fetched:
+    def tftp_result(name: str, *, truncated: bool = False, deadline_reached: bool = False
+                    ) -> Fetched:
         target = BootTarget("tftp", "192.0.2.1", name, f"tftp://192.0.2.1/{name}")
-        return Fetched(target, FetchResult("192.0.2.1", name, size=10, **cut), None)
+        return Fetched(target, FetchResult("192.0.2.1", name, size=10, truncated=truncated,
+                                           deadline_reached=deadline_reached), None)
 
     obs = observe()
     follower = Follower(FollowConfig(device=None, timeout=0.5), policy(), obs)
