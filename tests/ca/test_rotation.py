@@ -494,6 +494,10 @@ def test_rotation_refusals_that_change_nothing(ca_home: Path, secrets_dir: Path)
     active = ca.active_entry("issuing")
     with pytest.raises(ConfigError, match=f"issuing CA {active.serial:x} is the active one"):
         retire_issuing(ca, active.serial)
+    leaf = ca.current("signer")
+    assert leaf is not None
+    with pytest.raises(ConfigError, match=f"no issuing CA with serial {leaf.serial:x}"):
+        retire_issuing(ca, leaf.serial)
     with pytest.raises(ConfigError, match=r"the issuing CA \(400 days\) must expire before"):
         begin_root(ca, constant(CA_PASS.encode()), root_days=400, issuing_days=400)
     assert index.read_bytes() == before

@@ -87,6 +87,22 @@ def test_a_key_set_reached_through_a_link_is_refused(pki_copy: Path, tmp_path: P
         keyset.load_keyset(pki_copy)
 
 
+def test_a_key_set_in_a_pki_others_can_write_is_refused(pki_copy: Path) -> None:
+    # whoever can write the CA home can swap the whole key set directory for another
+    pki_copy.chmod(0o775)
+    with pytest.raises(ConfigError, match="writable"):
+        keyset.load_keyset(pki_copy)
+
+
+def test_damaged_token_metadata_is_refused(pki_copy: Path) -> None:
+    meta = pki_copy / "secureboot" / "secureboot.json"
+    doc = json.loads(meta.read_text())
+    doc["pkcs11"] = {"module": 5, "PK": "pkcs11:object=x"}
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="damaged or incomplete"):
+        keyset.load_keyset(pki_copy)
+
+
 def test_second_init_refused(keyset_pki: Path, pw: Path, run: Run) -> None:
     before = (keyset_pki / "secureboot" / "secureboot.json").read_bytes()
     r = run("secureboot", "init", "--pki", str(keyset_pki), "--name", "X",
