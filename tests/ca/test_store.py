@@ -89,6 +89,7 @@ def test_unencrypted_key_refused(tmp_path: Path) -> None:
         (("server", "999.1.1.1"), "invalid DNS name or IP address"),
         (("server", "lead-.example.net"), "invalid DNS name or IP address"),
         (("codesign", "x1", "--days", "0"), "out of range"),
+        (("codesign", "x1", "--days", "14601"), "out of range"),  # 40 years and a day
     ],
 )
 def test_bad_issue_input(pki: Path, run, secrets_dir: Path, args: tuple[str, ...],  # type: ignore[no-untyped-def]
@@ -99,6 +100,16 @@ def test_bad_issue_input(pki: Path, run, secrets_dir: Path, args: tuple[str, ...
     assert message in r.output
     assert "hint:" in r.output or "out of range" in r.output
     assert (pki / "index.json").read_bytes() == before  # nothing half-written
+
+
+def test_a_server_certificate_without_a_name_to_serve_is_refused(pki: Path) -> None:
+    # the library call (the CLI makes the name a SAN): a TLS server certificate with no
+    # DNS name or IP address matches no host iPXE connects to
+    before = (pki / "index.json").read_bytes()
+    with pytest.raises(ConfigError, match="needs at least one DNS name or IP address"):
+        CertificateAuthority.open(pki).issue("server", "web", constant(CA_PASS.encode()),
+                                             constant(KEY_PASS.encode()), sans=[])
+    assert (pki / "index.json").read_bytes() == before
 
 
 def test_unknown_profile_and_weak_key(pki: Path, run, secrets_dir: Path) -> None:  # type: ignore[no-untyped-def]
