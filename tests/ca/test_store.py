@@ -276,6 +276,28 @@ def test_a_certificate_not_yet_valid_is_not_current(pki: Path) -> None:
         is None
 
 
+def test_ca_key_and_revocation_refusals(pki: Path, tmp_path: Path, run: Run) -> None:
+    """An unknown revocation reason; an issuing key file swapped for another key (same
+    passphrase); a file in crls/ that is no previous issuing CA's CRL. Each refused."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca = CertificateAuthority.open(pki)
+    with pytest.raises(ConfigError, match="unknown revocation reason 'bogus'"):
+        ca.revoke("signer", constant(CA_PASS.encode()), reason="bogus")
+    stray = pki / "crls"
+    stray.mkdir(mode=0o755, exist_ok=True)
+    (stray / "abc.pem").write_bytes((pki / "crl.pem").read_bytes())
+    r = run("ca", "export", "--pki", str(pki), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 3 and "is not the CRL of a previous issuing CA" in r.output, r.output
+    (stray / "abc.pem").unlink()
+    key_path = ca.active_entry("issuing").key_path
+    other = keyfile.encrypt_pkcs8(ec.generate_private_key(ec.SECP384R1()), CA_PASS.encode())
+    key_path.chmod(0o600)
+    key_path.write_bytes(other)
+    with pytest.raises(ConfigError, match="does not match the issuing CA certificate"):
+        CertificateAuthority.open(pki).load_issuing_key(constant(CA_PASS.encode()))
+
+
 def test_check_reports_a_crl_past_its_next_update(pki: Path) -> None:
     ca = CertificateAuthority.open(pki)
     assert ca.check() == []
