@@ -298,6 +298,25 @@ def test_ca_key_and_revocation_refusals(pki: Path, tmp_path: Path, run: Run) -> 
         CertificateAuthority.open(pki).load_issuing_key(constant(CA_PASS.encode()))
 
 
+def test_revoke_refuses_a_replaced_certificate_and_an_unknown_index_version(
+        pki: Path) -> None:
+    ca = CertificateAuthority.open(pki)
+    signer, client = ca.current("signer"), ca.current("ipxe-client")
+    assert signer is not None and client is not None
+    index = pki / "index.json"
+    before = index.read_bytes()
+    # the stored certificate swapped for another one: refused before anything changes
+    signer.cert_path.write_bytes(client.cert_path.read_bytes())
+    with pytest.raises(ConfigError, match="is not the certificate 'signer' the index recorded"):
+        ca.revoke("signer", constant(CA_PASS.encode()))
+    assert index.read_bytes() == before
+    doc = json.loads(before)
+    doc["version"] = 99
+    index.write_bytes(json.dumps(doc).encode())
+    with pytest.raises(ConfigError, match="damaged: index version 99"):
+        CertificateAuthority.open(pki)
+
+
 def test_check_reports_a_crl_past_its_next_update(pki: Path) -> None:
     ca = CertificateAuthority.open(pki)
     assert ca.check() == []
