@@ -14,7 +14,8 @@
         duid6 MAC        answers Solicits with an Advertise whose DUID-LL embeds MAC
         many N LEN       answers the first DISCOVER from N fake servers, option 67 LEN bytes
     python servers.py http                hostile HTTP on port 80: /drip-headers, /drip-body,
-                                          /hang, /bomb (gzip, gzip), /big, /redirect (C1 + bidi)
+                                          /hang, /bomb (gzip, gzip), /big, /redirect (C1 + bidi),
+                                          /moved (302 to /bomb)
     python servers.py canary PORT LOG     TCP listener on 127.0.0.1 and ::1 logging connections
 
 Each prints "ready" on stdout once it is listening, and runs until terminated.
@@ -307,6 +308,9 @@ def _http_client(conn: socket.socket, bomb: bytes) -> None:
             block = b"B" * 65536
             for _ in range(1024):
                 conn.sendall(block)
+        elif path.startswith("/moved"):  # a well-formed redirect: followed, it would fetch
+            conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://192.0.2.2/bomb\r\n"
+                         b"Content-Length: 0\r\n\r\n")
         elif path.startswith("/redirect"):
             conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://x/\xc2\x9b31m\xe2\x80\xae"
                          b"evil\x1b[2J\r\nContent-Length: 0\r\n\r\n")

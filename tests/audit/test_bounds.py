@@ -11,6 +11,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -18,9 +19,9 @@ import pytest
 from tests.audit import packets
 from tests.audit.test_checks import ROGUE_MAC, observe, offer, policy, reply6, rules
 from trustboot.audit import dhcp6
-from trustboot.audit.checks import Severity, evaluate
+from trustboot.audit.checks import AGGREGATE_ABOVE, Severity, evaluate
 from trustboot.audit.follow import FollowConfig, Follower, forbidden_address, resolve
-from trustboot.audit.model import HttpCheck, Reply6
+from trustboot.audit.model import HttpCheck, Malformed, Reply6
 from trustboot.audit.policy import Policy
 from trustboot.audit.report import to_json, to_sarif, to_table
 from trustboot.audit.runner import AuditResult
@@ -115,6 +116,40 @@ def test_many_servers_make_one_bounded_finding() -> None:
     assert len(json.dumps(to_sarif(result, None))) < 256 * 1024
 
 
+def test_aggregation_starts_above_twenty_and_keeps_probe_answerers_first() -> None:
+    def rogues(n: int, *, probed_last: bool = False) -> list[Any]:
+        out = [offer(server=f"198.51.100.{i}", mac=f"02:fa:00:00:00:{i:02x}", probe=False)
+               for i in range(n)]
+        if probed_last:  # the rogue that answered our own probe, behind a flood
+            out.append(offer(server="203.0.113.66", mac=ROGUE_MAC))
+        return out
+
+    at_limit = rules(observe(offers=rogues(AGGREGATE_ABOVE)))["rogue-dhcp"]
+    assert len(at_limit) == AGGREGATE_ABOVE  # each its own finding
+    [one] = rules(observe(offers=rogues(30, probed_last=True)))["rogue-dhcp"]
+    assert one.evidence["count"] == 31
+    assert one.evidence["subjects"][0] == f"203.0.113.66 ({ROGUE_MAC})"
+    assert one.evidence["examples"][0]["answered_probes"] == ["bios"]
+
+
+def test_malformed_senders_are_counted_beyond_the_evidence_kept() -> None:
+    kept = Malformed("dhcpv4", "option 67 length 200 runs past the end", "192.0.2.9",
+                     "02:74:62:00:00:09", "0201", 300, 0.2)
+    obs = observe(malformed=[kept],
+                  malformed_counts={"dhcpv4 192.0.2.9 02:74:62:00:00:09": 500,
+                                    "dhcpv6 fe80::9 02:74:62:00:00:0a": 7})
+    found = {f.subject: f for f in rules(obs)["malformed-packet"]}
+    assert found["192.0.2.9 (02:74:62:00:00:09)"].evidence["count"] == 500
+    assert found["fe80::9 (02:74:62:00:00:0a)"].evidence["count"] == 7
+
+
+def test_an_http_boot_file_that_could_not_be_fetched_is_unverified() -> None:
+    failed = HttpCheck("https://boot.example/boot.ipxe", ok=False, status=404, error="HTTP 404")
+    [unverified] = rules(observe(http=[failed]))["boot-file-unverified"]
+    assert unverified.subject == "https://boot.example/boot.ipxe"
+    assert unverified.message.endswith("HTTP 404")
+
+
 def test_table_cells_are_cut_with_a_marker() -> None:
     result = _result({"offers": [offer(server="192.0.2.2", mac=ROGUE_MAC, file="B" * 200)]})
     table = to_table(result, None, width=100)
@@ -181,6 +216,7 @@ def test_duid_only_authorization_checks_the_embedded_mac() -> None:
     ("0x7f.1", "loopback"), ("127.1", "loopback"), ("::1", "loopback"),
     ("::ffff:127.0.0.1", "loopback"), ("169.254.169.254", "link-local"),
     ("fe80::1", "link-local"), ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+    ("0.1.2.3", "unspecified"),  # "this network" (0/8): not unspecified to ipaddress
     ("224.0.0.1", "multicast/broadcast"), ("255.255.255.255", "multicast/broadcast"),
 ])
 def test_every_spelling_of_a_local_address_is_refused(host: str, why: str) -> None:
@@ -192,6 +228,16 @@ def test_ordinary_addresses_are_allowed_and_own_ones_refused() -> None:
     assert forbidden_address("192.0.2.1") is None
     assert forbidden_address("2001:db8::1") is None
     assert forbidden_address("192.0.2.50", {"192.0.2.50"}) == "an address of the auditing host"
+
+
+def test_a_name_with_any_local_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a DNS answer with a public address first and a loopback one after: the connection
+    # may go to either, so every address is vetted, not only the first
+    from trustboot.audit import follow
+
+    monkeypatch.setattr(follow, "resolve", lambda host, port: ["192.0.2.1", "127.0.0.1"])
+    refusal, _ = follow.vet_host("boot.example", 443, frozenset())
+    assert refusal == "boot.example is 127.0.0.1 (loopback)"
 
 
 def test_a_refused_target_is_a_finding_not_a_fetch() -> None:
@@ -210,6 +256,51 @@ def test_encoded_boot_file_is_a_finding() -> None:
 
 
 # -- abandonable workers -----------------------------------------------------------------------
+
+
+def test_a_tftp_boot_server_on_a_local_address_is_refused_not_fetched() -> None:
+    obs = observe()
+    follower = Follower(FollowConfig(device=None, timeout=0.5), policy(), obs)
+    follower.on_offer(offer(server="127.0.0.1", file="x.kpxe"))
+    follower.finish(2.0)
+    assert [(h.url, h.refused) for h in obs.http] == [
+        ("tftp://127.0.0.1/x.kpxe", "127.0.0.1 (loopback)")]
+    assert not obs.fetched
+
+
+def test_targets_beyond_max_targets_are_a_reached_limit() -> None:
+    obs = observe()
+    follower = Follower(FollowConfig(device=None, timeout=0.2, max_targets=2), policy(), obs,
+                        deadline=time.monotonic() + 0.5)
+    for i in range(3):  # TEST-NET addresses: each fetch times out quickly
+        follower.on_offer(offer(file=f"https://192.0.2.{i + 10}/boot.ipxe"))
+    follower.finish(1.0)
+    assert obs.limits["follow-targets"] == 1
+    assert obs.limit_samples["follow-targets"] == ["https://192.0.2.12/boot.ipxe"]
+
+
+def test_fetches_cut_by_a_bound_are_reached_limits() -> None:
+    """A transfer cut at max_size or still running at its deadline (TFTP), or an HTTP
+    fetch cut either way: what lay beyond was not examined, so each is a reached limit."""
+    from trustboot.audit.model import BootTarget, Fetched
+    from trustboot.audit.tftp import FetchResult
+
+    def tftp_result(name: str, *, truncated: bool = False, deadline_reached: bool = False
+                    ) -> Fetched:
+        target = BootTarget("tftp", "192.0.2.1", name, f"tftp://192.0.2.1/{name}")
+        return Fetched(target, FetchResult("192.0.2.1", name, size=10, truncated=truncated,
+                                           deadline_reached=deadline_reached), None)
+
+    obs = observe()
+    follower = Follower(FollowConfig(device=None, timeout=0.5), policy(), obs)
+    results = [tftp_result("big.efi", truncated=True), tftp_result("slow.efi",
+                                                                    deadline_reached=True),
+               HttpCheck("https://192.0.2.1/huge", limit="size-cap", error="too big")]
+    for i, result in enumerate(results):
+        follower._submit(f"url:{i}", lambda value=result, **_: value)
+    follower.finish(2.0)
+    assert obs.limits == {"size-cap": 2, "fetch-deadline": 1}
+    assert obs.limit_samples["fetch-deadline"] == ["tftp://192.0.2.1/slow.efi"]
 
 
 def test_a_stuck_fetch_is_abandoned_and_reported(tmp_path: Path) -> None:

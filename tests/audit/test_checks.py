@@ -163,12 +163,23 @@ def test_authorization_by_ip_only_or_mac_only() -> None:
                                      by_mac)
 
 
+def test_an_entry_with_a_duid_authorizes_no_dhcpv4_server() -> None:
+    # all fields given must match: a DHCPv4 answer shows no DUID, so an entry naming one
+    # (with the server's IP, role any) does not vouch for it
+    ip_and_duid = policy(authorized_servers=[{"ip": "192.0.2.1", "duid": "00030001" + "02" * 6}])
+    assert "rogue-dhcp" in rules(observe(offers=[offer()]), ip_and_duid)
+
+
 def test_role_restricts_authorization() -> None:
     proxy = offer(server="192.0.2.1", file="", yiaddr="0.0.0.0", vendor="PXEClient")
     found = rules(observe(offers=[proxy]))  # 192.0.2.1 is authorized as dhcp only
     assert found["rogue-proxydhcp"][0].severity == Severity.CRITICAL
     allowed = policy(authorized_servers=[{"ip": "192.0.2.1", "role": "proxydhcp"}])
     assert "rogue-proxydhcp" not in rules(observe(offers=[proxy]), allowed)
+    # authorized as ProxyDHCP, it also hands out addresses: that is a DHCP server the
+    # policy did not authorize (one answer as a proxy does not vouch for the others)
+    both = observe(offers=[proxy, offer(server="192.0.2.1")])
+    assert rules(both, allowed)["rogue-dhcp"][0].subject == f"192.0.2.1 ({AUTH_MAC})"
 
 
 def test_no_policy_means_no_rogue_verdict_but_an_info() -> None:
@@ -202,10 +213,21 @@ def test_cleartext_boot_url() -> None:
     assert "cleartext-boot-url" not in rules(good_segment())
 
 
+
+@pytest.mark.parametrize("url", ["ftp://boot.example/boot.ipxe", "nfs://boot.example/boot.ipxe"])
+def test_every_cleartext_scheme_in_an_offer_is_reported(url: str) -> None:
+    [clear] = rules(observe(offers=[offer(ipxe=True, file=url)]))["cleartext-boot-url"]
+    assert clear.subject == url
+
+
 def test_dhcpv6_cleartext_boot_url() -> None:
     found = rules(observe(replies6=[reply6("http://[2001:db8::1]/x.efi")]))
     assert found["dhcpv6-cleartext-boot-url"][0].subject == "http://[2001:db8::1]/x.efi"
     assert "dhcpv6-cleartext-boot-url" not in rules(observe(replies6=[reply6(None)]))
+    for url in ("tftp://[2001:db8::1]/x.efi", "ftp://[2001:db8::1]/x.efi",
+                "nfs://[2001:db8::1]/x.efi"):
+        found = rules(observe(replies6=[reply6(url)]))
+        assert found["dhcpv6-cleartext-boot-url"][0].subject == url
 
 
 def test_unexpected_origin() -> None:
@@ -216,6 +238,15 @@ def test_unexpected_origin() -> None:
     sub = policy(expected_origin="https://boot.example/releases")
     assert "unexpected-origin" in rules(
         observe(offers=[offer(ipxe=True, file="https://boot.example/releases2/x")]), sub)
+    # another port of the origin's host is another origin (another server may listen there)
+    port = rules(observe(offers=[offer(ipxe=True, file="https://boot.example:8443/a/b")]))
+    assert port["unexpected-origin"][0].subject == "https://boot.example:8443/a/b"
+    # so is the origin's host over plain http (besides being cleartext)
+    plain = rules(observe(offers=[offer(ipxe=True, file="http://boot.example/a/b")]))
+    assert plain["unexpected-origin"][0].subject == "http://boot.example/a/b"
+    # a DHCPv6 boot URL (option 59) is held to the origin too
+    v6 = rules(observe(replies6=[reply6("https://boot.example.evil/x.efi")]))
+    assert v6["unexpected-origin"][0].subject == "https://boot.example.evil/x.efi"
 
 
 def test_a_split_boot_file_option_is_checked_as_ipxe_reads_it() -> None:
@@ -312,6 +343,11 @@ def test_unsigned_chain_hints() -> None:
                           fetched=[fetched("192.0.2.1", "boot.ipxe", script)]))
     assert "script-without-imgverify" in found
     assert found["cleartext-boot-url"][0].subject == "http://x/vmlinuz"
+    script = b"#!ipxe\nimgtrust --permanent\nkernel ftp://x/vmlinuz\nchain tftp://x/next.ipxe\n"
+    found = rules(observe(offers=[offer(file="boot.ipxe")],
+                          fetched=[fetched("192.0.2.1", "boot.ipxe", script)]))
+    assert {f.subject for f in found["cleartext-boot-url"]} == {"ftp://x/vmlinuz",
+                                                                  "tftp://x/next.ipxe"}
     assert "non-ipxe-loader" not in rules(good_segment())
 
 
@@ -341,6 +377,11 @@ def test_well_known_path_exposed() -> None:
     [exposed] = rules(obs)["tftp-path-exposed"]
     assert exposed.subject == "tftp://192.0.2.1/pxelinux.cfg/default"
     assert "tftp-path-exposed" not in rules(good_segment())
+    # read in part (cut at the well-known size cap, or the server stopped): still exposed
+    partial = fetched("192.0.2.1", "boot.ipxe", None, well_known=True)
+    partial.result.size, partial.result.truncated = 4096, True
+    [cut] = rules(observe(offers=[offer()], fetched=[partial]))["tftp-path-exposed"]
+    assert cut.subject == "tftp://192.0.2.1/boot.ipxe" and "4096 bytes" in cut.message
 
 
 def test_malformed_packets() -> None:

@@ -90,6 +90,8 @@ def test_hostile_strings_are_escaped() -> None:
     (b"", "too short"),
     (b"\x02" * 235, "too short"),
     (b"\x07" + b"\0" * 239, "neither BOOTREQUEST nor BOOTREPLY"),
+    (b"\x00" + b"\0" * 239, "op 0 is neither BOOTREQUEST nor BOOTREPLY"),
+    (b"\x02" + b"\0" * 65535, "longer than any UDP payload"),
 ])
 def test_malformed_dhcp4(data: bytes, reason: str) -> None:
     with pytest.raises(MalformedPacket, match=reason):
@@ -99,6 +101,8 @@ def test_malformed_dhcp4(data: bytes, reason: str) -> None:
 @pytest.mark.parametrize(("tail", "reason"), [
     (b"\xfe\x40xx\xff", "options: option 254 length 64 runs past the end"),
     (b"\xfe", "options: option 254 has no length byte"),
+    # one byte short: the value would end just past the packet
+    (b"\xfe\x02x", "options: option 254 length 2 runs past the end"),
 ])
 def test_a_cut_short_option_ends_the_options_as_in_ipxe(tail: bytes, reason: str) -> None:
     """iPXE (dhcpopts.c) stops at an option that runs past the end and uses the ones before
@@ -117,6 +121,45 @@ def test_a_broken_overloaded_field_does_not_hide_the_reply() -> None:
     pkt = dhcp4.parse(raw)
     assert pkt.message_type_name == "OFFER" and pkt.overload == 1
     assert pkt.damage == "overloaded file field: option 1 length 255 runs past the end"
+
+
+def test_an_overloaded_sname_is_read_as_text_as_ipxe_does() -> None:
+    # option 52 = 2 (sname holds options): RFC clients read options there, iPXE reads the
+    # field as the TFTP server's name. The audit must follow the name iPXE would use.
+    raw = packets.dhcp_reply(xid=1, chaddr=MAC, sname=b"192.0.2.66", file=b"evil.kpxe",
+                             options=[(52, b"\x02")])
+    pkt = dhcp4.parse(raw)
+    assert pkt.overload == 2 and pkt.sname == ""
+    assert pkt.ipxe_sname == "192.0.2.66" and pkt.file == "evil.kpxe"
+    assert pkt.evidence()["sname_read_as_text_by_ipxe"] == "192.0.2.66"
+
+
+def test_an_invalid_overload_option_overloads_nothing() -> None:
+    # option 52 must be one byte 1, 2 or 3: two bytes starting with 1 do not make the
+    # file field options (it stays the boot file name iPXE reads)
+    raw = packets.dhcp_reply(xid=1, chaddr=MAC, file=b"pxelinux.0", options=[(52, b"\x01\x00")])
+    pkt = dhcp4.parse(raw)
+    assert pkt.overload == 0 and pkt.file == "pxelinux.0"
+    assert "invalid option 52 value 0100" in pkt.anomalies
+
+
+def test_header_and_option_lengths_that_lie_are_anomalies_not_values() -> None:
+    # hlen 200: chaddr stays the 16 bytes of its field (not the sname after it)
+    raw = bytearray(packets.dhcp_reply(xid=1, chaddr=MAC, sname=b"S" * 20,
+                                       options=[(93, b"\x07")]))
+    raw[2] = 200
+    pkt = dhcp4.parse(bytes(raw))
+    assert pkt.chaddr == MAC + bytes(10) and "hlen 200 > 16" in pkt.anomalies
+    assert pkt.client_arch is None  # option 93 needs two bytes
+    # option 53 of two bytes is no message type; option 54 of five bytes is no address
+    raw2 = packets.dhcp_reply(xid=1, chaddr=MAC, server_id=None,
+                              raw_options=packets.opt(53, b"\x02\x02")
+                              + packets.opt(54, b"\xc0\x00\x02\x01\x01"))
+    pkt2 = dhcp4.parse(raw2)
+    assert pkt2.message_type is None and pkt2.message_type_name == "invalid"
+    assert pkt2.server_id is None
+    assert {"option 53 has length 2", "option 54 has length 5"} <= set(pkt2.anomalies)
+    assert pkt2.evidence()["option_54_server_id"] is None
 
 
 def test_recoverable_oddities_are_anomalies() -> None:
@@ -172,7 +215,10 @@ def test_advertise_decoded() -> None:
 
 @pytest.mark.parametrize(("data", "reason"), [
     (b"\x02\x00", "too short"),
+    (b"\x02\x00\x00", "too short for a DHCPv6 header"),
     (b"\x0d" + b"\0" * 20, "relay message header"),
+    (b"\x0d" + b"\0" * 32, "relay message header"),  # one byte short of 34
+    (b"\x02\0\0\1" + b"\x00\x63\x00\x00" * (dhcp6.MAX_OPTIONS + 1), "too many options"),
 ])
 def test_malformed_dhcp6(data: bytes, reason: str) -> None:
     with pytest.raises(MalformedPacket, match=reason):
@@ -192,6 +238,24 @@ def test_a_cut_short_dhcp6_option_ends_the_options_as_in_ipxe(tail: bytes, reaso
     assert msg.type_name == "ADVERTISE" and msg.damage == reason
     assert msg.bootfile_url == "http://[2001:db8::66]/evil.efi"
     assert dhcp6.parse(good).damage is None
+
+
+@pytest.mark.parametrize(("duid", "mac"), [
+    (struct.pack("!HH", 3, 1) + MAC, "02:aa:bb:cc:dd:ee"),  # DUID-LL, Ethernet
+    (struct.pack("!HHI", 1, 1, 7) + MAC, "02:aa:bb:cc:dd:ee"),  # DUID-LLT, Ethernet
+    (struct.pack("!HH", 3, 6) + MAC, None),  # IEEE 802 hardware type: not comparable
+    (struct.pack("!HH", 3, 1) + MAC + b"\x01\x02", None),  # 8 bytes: no Ethernet MAC
+    (struct.pack("!HH", 2, 1) + MAC, None),  # DUID-EN holds no MAC at all
+])
+def test_the_mac_inside_a_server_duid(duid: bytes, mac: str | None) -> None:
+    # compared with the sender's MAC (server-identity-conflict): only an Ethernet address
+    raw = bytes([dhcp6.ADVERTISE]) + b"\0\0\1" + packets.opt6(2, duid)
+    assert dhcp6.parse(raw).server_duid_mac == mac
+
+
+def test_an_advertise_without_a_server_identifier_is_an_anomaly() -> None:
+    raw = bytes([dhcp6.ADVERTISE]) + b"\0\0\1" + packets.opt6(1, dhcp6.duid_ll(MAC))
+    assert "0 server identifier options" in dhcp6.parse(raw).anomalies
 
 
 def test_dhcp6_nested_status_and_params() -> None:
@@ -226,6 +290,21 @@ def test_tftp_round_trip() -> None:
 def test_malformed_tftp(data: bytes) -> None:
     with pytest.raises(MalformedPacket):
         tftp.parse(data)
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"\x00\x01file\x00octet\x00x", "not NUL-terminated"),  # the last field is cut
+    (b"\x00\x01file\x00octet\x00blksize\x00", "option without a value"),
+    (b"\x00\x01" + b"f\x00" * 66, "too many fields"),
+    (b"\x00\x04\x00\x01\x00", "ACK of 3 bytes"),
+])
+def test_malformed_tftp_reasons(data: bytes, reason: str) -> None:
+    with pytest.raises(MalformedPacket, match=reason):
+        tftp.parse(data)
+
+
+def test_a_tftp_error_message_is_cut_to_512_bytes() -> None:
+    assert len(tftp.parse(tftp.build_error(0, "A" * 5000)).error_message) == 512
 
 
 # -- frames ------------------------------------------------------------------------------------
@@ -263,6 +342,49 @@ def test_broken_ip_is_malformed_or_ignored(frame: bytes) -> None:
         assert frames.parse_frame(frame) is None
     except MalformedPacket:
         pass
+
+
+def test_a_neighbour_solicitation_too_short_for_its_target_has_none() -> None:
+    # from the segment: 10 bytes of ICMPv6 type 135 must not raise (an address needs 16)
+    short = frames.Frame(MAC, MAC, 6, "fe80::1", "ff02::1", frames.IPPROTO_ICMPV6, 0, 0,
+                         bytes([frames.ICMPV6_NS]) + bytes(9), icmp_type=frames.ICMPV6_NS)
+    assert frames.neighbour_solicitation_target(short) is None
+
+
+def _udp4(payload: bytes = b"x" * 40) -> bytearray:
+    return bytearray(packets.offer_frame(payload))
+
+
+def _with_ip_total(frame: bytearray, delta: int) -> bytes:
+    struct.pack_into("!H", frame, 16, struct.unpack_from("!H", frame, 16)[0] + delta)
+    return bytes(frame)
+
+
+def _with_udp_length(frame: bytearray, at: int, value: int) -> bytes:
+    struct.pack_into("!H", frame, at, value)
+    return bytes(frame)
+
+
+def _udp6() -> bytearray:
+    return bytearray(frames.udp6_frame(src_mac=MAC, dst_mac=MAC, src_ip="fe80::1",
+                                       dst_ip="fe80::2", sport=547, dport=546,
+                                       payload=b"y" * 40))
+
+
+@pytest.mark.parametrize(("frame", "reason"), [
+    # IPv4 total length beyond the frame (the UDP header itself is consistent)
+    (_with_ip_total(_udp4(), 100), "IPv4 header lengths are inconsistent"),
+    # a first fragment (more fragments, offset 0) is not a whole datagram
+    (packets.fragment(packets.offer_frame(b"x" * 40), 16)[0], "fragmented IPv4 datagram"),
+    # UDP length below its own header, and beyond the IP payload
+    (_with_udp_length(_udp4(), 14 + 20 + 4, 7), "UDP length field is inconsistent"),
+    (_with_udp_length(_udp4(), 14 + 20 + 4, 8 + 41), "UDP length field is inconsistent"),
+    # IPv6 payload length beyond the frame
+    (bytes(_udp6()[:-1]), "IPv6 payload length runs past the frame"),
+], ids=["ip-total", "first-fragment", "udp-below-header", "udp-past-ip", "ipv6-plen"])
+def test_ip_and_udp_lengths_that_lie_are_malformed(frame: bytes, reason: str) -> None:
+    with pytest.raises(MalformedPacket, match=reason):
+        frames.parse_frame(frame)
 
 
 # -- loaders -----------------------------------------------------------------------------------

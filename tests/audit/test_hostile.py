@@ -115,7 +115,7 @@ def http_rogue(seg: Segment) -> Segment:
     seg.start_server(rogue, "http")
     base = "http://192.0.2.2"
     seg.start_server(rogue, "rogue", "eth0", "urls", *(f"{base}/{p}" for p in (
-        "drip-headers", "drip-body", "hang", "bomb", "big", "redirect")))
+        "drip-headers", "drip-body", "hang", "bomb", "big", "redirect", "moved")))
     seg.add_host("client", 50)
     return seg
 
@@ -141,6 +141,11 @@ def test_hostile_http_is_bounded_and_reported(http_rogue: Segment, tmp_path: Pat
         "http-encoded-boot-file")}
     assert http["big"]["limit"] == "size-cap" and http["big"]["size"] == 1024 * 1024
     assert not http["redirect"]["ok"]  # httpx refuses the Location; never followed
+    # a well-formed redirect is not followed either (its target was never vetted: it could
+    # be this host): the answer and where it points are evidence
+    moved = http["moved"]
+    assert not moved["ok"] and moved["status"] == 302, moved
+    assert moved["location"] == "http://192.0.2.2/bomb"
     assert not unsafe_strings(run.json)  # C1, bidi, ESC: escaped everywhere
     assert_limit_reported(run, "size-cap")
     slow = set(limits(run)) & {"fetch-deadline", "follow-deadline"}

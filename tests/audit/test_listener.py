@@ -347,6 +347,54 @@ def test_fragment_reassembly_is_bounded() -> None:
             reasm.add(frame, 10.0)
 
 
+def _with_fragment_field(frame: bytes, value: int) -> bytes:
+    out = bytearray(frame)
+    struct.pack_into("!H", out, 14 + 6, value)
+    return bytes(out)
+
+
+def _offset(frame: bytes) -> int:
+    return int(struct.unpack_from("!H", frame, 14 + 6)[0]) & 0x1FFF
+
+
+def _with_ip_total(frame: bytes, delta: int) -> bytes:
+    out = bytearray(frame)
+    struct.pack_into("!H", out, 14 + 2, struct.unpack_from("!H", out, 14 + 2)[0] + delta)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(("frames_in", "reason"), [
+    # a fragment with more to come must carry a multiple of 8 bytes
+    (lambda parts: [_with_ip_total(parts[0][:-4], -4)], "not a multiple of 8"),
+    # an offset that puts the end past 65535
+    (lambda parts: [_with_fragment_field(parts[0], 0x2000 | 0x1FFF)], "longer than 65535"),
+    # two last fragments that end in different places
+    (lambda parts: [_with_fragment_field(parts[-2], _offset(parts[-2])), parts[-1]],
+     "do not add up"),
+    # after the last fragment, one with more to come that reaches past its end
+    (lambda parts: [parts[-1], _with_fragment_field(parts[0], 0x2000 | 40)], "do not add up"),
+    # an IPv4 header whose total length is beyond the fragment's frame
+    (lambda parts: [_with_ip_total(parts[0], 64)], "IPv4 header lengths are inconsistent"),
+], ids=["not-multiple-of-8", "past-65535", "two-last", "past-the-end", "ip-total"])
+def test_fragments_that_cannot_be_one_datagram_are_refused(
+        frames_in: Callable[[list[bytes]], list[bytes]], reason: str) -> None:
+    whole = packets.offer_frame(b"\x02" * 300)
+    parts = packets.fragment(whole, 64, ident=3)
+    reasm = frames.Reassembler()
+    with pytest.raises(MalformedPacket, match=reason):
+        for frame in frames_in(parts):
+            reasm.add(frame, 0.0)
+
+
+def test_an_ipv6_fragment_whose_payload_length_runs_past_the_frame_is_refused() -> None:
+    whole = frames.udp6_frame(src_mac=b"\x02" * 6, dst_mac=b"\x02" * 6, src_ip="fe80::1",
+                              dst_ip="fe80::2", sport=547, dport=546, payload=b"y" * 100)
+    first = bytearray(packets.fragment6(whole, 48)[0])
+    struct.pack_into("!H", first, 14 + 4, struct.unpack_from("!H", first, 14 + 4)[0] + 8)
+    with pytest.raises(MalformedPacket, match="IPv6 payload length runs past the frame"):
+        frames.Reassembler().add(bytes(first), 0.0)
+
+
 def test_a_fragmented_advertise_is_reassembled() -> None:
     """IPv6 too: a DHCPv6 Advertise in fragments (last first) is what a client sees."""
     def server6(frame: frames.Frame) -> list[bytes]:

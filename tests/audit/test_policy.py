@@ -62,6 +62,9 @@ def test_expected_file_name_matching() -> None:
     assert pol.expected_by_name("boot/efi/ipxe.efi")
     assert not pol.expected_by_name("ipxe.efi")
     assert not pol.expected_by_name("undionly.kpxe.bak")
+    # a name that only ends like a released one is another file (unexpected, not a mismatch)
+    assert not pol.expected_by_name("evil-undionly.kpxe")
+    assert not pol.expected_by_name("boot/myefi/ipxe.efi")
 
 
 def test_ca_file_fingerprint_must_agree(tmp_path: Path) -> None:
@@ -98,8 +101,12 @@ def test_ca_file_fingerprint_must_agree(tmp_path: Path) -> None:
     ("authorized_servers:\n  - ip: 192.0.2.1\n    ipaddr: 1\n", "unknown key"),
     ("expected_files:\n  - name: a\n    sha256: 1234\n", "as a number"),
     ("expected_files:\n  - name: a\n    sha256: abc\n", "64 hex digits"),
+    ("expected_files:\n  - name: a\n    sha256: '" + "a" * 64 + "'\n    size: -1\n",
+     "expected a byte count"),
     ("expected_origni: https://x/\n", "unknown key"),
     ("expected_origin: ftp://x/\n", "http(s):// URL"),
+    ("expected_origin: 'https:///releases/'\n", "http(s):// URL"),  # no host
+    ("authorized_servers:\n  - duid: '000300010'\n", "DUID as hex digits"),  # odd digits
     ("tftp_allowed: maybe\n", "true or false"),
     ("version: 2\n", "unsupported policy version"),
     ("- a\n- b\n", "mapping at the top level"),
@@ -165,6 +172,17 @@ def test_manifest_errors(tmp_path: Path) -> None:
         "release": 7, "signer": "x", "files": [{"name": "a", "sha256": SHA, "url": "u"}]}),
         "m.json"))
     assert m.release == "7" and m.files[0].name == "a"
+    # a manifest saying it is `trustboot release`'s (version) is held to that format
+    with pytest.raises(ConfigError, match=r"missing key\(s\) release, created"):
+        load_manifest(write(tmp_path, json.dumps({
+            "version": 1, "files": [{"name": "a", "sha256": SHA}]}), "m.json"))
+
+
+def test_a_policy_larger_than_its_cap_is_refused_by_size(tmp_path: Path) -> None:
+    big = tmp_path / "policy.yaml"
+    big.write_bytes(b"# " + b"x" * (4 * 1024 * 1024) + b"\n")
+    with pytest.raises(ConfigError, match=r"policy .*policy\.yaml is larger than 4194304 bytes"):
+        load_policy(big)
 
 
 def test_a_manifest_nested_to_exhaust_the_parser_is_a_config_error(tmp_path: Path) -> None:

@@ -144,6 +144,96 @@ def test_oversized_block_and_bogus_options(fake_server) -> None:  # type: ignore
     assert result.error == "server sent a non-numeric option value"
 
 
+def _plain_transfer(payload: bytes) -> Callable[[socket.socket, bytes, tuple[str, int]], None]:
+    """A server that ignores the options (no OACK, no tsize) and sends 512-byte blocks."""
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        for block, at in enumerate(range(0, len(payload) + 1, 512), start=1):
+            sock.sendto(tftp.build_data(block, payload[at:at + 512]), client)
+            sock.recvfrom(2048)  # the ACK (or the client's error when it stops)
+    return handler
+
+
+@pytest.mark.parametrize(("size", "ok"), [(1024, True), (1025, False), (2048, False)])
+def test_max_size_holds_without_an_announced_size(fake_server, size: int, ok: bool) -> None:  # type: ignore[no-untyped-def]
+    # exactly max_size is whole; a byte more is cut, though the server never said how big
+    port = fake_server(_plain_transfer(b"x" * size))
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=3, max_size=1024)
+    assert result.announced_size is None
+    assert (result.ok, result.truncated) == (ok, not ok), result.error
+    if not ok:
+        assert result.error == "more than 1024 bytes" and result.sha256 is None
+
+
+@pytest.mark.parametrize("spoof_from", ["127.0.0.2", "127.0.0.1"])
+def test_blocks_from_another_host_or_port_are_not_the_file(fake_server, spoof_from: str  # type: ignore[no-untyped-def]
+                                                           ) -> None:
+    """A second sender on the segment races the server with its own blocks: one from
+    another address before the server's first block, one from the server's address but
+    another port (transfer ID) in mid-transfer. Neither is taken for the file."""
+    spoof = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    spoof.bind((spoof_from, 0))
+
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        if spoof_from != "127.0.0.1":
+            spoof.sendto(tftp.build_data(1, b"evil"), client)
+            time.sleep(0.1)
+            sock.sendto(tftp.build_data(1, b"good"), client)
+        else:
+            sock.sendto(tftp.build_data(1, b"a" * 512), client)
+            sock.recvfrom(2048)
+            spoof.sendto(tftp.build_data(2, b"evil"), client)
+            time.sleep(0.1)
+            sock.sendto(tftp.build_data(2, b"good"), client)
+        sock.recvfrom(2048)
+
+    port = fake_server(handler)
+    try:
+        result = tftp.fetch("127.0.0.1", "x", port=port, timeout=3, retry=2.0)
+    finally:
+        spoof.close()
+    expected = b"good" if spoof_from != "127.0.0.1" else b"a" * 512 + b"good"
+    assert result.ok and result.sha256 == hashlib.sha256(expected).hexdigest(), result.error
+
+
+def test_a_block_out_of_order_is_not_the_next_one(fake_server) -> None:  # type: ignore[no-untyped-def]
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        sock.sendto(tftp.build_data(1, b"a" * 512), client)
+        sock.recvfrom(2048)
+        sock.sendto(tftp.build_data(3, b"evil"), client)  # skips block 2
+        time.sleep(0.1)
+        sock.sendto(tftp.build_data(2, b"good"), client)
+        sock.recvfrom(2048)
+
+    port = fake_server(handler)
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=3, retry=2.0)
+    assert result.ok and result.sha256 == hashlib.sha256(b"a" * 512 + b"good").hexdigest()
+
+
+def test_options_acknowledged_mid_transfer_change_nothing(fake_server) -> None:  # type: ignore[no-untyped-def]
+    # an OACK is the answer to the request only: one after block 1 does not shrink blksize
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        sock.sendto(tftp.build_data(1, b"a" * 512), client)
+        sock.recvfrom(2048)
+        sock.sendto(b"\x00\x06blksize\x008\x00", client)
+        time.sleep(0.1)
+        sock.sendto(tftp.build_data(2, b"b" * 100), client)
+        sock.recvfrom(2048)
+
+    port = fake_server(handler)
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=3, retry=2.0)
+    assert result.ok and result.size == 612, result.error
+
+
+@pytest.mark.parametrize("blksize", [7, 65465])
+def test_a_blksize_outside_rfc_2348_is_refused(fake_server, blksize: int) -> None:  # type: ignore[no-untyped-def]
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        sock.sendto(b"\x00\x06blksize\x00%d\x00" % blksize, client)
+
+    port = fake_server(handler)
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=2)
+    assert result.error == f"server chose an invalid blksize {blksize}"
+
+
 def test_huge_announced_size_is_refused_before_transfer(fake_server) -> None:  # type: ignore[no-untyped-def]
     def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
         sock.sendto(b"\x00\x06tsize\x0099999999999\x00blksize\x001428\x00", client)
@@ -161,6 +251,23 @@ def test_refused_write(fake_server) -> None:  # type: ignore[no-untyped-def]
     port = fake_server(handler)
     result = tftp.probe_write("127.0.0.1", port=port, timeout=2)
     assert not result.writable and "error 2" in result.detail
+
+
+def test_a_write_request_acked_with_another_block_is_not_writable(fake_server) -> None:  # type: ignore[no-untyped-def]
+    port = fake_server(lambda sock, data, client: sock.sendto(tftp.build_ack(7), client))
+    result = tftp.probe_write("127.0.0.1", port=port, timeout=2)
+    assert not result.writable and result.detail == "unexpected answer ACK"
+
+
+def test_a_write_is_confirmed_only_by_the_ack_of_its_block(fake_server) -> None:  # type: ignore[no-untyped-def]
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        sock.sendto(tftp.build_ack(0), client)
+        sock.recvfrom(2048)  # the data block
+        sock.sendto(tftp.build_ack(0), client)  # the request's ACK again, not block 1's
+
+    port = fake_server(handler)
+    result = tftp.probe_write("127.0.0.1", port=port, timeout=2, retry=0.3)
+    assert result.writable and not result.confirmed
 
 
 def test_ipv6_server_in_long_form_is_recognised() -> None:

@@ -432,6 +432,32 @@ def test_export_checks_the_crl_signature(pki: Path, attacker_pki: Path, tmp_path
     assert r.exit_code == 3 and "not signed by this CA" in r.output
 
 
+def test_a_crl_signed_by_the_issuing_key_under_another_name_is_refused(
+        pki: Path, tmp_path: Path, run: Run) -> None:
+    """Signed with the issuing CA's own key, but naming another issuer: a relying party
+    matches a CRL to a certificate by issuer name, so this one revokes nothing there."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    from trustboot.ca.store import CertificateAuthority
+    from trustboot.secrets import constant
+
+    from .conftest import CA_PASS
+
+    key = CertificateAuthority.open(pki).load_issuing_key(constant(CA_PASS.encode()))
+    now = dt.datetime.now(dt.UTC)
+    crl = (x509.CertificateRevocationListBuilder()
+           .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Someone Else")]))
+           .last_update(now - dt.timedelta(hours=1)).next_update(now + dt.timedelta(days=30))
+           .sign(key, hashes.SHA256()))
+    (pki / "crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    r = run("ca", "export", "--pki", str(pki), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 3 and "names issuer CN=Someone Else" in r.output, r.output
+
+
 # --- leftovers of killed runs -------------------------------------------------------------
 
 
@@ -468,12 +494,17 @@ def test_concurrent_reader_sees_no_half_written_files(pki: Path, secrets_dir: Pa
     assert json.loads((pki / "index.json").read_text())["crl_number"] >= 4
 
 
-def test_index_paths_outside_the_pki_are_refused(pki: Path, run: Run) -> None:
-    doc = json.loads((pki / "index.json").read_text())
-    doc["entries"][-1]["cert_file"] = "../../etc/passwd"
-    (pki / "index.json").write_text(json.dumps(doc))
+@pytest.mark.parametrize(("key", "path"), [("cert_file", "../../etc/passwd"),
+                                         ("cert_file", "/etc/passwd"),
+                                         ("key_file", "/root/.ssh/id_rsa")])
+def test_index_paths_outside_the_pki_are_refused(pki: Path, run: Run, key: str,
+                                                 path: str) -> None:
+    index = pki / "index.json"
+    doc = json.loads(index.read_text())
+    doc["entries"][-1][key] = path
+    index.write_text(json.dumps(doc))
     r = run("ca", "list", "--pki", str(pki))
-    assert r.exit_code == 3 and "not a path inside the pki" in r.output
+    assert r.exit_code == 3 and f"{key} {path!r} is not a path inside the pki" in r.output
 
 
 def test_export_removes_old_temp_files_only(pki: Path, tmp_path: Path, run: Run) -> None:

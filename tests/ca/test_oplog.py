@@ -57,6 +57,17 @@ def test_edited_link_itself_is_blamed_on_its_own_line(tmp_path: Path) -> None:
     assert problem is not None and (problem.line, problem.kind) == (6, "edited"), problem
 
 
+def test_a_boolean_seq_is_no_line_number(tmp_path: Path) -> None:
+    # JSON true equals 1 in Python: the only line's seq rewritten as true is an edit
+    path = _log(tmp_path, 1)
+    rec = json.loads(path.read_bytes())
+    rec["seq"] = True
+    path.write_bytes(json.dumps(rec, sort_keys=True).encode() + b"\n")
+    problem = oplog.verify(path).problem
+    assert problem is not None and (problem.line, problem.kind) == (1, "edited"), problem
+    assert "non-integer seq" in problem.message
+
+
 def test_deleted_entry(tmp_path: Path) -> None:
     path = _log(tmp_path)
     lines = _lines(path)

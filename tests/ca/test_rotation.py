@@ -476,3 +476,34 @@ def test_a_retired_issuing_cas_crl_is_neither_exported_nor_held_to_its_date(
     crl_path.write_bytes((ca_home / "crl.pem").read_bytes())
     assert any(p.startswith(f"crls/{crl_path.name} is not signed by") for p in
                CertificateAuthority.open(ca_home).check())
+
+
+def test_rotation_refusals_that_change_nothing(ca_home: Path, secrets_dir: Path) -> None:
+    """Each refused before anything is written: retiring the active issuing CA, a next
+    issuing CA that would live as long as its root, and evidence about another root."""
+    from trustboot.ca.evidence import operator_evidence
+    from trustboot.ca.rotation import begin_root, promote_root, retire_issuing
+    from trustboot.errors import ConfigError
+    from trustboot.secrets import constant
+
+    from .conftest import CA_PASS
+
+    index = ca_home / "index.json"
+    before = index.read_bytes()
+    ca = CertificateAuthority.open(ca_home)
+    active = ca.active_entry("issuing")
+    with pytest.raises(ConfigError, match=f"issuing CA {active.serial:x} is the active one"):
+        retire_issuing(ca, active.serial)
+    leaf = ca.current("signer")
+    assert leaf is not None
+    with pytest.raises(ConfigError, match=f"no issuing CA with serial {leaf.serial:x}"):
+        retire_issuing(ca, leaf.serial)
+    with pytest.raises(ConfigError, match=r"the issuing CA \(400 days\) must expire before"):
+        begin_root(ca, constant(CA_PASS.encode()), root_days=400, issuing_days=400)
+    assert index.read_bytes() == before
+    begin_root(ca, constant(CA_PASS.encode()))
+    ca = CertificateAuthority.open(ca_home)
+    begun = index.read_bytes()
+    with pytest.raises(ConfigError, match="is about root " + "0" * 64):
+        promote_root(ca, constant(CA_PASS.encode()), evidence=[operator_evidence("0" * 64)])
+    assert index.read_bytes() == begun

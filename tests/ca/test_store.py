@@ -89,6 +89,7 @@ def test_unencrypted_key_refused(tmp_path: Path) -> None:
         (("server", "999.1.1.1"), "invalid DNS name or IP address"),
         (("server", "lead-.example.net"), "invalid DNS name or IP address"),
         (("codesign", "x1", "--days", "0"), "out of range"),
+        (("codesign", "x1", "--days", "14601"), "out of range"),  # 40 years and a day
     ],
 )
 def test_bad_issue_input(pki: Path, run, secrets_dir: Path, args: tuple[str, ...],  # type: ignore[no-untyped-def]
@@ -99,6 +100,16 @@ def test_bad_issue_input(pki: Path, run, secrets_dir: Path, args: tuple[str, ...
     assert message in r.output
     assert "hint:" in r.output or "out of range" in r.output
     assert (pki / "index.json").read_bytes() == before  # nothing half-written
+
+
+def test_a_server_certificate_without_a_name_to_serve_is_refused(pki: Path) -> None:
+    # the library call (the CLI makes the name a SAN): a TLS server certificate with no
+    # DNS name or IP address matches no host iPXE connects to
+    before = (pki / "index.json").read_bytes()
+    with pytest.raises(ConfigError, match="needs at least one DNS name or IP address"):
+        CertificateAuthority.open(pki).issue("server", "web", constant(CA_PASS.encode()),
+                                             constant(KEY_PASS.encode()), sans=[])
+    assert (pki / "index.json").read_bytes() == before
 
 
 def test_unknown_profile_and_weak_key(pki: Path, run, secrets_dir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -249,6 +260,82 @@ def test_check_detects_tampering(pki: Path, run) -> None:  # type: ignore[no-unt
     (pki / "issued" / "signer.crt").write_bytes(other)
     r = run("ca", "check", "--pki", str(pki))
     assert r.exit_code == 3 and "differs from the index" in r.output
+
+
+def test_a_certificate_not_yet_valid_is_not_current(pki: Path) -> None:
+    # (a clock that was ahead when it was issued): it does not sign until its notBefore,
+    # give or take the backdating every certificate gets
+    ca = CertificateAuthority.open(pki)
+    now = dt.datetime.now(dt.UTC)
+    entry = ca.current("signer", now)
+    assert entry is not None
+    not_before = dt.datetime.fromisoformat(entry.not_before)
+    assert ca.current("signer", not_before - profiles.BACKDATE + dt.timedelta(minutes=1)) \
+        is entry
+    assert ca.current("signer", not_before - profiles.BACKDATE - dt.timedelta(minutes=1)) \
+        is None
+
+
+def test_ca_key_and_revocation_refusals(pki: Path, tmp_path: Path, run: Run) -> None:
+    """An unknown revocation reason; an issuing key file swapped for another key (same
+    passphrase); a file in crls/ that is no previous issuing CA's CRL. Each refused."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca = CertificateAuthority.open(pki)
+    with pytest.raises(ConfigError, match="unknown revocation reason 'bogus'"):
+        ca.revoke("signer", constant(CA_PASS.encode()), reason="bogus")
+    stray = pki / "crls"
+    stray.mkdir(mode=0o755, exist_ok=True)
+    (stray / "abc.pem").write_bytes((pki / "crl.pem").read_bytes())
+    r = run("ca", "export", "--pki", str(pki), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 3 and "is not the CRL of a previous issuing CA" in r.output, r.output
+    (stray / "abc.pem").unlink()
+    key_path = ca.active_entry("issuing").key_path
+    other = keyfile.encrypt_pkcs8(ec.generate_private_key(ec.SECP384R1()), CA_PASS.encode())
+    key_path.chmod(0o600)
+    key_path.write_bytes(other)
+    with pytest.raises(ConfigError, match="does not match the issuing CA certificate"):
+        CertificateAuthority.open(pki).load_issuing_key(constant(CA_PASS.encode()))
+
+
+def test_revoke_refuses_a_replaced_certificate_and_an_unknown_index_version(
+        pki: Path) -> None:
+    ca = CertificateAuthority.open(pki)
+    signer, client = ca.current("signer"), ca.current("ipxe-client")
+    assert signer is not None and client is not None
+    index = pki / "index.json"
+    before = index.read_bytes()
+    # the stored certificate swapped for another one: refused before anything changes
+    signer.cert_path.write_bytes(client.cert_path.read_bytes())
+    with pytest.raises(ConfigError, match="is not the certificate 'signer' the index recorded"):
+        ca.revoke("signer", constant(CA_PASS.encode()))
+    assert index.read_bytes() == before
+    doc = json.loads(before)
+    doc["version"] = 99
+    index.write_bytes(json.dumps(doc).encode())
+    with pytest.raises(ConfigError, match="damaged: index version 99"):
+        CertificateAuthority.open(pki)
+
+
+def test_check_reports_a_crl_past_its_next_update(pki: Path) -> None:
+    ca = CertificateAuthority.open(pki)
+    assert ca.check() == []
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)  # crl.pem is good for 30 days
+    problems = ca.check(now=later)
+    assert any(p.startswith("crl.pem is out of date") for p in problems), problems
+
+
+def test_a_crl_from_before_a_revocation_is_refused(pki: Path, tmp_path: Path,
+                                                   run: Run) -> None:
+    """crl.pem put back as it was before a revoke (validly signed, current): it does not
+    list the revoked certificate, so it is never handed on as this CA's CRL."""
+    before = (pki / "crl.pem").read_bytes()
+    CertificateAuthority.open(pki).revoke("ipxe-client", constant(CA_PASS.encode()))
+    (pki / "crl.pem").write_bytes(before)
+    problems = CertificateAuthority.open(pki).check()
+    assert any("does not list revoked ipxe-client" in p for p in problems), problems
+    r = run("ca", "export", "--pki", str(pki), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 3 and "does not list revoked ipxe-client" in r.output, r.output
 
 
 @pytest.mark.slow

@@ -89,3 +89,27 @@ def test_no_key_set(sb_env: dict[str, Path], pw: Path, tmp_path: Path) -> None:
         "-o", str(sb_env["out"]), "--secureboot-sign", "db",
         "--secureboot-passphrase-file", str(pw)])
     assert r.exit_code == 3 and "no Secure Boot key set" in r.output
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644], ids=["0600", "0644"])
+def test_signing_keeps_each_binarys_mode(sb_env: dict[str, Path], tmp_path: Path,
+                                         mode: int) -> None:
+    """A binary holding a client key is 0600: signing it (and keeping the unsigned copy)
+    must not hand it to the umask's or the default public mode."""
+    import datetime as dt
+    import stat
+
+    from tests.secureboot.mkpe import make_efi_app
+    from trustboot.secrets import constant
+    from trustboot.secureboot.sign_build import sign_outputs
+
+    out = tmp_path / "built"
+    out.mkdir()
+    efi = out / "ipxe.efi"
+    efi.write_bytes(make_efi_app())
+    efi.chmod(mode)
+    signer = keyset.open_signer(keyset.load_keyset(sb_env["pki"]), "db",
+                                constant(PASS.encode()), now=dt.datetime.now(dt.UTC))
+    sign_outputs({"bin-x86_64-efi/ipxe.efi": efi}, {}, out, signer)
+    for path in (efi, out / "ipxe.unsigned.efi"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path

@@ -128,6 +128,42 @@ def test_lock_is_exclusive_and_stale_locks_are_broken(tmp_path: Path) -> None:
         assert not (tmp_path / ".trustboot-publish.lock").exists()
 
 
+def test_a_fresh_lock_of_another_host_is_not_broken_for_its_pid(tmp_path: Path) -> None:
+    """A pid means something only on the host that wrote it: a fresh lock of another
+    host (an origin shared over NFS) whose pid no process has here is held, not stale."""
+    lock = tmp_path / ".trustboot-publish.lock"
+    lock.write_text(json.dumps({"owner": "elsewhere", "host": "another-host." + os.uname().nodename,
+                                "pid": 2**22 + 12345, "time": time.time()}))
+    with FileOrigin(f"file://{tmp_path}", OriginOptions()) as origin:
+        with pytest.raises(OperationalError, match="locked by elsewhere"):
+            with origin.lock("second"):
+                pass
+    assert "elsewhere" in lock.read_text()
+
+
+def test_a_lock_of_a_live_process_of_another_user_is_not_stale() -> None:
+    """Another user's live process cannot be signalled (EPERM): it is alive, so its lock
+    holds. Judged by a child running as nobody about a lock of this (root) process."""
+    from tests.conftest import require_root
+    from trustboot.publish.lock import lock_is_stale
+
+    require_root()
+    record = {"owner": "root", "host": os.uname().nodename, "pid": os.getpid(),
+              "time": time.time()}
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through its exit status only
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os._exit(0 if not lock_is_stale(record, now=time.time(), stale_after=3600.0)
+                     else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "a live process of another user was " \
+        "judged dead (1), or the check failed (2)"
+
+
 @pytest.mark.parametrize("planted", ["symlink", "fifo", "directory"])
 def test_a_planted_lock_is_neither_followed_nor_waited_on(tmp_path: Path,
                                                          planted: str) -> None:
@@ -172,6 +208,16 @@ def test_a_lock_record_with_a_time_that_is_no_number_is_stale(tmp_path: Path,
     lock.write_text('{"owner": "x", "host": "elsewhere", "pid": 1, "time": ' + when + "}")
     with FileOrigin(f"file://{tmp_path}", OriginOptions()) as origin, origin.lock("me"):
         assert json.loads(lock.read_text())["owner"] == "me"
+
+
+@pytest.mark.parametrize("when", ["true", "false", '"0"', "null"])
+def test_a_lock_record_whose_time_is_no_number_has_no_age(when: str) -> None:
+    """true is no time (not 1970, which would make a fresh lock of another host stale
+    at once): such a record is judged like one without a time, by its host and pid."""
+    from trustboot.publish.lock import lock_is_stale
+
+    record = json.loads('{"owner": "x", "host": "elsewhere", "pid": 1, "time": ' + when + "}")
+    assert not lock_is_stale(record, now=time.time(), stale_after=60.0)
 
 
 BIG = "1" + "0" * 400  # an integer JSON allows and no float holds

@@ -260,6 +260,49 @@ def test_a_refresh_never_overwrites_a_lock_taken_while_it_runs(
                 pass
 
 
+def test_a_breaker_gives_back_a_fresh_lock_taken_after_it_looked(
+        request: pytest.FixtureRequest) -> None:
+    """WebDAV (real nginx): a publisher finds a stale lock and moves it aside to break it,
+    but by the time its MOVE lands another publisher has taken the lock afresh. What it
+    moved aside is not what it judged stale: it puts it back and reports the new holder,
+    rather than deleting a live lock and taking it (two holders)."""
+    nginx: Nginx = request.getfixturevalue("nginx")
+    pki: Pki = request.getfixturevalue("pki")
+    lock = nginx.root / ".trustboot-lock"
+    lock.mkdir()
+    (lock / "owner.json").write_text(json.dumps(
+        {"owner": "crashed", "host": "elsewhere", "pid": 1, "time": time.time() - 7200}))
+    with fault_proxy(nginx.url, cert=nginx.base / "server-chain.pem", key=pki.key("origin"),
+                     key_password=KEY_PASS, ca=pki.ca, client_cert=pki.cert("publisher"),
+                     client_key=pki.key("publisher"), client_password=KEY_PASS) as (url, state):
+        delay = Delay("MOVE", r".*\.trustboot-lock/?$", 2.0)
+        state.delays.append(delay)
+        outcome: list[str] = []
+
+        def breaker() -> None:
+            try:
+                with open_origin(url, webdav_options(pki)) as opened:
+                    o: Any = opened  # (stale_after/refresh are the backend's, see above)
+                    with o.lock("breaker", stale_after=3600, refresh=600):
+                        outcome.append("held")
+            except OperationalError as exc:
+                outcome.append(str(exc))
+
+        thread = threading.Thread(target=breaker)
+        thread.start()
+        assert delay.started.wait(10)
+        fresh = nginx.root / ".fresh-lock"
+        fresh.mkdir()
+        (fresh / "owner.json").write_text(json.dumps(
+            {"owner": "newcomer", "host": "elsewhere", "pid": 1, "time": time.time()}))
+        (lock / "owner.json").unlink()
+        lock.rmdir()
+        fresh.rename(lock)
+        thread.join(30)
+    assert outcome and "locked by newcomer" in outcome[0], outcome
+    assert json.loads((lock / "owner.json").read_text())["owner"] == "newcomer"
+
+
 # -- two publishers while the first one's record is on its way (D2) ----------------------
 
 @contextlib.contextmanager

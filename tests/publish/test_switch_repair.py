@@ -193,12 +193,16 @@ def test_a_lock_record_a_killed_run_left_in_staging_is_removed_once_stale(
     left = nginx.root / STAGING / "0123456789abcdef.lock"
     left.mkdir(parents=True)
     (left / "owner.json").write_text("{}")
+    # an old entry not named as trustboot names its temporaries is not trustboot's to sweep
+    foreign = nginx.root / STAGING / "kept-by-someone.txt"
+    foreign.write_text("not a trustboot temporary")
     old = time.time() - 2 * 3600
     os.utime(left, (old, old))
+    os.utime(foreign, (old, old))
     r = publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["removed_temps"] == [f"{STAGING}/{left.name}"]
-    assert not left.exists()
+    assert not left.exists() and foreign.exists()
     assert not (nginx.root / ".trustboot-lock").exists()  # released
 
 

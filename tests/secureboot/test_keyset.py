@@ -62,6 +62,47 @@ def test_init_under_umask_000(tmp_path: Path, pw: Path, run: Run) -> None:
             assert not mode & 0o077, (p, oct(mode))
 
 
+@pytest.mark.parametrize(("passphrase", "days", "message"), [
+    (PASS.encode(), 0, "--days 0 is out of range"),
+    (PASS.encode(), 36501, "--days 36501 is out of range"),
+    (b"short", 365, "the passphrase for the Secure Boot keys is shorter than"),  # (not PK.key)
+])
+def test_init_refuses_bad_days_and_a_weak_passphrase(tmp_path: Path, passphrase: bytes,
+                                                     days: int, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        keyset.init_keyset(tmp_path, constant(passphrase), name="X",
+                           now=dt.datetime.now(dt.UTC), days=days)
+    assert not (tmp_path / "secureboot").exists()
+
+
+@pytest.mark.parametrize("sub", ["secureboot", "secureboot/private"])
+def test_a_key_set_reached_through_a_link_is_refused(pki_copy: Path, tmp_path: Path,
+                                                     sub: str) -> None:
+    # the recorded fingerprints are trusted only where they were written: a link (to a
+    # directory whoever made the link controls) is refused, whatever it points at
+    real = tmp_path / "elsewhere"
+    (pki_copy / sub).rename(real)
+    (pki_copy / sub).symlink_to(real)
+    with pytest.raises(ConfigError, match="link"):
+        keyset.load_keyset(pki_copy)
+
+
+def test_a_key_set_in_a_pki_others_can_write_is_refused(pki_copy: Path) -> None:
+    # whoever can write the CA home can swap the whole key set directory for another
+    pki_copy.chmod(0o775)
+    with pytest.raises(ConfigError, match="writable"):
+        keyset.load_keyset(pki_copy)
+
+
+def test_damaged_token_metadata_is_refused(pki_copy: Path) -> None:
+    meta = pki_copy / "secureboot" / "secureboot.json"
+    doc = json.loads(meta.read_text())
+    doc["pkcs11"] = {"module": 5, "PK": "pkcs11:object=x"}
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="damaged or incomplete"):
+        keyset.load_keyset(pki_copy)
+
+
 def test_second_init_refused(keyset_pki: Path, pw: Path, run: Run) -> None:
     before = (keyset_pki / "secureboot" / "secureboot.json").read_bytes()
     r = run("secureboot", "init", "--pki", str(keyset_pki), "--name", "X",
