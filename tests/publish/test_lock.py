@@ -94,15 +94,20 @@ def wait_for(cond: Callable[[], object], seconds: float) -> bool:
 
 def test_a_long_holder_is_not_broken_while_it_refreshes(backend: Backend) -> None:
     with backend.open() as a, backend.open() as b:
-        with a.lock("long publish", stale_after=1.5, refresh=0.3) as held:
-            time.sleep(3.5)  # more than twice the stale age
+        # (a stale age that a loaded machine's heartbeat, a few requests on WebDAV,
+        # cannot miss by accident)
+        with a.lock("long publish", stale_after=3.0, refresh=0.3) as held:
+            time.sleep(6.5)  # more than twice the stale age
             assert held.lost is None
-            # a second publisher judging by the same stale age finds a fresh lock
-            with pytest.raises(OperationalError, match="locked by long publish"), \
-                    b.lock("second", stale_after=1.5):
+            # a second publisher judging by the same stale age finds a fresh lock; it
+            # arrives between two refreshes (on WebDAV a refresh moves the lock aside for
+            # a moment, lock.py's documented window, which tests of its own cover)
+            with held._mutex, \
+                    pytest.raises(OperationalError, match="locked by long publish"), \
+                    b.lock("second", stale_after=3.0):
                 pass
             put(a, "releases/r1/x", b"written after the stale age")  # still allowed
-        with b.lock("second", stale_after=1.5):  # released: free again
+        with b.lock("second", stale_after=3.0):  # released: free again
             pass
 
 
