@@ -113,3 +113,27 @@ def test_signing_keeps_each_binarys_mode(sb_env: dict[str, Path], tmp_path: Path
     sign_outputs({"bin-x86_64-efi/ipxe.efi": efi}, {}, out, signer)
     for path in (efi, out / "ipxe.unsigned.efi"):
         assert stat.S_IMODE(path.stat().st_mode) == mode, path
+
+
+def test_an_absurdly_large_efi_output_is_refused_unread(sb_env: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    """A build output past authenticode.MAX_IMAGE (a tree's make can write anything) is
+    refused by its size before it is read into memory, and left as it was."""
+    import datetime as dt
+
+    from trustboot.errors import TrustbootError
+    from trustboot.secrets import constant
+    from trustboot.secureboot.sign_build import sign_outputs
+
+    out = tmp_path / "built"
+    out.mkdir()
+    efi = out / "ipxe.efi"
+    with efi.open("wb") as fh:  # sparse: no disk or memory spent
+        fh.truncate(authenticode.MAX_IMAGE + 1)
+    signer = keyset.open_signer(keyset.load_keyset(sb_env["pki"]), "db",
+                                constant(PASS.encode()), now=dt.datetime.now(dt.UTC))
+    with pytest.raises(TrustbootError, match=r"EFI binary .* is larger than"):
+        sign_outputs({"bin-x86_64-efi/ipxe.efi": efi}, {}, out, signer)
+    assert efi.stat().st_size == authenticode.MAX_IMAGE + 1
+    assert not (out / "ipxe.unsigned.efi").exists()
+    assert not (out / "manifest.json").exists()
