@@ -1251,6 +1251,8 @@ class CertificateAuthority:
         """Index version 1 -> 2: each certificate's file becomes certs_by_serial/SERIAL.pem
         and each key is copied to private/keys/SERIAL.key; the index is repointed in one
         commit. The old files stay where they are, as views."""
+        from trustboot.ca import oplog
+
         if self.state.version >= INDEX_VERSION:
             return
         for e in self.entries:
@@ -1270,8 +1272,6 @@ class CertificateAuthority:
             e.issuer_sha256 = self.issuer_entry(e).sha256  # type: ignore[union-attr]
             e.key_sha256 = spki_sha256(_parse_cert(data, e.cert_path).public_key())
         self.state.version = INDEX_VERSION
-        from trustboot.ca import oplog
-
         self.state.log_chained_from = oplog.count_lines(self.path / "log.jsonl") + 1
         self._write_index()
         self._log("migrate", now, from_version=1, to_version=INDEX_VERSION)
@@ -1324,10 +1324,10 @@ class CertificateAuthority:
         return "".join(lines)
 
     def _log(self, op: str, now: dt.datetime, **fields: Any) -> None:
-        record = {"time": now.isoformat(), "op": op, "user": _user(), "pid": os.getpid()}
-        record.update(fields)
         from trustboot.ca import oplog
 
+        record = {"time": now.isoformat(), "op": op, "user": _user(), "pid": os.getpid()}
+        record.update(fields)
         oplog.append(self.path / "log.jsonl", record)
 
 
@@ -1520,6 +1520,8 @@ def _entry(name: str, profile: str, cert: x509.Certificate, key_rel: str | None,
 def _set_aside_leftovers(pki: Path, rels: list[str], now: dt.datetime) -> None:
     """Files an interrupted run left behind (not in the index) move to .abandoned/,
     never deleted: they may hold the only copy of a key someone wants back."""
+    import shutil
+
     leftovers = [r for r in rels if (pki / r).exists() or (pki / r).is_symlink()]
     if not leftovers:
         return
@@ -1528,8 +1530,6 @@ def _set_aside_leftovers(pki: Path, rels: list[str], now: dt.datetime) -> None:
     make_dirs(dest, PRIVATE_DIR_MODE)
     for rel in leftovers:
         target = dest / rel.replace("/", "_")
-        import shutil
-
         shutil.move(str(pki / rel), str(target))
 
 

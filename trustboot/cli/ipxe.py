@@ -16,7 +16,7 @@ from trustboot.cli._common import (
     passphrase_source,
     warn,
 )
-from trustboot.cli.progress import MakeProgress as MakeProgress
+from trustboot.cli.progress import MakeProgress
 from trustboot.errors import ConfigError
 from trustboot.fsutil import read_capped
 from trustboot.ipxe import build as ipxe_build

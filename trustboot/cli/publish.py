@@ -12,8 +12,7 @@ import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from trustboot.cli._common import emit_json, json_option, passphrase_source, warn
-from trustboot.cli.progress import mib as _mib
-from trustboot.cli.progress import upload_progress
+from trustboot.cli.progress import mib, upload_progress
 from trustboot.errors import ConfigError
 from trustboot.fsutil import read_capped
 from trustboot.publish.origin import Origin, OriginOptions, load_credentials, open_origin
@@ -251,7 +250,7 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
         emit_json(result.to_json())
         return
     click.echo(f"release {release_id} on {result.origin}: uploaded {len(result.uploaded)} "
-               f"object(s) ({_mib(result.bytes_uploaded)}), {len(result.skipped)} already "
+               f"object(s) ({mib(result.bytes_uploaded)}), {len(result.skipped)} already "
                "there")
     click.echo(f"verified {len(result.verified)} object(s) as served "
                f"({_READBACK.get(result.readback, result.readback)})"
