@@ -4,6 +4,7 @@ and internal errors (exit 70); without it, click's usual text."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,62 @@ def test_a_closed_output_pipe_is_not_a_bug(args: list[str], tmp_path: Path) -> N
     proc.stderr.close()
     assert proc.wait(timeout=120) == 141, err
     assert err == ""
+
+
+# The CLI ends with os._exit once a command is done (cli.main._exit_now): what the
+# interpreter's teardown did that matters must still happen.
+_EXIT_PROBE = """\
+import atexit, sys, tempfile, threading, time
+from trustboot.cli import main as m
+mode, marker = sys.argv[1], sys.argv[2]
+atexit.register(lambda: open(marker, "a").write("atexit ran\\n"))
+atexit.register(lambda: sys.stdout.write("\\nbuffered at exit\\n"))  # no flush of its own
+kept = tempfile.TemporaryDirectory(prefix="tb-exit-")  # removed by its finalizer at exit
+open(marker, "a").write(kept.name + "\\n")
+if mode == "thread":  # a non-daemon thread still running: the normal exit waits for it
+    def late() -> None:
+        time.sleep(0.5)
+        open(marker, "a").write("thread done\\n")
+    threading.Thread(target=late).start()
+sys.argv = ["trustboot", *sys.argv[3:]]
+m.main()
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "thread"])
+def test_the_fast_exit_keeps_exit_handlers_output_and_status(mode: str, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+
+    def probe(*args: str) -> subprocess.CompletedProcess[str]:
+        marker.unlink(missing_ok=True)
+        # buffered output, as a pipe gets it by default (the flush at exit is under test)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        return subprocess.run([sys.executable, "-c", _EXIT_PROBE, mode, str(marker), *args],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                              env=env)
+
+    # a large output, written in full (the buffers are flushed before the exit)
+    proc = probe("recipe", "schema")
+    assert proc.returncode == 0, proc.stderr
+    schema, tail = proc.stdout.rsplit("\n\nbuffered at exit\n", 1)
+    assert json.loads(schema)["properties"] and tail == ""
+    lines = marker.read_text().splitlines()
+    assert "atexit ran" in lines
+    assert not Path(lines[0]).exists()  # the temp tree's finalizer ran
+    if mode == "thread":
+        assert "thread done" in lines
+    # a refusal keeps its documented status and message
+    proc = probe("verify", str(tmp_path / "missing"), "--signer", "x")
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("error: no trust anchors") and "hint:" in proc.stderr
+    assert "atexit ran" in marker.read_text()
+    # a usage error: exit 2 as before
+    assert probe("ca", "list", "--no-such-option").returncode == 2
+
+
+@pytest.mark.parametrize(("code", "status"), [(None, 0), (0, 0), (3, 3), (256 + 4, 4),
+                                              ("a message", 1)])
+def test_exit_status_as_sys_exit_gives_it(code: object, status: int) -> None:
+    from trustboot.cli.main import _status
+
+    assert _status(code) == status

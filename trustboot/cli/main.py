@@ -9,7 +9,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -161,7 +161,50 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name="trustboot")
+    try:
+        cli(prog_name="trustboot")
+    except SystemExit as exc:
+        _exit_now(exc.code)
+    _exit_now(0)
+
+
+def _exit_now(code: object) -> NoReturn:
+    """End the process once the command is done, without the interpreter's teardown.
+
+    Freeing every module and object one by one costs 30-40 ms, the largest fixed cost
+    of a short command after the imports (a CI loop of `trustboot sign`, `verify`). What
+    the teardown would do that matters is done here: the atexit handlers (temp trees of
+    ``weakref.finalize``, a test's hooks) and flushing stdout/stderr. Commands write
+    their files with explicit closes and syncs (fsutil), never through objects left for
+    the garbage collector. With a non-daemon thread still running (a library's), the
+    normal exit waits for it instead; daemon threads end with the process either way.
+    """
+    import atexit
+    import threading
+
+    status = _status(code)
+    if any(t.is_alive() and not t.daemon and t is not threading.main_thread()
+           for t in threading.enumerate()):
+        sys.exit(status)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # the reader went away (`| head`): as SIGPIPE would end it
+            status = status or 128 + signal.SIGPIPE
+        except (OSError, ValueError):  # a full disk, a closed stream: as the interpreter
+            status = status or 120
+    os._exit(status)
+
+
+def _status(code: object) -> int:
+    """The exit status ``sys.exit(code)`` would give (a message is printed, then 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
