@@ -62,6 +62,10 @@ def test_internal_errors_are_json_with_json(monkeypatch: pytest.MonkeyPatch) -> 
     assert "bug" in doc["hint"]
     result = CliRunner().invoke(cli, ["ca", "list"])
     assert result.exit_code == 70 and result.stderr.startswith("internal error: RuntimeError")
+    assert "Traceback" not in result.stderr
+    result = CliRunner().invoke(cli, ["--debug", "ca", "list"])  # the traceback, only then
+    assert result.exit_code == 70 and "Traceback (most recent call last)" in result.stderr
+    assert "RuntimeError: simulated bug" in result.stderr
 
 
 def test_help_and_version_still_work_with_json() -> None:
