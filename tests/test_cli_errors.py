@@ -149,3 +149,45 @@ def test_exit_status_as_sys_exit_gives_it(code: object, status: int) -> None:
     from trustboot.cli.main import _status
 
     assert _status(code) == status
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("buffered", [True, False])
+@pytest.mark.parametrize("args", [["recipe", "schema"], ["--version"],
+                                  ["ipxe", "script", "lint", "--json", "s.ipxe"]])
+def test_a_full_disk_under_stdout_is_an_operational_error(args: list[str], buffered: bool,
+                                                          tmp_path: Path) -> None:
+    """`trustboot ... > file` on a full disk: exit 1 naming the output and the cause, not
+    'this is a bug' (exit 70) nor a traceback; JSON with --json."""
+    (tmp_path / "s.ipxe").write_text("#!ipxe\nimgtrust --permanent\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "trustboot", *args], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120, cwd=tmp_path,
+                              env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "bug" not in proc.stderr
+    if "--json" in args:
+        doc = json.loads(proc.stderr.strip().splitlines()[-1])
+        assert doc["error"] == "OperationalError" and doc["exit_code"] == 1
+        assert "No space left on device" in doc["message"] and doc["hint"]
+    else:
+        assert proc.stderr.startswith("error: cannot write")
+        assert "No space left on device" in proc.stderr and "hint:" in proc.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("code", [0, 3])
+def test_output_that_cannot_be_flushed_at_exit_is_reported(code: int) -> None:
+    """Output still buffered when the command ends is flushed by the exit; when that
+    fails the run says so and does not end with 0."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    script = ("import sys\nfrom trustboot.cli.main import _exit_now\n"
+              f"sys.stdout.write('pending')\n_exit_now({code})\n")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-c", script], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    assert proc.returncode == (code or 1), proc.stderr
+    assert proc.stderr == "error: cannot write to standard output: No space left on device\n"

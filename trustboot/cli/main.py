@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import json
 import os
@@ -13,7 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from trustboot import __version__
-from trustboot.errors import ExitCode, TrustbootError
+from trustboot.errors import ExitCode, OperationalError, TrustbootError
 from trustboot.interrupt import Interrupted, cleanup_on_signals
 from trustboot.run import run_scope
 
@@ -72,14 +74,7 @@ class TrustbootGroup(click.Group):
                     _report_interrupted(ctx, exc)
                     raise
         except TrustbootError as exc:
-            obj = ctx.find_object(dict) or {}
-            if obj.get("debug"):
-                _print_traceback()
-            if obj.get("json_errors"):
-                click.echo(json.dumps(exc.to_json()), err=True)
-            else:
-                click.echo(exc.diagnostics(), err=True)
-            ctx.exit(int(exc.exit_code))
+            _report(ctx, exc)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except BrokenPipeError:
@@ -93,6 +88,8 @@ class TrustbootGroup(click.Group):
                 click.echo("interrupted", err=True)
             ctx.exit(130)
         except Exception as exc:  # a bug, not a verdict: never exit 1 or 4 here
+            if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+                _report(ctx, _environment_error(exc))  # a full disk is not a bug
             obj = ctx.find_object(dict) or {}
             hint = ("this is a bug in trustboot; rerun with --debug for a traceback and "
                     "report it")
@@ -105,6 +102,36 @@ class TrustbootGroup(click.Group):
                 click.echo(f"internal error: {type(exc).__name__}: {exc}\n  hint: {hint}",
                            err=True)
             ctx.exit(int(ExitCode.INTERNAL))
+
+
+# Write failures the machine causes, not trustboot: reported as operational (exit 1).
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG,
+                                 errno.EROFS})
+
+
+def _environment_error(exc: OSError) -> OperationalError:
+    """An OSError no code path mapped (writing stdout, most often: `> file` on a full
+    disk) as an operational error naming what could not be written."""
+    what = f"cannot write {exc.filename}" if exc.filename else "cannot write the output"
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        _drop_stdout()  # what is still buffered would fail again at exit
+        what = "cannot write to standard output"
+    return OperationalError(f"{what}: {exc.strerror or exc}",
+                            hint="free space (or fix the device) where it goes, then run "
+                                 "again")
+
+
+def _report(ctx: click.Context, exc: TrustbootError) -> NoReturn:
+    obj = ctx.find_object(dict) or {}
+    if obj.get("debug"):
+        _print_traceback()
+    if obj.get("json_errors"):
+        click.echo(json.dumps(exc.to_json()), err=True)
+    else:
+        click.echo(exc.diagnostics(), err=True)
+    ctx.exit(int(exc.exit_code))
 
 
 def _print_traceback() -> None:
@@ -170,6 +197,12 @@ def main() -> None:
         cli(prog_name="trustboot")
     except SystemExit as exc:
         _exit_now(exc.code)
+    except OSError as exc:  # outside a command (`--version > /dev/full`)
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        error = _environment_error(exc)
+        click.echo(error.diagnostics(), err=True)
+        _exit_now(int(error.exit_code))
     _exit_now(0)
 
 
@@ -197,8 +230,14 @@ def _exit_now(code: object) -> NoReturn:
             stream.flush()
         except BrokenPipeError:  # the reader went away (`| head`): as SIGPIPE would end it
             status = status or 128 + signal.SIGPIPE
-        except (OSError, ValueError):  # a full disk, a closed stream: as the interpreter
-            status = status or 120
+        except (OSError, ValueError) as exc:  # a full disk, a closed stream
+            if stream is sys.stdout:
+                _drop_stdout()
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.write(f"error: cannot write to standard output: "
+                                     f"{getattr(exc, 'strerror', None) or exc}\n")
+                    sys.stderr.flush()
+            status = status or int(ExitCode.OPERATIONAL)
     os._exit(status)
 
 
