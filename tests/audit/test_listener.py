@@ -32,6 +32,17 @@ def dhcp_server(*, file: bytes = b"", options: list[tuple[int, bytes]] | None = 
     return respond
 
 
+def test_the_window_opens_when_the_probes_go_out() -> None:
+    """Setting up the socket took longer than the window (a loaded machine): the probes
+    still go out, and the whole window is still listened to after them."""
+    link = FakeLink()
+    lst, obs = listener(link, window=0.3)
+    time.sleep(0.5)
+    lst.run()
+    assert len(link.sent_dhcp4()) == 13 * 2 * 2
+    assert 0.3 <= obs.listen_seconds < 1.5
+
+
 def test_probes_look_like_pxe_clients_from_random_macs() -> None:
     link = FakeLink()
     lst, obs = listener(link, window=0.3)

@@ -744,6 +744,11 @@ class Listener:
         schedule: list[float] = []
         if not self.cfg.passive:
             self.obs.probes.extend(self._prepare())
+        # The window opens now, not when the socket was set up: the setup and the probes'
+        # preparation must not eat it (on a loaded machine a short window was over before
+        # the first DISCOVER, and the audit heard nothing).
+        self.start = time.monotonic()
+        if not self.cfg.passive:
             step = self.cfg.window * 0.05
             for i, fraction in enumerate(round_offsets(self.cfg.window)):
                 jitter = 0.0 if i == 0 else (os.urandom(1)[0] / 255 - 0.5) * step
