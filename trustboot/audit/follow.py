@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -141,6 +142,17 @@ def _connect(address: str, port: int, device: str | None, deadline: float) -> so
     return sock
 
 
+def _verifying_context(ca_file: Path) -> ssl.SSLContext:
+    """Trust exactly the policy's CA file, with the same checks on every Python and as the
+    publish read-back and `origin check` make them. From 3.13 ``ssl.create_default_context``
+    adds X509_STRICT (which iPXE does not apply: an origin it boots from would be reported
+    as failing the CA check) and PARTIAL_CHAIN, so the verdict depended on the interpreter."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # certificate and host name required
+    ctx.verify_flags &= ~(ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN)
+    ctx.load_verify_locations(cafile=str(ca_file))
+    return ctx
+
+
 def _tls_probe(check: HttpCheck, host: str, address: str, port: int, policy: Policy,
                device: str | None, deadline: float) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -155,7 +167,7 @@ def _tls_probe(check: HttpCheck, host: str, address: str, port: int, policy: Pol
         return
     if policy.ca_file is None:
         return
-    verify = ssl.create_default_context(cafile=str(policy.ca_file))
+    verify = _verifying_context(policy.ca_file)
     try:
         with _connect(address, port, device, deadline) as raw, \
                 verify.wrap_socket(raw, server_hostname=host):
@@ -203,7 +215,7 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
         _tls_probe(check, host, address, port, policy, device, end)
     verify: Any = False
     if parts.scheme == "https" and policy.ca_file is not None and check.tls_verified:
-        verify = ssl.create_default_context(cafile=str(policy.ca_file))
+        verify = _verifying_context(policy.ca_file)
     # connect to the vetted address (no second lookup a DNS answer could change), with the
     # original name in Host and SNI
     literal = f"[{address}]" if ":" in address else address
