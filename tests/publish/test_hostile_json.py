@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from trustboot import jsonin
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
 from trustboot.publish.fileorigin import FileOrigin
@@ -56,3 +57,21 @@ def test_a_manifest_over_4_mib_is_refused_by_size() -> None:
     doc = b'{"version": 1, "release": "r1", "files": [], "x": "' + b"a" * (4 << 20) + b'"}'
     with pytest.raises(ConfigError, match="larger than 4 MiB"):
         parse_manifest(doc)
+
+
+@pytest.mark.parametrize("opener,closer", [("[", "]"), ('{"a": ', "}")])
+def test_nesting_is_bounded_the_same_on_every_python(opener: str, closer: str) -> None:
+    """Python's own limit moves between versions (3.12 and 3.13 parse a thousand levels,
+    3.11 not): MAX_DEPTH holds on all of them, arrays and objects alike."""
+    def nested(depth: int) -> str:
+        return opener * depth + "0" + closer * depth
+
+    assert jsonin.loads(nested(jsonin.MAX_DEPTH)) is not None
+    for depth in (jsonin.MAX_DEPTH + 1, 500, 5000):
+        with pytest.raises(ValueError, match="nested"):
+            jsonin.loads(nested(depth))
+    # beside shallow siblings, and below a wide level
+    wide = "[" + ", ".join(["[1]"] * 1000 + [nested(jsonin.MAX_DEPTH)]) + "]"
+    with pytest.raises(ValueError, match="nested"):
+        jsonin.loads(wide)
+    assert jsonin.loads("5") == 5 and jsonin.loads('"x"') == "x"  # not a container at all
