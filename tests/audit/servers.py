@@ -2,6 +2,9 @@
 
     python servers.py tftp ROOT           writable TFTP (tftpy): the write-probe positive
     python servers.py https ROOT CERT KEY HTTPS file server on [::]:443 (dual stack)
+    python servers.py https-switch FILE N CERT KEY CERT2 KEY2
+                                          HTTPS on port 443 answering every GET with FILE;
+                                          the first N connections get CERT, later ones CERT2
     python servers.py hostile-dhcp IF     answers every DHCPDISCOVER with malformed replies
     python servers.py rogue IF MODE ARG.. a hostile DHCP responder speaking raw frames:
         flood N          on the first DISCOVER: N junk offers to other clients from random
@@ -87,6 +90,41 @@ def https(root: str, cert: str, key: str) -> None:
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     _ready()
     server.serve_forever()
+
+
+def https_switch(body_file: str, first: str, cert: str, key: str, cert2: str, key2: str
+                 ) -> None:
+    """A server that shows one certificate to the audit's probe and another to its GET."""
+    contexts = []
+    for c, k in ((cert, key), (cert2, key2)):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(c, k)
+        contexts.append(ctx)
+    body = Path(body_file).read_bytes()
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", 443))
+    server.listen(16)
+    _ready()
+    count = 0
+    while True:
+        conn, _addr = server.accept()
+        count += 1
+        ctx = contexts[0] if count <= int(first) else contexts[1]
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(10)
+                request = b""
+                while b"\r\n\r\n" not in request and len(request) < 65536:
+                    got = tls.recv(4096)
+                    if not got:
+                        break
+                    request += got
+                if request:
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        except OSError:  # the client gave up on the handshake (as it should on CERT2)
+            conn.close()
 
 
 def _malformed_replies(request: bytes) -> list[bytes]:
@@ -361,7 +399,8 @@ def canary(port: str, log: str) -> None:
 def main(argv: list[str]) -> None:
     mode, *args = argv
     modes: dict[str, Callable[..., None]] = {
-        "tftp": tftp, "https": https, "hostile-dhcp": hostile_dhcp, "rogue": rogue,
+        "tftp": tftp, "https": https, "https-switch": https_switch,
+        "hostile-dhcp": hostile_dhcp, "rogue": rogue,
         "http": hostile_http, "canary": canary}
     modes[mode](*args)
 

@@ -253,11 +253,29 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         # the URL came off the wire: a host name IDNA cannot encode is evidence, not a crash
         check.error = f"{type(exc).__name__}: {exc}"
+        refused = _cert_verify_error(exc)
+        if refused is not None:  # the probe's chain verified, this connection's did not
+            check.tls_verified = False
+            check.tls_error = (f"the connection that fetched the file does not verify against "
+                               f"{policy.ca_file.name if policy.ca_file else 'the CA'}: "
+                               f"{refused.verify_message}")
         return check
     check.ok = True
     check.sha256 = digest.hexdigest()
     check.loader = identify(bytes(head))
     return check
+
+
+def _cert_verify_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind an httpx error, if that is what it is."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _fetch_tftp(target: BootTarget, cfg: FollowConfig, *, max_size: int, timeout: float,
