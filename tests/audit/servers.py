@@ -17,6 +17,7 @@
         duid6 MAC        answers Solicits with an Advertise whose DUID-LL embeds MAC
         many N LEN       answers the first DISCOVER from N fake servers, option 67 LEN bytes
     python servers.py http                hostile HTTP on port 80: /drip-headers, /drip-body,
+                                          /drip-close (no Content-Length),
                                           /hang, /bomb (gzip, gzip), /big, /redirect (C1 + bidi),
                                           /moved (302 to /bomb)
     python servers.py canary PORT LOG     TCP listener on 127.0.0.1 and ::1 logging connections
@@ -332,6 +333,11 @@ def _http_client(conn: socket.socket, bomb: bytes) -> None:
                 time.sleep(0.5)
         elif path.startswith("/drip-body"):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n")
+            while True:
+                conn.sendall(b"x")
+                time.sleep(0.5)
+        elif path.startswith("/drip-close"):  # no length: the body ends with the connection
+            conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
             while True:
                 conn.sendall(b"x")
                 time.sleep(0.5)

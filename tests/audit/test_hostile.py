@@ -8,8 +8,11 @@ Each test builds its own small segment (a per-run prefix keeps names unique).
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import subprocess
+import sys
 import unicodedata
 from collections.abc import Iterator
 from datetime import datetime
@@ -18,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.audit.netns import AuditRun, Segment, missing_tools
+from tests.audit.netns import REPO, AuditRun, Segment, missing_tools
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 AUTH_MAC = "02:74:62:00:00:01"
@@ -283,3 +286,39 @@ def test_report_amplification_is_bounded(seg: Segment, tmp_path: Path) -> None:
     assert "...[" in table.stdout or "..." in table.stdout
     assert max(len(line) for line in table.stdout.splitlines()) <= 200
     assert table.returncode == 5
+
+
+_HTTP_CHECK = """
+import json, sys, time
+from trustboot.audit.follow import http_check
+from trustboot.audit.policy import policy_from_dict
+start = time.monotonic()
+check = http_check(sys.argv[1], policy=policy_from_dict({}), timeout=float(sys.argv[2]),
+                   max_size=1 << 20, device="eth0")
+print(json.dumps({"elapsed": time.monotonic() - start, **check.to_json()}))
+"""
+
+
+def http_check_from(seg: Segment, role: str, url: str, timeout: float) -> dict[str, Any]:
+    """``http_check`` (the audit's fetch, as a library call) run in a host of the segment."""
+    host = seg.hosts[role]
+    proc = subprocess.run(host.argv([sys.executable, "-c", _HTTP_CHECK, url, str(timeout)]),
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout + 30,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+@pytest.mark.parametrize("path", ["drip-body", "drip-headers", "drip-close"])
+def test_a_drip_fed_answer_ends_at_the_fetch_deadline(seg: Segment, path: str) -> None:
+    """A server trickling its answer a byte every half second never lets a read time out:
+    only the fetch's own total deadline ends it, whoever calls the fetch (not only an
+    audit that abandons its workers), and the cut is reported as that limit."""
+    rogue = seg.add_host("rogue", 2)
+    seg.start_server(rogue, "http")
+    seg.add_host("client", 50)
+    timeout = 2.0
+    check = http_check_from(seg, "client", f"http://192.0.2.2/{path}", timeout)
+    assert check["elapsed"] < timeout + 1.0, check
+    assert check["limit"] == "fetch-deadline" and not check["ok"], check
