@@ -1,6 +1,8 @@
 """Small servers the audit tests run inside network namespaces (run as a script).
 
     python servers.py tftp ROOT           writable TFTP (tftpy): the write-probe positive
+    python servers.py tftp-endless        TFTP on port 69 whose every file never ends (each
+                                          ACK gets the next block at once); ignores writes
     python servers.py https ROOT CERT KEY HTTPS file server on [::]:443 (dual stack)
     python servers.py https-switch FILE N CERT KEY CERT2 KEY2
                                           HTTPS on port 443 answering every GET with FILE;
@@ -72,6 +74,31 @@ def tftp(root: str) -> None:
             continue
     _ready()
     thread.join()
+
+
+def _endless(client: tuple[str, int]) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(2)
+    block = 1
+    try:
+        while True:
+            sock.sendto(b"\x00\x03" + (block & 0xFFFF).to_bytes(2, "big") + b"e" * 512, client)
+            sock.recvfrom(2048)
+            block += 1
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def tftp_endless() -> None:
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("0.0.0.0", 69))
+    _ready()
+    while True:
+        data, client = server.recvfrom(2048)
+        if data[:2] == b"\x00\x01":  # a read request; writes get no answer at all
+            threading.Thread(target=_endless, args=(client,), daemon=True).start()
 
 
 class _DualStackServer(http.server.ThreadingHTTPServer):
@@ -405,7 +432,7 @@ def canary(port: str, log: str) -> None:
 def main(argv: list[str]) -> None:
     mode, *args = argv
     modes: dict[str, Callable[..., None]] = {
-        "tftp": tftp, "https": https, "https-switch": https_switch,
+        "tftp": tftp, "tftp-endless": tftp_endless, "https": https, "https-switch": https_switch,
         "hostile-dhcp": hostile_dhcp, "rogue": rogue,
         "http": hostile_http, "canary": canary}
     modes[mode](*args)

@@ -299,15 +299,20 @@ print(json.dumps({"elapsed": time.monotonic() - start, **check.to_json()}))
 """
 
 
-def http_check_from(seg: Segment, role: str, url: str, timeout: float) -> dict[str, Any]:
-    """``http_check`` (the audit's fetch, as a library call) run in a host of the segment."""
-    host = seg.hosts[role]
-    proc = subprocess.run(host.argv([sys.executable, "-c", _HTTP_CHECK, url, str(timeout)]),
-                          capture_output=True, text=True, cwd=REPO, timeout=timeout + 30,
+def run_in(seg: Segment, role: str, code: str, *args: str, timeout: float = 60
+           ) -> dict[str, Any]:
+    """Python ``code`` (printing one JSON object) run in a host of the segment."""
+    proc = subprocess.run(seg.hosts[role].argv([sys.executable, "-c", code, *args]),
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
+
+
+def http_check_from(seg: Segment, role: str, url: str, timeout: float) -> dict[str, Any]:
+    """``http_check`` (the audit's fetch, as a library call) run in a host of the segment."""
+    return run_in(seg, role, _HTTP_CHECK, url, str(timeout), timeout=timeout + 30)
 
 
 @pytest.mark.parametrize("path", ["drip-body", "drip-headers", "drip-close"])
@@ -322,3 +327,42 @@ def test_a_drip_fed_answer_ends_at_the_fetch_deadline(seg: Segment, path: str) -
     check = http_check_from(seg, "client", f"http://192.0.2.2/{path}", timeout)
     assert check["elapsed"] < timeout + 1.0, check
     assert check["limit"] == "fetch-deadline" and not check["ok"], check
+
+
+_FOLLOW = """
+import json, sys, time
+from tests.audit.test_checks import observe, offer
+from trustboot.audit.follow import FollowConfig, Follower
+from trustboot.audit.policy import policy_from_dict
+obs = observe()
+start = time.monotonic()
+deadline = float(sys.argv[1])
+cfg = FollowConfig(device="eth0", timeout=30.0, probe_writes=True, max_size=1 << 40)
+follower = Follower(cfg, policy_from_dict({}), obs, deadline=start + deadline)
+follower.on_offer(offer(server="192.0.2.2", file="endless.efi"))
+follower.on_offer(offer(server="192.0.2.2", file="http://192.0.2.2/drip-body", ipxe=True))
+follower.finish(deadline + 0.5)
+print(json.dumps({"elapsed": time.monotonic() - start, "limits": obs.limits,
+                  "fetched": [f.result.to_json() for f in obs.fetched],
+                  "http": [h.to_json() for h in obs.http],
+                  "writes": [w.to_json() for w in obs.writes]}))
+"""
+
+
+def test_fetches_end_at_the_follow_deadline_not_their_own_timeout(seg: Segment) -> None:
+    """A transfer's own timeout (30 s here) never carries it past the audit's follow-up
+    deadline: an endless TFTP file, an unanswered write probe and a drip-fed HTTP body all
+    end at the deadline with their own results (not abandoned as still running)."""
+    server = seg.add_host("server", 2)
+    seg.start_server(server, "tftp-endless")
+    seg.start_server(server, "http")
+    seg.add_host("client", 50)
+    out = run_in(seg, "client", _FOLLOW, "1.5")
+    assert out["elapsed"] < 2.5, out
+    assert out["limits"] == {"fetch-deadline": 2}, out
+    [http] = out["http"]
+    assert http["limit"] == "fetch-deadline" and http["size"] > 0, http
+    [fetched] = out["fetched"]
+    assert fetched["deadline_reached"] and fetched["size"] > 0, fetched
+    [write] = out["writes"]
+    assert not write["writable"] and write["detail"] == "no answer to the write request", write
