@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.audit.netns import REPO, AuditRun, Segment, missing_tools
+from tests.audit.conftest import AuditPki
+from tests.audit.netns import REPO, AuditRun, Host, Segment, missing_tools
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 AUTH_MAC = "02:74:62:00:00:01"
@@ -366,3 +367,53 @@ def test_fetches_end_at_the_follow_deadline_not_their_own_timeout(seg: Segment) 
     assert fetched["deadline_reached"] and fetched["size"] > 0, fetched
     [write] = out["writes"]
     assert not write["writable"] and write["detail"] == "no answer to the write request", write
+
+
+def _second_link(seg: Segment, role: str, peer: str) -> Host:
+    """Give host ``role`` a second interface, eth1 (198.51.100.50/24), linked to a new host
+    ``peer`` (198.51.100.2) that is not on the audited segment."""
+    host = Host(peer, f"{seg.prefix}-{peer}", 2)
+    subprocess.run(["ip", "netns", "add", host.ns], check=True, timeout=30)
+    seg.namespaces.append(host.ns)
+    for argv in (
+        ["-n", host.ns, "link", "set", "lo", "up"],
+        ["-n", seg.hosts[role].ns, "link", "add", "eth1", "type", "veth", "peer", "name",
+         "eth0", "netns", host.ns],
+        ["-n", seg.hosts[role].ns, "addr", "add", "198.51.100.50/24", "dev", "eth1"],
+        ["-n", seg.hosts[role].ns, "link", "set", "eth1", "up"],
+        ["-n", host.ns, "addr", "add", "198.51.100.2/24", "dev", "eth0"],
+        ["-n", host.ns, "link", "set", "eth0", "up"],
+    ):
+        subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
+    return host
+
+
+def test_fetches_leave_only_by_the_audited_interface(seg: Segment, test_pki: AuditPki,
+                                                     tmp_path: Path) -> None:
+    """The auditor's host has a second interface (say, its management network) from which a
+    boot URL's server is reachable. Auditing eth0, the audit must not fetch through eth1:
+    what it would see there is not what a client on the audited segment gets, and it would
+    touch a network the user did not ask to audit. Every fetch (TLS probe, HTTP GET, TFTP)
+    is bound to eth0, where that address has no route."""
+    rogue = seg.add_host("rogue", 3)
+    seg.add_host("client", 50)
+    other = _second_link(seg, "client", "other")
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "x").write_bytes(b"served only behind eth1")
+    seg.start_server(other, "http")
+    seg.start_server(other, "https", str(web), str(test_pki.chain_pem), str(test_pki.key_pem))
+    seg.start_server(other, "tftp", str(web))
+    urls = ["http://198.51.100.2/moved", "https://198.51.100.2/x", "tftp://198.51.100.2/x"]
+    seg.start_server(rogue, "rogue", "eth0", "urls", *urls)
+    run = seg.audit(seg.hosts["client"], "--window", "2", "--follow-timeout", "3",
+                    "--arch", "bios,efi-x64", "--no-dhcpv6", "--json",
+                    "--policy", str(policy(tmp_path)))
+    http = {h["url"]: h for h in run.json["observation"]["http"]}
+    assert set(urls[:2]) <= set(http), run.json["observation"]
+    assert http[urls[0]]["status"] is None and not http[urls[0]]["ok"], http[urls[0]]
+    assert not http[urls[1]]["tls_chain_sha256"] and not http[urls[1]]["ok"], http[urls[1]]
+    tftp_fetches = {f["url"]: f for f in run.json["observation"]["fetched"]}
+    assert urls[2] in tftp_fetches, run.json["observation"]["fetched"]
+    assert tftp_fetches[urls[2]]["size"] == 0, tftp_fetches[urls[2]]
+    assert not tftp_fetches[urls[2]]["ok"], tftp_fetches[urls[2]]
