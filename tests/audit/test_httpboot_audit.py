@@ -132,11 +132,15 @@ def test_changed_firmware_on_the_origin_is_a_mismatch(httpboot: HttpBootSegment)
 
 def test_origin_certificate_from_another_ca(httpboot: HttpBootSegment, test_pki: AuditPki,
                                            tmp_path: Path) -> None:
-    """The same origin checked against a CA that did not issue its certificate."""
+    """The same origin checked against a CA that did not issue its certificate. The file
+    is still fetched (unverified) and hashed: what that origin serves is evidence too."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"expected_ca_file: {test_pki.other_root_pem}\n")
     run = _audit(httpboot, "--policy", str(policy))
     assert "https-unexpected-ca" in _findings_for(run, FIRMWARE_URL), run.stdout
+    firmware = _http(run, FIRMWARE_URL)
+    assert firmware["tls_verified"] is False, firmware
+    assert firmware["ok"] and firmware["sha256"] == sha256(FIRMWARE), firmware
 
 
 def test_origin_that_switches_certificate_after_the_probe(test_pki: AuditPki,
