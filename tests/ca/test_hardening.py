@@ -538,3 +538,34 @@ def test_a_pki_directory_replaced_by_a_link_is_refused(pki: Path, tmp_path: Path
     r = run("ca", "list", "--pki", str(pki))
     assert r.exit_code == 3 and "symbolic link" in r.output, r.output
     assert str(target) in r.output, r.output
+
+
+@pytest.mark.parametrize("change", ["group-writable", "other-owner", "link"])
+@pytest.mark.parametrize("name", ["index.json", "ca.crt"])
+def test_a_pki_file_others_could_have_changed_is_refused(pki: Path, tmp_path: Path,
+                                                         name: str, change: str,
+                                                         run: Run) -> None:
+    """The files read back as the CA's record: writable by its group, owned by another
+    user, or a link (to a copy that would check out) are each refused, by the CA and by
+    a trust-only reader."""
+    file = pki / name
+    if change == "group-writable":
+        os.chmod(file, 0o664)
+        expected = f"{file} is writable by other users (mode 0664)"
+    elif change == "other-owner":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give a file to another uid")
+        os.chown(file, 65534, 65534)
+        expected = f"{file} is owned by uid 65534"
+    else:
+        copy = tmp_path / name
+        shutil.copy2(file, copy)
+        file.unlink()
+        file.symlink_to(copy)
+        expected = f"{file} is a symbolic link"
+    r = run("ca", "list", "--pki", str(pki))
+    assert r.exit_code == 3 and expected in r.output, r.output
+    if name == "ca.crt":  # the trust-only path (`verify --pki` on an export) checks too
+        (pki / "index.json").unlink()
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            load_trusted_root(pki)
