@@ -47,6 +47,8 @@ class AuditPki:
     chain_pem: Path
     key_pem: Path
     root_sha256: str
+    other_chain_pem: Path  # a certificate for 192.0.2.1 from the other root, and its key
+    other_key_pem: Path
 
 
 def _name(cn: str) -> x509.Name:
@@ -69,15 +71,13 @@ def _root(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     return key, cert
 
 
-@pytest.fixture(scope="session")
-def test_pki(tmp_path_factory: pytest.TempPathFactory) -> AuditPki:
-    d = tmp_path_factory.mktemp("audit-pki")
-    root_key, root = _root("trustboot audit test root")
-    _other_key, other = _root("some other root")
+def _origin_leaf(issuer_key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate
+                 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A TLS server certificate for the origin (192.0.2.1 and 2001:db8::1)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     leaf = (
-        x509.CertificateBuilder().subject_name(_name("192.0.2.1")).issuer_name(root.subject)
+        x509.CertificateBuilder().subject_name(_name("192.0.2.1")).issuer_name(issuer.subject)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
@@ -87,16 +87,27 @@ def test_pki(tmp_path_factory: pytest.TempPathFactory) -> AuditPki:
         ]), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                        critical=False)
-        .sign(root_key, hashes.SHA256())
+        .sign(issuer_key, hashes.SHA256())
     )
+    return key, leaf
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> AuditPki:
+    d = tmp_path_factory.mktemp("audit-pki")
+    root_key, root = _root("trustboot audit test root")
+    other_key, other = _root("some other root")
     pem = serialization.Encoding.PEM
     (d / "root.pem").write_bytes(root.public_bytes(pem))
     (d / "other-root.pem").write_bytes(other.public_bytes(pem))
-    (d / "chain.pem").write_bytes(leaf.public_bytes(pem) + root.public_bytes(pem))
-    (d / "key.pem").write_bytes(key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    for name, (key, leaf), issuer in (("", _origin_leaf(root_key, root), root),
+                                      ("other-", _origin_leaf(other_key, other), other)):
+        (d / f"{name}chain.pem").write_bytes(leaf.public_bytes(pem) + issuer.public_bytes(pem))
+        (d / f"{name}key.pem").write_bytes(key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return AuditPki(d / "root.pem", d / "other-root.pem", d / "chain.pem", d / "key.pem",
-                   sha256(root.public_bytes(serialization.Encoding.DER)))
+                    sha256(root.public_bytes(serialization.Encoding.DER)),
+                    d / "other-chain.pem", d / "other-key.pem")
 
 
 def _write(root: Path, files: dict[str, bytes]) -> Path:

@@ -1,7 +1,12 @@
 """Small servers the audit tests run inside network namespaces (run as a script).
 
     python servers.py tftp ROOT           writable TFTP (tftpy): the write-probe positive
+    python servers.py tftp-endless        TFTP on port 69 whose every file never ends (each
+                                          ACK gets the next block at once); ignores writes
     python servers.py https ROOT CERT KEY HTTPS file server on [::]:443 (dual stack)
+    python servers.py https-switch FILE N CERT KEY CERT2 KEY2
+                                          HTTPS on port 443 answering every GET with FILE;
+                                          the first N connections get CERT, later ones CERT2
     python servers.py hostile-dhcp IF     answers every DHCPDISCOVER with malformed replies
     python servers.py rogue IF MODE ARG.. a hostile DHCP responder speaking raw frames:
         flood N          on the first DISCOVER: N junk offers to other clients from random
@@ -14,6 +19,7 @@
         duid6 MAC        answers Solicits with an Advertise whose DUID-LL embeds MAC
         many N LEN       answers the first DISCOVER from N fake servers, option 67 LEN bytes
     python servers.py http                hostile HTTP on port 80: /drip-headers, /drip-body,
+                                          /drip-close (no Content-Length),
                                           /hang, /bomb (gzip, gzip), /big, /redirect (C1 + bidi),
                                           /moved (302 to /bomb)
     python servers.py canary PORT LOG     TCP listener on 127.0.0.1 and ::1 logging connections
@@ -70,6 +76,31 @@ def tftp(root: str) -> None:
     thread.join()
 
 
+def _endless(client: tuple[str, int]) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(2)
+    block = 1
+    try:
+        while True:
+            sock.sendto(b"\x00\x03" + (block & 0xFFFF).to_bytes(2, "big") + b"e" * 512, client)
+            sock.recvfrom(2048)
+            block += 1
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def tftp_endless() -> None:
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("0.0.0.0", 69))
+    _ready()
+    while True:
+        data, client = server.recvfrom(2048)
+        if data[:2] == b"\x00\x01":  # a read request; writes get no answer at all
+            threading.Thread(target=_endless, args=(client,), daemon=True).start()
+
+
 class _DualStackServer(http.server.ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
@@ -87,6 +118,41 @@ def https(root: str, cert: str, key: str) -> None:
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     _ready()
     server.serve_forever()
+
+
+def https_switch(body_file: str, first: str, cert: str, key: str, cert2: str, key2: str
+                 ) -> None:
+    """A server that shows one certificate to the audit's probe and another to its GET."""
+    contexts = []
+    for c, k in ((cert, key), (cert2, key2)):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(c, k)
+        contexts.append(ctx)
+    body = Path(body_file).read_bytes()
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", 443))
+    server.listen(16)
+    _ready()
+    count = 0
+    while True:
+        conn, _addr = server.accept()
+        count += 1
+        ctx = contexts[0] if count <= int(first) else contexts[1]
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(10)
+                request = b""
+                while b"\r\n\r\n" not in request and len(request) < 65536:
+                    got = tls.recv(4096)
+                    if not got:
+                        break
+                    request += got
+                if request:
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        except OSError:  # the client gave up on the handshake (as it should on CERT2)
+            conn.close()
 
 
 def _malformed_replies(request: bytes) -> list[bytes]:
@@ -297,6 +363,11 @@ def _http_client(conn: socket.socket, bomb: bytes) -> None:
             while True:
                 conn.sendall(b"x")
                 time.sleep(0.5)
+        elif path.startswith("/drip-close"):  # no length: the body ends with the connection
+            conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+            while True:
+                conn.sendall(b"x")
+                time.sleep(0.5)
         elif path.startswith("/hang"):
             time.sleep(3600)
         elif path.startswith("/bomb"):
@@ -361,7 +432,8 @@ def canary(port: str, log: str) -> None:
 def main(argv: list[str]) -> None:
     mode, *args = argv
     modes: dict[str, Callable[..., None]] = {
-        "tftp": tftp, "https": https, "hostile-dhcp": hostile_dhcp, "rogue": rogue,
+        "tftp": tftp, "tftp-endless": tftp_endless, "https": https, "https-switch": https_switch,
+        "hostile-dhcp": hostile_dhcp, "rogue": rogue,
         "http": hostile_http, "canary": canary}
     modes[mode](*args)
 

@@ -8,8 +8,11 @@ Each test builds its own small segment (a per-run prefix keeps names unique).
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import subprocess
+import sys
 import unicodedata
 from collections.abc import Iterator
 from datetime import datetime
@@ -18,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.audit.netns import AuditRun, Segment, missing_tools
+from tests.audit.conftest import AuditPki
+from tests.audit.netns import REPO, AuditRun, Host, Segment, missing_tools
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 AUTH_MAC = "02:74:62:00:00:01"
@@ -283,3 +287,133 @@ def test_report_amplification_is_bounded(seg: Segment, tmp_path: Path) -> None:
     assert "...[" in table.stdout or "..." in table.stdout
     assert max(len(line) for line in table.stdout.splitlines()) <= 200
     assert table.returncode == 5
+
+
+_HTTP_CHECK = """
+import json, sys, time
+from trustboot.audit.follow import http_check
+from trustboot.audit.policy import policy_from_dict
+start = time.monotonic()
+check = http_check(sys.argv[1], policy=policy_from_dict({}), timeout=float(sys.argv[2]),
+                   max_size=1 << 20, device="eth0")
+print(json.dumps({"elapsed": time.monotonic() - start, **check.to_json()}))
+"""
+
+
+def run_in(seg: Segment, role: str, code: str, *args: str, timeout: float = 60
+           ) -> dict[str, Any]:
+    """Python ``code`` (printing one JSON object) run in a host of the segment."""
+    proc = subprocess.run(seg.hosts[role].argv([sys.executable, "-c", code, *args]),
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def http_check_from(seg: Segment, role: str, url: str, timeout: float) -> dict[str, Any]:
+    """``http_check`` (the audit's fetch, as a library call) run in a host of the segment."""
+    return run_in(seg, role, _HTTP_CHECK, url, str(timeout), timeout=timeout + 30)
+
+
+@pytest.mark.parametrize("path", ["drip-body", "drip-headers", "drip-close"])
+def test_a_drip_fed_answer_ends_at_the_fetch_deadline(seg: Segment, path: str) -> None:
+    """A server trickling its answer a byte every half second never lets a read time out:
+    only the fetch's own total deadline ends it, whoever calls the fetch (not only an
+    audit that abandons its workers), and the cut is reported as that limit."""
+    rogue = seg.add_host("rogue", 2)
+    seg.start_server(rogue, "http")
+    seg.add_host("client", 50)
+    timeout = 2.0
+    check = http_check_from(seg, "client", f"http://192.0.2.2/{path}", timeout)
+    assert check["elapsed"] < timeout + 1.0, check
+    assert check["limit"] == "fetch-deadline" and not check["ok"], check
+
+
+_FOLLOW = """
+import json, sys, time
+from tests.audit.test_checks import observe, offer
+from trustboot.audit.follow import FollowConfig, Follower
+from trustboot.audit.policy import policy_from_dict
+obs = observe()
+start = time.monotonic()
+deadline = float(sys.argv[1])
+cfg = FollowConfig(device="eth0", timeout=30.0, probe_writes=True, max_size=1 << 40)
+follower = Follower(cfg, policy_from_dict({}), obs, deadline=start + deadline)
+follower.on_offer(offer(server="192.0.2.2", file="endless.efi"))
+follower.on_offer(offer(server="192.0.2.2", file="http://192.0.2.2/drip-body", ipxe=True))
+follower.finish(deadline + 0.5)
+print(json.dumps({"elapsed": time.monotonic() - start, "limits": obs.limits,
+                  "fetched": [f.result.to_json() for f in obs.fetched],
+                  "http": [h.to_json() for h in obs.http],
+                  "writes": [w.to_json() for w in obs.writes]}))
+"""
+
+
+def test_fetches_end_at_the_follow_deadline_not_their_own_timeout(seg: Segment) -> None:
+    """A transfer's own timeout (30 s here) never carries it past the audit's follow-up
+    deadline: an endless TFTP file, an unanswered write probe and a drip-fed HTTP body all
+    end at the deadline with their own results (not abandoned as still running)."""
+    server = seg.add_host("server", 2)
+    seg.start_server(server, "tftp-endless")
+    seg.start_server(server, "http")
+    seg.add_host("client", 50)
+    out = run_in(seg, "client", _FOLLOW, "1.5")
+    assert out["elapsed"] < 2.5, out
+    assert out["limits"] == {"fetch-deadline": 2}, out
+    [http] = out["http"]
+    assert http["limit"] == "fetch-deadline" and http["size"] > 0, http
+    [fetched] = out["fetched"]
+    assert fetched["deadline_reached"] and fetched["size"] > 0, fetched
+    [write] = out["writes"]
+    assert not write["writable"] and write["detail"] == "no answer to the write request", write
+
+
+def _second_link(seg: Segment, role: str, peer: str) -> Host:
+    """Give host ``role`` a second interface, eth1 (198.51.100.50/24), linked to a new host
+    ``peer`` (198.51.100.2) that is not on the audited segment."""
+    host = Host(peer, f"{seg.prefix}-{peer}", 2)
+    subprocess.run(["ip", "netns", "add", host.ns], check=True, timeout=30)
+    seg.namespaces.append(host.ns)
+    for argv in (
+        ["-n", host.ns, "link", "set", "lo", "up"],
+        ["-n", seg.hosts[role].ns, "link", "add", "eth1", "type", "veth", "peer", "name",
+         "eth0", "netns", host.ns],
+        ["-n", seg.hosts[role].ns, "addr", "add", "198.51.100.50/24", "dev", "eth1"],
+        ["-n", seg.hosts[role].ns, "link", "set", "eth1", "up"],
+        ["-n", host.ns, "addr", "add", "198.51.100.2/24", "dev", "eth0"],
+        ["-n", host.ns, "link", "set", "eth0", "up"],
+    ):
+        subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
+    return host
+
+
+def test_fetches_leave_only_by_the_audited_interface(seg: Segment, test_pki: AuditPki,
+                                                     tmp_path: Path) -> None:
+    """The auditor's host has a second interface (say, its management network) from which a
+    boot URL's server is reachable. Auditing eth0, the audit must not fetch through eth1:
+    what it would see there is not what a client on the audited segment gets, and it would
+    touch a network the user did not ask to audit. Every fetch (TLS probe, HTTP GET, TFTP)
+    is bound to eth0, where that address has no route."""
+    rogue = seg.add_host("rogue", 3)
+    seg.add_host("client", 50)
+    other = _second_link(seg, "client", "other")
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "x").write_bytes(b"served only behind eth1")
+    seg.start_server(other, "http")
+    seg.start_server(other, "https", str(web), str(test_pki.chain_pem), str(test_pki.key_pem))
+    seg.start_server(other, "tftp", str(web))
+    urls = ["http://198.51.100.2/moved", "https://198.51.100.2/x", "tftp://198.51.100.2/x"]
+    seg.start_server(rogue, "rogue", "eth0", "urls", *urls)
+    run = seg.audit(seg.hosts["client"], "--window", "2", "--follow-timeout", "3",
+                    "--arch", "bios,efi-x64", "--no-dhcpv6", "--json",
+                    "--policy", str(policy(tmp_path)))
+    http = {h["url"]: h for h in run.json["observation"]["http"]}
+    assert set(urls[:2]) <= set(http), run.json["observation"]
+    assert http[urls[0]]["status"] is None and not http[urls[0]]["ok"], http[urls[0]]
+    assert not http[urls[1]]["tls_chain_sha256"] and not http[urls[1]]["ok"], http[urls[1]]
+    tftp_fetches = {f["url"]: f for f in run.json["observation"]["fetched"]}
+    assert urls[2] in tftp_fetches, run.json["observation"]["fetched"]
+    assert tftp_fetches[urls[2]]["size"] == 0, tftp_fetches[urls[2]]
+    assert not tftp_fetches[urls[2]]["ok"], tftp_fetches[urls[2]]

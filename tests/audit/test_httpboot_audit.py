@@ -132,8 +132,49 @@ def test_changed_firmware_on_the_origin_is_a_mismatch(httpboot: HttpBootSegment)
 
 def test_origin_certificate_from_another_ca(httpboot: HttpBootSegment, test_pki: AuditPki,
                                            tmp_path: Path) -> None:
-    """The same origin checked against a CA that did not issue its certificate."""
+    """The same origin checked against a CA that did not issue its certificate. The file
+    is still fetched (unverified) and hashed: what that origin serves is evidence too."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"expected_ca_file: {test_pki.other_root_pem}\n")
     run = _audit(httpboot, "--policy", str(policy))
     assert "https-unexpected-ca" in _findings_for(run, FIRMWARE_URL), run.stdout
+    firmware = _http(run, FIRMWARE_URL)
+    assert firmware["tls_verified"] is False, firmware
+    assert firmware["ok"] and firmware["sha256"] == sha256(FIRMWARE), firmware
+
+
+def test_origin_that_switches_certificate_after_the_probe(test_pki: AuditPki,
+                                                          tmp_path: Path) -> None:
+    """The chain is checked again on the connection that fetches the file: an origin (or a
+    man in the middle) that shows the release CA's certificate to the audit's TLS probe
+    and another CA's to the GET must not get its body accepted as the boot file."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    body = tmp_path / "ipxe.efi"
+    body.write_bytes(FIRMWARE)  # the released bytes: only the chain is wrong
+    manifest = tmp_path / "release.json"
+    manifest.write_text(json.dumps({
+        "release": "httpboot-1", "origin": "https://192.0.2.1/",
+        "ca_sha256": test_pki.root_sha256,
+        "files": [{"name": "fw/ipxe.efi", "sha256": sha256(FIRMWARE), "size": len(FIRMWARE)}],
+    }))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"release_manifest: {manifest}\nexpected_ca_file: {test_pki.root_pem}\n")
+    with Segment(tmp_path) as seg:
+        origin = seg.add_host("origin", 1)
+        client = seg.add_host("client", 50)
+        # two handshakes for the probe (chain, then verification), the GET third
+        seg.start_server(origin, "https-switch", str(body), "2", str(test_pki.chain_pem),
+                         str(test_pki.key_pem), str(test_pki.other_chain_pem),
+                         str(test_pki.other_key_pem))
+        seg.start_server(origin, "rogue", "eth0", "urls", FIRMWARE_URL)
+        run = seg.audit(client, "--window", "1.5", "--arch", "efi-x64", "--no-dhcpv6",
+                        "--json", "--fail-on", "none", "--policy", str(policy))
+    assert run.returncode == 0, run.stderr
+    check = _http(run, FIRMWARE_URL)
+    assert not check["ok"] and check["sha256"] is None, check
+    assert "CERTIFICATE_VERIFY_FAILED" in str(check["error"]), check
+    found = _findings_for(run, FIRMWARE_URL)
+    assert "boot-file-unverified" in found, run.stdout
+    assert "https-unexpected-ca" in found, run.stdout

@@ -294,3 +294,54 @@ def test_ipv6_server_in_long_form_is_recognised() -> None:
     finally:
         sock.close()
     assert result.ok and result.size == 5, result.error
+
+
+def drip_blocks(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+    """A server trickling full 512-byte blocks (a file with no end) every 0.3 s, whatever
+    the client acknowledges: no read ever times out, so only the deadline ends it."""
+    for block in range(1, 41):
+        sock.sendto(tftp.build_data(block, b"d" * 512), client)
+        time.sleep(0.3)
+
+
+def test_a_drip_fed_transfer_ends_at_its_deadline(fake_server) -> None:  # type: ignore[no-untyped-def]
+    port = fake_server(drip_blocks)
+    start = time.monotonic()
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=1.0, retry=0.5)
+    elapsed = time.monotonic() - start
+    assert elapsed < 1.6, elapsed
+    assert not result.ok and result.sha256 is None
+    assert result.deadline_reached and result.size >= 512, result
+    assert "still transferring after 1 s" in (result.error or ""), result.error
+
+
+def endless_file(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+    """A well-behaved server of a file that never ends: each ACK gets the next full block
+    at once (for 8 s at most), so neither a timeout nor a retry ever ends the transfer."""
+    stop = time.monotonic() + 8
+    block = 1
+    sock.settimeout(1)
+    while time.monotonic() < stop:
+        sock.sendto(tftp.build_data(block & 0xFFFF, b"e" * 512), client)
+        try:
+            sock.recvfrom(2048)
+        except OSError:
+            return
+        block += 1
+
+
+def test_an_endless_file_ends_at_the_deadline_not_the_size_cap(fake_server) -> None:  # type: ignore[no-untyped-def]
+    port = fake_server(endless_file)
+    start = time.monotonic()
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=1.0, retry=0.5,
+                        max_size=1 << 40)
+    assert time.monotonic() - start < 1.6
+    assert result.deadline_reached and not result.ok and not result.truncated, result.error
+
+
+def test_a_retry_interval_longer_than_the_timeout_does_not_extend_it(fake_server) -> None:  # type: ignore[no-untyped-def]
+    port = fake_server(lambda sock, data, client: None)
+    start = time.monotonic()
+    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=1.0, retry=4.0)
+    assert not result.ok and result.error == "timed out"
+    assert time.monotonic() - start < 1.6

@@ -517,3 +517,55 @@ def test_export_removes_old_temp_files_only(pki: Path, tmp_path: Path, run: Run)
     r = run("ca", "export", "--pki", str(pki), "--out", str(out))
     assert r.exit_code == 0, r.output
     assert not old.exists() and young.exists()
+
+
+@pytest.mark.parametrize("where", ["issued", "revoked", "certs_by_serial", "crls", "private"])
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-copy", "dangling"])
+def test_a_pki_directory_replaced_by_a_link_is_refused(pki: Path, tmp_path: Path, where: str,
+                                                       dangling: bool, run: Run) -> None:
+    """A directory of the pki swapped for a symbolic link: to a faithful copy (ours, safe
+    modes: the files would still check out, but whoever controls the link controls what
+    is read and where writes go), or to nothing yet (a write would create it there)."""
+    target = pki / where
+    target.mkdir(mode=0o700 if where == "private" else 0o755, exist_ok=True)
+    elsewhere = tmp_path / "elsewhere" / where
+    elsewhere.parent.mkdir(mode=0o700)
+    shutil.copytree(target, elsewhere, symlinks=True)
+    shutil.rmtree(target)
+    if dangling:
+        shutil.rmtree(elsewhere)
+    target.symlink_to(elsewhere, target_is_directory=True)
+    r = run("ca", "list", "--pki", str(pki))
+    assert r.exit_code == 3 and "symbolic link" in r.output, r.output
+    assert str(target) in r.output, r.output
+
+
+@pytest.mark.parametrize("change", ["group-writable", "other-owner", "link"])
+@pytest.mark.parametrize("name", ["index.json", "ca.crt"])
+def test_a_pki_file_others_could_have_changed_is_refused(pki: Path, tmp_path: Path,
+                                                         name: str, change: str,
+                                                         run: Run) -> None:
+    """The files read back as the CA's record: writable by its group, owned by another
+    user, or a link (to a copy that would check out) are each refused, by the CA and by
+    a trust-only reader."""
+    file = pki / name
+    if change == "group-writable":
+        os.chmod(file, 0o664)
+        expected = f"{file} is writable by other users (mode 0664)"
+    elif change == "other-owner":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give a file to another uid")
+        os.chown(file, 65534, 65534)
+        expected = f"{file} is owned by uid 65534"
+    else:
+        copy = tmp_path / name
+        shutil.copy2(file, copy)
+        file.unlink()
+        file.symlink_to(copy)
+        expected = f"{file} is a symbolic link"
+    r = run("ca", "list", "--pki", str(pki))
+    assert r.exit_code == 3 and expected in r.output, r.output
+    if name == "ca.crt":  # the trust-only path (`verify --pki` on an export) checks too
+        (pki / "index.json").unlink()
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            load_trusted_root(pki)

@@ -507,3 +507,23 @@ def test_rotation_refusals_that_change_nothing(ca_home: Path, secrets_dir: Path)
     with pytest.raises(ConfigError, match="is about root " + "0" * 64):
         promote_root(ca, constant(CA_PASS.encode()), evidence=[operator_evidence("0" * 64)])
     assert index.read_bytes() == begun
+
+
+def test_check_does_not_ask_for_keys_of_leaves_under_a_retired_issuing_ca(
+        ca_home: Path, run: Run, secrets_dir: Path) -> None:
+    """Leaves of a retired issuing CA no longer sign: their keys may be destroyed (as they
+    should be, once renewed with new keys) without `ca check` calling that a problem."""
+    old = CertificateAuthority.open(ca_home).active_entry("issuing")
+    old_signer = CertificateAuthority.open(ca_home).get("signer")
+    assert ca(run, ca_home, secrets_dir, "rotate", "issuing").exit_code == 0
+    for name in ("signer", "other"):
+        r = ca(run, ca_home, secrets_dir, "renew", name, "--rekey", "--key-passphrase-file",
+               str(secrets_dir / "key.pass"))
+        assert r.exit_code == 0, r.output
+    r = ca(run, ca_home, secrets_dir, "rotate", "issuing", "--retire", f"{old.serial:x}",
+           secret=False)
+    assert r.exit_code == 0, r.output
+    authority = CertificateAuthority.open(ca_home)
+    assert authority.get("signer").key_file != old_signer.key_file
+    (ca_home / str(old_signer.key_file)).unlink()
+    assert authority.check() == []

@@ -451,3 +451,70 @@ def test_an_expired_issuing_ca_issues_nothing(tmp_path: Path, late: dt.timedelta
     # A new issuing CA issues again.
     rotate_issuing(ca, pw, key_type="ec-p256", now=expiry + late)
     assert ca.issue("codesign", "late", pw, pw, key_type="ec-p256", now=expiry + late)
+
+
+def _edit_index(pki: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    """Change index.json as damage or a hand edit would (the file is the CA's record)."""
+    path = pki / "index.json"
+    data = json.loads(path.read_text())
+    edit({e["name"]: e for e in data["entries"]}, data["entries"])
+    path.write_text(json.dumps(data, indent=2))
+
+
+def test_check_reports_each_inconsistency_of_the_index(pki: Path) -> None:
+    """`ca check` names what is wrong with each entry: a serial that differs from the
+    certificate's, a serial listed twice (one revocation would name two certificates), a
+    certificate file that cannot be read, an issuer the index does not hold, an issuer
+    that did not sign the certificate, a missing key file of a valid certificate."""
+    ca = CertificateAuthority.open(pki)
+    assert ca.check() == []
+    root_sha = ca.active_entry("root").sha256
+    client_serial = f"{ca.get('ipxe-client').serial:x}"
+
+    def edit(by_name, entries) -> None:  # type: ignore[no-untyped-def]
+        by_name["signer"]["serial"] = "abc123"
+        entries.append({**by_name["ipxe-client"], "name": "ipxe-client-again"})
+        by_name["boot.example.net"]["issuer_sha256"] = "0" * 64
+        by_name["ipxe-client"]["issuer_sha256"] = root_sha  # the root did not sign it
+
+    _edit_index(pki, edit)
+    problems = CertificateAuthority.open(pki).check()
+    assert "signer: serial mismatch" in problems, problems
+    assert f"duplicate serial {client_serial}" in problems, problems
+    assert f"boot.example.net: its issuer {'0' * 64} is not in the index" in problems, problems
+    assert any(p.startswith("ipxe-client: not issued by CN=") for p in problems), problems
+
+
+def test_check_reports_unreadable_certificates_and_missing_keys(pki: Path, run: Run) -> None:
+    """A certificate file gone is reported as such among the other problems (the check
+    went on: it did not stop at the first unreadable file)."""
+    ca = CertificateAuthority.open(pki)
+    cert_file = ca.get("boot.example.net").cert_file
+    (pki / cert_file).unlink()
+    key_file = ca.get("signer").key_file
+    (pki / str(key_file)).unlink()
+    problems = CertificateAuthority.open(pki).check()
+    assert any(p.startswith("boot.example.net: certificate ") and p.endswith(
+        f"{cert_file} does not exist") for p in problems), problems
+    assert f"signer: key file {key_file} is missing" in problems, problems
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 3 and "key file" in r.output, r.output
+
+
+def test_check_reports_a_replaced_certificate_file(pki: Path) -> None:
+    """The certificate file an entry names (not its view in issued/) swapped for another
+    certificate of the CA: reported as differing from the index."""
+    ca = CertificateAuthority.open(pki)
+    signer, client = ca.get("signer"), ca.get("ipxe-client")
+    (pki / signer.cert_file).write_bytes((pki / client.cert_file).read_bytes())
+    problems = CertificateAuthority.open(pki).check()
+    assert f"signer: {signer.cert_file} differs from the index" in problems, problems
+
+
+def test_check_does_not_ask_for_the_key_of_a_revoked_certificate(pki: Path) -> None:
+    ca = CertificateAuthority.open(pki)
+    key_file = ca.get("ipxe-client").key_file
+    ca.revoke("ipxe-client", constant(CA_PASS.encode()))
+    (pki / str(key_file)).unlink()
+    problems = CertificateAuthority.open(pki).check()
+    assert not [p for p in problems if "key file" in p], problems

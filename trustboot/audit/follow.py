@@ -225,13 +225,15 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
                if device else None)
     digest = hashlib.sha256()
     head = bytearray()
+    cutoff = _Cutoff(end)
     try:
         transport = httpx.HTTPTransport(verify=verify, socket_options=options, retries=0)
         with httpx.Client(transport=transport, timeout=max(0.01, end - time.monotonic()),
                           follow_redirects=False, trust_env=False) as client, \
                 client.stream("GET", target,
                               headers={"Host": netloc, "Accept-Encoding": "identity"},
-                              extensions={"sni_hostname": host}) as resp:
+                              extensions={"sni_hostname": host,
+                                          "trace": cutoff.trace}) as resp:
             check.status = resp.status_code
             encoding = resp.headers.get("content-encoding", "").strip()
             if encoding and encoding.lower() != "identity":
@@ -258,18 +260,83 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
                 digest.update(chunk)
                 if len(head) < HEAD_LIMIT:
                     head += chunk[: HEAD_LIMIT - len(head)]
-    except httpx.TimeoutException:
-        check.limit = "fetch-deadline"
-        check.error = f"took longer than {timeout:g} s"
-        return check
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+        if isinstance(exc, httpx.TimeoutException) or cutoff.fired:
+            check.limit = "fetch-deadline"
+            check.error = f"took longer than {timeout:g} s"
+            return check
         # the URL came off the wire: a host name IDNA cannot encode is evidence, not a crash
         check.error = f"{type(exc).__name__}: {exc}"
+        refused = _cert_verify_error(exc)
+        if refused is not None:  # the probe's chain verified, this connection's did not
+            check.tls_verified = False
+            check.tls_error = (f"the connection that fetched the file does not verify against "
+                               f"{policy.ca_file.name if policy.ca_file else 'the CA'}: "
+                               f"{refused.verify_message}")
+        return check
+    finally:
+        cutoff.cancel()
+    if cutoff.fired:  # a body framed by the connection's end, cut at the deadline
+        check.limit = "fetch-deadline"
+        check.error = f"took longer than {timeout:g} s"
         return check
     check.ok = True
     check.sha256 = digest.hexdigest()
     check.loader = identify(bytes(head))
     return check
+
+
+class _Cutoff:
+    """Shuts a fetch's sockets down at its deadline.
+
+    Every socket operation has a timeout, but a server that sends one byte just before each
+    one expires (a drip) never trips it: the total deadline needs a clock of its own. The
+    sockets come from httpcore's ``trace`` extension (the connection it just opened)."""
+
+    def __init__(self, end: float) -> None:
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        self.timer = threading.Timer(max(0.0, end - time.monotonic()), self.fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event != "connection.connect_tcp.complete":
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        with self.lock:
+            self.sockets.append(sock)
+            if self.fired:
+                _shut(sock)
+
+    def fire(self) -> None:
+        with self.lock:
+            self.fired = True
+            for sock in self.sockets:
+                _shut(sock)
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a read blocked on it, in any thread
+    except OSError:
+        pass
+
+
+def _cert_verify_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind an httpx error, if that is what it is."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _fetch_tftp(target: BootTarget, cfg: FollowConfig, *, max_size: int, timeout: float,

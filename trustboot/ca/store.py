@@ -1113,10 +1113,12 @@ class CertificateAuthority:
                  and self.status_of(e, now) == "expired"), None)
         return views
 
-    def _views(self, now: dt.datetime) -> tuple[dict[str, bytes | None],
-                                                dict[str, IssuedEntry | None]]:
+    def _views(self, now: dt.datetime, *, skip_unreadable: bool = False
+               ) -> tuple[dict[str, bytes | None], dict[str, IssuedEntry | None]]:
         """What every view should hold: certificate views (relative path -> content, None
-        for "absent") and key views (relative path -> the entry whose key it copies)."""
+        for "absent") and key views (relative path -> the entry whose key it copies).
+        ``skip_unreadable``: leave out the view of a certificate that cannot be read (for
+        `ca check`, which reports that certificate itself) instead of raising."""
         root, issuing = self.active_entry("root"), self.active_entry("issuing")
         certs: dict[str, bytes | None] = {
             "ca.crt": pem(self.root_cert),
@@ -1126,7 +1128,11 @@ class CertificateAuthority:
         keys: dict[str, IssuedEntry | None] = {"private/ca.key": root,
                                                "private/issuing-ca.key": issuing}
         for name, entry in self._view_entries(now).items():
-            certs[f"issued/{name}.crt"] = entry.read_cert_pem() if entry else None
+            try:
+                certs[f"issued/{name}.crt"] = entry.read_cert_pem() if entry else None
+            except ConfigError:
+                if not skip_unreadable:
+                    raise
             keys[f"private/{name}.key"] = entry
         return certs, keys
 
@@ -1170,7 +1176,7 @@ class CertificateAuthority:
 
     def _stale_views(self, now: dt.datetime) -> list[str]:
         problems = []
-        certs, keys = self._views(now)
+        certs, keys = self._views(now, skip_unreadable=True)
         stale = [(rel, _read_view(self.path / rel), content) for rel, content in certs.items()]
         stale += [(rel, _read_view(self.path / rel), self._key_view_content(entry))
                   for rel, entry in keys.items()]

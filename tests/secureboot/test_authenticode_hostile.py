@@ -1,0 +1,283 @@
+"""Authenticode against hostile PE files: each header bound, the section and certificate
+tables, and the WIN_CERTIFICATE walk, one crafted image each.
+
+The images start from the minimal EFI application of mkpe (PE32+, one .text section at
+0x200, SizeOfHeaders 0x200, 16 data directories); the offsets below are that layout's.
+Whatever is refused must be refused as the malformation it is (not by a later check that
+happens to trip), and what is legitimate (a .bss section, bytes after the last section, an
+unaligned end) must sign so that an independent verifier agrees.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from trustboot.errors import ConfigError, VerificationError
+from trustboot.secrets import constant
+from trustboot.secureboot import authenticode, keyset
+
+from .conftest import PASS
+from .mkpe import make_efi_app
+
+PE = 0x40  # e_lfanew
+NSECTIONS = PE + 6
+OPT_SIZE = PE + 20
+OPT = PE + 24
+SIZE_OF_HEADERS = OPT + 60
+NRVA = OPT + 108
+CERTDIR = OPT + 112 + 4 * 8  # IMAGE_DIRECTORY_ENTRY_SECURITY
+SECTIONS = OPT + 240
+TEXT_RAW_SIZE = SECTIONS + 16
+TEXT_RAW_PTR = SECTIONS + 20
+
+
+def put(data: bytes, offset: int, fmt: str, *values: int | bytes) -> bytes:
+    out = bytearray(data)
+    struct.pack_into(fmt, out, offset, *values)
+    return bytes(out)
+
+
+Sign = Callable[[bytes], bytes]
+
+
+@pytest.fixture(scope="module")
+def signer_and_db(keyset_pki: Path) -> tuple[Sign, x509.Certificate]:
+    ks = keyset.load_keyset(keyset_pki)
+    signer = keyset.open_signer(ks, "db", constant(PASS.encode()), now=dt.datetime.now(dt.UTC))
+    return (lambda data: keyset.sign_efi(data, "app", signer)), ks.certificates["db"]
+
+
+@pytest.fixture(scope="module")
+def signed(signer_and_db: tuple[Sign, x509.Certificate]) -> bytes:
+    return signer_and_db[0](make_efi_app())
+
+
+def refused(data: bytes, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        authenticode.parse_pe(data, "img")
+    assert message in info.value.message, info.value.message
+
+
+# -- headers: each bound refuses with its own reason -------------------------------------------
+
+APP = make_efi_app()
+
+
+@pytest.mark.parametrize("image, message", [
+    pytest.param(b"ZM" + APP[2:], "no MZ header", id="no-mz"),
+    pytest.param(put(APP, PE, "<4s", b"PX\0\0"), "no PE signature", id="no-pe"),
+    # PE32+ keeps NumberOfRvaAndSizes at 108: an optional header of 100 bytes ends first
+    pytest.param(put(APP, OPT_SIZE, "<H", 100), "truncated optional header", id="opt-100"),
+    # 16 directories announced, but the header ends inside the security entry
+    pytest.param(put(APP, OPT_SIZE, "<H", 148), "data directories run past", id="dirs"),
+    pytest.param(put(APP, SIZE_OF_HEADERS, "<I", 0x100), "SizeOfHeaders is out of range",
+                 id="soh-inside-optional-header"),
+    pytest.param(put(APP, SIZE_OF_HEADERS, "<I", 0x10000), "SizeOfHeaders is out of range",
+                 id="soh-past-eof"),
+    pytest.param(put(APP, NSECTIONS, "<H", 20), "section table runs past the headers",
+                 id="section-table"),
+    pytest.param(put(APP, TEXT_RAW_SIZE, "<I", 0x10000), "section 0 lies outside the file",
+                 id="section-past-eof"),
+    pytest.param(put(APP, TEXT_RAW_PTR, "<I", 0x100), "section 0 lies outside the file",
+                 id="section-in-headers"),
+])
+def test_malformed_headers_are_refused_as_such(image: bytes, message: str) -> None:
+    refused(image, message)
+
+
+def test_a_directory_count_without_the_security_entry(
+        signer_and_db: tuple[Sign, x509.Certificate]) -> None:
+    """NumberOfRvaAndSizes 4 stops before the security directory (index 4): the image has
+    no certificate-table entry, and signing says so instead of writing into bytes that are
+    not a directory; with 5 the entry is there and signing works."""
+    sign, db = signer_and_db
+    short = put(APP, NRVA, "<I", 4)
+    assert authenticode.parse_pe(short, "img").certdir_offset is None
+    with pytest.raises(ConfigError, match="no certificate-table directory entry"):
+        sign(short)
+    five = put(APP, NRVA, "<I", 5)
+    assert authenticode.parse_pe(five, "img").certdir_offset == CERTDIR
+    authenticode.verify_image(sign(five), [db], "img")
+
+
+# -- the certificate table ---------------------------------------------------------------------
+
+
+def _table(image: bytes) -> tuple[int, int]:
+    offset, size = struct.unpack_from("<II", image, CERTDIR)
+    return offset, size
+
+
+def test_certificate_table_not_at_the_aligned_end_is_refused(signed: bytes) -> None:
+    offset, size = _table(signed)
+    refused(signed + b"\0" * 8, "not the 8-byte aligned end of the file")  # bytes after it
+    refused(put(signed, CERTDIR, "<II", offset + 4, size - 4),  # unaligned start
+            "not the 8-byte aligned end of the file")
+    whole = len(signed) - 0x100  # starts inside the headers
+    refused(put(signed, CERTDIR, "<II", 0x100, whole), "not the 8-byte aligned end of the file")
+
+
+def test_win_certificate_lengths_are_bounded(signed: bytes,
+                                             signer_and_db: tuple[Sign, x509.Certificate]
+                                             ) -> None:
+    """A dwLength running past the table, or shorter than its own header (0 would loop
+    forever), is malformed; an entry of another type is no signature."""
+    _sign, db = signer_and_db
+    offset, size = _table(signed)
+    for length in (size + 8, 4):
+        with pytest.raises(VerificationError, match=f"malformed WIN_CERTIFICATE at byte {offset}"):
+            authenticode.verify_image(put(signed, offset, "<I", length), [db], "img")
+    x509_type = put(signed, offset + 6, "<H", 0x0001)  # WIN_CERT_TYPE_X509
+    with pytest.raises(VerificationError, match="holds no PKCS#7 Authenticode signature"):
+        authenticode.verify_image(x509_type, [db], "img")
+
+
+def test_zero_length_win_certificate_does_not_hang() -> None:
+    """In a subprocess with a timeout: a walk that does not advance would never return."""
+    code = (
+        "import struct, sys\n"
+        "from tests.secureboot.mkpe import make_efi_app\n"
+        "from trustboot.secureboot import authenticode\n"
+        "from trustboot.errors import VerificationError\n"
+        "app = bytearray(make_efi_app())\n"
+        f"struct.pack_into('<II', app, {CERTDIR}, len(app), 16)\n"
+        "app += struct.pack('<IHH', 0, 0x200, 2) + bytes(8)\n"
+        "try:\n"
+        "    authenticode.verify_image(bytes(app), [], 'img')\n"
+        "except VerificationError as exc:\n"
+        "    print(exc.message)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, cwd=root, env={"PYTHONPATH": str(root)})
+    assert "malformed WIN_CERTIFICATE" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_signature_after_an_unaligned_foreign_entry_is_found(
+        signer_and_db: tuple[Sign, x509.Certificate]) -> None:
+    """WIN_CERTIFICATE entries start 8-byte aligned: after a 13-byte entry of another type
+    the next one is 3 bytes of padding further on."""
+    sign, db = signer_and_db
+    unsigned = make_efi_app()
+    real = sign(unsigned)
+    offset, size = _table(real)
+    foreign = struct.pack("<IHH", 13, 0x0200, 0x0001) + b"hello" + b"\0" * 3
+    table = foreign + real[offset:offset + size]
+    image = put(unsigned + table, CERTDIR, "<II", len(unsigned), len(table))
+    report = authenticode.verify_image(image, [db], "img")
+    assert report.signer_subject == db.subject.rfc4514_string()
+
+
+# -- what is hashed: legitimate layouts, checked by independent verifiers too ------------------
+
+
+def _independent(tmp_path: Path, image: bytes, db_path: Path) -> None:
+    if not (shutil.which("sbverify") and shutil.which("osslsigncode")):
+        return
+    f = tmp_path / "img.efi"
+    f.write_bytes(image)
+    out = subprocess.run(["sbverify", "--cert", str(db_path), str(f)], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run(["osslsigncode", "verify", "-in", str(f), "-CAfile", str(db_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "Signature verification: ok" in out.stdout, out.stdout
+
+
+def _two_sections(data_first: bool) -> bytes:
+    """.text (0x200) and .data (0x400), listed in the section table in file order or not."""
+    app = bytearray(make_efi_app() + b"\x11" * 0x200)
+    struct.pack_into("<H", app, NSECTIONS, 2)
+    text = bytes(app[SECTIONS:SECTIONS + 40])
+    data = struct.pack("<8sIIIIIIHHI", b".data", 0x200, 0x2000, 0x200, 0x400, 0, 0, 0, 0,
+                       0xC0000040)
+    app[SECTIONS:SECTIONS + 80] = (data + text) if data_first else (text + data)
+    return bytes(app)
+
+
+def test_sections_are_hashed_in_file_order(signer_and_db: tuple[Sign, x509.Certificate],
+                                           keyset_pki: Path, tmp_path: Path) -> None:
+    sign, db = signer_and_db
+    listed, ordered = _two_sections(True), _two_sections(False)
+    pe_listed = authenticode.parse_pe(listed, "img")
+    assert pe_listed.sections == ((0x200, 0x200), (0x400, 0x200))
+    image = sign(listed)
+    authenticode.verify_image(image, [db], "img")
+    _independent(tmp_path, image, keyset_pki / "secureboot" / "db.crt")
+    assert authenticode.parse_pe(ordered, "img").sections == pe_listed.sections
+
+
+def test_a_bss_section_without_file_data_is_skipped(
+        signer_and_db: tuple[Sign, x509.Certificate], keyset_pki: Path,
+        tmp_path: Path) -> None:
+    """SizeOfRawData 0 and PointerToRawData 0, as linkers write .bss: nothing to hash,
+    and no reason to refuse the image."""
+    sign, db = signer_and_db
+    app = bytearray(make_efi_app())
+    struct.pack_into("<H", app, NSECTIONS, 2)
+    app[SECTIONS + 40:SECTIONS + 80] = struct.pack("<8sIIIIIIHHI", b".bss", 0x100, 0x2000, 0,
+                                                   0, 0, 0, 0, 0, 0xC0000080)
+    image = sign(bytes(app))
+    authenticode.verify_image(image, [db], "img")
+    _independent(tmp_path, image, keyset_pki / "secureboot" / "db.crt")
+
+
+def test_bytes_after_the_last_section_are_signed(
+        signer_and_db: tuple[Sign, x509.Certificate], keyset_pki: Path,
+        tmp_path: Path) -> None:
+    """Data past the sections (debug data, an appended payload) is part of the image
+    hash: changing it after signing breaks the signature. The unaligned end is padded,
+    so the certificate table starts 8-byte aligned."""
+    sign, db = signer_and_db
+    image = sign(make_efi_app() + b"TRAILING PAYLOAD!")  # 17 bytes: the end is unaligned
+    offset, _size = _table(image)
+    assert offset % 8 == 0 and offset == 0x400 + 24
+    authenticode.verify_image(image, [db], "img")
+    _independent(tmp_path, image, keyset_pki / "secureboot" / "db.crt")
+    changed = bytearray(image)
+    changed[0x400 + 3] ^= 0x20
+    with pytest.raises(VerificationError, match="changed after signing"):
+        authenticode.verify_image(bytes(changed), [db], "img")
+
+
+def make_efi_app32() -> bytes:
+    """The mkpe application as PE32 (i386 EFI, e.g. iPXE's bin-i386-efi): BaseOfData and
+    4-byte ImageBase/stack/heap fields put the data directories at 96, not 112."""
+    file_align, sect_align, opt_size = 0x200, 0x1000, 96 + 16 * 8
+    size_of_headers = 0x200
+    raw = b"\x31\xc0\xc3" + b"\xcc" * (0x200 - 3)
+    dos = b"MZ" + b"\0" * 0x3A + struct.pack("<I", PE)
+    coff = struct.pack("<HHIIIHH", 0x014C, 1, 0, 0, 0, opt_size, 0x0102)
+    opt = struct.pack(
+        "<HBBIIIIIIIIIHHHHHHIIIIHHIIIIII",
+        0x10B, 14, 0, len(raw), 0, 0, sect_align, sect_align, 0, 0x400000,
+        sect_align, file_align, 0, 0, 0, 0, 0, 0, 0, 2 * sect_align, size_of_headers, 0,
+        10, 0, 0x100000, 0x1000, 0x100000, 0x1000, 0, 16)
+    opt += b"\0" * (16 * 8)
+    section = struct.pack("<8sIIIIIIHHI", b".text", 3, sect_align, len(raw), size_of_headers,
+                          0, 0, 0, 0, 0x60000020)
+    head = dos + b"PE\0\0" + coff + opt + section
+    return head + b"\0" * (size_of_headers - len(head)) + raw
+
+
+def test_a_pe32_image_signs_where_its_directories_are(
+        signer_and_db: tuple[Sign, x509.Certificate], keyset_pki: Path,
+        tmp_path: Path) -> None:
+    sign, db = signer_and_db
+    app = make_efi_app32()
+    pe = authenticode.parse_pe(app, "img")
+    assert pe.certdir_offset == OPT + 96 + 4 * 8 and pe.checksum_offset == OPT + 64
+    image = sign(app)
+    offset, size = struct.unpack_from("<II", image, OPT + 96 + 4 * 8)
+    assert offset == len(app) and offset + size == len(image)
+    authenticode.verify_image(image, [db], "img")
+    _independent(tmp_path, image, keyset_pki / "secureboot" / "db.crt")
