@@ -497,6 +497,8 @@ def test_check_reports_unreadable_certificates_and_missing_keys(pki: Path, run: 
     assert any(p.startswith("boot.example.net: certificate ") and p.endswith(
         f"{cert_file} does not exist") for p in problems), problems
     assert f"signer: key file {key_file} is missing" in problems, problems
+    # and its view is not misread as that of a revoked or retired certificate
+    assert not any("signer.key" in p and "should not exist" in p for p in problems), problems
     r = run("ca", "check", "--pki", str(pki))
     assert r.exit_code == 3 and "key file" in r.output, r.output
 
