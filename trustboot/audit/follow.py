@@ -262,9 +262,7 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
                     head += chunk[: HEAD_LIMIT - len(head)]
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         if isinstance(exc, httpx.TimeoutException) or cutoff.fired:
-            check.limit = "fetch-deadline"
-            check.error = f"took longer than {timeout:g} s"
-            return check
+            return _past_deadline(check, timeout)
         # the URL came off the wire: a host name IDNA cannot encode is evidence, not a crash
         check.error = f"{type(exc).__name__}: {exc}"
         refused = _cert_verify_error(exc)
@@ -277,12 +275,16 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
     finally:
         cutoff.cancel()
     if cutoff.fired:  # a body framed by the connection's end, cut at the deadline
-        check.limit = "fetch-deadline"
-        check.error = f"took longer than {timeout:g} s"
-        return check
+        return _past_deadline(check, timeout)
     check.ok = True
     check.sha256 = digest.hexdigest()
     check.loader = identify(bytes(head))
+    return check
+
+
+def _past_deadline(check: HttpCheck, timeout: float) -> HttpCheck:
+    check.limit = "fetch-deadline"
+    check.error = f"took longer than {timeout:g} s"
     return check
 
 

@@ -1051,8 +1051,7 @@ class CertificateAuthority:
             except (ValueError, TypeError, InvalidSignature, ConfigError) as exc:
                 problems.append(f"{e.name}: not issued by {issuer_entry.subject}: "
                                 f"{exc or type(exc).__name__}")
-            if (e.key_file and e.status == "valid" and not self.chain_retired(e)
-                    and not (self.path / e.key_file).exists()):
+            if e.status == "valid" and not self.chain_retired(e) and self._key_missing(e):
                 problems.append(f"{e.name}: key file {e.key_file} is missing")
         problems += self._check_crls(now)
         problems += self._stale_views(now)
@@ -1136,6 +1135,10 @@ class CertificateAuthority:
             keys[f"private/{name}.key"] = entry
         return certs, keys
 
+    def _key_missing(self, entry: IssuedEntry) -> bool:
+        """The entry names a key file and it is not there."""
+        return bool(entry.key_file) and not (self.path / str(entry.key_file)).exists()
+
     def _key_view_content(self, entry: IssuedEntry | None) -> bytes | None:
         if entry is None or entry.key_file is None:
             return None
@@ -1179,8 +1182,7 @@ class CertificateAuthority:
         certs, keys = self._views(now, skip_unreadable=True)
         stale = [(rel, _read_view(self.path / rel), content) for rel, content in certs.items()]
         for rel, entry in keys.items():
-            if entry is not None and entry.key_file is not None \
-                    and not (self.path / entry.key_file).is_file():
+            if entry is not None and self._key_missing(entry):
                 continue  # check() reports the key file itself; its view is no clue
             stale.append((rel, _read_view(self.path / rel), self._key_view_content(entry)))
         for rel, have, want in stale:
