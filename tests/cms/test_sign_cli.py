@@ -124,6 +124,20 @@ def test_refuses_signers_ipxe_would_reject(material: Material, tmp_path: Path,
     assert f"[rule: {rule}]" in result.output
 
 
+def test_a_refused_signer_is_reported_before_a_wrong_passphrase(material: Material,
+                                                                tmp_path: Path) -> None:
+    """The key is unlocked in the background from the start (file: keys, secret from the
+    environment), but a doomed signer is still what the user hears about, exit 4."""
+    now = dt.datetime.now(dt.UTC)
+    key, cert, chain = material.issue("expired-pw", rsa_key(), not_before=now - 400 * DAY,
+                                      not_after=now - DAY)
+    image = _files(tmp_path, 1)[0]
+    result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(image)],
+                                env={"TB_TEST_PASS": "not the passphrase"})
+    assert result.exit_code == 4, result.output
+    assert "[rule: expired]" in result.output and "passphrase" not in result.output
+
+
 def test_warns_when_signer_expires_soon(material: Material, tmp_path: Path) -> None:
     key, cert, chain = material.issue("short-lived", ec_key(),
                                       not_after=dt.datetime.now(dt.UTC) + 10 * DAY)

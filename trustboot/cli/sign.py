@@ -149,11 +149,17 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
     # Without a prompt to wait for, hashing starts now and overlaps the signing stack's
     # imports, the key reference's resolution and the unlock (hashlib drops the GIL); the
     # options are checked first (sign_paths checks them only when it starts the hashing).
-    hashing = None
+    hashing = key_ahead = None
     if not prompts:
         check_options(paths, out_dir=out_dir, manifest=manifest,
                       expiry_warning_days=expiry_warning_days)
         hashing = HashJob(paths, hash_name, progress=bars)
+        if ref.scheme == "file":
+            # The key's KDF (~50 ms, GIL released) overlaps the imports below too; after
+            # the HashJob, which may fork (never with a thread running).
+            from trustboot.keys.keyfile import start_signing_key_load
+
+            key_ahead = start_signing_key_load(ref.path, passphrases)
     try:
         from trustboot.cms.certinfo import IpxeVersion
         from trustboot.cms.workflow import sign_paths
@@ -168,7 +174,7 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
             hash_name=hash_name, out_dir=out_dir, manifest=manifest, progress=bars,
             ipxe_version=version, expiry_warning_days=expiry_warning_days,
             pkcs11_module=pkcs11_module, on_warning=warn, unlock_first=prompts,
-            hashing=hashing)
+            hashing=hashing, key_ahead=key_ahead)
     except BaseException:
         if hashing is not None:
             hashing.cancel()

@@ -26,6 +26,7 @@ from trustboot.secrets import PassphraseSource
 if TYPE_CHECKING:
     from trustboot.cms.certinfo import IpxeVersion
     from trustboot.cms.sign import Signed
+    from trustboot.keys.keyfile import KeyLoad
 
 # This module imports only the standard library and light trustboot modules at load time:
 # a caller validates options and starts a HashJob first, and the signing stack
@@ -145,6 +146,7 @@ def sign_paths(
     on_warning: Warn | None = None,
     unlock_first: bool = False,
     hashing: HashJob | None = None,
+    key_ahead: KeyLoad | None = None,
 ) -> SignRun:
     """Sign ``paths`` with the key ``key_ref`` names; every FILE.sig or none is written.
 
@@ -154,7 +156,10 @@ def sign_paths(
     unlocked while the files are hashed. ``hashing``: a HashJob the caller started earlier
     for the same files and hash (so hashing overlaps its imports), after passing the same
     arguments to :func:`check_options` (here they are checked only without one); cancelled
-    on failure.
+    on failure. ``key_ahead``: the unlocking of a ``file:`` key the caller began earlier
+    with ``secrets`` (keys.keyfile.start_signing_key_load, so the KDF overlaps its
+    imports), after starting ``hashing`` (a HashJob forks only while no other thread
+    runs); used when it is this reference's key file.
     """
     paths = list(paths)
     hash_alg = HashAlgorithm.parse(hash_name)
@@ -173,7 +178,7 @@ def sign_paths(
     from trustboot.cms.certinfo import DEFAULT_IPXE
     from trustboot.cms.sign import check_targets, preflight, sign_hashed
     from trustboot.fsutil import atomic_write, make_output_dir
-    from trustboot.keys.signer import resolve_signer
+    from trustboot.keys.signer import PendingSigner, resolve_signer
 
     ipxe_version = ipxe_version or DEFAULT_IPXE
     if hashing is not None and (hashing.paths != paths or hashing.hash != hash_alg):
@@ -189,6 +194,9 @@ def sign_paths(
             for finding in preflight(source, now=now, ipxe_version=ipxe_version).warnings:
                 warn(f"{finding.message}\n  hint: {finding.remedy}")
             check_targets(paths, out_dir)
+            if key_ahead is not None and not (isinstance(source, PendingSigner)
+                                              and source.adopt(key_ahead)):
+                key_ahead.wait()  # another key's: no thread may run when signing forks
             wants_pin = source.secret_kind == "pin"  # noqa: S105 - a kind, not a secret
             secret = pins if (pins is not None and wants_pin) else secrets
             with ExitStack() as stack:

@@ -3,28 +3,39 @@
 cryptography's BestAvailableEncryption writes PBKDF2 with a low iteration count; scrypt
 (N=2^14, r=8, p=1, OpenSSL's own `pkcs8 -scrypt` parameters) is memory-hard and still
 loads in OpenSSL and cryptography, so users keep their usual tools (`openssl pkey`).
+
+Reading one, the scrypt KDF (about 50 ms) runs in ``hashlib.scrypt``, which lets other
+threads run meanwhile (cryptography's loader holds the GIL throughout): with ``KeyLoad`` a
+command unlocks its key while it imports and checks everything else. This module imports
+only the standard library at its top for that reason: cryptography (and asn1crypto, for
+writing) come in when a key is decrypted or written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from asn1crypto import core
-from cryptography.hazmat.primitives import padding, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from typing import TYPE_CHECKING
 
 from trustboot.errors import ConfigError
 from trustboot.fsutil import read_private_file, write_private_file
 from trustboot.secrets import PassphraseSource
 
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 SCRYPT_N = 1 << 14
 SCRYPT_R = 8
 SCRYPT_P = 1
+# The most memory (128 * r * N bytes) and work (N * r * p: 32 times the default, about
+# 1.5 s here) a key file's scrypt parameters may ask for: a file asking more is refused.
+SCRYPT_MAXMEM = 64 << 20
+SCRYPT_MAX_WORK = 32 * SCRYPT_N * SCRYPT_R * SCRYPT_P
 MIN_PASSPHRASE_LEN = 8
 # An RSA-16384 PKCS#8 PEM is under 13 KiB; anything near this cap is not a key.
 MAX_KEY_FILE_SIZE = 1 << 20
@@ -48,6 +59,10 @@ def _der_len(n: int) -> bytes:
 
 def encrypt_pkcs8(key: PrivateKey, passphrase: bytes) -> bytes:
     """PEM ``ENCRYPTED PRIVATE KEY`` with PBES2(scrypt, aes256-cbc)."""
+    from asn1crypto import core
+    from cryptography.hazmat.primitives import padding, serialization
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     plain = key.private_bytes(
         serialization.Encoding.DER,
         serialization.PrivateFormat.PKCS8,
@@ -56,8 +71,8 @@ def encrypt_pkcs8(key: PrivateKey, passphrase: bytes) -> bytes:
     salt = os.urandom(16)
     iv = os.urandom(16)
     kek = hashlib.scrypt(
-        passphrase, salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=64 << 20, dklen=32
-    )
+        passphrase, salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=SCRYPT_MAXMEM,
+        dklen=32)
     padder = padding.PKCS7(128).padder()
     padded = padder.update(plain) + padder.finalize()
     enc = Cipher(algorithms.AES(kek), modes.CBC(iv)).encryptor()
@@ -113,16 +128,213 @@ def load_key(path: Path, passphrases: PassphraseSource, what: str, *,
             hint=f"encrypt it: openssl pkcs8 -topk8 -scrypt -in {path} -out {path}.enc",
         )
     passphrase = passphrases(what)
+    params = _scrypt_pbes2(data)
+    kek = None
+    if params is not None:
+        # The KDF first, before cryptography is imported: see the module docstring.
+        try:
+            if (128 * params.r * params.n > SCRYPT_MAXMEM
+                    or params.n * params.r * params.p > SCRYPT_MAX_WORK):
+                raise ValueError("beyond the limits")
+            kek = hashlib.scrypt(passphrase, salt=params.salt, n=params.n, r=params.r,
+                                 p=params.p, maxmem=SCRYPT_MAXMEM, dklen=32)
+        except ValueError:  # OpenSSL would spend minutes on it (or fail, "internal error")
+            raise ConfigError(
+                f"key file {path} asks scrypt for more than trustboot spends on a key (N="
+                f"{params.n}, r={params.r}, p={params.p}; at most {SCRYPT_MAXMEM >> 20} MiB "
+                f"and {SCRYPT_MAX_WORK // (SCRYPT_N * SCRYPT_R * SCRYPT_P)} times the "
+                "default work)",
+                hint="encrypt the key with the default parameters: openssl pkcs8 -topk8 "
+                     "-scrypt") from None
+    from cryptography.exceptions import InternalError, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     try:
-        key = serialization.load_pem_private_key(
-            data, passphrase, unsafe_skip_rsa_key_validation=checked_by_caller)
+        if params is not None and kek is not None:
+            key = _decrypt(params, kek, checked_by_caller)
+        else:  # another PBES2 KDF or cipher, or a legacy PEM: OpenSSL's loader
+            key = serialization.load_pem_private_key(
+                data, passphrase, unsafe_skip_rsa_key_validation=checked_by_caller)
     except ValueError:
         raise ConfigError(
             f"wrong passphrase for {what} ({path}), or the key file is damaged",
             hint="check the passphrase source (--passphrase-file / --passphrase-env)",
         ) from None
-    except TypeError:
-        raise ConfigError(f"key file {path} could not be decrypted") from None
+    except (TypeError, InternalError, UnsupportedAlgorithm):
+        raise ConfigError(f"key file {path} could not be decrypted",
+                          hint="re-encrypt it: openssl pkcs8 -topk8 -scrypt") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise ConfigError(f"key file {path} holds a {type(key).__name__}; only RSA and ECDSA")
     return key
+
+
+class KeyLoad:
+    """``load_key`` running in a thread from now on; ``result()`` waits for it and returns
+    the key, or raises what load_key raised (so an error surfaces where the key is used,
+    in the same order as without the head start).
+
+    The thread spends most of its time in ``hashlib.scrypt``, which releases the GIL:
+    the caller's imports and checks proceed meanwhile. Only for passphrase sources that
+    never prompt (a file, an environment variable): a prompt belongs to the main thread.
+    The thread is a daemon, so an error that ends the command first does not wait for it;
+    start it after any fork the caller makes early (forking with threads running is
+    unsafe), and call ``result()`` before forking again.
+    """
+
+    def __init__(self, path: Path, passphrases: PassphraseSource, what: str, *,
+                 checked_by_caller: bool = False) -> None:
+        self.path = Path(path)
+        self.passphrases = passphrases
+        self.checked_by_caller = checked_by_caller
+        self._key: PrivateKey | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(what,), daemon=True,
+                                        name="trustboot-unlock")
+        self._thread.start()
+
+    def _run(self, what: str) -> None:
+        try:
+            self._key = load_key(self.path, self.passphrases, what,
+                                 checked_by_caller=self.checked_by_caller)
+        except BaseException as exc:  # re-raised by result(), in the caller's thread
+            self._error = exc
+
+    def wait(self) -> None:
+        """Until the thread is gone, whatever its outcome (kept for result())."""
+        self._thread.join()
+
+    def result(self) -> PrivateKey:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._key is not None
+        return self._key
+
+
+def signing_key_what(path: Path) -> str:
+    """How a signing key file is named in its passphrase prompt and errors."""
+    return f"signing key {Path(path).stem}"
+
+
+def start_signing_key_load(path: Path, passphrases: PassphraseSource) -> KeyLoad:
+    """A signing key file (a ``file:`` reference's) unlocked from now on, as
+    keys.signer.PendingSigner would, for ``sign_paths(key_ahead=...)``."""
+    return KeyLoad(path, passphrases, signing_key_what(path), checked_by_caller=True)
+
+
+@dataclass(frozen=True)
+class _ScryptParams:
+    salt: bytes
+    n: int
+    r: int
+    p: int
+    iv: bytes
+    ciphertext: bytes = field(repr=False)
+
+
+def _scrypt_pbes2(pem: bytes) -> _ScryptParams | None:
+    """The parameters of a PKCS#8 ``ENCRYPTED PRIVATE KEY`` in PBES2(scrypt, AES-256-CBC)
+    (what write_key and `openssl pkcs8 -scrypt` write), read strictly; None for anything
+    else (cryptography's loader then decides)."""
+    import base64
+    import binascii
+
+    begin, end = b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"-----END ENCRYPTED PRIVATE KEY-----"
+    head, found, rest = pem.partition(begin)
+    body, closed, _ = rest.partition(end)
+    if not found or not closed or head.strip():
+        return None
+    try:
+        der = base64.b64decode(b"".join(body.split()), validate=True)
+        info, tail = _der(der, 0x30)
+        alg, info = _der(info, 0x30)
+        ciphertext, more = _der(info, 0x04)
+        oid, alg = _der(alg, 0x06)
+        pbes2, rest2 = _der(alg, 0x30)
+        if tail or more or rest2 or oid != _oid(_OID_PBES2):
+            return None
+        kdf, pbes2 = _der(pbes2, 0x30)
+        scheme, pbes2 = _der(pbes2, 0x30)
+        kdf_oid, kdf = _der(kdf, 0x06)
+        sp, kdf = _der(kdf, 0x30)
+        cipher_oid, scheme = _der(scheme, 0x06)
+        iv, scheme = _der(scheme, 0x04)
+        if (pbes2 or kdf or scheme or kdf_oid != _oid(_OID_SCRYPT)
+                or cipher_oid != _oid(_OID_AES256_CBC) or len(iv) != 16):
+            return None
+        salt, sp = _der(sp, 0x04)
+        numbers = []
+        while sp:
+            value, sp = _der(sp, 0x02)
+            numbers.append(_uint(value))
+    except (ValueError, binascii.Error):
+        return None
+    if len(numbers) == 4 and numbers[3] == 32:  # the optional keyLength, AES-256's
+        numbers.pop()
+    if len(numbers) != 3:
+        return None
+    n, r, p = numbers
+    if n < 2 or n & (n - 1) or r < 1 or p < 1 or not ciphertext or len(ciphertext) % 16:
+        return None
+    return _ScryptParams(salt, n, r, p, iv, ciphertext)
+
+
+def _der(data: bytes, tag: int) -> tuple[bytes, bytes]:
+    """(contents, what follows) of the DER object of type ``tag`` at the start of
+    ``data``; ValueError unless it is exactly that, with a minimal definite length."""
+    if len(data) < 2 or data[0] != tag:
+        raise ValueError("unexpected DER")
+    length, pos = data[1], 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or len(data) < 2 + count or data[2] == 0:
+            raise ValueError("bad DER length")
+        length, pos = int.from_bytes(data[2:2 + count], "big"), 2 + count
+        if length < 0x80:
+            raise ValueError("non-minimal DER length")
+    if len(data) < pos + length:
+        raise ValueError("truncated DER")
+    return data[pos:pos + length], data[pos + length:]
+
+
+def _uint(contents: bytes) -> int:
+    """A non-negative DER INTEGER's value (minimal encoding, at most 8 bytes)."""
+    if (not contents or len(contents) > 9 or contents[0] & 0x80
+            or (len(contents) > 1 and contents[0] == 0 and not contents[1] & 0x80)):
+        raise ValueError("bad DER integer")
+    return int.from_bytes(contents, "big")
+
+
+def _oid(dotted: str) -> bytes:
+    arcs = [int(a) for a in dotted.split(".")]
+    out = bytearray()
+    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        while arc := arc >> 7:
+            chunk.append(0x80 | (arc & 0x7F))
+        out += bytes(reversed(chunk))
+    return bytes(out)
+
+
+def _decrypt(params: _ScryptParams, kek: bytes, checked_by_caller: bool) -> object:
+    """The private key inside ``params``' ciphertext; ValueError when the key encryption
+    key is wrong (bad padding, or plaintext that is not a PKCS#8 key)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    plain = bytearray(len(params.ciphertext) + 16)
+    try:
+        decryptor = Cipher(algorithms.AES(kek), modes.CBC(params.iv)).decryptor()
+        size = decryptor.update_into(params.ciphertext, plain)
+        # whole blocks in, whole blocks out: CBC without cryptography's own padding
+        if decryptor.finalize() or size != len(params.ciphertext):
+            raise ValueError("bad ciphertext")
+        pad = plain[size - 1]
+        if not 1 <= pad <= 16 or plain[size - pad:size] != bytes([pad]) * pad:
+            raise ValueError("bad padding")
+        with memoryview(plain)[:size - pad] as der:
+            return serialization.load_der_private_key(
+                der, None, unsafe_skip_rsa_key_validation=checked_by_caller)
+    finally:
+        plain[:] = bytes(len(plain))  # the plaintext key does not outlive the call here

@@ -17,7 +17,7 @@ import datetime as dt
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -222,14 +222,33 @@ class PendingSigner(KeySource):
     chain: tuple[x509.Certificate, ...]
     key_path: Path
     ca_status: str | None = None
+    ahead: keyfile.KeyLoad | None = field(default=None, repr=False, compare=False)
 
     def unlock(self, passphrases: PassphraseSource) -> KeySigner:
         from trustboot.keys import keyfile
 
-        # KeySigner compares the key with the certificate and checks every RSA signature.
-        key = keyfile.load_key(self.key_path, passphrases, f"signing key {self.key_path.stem}",
-                               checked_by_caller=True)
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and ahead.passphrases is passphrases:
+            key = ahead.result()  # begun earlier with this very secret source
+        else:
+            if ahead is not None:
+                ahead.wait()  # no stray thread once unlocked (sign_many forks)
+            # KeySigner compares the key with the certificate and checks every RSA
+            # signature.
+            key = keyfile.load_key(self.key_path, passphrases,
+                                   keyfile.signing_key_what(self.key_path),
+                                   checked_by_caller=True)
         return KeySigner(key, self.certificate, self.chain)
+
+    def adopt(self, ahead: keyfile.KeyLoad) -> bool:
+        """Take the load of this key file begun before the reference was resolved
+        (keyfile.start_signing_key_load): unlock() with the same passphrase source then
+        waits for it instead of loading the key again. False, and not kept, when it is
+        another file's."""
+        if ahead.path != self.key_path or not ahead.checked_by_caller:
+            return False
+        self.ahead = ahead
+        return True
 
     @contextlib.contextmanager
     def open(self, secrets: PassphraseSource) -> Iterator[Signer]:

@@ -16,12 +16,14 @@ import threading
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 
 from trustboot import fsutil
-from trustboot.keys.keyfile import PrivateKey
+
+if TYPE_CHECKING:
+    from trustboot.keys.keyfile import PrivateKey
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
