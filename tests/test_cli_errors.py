@@ -190,4 +190,6 @@ def test_output_that_cannot_be_flushed_at_exit_is_reported(code: int) -> None:
         proc = subprocess.run([sys.executable, "-c", script], stdout=full,
                               stderr=subprocess.PIPE, text=True, timeout=120, env=env)
     assert proc.returncode == (code or 1), proc.stderr
-    assert proc.stderr == "error: cannot write to standard output: No space left on device\n"
+    assert proc.stderr == ("error: cannot write to standard output: No space left on device\n"
+                           "  hint: free space (or fix the device) where it goes, then run "
+                           "again\n")

@@ -118,9 +118,10 @@ def _environment_error(exc: OSError) -> OperationalError:
     except (OSError, ValueError):
         _drop_stdout()  # what is still buffered would fail again at exit
         what = "cannot write to standard output"
-    return OperationalError(f"{what}: {exc.strerror or exc}",
-                            hint="free space (or fix the device) where it goes, then run "
-                                 "again")
+    return OperationalError(f"{what}: {exc.strerror or exc}", hint=_WRITE_FAILED_HINT)
+
+
+_WRITE_FAILED_HINT = "free space (or fix the device) where it goes, then run again"
 
 
 def _report(ctx: click.Context, exc: TrustbootError) -> NoReturn:
@@ -233,9 +234,11 @@ def _exit_now(code: object) -> NoReturn:
         except (OSError, ValueError) as exc:  # a full disk, a closed stream
             if stream is sys.stdout:
                 _drop_stdout()
+                error = OperationalError("cannot write to standard output: "
+                                         f"{getattr(exc, 'strerror', None) or exc}",
+                                         hint=_WRITE_FAILED_HINT)
                 with contextlib.suppress(OSError, ValueError):
-                    sys.stderr.write(f"error: cannot write to standard output: "
-                                     f"{getattr(exc, 'strerror', None) or exc}\n")
+                    sys.stderr.write(error.diagnostics() + "\n")
                     sys.stderr.flush()
             status = status or int(ExitCode.OPERATIONAL)
     os._exit(status)
