@@ -48,6 +48,25 @@ def _no_openssl_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(serialization, "load_pem_private_key", refuse)
 
 
+def _watch_scrypt(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """The (N, r, p) of every hashlib.scrypt call from now on."""
+    calls: list[tuple[int, int, int]] = []
+    real = hashlib.scrypt
+
+    def watched(*a: Any, **k: Any) -> bytes:
+        calls.append((k["n"], k["r"], k["p"]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(hashlib, "scrypt", watched)
+    return calls
+
+
+def _private(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
 def _openssl_pkcs8(keydir: Path, key: Any, name: str, *args: str) -> Path:
     plain = keydir / f"{name}.plain"
     plain.write_bytes(key.private_bytes(serialization.Encoding.PEM,
@@ -139,9 +158,8 @@ def test_wrong_passphrase_and_damaged_files_are_named(keydir: Path) -> None:
                                        bytes(damaged))
         with pytest.raises(ValueError):
             keyfile._decrypt(broken, kek, False)
-    truncated = keydir / "t.key"
-    truncated.write_bytes(path.read_bytes()[:400] + b"\n-----END ENCRYPTED PRIVATE KEY-----\n")
-    truncated.chmod(0o600)
+    truncated = _private(keydir / "t.key", path.read_bytes()[:400]
+                         + b"\n-----END ENCRYPTED PRIVATE KEY-----\n")
     with pytest.raises(ConfigError, match=r"wrong passphrase|damaged|could not be decrypted"):
         load_key(truncated, RIGHT, "truncated key")
 
@@ -157,21 +175,12 @@ def test_wrong_passphrase_and_damaged_files_are_named(keydir: Path) -> None:
 def test_scrypt_parameters_beyond_the_limits_are_refused_unrun(
         keydir: Path, monkeypatch: pytest.MonkeyPatch, n: int, r: int, p: int,
         kdf_runs: bool) -> None:
-    path = keydir / "costly.key"
-    path.write_bytes(_pbes2(n, r, p))
-    path.chmod(0o600)
-    calls: list[int] = []
-    real = hashlib.scrypt
-
-    def watched(*a: Any, **k: Any) -> bytes:
-        calls.append(k["p"])
-        return real(*a, **k)
-
-    monkeypatch.setattr(hashlib, "scrypt", watched)
+    path = _private(keydir / "costly.key", _pbes2(n, r, p))
+    calls = _watch_scrypt(monkeypatch)
     _no_openssl_kdf(monkeypatch)
     with pytest.raises(ConfigError, match=f"asks scrypt for more .*N={n}, r={r}, p={p}"):
         load_key(path, RIGHT, "costly key")
-    assert calls == ([p] if kdf_runs else [])
+    assert calls == ([(n, r, p)] if kdf_runs else [])
 
 
 def test_stronger_parameters_within_the_limits_are_used(
@@ -190,10 +199,8 @@ def test_stronger_parameters_within_the_limits_are_used(
                               serialization.NoEncryption())
     encryptor = Cipher(algorithms.AES(kek), modes.CBC(b"i" * 16)).encryptor()
     ciphertext = encryptor.update(padder.update(plain) + padder.finalize())
-    path = keydir / "strong.key"
-    path.write_bytes(_pbes2(n, r, p, ciphertext=ciphertext + encryptor.finalize(),
-                            key_length=32))
-    path.chmod(0o600)
+    path = _private(keydir / "strong.key", _pbes2(
+        n, r, p, ciphertext=ciphertext + encryptor.finalize(), key_length=32))
     _no_openssl_kdf(monkeypatch)
     assert _public(load_key(path, RIGHT, "strong key")) == _public(key)
     with pytest.raises(ConfigError, match="wrong passphrase for strong key"):
@@ -212,17 +219,8 @@ def test_stronger_parameters_within_the_limits_are_used(
 def test_unusual_or_hostile_parameters_never_reach_hashlib(
         keydir: Path, monkeypatch: pytest.MonkeyPatch, pem: bytes, why: str) -> None:
     assert keyfile._scrypt_pbes2(pem) is None, why
-    path = keydir / "hostile.key"
-    path.write_bytes(pem)
-    path.chmod(0o600)
-    ran: list[int] = []
-    real = hashlib.scrypt
-
-    def watched(*a: Any, **k: Any) -> bytes:
-        ran.append(k["n"])
-        return real(*a, **k)
-
-    monkeypatch.setattr(hashlib, "scrypt", watched)
+    path = _private(keydir / "hostile.key", pem)
+    ran = _watch_scrypt(monkeypatch)
     with pytest.raises(ConfigError):
         load_key(path, RIGHT, "hostile key")
     assert ran == []
