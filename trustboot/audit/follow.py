@@ -36,6 +36,7 @@ from trustboot.audit.model import BootTarget, Fetched, HttpCheck, Observation, O
 from trustboot.audit.policy import Policy
 from trustboot.audit.probe import interface_ipv4
 from trustboot.audit.text import clean
+from trustboot.errors import find_in_chain
 
 WELL_KNOWN_PATHS = (
     "pxelinux.cfg/default", "boot.ipxe", "autoexec.ipxe", "menu.ipxe", "default.ipxe",
@@ -265,7 +266,7 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
             return _past_deadline(check, timeout)
         # the URL came off the wire: a host name IDNA cannot encode is evidence, not a crash
         check.error = f"{type(exc).__name__}: {exc}"
-        refused = _cert_verify_error(exc)
+        refused = find_in_chain(exc, ssl.SSLCertVerificationError)
         if refused is not None:  # the probe's chain verified, this connection's did not
             check.tls_verified = False
             check.tls_error = (f"the connection that fetched the file does not verify against "
@@ -327,18 +328,6 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)  # wakes a read blocked on it, in any thread
     except OSError:
         pass
-
-
-def _cert_verify_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind an httpx error, if that is what it is."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def _fetch_tftp(target: BootTarget, cfg: FollowConfig, *, max_size: int, timeout: float,

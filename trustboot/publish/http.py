@@ -25,7 +25,7 @@ from typing import TypeVar
 import httpcore
 import httpx
 
-from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.errors import ConfigError, OperationalError, VerificationError, find_in_chain
 from trustboot.fsutil import read_capped
 from trustboot.publish.deadline import DeadlineBackend
 from trustboot.publish.proxy import Proxy, proxy_for
@@ -234,15 +234,13 @@ def raw_answer(status: int, headers: httpx.Headers | Sequence[tuple[str, str]],
 
 def tls_failure(url: str, exc: BaseException) -> VerificationError | None:
     """A certificate problem buried in an httpx error, as a VerificationError."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return VerificationError(
-                f"the TLS certificate of {url} does not verify: {cause.verify_message}",
-                hint="the origin must present a server certificate from your CA for this "
-                     "host name (`trustboot ca issue server`), and --ca-file must be that CA",
-                rule="origin-tls", subject=url)
-        cause = cause.__cause__ or cause.__context__
+    cause = find_in_chain(exc, ssl.SSLCertVerificationError)
+    if cause is not None:
+        return VerificationError(
+            f"the TLS certificate of {url} does not verify: {cause.verify_message}",
+            hint="the origin must present a server certificate from your CA for this "
+                 "host name (`trustboot ca issue server`), and --ca-file must be that CA",
+            rule="origin-tls", subject=url)
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return VerificationError(f"the TLS certificate of {url} does not verify: {text}",
