@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.audit.conftest import AuditPki
+from tests.audit.servers import read_head
 from trustboot.audit import follow
 from trustboot.audit.follow import http_check
 from trustboot.audit.model import HttpCheck
@@ -34,16 +35,6 @@ class Served:
     heads: list[bytes] = field(default_factory=list)
     sni: list[str | None] = field(default_factory=list)
     threads: set[threading.Thread] = field(default_factory=set)
-
-
-def _read_head(tls: ssl.SSLSocket) -> bytes | None:
-    head = b""
-    while b"\r\n\r\n" not in head and len(head) < 65536:
-        got = tls.recv(4096)
-        if not got:
-            return None
-        head += got
-    return head
 
 
 def _answer(tls: ssl.SSLSocket, path: str, served: Served) -> None:
@@ -75,7 +66,7 @@ def _serve(listener: socket.socket, ctx: ssl.SSLContext, served: Served,
         conn.settimeout(GIVE_UP)
         try:
             with ctx.wrap_socket(conn, server_side=True) as tls:
-                head = _read_head(tls)
+                head = read_head(tls)
                 if head is not None:
                     served.heads.append(head)
                     _answer(tls, head.split(b" ", 2)[1].decode(), served)
