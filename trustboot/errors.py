@@ -7,8 +7,11 @@ class to a documented exit code. Anything that is not a TrustbootError is a bug 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TypeVar
 
 from trustboot.text import clean_lines
+
+E = TypeVar("E", bound=BaseException)
 
 
 class ExitCode(IntEnum):
@@ -94,3 +97,16 @@ class AuditFindingsError(TrustbootError):
 
     exit_code = ExitCode.AUDIT_FINDINGS
 
+
+def find_in_chain(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of type ``kind`` in ``exc``'s chain: ``exc``, then its
+    ``__cause__`` (or, without one, its ``__context__``), and so on; None if there is none.
+    A cyclic chain (an exception that is its own context, through others) ends the walk."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

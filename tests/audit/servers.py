@@ -120,7 +120,7 @@ def https(root: str, cert: str, key: str) -> None:
     server.serve_forever()
 
 
-def _read_head(conn: socket.socket) -> bytes | None:
+def read_head(conn: socket.socket) -> bytes | None:
     """A request's head (up to its blank line, 64 KiB at most); None if the client closed
     the connection before it ended."""
     request = b""
@@ -154,7 +154,7 @@ def https_switch(body_file: str, first: str, cert: str, key: str, cert2: str, ke
         try:
             with ctx.wrap_socket(conn, server_side=True) as tls:
                 tls.settimeout(10)
-                if _read_head(tls) is not None:
+                if read_head(tls) is not None:
                     tls.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
                                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         except OSError:  # the client gave up on the handshake (as it should on CERT2)
@@ -353,7 +353,7 @@ def _bomb() -> bytes:
 def _http_client(conn: socket.socket, bomb: bytes) -> None:
     try:
         conn.settimeout(30)
-        request = _read_head(conn)
+        request = read_head(conn)
         if request is None:
             return
         path = request.split(b" ", 2)[1].decode(errors="replace") if b" " in request else "/"

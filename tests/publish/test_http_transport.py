@@ -6,7 +6,9 @@ the request's extensions (timeouts, sni_hostname) and httpx's exception types (w
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -167,6 +169,41 @@ def test_a_certificate_failure_is_not_hidden(nginx: Nginx) -> None:
     # the cause stays chained: with_retries reports it as a verification failure
     failure = tls_failure(nginx.url, info.value)
     assert failure is not None and "does not verify" in failure.message
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """TimeoutError in this (the main) thread after ``seconds``: a loop that never ends
+    fails the test instead of hanging the suite."""
+    def ring(_signum: int, _frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_cyclic_exception_chain_is_walked_once() -> None:
+    """An exception chain can loop (an error set as the context of its own cause, as
+    some library's cleanup does): looking for a certificate failure in it ends, and
+    finds one that is there."""
+    outer = httpx.ConnectError("outer")
+    inner = OSError("inner")
+    outer.__cause__ = inner
+    inner.__context__ = outer
+    with _alarm(5):
+        assert tls_failure("https://origin.example/", outer) is None
+        cert = ssl.SSLCertVerificationError(1, "certificate verify failed")
+        cert.verify_message = "unable to get local issuer certificate"
+        cert.__context__ = outer
+        inner.__context__ = cert
+        failure = tls_failure("https://origin.example/", outer)
+    assert failure is not None and failure.message.endswith(
+        "does not verify: unable to get local issuer certificate"), failure
 
 
 def _self_signed_pem(cn: str) -> bytes:

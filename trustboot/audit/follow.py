@@ -36,6 +36,7 @@ from trustboot.audit.model import BootTarget, Fetched, HttpCheck, Observation, O
 from trustboot.audit.policy import Policy
 from trustboot.audit.probe import interface_ipv4
 from trustboot.audit.text import clean
+from trustboot.errors import find_in_chain
 
 WELL_KNOWN_PATHS = (
     "pxelinux.cfg/default", "boot.ipxe", "autoexec.ipxe", "menu.ipxe", "default.ipxe",
@@ -153,11 +154,17 @@ def _verifying_context(ca_file: Path) -> ssl.SSLContext:
     return ctx
 
 
-def _tls_probe(check: HttpCheck, host: str, address: str, port: int, policy: Policy,
-               device: str | None, deadline: float) -> None:
+def _unverified_context() -> ssl.SSLContext:
+    """A client context that takes any certificate: the chain is only recorded."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _tls_probe(check: HttpCheck, host: str, address: str, port: int, policy: Policy,
+               device: str | None, deadline: float) -> None:
+    ctx = _unverified_context()
     try:
         with _connect(address, port, device, deadline) as raw, \
                 ctx.wrap_socket(raw, server_hostname=host) as tls:
@@ -190,7 +197,11 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
     Content-Encoding as identity, so the raw bytes are what a client would boot, and no
     compressed "bomb" can expand here; an encoded answer is recorded as such.
     """
-    import httpx  # here: most audits fetch nothing over HTTP, and it costs start-up time
+    # here: most audits fetch nothing over HTTP, and httpx costs start-up time
+    import httpx
+
+    from trustboot.publish.deadline import deadline_at
+    from trustboot.publish.http import DeadlineTransport
 
     check = HttpCheck(url)
     end = time.monotonic() + timeout
@@ -213,9 +224,10 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
         return check
     if parts.scheme == "https":
         _tls_probe(check, host, address, port, policy, device, end)
-    verify: Any = False
     if parts.scheme == "https" and policy.ca_file is not None and check.tls_verified:
-        verify = _verifying_context(policy.ca_file)
+        ctx = _verifying_context(policy.ca_file)
+    else:
+        ctx = _unverified_context()
     # connect to the vetted address (no second lookup a DNS answer could change), with the
     # original name in Host and SNI
     literal = f"[{address}]" if ":" in address else address
@@ -225,15 +237,19 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
                if device else None)
     digest = hashlib.sha256()
     head = bytearray()
-    cutoff = _Cutoff(end)
+    # every socket operation of the fetch gets at most what is left until ``end`` (the
+    # transport's network backend): a server sending a byte just before each read would
+    # time out outlasts any per-read timeout, not the total deadline; no thread watches it
     try:
-        transport = httpx.HTTPTransport(verify=verify, socket_options=options, retries=0)
-        with httpx.Client(transport=transport, timeout=max(0.01, end - time.monotonic()),
-                          follow_redirects=False, trust_env=False) as client, \
+        with deadline_at(end), \
+                httpx.Client(transport=DeadlineTransport(ctx, max_connections=1,
+                                                         socket_options=options,
+                                                         proxies=False),
+                             timeout=max(0.01, end - time.monotonic()),
+                             follow_redirects=False, trust_env=False) as client, \
                 client.stream("GET", target,
                               headers={"Host": netloc, "Accept-Encoding": "identity"},
-                              extensions={"sni_hostname": host,
-                                          "trace": cutoff.trace}) as resp:
+                              extensions={"sni_hostname": host}) as resp:
             check.status = resp.status_code
             encoding = resp.headers.get("content-encoding", "").strip()
             if encoding and encoding.lower() != "identity":
@@ -245,7 +261,7 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
                     check.location = clean(where, limit=256)
                     check.error += " (a redirect, not followed)"
                 return check
-            for chunk in resp.iter_raw():  # as it arrives: a drip meets the deadline check
+            for chunk in resp.iter_raw():  # as it arrives, each read within the deadline
                 if check.size + len(chunk) > max_size:
                     check.size = max_size
                     check.truncated = True
@@ -253,29 +269,22 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
                     check.error = f"more than {max_size} bytes"
                     return check
                 check.size += len(chunk)
-                if time.monotonic() > end:
-                    check.limit = "fetch-deadline"
-                    check.error = f"took longer than {timeout:g} s"
-                    return check
                 digest.update(chunk)
                 if len(head) < HEAD_LIMIT:
                     head += chunk[: HEAD_LIMIT - len(head)]
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
-        if isinstance(exc, httpx.TimeoutException) or cutoff.fired:
+        if isinstance(exc, httpx.TimeoutException) or (
+                isinstance(exc, httpx.TransportError) and time.monotonic() >= end):
             return _past_deadline(check, timeout)
         # the URL came off the wire: a host name IDNA cannot encode is evidence, not a crash
         check.error = f"{type(exc).__name__}: {exc}"
-        refused = _cert_verify_error(exc)
+        refused = find_in_chain(exc, ssl.SSLCertVerificationError)
         if refused is not None:  # the probe's chain verified, this connection's did not
             check.tls_verified = False
             check.tls_error = (f"the connection that fetched the file does not verify against "
                                f"{policy.ca_file.name if policy.ca_file else 'the CA'}: "
                                f"{refused.verify_message}")
         return check
-    finally:
-        cutoff.cancel()
-    if cutoff.fired:  # a body framed by the connection's end, cut at the deadline
-        return _past_deadline(check, timeout)
     check.ok = True
     check.sha256 = digest.hexdigest()
     check.loader = identify(bytes(head))
@@ -286,59 +295,6 @@ def _past_deadline(check: HttpCheck, timeout: float) -> HttpCheck:
     check.limit = "fetch-deadline"
     check.error = f"took longer than {timeout:g} s"
     return check
-
-
-class _Cutoff:
-    """Shuts a fetch's sockets down at its deadline.
-
-    Every socket operation has a timeout, but a server that sends one byte just before each
-    one expires (a drip) never trips it: the total deadline needs a clock of its own. The
-    sockets come from httpcore's ``trace`` extension (the connection it just opened)."""
-
-    def __init__(self, end: float) -> None:
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        self.fired = False
-        self.timer = threading.Timer(max(0.0, end - time.monotonic()), self.fire)
-        self.timer.daemon = True
-        self.timer.start()
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        if event != "connection.connect_tcp.complete":
-            return
-        sock = info["return_value"].get_extra_info("socket")
-        with self.lock:
-            self.sockets.append(sock)
-            if self.fired:
-                _shut(sock)
-
-    def fire(self) -> None:
-        with self.lock:
-            self.fired = True
-            for sock in self.sockets:
-                _shut(sock)
-
-    def cancel(self) -> None:
-        self.timer.cancel()
-
-
-def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)  # wakes a read blocked on it, in any thread
-    except OSError:
-        pass
-
-
-def _cert_verify_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind an httpx error, if that is what it is."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def _fetch_tftp(target: BootTarget, cfg: FollowConfig, *, max_size: int, timeout: float,

@@ -7,7 +7,8 @@ not done by then fails with ``too_slow`` (an OperationalError, never retried).
 
 The policy is enforced in the way each client allows:
 
-* httpx (WebDAV): ``total_deadline`` sets this thread's deadline and ``DeadlineBackend``,
+* httpx (WebDAV, the audit's boot-file fetch): ``total_deadline`` (or ``deadline_at``,
+  which reports nothing) sets this thread's deadline and ``DeadlineBackend``,
   the httpcore network backend of ``trustboot.publish.http.deadline_transport``, cuts each
   socket operation's timeout to what is left of it. httpcore hands every recv/send to the
   backend, so no thread is needed.
@@ -113,22 +114,33 @@ class DeadlineBackend(httpcore.NetworkBackend):
 
 
 @contextlib.contextmanager
+def deadline_at(at: float) -> Iterator[float]:
+    """Socket operations of ``DeadlineBackend`` connections on this thread end by ``at``
+    (time.monotonic()), or by an enclosing deadline if that is sooner: an operation still
+    running then times out, one started after it fails with httpcore.ReadTimeout. Errors
+    pass through as they are: what a late one means is the caller's to say (as
+    ``total_deadline`` does). Yields the deadline in force."""
+    outer: float | None = getattr(_due, "at", None)
+    _due.at = at if outer is None else min(outer, at)
+    try:
+        yield _due.at
+    finally:
+        _due.at = outer
+
+
+@contextlib.contextmanager
 def total_deadline(seconds: float, url: str, *, start: float | None = None
                    ) -> Iterator[float]:
     """Socket operations of ``DeadlineBackend`` connections on this thread end within
     ``seconds`` of ``start`` (time.monotonic(), default now); a transport error after that
     is ``too_slow`` (not retried). Yields the deadline."""
-    outer: float | None = getattr(_due, "at", None)
-    at = (time.monotonic() if start is None else start) + seconds
-    _due.at = at if outer is None else min(outer, at)
-    try:
-        yield _due.at
-    except httpx.TransportError:
-        if time.monotonic() < _due.at:
-            raise
-        raise too_slow(url, seconds) from None
-    finally:
-        _due.at = outer
+    with deadline_at((time.monotonic() if start is None else start) + seconds) as due:
+        try:
+            yield due
+        except httpx.TransportError:
+            if time.monotonic() < due:
+                raise
+            raise too_slow(url, seconds) from None
 
 
 # -- http.client: a watchdog shuts a late request's socket down ----------------------

@@ -25,7 +25,7 @@ from typing import TypeVar
 import httpcore
 import httpx
 
-from trustboot.errors import ConfigError, OperationalError, VerificationError
+from trustboot.errors import ConfigError, OperationalError, VerificationError, find_in_chain
 from trustboot.fsutil import read_capped
 from trustboot.publish.deadline import DeadlineBackend
 from trustboot.publish.proxy import Proxy, proxy_for
@@ -98,16 +98,25 @@ class _ResponseStream(httpx.SyncByteStream):
 class DeadlineTransport(httpx.BaseTransport):
     """httpx's HTTPTransport, made of public httpx/httpcore API only, over a connection
     pool whose network backend keeps each request made under ``total_deadline`` within
-    its deadline (httpx.HTTPTransport takes no network backend)."""
+    its deadline (httpx.HTTPTransport takes no network backend).
 
-    def __init__(self, ctx: ssl.SSLContext, *, max_connections: int) -> None:
-        self._ctx, self._max = ctx, max_connections
+    ``socket_options`` are set on every socket it opens (e.g. SO_BINDTODEVICE); with
+    ``proxies=False`` it never goes through a proxy, whatever the environment says (the
+    httpx.Client over it needs ``trust_env=False`` too, or it mounts its own proxies)."""
+
+    def __init__(self, ctx: ssl.SSLContext, *, max_connections: int,
+                 socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+                 proxies: bool = True) -> None:
+        self._ctx, self._max, self._proxies = ctx, max_connections, proxies
+        self._options = list(socket_options) if socket_options is not None else None
         self._pool = httpcore.ConnectionPool(
             ssl_context=ctx, max_connections=max_connections, keepalive_expiry=5.0,
-            network_backend=DeadlineBackend())
+            network_backend=DeadlineBackend(), socket_options=self._options)
         self._proxied: dict[Proxy, httpcore.HTTPProxy] = {}
 
     def _pool_for(self, url: httpx.URL) -> tuple[httpcore.ConnectionPool, Proxy | None]:
+        if not self._proxies:
+            return self._pool, None
         proxy = proxy_for(url.scheme, url.host, url.port)
         if proxy is None:
             return self._pool, None
@@ -117,7 +126,7 @@ class DeadlineTransport(httpx.BaseTransport):
             self._proxied[proxy] = httpcore.HTTPProxy(
                 proxy_url=f"http://{host}:{proxy.port}", proxy_headers=list(proxy.headers.items()),
                 ssl_context=self._ctx, max_connections=self._max, keepalive_expiry=5.0,
-                network_backend=DeadlineBackend())
+                network_backend=DeadlineBackend(), socket_options=self._options)
         return self._proxied[proxy], proxy
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -234,15 +243,13 @@ def raw_answer(status: int, headers: httpx.Headers | Sequence[tuple[str, str]],
 
 def tls_failure(url: str, exc: BaseException) -> VerificationError | None:
     """A certificate problem buried in an httpx error, as a VerificationError."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return VerificationError(
-                f"the TLS certificate of {url} does not verify: {cause.verify_message}",
-                hint="the origin must present a server certificate from your CA for this "
-                     "host name (`trustboot ca issue server`), and --ca-file must be that CA",
-                rule="origin-tls", subject=url)
-        cause = cause.__cause__ or cause.__context__
+    cause = find_in_chain(exc, ssl.SSLCertVerificationError)
+    if cause is not None:
+        return VerificationError(
+            f"the TLS certificate of {url} does not verify: {cause.verify_message}",
+            hint="the origin must present a server certificate from your CA for this "
+                 "host name (`trustboot ca issue server`), and --ca-file must be that CA",
+            rule="origin-tls", subject=url)
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return VerificationError(f"the TLS certificate of {url} does not verify: {text}",

@@ -1,0 +1,149 @@
+"""The audit's HTTP(S) fetch ends at its total deadline with no thread of its own, without a
+network namespace: a TLS server on loopback in this process (the address check, which
+refuses loopback, is what is stubbed: ``vet_host`` answers with the server's address)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.audit.conftest import AuditPki
+from tests.audit.servers import read_head
+from trustboot.audit import follow
+from trustboot.audit.follow import http_check
+from trustboot.audit.model import HttpCheck
+from trustboot.audit.policy import Policy
+
+BODY = b"#!ipxe\necho served\n" * 64
+GIVE_UP = 8.0  # the server's own limit: a fetch that is never cut fails, not hangs
+
+
+@dataclass
+class Served:
+    """What the server saw: request heads, SNI names, and every thread alive while it was
+    sending an answer body."""
+
+    port: int
+    heads: list[bytes] = field(default_factory=list)
+    sni: list[str | None] = field(default_factory=list)
+    threads: set[threading.Thread] = field(default_factory=set)
+
+
+def _answer(tls: ssl.SSLSocket, path: str, served: Served) -> None:
+    """/ok: a small file; /drip: a byte every 0.2 s (no read ever waits long enough to time
+    out); /flood: 16 KiB blocks as fast as the client takes them (no read ever waits)."""
+    if path == "/ok":
+        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+        return
+    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n")
+    block = b"x" if path == "/drip" else b"x" * 16384
+    stop = time.monotonic() + GIVE_UP
+    while time.monotonic() < stop:
+        served.threads |= set(threading.enumerate())
+        tls.sendall(block)
+        if path == "/drip":
+            time.sleep(0.2)
+
+
+def _serve(listener: socket.socket, ctx: ssl.SSLContext, served: Served,
+           stop: threading.Event) -> None:
+    """One connection at a time, in this one thread (the TLS probe's connections end with
+    their handshake)."""
+    listener.settimeout(0.1)
+    while not stop.is_set():
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        conn.settimeout(GIVE_UP)
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                head = read_head(tls)
+                if head is not None:
+                    served.heads.append(head)
+                    _answer(tls, head.split(b" ", 2)[1].decode(), served)
+        except OSError:
+            pass  # the client cut the answer (or only probed the handshake)
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def server(test_pki: AuditPki, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(test_pki.chain_pem, test_pki.key_pem)
+    listener = socket.create_server(("127.0.0.1", 0))
+    served = Served(listener.getsockname()[1])
+
+    def name(_tls: ssl.SSLObject, sni: str | None, _ctx: ssl.SSLContext) -> None:
+        served.sni.append(sni)
+
+    ctx.sni_callback = name
+    monkeypatch.setattr(follow, "vet_host", lambda host, port, own: (None, "127.0.0.1"))
+    stop = threading.Event()
+    thread = threading.Thread(target=_serve, args=(listener, ctx, served, stop), daemon=True)
+    thread.start()
+    yield served
+    stop.set()
+    thread.join(GIVE_UP + 5)
+    listener.close()
+
+
+def _policy(pki: AuditPki | None) -> Policy:
+    return dataclasses.replace(Policy(), ca_file=pki.root_pem if pki else None)
+
+
+def _fetch(url: str, policy: Policy, timeout: float, max_size: int = 1 << 20
+           ) -> tuple[HttpCheck, float]:
+    start = time.monotonic()
+    check = http_check(url, policy=policy, timeout=timeout, max_size=max_size)
+    return check, time.monotonic() - start
+
+
+def test_the_file_comes_from_the_vetted_address_under_its_own_name(
+        server: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection goes to the vetted address, directly (never through a proxy the
+    environment names), and the URL's name is in Host and SNI."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:1")  # nothing there: a proxied fetch fails
+    check, _ = _fetch(f"https://boot.example:{server.port}/ok", _policy(None), 5.0)
+    assert check.ok and check.sha256 == hashlib.sha256(BODY).hexdigest(), check
+    [head] = server.heads
+    assert f"\r\nhost: boot.example:{server.port}\r\n".encode() in head.lower(), head
+    assert b"\r\naccept-encoding: identity\r\n" in head.lower(), head
+    assert server.sni == ["boot.example", "boot.example"]  # the probe's, the fetch's
+
+
+@pytest.mark.parametrize("with_ca", [False, True], ids=["unverified", "verified"])
+def test_a_drip_fed_https_body_ends_at_the_deadline_without_a_thread(
+        server: Served, test_pki: AuditPki, with_ca: bool) -> None:
+    """A byte every 0.2 s never lets a read time out: the total deadline alone ends the
+    fetch, reported as that limit, and no thread was started to watch the clock (none
+    alive while the body was sent, none left after)."""
+    before = set(threading.enumerate())
+    check, elapsed = _fetch(f"https://192.0.2.1:{server.port}/drip",
+                            _policy(test_pki if with_ca else None), 1.0)
+    assert check.limit == "fetch-deadline" and not check.ok and check.size > 0, check
+    assert check.tls_verified is (True if with_ca else None), check
+    assert elapsed < 2.0, elapsed
+    assert server.threads - before == set(), "a thread ran during the fetch"
+    assert set(threading.enumerate()) - before == set()
+
+
+def test_a_fast_sender_is_cut_at_the_deadline_too(server: Served) -> None:
+    """A body that always has bytes waiting (no read ever blocks) is cut at the deadline,
+    not carried on to the size cap."""
+    check, elapsed = _fetch(f"https://192.0.2.1:{server.port}/flood", _policy(None), 0.5,
+                            max_size=1 << 40)
+    assert check.limit == "fetch-deadline" and check.size > 0, check
+    assert elapsed < 1.5, elapsed
