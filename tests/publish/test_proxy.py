@@ -421,6 +421,8 @@ def test_origin_check_ends_when_the_handshake_trickles(
     assert heard, "the client never reached the server"
     assert res.exit_code == 1, res.output
     assert took < 10, f"origin check took {took:.0f} s"
-    # (OpenSSL's handshake has its own total timeout; the proxy's CONNECT answer had none)
-    assert ("were not done after 2 s" if via == "proxy" else "timed out") in \
-        json.loads(res.stdout)["tls_error"]
+    error = json.loads(res.stdout)["tls_error"]
+    if via == "proxy":  # the CONNECT answer has no timeout of its own: the watchdog's
+        assert "were not done after 2 s" in error
+    else:  # the handshake's socket timeout and the watchdog both fire at 2 s: either wins
+        assert "timed out" in error or "were not done after 2 s" in error, error
