@@ -137,7 +137,12 @@ def fake_env_passthrough(monkeypatch: Any) -> None:
 # `trustboot` in a child process, with the fake toolchain and the FAKE_* knobs reaching make:
 # a real process that a test can signal.
 _DRIVER = """\
-import functools, os, sys
+import functools, os, signal, sys
+# as a terminal's shell leaves them, whatever the test runner's were (under nohup a hangup
+# is ignored, and trustboot rightly keeps it ignored: FAKE_NOHUP=1 asks for that)
+signal.signal(signal.SIGHUP, signal.SIG_IGN if os.environ.get("FAKE_NOHUP") else signal.SIG_DFL)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from trustboot.ipxe import build as B
 from tests.ipxe.fake_tree import sandbox_paths
 B.check_toolchain = lambda targets: {"gcc": "gcc (fake)", "make": "make (fake)"}

@@ -181,13 +181,13 @@ def test_make_never_sees_the_passphrase_variable(env: dict[str, Path], pki: Test
 
 
 def _start_client_build(env: dict[str, Path], pki: TestPki, tmp_path: Path,
-                        hold: Path) -> subprocess.Popen[bytes]:
+                        hold: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     store = _client_store(pki, tmp_path)
     return start_trustboot(
         ["ipxe", "build", "--source", str(env["tree"]), "--pki", str(store), "--client-cert",
          "c1", "--passphrase-env", "TB_CLIENT_PASS", "--target", "bin/ipxe.lkrn", *CHAIN,
          "--cache-dir", str(env["cache"]), "-o", str(tmp_path / "out")],
-        {"FAKE_HOLD": str(hold), "TB_CLIENT_PASS": CLIENT_PASS})
+        {"FAKE_HOLD": str(hold), "TB_CLIENT_PASS": CLIENT_PASS, **extra_env})
 
 
 def _keys_in(cache: Path) -> list[Path]:
@@ -244,6 +244,24 @@ def test_signal_removes_the_key_and_stops_make(env: dict[str, Path], pki: TestPk
     assert _keys_in(env["cache"]) == []
     assert list((env["cache"] / "work").glob("build-*")) == []
     assert b"Traceback" not in err
+
+
+def test_a_hangup_under_nohup_does_not_stop_the_build(env: dict[str, Path], pki: TestPki,
+                                                      tmp_path: Path) -> None:
+    """Started with SIGHUP ignored (nohup, a detached job), the build keeps it ignored: the
+    hangup goes unheeded, and a later SIGTERM still stops it with the cleanup."""
+    hold = tmp_path / "holding"
+    proc = _start_client_build(env, pki, tmp_path, hold, FAKE_NOHUP="1")
+
+    def held(_make_group: int) -> None:
+        os.kill(proc.pid, signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None, "a hangup stopped a build started under nohup"
+
+    err, alive = signal_mid_build(proc, hold, signal.SIGTERM, held)
+    assert proc.returncode == -signal.SIGTERM, err
+    assert not alive
+    assert _keys_in(env["cache"]) == []
 
 
 # --- unbounded reads and odd files -----------------------------------------------------------
