@@ -240,6 +240,8 @@ def _scrypt_pbes2(pem: bytes) -> _ScryptParams | None:
     import base64
     import binascii
 
+    from trustboot.cms._asn1 import oid_bytes
+
     begin, end = b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"-----END ENCRYPTED PRIVATE KEY-----"
     head, found, rest = pem.partition(begin)
     body, closed, _ = rest.partition(end)
@@ -252,7 +254,7 @@ def _scrypt_pbes2(pem: bytes) -> _ScryptParams | None:
         ciphertext, more = _der(info, 0x04)
         oid, alg = _der(alg, 0x06)
         pbes2, rest2 = _der(alg, 0x30)
-        if tail or more or rest2 or oid != _oid(_OID_PBES2):
+        if tail or more or rest2 or oid != oid_bytes(_OID_PBES2):
             return None
         kdf, pbes2 = _der(pbes2, 0x30)
         scheme, pbes2 = _der(pbes2, 0x30)
@@ -260,8 +262,8 @@ def _scrypt_pbes2(pem: bytes) -> _ScryptParams | None:
         sp, kdf = _der(kdf, 0x30)
         cipher_oid, scheme = _der(scheme, 0x06)
         iv, scheme = _der(scheme, 0x04)
-        if (pbes2 or kdf or scheme or kdf_oid != _oid(_OID_SCRYPT)
-                or cipher_oid != _oid(_OID_AES256_CBC) or len(iv) != 16):
+        if (pbes2 or kdf or scheme or kdf_oid != oid_bytes(_OID_SCRYPT)
+                or cipher_oid != oid_bytes(_OID_AES256_CBC) or len(iv) != 16):
             return None
         salt, sp = _der(sp, 0x04)
         numbers = []
@@ -304,17 +306,6 @@ def _uint(contents: bytes) -> int:
             or (len(contents) > 1 and contents[0] == 0 and not contents[1] & 0x80)):
         raise ValueError("bad DER integer")
     return int.from_bytes(contents, "big")
-
-
-def _oid(dotted: str) -> bytes:
-    arcs = [int(a) for a in dotted.split(".")]
-    out = bytearray()
-    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        while arc := arc >> 7:
-            chunk.append(0x80 | (arc & 0x7F))
-        out += bytes(reversed(chunk))
-    return bytes(out)
 
 
 def _decrypt(params: _ScryptParams, kek: bytes, checked_by_caller: bool) -> object:
