@@ -339,8 +339,14 @@ def test_a_doomed_signer_is_refused_before_a_wrong_passphrase(material: Material
                                       eku=[ExtendedKeyUsageOID.CODE_SIGNING])
     image = tmp_path / "image"
     image.write_bytes(b"image")
-    wrong = secrets.constant(b"not the passphrase")
+
+    def wrong(_what: str) -> bytes:
+        time.sleep(0.5)  # still running when the refusal comes, unless waited for
+        return b"not the passphrase"
+
+    ahead = start_signing_key_load(key, wrong)
     with pytest.raises(VerificationError, match="expired"):
         sign_paths([image], f"file:{key}", secrets=wrong, cert=cert, chain=chain,
-                   key_ahead=start_signing_key_load(key, wrong))
+                   key_ahead=ahead)
     assert not (tmp_path / "image.sig").exists()
+    assert not ahead._thread.is_alive()  # no thread of the call outlives it

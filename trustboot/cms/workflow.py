@@ -159,7 +159,8 @@ def sign_paths(
     on failure. ``key_ahead``: the unlocking of a ``file:`` key the caller began earlier
     with ``secrets`` (keys.keyfile.start_signing_key_load, so the KDF overlaps its
     imports), after starting ``hashing`` (a HashJob forks only while no other thread
-    runs); used when it is this reference's key file.
+    runs); used when it is this reference's key file, and finished before this returns or
+    raises either way.
     """
     paths = list(paths)
     hash_alg = HashAlgorithm.parse(hash_name)
@@ -213,6 +214,8 @@ def sign_paths(
     except BaseException:
         if job is not None:
             job.cancel()  # stop reading files nobody will sign
+        if key_ahead is not None:
+            key_ahead.wait()  # not used: still, no thread of ours outlives the call
         raise
     ends = min(r.chain_not_after for r in results)
     if ends - now < dt.timedelta(days=expiry_warning_days):
