@@ -40,6 +40,8 @@ MIN_PASSPHRASE_LEN = 8
 # An RSA-16384 PKCS#8 PEM is under 13 KiB; anything near this cap is not a key.
 MAX_KEY_FILE_SIZE = 1 << 20
 
+# The PEM label of a PKCS#8 EncryptedPrivateKeyInfo.
+_PEM_LABEL = b"ENCRYPTED PRIVATE KEY"
 _OID_PBES2 = "1.2.840.113549.1.5.13"
 _OID_SCRYPT = "1.3.6.1.4.1.11591.4.11"
 _OID_AES256_CBC = "2.16.840.1.101.3.4.1.42"
@@ -91,7 +93,7 @@ def encrypt_pkcs8(key: PrivateKey, passphrase: bytes) -> bytes:
     der = _seq(alg, core.OctetString(ciphertext).dump())
     from asn1crypto import pem
 
-    armored: bytes = pem.armor("ENCRYPTED PRIVATE KEY", der)
+    armored: bytes = pem.armor(_PEM_LABEL.decode(), der)
     return armored
 
 
@@ -122,7 +124,7 @@ def load_key(path: Path, passphrases: PassphraseSource, what: str, *,
     """
     path = Path(path)
     data = read_private_file(path, "key file", limit=MAX_KEY_FILE_SIZE)
-    if b"ENCRYPTED PRIVATE KEY" not in data and b"Proc-Type: 4,ENCRYPTED" not in data:
+    if _PEM_LABEL not in data and b"Proc-Type: 4,ENCRYPTED" not in data:
         raise ConfigError(
             f"key file {path} is not encrypted",
             hint=f"encrypt it: openssl pkcs8 -topk8 -scrypt -in {path} -out {path}.enc",
@@ -237,18 +239,14 @@ def _scrypt_pbes2(pem: bytes) -> _ScryptParams | None:
     """The parameters of a PKCS#8 ``ENCRYPTED PRIVATE KEY`` in PBES2(scrypt, AES-256-CBC)
     (what write_key and `openssl pkcs8 -scrypt` write), read strictly; None for anything
     else (cryptography's loader then decides)."""
-    import base64
-    import binascii
+    from trustboot.cms._asn1 import decode_pem, oid_bytes
 
-    from trustboot.cms._asn1 import oid_bytes
-
-    begin, end = b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"-----END ENCRYPTED PRIVATE KEY-----"
-    head, found, rest = pem.partition(begin)
-    body, closed, _ = rest.partition(end)
-    if not found or not closed or head.strip():
+    if not pem.lstrip().startswith(b"-----BEGIN " + _PEM_LABEL + b"-----"):
         return None
     try:
-        der = base64.b64decode(b"".join(body.split()), validate=True)
+        der = decode_pem(pem)
+        if der is None:
+            return None
         info, tail = _der(der, 0x30)
         alg, info = _der(info, 0x30)
         ciphertext, more = _der(info, 0x04)
@@ -270,7 +268,7 @@ def _scrypt_pbes2(pem: bytes) -> _ScryptParams | None:
         while sp:
             value, sp = _der(sp, 0x02)
             numbers.append(_uint(value))
-    except (ValueError, binascii.Error):
+    except ValueError:  # FramingError included: not PEM or DER as expected
         return None
     if len(numbers) == 4 and numbers[3] == 32:  # the optional keyLength, AES-256's
         numbers.pop()
