@@ -118,10 +118,14 @@ def _environment_error(exc: OSError) -> OperationalError:
     except (OSError, ValueError):
         _drop_stdout()  # what is still buffered would fail again at exit
         what = "cannot write to standard output"
-    return OperationalError(f"{what}: {exc.strerror or exc}", hint=_WRITE_FAILED_HINT)
+    return _write_failed(what, exc)
 
 
-_WRITE_FAILED_HINT = "free space (or fix the device) where it goes, then run again"
+def _write_failed(what: str, exc: BaseException) -> OperationalError:
+    """The one wording of a write the machine refused (a full disk, a closed stream)."""
+    return OperationalError(f"{what}: {getattr(exc, 'strerror', None) or exc}",
+                            hint="free space (or fix the device) where it goes, then run "
+                                 "again")
 
 
 def _report(ctx: click.Context, exc: TrustbootError) -> NoReturn:
@@ -234,9 +238,7 @@ def _exit_now(code: object) -> NoReturn:
         except (OSError, ValueError) as exc:  # a full disk, a closed stream
             if stream is sys.stdout:
                 _drop_stdout()
-                error = OperationalError("cannot write to standard output: "
-                                         f"{getattr(exc, 'strerror', None) or exc}",
-                                         hint=_WRITE_FAILED_HINT)
+                error = _write_failed("cannot write to standard output", exc)
                 with contextlib.suppress(OSError, ValueError):
                     sys.stderr.write(error.diagnostics() + "\n")
                     sys.stderr.flush()
