@@ -247,21 +247,16 @@ def _scrypt_pbes2(pem: bytes) -> _ScryptParams | None:
         der = decode_pem(pem)
         if der is None:
             return None
-        info, tail = _der(der, 0x30)
-        alg, info = _der(info, 0x30)
-        ciphertext, more = _der(info, 0x04)
-        oid, alg = _der(alg, 0x06)
-        pbes2, rest2 = _der(alg, 0x30)
-        if tail or more or rest2 or oid != oid_bytes(_OID_PBES2):
+        [info] = _fields(der, 0x30)
+        alg, ciphertext = _fields(info, 0x30, 0x04)
+        oid, pbes2 = _fields(alg, 0x06, 0x30)
+        if oid != oid_bytes(_OID_PBES2):
             return None
-        kdf, pbes2 = _der(pbes2, 0x30)
-        scheme, pbes2 = _der(pbes2, 0x30)
-        kdf_oid, kdf = _der(kdf, 0x06)
-        sp, kdf = _der(kdf, 0x30)
-        cipher_oid, scheme = _der(scheme, 0x06)
-        iv, scheme = _der(scheme, 0x04)
-        if (pbes2 or kdf or scheme or kdf_oid != oid_bytes(_OID_SCRYPT)
-                or cipher_oid != oid_bytes(_OID_AES256_CBC) or len(iv) != 16):
+        kdf, scheme = _fields(pbes2, 0x30, 0x30)
+        kdf_oid, sp = _fields(kdf, 0x06, 0x30)
+        cipher_oid, iv = _fields(scheme, 0x06, 0x04)
+        if (kdf_oid != oid_bytes(_OID_SCRYPT) or cipher_oid != oid_bytes(_OID_AES256_CBC)
+                or len(iv) != 16):
             return None
         salt, sp = _der(sp, 0x04)
         numbers = []
@@ -296,6 +291,17 @@ def _der(data: bytes, tag: int) -> tuple[bytes, bytes]:
     if len(data) < pos + length:
         raise ValueError("truncated DER")
     return data[pos:pos + length], data[pos + length:]
+
+
+def _fields(data: bytes, *tags: int) -> list[bytes]:
+    """The contents of exactly these DER objects, in this order, and nothing after them."""
+    out = []
+    for tag in tags:
+        contents, data = _der(data, tag)
+        out.append(contents)
+    if data:
+        raise ValueError("unexpected DER after the last field")
+    return out
 
 
 def _uint(contents: bytes) -> int:
