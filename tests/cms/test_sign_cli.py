@@ -47,7 +47,11 @@ def _files(tmp_path: Path, n: int) -> list[Path]:
 
 def _rsa_signer(material: Material, name: str) -> KeySigner:
     """An unlocked RSA key signer for a fresh certificate ``name``."""
-    key, cert, chain = material.issue(name, rsa_key())
+    return _signer(material, name, rsa_key())
+
+
+def _signer(material: Material, name: str, private: object) -> KeySigner:
+    key, cert, chain = material.issue(name, private)  # type: ignore[arg-type]
     signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
                             cert=cert, chain=chain)
     assert isinstance(signer, KeySigner)
@@ -656,6 +660,35 @@ def test_worker_step_runs_in_the_forked_signers_and_a_failed_share_is_signed_her
     for i, (digest, sig) in enumerate(zip(digests, signatures, strict=True)):
         assert sig == (taken[i][0] if i in taken else here[i])
         public.verify(sig, digest, padding.PKCS1v15(), Prehashed(SHA256()))  # type: ignore
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="forked signers need 2 cores")
+def test_large_ecdsa_batches_are_signed_in_forked_signers_as_serially(
+        material: Material) -> None:
+    """An ECDSA batch is split over forked signers like an RSA one (the check, encoding
+    and writing of each file cost more than its signature); RFC 6979 signatures come out
+    byte for byte as one process signing them in turn makes them."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+    from cryptography.hazmat.primitives.hashes import SHA256
+
+    from trustboot.cms.sign import PARALLEL_SIGN_MIN, WorkerStep, sign_many
+
+    signer = _signer(material, "ec-batch-signer", ec_key())
+    assert signer.algorithm == "ecdsa"
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 9)]
+    taken: dict[int, int] = {}
+    signatures = sign_many(signer, digests, "sha256", on_signed=lambda i, s: None,
+                           worker_step=WorkerStep(
+                               lambda i, s: os.getpid().to_bytes(4, "big"),
+                               lambda i, s, x: taken.__setitem__(i, int.from_bytes(x, "big"))))
+    assert set(taken) == set(range(len(digests)))  # every one signed in a child
+    assert len(set(taken.values())) >= 2 and os.getpid() not in taken.values()
+    assert signatures == [signer.sign_digest(d, "sha256") for d in digests]
+    public = signer.certificate.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    for digest, sig in zip(digests, signatures, strict=True):
+        public.verify(sig, digest, ec.ECDSA(Prehashed(SHA256())))
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="forked signers need 2 cores")
