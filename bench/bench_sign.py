@@ -19,11 +19,17 @@ ratios and the load average are printed beside it, to judge the noise.
 
 Conditions, the same for both tools: trustboot's bytecode is compiled first (as `pip
 install` does; an editable install run with PYTHONDONTWRITEBYTECODE would otherwise compile
-every module on every run), and every run writes fresh signature files (the previous run's
-are removed untimed), as a CI job signing new build outputs does. Before each timed
+every module on every run), and every run writes fresh signature files, as a CI job signing
+new build outputs does. Each timed many-files run writes into a new directory of its own
+(`trustboot sign --out DIR`, `openssl cms -sign -out DIR/...`) and nothing is deleted until
+the end: on an ext4 without a journal, creating an inode skips every inode of its group freed
+in the last minutes (the kernel's recently_deleted check, up to 6 minutes while the inode
+table is dirty), so deleting the previous runs' outputs would make every later creation scan
+past thousands of them, a cost of the benchmark rather than of either tool (it weighs 10x
+more on the tool that is 10x faster). `--replace-outputs` measures that way instead: the
+signatures beside the files, the previous run's removed just before. Before each timed
 many-files run the filesystem is synced (untimed), so no tool pays for the previous one's
-deletions and writes: trustboot syncs each signature it writes (the journal commit would
-carry them), openssl does not.
+writes: trustboot syncs each signature it writes, openssl does not.
 """
 
 from __future__ import annotations
@@ -178,6 +184,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per measurement; the best of each is reported")
+    parser.add_argument("--replace-outputs", action="store_true",
+                        help="many files: write the signatures beside the files, the "
+                        "previous run's deleted just before (see the module docstring)")
     parser.add_argument("--parts", default="large,pair,small",
                         help="comma-separated subset of: large, pair, small")
     args = parser.parse_args()
@@ -223,7 +232,8 @@ def main() -> None:
         if "small" in parts:
             base, _ = best([run([*tb, "sign", "--help"]) for _ in range(args.repeat)])
             print(f"start-up     `trustboot sign --help` {base:.3f}s")
-            bench_small(args.repeat, args.small, tb, key_args, env, work, pki)
+            bench_small(args.repeat, args.small, tb, key_args, env, work, pki,
+                        replace_outputs=args.replace_outputs)
 
         if args.rss_size:
             huge = work / "huge.img"
@@ -309,7 +319,8 @@ for pid in pids:
 
 
 def bench_small(repeat: int, count: int, tb: list[str], key_args: list[str],
-                env: dict[str, str], work: Path, pki: dict[str, Path]) -> None:
+                env: dict[str, str], work: Path, pki: dict[str, Path], *,
+                replace_outputs: bool = False) -> None:
     """``count`` small files in one call (RSA file key, ECDSA file key, SoftHSM2 key) vs
     one openssl call each, and the floor of the RSA figure on this machine."""
     small_dir = work / "small"
@@ -327,42 +338,55 @@ def bench_small(repeat: int, count: int, tb: list[str], key_args: list[str],
                "--signing-chain", str(pki["chain"]), "--passphrase-env", "TB_BENCH_PASS",
                "--pki", str(pki["pki"])]
 
-    def fresh() -> None:
-        remove(outputs)
+    out_runs = work / "out"
+    out_runs.mkdir()
+
+    def fresh() -> Path | None:
+        """Where the next run writes (None: beside the files); see the module docstring."""
+        if replace_outputs:
+            remove(outputs)
+            out = None
+        else:
+            out = out_runs / str(len(list(out_runs.iterdir())))
+            out.mkdir()
         os.sync()
+        return out
 
     def tb_run(args: list[str], extra_env: dict[str, str] | None = None) -> float:
-        fresh()
-        return run([*tb, "sign", "--files-from", str(listing), *args],
+        out = fresh()
+        where = [] if out is None else ["--out", str(out)]
+        return run([*tb, "sign", "--files-from", str(listing), *where, *args],
                    env | (extra_env or {}))[0]
 
     def openssl_run(cert: Path, key: Path) -> float:
-        fresh()
+        out = fresh()
         start = time.perf_counter()
         for p in smalls:
+            target = f"{p}.osig" if out is None else f"{out / p.name}.osig"
             subprocess.run(["openssl", "cms", "-sign", "-binary", "-noattr", "-in", str(p),
                             "-signer", str(cert), "-inkey", str(key),
                             "-certfile", str(pki["chain"]), "-outform", "DER", "-out",
-                            str(p) + ".osig", "-md", "sha256"], check=True)
+                            target, "-md", "sha256"], check=True)
         return time.perf_counter() - start
 
     runs: dict[str, list[float]] = {k: [] for k in ("tb", "os", "hsm", "ec", "os_ec", "floor",
                                                      "floor_files")}
-    floor_out = work / "floor-out"
-    floor_out.mkdir()
-
-    def floor_run(*out: Path) -> float:
-        for f in floor_out.iterdir():  # fresh files, and synced, as for the tools
-            f.unlink()
-        os.sync()
+    def floor_run(files: bool = False) -> float:
+        out = fresh() if files else None  # fresh files, and synced, as for the tools
+        if files and out is None:
+            out = work / "floor-out"
+            out.mkdir(exist_ok=True)
+            for f in out.iterdir():
+                f.unlink()
+            os.sync()
         return run([sys.executable, "-c", FLOOR, str(pki["key"]), str(count),
-                    *map(str, out)], env)[0]
+                    *([str(out)] if out is not None else [])], env)[0]
 
     for _ in range(repeat):  # the tools alternate, so load shifts hit all of them
         runs["tb"].append(tb_run(key_args))
         runs["os"].append(openssl_run(pki["cert"], pki["plainkey"]))
         runs["floor"].append(floor_run())
-        runs["floor_files"].append(floor_run(floor_out))
+        runs["floor_files"].append(floor_run(files=True))
         if token_env is not None:
             runs["hsm"].append(tb_run(["--key", "pkcs11:token=bench;object=signer",
                                        "--signing-cert", str(pki["cert"]),
