@@ -663,6 +663,33 @@ def test_worker_step_runs_in_the_forked_signers_and_a_failed_share_is_signed_her
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="forked signers need 2 cores")
+def test_forked_signers_share_the_work_as_it_is_done(material: Material) -> None:
+    """A forked signer the scheduler runs less (here: one that sleeps after each file) does
+    not hold a fixed share back: the others take the rest of the batch."""
+    from trustboot.cms.sign import PARALLEL_SIGN_MIN, WorkerStep, sign_many
+
+    signer = _rsa_signer(material, "shared-work")
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 9)]
+    slow: list[bool] = []  # set in the child that signs digest 0: its own copy
+
+    def run(index: int, _sig: bytes) -> bytes:
+        if index == 0:
+            slow.append(True)
+        if slow:
+            time.sleep(0.2)
+        return os.getpid().to_bytes(4, "big")
+
+    by_pid: dict[int, list[int]] = {}
+    sign_many(signer, digests, "sha256", on_signed=lambda i, s: None,
+              worker_step=WorkerStep(run, lambda i, s, x: by_pid.setdefault(
+                  int.from_bytes(x, "big"), []).append(i)))
+    assert sorted(i for done in by_pid.values() for i in done) == list(range(len(digests)))
+    sleeper = next(pid for pid, done in by_pid.items() if 0 in done)
+    # a fixed share would be len(digests) / workers (18 or more): it took one chunk or two
+    assert len(by_pid[sleeper]) <= 4, {pid: len(done) for pid, done in by_pid.items()}
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="forked signers need 2 cores")
 def test_large_ecdsa_batches_are_signed_in_forked_signers_as_serially(
         material: Material) -> None:
     """An ECDSA batch is split over forked signers like an RSA one (the check, encoding

@@ -373,8 +373,10 @@ class WorkerStep:
     take: Callable[[int, bytes, bytes], None]
 
 
-# From this many signatures on, an in-memory key's batch is split over forked processes.
+# From this many signatures on, an in-memory key's batch is split over forked processes,
+# in at most this many chunks (a one-byte token each; see sign_many).
 PARALLEL_SIGN_MIN = 64
+_MAX_CHUNKS = 256
 
 
 def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
@@ -413,8 +415,18 @@ def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
             got(i, signer.sign_digest(digest, hash_name))
         return [r for r in result if r is not None]
     children: dict[int, int] = {}  # read fd -> pid
+    # The work is shared out as it is done, not in fixed shares: a child the scheduler
+    # runs less (2 cores, 4 children and this process) would otherwise finish last by
+    # tens of ms. A token is one byte, a chunk's number, read by one child alone (a pipe
+    # read of one byte is atomic); all of them are in the pipe before the first fork.
+    chunk = -(-len(digests) // _MAX_CHUNKS)
+    tokens, tokens_in = os.pipe()
     try:
-        for first in range(workers):
+        try:
+            os.write(tokens_in, bytes(range(-(-len(digests) // chunk))))
+        finally:
+            os.close(tokens_in)  # the children see the end of the work as end of file
+        for _ in range(workers):
             read_fd, write_fd = os.pipe()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child, which never returns
@@ -423,10 +435,12 @@ def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
                     os.close(read_fd)
                     for earlier in children:  # the siblings' pipes
                         os.close(earlier)
-                    for i in range(first, len(digests), workers):
-                        signature = signer.sign_digest(digests[i], hash_name)
-                        extra = worker_step.run(i, signature) if worker_step else b""
-                        _write_frame(write_fd, i, signature, extra)
+                    while token := os.read(tokens, 1):
+                        for i in range(token[0] * chunk,
+                                       min((token[0] + 1) * chunk, len(digests))):
+                            signature = signer.sign_digest(digests[i], hash_name)
+                            extra = worker_step.run(i, signature) if worker_step else b""
+                            _write_frame(write_fd, i, signature, extra)
                     code = 0
                 finally:
                     os._exit(code)
@@ -441,6 +455,7 @@ def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
 
         _collect_frames(list(children), take)
     finally:
+        os.close(tokens)
         for read_fd, pid in children.items():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # gone already, unless we stopped early
