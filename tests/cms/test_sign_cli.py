@@ -630,6 +630,33 @@ def test_a_damaged_rsa_key_never_yields_a_signature(material: Material) -> None:
     assert len(signer.sign_digest(digest, "sha256")) == good.key_size // 8
 
 
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa"])
+def test_a_bad_signature_from_a_signer_that_does_not_check_its_own_is_never_written(
+        material: Material, tmp_path: Path, kind: str) -> None:
+    """Only a KeySigner with an RSA key verifies what it signs (checks_each_signature); any
+    other signer's signatures, after the first file's, are verified one by one: a wrong
+    one stops the run and no .sig is written."""
+    from trustboot.errors import VerificationError
+
+    inner = _signer(material, f"liar-{kind}", rsa_key() if kind == "rsa" else ec_key())
+    assert inner.checks_each_signature == (kind == "rsa")
+
+    class Liar:  # a Signer, as a token's is: not a KeySigner
+        certificate, chain, algorithm = inner.certificate, inner.chain, inner.algorithm
+        calls = 0
+
+        def sign_digest(self, digest: bytes, hash_name: str) -> bytes:
+            Liar.calls += 1
+            other = hashlib.sha256(digest).digest() if Liar.calls == 4 else digest
+            return inner.sign_digest(other, hash_name)  # file 3: a valid signature of other
+
+    files = _files(tmp_path, 6)
+    with pytest.raises(VerificationError) as err:
+        sign_files(files, Liar(), now=dt.datetime.now(dt.UTC))
+    assert err.value.rule == "self-check" and "file3.bin" in err.value.message
+    assert not [p for p in tmp_path.iterdir() if not p.name.endswith(".bin")]
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="forked signers need 2 cores")
 def test_worker_step_runs_in_the_forked_signers_and_a_failed_share_is_signed_here(
         material: Material) -> None:
@@ -645,6 +672,7 @@ def test_worker_step_runs_in_the_forked_signers_and_a_failed_share_is_signed_her
     def run(index: int, _sig: bytes) -> bytes:
         if index == 5:
             raise RuntimeError("this worker stops here")
+        time.sleep(0.005)  # the first child cannot take the whole batch before the next forks
         return os.getpid().to_bytes(4, "big")
 
     taken: dict[int, tuple[bytes, bytes]] = {}
@@ -705,10 +733,14 @@ def test_large_ecdsa_batches_are_signed_in_forked_signers_as_serially(
     assert signer.algorithm == "ecdsa"
     digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 9)]
     taken: dict[int, int] = {}
+
+    def run(_index: int, _sig: bytes) -> bytes:
+        time.sleep(0.005)  # the first child cannot take the whole batch before the next forks
+        return os.getpid().to_bytes(4, "big")
+
     signatures = sign_many(signer, digests, "sha256", on_signed=lambda i, s: None,
-                           worker_step=WorkerStep(
-                               lambda i, s: os.getpid().to_bytes(4, "big"),
-                               lambda i, s, x: taken.__setitem__(i, int.from_bytes(x, "big"))))
+                           worker_step=WorkerStep(run, lambda i, s, x: taken.__setitem__(
+                               i, int.from_bytes(x, "big"))))
     assert set(taken) == set(range(len(digests)))  # every one signed in a child
     assert len(set(taken.values())) >= 2 and os.getpid() not in taken.values()
     assert signatures == [signer.sign_digest(d, "sha256") for d in digests]

@@ -116,6 +116,12 @@ class KeySigner(CertifiedSigner):
                                 "or the right key")
         self._key: keyfile.PrivateKey | None = key
 
+    @property
+    def checks_each_signature(self) -> bool:
+        """Whether sign_digest returns only signatures it verified with the certificate's
+        key (RSA: see sign_digest), so a caller need not verify them again."""
+        return self.algorithm == KeyAlgorithm.RSA
+
     def __enter__(self) -> KeySigner:
         return self
 
