@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tests.cms.corpus import pem
 from tests.cms.pki import PASSPHRASE, Material, ec_key, rsa_key
 from trustboot import secrets
 from trustboot.cms.workflow import sign_paths
@@ -205,6 +206,92 @@ def test_stronger_parameters_within_the_limits_are_used(
     assert _public(load_key(path, RIGHT, "strong key")) == _public(key)
     with pytest.raises(ConfigError, match="wrong passphrase for strong key"):
         load_key(path, secrets.constant(b"not the passphrase"), "strong key")
+
+
+def _salt_iterations(oid: str, iterations: int, *, pbes2: bool = True,
+                     prf: bytes = b"") -> bytes:
+    """A key file encrypted with PBKDF2 (in PBES2) or an older scheme whose parameters are
+    (salt, iterations): PBES1, PKCS#12 PBE."""
+    params = _seq(core.OctetString(b"s" * 8).dump(), core.Integer(iterations).dump(), prf)
+    if pbes2:
+        kdf = _seq(core.ObjectIdentifier(keyfile._OID_PBKDF2).dump(), params)
+        scheme = _seq(core.ObjectIdentifier(keyfile._OID_AES256_CBC).dump(),
+                      core.OctetString(b"i" * 16).dump())
+        alg = _seq(core.ObjectIdentifier(keyfile._OID_PBES2).dump(), _seq(kdf, scheme))
+    else:
+        alg = _seq(core.ObjectIdentifier(oid).dump(), params)
+    return _pem(_seq(alg, core.OctetString(b"\x00" * 32).dump()))
+
+
+def _never_asked(what: str) -> bytes:
+    raise AssertionError(f"the passphrase for {what} was asked for")
+
+
+HMAC_SHA256 = _seq(core.ObjectIdentifier("1.2.840.113549.2.9").dump(), core.Null().dump())
+
+
+@pytest.mark.parametrize(("pem", "name", "iterations"), [
+    (_salt_iterations("", 1 << 31), "PBKDF2", 1 << 31),
+    (_salt_iterations("", 4_000_001, prf=HMAC_SHA256), "PBKDF2", 4_000_001),
+    # pbeWithSHAAnd3-KeyTripleDES-CBC (PKCS#12), pbeWithSHA1AndDES-CBC (PBES1)
+    (_salt_iterations("1.2.840.113549.1.12.1.3", 10 ** 9, pbes2=False),
+     "its password-based encryption", 10 ** 9),
+    (_salt_iterations("1.2.840.113549.1.5.10", 50_000_000, pbes2=False),
+     "its password-based encryption", 50_000_000),
+], ids=["pbkdf2-2^31", "pbkdf2-sha256-limit+1", "pkcs12", "pbes1"])
+def test_costly_iteration_counts_are_refused_before_any_kdf_or_prompt(
+        keydir: Path, monkeypatch: pytest.MonkeyPatch, pem: bytes, name: str,
+        iterations: int) -> None:
+    """OpenSSL runs whatever iteration count a key file asks for (2^31 PBKDF2 rounds:
+    about ten minutes here) before it can tell a wrong passphrase."""
+    path = _private(keydir / "costly.key", pem)
+    _no_openssl_kdf(monkeypatch)
+    with pytest.raises(ConfigError, match=f"costly.key asks {name} for {iterations} "
+                       "iterations") as err:
+        load_key(path, _never_asked, "costly key")
+    assert "openssl pkcs8 -topk8 -scrypt" in (err.value.hint or "")
+
+
+def test_scrypt_in_another_cipher_is_held_to_the_same_limits(
+        keydir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PBES2(scrypt, AES-128-CBC) is not the format read here (cryptography's loader gets
+    it), but its scrypt parameters are checked all the same."""
+    costly = _pbes2(1 << 14, 8, 64).replace(b"\n", b"")
+    der = base64.b64decode(costly.split(b"-----")[2])
+    aes128 = core.ObjectIdentifier("2.16.840.1.101.3.4.1.2").dump()
+    der = der.replace(core.ObjectIdentifier(keyfile._OID_AES256_CBC).dump(), aes128)
+    path = _private(keydir / "aes128.key", _pem(der))
+    assert keyfile._scrypt_pbes2(path.read_bytes()) is None
+    _no_openssl_kdf(monkeypatch)
+    with pytest.raises(ConfigError, match=r"asks scrypt for more .*N=16384, r=8, p=64"):
+        load_key(path, _never_asked, "aes128 key")
+
+
+def test_a_pbkdf2_key_within_the_limit_loads(keydir: Path) -> None:
+    key = ec_key()
+    path = _openssl_pkcs8(keydir, key, "strong-pbkdf2", "-v2", "aes-256-cbc", "-iter",
+                          "600000")
+    assert _public(load_key(path, RIGHT, "strong pbkdf2 key")) == _public(key)
+
+
+def test_a_tls_client_key_with_a_costly_kdf_is_refused(keydir: Path,
+                                                       material: Material) -> None:
+    """The origin's TLS client key goes to OpenSSL through the ssl module: checked first,
+    whether it is a file of its own or follows the certificate in one file."""
+    from trustboot.publish.http import tls_context
+
+    hostile = _salt_iterations("", 1 << 31)
+    cert = keydir / "client.crt"
+    cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    key = _private(keydir / "client.key", hostile)
+    ca = keydir / "ca.crt"
+    ca.write_bytes(pem(material.root))
+    with pytest.raises(ConfigError, match=f"client key {key} asks PBKDF2 for 2147483648"):
+        tls_context(ca_file=ca, client_cert=cert, client_key=key,
+                    client_key_passphrase=PASSPHRASE)
+    both = _private(keydir / "both.pem", cert.read_bytes() + hostile)
+    with pytest.raises(ConfigError, match=f"client key {both} asks PBKDF2"):
+        tls_context(ca_file=ca, client_cert=both, client_key_passphrase=PASSPHRASE)
 
 
 @pytest.mark.parametrize(("pem", "why"), [
