@@ -315,7 +315,7 @@ def _check_kdf_der(der: bytes, source: str) -> None:
             kdf_oid, kdf_params = _fields(kdf, 0x06, 0x30)
             _salt, rest = _der(kdf_params, 0x04)
             if kdf_oid == oid_bytes(_OID_SCRYPT):
-                numbers = []
+                numbers: list[int] = []
                 while rest and len(numbers) < 3:
                     value, rest = _der(rest, 0x02)
                     numbers.append(_uint(value))
