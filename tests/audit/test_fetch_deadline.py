@@ -147,3 +147,29 @@ def test_a_fast_sender_is_cut_at_the_deadline_too(server: Served) -> None:
                             max_size=1 << 40)
     assert check.limit == "fetch-deadline" and check.size > 0, check
     assert elapsed < 1.5, elapsed
+
+
+@pytest.mark.parametrize("past_deadline", [False, True], ids=["before", "after"])
+def test_a_transport_error_is_the_deadline_only_once_it_has_passed(
+        monkeypatch: pytest.MonkeyPatch, past_deadline: bool) -> None:
+    """A connection that fails (reset, closed mid-body) is evidence, with its error; the
+    same failure once the deadline has passed is the deadline, however the transport
+    words it (an SSL read cut by its timeout can surface as a read error)."""
+    import httpx
+
+    from trustboot.publish import http as publish_http
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if past_deadline:
+            time.sleep(0.4)  # the fetch's whole deadline is 0.2 s
+        raise httpx.ReadError("connection reset by peer", request=request)
+
+    monkeypatch.setattr(follow, "vet_host", lambda host, port, own: (None, "192.0.2.1"))
+    monkeypatch.setattr(publish_http, "DeadlineTransport",
+                        lambda *a, **k: httpx.MockTransport(handler))
+    check, _ = _fetch("http://boot.example/ipxe.efi", _policy(None), 0.2)
+    assert not check.ok, check
+    if past_deadline:
+        assert check.limit == "fetch-deadline" and "longer than 0.2 s" in (check.error or "")
+    else:
+        assert check.limit is None and check.error == "ReadError: connection reset by peer"
