@@ -47,6 +47,7 @@ MAX_KEY_FILE_SIZE = 1 << 20
 
 # The PEM label of a PKCS#8 EncryptedPrivateKeyInfo.
 _PEM_LABEL = b"ENCRYPTED PRIVATE KEY"
+_PEM_BEGIN = b"-----BEGIN " + _PEM_LABEL + b"-----"
 _OID_PBES2 = "1.2.840.113549.1.5.13"
 _OID_SCRYPT = "1.3.6.1.4.1.11591.4.11"
 _OID_AES256_CBC = "2.16.840.1.101.3.4.1.42"
@@ -247,28 +248,23 @@ def _scrypt_pbes2(pem: bytes) -> _ScryptParams | None:
     else (cryptography's loader then decides)."""
     from trustboot.cms._asn1 import decode_pem, oid_bytes
 
-    if not pem.lstrip().startswith(b"-----BEGIN " + _PEM_LABEL + b"-----"):
+    if not pem.lstrip().startswith(_PEM_BEGIN):
         return None
     try:
         der = decode_pem(pem)
         if der is None:
             return None
-        [info] = _fields(der, 0x30)
-        alg, ciphertext = _fields(info, 0x30, 0x04)
-        oid, pbes2 = _fields(alg, 0x06, 0x30)
+        oid, params, ciphertext = _encrypted_key(der)
         if oid != oid_bytes(_OID_PBES2):
             return None
-        kdf, scheme = _fields(pbes2, 0x30, 0x30)
-        kdf_oid, sp = _fields(kdf, 0x06, 0x30)
+        kdf_oid, kdf_params, scheme = _pbes2(params)
         cipher_oid, iv = _fields(scheme, 0x06, 0x04)
         if (kdf_oid != oid_bytes(_OID_SCRYPT) or cipher_oid != oid_bytes(_OID_AES256_CBC)
                 or len(iv) != 16):
             return None
-        salt, sp = _der(sp, 0x04)
-        numbers = []
-        while sp:
-            value, sp = _der(sp, 0x02)
-            numbers.append(_uint(value))
+        salt, numbers, rest = _salt_and_uints(kdf_params, 4)
+        if rest:
+            return None
     except ValueError:  # FramingError included: not PEM or DER as expected
         return None
     if len(numbers) == 4 and numbers[3] == 32:  # the optional keyLength, AES-256's
@@ -290,8 +286,7 @@ def check_kdf_cost(data: bytes, source: str) -> None:
     "key file PATH"); what cannot be read is left to the loader."""
     from trustboot.cms._asn1 import decode_pem
 
-    marker = b"-----BEGIN " + _PEM_LABEL + b"-----"
-    start = data.find(marker)
+    start = data.find(_PEM_BEGIN)
     while start >= 0:
         try:
             der = decode_pem(data[start:])
@@ -299,26 +294,18 @@ def check_kdf_cost(data: bytes, source: str) -> None:
             der = None
         if der:
             _check_kdf_der(der, source)
-        start = data.find(marker, start + len(marker))
+        start = data.find(_PEM_BEGIN, start + len(_PEM_BEGIN))
 
 
 def _check_kdf_der(der: bytes, source: str) -> None:
     from trustboot.cms._asn1 import oid_bytes
 
     try:
-        [info] = _fields(der, 0x30)
-        alg, _ciphertext = _fields(info, 0x30, 0x04)
-        oid, params = _der(alg, 0x06)
+        oid, params, _ciphertext = _encrypted_key(der)
         if oid == oid_bytes(_OID_PBES2):
-            [pbes2] = _fields(params, 0x30)
-            kdf, _scheme = _fields(pbes2, 0x30, 0x30)
-            kdf_oid, kdf_params = _fields(kdf, 0x06, 0x30)
-            _salt, rest = _der(kdf_params, 0x04)
+            kdf_oid, kdf_params, _scheme = _pbes2(params)
             if kdf_oid == oid_bytes(_OID_SCRYPT):
-                numbers: list[int] = []
-                while rest and len(numbers) < 3:
-                    value, rest = _der(rest, 0x02)
-                    numbers.append(_uint(value))
+                _salt, numbers, _rest = _salt_and_uints(kdf_params, 3)
                 if len(numbers) == 3:
                     _check_scrypt(source, *numbers)
                 return
@@ -326,14 +313,16 @@ def _check_kdf_der(der: bytes, source: str) -> None:
                 return
             name = "PBKDF2"
         elif oid in {oid_bytes(o) for o in _OIDS_SALT_ITERATIONS}:
-            [kdf_params] = _fields(params, 0x30)
-            _salt, rest = _der(kdf_params, 0x04)
+            kdf_params = params
             name = "its password-based encryption"
         else:
             return
-        iterations = _uint(_der(rest, 0x02)[0])
+        _salt, numbers, _rest = _salt_and_uints(kdf_params, 1)
     except ValueError:  # not as expected: the loader decides (and fails fast)
         return
+    if not numbers:
+        return
+    iterations = numbers[0]
     if iterations > MAX_KDF_ITERATIONS:
         raise ConfigError(
             f"{source} asks {name} for {iterations} iterations, more than trustboot spends "
@@ -354,6 +343,35 @@ def _scrypt_refused(source: str, n: int, r: int, p: int) -> ConfigError:
         f"p={p}; at most {SCRYPT_MAXMEM >> 20} MiB and "
         f"{SCRYPT_MAX_WORK // (SCRYPT_N * SCRYPT_R * SCRYPT_P)} times the default work)",
         hint="encrypt the key with the default parameters: openssl pkcs8 -topk8 -scrypt")
+
+
+def _encrypted_key(der: bytes) -> tuple[bytes, bytes, bytes]:
+    """(algorithm OID, the contents of its parameters SEQUENCE, ciphertext) of a PKCS#8
+    EncryptedPrivateKeyInfo; ValueError if it is not one."""
+    [info] = _fields(der, 0x30)
+    alg, ciphertext = _fields(info, 0x30, 0x04)
+    oid, params = _fields(alg, 0x06, 0x30)
+    return oid, params, ciphertext
+
+
+def _pbes2(params: bytes) -> tuple[bytes, bytes, bytes]:
+    """(KDF OID, the contents of the KDF's parameters, the encryption scheme's contents)
+    of PBES2-params."""
+    kdf, scheme = _fields(params, 0x30, 0x30)
+    kdf_oid, kdf_params = _fields(kdf, 0x06, 0x30)
+    return kdf_oid, kdf_params, scheme
+
+
+def _salt_and_uints(kdf_params: bytes, most: int) -> tuple[bytes, list[int], bytes]:
+    """A KDF's salt (OCTET STRING), the up to ``most`` INTEGERs after it (scrypt: N, r, p
+    and keyLength; PBKDF2 and the older schemes: the iteration count first), and what
+    follows them."""
+    salt, rest = _der(kdf_params, 0x04)
+    numbers: list[int] = []
+    while rest[:1] == b"\x02" and len(numbers) < most:
+        value, rest = _der(rest, 0x02)
+        numbers.append(_uint(value))
+    return salt, numbers, rest
 
 
 def _der(data: bytes, tag: int) -> tuple[bytes, bytes]:
