@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import os
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 from asn1crypto import core
+from asn1crypto import pem as armor
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -83,15 +83,11 @@ def _openssl_pkcs8(keydir: Path, key: Any, name: str, *args: str) -> Path:
 
 
 def _pem(der: bytes) -> bytes:
-    body = base64.encodebytes(der).replace(b"\n", b"")
-    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
-    return (b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n" + b"\n".join(lines)
-            + b"\n-----END ENCRYPTED PRIVATE KEY-----\n")
+    armored: bytes = armor.armor("ENCRYPTED PRIVATE KEY", der)
+    return armored
 
 
-def _seq(*parts: bytes) -> bytes:
-    body = b"".join(parts)
-    return b"\x30" + keyfile._der_len(len(body)) + body
+_seq = keyfile._seq
 
 
 def _pbes2(n: int, r: int, p: int, *, ciphertext: bytes = b"\x00" * 32,
@@ -256,8 +252,7 @@ def test_scrypt_in_another_cipher_is_held_to_the_same_limits(
         keydir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """PBES2(scrypt, AES-128-CBC) is not the format read here (cryptography's loader gets
     it), but its scrypt parameters are checked all the same."""
-    costly = _pbes2(1 << 14, 8, 64).replace(b"\n", b"")
-    der = base64.b64decode(costly.split(b"-----")[2])
+    _, _, der = armor.unarmor(_pbes2(1 << 14, 8, 64))
     aes128 = core.ObjectIdentifier("2.16.840.1.101.3.4.1.2").dump()
     der = der.replace(core.ObjectIdentifier(keyfile._OID_AES256_CBC).dump(), aes128)
     path = _private(keydir / "aes128.key", _pem(der))
