@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tests.cms.corpus import Key
 from tests.cms.pki import PASSPHRASE, Material, ec_key, make_material, rsa_key
 from trustboot import secrets
 from trustboot.cli.main import cli
@@ -45,13 +46,19 @@ def _files(tmp_path: Path, n: int) -> list[Path]:
     return out
 
 
+def _digests(n: int) -> list[bytes]:
+    """``n`` distinct SHA-256 digests, as hashing ``n`` files gives."""
+    return [hashlib.sha256(str(i).encode()).digest() for i in range(n)]
+
+
 def _rsa_signer(material: Material, name: str) -> KeySigner:
     """An unlocked RSA key signer for a fresh certificate ``name``."""
     return _signer(material, name, rsa_key())
 
 
-def _signer(material: Material, name: str, private: object) -> KeySigner:
-    key, cert, chain = material.issue(name, private)  # type: ignore[arg-type]
+def _signer(material: Material, name: str, private: Key) -> KeySigner:
+    """An unlocked key signer for ``private`` and a fresh certificate ``name``."""
+    key, cert, chain = material.issue(name, private)
     signer, _ = open_signer(parse_ref(f"file:{key}"), passphrases=secrets.constant(PASSPHRASE),
                             cert=cert, chain=chain)
     assert isinstance(signer, KeySigner)
@@ -422,7 +429,7 @@ def test_large_rsa_batches_are_signed_in_parallel_and_correctly(material: Materi
     from trustboot.cms.sign import PARALLEL_SIGN_MIN, sign_many
 
     signer = _rsa_signer(material, "batch-signer")
-    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 9)]
+    digests = _digests(PARALLEL_SIGN_MIN + 9)
     signatures = sign_many(signer, digests, "sha256")
     assert len(signatures) == len(digests)
     public = signer.certificate.public_key()
@@ -529,7 +536,7 @@ def test_batch_signatures_stream_to_the_caller_and_a_failure_stops_the_workers(
     from trustboot.cms.sign import PARALLEL_SIGN_MIN, sign_many
 
     signer = _rsa_signer(material, "stream-signer")
-    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 5)]
+    digests = _digests(PARALLEL_SIGN_MIN + 5)
     seen: dict[int, bytes] = {}
     signatures = sign_many(signer, digests, "sha256", on_signed=seen.__setitem__)
     assert [seen[i] for i in range(len(digests))] == signatures  # each once, all of them
@@ -588,7 +595,7 @@ def test_serial_signer_overlaps_the_handling_and_stops_at_its_first_error(
             calls.append(1)
             return inner.sign_digest(digest, hash_name)
 
-    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(12)]
+    digests = _digests(12)
     order: list[int] = []
     signatures = sign_many(Counting(), digests, "sha256",
                            on_signed=lambda i, _sig: order.append(i))
@@ -667,7 +674,7 @@ def test_worker_step_runs_in_the_forked_signers_and_a_failed_share_is_signed_her
     from trustboot.cms.sign import PARALLEL_SIGN_MIN, WorkerStep, sign_many
 
     signer = _rsa_signer(material, "step-signer")
-    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 9)]
+    digests = _digests(PARALLEL_SIGN_MIN + 9)
 
     def run(index: int, _sig: bytes) -> bytes:
         if index == 5:
@@ -697,7 +704,7 @@ def test_forked_signers_share_the_work_as_it_is_done(material: Material) -> None
     from trustboot.cms.sign import PARALLEL_SIGN_MIN, WorkerStep, sign_many
 
     signer = _rsa_signer(material, "shared-work")
-    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 9)]
+    digests = _digests(PARALLEL_SIGN_MIN + 9)
     slow: list[bool] = []  # set in the child that signs digest 0: its own copy
 
     def run(index: int, _sig: bytes) -> bytes:
@@ -731,7 +738,7 @@ def test_large_ecdsa_batches_are_signed_in_forked_signers_as_serially(
 
     signer = _signer(material, "ec-batch-signer", ec_key())
     assert signer.algorithm == "ecdsa"
-    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(PARALLEL_SIGN_MIN + 9)]
+    digests = _digests(PARALLEL_SIGN_MIN + 9)
     taken: dict[int, int] = {}
 
     def run(_index: int, _sig: bytes) -> bytes:
