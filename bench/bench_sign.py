@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import itertools
 import os
 import shutil
 import subprocess
@@ -340,6 +341,7 @@ def bench_small(repeat: int, count: int, tb: list[str], key_args: list[str],
 
     out_runs = work / "out"
     out_runs.mkdir()
+    run_numbers = itertools.count()
 
     def fresh() -> Path | None:
         """Where the next run writes (None: beside the files); see the module docstring."""
@@ -347,7 +349,7 @@ def bench_small(repeat: int, count: int, tb: list[str], key_args: list[str],
             remove(outputs)
             out = None
         else:
-            out = out_runs / str(len(list(out_runs.iterdir())))
+            out = out_runs / str(next(run_numbers))
             out.mkdir()
         os.sync()
         return out
