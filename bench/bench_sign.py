@@ -325,7 +325,7 @@ def bench_small(repeat: int, count: int, tb: list[str], key_args: list[str],
     """``count`` small files in one call (RSA file key, ECDSA file key, SoftHSM2 key) vs
     one openssl call each, and the floor of the RSA figure on this machine."""
     small_dir = work / "small"
-    small_dir.mkdir()
+    small_dir.mkdir(mode=0o755)
     smalls = []
     for i in range(count):
         p = small_dir / f"f{i:04d}.ipxe"
@@ -340,7 +340,7 @@ def bench_small(repeat: int, count: int, tb: list[str], key_args: list[str],
                "--pki", str(pki["pki"])]
 
     out_runs = work / "out"
-    out_runs.mkdir()
+    out_runs.mkdir(mode=0o755)
     run_numbers = itertools.count()
 
     def fresh() -> Path | None:
@@ -350,7 +350,7 @@ def bench_small(repeat: int, count: int, tb: list[str], key_args: list[str],
             out = None
         else:
             out = out_runs / str(next(run_numbers))
-            out.mkdir()
+            out.mkdir(mode=0o755)  # `--out` refuses a group- or world-writable one
         os.sync()
         return out
 
@@ -377,7 +377,7 @@ def bench_small(repeat: int, count: int, tb: list[str], key_args: list[str],
         out = fresh() if files else None  # fresh files, and synced, as for the tools
         if files and out is None:
             out = work / "floor-out"
-            out.mkdir(exist_ok=True)
+            out.mkdir(mode=0o755, exist_ok=True)
             for f in out.iterdir():
                 f.unlink()
             os.sync()
