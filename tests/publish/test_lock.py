@@ -165,7 +165,9 @@ def test_a_holder_whose_lock_was_taken_stops_before_writing_and_switching(
         backend: Backend) -> None:
     entry = b"#!ipxe\necho live release\n"
     with backend.open() as a, backend.open() as thief:
-        with a.lock("holder", stale_after=60, refresh=0.2) as held:
+        # a heartbeat every second: one every 0.2 s could rewrite the lock between the
+        # thief's read and its conditional replace, three times over, on a loaded machine
+        with a.lock("holder", stale_after=60, refresh=1.0) as held:
             put(a, "releases/r1/boot.ipxe", b"#!ipxe\necho r1\n")
             put(a, "boot.ipxe", entry)
             # another publisher that judges every lock stale at once takes this one over
