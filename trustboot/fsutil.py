@@ -466,6 +466,93 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# quiet_writeback's bound: what one syncfs() may have to write besides the caller's files
+QUIET_WRITEBACK = 16 << 20
+
+
+def quiet_writeback(limit: int = QUIET_WRITEBACK, meminfo: Path = Path("/proc/meminfo")
+                    ) -> bool:
+    """Whether at most ``limit`` bytes of page cache wait to be written (Dirty plus
+    Writeback, every filesystem): then one :func:`syncfs` writes little besides what the
+    caller writes next. False when that is unknown (no /proc)."""
+    try:
+        with open(meminfo, "rb") as fh:
+            text = fh.read(64 << 10)
+    except OSError:
+        return False
+    seen, total = 0, 0
+    for line in text.splitlines():
+        name, _, rest = line.partition(b":")
+        if name in (b"Dirty", b"Writeback"):
+            value, _, unit = rest.strip().partition(b" ")
+            if not value.isdigit() or unit not in (b"kB", b""):
+                return False
+            total += int(value) * (1024 if unit else 1)
+            seen += 1
+    return seen == 2 and total <= limit
+
+
+def syncfs(path: Path) -> bool:
+    """Flush everything written to the filesystem holding the directory ``path``, data and
+    metadata, to stable storage (syncfs(2): one cache flush, where a fsync per file pays
+    one each). False where the call does not exist (not Linux); OSError when it fails
+    (Linux >= 5.8 reports writeback errors here as fsync does)."""
+    call = _syncfs_call()
+    if call is None:
+        return False
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if call(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(path))
+    finally:
+        os.close(fd)
+    return True
+
+
+# Filesystems whose syncfs(2) commits and flushes everything a fsync(2) of each file would
+# (their sync_fs: a journal commit or transaction and a cache flush; overlay syncs its upper
+# layer's). Elsewhere (FUSE, NFS, vfat, ...) it may do less, so files there are fsynced.
+SYNCFS_FILESYSTEMS = frozenset({"ext3", "ext4", "xfs", "btrfs", "f2fs", "tmpfs", "overlay"})
+
+
+def filesystem_type(dev: int, mountinfo: Path = Path("/proc/self/mountinfo")) -> str | None:
+    """The type of the mounted filesystem with device number ``dev`` (an ``st_dev``), from
+    ``mountinfo``; None when no mount has it or it cannot be read."""
+    want = f"{os.major(dev)}:{os.minor(dev)}".encode()
+    try:
+        with open(mountinfo, "rb") as fh:
+            text = fh.read(4 << 20)
+    except OSError:
+        return None
+    for line in text.splitlines():
+        # ID PARENT MAJOR:MINOR ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER-OPTIONS
+        fields = line.split(b" ")
+        if len(fields) > 2 and fields[2] == want and b"-" in fields[6:]:
+            at = fields.index(b"-", 6)
+            return fields[at + 1].decode("ascii", "replace") if at + 1 < len(fields) else None
+    return None
+
+
+_SYNCFS: list[Callable[[int], int] | None] = []
+
+
+def _syncfs_call() -> Callable[[int], int] | None:
+    if not _SYNCFS:
+        # ctypes only here: the standard library has no syncfs, and this is the one caller
+        import ctypes
+
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).syncfs
+            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+            _SYNCFS.append(fn)
+        except (AttributeError, OSError):
+            _SYNCFS.append(None)
+    return _SYNCFS[0]
+
+
 def write_temp(target: Path, data: bytes, *, mode: int = 0o644, sync: bool = True,
                name: str | None = None) -> Path:
     """Write ``data`` to a new temp file beside ``target`` (to be renamed onto it).
