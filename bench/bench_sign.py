@@ -29,7 +29,9 @@ past thousands of them, a cost of the benchmark rather than of either tool (it w
 more on the tool that is 10x faster). `--replace-outputs` measures that way instead: the
 signatures beside the files, the previous run's removed just before. Before each timed
 many-files run the filesystem is synced (untimed), so no tool pays for the previous one's
-writes: trustboot syncs each signature it writes, openssl does not.
+writes: trustboot makes its signatures durable before it renames them into place (here one
+syncfs, as little else waits to be written after that sync; a fsync per file on a busy
+machine), openssl does not sync at all.
 """
 
 from __future__ import annotations
