@@ -340,10 +340,11 @@ def test_resign_on_nginx_webdav(pki: Pki, nginx: Nginx, make_release: ReleaseFac
     # tampering on the origin (same size) is found by the read-back over HTTPS: nothing
     # changes
     kernel = nginx.root / "releases/n1/vmlinuz"
-    kernel.write_bytes(b"X" + KERNEL[1:])
+    tampered = bytes([KERNEL[0] ^ 0xFF]) + KERNEL[1:]  # a fixed byte could equal the random one
+    kernel.write_bytes(tampered)
     res = resign(pki, nginx.url, fresh_signer, *origin)
     assert res.exit_code == 4, res.output
-    assert snapshot(nginx.root) == {**before, "releases/n1/vmlinuz": b"X" + KERNEL[1:]}
+    assert snapshot(nginx.root) == {**before, "releases/n1/vmlinuz": tampered}
     kernel.write_bytes(KERNEL)
     res = resign(pki, nginx.url, fresh_signer, *origin)
     assert res.exit_code == 0, res.output
