@@ -20,6 +20,8 @@ Conditions, the same for both sides:
 * every round's release is a genuine first release: the origin's document root is emptied
   and the publish cache (a private file here, never the user's) removed, untimed, before it.
   The re-run of the unchanged release runs after the last round, with that round's cache.
+  Likewise every `curl -T` creates a new object: the previous round's is removed first
+  (replacing it made nginx free its 512 MiB of page cache inside the timed PUT).
 
 What the release does beyond the reference, and so what bounds the ratio: it reads every
 object back over HTTPS and hashes it before switching (the reference never downloads), and
@@ -176,6 +178,8 @@ def run(args: argparse.Namespace, base: Path, pki: Pki, nginx: Nginx, files: dic
                 "-certfile", str(pki.dir / "chain.pem"), "-md", "sha256",
                 "-in", str(src), "-out", str(base / f"{name}.sig")])[0]
             ref_cpu[-1] += CPU[0]
+            # a new object, as every release's are (untimed; see the module docstring)
+            (nginx.root / f"reference-{name}").unlink(missing_ok=True)
             total += timed([
                 "curl", "-sSf", "--cacert", str(pki.ca), "--cert",
                 str(pki.cert("publisher")), "--key", str(client_key), "-T", str(src),
