@@ -495,8 +495,9 @@ def quiet_writeback(limit: int = QUIET_WRITEBACK, meminfo: Path = Path("/proc/me
 def syncfs(path: Path) -> bool:
     """Flush everything written to the filesystem holding the directory ``path``, data and
     metadata, to stable storage (syncfs(2): one cache flush, where a fsync per file pays
-    one each). False where the call does not exist (not Linux); OSError when it fails
-    (Linux >= 5.8 reports writeback errors here as fsync does)."""
+    one each). False where the call does not exist (not Linux) or a sandbox refuses it
+    (seccomp: ENOSYS, EPERM); OSError when it fails (Linux >= 5.8 reports writeback errors
+    here as fsync does)."""
     call = _syncfs_call()
     if call is None:
         return False
@@ -506,6 +507,8 @@ def syncfs(path: Path) -> bool:
     try:
         if call(fd) != 0:
             code = ctypes.get_errno()
+            if code in (errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP):
+                return False
             raise OSError(code, os.strerror(code), str(path))
     finally:
         os.close(fd)
