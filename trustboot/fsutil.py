@@ -1,7 +1,8 @@
 """Atomic writes, private files, explicit modes and capped reads.
 
-Every write that matters goes through a temp file in the same directory, fsync, then
-os.replace, so a process killed at any moment leaves either the old or the new file.
+Every write that matters goes through a temp file in the same directory, fsync (for many
+files at once, one syncfs of their filesystem: cms.sign.StagedWrites), then os.replace, so
+a process killed at any moment leaves either the old or the new file.
 Private files are created with O_EXCL and mode 0600 from the start (never chmod'ed after
 the secret is already on disk) inside 0700 directories. Every file and directory gets an
 explicit mode: nothing here depends on the caller's umask. Files named by users are read
