@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import re
 import stat
@@ -540,21 +541,17 @@ def filesystem_type(dev: int, mountinfo: Path = Path("/proc/self/mountinfo")) ->
     return None
 
 
-_SYNCFS: list[Callable[[int], int] | None] = []
-
-
+@functools.cache
 def _syncfs_call() -> Callable[[int], int] | None:
-    if not _SYNCFS:
-        # ctypes only here: the standard library has no syncfs, and this is the one caller
-        import ctypes
+    # ctypes only here: the standard library has no syncfs, and this is the one caller
+    import ctypes
 
-        try:
-            fn = ctypes.CDLL(None, use_errno=True).syncfs
-            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-            _SYNCFS.append(fn)
-        except (AttributeError, OSError):
-            _SYNCFS.append(None)
-    return _SYNCFS[0]
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
 
 
 def write_temp(target: Path, data: bytes, *, mode: int = 0o644, sync: bool = True,

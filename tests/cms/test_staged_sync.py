@@ -215,12 +215,12 @@ def test_syncfs_calls_the_kernel_and_reports_its_error(
         ctypes.set_errno(code[0])
         return -1
 
-    monkeypatch.setattr(fsutil, "_SYNCFS", [failing])
+    monkeypatch.setattr(fsutil, "_syncfs_call", lambda: failing)
     with pytest.raises(OSError) as err:
         fsutil.syncfs(tmp_path)
     assert err.value.errno == errno.EIO and err.value.filename == str(tmp_path)
     for refused in (errno.ENOSYS, errno.EPERM):  # a seccomp sandbox: fsync each file instead
         code[0] = refused
         assert fsutil.syncfs(tmp_path) is False
-    monkeypatch.setattr(fsutil, "_SYNCFS", [None])
+    monkeypatch.setattr(fsutil, "_syncfs_call", lambda: None)
     assert fsutil.syncfs(tmp_path) is False
