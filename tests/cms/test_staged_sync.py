@@ -29,6 +29,7 @@ class Syncs:
         self.renamed_before_sync: list[str] = []
         real_fsync, real_syncfs = os.fsync, fsutil.syncfs
         self.targets: list[Path] = []
+        self.types: dict[int, str] = {}  # st_dev -> filesystem type; default ext4
 
         def fsync(fd: int) -> None:
             path = os.readlink(f"/proc/self/fd/{fd}")
@@ -46,17 +47,22 @@ class Syncs:
         monkeypatch.setattr(sign, "syncfs", recorded_syncfs)
         monkeypatch.setattr(sign, "quiet_writeback", lambda: quiet)
         monkeypatch.setattr(sign, "filesystem_type", lambda dev: self.types.get(dev, "ext4"))
-        self.types: dict[int, str] = {}
 
     def kinds(self, kind: str) -> list[str]:
         return [what for k, what in self.calls if k == kind]
 
 
 def _write(tmp_path: Path, syncs: Syncs, n: int, *, adopted: int = 0) -> list[Path]:
-    """``n`` targets through add(), then ``adopted`` more written as a forked signer
-    does (temp files of its own, unsynced) and adopted."""
-    targets = [tmp_path / f"f{i}.sig" for i in range(n + adopted)]
+    """``n`` targets in ``tmp_path`` through add(), then ``adopted`` more (see _commit)."""
+    return _commit(syncs, [tmp_path / f"f{i}.sig" for i in range(n + adopted)],
+                   adopted=adopted)
+
+
+def _commit(syncs: Syncs, targets: list[Path], *, adopted: int = 0) -> list[Path]:
+    """``targets`` written with b"sig INDEX": the last ``adopted`` as a forked signer
+    writes them (temp files of its own, unsynced) and adopted, the others through add()."""
     syncs.targets = targets
+    n = len(targets) - adopted
     with StagedWrites(files=len(targets)) as staged:
         for i, target in enumerate(targets[:n]):
             staged.add(target, b"sig %d" % i)
@@ -140,13 +146,8 @@ def test_syncfs_only_where_it_is_as_strong_as_fsync(
     try:
         syncs = Syncs(monkeypatch, quiet=True)
         syncs.types[other.stat().st_dev] = "fuse"
-        targets = [tmp_path / f"f{i}.sig" for i in range(10)] + \
-            [other / f"f{i}.sig" for i in range(10, 30)]
-        syncs.targets = targets
-        with StagedWrites(files=len(targets)) as staged:
-            for i, target in enumerate(targets):
-                staged.add(target, b"sig %d" % i)
-            staged.commit()
+        targets = _commit(syncs, [tmp_path / f"f{i}.sig" for i in range(10)]
+                          + [other / f"f{i}.sig" for i in range(10, 30)])
         assert [t.read_bytes() for t in targets] == [b"sig %d" % i for i in range(30)]
         assert syncs.kinds("syncfs") == [str(tmp_path)]
         files = syncs.kinds("file")
@@ -158,10 +159,7 @@ def test_syncfs_only_where_it_is_as_strong_as_fsync(
 
         syncs.types[tmp_path.stat().st_dev] = "fuse"  # both: no syncfs at all
         syncs.calls.clear()
-        with StagedWrites(files=len(targets)) as staged:
-            for target in targets:
-                staged.add(target, b"again")
-            staged.commit()
+        _commit(syncs, targets)
         assert syncs.kinds("syncfs") == [] and len(syncs.kinds("file")) == 30
     finally:
         shutil.rmtree(other)

@@ -597,14 +597,9 @@ class StagedWrites:
             self._flush()
 
     def _flush(self) -> None:
-        if self._pending:
+        if self._pending and not self._at_once:  # else synced with the others at commit
             batch, self._pending = self._pending, []
-            if self._at_once:  # synced with the others at commit
-                done: Future[None] = Future()
-                done.set_result(None)
-            else:
-                done = self._pool.submit(_sync_all, batch)
-            self._batches.append((batch, done))
+            self._batches.append((batch, self._pool.submit(_sync_all, batch)))
 
     def remove_on_abort(self, temps: Iterable[Path]) -> None:
         """Temp files that may exist (written by a process that was stopped before saying
@@ -625,17 +620,10 @@ class StagedWrites:
                                 "was replaced")
         pairs = [(target, fut.result()) for target, fut in zip(self._targets, self._made,
                                                                 strict=True)]
-        pairs += [pair for batch, _ in self._batches for pair in batch]
+        pairs += [pair for batch, _ in self._batches for pair in batch] + self._pending
         if self._at_once:
             self._sync_at_once(pairs)
-        jobs = [self._pool.submit(_rename_all, pairs[i:i + RENAME_BATCH])
-                for i in range(0, len(pairs), RENAME_BATCH)]
-        for job in jobs:
-            error = job.exception()
-            if isinstance(error, _PathError):
-                raise _cannot_write(error.target, error.error, "check the output directory")
-            if error is not None:
-                raise error
+        self._in_batches(_rename_all, pairs, RENAME_BATCH, "check the output directory")
         renamed = {temp for _, temp in pairs}
         for temp in self._maybe:  # written by a worker that then failed: signed here again
             if temp not in renamed:
@@ -670,13 +658,18 @@ class StagedWrites:
                                     "disk; nothing was replaced") from None
             synced.add(dev)
         rest = [pair for pair in pairs if devices[pair[1].parent] not in synced]
-        jobs = [self._pool.submit(_sync_all, rest[i:i + ADOPT_BATCH])
-                for i in range(0, len(rest), ADOPT_BATCH)]
-        for job in jobs:
-            error = job.exception()
+        self._in_batches(_sync_all, rest, ADOPT_BATCH, "check the output directory; nothing "
+                         "was replaced")
+
+    def _in_batches(self, job: Callable[[Sequence[tuple[Path, Path]]], None],
+                    pairs: Sequence[tuple[Path, Path]], size: int, hint: str) -> None:
+        """``job`` over ``pairs``, ``size`` at a time, on the writer threads; a failure
+        is raised for the target it names, with ``hint``."""
+        for future in [self._pool.submit(job, pairs[i:i + size])
+                       for i in range(0, len(pairs), size)]:
+            error = future.exception()
             if isinstance(error, _PathError):
-                raise _cannot_write(error.target, error.error, "check the output directory; "
-                                    "nothing was replaced")
+                raise _cannot_write(error.target, error.error, hint)
             if error is not None:
                 raise error
 
