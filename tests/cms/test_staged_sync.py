@@ -222,3 +222,24 @@ def test_syncfs_calls_the_kernel_and_reports_its_error(
         assert fsutil.syncfs(tmp_path) is False
     monkeypatch.setattr(fsutil, "_syncfs_call", lambda: None)
     assert fsutil.syncfs(tmp_path) is False
+
+
+def test_a_temp_gone_before_its_late_fsync_replaces_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fsync at commit (no syncfs here) that fails for one target stops the commit
+    before any rename, naming that target."""
+    old = tmp_path / "f3.sig"
+    old.write_bytes(b"old")
+    syncs = Syncs(monkeypatch, quiet=True, syncfs=lambda _path: False)
+    targets = [tmp_path / f"f{i}.sig" for i in range(20)]
+    syncs.targets = targets
+    with pytest.raises(OperationalError) as err, StagedWrites(files=20) as staged:
+        for i, target in enumerate(targets):
+            temp = fsutil.write_temp(target, b"sig %d" % i, name=f".{target.name}.w.tmp",
+                                     sync=False)
+            staged.adopt(target, temp)
+        os.unlink(tmp_path / ".f3.sig.w.tmp")  # someone removed it meanwhile
+        staged.commit()
+    assert "f3.sig" in err.value.message and "nothing was replaced" in (err.value.hint or "")
+    assert old.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f3.sig"]  # no temp left
