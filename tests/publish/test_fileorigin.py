@@ -594,3 +594,44 @@ def test_prune_keeps_the_release_another_entry_path_serves(
     assert json.loads(res.output)["deleted"] == ["prod1"]
     assert sorted(p.name for p in (tmp_path / "srv/releases").iterdir()) == [
         "prod2", "staging1"]
+
+
+@pytest.mark.parametrize("entry", ["releases/live.ipxe", "releases", "releases/r1/boot.ipxe",
+                                   ".trustboot-live.json", "menus/.hidden.ipxe"])
+def test_an_entry_path_inside_releases_or_hidden_is_refused_everywhere(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, entry: str) -> None:
+    """Everything under releases/ is read as releases' objects (prune, list): an entry pair
+    there would not keep the release it serves. A dot-file is hidden by the origin and
+    named like its own records. Each command refuses such an entry path (exit 3) before
+    touching the origin."""
+    origin = f"file://{tmp_path}/srv"
+    release = make_release({"boot.ipxe": ENTRY})
+    assert _publish(pki, release, origin, "r1").exit_code == 0
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    for args in (["publish", str(release), origin, "--release-id", "r2"],
+                 ["publish", "rollback", origin, "r1"],
+                 ["publish", "prune", origin, "--keep", "1"],
+                 ["resign", origin, "--key", "boot-signer"]):
+        result = CliRunner().invoke(cli, [*args, "--pki", str(pki.dir), "--entry-path", entry])
+        assert result.exit_code == 3, (args, result.output)
+        assert f"entry path {entry!r} is refused" in result.output, args
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_prune_keeps_a_release_an_older_entry_pair_under_releases_serves(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """An origin switched before entry paths under releases/ were refused may still serve
+    releases/live.ipxe: prune (for another entry path) keeps the release it serves."""
+    origin = f"file://{tmp_path}/srv"
+    for i in (1, 2):
+        r = make_release({"boot.ipxe": ENTRY + f"echo {i}\n".encode()})
+        assert _publish(pki, r, origin, f"r{i}").exit_code == 0
+        time.sleep(1.1)  # distinct creation times
+    srv = tmp_path / "srv"
+    for name in ("boot.ipxe", "boot.ipxe.sig"):  # r1's pair, as an old switch left it
+        (srv / "releases" / name.replace("boot", "live")).write_bytes(
+            (srv / "releases/r1" / name).read_bytes())
+    res = CliRunner().invoke(cli, ["publish", "prune", origin, "--keep", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["deleted"] == []
+    assert (srv / "releases/r1/release.json").is_file()

@@ -125,6 +125,8 @@ def test_good_recipe_defaults() -> None:
          "bad.yaml:9", "cannot go into an iPXE script"),
         (GOOD + "origin: {url: 'https://x/', entry: ../boot.ipxe}\n", "bad.yaml:9",
          "not allowed"),
+        (GOOD + "origin: {url: 'https://x/', entry: releases/live.ipxe}\n", "bad.yaml:9",
+         "inside releases/"),
         (GOOD + "menu: {timeout: -1}\n", "bad.yaml:9", "out of range"),
         (GOOD + "menu: {timeout: 99999}\n", "bad.yaml:9", "out of range"),
         (GOOD + "menu: {title: 'a && boot'}\n", "bad.yaml:9", "cannot go into an iPXE script"),

@@ -56,6 +56,29 @@ def release_key_problem(name: object) -> str | None:
     return problem
 
 
+def entry_path_problem(path: object) -> str | None:
+    """Why ``path`` cannot be an entry path (where iPXE's embedded script chains to): the
+    key rule, not a dot-file (the origin hides those and keeps its own records there), and
+    not under releases/, which holds only releases: prune and `publish list` read
+    everything there as a release's object, so an entry pair there would not protect the
+    release it serves."""
+    problem = release_key_problem(path)
+    if problem is None and isinstance(path, str) and (
+            path == RELEASES_PREFIX or path.startswith(RELEASES_PREFIX + "/")):
+        problem = f"it is inside {RELEASES_PREFIX}/, which holds only the releases"
+    return problem
+
+
+def check_entry_path(path: str) -> str:
+    """The one entry-path rule (entry_path_problem), for every command that takes one."""
+    problem = entry_path_problem(path)
+    if problem:
+        raise ConfigError(f"entry path {path!r} is refused: {problem}",
+                          hint="use a path outside releases/, e.g. boot.ipxe or "
+                               "menus/staging.ipxe")
+    return path
+
+
 def release_id_problem(value: object) -> str | None:
     if not isinstance(value, str):
         return "it is not a string"

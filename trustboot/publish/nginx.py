@@ -21,7 +21,7 @@ from pathlib import Path
 
 from trustboot.errors import ConfigError
 from trustboot.publish.http import IPXE_CIPHERS, IPXE_LEGACY_CIPHERS
-from trustboot.publish.origin import check_key
+from trustboot.publish.manifest import check_entry_path
 
 _SERVER_NAME = re.compile(r"[A-Za-z0-9*]([A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\]")
 _LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]:|[0-9.]+:|\*:)?[0-9]{1,5}")
@@ -65,7 +65,7 @@ def render(site: NginxSite) -> str:
             raise ConfigError(f"--listen {listen!r}: expected PORT, ADDR:PORT or [V6]:PORT")
     if not _SIZE.fullmatch(site.max_body_size):
         raise ConfigError(f"--max-body-size {site.max_body_size!r}: expected e.g. 8g")
-    entry = check_key(site.entry_path)
+    entry = check_entry_path(site.entry_path)
     root = _path(site.root, "--root")
     cert = _path(site.certificate, "--cert")
     key = _path(site.key, "--key")

@@ -51,6 +51,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import socket
 import stat
 import threading
@@ -73,6 +74,7 @@ from trustboot.publish.manifest import (
     ManifestFile,
     ReleaseManifest,
     SignerSummary,
+    check_entry_path,
     check_release_id,
     parse_manifest,
     release_id_problem,
@@ -708,7 +710,7 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
         release_id, entry_path = doc["release"], doc["entry_path"]
         if release_id_problem(release_id) or not isinstance(entry_path, str):
             raise ValueError("bad release id or entry path")
-        check_key(entry_path)
+        check_entry_path(entry_path)
         manifest = read_manifest(origin, release_id)
         if manifest is None or manifest.entry is None:
             raise ValueError(f"release {release_id} has no manifest or no entry")
@@ -807,7 +809,7 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
     default) reads everything back in full.
     """
     check_release_id(release_id)
-    check_key(entry_path)
+    check_entry_path(entry_path)
     for o in objects:
         problem = release_key_problem(o.key)
         if problem:
@@ -1110,7 +1112,7 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
              owner: str | None = None, cache: PublishCache | None = None) -> PublishResult:
     """Switch the entry back to ``release_id``, after verifying it like a publish."""
     check_release_id(release_id)
-    check_key(entry_path)
+    check_entry_path(entry_path)
     reader = make_reader(origin, trust, options)
     try:
         with origin.lock(owner or default_owner()):
@@ -1147,10 +1149,15 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
 def _served_elsewhere(origin: Origin, manifests: Sequence[ReleaseManifest],
                       entry_path: str) -> set[str]:
     """The releases served by entry pairs at other paths than ``entry_path`` (another
-    recipe's entry on a shared origin: a staging menu beside the production one)."""
+    recipe's entry on a shared origin: a staging menu beside the production one).
+
+    Pairs inside a release's directory are its objects, not entries; one directly under
+    releases/ is an entry (refused today, check_entry_path, but an origin may have one
+    from before) and protects its release like any other."""
     keys = set(origin.list(""))
+    inside = re.compile(re.escape(RELEASES_PREFIX) + "/[^/]+/")
     others = sorted(k[:-4] for k in keys if k.endswith(".sig") and k[:-4] in keys
-                    and k[:-4] != entry_path and not k.startswith(RELEASES_PREFIX + "/"))
+                    and k[:-4] != entry_path and not inside.match(k))
     served = (live_release(origin, manifests, path) for path in others)
     return {r for r in served if r is not None}
 
@@ -1161,7 +1168,7 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
     serves (``entry_path``'s, or another's); the deleted ids."""
     if keep < 1:
         raise ConfigError(f"--keep {keep}: keep at least one release")
-    check_key(entry_path)
+    check_entry_path(entry_path)
     deleted = []
     with origin.lock(owner or default_owner()):
         if pending_switch(origin):

@@ -53,10 +53,11 @@ from trustboot.publish.manifest import (
     ManifestFile,
     ReleaseManifest,
     SignerSummary,
+    check_entry_path,
     parse_manifest,
     release_prefix,
 )
-from trustboot.publish.origin import Origin, OriginOptions, check_key
+from trustboot.publish.origin import Origin, OriginOptions
 from trustboot.publish.pipeline import (
     MAX_ENTRY_SIZE,
     STALE_TEMP_AGE,
@@ -199,7 +200,7 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
     """
     from trustboot.cms.sign import Hashed, preflight, sign_files, sign_hashed
 
-    check_key(entry_path)
+    check_entry_path(entry_path)
     # a doomed signer is refused before any secret is asked for or any byte fetched
     window = check_signer_lifetime(source, now=now, min_lifetime=min_lifetime)
     preflight(source, now=now)

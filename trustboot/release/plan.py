@@ -43,7 +43,7 @@ from trustboot.ipxe.script import (
 from trustboot.keys.ref import KeyRef
 from trustboot.keys.signer import KeySource, resolve_signer
 from trustboot.publish.cache import PublishCache
-from trustboot.publish.manifest import check_release_id
+from trustboot.publish.manifest import check_entry_path, check_release_id
 from trustboot.publish.origin import (
     Credentials,
     check_credentials_scope,
@@ -382,7 +382,7 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                               "directory", hint=f"pass --allow-outside {target} if the recipe "
                               "may publish there")
     public = _public_base(url, options.public_url or (o.public_url if o else None), where)
-    entry_path = check_key(o.entry if o else "boot.ipxe")
+    entry_path = check_entry_path(o.entry if o else "boot.ipxe")  # the recipe checked it
     ca_file = options.origin_ca_file
     if ca_file is None and o is not None and o.ca_file is not None:
         ca_file = resolve_path(recipe, o.ca_file, "origin.ca_file", allow_outside=allow)

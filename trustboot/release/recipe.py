@@ -28,6 +28,7 @@ from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe import syntax
 from trustboot.ipxe.script import DEFAULT_ON_FAILURE, ON_FAILURE
 from trustboot.keys.ref import KeyRef, parse_ref
+from trustboot.publish.manifest import entry_path_problem
 from trustboot.publish.origin import redact_url, split_url
 from trustboot.release.yamlspec import (
     Bool,
@@ -357,6 +358,15 @@ def _check_url(c: Checked, what: str) -> str:
     return url
 
 
+def _entry_path(c: Checked) -> str:
+    path: str = c.value
+    problem = entry_path_problem(path)
+    if problem:
+        raise ConfigError(f"{c.where}: origin.entry {path!r} is refused: {problem}",
+                          hint="use a path outside releases/, e.g. boot.ipxe")
+    return path
+
+
 def _check_recipe_token(key: KeyRef, where: str) -> None:
     """A recipe comes from a pull request: its pkcs11: key may name the token and the
     object, never the module (a library that is loaded, i.e. code that runs, even in a
@@ -436,7 +446,7 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
             _check_url(o["public_url"], "origin.public_url")
         origin = OriginSpec(
             url=_check_url(o["url"], "origin.url"), where=o["url"].where,
-            entry=o["entry"].value if "entry" in o else "boot.ipxe",
+            entry=_entry_path(o["entry"]) if "entry" in o else "boot.ipxe",
             public_url=public, ca_file=_rpath(o.get("ca_file")),
             endpoint=_check_url(o["endpoint"], "origin.endpoint") if "endpoint" in o else None,
             credentials=_secret(o.get("credentials")),
