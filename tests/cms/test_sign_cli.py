@@ -407,6 +407,33 @@ def test_files_from_list_and_stdin(material: Material, tmp_path: Path) -> None:
         assert not_regular.exit_code == 1 and "regular file" in not_regular.output
 
 
+@pytest.mark.parametrize("separator", ["\x1c", "\x1d", "\x1e", "\v", "\f", "\x85",
+                                       "\u2028", "\u2029"])
+def test_files_from_splits_lines_at_newline_only(material: Material, tmp_path: Path,
+                                                 separator: str) -> None:
+    """A name holding a character str.splitlines() also splits at must not be cut into
+    other names: `find dist -name '*.efi'` listing dist/payload<sep>vmlinuz.efi would
+    otherwise get dist/payload (excluded by the filter) and ./vmlinuz.efi signed."""
+    key, cert, chain = material.issue(f"split-signer-{ord(separator)}", ec_key())
+    (tmp_path / "dist").mkdir()
+    for name in ("dist/payload", "vmlinuz.efi", f"dist/payload{separator}vmlinuz.efi"):
+        (tmp_path / name).write_bytes(b"data")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(f"dist/payload{separator}vmlinuz.efi\r\n".encode())
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), "--files-from",
+                                          str(listing), "--json"], env=ENV)
+    finally:
+        os.chdir(old)
+    assert result.exit_code == 0, result.output
+    assert [f["path"] for f in json.loads(result.stdout)["files"]] == [
+        f"dist/payload{separator}vmlinuz.efi"]
+    assert sorted(p.name for p in tmp_path.rglob("*.sig")) == [
+        f"payload{separator}vmlinuz.efi.sig"]
+
+
 def test_sign_paths_is_the_cli_workflow(material: Material, tmp_path: Path) -> None:
     from trustboot.cms.workflow import sign_paths
 

@@ -123,7 +123,11 @@ def read_file_list(data: bytes, origin: str) -> list[Path]:
     if "\0" in text:
         raise ConfigError(f"file list {origin} contains a NUL byte",
                           hint="one path per line (newline-separated, not -print0)")
-    return [Path(line) for line in text.splitlines() if line.strip()]
+    # Lines end at "\n" alone (a "\r" before it is dropped: a list written on Windows):
+    # str.splitlines() also splits at \v, \f, \x1c-\x1e, U+0085, U+2028 and U+2029,
+    # which a file name may hold, and would sign pieces of a name instead of the file.
+    lines = (line.removesuffix("\r") for line in text.split("\n"))
+    return [Path(line) for line in lines if line.strip()]
 
 
 def sign_paths(
