@@ -378,6 +378,29 @@ def test_identifying_a_tree_runs_no_command_its_git_config_names(
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git (Debian package git)")
+@pytest.mark.parametrize("separator", ["\u2028", "\x1c", "\x85"])
+def test_a_command_key_with_a_line_separator_in_its_name_is_seen(
+        tree: Path, separator: str) -> None:
+    """A subsection name may hold U+2028 or \x1c: read line by line at those, the key
+    diff.X.textconv fell apart into two names the command-key check passed, and git was
+    asked about the tree as if its config named no command."""
+    import subprocess
+
+    from trustboot.subproc import git_env
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@t",
+                        *args], check=True, capture_output=True, env=git_env())
+
+    git("init", "-q", "--template=")
+    git("add", "-A")
+    git("commit", "-q", "-m", "tree")
+    assert open_source(tree).git_dirty is False
+    git("config", "--local", f"diff.x{separator}y.textconv", "true")
+    assert open_source(tree).git_dirty is None  # git was not asked
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git (Debian package git)")
 def test_a_submodule_config_runs_no_command_either(tree: Path, tmp_path: Path) -> None:
     """`git status` of the tree recurses into a submodule under src/ and applies that
     submodule's own config (its .git/modules/*/config, which the check of the tree's

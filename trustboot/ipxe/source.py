@@ -172,10 +172,13 @@ def _git(top: Path, *args: str) -> str | None:
 
 def _config_runs_commands(top: Path) -> bool:
     """Whether the tree's git config names a command (see _COMMAND_KEYS); unreadable: yes."""
-    names = _git(top, "config", "--local", "--name-only", "--list")
+    # NUL-separated: a subsection name may hold any character but NUL and newline, and
+    # one that str.splitlines() splits at (U+2028, \x1c, ...) would cut diff.X.textconv
+    # into two names neither of which matches
+    names = _git(top, "config", "--local", "--name-only", "--list", "-z")
     if names is None:
         return True
-    return any(_COMMAND_KEYS.match(name.lower()) for name in names.splitlines())
+    return any(_COMMAND_KEYS.match(name.lower()) for name in names.split("\0") if name)
 
 
 def _head(top: Path) -> str | None:
