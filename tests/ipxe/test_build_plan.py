@@ -78,6 +78,23 @@ def test_tree_hash_ignores_outputs_and_local_config_but_not_sources(tree: Path) 
     assert tree_hash(src) != before
 
 
+def test_names_that_are_not_utf8_are_hashed_by_their_bytes(tree: Path) -> None:
+    """A stray Latin-1 file name in a checkout (and a link to it) was an internal error
+    (exit 70: UnicodeEncodeError) in the tree hash; each name is hashed as its bytes, so
+    two such names differing in one byte still give different keys."""
+    src = tree / "src"
+    before = tree_hash(src)
+    bad = os.fsdecode(b"bad\xff.c")
+    (src / bad).write_text("int a;\n")
+    (src / "alias.c").symlink_to(bad)
+    first = tree_hash(src)
+    assert first != before
+    (src / bad).rename(src / os.fsdecode(b"bad\xfe.c"))
+    (src / "alias.c").unlink()
+    (src / "alias.c").symlink_to(os.fsdecode(b"bad\xfe.c"))
+    assert tree_hash(src) not in (before, first)
+
+
 def test_a_link_out_of_the_tree_is_refused(tree: Path, tmp_path: Path) -> None:
     """The hash records a link's text: a link leading out of the tree would let a build read
     what the cache key does not cover (edit the outside file: same key, stale firmware)."""

@@ -134,7 +134,7 @@ def tree_hash(src: Path) -> str:
         rel = file.relative_to(src).as_posix()
         if file.is_symlink():
             _check_link(file, root)
-            entry = b"L" + os.readlink(file).encode()
+            entry = b"L" + os.fsencode(os.readlink(file))
         else:
             _check_regular(file)
             inner = hashlib.sha256()
@@ -143,7 +143,8 @@ def tree_hash(src: Path) -> str:
                     inner.update(block)
             executable = b"x" if os.access(file, os.X_OK) else b"-"
             entry = executable + inner.digest()
-        outer.update(rel.encode() + b"\0" + entry + b"\n")
+        # the name's bytes: a name that is not UTF-8 has surrogates in its str
+        outer.update(os.fsencode(rel) + b"\0" + entry + b"\n")
     return outer.hexdigest()
 
 
