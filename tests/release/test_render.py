@@ -55,6 +55,30 @@ def test_multi_arch_menu_is_fail_closed_and_lints_clean() -> None:
         assert [u.rsplit("/", 1)[-1] for u in fetched] == verified
 
 
+@pytest.mark.parametrize("title", ["--- Lab boot ---", "-", "--name=x", "-n lab", ""])
+def test_a_menu_title_that_looks_like_an_option_still_lints_clean(title: str) -> None:
+    """iPXE's getopt reads a first word starting with '-' as an option: `menu --- Lab ---`
+    failed with its usage text on every boot (the release still said it verified). The
+    title goes after '--', which ends the options."""
+    script = render(title=title)
+    assert lint_script(script, stage="chained") == []
+    assert f"menu -- {title} - release 2026.11.25-abcd1234 || goto tb_failed" in script
+    assert "menu Lab menu - release" in render()  # an ordinary title: as before
+
+
+def test_echo_of_text_that_looks_like_an_option() -> None:
+    from trustboot.ipxe.script import echo
+
+    assert echo("-n no newline") == "echo -- -n no newline"
+    assert echo("trustboot: -n") == "echo trustboot: -n"
+    def usage(line: str) -> list[str]:
+        return [f.message for f in lint_script(f"#!ipxe\n{line}\n", stage="chained")
+                if f.rule == "usage"]
+
+    assert usage(echo("-s x")) == []
+    assert usage("echo -s x")  # what iPXE would refuse, as the lint models it
+
+
 def test_no_line_chains_a_command_other_than_goto_after_a_failure() -> None:
     for _n, line in join_lines(render()):
         for words, term in split_commands(split_tokens(line)):

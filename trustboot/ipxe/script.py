@@ -54,10 +54,19 @@ def command(*words: str, what: str = "script value") -> str:
     return " ".join(check_word(w, what) for w in words)
 
 
+def free_text(text: str, what: str) -> str:
+    """``text`` as the words of a command that takes free text after its options (echo,
+    menu): checked, and after ``--`` when its first word starts with '-', which iPXE's
+    getopt would parse as an option (a title '--- Lab ---' made `menu` fail with its
+    usage text on every boot)."""
+    check_words(text, what)
+    words = text.split()
+    return f"-- {text}" if words and words[0].startswith("-") else text
+
+
 def echo(text: str) -> str:
     """``echo TEXT``; ``text`` may hold spaces but nothing iPXE would act on."""
-    check_words(text, "echo text")
-    return f"echo {text}" if text.strip() else "echo"
+    return f"echo {free_text(text, 'echo text')}" if text.strip() else "echo"
 
 
 def set_setting(name: str, value: str, *, what: str = "setting value") -> str:

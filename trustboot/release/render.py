@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trustboot.errors import ConfigError
-from trustboot.ipxe.script import FAILED_LABEL, echo, failure_block, or_fail, verify
+from trustboot.ipxe.script import (
+    FAILED_LABEL,
+    check_script,
+    echo,
+    failure_block,
+    free_text,
+    or_fail,
+    verify,
+)
 from trustboot.ipxe.syntax import check_word, check_words
 
 # How each recipe architecture is recognised at boot.
@@ -76,7 +84,8 @@ def render_menu(*, release_id: str, name: str, base_url: str, signer: str, title
         if timeout == 0:
             lines += [f"goto entry_{default.name}", ""]
             continue
-        lines.append(or_fail(f"menu {title} - release {release_id}"))
+        heading = free_text(f"{title} - release {release_id}", "menu title")
+        lines.append(or_fail(f"menu {heading}"))
         for e in mine:
             lines.append(or_fail(f"item e_{check_word(e.name, 'entry name')} "
                                  f"{check_words(e.title, 'entry title')}"))
@@ -105,4 +114,8 @@ def render_menu(*, release_id: str, name: str, base_url: str, signer: str, title
         lines += [or_fail("boot"), f"goto {FAILED_LABEL}", ""]
     lines += failure_block(on_failure, message=f"trustboot: release {release_id}: a download "
                            "or signature check failed, nothing unverified was booted")
-    return "\n".join(lines) + "\n"
+    script = "\n".join(lines) + "\n"
+    # Fail-closed by construction; the lint proves it for these values before anything
+    # is signed (a value the checks above let through would otherwise boot nothing).
+    check_script(script, origin=f"the menu script of release {release_id}", stage="chained")
+    return script
