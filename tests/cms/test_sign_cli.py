@@ -267,6 +267,37 @@ def test_hashing_memory_does_not_grow_with_file_size(tmp_path: Path) -> None:
     assert peaks[1] < peaks[0] + CHUNK // 4
 
 
+@pytest.mark.parametrize("change", ["append", "truncate", "rewrite", "small"])
+def test_a_file_that_changes_while_it_is_hashed_is_refused(tmp_path: Path,
+                                                           change: str) -> None:
+    """A file a build step or a copy still writes: its digest covers bytes that were never
+    in the file together, and a signature over it verifies for no version of it. Grown,
+    cut, or rewritten in place (same size, new mtime) during the read: refused (exit 1),
+    naming the file."""
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(os.urandom(4 * CHUNK if change != "small" else 100))
+    os.utime(path, ns=(1, 1))  # an old stamp, so a rewrite moves it
+    done = []
+
+    def meddle(_count: int) -> None:
+        if done:
+            return
+        done.append(1)
+        if change == "truncate":
+            os.truncate(path, CHUNK)
+        else:
+            with path.open("r+b" if change == "rewrite" else "ab") as fh:
+                fh.write(b"more")
+
+    from trustboot.errors import OperationalError
+
+    with pytest.raises(OperationalError, match="changed while it was read") as info:
+        hash_file(path, ["sha256"], meddle)
+    assert str(path) in info.value.message and info.value.exit_code == 1
+    assert "has finished" in (info.value.hint or "")
+    hash_file(path, ["sha256"])  # left alone, it hashes
+
+
 @pytest.mark.parametrize("kind", ["rsa", "ecdsa"])
 def test_output_is_canonical_der(material: Material, tmp_path: Path, kind: str) -> None:
     """Re-encoding every node from scratch gives the same bytes: DER, not just BER."""

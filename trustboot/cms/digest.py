@@ -83,9 +83,15 @@ def hash_file(path: Path, hash_names: Sequence[str], progress: Progress | None =
     except OSError as exc:
         raise OperationalError(f"cannot read {path}: {exc.strerror}",
                                hint="check the path and permissions") from None
+    if size != st.st_size or file_stamp(st) != file_stamp(after):
+        # The digest is of bytes that may never have been in the file together (a build
+        # step still writing it, a copy in progress): signing it would publish a
+        # signature that verifies for no version of the file.
+        raise OperationalError(
+            f"{path} changed while it was read ({size} bytes read, {st.st_size} when "
+            "opened)", hint="sign it once whatever writes it has finished")
     digests = {name: h.digest() for name, h in zip(hash_names, hashers, strict=True)}
-    if (size == st.st_size and file_stamp(st) == file_stamp(after)
-            and started - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_WINDOW_NS):
+    if started - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_WINDOW_NS:
         remember(after, digests)
     return digests, size
 
