@@ -465,6 +465,40 @@ def test_files_from_splits_lines_at_newline_only(material: Material, tmp_path: P
         f"payload{separator}vmlinuz.efi.sig"]
 
 
+def test_no_output_may_replace_an_input_or_another_output(material: Material,
+                                                          tmp_path: Path) -> None:
+    """`sign m --manifest m` replaced the image by the manifest, `sign m --manifest m.sig`
+    the signature by it, `sign m m.sig` hashed m.sig and then replaced it with m's
+    signature: each exited 0. Now refused (exit 3) before anything is written, also when
+    the two are spelled differently (relative and absolute, through a linked directory)."""
+    key, cert, chain = material.issue("overwrite-signer", ec_key())
+    (tmp_path / "d").mkdir()
+    (tmp_path / "link").symlink_to("d")
+    m = tmp_path / "d" / "m"
+    m.write_bytes(b"image")
+    (tmp_path / "d" / "m.sig").write_bytes(b"old signature")
+    cases = [
+        ([str(m), "--manifest", str(tmp_path / "link" / "m")], "one of the files to sign"),
+        ([str(m), "--manifest", str(m) + ".sig"], "is where the signature of"),
+        ([str(m), str(tmp_path / "link" / "m.sig")], "would be replaced by the signature"),
+        ([str(m), "--out", str(tmp_path / "d"), "--manifest", "m.sig"],
+         "is where the signature of"),
+        ([str(m), str(tmp_path / "link" / "m")], "would both be signed into"),
+    ]
+    old = os.getcwd()
+    os.chdir(tmp_path / "d")
+    try:
+        for args, message in cases:
+            result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), *args], env=ENV)
+            assert result.exit_code == 3, (args, result.output)
+            assert message in result.output, (args, result.output)
+            assert m.read_bytes() == b"image"
+            assert (tmp_path / "d" / "m.sig").read_bytes() == b"old signature"
+            assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["m", "m.sig"]
+    finally:
+        os.chdir(old)
+
+
 def test_sign_paths_is_the_cli_workflow(material: Material, tmp_path: Path) -> None:
     from trustboot.cms.workflow import sign_paths
 

@@ -208,14 +208,45 @@ def signature_path(path: Path, out_dir: Path | None) -> Path:
         path.name + ".sig")
 
 
-def check_targets(paths: Sequence[Path], out_dir: Path | None) -> None:
-    seen: dict[Path, Path] = {}
+def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
+                  manifest: Path | None = None) -> None:
+    """Refuse outputs that would replace an input or each other: two FILEs signed into
+    one .sig, a .sig that is itself one of the FILEs (`sign a a.sig` hashed a.sig, then
+    replaced it with a's signature), a ``manifest`` that is a FILE or a .sig.
+
+    Compared as directory entries (the real parent directory and the name), as the
+    outputs are written (a rename replaces the entry, never what a link there points
+    to): `a` and `/abs/a` are the same; one realpath per directory, not per file."""
+    real: dict[Path, str] = {}
+
+    def entry(path: Path) -> tuple[str, str]:
+        parent = path.parent
+        if parent not in real:
+            real[parent] = os.path.realpath(parent)
+        return real[parent], path.name
+
+    inputs = {entry(path): path for path in paths}
+    seen: dict[tuple[str, str], Path] = {}
     for path in paths:
         target = signature_path(path, out_dir)
-        if target in seen:
-            raise ConfigError(f"{path} and {seen[target]} would both be signed into {target}",
+        where = entry(target)
+        if where in seen:
+            raise ConfigError(f"{path} and {seen[where]} would both be signed into {target}",
                               hint="sign them in separate calls or without --out")
-        seen[target] = path
+        if where in inputs:
+            raise ConfigError(f"{inputs[where]} is one of the files to sign and would be "
+                              f"replaced by the signature of {path}",
+                              hint="sign it in a separate call, or write the signatures "
+                                   "elsewhere with --out")
+        seen[where] = path
+    if manifest is not None:
+        where = entry(manifest)
+        if where in inputs:
+            raise ConfigError(f"--manifest {manifest} is one of the files to sign: the "
+                              "manifest would replace it", hint="choose another manifest path")
+        if where in seen:
+            raise ConfigError(f"--manifest {manifest} is where the signature of "
+                              f"{seen[where]} goes", hint="choose another manifest path")
 
 
 def sign_files(

@@ -198,7 +198,7 @@ def sign_paths(
             # iPXE older than 2.0.0 included: verify's unsupported-algorithm rule).
             for finding in preflight(source, now=now, ipxe_version=ipxe_version).warnings:
                 warn(f"{finding.message}\n  hint: {finding.remedy}")
-            check_targets(paths, out_dir)
+            check_targets(paths, out_dir, manifest=manifest)
             if key_ahead is not None and not (isinstance(source, PendingSigner)
                                               and source.adopt(key_ahead)):
                 key_ahead.wait()  # another key's: no thread may run when signing forks
