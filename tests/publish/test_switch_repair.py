@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from tests.publish.conftest import Nginx, Pki, ReleaseFactory, logged_requests
 from tests.publish.faultproxy import Fault, ProxyState
@@ -27,8 +27,9 @@ from tests.publish.test_faults import (  # noqa: F401 - proxy is a fixture
 )
 from tests.publish.test_lock import webdav_options
 from trustboot.cli.main import cli
+from trustboot.cli.verify import load_trust
 from trustboot.publish.origin import OriginOptions, open_origin
-from trustboot.publish.pipeline import SWITCH_JOURNAL
+from trustboot.publish.pipeline import SWITCH_JOURNAL, Trust, build_manifest, scan_directory
 from trustboot.publish.webdav import STAGING, WebDAVOrigin
 
 REPO = Path(__file__).resolve().parents[2]
@@ -320,3 +321,101 @@ def test_a_lock_record_a_killed_heartbeat_left_aside_is_removed_once_stale(
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["removed_temps"] == [aside]
     assert not left.exists()
+
+
+def _half_rolled_back_to(root: Path, release: str) -> None:
+    """What a switch of boot.ipxe to ``release`` killed between its two copies leaves:
+    the record, and that release's signature beside the live script."""
+    prefix = root / "releases" / release
+    script, sig = (prefix / "boot.ipxe").read_bytes(), (prefix / "boot.ipxe.sig").read_bytes()
+    record = {"version": 1, "release": release, "entry_path": "boot.ipxe",
+              "script_sha256": hashlib.sha256(script).hexdigest(),
+              "sig_sha256": hashlib.sha256(sig).hexdigest()}
+    (root / SWITCH_JOURNAL).write_text(json.dumps(record))
+    (root / "boot.ipxe.sig").write_bytes(sig)
+
+
+def _signed_release(pki: Pki, make_release: ReleaseFactory, release: str, entry: bytes,
+                    url: str) -> Path:
+    """A release directory with a signed release.json, as `trustboot release` makes."""
+    r = make_release({"boot.ipxe": entry, "vmlinuz": b"kernel " + entry * 50})
+    base = f"{url}releases/{release}/" if url.startswith("https:") else None
+    manifest = build_manifest(release, scan_directory(r), entry="boot.ipxe",
+                              now=dt.datetime.now(dt.UTC), origin=base,
+                              trust=Trust(tuple(load_trust((), pki.dir))))
+    (r / "release.json").write_bytes(manifest.to_bytes())
+    pki.sign([r / "release.json"], r)
+    return r
+
+
+@pytest.mark.parametrize("changed", ["object", "manifest"])
+@pytest.mark.parametrize("where", ["file", "nginx"])
+def test_repair_verifies_the_whole_recorded_release_before_switching(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, request: pytest.FixtureRequest,
+        changed: str, where: str) -> None:
+    """A switch to an older release (a rollback) killed half way; since then, an object of
+    that release (its kernel) or its signed manifest was changed on the origin. Its entry
+    pair still verifies, but completing the switch would make live a release whose kernel
+    iPXE refuses: `publish repair` reads the whole release back first, as a rollback to it
+    would, and switches nothing (exit 4, the record kept); a rollback to a release that
+    verifies replaces the pair and the record."""
+    if where == "nginx":
+        nginx: Nginx = request.getfixturevalue("nginx")
+        url, root, extra = nginx.url, nginx.root, origin_args(pki)
+    else:
+        root = tmp_path / "srv"
+        url, extra = f"file://{root}/", ["--pki", str(pki.dir), "--json"]
+
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(cli, ["publish", *args, *extra])
+
+    for rid, entry in (("ra", ENTRY_A), ("rb", ENTRY_B)):
+        r = run(str(_signed_release(pki, make_release, rid, entry, url)), url,
+                "--release-id", rid)
+        assert r.exit_code == 0, r.output
+    _half_rolled_back_to(root, "ra")
+    if changed == "object":
+        with open(root / "releases/ra/vmlinuz", "ab") as fh:
+            fh.write(b"x")
+    else:  # still a manifest of the same files, but not the one that was signed
+        manifest = root / "releases/ra/release.json"
+        doc = json.loads(manifest.read_bytes())
+        doc["created"] = "2020-01-01T00:00:00Z"
+        manifest.write_text(json.dumps(doc))
+    live = {p: (root / p).read_bytes() for p in ("boot.ipxe", "boot.ipxe.sig")}
+
+    r = run("repair", url)
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert "cannot finish the interrupted switch of boot.ipxe to release ra" in err["message"]
+    assert "release ra no longer verifies" in err["message"], err
+    assert ("releases/ra/vmlinuz" if changed == "object" else "signature") in err["message"]
+    assert "trustboot publish rollback" in err["hint"], err
+    assert (root / SWITCH_JOURNAL).exists()
+    assert {p: (root / p).read_bytes() for p in live} == live
+
+    r = run("rollback", url, "rb")
+    assert r.exit_code == 0, r.output
+    assert "release ra no longer verifies" in json.loads(r.stdout)["repaired"]
+    assert (root / "boot.ipxe").read_bytes() == ENTRY_B
+    assert (root / "boot.ipxe.sig").read_bytes() == (root / "releases/rb/boot.ipxe.sig"
+                                                     ).read_bytes()
+    assert not (root / SWITCH_JOURNAL).exists()
+
+
+def test_repair_completes_a_switch_to_a_release_that_verifies(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """The positive control of the test above: nothing changed since, the switch is
+    completed."""
+    root = tmp_path / "srv"
+    url, extra = f"file://{root}/", ["--pki", str(pki.dir), "--json"]
+    for rid, entry in (("ra", ENTRY_A), ("rb", ENTRY_B)):
+        r = CliRunner().invoke(cli, ["publish", str(_signed_release(
+            pki, make_release, rid, entry, url)), url, "--release-id", rid, *extra])
+        assert r.exit_code == 0, r.output
+    _half_rolled_back_to(root, "ra")
+    r = CliRunner().invoke(cli, ["publish", "repair", url, *extra])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["action"] == "completed"
+    assert (root / "boot.ipxe").read_bytes() == ENTRY_A
+    assert not (root / SWITCH_JOURNAL).exists()

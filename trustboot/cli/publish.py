@@ -335,9 +335,10 @@ def repair_cmd(origin_url: str, as_json: bool, **kw: Any) -> None:
     A run killed between replacing the entry's signature and the entry script leaves a
     pair that fails verification (iPXE refuses it). The switch was recorded on the origin
     first: this completes it (any publish, rollback or prune does the same before its own
-    work), or drops the record when the pair still verifies. When the recorded release no
-    longer verifies (its signer expired since), nothing is switched (exit 4): roll back to
-    a release that verifies, or publish a new one.
+    work), or drops the record when the pair still verifies. The recorded release is read
+    back and verified in full first, as a rollback to it would be: when it no longer
+    verifies (its signer expired, an object changed on the origin), nothing is switched
+    (exit 4): roll back to a release that verifies, or publish a new one.
     """
     from trustboot.publish.pipeline import repair
 

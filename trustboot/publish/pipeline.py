@@ -687,7 +687,8 @@ def _verified_entry(origin: Origin, reader: Reader | None, entry_path: str, *,
 
 
 def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
-                  reader: Reader | None, then_switching: bool = False) -> RepairResult:
+                  reader: Reader | None, then_switching: bool = False,
+                  jobs: int = 4) -> RepairResult:
     """Finish an entry switch a killed run left half done (caller holds the lock).
 
     The record names a release that was fully verified before it was written. If the entry
@@ -697,7 +698,8 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
     ever written by this code, and the entry pair is judged on every switch anyway.
 
     The recorded release may have stopped verifying since (its signer's certificate
-    expired): completing the switch would make live an entry iPXE refuses, so nothing is
+    expired, an object changed on the origin): before completing the switch the whole
+    release is verified as served, as a rollback to it would be; if it fails, nothing is
     switched. A caller that switches the entry itself next (``then_switching``: publish,
     rollback) goes on, its switch replacing the pair and the record; otherwise this is a
     VerificationError naming the release and the way out, the record kept.
@@ -735,32 +737,54 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
         return RepairResult(release_id, "dropped",
                             f"{entry_path} and its signature verify; the interrupted switch "
                             f"to {release_id} {when}")
-    entry = manifest.file(manifest.entry)
-    if entry is not None and entry.sig is not None:
-        prefix = release_prefix(release_id)
-        _, verdict = _judged_pair(origin, reader, prefix + entry.name, prefix + entry.sig,
-                                  trust=trust, now=now)
-        if not verdict.ok:
-            assert verdict.failure is not None
-            why = f"release {release_id} no longer verifies: {verdict.failure.message}"
-            if then_switching:  # the record stays until that switch replaces it
-                return RepairResult(release_id, "superseded",
-                                    f"the interrupted switch of {entry_path} to {release_id} "
-                                    f"was not finished: {why}; this run switches it")
-            where = redact_url(origin.url)
-            raise VerificationError(
-                f"cannot finish the interrupted switch of {entry_path} to release "
-                f"{release_id}: {why}. Nothing changed: {entry_path} and its signature on "
-                f"{where} still do not verify together (iPXE refuses them)",
-                hint=f"make live a release that verifies: `trustboot publish rollback "
-                     f"{where} ID` (ids: `trustboot publish list {where}`), or publish a "
-                     "new release signed by a current signer; either replaces the pair "
-                     "and the switch record",
-                rule="repair-release", subject=release_id)
+    # The record was written after the release verified, but that was then: its objects
+    # may have been changed on the origin since, or its signer's certificate expired.
+    # Completing the switch makes the release live, so it is verified now as a rollback
+    # to it would be: every object as served, and its signed manifest.
+    problem = _recorded_release_problem(origin, manifest, trust=trust, now=now,
+                                        reader=reader, jobs=jobs)
+    if problem is not None:
+        why = f"release {release_id} no longer verifies: {problem}"
+        if then_switching:  # the record stays until that switch replaces it
+            return RepairResult(release_id, "superseded",
+                                f"the interrupted switch of {entry_path} to {release_id} "
+                                f"was not finished: {why}; this run switches it")
+        where = redact_url(origin.url)
+        raise VerificationError(
+            f"cannot finish the interrupted switch of {entry_path} to release "
+            f"{release_id}: {why}. Nothing changed: {entry_path} and its signature on "
+            f"{where} still do not verify together (iPXE refuses them)",
+            hint=f"make live a release that verifies: `trustboot publish rollback "
+                 f"{where} ID` (ids: `trustboot publish list {where}`), or publish a "
+                 "new release signed by a current signer; either replaces the pair "
+                 "and the switch record",
+            rule="repair-release", subject=release_id)
     switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
                       reader=reader)
     return RepairResult(release_id, "completed",
                         f"completed the interrupted switch of {entry_path} to {release_id}")
+
+
+def _recorded_release_problem(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
+                              now: dt.datetime, reader: Reader | None, jobs: int
+                              ) -> str | None:
+    """Why ``manifest``'s release as served would not be made live (every object read
+    back and judged, the manifest's signature if it has one), or None if it verifies.
+    The origin failing to answer propagates (OperationalError: the record stays)."""
+    if manifest.entry is None:
+        return "it has no entry script"
+    entry = manifest.file(manifest.entry)
+    if entry is None or entry.sig is None:
+        return f"its entry {manifest.entry} has no signature"
+    prefix = release_prefix(manifest.release)
+    try:
+        verify_served(origin, manifest, trust=trust, now=now, reader=reader, jobs=jobs)
+        if origin.stat(prefix + MANIFEST_NAME + ".sig") is not None:
+            verify_manifest_signature(origin, manifest.release, trust=trust, now=now,
+                                      reader=reader)
+    except VerificationError as exc:
+        return exc.message
+    return None
 
 
 def repair(origin: Origin, *, trust: Trust, now: dt.datetime,
@@ -847,7 +871,8 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
     try:
         with origin.lock(owner or default_owner()):
             result.repaired = _repaired(repair_switch(origin, trust=trust, now=now,
-                                                      reader=reader, then_switching=switch))
+                                                      reader=reader, then_switching=switch,
+                                                      jobs=jobs))
             result.removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
             existing = read_manifest(origin, release_id)
             if existing is not None and not existing.same_content(manifest):
@@ -1117,7 +1142,7 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
     try:
         with origin.lock(owner or default_owner()):
             repaired = _repaired(repair_switch(origin, trust=trust, now=now, reader=reader,
-                                               then_switching=True))
+                                               then_switching=True, jobs=jobs))
             manifest = read_manifest(origin, release_id)
             if manifest is None:
                 raise ConfigError(f"release {release_id} does not exist on {origin.url}",

@@ -212,7 +212,7 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
         with origin.lock(owner or default_owner()):
             # as publish does: a switch a killed run left half done would make the entry
             # pair match no release, and temporaries of killed uploads go
-            repair = repair_switch(origin, trust=trust, now=now, reader=reader)
+            repair = repair_switch(origin, trust=trust, now=now, reader=reader, jobs=jobs)
             removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
             manifests, _ = read_manifests(origin)
             live_id = live_release(origin, manifests, entry_path)
