@@ -399,3 +399,74 @@ def test_an_unreadable_subdirectory_stops_the_scan() -> None:
         hidden.chmod(0o755)  # the control: readable, the scan goes on to judge the files
         said = scan_as_nobody()
         assert "cannot read" not in said and said.startswith("ConfigError"), said
+
+
+SECRET = "s3cret-Key"
+
+
+@pytest.mark.parametrize(("option", "url", "expect"), [
+    ("--endpoint-url", f"https://AKID:{SECRET}@[::1/", "not a valid URL"),
+    ("--endpoint-url", f"https://AKID:{SECRET}@s3.example.net/", "holds credentials"),
+    ("--endpoint-url", "https://s3.example.net:99999", "not a valid URL"),
+    ("--endpoint-url", "http://s3.example.net", "plain HTTP"),
+    ("--endpoint-url", "https://s3.example.net/?x", "query or fragment"),
+    ("--public-url", "https://boot.example.net:99999/", "not a valid URL"),
+    ("--public-url", f"https://u:{SECRET}@boot.example.net/", "holds credentials"),
+    ("--public-url", f"https://u:{SECRET}@boot.example.net:99999/", "not a valid URL"),
+    ("--public-url", f"https://u:{SECRET}@[::1/", "not a valid URL"),
+    ("--public-url", "https://boot.example.net/?x=1", "query or fragment"),
+    ("--public-url", "https://boot.example.net/#top", "query or fragment"),
+    ("--public-url", "ftp://boot.example.net/", "not an https:// URL"),
+    ("--public-url", "https://boot.example.net/a b/", "whitespace"),
+    ("--public-url", "https:///boot/", "no host"),
+])
+def test_endpoint_and_public_urls_are_checked_before_anything(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, option: str, url: str,
+        expect: str) -> None:
+    """A malformed --endpoint-url or --public-url is a usage error of the input (exit 3)
+    before any request or upload, never an internal error (exit 70) or one found after
+    uploading; a user:password@ in it never reaches the output, JSON included."""
+    srv = tmp_path / "srv"
+    origin = "s3://boot/prod" if option == "--endpoint-url" else f"file://{srv}"
+    r = make_release({"boot.ipxe": ENTRY})
+    for argv in (["publish", str(r), origin, "--release-id", "u1"],
+                 ["publish", "list", origin], ["publish", "repair", origin]):
+        res = CliRunner().invoke(cli, [*argv, "--pki", str(pki.dir), option, url, "--json",
+                                       "--retries", "0", "--timeout", "2"])
+        assert res.exit_code == 3, res.output
+        err = json.loads(res.stderr)
+        assert expect in err["message"], err
+        assert option in err["message"], err
+        assert SECRET not in res.output
+    assert not srv.exists()
+
+
+def test_a_public_url_given_to_the_library_is_checked_when_the_origin_opens(
+        tmp_path: Path) -> None:
+    from trustboot.errors import ConfigError
+    from trustboot.publish.origin import OriginOptions, open_origin
+
+    with pytest.raises(ConfigError, match="not a valid URL") as err:
+        open_origin(f"file://{tmp_path}/srv", OriginOptions(
+            public_url=f"https://u:{SECRET}@boot.example.net:99999/"))
+    assert SECRET not in err.value.message
+    # plain HTTP only when asked for, as for the origin itself
+    with pytest.raises(ConfigError, match="plain HTTP"):
+        open_origin(f"file://{tmp_path}/srv", OriginOptions(public_url="http://h/"))
+    open_origin(f"file://{tmp_path}/srv", OriginOptions(public_url="http://h/",
+                                                         unsafe_http=True))
+
+
+def test_a_manifest_origin_with_credentials_is_not_echoed() -> None:
+    from trustboot.errors import ConfigError
+    from trustboot.publish.manifest import ManifestFile, ReleaseManifest, parse_manifest
+
+    m = ReleaseManifest(release="r1", created=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+                        files=(ManifestFile("a", 1, "0" * 64),), entry="a")
+    planted = json.loads(m.to_bytes()) | {
+        "origin": f"https://u:{SECRET}@boot.example.net/releases/r1/"}
+    with pytest.raises(ConfigError) as err:  # (a manifest is read from the origin)
+        parse_manifest(json.dumps(planted).encode())
+    assert "without credentials" in err.value.message
+    assert SECRET not in err.value.message
+    assert "boot.example.net/releases/r1/" in err.value.message

@@ -121,6 +121,16 @@ def test_good_recipe_defaults() -> None:
          "not a valid URL"),
         (GOOD + "origin: {url: 'https://x/', public_url: 'http://x/'}\n", "bad.yaml:9",
          "not allowed"),
+        (GOOD + "origin: {url: 'https://x/', public_url: 'https://x:99999/'}\n", "bad.yaml:9",
+         "not a valid URL"),
+        (GOOD + "origin: {url: 'https://x/', public_url: 'https://x/?q=1'}\n", "bad.yaml:9",
+         "query or fragment"),
+        (GOOD + "origin: {url: 's3://b/p', endpoint: 'https://k:s3cret@x/'}\n", "bad.yaml:9",
+         "holds credentials"),
+        (GOOD + "origin: {url: 's3://b/p', endpoint: 'http://x'}\n", "bad.yaml:9",
+         "not allowed"),
+        (GOOD + "origin: {url: 's3://b/p', endpoint: 'https://k:s3cret@[::1/'}\n",
+         "bad.yaml:9", "not a valid URL"),
         (GOOD + "origin: {url: 'https://x/', public_url: 'https://x/${net0/ip}/'}\n",
          "bad.yaml:9", "cannot go into an iPXE script"),
         (GOOD + "origin: {url: 'https://x/', entry: ../boot.ipxe}\n", "bad.yaml:9",
@@ -159,6 +169,17 @@ def test_broken_recipes_name_file_and_line(text: str, where: str, message: str) 
     assert message in exc.message, exc.message
     assert exc.message.startswith(where + ":") or exc.message.startswith(where + " ") \
         or exc.message == where, exc.message
+
+
+@pytest.mark.parametrize("field", ["url", "public_url", "endpoint"])
+@pytest.mark.parametrize("url", ["https://k:s3cret@x/", "https://k:s3cret@x:99999/",
+                                 "https://k:s3cret@[::1/"])
+def test_recipe_urls_with_credentials_are_refused_unechoed(field: str, url: str) -> None:
+    """The rule `trustboot publish` applies to --public-url and --endpoint-url."""
+    origin = {"url": "s3://b/p"} | {field: url}
+    exc = _err(GOOD + f"origin: {json.dumps(origin)}\n")
+    assert exc.message.startswith("bad.yaml:9: "), exc.message
+    assert "s3cret" not in exc.message and f"origin.{field}" in exc.message, exc.message
 
 
 # Issue 8 items 2 and 3: values that would reach the signed script must be refused, with

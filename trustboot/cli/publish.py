@@ -15,7 +15,13 @@ from trustboot.cli._common import emit_json, json_option, passphrase_source, war
 from trustboot.cli.progress import mib, upload_progress
 from trustboot.errors import ConfigError
 from trustboot.fsutil import read_capped
-from trustboot.publish.origin import Origin, OriginOptions, load_credentials, open_origin
+from trustboot.publish.origin import (
+    Origin,
+    OriginOptions,
+    check_option_urls,
+    load_credentials,
+    open_origin,
+)
 from trustboot.publish.origin import unsafe_warnings as _unsafe_warnings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -123,6 +129,10 @@ def trust_options(func: F) -> F:
 
 
 def build_options(kw: dict[str, Any]) -> OriginOptions:
+    # the URLs first: a malformed one is refused before a passphrase is asked for
+    check_option_urls(OriginOptions(endpoint_url=kw.get("endpoint_url"),
+                                    public_url=kw.get("public_url"),
+                                    unsafe_http=kw["unsafe_http"]))
     pki: Path = kw["pki"]
     ca_file = kw.get("ca_file")
     if ca_file is None and (pki / "ca.crt").is_file():

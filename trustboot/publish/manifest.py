@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from trustboot import jsonin
 from trustboot.errors import ConfigError
-from trustboot.publish.origin import key_problem
+from trustboot.publish.origin import key_problem, redact_url
 from trustboot.text import clean
 
 MANIFEST_VERSION = 1
@@ -203,8 +203,9 @@ def _validate(m: ReleaseManifest) -> None:
         if parts.scheme not in ("https", "http") or not parts.netloc or parts.username \
                 or parts.password or any(ord(c) < 0x21 for c in m.origin) \
                 or clean(m.origin) != m.origin:
+            # (a manifest comes from the origin: never echo a user:password@ it holds)
             raise _bad("origin", f"expected an https:// URL without credentials, "
-                                 f"got {m.origin!r}")
+                                 f"got {redact_url(m.origin)!r}")
     if m.ca_sha256 is not None and not _HEX64.fullmatch(m.ca_sha256):
         raise _bad("ca_sha256", "expected 64 lower-case hex digits")
     if len(m.files) > MAX_FILES:

@@ -442,6 +442,54 @@ def split_url(url: str, what: str) -> SplitResult:
     return parts
 
 
+def check_url(url: str, what: str, *, schemes: Collection[str] | None = None) -> SplitResult:
+    """The one rule for a URL given as input (an S3 endpoint, a public URL, a recipe's
+    origin): no whitespace, control or format characters, a valid host and port
+    (split_url), a host unless file://, no user:password@ (credentials come from a file or
+    an environment variable: a URL is shown in messages and JSON and written into
+    manifests), no query or fragment, and a scheme among ``schemes`` if given. Every
+    message names ``what`` and shows the URL through redact_url."""
+    shown = redact_url(url)
+    if not url or any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in url):
+        raise ConfigError(f"{what} {shown!r} is empty or holds whitespace, control or "
+                          "format characters", hint="give the URL as plain text")
+    parts = split_url(url, f"{what} {shown!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{what} {shown!r} holds credentials",
+                          hint="give them with --credentials-file or --credentials-env "
+                               "(recipe: origin.credentials), never in the URL")
+    if schemes is not None and parts.scheme not in schemes:
+        raise ConfigError(f"{what} {shown!r} has the scheme {parts.scheme or '(none)'!r}, "
+                          f"not one of {', '.join(sorted(schemes))}")
+    if parts.scheme != "file" and not parts.hostname:
+        raise ConfigError(f"{what} {shown!r} has no host")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ConfigError(f"{what} {shown!r} may not have a query or fragment")
+    return parts
+
+
+def check_web_url(url: str, what: str, *, unsafe_http: bool = False) -> SplitResult:
+    """check_url for a URL requests are sent to (an S3 endpoint, the public URL the
+    read-back fetches as iPXE): https://, plain http:// only with ``unsafe_http``."""
+    parts = check_url(url, what)
+    if parts.scheme not in ("https", "http"):
+        raise ConfigError(f"{what} {redact_url(url)!r} is not an https:// URL",
+                          hint="for example https://boot.example.net/")
+    if parts.scheme == "http" and not unsafe_http:
+        raise ConfigError(f"{what} {redact_url(url)} is plain HTTP: what travels over it "
+                          "could be read and changed on the path",
+                          hint="use https://, or pass --unsafe-http if you really must")
+    return parts
+
+
+def check_option_urls(options: OriginOptions) -> None:
+    """The URLs of ``options`` (endpoint, public URL), before any request or upload."""
+    if options.endpoint_url is not None:
+        check_web_url(options.endpoint_url, "--endpoint-url", unsafe_http=options.unsafe_http)
+    if options.public_url is not None:
+        check_web_url(options.public_url, "--public-url", unsafe_http=options.unsafe_http)
+
+
 def _origin_parts(url: str) -> tuple[str, str, list[str]]:
     """(scheme, host[:port] with the default port made explicit, path segments)."""
     parts = urlsplit(url)
@@ -559,6 +607,7 @@ def open_origin(url: str, options: OriginOptions) -> Origin:
         raise ConfigError(
             f"origin {redact_url(url)} is plain HTTP: anyone on the path could change what "
             "is published", hint="use https://, or pass --unsafe-http if you really must")
+    check_option_urls(options)
     check_credentials_scope(url, options.credentials, endpoint=options.endpoint_url)
     module_name, _, cls_name = _BACKENDS[scheme].partition(":")
     try:

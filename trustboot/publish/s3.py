@@ -110,6 +110,7 @@ from trustboot.publish.origin import (
     TooLarge,
     check_key,
     check_prefix,
+    check_web_url,
     key_problem,
 )
 from trustboot.publish.proxy import goes_direct
@@ -453,20 +454,11 @@ class S3Origin(GuardedByLock):
         endpoint = options.endpoint_url
         if endpoint is None:
             return None
-        ep = urlsplit(endpoint)
-        if ep.scheme not in ("https", "http") or not ep.hostname:
-            raise ConfigError(f"--endpoint-url {endpoint!r} is not an https:// URL",
-                              hint="for example https://s3.example.net:8443")
-        if ep.username is not None or ep.password is not None or ep.query or ep.fragment \
-                or ep.path not in ("", "/"):
+        ep = check_web_url(endpoint, "--endpoint-url", unsafe_http=options.unsafe_http)
+        if ep.path not in ("", "/"):
             raise ConfigError(f"--endpoint-url {endpoint!r} must be scheme://host[:port] only",
-                              hint="credentials come from the environment, a profile or "
-                                   "--credentials-file, never from the URL")
-        if ep.scheme == "http" and not options.unsafe_http:
-            raise ConfigError(
-                f"--endpoint-url {endpoint} is plain HTTP: credentials-signed requests and "
-                "the uploaded objects could be read and changed on the path",
-                hint="use https://, or pass --unsafe-http if you really must")
+                              hint="the bucket and prefix go into the s3://BUCKET/PREFIX "
+                                   "origin URL")
         return endpoint.rstrip("/")
 
     # -- lifecycle ------------------------------------------------------------------

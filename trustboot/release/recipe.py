@@ -29,7 +29,7 @@ from trustboot.ipxe import syntax
 from trustboot.ipxe.script import DEFAULT_ON_FAILURE, ON_FAILURE
 from trustboot.keys.ref import KeyRef, parse_ref
 from trustboot.publish.manifest import entry_path_problem
-from trustboot.publish.origin import redact_url, split_url
+from trustboot.publish.origin import check_url, check_web_url
 from trustboot.release.yamlspec import (
     Bool,
     Checked,
@@ -345,16 +345,15 @@ def _check_template(c: Checked) -> str:
     return template
 
 
-def _check_url(c: Checked, what: str) -> str:
+def _check_url(c: Checked, what: str, *, web: bool = False) -> str:
+    """The rule `trustboot publish` applies to its URLs (origin.check_url); ``web``: one
+    requests are sent to (origin.endpoint), https:// only (a recipe cannot ask for
+    plain HTTP)."""
     url: str = c.value
-    parts = split_url(url, f"{c.where}: {what} {redact_url(url)!r}")
-    if parts.username or parts.password:
-        raise ConfigError(f"{c.where}: {what} holds credentials",
-                          hint="use origin.credentials (a file or an env var), never the URL")
-    if parts.scheme in ("https", "s3") and not parts.hostname:
-        raise ConfigError(f"{c.where}: {what} {url!r} has no host")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{c.where}: {what} {url!r} may not have a query or fragment")
+    if web:
+        check_web_url(url, f"{c.where}: {what}")
+    else:
+        check_url(url, f"{c.where}: {what}")
     return url
 
 
@@ -443,12 +442,13 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
         public = None
         if "public_url" in o:
             public = _word(o["public_url"], "origin.public_url")
-            _check_url(o["public_url"], "origin.public_url")
+            _check_url(o["public_url"], "origin.public_url", web=True)
         origin = OriginSpec(
             url=_check_url(o["url"], "origin.url"), where=o["url"].where,
             entry=_entry_path(o["entry"]) if "entry" in o else "boot.ipxe",
             public_url=public, ca_file=_rpath(o.get("ca_file")),
-            endpoint=_check_url(o["endpoint"], "origin.endpoint") if "endpoint" in o else None,
+            endpoint=_check_url(o["endpoint"], "origin.endpoint", web=True) if "endpoint" in o
+            else None,
             credentials=_secret(o.get("credentials")),
             client_cert=o["client_cert"].value if "client_cert" in o else None,
             client_key_passphrase=_secret(o.get("client_key_passphrase")))
