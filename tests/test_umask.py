@@ -83,6 +83,7 @@ def test_every_command_under_umask_000(tmp_path: Path) -> None:
     _run("ca", "rotate", "issuing", *common, cwd=work)
     _run("ca", "rotate", "root", "begin", *common, cwd=work)
     _run("ca", "rotate", "root", "promote", *common, "--confirm-fleet", cwd=work)
+    _run("ca", "crl", "--root", *common, cwd=work)
     _run("ca", "export", "--pki", pki, "--out", "exported/trust", cwd=work)
     (work / "image.bin").write_bytes(b"kernel bytes")
     os.chmod(work / "image.bin", 0o644)
@@ -112,6 +113,7 @@ def test_every_command_under_umask_000(tmp_path: Path) -> None:
         p / "log.jsonl": 0o644, p / "crl.pem": 0o644, p / "private" / "ca.key": 0o600,
         p / "private" / "signer.key": 0o600, work / "deep": 0o755,
         work / "exported" / "trust": 0o755, work / "exported" / "trust" / "root.pem": 0o644,
+        p / "root-crl.pem": 0o644, work / "exported" / "trust" / "chain-crl.pem": 0o644,
         work / "sigs" / "out": 0o755, work / "sigs" / "out" / "image.bin.sig": 0o644,
         work / "demo" / "run": 0o755, work / "demo" / "run" / "origin": 0o755,
         work / "demo" / "run" / "secrets": 0o700, work / "origin": 0o755,

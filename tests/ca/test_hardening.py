@@ -569,3 +569,34 @@ def test_a_pki_file_others_could_have_changed_is_refused(pki: Path, tmp_path: Pa
         (pki / "index.json").unlink()
         with pytest.raises(ConfigError, match=re.escape(expected)):
             load_trusted_root(pki)
+
+
+def test_root_crl_is_made_checked_and_exported_with_the_chain_crl(
+        pki: Path, attacker_pki: Path, secrets_dir: Path, tmp_path: Path, run: Run) -> None:
+    """`ca crl --root`: the root's CRL, which nginx's ssl_crl needs besides crl.pem (it
+    checks a CRL for every CA of a client's chain). Signed by the root, held to the rules
+    of crl.pem by `ca check` and `ca export`, exported with chain-crl.pem (both CRLs)."""
+    out = tmp_path / "out"
+    r = run("ca", "export", "--pki", str(pki), "--out", str(out), "--json")
+    assert r.exit_code == 0 and "chain_crl" not in json.loads(r.stdout), r.output
+    r = run("ca", "crl", "--root", "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "ca.pass"), "--json")
+    assert r.exit_code == 0, r.output
+    root = CertificateAuthority.open(pki).root_cert
+    crl = x509.load_pem_x509_crl((pki / "root-crl.pem").read_bytes())
+    assert crl.issuer == root.subject and crl.is_signature_valid(root.public_key())  # type: ignore[arg-type]
+    assert crl.next_update_utc is not None and crl.last_update_utc is not None
+    assert (crl.next_update_utc - crl.last_update_utc).days >= 365
+    assert run("ca", "check", "--pki", str(pki)).exit_code == 0
+    r = run("ca", "export", "--pki", str(pki), "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    files = json.loads(r.stdout)
+    both = Path(files["chain_crl"]).read_bytes()
+    assert both == (pki / "crl.pem").read_bytes() + (pki / "root-crl.pem").read_bytes()
+    # another CA's root CRL in its place: refused, naming the fix
+    shutil.copyfile(attacker_pki / "crl.pem", pki / "root-crl.pem")
+    r = run("ca", "export", "--pki", str(pki), "--out", str(out))
+    assert r.exit_code == 3 and "not signed by this CA's root" in r.output, r.output
+    assert "ca crl --root" in r.output
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code != 0 and "root-crl.pem" in r.output, r.output

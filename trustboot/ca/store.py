@@ -11,6 +11,9 @@ Layout of a pki directory (index version 2)::
                          same key shares the file)
     log.jsonl            append-only, hash-chained log of every CA operation (see oplog.py)
     crl.pem              current CRL, signed by the active issuing CA
+    root-crl.pem         the active root's CRL (of the CA certificates it issued), signed by
+                         it; only with `ca crl --root`: a TLS server that checks the CRL of
+                         every CA of a client's chain (nginx ssl_crl) needs it besides crl.pem
     crls/SERIAL.pem      the CRL of a previous issuing CA (serial SERIAL), signed by it:
                          written when a leaf it issued is revoked (its key is still here)
     index.txt            index.json in OpenSSL's `ca` index format, for familiar tools
@@ -58,7 +61,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from trustboot.ca import profiles
 from trustboot.ca.profiles import CAOptions, PrivateKey
-from trustboot.errors import ConfigError, VerificationError
+from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import (
     PRIVATE_DIR_MODE,
     atomic_write,
@@ -94,9 +97,12 @@ PUBLIC_DIRS = ("issued", "revoked", "certs_by_serial")
 # The previous issuing CAs' CRLs (crl_path): made on the first such revocation, then held
 # to the rules of PUBLIC_DIRS (never a link, ours, swept of killed runs' temps).
 CRL_DIR = "crls"
+# The root's CRL (see the layout above). Rarely reissued, so valid for a year by default.
+ROOT_CRL = "root-crl.pem"
+ROOT_CRL_DAYS = 365
 # Files trustboot reads back from the pki; none is ever a link or writable by others.
 PUBLIC_FILES = ("index.json", "config.json", "ca.crt", "issuing-ca.crt", "chain.pem",
-                "crl.pem", "index.txt", "log.jsonl")
+                "crl.pem", ROOT_CRL, "index.txt", "log.jsonl")
 # Caps for reads from the pki: nothing trustboot writes there comes close.
 MAX_CERT_FILE = 1 << 20
 MAX_INDEX_FILE = 64 << 20
@@ -292,6 +298,14 @@ class CertificateAuthority:
         """crl.pem, refused unless the issuing CA signed it and it lists every revocation."""
         return self._checked_crl(self.path / "crl.pem", self.active_entry("issuing"))
 
+    def root_crl_pem(self) -> bytes | None:
+        """root-crl.pem (None when ``ca crl --root`` never made one), refused unless the
+        active root signed it and it lists every revocation of the root's."""
+        path = self.path / ROOT_CRL
+        if not path.exists() and not path.is_symlink():
+            return None
+        return self._checked_crl(path, self.active_entry("root"))
+
     def previous_crls(self) -> list[tuple[Path, IssuedEntry | None]]:
         """The files in crls/ with the previous issuing CA each is the CRL of (crl_path's
         naming: its serial in hex); None for a file that names no previous issuing CA."""
@@ -319,7 +333,8 @@ class CertificateAuthority:
     def _checked_crl(self, path: Path, issuer: IssuedEntry) -> bytes:
         data, problems = self._crl_problems(path, issuer)
         if problems:
-            raise ConfigError(f"{path} {problems[0]}", hint="regenerate it: trustboot ca crl")
+            raise ConfigError(f"{path} {problems[0]}", hint="regenerate it: trustboot ca crl"
+                              + (" --root" if issuer.profile == "root" else ""))
         return data
 
     def _crl_problems(self, path: Path, issuer: IssuedEntry,
@@ -334,7 +349,8 @@ class CertificateAuthority:
         except ValueError:
             return data, ["is not a PEM CRL"]
         issuer_cert = self._issuer_cert(issuer)
-        what = ("this CA's issuing CA" if issuer.sha256 == self.active_entry("issuing").sha256
+        what = ("this CA's root" if issuer.profile == "root"
+                else "this CA's issuing CA" if issuer.sha256 == self.active_entry("issuing").sha256
                 else f"this CA's previous issuing CA {issuer.serial:x}")
         if not crl.is_signature_valid(issuer_cert.public_key()):  # type: ignore[arg-type]
             return data, [f"is not signed by {what}"]
@@ -589,7 +605,7 @@ class CertificateAuthority:
                 raise ConfigError(f"a CA already exists in {path}")
             _remove_temps(path)
             _set_aside_leftovers(path, ["ca.crt", "issuing-ca.crt", "chain.pem", "crl.pem",
-                                        "config.json", "log.jsonl"], now)
+                                        ROOT_CRL, "config.json", "log.jsonl"], now)
             for sub in PUBLIC_DIRS:
                 make_dirs(path / sub)
             ensure_private_dir(path / "private")
@@ -904,7 +920,9 @@ class CertificateAuthority:
 
     def crl_path(self, issuer: IssuedEntry) -> Path:
         """Where the CRL of an issuing CA is: crl.pem for the active one, crls/SERIAL.pem
-        for a previous one."""
+        for a previous one; the active root's: root-crl.pem."""
+        if issuer.profile == "root":
+            return self.path / ROOT_CRL
         if issuer.sha256 == self.active_entry("issuing").sha256:
             return self.path / "crl.pem"
         return self.path / CRL_DIR / f"{issuer.serial:x}.pem"
@@ -967,6 +985,27 @@ class CertificateAuthority:
             self._write_crls(issuing_key, previous_keys, now, days=days)
             self._log("crl", now, crl_number=self.crl_number)
         return self.path / "crl.pem"
+
+    def generate_root_crl(self, ca_passphrases: PassphraseSource, *,
+                          days: int = ROOT_CRL_DAYS, now: dt.datetime | None = None) -> Path:
+        """root-crl.pem: the active root's CRL, signed by the root key. trustboot revokes
+        no CA certificate, so it lists none; it exists because a TLS server checking
+        client certificates against CRLs (nginx ssl_crl) wants one for every CA of the
+        chain and refuses every client without it."""
+        now = now or utcnow()
+        _check_days(days, "crl")
+        root = self.active_entry("root")
+        root_key = self.load_ca_key(root, ca_passphrases)
+        with locked(self.path / ".lock"):
+            self._begin_write(now)
+            if self.active_entry("root").sha256 != root.sha256:
+                raise OperationalError("the root changed while its key was loaded",
+                                       hint="run the command again")
+            self.crl_number += 1
+            self._commit(now)
+            self._write_crl(root_key, now, days=days, number=self.crl_number, issuer=root)
+            self._log("crl", now, crl_number=self.crl_number, issuer="root")
+        return self.path / ROOT_CRL
 
     def _write_crl(self, issuing_key: PrivateKey, now: dt.datetime, *, days: int,
                    number: int, issuer: IssuedEntry | None = None) -> None:
@@ -1080,6 +1119,8 @@ class CertificateAuthority:
         """crl.pem and each previous issuing CA's CRL in crls/ (see _crl_problems)."""
         crls: list[tuple[Path, IssuedEntry | None]] = [
             (self.path / "crl.pem", self.active_entry("issuing")), *self.previous_crls()]
+        if (self.path / ROOT_CRL).exists() or (self.path / ROOT_CRL).is_symlink():
+            crls.append((self.path / ROOT_CRL, self.active_entry("root")))
         problems = []
         for path, issuer in crls:
             rel = path.relative_to(self.path)
@@ -1092,7 +1133,7 @@ class CertificateAuthority:
                 found = self._crl_problems(path, issuer, None if retired else now)[1]
             except ConfigError as exc:
                 found = [f"cannot be read: {exc.message}"]
-            fix = "run `trustboot ca crl`"
+            fix = "run `trustboot ca crl" + (" --root`" if issuer.profile == "root" else "`")
             if path.parent != self.path:
                 fix += (f" (it needs that CA's key in the CA home), or retire the CA: "
                         f"`trustboot ca rotate issuing --retire {issuer.serial:x}`")

@@ -289,14 +289,24 @@ def revoke_cmd(pki: Path, name: str, reason: str, serial: str | None,
 
 @command.command("crl")
 @pki_option
-@click.option("--days", type=int, default=30, show_default=True, help="Until nextUpdate.")
-@passphrase_options(what="the issuing CA key")
+@click.option("--days", type=int, help="Until nextUpdate (default: 30; with --root, 365).")
+@click.option("--root", "root", is_flag=True,
+              help="The root's CRL instead (root-crl.pem, signed by the root key): a TLS "
+                   "server checking client certificates against CRLs (nginx ssl_crl, "
+                   "`origin nginx-config --client-crl`) needs it besides crl.pem.")
+@passphrase_options(what="the CA key")
 @json_option
-def crl_cmd(pki: Path, days: int, passphrase_file: Path | None, passphrase_env: str | None,
-            as_json: bool) -> None:
-    """Generate a fresh CRL signed by the issuing CA."""
+def crl_cmd(pki: Path, days: int | None, root: bool, passphrase_file: Path | None,
+            passphrase_env: str | None, as_json: bool) -> None:
+    """Generate a fresh CRL signed by the issuing CA (or, with --root, by the root)."""
+    from trustboot.ca.store import ROOT_CRL_DAYS
+
     ca = CertificateAuthority.open(pki)
-    path = ca.generate_crl(passphrase_source(passphrase_file, passphrase_env), days=days)
+    source = passphrase_source(passphrase_file, passphrase_env)
+    if root:
+        path = ca.generate_root_crl(source, days=days or ROOT_CRL_DAYS)
+    else:
+        path = ca.generate_crl(source, days=days or 30)
     if as_json:
         emit_json({"crl": str(path), "crl_number": ca.crl_number})
     else:
@@ -385,9 +395,12 @@ def show_cmd(pki: Path, name: str, as_pem: bool, as_json: bool) -> None:
 def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
     """Public trust material: root.pem (one certificate, for iPXE TRUST=), chain.pem
     (issuing + root, what signatures carry), crl.pem, crls/ (the CRLs of previous issuing
-    CAs, for leaves they issued) and fingerprints."""
+    CAs, for leaves they issued) and fingerprints; once `ca crl --root` made the root's
+    CRL, also root-crl.pem and chain-crl.pem (the CRLs of both CAs of chain.pem: nginx's
+    ssl_crl, `origin nginx-config --client-crl`)."""
     ca = CertificateAuthority.open(pki)
     crl = ca.crl_pem()
+    root_crl = ca.root_crl_pem()
     previous_crls = ca.previous_crl_pems()
     make_output_dir(out, "export directory")  # others could swap the root before use
     remove_stale_temps(out)  # of an export killed an hour or more ago
@@ -403,6 +416,14 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
         "chain": b"".join(pem(c) for c in ca.chain()),
         "crl": crl,
     }
+    for name in ("root-crl.pem", "chain-crl.pem"):
+        if root_crl is None and (out / name).is_file() and not (out / name).is_symlink():
+            (out / name).unlink()  # a CRL of another CA home must not be handed on
+    if root_crl is not None:
+        files["root_crl"] = out / "root-crl.pem"
+        files["chain_crl"] = out / "chain-crl.pem"
+        contents["root_crl"] = root_crl
+        contents["chain_crl"] = crl + root_crl
     # During a root rotation firmware must trust both roots: the other one goes into its
     # own file (iPXE's TRUST= takes one certificate per file).
     step = rotation.status(ca)
