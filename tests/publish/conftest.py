@@ -179,12 +179,14 @@ def start_nginx(pki: Pki, base: Path, *, extra_args: tuple[str, ...] = (),
     chain = base / "server-chain.pem"
     chain.write_bytes(pki.cert("origin").read_bytes() + (pki.dir / "issuing-ca.crt").read_bytes())
     port = free_port()
-    site = run_cli("origin", "nginx-config", "--server-name", "127.0.0.1", "--server-name",
-                   "localhost", "--listen", f"127.0.0.1:{port}", "--root", str(root),
-                   "--cert", str(chain), "--key", str(pki.key("origin")),
-                   "--key-password-file", str(pki.key_pass), "--client-ca",
-                   str(pki.dir / "chain.pem"), "--body-temp-dir", str(tmp), *extra_args)
-    (base / "site.conf").write_text(site)
+    args = ["origin", "nginx-config", "--server-name", "127.0.0.1", "--server-name",
+            "localhost", "--listen", f"127.0.0.1:{port}", "--root", str(root),
+            "--cert", str(chain), "--key", str(pki.key("origin")),
+            "--key-password-file", str(pki.key_pass), "--client-ca",
+            str(pki.dir / "chain.pem"), "--body-temp-dir", str(tmp), *extra_args]
+    made = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert made.exit_code == 0, made.output
+    (base / "site.conf").write_text(made.stdout)  # (warnings go to stderr)
     user = "user root root;\n" if os.geteuid() == 0 else ""
     temps = "\n".join(f"    {t}_temp_path {base}/{t}-tmp;" for t in
                       ("proxy", "fastcgi", "uwsgi", "scgi"))

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from trustboot.cli._common import emit_json, json_option, warn
-from trustboot.errors import ConfigError, ExitCode, VerificationError
+from trustboot.errors import ConfigError, ExitCode, OperationalError, VerificationError
 
 
 @click.group("origin")
@@ -23,6 +23,7 @@ def command() -> None:
           --cert /etc/trustboot/server.pem --key /etc/trustboot/server.key \\
           --key-password-file /etc/trustboot/server.pass \\
           --client-ca /etc/trustboot/chain.pem --root /srv/boot \\
+          --client-crl /etc/trustboot/trust/chain-crl.pem \\
           > /etc/nginx/sites-enabled/trustboot
       trustboot origin check https://boot.example.net/boot.ipxe --signer boot-signer
       trustboot origin dhcp-config --http-boot x86_64=https://boot.example.net/fw/ipxe.efi \\
@@ -76,6 +77,10 @@ def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -
 @click.option("--client-ca", type=click.Path(path_type=Path), required=True,
               help="CA chain (PEM) that writers' client certificates must chain to "
                    "(the pki's chain.pem).")
+@click.option("--client-crl", type=click.Path(path_type=Path),
+              help="CRLs (PEM) of every CA in --client-ca, the root's included (nginx "
+                   "ssl_crl): refuses revoked publisher certificates. Refresh it and reload "
+                   "nginx before its nextUpdate: nginx refuses every client after it.")
 @click.option("--listen", multiple=True, default=("443",), show_default=True,
               help="PORT, ADDR:PORT or [V6]:PORT (repeatable).")
 @click.option("--no-ipv6", is_flag=True, help="Do not add [::]:PORT for a bare port.")
@@ -90,9 +95,9 @@ def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -
 def nginx_config(server_names: tuple[str, ...], root: Path, cert: Path, key: Path,
                  key_password_file: Path | None, client_ca: Path, listen: tuple[str, ...],
                  no_ipv6: bool, entry_path: str, body_temp_dir: Path | None,
-                 max_body_size: str, legacy_ipxe: bool) -> None:
+                 max_body_size: str, legacy_ipxe: bool, client_crl: Path | None) -> None:
     """Print a hardened nginx site: TLS for iPXE, anonymous GET, writes with a client cert."""
-    from trustboot.publish.nginx import NginxSite, render
+    from trustboot.publish.nginx import NO_CRL_WARNING, NginxSite, render
 
     site = NginxSite(server_names=server_names, root=root.absolute(),
                      certificate=cert.absolute(), key=key.absolute(),
@@ -100,8 +105,39 @@ def nginx_config(server_names: tuple[str, ...], root: Path, cert: Path, key: Pat
                      else None, client_ca=client_ca.absolute(), listen=listen,
                      entry_path=entry_path, ipv6=not no_ipv6,
                      body_temp_dir=body_temp_dir.absolute() if body_temp_dir else None,
-                     max_body_size=max_body_size, legacy_ipxe=legacy_ipxe)
-    click.echo(render(site), nl=False)
+                     max_body_size=max_body_size, legacy_ipxe=legacy_ipxe,
+                     client_crl=client_crl.absolute() if client_crl else None)
+    text = render(site)
+    if client_crl is None:
+        warn(NO_CRL_WARNING + "; see `trustboot origin nginx-config --help`")
+    else:
+        _check_client_crl(client_crl, client_ca)
+    click.echo(text, nl=False)
+
+
+def _check_client_crl(client_crl: Path, client_ca: Path) -> None:
+    """The CRL file against the client CA chain, when both can be read here (the config
+    may be rendered for another machine): a missing or stale CRL makes nginx refuse
+    every publisher."""
+    from trustboot.cli.publish import utc_now
+    from trustboot.fsutil import read_capped
+    from trustboot.publish.nginx import client_crl_problems
+
+    try:
+        crl, ca = (read_capped(client_crl, 64 << 20, "CRL file"),
+                   read_capped(client_ca, 1 << 20, "client CA file"))
+    except (ConfigError, OperationalError) as exc:
+        warn(f"--client-crl not checked: {exc.message}")
+        return
+    errors, warnings = client_crl_problems(crl, ca, utc_now())
+    if errors:
+        raise ConfigError(
+            f"--client-crl {client_crl}: {'; '.join(errors)} (nginx would refuse every "
+            f"client certificate chaining to {client_ca})",
+            hint="trustboot ca crl --root (once), then trustboot ca export --out DIR: "
+                 "DIR/chain-crl.pem holds the CRLs of both CAs of chain.pem")
+    for message in warnings:
+        warn(f"--client-crl {client_crl}: {message}")
 
 
 @command.command("check")

@@ -8,13 +8,15 @@ What it enforces, and why:
   dot-files (upload temp files, the publish lock).
 * WebDAV writes (PUT, DELETE, MKCOL, COPY, MOVE) and PROPFIND only for a client presenting a
   certificate that chains to the CA (``ssl_verify_client optional`` + a map on the method and
-  ``$ssl_client_verify``): anything else gets 403.
+  ``$ssl_client_verify``): anything else gets 403. With ``client_crl`` (``ssl_crl``), a
+  revoked one is refused too; without it, revoking a publisher does not stop it writing.
 * No directory listing, no gzip (iPXE hashes the bytes as sent), boot MIME types,
   ``releases/`` immutable and cacheable, the entry script and its signature never cached.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,53 @@ class NginxSite:
     max_body_size: str = "8g"
     legacy_ipxe: bool = False  # also offer RSA key exchange (iPXE before ECDHE support)
     ipv6: bool = True
+    # CRLs (PEM) of every CA in client_ca (nginx ssl_crl): without it a revoked
+    # publisher certificate can still write
+    client_crl: Path | None = None
+
+
+NO_CRL_WARNING = ("no --client-crl (ssl_crl): a revoked publisher certificate can still "
+                  "write to this origin")
+
+
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.S)
+
+
+def client_crl_problems(crl_pem: bytes, client_ca_pem: bytes, now: dt.datetime, *,
+                        warn_within: dt.timedelta = dt.timedelta(days=7)
+                        ) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of ``crl_pem`` as nginx's ssl_crl for ``client_ca_pem``. nginx
+    wants a current CRL from every CA of a client's chain, the root's included: one
+    missing, or past its nextUpdate, and it refuses every client certificate."""
+    from cryptography import x509
+
+    try:
+        cas = x509.load_pem_x509_certificates(client_ca_pem)
+    except ValueError as exc:
+        return [f"the client CA file is not PEM certificates: {exc}"], []
+    crls = []
+    for block in _PEM_CRL.findall(crl_pem):
+        try:
+            crls.append(x509.load_pem_x509_crl(block))
+        except ValueError as exc:
+            return [f"holds a CRL that does not parse: {exc}"], []
+    if not crls:
+        return ["holds no PEM CRL"], []
+    errors, warnings = [], []
+    for ca in cas:
+        name = ca.subject.rfc4514_string()
+        mine = [c for c in crls if c.issuer == ca.subject
+                and c.is_signature_valid(ca.public_key())]  # type: ignore[arg-type]
+        if not mine:
+            errors.append(f"has no CRL signed by {name}")
+            continue
+        ends = max(c.next_update_utc or now for c in mine)
+        if ends <= now:
+            errors.append(f"the CRL of {name} is out of date (nextUpdate {ends:%Y-%m-%d %H:%M}Z)")
+        elif ends - now < warn_within:
+            warnings.append(f"the CRL of {name} expires {ends:%Y-%m-%d %H:%M}Z: refresh it "
+                            "and reload nginx before then, or every publisher is refused")
+    return errors, warnings
 
 
 def _path(value: Path, what: str) -> str:
@@ -80,6 +129,13 @@ def render(site: NginxSite) -> str:
                 if site.key_password_file else "")
     temp = (f"    client_body_temp_path {_path(site.body_temp_dir, '--body-temp-dir')};\n"
             if site.body_temp_dir else "")
+    if site.client_crl is not None:
+        # nginx checks a CRL for every CA of the client's chain, root included, and
+        # refuses every client once one is past its nextUpdate: refresh it, then reload
+        crl = (f"    # one CRL per CA of {client_ca}; refresh before nextUpdate, then reload\n"
+               f"    ssl_crl {_path(site.client_crl, '--client-crl')};\n")
+    else:
+        crl = f"    # WARNING: {NO_CRL_WARNING}\n"
     names = " ".join(site.server_names)
     headers = ('        add_header X-Content-Type-Options nosniff always;\n')
     return f"""\
@@ -113,7 +169,7 @@ server {{
     ssl_client_certificate {client_ca};
     ssl_verify_client optional;
     ssl_verify_depth 3;
-
+{crl}
     root {root};
     autoindex off;
     gzip off;
