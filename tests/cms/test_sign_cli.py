@@ -277,7 +277,7 @@ def test_a_file_that_changes_while_it_is_hashed_is_refused(tmp_path: Path,
     path = tmp_path / "vmlinuz"
     path.write_bytes(os.urandom(4 * CHUNK if change != "small" else 100))
     os.utime(path, ns=(1, 1))  # an old stamp, so a rewrite moves it
-    done = []
+    done: list[int] = []
 
     def meddle(_count: int) -> None:
         if done:
