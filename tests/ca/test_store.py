@@ -19,7 +19,7 @@ from cryptography import x509
 from trustboot.ca import profiles
 from trustboot.ca.rotation import rotate_issuing
 from trustboot.ca.store import CertificateAuthority
-from trustboot.errors import ConfigError
+from trustboot.errors import ConfigError, VerificationError
 from trustboot.keys import keyfile
 from trustboot.secrets import constant
 
@@ -336,6 +336,65 @@ def test_a_crl_from_before_a_revocation_is_refused(pki: Path, tmp_path: Path,
     assert any("does not list revoked ipxe-client" in p for p in problems), problems
     r = run("ca", "export", "--pki", str(pki), "--out", str(tmp_path / "out"))
     assert r.exit_code == 3 and "does not list revoked ipxe-client" in r.output, r.output
+
+
+def _unrevoke(by_name, entries) -> None:  # type: ignore[no-untyped-def]
+    by_name["ipxe-client"].update(status="valid", revoked_at=None, revocation_reason=None)
+
+
+def test_an_index_edited_back_to_valid_is_refused_by_check_and_every_write(
+        pki: Path, tmp_path: Path, secrets_dir: Path, run: Run) -> None:
+    """index.json edited after a revoke so that the certificate is valid again: the signed
+    crl.pem and log.jsonl still record the revocation. `ca check` says so (exit 4, naming
+    index.json, no advice to run `ca crl`) and `ca crl`, `ca issue` and `ca export` refuse:
+    a CRL made from that index would forget the revocation."""
+    CertificateAuthority.open(pki).revoke("ipxe-client", constant(CA_PASS.encode()),
+                                          reason="key_compromise")
+    crl = (pki / "crl.pem").read_bytes()
+    _edit_index(pki, _unrevoke)
+    problems = CertificateAuthority.open(pki).check()
+    assert any(p.startswith("crl.pem lists ipxe-client") and "index.json says it is valid"
+               in p for p in problems), problems
+    assert any(p.startswith("log.jsonl records the revocation of 'ipxe-client'")
+               for p in problems), problems
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 4 and "index.json disagrees" in r.output, r.output
+    assert "to refresh the views" not in r.output and "killed" not in r.output, r.output
+    ca_pass = ("--passphrase-file", str(secrets_dir / "ca.pass"))
+    r = run("ca", "crl", "--pki", str(pki), *ca_pass)
+    assert r.exit_code == 4 and "index.json disagrees" in r.output, r.output
+    assert (pki / "crl.pem").read_bytes() == crl
+    assert issue(run, pki, secrets_dir, "codesign", "other").exit_code == 4
+    r = run("ca", "export", "--pki", str(pki), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 4 and "index.json disagrees" in r.output, r.output
+
+
+def test_the_log_alone_keeps_a_revocation_an_edited_index_and_old_crl_undo(
+        pki: Path, secrets_dir: Path, run: Run) -> None:
+    """crl.pem put back as it was before the revoke and index.json edited to match: the
+    hash-chained log still records the revocation, and the CRL is not regenerated."""
+    before = (pki / "crl.pem").read_bytes()
+    CertificateAuthority.open(pki).revoke("ipxe-client", constant(CA_PASS.encode()))
+    (pki / "crl.pem").write_bytes(before)
+    _edit_index(pki, _unrevoke)
+    r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 4 and "log.jsonl records the revocation of 'ipxe-client'" in \
+        r.output, r.output
+    assert (pki / "crl.pem").read_bytes() == before
+
+
+def test_an_index_that_weakens_a_revocation_reason_is_refused(pki: Path) -> None:
+    """key_compromise edited to superseded: the next CRL would tell relying parties the
+    key is safe."""
+    CertificateAuthority.open(pki).revoke("ipxe-client", constant(CA_PASS.encode()),
+                                          reason="key_compromise")
+    _edit_index(pki, lambda by_name, entries: by_name["ipxe-client"].update(
+        revocation_reason="superseded"))
+    ca = CertificateAuthority.open(pki)
+    assert any("for key_compromise; index.json says superseded" in p
+               for p in ca.check()), ca.check()
+    with pytest.raises(VerificationError, match=r"index\.json disagrees"):
+        ca.generate_crl(constant(CA_PASS.encode()))
 
 
 @pytest.mark.slow

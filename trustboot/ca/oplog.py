@@ -287,6 +287,20 @@ def _check_line(cur: _Line, nxt: _Line | None, lineno: int, prev: str, legacy: i
     return None, None
 
 
+def records(path: Path) -> Iterator[dict[str, Any]]:
+    """Every entry of the log that is a JSON object, in order, streamed (a missing log has
+    none). What the entries say is only as good as the chain: :func:`verify` it too."""
+    fd = _open_log(path)
+    if fd is None:
+        return
+    try:
+        for line in read_lines(fd):
+            if line.record is not None:
+                yield line.record
+    finally:
+        os.close(fd)
+
+
 def count_lines(path: Path) -> int:
     """Lines in the log now (the line the next entry will have, minus one)."""
     fd = _open_log(path)

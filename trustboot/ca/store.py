@@ -331,6 +331,12 @@ class CertificateAuthority:
         return out
 
     def _checked_crl(self, path: Path, issuer: IssuedEntry) -> bytes:
+        conflicts = self._crl_conflicts(path, issuer)
+        if conflicts:
+            raise VerificationError(
+                f"{self.path / 'index.json'} disagrees with the signed CRL: {conflicts[0]}",
+                hint="restore the index.json that matches the CRL from a backup; see "
+                f"`trustboot ca check --pki {self.path}`", rule="index-conflict")
         data, problems = self._crl_problems(path, issuer)
         if problems:
             raise ConfigError(f"{path} {problems[0]}", hint="regenerate it: trustboot ca crl"
@@ -940,17 +946,102 @@ class CertificateAuthority:
             return self.issuing_cert
         return issuer.load_cert()
 
-    def _listed(self, path: Path, issuer: IssuedEntry) -> set[int]:
-        """Serials the CRL at ``path`` lists, if ``issuer`` signed it (else none)."""
+    def _signed_crl(self, path: Path, issuer: IssuedEntry
+                    ) -> x509.CertificateRevocationList | None:
+        """The CRL at ``path`` if ``issuer`` signed it; None when it is missing, unreadable
+        or signed by another key."""
         try:
             crl = x509.load_pem_x509_crl(read_capped(path, MAX_CRL_FILE, "CRL",
                                                      nofollow=True))
             if not crl.is_signature_valid(
                     self._issuer_cert(issuer).public_key()):  # type: ignore[arg-type]
-                return set()
+                return None
         except (ConfigError, ValueError):
-            return set()
-        return {r.serial_number for r in crl}
+            return None
+        return crl
+
+    def _listed(self, path: Path, issuer: IssuedEntry) -> set[int]:
+        """Serials the CRL at ``path`` lists, if ``issuer`` signed it (else none)."""
+        crl = self._signed_crl(path, issuer)
+        return set() if crl is None else {r.serial_number for r in crl}
+
+    def _crl_conflicts(self, path: Path, issuer: IssuedEntry) -> list[str]:
+        """Where ``issuer``'s signed CRL at ``path`` contradicts index.json: a serial it
+        lists as revoked that the index holds as not revoked (or not at all), or with
+        another reason. A signed CRL is evidence the index cannot outvote: an index edited
+        back to "valid" must not be turned into a CRL that forgets the revocation."""
+        crl = self._signed_crl(path, issuer)
+        if crl is None:
+            return []
+        rel = path.relative_to(self.path)
+        conflicts = []
+        for revoked in crl:
+            serial = revoked.serial_number
+            entry = self.find_serial(serial)
+            if entry is None:
+                conflicts.append(f"{rel} lists serial {serial:x} as revoked; index.json has "
+                                 "no certificate with that serial")
+                continue
+            if entry.status != "revoked":
+                conflicts.append(f"{rel} lists {entry.name} (serial {serial:x}) as revoked; "
+                                 f"index.json says it is {entry.status}")
+                continue
+            try:
+                reason = revoked.extensions.get_extension_for_class(
+                    x509.CRLReason).value.reason.name
+            except x509.ExtensionNotFound:
+                reason = "unspecified"
+            if reason != (entry.revocation_reason or "unspecified"):
+                conflicts.append(f"{rel} lists {entry.name} (serial {serial:x}) as revoked "
+                                 f"for {reason}; index.json says "
+                                 f"{entry.revocation_reason or 'unspecified'}")
+        return conflicts
+
+    def _log_conflicts(self) -> list[str]:
+        """Revocations log.jsonl records that index.json does not hold."""
+        from trustboot.ca import oplog
+
+        conflicts = []
+        for rec in oplog.records(self.path / "log.jsonl"):
+            serial = rec.get("serial")
+            if rec.get("op") != "revoke" or not isinstance(serial, str):
+                continue
+            try:
+                entry = self.find_serial(int(serial, 16))
+            except ValueError:
+                continue
+            if entry is None or entry.status != "revoked":
+                state = "has no certificate with that serial" if entry is None \
+                    else f"says it is {entry.status}"
+                conflicts.append(f"log.jsonl records the revocation of {rec.get('name')!r} "
+                                 f"(serial {serial}) at {rec.get('time')}; index.json {state}")
+        return conflicts
+
+    def index_conflicts(self) -> list[str]:
+        """Where index.json contradicts the records it cannot outvote: the signed CRLs
+        (crl.pem, crls/) and the operation log. Empty when they agree. Each is a sign that
+        index.json was edited or restored from an old copy: nothing may be written from it
+        (a CRL made from it would drop a revocation)."""
+        crls: list[tuple[Path, IssuedEntry | None]] = [
+            (self.path / "crl.pem", self.active_entry("issuing")), *self.previous_crls()]
+        conflicts = []
+        for path, issuer in crls:
+            if issuer is not None:
+                conflicts += self._crl_conflicts(path, issuer)
+        return conflicts + self._log_conflicts()
+
+    def _refuse_conflicts(self) -> None:
+        conflicts = self.index_conflicts()
+        if conflicts:
+            raise VerificationError(
+                f"{self.path / 'index.json'} disagrees with the CA's signed records: "
+                f"{conflicts[0]}"
+                + (f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""),
+                hint="index.json was edited or restored from an old copy; restore the "
+                "index.json that matches crl.pem and log.jsonl from a backup (never "
+                f"regenerate the CRL from this one); see `trustboot ca check --pki "
+                f"{self.path}`",
+                rule="index-conflict")
 
     def _unlisted_previous(self, entry: IssuedEntry, keys: dict[str, PrivateKey]) -> bool:
         """A revoked leaf of a previous issuing CA whose key is here, not on its CRL."""
@@ -1032,7 +1123,19 @@ class CertificateAuthority:
                 critical=False,
             )
         )
-        for e in self._crl_entries(issuer):
+        entries = self._crl_entries(issuer)
+        path = self.crl_path(issuer)
+        # A revocation is forever: whatever the index says now, a serial the issuer's
+        # current CRL lists stays on the next one (_begin_write refused such an index
+        # already; this holds for every caller).
+        dropped = self._listed(path, issuer) - {e.serial for e in entries}
+        if dropped:
+            raise VerificationError(
+                f"refusing to write {path}: it would drop serial "
+                f"{min(dropped):x} that the current CRL lists as revoked",
+                hint=f"restore the index.json that matches {path.name} from a backup",
+                rule="index-conflict")
+        for e in entries:
             assert e.revoked_at is not None
             rc = (
                 x509.RevokedCertificateBuilder()
@@ -1046,7 +1149,6 @@ class CertificateAuthority:
             )
             b = b.add_revoked_certificate(rc)
         crl = b.sign(issuing_key, profiles.hash_for(issuing_key))
-        path = self.crl_path(issuer)
         if path.parent != self.path:
             make_dirs(path.parent)
         atomic_write(path, crl.public_bytes(serialization.Encoding.PEM))
@@ -1063,7 +1165,9 @@ class CertificateAuthority:
 
     def check(self, now: dt.datetime | None = None) -> list[str]:
         """Consistency of the store: every index entry has its certificate, unchanged,
-        issued by this CA; the views are current. Returns problems (empty when healthy)."""
+        issued by this CA; index.json agrees with the signed CRLs and the log (see
+        :meth:`index_conflicts`, listed first); the views are current. Returns problems
+        (empty when healthy)."""
         now = now or utcnow()
         problems: list[str] = []
         serials: set[int] = set()
@@ -1092,9 +1196,11 @@ class CertificateAuthority:
                                 f"{exc or type(exc).__name__}")
             if e.status == "valid" and not self.chain_retired(e) and self._key_missing(e):
                 problems.append(f"{e.name}: key file {e.key_file} is missing")
+        conflicts = self.index_conflicts()
         problems += self._check_crls(now)
-        problems += self._stale_views(now)
-        return problems
+        # Views derive from the index: while it contradicts the CRL or the log, a view
+        # that differs is no sign of a killed run, and refreshing it would be wrong.
+        return conflicts + problems + ([] if conflicts else self._stale_views(now))
 
     def check_log(self) -> oplog.LogCheck:
         """The hash chain of log.jsonl (see oplog.verify)."""
@@ -1290,6 +1396,7 @@ class CertificateAuthority:
         """Under the lock, before any change: the index as it is now, migrated to the
         current layout, with the views a killed run left stale brought up to date."""
         self._reload()
+        self._refuse_conflicts()
         self._migrate(now)
         self._refresh_views(now)
 

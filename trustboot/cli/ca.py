@@ -484,15 +484,19 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
 @pki_option
 @json_option
 def check_cmd(pki: Path, as_json: bool) -> None:
-    """Check the store (index, files and signatures agree: exit 3 when they do not) and
-    the hash chain of the operation log (exit 4 at the first broken entry)."""
+    """Check the store (index, files and signatures agree: exit 3 when they do not), the
+    hash chain of the operation log (exit 4 at the first broken entry) and that index.json
+    agrees with the signed CRLs and the log (exit 4 when it does not)."""
     ca = CertificateAuthority.open(pki)
-    problems = ca.check()
+    conflicts = ca.index_conflicts()
+    problems = [p for p in ca.check() if p not in conflicts]
     log = ca.check_log()
     if as_json:
         emit_json({"pki": str(pki), "entries": len(ca.entries), "problems": problems,
-                   "log": log.to_json()})
+                   "conflicts": conflicts, "log": log.to_json()})
     else:
+        for p in conflicts:
+            click.echo(f"conflict: {p}")
         for p in problems:
             click.echo(f"problem: {p}")
         if log.legacy:
@@ -506,8 +510,16 @@ def check_cmd(pki: Path, as_json: bool) -> None:
             click.echo(f"log: {log.lines} entries, chain intact; head seq {log.head_seq} "
                        f"sha256 {log.head_sha256} (record it elsewhere to protect the end of "
                        "the log)")
-        if not problems:
+        if not problems and not conflicts:
             click.echo(f"{pki}: {len(ca.entries)} certificates, consistent")
+    if conflicts:
+        raise VerificationError(
+            f"{pki / 'index.json'} disagrees with the CA's signed records (crl.pem, "
+            f"log.jsonl): {conflicts[0]}",
+            hint="index.json was edited or restored from an old copy: restore the one that "
+            "matches them from a backup; do not run `trustboot ca crl` (it refuses: a CRL "
+            "made from this index would drop a revocation)",
+            rule="index-conflict")
     if log.problem:
         raise VerificationError(
             f"the operation log {pki / 'log.jsonl'} was changed after it was written: first "
