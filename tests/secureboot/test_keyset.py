@@ -94,6 +94,19 @@ def test_a_key_set_in_a_pki_others_can_write_is_refused(pki_copy: Path) -> None:
         keyset.load_keyset(pki_copy)
 
 
+@pytest.mark.parametrize("where", ["pki", "above"])
+def test_init_in_a_pki_others_can_write_creates_nothing(tmp_path: Path, pw: Path, run: Run,
+                                                        where: str) -> None:
+    # the same rule load_keyset holds the home to, checked before any key is made
+    pki = tmp_path / "shared" / "pki"
+    pki.mkdir(parents=True, mode=0o755)
+    (pki if where == "pki" else pki.parent).chmod(0o777)
+    r = run("secureboot", "init", "--pki", str(pki), "--name", "S",
+            "--passphrase-file", str(pw))
+    assert r.exit_code == 3 and "writable" in r.output, r.output
+    assert os.listdir(pki) == []
+
+
 def test_damaged_token_metadata_is_refused(pki_copy: Path) -> None:
     meta = pki_copy / "secureboot" / "secureboot.json"
     doc = json.loads(meta.read_text())

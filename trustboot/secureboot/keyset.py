@@ -105,6 +105,11 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
     pki = Path(pki)
     if not pki.is_dir():
         raise ConfigError(f"CA home {pki} does not exist", hint="run `trustboot ca init` first")
+    from trustboot.ca.store import check_pki_permissions
+
+    # Before anything is created: keys made in a CA home others can write to could be
+    # swapped at once, and every later command refuses that home anyway.
+    check_pki_permissions(pki)
     target = pki / DIRNAME
     if target.exists() or target.is_symlink():
         raise ConfigError(f"{target} already holds a Secure Boot key set",
