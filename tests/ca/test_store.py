@@ -397,6 +397,21 @@ def test_an_index_that_weakens_a_revocation_reason_is_refused(pki: Path) -> None
         ca.generate_crl(constant(CA_PASS.encode()))
 
 
+def test_index_txt_subjects_keep_commas_slashes_and_plus_signs(tmp_path: Path,
+                                                              secrets_dir: Path,
+                                                              run: Run) -> None:
+    """index.txt's subject is OpenSSL's /O=../CN=.. form built from the name's RDNs: a
+    comma inside a value is no separator there, and / + and \\ are escaped."""
+    pki = tmp_path / "pki"
+    init_ca(run, pki, secrets_dir, "--key-type", "ec-p256", "--name", "Ex/Lab+1",
+            "--org", "Example, Inc.")
+    lines = (pki / "index.txt").read_text().splitlines()
+    subjects = [line.split("\t")[5] for line in lines]
+    assert subjects == ["/O=Example, Inc./CN=Ex\\/Lab\\+1 Root CA",
+                        "/O=Example, Inc./CN=Ex\\/Lab\\+1 Issuing CA"], lines
+    assert all(len(line.split("\t")) == 6 for line in lines), lines
+
+
 @pytest.mark.slow
 def test_twenty_concurrent_issues(tmp_path: Path, secrets_dir: Path, run: Run) -> None:
     pki = tmp_path / "pki"

@@ -1478,8 +1478,8 @@ class CertificateAuthority:
             rev = ts(e.revoked_at) if e.revoked_at else ""
             if rev and e.revocation_reason:
                 rev += f",{e.revocation_reason.replace('_', '')}"
-            subject = "/" + "/".join(reversed(e.subject.split(",")))
-            lines.append(f"{flag}\t{ts(e.not_after)}\t{rev}\t{e.serial:X}\tunknown\t{subject}\n")
+            lines.append(f"{flag}\t{ts(e.not_after)}\t{rev}\t{e.serial:X}\tunknown\t"
+                         f"{_oneline_subject(e.subject)}\n")
         return "".join(lines)
 
     def _log(self, op: str, now: dt.datetime, **fields: Any) -> None:
@@ -1488,6 +1488,31 @@ class CertificateAuthority:
         record = {"time": now.isoformat(), "op": op, "user": _user(), "pid": os.getpid()}
         record.update(fields)
         oplog.append(self.path / "log.jsonl", record)
+
+
+def _oneline_escape(value: str) -> str:
+    """A value in OpenSSL's /-separated subject form: its separators escaped, control
+    characters as \\xHH (an index.txt line must stay one line of tab-separated fields)."""
+    out = []
+    for c in value:
+        if c in "\\/+":
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\x{ord(c):02X}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _oneline_subject(subject: str) -> str:
+    """An index entry's subject (RFC 4514, as recorded) as index.txt's /C=../O=../CN=..:
+    RDNs in certificate order, a multi-valued RDN joined with +, values escaped."""
+    try:
+        name = x509.Name.from_rfc4514_string(subject)
+    except ValueError:  # not what trustboot recorded: kept whole, still one field
+        return "/" + _oneline_escape(subject)
+    return "".join("/" + "+".join(f"{a.rfc4514_attribute_name}={_oneline_escape(str(a.value))}"
+                                  for a in rdn) for rdn in name.rdns)
 
 
 def _read_index(path: Path) -> tuple[dict[str, Any], list[IssuedEntry], IndexState]:
