@@ -88,6 +88,9 @@ def test_unencrypted_key_refused(tmp_path: Path) -> None:
         (("server", "a.*.example.net"), "invalid DNS name or IP address"),
         (("server", "999.1.1.1"), "invalid DNS name or IP address"),
         (("server", "lead-.example.net"), "invalid DNS name or IP address"),
+        # a scope id is no part of a certificate's address: refused, whatever its text
+        (("server", "web.example.net", "fe80::1%eth0"), "has a scope id"),
+        (("server", "web.example.net", "fe80::1%\x1b[2J\nx"), "has a scope id"),
         (("codesign", "x1", "--days", "0"), "out of range"),
         (("codesign", "x1", "--days", "14601"), "out of range"),  # 40 years and a day
     ],

@@ -114,9 +114,18 @@ def check_name(name: str) -> str:
 def parse_san(value: str) -> x509.GeneralName:
     """A DNS name (LDH labels, leftmost-label wildcard only) or an IP address."""
     try:
-        return x509.IPAddress(ipaddress.ip_address(value))
+        ip = ipaddress.ip_address(value)
     except ValueError:
         pass
+    else:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+            # A certificate holds the bare address; the scope (any text, control
+            # characters included) would only live on in the index and the views.
+            raise ConfigError(
+                f"IP address {value!r} has a scope id (the part after %): a certificate "
+                "holds the bare address only",
+                hint=f"give the address without it: {value.split('%', 1)[0]}")
+        return x509.IPAddress(ip)
     name = value.lower()
     labels = name.split(".")
     bad = (
