@@ -3,6 +3,7 @@ that loads, verifies, and accepts the same operation again."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trustboot.ca.store import CertificateAuthority
+from trustboot.ca.store import ISSUING_NAME, CertificateAuthority
 
 from .conftest import init_ca, issue
 
@@ -45,6 +46,12 @@ def small_ca(tmp_path_factory: pytest.TempPathFactory, secrets_dir: Path) -> Pat
     assert issue(run, pki, secrets_dir, "codesign", "victim", "--key-type",
                  "ec-p256").exit_code == 0
     return pki
+
+
+def _logged(pki: Path) -> list[tuple[str, str | None]]:
+    """(op, name) of each entry of log.jsonl, in order."""
+    return [(r["op"], r.get("name")) for r in map(json.loads, (pki / "log.jsonl").read_text()
+                                                   .splitlines())]
 
 
 OPS = {
@@ -83,6 +90,10 @@ def test_kill_at_every_commit_point(op: str, small_ca: Path, secrets_dir: Path,
         assert again.returncode == 0 or "already" in again.stderr, (k, again.stderr)
         ca = CertificateAuthority.open(pki)
         assert ca.check() == [], (k, ca.check())
+        # killed between the index commit and the log: the entry is appended anyway,
+        # once (by the re-run, marked as recovered)
+        target = ("issue", "newcert") if op == "issue" else ("revoke", "victim")
+        assert _logged(pki).count(target) == 1, (k, _logged(pki))
         if op == "issue":
             assert ca.get("newcert").status == "valid"
             assert (pki / "private" / "newcert.key").stat().st_mode & 0o077 == 0
@@ -102,7 +113,13 @@ def test_kill_init_at_every_commit_point(secrets_dir: Path, tmp_path: Path) -> N
         r = _run(pki, secrets_dir, args, k)
         assert r.returncode == -9, (k, r.stderr)
         if CertificateAuthority.exists(pki):
-            assert CertificateAuthority.open(pki).check() == [], k
+            # killed before the log: `ca check` says so and the next write appends it
+            problems = CertificateAuthority.open(pki).check()
+            assert all("lacks the last 1 entry (init)" in p for p in problems), k
+            if problems:
+                assert _run(pki, secrets_dir, ["ca", "crl"], 0).returncode == 0
+                assert CertificateAuthority.open(pki).check() == [], k
+            assert _logged(pki)[0] == ("init", None), k
             continue
         # No index yet: not a CA. A new init sets the leftovers aside and succeeds.
         again = _run(pki, secrets_dir, args, 0)
@@ -142,6 +159,11 @@ LIFECYCLE_OPS = {
                      "promoted"),
     "root-retire": ("promoted", ["ca", "rotate", "root", "retire"], "stable"),
 }
+
+
+LOGGED_AS = {"renew": "renew", "renew-rekey": "renew", "rotate-issuing": "rotate-issuing",
+             "root-begin": "rotate-root-begin", "root-promote": "rotate-root-promote",
+             "root-retire": "rotate-root-retire"}
 
 
 def _state(pki: Path) -> str:
@@ -188,6 +210,16 @@ def test_lifecycle_kill_at_every_commit_point(op: str, lifecycle_cas: dict[str, 
             ca = CertificateAuthority.open(pki)
         assert ca.check() == [], (k, ca.check())
         assert _state(pki) == end, k
+        logged = [o for o, _ in _logged(pki)].count(LOGGED_AS[op]) - \
+            [o for o, _ in _logged(home)].count(LOGGED_AS[op])
+        # one entry per change (a renewal or an issuing CA rotation run again happens
+        # again: one per certificate it made), the one a killed run owed included
+        if op.startswith("renew") or op == "rotate-issuing":
+            made = {"renew": "victim", "renew-rekey": "victim", "rotate-issuing": ISSUING_NAME}
+            assert logged == sum(e.name == made[op] for e in ca.entries) - sum(
+                e.name == made[op] for e in before.entries), (k, _logged(pki))
+        else:
+            assert logged == 1, (k, _logged(pki))
         for entry in ca.entries:
             if entry.key_file:
                 assert (pki / entry.key_file).stat().st_mode & 0o077 == 0, entry.key_file
@@ -203,8 +235,6 @@ def test_lifecycle_kill_at_every_commit_point(op: str, lifecycle_cas: dict[str, 
 def test_migration_of_a_v1_home_killed_at_every_commit_point(tmp_path: Path) -> None:
     """The first write to a CA home of index version 1 migrates it; a kill at any point
     leaves a home that loads (as version 1 or 2) and migrates on the next write."""
-    import json
-
     from .test_renew import V1_CA_PASS, _v1_home
 
     secrets = tmp_path / "secrets"

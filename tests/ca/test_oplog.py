@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
 from trustboot.ca import oplog
 from trustboot.errors import ConfigError
@@ -253,3 +254,99 @@ def test_append_opens_the_log_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     oplog.append(path, {"op": "crl"})
     assert len(opened) == 1
     assert oplog.verify(path).problem is None
+
+
+# --- index.json and log.jsonl: the log holds every change the index holds ---------------
+
+
+def _ca_run(run: Run, secrets_dir: Path, *args: str) -> Result:
+    return run(*args, "--passphrase-file", str(secrets_dir / "ca.pass"))
+
+
+def test_a_change_whose_log_entry_was_lost_is_reported_then_appended(
+        pki: Path, run: Run, secrets_dir: Path) -> None:
+    """The last entry gone, as a kill between the index commit and the log append leaves
+    it: `ca check` says so (exit 3), and the next write appends it from index.json, marked
+    as recovered, before its own."""
+    path = pki / "log.jsonl"
+    lines = _lines(path)
+    path.write_bytes(b"".join(lines[:-1]))  # the last issue
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 3 and "log.jsonl lacks the last 1 entry (issue)" in r.output, \
+        r.output
+    assert _ca_run(run, secrets_dir, "ca", "crl", "--pki", str(pki)).exit_code == 0
+    new = _lines(path)
+    assert len(new) == len(lines) + 1
+    recovered = json.loads(new[len(lines) - 1])
+    assert {k: v for k, v in recovered.items() if k not in ("prev", "recovered")} == \
+        {k: v for k, v in json.loads(lines[-1]).items() if k != "prev"}
+    assert recovered["recovered"]["time"] >= recovered["time"]
+    assert json.loads(new[-1])["op"] == "crl"
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 0 and "consistent" in r.output, r.output
+
+
+@pytest.mark.parametrize("damage", ["delete", "empty", "first-lines"])
+def test_a_log_cut_short_or_deleted_is_a_conflict_and_writes_refuse(
+        pki: Path, run: Run, secrets_dir: Path, damage: str) -> None:
+    """A chain that verifies (nothing left to break it) still cannot hide what index.json
+    says was logged: exit 4 naming log.jsonl, and no write (`ca crl`) papers over it."""
+    path = pki / "log.jsonl"
+    lines = _lines(path)
+    if damage == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(b"" if damage == "empty" else b"".join(lines[:2]))
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 4, r.output
+    assert f"log.jsonl has {0 if damage != 'first-lines' else 2} lines, but index.json " \
+        f"records its last change at line {len(lines)}" in r.output, r.output
+    assert "never records" in r.output, r.output  # the certificates issued since
+    before = path.read_bytes() if path.exists() else None
+    r = _ca_run(run, secrets_dir, "ca", "crl", "--pki", str(pki))
+    assert r.exit_code == 4 and "log.jsonl has" in r.output, r.output
+    assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_a_log_whose_last_entries_were_replaced_is_a_conflict(pki: Path, run: Run) -> None:
+    """The last line swapped for another well-linked entry: the chain holds, but it is not
+    the entry index.json recorded for that line."""
+    path = pki / "log.jsonl"
+    lines = _lines(path)
+    path.write_bytes(b"".join(lines[:-1]))
+    oplog.append(path, {**json.loads(lines[-1]), "name": "someone-else"})
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 4, r.output
+    assert f"log.jsonl line {len(lines)} is not the 'issue' entry index.json records" in \
+        r.output, r.output
+
+
+def test_an_index_written_before_the_log_tie_checks_clean_and_a_cut_log_is_found(
+        pki: Path, run: Run, secrets_dir: Path) -> None:
+    """A CA home of the previous release (index.json without "log") loads and checks
+    clean; a log cut short there is still found, by the certificates it never records;
+    the first write ties the index to the log."""
+    index = pki / "index.json"
+    doc = json.loads(index.read_text())
+    del doc["log"]
+    index.write_text(json.dumps(doc, indent=2))
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 0 and "consistent" in r.output, r.output
+    path = pki / "log.jsonl"
+    lines = _lines(path)
+    path.write_bytes(b"".join(lines[:2]))  # init and the first issue
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 4 and "index.json holds 2 certificate(s) log.jsonl never " \
+        "records" in r.output, r.output
+    path.write_bytes(b"".join(lines))
+    assert _ca_run(run, secrets_dir, "ca", "crl", "--pki", str(pki)).exit_code == 0
+    assert json.loads(index.read_text())["log"]["seq"] == len(lines) + 1
+
+
+def test_a_log_entry_nested_a_million_deep_is_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    oplog.append(path, {"op": "init"})
+    with path.open("ab") as f:
+        f.write(b"[" * 500_000 + b"]" * 500_000 + b"\n")
+    assert [r is None for r in oplog.records(path)] == [False, True]
+    assert oplog.verify(path).problem is not None

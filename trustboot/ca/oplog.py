@@ -121,7 +121,7 @@ def _next_link(fd: int) -> tuple[int, str, bool]:
             record = json.loads(last)
             if isinstance(record, dict) and isinstance(record.get("seq"), int):
                 seq = record["seq"] + 1
-        except ValueError:
+        except (ValueError, RecursionError):
             seq = None
     if seq is None:  # legacy or damaged last line: the new entry's line number
         seq = _count_lines(fd) + 1
@@ -159,7 +159,7 @@ class _Line:
 def _parse(data: bytes) -> dict[str, Any] | None:
     try:
         rec = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested a million deep
         return None
     return rec if isinstance(rec, dict) else None
 
@@ -287,16 +287,16 @@ def _check_line(cur: _Line, nxt: _Line | None, lineno: int, prev: str, legacy: i
     return None, None
 
 
-def records(path: Path) -> Iterator[dict[str, Any]]:
-    """Every entry of the log that is a JSON object, in order, streamed (a missing log has
-    none). What the entries say is only as good as the chain: :func:`verify` it too."""
+def records(path: Path) -> Iterator[dict[str, Any] | None]:
+    """The entry on each line of the log, in order, streamed (None for a line that is not
+    a JSON object; a missing log has none). What the entries say is only as good as the
+    chain: :func:`verify` it too."""
     fd = _open_log(path)
     if fd is None:
         return
     try:
         for line in read_lines(fd):
-            if line.record is not None:
-                yield line.record
+            yield line.record
     finally:
         os.close(fd)
 

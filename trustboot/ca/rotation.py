@@ -211,10 +211,11 @@ def rotate_issuing(ca: CertificateAuthority, passphrases: PassphraseSource, *,
         entry = _store_ca(ca, ISSUING_NAME, "issuing", cert, new_key, secret, root.sha256, now)
         ca.state.active["issuing"] = entry.sha256
         ca.crl_number += 1
-        ca._commit(now)
+        ca._commit(now, ca._record("rotate-issuing", now, issuing=entry.sha256,
+                                   previous=previous.sha256, serial=f"{entry.serial:x}",
+                                   key_type=spec.label))
         ca._write_crl(new_key, now, days=30, number=ca.crl_number)
-        ca._log("rotate-issuing", now, issuing=entry.sha256, previous=previous.sha256,
-                serial=f"{entry.serial:x}", key_type=spec.label)
+        ca._append_log()
     return entry
 
 
@@ -253,8 +254,9 @@ def retire_issuing(ca: CertificateAuthority, serial: int, *,
                 + "; ".join(f"trustboot ca renew {n}" for n in users))
         entry.status = "retired"
         entry.retired_at = now.isoformat()
-        ca._commit(now)
-        ca._log("retire-issuing", now, issuing=entry.sha256, serial=f"{entry.serial:x}")
+        ca._commit(now, ca._record("retire-issuing", now, issuing=entry.sha256,
+                                   serial=f"{entry.serial:x}"))
+        ca._append_log()
     return entry
 
 
@@ -313,9 +315,10 @@ def begin_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
                              "old_issuing": ca.active_entry("issuing").sha256,
                              "new_root": root.sha256, "new_issuing": issuing.sha256,
                              "begun_at": now.isoformat()}
-        ca._commit(now)
-        ca._log("rotate-root-begin", now, old_root=old_root.sha256, new_root=root.sha256,
-                new_issuing=issuing.sha256, key_type=root_spec.label)
+        ca._commit(now, ca._record("rotate-root-begin", now, old_root=old_root.sha256,
+                                   new_root=root.sha256, new_issuing=issuing.sha256,
+                                   key_type=root_spec.label))
+        ca._append_log()
         return StepResult("begin", False, status(ca), created=[root, issuing])
 
 
@@ -390,11 +393,11 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
         ca.state.rotation = rotation | {"step": "promoted", "promoted_at": now.isoformat(),
                                         "evidence": records}
         ca.crl_number += 1
-        ca._commit(now)
+        ca._commit(now, ca._record("rotate-root-promote", now, new_root=rotation["new_root"],
+                                   evidence=[_log_record(e) for e in records],
+                                   renewed=[f"{e.name}:{e.serial:x}" for e in renewed]))
         ca._write_crl(issuing_key, now, days=30, number=ca.crl_number)
-        ca._log("rotate-root-promote", now, new_root=rotation["new_root"],
-                evidence=[_log_record(e) for e in records],
-                renewed=[f"{e.name}:{e.serial:x}" for e in renewed])
+        ca._append_log()
         return StepResult("promote", False, status(ca), renewed=renewed, evidence=records)
 
 
@@ -429,9 +432,9 @@ def retire_root(ca: CertificateAuthority, *, now: dt.datetime | None = None) -> 
                     retired.append(e)
         ca.state.last_rotation = rotation | {"step": "retired", "retired_at": now.isoformat()}
         ca.state.rotation = None
-        ca._commit(now)
-        ca._log("rotate-root-retire", now, old_root=rotation["old_root"],
-                retired=[e.sha256 for e in retired])
+        ca._commit(now, ca._record("rotate-root-retire", now, old_root=rotation["old_root"],
+                                   retired=[e.sha256 for e in retired]))
+        ca._append_log()
         return StepResult("retire", False, status(ca), retired=retired)
 
 
@@ -450,8 +453,9 @@ def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
             ca._begin_write(now)
             if key is not None and ca._check_crl():
                 ca.crl_number += 1
-                ca._commit(now)
+                ca._commit(now, ca._record("crl", now, crl_number=ca.crl_number))
                 ca._write_crl(key, now, days=30, number=ca.crl_number)
+                ca._append_log()
     return StepResult(step, True, status(ca))
 
 

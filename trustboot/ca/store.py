@@ -36,7 +36,11 @@ to private/keys/, the index is repointed and becomes version 2 (the old files st
 Crash safety: every file is written atomically and index.json is written last, so a
 process killed at any moment leaves files that the index does not mention (ignored) but
 never an index that points at nothing. Temp files of a killed run are removed by the next
-operation (under the lock, nobody else writes).
+operation (under the lock, nobody else writes). The log is appended after the index commit,
+so index.json carries the entries its last change owes the log and the line the last one
+gets ("log"): the next write appends what a killed run did not (marked "recovered"), and a
+log that ends before that change, holds other entries there, or never mentions a
+certificate of the index is refused as a loss, never papered over.
 
 Trust: the pki and its directories must be owned by the user and not writable by group
 or others (anyone who can write to a directory can replace its files); files inside are
@@ -236,6 +240,9 @@ class IndexState:
     rotation: dict[str, Any] | None = None  # a root rotation in progress (see rotation.py)
     last_rotation: dict[str, Any] | None = None
     log_chained_from: int | None = None  # line of log.jsonl where the hash chain starts
+    # the log entries of the last change and the line of the last one (see _expect_log);
+    # None in an index written before the log was tied to it
+    log: dict[str, Any] | None = None
 
 
 class CertificateAuthority:
@@ -660,9 +667,11 @@ class CertificateAuthority:
             ca = cls(path, config, entries, state)
             ca._write_crl(issuing_key, now, days=30, number=1)
             ca._refresh_views(now)
+            ca._expect_log(ca._record("init", now, root=fingerprint(root_cert),
+                                      issuing=fingerprint(issuing_cert),
+                                      key_type=root_spec.label))
             ca._write_index()  # last: from here on the CA exists
-            ca._log("init", now, root=fingerprint(root_cert),
-                    issuing=fingerprint(issuing_cert), key_type=root_spec.label)
+            ca._append_log()
         return ca, warnings
 
     # ---- issue / renew ---------------------------------------------------------------
@@ -735,10 +744,10 @@ class CertificateAuthority:
             entry, cert = self._add_leaf(name, profile, public_key, issuing_key, now=now,
                                          days=days, sans=san_names, new_key_pem=new_key_pem,
                                          key_rel=None)
-            self._commit(now)
-            self._log("issue", now, name=name, profile=profile, serial=f"{entry.serial:x}",
-                      sha256=entry.sha256, key_type=spec.label,
-                      from_csr=csr_pem is not None)
+            self._commit(now, self._record(
+                "issue", now, name=name, profile=profile, serial=f"{entry.serial:x}",
+                sha256=entry.sha256, key_type=spec.label, from_csr=csr_pem is not None))
+            self._append_log()
         if now + dt.timedelta(days=days) - cert.not_valid_after_utc > dt.timedelta(seconds=1):
             # A leaf never outlives its issuer: say so instead of quietly shortening it.
             warnings.append(
@@ -790,10 +799,10 @@ class CertificateAuthority:
             entry, cert = self._add_leaf(
                 name, base.profile, public_key, issuing_key, now=now, days=days, sans=sans,
                 new_key_pem=new_key_pem, key_rel=None if rekey else base.key_file)
-            self._commit(now)
-            self._log("renew", now, name=name, profile=base.profile,
-                      serial=f"{entry.serial:x}", previous=f"{base.serial:x}",
-                      sha256=entry.sha256, rekey=rekey)
+            self._commit(now, self._record(
+                "renew", now, name=name, profile=base.profile, serial=f"{entry.serial:x}",
+                previous=f"{base.serial:x}", sha256=entry.sha256, rekey=rekey))
+            self._append_log()
         return IssueResult(entry, cert, warnings)
 
     def _renewal_base(self, name: str, rekey: bool) -> IssuedEntry:
@@ -868,9 +877,9 @@ class CertificateAuthority:
                     # A run killed after its index commit: finish it (the CRL), as a
                     # re-run of a rotation step does.
                     self.crl_number += 1
-                    self._commit(now)
+                    self._commit(now, self._record("crl", now, crl_number=self.crl_number))
                     self._write_crls(issuing_key, previous_keys, now)
-                    self._log("crl", now, crl_number=self.crl_number)
+                    self._append_log()
                     return entry
                 raise ConfigError(f"{name!r} (serial {entry.serial:x}) is already revoked")
             # The certificate is read through the index's fingerprint: a replaced or
@@ -881,10 +890,10 @@ class CertificateAuthority:
                 e.revoked_at = now.isoformat()
                 e.revocation_reason = reason
             self.crl_number += 1
-            self._commit(now)
+            self._commit(now, *[self._record("revoke", now, name=name, serial=f"{e.serial:x}",
+                                             reason=reason) for e in targets])
             self._write_crls(issuing_key, previous_keys, now)
-            for e in targets:
-                self._log("revoke", now, name=name, serial=f"{e.serial:x}", reason=reason)
+            self._append_log()
         return entry
 
     def _revoke_targets(self, name: str, serial: int | None,
@@ -997,12 +1006,30 @@ class CertificateAuthority:
                                  f"{entry.revocation_reason or 'unspecified'}")
         return conflicts
 
-    def _log_conflicts(self) -> list[str]:
-        """Revocations log.jsonl records that index.json does not hold."""
+    def _log_findings(self) -> tuple[list[str], list[str]]:
+        """(conflicts, problems) between index.json and log.jsonl, in one pass over the
+        log. Conflicts: a revocation the log records that the index does not hold; a
+        certificate of the index the log never mentions; a log that ends before the
+        index's last change began, or that holds other entries where that change's
+        are (see _expect_log). Problem: the entries of the last change are missing at the
+        end of the log (a run was killed before appending them; the next write does)."""
         from trustboot.ca import oplog
 
-        conflicts = []
+        expected = self.state.log or {"seq": 0, "records": []}
+        owed, last = expected["records"], expected["seq"]
+        first = last - len(owed) + 1
+        mentioned: set[str] = set()
+        conflicts: list[str] = []
+        lines = 0
         for rec in oplog.records(self.path / "log.jsonl"):
+            lines += 1
+            if first <= lines <= last and _unlinked(rec) != owed[lines - first]:
+                conflicts.append(
+                    f"log.jsonl line {lines} is not the {owed[lines - first].get('op')!r} "
+                    "entry index.json records for it: the log was rewritten or replaced")
+            if rec is None:
+                continue
+            _mentions(rec, mentioned, 3)
             serial = rec.get("serial")
             if rec.get("op") != "revoke" or not isinstance(serial, str):
                 continue
@@ -1015,32 +1042,54 @@ class CertificateAuthority:
                     else f"says it is {entry.status}"
                 conflicts.append(f"log.jsonl records the revocation of {rec.get('name')!r} "
                                  f"(serial {serial}) at {rec.get('time')}; index.json {state}")
-        return conflicts
+        problems = []
+        if self.state.log is not None and lines < first - 1:
+            conflicts.append(f"log.jsonl {_lost_lines(lines, first, last)}")
+        elif lines < last:
+            missing = owed[lines - first + 1:]
+            problems.append(
+                f"log.jsonl lacks the last {len(missing)} entr"
+                + ("y" if len(missing) == 1 else "ies")
+                + f" ({', '.join(str(r.get('op')) for r in missing)}) of the change "
+                "index.json holds: a run was killed before appending them; the next CA "
+                "write appends them: run `trustboot ca crl`")
+            for rec in missing:
+                _mentions(rec, mentioned, 3)
+        unlogged = [e for e in self.entries
+                    if e.sha256 not in mentioned and f"{e.serial:x}" not in mentioned]
+        if unlogged:
+            conflicts.append(
+                f"index.json holds {len(unlogged)} certificate(s) log.jsonl never records, "
+                f"first {unlogged[0].name} (serial {unlogged[0].serial:x}): the log lost "
+                "lines (truncated, deleted or replaced) or index.json gained entries")
+        return conflicts, problems
 
     def index_conflicts(self) -> list[str]:
         """Where index.json contradicts the records it cannot outvote: the signed CRLs
         (crl.pem, crls/) and the operation log. Empty when they agree. Each is a sign that
         index.json was edited or restored from an old copy: nothing may be written from it
         (a CRL made from it would drop a revocation)."""
+        return self._all_crl_conflicts() + self._log_findings()[0]
+
+    def _all_crl_conflicts(self) -> list[str]:
         crls: list[tuple[Path, IssuedEntry | None]] = [
             (self.path / "crl.pem", self.active_entry("issuing")), *self.previous_crls()]
         conflicts = []
         for path, issuer in crls:
             if issuer is not None:
                 conflicts += self._crl_conflicts(path, issuer)
-        return conflicts + self._log_conflicts()
+        return conflicts
 
     def _refuse_conflicts(self) -> None:
         conflicts = self.index_conflicts()
         if conflicts:
             raise VerificationError(
-                f"{self.path / 'index.json'} disagrees with the CA's signed records: "
-                f"{conflicts[0]}"
+                f"{self.path / 'index.json'} disagrees with the CA's signed CRLs or its "
+                f"log.jsonl: {conflicts[0]}"
                 + (f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""),
-                hint="index.json was edited or restored from an old copy; restore the "
-                "index.json that matches crl.pem and log.jsonl from a backup (never "
-                f"regenerate the CRL from this one); see `trustboot ca check --pki "
-                f"{self.path}`",
+                hint="index.json or log.jsonl was edited, cut or restored from an old "
+                "copy: restore the copies that match from a backup (never regenerate the "
+                f"CRL from this index); see `trustboot ca check --pki {self.path}`",
                 rule="index-conflict")
 
     def _unlisted_previous(self, entry: IssuedEntry, keys: dict[str, PrivateKey]) -> bool:
@@ -1072,9 +1121,9 @@ class CertificateAuthority:
         with locked(self.path / ".lock"):
             self._begin_write(now)
             self.crl_number += 1
-            self._commit(now)
+            self._commit(now, self._record("crl", now, crl_number=self.crl_number))
             self._write_crls(issuing_key, previous_keys, now, days=days)
-            self._log("crl", now, crl_number=self.crl_number)
+            self._append_log()
         return self.path / "crl.pem"
 
     def generate_root_crl(self, ca_passphrases: PassphraseSource, *,
@@ -1196,8 +1245,9 @@ class CertificateAuthority:
                                 f"{exc or type(exc).__name__}")
             if e.status == "valid" and not self.chain_retired(e) and self._key_missing(e):
                 problems.append(f"{e.name}: key file {e.key_file} is missing")
-        conflicts = self.index_conflicts()
-        problems += self._check_crls(now)
+        log_conflicts, log_problems = self._log_findings()
+        conflicts = self._all_crl_conflicts() + log_conflicts
+        problems += log_problems + self._check_crls(now)
         # Views derive from the index: while it contradicts the CRL or the log, a view
         # that differs is no sign of a killed run, and refreshing it would be wrong.
         return conflicts + problems + ([] if conflicts else self._stale_views(now))
@@ -1396,12 +1446,17 @@ class CertificateAuthority:
         """Under the lock, before any change: the index as it is now, migrated to the
         current layout, with the views a killed run left stale brought up to date."""
         self._reload()
+        self._append_log(recovered_at=now)  # the records a killed run owes the log
         self._refuse_conflicts()
         self._migrate(now)
         self._refresh_views(now)
 
-    def _commit(self, now: dt.datetime) -> None:
-        """Write the index (the commit point), then the views derived from it."""
+    def _commit(self, now: dt.datetime, *records: dict[str, Any]) -> None:
+        """Write the index (the commit point) with the log ``records`` of this change
+        (:meth:`_expect_log`), then the views derived from it. The caller appends the
+        records with :meth:`_append_log` once the rest of its work (a CRL) is done."""
+        if records:
+            self._expect_log(*records)
         self._write_index()
         self._load_active()
         self._refresh_views(now)
@@ -1432,8 +1487,10 @@ class CertificateAuthority:
             e.key_sha256 = spki_sha256(_parse_cert(data, e.cert_path).public_key())
         self.state.version = INDEX_VERSION
         self.state.log_chained_from = oplog.count_lines(self.path / "log.jsonl") + 1
+        self._expect_log(self._record("migrate", now, from_version=1,
+                                      to_version=INDEX_VERSION))
         self._write_index()
-        self._log("migrate", now, from_version=1, to_version=INDEX_VERSION)
+        self._append_log()
 
     def _check_duplicate(self, name: str) -> None:
         for e in self.entries:
@@ -1460,6 +1517,7 @@ class CertificateAuthority:
             "rotation": st.rotation,
             "last_rotation": st.last_rotation,
             "log_chained_from": st.log_chained_from,
+            "log": st.log,
             "entries": [e.to_record() for e in self.entries],
         }
         if st.version < 2:
@@ -1482,12 +1540,55 @@ class CertificateAuthority:
                          f"{_oneline_subject(e.subject)}\n")
         return "".join(lines)
 
-    def _log(self, op: str, now: dt.datetime, **fields: Any) -> None:
+    def _record(self, op: str, now: dt.datetime, **fields: Any) -> dict[str, Any]:
+        """One log entry (without its links) for a change made now."""
+        record: dict[str, Any] = {"time": now.isoformat(), "op": op, "user": _user(),
+                                  "pid": os.getpid()}
+        record.update(fields)
+        return record
+
+    def _expect_log(self, *records: dict[str, Any]) -> None:
+        """Record in the index (before it is written, under the lock) the log entries its
+        change owes and the line the last of them gets: the index commit and the log
+        append cannot be one atomic step, so whoever finds the log behind the index
+        finishes it (:meth:`_append_log`) and `ca check` can tell a lost entry."""
         from trustboot.ca import oplog
 
-        record = {"time": now.isoformat(), "op": op, "user": _user(), "pid": os.getpid()}
-        record.update(fields)
-        oplog.append(self.path / "log.jsonl", record)
+        # line numbers, counted (not the last entry's seq, which is only as good as the
+        # chain)
+        first = oplog.count_lines(self.path / "log.jsonl") + 1
+        self.state.log = {"seq": first + len(records) - 1, "records": list(records)}
+
+    def _append_log(self, *, recovered_at: dt.datetime | None = None) -> None:
+        """Append the entries the index's last change owes the log and it does not hold
+        yet (all of them after a kill between the index commit and the append; a
+        recovery by a later run, ``recovered_at``, is marked so). A log that ends before
+        the change began lost lines: refused, never papered over."""
+        from trustboot.ca import oplog
+
+        expected = self.state.log
+        if expected is None:  # an index written before the log was tied to it
+            return
+        path = self.path / "log.jsonl"
+        records, last = expected["records"], expected["seq"]
+        first = last - len(records) + 1
+        have = oplog.count_lines(path)
+        if have >= last:
+            return
+        if have < first - 1:
+            raise self._log_lost(have, first, last)
+        for record in records[have - first + 1:]:
+            if recovered_at is not None:
+                record = record | {"recovered": {"time": recovered_at.isoformat(),
+                                                 "pid": os.getpid()}}
+            oplog.append(path, record)
+
+    def _log_lost(self, have: int, first: int, last: int) -> VerificationError:
+        return VerificationError(
+            f"{self.path / 'log.jsonl'} {_lost_lines(have, first, last)}",
+            hint="restore log.jsonl from a backup (compare its head with the one `ca check` "
+            "printed before); nothing is written to this CA until it matches index.json",
+            rule="log-lost")
 
 
 def _oneline_escape(value: str) -> str:
@@ -1515,6 +1616,46 @@ def _oneline_subject(subject: str) -> str:
                                   for a in rdn) for rdn in name.rdns)
 
 
+def _unlinked(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A log entry as the index recorded it: without its links and recovery mark."""
+    if record is None:
+        return None
+    return {k: v for k, v in record.items() if k not in ("seq", "prev", "recovered")}
+
+
+def _mentions(value: object, into: set[str], depth: int) -> None:
+    """Every string in a log entry (and the SERIAL of NAME:SERIAL): the fingerprints and
+    serials it names."""
+    if isinstance(value, str):
+        into.add(value)
+        into.add(value.rpartition(":")[2])
+    elif depth > 0 and isinstance(value, dict):
+        for v in value.values():
+            _mentions(v, into, depth - 1)
+    elif depth > 0 and isinstance(value, list):
+        for v in value:
+            _mentions(v, into, depth - 1)
+
+
+def _lost_lines(have: int, first: int, last: int) -> str:
+    return (f"has {have} lines, but index.json records its last change at line "
+            f"{first}" + (f"-{last}" if last > first else "") + ": lines were removed, or "
+            "the log was truncated, deleted or replaced")
+
+
+def _check_expected_log(value: object) -> dict[str, Any] | None:
+    """index.json's "log": {"seq": line of the last change's last entry, "records": the
+    entries of that change}."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("seq"), int) \
+            or isinstance(value["seq"], bool) or not isinstance(value.get("records"), list) \
+            or not value["records"] or not all(isinstance(r, dict) for r in value["records"]) \
+            or not len(value["records"]) <= value["seq"]:
+        raise ValueError("log is not {seq, records} of the last change")
+    return value
+
+
 def _read_index(path: Path) -> tuple[dict[str, Any], list[IssuedEntry], IndexState]:
     try:
         data = json.loads(read_capped(path / "index.json", MAX_INDEX_FILE, "CA index",
@@ -1540,6 +1681,7 @@ def _read_index(path: Path) -> tuple[dict[str, Any], list[IssuedEntry], IndexSta
                 setattr(state, key, value)
             chained = data.get("log_chained_from")
             state.log_chained_from = int(chained) if chained is not None else None
+            state.log = _check_expected_log(data.get("log"))
         return config, entries, state
     except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration) as exc:
         raise ConfigError(

@@ -514,11 +514,11 @@ def check_cmd(pki: Path, as_json: bool) -> None:
             click.echo(f"{pki}: {len(ca.entries)} certificates, consistent")
     if conflicts:
         raise VerificationError(
-            f"{pki / 'index.json'} disagrees with the CA's signed records (crl.pem, "
-            f"log.jsonl): {conflicts[0]}",
-            hint="index.json was edited or restored from an old copy: restore the one that "
-            "matches them from a backup; do not run `trustboot ca crl` (it refuses: a CRL "
-            "made from this index would drop a revocation)",
+            f"{pki / 'index.json'} disagrees with the CA's signed CRLs or its log.jsonl: "
+            f"{conflicts[0]}",
+            hint="index.json or log.jsonl was edited, cut or restored from an old copy: "
+            "restore the copies that match from a backup; CA writes refuse until then "
+            "(`ca crl` from this index could drop a revocation)",
             rule="index-conflict")
     if log.problem:
         raise VerificationError(
