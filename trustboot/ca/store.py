@@ -1142,9 +1142,10 @@ class CertificateAuthority:
                 raise OperationalError("the root changed while its key was loaded",
                                        hint="run the command again")
             self.crl_number += 1
-            self._commit(now)
+            self._commit(now, self._record("crl", now, crl_number=self.crl_number,
+                                           issuer="root"))
             self._write_crl(root_key, now, days=days, number=self.crl_number, issuer=root)
-            self._log("crl", now, crl_number=self.crl_number, issuer="root")
+            self._append_log()
         return self.path / ROOT_CRL
 
     def _write_crl(self, issuing_key: PrivateKey, now: dt.datetime, *, days: int,
