@@ -529,7 +529,9 @@ def check_cmd(pki: Path, as_json: bool) -> None:
             rule="log-chain")
     if problems:
         raise ConfigError(f"the CA in {pki} has {len(problems)} problem(s)",
-                          hint="restore the pki from backup")
+                          hint="each problem above names its remedy: what a killed run left "
+                          "is repaired by the next CA write (e.g. `trustboot ca crl`); "
+                          "anything else, restore the pki from a backup")
 
 
 @command.command("renew")
