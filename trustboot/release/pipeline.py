@@ -30,6 +30,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -209,6 +210,39 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     return result
 
 
+# An iPXE binary is a few MiB at most (an ISO with an EFI image inside).
+MAX_FIRMWARE_BYTES = 64 << 20
+MAX_BUILD_RECORD_BYTES = 4 << 20
+
+
+def _prebuilt(p: Plan, out: Path) -> tuple[dict[str, Path], dict[str, Any] | None]:
+    """The prebuilt firmware, each file read once from the path validate checked (a link
+    put there since is refused) into the private work directory: what is hashed, signed
+    and published is that copy, the bytes checked. Then its build record, if any."""
+    fw = p.v.firmware
+    paths: dict[str, Path] = {}
+    for target, path in fw.prebuilt_files:
+        data = fsutil.read_capped(path, MAX_FIRMWARE_BYTES, f"prebuilt firmware {target}",
+                                  nofollow=True)
+        if p.firmware_identity is None or \
+                hashlib.sha256(data).hexdigest() != p.firmware_identity.get(target):
+            raise OperationalError(f"prebuilt firmware {path} changed while the release ran",
+                                   hint="run the release again once nothing writes there")
+        dest = out / target
+        fsutil.make_dirs(dest.parent, fsutil.PRIVATE_DIR_MODE)
+        fsutil.atomic_write(dest, data, mode=fsutil.PRIVATE_FILE_MODE)
+        paths[target] = dest
+    record = None
+    if fw.prebuilt_record is not None:
+        data = fsutil.read_capped(fw.prebuilt_record, MAX_BUILD_RECORD_BYTES,
+                                  "build manifest", nofollow=True)
+        try:
+            record = json.loads(data)
+        except ValueError:
+            record = None
+    return paths, record
+
+
 def _keep_dated_id(p: Plan, origin: Origin) -> None:
     """The same inputs released on another day keep their id: a re-run uploads nothing."""
     recipe = p.v.recipe
@@ -261,14 +295,7 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
         st.done("build", "done", f"iPXE {', '.join(fw.targets)} "
                 f"({'from the cache' if built.cached else 'built'})")
     elif fw.mode == "prebuilt":
-        assert fw.prebuilt_dir is not None
-        firmware_paths = {t: fw.prebuilt_dir / t for t in fw.targets}
-        mf = fw.prebuilt_dir / "manifest.json"
-        if mf.is_file():
-            try:
-                ipxe_manifest = json.loads(fsutil.read_capped(mf, 4 << 20, "build manifest"))
-            except ValueError:
-                ipxe_manifest = None
+        firmware_paths, ipxe_manifest = _prebuilt(p, work / "firmware")
         st.done("build", "skipped", f"prebuilt firmware from {fw.prebuilt_dir}")
     else:
         st.done("build", "skipped", fw.reason)
@@ -297,7 +324,8 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
             continue
         dest = stage / obj["key"]
         fsutil.make_dirs(dest.parent, 0o700)
-        dest.symlink_to(Path(src).resolve())
+        # (an input was resolved and checked in validate; firmware is in the work dir)
+        dest.symlink_to(Path(src).absolute())
         local[obj["key"]] = dest
     hashed = [p.hashed[Path(o["path"])] for o in p.objects if o["path"] is not None]
     relinked = [cms_sign.Hashed(local[o["key"]], h.size, h.digests)
@@ -508,7 +536,7 @@ def _local_objects(stage: Path, signed: list[cms_sign.Signed]) -> list[LocalObje
         key = s.path.relative_to(stage).as_posix()
         # an input is linked into the stage: upload the file itself (a backend may open
         # it with O_NOFOLLOW, as the S3 one does)
-        path = s.path.resolve() if s.path.is_symlink() else s.path
+        path = Path(os.readlink(s.path)) if s.path.is_symlink() else s.path
         out.append(LocalObject(key, path, s.size, s.sha256))
         sig = s.signature_path.read_bytes()
         out.append(LocalObject(key + ".sig", s.signature_path, len(sig),

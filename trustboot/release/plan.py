@@ -63,6 +63,7 @@ from trustboot.secrets import PassphraseSource, from_env, from_file
 # Bump when the rendered bytes for the same inputs change, so the id changes with them.
 RELEASE_FORMAT = 1
 ENTRY_SCRIPT = "boot.ipxe"  # the release-relative key of the signed entry/menu script
+PREBUILT_RECORD = "manifest.json"  # `ipxe build -o DIR` writes its build record there
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,10 @@ class Firmware:
     targets: tuple[str, ...] = ()
     request: ipxe_build.BuildRequest | None = None
     prebuilt_dir: Path | None = None
+    # each prebuilt target's file, resolved once and checked inside the recipe's roots;
+    # the build record (manifest.json) beside them, when there is one
+    prebuilt_files: tuple[tuple[str, Path], ...] = ()
+    prebuilt_record: Path | None = None
     reason: str = ""
     chain_script: str | None = None
     # a dry run with a git-pinned source that is not in the cache yet: nothing is cloned,
@@ -161,6 +166,8 @@ class Plan:
     objects: list[dict[str, Any]] = field(default_factory=list)
     # a dry run that could not list the origin: why (the id may be an earlier day's there)
     origin_unreachable: str | None = None
+    # what the id says of the firmware (prebuilt: each target's sha256)
+    firmware_identity: Any = None
 
     @property
     def readback_base(self) -> str:
@@ -264,6 +271,12 @@ def _inputs(recipe: Recipe, allow: Sequence[Path]) -> list[InputFile]:
     return list(out.values())
 
 
+def _prebuilt_file(recipe: Recipe, prebuilt: RecipePath, name: str,
+                   allow: Sequence[Path]) -> Path:
+    return resolve_path(recipe, RecipePath(f"{prebuilt.raw}/{name}", prebuilt.where),
+                        f"ipxe.prebuilt {name}", allow_outside=allow)
+
+
 def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certificate],
               v_certs: Sequence[Certificate], chain_script: str,
               allow: Sequence[Path], *, dry_run: bool = False) -> Firmware:
@@ -275,11 +288,18 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
     if spec is not None and spec.prebuilt is not None:
         d = resolve_path(recipe, spec.prebuilt, "ipxe.prebuilt", allow_outside=allow,
                          kind="dir")
+        # Each file by the same rule as every recipe path: a link inside the directory
+        # must not publish (and sign) a file from anywhere on the host.
+        files = []
         for t in targets:
-            if not (d / t).is_file():
+            if not os.path.lexists(d / t):
                 raise ConfigError(f"{spec.prebuilt.where}: prebuilt firmware {t} is not in "
                                   f"{d}", hint="build it with `trustboot ipxe build -o DIR`")
-        return Firmware("prebuilt", targets, prebuilt_dir=d)
+            files.append((t, _prebuilt_file(recipe, spec.prebuilt, t, allow)))
+        record = (_prebuilt_file(recipe, spec.prebuilt, PREBUILT_RECORD, allow)
+                  if os.path.lexists(d / PREBUILT_RECORD) else None)
+        return Firmware("prebuilt", targets, prebuilt_dir=d, prebuilt_files=tuple(files),
+                        prebuilt_record=record)
     # What the recipe pins wins; --ipxe-source / TRUSTBOOT_IPXE_SRC only fills a gap.
     source_dir: Path | None = None
     if spec is not None and spec.source is not None:
@@ -430,9 +450,8 @@ def _firmware_identity(fw: Firmware, toolchain: Callable[[], Mapping[str, str]])
         assert fw.request is not None
         return {"cache_key": ipxe_build.cache_key(fw.request, toolchain())}
     if fw.mode == "prebuilt":
-        assert fw.prebuilt_dir is not None
-        return {t: cms_sign.hash_file(fw.prebuilt_dir / t, ["sha256"])[0]["sha256"].hex()
-                for t in fw.targets}
+        return {t: cms_sign.hash_file(path, ["sha256"])[0]["sha256"].hex()
+                for t, path in fw.prebuilt_files}
     return None
 
 
@@ -512,7 +531,8 @@ def plan(v: Validated, *, now: dt.datetime,
     }
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
     release_id = render_id(r.release.id_template, name=r.name, digest=digest, now=now)
-    p = Plan(v=v, release_id=release_id, digest=digest, hashed=hashed)
+    p = Plan(v=v, release_id=release_id, digest=digest, hashed=hashed,
+             firmware_identity=doc["firmware"])
     for i in v.inputs:
         h = hashed[i.path]
         p.objects.append({"key": i.key, "path": i.path, "role": i.role, "size": h.size,
