@@ -160,6 +160,37 @@ def test_tampered_release_manifest_is_refused(begun: Path, run: Run, secrets_dir
     assert status(run, begun, secrets_dir)["step"] == "begun"
 
 
+@pytest.mark.parametrize("target, firmware", [
+    ("bin/undionly.kpxe", b"firmware the release does not serve"),  # another sha256
+    ("bin-x86_64-efi/ipxe.efi", FIRMWARE),  # a target the release does not serve
+])
+def test_origin_record_of_firmware_the_release_does_not_serve_is_refused(
+        begun: Path, run: Run, secrets_dir: Path, tmp_path: Path, target: str,
+        firmware: bytes) -> None:
+    """A signed record (say, written by an older trustboot that signed any manifest.json
+    beside prebuilt firmware) vouches only for the firmware objects of its own release."""
+    origin = tmp_path / "origin"
+    record = build_record(begun)
+    record["outputs"][0] |= {"target": target, "sha256": sha(firmware)}
+    publish(run, begun, secrets_dir, tmp_path, origin, ipxe=record)
+    r = promote(run, begun, secrets_dir, "--from-origin", f"file://{origin}")
+    assert r.exit_code == 4, r.output
+    assert "is not the firmware object" in r.output
+    # the same release.json passed as a file is held to the same rule
+    served = origin / "releases" / "r1" / MANIFEST_NAME
+    r = promote(run, begun, secrets_dir, "--build-manifest", str(served))
+    assert r.exit_code == 4 and "is not the firmware object" in r.output, r.output
+    assert status(run, begun, secrets_dir)["step"] == "begun"
+
+
+def test_origin_record_listing_no_firmware_is_refused(
+        begun: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    publish(run, begun, secrets_dir, tmp_path, origin, ipxe=build_record(begun) | {"outputs": []})
+    r = promote(run, begun, secrets_dir, "--from-origin", f"file://{origin}")
+    assert r.exit_code == 4 and "lists no firmware of the release" in r.output, r.output
+
+
 def test_release_without_build_record_or_signature_is_not_evidence(
         begun: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
     origin = tmp_path / "origin"

@@ -239,6 +239,8 @@ def test_root_rotation_every_step(ca_home: Path, run: Run, secrets_dir: Path,
     fw = build_manifest(tmp_path / "manifest.json", ca_home)
     release = tmp_path / "release.json"
     release.write_text(json.dumps({"version": 1, "release": "r1",
+                                   "files": [{"name": "ipxe.lkrn", "size": 1,
+                                              "sha256": "0" * 64, "sig": "ipxe.lkrn.sig"}],
                                    "ipxe": json.loads(fw.read_text())}))
     r = ca(run, ca_home, secrets_dir, "rotate", "root", "promote", "--build-manifest",
            str(release), "--json")

@@ -498,6 +498,13 @@ def test_bios_media_targets_carry_the_trust(real_src: Path, real_pki: TestPki,
         assert list(check["trust"]) == [load_single_certificate(real_pki.root).fingerprint]
         assert all(check["trust"].values()) and all(check["certs"].values())
         assert (tmp_path / "out" / out["target"]).stat().st_size == out["size"]
+    # Published as prebuilt firmware (no linked image at hand), the release finds the same
+    # trust in the packed payload of each output.
+    record: Any = B.check_prebuilt_record(
+        res.manifest, {t: p.read_bytes() for t, p in res.outputs.items()}, "manifest.json")
+    for out in record["outputs"]:
+        assert out["trust_check"] == {"searched": "packed payload", "trust": {
+            load_single_certificate(real_pki.root).fingerprint: True}}
 
 
 def test_lkrn_is_reproducible_across_trees(real_src: Path, real_pki: TestPki,

@@ -3,14 +3,18 @@ follows the rule of every recipe path, and what is published is the file checked
 
 from __future__ import annotations
 
+import hashlib
 import json
+import lzma
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from tests.release.conftest import Lab
 from trustboot.cli.main import cli
+from trustboot.ipxe.inputs import collect_trust
 
 FIRMWARE = b"\xeb\x3c prebuilt firmware " * 200
 PREBUILT = "ipxe: {prebuilt: fw, targets: [bin/ipxe.lkrn]}"
@@ -86,3 +90,103 @@ def test_a_link_inside_the_directory_publishes_its_target_copied_once(lab: Lab) 
     rel = lab.origin / "releases" / data["release"]
     assert (rel / "ipxe.lkrn").read_bytes() == FIRMWARE
     assert not (rel / "ipxe.lkrn").is_symlink()
+
+
+# --- the build record (manifest.json) beside prebuilt firmware ---------------------------
+
+
+def _root_fingerprint(lab: Lab) -> str:
+    return collect_trust(lab.pki, [], []).trust[0].fingerprint
+
+
+def _record(targets: dict[str, bytes], trust: list[str]) -> str:
+    return json.dumps({
+        "trustboot_ipxe_build": 1, "targets": sorted(targets),
+        "trust": [{"sha256": fp} for fp in trust],
+        "outputs": [{"target": t, "sha256": hashlib.sha256(data).hexdigest(),
+                     "size": len(data), "trust_check": {"trust": {fp: True for fp in trust}}}
+                    for t, data in targets.items()]})
+
+
+def _bios_image(payload: bytes) -> bytes:
+    """A BIOS image as iPXE's zbin makes one: an unpacked prefix, then the image packed
+    as raw LZMA1 (lc=2, lp=0, pb=0, preset 9e)."""
+    filters = [{"id": lzma.FILTER_LZMA1, "lc": 2, "lp": 0, "pb": 0,
+                "preset": 9 | lzma.PRESET_EXTREME}]
+    packed = lzma.compress(payload, format=lzma.FORMAT_RAW, filters=filters)
+    return b"\xeb\x3c prefix " + bytes(range(256)) * 8 + packed
+
+
+def _published_record(lab: Lab, out: str) -> Any:
+    rid = json.loads(out)["release"]
+    return json.loads((lab.origin / "releases" / rid / "release.json").read_text())["ipxe"]
+
+
+def _nothing_published(lab: Lab) -> bool:
+    return not (lab.origin / "boot.ipxe").exists() and \
+        not list(lab.origin.glob("releases/*/release.json"))
+
+
+def test_a_build_record_claiming_trust_the_binary_lacks_is_refused(lab: Lab) -> None:
+    """The attack: a record listing the published firmware's very sha256 and claiming it
+    trusts a root (the next one, in a rotation) that is nowhere in the binary. Signed into
+    release.json, `ca rotate root promote --from-origin` would take it as evidence."""
+    (_fw(lab) / "ipxe.lkrn").write_bytes(_bios_image(b"no trust anchor here " * 500))
+    (lab.dir / "fw" / "manifest.json").write_text(
+        _record({"bin/ipxe.lkrn": (lab.dir / "fw/bin/ipxe.lkrn").read_bytes()},
+                [_root_fingerprint(lab)]))
+    code, _, err = release(str(lab.recipe(ipxe=PREBUILT)))
+    assert code == 4, err
+    assert "manifest.json" in err and "not in the binary" in err
+    assert _nothing_published(lab)
+
+
+@pytest.mark.parametrize("record, message", [
+    ('{"note": "not a build manifest"}', "not a manifest of `trustboot ipxe build`"),
+    ("not JSON", "not a manifest of `trustboot ipxe build`"),
+    ("other sha256", "another sha256 than the file published"),
+    ("more targets", "not the firmware published"),
+])
+def test_a_build_record_of_other_binaries_is_refused(lab: Lab, record: str,
+                                                     message: str) -> None:
+    (_fw(lab) / "ipxe.lkrn").write_bytes(FIRMWARE)
+    if record == "other sha256":
+        record = _record({"bin/ipxe.lkrn": b"other firmware"}, [])
+    elif record == "more targets":
+        record = _record({"bin/ipxe.lkrn": FIRMWARE, "bin/undionly.kpxe": b"unpublished"}, [])
+    (lab.dir / "fw" / "manifest.json").write_text(record)
+    code, _, err = release(str(lab.recipe(ipxe=PREBUILT)))
+    assert code == 4, err
+    assert message in err
+    assert _nothing_published(lab)
+
+
+def test_a_build_record_true_of_the_binaries_is_signed_with_this_runs_check(
+        lab: Lab) -> None:
+    """A record that holds (the fingerprint is in the EFI binary, and in the packed
+    payload of the BIOS one, where iPXE's zbin puts it) is kept; each output's
+    trust_check is the one this release made, not the one in the file."""
+    fp = _root_fingerprint(lab)
+    efi = b"MZ" + b"\x90" * 3000 + bytes.fromhex(fp) + b"\x90" * 3000
+    bios = _bios_image(b"iPXE image " * 2000 + bytes.fromhex(fp) + b" more code " * 2000)
+    assert bytes.fromhex(fp) not in bios
+    (_fw(lab) / "undionly.kpxe").write_bytes(bios)
+    (lab.dir / "fw" / "bin-x86_64-efi").mkdir()
+    (lab.dir / "fw" / "bin-x86_64-efi" / "ipxe.efi").write_bytes(efi)
+    (lab.dir / "fw" / "manifest.json").write_text(
+        _record({"bin/undionly.kpxe": bios, "bin-x86_64-efi/ipxe.efi": efi}, [fp]))
+    code, out, err = release(str(lab.recipe(
+        ipxe="ipxe: {prebuilt: fw, targets: [bin/undionly.kpxe, bin-x86_64-efi/ipxe.efi]}")),
+        "--json")
+    assert code == 0, err
+    record = _published_record(lab, out)
+    # one more claimed root, in neither binary: refused, naming only that fingerprint
+    (lab.dir / "fw" / "manifest.json").write_text(
+        _record({"bin/undionly.kpxe": bios, "bin-x86_64-efi/ipxe.efi": efi}, [fp, "ab" * 32]))
+    code, _, err = release(str(lab.recipe(
+        ipxe="ipxe: {prebuilt: fw, targets: [bin/undionly.kpxe, bin-x86_64-efi/ipxe.efi]}")))
+    assert code == 4, err
+    assert f"trusts {'ab' * 32}, but" in err and fp not in err
+    assert {o["target"]: o["trust_check"] for o in record["outputs"]} == {
+        "bin/undionly.kpxe": {"searched": "packed payload", "trust": {fp: True}},
+        "bin-x86_64-efi/ipxe.efi": {"searched": "output", "trust": {fp: True}}}

@@ -5,6 +5,7 @@ already holds: an ECDSA signature differs on every signing, and a release is imm
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 
@@ -89,7 +90,11 @@ def test_rerun_republishes_the_claimed_manifest_as_it_is_on_the_origin(lab: Lab)
     code, _, err = _release(recipe)
     assert code == 0, err
     kernel.write_bytes(first_kernel)
-    (lab.dir / "fw" / "manifest.json").write_text('{"note": "written after the release"}')
+    # a build record for the same binary (checked against it), written after the release
+    (lab.dir / "fw" / "manifest.json").write_text(json.dumps({
+        "trustboot_ipxe_build": 1, "trust": [], "note": "written after the release",
+        "outputs": [{"target": "bin/undionly.kpxe",
+                     "sha256": hashlib.sha256((fw / "undionly.kpxe").read_bytes()).hexdigest()}]}))
     code, again, err = _release(recipe)
     assert code == 0, err
     assert again["release"] == rid

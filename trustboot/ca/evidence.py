@@ -11,7 +11,8 @@ three kinds (each a :class:`FleetEvidence`, recorded in index.json, the op log a
   say the fingerprint is missing from the binary.
 * ``origin``: the release LIVE on a publish origin (the one its entry path serves), whose
   release.json is read as served, its detached signature (release.json.sig) judged with
-  the CA's roots as iPXE would, and its ``ipxe`` build record checked by the same rule.
+  the CA's roots as iPXE would, and its ``ipxe`` build record checked by the same rule;
+  each output of that record must be a firmware object of the release with the same sha256.
   A release without a signed manifest or without an ``ipxe`` record is not evidence.
 * ``audit``: a ``trustboot audit --json`` report from one segment, which only counts next
   to at least one firmware evidence above. Every boot file the audit was OFFERED and fetched
@@ -36,7 +37,7 @@ three kinds (each a :class:`FleetEvidence`, recorded in index.json, the op log a
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,9 +97,12 @@ def evidence_json(value: object) -> dict[str, Any]:
 
 def check_build_record(build: object, source: str, root_sha256: str, *,
                        kind: str = "build-manifest", release: str | None = None,
-                       ) -> FleetEvidence:
+                       published: Mapping[str, str] | None = None) -> FleetEvidence:
     """The one rule for an iPXE build manifest (``ipxe build``'s manifest.json shape):
-    the next root is in ``trust`` and no output's ``trust_check`` misses it."""
+    the next root is in ``trust`` and no output's ``trust_check`` misses it. With
+    ``published`` (a release's objects: key -> sha256), the record came inside that
+    release: every output must be a firmware object of it with the same sha256, so a
+    record cannot vouch for a binary the release does not serve."""
     if not isinstance(build, dict) or not isinstance(build.get("trust"), list):
         raise ConfigError(
             f"{source} is neither an iPXE build manifest nor a release manifest with one",
@@ -132,7 +136,23 @@ def check_build_record(build: object, source: str, root_sha256: str, *,
                 "its fingerprint is not in the binary",
                 hint="rebuild the firmware and check the build log", rule="fleet-trust")
         sha = str(out.get("sha256", "")).lower()
+        if published is not None:
+            from trustboot.ipxe.build import firmware_key  # the ca commands skip ipxe's
+
+            key = firmware_key(str(out.get("target")))
+            if published.get(key) != sha:
+                raise VerificationError(
+                    f"the iPXE build record of {source} lists {out.get('target')} (sha256 "
+                    f"{sha[:16]}), which is not the firmware object {key} of the release",
+                    hint="publish the firmware with `trustboot release`, which checks the "
+                    "build record against the binaries it publishes", rule="fleet-trust")
         firmware.append(Firmware(str(out.get("target")), sha))
+    if published is not None and not firmware:
+        raise VerificationError(
+            f"the iPXE build record of {source} lists no firmware of the release, so it "
+            "shows nothing about what the fleet boots", rule="fleet-trust",
+            hint="publish the firmware with `trustboot release` (built or prebuilt with "
+            "its build manifest)")
     targets = ", ".join(f.target for f in firmware) or "(no outputs listed)"
     where = f"{source} (release {release})" if release else source
     return FleetEvidence(kind, source, root_sha256,
@@ -153,8 +173,16 @@ def build_manifest_evidence(path: Path, root_sha256: str) -> FleetEvidence:
     build = doc.get("ipxe") if isinstance(doc, dict) and "trustboot_ipxe_build" not in doc \
         else doc
     release = doc.get("release") if isinstance(doc, dict) and build is not doc else None
+    published = None
+    if build is not doc and isinstance(doc, dict):
+        # a release.json: its record speaks only of that release's firmware objects
+        files = doc.get("files")
+        files = files if isinstance(files, list) else []
+        published = {str(f.get("name")): str(f.get("sha256")).lower()
+                     for f in files if isinstance(f, dict)}
     return check_build_record(build, str(path), root_sha256,
-                              release=release if isinstance(release, str) else None)
+                              release=release if isinstance(release, str) else None,
+                              published=published)
 
 
 def origin_evidence(origin: Origin, root_sha256: str, *, trust: Trust, now: dt.datetime,
@@ -212,7 +240,8 @@ def origin_evidence(origin: Origin, root_sha256: str, *, trust: Trust, now: dt.d
             "that builds iPXE records its build manifest), or pass the deployed firmware's "
             "manifest.json with --build-manifest")
     return check_build_record(manifest.ipxe, source, root_sha256, kind="origin",
-                              release=live)
+                              release=live,
+                              published={f.name: f.sha256 for f in manifest.files})
 
 
 # ---- audit reports ------------------------------------------------------------------------

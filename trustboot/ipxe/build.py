@@ -432,8 +432,114 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _find_fingerprints(data: bytes, request: BuildRequest) -> dict[str, bool]:
-    return {c.fingerprint: bytes.fromhex(c.fingerprint) in data for c in request.trust}
+def _find_fingerprints(data: bytes, fingerprints: Sequence[str]) -> dict[str, bool]:
+    return {fp: bytes.fromhex(fp) in data for fp in fingerprints}
+
+
+_MAX_PAYLOAD = 8 << 20  # an unpacked iPXE image is a few hundred KiB
+_MAX_UNPACKED_TOTAL = 64 << 20  # what one hostile binary may make us decode, in all
+_MAX_ATTEMPTS = 1 << 16
+
+
+def _packed_payloads(data: bytes) -> Iterator[bytes]:
+    """The LZMA payloads of a BIOS image (or of the image an ISO or USB image wraps): a
+    raw stream starts with a zero byte (the range coder's), then its 4-byte initial code,
+    which is not all zero in practice; each candidate is decoded while it makes sense,
+    and the whole search is bounded (attempts, bytes decoded)."""
+    import lzma
+
+    # how iPXE's util/zbin packs it: raw LZMA1, lc=2 lp=0 pb=0, preset 9e (64 MiB dictionary)
+    filters = [{"id": lzma.FILTER_LZMA1, "lc": 2, "lp": 0, "pb": 0, "dict_size": 1 << 26}]
+    view = memoryview(data)
+    budget, attempts = _MAX_UNPACKED_TOTAL, _MAX_ATTEMPTS
+    offset = data.find(b"\0")
+    while offset >= 0 and budget > 0 and attempts > 0:
+        if data[offset + 1:offset + 5] != b"\0\0\0\0":
+            attempts -= 1
+            try:
+                out = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters).decompress(
+                    view[offset:], max_length=min(_MAX_PAYLOAD, budget))
+            except lzma.LZMAError:
+                out = b""
+            budget -= len(out)
+            if len(out) > 1024:
+                yield out
+        offset = data.find(b"\0", offset + 1)
+
+
+def find_trust(data: bytes, fingerprints: Sequence[str],
+               target: str) -> tuple[str, dict[str, bool]]:
+    """Where the TRUST= fingerprints are in a built ``target`` with content ``data`` (no
+    linked image at hand): the output itself (EFI), else its packed payload (BIOS images
+    are LZMA-compressed by zbin). ``(where, {fingerprint: found})``."""
+    found = _find_fingerprints(data, fingerprints)
+    if all(found.values()) or KNOWN_TARGETS[target].platform != "bios":
+        return "output", found
+    where = "output"
+    for payload in _packed_payloads(data):
+        unpacked = _find_fingerprints(payload, fingerprints)
+        if any(ok and not found[fp] for fp, ok in unpacked.items()):
+            where = "packed payload"
+            found = {fp: found[fp] or unpacked[fp] for fp in found}
+        if all(found.values()):
+            break
+    return where, found
+
+
+def firmware_key(target: str) -> str:
+    """The release key of a firmware target: its file name, as DHCP offers it
+    (``undionly.kpxe``, ``ipxe.efi``); arm64 binaries get an ``arm64-`` prefix."""
+    folder, _, name = target.rpartition("/")
+    return f"arm64-{name}" if folder.startswith("bin-arm64") else name
+
+
+def check_prebuilt_record(record: object, outputs: Mapping[str, bytes], source: str
+                          ) -> dict[str, object]:
+    """A build record (the manifest.json of ``ipxe build -o DIR``) published with prebuilt
+    firmware, checked against the very binaries published: it lists exactly these
+    targets, each with its sha256, and every TRUST= fingerprint it claims is found in
+    each of them as :func:`_trust_check` finds it after a build. Returns the record with
+    each output's ``trust_check`` this check's own; VerificationError otherwise (signed
+    into release.json, the record is root-promotion evidence)."""
+    def refuse(why: str) -> VerificationError:
+        return VerificationError(
+            f"the iPXE build record {source} {why}: it is not signed into the release",
+            hint=f"put there the manifest.json `trustboot ipxe build -o DIR` wrote for these "
+                 f"very binaries, or remove {source} to release the firmware without a "
+                 "build record", rule="prebuilt-build-record", subject=source)
+
+    if not isinstance(record, dict) or "trustboot_ipxe_build" not in record \
+            or not isinstance(record.get("trust"), list) \
+            or not isinstance(record.get("outputs"), list):
+        raise refuse("is not a manifest of `trustboot ipxe build`")
+    fingerprints = []
+    for t in record["trust"]:
+        fp = t.get("sha256") if isinstance(t, dict) else None
+        if not isinstance(fp, str) or not re.fullmatch(r"[0-9a-f]{64}", fp):
+            raise refuse("lists a trust anchor without a sha256 fingerprint")
+        fingerprints.append(fp)
+    listed: dict[str, dict[str, object]] = {}
+    for out in record["outputs"]:
+        target = out.get("target") if isinstance(out, dict) else None
+        if not isinstance(out, dict) or not isinstance(target, str) or target in listed:
+            raise refuse("lists an output without a target, or one twice")
+        listed[target] = out
+    if sorted(listed) != sorted(outputs):
+        raise refuse(f"describes {', '.join(sorted(listed)) or 'no output'}, not the "
+                     f"firmware published ({', '.join(sorted(outputs))})")
+    checked = []
+    for target, out in listed.items():
+        data = outputs[target]
+        if out.get("sha256") != hashlib.sha256(data).hexdigest():
+            raise refuse(f"gives {target} another sha256 than the file published")
+        where, found = find_trust(data, fingerprints, target)
+        missing = [fp for fp, ok in found.items() if not ok]
+        if missing:
+            raise refuse(f"claims {target} trusts {', '.join(missing)}, but that fingerprint "
+                         f"is not in the binary")
+        checked.append({**out, "size": len(data),
+                        "trust_check": {"searched": where, "trust": found}})
+    return {**record, "outputs": checked}
 
 
 def _trust_check(
@@ -446,13 +552,14 @@ def _trust_check(
     compressed from (``<target>.tmp``) is.
     """
     where = "output"
-    found = _find_fingerprints(data, request)
+    fingerprints = [c.fingerprint for c in request.trust]
+    found = _find_fingerprints(data, fingerprints)
     if not all(found.values()):
         linked = built.with_name(KNOWN_TARGETS[target].linked or built.name + ".tmp")
         if linked.exists():
             data = linked.read_bytes()
             where = "linked image"
-            found = _find_fingerprints(data, request)
+            found = _find_fingerprints(data, fingerprints)
     certs = {c.fingerprint: c.der in data for c in request.chain_certs}
     result: dict[str, object] = {"searched": where, "trust": found, "certs": certs}
     absent = [f"trust anchor {fp}" for fp, ok in found.items() if not ok]

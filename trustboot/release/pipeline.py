@@ -46,6 +46,7 @@ from trustboot.cms.freshness import replay_window
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE, verify_signature
 from trustboot.errors import OperationalError, VerificationError
 from trustboot.ipxe import build as ipxe_build
+from trustboot.ipxe.build import firmware_key
 from trustboot.keys.signer import Signer
 from trustboot.publish.cache import PublishCache
 from trustboot.publish.check import CheckReport, check_origin
@@ -78,7 +79,6 @@ from trustboot.release.plan import (
     ReleaseOptions,
     Validated,
     cert_der,
-    firmware_key,
     plan,
     root_anchor,
     validate,
@@ -237,9 +237,13 @@ def _prebuilt(p: Plan, out: Path) -> tuple[dict[str, Path], dict[str, Any] | Non
         data = fsutil.read_capped(fw.prebuilt_record, MAX_BUILD_RECORD_BYTES,
                                   "build manifest", nofollow=True)
         try:
-            record = json.loads(data)
+            doc = json.loads(data)
         except ValueError:
-            record = None
+            doc = None
+        # Signed into release.json it is evidence (`ca rotate root promote --from-origin`):
+        # the release signs only what it checked on the binaries it publishes.
+        record = ipxe_build.check_prebuilt_record(
+            doc, {t: paths[t].read_bytes() for t in paths}, str(fw.prebuilt_record))
     return paths, record
 
 

@@ -32,6 +32,7 @@ from trustboot.cms import verify as rules
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe import syntax
+from trustboot.ipxe.build import firmware_key
 from trustboot.ipxe.config import BuildOptions, Certificate
 from trustboot.ipxe.inputs import collect_trust
 from trustboot.ipxe.script import (
@@ -194,13 +195,6 @@ class Plan:
                              + [f"{o['key']}.sig" for o in self.objects]
                              + [ENTRY_SCRIPT, f"{ENTRY_SCRIPT}.sig"]),
         }
-
-
-def firmware_key(target: str) -> str:
-    """The release key of a firmware target: its file name, as DHCP offers it
-    (``undionly.kpxe``, ``ipxe.efi``); arm64 binaries get an ``arm64-`` prefix."""
-    folder, _, name = target.rpartition("/")
-    return f"arm64-{name}" if folder.startswith("bin-arm64") else name
 
 
 def _cn(cert: x509.Certificate) -> str | None:
