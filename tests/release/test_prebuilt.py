@@ -190,3 +190,16 @@ def test_a_build_record_true_of_the_binaries_is_signed_with_this_runs_check(
     assert {o["target"]: o["trust_check"] for o in record["outputs"]} == {
         "bin/undionly.kpxe": {"searched": "packed payload", "trust": {fp: True}},
         "bin-x86_64-efi/ipxe.efi": {"searched": "output", "trust": {fp: True}}}
+
+
+def test_an_entry_named_like_a_firmware_binary_is_refused_before_anything_runs(
+        lab: Lab) -> None:
+    """It failed with an internal error (exit 70) after signing; now the recipe's line."""
+    (_fw(lab) / "ipxe.lkrn").write_bytes(FIRMWARE)
+    entries = "entries:\n  - name: ipxe.lkrn\n    kernel: images/vmlinuz\n"
+    recipe = lab.recipe(ipxe=PREBUILT, entries=entries)
+    for args in (["--dry-run"], []):
+        code, _, err = release(str(recipe), *args)
+        assert code == 3, err
+        assert "r.yaml:" in err and "the name of firmware bin/ipxe.lkrn" in err
+    assert not list(lab.origin.iterdir())

@@ -182,6 +182,42 @@ def test_recipe_urls_with_credentials_are_refused_unechoed(field: str, url: str)
     assert "s3cret" not in exc.message and f"origin.{field}" in exc.message, exc.message
 
 
+# Names that collide with the release's own objects pass nothing: refused with the line
+# that makes them, before anything is hashed or signed.
+@pytest.mark.parametrize("text, where, message", [
+    (GOOD.replace("name: linux", "name: release.json"), "bad.yaml:6",
+     "'release.json/vmlinuz', inside 'release.json', the name of the release manifest"),
+    (GOOD.replace("name: linux", "name: boot.ipxe"), "bad.yaml:6",
+     "'boot.ipxe/vmlinuz', inside 'boot.ipxe', the name of the release's entry script"),
+    (GOOD.replace("name: linux", "name: release.json.sig"), "bad.yaml:6",
+     "inside 'release.json.sig'"),
+    (GOOD.replace("name: linux", "name: ipxe.lkrn")
+     + "ipxe: {prebuilt: fw, targets: [bin/ipxe.lkrn]}\n", "bad.yaml:6",
+     "inside 'ipxe.lkrn', the name of firmware bin/ipxe.lkrn"),
+    # the default targets are reserved too (built from --ipxe-source, they are published)
+    (GOOD.replace("name: linux", "name: undionly.kpxe.sig"), "bad.yaml:6",
+     "the name of firmware bin/undionly.kpxe"),
+    (GOOD.replace("images/vmlinuz", "images/.vmlinuz"), "bad.yaml:6",
+     "'linux/.vmlinuz', which is refused: a name starting with '.' is hidden"),
+    (GOOD.replace("images/initrd.img", "images/vmlinuz.sig"), "bad.yaml:7",
+     "'linux/vmlinuz.sig', the name of entries.linux.kernel"),
+])
+def test_object_names_that_collide_are_refused_with_their_line(text: str, where: str,
+                                                              message: str) -> None:
+    exc = _err(text)
+    assert exc.message.startswith(where + ":"), exc.message
+    assert message in exc.message, exc.message
+    assert exc.hint is not None and "rename" in exc.hint
+
+
+def test_recipe_check_refuses_a_colliding_name(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(GOOD.replace("name: linux", "name: release.json"))
+    r = CliRunner().invoke(cli, ["recipe", "check", str(recipe)])
+    assert r.exit_code == 3 and f"{recipe}:6:" in r.output and "release.json" in r.output, \
+        r.output
+
+
 # Issue 8 items 2 and 3: values that would reach the signed script must be refused, with
 # the line, because iPXE has no quoting and splits commands on these.
 @pytest.mark.parametrize("cmdline", [

@@ -74,7 +74,6 @@ from trustboot.publish.pipeline import (
 )
 from trustboot.publish.readback import Trust
 from trustboot.release.plan import (
-    ENTRY_SCRIPT,
     Plan,
     ReleaseOptions,
     Validated,
@@ -83,7 +82,7 @@ from trustboot.release.plan import (
     root_anchor,
     validate,
 )
-from trustboot.release.recipe import Recipe
+from trustboot.release.recipe import ENTRY_SCRIPT, Recipe, input_key
 from trustboot.release.render import MenuEntry, render_menu
 from trustboot.release.staging import hashed as staged_hashes
 from trustboot.release.staging import start_staging
@@ -307,8 +306,8 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
     # render
     entries = [MenuEntry(
         name=e.name, title=e.title, arch=e.arch,
-        kernel_key=f"{e.name}/{Path(e.kernel.raw).name}",
-        initrd_keys=tuple(f"{e.name}/{Path(i.raw).name}" for i in e.initrds),
+        kernel_key=input_key(e, e.kernel),
+        initrd_keys=tuple(input_key(e, i) for i in e.initrds),
         cmdline=e.cmdline, default=e.default) for e in v.recipe.entries]
     script = render_menu(release_id=p.release_id, name=v.recipe.name, base_url=v.public_base,
                          signer=v.signer_name, title=v.recipe.menu.title,

@@ -52,10 +52,12 @@ from trustboot.publish.origin import (
     load_credentials,
 )
 from trustboot.release.recipe import (
+    ENTRY_SCRIPT,
     EntrySpec,
     Recipe,
     RecipePath,
     SecretRef,
+    input_key,
     origin_dir,
     resolve_path,
 )
@@ -63,7 +65,6 @@ from trustboot.secrets import PassphraseSource, from_env, from_file
 
 # Bump when the rendered bytes for the same inputs change, so the id changes with them.
 RELEASE_FORMAT = 1
-ENTRY_SCRIPT = "boot.ipxe"  # the release-relative key of the signed entry/menu script
 PREBUILT_RECORD = "manifest.json"  # `ipxe build -o DIR` writes its build record there
 
 
@@ -252,7 +253,7 @@ def _inputs(recipe: Recipe, allow: Sequence[Path]) -> list[InputFile]:
 
     def add(entry: EntrySpec, p: RecipePath, role: str) -> None:
         path = resolve_path(recipe, p, f"entries.{entry.name}.{role}", allow_outside=allow)
-        key = check_key(f"{entry.name}/{Path(p.raw).name}")
+        key = check_key(input_key(entry, p))
         if key in out and out[key].path != path:
             raise ConfigError(f"{p.where}: {key} names two different files "
                               f"({out[key].path} and {path})", hint="rename one of them")

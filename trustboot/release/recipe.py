@@ -28,7 +28,7 @@ from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe import syntax
 from trustboot.ipxe.script import DEFAULT_ON_FAILURE, ON_FAILURE
 from trustboot.keys.ref import KeyRef, parse_ref
-from trustboot.publish.manifest import entry_path_problem
+from trustboot.publish.manifest import MANIFEST_NAME, entry_path_problem, release_key_problem
 from trustboot.publish.origin import check_url, check_web_url
 from trustboot.release.yamlspec import (
     Bool,
@@ -166,6 +166,9 @@ def json_schema() -> dict[str, Any]:
 
 
 # --- typed recipe -----------------------------------------------------------------------
+
+
+ENTRY_SCRIPT = "boot.ipxe"  # the release-relative key of the signed entry/menu script
 
 
 @dataclass(frozen=True)
@@ -493,6 +496,12 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
             if "min_signer_lifetime" in r else release.min_signer_lifetime,
             retention=r["retention"].value if "retention" in r else None)
 
+    fw_where = top["entries"].where
+    if "ipxe" in top:
+        i = top["ipxe"].value
+        fw_where = i["targets"].where if "targets" in i else top["ipxe"].where
+    _check_object_keys(entries, ipxe.targets if ipxe else ipxe_build.DEFAULT_TARGETS, fw_where)
+
     demo: list[DemoFile] = []
     if "demo" in top and "generate" in top["demo"].value:
         for g in top["demo"].value["generate"].value:
@@ -501,6 +510,52 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
     return Recipe(name=name, source=source, directory=directory, ca_home=ca_home,
                   signer=signer, ipxe=ipxe, origin=origin, menu=menu,
                   entries=tuple(entries), release=release, demo=tuple(demo))
+
+
+def input_key(entry: EntrySpec, path: RecipePath) -> str:
+    """The release key an entry's kernel or initrd is published under."""
+    return f"{entry.name}/{Path(path.raw).name}"
+
+
+def _check_object_keys(entries: Sequence[EntrySpec], targets: Sequence[str],
+                       fw_where: str) -> None:
+    """Every name the release publishes, checked before anything runs: the manifest's
+    name rule for each input's key, and no key that is, or is a folder of, another
+    object's (the entry script, release.json, a firmware binary, or their signatures),
+    which otherwise fails late, after signing, or takes the release's own names."""
+    hint = (f"rename the entry or the file: {ENTRY_SCRIPT}, {MANIFEST_NAME}, the firmware's "
+            "names and their .sig are the release's own")
+    # name -> (what publishes it, the recipe line that makes it, kind)
+    names: dict[str, tuple[str, str, str]] = {}
+    objects = [(ENTRY_SCRIPT, "the release's entry script", fw_where, False),
+               (MANIFEST_NAME, "the release manifest", fw_where, False)]
+    objects += [(ipxe_build.firmware_key(t), f"firmware {t}", fw_where, False)
+                for t in targets]
+    objects += list(dict.fromkeys(
+        (input_key(e, p), f"entries.{e.name}.{role}", p.where, True)
+        for e in entries for role, p in (("kernel", e.kernel),
+                                         *(("initrd", i) for i in e.initrds))))
+    for key, what, where, is_input in objects:
+        problem = release_key_problem(key) if is_input else None
+        if problem is not None:
+            raise ConfigError(f"{where}: {what} would be published as {key!r}, which is "
+                              f"refused: {problem}", hint="rename the file")
+        for name, kind in ((key, "input"), (key + ".sig", "input.sig")):
+            kind = kind if is_input else "own"
+            clash = names.get(name)
+            # one key for two inputs is judged by plan (the same file twice is fine)
+            if clash is not None and not (kind != "own" and clash[2] == kind):
+                raise ConfigError(f"{where}: {what} would be published as {name!r}, the "
+                                  f"name of {clash[0]}", hint=hint)
+            names.setdefault(name, (what, where, kind))
+    for name, (what, where, _) in names.items():
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            folder = names.get("/".join(parts[:i]))
+            if folder is not None:
+                raise ConfigError(
+                    f"{where}: {what} would be published as {name!r}, inside "
+                    f"{'/'.join(parts[:i])!r}, the name of {folder[0]}", hint=hint)
 
 
 def load_recipe(path: Path) -> Recipe:
