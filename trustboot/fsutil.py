@@ -198,12 +198,15 @@ def create_file(path: Path, mode: int = PUBLIC_FILE_MODE) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def read_capped(path: Path, limit: int, what: str, *, nofollow: bool = False) -> bytes:
+def read_capped(path: Path, limit: int, what: str, *, nofollow: bool = False,
+                private: bool = False) -> bytes:
     """Read a regular file of at most ``limit`` bytes; ConfigError naming ``what`` otherwise.
 
     The file is opened non-blocking (a FIFO cannot hang us) and checked with fstat before
     anything is read, so /dev/zero, FIFOs and directories are refused unread. With
-    ``nofollow`` a symbolic link in the last component is refused too.
+    ``nofollow`` a symbolic link in the last component is refused too; with ``private``
+    (a secret: passphrase, PIN, credentials) a file group or others may read or write is
+    refused, judged on the file opened.
     """
     path = Path(path)
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0)
@@ -226,6 +229,10 @@ def read_capped(path: Path, limit: int, what: str, *, nofollow: bool = False) ->
                 f"{what} {path} is not a regular file",
                 hint="pass a regular file (not a directory, device, FIFO or socket)",
             )
+        if private and st.st_mode & 0o077:
+            raise ConfigError(
+                f"{what} {path} is readable or writable by other users "
+                f"(mode {stat.S_IMODE(st.st_mode):04o})", hint=f"chmod 600 {path}")
         if st.st_size > limit:
             raise ConfigError(f"{what} {path} is larger than {limit} bytes",
                               hint=f"a {what} is never that large: check the path")

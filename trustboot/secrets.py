@@ -22,12 +22,16 @@ PassphraseSource = Callable[[str], bytes]
 MAX_PASSPHRASE_FILE = 64 * 1024
 
 
-def from_file(path: Path) -> PassphraseSource:
+def from_file(path: Path, what: str = "passphrase file") -> PassphraseSource:
+    """The first line of ``path``: a private regular file (never through a link, closed
+    to group and others, as an origin's credentials file), read when asked."""
+
     def source(_what: str) -> bytes:
-        data = read_capped(Path(path), MAX_PASSPHRASE_FILE, "passphrase file")
+        data = read_capped(Path(path), MAX_PASSPHRASE_FILE, what, nofollow=True,
+                           private=True)
         value = data.splitlines()[0] if data else b""
         if not value:
-            raise ConfigError(f"passphrase file {path} is empty")
+            raise ConfigError(f"{what} {path} is empty")
         return value
 
     return source

@@ -391,8 +391,46 @@ def test_passphrase_fifo_does_not_block(pki: Path, tmp_path: Path) -> None:
 def test_oversized_passphrase_file_is_refused(pki: Path, tmp_path: Path, run: Run) -> None:
     big = tmp_path / "big.pass"
     big.write_bytes(b"x" * (1 << 20))
+    big.chmod(0o600)
     r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(big))
     assert r.exit_code == 3 and "larger than" in r.output
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o644, 0o640, 0o604, 0o620])
+def test_passphrase_file_open_to_others_is_refused(pki: Path, secrets_dir: Path,
+                                                   tmp_path: Path, run: Run, mode: int) -> None:
+    """As an origin's credentials file: a passphrase others may read is a leaked key."""
+    loose = tmp_path / "ca.pass"
+    shutil.copyfile(secrets_dir / "ca.pass", loose)
+    loose.chmod(mode)
+    r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(loose))
+    assert r.exit_code == 3, r.output
+    assert "readable or writable by other users" in r.output and f"{mode:04o}" in r.output
+    assert f"chmod 600 {loose}" in r.output
+    loose.chmod(0o400)
+    assert run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(loose)).exit_code == 0
+
+
+def test_passphrase_file_through_a_link_is_refused(pki: Path, secrets_dir: Path,
+                                                   tmp_path: Path, run: Run) -> None:
+    link = tmp_path / "ca.pass"
+    link.symlink_to(secrets_dir / "ca.pass")
+    r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(link))
+    assert r.exit_code == 3 and "symbolic link" in r.output, r.output
+
+
+def test_pin_file_open_to_others_is_refused(tmp_path: Path) -> None:
+    from trustboot.keys.pkcs11 import secret_source
+
+    pin = tmp_path / "pin"
+    pin.write_text("1234\n")
+    pin.chmod(0o644)
+    with pytest.raises(ConfigError) as exc:
+        secret_source(f"file:{pin}")("the token")
+    assert exc.value.message.startswith(f"PIN file {pin} is readable or writable by other")
+    assert exc.value.hint == f"chmod 600 {pin}"
+    pin.chmod(0o600)
+    assert secret_source(str(pin))("the token") == b"1234"
 
 
 def test_non_utf8_passphrase_in_env_is_not_a_crash(pki: Path) -> None:

@@ -146,6 +146,8 @@ def revoked_pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("revoked")
     (d / "ca.pass").write_text(CA_PASS + "\n")
     (d / "key.pass").write_text(KEY_PASS + "\n")
+    for name in ("ca.pass", "key.pass"):
+        (d / name).chmod(0o600)
     pki = d / "pki"
     run = CliRunner().invoke
     ca = ["--pki", str(pki), "--passphrase-file", str(d / "ca.pass")]

@@ -33,6 +33,7 @@ def test_issue_for_token_key_then_sign_by_uri_alone(token: Token, tmp_path: Path
     image.write_text("#!ipxe\n")
     pin = tmp_path / "pin"
     pin.write_text(PIN)
+    pin.chmod(0o600)
     # No --cert, no --chain: the certificate and chain come from the pki.
     signed = CliRunner().invoke(cli, ["sign", str(image), "--key", token.uri(), "--pki",
                                       str(pki), "--pin-file", str(pin)])

@@ -22,6 +22,7 @@ def test_real_ipxe_accepts_token_signatures(token: Token, material: Material,
     ipxe_src_or_skip()
     pin = tmp_path / "pin"
     pin.write_text(PIN)
+    pin.chmod(0o600)
     files: dict[str, bytes] = {}
     for kind, key, key_id in (("rsa", rsa_key(), "01"), ("ec", ec_key(ec.SECP256R1()), "02"),
                               ("ec384", ec_key(ec.SECP384R1()), "03")):

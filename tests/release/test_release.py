@@ -188,6 +188,23 @@ def test_missing_passphrase_without_terminal(lab: Lab) -> None:
     assert code == 0, err
 
 
+def test_a_recipe_passphrase_file_open_to_others_is_refused(lab: Lab) -> None:
+    """The recipe's signer.passphrase.file, like --passphrase-file and an origin's
+    credentials file: a 0644 (or 0666) passphrase is refused before anything is signed."""
+    for mode in (0o644, 0o666):
+        lab.passfile.chmod(mode)
+        code, _, err = release(str(lab.recipe()))
+        assert code == 3, err
+        assert "readable or writable by other users" in err
+        assert f"chmod 600 {lab.passfile}" in err
+        code, _, err = release(str(lab.recipe()), "--passphrase-file", str(lab.passfile))
+        assert code == 3 and "readable or writable by other users" in err, err
+    assert list(lab.origin.iterdir()) == []
+    lab.passfile.chmod(0o600)
+    code, _, err = release(str(lab.recipe()))
+    assert code == 0, err
+
+
 def test_release_under_umask_000_creates_nothing_writable_by_others(lab: Lab) -> None:
     old = os.umask(0)
     try:

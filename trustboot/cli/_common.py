@@ -179,7 +179,7 @@ def _secret_source(file: Path | None, *, env: str | None, option: str, kind: str
     if file is not None and env is not None:
         raise ConfigError(f"give only one of {option}-file and {option}-env")
     if file is not None:
-        return secrets.from_file(file)
+        return secrets.from_file(file, f"{kind} file")
     if env is not None:
         return secrets.from_env(env)
 

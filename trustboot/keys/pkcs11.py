@@ -398,7 +398,7 @@ def secret_source(source: str) -> PassphraseSource:
     """RFC 7512 pin-source: a file (path or file: URI) whose first line is the PIN."""
     if source.startswith("file:"):
         source = urllib.parse.urlparse(source).path or source[5:]
-    return secret_sources.from_file(Path(source))
+    return secret_sources.from_file(Path(source), "PIN file")
 
 
 class Pkcs11Signer(CertifiedSigner):

@@ -29,7 +29,6 @@ import builtins
 import importlib
 import os
 import re
-import stat
 import threading
 import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from trustboot import fsutil
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.lock import HeldLock
 
@@ -342,26 +342,8 @@ def unsafe_warnings(options: OriginOptions) -> list[str]:
 
 def _read_secret_file(path: Path) -> bytes:
     """A small private regular file, opened without following a link."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        raise ConfigError(f"cannot read credentials file {path}: {exc.strerror or exc}",
-                          hint="pass a regular file (not a link) readable by you") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"credentials file {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise ConfigError(
-                f"credentials file {path} is readable or writable by other users "
-                f"(mode {stat.S_IMODE(st.st_mode):04o})", hint=f"chmod 600 {path}")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(MAX_CREDENTIALS_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_CREDENTIALS_BYTES:
-        raise ConfigError(f"credentials file {path} is larger than 64 KiB")
-    return data
+    return fsutil.read_capped(path, MAX_CREDENTIALS_BYTES, "credentials file",
+                              nofollow=True, private=True)
 
 
 # "ORIGIN_URL " before the secret binds it to that origin (see Credentials.scope).
