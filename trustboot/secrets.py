@@ -23,12 +23,12 @@ MAX_PASSPHRASE_FILE = 64 * 1024
 
 
 def from_file(path: Path, what: str = "passphrase file") -> PassphraseSource:
-    """The first line of ``path``: a private regular file (never through a link, closed
-    to group and others, as an origin's credentials file), read when asked."""
+    """The first line of ``path``: a private regular file (closed to group and others, as
+    an origin's credentials file), read when asked. A link to one is followed: the mode
+    judged is the file's opened, and secret mounts (Kubernetes, Docker) are links."""
 
     def source(_what: str) -> bytes:
-        data = read_capped(Path(path), MAX_PASSPHRASE_FILE, what, nofollow=True,
-                           private=True)
+        data = read_capped(Path(path), MAX_PASSPHRASE_FILE, what, private=True)
         value = data.splitlines()[0] if data else b""
         if not value:
             raise ConfigError(f"{what} {path} is empty")
