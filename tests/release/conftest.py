@@ -26,6 +26,26 @@ PASSPHRASE = b"release tests passphrase"
 def _publish_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test its own digest/read-back memo (never the user's)."""
     monkeypatch.setenv("TRUSTBOOT_PUBLISH_CACHE", str(tmp_path / "publish-cache.json"))
+
+
+@pytest.fixture
+def no_ipxe_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No iPXE tree from the environment (releases without firmware, or prebuilt), and a
+    build cache of the test's own."""
+    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
+    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def release(*args: str) -> tuple[int, str, str]:
+    """`trustboot release ARGS`: exit code, stdout, stderr."""
+    from click.testing import CliRunner
+
+    from trustboot.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["release", *args])
+    return r.exit_code, r.stdout, r.stderr
+
+
 SIGNER = "release-signer"
 
 

@@ -10,25 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from tests.release.conftest import Lab
-from trustboot.cli.main import cli
+from tests.release.conftest import Lab, release
 from trustboot.ipxe.inputs import collect_trust
 
 FIRMWARE = b"\xeb\x3c prebuilt firmware " * 200
 PREBUILT = "ipxe: {prebuilt: fw, targets: [bin/ipxe.lkrn]}"
 
 
-@pytest.fixture(autouse=True)
-def _no_ipxe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
-    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("no_ipxe_build")
 
-
-def release(*args: str) -> tuple[int, str, str]:
-    r = CliRunner().invoke(cli, ["release", *args])
-    return r.exit_code, r.stdout, r.stderr
 
 
 def _fw(lab: Lab) -> Path:

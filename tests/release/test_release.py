@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.release.conftest import Lab, serve_over_https
+from tests.release.conftest import Lab, release, serve_over_https
 from trustboot.audit.policy import load_manifest
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
@@ -25,16 +25,8 @@ from trustboot.publish.manifest import parse_manifest
 from trustboot.release.plan import ReleaseOptions, validate
 from trustboot.release.recipe import load_recipe
 
+pytestmark = pytest.mark.usefixtures("no_ipxe_build")
 
-@pytest.fixture(autouse=True)
-def _no_ipxe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
-    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def release(*args: str) -> tuple[int, str, str]:
-    r = CliRunner().invoke(cli, ["release", *args])
-    return r.exit_code, r.stdout, r.stderr
 
 
 def _openssl_ok(release_dir: Path, name: str, ca: Path) -> bool:

@@ -17,11 +17,7 @@ from trustboot.ca.store import CertificateAuthority
 from trustboot.cli.main import cli
 from trustboot.secrets import constant
 
-
-@pytest.fixture(autouse=True)
-def _no_ipxe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
-    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("no_ipxe_build")
 
 
 def _release(recipe: Path) -> tuple[int, dict[str, object], str]:

@@ -22,10 +22,7 @@ from trustboot.secrets import constant
 pytest.importorskip("pkcs11", reason="needs python-pkcs11 (trustboot[pkcs11])")
 
 
-@pytest.fixture(autouse=True)
-def _no_ipxe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
-    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("no_ipxe_build")
 
 
 @pytest.fixture
