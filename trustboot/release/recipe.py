@@ -28,7 +28,12 @@ from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe import syntax
 from trustboot.ipxe.script import DEFAULT_ON_FAILURE, ON_FAILURE
 from trustboot.keys.ref import KeyRef, parse_ref
-from trustboot.publish.manifest import MANIFEST_NAME, entry_path_problem, release_key_problem
+from trustboot.publish.manifest import (
+    MANIFEST_NAME,
+    entry_path_problem,
+    release_id_problem,
+    release_key_problem,
+)
 from trustboot.publish.origin import check_url, check_web_url
 from trustboot.release.yamlspec import (
     Bool,
@@ -332,7 +337,7 @@ def _words(c: Checked, what: str) -> str:
         raise ConfigError(f"{c.where}: {exc.message}", hint=exc.hint) from None
 
 
-def _check_template(c: Checked) -> str:
+def _check_template(c: Checked, recipe_name: str) -> str:
     template: str = c.value
     fields = re.findall(r"\{([^{}]*)\}", template)
     rest = re.sub(r"\{[^{}]*\}", "", template)
@@ -345,6 +350,15 @@ def _check_template(c: Checked) -> str:
         raise ConfigError(f"{c.where}: release id template {template!r} has no {{digest}} "
                           "field", hint="the id must change when the inputs change: add "
                           "{digest8}")
+    # what it makes for this recipe (the fields' lengths are fixed, only the date's
+    # digits vary): refused here, with the line, not after the inputs were hashed
+    sample = {"name": recipe_name, "date": "20261127", "digest8": "0" * 8,
+              "digest12": "0" * 12, "digest": "0" * 64}
+    problem = release_id_problem(re.sub(r"\{(\w+)\}", lambda m: sample[m.group(1)],
+                                        template))
+    if problem:
+        raise ConfigError(f"{c.where}: release id template {template!r} makes ids that are "
+                          f"refused: {problem}", hint="e.g. {date}-{digest8}")
     return template
 
 
@@ -491,7 +505,7 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
     if "release" in top:
         r = top["release"].value
         release = ReleaseSpec(
-            id_template=_check_template(r["id"]) if "id" in r else release.id_template,
+            id_template=_check_template(r["id"], name) if "id" in r else release.id_template,
             min_signer_lifetime=_lifetime(r["min_signer_lifetime"])
             if "min_signer_lifetime" in r else release.min_signer_lifetime,
             retention=r["retention"].value if "retention" in r else None)
