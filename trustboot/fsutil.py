@@ -539,7 +539,8 @@ def filesystem_type(dev: int, mountinfo: Path = Path("/proc/self/mountinfo")) ->
             text = fh.read(4 << 20)
     except OSError:
         return None
-    for line in text.splitlines():
+    # lines end at "\n" alone: the kernel escapes it (and spaces) in mount points, not "\r"
+    for line in text.split(b"\n"):
         # ID PARENT MAJOR:MINOR ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER-OPTIONS
         fields = line.split(b" ")
         if len(fields) > 2 and fields[2] == want and b"-" in fields[6:]:

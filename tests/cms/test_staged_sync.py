@@ -171,11 +171,13 @@ def test_filesystem_type_from_mountinfo(tmp_path: Path) -> None:
         "22 1 259:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n"
         "30 22 0:26 / /dev/shm rw,nosuid shared:4 master:2 - tmpfs tmpfs rw\n"
         "31 22 0:27 / /mnt/x rw - fuse.sshfs host:/x rw\n"
-        "32 22 0:28 / /mnt/broken rw\n")
+        "32 22 0:28 / /mnt/broken rw\n"
+        "33 22 0:29 / /mnt/a\rb rw - fuse.x src rw\n")  # a raw CR in a mount point
     assert fsutil.filesystem_type(os.makedev(259, 1), mountinfo) == "ext4"
     assert fsutil.filesystem_type(os.makedev(0, 26), mountinfo) == "tmpfs"
     assert fsutil.filesystem_type(os.makedev(0, 27), mountinfo) == "fuse.sshfs"
     assert fsutil.filesystem_type(os.makedev(0, 28), mountinfo) is None  # no separator
+    assert fsutil.filesystem_type(os.makedev(0, 29), mountinfo) == "fuse.x"
     assert fsutil.filesystem_type(os.makedev(8, 1), mountinfo) is None
     assert fsutil.filesystem_type(os.makedev(259, 1), tmp_path / "absent") is None
     if Path("/proc/self/mountinfo").exists():  # this machine's own, as the code reads it
