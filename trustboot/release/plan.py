@@ -15,7 +15,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from trustboot.release.recipe import (
     Recipe,
     RecipePath,
     SecretRef,
+    fill_id,
     input_key,
     origin_dir,
     resolve_path,
@@ -451,9 +451,7 @@ def _firmware_identity(fw: Firmware, toolchain: Callable[[], Mapping[str, str]])
 
 
 def render_id(template: str, *, name: str, digest: str, now: dt.datetime) -> str:
-    values = {"name": name, "date": now.strftime("%Y%m%d"), "digest8": digest[:8],
-              "digest12": digest[:12], "digest": digest}
-    return check_release_id(re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], template))
+    return check_release_id(fill_id(template, name=name, digest=digest, now=now))
 
 
 def _hash_inputs(paths: Sequence[Path], hash_name: str,

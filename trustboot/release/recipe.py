@@ -337,6 +337,13 @@ def _words(c: Checked, what: str) -> str:
         raise ConfigError(f"{c.where}: {exc.message}", hint=exc.hint) from None
 
 
+def fill_id(template: str, *, name: str, digest: str, now: dt.datetime) -> str:
+    """A release id template (checked by _check_template) with its fields filled in."""
+    values = {"name": name, "date": now.strftime("%Y%m%d"), "digest8": digest[:8],
+              "digest12": digest[:12], "digest": digest}
+    return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], template)
+
+
 def _check_template(c: Checked, recipe_name: str) -> str:
     template: str = c.value
     fields = re.findall(r"\{([^{}]*)\}", template)
@@ -352,10 +359,8 @@ def _check_template(c: Checked, recipe_name: str) -> str:
                           "{digest8}")
     # what it makes for this recipe (the fields' lengths are fixed, only the date's
     # digits vary): refused here, with the line, not after the inputs were hashed
-    sample = {"name": recipe_name, "date": "20261127", "digest8": "0" * 8,
-              "digest12": "0" * 12, "digest": "0" * 64}
-    problem = release_id_problem(re.sub(r"\{(\w+)\}", lambda m: sample[m.group(1)],
-                                        template))
+    problem = release_id_problem(fill_id(template, name=recipe_name, digest="0" * 64,
+                                         now=dt.datetime(2026, 11, 27, tzinfo=dt.UTC)))
     if problem:
         raise ConfigError(f"{c.where}: release id template {template!r} makes ids that are "
                           f"refused: {problem}", hint="e.g. {date}-{digest8}")
