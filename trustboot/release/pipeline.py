@@ -220,6 +220,7 @@ def _prebuilt(p: Plan, out: Path) -> tuple[dict[str, Path], dict[str, Any] | Non
     and published is that copy, the bytes checked. Then its build record, if any."""
     fw = p.v.firmware
     paths: dict[str, Path] = {}
+    contents: dict[str, bytes] = {}  # the bytes checked, for the build record's check
     for target, path in fw.prebuilt_files:
         data = fsutil.read_capped(path, MAX_FIRMWARE_BYTES, f"prebuilt firmware {target}",
                                   nofollow=True)
@@ -231,6 +232,7 @@ def _prebuilt(p: Plan, out: Path) -> tuple[dict[str, Path], dict[str, Any] | Non
         fsutil.make_dirs(dest.parent, fsutil.PRIVATE_DIR_MODE)
         fsutil.atomic_write(dest, data, mode=fsutil.PRIVATE_FILE_MODE)
         paths[target] = dest
+        contents[target] = data
     record = None
     if fw.prebuilt_record is not None:
         data = fsutil.read_capped(fw.prebuilt_record, MAX_BUILD_RECORD_BYTES,
@@ -241,8 +243,7 @@ def _prebuilt(p: Plan, out: Path) -> tuple[dict[str, Path], dict[str, Any] | Non
             doc = None
         # Signed into release.json it is evidence (`ca rotate root promote --from-origin`):
         # the release signs only what it checked on the binaries it publishes.
-        record = ipxe_build.check_prebuilt_record(
-            doc, {t: paths[t].read_bytes() for t in paths}, str(fw.prebuilt_record))
+        record = ipxe_build.check_prebuilt_record(doc, contents, str(fw.prebuilt_record))
     return paths, record
 
 
