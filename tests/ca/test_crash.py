@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from trustboot.ca.store import ISSUING_NAME, CertificateAuthority
 
@@ -144,12 +145,16 @@ def lifecycle_cas(small_ca: Path, tmp_path_factory: pytest.TempPathFactory,
     shutil.copytree(begun, promoted)
     r = _run(promoted, secrets_dir, ["ca", "rotate", "root", "promote", "--confirm-fleet"], 0)
     assert r.returncode == 0, r.stderr
-    homes |= {"begun": begun, "promoted": promoted}
+    # a CA whose root CRL is in use (nginx ssl_crl): promote signs it again
+    root_crl = base / "begun-root-crl"
+    shutil.copytree(begun, root_crl)
+    assert _run(root_crl, secrets_dir, ["ca", "crl", "--root"], 0).returncode == 0
+    homes |= {"begun": begun, "promoted": promoted, "begun-root-crl": root_crl}
     return homes
 
 
 LIFECYCLE_OPS = {
-    # op: (starting state, arguments, state after)
+    # op: (starting home, arguments, state after)
     "renew": ("stable", ["ca", "renew", "victim"], "stable"),
     "renew-rekey": ("stable", ["ca", "renew", "victim", "--rekey", "--key-passphrase-file",
                                "{secrets}/key.pass"], "stable"),
@@ -157,12 +162,15 @@ LIFECYCLE_OPS = {
     "root-begin": ("stable", ["ca", "rotate", "root", "begin"], "begun"),
     "root-promote": ("begun", ["ca", "rotate", "root", "promote", "--confirm-fleet"],
                      "promoted"),
+    "root-promote-root-crl": ("begun-root-crl", ["ca", "rotate", "root", "promote",
+                                                 "--confirm-fleet"], "promoted"),
     "root-retire": ("promoted", ["ca", "rotate", "root", "retire"], "stable"),
 }
 
 
 LOGGED_AS = {"renew": "renew", "renew-rekey": "renew", "rotate-issuing": "rotate-issuing",
              "root-begin": "rotate-root-begin", "root-promote": "rotate-root-promote",
+             "root-promote-root-crl": "rotate-root-promote",
              "root-retire": "rotate-root-retire"}
 
 
@@ -178,6 +186,7 @@ def test_lifecycle_kill_at_every_commit_point(op: str, lifecycle_cas: dict[str, 
     start, raw_args, end = LIFECYCLE_OPS[op]
     args = [a.format(secrets=secrets_dir) for a in raw_args]
     home = lifecycle_cas[start]
+    start_state = _state(home)
     before = CertificateAuthority.open(home)
     victim_serial = before.get("victim").serial
     probe = tmp_path / "probe"
@@ -195,9 +204,9 @@ def test_lifecycle_kill_at_every_commit_point(op: str, lifecycle_cas: dict[str, 
         r = _run(pki, secrets_dir, args, k)
         assert r.returncode == -9, (k, r.stderr)
         ca = CertificateAuthority.open(pki)  # loads
-        assert _state(pki) in (start, end), k  # the step happened entirely or not at all
+        assert _state(pki) in (start_state, end), k  # the step happened entirely or not at all
         problems = ca.check()
-        assert all("run `trustboot ca crl`" in p for p in problems), (k, problems)
+        assert all("run `trustboot ca crl" in p for p in problems), (k, problems)
         assert ca.check_log().problem is None, k
         # the same command again finishes the step (or repeats a renewal)
         again = _run(pki, secrets_dir, args, 0)
@@ -225,11 +234,14 @@ def test_lifecycle_kill_at_every_commit_point(op: str, lifecycle_cas: dict[str, 
                 assert (pki / entry.key_file).stat().st_mode & 0o077 == 0, entry.key_file
         current = ca.current("victim")
         assert current is not None, k
-        if op.startswith("renew") or op == "root-promote":
+        if op.startswith("renew") or op.startswith("root-promote"):
             assert current.serial != victim_serial, k
             assert (pki / "issued" / "victim.crt").read_bytes() == current.read_cert_pem()
         if op == "root-retire":
             assert len(ca.trusted_roots()) == 1
+        if op == "root-promote-root-crl":  # ca.check() held it to the new root already
+            crl = x509.load_pem_x509_crl((pki / "root-crl.pem").read_bytes())
+            assert crl.issuer == ca.root_cert.subject != before.root_cert.subject, k
 
 
 def test_migration_of_a_v1_home_killed_at_every_commit_point(tmp_path: Path) -> None:

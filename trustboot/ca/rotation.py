@@ -45,6 +45,8 @@ from trustboot.ca.profiles import PrivateKey
 from trustboot.ca.store import (
     DEFAULT_DAYS,
     ISSUING_NAME,
+    ROOT_CRL,
+    ROOT_CRL_DAYS,
     ROOT_NAME,
     CertificateAuthority,
     IssuedEntry,
@@ -369,7 +371,13 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
     if new_issuing is None:
         raise ConfigError(f"the CA in {ca.path} is damaged: the next issuing CA is missing",
                           hint="run `trustboot ca check` and restore from backup")
-    issuing_key, _secret = _unlock(ca, new_issuing, passphrases)
+    issuing_key, secret = _unlock(ca, new_issuing, passphrases)
+    # A root CRL in use (nginx's ssl_crl for the publishers' chain) is signed again by the
+    # next root as it becomes active: left alone it would name the previous root, and
+    # `ca export` would refuse it until `ca crl --root`.
+    new_root_entry = ca.by_sha256(new_root)
+    root_key = (ca.load_ca_key(new_root_entry, constant(secret))
+                if new_root_entry is not None and _has_root_crl(ca) else None)
     with locked(ca.path / ".lock"):
         ca._begin_write(now)
         step = (ca.state.rotation or {}).get("step")
@@ -393,10 +401,18 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
         ca.state.rotation = rotation | {"step": "promoted", "promoted_at": now.isoformat(),
                                         "evidence": records}
         ca.crl_number += 1
-        ca._commit(now, ca._record("rotate-root-promote", now, new_root=rotation["new_root"],
-                                   evidence=[_log_record(e) for e in records],
-                                   renewed=[f"{e.name}:{e.serial:x}" for e in renewed]))
-        ca._write_crl(issuing_key, now, days=30, number=ca.crl_number)
+        issuing_number = ca.crl_number
+        logged = [ca._record("rotate-root-promote", now, new_root=rotation["new_root"],
+                             evidence=[_log_record(e) for e in records],
+                             renewed=[f"{e.name}:{e.serial:x}" for e in renewed])]
+        if root_key is not None:
+            ca.crl_number += 1
+            logged.append(ca._record("crl", now, crl_number=ca.crl_number, issuer="root"))
+        ca._commit(now, *logged)
+        ca._write_crl(issuing_key, now, days=30, number=issuing_number)
+        if root_key is not None:
+            ca._write_crl(root_key, now, days=ROOT_CRL_DAYS, number=ca.crl_number,
+                          issuer=ca.active_entry("root"))
         ca._append_log()
         return StepResult("promote", False, status(ca), renewed=renewed, evidence=records)
 
@@ -443,20 +459,50 @@ def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
             passphrases: PassphraseSource | None = None) -> StepResult:
     """A step that already happened: finish what a killed run left (views; with
     ``passphrases`` the CRL of the new issuing CA) and report it done."""
-    key = None
-    if passphrases is not None and not locked_already and ca._check_crl():
-        key = ca.load_issuing_key(constant(passphrases("the CA keys")))
+    key = root_key = None
+    if passphrases is not None and not locked_already:
+        stale, stale_root = bool(ca._check_crl()), _root_crl_stale(ca)
+        if stale or stale_root:
+            secret = constant(passphrases("the CA keys"))
+            key = ca.load_issuing_key(secret) if stale else None
+            root_key = ca.load_ca_key(ca.active_entry("root"), secret) if stale_root else None
     if locked_already:
         ca._refresh_views(now)
-    else:
-        with locked(ca.path / ".lock"):
-            ca._begin_write(now)
-            if key is not None and ca._check_crl():
-                ca.crl_number += 1
-                ca._commit(now, ca._record("crl", now, crl_number=ca.crl_number))
-                ca._write_crl(key, now, days=30, number=ca.crl_number)
-                ca._append_log()
+        return StepResult(step, True, status(ca))
+    with locked(ca.path / ".lock"):
+        ca._begin_write(now)
+        writes: list[tuple[PrivateKey, int, IssuedEntry | None, int]] = []
+        logged = []
+        if key is not None and ca._check_crl():
+            ca.crl_number += 1
+            writes.append((key, ca.crl_number, None, 30))
+            logged.append(ca._record("crl", now, crl_number=ca.crl_number))
+        if root_key is not None and _root_crl_stale(ca):
+            ca.crl_number += 1
+            writes.append((root_key, ca.crl_number, ca.active_entry("root"), ROOT_CRL_DAYS))
+            logged.append(ca._record("crl", now, crl_number=ca.crl_number, issuer="root"))
+        if writes:
+            ca._commit(now, *logged)
+            for signing_key, number, issuer, days in writes:
+                ca._write_crl(signing_key, now, days=days, number=number, issuer=issuer)
+            ca._append_log()
     return StepResult(step, True, status(ca))
+
+
+def _has_root_crl(ca: CertificateAuthority) -> bool:
+    path = ca.path / ROOT_CRL
+    return path.exists() or path.is_symlink()
+
+
+def _root_crl_stale(ca: CertificateAuthority) -> bool:
+    """root-crl.pem is there but not the active root's (a promote killed before it was
+    signed again). One that cannot be read is left to `ca check`, which names it."""
+    if not _has_root_crl(ca):
+        return False
+    try:
+        return bool(ca._crl_problems(ca.path / ROOT_CRL, ca.active_entry("root"))[1])
+    except ConfigError:
+        return False
 
 
 def _current_leaves(ca: CertificateAuthority, now: dt.datetime,
