@@ -209,7 +209,9 @@ def test_sigkilled_client_build_leaves_key_only_until_the_next_run(
         key = tree / "trustboot-inputs" / "client.key"
         assert key.is_file() and oct(key.stat().st_mode & 0o777) == "0o600"
     finally:
-        for group in {proc.pid, make_group}:  # python, make and the compiler: no cleanup
+        # python first, then make and the compiler: no cleanup. Killing make first (a set
+        # has no order) let a loaded machine's trustboot see make fail and clean up.
+        for group in dict.fromkeys((proc.pid, make_group)):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
         proc.wait()
