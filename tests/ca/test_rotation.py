@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -529,3 +530,58 @@ def test_check_does_not_ask_for_keys_of_leaves_under_a_retired_issuing_ca(
     assert authority.get("signer").key_file != old_signer.key_file
     (ca_home / str(old_signer.key_file)).unlink()
     assert authority.check() == []
+
+
+RACED = ["issue", "renew", "revoke", "crl", "root-crl", "rotate-issuing"]
+
+
+@pytest.mark.parametrize("op", RACED)
+def test_a_rotation_while_a_command_unlocks_the_previous_key_is_refused(
+        op: str, ca_home: Path) -> None:
+    """A CA command unlocks its key before it takes the CA lock (a prompt never holds
+    it): a rotation that lands in between must not have the old key sign what names its
+    successor as issuer. The passphrase source itself runs the rotation, at the very
+    moment the command unlocks."""
+    from trustboot.ca import rotation
+    from trustboot.errors import OperationalError
+    from trustboot.secrets import constant
+
+    from .conftest import CA_PASS, KEY_PASS
+
+    secret = constant(CA_PASS.encode())
+    raced: list[str] = []
+
+    def unlock_while_rotated(what: str) -> bytes:
+        if not raced:
+            raced.append(what)
+            other = CertificateAuthority.open(ca_home)  # another process, as it were
+            if op in ("rotate-issuing", "root-crl"):  # the root changes: a whole rotation
+                rotation.begin_root(other, secret)
+                rotation.promote_root(CertificateAuthority.open(ca_home), secret,
+                                      confirm_fleet=True)
+                rotation.retire_root(CertificateAuthority.open(ca_home))
+            else:
+                rotation.rotate_issuing(other, secret)
+        return CA_PASS.encode()
+
+    ca = CertificateAuthority.open(ca_home)
+    before = ca.check()
+    calls: dict[str, Callable[[], object]] = {
+        "issue": lambda: ca.issue("codesign", "late", unlock_while_rotated,
+                                  constant(KEY_PASS.encode()), key_type="ec-p256"),
+        "renew": lambda: ca.renew("signer", unlock_while_rotated),
+        "revoke": lambda: ca.revoke("other", unlock_while_rotated),
+        "crl": lambda: ca.generate_crl(unlock_while_rotated),
+        "root-crl": lambda: ca.generate_root_crl(unlock_while_rotated),
+        "rotate-issuing": lambda: rotation.rotate_issuing(ca, unlock_while_rotated),
+    }
+    with pytest.raises(OperationalError, match="rotated while this command ran"):
+        calls[op]()
+    assert raced, "the race did not happen"
+    after = CertificateAuthority.open(ca_home)
+    assert after.check() == before == [], after.check()  # nothing signed by the old key
+    assert not any(e.name == "late" for e in after.entries)
+    assert all(e.status != "revoked" for e in after.entries if e.name == "other")
+    if op != "rotate-issuing":  # (the rotation itself wrote a CRL)
+        crl = x509.load_pem_x509_crl((ca_home / "crl.pem").read_bytes())
+        assert crl.is_signature_valid(after.issuing_cert.public_key())  # type: ignore[arg-type]

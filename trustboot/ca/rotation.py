@@ -204,7 +204,7 @@ def rotate_issuing(ca: CertificateAuthority, passphrases: PassphraseSource, *,
         ca._begin_write(now)
         if ca.state.rotation:
             raise _refuse_issuing(ca)
-        root = ca.active_entry("root")
+        ca._check_still_active(root)
         previous = ca.active_entry("issuing")
         cert = profiles.build_certificate(
             profile="issuing", subject_cn=_subject_cn(ca, "issuing"),
@@ -385,6 +385,7 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
             return _resume(ca, "promote", now, locked_already=True)
         if step != "begun":
             raise _refuse(ca, "promote")
+        ca._check_still_active(new_issuing, role="next")
         renewed = []
         for name, entry in _current_leaves(ca, now):
             if entry.issuer_sha256 == new_issuing.sha256:
@@ -460,17 +461,21 @@ def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
     """A step that already happened: finish what a killed run left (views; with
     ``passphrases`` the CRL of the new issuing CA) and report it done."""
     key = root_key = None
+    issuing, root = ca.active_entry("issuing"), ca.active_entry("root")
     if passphrases is not None and not locked_already:
         stale, stale_root = bool(ca._check_crl()), _root_crl_stale(ca)
         if stale or stale_root:
             secret = constant(passphrases("the CA keys"))
-            key = ca.load_issuing_key(secret) if stale else None
-            root_key = ca.load_ca_key(ca.active_entry("root"), secret) if stale_root else None
+            key = ca.load_ca_key(issuing, secret) if stale else None
+            root_key = ca.load_ca_key(root, secret) if stale_root else None
     if locked_already:
         ca._refresh_views(now)
         return StepResult(step, True, status(ca))
     with locked(ca.path / ".lock"):
         ca._begin_write(now)
+        for unlocked, loaded in ((issuing, key), (root, root_key)):
+            if loaded is not None:
+                ca._check_still_active(unlocked)
         writes: list[tuple[PrivateKey, int, IssuedEntry | None, int]] = []
         logged = []
         if key is not None and ca._check_crl():

@@ -535,6 +535,23 @@ class CertificateAuthority:
                               hint="the CA is damaged; restore it from backup")
         return key
 
+    def _check_still_active(self, unlocked: IssuedEntry, *, role: str = "active") -> None:
+        """Under the lock, after _begin_write: the CA whose key was unlocked before it (an
+        unlock or a prompt never holds the lock) is still the active one of its role (with
+        ``role="next"``: still the next issuing CA of the root rotation under way). A
+        rotation in between would have the old key sign what names its successor as issuer
+        (a certificate or CRL that does not verify, with exit 0)."""
+        kind = "root" if unlocked.profile == "root" else "issuing"
+        if role == "next":
+            current = (self.state.rotation or {}).get("new_issuing")
+        else:
+            current = self.active_entry(kind).sha256
+        if current != unlocked.sha256:
+            raise OperationalError(
+                f"the {kind} CA of {self.path} was rotated while this command ran "
+                "(after it unlocked the previous one's key); nothing was changed",
+                hint="run the command again")
+
     def load_issuing_key(self, passphrases: PassphraseSource) -> PrivateKey:
         return self.load_ca_key(self.active_entry("issuing"), passphrases)
 
@@ -732,7 +749,8 @@ class CertificateAuthority:
             warnings.append("iPXE's PRIVKEY= takes RSA keys only: this client certificate "
                             "cannot be built into iPXE for TLS client authentication")
         # Expensive work (key generation, unlocking the CA key) happens outside the lock.
-        issuing_key = self.load_issuing_key(ca_passphrases)
+        issuing = self.active_entry("issuing")
+        issuing_key = self.load_ca_key(issuing, ca_passphrases)
         new_key_pem: bytes | None = None
         if not external:
             assert key_passphrases is not None
@@ -740,6 +758,7 @@ class CertificateAuthority:
         assert public_key is not None  # from the CSR, the token, or the new key
         with locked(self.path / ".lock"):
             self._begin_write(now)
+            self._check_still_active(issuing)
             self._check_duplicate(name)
             entry, cert = self._add_leaf(name, profile, public_key, issuing_key, now=now,
                                          days=days, sans=san_names, new_key_pem=new_key_pem,
@@ -787,7 +806,8 @@ class CertificateAuthority:
         elif key_type is not None:
             raise ConfigError("--key-type only applies with --rekey",
                               hint=f"trustboot ca renew {name} --rekey --key-type {key_type}")
-        issuing_key = self.load_issuing_key(ca_passphrases)
+        issuing = self.active_entry("issuing")
+        issuing_key = self.load_ca_key(issuing, ca_passphrases)
         public_key: profiles.PublicKey = base_cert.public_key()  # type: ignore[assignment]
         if rekey:
             assert key_passphrases is not None
@@ -795,6 +815,7 @@ class CertificateAuthority:
         sans = [profiles.parse_san(s) for s in base.sans]
         with locked(self.path / ".lock"):
             self._begin_write(now)
+            self._check_still_active(issuing)
             base = self._renewal_base(name, rekey)
             entry, cert = self._add_leaf(
                 name, base.profile, public_key, issuing_key, now=now, days=days, sans=sans,
@@ -862,13 +883,15 @@ class CertificateAuthority:
         if reason not in self.REASONS:
             raise ConfigError(f"unknown revocation reason {reason!r}",
                               hint=f"use one of {', '.join(self.REASONS)}")
-        issuing_key = self.load_issuing_key(ca_passphrases)
+        issuing = self.active_entry("issuing")
+        issuing_key = self.load_ca_key(issuing, ca_passphrases)
         # (before the lock, as the issuing key: a prompt never holds it)
         previous_keys = self._previous_issuer_keys(
             [self.issuer_entry(e) for e in self._revoke_targets(name, serial, reason)],
             ca_passphrases)
         with locked(self.path / ".lock"):
             self._begin_write(now)
+            self._check_still_active(issuing)  # (and so the previous issuers are too)
             targets = self._revoke_targets(name, serial, reason)
             entry = targets[0]
             if entry.status == "revoked":
@@ -1113,13 +1136,15 @@ class CertificateAuthority:
                      now: dt.datetime | None = None) -> Path:
         now = now or utcnow()
         _check_days(days, "crl")
-        issuing_key = self.load_issuing_key(ca_passphrases)
+        issuing = self.active_entry("issuing")
+        issuing_key = self.load_ca_key(issuing, ca_passphrases)
         # the CRLs of previous issuing CAs (see revoke) are refreshed too
         previous_keys = self._previous_issuer_keys(
             [e for e in self.entries if e.profile == "issuing" and self.crl_path(e).exists()],
             ca_passphrases)
         with locked(self.path / ".lock"):
             self._begin_write(now)
+            self._check_still_active(issuing)
             self.crl_number += 1
             self._commit(now, self._record("crl", now, crl_number=self.crl_number))
             self._write_crls(issuing_key, previous_keys, now, days=days)
@@ -1138,9 +1163,7 @@ class CertificateAuthority:
         root_key = self.load_ca_key(root, ca_passphrases)
         with locked(self.path / ".lock"):
             self._begin_write(now)
-            if self.active_entry("root").sha256 != root.sha256:
-                raise OperationalError("the root changed while its key was loaded",
-                                       hint="run the command again")
+            self._check_still_active(root)
             self.crl_number += 1
             self._commit(now, self._record("crl", now, crl_number=self.crl_number,
                                            issuer="root"))
