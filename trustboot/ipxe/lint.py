@@ -16,9 +16,10 @@ The model follows iPXE's own code (src/image/script.c, src/core/exec.c, src/core
   skipped); ``exit`` ends the script; ``reboot`` does not come back; ``chain --replace``
   ends the script and runs the image in its place (its failure returns to the caller);
 - options come before arguments (see :func:`trustboot.ipxe.syntax.parse_command`);
-- images are registered under their --name or the last segment of their URI, found by name
-  (the first registered wins), marked trusted by a successful ``imgverify``; an image that
-  is not executed (an initrd, a module) is never checked by ``imgtrust``.
+- images are registered under their --name or the name iPXE derives from their URI (the
+  last segment of the percent-decoded path: see :func:`uri_name`), found by name (the
+  first registered wins), marked trusted by a successful ``imgverify``; an image that is
+  not executed (an initrd, a module) is never checked by ``imgtrust``.
 
 Every command that can fail is explored both ways. A finding is any path on which an image
 fetched from the network reaches ``boot``/``chain``/``imgexec`` without a successful
@@ -36,7 +37,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from trustboot.ipxe.setting_types import setting_problem
 from trustboot.ipxe.syntax import (
@@ -131,15 +131,124 @@ def _strip_suffix(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
-def uri_name(uri: str) -> str:
-    """The name iPXE gives an image fetched from ``uri``: the last segment of its path."""
-    path = urlsplit(uri).path if "://" in uri else uri
-    return path.rstrip("/").rsplit("/", 1)[-1] or uri
+# iPXE's isalpha() (ASCII letters) plus '-' and '_': the characters of a scheme in
+# parse_uri(). Digits, '+' and '.' are not among them, unlike RFC 3986.
+_SCHEME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
+_C_SPACE = frozenset(b" \t\n\v\f\r")
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _uri_decode(field: bytes) -> bytes:
+    """iPXE's uri_decode_inplace(): each '%' takes the next two characters and parses them
+    with its strtoul(..., 16), which skips whitespace and a sign and consumes them even with
+    no digit after (the byte is then 0); the result is a C string, cut at a decoded NUL."""
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        c = field[i]
+        i += 1
+        if c == ord("%"):
+            buf = field[i:i + 2]
+            j = 0
+            while j < len(buf) and buf[j] in _C_SPACE:
+                j += 1
+            negate = j < len(buf) and buf[j] == ord("-")
+            if j < len(buf) and buf[j] in b"+-":
+                j += 1
+            value = 0
+            while j < len(buf) and buf[j] in _HEX_DIGITS:
+                value = value * 16 + int(chr(buf[j]), 16)
+                j += 1
+            i += j
+            if j:
+                c = (-value if negate else value) & 0xFF
+        out.append(c)
+    return bytes(out).split(b"\0", 1)[0]
+
+
+def _strip_dot_segments(path: bytes) -> bytes:
+    """What resolve_path() keeps of a relative path: its leading "./" and "../" go."""
+    if path.startswith(b"/"):
+        return path
+    i = 0
+    while i < len(path) and path[i] == ord("."):
+        i += 1
+        if i == len(path):
+            pass
+        elif path[i] == ord("/"):
+            i += 1
+        elif path[i] == ord("."):
+            i += 1
+            if i == len(path):
+                pass
+            elif path[i] == ord("/"):
+                i += 1
+            else:
+                i -= 2
+                break
+        else:
+            i -= 1
+            break
+    return path[i:]
+
+
+def uri_name(uri: str) -> str | None:
+    """The name iPXE gives an image it downloads from ``uri``, exactly as iPXE computes it
+    (parse_uri, resolve_uri, image_set_uri and basename in its core/): the part after the
+    last '/' of the URI's percent-decoded path, or of its opaque part (``scheme:x`` with no
+    '/' after the colon). So ``.../initrd.img/`` is named '' and ``.../initrd%2Eimg``
+    ``initrd.img``; the query and fragment are not part of it.
+
+    A relative URI is resolved against the current working URI (a chained script's own
+    URL) first, which drops its leading "./" and "../": "." and ".." name an image ''.
+    None when iPXE picks a name the script cannot know: a URI with no path at all
+    (``https://host``) is named "imgN", and a relative one with no path takes the name of
+    the script's own URL.
+    """
+    raw = uri.encode("utf-8", "surrogateescape").split(b"#", 1)[0]  # "##params" too
+    end = 0
+    while end < len(raw) and raw[end] in _SCHEME_CHARS:
+        end += 1
+    absolute = end < len(raw) and raw[end] == ord(":")
+    path = raw[end + 1:] if absolute else raw
+    if absolute and not path.startswith(b"/"):
+        name = _uri_decode(path)  # opaque: no query is split off
+    else:
+        path = path.split(b"?", 1)[0]
+        if absolute and path.startswith(b"//"):  # an authority, then the path
+            slash = path.find(b"/", 2)
+            path = path[slash:] if slash >= 0 else b""
+        elif not absolute:
+            if not path:
+                return None
+            path = _strip_dot_segments(path)
+        if absolute and not path:
+            return None
+        name = _uri_decode(path)
+    return name.rsplit(b"/", 1)[-1].decode("utf-8", "surrogateescape")
+
+
+def naming_problem(token: str) -> str | None:
+    """Why an image fetched from ``token`` would not be named the literal last segment of
+    its path (None when it would; a query or fragment is dropped, as anyone expects). iPXE
+    names images after the decoded path; a script that relies on that (an initrd named ''
+    by a trailing '/', or one 'imgverify' reaches by another spelling) is too easy to get
+    wrong, so only plain names are accepted."""
+    literal = token.split("#", 1)[0].split("?", 1)[0].rsplit("/", 1)[-1]
+    name = uri_name(token)
+    if name is None:
+        return "iPXE gives it a name the script cannot know (the URI has no path)"
+    if name in ("", ".", ".."):
+        return f"iPXE names it '{name}', which no imgverify can name"
+    if name != literal:
+        return f"iPXE names it '{name}', not '{literal}' (the decoded last path segment)"
+    return None
 
 
 # --- the model --------------------------------------------------------------------------------
 
-# An image: (name, verified, line it was fetched on). Registration order is kept.
+# An image: (name, verified, line it was fetched on). Registration order is kept. An image
+# whose name the script cannot know (uri_name() None) is named '', which no token matches.
 Image = tuple[str, bool, int]
 
 
@@ -224,7 +333,7 @@ class _Explorer:
         found = self.find(images, token)
         if found is not None:
             return found, images
-        image = (uri_name(token), False, number)
+        image = (uri_name(token) or "", False, number)
         return image, self.register(images, image)
 
     # one command -----------------------------------------------------------------------
@@ -270,7 +379,7 @@ class _Explorer:
                 return [fail]
             return [out(True, require=require, permanent=perm or p.has("permanent"))]
         if name in _LOAD:
-            image = (p.options.get("name") or uri_name(p.args[0]), False, number)
+            image = (p.options.get("name") or uri_name(p.args[0]) or "", False, number)
             return [out(True, self.register(images, image)), fail]
         if name in _SELECT or name == "imgargs":
             image, imgs = self.acquire(images, p.args[0], number)
@@ -300,7 +409,7 @@ class _Explorer:
             if sig is not None and not p.has("keep"):
                 imgs = tuple(i for i in imgs if i != sig)
             elif sig is None and p.has("keep"):
-                imgs = self.register(imgs, (uri_name(p.args[1]), False, number))
+                imgs = self.register(imgs, (uri_name(p.args[1]) or "", False, number))
             good = (image[0], True, image[2])
             verified = tuple(good if i == image else i for i in imgs)
             return [out(True, verified, good if sel == image else sel), out(False, imgs)]
@@ -455,6 +564,17 @@ class _Explorer:
 # --- the lint ---------------------------------------------------------------------------------
 
 
+def _image_tokens(p: ParsedCommand) -> tuple[str, ...]:
+    """The words of a command that iPXE may download and name after their URI."""
+    if p.name in _LOAD | _SELECT | _EXEC | {"imgargs"}:
+        return () if p.options.get("name") else p.args[:1]
+    if p.name in ("imgverify", "imgdecrypt"):
+        return p.args[:2]
+    if p.name == "imgextract":
+        return p.args[:1]
+    return ()
+
+
 def _static(lines: list[Line], stage: str, ex: _Explorer) -> None:
     has_verify = has_permanent = False
     for line in lines:
@@ -489,6 +609,11 @@ def _static(lines: list[Line], stage: str, ex: _Explorer) -> None:
             if p.name == "goto" and "${" not in p.args[0] and p.args[0] not in ex.labels:
                 ex.add(n, "missing-label", f"goto {p.args[0]}: there is no label "
                        f":{p.args[0]}, so the goto fails")
+            for token in _image_tokens(p):
+                if (why := naming_problem(token)) is not None:
+                    ex.add(n, "image-name", f"'{p.name}' may download '{token}': {why}; "
+                           "fetch it with an explicit --name, or from a URL whose path ends "
+                           "in a plain file name")
             if p.name in _FETCHING and any(
                 w.lower().startswith(tuple(f"{s}://" for s in _CLEARTEXT)) for w in p.args
             ):
