@@ -406,6 +406,51 @@ def test_an_ipv6_fragment_whose_payload_length_runs_past_the_frame_is_refused() 
         frames.Reassembler().add(bytes(first), 0.0)
 
 
+def _oversized_fragments(family: int) -> list[bytes]:
+    """One UDP datagram to a client port whose 65535 payload bytes come in ordinary
+    1500-byte fragments: the payload fits the fragment offsets, the payload with its
+    headers does not fit the IP length field (IPv4: the header counts; IPv6: a
+    hop-by-hop header before the fragment header counts)."""
+    payload = struct.pack("!HHHH", 67 if family == 4 else 547, 68 if family == 4 else 546,
+                          8, 0) + b"A" * (65535 - 8)
+    step = 1480 if family == 4 else 1448
+    out = []
+    for at in range(0, len(payload), step):
+        piece, more = payload[at : at + step], at + step < len(payload)
+        if family == 4:
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(piece), 0x1234,
+                             (0x2000 if more else 0) | at // 8, 64, 17, 0,
+                             bytes([192, 0, 2, 66]), bytes([255, 255, 255, 255]))
+            out.append(frames.ethernet(frames.BROADCAST_MAC, packets.ROGUE_MAC, 0x0800,
+                                       ip + piece))
+        else:
+            fixed = struct.pack("!IHBB16s16s", 6 << 28, 16 + len(piece), 0, 64,
+                                ipaddress.IPv6Address("fe80::66").packed,
+                                ipaddress.IPv6Address("fe80::1").packed)
+            hop_by_hop = bytes([44, 0, 1, 4, 0, 0, 0, 0])  # then the fragment header
+            fragment = struct.pack("!BBHI", 17, 0, at | more, 0x1234)
+            out.append(frames.ethernet(b"\x33\x33\x00\x01\x00\x02", packets.ROGUE_MAC,
+                                       0x86DD, fixed + hop_by_hop + fragment + piece))
+    return out
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_datagram_too_long_with_its_headers_is_malformed_not_fatal(family: int) -> None:
+    # A rogue could stop the audit that looks for it: struct.error out of the reassembler
+    # ended the listen loop (exit 70). Now: malformed, from its sender, and the audit goes on.
+    link = FakeLink()
+    lst, obs = listener(link, window=0.2, arches=("bios",), dhcpv6=False)
+    for frame in _oversized_fragments(family):
+        link.inject(frame)
+    link.inject(packets.offer_frame(packets.dhcp_reply(xid=1, chaddr=b"\x02" * 6,
+                                                       file=b"later.kpxe")))
+    lst.run()
+    source = "192.0.2.66" if family == 4 else "fe80::66"
+    assert [m.reason for m in obs.malformed if m.src_ip == source] == [
+        "IP fragments of a datagram longer than 65535 bytes with its headers"]
+    assert [o.boot_file for o in obs.offers] == ["later.kpxe"]  # seen after it
+
+
 def test_a_fragmented_advertise_is_reassembled() -> None:
     """IPv6 too: a DHCPv6 Advertise in fragments (last first) is what a client sees."""
     def server6(frame: frames.Frame) -> list[bytes]:

@@ -262,7 +262,7 @@ def is_fragment(frame: bytes) -> bool:
     """Whether ``frame`` carries an IP fragment that ``Reassembler`` takes."""
     try:
         return _fragment(frame) is not None
-    except MalformedPacket:
+    except (MalformedPacket, struct.error):
         return True  # add() reports it
 
 
@@ -321,6 +321,14 @@ class Reassembler:
             self._drop(key)
 
     def add(self, frame: bytes, now: float) -> bytes | None:
+        try:
+            return self._add(frame, now)
+        except struct.error as exc:
+            # Last resort: a field the checks missed is the sender's fault, and must not
+            # stop the audit that is looking for that sender.
+            raise MalformedPacket(f"IP fragment fields that do not fit ({exc})") from exc
+
+    def _add(self, frame: bytes, now: float) -> bytes | None:
         frag = _fragment(frame)
         if frag is None:
             return None
@@ -360,14 +368,29 @@ class Reassembler:
         d.pieces.append((offset, data))
         if offset == 0:
             d.head, d.fix = frag.head, frag.fix
+        if d.head is not None and d.total is not None and _length_field(
+                d.head, d.fix, d.total) > 0xFFFF:
+            # The payload fits in 65535 bytes but not with the headers in front of it
+            # (IPv4's total length counts the IP header, IPv6's payload length the
+            # extension headers): no host would take it as one datagram.
+            self._pending.pop(key)
+            raise MalformedPacket("IP fragments of a datagram longer than 65535 bytes with "
+                                  "its headers")
         if d.head is None or d.total is None or sum(len(p) for _, p in d.pieces) != d.total:
             return None
         del self._pending[key]
         head = bytearray(d.head)
         start, kind = d.fix
         if kind < 0:  # IPv4: total length, no fragment fields
-            struct.pack_into("!H", head, start + 2, len(head) - start + d.total)
+            struct.pack_into("!H", head, start + 2, _length_field(d.head, d.fix, d.total))
             struct.pack_into("!H", head, start + 6, 0)
         else:  # IPv6: payload length (extension headers kept, the fragment header gone)
-            struct.pack_into("!H", head, start + 4, len(head) - start - 40 + d.total)
+            struct.pack_into("!H", head, start + 4, _length_field(d.head, d.fix, d.total))
         return bytes(head) + b"".join(p for _, p in sorted(d.pieces))
+
+
+def _length_field(head: bytes, fix: tuple[int, int], total: int) -> int:
+    """The IP length field of the datagram put back together: IPv4's total length, or
+    IPv6's payload length (extension headers included)."""
+    start, kind = fix
+    return len(head) - start + total - (40 if kind >= 0 else 0)
