@@ -24,26 +24,27 @@ def _no_constant(name: str) -> Any:
 MAX_DEPTH = 64
 
 
-def loads(data: str | bytes) -> Any:
+def loads(data: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     """``json.loads`` that raises ValueError (never RecursionError) on nesting deeper than
-    MAX_DEPTH and refuses Infinity/NaN."""
+    ``max_depth`` (at most MAX_DEPTH) and refuses Infinity/NaN. A smaller ``max_depth``
+    suits a document that is carried inside another one we write."""
     try:
         value = json.loads(data, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    _check_depth(value)
+    _check_depth(value, min(max_depth, MAX_DEPTH))
     return value
 
 
-def _check_depth(value: Any) -> None:
+def _check_depth(value: Any, max_depth: int) -> None:
     """Level by level, without recursion (a recursive walk would be the RecursionError
     avoided above); json.loads makes only dicts and lists as containers."""
     level = [value] if type(value) in (dict, list) else []
     depth = 0
     while level:
         depth += 1
-        if depth > MAX_DEPTH:
-            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        if depth > max_depth:
+            raise ValueError(f"nested deeper than {max_depth} levels")
         below: list[Any] = []
         for node in level:
             below += [c for c in (node.values() if type(node) is dict else node)

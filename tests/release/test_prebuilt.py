@@ -134,7 +134,7 @@ def test_a_build_record_claiming_trust_the_binary_lacks_is_refused(lab: Lab) -> 
 
 @pytest.mark.parametrize("record, message", [
     ('{"note": "not a build manifest"}', "not a manifest of `trustboot ipxe build`"),
-    ("not JSON", "not a manifest of `trustboot ipxe build`"),
+    ("not JSON", "is not valid JSON"),
     ("other sha256", "another sha256 than the file published"),
     ("more targets", "not the firmware published"),
 ])
@@ -150,6 +150,47 @@ def test_a_build_record_of_other_binaries_is_refused(lab: Lab, record: str,
     assert code == 4, err
     assert message in err
     assert _nothing_published(lab)
+
+
+def _record_with(extra: str) -> str:
+    """A record true of FIRMWARE with one more top-level member, written as raw JSON."""
+    return _record({"bin/ipxe.lkrn": FIRMWARE}, [])[:-1] + f", {extra}}}"
+
+
+@pytest.mark.parametrize("extra, message", [
+    # 5000 levels made Python's parser raise RecursionError: exit 70 (the message depends
+    # on how deep the interpreter's parser goes)
+    ('"note": ' + "[" * 5000 + "]" * 5000, "nested"),
+    # these passed the check, were copied into release.json and failed after signing,
+    # naming a temporary file instead of this one
+    ('"note": ' + "[" * 100 + "]" * 100, "nested deeper than 16 levels"),
+    ('"note": NaN', "NaN is not a JSON number"),
+    ('"source": ' + "[" * 30 + "]" * 30, "nested deeper than 16 levels"),
+])
+def test_a_hostile_build_record_is_refused_naming_it(lab: Lab, extra: str,
+                                                     message: str) -> None:
+    (_fw(lab) / "ipxe.lkrn").write_bytes(FIRMWARE)
+    record = lab.dir / "fw" / "manifest.json"
+    record.write_text(_record_with(extra))
+    code, _, err = release(str(lab.recipe(ipxe=PREBUILT)), "--json")
+    assert code == 4, err
+    assert f"the iPXE build record {record} is not valid JSON" in err and message in err
+    assert "release.json" not in err
+    assert _nothing_published(lab)
+
+
+def test_only_the_keys_ipxe_build_writes_are_signed_into_the_release(lab: Lab) -> None:
+    (_fw(lab) / "ipxe.lkrn").write_bytes(FIRMWARE)
+    doc = json.loads(_record({"bin/ipxe.lkrn": FIRMWARE}, []))
+    doc["note"] = {"promote": "anything"}
+    doc["outputs"][0]["extra"] = ["unchecked"]
+    doc["cache_key"] = "k"
+    (lab.dir / "fw" / "manifest.json").write_text(json.dumps(doc))
+    code, out, err = release(str(lab.recipe(ipxe=PREBUILT)), "--json")
+    assert code == 0, err
+    record = _published_record(lab, out)
+    assert set(record) == {"trustboot_ipxe_build", "targets", "trust", "outputs", "cache_key"}
+    assert [set(o) for o in record["outputs"]] == [{"target", "sha256", "size", "trust_check"}]
 
 
 def test_a_build_record_true_of_the_binaries_is_signed_with_this_runs_check(

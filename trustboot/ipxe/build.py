@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustboot import fsutil
+from trustboot import fsutil, jsonin
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.interrupt import cleanup_on_signals
 from trustboot.ipxe import sandbox
@@ -493,6 +493,37 @@ def firmware_key(target: str) -> str:
     return f"arm64-{name}" if folder.startswith("bin-arm64") else name
 
 
+# What `ipxe build` writes into manifest.json (see build()), and into each of its outputs:
+# a prebuilt record carried into release.json keeps these keys and nothing else.
+RECORD_KEYS = ("trustboot_ipxe_build", "cache_key", "source", "targets", "config_headers",
+               "options", "trust", "certs", "client_certificate", "embedded_script", "make",
+               "toolchain", "outputs")
+RECORD_OUTPUT_KEYS = ("target", "sha256", "size", "trust_check")
+# ipxe build's records nest 5 levels deep; carried inside release.json (under "ipxe"), a
+# record must leave room under jsonin's bound for the manifest around it.
+MAX_RECORD_DEPTH = 16
+
+
+def _record_refusal(source: str, why: str) -> VerificationError:
+    return VerificationError(
+        f"the iPXE build record {source} {why}: it is not signed into the release",
+        hint=f"put there the manifest.json `trustboot ipxe build -o DIR` wrote for these "
+             f"very binaries, or remove {source} to release the firmware without a "
+             "build record", rule="prebuilt-build-record", subject=source)
+
+
+def load_prebuilt_record(data: bytes, outputs: Mapping[str, bytes], source: str
+                         ) -> dict[str, object]:
+    """:func:`check_prebuilt_record` on the bytes of a build record read from ``source``:
+    hostile JSON (nested without end, NaN) is refused here, naming the file, not when
+    release.json is read back after signing (or as an internal error)."""
+    try:
+        record = jsonin.loads(data, max_depth=MAX_RECORD_DEPTH)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise _record_refusal(source, f"is not valid JSON ({exc})") from None
+    return check_prebuilt_record(record, outputs, source)
+
+
 def check_prebuilt_record(record: object, outputs: Mapping[str, bytes], source: str
                           ) -> dict[str, object]:
     """A build record (the manifest.json of ``ipxe build -o DIR``) published with prebuilt
@@ -500,13 +531,10 @@ def check_prebuilt_record(record: object, outputs: Mapping[str, bytes], source: 
     targets, each with its sha256, and every TRUST= fingerprint it claims is found in
     each of them as :func:`_trust_check` finds it after a build. Returns the record with
     each output's ``trust_check`` this check's own; VerificationError otherwise (signed
-    into release.json, the record is root-promotion evidence)."""
+    into release.json, the record is root-promotion evidence). Only the keys ``ipxe build``
+    writes are kept: nothing else of the file is signed."""
     def refuse(why: str) -> VerificationError:
-        return VerificationError(
-            f"the iPXE build record {source} {why}: it is not signed into the release",
-            hint=f"put there the manifest.json `trustboot ipxe build -o DIR` wrote for these "
-                 f"very binaries, or remove {source} to release the firmware without a "
-                 "build record", rule="prebuilt-build-record", subject=source)
+        return _record_refusal(source, why)
 
     if not isinstance(record, dict) or "trustboot_ipxe_build" not in record \
             or not isinstance(record.get("trust"), list) \
@@ -537,9 +565,10 @@ def check_prebuilt_record(record: object, outputs: Mapping[str, bytes], source: 
         if missing:
             raise refuse(f"claims {target} trusts {', '.join(missing)}, but that fingerprint "
                          f"is not in the binary")
-        checked.append({**out, "size": len(data),
+        checked.append({**{k: out[k] for k in RECORD_OUTPUT_KEYS if k in out},
+                        "size": len(data),
                         "trust_check": {"searched": where, "trust": found}})
-    return {**record, "outputs": checked}
+    return {**{k: record[k] for k in RECORD_KEYS if k in record}, "outputs": checked}
 
 
 def _trust_check(

@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import os
 import re
 import time
@@ -237,13 +236,9 @@ def _prebuilt(p: Plan, out: Path) -> tuple[dict[str, Path], dict[str, Any] | Non
     if fw.prebuilt_record is not None:
         data = fsutil.read_capped(fw.prebuilt_record, MAX_BUILD_RECORD_BYTES,
                                   "build manifest", nofollow=True)
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            doc = None
         # Signed into release.json it is evidence (`ca rotate root promote --from-origin`):
         # the release signs only what it checked on the binaries it publishes.
-        record = ipxe_build.check_prebuilt_record(doc, contents, str(fw.prebuilt_record))
+        record = ipxe_build.load_prebuilt_record(data, contents, str(fw.prebuilt_record))
     return paths, record
 
 
