@@ -14,11 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 
 from trustboot.ca import profiles
 from trustboot.ca.rotation import rotate_issuing
 from trustboot.ca.store import CertificateAuthority
+from trustboot.cli.main import cli
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.keys import keyfile
 from trustboot.secrets import constant
@@ -103,6 +105,26 @@ def test_bad_issue_input(pki: Path, run, secrets_dir: Path, args: tuple[str, ...
     assert message in r.output
     assert "hint:" in r.output or "out of range" in r.output
     assert (pki / "index.json").read_bytes() == before  # nothing half-written
+
+
+def test_pin_options_typed_win_over_the_other_ones_variable(
+        pki: Path, secrets_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ca issue --pkcs11-key shares sign's --pin-file/--pin-env and their variables: the
+    one typed wins (the run goes on to the token: no module here); both variables set is
+    an error that names them and the fix."""
+    monkeypatch.delenv("TRUSTBOOT_PKCS11_MODULE", raising=False)
+    monkeypatch.setenv("TRUSTBOOT_PIN_FILE", str(secrets_dir / "no-such-pin"))
+    base = ["ca", "issue", "codesign", "hsm-signer", "--pki", str(pki), "--pkcs11-key",
+            "pkcs11:token=t;object=o", "--passphrase-file", str(secrets_dir / "ca.pass")]
+    r = CliRunner().invoke(cli, [*base, "--pin-env", "TB_PIN"])
+    assert r.exit_code == 3, r.output
+    assert "no PKCS#11 module" in r.output and "give only one" not in r.output
+    monkeypatch.setenv("TRUSTBOOT_PIN_ENV", "TB_PIN")
+    r = CliRunner().invoke(cli, [*base, "--json"])
+    assert r.exit_code == 3, r.output
+    doc = json.loads(r.stderr)
+    assert "TRUSTBOOT_PIN_FILE and TRUSTBOOT_PIN_ENV" in doc["message"]
+    assert "unset" in doc["hint"]
 
 
 def test_a_server_certificate_without_a_name_to_serve_is_refused(pki: Path) -> None:

@@ -1134,3 +1134,60 @@ def test_out_and_manifest_below_a_directory_others_can_write_are_refused(
     assert result.exit_code == 3, result.output
     assert f"{shared} above it is writable by other users" in result.output, result.output
     assert not list(tmp_path.rglob("*.sig")) and not list(shared.iterdir())
+
+
+@pytest.mark.parametrize(("env", "typed"), [
+    # the pipeline's variable names a file that does not exist: it must not even be read
+    ({"TRUSTBOOT_SIGN_PASSPHRASE_FILE": "/nonexistent/key.pass"},
+     ["--passphrase-env", "TB_TEST_PASS"]),
+    ({"TRUSTBOOT_SIGN_PASSPHRASE_ENV": "TB_NO_SUCH_VARIABLE"}, ["--passphrase-file", "{pw}"]),
+])
+def test_a_typed_secret_option_wins_over_the_other_ones_variable(
+        material: Material, tmp_path: Path, env: dict[str, str], typed: list[str]) -> None:
+    """TRUSTBOOT_SIGN_PASSPHRASE_FILE/_ENV are a pipeline's defaults: a run that names its
+    passphrase on the command line the other way uses that, as click does for one option."""
+    key, cert, chain = material.issue(f"typed-wins{typed[0]}", rsa_key())
+    pw = tmp_path / "key.pass"
+    pw.write_bytes(PASSPHRASE + b"\n")
+    pw.chmod(0o600)
+    image = _files(tmp_path, 1)[0]
+    args = ["sign", "--key", f"file:{key}", "--signing-cert", str(cert), "--signing-chain",
+            str(chain), *(a.format(pw=pw) for a in typed), str(image)]
+    result = CliRunner().invoke(cli, args, env={**ENV, **env})
+    assert result.exit_code == 0, result.output
+    assert image.with_name(image.name + ".sig").is_file()
+
+
+@pytest.mark.parametrize(("env", "typed", "named"), [
+    ({"TRUSTBOOT_SIGN_PASSPHRASE_FILE": "k.pass", "TRUSTBOOT_SIGN_PASSPHRASE_ENV": "TB_PW"},
+     [], ["TRUSTBOOT_SIGN_PASSPHRASE_FILE", "TRUSTBOOT_SIGN_PASSPHRASE_ENV", "unset"]),
+    ({"TRUSTBOOT_PIN_FILE": "pin.txt", "TRUSTBOOT_PIN_ENV": "TB_PIN"},
+     [], ["TRUSTBOOT_PIN_FILE", "TRUSTBOOT_PIN_ENV", "unset"]),
+    ({}, ["--passphrase-file", "k.pass", "--passphrase-env", "TB_PW"],
+     ["--passphrase-file and --passphrase-env", "command line"]),
+    ({}, ["--pin-file", "pin.txt", "--pin-env", "TB_PIN"],
+     ["--pin-file and --pin-env", "command line"]),
+])
+def test_two_secret_sources_from_one_place_name_where_each_came_from(
+        tmp_path: Path, env: dict[str, str], typed: list[str], named: list[str]) -> None:
+    image = _files(tmp_path, 1)[0]
+    result = CliRunner().invoke(cli, ["sign", str(image), "--key", "file:k.key", *typed,
+                                      "--json"], env=env)
+    assert result.exit_code == 3, result.output
+    doc = json.loads(result.stderr)
+    assert doc["hint"], doc
+    for word in named:
+        assert word in doc["message"] + doc["hint"], doc
+
+
+def test_a_typed_pin_option_wins_over_the_other_ones_variable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rule for the token PIN: no conflict, the run goes on to the token (and
+    stops there: no module here)."""
+    monkeypatch.delenv("TRUSTBOOT_PKCS11_MODULE", raising=False)
+    image = _files(tmp_path, 1)[0]
+    result = CliRunner().invoke(cli, ["sign", str(image), "--key", "pkcs11:token=t;object=o",
+                                      "--pin-env", "TB_TEST_PASS"],
+                                env={**ENV, "TRUSTBOOT_PIN_FILE": "/nonexistent/pin"})
+    assert result.exit_code == 3, result.output
+    assert "no PKCS#11 module" in result.output and "give only one" not in result.output

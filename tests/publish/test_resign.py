@@ -212,6 +212,25 @@ def test_short_lived_or_wrong_signer_refused(pki: Pki, live: tuple[str, Path]) -
     assert bad.exit_code == 3 and "not a duration" in bad.output
 
 
+def test_a_typed_passphrase_option_wins_over_the_pipelines_variable(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """resign shares sign's TRUSTBOOT_SIGN_PASSPHRASE_FILE/_ENV: the one typed wins over
+    the other's variable; both variables set is an error naming them."""
+    url, _root = live
+    monkeypatch.setenv("TRUSTBOOT_SIGN_PASSPHRASE_ENV", "TB_NO_SUCH_VARIABLE")
+    res = resign(pki, url, fresh_signer)  # --passphrase-file on the command line
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["changed"]
+    monkeypatch.setenv("TRUSTBOOT_SIGN_PASSPHRASE_FILE", str(pki.key_pass))
+    res = CliRunner().invoke(cli, ["resign", url, "--key", fresh_signer, "--pki",
+                                   str(pki.dir), "--json"])
+    assert res.exit_code == 3, res.output
+    doc = json.loads(res.stderr)
+    assert "TRUSTBOOT_SIGN_PASSPHRASE_FILE and TRUSTBOOT_SIGN_PASSPHRASE_ENV" in doc["message"]
+    assert "unset" in doc["hint"]
+
+
 def test_already_signed_is_decided_by_the_signatures_not_the_manifest(
         pki: Pki, live: tuple[str, Path], fresh_signer: str) -> None:
     """A manifest (unsigned here, as `publish` makes it) claiming the fresh signer's serial

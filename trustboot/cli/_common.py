@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from trustboot import secrets
 from trustboot.errors import ConfigError
@@ -171,13 +173,55 @@ def passphrase_source(
         hint=f"use {option}-file FILE or {option}-env NAME")
 
 
+def _one_of(file: Path | None, env: str | None, option: str
+            ) -> tuple[Path | None, str | None]:
+    """``{option}-file`` and ``{option}-env`` exclude each other, with click's precedence
+    across the pair: one typed on the command line wins over the other's environment
+    variable (a pipeline's default, e.g. TRUSTBOOT_SIGN_PASSPHRASE_FILE, must not break
+    a run that names its secret explicitly). Both from the same place is an error that
+    says where each came from."""
+    if file is None or env is None:
+        return file, env
+    ctx = click.get_current_context(silent=True)
+    base = option.lstrip("-").replace("-", "_")
+    names = (f"{base}_file", f"{base}_env")
+    sources = [ctx.get_parameter_source(n) if ctx else None for n in names]
+    typed = [s is ParameterSource.COMMANDLINE for s in sources]
+    if typed == [True, False]:
+        return file, None
+    if typed == [False, True]:
+        return None, env
+    variables = [_envvar(ctx, n) if s is ParameterSource.ENVIRONMENT else None
+                 for n, s in zip(names, sources, strict=True)]
+    if ctx is not None and variables[0] and variables[1]:
+        raise ConfigError(
+            f"both {variables[0]} and {variables[1]} are set in the environment (they give "
+            f"{option}-file and {option}-env, which exclude each other)",
+            hint=f"unset one of them (`unset {variables[1]}`), or give the one you mean on "
+                 "the command line: it wins over the other's variable")
+    where = " (both on the command line)" if typed == [True, True] else ""
+    raise ConfigError(f"give only one of {option}-file and {option}-env{where}",
+                      hint=f"keep one of them: a file ({option}-file FILE) or a variable "
+                           f"holding the secret ({option}-env NAME)")
+
+
+def _envvar(ctx: click.Context | None, name: str) -> str | None:
+    """The environment variable that gave parameter ``name`` its value."""
+    for param in ctx.command.params if ctx else ():
+        if param.name == name and isinstance(param, click.Option):
+            if isinstance(param.envvar, str):
+                return param.envvar
+            # a list: the first one set is the one click read
+            return next((v for v in param.envvar or () if os.environ.get(v)), None)
+    return None
+
+
 def _secret_source(file: Path | None, *, env: str | None, option: str, kind: str,
                    confirm: bool, label: Callable[[str], str], needed: Callable[[str], str],
                    hint: str) -> secrets.PassphraseSource:
     """One rule for passphrases and PINs: a file, an environment variable, or a hidden
     prompt on a terminal (never argv)."""
-    if file is not None and env is not None:
-        raise ConfigError(f"give only one of {option}-file and {option}-env")
+    file, env = _one_of(file, env, option)
     if file is not None:
         return secrets.from_file(file, f"{kind} file")
     if env is not None:
