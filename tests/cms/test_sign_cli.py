@@ -1191,3 +1191,20 @@ def test_a_typed_pin_option_wins_over_the_other_ones_variable(
                                 env={**ENV, "TRUSTBOOT_PIN_FILE": "/nonexistent/pin"})
     assert result.exit_code == 3, result.output
     assert "no PKCS#11 module" in result.output and "give only one" not in result.output
+
+
+def test_a_file_key_without_its_certificate_names_the_options_to_pass(
+        material: Material, tmp_path: Path) -> None:
+    """The error names --signing-cert/--signing-chain (resign has no --chain, and its
+    --cert is a CERT= certificate), and doing what the hint says signs."""
+    key, cert, chain = material.issue("hint-signer", rsa_key())
+    image = _files(tmp_path, 1)[0]
+    base = ["sign", "--key", f"file:{key}", "--passphrase-env", "TB_TEST_PASS", str(image)]
+    result = CliRunner().invoke(cli, [*base, "--json"], env=ENV)
+    assert result.exit_code == 3, result.output
+    doc = json.loads(result.stderr)
+    assert "needs --signing-cert" in doc["message"]
+    assert "--signing-cert FILE and --signing-chain FILE" in doc["hint"]
+    result = CliRunner().invoke(cli, [*base, "--signing-cert", str(cert), "--signing-chain",
+                                      str(chain)], env=ENV)
+    assert result.exit_code == 0, result.output

@@ -231,6 +231,24 @@ def test_a_typed_passphrase_option_wins_over_the_pipelines_variable(
     assert "unset" in doc["hint"]
 
 
+def test_a_file_key_without_its_certificate_names_resigns_options(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str) -> None:
+    """The hint names options resign has (--signing-cert/--signing-chain), not sign's old
+    --cert (a CERT= certificate here) and --chain (no such option); following it works."""
+    url, _root = live
+    base = ["resign", url, "--key", f"file:{pki.key(fresh_signer)}", "--pki", str(pki.dir),
+            "--passphrase-file", str(pki.key_pass)]
+    res = CliRunner().invoke(cli, [*base, "--json"])
+    assert res.exit_code == 3, res.output
+    doc = json.loads(res.stderr)
+    assert "needs --signing-cert" in doc["message"]
+    assert "--signing-cert FILE and --signing-chain FILE" in doc["hint"]
+    res = CliRunner().invoke(cli, [*base, "--signing-cert", str(pki.cert(fresh_signer)),
+                                   "--signing-chain", str(pki.dir / "chain.pem"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["changed"]
+
+
 def test_already_signed_is_decided_by_the_signatures_not_the_manifest(
         pki: Pki, live: tuple[str, Path], fresh_signer: str) -> None:
     """A manifest (unsigned here, as `publish` makes it) claiming the fresh signer's serial

@@ -395,8 +395,11 @@ def _crl_lists(path: Path, issuer: x509.Certificate, serial: int) -> bool:
 
 def _resolve_file(ref: KeyRef, opts: ResolveOptions) -> KeySource:
     if opts.cert is None:
-        raise ConfigError(f"--key {ref} needs --cert (the signing certificate)",
-                          hint="pass --cert FILE and --chain FILE (issuers, root included)")
+        # the option names of both commands that get here (sign, resign); in resign
+        # --cert means a CERT= certificate, and a recipe checks signer.cert itself
+        raise ConfigError(f"--key {ref} needs --signing-cert (the signing certificate)",
+                          hint="pass --signing-cert FILE and --signing-chain FILE (its "
+                               "issuers, root included)")
     leaf = load_certificates(opts.cert, "certificate")[0]
     pool = load_certificates(opts.chain, "chain") if opts.chain is not None else []
     return PendingSigner(ref, leaf, tuple(order_chain(leaf, pool)), ref.path)
