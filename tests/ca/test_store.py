@@ -127,6 +127,26 @@ def test_pin_options_typed_win_over_the_other_ones_variable(
     assert "unset" in doc["hint"]
 
 
+@pytest.mark.parametrize("days", ["0", "-1", "14601"])
+@pytest.mark.parametrize("root", [[], ["--root"]])
+def test_crl_days_out_of_range_is_refused_not_defaulted(
+        pki: Path, run: Run, secrets_dir: Path, days: str, root: list[str]) -> None:
+    """`ca crl --days 0` once meant the default (30, or 365 with --root) without a word:
+    it is refused as `ca issue --days 0` is, and nothing is written."""
+    before = {p.name: p.read_bytes() for p in pki.iterdir() if p.is_file()}
+    r = run("ca", "crl", *root, "--days", days, "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3, r.output
+    assert "out of range" in r.output and "between 1 and 14600" in r.output
+    assert {p.name: p.read_bytes() for p in pki.iterdir() if p.is_file()} == before
+    r = run("ca", "crl", *root, "--days", "1", "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "ca.pass"), "--json")
+    assert r.exit_code == 0, r.output
+    crl = x509.load_pem_x509_crl(Path(json.loads(r.output)["crl"]).read_bytes())
+    assert crl.next_update_utc is not None and crl.last_update_utc is not None
+    assert crl.next_update_utc - crl.last_update_utc <= dt.timedelta(days=1, hours=1)
+
+
 def test_a_server_certificate_without_a_name_to_serve_is_refused(pki: Path) -> None:
     # the library call (the CLI makes the name a SAN): a TLS server certificate with no
     # DNS name or IP address matches no host iPXE connects to

@@ -303,10 +303,11 @@ def crl_cmd(pki: Path, days: int | None, root: bool, passphrase_file: Path | Non
 
     ca = CertificateAuthority.open(pki)
     source = passphrase_source(passphrase_file, passphrase_env)
+    # `--days 0` is refused (the library's range check), never read as "the default"
     if root:
-        path = ca.generate_root_crl(source, days=days or ROOT_CRL_DAYS)
+        path = ca.generate_root_crl(source, days=ROOT_CRL_DAYS if days is None else days)
     else:
-        path = ca.generate_crl(source, days=days or 30)
+        path = ca.generate_crl(source, days=30 if days is None else days)
     if as_json:
         emit_json({"crl": str(path), "crl_number": ca.crl_number})
     else:
