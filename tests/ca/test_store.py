@@ -288,6 +288,14 @@ def test_list_show_export(pki: Path, run, tmp_path: Path) -> None:  # type: igno
     shown = json.loads(run("ca", "show", "signer", "--json", "--pki", str(pki)).output)
     assert "extendedKeyUsage: codeSigning" in shown["extensions"]
     assert run("ca", "show", "nope", "--pki", str(pki)).exit_code == 3
+    pem = run("ca", "show", "signer", "--pem", "--pki", str(pki)).output
+    assert pem.startswith("-----BEGIN CERTIFICATE-----")
+    # --pem and --json are alternatives: with --json stdout carries one JSON document
+    # or nothing, so both is a usage error (JSON on stderr), never PEM on stdout
+    both = run("ca", "show", "signer", "--pem", "--json", "--pki", str(pki))
+    assert both.exit_code == 2 and both.stdout == "", both.output
+    doc = json.loads(both.stderr)
+    assert doc["error"] == "UsageError" and "--pem and --json" in doc["message"]
     out = tmp_path / "export"
     data = json.loads(run("ca", "export", "--out", str(out), "--json", "--pki",
                           str(pki)).output)

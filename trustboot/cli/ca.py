@@ -359,10 +359,15 @@ def _parse_serial(text: str) -> int:
 @command.command("show")
 @pki_option
 @click.argument("name")
-@click.option("--pem", "as_pem", is_flag=True, help="Print the certificate in PEM.")
+@click.option("--pem", "as_pem", is_flag=True,
+              help="Print the certificate in PEM (not with --json).")
 @json_option
 def show_cmd(pki: Path, name: str, as_pem: bool, as_json: bool) -> None:
     """Details of one certificate (root-ca and issuing-ca name the CA certificates)."""
+    if as_pem and as_json:
+        # two outputs for one stdout: PEM there would break --json's one-document rule
+        raise click.UsageError("give only one of --pem and --json (the JSON names the "
+                               "certificate's PEM file: cert_file)")
     ca = CertificateAuthority.open(pki)
     entry = ca.get(name)
     cert = entry.load_cert()
