@@ -120,14 +120,18 @@ def make_release(pki: Pki, tmp_path: Path) -> ReleaseFactory:
 
 
 @contextlib.contextmanager
-def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+def http_server(handler: type[http.server.BaseHTTPRequestHandler],
+                tls: ssl.SSLContext | None = None) -> Iterator[str]:
     """A plain-HTTP server on 127.0.0.1 answering with ``handler`` (a misbehaving origin
-    for the read-back's tests), in daemon threads: its base URL, ending in '/'."""
+    for the read-back's tests), in daemon threads: its base URL, ending in '/'. With
+    ``tls``, HTTPS with that server context (the certificates it sends are the test's)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}/"
     finally:
         server.shutdown()
         server.server_close()

@@ -7,12 +7,13 @@ import datetime as dt
 import http.server
 import json
 import os
+import ssl
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.publish.conftest import Nginx, Pki, ReleaseFactory, http_server, run_cli
+from tests.publish.conftest import KEY_PASS, Nginx, Pki, ReleaseFactory, http_server, run_cli
 from tests.publish.faultproxy import fault_proxy
 from trustboot.cli.main import cli
 from trustboot.cli.verify import load_trust
@@ -287,6 +288,66 @@ def test_a_cleartext_public_url_is_refused_for_the_read_back(
         res = CliRunner().invoke(cli, [*argv, "--unsafe-http", "--json"])
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout)["readback"] == "http"
+
+
+def test_a_tls_failure_in_the_read_back_is_reported_as_tls_not_tampering(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """The public URL serves the origin's certificate without the issuing CA (nginx's
+    ssl_certificate with the leaf alone, a common mistake): no client can verify it.
+    That is the origin-tls failure with its hint, and `origin check` says so too; not
+    "the origin was changed, delete the release" (rule served-object), which fixes
+    nothing. Served with the full chain, the same release publishes."""
+    r = make_release({"boot.ipxe": ENTRY})
+    srv = tmp_path / "srv"
+
+    class Mirror(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kw: object) -> None:
+            super().__init__(*args, directory=str(srv), **kw)  # type: ignore[arg-type]
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    def context(chain: Path) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(chain), str(pki.key("origin")), password=KEY_PASS)
+        return ctx
+
+    full = tmp_path / "full-chain.pem"
+    full.write_bytes(pki.cert("origin").read_bytes()
+                     + (pki.dir / "issuing-ca.crt").read_bytes())
+    with http_server(Mirror, tls=context(pki.cert("origin"))) as url:
+        argv = ["publish", str(r), f"file://{srv}", "--release-id", "t1", "--pki",
+                str(pki.dir), "--public-url", url, "--retries", "0", "--json"]
+        res = CliRunner().invoke(cli, argv)
+        assert res.exit_code == 4, res.output
+        doc = json.loads(res.stderr)
+        assert doc["rule"] == "origin-tls", doc
+        assert "does not verify" in doc["message"] and "local issuer" in doc["message"]
+        assert doc["hint"].startswith("nothing was switched; ")
+        assert "trustboot ca issue server" in doc["hint"] and "full chain" in doc["hint"]
+        assert "delete" not in doc["hint"]
+        assert not (srv / "boot.ipxe").exists()
+        checked = CliRunner().invoke(cli, ["origin", "check", url + "boot.ipxe", "--pki",
+                                           str(pki.dir), "--timeout", "5"])
+        assert checked.exit_code == 4, checked.output
+        assert "full chain" in checked.stderr and "issuing-ca.crt" in checked.stderr
+        assert "rollback" not in checked.stderr
+    with http_server(Mirror, tls=context(full)) as url:
+        argv[argv.index("--public-url") + 1] = url
+        res = CliRunner().invoke(cli, argv)
+        assert res.exit_code == 0, res.output
+        assert (srv / "boot.ipxe").read_bytes() == ENTRY
+    # an origin that speaks TLS 1.3 only: iPXE (1.2 at most) cannot connect; the hint
+    # says what to enable, not to roll back a release that is fine
+    only13 = context(full)
+    only13.minimum_version = ssl.TLSVersion.TLSv1_3
+    with http_server(Mirror, tls=only13) as url:
+        checked = CliRunner().invoke(cli, ["origin", "check", url + "boot.ipxe", "--pki",
+                                           str(pki.dir), "--timeout", "5", "--json"])
+        assert checked.exit_code == 4, checked.output
+        doc = json.loads(checked.stderr)
+        assert doc["rule"] == "origin-tls" and "handshake" in doc["message"], doc
+        assert "TLS 1.2" in doc["hint"] and "rollback" not in doc["hint"]
 
 
 def test_webdav_lock_collection(pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:

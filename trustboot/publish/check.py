@@ -39,6 +39,7 @@ class CheckReport:
     cipher: str | None = None
     chain: list[dict[str, str]] = field(default_factory=list)
     tls_error: str | None = None
+    tls_hint: str | None = None  # what fixes tls_error (a certificate or a handshake)
     ipxe_ok: bool = False
     failure: str | None = None
     signers: list[dict[str, Any]] = field(default_factory=list)
@@ -76,6 +77,10 @@ class CheckReport:
                 f"{why}",
                 hint="check that the origin is up, serves this URL and is reachable from "
                      f"here: trustboot origin check {self.url}")
+        if self.tls_error is not None and self.tls_hint is not None:
+            # not a release to roll back: the origin's TLS is what a client refuses
+            return VerificationError(f"iPXE would not boot {self.url}: {why}",
+                                     hint=self.tls_hint, rule="origin-tls", subject=self.url)
         return VerificationError(
             f"iPXE would not boot {self.url}: {why}",
             hint=f"`trustboot origin check {self.url}` shows the TLS chain and the signers "
@@ -127,9 +132,17 @@ def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.dateti
             chain = _peer_chain(tls)
         except ssl.SSLCertVerificationError as exc:
             report.tls_error = f"certificate does not verify: {exc.verify_message}"
+            report.tls_hint = (
+                "the origin must send a server certificate from your CA for this host name "
+                "(`trustboot ca issue server`) followed by the issuing CA (the full chain: "
+                "its certificate file, then issuing-ca.crt), chaining to the roots iPXE "
+                "was built with (--trust, --pki; --ca-file if given)")
             chain = []
         except ssl.SSLError as exc:
             report.tls_error = f"TLS 1.2 handshake with iPXE's cipher suites failed: {exc}"
+            report.tls_hint = ("iPXE speaks TLS 1.2 at most, with its own cipher suites: "
+                               "enable TLS 1.2 and those on the origin (`trustboot origin "
+                               "nginx-config` writes such a server block)")
             chain = []
         except OSError as exc:
             proxy = proxy_for("https", host, parts.port)

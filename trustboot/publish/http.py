@@ -252,7 +252,8 @@ def tls_failure(url: str, exc: BaseException) -> VerificationError | None:
         return VerificationError(
             f"the TLS certificate of {url} does not verify: {cause.verify_message}",
             hint="the origin must present a server certificate from your CA for this "
-                 "host name (`trustboot ca issue server`), and --ca-file must be that CA",
+                 "host name (`trustboot ca issue server`) followed by the issuing CA (the "
+                 "full chain), and --ca-file must be that CA",
             rule="origin-tls", subject=url)
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:

@@ -439,11 +439,19 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
     sigs: dict[str, bytes] = {}
     problems: list[str] = []
     refused: list[str] = []  # the problems that are a 403: anonymous reads refused
+    # the problems that are the origin's TLS certificate not verifying (http.tls_failure):
+    # nothing was read, so nothing says the origin was changed
+    tls: list[VerificationError] = []
 
     def not_served(exc: NotServed) -> None:
         problems.append(exc.message)
         if exc.status == 403:
             refused.append(exc.message)
+
+    def not_read(exc: VerificationError) -> None:
+        problems.append(exc.message)
+        if exc.rule == "origin-tls":
+            tls.append(exc)
 
     def fetch_sig(f: ManifestFile) -> None:
         try:
@@ -452,7 +460,7 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
             not_served(exc)
             return
         except VerificationError as exc:
-            problems.append(exc.message)
+            not_read(exc)
             return
         if len(data) != f.size or hashlib.sha256(data).hexdigest() != f.sha256:
             problems.append(f"{prefix}{f.name}: the origin serves other bytes than were "
@@ -479,6 +487,11 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                                      hash_names=names)
             except NotServed as exc:
                 not_served(exc)
+                return
+            except VerificationError as exc:
+                if exc.rule != "origin-tls":
+                    raise
+                not_read(exc)
                 return
             except TooLarge:
                 problems.append(f"{prefix}{f.name}: the origin serves more than the "
@@ -510,6 +523,17 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
     _run_all(fetch_sig, sig_files, jobs)
     if not problems:
         _run_all(check, others, jobs)
+    if problems and len(tls) == len(problems):
+        # The certificate (often a chain without its intermediate) is what failed, as it
+        # would for a booting client: its own rule and hint, not the tampering one.
+        first = min(tls, key=lambda e: e.message)
+        more = f" (and {len(tls) - 1} more object(s))" if len(tls) > 1 else ""
+        raise VerificationError(
+            f"release {manifest.release} on {origin.url} could not be read back: "
+            f"{first.message}{more}",
+            hint=f"nothing was switched; {first.hint}" if first.hint else
+                 "nothing was switched",
+            rule="origin-tls", subject=first.subject)
     if problems:
         hint = ("nothing was switched; find out who changed the origin, then delete "
                 f"releases/{manifest.release}/ there and publish again")
