@@ -390,33 +390,53 @@ def work_dir(prefix: str) -> Iterator[Path]:
     check_parents(Path(tempfile.gettempdir()) / f"{prefix}*", "work directory")
     remove_stale_work_dirs()
     path = Path(tempfile.mkdtemp(prefix=prefix))  # 0700 whatever the umask
+    with holding_dir(path):
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def holding_dir(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the directory ``path`` (one this run just made) for the
+    block: a run killed by SIGKILL cannot remove its directory, but its lock goes with
+    it, which is how :func:`remove_unlocked_dirs` tells its leftovers from a live run's.
+    On a filesystem without flock nothing is held (and nothing there is swept)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        with contextlib.suppress(OSError):  # a TMPDIR without flock: the age rule alone
+        with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield path
+        yield
     finally:
-        shutil.rmtree(path, ignore_errors=True)
-        os.close(fd)
+        os.close(fd)  # releases the lock
 
 
 def remove_stale_work_dirs(*, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
     """Work directories (``work_dir``) that killed runs left in TMPDIR; what was removed.
-
-    Only names ``work_dir`` makes, only directories (never a link, never followed),
-    only this user's, unchanged for ``older_than`` seconds and not locked by a live run.
-    The listing and removals go through one descriptor of TMPDIR, the directory's
-    identity is checked on the descriptor that takes its lock, and the tree is removed
-    without following links (shutil.rmtree with dir_fd)."""
-    import shutil
+    Only names ``work_dir`` makes (see :func:`remove_unlocked_dirs`)."""
     import tempfile
 
-    base = Path(tempfile.gettempdir())
+    return remove_unlocked_dirs(Path(tempfile.gettempdir()),
+                                lambda n: _WORK_DIR_NAME.fullmatch(n) is not None,
+                                older_than=older_than)
+
+
+def remove_unlocked_dirs(directory: Path, match: Callable[[str], bool], *,
+                         older_than: float) -> list[Path]:
+    """Directories in ``directory`` that killed runs left (each held with
+    :func:`holding_dir` while its run lived); returns what was removed.
+
+    Only names that ``match``, only directories (never a link, never followed), only this
+    user's, unchanged for ``older_than`` seconds and not locked by a live run. The listing
+    and removals go through one descriptor of ``directory``, the directory's identity is
+    checked on the descriptor that takes its lock, and the tree is removed without
+    following links (shutil.rmtree with dir_fd)."""
+    import shutil
+
     removed: list[Path] = []
-    with contextlib.suppress(OSError):  # TMPDIR unreadable: nothing to sweep
-        for dfd, name, st in _own_old_entries(
-                base, lambda n: _WORK_DIR_NAME.fullmatch(n) is not None, stat.S_ISDIR,
-                older_than):
+    with contextlib.suppress(OSError):  # directory unreadable: nothing to sweep
+        for dfd, name, st in _own_old_entries(directory, match, stat.S_ISDIR, older_than):
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                              | os.O_CLOEXEC, dir_fd=dfd)
@@ -432,7 +452,7 @@ def remove_stale_work_dirs(*, older_than: float = STALE_TMP_SECONDS) -> list[Pat
                     continue  # a live run's
                 with contextlib.suppress(OSError):
                     shutil.rmtree(name, dir_fd=dfd)
-                    removed.append(base / name)
+                    removed.append(Path(directory) / name)
             finally:
                 os.close(fd)
     return removed

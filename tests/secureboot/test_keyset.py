@@ -177,7 +177,7 @@ def test_killed_init_leaves_no_key_set(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         keyset.init_keyset(pki, dying, name="bad\nname", now=dt.datetime.now(dt.UTC))
     keyset.init_keyset(pki, dying, name="ok", now=dt.datetime.now(dt.UTC))
-    assert sorted(p.name for p in pki.iterdir()) == ["secureboot"]
+    assert sorted(p.name for p in pki.iterdir()) == [".lock", "secureboot"]  # (the CA's lock)
 
 
 @pytest.fixture(scope="module")

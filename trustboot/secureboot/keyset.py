@@ -15,6 +15,7 @@ not yet valid db certificate so that a stale key set is noticed.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import shutil
@@ -111,10 +112,7 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
     # swapped at once, and every later command refuses that home anyway.
     check_pki_permissions(pki)
     target = pki / DIRNAME
-    if target.exists() or target.is_symlink():
-        raise ConfigError(f"{target} already holds a Secure Boot key set",
-                          hint="keys enrolled in firmware are not replaced lightly; move it "
-                               "away first if you really mean to start over")
+    _refuse_existing(target)
     if not name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name) or len(name) > 64:
         raise ConfigError(f"key set name {name!r} is empty, too long or holds control "
                           "characters", hint="e.g. --name 'Example Boot'")
@@ -124,11 +122,39 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
         secret = passphrase("the Secure Boot keys")
         keyfile.check_passphrase(secret, "the passphrase for the Secure Boot keys")
     else:
+        secret = b""  # the PIN is asked when the token is first opened
         passphrase = asked_once(passphrase)
     owner = owner or uuid.uuid4()
+    # The CA's lock, held as every CA write holds it: concurrent inits are serial from
+    # here, so the second one finds the first one's key set and stops before generating
+    # anything (in a token: before its keys could be mistaken for the winner's).
+    with fsutil.locked(pki / ".lock"):
+        _refuse_existing(target)
+        _clean_staging(pki)
+        staging = Path(tempfile.mkdtemp(prefix=".secureboot.", suffix=".tmp", dir=pki))
+        with fsutil.holding_dir(staging):  # a live run's: never swept (_clean_staging)
+            return _create(pki, staging, target, name=name, now=now, days=days,
+                           owner=owner, pkcs11=pkcs11, passphrase=passphrase,
+                           secret=secret)
+
+
+def _refuse_existing(target: Path) -> None:
+    if target.exists() or target.is_symlink():
+        raise _exists(target)
+
+
+def _exists(target: Path) -> ConfigError:
+    return ConfigError(f"{target} already holds a Secure Boot key set",
+                       hint="keys enrolled in firmware are not replaced lightly; move it "
+                            "away first if you really mean to start over")
+
+
+def _create(pki: Path, staging: Path, target: Path, *, name: str, now: dt.datetime,
+            days: int, owner: uuid.UUID, pkcs11: tuple[str, Path] | None,
+            passphrase: PassphraseSource, secret: bytes) -> KeySet:
+    """The key set written into ``staging`` and renamed onto ``target`` (the commit); on
+    any failure before the rename, staging and the token keys this run made are removed."""
     token_refs: dict[str, str] = {}
-    _clean_staging(pki)
-    staging = Path(tempfile.mkdtemp(prefix=".secureboot.", suffix=".tmp", dir=pki))
     try:
         os.chmod(staging, 0o755)  # noqa: S103 - public certificates; keys are in private/
         fsutil.ensure_private_dir(staging / "private")
@@ -156,8 +182,17 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
             meta["pkcs11"] = token_meta
         fsutil.atomic_write(staging / META, json.dumps(meta, indent=2).encode() + b"\n",
                             mode=fsutil.PUBLIC_FILE_MODE)
-        os.rename(staging, target)
-        fsutil.fsync_dir(pki)
+        try:
+            os.rename(staging, target)
+        except OSError as exc:
+            # (only a writer outside trustboot's lock gets here: it made PKI/secureboot
+            # since the check; a directory is never renamed over a non-empty one)
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise _exists(target) from None
+            raise OperationalError(f"cannot move the new key set into {target}: "
+                                   f"{exc.strerror}",
+                                   hint="check the CA home's permissions and free space"
+                                   ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if pkcs11 is not None and token_refs:  # no half key set in the token either
@@ -166,6 +201,8 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
             destroy_generated(pkcs11[0], pkcs11[1], passphrase,
                               [f"trustboot-sb-{role}" for role in token_refs])
         raise
+    # Committed: from here on the key set (and its token keys) is in place and stays.
+    fsutil.fsync_dir(pki)
     return KeySet(target, owner, certs, token_meta)
 
 
@@ -185,10 +222,10 @@ def _token_key(pkcs11: tuple[str, Path], role: str, pin: PassphraseSource,
 
 def _clean_staging(pki: Path) -> None:
     """Remove staging directories left by a killed ``init`` (they never hold a key set
-    anyone uses: the rename is the commit)."""
-    for leftover in pki.glob(".secureboot.*.tmp"):
-        if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover, ignore_errors=True)
+    anyone uses: the rename is the commit). Only unlocked ones: a live run holds its own
+    (fsutil.holding_dir), and one of a run from before the CA lock was taken may be live."""
+    fsutil.remove_unlocked_dirs(
+        pki, lambda n: n.startswith(".secureboot.") and n.endswith(".tmp"), older_than=0)
 
 
 def load_keyset(pki: Path) -> KeySet:
