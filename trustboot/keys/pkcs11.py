@@ -672,15 +672,22 @@ def generation_token(text: str, module_option: Path | None,
 
 
 def destroy_generated(token_ref: str, module: Path, secrets: PassphraseSource,
-                      labels: Sequence[str]) -> None:
-    """Remove the key pairs labelled ``labels`` that a failed run just generated (best
+                      refs: Sequence[str]) -> None:
+    """Remove the key pairs a failed run just generated, each named by the URI
+    :func:`generate_key_pair` returned: its label and the random CKA_ID chosen for it,
+    never the label alone, which a pair another run made meanwhile may share (best
     effort: the run's own error is what the user needs to see)."""
     p11 = _import_pkcs11()
     uri = parse_uri(token_ref, require_key=False)
     with contextlib.suppress(p11.exceptions.PKCS11Error, ConfigError, OperationalError), \
             token_session(uri, module_path(uri, module), secrets, rw=True) as session:
-        for label in labels:
-            for obj in list(session.get_objects({p11.Attribute.LABEL: label})):
+        for ref in refs:
+            made = parse_uri(ref)
+            label, key_id = made.get("object"), made.id
+            if not label or not key_id:
+                continue  # not one of generate_key_pair's: nothing to tell it apart by
+            for obj in list(session.get_objects({p11.Attribute.LABEL: label,
+                                                 p11.Attribute.ID: key_id})):
                 obj.destroy()
 
 

@@ -198,8 +198,7 @@ def _create(pki: Path, staging: Path, target: Path, *, name: str, now: dt.dateti
         if pkcs11 is not None and token_refs:  # no half key set in the token either
             from trustboot.keys.pkcs11 import destroy_generated
 
-            destroy_generated(pkcs11[0], pkcs11[1], passphrase,
-                              [f"trustboot-sb-{role}" for role in token_refs])
+            destroy_generated(pkcs11[0], pkcs11[1], passphrase, list(token_refs.values()))
         raise
     # Committed: from here on the key set (and its token keys) is in place and stays.
     fsutil.fsync_dir(pki)
