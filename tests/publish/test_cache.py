@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.publish.conftest import Pki, ReleaseFactory
 from trustboot.publish.cache import PublishCache
 
 
@@ -77,3 +78,62 @@ def test_a_damaged_cache_only_costs_time(tmp_path: Path, monkeypatch: pytest.Mon
         victim.write_bytes(b"k" * (n + 2))  # another identity each time
     cache.save()
     assert len(PublishCache(path).local) == 2
+
+
+def _another_users_link(tmp_path: Path) -> tuple[Path, Path]:
+    """A home owned by another user (nobody) whose ~/.cache is that user's link to a
+    directory of their choice: what root meets when run with their HOME (sudo -E)."""
+    home, victim = tmp_path / "home", tmp_path / "victim"
+    home.mkdir()
+    victim.mkdir(mode=0o755)
+    (home / ".cache").symlink_to(victim)
+    os.lchown(home / ".cache", 65534, 65534)
+    os.chown(home, 65534, 65534)
+    return home, victim
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a link to another user")
+def test_a_cache_behind_another_users_link_is_not_used(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from trustboot.publish.cache import default_cache_path
+
+    home, victim = _another_users_link(tmp_path)
+    monkeypatch.delenv("TRUSTBOOT_PUBLISH_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    # what the link's owner planted there is not read ...
+    planted = victim / "trustboot" / "publish-cache.json"
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"kernel")
+    _poisoned(planted, kernel)
+    cache = PublishCache(default_cache_path())
+    assert cache.problem and "symbolic link owned by uid 65534" in cache.problem
+    assert cache.local == {} and cache.verified == {}
+    # ... and nothing is created through it
+    assert cache.local_digest(kernel, kernel.stat()) is None
+    planted.unlink()
+    planted.parent.rmdir()
+    cache.remember_local(kernel, kernel.stat(), "0" * 64)
+    cache.save()
+    assert list(victim.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a link to another user")
+def test_publish_with_another_users_home_warns_once_and_publishes(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from trustboot.cli.main import cli
+
+    home, victim = _another_users_link(tmp_path)
+    monkeypatch.delenv("TRUSTBOOT_PUBLISH_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    r = make_release({"boot.ipxe": b"#!ipxe\necho cache\n"})
+    res = CliRunner().invoke(cli, ["publish", str(r), f"file://{tmp_path}/srv",
+                                   "--release-id", "h1", "--pki", str(pki.dir)])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("warning: publish cache") == 1, res.output
+    assert "switched boot.ipxe to h1" in res.output
+    assert list(victim.iterdir()) == []

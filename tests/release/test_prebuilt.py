@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import lzma
+import os
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,22 @@ def test_an_entry_named_like_a_firmware_binary_is_refused_before_anything_runs(
         assert code == 3, err
         assert "r.yaml:" in err and "the name of firmware bin/ipxe.lkrn" in err
     assert not list(lab.origin.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a link to another user")
+def test_a_publish_cache_behind_another_users_link_is_skipped_with_a_warning(
+        lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root releasing with a user's cache path (sudo -E keeps XDG_CACHE_HOME): the
+    user's link in it is not followed; the release goes on without the memo."""
+    cache, victim = tmp_path / "usercache", tmp_path / "victim"
+    cache.mkdir()
+    victim.mkdir()
+    (cache / "trustboot").symlink_to(victim)
+    os.lchown(cache / "trustboot", 65534, 65534)
+    os.chown(cache, 65534, 65534)
+    monkeypatch.setenv("TRUSTBOOT_PUBLISH_CACHE", str(cache / "trustboot" / "c.json"))
+    (_fw(lab) / "ipxe.lkrn").write_bytes(FIRMWARE)
+    code, _, err = release(str(lab.recipe(ipxe=PREBUILT)))
+    assert code == 0, err
+    assert err.count("warning: publish cache") == 1, err
+    assert list(victim.iterdir()) == []

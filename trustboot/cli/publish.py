@@ -246,6 +246,8 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
     check_release_id(release_id)
     trust = build_trust(kw)
     cache = None if full_readback else PublishCache(default_cache_path())
+    if cache is not None and cache.problem:
+        warn(cache.problem)
     objects = scan_directory(directory, cache=cache)
     keys = {o.key for o in objects}
     if entry is None and "boot.ipxe" in keys:
@@ -321,11 +323,14 @@ def rollback_cmd(origin_url: str, release_id: str, as_json: bool, **kw: Any) -> 
     from trustboot.publish.pipeline import rollback
 
     trust = build_trust(kw)
+    cache = PublishCache(default_cache_path())
+    if cache.problem:
+        warn(cache.problem)
     origin, options = open_cli_origin(origin_url, kw)
     with upload_progress(as_json) as bars, origin:
         result = rollback(origin, release_id, entry_path=kw["entry_path"], trust=trust,
                           now=utc_now(), jobs=kw["jobs"], progress=bars, options=options,
-                          cache=PublishCache(default_cache_path()))
+                          cache=cache)
     if as_json:
         emit_json(result.to_json())
         return

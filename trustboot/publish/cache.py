@@ -12,6 +12,9 @@ for anything iPXE relies on.
   never integrity. ``--full-readback`` ignores it.
 
 Any problem reading the memo empties it: it is a cache, never an input that can fail a run.
+A cache whose parents another user can change (root running with a user's HOME or
+XDG_CACHE_HOME, a link in ~/.cache) is not used at all: its owner could point it at any
+file root then creates or reads. ``PublishCache.problem`` says why, for the caller to warn.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from trustboot import jsonin
-from trustboot.errors import TrustbootError
-from trustboot.fsutil import atomic_write, ensure_private_dir
+from trustboot.errors import ConfigError, TrustbootError
+from trustboot.fsutil import atomic_write, check_parents, ensure_private_dir
 
 MAX_ENTRIES = 20_000
 MAX_BYTES = 16 << 20
@@ -52,8 +55,23 @@ class PublishCache:
         self.local: dict[str, list[Any]] = {}
         self.verified: dict[str, list[Any]] = {}
         self._dirty = False
-        if path is not None:
+        # why the cache is not used (None: it is, or none was asked for)
+        self.problem: str | None = None
+        if path is not None and self._safe_place(path):
             self._load(path)
+
+    def _safe_place(self, path: Path) -> bool:
+        """Whether only root and we can change the directories above the cache (as for
+        the iPXE build cache); if not, the cache is dropped for this run."""
+        try:
+            check_parents(path, "publish cache")
+        except ConfigError as exc:
+            self.path = None
+            self.problem = (f"{exc.message}; publishing without the cache (every file is "
+                            "hashed and read back in full)"
+                            + (f"\n  hint: {exc.hint}" if exc.hint else ""))
+            return False
+        return True
 
     def _load(self, path: Path) -> None:
         try:
@@ -112,7 +130,11 @@ class PublishCache:
                 for k in sorted(table, key=lambda k: table[k][-1])[: len(table) - MAX_ENTRIES]:
                     del table[k]
         try:
+            # again: the parents may have changed since the cache was read, and a
+            # directory ensure_private_dir creates may land in one made meanwhile
+            check_parents(self.path, "publish cache")
             ensure_private_dir(self.path.parent)
+            check_parents(self.path, "publish cache")
             atomic_write(self.path, json.dumps({"version": 1, "local": self.local,
                                                 "verified": self.verified}).encode(),
                          mode=0o600)

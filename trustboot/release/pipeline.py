@@ -167,6 +167,8 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     st.done("validate", "done", f"recipe {recipe.source}: {entries}, "
             f"{len(v.inputs)} files, signer {v.signer_name}")
     cache = PublishCache(options.publish_cache) if options.publish_cache else None
+    if cache is not None and cache.problem:
+        st.done("validate", "warning", cache.problem)
     if dry_run:
         p = plan(v, now=now, cache=cache, save_cache=False)
         if "{date}" in recipe.release.id_template:
