@@ -10,6 +10,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -572,6 +573,21 @@ def test_manifest_may_go_into_the_out_directory(material: Material, tmp_path: Pa
         assert json.loads(manifest.read_text())["files"]
 
 
+@pytest.fixture
+def no_other_threads() -> None:
+    """sign_many forks its signers only in a process without other threads (forking those
+    is unsafe), so a test of the forked path waits for threads an earlier test of the
+    session left finishing (a test server's handler, a read-back watchdog) and names any
+    that stay, instead of failing on a serial run it did not ask for."""
+    deadline = time.monotonic() + 10
+    while others := [t.name for t in threading.enumerate()
+                     if t is not threading.current_thread()]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"threads an earlier test left running: {others}")
+        time.sleep(0.02)
+
+
+@pytest.mark.usefixtures("no_other_threads")
 def test_hash_job_in_processes_matches_hashlib_and_reports_errors(tmp_path: Path) -> None:
     import os
 
@@ -623,6 +639,7 @@ def test_hash_job_of_many_small_files_runs_in_one_process(tmp_path: Path) -> Non
     assert "is a directory" in err.value.message
 
 
+@pytest.mark.usefixtures("no_other_threads")
 def test_batch_signatures_stream_to_the_caller_and_a_failure_stops_the_workers(
         material: Material) -> None:
     from trustboot.cms.sign import PARALLEL_SIGN_MIN, sign_many
@@ -756,6 +773,7 @@ def test_a_bad_signature_from_a_signer_that_does_not_check_its_own_is_never_writ
     assert not [p for p in tmp_path.iterdir() if not p.name.endswith(".bin")]
 
 
+@pytest.mark.usefixtures("no_other_threads")
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="forked signers need 2 cores")
 def test_worker_step_runs_in_the_forked_signers_and_a_failed_share_is_signed_here(
         material: Material) -> None:
@@ -789,6 +807,7 @@ def test_worker_step_runs_in_the_forked_signers_and_a_failed_share_is_signed_her
         public.verify(sig, digest, padding.PKCS1v15(), Prehashed(SHA256()))  # type: ignore
 
 
+@pytest.mark.usefixtures("no_other_threads")
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="forked signers need 2 cores")
 def test_forked_signers_share_the_work_as_it_is_done(material: Material) -> None:
     """A forked signer the scheduler runs less (here: one that sleeps after each file) does
@@ -816,6 +835,7 @@ def test_forked_signers_share_the_work_as_it_is_done(material: Material) -> None
     assert len(by_pid[sleeper]) <= 4, {pid: len(done) for pid, done in by_pid.items()}
 
 
+@pytest.mark.usefixtures("no_other_threads")
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="forked signers need 2 cores")
 def test_large_ecdsa_batches_are_signed_in_forked_signers_as_serially(
         material: Material) -> None:
@@ -849,6 +869,7 @@ def test_large_ecdsa_batches_are_signed_in_forked_signers_as_serially(
         public.verify(sig, digest, ec.ECDSA(Prehashed(SHA256())))
 
 
+@pytest.mark.usefixtures("no_other_threads")
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="forked signers need 2 cores")
 def test_forked_signers_write_the_files_and_leave_no_temp_behind(
         material: Material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -969,6 +990,7 @@ def test_a_directory_is_swept_once_per_run(material: Material, tmp_path: Path) -
     assert not left.exists()
 
 
+@pytest.mark.usefixtures("no_other_threads")
 def test_a_temp_name_planted_by_another_user_does_not_crash_the_run(
         material: Material, tmp_path: Path) -> None:
     """In a shared output directory (a sticky /tmp) another user sees the first temp file
