@@ -281,3 +281,76 @@ def test_a_pe32_image_signs_where_its_directories_are(
     assert offset == len(app) and offset + size == len(image)
     authenticode.verify_image(image, [db], "img")
     _independent(tmp_path, image, keyset_pki / "secureboot" / "db.crt")
+
+
+# -- the SignerInfo: what firmware would not accept is malformed, never a crash ----------------
+
+
+def _entry(blob: bytes) -> bytes:
+    entry = struct.pack("<IHH", 8 + len(blob), 0x0200, 0x0002) + blob
+    return entry + b"\0" * (-len(entry) % 8)
+
+
+def _with_table(signed: bytes, *blobs: bytes) -> bytes:
+    """``signed``'s image with a certificate table of one PKCS#7 entry per blob."""
+    offset, _size = _table(signed)
+    table = b"".join(_entry(b) for b in blobs)
+    return put(signed[:offset] + table, CERTDIR, "<II", offset, len(table))
+
+
+def _mutated(signed: bytes, change: Callable[[object], None]) -> bytes:
+    """The signature's PKCS#7 blob with its SignerInfo changed by ``change``."""
+    from asn1crypto import cms
+
+    offset, _size = _table(signed)
+    length = struct.unpack_from("<I", signed, offset)[0]
+    info = authenticode._AuthenticodeContentInfo.load(signed[offset + 8:offset + length])
+    si = info["content"]["signer_infos"][0]
+    change(si)
+    info["content"]["signer_infos"] = cms.SignerInfos([cms.SignerInfo.load(si.dump(force=True))])
+    return bytes(info.dump(force=True))
+
+
+def _ski(si: object) -> None:
+    from asn1crypto import cms
+
+    si["sid"] = cms.SignerIdentifier({"subject_key_identifier": b"\x01" * 20})  # type: ignore[index]
+
+
+def _empty_values(si: object) -> None:
+    from asn1crypto import cms
+
+    attrs = list(si["signed_attrs"])  # type: ignore[index]
+    empty = cms.CMSAttribute({"type": "message_digest", "values": []})
+    si["signed_attrs"] = cms.CMSAttributes([empty, *attrs])  # type: ignore[index]
+
+
+def _twice(si: object) -> None:
+    """A second messageDigest before the real one: which one would a verifier take?"""
+    from asn1crypto import cms
+
+    attrs = list(si["signed_attrs"])  # type: ignore[index]
+    other = cms.CMSAttribute({"type": "message_digest", "values": [b"\0" * 32]})
+    si["signed_attrs"] = cms.CMSAttributes([other, *attrs])  # type: ignore[index]
+
+
+@pytest.mark.parametrize("change, message", [
+    pytest.param(_ski, "identified by subject_key_identifier", id="subject-key-identifier"),
+    pytest.param(_empty_values, "not one attribute with one value", id="empty-values"),
+    pytest.param(_twice, "not one attribute with one value", id="message-digest-twice"),
+])
+def test_a_hostile_signer_info_is_malformed_and_the_next_signature_is_tried(
+        signed: bytes, signer_and_db: tuple[Sign, x509.Certificate],
+        change: Callable[[object], None], message: str) -> None:
+    _sign, db = signer_and_db
+    offset, _size = _table(signed)
+    good = signed[offset + 8:offset + struct.unpack_from("<I", signed, offset)[0]]
+    bad = _mutated(signed, change)
+    with pytest.raises(VerificationError) as info:
+        authenticode.verify_image(_with_table(signed, bad), [db], "img")
+    assert info.value.rule == "malformed" and message in info.value.message
+    assert info.value.exit_code == 4
+    # firmware accepts an image if any of its signatures is trusted: one it cannot read
+    # first must not hide a good one after it
+    report = authenticode.verify_image(_with_table(signed, bad, good), [db], "img")
+    assert report.signer_subject == db.subject.rfc4514_string()

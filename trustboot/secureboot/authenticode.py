@@ -316,28 +316,42 @@ def _check_one(blob: bytes, digest: bytes, trusted: Sequence[x509.Certificate],
         signed_digest = bytes(indirect["message_digest"]["digest"].native)
         (si,) = list(sd["signer_infos"])
         certs = [c.chosen for c in sd["certificates"]] if sd["certificates"] else []
-    except (ValueError, TypeError, KeyError) as exc:
+        # Each signed attribute holds exactly one value, each type once (RFC 5652 11.1);
+        # an empty SET or a second messageDigest is not a signature to pick a value from.
+        attrs: dict[str, object] = {}
+        for a in si["signed_attrs"]:
+            kind, values = a["type"].dotted, list(a["values"])
+            if len(values) != 1 or kind in attrs:
+                raise fail(f"the signed attribute {kind} is not one attribute with one "
+                           "value", "malformed")
+            attrs[kind] = values[0].native
+        # As sbverify and firmware: the signer is named by issuer and serial number (a
+        # subjectKeyIdentifier names no certificate we could check against the db).
+        sid = si["sid"]
+        if sid.name != "issuer_and_serial_number":
+            raise fail(f"the signer is identified by {sid.name}, not by issuer and serial "
+                       "number", "malformed")
+        issuer, serial = sid.chosen["issuer"], sid.chosen["serial_number"].native
+        signer_der = next((c.dump() for c in certs
+                           if c.issuer == issuer and c.serial_number == serial), None)
+        attrs_der = b"\x31" + si["signed_attrs"].untag().dump(force=False)[1:]
+        signature = bytes(si["signature"].native)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise fail(f"cannot parse the Authenticode signature ({exc})", "malformed") from None
     if indirect["message_digest"]["digest_algorithm"]["algorithm"].native != "sha256" \
             or signed_digest != digest:
         raise fail("the image does not match its signature (changed after signing)",
                    "image-digest")
-    attrs = {a["type"].dotted: a["values"][0] for a in si["signed_attrs"]}
     content_octets = indirect.contents
     md = attrs.get("1.2.840.113549.1.9.4")
-    if md is None or bytes(md.native) != hashlib.sha256(content_octets).digest():
+    if not isinstance(md, bytes) or md != hashlib.sha256(content_octets).digest():
         raise fail("the messageDigest attribute does not match the signed content",
                    "message-digest")
-    sid = si["sid"].chosen
-    signer_cert = next((c for c in certs if c.issuer == sid["issuer"]
-                        and c.serial_number == sid["serial_number"].native), None)
-    if signer_cert is None:
+    if signer_der is None:
         raise fail("the signer's certificate is not in the signature", "signer-missing")
-    cert = x509.load_der_x509_certificate(signer_cert.dump())
-    attrs_der = si["signed_attrs"].untag().dump(force=False)
-    attrs_der = b"\x31" + attrs_der[1:]
+    cert = x509.load_der_x509_certificate(signer_der)
     try:
-        _verify_sig(cert.public_key(), bytes(si["signature"].native), attrs_der)
+        _verify_sig(cert.public_key(), signature, attrs_der)
     except InvalidSignature:
         raise fail("the signature does not verify with the signer's key", "bad-signature") \
             from None
