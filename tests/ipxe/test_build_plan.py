@@ -451,3 +451,11 @@ def test_a_submodule_config_runs_no_command_either(tree: Path, tmp_path: Path) -
     found = open_source(tree)
     assert not marker.exists(), "git ran a command named by a submodule's config"
     assert found.git_commit is not None
+
+
+def test_cache_key_tracks_make_env_names_and_values(tree: Path, pki: TestPki) -> None:
+    request = _request(tree, pki)
+    keys = {B.cache_key(request, TOOLCHAIN, make_env=env) for env in (
+        {}, {"DEBUG": "tls"}, {"DEBUG": "x509"}, {"DEBUG": ""}, {"CCACHE_DIR": "tls"})}
+    assert len(keys) == 5
+    assert B.cache_key(request, TOOLCHAIN) == B.cache_key(request, TOOLCHAIN, make_env={})

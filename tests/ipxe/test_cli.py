@@ -255,3 +255,39 @@ def test_build_help_names_every_kind_of_target() -> None:
     assert code == 0
     text = " ".join(out.split())
     assert "bin/VVVVDDDD.rom" in text and "bin/ipxe.lkrn" in text
+
+
+def test_make_env_values_are_part_of_the_cache_key(env: dict[str, Path], pki: TestPki,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """iPXE's Makefile reads DEBUG from the environment: a build with --make-env DEBUG is
+    another build, never served from the cache (nor built in the warm tree) for one
+    without it or with another value; the manifest names the variable, not its value."""
+    builder = env["tree"] / "src" / "fake_build.py"
+    builder.write_text(builder.read_text().replace(
+        'data = b"\\n".join(out)',
+        'out.append(b"DEBUG=" + os.environ.get("DEBUG", "unset").encode())\n'
+        'data = b"\\n".join(out)'))
+    monkeypatch.setenv("DEBUG", "tls,x509")
+
+    def build(out: str, *extra: str) -> tuple[dict[str, object], bytes, int]:
+        before = len(env["runs"].read_text().split())
+        code, stdout, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki",
+                                str(pki.dir), "--target", "bin/ipxe.lkrn", *CHAIN, "-o", out,
+                                "--json", *extra)
+        assert code == 0, err
+        return (json.loads(stdout)["manifest"], Path(out, "bin/ipxe.lkrn").read_bytes(),
+                len(env["runs"].read_text().split()) - before)
+
+    manifest, data, ran = build("dbg", "--make-env", "DEBUG")
+    assert ran == 1 and b"DEBUG=tls,x509" in data
+    assert "DEBUG" in manifest["make"]["environment"]  # type: ignore[index]
+    assert "tls,x509" not in json.dumps(manifest)
+    manifest, data, ran = build("rel")
+    assert ran == 1 and b"DEBUG=unset" in data
+    assert "DEBUG" not in manifest["make"]["environment"]  # type: ignore[index]
+    monkeypatch.setenv("DEBUG", "tls")
+    _, data, ran = build("dbg2", "--make-env", "DEBUG")
+    assert ran == 1 and data.endswith(b"DEBUG=tls")
+    monkeypatch.setenv("DEBUG", "tls,x509")
+    _, data, ran = build("dbg3", "--make-env", "DEBUG")  # the same inputs: the cache
+    assert ran == 0 and data == Path("dbg", "bin/ipxe.lkrn").read_bytes()

@@ -288,8 +288,10 @@ def make_plan(request: BuildRequest, *, jobs: int, src_dir: str = "src") -> Make
     return MakePlan(invocations=tuple(invocations), input_files=files)
 
 
-def cache_key(request: BuildRequest, toolchain: Mapping[str, str]) -> str:
-    """SHA-256 over every input that can change the output bytes."""
+def cache_key(request: BuildRequest, toolchain: Mapping[str, str], *,
+              make_env: Mapping[str, str] | None = None) -> str:
+    """SHA-256 over every input that can change the output bytes. ``make_env`` is what
+    make sees beyond its minimal environment (:func:`passed_env`; None: the default's)."""
     plan = make_plan(request, jobs=1)
     doc = {
         "format": BUILD_FORMAT,
@@ -303,6 +305,9 @@ def cache_key(request: BuildRequest, toolchain: Mapping[str, str]) -> str:
         },
         "client_key": request.client.public_key_sha256 if request.client else None,
         "toolchain": dict(sorted(toolchain.items())),
+        # names and values: iPXE's Makefile reads DEBUG (and a compiler CCACHE_*) from
+        # the environment, so a debug build must never be served for a later normal one
+        "make_env": dict(sorted((passed_env() if make_env is None else make_env).items())),
     }
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
@@ -344,13 +349,17 @@ def _bios_only(targets: Sequence[str]) -> bool:
     return all(KNOWN_TARGETS[t].platform == "bios" for t in targets)
 
 
-def _warm_key(request: BuildRequest, toolchain: Mapping[str, str]) -> str:
-    """Identifies a reusable work tree: everything except TRUST/CERT/EMBED contents."""
+def _warm_key(request: BuildRequest, toolchain: Mapping[str, str],
+              make_env: Mapping[str, str]) -> str:
+    """Identifies a reusable work tree: everything except TRUST/CERT/EMBED contents (the
+    objects of a build with other environment variables are not reused either: make
+    does not track them)."""
     doc = {
         "format": BUILD_FORMAT,
         "source": request.source.tree_sha256,
         "headers": request.headers,
         "toolchain": dict(sorted(toolchain.items())),
+        "make_env": dict(sorted(make_env.items())),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -364,10 +373,16 @@ _PROGRESS = re.compile(r"^\s*\[([A-Z]+)\]\s+(\S+)")
 MAKE_ENV_PASSTHROUGH: tuple[str, ...] = ()
 
 
+def passed_env(passthrough: Sequence[str] = ()) -> dict[str, str]:
+    """What make sees of our environment beyond the minimal one: the variables named by
+    MAKE_ENV_PASSTHROUGH and ``passthrough`` (--make-env) that are set, with their values."""
+    names = (*MAKE_ENV_PASSTHROUGH, *passthrough)
+    return {n: os.environ[n] for n in names if n in os.environ}
+
+
 def make_env(passthrough: Sequence[str] = ()) -> dict[str, str]:
     """make's whole environment: minimal, plus the named variables if they are set."""
-    names = (*MAKE_ENV_PASSTHROUGH, *passthrough)
-    return minimal_env({n: os.environ[n] for n in names if n in os.environ})
+    return minimal_env(passed_env(passthrough))
 
 
 def _run_make(
@@ -662,7 +677,8 @@ def remove_abandoned_trees(work_root: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def _work_tree(
-    request: BuildRequest, cache: Path, key: str, toolchain: Mapping[str, str], clean: bool
+    request: BuildRequest, cache: Path, key: str, toolchain: Mapping[str, str],
+    passed: Mapping[str, str], clean: bool,
 ) -> Iterator[Path]:
     """A private copy of src/: warm and reused for BIOS-only builds without a client key
     (iPXE rebuilds only what TRUST/CERT/EMBED touch, and those images are reproducible
@@ -674,7 +690,7 @@ def _work_tree(
     work_root = cache / "work"
     fsutil.make_dirs(work_root, fsutil.PRIVATE_DIR_MODE)
     if _bios_only(request.targets) and request.client is None and not clean:
-        top = work_root / f"warm-{_warm_key(request, toolchain)[:32]}"
+        top = work_root / f"warm-{_warm_key(request, toolchain, passed)[:32]}"
         with fsutil.locked(work_root / f"{top.name}.lock", timeout=3600):
             if not (top / "src" / ".trustboot-complete").exists():
                 shutil.rmtree(top, ignore_errors=True)
@@ -721,7 +737,8 @@ def build(
     """
     toolchain = dict(toolchain) if toolchain is not None else check_toolchain(request.targets)
     cache = prepare_cache_dir(cache_dir or default_cache_dir())
-    key = cache_key(request, toolchain)
+    passed = passed_env(make_env_names)  # read once: the key and make see the same values
+    key = cache_key(request, toolchain, make_env=passed)
     entry = cache / "out" / key
     for sub in ("out", "logs"):
         fsutil.make_dirs(cache / sub, fsutil.PRIVATE_DIR_MODE)
@@ -738,7 +755,7 @@ def build(
             bwrap = None if unsafe_unsandboxed else sandbox.find_bwrap()
             _build_into(request, entry, key, log, toolchain, cache,
                         jobs or os.cpu_count() or 1, clean, on_progress,
-                        make_env(make_env_names), bwrap, extra_binds)
+                        passed, bwrap, extra_binds)
         manifest_bytes = (entry / "manifest.json").read_bytes()
         # only now: a failed build leaves no empty output dir; one others can write is
         # refused (they could swap the firmware, which trusts the root, before it ships)
@@ -765,13 +782,14 @@ def _build_into(
     jobs: int,
     clean: bool,
     on_progress: ProgressCallback | None,
-    env: Mapping[str, str],
+    passed: Mapping[str, str],
     bwrap: str | None,
     extra_binds: sandbox.ExtraBinds,
 ) -> None:
     plan = make_plan(request, jobs=jobs)
+    env = minimal_env(dict(passed))
     fsutil.atomic_write(log, b"", mode=fsutil.PRIVATE_FILE_MODE)
-    with _work_tree(request, cache, key, toolchain, clean) as top:
+    with _work_tree(request, cache, key, toolchain, passed, clean) as top:
         src = top / "src"
         local = src / "config" / "local"
         headers = {name: text.encode() for name, text in request.headers.items()}
@@ -850,6 +868,9 @@ def _build_into(
         "make": {
             "invocations": plan.to_json(),
             "source_date_epoch": request.source_date_epoch,
+            # names only: a value may be a credential (a remote ccache's URL); the values
+            # are in the cache key
+            "environment": sorted(passed),
         },
         "toolchain": dict(sorted(toolchain.items())),
         "outputs": outputs,
