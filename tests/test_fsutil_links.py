@@ -71,3 +71,37 @@ def test_a_temp_file_that_cannot_be_written_is_removed(
         write_temp(tmp_path / "x.sig", b"signature", name=".x.sig.0123.0.tmp")
     assert err.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+def test_open_beneath_follows_no_link_on_the_way(tmp_path: Path) -> None:
+    """Every component is opened without following a link: a directory replaced by a
+    link to one elsewhere is refused (ELOOP) as a link in the last component is; a file
+    where a directory belongs is ENOTDIR; '..' and absolute paths are not taken."""
+    import errno
+    import os
+
+    from trustboot.fsutil import open_beneath
+
+    root = tmp_path / "tree"
+    (root / "src" / "bin").mkdir(parents=True)
+    (root / "src" / "bin" / "ipxe.lkrn").write_bytes(b"firmware")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "ipxe.lkrn").write_bytes(b"host file")
+    fd = open_beneath(root, "src/bin/ipxe.lkrn")
+    assert os.read(fd, 100) == b"firmware"
+    os.close(fd)
+    (root / "src" / "bin" / "link.lkrn").symlink_to(elsewhere / "ipxe.lkrn")
+    (root / "src" / "bin-efi").symlink_to(elsewhere)
+    (root / "src" / "file").write_bytes(b"")
+    for rel, code in (("src/bin/link.lkrn", errno.ELOOP), ("src/bin-efi/ipxe.lkrn", errno.ELOOP),
+                      ("src/file/ipxe.lkrn", errno.ENOTDIR)):
+        with pytest.raises(OSError) as info:
+            open_beneath(root, rel)
+        assert info.value.errno == code, rel
+    with pytest.raises(OSError) as info:
+        open_beneath(root, "src/bin-efi", os.O_RDONLY | os.O_DIRECTORY)
+    assert info.value.errno == errno.ELOOP
+    for rel in ("../elsewhere/ipxe.lkrn", "/etc/passwd", "src//bin/ipxe.lkrn"):
+        with pytest.raises(ValueError):
+            open_beneath(root, rel)

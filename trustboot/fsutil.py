@@ -198,6 +198,39 @@ def create_file(path: Path, mode: int = PUBLIC_FILE_MODE) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
+def open_beneath(root: Path, rel: str, flags: int = os.O_RDONLY,
+                 mode: int = PRIVATE_FILE_MODE) -> int:
+    """Open ``rel`` below the directory ``root`` one component at a time, never through a
+    symbolic link: for a tree another program (an iPXE tree's make) could change, where
+    a link planted anywhere on the way would lead us to a host file. Returns the
+    descriptor. OSError ELOOP when a component is a link, ENOTDIR when one on the way is
+    not a directory; ``rel`` is a relative path of plain names (ValueError otherwise)."""
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"open_beneath: {rel!r} is not a relative path of plain names")
+
+    def step(dfd: int, name: str, step_flags: int) -> int:
+        try:
+            return os.open(name, step_flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+        except NotADirectoryError:
+            # a link to a directory fails this way too when O_DIRECTORY is asked for
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP),
+                              str(Path(root, rel))) from None
+            raise
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            sub = step(fd, part, os.O_RDONLY | os.O_DIRECTORY)
+            os.close(fd)
+            fd = sub
+        return step(fd, parts[-1], flags)
+    finally:
+        os.close(fd)
+
+
 def read_capped(path: Path, limit: int, what: str, *, nofollow: bool = False,
                 private: bool = False) -> bytes:
     """Read a regular file of at most ``limit`` bytes; ConfigError naming ``what`` otherwise.

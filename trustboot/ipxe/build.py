@@ -9,12 +9,15 @@ records a manifest. Nothing here prints: progress goes through a callback.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -587,21 +590,22 @@ def check_prebuilt_record(record: object, outputs: Mapping[str, bytes], source: 
 
 
 def _trust_check(
-    built: Path, data: bytes, target: str, request: BuildRequest
+    data: bytes, target: str, request: BuildRequest, linked: Callable[[], bytes | None]
 ) -> dict[str, object]:
     """Look for the compiled-in TRUST fingerprints and CERT= certificates in the binary.
 
-    ``data`` is the content of ``built``. EFI binaries are stored uncompressed, so the output
-    itself is searched; BIOS images are LZMA-compressed, so the linked image they were
-    compressed from (``<target>.tmp``) is.
+    ``data`` is the content of the built ``target``. EFI binaries are stored uncompressed,
+    so the output itself is searched; BIOS images are LZMA-compressed, so the linked image
+    they were compressed from (``<target>.tmp``, read by ``linked``: None if absent) is.
     """
+    name = target.rpartition("/")[2]
     where = "output"
     fingerprints = [c.fingerprint for c in request.trust]
     found = _find_fingerprints(data, fingerprints)
     if not all(found.values()):
-        linked = built.with_name(KNOWN_TARGETS[target].linked or built.name + ".tmp")
-        if linked.exists():
-            data = linked.read_bytes()
+        linked_data = linked()
+        if linked_data is not None:
+            data = linked_data
             where = "linked image"
             found = _find_fingerprints(data, fingerprints)
     certs = {c.fingerprint: c.der in data for c in request.chain_certs}
@@ -610,13 +614,54 @@ def _trust_check(
     absent += [f"certificate {fp}" for fp, ok in certs.items() if not ok]
     if absent:
         raise VerificationError(
-            f"{built.name} was built without the requested trust: {', '.join(absent)} "
+            f"{name} was built without the requested trust: {', '.join(absent)} "
             f"not found in the {where}",
             hint="this is a build problem, not yours to fix by hand: rerun with --no-cache "
             "and report it with the build log",
-            rule="ipxe-trust-compiled-in", subject=built.name,
+            rule="ipxe-trust-compiled-in", subject=name,
         )
     return result
+
+
+# An iPXE binary is well under a few MiB (an ISO with isolinux included): anything near
+# this is not firmware, and is never read whole into memory.
+MAX_OUTPUT_BYTES = 64 << 20
+
+
+def _read_built(top: Path, rel: str, target: str, log: Path) -> bytes | None:
+    """A file make produced, ``rel`` below the work tree ``top`` (None if absent): opened
+    without following a link in any component, a regular file, at most MAX_OUTPUT_BYTES.
+    The tree's Makefile decides what is there: a link to a host file (the CA key, as
+    root) would otherwise become the firmware, and a sparse 6 GB file our memory."""
+    def refuse(why: str) -> VerificationError:
+        return VerificationError(
+            f"the build of {target} left {rel} {why}: trustboot "
+            "does not read it", rule="ipxe-build-output", subject=target,
+            hint=f"a real iPXE tree never does this: check the tree's Makefile and the "
+                 f"build log {log}, or build from a tree you trust")
+
+    try:
+        fd = fsutil.open_beneath(top, rel, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise refuse("as, or below, a symbolic link") from None
+        if exc.errno == errno.ENOTDIR:
+            raise refuse("below something that is not a directory") from None
+        raise OperationalError(f"cannot read {rel} built for {target}: {exc.strerror}",
+                               hint=f"see {log}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse("as something other than a regular file")
+        if st.st_size > MAX_OUTPUT_BYTES:
+            raise refuse(f"at {st.st_size} bytes, over the {MAX_OUTPUT_BYTES} an iPXE "
+                         "binary could be")
+        data = fh.read(MAX_OUTPUT_BYTES + 1)  # one more: a file still growing
+    if len(data) > MAX_OUTPUT_BYTES:
+        raise refuse(f"over the {MAX_OUTPUT_BYTES} bytes an iPXE binary could be")
+    return data
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
@@ -827,20 +872,23 @@ def _build_into(
         shutil.rmtree(staging, ignore_errors=True)
         outputs = []
         for target in request.targets:
-            built = src / target
-            if not built.is_file():
+            built = _read_built(top, f"src/{target}", target, log)
+            if built is None:
                 raise OperationalError(
                     f"make succeeded but {target} was not produced", hint=f"see {log}"
                 )
-            data = built.read_bytes()
-            check = _trust_check(built, data, target, request)
+            folder, _, file_name = target.rpartition("/")
+            linked = f"src/{folder}/{KNOWN_TARGETS[target].linked or file_name + '.tmp'}"
+            check = _trust_check(
+                built, target, request,
+                functools.partial(_read_built, top, linked, target, log))
             dest = staging / target
             fsutil.make_dirs(dest.parent, fsutil.PRIVATE_DIR_MODE)
-            fsutil.atomic_write(dest, data, mode=fsutil.PRIVATE_FILE_MODE)
+            fsutil.atomic_write(dest, built, mode=fsutil.PRIVATE_FILE_MODE)
             outputs.append({
                 "target": target,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "size": len(data),
+                "sha256": hashlib.sha256(built).hexdigest(),
+                "size": len(built),
                 "trust_check": check,
             })
     manifest = {
