@@ -180,6 +180,27 @@ def test_make_never_sees_the_passphrase_variable(env: dict[str, Path], pki: Test
     assert code == 3 and "passphrase" in err
 
 
+def test_key_copies_are_removed_only_from_real_bin_directories(
+        env: dict[str, Path], pki: TestPki, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a client build trustboot removes iPXE's bin*/.private_key* copies of the key:
+    a bin* that make made a link to a host directory is not looked into."""
+    store = _client_store(pki, tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / ".private_key.list").write_text("keep me\n")
+    makefile = env["tree"] / "src" / "Makefile"
+    text = makefile.read_text()
+    line = next(x for x in text.splitlines() if "fake_build.py" in x)
+    makefile.write_text(text.replace(line, f"{line}\n\t@ln -sfn {victim} bin-planted"))
+    monkeypatch.setenv("TB_CLIENT_PASS", CLIENT_PASS)
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(store),
+                       "--client-cert", "c1", "--passphrase-env", "TB_CLIENT_PASS",
+                       "--target", "bin/ipxe.lkrn", *CHAIN)
+    assert code == 0, err
+    assert (victim / ".private_key.list").read_text() == "keep me\n"
+
+
 def _start_client_build(env: dict[str, Path], pki: TestPki, tmp_path: Path,
                         hold: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     store = _client_store(pki, tmp_path)

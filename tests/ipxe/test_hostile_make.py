@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.ipxe.testpki import TestPki
+from tests.ipxe.testpki import TestPki, make_pki
 from trustboot.cli.main import cli
 
 CHAIN = ["--chain", "https://boot.example.com/boot.ipxe", "--signer", "boot-signer"]
@@ -122,3 +122,88 @@ def test_huge_and_special_outputs_are_refused_unread(
     code, err = build(env, pki, "--no-cache")
     assert code == 4, err
     assert "bin/ipxe.lkrn" in err and "other than a regular file" in err
+
+
+# --- the warm tree ------------------------------------------------------------------------
+
+
+def victims(tmp_path: Path) -> dict[Path, dict[str, bytes]]:
+    """Two host directories a hostile make points the work tree at, and their contents."""
+    found = {}
+    for name, file, text in (("victim-del", "authorized_keys", b"keep-me\n"),
+                             ("victim-trunc", "important.conf", b"important config\n")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / file).write_bytes(text)
+        found[d] = {file: text}
+    return found
+
+
+def intact(found: dict[Path, dict[str, bytes]]) -> bool:
+    return all({p.name: p.read_bytes() for p in d.iterdir()} == files
+               for d, files in found.items())
+
+
+@pytest.mark.parametrize("first", ["sandboxed", "unsandboxed"])
+def test_directories_make_replaced_with_links_are_not_written_through(
+        env: dict[str, Path], pki: TestPki, tmp_path: Path, first: str) -> None:
+    """make replaces trustboot-inputs/ and config/local/ with links to host directories;
+    the next build in the warm tree (a root rotation: another cache key, the same tree)
+    would list, truncate and delete there. In the sandbox make cannot (both are read-only
+    mount points); a tree a first unsandboxed build changed is discarded and recopied."""
+    found = victims(tmp_path)
+    add_to_recipe(env["tree"],
+                  "rm -rf ../trustboot-inputs config/local 2>/dev/null || true",
+                  f"ln -sfn {tmp_path / 'victim-del'} ../trustboot-inputs 2>/dev/null || true",
+                  f"ln -sfn {tmp_path / 'victim-trunc'} config/local 2>/dev/null || true")
+    code, err = build(env, pki, *(["--unsafe-unsandboxed-build"] if first == "unsandboxed"
+                                  else []))
+    assert code == 0, err
+    warm = next((env["cache"] / "work").glob("warm-*[!k]"))
+    planted = (warm / "src" / "config" / "local").is_symlink()
+    assert planted == (first == "unsandboxed")  # the sandbox kept the directories
+    nxt = make_pki(tmp_path / "next", prefix="Next")
+    code, err = build(env, pki, "--trust", str(nxt.root))
+    assert code == 0, err
+    assert intact(found)
+    assert not any(p.is_symlink() for p in (warm / "src" / "config" / "local",
+                                            warm / "trustboot-inputs")) or first == "sandboxed"
+
+
+def test_a_warm_tree_whose_config_make_moved_is_recopied(
+        env: dict[str, Path], pki: TestPki, tmp_path: Path) -> None:
+    """config/local is a read-only mount point, but its parent can still be renamed: make
+    moves src/config away and leaves a config/local link to a host directory. The next
+    build finds the layout changed, discards the tree and copies it afresh."""
+    found = victims(tmp_path)
+    add_to_recipe(env["tree"], "mv config config.moved && mkdir config "
+                  f"&& cp config.moved/*.h config/ && ln -s {tmp_path / 'victim-trunc'} "
+                  "config/local")
+    code, err = build(env, pki)
+    assert code == 0, err
+    warm = next((env["cache"] / "work").glob("warm-*[!k]"))
+    assert (warm / "src" / "config" / "local").is_symlink()  # what make could still do
+    nxt = make_pki(tmp_path / "next", prefix="Next")
+    code, err = build(env, pki, "--trust", str(nxt.root))
+    assert code == 0, err
+    assert intact(found)
+    assert b"important config" not in (env["out"] / "bin" / "ipxe.lkrn").read_bytes()
+
+
+def test_make_cannot_change_the_layout_for_its_next_run(
+        env: dict[str, Path], pki: TestPki, tmp_path: Path) -> None:
+    """Two make runs in one build (x86_64 and arm64): the first leaves config/local a link
+    to a host directory; binding that read-only for the second would show make the host
+    directory (the fake build copies config/local into the firmware). The layout is
+    checked before every run."""
+    found = victims(tmp_path)
+    add_to_recipe(env["tree"], "case $@ in bin-x86_64-efi/*) mv config config.moved "
+                  f"&& mkdir config && ln -s {tmp_path / 'victim-trunc'} config/local;; esac")
+    code, _, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                       "--target", "bin-x86_64-efi/ipxe.efi", "--target",
+                       "bin-arm64-efi/ipxe.efi", *CHAIN)
+    assert code == 4, err
+    assert "changed the work tree's layout" in err and "src/config/local" in err
+    assert intact(found)
+    assert not any(b"important config" in p.read_bytes()
+                   for p in env["cache"].rglob("*") if p.is_file() and not p.is_symlink())

@@ -401,7 +401,8 @@ def _run_make(
         command = list(argv)
         child_env = dict(env)
         if bwrap is not None:
-            command = sandbox.sandbox_argv(argv, cwd.resolve(), bwrap=bwrap, extra=extra_binds)
+            command = sandbox.sandbox_argv(argv, cwd.resolve(), bwrap=bwrap, extra=extra_binds,
+                                           read_only_within=_PROTECTED_DIRS)
             child_env = sandbox.sandbox_env(child_env)
         # Its own process group, so an interruption can stop make and every compiler it
         # started (they write into a work tree that is about to be removed).
@@ -664,16 +665,129 @@ def _read_built(top: Path, rel: str, target: str, log: Path) -> bytes | None:
     return data
 
 
-def _write_if_changed(path: Path, data: bytes) -> None:
+def _write_if_changed(dir_fd: int, name: str, data: bytes) -> None:
+    """Make ``name`` in the directory ``dir_fd`` hold ``data``, leaving it (and its mtime)
+    alone if it already does. Never through a link: what a previous make left there is
+    compared only if it is a regular file of the right size, and replaced otherwise."""
     try:
-        if path.read_bytes() == data:
-            return
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
     except FileNotFoundError:
         pass
+    except OSError:  # a link (ELOOP) or worse: not ours to read, remove it
+        _remove_entry(dir_fd, name)
+    else:
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            regular = stat.S_ISREG(st.st_mode)
+            if regular and st.st_size == len(data) and fh.read(len(data) + 1) == data:
+                return
+        if not regular:
+            _remove_entry(dir_fd, name)
     # private like the rest of the work tree, whatever the umask (the certificates and
     # headers are not secret, but nothing here is for others to change)
-    with fsutil.create_file(path, fsutil.PRIVATE_FILE_MODE) as fh:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 fsutil.PRIVATE_FILE_MODE, dir_fd=dir_fd)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fd, fsutil.PRIVATE_FILE_MODE)
         fh.write(data)
+
+
+def _remove_entry(dir_fd: int, name: str) -> None:
+    """Remove ``name`` from the directory ``dir_fd``: a file or link itself, a directory
+    with its contents (never following a link)."""
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+# The work tree's directories trustboot writes into (relative to its top): bound read-only
+# in the sandbox, so make cannot replace them with links to host directories, and checked
+# again (with their parents) before a warm tree is reused and before every make run.
+_PROTECTED_DIRS = ("src/config/local", INPUT_DIR)
+_LAYOUT = ("src", "src/config", *_PROTECTED_DIRS)
+_COMPLETE = "src/.trustboot-complete"  # the copy of a warm tree finished
+
+
+def _layout_problem(top: Path) -> str | None:
+    """What is wrong with the work tree's layout: every directory of _LAYOUT must be a
+    real directory (no link on the way), ours, not writable by others. None if intact."""
+    for rel in _LAYOUT:
+        try:
+            fd = fsutil.open_beneath(top, rel, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            return f"{rel} is not a directory of the tree ({exc.strerror})"
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return f"{rel} is not private to us"
+    return None
+
+
+def _open_dir(top: Path, rel: str) -> int:
+    return fsutil.open_beneath(top, rel, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _warm_tree_usable(top: Path) -> bool:
+    """A warm tree is reused only if its copy completed and its layout is intact."""
+    try:
+        fd = fsutil.open_beneath(top, _COMPLETE, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        complete = stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+    return complete and _layout_problem(top) is None
+
+
+def _layout_changed(problem: str, log: Path) -> VerificationError:
+    return VerificationError(
+        f"make changed the work tree's layout: {problem}; trustboot does not write "
+        "there", rule="ipxe-build-output", subject="work tree",
+        hint=f"a real iPXE tree never does this: check the tree's Makefile and the build "
+             f"log {log}, or build from a tree you trust")
+
+
+def _remove_private_key_copies(top: Path) -> None:
+    """Remove the copies of the client key iPXE's make leaves in bin*/.private_key*,
+    looking only into real directories of src/ (a bin* link to a host directory would
+    have us delete there)."""
+    src_fd = _open_dir(top, "src")
+    try:
+        for entry in os.scandir(src_fd):
+            if not entry.name.startswith("bin") or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                bin_fd = _open_dir(top, f"src/{entry.name}")
+            except OSError:
+                continue  # replaced meanwhile: the tree goes away after this build anyway
+            try:
+                for name in os.listdir(bin_fd):
+                    if name.startswith(".private_key"):
+                        _remove_entry(bin_fd, name)
+            finally:
+                os.close(bin_fd)
+    finally:
+        os.close(src_fd)
+
+
+def _new_tree(request: BuildRequest, top: Path) -> None:
+    """Copy the source into ``top`` (an empty directory of ours) and add the inputs'
+    directory; ConfigError if the copy's layout is not the one trustboot writes into
+    (a tree whose src/config is a link)."""
+    copy_tree(request.source, top)
+    (top / INPUT_DIR).mkdir(mode=fsutil.PRIVATE_DIR_MODE)
+    problem = _layout_problem(top)
+    if problem is not None:
+        raise ConfigError(
+            f"the iPXE tree {request.source.src} does not copy to the layout trustboot "
+            f"builds in: {problem}",
+            hint="src/config must be a real directory in the tree (not a symbolic link)")
 
 
 def _copy_out(src: Path, dest: Path, mode: int) -> None:
@@ -737,12 +851,13 @@ def _work_tree(
     if _bios_only(request.targets) and request.client is None and not clean:
         top = work_root / f"warm-{_warm_key(request, toolchain, passed)[:32]}"
         with fsutil.locked(work_root / f"{top.name}.lock", timeout=3600):
-            if not (top / "src" / ".trustboot-complete").exists():
-                shutil.rmtree(top, ignore_errors=True)
+            # make ran in this tree before: one that replaced a directory we write into
+            # with a link would have this build write and delete in the link's target
+            if not _warm_tree_usable(top):
+                shutil.rmtree(top, ignore_errors=True)  # removes links, never follows them
                 top.mkdir(mode=fsutil.PRIVATE_DIR_MODE)
-                copy_tree(request.source, top)
-                fsutil.create_file(top / "src" / ".trustboot-complete",
-                                   fsutil.PRIVATE_FILE_MODE).close()
+                _new_tree(request, top)
+                fsutil.create_file(top / _COMPLETE, fsutil.PRIVATE_FILE_MODE).close()
             yield top
         return
     with cleanup_on_signals():
@@ -750,7 +865,7 @@ def _work_tree(
         top = Path(tempfile.mkdtemp(prefix=f"{_FRESH_PREFIX}{os.getpid()}-{key[:12]}-",
                                     dir=work_root))
         try:
-            copy_tree(request.source, top)
+            _new_tree(request, top)
             yield top
         finally:
             shutil.rmtree(top, ignore_errors=True)
@@ -835,39 +950,47 @@ def _build_into(
     env = minimal_env(dict(passed))
     fsutil.atomic_write(log, b"", mode=fsutil.PRIVATE_FILE_MODE)
     with _work_tree(request, cache, key, toolchain, passed, clean) as top:
-        src = top / "src"
-        local = src / "config" / "local"
         headers = {name: text.encode() for name, text in request.headers.items()}
-        for name in os.listdir(local):
-            if name not in headers:
-                # iPXE's make creates every missing config/local header empty; keep those
-                # (and their mtimes) rather than deleting and having make recreate them.
-                _write_if_changed(local / name, b"")
-        # Rewrite only what changed: a new mtime on config/local/general.h would make
-        # make rebuild nearly every object of a warm tree.
-        for name, data in headers.items():
-            _write_if_changed(local / name, data)
-        inputs = top / INPUT_DIR
-        inputs.mkdir(mode=0o700, exist_ok=True)
-        for name in os.listdir(inputs):
-            if f"{INPUT_DIR}/{name}" not in plan.input_files:
-                os.unlink(inputs / name)
-        for name, data in plan.input_files.items():
-            _write_if_changed(top / name, data)
-        key_file = inputs / "client.key"
+        config_fd = _open_dir(top, "src/config")
+        local_fd = _open_dir(top, "src/config/local")
+        inputs_fd = _open_dir(top, INPUT_DIR)
         try:
-            if request.client is not None:
-                fsutil.write_private_file(key_file, request.client.key_pem)
-            for argv in plan.invocations:
-                _run_make(argv, top, log, on_progress, env, bwrap, extra_binds)
+            # iPXE's make creates every missing config/local header (one per config/*.h)
+            # empty: in the sandbox config/local is read-only, so they are made here. Those
+            # already there are kept (and their mtimes) rather than rewritten.
+            wanted = {n for n in os.listdir(config_fd) if n.endswith(".h")}
+            for name in sorted((wanted | set(os.listdir(local_fd))) - set(headers)):
+                _write_if_changed(local_fd, name, b"")
+            # Rewrite only what changed: a new mtime on config/local/general.h would make
+            # make rebuild nearly every object of a warm tree.
+            for name, data in headers.items():
+                _write_if_changed(local_fd, name, data)
+            for name in os.listdir(inputs_fd):
+                if f"{INPUT_DIR}/{name}" not in plan.input_files:
+                    _remove_entry(inputs_fd, name)
+            for name, data in plan.input_files.items():
+                _write_if_changed(inputs_fd, name.removeprefix(f"{INPUT_DIR}/"), data)
+            key_file = top / INPUT_DIR / "client.key"
+            try:
+                if request.client is not None:
+                    fsutil.write_private_file(key_file, request.client.key_pem)
+                for argv in plan.invocations:
+                    # an earlier make of this build could have moved src/config away
+                    # (a mount point's parent can be renamed) and left a link in its place
+                    problem = _layout_problem(top)
+                    if problem is not None:
+                        raise _layout_changed(problem, log)
+                    _run_make(argv, top, log, on_progress, env, bwrap, extra_binds)
+            finally:
+                # The key is readable only while make runs.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink("client.key", dir_fd=inputs_fd)
         finally:
-            # The key is readable only while make runs.
-            with contextlib.suppress(FileNotFoundError):
-                key_file.unlink()
+            for fd in (config_fd, local_fd, inputs_fd):
+                os.close(fd)
         if request.client is not None:
             # The key stays out of the build log's neighbours too: iPXE copies it to bin/.
-            for stale in src.glob("bin*/.private_key*"):
-                stale.unlink()
+            _remove_private_key_copies(top)
         staging = entry.with_name(entry.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         outputs = []

@@ -70,10 +70,13 @@ def _unavailable(reason: str, hint: str) -> ConfigError:
 
 
 def sandbox_argv(argv: Sequence[str], work: Path | None, *, bwrap: str,
-                 extra: ExtraBinds = NO_EXTRA_BINDS) -> list[str]:
+                 extra: ExtraBinds = NO_EXTRA_BINDS,
+                 read_only_within: Sequence[str] = ()) -> list[str]:
     """bwrap's command line running ``argv`` with ``work`` (absolute) as the only writable
     host directory (besides ``extra.writable``) and the current directory (None: no host
-    directory, in /)."""
+    directory, in /). The directories ``read_only_within`` (relative to ``work``, which
+    the caller checked are real directories) are bound read-only over it: mount points,
+    make can neither write in them nor remove or rename them."""
     out = [bwrap,
            "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
            "--unshare-cgroup", "--unshare-net",
@@ -98,6 +101,8 @@ def sandbox_argv(argv: Sequence[str], work: Path | None, *, bwrap: str,
     if work is not None:
         # The same path as outside: log lines and the tree's own paths read the same.
         out += ["--bind", str(work), str(work)]
+        for rel in read_only_within:
+            out += ["--ro-bind", str(work / rel), str(work / rel)]
     return [*out, "--chdir", str(work or "/"), "--", *argv]
 
 
