@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import as_nobody, dir_of_nobody, require_tool
+from tests.ipxe import fake_tree
 from tests.ipxe.fake_tree import FAKE_VARS, signal_mid_build, start_trustboot, wait_for_hold
 from tests.ipxe.testpki import TestPki
 from trustboot.cli.main import cli
@@ -244,6 +247,41 @@ def test_sigkilled_client_build_leaves_key_only_until_the_next_run(
     assert _keys_in(env["cache"]) == []
     assert list((env["cache"] / "work").glob(f"build-{proc.pid}-*")) == []
 
+
+
+def test_a_build_in_another_pid_namespace_leaves_a_live_build_s_tree(
+        env: dict[str, Path], pki: TestPki, tmp_path: Path) -> None:
+    """Two containers sharing a cache volume: each sees only its own pids, so the pid in
+    a fresh tree's name says nothing about its build there. The live build's lock does:
+    the other build keeps the tree (and the build's client key) and still removes a
+    tree nobody holds."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a PID namespace")
+    hold = tmp_path / "holding"
+    proc = _start_client_build(env, pki, tmp_path, hold)
+    make_group = proc.pid
+    abandoned = env["cache"] / "work" / "build-1-abandoned"  # pid 1: alive in every namespace
+    try:
+        make_group = wait_for_hold(hold, proc)
+        trees = list((env["cache"] / "work").glob(f"build-{proc.pid}-*"))
+        assert len(trees) == 1
+        abandoned.mkdir(mode=0o700)
+        (abandoned / "client.key").write_bytes(b"left by a killed build")
+        other = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+             fake_tree._DRIVER % (FAKE_VARS,), "ipxe", "build", "--source", str(env["tree"]),
+             "--pki", str(pki.dir), "--target", "bin/ipxe.lkrn", *CHAIN,
+             "--cache-dir", str(env["cache"]), "-o", str(tmp_path / "other")],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            capture_output=True, timeout=300)
+        assert other.returncode == 0, other.stderr
+        assert (trees[0] / "trustboot-inputs" / "client.key").is_file()  # still the build's
+        assert not abandoned.exists()
+    finally:
+        for group in dict.fromkeys((proc.pid, make_group)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        proc.wait()
 
 @pytest.mark.parametrize(("signum", "returncode"), [
     (signal.SIGTERM, -signal.SIGTERM),  # dies of it after the cleanup: 143 in a shell

@@ -796,42 +796,25 @@ def _copy_out(src: Path, dest: Path, mode: int) -> None:
 
 
 _FRESH_PREFIX = "build-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: not ours to judge
-    return True
+# A fresh tree is made under a dot-name, locked, then renamed to build-*: a build-* tree
+# is held by its build from the first moment it has that name.
+_NEW_PREFIX = "." + _FRESH_PREFIX
 
 
 def remove_abandoned_trees(work_root: Path) -> list[Path]:
     """Remove fresh work trees whose build was killed (SIGKILL, power loss).
 
-    A fresh tree is named ``build-<pid>-...``; when that process is gone the tree is a
-    leftover, and one built with --client-cert still holds the unencrypted client key
-    (trustboot-inputs/client.key, and the objects made from it). Returns what was removed.
-    """
-    removed: list[Path] = []
-    try:
-        names = os.listdir(work_root)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        if not name.startswith(_FRESH_PREFIX):
-            continue
-        pid_text = name[len(_FRESH_PREFIX):].split("-", 1)[0]
-        if not pid_text.isdigit():
-            continue
-        pid = int(pid_text)
-        if _pid_alive(pid):  # a running build (ours included) owns it
-            continue
-        shutil.rmtree(work_root / name, ignore_errors=True)
-        removed.append(work_root / name)
-    return removed
+    A live build holds an exclusive flock on its fresh tree (``build-<pid>-...``) for as
+    long as it uses it, so a tree whose lock can be taken is a leftover, and one built
+    with --client-cert still holds the unencrypted client key (trustboot-inputs/
+    client.key, and the objects made from it). The lock, not the pid in the name, is
+    what counts: builds in other PID namespaces (containers sharing the cache volume)
+    have pids that mean nothing here. A dot-named tree a build was killed making (before
+    any input was copied) goes once it is a minute old. Returns what was removed."""
+    removed = fsutil.remove_unlocked_dirs(
+        work_root, lambda n: n.startswith(_FRESH_PREFIX), older_than=0)
+    return removed + fsutil.remove_unlocked_dirs(
+        work_root, lambda n: n.startswith(_NEW_PREFIX), older_than=60)
 
 
 @contextlib.contextmanager
@@ -862,13 +845,16 @@ def _work_tree(
         return
     with cleanup_on_signals():
         # mkdtemp: 0700 whatever the umask.
-        top = Path(tempfile.mkdtemp(prefix=f"{_FRESH_PREFIX}{os.getpid()}-{key[:12]}-",
+        new = Path(tempfile.mkdtemp(prefix=f"{_NEW_PREFIX}{os.getpid()}-{key[:12]}-",
                                     dir=work_root))
+        top = new.with_name(new.name[1:])
         try:
-            _new_tree(request, top)
-            yield top
+            with fsutil.holding_dir(new):
+                os.rename(new, top)  # the same directory, held under its build-* name
+                _new_tree(request, top)
+                yield top
         finally:
-            shutil.rmtree(top, ignore_errors=True)
+            shutil.rmtree(new if new.exists() else top, ignore_errors=True)
 
 
 def build(
