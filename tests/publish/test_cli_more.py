@@ -256,14 +256,9 @@ def test_unsafe_flags_warn_every_run(pki: Pki, make_release: ReleaseFactory,
     assert res.exit_code == 3 and "plain HTTP" in res.output
 
 
-def test_a_cleartext_public_url_is_refused_for_the_read_back(
-        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
-    """The read-back fetches from the public URL the way clients will. A plain http://
-    one is refused (exit 3, nothing switched) even when the cleartext mirror serves the
-    right bytes: iPXE would fetch the release unauthenticated. --unsafe-http allows it,
-    with a warning."""
-    r = make_release({"boot.ipxe": ENTRY})
-    srv = tmp_path / "srv"
+def _mirror(srv: Path) -> type[http.server.SimpleHTTPRequestHandler]:
+    """A quiet handler serving ``srv`` (the file origin's directory), as a web server
+    in front of it would."""
 
     class Mirror(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args: object, **kw: object) -> None:
@@ -272,7 +267,18 @@ def test_a_cleartext_public_url_is_refused_for_the_read_back(
         def log_message(self, *args: object) -> None:
             pass
 
-    with http_server(Mirror) as url:
+    return Mirror
+
+
+def test_a_cleartext_public_url_is_refused_for_the_read_back(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """The read-back fetches from the public URL the way clients will. A plain http://
+    one is refused (exit 3, nothing switched) even when the cleartext mirror serves the
+    right bytes: iPXE would fetch the release unauthenticated. --unsafe-http allows it,
+    with a warning."""
+    r = make_release({"boot.ipxe": ENTRY})
+    srv = tmp_path / "srv"
+    with http_server(_mirror(srv)) as url:
         argv = ["publish", str(r), f"file://{srv}", "--release-id", "c1", "--pki",
                 str(pki.dir), "--public-url", url]
         res = CliRunner().invoke(cli, argv)
@@ -299,13 +305,7 @@ def test_a_tls_failure_in_the_read_back_is_reported_as_tls_not_tampering(
     nothing. Served with the full chain, the same release publishes."""
     r = make_release({"boot.ipxe": ENTRY})
     srv = tmp_path / "srv"
-
-    class Mirror(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kw: object) -> None:
-            super().__init__(*args, directory=str(srv), **kw)  # type: ignore[arg-type]
-
-        def log_message(self, *args: object) -> None:
-            pass
+    mirror = _mirror(srv)
 
     def context(chain: Path) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -315,7 +315,7 @@ def test_a_tls_failure_in_the_read_back_is_reported_as_tls_not_tampering(
     full = tmp_path / "full-chain.pem"
     full.write_bytes(pki.cert("origin").read_bytes()
                      + (pki.dir / "issuing-ca.crt").read_bytes())
-    with http_server(Mirror, tls=context(pki.cert("origin"))) as url:
+    with http_server(mirror, tls=context(pki.cert("origin"))) as url:
         argv = ["publish", str(r), f"file://{srv}", "--release-id", "t1", "--pki",
                 str(pki.dir), "--public-url", url, "--retries", "0", "--json"]
         res = CliRunner().invoke(cli, argv)
@@ -332,7 +332,7 @@ def test_a_tls_failure_in_the_read_back_is_reported_as_tls_not_tampering(
         assert checked.exit_code == 4, checked.output
         assert "full chain" in checked.stderr and "issuing-ca.crt" in checked.stderr
         assert "rollback" not in checked.stderr
-    with http_server(Mirror, tls=context(full)) as url:
+    with http_server(mirror, tls=context(full)) as url:
         argv[argv.index("--public-url") + 1] = url
         res = CliRunner().invoke(cli, argv)
         assert res.exit_code == 0, res.output
@@ -341,7 +341,7 @@ def test_a_tls_failure_in_the_read_back_is_reported_as_tls_not_tampering(
     # says what to enable, not to roll back a release that is fine
     only13 = context(full)
     only13.minimum_version = ssl.TLSVersion.TLSv1_3
-    with http_server(Mirror, tls=only13) as url:
+    with http_server(mirror, tls=only13) as url:
         checked = CliRunner().invoke(cli, ["origin", "check", url + "boot.ipxe", "--pki",
                                            str(pki.dir), "--timeout", "5", "--json"])
         assert checked.exit_code == 4, checked.output
