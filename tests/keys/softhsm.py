@@ -85,6 +85,22 @@ def make_token(directory: Path, label: str = "trustboot-test") -> Token:
     return token
 
 
+def token_objects(token: Token) -> set[tuple[str, bytes]]:
+    """(label, CKA_ID) of every object in the token (opened with its own environment)."""
+    import pkcs11
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in token.env.items():
+            mp.setenv(key, value)
+        lib = pkcs11.lib(str(token.module))
+        try:
+            with lib.get_token(token_label=token.label).open(user_pin=PIN) as s:
+                return {(o[pkcs11.Attribute.LABEL], bytes(o[pkcs11.Attribute.ID]))
+                        for o in s.get_objects({})}
+        finally:
+            lib.finalize()
+
+
 def openssl_verify(image: Path, sig: Path, root: Path) -> None:
     """The independent check: openssl accepts the detached DER signature under ``root``."""
     proc = subprocess.run(["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in",

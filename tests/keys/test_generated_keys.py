@@ -5,22 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.keys.softhsm import PIN, Token
+from tests.keys.softhsm import PIN, Token, token_objects
 from trustboot.errors import ConfigError
 from trustboot.keys.pkcs11 import destroy_generated, generate_key_pair, parse_uri
 from trustboot.secrets import constant
-
-
-def _objects(token: Token) -> set[tuple[str, bytes]]:
-    import pkcs11
-
-    lib = pkcs11.lib(str(token.module))
-    try:
-        with lib.get_token(token_label=token.label).open(user_pin=PIN) as s:
-            return {(o[pkcs11.Attribute.LABEL], bytes(o[pkcs11.Attribute.ID]))
-                    for o in s.get_objects({})}
-    finally:
-        lib.finalize()
 
 
 def _another_pair(token: Token, label: str, key_id: bytes) -> None:
@@ -43,9 +31,9 @@ def test_destroy_removes_only_the_pairs_this_run_made(token: Token) -> None:
                              kind="rsa", size=2048)
     _another_pair(token, label, b"theirs")
     ours_id = parse_uri(ours).id
-    assert ours_id and {i for _, i in _objects(token)} == {ours_id, b"theirs"}
+    assert ours_id and {i for _, i in token_objects(token)} == {ours_id, b"theirs"}
     destroy_generated(where, token.module, constant(PIN.encode()), [ours])
-    assert _objects(token) == {(label, b"theirs")}  # their public and private key, intact
+    assert token_objects(token) == {(label, b"theirs")}  # their public and private key, intact
 
 
 def test_a_taken_label_is_refused_before_anything_is_generated(token: Token) -> None:
@@ -54,4 +42,4 @@ def test_a_taken_label_is_refused_before_anything_is_generated(token: Token) -> 
         generate_key_pair(f"pkcs11:token={token.label}", token.module,
                           constant(PIN.encode()), label="trustboot-sb-KEK", kind="rsa",
                           size=2048)
-    assert _objects(token) == {("trustboot-sb-KEK", b"theirs")}
+    assert token_objects(token) == {("trustboot-sb-KEK", b"theirs")}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.keys.softhsm import PIN, Token, make_token
+from tests.keys.softhsm import PIN, make_token, token_objects
 from trustboot.errors import ConfigError
 from trustboot.keys.pkcs11 import parse_uri
 from trustboot.secrets import constant
@@ -51,22 +51,6 @@ def _export(pki: Path, tmp_path: Path, extra: list[str], env: dict[str, str]) ->
     assert (out / "PK.auth").is_file() and (out / "db.auth").is_file()
 
 
-def _token_pairs(token: Token) -> set[tuple[str, bytes]]:
-    """(label, CKA_ID) of every object in the token."""
-    import pkcs11
-
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in token.env.items():
-            mp.setenv(key, value)
-        lib = pkcs11.lib(str(token.module))
-        try:
-            with lib.get_token(token_label=token.label).open(user_pin=PIN) as s:
-                return {(o[pkcs11.Attribute.LABEL], bytes(o[pkcs11.Attribute.ID]))
-                        for o in s.get_objects({})}
-        finally:
-            lib.finalize()
-
-
 def test_concurrent_inits_one_winner(tmp_path: Path, pw: Path) -> None:
     pki = tmp_path / "pki"
     pki.mkdir(mode=0o755)
@@ -90,7 +74,7 @@ def test_concurrent_inits_in_a_token_keep_the_winners_keys(tmp_path: Path) -> No
     _one_winner(_race(pki, extra, env))
     meta = json.loads((pki / keyset.DIRNAME / keyset.META).read_text())
     recorded = {parse_uri(meta["pkcs11"][r]).id for r in keyset.ROLES}
-    pairs = _token_pairs(token)
+    pairs = token_objects(token)
     # exactly the winner's three pairs: none deleted, none left by the losers
     assert {i for _, i in pairs} == recorded, pairs
     assert {label for label, _ in pairs} == {f"trustboot-sb-{r}" for r in keyset.ROLES}
@@ -187,7 +171,7 @@ def test_inits_on_other_ca_homes_sharing_a_token_keep_each_others_keys(
             meta = json.loads((pki / keyset.DIRNAME / keyset.META).read_text())
             recorded |= {(f"trustboot-sb-{r}", parse_uri(meta["pkcs11"][r]).id)
                          for r in keyset.ROLES}
-        pairs = _token_pairs(token)
+        pairs = token_objects(token)
         assert recorded <= pairs, (pairs, results)  # no winner lost a key
         for i, pki in enumerate(winners):
             _export(pki, tmp_path / f"r{round_}-{i}", ["--passphrase-env", "TB_PIN"], env)
