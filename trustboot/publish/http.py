@@ -253,12 +253,14 @@ def tls_failure(url: str, exc: BaseException) -> VerificationError | None:
             f"the TLS certificate of {url} does not verify: {cause.verify_message}",
             hint="the origin must present a server certificate from your CA for this "
                  "host name (`trustboot ca issue server`) followed by the issuing CA (the "
-                 "full chain), and --ca-file must be that CA",
+                 "full chain), and the CA trusted for it must be that CA (--ca-file, "
+                 "or a recipe's origin.ca_file)",
             rule="origin-tls", subject=url)
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return VerificationError(f"the TLS certificate of {url} does not verify: {text}",
-                                 hint="check --ca-file and the origin's certificate",
+                                 hint="check the CA file (--ca-file, or a recipe's "
+                                      "origin.ca_file) and the origin's certificate",
                                  rule="origin-tls", subject=url)
     return None
 
