@@ -377,7 +377,7 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
     # `ca export` would refuse it until `ca crl --root`.
     new_root_entry = ca.by_sha256(new_root)
     root_key = (ca.load_ca_key(new_root_entry, constant(secret))
-                if new_root_entry is not None and _has_root_crl(ca) else None)
+                if new_root_entry is not None and ca.has_root_crl() else None)
     with locked(ca.path / ".lock"):
         ca._begin_write(now)
         step = (ca.state.rotation or {}).get("step")
@@ -459,7 +459,8 @@ def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
             locked_already: bool = False,
             passphrases: PassphraseSource | None = None) -> StepResult:
     """A step that already happened: finish what a killed run left (views; with
-    ``passphrases`` the CRL of the new issuing CA) and report it done."""
+    ``passphrases`` the CRL of the new issuing CA, and root-crl.pem signed again by the
+    new root) and report it done."""
     key = root_key = None
     issuing, root = ca.active_entry("issuing"), ca.active_entry("root")
     if passphrases is not None and not locked_already:
@@ -494,15 +495,10 @@ def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
     return StepResult(step, True, status(ca))
 
 
-def _has_root_crl(ca: CertificateAuthority) -> bool:
-    path = ca.path / ROOT_CRL
-    return path.exists() or path.is_symlink()
-
-
 def _root_crl_stale(ca: CertificateAuthority) -> bool:
     """root-crl.pem is there but not the active root's (a promote killed before it was
     signed again). One that cannot be read is left to `ca check`, which names it."""
-    if not _has_root_crl(ca):
+    if not ca.has_root_crl():
         return False
     try:
         return bool(ca._crl_problems(ca.path / ROOT_CRL, ca.active_entry("root"))[1])

@@ -305,13 +305,18 @@ class CertificateAuthority:
         """crl.pem, refused unless the issuing CA signed it and it lists every revocation."""
         return self._checked_crl(self.path / "crl.pem", self.active_entry("issuing"))
 
+    def has_root_crl(self) -> bool:
+        """Whether ``ca crl --root`` made root-crl.pem (a link there counts: it is refused
+        where the CRL is read, never taken as "none")."""
+        path = self.path / ROOT_CRL
+        return path.exists() or path.is_symlink()
+
     def root_crl_pem(self) -> bytes | None:
         """root-crl.pem (None when ``ca crl --root`` never made one), refused unless the
         active root signed it and it lists every revocation of the root's."""
-        path = self.path / ROOT_CRL
-        if not path.exists() and not path.is_symlink():
+        if not self.has_root_crl():
             return None
-        return self._checked_crl(path, self.active_entry("root"))
+        return self._checked_crl(self.path / ROOT_CRL, self.active_entry("root"))
 
     def previous_crls(self) -> list[tuple[Path, IssuedEntry | None]]:
         """The files in crls/ with the previous issuing CA each is the CRL of (crl_path's
@@ -1299,7 +1304,7 @@ class CertificateAuthority:
         """crl.pem and each previous issuing CA's CRL in crls/ (see _crl_problems)."""
         crls: list[tuple[Path, IssuedEntry | None]] = [
             (self.path / "crl.pem", self.active_entry("issuing")), *self.previous_crls()]
-        if (self.path / ROOT_CRL).exists() or (self.path / ROOT_CRL).is_symlink():
+        if self.has_root_crl():
             crls.append((self.path / ROOT_CRL, self.active_entry("root")))
         problems = []
         for path, issuer in crls:
