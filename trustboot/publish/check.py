@@ -24,7 +24,7 @@ from trustboot.errors import (
     TrustbootError,
     VerificationError,
 )
-from trustboot.publish.origin import redact_url, split_url
+from trustboot.publish.origin import SERVER_CHAIN_HINT, redact_url, split_url
 from trustboot.publish.proxy import proxy_for
 from trustboot.publish.readback import Reader, Trust
 
@@ -132,11 +132,8 @@ def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.dateti
             chain = _peer_chain(tls)
         except ssl.SSLCertVerificationError as exc:
             report.tls_error = f"certificate does not verify: {exc.verify_message}"
-            report.tls_hint = (
-                "the origin must send a server certificate from your CA for this host name "
-                "(`trustboot ca issue server`) followed by the issuing CA (the full chain: "
-                "its certificate file, then issuing-ca.crt), chaining to the roots iPXE "
-                "was built with (--trust, --pki; --ca-file if given)")
+            report.tls_hint = (f"{SERVER_CHAIN_HINT}, chaining to the roots iPXE was built "
+                               "with (--trust, --pki; --ca-file if given)")
             chain = []
         except ssl.SSLError as exc:
             report.tls_error = f"TLS 1.2 handshake with iPXE's cipher suites failed: {exc}"

@@ -28,6 +28,7 @@ import httpx
 from trustboot.errors import ConfigError, OperationalError, VerificationError, find_in_chain
 from trustboot.fsutil import read_capped
 from trustboot.publish.deadline import DeadlineBackend
+from trustboot.publish.origin import SERVER_CHAIN_HINT
 from trustboot.publish.proxy import Proxy, proxy_for
 
 # The cipher suites iPXE implements (src/crypto/mishmash/*: ECDHE/DHE/RSA with AES-CBC and
@@ -251,10 +252,8 @@ def tls_failure(url: str, exc: BaseException) -> VerificationError | None:
     if cause is not None:
         return VerificationError(
             f"the TLS certificate of {url} does not verify: {cause.verify_message}",
-            hint="the origin must present a server certificate from your CA for this "
-                 "host name (`trustboot ca issue server`) followed by the issuing CA (the "
-                 "full chain), and the CA trusted for it must be that CA (--ca-file, "
-                 "or a recipe's origin.ca_file)",
+            hint=f"{SERVER_CHAIN_HINT}, and the CA trusted for it must be that CA "
+                 "(--ca-file, or a recipe's origin.ca_file)",
             rule="origin-tls", subject=url)
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:

@@ -311,6 +311,14 @@ def join_key(*parts: str) -> str:
     return check_key("/".join(p.strip("/") for p in parts if p.strip("/")))
 
 
+# What an origin's TLS certificate needs for a client (iPXE, the read-back) to verify it:
+# the start of every hint about a certificate that does not.
+SERVER_CHAIN_HINT = (
+    "the origin must send a server certificate from your CA for this host name (`trustboot "
+    "ca issue server`) followed by the issuing CA (the full chain: its certificate file, "
+    "then issuing-ca.crt)")
+
+
 def redact_url(url: str) -> str:
     """``url`` without any user:password@ part (URLs are shown in messages and manifests)."""
     try:
