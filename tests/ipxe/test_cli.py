@@ -48,6 +48,18 @@ def test_build_from_pki_with_generated_script(env: dict[str, Path], pki: TestPki
     assert "from cache" in out and len(env["runs"].read_text().split()) == runs
 
 
+def test_a_prebuilt_record_keeps_every_key_a_build_writes(env: dict[str, Path],
+                                                          pki: TestPki) -> None:
+    """check_prebuilt_record keeps only B.RECORD_KEYS (and B.RECORD_OUTPUT_KEYS) of a
+    record carried into release.json: the lists must follow what build() writes, or a
+    key added there would silently vanish from every prebuilt release."""
+    code, out, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+                         "--target", "bin/ipxe.lkrn", *CHAIN, "--json")
+    assert code == 0, err
+    m = json.loads(out)["manifest"]
+    assert set(m) == set(B.RECORD_KEYS)
+    assert all(set(o) == set(B.RECORD_OUTPUT_KEYS) for o in m["outputs"])
+
 def test_source_from_environment_and_extra_root(env: dict[str, Path], pki: TestPki, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRUSTBOOT_IPXE_SRC", str(env["tree"]))
