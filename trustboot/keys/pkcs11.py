@@ -257,14 +257,19 @@ def find_token(lib: Any, uri: Pkcs11Uri) -> Any:
     return found[0]
 
 
-def _template(uri: Pkcs11Uri, object_class: Any) -> dict[Any, Any]:
+def _object_attrs(uri: Pkcs11Uri) -> dict[Any, Any]:
+    """The label and CKA_ID the URI names (object=, id=), as a search template."""
     p11 = _import_pkcs11()
-    attrs: dict[Any, Any] = {p11.Attribute.CLASS: object_class}
+    attrs: dict[Any, Any] = {}
     if (label := uri.get("object")) is not None:
         attrs[p11.Attribute.LABEL] = label
     if uri.id is not None:
         attrs[p11.Attribute.ID] = uri.id
     return attrs
+
+
+def _template(uri: Pkcs11Uri, object_class: Any) -> dict[Any, Any]:
+    return {_import_pkcs11().Attribute.CLASS: object_class, **_object_attrs(uri)}
 
 
 def find_one(session: Any, uri: Pkcs11Uri, object_class: Any, what: str) -> Any:
@@ -683,11 +688,9 @@ def destroy_generated(token_ref: str, module: Path, secrets: PassphraseSource,
             token_session(uri, module_path(uri, module), secrets, rw=True) as session:
         for ref in refs:
             made = parse_uri(ref)
-            label, key_id = made.get("object"), made.id
-            if not label or not key_id:
+            if not made.get("object") or not made.id:
                 continue  # not one of generate_key_pair's: nothing to tell it apart by
-            for obj in list(session.get_objects({p11.Attribute.LABEL: label,
-                                                 p11.Attribute.ID: key_id})):
+            for obj in list(session.get_objects(_object_attrs(made))):
                 obj.destroy()
 
 
