@@ -25,7 +25,7 @@ from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
 from trustboot.ipxe import build as B
 from trustboot.ipxe.source import check_commit, check_git_url, clone_pinned
-from trustboot.subproc import git_env
+from trustboot.subproc import git_env, minimal_env
 
 CHAIN = ["--chain", "https://boot.example.com/boot.ipxe", "--signer", "boot-signer"]
 CLIENT_PASS = "client key passphrase"
@@ -110,13 +110,14 @@ def test_subprocess_environments_carry_no_secrets(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("TB_SECRET_PASS", "hunter2hunter2")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "abc")
     monkeypatch.setenv("MAKEFLAGS", "-j99 --eval=$(shell touch /tmp/x)")
-    for env in (git_env(), B.make_env()):
+    for env in (git_env(), minimal_env(B.passed_env())):
         assert "TB_SECRET_PASS" not in env and "AWS_SECRET_ACCESS_KEY" not in env
         assert "MAKEFLAGS" not in env
         assert env["LC_ALL"] == "C" and env["PATH"]
     assert git_env()["GIT_ALLOW_PROTOCOL"] == "https:ssh:file"
     assert git_env()["GIT_TERMINAL_PROMPT"] == "0"
-    assert B.make_env(["TB_SECRET_PASS"])["TB_SECRET_PASS"] == "hunter2hunter2"  # opt-in
+    opted = minimal_env(B.passed_env(["TB_SECRET_PASS"]))  # --make-env: opt-in
+    assert opted["TB_SECRET_PASS"] == "hunter2hunter2"
 
 
 def test_git_clone_from_a_local_repository_still_works(env: dict[str, Path], pki: TestPki,

@@ -383,11 +383,6 @@ def passed_env(passthrough: Sequence[str] = ()) -> dict[str, str]:
     return {n: os.environ[n] for n in names if n in os.environ}
 
 
-def make_env(passthrough: Sequence[str] = ()) -> dict[str, str]:
-    """make's whole environment: minimal, plus the named variables if they are set."""
-    return minimal_env(passed_env(passthrough))
-
-
 def _run_make(
     argv: Sequence[str], cwd: Path, log: Path, on_progress: ProgressCallback | None,
     env: Mapping[str, str], bwrap: str | None, extra_binds: sandbox.ExtraBinds,
@@ -848,13 +843,13 @@ def _work_tree(
         new = Path(tempfile.mkdtemp(prefix=f"{_NEW_PREFIX}{os.getpid()}-{key[:12]}-",
                                     dir=work_root))
         top = new.with_name(new.name[1:])
-        try:
-            with fsutil.holding_dir(new):
+        with fsutil.holding_dir(new):
+            try:
                 os.rename(new, top)  # the same directory, held under its build-* name
                 _new_tree(request, top)
                 yield top
-        finally:
-            shutil.rmtree(new if new.exists() else top, ignore_errors=True)
+            finally:  # removed while still held: no sweep starts on it meanwhile
+                shutil.rmtree(new if new.exists() else top, ignore_errors=True)
 
 
 def build(
@@ -875,7 +870,8 @@ def build(
 
     make runs in a bubblewrap sandbox (:mod:`trustboot.ipxe.sandbox`; ConfigError when it
     cannot be created) unless ``unsafe_unsandboxed``, with a minimal environment
-    (:func:`make_env`); ``make_env_names`` names more variables of ours it may see, and
+    (:func:`trustboot.subproc.minimal_env`); ``make_env_names`` names more variables of
+    ours it may see (:func:`passed_env`, read once for the cache key and make), and
     ``extra_binds`` more host paths it may see in the sandbox (for tests' fake trees only:
     neither a recipe nor an option sets them).
     Output directories are created 0755 (an existing one must be ours and not writable by
