@@ -715,6 +715,18 @@ def read_private_file(path: Path, what: str, *, limit: int = 1 << 20) -> bytes:
     return read_capped(path, limit, what, nofollow=True)
 
 
+def prepare_private_dir(path: Path, what: str) -> Path:
+    """A 0700 directory of ours (created, or an existing one checked) whose parents no
+    other user can change: they could move it away mid-run and put theirs in its place
+    (``sudo`` keeping HOME puts root's caches in a user's ~/.cache). The parents are
+    checked again once they all exist: one another user created meanwhile
+    (ensure_private_dir keeps an existing parent) could hold it."""
+    check_parents(path, what)
+    ensure_private_dir(path)  # safe against concurrent runs creating it too
+    check_parents(path, what)
+    return path
+
+
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` as 0700, or check that an existing one is ours and closed to others."""
     path = Path(path)

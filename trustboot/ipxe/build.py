@@ -332,12 +332,7 @@ def prepare_cache_dir(cache: Path) -> Path:
     and refuse one whose parents another user can change: they could move it away
     during a build and put their own in its place, whose out/KEY/ firmware would then be
     taken as a cache hit (``sudo`` keeping HOME puts root's cache in a user's ~/.cache)."""
-    fsutil.check_parents(cache, "iPXE build cache")
-    fsutil.ensure_private_dir(cache)  # safe against concurrent runs creating it too
-    # again once every parent exists: one another user created meanwhile (ensure_private_dir
-    # keeps an existing parent) could hold the cache (fsutil.make_output_dir)
-    fsutil.check_parents(cache, "iPXE build cache")
-    return cache
+    return fsutil.prepare_private_dir(cache, "iPXE build cache")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 from trustboot import jsonin
 from trustboot.errors import ConfigError, TrustbootError
-from trustboot.fsutil import atomic_write, check_parents, ensure_private_dir
+from trustboot.fsutil import atomic_write, check_parents, prepare_private_dir
 
 MAX_ENTRIES = 20_000
 MAX_BYTES = 16 << 20
@@ -130,11 +130,8 @@ class PublishCache:
                 for k in sorted(table, key=lambda k: table[k][-1])[: len(table) - MAX_ENTRIES]:
                     del table[k]
         try:
-            # again: the parents may have changed since the cache was read, and a
-            # directory ensure_private_dir creates may land in one made meanwhile
-            check_parents(self.path, "publish cache")
-            ensure_private_dir(self.path.parent)
-            check_parents(self.path, "publish cache")
+            # again: the parents may have changed since the cache was read
+            prepare_private_dir(self.path.parent, "publish cache")
             atomic_write(self.path, json.dumps({"version": 1, "local": self.local,
                                                 "verified": self.verified}).encode(),
                          mode=0o600)
