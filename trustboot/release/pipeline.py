@@ -210,8 +210,6 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     return result
 
 
-# An iPXE binary is a few MiB at most (an ISO with an EFI image inside).
-MAX_FIRMWARE_BYTES = 64 << 20
 MAX_BUILD_RECORD_BYTES = 4 << 20
 
 
@@ -223,8 +221,9 @@ def _prebuilt(p: Plan, out: Path) -> tuple[dict[str, Path], dict[str, Any] | Non
     paths: dict[str, Path] = {}
     contents: dict[str, bytes] = {}  # the bytes checked, for the build record's check
     for target, path in fw.prebuilt_files:
-        data = fsutil.read_capped(path, MAX_FIRMWARE_BYTES, f"prebuilt firmware {target}",
-                                  nofollow=True)
+        # the bound of a built binary: what an iPXE image could be
+        data = fsutil.read_capped(path, ipxe_build.MAX_OUTPUT_BYTES,
+                                  f"prebuilt firmware {target}", nofollow=True)
         if p.firmware_identity is None or \
                 hashlib.sha256(data).hexdigest() != p.firmware_identity.get(target):
             raise OperationalError(f"prebuilt firmware {path} changed while the release ran",
