@@ -49,3 +49,23 @@ def clean_lines(text: str) -> str:
     """``clean`` on each line: for a message written in several lines that may quote
     outside text (errors, warnings): the lines stay, nothing in them drives a terminal."""
     return "\n".join(clean(line) for line in text.split("\n"))
+
+
+def unsafe_string_at(value: object, where: str = "") -> str | None:
+    """The JSON path of the first string (or key) in ``value`` with characters ``clean``
+    escapes; None when there is none. For documents whose text reaches a terminal and
+    the tool never writes such characters into (build records, audit reports)."""
+    todo = [(value, where)]
+    while todo:
+        item, at = todo.pop()
+        if isinstance(item, str):
+            if clean(item) != item:
+                return at or "/"
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if clean(str(key)) != key:
+                    return f"{at}/(a key)"
+                todo.append((sub, f"{at}/{key}"))
+        elif isinstance(item, list):
+            todo.extend((sub, f"{at}/{i}") for i, sub in enumerate(item))
+    return None

@@ -180,6 +180,23 @@ def test_a_hostile_build_record_is_refused_naming_it(lab: Lab, extra: str,
     assert _nothing_published(lab)
 
 
+def test_a_build_record_with_terminal_escapes_is_not_signed(lab: Lab) -> None:
+    """`ca rotate root promote --from-origin` refuses a record whose trust or outputs hold
+    control characters (they reach `ca status` and messages): the release refuses to sign
+    one, naming the file, instead of publishing evidence that fails later."""
+    fp = _root_fingerprint(lab)
+    firmware = b"MZ" + b"\x90" * 3000 + bytes.fromhex(fp)  # the anchor is really there
+    (_fw(lab) / "ipxe.lkrn").write_bytes(firmware)
+    doc = json.loads(_record({"bin/ipxe.lkrn": firmware}, [fp]))
+    doc["trust"][0]["subject"] = "CN=\x1b[2Jroot"  # (json.dumps writes it as \u001b)
+    record = lab.dir / "fw" / "manifest.json"
+    record.write_text(json.dumps(doc))
+    code, _, err = release(str(lab.recipe(ipxe=PREBUILT)), "--json")
+    assert code == 4, err
+    assert f"the iPXE build record {record} holds control characters at " \
+        "/trust/0/subject" in err
+    assert _nothing_published(lab)
+
 def test_only_the_keys_ipxe_build_writes_are_signed_into_the_release(lab: Lab) -> None:
     (_fw(lab) / "ipxe.lkrn").write_bytes(FIRMWARE)
     doc = json.loads(_record({"bin/ipxe.lkrn": FIRMWARE}, []))

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from trustboot import jsonin
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.fsutil import read_capped
+from trustboot.text import unsafe_string_at
 
 if TYPE_CHECKING:
     from trustboot.publish.origin import Origin, OriginOptions
@@ -109,7 +110,7 @@ def check_build_record(build: object, source: str, root_sha256: str, *,
             hint="pass the manifest.json of `trustboot ipxe build` (or the release.json of "
             "a release that built its firmware)")
     # what reaches `ca status` and error messages (config_headers are multi-line text)
-    where = _unsafe_string({"trust": build["trust"], "outputs": build.get("outputs")}, "")
+    where = unsafe_string_at({"trust": build["trust"], "outputs": build.get("outputs")})
     if where is not None:
         raise ConfigError(f"the iPXE build record of {source} holds control characters at "
                           f"{where}: `trustboot ipxe build` never writes them",
@@ -259,7 +260,7 @@ def _load_report(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not a `trustboot audit --json` report",
                           hint="run `trustboot audit IFACE --json > report.json` on the "
                           "segment and pass that file")
-    where = _unsafe_string(doc, "")
+    where = unsafe_string_at(doc)
     if where is not None:
         # the audit escapes every control/format character it writes: text that reaches
         # `ca status` and error messages from here must not carry terminal escapes
@@ -267,26 +268,6 @@ def _load_report(path: Path) -> dict[str, Any]:
                           f"{where} holds control characters the audit never writes",
                           hint="pass the report exactly as `trustboot audit --json` wrote it")
     return doc
-
-
-def _unsafe_string(value: object, where: str) -> str | None:
-    """The JSON path of the first string (or key) with characters ``clean`` escapes."""
-    from trustboot.text import clean
-
-    todo = [(value, where)]
-    while todo:
-        item, at = todo.pop()
-        if isinstance(item, str):
-            if clean(item) != item:
-                return at or "/"
-        elif isinstance(item, dict):
-            for key, sub in item.items():
-                if clean(str(key)) != key:
-                    return f"{at}/(a key)"
-                todo.append((sub, f"{at}/{key}"))
-        elif isinstance(item, list):
-            todo.extend((sub, f"{at}/{i}") for i, sub in enumerate(item))
-    return None
 
 
 def _list(obs: dict[str, Any], key: str) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from trustboot.ipxe import sandbox
 from trustboot.ipxe.config import BuildOptions, Certificate, ClientIdentity, render_headers
 from trustboot.ipxe.source import IpxeSource, copy_tree
 from trustboot.subproc import minimal_env
+from trustboot.text import unsafe_string_at
 
 # Bump when the way we build changes, so old cache entries are not reused.
 BUILD_FORMAT = 1
@@ -549,6 +550,11 @@ def check_prebuilt_record(record: object, outputs: Mapping[str, bytes], source: 
             or not isinstance(record.get("trust"), list) \
             or not isinstance(record.get("outputs"), list):
         raise refuse("is not a manifest of `trustboot ipxe build`")
+    # ca/evidence.py refuses such a record as root-promotion evidence: never sign one
+    where = unsafe_string_at({"trust": record["trust"], "outputs": record["outputs"]})
+    if where is not None:
+        raise refuse(f"holds control characters at {where}: `trustboot ipxe build` never "
+                     "writes them")
     fingerprints = []
     for t in record["trust"]:
         fp = t.get("sha256") if isinstance(t, dict) else None
