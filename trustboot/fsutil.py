@@ -262,10 +262,8 @@ def read_capped(path: Path, limit: int, what: str, *, nofollow: bool = False,
                 f"{what} {path} is not a regular file",
                 hint="pass a regular file (not a directory, device, FIFO or socket)",
             )
-        if private and st.st_mode & 0o077:
-            raise ConfigError(
-                f"{what} {path} is readable or writable by other users "
-                f"(mode {stat.S_IMODE(st.st_mode):04o})", hint=f"chmod 600 {path}")
+        if private and (shared := _shared_mode(st, path, what)) is not None:
+            raise shared
         if st.st_size > limit:
             raise ConfigError(f"{what} {path} is larger than {limit} bytes",
                               hint=f"a {what} is never that large: check the path")
@@ -748,6 +746,14 @@ def ensure_private_dir(path: Path) -> None:
     check_owned_dir(path, "private directory", private=True)
 
 
+def _shared_mode(st: os.stat_result, path: Path, what: str) -> ConfigError | None:
+    """The refusal of a secret's file that group or others may read or write."""
+    if st.st_mode & 0o077:
+        return ConfigError(f"{what} {path} is readable or writable by other users "
+                           f"(mode {stat.S_IMODE(st.st_mode):04o})", hint=f"chmod 600 {path}")
+    return None
+
+
 def check_private_file(path: Path, what: str = "key file") -> None:
     """Refuse a key file that is a link, not ours, or open to group or others."""
     path = Path(path)
@@ -762,12 +768,8 @@ def check_private_file(path: Path, what: str = "key file") -> None:
         )
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{what} {path} is not a regular file")
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise ConfigError(
-            f"{what} {path} is readable or writable by other users (mode {mode:04o})",
-            hint=f"chmod 600 {path}",
-        )
+    if (shared := _shared_mode(st, path, what)) is not None:
+        raise shared
     if st.st_uid != os.geteuid():
         raise ConfigError(
             f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})",
