@@ -385,6 +385,12 @@ def _run_make(
 ) -> None:
     """Run one make invocation in ``cwd`` (the work tree), in the sandbox unless ``bwrap``
     is None (--unsafe-unsandboxed-build)."""
+    # The read-only binds of _PROTECTED_DIRS hold only over real directories: an earlier
+    # make of this build could have moved src/config away (a mount point's parent can be
+    # renamed) and left a link in its place.
+    problem = _layout_problem(cwd)
+    if problem is not None:
+        raise _layout_changed(problem, log)
     # The -ffile-prefix-map needs the absolute src dir; make expands $(CURDIR) itself.
     with open(log, "ab") as fh:
         fh.write(("$ " + " ".join(argv) + "\n").encode())
@@ -958,11 +964,6 @@ def _build_into(
                 if request.client is not None:
                     fsutil.write_private_file(key_file, request.client.key_pem)
                 for argv in plan.invocations:
-                    # an earlier make of this build could have moved src/config away
-                    # (a mount point's parent can be renamed) and left a link in its place
-                    problem = _layout_problem(top)
-                    if problem is not None:
-                        raise _layout_changed(problem, log)
                     _run_make(argv, top, log, on_progress, env, bwrap, extra_binds)
             finally:
                 # The key is readable only while make runs.
