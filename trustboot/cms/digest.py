@@ -101,8 +101,9 @@ def hash_file(path: Path, hash_names: Sequence[str], progress: Progress | None =
 # seconds later. The uploader may skip hashing it again when the open file still has the
 # stamp it had while it was hashed, and has it still when the last byte is sent (it checks
 # both). The stamp has the same strength as the publish cache's (device, inode, size,
-# mtime_ns, ctime_ns; ctime cannot be set back by a user); what an origin serves is
-# hashed again in full by the read-back, which stays the check that matters.
+# mtime_ns, ctime_ns; ctime cannot be set back by a user). What an origin serves is
+# read back in full before anything is switched: compared byte for byte with the file
+# such a stamp vouches for (trustboot.publish.readback.Tally), or else hashed.
 # A file changed less than RACY_WINDOW_NS before it was hashed is not remembered (as git
 # does for its index): a write in the same timestamp tick would leave the stamp unchanged,
 # while any write after a tick has passed moves ctime (filesystem granularity is 2 s at
@@ -129,6 +130,12 @@ def recall(st: os.stat_result, name: str) -> bytes | None:
     """The ``name`` digest of the file with stamp ``st``, if this process computed it."""
     with _KNOWN_LOCK:
         return _KNOWN.get(file_stamp(st), {}).get(name)
+
+
+def recalled(st: os.stat_result) -> dict[str, bytes]:
+    """Every digest this process computed of the file with stamp ``st`` (by name)."""
+    with _KNOWN_LOCK:
+        return dict(_KNOWN.get(file_stamp(st), {}))
 
 
 def _whole(fh: Any) -> Iterator[memoryview]:

@@ -92,9 +92,11 @@ from trustboot.publish.origin import (
     staging_of,
 )
 from trustboot.publish.readback import (
+    LocalCopy,
     NotServed,
     Reader,
     Served,
+    Tally,
     Trust,
     hash_chunks,
     judge,
@@ -111,6 +113,9 @@ MAX_LOCAL_FILES = 10_000
 # Objects at least this large are read back as soon as they are uploaded (in parallel with
 # the rest of the upload) instead of after all uploads.
 EARLY_READBACK_MIN = 4 << 20
+# Objects at least this large, published from a file this process hashed, are read back
+# by comparing them with that file (readback.Tally); smaller ones are hashed.
+LOCAL_COMPARE_MIN = 1 << 20
 # The record of a switch in progress (see the module docstring); at the origin root, next
 # to the lock, never under releases/.
 SWITCH_JOURNAL = ".trustboot-switch.json"
@@ -391,13 +396,23 @@ def make_reader(origin: Origin, trust: Trust, options: OriginOptions | None) -> 
 
 
 def _served(origin: Origin, reader: Reader | None, key: str, *, max_size: int,
-            hash_names: set[str]) -> Served:
+            hash_names: set[str], local: LocalCopy | None = None) -> Served:
+    """What the origin serves under ``key``: hashed, or compared with ``local`` (the file
+    it was published from, see readback.Tally)."""
     if reader is None:
-        size, digests = hash_chunks(origin.read(key, max_size=max_size), hash_names)
-        return Served(f"{origin.url}{key}", size, digests)
+        tally = Tally(hash_names | {"sha256"}, local)
+        try:
+            for chunk in origin.read(key, max_size=max_size):
+                tally.feed(chunk)
+            digests = tally.result()
+        finally:
+            tally.close()
+        if digests is None:  # the file was written meanwhile: read the object again
+            return _served(origin, None, key, max_size=max_size, hash_names=hash_names)
+        return Served(f"{origin.url}{key}", tally.size, digests)
     url = origin.public_url(key)
     assert url is not None
-    return reader.stream(url, max_size=max_size, hash_names=hash_names)
+    return reader.stream(url, max_size=max_size, hash_names=hash_names, local=local)
 
 
 def _served_bytes(origin: Origin, reader: Reader | None, key: str, max_size: int) -> bytes:
@@ -427,11 +442,13 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                   progress: PublishProgress | None = None,
                   cached: Collection[str] = (),
                   prefetched: Mapping[str, Future[Served]] | None = None,
-                  signers: dict[str, frozenset[str]] | None = None) -> list[str]:
+                  signers: dict[str, frozenset[str]] | None = None,
+                  local: Mapping[str, LocalCopy] | None = None) -> list[str]:
     """Read back every object of ``manifest``, compare, judge each .sig; VerificationError
     listing every problem, or the keys verified. ``prefetched``: objects whose read-back
     already started (the upload overlaps it, see publish_release), by name. ``signers``,
-    if given, receives each signed object's signer certificate fingerprints (hex)."""
+    if given, receives each signed object's signer certificate fingerprints (hex).
+    ``local``: the files objects were published from, by name (see readback.Tally)."""
     prefix = release_prefix(manifest.release)
     by_name = {f.name: f for f in manifest.files}
     if progress:
@@ -484,7 +501,7 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                     served = early.result()
                 else:
                     served = _served(origin, reader, prefix + f.name, max_size=f.size,
-                                     hash_names=names)
+                                     hash_names=names, local=(local or {}).get(f.name))
             except NotServed as exc:
                 not_served(exc)
                 return
@@ -827,13 +844,14 @@ def _verify_release(origin: Origin, manifest: ReleaseManifest, result: PublishRe
                     stats: dict[str, ObjectStat | None], *, trust: Trust, now: dt.datetime,
                     reader: Reader | None, jobs: int, progress: PublishProgress | None,
                     cache: PublishCache | None, signed_manifest: bool,
-                    prefetched: Mapping[str, Future[Served]] | None = None) -> None:
+                    prefetched: Mapping[str, Future[Served]] | None = None,
+                    local: Mapping[str, LocalCopy] | None = None) -> None:
     """The whole release as served, before any switch (VerificationError if not)."""
     cached = _cached_names(origin, manifest, cache, stats)
     result.readback_cached = sorted(cached)
     result.verified = verify_served(origin, manifest, trust=trust, now=now, reader=reader,
                                     jobs=jobs, progress=progress, cached=cached,
-                                    prefetched=prefetched)
+                                    prefetched=prefetched, local=local)
     _remember(origin, manifest, cache, stats, cached)
     if signed_manifest:
         verify_manifest_signature(origin, manifest.release, trust=trust, now=now,
@@ -892,6 +910,8 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                            signer=manifest.signer.to_json() if manifest.signer else None)
     reader = make_reader(origin, trust, options)
     by_key = {o.key: o for o in objects}
+    local = {o.key: copy for o in objects if o.size >= LOCAL_COMPARE_MIN
+             and (copy := LocalCopy.of(o.path, o.sha256)) is not None}
     try:
         with origin.lock(owner or default_owner()):
             result.repaired = _repaired(repair_switch(origin, trust=trust, now=now,
@@ -917,7 +937,7 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
             else:
                 manifest = existing
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-                early = _EarlyReadback(origin, reader, prefix, by_key, pool)
+                early = _EarlyReadback(origin, reader, prefix, by_key, pool, local)
                 try:
                     stats = _upload(origin, prefix,
                                     [o for o in objects if o.key != MANIFEST_NAME],
@@ -926,7 +946,7 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                     _verify_release(origin, manifest, result, stats, trust=trust, now=now,
                                     reader=reader, jobs=jobs, progress=progress, cache=cache,
                                     signed_manifest=MANIFEST_NAME + ".sig" in keys,
-                                    prefetched=early.prefetched)
+                                    prefetched=early.prefetched, local=local)
                     early.check_unchanged()
                 finally:
                     early.cancel()
@@ -951,9 +971,10 @@ class _EarlyReadback:
     still stops it; a backend without ETags gets no early read-back."""
 
     def __init__(self, origin: Origin, reader: Reader | None, prefix: str,
-                 by_key: Mapping[str, LocalObject], pool: ThreadPoolExecutor) -> None:
+                 by_key: Mapping[str, LocalObject], pool: ThreadPoolExecutor,
+                 local: Mapping[str, LocalCopy]) -> None:
         self.origin, self.reader, self.prefix = origin, reader, prefix
-        self.by_key, self.pool = by_key, pool
+        self.by_key, self.pool, self.local = by_key, pool, local
         self.prefetched: dict[str, Future[Served]] = {}
         self.seen: dict[str, ObjectStat] = {}
         self.lock = threading.Lock()
@@ -967,7 +988,8 @@ class _EarlyReadback:
             return  # nothing cheap to re-check with: read back with the others
         names = signature_hashes(_read_small(sig.path, MAX_SIGNATURE_SIZE))
         future = self.pool.submit(_served, self.origin, self.reader, self.prefix + o.key,
-                                  max_size=o.size, hash_names=names)
+                                  max_size=o.size, hash_names=names,
+                                  local=self.local.get(o.key))
         with self.lock:
             self.seen[o.key] = st
             self.prefetched[o.key] = future

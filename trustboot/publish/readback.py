@@ -3,15 +3,16 @@
 The read-back uses the public HTTPS URL, trusts only the roots iPXE has compiled in (the same
 TRUST= list serves HTTPS and code signing), speaks TLS 1.2 with iPXE's cipher suites, asks for
 the identity encoding, and streams with a size cap, hashing as it goes (no object is held in
-memory). Signatures are judged by ``trustboot.cms.verify.verify_signature``.
+memory), or comparing it with the file this process published it from (``Tally``).
+Signatures are judged by ``trustboot.cms.verify.verify_signature``.
 
 Bodies are streamed with the standard library's ``http.client`` on the same TLS context,
 not httpx: OpenSSL hands out one 16 KiB TLS record per read, and httpx/httpcore/h11 spend
 a dozen Python calls on each (measured: 2.5 CPU s per 512 MiB against curl's 0.8; most of
 the read-back's time). ``http.client`` fills a 1 MiB buffer in C (``readinto``), so the
-cost left is TLS and SHA-256. One keep-alive connection per thread and origin. The total
-deadline of each GET is the one policy of ``trustboot.publish.deadline``, enforced by its
-``Watchdog`` (a per-recv clamp cannot reach inside ``readinto``).
+cost left is TLS and SHA-256 (or the compare). One keep-alive connection per thread and
+origin. The total deadline of each GET is the one policy of ``trustboot.publish.deadline``,
+enforced by its ``Watchdog`` (a per-recv clamp cannot reach inside ``readinto``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import http.client
+import os
 import ssl
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -33,6 +36,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from trustboot.cms.digest import file_stamp, recalled
 from trustboot.cms.verify import (
     MAX_SIGNATURE_SIZE,
     TrustAnchor,
@@ -114,6 +118,150 @@ class Served:
         return self.digests["sha256"].hex()
 
 
+@dataclass(frozen=True)
+class LocalCopy:
+    """The file an object was published from, as this process hashed it (see Tally)."""
+
+    path: Path
+    stamp: tuple[int, ...]  # trustboot.cms.digest.file_stamp when it was hashed
+    digests: dict[str, bytes]
+
+    @classmethod
+    def of(cls, path: Path, sha256: str) -> LocalCopy | None:
+        """The file at ``path`` if this process hashed it, as it is now, and found
+        ``sha256``; None otherwise (its object's read-back then hashes what is served)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        digests = recalled(st)
+        known = digests.get("sha256")
+        if known is None or known.hex() != sha256:
+            return None
+        return cls(path, file_stamp(st), digests)
+
+
+class Tally:
+    """The size and digests of a body, fed chunk by chunk as it is read.
+
+    Given the LocalCopy an object was published from, each chunk is compared with the
+    file's bytes at the same offset instead of being hashed: a read from the page cache
+    and a memcmp cost a tenth of SHA-256, which was most of a large read-back's CPU.
+    Bytes equal to the file, which still has the stamp it had when this process hashed
+    it, have its digests (the stamp has the strength ``trustboot.cms.digest`` explains).
+    At the first difference, the bytes before it (equal to the file's) are hashed from
+    the file and the rest as they come, so ``result()`` is always the digests of exactly
+    the bytes fed; it is None only when the file changed meanwhile, as nothing is then
+    known of what was fed: read it again without a LocalCopy. ``close()`` when done.
+    """
+
+    def __init__(self, names: Iterable[str], local: LocalCopy | None = None) -> None:
+        self.names = tuple(sorted(set(names)))
+        self.size = 0
+        self._local = local
+        self._fd = -1
+        self._buf = bytearray()
+        self._void = False
+        self._hashers: list[Any] | None = None
+        if local is not None and set(self.names) <= set(local.digests):
+            self._fd = _open_unchanged(local)
+        if self._fd < 0:
+            self._hashers = [hashlib.new(name) for name in self.names]
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        n = len(chunk)
+        if self._hashers is None and not self._same(chunk, n):
+            self._diverge()
+        if self._hashers is not None:
+            for h in self._hashers:
+                h.update(chunk)
+        self.size += n
+
+    def result(self) -> dict[str, bytes] | None:
+        if self._hashers is None:
+            assert self._local is not None
+            if not self._unchanged():
+                self._void = True
+            elif self.size == self._local.stamp[2]:
+                self.close()
+                return {name: self._local.digests[name] for name in self.names}
+            else:
+                self._diverge()  # a shorter body: the file's first bytes
+        self.close()
+        if self._void or self._hashers is None:
+            return None
+        return {name: h.digest() for name, h in zip(self.names, self._hashers, strict=True)}
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _same(self, chunk: bytes | bytearray | memoryview, n: int) -> bool:
+        if len(self._buf) != n:
+            self._buf = bytearray(n)  # once for steady chunk sizes, again for the last
+        # (bytearray == buffer is one memcmp; two memoryviews compare item by item)
+        return _read_at(self._fd, self._buf, self.size) == n and self._buf == chunk
+
+    def _diverge(self) -> None:
+        """From here on, hash: first the bytes fed so far, from the file they equal."""
+        hashers = [hashlib.new(name) for name in self.names]
+        if self._unchanged():
+            done = 0
+            while done < self.size:
+                buf = bytearray(min(CHUNK, self.size - done))
+                if _read_at(self._fd, buf, done) != len(buf):
+                    self._void = True  # (the stamp says it cannot have shrunk)
+                    break
+                for h in hashers:
+                    h.update(buf)
+                done += len(buf)
+        else:
+            self._void = True
+        self.close()
+        self._hashers = hashers
+
+    def _unchanged(self) -> bool:
+        assert self._local is not None
+        try:
+            return self._fd >= 0 and file_stamp(os.fstat(self._fd)) == self._local.stamp
+        except OSError:
+            return False
+
+
+def _open_unchanged(local: LocalCopy) -> int:
+    """A descriptor of ``local.path`` if it is still the regular file that was hashed."""
+    try:
+        # O_NONBLOCK: a FIFO put in its place must not hang the open
+        fd = os.open(local.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and file_stamp(st) == local.stamp:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return -1
+
+
+def _read_at(fd: int, buf: bytearray, offset: int) -> int:
+    """Fill ``buf`` from ``fd`` at ``offset``; fewer bytes only at the end of the file."""
+    view = memoryview(buf)
+    got = 0
+    while got < len(buf):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+class _LocalChanged(Exception):
+    """The LocalCopy changed while the body was compared with it (see Tally.result)."""
+
+
 class _Redirect(Exception):
     """A non-2xx answer with a Location (followed by ``Reader._following``)."""
 
@@ -154,8 +302,8 @@ def hash_chunks(chunks: Iterable[bytes], hash_names: Iterable[str]) -> tuple[int
     return size, {name: h.digest() for name, h in hashers.items()}
 
 
-def _hash_inline(response: http.client.HTTPResponse, hashers: list[Any], url: str,
-                 max_size: int, body: list[bytes] | None) -> int:
+def _read_body(response: http.client.HTTPResponse, tally: Tally, url: str,
+               max_size: int, body: list[bytes] | None) -> int:
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     size = 0
@@ -164,8 +312,7 @@ def _hash_inline(response: http.client.HTTPResponse, hashers: list[Any], url: st
         if size > max_size:
             raise TooLarge(f"{url} is larger than {max_size} bytes",
                            hint="the origin serves something else than what was published")
-        for h in hashers:
-            h.update(view[:n])
+        tally.feed(view[:n])
         if body is not None:
             body.append(bytes(view[:n]))
     return size
@@ -285,7 +432,8 @@ class Reader:
         return conn.getresponse()
 
     def _get_hashed(self, url: str, max_size: int, names: tuple[str, ...],
-                    body: list[bytes] | None = None, *, due: float | None = None) -> Served:
+                    body: list[bytes] | None = None, *, due: float | None = None,
+                    local: LocalCopy | None = None) -> Served:
         """One GET of ``url`` over http.client, hashed into ``names`` (see the module doc);
         the bytes are also appended to ``body`` if given. OperationalError (not retried)
         when the answer takes longer than its deadline (``trustboot.publish.deadline``),
@@ -303,7 +451,7 @@ class Reader:
                                       else min(now, due) + seconds)
         try:
             served = self._get_on(conn, url, (parts.scheme, host, parts.port), target,
-                                  max_size, names, body)
+                                  max_size, names, body, local)
         except BaseException:
             if not self._deadlines.done(token):
                 raise
@@ -320,7 +468,8 @@ class Reader:
 
     def _get_on(self, conn: http.client.HTTPConnection, url: str,
                 where: tuple[str, str, int | None], target: str, max_size: int,
-                names: tuple[str, ...], body: list[bytes] | None) -> Served:
+                names: tuple[str, ...], body: list[bytes] | None,
+                local: LocalCopy | None) -> Served:
         scheme, host, port = where
         try:
             response = self._send(conn, target)
@@ -338,17 +487,22 @@ class Reader:
                 raise OperationalError(
                     f"{url} was served with Content-Encoding {encoding}; iPXE would hash "
                     "the encoded bytes", hint="turn off gzip for boot files on the origin")
-            hashers = [hashlib.new(name) for name in names]
             length = response.length  # None when chunked
-            size = _hash_inline(response, hashers, url, max_size, body)
-            if length is not None and size != length:
-                # http.client ends a body cut short quietly: a transfer error (retried),
-                # not a digest of the part that arrived
-                raise http.client.IncompleteRead(b"", length - size)
+            tally = Tally(names, local)
+            try:
+                size = _read_body(response, tally, url, max_size, body)
+                if length is not None and size != length:
+                    # http.client ends a body cut short quietly: a transfer error
+                    # (retried), not a digest of the part that arrived
+                    raise http.client.IncompleteRead(b"", length - size)
+                digests = tally.result()
+            finally:
+                tally.close()
             if response.will_close:
                 self._drop_connection(scheme, host, port)
-            return Served(url, size, {name: h.digest() for name, h in
-                                      zip(names, hashers, strict=True)})
+            if digests is None:
+                raise _LocalChanged(url)
+            return Served(url, size, digests)
         except (OSError, http.client.HTTPException) as exc:
             proxy = proxy_for(scheme, host, port)
             self._drop_connection(scheme, host, port)
@@ -437,18 +591,24 @@ class Reader:
                 f"{_shown(chain[0])} redirects more than {MAX_REDIRECTS} times: "
                 f"{_chain(shown)}", hint="point the origin's redirect at the final location")
 
-    def stream(self, url: str, *, max_size: int, hash_names: Iterable[str] = ("sha256",)
-               ) -> Served:
-        """GET ``url`` (following redirects) and hash it while streaming; more than
+    def stream(self, url: str, *, max_size: int, hash_names: Iterable[str] = ("sha256",),
+               local: LocalCopy | None = None) -> Served:
+        """GET ``url`` (following redirects) and hash it while streaming, or compare it
+        with ``local``, the file it was published from (see Tally); more than
         ``max_size`` is an error. ``Served.url`` is where the bytes came from."""
         self._check_url(url)
         names = tuple(sorted(set(hash_names) | {"sha256"}))
 
-        def once() -> Served:
+        def once(copy: LocalCopy | None) -> Served:
             return self._following(url, lambda hop, due: self._get_hashed(
-                hop, max_size, names, due=due))
+                hop, max_size, names, due=due, local=copy))
 
-        return with_retries(once, url=url, what="fetching", retries=self.retries)
+        try:
+            return with_retries(lambda: once(local), url=url, what="fetching",
+                                retries=self.retries)
+        except _LocalChanged:  # (the file was written meanwhile: what was read is unknown)
+            return with_retries(lambda: once(None), url=url, what="fetching",
+                                retries=self.retries)
 
     def fetch(self, url: str, *, max_size: int) -> bytes:
         """GET ``url`` whole (a signature, a script), following redirects; more than
