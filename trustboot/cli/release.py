@@ -94,45 +94,34 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     Exit codes: 0 published and verified, 1 origin or I/O failure, 3 invalid recipe,
     4 a signature, the signer's lifetime or what the origin serves failed verification.
     """
+    from trustboot.cli.progress import MakeProgress, upload_progress
     from trustboot.publish.cache import default_cache_path
-    from trustboot.release import prehash
+    from trustboot.release.pipeline import run_release
+    from trustboot.release.plan import ReleaseOptions
     from trustboot.release.recipe import load_recipe
 
     if unsafe_unsandboxed:
         warn(sandbox.UNSAFE_WARNING)
     r = load_recipe(recipe)
-    publish_cache = None if reverify else default_cache_path()
-    # With nothing drawn (--json, no terminal) the inputs are hashed from now on, beside
-    # the imports below; on a terminal the plan hashes them under a progress bar.
-    hashing = (prehash.start(r, allow_outside, publish_cache)
-               if as_json or not is_interactive() else None)
-    try:
-        from trustboot.cli.progress import MakeProgress, upload_progress
-        from trustboot.release.pipeline import run_release
-        from trustboot.release.plan import ReleaseOptions
-
-        passphrases = None
-        explicit = passphrase_file is not None or passphrase_env is not None
-        if explicit or is_interactive():
-            passphrases = passphrase_source(passphrase_file, passphrase_env)
-        options = ReleaseOptions(allow_outside=allow_outside, passphrases=passphrases,
-                                 passphrases_explicit=explicit,
-                                 ipxe_source=ipxe_source, cache_dir=cache_dir, jobs=jobs,
-                                 readback_url=readback_url, reverify=reverify,
-                                 publish_cache=publish_cache, pkcs11_module=pkcs11_module,
-                                 unsafe_unsandboxed_build=unsafe_unsandboxed)
-        make = MakeProgress(quiet=as_json)  # a build of minutes shows it is alive
-        with upload_progress(as_json) as bars:
-            try:
-                result = run_release(r, options, now=dt.datetime.now(dt.UTC),
-                                     dry_run=dry_run, progress=StageReporter(quiet=as_json),
-                                     upload_progress=bars, build_progress=make,
-                                     hashing=hashing)
-            finally:
-                make.finish()
-    finally:
-        if hashing is not None:
-            hashing.cancel()  # (a failure before the run waited for it)
+    passphrases = None
+    explicit = passphrase_file is not None or passphrase_env is not None
+    if explicit or is_interactive():
+        passphrases = passphrase_source(passphrase_file, passphrase_env)
+    options = ReleaseOptions(allow_outside=allow_outside, passphrases=passphrases,
+                             passphrases_explicit=explicit,
+                             ipxe_source=ipxe_source, cache_dir=cache_dir, jobs=jobs,
+                             readback_url=readback_url, reverify=reverify,
+                             publish_cache=None if reverify else default_cache_path(),
+                             pkcs11_module=pkcs11_module,
+                             unsafe_unsandboxed_build=unsafe_unsandboxed)
+    make = MakeProgress(quiet=as_json)  # a build of minutes shows it is alive, as ipxe build
+    with upload_progress(as_json) as bars:
+        try:
+            result = run_release(r, options, now=dt.datetime.now(dt.UTC), dry_run=dry_run,
+                                 progress=StageReporter(quiet=as_json), upload_progress=bars,
+                                 build_progress=make)
+        finally:
+            make.finish()
     if as_json:
         emit_json(result.to_json())
         return

@@ -17,9 +17,7 @@ Two streams share that pipeline:
   the hashes and the upload (an origin stages a large input this way while the release
   is being planned, see ``trustboot.publish.origin.StagingOrigin``); the file's stamp
   (device, inode, size, mtime, ctime) is taken when it is opened and compared when the
-  last byte was read, so a file written meanwhile fails the upload. When this process
-  did hash the file already (``trustboot.release.prehash`` starts on the inputs as the
-  run starts) and its stamp is unchanged, its digests are taken instead, as above.
+  last byte was read, so a file written meanwhile fails the upload.
 
 Either way nothing is committed on the origin unless the stream ends cleanly (the check
 raises before the last chunk is handed out), and the read-back hashes what the origin
@@ -38,7 +36,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustboot.cms.digest import file_stamp, recall, recalled
+from trustboot.cms.digest import file_stamp, recall
 from trustboot.errors import OperationalError
 from trustboot.publish.origin import Staged, check_key
 
@@ -163,14 +161,10 @@ def digesting_chunks(path: Path, *, size: int, hash_names: Collection[str], out:
     read. ``out`` gets the size, digests and stamp before the last chunk is handed out;
     OperationalError instead if the file is not ``size`` bytes or its stamp changed while
     it was read (so a caller that commits only after a complete stream never commits a
-    file that changed under it). ``cancel`` set: OperationalError at the next chunk.
-    A file this process hashed with every one of ``hash_names`` moments ago, which has
-    the stamp it had then, is not hashed again (as in ``hashed_chunks``): ``out`` gets
-    those digests once the stamp was checked again at the end."""
+    file that changed under it). ``cancel`` set: OperationalError at the next chunk."""
     fd, st = _open(path)
     names = sorted(set(hash_names))
-    known = recalled(st)
-    hashers = [] if all(n in known for n in names) else [hashlib.new(n) for n in names]
+    hashers = [hashlib.new(name) for name in names]
 
     def on_chunk(data: bytes) -> None:
         if cancel is not None and cancel.is_set():
@@ -185,11 +179,10 @@ def digesting_chunks(path: Path, *, size: int, hash_names: Collection[str], out:
                 f"{path} changed while it was read and uploaded ({size} bytes expected, "
                 f"{total} read, modified meanwhile)", hint=_HINT)
         out.size, out.stamp = total, st
-        out.digests = ({name: h.digest() for name, h in zip(names, hashers, strict=True)}
-                       if hashers else {name: known[name] for name in names})
+        out.digests = {name: h.digest() for name, h in zip(names, hashers, strict=True)}
 
-    yield from _pipeline(fd, size=size, read_size=chunk if hashers else CHUNK_UNHASHED,
-                         depth=depth, on_chunk=on_chunk, finish=finish, progress=progress)
+    yield from _pipeline(fd, size=size, read_size=chunk, depth=depth, on_chunk=on_chunk,
+                         finish=finish, progress=progress)
 
 
 class DigestingUpload:

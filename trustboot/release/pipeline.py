@@ -7,8 +7,7 @@ validate -> plan -> build -> render -> sign -> manifest -> publish -> verify
 * plan: hash the inputs, derive the release id; ``dry_run`` stops here. On an origin
   that moves objects cheaply (WebDAV, file://), large inputs are uploaded to temporary
   objects by the same read that hashes them (:mod:`trustboot.release.staging`), and the
-  signing key is unlocked meanwhile; publish later moves them into place. Inputs hashed
-  from start-up (``hashing``, :mod:`trustboot.release.prehash`) are not hashed again.
+  signing key is unlocked meanwhile; publish later moves them into place.
 * build: iPXE through :mod:`trustboot.ipxe.build` (cached), or prebuilt, or skipped with
   the reason and how to enable it.
 * render: the fail-closed entry/menu script (:mod:`trustboot.release.render`).
@@ -42,7 +41,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from trustboot import fsutil
 from trustboot.cms import sign as cms_sign
-from trustboot.cms.digest import HashJob
 from trustboot.cms.freshness import replay_window
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE, verify_signature
 from trustboot.errors import OperationalError, VerificationError
@@ -74,7 +72,6 @@ from trustboot.publish.pipeline import (
     read_manifest,
 )
 from trustboot.publish.readback import Trust
-from trustboot.release import prehash
 from trustboot.release.plan import (
     Plan,
     ReleaseOptions,
@@ -158,27 +155,10 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                 dry_run: bool = False, workdir: Path | None = None,
                 progress: Progress = lambda _s, _m: None,
                 upload_progress: PublishProgress | None = None,
-                build_progress: ipxe_build.ProgressCallback | None = None,
-                hashing: HashJob | None = None) -> ReleaseResult:
+                build_progress: ipxe_build.ProgressCallback | None = None) -> ReleaseResult:
     """Run every stage; raises a TrustbootError naming the stage's input on failure.
     ``upload_progress`` follows the publish stage's bytes (upload, read-back),
-    ``build_progress`` the build stage's make steps (as ``ipxe build`` reports them).
-    ``hashing``: the inputs' hashing, started early (``trustboot.release.prehash``);
-    waited for before the plan needs the digests, stopped if the run fails first."""
-    try:
-        return _run_release(recipe, options, now=now, dry_run=dry_run, workdir=workdir,
-                            progress=progress, upload_progress=upload_progress,
-                            build_progress=build_progress, hashing=hashing)
-    finally:
-        if hashing is not None:
-            hashing.cancel()  # (nothing left to stop once it was waited for)
-
-
-def _run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
-                 dry_run: bool, workdir: Path | None, progress: Progress,
-                 upload_progress: PublishProgress | None,
-                 build_progress: ipxe_build.ProgressCallback | None,
-                 hashing: HashJob | None) -> ReleaseResult:
+    ``build_progress`` the build stage's make steps (as ``ipxe build`` reports them)."""
     st = _Stages(None, progress)
     st.upload_progress = upload_progress
     st.build_progress = build_progress
@@ -190,7 +170,6 @@ def _run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     if cache is not None and cache.problem:
         st.done("validate", "warning", cache.problem)
     if dry_run:
-        prehash.settle(hashing)
         p = plan(v, now=now, cache=cache, save_cache=False)
         if "{date}" in recipe.release.id_template:
             try:
@@ -207,8 +186,6 @@ def _run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     # one origin session for the whole release: staging, manifest, publish, prune
     with contextlib.ExitStack() as stack:
         origin = stack.enter_context(open_origin(v.origin_url, origin_options(v)))
-        # (the origin's TLS client key unlocked meanwhile: its KDF overlaps the hashing)
-        prehash.settle(hashing)
         staging = start_staging(origin, v.inputs, hash_name=v.hash_name, cache=cache)
         signer = None
         known: dict[Path, Staged] = {}
@@ -225,7 +202,7 @@ def _run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         result = _planned(p, st, dry_run=False, now=now)
         st.done("plan", "done", f"release {p.release_id}: {len(p.objects) + 1} objects to "
                 f"sign and publish to {v.origin_url}"
-                + (f" ({len(known)} staged on the origin meanwhile)" if known else ""))
+                + (f" ({len(known)} staged on the origin while hashed)" if known else ""))
         work = workdir if workdir is not None else \
             stack.enter_context(fsutil.work_dir("trustboot-release-"))
         _run_stages(p, options, work, st, result, now, origin=origin, signer=signer,

@@ -47,17 +47,18 @@ from trustboot.publish.manifest import check_entry_path, check_release_id
 from trustboot.publish.origin import (
     Credentials,
     check_credentials_scope,
+    check_key,
     load_credentials,
 )
 from trustboot.release.recipe import (
     ENTRY_SCRIPT,
-    InputFile,
+    EntrySpec,
     Recipe,
     RecipePath,
     SecretRef,
     fill_id,
+    input_key,
     origin_dir,
-    recipe_inputs,
     resolve_path,
 )
 from trustboot.secrets import PassphraseSource, from_env, from_file
@@ -97,6 +98,14 @@ class ReleaseOptions:
     pkcs11_module: Path | None = None
     # run the iPXE tree's make outside the sandbox (operator only: no recipe key sets it)
     unsafe_unsandboxed_build: bool = False
+
+
+@dataclass(frozen=True)
+class InputFile:
+    key: str
+    path: Path
+    role: str  # kernel | initrd | firmware
+    where: str
 
 
 @dataclass(frozen=True)
@@ -239,6 +248,24 @@ def _secret_source(recipe: Recipe, options: ReleaseOptions,
                            "--passphrase-file / --passphrase-env")
 
 
+def _inputs(recipe: Recipe, allow: Sequence[Path]) -> list[InputFile]:
+    out: dict[str, InputFile] = {}
+
+    def add(entry: EntrySpec, p: RecipePath, role: str) -> None:
+        path = resolve_path(recipe, p, f"entries.{entry.name}.{role}", allow_outside=allow)
+        key = check_key(input_key(entry, p))
+        if key in out and out[key].path != path:
+            raise ConfigError(f"{p.where}: {key} names two different files "
+                              f"({out[key].path} and {path})", hint="rename one of them")
+        out[key] = InputFile(key, path, role, p.where)
+
+    for e in recipe.entries:
+        add(e, e.kernel, "kernel")
+        for i in e.initrds:
+            add(e, i, "initrd")
+    return list(out.values())
+
+
 def _prebuilt_file(recipe: Recipe, prebuilt: RecipePath, name: str,
                    allow: Sequence[Path]) -> Path:
     return resolve_path(recipe, RecipePath(f"{prebuilt.raw}/{name}", prebuilt.where),
@@ -321,7 +348,7 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     """Everything that can be checked before anything is created (with ``dry_run``,
     nothing is created at all: a git-pinned iPXE source is not cloned)."""
     allow = options.allow_outside
-    inputs = recipe_inputs(recipe, allow)  # the recipe's own files first: a path escape names them
+    inputs = _inputs(recipe, allow)  # the recipe's own files first: a path escape names them
     ca_home = options.ca_home or resolve_path(recipe, recipe.ca_home, "ca.home",
                                               allow_outside=allow, kind="dir")
     s = recipe.signer
@@ -432,11 +459,10 @@ def _hash_inputs(paths: Sequence[Path], hash_name: str,
                  cache: PublishCache | None) -> dict[Path, cms_sign.Hashed]:
     """Digest the inputs; with ``cache`` (SHA-256 signing only), an input unchanged since
     an earlier run (same device, inode, size, mtime and ctime) is not read again."""
-    from trustboot.cms.digest import RACY_WINDOW_NS, file_stamp, recalled, remember
+    from trustboot.cms.digest import RACY_WINDOW_NS, file_stamp, remember
 
     out: dict[Path, cms_sign.Hashed] = {}
     todo: list[tuple[Path, os.stat_result | None]] = []
-    names = {hash_name, "sha256"}
     for path in paths:
         try:
             st: os.stat_result | None = os.stat(path)
@@ -444,16 +470,10 @@ def _hash_inputs(paths: Sequence[Path], hash_name: str,
             st = None  # hash_files reports it with its context
         known = (cache.local_digest(path, st) if cache is not None and st is not None
                  and hash_name == "sha256" else None)
-        settled = recalled(st) if st is not None else {}
         if known is not None and st is not None:
             digests = {"sha256": bytes.fromhex(known)}
             out[path] = cms_sign.Hashed(path, st.st_size, digests)
             remember(st, digests)  # the upload need not hash it either
-        elif st is not None and names <= settled.keys():
-            # hashed by this process with this very stamp (release.prehash)
-            out[path] = cms_sign.Hashed(path, st.st_size, {n: settled[n] for n in names})
-            if cache is not None:
-                cache.remember_local(path, st, settled["sha256"].hex())
         else:
             todo.append((path, st))
     started = time.time_ns()

@@ -34,7 +34,7 @@ from trustboot.publish.manifest import (
     release_id_problem,
     release_key_problem,
 )
-from trustboot.publish.origin import check_key, check_url, check_web_url
+from trustboot.publish.origin import check_url, check_web_url
 from trustboot.release.yamlspec import (
     Bool,
     Checked,
@@ -534,33 +534,6 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
 def input_key(entry: EntrySpec, path: RecipePath) -> str:
     """The release key an entry's kernel or initrd is published under."""
     return f"{entry.name}/{Path(path.raw).name}"
-
-
-@dataclass(frozen=True)
-class InputFile:
-    key: str
-    path: Path
-    role: str  # kernel | initrd | firmware
-    where: str
-
-
-def recipe_inputs(recipe: Recipe, allow: Sequence[Path]) -> list[InputFile]:
-    """Every kernel and initrd of the recipe, resolved (``resolve_path``) under its key."""
-    out: dict[str, InputFile] = {}
-
-    def add(entry: EntrySpec, p: RecipePath, role: str) -> None:
-        path = resolve_path(recipe, p, f"entries.{entry.name}.{role}", allow_outside=allow)
-        key = check_key(input_key(entry, p))
-        if key in out and out[key].path != path:
-            raise ConfigError(f"{p.where}: {key} names two different files "
-                              f"({out[key].path} and {path})", hint="rename one of them")
-        out[key] = InputFile(key, path, role, p.where)
-
-    for e in recipe.entries:
-        add(e, e.kernel, "kernel")
-        for i in e.initrds:
-            add(e, i, "initrd")
-    return list(out.values())
 
 
 def _check_object_keys(entries: Sequence[EntrySpec], targets: Sequence[str],

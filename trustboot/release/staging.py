@@ -8,10 +8,8 @@ read; the publish stage later moves it to ``releases/<id>/<key>`` once the id an
 signatures exist. What does not change:
 
 * the bytes on the origin are the bytes that were hashed and signed (one read feeds
-  both; or, for an input ``trustboot.release.prehash`` hashed as the run started, the
-  upload's read is of the file with the stamp it had when it was hashed); a local file
-  whose stamp (device, inode, size, mtime, ctime) changed while it was read is refused,
-  and nothing of it is left on the origin;
+  both); a local file whose stamp (device, inode, size, mtime, ctime) changed while it
+  was read is refused, and nothing of it is left on the origin;
 * the release manifest claims the id before anything is moved under it, every object is
   read back over HTTPS and verified before the switch, and a failure leaves the live
   release as it was; staged objects not placed are deleted, and a killed run's are swept
@@ -37,7 +35,7 @@ from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import RELEASES_PREFIX, release_id_problem, release_prefix
 from trustboot.publish.origin import Origin, Staged, StagingOrigin, staging_of
 from trustboot.publish.pipeline import PublishProgress
-from trustboot.release.recipe import InputFile
+from trustboot.release.plan import InputFile
 
 # Smaller inputs are hashed locally and uploaded later: a temporary object and a move
 # cost more round trips than the read they would save.
