@@ -250,3 +250,22 @@ def test_publishing_compares_and_still_catches_a_changed_object(
     if not tamper:
         assert (nginx.root / "releases/rb/vmlinuz").read_bytes() == \
             (rb / "vmlinuz").read_bytes()
+
+
+@pytest.mark.parametrize("at", ["first", "later"])
+def test_a_file_that_stops_reading_makes_the_compare_void(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str) -> None:
+    data = os.urandom(SIZE)
+    local = _copy(tmp_path / "initrd", data)
+    real = os.preadv
+    calls = []
+
+    def failing(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append(offset)
+        if at == "first" or len(calls) > 1:
+            raise OSError(5, "Input/output error")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", failing)
+    assert _tally(("sha256",), local, data, [readback.CHUNK]) is None  # read it again
+    assert calls

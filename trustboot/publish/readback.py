@@ -170,8 +170,14 @@ class Tally:
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         n = len(chunk)
-        if self._hashers is None and not self._same(chunk, n):
-            self._diverge()
+        if self._hashers is None:
+            try:
+                if not self._same(chunk, n):
+                    self._diverge()
+            except OSError:  # the file no longer reads: nothing vouches for what was fed
+                self._void = True
+                self.close()
+                self._hashers = [hashlib.new(name) for name in self.names]
         if self._hashers is not None:
             for h in self._hashers:
                 h.update(chunk)
