@@ -15,14 +15,16 @@ Order of a publish, and why:
    That is how a resumed run skips objects whose size matches on backends that store no
    digest (file://, WebDAV): no digest sidecars, one source of truth. Backends that do store
    a sha256 (S3 metadata) are compared on it as well. Tampering on the origin is caught by
-   step 4, which hashes everything anyway.
+   step 4, which checks every byte anyway.
 3. Missing or different objects are uploaded in parallel (atomic per object). An object
    that was staged on the origin while it was hashed (``LocalObject.staged``, see
    ``origin.StagingOrigin``) is moved into place on the server instead, after checking
    that the local file still has the stamp it had while it was read.
 4. Every object is read back through its public HTTPS URL as iPXE would, its size and
    sha256 compared, and every .sig judged on the served bytes. Any problem: no switch,
-   exit 4, the entry untouched.
+   exit 4, the entry untouched. (An object whose local file this process hashed, still
+   with that stamp, is compared with the file byte for byte instead of hashed again:
+   readback.Tally; the digests are those of the bytes served either way.)
 5. Switch: ``<entry>.sig`` is copied to ``<entry_path>.sig``, then ``<entry>`` to
    ``<entry_path>``, each an atomic replace. A client fetching in between gets the old
    script with the new signature: imgverify fails (the digest does not match), the script

@@ -20,8 +20,8 @@ Two streams share that pipeline:
   last byte was read, so a file written meanwhile fails the upload.
 
 Either way nothing is committed on the origin unless the stream ends cleanly (the check
-raises before the last chunk is handed out), and the read-back hashes what the origin
-serves before anything is switched.
+raises before the last chunk is handed out), and the read-back checks every byte the
+origin serves before anything is switched.
 """
 
 from __future__ import annotations
