@@ -22,7 +22,6 @@ import hashlib
 import http.client
 import os
 import ssl
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -61,6 +60,7 @@ from trustboot.publish.http import (
 )
 from trustboot.publish.origin import TooLarge
 from trustboot.publish.proxy import proxy_for
+from trustboot.publish.stream import open_regular
 from trustboot.text import clean
 
 CHUNK = 1 << 20
@@ -213,15 +213,16 @@ class Tally:
         """From here on, hash: first the bytes fed so far, from the file they equal."""
         hashers = [hashlib.new(name) for name in self.names]
         if self._unchanged():
+            buf = memoryview(bytearray(min(CHUNK, self.size)))
             done = 0
             while done < self.size:
-                buf = bytearray(min(CHUNK, self.size - done))
-                if _read_at(self._fd, buf, done) != len(buf):
+                piece = buf[:min(len(buf), self.size - done)]
+                if _read_at(self._fd, piece, done) != len(piece):
                     self._void = True  # (the stamp says it cannot have shrunk)
                     break
                 for h in hashers:
-                    h.update(buf)
-                done += len(buf)
+                    h.update(piece)
+                done += len(piece)
         else:
             self._void = True
         self.close()
@@ -238,21 +239,16 @@ class Tally:
 def _open_unchanged(local: LocalCopy) -> int:
     """A descriptor of ``local.path`` if it is still the regular file that was hashed."""
     try:
-        # O_NONBLOCK: a FIFO put in its place must not hang the open
-        fd = os.open(local.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        fd, st = open_regular(local.path)
+    except OperationalError:
         return -1
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and file_stamp(st) == local.stamp:
-            return fd
-    except OSError:
-        pass
+    if file_stamp(st) == local.stamp:
+        return fd
     os.close(fd)
     return -1
 
 
-def _read_at(fd: int, buf: bytearray, offset: int) -> int:
+def _read_at(fd: int, buf: bytearray | memoryview, offset: int) -> int:
     """Fill ``buf`` from ``fd`` at ``offset``; fewer bytes only at the end of the file."""
     view = memoryview(buf)
     got = 0
@@ -299,13 +295,12 @@ class NotServed(OperationalError):
 
 
 def hash_chunks(chunks: Iterable[bytes], hash_names: Iterable[str]) -> tuple[int, dict[str, bytes]]:
-    hashers = {name: hashlib.new(name) for name in hash_names}
-    size = 0
+    tally = Tally(hash_names)
     for chunk in chunks:
-        size += len(chunk)
-        for h in hashers.values():
-            h.update(chunk)
-    return size, {name: h.digest() for name, h in hashers.items()}
+        tally.feed(chunk)
+    digests = tally.result()
+    assert digests is not None  # (no LocalCopy: hashed, never void)
+    return tally.size, digests
 
 
 def _read_body(response: http.client.HTTPResponse, tally: Tally, url: str,

@@ -48,8 +48,9 @@ CHUNK_UNHASHED = 1 << 20
 _HINT = "do not modify the release directory during a publish"
 
 
-def _open(path: Path) -> tuple[int, os.stat_result]:
-    """A read descriptor of the regular file ``path`` and its stat."""
+def open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """A read descriptor of the regular file ``path`` and its stat (OperationalError if it
+    cannot be opened or is not one)."""
     try:
         # O_NONBLOCK: a FIFO put in the file's place since the scan must not hang the open
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -123,7 +124,7 @@ def hashed_chunks(path: Path, *, size: int, sha256: str,
     with digest ``sha256`` (the file changed since it was hashed): raised before the last
     chunk is handed out, so a caller that commits only after a complete stream never
     commits a changed file."""
-    fd, st = _open(path)
+    fd, st = open_regular(path)
     known = recall(st, "sha256")
     # None: hashed by this process with this very stamp; re-check the stamp instead
     digest = None if (st.st_size == size and known is not None
@@ -162,7 +163,7 @@ def digesting_chunks(path: Path, *, size: int, hash_names: Collection[str], out:
     OperationalError instead if the file is not ``size`` bytes or its stamp changed while
     it was read (so a caller that commits only after a complete stream never commits a
     file that changed under it). ``cancel`` set: OperationalError at the next chunk."""
-    fd, st = _open(path)
+    fd, st = open_regular(path)
     names = sorted(set(hash_names))
     hashers = [hashlib.new(name) for name in names]
 
