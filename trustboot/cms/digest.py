@@ -126,16 +126,15 @@ def remember(st: os.stat_result, digests: dict[str, bytes]) -> None:
         _KNOWN.setdefault(file_stamp(st), {}).update(digests)
 
 
-def recall(st: os.stat_result, name: str) -> bytes | None:
-    """The ``name`` digest of the file with stamp ``st``, if this process computed it."""
-    with _KNOWN_LOCK:
-        return _KNOWN.get(file_stamp(st), {}).get(name)
-
-
 def recalled(st: os.stat_result) -> dict[str, bytes]:
     """Every digest this process computed of the file with stamp ``st`` (by name)."""
     with _KNOWN_LOCK:
         return dict(_KNOWN.get(file_stamp(st), {}))
+
+
+def recall(st: os.stat_result, name: str) -> bytes | None:
+    """The ``name`` digest of the file with stamp ``st``, if this process computed it."""
+    return recalled(st).get(name)
 
 
 def _whole(fh: Any) -> Iterator[memoryview]:
