@@ -718,7 +718,7 @@ def _layout_problem(top: Path) -> str | None:
     real directory (no link on the way), ours, not writable by others. None if intact."""
     for rel in _LAYOUT:
         try:
-            fd = fsutil.open_beneath(top, rel, os.O_RDONLY | os.O_DIRECTORY)
+            fd = _open_dir(top, rel)
         except OSError as exc:
             return f"{rel} is not a directory of the tree ({exc.strerror})"
         try:
