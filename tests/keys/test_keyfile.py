@@ -411,6 +411,57 @@ def test_a_load_for_another_key_is_not_used(material: Material, tmp_path: Path) 
     assert not ahead._thread.is_alive()
 
 
+def test_sign_paths_checks_the_signer_and_targets_once(
+        material: Material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sign_hashed takes sign_paths' verdict for the opened signer (same certificate and
+    chain) instead of preflighting it and checking the targets a second time."""
+    from trustboot.cms import sign as cms_sign
+
+    key, cert, chain = material.issue("once-signer", rsa_key())
+    image = tmp_path / "image"
+    image.write_bytes(b"image")
+    calls: list[str] = []
+    for name in ("preflight", "check_targets"):
+        real = getattr(cms_sign, name)
+
+        def counted(*a: Any, _real: Any = real, _name: str = name, **k: Any) -> Any:
+            calls.append(_name)
+            return _real(*a, **k)
+        monkeypatch.setattr(cms_sign, name, counted)
+    run = sign_paths([image], f"file:{key}", secrets=RIGHT, cert=cert, chain=chain)
+    assert run.results[0].signature_path.is_file()
+    assert sorted(calls) == ["check_targets", "preflight"]
+
+
+def test_an_opened_signer_with_another_certificate_is_preflighted_again(
+        material: Material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source whose opened signer holds another certificate gets no pass from the
+    source's verdict: it is refused and nothing is written. Here one that expired an hour
+    ago: only preflight refuses it (iPXE's 12h30m margin, which the self-check of the
+    first signature follows, would still take it)."""
+    from cryptography import x509
+
+    from trustboot.keys import signer as signers
+
+    now = dt.datetime.now(dt.UTC)
+    key, cert, chain = material.issue("good-source", rsa_key())
+    _, old_cert, _ = material.issue("expired-opened", load_key(key, RIGHT, "k"),
+                                    not_before=now - 400 * DAY,
+                                    not_after=now - dt.timedelta(hours=1))
+    expired = x509.load_pem_x509_certificate(old_cert.read_bytes())
+    real_unlock = signers.PendingSigner.unlock
+
+    def unlock(self: signers.PendingSigner, passphrases: Any) -> signers.KeySigner:
+        opened = real_unlock(self, passphrases)
+        return signers.KeySigner(load_key(key, RIGHT, "k"), expired, opened.chain)
+    monkeypatch.setattr(signers.PendingSigner, "unlock", unlock)
+    image = tmp_path / "image"
+    image.write_bytes(b"image")
+    with pytest.raises(VerificationError, match="expired"):
+        sign_paths([image], f"file:{key}", secrets=RIGHT, cert=cert, chain=chain)
+    assert not (tmp_path / "image.sig").exists()
+
+
 def test_a_doomed_signer_is_refused_before_a_wrong_passphrase(material: Material,
                                                               tmp_path: Path) -> None:
     """The load begun ahead fails (wrong passphrase), but the error a user sees is still

@@ -279,10 +279,19 @@ def sign_hashed(
     out_dir: Path | None = None,
     now: dt.datetime,
     ipxe_version: IpxeVersion = DEFAULT_IPXE,
+    preflighted: rules.Verdict | None = None,
 ) -> list[Signed]:
-    """Sign already-digested files; write the .sig files only once all were signed."""
-    report = preflight(signer, now=now, ipxe_version=ipxe_version).signers[0]
-    check_targets([h.path for h in hashed], out_dir)
+    """Sign already-digested files; write the .sig files only once all were signed.
+
+    ``preflighted``: what :func:`preflight` returned at ``now`` for a signer with this
+    signer's certificate and chain, the caller having run :func:`check_targets` on these
+    paths and ``out_dir`` too; neither is done again (each costs milliseconds per run).
+    """
+    if preflighted is None:
+        report = preflight(signer, now=now, ipxe_version=ipxe_version).signers[0]
+        check_targets([h.path for h in hashed], out_dir)
+    else:
+        report = preflighted.signers[0]
     return _sign(hashed, signer, report, hash_name=hash_name, out_dir=out_dir, now=now,
                  ipxe_version=ipxe_version)
 

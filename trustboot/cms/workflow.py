@@ -196,7 +196,8 @@ def sign_paths(
                                     pkcs11_module=pkcs11_module)
             # Refuse a doomed signer before asking for its secret (an ECDSA key for an
             # iPXE older than 2.0.0 included: verify's unsupported-algorithm rule).
-            for finding in preflight(source, now=now, ipxe_version=ipxe_version).warnings:
+            verdict = preflight(source, now=now, ipxe_version=ipxe_version)
+            for finding in verdict.warnings:
                 warn(f"{finding.message}\n  hint: {finding.remedy}")
             check_targets(paths, out_dir, manifest=manifest)
             if key_ahead is not None and not (isinstance(source, PendingSigner)
@@ -213,8 +214,13 @@ def sign_paths(
                 # would each hold a copy of it.
                 hashed = job.result() if job is not None else HashJob(
                     paths, hash_alg, progress=progress, fork=False).result()
+                # The opened signer holds the source's certificate and chain: its preflight
+                # and the targets' check above stand.
+                same = (signer.certificate == source.certificate
+                        and tuple(signer.chain) == tuple(source.chain))
                 results = sign_hashed(hashed, signer, hash_name=hash_alg, out_dir=out_dir,
-                                      now=now, ipxe_version=ipxe_version)
+                                      now=now, ipxe_version=ipxe_version,
+                                      preflighted=verdict if same else None)
     except BaseException:
         if job is not None:
             job.cancel()  # stop reading files nobody will sign
