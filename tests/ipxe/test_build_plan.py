@@ -15,6 +15,7 @@ import pytest
 
 from tests.ipxe.fake_tree import make_fake_tree
 from tests.ipxe.testpki import TestPki, make_pki
+from trustboot import fsutil
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.ipxe import build as B
 from trustboot.ipxe.config import BuildOptions, load_certificates, load_single_certificate
@@ -455,7 +456,61 @@ def test_a_submodule_config_runs_no_command_either(tree: Path, tmp_path: Path) -
 
 def test_cache_key_tracks_make_env_names_and_values(tree: Path, pki: TestPki) -> None:
     request = _request(tree, pki)
-    keys = {B.cache_key(request, TOOLCHAIN, make_env=env) for env in (
+    salt = bytes(range(32))
+    keys = {B.cache_key(request, TOOLCHAIN, make_env=env, env_salt=salt) for env in (
         {}, {"DEBUG": "tls"}, {"DEBUG": "x509"}, {"DEBUG": ""}, {"CCACHE_DIR": "tls"})}
     assert len(keys) == 5
     assert B.cache_key(request, TOOLCHAIN) == B.cache_key(request, TOOLCHAIN, make_env={})
+    # no salt needed (nor taken into account) without values
+    assert B.cache_key(request, TOOLCHAIN, make_env={}, env_salt=salt) == B.cache_key(
+        request, TOOLCHAIN)
+
+
+def test_make_env_values_enter_the_key_only_under_the_cache_salt(tree: Path,
+                                                                 pki: TestPki) -> None:
+    """The key is published with prebuilt firmware: whoever reads it cannot test a guess
+    of a --make-env value without the cache's salt (the same value under another salt
+    gives another key), and no key is made from values without one."""
+    request = _request(tree, pki)
+    env = {"DEBUG": "tls", "TOKEN": "hunter2"}
+    one = B.cache_key(request, TOOLCHAIN, make_env=env, env_salt=b"\1" * 32)
+    assert one == B.cache_key(request, TOOLCHAIN, make_env=dict(env), env_salt=b"\1" * 32)
+    assert one != B.cache_key(request, TOOLCHAIN, make_env=env, env_salt=b"\2" * 32)
+    with pytest.raises(ValueError, match="salt"):
+        B.cache_key(request, TOOLCHAIN, make_env=env)
+
+
+def test_make_env_salt_is_made_once_private_and_checked(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = B.prepare_cache_dir(tmp_path / "cache")
+    salt = B.make_env_salt(cache)
+    path = cache / B.ENV_SALT_NAME
+    assert len(salt) == 32 and path.read_bytes() == salt
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert B.make_env_salt(cache) == salt  # kept: the cache's keys stay valid
+
+    # made by another build between the look and the link: that one is used, no temp left
+    other = B.prepare_cache_dir(tmp_path / "cache2")
+    real_write = fsutil.write_temp
+
+    def racing(target: Path, data: bytes, **kw: Any) -> Path:
+        won = real_write(target, b"\7" * 32, mode=0o600)  # the other build's salt
+        os.link(won, target)
+        os.unlink(won)
+        return real_write(target, data, **kw)
+    monkeypatch.setattr(fsutil, "write_temp", racing)
+    assert B.make_env_salt(other) == b"\7" * 32
+    assert sorted(p.name for p in other.iterdir()) == [B.ENV_SALT_NAME]
+    monkeypatch.undo()
+
+    path.unlink()
+    path.write_bytes(b"short")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="not the salt trustboot wrote"):
+        B.make_env_salt(cache)
+    path.unlink()
+    (tmp_path / "elsewhere").write_bytes(b"\0" * 32)
+    (tmp_path / "elsewhere").chmod(0o600)
+    path.symlink_to(tmp_path / "elsewhere")  # a link is never followed to a salt
+    with pytest.raises(ConfigError):
+        B.make_env_salt(cache)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,9 @@ def test_make_env_values_are_part_of_the_cache_key(env: dict[str, Path], pki: Te
     monkeypatch.setenv("DEBUG", "tls,x509")
     _, data, ran = build("dbg3", "--make-env", "DEBUG")  # the same inputs: the cache
     assert ran == 0 and data == Path("dbg", "bin/ipxe.lkrn").read_bytes()
+    # the values enter the key only under the cache's salt (0600): another salt, another key
+    salt = env["cache"] / B.ENV_SALT_NAME
+    assert stat.S_IMODE(salt.stat().st_mode) == 0o600
+    salt.unlink()
+    _, _, ran = build("dbg4", "--make-env", "DEBUG")
+    assert ran == 1, "the salt is not part of the key"

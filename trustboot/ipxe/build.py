@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -293,9 +294,14 @@ def make_plan(request: BuildRequest, *, jobs: int, src_dir: str = "src") -> Make
 
 
 def cache_key(request: BuildRequest, toolchain: Mapping[str, str], *,
-              make_env: Mapping[str, str] | None = None) -> str:
+              make_env: Mapping[str, str] | None = None, env_salt: bytes | None = None) -> str:
     """SHA-256 over every input that can change the output bytes. ``make_env`` is what
-    make sees beyond its minimal environment (:func:`passed_env`; None: the default's)."""
+    make sees beyond its minimal environment (:func:`passed_env`; None: nothing).
+
+    The key is written into the build's manifest, which a release publishes when it ships
+    that build as prebuilt firmware: ``make_env``'s values enter it only as HMAC-SHA256
+    under ``env_salt`` (:func:`make_env_salt`, the cache's own secret), so a value handed
+    to make (a token, say) cannot be guessed from the key offline."""
     plan = make_plan(request, jobs=1)
     doc = {
         "format": BUILD_FORMAT,
@@ -311,7 +317,7 @@ def cache_key(request: BuildRequest, toolchain: Mapping[str, str], *,
         "toolchain": dict(sorted(toolchain.items())),
         # names and values: iPXE's Makefile reads DEBUG (and a compiler CCACHE_*) from
         # the environment, so a debug build must never be served for a later normal one
-        "make_env": dict(sorted((passed_env() if make_env is None else make_env).items())),
+        "make_env": _keyed_env(make_env or {}, env_salt),
     }
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
@@ -348,8 +354,43 @@ def _bios_only(targets: Sequence[str]) -> bool:
     return all(KNOWN_TARGETS[t].platform == "bios" for t in targets)
 
 
+def _keyed_env(make_env: Mapping[str, str], salt: bytes | None) -> dict[str, str]:
+    """``make_env`` by name, each value as its HMAC-SHA256 under ``salt`` (see cache_key)."""
+    if make_env and salt is None:
+        raise ValueError("make_env values enter a key only with the cache's salt")
+    return {name: hmac.new(salt or b"", value.encode(), hashlib.sha256).hexdigest()
+            for name, value in sorted(make_env.items())}
+
+
+# The cache's secret for make_env values in its keys (see cache_key).
+ENV_SALT_NAME = "make-env.salt"
+_ENV_SALT_SIZE = 32
+
+
+def make_env_salt(cache: Path) -> bytes:
+    """The cache's salt for make_env values, made at its first use (32 random bytes,
+    0600 in the 0700 cache; prepare_cache_dir first). A build that makes it at the same
+    moment as another takes the one that was linked into place first."""
+    path = cache / ENV_SALT_NAME
+    if not (path.exists() or path.is_symlink()):
+        # a temp of its own (0600, random name: builds in threads of one process too),
+        # linked into place: link() never replaces a salt made meanwhile, read below
+        temp = fsutil.write_temp(path, os.urandom(_ENV_SALT_SIZE), mode=fsutil.PRIVATE_FILE_MODE)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.link(temp, path)
+        finally:
+            os.unlink(temp)
+    data = fsutil.read_private_file(path, "iPXE build cache salt", limit=_ENV_SALT_SIZE + 1)
+    if len(data) != _ENV_SALT_SIZE:
+        raise ConfigError(f"{path} is not the salt trustboot wrote there",
+                          hint="remove it: the next build makes a new one (builds with "
+                          "--make-env are then built again, once)")
+    return data
+
+
 def _warm_key(request: BuildRequest, toolchain: Mapping[str, str],
-              make_env: Mapping[str, str]) -> str:
+              make_env: Mapping[str, str], env_salt: bytes | None) -> str:
     """Identifies a reusable work tree: everything except TRUST/CERT/EMBED contents (the
     objects of a build with other environment variables are not reused either: make
     does not track them)."""
@@ -358,7 +399,7 @@ def _warm_key(request: BuildRequest, toolchain: Mapping[str, str],
         "source": request.source.tree_sha256,
         "headers": request.headers,
         "toolchain": dict(sorted(toolchain.items())),
-        "make_env": dict(sorted(make_env.items())),
+        "make_env": _keyed_env(make_env, env_salt),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -834,7 +875,8 @@ def _work_tree(
     work_root = cache / "work"
     fsutil.make_dirs(work_root, fsutil.PRIVATE_DIR_MODE)
     if _bios_only(request.targets) and request.client is None and not clean:
-        top = work_root / f"warm-{_warm_key(request, toolchain, passed)[:32]}"
+        salt = make_env_salt(cache) if passed else None
+        top = work_root / f"warm-{_warm_key(request, toolchain, passed, salt)[:32]}"
         with fsutil.locked(work_root / f"{top.name}.lock", timeout=3600):
             # make ran in this tree before: one that replaced a directory we write into
             # with a link would have this build write and delete in the link's target
@@ -887,7 +929,8 @@ def build(
     toolchain = dict(toolchain) if toolchain is not None else check_toolchain(request.targets)
     cache = prepare_cache_dir(cache_dir or default_cache_dir())
     passed = passed_env(make_env_names)  # read once: the key and make see the same values
-    key = cache_key(request, toolchain, make_env=passed)
+    salt = make_env_salt(cache) if passed else None
+    key = cache_key(request, toolchain, make_env=passed, env_salt=salt)
     entry = cache / "out" / key
     for sub in ("out", "logs"):
         fsutil.make_dirs(cache / sub, fsutil.PRIVATE_DIR_MODE)
