@@ -55,17 +55,21 @@ def unsafe_string_at(value: object, where: str = "") -> str | None:
     """The JSON path of the first string (or key) in ``value`` with characters ``clean``
     escapes; None when there is none. For documents whose text reaches a terminal and
     the tool never writes such characters into (build records, audit reports)."""
-    todo = [(value, where)]
+    # a stack of (item, path, is_key), pushed in reverse: popped in document order
+    todo: list[tuple[object, str, bool]] = [(value, where, False)]
     while todo:
-        item, at = todo.pop()
-        if isinstance(item, str):
+        item, at, is_key = todo.pop()
+        if is_key:
+            if clean(str(item)) != item:
+                return f"{at}/(a key)"
+        elif isinstance(item, str):
             if clean(item) != item:
                 return at or "/"
         elif isinstance(item, dict):
+            entries: list[tuple[object, str, bool]] = []
             for key, sub in item.items():
-                if clean(str(key)) != key:
-                    return f"{at}/(a key)"
-                todo.append((sub, f"{at}/{key}"))
+                entries += [(key, at, True), (sub, f"{at}/{key}", False)]
+            todo.extend(reversed(entries))
         elif isinstance(item, list):
-            todo.extend((sub, f"{at}/{i}") for i, sub in enumerate(item))
+            todo.extend(reversed([(sub, f"{at}/{i}", False) for i, sub in enumerate(item)]))
     return None
