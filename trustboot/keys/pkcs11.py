@@ -694,6 +694,31 @@ def destroy_generated(token_ref: str, module: Path, secrets: PassphraseSource,
                 obj.destroy()
 
 
+def _refuse_raced_label(uri: Pkcs11Uri, module: Path, secrets: PassphraseSource,
+                        label: str, key_id: bytes) -> None:
+    """After generating: a run on another CA home may have passed the same label check at
+    the same moment, and the label would then name two pairs. Ours is removed (by its
+    CKA_ID, never theirs) and the run refused, as if the check had seen theirs. Looked at
+    in a new session: a token may show a session only the objects other processes made
+    before the module was loaded (SoftHSM2 does). When that session cannot be opened, the
+    pair stays: the caller's next use of the token fails too, and removes it."""
+    p11 = _import_pkcs11()
+    attr = p11.Attribute
+    raced = False
+    with contextlib.suppress(p11.exceptions.PKCS11Error, ConfigError, OperationalError), \
+            token_session(uri, module_path(uri, module), secrets, rw=True) as session:
+        raced = any(bytes(obj[attr.ID]) != key_id
+                    for obj in session.get_objects({attr.LABEL: label}))
+        if raced:
+            for obj in list(session.get_objects({attr.LABEL: label, attr.ID: key_id})):
+                obj.destroy()
+    if raced:
+        raise ConfigError(f"token already holds objects labelled {label!r} (made by another "
+                          "run at the same moment)",
+                          hint="use another token, or remove them after checking that no "
+                               "CA uses them")
+
+
 def generate_key_pair(token_ref: str, module: Path, secrets: PassphraseSource, *,
                       label: str, kind: str, size: int) -> str:
     """Generate a non-extractable, sensitive signing key pair in the token; returns the
@@ -701,6 +726,8 @@ def generate_key_pair(token_ref: str, module: Path, secrets: PassphraseSource, *
     p11 = _import_pkcs11()
     uri = parse_uri(f"{token_ref};object={label}" if "object=" not in token_ref
                     else token_ref)
+    # _refuse_raced_label logs in again: the PIN is asked for once
+    secrets = secret_sources.asked_once(secrets)
     attr = p11.Attribute
     private = {attr.TOKEN: True, attr.PRIVATE: True, attr.SENSITIVE: True,
                attr.EXTRACTABLE: False, attr.SIGN: True, attr.DECRYPT: False,
@@ -731,5 +758,6 @@ def generate_key_pair(token_ref: str, module: Path, secrets: PassphraseSource, *
             raise OperationalError(f"the token could not generate a {kind}-{size} key: "
                                    f"{type(exc).__name__}",
                                    hint="check that the token supports this key type") from None
+    _refuse_raced_label(uri, module, secrets, label, key_id)
     ident = "".join(f"%{b:02x}" for b in key_id)
     return f"{token_ref.split('?')[0]};object={label};id={ident}"
