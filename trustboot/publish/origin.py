@@ -11,7 +11,8 @@ and one registry (``open_origin``):
 Each backend class is constructed as ``Cls(url: str, options: OriginOptions)``. Backends
 share the lock protocol in ``trustboot.publish.lock.origin_lock`` (give it an atomic
 create-if-absent) and report ``ObjectStat.etag`` where they can: the publish pipeline's
-read-back memo keys on size + ETag.
+read-back memo keys on size + ETag (and ``ObjectStat.settled`` False where a later write
+could keep the ETag).
 
 A backend whose temporary objects can be moved into place cheaply on the server (a WebDAV
 MOVE, a rename) may also be a ``StagingOrigin``: a large input is uploaded to a temporary
@@ -98,6 +99,11 @@ class ObjectStat:
     size: int
     sha256: str | None  # hex, when the backend knows it (stored metadata); else None
     etag: str | None = None
+    # False when a later change could leave ``etag`` as it is: a WebDAV server whose
+    # ETag is the modification time in whole seconds (nginx: mtime-size) answered within
+    # the second the object was last written. Only a settled ETag may stand for bytes
+    # read back earlier (the early read-back's re-check, the publish cache).
+    settled: bool = True
 
 
 @dataclass(frozen=True)

@@ -970,7 +970,8 @@ class _EarlyReadback:
     """Large objects read back as soon as they are in place, while the others still
     upload (the two directions overlap). Each one's size and ETag are noted before its
     read-back and checked again just before the switch, so a change after the read-back
-    still stops it; a backend without ETags gets no early read-back."""
+    still stops it; a backend without ETags, or whose ETag is not settled yet
+    (ObjectStat.settled), gets no early read-back: it is read back with the others."""
 
     def __init__(self, origin: Origin, reader: Reader | None, prefix: str,
                  by_key: Mapping[str, LocalObject], pool: ThreadPoolExecutor,
@@ -986,7 +987,7 @@ class _EarlyReadback:
         if sig is None or o.size < EARLY_READBACK_MIN:
             return
         st = self.origin.stat(self.prefix + o.key)
-        if st is None or not st.etag:
+        if st is None or not st.etag or not st.settled:
             return  # nothing cheap to re-check with: read back with the others
         names = signature_hashes(_read_small(sig.path, MAX_SIGNATURE_SIZE))
         future = self.pool.submit(_served, self.origin, self.reader, self.prefix + o.key,
@@ -1130,7 +1131,8 @@ def _remember(origin: Origin, manifest: ReleaseManifest, cache: PublishCache | N
     prefix = release_prefix(manifest.release)
     for f in manifest.files:
         st = stats.get(f.name)
-        if st is not None and f.name not in cached and st.size == f.size:
+        # an unsettled ETag may survive a change (ObjectStat.settled): read back next time
+        if st is not None and f.name not in cached and st.size == f.size and st.settled:
             cache.remember_verified(origin.url, prefix + f.name, size=st.size, etag=st.etag,
                                     sha256=f.sha256)
     cache.save()

@@ -182,6 +182,22 @@ def parse_modified(data: bytes) -> list[tuple[str, bool, float | None]]:
     return out
 
 
+def etag_settled(last_modified: str | None, date: str | None) -> bool:
+    """Whether an ETag answered with these headers changes with any later write: the
+    object was last modified in an earlier second than the answer's Date. A server may
+    make its ETag from the modification time in whole seconds (nginx does), so a write
+    in that same second with the same size keeps it. Unknown (a header missing or not
+    a date): not settled."""
+    try:
+        modified = email.utils.parsedate_to_datetime((last_modified or "").strip())
+        now = email.utils.parsedate_to_datetime((date or "").strip())
+    except (TypeError, ValueError, IndexError):
+        return False
+    if modified.tzinfo is None or now.tzinfo is None:
+        return False  # "-0000": no time zone known, nothing to compare
+    return int(modified.timestamp()) < int(now.timestamp())
+
+
 class _WholeBody:
     """A request body made fresh for each attempt (``attempt``) that knows whether the
     last attempt's stream was read to its end (``sent``)."""
@@ -361,7 +377,9 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
         length = r.headers.get("content-length")
         if length is None or not length.isdigit():
             raise OperationalError(f"{self._url(key)}: HEAD without a Content-Length")
-        return ObjectStat(size=int(length), sha256=None, etag=r.headers.get("etag"))
+        return ObjectStat(size=int(length), sha256=None, etag=r.headers.get("etag"),
+                          settled=etag_settled(r.headers.get("last-modified"),
+                                               r.headers.get("date")))
 
     def _put_temp(self, key: str, factory: Callable[[], Iterator[bytes]], size: int) -> str:
         """PUT the body to a new temporary object named after ``key``; its name."""
