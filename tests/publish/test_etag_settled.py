@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.publish.conftest import Nginx, Pki, ReleaseFactory, anon_get
 from tests.publish.test_faults import ENTRY_A, ENTRY_B, options_of, publish, trust_of
 from trustboot.errors import VerificationError
-from trustboot.publish import webdav
+from trustboot.publish import pipeline, webdav
 from trustboot.publish.cache import PublishCache
 from trustboot.publish.origin import open_origin
 from trustboot.publish.pipeline import EARLY_READBACK_MIN, publish_release, scan_directory
@@ -110,3 +113,83 @@ def test_only_settled_objects_are_remembered_as_verified(
     remembered = PublishCache(tmp_path / "cache.json").is_verified(
         nginx.url, "releases/r1/vmlinuz", size=st.size, etag=st.etag, sha256=sha256)
     assert remembered is settled
+
+
+class _SlowUploads:
+    """Holds the upload phase open for ``hold`` seconds once ``key`` is uploaded (after
+    its early read-back was submitted), then runs ``after``; records the phases."""
+
+    def __init__(self, key: str, hold: float, events: list[str],
+                 on_uploaded: Callable[[], None], after: Callable[[], None]) -> None:
+        self.key, self.hold, self.events = key, hold, events
+        self.on_uploaded, self.after = on_uploaded, after
+
+    def phase(self, name: str, total_bytes: int) -> None:
+        self.events.append(f"phase {name}")
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def item(self, key: str, action: str) -> None:
+        if key == self.key and action == "uploaded":
+            self.on_uploaded()
+            time.sleep(self.hold)
+            self.after()
+
+
+@pytest.mark.parametrize("case", ["settles", "settles-then-changes", "still-unsettled",
+                                  "uploads-end-first"])
+def test_an_unsettled_object_is_read_back_early_once_settled(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory,
+        monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """Looked at in the second it was written in, a large object is looked at again a
+    second later, while the others still upload, and read back then if settled; a change
+    after that read-back is caught by the re-check before the switch. Still unsettled then:
+    read back with the others. And the run does not wait on that look once the uploads
+    are over."""
+    settles = case.startswith("settles")
+    ready_at = [float("inf")]
+    monkeypatch.setattr(webdav, "etag_settled",
+                        lambda *_: settles and time.monotonic() >= ready_at[0])
+    events: list[str] = []
+    real_served = pipeline._served
+
+    def served(origin: Any, reader: Any, key: str, **kw: Any) -> Any:
+        events.append(f"read {key.rsplit('/', 1)[-1]}")
+        return real_served(origin, reader, key, **kw)
+    monkeypatch.setattr(pipeline, "_served", served)
+
+    def uploaded() -> None:  # settled from half a second on: the deferred look sees it
+        ready_at[0] = time.monotonic() + 0.5
+
+    target = nginx.root / "releases/r1/vmlinuz"
+
+    def after() -> None:
+        if case == "settles-then-changes":
+            assert "read vmlinuz" in events  # the early read-back is done
+            with open(target, "ab") as fh:
+                fh.write(b"x")
+    if case != "uploads-end-first":
+        hold = pipeline.SETTLE_WAIT + 1.5
+    else:  # a look that would come long after the uploads: nothing may wait for it
+        monkeypatch.setattr(pipeline, "SETTLE_WAIT", 60.0)
+        hold = 0.2
+    sink = _SlowUploads("vmlinuz", hold, events, uploaded, after)
+    rel = make_release({"boot.ipxe": ENTRY_B,
+                        "vmlinuz": os.urandom(EARLY_READBACK_MIN + (1 << 20))})
+    start = time.monotonic()
+    with open_origin(nginx.url, options_of(pki)) as origin:
+        def run() -> Any:
+            return publish_release(origin, "r1", scan_directory(rel), entry="boot.ipxe",
+                                   trust=trust_of(pki), now=dt.datetime.now(dt.UTC),
+                                   progress=sink, options=options_of(pki))
+        if case == "settles-then-changes":
+            with pytest.raises(VerificationError, match="changed on"):
+                run()
+            return
+        result = run()
+    assert time.monotonic() - start < 30
+    assert result.switched and "vmlinuz" in result.verified
+    assert events.count("read vmlinuz") == 1, events  # read back once, early or late
+    early = events.index("read vmlinuz") < events.index("phase readback")
+    assert early is settles, events

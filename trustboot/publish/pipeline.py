@@ -118,6 +118,9 @@ EARLY_READBACK_MIN = 4 << 20
 # Objects at least this large, published from a file this process hashed, are read back
 # by comparing them with that file (readback.Tally); smaller ones are hashed.
 LOCAL_COMPARE_MIN = 1 << 20
+# How long an early read-back waits before looking again at an object whose ETag was not
+# settled (ObjectStat.settled): past the second it was written in, by the origin's clock.
+SETTLE_WAIT = 1.05
 # The record of a switch in progress (see the module docstring); at the origin root, next
 # to the lock, never under releases/.
 SWITCH_JOURNAL = ".trustboot-switch.json"
@@ -443,7 +446,7 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                   now: dt.datetime, reader: Reader | None, jobs: int = 4,
                   progress: PublishProgress | None = None,
                   cached: Collection[str] = (),
-                  prefetched: Mapping[str, Future[Served]] | None = None,
+                  prefetched: Mapping[str, Future[Served | None]] | None = None,
                   signers: dict[str, frozenset[str]] | None = None,
                   local: Mapping[str, LocalCopy] | None = None) -> list[str]:
     """Read back every object of ``manifest``, compare, judge each .sig; VerificationError
@@ -498,9 +501,9 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
         else:
             early = (prefetched or {}).get(f.name)
             try:
-                if early is not None and early.result() is not None \
-                        and names <= set(early.result().digests):
-                    served = early.result()
+                got = early.result() if early is not None else None
+                if got is not None and names <= set(got.digests):
+                    served = got
                 else:
                     served = _served(origin, reader, prefix + f.name, max_size=f.size,
                                      hash_names=names, local=(local or {}).get(f.name))
@@ -846,7 +849,7 @@ def _verify_release(origin: Origin, manifest: ReleaseManifest, result: PublishRe
                     stats: dict[str, ObjectStat | None], *, trust: Trust, now: dt.datetime,
                     reader: Reader | None, jobs: int, progress: PublishProgress | None,
                     cache: PublishCache | None, signed_manifest: bool,
-                    prefetched: Mapping[str, Future[Served]] | None = None,
+                    prefetched: Mapping[str, Future[Served | None]] | None = None,
                     local: Mapping[str, LocalCopy] | None = None) -> None:
     """The whole release as served, before any switch (VerificationError if not)."""
     cached = _cached_names(origin, manifest, cache, stats)
@@ -945,6 +948,7 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                                     [o for o in objects if o.key != MANIFEST_NAME],
                                     jobs, result, progress, on_uploaded=early.submit,
                                     claim=claim)
+                    early.uploads_done()
                     _verify_release(origin, manifest, result, stats, trust=trust, now=now,
                                     reader=reader, jobs=jobs, progress=progress, cache=cache,
                                     signed_manifest=MANIFEST_NAME + ".sig" in keys,
@@ -970,32 +974,59 @@ class _EarlyReadback:
     """Large objects read back as soon as they are in place, while the others still
     upload (the two directions overlap). Each one's size and ETag are noted before its
     read-back and checked again just before the switch, so a change after the read-back
-    still stops it; a backend without ETags, or whose ETag is not settled yet
-    (ObjectStat.settled), gets no early read-back: it is read back with the others."""
+    still stops it; a backend without ETags gets no early read-back. An object whose ETag
+    is not settled yet (ObjectStat.settled: written in the second the origin answered in)
+    is looked at again once that second is over, in the pool while the upload goes on,
+    and read back then if it is settled; once every upload is done (``uploads_done``)
+    nothing waits any more: what has not started is read back with the others."""
 
     def __init__(self, origin: Origin, reader: Reader | None, prefix: str,
                  by_key: Mapping[str, LocalObject], pool: ThreadPoolExecutor,
                  local: Mapping[str, LocalCopy]) -> None:
         self.origin, self.reader, self.prefix = origin, reader, prefix
         self.by_key, self.pool, self.local = by_key, pool, local
-        self.prefetched: dict[str, Future[Served]] = {}
+        self.prefetched: dict[str, Future[Served | None]] = {}
         self.seen: dict[str, ObjectStat] = {}
         self.lock = threading.Lock()
+        self.done = threading.Event()  # the uploads are over: no more waiting to settle
 
     def submit(self, o: LocalObject) -> None:
         sig = self.by_key.get(o.key + ".sig")
         if sig is None or o.size < EARLY_READBACK_MIN:
             return
         st = self.origin.stat(self.prefix + o.key)
-        if st is None or not st.etag or not st.settled:
+        if st is None or not st.etag:
             return  # nothing cheap to re-check with: read back with the others
         names = signature_hashes(_read_small(sig.path, MAX_SIGNATURE_SIZE))
-        future = self.pool.submit(_served, self.origin, self.reader, self.prefix + o.key,
-                                  max_size=o.size, hash_names=names,
-                                  local=self.local.get(o.key))
+        future: Future[Served | None]
+        if st.settled:
+            with self.lock:
+                self.seen[o.key] = st
+            future = self.pool.submit(self._read, o, names)
+        else:
+            future = self.pool.submit(self._read_once_settled, o, names)
         with self.lock:
-            self.seen[o.key] = st
             self.prefetched[o.key] = future
+
+    def _read(self, o: LocalObject, names: set[str]) -> Served | None:
+        return _served(self.origin, self.reader, self.prefix + o.key, max_size=o.size,
+                       hash_names=names, local=self.local.get(o.key))
+
+    def _read_once_settled(self, o: LocalObject, names: set[str]) -> Served | None:
+        """The read-back of an object written in the second the origin answered in, once
+        that second is over and its ETag settled; None (read back with the others) when
+        the uploads end first or it is still not settled."""
+        if self.done.wait(SETTLE_WAIT):
+            return None
+        st = self.origin.stat(self.prefix + o.key)
+        if st is None or not st.etag or not st.settled:
+            return None
+        with self.lock:
+            self.seen[o.key] = st  # taken before the read-back, as for the others
+        return self._read(o, names)
+
+    def uploads_done(self) -> None:
+        self.done.set()
 
     def check_unchanged(self) -> None:
         changed = []
@@ -1011,6 +1042,7 @@ class _EarlyReadback:
                 rule="served-object", subject=changed[0])
 
     def cancel(self) -> None:
+        self.done.set()
         for future in self.prefetched.values():
             future.cancel()
 
