@@ -269,3 +269,24 @@ def test_a_file_that_stops_reading_makes_the_compare_void(
     monkeypatch.setattr(os, "preadv", failing)
     assert _tally(("sha256",), local, data, [readback.CHUNK]) is None  # read it again
     assert calls
+
+
+def test_a_file_that_stops_reading_during_the_catch_up_makes_the_compare_void(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shorter body equal to the file's start: its digests come from hashing those bytes
+    of the file. If the file stops reading then, nothing vouches for what was fed: void
+    (read it again), not an error taken for the origin's."""
+    data = os.urandom(SIZE)
+    local = _copy(tmp_path / "initrd", data)
+    real = os.preadv
+    calls = []
+
+    def failing(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append(offset)
+        if len(calls) > 2:  # the two compares pass; the catch-up's first read fails
+            raise OSError(5, "Input/output error")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", failing)
+    assert _tally(("sha256",), local, data[:2 * readback.CHUNK], [readback.CHUNK]) is None
+    assert calls == [0, readback.CHUNK, 0]

@@ -217,7 +217,11 @@ class Tally:
             done = 0
             while done < self.size:
                 piece = buf[:min(len(buf), self.size - done)]
-                if _read_at(self._fd, piece, done) != len(piece):
+                try:
+                    complete = _read_at(self._fd, piece, done) == len(piece)
+                except OSError:  # the file no longer reads: nothing vouches for what was fed
+                    complete = False
+                if not complete:
                     self._void = True  # (the stamp says it cannot have shrunk)
                     break
                 for h in hashers:
