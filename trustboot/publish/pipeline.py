@@ -98,11 +98,11 @@ from trustboot.publish.readback import (
     NotServed,
     Reader,
     Served,
-    Tally,
     Trust,
     hash_chunks,
     judge,
     signature_hashes,
+    tally_chunks,
 )
 
 __all__ = ["LocalObject", "PublishProgress", "PublishResult", "ReleaseInfo", "Trust",
@@ -405,16 +405,11 @@ def _served(origin: Origin, reader: Reader | None, key: str, *, max_size: int,
     """What the origin serves under ``key``: hashed, or compared with ``local`` (the file
     it was published from, see readback.Tally)."""
     if reader is None:
-        tally = Tally(hash_names | {"sha256"}, local)
-        try:
-            for chunk in origin.read(key, max_size=max_size):
-                tally.feed(chunk)
-            digests = tally.result()
-        finally:
-            tally.close()
+        size, digests = tally_chunks(origin.read(key, max_size=max_size),
+                                     hash_names | {"sha256"}, local)
         if digests is None:  # the file was written meanwhile: read the object again
             return _served(origin, None, key, max_size=max_size, hash_names=hash_names)
-        return Served(f"{origin.url}{key}", tally.size, digests)
+        return Served(f"{origin.url}{key}", size, digests)
     url = origin.public_url(key)
     assert url is not None
     return reader.stream(url, max_size=max_size, hash_names=hash_names, local=local)

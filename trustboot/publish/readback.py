@@ -298,13 +298,23 @@ class NotServed(OperationalError):
         self.status = status
 
 
+def tally_chunks(chunks: Iterable[bytes], hash_names: Iterable[str],
+                 local: LocalCopy | None = None) -> tuple[int, dict[str, bytes] | None]:
+    """The size and digests of ``chunks`` (a Tally fed them all; see Tally.result for
+    when the digests are None)."""
+    tally = Tally(hash_names, local)
+    try:
+        for chunk in chunks:
+            tally.feed(chunk)
+        return tally.size, tally.result()
+    finally:
+        tally.close()
+
+
 def hash_chunks(chunks: Iterable[bytes], hash_names: Iterable[str]) -> tuple[int, dict[str, bytes]]:
-    tally = Tally(hash_names)
-    for chunk in chunks:
-        tally.feed(chunk)
-    digests = tally.result()
+    size, digests = tally_chunks(chunks, hash_names)
     assert digests is not None  # (no LocalCopy: hashed, never void)
-    return tally.size, digests
+    return size, digests
 
 
 def _read_body(response: http.client.HTTPResponse, tally: Tally, url: str,
