@@ -863,7 +863,7 @@ def remove_abandoned_trees(work_root: Path) -> list[Path]:
 @contextlib.contextmanager
 def _work_tree(
     request: BuildRequest, cache: Path, key: str, toolchain: Mapping[str, str],
-    passed: Mapping[str, str], clean: bool,
+    passed: Mapping[str, str], env_salt: bytes | None, clean: bool,
 ) -> Iterator[Path]:
     """A private copy of src/: warm and reused for BIOS-only builds without a client key
     (iPXE rebuilds only what TRUST/CERT/EMBED touch, and those images are reproducible
@@ -875,8 +875,7 @@ def _work_tree(
     work_root = cache / "work"
     fsutil.make_dirs(work_root, fsutil.PRIVATE_DIR_MODE)
     if _bios_only(request.targets) and request.client is None and not clean:
-        salt = make_env_salt(cache) if passed else None
-        top = work_root / f"warm-{_warm_key(request, toolchain, passed, salt)[:32]}"
+        top = work_root / f"warm-{_warm_key(request, toolchain, passed, env_salt)[:32]}"
         with fsutil.locked(work_root / f"{top.name}.lock", timeout=3600):
             # make ran in this tree before: one that replaced a directory we write into
             # with a link would have this build write and delete in the link's target
@@ -947,7 +946,7 @@ def build(
             bwrap = None if unsafe_unsandboxed else sandbox.find_bwrap()
             _build_into(request, entry, key, log, toolchain, cache,
                         jobs or os.cpu_count() or 1, clean, on_progress,
-                        passed, bwrap, extra_binds)
+                        passed, salt, bwrap, extra_binds)
         manifest_bytes = (entry / "manifest.json").read_bytes()
         # only now: a failed build leaves no empty output dir; one others can write is
         # refused (they could swap the firmware, which trusts the root, before it ships)
@@ -975,13 +974,14 @@ def _build_into(
     clean: bool,
     on_progress: ProgressCallback | None,
     passed: Mapping[str, str],
+    env_salt: bytes | None,
     bwrap: str | None,
     extra_binds: sandbox.ExtraBinds,
 ) -> None:
     plan = make_plan(request, jobs=jobs)
     env = minimal_env(dict(passed))
     fsutil.atomic_write(log, b"", mode=fsutil.PRIVATE_FILE_MODE)
-    with _work_tree(request, cache, key, toolchain, passed, clean) as top:
+    with _work_tree(request, cache, key, toolchain, passed, env_salt, clean) as top:
         headers = {name: text.encode() for name, text in request.headers.items()}
         config_fd = _open_dir(top, "src/config")
         local_fd = _open_dir(top, "src/config/local")
