@@ -252,21 +252,27 @@ def test_publishing_compares_and_still_catches_a_changed_object(
             (rb / "vmlinuz").read_bytes()
 
 
+def _preadv_failing_after(monkeypatch: pytest.MonkeyPatch, good: int) -> list[int]:
+    """os.preadv reads ``good`` times, then fails with EIO; the offsets asked for."""
+    real = os.preadv
+    calls: list[int] = []
+
+    def failing(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append(offset)
+        if len(calls) > good:
+            raise OSError(5, "Input/output error")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", failing)
+    return calls
+
+
 @pytest.mark.parametrize("at", ["first", "later"])
 def test_a_file_that_stops_reading_makes_the_compare_void(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str) -> None:
     data = os.urandom(SIZE)
     local = _copy(tmp_path / "initrd", data)
-    real = os.preadv
-    calls = []
-
-    def failing(fd: int, buffers: list[memoryview], offset: int) -> int:
-        calls.append(offset)
-        if at == "first" or len(calls) > 1:
-            raise OSError(5, "Input/output error")
-        return real(fd, buffers, offset)
-
-    monkeypatch.setattr(os, "preadv", failing)
+    calls = _preadv_failing_after(monkeypatch, 0 if at == "first" else 1)
     assert _tally(("sha256",), local, data, [readback.CHUNK]) is None  # read it again
     assert calls
 
@@ -278,15 +284,7 @@ def test_a_file_that_stops_reading_during_the_catch_up_makes_the_compare_void(
     (read it again), not an error taken for the origin's."""
     data = os.urandom(SIZE)
     local = _copy(tmp_path / "initrd", data)
-    real = os.preadv
-    calls = []
-
-    def failing(fd: int, buffers: list[memoryview], offset: int) -> int:
-        calls.append(offset)
-        if len(calls) > 2:  # the two compares pass; the catch-up's first read fails
-            raise OSError(5, "Input/output error")
-        return real(fd, buffers, offset)
-
-    monkeypatch.setattr(os, "preadv", failing)
+    # the two compares pass; the catch-up's first read fails
+    calls = _preadv_failing_after(monkeypatch, 2)
     assert _tally(("sha256",), local, data[:2 * readback.CHUNK], [readback.CHUNK]) is None
     assert calls == [0, readback.CHUNK, 0]
