@@ -274,3 +274,78 @@ def test_resolving_a_revoked_only_name_is_a_verification_error(ca_home: Path, ru
                str(secrets_dir / "ca.pass")).exit_code == 0
     with pytest.raises(VerificationError, match="revoked"):
         resolve_signer(parse_ref("signer"), pki=ca_home)
+
+
+def _csr_of_signer_key(ca_home: Path, tmp_path: Path, cn: str) -> Path:
+    """A CSR made with the key of ca_home's 'signer' (as its holder could make)."""
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from trustboot.keys.keyfile import load_key
+
+    from .conftest import KEY_PASS
+
+    entry = CertificateAuthority.open(ca_home).get("signer")
+    key = load_key(entry.key_path, constant(KEY_PASS.encode()), "signer key")
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    csr = (cx509.CertificateSigningRequestBuilder()
+           .subject_name(cx509.Name([cx509.NameAttribute(cx509.NameOID.COMMON_NAME, cn)]))
+           .sign(key, hashes.SHA256()))
+    path = tmp_path / f"{cn}.csr"
+    path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_compromised_key_is_refused_under_any_name(ca_home: Path, run: Run,
+                                                   secrets_dir: Path, tmp_path: Path) -> None:
+    ca_pass = ["--pki", str(ca_home), "--passphrase-file", str(secrets_dir / "ca.pass")]
+    # the holder of signer's key had it certified under a second name too
+    r = run("ca", "issue", "codesign", "again", "--csr",
+            str(_csr_of_signer_key(ca_home, tmp_path, "again")), *ca_pass)
+    assert r.exit_code == 0, r.output
+    r = run("ca", "revoke", "signer", "--reason", "key_compromise", *ca_pass)
+    assert r.exit_code == 0, r.output
+    ca = CertificateAuthority.open(ca_home)
+    # the key's every certificate is revoked, whatever its name
+    assert {e.name: e.status for e in ca.entries if e.name in ("signer", "again")} == {
+        "signer": "revoked", "again": "revoked"}
+    assert ca.check() == []
+    # and it is never certified again, under a new name or its own
+    for name in ("third", "signer"):
+        csr = _csr_of_signer_key(ca_home, tmp_path, name)
+        r = run("ca", "issue", "codesign", name, "--csr", str(csr), *ca_pass)
+        assert r.exit_code == 3 and "revoked as compromised" in r.output, r.output
+        assert "make a new key" in r.output
+    assert [e.name for e in CertificateAuthority.open(ca_home).entries].count("third") == 0
+
+
+def test_certificate_of_a_compromised_key_does_not_sign(
+        ca_home: Path, run: Run, secrets_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CA home where a key revoked as compromised still has a valid certificate under
+    another name (revoked before that revocation reached every name): `ca check` names
+    it, it is not current, and it does not sign."""
+    ca_pass = ["--pki", str(ca_home), "--passphrase-file", str(secrets_dir / "ca.pass")]
+    r = run("ca", "issue", "codesign", "again", "--csr",
+            str(_csr_of_signer_key(ca_home, tmp_path, "again")), *ca_pass)
+    assert r.exit_code == 0, r.output
+    monkeypatch.setattr(CertificateAuthority, "_revoke_targets",
+                        lambda self, name, serial, reason: [self.get(name)])
+    r = run("ca", "revoke", "signer", "--reason", "key_compromise", *ca_pass)
+    assert r.exit_code == 0, r.output
+    monkeypatch.undo()
+    ca = CertificateAuthority.open(ca_home)
+    again = next(e for e in ca.entries if e.name == "again")
+    assert again.status == "valid" and ca.current("again") is None
+    problems = ca.check()
+    assert any(f"again (serial {again.serial:x}) has the key revoked as compromised" in p
+               and "--reason key_compromise" in p for p in problems), problems
+    image = tmp_path / "img.bin"
+    image.write_bytes(b"kernel")
+    signer_key = CertificateAuthority.open(ca_home).entries[-2].key_path  # signer's
+    r = run("sign", str(image), "--key", f"file:{signer_key}", "--signing-cert",
+            str(again.cert_path), "--pki", str(ca_home), "--passphrase-file",
+            str(secrets_dir / "key.pass"), "--out", str(tmp_path / "s"))
+    assert r.exit_code == 4 and "revoked as compromised" in r.output, r.output
+    assert not (tmp_path / "s").exists()

@@ -474,9 +474,27 @@ class CertificateAuthority:
             entry.key_sha256 = spki_sha256(entry.load_cert().public_key())
         return entry.key_sha256
 
-    def _compromised_keys(self, name: str) -> set[str]:
-        return {self.key_id(e) for e in self.entries if e.name == name
-                and e.status == "revoked" and e.revocation_reason == "key_compromise"}
+    def compromised_keys(self) -> dict[str, IssuedEntry]:
+        """The keys (SPKI sha256) revoked as compromised, each with a certificate that
+        says so. Under any name: a compromised key is never trusted or certified again,
+        whatever name it comes back under (a CSR or a token key is certified by name)."""
+        return {self.key_id(e): e for e in self.entries
+                if e.status == "revoked" and e.revocation_reason == "key_compromise"}
+
+    def compromised_by(self, public_key: object) -> IssuedEntry | None:
+        """A certificate that revoked ``public_key`` as compromised; None if none did."""
+        return self.compromised_keys().get(spki_sha256(public_key))
+
+    def refuse_compromised(self, public_key: object, what: str) -> None:
+        """ConfigError if ``public_key`` was revoked as compromised (``what``: whose key
+        it is, for the message)."""
+        revoked = self.compromised_by(public_key)
+        if revoked is not None:
+            raise ConfigError(
+                f"{what} was revoked as compromised (certificate {revoked.name!r}, serial "
+                f"{revoked.serial:x}): it must not be certified again",
+                hint="make a new key (a new CSR, or a new key in the token) and certify "
+                     "that")
 
     def current(self, name: str, now: dt.datetime | None = None) -> IssuedEntry | None:
         """The certificate that signs as ``name``: the newest one that is valid now (not
@@ -485,7 +503,7 @@ class CertificateAuthority:
         now = now or utcnow()
         candidates = [e for e in self.entries if e.name == name
                       and e.profile in profiles.LEAF_PROFILES]
-        compromised = self._compromised_keys(name) if candidates else set()
+        compromised = self.compromised_keys() if candidates else {}
         for e in reversed(candidates):  # the index is in issuance order
             if (e.status == "valid" and e.not_after_dt() > now
                     and dt.datetime.fromisoformat(e.not_before) <= now + profiles.BACKDATE
@@ -744,6 +762,7 @@ class CertificateAuthority:
             public_key = _public_key_from_csr(csr_pem)
         if public_key is not None:
             spec = profiles.check_public_key(public_key, for_ca=False)
+            self.refuse_compromised(public_key, f"the key for {name!r}")
         else:
             spec = profiles.parse_key_type(key_type, for_ca=False)
             if key_passphrases is None:
@@ -840,7 +859,7 @@ class CertificateAuthority:
         leaves = [e for e in self.entries if e.name == name]
         unrevoked = [e for e in leaves if e.status != "revoked"]
         if not rekey:
-            compromised = self._compromised_keys(name)
+            compromised = self.compromised_keys()
             unrevoked = [e for e in unrevoked if self.key_id(e) not in compromised]
             if not unrevoked:
                 raise ConfigError(
@@ -856,6 +875,8 @@ class CertificateAuthority:
                   not_after: dt.datetime | None = None,
                   ) -> tuple[IssuedEntry, x509.Certificate]:
         """Sign and store one leaf certificate (under the lock; the index is not written)."""
+        # again under the lock: a revocation may have come in since the caller looked
+        self.refuse_compromised(public_key, f"the key for {name!r}")
         issuing = issuing or self.active_entry("issuing")
         serial = self._new_serial()
         cert = profiles.build_certificate(
@@ -882,8 +903,8 @@ class CertificateAuthority:
                reason: str = "unspecified", now: dt.datetime | None = None,
                serial: int | None = None) -> IssuedEntry:
         """Mark the current certificate of NAME (or the one with ``serial``) revoked and
-        publish a new CRL. With reason key_compromise every certificate of NAME that
-        shares its key is revoked too."""
+        publish a new CRL. With reason key_compromise every valid certificate that
+        shares its key, under any name, is revoked too."""
         now = now or utcnow()
         if reason not in self.REASONS:
             raise ConfigError(f"unknown revocation reason {reason!r}",
@@ -918,8 +939,9 @@ class CertificateAuthority:
                 e.revoked_at = now.isoformat()
                 e.revocation_reason = reason
             self.crl_number += 1
-            self._commit(now, *[self._record("revoke", now, name=name, serial=f"{e.serial:x}",
-                                             reason=reason) for e in targets])
+            self._commit(now, *[self._record("revoke", now, name=e.name,
+                                             serial=f"{e.serial:x}", reason=reason)
+                                for e in targets])
             self._write_crls(issuing_key, previous_keys, now)
             self._append_log()
         return entry
@@ -927,8 +949,8 @@ class CertificateAuthority:
     def _revoke_targets(self, name: str, serial: int | None,
                         reason: str) -> list[IssuedEntry]:
         """What ``revoke`` revokes: NAME's current certificate (or the one with
-        ``serial``) first, with key_compromise every valid certificate of NAME with its
-        key."""
+        ``serial``) first, with key_compromise every valid leaf certificate with its key,
+        whatever its name (a CSR or a token key can be certified under several)."""
         entry = self.get(name)
         if serial is not None:
             found = self.find_serial(serial)
@@ -942,8 +964,8 @@ class CertificateAuthority:
         targets = [entry]
         if reason == "key_compromise" and entry.status != "revoked":
             key = self.key_id(entry)
-            targets += [e for e in self.entries if e.name == name and e is not entry
-                        and e.status == "valid" and self.key_id(e) == key]
+            targets += [e for e in self.entries if e is not entry and e.status == "valid"
+                        and e.profile in profiles.LEAF_PROFILES and self.key_id(e) == key]
         return targets
 
     def _previous_issuer_keys(self, issuers: list[IssuedEntry | None],
@@ -1249,6 +1271,7 @@ class CertificateAuthority:
         now = now or utcnow()
         problems: list[str] = []
         serials: set[int] = set()
+        compromised = self.compromised_keys()
         for e in self.entries:
             if e.serial in serials:
                 problems.append(f"duplicate serial {e.serial:x}")
@@ -1274,6 +1297,12 @@ class CertificateAuthority:
                                 f"{exc or type(exc).__name__}")
             if e.status == "valid" and not self.chain_retired(e) and self._key_missing(e):
                 problems.append(f"{e.name}: key file {e.key_file} is missing")
+            revoked = compromised.get(self.key_id(e)) if e.status == "valid" else None
+            if revoked is not None and e.profile in profiles.LEAF_PROFILES:
+                problems.append(
+                    f"{e.name} (serial {e.serial:x}) has the key revoked as compromised with "
+                    f"{revoked.name} (serial {revoked.serial:x}); revoke it: trustboot ca "
+                    f"revoke {e.name} --serial {e.serial:x} --reason key_compromise")
         log_conflicts, log_problems = self._log_findings()
         conflicts = self._all_crl_conflicts() + log_conflicts
         problems += log_problems + self._check_crls(now)

@@ -366,6 +366,14 @@ def pki_status(cert: x509.Certificate, pki: Path, now: dt.datetime | None,
         raise revoked_error(name, cert.serial_number, f"the CA index in {pki}")
     if _crl_lists(ca.path / "crl.pem", ca.issuing_cert, cert.serial_number):
         raise revoked_error(name, cert.serial_number, f"{ca.path / 'crl.pem'}")
+    # its key revoked as compromised with another certificate (another name, a CSR)
+    if (revoked := ca.compromised_by(cert.public_key())) is not None:
+        raise VerificationError(
+            f"the key of certificate {name} (serial {cert.serial_number:#x}) was revoked as "
+            f"compromised with certificate {revoked.name} (serial {revoked.serial:#x}) in the "
+            f"CA index in {pki}; refusing to sign [rule: revoked]",
+            hint=f"renew it with a new key and sign with that: trustboot ca renew {name} "
+                 "--rekey", rule="revoked", subject=name)
     status = ca.status_of(entry, now) if entry is not None else None
     return status, [issuing.load_cert(), *ca.chain_for(issuing)]
 
