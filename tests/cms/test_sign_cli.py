@@ -500,6 +500,86 @@ def test_no_output_may_replace_an_input_or_another_output(material: Material,
         os.chdir(old)
 
 
+def test_no_output_may_replace_a_file_the_run_reads(material: Material,
+                                                   tmp_path: Path) -> None:
+    """`--manifest sign.key` replaced the key with JSON, `--manifest pw` the passphrase
+    file, `--manifest list` the --files-from list, and a key file named FILE.sig was
+    replaced by FILE's signature: each exited 0. Now each is refused (exit 3) before
+    anything is written, also through a link to the key."""
+    key, cert, chain = material.issue("reads-signer", ec_key())
+    work = tmp_path / "w"
+    work.mkdir()
+    kept = {}
+    for name, source in (("sign.key", key), ("sign.crt", cert), ("chain.pem", chain)):
+        kept[name] = work / name
+        kept[name].write_bytes(source.read_bytes())
+        kept[name].chmod(0o600)
+    (work / "f").write_bytes(b"image")
+    (work / "pw").write_bytes(PASSPHRASE + b"\n")
+    (work / "pw").chmod(0o600)
+    (work / "list").write_text("f\n")
+    (work / "pin").write_text("1234\n")
+    (work / "pin").chmod(0o600)
+    (work / "f.sig").write_bytes(key.read_bytes())  # a key file that is named FILE.sig
+    (work / "f.sig").chmod(0o600)
+    (work / "lk").symlink_to("sign.key")
+    base = ["sign", "--signing-cert", "sign.crt", "--signing-chain", "chain.pem",
+            "--passphrase-file", "pw", "--pin-file", "pin"]
+    cases = [
+        (["--key", "file:sign.key", "f", "--manifest", "sign.key"], "the key file sign.key"),
+        (["--key", "file:lk", "f", "--manifest", "sign.key"], "the key file lk"),
+        (["--key", "file:sign.key", "f", "--manifest", "sign.crt"], "--signing-cert"),
+        (["--key", "file:sign.key", "f", "--manifest", "chain.pem"], "--signing-chain"),
+        (["--key", "file:sign.key", "f", "--manifest", "pw"], "--passphrase-file pw"),
+        (["--key", "file:sign.key", "f", "--manifest", "pin"], "--pin-file pin"),
+        (["--key", "file:sign.key", "--files-from", "list", "--manifest", "list"],
+         "--files-from list"),
+        (["--key", "file:f.sig", "f"], "the signature f.sig would replace the key file"),
+    ]
+    before = {p.name: p.read_bytes() for p in work.iterdir() if not p.is_symlink()}
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        for args, message in cases:
+            result = CliRunner().invoke(cli, [*base, *args])
+            assert result.exit_code == 3, (args, result.output)
+            assert message in result.output and "which this run reads" in result.output, (
+                args, result.output)
+            assert {p.name: p.read_bytes() for p in work.iterdir()
+                    if not p.is_symlink()} == before, args
+        ok = CliRunner().invoke(cli, [*base, "--key", "file:sign.key", "f", "--manifest",
+                                      "m.json"])
+        assert ok.exit_code == 0, ok.output
+    finally:
+        os.chdir(old)
+
+
+def test_no_output_goes_into_the_ca_home(tmp_path: Path) -> None:
+    """`--manifest pki/index.json` replaced the CA's index (`ca list`: damaged), and
+    signatures could be written among its files. The CA home takes no output."""
+    from trustboot.ca.store import CertificateAuthority
+
+    pki = tmp_path / "pki"
+    pw = secrets.constant(PASSPHRASE)
+    CertificateAuthority.init(pki, pw, key_type="ec-p256")[0].issue(
+        "codesign", "home-signer", pw, pw, key_type="ec-p256")
+    image = _files(tmp_path, 1)[0]
+    index = (pki / "index.json").read_bytes()
+    base = ["sign", str(image), "--pki", str(pki), "--key", "home-signer",
+            "--passphrase-env", "TB_TEST_PASS"]
+    for extra in (["--manifest", str(pki / "index.json")], ["--out", str(pki / "sigs")],
+                  ["--manifest", str(tmp_path / "." / "pki" / "private" / "m.json")]):
+        result = CliRunner().invoke(cli, [*base, *extra], env=ENV)
+        assert result.exit_code == 3, (extra, result.output)
+        assert "is inside the CA home" in result.output, (extra, result.output)
+        assert (pki / "index.json").read_bytes() == index
+        assert not (pki / "sigs").exists() and not (pki / "private" / "m.json").exists()
+    assert not image.with_name(image.name + ".sig").exists()
+    ok = CliRunner().invoke(cli, [*base, "--manifest", str(tmp_path / "m.json")], env=ENV)
+    assert ok.exit_code == 0, ok.output
+    assert CertificateAuthority.open(pki).check() == []
+
+
 def test_sign_paths_is_the_cli_workflow(material: Material, tmp_path: Path) -> None:
     from trustboot.cms.workflow import sign_paths
 

@@ -174,7 +174,11 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
             hash_name=hash_name, out_dir=out_dir, manifest=manifest, progress=bars,
             ipxe_version=version, expiry_warning_days=expiry_warning_days,
             pkcs11_module=pkcs11_module, on_warning=warn, unlock_first=prompts,
-            hashing=hashing, key_ahead=key_ahead)
+            hashing=hashing, key_ahead=key_ahead, reads=[
+                (path, option) for path, option in (
+                    (passphrase_file, "--passphrase-file"), (pin_file, "--pin-file"),
+                    (Path(files_from) if files_from not in (None, "-") else None,
+                     "--files-from")) if path is not None])
     except BaseException:
         if hashing is not None:
             hashing.cancel()

@@ -209,14 +209,20 @@ def signature_path(path: Path, out_dir: Path | None) -> Path:
 
 
 def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
-                  manifest: Path | None = None) -> None:
+                  manifest: Path | None = None, reads: Sequence[tuple[Path, str]] = (),
+                  homes: Sequence[tuple[Path, str]] = ()) -> None:
     """Refuse outputs that would replace an input or each other: two FILEs signed into
     one .sig, a .sig that is itself one of the FILEs (`sign a a.sig` hashed a.sig, then
-    replaced it with a's signature), a ``manifest`` that is a FILE or a .sig.
+    replaced it with a's signature), a ``manifest`` that is a FILE or a .sig, and any
+    output onto one of ``reads``, the other files the run reads (its key, certificate,
+    chain, secret file, file list: `--manifest sign.key` replaced the key with JSON), or
+    inside one of ``homes`` (the CA home: `--manifest pki/index.json` broke the CA).
+    ``reads`` and ``homes`` are (path, what it is) pairs, for the message.
 
     Compared as directory entries (the real parent directory and the name), as the
     outputs are written (a rename replaces the entry, never what a link there points
-    to): `a` and `/abs/a` are the same; one realpath per directory, not per file."""
+    to): `a` and `/abs/a` are the same; one realpath per directory, not per file. A
+    read file is protected both where it was named and where a link there leads."""
     real: dict[Path, str] = {}
 
     def entry(path: Path) -> tuple[str, str]:
@@ -224,6 +230,24 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
         if parent not in real:
             real[parent] = os.path.realpath(parent)
         return real[parent], path.name
+
+    protected: dict[tuple[str, str], str] = {}
+    for path, what in reads:
+        protected[entry(path)] = f"{what} {path}"
+        resolved = Path(os.path.realpath(path))
+        protected.setdefault((str(resolved.parent), resolved.name), f"{what} {path}")
+    within = [(os.path.realpath(home), f"{what} {home}") for home, what in homes]
+
+    def check_kept(target: Path, where: tuple[str, str], output: str) -> None:
+        if where in protected:
+            raise ConfigError(f"{output} {target} would replace {protected[where]}, which "
+                              "this run reads", hint="write the signatures (--out) or the "
+                              "manifest elsewhere")
+        for home, what in within:
+            if os.path.commonpath([home, where[0]]) == home:
+                raise ConfigError(f"{output} {target} is inside {what}, which trustboot "
+                                  "keeps", hint="write the signatures (--out) or the "
+                                  "manifest outside it")
 
     inputs = {entry(path): path for path in paths}
     seen: dict[tuple[str, str], Path] = {}
@@ -238,9 +262,11 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
                               f"replaced by the signature of {path}",
                               hint="sign it in a separate call, or write the signatures "
                                    "elsewhere with --out")
+        check_kept(target, where, "the signature")
         seen[where] = path
     if manifest is not None:
         where = entry(manifest)
+        check_kept(manifest, where, "--manifest")
         if where in inputs:
             raise ConfigError(f"--manifest {manifest} is one of the files to sign: the "
                               "manifest would replace it", hint="choose another manifest path")

@@ -151,6 +151,7 @@ def sign_paths(
     unlock_first: bool = False,
     hashing: HashJob | None = None,
     key_ahead: KeyLoad | None = None,
+    reads: Sequence[tuple[Path, str]] = (),
 ) -> SignRun:
     """Sign ``paths`` with the key ``key_ref`` names; every FILE.sig or none is written.
 
@@ -164,7 +165,9 @@ def sign_paths(
     with ``secrets`` (keys.keyfile.start_signing_key_load, so the KDF overlaps its
     imports), after starting ``hashing`` (a HashJob forks only while no other thread
     runs); used when it is this reference's key file, and finished before this returns or
-    raises either way.
+    raises either way. ``reads``: other files the caller read for this run (a secret
+    file, the file list), as (path, option): no output may replace them, nor the key,
+    certificate, chain or module files, nor go inside ``pki``.
     """
     paths = list(paths)
     hash_alg = HashAlgorithm.parse(hash_name)
@@ -199,7 +202,13 @@ def sign_paths(
             verdict = preflight(source, now=now, ipxe_version=ipxe_version)
             for finding in verdict.warnings:
                 warn(f"{finding.message}\n  hint: {finding.remedy}")
-            check_targets(paths, out_dir, manifest=manifest)
+            kept = [*reads, *[(p, what) for p, what in (
+                (ref.path if ref.scheme == "file" else None, "the key file"),
+                (cert, "--signing-cert"), (chain, "--signing-chain"),
+                (pkcs11_module, "--pkcs11-module")) if p is not None]]
+            check_targets(paths, out_dir, manifest=manifest, reads=kept,
+                          homes=[(pki, "the CA home")] if pki is not None
+                          and (pki / "index.json").is_file() else [])
             if key_ahead is not None and not (isinstance(source, PendingSigner)
                                               and source.adopt(key_ahead)):
                 key_ahead.wait()  # another key's: no thread may run when signing forks
