@@ -204,3 +204,28 @@ def test_names_from_a_hostile_certificate_reach_no_terminal_raw(tmp_path: Path) 
             assert not any(c in text for c in "\x1b\x07\u202e"), text
             if want == 0:
                 assert "evil\\x1b]0;owned\\x07" in text.replace("\\\\", "\\")
+
+
+def test_a_trust_option_naming_no_anchor_is_refused(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--trust "$ROOT"` with ROOT unset (a fork's CI job gets no secrets) fell back to
+    the CA home in the working directory, which such a job controls: it verified (exit
+    0). An explicit --trust that names nothing is an error; no --trust still means the
+    CA home's root."""
+    from trustboot import secrets
+    from trustboot.ca.store import CertificateAuthority
+
+    pw = secrets.constant(b"verify trust passphrase")
+    CertificateAuthority.init(tmp_path / "pki", pw, key_type="ec-p256")[0].issue(
+        "codesign", "s", pw, pw, key_type="ec-p256")
+    image = tmp_path / "img"
+    image.write_bytes(b"kernel")
+    monkeypatch.chdir(tmp_path)
+    signed = CliRunner().invoke(cli, ["sign", "img", "--key", "s", "--passphrase-env", "PW"],
+                                env={"PW": "verify trust passphrase"})
+    assert signed.exit_code == 0, signed.output
+    assert CliRunner().invoke(cli, ["verify", "img"]).exit_code == 0
+    for value in ("", ",", " , "):
+        result = CliRunner().invoke(cli, ["verify", "img", "--trust", value])
+        assert result.exit_code == 3, (value, result.output)
+        assert "--trust names no trust anchor" in result.output

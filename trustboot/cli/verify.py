@@ -101,6 +101,12 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
     """--trust files (only the first certificate of each counts, as in iPXE's TRUST=) or
     sha256:HEX fingerprints; without --trust, the pki's root."""
     items = [s.strip() for spec in specs for s in spec.split(",") if s.strip()]
+    if specs and not items:
+        # `--trust "$ROOT"` with ROOT unset (a fork's CI job gets no secrets) must not
+        # fall back to whatever CA home is in the working directory
+        raise ConfigError("--trust names no trust anchor (an empty value: an unset "
+                          "variable?)", hint="pass the root certificate iPXE was built "
+                          "with (TRUST=), or leave --trust out to trust the CA home's root")
     if not items:
         root = pki / "ca.crt"
         if not root.is_file():
