@@ -113,10 +113,12 @@ def test_directory_writable_by_others_is_refused(pki: Path, where: str, run: Run
     assert run("ca", "list", "--pki", str(pki)).exit_code == 0
 
 
-def test_private_dir_open_to_others_is_refused(pki: Path, run: Run) -> None:
-    os.chmod(pki / "private", 0o750)
+@pytest.mark.parametrize("where", ["private", "private/keys", "private/revoked"])
+def test_private_dir_open_to_others_is_refused(pki: Path, where: str, run: Run) -> None:
+    (pki / where).mkdir(mode=0o700, exist_ok=True)
+    os.chmod(pki / where, 0o750)
     r = run("ca", "list", "--pki", str(pki))
-    assert r.exit_code == 3 and f"chmod 700 {pki / 'private'}" in r.output
+    assert r.exit_code == 3 and f"chmod 700 {pki / where}" in r.output, r.output
 
 
 def test_world_writable_file_is_refused(pki: Path, run: Run) -> None:
@@ -565,7 +567,8 @@ def test_export_removes_old_temp_files_only(pki: Path, tmp_path: Path, run: Run)
     assert not old.exists() and young.exists()
 
 
-@pytest.mark.parametrize("where", ["issued", "revoked", "certs_by_serial", "crls", "private"])
+@pytest.mark.parametrize("where", ["issued", "revoked", "certs_by_serial", "crls", "private",
+                                   "private/keys", "private/revoked"])
 @pytest.mark.parametrize("dangling", [False, True], ids=["to-a-copy", "dangling"])
 def test_a_pki_directory_replaced_by_a_link_is_refused(pki: Path, tmp_path: Path, where: str,
                                                        dangling: bool, run: Run) -> None:
@@ -573,9 +576,9 @@ def test_a_pki_directory_replaced_by_a_link_is_refused(pki: Path, tmp_path: Path
     modes: the files would still check out, but whoever controls the link controls what
     is read and where writes go), or to nothing yet (a write would create it there)."""
     target = pki / where
-    target.mkdir(mode=0o700 if where == "private" else 0o755, exist_ok=True)
+    target.mkdir(mode=0o700 if where.startswith("private") else 0o755, exist_ok=True)
     elsewhere = tmp_path / "elsewhere" / where
-    elsewhere.parent.mkdir(mode=0o700)
+    elsewhere.parent.mkdir(mode=0o700, parents=True)
     shutil.copytree(target, elsewhere, symlinks=True)
     shutil.rmtree(target)
     if dangling:

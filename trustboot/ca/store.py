@@ -101,6 +101,8 @@ PUBLIC_DIRS = ("issued", "revoked", "certs_by_serial")
 # The previous issuing CAs' CRLs (crl_path): made on the first such revocation, then held
 # to the rules of PUBLIC_DIRS (never a link, ours, swept of killed runs' temps).
 CRL_DIR = "crls"
+# Directories of keys under private/ (private/.abandoned is only ever written to).
+PRIVATE_SUBDIRS = ("private/keys", "private/revoked")
 # The root's CRL (see the layout above). Rarely reissued, so valid for a year by default.
 ROOT_CRL = "root-crl.pem"
 ROOT_CRL_DAYS = 365
@@ -1825,9 +1827,12 @@ def check_pki_permissions(path: Path) -> None:
         if (path / sub).exists() or (path / sub).is_symlink():
             check_not_link(path / sub, "pki directory")
             check_owned_dir(path / sub, "pki directory")
-    if (path / "private").exists() or (path / "private").is_symlink():
-        check_not_link(path / "private", "private directory")
-        check_owned_dir(path / "private", "private directory", private=True)
+    # and the directories of keys in it: one linked out (to a directory others can
+    # write) would let them swap or remove keys that private/'s mode protects
+    for sub in ("private", *PRIVATE_SUBDIRS):
+        if (path / sub).exists() or (path / sub).is_symlink():
+            check_not_link(path / sub, "private directory")
+            check_owned_dir(path / sub, "private directory", private=True)
     for name in PUBLIC_FILES:
         file = path / name
         try:
@@ -1885,7 +1890,7 @@ def load_trusted_roots(pki: Path) -> list[x509.Certificate]:
 
 def _remove_temps(pki: Path) -> None:
     """Temp files (.NAME.XXXX.tmp) of killed runs; call only under the CA lock."""
-    for sub in ("", *PUBLIC_DIRS, CRL_DIR, "private", "private/revoked", "private/keys"):
+    for sub in ("", *PUBLIC_DIRS, CRL_DIR, "private", *PRIVATE_SUBDIRS):
         remove_stale_temps(pki / sub, older_than=0.0)
 
 
