@@ -747,10 +747,16 @@ def ensure_private_dir(path: Path) -> None:
 
 
 def _shared_mode(st: os.stat_result, path: Path, what: str) -> ConfigError | None:
-    """The refusal of a secret's file that group or others may read or write."""
+    """The refusal of a secret's file that group or others may read or write, or that
+    another user owns (root reads it whatever its mode: its owner knows the secret and
+    can change it, say to a passphrase of theirs for a key about to be made)."""
     if st.st_mode & 0o077:
         return ConfigError(f"{what} {path} is readable or writable by other users "
                            f"(mode {stat.S_IMODE(st.st_mode):04o})", hint=f"chmod 600 {path}")
+    if st.st_uid != os.geteuid():
+        return ConfigError(
+            f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})",
+            hint=f"chown {os.geteuid()} {path}  (after checking where it came from)")
     return None
 
 
@@ -770,11 +776,6 @@ def check_private_file(path: Path, what: str = "key file") -> None:
         raise ConfigError(f"{what} {path} is not a regular file")
     if (shared := _shared_mode(st, path, what)) is not None:
         raise shared
-    if st.st_uid != os.geteuid():
-        raise ConfigError(
-            f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})",
-            hint=f"chown {os.geteuid()} {path}  (after checking where it came from)",
-        )
 
 
 @contextlib.contextmanager

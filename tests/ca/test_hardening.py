@@ -413,6 +413,27 @@ def test_passphrase_file_open_to_others_is_refused(pki: Path, secrets_dir: Path,
     assert run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(loose)).exit_code == 0
 
 
+def test_passphrase_file_another_user_owns_is_refused(pki: Path, secrets_dir: Path,
+                                                      tmp_path: Path, run: Run) -> None:
+    """Root reads a 0600 file of another user's: that user knows the passphrase, and
+    can change it (a new key's, say, to one of theirs). Refused as a loose mode is."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another uid")
+    theirs = tmp_path / "ca.pass"
+    shutil.copyfile(secrets_dir / "ca.pass", theirs)
+    theirs.chmod(0o600)
+    os.chown(theirs, 65534, 65534)
+    r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(theirs))
+    assert r.exit_code == 3, r.output
+    assert "is owned by uid 65534, not by you (uid 0)" in r.output, r.output
+    assert f"chown 0 {theirs}" in r.output
+    r = run("ca", "issue", "codesign", "theirs", "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "ca.pass"), "--key-passphrase-file", str(theirs))
+    assert r.exit_code == 3 and "owned by uid 65534" in r.output, r.output
+    os.chown(theirs, 0, 0)
+    assert run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(theirs)).exit_code == 0
+
+
 def test_passphrase_file_through_a_link_is_judged_by_the_file(pki: Path, secrets_dir: Path,
                                                               tmp_path: Path, run: Run) -> None:
     """Secret mounts (Kubernetes, Docker) are links: followed, and the file they lead to
