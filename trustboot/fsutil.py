@@ -333,13 +333,31 @@ def check_owned_dir(path: Path, what: str, *, private: bool = False) -> None:
         )
 
 
-def _temp_of(name: str, targets: Collection[str]) -> bool:
-    """Whether ``name`` is a temp name of one of ``targets``: ``.TARGET.TAG.tmp`` (what
-    write_temp makes), whatever dots TARGET holds; a set lookup per dot, so a directory
-    of many targets costs no more per entry than one of a few."""
+# A temp file's name stands for its target by the target's name up to this many bytes;
+# a longer name is cut and a digest of it added, so ".NAME.TAG.tmp" stays within the
+# filesystem's 255 bytes (a NAME.sig of 250 bytes is legal, its temp name was not).
+_TEMP_NAME_ROOM = 200
+
+
+def temp_stem(target_name: str) -> str:
+    """What stands for ``target_name`` in its temp files' names (``.STEM.TAG.tmp``)."""
+    raw = target_name.encode(errors="surrogateescape")
+    if len(raw) <= _TEMP_NAME_ROOM:
+        return target_name
+    import hashlib
+
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    cut = raw[:_TEMP_NAME_ROOM - 17].decode(errors="ignore")  # whole characters only
+    return f"{cut}~{digest}"
+
+
+def _temp_of(name: str, stems: Collection[str]) -> bool:
+    """Whether ``name`` is a temp name of one of ``stems`` (temp_stem of the targets):
+    ``.STEM.TAG.tmp`` (what write_temp makes), whatever dots STEM holds; a set lookup per
+    dot, so a directory of many targets costs no more per entry than one of a few."""
     start = 1
     while (dot := name.find(".", start, len(name) - 4)) > 0:
-        if name[1:dot] in targets:
+        if name[1:dot] in stems:
             return True
         start = dot + 1
     return False
@@ -357,9 +375,10 @@ def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS
     descriptor of the directory, so a directory swapped meanwhile is not swept.
     """
     removed: list[Path] = []
+    stems = None if targets is None else {temp_stem(t) for t in targets}
     for dfd, name, _st in _own_old_entries(
             directory, lambda n: n.startswith(".") and n.endswith(".tmp")
-            and (targets is None or _temp_of(n, targets)), stat.S_ISREG, older_than):
+            and (stems is None or _temp_of(n, stems)), stat.S_ISREG, older_than):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dfd)
             removed.append(Path(directory) / name)
@@ -625,7 +644,8 @@ def write_temp(target: Path, data: bytes, *, mode: int = 0o644, sync: bool = Tru
     if name is None:
         import tempfile
 
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{temp_stem(target.name)}.",
+                                   suffix=".tmp")
     else:
         tmp = str(target.parent / name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -675,7 +695,7 @@ def write_private_file(path: Path, data: bytes, *, overwrite: bool = False) -> N
             f"{path} already exists; refusing to overwrite a key file",
             hint="move the existing file away if you really mean to replace it",
         )
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    tmp = path.parent / f".{temp_stem(path.name)}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # a leftover of a killed run that had our pid
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,

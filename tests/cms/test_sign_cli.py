@@ -1025,6 +1025,57 @@ def test_a_killed_runs_old_temp_files_go_and_nothing_else(
     assert young.exists() and all(p.exists() for p in theirs)
 
 
+def test_names_near_the_filesystem_limit_sign_and_their_temps_are_swept(
+        material: Material, tmp_path: Path) -> None:
+    """A FILE of 238-251 bytes has a legal FILE.sig, but its temp name
+    (.FILE.sig.TAG.N.tmp) was too long: signing failed, and with 64 files or more
+    (forked signers) from 232 bytes on. Temp names now stand for long names by a cut
+    and a digest, and the sweep of a killed run's temps knows them."""
+    from trustboot.fsutil import temp_stem
+
+    signer = _rsa_signer(material, "long-names")
+    files = []
+    for i in range(70):  # enough for the forked signers
+        path = tmp_path / (f"{i:03d}" + "é" * 60 + "n" * (248 - 3 - 120))  # 248 bytes
+        assert len(path.name.encode()) == 248
+        path.write_bytes(b"image %d" % i)
+        files.append(path)
+    killed = tmp_path / f".{temp_stem(files[0].name + '.sig')}.0123456789ab.0.tmp"
+    killed.write_bytes(b"partial")
+    os.utime(killed, (time.time() - 7200,) * 2)
+    signed = sign_files(files, signer, now=dt.datetime.now(dt.UTC))
+    assert [s.signature_path for s in signed] == [f.with_name(f.name + ".sig") for f in files]
+    assert not killed.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f.name for f in files] + [f.name + ".sig" for f in files])
+    one = CliRunner().invoke(cli, [*_sign_args(*material.issue("long-cli", ec_key())),
+                                   str(files[1]), "--manifest",
+                                   str(tmp_path / ("m" * 250))], env=ENV)
+    assert one.exit_code == 0, one.output
+    # the stems: short names as they are; long ones cut whole characters, digest added
+    assert temp_stem("vmlinuz.sig") == "vmlinuz.sig"
+    stems = {temp_stem(f.name + ".sig") for f in files}
+    assert len(stems) == len(files)
+    assert all(len(s.encode()) <= 200 and s.startswith(s[:3]) for s in stems)
+
+
+def test_a_path_too_long_for_the_system_is_bad_input(material: Material,
+                                                     tmp_path: Path) -> None:
+    """A name over 255 bytes met a pathlib check first and ended as "internal error"
+    (exit 70) in sign, verify and the ca commands: it is bad input (exit 3)."""
+    long = "x" * 300
+    key, cert, chain = material.issue("too-long", ec_key())
+    image = _files(tmp_path, 1)[0]
+    for args in ([*_sign_args(key, cert, chain), long],
+                 [*_sign_args(key, cert, chain), str(image), "--out", str(tmp_path / long)],
+                 ["verify", str(image), "--pki", str(tmp_path / long)],
+                 ["ca", "list", "--pki", str(tmp_path / long)]):
+        result = CliRunner().invoke(cli, args, env=ENV)
+        assert result.exit_code == 3, (args, result.output)
+        assert "is longer than the filesystem allows" in result.output, result.output
+        assert "internal error" not in result.output
+
+
 def _stale(path: Path, data: bytes = b"partial") -> Path:
     path.write_bytes(data)
     os.utime(path, (time.time() - 7200,) * 2, follow_symlinks=False)

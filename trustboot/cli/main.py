@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from trustboot import __version__
-from trustboot.errors import ExitCode, OperationalError, TrustbootError
+from trustboot.errors import ConfigError, ExitCode, OperationalError, TrustbootError
 from trustboot.interrupt import Interrupted, cleanup_on_signals
 from trustboot.run import run_scope
 
@@ -90,6 +90,8 @@ class TrustbootGroup(click.Group):
         except Exception as exc:  # a bug, not a verdict: never exit 1 or 4 here
             if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
                 _report(ctx, _environment_error(exc))  # a full disk is not a bug
+            if isinstance(exc, OSError) and exc.errno in _PATH_ERRNOS:
+                _report(ctx, _path_error(exc))  # a path given too long is bad input
             obj = ctx.find_object(dict) or {}
             hint = ("this is a bug in trustboot; rerun with --debug for a traceback and "
                     "report it")
@@ -107,6 +109,21 @@ class TrustbootGroup(click.Group):
 # Write failures the machine causes, not trustboot: reported as operational (exit 1).
 _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG,
                                  errno.EROFS})
+
+
+# Paths the system cannot take, wherever a check met them first (pathlib's is_file()
+# and exists() raise these): bad input, reported as such (exit 3).
+_PATH_ERRNOS = {errno.ENAMETOOLONG: "a name in it is longer than the filesystem allows "
+                "(255 bytes), or all of it longer than 4096",
+                errno.ELOOP: "it leads through a loop of symbolic links"}
+
+
+def _path_error(exc: OSError) -> ConfigError:
+    from trustboot.text import clean  # (only here: every command imports this module)
+
+    where = f"the path {clean(os.fsdecode(exc.filename))}" if exc.filename else "a path"
+    return ConfigError(f"cannot use {where}: {_PATH_ERRNOS[exc.errno or 0]}",
+                       hint="use a shorter path (or remove the looping link)")
 
 
 def _environment_error(exc: OSError) -> OperationalError:

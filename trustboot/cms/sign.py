@@ -48,6 +48,7 @@ from trustboot.fsutil import (
     quiet_writeback,
     remove_stale_temps,
     syncfs,
+    temp_stem,
     write_temp,
 )
 from trustboot.keys.algorithms import HashAlgorithm
@@ -380,7 +381,8 @@ def _sign(
     # Temp names a forked signer writes to (this process must find them to rename or, on
     # failure, remove them without being told): random per run, then the file's index.
     run_tag = os.urandom(6).hex()
-    temps = [t.with_name(f".{t.name}.{run_tag}.{i}.tmp") for i, t in enumerate(targets)]
+    temps = [t.with_name(f".{temp_stem(t.name)}.{run_tag}.{i}.tmp")
+             for i, t in enumerate(targets)]
     _remove_stale_temps(targets)
 
     with StagedWrites(files=len(targets)) as staged:
