@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from trustboot.ca.store import CertificateAuthority
 from trustboot.errors import ConfigError, VerificationError
@@ -349,3 +350,42 @@ def test_certificate_of_a_compromised_key_does_not_sign(
             str(secrets_dir / "key.pass"), "--out", str(tmp_path / "s"))
     assert r.exit_code == 4 and "revoked as compromised" in r.output, r.output
     assert not (tmp_path / "s").exists()
+
+
+def test_a_revoked_certificates_key_can_be_marked_compromised_later(
+        ca_home: Path, run: Run, secrets_dir: Path) -> None:
+    """Revoked first with the default reason, then its key found compromised: `ca revoke
+    --reason key_compromise` said "already revoked" (exit 3), so the key was never
+    refused elsewhere. The reason now changes (the CRL says so, the date stays) and the
+    key's other certificates are revoked with it."""
+    ca_pass = ["--pki", str(ca_home), "--passphrase-file", str(secrets_dir / "ca.pass")]
+    first = CertificateAuthority.open(ca_home).get("signer")
+    renew(run, ca_home, secrets_dir, "signer")  # same key, now current
+    second = CertificateAuthority.open(ca_home).get("signer")
+    r = run("ca", "revoke", "signer", "--serial", f"{first.serial:x}", *ca_pass)
+    assert r.exit_code == 0, r.output
+    found = CertificateAuthority.open(ca_home).find_serial(first.serial)
+    assert found is not None
+    revoked_at = found.revoked_at
+    r = run("ca", "revoke", "signer", "--serial", f"{first.serial:x}", *ca_pass)
+    assert r.exit_code == 3 and "already revoked (unspecified)" in r.output, r.output
+    assert "--reason key_compromise" in r.output
+    r = run("ca", "revoke", "signer", "--serial", f"{first.serial:x}", "--reason",
+            "key_compromise", *ca_pass)
+    assert r.exit_code == 0, r.output
+    ca = CertificateAuthority.open(ca_home)
+    old, new = ca.find_serial(first.serial), ca.find_serial(second.serial)
+    assert old is not None and new is not None
+    assert (old.status, old.revocation_reason, old.revoked_at) == (
+        "revoked", "key_compromise", revoked_at)
+    assert (new.status, new.revocation_reason) == ("revoked", "key_compromise")
+    assert ca.current("signer") is None and ca.check() == []
+    crl = x509.load_pem_x509_crl((ca_home / "crl.pem").read_bytes())
+    for serial in (first.serial, second.serial):
+        listed = crl.get_revoked_certificate_by_serial_number(serial)
+        assert listed is not None
+        reason = listed.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        assert reason == x509.ReasonFlags.key_compromise
+    r = run("ca", "revoke", "signer", "--serial", f"{first.serial:x}", "--reason",
+            "key_compromise", *ca_pass)
+    assert r.exit_code == 3 and "already revoked (key_compromise)" in r.output, r.output

@@ -922,7 +922,11 @@ class CertificateAuthority:
             self._check_still_active(issuing)  # (and so the previous issuers are too)
             targets = self._revoke_targets(name, serial, reason)
             entry = targets[0]
-            if entry.status == "revoked":
+            # A revoked certificate's key found compromised later: its reason changes (RFC
+            # 5280 lets a CRL entry's reason change), so its key is refused everywhere.
+            upgrade = (entry.status == "revoked" and reason == "key_compromise"
+                       and entry.revocation_reason != "key_compromise")
+            if entry.status == "revoked" and not upgrade:
                 if entry in self._unlisted_revocations() or self._unlisted_previous(
                         entry, previous_keys):
                     # A run killed after its index commit: finish it (the CRL), as a
@@ -932,13 +936,20 @@ class CertificateAuthority:
                     self._write_crls(issuing_key, previous_keys, now)
                     self._append_log()
                     return entry
-                raise ConfigError(f"{name!r} (serial {entry.serial:x}) is already revoked")
+                raise ConfigError(
+                    f"{name!r} (serial {entry.serial:x}) is already revoked "
+                    f"({entry.revocation_reason})",
+                    hint="nothing to do; its key found compromised since: "
+                         f"trustboot ca revoke {name} --serial {entry.serial:x} --reason "
+                         "key_compromise" if entry.revocation_reason != "key_compromise"
+                    else f"see: trustboot ca list --all --pki {self.path}")
             # The certificate is read through the index's fingerprint: a replaced or
             # linked file is refused before anything changes.
             entry.read_cert_pem()
             for e in targets:
+                if e.status != "revoked":  # (an upgrade keeps the date it was revoked)
+                    e.revoked_at = now.isoformat()
                 e.status = "revoked"
-                e.revoked_at = now.isoformat()
                 e.revocation_reason = reason
             self.crl_number += 1
             self._commit(now, *[self._record("revoke", now, name=e.name,
@@ -964,7 +975,7 @@ class CertificateAuthority:
             raise ConfigError(f"{name!r} is a CA certificate; trustboot revokes leaves only",
                               hint="to retire the CA, rotate it: trustboot ca rotate")
         targets = [entry]
-        if reason == "key_compromise" and entry.status != "revoked":
+        if reason == "key_compromise" and entry.revocation_reason != "key_compromise":
             key = self.key_id(entry)
             targets += [e for e in self.entries if e is not entry and e.status == "valid"
                         and e.profile in profiles.LEAF_PROFILES and self.key_id(e) == key]
