@@ -31,7 +31,8 @@ def from_file(path: Path, what: str = "passphrase file") -> PassphraseSource:
         data = read_capped(Path(path), MAX_PASSPHRASE_FILE, what, private=True)
         value = data.splitlines()[0] if data else b""
         if not value:
-            raise ConfigError(f"{what} {path} is empty")
+            raise ConfigError(f"{what} {path} is empty",
+                              hint="its first line is the secret: write it there")
         return value
 
     return source

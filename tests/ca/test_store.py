@@ -647,3 +647,61 @@ def test_check_does_not_ask_for_the_key_of_a_revoked_certificate(pki: Path) -> N
     (pki / str(key_file)).unlink()
     problems = CertificateAuthority.open(pki).check()
     assert not [p for p in problems if "key file" in p], problems
+
+
+def test_refusals_name_the_input_and_the_fix(pki: Path, tmp_path: Path, run: Run,
+                                             secrets_dir: Path) -> None:
+    """Messages a reviewer found wanting: each names what was wrong and what to do."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    ca_pass = ["--pki", str(pki), "--passphrase-file", str(secrets_dir / "ca.pass")]
+    cert = str(pki / "issued" / "signer.crt")
+    image = tmp_path / "img"
+    image.write_bytes(b"kernel")
+    # a key file that is no key says so (it said "not encrypted", with an openssl hint)
+    for name, data in (("empty.key", b""), ("junk.key", bytes(range(256)) * 8)):
+        key = tmp_path / name
+        key.write_bytes(data)
+        key.chmod(0o600)
+        r = run("sign", str(image), "--key", f"file:{key}", "--signing-cert", cert,
+                "--passphrase-file", str(secrets_dir / "key.pass"), "--pki", str(pki))
+        assert r.exit_code == 3, r.output
+        assert f"key file {key} is not a private key" in r.output, r.output
+    # an empty passphrase file: where the secret goes
+    empty = tmp_path / "empty.pass"
+    empty.write_bytes(b"")
+    empty.chmod(0o600)
+    r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(empty))
+    assert r.exit_code == 3 and "is empty" in r.output and "first line" in r.output
+    # an IPv6 address first: it cannot be the name, --name can
+    r = issue(run, pki, secrets_dir, "server", "2001:db8::1", "boot.example.net")
+    assert r.exit_code == 3 and "--name" in r.output, r.output
+    r = issue(run, pki, secrets_dir, "server", "2001:db8::1", "--name", "v6-server")
+    assert r.exit_code == 0, r.output
+    # a CSR of a key iPXE cannot verify, and one that is no CSR: the file is named
+    ed = ed25519.Ed25519PrivateKey.generate()
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "ed")]))
+           .sign(ed, None))
+    for name, data, message in (
+            ("ed.csr", csr.public_bytes(serialization.Encoding.PEM),
+             "Ed25519 keys cannot be certified for iPXE"),
+            ("junk.csr", b"\x00" * 300, "is neither a PEM nor a DER certificate request")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        r = run("ca", "issue", "codesign", "x", "--csr", str(path), *ca_pass)
+        assert r.exit_code == 3, r.output
+        assert f"CSR {path}" in r.output and message in r.output, r.output
+
+
+@pytest.mark.parametrize("url", ["http://ocsp.example/a b", "ftp://pki.example/c.crl",
+                                 "http:///c.crl", "http://[x/c.crl", "http://pki.example/é"])
+def test_distribution_urls_are_checked_before_they_enter_every_certificate(
+        tmp_path: Path, run: Run, secrets_dir: Path, url: str) -> None:
+    for option in ("--crl-url", "--ocsp-url"):
+        r = run("ca", "init", "--pki", str(tmp_path / "pki"), "--passphrase-file",
+                str(secrets_dir / "ca.pass"), "--key-type", "ec-p256", option, url)
+        assert r.exit_code == 3, (option, r.output)
+        assert "is not an http(s) URL with a host" in r.output, r.output
+        assert not (tmp_path / "pki").exists()

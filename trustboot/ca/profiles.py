@@ -78,7 +78,10 @@ def key_spec_of(public_key: object) -> KeySpec:
                 hint="use P-256 or P-384",
             )
         return KeySpec("ec", public_key.curve.key_size)
-    raise ConfigError(f"unsupported public key type {type(public_key).__name__}")
+    kind = type(public_key).__name__.removeprefix("_").removesuffix("PublicKey")
+    raise ConfigError(f"{kind or 'such'} keys cannot be certified for iPXE",
+                      hint="iPXE verifies RSA (2048 bits or more) and ECDSA P-256/P-384 keys: "
+                           "make the key as one of those")
 
 
 def check_public_key(public_key: object, *, for_ca: bool) -> KeySpec:

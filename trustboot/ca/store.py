@@ -731,8 +731,10 @@ class CertificateAuthority:
         csr_pem: bytes | None = None,
         now: dt.datetime | None = None,
         public_key: profiles.PublicKey | None = None,
+        csr_origin: str = "the CSR",
     ) -> IssueResult:
-        """Issue a leaf certificate; its new key is written encrypted to private/keys/."""
+        """Issue a leaf certificate; its new key is written encrypted to private/keys/.
+        ``csr_origin`` names the CSR in messages (its file, say)."""
         now = now or utcnow()
         if profile not in profiles.LEAF_PROFILES:
             raise ConfigError(
@@ -761,7 +763,7 @@ class CertificateAuthority:
         # A key held elsewhere (a CSR's, or a token's public key): nothing is generated.
         external = csr_pem is not None or public_key is not None
         if csr_pem is not None:
-            public_key = _public_key_from_csr(csr_pem)
+            public_key = _public_key_from_csr(csr_pem, csr_origin)
         if public_key is not None:
             spec = profiles.check_public_key(public_key, for_ca=False)
             self.refuse_compromised(public_key, f"the key for {name!r}")
@@ -1933,20 +1935,23 @@ def _set_aside_leftovers(pki: Path, rels: list[str], now: dt.datetime) -> None:
         shutil.move(str(pki / rel), str(target))
 
 
-def _public_key_from_csr(csr_pem: bytes) -> profiles.PublicKey:
+def _public_key_from_csr(csr_pem: bytes, origin: str) -> profiles.PublicKey:
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError:
         try:
             csr = x509.load_der_x509_csr(csr_pem)
         except ValueError:
-            raise ConfigError("the CSR is neither PEM nor DER",
+            raise ConfigError(f"{origin} is neither a PEM nor a DER certificate request",
                               hint="create one with openssl req -new") from None
     if not csr.is_signature_valid:
-        raise VerificationError("the CSR's self-signature does not verify",
+        raise VerificationError(f"{origin}: its self-signature does not verify",
                                 rule="csr-signature", hint="recreate the CSR with its key")
     key = csr.public_key()
-    profiles.key_spec_of(key)
+    try:
+        profiles.key_spec_of(key)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc.message}", hint=exc.hint) from None
     return key  # type: ignore[return-value]
 
 

@@ -119,8 +119,8 @@ def init_cmd(pki: Path, common_name: str, organization: str | None, key_type: st
     """Create a root CA and an issuing CA under it (never overwrites an existing CA)."""
     pkcs11 = pkcs11_generation(pkcs11_token, pkcs11_module)
     for url, opt in ((crl_url, "--crl-url"), (ocsp_url, "--ocsp-url")):
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{opt} {url!r} is not an http(s) URL")
+        if url is not None:
+            _check_distribution_url(url, opt)
     # CertificateAuthority.init refuses an existing CA before it asks for a passphrase.
     source = passphrase_source(passphrase_file, passphrase_env, confirm=pkcs11 is None)
     ca, warnings = CertificateAuthority.init(
@@ -183,6 +183,24 @@ def _issue_options(func: Any) -> Any:
     return func
 
 
+def _check_distribution_url(url: str, opt: str) -> None:
+    """A CRL or OCSP URL goes into every certificate the CA issues (and iPXE fetches an
+    OCSP one at every boot): an http(s) URL with a host, nothing a URI may not hold."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        ok = (parts.scheme in ("http", "https") and bool(parts.hostname)
+              and all(0x21 <= ord(c) < 0x7F for c in url))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{opt} {url!r} is not an http(s) URL with a host (no spaces, "
+                          "no characters outside ASCII)",
+                          hint=f"e.g. {opt} http://pki.example.net/issuing.crl (percent-"
+                               "encode anything else)")
+
+
 def _do_issue(profile: str, name: str, sans: list[str], pki: Path, key_type: str,
               days: int | None, csr: Path | None, passphrase_file: Path | None,
               passphrase_env: str | None, key_passphrase_file: Path | None,
@@ -208,7 +226,8 @@ def _do_issue(profile: str, name: str, sans: list[str], pki: Path, key_type: str
         key_passphrase_file, key_passphrase_env, confirm=True, option="--key-passphrase")
     result: IssueResult = ca.issue(
         profile, name, ca_source, key_source, sans=sans, key_type=key_type, days=days,
-        csr_pem=read_capped(csr, MAX_CSR_FILE, "CSR") if csr else None, public_key=public_key)
+        csr_pem=read_capped(csr, MAX_CSR_FILE, "CSR") if csr else None, public_key=public_key,
+        csr_origin=f"CSR {csr}")
     for w in result.warnings:
         warn(w)
     e = result.entry
@@ -248,7 +267,16 @@ def issue_server(hosts: tuple[str, ...], name: str | None, **kw: Any) -> None:
     """A TLS server certificate (EKU serverAuth) for the given DNS names and IPs."""
     for h in hosts:
         profiles.parse_san(h)  # validate every host before the name is derived from one
-    _do_issue("server", name or hosts[0].replace("*", "wildcard"), list(hosts), **kw)
+    if name is None:
+        name = hosts[0].replace("*", "wildcard")
+        try:
+            profiles.check_name(name)
+        except ConfigError:
+            raise ConfigError(f"{hosts[0]!r} cannot be the certificate's name (the first "
+                              "host is, unless --name gives one)",
+                              hint=f"give a name: --name boot-server {' '.join(hosts)}"
+                              ) from None
+    _do_issue("server", name, list(hosts), **kw)
 
 
 @command.command("revoke")

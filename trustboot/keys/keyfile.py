@@ -122,6 +122,18 @@ def check_passphrase(passphrase: bytes, what: str) -> None:
         )
 
 
+def _looks_like_der_key(data: bytes) -> bool:
+    """Whether ``data`` parses as an unencrypted DER private key (the one refusal that
+    then says "not encrypted" rather than "not a key")."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def load_key(path: Path, passphrases: PassphraseSource, what: str, *,
              checked_by_caller: bool = False) -> PrivateKey:
     """Load an encrypted key file, refusing loose permissions and unencrypted keys.
@@ -135,6 +147,9 @@ def load_key(path: Path, passphrases: PassphraseSource, what: str, *,
     path = Path(path)
     data = read_private_file(path, "key file", limit=MAX_KEY_FILE_SIZE)
     if _PEM_LABEL not in data and b"Proc-Type: 4,ENCRYPTED" not in data:
+        if b"PRIVATE KEY-----" not in data and not _looks_like_der_key(data):
+            raise ConfigError(f"key file {path} is not a private key (neither PEM nor DER)",
+                              hint="check the path: it names no key file")
         raise ConfigError(
             f"key file {path} is not encrypted",
             hint=f"encrypt it: openssl pkcs8 -topk8 -scrypt -in {path} -out {path}.enc",
