@@ -29,6 +29,14 @@ MAX_NODES = 20_000
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "bool", "null", "float", "map",
                                                   "seq")}
 _SCALARS = yaml.constructor.SafeConstructor()
+# The scalars PyYAML (YAML 1.1) reads as numbers or booleans in forms YAML 1.2 and every
+# other reader take otherwise (017 is 15, 0x10 16, 1:30 90, `on` true): only these
+# spellings are taken as numbers and booleans, the rest refused with "quote it".
+_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_FLOAT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_BOOL = {"true", "false", "True", "False", "TRUE", "FALSE"}
+_TAG_WORDS = {"tag:yaml.org,2002:timestamp": "a date", "tag:yaml.org,2002:merge": "a merge key",
+              "tag:yaml.org,2002:value": "a value key"}
 
 
 class Node:
@@ -56,6 +64,13 @@ def _prescan(text: str, source: str) -> None:
             raise ConfigError(
                 f"{_where(source, event.start_mark)}: YAML anchors and aliases are not "
                 "allowed in recipes", hint="write the values out")
+        tag = getattr(event, "tag", None)
+        if tag is not None and not (isinstance(event, yaml.ScalarEvent) and tag == "!"
+                                    and event.implicit[1]):
+            # written in the recipe (`!!int "5"`, `!x`): a quoted scalar's "!" is not
+            raise ConfigError(
+                f"{_where(source, event.start_mark)}: YAML tag {tag} is not allowed",
+                hint="recipes are plain YAML: remove the tag")
         if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
             nodes += 1
             if nodes > MAX_NODES:
@@ -74,9 +89,10 @@ def _prescan(text: str, source: str) -> None:
 
 def _convert(node: yaml.Node, source: str) -> Node:
     where = _where(source, node.start_mark)
-    if node.tag not in _PLAIN_TAGS:
-        raise ConfigError(f"{where}: YAML tag {node.tag} is not allowed",
-                          hint="recipes are plain YAML: remove the tag")
+    if node.tag not in _PLAIN_TAGS:  # only implied ones reach here (_prescan)
+        what = _TAG_WORDS.get(node.tag, f"YAML type {node.tag}")
+        raise ConfigError(f"{where}: {node.value!r} is read as {what}, not as text",
+                          hint="quote it: '...'")
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Node] = {}
         for k, v in node.value:
@@ -92,6 +108,16 @@ def _convert(node: yaml.Node, source: str) -> Node:
     if isinstance(node, yaml.SequenceNode):
         return Node([_convert(v, source) for v in node.value], where)
     assert isinstance(node, yaml.ScalarNode)
+    spelled = {"tag:yaml.org,2002:int": _INT.fullmatch(node.value) is not None,
+               "tag:yaml.org,2002:float": _FLOAT.fullmatch(node.value) is not None,
+               "tag:yaml.org,2002:bool": node.value in _BOOL}.get(node.tag, True)
+    if not spelled:
+        kind = {"tag:yaml.org,2002:int": "an integer", "tag:yaml.org,2002:float": "a number",
+                "tag:yaml.org,2002:bool": "true or false"}[node.tag]
+        raise ConfigError(f"{where}: {node.value!r} is {kind} only in YAML 1.1, which "
+                          "other readers take otherwise",
+                          hint="write a number in decimal (true or false for a flag), or "
+                               "quote it for text")
     if node.tag == "tag:yaml.org,2002:int":
         digits = node.value.lstrip("+-").replace("_", "")
         if len(digits) > MAX_INT_DIGITS:
