@@ -350,6 +350,34 @@ def test_certificate_of_a_compromised_key_does_not_sign(
             str(secrets_dir / "key.pass"), "--out", str(tmp_path / "s"))
     assert r.exit_code == 4 and "revoked as compromised" in r.output, r.output
     assert not (tmp_path / "s").exists()
+    r = run("sign", str(image), "--key", "again", "--pki", str(ca_home), "--out",
+            str(tmp_path / "s"))  # by name: refused before any secret is asked for
+    assert r.exit_code == 4 and "revoked as compromised" in r.output, r.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_index_restored_from_before_a_revocation_does_not_sign(
+        ca_home: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    """index.json, index.txt and crl.pem put back from a backup taken before `ca revoke`:
+    ca check and every CA write refuse it, and sign signed with the revoked key (exit 0).
+    The log, appended after each index commit, is ahead of such an index: sign refuses."""
+    saved = {n: (ca_home / n).read_bytes() for n in ("index.json", "index.txt", "crl.pem")}
+    r = run("ca", "revoke", "signer", "--reason", "key_compromise", "--pki", str(ca_home),
+            "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 0, r.output
+    key = CertificateAuthority.open(ca_home).entries[-1].key_path
+    for name, data in saved.items():
+        (ca_home / name).write_bytes(data)
+    image = tmp_path / "img.bin"
+    image.write_bytes(b"kernel")
+    signer = CertificateAuthority.open(ca_home).get("signer")
+    for ref in (["--key", "signer"], ["--key", f"file:{key}", "--signing-cert",
+                                      str(signer.cert_path)]):
+        r = run("sign", str(image), *ref, "--pki", str(ca_home), "--passphrase-file",
+                str(secrets_dir / "key.pass"), "--out", str(tmp_path / "s"))
+        assert r.exit_code == 4, (ref, r.output)
+        assert "is older than its log" in r.output and "[rule: ca-rollback]" in r.output
+        assert not (tmp_path / "s").exists()
 
 
 def test_a_revoked_certificates_key_can_be_marked_compromised_later(
@@ -389,3 +417,34 @@ def test_a_revoked_certificates_key_can_be_marked_compromised_later(
     r = run("ca", "revoke", "signer", "--serial", f"{first.serial:x}", "--reason",
             "key_compromise", *ca_pass)
     assert r.exit_code == 3 and "already revoked (key_compromise)" in r.output, r.output
+
+
+def test_a_ca_write_while_sign_reads_the_ca_is_no_rollback(
+        ca_home: Path, run: Run, secrets_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log is counted before the index is read: a `ca issue` that commits its index
+    and appends its log entry in between must not make the index look restored."""
+    from trustboot.ca import store
+
+    opened = store.CertificateAuthority.open.__func__  # type: ignore[attr-defined]
+    writes: list[int] = []
+
+    def open_after_a_write(cls: type[store.CertificateAuthority], path: Path,
+                           ) -> store.CertificateAuthority:
+        if writes:
+            return opened(cls, path)  # type: ignore[no-any-return]
+        # sign's open (after it counted the log): it reads the index, then another run
+        # commits its index and appends to the log
+        writes.append(1)
+        read = opened(cls, path)
+        opened(cls, path).issue("codesign", "meanwhile", constant(CA_PASS.encode()),
+                                constant(b"meanwhile passphrase"), key_type="ec-p256")
+        return read  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(store.CertificateAuthority, "open", classmethod(open_after_a_write))
+    image = tmp_path / "img.bin"
+    image.write_bytes(b"kernel")
+    r = run("sign", str(image), "--key", "signer", "--pki", str(ca_home), "--passphrase-file",
+            str(secrets_dir / "key.pass"), "--out", str(tmp_path / "s"))
+    assert writes and r.exit_code == 0, r.output
+    assert (tmp_path / "s" / "img.bin.sig").exists()

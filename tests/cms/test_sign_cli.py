@@ -354,14 +354,19 @@ def test_revoked_certificate_refused_through_file_reference(tmp_path: Path) -> N
     ok = CliRunner().invoke(cli, args, env=ENV)  # chain taken from the pki
     assert ok.exit_code == 0, ok.output
     old_index = (pki / "index.json").read_bytes()
+    old_log = (pki / "log.jsonl").read_bytes()
     CertificateAuthority.open(pki).revoke("gone-signer", pw)
     image.with_name(image.name + ".sig").unlink()
     refused = CliRunner().invoke(cli, args, env=ENV)
     assert refused.exit_code == 4, refused.output
     assert "[rule: revoked]" in refused.output and "hint:" in refused.output
     assert not image.with_name(image.name + ".sig").exists()
-    # Listed only in the CRL (an index restored from an older backup): still refused.
+    # An index restored from an older backup: its log is ahead of it, refused.
     (pki / "index.json").write_bytes(old_index)
+    behind = CliRunner().invoke(cli, args, env=ENV)
+    assert behind.exit_code == 4 and "[rule: ca-rollback]" in behind.output, behind.output
+    # The log restored with it: listed only in the CRL, still refused.
+    (pki / "log.jsonl").write_bytes(old_log)
     crl_only = CliRunner().invoke(cli, args, env=ENV)
     assert crl_only.exit_code == 4 and "crl.pem" in crl_only.output, crl_only.output
 

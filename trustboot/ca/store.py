@@ -1325,6 +1325,17 @@ class CertificateAuthority:
         # that differs is no sign of a killed run, and refreshing it would be wrong.
         return conflicts + problems + ([] if conflicts else self._stale_views(now))
 
+    def index_behind_log(self, lines: int) -> tuple[int, int] | None:
+        """(log entries, entries the index accounts for) when log.jsonl held more entries
+        than index.json's last change accounts for: every run commits the index before it
+        appends to the log, so that is an index restored from an older backup (say, from
+        before a revocation). ``lines``: :func:`log_lines`, counted before this index was
+        read, so a write meanwhile cannot make an honest index look behind. None
+        otherwise, and for an index older than the log's tie to it."""
+        if self.state.log is None:
+            return None
+        return (lines, self.state.log["seq"]) if lines > self.state.log["seq"] else None
+
     def check_log(self) -> oplog.LogCheck:
         """The hash chain of log.jsonl (see oplog.verify)."""
         from trustboot.ca import oplog
@@ -1890,6 +1901,13 @@ def load_trusted_root(pki: Path) -> x509.Certificate:
         )
     check_pki_permissions(pki)
     return _parse_cert(read_capped(root, MAX_CERT_FILE, "root certificate", nofollow=True), root)
+
+
+def log_lines(pki: Path) -> int:
+    """The entries in a CA home's log now (see CertificateAuthority.index_behind_log)."""
+    from trustboot.ca import oplog
+
+    return oplog.count_lines(Path(pki) / "log.jsonl")
 
 
 def load_trusted_roots(pki: Path) -> list[x509.Certificate]:

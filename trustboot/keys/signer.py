@@ -33,6 +33,7 @@ from trustboot.keys.ref import KeyRef
 from trustboot.secrets import PassphraseSource
 
 if TYPE_CHECKING:
+    from trustboot.ca.store import CertificateAuthority
     from trustboot.keys import keyfile
 
 # Kept for callers that look a hash up by name.
@@ -354,28 +355,44 @@ def pki_status(cert: x509.Certificate, pki: Path, now: dt.datetime | None,
     revoked."""
     if not (pki / "index.json").is_file():  # CertificateAuthority.exists, without its import
         return None
-    from trustboot.ca.store import CertificateAuthority
+    from trustboot.ca.store import CertificateAuthority, log_lines
 
+    lines = log_lines(pki)  # before the index is read (see index_behind_log)
     ca = CertificateAuthority.open(pki)
     issuing = ca.issuing_entry_of(cert)  # any issuing CA of this CA, rotated ones too
     if issuing is None:
         return None
     entry = ca.find_serial(cert.serial_number)
     name = entry.name if entry is not None else cert.subject.rfc4514_string()
+    _refuse_by_ca(ca, cert, name, lines)
     if entry is not None and entry.status == "revoked":
         raise revoked_error(name, cert.serial_number, f"the CA index in {pki}")
     if _crl_lists(ca.path / "crl.pem", ca.issuing_cert, cert.serial_number):
         raise revoked_error(name, cert.serial_number, f"{ca.path / 'crl.pem'}")
-    # its key revoked as compromised with another certificate (another name, a CSR)
+    status = ca.status_of(entry, now) if entry is not None else None
+    return status, [issuing.load_cert(), *ca.chain_for(issuing)]
+
+
+def _refuse_by_ca(ca: CertificateAuthority, cert: x509.Certificate, name: str,
+                  log_lines: int) -> None:
+    """What the CA knows beyond the certificate's own entry that forbids signing with it:
+    an index older than the CA's log (restored from a backup, it may predate a
+    revocation), or its key revoked as compromised with another certificate (another
+    name, a CSR)."""
+    if (behind := ca.index_behind_log(log_lines)) is not None:
+        raise VerificationError(
+            f"the CA index in {ca.path} is older than its log (log.jsonl holds {behind[0]} "
+            f"entries, index.json accounts for {behind[1]}): restored from a backup? "
+            "refusing to sign [rule: ca-rollback]",
+            hint=f"see what the log holds that the index lacks: trustboot ca check --pki "
+                 f"{ca.path}", rule="ca-rollback", subject=name)
     if (revoked := ca.compromised_by(cert.public_key())) is not None:
         raise VerificationError(
             f"the key of certificate {name} (serial {cert.serial_number:#x}) was revoked as "
             f"compromised with certificate {revoked.name} (serial {revoked.serial:#x}) in the "
-            f"CA index in {pki}; refusing to sign [rule: revoked]",
+            f"CA index in {ca.path}; refusing to sign [rule: revoked]",
             hint=f"renew it with a new key and sign with that: trustboot ca renew {name} "
                  "--rekey", rule="revoked", subject=name)
-    status = ca.status_of(entry, now) if entry is not None else None
-    return status, [issuing.load_cert(), *ca.chain_for(issuing)]
 
 
 def revoked_error(name: str, serial: int, where: str) -> VerificationError:
@@ -414,9 +431,10 @@ def _resolve_file(ref: KeyRef, opts: ResolveOptions) -> KeySource:
 
 
 def _resolve_ca(ref: KeyRef, opts: ResolveOptions) -> KeySource:
-    from trustboot.ca.store import CertificateAuthority  # the CA is optional for file: keys
+    from trustboot.ca.store import CertificateAuthority, log_lines  # optional for file: keys
 
     now = opts.now or dt.datetime.now(dt.UTC)
+    lines = log_lines(opts.pki or Path("pki"))  # before the index is read
     ca = CertificateAuthority.open(opts.pki or Path("pki"))
     # The newest certificate of the name that is valid now (after `ca renew` there are
     # several); when none is, the newest one, whose status is reported below.
@@ -441,6 +459,7 @@ def _resolve_ca(ref: KeyRef, opts: ResolveOptions) -> KeySource:
     leaf = entry.load_cert()
     if _crl_lists(ca.path / "crl.pem", ca.issuing_cert, leaf.serial_number):
         raise revoked_error(entry.name, entry.serial, f"{ca.path / 'crl.pem'}")
+    _refuse_by_ca(ca, leaf, entry.name, lines)
     # The chain of the issuing CA that signed this certificate (after `ca rotate` it
     # need not be the active one).
     pool = ca.chain_for(entry)
