@@ -245,6 +245,11 @@ def read_capped(path: Path, limit: int, what: str, *, nofollow: bool = False,
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0)
     try:
         fd = os.open(path, flags)
+    except ValueError:
+        # a NUL byte in the name (from a recipe, a policy, a manifest): no such file can
+        # exist, and the OS call raises ValueError, not OSError
+        raise ConfigError(f"{what} {path} has a NUL byte in its name",
+                          hint="no file name holds a NUL byte: fix the path") from None
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist", hint="check the path") from None
     except OSError as exc:

@@ -76,3 +76,21 @@ def test_without_cap_net_raw_the_error_names_it() -> None:
     assert "lacks CAP_NET_RAW" in proc.stderr
     assert "hint: run 'trustboot audit' as root" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("expected_origin: 'https://[x/'\n", "expected_origin"),
+    ("expected_origin: ['https://boot.example/', 'https://[x]/']\n", "expected_origin[1]"),
+    ("expected_origin: 'https://boot.example:99999/'\n", "expected_origin"),
+    ('release_manifest: "release\\0.json"\n', "release_manifest"),
+    ('expected_ca_file: "root\\0.pem"\n', "expected_ca_file"),
+])
+def test_hostile_policy_values_exit_3_naming_file_and_key(tmp_path: Path, text: str,
+                                                          key: str) -> None:
+    """A malformed origin (urlsplit's ValueError) or a NUL in a path (os.open's ValueError)
+    was an internal error (exit 70): it is a configuration error naming the key."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(text)
+    code, output = run("-i", "lo", "--policy", str(policy))
+    assert code == 3, output
+    assert f"policy.yaml: {key}" in output and "Traceback" not in output

@@ -192,3 +192,37 @@ def test_a_manifest_nested_to_exhaust_the_parser_is_a_config_error(tmp_path: Pat
     p.write_text("[" * 100_000)
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_manifest(p)
+
+
+@pytest.mark.parametrize("origin", ["https://[x/", "https://[x]/", "https://h:99999/",
+                                    "https://h:port/", "https://a\uff03b/"])
+def test_a_malformed_origin_is_a_config_error_naming_the_key(tmp_path: Path,
+                                                             origin: str) -> None:
+    with pytest.raises(ConfigError, match=r"policy\.yaml: expected_origin: expected an "
+                                          r"http\(s\):// URL"):
+        load_policy(write(tmp_path, json.dumps({"expected_origin": origin})))
+    # the same origin in a release manifest, plain or as `trustboot release` writes it
+    for extra in ({}, {"version": 1, "created": "2024-06-01T00:00:00Z"}):
+        write(tmp_path, json.dumps({"release": "r1", "origin": origin, "files": [], **extra}),
+              "release.json")
+        with pytest.raises(ConfigError, match=r"policy\.yaml: release_manifest: .*origin"):
+            load_policy(write(tmp_path, "release_manifest: release.json\n"))
+
+
+@pytest.mark.parametrize("key", ["release_manifest", "expected_ca_file"])
+def test_a_nul_in_a_policy_path_is_a_config_error_naming_the_key(tmp_path: Path,
+                                                                 key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"policy\.yaml: {key}: .*NUL byte") as info:
+        load_policy(write(tmp_path, json.dumps({key: "x\0y"})))
+    assert info.value.hint and "fix the path" in info.value.hint
+
+
+def test_read_capped_refuses_a_path_with_a_nul_byte(tmp_path: Path) -> None:
+    """Every input file trustboot reads goes through read_capped: a NUL in the name is a
+    ConfigError there (os.open raises ValueError, which it did not catch)."""
+    from trustboot.fsutil import read_capped
+
+    (tmp_path / "a").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"recipe .* has a NUL byte in its name"):
+        read_capped(tmp_path / "a\0b", 10, "recipe")
+    assert read_capped(tmp_path / "a", 10, "recipe") == b"x"

@@ -176,7 +176,16 @@ def _sha(value: Any, where: str) -> str:
 
 def _url(value: Any, where: str) -> str:
     text = _str(value, where)
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        # each raises ValueError on a malformed host or port; checked here, or every boot
+        # URL would later fail to match the origin
+        parts.hostname  # noqa: B018
+        parts.port  # noqa: B018
+    except ValueError as exc:
+        raise _fail(where, f"expected an http(s):// URL, got {text!r} ({exc})",
+                    hint="check the host (an IPv6 address in [brackets]) and the port"
+                    ) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise _fail(where, f"expected an http(s):// URL, got {text!r}")
     return text
@@ -349,7 +358,10 @@ def policy_from_dict(data: dict[str, Any], *, where: str = "policy",
     ca_file = None
     if data.get("expected_ca_file"):
         ca_file = base / _str(data["expected_ca_file"], f"{where}: expected_ca_file")
-        file_sha = ca_file_sha256(ca_file)
+        try:
+            file_sha = ca_file_sha256(ca_file)
+        except ConfigError as exc:  # name the key that pointed there, as for the manifest
+            raise _fail(f"{where}: expected_ca_file", exc.message, exc.hint) from None
         if ca is not None and ca != file_sha:
             raise _fail(f"{where}: expected_ca_file",
                         f"{ca_file} has SHA-256 {file_sha}, not the expected {ca}",

@@ -199,7 +199,11 @@ def _validate(m: ReleaseManifest) -> None:
     if m.created.tzinfo is None:
         raise _bad("created", "must be timezone-aware")
     if m.origin is not None:
-        parts = urlsplit(m.origin)
+        try:
+            parts = urlsplit(m.origin)
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:  # a broken IPv6 literal, a port out of range: from the origin
+            raise _bad("origin", f"not a valid URL: {redact_url(m.origin)!r}") from None
         if parts.scheme not in ("https", "http") or not parts.netloc or parts.username \
                 or parts.password or any(ord(c) < 0x21 for c in m.origin) \
                 or clean(m.origin) != m.origin:
