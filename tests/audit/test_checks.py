@@ -276,6 +276,60 @@ def test_an_overloaded_file_field_is_checked_as_ipxe_reads_it() -> None:
     assert "unexpected-origin" in found
 
 
+def raw_offer(option67: bytes, *, file: bytes = b"", server: str = "192.0.2.1",
+              mac: str = AUTH_MAC, ipxe: bool = False) -> Offer:
+    """An offer whose option 67 holds exactly ``option67`` (NULs and high bytes too)."""
+    xid = next(_xid)
+    raw = packets.dhcp_reply(xid=xid, chaddr=b"\x02" * 6, siaddr=server, server_id=server,
+                             file=file, options=[(67, option67)] if option67 else [])
+    return Offer(dhcp4.parse(raw), server, mac, 67, 0.1,
+                 Probe("dhcpv4", "bios", ipxe, "02:02:02:02:02:02", xid))
+
+
+def test_boot_targets_are_what_clients_load_not_the_escaped_text() -> None:
+    [cut] = raw_offer(b"undionly.kpxe\0junk").boot_targets()
+    assert (cut.url, cut.path, cut.wire_name) == (
+        "tftp://192.0.2.1/undionly.kpxe", "undionly.kpxe", b"undionly.kpxe")
+    [high] = raw_offer(b"/b\xe9d\\.efi").boot_targets()
+    assert (high.url, high.path) == ("tftp://192.0.2.1//b\\xe9d\\\\.efi", "b\\xe9d\\\\.efi")
+    assert high.wire_name == b"b\xe9d\\.efi"  # the bytes, not their display
+    [field_name] = raw_offer(b"", file=b"\xe9vil.kpxe\0junk").boot_targets()
+    assert field_name.wire_name == b"\xe9vil.kpxe"
+    [url] = raw_offer(b"https://boot.example/b\xe9 d.ipxe\0http://x/").boot_targets()
+    assert url.url == "https://boot.example/b\\xe9 d.ipxe"
+    assert url.wire_url == "https://boot.example/b%E9%20d.ipxe"  # as iPXE's uri_encode
+    assert (url.scheme, url.server) == ("https", "boot.example")
+    [plain] = offer().boot_targets()  # an ordinary name is judged as before
+    assert plain == BootTarget("tftp", "192.0.2.1", "undionly.kpxe",
+                               "tftp://192.0.2.1/undionly.kpxe")
+    assert plain.wire_name == b"undionly.kpxe" and plain.raw_name is None
+
+
+def test_the_file_clients_load_is_judged_and_the_hidden_text_is_a_finding() -> None:
+    """The reviewer's case: the audit fetched 'undionly.kpxe\\x00junk' (not found: a low
+    'unverified') while clients load a tampered undionly.kpxe."""
+    hiding = raw_offer(b"undionly.kpxe\0junk")
+    found = rules(observe(offers=[hiding], fetched=[
+        fetched("192.0.2.1", "undionly.kpxe", IPXE + b"patched")]))
+    [mismatch] = found["boot-file-mismatch"]
+    assert mismatch.subject == "tftp://192.0.2.1/undionly.kpxe"
+    assert "boot-file-unverified" not in found
+    [hidden] = found["boot-name-after-nul"]
+    assert hidden.severity == Severity.HIGH and "option 67 with 4 bytes" in hidden.message
+    assert hidden.evidence["after_nul"] == {"option 67": "junk"}
+    # a header field is NUL-padded, and stale bytes there may be a sloppy server's
+    field_junk = rules(observe(offers=[raw_offer(b"", file=b"a.kpxe\0old.kpxe")]))
+    assert field_junk["boot-name-after-nul"][0].severity == Severity.MEDIUM
+    v6 = reply6(None)
+    v6.message = dhcp6.parse(packets.advertise(xid=1, client_duid=b"\0\3\0\1" + b"\2" * 6,
+                                               url="https://boot.example/x\0y"))
+    [hidden6] = rules(observe(replies6=[v6]))["boot-name-after-nul"]
+    assert hidden6.severity == Severity.HIGH and "option 59" in hidden6.message
+    for ok in (offer(), raw_offer(b"undionly.kpxe\0"), raw_offer(b"", file=b"pxelinux.0")):
+        assert "boot-name-after-nul" not in rules(observe(offers=[ok]))
+    assert "boot-name-after-nul" not in rules(good_segment())
+
+
 def test_https_unexpected_ca() -> None:
     bad = HttpCheck("https://boot.example/boot.ipxe", ok=True, sha256="b" * 64,
                     tls_chain_sha256=["d" * 64, "e" * 64])

@@ -86,6 +86,52 @@ def test_hostile_strings_are_escaped() -> None:
     assert pkt.bootfile_option == "a\\x0ab"
 
 
+def test_a_boot_name_is_read_as_clients_read_it_up_to_the_nul() -> None:
+    """iPXE (fetch_string_setting) and EDK2 read option 67 as a C string: the name ends
+    at the first NUL and its bytes are used unescaped. The escaped text is for display."""
+    raw = packets.dhcp_reply(xid=1, chaddr=MAC, options=[(67, b"undionly.kpxe\0junk"),
+                                                         (66, b"192.0.2.6\0x")])
+    pkt = dhcp4.parse(raw)
+    assert pkt.option_string(67) == (b"undionly.kpxe", "undionly.kpxe")
+    assert pkt.bootfile_option == "undionly.kpxe" and pkt.tftp_server_option == "192.0.2.6"
+    assert pkt.after_nul == {"option 67": b"junk", "option 66": b"x"}
+    assert any(a.startswith("option 67 has 4 bytes after a NUL") for a in pkt.anomalies)
+    assert pkt.evidence()["after_nul"] == {"option 67": "junk", "option 66": "x"}
+    high = dhcp4.parse(packets.dhcp_reply(xid=1, chaddr=MAC, file=b"\xe9vil\0\0\0",
+                                          options=[(67, b"b\xe9d.efi")]))
+    assert high.option_string(67) == (b"b\xe9d.efi", "b\\xe9d.efi")
+    assert (high.file_bytes, high.file) == (b"\xe9vil", "\\xe9vil")
+    assert not high.after_nul and not high.anomalies  # NUL padding is no hidden text
+
+
+@pytest.mark.parametrize("value", [b"undionly.kpxe", b"undionly.kpxe\0", b"undionly.kpxe\0\0"])
+def test_an_ordinary_or_nul_terminated_boot_name_has_no_anomaly(value: bytes) -> None:
+    # some servers (Windows DHCP) end string options with a NUL: nothing is hidden there
+    pkt = dhcp4.parse(packets.dhcp_reply(xid=1, chaddr=MAC, options=[(67, value)]))
+    assert pkt.option_string(67) == (b"undionly.kpxe", "undionly.kpxe")
+    assert not pkt.after_nul and not pkt.anomalies
+
+
+def test_the_bootfile_url_is_read_up_to_the_nul() -> None:
+    raw = packets.advertise(xid=3, client_duid=dhcp6.duid_ll(MAC), url=None) + packets.opt6(
+        dhcp6.OPT_BOOTFILE_URL, b"https://boot.example/ok.efi\0http://evil/x")
+    msg = dhcp6.parse(raw)
+    assert msg.bootfile_url == "https://boot.example/ok.efi"
+    assert msg.url_tails == [b"http://evil/x"]
+    assert any("13 bytes after a NUL" in a for a in msg.anomalies)
+
+
+def test_a_tftp_request_carries_the_name_s_bytes() -> None:
+    name = b"b\xe9d\x1b.efi"
+    assert tftp.build_request(tftp.RRQ, name) == b"\x00\x01" + name + b"\x00octet\x00"
+    # text from wire_text is the same name: how it passes through code that takes text
+    assert tftp.build_request(tftp.RRQ, tftp.wire_text(name)) == tftp.build_request(
+        tftp.RRQ, name)
+    assert tftp.build_request(tftp.RRQ, "caf\u00e9") == b"\x00\x01caf\xc3\xa9\x00octet\x00"
+    with pytest.raises(ValueError, match="NUL"):
+        tftp.build_request(tftp.RRQ, b"a\0b")
+
+
 @pytest.mark.parametrize(("data", "reason"), [
     (b"", "too short"),
     (b"\x02" * 235, "too short"),

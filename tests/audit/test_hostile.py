@@ -417,3 +417,36 @@ def test_fetches_leave_only_by_the_audited_interface(seg: Segment, test_pki: Aud
     assert urls[2] in tftp_fetches, run.json["observation"]["fetched"]
     assert tftp_fetches[urls[2]]["size"] == 0, tftp_fetches[urls[2]]
     assert not tftp_fetches[urls[2]]["ok"], tftp_fetches[urls[2]]
+
+
+def test_a_boot_file_name_is_fetched_as_clients_read_it(seg: Segment, tmp_path: Path) -> None:
+    """Option 67 'undionly.kpxe<NUL>junk': clients stop at the NUL and load undionly.kpxe,
+    a tampered one here. The audit asked the server for the escaped text
+    'undionly.kpxe\\x00junk' (not found: a low 'unverified'), and for '\\xe9vil.kpxe' as
+    text rather than the byte 0xe9. It fetches the names clients send, byte for byte."""
+    from tests.audit.conftest import EVIL_IPXE, GOOD_IPXE, sha256
+
+    rogue = seg.add_host("rogue", 2)
+    root = tmp_path / "tftp"
+    root.mkdir()
+    (root / "undionly.kpxe").write_bytes(EVIL_IPXE)
+    (root / os.fsdecode(b"\xe9vil.kpxe")).write_bytes(EVIL_IPXE + b"!")
+    seg.start_dnsmasq(rogue, "--enable-tftp", f"--tftp-root={root}")
+    seg.start_server(rogue, "rogue", "eth0", "files", b"undionly.kpxe\0junk".hex(),
+                     b"\xe9vil.kpxe".hex())
+    client = seg.add_host("client", 50)
+    pol = policy(tmp_path, "expected_files:\n"
+                 f"  - {{name: undionly.kpxe, sha256: '{sha256(GOOD_IPXE)}'}}\n")
+    run = seg.audit(client, "--window", "2", "--follow-timeout", "3", "--no-dhcpv6",
+                    "--arch", "bios", "--json", "--policy", str(pol))
+    fetched = {f["url"]: f for f in run.json["observation"]["fetched"]}
+    cut, high = "tftp://192.0.2.2/undionly.kpxe", "tftp://192.0.2.2/\\xe9vil.kpxe"
+    assert {cut, high} <= set(fetched), (fetched, run.stderr)
+    assert fetched[cut]["ok"] and fetched[cut]["sha256"] == sha256(EVIL_IPXE), fetched[cut]
+    assert fetched[high]["ok"] and fetched[high]["filename"] == "\\xe9vil.kpxe", fetched[high]
+    [mismatch] = run.findings("boot-file-mismatch")
+    assert mismatch["subject"] == cut and mismatch["severity"] == "critical"
+    [hidden] = run.findings("boot-name-after-nul")
+    assert hidden["severity"] == "high" and "junk" in hidden["message"]
+    assert not [f for f in run.findings("boot-file-unverified") if "junk" in f["subject"]]
+    assert not unsafe_strings(run.json)

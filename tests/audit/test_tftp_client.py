@@ -340,3 +340,31 @@ def test_an_endless_file_ends_at_the_deadline_not_the_size_cap(fake_server) -> N
                         max_size=1 << 40)
     assert time.monotonic() - start < 1.6
     assert result.deadline_reached and not result.ok and not result.truncated, result.error
+
+
+def test_fetch_asks_for_the_name_s_bytes() -> None:
+    """A boot file name with a high byte (option 67 b'\\xe9vil.efi') goes on the wire as
+    that byte, not as its escaped display text; fetch takes it as wire_text."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(5)
+    asked: list[bytes] = []
+
+    def serve() -> None:
+        try:
+            request, client = server.recvfrom(2048)
+            asked.append(request)
+            server.sendto(tftp.build_data(1, b"evil"), client)
+            server.recvfrom(2048)  # the final ACK
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    name = b"\xe9vil.efi"
+    result = tftp.fetch("127.0.0.1", tftp.wire_text(name), port=server.getsockname()[1],
+                        timeout=5)
+    thread.join(5)
+    server.close()
+    assert result.ok and result.size == 4, result
+    assert asked and asked[0].startswith(b"\x00\x01" + name + b"\x00octet\x00"), asked

@@ -171,6 +171,14 @@ _RULES = [
          "for identity. iPXE treats unknown encodings as identity and boots the encoded "
          "bytes; the hash checked here is of those bytes.",
          "Serve boot files without Content-Encoding (turn off gzip for them on the origin)."),
+    Rule("boot-name-after-nul", "Boot parameter hides bytes after a NUL", Severity.HIGH,
+         "A boot file name, boot server or boot URL (DHCP option 66/67, the BOOTP file or "
+         "sname field, DHCPv6 option 59) carries bytes after a NUL. Clients read it as a C "
+         "string and load the name before the NUL; the bytes after it are seen only by "
+         "tools that do not stop there, so they exist to show a reader (or an audit) "
+         "another name than the one machines boot.",
+         "Find who set this value on the server named in the evidence and remove the bytes "
+         "after the NUL; if the server is not yours, remove it and enable DHCP snooping."),
     Rule("no-responders", "No boot server answered", Severity.INFO,
          "No DHCP/ProxyDHCP/DHCPv6 server answered during the listen window.",
          "If servers are expected, check the interface, VLAN and window (--window)."),
@@ -225,6 +233,7 @@ def evaluate(obs: Observation, policy: Policy) -> list[Finding]:
     findings += _check_servers(obs, policy)
     findings += _check_dhcpv6(obs, policy)
     findings += _check_boot_urls(obs, policy)
+    findings += _check_after_nul(obs)
     findings += _check_fetched(obs, policy)
     findings += _check_http(obs, policy)
     findings += _check_loop(obs)
@@ -436,10 +445,11 @@ def _check_dhcpv6(obs: Observation, policy: Policy) -> list[Finding]:
                     f"unauthorized DHCPv6 server {reply.src_ip} answered"
                     + (f" with boot URL {url}" if url else ""),
                     evidence, Severity.CRITICAL if url else Severity.HIGH))
-        url = reply.message.bootfile_url
-        if url and (key, url) not in urls_done:
+        for target in reply.boot_targets():
+            url = target.url
+            if (key, url) in urls_done:
+                continue
             urls_done.add((key, url))
-            target = BootTarget.from_url(url)
             if target.scheme in CLEARTEXT_SCHEMES:
                 out.append(_finding(
                     "dhcpv6-cleartext-boot-url", url,
@@ -472,9 +482,8 @@ def _check_boot_urls(obs: Observation, policy: Policy) -> list[Finding]:
             urls += [(t.url, offer.evidence()) for t in offer.boot_targets()
                      if t.scheme in ("http", "https")]
         for reply in obs.replies6:
-            url = reply.message.bootfile_url
-            if url and url.lower().startswith(("http://", "https://")):
-                urls.append((url, reply.evidence()))
+            urls += [(t.url, reply.evidence()) for t in reply.boot_targets()
+                     if t.scheme in ("http", "https")]
         reported: set[str] = set()
         for url, evidence in urls:
             if url in reported or policy.under_origin(url):
@@ -485,6 +494,40 @@ def _check_boot_urls(obs: Observation, policy: Policy) -> list[Finding]:
                 f"boot URL {url} is not under the expected origin "
                 f"{' or '.join(policy.origins)}",
                 {**evidence, "expected_origins": list(policy.origins)}))
+    return out
+
+
+def _check_after_nul(obs: Observation) -> list[Finding]:
+    """Boot parameters with bytes after a NUL: clients use what comes before it."""
+    out: list[Finding] = []
+    done: set[tuple[str, str, bytes]] = set()
+    for offer in obs.offers:
+        pkt = offer.packet
+        for where, tail in pkt.after_nul.items():
+            key = (f"{offer.server_ip} {offer.src_mac}", where, tail)
+            if key in done:
+                continue
+            done.add(key)
+            # An option has its own length: a NUL inside it is only there to end what
+            # clients read early. The fixed-size header fields are NUL-padded, and a sloppy
+            # server may leave stale bytes there: less sure, one step lower.
+            sev = Severity.MEDIUM if where.endswith(" field") else Severity.HIGH
+            out.append(_finding(
+                "boot-name-after-nul", f"{offer.server_ip} ({offer.src_mac})",
+                f"{offer.role} server {offer.server_ip} sends {where} with {len(tail)} bytes "
+                f"after a NUL ({dhcp4.shown(dhcp4.safe_text(tail[:64]), 64)!r}): clients "
+                "stop at the NUL", offer.evidence(), sev))
+    for reply in obs.replies6:
+        for tail in reply.message.url_tails:
+            key = (reply.server_key, "option 59", tail)
+            if key in done:
+                continue
+            done.add(key)
+            out.append(_finding(
+                "boot-name-after-nul", f"{reply.src_ip} ({reply.src_mac})",
+                f"DHCPv6 server {reply.src_ip} sends option 59 with {len(tail)} bytes after "
+                f"a NUL ({dhcp4.shown(dhcp4.safe_text(tail[:64]), 64)!r}): clients stop at "
+                "the NUL", reply.evidence()))
     return out
 
 

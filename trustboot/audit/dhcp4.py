@@ -147,10 +147,27 @@ def safe_text(raw: bytes) -> str:
     return "".join(out)
 
 
-def _cstring(raw: bytes) -> tuple[str, bool]:
-    """A NUL-terminated BOOTP string field; the flag says bytes after the NUL were not zero."""
-    head, sep, tail = raw.partition(b"\x00")
-    return safe_text(head), bool(sep) and any(tail)
+def cstring(raw: bytes) -> tuple[bytes, bytes]:
+    """``raw`` as a client reads a DHCP string (iPXE's fetch_string_setting, EDK2): the
+    bytes before the first NUL, used as they are; and the bytes after it (b"" when none)."""
+    head, _sep, tail = raw.partition(b"\x00")
+    return head, tail
+
+
+# The longest option value the audit keeps, RFC 3396 instances joined. A boot file name or
+# URL is a few hundred bytes; a rogue repeating option 67 250 times (a 64 KiB fragmented
+# datagram) must not cost the audit that much time and memory each time a check reads it.
+MAX_OPTION_VALUE = 2048
+# Characters of one option's text kept in a packet's evidence (the report cuts at 512:
+# this leaves room for the marker, so the count of what was cut survives).
+EVIDENCE_TEXT = 480
+# DHCPv4 boot parameters whose bytes after a NUL are recorded: what they name is loaded.
+BOOT_OPTIONS = {66: "option 66", 67: "option 67"}
+
+
+def shown(text: str, limit: int = EVIDENCE_TEXT) -> str:
+    """``text`` cut for evidence, with the report's marker."""
+    return text if len(text) <= limit else f"{text[:limit]}...[{len(text) - limit} more chars]"
 
 
 @dataclass
@@ -167,18 +184,31 @@ class Dhcp4Packet:
     siaddr: str
     giaddr: str
     chaddr: bytes
-    sname: str  # "" when empty or overloaded
+    sname: str  # "" when empty or overloaded; for display (escaped)
     file: str
     options: dict[int, bytes] = field(default_factory=dict)
     option_order: list[int] = field(default_factory=list)
     overload: int = 0
     anomalies: list[str] = field(default_factory=list)
-    # Options sent more than once: the first instance, which is all iPXE reads (RFC 3396
-    # clients concatenate them, as ``options`` does).
+    # Options sent more than once (in the options field or an overloaded file/sname field):
+    # the first instance, which is all iPXE and EDK2 read (RFC 3396 clients join them all,
+    # as ``options`` does).
     first_instances: dict[int, bytes] = field(default_factory=dict)
     # An overloaded (option 52) file / sname field read as text, as iPXE reads it.
     ipxe_file: str = ""
     ipxe_sname: str = ""
+    # The same four names as clients use them: the bytes before the first NUL, unescaped.
+    file_bytes: bytes = b""
+    sname_bytes: bytes = b""
+    ipxe_file_bytes: bytes = b""
+    ipxe_sname_bytes: bytes = b""
+    # Boot parameters with bytes after a NUL (no client reads them): where -> those bytes.
+    after_nul: dict[str, bytes] = field(default_factory=dict)
+    # value object -> (value, its C string, that string's text): each decoded once
+    _decoded: dict[int, tuple[bytes, bytes, str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    _vendor: tuple[bytes, dict[int, bytes]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     # -- convenience views -------------------------------------------------------------
     @property
@@ -205,17 +235,34 @@ class Dhcp4Packet:
         value = self.options.get(OPT_SERVER_ID)
         return _ip(value) if value is not None and len(value) == 4 else None
 
-    def text_option(self, code: int) -> str | None:
-        value = self.options.get(code)
+    def _string(self, value: bytes | None) -> tuple[bytes, str] | None:
+        """(the C string a client reads, its text for display), decoded once per value:
+        checks and reports ask for the same option many times per packet."""
         if value is None:
             return None
-        return safe_text(value.rstrip(b"\x00"))
+        hit = self._decoded.get(id(value))
+        if hit is None or hit[0] is not value:  # keyed by identity: the value is kept alive
+            head = cstring(value)[0]
+            hit = self._decoded[id(value)] = (value, head, safe_text(head))
+        return hit[1], hit[2]
+
+    def option_string(self, code: int) -> tuple[bytes, str] | None:
+        """Option ``code`` as RFC 3396 clients read it (all instances joined, up to the
+        first NUL): the bytes they use and their text for display."""
+        return self._string(self.options.get(code))
+
+    def ipxe_option_string(self, code: int) -> tuple[bytes, str] | None:
+        """Option ``code`` as iPXE and EDK2 read it, when that differs from the joined
+        instances: the first instance only."""
+        return self._string(self.first_instances.get(code))
+
+    def text_option(self, code: int) -> str | None:
+        found = self.option_string(code)
+        return None if found is None else found[1]
 
     def ipxe_text_option(self, code: int) -> str | None:
-        """Option ``code`` as iPXE reads it, when that differs from the concatenation:
-        only its first instance."""
-        value = self.first_instances.get(code)
-        return None if value is None else safe_text(value.rstrip(b"\x00"))
+        found = self.ipxe_option_string(code)
+        return None if found is None else found[1]
 
     @property
     def vendor_class(self) -> str | None:
@@ -252,9 +299,11 @@ class Dhcp4Packet:
         value = self.options.get(OPT_VENDOR)
         if value is None:
             return None
-        subs, _order, _anoms = parse_option_block(value, 0, len(value), where="option 43",
-                                                  lenient=True)
-        return subs
+        if self._vendor is None or self._vendor[0] is not value:  # decoded once, as above
+            subs, _order, _anoms = parse_option_block(value, 0, len(value),
+                                                      where="option 43", lenient=True)
+            self._vendor = (value, subs)
+        return dict(self._vendor[1])
 
     def evidence(self) -> dict[str, object]:
         """The fields a finding cites, in a stable JSON-friendly form."""
@@ -278,16 +327,20 @@ class Dhcp4Packet:
         }
         for code, key in named.items():
             if code in self.options:
-                data[key] = (
-                    self.server_id if code == OPT_SERVER_ID else self.text_option(code)
-                )
+                text = self.text_option(code)
+                data[key] = (self.server_id if code == OPT_SERVER_ID
+                             else None if text is None else shown(text))
         if self.ipxe_file:
             data["file_read_as_text_by_ipxe"] = self.ipxe_file
         if self.ipxe_sname:
             data["sname_read_as_text_by_ipxe"] = self.ipxe_sname
         for code in (OPT_TFTP_SERVER, OPT_BOOTFILE):
-            if code in self.first_instances:  # split: what iPXE reads of it
-                data[f"option_{code}_first_instance"] = self.ipxe_text_option(code)
+            first = self.ipxe_text_option(code)
+            if first is not None:  # split: what iPXE and EDK2 read of it
+                data[f"option_{code}_first_instance"] = shown(first)
+        if self.after_nul:
+            data["after_nul"] = {where: shown(safe_text(tail[:EVIDENCE_TEXT]))
+                                 for where, tail in self.after_nul.items()}
         if OPT_VENDOR in self.options:
             data["option_43_hex"] = self.options[OPT_VENDOR][:255].hex()
         if self.overload:
@@ -301,28 +354,55 @@ class Dhcp4Packet:
 TRUNCATED = "truncated: "
 
 
+@dataclass
+class _Joined:
+    """Options as RFC 3396 clients read them: the instances of a code joined in order (up
+    to MAX_OPTION_VALUE bytes), with the first instance and the count of each code."""
+
+    values: dict[int, bytes] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)
+    first: dict[int, bytes] = field(default_factory=dict)  # codes sent more than once
+    count: dict[int, int] = field(default_factory=dict)
+    dropped: dict[int, int] = field(default_factory=dict)  # bytes past MAX_OPTION_VALUE
+
+    def add(self, code: int, value: bytes) -> None:
+        have = self.values.get(code)
+        if have is None:
+            self.values[code] = value
+            self.order.append(code)
+            self.count[code] = 1
+            return
+        if self.count[code] == 1:
+            self.first[code] = have
+        self.count[code] += 1
+        room = MAX_OPTION_VALUE - len(have)
+        if room > 0:
+            self.values[code] = have + value[:room]
+        if len(value) > room:
+            self.dropped[code] = self.dropped.get(code, 0) + len(value) - max(room, 0)
+
+
 def parse_option_block(
     buf: bytes, start: int, end: int, *, where: str = "options", lenient: bool = False,
-    first: dict[int, bytes] | None = None,
+    joined: _Joined | None = None,
 ) -> tuple[dict[int, bytes], list[int], list[str]]:
-    """TLV options between start and end; repeated codes are concatenated (RFC 3396).
+    """TLV options between start and end; repeated codes are concatenated (RFC 3396), up
+    to MAX_OPTION_VALUE bytes each.
 
     An option that runs past the end raises MalformedPacket, or with ``lenient`` ends the
     block as it does in iPXE's dhcpopts.c (the options before it count) and is reported as
-    the first anomaly, starting with :data:`TRUNCATED`. ``first`` receives the first
-    instance of each repeated code: all iPXE reads (it does not concatenate)."""
-    options: dict[int, bytes] = {}
-    order: list[int] = []
+    the first anomaly, starting with :data:`TRUNCATED`. ``joined`` carries the options on
+    from an earlier block (an overloaded field continues the options field) and keeps the
+    first instance of each repeated code: all iPXE and EDK2 read."""
+    acc = joined if joined is not None else _Joined()
     anomalies: list[str] = []
     i = start
-    saw_end = False
     while i < end:
         code = buf[i]
         if code == OPT_PAD:
             i += 1
             continue
         if code == OPT_END:
-            saw_end = True
             break
         problem = None
         if i + 1 >= end:
@@ -333,20 +413,45 @@ def parse_option_block(
             if not lenient:
                 raise MalformedPacket(problem, offset=i)
             anomalies.insert(0, TRUNCATED + problem)
-            return options, order, anomalies
+            break  # (no END either: the truncation says it all)
         length = buf[i + 1]
-        value = buf[i + 2 : i + 2 + length]
-        if code in options:
-            if first is not None:
-                first.setdefault(code, options[code])
-            options[code] += value
-        else:
-            options[code] = value
-            order.append(code)
+        acc.add(code, buf[i + 2 : i + 2 + length])
         i += 2 + length
-    if not saw_end and where == "options":
-        anomalies.append("options field has no END option")
-    return options, order, anomalies
+    else:  # the block ran out without an END option
+        if where == "options":
+            anomalies.append("options field has no END option")
+    return acc.values, acc.order, anomalies
+
+
+def _header_string(raw: bytes) -> tuple[bytes, str, bytes]:
+    """A NUL-terminated BOOTP header field: its C string, that string's text, and the
+    bytes after the NUL when any is not zero (b"" otherwise: padding)."""
+    head, tail = cstring(raw)
+    return head, safe_text(head), tail if any(tail) else b""
+
+
+def _note_option_strings(pkt: Dhcp4Packet, joined: _Joined) -> None:
+    """Anomalies for what a client reads differently from the bytes sent: a boot
+    parameter with bytes after a NUL, a boot parameter sent in parts, an option cut."""
+    for code, where in BOOT_OPTIONS.items():
+        for value, which in ((pkt.options.get(code), where),
+                             (pkt.first_instances.get(code), f"{where} (first instance)")):
+            if value is None:
+                continue
+            head, tail = cstring(value)
+            if any(tail):
+                pkt.after_nul.setdefault(which, tail)
+                pkt.anomalies.append(
+                    f"{which} has {len(tail)} bytes after a NUL: clients stop at the NUL "
+                    f"and use {shown(safe_text(head), 64)!r}")
+        if joined.count.get(code, 0) > 1:
+            pkt.anomalies.append(
+                f"{where} sent {joined.count[code]} times: RFC 3396 clients join the parts, "
+                "iPXE and EDK2 use the first")
+    for code, dropped in joined.dropped.items():
+        pkt.anomalies.append(
+            f"option {code} is {MAX_OPTION_VALUE + dropped} bytes in {joined.count[code]} "
+            f"parts: the audit keeps its first {MAX_OPTION_VALUE}")
 
 
 def parse(data: bytes) -> Dhcp4Packet:
@@ -370,48 +475,51 @@ def parse(data: bytes) -> Dhcp4Packet:
         ciaddr=_ip(data[12:16]), yiaddr=_ip(data[16:20]), siaddr=_ip(data[20:24]),
         giaddr=_ip(data[24:28]), chaddr=chaddr, sname="", file="", anomalies=anomalies,
     )
+    joined = _Joined()
     if len(data) >= BOOTP_HEADER_LEN + 4 and data[236:240] == MAGIC_COOKIE:
         # Leniently: a reply whose last option is cut short still counts for iPXE (and
         # for a rogue server that appends one broken byte to hide from a strict parser).
-        opts, order, anoms = parse_option_block(data, 240, len(data), lenient=True,
-                                                first=pkt.first_instances)
-        pkt.options, pkt.option_order = opts, order
+        _opts, _order, anoms = parse_option_block(data, 240, len(data), lenient=True,
+                                                  joined=joined)
         anomalies.extend(anoms)
     elif len(data) > BOOTP_HEADER_LEN:
         anomalies.append("no DHCP magic cookie: plain BOOTP or garbage after the header")
+    pkt.options, pkt.option_order = joined.values, joined.order
     overload_raw = pkt.options.get(OPT_OVERLOAD)
     if overload_raw is not None:
         if len(overload_raw) != 1 or overload_raw[0] not in (1, 2, 3):
             anomalies.append(f"invalid option 52 value {overload_raw.hex()}")
         else:
             pkt.overload = overload_raw[0]
-    # RFC 2131 4.1: options, then file, then sname.
+    # RFC 2131 4.1: options, then file, then sname (EDK2 looks for an option in that
+    # order too, and takes the first instance it finds).
     for bit, raw, name in ((1, file_raw, "file"), (2, sname_raw, "sname")):
         if pkt.overload & bit:
             # iPXE ignores option 52 (it reads the field as text): what it holds must not
             # make the whole reply undecodable.
-            extra, extra_order, extra_anoms = parse_option_block(
-                raw, 0, len(raw), where=f"overloaded {name} field", lenient=True
-            )
+            _extra, _extra_order, extra_anoms = parse_option_block(
+                raw, 0, len(raw), where=f"overloaded {name} field", lenient=True,
+                joined=joined)
             anomalies.extend(a for a in extra_anoms if a.startswith(TRUNCATED))
-            for code in extra_order:
-                if code in pkt.options:
-                    pkt.options[code] += extra[code]
-                else:
-                    pkt.options[code] = extra[code]
-                    pkt.option_order.append(code)
+    pkt.first_instances = joined.first
     if pkt.overload:
         # iPXE ignores option 52: it reads both fields as text whatever they hold.
-        pkt.ipxe_file = _cstring(file_raw)[0] if pkt.overload & 1 else ""
-        pkt.ipxe_sname = _cstring(sname_raw)[0] if pkt.overload & 2 else ""
-    if not pkt.overload & 1:
-        pkt.file, junk = _cstring(file_raw)
-        if junk:
-            anomalies.append("bytes after the NUL in the file field")
-    if not pkt.overload & 2:
-        pkt.sname, junk = _cstring(sname_raw)
-        if junk:
-            anomalies.append("bytes after the NUL in the sname field")
+        if pkt.overload & 1:
+            pkt.ipxe_file_bytes, pkt.ipxe_file, _tail = _header_string(file_raw)
+        if pkt.overload & 2:
+            pkt.ipxe_sname_bytes, pkt.ipxe_sname, _tail = _header_string(sname_raw)
+    for bit, raw, name in ((1, file_raw, "file"), (2, sname_raw, "sname")):
+        if pkt.overload & bit:
+            continue
+        head, text, tail = _header_string(raw)
+        if name == "file":
+            pkt.file_bytes, pkt.file = head, text
+        else:
+            pkt.sname_bytes, pkt.sname = head, text
+        if tail:
+            pkt.after_nul[f"{name} field"] = tail
+            anomalies.append(f"bytes after the NUL in the {name} field")
+    _note_option_strings(pkt, joined)
     mt = pkt.options.get(OPT_MESSAGE_TYPE)
     if mt is not None and len(mt) != 1:
         anomalies.append(f"option 53 has length {len(mt)}")

@@ -10,7 +10,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
-from trustboot.audit.dhcp4 import Arch, safe_text
+from trustboot.audit.dhcp4 import MAX_OPTION_VALUE, Arch, cstring, safe_text, shown
 from trustboot.audit.errors import MalformedPacket, wire_bytes
 
 CLIENT_PORT = 546
@@ -63,6 +63,11 @@ class Dhcp6Message:
     # Why a strict parser would have refused it: an option running past the end, where
     # iPXE's dhcpv6_option() stops and still uses the options before it (they count here).
     damage: str | None = None
+    # Bytes after a NUL in a boot file URL (clients stop at the NUL), one per instance.
+    url_tails: list[bytes] = field(default_factory=list)
+    # the boot file URL as clients read it, and its text: decoded once per message
+    _url: tuple[bytes, str] | None = field(default=None, init=False, repr=False,
+                                           compare=False)
 
     @property
     def type_name(self) -> str:
@@ -97,14 +102,31 @@ class Dhcp6Message:
         return ":".join(f"{b:02x}" for b in mac) if len(mac) == 6 else None
 
     @property
+    def bootfile_url_string(self) -> tuple[bytes, str] | None:
+        """Option 59 as clients read it (up to the first NUL, at most MAX_OPTION_VALUE
+        bytes): the bytes they use and their text for display."""
+        if self._url is None:
+            v = self.first(OPT_BOOTFILE_URL)
+            if v is None:
+                return None
+            head = cstring(v[:MAX_OPTION_VALUE])[0]
+            self._url = (head, safe_text(head))
+        return self._url
+
+    def bootfile_url_strings(self) -> list[tuple[bytes, str]]:
+        """Every boot file URL a client may use (see bootfile_url_string)."""
+        found = self.bootfile_url_string
+        return [] if found is None or not found[0] else [found]
+
+    @property
     def bootfile_url(self) -> str | None:
-        v = self.first(OPT_BOOTFILE_URL)
-        return safe_text(v) if v is not None else None
+        found = self.bootfile_url_string
+        return None if found is None else found[1]
 
     @property
     def bootfile_params(self) -> list[str]:
         v = self.first(OPT_BOOTFILE_PARAM)
-        return [safe_text(p) for p in _length_prefixed(v)] if v else []
+        return [safe_text(p) for p in _length_prefixed(v[:MAX_OPTION_VALUE])] if v else []
 
     @property
     def preference(self) -> int | None:
@@ -157,7 +179,9 @@ class Dhcp6Message:
         url, params, addresses = self.bootfile_url, self.bootfile_params, self.addresses
         preference, status = self.preference, self.status
         if url is not None:
-            data["option_59_bootfile_url"] = url
+            data["option_59_bootfile_url"] = shown(url)
+        if self.url_tails:
+            data["after_nul"] = {"option 59": shown(safe_text(self.url_tails[0][:480]))}
         if params:
             data["option_60_bootfile_params"] = params
         if addresses:
@@ -235,11 +259,28 @@ def parse(data: bytes) -> Dhcp6Message:
                              "are used, as iPXE uses them")
     if msg_type == 0 or msg_type > 36:
         msg.anomalies.append(f"unknown message type {msg_type}")
+    _note_strings(msg)
     seen = [c for c, _ in msg.options]
     if msg_type in SERVER_MESSAGES and msg_type != RELAY_REPL:
         if seen.count(OPT_SERVERID) != 1:
             msg.anomalies.append(f"{seen.count(OPT_SERVERID)} server identifier options")
     return msg
+
+
+def _note_strings(msg: Dhcp6Message) -> None:
+    """Anomalies for a boot file URL clients read differently from the bytes sent."""
+    for code, value in msg.options:
+        if code != OPT_BOOTFILE_URL:
+            continue
+        if len(value) > MAX_OPTION_VALUE:
+            msg.anomalies.append(f"option 59 is {len(value)} bytes: the audit keeps its "
+                                 f"first {MAX_OPTION_VALUE}")
+        head, tail = cstring(value[:MAX_OPTION_VALUE])
+        if any(tail):
+            msg.url_tails.append(tail)
+            msg.anomalies.append(
+                f"option 59 has {len(tail)} bytes after a NUL: clients stop at the NUL and "
+                f"use {shown(safe_text(head), 64)!r}")
 
 
 def _opt(code: int, value: bytes) -> bytes:

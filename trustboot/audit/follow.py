@@ -291,6 +291,14 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
     return check
 
 
+def _http_target(target: BootTarget, **kwargs: Any) -> HttpCheck:
+    """``http_check`` of the URL a client requests, reported under the offered URL's text
+    (what the offer and the findings name it)."""
+    check = http_check(target.wire_url, **kwargs)
+    check.url = target.url
+    return check
+
+
 def _past_deadline(check: HttpCheck, timeout: float) -> HttpCheck:
     check.limit = "fetch-deadline"
     check.error = f"took longer than {timeout:g} s"
@@ -301,8 +309,12 @@ def _fetch_tftp(target: BootTarget, cfg: FollowConfig, *, max_size: int, timeout
                 well_known: bool, deadline: float | None = None) -> Fetched:
     if deadline is not None:
         timeout = max(0.01, min(timeout, deadline - time.monotonic()))
-    result = tftp.fetch(target.server, target.path, device=cfg.device, timeout=timeout,
-                        max_size=max_size, head_limit=HEAD_LIMIT, retry=min(1.0, timeout / 4))
+    # the name as the client sends it (bytes unescaped), carried as text through fetch;
+    # the result shows it escaped, as the rest of the report does
+    result = tftp.fetch(target.server, tftp.wire_text(target.wire_name), device=cfg.device,
+                        timeout=timeout, max_size=max_size, head_limit=HEAD_LIMIT,
+                        retry=min(1.0, timeout / 4))
+    result.filename = target.path
     loader = identify(result.head) if result.size else None
     # The head (up to HEAD_LIMIT) was only needed to identify the loader; the observation
     # keeps every result to the end, so holding it would cost max_targets x 4 MiB.
@@ -408,7 +420,7 @@ class Follower:
                          max_size=self.cfg.max_size, timeout=self.cfg.timeout, well_known=False)
             self._server(target.server)
         elif target.scheme in ("http", "https"):
-            self._submit(f"url:{target.url}", http_check, target.url, policy=self.policy,
+            self._submit(f"url:{target.url}", _http_target, target, policy=self.policy,
                          timeout=self.cfg.timeout, max_size=self.cfg.max_size,
                          device=self.cfg.device, own=self.own)
 
@@ -432,9 +444,8 @@ class Follower:
             self._target(target)
 
     def on_reply6(self, reply: Reply6) -> None:
-        url = reply.message.bootfile_url
-        if url:
-            self._target(BootTarget.from_url(url))
+        for target in reply.boot_targets():
+            self._target(target)
 
     def finish(self, budget: float) -> None:
         """Wait at most ``budget`` seconds for outstanding work, then record what finished.

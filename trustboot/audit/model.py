@@ -66,6 +66,8 @@ class Offer:
     port: int  # source port: 67, or 4011 for a boot server's answer
     at: float  # seconds since the audit began
     probe: Probe | None = None  # None in passive mode
+    _targets: list[BootTarget] | None = field(default=None, init=False, repr=False,
+                                              compare=False)
 
     @property
     def server_ip(self) -> str:
@@ -108,30 +110,38 @@ class Offer:
         return self.packet.siaddr if self.packet.siaddr != dhcp4.NO_ADDRESS else ""
 
     def boot_targets(self) -> list[BootTarget]:
-        """Every (server, file) the header fields and options 66/67 point at, deduplicated."""
+        """Every (server, file) the header fields and options 66/67 point at, deduplicated,
+        each built from the bytes a client uses (up to the first NUL, unescaped)."""
+        if self._targets is None:  # built once: every check and the follower ask for them
+            self._targets = self._build_targets()
+        return list(self._targets)
+
+    def _build_targets(self) -> list[BootTarget]:
         pkt = self.packet
-        # A split option 67/66 is one name to RFC 3396 clients and its first part to iPXE.
-        # An overloaded file/sname field is options to RFC 2132 clients and text to iPXE.
-        files = [f for f in (pkt.bootfile_option, pkt.ipxe_text_option(dhcp4.OPT_BOOTFILE),
-                             pkt.file, pkt.ipxe_file) if f]
-        servers = [s for s in (pkt.tftp_server_option,
-                               pkt.ipxe_text_option(dhcp4.OPT_TFTP_SERVER), pkt.sname,
-                               pkt.ipxe_sname) if s]
+        # A split option 67/66 is one name to RFC 3396 clients and its first part to iPXE
+        # and EDK2. An overloaded file/sname field is options to RFC 2132 clients and text
+        # to iPXE.
+        files = [f for f in (pkt.option_string(dhcp4.OPT_BOOTFILE),
+                             pkt.ipxe_option_string(dhcp4.OPT_BOOTFILE),
+                             (pkt.file_bytes, pkt.file), (pkt.ipxe_file_bytes, pkt.ipxe_file))
+                 if f is not None and f[0]]
+        servers = [s for s in (pkt.option_string(dhcp4.OPT_TFTP_SERVER),
+                               pkt.ipxe_option_string(dhcp4.OPT_TFTP_SERVER),
+                               (pkt.sname_bytes, pkt.sname),
+                               (pkt.ipxe_sname_bytes, pkt.ipxe_sname))
+                   if s is not None and s[0]]
         if pkt.siaddr != dhcp4.NO_ADDRESS:
-            servers.append(pkt.siaddr)
+            servers.append((pkt.siaddr.encode(), pkt.siaddr))
         if not servers and self.is_proxy:
-            servers.append(self.server_ip)
+            servers.append((self.server_ip.encode(), self.server_ip))
         out: list[BootTarget] = []
-        for f in files:
-            if "://" in f:
-                target = BootTarget.from_url(f)
-                if target not in out:
-                    out.append(target)
-                continue
-            for s in servers or [""]:
-                target = BootTarget("tftp", s, f.lstrip("/") if s else f, f"tftp://{s}/{f}")
-                if target not in out:
-                    out.append(target)
+        for raw, text in files:
+            if b"://" in raw:
+                targets = [BootTarget.from_raw_url(raw, text)]
+            else:  # a server's name only matters as an IP address: its text will do
+                targets = [BootTarget.tftp(server, (raw, text))
+                           for server in [s[1] for s in servers] or [""]]
+            out += [t for t in targets if t not in out]
         return out
 
     def evidence(self) -> dict[str, object]:
@@ -159,9 +169,19 @@ class Reply6:
     at: float
     probe: Probe | None = None
 
+    _targets: list[BootTarget] | None = field(default=None, init=False, repr=False,
+                                              compare=False)
+
     @property
     def server_key(self) -> str:
         return self.message.server_duid or self.src_ip
+
+    def boot_targets(self) -> list[BootTarget]:
+        """The boot file URLs (option 59) a client may use, each as it reads it."""
+        if self._targets is None:
+            self._targets = [BootTarget.from_raw_url(raw, text)
+                             for raw, text in self.message.bootfile_url_strings()]
+        return list(self._targets)
 
     def evidence(self) -> dict[str, object]:
         data: dict[str, object] = {
@@ -175,12 +195,22 @@ class Reply6:
         return data
 
 
+def _wire_url(raw: bytes) -> str:
+    """A URL's bytes as an HTTP client sends them: bytes that cannot stand in a request
+    line (controls, space, non-ASCII) percent-encoded, the rest unchanged (iPXE's
+    uri_encode does the same); a URL of plain printable ASCII stays as it is."""
+    return "".join(chr(b) if 0x21 <= b < 0x7F else f"%{b:02X}" for b in raw)
+
+
 @dataclass(frozen=True)
 class BootTarget:
     scheme: str  # tftp, http, https, or whatever the URL said
-    server: str
+    server: str  # for display, like path and url (bytes a terminal must not see escaped)
     path: str
-    url: str
+    url: str  # also the target's name in the report (fetches, not_fetched, findings)
+    # What a client sends (see wire_name/wire_url); None: ``path``/``url`` themselves.
+    raw_name: bytes | None = field(default=None, compare=False)
+    raw_url: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_url(cls, url: str) -> BootTarget:
@@ -190,6 +220,41 @@ class BootTarget:
         except ValueError:
             return cls("invalid", "", url, url)
         return cls(parts.scheme.lower(), host, parts.path.lstrip("/"), url)
+
+    @classmethod
+    def from_raw_url(cls, raw: bytes, text: str | None = None) -> BootTarget:
+        """A URL as a client read it off the wire (up to the first NUL): split as bytes
+        (latin-1 keeps each byte one character), shown escaped, sent as the client would."""
+        url = text if text is not None else dhcp4.safe_text(raw)
+        try:
+            parts = urlsplit(raw.decode("latin-1"))
+            host = parts.hostname or ""
+        except ValueError:
+            return cls("invalid", "", url, url)
+        path = parts.path.lstrip("/").encode("latin-1")
+        plain = url == raw.decode("latin-1")  # printable ASCII: no escaping happened
+        return cls(parts.scheme.lower(), host if plain else dhcp4.safe_text(host.encode(
+            "latin-1")), path.decode("latin-1") if plain else dhcp4.safe_text(path), url,
+            raw_name=None if plain else path, raw_url=None if plain else _wire_url(raw))
+
+    @classmethod
+    def tftp(cls, server: str, name: tuple[bytes, str]) -> BootTarget:
+        """File ``name`` (bytes as a client sends them, text for display) on ``server``."""
+        raw, text = name
+        path, path_text = (raw.lstrip(b"/"), text.lstrip("/")) if server else (raw, text)
+        return cls("tftp", server, path_text, f"tftp://{server}/{text}",
+                   raw_name=None if path_text == path.decode("latin-1") else path)
+
+    @property
+    def wire_name(self) -> bytes:
+        """The file name a TFTP read request carries: the bytes the client read, unescaped
+        (the display text of a name with a high byte or a control is another name)."""
+        return self.raw_name if self.raw_name is not None else self.path.encode()
+
+    @property
+    def wire_url(self) -> str:
+        """The URL an HTTP client requests (see _wire_url)."""
+        return self.raw_url if self.raw_url is not None else self.url
 
     @property
     def name(self) -> str:
@@ -329,14 +394,14 @@ class Observation:
         only looks at what was fetched would otherwise take the segment as fully seen."""
         seen = {f.target.url for f in self.fetched} | {h.url for h in self.http}
         out: list[NotFetched] = []
-        offered = [(t, o.evidence()) for o in self.offers for t in o.boot_targets()]
-        offered += [(BootTarget.from_url(r.message.bootfile_url), r.evidence())
-                    for r in self.replies6 if r.message.bootfile_url]
-        for target, evidence in offered:
+        offered: list[tuple[BootTarget, Offer | Reply6]] = [
+            (t, o) for o in self.offers for t in o.boot_targets()]
+        offered += [(t, r) for r in self.replies6 for t in r.boot_targets()]
+        for target, source in offered:
             if target.url in seen:
                 continue
-            seen.add(target.url)
-            out.append(NotFetched(target, _why_not_fetched(target), evidence))
+            seen.add(target.url)  # evidence only for those reported: 8,000 offers may name one
+            out.append(NotFetched(target, _why_not_fetched(target), source.evidence()))
         return out
 
     @property
@@ -425,7 +490,6 @@ def responders(obs: Observation) -> list[dict[str, object]]:
             "protocol": "dhcpv6", "server_ip": first.src_ip, "server_mac": first.src_mac,
             "server_duid": first.message.server_duid, "role": "dhcpv6",
             "offered_addresses": sorted({a for r in replies for a in r.message.addresses}),
-            "boot_urls": sorted({r.message.bootfile_url for r in replies
-                                 if r.message.bootfile_url}),
+            "boot_urls": sorted({t.url for r in replies for t in r.boot_targets()}),
         })
     return out

@@ -96,8 +96,23 @@ def parse(data: bytes) -> TftpPacket:
     raise MalformedPacket(f"unknown opcode {opcode}")
 
 
-def build_request(opcode: int, filename: str, options: dict[str, str] | None = None) -> bytes:
-    out = struct.pack("!H", opcode) + filename.encode() + b"\x00octet\x00"
+def wire_text(name: bytes) -> str:
+    """A file name's bytes as text that ``build_request`` turns back into exactly those
+    bytes (undecodable ones as surrogates, as os.fsdecode does): for the callers that
+    carry names as text."""
+    return name.decode("utf-8", "surrogateescape")
+
+
+def build_request(opcode: int, filename: bytes | str,
+                  options: dict[str, str] | None = None) -> bytes:
+    """A read or write request for ``filename``: bytes go on the wire as they are (a boot
+    file name as the client read it off the DHCP offer); text is UTF-8, with surrogates
+    from ``wire_text`` turned back into their bytes."""
+    name = filename if isinstance(filename, bytes) else filename.encode("utf-8",
+                                                                        "surrogateescape")
+    if b"\x00" in name:  # the server would read the rest as the transfer mode
+        raise ValueError("a TFTP file name cannot hold a NUL byte: cut it there first")
+    out = struct.pack("!H", opcode) + name + b"\x00octet\x00"
     for key, value in (options or {}).items():
         out += key.encode() + b"\x00" + value.encode() + b"\x00"
     return out
