@@ -68,6 +68,19 @@ def test_split_options_are_concatenated() -> None:
     assert dhcp4.parse(raw).bootfile_option == "boot/ipxe.efi"
 
 
+def test_a_joined_option_is_kept_whole_up_to_its_cap_and_cut_past_it() -> None:
+    name = bytes(range(0x41, 0x5B)) * 100  # 2600 bytes in 255-byte parts
+    parts = [(67, name[i : i + 255]) for i in range(0, len(name), 255)]
+    under = dhcp4.parse(packets.dhcp_reply(xid=1, chaddr=MAC, options=parts[:8]))
+    assert under.options[67] == name[:8 * 255] and not any("keeps" in a for a in
+                                                           under.anomalies)
+    over = dhcp4.parse(packets.dhcp_reply(xid=1, chaddr=MAC, options=parts))
+    assert over.options[67] == name[:dhcp4.MAX_OPTION_VALUE]
+    assert f"option 67 is 2600 bytes in 11 parts: the audit keeps its first " \
+        f"{dhcp4.MAX_OPTION_VALUE}" in over.anomalies
+    assert over.first_instances[67] == name[:255]
+
+
 def test_option_overload_reads_options_from_file_and_sname() -> None:
     file_field = packets.opt(67, b"over.kpxe") + b"\xff"
     sname_field = packets.opt(66, b"192.0.2.8") + b"\xff"
@@ -94,7 +107,7 @@ def test_a_boot_name_is_read_as_clients_read_it_up_to_the_nul() -> None:
     pkt = dhcp4.parse(raw)
     assert pkt.option_string(67) == (b"undionly.kpxe", "undionly.kpxe")
     assert pkt.bootfile_option == "undionly.kpxe" and pkt.tftp_server_option == "192.0.2.6"
-    assert pkt.after_nul == {"option 67": b"junk", "option 66": b"x"}
+    assert pkt.after_nul == {"option 67": (4, "junk"), "option 66": (1, "x")}
     assert any(a.startswith("option 67 has 4 bytes after a NUL") for a in pkt.anomalies)
     assert pkt.evidence()["after_nul"] == {"option 67": "junk", "option 66": "x"}
     high = dhcp4.parse(packets.dhcp_reply(xid=1, chaddr=MAC, file=b"\xe9vil\0\0\0",
@@ -117,8 +130,19 @@ def test_the_bootfile_url_is_read_up_to_the_nul() -> None:
         dhcp6.OPT_BOOTFILE_URL, b"https://boot.example/ok.efi\0http://evil/x")
     msg = dhcp6.parse(raw)
     assert msg.bootfile_url == "https://boot.example/ok.efi"
-    assert msg.url_tails == [b"http://evil/x"]
+    assert msg.url_tails == [(13, "http://evil/x")]
     assert any("13 bytes after a NUL" in a for a in msg.anomalies)
+
+
+def test_a_huge_bootfile_url_is_cut_when_decoded() -> None:
+    url = b"https://boot.example/" + b"\x01" * 60000
+    raw = packets.advertise(xid=3, client_duid=dhcp6.duid_ll(MAC), url=None) + packets.opt6(
+        dhcp6.OPT_BOOTFILE_URL, url)
+    msg = dhcp6.parse(raw)
+    assert msg.bootfile_url == dhcp4.safe_text(url[:dhcp4.MAX_OPTION_VALUE])
+    assert msg.bootfile_url is msg.bootfile_url  # decoded once
+    assert f"option 59 is {len(url)} bytes: the audit keeps its first " \
+        f"{dhcp4.MAX_OPTION_VALUE}" in msg.anomalies
 
 
 def test_a_tftp_request_carries_the_name_s_bytes() -> None:

@@ -488,3 +488,73 @@ def test_a_dhcpv6_advertise_cut_short_is_still_an_answer() -> None:
     assert {r.message.bootfile_url for r in obs.replies6} == {"http://[2001:db8::66]/evil.efi"}
     assert ("dhcpv6", "option 59 length 64 runs past the end") in {
         (m.protocol, m.reason) for m in obs.malformed}
+
+
+def _split_option_offer(i: int) -> list[bytes]:
+    """An offer whose option 67 is sent 250 times (RFC 3396: one 64 KB name), in IPv4
+    fragments, from a sender of its own."""
+    body = packets.opt(53, bytes([dhcp4.OFFER])) + packets.opt(54, bytes([192, 0, 2, 7]))
+    for k in range(250):
+        body += packets.opt(67, bytes([65 + k % 26]) * 254 + b"\0")
+    reply = packets.dhcp_reply(xid=0x20000000 + i, chaddr=b"\x02" * 6, raw_options=body)
+    frame = packets.offer_frame(reply, src_mac=b"\x02\xdd" + i.to_bytes(4, "big"),
+                                src_ip="192.0.2.7")
+    return packets.fragment(frame, 1480, ident=i)
+
+
+def test_a_flood_of_huge_split_options_stays_within_bounds() -> None:
+    """The reviewer's flood: offers whose option 67 is repeated 250 times (64 KB each).
+    Joined without bound and escaped again at every read, 162 of them made an audit run
+    65 s and use 348 MB. Values are capped when decoded (and the cut is an anomaly) and
+    decoded once, so memory and time stay small (margins here are ten times or more)."""
+    import json
+    import tracemalloc
+    from datetime import UTC, datetime
+
+    from trustboot.audit.checks import evaluate
+    from trustboot.audit.policy import policy_from_dict
+    from trustboot.audit.report import to_json, to_table
+    from trustboot.audit.runner import AuditResult
+
+    count = 160
+    floods = [_split_option_offer(i) for i in range(count)]
+    link = FakeLink()
+    lst, obs = listener(link, window=1.0, arches=("bios",), dhcpv6=False, ipxe_probe=False)
+
+    def send() -> None:
+        for parts in floods:
+            for part in parts:
+                link.inject(part)
+
+    threading.Thread(target=send, daemon=True).start()
+    start = time.monotonic()
+    lst.run()
+    assert time.monotonic() - start < 5.0
+    assert len(obs.offers) == count, (len(obs.offers), obs.limits, obs.malformed[:1])
+    kept = sum(len(v) for o in obs.offers for v in o.packet.options.values())
+    assert kept < count * 4 * 1024  # 64 KB each when joined without bound
+    first = obs.offers[0].packet
+    assert len(first.options[67]) == dhcp4.MAX_OPTION_VALUE
+    assert any("the audit keeps its first" in a for a in first.anomalies)
+    assert any("option 67 sent 250 times" in a for a in first.anomalies)
+    # decoded once per packet, however many checks read it
+    assert first.text_option(67) is first.text_option(67)
+    assert obs.offers[0].boot_targets()[0] is obs.offers[0].boot_targets()[0]
+    policy = policy_from_dict({"authorized_servers": [{"ip": "192.0.2.1"}],
+                               "expected_origin": "https://boot.example/"})
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        findings = evaluate(obs, policy)
+        now = datetime.now(UTC)
+        result = AuditResult(obs, findings, policy, now, now)
+        report = json.dumps(to_json(result, None))
+        table = to_table(result, None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    took = time.monotonic() - start
+    assert took < 10.0, took  # about 0.3 s here (with tracemalloc)
+    assert peak < 32 * 1024 * 1024, peak  # about 3 MB here
+    assert len(report) < 2 * 1024 * 1024 and len(table) < 256 * 1024
+    assert {f.rule for f in findings} >= {"rogue-dhcp", "boot-name-after-nul"}

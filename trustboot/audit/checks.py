@@ -500,10 +500,10 @@ def _check_boot_urls(obs: Observation, policy: Policy) -> list[Finding]:
 def _check_after_nul(obs: Observation) -> list[Finding]:
     """Boot parameters with bytes after a NUL: clients use what comes before it."""
     out: list[Finding] = []
-    done: set[tuple[str, str, bytes]] = set()
+    done: set[tuple[str, str, str]] = set()
     for offer in obs.offers:
         pkt = offer.packet
-        for where, tail in pkt.after_nul.items():
+        for where, (count, tail) in pkt.after_nul.items():
             key = (f"{offer.server_ip} {offer.src_mac}", where, tail)
             if key in done:
                 continue
@@ -514,20 +514,20 @@ def _check_after_nul(obs: Observation) -> list[Finding]:
             sev = Severity.MEDIUM if where.endswith(" field") else Severity.HIGH
             out.append(_finding(
                 "boot-name-after-nul", f"{offer.server_ip} ({offer.src_mac})",
-                f"{offer.role} server {offer.server_ip} sends {where} with {len(tail)} bytes "
-                f"after a NUL ({dhcp4.shown(dhcp4.safe_text(tail[:64]), 64)!r}): clients "
-                "stop at the NUL", offer.evidence(), sev))
+                f"{offer.role} server {offer.server_ip} sends {where} with {count} bytes "
+                f"after a NUL ({dhcp4.shown(tail, 64)!r}): clients stop at the NUL",
+                offer.evidence(), sev))
     for reply in obs.replies6:
-        for tail in reply.message.url_tails:
+        for count, tail in reply.message.url_tails:
             key = (reply.server_key, "option 59", tail)
             if key in done:
                 continue
             done.add(key)
             out.append(_finding(
                 "boot-name-after-nul", f"{reply.src_ip} ({reply.src_mac})",
-                f"DHCPv6 server {reply.src_ip} sends option 59 with {len(tail)} bytes after "
-                f"a NUL ({dhcp4.shown(dhcp4.safe_text(tail[:64]), 64)!r}): clients stop at "
-                "the NUL", reply.evidence()))
+                f"DHCPv6 server {reply.src_ip} sends option 59 with {count} bytes after "
+                f"a NUL ({dhcp4.shown(tail, 64)!r}): clients stop at the NUL",
+                reply.evidence()))
     return out
 
 

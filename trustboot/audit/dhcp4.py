@@ -170,6 +170,11 @@ def shown(text: str, limit: int = EVIDENCE_TEXT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...[{len(text) - limit} more chars]"
 
 
+def hidden_text(tail: bytes) -> tuple[int, str]:
+    """Bytes after a NUL as evidence: how many, and their text (cut before escaping)."""
+    return len(tail), shown(safe_text(tail[: EVIDENCE_TEXT + 1]))
+
+
 @dataclass
 class Dhcp4Packet:
     op: int
@@ -202,8 +207,9 @@ class Dhcp4Packet:
     sname_bytes: bytes = b""
     ipxe_file_bytes: bytes = b""
     ipxe_sname_bytes: bytes = b""
-    # Boot parameters with bytes after a NUL (no client reads them): where -> those bytes.
-    after_nul: dict[str, bytes] = field(default_factory=dict)
+    # Boot parameters with bytes after a NUL (no client reads them): where -> (how many,
+    # their text cut for evidence), made once
+    after_nul: dict[str, tuple[int, str]] = field(default_factory=dict)
     # value object -> (value, its C string, that string's text): each decoded once
     _decoded: dict[int, tuple[bytes, bytes, str]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
@@ -339,8 +345,7 @@ class Dhcp4Packet:
             if first is not None:  # split: what iPXE and EDK2 read of it
                 data[f"option_{code}_first_instance"] = shown(first)
         if self.after_nul:
-            data["after_nul"] = {where: shown(safe_text(tail[:EVIDENCE_TEXT]))
-                                 for where, tail in self.after_nul.items()}
+            data["after_nul"] = {where: text for where, (_n, text) in self.after_nul.items()}
         if OPT_VENDOR in self.options:
             data["option_43_hex"] = self.options[OPT_VENDOR][:255].hex()
         if self.overload:
@@ -440,7 +445,7 @@ def _note_option_strings(pkt: Dhcp4Packet, joined: _Joined) -> None:
                 continue
             head, tail = cstring(value)
             if any(tail):
-                pkt.after_nul.setdefault(which, tail)
+                pkt.after_nul.setdefault(which, hidden_text(tail))
                 pkt.anomalies.append(
                     f"{which} has {len(tail)} bytes after a NUL: clients stop at the NUL "
                     f"and use {shown(safe_text(head), 64)!r}")
@@ -517,7 +522,7 @@ def parse(data: bytes) -> Dhcp4Packet:
         else:
             pkt.sname_bytes, pkt.sname = head, text
         if tail:
-            pkt.after_nul[f"{name} field"] = tail
+            pkt.after_nul[f"{name} field"] = hidden_text(tail)
             anomalies.append(f"bytes after the NUL in the {name} field")
     _note_option_strings(pkt, joined)
     mt = pkt.options.get(OPT_MESSAGE_TYPE)

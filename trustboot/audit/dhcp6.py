@@ -10,7 +10,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
-from trustboot.audit.dhcp4 import MAX_OPTION_VALUE, Arch, cstring, safe_text, shown
+from trustboot.audit.dhcp4 import MAX_OPTION_VALUE, Arch, cstring, hidden_text, safe_text, shown
 from trustboot.audit.errors import MalformedPacket, wire_bytes
 
 CLIENT_PORT = 546
@@ -63,8 +63,9 @@ class Dhcp6Message:
     # Why a strict parser would have refused it: an option running past the end, where
     # iPXE's dhcpv6_option() stops and still uses the options before it (they count here).
     damage: str | None = None
-    # Bytes after a NUL in a boot file URL (clients stop at the NUL), one per instance.
-    url_tails: list[bytes] = field(default_factory=list)
+    # Bytes after a NUL in a boot file URL (clients stop at the NUL), one per instance:
+    # how many, and their text for evidence.
+    url_tails: list[tuple[int, str]] = field(default_factory=list)
     # the boot file URL as clients read it, and its text: decoded once per message
     _url: tuple[bytes, str] | None = field(default=None, init=False, repr=False,
                                            compare=False)
@@ -181,7 +182,7 @@ class Dhcp6Message:
         if url is not None:
             data["option_59_bootfile_url"] = shown(url)
         if self.url_tails:
-            data["after_nul"] = {"option 59": shown(safe_text(self.url_tails[0][:480]))}
+            data["after_nul"] = {"option 59": self.url_tails[0][1]}
         if params:
             data["option_60_bootfile_params"] = params
         if addresses:
@@ -277,7 +278,7 @@ def _note_strings(msg: Dhcp6Message) -> None:
                                  f"first {MAX_OPTION_VALUE}")
         head, tail = cstring(value[:MAX_OPTION_VALUE])
         if any(tail):
-            msg.url_tails.append(tail)
+            msg.url_tails.append(hidden_text(tail))
             msg.anomalies.append(
                 f"option 59 has {len(tail)} bytes after a NUL: clients stop at the NUL and "
                 f"use {shown(safe_text(head), 64)!r}")
