@@ -276,6 +276,15 @@ def test_an_overloaded_file_field_is_checked_as_ipxe_reads_it() -> None:
     assert "unexpected-origin" in found
 
 
+def reply6_urls(*urls: bytes, mac: str = AUTH_MAC) -> Reply6:
+    """An Advertise from ``mac`` with one option 59 per URL, each exactly as given."""
+    raw = packets.advertise(xid=1, client_duid=dhcp6.duid_ll(b"\x02" * 6), url=None,
+                            server_mac=bytes.fromhex(mac.replace(":", "")))
+    raw += b"".join(packets.opt6(dhcp6.OPT_BOOTFILE_URL, u) for u in urls)
+    return Reply6(dhcp6.parse(raw), "fe80::1", mac, 0.1,
+                  Probe("dhcpv6", "efi-x64", False, "02:02:02:02:02:02", 1))
+
+
 def raw_offer(option67: bytes, *, file: bytes = b"", server: str = "192.0.2.1",
               mac: str = AUTH_MAC, ipxe: bool = False) -> Offer:
     """An offer whose option 67 holds exactly ``option67`` (NULs and high bytes too)."""
@@ -320,14 +329,57 @@ def test_the_file_clients_load_is_judged_and_the_hidden_text_is_a_finding() -> N
     # a header field is NUL-padded, and stale bytes there may be a sloppy server's
     field_junk = rules(observe(offers=[raw_offer(b"", file=b"a.kpxe\0old.kpxe")]))
     assert field_junk["boot-name-after-nul"][0].severity == Severity.MEDIUM
-    v6 = reply6(None)
-    v6.message = dhcp6.parse(packets.advertise(xid=1, client_duid=b"\0\3\0\1" + b"\2" * 6,
-                                               url="https://boot.example/x\0y"))
+    v6 = reply6_urls(b"https://boot.example/x\0y")
     [hidden6] = rules(observe(replies6=[v6]))["boot-name-after-nul"]
     assert hidden6.severity == Severity.HIGH and "option 59" in hidden6.message
     for ok in (offer(), raw_offer(b"undionly.kpxe\0"), raw_offer(b"", file=b"pxelinux.0")):
         assert "boot-name-after-nul" not in rules(observe(offers=[ok]))
     assert "boot-name-after-nul" not in rules(good_segment())
+
+
+def test_every_dhcpv6_boot_url_instance_is_judged() -> None:
+    """A second option 59 was invisible: EDK2 boots the last one, the audit read the first."""
+    two = reply6_urls(b"https://boot.example/ok.efi", b"http://boot.example.evil/x.efi")
+    found = rules(observe(replies6=[two]))
+    assert [f.subject for f in found["dhcpv6-cleartext-boot-url"]] == [
+        "http://boot.example.evil/x.efi"]
+    assert [f.subject for f in found["unexpected-origin"]] == [
+        "http://boot.example.evil/x.efi"]
+    assert "option 59 sent 2 times" in " ".join(
+        found["unexpected-origin"][0].evidence["anomalies"])
+    assert [t.url for t in two.boot_targets()] == [
+        "https://boot.example/ok.efi", "http://boot.example.evil/x.efi"]
+    rogue = reply6_urls(b"https://boot.example/ok.efi", b"https://boot.example/b.efi",
+                        mac=ROGUE_MAC)
+    [r] = rules(observe(replies6=[rogue]))["rogue-dhcpv6"]
+    assert "boot URLs https://boot.example/ok.efi, https://boot.example/b.efi" in r.message
+    # one good URL, or the same URL twice, is judged as before
+    for ok in (reply6_urls(b"https://boot.example/ok.efi"),
+               reply6_urls(b"https://boot.example/ok.efi", b"https://boot.example/ok.efi")):
+        judged = rules(observe(replies6=[ok]))
+        assert not {"dhcpv6-cleartext-boot-url", "unexpected-origin"} & set(judged)
+
+
+def test_every_dhcpv6_boot_url_is_followed() -> None:
+    from trustboot.audit.follow import FollowConfig, Follower
+
+    obs = observe()
+    follower = Follower(FollowConfig(device=None, timeout=0.5), policy(), obs)
+    follower.on_reply6(reply6_urls(b"http://127.0.0.1/first.efi", b"http://[::1]/last.efi"))
+    follower.finish(2.0)
+    assert [h.url for h in obs.http] == ["http://127.0.0.1/first.efi", "http://[::1]/last.efi"]
+    assert all(h.refused for h in obs.http)  # local: refused, never fetched
+
+
+def test_a_dhcp4_boot_option_split_across_an_overloaded_field_is_judged_as_edk2_reads_it(
+        ) -> None:
+    file_field = packets.opt(67, b"ample/boot.ipxe") + b"\xff"
+    raw = packets.dhcp_reply(xid=1, chaddr=b"\x02" * 6, server_id="192.0.2.1",
+                             file=file_field, options=[(52, b"\x01"), (67, b"https://boot.ex")])
+    split = Offer(dhcp4.parse(raw), "192.0.2.1", AUTH_MAC, 67, 0.1,
+                  Probe("dhcpv4", "efi-x64", False, "02:02:02:02:02:02", 1))
+    found = rules(observe(offers=[split]))
+    assert "https://boot.ex" in [f.subject for f in found["unexpected-origin"]]
 
 
 def test_https_unexpected_ca() -> None:

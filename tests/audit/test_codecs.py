@@ -134,6 +134,43 @@ def test_the_bootfile_url_is_read_up_to_the_nul() -> None:
     assert any("13 bytes after a NUL" in a for a in msg.anomalies)
 
 
+def advertise_urls(*urls: bytes) -> dhcp6.Dhcp6Message:
+    raw = packets.advertise(xid=3, client_duid=dhcp6.duid_ll(MAC), url=None)
+    return dhcp6.parse(raw + b"".join(packets.opt6(dhcp6.OPT_BOOTFILE_URL, u) for u in urls))
+
+
+def test_every_bootfile_url_instance_is_read() -> None:
+    """iPXE uses the first option 59, EDK2 the last: both are URLs a client boots."""
+    msg = advertise_urls(b"https://boot.example/ok.efi", b"http://evil.example/x.efi")
+    assert msg.bootfile_url_strings() == [
+        (b"https://boot.example/ok.efi", "https://boot.example/ok.efi"),
+        (b"http://evil.example/x.efi", "http://evil.example/x.efi")]
+    assert msg.bootfile_url == "https://boot.example/ok.efi"  # the first, as before
+    assert "option 59 sent 2 times: iPXE uses the first, EDK2 the last; each is judged" in \
+        msg.anomalies
+    assert msg.evidence()["option_59_bootfile_urls"] == [
+        "https://boot.example/ok.efi", "http://evil.example/x.efi"]
+    one = advertise_urls(b"https://boot.example/ok.efi")
+    assert len(one.bootfile_url_strings()) == 1 and not one.anomalies
+    assert "option_59_bootfile_urls" not in one.evidence()
+    many = advertise_urls(*(f"https://boot.example/{i}".encode() for i in range(30)))
+    kept = [t for _raw, t in many.bootfile_url_strings()]
+    assert len(kept) == dhcp6.MAX_BOOTFILE_URLS and kept[-1] == "https://boot.example/29"
+    assert any("30 distinct boot file URLs" in a for a in many.anomalies)
+
+
+def test_a_dhcp4_option_repeated_in_an_overloaded_field_keeps_its_first_instance() -> None:
+    # EDK2 looks in the options field first and takes the first instance it finds; RFC
+    # 3396 clients join it with the part in the overloaded file field.
+    file_field = packets.opt(67, b"ample/boot.ipxe") + b"\xff"
+    pkt = dhcp4.parse(packets.dhcp_reply(xid=1, chaddr=MAC, file=file_field,
+                                         options=[(52, b"\x01"), (67, b"https://boot.ex")]))
+    assert pkt.bootfile_option == "https://boot.example/boot.ipxe"
+    assert pkt.ipxe_text_option(67) == "https://boot.ex"
+    assert "option 67 sent 2 times: RFC 3396 clients join the parts, iPXE and EDK2 use " \
+        "the first" in pkt.anomalies
+
+
 def test_a_huge_bootfile_url_is_cut_when_decoded() -> None:
     url = b"https://boot.example/" + b"\x01" * 60000
     raw = packets.advertise(xid=3, client_duid=dhcp6.duid_ll(MAC), url=None) + packets.opt6(

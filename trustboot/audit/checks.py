@@ -427,7 +427,8 @@ def _check_dhcpv6(obs: Observation, policy: Policy) -> list[Finding]:
                 role="dhcpv6", ip=reply.src_ip, mac=reply.src_mac,
                 duid=reply.message.server_duid) if policy.has_authorized else None
             spoofed = _duid_spoofed(reply)
-            url = reply.message.bootfile_url
+            urls = [t.url for t in reply.boot_targets()]
+            url = f"boot URL{'s' if len(urls) > 1 else ''} {', '.join(urls)}" if urls else ""
             if entry is not None and spoofed is not None and entry.mac is None:
                 # authorized by DUID alone, but the DUID's own MAC is not the sender's
                 out.append(_finding(
@@ -443,7 +444,7 @@ def _check_dhcpv6(obs: Observation, policy: Policy) -> list[Finding]:
                 out.append(_finding(
                     "rogue-dhcpv6", f"{reply.src_ip} (DUID {reply.message.server_duid})",
                     f"unauthorized DHCPv6 server {reply.src_ip} answered"
-                    + (f" with boot URL {url}" if url else ""),
+                    + (f" with {url}" if url else ""),
                     evidence, Severity.CRITICAL if url else Severity.HIGH))
         for target in reply.boot_targets():
             url = target.url

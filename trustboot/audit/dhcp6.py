@@ -66,9 +66,11 @@ class Dhcp6Message:
     # Bytes after a NUL in a boot file URL (clients stop at the NUL), one per instance:
     # how many, and their text for evidence.
     url_tails: list[tuple[int, str]] = field(default_factory=list)
-    # the boot file URL as clients read it, and its text: decoded once per message
-    _url: tuple[bytes, str] | None = field(default=None, init=False, repr=False,
-                                           compare=False)
+    # The distinct boot file URLs clients may use (see parse), as bytes; and, made once,
+    # their text
+    url_values: list[bytes] = field(default_factory=list)
+    _urls: list[tuple[bytes, str]] | None = field(default=None, init=False, repr=False,
+                                                  compare=False)
 
     @property
     def type_name(self) -> str:
@@ -102,27 +104,24 @@ class Dhcp6Message:
         mac = v[8:] if duid_type == 1 else v[4:] if duid_type == 3 else b""
         return ":".join(f"{b:02x}" for b in mac) if len(mac) == 6 else None
 
-    @property
-    def bootfile_url_string(self) -> tuple[bytes, str] | None:
-        """Option 59 as clients read it (up to the first NUL, at most MAX_OPTION_VALUE
-        bytes): the bytes they use and their text for display."""
-        if self._url is None:
-            v = self.first(OPT_BOOTFILE_URL)
-            if v is None:
-                return None
-            head = cstring(v[:MAX_OPTION_VALUE])[0]
-            self._url = (head, safe_text(head))
-        return self._url
-
     def bootfile_url_strings(self) -> list[tuple[bytes, str]]:
-        """Every boot file URL a client may use (see bootfile_url_string)."""
-        found = self.bootfile_url_string
-        return [] if found is None or not found[0] else [found]
+        """Every boot file URL (option 59) a client may use, each as clients read it (up
+        to the first NUL, at most MAX_OPTION_VALUE bytes): the bytes and their text. A
+        repeated option 59 is no mistake to skip: iPXE uses the first, EDK2 the last."""
+        if self._urls is None:
+            self._urls = [(v, safe_text(v)) for v in self.url_values]
+        return list(self._urls)
 
     @property
     def bootfile_url(self) -> str | None:
-        found = self.bootfile_url_string
-        return None if found is None else found[1]
+        """The text of the first option 59 (what iPXE uses), up to its first NUL; None
+        without one. Judge bootfile_url_strings: EDK2 uses the last."""
+        v = self.first(OPT_BOOTFILE_URL)
+        if v is None:
+            return None
+        head = cstring(v[:MAX_OPTION_VALUE])[0]
+        return next((t for raw, t in self.bootfile_url_strings() if raw == head),
+                    None) or safe_text(head)
 
     @property
     def bootfile_params(self) -> list[str]:
@@ -181,6 +180,9 @@ class Dhcp6Message:
         preference, status = self.preference, self.status
         if url is not None:
             data["option_59_bootfile_url"] = shown(url)
+        if len(self.url_values) > 1:
+            data["option_59_bootfile_urls"] = [shown(t) for _v, t in
+                                               self.bootfile_url_strings()]
         if self.url_tails:
             data["after_nul"] = {"option 59": self.url_tails[0][1]}
         if params:
@@ -268,8 +270,15 @@ def parse(data: bytes) -> Dhcp6Message:
     return msg
 
 
+# Distinct boot file URLs judged per message: a rogue repeating option 59 500 times must
+# not make 500 fetches and findings per Advertise. The last one is always among them.
+MAX_BOOTFILE_URLS = 8
+
+
 def _note_strings(msg: Dhcp6Message) -> None:
-    """Anomalies for a boot file URL clients read differently from the bytes sent."""
+    """The boot file URLs clients may use (every instance of option 59, cut at the first
+    NUL), and anomalies where they read other than what was sent."""
+    heads: list[bytes] = []
     for code, value in msg.options:
         if code != OPT_BOOTFILE_URL:
             continue
@@ -277,11 +286,22 @@ def _note_strings(msg: Dhcp6Message) -> None:
             msg.anomalies.append(f"option 59 is {len(value)} bytes: the audit keeps its "
                                  f"first {MAX_OPTION_VALUE}")
         head, tail = cstring(value[:MAX_OPTION_VALUE])
-        if any(tail):
+        heads.append(head)
+        if any(tail) and len(msg.url_tails) < MAX_BOOTFILE_URLS:
             msg.url_tails.append(hidden_text(tail))
             msg.anomalies.append(
                 f"option 59 has {len(tail)} bytes after a NUL: clients stop at the NUL and "
                 f"use {shown(safe_text(head), 64)!r}")
+    if len(heads) > 1:
+        msg.anomalies.append(f"option 59 sent {len(heads)} times: iPXE uses the first, EDK2 "
+                             "the last; each is judged")
+    distinct = [h for h in dict.fromkeys(heads) if h]
+    if len(distinct) > MAX_BOOTFILE_URLS:
+        msg.anomalies.append(f"{len(distinct)} distinct boot file URLs: the audit judges "
+                             f"the first {MAX_BOOTFILE_URLS - 1} and the last")
+        distinct = [h for h in dict.fromkeys([*distinct[:MAX_BOOTFILE_URLS - 1], heads[-1]])
+                    if h]
+    msg.url_values = distinct
 
 
 def _opt(code: int, value: bytes) -> bytes:

@@ -222,7 +222,8 @@ def to_table(result: AuditResult, fail_on: Severity | None, *, width: int | None
         for r in obs.replies6:
             addrs = ",".join(r.message.addresses) or "-"
             rows.append(("dhcpv6", r.src_ip, r.src_mac, addrs, "-",
-                         r.message.bootfile_url or "-", r.probe.arch if r.probe else "-"))
+                         ", ".join(t.url for t in r.boot_targets()) or "-",
+                         r.probe.arch if r.probe else "-"))
         more = len(rows) - 1 - TABLE_ROWS
         table = [tuple(_cell(c) for c in row) for row in rows[: TABLE_ROWS + 1]]
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
