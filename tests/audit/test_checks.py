@@ -418,8 +418,34 @@ def test_boot_file_mismatch_and_unexpected_file() -> None:
 
 def test_tftp_forbidden_by_policy() -> None:
     obs = observe(offers=[offer()], fetched=[fetched("192.0.2.1", "undionly.kpxe", IPXE)])
-    assert "tftp-boot-forbidden" in rules(obs, policy(tftp_allowed=False))
+    [forbidden] = rules(obs, policy(tftp_allowed=False))["tftp-boot-forbidden"]
+    assert forbidden.subject == "tftp://192.0.2.1/undionly.kpxe"
+    assert forbidden.evidence["tftp"]["ok"] and forbidden.evidence["offered_by"] == [
+        "192.0.2.1"]
     assert "tftp-boot-forbidden" not in rules(obs)
+
+
+@pytest.mark.parametrize("how", ["fetch failed", "no-follow", "passive", "dhcpv6"])
+def test_an_offered_tftp_boot_file_is_forbidden_unfetched(how: str) -> None:
+    """tftp_allowed: false was enforced only for files fetched successfully: a server that
+    refused the audit (or --no-follow, or passive mode) made the policy silent."""
+    obs = {
+        "fetch failed": observe(offers=[offer()],
+                                fetched=[fetched("192.0.2.1", "undionly.kpxe", None)]),
+        "no-follow": observe(offers=[offer()], followed=False),
+        "passive": observe(mode="passive", offers=[offer(probe=False)]),
+        "dhcpv6": observe(replies6=[reply6("tftp://[2001:db8::1]/x.efi")]),
+    }[how]
+    [forbidden] = rules(obs, policy(tftp_allowed=False))["tftp-boot-forbidden"]
+    assert forbidden.severity == Severity.HIGH and "policy forbids" in forbidden.message
+    assert forbidden.subject.startswith("tftp://")
+    assert "tftp-boot-forbidden" not in rules(obs)  # allowed: nothing to say
+
+
+def test_a_segment_booting_only_over_https_breaks_no_tftp_ban() -> None:
+    https_only = observe(offers=[offer(ipxe=True, file="https://boot.example/boot.ipxe")],
+                         replies6=[reply6("https://boot.example/boot.ipxe")], followed=False)
+    assert "tftp-boot-forbidden" not in rules(https_only, policy(tftp_allowed=False))
 
 
 def test_unfetchable_boot_file_is_unverified() -> None:

@@ -235,6 +235,7 @@ def evaluate(obs: Observation, policy: Policy) -> list[Finding]:
     findings += _check_boot_urls(obs, policy)
     findings += _check_after_nul(obs)
     findings += _check_fetched(obs, policy)
+    findings += _check_tftp_forbidden(obs, policy)
     findings += _check_http(obs, policy)
     findings += _check_loop(obs)
     findings += _check_writes(obs)
@@ -615,10 +616,6 @@ def _check_fetched(obs: Observation, policy: Policy) -> list[Finding]:
             continue
         assert res.sha256 is not None
         expected = policy.expected_by_sha(res.sha256)
-        if not policy.tftp_allowed:
-            out.append(_finding(
-                "tftp-boot-forbidden", target.url,
-                f"{target.url} is offered over TFTP, which the policy forbids", evidence))
         sev = Severity.LOW if expected else Severity.MEDIUM
         what = (f"matches released {expected.name}" if expected
                 else "matches no expected file" if policy.expected_files
@@ -636,6 +633,36 @@ def _check_fetched(obs: Observation, policy: Policy) -> list[Finding]:
                 out.append(_finding(
                     "boot-file-unverified", nf.target.url,
                     f"{nf.target.url} was not fetched ({nf.reason})", nf.offer))
+    return out
+
+
+def _check_tftp_forbidden(obs: Observation, policy: Policy) -> list[Finding]:
+    """With tftp_allowed: false, a TFTP boot file offered is the finding: whether the audit
+    could fetch it (a server refusing the audit, --no-follow, passive mode) does not
+    change what clients are told to do."""
+    if policy.tftp_allowed:
+        return []
+    sources: dict[BootTarget, list[Offer | Reply6]] = defaultdict(list)
+    for offer in obs.offers:
+        for target in offer.boot_targets():
+            if target.scheme == "tftp":
+                sources[target].append(offer)
+    for reply in obs.replies6:
+        for target in reply.boot_targets():
+            if target.scheme == "tftp":
+                sources[target].append(reply)
+    fetches = {f.target: f.result for f in obs.fetched if not f.well_known}
+    out: list[Finding] = []
+    for target, offered in sources.items():
+        evidence: dict[str, Any] = {
+            "offer": offered[0].evidence(),
+            "offered_by": sorted({o.server_ip if isinstance(o, Offer) else o.src_ip
+                                  for o in offered})}
+        if target in fetches:
+            evidence["tftp"] = fetches[target].to_json()
+        out.append(_finding(
+            "tftp-boot-forbidden", target.url,
+            f"{target.url} is offered over TFTP, which the policy forbids", evidence))
     return out
 
 
