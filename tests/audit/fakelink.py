@@ -72,8 +72,9 @@ class FakeLink:
         return [dhcp6.parse(payload) for payload in self._sent_to(dhcp6.SERVER_PORT)]
 
 
-def listener(link: FakeLink, **config: object) -> tuple[Listener, Observation]:
+def listener(link: FakeLink, *, own_ip: str | None = None,
+             **config: object) -> tuple[Listener, Observation]:
     cfg = ProbeConfig(interface="fake0", **config)  # type: ignore[arg-type]
     obs = Observation(interface="fake0", mode="passive" if cfg.passive else "active",
                       window=cfg.window)
-    return Listener(cfg, obs, link=link), obs
+    return Listener(cfg, obs, link=link, own_ip=own_ip), obs

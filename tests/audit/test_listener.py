@@ -201,6 +201,50 @@ def test_proxy_offer_without_an_address_notes_the_skipped_query() -> None:
     assert any("not queried on port 4011" in n for n in obs.notes)
 
 
+def _proxy_naming(server_id: str) -> Responder:
+    """A ProxyDHCP answer from 192.0.2.3 whose server identifier (option 54) says
+    ``server_id``: where a PXE client sends its port-4011 request."""
+    def respond(frame: frames.Frame) -> list[bytes]:
+        if frame.dport != 67:
+            return []
+        req = dhcp4.parse(frame.payload)
+        reply = packets.dhcp_reply(xid=req.xid, chaddr=req.chaddr, yiaddr="0.0.0.0",
+                                   siaddr="192.0.2.3", server_id=server_id,
+                                   options=[(60, b"PXEClient")])
+        return [packets.offer_frame(reply, src_mac=packets.ROGUE_MAC, src_ip="192.0.2.3")]
+    return respond
+
+
+@pytest.mark.parametrize(("server_id", "why"), [
+    ("127.0.0.1", "loopback"),
+    ("169.254.169.254", "link-local"),
+    ("192.0.2.50", "an address of the auditing host"),
+    ("255.255.255.255", "multicast/broadcast"),
+])
+def test_a_proxydhcp_naming_a_local_address_is_not_queried(server_id: str, why: str) -> None:
+    """The port-4011 query went wherever option 54 said, this host or 127.0.0.1 included,
+    without the vetting every fetch gets: it is refused the same way, and noted."""
+    link = FakeLink([_proxy_naming(server_id)])
+    lst, obs = listener(link, window=0.2, arches=("bios",), dhcpv6=False, ipxe_probe=False,
+                        own_ip="192.0.2.50")
+    lst.run()
+    assert len(obs.offers) == 2 and all(o.is_proxy for o in obs.offers)
+    assert not [p for p in obs.probes if p.protocol == "proxydhcp"]
+    assert lst.udp is None  # not even a socket
+    [note] = [n for n in obs.notes if "port 4011" in n]
+    assert f"server identifier {server_id} is {why}" in note and "192.0.2.3" in note
+
+
+def test_a_proxydhcp_on_the_segment_is_still_queried() -> None:
+    link = FakeLink([_proxy_naming("192.0.2.3")])
+    lst, obs = listener(link, window=0.2, arches=("bios",), dhcpv6=False, ipxe_probe=False,
+                        own_ip="192.0.2.50")
+    lst.run()
+    [query] = [p for p in obs.probes if p.protocol == "proxydhcp"]
+    assert query.target == "192.0.2.3:4011"
+    assert not [n for n in obs.notes if "not queried" in n]
+
+
 def _junk_offer(i: int) -> bytes:
     """A well-formed offer to another client, from a sender of its own."""
     mac = b"\x02\xee" + i.to_bytes(4, "big")

@@ -16,7 +16,6 @@ refused and reported instead.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import queue
 import socket
 import ssl
@@ -34,7 +33,7 @@ from trustboot.audit import tftp
 from trustboot.audit.loaders import identify
 from trustboot.audit.model import BootTarget, Fetched, HttpCheck, Observation, Offer, Reply6
 from trustboot.audit.policy import Policy
-from trustboot.audit.probe import interface_ipv4
+from trustboot.audit.probe import forbidden_address, own_addresses
 from trustboot.audit.text import clean
 from trustboot.errors import find_in_chain
 
@@ -56,47 +55,6 @@ class FollowConfig:
     max_targets: int = 64
     workers: int = 8
     well_known_max: int = 1024 * 1024
-
-
-def own_addresses() -> set[str]:
-    """Every address of this host (all interfaces): a boot URL must not point back here."""
-    found: set[str] = set()
-    for _index, name in socket.if_nameindex():
-        ip = interface_ipv4(name)
-        if ip:
-            found.add(ip)
-    try:
-        with open("/proc/net/if_inet6", encoding="ascii") as fh:
-            for line in fh:
-                raw = line.split()[0] if line.strip() else ""
-                if len(raw) == 32:
-                    found.add(str(ipaddress.IPv6Address(bytes.fromhex(raw))))
-    except (OSError, ValueError):
-        pass
-    return found
-
-
-def forbidden_address(ip: str, own: set[str] | frozenset[str] = frozenset()) -> str | None:
-    """Why the audit must not connect to ``ip`` (a resolved address), or None."""
-    try:
-        addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
-            ip.split("%", 1)[0])
-    except ValueError:
-        return "not an IP address"
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    if addr.is_loopback:
-        return "loopback"
-    if addr.is_link_local:
-        return "link-local"
-    if addr.is_unspecified or (isinstance(addr, ipaddress.IPv4Address)
-                               and addr in ipaddress.IPv4Network("0.0.0.0/8")):
-        return "unspecified"
-    if addr.is_multicast or addr == ipaddress.IPv4Address("255.255.255.255"):
-        return "multicast/broadcast"
-    if str(addr) in own:
-        return "an address of the auditing host"
-    return None
 
 
 def resolve(host: str, port: int) -> list[str]:
@@ -499,4 +457,5 @@ def _probe_write(server: str, *, device: str | None, timeout: float,
     return tftp.probe_write(server, device=device, timeout=timeout)
 
 
+# forbidden_address lives in probe (the ProxyDHCP query needs it too); still exported here
 __all__ = ["FollowConfig", "Follower", "forbidden_address", "http_check"]

@@ -198,6 +198,47 @@ def interface_ipv4(name: str) -> str | None:
     return str(ipaddress.IPv4Address(res[20:24]))
 
 
+def own_addresses() -> set[str]:
+    """Every address of this host (all interfaces): a boot URL must not point back here."""
+    found: set[str] = set()
+    for _index, name in socket.if_nameindex():
+        ip = interface_ipv4(name)
+        if ip:
+            found.add(ip)
+    try:
+        with open("/proc/net/if_inet6", encoding="ascii") as fh:
+            for line in fh:
+                raw = line.split()[0] if line.strip() else ""
+                if len(raw) == 32:
+                    found.add(str(ipaddress.IPv6Address(bytes.fromhex(raw))))
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def forbidden_address(ip: str, own: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """Why the audit must not connect to ``ip`` (a resolved address), or None."""
+    try:
+        addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+            ip.split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.is_loopback:
+        return "loopback"
+    if addr.is_link_local:
+        return "link-local"
+    if addr.is_unspecified or (isinstance(addr, ipaddress.IPv4Address)
+                               and addr in ipaddress.IPv4Network("0.0.0.0/8")):
+        return "unspecified"
+    if addr.is_multicast or addr == ipaddress.IPv4Address("255.255.255.255"):
+        return "multicast/broadcast"
+    if str(addr) in own:
+        return "an address of the auditing host"
+    return None
+
+
 def random_mac(*, vendor: bool = False) -> bytes:
     """A random unicast MAC: a NIC vendor's OUI, or locally administered."""
     if vendor:
@@ -342,6 +383,7 @@ class _ProbeState:
     link_locals: dict[str, bytes] = field(default_factory=dict)  # our fe80:: -> MAC
     seen: set[int] = field(default_factory=set)  # hashes of the frames already decoded
     proxied: set[tuple[str, str]] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)  # ProxyDHCP addresses not queried
     senders: dict[bytes, list[int]] = field(default_factory=dict)  # MAC+IP -> [ours, foreign]
     new_senders: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
     named: dict[str, set[bytes]] = field(default_factory=dict)  # limit -> senders named
@@ -373,20 +415,23 @@ class Listener:
     def __init__(self, config: ProbeConfig, obs: Observation,
                  on_offer: Callable[[Offer], None] | None = None,
                  on_reply6: Callable[[Reply6], None] | None = None,
-                 *, link: Link | None = None) -> None:
-        """``link`` replaces the packet socket (tests feed frames through a socketpair)."""
+                 *, link: Link | None = None, own_ip: str | None = None) -> None:
+        """``link`` replaces the packet socket (tests feed frames through a socketpair),
+        and ``own_ip`` the interface's address with it."""
         self.cfg = config
         self.obs = obs
         self.on_offer = on_offer
         self.on_reply6 = on_reply6
         self.state = _ProbeState()
         self.start = time.monotonic()
+        self.own_ip = own_ip
+        # where a port-4011 query must never go (the checks a fetch makes, see follow)
+        self.own: set[str] = {own_ip} if own_ip else set()
         if link is None:
             self.own_ip = interface_ipv4(config.interface)
+            self.own = own_addresses()
             link = PacketSocket(config.interface, promiscuous=config.passive,
                                 passive=config.passive)
-        else:
-            self.own_ip = None
         self.pkt: Link = link
         if not link.filtered:
             obs.notes.append("kernel refused the BPF filter: filtering in user space")
@@ -502,6 +547,16 @@ class Listener:
             self.obs.limit("proxy-queries", offer.server_ip)
             return
         self.state.proxied.add(key)
+        # Option 54 is the sender's word: a query to it is a packet the network chose the
+        # destination of, vetted as a fetch is (never this host, loopback, link-local...).
+        why = forbidden_address(offer.server_ip, self.own)
+        if why is not None:
+            if offer.server_ip not in self.state.refused:
+                self.state.refused.add(offer.server_ip)
+                self.obs.notes.append(
+                    f"ProxyDHCP {offer.src_ip} ({offer.src_mac}) not queried on port 4011: "
+                    f"its server identifier {offer.server_ip} is {why}; find who sends it")
+            return
         if self.own_ip is None:
             self.obs.notes.append(
                 f"ProxyDHCP {offer.server_ip} not queried on port 4011: "
