@@ -464,6 +464,13 @@ def test_pin_file_open_to_others_is_refused(tmp_path: Path) -> None:
     assert secret_source(str(pin))("the token") == b"1234"
 
 
+def test_a_malformed_pin_source_uri_is_a_config_error() -> None:
+    from trustboot.keys.pkcs11 import secret_source
+
+    with pytest.raises(ConfigError, match=r"pin-source 'file://\[x/pin' is not a file: URI"):
+        secret_source("file://[x/pin")
+
+
 def test_non_utf8_passphrase_in_env_is_not_a_crash(pki: Path) -> None:
     secret = b"\xff\xfe-not-utf8-" + b"s" * 23
     env = {k: v for k, v in os.environb.items()}

@@ -71,6 +71,9 @@ def test_git_url_cannot_smuggle_an_option(env: dict[str, Path], pki: TestPki,
     "file://host/path",
     "no/such/local/dir",
     "",
+    "https://[example.com/ipxe.git",  # urlsplit's ValueError: exit 70 before
+    "https://[x]/ipxe.git",
+    "ssh://example.com:99999/ipxe.git",
 ])
 def test_git_url_rule_refuses(url: str) -> None:
     with pytest.raises(ConfigError):

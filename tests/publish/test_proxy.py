@@ -64,6 +64,8 @@ def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     "http://user:hunter2@proxy.corp:99999",
     "http://user:hunter2@proxy.corp:3128/some/path",
     "http://user:hunter2@:3128",
+    "http://user:hunter2@[proxy.corp:3128",  # urlsplit's ValueError: exit 70 before
+    "http://user:hunter2@[proxy.corp]:3128",
 ])
 def test_a_proxy_that_is_not_http_host_port_is_refused_without_its_password(
         monkeypatch: pytest.MonkeyPatch, value: str) -> None:

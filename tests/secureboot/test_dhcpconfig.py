@@ -23,6 +23,8 @@ CLIENT = Path(__file__).with_name("dhcpclient.py")
 @pytest.mark.parametrize("url", [
     "http://boot.example.net/ipxe.efi", "https://a,b/ipxe.efi", "https://h/x#y",
     "https://h/a b", "https://h/a\nb", "https:///nohost", "https://h/\"q",
+    # ValueErrors from urlsplit (an internal error, exit 70, before)
+    "https://[x/ipxe.efi", "https://[x]/ipxe.efi", "https://h:99999/ipxe.efi",
 ])
 def test_hostile_urls_refused(url: str) -> None:
     with pytest.raises(ConfigError):

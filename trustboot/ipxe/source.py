@@ -271,7 +271,11 @@ def check_git_url(url: str) -> str:
                           "characters)", hint=hint)
     scheme, sep, _rest = url.partition("://")
     if sep:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError as exc:  # a broken IPv6 literal or port: from a recipe too
+            raise ConfigError(f"--git {url!r} is not a valid URL: {exc}", hint=hint) from None
         if scheme.lower() not in _URL_SCHEMES:
             raise ConfigError(f"--git {url!r}: the {scheme!r} transport is not allowed",
                               hint=hint)

@@ -402,7 +402,11 @@ def login_error(exc: Exception, label: str) -> ConfigError | OperationalError:
 def secret_source(source: str) -> PassphraseSource:
     """RFC 7512 pin-source: a file (path or file: URI) whose first line is the PIN."""
     if source.startswith("file:"):
-        source = urllib.parse.urlparse(source).path or source[5:]
+        try:
+            source = urllib.parse.urlparse(source).path or source[5:]
+        except ValueError:  # file://[x/...: a broken host in the URI, from argv
+            raise ConfigError(f"pin-source {source!r} is not a file: URI or a path",
+                              hint="write pin-source=file:/path/to/pin") from None
     return secret_sources.from_file(Path(source), "PIN file")
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from trustboot.errors import ConfigError
+from trustboot.publish.origin import split_url
 
 # Option 93 values of UEFI HTTP boot clients (RFC 4578 registry, IANA "Processor
 # Architecture Types").
@@ -47,7 +47,8 @@ class HttpBoot:
 
 
 def check_url(url: str, what: str) -> str:
-    parts = urlsplit(url)
+    # a broken IPv6 literal or port is a ConfigError naming ``what``, not a ValueError
+    parts = split_url(url, f"{what} {url!r}")
     if parts.scheme != "https":
         raise ConfigError(f"{what} {url!r} is not an https:// URL",
                           hint="HTTPS Boot without TLS hands the first stage to anyone on "

@@ -143,14 +143,18 @@ def parse_proxy(value: str, variable: str) -> Proxy:
     text = value.strip()
     if "://" not in text:
         text = f"http://{text}"  # as curl: a bare host:port is an HTTP proxy
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+    except ValueError:  # a broken IPv6 literal: refused below like any other bad value
+        parts, host = urlsplit(""), None
     try:
         port = parts.port or 80
     except ValueError:
         port = -1
-    if parts.scheme != "http" or not parts.hostname or port <= 0 \
+    if parts.scheme != "http" or not host or port <= 0 \
             or parts.path not in ("", "/") or parts.query or parts.fragment:
-        shown = f"{parts.scheme}://{parts.hostname or ''}" if parts.scheme else "(unparsable)"
+        shown = f"{parts.scheme}://{host or ''}" if parts.scheme else "(unparsable)"
         raise ConfigError(
             f"${variable} ({shown}...) is not an http://HOST:PORT proxy",
             hint="trustboot tunnels TLS to the origin through an HTTP proxy with CONNECT "
@@ -161,4 +165,4 @@ def parse_proxy(value: str, variable: str) -> Proxy:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         headers["Proxy-Authorization"] = \
             "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
-    return Proxy(parts.hostname, port, headers, variable)
+    return Proxy(host, port, headers, variable)
