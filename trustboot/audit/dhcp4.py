@@ -439,12 +439,14 @@ def _note_option_strings(pkt: Dhcp4Packet, joined: _Joined) -> None:
     """Anomalies for what a client reads differently from the bytes sent: a boot
     parameter with bytes after a NUL, a boot parameter sent in parts, an option cut."""
     for code, where in BOOT_OPTIONS.items():
+        heads: set[bytes] = set()
         for value, which in ((pkt.options.get(code), where),
                              (pkt.first_instances.get(code), f"{where} (first instance)")):
             if value is None:
                 continue
             head, tail = cstring(value)
-            if any(tail):
+            if any(tail) and head not in heads:  # (the same name twice says nothing new)
+                heads.add(head)
                 pkt.after_nul.setdefault(which, hidden_text(tail))
                 pkt.anomalies.append(
                     f"{which} has {len(tail)} bytes after a NUL: clients stop at the NUL "

@@ -204,11 +204,13 @@ def _wire_url(raw: bytes) -> str:
 
 @dataclass(frozen=True)
 class BootTarget:
+    # server, path and url are text to show (bytes from the wire escaped, safe_text); url
+    # also names the target in the report (fetches, not_fetched, findings)
     scheme: str  # tftp, http, https, or whatever the URL said
-    server: str  # for display, like path and url (bytes a terminal must not see escaped)
+    server: str
     path: str
-    url: str  # also the target's name in the report (fetches, not_fetched, findings)
-    # What a client sends (see wire_name/wire_url); None: ``path``/``url`` themselves.
+    url: str
+    # What a client sends when that differs from the text (see wire_name/wire_url)
     raw_name: bytes | None = field(default=None, compare=False)
     raw_url: str | None = field(default=None, compare=False)
 
