@@ -456,6 +456,43 @@ def test_unfetchable_boot_file_is_unverified() -> None:
     assert "not an IP address" in rules(by_name)["boot-file-unverified"][0].message
 
 
+@pytest.mark.parametrize(("kind", "severity"), [
+    ("conflicting-block", Severity.CRITICAL), ("short-block", Severity.HIGH),
+    ("size-mismatch", Severity.HIGH), ("out-of-order", Severity.HIGH)])
+def test_an_inconsistent_transfer_is_never_a_match_nor_merely_unverified(
+        kind: str, severity: Severity) -> None:
+    """The audit's in-order view held the released bytes, but iPXE would assemble the
+    transfer differently: the finding is high (critical for two versions of a block),
+    never "matches released" nor "could not fetch" (both low), so the default
+    --fail-on high fails the audit."""
+    result = FetchResult("192.0.2.1", "undionly.kpxe", size=len(IPXE), head=IPXE,
+                         error="server 192.0.2.1 sent block 1 twice", inconsistent=kind,
+                         announced_size=len(IPXE))
+    obs = observe(offers=[offer()], fetched=[Fetched(
+        BootTarget("tftp", "192.0.2.1", "undionly.kpxe", "tftp://192.0.2.1/undionly.kpxe"),
+        result, identify(IPXE))])
+    findings = evaluate(obs, policy())
+    found = {f.rule: f for f in findings}
+    assert found["tftp-transfer-inconsistent"].severity == severity
+    assert "sent block 1 twice" in found["tftp-transfer-inconsistent"].message
+    assert found["tftp-transfer-inconsistent"].evidence["tftp"]["inconsistent"] == kind
+    assert found["tftp-transfer-inconsistent"].evidence["offer"]["option_67_bootfile"] \
+        == "undionly.kpxe"
+    assert not {"tftp-boot-file", "boot-file-unverified", "boot-file-mismatch"} & set(found)
+    assert threshold_reached(findings, Severity.HIGH)
+
+
+def test_an_inconsistent_well_known_path_is_reported_too() -> None:
+    result = FetchResult("192.0.2.6", "pxelinux.cfg/default", size=512,
+                         error="short block", inconsistent="short-block")
+    obs = observe(fetched=[Fetched(BootTarget(
+        "tftp", "192.0.2.6", "pxelinux.cfg/default", "tftp://192.0.2.6/pxelinux.cfg/default"),
+        result, None, well_known=True)])
+    found = rules(obs)
+    assert found["tftp-transfer-inconsistent"][0].severity == Severity.HIGH
+    assert "tftp-path-exposed" in found
+
+
 def test_tftp_writable() -> None:
     yes = WriteResult("192.0.2.6", "probe.txt", writable=True, confirmed=True, detail="stored")
     no = WriteResult("192.0.2.1", "probe.txt", detail="refused: TFTP error 4")

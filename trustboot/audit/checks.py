@@ -19,6 +19,7 @@ from trustboot.audit.model import (
     Reply6,
 )
 from trustboot.audit.policy import Policy
+from trustboot.audit.tftp import INCONSISTENCIES, FetchResult
 
 
 class Severity(enum.IntEnum):
@@ -140,6 +141,18 @@ _RULES = [
          "an unresolvable server), so its content is unknown.",
          "Check the server named in the evidence; rerun with a larger --max-file-size or "
          "--follow-timeout if the file is large."),
+    Rule("tftp-transfer-inconsistent", "TFTP server sent a file iPXE would assemble "
+         "differently from the audit", Severity.HIGH,
+         "The server's transfer was one from which iPXE would build other bytes than those "
+         "the audit hashed: a block sent again with other content (critical: two versions "
+         "of the file were served), blocks out of order, a short block before the announced "
+         "size, a file longer or shorter than announced, options changed after they were "
+         "set, an unrequested multicast option, or a size 32- and 64-bit clients read "
+         "differently. No conforming server does this; one that shows the audit one file "
+         "and clients another does.",
+         "Treat the server as hostile or compromised: locate it by the address in the "
+         "evidence, compare the file on its disk with the release, and serve boot files "
+         "only from servers you control, loading later stages over HTTPS with imgverify."),
     Rule("tftp-boot-forbidden", "TFTP boot offered where the policy forbids it", Severity.HIGH,
          "The policy says this segment must not boot over TFTP.",
          "Move clients to UEFI HTTPS boot or an embedded iPXE, and remove the TFTP service."),
@@ -585,6 +598,15 @@ def _loader_findings(subject: str, loader: LoaderInfo | None, evidence: dict[str
     return out
 
 
+def _inconsistent(subject: str, res: FetchResult, evidence: dict[str, Any]) -> Finding:
+    """A transfer iPXE would assemble differently: critical when the server sent two
+    versions of the same block (it served two files), high otherwise."""
+    sev = Severity.CRITICAL if res.inconsistent == "conflicting-block" else Severity.HIGH
+    what = INCONSISTENCIES.get(res.inconsistent or "", res.inconsistent or "")
+    return _finding("tftp-transfer-inconsistent", subject,
+                    f"{subject}: {what}; {res.error}", evidence, sev)
+
+
 def _check_fetched(obs: Observation, policy: Policy) -> list[Finding]:
     out: list[Finding] = []
     # which offers name each target, decoded once (not once per fetched file)
@@ -599,6 +621,8 @@ def _check_fetched(obs: Observation, policy: Policy) -> list[Finding]:
         if fetched.loader is not None:
             evidence["loader"] = fetched.loader.to_json()
         if fetched.well_known:
+            if res.inconsistent:
+                out.append(_inconsistent(target.url, res, evidence))
             if res.ok or res.size:
                 out.append(_finding(
                     "tftp-path-exposed", target.url,
@@ -609,6 +633,9 @@ def _check_fetched(obs: Observation, policy: Policy) -> list[Finding]:
         if sources:
             evidence["offer"] = sources[0].evidence()
             evidence["offered_by"] = sorted({o.server_ip for o in sources})
+        if res.inconsistent:  # never "matches" nor a mere "unverified": the server misled
+            out.append(_inconsistent(target.url, res, evidence))
+            continue
         if not res.ok:
             out.append(_finding(
                 "boot-file-unverified", target.url,

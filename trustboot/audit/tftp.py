@@ -143,7 +143,11 @@ class FetchResult:
     announced_size: int | None = None
     elapsed: float = 0.0
     malformed: list[str] = field(default_factory=list)
-    deadline_reached: bool = False  # the transfer was still going when time ran out
+    deadline_reached: bool = False  # the server kept the transfer open until time ran out
+    # why iPXE could hold other bytes than the audit hashed (one of INCONSISTENCIES); then
+    # ok is False and sha256 None: such a transfer is never reported as matching anything
+    inconsistent: str | None = None
+    blksize: int = 512  # the block size iPXE would use (the server's OACK, else 512)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -151,8 +155,21 @@ class FetchResult:
             "deadline_reached": self.deadline_reached,
             "sha256": self.sha256, "error": self.error, "truncated": self.truncated,
             "announced_size": self.announced_size, "elapsed_s": round(self.elapsed, 3),
-            "malformed": self.malformed,
+            "malformed": self.malformed, "inconsistent": self.inconsistent,
+            "blksize": self.blksize,
         }
+
+
+# What a server did that lets iPXE assemble a file other than the one the audit hashed.
+INCONSISTENCIES = {
+    "conflicting-block": "a block sent again with other content (iPXE keeps the later copy)",
+    "out-of-order": "a block ahead of the next one (iPXE stores it at its offset)",
+    "short-block": "a short block before the announced size (iPXE waits for more)",
+    "size-mismatch": "a file longer or shorter than its announced size",
+    "options-changed": "options changed after they were set (iPXE applies every OACK)",
+    "multicast": "an unrequested multicast option (iPXE acts on it)",
+    "ambiguous-tsize": "a tsize that 32- and 64-bit iPXE read as different sizes",
+}
 
 
 @dataclass
