@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,6 +118,7 @@ def test_silent_server_times_out_in_bounded_time(fake_server, retry: float,  # t
     start = time.monotonic()
     result = tftp.fetch("127.0.0.1", "x", port=port, timeout=1.0, retry=retry)
     assert not result.ok and result.error == "timed out"
+    assert not result.deadline_reached  # nothing answered: no transfer was kept open
     assert time.monotonic() - start < bound
 
 
@@ -368,3 +371,103 @@ def test_fetch_asks_for_the_name_s_bytes() -> None:
     server.close()
     assert result.ok and result.size == 4, result
     assert asked and asked[0].startswith(b"\x00\x01" + name + b"\x00octet\x00"), asked
+
+
+# -- hostile transfers: the audit vouches only for the bytes iPXE would assemble ---------------
+# iPXE's TFTP client writes each DATA block at block x blksize (a later copy of a block
+# replaces the earlier one), takes blocks ahead of the next one, sizes the file from the
+# OACK's tsize and finishes only when every block up to that size is in. A transfer whose
+# result could differ between iPXE and the audit's in-order hash is never "ok".
+
+Handler = Callable[[socket.socket, bytes, tuple[str, int]], None]
+RELEASED = bytes(range(256)) * 4 + b"released tail"  # 1037 bytes: two full blocks and a tail
+EVIL = b"E" * 512
+
+
+def oack(*options: tuple[str, str]) -> bytes:
+    return struct.pack("!H", tftp.OACK) + b"".join(
+        name.encode() + b"\x00" + value.encode() + b"\x00" for name, value in options)
+
+
+def blocks(payload: bytes, blksize: int = 512, first: int = 1) -> list[bytes]:
+    """``payload`` as DATA packets, a trailing empty block when it fills the last one."""
+    return [tftp.build_data(first + i, payload[at:at + blksize])
+            for i, at in enumerate(range(0, len(payload) + 1, blksize))]
+
+
+def lockstep(packets: list[bytes]) -> list[bytes | None]:
+    """Each packet followed by a wait for the client's answer (its ACK)."""
+    return [step for packet in packets for step in (packet, None)]
+
+
+def script(steps: list[bytes | None], received: list[bytes] | None = None) -> Handler:
+    """A server that sends each packet of ``steps`` in turn and, where a step is None, waits
+    for the client's next datagram (kept in ``received``)."""
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        for step in steps:
+            if step is None:
+                got, _ = sock.recvfrom(2048)
+                if received is not None:
+                    received.append(got)
+            else:
+                sock.sendto(step, client)
+    return handler
+
+
+def fetch_from(fake_server: Callable[[Handler], int], handler: Handler, **kwargs: Any
+               ) -> tftp.FetchResult:
+    port = fake_server(handler)
+    return tftp.fetch("127.0.0.1", "undionly.kpxe", port=port, **{
+        "timeout": 3.0, "retry": 2.0, **kwargs})
+
+
+def assert_matches(result: tftp.FetchResult, payload: bytes) -> None:
+    assert result.ok and result.inconsistent is None, result
+    assert result.sha256 == hashlib.sha256(payload).hexdigest() and result.size == len(payload)
+
+
+def assert_never_a_match(result: tftp.FetchResult, kind: str) -> None:
+    assert not result.ok and result.sha256 is None, result
+    assert result.inconsistent == kind, result
+
+
+@pytest.mark.parametrize("packet", [oack(("blksize", "512")), tftp.build_ack(0), b"\x00\x09zz"],
+                         ids=["oack", "ack", "junk"])
+def test_a_server_that_never_sends_data_reaches_the_deadline(fake_server, packet: bytes  # type: ignore[no-untyped-def]
+                                                             ) -> None:
+    """Finding 4: a server repeating an OACK (or any packet but DATA) every 0.1 s keeps the
+    transfer open: that is the deadline (a reached limit), not a plain timeout."""
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        for _ in range(40):
+            sock.sendto(packet, client)
+            time.sleep(0.1)
+
+    start = time.monotonic()
+    result = fetch_from(fake_server, handler, timeout=1.0, retry=0.5)
+    assert time.monotonic() - start < 1.6
+    assert not result.ok and result.deadline_reached and result.size == 0, result
+    assert "kept the transfer" in (result.error or "") and "127.0.0.1" in (result.error or "")
+
+
+def test_junk_and_strays_do_not_end_the_fetch(fake_server) -> None:  # type: ignore[no-untyped-def]
+    """iPXE ignores packets of unknown types and from other senders however many come: a
+    burst of them before the file must not make the audit give up (and report a file a
+    client boots as merely unfetched)."""
+    stray = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stray.bind(("127.0.0.2", 0))
+
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        for i in range(30):
+            sock.sendto(b"\x00\x09junk%d" % i, client)
+        for _ in range(11):  # in bursts the client's socket buffer holds
+            for _ in range(100):
+                stray.sendto(tftp.build_data(1, b"stray"), client)
+            time.sleep(0.02)
+        script(lockstep(blocks(RELEASED)))(sock, data, client)
+
+    try:
+        result = fetch_from(fake_server, handler)
+    finally:
+        stray.close()
+    assert_matches(result, RELEASED)
+    assert len(result.malformed) <= 21 and "not kept" in result.malformed[-1], result.malformed

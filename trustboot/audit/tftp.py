@@ -194,16 +194,40 @@ def _canonical(host: str) -> str:
         return host
 
 
+MALFORMED_KEPT = 20  # malformed datagrams kept as evidence per transfer (the rest counted)
+
+
+class _Malformed:
+    """The first MALFORMED_KEPT malformed datagrams as evidence, and how many more came."""
+
+    def __init__(self, kept: list[str]) -> None:
+        self.kept = kept
+        self.dropped = 0
+
+    def add(self, reason: str, data: bytes) -> None:
+        if len(self.kept) < MALFORMED_KEPT:
+            self.kept.append(f"{reason}: {data[:64].hex()}")
+        else:
+            self.dropped += 1
+
+    def close(self) -> None:
+        if self.dropped:
+            self.kept.append(f"{self.dropped} more malformed packet(s) not kept")
+
+
 class _Transfer:
-    """One UDP socket talking to one server transfer ID, with retransmission and a deadline."""
+    """One UDP socket talking to one server transfer ID, with retransmission and a deadline.
+
+    The retransmission timer runs from the last packet sent, as iPXE's does: datagrams that
+    make no progress (junk, strays, another TID) neither end the transfer early nor keep it
+    alive; only the deadline bounds them."""
 
     def __init__(self, server: str, *, device: str | None, deadline: float, retry: float,
-                 malformed: list[str], port: int = PORT) -> None:
+                 port: int = PORT) -> None:
         self.server = _canonical(server)  # as recvfrom reports it, so replies match
         self.port = port
         self.deadline = deadline
         self.retry = retry
-        self.malformed = malformed
         self.tid: int | None = None
         family = socket.AF_INET6 if ":" in server else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -215,6 +239,8 @@ class _Transfer:
             self.sock.close()  # the caller reports the error; do not leak the descriptor
             raise
         self.last: tuple[bytes, tuple[str, int]] | None = None
+        self.resend_at = deadline
+        self.retries = 0
         self.stray = 0
 
     def close(self) -> None:
@@ -224,6 +250,8 @@ class _Transfer:
         dest = (self.server, port if port is not None else (self.tid or self.port))
         self.last = (packet, dest)
         self.sock.sendto(packet, dest)
+        self.resend_at = time.monotonic() + self.retry
+        self.retries = 0
 
     def abort(self, message: str) -> None:
         if self.tid is not None:
@@ -232,28 +260,29 @@ class _Transfer:
             except OSError:
                 pass
 
-    def receive(self, max_retries: int = 4) -> TftpPacket | None:
-        """The next valid packet from the server's TID, or None at the deadline/after retries."""
-        retries = 0
+    def receive(self, max_retries: int = 4) -> bytes | None:
+        """The next datagram from the server's TID; None at the deadline, or once the last
+        packet sent went unanswered through ``max_retries`` retransmissions."""
         while True:
             now = time.monotonic()
             if now >= self.deadline:
                 return None
-            self.sock.settimeout(max(0.01, min(self.retry, self.deadline - now)))
+            if now >= self.resend_at:
+                if self.retries >= max_retries or self.last is None:
+                    return None
+                self.retries += 1
+                self.sock.sendto(*self.last)
+                self.resend_at = now + self.retry
+                continue
+            self.sock.settimeout(max(0.01, min(self.resend_at, self.deadline) - now))
             try:
                 data, addr = self.sock.recvfrom(MAX_DATAGRAM)
             except TimeoutError:
-                retries += 1
-                if retries > max_retries or self.last is None:
-                    return None
-                self.sock.sendto(*self.last)
                 continue
             except OSError:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
                 return None
             if addr[0] != self.server:
-                self.stray += 1
-                if self.stray > 1000:
-                    return None
+                self.stray += 1  # iPXE ignores other senders however many there are
                 continue
             if self.tid is None:
                 self.tid = addr[1]
@@ -263,13 +292,18 @@ class _Transfer:
                 except OSError:
                     pass
                 continue
+            return data
+
+    def receive_packet(self, malformed: _Malformed) -> TftpPacket | None:
+        """The next well-formed packet from the server (malformed ones kept as evidence)."""
+        while True:
+            data = self.receive()
+            if data is None:
+                return None
             try:
                 return parse(data)
             except MalformedPacket as exc:
-                if len(self.malformed) < 20:
-                    self.malformed.append(f"{exc.reason}: {data[:64].hex()}")
-                if len(self.malformed) >= 20:
-                    return None
+                malformed.add(exc.reason, data)
 
 
 def fetch(
@@ -288,10 +322,13 @@ def fetch(
     result = FetchResult(server=server, filename=filename)
     try:
         xfer = _Transfer(server, device=device, deadline=start + timeout, retry=retry,
-                         malformed=result.malformed, port=port)
+                         port=port)
     except OSError as exc:
         result.error = f"cannot open a UDP socket: {exc.strerror or exc}"
         return result
+    malformed = _Malformed(result.malformed)
+    who = f"server {server} ({filename!r})"
+    oacks = others = 0
     digest = hashlib.sha256()
     head = bytearray()
     blksize = DEFAULT_BLKSIZE
@@ -299,17 +336,25 @@ def fetch(
     try:
         xfer.send(build_request(RRQ, filename, {"blksize": str(REQUEST_BLKSIZE), "tsize": "0"}))
         while True:
-            pkt = xfer.receive()
+            pkt = xfer.receive_packet(malformed)
             if pkt is None:
                 result.error = "timed out" if not result.malformed else "malformed replies"
-                if result.size and time.monotonic() >= xfer.deadline:
+                if xfer.tid is not None and time.monotonic() >= xfer.deadline:
+                    # the server answered and the transfer never finished: a slow or endless
+                    # file, or a server repeating OACKs or other packets to hold the client
                     result.deadline_reached = True
-                    result.error = f"still transferring after {timeout:g} s ({result.size} bytes)"
+                    result.error = (
+                        f"still transferring after {timeout:g} s ({result.size} bytes): "
+                        f"{who} kept the transfer open" if result.size else
+                        f"{who} kept the transfer open for {timeout:g} s without sending "
+                        f"data ({oacks} OACK and {others} other packet(s))")
                 break
             if pkt.opcode == ERROR:
                 name = ERROR_NAMES.get(pkt.error_code, "error")
                 result.error = f"TFTP error {pkt.error_code} ({name}): {pkt.error_message}"
                 break
+            if pkt.opcode == OACK:
+                oacks += 1
             if pkt.opcode == OACK and expected == 1:
                 try:
                     blksize = int(pkt.options.get("blksize", DEFAULT_BLKSIZE))
@@ -331,6 +376,7 @@ def fetch(
                 xfer.send(build_ack(0))
                 continue
             if pkt.opcode != DATA:
+                others += pkt.opcode != OACK
                 continue
             if pkt.block == (expected - 1) & 0xFFFF:
                 xfer.send(build_ack(pkt.block))  # duplicate: our ACK was lost
@@ -360,6 +406,7 @@ def fetch(
         result.error = f"network error: {exc.strerror or exc}"
     finally:
         xfer.close()
+    malformed.close()
     result.head = bytes(head)
     result.elapsed = time.monotonic() - start
     return result
@@ -384,13 +431,14 @@ def probe_write(
     start = time.monotonic()
     try:
         xfer = _Transfer(server, device=device, deadline=start + timeout, retry=retry,
-                         malformed=result.malformed, port=port)
+                         port=port)
     except OSError as exc:
         result.detail = f"cannot open a UDP socket: {exc.strerror or exc}"
         return result
+    malformed = _Malformed(result.malformed)
     try:
         xfer.send(build_request(WRQ, name))
-        pkt = xfer.receive()
+        pkt = xfer.receive_packet(malformed)
         if pkt is None:
             result.detail = "no answer to the write request"
             return result
@@ -404,7 +452,7 @@ def probe_write(
             result.writable = True
             result.detail = "the server acknowledged the write request"
             xfer.send(build_data(1, payload))
-            ack = xfer.receive()
+            ack = xfer.receive_packet(malformed)
             if ack is not None and ack.opcode == ACK and ack.block == 1:
                 result.confirmed = True
                 result.detail = f"the server stored {len(payload)} bytes as {name!r}"
@@ -416,3 +464,4 @@ def probe_write(
         return result
     finally:
         xfer.close()
+        malformed.close()
