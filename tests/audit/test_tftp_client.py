@@ -123,14 +123,17 @@ def test_silent_server_times_out_in_bounded_time(fake_server, retry: float,  # t
 
 
 def test_garbage_replies_are_recorded(fake_server) -> None:  # type: ignore[no-untyped-def]
+    # iPXE ignores the first three (the OACK without a value is an OACK of no options) and
+    # aborts its transfer at a DATA packet too short for a block number: so does the audit
     def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
-        for junk in (b"\x00", b"\x00\x09zz", b"\x00\x03\x00", b"\x00\x06tsize\x00"):
+        for junk in (b"\x00", b"\x00\x09zz", b"\x00\x06tsize\x00", b"\x00\x03\x00"):
             sock.sendto(junk, client)
+            time.sleep(0.05)
 
     port = fake_server(handler)
     result = tftp.fetch("127.0.0.1", "x", port=port, timeout=1.0, retry=0.3)
-    assert not result.ok
-    assert len(result.malformed) == 4
+    assert not result.ok and "too short for a block number" in (result.error or "")
+    assert len(result.malformed) == 4, result.malformed
     assert any("unknown opcode 9" in m for m in result.malformed)
 
 
@@ -147,7 +150,8 @@ def test_oversized_block_and_bogus_options(fake_server) -> None:  # type: ignore
 
     port = fake_server(bad_oack)
     result = tftp.fetch("127.0.0.1", "x", port=port, timeout=2)
-    assert result.error == "server sent a non-numeric option value"
+    assert not result.ok and result.inconsistent is None
+    assert "blksize 'lots', which iPXE refuses" in (result.error or ""), result.error
 
 
 def _plain_transfer(payload: bytes) -> Callable[[socket.socket, bytes, tuple[str, int]], None]:
@@ -199,45 +203,6 @@ def test_blocks_from_another_host_or_port_are_not_the_file(fake_server, spoof_fr
         spoof.close()
     expected = b"good" if spoof_from != "127.0.0.1" else b"a" * 512 + b"good"
     assert result.ok and result.sha256 == hashlib.sha256(expected).hexdigest(), result.error
-
-
-def test_a_block_out_of_order_is_not_the_next_one(fake_server) -> None:  # type: ignore[no-untyped-def]
-    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
-        sock.sendto(tftp.build_data(1, b"a" * 512), client)
-        sock.recvfrom(2048)
-        sock.sendto(tftp.build_data(3, b"evil"), client)  # skips block 2
-        time.sleep(0.1)
-        sock.sendto(tftp.build_data(2, b"good"), client)
-        sock.recvfrom(2048)
-
-    port = fake_server(handler)
-    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=3, retry=2.0)
-    assert result.ok and result.sha256 == hashlib.sha256(b"a" * 512 + b"good").hexdigest()
-
-
-def test_options_acknowledged_mid_transfer_change_nothing(fake_server) -> None:  # type: ignore[no-untyped-def]
-    # an OACK is the answer to the request only: one after block 1 does not shrink blksize
-    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
-        sock.sendto(tftp.build_data(1, b"a" * 512), client)
-        sock.recvfrom(2048)
-        sock.sendto(b"\x00\x06blksize\x008\x00", client)
-        time.sleep(0.1)
-        sock.sendto(tftp.build_data(2, b"b" * 100), client)
-        sock.recvfrom(2048)
-
-    port = fake_server(handler)
-    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=3, retry=2.0)
-    assert result.ok and result.size == 612, result.error
-
-
-@pytest.mark.parametrize("blksize", [7, 65465])
-def test_a_blksize_outside_rfc_2348_is_refused(fake_server, blksize: int) -> None:  # type: ignore[no-untyped-def]
-    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
-        sock.sendto(b"\x00\x06blksize\x00%d\x00" % blksize, client)
-
-    port = fake_server(handler)
-    result = tftp.fetch("127.0.0.1", "x", port=port, timeout=2)
-    assert result.error == f"server chose an invalid blksize {blksize}"
 
 
 def test_huge_announced_size_is_refused_before_transfer(fake_server) -> None:  # type: ignore[no-untyped-def]
@@ -431,6 +396,208 @@ def assert_never_a_match(result: tftp.FetchResult, kind: str) -> None:
     assert result.inconsistent == kind, result
 
 
+@pytest.mark.parametrize("again", [1, 2], ids=["last-block", "older-block"])
+def test_a_block_sent_again_with_other_content_is_never_a_match(fake_server, again: int  # type: ignore[no-untyped-def]
+                                                                ) -> None:
+    """Finding 1: block N as released, then block N again with other bytes. iPXE keeps the
+    later copy (it writes at the block's offset), so a client boots those bytes."""
+    good = blocks(RELEASED)
+    evil = tftp.build_data(again, EVIL)
+    steps = [*lockstep(good[:2]), evil, None, *lockstep(good[2:])]
+    result = fetch_from(fake_server, script(steps))
+    assert_never_a_match(result, "conflicting-block")
+    assert f"block {again} twice" in (result.error or "") and "127.0.0.1" in (result.error or "")
+
+
+def test_blocks_sent_again_unchanged_still_match(fake_server) -> None:  # type: ignore[no-untyped-def]
+    """A retransmission (our ACK was lost, or the Sorcerer's Apprentice) repeats a block
+    byte for byte: normal, the file still matches, and each copy is acknowledged."""
+    good = blocks(RELEASED)
+    steps = [*lockstep(good[:2]), good[1], None, good[0], None, *lockstep(good[2:])]
+    received: list[bytes] = []
+    result = fetch_from(fake_server, script(steps, received))
+    assert_matches(result, RELEASED)
+    for _ in range(200):  # the server's thread may still be reading the last ACK
+        if len(received) >= 5:
+            break
+        time.sleep(0.01)
+    # iPXE acknowledges every block with the first one it still lacks
+    assert received == [tftp.build_ack(n) for n in (1, 2, 2, 2, 3)]
+
+
+def test_a_block_ahead_of_the_next_one_is_never_a_match(fake_server) -> None:  # type: ignore[no-untyped-def]
+    """Block 3 before block 2: iPXE stores it at its offset and finishes once block 2 is in,
+    with bytes (block 3's) the in-order hash never saw."""
+    steps: list[bytes | None] = [tftp.build_data(1, b"a" * 512), None,
+                                 tftp.build_data(3, b"evil"), tftp.build_data(2, b"good"), None]
+    result = fetch_from(fake_server, script(steps))
+    assert_never_a_match(result, "out-of-order")
+    assert "block 3" in (result.error or "")
+
+
+def test_a_short_block_before_the_announced_size_is_never_a_match(fake_server) -> None:  # type: ignore[no-untyped-def]
+    """Finding 2: tsize 1200, then 512 + 114 bytes. iPXE does not stop at the short block:
+    it waits for block 3 (at offset 1024) and boots 1200 bytes with a hole."""
+    payload = RELEASED[:626]
+    steps = [oack(("blksize", "512"), ("tsize", "1200")), None, *lockstep(blocks(payload)),
+             tftp.build_data(3, EVIL[:176]), None]
+    result = fetch_from(fake_server, script(steps))
+    assert_never_a_match(result, "short-block")
+    assert result.announced_size == 1200 and result.size == 626
+    assert "1200" in (result.error or "") and "block 2" in (result.error or "")
+
+
+@pytest.mark.parametrize(("tsize", "payload"), [(600, RELEASED[:712]), (1200, RELEASED[:1124])],
+                         ids=["data-beyond-tsize", "ends-before-tsize"])
+def test_a_file_that_is_not_its_announced_size_is_never_a_match(fake_server, tsize: int,  # type: ignore[no-untyped-def]
+                                                                 payload: bytes) -> None:
+    """Data past tsize (iPXE grows the file to take it), or a last block that ends short of
+    tsize (iPXE's file keeps tsize bytes, the rest never sent): either way the server's
+    two statements disagree, and the hash cannot be trusted to be what iPXE holds."""
+    steps = [oack(("blksize", "512"), ("tsize", str(tsize))), None,
+             *lockstep(blocks(payload))]
+    result = fetch_from(fake_server, script(steps))
+    assert_never_a_match(result, "size-mismatch")
+    assert result.announced_size == tsize
+
+
+@pytest.mark.parametrize("payload", [RELEASED, RELEASED[:1024], RELEASED[:1]],
+                         ids=["short-last-block", "exact-multiple", "one-byte"])
+def test_a_normal_oack_transfer_matches(fake_server, payload: bytes) -> None:  # type: ignore[no-untyped-def]
+    """The normal case: OACK with the true tsize, full blocks, a short (maybe empty) last
+    one. ACK 0 answers the OACK."""
+    received: list[bytes] = []
+    steps = [oack(("blksize", "512"), ("tsize", str(len(payload)))), None,
+             *lockstep(blocks(payload))]
+    result = fetch_from(fake_server, script(steps, received))
+    assert_matches(result, payload)
+    assert result.announced_size == len(payload) and result.blksize == 512
+    assert received[0] == tftp.build_ack(0)
+
+
+@pytest.mark.parametrize(("value", "blksize"), [
+    ("7", 7), ("1", 1), ("65465", 65465), ("4294967808", 512), ("\t+8", 8), ("0012", 12)])
+def test_any_blksize_ipxe_accepts_is_followed(fake_server, value: str, blksize: int) -> None:  # type: ignore[no-untyped-def]
+    """Finding 3: iPXE takes any number (strtoul, cut to 32 bits: 2**32 + 512 is 512),
+    so a server choosing blksize 7 gets the file booted, and the audit must read it too."""
+    payload = (RELEASED * 70)[:70000] if blksize > 1000 else RELEASED[:40]
+    steps = [oack(("blksize", value), ("tsize", str(len(payload)))), None,
+             *lockstep(blocks(payload, blksize))]
+    result = fetch_from(fake_server, script(steps))
+    assert_matches(result, payload)
+    assert result.blksize == blksize
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ((("blksize", "0"),), "blksize 0"),
+    ((("blksize", "0"), ("tsize", "100")), "blksize 0"),
+    ((("blksize", "8 "),), "blksize '8 ', which iPXE refuses"),
+    ((("blksize", "0x10"),), "blksize '0x10', which iPXE refuses"),
+    ((("tsize", "12abc"),), "tsize '12abc', which iPXE refuses"),
+])
+def test_option_values_ipxe_refuses_fail_the_fetch(fake_server,  # type: ignore[no-untyped-def]
+                                                   options: tuple[tuple[str, str], ...],
+                                                   expected: str) -> None:
+    """Values with which iPXE's own transfer fails (blksize 0 takes no block; a number with
+    anything after it is refused): the fetch fails too, saying so, and is not called
+    inconsistent (no client boots anything from such a transfer)."""
+    steps = [oack(*options), None, *lockstep(blocks(b"x" * 100, 100))]
+    result = fetch_from(fake_server, script(steps), timeout=1.0, retry=0.5)
+    assert not result.ok and result.inconsistent is None and not result.deadline_reached
+    assert expected in (result.error or ""), result.error
+
+
+@pytest.mark.parametrize("options", [(), (("tsize", "0"),)], ids=["no-oack", "tsize-0"])
+def test_an_empty_file_fails_as_in_ipxe(fake_server, options: tuple[tuple[str, str], ...]  # type: ignore[no-untyped-def]
+                                        ) -> None:
+    """iPXE's bitmap is sized from a size above 0: an empty file (one empty block) leaves
+    it empty, and marking block 1 fails the transfer. No client boots an empty file."""
+    steps = ([oack(*options), None] if options else []) + lockstep(blocks(b""))
+    result = fetch_from(fake_server, script(steps), timeout=1.0)
+    assert not result.ok and result.inconsistent is None and "empty file" in (result.error or "")
+
+
+def test_an_empty_tsize_is_no_size_as_in_ipxe(fake_server) -> None:  # type: ignore[no-untyped-def]
+    """iPXE reads an empty (or blank, or '-0') value as 0, which for tsize means "no size":
+    the transfer goes on, so the audit must not give up on it."""
+    steps = [oack(("blksize", "512"), ("tsize", "")), None, *lockstep(blocks(RELEASED))]
+    result = fetch_from(fake_server, script(steps))
+    assert_matches(result, RELEASED)
+    assert result.announced_size == 0
+
+
+def test_a_negative_tsize_is_recorded_and_handled_as_ipxe_reads_it(fake_server) -> None:  # type: ignore[no-untyped-def]
+    """tsize -1 is 2**32 - 1 to a 32-bit iPXE and 2**64 - 1 to a 64-bit one: too large
+    either way (the size cap, a reached limit), and recorded as malformed."""
+    steps = [oack(("blksize", "512"), ("tsize", "-1")), None, *lockstep(blocks(RELEASED))]
+    result = fetch_from(fake_server, script(steps), timeout=1.0)
+    assert not result.ok and result.truncated and result.announced_size == 2**64 - 1
+    assert any("negative" in m and "tsize" in m for m in result.malformed), result.malformed
+
+
+@pytest.mark.parametrize("value", ["-4294966296", "4294968296"])
+def test_a_tsize_that_depends_on_the_client_is_never_a_match(fake_server, value: str) -> None:  # type: ignore[no-untyped-def]
+    """iPXE keeps tsize in an unsigned long: these are 1000 bytes to a 32-bit (BIOS) iPXE
+    and about 2**64 or 2**32 to a 64-bit (UEFI) one. Which file a client gets depends on
+    its platform, so the audit cannot vouch for one hash."""
+    steps = [oack(("blksize", "512"), ("tsize", value)), None,
+             *lockstep(blocks(RELEASED[:1000]))]
+    result = fetch_from(fake_server, script(steps), timeout=1.0)
+    assert_never_a_match(result, "ambiguous-tsize")
+
+
+def test_an_oack_with_trailing_junk_is_read_as_ipxe_reads_it(fake_server) -> None:  # type: ignore[no-untyped-def]
+    """iPXE takes the options before junk at the end of an OACK (some servers send it) and
+    ignores the rest; the audit must not ignore the whole OACK and then refuse blocks of
+    the size it announced."""
+    steps = [oack(("blksize", "1000"), ("tsize", str(len(RELEASED)))) + b"junk", None,
+             *lockstep(blocks(RELEASED, 1000))]
+    result = fetch_from(fake_server, script(steps))
+    assert_matches(result, RELEASED)
+    assert any("OACK" in m for m in result.malformed), result.malformed
+
+
+def test_the_multicast_option_is_never_a_match(fake_server) -> None:  # type: ignore[no-untyped-def]
+    """iPXE acts on a multicast option it never asked for (it may stop acknowledging and
+    take blocks from a group the audit does not hear)."""
+    steps = [oack(("blksize", "512"), ("multicast", ",,0")), None, *lockstep(blocks(RELEASED))]
+    result = fetch_from(fake_server, script(steps))
+    assert_never_a_match(result, "multicast")
+
+
+@pytest.mark.parametrize(("late", "kind"), [
+    (oack(("blksize", "8")), "options-changed"),
+    (oack(("tsize", "5000")), "options-changed"),
+    (oack(("blksize", "512")), None),
+], ids=["blksize", "tsize", "same"])
+def test_options_changed_mid_transfer_are_never_a_match(fake_server, late: bytes,  # type: ignore[no-untyped-def]
+                                                        kind: str | None) -> None:
+    """iPXE applies an OACK whenever it comes: one after block 1 changes the offsets of
+    later blocks (blksize) or the size it waits for (tsize). One that changes nothing is
+    harmless."""
+    good = blocks(RELEASED)
+    steps = [good[0], None, late, None, *lockstep(good[1:])]
+    result = fetch_from(fake_server, script(steps))
+    if kind is None:
+        assert_matches(result, RELEASED)
+    else:
+        assert_never_a_match(result, kind)
+
+
+def test_a_second_oack_with_other_options_is_never_a_match(fake_server) -> None:  # type: ignore[no-untyped-def]
+    steps = [oack(("blksize", "8"), ("tsize", "1000")), None,
+             oack(("blksize", "1428"), ("tsize", "1000")), None, *lockstep(blocks(RELEASED))]
+    result = fetch_from(fake_server, script(steps))
+    assert_never_a_match(result, "options-changed")
+
+
+def test_data_block_0_fails_as_in_ipxe(fake_server) -> None:  # type: ignore[no-untyped-def]
+    """iPXE aborts a transfer whose first block is numbered 0."""
+    steps = [tftp.build_data(0, EVIL), tftp.build_data(1, b"good"), None]
+    result = fetch_from(fake_server, script(steps), timeout=1.0)
+    assert not result.ok and "block 0" in (result.error or "")
+
+
 @pytest.mark.parametrize("packet", [oack(("blksize", "512")), tftp.build_ack(0), b"\x00\x09zz"],
                          ids=["oack", "ack", "junk"])
 def test_a_server_that_never_sends_data_reaches_the_deadline(fake_server, packet: bytes  # type: ignore[no-untyped-def]
@@ -471,3 +638,12 @@ def test_junk_and_strays_do_not_end_the_fetch(fake_server) -> None:  # type: ign
         stray.close()
     assert_matches(result, RELEASED)
     assert len(result.malformed) <= 21 and "not kept" in result.malformed[-1], result.malformed
+
+
+def test_block_numbers_wrap_after_65535(fake_server) -> None:  # type: ignore[no-untyped-def]
+    """More than 65535 blocks (blksize 1): block numbers wrap to 0 and the file matches."""
+    payload = bytes(range(256)) * 257  # 65792 bytes
+    steps = [oack(("blksize", "1"), ("tsize", str(len(payload)))), None,
+             *lockstep(blocks(payload, 1))]
+    result = fetch_from(fake_server, script(steps), timeout=30.0)
+    assert_matches(result, payload)

@@ -3,6 +3,8 @@
 ``parse`` raises :class:`MalformedPacket` only. The client never keeps more than
 ``head_limit`` bytes of a file, stops at ``max_size`` bytes, and gives up at its deadline
 whatever the server sends; stray or malformed datagrams are counted and recorded, not fatal.
+It reads a transfer as iPXE's TFTP client does and vouches for a file (``ok``, a SHA-256)
+only when iPXE would assemble exactly the bytes hashed: see ``fetch``.
 """
 
 from __future__ import annotations
@@ -306,6 +308,254 @@ class _Transfer:
                 malformed.add(exc.reason, data)
 
 
+# -- reading a transfer as iPXE's TFTP client does ----------------------------------------------
+# iPXE (src/net/udp/tftp.c: tftp_rx_oack, tftp_process_blksize/tsize, tftp_rx_data,
+# tftp_presize) keeps a block size, a tsize, the largest size it knows of and a bitmap of
+# received blocks. Each DATA block goes to offset index x blksize, whatever came before;
+# the bitmap is sized from the known size (a file of exactly n blocks has an empty block
+# n + 1), and the transfer ends when every block in it is in, not at a short block. The
+# audit hashes in order, so it follows iPXE's bookkeeping and stops, calling the transfer
+# inconsistent, wherever iPXE's bytes could differ from the in-order stream.
+
+U32 = 1 << 32
+U64 = 1 << 64
+_SPACES = b" \t\n\v\f\r"  # iPXE's isspace()
+
+
+def ipxe_strtoul(raw: bytes) -> tuple[int, bool] | None:
+    """An option value as iPXE's strtoul(value, &end, 10) reads it, with its check that
+    nothing is left over: spaces, one sign, decimal digits (none at all reads as 0). The
+    value modulo 2**64 (the negative ones wrapped, as in C), and whether it had a minus;
+    None where iPXE refuses the value."""
+    text = raw.lstrip(_SPACES)
+    negative = text[:1] == b"-"
+    if text[:1] in (b"-", b"+"):
+        text = text[1:]
+    if text and not text.isdigit():  # bytes.isdigit(): ASCII digits only, as iPXE's
+        return None
+    value = 0
+    for at in range(0, len(text), 18):  # in pieces: int() refuses very long digit strings
+        piece = text[at:at + 18]
+        value = (value * 10 ** len(piece) + int(piece)) % U64
+    return (-value % U64 if negative else value), negative
+
+
+def ipxe_oack_options(body: bytes) -> tuple[list[tuple[bytes, bytes]], str | None]:
+    """An OACK's (name, value) pairs as iPXE takes them: pair by pair, stopping without
+    error at the first one not NUL-terminated or without a value (some servers pad OACKs
+    with junk); and why it stopped early, if it did."""
+    pairs: list[tuple[bytes, bytes]] = []
+    at = 0
+    while at < len(body):
+        name_end = body.find(b"\x00", at)
+        if name_end < 0:
+            return pairs, "option name not NUL-terminated"
+        if name_end + 1 == len(body):
+            return pairs, f"option {safe_text(body[at:name_end])!r} without a value"
+        value_end = body.find(b"\x00", name_end + 1)
+        if value_end < 0:
+            return pairs, f"option {safe_text(body[at:name_end])!r}: value not NUL-terminated"
+        pairs.append((body[at:name_end], body[name_end + 1:value_end]))
+        at = value_end + 1
+    return pairs, None
+
+
+class _Stop(Exception):
+    """The transfer ends here without a file the audit can vouch for."""
+
+    def __init__(self, message: str, *, inconsistent: str | None = None,
+                 truncated: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.inconsistent = inconsistent
+        self.truncated = truncated
+
+
+RECORD_BYTES = 16  # per received block: enough that no server finds two blocks with one record
+
+
+class _Reader:
+    """One transfer followed as iPXE follows it, hashed in order."""
+
+    def __init__(self, result: FetchResult, malformed: _Malformed, *, max_size: int,
+                 head_limit: int) -> None:
+        self.result = result
+        self.malformed = malformed
+        self.who = f"server {result.server} ({result.filename!r})"
+        self.max_size = max_size
+        self.head_limit = head_limit
+        self.digest = hashlib.sha256()
+        self.head = bytearray()
+        self.blksize = DEFAULT_BLKSIZE
+        self.tsize = 0  # iPXE's: 0 is "no size announced"
+        self.filesize = 0  # the largest size iPXE knows of (tsize, or the data's end)
+        self.nblocks = 0  # iPXE's bitmap length
+        self.received = 0  # blocks in, in order: iPXE's first gap
+        self.options_set = False  # an OACK or a DATA block fixed blksize and tsize
+        # A record of each block received, to tell a retransmission from a block sent again
+        # with other content: the block itself when it is small, else a keyed BLAKE2b (the
+        # key is this transfer's own, so a server cannot aim at a collision). Every block
+        # kept is full, so this holds at most as many bytes as were received (<= max_size).
+        self.records = bytearray()
+        self.key = os.urandom(16)
+        self.done = False
+        self.oacks = 0
+        self.others = 0
+
+    def _record(self, payload: bytes) -> bytes:
+        if self.blksize <= RECORD_BYTES:
+            return payload
+        return hashlib.blake2b(payload, digest_size=RECORD_BYTES, key=self.key).digest()
+
+    def _width(self) -> int:
+        return min(self.blksize, RECORD_BYTES)
+
+    def _presize(self, size: int) -> None:
+        """iPXE's tftp_presize: the known size only grows, and the bitmap with it."""
+        if size <= self.filesize:
+            return
+        self.filesize = size
+        if self.blksize == 0:
+            raise _Stop(f"{self.who} chose blksize 0 and a size of {size} bytes: iPXE "
+                        "refuses such a transfer, so no client boots it")
+        self.nblocks = size // self.blksize + 1
+
+    def oack(self, body: bytes) -> int:
+        """Apply an OACK; the block number to acknowledge (iPXE answers every OACK)."""
+        self.oacks += 1
+        pairs, junk = ipxe_oack_options(body)
+        if junk is not None:
+            self.malformed.add(f"OACK: {junk} (iPXE ignores the rest)", body)
+        blksize, tsize, tsize_seen = self.blksize, self.tsize, False
+        negative = False
+        for name, value in pairs:
+            key = name.lower()  # iPXE: strcasecmp
+            if key == b"multicast":
+                raise _Stop(f"{self.who} answered with the multicast option "
+                            f"{safe_text(value)!r}, which was never asked for: iPXE acts on "
+                            "it and may take blocks the audit cannot see",
+                            inconsistent="multicast")
+            if key not in (b"blksize", b"tsize"):
+                continue  # iPXE ignores unknown options
+            number = ipxe_strtoul(value)
+            if number is None:
+                self.malformed.add(
+                    f"OACK {key.decode()} {safe_text(value)!r} is not a number", body)
+                raise _Stop(f"{self.who} sent {key.decode()} {safe_text(value)!r}, which iPXE "
+                            "refuses: a client's transfer fails there")
+            if key == b"blksize":
+                blksize = number[0] % U32  # an unsigned int in iPXE
+            else:
+                (tsize, negative), tsize_seen = number, True
+        if negative:
+            self.malformed.add(f"OACK tsize is negative: iPXE reads {tsize % U32} (32-bit) "
+                               f"or {tsize} (64-bit)", body)
+        if self.options_set and (blksize, tsize) != (self.blksize, self.tsize):
+            raise _Stop(f"{self.who} changed its options (blksize {self.blksize} -> {blksize}, "
+                        f"tsize {self.tsize} -> {tsize}) after they were set: iPXE applies "
+                        "them, moving or adding blocks the audit has not seen",
+                        inconsistent="options-changed")
+        if not self.options_set:
+            self.options_set = True
+            self.blksize = self.result.blksize = blksize
+            self.tsize = tsize
+            if tsize_seen:
+                self.result.announced_size = tsize
+            # iPXE keeps tsize in an unsigned long: 32 bits on BIOS builds, 64 on UEFI
+            if tsize % U32 > self.max_size:
+                raise _Stop(f"announced size {tsize} exceeds {self.max_size}", truncated=True)
+            if tsize >= U32:
+                raise _Stop(f"{self.who} announced tsize {tsize}: a 32-bit iPXE reads "
+                            f"{tsize % U32} bytes, a 64-bit one {tsize}, so what a client "
+                            "loads depends on its platform", inconsistent="ambiguous-tsize")
+            if tsize:
+                self._presize(tsize)
+        return self.received & 0xFFFF
+
+    def data(self, packet: bytes) -> int:
+        """Take a DATA datagram; the block number to acknowledge."""
+        if len(packet) < 4:
+            self.malformed.add("DATA without a block number", packet)
+            raise _Stop(f"{self.who} sent a DATA packet of {len(packet)} bytes, too short "
+                        "for a block number: iPXE aborts the transfer there")
+        wire = struct.unpack_from("!H", packet, 2)[0]
+        payload = packet[4:]
+        # iPXE places a block number within the 65536 blocks after its first gap
+        base = (self.received + 1) & ~0xFFFF
+        if wire == 0 and base == 0:
+            raise _Stop(f"{self.who} sent DATA block 0, which iPXE refuses: a client's "
+                        "transfer fails there")
+        index = base + wire - 1
+        if len(payload) > self.blksize:
+            raise _Stop(f"block {wire} has {len(payload)} bytes > blksize {self.blksize}")
+        if self.blksize == 0:
+            raise _Stop(f"{self.who} chose blksize 0: iPXE cannot take any block, so a "
+                        "client's transfer fails")
+        self.options_set = True
+        width = self._width()
+        if index < self.received:
+            if self.records[index * width:(index + 1) * width] != self._record(payload) \
+                    or len(payload) != self.blksize:
+                raise _Stop(f"{self.who} sent block {wire} twice with different content: "
+                            "iPXE keeps the later copy, so a client boots bytes other than "
+                            "those hashed", inconsistent="conflicting-block")
+            return self.received & 0xFFFF  # a retransmission; iPXE acknowledges it again
+        if index > self.received:
+            raise _Stop(f"{self.who} sent block {wire} while block "
+                        f"{(self.received + 1) & 0xFFFF} was due: iPXE stores a block ahead "
+                        "at its offset, so a client holds bytes the audit never saw",
+                        inconsistent="out-of-order")
+        end = self.result.size + len(payload)
+        if end > self.max_size:
+            raise _Stop(f"more than {self.max_size} bytes", truncated=True)
+        if self.tsize and end > self.tsize:
+            raise _Stop(f"{self.who} sent block {wire} ending at byte {end}, past the "
+                        f"{self.tsize} bytes it announced: iPXE grows the file to take it, "
+                        "so the server's size and its data disagree",
+                        inconsistent="size-mismatch")
+        self._presize(end)
+        if index >= self.nblocks:  # only an empty first block: iPXE never sized its bitmap
+            raise _Stop(f"{self.who} sent an empty file: iPXE has no block to mark for it and "
+                        "fails the transfer, so no client boots it")
+        if len(payload) == self.blksize:
+            self.records += self._record(payload)
+        self.digest.update(payload)
+        if len(self.head) < self.head_limit:
+            self.head += payload[: self.head_limit - len(self.head)]
+        self.result.size = end
+        self.received += 1
+        if self.received == self.nblocks:  # iPXE's bitmap is full: the transfer is over
+            if end != self.filesize:
+                raise _Stop(f"{self.who} ended the file after {end} bytes, short of the "
+                            f"{self.filesize} it announced: a client's copy is "
+                            f"{self.filesize} bytes, the rest never sent",
+                            inconsistent="size-mismatch")
+            self.done = True
+            self.result.ok = True
+            self.result.sha256 = self.digest.hexdigest()
+        elif len(payload) < self.blksize:
+            raise _Stop(f"{self.who} sent a short block {wire} ({len(payload)} bytes, "
+                        f"blksize {self.blksize}) after {end} of the {self.filesize} bytes "
+                        "it announced: iPXE does not stop there, it waits for more and "
+                        "places it after a gap", inconsistent="short-block")
+        return self.received & 0xFFFF
+
+    def out_of_time(self, *, answered: bool, at_deadline: bool, timeout: float) -> None:
+        """The transfer ended without its last block, by the deadline or by silence."""
+        result = self.result
+        if answered and at_deadline:
+            # the server answered and the transfer never finished: a slow or endless file,
+            # or a server repeating OACKs or other packets to hold the client
+            result.deadline_reached = True
+            result.error = (
+                f"still transferring after {timeout:g} s ({result.size} bytes): "
+                f"{self.who} kept the transfer open" if result.size else
+                f"{self.who} kept the transfer open for {timeout:g} s without sending "
+                f"data ({self.oacks} OACK and {self.others} other packet(s))")
+        else:
+            result.error = "timed out" if not result.malformed else "malformed replies"
+
+
 def fetch(
     server: str,
     filename: str,
@@ -317,7 +567,10 @@ def fetch(
     retry: float = 1.0,
     port: int = PORT,
 ) -> FetchResult:
-    """Read ``filename`` from ``server``: hash all of it, keep its first ``head_limit`` bytes."""
+    """Read ``filename`` from ``server``: hash all of it, keep its first ``head_limit`` bytes.
+
+    ``ok`` (and a SHA-256) only when the transfer is one iPXE would finish with exactly the
+    bytes hashed; ``inconsistent`` says why not when the server made the two differ."""
     start = time.monotonic()
     result = FetchResult(server=server, filename=filename)
     try:
@@ -327,87 +580,44 @@ def fetch(
         result.error = f"cannot open a UDP socket: {exc.strerror or exc}"
         return result
     malformed = _Malformed(result.malformed)
-    who = f"server {server} ({filename!r})"
-    oacks = others = 0
-    digest = hashlib.sha256()
-    head = bytearray()
-    blksize = DEFAULT_BLKSIZE
-    expected = 1
+    reader = _Reader(result, malformed, max_size=max_size, head_limit=head_limit)
     try:
         xfer.send(build_request(RRQ, filename, {"blksize": str(REQUEST_BLKSIZE), "tsize": "0"}))
-        while True:
-            pkt = xfer.receive_packet(malformed)
-            if pkt is None:
-                result.error = "timed out" if not result.malformed else "malformed replies"
-                if xfer.tid is not None and time.monotonic() >= xfer.deadline:
-                    # the server answered and the transfer never finished: a slow or endless
-                    # file, or a server repeating OACKs or other packets to hold the client
-                    result.deadline_reached = True
-                    result.error = (
-                        f"still transferring after {timeout:g} s ({result.size} bytes): "
-                        f"{who} kept the transfer open" if result.size else
-                        f"{who} kept the transfer open for {timeout:g} s without sending "
-                        f"data ({oacks} OACK and {others} other packet(s))")
+        while not reader.done:
+            data = xfer.receive()
+            if data is None:
+                reader.out_of_time(answered=xfer.tid is not None, timeout=timeout,
+                                   at_deadline=time.monotonic() >= xfer.deadline)
                 break
-            if pkt.opcode == ERROR:
-                name = ERROR_NAMES.get(pkt.error_code, "error")
-                result.error = f"TFTP error {pkt.error_code} ({name}): {pkt.error_message}"
-                break
-            if pkt.opcode == OACK:
-                oacks += 1
-            if pkt.opcode == OACK and expected == 1:
+            opcode = struct.unpack_from("!H", data)[0] if len(data) >= 2 else None
+            if opcode == OACK:
+                xfer.send(build_ack(reader.oack(data[2:])))
+            elif opcode == DATA:
+                xfer.send(build_ack(reader.data(data)))
+            else:
                 try:
-                    blksize = int(pkt.options.get("blksize", DEFAULT_BLKSIZE))
-                    tsize = pkt.options.get("tsize")
-                    result.announced_size = int(tsize) if tsize is not None else None
-                except ValueError:
-                    xfer.abort("bad option value")
-                    result.error = "server sent a non-numeric option value"
+                    pkt = parse(data)
+                except MalformedPacket as exc:
+                    malformed.add(exc.reason, data)
+                    reader.others += 1
+                    continue
+                if pkt.opcode == ERROR:
+                    name = ERROR_NAMES.get(pkt.error_code, "error")
+                    result.error = f"TFTP error {pkt.error_code} ({name}): {pkt.error_message}"
                     break
-                if not 8 <= blksize <= 65464:
-                    xfer.abort("bad blksize")
-                    result.error = f"server chose an invalid blksize {blksize}"
-                    break
-                if result.announced_size is not None and result.announced_size > max_size:
-                    xfer.abort("file too large for the audit")
-                    result.truncated = True
-                    result.error = f"announced size {result.announced_size} exceeds {max_size}"
-                    break
-                xfer.send(build_ack(0))
-                continue
-            if pkt.opcode != DATA:
-                others += pkt.opcode != OACK
-                continue
-            if pkt.block == (expected - 1) & 0xFFFF:
-                xfer.send(build_ack(pkt.block))  # duplicate: our ACK was lost
-                continue
-            if pkt.block != expected & 0xFFFF:
-                continue
-            if len(pkt.data) > blksize:
-                xfer.abort("block larger than negotiated")
-                result.error = f"block {pkt.block} has {len(pkt.data)} bytes > blksize {blksize}"
-                break
-            result.size += len(pkt.data)
-            if result.size > max_size:
-                xfer.abort("file too large for the audit")
-                result.truncated = True
-                result.error = f"more than {max_size} bytes"
-                break
-            digest.update(pkt.data)
-            if len(head) < head_limit:
-                head += pkt.data[: head_limit - len(head)]
-            xfer.send(build_ack(pkt.block))
-            if len(pkt.data) < blksize:
-                result.ok = True
-                result.sha256 = digest.hexdigest()
-                break
-            expected += 1
+                reader.others += 1  # iPXE ignores a request or an ACK from its server
+    except _Stop as stop:
+        xfer.abort("transfer refused by the audit")
+        result.error = stop.message
+        result.inconsistent = stop.inconsistent
+        result.truncated = stop.truncated
+        result.ok, result.sha256 = False, None
     except OSError as exc:
         result.error = f"network error: {exc.strerror or exc}"
     finally:
         xfer.close()
     malformed.close()
-    result.head = bytes(head)
+    result.head = bytes(reader.head)
     result.elapsed = time.monotonic() - start
     return result
 
