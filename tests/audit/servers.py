@@ -3,6 +3,13 @@
     python servers.py tftp ROOT           writable TFTP (tftpy): the write-probe positive
     python servers.py tftp-endless        TFTP on port 69 whose every file never ends (each
                                           ACK gets the next block at once); ignores writes
+    python servers.py tftp-hostile ATTACK RELEASED EVIL
+                                          TFTP on port 69 serving every file as ATTACK says:
+        duplicate        RELEASED, but block 1 is sent again as EVIL's first block
+        short-block      tsize 600 bytes past RELEASED, RELEASED, then EVIL at offset 1024+
+        tiny-blksize     EVIL in blocks of 7 bytes (blksize 7, tsize its size)
+        oack-flood       an OACK every 0.1 s, never any data
+        plain            RELEASED with blksize 512 and its true tsize (a benign server)
     python servers.py https ROOT CERT KEY HTTPS file server on [::]:443 (dual stack)
     python servers.py https-switch FILE N CERT KEY CERT2 KEY2
                                           HTTPS on port 443 answering every GET with FILE;
@@ -101,6 +108,67 @@ def tftp_endless() -> None:
         data, client = server.recvfrom(2048)
         if data[:2] == b"\x00\x01":  # a read request; writes get no answer at all
             threading.Thread(target=_endless, args=(client,), daemon=True).start()
+
+
+def _hostile_transfer(attack: str, released: bytes, evil: bytes,
+                      client: tuple[str, int]) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(3)
+
+    def send(packet: bytes, *, ack: bool = True) -> None:
+        sock.sendto(packet, client)
+        if ack:
+            sock.recvfrom(2048)
+
+    def oack(**options: int) -> bytes:
+        return b"\x00\x06" + b"".join(f"{k}\x00{v}\x00".encode() for k, v in options.items())
+
+    def data(block: int, payload: bytes) -> bytes:
+        return b"\x00\x03" + (block & 0xFFFF).to_bytes(2, "big") + payload
+
+    def lockstep(payload: bytes, blksize: int = 512) -> None:
+        for i, at in enumerate(range(0, len(payload) + 1, blksize)):
+            send(data(i + 1, payload[at:at + blksize]))
+
+    try:
+        if attack == "duplicate":  # iPXE keeps the later copy of block 1
+            send(data(1, released[:512]))
+            send(data(1, evil[:512]))
+            for i, at in enumerate(range(512, len(released) + 1, 512)):
+                send(data(i + 2, released[at:at + 512]))
+        elif attack == "short-block":  # iPXE waits past the short block for the tsize
+            size = len(released) + 600
+            send(oack(blksize=512, tsize=size))
+            lockstep(released)
+            block = len(released) // 512 + 2
+            send(data(block, evil[: size - (block - 1) * 512]))
+        elif attack == "tiny-blksize":
+            send(oack(blksize=7, tsize=len(evil)))
+            lockstep(evil, 7)
+        elif attack == "oack-flood":
+            for _ in range(300):
+                send(oack(blksize=512), ack=False)
+                time.sleep(0.1)
+        else:
+            send(oack(blksize=512, tsize=len(released)))
+            lockstep(released)
+    except OSError:
+        pass  # the client stopped (as the audit does at an inconsistent transfer)
+    finally:
+        sock.close()
+
+
+def tftp_hostile(attack: str, released_file: str, evil_file: str) -> None:
+    released = Path(released_file).read_bytes()
+    evil = Path(evil_file).read_bytes()
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("0.0.0.0", 69))
+    _ready()
+    while True:
+        data, client = server.recvfrom(2048)
+        if data[:2] == b"\x00\x01":
+            threading.Thread(target=_hostile_transfer, args=(attack, released, evil, client),
+                             daemon=True).start()
 
 
 class _DualStackServer(http.server.ThreadingHTTPServer):
@@ -438,7 +506,8 @@ def canary(port: str, log: str) -> None:
 def main(argv: list[str]) -> None:
     mode, *args = argv
     modes: dict[str, Callable[..., None]] = {
-        "tftp": tftp, "tftp-endless": tftp_endless, "https": https, "https-switch": https_switch,
+        "tftp": tftp, "tftp-endless": tftp_endless, "tftp-hostile": tftp_hostile,
+        "https": https, "https-switch": https_switch,
         "hostile-dhcp": hostile_dhcp, "rogue": rogue,
         "http": hostile_http, "canary": canary}
     modes[mode](*args)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.audit.conftest import AuditPki
+from tests.audit.conftest import EVIL_IPXE, GOOD_IPXE, AuditPki, sha256
 from tests.audit.netns import REPO, AuditRun, Host, Segment, missing_tools
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -450,3 +450,50 @@ def test_a_boot_file_name_is_fetched_as_clients_read_it(seg: Segment, tmp_path: 
     assert hidden["severity"] == "high" and "junk" in hidden["message"]
     assert not [f for f in run.findings("boot-file-unverified") if "junk" in f["subject"]]
     assert not unsafe_strings(run.json)
+
+
+@pytest.mark.parametrize(("attack", "rule", "severity", "returncode"), [
+    ("duplicate", "tftp-transfer-inconsistent", "critical", 5),
+    ("short-block", "tftp-transfer-inconsistent", "high", 5),
+    ("tiny-blksize", "boot-file-mismatch", "critical", 5),
+    ("oack-flood", "audit-limit-reached", "high", 5),
+    ("plain", "tftp-boot-file", "low", 0),
+])
+def test_a_hostile_tftp_server_cannot_pass_off_a_tampered_boot_file(
+        seg: Segment, tmp_path: Path, attack: str, rule: str, severity: str,
+        returncode: int) -> None:
+    """The authorized DHCP server points clients at a TFTP server that serves the released
+    undionly.kpxe to the audit's in-order reading but lets iPXE assemble other bytes: block
+    1 sent again as the evil build (iPXE keeps the later copy), a short block before the
+    announced size (iPXE waits and takes more after a gap), blksize 7 (iPXE boots the evil
+    build the audit used to refuse), or OACKs forever (nothing is fetched). Each must fail
+    the audit at the default --fail-on high; a benign server still matches."""
+    auth = seg.add_host("auth", 1)
+    seg.start_dnsmasq(auth, "--dhcp-range=192.0.2.100,192.0.2.199,255.255.255.0,10m",
+                      "--dhcp-boot=undionly.kpxe,,192.0.2.2")
+    released, evil = tmp_path / "released.kpxe", tmp_path / "evil.kpxe"
+    released.write_bytes(GOOD_IPXE)
+    evil.write_bytes(EVIL_IPXE)
+    seg.start_server(seg.add_host("tftp", 2), "tftp-hostile", attack, str(released), str(evil))
+    client = seg.add_host("client", 50)
+    pol = policy(tmp_path, (
+        "authorized_servers:\n"
+        f"  - {{name: core, ip: 192.0.2.1, mac: \"{AUTH_MAC}\", role: dhcp}}\n"
+        f"expected_files:\n  - {{name: undionly.kpxe, sha256: {sha256(GOOD_IPXE)}}}\n"))
+    run = seg.audit(client, "--window", "2", "--follow-timeout", "3", "--no-dhcpv6",
+                    "--arch", "bios", "--json", "--policy", str(pol))
+    found = run.findings(rule)
+    assert [f["severity"] for f in found] == [severity], (run.json["findings"], run.stderr)
+    [fetched] = [f for f in run.json["observation"]["fetched"]
+                 if f["url"] == "tftp://192.0.2.2/undionly.kpxe"]
+    if attack == "plain":
+        assert "matches released undionly.kpxe" in found[0]["message"]
+        assert fetched["ok"] and fetched["sha256"] == sha256(GOOD_IPXE), fetched
+    else:
+        assert not [f for f in run.findings("tftp-boot-file")
+                    if "matches released" in f["message"]], run.json["findings"]
+        assert fetched["sha256"] != sha256(GOOD_IPXE), fetched
+    if attack == "oack-flood":
+        assert found[0]["evidence"]["limit"] == "fetch-deadline"
+        assert fetched["deadline_reached"] and "kept the transfer open" in fetched["error"]
+    assert run.returncode == returncode, (run.returncode, run.json["findings"], run.stderr)
