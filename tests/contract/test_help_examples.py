@@ -149,7 +149,8 @@ def _bash(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPr
 def _env(home: Path) -> dict[str, str]:
     return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(home),
             "LANG": "C.UTF-8", "TB_PW": KEY_PASS, "TRUSTBOOT_CACHE_DIR": str(home / "cache"),
-            "TRUSTBOOT_ORIGIN_TOKEN": "bearer:unused-by-a-dry-run",
+            # bound to the multiarch recipe's origin, as a recipe's credentials must be
+            "TRUSTBOOT_ORIGIN_TOKEN": "https://boot.example.net/dav/ bearer:unused-by-a-dry-run",
             # what a pipeline sets once; an example without passphrase options would
             # otherwise ask on the terminal
             "TRUSTBOOT_SIGN_PASSPHRASE_ENV": "TB_PW"}

@@ -126,10 +126,12 @@ def anon_get(url: str, ca_file: Path) -> tuple[int, dict[str, str], bytes]:
 def release_origin(rgw: RGW, bucket: str, env: str, monkeypatch: pytest.MonkeyPatch
                    ) -> tuple[str, str]:
     """A new bucket for a release lab (tests.release.lab.make_lab) and the store's
-    credentials in the environment variable ``env``: (the recipe's origin URL, its extra
+    credentials in the environment variable ``env`` (TRUSTBOOT_*, bound to the bucket and
+    the endpoint, as a recipe's credentials must be): (the recipe's origin URL, its extra
     origin keys)."""
     rgw.client().create_bucket(Bucket=bucket)
-    monkeypatch.setenv(env, f"{rgw.access_key}:{rgw.secret_key}")
+    monkeypatch.setenv(env, f"s3://{bucket}/boot {rgw.endpoint} "
+                            f"{rgw.access_key}:{rgw.secret_key}")
     return f"s3://{bucket}/boot", (f", endpoint: '{rgw.endpoint}', public_url: "
                                    f"'{rgw.endpoint}/{bucket}/boot/', credentials: {{env: {env}}}")
 

@@ -155,7 +155,7 @@ def test_s3_rerun_without_cache_finds_its_dated_id(pki: Pki, rgw: RGW,  # noqa: 
     pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
     s3 = rgw.client()
     bucket = f"tb-ids-{os.getpid()}"
-    url, extra = release_origin(rgw, bucket, "TB_TEST_IDS_S3", monkeypatch)
+    url, extra = release_origin(rgw, bucket, "TRUSTBOOT_TEST_IDS_S3", monkeypatch)
     d = tmp_path / "lab"
 
     def lab(kernel: int) -> Path:
@@ -176,7 +176,7 @@ def test_s3_rerun_without_cache_finds_its_dated_id(pki: Pki, rgw: RGW,  # noqa: 
     assert later.release == first.release
     assert later.uploaded == []
     options = OriginOptions(ca_file=pki.ca, endpoint_url=rgw.endpoint,
-                            credentials=load_credentials(env="TB_TEST_IDS_S3"))
+                            credentials=load_credentials(env="TRUSTBOOT_TEST_IDS_S3"))
     with open_origin(f"s3://{bucket}/boot", options) as origin:
         assert origin.list_dirs("releases/") == sorted([older.release, first.release])
 

@@ -141,7 +141,7 @@ def test_s3_origin_keeps_hash_then_upload(pki: Pki, rgw: RGW, tmp_path: Path,  #
     pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
     s3 = rgw.client()
     bucket = f"tb-staging-{os.getpid()}"
-    url, extra = release_origin(rgw, bucket, "TB_TEST_STAGING_S3", monkeypatch)
+    url, extra = release_origin(rgw, bucket, "TRUSTBOOT_TEST_STAGING_S3", monkeypatch)
     recipe = make_lab(tmp_path / "lab", pki, url, client_cert=False,
                       images={"vmlinuz": SMALL, "initrd.img": BIG}, extra=extra)
     result = _release(recipe, tmp_path / "cache.json")
@@ -152,7 +152,7 @@ def test_s3_origin_keeps_hash_then_upload(pki: Pki, rgw: RGW, tmp_path: Path,  #
         (tmp_path / "lab/images/initrd.img").read_bytes()
     # an S3 store has no cheap server-side move (a copy writes the data again)
     options = OriginOptions(ca_file=pki.ca, endpoint_url=rgw.endpoint,
-                            credentials=load_credentials(env="TB_TEST_STAGING_S3"))
+                            credentials=load_credentials(env="TRUSTBOOT_TEST_STAGING_S3"))
     with open_origin(f"s3://{bucket}/boot", options) as origin:
         assert staging_of(origin) is None
 

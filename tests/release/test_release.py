@@ -508,9 +508,9 @@ def test_recipe_origin_cannot_take_credentials_bound_to_another_origin(
     variable, is refused in validation (dry run included), the secret never shown."""
     recipe = lab.recipe()
     text = recipe.read_text().replace("ca_file: pki/ca.crt}",
-                                      "ca_file: pki/ca.crt, credentials: {env: TB_CREDS}}")
+                                      "ca_file: pki/ca.crt, credentials: {env: TRUSTBOOT_CREDS}}")
     recipe.write_text(text)
-    monkeypatch.setenv("TB_CREDS", "https://dav.example.net/boot/ ci:hunter2hunter2")
+    monkeypatch.setenv("TRUSTBOOT_CREDS", "https://dav.example.net/boot/ ci:hunter2hunter2")
     for extra in (["--dry-run"], []):
         code, out, err = release(str(recipe), *extra)
         assert code == 3, err

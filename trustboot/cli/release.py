@@ -67,6 +67,11 @@ class StageReporter:
 # Only here, never from a recipe: a recipe (from a pull request) must not turn it off.
 @click.option(sandbox.UNSAFE_OPTION, "unsafe_unsandboxed", is_flag=True,
               envvar=sandbox.UNSAFE_ENV, show_envvar=True, help=sandbox.UNSAFE_HELP)
+# Only here, never from a recipe: the recipe chooses the host its credentials go to.
+@click.option("--unsafe-unbound-credentials", "unsafe_unbound_credentials", is_flag=True,
+              help="Send the recipe's origin.credentials even when they are not bound to "
+              "an origin URL ('ORIGIN_URL user:password'): they then go to whatever "
+              "origin.url the recipe names. Only for recipes you trust; warns on every run.")
 @click.option("--pkcs11-module", type=click.Path(path_type=Path, dir_okay=False),
               envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
               help="PKCS#11 module (.so) for a pkcs11: signer (a recipe may not name one).")
@@ -75,7 +80,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             passphrase_file: Path | None, passphrase_env: str | None,
             ipxe_source: Path | None, cache_dir: Path | None, readback_url: str | None,
             reverify: bool, jobs: int | None, unsafe_unsandboxed: bool,
-            pkcs11_module: Path | None, as_json: bool) -> None:
+            unsafe_unbound_credentials: bool, pkcs11_module: Path | None,
+            as_json: bool) -> None:
     """Release RECIPE: validate -> plan -> build iPXE -> render the menu -> sign ->
     manifest -> publish -> verify what the origin serves, as iPXE.
 
@@ -102,6 +108,10 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
 
     if unsafe_unsandboxed:
         warn(sandbox.UNSAFE_WARNING)
+    if unsafe_unbound_credentials:
+        warn("--unsafe-unbound-credentials: the recipe's origin.credentials may be sent "
+             "unbound, to whatever origin.url it names; a changed recipe can send them to "
+             "a host of its choosing")
     r = load_recipe(recipe)
     passphrases = None
     explicit = passphrase_file is not None or passphrase_env is not None
@@ -113,7 +123,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
                              readback_url=readback_url, reverify=reverify,
                              publish_cache=None if reverify else default_cache_path(),
                              pkcs11_module=pkcs11_module,
-                             unsafe_unsandboxed_build=unsafe_unsandboxed)
+                             unsafe_unsandboxed_build=unsafe_unsandboxed,
+                             unsafe_unbound_credentials=unsafe_unbound_credentials)
     make = MakeProgress(quiet=as_json)  # a build of minutes shows it is alive, as ipxe build
     with upload_progress(as_json) as bars:
         try:

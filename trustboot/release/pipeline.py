@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -171,17 +172,33 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         st.done("validate", "warning", cache.problem)
     if dry_run:
         p = plan(v, now=now, cache=cache, save_cache=False)
+        notes: list[str] = []
+        if v.credentials is not None:
+            # A dry run is what a reviewer runs on a recipe from a pull request: it sends
+            # no secret to the origin that recipe names, however the secret is bound.
+            notes.append(f"a dry run does not send origin.credentials ({v.credentials.source}):"
+                         " what it asks the origin, it asks without them")
         if "{date}" in recipe.release.id_template:
-            try:
-                read_only = dataclasses.replace(origin_options(v), create_root=False)
-                with open_origin(v.origin_url, read_only) as origin:
-                    _keep_dated_id(p, origin)
-            except OperationalError as exc:
-                # A dry run still plans when the origin is out of reach (a laptop, a CI job
-                # checking a recipe): only the id of the same inputs on an earlier day is
-                # unknown then.
-                p.origin_unreachable = exc.message
+            if urlsplit(v.origin_url).scheme == "s3":
+                # boto3 signs every request with the credentials it finds (the recipe's,
+                # else the environment's): an S3 store is not listed at all
+                p.origin_unreachable = ("not listed: a dry run sends no credentials, and "
+                                        "every S3 request is signed with them")
+            else:
+                try:
+                    read_only = dataclasses.replace(origin_options(v), create_root=False,
+                                                    credentials=None)
+                    with open_origin(v.origin_url, read_only) as origin:
+                        _keep_dated_id(p, origin)
+                except OperationalError as exc:
+                    # A dry run still plans when the origin is out of reach (a laptop, a
+                    # CI job checking a recipe, an origin that lists only to credentials):
+                    # only the id of the same inputs on an earlier day is unknown then.
+                    p.origin_unreachable = exc.message
         result = _planned(p, st, dry_run=True, now=now)
+        for note in notes:
+            st.done("plan", "note", note)
+            result.warnings.append(note)
         return result
     # one origin session for the whole release: staging, manifest, publish, prune
     with contextlib.ExitStack() as stack:

@@ -49,6 +49,7 @@ from trustboot.publish.origin import (
     check_credentials_scope,
     check_key,
     load_credentials,
+    redact_url,
 )
 from trustboot.release.recipe import (
     ENTRY_SCRIPT,
@@ -98,6 +99,9 @@ class ReleaseOptions:
     pkcs11_module: Path | None = None
     # run the iPXE tree's make outside the sandbox (operator only: no recipe key sets it)
     unsafe_unsandboxed_build: bool = False
+    # send the recipe's origin.credentials even when they are not bound to an origin URL
+    # (operator only, --unsafe-unbound-credentials: the recipe chooses origin.url)
+    unsafe_unbound_credentials: bool = False
 
 
 @dataclass(frozen=True)
@@ -343,6 +347,44 @@ def _public_base(url: str, public: str | None, where: str) -> str:
     return base if base.endswith("/") else base + "/"
 
 
+def _origin_credentials(recipe: Recipe, ref: SecretRef, url: str, endpoint: str | None,
+                        options: ReleaseOptions) -> Credentials:
+    """The recipe's origin.credentials, checked before anything is sent (a dry run too).
+
+    A recipe comes from a pull request and chooses origin.url (and the CA its TLS
+    certificate is checked with): credentials that are not bound to an origin URL would go
+    to whatever host it names. So they must be bound, by the secret itself (set by the
+    operator, out of the recipe's reach), to the origin they are sent to, unless the
+    operator passes --unsafe-unbound-credentials."""
+    what = "origin.credentials." + ("env" if ref.env is not None else "file")
+    try:
+        cfile = (resolve_path(recipe, ref.file, what, allow_outside=options.allow_outside)
+                 if ref.file else None)
+        creds = load_credentials(file=cfile, env=ref.env,
+                                 environ=dict(options.environ) if options.environ else None)
+        assert creds is not None  # one of file or env (the recipe checked it)
+        # bound to another origin: refused here, so a dry run says so too
+        check_credentials_scope(url, creds, endpoint=endpoint)
+    except ConfigError as exc:
+        if exc.message.startswith(f"{recipe.source}:"):
+            raise  # it names its recipe line already (resolve_path)
+        raise ConfigError(f"{ref.where}: {what}: {exc.message}", hint=exc.hint) from None
+    if creds.scope is None and not options.unsafe_unbound_credentials:
+        shown = redact_url(url)
+        if urlsplit(url).scheme == "s3":
+            binding = f"'{shown} {endpoint + ' ' if endpoint else ''}KEY_ID:SECRET'"
+        else:
+            binding = f"'{shown} USER:PASSWORD' (or '{shown} bearer:TOKEN')"
+        raise ConfigError(
+            f"{ref.where}: {what}: the credentials from {creds.source} are not bound to an "
+            f"origin, and this recipe chooses where they go (origin.url {shown}); nothing "
+            "was sent",
+            hint=f"bind them to the origin they are meant for: write the secret as "
+                 f"{binding} (a recipe pointing elsewhere is then refused), or, only for "
+                 "a recipe you trust, pass --unsafe-unbound-credentials")
+    return creds
+
+
 def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
              dry_run: bool = False) -> Validated:
     """Everything that can be checked before anything is created (with ``dry_run``,
@@ -403,12 +445,7 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         ca_file = resolve_path(recipe, o.ca_file, "origin.ca_file", allow_outside=allow)
     creds = None
     if o is not None and o.credentials is not None:
-        cfile = (resolve_path(recipe, o.credentials.file, "origin.credentials.file",
-                              allow_outside=allow) if o.credentials.file else None)
-        creds = load_credentials(file=cfile, env=o.credentials.env,
-                                 environ=dict(options.environ) if options.environ else None)
-        # bound to another origin: refused here, so a dry run says so too
-        check_credentials_scope(url, creds, endpoint=o.endpoint)
+        creds = _origin_credentials(recipe, o.credentials, url, o.endpoint, options)
 
     client_cert = client_key = None
     client_pass: PassphraseSource | None = None

@@ -54,6 +54,11 @@ ID_FIELDS = ("name", "date", "digest8", "digest12", "digest")
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _ENV = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
+# The variables a recipe may send to its origin as credentials: a recipe comes from a pull
+# request and chooses origin.url, so it may only name variables set for trustboot, never
+# one the CI runner holds for something else (CI_JOB_TOKEN, DATABASE_URL, ...).
+CREDENTIALS_ENV_PREFIX = "TRUSTBOOT_"
+_CREDENTIALS_ENV = CREDENTIALS_ENV_PREFIX + r"[A-Za-z0-9_]{1,118}"
 _HOST = r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}"
 _KEY = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,7}"
 _PATH_DOC = ("a path relative to the recipe's directory; it may not leave that directory "
@@ -67,10 +72,11 @@ def _path(doc: str) -> Field:
     return Str(f"{doc}: {_PATH_DOC}", max_length=1024)
 
 
-def _secret_ref(doc: str) -> Field:
+def _secret_ref(doc: str, *, env_doc: str = "the name of an environment variable "
+                "holding the secret", env_pattern: str = _ENV) -> Field:
     return Map(doc, {
         "file": _path("a file whose first line is the secret"),
-        "env": Str("the name of an environment variable holding the secret", pattern=_ENV),
+        "env": Str(env_doc, pattern=env_pattern),
     })
 
 
@@ -119,9 +125,15 @@ RECIPE = Map("A trustboot release recipe (`trustboot release RECIPE`).", {
         "endpoint": Str("the https:// endpoint of an s3:// origin (e.g. a Ceph RGW)",
                         pattern=r"https://[^\s]{1,1000}", max_length=1024),
         "ca_file": _path("the CA that signed the origin's TLS certificate"),
-        "credentials": _secret_ref("credentials for the origin ('user:password' or "
-                                   "'bearer:TOKEN', best after 'ORIGIN_URL ', which binds "
-                                   "them to that origin)"),
+        "credentials": _secret_ref(
+            "credentials for the origin: 'ORIGIN_URL user:password' or 'ORIGIN_URL "
+            "bearer:TOKEN', bound to that origin (unbound ones only with `trustboot release "
+            "--unsafe-unbound-credentials`)",
+            env_doc=f"an environment variable whose name starts with "
+                    f"{CREDENTIALS_ENV_PREFIX} (a recipe may not send any other variable "
+                    f"to its origin), e.g. {CREDENTIALS_ENV_PREFIX}ORIGIN_CREDENTIALS set "
+                    "to 'ORIGIN_URL user:password'",
+            env_pattern=_CREDENTIALS_ENV),
         "client_cert": Str("TLS client certificate NAME of the CA (trustboot ca issue "
                            "client NAME) for origins that take writes only from it",
                            pattern=_NAME),
@@ -188,6 +200,7 @@ class RecipePath:
 class SecretRef:
     file: RecipePath | None = None
     env: str | None = None
+    where: str = ""  # the recipe's file:line of the reference
 
 
 @dataclass(frozen=True)
@@ -286,7 +299,8 @@ def _secret(c: Checked | None) -> SecretRef | None:
     v = c.value
     if ("file" in v) == ("env" in v):
         raise ConfigError(f"{c.where}: give exactly one of file or env")
-    return SecretRef(file=_rpath(v.get("file")), env=v["env"].value if "env" in v else None)
+    return SecretRef(file=_rpath(v.get("file")), env=v["env"].value if "env" in v else None,
+                     where=c.where)
 
 
 def _size(c: Checked) -> int:

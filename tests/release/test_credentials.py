@@ -1,0 +1,200 @@
+"""A recipe's origin.credentials go only where the operator bound them.
+
+A recipe comes from a pull request and chooses origin.url and the CA its certificate is
+checked with. It may name only TRUSTBOOT_* variables, the secret must be bound to the
+origin it goes to ('ORIGIN_URL user:password', set by the operator) unless the operator
+passes --unsafe-unbound-credentials, and a dry run sends no credentials at all. Checked
+against a TLS server of the test CA that records what it is sent, and the real nginx
+WebDAV origin (whose access log shows the basic-auth user of every request)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.server
+import json
+import re
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.publish.conftest import KEY_PASS, Nginx, Pki, http_server, logged_requests
+from tests.release.lab import make_lab
+from trustboot.cli.main import cli
+
+SECRET = "glcbt-SECRETJOBTOKEN123"
+IMAGES = {"vmlinuz": b"kernel " * 3000, "initrd.img": b"initrd " * 1000}
+
+
+@pytest.fixture(autouse=True)
+def _no_ipxe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
+    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+class _Capture(http.server.BaseHTTPRequestHandler):
+    """The attacker's origin: records each request's method and Authorization, then
+    refuses (as the capture server of the review did)."""
+
+    seen: ClassVar[list[tuple[str, str | None]]] = []
+
+    def _any(self) -> None:
+        self.seen.append((self.command, self.headers.get("Authorization")))
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = do_PUT = do_DELETE = do_PROPFIND = do_MKCOL = do_MOVE = _any
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def capture(pki: Pki, tmp_path: Path) -> Iterator[str]:
+    """A TLS server with a certificate of the recipe's CA (the CA file a hostile recipe
+    brings would do the same): its URL."""
+    chain = tmp_path / "capture-chain.pem"
+    chain.write_bytes(pki.cert("origin").read_bytes()
+                      + (pki.dir / "issuing-ca.crt").read_bytes())
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(chain), str(pki.key("origin")), password=KEY_PASS)
+    _Capture.seen.clear()
+    with http_server(_Capture, tls=ctx) as url:
+        yield url
+
+
+def _recipe(pki: Pki, tmp_path: Path, origin: str, env: str, *,
+            client_cert: bool = False) -> Path:
+    # {date} in the id: a dry run lists the origin (the id of the same inputs on an
+    # earlier day), so it has something to send credentials with
+    return make_lab(tmp_path / "lab", pki, origin, images=IMAGES, client_cert=client_cert,
+                    extra=f", credentials: {{env: {env}}}", release_id="{date}-{digest8}")
+
+
+def _release(recipe: Path, *args: str, env: dict[str, str]) -> Result:
+    return CliRunner().invoke(cli, ["release", str(recipe), *args], env=env)
+
+
+def _line_of(recipe: Path, text: str) -> int:
+    return next(i for i, line in enumerate(recipe.read_text().splitlines(), 1)
+                if text in line)
+
+
+def test_a_recipe_cannot_name_a_variable_that_is_not_trustboots(
+        pki: Pki, tmp_path: Path) -> None:
+    """The review's exfiltration: origin.url, its CA and credentials.env: CI_REPOSITORY_URL
+    (GitLab's URL with the job token) in a pull request. Refused while the recipe is read,
+    with its file:line and the fix, whatever the options: nothing reaches the host."""
+    token_url = f"https://gitlab-ci-token:{SECRET}@gitlab.example.com/grp/proj.git"
+    with capture(pki, tmp_path) as url:
+        recipe = _recipe(pki, tmp_path, url, "CI_REPOSITORY_URL")
+        line = _line_of(recipe, "credentials")
+        for args in ([], ["--dry-run"], ["--unsafe-unbound-credentials"],
+                     ["--dry-run", "--json"]):
+            res = _release(recipe, *args, env={"CI_REPOSITORY_URL": token_url})
+            assert res.exit_code == 3, (args, res.output)
+            assert f"lab.yaml:{line}: origin.credentials.env 'CI_REPOSITORY_URL' is not " \
+                   "allowed" in res.stderr, res.stderr
+            assert "TRUSTBOOT_" in res.stderr and SECRET not in res.output
+        assert _Capture.seen == []
+
+
+def test_unbound_credentials_from_a_recipe_are_refused_unless_the_operator_opts_in(
+        pki: Pki, tmp_path: Path) -> None:
+    """TRUSTBOOT_ORIGIN_CREDENTIALS holds 'ci:SECRET' with no origin URL before it: the
+    recipe would choose where it goes. Refused (exit 3, the recipe line, the binding to
+    write and the flag), dry run included, with no request made. With the operator's
+    --unsafe-unbound-credentials it is sent (and warned about on every run); a dry run
+    still does not send it."""
+    env = {"TRUSTBOOT_ORIGIN_CREDENTIALS": f"ci:{SECRET}"}
+    with capture(pki, tmp_path) as url:
+        recipe = _recipe(pki, tmp_path, url, "TRUSTBOOT_ORIGIN_CREDENTIALS")
+        line = _line_of(recipe, "credentials")
+        for args in ([], ["--dry-run"]):
+            res = _release(recipe, *args, env=env)
+            assert res.exit_code == 3, (args, res.output)
+            assert f"lab.yaml:{line}: origin.credentials.env: the credentials from " \
+                   "environment variable TRUSTBOOT_ORIGIN_CREDENTIALS are not bound" \
+                   in res.stderr, res.stderr
+            assert f"'{url} USER:PASSWORD'" in res.stderr
+            assert "--unsafe-unbound-credentials" in res.stderr
+            assert SECRET not in res.output
+        assert _Capture.seen == []
+
+        res = _release(recipe, "--dry-run", "--unsafe-unbound-credentials", env=env)
+        assert res.exit_code == 0, res.output
+        assert "warning: --unsafe-unbound-credentials" in res.stderr
+        assert "does not send origin.credentials" in res.stderr
+        assert _Capture.seen and all(auth is None for _, auth in _Capture.seen)
+
+        _Capture.seen.clear()
+        res = _release(recipe, "--unsafe-unbound-credentials", env=env)
+        assert res.exit_code == 1, res.output  # the capture server refuses
+        assert "warning: --unsafe-unbound-credentials" in res.stderr
+        basic = "Basic " + base64.b64encode(f"ci:{SECRET}".encode()).decode()
+        assert (_Capture.seen[0][1]) == basic  # the opt-in is what sent it
+
+
+def test_a_dry_run_sends_no_credentials_even_bound_ones(pki: Pki, tmp_path: Path) -> None:
+    """Bound to the origin the recipe names (the recipe's own origin, here the capture
+    server): a real run sends them, a dry run lists the origin without them and says so
+    (stderr, and `warnings` in its JSON)."""
+    with capture(pki, tmp_path) as url:
+        env = {"TRUSTBOOT_ORIGIN_CREDENTIALS": f"{url} ci:{SECRET}"}
+        recipe = _recipe(pki, tmp_path, url, "TRUSTBOOT_ORIGIN_CREDENTIALS")
+        res = _release(recipe, "--dry-run", env=env)
+        assert res.exit_code == 0, res.output
+        assert "does not send origin.credentials (environment variable " \
+               "TRUSTBOOT_ORIGIN_CREDENTIALS)" in res.stderr
+        res = _release(recipe, "--dry-run", "--json", env=env)
+        assert res.exit_code == 0, res.output
+        doc = json.loads(res.stdout)
+        assert any("does not send origin.credentials" in w for w in doc["warnings"])
+        # listed (the id may be an earlier day's), refused without credentials: provisional
+        assert doc["plan"]["release_id_provisional"] is True
+        assert [m for m, _ in _Capture.seen] == ["PROPFIND", "PROPFIND"]
+        assert all(auth is None for _, auth in _Capture.seen), _Capture.seen
+        assert SECRET not in res.output
+
+        _Capture.seen.clear()
+        res = _release(recipe, env=env)
+        assert res.exit_code == 1, res.output
+        assert _Capture.seen and all(auth is not None for _, auth in _Capture.seen)
+
+
+def _users(lines: list[str], nginx: Nginx) -> list[str]:
+    """The basic-auth user nginx logged for each request of ``lines`` (the combined log
+    format's third field: '-' when none was sent)."""
+    log = (nginx.base / "access.log").read_text().splitlines()
+    users = []
+    for request in lines:
+        match = next(x for x in reversed(log) if f'"{request} ' in x)
+        users.append(match.split(" ")[2])
+    return users
+
+
+def test_on_nginx_a_dry_run_lists_without_credentials_and_a_release_sends_bound_ones(
+        pki: Pki, nginx: Nginx, tmp_path: Path) -> None:
+    """The real WebDAV origin (writes with the client certificate, basic credentials
+    bound to it, as CI holds them): the release publishes, and nginx saw the user on its
+    requests; a dry run's listing of the same origin carried none."""
+    recipe = _recipe(pki, tmp_path, nginx.url, "TRUSTBOOT_DAV", client_cert=True)
+    env = {"TRUSTBOOT_DAV": f"{nginx.url} alice:{SECRET}"}
+    results: list[Result] = []
+    requests = logged_requests(nginx, pki, lambda: results.append(
+        _release(recipe, "--dry-run", env=env)))
+    assert results[0].exit_code == 0, results[0].output
+    assert requests and all(r.startswith("PROPFIND ") for r in requests), requests
+    assert set(_users(requests, nginx)) == {"-"}
+    requests = logged_requests(nginx, pki, lambda: results.append(_release(recipe, env=env)))
+    assert results[1].exit_code == 0, results[1].output
+    assert any(r.startswith("PUT ") for r in requests)
+    writes = [r for r in requests if not r.startswith("GET ")]  # the read-back is anonymous
+    assert set(_users(writes, nginx)) == {"alice"}, writes
+    assert re.search(r"releases/\d{8}-", (nginx.root / "boot.ipxe").read_text())
+    assert SECRET not in results[1].output
