@@ -56,16 +56,27 @@ def release_key_problem(name: object) -> str | None:
     return problem
 
 
+ENTRY_PATH_HINT = ("use a path of its own, outside releases/ and not ending in .sig, e.g. "
+                   "boot.ipxe or menus/staging.ipxe")
+
+
 def entry_path_problem(path: object) -> str | None:
     """Why ``path`` cannot be an entry path (where iPXE's embedded script chains to): the
-    key rule, not a dot-file (the origin hides those and keeps its own records there), and
-    not under releases/, which holds only releases: prune and `publish list` read
+    key rule, not a dot-file (the origin hides those and keeps its own records there), not
+    under releases/, which holds only releases: prune and `publish list` read
     everything there as a release's object, so an entry pair there would not protect the
-    release it serves."""
+    release it serves; and not a name ending in .sig: that is a signature's name (the
+    switch writes PATH.sig beside PATH), and an entry switched to ``boot.ipxe.sig``
+    wrote its script over another entry's signature, which iPXE then refused.
+    (What the origin already holds at the path is checked at the switch:
+    pipeline.check_switch_target.)"""
     problem = release_key_problem(path)
     if problem is None and isinstance(path, str) and (
             path == RELEASES_PREFIX or path.startswith(RELEASES_PREFIX + "/")):
         problem = f"it is inside {RELEASES_PREFIX}/, which holds only the releases"
+    if problem is None and isinstance(path, str) and path.endswith(".sig"):
+        problem = (f"it ends in .sig, a signature's name (the signature of "
+                   f"{path[:-4]!r}, which may be another entry's)")
     return problem
 
 
@@ -73,9 +84,7 @@ def check_entry_path(path: str) -> str:
     """The one entry-path rule (entry_path_problem), for every command that takes one."""
     problem = entry_path_problem(path)
     if problem:
-        raise ConfigError(f"entry path {path!r} is refused: {problem}",
-                          hint="use a path outside releases/, e.g. boot.ipxe or "
-                               "menus/staging.ipxe")
+        raise ConfigError(f"entry path {path!r} is refused: {problem}", hint=ENTRY_PATH_HINT)
     return path
 
 

@@ -601,13 +601,16 @@ def _run_all(fn: Callable[[Any], None], items: Sequence[Any], jobs: int) -> None
 
 
 def live_release(origin: Origin, releases: Sequence[ReleaseManifest], entry_path: str, *,
-                 switching_to: str | None = None) -> str | None:
+                 switching_to: str | None = None, by_script: bool = False) -> str | None:
     """The release whose entry script the entry path serves now (by sha256).
 
     Releases can share a byte-identical entry and signature (the same script signed
     again by the same RSA key); the newest of those is named, except ``switching_to``,
     the release a switch is about to make live, which is named only when no other
-    matches (it was live already)."""
+    matches (it was live already). ``by_script`` (prune): when the signature served
+    beside the script is none of the releases' (the pair broken by hand or by another
+    writer; iPXE refuses it), the release whose script it is still counts: the entry
+    points at it, and a repair or a rollback needs it."""
     check_key(entry_path)
     if origin.stat(entry_path) is None:
         return None
@@ -618,14 +621,17 @@ def live_release(origin: Origin, releases: Sequence[ReleaseManifest], entry_path
         _, sd = hash_chunks(origin.read(entry_path + ".sig", max_size=MAX_SIGNATURE_SIZE),
                             ["sha256"])
         sig_digest = sd["sha256"].hex()
-    matching = []
+    matching, scripts = [], []
     for m in sorted(releases, key=lambda m: m.created, reverse=True):
         entry = m.file(m.entry) if m.entry else None
         if entry is None or entry.sha256 != live:
             continue
+        scripts.append(m.release)
         sig = m.file(entry.sig) if entry.sig else None
         if sig is None or sig_digest is None or sig.sha256 == sig_digest:
             matching.append(m.release)
+    if not matching and by_script:
+        matching = scripts
     if len(matching) > 1:
         recorded = _live_records(origin).get(entry_path)
         if isinstance(recorded, dict) and recorded.get("release") in matching \
@@ -660,9 +666,40 @@ def _record_live(origin: Origin, entry_path: str, release: str, script_sha256: s
     origin.put_bytes(LIVE_RECORD, data, sha256=hashlib.sha256(data).hexdigest())
 
 
+# What an iPXE script starts with (iPXE's script_probe also takes the older gPXE magic).
+SCRIPT_MAGIC = (b"#!ipxe", b"#!gpxe")
+
+
+def check_switch_target(origin: Origin, entry_path: str) -> None:
+    """Refuse a switch that would replace something else than an entry (caller holds the
+    lock): an object already at ``entry_path`` must be an entry pair switched there
+    before (LIVE_RECORD names the path) or an iPXE script (an entry from before the
+    record, or another tool's). Else it is another object of the origin (firmware under
+    fw/, an installer image): the switch would write a script over it and over its .sig,
+    and every machine that fetches it would break. (A path ending in .sig, another
+    entry's signature, is refused by check_entry_path.)"""
+    st = origin.stat(entry_path)
+    if st is None or entry_path in _live_records(origin):
+        return
+    if st.size <= MAX_ENTRY_SIZE:
+        head = b"".join(origin.read(entry_path, max_size=MAX_ENTRY_SIZE))
+        if head.startswith(SCRIPT_MAGIC):
+            return
+    raise ConfigError(
+        f"entry path {entry_path} on {redact_url(origin.url)} holds an object that is not an "
+        f"iPXE script ({st.size} bytes: firmware, an image, another tool's file); "
+        f"switching would write the entry script over it and {entry_path}.sig; nothing "
+        "was switched",
+        hint="give the entry a path of its own (recipe: origin.entry, publish: "
+             "--entry-path), e.g. menus/NAME.ipxe; if that object is an old entry that may "
+             "go, delete it from the origin first")
+
+
 def switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: str,
                       trust: Trust, now: dt.datetime, reader: Reader | None) -> None:
     assert manifest.entry is not None
+    check_entry_path(entry_path)
+    check_switch_target(origin, entry_path)
     prefix = release_prefix(manifest.release)
     entry = manifest.file(manifest.entry)
     assert entry is not None
@@ -918,6 +955,8 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                                                       reader=reader, then_switching=switch,
                                                       jobs=jobs))
             result.removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
+            if switch and entry is not None:
+                check_switch_target(origin, entry_path)  # before anything is uploaded
             existing = read_manifest(origin, release_id)
             if existing is not None and not existing.same_content(manifest):
                 raise ConfigError(
@@ -1226,6 +1265,7 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
                                   hint="see `trustboot publish list ORIGIN`")
             if manifest.entry is None:
                 raise ConfigError(f"release {release_id} has no entry script to switch to")
+            check_switch_target(origin, entry_path)
             result = PublishResult(release=release_id, origin=origin.url,
                                    entry=manifest.entry, entry_path=entry_path,
                                    readback=readback_kind(origin),
@@ -1260,7 +1300,7 @@ def _served_elsewhere(origin: Origin, manifests: Sequence[ReleaseManifest],
     inside = re.compile(re.escape(RELEASES_PREFIX) + "/[^/]+/")
     others = sorted(k[:-4] for k in keys if k.endswith(".sig") and k[:-4] in keys
                     and k[:-4] != entry_path and not inside.match(k))
-    served = (live_release(origin, manifests, path) for path in others)
+    served = (live_release(origin, manifests, path, by_script=True) for path in others)
     return {r for r in served if r is not None}
 
 
@@ -1280,7 +1320,7 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
                 hint=f"finish it first: trustboot publish repair {origin.url}")
         origin.remove_stale_temps(STALE_TEMP_AGE)
         manifests, _ = read_manifests(origin)
-        live = live_release(origin, manifests, entry_path)
+        live = live_release(origin, manifests, entry_path, by_script=True)
         if live is None and origin.stat(entry_path) is not None:
             # an entry that is none of the releases' (hand-edited, or another tool's) may
             # still fetch from any of them: which ones cannot be told

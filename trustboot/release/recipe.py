@@ -29,6 +29,7 @@ from trustboot.ipxe import syntax
 from trustboot.ipxe.script import DEFAULT_ON_FAILURE, ON_FAILURE
 from trustboot.keys.ref import KeyRef, parse_ref
 from trustboot.publish.manifest import (
+    ENTRY_PATH_HINT,
     MANIFEST_NAME,
     entry_path_problem,
     release_id_problem,
@@ -398,7 +399,7 @@ def _entry_path(c: Checked) -> str:
     problem = entry_path_problem(path)
     if problem:
         raise ConfigError(f"{c.where}: origin.entry {path!r} is refused: {problem}",
-                          hint="use a path outside releases/, e.g. boot.ipxe")
+                          hint=ENTRY_PATH_HINT)
     return path
 
 

@@ -1,0 +1,145 @@
+"""Several entry paths on one origin (a production menu, a staging menu beside it, other
+signed files at the origin root): a switch never replaces an object that is not an entry,
+and prune never deletes a release an entry still points at. file:// origins (the pipeline
+is the same for every backend; the nginx tests cover WebDAV's own behaviour)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.publish.conftest import Pki, ReleaseFactory
+from trustboot.cli.main import cli
+
+ENTRY = b"#!ipxe\necho shared origin\n"
+
+
+def _publish(pki: Pki, directory: Path, origin: str, release: str, *extra: str) -> Result:
+    return CliRunner().invoke(cli, ["publish", str(directory), origin, "--release-id",
+                                    release, "--pki", str(pki.dir), "--json", *extra])
+
+
+def _admin(pki: Pki, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["publish", *args, "--pki", str(pki.dir), "--json"])
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize("entry", ["boot.ipxe.sig", "menus/staging.ipxe.sig"])
+def test_an_entry_path_that_is_a_signatures_name_is_refused_everywhere(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, entry: str) -> None:
+    """`--entry-path boot.ipxe.sig` wrote a staging script over production's signature
+    (iPXE then refused production's entry). Every command refuses it before touching
+    the origin."""
+    origin = f"file://{tmp_path}/srv"
+    release = make_release({"boot.ipxe": ENTRY})
+    assert _publish(pki, release, origin, "prod1").exit_code == 0
+    before = _tree(tmp_path / "srv")
+    for args in (["publish", str(release), origin, "--release-id", "staging1"],
+                 ["publish", "rollback", origin, "prod1"],
+                 ["publish", "prune", origin, "--keep", "1"],
+                 ["resign", origin, "--key", "boot-signer"]):
+        res = CliRunner().invoke(cli, [*args, "--pki", str(pki.dir), "--entry-path", entry])
+        assert res.exit_code == 3, (args, res.output)
+        assert f"entry path {entry!r} is refused: it ends in .sig" in res.output, args
+        assert "not ending in .sig" in res.output  # the hint
+    assert _tree(tmp_path / "srv") == before
+
+
+def _firmware(srv: Path) -> dict[str, bytes]:
+    """Signed firmware at the origin root, published by another tool: fw/ipxe.efi and
+    its .sig (a binary, not a script)."""
+    (srv / "fw").mkdir(parents=True, exist_ok=True)
+    files = {"fw/ipxe.efi": b"MZ\x90\x00 firmware " * 500, "fw/ipxe.efi.sig": b"0\x82sig"}
+    for name, data in files.items():
+        (srv / name).write_bytes(data)
+    return files
+
+
+def test_a_switch_never_writes_over_an_object_that_is_not_an_entry(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """`--entry-path fw/ipxe.efi`: the switch would write the script over the firmware
+    and its signature. Refused (exit 3) before anything is uploaded; rollback too."""
+    srv = tmp_path / "srv"
+    origin = f"file://{srv}"
+    assert _publish(pki, make_release({"boot.ipxe": ENTRY}), origin, "prod1").exit_code == 0
+    firmware = _firmware(srv)
+    before = _tree(srv)
+    staging = make_release({"boot.ipxe": ENTRY + b"echo staging\n"})
+    for res in (_publish(pki, staging, origin, "staging1", "--entry-path", "fw/ipxe.efi"),
+                _admin(pki, "rollback", origin, "prod1", "--entry-path", "fw/ipxe.efi")):
+        assert res.exit_code == 3, res.output
+        err = json.loads(res.stderr)
+        assert "entry path fw/ipxe.efi on" in err["message"], err
+        assert "not an iPXE script" in err["message"] and "nothing was switched" in \
+            err["message"]
+        assert "--entry-path" in err["hint"] and "menus/NAME.ipxe" in err["hint"]
+    assert _tree(srv) == before  # nothing uploaded, the firmware untouched
+    assert {k: _tree(srv)[k] for k in firmware} == firmware
+
+
+def test_a_new_entry_path_may_replace_an_ipxe_script_and_then_its_own_pair(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """What stays allowed: an entry path free on the origin, one holding an iPXE script
+    (an entry written before trustboot, or by hand), and, once switched, re-publishing,
+    rollback and prune of that entry path."""
+    srv = tmp_path / "srv"
+    origin = f"file://{srv}"
+    (srv / "menus").mkdir(parents=True)
+    (srv / "menus/staging.ipxe").write_bytes(b"#!ipxe\necho written by hand\n")
+    for i in (1, 2):
+        r = make_release({"boot.ipxe": ENTRY + f"echo staging {i}\n".encode()})
+        res = _publish(pki, r, origin, f"staging{i}", "--entry-path", "menus/staging.ipxe")
+        assert res.exit_code == 0, res.output
+        time.sleep(1.1)  # distinct creation times
+    assert (srv / "menus/staging.ipxe").read_bytes().endswith(b"echo staging 2\n")
+    res = _admin(pki, "rollback", origin, "staging1", "--entry-path", "menus/staging.ipxe")
+    assert res.exit_code == 0, res.output
+    assert (srv / "menus/staging.ipxe").read_bytes().endswith(b"echo staging 1\n")
+    res = _admin(pki, "prune", origin, "--keep", "1", "--entry-path", "menus/staging.ipxe")
+    assert res.exit_code == 0 and json.loads(res.stdout)["deleted"] == [], res.output
+
+
+def _break_signature(srv: Path, entry: str) -> None:
+    """What the staging recipe with `entry: boot.ipxe.sig` did: another file written
+    over ``entry``'s signature (the pair no longer verifies; the script still points at
+    its release)."""
+    (srv / f"{entry}.sig").write_bytes(b"#!ipxe\necho not a signature\n")
+
+
+def test_prune_keeps_a_release_whose_entry_signature_was_overwritten(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """Production's boot.ipxe still points at prod2 although its .sig was overwritten: a
+    prune for the staging entry deleted prod2 (the pair matched no release), leaving no
+    release to roll back to. Now prod2 stays, and so does it for a prune of boot.ipxe
+    itself (which refused before: "serves none of its releases")."""
+    srv = tmp_path / "srv"
+    origin = f"file://{srv}"
+    for rid in ("prod1", "prod2"):
+        r = make_release({"boot.ipxe": ENTRY + f"echo {rid}\n".encode()})
+        assert _publish(pki, r, origin, rid).exit_code == 0
+        time.sleep(1.1)
+    r = make_release({"boot.ipxe": ENTRY + b"echo staging\n"})
+    res = _publish(pki, r, origin, "staging1", "--entry-path", "staging.ipxe")
+    assert res.exit_code == 0, res.output
+    _break_signature(srv, "boot.ipxe")
+    res = _admin(pki, "prune", origin, "--keep", "1", "--entry-path", "staging.ipxe")
+    assert res.exit_code == 0, res.output
+    assert "prod2" not in json.loads(res.stdout)["deleted"]
+    assert (srv / "releases/prod2/release.json").is_file()
+    res = _admin(pki, "prune", origin, "--keep", "1")
+    assert res.exit_code == 0, res.output
+    assert "prod2" not in json.loads(res.stdout)["deleted"]
+    assert sorted(p.name for p in (srv / "releases").iterdir()) == ["prod2", "staging1"]
+    # and the way back: a rollback to the release that is still there mends the pair
+    res = _admin(pki, "rollback", origin, "prod2")
+    assert res.exit_code == 0, res.output
+    assert (srv / "boot.ipxe.sig").read_bytes() == \
+        (srv / "releases/prod2/boot.ipxe.sig").read_bytes()

@@ -1,0 +1,53 @@
+"""Two recipes on one origin (production at boot.ipxe, a staging menu beside it, as the
+README allows): neither can take the other's entry pair, and neither's retention prunes
+the other's releases. A file:// origin served over HTTPS on 127.0.0.1 (the lab)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.release.conftest import Lab, release
+
+pytestmark = pytest.mark.usefixtures("no_ipxe_build")
+
+
+def _staging(lab: Lab, *, entry: str, retention: int | None = None) -> Path:
+    """The staging recipe: the lab's, named staging, at ``entry`` on the same origin."""
+    keep = f", retention: {retention}" if retention else ""
+    path = lab.recipe(name="staging.yaml",
+                      release="release: {id: '{name}-{digest12}', min_signer_lifetime: 30d"
+                              + keep + "}")
+    text = path.read_text().replace("name: lab\n", "name: staging\n", 1)
+    text = text.replace("ca_file: pki/ca.crt}", f"ca_file: pki/ca.crt, entry: {entry}}}")
+    path.write_text(text)
+    return path
+
+
+def _files(origin: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(origin)): p.read_bytes() for p in sorted(origin.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def test_a_staging_recipe_cannot_take_productions_signature_as_its_entry(lab: Lab) -> None:
+    """The review's case: `origin.entry: boot.ipxe.sig` wrote the staging script over
+    production's signature (every machine then failed imgverify) and its retention
+    deleted production's live release, exit 0. Now the recipe is refused as it is read
+    (exit 3, file:line, the fix), dry run or not, and the origin is untouched."""
+    code, out, err = release(str(lab.recipe()), "--json")
+    assert code == 0, err
+    prod = json.loads(out)["release"]
+    before = _files(lab.origin)
+    staging = _staging(lab, entry="boot.ipxe.sig", retention=1)
+    line = next(i for i, text in enumerate(staging.read_text().splitlines(), 1)
+                if "origin:" in text)
+    for args in ([], ["--dry-run"]):
+        code, out, err = release(str(staging), *args)
+        assert code == 3, err
+        assert f"staging.yaml:{line}: origin.entry 'boot.ipxe.sig' is refused: it ends " \
+               "in .sig" in err
+        assert "not ending in .sig" in err
+    assert _files(lab.origin) == before
+    assert f"releases/{prod}/".encode() in (lab.origin / "boot.ipxe").read_bytes()
