@@ -143,3 +143,98 @@ def test_prune_keeps_a_release_whose_entry_signature_was_overwritten(
     assert res.exit_code == 0, res.output
     assert (srv / "boot.ipxe.sig").read_bytes() == \
         (srv / "releases/prod2/boot.ipxe.sig").read_bytes()
+
+
+def _manifest(srv: Path, rid: str) -> dict[str, object]:
+    doc: dict[str, object] = json.loads((srv / "releases" / rid / "release.json").read_text())
+    return doc
+
+
+def _releases(srv: Path) -> list[str]:
+    return sorted(p.name for p in (srv / "releases").iterdir())
+
+
+def _two_entries(pki: Pki, make_release: ReleaseFactory, srv: Path) -> None:
+    """prod1, prod2 for boot.ipxe and staging1, staging2 for staging.ipxe, interleaved
+    (staging's are the newest)."""
+    origin = f"file://{srv}"
+    for rid, extra in (("prod1", ()), ("staging1", ("--entry-path", "staging.ipxe")),
+                       ("prod2", ()), ("staging2", ("--entry-path", "staging.ipxe"))):
+        r = make_release({"boot.ipxe": ENTRY + f"echo {rid}\n".encode()})
+        res = _publish(pki, r, origin, rid, *extra)
+        assert res.exit_code == 0, res.output
+        time.sleep(1.1)  # distinct creation times
+
+
+def test_retention_counts_only_the_releases_of_its_own_entry_path(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """A staging entry's `--keep 1` deleted production's rollback target (prod1): it
+    counted every release on the origin. Each release's manifest now records the entry
+    path it was published for, and prune counts (and deletes) only that path's."""
+    srv = tmp_path / "srv"
+    origin = f"file://{srv}"
+    _two_entries(pki, make_release, srv)
+    assert _manifest(srv, "prod1")["entry_path"] == "boot.ipxe"
+    assert _manifest(srv, "staging1")["entry_path"] == "staging.ipxe"
+    res = _admin(pki, "prune", origin, "--keep", "1", "--entry-path", "staging.ipxe")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["deleted"] == ["staging1"]
+    assert _releases(srv) == ["prod1", "prod2", "staging2"]
+    res = _admin(pki, "prune", origin, "--keep", "1")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["deleted"] == ["prod1"]
+    assert _releases(srv) == ["prod2", "staging2"]
+    # the live releases of both entries verify and stay: rollback has nothing older
+    res = _admin(pki, "rollback", origin, "prod1")
+    assert res.exit_code == 3 and "does not exist" in res.output
+
+
+def _drop_entry_path(srv: Path, rid: str) -> None:
+    """releases/RID/release.json as trustboot wrote it before it recorded entry paths."""
+    doc = _manifest(srv, rid)
+    del doc["entry_path"]
+    (srv / "releases" / rid / "release.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def test_releases_from_before_entry_paths_were_recorded(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """A manifest without entry_path proves no entry path. On an origin whose only entry
+    is boot.ipxe (every origin was, then) it counts as boot.ipxe's and is pruned as
+    before; beside another entry that serves a release, nothing says whose it is: kept."""
+    srv = tmp_path / "srv"
+    origin = f"file://{srv}"
+    for rid in ("old1", "old2", "new1"):
+        r = make_release({"boot.ipxe": ENTRY + f"echo {rid}\n".encode()})
+        assert _publish(pki, r, origin, rid).exit_code == 0
+        time.sleep(1.1)
+    for rid in ("old1", "old2"):
+        _drop_entry_path(srv, rid)
+    res = _admin(pki, "list", origin)
+    assert res.exit_code == 0 and all(not i["problem"] for i in json.loads(res.stdout))
+    res = _admin(pki, "prune", origin, "--keep", "2")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["deleted"] == ["old1"]
+
+    r = make_release({"boot.ipxe": ENTRY + b"echo staging\n"})
+    res = _publish(pki, r, origin, "staging1", "--entry-path", "menus/staging.ipxe")
+    assert res.exit_code == 0, res.output
+    for entry in ("boot.ipxe", "menus/staging.ipxe"):
+        res = _admin(pki, "prune", origin, "--keep", "1", "--entry-path", entry)
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["deleted"] == [], entry
+    assert _releases(srv) == ["new1", "old2", "staging1"]
+
+
+@pytest.mark.parametrize("value", ["boot.ipxe.sig", "releases/x.ipxe", ".hidden", 7])
+def test_a_manifest_with_a_bad_entry_path_does_not_parse(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, value: object) -> None:
+    from trustboot.errors import ConfigError
+    from trustboot.publish.manifest import parse_manifest
+
+    srv = tmp_path / "srv"
+    assert _publish(pki, make_release({"boot.ipxe": ENTRY}), f"file://{srv}",
+                    "r1").exit_code == 0
+    doc = _manifest(srv, "r1")
+    assert parse_manifest(json.dumps(doc).encode()).entry_path == "boot.ipxe"
+    with pytest.raises(ConfigError, match="entry_path"):
+        parse_manifest(json.dumps({**doc, "entry_path": value}).encode())

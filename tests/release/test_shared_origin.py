@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,3 +52,44 @@ def test_a_staging_recipe_cannot_take_productions_signature_as_its_entry(lab: La
         assert "not ending in .sig" in err
     assert _files(lab.origin) == before
     assert f"releases/{prod}/".encode() in (lab.origin / "boot.ipxe").read_bytes()
+
+
+def _ids(lab: Lab) -> list[str]:
+    return sorted(p.name for p in (lab.origin / "releases").iterdir())
+
+
+def _run(recipe: Path) -> dict[str, Any]:
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+def test_one_recipes_retention_never_prunes_another_recipes_releases(lab: Lab) -> None:
+    """The review's case: production released twice (its older release is its rollback
+    target), then a staging recipe at staging.ipxe with retention 1 deleted it. Now each
+    recipe's retention counts the releases of its own entry path only."""
+    kernel = lab.dir / "images" / "vmlinuz"
+    prod = lab.recipe(release="release: {id: '{name}-{digest12}', retention: 2}")
+    first = _run(prod)["release"]
+    kernel.write_bytes(b"kernel v2 " * 5000)
+    second = _run(prod)["release"]
+    staging = _staging(lab, entry="staging.ipxe", retention=1)
+    s1 = _run(staging)
+    assert s1["pruned"] == []
+    assert _ids(lab) == sorted([first, second, s1["release"]])
+    kernel.write_bytes(b"kernel v3 " * 5000)
+    s2 = _run(staging)
+    assert s2["pruned"] == [s1["release"]]  # its own older release
+    assert _ids(lab) == sorted([first, second, s2["release"]])
+    # production's retention of 2: its third release prunes its first, not staging's
+    kernel.write_bytes(b"kernel v4 " * 5000)
+    third = _run(prod)
+    assert third["pruned"] == [first]
+    assert _ids(lab) == sorted([second, third["release"], s2["release"]])
+    assert f"releases/{third['release']}/".encode() in (lab.origin / "boot.ipxe").read_bytes()
+    assert f"releases/{s2['release']}/".encode() in \
+        (lab.origin / "staging.ipxe").read_bytes()
+    manifest = json.loads((lab.origin / "releases" / str(s2["release"]) /
+                           "release.json").read_text())
+    assert manifest["entry_path"] == "staging.ipxe"

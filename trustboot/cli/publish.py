@@ -370,13 +370,14 @@ def repair_cmd(origin_url: str, as_json: bool, **kw: Any) -> None:
 @command.command("prune")
 @click.argument("origin_url", metavar="ORIGIN")
 @click.option("--keep", type=click.IntRange(1), required=True,
-              help="Keep this many newest releases (the live one is always kept).")
+              help="Keep this many newest releases of --entry-path (the live one is always "
+                   "kept, and another entry path's releases are never deleted).")
 @click.option("--entry-path", default="boot.ipxe", show_default=True,
               help="The firmware's fixed entry object on the origin.")
 @origin_options
 @json_option
 def prune_cmd(origin_url: str, keep: int, entry_path: str, as_json: bool, **kw: Any) -> None:
-    """Delete old releases from ORIGIN, never the live one."""
+    """Delete old releases of --entry-path from ORIGIN, never a live one."""
     from trustboot.publish.pipeline import prune
 
     origin, _ = open_cli_origin(origin_url, kw)

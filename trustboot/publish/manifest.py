@@ -7,11 +7,16 @@ Stored as ``releases/<id>/release.json`` (optionally with a detached CMS signatu
      "created": "<ISO8601Z>", "ca_sha256": "<hex>" | null,
      "signer": {"subject": "...", "serial": "<hex>", "not_after": "<ISO8601Z>"} | null,
      "entry": "boot.ipxe" | null,
+     "entry_path": "menus/staging.ipxe",  (optional)
      "ipxe": {...build manifest...} | null,
      "files": [{"name": "vmlinuz", "size": N, "sha256": "<hex>", "sig": "vmlinuz.sig"}, ...]}
 
 ``files`` lists every object of the release (the .sig files too, with ``"sig": null``)
 except release.json and its own signature. Names are release-relative keys (check_key).
+``entry_path`` is the path on the origin the release was published for (the entry its
+script is switched to): retention (prune) counts a release only for that entry path, so
+one recipe's retention never prunes another's releases on a shared origin. Manifests
+written before it existed have none: nothing proves whose they are (see pipeline.prune).
 Parsing is strict: unknown keys, wrong types and duplicate names are refused, because a
 manifest read back from an origin is input like any other.
 """
@@ -36,12 +41,13 @@ MANIFEST_NAME = "release.json"
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_FILES = 10_000
 RELEASES_PREFIX = "releases"
+DEFAULT_ENTRY_PATH = "boot.ipxe"
 
 _RELEASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SERIAL = re.compile(r"[0-9a-f]{1,64}")
 _TOP_KEYS = {"version", "release", "origin", "created", "ca_sha256", "signer", "entry",
-             "ipxe", "files"}
+             "entry_path", "ipxe", "files"}
 _FILE_KEYS = {"name", "size", "sha256", "sig"}
 _SIGNER_KEYS = {"subject", "serial", "not_after"}
 
@@ -164,6 +170,8 @@ class ReleaseManifest:
     entry: str | None = None
     ipxe: dict[str, Any] | None = field(default=None, compare=False)
     version: int = MANIFEST_VERSION
+    # the origin path its entry is switched to; None in manifests from before it was kept
+    entry_path: str | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -181,13 +189,16 @@ class ReleaseManifest:
                 == sorted(other.files, key=lambda f: f.name))
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "version": self.version, "release": self.release, "origin": self.origin,
             "created": format_time(self.created), "ca_sha256": self.ca_sha256,
             "signer": self.signer.to_json() if self.signer else None,
             "entry": self.entry, "ipxe": self.ipxe,
             "files": [f.to_json() for f in sorted(self.files, key=lambda f: f.name)],
         }
+        if self.entry_path is not None:  # (absent, not null: as a manifest without it)
+            doc["entry_path"] = self.entry_path
+        return doc
 
     def to_bytes(self) -> bytes:
         return (json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n").encode()
@@ -242,6 +253,10 @@ def _validate(m: ReleaseManifest) -> None:
             raise _bad(where, f"its signature {f.sig!r} is not in the release")
     if m.entry is not None and m.entry not in names:
         raise _bad("entry", f"{m.entry!r} is not one of the release's files")
+    if m.entry_path is not None:
+        problem = entry_path_problem(m.entry_path)
+        if problem:
+            raise _bad("entry_path", f"{m.entry_path!r}: {problem}")
     if m.signer is not None:
         if not isinstance(m.signer.subject, str) or not _SERIAL.fullmatch(m.signer.serial):
             raise _bad("signer", "expected a subject and a lower-case hex serial")
@@ -302,7 +317,8 @@ def parse_manifest(data: bytes, *, source: str = MANIFEST_NAME) -> ReleaseManife
             created=parse_time(top["created"], f"{source}: created"),
             files=tuple(files), origin=_opt_str(top.get("origin"), f"{source}: origin"),
             ca_sha256=_opt_str(top.get("ca_sha256"), f"{source}: ca_sha256"),
-            signer=signer, entry=_opt_str(top.get("entry"), f"{source}: entry"), ipxe=ipxe)
+            signer=signer, entry=_opt_str(top.get("entry"), f"{source}: entry"), ipxe=ipxe,
+            entry_path=_opt_str(top.get("entry_path"), f"{source}: entry_path"))
     except ConfigError as exc:
         raise ConfigError(exc.message.replace("release manifest ",
                                               f"release manifest {source}: ", 1),

@@ -70,6 +70,7 @@ from trustboot.cms.verify import MAX_SIGNATURE_SIZE, Verdict
 from trustboot.errors import ConfigError, OperationalError, TrustbootError, VerificationError
 from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import (
+    DEFAULT_ENTRY_PATH,
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
     RELEASES_PREFIX,
@@ -347,7 +348,8 @@ def _signer_summary(verdicts: dict[str, Verdict], entry: str | None) -> SignerSu
 def build_manifest(release_id: str, objects: Sequence[LocalObject], *, entry: str | None,
                    now: dt.datetime, origin: str | None, trust: Trust,
                    signer: SignerSummary | None = None,
-                   ipxe: dict[str, Any] | None = None) -> ReleaseManifest:
+                   ipxe: dict[str, Any] | None = None,
+                   entry_path: str | None = None) -> ReleaseManifest:
     keys = {o.key for o in objects}
     files = tuple(
         ManifestFile(o.key, o.size, o.sha256,
@@ -355,7 +357,8 @@ def build_manifest(release_id: str, objects: Sequence[LocalObject], *, entry: st
         for o in sorted(objects, key=lambda o: o.key)
         if o.key not in (MANIFEST_NAME, MANIFEST_NAME + ".sig"))
     return ReleaseManifest(release=release_id, created=now, files=files, origin=origin,
-                           ca_sha256=trust.ca_sha256, signer=signer, entry=entry, ipxe=ipxe)
+                           ca_sha256=trust.ca_sha256, signer=signer, entry=entry, ipxe=ipxe,
+                           entry_path=entry_path)
 
 
 # -- origin side ----------------------------------------------------------------------
@@ -939,7 +942,7 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
     else:
         manifest = build_manifest(release_id, objects, entry=entry, now=now, origin=base,
                                   trust=trust, signer=_signer_summary(verdicts, entry),
-                                  ipxe=ipxe)
+                                  ipxe=ipxe, entry_path=entry_path if entry else None)
         manifest_bytes = manifest.to_bytes()
     result = PublishResult(release=release_id, origin=origin.url, entry=entry,
                            entry_path=entry_path if entry else None,
@@ -1306,8 +1309,11 @@ def _served_elsewhere(origin: Origin, manifests: Sequence[ReleaseManifest],
 
 def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
           owner: str | None = None) -> list[str]:
-    """Delete all but the ``keep`` newest releases, never one an entry pair of the origin
-    serves (``entry_path``'s, or another's); the deleted ids."""
+    """Delete all but the ``keep`` newest releases of ``entry_path`` (those whose manifest
+    says they were published for it, ReleaseManifest.entry_path), never one an entry
+    pair of the origin serves (``entry_path``'s, or another's); the deleted ids. Another
+    entry path's releases are never deleted: on a shared origin, a staging recipe's
+    retention of 1 deleted production's rollback targets."""
     if keep < 1:
         raise ConfigError(f"--keep {keep}: keep at least one release")
     check_entry_path(entry_path)
@@ -1329,9 +1335,16 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
                 "release it boots; nothing pruned",
                 hint="check --entry-path (recipe: origin.entry), or switch it to a release "
                      "first: trustboot publish rollback ORIGIN ID")
-        newest = sorted(manifests, key=lambda m: (m.created, m.release), reverse=True)
+        elsewhere = _served_elsewhere(origin, manifests, entry_path)
+        # A manifest from before entry_path was recorded proves no entry path: it counts
+        # as the default one's while no other entry on the origin serves a release (an
+        # origin of one recipe, as every origin was then); beside another entry it is kept.
+        unproven = entry_path == DEFAULT_ENTRY_PATH and not elsewhere
+        mine = [m for m in manifests
+                if m.entry_path == entry_path or (m.entry_path is None and unproven)]
+        newest = sorted(mine, key=lambda m: (m.created, m.release), reverse=True)
         keep_ids = {m.release for m in newest[:keep]} | ({live} if live else set())
-        keep_ids |= _served_elsewhere(origin, manifests, entry_path)
+        keep_ids |= elsewhere
         for m in newest:
             if m.release in keep_ids:
                 continue

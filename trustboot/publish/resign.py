@@ -321,7 +321,8 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                             hint="the new signer must chain to a root the firmware trusts "
                                  "(--trust) and match --signer", rule="new-signature")
                     new = _new_manifest(old, new_id, signed, sigs, workdir, scripts, summary,
-                                        now, release_base_url(origin, new_id), claims)
+                                        now, release_base_url(origin, new_id), claims,
+                                        entry_path)
                     manifest_path = workdir / MANIFEST_NAME
                     fsutil.atomic_write(manifest_path, new.to_bytes())
                     sign_files([manifest_path], signer, now=now)
@@ -397,7 +398,7 @@ def _proven_claims(origin: Origin, old: ReleaseManifest, live_id: str, trust: Tr
 def _new_manifest(old: ReleaseManifest, new_id: str, signed: list[Any],
                   sigs: dict[Path, bytes], workdir: Path, scripts: dict[str, bytes],
                   signer: SignerSummary, now: dt.datetime, base: str | None,
-                  claims: _Claims) -> ReleaseManifest:
+                  claims: _Claims, entry_path: str) -> ReleaseManifest:
     by_name: dict[str, tuple[int, str]] = {}
     for s in signed:
         name = s.path.relative_to(workdir).as_posix()
@@ -409,7 +410,7 @@ def _new_manifest(old: ReleaseManifest, new_id: str, signed: list[Any],
                   for f in old.files)
     return ReleaseManifest(release=new_id, created=now, files=files, origin=base,
                            ca_sha256=claims.ca_sha256, signer=signer, entry=old.entry,
-                           ipxe=claims.ipxe)
+                           ipxe=claims.ipxe, entry_path=entry_path)  # retained for it
 
 
 def _signed_only_by(m: ReleaseManifest, signed_by: Mapping[str, frozenset[str]],

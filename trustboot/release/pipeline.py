@@ -577,7 +577,7 @@ def _manifest(p: Plan, objects: list[LocalObject], trust: Trust,
                            serial=f"{cert.serial_number:x}", not_after=chain_end)
     fresh = build_manifest(p.release_id, objects, entry=ENTRY_SCRIPT, now=now,
                            origin=f"{p.v.public_base}releases/{p.release_id}/", trust=trust,
-                           signer=signer, ipxe=ipxe)
+                           signer=signer, ipxe=ipxe, entry_path=p.v.entry_path)
     if existing is not None and existing.same_content(fresh):
         key = release_prefix(p.release_id) + MANIFEST_NAME
         data = b"".join(origin.read(key, max_size=MAX_MANIFEST_BYTES))
