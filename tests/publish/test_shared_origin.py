@@ -238,3 +238,29 @@ def test_a_manifest_with_a_bad_entry_path_does_not_parse(
     assert parse_manifest(json.dumps(doc).encode()).entry_path == "boot.ipxe"
     with pytest.raises(ConfigError, match="entry_path"):
         parse_manifest(json.dumps({**doc, "entry_path": value}).encode())
+
+
+def test_a_resigned_release_is_retained_for_the_entry_path_it_was_resigned_for(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """`resign --entry-path staging.ipxe` makes a new release of staging's: its manifest
+    says so, production's prune leaves it (and staging's old one) alone, and staging's
+    prune deletes staging's old one."""
+    from tests.publish.test_resign import entry, resign
+
+    srv = tmp_path / "srv"
+    origin = f"file://{srv}"
+    for rid, extra in (("prod1", ()), ("staging1", ("--entry-path", "staging.ipxe"))):
+        r = make_release({"boot.ipxe": entry(rid), "vmlinuz": b"kernel " * 100})
+        assert _publish(pki, r, origin, rid, *extra).exit_code == 0
+        time.sleep(1.1)
+    res = resign(pki, origin, "other-signer", "--entry-path", "staging.ipxe")
+    assert res.exit_code == 0, res.output
+    new = json.loads(res.stdout)["release"]
+    assert new.startswith("staging1.rs-")
+    assert _manifest(srv, new)["entry_path"] == "staging.ipxe"
+    res = _admin(pki, "prune", origin, "--keep", "1")
+    assert res.exit_code == 0 and json.loads(res.stdout)["deleted"] == [], res.output
+    res = _admin(pki, "prune", origin, "--keep", "1", "--entry-path", "staging.ipxe")
+    assert res.exit_code == 0 and json.loads(res.stdout)["deleted"] == ["staging1"], \
+        res.output
+    assert _releases(srv) == sorted(["prod1", new])
