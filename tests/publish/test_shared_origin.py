@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,57 @@ def test_a_resigned_release_is_retained_for_the_entry_path_it_was_resigned_for(
     assert res.exit_code == 0 and json.loads(res.stdout)["deleted"] == ["staging1"], \
         res.output
     assert _releases(srv) == sorted(["prod1", new])
+
+
+def _installer(srv: Path, size: int = 20_000_000) -> None:
+    """A signed installer image published beside the releases by another tool: larger
+    than any entry script may be (a sparse file: nothing should read it)."""
+    (srv / "fw").mkdir(parents=True, exist_ok=True)
+    with open(srv / "fw/installer.iso", "wb") as fh:
+        fh.truncate(size)
+    (srv / "fw/installer.iso.sig").write_bytes(b"0\x82 not read either")
+
+
+def test_prune_and_list_ignore_large_signed_objects_that_are_not_entries(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """fw/installer.iso (20 MB) + .sig at the origin root was read as an entry pair with
+    a 16 MiB cap: every `publish prune` failed with TooLarge and no hint. Now an object
+    that is no release's entry script by size is not read at all; prune and list work."""
+    from trustboot.publish import fileorigin
+
+    srv = tmp_path / "srv"
+    origin = f"file://{srv}"
+    for rid in ("prod1", "prod2"):
+        r = make_release({"boot.ipxe": ENTRY + f"echo {rid}\n".encode()})
+        assert _publish(pki, r, origin, rid).exit_code == 0
+        time.sleep(1.1)
+    _installer(srv)
+    _firmware(srv)  # small, but no release's entry script either: not read
+    real = fileorigin.FileOrigin.read
+    read: list[str] = []
+
+    def reading(self: fileorigin.FileOrigin, key: str, *, max_size: int) -> Iterator[bytes]:
+        read.append(key)
+        return real(self, key, max_size=max_size)
+
+    monkeypatch.setattr(fileorigin.FileOrigin, "read", reading)
+    res = _admin(pki, "list", origin)
+    assert res.exit_code == 0, res.output
+    assert [i["id"] for i in json.loads(res.stdout) if i["live"]] == ["prod2"]
+    res = _admin(pki, "prune", origin, "--keep", "1")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["deleted"] == ["prod1"]
+    assert not any(k.startswith("fw/") for k in read), read
+    assert (srv / "fw/installer.iso").stat().st_size == 20_000_000
+
+
+def test_a_too_large_read_always_says_what_to_do(tmp_path: Path) -> None:
+    from trustboot.publish.origin import OriginOptions, TooLarge, open_origin
+
+    (tmp_path / "big").write_bytes(b"x" * 100)
+    with open_origin(f"file://{tmp_path}", OriginOptions()) as origin, \
+            pytest.raises(TooLarge) as err:
+        b"".join(origin.read("big", max_size=10))
+    assert err.value.hint and "check what the origin holds" in err.value.hint
+    assert err.value.to_json()["hint"]

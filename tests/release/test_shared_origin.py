@@ -93,3 +93,55 @@ def test_one_recipes_retention_never_prunes_another_recipes_releases(lab: Lab) -
     manifest = json.loads((lab.origin / "releases" / str(s2["release"]) /
                            "release.json").read_text())
     assert manifest["entry_path"] == "staging.ipxe"
+
+
+def test_a_large_signed_object_beside_the_releases_does_not_fail_the_release(
+        lab: Lab) -> None:
+    """fw/installer.iso (20 MB) and its .sig at the origin root: a release with retention
+    switched live, then failed with exit 1 and `{"error": "TooLarge", "hint": null}`
+    (prune read the image as an entry pair). Now it releases, prunes and verifies."""
+    (lab.origin / "fw").mkdir()
+    with open(lab.origin / "fw/installer.iso", "wb") as fh:
+        fh.truncate(20_000_000)
+    (lab.origin / "fw/installer.iso.sig").write_bytes(b"0\x82 a signature")
+    kernel = lab.dir / "images" / "vmlinuz"
+    recipe = lab.recipe(release="release: {id: '{name}-{digest12}', retention: 1}")
+    first = _run(recipe)
+    assert first["pruned"] == [] and first["warnings"] == []
+    kernel.write_bytes(b"kernel v2 " * 5000)
+    second = _run(recipe)
+    assert second["pruned"] == [first["release"]] and second["warnings"] == []
+    assert _ids(lab) == [second["release"]]
+    assert [s["status"] for s in second["stages"]][-1] == "done"  # verify
+
+
+def test_a_prune_that_fails_after_the_switch_is_a_warning_with_the_result(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pruning runs once the entry is switched: whatever makes it fail then, the release
+    is live. The run prints its result (exit 0, as for any published and verified
+    release), the prune's error and hint as a warning (JSON `warnings`, a `publish`
+    warning line on stderr) with the command that prunes later, and the verify stage
+    still runs."""
+    from trustboot.errors import OperationalError
+    from trustboot.release import pipeline
+
+    def failing(*_a: object, **_k: object) -> list[str]:
+        raise OperationalError("cannot delete releases/x/vmlinuz: Permission denied",
+                               hint="check the origin's permissions")
+
+    monkeypatch.setattr(pipeline, "prune", failing)
+    recipe = lab.recipe(release="release: {id: '{name}-{digest12}', retention: 1}")
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["pruned"] == []
+    [warning] = doc["warnings"]
+    assert f"release {doc['release']} is published and boot.ipxe switched to it" in warning
+    assert "Permission denied" in warning and "check the origin's permissions" in warning
+    assert f"trustboot publish prune file://{lab.origin}" in warning
+    assert "--keep 1 --entry-path boot.ipxe" in warning
+    assert [(s["stage"], s["status"]) for s in doc["stages"]][-2:] == [
+        ("publish", "warning"), ("verify", "done")]
+    code, out, err = release(str(recipe))  # the re-run, without --json: on stderr
+    assert code == 0, err
+    assert "publish  warning: release" in err and "live at" in out

@@ -57,6 +57,13 @@ class TooLarge(OperationalError):
     origin's ``read`` and by the read-back Reader, so a caller that expects a size (the
     read-back of a published object) tells "serves more than published" by its type."""
 
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        # a caller that knows why it read the object says what to do; else this
+        super().__init__(message, hint=hint or (
+            "trustboot reads objects of this kind only up to that size: check what the "
+            "origin holds at that name (replaced by something else, or grown by another "
+            "writer)"))
+
 
 # A listing's bounds over all its requests (each answer has its own cap): a store that
 # answers page after page with a new continuation token, or collections inside

@@ -615,15 +615,26 @@ def live_release(origin: Origin, releases: Sequence[ReleaseManifest], entry_path
     writer; iPXE refuses it), the release whose script it is still counts: the entry
     points at it, and a repair or a rollback needs it."""
     check_key(entry_path)
-    if origin.stat(entry_path) is None:
+    st = origin.stat(entry_path)
+    # Only an object of the size of some release's entry script can be one (nothing else
+    # is read): prune looks at every signed pair of the origin, and a 20 MiB installer
+    # image with its .sig beside the releases made every prune fail with TooLarge.
+    scripts_of = [(m, e) for m in releases
+                  if m.entry and (e := m.file(m.entry)) is not None]
+    if st is None or st.size > MAX_ENTRY_SIZE or \
+            st.size not in {e.size for _, e in scripts_of}:
         return None
     _, digests = hash_chunks(origin.read(entry_path, max_size=MAX_ENTRY_SIZE), ["sha256"])
     live = digests["sha256"].hex()
-    sig_digest = None
-    if origin.stat(entry_path + ".sig") is not None:
-        _, sd = hash_chunks(origin.read(entry_path + ".sig", max_size=MAX_SIGNATURE_SIZE),
-                            ["sha256"])
-        sig_digest = sd["sha256"].hex()
+    sig_digest = None  # no signature beside it: the script alone decides
+    sig_st = origin.stat(entry_path + ".sig")
+    if sig_st is not None:
+        sig_sizes = {f.size for m, e in scripts_of if e.sig and (f := m.file(e.sig))}
+        sig_digest = ""  # one no release has: matches none
+        if sig_st.size <= MAX_SIGNATURE_SIZE and sig_st.size in sig_sizes:
+            _, sd = hash_chunks(origin.read(entry_path + ".sig",
+                                            max_size=MAX_SIGNATURE_SIZE), ["sha256"])
+            sig_digest = sd["sha256"].hex()
     matching, scripts = [], []
     for m in sorted(releases, key=lambda m: m.created, reverse=True):
         entry = m.file(m.entry) if m.entry else None

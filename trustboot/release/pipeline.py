@@ -44,7 +44,7 @@ from trustboot import fsutil
 from trustboot.cms import sign as cms_sign
 from trustboot.cms.freshness import replay_window
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE, verify_signature
-from trustboot.errors import OperationalError, VerificationError
+from trustboot.errors import OperationalError, TrustbootError, VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe.build import firmware_key
 from trustboot.keys.signer import Signer
@@ -380,8 +380,20 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
                               staged=staged_keys)
     keep = v.recipe.release.retention
     if keep is not None:
-        # Never the live release (publish just made it live) nor the newest `keep`.
-        result.pruned = prune(origin, keep=keep, entry_path=v.entry_path)
+        # Never the live release (publish just made it live) nor the newest `keep`. The
+        # release is live by now: a prune that fails does not undo it, so it is a warning
+        # (the result is still printed, the entry still checked), not the run's error.
+        try:
+            result.pruned = prune(origin, keep=keep, entry_path=v.entry_path)
+        except TrustbootError as exc:
+            warning = (f"release {p.release_id} is published and {v.entry_path} switched to "
+                       f"it, but pruning older releases (release.retention: {keep}) failed: "
+                       f"{exc.message}. "
+                       + (f"{exc.hint}. " if exc.hint else "")
+                       + f"Prune later: trustboot publish prune {v.origin_url} --keep {keep}"
+                       f" --entry-path {v.entry_path}")
+            result.warnings.append(warning)
+            st.done("publish", "warning", warning)
 
     # verify: what the firmware will fetch first, from where it will fetch it
     entry_url = v.public_base + v.entry_path
