@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.publish.conftest import Pki, ReleaseFactory
+from tests.publish.conftest import Nginx, Pki, ReleaseFactory, logged_requests
 from trustboot.cli.main import cli
 
 ENTRY = b"#!ipxe\necho shared origin\n"
@@ -319,3 +319,35 @@ def test_a_too_large_read_always_says_what_to_do(tmp_path: Path) -> None:
         b"".join(origin.read("big", max_size=10))
     assert err.value.hint and "check what the origin holds" in err.value.hint
     assert err.value.to_json()["hint"]
+
+
+def test_on_nginx_two_entries_a_firmware_and_an_image_share_the_origin(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory) -> None:
+    """The same over WebDAV, where sizes come from PROPFIND and reads are GETs: a
+    switch onto the firmware is refused, the large image is never fetched, and each
+    entry path's prune deletes only its own releases."""
+    from tests.publish.test_nginx import _admin as dav_admin
+    from tests.publish.test_nginx import publish as dav_publish
+
+    _installer(nginx.root)
+    firmware = _firmware(nginx.root)
+    for rid, extra in (("prod1", ()), ("staging1", ("--entry-path", "menus/staging.ipxe")),
+                       ("prod2", ()), ("staging2", ("--entry-path", "menus/staging.ipxe"))):
+        r = make_release({"boot.ipxe": ENTRY + f"echo {rid}\n".encode()})
+        res = dav_publish(pki, r, nginx.url, rid, *extra)
+        assert res.exit_code == 0, res.output
+        time.sleep(1.1)
+    r = make_release({"boot.ipxe": ENTRY + b"echo onto the firmware\n"})
+    res = dav_publish(pki, r, nginx.url, "fw1", "--entry-path", "fw/ipxe.efi")
+    assert res.exit_code == 3 and "not an iPXE script" in res.output, res.output
+    assert not (nginx.root / "releases/fw1").exists()
+    pruned: list[Result] = []
+    requests = logged_requests(nginx, pki, lambda: pruned.extend(
+        dav_admin(pki, "prune", nginx.url, "--keep", "1", "--entry-path", entry)
+        for entry in ("menus/staging.ipxe", "boot.ipxe")))
+    assert not [r for r in requests if r.startswith("GET /fw/")], requests
+    assert [json.loads(r.stdout)["deleted"] for r in pruned] == [["staging1"], ["prod1"]]
+    assert sorted(p.name for p in (nginx.root / "releases").iterdir()) == [
+        "prod2", "staging2"]
+    assert {k: (nginx.root / k).read_bytes() for k in firmware} == firmware
+    assert (nginx.root / "fw/installer.iso").stat().st_size == 20_000_000
