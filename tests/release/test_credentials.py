@@ -198,3 +198,27 @@ def test_on_nginx_a_dry_run_lists_without_credentials_and_a_release_sends_bound_
     assert set(_users(writes, nginx)) == {"alice"}, writes
     assert re.search(r"releases/\d{8}-", (nginx.root / "boot.ipxe").read_text())
     assert SECRET not in results[1].output
+
+
+def test_a_dry_run_does_not_sign_a_request_for_an_s3_endpoint(
+        pki: Pki, tmp_path: Path) -> None:
+    """boto3 signs every request with the credentials it has (the recipe's, else the
+    environment's): a dry run of an s3:// recipe does not list the store at all, and
+    says the id is provisional."""
+    pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
+    with capture(pki, tmp_path) as url:
+        endpoint = url.rstrip("/")
+        env = {"TRUSTBOOT_S3": f"s3://boot/prod {endpoint} AKIDTEST:{SECRET}"}
+        recipe = make_lab(tmp_path / "lab", pki, "s3://boot/prod", images=IMAGES,
+                          client_cert=False, release_id="{date}-{digest8}",
+                          extra=f", endpoint: '{endpoint}', public_url: '{url}boot/prod/', "
+                                "credentials: {env: TRUSTBOOT_S3}")
+        res = _release(recipe, "--dry-run", "--json", env=env)
+        assert res.exit_code == 0, res.output
+        plan = json.loads(res.stdout)["plan"]
+        assert plan["release_id_provisional"] is True
+        assert "a dry run sends no credentials" in plan["origin_unreachable"]
+        assert _Capture.seen == []
+        res = _release(recipe, env=env)  # a real run signs its requests for the store
+        assert res.exit_code == 1, res.output
+        assert _Capture.seen and all(a and "AKIDTEST" in a for _, a in _Capture.seen)
