@@ -600,3 +600,39 @@ def test_a_public_url_given_by_a_caller_must_be_https(lab: Lab, public: str) -> 
     # named as the input it is (the embedded script's --chain check would also refuse it,
     # naming an option this caller never gave)
     assert err.value.message.startswith("origin.public_url"), err.value.message
+
+
+def test_errors_about_files_a_recipe_names_give_the_recipe_line(lab: Lab) -> None:
+    """A garbage extra root, an empty iPXE source, a file:// origin with a host, a
+    passphrase file open to others: each named only the file (or URL), not the recipe
+    line that named it."""
+    (lab.dir / "garbage.pem").write_text("not a certificate\n")
+    (lab.dir / "emptysrc").mkdir()
+    cases = [
+        (dict(ipxe="ipxe: {extra_roots: [garbage.pem]}"), "garbage.pem"),
+        (dict(ipxe="ipxe: {source: emptysrc}"), "emptysrc"),
+    ]
+    for kwargs, named in cases:
+        path = lab.recipe(**kwargs)
+        code, _, err = release(str(path), "--dry-run")
+        assert code == 3, err
+        line = next(i for i, text in enumerate(path.read_text().splitlines(), 1)
+                    if text.startswith("ipxe:"))
+        assert f"{path}:{line}: " in err and named in err, err
+    path = lab.recipe()
+    path.write_text(path.read_text().replace(f"file://{lab.origin}", "file://evilhost/x"))
+    code, _, err = release(str(path), "--dry-run")
+    assert code == 3 and f"{path}:5: " in err, err
+    lab.passfile.chmod(0o644)
+    path = lab.recipe()
+    code, _, err = release(str(path), "--allow-outside", str(lab.dir))
+    assert code == 3 and "readable or writable by other users" in err, err
+    assert f"{path}:4: " in err, err
+
+
+def test_a_forbidden_character_in_a_recipe_names_its_line(lab: Lab) -> None:
+    path = lab.recipe(body="notes: 'a\x00b'\n")
+    code, _, err = release(str(path), "--dry-run")
+    assert code == 3, err
+    line = len(path.read_text().splitlines())
+    assert f"{path}:{line}: not valid YAML: character #x0000" in err, err

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,6 +234,27 @@ def check_lifetime(signer: KeySource, recipe: Recipe, ca_home: Path,
         hint=renew, rule="signer-lifetime", subject=signer.certificate.subject.rfc4514_string())
 
 
+@contextlib.contextmanager
+def _at(recipe: Recipe, where: str) -> Iterator[None]:
+    """A ConfigError about a file or value the recipe names, located at ``where`` (the
+    recipe's file:line), unless it names a line of the recipe already."""
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.message.startswith(f"{recipe.source}:"):
+            raise
+        raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+
+
+def _located(source: PassphraseSource, recipe: Recipe, where: str) -> PassphraseSource:
+    """``source``, its refusals (a loose mode, an empty file) located at ``where``: the
+    file is read only when the key is unlocked, long after the recipe was read."""
+    def located(what: str) -> bytes:
+        with _at(recipe, where):
+            return source(what)
+    return located
+
+
 def _secret_source(recipe: Recipe, options: ReleaseOptions,
                    ref: SecretRef | None = None, *,
                    signing_key: bool = False) -> PassphraseSource:
@@ -243,8 +264,9 @@ def _secret_source(recipe: Recipe, options: ReleaseOptions,
     if ref is not None and ref.env is not None:
         return from_env(ref.env)
     if ref is not None and ref.file is not None:
-        return from_file(resolve_path(recipe, ref.file, "passphrase file",
-                                      allow_outside=options.allow_outside))
+        return _located(from_file(resolve_path(recipe, ref.file, "passphrase file",
+                                               allow_outside=options.allow_outside)),
+                        recipe, ref.file.where)
     if options.passphrases is not None:
         return options.passphrases
     raise ConfigError(f"{recipe.source}: no passphrase source for the signing key",
@@ -417,9 +439,11 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
 
     # The same trust as `ipxe build --pki`: the root checked against the CA's index, both
     # roots during a root rotation, then the recipe's extra roots.
+    extra = recipe.ipxe.extra_roots if recipe.ipxe is not None else ()
     extra_roots = [resolve_path(recipe, p, "ipxe.extra_roots", allow_outside=allow)
-                   for p in (recipe.ipxe.extra_roots if recipe.ipxe is not None else ())]
-    trust_inputs = collect_trust(ca_home, extra_roots, [])
+                   for p in extra]
+    with _at(recipe, extra[0].where) if extra else contextlib.nullcontext():
+        trust_inputs = collect_trust(ca_home, extra_roots, [])
     roots = list(trust_inputs.trust)
     extra_certs = list(trust_inputs.certs)
 
@@ -429,7 +453,8 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         raise ConfigError(f"{recipe.source}: the recipe has no origin",
                           hint="add origin: {url: ..., public_url: ...}")
     where = o.where if o else recipe.source
-    local = origin_dir(url)
+    with _at(recipe, where):
+        local = origin_dir(url)
     if local is not None and options.origin_url is None:
         target = local.resolve()
         roots_ok = [recipe.directory.resolve()] if recipe.directory else []
@@ -461,8 +486,12 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     chain_script = render_chain_script(ChainScript(
         url=public + entry_path, signer=signer_name, ntp_server=spec.ntp if spec else None,
         on_failure=spec.on_failure if spec else DEFAULT_ON_FAILURE))
-    firmware = _firmware(recipe, options, roots, extra_certs, chain_script, allow,
-                         dry_run=dry_run)
+    # located at the recipe's ipxe keys; a source from --ipxe-source or the environment is not
+    pinned = spec is not None and (spec.source or spec.prebuilt or spec.git) is not None
+    with _at(recipe, spec.source.where if spec.source else spec.where) if (
+            spec is not None and pinned) else contextlib.nullcontext():
+        firmware = _firmware(recipe, options, roots, extra_certs, chain_script, allow,
+                             dry_run=dry_run)
     return Validated(recipe=recipe, ca_home=ca_home, signer=pending, signer_name=signer_name,
                      passphrases=passphrases, roots=tuple(roots),
                      extra_certs=tuple(extra_certs), origin_url=url, public_base=public,

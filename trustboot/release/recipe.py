@@ -226,6 +226,7 @@ class IpxeSpec:
     extra_roots: tuple[RecipePath, ...] = ()
     serial_console: bool = False
     prebuilt: RecipePath | None = None
+    where: str = ""  # the recipe's file:line of the ipxe mapping
 
 
 @dataclass(frozen=True)
@@ -471,7 +472,7 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
                               for p in i["extra_roots"].value) if "extra_roots" in i else (),
             serial_console=bool(i["serial_console"].value) if "serial_console" in i
             else False,
-            prebuilt=_rpath(i.get("prebuilt")))
+            prebuilt=_rpath(i.get("prebuilt")), where=where)
 
     origin: OriginSpec | None = None
     if "origin" in top:

@@ -138,6 +138,11 @@ def load_yaml(text: str, source: str) -> Node:
     try:
         _prescan(text, source)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.reader.ReaderError as exc:  # a character YAML forbids: no mark, a position
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError(f"{source}:{line}: not valid YAML: character #x{char:04x} is not "
+                          "allowed", hint="remove it (a NUL or control character)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
