@@ -173,6 +173,8 @@ CASES: list[Case] = [
     ("release: unknown recipe key", 3,
      lambda s: ["release", str(s.recipe("surprise: 1\n")), *s.allow()]),
     ("release: a kernel the recipe names does not exist", 3, _recipe_missing_kernel),
+    ("release: the recipe is a directory", 3, lambda s: ["release", str(s.dir)]),
+    ("recipe check: the recipe is a directory", 3, lambda s: ["recipe", "check", str(s.dir)]),
     ("publish: bad release id", 3,
      lambda s: _publish(s, f"file://{s.dir}/srv", "--release-id", "../x")),
     ("ca check: a certificate not the one the index recorded", 3, _tampered_cert),

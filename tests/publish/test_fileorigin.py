@@ -635,3 +635,20 @@ def test_prune_keeps_a_release_an_older_entry_pair_under_releases_serves(
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["deleted"] == []
     assert (srv / "releases/r1/release.json").is_file()
+
+
+@pytest.mark.parametrize("planted", ["fifo", "directory"])
+def test_something_other_than_a_file_at_a_key_names_the_fix(tmp_path: Path,
+                                                          planted: str) -> None:
+    """A FIFO planted as .trustboot-live.json said "stat failed: not a regular file",
+    no hint: only trustboot writes there, so whoever planted it must be found."""
+    target = tmp_path / ".trustboot-live.json"
+    if planted == "fifo":
+        os.mkfifo(target)
+    else:
+        target.mkdir()
+    with FileOrigin(f"file://{tmp_path}", OriginOptions()) as origin:
+        with pytest.raises(OperationalError) as exc:
+            origin.stat(".trustboot-live.json")
+    assert "not a regular file" in exc.value.message, exc.value.message
+    assert exc.value.hint is not None and f"rm {target}" in exc.value.hint, exc.value.hint

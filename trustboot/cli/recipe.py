@@ -22,7 +22,9 @@ def schema_cmd() -> None:
 
 
 @command.command("check")
-@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+# Not click's dir_okay=False (a usage error, exit 2): a directory is refused as a FIFO or
+# a device is, "not a regular file", exit 3, as every file that configures a run.
+@click.argument("recipe", type=click.Path(path_type=Path))
 @json_option
 def check_cmd(recipe: Path, as_json: bool) -> None:
     """Validate RECIPE's structure and values (files are checked by `release --dry-run`)."""

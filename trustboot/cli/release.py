@@ -40,7 +40,9 @@ class StageReporter:
 
 
 @click.command("release")
-@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+# Not click's dir_okay=False (a usage error, exit 2): a directory is refused as a FIFO or
+# a device is, "not a regular file", exit 3, as every file that configures a run.
+@click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True,
               help="Validate and print the plan (what is built, signed, uploaded); change "
               "nothing.")

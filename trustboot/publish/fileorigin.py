@@ -115,6 +115,9 @@ class FileOrigin(StagesUploads, GuardedByLock):
             hint = f"free space on the file system of {self.root}, then run again (resumes)"
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             hint = f"make {self.root} writable for this user"
+        elif exc.errno == errno.EINVAL:  # _open_read: a FIFO, device or directory there
+            hint = (f"only trustboot writes under {self.root}: check who put it there, "
+                    f"then remove it: rm {self.root / key}")
         return OperationalError(f"{self.url}{key}: {action} failed: {exc.strerror or exc}",
                                 hint=hint)
 
