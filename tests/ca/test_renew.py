@@ -448,3 +448,48 @@ def test_a_ca_write_while_sign_reads_the_ca_is_no_rollback(
             str(secrets_dir / "key.pass"), "--out", str(tmp_path / "s"))
     assert writes and r.exit_code == 0, r.output
     assert (tmp_path / "s" / "img.bin.sig").exists()
+
+
+def test_a_raise_to_key_compromise_killed_before_its_crl_is_finished_by_a_rerun(
+        ca_home: Path, run: Run, secrets_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between the index commit and the CRL of a raise to key_compromise: the CRL
+    still gave the old reason, which the CA took for an edited index and refused every
+    write, with a hint (restore the old index) that would have lost the compromise. It is
+    an unfinished revocation: `ca check` says so, and the same revoke finishes it."""
+    ca_pass = ["--pki", str(ca_home), "--passphrase-file", str(secrets_dir / "ca.pass")]
+    serial = CertificateAuthority.open(ca_home).get("signer").serial
+    r = run("ca", "revoke", "signer", "--reason", "superseded", *ca_pass)
+    assert r.exit_code == 0, r.output
+
+    def killed(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt  # stands for the SIGKILL after the index commit
+
+    monkeypatch.setattr(CertificateAuthority, "_write_crls", killed)
+    with pytest.raises(KeyboardInterrupt):
+        CertificateAuthority.open(ca_home).revoke(
+            "signer", constant(CA_PASS.encode()), reason="key_compromise", serial=serial)
+    monkeypatch.undo()
+    ca = CertificateAuthority.open(ca_home)
+    assert ca.index_conflicts() == []
+    problems = ca.check()
+    assert any("raised to key_compromise" in p and "not finished" in p for p in problems), \
+        problems
+    r = run("ca", "revoke", "signer", "--serial", f"{serial:x}", "--reason",
+            "key_compromise", *ca_pass)
+    assert r.exit_code == 0, r.output
+    ca = CertificateAuthority.open(ca_home)
+    assert ca.check() == []
+    listed = x509.load_pem_x509_crl((ca_home / "crl.pem").read_bytes()) \
+        .get_revoked_certificate_by_serial_number(serial)
+    assert listed is not None and listed.extensions.get_extension_for_class(
+        x509.CRLReason).value.reason == x509.ReasonFlags.key_compromise
+    # any other write finishes it as well; an index edited to another reason still is a
+    # conflict (only a raise to key_compromise is taken for an unfinished run)
+    index = json.loads((ca_home / "index.json").read_text())
+    for e in index["entries"]:
+        if int(e["serial"], 16) == serial:
+            e["revocation_reason"] = "superseded"
+    (ca_home / "index.json").write_text(json.dumps(index))
+    assert any("index.json says superseded" in c
+               for c in CertificateAuthority.open(ca_home).index_conflicts())

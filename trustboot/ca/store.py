@@ -380,10 +380,14 @@ class CertificateAuthority:
         if now is not None and (crl.next_update_utc is None or crl.next_update_utc < now):
             problems.append(f"is out of date (nextUpdate {crl.next_update_utc}, before "
                             f"{now.isoformat(timespec='seconds')})")
-        listed = {r.serial_number for r in crl}
+        listed = {r.serial_number: _crl_reason(r) for r in crl}
         problems += [f"does not list revoked {e.name} (serial {e.serial:x}): a revocation "
                      "was not finished" for e in self._crl_entries(issuer)
                      if e.serial not in listed]
+        problems += [f"lists {e.name} (serial {e.serial:x}) as revoked for "
+                     f"{listed[e.serial]}, which the index has raised to key_compromise: that "
+                     "revocation was not finished" for e in self._crl_entries(issuer)
+                     if e.serial in listed and _raised_since(e, listed[e.serial])]
         return data, problems
 
     @property
@@ -938,13 +942,13 @@ class CertificateAuthority:
                     self._write_crls(issuing_key, previous_keys, now)
                     self._append_log()
                     return entry
+                listing = f"see: trustboot ca list --all --pki {self.path}"
+                raise_to = (f"if its key has been compromised since, say so: trustboot ca "
+                            f"revoke {name} --serial {entry.serial:x} --reason key_compromise")
                 raise ConfigError(
                     f"{name!r} (serial {entry.serial:x}) is already revoked "
                     f"({entry.revocation_reason})",
-                    hint="nothing to do; its key found compromised since: "
-                         f"trustboot ca revoke {name} --serial {entry.serial:x} --reason "
-                         "key_compromise" if entry.revocation_reason != "key_compromise"
-                    else f"see: trustboot ca list --all --pki {self.path}")
+                    hint=listing if entry.revocation_reason == "key_compromise" else raise_to)
             # The certificate is read through the index's fingerprint: a replaced or
             # linked file is refused before anything changes.
             entry.read_cert_pem()
@@ -1036,8 +1040,20 @@ class CertificateAuthority:
 
     def _listed(self, path: Path, issuer: IssuedEntry) -> set[int]:
         """Serials the CRL at ``path`` lists, if ``issuer`` signed it (else none)."""
+        return set(self._listed_reasons(path, issuer))
+
+    def _listed_reasons(self, path: Path, issuer: IssuedEntry) -> dict[int, str]:
+        """Serials the CRL at ``path`` lists, with their reasons, if ``issuer`` signed it
+        (else none)."""
         crl = self._signed_crl(path, issuer)
-        return set() if crl is None else {r.serial_number for r in crl}
+        return {} if crl is None else {r.serial_number: _crl_reason(r) for r in crl}
+
+    def _listed_as_indexed(self, path: Path, issuer: IssuedEntry, entry: IssuedEntry) -> bool:
+        """Whether the CRL at ``path`` lists ``entry`` as the index has it: listed, and not
+        with a reason the index has raised to key_compromise since (ca revoke killed
+        between its index commit and its CRL: a revocation not finished)."""
+        reason = self._listed_reasons(path, issuer).get(entry.serial)
+        return reason is not None and not _raised_since(entry, reason)
 
     def _crl_conflicts(self, path: Path, issuer: IssuedEntry) -> list[str]:
         """Where ``issuer``'s signed CRL at ``path`` contradicts index.json: a serial it
@@ -1060,12 +1076,12 @@ class CertificateAuthority:
                 conflicts.append(f"{rel} lists {entry.name} (serial {serial:x}) as revoked; "
                                  f"index.json says it is {entry.status}")
                 continue
-            try:
-                reason = revoked.extensions.get_extension_for_class(
-                    x509.CRLReason).value.reason.name
-            except x509.ExtensionNotFound:
-                reason = "unspecified"
-            if reason != (entry.revocation_reason or "unspecified"):
+            reason = _crl_reason(revoked)
+            # raised to key_compromise after this CRL was signed: the CRL is behind (a run
+            # killed before it was rewritten), not contradicted; a revoke or `ca crl`
+            # finishes it (a forged raise could only make a key less trusted)
+            if reason != (entry.revocation_reason or "unspecified") and not _raised_since(
+                    entry, reason):
                 conflicts.append(f"{rel} lists {entry.name} (serial {serial:x}) as revoked "
                                  f"for {reason}; index.json says "
                                  f"{entry.revocation_reason or 'unspecified'}")
@@ -1161,7 +1177,7 @@ class CertificateAuthority:
         """A revoked leaf of a previous issuing CA whose key is here, not on its CRL."""
         issuer = self.issuer_entry(entry)
         return issuer is not None and issuer.sha256 in keys \
-            and entry.serial not in self._listed(self.crl_path(issuer), issuer)
+            and not self._listed_as_indexed(self.crl_path(issuer), issuer, entry)
 
     def _write_crls(self, issuing_key: PrivateKey, previous_keys: dict[str, PrivateKey],
                     now: dt.datetime, *, days: int = 30) -> None:
@@ -1345,8 +1361,9 @@ class CertificateAuthority:
     def _unlisted_revocations(self) -> list[IssuedEntry]:
         """Revocations of the active issuing CA that crl.pem does not list (all of them
         when it cannot be read or is not the issuing CA's)."""
-        listed = self._listed(self.path / "crl.pem", self.active_entry("issuing"))
-        return [e for e in self._crl_entries() if e.serial not in listed]
+        listed = self._listed_reasons(self.path / "crl.pem", self.active_entry("issuing"))
+        return [e for e in self._crl_entries()
+                if e.serial not in listed or _raised_since(e, listed[e.serial])]
 
     def _check_crl(self) -> list[str]:
         """What is wrong with crl.pem, its date aside (a rotation step rewrites it then)."""
@@ -1673,6 +1690,21 @@ class CertificateAuthority:
             hint="restore log.jsonl from a backup (compare its head with the one `ca check` "
             "printed before); nothing is written to this CA until it matches index.json",
             rule="log-lost")
+
+
+def _crl_reason(revoked: x509.RevokedCertificate) -> str:
+    """A CRL entry's reason, by the index's name for it."""
+    try:
+        return str(revoked.extensions.get_extension_for_class(
+            x509.CRLReason).value.reason.name)
+    except x509.ExtensionNotFound:
+        return "unspecified"
+
+
+def _raised_since(entry: IssuedEntry, crl_reason: str) -> bool:
+    """The index has raised ``entry``'s revocation to key_compromise, and a CRL still gives
+    the reason it had before (the one change of reason a revoke makes)."""
+    return entry.revocation_reason == "key_compromise" and crl_reason != "key_compromise"
 
 
 def _oneline_escape(value: str) -> str:
