@@ -212,6 +212,18 @@ def test_pin_source_and_no_prompt_without_terminal(token: Token, material: Mater
                           check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr
     openssl_verify(image, image.with_name("vmlinuz.sig"), material.directory / "root.pem")
+    # the files the URI names are the run's inputs: no output may replace them
+    pin_before = pin.read_bytes()
+    for target, named in ((pin, "the URI's pin-source"),
+                          (token.module, "the URI's module-path")):
+        uri = f"{token.uri()}?pin-source=file:{pin}&module-path={token.module}"
+        only_uri = {k: v for k, v in env.items() if k != "TRUSTBOOT_PKCS11_MODULE"}
+        proc = subprocess.run([*base, uri, "--manifest", str(target)], env=only_uri,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False, timeout=60)
+        assert proc.returncode == 3, proc.stderr
+        assert f"would replace {named}" in proc.stderr, proc.stderr
+    assert pin.read_bytes() == pin_before
 
 
 def test_uri_parsing() -> None:

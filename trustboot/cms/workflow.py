@@ -202,6 +202,10 @@ def sign_paths(
             verdict = preflight(source, now=now, ipxe_version=ipxe_version)
             for finding in verdict.warnings:
                 warn(f"{finding.message}\n  hint: {finding.remedy}")
+            if ref.scheme == "pkcs11":
+                from trustboot.keys.pkcs11 import files_named
+
+                reads = [*reads, *files_named(ref.value)]
             kept = [*reads, *[(p, what) for p, what in (
                 (ref.path if ref.scheme == "file" else None, "the key file"),
                 (cert, "--signing-cert"), (chain, "--signing-chain"),

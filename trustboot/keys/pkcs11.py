@@ -399,15 +399,32 @@ def login_error(exc: Exception, label: str) -> ConfigError | OperationalError:
                             hint="check the token and its module")
 
 
-def secret_source(source: str) -> PassphraseSource:
-    """RFC 7512 pin-source: a file (path or file: URI) whose first line is the PIN."""
+def _pin_file(source: str) -> Path:
+    """The file an RFC 7512 pin-source names (a path or a file: URI)."""
     if source.startswith("file:"):
         try:
             source = urllib.parse.urlparse(source).path or source[5:]
         except ValueError:  # file://[x/...: a broken host in the URI, from argv
             raise ConfigError(f"pin-source {source!r} is not a file: URI or a path",
                               hint="write pin-source=file:/path/to/pin") from None
-    return secret_sources.from_file(Path(source), "PIN file")
+    return Path(source)
+
+
+def secret_source(source: str) -> PassphraseSource:
+    """RFC 7512 pin-source: a file (path or file: URI) whose first line is the PIN."""
+    return secret_sources.from_file(_pin_file(source), "PIN file")
+
+
+def files_named(text: str) -> list[tuple[Path, str]]:
+    """The files a pkcs11: URI names for the run to read (its module-path= and its
+    pin-source= file), as (path, what): no output of the run may replace them."""
+    uri = parse_uri(text)
+    named = []
+    if module := uri.get("module-path"):
+        named.append((Path(module), "the URI's module-path"))
+    if pin := uri.get("pin-source"):
+        named.append((_pin_file(pin), "the URI's pin-source"))
+    return named
 
 
 class Pkcs11Signer(CertifiedSigner):
