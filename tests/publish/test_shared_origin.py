@@ -351,3 +351,49 @@ def test_on_nginx_two_entries_a_firmware_and_an_image_share_the_origin(
         "prod2", "staging2"]
     assert {k: (nginx.root / k).read_bytes() for k in firmware} == firmware
     assert (nginx.root / "fw/installer.iso").stat().st_size == 20_000_000
+
+
+def test_a_shipped_manifest_for_another_entry_path_is_refused(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """A release directory that ships its release.json (as a mirror of an origin's
+    release does) recording boot.ipxe, published for menus/staging.ipxe: retention would
+    have counted it as production's. Refused; published for its own path, it is taken."""
+    import shutil
+
+    srv = tmp_path / "srv"
+    r = make_release({"boot.ipxe": ENTRY})
+    res = _publish(pki, r, f"file://{srv}", "r1")
+    assert res.exit_code == 0, res.output
+    shipped = tmp_path / "shipped"
+    shutil.copytree(srv / "releases" / "r1", shipped)
+    assert json.loads((shipped / "release.json").read_text())["entry_path"] == "boot.ipxe"
+    other = tmp_path / "other"
+    res = _publish(pki, shipped, f"file://{other}", "r1", "--entry-path",
+                   "menus/staging.ipxe")
+    assert res.exit_code == 3, res.output
+    assert "records the release for entry path 'boot.ipxe'" in res.output, res.output
+    assert not (other / "releases" / "r1").exists()
+    res = _publish(pki, shipped, f"file://{other}", "r1")
+    assert res.exit_code == 0, res.output
+
+
+def test_releases_from_before_entry_paths_under_another_single_entry(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """An origin whose one entry is not boot.ipxe: its releases from before entry paths
+    were recorded could never be pruned by any command. They count as that entry's while
+    it is the only one serving a release; a mistyped --entry-path prunes none of them."""
+    srv = tmp_path / "srv"
+    origin = f"file://{srv}"
+    for rid in ("old1", "old2", "new1"):
+        r = make_release({"boot.ipxe": ENTRY + f"echo {rid}\n".encode()})
+        res = _publish(pki, r, origin, rid, "--entry-path", "menus/x.ipxe")
+        assert res.exit_code == 0, res.output
+        time.sleep(1.1)
+    for rid in ("old1", "old2"):
+        _drop_entry_path(srv, rid)
+    res = _admin(pki, "prune", origin, "--keep", "1", "--entry-path", "menus/typo.ipxe")
+    assert res.exit_code == 0 and json.loads(res.stdout)["deleted"] == [], res.output
+    res = _admin(pki, "prune", origin, "--keep", "2", "--entry-path", "menus/x.ipxe")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["deleted"] == ["old1"]
+    assert _releases(srv) == ["new1", "old2"]

@@ -949,6 +949,15 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
             raise ConfigError(f"{given.path} does not describe the files being published "
                               f"(release {release_id}, entry {entry})",
                               hint="regenerate the manifest together with the files")
+        switched_to = entry_path if entry else None
+        if manifest.entry_path is not None and manifest.entry_path != switched_to:
+            # retention counts a release for the entry path its manifest names: another's
+            # would be pruned as, and prune for, the wrong entry
+            raise ConfigError(f"{given.path} records the release for entry path "
+                              f"{manifest.entry_path!r}, but it is published for "
+                              f"{switched_to!r}",
+                              hint="publish it with --entry-path "
+                                   f"{manifest.entry_path}, or regenerate the manifest")
         manifest_bytes: bytes | None = None
     else:
         manifest = build_manifest(release_id, objects, entry=entry, now=now, origin=base,
@@ -1348,9 +1357,10 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
                      "first: trustboot publish rollback ORIGIN ID")
         elsewhere = _served_elsewhere(origin, manifests, entry_path)
         # A manifest from before entry_path was recorded proves no entry path: it counts
-        # as the default one's while no other entry on the origin serves a release (an
-        # origin of one recipe, as every origin was then); beside another entry it is kept.
-        unproven = entry_path == DEFAULT_ENTRY_PATH and not elsewhere
+        # as this entry's while no other entry on the origin serves a release (an origin
+        # of one recipe, as every origin was then), this one being the default or serving
+        # one itself (not a mistyped --entry-path); beside another entry it is kept.
+        unproven = not elsewhere and (entry_path == DEFAULT_ENTRY_PATH or live is not None)
         mine = [m for m in manifests
                 if m.entry_path == entry_path or (m.entry_path is None and unproven)]
         newest = sorted(mine, key=lambda m: (m.created, m.release), reverse=True)
