@@ -619,6 +619,12 @@ def test_errors_about_files_a_recipe_names_give_the_recipe_line(lab: Lab) -> Non
         line = next(i for i, text in enumerate(path.read_text().splitlines(), 1)
                     if text.startswith("ipxe:"))
         assert f"{path}:{line}: " in err and named in err, err
+    # each extra root at its own line
+    path = lab.recipe(ipxe="ipxe:\n  extra_roots:\n    - pki/ca.crt\n    - garbage.pem")
+    code, _, err = release(str(path), "--dry-run")
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1)
+                if "garbage.pem" in text)
+    assert code == 3 and f"{path}:{line}: " in err, err
     path = lab.recipe()
     path.write_text(path.read_text().replace(f"file://{lab.origin}", "file://evilhost/x"))
     code, _, err = release(str(path), "--dry-run")

@@ -388,10 +388,11 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
         except TrustbootError as exc:
             warning = (f"release {p.release_id} is published and {v.entry_path} switched to "
                        f"it, but pruning older releases (release.retention: {keep}) failed: "
-                       f"{exc.message}. "
-                       + (f"{exc.hint}. " if exc.hint else "")
+                       f"{exc.message.rstrip('.')}. "
+                       + (f"{exc.hint.rstrip('.')}. " if exc.hint else "")
                        + f"Prune later: trustboot publish prune {v.origin_url} --keep {keep}"
-                       f" --entry-path {v.entry_path}")
+                       f" --entry-path {v.entry_path} (with the origin options this recipe "
+                       "gives: credentials, --client-cert, --ca-file)")
             result.warnings.append(warning)
             st.done("publish", "warning", warning)
 

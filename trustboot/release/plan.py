@@ -32,7 +32,7 @@ from trustboot.errors import ConfigError, VerificationError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe import syntax
 from trustboot.ipxe.build import firmware_key
-from trustboot.ipxe.config import BuildOptions, Certificate
+from trustboot.ipxe.config import BuildOptions, Certificate, load_single_certificate
 from trustboot.ipxe.inputs import collect_trust
 from trustboot.ipxe.script import (
     DEFAULT_ON_FAILURE,
@@ -337,8 +337,9 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
                                     f"would clone {spec.git} at {spec.commit} into the "
                                     "iPXE cache and build (not cloned: --dry-run)"))
         else:
-            source_dir = clone_pinned(spec.git, spec.commit, clone_dir(
-                ipxe_build.prepare_cache_dir(cache), spec.commit))
+            into = clone_dir(ipxe_build.prepare_cache_dir(cache), spec.commit)  # options'
+            with _at(recipe, spec.where):  # the recipe's git and commit
+                source_dir = clone_pinned(spec.git, spec.commit, into)
     elif options.ipxe_source is not None:
         source_dir = options.ipxe_source
     if source_dir is None:
@@ -346,7 +347,11 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
             "no iPXE source configured: set ipxe.source (or ipxe.git + ipxe.commit) in the "
             "recipe, pass --ipxe-source DIR, or set TRUSTBOOT_IPXE_SRC, to build firmware "
             "that trusts only this CA; or give ipxe.prebuilt"))
-    source = open_source(source_dir)
+    # a tree the recipe names is refused at its line; --ipxe-source's or the environment's
+    # in their own words
+    with _at(recipe, spec.source.where) if spec is not None and spec.source is not None \
+            else contextlib.nullcontext():
+        source = open_source(source_dir)
     request = ipxe_build.BuildRequest(
         source=source, targets=targets, trust=tuple(v_roots), certs=tuple(v_certs),
         script=chain_script,
@@ -379,7 +384,7 @@ def _origin_credentials(recipe: Recipe, ref: SecretRef, url: str, endpoint: str 
     operator, out of the recipe's reach), to the origin they are sent to, unless the
     operator passes --unsafe-unbound-credentials."""
     what = "origin.credentials." + ("env" if ref.env is not None else "file")
-    try:
+    with _at(recipe, f"{ref.where}: {what}"):
         cfile = (resolve_path(recipe, ref.file, what, allow_outside=options.allow_outside)
                  if ref.file else None)
         creds = load_credentials(file=cfile, env=ref.env,
@@ -387,10 +392,6 @@ def _origin_credentials(recipe: Recipe, ref: SecretRef, url: str, endpoint: str 
         assert creds is not None  # one of file or env (the recipe checked it)
         # bound to another origin: refused here, so a dry run says so too
         check_credentials_scope(url, creds, endpoint=endpoint)
-    except ConfigError as exc:
-        if exc.message.startswith(f"{recipe.source}:"):
-            raise  # it names its recipe line already (resolve_path)
-        raise ConfigError(f"{ref.where}: {what}: {exc.message}", hint=exc.hint) from None
     if creds.scope is None and not options.unsafe_unbound_credentials:
         shown = redact_url(url)
         if urlsplit(url).scheme == "s3":
@@ -439,11 +440,13 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
 
     # The same trust as `ipxe build --pki`: the root checked against the CA's index, both
     # roots during a root rotation, then the recipe's extra roots.
-    extra = recipe.ipxe.extra_roots if recipe.ipxe is not None else ()
-    extra_roots = [resolve_path(recipe, p, "ipxe.extra_roots", allow_outside=allow)
-                   for p in extra]
-    with _at(recipe, extra[0].where) if extra else contextlib.nullcontext():
-        trust_inputs = collect_trust(ca_home, extra_roots, [])
+    extra_roots = []
+    for p in recipe.ipxe.extra_roots if recipe.ipxe is not None else ():
+        extra_roots.append(path := resolve_path(recipe, p, "ipxe.extra_roots",
+                                                allow_outside=allow))
+        with _at(recipe, p.where):  # each one's refusal at its own line
+            load_single_certificate(path)
+    trust_inputs = collect_trust(ca_home, extra_roots, [])
     roots = list(trust_inputs.trust)
     extra_certs = list(trust_inputs.certs)
 
@@ -486,12 +489,8 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     chain_script = render_chain_script(ChainScript(
         url=public + entry_path, signer=signer_name, ntp_server=spec.ntp if spec else None,
         on_failure=spec.on_failure if spec else DEFAULT_ON_FAILURE))
-    # located at the recipe's ipxe keys; a source from --ipxe-source or the environment is not
-    pinned = spec is not None and (spec.source or spec.prebuilt or spec.git) is not None
-    with _at(recipe, spec.source.where if spec.source else spec.where) if (
-            spec is not None and pinned) else contextlib.nullcontext():
-        firmware = _firmware(recipe, options, roots, extra_certs, chain_script, allow,
-                             dry_run=dry_run)
+    firmware = _firmware(recipe, options, roots, extra_certs, chain_script, allow,
+                         dry_run=dry_run)
     return Validated(recipe=recipe, ca_home=ca_home, signer=pending, signer_name=signer_name,
                      passphrases=passphrases, roots=tuple(roots),
                      extra_certs=tuple(extra_certs), origin_url=url, public_base=public,
