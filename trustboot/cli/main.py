@@ -111,19 +111,23 @@ _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EF
                                  errno.EROFS})
 
 
-# Paths the system cannot take, wherever a check met them first (pathlib's is_file()
-# and exists() raise these): bad input, reported as such (exit 3).
-_PATH_ERRNOS = {errno.ENAMETOOLONG: "a name in it is longer than the filesystem allows "
-                "(255 bytes), or all of it longer than 4096",
-                errno.ELOOP: "it leads through a loop of symbolic links"}
+# Paths the system refuses, wherever a check met them first: bad input (exit 3). A name
+# too long reaches here from pathlib's is_file()/exists(); ELOOP mostly from an open with
+# O_NOFOLLOW meeting a symbolic link where trustboot never makes one.
+_PATH_ERRNOS = {
+    errno.ENAMETOOLONG: ("a name in it is longer than the filesystem allows (255 bytes), "
+                         "or all of it longer than 4096", "use a shorter path"),
+    errno.ELOOP: ("a symbolic link is where none is expected (or the path loops through "
+                  "links)", "check who created the link, and remove it"),
+}
 
 
 def _path_error(exc: OSError) -> ConfigError:
     from trustboot.text import clean  # (only here: every command imports this module)
 
     where = f"the path {clean(os.fsdecode(exc.filename))}" if exc.filename else "a path"
-    return ConfigError(f"cannot use {where}: {_PATH_ERRNOS[exc.errno or 0]}",
-                       hint="use a shorter path (or remove the looping link)")
+    problem, hint = _PATH_ERRNOS[exc.errno or 0]
+    return ConfigError(f"cannot use {where}: {problem}", hint=hint)
 
 
 def _environment_error(exc: OSError) -> OperationalError:
