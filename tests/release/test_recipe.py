@@ -89,7 +89,7 @@ def test_good_recipe_defaults() -> None:
         (GOOD + "a: 017\n", "bad.yaml:9", "'017' is an integer only in YAML 1.1"),
         (GOOD + "a: 0x10\n", "bad.yaml:9", "is an integer only in YAML 1.1"),
         (GOOD + "a: 1:30\n", "bad.yaml:9", "is an integer only in YAML 1.1"),
-        (GOOD + "a: .nan\n", "bad.yaml:9", "is a number only in YAML 1.1"),
+        (GOOD + "a: 1_000\n", "bad.yaml:9", "is an integer only in YAML 1.1"),
         (GOOD + "a: on\n", "bad.yaml:9", "'on' is true or false only in YAML 1.1"),
         (GOOD + "a: !!int '5'\n", "bad.yaml:9", "YAML tag tag:yaml.org,2002:int"),
         (GOOD + "a: !!bool 'false'\n", "bad.yaml:9", "YAML tag tag:yaml.org,2002:bool"),

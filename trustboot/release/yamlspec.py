@@ -33,7 +33,8 @@ _SCALARS = yaml.constructor.SafeConstructor()
 # other reader take otherwise (017 is 15, 0x10 16, 1:30 90, `on` true): only these
 # spellings are taken as numbers and booleans, the rest refused with "quote it".
 _INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
-_FLOAT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_FLOAT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")  # as YAML 1.2 reads them
 _BOOL = {"true", "false", "True", "False", "TRUE", "FALSE"}
 _TAG_WORDS = {"tag:yaml.org,2002:timestamp": "a date", "tag:yaml.org,2002:merge": "a merge key",
               "tag:yaml.org,2002:value": "a value key"}
@@ -65,9 +66,7 @@ def _prescan(text: str, source: str) -> None:
                 f"{_where(source, event.start_mark)}: YAML anchors and aliases are not "
                 "allowed in recipes", hint="write the values out")
         tag = getattr(event, "tag", None)
-        if tag is not None and not (isinstance(event, yaml.ScalarEvent) and tag == "!"
-                                    and event.implicit[1]):
-            # written in the recipe (`!!int "5"`, `!x`): a quoted scalar's "!" is not
+        if tag is not None:  # only a tag written in the recipe (`!!int "5"`, `! x`)
             raise ConfigError(
                 f"{_where(source, event.start_mark)}: YAML tag {tag} is not allowed",
                 hint="recipes are plain YAML: remove the tag")
