@@ -20,7 +20,7 @@ from tests.audit import packets
 from tests.audit.test_checks import ROGUE_MAC, observe, offer, policy, reply6, rules
 from trustboot.audit import dhcp6
 from trustboot.audit.checks import AGGREGATE_ABOVE, Severity, evaluate
-from trustboot.audit.follow import FollowConfig, Follower, forbidden_address, resolve
+from trustboot.audit.follow import FollowConfig, Follower, find_host, forbidden_address
 from trustboot.audit.model import HttpCheck, Malformed, Reply6
 from trustboot.audit.policy import Policy
 from trustboot.audit.report import to_json, to_sarif, to_table
@@ -212,16 +212,20 @@ def test_duid_only_authorization_checks_the_embedded_mac() -> None:
 
 
 @pytest.mark.parametrize(("host", "why"), [
-    ("127.0.0.1", "loopback"), ("localhost", "loopback"), ("2130706433", "loopback"),
-    ("0x7f.1", "loopback"), ("127.1", "loopback"), ("::1", "loopback"),
-    ("::ffff:127.0.0.1", "loopback"), ("169.254.169.254", "link-local"),
+    ("127.0.0.1", "loopback"), ("0x7f.0.0.1", "loopback"), ("0177.0.0.01", "loopback"),
+    ("+127.0.0.1", "loopback"), ("%31%32%37.0.0.1", "loopback"),
+    ("4294967423.0.0.1", "loopback"),  # 32-bit iPXE wraps 2**32 + 127 to 127
+    ("2130706433", "loopback"), ("0x7f.1", "loopback"), ("127.1", "loopback"),  # C library
+    ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"), ("169.254.169.254", "link-local"),
     ("fe80::1", "link-local"), ("0.0.0.0", "unspecified"), ("::", "unspecified"),
     ("0.1.2.3", "unspecified"),  # "this network" (0/8): not unspecified to ipaddress
     ("224.0.0.1", "multicast/broadcast"), ("255.255.255.255", "multicast/broadcast"),
 ])
 def test_every_spelling_of_a_local_address_is_refused(host: str, why: str) -> None:
-    addresses = resolve(host, 80)
-    assert any(forbidden_address(a) == why for a in addresses), addresses
+    found = find_host(host, None, frozenset(), device=None, source=None,
+                      deadline=time.monotonic() + 1)
+    assert found.refusal is not None and f"({why})" in found.refusal, found
+    assert not found.lookups
 
 
 def test_ordinary_addresses_are_allowed_and_own_ones_refused() -> None:
@@ -233,11 +237,17 @@ def test_ordinary_addresses_are_allowed_and_own_ones_refused() -> None:
 def test_a_name_with_any_local_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     # a DNS answer with a public address first and a loopback one after: the connection
     # may go to either, so every address is vetted, not only the first
-    from trustboot.audit import follow
+    from trustboot.audit import dns
 
-    monkeypatch.setattr(follow, "resolve", lambda host, port: ["192.0.2.1", "127.0.0.1"])
-    refusal, _ = follow.vet_host("boot.example", 443, frozenset())
-    assert refusal == "boot.example is 127.0.0.1 (loopback)"
+    def answer(name: str, ns: dns.Nameservers, **_: object) -> list[dns.Lookup]:
+        return [dns.Lookup(ns.servers[0], name, "A", rcode="NOERROR",
+                           addresses=["192.0.2.1", "127.0.0.1"])]
+
+    monkeypatch.setattr(dns, "resolve", answer)
+    found = find_host("boot.example", dns.Nameservers(("192.0.2.53",), 4, "DHCPv4 option 6"),
+                      frozenset(), device=None, source=None, deadline=time.monotonic() + 1)
+    assert found.refusal == ("boot.example is 127.0.0.1 (loopback) as DNS server 192.0.2.53 "
+                             "answered")
 
 
 def test_a_refused_target_is_a_finding_not_a_fetch() -> None:

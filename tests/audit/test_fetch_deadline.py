@@ -1,6 +1,6 @@
 """The audit's HTTP(S) fetch ends at its total deadline with no thread of its own, without a
 network namespace: a TLS server on loopback in this process (the address check, which
-refuses loopback, is what is stubbed: ``vet_host`` answers with the server's address)."""
+refuses loopback, is what is stubbed: ``find_host`` answers with the server's address)."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def server(test_pki: AuditPki, monkeypatch: pytest.MonkeyPatch) -> Iterator[Serv
         served.sni.append(sni)
 
     ctx.sni_callback = name
-    monkeypatch.setattr(follow, "vet_host", lambda host, port, own: (None, "127.0.0.1"))
+    monkeypatch.setattr(follow, "find_host", lambda *a, **k: follow.Found(["127.0.0.1"]))
     stop = threading.Event()
     thread = threading.Thread(target=_serve, args=(listener, ctx, served, stop), daemon=True)
     thread.start()
@@ -164,7 +164,7 @@ def test_a_transport_error_is_the_deadline_only_once_it_has_passed(
             time.sleep(0.4)  # the fetch's whole deadline is 0.2 s
         raise httpx.ReadError("connection reset by peer", request=request)
 
-    monkeypatch.setattr(follow, "vet_host", lambda host, port, own: (None, "192.0.2.1"))
+    monkeypatch.setattr(follow, "find_host", lambda *a, **k: follow.Found(["192.0.2.1"]))
     monkeypatch.setattr(publish_http, "DeadlineTransport",
                         lambda *a, **k: httpx.MockTransport(handler))
     check, _ = _fetch("http://boot.example/ipxe.efi", _policy(None), 0.2)

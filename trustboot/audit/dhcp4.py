@@ -283,6 +283,13 @@ class Dhcp4Packet:
         return self.text_option(OPT_BOOTFILE)
 
     @property
+    def dns_servers(self) -> list[str]:
+        """Option 6: the DNS servers a client resolves boot URL host names with, in order
+        (a trailing partial address is ignored, as clients read whole addresses)."""
+        value = self.options.get(OPT_DNS) or b""
+        return list(dict.fromkeys(_ip(value[i:i + 4]) for i in range(0, len(value) - 3, 4)))
+
+    @property
     def client_arch(self) -> int | None:
         value = self.options.get(OPT_CLIENT_ARCH)
         return struct.unpack("!H", value[:2])[0] if value and len(value) >= 2 else None
@@ -346,6 +353,8 @@ class Dhcp4Packet:
                 data[f"option_{code}_first_instance"] = shown(first)
         if self.after_nul:
             data["after_nul"] = {where: text for where, (_n, text) in self.after_nul.items()}
+        if OPT_DNS in self.options:
+            data["option_6_dns_servers"] = self.dns_servers[:16]
         if OPT_VENDOR in self.options:
             data["option_43_hex"] = self.options[OPT_VENDOR][:255].hex()
         if self.overload:

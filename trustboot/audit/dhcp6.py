@@ -129,6 +129,14 @@ class Dhcp6Message:
         return [safe_text(p) for p in _length_prefixed(v[:MAX_OPTION_VALUE])] if v else []
 
     @property
+    def dns_servers(self) -> list[str]:
+        """Option 23 (OPTION_DNS_SERVERS): the servers a client resolves boot URL host names
+        with, in order (a trailing partial address is ignored)."""
+        value = self.first(OPT_DNS_SERVERS) or b""
+        return list(dict.fromkeys(str(ipaddress.IPv6Address(value[i:i + 16]))
+                                  for i in range(0, len(value) - 15, 16)))
+
+    @property
     def preference(self) -> int | None:
         v = self.first(OPT_PREFERENCE)
         return v[0] if v is not None and len(v) == 1 else None
@@ -191,6 +199,8 @@ class Dhcp6Message:
             data["addresses"] = addresses
         if preference is not None:
             data["preference"] = preference
+        if self.first(OPT_DNS_SERVERS) is not None:
+            data["option_23_dns_servers"] = self.dns_servers[:16]
         if status:
             data["status"] = [{"code": c, "message": m} for c, m in status]
         if self.anomalies:

@@ -8,9 +8,15 @@ process alive) and reported as a reached limit. Results are written back in subm
 order, so reports are deterministic.
 
 Fetches leave through the audited interface only (SO_BINDTODEVICE), and never go to the
-auditor's own host: a boot URL whose name resolves (in any spelling) to a loopback,
+auditor's own host: a boot URL whose host is (in any spelling) or resolves to a loopback,
 link-local, unspecified or multicast address, or to one of this host's addresses, is
 refused and reported instead.
+
+A boot URL's host is found as the booting client finds it (``find_host``): a literal
+address with no lookup, a name through the DNS servers of the offer that named the URL,
+asked from the audited interface within the fetch's deadline (trustboot.audit.dns). This
+host's resolver is never used: a rogue on the segment must not make the auditor query its
+management network's DNS for names the rogue chooses, and its answer is not the client's.
 """
 
 from __future__ import annotations
@@ -24,16 +30,30 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from trustboot.audit import tftp
+from trustboot.audit import dns, tftp
 from trustboot.audit.loaders import identify
-from trustboot.audit.model import BootTarget, Fetched, HttpCheck, Observation, Offer, Reply6
+from trustboot.audit.model import (
+    BootTarget,
+    Fetched,
+    HttpCheck,
+    Malformed,
+    Observation,
+    Offer,
+    Reply6,
+)
 from trustboot.audit.policy import Policy
-from trustboot.audit.probe import forbidden_address, own_addresses
+from trustboot.audit.probe import (
+    MALFORMED_PER_SENDER,
+    MAX_MALFORMED,
+    forbidden_address,
+    interface_ipv4,
+    own_addresses,
+)
 from trustboot.audit.text import clean
 from trustboot.errors import find_in_chain
 
@@ -57,21 +77,67 @@ class FollowConfig:
     well_known_max: int = 1024 * 1024
 
 
-def resolve(host: str, port: int) -> list[str]:
-    """Every address ``host`` stands for, as the OS resolves it (so every IP spelling the
-    C library accepts, e.g. 2130706433, 0x7f.1, 127.1, is seen as the address it is)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+@dataclass
+class Found:
+    """Where a boot URL's host leads: the addresses to vet and connect to, or why not."""
+
+    addresses: list[str] = field(default_factory=list)
+    lookups: list[dns.Lookup] = field(default_factory=list)
+    refusal: str | None = None  # a local/forbidden target: reported, never connected to
+    error: str | None = None  # could not be resolved (as a client could not)
+    late: bool = False  # the lookup ran out of time: a reached limit
 
 
-def vet_host(host: str, port: int, own: set[str] | frozenset[str]) -> tuple[str | None, str]:
-    """(refusal, address to connect to): the refusal names the first forbidden address."""
-    addresses = resolve(host, port)
+def find_host(host: str, nameservers: dns.Nameservers | None, own: set[str] | frozenset[str],
+              *, device: str | None, source: str | None, deadline: float) -> Found:
+    """The addresses a client would connect to for ``host``, found as it finds them.
+
+    A literal address is read as iPXE reads it, with no lookup. A name is asked of the DNS
+    servers the offer naming the URL gave (``nameservers``), from the audited interface,
+    by ``deadline``; never of this host's resolver. Every address is vetted with
+    ``forbidden_address``, and so is each offered DNS server before it is asked."""
+    literal = dns.literal_addresses(host)
+    if literal is not None:
+        return _vetted(host, literal, own, "")
+    spelled = dns.c_library_ipv4(host)
+    if spelled is not None and forbidden_address(spelled, own) is not None:
+        # iPXE looks "127.1" up as a name, the C library's readers connect to 127.0.0.1
+        return Found(refusal=f"{host} is {spelled} ({forbidden_address(spelled, own)}) as "
+                     "the C library reads it")
+    if nameservers is None or not nameservers.servers:
+        where = nameservers.option if nameservers is not None else \
+            "DHCPv4 option 6 or DHCPv6 option 23"
+        return Found(error=f"{host} is a host name and the offer gave no DNS server "
+                     f"({where}): a client could not resolve it either")
+    usable = tuple(s for s in nameservers.servers if forbidden_address(s, own) is None)
+    if not usable:
+        first = nameservers.servers[0]
+        return Found(refusal=f"{host} would be resolved by the offered DNS server {first} "
+                     f"({forbidden_address(first, own)}), which the audit does not query")
+    lookups = dns.resolve(host, dns.Nameservers(usable, nameservers.family,
+                                                nameservers.option),
+                          device=device, source=source, deadline=deadline)
+    answered = next((q for q in lookups if q.addresses), None)
+    if answered is None:
+        reasons = "; ".join(f"{q.server} ({q.error or 'no address'})" for q in lookups)
+        servers = "server" if len(lookups) == 1 else "servers"
+        return Found(lookups=lookups, late=time.monotonic() >= deadline,
+                     error=f"{host} could not be resolved with the offered DNS {servers} "
+                     f"{reasons}")
+    return _vetted(host, answered.addresses, own, f" as DNS server {answered.server} answered",
+                   lookups)
+
+
+def _vetted(host: str, addresses: list[str], own: set[str] | frozenset[str], how: str,
+            lookups: list[dns.Lookup] | None = None) -> Found:
+    """Every address is vetted, not only the first: the connection may go to any."""
+    found = Found(addresses, lookups or [])
     for address in addresses:
         why = forbidden_address(address, own)
         if why is not None:
-            return f"{host} is {address} ({why})", address
-    return None, addresses[0]
+            found.refusal = f"{host} is {address} ({why}){how}"
+            break
+    return found
 
 
 def _der_chain(tls: ssl.SSLSocket) -> list[bytes]:
@@ -147,9 +213,13 @@ def _tls_probe(check: HttpCheck, host: str, address: str, port: int, policy: Pol
 
 def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
                device: str | None = None, deadline: float | None = None,
-               own: set[str] | frozenset[str] = frozenset()) -> HttpCheck:
+               own: set[str] | frozenset[str] = frozenset(),
+               nameservers: dns.Nameservers | None = None,
+               source: str | None = None) -> HttpCheck:
     """TLS chain (for https) and a bounded, hashed GET of the boot file.
 
+    The host is found as a client finds it (``find_host``): a literal address as is, a
+    name through ``nameservers`` (the offer's DNS servers) from ``device`` and ``source``.
     One total deadline covers resolving, both TLS handshakes and the transfer. The body is
     read as sent (``Accept-Encoding: identity``, never decoded): iPXE treats an unknown
     Content-Encoding as identity, so the raw bytes are what a client would boot, and no
@@ -171,15 +241,18 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
     except ValueError as exc:
         check.error = f"invalid URL: {exc}"
         return check
-    try:
-        refusal, address = vet_host(host, port, own)
-    except (OSError, UnicodeError) as exc:
-        check.error = f"cannot resolve {host!r}: {exc}"
+    found = find_host(host, nameservers, own, device=device, source=source, deadline=end)
+    check.dns = found.lookups
+    if found.refusal is not None:
+        check.refused = found.refusal
+        check.error = f"not fetched: {found.refusal}"
         return check
-    if refusal is not None:
-        check.refused = refusal
-        check.error = f"not fetched: {refusal}"
+    if found.error is not None:
+        check.error = f"not fetched: {found.error}"
+        if found.late:
+            check.limit = "fetch-deadline"
         return check
+    address = check.address = found.addresses[0]
     if parts.scheme == "https":
         _tls_probe(check, host, address, port, policy, device, end)
     if parts.scheme == "https" and policy.ca_file is not None and check.tls_verified:
@@ -345,6 +418,8 @@ class Follower:
         self.servers: set[str] = set()
         self.lock = threading.Lock()
         self.own = own_addresses()
+        # DNS questions leave from the audited interface's own address
+        self.source = interface_ipv4(cfg.device) if cfg.device else None
 
     def _submit(self, key: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         with self.lock:
@@ -366,7 +441,7 @@ class Follower:
             check = HttpCheck(url, refused=why, error=f"not fetched: {why}")
             self.tasks.append((key, _resolved(check)))
 
-    def _target(self, target: BootTarget) -> None:
+    def _target(self, target: BootTarget, nameservers: dns.Nameservers) -> None:
         if target.scheme == "tftp":
             if not target.server_is_ip or not target.path:
                 return  # the checks report it as not fetched
@@ -378,9 +453,15 @@ class Follower:
                          max_size=self.cfg.max_size, timeout=self.cfg.timeout, well_known=False)
             self._server(target.server)
         elif target.scheme in ("http", "https"):
-            self._submit(f"url:{target.url}", _http_target, target, policy=self.policy,
+            key = f"url:{target.url}"
+            if target.server and dns.literal_addresses(target.server) is None:
+                # a name: what it leads to depends on the DNS servers of the offer naming it
+                # (a rogue repeating the URL with its own server gets its own fetch)
+                key += f" dns:{','.join(nameservers.servers[:dns.MAX_SERVERS])}"
+            self._submit(key, _http_target, target, policy=self.policy,
                          timeout=self.cfg.timeout, max_size=self.cfg.max_size,
-                         device=self.cfg.device, own=self.own)
+                         device=self.cfg.device, own=self.own, nameservers=nameservers,
+                         source=self.source)
 
     def _server(self, server: str) -> None:
         with self.lock:
@@ -399,11 +480,11 @@ class Follower:
 
     def on_offer(self, offer: Offer) -> None:
         for target in offer.boot_targets():
-            self._target(target)
+            self._target(target, offer.nameservers())
 
     def on_reply6(self, reply: Reply6) -> None:
         for target in reply.boot_targets():
-            self._target(target)
+            self._target(target, reply.nameservers())
 
     def finish(self, budget: float) -> None:
         """Wait at most ``budget`` seconds for outstanding work, then record what finished.
@@ -433,10 +514,25 @@ class Follower:
             elif isinstance(result, HttpCheck):
                 if result.limit:
                     self.obs.limit(result.limit, result.url)
+                self._malformed_answers(result)
                 self.obs.http.append(result)
             elif isinstance(result, tftp.WriteResult):
                 self.obs.writes.append(result)
         self.abandon()
+
+    def _malformed_answers(self, check: HttpCheck) -> None:
+        """A DNS answer that could not be read is evidence of its sender, as a malformed
+        DHCP packet is (counted per sender, a few kept)."""
+        for asked in check.dns:
+            if asked.malformed is None:
+                continue
+            key = f"dns {asked.server} ?"
+            counts = self.obs.malformed_counts
+            counts[key] = counts.get(key, 0) + 1
+            if counts[key] <= MALFORMED_PER_SENDER and len(self.obs.malformed) < MAX_MALFORMED:
+                self.obs.malformed.append(Malformed(
+                    "dns", asked.malformed, asked.server, "?", asked.malformed_head,
+                    asked.malformed_length, 0.0))
 
     def abandon(self) -> None:
         """Cancel queued work; running transfers end at their own deadlines (or with the

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from trustboot.audit import dhcp4, dhcp6
+from trustboot.audit.dns import Lookup, Nameservers
 from trustboot.audit.loaders import LoaderInfo
 from trustboot.audit.tftp import FetchResult, WriteResult
 
@@ -109,6 +110,10 @@ class Offer:
             return self.packet.sname
         return self.packet.siaddr if self.packet.siaddr != dhcp4.NO_ADDRESS else ""
 
+    def nameservers(self) -> Nameservers:
+        """The DNS servers this offer gives a client for boot URL host names (option 6)."""
+        return Nameservers(tuple(self.packet.dns_servers), 4, "DHCPv4 option 6")
+
     def boot_targets(self) -> list[BootTarget]:
         """Every (server, file) the header fields and options 66/67 point at, deduplicated,
         each built from the bytes a client uses (up to the first NUL, unescaped)."""
@@ -175,6 +180,10 @@ class Reply6:
     @property
     def server_key(self) -> str:
         return self.message.server_duid or self.src_ip
+
+    def nameservers(self) -> Nameservers:
+        """The DNS servers this reply gives a client (option 23): it asks them for AAAA."""
+        return Nameservers(tuple(self.message.dns_servers), 6, "DHCPv6 option 23")
 
     def boot_targets(self) -> list[BootTarget]:
         """The boot file URLs (option 59) a client may use, each as it reads it."""
@@ -320,6 +329,10 @@ class HttpCheck:
     refused: str | None = None  # why the audit would not connect (a local/forbidden target)
     limit: str | None = None  # the limit that stopped the fetch: size-cap, fetch-deadline
     location: str | None = None  # a redirect's target, as the server sent it (cut)
+    # how the host was found: the questions asked of the offer's DNS servers (none for a
+    # literal address), and the address connected to
+    dns: list[Lookup] = field(default_factory=list)
+    address: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -329,6 +342,7 @@ class HttpCheck:
             "tls_error": self.tls_error, "content_encoding": self.content_encoding,
             "refused": self.refused, "limit": self.limit, "location": self.location,
             "loader": self.loader.to_json() if self.loader else None,
+            "dns": [lookup.to_json() for lookup in self.dns], "address": self.address,
         }
 
 
