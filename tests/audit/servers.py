@@ -20,6 +20,9 @@
                          MACs; its own offer (evil.kpxe) to every DISCOVER
         spoof N IP MAC   on the first DISCOVER: N distinct offers spoofing IP/MAC, then its own
         urls URL...      answers each DISCOVER with the next URL as option 67
+        urls-dns DNS URL...
+                         answers a client's first DISCOVER with one offer per URL, each with
+                         DNS (an IPv4 address) as option 6
         files HEX...     answers each DISCOVER with the next name (hex: NUL and high bytes
                          as they are) as option 67
         evasive          answers only DISCOVERs with secs >= 5, from a universally
@@ -32,6 +35,19 @@
                                           /hang, /bomb (gzip, gzip), /big, /redirect (C1 + bidi),
                                           /moved (302 to /bomb)
     python servers.py canary PORT LOG     TCP listener on 127.0.0.1 and ::1 logging connections
+    python servers.py dns ADDR LOG [ALT]  hostile DNS server on ADDR:53 logging every question
+                                          ("IP PORT ID NAME TYPE") to LOG; the first label of
+                                          the name says how it answers:
+        good             A 192.0.2.1 (AAAA 2001:db8::1)
+        cname            CNAME c1.NAME, c1 CNAME c2.NAME, c2 A 192.0.2.1, in one answer
+        longcname        a chain of 12 CNAMEs, ending in A 192.0.2.1
+        local            A 127.0.0.1        self     A 192.0.2.50 (the auditor's address)
+        silent           never answers      nx       NXDOMAIN        servfail  SERVFAIL
+        spoof            A 127.0.0.1 from ALT:53, from ADDR:5353 and with another id, then
+                         (0.2 s later) the real answer, A 192.0.2.1
+        pointers         an answer whose name is a compression pointer to itself
+        truncated        the TC bit set
+        anything else    A 192.0.2.1
 
 Each prints "ready" on stdout once it is listening, and runs until terminated.
 """
@@ -278,10 +294,12 @@ def _own(interface: str) -> tuple[bytes, str]:
 
 def _offer(req: dhcp4.Dhcp4Packet, *, server_ip: str, file: bytes, src_mac: bytes,
            src_ip: str, sport: int = 67, giaddr: str | None = None,
-           yiaddr: str = "192.0.2.222") -> bytes:
+           yiaddr: str = "192.0.2.222", dns: str | None = None) -> bytes:
+    extra = [(dhcp4.OPT_DNS, ipaddress.IPv4Address(dns).packed)] if dns else []
     reply = bytearray(packets.dhcp_reply(xid=req.xid, chaddr=req.chaddr, yiaddr=yiaddr,
                                          siaddr=server_ip, server_id=server_ip,
-                                         options=[(67, file)] if len(file) <= 255 else None,
+                                         options=[(67, file), *extra] if len(file) <= 255
+                                         else None,
                                          raw_options=_long_option(67, file, server_ip)
                                          if len(file) > 255 else None))
     if giaddr is not None:
@@ -321,9 +339,11 @@ def rogue(interface: str, mode: str, *args: str) -> None:
     mac, ip = _own(interface)
     junk = _junk_frames(int(args[0])) if mode == "flood" else []
     urls = [a.encode() for a in args] if mode == "urls" else \
+        [a.encode() for a in args[1:]] if mode == "urls-dns" else \
         [bytes.fromhex(a) for a in args] if mode == "files" else []
     answered = 0
     last_burst = 0.0
+    clients: set[bytes] = set()
     _ready()
     while True:
         data = sock.recv(65536)
@@ -385,6 +405,11 @@ def rogue(interface: str, mode: str, *args: str) -> None:
         elif mode in ("urls", "files"):
             url = urls[answered % len(urls)]
             sock.send(_offer(req, server_ip=ip, file=url, src_mac=mac, src_ip=ip))
+        elif mode == "urls-dns" and req.chaddr not in clients:
+            clients.add(req.chaddr)
+            for url in urls:
+                sock.send(_offer(req, server_ip=ip, file=url, src_mac=mac, src_ip=ip,
+                                 dns=args[0]))
         elif mode == "evasive":
             if req.secs >= 5 and not req.chaddr[0] & 0x02 and req.client_arch == 9:
                 sock.send(_offer(req, server_ip=ip, file=b"evil.efi", src_mac=mac, src_ip=ip,
@@ -503,13 +528,118 @@ def canary(port: str, log: str) -> None:
         time.sleep(3600)
 
 
+# -- hostile DNS ---------------------------------------------------------------------------------
+
+
+def _rr(owner: bytes, rtype: int, rdata: bytes) -> bytes:
+    return owner + struct.pack("!HHIH", rtype, 1, 60, len(rdata)) + rdata
+
+
+def _dns_answer(query: bytes, qname: bytes, qtype: int, *, records: list[bytes],
+                rcode: int = 0, flags: int = 0x8180, qid: int | None = None) -> bytes:
+    head = struct.pack("!HHHHHH", int.from_bytes(query[:2], "big") if qid is None else qid,
+                       flags | rcode, 1, len(records), 0, 0)
+    question = b"".join(bytes([len(label)]) + label for label in qname.split(b".")) + b"\0"
+    return head + question + struct.pack("!HH", qtype, 1) + b"".join(records)
+
+
+def _address_records(owner: bytes, qtype: int, v4: str, v6: str = "2001:db8::1") -> list[bytes]:
+    if qtype == 28:
+        return [_rr(owner, 28, ipaddress.IPv6Address(v6).packed)]
+    return [_rr(owner, 1, ipaddress.IPv4Address(v4).packed)]
+
+
+def _name(text: bytes) -> bytes:
+    return b"".join(bytes([len(label)]) + label for label in text.split(b".")) + b"\0"
+
+
+def _dns_reply(sock: socket.socket, alt: socket.socket | None, spoof_port: socket.socket,
+               query: bytes, peer: tuple[str, int]) -> None:
+    from trustboot.audit.dns import read_name
+
+    qname, at = read_name(query, 12)
+    qtype = int.from_bytes(query[at:at + 2], "big")
+    kind = qname.split(b".", 1)[0]
+    ptr = b"\xc0\x0c"
+
+    def send(data: bytes) -> None:
+        sock.sendto(data, peer)
+
+    def answer(records: list[bytes], **kw: int) -> bytes:
+        return _dns_answer(query, qname, qtype, records=records, **kw)
+
+    if kind == b"silent":
+        return
+    if kind == b"nx":
+        send(answer([], rcode=3))
+    elif kind == b"servfail":
+        send(answer([], rcode=2))
+    elif kind == b"local":
+        send(answer(_address_records(ptr, qtype, "127.0.0.1", "::1")))
+    elif kind == b"self":
+        send(answer(_address_records(ptr, qtype, "192.0.2.50", "2001:db8::32")))
+    elif kind in (b"cname", b"longcname"):
+        count = 2 if kind == b"cname" else 12
+        names = [_name(b"c%d." % i + qname) for i in range(1, count + 1)]
+        records = [_rr(ptr, 5, names[0])] + [_rr(names[i], 5, names[i + 1])
+                                             for i in range(count - 1)]
+        send(answer(records + _address_records(names[-1], qtype, "192.0.2.1")))
+    elif kind == b"spoof":
+        bad = answer(_address_records(ptr, qtype, "127.0.0.1", "::1"))
+        if alt is not None:
+            alt.sendto(bad, peer)
+        spoof_port.sendto(bad, peer)
+        send(answer(_address_records(ptr, qtype, "127.0.0.1", "::1"),
+                    qid=int.from_bytes(query[:2], "big") ^ 0x5A5A))
+        time.sleep(0.2)
+        send(answer(_address_records(ptr, qtype, "192.0.2.1")))
+    elif kind == b"pointers":
+        head = answer([])
+        here = len(head)
+        send(head[:6] + b"\x00\x01" + head[8:]
+             + _rr(struct.pack("!H", 0xC000 | here), 1, b"\x7f\x00\x00\x01"))
+    elif kind == b"truncated":
+        send(answer(_address_records(ptr, qtype, "192.0.2.1"), flags=0x8380))
+    else:
+        send(answer(_address_records(ptr, qtype, "192.0.2.1")))
+
+
+def hostile_dns(address: str, log: str, alt_address: str | None = None) -> None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((address, 53))
+    spoof_port = socket.socket(family, socket.SOCK_DGRAM)
+    spoof_port.bind((address, 5353))
+    alt = None
+    if alt_address:
+        alt = socket.socket(family, socket.SOCK_DGRAM)
+        alt.bind((alt_address, 53))
+    _ready()
+    while True:
+        query, peer = sock.recvfrom(4096)
+        try:
+            from trustboot.audit.dns import read_name
+
+            qname, at = read_name(query, 12)
+            line = (f"{peer[0]} {peer[1]} {int.from_bytes(query[:2], 'big')} "
+                    f"{qname.decode('latin-1')} {int.from_bytes(query[at:at + 2], 'big')}\n")
+        except ValueError:
+            line = f"{peer[0]} {peer[1]} unreadable\n"
+            continue
+        finally:
+            with open(log, "a", encoding="latin-1") as fh:
+                fh.write(line)
+        threading.Thread(target=_dns_reply, args=(sock, alt, spoof_port, query, peer),
+                         daemon=True).start()
+
+
 def main(argv: list[str]) -> None:
     mode, *args = argv
     modes: dict[str, Callable[..., None]] = {
         "tftp": tftp, "tftp-endless": tftp_endless, "tftp-hostile": tftp_hostile,
         "https": https, "https-switch": https_switch,
         "hostile-dhcp": hostile_dhcp, "rogue": rogue,
-        "http": hostile_http, "canary": canary}
+        "http": hostile_http, "canary": canary, "dns": hostile_dns}
     modes[mode](*args)
 
 

@@ -180,10 +180,13 @@ def test_local_targets_are_never_fetched(seg: Segment, tmp_path: Path) -> None:
     log = tmp_path / "canary.log"
     seg.start_server(client, "canary", str(port), str(log))
     urls = [f"http://{host}:{port}/x" for host in (
-        "127.0.0.1", "localhost", "2130706433", "0x7f.1", "127.1", "[::1]",
-        "[::ffff:127.0.0.1]", "0.0.0.0", "192.0.2.50")] + [
+        "127.0.0.1", "2130706433", "0x7f.1", "127.1", "0x7f.0.0.1", "%31%32%37.0.0.1",
+        "[::1]", "[::ffff:127.0.0.1]", "0.0.0.0", "192.0.2.50")] + [
         "http://169.254.169.254/latest/meta-data/", "https://[fe80::1]/boot.efi"]
-    seg.start_server(rogue, "rogue", "eth0", "urls", *urls)
+    # a name is never looked up with the auditor's resolver (where it would be loopback):
+    # this offer gives no DNS server, so a client could not resolve it either
+    named = f"http://localhost:{port}/x"
+    seg.start_server(rogue, "rogue", "eth0", "urls", *urls, named)
     run = seg.audit(client, "--window", "1.5", "--follow-timeout", "2", "--no-dhcpv6",
                     "--json", "--policy", str(policy(tmp_path)))
     assert not log.exists() or log.read_text() == "", log.read_text()
@@ -193,6 +196,8 @@ def test_local_targets_are_never_fetched(seg: Segment, tmp_path: Path) -> None:
     assert "loopback" in local[f"http://2130706433:{port}/x"]["message"]
     assert "auditing host" in local[f"http://192.0.2.50:{port}/x"]["message"]
     assert not [h for h in run.json["observation"]["http"] if h["status"] is not None]
+    [unresolved] = [h for h in run.json["observation"]["http"] if h["url"] == named]
+    assert "the offer gave no DNS server" in unresolved["error"], unresolved
     assert run.returncode == 5
 
 
