@@ -381,6 +381,8 @@ def test_servers_are_asked_in_turn_each_with_a_share_of_the_time(
     assert time.monotonic() - start < 1.3
     assert [q.server for q in asked] == ["127.0.0.1", "127.0.0.2"]
     assert all(q.error == "no answer before the deadline" for q in asked)
+    # the first one's silence does not use up the second one's time
+    assert all(q.sends >= 1 and 0.4 < q.elapsed < 0.7 for q in asked), asked
 
 
 # -- never this host's resolver -----------------------------------------------------------------

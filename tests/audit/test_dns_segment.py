@@ -209,3 +209,28 @@ def test_a_name_offered_without_a_dns_server_is_not_fetched(dns_run: DnsRun) -> 
                               "either"), check
     assert check["dns"] == [] and check["status"] is None
     assert "boot-file-unverified" in dns_run.finding_ids(NO_DNS_URL)
+
+
+def test_questions_leave_only_by_the_audited_interface(tmp_path: Path) -> None:
+    """The offered DNS server is reachable from the auditor only through its second
+    interface (its management network, say): the question must not go there. Bound to
+    the audited interface, where that address has no route, the name is not resolved."""
+    from tests.audit.test_hostile import _second_link
+
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    log = tmp_path / "dns.log"
+    with Segment(tmp_path, prefix=f"hd{secrets.token_hex(3)}") as seg:
+        rogue = seg.add_host("rogue", 3)
+        client = seg.add_host("client", 50)
+        other = _second_link(seg, "client", "other")
+        seg.start_server(other, "dns", "198.51.100.2", str(log))
+        seg.start_server(rogue, "rogue", "eth0", "urls-dns", "198.51.100.2", url("good"))
+        run = seg.audit(client, "--window", "1.5", "--follow-timeout", "2", "--arch", "bios",
+                        "--no-dhcpv6", "--no-ipxe-probe", "--json", "--fail-on", "none")
+    assert run.returncode == 0, run.stderr
+    assert not log.exists() or log.read_text() == "", log.read_text()
+    [check] = [h for h in run.json["observation"]["http"] if h["url"] == url("good")]
+    assert not check["ok"] and check["address"] is None, check
+    assert "could not be resolved with the offered DNS server 198.51.100.2" in check["error"]
