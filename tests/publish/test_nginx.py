@@ -7,6 +7,7 @@ import ssl
 from pathlib import Path
 
 import httpx
+import pytest
 from click.testing import CliRunner, Result
 
 from tests.publish.conftest import Nginx, Pki, ReleaseFactory, anon_get, logged_requests
@@ -171,3 +172,25 @@ def test_list_requests_do_not_grow_with_objects_per_release(
                                                           "HEAD /releases/r1/linux"))]
         counts.append(len(requests))
     assert counts[0] == counts[1], counts
+
+
+def test_a_listing_that_says_empty_never_deletes_another_release(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pruning r1 climbs the collections it emptied; a PROPFIND that wrongly answered
+    "empty" (404, or a 207 without children: a hostile or inconsistent origin) made it
+    DELETE releases/ with Depth: infinity, the live r2 with it. No top-level collection
+    is deleted any more: the loss is bounded by the release being pruned."""
+    from trustboot.publish.webdav import WebDAVOrigin
+
+    for rid, entry in (("r1", ENTRY1), ("r2", ENTRY2)):
+        res = publish(pki, make_release({"boot.ipxe": entry, "vmlinuz": rid.encode() * 999}),
+                      nginx.url, rid)
+        assert res.exit_code == 0, res.output
+    monkeypatch.setattr(WebDAVOrigin, "_holds_objects", lambda self, col: False)
+    pr = _admin(pki, "prune", nginx.url, "--keep", "1")
+    assert pr.exit_code == 0, pr.output
+    assert json.loads(pr.output)["deleted"] == ["r1"]
+    assert (nginx.root / "releases" / "r2" / "vmlinuz").is_file()
+    assert not (nginx.root / "releases" / "r1").exists()
+    assert anon_get(nginx.url + "releases/r2/vmlinuz", pki).content == b"r2" * 999

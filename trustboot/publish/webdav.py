@@ -574,9 +574,12 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
         self._check_lock()
         self._request("DELETE", self._url(check_key(key)), what="deleting", ok=(200, 204),
                       passthrough=(404,))
-        # drop now-empty collections (a pruned release leaves nothing behind)
+        # Drop now-empty collections (a pruned release leaves nothing behind), but never a
+        # top-level one (releases/, an entry's directory): WebDAV deletes a collection with
+        # all it holds, so a listing that wrongly says "empty" (a hostile or inconsistent
+        # origin) must not cost more than the release being pruned.
         head = key.rpartition("/")[0]
-        while head:
+        while "/" in head:
             if self._holds_objects(head):
                 break
             self._request("DELETE", self._url(head, collection=True), what="deleting",
