@@ -588,13 +588,16 @@ def test_a_planted_resume_manifest_is_not_signed(
     interrupted run, but with a forged build record and no .sig. A resume must not sign
     it."""
     url, root = live
+    record = (root / ".trustboot-live.json").read_bytes()
     first = resign(pki, url, fresh_signer)
     assert first.exit_code == 0, first.output
     new_id = json.loads(first.output)["release"]
     new_dir = root / "releases" / new_id
-    # back to r1, as if the first run had died before its manifest was signed
+    # back to r1, as if the first run had died before its manifest was signed (before
+    # the switch, so before the live record named the new id too)
     for name in ("boot.ipxe", "boot.ipxe.sig"):
         (root / name).write_bytes((root / "releases/r1" / name).read_bytes())
+    (root / ".trustboot-live.json").write_bytes(record)
     (new_dir / "release.json.sig").unlink()
     doc = json.loads((new_dir / "release.json").read_bytes())
     doc["ipxe"] = {"trust": [{"sha256": FORGED}], "outputs": []}
@@ -623,3 +626,28 @@ def test_claims_of_a_signed_manifest_are_kept(pki: Pki, live: tuple[str, Path],
     out = json.loads(res.output)
     new = json.loads((root / f"releases/{out['release']}/release.json").read_bytes())
     assert new["ipxe"] == record and new["ca_sha256"] == doc["ca_sha256"]
+
+
+def test_an_old_release_put_back_without_trustboot_is_not_re_signed(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str,
+        make_release: ReleaseFactory) -> None:
+    """r2 is live; r1's entry pair copied back over the entry (by hand, or by a hostile
+    origin) made resign re-sign r1 with a new replay window each run, the very thing
+    resign bounds. trustboot's live record names r2: refused. A rollback made with
+    trustboot records r1, and then r1 is re-signed."""
+    url, root = live
+    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
+    assert publish(pki, rel, url, "r2").exit_code == 0
+    for name in ("boot.ipxe", "boot.ipxe.sig"):
+        (root / name).write_bytes((root / "releases" / "r1" / name).read_bytes())
+    before = snapshot(root)
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 4, res.output
+    assert "serves release r1, but trustboot last switched it to 'r2'" in res.output
+    assert "trustboot publish rollback" in res.output
+    assert snapshot(root) == before
+    rb = CliRunner().invoke(cli, ["publish", "rollback", url, "r1", "--pki", str(pki.dir)])
+    assert rb.exit_code == 0, rb.output
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["previous"] == "r1"

@@ -38,7 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +62,7 @@ from trustboot.publish.pipeline import (
     MAX_ENTRY_SIZE,
     STALE_TEMP_AGE,
     PublishProgress,
+    _live_records,
     _run_all,
     default_owner,
     live_release,
@@ -221,6 +222,7 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                     f"{origin.url}: {entry_path} serves no release published there",
                     hint="publish a release first (trustboot publish / trustboot release); "
                          "resign only re-signs the live one")
+            _refuse_unrecorded_rollback(origin, entry_path, live_id, manifests)
             old = next(m for m in manifests if m.release == live_id)
             result = ResignResult(origin=origin.url, previous=live_id, release=live_id,
                                   changed=False, signer=summary.to_json(),
@@ -393,6 +395,28 @@ def _proven_claims(origin: Origin, old: ReleaseManifest, live_id: str, trust: Tr
             hint="another writer is changing the origin; find out who, then run resign "
                  "again", rule="manifest-changed", subject=key)
     return _Claims(proven.ca_sha256, proven.ipxe)
+
+
+def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, live_id: str,
+                                manifests: Sequence[ReleaseManifest]) -> None:
+    """Refuse to re-sign an entry that serves another release than the one trustboot last
+    switched it to (pipeline's live record): an older release put back by hand, or by a
+    hostile origin. Re-signing it would give it a new replay window each run, the very
+    thing resign bounds. A rollback made with trustboot updates the record."""
+    record = _live_records(origin).get(entry_path)
+    if not isinstance(record, dict) or record.get("release") in (None, live_id):
+        return
+    served = next(m for m in manifests if m.release == live_id)
+    entry = served.file(served.entry) if served.entry else None
+    if entry is not None and entry.sha256 == record.get("script_sha256"):
+        return  # byte-identical entries: the record's release is what is served
+    raise VerificationError(
+        f"{origin.url}{entry_path} serves release {live_id}, but trustboot last switched it "
+        f"to {record.get('release')!r}: a rollback trustboot did not make (by hand, or by "
+        "the origin); refusing to re-sign it",
+        hint=f"if {live_id} is meant to be live, switch it first: trustboot publish "
+             f"rollback {origin.url} {live_id} (then re-sign); otherwise find out who "
+             "changed the entry", rule="unrecorded-rollback")
 
 
 def _new_manifest(old: ReleaseManifest, new_id: str, signed: list[Any],
