@@ -266,3 +266,16 @@ def test_an_encoded_answer_is_never_inflated(call: str) -> None:
         finally:
             tracemalloc.stop()
     assert peak < 32 << 20, f"peak {peak >> 20} MiB"
+
+
+class _DuplicateHrefs(_BadHrefs):
+    """A 207 multistatus naming one object three times."""
+
+    hrefs: ClassVar[list[str]] = ["/good.ipxe", "https://127.0.0.1/good.ipxe"]
+
+
+def test_a_name_listed_twice_is_one_object() -> None:
+    """Duplicate entries in a PROPFIND answer showed up as duplicate releases in
+    `publish list` (terminal and --json)."""
+    with http_server(_DuplicateHrefs) as url, origin(url) as o:
+        assert o.list("") == ["good.ipxe"]

@@ -537,7 +537,7 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
                                   b"<resourcetype/><getcontentlength/></prop></propfind>")
         if r.status_code == 404:
             return []
-        out = []
+        out: dict[str, bool] = {}  # a name listed twice counts once (the first answer)
         for href, is_col, _size, _etag in parse_multistatus(r.content):
             parts = _split_href(href)
             if parts is None or (parts.netloc and parts.netloc != self._netloc):
@@ -551,8 +551,8 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
             name = key.rpartition("/")[2]
             if name.startswith(TMP_PREFIX) or name == LOCK_COLLECTION or key_problem(key):
                 continue
-            out.append((key, is_col))
-        return out
+            out.setdefault(key, is_col)
+        return list(out.items())
 
     def _holds_objects(self, col: str) -> bool:
         """Whether ``list(col + '/')`` would list anything, stopping at the first object
