@@ -194,3 +194,20 @@ def test_a_listing_that_says_empty_never_deletes_another_release(
     assert (nginx.root / "releases" / "r2" / "vmlinuz").is_file()
     assert not (nginx.root / "releases" / "r1").exists()
     assert anon_get(nginx.url + "releases/r2/vmlinuz", pki).content == b"r2" * 999
+
+
+def test_a_read_back_without_tls_checks_says_so(pki: Pki, nginx: Nginx,
+                                               make_release: ReleaseFactory) -> None:
+    """--unsafe-no-tls-verify also governs the read-back, which then said "over HTTPS as
+    iPXE" ("readback": "https") although iPXE might refuse the origin's certificate."""
+    r = make_release({"boot.ipxe": ENTRY1})
+    res = publish(pki, r, nginx.url, "u1", "--unsafe-no-tls-verify")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["readback"] == "https-unverified", doc
+    text = CliRunner().invoke(cli, [
+        "publish", str(r), nginx.url, "--release-id", "u1", "--pki", str(pki.dir),
+        "--client-cert", "publisher", "--client-key-passphrase-file", str(pki.key_pass),
+        "--signer", "boot-signer", "--unsafe-no-tls-verify"])
+    assert text.exit_code == 0, text.output
+    assert "without checking the origin's certificate" in text.output, text.output

@@ -189,6 +189,8 @@ def open_cli_origin(url: str, kw: dict[str, Any], *, create_root: bool = False
 
 # How the read-back reached what the origin serves (PublishResult.readback), in words
 _READBACK = {"https": "over HTTPS as iPXE", "http": "over plain HTTP: --unsafe-http",
+             "https-unverified": "over HTTPS without checking the origin's certificate "
+                                 "(--unsafe-no-tls-verify): iPXE may refuse it",
              "backend": "from the backend"}
 
 

@@ -384,13 +384,17 @@ def release_base_url(origin: Origin, release_id: str) -> str | None:
     return url[: -len(MANIFEST_NAME)] if url else None
 
 
-def readback_kind(origin: Origin) -> str:
+def readback_kind(origin: Origin, options: OriginOptions | None = None) -> str:
     """How the read-back reaches what the origin serves: "https" as iPXE does, "http" (only
-    with --unsafe-http), or "backend" (the origin has no public URL)."""
+    with --unsafe-http), "https-unverified" (with --unsafe-no-tls-verify, which the
+    read-back obeys too: iPXE would refuse the certificate it took), or "backend" (the
+    origin has no public URL)."""
     url = origin.public_url(MANIFEST_NAME)
     if url is None:
         return "backend"
-    return "http" if urlsplit(url).scheme == "http" else "https"
+    if urlsplit(url).scheme == "http":
+        return "http"
+    return "https-unverified" if options is not None and options.unsafe_no_verify else "https"
 
 
 def make_reader(origin: Origin, trust: Trust, options: OriginOptions | None) -> Reader | None:
@@ -966,7 +970,7 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
         manifest_bytes = manifest.to_bytes()
     result = PublishResult(release=release_id, origin=origin.url, entry=entry,
                            entry_path=entry_path if entry else None,
-                           readback=readback_kind(origin),
+                           readback=readback_kind(origin, options),
                            signer=manifest.signer.to_json() if manifest.signer else None)
     reader = make_reader(origin, trust, options)
     by_key = {o.key: o for o in objects}
@@ -1291,7 +1295,7 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
             check_switch_target(origin, entry_path)
             result = PublishResult(release=release_id, origin=origin.url,
                                    entry=manifest.entry, entry_path=entry_path,
-                                   readback=readback_kind(origin),
+                                   readback=readback_kind(origin, options),
                                    signer=manifest.signer.to_json() if manifest.signer
                                    else None, repaired=repaired)
             prefix = release_prefix(release_id)
