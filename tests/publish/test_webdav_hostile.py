@@ -279,3 +279,16 @@ def test_a_name_listed_twice_is_one_object() -> None:
     `publish list` (terminal and --json)."""
     with http_server(_DuplicateHrefs) as url, origin(url) as o:
         assert o.list("") == ["good.ipxe"]
+
+
+@pytest.mark.parametrize("path", ["slow-body/", "slow-head/"])
+def test_a_trickled_listing_is_given_up_on_by_what_came(path: str) -> None:
+    """At the real slowest rate (64 KiB/s), a listing's deadline was what a 16 MiB answer
+    may take: a trickled PROPFIND held `publish list --timeout 2` for 258 s. The head
+    must come within the timeout (and a second), the body at the slowest rate by what
+    was received so far."""
+    with http_server(_Hostile) as url:
+        started = time.monotonic()
+        with origin(url + path) as o, pytest.raises(OperationalError, match="too slowly"):
+            o.list("")
+        assert time.monotonic() - started < 6, time.monotonic() - started

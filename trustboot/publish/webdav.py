@@ -48,7 +48,7 @@ import httpx
 
 from trustboot import jsonin
 from trustboot.errors import ConfigError, OperationalError
-from trustboot.publish.deadline import MIN_RATE, budget, total_deadline
+from trustboot.publish.deadline import MIN_RATE, budget, too_slow, total_deadline
 from trustboot.publish.fileorigin import TMP_PREFIX
 from trustboot.publish.http import (
     RetryableStatus,
@@ -110,6 +110,11 @@ def _responses(data: bytes) -> Iterator[tuple[str, bool, ET.Element]]:
     for response in _parse(data).iter(f"{DAV}response"):
         href = response.findtext(f"{DAV}href") or ""
         yield href, response.find(f".//{DAV}resourcetype/{DAV}collection") is not None, response
+
+
+# What the status line and headers of a listing's answer may take beyond the request's
+# own time (the --timeout).
+HEAD_SECONDS = 1.0
 
 
 def _split_href(href: str) -> SplitResult | None:
@@ -295,13 +300,24 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
             args = {k: v for k, v in kw.items() if k != "content_factory"}
             if content is not None:
                 args["content"] = content()
-            with total_deadline(seconds, url):
+            # ``seconds`` is what the largest answer may take; a small one trickled must not
+            # take as long (a PROPFIND held a run for 258 s): the body must come at
+            # MIN_RATE once the head is in (after a --timeout's grace), and a listing's
+            # head within a second of the request's own time (other methods may make the
+            # server work before it answers: a COPY of a large object)
+            start = time.monotonic()
+            head = (min(seconds, self.options.timeout + upload / MIN_RATE + HEAD_SECONDS)
+                    if method == "PROPFIND" else seconds)
+            with total_deadline(head, url, start=start):
                 request = self.client.build_request(method, url, **args)
                 streamed = self.client.send(request, stream=True)
-                try:
-                    body = b"".join(self._capped(streamed, url, max_answer))
-                finally:
-                    streamed.close()
+            try:
+                with total_deadline(seconds, url, start=start):
+                    body = b"".join(self._capped(
+                        streamed, url, max_answer, read_size=None,
+                        pace=(time.monotonic(), self.options.timeout)))
+            finally:
+                streamed.close()
             response = raw_answer(streamed.status_code, streamed.headers, body, request)
             if response.status_code in ok or response.status_code in passthrough:
                 return response
@@ -482,11 +498,16 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
 
     @staticmethod
     def _capped(response: httpx.Response, url: str, max_size: int, *,
-                deadline: tuple[float, float] | None = None) -> Iterator[bytes]:
+                deadline: tuple[float, float] | None = None,
+                pace: tuple[float, float] | None = None,
+                read_size: int | None = CHUNK) -> Iterator[bytes]:
         """The raw body, at most ``max_size`` bytes; each read within ``deadline`` (start,
-        seconds) of the whole request when given (the caller is between reads otherwise)."""
+        seconds) of the whole request when given (the caller is between reads otherwise).
+        ``pace`` (start, grace): the body so far must have come at MIN_RATE at least, after
+        ``grace`` seconds (a deadline by what was received, not by what may come), judged
+        on each read (``read_size`` None: as the socket gives it, not gathered to CHUNK)."""
         total = 0
-        chunks = response.iter_raw(CHUNK)
+        chunks = response.iter_raw(read_size)
         try:
             while True:
                 if deadline is None:
@@ -500,6 +521,9 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
                 if total > max_size:
                     raise TooLarge(f"{url} is larger than {max_size} bytes",
                                    hint="check the origin: is this the right URL?")
+                if pace is not None and (
+                        took := time.monotonic() - pace[0]) > pace[1] + total / MIN_RATE:
+                    raise too_slow(url, took, min_rate=MIN_RATE)
                 yield chunk
         finally:
             response.close()
