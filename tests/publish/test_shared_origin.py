@@ -108,6 +108,14 @@ def test_a_new_entry_path_may_replace_an_ipxe_script_and_then_its_own_pair(
     assert res.exit_code == 0 and json.loads(res.stdout)["deleted"] == [], res.output
 
 
+def _two_production_releases(pki: Pki, make_release: ReleaseFactory, origin: str) -> None:
+    """prod1, then prod2 (live) for boot.ipxe, a second apart (distinct creation times)."""
+    for rid in ("prod1", "prod2"):
+        r = make_release({"boot.ipxe": ENTRY + f"echo {rid}\n".encode()})
+        assert _publish(pki, r, origin, rid).exit_code == 0
+        time.sleep(1.1)
+
+
 def _break_signature(srv: Path, entry: str) -> None:
     """What the staging recipe with `entry: boot.ipxe.sig` did: another file written
     over ``entry``'s signature (the pair no longer verifies; the script still points at
@@ -123,10 +131,7 @@ def test_prune_keeps_a_release_whose_entry_signature_was_overwritten(
     itself (which refused before: "serves none of its releases")."""
     srv = tmp_path / "srv"
     origin = f"file://{srv}"
-    for rid in ("prod1", "prod2"):
-        r = make_release({"boot.ipxe": ENTRY + f"echo {rid}\n".encode()})
-        assert _publish(pki, r, origin, rid).exit_code == 0
-        time.sleep(1.1)
+    _two_production_releases(pki, make_release, origin)
     r = make_release({"boot.ipxe": ENTRY + b"echo staging\n"})
     res = _publish(pki, r, origin, "staging1", "--entry-path", "staging.ipxe")
     assert res.exit_code == 0, res.output
@@ -286,10 +291,7 @@ def test_prune_and_list_ignore_large_signed_objects_that_are_not_entries(
 
     srv = tmp_path / "srv"
     origin = f"file://{srv}"
-    for rid in ("prod1", "prod2"):
-        r = make_release({"boot.ipxe": ENTRY + f"echo {rid}\n".encode()})
-        assert _publish(pki, r, origin, rid).exit_code == 0
-        time.sleep(1.1)
+    _two_production_releases(pki, make_release, origin)
     _installer(srv)
     _firmware(srv)  # small, but no release's entry script either: not read
     real = fileorigin.FileOrigin.read
