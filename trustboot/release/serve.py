@@ -3,7 +3,9 @@
 Static GETs only, from one directory, in a thread of the calling process, with a server
 certificate of the demo CA. TLS 1.2 is allowed (iPXE has no TLS 1.3). The private key is
 written unencrypted only for the moment ``ssl`` loads it, in a 0700 directory, and
-removed at once.
+removed at once. Any local user can connect to the port: each connection's TLS handshake
+and requests run in its own thread under a timeout, so one that never speaks (or speaks
+no TLS) costs that thread a few seconds and never stalls the others' fetches.
 """
 
 from __future__ import annotations
@@ -26,13 +28,32 @@ if TYPE_CHECKING:
     from trustboot.keys.keyfile import PrivateKey
 
 
+# Seconds a connection may stay silent (its handshake, each request) before it is dropped.
+CONNECTION_TIMEOUT = 10.0
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
+    timeout = CONNECTION_TIMEOUT  # StreamRequestHandler.setup puts it on the connection
+
+    def setup(self) -> None:
+        super().setup()
+        # here, in this connection's thread: in the accept loop a client that never sends
+        # its hello would hold up every other connection, the release's read-back included
+        self.request.do_handshake()
+
     def log_message(self, format: str, *args: Any) -> None:
         return  # quiet: the library never prints
 
     def list_directory(self, path: str | os.PathLike[str]) -> None:
         self.send_error(404, "not found")
         return None
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return  # a client that timed out or spoke no TLS: quiet, as the library is
 
 
 @contextlib.contextmanager
@@ -55,10 +76,10 @@ def serve_https(directory: Path, *, cert_chain_pem: bytes, key: PrivateKey,
         for f in (key_file, cert_file):
             with contextlib.suppress(FileNotFoundError):
                 f.unlink()
-    server = http.server.ThreadingHTTPServer(
-        (host, port), partial(_Handler, directory=str(directory)))
-    server.daemon_threads = True
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    server = _Server((host, port), partial(_Handler, directory=str(directory)))
+    # the handshake is made in each connection's own thread (_Handler.setup)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True,
+                                    do_handshake_on_connect=False)
     thread = threading.Thread(target=server.serve_forever, name="trustboot-https",
                               daemon=True)
     thread.start()
