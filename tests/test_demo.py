@@ -131,3 +131,32 @@ def test_demo_without_ipxe_writes_no_cache(tmp_path: Path,
     r = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path / "demo"), "--json"])
     assert r.exit_code == 0, r.output
     assert not (tmp_path / "cache").exists()
+
+
+def test_demo_in_another_users_directory_writes_nothing_there(tmp_path: Path) -> None:
+    """Its owner could move the demo's secrets directory away mid-run and put a link in its
+    place: refused before anything (passphrases first) is written, as `release` refuses
+    such a TMPDIR."""
+    from tests.conftest import dir_of_nobody
+
+    theirs = dir_of_nobody(tmp_path / "theirs")
+    theirs.chmod(0o777)
+    for work in (theirs, theirs / "run"):
+        r = CliRunner().invoke(cli, ["demo", "--workdir", str(work)])
+        assert r.exit_code == 3, r.output
+        assert "demo work directory" in r.output and "uid 65534" in r.output
+        assert list(theirs.iterdir()) == []
+
+
+def test_demo_in_a_tmpdir_others_can_write_writes_nothing_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # no sticky bit: anyone can rename what is in it
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    r = CliRunner().invoke(cli, ["demo"])
+    assert r.exit_code == 3, r.output
+    assert "writable by other users" in r.output and "chmod go-w" in r.output
+    assert list(shared.iterdir()) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
 from pathlib import Path
 
 import click
@@ -13,7 +12,7 @@ from trustboot.cli._common import emit_json, json_option
 from trustboot.cli.progress import MakeProgress
 from trustboot.cli.release import StageReporter
 from trustboot.ipxe.source import ENV_SOURCE
-from trustboot.release.demo import run_demo
+from trustboot.release.demo import new_workdir, run_demo
 from trustboot.release.recipe import MAX_RECIPE_BYTES, demo_recipe_text
 
 
@@ -54,7 +53,7 @@ def command(recipe_path: Path | None, workdir: Path | None, ipxe_source: Path | 
     else:
         text, source = demo_recipe_text(), "<embedded demo recipe>"
     if workdir is None:
-        workdir = Path(tempfile.mkdtemp(prefix="trustboot-demo-"))
+        workdir = new_workdir()
     report = StageReporter(quiet=as_json)
     make = MakeProgress(quiet=as_json)
     try:

@@ -72,7 +72,10 @@ def prepare_demo(recipe_text: str, source: str, workdir: Path, *, now: dt.dateti
                  step: Step) -> tuple[Recipe, CertificateAuthority]:
     """Validate the recipe, then create the CA, certificates and stand-in images."""
     probe = parse_recipe(recipe_text, source)  # the whole recipe is checked first
-    fsutil.make_dirs(workdir)  # public material; the secrets go in a 0700 subdirectory
+    # public material; the secrets go in a 0700 subdirectory. Refused before anything is
+    # written when another user could change it (theirs, or one above it that others can
+    # write): its owner could move the secrets directory away and put a link in its place
+    fsutil.make_output_dir(workdir, "demo work directory")
     pki = workdir / "pki"
     if CertificateAuthority.exists(pki):
         raise ConfigError(f"{workdir} already holds a demo CA",
@@ -106,6 +109,16 @@ def prepare_demo(recipe_text: str, source: str, workdir: Path, *, now: dt.dateti
         _write_demo_file(recipe_dir / f.path, f.size, f"{probe.name}/{f.path}")
     recipe = parse_recipe(recipe_text, str(recipe_file), recipe_dir)
     return recipe, ca
+
+
+def new_workdir() -> Path:
+    """A new private directory in TMPDIR for a demo, once TMPDIR passes
+    :func:`fsutil.check_parents` (as a release's work directory must)."""
+    import tempfile
+
+    fsutil.check_parents(Path(tempfile.gettempdir()) / "trustboot-demo-*",
+                         "demo work directory")
+    return Path(tempfile.mkdtemp(prefix="trustboot-demo-"))  # 0700 whatever the umask
 
 
 def run_demo(recipe_text: str, source: str, workdir: Path, *, ipxe_source: Path | None,
