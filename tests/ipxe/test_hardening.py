@@ -139,6 +139,58 @@ def test_git_clone_from_a_local_repository_still_works(env: dict[str, Path], pki
     assert json.loads(out)["manifest"]["source"]["git_commit"] == commit
 
 
+def _many_files_repo(repo: Path) -> str:
+    """A repository whose checkout takes long enough to be killed in the middle."""
+    git = require_tool("git", "git")
+    (repo / "src").mkdir(parents=True)
+    for i in range(2000):
+        (repo / "src" / f"f{i}.c").write_bytes(os.urandom(16 << 10))
+    for argv in (["init", "-q"], ["add", "-A"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x"]):
+        subprocess.run([git, "-C", str(repo), *argv], check=True)
+    return subprocess.run([git, "-C", str(repo), "rev-parse", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_a_clone_killed_mid_checkout_does_not_block_later_builds(tmp_path: Path) -> None:
+    """A cancelled CI job kills trustboot and its git together (SIGKILL to the group): the
+    checkout stops with part of the tree written, no HEAD and git's index.lock. That clone
+    must not be what the cache holds for the commit, which every later build then failed
+    to clone over ("index.lock: File exists")."""
+    repo = tmp_path / "repo"
+    commit = _many_files_repo(repo)
+    git_dir = tmp_path / "cache" / "git"
+    dest = git_dir / commit
+    code = (f"from trustboot.ipxe.source import clone_pinned; from pathlib import Path; "
+            f"clone_pinned({str(repo)!r}, {commit!r}, Path({str(dest)!r}))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    killed = False
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            # checking out: the index is locked while the files are written
+            if any((git_dir / n / ".git" / "index.lock").exists() for n in os.listdir(git_dir)):
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.001)
+    proc.wait()
+    if not killed:
+        pytest.skip("the checkout ended before it could be killed (a very fast disk)")
+    assert clone_pinned(str(repo), commit, dest) == dest
+    assert len(os.listdir(dest / "src")) == 2000
+    status = subprocess.run(["git", "-C", str(dest), "status", "--porcelain"], check=True,
+                            capture_output=True, text=True, env=git_env())
+    assert status.stdout == ""
+    # the killed run's own clone goes once it is a minute old (no live run holds it)
+    leftovers = [git_dir / n for n in os.listdir(git_dir) if n != commit]
+    for left in leftovers:
+        os.utime(left, (time.time() - 120, time.time() - 120))
+    assert clone_pinned(str(repo), commit, dest) == dest
+    assert os.listdir(git_dir) == [commit]
+
+
 # --- the client key ------------------------------------------------------------------------
 
 

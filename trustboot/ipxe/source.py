@@ -7,6 +7,7 @@ checkout and a tarball with the same content get the same cache key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from trustboot.errors import ConfigError, OperationalError
-from trustboot.fsutil import PRIVATE_DIR_MODE, make_dirs
+from trustboot.fsutil import PRIVATE_DIR_MODE, holding_dir, make_dirs, remove_unlocked_dirs
 from trustboot.subproc import git_env
 
 ENV_SOURCE = "TRUSTBOOT_IPXE_SRC"
@@ -318,13 +319,47 @@ def cloned_at(url: str, commit: str, dest: Path) -> Path | None:
 
 
 def clone_pinned(url: str, commit: str, dest: Path) -> Path:
-    """Clone ``url`` at exactly ``commit`` into ``dest`` (reused if already there)."""
+    """Clone ``url`` at exactly ``commit`` into ``dest`` (reused if already there).
+
+    The clone is made beside ``dest`` under a dot-name held by this run (as a build's
+    fresh work tree is) and renamed to ``dest`` only once checked out at ``commit``: a run
+    killed mid-checkout (a cancelled CI job) left ``dest`` with part of the tree, no
+    HEAD and git's index.lock, which every later build failed to clone over. Such a
+    ``dest`` (an older version's) is removed; a killed run's dot-named clone is swept by
+    the next clone once it is a minute old and no run holds it."""
     url, commit, have = _pinned(url, commit, dest)
+    prefix = f".{dest.name}."
+    remove_unlocked_dirs(dest.parent, lambda n: n.startswith(prefix), older_than=60)
     if have:
         return dest
     if shutil.which("git") is None:
         raise ConfigError("git is needed to clone an iPXE tree", hint="apt-get install git")
-    make_dirs(dest, PRIVATE_DIR_MODE)
+    make_dirs(dest.parent, PRIVATE_DIR_MODE)
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))  # 0700
+    with holding_dir(work):
+        try:
+            _clone_into(url, commit, work)
+            if (dest.exists() or dest.is_symlink()) and cloned_at(url, commit, dest) is None:
+                shutil.rmtree(dest, ignore_errors=True)  # never follows a link
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(dest)  # (a link, which rmtree leaves)
+            try:
+                os.rename(work, dest)
+            except OSError:
+                # a concurrent run's clone was renamed into place first: it is the same
+                if cloned_at(url, commit, dest) is None:
+                    raise OperationalError(
+                        f"cannot put the clone of {commit} in place at {dest}",
+                        hint=f"remove {dest} and run again") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
+def _clone_into(url: str, commit: str, dest: Path) -> None:
+    """Fetch ``commit`` from ``url`` into the new empty directory ``dest``, checked out."""
     steps = (
         # --template=: no hook samples or other files from the system's template dir.
         ["git", "init", "-q", "--template=", "--", str(dest)],
@@ -344,4 +379,3 @@ def clone_pinned(url: str, commit: str, dest: Path) -> Path:
     head = _head(dest)
     if head != commit:
         raise OperationalError(f"clone of {url} is at {head}, not the pinned {commit}")
-    return dest
