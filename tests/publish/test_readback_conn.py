@@ -54,7 +54,10 @@ class _Trickles(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
+        # /close: the answer says the connection closes after it (then http.client lets
+        # go of the socket it is read from); given up trickling after 10 s
+        head = (b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n%s\r\n"
+                % (b"Connection: close\r\n" if self.path == "/close" else b""))
         try:
             if self.path == "/slow-head":
                 for byte in head:
@@ -62,7 +65,7 @@ class _Trickles(http.server.BaseHTTPRequestHandler):
                     self.wfile.flush()
                     time.sleep(0.2)
             self.wfile.write(head)
-            for _ in range(100000):
+            for _ in range(50 if self.path == "/close" else 100000):
                 self.wfile.write(b"x")
                 self.wfile.flush()
                 time.sleep(0.2)
@@ -73,8 +76,11 @@ class _Trickles(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("how", ["stream", "fetch", "slow-head"])
+@pytest.mark.parametrize("how", ["stream", "fetch", "slow-head", "close"])
 def test_an_origin_trickling_its_answer_is_given_up_on(how: str) -> None:
+    """/close: the watchdog shut down the connection's socket, which http.client drops
+    (conn.sock None) once an answer says Connection: close: such a body was never cut,
+    whatever its deadline."""
     with http_server(_Trickles) as base, Reader(
             unsafe_http=True, unsafe_no_verify=True, retries=2, timeout=1.0,
             min_rate=50_000) as reader:

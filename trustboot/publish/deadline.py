@@ -17,7 +17,8 @@ The policy is enforced in the way each client allows:
   cannot work there: ``HTTPResponse.readinto`` fills a 1 MiB buffer in C with as many recv
   calls as the server makes it, each given the full timeout, and nothing is called between
   them. The watchdog costs the read-back nothing per byte: it looks at the clock ten
-  times a second, and a request only registers and unregisters once.
+  times a second, and a request only registers and unregisters once (and pins its
+  socket once its answer's head is in).
 """
 
 from __future__ import annotations
@@ -151,7 +152,9 @@ class Watchdog:
     def __init__(self, *, name: str = "trustboot-deadline") -> None:
         self._name = name
         self._lock = threading.Lock()
-        self._due: dict[int, tuple[float, http.client.HTTPConnection]] = {}
+        # token -> (deadline, connection, its socket once pinned)
+        self._due: dict[int, tuple[float, http.client.HTTPConnection,
+                                   socket.socket | None]] = {}
         self._expired: set[int] = set()
         self._count = 0
         self._thread: threading.Thread | None = None
@@ -161,7 +164,7 @@ class Watchdog:
         """Watch ``conn`` until ``deadline``; a token for ``done``."""
         with self._lock:
             self._count += 1
-            self._due[self._count] = (deadline, conn)
+            self._due[self._count] = (deadline, conn, None)
             if self._thread is None:
                 # each thread has its own stop: after close(), the next watch starts anew
                 self._stop = threading.Event()
@@ -169,6 +172,17 @@ class Watchdog:
                                                 daemon=True, name=self._name)
                 self._thread.start()
             return self._count
+
+    def move(self, token: int, deadline: float, sock: socket.socket | None = None) -> None:
+        """Watch ``token`` until ``deadline`` now; nothing once its deadline has passed
+        (the socket is shut down, or about to be). ``sock``: the request's socket, shut
+        down instead of the connection's: http.client lets go of it (``conn.sock`` None)
+        when the answer says the connection closes, while the body is still read from
+        it."""
+        with self._lock:
+            watched = self._due.get(token)
+            if watched is not None and token not in self._expired:
+                self._due[token] = (deadline, watched[1], sock or watched[2])
 
     def done(self, token: int) -> bool:
         """Stop watching ``token``; whether its deadline passed."""
@@ -182,13 +196,13 @@ class Watchdog:
         while not stop.wait(0.1):
             now = time.monotonic()
             with self._lock:
-                late = [(t, conn) for t, (when, conn) in self._due.items() if when <= now]
-                for token, conn in late:
+                late = [(t, pinned or conn.sock) for t, (when, conn, pinned)
+                        in self._due.items() if when <= now]
+                for token, sock in late:
                     self._expired.add(token)
-                    if conn.sock is not None:  # else: still connecting (its own timeout)
+                    if sock is not None:  # else: still connecting (its own timeout)
                         del self._due[token]
-            for _token, conn in late:
-                sock = conn.sock
+            for _token, sock in late:
                 if sock is not None:
                     # the raw socket's shutdown: a blocked read (TLS or not) returns at once
                     with contextlib.suppress(OSError):

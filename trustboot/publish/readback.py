@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import http.client
 import os
+import socket
 import ssl
 import threading
 import time
@@ -430,12 +431,16 @@ class Reader:
             conn.close()
 
     @staticmethod
-    def _send(conn: http.client.HTTPConnection, target: str) -> http.client.HTTPResponse:
+    def _send(conn: http.client.HTTPConnection, target: str
+              ) -> tuple[http.client.HTTPResponse, socket.socket | None]:
+        """The answer's head, and the socket its body comes on (``conn.sock`` is None
+        once an answer says the connection closes: see Watchdog.move)."""
         headers = {"Accept-Encoding": "identity", "User-Agent": "iPXE/2 (trustboot)"}
         reused = conn.sock is not None
         try:
             conn.request("GET", target, headers=headers)
-            return conn.getresponse()
+            sock = conn.sock
+            return conn.getresponse(), sock
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
             if not reused:
                 raise
@@ -444,7 +449,8 @@ class Reader:
         # object was not: the origin could trickle the retried answer for ever)
         conn.close()
         conn.request("GET", target, headers=headers)
-        return conn.getresponse()
+        sock = conn.sock
+        return conn.getresponse(), sock
 
     def _get_hashed(self, url: str, max_size: int, names: tuple[str, ...],
                     body: list[bytes] | None = None, *, due: float | None = None,
@@ -462,11 +468,12 @@ class Reader:
         proxy = proxy_for(parts.scheme, host, parts.port)
         seconds = budget(self.timeout, max_size, min_rate=self.min_rate)
         now = time.monotonic()
-        token = self._deadlines.watch(conn, now + seconds if due is None
-                                      else min(now, due) + seconds)
+        deadline = now + seconds if due is None else min(now, due) + seconds
+        token = self._deadlines.watch(conn, deadline)
         try:
             served = self._get_on(conn, url, (parts.scheme, host, parts.port), target,
-                                  max_size, names, body, local)
+                                  max_size, names, body, local,
+                                  lambda sock: self._deadlines.move(token, deadline, sock))
         except BaseException:
             if not self._deadlines.done(token):
                 raise
@@ -484,10 +491,13 @@ class Reader:
     def _get_on(self, conn: http.client.HTTPConnection, url: str,
                 where: tuple[str, str, int | None], target: str, max_size: int,
                 names: tuple[str, ...], body: list[bytes] | None,
-                local: LocalCopy | None) -> Served:
+                local: LocalCopy | None,
+                pin: Callable[[socket.socket | None], None]) -> Served:
+        """``pin(sock)``: the body is read from ``sock`` (see Watchdog.move)."""
         scheme, host, port = where
         try:
-            response = self._send(conn, target)
+            response, sock = self._send(conn, target)
+            pin(sock)
             location = response.getheader("location")
             if location and not 200 <= response.status < 300:
                 # as iPXE: a Location is followed on any answer but a success, not only
