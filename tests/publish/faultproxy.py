@@ -38,7 +38,21 @@ class Delay:
     started: threading.Event = field(default_factory=threading.Event)  # set when one is
 
 
-_Scripted = TypeVar("_Scripted", Fault, Delay)
+@dataclass
+class Trickle:
+    """The origin's answer to matching requests, sent a byte every ``interval`` seconds
+    (each byte in time for any per-read timeout, the whole never): after a prompt head,
+    or the head trickled too (``head``). The proxy stops after ``for_seconds``."""
+
+    method: str  # regex on the method
+    path: str  # regex on the request path
+    head: bool = False
+    interval: float = 0.5
+    for_seconds: float = 20.0
+    count: int = 1_000_000  # how many matching requests are trickled
+
+
+_Scripted = TypeVar("_Scripted", Fault, Delay, Trickle)
 
 
 @dataclass
@@ -56,6 +70,7 @@ class ProxyState:
     # path -> bytes a GET answers instead of the origin's (a cache in front serving a
     # stale copy)
     stale: dict[str, bytes] = field(default_factory=dict)
+    trickles: list[Trickle] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -70,11 +85,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
 
     def _reply(self, status: int, headers: dict[str, str] | None = None,
-               body: bytes = b"") -> None:
+               body: bytes = b"", *, length: str | None = None) -> None:
+        """``length``: a HEAD's Content-Length (the origin's, for a body not sent)."""
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", length or str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -99,6 +115,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with st.lock:
             fault = self._take(st.faults)
             delay = self._take(st.delays)
+            trickle = self._take(st.trickles)
         if delay:
             delay.started.set()
             time.sleep(delay.seconds)
@@ -130,7 +147,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         st.seen.append((self.command, self.path, r.status_code))
         out = {k: v for k, v in r.headers.items()
                if k.lower() in ("etag", "content-type", "last-modified", "cache-control")}
-        self._reply(r.status_code, out, r.content)
+        if trickle is not None:
+            self._trickle(trickle, r.status_code, r.reason_phrase, out, r.content)
+            return
+        self._reply(r.status_code, out, r.content, length=r.headers.get("content-length")
+                    if self.command == "HEAD" else None)
+
+    def _trickle(self, trickle: Trickle, status: int, reason: str, headers: dict[str, str],
+                 body: bytes) -> None:
+        self.close_connection = True
+        head = "".join([f"HTTP/1.1 {status} {reason}\r\n",
+                        *(f"{k}: {v}\r\n" for k, v in headers.items()),
+                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"]).encode()
+        started = time.monotonic()
+        try:
+            if not trickle.head:
+                self.wfile.write(head)
+                head = b""
+            for byte in head + body:
+                if time.monotonic() - started > trickle.for_seconds:
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(trickle.interval)
+        except OSError:
+            pass  # the client gave up: what it should do
 
     do_GET = do_HEAD = do_PUT = do_DELETE = do_MKCOL = do_MOVE = do_COPY = _any
     do_PROPFIND = do_OPTIONS = _any

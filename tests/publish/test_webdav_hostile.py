@@ -63,6 +63,8 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._answer("200 OK")
 
+    do_HEAD = do_GET
+
     def log_message(self, *args: object) -> None:
         pass
 
@@ -292,3 +294,20 @@ def test_a_trickled_listing_is_given_up_on_by_what_came(path: str) -> None:
         with origin(url + path) as o, pytest.raises(OperationalError, match="too slowly"):
             o.list("")
         assert time.monotonic() - started < 6, time.monotonic() - started
+
+
+@pytest.mark.parametrize("call", ["stat", "read"])
+def test_a_trickled_head_is_given_up_on_within_the_timeout(call: str) -> None:
+    """At the real slowest rate: a HEAD's (stat) head had what a 1 MiB answer may take
+    (17 s with a 1 s timeout), a read's what its cap may (65 s for 4 MiB); a server sends
+    either head at once."""
+    with http_server(_Hostile) as url:
+        started = time.monotonic()
+        with origin(url + "slow-head/") as o, \
+                pytest.raises(OperationalError, match="too slowly") as caught:
+            if call == "stat":
+                o.stat("boot.ipxe")
+            else:
+                b"".join(o.read("release.json", max_size=4 << 20))
+        assert time.monotonic() - started < 4, time.monotonic() - started
+    assert f"{url}slow-head/" in caught.value.message

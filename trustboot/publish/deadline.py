@@ -5,6 +5,12 @@ hostile origin would hold a release (or a CI job) forever. So every request gets
 ``budget(timeout, size)`` = timeout + size / ``MIN_RATE`` seconds in all, and one that is
 not done by then fails with ``too_slow`` (an OperationalError, never retried).
 
+``size`` is what the answer may be (a cap), so that budget alone let a small answer
+trickled take as long as the largest allowed (a 16 MiB cap is 256 s). Reads are also
+paced by what came: the head within the timeout (and ``HEAD_SECONDS``) where the server has
+nothing to do before it answers, then the body at ``MIN_RATE`` by the bytes received so
+far (``paced``), after a grace of one timeout.
+
 The policy is enforced in the way each client allows:
 
 * httpx (WebDAV, the audit's boot-file fetch): ``total_deadline`` (or ``deadline_at``,
@@ -17,8 +23,8 @@ The policy is enforced in the way each client allows:
   cannot work there: ``HTTPResponse.readinto`` fills a 1 MiB buffer in C with as many recv
   calls as the server makes it, each given the full timeout, and nothing is called between
   them. The watchdog costs the read-back nothing per byte: it looks at the clock ten
-  times a second, and a request only registers and unregisters once (and pins its
-  socket once its answer's head is in).
+  times a second, and a request registers and unregisters once and moves its deadline
+  once per buffer read (``paced``: the deadline of the bytes that fill it).
 """
 
 from __future__ import annotations
@@ -44,6 +50,18 @@ MIN_RATE = 64 << 10
 def budget(timeout: float, size: int, *, min_rate: float = MIN_RATE) -> float:
     """Seconds a request moving ``size`` bytes gets in all."""
     return timeout + size / min_rate
+
+
+# What the status line and headers of an answer may take beyond the request's own time
+# (the --timeout), when the server has no work to do before it answers (a listing, a read).
+HEAD_SECONDS = 1.0
+
+
+def paced(start: float, grace: float, received: int, *, min_rate: float = MIN_RATE) -> float:
+    """When (time.monotonic()) a body begun at ``start`` must have brought ``received``
+    bytes: after ``grace`` seconds, at ``min_rate``. A deadline by what came, not by the
+    cap: a small answer trickled is given up on as soon as a large one would be."""
+    return start + grace + received / min_rate
 
 
 def too_slow(url: str, seconds: float, *, min_rate: float = MIN_RATE,
@@ -174,11 +192,11 @@ class Watchdog:
             return self._count
 
     def move(self, token: int, deadline: float, sock: socket.socket | None = None) -> None:
-        """Watch ``token`` until ``deadline`` now; nothing once its deadline has passed
-        (the socket is shut down, or about to be). ``sock``: the request's socket, shut
-        down instead of the connection's: http.client lets go of it (``conn.sock`` None)
-        when the answer says the connection closes, while the body is still read from
-        it."""
+        """Watch ``token`` until ``deadline`` now (a body paced by what came); nothing
+        once its deadline has passed (the socket is shut down, or about to be). ``sock``:
+        the request's socket, shut down instead of the connection's: http.client lets go
+        of it (``conn.sock`` None) when the answer says the connection closes, while the
+        body is still read from it."""
         with self._lock:
             watched = self._due.get(token)
             if watched is not None and token not in self._expired:

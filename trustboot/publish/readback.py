@@ -50,7 +50,14 @@ from trustboot.errors import (
     TrustbootError,
     VerificationError,
 )
-from trustboot.publish.deadline import MIN_RATE, Watchdog, budget, too_slow
+from trustboot.publish.deadline import (
+    HEAD_SECONDS,
+    MIN_RATE,
+    Watchdog,
+    budget,
+    paced,
+    too_slow,
+)
 from trustboot.publish.http import (
     RetryableStatus,
     raw_answer,
@@ -65,6 +72,10 @@ from trustboot.publish.stream import open_regular
 from trustboot.text import clean
 
 CHUNK = 1 << 20
+# A body's first read (then doubled up to CHUNK): a read returns once its buffer is full,
+# so its deadline is that of the bytes filling it (see _read_body); a second's worth at
+# MIN_RATE, not CHUNK's sixteen.
+FIRST_READ = 64 << 10
 
 # Redirects followed before the read-back gives up. iPXE follows the Location of any
 # answer that is not a 2xx (a 3xx, or even a 404 with one), with no limit of its own
@@ -319,11 +330,21 @@ def hash_chunks(chunks: Iterable[bytes], hash_names: Iterable[str]) -> tuple[int
 
 
 def _read_body(response: http.client.HTTPResponse, tally: Tally, url: str,
-               max_size: int, body: list[bytes] | None) -> int:
+               max_size: int, body: list[bytes] | None,
+               pace: Callable[[int], None] | None = None) -> int:
+    """The body into ``tally`` (and ``body``); before each read, ``pace(n)`` with the
+    bytes the body will have once that read's buffer is full (the request's deadline is
+    moved to theirs: trustboot.publish.deadline.paced)."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     size = 0
-    while n := response.readinto(buf):
+    want = FIRST_READ
+    while True:
+        if pace is not None:
+            pace(size + want)
+        if not (n := response.readinto(view[:want])):
+            break
+        want = min(2 * want, CHUNK)
         size += n
         if size > max_size:
             raise TooLarge(f"{url} is larger than {max_size} bytes",
@@ -468,12 +489,20 @@ class Reader:
         proxy = proxy_for(parts.scheme, host, parts.port)
         seconds = budget(self.timeout, max_size, min_rate=self.min_rate)
         now = time.monotonic()
-        deadline = now + seconds if due is None else min(now, due) + seconds
-        token = self._deadlines.watch(conn, deadline)
+        limit = (now if due is None else min(now, due)) + seconds
+        # ``limit`` is what the largest answer may take; a small one trickled must not take
+        # as long (an entry script may, by its 16 MiB cap, hold `origin check --timeout 2`
+        # for 258 s): the head within the timeout and a second, then the body at min_rate
+        # by what came
+        token = self._deadlines.watch(conn, min(limit, now + self.timeout + HEAD_SECONDS))
+
+        def pace(begun: float, received: int, sock: socket.socket | None) -> None:
+            self._deadlines.move(token, min(limit, paced(begun, self.timeout, received,
+                                                         min_rate=self.min_rate)), sock)
+
         try:
             served = self._get_on(conn, url, (parts.scheme, host, parts.port), target,
-                                  max_size, names, body, local,
-                                  lambda sock: self._deadlines.move(token, deadline, sock))
+                                  max_size, names, body, local, pace)
         except BaseException:
             if not self._deadlines.done(token):
                 raise
@@ -485,25 +514,28 @@ class Reader:
             self._drop_connection(parts.scheme, host, parts.port)
             # (a tunnel the proxy never opens looks the same)
             through = f" (through the proxy {proxy.shown})" if proxy else ""
-            raise too_slow(url, seconds, min_rate=self.min_rate, via=through) from None
+            raise too_slow(url, time.monotonic() - now, min_rate=self.min_rate,
+                           via=through) from None
         return served
 
     def _get_on(self, conn: http.client.HTTPConnection, url: str,
                 where: tuple[str, str, int | None], target: str, max_size: int,
                 names: tuple[str, ...], body: list[bytes] | None,
                 local: LocalCopy | None,
-                pin: Callable[[socket.socket | None], None]) -> Served:
-        """``pin(sock)``: the body is read from ``sock`` (see Watchdog.move)."""
+                pace: Callable[[float, int, socket.socket | None], None]) -> Served:
+        """``pace(begun, received, sock)``: the body begun at ``begun`` on ``sock`` is to
+        have ``received`` bytes by its deadline (see _get_hashed)."""
         scheme, host, port = where
         try:
             response, sock = self._send(conn, target)
-            pin(sock)
+            begun = time.monotonic()
             location = response.getheader("location")
             if location and not 200 <= response.status < 300:
                 # as iPXE: a Location is followed on any answer but a success, not only
                 # on a 3xx (httpcore.c, http_transfer_complete)
                 raise _Redirect(response.status, location)
             if response.status != 200:
+                pace(begun, 64 << 10, sock)
                 answer = response.read(64 << 10)
                 self._status(raw_answer(response.status, response.getheaders(), answer),
                              url)
@@ -515,7 +547,8 @@ class Reader:
             length = response.length  # None when chunked
             tally = Tally(names, local)
             try:
-                size = _read_body(response, tally, url, max_size, body)
+                size = _read_body(response, tally, url, max_size, body,
+                                  lambda received: pace(begun, received, sock))
                 if length is not None and size != length:
                     # http.client ends a body cut short quietly: a transfer error
                     # (retried), not a digest of the part that arrived

@@ -48,7 +48,14 @@ import httpx
 
 from trustboot import jsonin
 from trustboot.errors import ConfigError, OperationalError
-from trustboot.publish.deadline import MIN_RATE, budget, too_slow, total_deadline
+from trustboot.publish.deadline import (
+    HEAD_SECONDS,
+    MIN_RATE,
+    budget,
+    paced,
+    too_slow,
+    total_deadline,
+)
 from trustboot.publish.fileorigin import TMP_PREFIX
 from trustboot.publish.http import (
     RetryableStatus,
@@ -112,9 +119,9 @@ def _responses(data: bytes) -> Iterator[tuple[str, bool, ET.Element]]:
         yield href, response.find(f".//{DAV}resourcetype/{DAV}collection") is not None, response
 
 
-# What the status line and headers of a listing's answer may take beyond the request's
-# own time (the --timeout).
-HEAD_SECONDS = 1.0
+# Methods whose answer a server sends at once (nothing to do first, unlike a COPY of a
+# large object): their head must come within the request's own time and HEAD_SECONDS.
+_PROMPT = ("PROPFIND", "GET", "HEAD")
 
 
 def _split_href(href: str) -> SplitResult | None:
@@ -302,12 +309,12 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
                 args["content"] = content()
             # ``seconds`` is what the largest answer may take; a small one trickled must not
             # take as long (a PROPFIND held a run for 258 s): the body must come at
-            # MIN_RATE once the head is in (after a --timeout's grace), and a listing's
-            # head within a second of the request's own time (other methods may make the
-            # server work before it answers: a COPY of a large object)
+            # MIN_RATE once the head is in (after a --timeout's grace), and a prompt
+            # method's head within a second of the request's own time (other methods may
+            # make the server work before it answers: a COPY of a large object)
             start = time.monotonic()
             head = (min(seconds, self.options.timeout + upload / MIN_RATE + HEAD_SECONDS)
-                    if method == "PROPFIND" else seconds)
+                    if method in _PROMPT else seconds)
             with total_deadline(head, url, start=start):
                 request = self.client.build_request(method, url, **args)
                 streamed = self.client.send(request, stream=True)
@@ -479,12 +486,19 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
         seconds = budget(self.options.timeout, max_size, min_rate=MIN_RATE)
 
         def once() -> Iterator[bytes]:
-            with total_deadline(seconds, url) as due:
+            # as _request: ``seconds`` is what the largest object may take; the head must
+            # come within the timeout (a second more), then the body at MIN_RATE by what
+            # came (a release.json trickled held `publish rollback --timeout 2` for 66 s)
+            start = time.monotonic()
+            with total_deadline(min(seconds, self.options.timeout + HEAD_SECONDS), url,
+                                start=start):
                 request = self.client.build_request("GET", url)
                 response = self.client.send(request, stream=True)
+            pace = (time.monotonic(), self.options.timeout)
             if response.status_code != 200:
-                with total_deadline(seconds, url, start=due - seconds):
-                    answer = b"".join(self._capped(response, url, MAX_ANSWER_BYTES))
+                with total_deadline(seconds, url, start=start):
+                    answer = b"".join(self._capped(response, url, MAX_ANSWER_BYTES,
+                                                   read_size=None, pace=pace))
                 response = raw_answer(response.status_code, response.headers, answer,
                                       request)
                 if response.status_code >= 500:
@@ -492,7 +506,8 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
                 if response.status_code == 404:
                     raise OperationalError(f"{url} does not exist on the origin")
                 raise status_error(response, "reading", url)
-            return self._capped(response, url, max_size, deadline=(due - seconds, seconds))
+            return self._capped(response, url, max_size, deadline=(start, seconds),
+                                read_size=None, pace=pace)
 
         return with_retries(once, url=url, what="reading", retries=self.options.retries)
 
@@ -521,9 +536,9 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
                 if total > max_size:
                     raise TooLarge(f"{url} is larger than {max_size} bytes",
                                    hint="check the origin: is this the right URL?")
-                if pace is not None and (
-                        took := time.monotonic() - pace[0]) > pace[1] + total / MIN_RATE:
-                    raise too_slow(url, took, min_rate=MIN_RATE)
+                if pace is not None and (now := time.monotonic()) > paced(
+                        *pace, total, min_rate=MIN_RATE):
+                    raise too_slow(url, now - pace[0], min_rate=MIN_RATE)
                 yield chunk
         finally:
             response.close()
