@@ -111,6 +111,21 @@ def test_origin_check_gives_up_on_a_trickled_entry(pki: Pki, nginx: Nginx, origi
     assert took < 7, (took, res.output)
 
 
+def test_an_object_cut_short_is_an_operational_failure(pki: Pki, nginx: Nginx,
+                                                      origin_url: str) -> None:
+    """An origin closing the connection in the middle of an object (here the proxy
+    stopping its trickle) ended `publish rollback` as an internal error (exit 70: an
+    httpx error escaped the body of Origin.read)."""
+    with trickling(pki, nginx, r"/releases/r1/release\.json", "slow-body") as (url, state):
+        state.trickles[0] = Trickle("GET", r"/releases/r1/release\.json", interval=0.01,
+                                    for_seconds=0.2)
+        res = CliRunner().invoke(cli, [
+            "publish", "rollback", url, "r1", "--pki", str(pki.dir), "--client-cert",
+            "publisher", "--client-key-passphrase-file", str(pki.key_pass), "--timeout", "2"])
+    assert res.exit_code == 1, res.output
+    assert f"reading {url}releases/r1/release.json: the connection broke" in res.output
+
+
 def test_a_healthy_origin_is_read_as_before(pki: Pki, nginx: Nginx, origin_url: str,
                                             tmp_path: Path) -> None:
     """The positive control: nothing trickled, every command above succeeds."""

@@ -85,6 +85,7 @@ from trustboot.publish.origin import (
     redact_url,
 )
 from trustboot.publish.stream import DigestingUpload, StagesUploads, hashed_chunks
+from trustboot.text import clean
 
 CHUNK = 1 << 20
 LOCK_COLLECTION = ".trustboot-lock"
@@ -509,7 +510,22 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
             return self._capped(response, url, max_size, deadline=(start, seconds),
                                 read_size=None, pace=pace)
 
-        return with_retries(once, url=url, what="reading", retries=self.options.retries)
+        return self._unbroken(url, with_retries(once, url=url, what="reading",
+                                                retries=self.options.retries))
+
+    @staticmethod
+    def _unbroken(url: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """``chunks``, a body read after its request's retries: a connection that breaks
+        meanwhile (the origin closing it mid-answer) is an OperationalError naming ``url``,
+        not the httpx error that escaped to the CLI as an internal error (exit 70)."""
+        try:
+            yield from chunks
+        except httpx.TransportError as exc:
+            raise OperationalError(
+                f"reading {url}: the connection broke before the whole answer came "
+                f"({type(exc).__name__}: {clean(str(exc), limit=200)})",
+                hint="check the origin and the network path to it; then run the command "
+                     "again") from None
 
     @staticmethod
     def _capped(response: httpx.Response, url: str, max_size: int, *,
