@@ -80,6 +80,27 @@ def test_publish_rollback_gives_up_on_a_trickled_manifest(pki: Pki, nginx: Nginx
     assert took < 7, took
 
 
+@pytest.mark.parametrize("command", ["prune", "resign"])
+def test_prune_and_resign_give_up_on_a_trickled_manifest(pki: Pki, nginx: Nginx,
+                                                         origin_url: str, command: str) -> None:
+    """Every manifest unreadable, the live release cannot be told: prune said the entry
+    serves none of the releases, resign that it serves no release (configuration errors,
+    exit 3), after 66 s per release."""
+    args = (["publish", "prune", "--keep", "1"] if command == "prune" else
+            ["resign", "--key", "other-signer", "--passphrase-file", str(pki.key_pass)])
+    with trickling(pki, nginx, r"/releases/r1/release\.json", "slow-body") as (url, _state):
+        started = time.monotonic()
+        res = CliRunner().invoke(cli, [
+            *args, url, "--pki", str(pki.dir), "--client-cert", "publisher",
+            "--client-key-passphrase-file", str(pki.key_pass), "--timeout", "2"])
+        took = time.monotonic() - started
+    assert res.exit_code == 1, res.output
+    assert "the manifest of release r1 could not be read" in res.output
+    assert f"{url}releases/r1/release.json was served too slowly" in res.output
+    assert took < 7, took
+    assert (nginx.root / "releases/r1/release.json").exists()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_publish_list_gives_up_on_a_trickled_entry(pki: Pki, nginx: Nginx, origin_url: str,
                                                    mode: str) -> None:

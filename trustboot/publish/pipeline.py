@@ -1248,6 +1248,21 @@ def read_manifests(origin: Origin) -> tuple[list[ReleaseManifest], dict[str, str
     return out, problems
 
 
+def unread_manifests(origin: Origin, entry_path: str, problems: dict[str, str],
+                     outcome: str) -> None:
+    """When no release is found live at ``entry_path`` and some manifests did not read
+    (``problems``, from read_manifests): an OperationalError naming the first, as the
+    entry may be that release's (an origin too slow, a broken file). Saying the entry is
+    no release's (a configuration error) sent the user after the wrong problem."""
+    if problems:
+        rid, problem = sorted(problems.items())[0]
+        raise OperationalError(
+            f"cannot tell which release {origin.url}{entry_path} boots: the manifest of "
+            f"release {rid} could not be read ({problem}); {outcome}",
+            hint=f"`trustboot publish list {origin.url}` shows every release that does not "
+                 "read; fix the origin (or remove that release), then run this again")
+
+
 def pending_switch(origin: Origin) -> bool:
     """Whether an entry switch was recorded and never finished (a run killed between the
     two replacements): until repaired, the entry pair may not verify."""
@@ -1349,9 +1364,10 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
                 f"{origin.url} has an interrupted entry switch recorded; nothing pruned",
                 hint=f"finish it first: trustboot publish repair {origin.url}")
         origin.remove_stale_temps(STALE_TEMP_AGE)
-        manifests, _ = read_manifests(origin)
+        manifests, problems = read_manifests(origin)
         live = live_release(origin, manifests, entry_path, by_script=True)
         if live is None and origin.stat(entry_path) is not None:
+            unread_manifests(origin, entry_path, problems, "nothing pruned")
             # an entry that is none of the releases' (hand-edited, or another tool's) may
             # still fetch from any of them: which ones cannot be told
             raise ConfigError(

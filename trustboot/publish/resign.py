@@ -72,6 +72,7 @@ from trustboot.publish.pipeline import (
     release_base_url,
     repair_switch,
     switch_and_check,
+    unread_manifests,
     verify_manifest_signature,
     verify_served,
 )
@@ -215,9 +216,10 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             # pair match no release, and temporaries of killed uploads go
             repair = repair_switch(origin, trust=trust, now=now, reader=reader, jobs=jobs)
             removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
-            manifests, _ = read_manifests(origin)
+            manifests, problems = read_manifests(origin)
             live_id = live_release(origin, manifests, entry_path)
             if live_id is None:
+                unread_manifests(origin, entry_path, problems, "nothing re-signed")
                 raise ConfigError(
                     f"{origin.url}: {entry_path} serves no release published there",
                     hint="publish a release first (trustboot publish / trustboot release); "
