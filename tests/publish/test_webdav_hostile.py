@@ -296,6 +296,33 @@ def test_a_trickled_listing_is_given_up_on_by_what_came(path: str) -> None:
         assert time.monotonic() - started < 6, time.monotonic() - started
 
 
+class _NotXml(http.server.BaseHTTPRequestHandler):
+    """A 207 answer that is no multistatus: not UTF-8 under /latin1/, else broken XML."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_PROPFIND(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"<multistatus>\xe9</multistatus>" if "latin1" in self.path \
+            else b"<multistatus><response></multistatus>"
+        self.wfile.write(b"HTTP/1.1 207 Multi-Status\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("path", "says"), [("latin1/", "is not UTF-8"),
+                                            ("broken/", "is not acceptable XML")])
+def test_a_listing_that_does_not_parse_names_the_url(path: str, says: str) -> None:
+    """A listing walks many collections; "the origin's PROPFIND answer is not UTF-8"
+    left the user to guess which one answered so."""
+    with http_server(_NotXml) as url, origin(url + path) as o, \
+            pytest.raises(OperationalError, match=says) as caught:
+        o.list("releases/")
+    assert f"from {url}{path}releases/ " in caught.value.message, caught.value.message
+
+
 @pytest.mark.parametrize("call", ["stat", "read"])
 def test_a_trickled_head_is_given_up_on_within_the_timeout(call: str) -> None:
     """At the real slowest rate: a HEAD's (stat) head had what a 1 MiB answer may take

@@ -99,10 +99,12 @@ MAX_ANSWER_BYTES = 1 << 20  # any other answer: a status page, an error text, a 
 DAV = "{DAV:}"
 
 
-def parse_multistatus(data: bytes) -> list[tuple[str, bool, int | None, str | None]]:
-    """(href, is_collection, size, etag) per response; no DTD, no entities."""
+def parse_multistatus(data: bytes, *, source: str = "the origin"
+                      ) -> list[tuple[str, bool, int | None, str | None]]:
+    """(href, is_collection, size, etag) per response; no DTD, no entities. ``source``:
+    the URL that answered, for errors."""
     out = []
-    for href, is_col, response in _responses(data):
+    for href, is_col, response in _responses(data, source):
         length = response.findtext(f".//{DAV}getcontentlength")
         etag = response.findtext(f".//{DAV}getetag")
         length = (length or "").strip()
@@ -113,9 +115,9 @@ def parse_multistatus(data: bytes) -> list[tuple[str, bool, int | None, str | No
     return out
 
 
-def _responses(data: bytes) -> Iterator[tuple[str, bool, ET.Element]]:
+def _responses(data: bytes, source: str) -> Iterator[tuple[str, bool, ET.Element]]:
     """(href, is_collection, the response element) per response of a multistatus."""
-    for response in _parse(data).iter(f"{DAV}response"):
+    for response in _parse(data, source).iter(f"{DAV}response"):
         href = response.findtext(f"{DAV}href") or ""
         yield href, response.find(f".//{DAV}resourcetype/{DAV}collection") is not None, response
 
@@ -136,18 +138,23 @@ def _split_href(href: str) -> SplitResult | None:
     return parts
 
 
-def _parse(data: bytes) -> ET.Element:
-    """A multistatus answer as XML: capped, UTF-8 only, no DTD (so no entities)."""
+def _parse(data: bytes, source: str) -> ET.Element:
+    """A multistatus answer as XML: capped, UTF-8 only, no DTD (so no entities); errors
+    name ``source``, the URL that answered (an origin has many collections)."""
+    what = f"the PROPFIND answer from {source}"
     if len(data) > MAX_PROPFIND_BYTES:
-        raise OperationalError("PROPFIND answer larger than 16 MiB")
+        raise OperationalError(f"{what} is larger than 16 MiB",
+                               hint="check the origin: is this the right URL?")
     # A multistatus never has a DTD, and without one there are no entities to expand.
     # Only UTF-8 is accepted, so the check below cannot be dodged with another encoding.
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise OperationalError("the origin's PROPFIND answer is not UTF-8") from None
+        raise OperationalError(f"{what} is not UTF-8",
+                               hint="a WebDAV server answers in UTF-8: check the origin "
+                                    "(is the URL a WebDAV collection?)") from None
     if "<!doctype" in text.lower() or "<!entity" in text.lower():
-        raise OperationalError("the origin's PROPFIND answer has a DTD; refused",
+        raise OperationalError(f"{what} has a DTD; refused",
                                hint="a WebDAV server never sends one: check the origin")
     # Parsed as it streams, counting: within the cap, millions of nested or empty
     # elements still built a tree of hundreds of MB; a real answer is a few levels deep
@@ -170,22 +177,24 @@ def _parse(data: bytes) -> ET.Element:
                 if root is None and isinstance(element, ET.Element):
                     root = element
                 if depth > MAX_XML_DEPTH:
-                    raise OperationalError("the origin's PROPFIND answer is nested too "
-                                           "deeply; refused", hint="check the origin")
+                    raise OperationalError(f"{what} is nested too deeply; refused",
+                                           hint="check the origin")
                 if count > MAX_XML_ELEMENTS:
-                    raise OperationalError("the origin's PROPFIND answer has too many "
-                                           "elements; refused", hint="check the origin")
+                    raise OperationalError(f"{what} has too many elements; refused",
+                                           hint="check the origin")
     except ET.ParseError as exc:
-        raise OperationalError(f"the origin's PROPFIND answer is not acceptable XML: {exc}",
+        raise OperationalError(f"{what} is not acceptable XML: {exc}",
                                hint="is the URL a WebDAV collection?") from None
     assert root is not None  # (close() raised on a document without one)
     return root
 
 
-def parse_modified(data: bytes) -> list[tuple[str, bool, float | None]]:
-    """(href, is_collection, getlastmodified as a Unix time) per response."""
+def parse_modified(data: bytes, *, source: str = "the origin"
+                   ) -> list[tuple[str, bool, float | None]]:
+    """(href, is_collection, getlastmodified as a Unix time) per response (``source``:
+    as parse_multistatus)."""
     out = []
-    for href, is_col, response in _responses(data):
+    for href, is_col, response in _responses(data, source):
         text = response.findtext(f".//{DAV}getlastmodified")
         when = None
         if text:
@@ -357,7 +366,8 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
         return tmp
 
     def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
-        r = self._request("PROPFIND", self._url(STAGING, collection=True), what="listing",
+        url = self._url(STAGING, collection=True)
+        r = self._request("PROPFIND", url, what="listing",
                           ok=(207,), passthrough=(404,), headers={"Depth": "1"},
                           max_answer=MAX_PROPFIND_BYTES,
                           content=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
@@ -366,7 +376,7 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
             return []
         now = time.time()
         removed = []
-        for href, is_col, modified in parse_modified(r.content):
+        for href, is_col, modified in parse_modified(r.content, source=url):
             parts = _split_href(href)
             name = unquote(parts.path).rstrip("/").rpartition("/")[2] if parts else ""
             if not _TEMP_NAME.fullmatch(name) or key_problem(name):
@@ -593,7 +603,7 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
         if r.status_code == 404:
             return []
         out: dict[str, bool] = {}  # a name listed twice counts once (the first answer)
-        for href, is_col, _size, _etag in parse_multistatus(r.content):
+        for href, is_col, _size, _etag in parse_multistatus(r.content, source=url):
             parts = _split_href(href)
             if parts is None or (parts.netloc and parts.netloc != self._netloc):
                 continue  # another server's name: not ours to list
