@@ -4,6 +4,7 @@ answer is capped while it streams."""
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import time
 import tracemalloc
@@ -294,6 +295,45 @@ def test_a_trickled_listing_is_given_up_on_by_what_came(path: str) -> None:
         with origin(url + path) as o, pytest.raises(OperationalError, match="too slowly"):
             o.list("")
         assert time.monotonic() - started < 6, time.monotonic() - started
+
+
+class _Gzipped(http.server.BaseHTTPRequestHandler):
+    """A listing and a JSON object, each gzipped (Content-Encoding: gzip) though the
+    client asked for identity: a proxy or CDN in front that compresses regardless."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _gzipped(self, status: str, data: bytes) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        packed = gzip.compress(data)
+        self.wfile.write(f"HTTP/1.1 {status}\r\nContent-Encoding: gzip\r\n"
+                         f"Content-Length: {len(packed)}\r\n\r\n".encode() + packed)
+
+    def do_PROPFIND(self) -> None:
+        self._gzipped("207 Multi-Status", b'<?xml version="1.0"?><multistatus xmlns="DAV:">'
+                      b"<response><href>/boot.ipxe</href></response></multistatus>")
+
+    def do_GET(self) -> None:
+        self._gzipped("200 OK", b'{"release": "r1"}')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("call", ["list", "read"])
+def test_an_encoded_answer_is_named_as_such(call: str) -> None:
+    """A gzipped listing (or JSON object) was reported as "not UTF-8", which sent the user
+    looking at the origin's charset: say what came, and keep never inflating it."""
+    with http_server(_Gzipped) as url, origin(url) as o, \
+            pytest.raises(OperationalError) as caught:
+        if call == "list":
+            o.list("")
+        else:
+            b"".join(o.read("release.json", max_size=1 << 20))
+    message = caught.value.message
+    assert "Content-Encoding gzip" in message and "did not ask for" in message, message
+    assert (url if call == "list" else f"{url}release.json") in message, message
+    assert "gzip off" in (caught.value.hint or "")
 
 
 class _NotXml(http.server.BaseHTTPRequestHandler):

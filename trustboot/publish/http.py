@@ -30,6 +30,7 @@ from trustboot.fsutil import read_capped
 from trustboot.publish.deadline import DeadlineBackend
 from trustboot.publish.origin import SERVER_CHAIN_HINT
 from trustboot.publish.proxy import Proxy, proxy_for
+from trustboot.text import clean
 
 # The cipher suites iPXE implements (src/crypto/mishmash/*: ECDHE/DHE/RSA with AES-CBC and
 # AES-GCM; TLS 1.2 at most), in OpenSSL names, forward-secret and AEAD first.
@@ -244,6 +245,21 @@ def raw_answer(status: int, headers: httpx.Headers | Sequence[tuple[str, str]],
     kept = httpx.Headers(headers)
     kept.pop("content-encoding", None)
     return httpx.Response(status, headers=kept, content=content, request=request)
+
+
+def unasked_encoding(headers: httpx.Headers, what: str, url: str) -> OperationalError | None:
+    """The error for an answer whose body is encoded (Content-Encoding: gzip, ...) although
+    trustboot asked for identity; None for a plain one. Its bytes are nothing to parse or
+    hash (they are not what the origin holds), and are never inflated (see raw_answer)."""
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    return OperationalError(
+        f"{what} {url}: the origin sent an answer encoded with Content-Encoding "
+        f"{clean(encoding, limit=40, ascii_only=True)}, which trustboot did not ask for "
+        "(it asks for identity); refused",
+        hint="turn compression off for these answers on the origin or the proxy in front "
+             "of it (nginx: gzip off; a proxy that compresses whatever the client asks)")
 
 
 def tls_failure(url: str, exc: BaseException) -> VerificationError | None:

@@ -63,6 +63,7 @@ from trustboot.publish.http import (
     raw_answer,
     status_error,
     tls_context,
+    unasked_encoding,
     with_retries,
 )
 from trustboot.publish.lock import (
@@ -335,6 +336,9 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
                         pace=(time.monotonic(), self.options.timeout)))
             finally:
                 streamed.close()
+            if streamed.status_code in ok and method in ("PROPFIND", "GET") and (
+                    encoded := unasked_encoding(streamed.headers, what, url)) is not None:
+                raise encoded  # (a listing or a lock record: parsed, it was "not UTF-8")
             response = raw_answer(streamed.status_code, streamed.headers, body, request)
             if response.status_code in ok or response.status_code in passthrough:
                 return response
@@ -517,6 +521,9 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
                 if response.status_code == 404:
                     raise OperationalError(f"{url} does not exist on the origin")
                 raise status_error(response, "reading", url)
+            if (encoded := unasked_encoding(response.headers, "reading", url)) is not None:
+                response.close()
+                raise encoded  # (not the object's bytes: never hashed, parsed or inflated)
             return self._capped(response, url, max_size, deadline=(start, seconds),
                                 read_size=None, pace=pace)
 
