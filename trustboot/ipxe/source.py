@@ -8,6 +8,7 @@ checkout and a tarball with the same content get the same cache key.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -129,24 +130,82 @@ def _check_link(file: Path, root: str) -> None:
 
 def tree_hash(src: Path) -> str:
     """SHA-256 over (relative path, mode bit x, content) of every file, in sorted order."""
+    return _walk(src, None)
+
+
+def _walk(src: Path, copy_to: Path | None) -> str:
+    """:func:`tree_hash` of ``src``; with ``copy_to``, every file is copied there as it is
+    hashed, its bytes read once, so the digest is that of the copy."""
     outer = hashlib.sha256()
     root = os.path.realpath(src)
+    made: set[Path] = set()
     for file in _iter_files(src):
-        rel = file.relative_to(src).as_posix()
+        rel = file.relative_to(src)
+        out = None
+        if copy_to is not None:
+            out = copy_to / rel
+            if out.parent not in made:
+                # 0700 whatever the umask: the work tree may get a client key
+                make_dirs(out.parent, PRIVATE_DIR_MODE)
+                made.add(out.parent)
         if file.is_symlink():
             _check_link(file, root)
-            entry = b"L" + os.fsencode(os.readlink(file))
+            text = os.readlink(file)
+            entry = b"L" + os.fsencode(text)
+            if out is not None:
+                os.symlink(text, out)
         else:
-            _check_regular(file)
-            inner = hashlib.sha256()
-            with open(file, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    inner.update(block)
-            executable = b"x" if os.access(file, os.X_OK) else b"-"
-            entry = executable + inner.digest()
+            entry = _file_entry(file, out)
         # the name's bytes: a name that is not UTF-8 has surrogates in its str
-        outer.update(os.fsencode(rel) + b"\0" + entry + b"\n")
+        outer.update(os.fsencode(rel.as_posix()) + b"\0" + entry + b"\n")
     return outer.hexdigest()
+
+
+def _file_entry(file: Path, copy_to: Path | None) -> bytes:
+    """A regular file's part of the tree hash (x bit, SHA-256 of its content), copying the
+    content read to ``copy_to`` (mode and mtime kept: make compares mtimes)."""
+    try:
+        # never through a link, never blocking: a file replaced since it was listed
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise _changed(file) from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            _check_regular(file)  # (its error, naming what the file is)
+            raise _changed(file)
+        inner = hashlib.sha256()
+        out = None if copy_to is None else os.open(
+            copy_to, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600)
+        try:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                inner.update(block)
+                if out is not None:
+                    _write_all(out, block)
+            if out is not None:
+                # the permission bits, never set-id bits; then the source's times
+                os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)
+                os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            if out is not None:
+                os.close(out)
+    executable = b"x" if os.access(file, os.X_OK) else b"-"
+    return executable + inner.digest()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _changed(file: Path) -> OperationalError:
+    return OperationalError(
+        f"{file} in the iPXE tree changed while trustboot was reading it",
+        hint="run again once nothing writes to the tree (a git checkout, an editor)")
 
 
 # A tree's own .git/config can name commands git runs while reading it: an fsmonitor hook
@@ -218,25 +277,19 @@ def copy_tree(source: IpxeSource, dest: Path) -> Path:
     """Copy ``source.src`` (without build outputs or config/local) to ``dest/src``.
 
     Directories are made 0700 whatever the umask (the work tree is private: it may get a
-    client key); files keep their source's permission bits.
+    client key); files keep their source's permission bits. The copy is hashed as it is
+    made and must be the tree :func:`open_source` identified: the build's cache key is
+    that identity, and a tree changed since (a checkout, an edit) would have its firmware
+    cached, and later served, as the firmware of the tree it was (OperationalError).
     """
     target = dest / "src"
-    made: set[Path] = set()
-
-    def directory(path: Path) -> None:
-        if path not in made:
-            make_dirs(path, PRIVATE_DIR_MODE)
-            made.add(path)
-
-    for file in _iter_files(source.src):
-        rel = file.relative_to(source.src)
-        out = target / rel
-        directory(out.parent)
-        if file.is_symlink():
-            os.symlink(os.readlink(file), out)
-        else:
-            shutil.copy2(file, out)
-    directory(target / "config" / "local")
+    make_dirs(target, PRIVATE_DIR_MODE)
+    if _walk(source.src, target) != source.tree_sha256:
+        raise OperationalError(
+            f"the iPXE tree {source.src} changed after trustboot identified it: what it "
+            "would build is not the tree its cache key names",
+            hint="run again once nothing writes to the tree (a git checkout, an editor)")
+    make_dirs(target / "config" / "local", PRIVATE_DIR_MODE)
     return target
 
 
