@@ -6,9 +6,9 @@ sandbox on the fake tree; no iPXE tree needed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.ipxe.conftest import FAKE_TOOLCHAIN
-from tests.ipxe.fake_tree import namespace_alive, read_hold, start_trustboot, wait_for_hold
+from tests.ipxe.fake_tree import read_hold, start_trustboot, wait_for_hold
 from tests.ipxe.test_build_plan import SCRIPT
 from tests.ipxe.test_hostile_make import add_to_recipe
 from tests.ipxe.testpki import TestPki
@@ -73,3 +73,86 @@ def test_a_tree_changed_after_it_was_identified_is_not_built_under_its_key(
     again = _build(_request(env["tree"], pki), env, "again")
     assert not again.cached
     assert b"OTHER-TREE" not in again.outputs[TARGET].read_bytes()
+
+
+# --- a warm tree make was killed in ---------------------------------------------------------
+
+# The fake build's object: written in two halves, with a pause (FAKE_HOLD, once) between.
+HALVES = '''import os, sys, time
+hold = os.environ.get("FAKE_HOLD")
+with open(sys.argv[1], "w") as out:
+    out.write("FIRST-HALF")
+    out.flush()
+    if hold and not os.path.exists(hold):  # say who holds (see fake_tree), be killed
+        with open(hold + ".tmp", "w") as f:
+            f.write(f"{os.getpid()} {os.readlink('/proc/self/ns/pid')}")
+        os.replace(hold + ".tmp", hold)
+        time.sleep(120)
+    out.write("SECOND-HALF")
+'''
+
+
+def _with_object(tree: Path) -> None:
+    """The fake tree with one object (obj/part.o, from part.c) that every target
+    embeds, as make tracks it: rebuilt only when it is older than its source."""
+    src = tree / "src"
+    (src / "part.c").write_text("int part;\n")
+    (src / "halves.py").write_text(HALVES)
+    makefile = src / "Makefile"
+    text = makefile.read_text().replace(
+        "bin/% bin-x86_64-efi/% bin-arm64-efi/%: FORCE",
+        "obj/part.o: part.c\n\t@mkdir -p obj\n\t@$(FAKE_PY) halves.py $@\n"
+        "bin/% bin-x86_64-efi/% bin-arm64-efi/%: obj/part.o FORCE")
+    # only the object holds (the fake build would too: FAKE_HOLD is in the warm key)
+    makefile.write_text(text.replace("\t@$(FAKE_PY) fake_build.py",
+                                     "\t@FAKE_HOLD= $(FAKE_PY) fake_build.py"))
+    add_to_recipe(tree, "cat obj/part.o >> $@")
+
+
+def _running_in(pid_ns: str) -> list[int]:
+    """The processes of PID namespace ``pid_ns`` that are not zombies (the sandbox's
+    init, orphaned by a SIGKILL, is one until the host's init reaps it)."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{name}/ns/pid") == pid_ns and \
+                    Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(name))
+    return found
+
+
+def test_a_warm_tree_whose_make_was_killed_is_copied_afresh(
+        env: dict[str, Path], pki: TestPki, tmp_path: Path) -> None:
+    """trustboot killed with SIGKILL while make writes an object of a warm tree (a BIOS
+    build): the sandbox goes with it, the half-written object stays, newer than its
+    source. The next build reused the tree, make took the object as built, and the
+    firmware held half of it (a real link fails on it, or worse does not)."""
+    _with_object(env["tree"])
+    hold = tmp_path / "holding"
+    common = ["ipxe", "build", "--source", str(env["tree"]), "--pki", str(pki.dir),
+              "--target", TARGET, *CHAIN, "--cache-dir", str(env["cache"])]
+    fake = {"FAKE_HOLD": str(hold), "FAKE_PY": sys.executable, "FAKE_RUNS": str(env["runs"])}
+    proc = start_trustboot(common, fake)
+    try:
+        wait_for_hold(hold, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    warm = next(p for p in (env["cache"] / "work").glob("warm-*") if p.is_dir())
+    assert (warm / "src" / "obj" / "part.o").read_text() == "FIRST-HALF"
+    # the same build again (FAKE_HOLD set, so the same warm key; it holds no more)
+    proc = start_trustboot(common, fake)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    data = (env["out"] / TARGET).read_bytes()
+    assert data.endswith(b"FIRST-HALFSECOND-HALF"), data[-40:]
+    assert not _running_in(read_hold(hold)[1])  # the sandbox went with the SIGKILL
+    # a build that ran to its end leaves the tree warm: the next one builds no object
+    built = (warm / "src" / "obj" / "part.o").stat().st_mtime_ns
+    proc = start_trustboot([*common, "--no-cache"], fake)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert (warm / "src" / "obj" / "part.o").stat().st_mtime_ns == built

@@ -788,6 +788,31 @@ def _warm_tree_usable(top: Path) -> bool:
     return complete and _layout_problem(top) is None
 
 
+@contextlib.contextmanager
+def _making(top: Path) -> Iterator[None]:
+    """make runs in the work tree ``top``: a warm one loses its mark of completeness
+    until make has succeeded. A make killed mid-way (trustboot's SIGKILL, the OOM killer,
+    a power loss) cannot delete what it was writing, and a half-written object is newer
+    than its source: the next make in the tree would take it as built. Without the mark
+    the next build copies the tree afresh. (A fresh tree has no mark: it goes anyway.)"""
+    folder, name = _COMPLETE.rsplit("/", 1)
+    fd = _open_dir(top, folder)
+    try:
+        try:
+            os.unlink(name, dir_fd=fd)
+            marked = True
+            os.fsync(fd)  # gone on disk before make writes anything
+        except FileNotFoundError:
+            marked = False
+    finally:
+        os.close(fd)
+    yield
+    # through no link make left on the way (else the tree is copied afresh anyway)
+    if marked and _layout_problem(top) is None:
+        os.close(fsutil.open_beneath(top, _COMPLETE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                                     fsutil.PRIVATE_FILE_MODE))
+
+
 def _layout_changed(problem: str, log: Path) -> VerificationError:
     return VerificationError(
         f"make changed the work tree's layout: {problem}; trustboot does not write "
@@ -1006,8 +1031,9 @@ def _build_into(
             try:
                 if request.client is not None:
                     fsutil.write_private_file(key_file, request.client.key_pem)
-                for argv in plan.invocations:
-                    _run_make(argv, top, log, on_progress, env, bwrap, extra_binds)
+                with _making(top):
+                    for argv in plan.invocations:
+                        _run_make(argv, top, log, on_progress, env, bwrap, extra_binds)
             finally:
                 # The key is readable only while make runs.
                 with contextlib.suppress(FileNotFoundError):
