@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import tracemalloc
 import sys
 from pathlib import Path
 
@@ -156,3 +157,52 @@ def test_a_warm_tree_whose_make_was_killed_is_copied_afresh(
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert (warm / "src" / "obj" / "part.o").stat().st_mtime_ns == built
+
+
+# --- make's output --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("outcome", ["succeeds", "fails"])
+def test_make_output_is_bounded_in_the_log_and_in_memory(
+        env: dict[str, Path], pki: TestPki, monkeypatch: pytest.MonkeyPatch,
+        outcome: str) -> None:
+    """make's output is the tree's: 16 MiB without a newline was read as one line into
+    trustboot's memory (the process that holds an unlocked signer in a release: gigabytes
+    would end it), all of it went to the log (a full disk), and a failing make had the
+    whole log read back for its tail."""
+    monkeypatch.setattr(B, "MAX_LOG_BYTES", 1 << 20, raising=False)
+    add_to_recipe(env["tree"], "head -c 16M /dev/zero | tr '\\000' A", "echo",
+                  "echo '  [BUILD] after-the-flood'", *(["false"] if outcome == "fails" else []))
+    steps: list[str] = []
+    tracemalloc.start()
+    try:
+        if outcome == "fails":
+            with pytest.raises(OperationalError, match="make failed") as info:
+                B.build(_request(env["tree"], pki), output_dir=env["out"],
+                        cache_dir=env["cache"], toolchain=dict(FAKE_TOOLCHAIN),
+                        on_progress=steps.append)
+            assert len(info.value.message) < 25 * 600
+        else:
+            B.build(_request(env["tree"], pki), output_dir=env["out"], cache_dir=env["cache"],
+                    toolchain=dict(FAKE_TOOLCHAIN), on_progress=steps.append)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+    (log,) = (env["cache"] / "logs").glob("*.log")
+    assert (1 << 20) <= log.stat().st_size < (1 << 20) + 200
+    assert log.read_bytes().endswith(b"the rest is not logged]\n")
+    assert "BUILD after-the-flood" in steps  # the line after the long one still counts
+
+
+def test_make_output_reaches_the_terminal_escaped(env: dict[str, Path], pki: TestPki) -> None:
+    """A progress line is the tree's text: an escape sequence in it (a window title, a
+    cleared screen, OSC 52 writing the clipboard) was printed to the terminal as is."""
+    makefile = env["tree"] / "src" / "Makefile"  # the first step: the one shown off a TTY
+    makefile.write_text(makefile.read_text().replace(
+        '@echo "  [DEPS] core/version.c"', "@printf '  [BUILD] \\033]0;owned\\007\\033[2J\\n'"))
+    result = CliRunner().invoke(cli, ["ipxe", "build", "--source", str(env["tree"]),
+                                      "--pki", str(pki.dir), "--target", TARGET, *CHAIN])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert "BUILD \\x1b]0;owned\\x07\\x1b[2J" in result.stderr

@@ -22,6 +22,7 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import BinaryIO
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from trustboot.ipxe import sandbox
 from trustboot.ipxe.config import BuildOptions, Certificate, ClientIdentity, render_headers
 from trustboot.ipxe.source import IpxeSource, copy_tree
 from trustboot.subproc import minimal_env
-from trustboot.text import unsafe_string_at
+from trustboot.text import clean, unsafe_string_at
 
 # Bump when the way we build changes, so old cache entries are not reused.
 BUILD_FORMAT = 1
@@ -406,6 +407,53 @@ def _warm_key(request: BuildRequest, toolchain: Mapping[str, str],
 
 _PROGRESS = re.compile(r"^\s*\[([A-Z]+)\]\s+(\S+)")
 
+# make's output is the tree's: a real iPXE build logs well under a MiB (V=1: a few), so
+# beyond this the log is cut (make may go on); a progress line is never this long.
+MAX_LOG_BYTES = 32 << 20
+_MAX_LINE = 4096
+_LOG_CUT = b"\n[trustboot: make wrote more than %d bytes; the rest is not logged]\n"
+
+
+def _follow(out: int, log: BinaryIO, on_progress: ProgressCallback | None) -> None:
+    """Copy make's output (the descriptor ``out``) to ``log`` until make closes it, up to MAX_LOG_BYTES in
+    all (the log may hold earlier runs'), and report its progress lines, escaped. Read
+    in blocks, never a line at a time: a line without end would grow in our memory (the
+    process that may hold an unlocked signer) as long as make writes."""
+    written = log.tell()
+    pending = b""
+    skipping = False  # in a line already too long to be a progress line
+    while chunk := os.read(out, 1 << 16):
+        if written < MAX_LOG_BYTES:
+            kept = chunk[:MAX_LOG_BYTES - written]
+            log.write(kept)
+            written += len(kept)
+            if written == MAX_LOG_BYTES:
+                log.write(_LOG_CUT % MAX_LOG_BYTES)
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            if not skipping:
+                _progress(line, on_progress)
+            skipping = False
+        if len(pending) > _MAX_LINE:
+            pending, skipping = b"", True
+    if pending and not skipping:
+        _progress(pending, on_progress)
+
+
+def _progress(line: bytes, on_progress: ProgressCallback | None) -> None:
+    match = _PROGRESS.match(line.decode(errors="replace"))
+    if match and on_progress is not None:
+        # the tree's text, bound for a terminal: no escape sequence gets through
+        on_progress(clean(f"{match.group(1)} {match.group(2)}", limit=200, ascii_only=True))
+
+
+def _log_tail(log: Path, lines: int = 25) -> list[str]:
+    """The last ``lines`` lines of the build log, read from its last 64 KiB only."""
+    with open(log, "rb") as fh:
+        fh.seek(max(0, os.fstat(fh.fileno()).st_size - (64 << 10)))
+        text = fh.read().decode(errors="replace")
+    return [line[:500] for line in text.splitlines()[-lines:]]
+
 
 # Names of variables from our own environment that make also sees (e.g. CCACHE_DIR);
 # empty by default: make gets PATH, HOME, TMPDIR and the C locale, never a passphrase
@@ -452,11 +500,7 @@ def _run_make(
         )
         try:
             assert proc.stdout is not None
-            for raw in proc.stdout:
-                fh.write(raw)
-                match = _PROGRESS.match(raw.decode(errors="replace"))
-                if match and on_progress is not None:
-                    on_progress(f"{match.group(1)} {match.group(2)}")
+            _follow(proc.stdout.fileno(), fh, on_progress)
             rc = proc.wait()
         finally:
             if proc.poll() is None:  # interrupted: make must not outlive its work tree
@@ -465,7 +509,7 @@ def _run_make(
                 else:
                     _stop_group(proc)
     if rc != 0:
-        tail = log.read_text(errors="replace").splitlines()[-25:]
+        tail = _log_tail(log)
         targets = ", ".join(a for a in argv if "/" in a and "=" not in a)
         raise OperationalError(
             f"make failed (exit {rc}) building {targets}:\n"
@@ -702,7 +746,10 @@ def _read_built(top: Path, rel: str, target: str, log: Path) -> bytes | None:
         if st.st_size > MAX_OUTPUT_BYTES:
             raise refuse(f"at {st.st_size} bytes, over the {MAX_OUTPUT_BYTES} an iPXE "
                          "binary could be")
-        data = fh.read(MAX_OUTPUT_BYTES + 1)  # one more: a file still growing
+        # one more: a file still growing (in steps: a read of n bytes allocates n first)
+        data = fh.read(st.st_size + 1)
+        if len(data) > st.st_size:
+            data += fh.read(MAX_OUTPUT_BYTES + 1 - len(data))
     if len(data) > MAX_OUTPUT_BYTES:
         raise refuse(f"over the {MAX_OUTPUT_BYTES} bytes an iPXE binary could be")
     return data
