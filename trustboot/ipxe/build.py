@@ -22,9 +22,9 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import BinaryIO
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from trustboot import fsutil, jsonin
 from trustboot.errors import ConfigError, OperationalError, VerificationError
@@ -415,10 +415,10 @@ _LOG_CUT = b"\n[trustboot: make wrote more than %d bytes; the rest is not logged
 
 
 def _follow(out: int, log: BinaryIO, on_progress: ProgressCallback | None) -> None:
-    """Copy make's output (the descriptor ``out``) to ``log`` until make closes it, up to MAX_LOG_BYTES in
-    all (the log may hold earlier runs'), and report its progress lines, escaped. Read
-    in blocks, never a line at a time: a line without end would grow in our memory (the
-    process that may hold an unlocked signer) as long as make writes."""
+    """Copy make's output (the descriptor ``out``) to ``log`` until make closes it, up to
+    MAX_LOG_BYTES in all (the log may hold earlier runs'), and report its progress lines,
+    escaped. Read in blocks, never a line at a time: a line without end would grow in
+    our memory (the process that may hold an unlocked signer) as long as make writes."""
     written = log.tell()
     pending = b""
     skipping = False  # in a line already too long to be a progress line
