@@ -642,3 +642,38 @@ def test_a_forbidden_character_in_a_recipe_names_its_line(lab: Lab) -> None:
     assert code == 3, err
     line = len(path.read_text().splitlines())
     assert f"{path}:{line}: not valid YAML: character #x0000" in err, err
+
+
+def test_a_recipe_s_ipxe_tree_whose_src_is_a_link_out_is_refused(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ipxe.source passed the rule every recipe path follows (inside the recipe's
+    directory after resolving links), but the tree's src/, what is built, was not
+    checked: a src link in a pull request had the release build, sign and publish a tree
+    from anywhere on the build host, one that named directly is refused."""
+    from tests.ipxe.fake_tree import make_fake_tree
+    from tests.ipxe.test_hostile_make import add_to_recipe
+
+    _fake_ipxe_tree(lab, monkeypatch)
+    outside = make_fake_tree(tmp_path / "elsewhere")
+    add_to_recipe(outside, "echo BUILT-FROM-OUTSIDE >> $@")
+    shutil.rmtree(lab.dir / "ipxe" / "src")
+    (lab.dir / "ipxe" / "src").symlink_to(outside / "src")
+    recipe = lab.recipe(ipxe="ipxe: {source: ipxe, targets: [bin/ipxe.lkrn]}")
+    line = next(i for i, text in enumerate(recipe.read_text().splitlines(), 1)
+                if text.startswith("ipxe:"))
+    for extra in (["--dry-run"], []):
+        code, _, err = release(str(recipe), *extra)
+        assert code == 3, err
+        assert f"{recipe}:{line}: ipxe.source 'ipxe/src' resolves to {outside / 'src'}, " \
+               "outside the recipe's directory" in err, err
+    assert not any(lab.origin.rglob("ipxe.lkrn"))
+    # allowed explicitly, or a link within the recipe's directory: built
+    code, _, err = release(str(recipe), "--dry-run", "--allow-outside", str(outside))
+    assert code == 0, err
+    shutil.copytree(outside, lab.dir / "other")
+    (lab.dir / "ipxe" / "src").unlink()
+    (lab.dir / "ipxe" / "src").symlink_to("../other/src")
+    code, _, err = release(str(recipe))
+    assert code == 0, err
+    (fw,) = lab.origin.rglob("ipxe.lkrn")
+    assert b"BUILT-FROM-OUTSIDE" in fw.read_bytes()  # the copy inside, as the recipe says

@@ -351,6 +351,8 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
     # in their own words
     with _at(recipe, spec.source.where) if spec is not None and spec.source is not None \
             else contextlib.nullcontext():
+        if spec is not None and spec.source is not None:
+            _check_src_inside(recipe, spec.source, source_dir, allow)
         source = open_source(source_dir)
     request = ipxe_build.BuildRequest(
         source=source, targets=targets, trust=tuple(v_roots), certs=tuple(v_certs),
@@ -359,6 +361,18 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
                              serial_console=bool(spec and spec.serial_console)),
         source_date_epoch=source.git_commit_time or 0)
     return Firmware("build", targets, request=request, chain_script=chain_script)
+
+
+def _check_src_inside(recipe: Recipe, path: RecipePath, top: Path,
+                      allow: Sequence[Path]) -> None:
+    """The src/ of the tree ``ipxe.source`` names (``top``) by the rule ``top`` passed:
+    src/ is what is hashed, copied and built, and a src/ that is a symbolic link had a
+    recipe build (and the release sign) a tree from anywhere on the build host."""
+    from trustboot.ipxe.source import find_src_dir
+
+    if find_src_dir(top) != top:
+        resolve_path(recipe, RecipePath(f"{path.raw}/src", path.where), "ipxe.source",
+                     allow_outside=allow, kind="dir")
 
 
 def _public_base(url: str, public: str | None, where: str) -> str:
