@@ -1,8 +1,8 @@
 """What a build takes from the tree and leaves in the cache stays tied to its cache key: a
 tree changed after it was identified, a warm tree whose make was killed mid-way (a clone
-killed mid-checkout: tests/ipxe/test_hardening.py). And make's output, the tree's own text, is bounded and escaped
-before it reaches the log, trustboot's memory or the terminal. Real make in the real
-sandbox on the fake tree; no iPXE tree needed."""
+killed mid-checkout: tests/ipxe/test_hardening.py). And make's output, the tree's own
+text, is bounded and escaped before it reaches the log, trustboot's memory or the
+terminal. Real make in the real sandbox on the fake tree; no iPXE tree needed."""
 
 from __future__ import annotations
 
