@@ -644,6 +644,39 @@ def test_a_forbidden_character_in_a_recipe_names_its_line(lab: Lab) -> None:
     assert f"{path}:{line}: not valid YAML: character #x0000" in err, err
 
 
+def test_a_release_that_cannot_sandbox_its_build_stops_before_it_starts(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without a usable bwrap the build stage refused (exit 3), but only after the
+    signer's unlock and the inputs' uploads, and a dry run said nothing of it: now a
+    release that will build refuses at validate, before anything is unlocked or sent,
+    and a dry run plans on while naming the failure to come."""
+    _fake_ipxe_tree(lab, monkeypatch)
+    bindir = tmp_path / "fake-bin"
+    bindir.mkdir()
+    calls = tmp_path / "bwrap-calls"
+    (bindir / "bwrap").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                                  'echo "bwrap: No permissions to creating new namespace" >&2\n'
+                                  "exit 1\n")
+    (bindir / "bwrap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    recipe = lab.recipe(ipxe="ipxe: {source: ipxe, targets: [bin/ipxe.lkrn]}")
+    code, out, err = release(str(recipe), "--dry-run")
+    assert code == 0, err
+    assert "the build would fail: cannot run the iPXE build in a sandbox: bwrap cannot " \
+           "create its namespaces here" in out, out
+    code, _, err = release(str(recipe))
+    assert code == 3, err
+    assert "cannot run the iPXE build in a sandbox" in err and "Traceback" not in err
+    assert "--unsafe-unsandboxed-build" in err.split("hint: ", 1)[1]
+    assert not [p for p in lab.origin.rglob("*") if p.is_file()]  # nothing was sent
+    assert not (lab.dir / "runs.log").exists() or (lab.dir / "runs.log").read_text() == ""
+    assert all(line.endswith(" -- true") for line in calls.read_text().splitlines())
+    # the operator's escape hatch still builds (the tree's make then runs unsandboxed)
+    code, _, err = release(str(recipe), "--unsafe-unsandboxed-build")
+    assert code == 0, err
+    assert any(lab.origin.rglob("ipxe.lkrn"))
+
+
 def test_a_recipe_s_ipxe_tree_whose_src_is_a_link_out_is_refused(
         lab: Lab, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """ipxe.source passed the rule every recipe path follows (inside the recipe's

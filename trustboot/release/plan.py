@@ -322,6 +322,16 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
         return Firmware("prebuilt", targets, prebuilt_dir=d, prebuilt_files=tuple(files),
                         prebuilt_record=record)
     # What the recipe pins wins; --ipxe-source / TRUSTBOOT_IPXE_SRC only fills a gap.
+    will_build = (spec is not None and (spec.source is not None or spec.git is not None)) \
+        or options.ipxe_source is not None
+    unsandboxed = _sandbox_problem(options) if will_build else None
+    if unsandboxed is not None and not dry_run:
+        # now, not at the build stage: before the clone, the signer's unlock (a prompt)
+        # and the uploads of the inputs, which a release that cannot build must not start
+        raise unsandboxed
+    sandbox_note = None if unsandboxed is None else (
+        f"the build would fail: {unsandboxed.message}"
+        + (f" ({unsandboxed.hint})" if unsandboxed.hint else ""))
     source_dir: Path | None = None
     if spec is not None and spec.source is not None:
         source_dir = resolve_path(recipe, spec.source, "ipxe.source", allow_outside=allow,
@@ -333,7 +343,7 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
             source_dir = cloned_at(spec.git, spec.commit, clone_dir(cache, spec.commit))
             if source_dir is None:
                 return Firmware("build", targets, chain_script=chain_script,
-                                pinned=(spec.git, spec.commit), reason=(
+                                pinned=(spec.git, spec.commit), reason=sandbox_note or (
                                     f"would clone {spec.git} at {spec.commit} into the "
                                     "iPXE cache and build (not cloned: --dry-run)"))
         else:
@@ -360,7 +370,23 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
         options=BuildOptions(ntp=bool(spec and spec.ntp),
                              serial_console=bool(spec and spec.serial_console)),
         source_date_epoch=source.git_commit_time or 0)
-    return Firmware("build", targets, request=request, chain_script=chain_script)
+    return Firmware("build", targets, request=request, chain_script=chain_script,
+                    reason=sandbox_note or "")
+
+
+def _sandbox_problem(options: ReleaseOptions) -> ConfigError | None:
+    """Why the iPXE tree's make could not run in the sandbox here (bwrap missing, or
+    unable to create its namespaces), or None: also None with --unsafe-unsandboxed-build,
+    which runs it without one."""
+    if options.unsafe_unsandboxed_build:
+        return None
+    from trustboot.ipxe import sandbox
+
+    try:
+        sandbox.find_bwrap()
+    except ConfigError as exc:
+        return exc
+    return None
 
 
 def _check_src_inside(recipe: Recipe, path: RecipePath, top: Path,
