@@ -15,7 +15,9 @@ from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
 from trustboot.publish.origin import (
+    check_ambient_scope,
     credentials_cover,
+    parse_ambient_binding,
     parse_credentials,
 )
 
@@ -169,6 +171,45 @@ def test_an_s3_binding_may_name_its_endpoint() -> None:
         with pytest.raises(ConfigError) as err:
             parse_credentials(text, "env X")
         assert "s3cret" not in str(err.value)
+
+
+def test_an_ambient_binding_is_a_secret_binding_without_the_secret() -> None:
+    """TRUSTBOOT_AMBIENT_CREDENTIALS: the s3:// origin boto3's own credentials may sign
+    for, and its endpoint; checked by the rule bound secrets are."""
+    b = parse_ambient_binding("s3://boot/prod https://rgw.example.net:8443\n", "env A")
+    assert (b.scope, b.endpoint, b.source) == ("s3://boot/prod", "https://rgw.example.net:8443",
+                                                "env A")
+    check_ambient_scope("s3://boot/prod/x", b, endpoint="https://RGW.example.net:8443/")
+    for url, endpoint in (("s3://boot/prod", None), ("s3://boot/prod", "https://rgw.example.net"),
+                          ("s3://boot/prodx", "https://rgw.example.net:8443"),
+                          ("s3://boot/prod/%2e%2e/x", "https://rgw.example.net:8443"),
+                          ("s3://other/prod", "https://rgw.example.net:8443")):
+        with pytest.raises(ConfigError, match="ambient AWS credentials") as err:
+            check_ambient_scope(url, b, endpoint=endpoint)
+        assert err.value.hint and "TRUSTBOOT_AMBIENT_CREDENTIALS='" in err.value.hint
+    aws = parse_ambient_binding("s3://boot", "env A")  # the default endpoint only
+    assert aws.endpoint is None
+    check_ambient_scope("s3://boot/any/prefix", aws)
+    with pytest.raises(ConfigError, match=r"not at https://rgw\.example\.net"):
+        check_ambient_scope("s3://boot/any", aws, endpoint="https://rgw.example.net")
+
+
+@pytest.mark.parametrize("text", [
+    "",                                                  # empty
+    "s3://boot/prod https://rgw.example.net AKID:s3cret",  # a secret after it
+    "AKID:s3cret",                                       # only a secret
+    "s3://boot/prod AKID:s3cret",                        # a secret instead of an endpoint
+    "https://dav.example.net/ ",                         # not s3://
+    "s3://boot/prod s3://other",                         # an endpoint that is not https://
+    "s3://boot/prod https://rgw.example.net/path",       # an endpoint with a path
+    "s3://AKID:s3cret@boot/prod",                        # user@ in the binding
+    "s3://boot/prod\nhttps://rgw.example.net",           # two lines
+])
+def test_a_malformed_ambient_binding_is_refused_without_echoing_it(text: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_ambient_binding(text, "environment variable TRUSTBOOT_AMBIENT_CREDENTIALS")
+    assert "s3cret" not in str(err.value) and "s3cret" not in (err.value.hint or "")
+    assert "TRUSTBOOT_AMBIENT_CREDENTIALS" in str(err.value)
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):

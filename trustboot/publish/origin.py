@@ -371,6 +371,7 @@ def _read_secret_file(path: Path) -> bytes:
 # For s3:// the S3 endpoint may follow it ("s3://boot/prod https://rgw.example KEY:SECRET").
 _SCOPED = re.compile(r"((?:https?|s3)://[^ ]+) +(?:(https?://[^ ]+) +)?([^ ].*)",
                      re.IGNORECASE)
+_AFTER_URL = ", a space, then the secret"  # the hint's end for a secret's binding
 
 
 def parse_credentials(text: str, source: str) -> Credentials:
@@ -388,22 +389,75 @@ def parse_credentials(text: str, source: str) -> Credentials:
     if scoped is not None:
         scope, value = _check_scope(scoped.group(1), source), scoped.group(3)
         if scoped.group(2) is not None:
-            endpoint = _check_scope(scoped.group(2), source)
-            if urlsplit(scope).scheme.lower() != "s3" or urlsplit(endpoint).path not in ("", "/"):
-                raise ConfigError(
-                    f"credentials from {source}: only an s3:// binding is followed by an "
-                    "endpoint, and that is scheme://host[:port] only",
-                    hint="write 's3://BUCKET/PREFIX https://ENDPOINT KEY_ID:SECRET'")
+            endpoint = _check_bound_endpoint(
+                scope, scoped.group(2), source,
+                form="'s3://BUCKET/PREFIX https://ENDPOINT KEY_ID:SECRET'")
     creds = _parse_secret(value, source)
     return Credentials(creds.scheme, creds.secret, username=creds.username, source=source,
                        scope=scope, endpoint=endpoint)
 
 
-def _check_scope(url: str, source: str) -> str:
+# The operator's binding of boto3's own credential chain to one s3:// origin (see
+# AmbientBinding); `trustboot release --ambient-credentials` reads it by default.
+AMBIENT_ENV = "TRUSTBOOT_AMBIENT_CREDENTIALS"
+_AMBIENT_FORM = f"{AMBIENT_ENV}='s3://BUCKET/PREFIX https://ENDPOINT'"
+
+
+@dataclass(frozen=True)
+class AmbientBinding:
+    """The s3:// origin (and S3 endpoint) whose requests boto3's own credential chain
+    (AWS_* variables, AWS_PROFILE and ~/.aws, a container or instance role: the "ambient"
+    credentials) may sign when no credentials are given: written as a bound secret is,
+    without the secret ('s3://BUCKET/PREFIX [https://ENDPOINT]'). A recipe chooses its
+    origin URL and endpoint; the operator's binding says which one the job's own
+    credentials are for. Nothing in it is secret."""
+
+    scope: str
+    endpoint: str | None = None  # None: only the default endpoint (AWS S3), as for secrets
+    source: str = ""  # where it came from, for messages
+
+
+def parse_ambient_binding(text: str, source: str) -> AmbientBinding:
+    """'s3://BUCKET/PREFIX' or 's3://BUCKET/PREFIX https://ENDPOINT' (one line)."""
+    what = f"the ambient AWS credentials (bound by {source})"
+    value = text.strip()
+    if not value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ConfigError(f"{source} must be one line: the s3:// origin URL the ambient AWS "
+                          "credentials are for, then its endpoint", hint=f"write {_AMBIENT_FORM}")
+    words = value.split()
+    if len(words) > 2 or urlsplit(words[0]).scheme.lower() != "s3" or (
+            len(words) == 2 and urlsplit(words[1]).scheme.lower() not in ("https", "http")):
+        # never shown: a secret written here by mistake must not reach a log
+        raise ConfigError(f"{source} is not 's3://BUCKET/PREFIX [https://ENDPOINT]': it binds "
+                          "the ambient AWS credentials to an s3:// origin and holds no secret",
+                          hint=f"write {_AMBIENT_FORM} (the credentials themselves come "
+                               "from AWS_* variables, the profile or the instance role)")
+    scope = _check_scope(words[0], source, what=what, then="")
+    endpoint = None
+    if len(words) == 2:
+        endpoint = _check_bound_endpoint(scope, words[1], source, form=_AMBIENT_FORM,
+                                         what=what, then="")
+    return AmbientBinding(scope, endpoint, source)
+
+
+def _check_bound_endpoint(scope: str, endpoint: str, source: str, *, form: str,
+                          what: str | None = None, then: str = _AFTER_URL) -> str:
+    """The S3 endpoint written after an s3:// binding: scheme://host[:port] only."""
+    endpoint = _check_scope(endpoint, source, what=what, then=then)
+    if urlsplit(scope).scheme.lower() != "s3" or urlsplit(endpoint).path not in ("", "/"):
+        raise ConfigError(f"{what or f'credentials from {source}'}: only an s3:// binding is "
+                          "followed by an endpoint, and that is scheme://host[:port] only",
+                          hint=f"write {form}")
+    return endpoint
+
+
+def _check_scope(url: str, source: str, *, what: str | None = None,
+                 then: str = _AFTER_URL) -> str:
+    """A binding's URL, which must be an origin URL (``what``: who is bound to it)."""
     bad = ConfigError(
-        f"credentials from {source} are bound to {redact_url(url)!r}, which is not an "
-        "origin URL", hint="write the origin's URL (scheme, host, path; nothing after "
-        "? or #, no user@), a space, then the secret")
+        f"{what or f'credentials from {source}'} are bound to {redact_url(url)!r}, which "
+        "is not an origin URL", hint="write the origin's URL (scheme, host, path; nothing "
+        f"after ? or #, no user@){then}")
     try:
         parts = split_url(url, "the binding")
     except ConfigError:
@@ -543,27 +597,47 @@ def check_credentials_scope(url: str, creds: Credentials | None, *,
     for s3://, also to another S3 endpoint than ``endpoint`` (None: the default)."""
     if creds is None or creds.scope is None:
         return
-    if credentials_cover(creds.scope, url) and urlsplit(url).scheme.lower() == "s3":
+    _check_bound(url, endpoint, creds.scope, creds.endpoint,
+                 what=f"credentials from {creds.source}",
+                 rebind=f"'{creds.scope} {endpoint or 'https://ENDPOINT'} KEY_ID:SECRET'",
+                 other="give the credentials meant for this origin")
+
+
+def check_ambient_scope(url: str, binding: AmbientBinding, *,
+                        endpoint: str | None = None) -> None:
+    """Refuse to let boto3's own credentials sign for ``url`` at ``endpoint`` when the
+    operator bound them (``binding``) to another origin or endpoint."""
+    here = f"{redact_url(url)}{' ' + redact_url(endpoint) if endpoint else ''}"
+    _check_bound(url, endpoint, binding.scope, binding.endpoint,
+                 what=f"the ambient AWS credentials (bound by {binding.source})",
+                 rebind=f"{AMBIENT_ENV}='{binding.scope} {endpoint or 'https://ENDPOINT'}'",
+                 other=f"bind them to this origin if it is the one they are for: "
+                       f"{AMBIENT_ENV}='{here}'")
+
+
+def _check_bound(url: str, endpoint: str | None, scope: str, bound_endpoint: str | None, *,
+                 what: str, rebind: str, other: str) -> None:
+    """The one rule for a binding (a secret's, or the ambient credentials'): ``url`` at
+    or below ``scope``, and for s3:// the same endpoint (None: the default one)."""
+    if credentials_cover(scope, url) and urlsplit(url).scheme.lower() == "s3":
         try:
-            same = _endpoint_of(creds.endpoint) == _endpoint_of(endpoint)
+            same = _endpoint_of(bound_endpoint) == _endpoint_of(endpoint)
         except ValueError:
             same = False
         if same:
             return
         raise ConfigError(
-            f"credentials from {creds.source} are bound to {creds.scope} at "
-            f"{redact_url(creds.endpoint) if creds.endpoint else 'the default S3 endpoint'}"
+            f"{what} are bound to {scope} at "
+            f"{redact_url(bound_endpoint) if bound_endpoint else 'the default S3 endpoint'}"
             f", not at {redact_url(endpoint) if endpoint else 'the default S3 endpoint'}",
             hint="check the endpoint (a changed recipe or option must not have the store's "
-                 "requests signed for another server), or bind them to this one: "
-                 f"'{creds.scope} {endpoint or 'https://ENDPOINT'} KEY_ID:SECRET'")
-    if credentials_cover(creds.scope, url):
+                 f"requests signed for another server), or bind them to this one: {rebind}")
+    if credentials_cover(scope, url):
         return
     raise ConfigError(
-        f"credentials from {creds.source} are bound to origin {redact_url(creds.scope)}, "
-        f"not to {redact_url(url)}",
+        f"{what} are bound to origin {redact_url(scope)}, not to {redact_url(url)}",
         hint="check the origin URL (a changed recipe or option must not send credentials "
-             "elsewhere), or give the credentials meant for this origin")
+             f"elsewhere), or {other}")
 
 
 def load_credentials(*, file: Path | None = None, env: str | None = None,
