@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from trustboot.cli._common import (
     emit_json,
@@ -23,6 +24,7 @@ from trustboot.cli._common import (
 )
 from trustboot.ipxe import sandbox
 from trustboot.ipxe.source import ENV_SOURCE
+from trustboot.publish.origin import AMBIENT_ENV
 
 
 class StageReporter:
@@ -72,8 +74,17 @@ class StageReporter:
 # Only here, never from a recipe: the recipe chooses the host its credentials go to.
 @click.option("--unsafe-unbound-credentials", "unsafe_unbound_credentials", is_flag=True,
               help="Send the recipe's origin.credentials even when they are not bound to "
-              "an origin URL ('ORIGIN_URL user:password'): they then go to whatever "
-              "origin.url the recipe names. Only for recipes you trust; warns on every run.")
+              "an origin URL ('ORIGIN_URL user:password'), and, without "
+              "--ambient-credentials, let the ambient AWS credentials sign the requests of "
+              "an s3:// recipe that has none: they then go to whatever origin.url (and "
+              "endpoint) the recipe names. Only for recipes you trust; warns on every run.")
+@click.option("--ambient-credentials", "ambient_credentials", envvar=AMBIENT_ENV,
+              show_envvar=True, metavar="'S3_URL [ENDPOINT]'",
+              help="The one s3:// origin (and S3 endpoint) that boto3's own credentials "
+              "(AWS_* variables, AWS_PROFILE, an instance or container role) may sign for "
+              "when the recipe gives no origin.credentials, e.g. 's3://boot/prod "
+              "https://rgw.example.net'. Without it such a recipe is refused: it chooses "
+              "its bucket and endpoint.")
 @click.option("--pkcs11-module", type=click.Path(path_type=Path, dir_okay=False),
               envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
               help="PKCS#11 module (.so) for a pkcs11: signer (a recipe may not name one).")
@@ -82,8 +93,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             passphrase_file: Path | None, passphrase_env: str | None,
             ipxe_source: Path | None, cache_dir: Path | None, readback_url: str | None,
             reverify: bool, jobs: int | None, unsafe_unsandboxed: bool,
-            unsafe_unbound_credentials: bool, pkcs11_module: Path | None,
-            as_json: bool) -> None:
+            unsafe_unbound_credentials: bool, ambient_credentials: str | None,
+            pkcs11_module: Path | None, as_json: bool) -> None:
     """Release RECIPE: validate -> plan -> build iPXE -> render the menu -> sign ->
     manifest -> publish -> verify what the origin serves, as iPXE.
 
@@ -104,6 +115,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     """
     from trustboot.cli.progress import MakeProgress, upload_progress
     from trustboot.publish.cache import default_cache_path
+    from trustboot.publish.origin import parse_ambient_binding
     from trustboot.release.pipeline import run_release
     from trustboot.release.plan import ReleaseOptions
     from trustboot.release.recipe import load_recipe
@@ -112,8 +124,16 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
         warn(sandbox.UNSAFE_WARNING)
     if unsafe_unbound_credentials:
         warn("--unsafe-unbound-credentials: the recipe's origin.credentials may be sent "
-             "unbound, to whatever origin.url it names; a changed recipe can send them to "
-             "a host of its choosing")
+             "unbound (and, without them, an s3:// origin's requests signed with the "
+             "ambient AWS credentials), to whatever origin.url and endpoint it names; a "
+             "changed recipe can send them to a host of its choosing")
+    binding = None
+    if ambient_credentials is not None:
+        from_env = click.get_current_context().get_parameter_source(
+            "ambient_credentials") == ParameterSource.ENVIRONMENT
+        binding = parse_ambient_binding(
+            ambient_credentials,
+            f"environment variable {AMBIENT_ENV}" if from_env else "--ambient-credentials")
     r = load_recipe(recipe)
     passphrases = None
     explicit = passphrase_file is not None or passphrase_env is not None
@@ -126,7 +146,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
                              publish_cache=None if reverify else default_cache_path(),
                              pkcs11_module=pkcs11_module,
                              unsafe_unsandboxed_build=unsafe_unsandboxed,
-                             unsafe_unbound_credentials=unsafe_unbound_credentials)
+                             unsafe_unbound_credentials=unsafe_unbound_credentials,
+                             ambient_credentials=binding)
     make = MakeProgress(quiet=as_json)  # a build of minutes shows it is alive, as ipxe build
     with upload_progress(as_json) as bars:
         try:

@@ -2,8 +2,11 @@
 
 Through boto3, so the usual credential chain works (environment, ``AWS_PROFILE`` / shared
 config, container and instance roles); ``OriginOptions.credentials`` of the basic kind
-(``ACCESS_KEY:SECRET`` from a file or a named environment variable) overrides it. This module
-is imported only for s3:// origins, so other commands never load boto3.
+(``ACCESS_KEY:SECRET`` from a file or a named environment variable) overrides it. The chain
+signs for whatever origin and endpoint it is given: ``trustboot release``, whose recipe
+chooses them, lets it only for the origin the operator bound it to (``AmbientBinding``,
+checked in ``trustboot.release.plan``). This module is imported only for s3:// origins, so
+other commands never load boto3.
 
 * Endpoint: ``OriginOptions.endpoint_url`` (https://; http:// only with ``unsafe_http``),
   path-style addressing (no wildcard DNS needed). Without it, AWS S3 for the configured region.

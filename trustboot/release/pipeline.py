@@ -172,7 +172,7 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         st.done("validate", "warning", cache.problem)
     if dry_run:
         p = plan(v, now=now, cache=cache, save_cache=False)
-        notes: list[str] = []
+        notes = list(v.warnings)
         if v.credentials is not None:
             # A dry run is what a reviewer runs on a recipe from a pull request: it sends
             # no secret to the origin that recipe names, however the secret is bound.
@@ -217,6 +217,9 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         if "{date}" in recipe.release.id_template:
             _keep_dated_id(p, origin)
         result = _planned(p, st, dry_run=False, now=now)
+        for warning in v.warnings:
+            st.done("validate", "warning", warning)
+            result.warnings.append(warning)
         st.done("plan", "done", f"release {p.release_id}: {len(p.objects) + 1} objects to "
                 f"sign and publish to {v.origin_url}"
                 + (f" ({len(known)} staged on the origin while hashed)" if known else ""))

@@ -45,7 +45,10 @@ from trustboot.keys.signer import KeySource, resolve_signer
 from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import check_entry_path, check_release_id
 from trustboot.publish.origin import (
+    AMBIENT_ENV,
+    AmbientBinding,
     Credentials,
+    check_ambient_scope,
     check_credentials_scope,
     check_key,
     load_credentials,
@@ -99,9 +102,15 @@ class ReleaseOptions:
     pkcs11_module: Path | None = None
     # run the iPXE tree's make outside the sandbox (operator only: no recipe key sets it)
     unsafe_unsandboxed_build: bool = False
-    # send the recipe's origin.credentials even when they are not bound to an origin URL
-    # (operator only, --unsafe-unbound-credentials: the recipe chooses origin.url)
+    # send the recipe's origin.credentials even when they are not bound to an origin URL,
+    # and, with no ambient_credentials binding, let the ambient AWS credentials sign for
+    # an s3:// recipe without them (operator only, --unsafe-unbound-credentials: the
+    # recipe chooses origin.url and origin.endpoint)
     unsafe_unbound_credentials: bool = False
+    # the s3:// origin (and endpoint) boto3's own credentials (AWS_* variables, profile,
+    # instance role) may sign for when a recipe gives no origin.credentials (operator
+    # only: --ambient-credentials / TRUSTBOOT_AMBIENT_CREDENTIALS); None: not at all
+    ambient_credentials: AmbientBinding | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,7 @@ class Validated:
     inputs: tuple[InputFile, ...]
     firmware: Firmware
     readback_base: str = ""
+    # what the run should say but not refuse (a dry run's notes on what a real run refuses)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -448,6 +458,43 @@ def _origin_credentials(recipe: Recipe, ref: SecretRef, url: str, endpoint: str 
     return creds
 
 
+def _ambient_credentials(recipe: Recipe, url: str, endpoint: str | None, where: str,
+                         options: ReleaseOptions, *, dry_run: bool) -> str | None:
+    """An s3:// origin without origin.credentials, checked before anything is sent.
+
+    boto3 then signs every request with the credentials it finds itself (AWS_* variables,
+    AWS_PROFILE and ~/.aws, a container or instance role: the CI job's), while the recipe
+    chooses the bucket and the endpoint: a pull request could have the job's session
+    token sent to a host of its choosing, or publish into another bucket those
+    credentials may write. So they are used only for the origin the operator bound them
+    to (``options.ambient_credentials``), unless --unsafe-unbound-credentials. A dry run
+    signs nothing: there an unbound origin is a note (what the real run refuses); a
+    binding for another origin is refused in a dry run too, as a bound secret's is."""
+    binding = options.ambient_credentials
+    if binding is not None:
+        with _at(recipe, where):
+            check_ambient_scope(url, binding, endpoint=endpoint)
+        return None
+    if options.unsafe_unbound_credentials:
+        return None
+    shown = redact_url(url)
+    at = f" at origin.endpoint {redact_url(endpoint)}" if endpoint else ""
+    why = (f"{where}: origin.url {shown}{at}: the recipe gives no origin.credentials, so "
+           "every request would be signed with the ambient AWS credentials (AWS_* "
+           "variables, AWS_PROFILE or ~/.aws, a container or instance role); they are not "
+           "bound to an origin, and this recipe chooses where they go")
+    refusal = ConfigError(
+        f"{why}; nothing was sent",
+        hint=f"bind them to the origin they are meant for: {AMBIENT_ENV}='{shown}"
+             f"{' ' + endpoint if endpoint else ''}' (or --ambient-credentials; a recipe "
+             "pointing elsewhere is then refused), or give the recipe origin.credentials "
+             "bound to it, or, only for a recipe you trust, pass "
+             "--unsafe-unbound-credentials")
+    if dry_run:
+        return f"a real run would be refused: {why}. To run it: {refusal.hint}"
+    raise refusal
+
+
 def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
              dry_run: bool = False) -> Validated:
     """Everything that can be checked before anything is created (with ``dry_run``,
@@ -514,6 +561,12 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     creds = None
     if o is not None and o.credentials is not None:
         creds = _origin_credentials(recipe, o.credentials, url, o.endpoint, options)
+    warnings: list[str] = []
+    if creds is None and urlsplit(url).scheme.lower() == "s3":
+        note = _ambient_credentials(recipe, url, o.endpoint if o else None, where, options,
+                                    dry_run=dry_run)
+        if note is not None:
+            warnings.append(note)
 
     client_cert = client_key = None
     client_pass: PassphraseSource | None = None
@@ -540,7 +593,7 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                      client_key_passphrase=client_pass,
                      inputs=tuple(inputs), firmware=firmware,
                      readback_base=_public_base(options.readback_url, None, where)
-                     if options.readback_url else public)
+                     if options.readback_url else public, warnings=tuple(warnings))
 
 
 def _firmware_identity(fw: Firmware, toolchain: Callable[[], Mapping[str, str]]) -> Any:
