@@ -440,6 +440,47 @@ def parse_ambient_binding(text: str, source: str) -> AmbientBinding:
     return AmbientBinding(scope, endpoint, source)
 
 
+# The operator's binding of the CA home's TLS client certificate NAME (a recipe's
+# origin.client_cert) to the origin it may authenticate to (see ClientCertBinding);
+# `trustboot release --client-cert-origin` reads it by default.
+CLIENT_CERT_ENV = "TRUSTBOOT_CLIENT_CERT_ORIGIN"
+_CLIENT_CERT_FORM = f"{CLIENT_CERT_ENV}='https://HOST/PATH/ NAME'"
+_CERT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as `ca issue client NAME`
+
+
+@dataclass(frozen=True)
+class ClientCertBinding:
+    """The origin URL the CA's TLS client certificate ``name`` may authenticate to when a
+    recipe names it (origin.client_cert): written as a bound secret is, with the
+    certificate's name in the secret's place ('https://HOST/PATH/ NAME'). Every origin
+    that trusts the CA's client certificates takes writes made with it, and a recipe
+    chooses origin.url; the operator's binding says which origin the certificate is for.
+    Nothing in it is secret."""
+
+    scope: str
+    name: str
+    source: str = ""  # where it came from, for messages
+
+
+def parse_client_cert_binding(text: str, source: str) -> ClientCertBinding:
+    """'https://HOST/PATH/ NAME' (one line): the origin, then the certificate's name."""
+    value = text.strip()
+    words = value.split()
+    if (not value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value) or len(words) != 2
+            or urlsplit(words[0]).scheme.lower() not in ("https", "http")
+            or not _CERT_NAME.fullmatch(words[1])):
+        # never shown: a secret written here by mistake must not reach a log
+        raise ConfigError(f"{source} is not 'https://HOST/PATH/ NAME': it binds the TLS "
+                          "client certificate NAME of the CA to the origin it may "
+                          "authenticate to, and holds no secret",
+                          hint=f"write {_CLIENT_CERT_FORM} (NAME as in `trustboot ca issue "
+                               "client NAME` and the recipe's origin.client_cert)")
+    name = words[1]
+    scope = _check_scope(words[0], source, what=f"the client certificate {name} (bound by "
+                         f"{source})", then="", are="is")
+    return ClientCertBinding(scope, name, source)
+
+
 def _check_bound_endpoint(scope: str, endpoint: str, source: str, *, form: str,
                           what: str | None = None, then: str = _AFTER_URL) -> str:
     """The S3 endpoint written after an s3:// binding: scheme://host[:port] only."""
@@ -452,10 +493,10 @@ def _check_bound_endpoint(scope: str, endpoint: str, source: str, *, form: str,
 
 
 def _check_scope(url: str, source: str, *, what: str | None = None,
-                 then: str = _AFTER_URL) -> str:
+                 then: str = _AFTER_URL, are: str = "are") -> str:
     """A binding's URL, which must be an origin URL (``what``: who is bound to it)."""
     bad = ConfigError(
-        f"{what or f'credentials from {source}'} are bound to {redact_url(url)!r}, which "
+        f"{what or f'credentials from {source}'} {are} bound to {redact_url(url)!r}, which "
         "is not an origin URL", hint="write the origin's URL (scheme, host, path; nothing "
         f"after ? or #, no user@){then}")
     try:
@@ -615,8 +656,25 @@ def check_ambient_scope(url: str, binding: AmbientBinding, *,
                        f"{AMBIENT_ENV}='{here}'")
 
 
+def check_client_cert_scope(url: str, name: str, binding: ClientCertBinding) -> None:
+    """Refuse to authenticate to ``url`` with the client certificate ``name`` unless the
+    operator's ``binding`` is for that certificate and covers that origin."""
+    here = f"{CLIENT_CERT_ENV}='{redact_url(url)} {name}'"
+    if name != binding.name:
+        raise ConfigError(
+            f"{binding.source} binds the client certificate {binding.name}, not {name} "
+            "(origin.client_cert)",
+            hint="check origin.client_cert (a changed recipe must not authenticate with "
+                 f"another certificate), or bind this one if it is meant for this origin: "
+                 f"{here}")
+    _check_bound(url, None, binding.scope, None,
+                 what=f"the client certificate {name} (bound by {binding.source})",
+                 are="is", rebind=here,
+                 other=f"bind it to this origin if it is the one it is for: {here}")
+
+
 def _check_bound(url: str, endpoint: str | None, scope: str, bound_endpoint: str | None, *,
-                 what: str, rebind: str, other: str) -> None:
+                 what: str, rebind: str, other: str, are: str = "are") -> None:
     """The one rule for a binding (a secret's, or the ambient credentials'): ``url`` at
     or below ``scope``, and for s3:// the same endpoint (None: the default one)."""
     if credentials_cover(scope, url) and urlsplit(url).scheme.lower() == "s3":
@@ -627,7 +685,7 @@ def _check_bound(url: str, endpoint: str | None, scope: str, bound_endpoint: str
         if same:
             return
         raise ConfigError(
-            f"{what} are bound to {scope} at "
+            f"{what} {are} bound to {scope} at "
             f"{redact_url(bound_endpoint) if bound_endpoint else 'the default S3 endpoint'}"
             f", not at {redact_url(endpoint) if endpoint else 'the default S3 endpoint'}",
             hint="check the endpoint (a changed recipe or option must not have the store's "
@@ -635,7 +693,7 @@ def _check_bound(url: str, endpoint: str | None, scope: str, bound_endpoint: str
     if credentials_cover(scope, url):
         return
     raise ConfigError(
-        f"{what} are bound to origin {redact_url(scope)}, not to {redact_url(url)}",
+        f"{what} {are} bound to origin {redact_url(scope)}, not to {redact_url(url)}",
         hint="check the origin URL (a changed recipe or option must not send credentials "
              f"elsewhere), or {other}")
 
