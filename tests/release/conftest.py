@@ -126,6 +126,17 @@ def lab(session_ca: Path, tmp_path: Path) -> Iterator[Lab]:
 from tests.publish.conftest import nginx, nginx_origin, pki  # noqa: E402, F401
 
 
+@pytest.fixture(autouse=True)
+def _client_cert_bound_to_nginx(request: pytest.FixtureRequest,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test on the session's nginx releases lab recipes that write with the client
+    certificate publisher (tests.release.lab): the operator binds it to that origin, as
+    a CI job would (test_client_cert_binding checks the binding itself)."""
+    if "nginx" in request.fixturenames:
+        from trustboot.publish.origin import CLIENT_CERT_ENV
+        monkeypatch.setenv(CLIENT_CERT_ENV, f"{request.getfixturevalue('nginx').url} publisher")
+
+
 @contextlib.contextmanager
 def origin_lost_after_the_claim() -> Iterator[None]:
     """Inside: a publish loses the origin right after release.json claimed the id (the

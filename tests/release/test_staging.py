@@ -23,7 +23,7 @@ from tests.release.conftest import Lab
 from tests.release.lab import make_lab
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish import stream
-from trustboot.publish.origin import OriginOptions, open_origin, staging_of
+from trustboot.publish.origin import ClientCertBinding, OriginOptions, open_origin, staging_of
 from trustboot.release import staging
 from trustboot.release.pipeline import ReleaseResult, run_release
 from trustboot.release.plan import ReleaseOptions
@@ -49,9 +49,13 @@ def _lab(d: Path, pki: Pki, origin: str, *, kernel: int = SMALL, initrd: int = B
 
 
 def _release(recipe: Path, cache: Path, **kw: object) -> ReleaseResult:
-    options = ReleaseOptions(publish_cache=cache)
+    r = load_recipe(recipe)
+    # the lab writes with the client certificate publisher: bound to the lab's origin
+    bound = (ClientCertBinding(r.origin.url, "publisher", "the test")
+             if r.origin is not None and r.origin.client_cert is not None else None)
+    options = ReleaseOptions(publish_cache=cache, client_cert_origin=bound)
     kw.setdefault("now", NOW)
-    return run_release(load_recipe(recipe), options, **kw)  # type: ignore[arg-type]
+    return run_release(r, options, **kw)  # type: ignore[arg-type]
 
 
 def _tree(root: Path) -> dict[str, str]:

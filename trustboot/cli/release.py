@@ -24,7 +24,7 @@ from trustboot.cli._common import (
 )
 from trustboot.ipxe import sandbox
 from trustboot.ipxe.source import ENV_SOURCE
-from trustboot.publish.origin import AMBIENT_ENV
+from trustboot.publish.origin import AMBIENT_ENV, CLIENT_CERT_ENV
 
 
 class StageReporter:
@@ -76,8 +76,10 @@ class StageReporter:
               help="Send the recipe's origin.credentials even when they are not bound to "
               "an origin URL ('ORIGIN_URL user:password'), and, without "
               "--ambient-credentials, let the ambient AWS credentials sign the requests of "
-              "an s3:// recipe that has none: they then go to whatever origin.url (and "
-              "endpoint) the recipe names. Only for recipes you trust; warns on every run.")
+              "an s3:// recipe that has none, and, without --client-cert-origin, let the "
+              "recipe's origin.client_cert authenticate: they then go to whatever "
+              "origin.url (and endpoint) the recipe names. Only for recipes you trust; "
+              "warns on every run.")
 @click.option("--ambient-credentials", "ambient_credentials", envvar=AMBIENT_ENV,
               show_envvar=True, metavar="'S3_URL [ENDPOINT]'",
               help="The one s3:// origin (and S3 endpoint) that boto3's own credentials "
@@ -85,6 +87,12 @@ class StageReporter:
               "when the recipe gives no origin.credentials, e.g. 's3://boot/prod "
               "https://rgw.example.net'. Without it such a recipe is refused: it chooses "
               "its bucket and endpoint.")
+@click.option("--client-cert-origin", "client_cert_origin", envvar=CLIENT_CERT_ENV,
+              show_envvar=True, metavar="'ORIGIN_URL NAME'",
+              help="The origin the CA's TLS client certificate NAME may authenticate to when "
+              "the recipe names it (origin.client_cert), e.g. "
+              "'https://dav.example.net/boot/ publisher'. Without it such a recipe is "
+              "refused: it chooses its origin.url.")
 @click.option("--pkcs11-module", type=click.Path(path_type=Path, dir_okay=False),
               envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
               help="PKCS#11 module (.so) for a pkcs11: signer (a recipe may not name one).")
@@ -94,7 +102,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             ipxe_source: Path | None, cache_dir: Path | None, readback_url: str | None,
             reverify: bool, jobs: int | None, unsafe_unsandboxed: bool,
             unsafe_unbound_credentials: bool, ambient_credentials: str | None,
-            pkcs11_module: Path | None, as_json: bool) -> None:
+            client_cert_origin: str | None, pkcs11_module: Path | None, as_json: bool) -> None:
     """Release RECIPE: validate -> plan -> build iPXE -> render the menu -> sign ->
     manifest -> publish -> verify what the origin serves, as iPXE.
 
@@ -115,7 +123,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     """
     from trustboot.cli.progress import MakeProgress, upload_progress
     from trustboot.publish.cache import default_cache_path
-    from trustboot.publish.origin import parse_ambient_binding
+    from trustboot.publish.origin import parse_ambient_binding, parse_client_cert_binding
     from trustboot.release.pipeline import run_release
     from trustboot.release.plan import ReleaseOptions
     from trustboot.release.recipe import load_recipe
@@ -125,8 +133,9 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     if unsafe_unbound_credentials:
         warn("--unsafe-unbound-credentials: the recipe's origin.credentials may be sent "
              "unbound (and, without them, an s3:// origin's requests signed with the "
-             "ambient AWS credentials), to whatever origin.url and endpoint it names; a "
-             "changed recipe can send them to a host of its choosing")
+             "ambient AWS credentials, or its writes authenticated with the CA's client "
+             "certificate its origin.client_cert names), to whatever origin.url and "
+             "endpoint it names; a changed recipe can send them to a host of its choosing")
     binding = None
     if ambient_credentials is not None:
         from_env = click.get_current_context().get_parameter_source(
@@ -134,6 +143,13 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
         binding = parse_ambient_binding(
             ambient_credentials,
             f"environment variable {AMBIENT_ENV}" if from_env else "--ambient-credentials")
+    cert_binding = None
+    if client_cert_origin is not None:
+        from_env = click.get_current_context().get_parameter_source(
+            "client_cert_origin") == ParameterSource.ENVIRONMENT
+        cert_binding = parse_client_cert_binding(
+            client_cert_origin,
+            f"environment variable {CLIENT_CERT_ENV}" if from_env else "--client-cert-origin")
     r = load_recipe(recipe)
     passphrases = None
     explicit = passphrase_file is not None or passphrase_env is not None
@@ -147,7 +163,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
                              pkcs11_module=pkcs11_module,
                              unsafe_unsandboxed_build=unsafe_unsandboxed,
                              unsafe_unbound_credentials=unsafe_unbound_credentials,
-                             ambient_credentials=binding)
+                             ambient_credentials=binding,
+                             client_cert_origin=cert_binding)
     make = MakeProgress(quiet=as_json)  # a build of minutes shows it is alive, as ipxe build
     with upload_progress(as_json) as bars:
         try:

@@ -46,9 +46,12 @@ from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import check_entry_path, check_release_id
 from trustboot.publish.origin import (
     AMBIENT_ENV,
+    CLIENT_CERT_ENV,
     AmbientBinding,
+    ClientCertBinding,
     Credentials,
     check_ambient_scope,
+    check_client_cert_scope,
     check_credentials_scope,
     check_key,
     load_credentials,
@@ -111,6 +114,10 @@ class ReleaseOptions:
     # instance role) may sign for when a recipe gives no origin.credentials (operator
     # only: --ambient-credentials / TRUSTBOOT_AMBIENT_CREDENTIALS); None: not at all
     ambient_credentials: AmbientBinding | None = None
+    # the origin the CA's TLS client certificate a recipe names (origin.client_cert) may
+    # authenticate to (operator only: --client-cert-origin / TRUSTBOOT_CLIENT_CERT_ORIGIN);
+    # None: not at all, unless unsafe_unbound_credentials
+    client_cert_origin: ClientCertBinding | None = None
 
 
 @dataclass(frozen=True)
@@ -495,6 +502,39 @@ def _ambient_credentials(recipe: Recipe, url: str, endpoint: str | None, where: 
     raise refusal
 
 
+def _client_cert_binding(recipe: Recipe, name: str, url: str, where: str,
+                         options: ReleaseOptions, *, dry_run: bool) -> str | None:
+    """A recipe's origin.client_cert, checked before anything is sent.
+
+    Every origin that trusts the CA's client certificates takes the writes made with it
+    (another team's, production instead of staging), and the recipe chooses origin.url:
+    so the certificate authenticates only to the origin the operator bound it to
+    (``options.client_cert_origin``), unless --unsafe-unbound-credentials. As for the
+    ambient AWS credentials, a dry run of an unbound recipe is not refused: the note
+    returned says what the real run refuses (and the dry run presents no certificate);
+    a binding for another origin or certificate is refused in a dry run too."""
+    binding = options.client_cert_origin
+    if binding is not None:
+        with _at(recipe, where):
+            check_client_cert_scope(url, name, binding)
+        return None
+    if options.unsafe_unbound_credentials:
+        return None
+    shown = redact_url(url)
+    why = (f"{where}: origin.client_cert {name!r} is not bound to an origin, and this "
+           f"recipe chooses where it authenticates (origin.url {shown}): every origin that "
+           "trusts the CA's client certificates would take its writes")
+    refusal = ConfigError(
+        f"{why}; nothing was sent",
+        hint=f"bind it to the origin it is meant for: {CLIENT_CERT_ENV}='{shown} {name}' "
+             "(or --client-cert-origin; a recipe pointing elsewhere is then refused), or, "
+             "only for a recipe you trust, pass --unsafe-unbound-credentials")
+    if dry_run:
+        return (f"a real run would be refused: {why}. To run it: {refusal.hint}. This dry "
+                "run does not present the certificate")
+    raise refusal
+
+
 def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
              dry_run: bool = False) -> Validated:
     """Everything that can be checked before anything is created (with ``dry_run``,
@@ -577,7 +617,15 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
             raise ConfigError(f"{where}: origin.client_cert {o.client_cert!r} is not a "
                               f"client certificate of the CA in {ca_home}",
                               hint=f"trustboot ca issue client {o.client_cert} --pki {ca_home}")
-        client_pass = _secret_source(recipe, options, o.client_key_passphrase)
+        note = _client_cert_binding(recipe, o.client_cert, url, where, options,
+                                    dry_run=dry_run)
+        if note is not None:
+            # a dry run of an unbound certificate: what it lists, it lists without it
+            # (and its key's passphrase is not asked for)
+            warnings.append(note)
+            client_cert = client_key = None
+        else:
+            client_pass = _secret_source(recipe, options, o.client_key_passphrase)
     spec = recipe.ipxe
     chain_script = render_chain_script(ChainScript(
         url=public + entry_path, signer=signer_name, ntp_server=spec.ntp if spec else None,

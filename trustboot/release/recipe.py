@@ -136,7 +136,10 @@ RECIPE = Map("A trustboot release recipe (`trustboot release RECIPE`).", {
                     "to 'ORIGIN_URL user:password'",
             env_pattern=_CREDENTIALS_ENV),
         "client_cert": Str("TLS client certificate NAME of the CA (trustboot ca issue "
-                           "client NAME) for origins that take writes only from it",
+                           "client NAME) for origins that take writes only from it; it "
+                           "authenticates only to the origin the operator binds it to "
+                           "(TRUSTBOOT_CLIENT_CERT_ORIGIN='ORIGIN_URL NAME', unbound only "
+                           "with `trustboot release --unsafe-unbound-credentials`)",
                            pattern=_NAME),
         "client_key_passphrase": _secret_ref("the client key's passphrase (default: the "
                                              "signer's)"),
