@@ -37,6 +37,12 @@ class Burst:
     # (a slowloris origin: each read gets a byte well within any per-read timeout)
     trickle: float = 0.0
     trickle_body: bool = False  # the status line and headers at once, then the trickle
+    # > 0: the trickle stops (the connection closed) after this many seconds, so a client
+    # that never gives up is not held for the whole answer
+    trickle_for: float = 0.0
+    # the trickled answer says Connection: close (http.client then lets go of the socket
+    # the body is still read from)
+    close: bool = False
 
 
 @dataclass
@@ -101,13 +107,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         head = f"HTTP/1.1 {status} OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
         if self.command != "HEAD":
             head += f"Content-Length: {len(body)}\r\n"
+        if burst.close:
+            head += "Connection: close\r\n"
         data = (head + "\r\n").encode("latin-1") + (body if self.command != "HEAD" else b"")
         every = burst.trickle
+        until = time.monotonic() + burst.trickle_for if burst.trickle_for else float("inf")
+        if burst.close:
+            self.close_connection = True
         try:
             if burst.trickle_body:
                 self.wfile.write(data[:len(head) + 2])
                 data = data[len(head) + 2:]
             for i in range(len(data)):
+                if time.monotonic() >= until:
+                    self.close_connection = True  # the answer cut short
+                    return
                 self.wfile.write(data[i:i + 1])
                 self.wfile.flush()
                 time.sleep(every)
