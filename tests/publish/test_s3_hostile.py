@@ -17,14 +17,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
 
-from tests.publish.conftest import KEY_PASS, Pki
+from tests.publish.conftest import KEY_PASS, Pki, ReleaseFactory
 from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
 from tests.publish.s3proxy import Burst, PassState, s3_passthrough
+from trustboot.cli.main import cli
 from trustboot.errors import OperationalError
+from trustboot.publish.manifest import MAX_MANIFEST_BYTES
 from trustboot.publish.origin import Credentials, OriginOptions, open_origin
+from trustboot.publish.pipeline import MAX_ENTRY_SIZE
 
 DATA = b"0123456789abcdef" * 64  # 1 KiB
 
@@ -45,8 +49,9 @@ def proxied(rgw: RGW, pki: Pki, tmp_path: Path  # noqa: F811
         yield endpoint, state, f"s3://{bucket}/p"
 
 
-def _options(rgw: RGW, endpoint: str, timeout: float = 30.0) -> OriginOptions:  # noqa: F811
-    return OriginOptions(ca_file=rgw.ca_file, endpoint_url=endpoint, retries=0,
+def _options(rgw: RGW, endpoint: str, timeout: float = 30.0,  # noqa: F811
+             retries: int = 0) -> OriginOptions:
+    return OriginOptions(ca_file=rgw.ca_file, endpoint_url=endpoint, retries=retries,
                          timeout=timeout,
                          credentials=Credentials("basic", rgw.secret_key, rgw.access_key,
                                                  "test"))
@@ -153,8 +158,122 @@ def test_a_trickled_lock_record_ends_within_its_deadline(
         with pytest.raises(OperationalError) as err, origin.lock("me"):
             pass
         took = time.monotonic() - start
-    assert took < 2.0 + (4097 + (1 << 20)) / (64 << 10) + 5, took
+    # a prompt call: the head within the timeout and a second (it had what a 1 MiB
+    # answer may take, 18 s)
+    assert took < 2.0 + 1 + 2, took
     assert "served too slowly" in err.value.message, err.value.message
+
+
+# the proxy stops trickling after this long (the connection closed), so a client that
+# never gives up is not held for the whole answer
+TRICKLE_FOR = 9.0
+
+
+@pytest.mark.parametrize("mode,max_size", [
+    ("body", MAX_MANIFEST_BYTES), ("head", MAX_MANIFEST_BYTES), ("body", MAX_ENTRY_SIZE),
+    ("close", len(DATA)), ("close", MAX_MANIFEST_BYTES)])
+def test_a_trickled_object_is_given_up_on_by_what_came(
+        rgw: RGW, proxied: tuple[str, PassState, str], mode: str,  # noqa: F811
+        max_size: int) -> None:
+    """S3Origin.read (release.json, manifests, the entry script, the switch journal): its
+    deadline was what an object of ``max_size`` may take at the slowest rate, a small
+    object trickled a byte every half second held the read 66 s (a 4 MiB cap) or 258 s
+    (16 MiB) whatever the timeout. Now the head must come within the timeout and a
+    second, then the body at MIN_RATE after a timeout's grace; a cut is not retried.
+    "close": the answer says Connection: close, and http.client lets go of the socket the
+    body is still read from: the watchdog never cut it, whatever its deadline (held until
+    the store stopped, here TRICKLE_FOR)."""
+    endpoint, state, origin_url = proxied
+    state.bursts = [Burst("GET", r"/p/obj$", 10, trickle=0.5, trickle_body=mode != "head",
+                          close=mode == "close", trickle_for=TRICKLE_FOR)]
+    with open_origin(origin_url, _options(rgw, endpoint, timeout=2.0, retries=2)) as origin:
+        start = time.monotonic()
+        with pytest.raises(OperationalError) as err:
+            b"".join(origin.read("obj", max_size=max_size))
+        took = time.monotonic() - start
+        state.bursts = []
+        assert b"".join(origin.read("obj", max_size=max_size)) == DATA
+    assert took < 2.0 + 1 + 2, took
+    assert err.value.exit_code == 1
+    assert err.value.message.startswith(f"{origin_url}/obj was served too slowly"), \
+        err.value.message
+    # given up on, not sent again (the retries would each be trickled as long)
+    assert [s[0] for s in state.seen if s[1].endswith("/p/obj")] == ["GET", "GET"]
+
+
+@pytest.mark.parametrize("call", ["stat", "list", "list_dirs"])
+def test_a_trickled_head_or_listing_is_given_up_on_by_what_came(
+        rgw: RGW, proxied: tuple[str, PassState, str], call: str) -> None:  # noqa: F811
+    """A HEAD (stat) and a listing page are answered at once by the store too: they had
+    what a 1 MiB answer may take (18 s with a 2 s timeout), a trickled listing page for
+    each page of a listing."""
+    endpoint, state, origin_url = proxied
+    state.bursts = [Burst("HEAD", r"/p/obj$", 10, trickle=0.5, trickle_for=TRICKLE_FOR)
+                    if call == "stat" else
+                    Burst("GET", r"list-type=2", 10, trickle=0.5, trickle_body=True,
+                          trickle_for=TRICKLE_FOR)]
+    with open_origin(origin_url, _options(rgw, endpoint, timeout=2.0)) as origin:
+        start = time.monotonic()
+        with pytest.raises(OperationalError, match="served too slowly") as err:
+            if call == "stat":
+                origin.stat("obj")
+            elif call == "list":
+                origin.list("")
+            else:
+                origin.list_dirs("")
+        took = time.monotonic() - start
+        state.bursts = []
+        assert origin.stat("obj") is not None and origin.list("") == ["obj"]
+    assert took < 2.0 + 1 + 2, took
+    assert err.value.message.startswith(origin_url), err.value.message
+
+
+@pytest.mark.parametrize("mode", ["body", "head"])
+def test_publish_rollback_gives_up_on_a_trickled_manifest(
+        rgw: RGW, pki: Pki, make_release: ReleaseFactory, tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """The CLI through the real S3 path: a release.json trickled held `publish rollback
+    --timeout 2` for 66 s (its 4 MiB cap at the slowest rate)."""
+    bucket = f"tb-trickled-{os.getpid()}-{os.urandom(3).hex()}"
+    rgw.client().create_bucket(Bucket=bucket)
+    monkeypatch.setenv("TB_TEST_S3_CREDENTIALS", f"{rgw.access_key}:{rgw.secret_key}")
+    origin = f"s3://{bucket}/boot"
+    release = make_release({"boot.ipxe": b"#!ipxe\necho one\n", "vmlinuz": b"k" * 1000})
+    common = ["--pki", str(pki.dir), "--credentials-env", "TB_TEST_S3_CREDENTIALS"]
+    res = CliRunner().invoke(cli, ["publish", str(release), origin, "--release-id", "r1",
+                                   "--endpoint-url", rgw.endpoint, *common])
+    assert res.exit_code == 0, res.output
+    chain = tmp_path / "proxy-chain.pem"
+    chain.write_bytes(pki.cert("origin").read_bytes()
+                      + (pki.dir / "issuing-ca.crt").read_bytes())
+    with s3_passthrough(rgw.endpoint, cert=chain, key=pki.key("origin"),
+                        key_password=KEY_PASS, ca=pki.ca) as (endpoint, state):
+        state.bursts = [Burst("GET", r"/boot/releases/r1/release\.json$", 10, trickle=0.5,
+                              trickle_body=mode == "body", trickle_for=TRICKLE_FOR)]
+        start = time.monotonic()
+        res = CliRunner().invoke(cli, ["publish", "rollback", origin, "r1", "--endpoint-url",
+                                       endpoint, "--timeout", "2", *common])
+        took = time.monotonic() - start
+    assert res.exit_code == 1, res.output
+    assert f"{origin}/releases/r1/release.json was served too slowly" in res.output, \
+        res.output
+    assert took < 7, took
+
+
+def test_a_large_object_is_read_as_before(rgw: RGW, pki: Pki) -> None:  # noqa: F811
+    """The positive control, on the real RGW: a healthy object of several MiB reads whole,
+    in reads growing from 64 KiB to 1 MiB (not shrunk to the first read's size)."""
+    bucket = f"tb-large-{os.getpid()}-{os.urandom(3).hex()}"
+    data = os.urandom(9 << 20)
+    s3 = rgw.client()
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="p/big", Body=data)
+    with open_origin(f"s3://{bucket}/p", _options(rgw, rgw.endpoint, timeout=2.0)) as origin:
+        chunks = list(origin.read("big", max_size=len(data)))
+    assert b"".join(chunks) == data
+    assert [len(c) for c in chunks[:5]] == [64 << 10, 128 << 10, 256 << 10, 512 << 10,
+                                            1 << 20]
+    assert max(len(c) for c in chunks) == 1 << 20
 
 
 def test_the_deadline_watch_reaches_no_private_attribute_of_botocore() -> None:

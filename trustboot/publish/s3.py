@@ -33,7 +33,15 @@ other commands never load boto3.
   forever. Every call (with botocore's retries) ends within ``timeout`` + (its upload +
   its answer) / MIN_RATE, as on WebDAV: the connections it sends on are registered with a
   watchdog (``deadline.Watchdog``) that shuts them down at the deadline, and the failure is
-  "served too slowly" (exit 1). A GET's budget counts its ``max_size``. The requests are
+  "served too slowly" (exit 1), never retried. A GET's budget counts its ``max_size``,
+  which alone let a small object trickled take what the largest may (66 s for a 4 MiB
+  cap): the calls the store answers at once (GET, HEAD, a listing) are also given up on
+  by what came, as on WebDAV: each request's head within ``timeout`` + HEAD_SECONDS, then
+  its body at MIN_RATE after one timeout's grace (``deadline.paced``), the watchdog's
+  deadline moved before each read to that of the bytes filling it (an object's reads
+  begin at 64 KiB and double to 1 MiB), on the socket the request was sent on
+  (http.client lets go of it when the answer says Connection: close). Uploads and
+  copies keep the whole budget: the store works before it answers. The requests are
   sent by ``_Sender`` through botocore's public ``before-send`` event, on urllib3 pools
   whose connections register themselves: no private attribute of botocore is touched.
 * Text the store sends (error codes and messages) goes through ``text.clean`` before it
@@ -101,7 +109,7 @@ from botocore.utils import get_environ_proxies
 
 from trustboot import jsonin
 from trustboot.errors import ConfigError, OperationalError, VerificationError
-from trustboot.publish.deadline import Watchdog, too_slow
+from trustboot.publish.deadline import HEAD_SECONDS, Watchdog, paced, too_slow
 from trustboot.publish.deadline import budget as deadline_budget
 from trustboot.publish.fileorigin import LOCK_NAME
 from trustboot.publish.http import tls_context, tls_failure
@@ -129,7 +137,10 @@ MULTIPART_THRESHOLD = 64 << 20  # above this, multipart (S3 caps a single PUT at
 PART_SIZE = 16 << 20
 MAX_PARTS = 10_000
 MAX_COPY_SIZE = 5 << 30  # a single server-side copy; entry objects are far smaller
-READ_CHUNK = 1 << 16
+READ_CHUNK = 1 << 20  # an object's body is read in reads of up to this
+# ... beginning with this one, doubled each time: a read's deadline is that of the bytes
+# filling it (see S3Origin._chunks), a second's worth at MIN_RATE, not READ_CHUNK's sixteen
+FIRST_READ = 1 << 16
 LOCK_SETTLE = 1.0
 MAX_CONNECTIONS = 16  # per origin: botocore's pool and our sender's (_Sender) alike
 SHA256_META = "sha256"
@@ -151,26 +162,64 @@ _current = threading.local()  # .watch: the _Watch of this thread's S3 call, if 
 
 
 class _Watch:
-    """The connections one S3 call (botocore's retries included) sends on, shut down by
-    ``deadlines`` once ``budget`` seconds have passed (see the module docstring)."""
+    """The requests one S3 call (botocore's retries included) sends, each one's connection
+    shut down by ``deadlines`` at its deadline (see the module docstring): all by
+    ``budget`` seconds from the call's start. A prompt call's (``grace``: the request's own
+    time, a server having nothing to do before it answers a GET, a HEAD or a listing) also
+    by what came: the head within ``grace`` and HEAD_SECONDS of the request, then the body
+    at MIN_RATE after ``grace`` (deadline.paced)."""
 
-    def __init__(self, deadlines: Watchdog, budget: float) -> None:
+    def __init__(self, deadlines: Watchdog, budget: float, *,
+                 grace: float | None = None) -> None:
         self.deadlines = deadlines
         self.budget = budget
-        self.due = time.monotonic() + budget
-        self.tokens: list[int] = []
+        self.start = time.monotonic()
+        self.due = self.start + budget
+        self.grace = grace
+        self.token: int | None = None  # the request on the wire (one at a time)
+        self.sock: socket.socket | None = None  # its socket, once its answer's head is in
+        self.begun = self.start  # when that head came in
         self.late = False
 
     def add(self, conn: Any) -> None:
-        self.tokens.append(self.deadlines.watch(conn, self.due))
+        # botocore sends one request at a time: the one before this (an attempt retried)
+        # is over, and its connection may already serve another thread's call
+        self._settle()
+        self.sock = None
+        due = self.due if self.grace is None else \
+            min(self.due, time.monotonic() + self.grace + HEAD_SECONDS)
+        self.token = self.deadlines.watch(conn, due)
+
+    def head_in(self, sock: socket.socket | None) -> None:
+        """The request's answer has its head; its body comes on ``sock``."""
+        self.begun = time.monotonic()
+        self.sock = sock
+        self.pace(0)
+
+    def pace(self, received: int) -> None:
+        """The answer's body is to have brought ``received`` bytes by its deadline: the
+        request's deadline is moved to theirs (prompt calls; others keep the call's), and
+        the socket pinned (http.client lets go of it, conn.sock None, when the answer
+        says Connection: close, while the body is still read from it)."""
+        if self.token is None:
+            return
+        due = self.due if self.grace is None else \
+            min(self.due, paced(self.begun, self.grace, received))
+        self.deadlines.move(self.token, due, self.sock)
 
     def end(self) -> bool:
-        """Stop watching (again: a no-op); whether the deadline passed."""
-        for token in self.tokens:
-            self.late |= self.deadlines.done(token)
-        self.tokens.clear()
+        """Stop watching (again: a no-op); whether a deadline passed."""
+        self._settle()
         self.late |= time.monotonic() >= self.due
         return self.late
+
+    def _settle(self) -> None:
+        if self.token is not None:
+            self.late |= self.deadlines.done(self.token)
+            self.token = None
+
+    def too_slow(self, url: str) -> OperationalError:
+        return too_slow(url, time.monotonic() - self.start)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -182,25 +231,49 @@ class _Watch:
             _current.watch = outer
 
 
-def _watched(conn: Any) -> None:
+def _sending(conn: Any) -> None:
     watch = getattr(_current, "watch", None)
     if watch is not None:
         watch.add(conn)
 
 
+def _answered(sock: socket.socket | None) -> None:
+    watch = getattr(_current, "watch", None)
+    if watch is not None:
+        watch.head_in(sock)
+
+
+class _Late(OperationalError):
+    """A request of a call given up on at its deadline (see _Sender.send)."""
+
+
 # botocore's own connection classes, registering each request with the calling
 # thread's _Watch (urllib3's connections are http.client connections: the Watchdog shuts
-# down their socket)
+# down their socket) and telling it when the answer's head is in, with the socket its
+# body comes on (taken before: conn.sock is None by then if the answer says
+# Connection: close)
 class _WatchedHTTPConnection(AWSHTTPConnection):
     def request(self, *args: Any, **kwargs: Any) -> Any:
-        _watched(self)
+        _sending(self)
         return super().request(*args, **kwargs)
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        sock = self.sock
+        response = super().getresponse(*args, **kwargs)
+        _answered(sock)
+        return response
 
 
 class _WatchedHTTPSConnection(AWSHTTPSConnection):
     def request(self, *args: Any, **kwargs: Any) -> Any:
-        _watched(self)
+        _sending(self)
         return super().request(*args, **kwargs)
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        sock = self.sock
+        response = super().getresponse(*args, **kwargs)
+        _answered(sock)
+        return response
 
 
 class _WatchedHTTPPool(AWSHTTPConnectionPool):
@@ -219,18 +292,28 @@ MAX_ANSWER_READ = 16 << 20
 class _CappedRaw:
     """A urllib3 response whose ``stream()`` (what AWSResponse.content reads) ends in
     TooLarge past MAX_ANSWER_READ bytes: a store's endless answer to a listing or a PUT
-    otherwise filled memory until the call's deadline."""
+    otherwise filled memory until the call's deadline. Each read is paced by ``watch``
+    (a prompt call's answer is given up on by what came, see _Watch)."""
 
-    def __init__(self, raw: Any, where: str) -> None:
+    def __init__(self, raw: Any, where: str, watch: _Watch | None) -> None:
         self._raw = raw
         self._where = where
+        self._watch = watch
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._raw, name)
 
-    def stream(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+    def stream(self, amt: int = 1 << 16, decode_content: bool | None = None
+               ) -> Iterator[bytes]:
         total = 0
-        for chunk in self._raw.stream(*args, **kwargs):
+        chunks = self._raw.stream(amt, decode_content)
+        while True:
+            if self._watch is not None:
+                # a read returns once its buffer is full: the deadline of the bytes filling it
+                self._watch.pace(total + amt)
+            chunk = next(chunks, None)
+            if chunk is None:
+                return
             total += len(chunk)
             if total > MAX_ANSWER_READ:
                 self._raw.close()
@@ -278,6 +361,19 @@ class _Sender:
             return self._proxied[proxy], proxy
 
     def send(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse:
+        watch: _Watch | None = getattr(_current, "watch", None)
+        # a request cut at its deadline is the end of its call, not retried: botocore
+        # would send it again, each attempt trickled as long (and after a backoff)
+        if watch is not None and watch.end():
+            raise _Late(f"{request.url} was given up on at its deadline")
+        try:
+            return self._exchange(request, watch)
+        except bexc.BotoCoreError:
+            if watch is not None and watch.end():
+                raise _Late(f"{request.url} was given up on at its deadline") from None
+            raise
+
+    def _exchange(self, request: AWSPreparedRequest, watch: _Watch | None) -> AWSResponse:
         url = request.url
         proxy: str | None = None
         try:
@@ -302,7 +398,7 @@ class _Sender:
                 # botocore reads whole to parse it: capped below like any answer.)
                 return AWSResponse(url, raw.status, cast(Any, raw.headers), raw)
             response = AWSResponse(url, raw.status, cast(Any, raw.headers),
-                                   _CappedRaw(raw, f"{parts.netloc}{parts.path}"))
+                                   _CappedRaw(raw, f"{parts.netloc}{parts.path}", watch))
             response.content  # noqa: B018  (read now, within the call's watch)
             return response
         except u3exc.SSLError as exc:
@@ -610,30 +706,37 @@ class S3Origin(GuardedByLock):
 
     @contextlib.contextmanager
     def _timed(self, key: str, *, size: int = 0, budget: float | None = None,
-               keep: bool = False) -> Iterator[_Watch]:
+               keep: bool = False, prompt: bool = False) -> Iterator[_Watch]:
         """One call within its deadline: ``timeout`` + (``size`` + MAX_ANSWER) / MIN_RATE,
         or ``budget``. A failure after it is "served too slowly" (see the docstring).
-        ``keep``: still watched after a success (a body to read; the reader ends it)."""
+        ``keep``: still watched after a success (a body to read; the reader ends it).
+        ``prompt``: a call the store answers at once (a GET, a HEAD, a listing), also
+        given up on by what came: ``budget`` is what its largest answer may take, and a
+        small one trickled must not take as long (a release.json, 4 MiB cap, held
+        `publish rollback --timeout 2` for 66 s). Other calls may make the store work
+        before it answers (an upload, a server-side copy): theirs is the whole budget."""
         watch = _Watch(self._deadlines, budget if budget is not None else
-                       deadline_budget(self.options.timeout, size + MAX_ANSWER))
+                       deadline_budget(self.options.timeout, size + MAX_ANSWER),
+                       grace=self.options.timeout if prompt else None)
         try:
             with watch.active():
                 yield watch
         except (bexc.BotoCoreError, bexc.ClientError, OperationalError) as exc:
             if not watch.end() or isinstance(exc, TooLarge):
                 raise
-            raise too_slow(f"{self.url}{key}", watch.budget) from None
+            raise watch.too_slow(f"{self.url}{key}") from None
         except BaseException:
             watch.end()
             raise
         # an answer cut at the deadline can parse as a shorter one (urllib3 only logs
         # headers that end early): past the deadline nothing that arrived counts
         if (not keep or time.monotonic() >= watch.due) and watch.end():
-            raise too_slow(f"{self.url}{key}", watch.budget)
+            raise watch.too_slow(f"{self.url}{key}")
 
     @contextlib.contextmanager
-    def _calling(self, key: str, action: str, *, size: int = 0) -> Iterator[None]:
-        with self._timed(key, size=size):
+    def _calling(self, key: str, action: str, *, size: int = 0,
+                 prompt: bool = False) -> Iterator[None]:
+        with self._timed(key, size=size, prompt=prompt):
             try:
                 yield
             except (bexc.BotoCoreError, bexc.ClientError) as exc:
@@ -651,7 +754,7 @@ class S3Origin(GuardedByLock):
     def stat(self, key: str) -> ObjectStat | None:
         full = self._full(key)
         try:
-            with self._timed(key):
+            with self._timed(key, prompt=True):
                 head = self.client.head_object(Bucket=self.bucket, Key=full)
         except bexc.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -743,10 +846,11 @@ class S3Origin(GuardedByLock):
 
     def read(self, key: str, *, max_size: int) -> Iterator[bytes]:
         full = self._full(key)
-        # one deadline for the request and its body (read by _chunks)
+        # one deadline for the request and its body (read by _chunks): its head by the
+        # timeout (and a second), then its body paced by what came
         try:
             with self._timed(key, budget=deadline_budget(self.options.timeout, max_size),
-                             keep=True) as watch:
+                             keep=True, prompt=True) as watch:
                 obj = self.client.get_object(Bucket=self.bucket, Key=full)
         except bexc.ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchKey":
@@ -764,17 +868,25 @@ class S3Origin(GuardedByLock):
 
     def _chunks(self, body: Any, key: str, max_size: int, watch: _Watch) -> Iterator[bytes]:
         total = 0
+        want = FIRST_READ
         try:
-            for chunk in body.iter_chunks(READ_CHUNK):
+            while True:
+                # a read returns once its buffer is full (or the body ends): the deadline
+                # of the bytes that fill it, so the first reads are small
+                watch.pace(total + want)
+                chunk = body.read(want)
+                if not chunk:
+                    break
+                want = min(2 * want, READ_CHUNK)
                 total += len(chunk)
                 if total > max_size:
                     raise TooLarge(f"{self.url}{key} is larger than {max_size} bytes")
                 yield chunk
             if watch.end():  # the body may have been cut at the deadline (see _timed)
-                raise too_slow(f"{self.url}{key}", watch.budget)
+                raise watch.too_slow(f"{self.url}{key}")
         except (bexc.BotoCoreError, bexc.ClientError) as exc:
             if watch.end():
-                raise too_slow(f"{self.url}{key}", watch.budget) from None
+                raise watch.too_slow(f"{self.url}{key}") from None
             raise self._error(exc, key, "GET") from None
         finally:
             body.close()
@@ -802,7 +914,7 @@ class S3Origin(GuardedByLock):
             Bucket=self.bucket, **args))
         while True:
             budget.request()
-            with self._calling(prefix, "listing"):
+            with self._calling(prefix, "listing", prompt=True):
                 page = next(pages, None)
             if page is None:
                 return
@@ -872,9 +984,10 @@ class S3Origin(GuardedByLock):
             # within a deadline, as every call: a store trickling the record held the
             # lock's taker (and the heartbeat, and the switch's check) for as long as it
             # liked
-            with self._timed(LOCK_NAME, size=4097):
+            with self._timed(LOCK_NAME, size=4097, prompt=True) as watch:
                 obj = self.client.get_object(Bucket=self.bucket, Key=self._full(LOCK_NAME))
                 with contextlib.closing(obj["Body"]) as body:
+                    watch.pace(4097)
                     data = body.read(4097)
         except bexc.ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchKey":
