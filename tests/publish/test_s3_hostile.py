@@ -260,6 +260,25 @@ def test_publish_rollback_gives_up_on_a_trickled_manifest(
     assert took < 7, took
 
 
+def test_a_get_whose_head_is_cut_short_is_not_an_empty_object(
+        rgw: RGW, proxied: tuple[str, PassState, str]) -> None:  # noqa: F811
+    """A store (or the path to it) closing the connection within an answer's head:
+    http.client takes the connection's end for the head's, and the object, read to that
+    end, was empty: `publish rollback` called its release.json no JSON (exit 3). It is a
+    transfer error (retried; exit 1 once the retries are spent)."""
+    endpoint, state, origin_url = proxied
+    # about 50 bytes of the head (the length comes last), then the connection closed
+    state.bursts = [Burst("GET", r"/p/obj$", 10, trickle=0.02, trickle_for=1.0)]
+    with open_origin(origin_url, _options(rgw, endpoint, timeout=2.0)) as origin:
+        with pytest.raises(OperationalError) as err:
+            b"".join(origin.read("obj", max_size=1 << 20))
+        assert err.value.exit_code == 1
+        assert err.value.message.startswith(f"{origin_url}/obj: GET failed"), \
+            err.value.message
+        state.bursts = [Burst("GET", r"/p/obj$", 1, trickle=0.02, trickle_for=1.0)]
+        assert b"".join(origin.read("obj", max_size=1 << 20)) == DATA  # retried
+
+
 def test_a_large_object_is_read_as_before(rgw: RGW, pki: Pki) -> None:  # noqa: F811
     """The positive control, on the real RGW: a healthy object of several MiB reads whole,
     in reads growing from 64 KiB to 1 MiB (not shrunk to the first read's size)."""

@@ -394,6 +394,13 @@ class _Sender:
                                decode_content=False, chunked=chunked,
                                enforce_content_length=False)
             if request.stream_output and raw.status < 300:
+                if raw.headers.get("Content-Length") is None and "chunked" not in \
+                        str(raw.headers.get("Transfer-Encoding", "")).lower():
+                    # a store sends an object with its length (or chunked): none is a head
+                    # cut short (http.client takes the connection's end for the head's),
+                    # and the body read to that end was the object, empty
+                    raw.close()
+                    raise u3exc.ProtocolError("the answer ended within its head")
                 # an object's body: read (capped) by S3Origin.read. (An error's body
                 # botocore reads whole to parse it: capped below like any answer.)
                 return AWSResponse(url, raw.status, cast(Any, raw.headers), raw)
