@@ -269,7 +269,7 @@ def test_a_get_whose_head_is_cut_short_is_not_an_empty_object(
     endpoint, state, origin_url = proxied
     # about 50 bytes of the head (the length comes last), then the connection closed
     state.bursts = [Burst("GET", r"/p/obj$", 10, trickle=0.02, trickle_for=1.0)]
-    with open_origin(origin_url, _options(rgw, endpoint, timeout=2.0)) as origin:
+    with open_origin(origin_url, _options(rgw, endpoint, timeout=2.0, retries=1)) as origin:
         with pytest.raises(OperationalError) as err:
             b"".join(origin.read("obj", max_size=1 << 20))
         assert err.value.exit_code == 1
@@ -542,3 +542,44 @@ def test_a_stalled_error_answer_to_a_get_is_the_stores_error(pki: Pki) -> None:
         with open_origin("s3://bucket/p", options) as origin, \
                 pytest.raises(OperationalError):
             b"".join(origin.read("vmlinuz", max_size=1024))
+
+
+failing_requests: list[str] = []
+
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    """A store that answers every request 503 (a retryable error)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _unavailable(self) -> None:
+        failing_requests.append(f"{self.command} {self.path}")
+        body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable'
+                b"</Code><Message>down</Message></Error>")
+        self.wfile.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml"
+                         b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    do_GET = do_HEAD = do_PUT = _unavailable
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_retries_are_what_the_option_says(pki: Pki, monkeypatch: pytest.MonkeyPatch,
+                                          retries: int) -> None:
+    """--retries N is N retries after the first request, as on WebDAV: botocore's
+    max_attempts counts retries only, so N + 1 there sent N + 1 retries (two requests
+    with --retries 0, each a wait on a failing store)."""
+    from tests.publish.conftest import http_server
+
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)  # botocore's own setting
+    failing_requests.clear()
+    with http_server(_Unavailable) as url:
+        options = OriginOptions(endpoint_url=url.rstrip("/"), unsafe_http=True,
+                                retries=retries, ca_file=pki.ca, timeout=10.0,
+                                credentials=Credentials("basic", "secret", "access", "test"))
+        with open_origin("s3://bucket/p", options) as origin, \
+                pytest.raises(OperationalError):
+            b"".join(origin.read("obj", max_size=1 << 10))
+    assert len(failing_requests) == retries + 1, failing_requests

@@ -600,7 +600,9 @@ class S3Origin(GuardedByLock):
             signature_version="s3v4",
             connect_timeout=opts.timeout,
             read_timeout=opts.timeout,
-            retries={"max_attempts": max(1, opts.retries + 1), "mode": "standard"},
+            # total_max_attempts counts the first request (max_attempts counts retries
+            # only: N + 1 there was one retry more than --retries N)
+            retries={"total_max_attempts": opts.retries + 1, "mode": "standard"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             s3={"addressing_style": "path" if self.endpoint else "auto"},
