@@ -637,6 +637,13 @@ def _syncfs_call() -> Callable[[int], int] | None:
     return fn
 
 
+def write_fully(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (os.write may write less than it is given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_temp(target: Path, data: bytes, *, mode: int = 0o644, sync: bool = True,
                name: str | None = None) -> Path:
     """Write ``data`` to a new temp file beside ``target`` (to be renamed onto it).
@@ -660,9 +667,7 @@ def write_temp(target: Path, data: bytes, *, mode: int = 0o644, sync: bool = Tru
         # file, which signing many small files pays hundreds of times
         try:
             os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_fully(fd, data)
             if sync:
                 os.fsync(fd)
         finally:

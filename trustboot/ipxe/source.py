@@ -20,7 +20,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from trustboot.errors import ConfigError, OperationalError
-from trustboot.fsutil import PRIVATE_DIR_MODE, holding_dir, make_dirs, remove_unlocked_dirs
+from trustboot.fsutil import (
+    PRIVATE_DIR_MODE,
+    holding_dir,
+    make_dirs,
+    remove_unlocked_dirs,
+    write_fully,
+)
 from trustboot.subproc import git_env
 
 ENV_SOURCE = "TRUSTBOOT_IPXE_SRC"
@@ -184,7 +190,7 @@ def _file_entry(file: Path, copy_to: Path | None) -> bytes:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 inner.update(block)
                 if out is not None:
-                    _write_all(out, block)
+                    write_fully(out, block)
             if out is not None:
                 # the permission bits, never set-id bits; then the source's times
                 os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)
@@ -194,12 +200,6 @@ def _file_entry(file: Path, copy_to: Path | None) -> bytes:
                 os.close(out)
     executable = b"x" if os.access(file, os.X_OK) else b"-"
     return executable + inner.digest()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _changed(file: Path) -> OperationalError:

@@ -186,9 +186,7 @@ class FileOrigin(StagesUploads, GuardedByLock):
                 digest = hashlib.sha256()
                 for chunk in chunks:
                     digest.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    fsutil.write_fully(fd, chunk)
                     if progress:
                         progress(len(chunk))
                 if sha256 is not None and digest.hexdigest() != sha256:

@@ -26,7 +26,7 @@ import httpcore
 import httpx
 
 from trustboot.errors import ConfigError, OperationalError, VerificationError, find_in_chain
-from trustboot.fsutil import read_capped
+from trustboot.fsutil import read_capped, write_fully
 from trustboot.publish.deadline import DeadlineBackend
 from trustboot.publish.origin import SERVER_CHAIN_HINT
 from trustboot.publish.proxy import Proxy, proxy_for
@@ -226,9 +226,7 @@ def loadable(data: bytes) -> Iterator[str]:
     it), and a client key never touches a disk."""
     fd = os.memfd_create("trustboot-tls", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_fully(fd, data)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
                     | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
         yield f"/proc/self/fd/{fd}"
