@@ -57,6 +57,12 @@ def budget(timeout: float, size: int, *, min_rate: float = MIN_RATE) -> float:
 HEAD_SECONDS = 1.0
 
 
+# A paced body's first read, doubled after each up to the reader's largest: a read returns
+# once its buffer is full, so its deadline is that of the bytes filling it (``paced``): a
+# second's worth at MIN_RATE, not sixteen seconds' for a 1 MiB buffer.
+FIRST_READ = MIN_RATE
+
+
 def paced(start: float, grace: float, received: int, *, min_rate: float = MIN_RATE) -> float:
     """When (time.monotonic()) a body begun at ``start`` must have brought ``received``
     bytes: after ``grace`` seconds, at ``min_rate``. A deadline by what came, not by the

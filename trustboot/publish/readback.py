@@ -51,6 +51,7 @@ from trustboot.errors import (
     VerificationError,
 )
 from trustboot.publish.deadline import (
+    FIRST_READ,
     HEAD_SECONDS,
     MIN_RATE,
     Watchdog,
@@ -71,11 +72,7 @@ from trustboot.publish.proxy import proxy_for
 from trustboot.publish.stream import open_regular
 from trustboot.text import clean
 
-CHUNK = 1 << 20
-# A body's first read (then doubled up to CHUNK): a read returns once its buffer is full,
-# so its deadline is that of the bytes filling it (see _read_body); a second's worth at
-# MIN_RATE, not CHUNK's sixteen.
-FIRST_READ = 64 << 10
+CHUNK = 1 << 20  # a body's largest read (its first: deadline.FIRST_READ, see _read_body)
 
 # Redirects followed before the read-back gives up. iPXE follows the Location of any
 # answer that is not a 2xx (a 3xx, or even a 404 with one), with no limit of its own

@@ -109,7 +109,7 @@ from botocore.utils import get_environ_proxies
 
 from trustboot import jsonin
 from trustboot.errors import ConfigError, OperationalError, VerificationError
-from trustboot.publish.deadline import HEAD_SECONDS, Watchdog, paced, too_slow
+from trustboot.publish.deadline import FIRST_READ, HEAD_SECONDS, Watchdog, paced, too_slow
 from trustboot.publish.deadline import budget as deadline_budget
 from trustboot.publish.fileorigin import LOCK_NAME
 from trustboot.publish.http import tls_context, tls_failure
@@ -137,10 +137,9 @@ MULTIPART_THRESHOLD = 64 << 20  # above this, multipart (S3 caps a single PUT at
 PART_SIZE = 16 << 20
 MAX_PARTS = 10_000
 MAX_COPY_SIZE = 5 << 30  # a single server-side copy; entry objects are far smaller
-READ_CHUNK = 1 << 20  # an object's body is read in reads of up to this
-# ... beginning with this one, doubled each time: a read's deadline is that of the bytes
-# filling it (see S3Origin._chunks), a second's worth at MIN_RATE, not READ_CHUNK's sixteen
-FIRST_READ = 1 << 16
+# an object's body is read in reads of up to this, from deadline.FIRST_READ doubled each
+# time (see S3Origin._chunks)
+READ_CHUNK = 1 << 20
 LOCK_SETTLE = 1.0
 MAX_CONNECTIONS = 16  # per origin: botocore's pool and our sender's (_Sender) alike
 SHA256_META = "sha256"
