@@ -421,7 +421,7 @@ def parse_ambient_binding(text: str, source: str) -> AmbientBinding:
     """'s3://BUCKET/PREFIX' or 's3://BUCKET/PREFIX https://ENDPOINT' (one line)."""
     what = f"the ambient AWS credentials (bound by {source})"
     value = text.strip()
-    if not value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if not _one_line(value):
         raise ConfigError(f"{source} must be one line: the s3:// origin URL the ambient AWS "
                           "credentials are for, then its endpoint", hint=f"write {_AMBIENT_FORM}")
     words = value.split()
@@ -445,7 +445,6 @@ def parse_ambient_binding(text: str, source: str) -> AmbientBinding:
 # `trustboot release --client-cert-origin` reads it by default.
 CLIENT_CERT_ENV = "TRUSTBOOT_CLIENT_CERT_ORIGIN"
 _CLIENT_CERT_FORM = f"{CLIENT_CERT_ENV}='https://HOST/PATH/ NAME'"
-_CERT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as `ca issue client NAME`
 
 
 @dataclass(frozen=True)
@@ -464,11 +463,16 @@ class ClientCertBinding:
 
 def parse_client_cert_binding(text: str, source: str) -> ClientCertBinding:
     """'https://HOST/PATH/ NAME' (one line): the origin, then the certificate's name."""
+    from trustboot.ca.profiles import check_name
+
     value = text.strip()
     words = value.split()
-    if (not value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value) or len(words) != 2
-            or urlsplit(words[0]).scheme.lower() not in ("https", "http")
-            or not _CERT_NAME.fullmatch(words[1])):
+    try:
+        named = len(words) == 2 and bool(check_name(words[1]))
+    except ConfigError:  # a name `ca issue client` refuses, so no certificate of the CA's
+        named = False
+    if (not _one_line(value) or not named
+            or urlsplit(words[0]).scheme.lower() not in ("https", "http")):
         # never shown: a secret written here by mistake must not reach a log
         raise ConfigError(f"{source} is not 'https://HOST/PATH/ NAME': it binds the TLS "
                           "client certificate NAME of the CA to the origin it may "
@@ -479,6 +483,11 @@ def parse_client_cert_binding(text: str, source: str) -> ClientCertBinding:
     scope = _check_scope(words[0], source, what=f"the client certificate {name} (bound by "
                          f"{source})", then="", are="is")
     return ClientCertBinding(scope, name, source)
+
+
+def _one_line(value: str) -> bool:
+    """A binding's value: something, on one line, without control characters."""
+    return bool(value) and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
 
 
 def _check_bound_endpoint(scope: str, endpoint: str, source: str, *, form: str,

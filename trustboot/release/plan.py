@@ -490,16 +490,12 @@ def _ambient_credentials(recipe: Recipe, url: str, endpoint: str | None, where: 
            "every request would be signed with the ambient AWS credentials (AWS_* "
            "variables, AWS_PROFILE or ~/.aws, a container or instance role); they are not "
            "bound to an origin, and this recipe chooses where they go")
-    refusal = ConfigError(
-        f"{why}; nothing was sent",
-        hint=f"bind them to the origin they are meant for: {AMBIENT_ENV}='{shown}"
-             f"{' ' + endpoint if endpoint else ''}' (or --ambient-credentials; a recipe "
-             "pointing elsewhere is then refused), or give the recipe origin.credentials "
-             "bound to it, or, only for a recipe you trust, pass "
-             "--unsafe-unbound-credentials")
-    if dry_run:
-        return f"a real run would be refused: {why}. To run it: {refusal.hint}"
-    raise refusal
+    return _unbound(why, f"bind them to the origin they are meant for: {AMBIENT_ENV}="
+                         f"'{shown}{' ' + endpoint if endpoint else ''}' (or "
+                         "--ambient-credentials; a recipe pointing elsewhere is then "
+                         "refused), or give the recipe origin.credentials bound to it, or, "
+                         "only for a recipe you trust, pass --unsafe-unbound-credentials",
+                    dry_run=dry_run)
 
 
 def _client_cert_binding(recipe: Recipe, name: str, url: str, where: str,
@@ -524,15 +520,20 @@ def _client_cert_binding(recipe: Recipe, name: str, url: str, where: str,
     why = (f"{where}: origin.client_cert {name!r} is not bound to an origin, and this "
            f"recipe chooses where it authenticates (origin.url {shown}): every origin that "
            "trusts the CA's client certificates would take its writes")
-    refusal = ConfigError(
-        f"{why}; nothing was sent",
-        hint=f"bind it to the origin it is meant for: {CLIENT_CERT_ENV}='{shown} {name}' "
-             "(or --client-cert-origin; a recipe pointing elsewhere is then refused), or, "
-             "only for a recipe you trust, pass --unsafe-unbound-credentials")
+    return _unbound(why, f"bind it to the origin it is meant for: {CLIENT_CERT_ENV}="
+                         f"'{shown} {name}' (or --client-cert-origin; a recipe pointing "
+                         "elsewhere is then refused), or, only for a recipe you trust, pass "
+                         "--unsafe-unbound-credentials",
+                    dry_run=dry_run, note=". This dry run does not present the certificate")
+
+
+def _unbound(why: str, hint: str, *, dry_run: bool, note: str = "") -> str:
+    """Something a recipe would send to an origin of its choosing, not bound to one
+    (``why``; ``hint``: how to bind it): refused (ConfigError, nothing sent), or, in a
+    dry run, which sends nothing, the note of what the real run refuses."""
     if dry_run:
-        return (f"a real run would be refused: {why}. To run it: {refusal.hint}. This dry "
-                "run does not present the certificate")
-    raise refusal
+        return f"a real run would be refused: {why}. To run it: {hint}{note}"
+    raise ConfigError(f"{why}; nothing was sent", hint=hint)
 
 
 def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
