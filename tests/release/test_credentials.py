@@ -222,3 +222,22 @@ def test_a_dry_run_does_not_sign_a_request_for_an_s3_endpoint(
         res = _release(recipe, env=env)  # a real run signs its requests for the store
         assert res.exit_code == 1, res.output
         assert _Capture.seen and all(a and "AKIDTEST" in a for _, a in _Capture.seen)
+
+
+def test_release_help_names_the_bindings_without_importing_the_origin_code() -> None:
+    """cli.release spells the two binding variables itself, so building its options (and
+    `release --help`) does not import trustboot.publish.origin: the names must stay
+    those the library reads."""
+    import subprocess
+    import sys
+
+    from trustboot.cli import release as cli_release
+    from trustboot.publish import origin
+
+    assert cli_release.AMBIENT_ENV == origin.AMBIENT_ENV
+    assert cli_release.CLIENT_CERT_ENV == origin.CLIENT_CERT_ENV
+    code = ("import sys, trustboot.cli.release; "
+            "print('trustboot.publish.origin' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"

@@ -24,7 +24,11 @@ from trustboot.cli._common import (
 )
 from trustboot.ipxe import sandbox
 from trustboot.ipxe.source import ENV_SOURCE
-from trustboot.publish.origin import AMBIENT_ENV, CLIENT_CERT_ENV
+
+# trustboot.publish.origin.AMBIENT_ENV and CLIENT_CERT_ENV (a test keeps them equal): that
+# module is not imported to build the options, so `release --help` stays cheap
+AMBIENT_ENV = "TRUSTBOOT_AMBIENT_CREDENTIALS"
+CLIENT_CERT_ENV = "TRUSTBOOT_CLIENT_CERT_ORIGIN"
 
 
 class StageReporter:
@@ -138,18 +142,14 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
              "endpoint it names; a changed recipe can send them to a host of its choosing")
     binding = None
     if ambient_credentials is not None:
-        from_env = click.get_current_context().get_parameter_source(
-            "ambient_credentials") == ParameterSource.ENVIRONMENT
         binding = parse_ambient_binding(
             ambient_credentials,
-            f"environment variable {AMBIENT_ENV}" if from_env else "--ambient-credentials")
+            _given_by("ambient_credentials", AMBIENT_ENV, "--ambient-credentials"))
     cert_binding = None
     if client_cert_origin is not None:
-        from_env = click.get_current_context().get_parameter_source(
-            "client_cert_origin") == ParameterSource.ENVIRONMENT
         cert_binding = parse_client_cert_binding(
             client_cert_origin,
-            f"environment variable {CLIENT_CERT_ENV}" if from_env else "--client-cert-origin")
+            _given_by("client_cert_origin", CLIENT_CERT_ENV, "--client-cert-origin"))
     r = load_recipe(recipe)
     passphrases = None
     explicit = passphrase_file is not None or passphrase_env is not None
@@ -199,6 +199,13 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     click.echo(f"release {result.release}: {len(result.uploaded)} uploaded, "
                f"{len(pub.get('skipped', []))} unchanged; live at {result.entry_url}")
     _echo_window(result.replay_window)
+
+
+def _given_by(param: str, envvar: str, option: str) -> str:
+    """Where the value of ``param`` came from, for messages: its variable or its option."""
+    source = click.get_current_context().get_parameter_source(param)
+    return f"environment variable {envvar}" if source == ParameterSource.ENVIRONMENT \
+        else option
 
 
 def _echo_window(window: dict[str, Any] | None) -> None:
