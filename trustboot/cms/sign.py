@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +37,8 @@ from trustboot.cms.digest import Progress as Progress
 from trustboot.cms.digest import ProgressFactory as ProgressFactory
 from trustboot.cms.digest import hash_file as hash_file
 from trustboot.cms.digest import hash_files as hash_files
+from trustboot.cms.forked import PARALLEL_SIGN_MIN as PARALLEL_SIGN_MIN
+from trustboot.cms.forked import ForkedBatch, SignAhead
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import (
     SYNCFS_FILESYSTEMS,
@@ -307,25 +308,33 @@ def sign_hashed(
     now: dt.datetime,
     ipxe_version: IpxeVersion = DEFAULT_IPXE,
     preflighted: rules.Verdict | None = None,
+    ahead: SignAhead | None = None,
 ) -> list[Signed]:
     """Sign already-digested files; write the .sig files only once all were signed.
 
     ``preflighted``: what :func:`preflight` returned at ``now`` for a signer with this
     signer's certificate and chain, the caller having run :func:`check_targets` on these
     paths and ``out_dir`` too; neither is done again (each costs milliseconds per run).
+    ``ahead``: these digests' signatures begun earlier with the signer's key (see
+    cms.forked.SignAhead), taken instead of signing again when they are this signer's.
     """
     if preflighted is None:
         report = preflight(signer, now=now, ipxe_version=ipxe_version).signers[0]
         check_targets([h.path for h in hashed], out_dir)
     else:
         report = preflighted.signers[0]
+    if ahead is not None and not (
+            isinstance(signer, KeySigner) and signer.holds(ahead.key)
+            and ahead.serves(hash_name, [h.digests[hash_name] for h in hashed])):
+        ahead = None  # another key's or other files': dropped by the caller
     return _sign(hashed, signer, report, hash_name=hash_name, out_dir=out_dir, now=now,
-                 ipxe_version=ipxe_version)
+                 ipxe_version=ipxe_version, ahead=ahead)
 
 
 def _sign(
     hashed: Sequence[Hashed], signer: Signer, report: rules.SignerReport, *, hash_name: str,
     out_dir: Path | None, now: dt.datetime, ipxe_version: IpxeVersion,
+    ahead: SignAhead | None = None,
 ) -> list[Signed]:
     """sign_hashed() once the signer passed preflight and the targets were checked."""
     chain = [_der(c) for c in signer.chain]
@@ -338,8 +347,9 @@ def _sign(
     # check again would cost ~30 us per file, as much as all the rest of its handling.
     verified = isinstance(signer, KeySigner) and signer.checks_each_signature
 
-    def checked(index: int, signature: bytes) -> bytes:
-        """The .sig for file ``index``, once its signature verified."""
+    def checked(index: int, signature: bytes, *, trusted: bool = verified) -> bytes:
+        """The .sig for file ``index``, once its signature verified (``trusted``: it was,
+        with this certificate's key or one equal to it)."""
         item = hashed[index]
         der = template.render(signature)
         # Belt and braces: what is about to be published verifies under iPXE's rules (in
@@ -348,7 +358,7 @@ def _sign(
             check = rules.verify_signature(der, item.digests, trust=[root], now=now,
                                            ipxe_version=ipxe_version)
             failure = check.failure.message if check.failure else None
-        elif verified:
+        elif trusted:
             failure = None
         else:
             failure = None if verify_raw(public_key, signer.algorithm, hash_name, signature,
@@ -409,8 +419,30 @@ def _sign(
 
         if streaming:
             staged.remove_on_abort(temps)
-        sign_many(signer, [h.digests[hash_name] for h in hashed], hash_name, on_signed=signed,
-                  worker_step=WorkerStep(in_worker, from_worker))
+        if ahead is not None:
+            def from_ahead(index: int, signature: bytes) -> None:
+                # checked with the key's public half, which KeySigner found equal to the
+                # certificate's
+                results[index] = item = (entry(index), checked(index, signature,
+                                                               trusted=True))
+                if not streaming:
+                    return
+                # Here, as a forked signer writes: a thread per file costs more in
+                # hand-offs than the write itself, and the signers are busy meanwhile.
+                try:
+                    write_temp(targets[index], item[1], name=temps[index].name, sync=False)
+                except OSError:  # the writer threads report it, naming the file
+                    staged.add(item[0].signature_path, item[1])
+                    return
+                staged.adopt(targets[index], temps[index])
+
+            ahead.collect(from_ahead)
+            for i, done_already in enumerate(list(results)):
+                if done_already is None:  # a forked signer failed: signed here instead
+                    signed(i, signer.sign_digest(hashed[i].digests[hash_name], hash_name))
+        else:
+            sign_many(signer, [h.digests[hash_name] for h in hashed], hash_name,
+                      on_signed=signed, worker_step=WorkerStep(in_worker, from_worker))
         done = [r for r in results if r is not None]
         if not streaming:
             assert out_dir is not None
@@ -450,11 +482,6 @@ class WorkerStep:
     take: Callable[[int, bytes, bytes], None]
 
 
-# From this many signatures on, an in-memory key's batch is split over forked processes,
-# in at most this many chunks (a one-byte token each; see sign_many).
-PARALLEL_SIGN_MIN = 64
-_MAX_CHUNKS = 256
-
 
 def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
               on_signed: Callable[[int, bytes], None] | None = None,
@@ -491,53 +518,19 @@ def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
         for i, digest in enumerate(digests):
             got(i, signer.sign_digest(digest, hash_name))
         return [r for r in result if r is not None]
-    children: dict[int, int] = {}  # read fd -> pid
-    # The work is shared out as it is done, not in fixed shares: a child the scheduler
-    # runs less (2 cores, 4 children and this process) would otherwise finish last by
-    # tens of ms. A token is one byte, a chunk's number, read by one child alone (a pipe
-    # read of one byte is atomic); all of them are in the pipe before the first fork.
-    chunk = -(-len(digests) // _MAX_CHUNKS)
-    tokens, tokens_in = os.pipe()
-    try:
-        try:
-            os.write(tokens_in, bytes(range(-(-len(digests) // chunk))))
-        finally:
-            os.close(tokens_in)  # the children see the end of the work as end of file
-        for _ in range(workers):
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - runs in the child, which never returns
-                code = 1
-                try:
-                    os.close(read_fd)
-                    for earlier in children:  # the siblings' pipes
-                        os.close(earlier)
-                    while token := os.read(tokens, 1):
-                        for i in range(token[0] * chunk,
-                                       min((token[0] + 1) * chunk, len(digests))):
-                            signature = signer.sign_digest(digests[i], hash_name)
-                            extra = worker_step.run(i, signature) if worker_step else b""
-                            _write_frame(write_fd, i, signature, extra)
-                    code = 0
-                finally:
-                    os._exit(code)
-            os.close(write_fd)
-            children[read_fd] = pid
-        def take(index: int, signature: bytes, extra: bytes) -> None:
-            if worker_step is None:
-                got(index, signature)
-                return
-            result[index] = signature
-            worker_step.take(index, signature, extra)
 
-        _collect_frames(list(children), take)
-    finally:
-        os.close(tokens)
-        for read_fd, pid in children.items():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)  # gone already, unless we stopped early
-            os.close(read_fd)
-            os.waitpid(pid, 0)
+    def one(index: int) -> tuple[bytes, bytes]:
+        signature = signer.sign_digest(digests[index], hash_name)
+        return signature, worker_step.run(index, signature) if worker_step else b""
+
+    def take(index: int, signature: bytes, extra: bytes) -> None:
+        if worker_step is None:
+            got(index, signature)
+            return
+        result[index] = signature
+        worker_step.take(index, signature, extra)
+
+    ForkedBatch(len(digests), one, workers).collect(take)
     for i, value in enumerate(result):  # a child failed: its share is signed here instead
         if value is None:
             got(i, signer.sign_digest(digests[i], hash_name))
@@ -559,45 +552,6 @@ def _sign_overlapped(signer: Signer, digests: Sequence[bytes], hash_name: str,
             pending = handler.submit(got, i, signature)
         if pending is not None:
             pending.result()
-
-
-_FRAME_HEAD = 12  # index, signature length, extra length: 4 bytes each
-
-
-def _write_frame(fd: int, index: int, signature: bytes, extra: bytes) -> None:
-    data = b"".join((index.to_bytes(4, "big"), len(signature).to_bytes(4, "big"),
-                     len(extra).to_bytes(4, "big"), signature, extra))
-    while data:
-        data = data[os.write(fd, data):]
-
-
-def _collect_frames(fds: list[int], got: Callable[[int, bytes, bytes], None]) -> None:
-    """Read (index, signature, extra) frames from every pipe until all are closed."""
-    import selectors
-
-    buffers = {fd: b"" for fd in fds}
-    with selectors.DefaultSelector() as selector:
-        for fd in fds:
-            selector.register(fd, selectors.EVENT_READ)
-        while buffers:
-            for key, _ in selector.select():
-                fd = int(key.fd)
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    selector.unregister(fd)
-                    del buffers[fd]  # a truncated last frame is dropped: signed again
-                    continue
-                data = buffers[fd] + chunk
-                while len(data) >= _FRAME_HEAD:
-                    n = int.from_bytes(data[4:8], "big")
-                    m = int.from_bytes(data[8:12], "big")
-                    end = _FRAME_HEAD + n + m
-                    if len(data) < end:
-                        break
-                    got(int.from_bytes(data[:4], "big"), data[_FRAME_HEAD:_FRAME_HEAD + n],
-                        data[_FRAME_HEAD + n:end])
-                    data = data[end:]
-                buffers[fd] = data
 
 
 # Threads writing .sig files (see write_all).

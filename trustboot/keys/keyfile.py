@@ -27,6 +27,8 @@ from trustboot.secrets import PassphraseSource
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+    from trustboot.keys.algorithms import HashAlgorithm
+
     PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 SCRYPT_N = 1 << 14
@@ -193,6 +195,31 @@ def load_key(path: Path, passphrases: PassphraseSource, what: str, *,
     return key
 
 
+def sign_with_key(key: PrivateKey, digest: bytes, algo: HashAlgorithm) -> bytes:
+    """The signature iPXE checks, over a ``digest`` made with ``algo``: PKCS#1 v1.5 (RSA) or
+    deterministic ECDSA. Unchecked: KeySigner and cms.forked.SignAhead check each one."""
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(digest, padding.PKCS1v15(), Prehashed(algo.crypto()))
+    # RFC 6979: the same digest gives the same signature, so a release re-signed by a
+    # re-run has the bytes its manifest on the origin already claims (releases are
+    # immutable; a random k made every re-run of a half-published release conflict)
+    return key.sign(digest, ec.ECDSA(Prehashed(algo.crypto()), deterministic_signing=True))
+
+
+def warm_up(key: PrivateKey, algo: HashAlgorithm) -> None:
+    """Import here what a first signature with ``key`` imports (ec.ECDSA() imports
+    OpenSSL's backend module, ~5-10 ms): once, before a batch forks its signers, instead
+    of once in each of them."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        ec.ECDSA(Prehashed(algo.crypto()), deterministic_signing=True)
+
+
 class KeyLoad:
     """``load_key`` running in a thread from now on; ``result()`` waits for it and returns
     the key, or raises what load_key raised (so an error surfaces where the key is used,
@@ -227,6 +254,11 @@ class KeyLoad:
     def wait(self) -> None:
         """Until the thread is gone, whatever its outcome (kept for result())."""
         self._thread.join()
+
+    def loaded(self) -> PrivateKey | None:
+        """The key once the thread is gone; None if it failed (result() raises that)."""
+        self._thread.join()
+        return self._key if self._error is None else None
 
     def result(self) -> PrivateKey:
         self._thread.join()

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.fsutil import read_capped
 from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
+from trustboot.keys.keyfile import sign_with_key, warm_up
 from trustboot.keys.ref import KeyRef
 from trustboot.secrets import PassphraseSource
 
@@ -116,6 +117,11 @@ class KeySigner(CertifiedSigner):
             raise self.mismatch("file", "pass the certificate issued for this key (--cert), "
                                 "or the right key")
         self._key: keyfile.PrivateKey | None = key
+        warm_up(key, HashAlgorithm.SHA256)
+
+    def holds(self, key: object) -> bool:
+        """Whether this signer signs with this very key object (cms.forked.SignAhead)."""
+        return self._key is not None and self._key is key
 
     @property
     def checks_each_signature(self) -> bool:
@@ -134,8 +140,8 @@ class KeySigner(CertifiedSigner):
             raise ValueError("this signer was closed")
         algo = HashAlgorithm.parse(hash_name)
         algo.check_digest(digest)
+        signature = sign_with_key(self._key, digest, algo)
         if isinstance(self._key, rsa.RSAPrivateKey):
-            signature = self._key.sign(digest, padding.PKCS1v15(), Prehashed(algo.crypto()))
             # Keys are loaded without OpenSSL's slow consistency check (keyfile.load_key):
             # an RSA signature is checked against the certificate instead (~25 us).
             public = self._certificate.public_key()
@@ -148,12 +154,7 @@ class KeySigner(CertifiedSigner):
                     "signature that does not verify [rule: self-check]",
                     hint="the key file is damaged: restore it from a backup or reissue",
                     rule="self-check") from None
-            return signature
-        # RFC 6979: the same digest gives the same signature, so a release re-signed by a
-        # re-run has the bytes its manifest on the origin already claims (releases are
-        # immutable; a random k made every re-run of a half-published release conflict)
-        return self._key.sign(digest, ec.ECDSA(Prehashed(algo.crypto()),
-                                               deterministic_signing=True))
+        return signature
 
 
 # A certificate bundle (leaf and chain) is a few KiB; the same cap as `ipxe build --trust`.
