@@ -482,7 +482,6 @@ class WorkerStep:
     take: Callable[[int, bytes, bytes], None]
 
 
-
 def sign_many(signer: Signer, digests: Sequence[bytes], hash_name: str, *,
               on_signed: Callable[[int, bytes], None] | None = None,
               worker_step: WorkerStep | None = None) -> list[bytes]:

@@ -166,9 +166,11 @@ def sign_paths(
     with ``secrets`` (keys.keyfile.start_signing_key_load, so the KDF overlaps its
     imports), after starting ``hashing`` (a HashJob forks only while no other thread
     runs); used when it is this reference's key file, and finished before this returns or
-    raises either way. ``reads``: other files the caller read for this run (a secret
-    file, the file list), as (path, option): no output may replace them, nor the key,
-    certificate, chain or module files, nor go inside ``pki``.
+    raises either way; with ``hashing`` and enough files, the signatures are begun with
+    that key before the reference is resolved (see :func:`_sign_ahead`). ``reads``: other
+    files the caller read for this run (a secret file, the file list), as (path, option):
+    no output may replace them, nor the key, certificate, chain or module files, nor go
+    inside ``pki``.
     """
     paths = list(paths)
     hash_alg = HashAlgorithm.parse(hash_name)
