@@ -52,20 +52,29 @@ class Syncs:
         return [what for k, what in self.calls if k == kind]
 
 
-def _write(tmp_path: Path, syncs: Syncs, n: int, *, adopted: int = 0) -> list[Path]:
-    """``n`` targets in ``tmp_path`` through add(), then ``adopted`` more (see _commit)."""
-    return _commit(syncs, [tmp_path / f"f{i}.sig" for i in range(n + adopted)],
-                   adopted=adopted)
+def _write(tmp_path: Path, syncs: Syncs, n: int, *, adopted: int = 0,
+           named: int = 0) -> list[Path]:
+    """``n`` targets in ``tmp_path`` through add(), ``named`` through add_named(), then
+    ``adopted`` more (see _commit)."""
+    return _commit(syncs, [tmp_path / f"f{i}.sig" for i in range(n + named + adopted)],
+                   adopted=adopted, named=named)
 
 
-def _commit(syncs: Syncs, targets: list[Path], *, adopted: int = 0) -> list[Path]:
+def _commit(syncs: Syncs, targets: list[Path], *, adopted: int = 0,
+            named: int = 0) -> list[Path]:
     """``targets`` written with b"sig INDEX": the last ``adopted`` as a forked signer
-    writes them (temp files of its own, unsynced) and adopted, the others through add()."""
+    writes them (temp files of its own, unsynced) and adopted, the ``named`` before them
+    through add_named() in batches of 7, the others through add()."""
     syncs.targets = targets
-    n = len(targets) - adopted
+    n = len(targets) - adopted - named
     with StagedWrites(files=len(targets)) as staged:
         for i, target in enumerate(targets[:n]):
             staged.add(target, b"sig %d" % i)
+        batch = [(target, b"sig %d" % i, target.with_name(f".{target.name}.n.tmp"))
+                 for i, target in enumerate(targets[n:n + named], start=n)]
+        for start in range(0, len(batch), 7):
+            staged.add_named(batch[start:start + 7])
+        n += named
         for i, target in enumerate(targets[n:], start=n):
             temp = fsutil.write_temp(target, b"sig %d" % i, name=f".{target.name}.w.tmp",
                                      sync=False)
@@ -82,7 +91,7 @@ def _check_written(tmp_path: Path, targets: list[Path]) -> None:
 def test_quiet_page_cache_one_syncfs_and_no_fsync_per_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     syncs = Syncs(monkeypatch, quiet=True)
-    targets = _write(tmp_path, syncs, 20, adopted=40)  # > ADOPT_BATCH: batches too
+    targets = _write(tmp_path, syncs, 20, adopted=40, named=30)  # > ADOPT_BATCH: batches
     _check_written(tmp_path, targets)
     assert syncs.kinds("syncfs") == [str(tmp_path)]
     assert syncs.kinds("file") == []
@@ -96,9 +105,9 @@ def test_busy_page_cache_or_few_files_fsync_each_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     busy = Syncs(monkeypatch, quiet=False)
     (tmp_path / "busy").mkdir()
-    targets = _write(tmp_path / "busy", busy, 20, adopted=40)
+    targets = _write(tmp_path / "busy", busy, 20, adopted=40, named=30)
     _check_written(tmp_path / "busy", targets)
-    assert busy.kinds("syncfs") == [] and len(busy.kinds("file")) == 60
+    assert busy.kinds("syncfs") == [] and len(busy.kinds("file")) == 90
 
     few = Syncs(monkeypatch, quiet=True)
     (tmp_path / "few").mkdir()
@@ -111,10 +120,10 @@ def test_busy_page_cache_or_few_files_fsync_each_file(
 def test_without_syncfs_every_temp_is_fsynced_before_the_renames(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     syncs = Syncs(monkeypatch, quiet=True, syncfs=lambda _path: False)  # not Linux
-    targets = _write(tmp_path, syncs, 20, adopted=40)
+    targets = _write(tmp_path, syncs, 20, adopted=40, named=30)
     _check_written(tmp_path, targets)
     files = syncs.kinds("file")
-    assert len(files) == 60 and all(name.endswith(".tmp") for name in files)
+    assert len(files) == 90 and all(name.endswith(".tmp") for name in files)
     assert [k for k, _ in syncs.calls][-1] == "dir"  # after every file's fsync
 
 
@@ -245,3 +254,19 @@ def test_a_temp_gone_before_its_late_fsync_replaces_nothing(
     assert "f3.sig" in err.value.message and "nothing was replaced" in (err.value.hint or "")
     assert old.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f3.sig"]  # no temp left
+
+
+def test_a_named_temp_that_cannot_be_created_replaces_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """add_named creates each temp exclusively: a name already taken (here by a link)
+    fails that target's write, commit() names it, and no target is replaced."""
+    syncs = Syncs(monkeypatch, quiet=True)
+    old = tmp_path / "f25.sig"
+    old.write_bytes(b"old")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    (tmp_path / ".f25.sig.n.tmp").symlink_to(elsewhere)
+    with pytest.raises(OperationalError) as err:
+        _write(tmp_path, syncs, 20, named=30)
+    assert "f25.sig" in err.value.message and "exists" in err.value.message
+    assert old.read_bytes() == b"old" and not elsewhere.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f25.sig"]  # temps removed

@@ -420,23 +420,24 @@ def _sign(
         if streaming:
             staged.remove_on_abort(temps)
         if ahead is not None:
+            writes: list[tuple[Path, bytes, Path]] = []
+
             def from_ahead(index: int, signature: bytes) -> None:
                 # checked with the key's public half, which KeySigner found equal to the
                 # certificate's
                 results[index] = item = (entry(index), checked(index, signature,
                                                                trusted=True))
-                if not streaming:
-                    return
-                # Here, as a forked signer writes: a thread per file costs more in
-                # hand-offs than the write itself, and the signers are busy meanwhile.
-                try:
-                    write_temp(targets[index], item[1], name=temps[index].name, sync=False)
-                except OSError:  # the writer threads report it, naming the file
-                    staged.add(item[0].signature_path, item[1])
-                    return
-                staged.adopt(targets[index], temps[index])
+                if streaming:
+                    # to the writer threads in batches: a hand-off per file costs more
+                    # than the write of a .sig itself
+                    writes.append((targets[index], item[1], temps[index]))
+                    if len(writes) >= NAMED_BATCH:
+                        staged.add_named(writes)
+                        writes.clear()
 
             ahead.collect(from_ahead)
+            if writes:
+                staged.add_named(writes)
             for i, done_already in enumerate(list(results)):
                 if done_already is None:  # a forked signer failed: signed here instead
                     signed(i, signer.sign_digest(hashed[i].digests[hash_name], hash_name))
@@ -600,6 +601,8 @@ class StagedWrites:
         self._pending: list[tuple[Path, Path]] = []
         self._batches: list[tuple[list[tuple[Path, Path]], Future[None]]] = []
         self._maybe: list[Path] = []
+        # (target, temp) pairs written by one job each (add_named)
+        self._named: list[tuple[list[tuple[Path, Path]], Future[None]]] = []
         self._committed = False
 
     def __enter__(self) -> StagedWrites:
@@ -609,6 +612,17 @@ class StagedWrites:
         self._targets.append(target)
         self._made.append(self._pool.submit(write_temp, target, data,
                                             sync=not self._at_once))
+
+    def add_named(self, items: Sequence[tuple[Path, bytes, Path]]) -> None:
+        """Several (target, data, temp) written by one job: each temp, a name beside its
+        target, created exclusively (never through a link) and synced as add() does; then
+        renamed by commit() like the others, removed without one. One hand-off for many
+        small files, whose creation may still wait on a busy filesystem here rather than
+        in the caller's thread."""
+        batch = list(items)
+        self._maybe.extend(temp for _, _, temp in batch)  # a failed job's, removed
+        self._named.append(([(target, temp) for target, _, temp in batch],
+                            self._pool.submit(_write_named, batch, not self._at_once)))
 
     def adopt(self, target: Path, temp: Path) -> None:
         """A temp file someone else wrote beside ``target``: synced here, then renamed onto
@@ -630,7 +644,7 @@ class StagedWrites:
     def commit(self) -> None:
         self._flush()
         failed = _first_error(self._made, self._targets)
-        for _, done in self._batches:
+        for _, done in [*self._batches, *self._named]:
             error = done.exception()
             if failed is None and isinstance(error, _PathError):
                 failed = (error.target, error.error)
@@ -641,7 +655,8 @@ class StagedWrites:
                                 "was replaced")
         pairs = [(target, fut.result()) for target, fut in zip(self._targets, self._made,
                                                                 strict=True)]
-        pairs += [pair for batch, _ in self._batches for pair in batch] + self._pending
+        pairs += [pair for batch, _ in [*self._batches, *self._named] for pair in batch]
+        pairs += self._pending
         if self._at_once:
             self._sync_at_once(pairs)
         self._in_batches(_rename_all, pairs, RENAME_BATCH, "check the output directory")
@@ -701,7 +716,7 @@ class StagedWrites:
                     if fut.exception() is None:  # waits for it
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(fut.result())
-                for _, done in self._batches:
+                for _, done in [*self._batches, *self._named]:
                     done.exception()  # waits for it
                 for temp in [t for _, t in self._pending] + [
                         t for batch, _ in self._batches for _, t in batch] + self._maybe:
@@ -719,8 +734,10 @@ def _remove_maybe(temp: Path) -> None:
         os.unlink(temp)
 
 
-# Adopted temp files synced per job, renames per job (see StagedWrites).
+# Adopted temp files synced per job, files written per job, renames per job (see
+# StagedWrites).
 ADOPT_BATCH = 32
+NAMED_BATCH = 32
 RENAME_BATCH = 64
 # Fewer files than this are fsynced one by one: one syncfs is no cheaper than a few fsyncs.
 SYNCFS_MIN_FILES = 16
@@ -732,6 +749,14 @@ class _PathError(Exception):
     def __init__(self, target: Path, error: OSError) -> None:
         super().__init__(str(error))
         self.target, self.error = target, error
+
+
+def _write_named(batch: Sequence[tuple[Path, bytes, Path]], sync: bool) -> None:
+    for target, data, temp in batch:
+        try:
+            write_temp(target, data, name=temp.name, sync=sync)
+        except OSError as exc:
+            raise _PathError(target, exc) from None
 
 
 def _sync_all(batch: Sequence[tuple[Path, Path]]) -> None:
