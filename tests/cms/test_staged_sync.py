@@ -256,17 +256,35 @@ def test_a_temp_gone_before_its_late_fsync_replaces_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f3.sig"]  # no temp left
 
 
-def test_a_named_temp_that_cannot_be_created_replaces_nothing(
+def test_a_named_temp_taken_by_someone_else_gives_way_to_a_random_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """add_named creates each temp exclusively: a name already taken (here by a link)
-    fails that target's write, commit() names it, and no target is replaced."""
+    """add_named creates each temp exclusively, never through a link: in a shared
+    directory another user who sees the run's temp names can take one first (here with a
+    link). That file is written under a random name instead, and what they planted is
+    left alone (not ours)."""
     syncs = Syncs(monkeypatch, quiet=True)
-    old = tmp_path / "f25.sig"
-    old.write_bytes(b"old")
     elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
-    (tmp_path / ".f25.sig.n.tmp").symlink_to(elsewhere)
+    planted = tmp_path / ".f25.sig.n.tmp"
+    planted.symlink_to(elsewhere)
+    targets = _write(tmp_path, syncs, 20, named=30)
+    assert [t.read_bytes() for t in targets] == [b"sig %d" % i for i in range(50)]
+    assert not elsewhere.exists() and planted.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [t.name for t in targets] + [planted.name])
+
+
+def test_a_named_write_that_fails_replaces_nothing(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write add_named cannot make (here: the target's directory is gone) fails the
+    commit, naming that target; no target is replaced and no temp is left."""
+    syncs = Syncs(monkeypatch, quiet=True)
+    old = tmp_path / "f3.sig"
+    old.write_bytes(b"old")
+    targets = [tmp_path / f"f{i}.sig" for i in range(40)]
+    targets[25] = tmp_path / "gone" / "f25.sig"
     with pytest.raises(OperationalError) as err:
-        _write(tmp_path, syncs, 20, named=30)
-    assert "f25.sig" in err.value.message and "exists" in err.value.message
-    assert old.read_bytes() == b"old" and not elsewhere.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f25.sig"]  # temps removed
+        _commit(syncs, targets, named=30)
+    assert "gone/f25.sig" in err.value.message
+    assert "No such file or directory" in err.value.message
+    assert old.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f3.sig"]  # no temp left

@@ -417,8 +417,6 @@ def _sign(
             if streaming:
                 staged.adopt(targets[index], temps[index])
 
-        if streaming:
-            staged.remove_on_abort(temps)
         if ahead is not None:
             writes: list[tuple[Path, bytes, Path]] = []
 
@@ -442,6 +440,8 @@ def _sign(
                 if done_already is None:  # a forked signer failed: signed here instead
                     signed(i, signer.sign_digest(hashed[i].digests[hash_name], hash_name))
         else:
+            if streaming:
+                staged.remove_on_abort(temps)
             sign_many(signer, [h.digests[hash_name] for h in hashed], hash_name,
                       on_signed=signed, worker_step=WorkerStep(in_worker, from_worker))
         done = [r for r in results if r is not None]
@@ -601,8 +601,8 @@ class StagedWrites:
         self._pending: list[tuple[Path, Path]] = []
         self._batches: list[tuple[list[tuple[Path, Path]], Future[None]]] = []
         self._maybe: list[Path] = []
-        # (target, temp) pairs written by one job each (add_named)
-        self._named: list[tuple[list[tuple[Path, Path]], Future[None]]] = []
+        # jobs of add_named, each to the (target, temp) pairs it wrote
+        self._named: list[Future[list[tuple[Path, Path]]]] = []
         self._committed = False
 
     def __enter__(self) -> StagedWrites:
@@ -615,14 +615,12 @@ class StagedWrites:
 
     def add_named(self, items: Sequence[tuple[Path, bytes, Path]]) -> None:
         """Several (target, data, temp) written by one job: each temp, a name beside its
-        target, created exclusively (never through a link) and synced as add() does; then
-        renamed by commit() like the others, removed without one. One hand-off for many
-        small files, whose creation may still wait on a busy filesystem here rather than
-        in the caller's thread."""
-        batch = list(items)
-        self._maybe.extend(temp for _, _, temp in batch)  # a failed job's, removed
-        self._named.append(([(target, temp) for target, _, temp in batch],
-                            self._pool.submit(_write_named, batch, not self._at_once)))
+        target, created exclusively (never through a link; a name someone else took
+        first, which they can in a shared directory, gives way to a random one) and synced
+        as add() does; then renamed by commit() like the others, removed without one.
+        One hand-off for many small files, whose creation may still wait on a busy
+        filesystem there rather than in the caller's thread."""
+        self._named.append(self._pool.submit(_write_named, list(items), not self._at_once))
 
     def adopt(self, target: Path, temp: Path) -> None:
         """A temp file someone else wrote beside ``target``: synced here, then renamed onto
@@ -644,7 +642,8 @@ class StagedWrites:
     def commit(self) -> None:
         self._flush()
         failed = _first_error(self._made, self._targets)
-        for _, done in [*self._batches, *self._named]:
+        jobs: list[Future[Any]] = [job for _, job in self._batches]
+        for done in jobs + list(self._named):
             error = done.exception()
             if failed is None and isinstance(error, _PathError):
                 failed = (error.target, error.error)
@@ -655,8 +654,8 @@ class StagedWrites:
                                 "was replaced")
         pairs = [(target, fut.result()) for target, fut in zip(self._targets, self._made,
                                                                 strict=True)]
-        pairs += [pair for batch, _ in [*self._batches, *self._named] for pair in batch]
-        pairs += self._pending
+        pairs += [pair for batch, _ in self._batches for pair in batch] + self._pending
+        pairs += [pair for job in self._named for pair in job.result()]
         if self._at_once:
             self._sync_at_once(pairs)
         self._in_batches(_rename_all, pairs, RENAME_BATCH, "check the output directory")
@@ -716,8 +715,13 @@ class StagedWrites:
                     if fut.exception() is None:  # waits for it
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(fut.result())
-                for _, done in [*self._batches, *self._named]:
+                for _, done in self._batches:
                     done.exception()  # waits for it
+                for job in self._named:
+                    if job.exception() is None:  # waits for it; a failed one cleaned up
+                        for _, temp in job.result():
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(temp)
                 for temp in [t for _, t in self._pending] + [
                         t for batch, _ in self._batches for _, t in batch] + self._maybe:
                     _remove_maybe(temp)
@@ -751,12 +755,27 @@ class _PathError(Exception):
         self.target, self.error = target, error
 
 
-def _write_named(batch: Sequence[tuple[Path, bytes, Path]], sync: bool) -> None:
-    for target, data, temp in batch:
-        try:
-            write_temp(target, data, name=temp.name, sync=sync)
-        except OSError as exc:
-            raise _PathError(target, exc) from None
+def _write_named(batch: Sequence[tuple[Path, bytes, Path]],
+                 sync: bool) -> list[tuple[Path, Path]]:
+    """StagedWrites.add_named's job: the (target, temp) pairs written; on failure, none
+    left behind and a _PathError for the target."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for target, data, temp in batch:
+            try:
+                try:
+                    made = write_temp(target, data, name=temp.name, sync=sync)
+                except FileExistsError:  # taken: in a shared directory, perhaps not by us
+                    made = write_temp(target, data, sync=sync)
+            except OSError as exc:
+                raise _PathError(target, exc) from None
+            written.append((target, made))
+    except BaseException:
+        for _, made in written:
+            with contextlib.suppress(OSError):
+                os.unlink(made)
+        raise
+    return written
 
 
 def _sync_all(batch: Sequence[tuple[Path, Path]]) -> None:
