@@ -1,10 +1,14 @@
-"""Stopping the servers and guests the tests start (nginx, tinyproxy, RGW, QEMU, dnsmasq)."""
+"""Stopping the servers and guests the tests start (nginx, tinyproxy, RGW, QEMU, dnsmasq),
+and counting the processes the code under test forks."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from typing import Any
+
+import pytest
 
 
 def stop_processes(procs: Sequence[subprocess.Popen[Any]], timeout: float = 10.0) -> None:
@@ -23,3 +27,18 @@ def stop_processes(procs: Sequence[subprocess.Popen[Any]], timeout: float = 10.0
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     stop_processes([proc], timeout)
+
+
+def count_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the children os.fork() makes in this process from now on."""
+    forks: list[int] = []
+    real = os.fork
+
+    def counting() -> int:
+        pid = real()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", counting)
+    return forks

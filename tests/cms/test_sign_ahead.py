@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tests.cms.pki import PASSPHRASE, Material, ec_key, make_material, rsa_key
+from tests.procs import count_forks
 from trustboot import secrets
 from trustboot.cms import forked
 from trustboot.cms import sign as cms_sign
@@ -54,20 +55,6 @@ def _verifies(signature: Path, image: Path, chain: Path) -> bool:
         trust=[rules.TrustAnchor(rules.fingerprint(root), root)],
         now=dt.datetime.now(dt.UTC))
     return verdict.failure is None
-
-
-def _forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    pids: list[int] = []
-    real = os.fork
-
-    def counting() -> int:
-        pid = real()
-        if pid:
-            pids.append(pid)
-        return pid
-
-    monkeypatch.setattr(os, "fork", counting)
-    return pids
 
 
 # the hashing process, then the signers begun ahead (one per core, on 2 cores or more)
@@ -118,7 +105,7 @@ def test_signatures_begun_ahead_are_taken_and_are_the_usual_bytes(
 
     monkeypatch.setattr(forked.SignAhead, "collect", collect)
     monkeypatch.setattr(cms_sign, "sign_many", never)
-    pids = _forks(monkeypatch)
+    pids = count_forks(monkeypatch)
     run = _sign_as_the_cli(files, key, cert, chain, tmp_path / "ahead")
     assert taken == [len(files)]
     assert len(pids) == FORKS_AHEAD and _reaped(pids)
@@ -137,7 +124,7 @@ def test_a_refused_signer_drops_what_was_signed_ahead(
     key, cert, chain = material.issue("expired", rsa_key(), not_before=now - 400 * DAY,
                                       not_after=now - 2 * DAY)
     files = _files(tmp_path / "in")
-    pids = _forks(monkeypatch)
+    pids = count_forks(monkeypatch)
     with pytest.raises(VerificationError, match="expired"):
         _sign_as_the_cli(files, key, cert, chain, tmp_path / "out")
     assert len(pids) == FORKS_AHEAD
@@ -207,7 +194,7 @@ def test_a_key_that_is_not_the_certificates_signs_nothing(
     key, _, chain = material.issue("the-key", rsa_key())
     _, other_cert, _ = material.issue("another-cert", rsa_key())
     files = _files(tmp_path / "in")
-    pids = _forks(monkeypatch)
+    pids = count_forks(monkeypatch)
     with pytest.raises(ConfigError, match="does not belong to certificate"):
         _sign_as_the_cli(files, key, other_cert, chain, tmp_path / "out")
     assert len(pids) == FORKS_AHEAD and _reaped(pids)

@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.cms.corpus import pem
 from tests.cms.pki import PASSPHRASE, Material, ec_key, rsa_key
+from tests.procs import count_forks
 from trustboot import secrets
 from trustboot.cms.workflow import sign_paths
 from trustboot.errors import ConfigError, VerificationError
@@ -341,20 +342,6 @@ def test_keyload_returns_the_key_or_raises_in_the_callers_thread(keydir: Path) -
         bad.result()
 
 
-def _count_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    forks: list[int] = []
-    real = os.fork
-
-    def counting() -> int:
-        pid = real()
-        if pid:
-            forks.append(pid)
-        return pid
-
-    monkeypatch.setattr(os, "fork", counting)
-    return forks
-
-
 def test_sign_paths_takes_the_load_begun_ahead(material: Material, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from trustboot.cms.digest import HashJob
@@ -373,7 +360,7 @@ def test_sign_paths_takes_the_load_begun_ahead(material: Material, tmp_path: Pat
 
     hashing = HashJob(files, "sha256")  # first, as the CLI does: it may fork
     ahead = start_signing_key_load(key, source)
-    forks = _count_forks(monkeypatch)
+    forks = count_forks(monkeypatch)
     run = sign_paths(files, f"file:{key}", secrets=source, cert=cert, chain=chain,
                      hashing=hashing, key_ahead=ahead)
     assert len(run.results) == len(files)
