@@ -199,3 +199,21 @@ def test_a_key_that_is_not_the_certificates_signs_nothing(
         _sign_as_the_cli(files, key, other_cert, chain, tmp_path / "out")
     assert len(pids) == FORKS_AHEAD and _reaped(pids)
     assert not (tmp_path / "out").exists()
+
+
+def test_large_files_are_not_waited_for_before_the_signer_is_checked(
+        material: Material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signing ahead needs every digest first: for files of more than AHEAD_MAX_BYTES in
+    all, that would hold a refusal of the signer until they are all hashed. They are
+    signed afterwards, as before (here the limit is lowered below the files' size)."""
+    key, cert, chain = material.issue("large", rsa_key())
+    files = _files(tmp_path / "in")
+    monkeypatch.setattr(forked, "AHEAD_MAX_BYTES", sum(f.stat().st_size for f in files) - 1)
+
+    def never(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("signed ahead")
+
+    monkeypatch.setattr(forked.SignAhead, "__init__", never)
+    run = _sign_as_the_cli(files, key, cert, chain, tmp_path / "out")
+    assert all(_verifies(r.signature_path, r.path, chain) for r in run.results[:3])
+    assert len(run.results) == len(files)

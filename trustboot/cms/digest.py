@@ -246,7 +246,7 @@ class HashJob:
         self._children: list[tuple[int, int, list[int]]] = []
         self._thread: threading.Thread | None = None
         sizes = [_size(path) for path in self.paths]
-        total = sum(sizes)
+        self.total = total = sum(sizes)  # bytes, as the files stood when the job began
         if (fork and progress is None
                 and (total >= PROCESS_MIN_BYTES or len(sizes) >= PROCESS_MIN_FILES)
                 and hasattr(os, "fork")

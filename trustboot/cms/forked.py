@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 # From this many signatures on, an in-memory key's batch is split over forked processes
 # (cms.sign.sign_many, SignAhead).
 PARALLEL_SIGN_MIN = 64
+# ... and SignAhead only for batches this small in all: their hashing is over by then.
+AHEAD_MAX_BYTES = 16 << 20
 
 _FRAME_HEAD = 12  # index, result length, extra length: 4 bytes each
 # At most this many chunks, a one-byte token each (see ForkedBatch).

@@ -200,19 +200,21 @@ def sign_paths(
 
 
 def _sign_ahead(hashing: HashJob | None, key_ahead: KeyLoad | None) -> SignAhead | None:
-    """Many files, a key file unlocked without a prompt, both begun by the caller: the
-    signatures are made from now on, on every core, while the signing stack is imported
-    and the signer and targets are checked (about a third of a run of 500 small files);
-    nothing is written before those checks pass (cms.forked.SignAhead). None where
-    sign_many would not fork either, or where the key or a file failed (the error is
-    raised where it is without this head start)."""
+    """Many small files, a key file unlocked without a prompt, both begun by the caller:
+    the signatures are made from now on, on every core, while the signing stack is
+    imported and the signer and targets are checked (about a third of a run of 500 small
+    files); nothing is written before those checks pass (cms.forked.SignAhead). None
+    where sign_many would not fork either, where the key or a file failed (the error is
+    raised where it is without this head start), or where the files are large: their
+    hashing would then be waited for here, and a signer the checks refuse is refused
+    while they are still being hashed."""
     import threading
 
-    from trustboot.cms.forked import PARALLEL_SIGN_MIN
+    from trustboot.cms.forked import AHEAD_MAX_BYTES, PARALLEL_SIGN_MIN
 
     cores = os.cpu_count() or 1
     if (hashing is None or key_ahead is None or len(hashing.paths) < PARALLEL_SIGN_MIN
-            or cores < 2 or not hasattr(os, "fork")):
+            or hashing.total > AHEAD_MAX_BYTES or cores < 2 or not hasattr(os, "fork")):
         return None
     key = key_ahead.loaded()
     try:
