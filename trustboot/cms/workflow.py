@@ -186,68 +186,16 @@ def sign_paths(
         if on_warning is not None:
             on_warning(message)
 
-    ahead = _sign_ahead(hashing, key_ahead) if ref.scheme == "file" else None
-    try:
-        return _sign_paths(
-            paths, ref, hash_alg, now, warn, warnings, secrets=secrets, pins=pins, pki=pki,
-            cert=cert, chain=chain, out_dir=out_dir, manifest=manifest, progress=progress,
-            ipxe_version=ipxe_version, expiry_warning_days=expiry_warning_days,
-            pkcs11_module=pkcs11_module, unlock_first=unlock_first, hashing=hashing,
-            key_ahead=key_ahead, reads=reads, ahead=ahead)
-    finally:
-        if ahead is not None:
-            ahead.close()  # taken, or dropped: no signer process outlives the call
-
-
-def _sign_ahead(hashing: HashJob | None, key_ahead: KeyLoad | None) -> SignAhead | None:
-    """Many small files, a key file unlocked without a prompt, both begun by the caller:
-    the signatures are made from now on, on every core, while the signing stack is
-    imported and the signer and targets are checked (about a third of a run of 500 small
-    files); nothing is written before those checks pass (cms.forked.SignAhead). None
-    where sign_many would not fork either, where the key or a file failed (the error is
-    raised where it is without this head start), or where the files are large: their
-    hashing would then be waited for here, and a signer the checks refuse is refused
-    while they are still being hashed."""
-    import threading
-
-    from trustboot.cms.forked import AHEAD_MAX_BYTES, PARALLEL_SIGN_MIN
-
-    cores = os.cpu_count() or 1
-    if (hashing is None or key_ahead is None or len(hashing.paths) < PARALLEL_SIGN_MIN
-            or hashing.total > AHEAD_MAX_BYTES or cores < 2 or not hasattr(os, "fork")):
-        return None
-    key = key_ahead.loaded()
-    try:
-        hashed = hashing.result()
-    except Exception:  # raised again by sign_paths, where it belongs
-        return None
-    if key is None or threading.active_count() > 1:  # forking with threads is unsafe
-        return None
-    from trustboot.cms.forked import SignAhead
-
-    return SignAhead(key, [h.digests[hashing.hash.value] for h in hashed], hashing.hash,
-                     workers=min(cores, 8))
-
-
-def _sign_paths(
-    paths: list[Path], ref: KeyRef, hash_alg: HashAlgorithm, now: dt.datetime, warn: Warn,
-    warnings: list[str], *, secrets: PassphraseSource, pins: PassphraseSource | None,
-    pki: Path | None, cert: Path | None, chain: Path | None, out_dir: Path | None,
-    manifest: Path | None, progress: ProgressFactory | None,
-    ipxe_version: IpxeVersion | None, expiry_warning_days: int, pkcs11_module: Path | None,
-    unlock_first: bool, hashing: HashJob | None, key_ahead: KeyLoad | None,
-    reads: Sequence[tuple[Path, str]], ahead: SignAhead | None,
-) -> SignRun:
-    from trustboot.cms.certinfo import DEFAULT_IPXE
-    from trustboot.cms.sign import check_targets, preflight, sign_hashed
-    from trustboot.fsutil import atomic_write, make_output_dir
-    from trustboot.keys.signer import PendingSigner, resolve_signer
-
-    ipxe_version = ipxe_version or DEFAULT_IPXE
     if hashing is not None and (hashing.paths != paths or hashing.hash != hash_alg):
         raise ValueError("the hashing job was started for other files or another hash")
+    ahead = _sign_ahead(hashing, key_ahead) if ref.scheme == "file" else None
     job = hashing
     try:
+        from trustboot.cms.certinfo import DEFAULT_IPXE
+        from trustboot.cms.sign import check_targets, preflight, sign_hashed
+        from trustboot.keys.signer import PendingSigner, resolve_signer
+
+        ipxe_version = ipxe_version or DEFAULT_IPXE
         # one run: a token's module is initialised once for resolving and signing
         with run_scope():
             source = resolve_signer(ref, pki=pki, cert=cert, chain=chain, now=now,
@@ -295,6 +243,9 @@ def _sign_paths(
         if key_ahead is not None:
             key_ahead.wait()  # not used: still, no thread of ours outlives the call
         raise
+    finally:
+        if ahead is not None:
+            ahead.close()  # taken, or dropped: no signer process outlives the call
     ends = min(r.chain_not_after for r in results)
     if ends - now < dt.timedelta(days=expiry_warning_days):
         warn(f"these signatures stop verifying on {ends.isoformat()} "
@@ -307,6 +258,8 @@ def _sign_paths(
     if manifest is not None:
         import json
 
+        from trustboot.fsutil import atomic_write, make_output_dir
+
         make_output_dir(manifest.parent, "--manifest directory")  # 0755, as --out
         try:
             atomic_write(manifest,
@@ -316,3 +269,33 @@ def _sign_paths(
                                    hint="check the directory; the signatures were written"
                                    ) from None
     return run
+
+
+def _sign_ahead(hashing: HashJob | None, key_ahead: KeyLoad | None) -> SignAhead | None:
+    """Many small files, a key file unlocked without a prompt, both begun by the caller:
+    the signatures are made from now on, on every core, while the signing stack is
+    imported and the signer and targets are checked (about a third of a run of 500 small
+    files); nothing is written before those checks pass (cms.forked.SignAhead). None
+    where sign_many would not fork either, where the key or a file failed (the error is
+    raised where it is without this head start), or where the files are large: their
+    hashing would then be waited for here, and a signer the checks refuse is refused
+    while they are still being hashed."""
+    import threading
+
+    from trustboot.cms.forked import AHEAD_MAX_BYTES, PARALLEL_SIGN_MIN
+
+    cores = os.cpu_count() or 1
+    if (hashing is None or key_ahead is None or len(hashing.paths) < PARALLEL_SIGN_MIN
+            or hashing.total > AHEAD_MAX_BYTES or cores < 2 or not hasattr(os, "fork")):
+        return None
+    key = key_ahead.loaded()
+    try:
+        hashed = hashing.result()
+    except Exception:  # raised again by sign_paths, where it belongs
+        return None
+    if key is None or threading.active_count() > 1:  # forking with threads is unsafe
+        return None
+    from trustboot.cms.forked import SignAhead
+
+    return SignAhead(key, [h.digests[hashing.hash.value] for h in hashed], hashing.hash,
+                     workers=min(cores, 8))
