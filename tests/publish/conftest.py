@@ -137,6 +137,34 @@ def http_server(handler: type[http.server.BaseHTTPRequestHandler],
         server.server_close()
 
 
+@contextlib.contextmanager
+def origin_ca_server(handler: type[http.server.BaseHTTPRequestHandler], pki: Pki,
+                     tmp_path: Path) -> Iterator[str]:
+    """http_server over TLS with the certificate ``origin`` of ``pki``'s CA (the CA file a
+    hostile recipe brings would make its host verify the same): its URL."""
+    chain = tmp_path / f"{handler.__name__.strip('_').lower()}-chain.pem"
+    chain.write_bytes(pki.cert("origin").read_bytes()
+                      + (pki.dir / "issuing-ca.crt").read_bytes())
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(chain), str(pki.key("origin")), password=KEY_PASS)
+    with http_server(handler, tls=ctx) as url:
+        yield url
+
+
+def no_ambient_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """Only what a test sets of boto3's credential chain: no AWS_* variable, profile or
+    config of the machine's, no instance metadata."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    empty = tmp_path / "aws-empty"
+    empty.write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return monkeypatch
+
+
 def gzip_of_zeros(size: int) -> bytes:
     """``size`` zero bytes gzipped: a decompression bomb (about 1,000 to 1) for answers
     that must never be inflated."""

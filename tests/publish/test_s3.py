@@ -21,6 +21,7 @@ pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
 
 import botocore.exceptions
 
+from tests.publish.conftest import no_ambient_aws
 from tests.publish.rgw import RGW, anon_get, rgw  # noqa: F401  (the session fixture)
 from trustboot.ca.store import CertificateAuthority
 from trustboot.errors import ConfigError, OperationalError, VerificationError
@@ -191,14 +192,7 @@ def test_wrong_secret_key_fails_with_real_sigv4(rgw: RGW, bucket: str) -> None: 
 
 def test_usual_credential_chain_env_and_profile(rgw: RGW, bucket: str, tmp_path: Path,  # noqa: F811
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    empty = tmp_path / "empty"
-    empty.write_text("")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    no_ambient_aws(monkeypatch, tmp_path)
     # nothing configured: a clear configuration error, not a traceback
     with open_origin(f"s3://{bucket}/p", opts(rgw, credentials=None)) as o, \
             pytest.raises(ConfigError, match="no S3 credentials"):

@@ -20,7 +20,6 @@ import contextlib
 import http.server
 import json
 import os
-import ssl
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -32,7 +31,7 @@ from click.testing import CliRunner, Result
 
 pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
 
-from tests.publish.conftest import KEY_PASS, Pki, http_server
+from tests.publish.conftest import Pki, no_ambient_aws, origin_ca_server
 from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
 from tests.release.lab import make_lab
 from trustboot.cli.main import cli
@@ -53,17 +52,17 @@ def _no_ipxe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """Only what a test sets of boto3's chain: no profile or config of the machine's, no
-    instance metadata."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    empty = tmp_path / "aws-empty"
-    empty.write_text("")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    return monkeypatch
+    """Only what a test sets of boto3's chain (tests.publish.conftest.no_ambient_aws)."""
+    return no_ambient_aws(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def job(aws: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """A CI job's session credentials in the environment (and nothing else of boto3's)."""
+    aws.setenv("AWS_ACCESS_KEY_ID", AKID)
+    aws.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    aws.setenv("AWS_SESSION_TOKEN", TOKEN)
+    return aws
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
@@ -87,13 +86,8 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 def recorder(pki: Pki, tmp_path: Path) -> Iterator[str]:
     """A TLS server with a certificate of the recipe's CA (a hostile recipe brings the
     CA file that makes its host verify): its URL."""
-    chain = tmp_path / "recorder-chain.pem"
-    chain.write_bytes(pki.cert("origin").read_bytes()
-                      + (pki.dir / "issuing-ca.crt").read_bytes())
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(chain), str(pki.key("origin")), password=KEY_PASS)
     _Recorder.seen.clear()
-    with http_server(_Recorder, tls=ctx) as url:
+    with origin_ca_server(_Recorder, pki, tmp_path) as url:
         yield url
 
 
@@ -121,13 +115,10 @@ def _no_secret(res: Result) -> None:
 
 
 def test_an_s3_recipe_without_credentials_is_refused_before_any_request(
-        pki: Pki, tmp_path: Path, aws: pytest.MonkeyPatch) -> None:
+        pki: Pki, tmp_path: Path, job: pytest.MonkeyPatch) -> None:
     """The CI job's session credentials in the environment, the recipe's endpoint a host
     of its choosing: refused (exit 3) at the recipe's origin line, naming what was
     refused and the binding to set; the recorder never hears from us."""
-    aws.setenv("AWS_ACCESS_KEY_ID", AKID)
-    aws.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    aws.setenv("AWS_SESSION_TOKEN", TOKEN)
     with recorder(pki, tmp_path) as url:
         recipe, endpoint = _hostile_lab(pki, tmp_path, url)
         line = _line_of(recipe, "origin:")
@@ -151,17 +142,14 @@ def test_an_s3_recipe_without_credentials_is_refused_before_any_request(
     "s3://boot/prod",                    # the default endpoint (AWS) only
 ])
 def test_ambient_credentials_bound_elsewhere_are_refused(
-        pki: Pki, tmp_path: Path, aws: pytest.MonkeyPatch, binding: str) -> None:
+        pki: Pki, tmp_path: Path, job: pytest.MonkeyPatch, binding: str) -> None:
     """A binding covers its origin (and below) at its endpoint only, as a bound secret's
     does: any other bucket, prefix or endpoint is refused at the recipe's line, in a dry
     run too (the operator set a binding the recipe does not match)."""
-    aws.setenv("AWS_ACCESS_KEY_ID", AKID)
-    aws.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    aws.setenv("AWS_SESSION_TOKEN", TOKEN)
     with recorder(pki, tmp_path) as url:
         recipe, endpoint = _hostile_lab(pki, tmp_path, url)
         line = _line_of(recipe, "origin:")
-        aws.setenv(BINDING, binding.format(endpoint=endpoint))
+        job.setenv(BINDING, binding.format(endpoint=endpoint))
         for args in ([], ["--dry-run"], ["--unsafe-unbound-credentials"]):
             res = _release(recipe, *args)
             assert res.exit_code == 3, (args, res.output)
@@ -172,13 +160,10 @@ def test_ambient_credentials_bound_elsewhere_are_refused(
 
 
 def test_the_operator_binding_or_the_unsafe_flag_is_what_lets_them_sign(
-        pki: Pki, tmp_path: Path, aws: pytest.MonkeyPatch) -> None:
+        pki: Pki, tmp_path: Path, job: pytest.MonkeyPatch) -> None:
     """With a binding that covers the recipe's origin (by the variable, or the option)
     the ambient credentials sign its requests; without one only
     --unsafe-unbound-credentials does, and it warns."""
-    aws.setenv("AWS_ACCESS_KEY_ID", AKID)
-    aws.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    aws.setenv("AWS_SESSION_TOKEN", TOKEN)
     with recorder(pki, tmp_path) as url:
         recipe, endpoint = _hostile_lab(pki, tmp_path, url)
 

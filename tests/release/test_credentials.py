@@ -14,7 +14,6 @@ import contextlib
 import http.server
 import json
 import re
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -22,7 +21,7 @@ from typing import ClassVar
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.publish.conftest import KEY_PASS, Nginx, Pki, http_server, logged_requests
+from tests.publish.conftest import Nginx, Pki, logged_requests, origin_ca_server
 from tests.release.lab import make_lab
 from trustboot.cli.main import cli
 
@@ -58,13 +57,8 @@ class _Capture(http.server.BaseHTTPRequestHandler):
 def capture(pki: Pki, tmp_path: Path) -> Iterator[str]:
     """A TLS server with a certificate of the recipe's CA (the CA file a hostile recipe
     brings would do the same): its URL."""
-    chain = tmp_path / "capture-chain.pem"
-    chain.write_bytes(pki.cert("origin").read_bytes()
-                      + (pki.dir / "issuing-ca.crt").read_bytes())
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(chain), str(pki.key("origin")), password=KEY_PASS)
     _Capture.seen.clear()
-    with http_server(_Capture, tls=ctx) as url:
+    with origin_ca_server(_Capture, pki, tmp_path) as url:
         yield url
 
 
