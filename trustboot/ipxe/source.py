@@ -202,10 +202,13 @@ def _file_entry(file: Path, copy_to: Path | None) -> bytes:
     return executable + inner.digest()
 
 
+# the way out of a tree changed while (or since) it was read
+_CHANGED_HINT = "run again once nothing writes to the tree (a git checkout, an editor)"
+
+
 def _changed(file: Path) -> OperationalError:
-    return OperationalError(
-        f"{file} in the iPXE tree changed while trustboot was reading it",
-        hint="run again once nothing writes to the tree (a git checkout, an editor)")
+    return OperationalError(f"{file} in the iPXE tree changed while trustboot was reading it",
+                            hint=_CHANGED_HINT)
 
 
 # A tree's own .git/config can name commands git runs while reading it: an fsmonitor hook
@@ -287,8 +290,7 @@ def copy_tree(source: IpxeSource, dest: Path) -> Path:
     if _walk(source.src, target) != source.tree_sha256:
         raise OperationalError(
             f"the iPXE tree {source.src} changed after trustboot identified it: what it "
-            "would build is not the tree its cache key names",
-            hint="run again once nothing writes to the tree (a git checkout, an editor)")
+            "would build is not the tree its cache key names", hint=_CHANGED_HINT)
     make_dirs(target / "config" / "local", PRIVATE_DIR_MODE)
     return target
 
