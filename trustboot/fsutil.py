@@ -106,11 +106,11 @@ def check_parents(path: Path, what: str) -> None:
     put a directory of theirs in its place; its own mode and owner cannot prevent that.
     The parents of ``path`` as written and of where it really leads (links resolved) are
     both checked, and so is every directory and link the way there passes through
-    (:func:`_walk`); those that do not exist yet are skipped (we create them)."""
+    (:func:`walk_lookup`); those that do not exist yet are skipped (we create them)."""
     path = Path(path)
     me = os.geteuid()
     seen: set[Path] = set()
-    walked = _walk(path, what)
+    walked = walk_lookup(path, what)
     for parent in (*Path(os.path.abspath(path)).parents,
                    *Path(os.path.realpath(path)).parents, *walked):
         if parent in seen:
@@ -137,7 +137,7 @@ def check_parents(path: Path, what: str) -> None:
                      "directory")
 
 
-def _walk(path: Path, what: str) -> list[Path]:
+def walk_lookup(path: Path, what: str) -> list[Path]:
     """The directories ``path`` is looked up through, as the kernel resolves it (every
     link followed, ``..`` after a link meaning the link target's parent), until a
     component that does not exist. A link on the way owned by a user other than root and

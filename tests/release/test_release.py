@@ -198,14 +198,44 @@ def test_a_recipe_passphrase_file_open_to_others_is_refused(lab: Lab) -> None:
 
 
 def test_release_under_umask_000_creates_nothing_writable_by_others(lab: Lab) -> None:
+    recipe = lab.recipe()  # before the umask: a recipe others can write is refused
     old = os.umask(0)
     try:
-        code, _, err = release(str(lab.recipe()))
+        code, _, err = release(str(recipe))
     finally:
         os.umask(old)
     assert code == 0, err
     for p in lab.origin.rglob("*"):
         assert p.stat().st_mode & 0o022 == 0, (p, oct(p.stat().st_mode))
+
+
+def test_inputs_other_users_can_change_are_refused_at_their_line(lab: Lab) -> None:
+    """Whoever can write a kernel (or rename it away) chooses what the release signs:
+    refused at its recipe line (exit 3, nothing published) unless the operator accepts it
+    with --unsafe-shared-inputs, which warns."""
+    recipe = lab.recipe()
+    kernel = lab.dir / "images" / "vmlinuz"
+    kernel.chmod(0o666)
+    code, _, err = release(str(recipe))
+    assert code == 3, err
+    assert f"{recipe}:" in err and "entries.linux.kernel" in err and "every user" in err
+    assert "--unsafe-shared-inputs" in err
+    assert list(lab.origin.iterdir()) == []
+    kernel.chmod(0o644)
+    (lab.dir / "images").chmod(0o777)  # a directory on the way: rename it, replace it
+    code, _, err = release(str(recipe), "--dry-run")
+    assert code == 3 and f"{lab.dir / 'images'} above it" in err, err
+    code, _, err = release(str(recipe), "--unsafe-shared-inputs")
+    assert code == 0, err
+    assert "--unsafe-shared-inputs: recipe inputs other users can change" in err
+
+
+def test_a_recipe_others_can_change_is_refused(lab: Lab) -> None:
+    recipe = lab.recipe()
+    recipe.chmod(0o646)
+    code, _, err = release(str(recipe), "--dry-run")
+    assert code == 3 and f"recipe {recipe}: it can be changed by every user" in err, err
+    assert list(lab.origin.iterdir()) == []
 
 
 def test_work_directory_in_a_tmpdir_others_can_write_is_refused(

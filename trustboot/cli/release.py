@@ -14,6 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from trustboot import writers
 from trustboot.cli._common import (
     emit_json,
     is_interactive,
@@ -75,6 +76,9 @@ class StageReporter:
 # Only here, never from a recipe: a recipe (from a pull request) must not turn it off.
 @click.option(sandbox.UNSAFE_OPTION, "unsafe_unsandboxed", is_flag=True,
               envvar=sandbox.UNSAFE_ENV, show_envvar=True, help=sandbox.UNSAFE_HELP)
+# Only here, never from a recipe: its inputs' writers would choose what is signed.
+@click.option(writers.UNSAFE_OPTION, "unsafe_shared_inputs", is_flag=True,
+              envvar=writers.UNSAFE_ENV, show_envvar=True, help=writers.UNSAFE_HELP)
 # Only here, never from a recipe: the recipe chooses the host its credentials go to.
 @click.option("--unsafe-unbound-credentials", "unsafe_unbound_credentials", is_flag=True,
               help="Send the recipe's origin.credentials even when they are not bound to "
@@ -105,7 +109,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             passphrase_file: Path | None, passphrase_env: str | None,
             ipxe_source: Path | None, cache_dir: Path | None, readback_url: str | None,
             reverify: bool, jobs: int | None, unsafe_unsandboxed: bool,
-            unsafe_unbound_credentials: bool, ambient_credentials: str | None,
+            unsafe_shared_inputs: bool, unsafe_unbound_credentials: bool,
+            ambient_credentials: str | None,
             client_cert_origin: str | None, pkcs11_module: Path | None, as_json: bool) -> None:
     """Release RECIPE: validate -> plan -> build iPXE -> render the menu -> sign ->
     manifest -> publish -> verify what the origin serves, as iPXE.
@@ -134,6 +139,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
 
     if unsafe_unsandboxed:
         warn(sandbox.UNSAFE_WARNING)
+    if unsafe_shared_inputs:
+        warn(writers.UNSAFE_WARNING)
     if unsafe_unbound_credentials:
         warn("--unsafe-unbound-credentials: the recipe's origin.credentials may be sent "
              "unbound (and, without them, an s3:// origin's requests signed with the "
@@ -162,6 +169,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
                              publish_cache=None if reverify else default_cache_path(),
                              pkcs11_module=pkcs11_module,
                              unsafe_unsandboxed_build=unsafe_unsandboxed,
+                             unsafe_shared_inputs=unsafe_shared_inputs,
                              unsafe_unbound_credentials=unsafe_unbound_credentials,
                              ambient_credentials=binding,
                              client_cert_origin=cert_binding)

@@ -105,6 +105,9 @@ class ReleaseOptions:
     pkcs11_module: Path | None = None
     # run the iPXE tree's make outside the sandbox (operator only: no recipe key sets it)
     unsafe_unsandboxed_build: bool = False
+    # accept recipe inputs that users other than root and us can change (operator only,
+    # --unsafe-shared-inputs): they then choose what the release signs
+    unsafe_shared_inputs: bool = False
     # send the recipe's origin.credentials even when they are not bound to an origin URL,
     # and, with no ambient_credentials binding, let the ambient AWS credentials sign for
     # an s3:// recipe without them (operator only, --unsafe-unbound-credentials: the
@@ -272,6 +275,19 @@ def _located(source: PassphraseSource, recipe: Recipe, where: str) -> Passphrase
     return located
 
 
+def _trusted(recipe: Recipe, options: ReleaseOptions, path: Path, what: str, where: str,
+             *, tree: bool = False) -> None:
+    """Refuse a recipe input (at ``where``) that a user other than root and us can
+    change, or rename away, unless the operator passed --unsafe-shared-inputs: whoever
+    can would choose what the release signs, publishes or trusts."""
+    if options.unsafe_shared_inputs:
+        return
+    from trustboot import writers
+
+    with _at(recipe, where):
+        writers.check_trusted(path, what, tree=tree)
+
+
 def _secret_source(recipe: Recipe, options: ReleaseOptions,
                    ref: SecretRef | None = None, *,
                    signing_key: bool = False) -> PassphraseSource:
@@ -291,11 +307,14 @@ def _secret_source(recipe: Recipe, options: ReleaseOptions,
                            "--passphrase-file / --passphrase-env")
 
 
-def _inputs(recipe: Recipe, allow: Sequence[Path]) -> list[InputFile]:
+def _inputs(recipe: Recipe, options: ReleaseOptions) -> list[InputFile]:
     out: dict[str, InputFile] = {}
+    allow = options.allow_outside
 
     def add(entry: EntrySpec, p: RecipePath, role: str) -> None:
-        path = resolve_path(recipe, p, f"entries.{entry.name}.{role}", allow_outside=allow)
+        what = f"entries.{entry.name}.{role}"
+        path = resolve_path(recipe, p, what, allow_outside=allow)
+        _trusted(recipe, options, path, what, p.where)
         key = check_key(input_key(entry, p))
         if key in out and out[key].path != path:
             raise ConfigError(f"{p.where}: {key} names two different files "
@@ -318,7 +337,13 @@ def _prebuilt_file(recipe: Recipe, prebuilt: RecipePath, name: str,
 def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certificate],
               v_certs: Sequence[Certificate], chain_script: str,
               allow: Sequence[Path], *, dry_run: bool = False) -> Firmware:
-    from trustboot.ipxe.source import clone_dir, clone_pinned, cloned_at, open_source
+    from trustboot.ipxe.source import (
+        clone_dir,
+        clone_pinned,
+        cloned_at,
+        find_src_dir,
+        open_source,
+    )
 
     spec = recipe.ipxe
     targets = spec.targets if spec else ipxe_build.DEFAULT_TARGETS
@@ -336,6 +361,8 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
             files.append((t, _prebuilt_file(recipe, spec.prebuilt, t, allow)))
         record = (_prebuilt_file(recipe, spec.prebuilt, PREBUILT_RECORD, allow)
                   if os.path.lexists(d / PREBUILT_RECORD) else None)
+        for path in (d, *(f for _, f in files), *([record] if record else [])):
+            _trusted(recipe, options, path, "ipxe.prebuilt", spec.prebuilt.where)
         return Firmware("prebuilt", targets, prebuilt_dir=d, prebuilt_files=tuple(files),
                         prebuilt_record=record)
     # What the recipe pins wins; --ipxe-source / TRUSTBOOT_IPXE_SRC only fills a gap.
@@ -380,6 +407,9 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
             else contextlib.nullcontext():
         if spec is not None and spec.source is not None:
             _check_src_inside(recipe, spec.source, source_dir, allow)
+            # what is hashed, copied and built: its writers would choose the firmware
+            _trusted(recipe, options, find_src_dir(source_dir), "ipxe.source",
+                     spec.source.where, tree=True)
         source = open_source(source_dir)
     request = ipxe_build.BuildRequest(
         source=source, targets=targets, trust=tuple(v_roots), certs=tuple(v_certs),
@@ -541,13 +571,19 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     """Everything that can be checked before anything is created (with ``dry_run``,
     nothing is created at all: a git-pinned iPXE source is not cloned)."""
     allow = options.allow_outside
-    inputs = _inputs(recipe, allow)  # the recipe's own files first: a path escape names them
+    if recipe.directory is not None and os.path.exists(recipe.source):
+        # the recipe chooses everything below: its writers would choose the release
+        _trusted(recipe, options, Path(recipe.source), "recipe", recipe.source)
+    inputs = _inputs(recipe, options)  # its own files first: a path escape names them
     ca_home = options.ca_home or resolve_path(recipe, recipe.ca_home, "ca.home",
                                               allow_outside=allow, kind="dir")
     s = recipe.signer
     cert = resolve_path(recipe, s.cert, "signer.cert", allow_outside=allow) if s.cert else None
     chain = (resolve_path(recipe, s.chain, "signer.chain", allow_outside=allow)
              if s.chain else None)
+    for given, what in ((cert, "signer.cert"), (chain, "signer.chain")):
+        if given is not None:  # the chain the signatures carry, what iPXE is shown
+            _trusted(recipe, options, given, what, s.where)
     key = s.key
     if key.scheme == "file":
         # a key file is a recipe path like the others (recipe-relative, inside its root)
@@ -572,6 +608,7 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     for p in recipe.ipxe.extra_roots if recipe.ipxe is not None else ():
         extra_roots.append(path := resolve_path(recipe, p, "ipxe.extra_roots",
                                                 allow_outside=allow))
+        _trusted(recipe, options, path, "ipxe.extra_roots", p.where)  # the firmware trusts it
         with _at(recipe, p.where):  # each one's refusal at its own line
             load_single_certificate(path)
     trust_inputs = collect_trust(ca_home, extra_roots, [])
@@ -599,6 +636,8 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     ca_file = options.origin_ca_file
     if ca_file is None and o is not None and o.ca_file is not None:
         ca_file = resolve_path(recipe, o.ca_file, "origin.ca_file", allow_outside=allow)
+        # whose certificates prove the origin to the read-back
+        _trusted(recipe, options, ca_file, "origin.ca_file", o.ca_file.where)
     creds = None
     if o is not None and o.credentials is not None:
         creds = _origin_credentials(recipe, o.credentials, url, o.endpoint, options)
