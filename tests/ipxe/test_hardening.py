@@ -485,3 +485,44 @@ def test_sigterm_in_a_host_program_reaches_its_own_handler(
         signal.signal(signal.SIGTERM, previous)
     assert got == [signal.SIGTERM]
     assert list((env["cache"] / "work").glob("build-*")) == []
+
+
+def test_a_git_server_that_never_answers_is_given_up_at_the_time_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe's git server that accepts and then says nothing (or trickles) cannot hold a
+    release: past TRUSTBOOT_BUILD_TIMEOUT git and its transport helper are killed and
+    the clone fails naming the limit; no clone is left in place."""
+    import socket
+    import threading
+
+    from tests.procs import processes_with
+    from trustboot.errors import OperationalError
+
+    require_tool("git", "git")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])  # and never a byte back
+
+    threading.Thread(target=accept, daemon=True).start()
+    monkeypatch.setenv("TRUSTBOOT_BUILD_TIMEOUT", "2")
+    url = f"https://127.0.0.1:{port}/ipxe.git"
+    started = time.monotonic()
+    try:
+        with pytest.raises(OperationalError, match="git did not finish within 2 s") as info:
+            clone_pinned(url, "a" * 40, tmp_path / "git" / ("a" * 40))
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert time.monotonic() - started < 30
+    assert "TRUSTBOOT_BUILD_TIMEOUT" in (info.value.hint or "")
+    assert held, "git never connected: the test proved nothing"
+    assert not (tmp_path / "git" / ("a" * 40)).exists()
+    assert processes_with(f"127.0.0.1:{port}") == []  # git-remote-https went too

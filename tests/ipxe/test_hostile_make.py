@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.ipxe.testpki import TestPki, make_pki
+from tests.procs import processes_with
 from trustboot.cli.main import cli
 
 CHAIN = ["--chain", "https://boot.example.com/boot.ipxe", "--signer", "boot-signer"]
@@ -207,3 +208,41 @@ def test_make_cannot_change_the_layout_for_its_next_run(
     assert intact(found)
     assert not any(b"important config" in p.read_bytes()
                    for p in env["cache"].rglob("*") if p.is_file() and not p.is_symlink())
+
+
+# --- time limits --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hold", [
+    "sleep 3131",  # silent
+    "while :; do echo still busy; sleep 0.2; done; : 3131",  # talking, never done
+])
+def test_a_make_that_never_finishes_is_stopped_at_the_time_limit(
+        env: dict[str, Path], pki: TestPki, monkeypatch: pytest.MonkeyPatch,
+        hold: str) -> None:
+    """A hostile (or stuck) Makefile cannot hold a build, or the release that unlocked a
+    signer for it, for ever: past TRUSTBOOT_BUILD_TIMEOUT make is stopped, with everything
+    it started, and the build fails (exit 1) naming the limit; nothing is cached."""
+    import time
+
+    monkeypatch.setenv("TRUSTBOOT_BUILD_TIMEOUT", "3")
+    add_to_recipe(env["tree"], hold)
+    started = time.monotonic()
+    code, err = build(env, pki)
+    assert code == 1, err
+    assert "make did not finish within 3 s" in err and "TRUSTBOOT_BUILD_TIMEOUT" in err
+    assert time.monotonic() - started < 60
+    assert processes_with("3131") == []
+    assert not (env["out"] / "bin" / "ipxe.lkrn").exists()
+    assert not list((env["cache"] / "out").glob("*/manifest.json"))
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "inf", "nan"])
+def test_an_invalid_time_limit_is_refused_before_any_work(
+        env: dict[str, Path], pki: TestPki, monkeypatch: pytest.MonkeyPatch,
+        value: str) -> None:
+    monkeypatch.setenv("TRUSTBOOT_BUILD_TIMEOUT", value)
+    code, err = build(env, pki)
+    assert code == 3, err
+    assert f"TRUSTBOOT_BUILD_TIMEOUT={value!r} is not a number of seconds" in err
+    assert env["runs"].read_text() == ""  # make never ran

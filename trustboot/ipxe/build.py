@@ -14,13 +14,16 @@ import functools
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
+import select
 import shutil
 import signal
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,7 @@ from trustboot.interrupt import cleanup_on_signals
 from trustboot.ipxe import sandbox
 from trustboot.ipxe.config import BuildOptions, Certificate, ClientIdentity, render_headers
 from trustboot.ipxe.source import IpxeSource, copy_tree
-from trustboot.subproc import minimal_env
+from trustboot.subproc import TIME_LIMIT_ENV, TimedOut, minimal_env, time_limit
 from trustboot.text import clean, unsafe_string_at
 
 # Bump when the way we build changes, so old cache entries are not reused.
@@ -414,15 +417,28 @@ _MAX_LINE = 4096
 _LOG_CUT = b"\n[trustboot: make wrote more than %d bytes; the rest is not logged]\n"
 
 
-def _follow(out: int, log: BinaryIO, on_progress: ProgressCallback | None) -> None:
+def _follow(out: int, log: BinaryIO, on_progress: ProgressCallback | None,
+            deadline: float = math.inf) -> None:
     """Copy make's output (the descriptor ``out``) to ``log`` until make closes it, up to
     MAX_LOG_BYTES in all (the log may hold earlier runs'), and report its progress lines,
     escaped. Read in blocks, never a line at a time: a line without end would grow in
-    our memory (the process that may hold an unlocked signer) as long as make writes."""
+    our memory (the process that may hold an unlocked signer) as long as make writes.
+    TimedOut when the (time.monotonic) ``deadline`` passes first, silent or not."""
     written = log.tell()
     pending = b""
     skipping = False  # in a line already too long to be a progress line
-    while chunk := os.read(out, 1 << 16):
+    poller = select.poll()
+    poller.register(out, select.POLLIN)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(None if left == math.inf else
+                                        max(1, math.ceil(left * 1000))):
+            if deadline - time.monotonic() <= 0:
+                raise TimedOut(0.0)  # _run_make names the limit
+            continue
+        chunk = os.read(out, 1 << 16)
+        if not chunk:
+            break
         if written < MAX_LOG_BYTES:
             kept = chunk[:MAX_LOG_BYTES - written]
             log.write(kept)
@@ -471,9 +487,10 @@ def passed_env(passthrough: Sequence[str] = ()) -> dict[str, str]:
 def _run_make(
     argv: Sequence[str], cwd: Path, log: Path, on_progress: ProgressCallback | None,
     env: Mapping[str, str], bwrap: str | None, extra_binds: sandbox.ExtraBinds,
+    limit: float,
 ) -> None:
     """Run one make invocation in ``cwd`` (the work tree), in the sandbox unless ``bwrap``
-    is None (--unsafe-unsandboxed-build)."""
+    is None (--unsafe-unsandboxed-build), for at most ``limit`` seconds."""
     # The read-only binds of _PROTECTED_DIRS hold only over real directories: an earlier
     # make of this build could have moved src/config away (a mount point's parent can be
     # renamed) and left a link in its place.
@@ -498,19 +515,27 @@ def _run_make(
             command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=child_env, process_group=0, umask=0o077,
         )
+        deadline = time.monotonic() + limit
         try:
             assert proc.stdout is not None
-            _follow(proc.stdout.fileno(), fh, on_progress)
-            rc = proc.wait()
+            _follow(proc.stdout.fileno(), fh, on_progress, deadline)
+            rc = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except (TimedOut, subprocess.TimeoutExpired):
+            # stopped below, as an interruption is: make deletes its half-written targets
+            rc = None
         finally:
             if proc.poll() is None:  # interrupted: make must not outlive its work tree
                 if bwrap is not None:
                     sandbox.stop(proc)
                 else:
                     _stop_group(proc)
+    targets = ", ".join(a for a in argv if "/" in a and "=" not in a)
+    if rc is None:
+        raise OperationalError(
+            f"make did not finish within {limit:g} s building {targets}; it was stopped",
+            hint=f"the log is {log}; a slower build host: raise {TIME_LIMIT_ENV} (seconds)")
     if rc != 0:
         tail = _log_tail(log)
-        targets = ", ".join(a for a in argv if "/" in a and "=" not in a)
         raise OperationalError(
             f"make failed (exit {rc}) building {targets}:\n"
             + "\n".join("  | " + line for line in tail),
@@ -999,6 +1024,7 @@ def build(
     """
     toolchain = dict(toolchain) if toolchain is not None else check_toolchain(request.targets)
     cache = prepare_cache_dir(cache_dir or default_cache_dir())
+    limit = time_limit()  # an invalid TRUSTBOOT_BUILD_TIMEOUT is refused before any work
     passed = passed_env(make_env_names)  # read once: the key and make see the same values
     salt = make_env_salt(cache) if passed else None
     key = cache_key(request, toolchain, make_env=passed, env_salt=salt)
@@ -1018,7 +1044,7 @@ def build(
             bwrap = None if unsafe_unsandboxed else sandbox.find_bwrap()
             _build_into(request, entry, key, log, toolchain, cache,
                         jobs or os.cpu_count() or 1, clean, on_progress,
-                        passed, salt, bwrap, extra_binds)
+                        passed, salt, bwrap, extra_binds, limit)
         manifest_bytes = (entry / "manifest.json").read_bytes()
         # only now: a failed build leaves no empty output dir; one others can write is
         # refused (they could swap the firmware, which trusts the root, before it ships)
@@ -1049,6 +1075,7 @@ def _build_into(
     env_salt: bytes | None,
     bwrap: str | None,
     extra_binds: sandbox.ExtraBinds,
+    limit: float,
 ) -> None:
     plan = make_plan(request, jobs=jobs)
     env = minimal_env(dict(passed))
@@ -1080,7 +1107,8 @@ def _build_into(
                     fsutil.write_private_file(key_file, request.client.key_pem)
                 with _making(top):
                     for argv in plan.invocations:
-                        _run_make(argv, top, log, on_progress, env, bwrap, extra_binds)
+                        _run_make(argv, top, log, on_progress, env, bwrap, extra_binds,
+                                  limit)
             finally:
                 # The key is readable only while make runs.
                 with contextlib.suppress(FileNotFoundError):

@@ -27,7 +27,7 @@ from trustboot.fsutil import (
     remove_unlocked_dirs,
     write_fully,
 )
-from trustboot.subproc import git_env
+from trustboot.subproc import TIME_LIMIT_ENV, TimedOut, git_env, run_bounded, time_limit
 
 ENV_SOURCE = "TRUSTBOOT_IPXE_SRC"
 
@@ -423,9 +423,15 @@ def _clone_into(url: str, commit: str, dest: Path) -> None:
         ["git", "-C", str(dest), "-c", "advice.detachedHead=false", "checkout", "-q",
          "--detach", commit, "--"],
     )
+    limit = time_limit()
     for argv in steps:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False,
-                              stdin=subprocess.DEVNULL, env=git_env())
+        try:
+            proc = run_bounded(argv, limit=limit, env=git_env())
+        except TimedOut:
+            raise OperationalError(
+                f"could not fetch {commit} from {url}: git did not finish within "
+                f"{limit:g} s", hint=f"check that the server answers; on a slow link "
+                f"raise {TIME_LIMIT_ENV} (seconds)") from None
         if proc.returncode != 0:
             raise OperationalError(
                 f"could not fetch {commit} from {url}: {proc.stderr.strip()[-500:]}",
