@@ -192,6 +192,9 @@ def build_cmd(
       trustboot ipxe build --source ~/ipxe --chain https://boot.example.com/boot.ipxe \\
           --signer boot-signer
       trustboot ipxe build --target bin/ipxe.lkrn --script boot.ipxe --trust next-root.crt
+
+    Each make run (and each step of a --git fetch) may take TRUSTBOOT_BUILD_TIMEOUT
+    seconds (default 3600); past it, it is stopped and the build exits 1.
     """
     target_list = ipxe_build.check_targets(targets or ipxe_build.DEFAULT_TARGETS)
     if unsafe_unsandboxed:
