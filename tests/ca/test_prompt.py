@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,17 @@ from .conftest import spki, trustboot_cmd
 pexpect = pytest.importorskip("pexpect", reason="pexpect (test extra) drives the pty prompt")
 
 
+def _as_a_shell_starts_it() -> None:
+    # A shell's foreground job gets Ctrl-C. pytest run in the background (`cmd &`,
+    # nohup) ignores SIGINT, and an ignored signal stays ignored across exec: the child
+    # would then never see the Ctrl-C these tests type (it hung, 60 s, in such runs).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(*args: str) -> Any:
     cmd = trustboot_cmd()
-    return pexpect.spawn(cmd[0], [*cmd[1:], *args], encoding="utf-8", timeout=60)
+    return pexpect.spawn(cmd[0], [*cmd[1:], *args], encoding="utf-8", timeout=60,
+                         preexec_fn=_as_a_shell_starts_it)
 
 
 def init_with(pki: Path, first: str, second: str) -> Any:
