@@ -21,7 +21,8 @@ README = REPO / "README.md"
 # Shell words that end one command of a line and may start another.
 OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "2>", "&"}
 # Variables read elsewhere than an option's envvar: the shell, CI, the tests.
-NOT_OPTIONS = {"TRUSTBOOT_IPXE_SRC", "TRUSTBOOT_CACHE_DIR", "TRUSTBOOT_PUBLISH_CACHE"}
+NOT_OPTIONS = {"TRUSTBOOT_IPXE_SRC", "TRUSTBOOT_CACHE_DIR", "TRUSTBOOT_PUBLISH_CACHE",
+               "TRUSTBOOT_BUILD_TIMEOUT"}
 
 
 def sh_lines(text: str) -> list[str]:
