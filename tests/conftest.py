@@ -49,6 +49,15 @@ def dir_of_nobody(path: Path) -> Path:
     return path
 
 
+def give_group_to_another_user(path: Path) -> None:
+    """Give ``path`` to gid 65534 (nogroup, nobody's), so its group write lets another
+    user in: group write of our own user-private group is no one else's and passes
+    (trustboot.writers). Skips unless root."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user's group needs root (CI runs as root)")
+    os.chown(path, -1, 65534, follow_symlinks=False)
+
+
 def as_nobody(*argv: str, cwd: Path) -> None:
     """Run ``argv`` as uid/gid 65534 in ``cwd`` (entered as root first, so the directories
     above it need not be open to nobody)."""

@@ -136,6 +136,22 @@ def test_group_write_of_a_group_of_only_root_and_us_passes(home: Path) -> None:
 
 
 @needs_root
+def test_a_group_other_than_ours_counts_even_with_no_member_listed(home: Path) -> None:
+    """With LDAP or SSSD the passwd database need not list every user whose primary
+    group it is: only our own primary group is taken at its listing's word."""
+    mine = pwd.getpwuid(os.geteuid()).pw_gid
+    primaries = {pw.pw_gid for pw in pwd.getpwall()}
+    empty = next((g for g in grp.getgrall()
+                  if g.gr_gid != mine and not g.gr_mem and g.gr_gid not in primaries), None)
+    if empty is None:
+        pytest.skip("no group here without members")
+    p = _file(home, mode=0o664)
+    os.chown(p, -1, empty.gr_gid)
+    err = _refused(p)
+    assert f"group {empty.gr_name} (not your own group" in err.message
+
+
+@needs_root
 def test_a_group_the_database_does_not_know_counts_as_foreign(home: Path) -> None:
     gid = 4_000_000_123
     with pytest.raises(KeyError):
@@ -220,3 +236,39 @@ def test_a_tree_is_refused_for_any_entry_others_can_change(home: Path) -> None:
     assert f"{tree / 'arch'} in it" in err.message
     # without tree=True only the directory and its parents count
     writers.check_trusted(tree, "ipxe.source")
+
+
+def test_outputs_below_a_directory_of_our_own_group_pass(home: Path) -> None:
+    """The same rule for what trustboot writes (fsutil.check_parents, check_owned_dir):
+    on a Fedora or RHEL host a user's directories are 0775 (umask 002) in their own
+    group, and refusing them refused every output directory they made."""
+    from trustboot import fsutil
+
+    gid = os.getegid()
+    members = writers._members(gid)
+    if members is None or members - {0, os.geteuid()} or \
+            gid != pwd.getpwuid(os.geteuid()).pw_gid:
+        pytest.skip(f"this user's group {gid} is not a user-private group")
+    out = home / "dist"
+    out.mkdir()
+    out.chmod(0o775)
+    home.chmod(0o775)
+    fsutil.check_parents(out / "vmlinuz.sig", "--out directory")
+    fsutil.check_owned_dir(out, "--out directory")
+    with pytest.raises(ConfigError, match="accessible to other users"):
+        fsutil.check_owned_dir(out, "key directory", private=True)  # private: still no
+
+
+@needs_root
+def test_outputs_below_a_directory_another_user_shares_are_refused(home: Path) -> None:
+    from tests.conftest import give_group_to_another_user
+    from trustboot import fsutil
+
+    out = home / "dist"
+    out.mkdir()
+    out.chmod(0o775)
+    give_group_to_another_user(out)
+    with pytest.raises(ConfigError, match="writable by other users"):
+        fsutil.check_owned_dir(out, "--out directory")
+    with pytest.raises(ConfigError, match=f"{out} above it is writable by other users"):
+        fsutil.check_parents(out / "vmlinuz.sig", "--out directory")

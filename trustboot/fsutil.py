@@ -100,8 +100,10 @@ def make_output_dir(path: Path, what: str) -> Path:
 
 def check_parents(path: Path, what: str) -> None:
     """Refuse ``path`` when a directory above it could be changed by a user other than
-    root and us: one owned by another user, or writable by group or others without the
-    sticky bit (in a sticky directory like /tmp others can only remove their own entries).
+    root and us: one owned by another user, or writable by others or a group with anyone
+    else in it (:func:`trustboot.writers.mode_writers`: our own user-private group is
+    not) without the sticky bit (in a sticky directory like /tmp others can only remove
+    their own entries).
     Whoever can write a parent can rename ``path`` away, with what we wrote in it, and
     put a directory of theirs in its place; its own mode and owner cannot prevent that.
     The parents of ``path`` as written and of where it really leads (links resolved) are
@@ -128,13 +130,22 @@ def check_parents(path: Path, what: str) -> None:
                 f"{what} {path}: {parent} above it is owned by uid {st.st_uid}, not by "
                 "root or you: its owner can replace what trustboot writes there",
                 hint="choose a directory whose parents only root and you can change")
-        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX \
+                and _others_can_write(parent, st):
             raise ConfigError(
                 f"{what} {path}: {parent} above it is writable by other users (mode "
                 f"{stat.S_IMODE(st.st_mode):04o}): they can move it away with what "
                 "trustboot wrote and put their own in its place",
                 hint=f"chmod go-w {parent}  (or chmod +t, as /tmp), or choose another "
                      "directory")
+
+
+def _others_can_write(path: Path, st: os.stat_result) -> bool:
+    """Whether group or others can write ``path`` (stat ``st``) with anyone but root and
+    us among them: group write of our own user-private group (umask 002) is no one's."""
+    from trustboot.writers import mode_writers  # (it imports this module)
+
+    return bool(mode_writers(str(path), st))
 
 
 def walk_lookup(path: Path, what: str) -> list[Path]:
@@ -329,7 +340,7 @@ def check_owned_dir(path: Path, what: str, *, private: bool = False) -> None:
             hint=f"chown -R {os.geteuid()} {path}  (as root, after checking its contents)",
         )
     loose = mode & (0o077 if private else 0o022)
-    if loose:
+    if loose and (private or _others_can_write(path, st)):
         fix = "chmod 700" if private else "chmod go-w"
         raise ConfigError(
             f"{what} {path} is {'accessible to' if private else 'writable by'} other users "

@@ -5,12 +5,14 @@ initrds, prebuilt firmware, the iPXE tree it builds, extra trusted roots, the ce
 it reads. Another local user who can write one of them, or rename it away through a
 directory above it, chooses what the release signs.
 
-Mode bits alone would refuse every user-private-group host (umask 002: group-writable,
-but the group is the user's own), so group write counts only when the group has a member
-other than root and us, as the group database lists them: its member list and the users
-whose primary group it is. A group the database does not know counts as foreign. POSIX
-ACL entries count the same way, each named user or group entry that can write through
-the ACL's mask.
+Mode bits alone would refuse every user-private-group host (umask 002, the default for
+such users on Fedora and RHEL: group-writable, but the group is the user's own), so group
+write is harmless when the group is our own primary group and nobody else is in it: no
+one else on its member list, and no other user the passwd database lists with it as
+their primary group. Any other group counts as foreign, even one whose members seem to
+be only us: with LDAP or SSSD the passwd database need not list every user, so a group's
+users cannot be enumerated, only its own listing trusted. POSIX ACL entries count the
+same way, each named user or group entry that can write through the ACL's mask.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ MAX_TREE_ENTRIES = 200_000
 
 @functools.cache
 def _members(gid: int) -> frozenset[int] | None:
-    """The uids in group ``gid`` (its member list and the users whose primary group it
-    is), or None when the group database does not know the group."""
+    """The uids in group ``gid`` as far as the databases list them (its member list and
+    the users whose primary group it is), or None when the group database does not know
+    the group."""
     try:
         names = grp.getgrgid(gid).gr_mem
     except KeyError:
@@ -60,8 +63,15 @@ def _members(gid: int) -> frozenset[int] | None:
         try:
             uids.add(pwd.getpwnam(name).pw_uid)
         except KeyError:
-            continue  # a member name with no account: nobody logs in as it
+            uids.add(-1)  # a member the passwd database cannot name: someone else
     return frozenset(uids)
+
+
+def _primary_gid() -> int | None:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_gid
+    except KeyError:
+        return None
 
 
 def _group_writers(gid: int, trusted: frozenset[int]) -> list[str]:
@@ -69,17 +79,19 @@ def _group_writers(gid: int, trusted: frozenset[int]) -> list[str]:
     if members is None:
         return [f"group {gid} (not in the group database: its members are unknown)"]
     others = sorted(members - trusted)
-    if not others:
-        return []
-    try:
-        name = grp.getgrgid(gid).gr_name
-    except KeyError:  # pragma: no cover - _members found it a moment ago
-        name = str(gid)
-    shown = ", ".join(_user(u) for u in others[:5]) + (", ..." if len(others) > 5 else "")
-    return [f"group {name} ({shown})"]
+    name = grp.getgrgid(gid).gr_name
+    if others:
+        shown = ", ".join(_user(u) for u in others[:5]) + (", ..." if len(others) > 5
+                                                           else "")
+        return [f"group {name} ({shown})"]
+    if gid != _primary_gid():
+        return [f"group {name} (not your own group: its users cannot all be listed)"]
+    return []
 
 
 def _user(uid: int) -> str:
+    if uid < 0:
+        return "a member without an account"
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -87,9 +99,10 @@ def _user(uid: int) -> str:
 
 
 def _acl(path: str) -> list[tuple[int, int, int]] | None:
-    """The access ACL's (tag, permissions, id) entries, or None without one."""
+    """The access ACL's (tag, permissions, id) entries of what ``path`` leads to (as the
+    stat the callers pass), or None without one; OSError when it cannot be read."""
     try:
-        raw = os.getxattr(path, _ACL_XATTR, follow_symlinks=False)
+        raw = os.getxattr(path, _ACL_XATTR)
     except OSError as exc:
         if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
             return None
@@ -105,14 +118,26 @@ def writers(path: str, st: os.stat_result, *, through: bool = False) -> list[str
     on the way to what is checked, not the thing itself) a sticky directory's group and
     others do not count: there they can remove only their own entries, and the next
     entry on the way is checked to be ours."""
-    me = os.geteuid()
-    trusted = frozenset((0, me))
     out: list[str] = []
-    if st.st_uid not in trusted:
+    if st.st_uid not in (0, os.geteuid()):
         out.append(f"its owner {_user(st.st_uid)}")  # who can chmod it at will
     if through and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
         return out
-    acl = _acl(path) if st.st_mode & stat.S_IWGRP else None
+    return out + mode_writers(path, st)
+
+
+def mode_writers(path: str, st: os.stat_result) -> list[str]:
+    """Who other than root and us can write ``path`` through its group, its ACL entries
+    or its mode for others (its owner aside): [] when its mode bits for group and others
+    allow no write, or only our own user-private group can."""
+    if not st.st_mode & 0o022:
+        return []
+    trusted = frozenset((0, os.geteuid()))
+    out: list[str] = []
+    try:
+        acl = _acl(path) if st.st_mode & stat.S_IWGRP else None
+    except OSError as exc:
+        return [f"anyone its unreadable ACL names ({exc.strerror})"]
     if acl is None:
         if st.st_mode & stat.S_IWGRP:
             out += _group_writers(st.st_gid, trusted)

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from tests.ca.conftest import Run, issue, run_proc, trustboot_cmd
-from tests.conftest import as_nobody, dir_of_nobody
+from tests.conftest import as_nobody, dir_of_nobody, give_group_to_another_user
 from trustboot.ca.store import CertificateAuthority, load_trusted_root
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
@@ -215,6 +215,8 @@ def test_export_below_a_directory_others_can_write_is_refused(pki: Path, tmp_pat
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(mode)
+    if not mode & 0o002:
+        give_group_to_another_user(shared)  # our own user-private group would pass
     out = shared / "release" / "trust"
     r = run("ca", "export", "--pki", str(pki), "--out", str(out))
     assert r.exit_code == 3, r.output
@@ -628,6 +630,7 @@ def test_a_pki_file_others_could_have_changed_is_refused(pki: Path, tmp_path: Pa
     file = pki / name
     if change == "group-writable":
         os.chmod(file, 0o664)
+        give_group_to_another_user(file)
         expected = f"{file} is writable by other users (mode 0664)"
     elif change == "other-owner":
         if os.geteuid() != 0:

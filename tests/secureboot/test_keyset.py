@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from tests.conftest import give_group_to_another_user
 from trustboot.errors import ConfigError
 from trustboot.secrets import constant
 from trustboot.secureboot import efi, keyset
@@ -90,6 +91,7 @@ def test_a_key_set_reached_through_a_link_is_refused(pki_copy: Path, tmp_path: P
 def test_a_key_set_in_a_pki_others_can_write_is_refused(pki_copy: Path) -> None:
     # whoever can write the CA home can swap the whole key set directory for another
     pki_copy.chmod(0o775)
+    give_group_to_another_user(pki_copy)
     with pytest.raises(ConfigError, match="writable"):
         keyset.load_keyset(pki_copy)
 
@@ -339,6 +341,8 @@ def test_export_digest_stable(exported: Path) -> None:
 def test_key_set_others_can_write_refused(pki_copy: Path, run: Run, tmp_path: Path,
                                           pw: Path, sub: str, mode: int, fix: str) -> None:
     (pki_copy / "secureboot" / sub).chmod(mode)
+    if not sub:
+        give_group_to_another_user(pki_copy / "secureboot")
     r = run("secureboot", "export", "--pki", str(pki_copy), "--out", str(tmp_path / "o"),
             "--passphrase-file", str(pw))
     assert r.exit_code == 3 and fix in r.output, r.output
