@@ -63,6 +63,8 @@ def git_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 # stuck one cannot hold a release (and the signer it has unlocked) for ever.
 TIME_LIMIT_ENV = "TRUSTBOOT_BUILD_TIMEOUT"
 DEFAULT_TIME_LIMIT = 3600.0
+# A week: beyond it the waits' millisecond timers (a C int) would overflow.
+MAX_TIME_LIMIT = 7 * 86400.0
 
 
 def time_limit(environ: Mapping[str, str] | None = None) -> float:
@@ -75,8 +77,9 @@ def time_limit(environ: Mapping[str, str] | None = None) -> float:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{TIME_LIMIT_ENV}={raw[:40]!r} is not a number of seconds",
+    if not (math.isfinite(value) and 0 < value <= MAX_TIME_LIMIT):
+        raise ConfigError(f"{TIME_LIMIT_ENV}={raw[:40]!r} is not a number of seconds "
+                          f"from 0 to {MAX_TIME_LIMIT:g}",
                           hint=f"e.g. {TIME_LIMIT_ENV}=7200, or unset it for an hour")
     return value
 
