@@ -502,15 +502,19 @@ def test_a_git_server_that_never_answers_is_given_up_at_the_time_limit(
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
+    listener.settimeout(0.1)  # close() would not wake a blocked accept()
     port = listener.getsockname()[1]
     held: list[socket.socket] = []
+    stop = threading.Event()
 
     def accept() -> None:
-        with contextlib.suppress(OSError):
-            while True:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
                 held.append(listener.accept()[0])  # and never a byte back
 
-    threading.Thread(target=accept, daemon=True).start()
+    # joined below: a thread left running would keep later tests' signing from forking
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
     monkeypatch.setenv("TRUSTBOOT_BUILD_TIMEOUT", "2")
     url = f"https://127.0.0.1:{port}/ipxe.git"
     started = time.monotonic()
@@ -518,6 +522,8 @@ def test_a_git_server_that_never_answers_is_given_up_at_the_time_limit(
         with pytest.raises(OperationalError, match="git did not finish within 2 s") as info:
             clone_pinned(url, "a" * 40, tmp_path / "git" / ("a" * 40))
     finally:
+        stop.set()
+        acceptor.join()
         listener.close()
         for conn in held:
             conn.close()
