@@ -740,3 +740,33 @@ def test_a_recipe_s_ipxe_tree_whose_src_is_a_link_out_is_refused(
     assert code == 0, err
     (fw,) = lab.origin.rglob("ipxe.lkrn")
     assert b"BUILT-FROM-OUTSIDE" in fw.read_bytes()  # the copy inside, as the recipe says
+
+
+def test_an_ipxe_tree_with_a_file_others_can_write_is_refused(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file of the src/ an ipxe.source names is built into the firmware the release
+    signs: one that others can write is refused at the ipxe line, before any build (a dry
+    run too), and make never runs."""
+    _fake_ipxe_tree(lab, monkeypatch)
+    makefile = lab.dir / "ipxe" / "src" / "Makefile"
+    makefile.chmod(0o666)
+    recipe = lab.recipe(ipxe="ipxe: {source: ipxe, targets: [bin/ipxe.lkrn]}")
+    for args in (["--dry-run"], []):
+        code, _, err = release(str(recipe), *args)
+        assert code == 3, err
+        assert f"{recipe}:" in err and "ipxe.source" in err
+        assert f"{makefile} in it can be changed by every user" in err
+    assert not (lab.dir / "runs.log").exists() or (lab.dir / "runs.log").read_text() == ""
+    assert list(lab.origin.iterdir()) == []
+
+
+def test_prebuilt_firmware_others_can_write_is_refused(lab: Lab) -> None:
+    fw = lab.dir / "fw" / "bin"
+    fw.mkdir(parents=True)
+    target = fw / "ipxe.lkrn"
+    target.write_bytes(b"\xeb\x3c prebuilt firmware " * 200)
+    target.chmod(0o646)
+    recipe = lab.recipe(ipxe="ipxe: {prebuilt: fw, targets: [bin/ipxe.lkrn]}")
+    code, _, err = release(str(recipe), "--dry-run")
+    assert code == 3, err
+    assert "ipxe.prebuilt" in err and "can be changed by every user" in err
