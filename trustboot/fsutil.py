@@ -106,25 +106,11 @@ def check_parents(path: Path, what: str) -> None:
     their own entries).
     Whoever can write a parent can rename ``path`` away, with what we wrote in it, and
     put a directory of theirs in its place; its own mode and owner cannot prevent that.
-    The parents of ``path`` as written and of where it really leads (links resolved) are
-    both checked, and so is every directory and link the way there passes through
-    (:func:`walk_lookup`); those that do not exist yet are skipped (we create them)."""
+    Every directory :func:`dirs_above` names is checked; those that do not exist yet are
+    skipped (we create them)."""
     path = Path(path)
     me = os.geteuid()
-    seen: set[Path] = set()
-    walked = walk_lookup(path, what)
-    for parent in (*Path(os.path.abspath(path)).parents,
-                   *Path(os.path.realpath(path)).parents, *walked):
-        if parent in seen:
-            continue
-        seen.add(parent)
-        try:
-            st = os.stat(parent)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise ConfigError(f"{what} {path}: cannot check {parent}: {exc.strerror}",
-                              hint="check the path and its permissions") from None
+    for parent, st in dirs_above(path, what):
         if st.st_uid not in (0, me):
             raise ConfigError(
                 f"{what} {path}: {parent} above it is owned by uid {st.st_uid}, not by "
@@ -140,6 +126,31 @@ def check_parents(path: Path, what: str) -> None:
                      "directory")
 
 
+def dirs_above(path: Path, what: str, *, lookup_first: bool = False
+               ) -> Iterator[tuple[Path, os.stat_result]]:
+    """Each directory above ``path`` that exists, once, with its stat: the parents of
+    ``path`` as written and of where it really leads, and every directory its lookup
+    passes through (:func:`_walk`, which refuses another user's link on the way).
+    ``lookup_first``: those of the lookup first, so the first one named is one the
+    kernel really goes through. ConfigError when one cannot be checked."""
+    path = Path(path)
+    walked = _walk(path, what)
+    written = [*Path(os.path.abspath(path)).parents, *Path(os.path.realpath(path)).parents]
+    seen: set[Path] = set()
+    for parent in (*walked, *written) if lookup_first else (*written, *walked):
+        if parent in seen:
+            continue
+        seen.add(parent)
+        try:
+            st = os.stat(parent)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"{what} {path}: cannot check {parent}: {exc.strerror}",
+                              hint="check the path and its permissions") from None
+        yield parent, st
+
+
 def _others_can_write(path: Path, st: os.stat_result) -> bool:
     """Whether group or others can write ``path`` (stat ``st``) with anyone but root and
     us among them: group write of our own user-private group (umask 002) is no one's."""
@@ -148,7 +159,7 @@ def _others_can_write(path: Path, st: os.stat_result) -> bool:
     return bool(mode_writers(str(path), st))
 
 
-def walk_lookup(path: Path, what: str) -> list[Path]:
+def _walk(path: Path, what: str) -> list[Path]:
     """The directories ``path`` is looked up through, as the kernel resolves it (every
     link followed, ``..`` after a link meaning the link target's parent), until a
     component that does not exist. A link on the way owned by a user other than root and

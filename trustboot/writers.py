@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trustboot.errors import ConfigError
-from trustboot.fsutil import walk_lookup
+from trustboot.fsutil import dirs_above
 
 UNSAFE_OPTION = "--unsafe-shared-inputs"
 UNSAFE_ENV = "TRUSTBOOT_UNSAFE_SHARED_INPUTS"
@@ -178,12 +178,7 @@ def check_trusted(path: Path, what: str, *, tree: bool = False) -> None:
     their own directory is checked, and whoever reads the tree judges where they lead)."""
     path = Path(path)
     real = Path(os.path.realpath(path))
-    seen: set[Path] = set()
-    for parent in (*walk_lookup(path, what), *real.parents):
-        if parent in seen:
-            continue
-        seen.add(parent)
-        st = _stat(parent, path, what)
+    for parent, st in dirs_above(path, what, lookup_first=True):
         who = writers(str(parent), st, through=True)
         if who:
             raise _refuse(what, path, parent, who, above=True)
