@@ -35,7 +35,7 @@ from trustboot.interrupt import cleanup_on_signals
 from trustboot.ipxe import sandbox
 from trustboot.ipxe.config import BuildOptions, Certificate, ClientIdentity, render_headers
 from trustboot.ipxe.source import IpxeSource, copy_tree
-from trustboot.subproc import TIME_LIMIT_ENV, TimedOut, minimal_env, time_limit
+from trustboot.subproc import TIME_LIMIT_ENV, TimedOut, kill_group, minimal_env, time_limit
 from trustboot.text import clean, unsafe_string_at
 
 # Bump when the way we build changes, so old cache entries are not reused.
@@ -434,7 +434,7 @@ def _follow(out: int, log: BinaryIO, on_progress: ProgressCallback | None,
         if left <= 0 or not poller.poll(None if left == math.inf else
                                         max(1, math.ceil(left * 1000))):
             if deadline - time.monotonic() <= 0:
-                raise TimedOut(0.0)  # _run_make names the limit
+                raise TimedOut
             continue
         chunk = os.read(out, 1 << 16)
         if not chunk:
@@ -553,9 +553,7 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
         pass
     # Compilers make did not wait for, or make itself if it ignored the TERM. The group id
     # stays reserved while any member lives, so this cannot reach another process.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_group(proc)
 
 
 def _find_fingerprints(data: bytes, fingerprints: Sequence[str]) -> dict[str, bool]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trustboot.errors import ConfigError
+from trustboot.subproc import kill_group
 
 BWRAP = "bwrap"
 UNSAFE_OPTION = "--unsafe-unsandboxed-build"
@@ -173,6 +174,4 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
     # Still running (make ignored the TERM): bwrap's group id stays reserved while bwrap
     # lives unreaped, so this cannot reach another process.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_group(proc)
