@@ -770,3 +770,14 @@ def test_prebuilt_firmware_others_can_write_is_refused(lab: Lab) -> None:
     code, _, err = release(str(recipe), "--dry-run")
     assert code == 3, err
     assert "ipxe.prebuilt" in err and "can be changed by every user" in err
+
+
+def test_an_invalid_build_time_limit_is_refused_before_anything_is_uploaded(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_ipxe_tree(lab, monkeypatch)
+    monkeypatch.setenv("TRUSTBOOT_BUILD_TIMEOUT", "soon")
+    recipe = lab.recipe(ipxe="ipxe: {source: ipxe, targets: [bin/ipxe.lkrn]}")
+    for args in (["--dry-run"], []):
+        code, _, err = release(str(recipe), *args)
+        assert code == 3 and "TRUSTBOOT_BUILD_TIMEOUT='soon'" in err, err
+    assert list(lab.origin.iterdir()) == []

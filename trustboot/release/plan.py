@@ -69,6 +69,7 @@ from trustboot.release.recipe import (
     resolve_path,
 )
 from trustboot.secrets import PassphraseSource, from_env, from_file
+from trustboot.subproc import time_limit
 
 # Bump when the rendered bytes for the same inputs change, so the id changes with them.
 RELEASE_FORMAT = 1
@@ -368,6 +369,9 @@ def _firmware(recipe: Recipe, options: ReleaseOptions, v_roots: Sequence[Certifi
     # What the recipe pins wins; --ipxe-source / TRUSTBOOT_IPXE_SRC only fills a gap.
     will_build = (spec is not None and (spec.source is not None or spec.git is not None)) \
         or options.ipxe_source is not None
+    if will_build:
+        # refused now, as the other options are, not at the build stage after the uploads
+        time_limit()
     unsandboxed = _sandbox_problem(options) if will_build else None
     if unsandboxed is not None and not dry_run:
         # now, not at the build stage: before the clone, the signer's unlock (a prompt)
