@@ -117,7 +117,7 @@ def check_parents(path: Path, what: str) -> None:
                 "root or you: its owner can replace what trustboot writes there",
                 hint="choose a directory whose parents only root and you can change")
         if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX \
-                and _others_can_write(parent, st):
+                and others_can_write(parent, st):
             raise ConfigError(
                 f"{what} {path}: {parent} above it is writable by other users (mode "
                 f"{stat.S_IMODE(st.st_mode):04o}): they can move it away with what "
@@ -151,7 +151,7 @@ def dirs_above(path: Path, what: str, *, lookup_first: bool = False
         yield parent, st
 
 
-def _others_can_write(path: Path, st: os.stat_result) -> bool:
+def others_can_write(path: Path, st: os.stat_result) -> bool:
     """Whether group or others can write ``path`` (stat ``st``) with anyone but root and
     us among them: group write of our own user-private group (umask 002) is no one's."""
     from trustboot.writers import mode_writers  # (it imports this module)
@@ -351,7 +351,7 @@ def check_owned_dir(path: Path, what: str, *, private: bool = False) -> None:
             hint=f"chown -R {os.geteuid()} {path}  (as root, after checking its contents)",
         )
     loose = mode & (0o077 if private else 0o022)
-    if loose and (private or _others_can_write(path, st)):
+    if loose and (private or others_can_write(path, st)):
         fix = "chmod 700" if private else "chmod go-w"
         raise ConfigError(
             f"{what} {path} is {'accessible to' if private else 'writable by'} other users "

@@ -76,6 +76,7 @@ from trustboot.fsutil import (
     ensure_private_dir,
     locked,
     make_dirs,
+    others_can_write,
     read_capped,
     read_private_file,
     remove_stale_temps,
@@ -83,7 +84,6 @@ from trustboot.fsutil import (
 )
 from trustboot.keys import keyfile
 from trustboot.secrets import PassphraseSource, asked_once
-from trustboot.writers import mode_writers
 
 if TYPE_CHECKING:
     from trustboot.ca import oplog
@@ -1907,7 +1907,7 @@ def check_pki_permissions(path: Path) -> None:
                 f"{file} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})",
                 hint=f"chown {os.geteuid()} {file}  (after checking its contents)",
             )
-        if stat.S_IMODE(st.st_mode) & 0o022 and mode_writers(str(file), st):
+        if stat.S_IMODE(st.st_mode) & 0o022 and others_can_write(file, st):
             raise ConfigError(
                 f"{file} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})",
                 hint=f"chmod go-w {file}",

@@ -27,6 +27,7 @@ from cryptography import x509
 
 from trustboot import secrets as secret_sources
 from trustboot.errors import ConfigError, OperationalError
+from trustboot.fsutil import others_can_write
 from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
 from trustboot.keys.ref import KeyRef, mask_pin
 from trustboot.keys.signer import (
@@ -41,7 +42,6 @@ from trustboot.keys.signer import (
 )
 from trustboot.run import keep_for_run
 from trustboot.secrets import PassphraseSource
-from trustboot.writers import mode_writers
 
 if TYPE_CHECKING:
     pass
@@ -179,7 +179,7 @@ def _trusted_module(path: Path) -> Path:
                 f"PKCS#11 module {path}: {p} is owned by uid {st.st_uid}, not by root or "
                 "you: its owner could replace the code that is loaded",
                 hint="install the module where only root (or you) can write, e.g. /usr/lib")
-        if st.st_mode & 0o022 and not sticky_dir and mode_writers(str(p), st):
+        if st.st_mode & 0o022 and not sticky_dir and others_can_write(p, st):
             raise ConfigError(
                 f"PKCS#11 module {path}: {p} is writable by other users "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}): they could replace the code that "
