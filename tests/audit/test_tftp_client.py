@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import socket
@@ -88,6 +89,7 @@ def fake_server() -> Iterator[Callable[[Callable[[socket.socket, bytes, tuple[st
                                        int]]:
     """Run ``handler(sock, request, client)`` for the first request on a fresh port."""
     socks: list[socket.socket] = []
+    threads: list[threading.Thread] = []
 
     def start(handler: Callable[[socket.socket, bytes, tuple[str, int]], None]) -> int:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -102,10 +104,18 @@ def fake_server() -> Iterator[Callable[[Callable[[socket.socket, bytes, tuple[st
             except OSError:
                 pass
 
-        threading.Thread(target=run, daemon=True).start()
+        threads.append(threading.Thread(target=run, daemon=True))
+        threads[-1].start()
         return int(sock.getsockname()[1])
 
     yield start
+    for s in socks:
+        # wakes a handler still waiting in recvfrom (closing alone does not), and its
+        # next send fails: no thread outlives the test
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+    for t in threads:
+        t.join(5)
     for s in socks:
         s.close()
 

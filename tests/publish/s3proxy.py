@@ -8,9 +8,11 @@ headers are dropped. It presents the same server certificate as RGW (the publish
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import re
+import socket
 import ssl
 import threading
 import time
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -59,7 +62,32 @@ class PassState:
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    # server_close() joins the handlers, once close_connections() made each one's socket
+    # fail: a trickle or a kept-alive connection would otherwise outlive its test
+    block_on_close = True
     state: PassState
+
+    def server_activate(self) -> None:
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self.connections_lock:
+            connections = list(self.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -164,4 +192,5 @@ def s3_passthrough(endpoint: str, *, cert: Path, key: Path, key_password: str,
         yield f"https://127.0.0.1:{server.server_address[1]}", state
     finally:
         server.shutdown()
+        server.close_connections()
         server.server_close()
