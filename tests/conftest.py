@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +37,62 @@ def _private_build_caches(tmp_path_factory: pytest.TempPathFactory,
         patch.setenv("TRUSTBOOT_TEST_CACHE", str(root / "tests"))
     yield
     patch.undo()
+
+
+# What a test may not leave behind for the tests after it (see pytest_runtest_teardown).
+_WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                    signal.SIGPIPE, signal.SIGCHLD, signal.SIGALRM, signal.SIGUSR1,
+                    signal.SIGUSR2, signal.SIGTSTP, signal.SIGTTOU)
+# How long a thread told to stop in a teardown gets to end before it counts as left.
+_THREAD_GRACE = 5.0
+
+
+def _process_state() -> dict[str, Any]:
+    return {"threads": set(threading.enumerate()),
+            "handlers": {s: signal.getsignal(s) for s in _WATCHED_SIGNALS},
+            "mask": signal.pthread_sigmask(signal.SIG_BLOCK, [])}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    result = yield
+    # after setup: the fixtures' own threads (a session's servers) are part of the state
+    item.stash[_STATE] = _process_state()
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """A test that leaves a thread running, a signal handler or disposition changed, or a
+    signal blocked fails here, and the state is put back: each broke a later test in a
+    way that pointed elsewhere (a blocked accept() thread stopped `sign` from forking; an
+    inherited ignored SIGINT hung a prompt test)."""
+    result = yield
+    before = item.stash.get(_STATE, None)
+    if before is None:  # setup failed: the test never ran
+        return result
+    now = _process_state()
+    problems = []
+    deadline = time.monotonic() + _THREAD_GRACE
+    for thread in now["threads"] - before["threads"]:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            problems.append(f"thread {thread.name!r} still running")
+    for signum, handler in before["handlers"].items():
+        if now["handlers"][signum] != handler:
+            problems.append(f"{signal.Signals(signum).name} handler changed "
+                            f"({handler!r} -> {now['handlers'][signum]!r})")
+            signal.signal(signum, handler)
+    if now["mask"] != before["mask"]:
+        problems.append(f"blocked signals changed ({sorted(before['mask'])} -> "
+                        f"{sorted(now['mask'])})")
+        signal.pthread_sigmask(signal.SIG_SETMASK, before["mask"])
+    if problems:
+        pytest.fail(f"{item.nodeid} left behind: {'; '.join(problems)}", pytrace=False)
+    return result
+
+
+_STATE = pytest.StashKey[dict[str, Any]]()
 
 
 def require_root() -> None:
