@@ -5,6 +5,7 @@ fake tree; no iPXE tree needed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -214,8 +215,8 @@ def test_make_cannot_change_the_layout_for_its_next_run(
 
 
 @pytest.mark.parametrize("hold", [
-    "sleep 3131",  # silent
-    "while :; do echo still busy; sleep 0.2; done; : 3131",  # talking, never done
+    "sleep {mark}",  # silent
+    "while :; do echo still busy; sleep 0.2; done; : {mark}",  # talking, never done
 ])
 def test_a_make_that_never_finishes_is_stopped_at_the_time_limit(
         env: dict[str, Path], pki: TestPki, monkeypatch: pytest.MonkeyPatch,
@@ -226,13 +227,15 @@ def test_a_make_that_never_finishes_is_stopped_at_the_time_limit(
     import time
 
     monkeypatch.setenv("TRUSTBOOT_BUILD_TIMEOUT", "3")
-    add_to_recipe(env["tree"], hold)
+    # found in the process table afterwards: a number no other process has in its argv
+    mark = str(int.from_bytes(os.urandom(6), "big") + 10**15)
+    add_to_recipe(env["tree"], hold.format(mark=mark))
     started = time.monotonic()
     code, err = build(env, pki)
     assert code == 1, err
     assert "make did not finish within 3 s" in err and "TRUSTBOOT_BUILD_TIMEOUT" in err
     assert time.monotonic() - started < 60
-    assert processes_with("3131") == []
+    assert processes_with(mark) == []
     assert not (env["out"] / "bin" / "ipxe.lkrn").exists()
     assert not list((env["cache"] / "out").glob("*/manifest.json"))
 
