@@ -128,8 +128,9 @@ def _skip_unless_in_a_user_private_group() -> None:
     else (root's group, as CI runs, does)."""
     gid = os.getegid()
     members = writers._members(gid)
-    if members is None or members - {0, os.geteuid()} or \
-            gid != pwd.getpwuid(os.geteuid()).pw_gid:
+    me = pwd.getpwuid(os.geteuid())
+    if members is None or members - {0, os.geteuid()} or gid != me.pw_gid or \
+            grp.getgrgid(gid).gr_name != me.pw_name:
         pytest.skip(f"this user's group {gid} is not a user-private group")
 
 
@@ -155,7 +156,33 @@ def test_a_group_other_than_ours_counts_even_with_no_member_listed(home: Path) -
     p = _file(home, mode=0o664)
     os.chown(p, -1, empty.gr_gid)
     err = _refused(p)
-    assert f"group {empty.gr_name} (not your own group" in err.message
+    assert f"group {empty.gr_name} (not your own user-private group" in err.message
+
+
+@needs_root
+@pytest.mark.parametrize(("group_name", "refused"), [("users", True), ("alice", False)])
+def test_our_primary_group_counts_unless_it_is_named_after_us(
+        home: Path, monkeypatch: pytest.MonkeyPatch, group_name: str, refused: bool) -> None:
+    """A primary group shared under another name (every LDAP user's "users") lists no
+    one else when the passwd database cannot enumerate its LDAP users, yet they are all in
+    it: it is not a user-private group, however empty it looks. That database cannot be
+    made here, so the lookups see one: this user as alice, whose primary group (given to
+    the file) lists no one else."""
+    gid = 4_000_000_321
+    me = pwd.struct_passwd(("alice", "x", os.geteuid(), gid, "", "/home/alice", "/bin/sh"))
+    group = grp.struct_group((group_name, "x", gid, []))
+    getpwuid, getgrgid = pwd.getpwuid, grp.getgrgid
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: me if uid == me.pw_uid
+                        else getpwuid(uid))
+    monkeypatch.setattr(pwd, "getpwall", lambda: [me])
+    monkeypatch.setattr(grp, "getgrgid", lambda g: group if g == gid else getgrgid(g))
+    p = _file(home, mode=0o664)
+    os.chown(p, -1, gid)
+    if refused:
+        err = _refused(p)
+        assert "group users (not your own user-private group" in err.message
+    else:
+        writers.check_trusted(p, "kernel")  # a user-private group: ours alone
 
 
 @needs_root

@@ -7,12 +7,15 @@ directory above it, chooses what the release signs.
 
 Mode bits alone would refuse every user-private-group host (umask 002, the default for
 such users on Fedora and RHEL: group-writable, but the group is the user's own), so group
-write is harmless when the group is our own primary group and nobody else is in it: no
-one else on its member list, and no other user the passwd database lists with it as
-their primary group. Any other group counts as foreign, even one whose members seem to
-be only us: with LDAP or SSSD the passwd database need not list every user, so a group's
-users cannot be enumerated, only its own listing trusted. POSIX ACL entries count the
-same way, each named user or group entry that can write through the ACL's mask.
+write is harmless when the group is our user-private group: our primary group, named
+after us (as useradd makes one), with no one else on its member list and no other user
+the passwd database lists with it as their primary group. Any other group counts as
+foreign, even one whose members seem to be only us: with LDAP or SSSD the passwd
+database need not list every user, so a group's users cannot be enumerated. That holds
+for a shared primary group too (every LDAP user's "users"), which is why the name must
+be ours: the listing is trusted only for a group that is ours by convention as well.
+POSIX ACL entries count the same way, each named user or group entry that can write
+through the ACL's mask.
 """
 
 from __future__ import annotations
@@ -67,9 +70,11 @@ def _members(gid: int) -> frozenset[int] | None:
     return frozenset(uids)
 
 
-def _primary_gid() -> int | None:
+def _private_gid() -> int | None:
+    """Our user-private group: our primary group, if it is named after us."""
     try:
-        return pwd.getpwuid(os.geteuid()).pw_gid
+        me = pwd.getpwuid(os.geteuid())
+        return me.pw_gid if grp.getgrgid(me.pw_gid).gr_name == me.pw_name else None
     except KeyError:
         return None
 
@@ -84,8 +89,9 @@ def _group_writers(gid: int, trusted: frozenset[int]) -> list[str]:
         shown = ", ".join(_user(u) for u in others[:5]) + (", ..." if len(others) > 5
                                                            else "")
         return [f"group {name} ({shown})"]
-    if gid != _primary_gid():
-        return [f"group {name} (not your own group: its users cannot all be listed)"]
+    if gid != _private_gid():
+        return [f"group {name} (not your own user-private group: its users cannot all "
+                "be listed)"]
     return []
 
 
