@@ -249,3 +249,15 @@ def test_an_invalid_time_limit_is_refused_before_any_work(
     assert code == 3, err
     assert f"TRUSTBOOT_BUILD_TIMEOUT={value!r} is not a number of seconds" in err
     assert env["runs"].read_text() == ""  # make never ran
+
+
+def test_an_invalid_time_limit_is_refused_before_a_git_build_prepares_anything(
+        pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRUSTBOOT_BUILD_TIMEOUT", "soon")
+    cache = tmp_path / "cache"
+    code, _, err = run("ipxe", "build", "--git", "https://git.example.invalid/ipxe.git",
+                       "--commit", "0" * 40, "--cache-dir", str(cache), "--pki",
+                       str(pki.dir), "--target", "bin/ipxe.lkrn", *CHAIN)
+    assert code == 3, err
+    assert "TRUSTBOOT_BUILD_TIMEOUT='soon' is not a number of seconds" in err
+    assert not cache.exists()  # nothing fetched, no cache prepared

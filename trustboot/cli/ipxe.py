@@ -41,6 +41,7 @@ from trustboot.ipxe.source import (
     open_source,
     resolve_source_dir,
 )
+from trustboot.subproc import time_limit
 from trustboot.text import clean
 
 
@@ -197,6 +198,7 @@ def build_cmd(
     seconds (default 3600); past it, it is stopped and the build exits 1.
     """
     target_list = ipxe_build.check_targets(targets or ipxe_build.DEFAULT_TARGETS)
+    time_limit()  # an invalid TRUSTBOOT_BUILD_TIMEOUT: refused before any work (exit 3)
     if unsafe_unsandboxed:
         warn(sandbox.UNSAFE_WARNING)
     if git_url is not None:
