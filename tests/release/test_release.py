@@ -632,6 +632,32 @@ def test_a_public_url_given_by_a_caller_must_be_https(lab: Lab, public: str) -> 
     assert err.value.message.startswith("origin.public_url"), err.value.message
 
 
+def test_extra_roots_are_built_in_as_read_at_their_line(lab: Lab) -> None:
+    """An extra root joins the CA's in the firmware's trust, once each (the CA's own root
+    named again is not a second anchor): the certificate read when its line was checked."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "next root")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (lab.dir / "next-root.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    recipe = load_recipe(lab.recipe(
+        ipxe="ipxe:\n  extra_roots:\n    - next-root.crt\n    - pki/ca.crt"))
+    v = validate(recipe, ReleaseOptions(), now=now)
+    theirs = cert.fingerprint(hashes.SHA256()).hex()
+    fingerprints = [c.fingerprint for c in v.roots]
+    assert len(fingerprints) == 2 and fingerprints[1] == theirs, fingerprints
+    assert v.roots[1].pem == cert.public_bytes(serialization.Encoding.PEM)
+
+
 def test_errors_about_files_a_recipe_names_give_the_recipe_line(lab: Lab) -> None:
     """A garbage extra root, an empty iPXE source, a file:// origin with a host, a
     passphrase file open to others: each named only the file (or URL), not the recipe

@@ -42,9 +42,11 @@ class TrustInputs:
 
 
 def collect_trust(
-    pki: Path | None, trust_files: Sequence[Path], cert_files: Sequence[Path]
+    pki: Path | None, trust_files: Sequence[Path | Certificate], cert_files: Sequence[Path]
 ) -> TrustInputs:
-    """Roots for TRUST= (pki root first, then each ``--trust``) and chain certs for CERT=."""
+    """Roots for TRUST= (pki root first, then each ``--trust``) and chain certs for CERT=.
+    A trust anchor may be given loaded already (a recipe's, checked at its line): it is
+    then what the firmware trusts, not the file read again."""
     trust: list[Certificate] = []
     certs: list[Certificate] = []
     if pki is not None:
@@ -60,8 +62,8 @@ def collect_trust(
             trust.append(_as_build_cert(load_trusted_root(pki), pki / "ca.crt"))
             if (pki / "issuing-ca.crt").is_file():
                 certs.extend(load_certificates(pki / "issuing-ca.crt"))
-    for path in trust_files:
-        cert = load_single_certificate(path)
+    for item in trust_files:
+        cert = item if isinstance(item, Certificate) else load_single_certificate(item)
         if cert.fingerprint not in {c.fingerprint for c in trust}:
             trust.append(cert)
     for path in cert_files:

@@ -610,11 +610,10 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     # roots during a root rotation, then the recipe's extra roots.
     extra_roots = []
     for p in recipe.ipxe.extra_roots if recipe.ipxe is not None else ():
-        extra_roots.append(path := resolve_path(recipe, p, "ipxe.extra_roots",
-                                                allow_outside=allow))
+        path = resolve_path(recipe, p, "ipxe.extra_roots", allow_outside=allow)
         _trusted(recipe, options, path, "ipxe.extra_roots", p.where)  # the firmware trusts it
         with _at(recipe, p.where):  # each one's refusal at its own line
-            load_single_certificate(path)
+            extra_roots.append(load_single_certificate(path))  # read once: what is built in
     trust_inputs = collect_trust(ca_home, extra_roots, [])
     roots = list(trust_inputs.trust)
     extra_certs = list(trust_inputs.certs)
