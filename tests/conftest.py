@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,17 @@ _WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT
 _THREAD_GRACE = 5.0
 
 
+# Threads a long-lived fixture started from inside a test (a session server restarted by
+# the test that replaced it): theirs, not the test's.
+_KEPT: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def keep_fixture_threads(name: str) -> None:
+    """The running threads called ``name`` belong to a fixture that outlives the test that
+    (re)started them: the guard below does not count them as left behind."""
+    _KEPT.update(t for t in threading.enumerate() if t.name == name)
+
+
 def _process_state() -> dict[str, Any]:
     return {"threads": set(threading.enumerate()),
             "handlers": {s: signal.getsignal(s) for s in _WATCHED_SIGNALS},
@@ -74,7 +86,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     now = _process_state()
     problems = []
     deadline = time.monotonic() + _THREAD_GRACE
-    for thread in now["threads"] - before["threads"]:
+    for thread in now["threads"] - before["threads"] - set(_KEPT):
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             problems.append(f"thread {thread.name!r} still running")

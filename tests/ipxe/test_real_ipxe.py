@@ -6,6 +6,7 @@ few minutes; later runs reuse the cache (see tests/ipxe_qemu.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -296,7 +297,8 @@ class _NtpServer:
             pytest.skip("needs root to serve NTP on port 123; CI runs as root")
         self.answer = True
         self.queries = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     def _serve(self) -> None:
         import struct
@@ -317,6 +319,12 @@ class _NtpServer:
             self.sock.sendto(reply, peer)
 
     def close(self) -> None:
+        import socket
+
+        # wakes the thread in recvfrom (closing alone does not): it ends with the test
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(5)
         self.sock.close()
 
 

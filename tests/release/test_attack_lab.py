@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 
+from tests.conftest import keep_fixture_threads
 from tests.ipxe_qemu import boot, cache_root, ipxe_src_or_skip, newc_cpio, real_kernel
 from tests.release.conftest import PASSPHRASE
 from trustboot.ca.profiles import CAOptions
@@ -110,6 +111,7 @@ def _released(session_ca: Path, base: Path, signer: str, lifetime: str) -> Itera
         state["port"] = stack.enter_context(serve_https(
             origin, cert_chain_pem=chain, key=key, scratch=base / "scratch",  # type: ignore[arg-type]
             port=state.get("port", 0)))
+        keep_fixture_threads("trustboot-https")  # the lab's server, when a test restarts it
 
     restart(None)
     port = state["port"]
