@@ -44,7 +44,8 @@ def _private_build_caches(tmp_path_factory: pytest.TempPathFactory,
 _WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                     signal.SIGPIPE, signal.SIGCHLD, signal.SIGALRM, signal.SIGUSR1,
                     signal.SIGUSR2, signal.SIGTSTP, signal.SIGTTOU)
-# How long a thread told to stop in a teardown gets to end before it counts as left.
+# How long a thread or child process told to stop in a teardown gets to end before it
+# counts as left.
 _THREAD_GRACE = 5.0
 
 
@@ -59,10 +60,31 @@ def keep_fixture_threads(name: str) -> None:
     _KEPT.update(t for t in threading.enumerate() if t.name == name)
 
 
+def _running_children() -> dict[int, str]:
+    """This process's child processes that have not exited (pid -> command name)."""
+    found: dict[int, str] = {}
+    tasks = Path("/proc/self/task")
+    for task in tasks.iterdir() if tasks.is_dir() else ():
+        try:
+            pids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+            if not rest.startswith("Z"):  # a zombie has exited (only not yet reaped)
+                found[int(pid)] = name
+    return found
+
+
 def _process_state() -> dict[str, Any]:
     return {"threads": set(threading.enumerate()),
             "handlers": {s: signal.getsignal(s) for s in _WATCHED_SIGNALS},
-            "mask": signal.pthread_sigmask(signal.SIG_BLOCK, [])}
+            "mask": signal.pthread_sigmask(signal.SIG_BLOCK, []),
+            "children": _running_children()}
 
 
 @pytest.hookimpl(wrapper=True)
@@ -75,10 +97,10 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """A test that leaves a thread running, a signal handler or disposition changed, or a
-    signal blocked fails here, and the state is put back: each broke a later test in a
-    way that pointed elsewhere (a blocked accept() thread stopped `sign` from forking; an
-    inherited ignored SIGINT hung a prompt test)."""
+    """A test that leaves a thread or a child process running, a signal handler or
+    disposition changed, or a signal blocked fails here, and the state is put back: each
+    broke a later test in a way that pointed elsewhere (a blocked accept() thread stopped
+    `sign` from forking; an inherited ignored SIGINT hung a prompt test)."""
     result = yield
     before = item.stash.get(_STATE, None)
     if before is None:  # setup failed: the test never ran
@@ -90,6 +112,16 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             problems.append(f"thread {thread.name!r} still running")
+    # a child process (a server, a make, a QEMU) still running: it holds ports, files or
+    # namespaces the next tests use, and a later "nothing left" check sees it
+    left = {pid: name for pid, name in now["children"].items()
+            if pid not in before["children"]}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        running = _running_children()
+        left = {pid: name for pid, name in left.items() if pid in running}
+    for pid, name in left.items():
+        problems.append(f"process {pid} ({name}) still running")
     for signum, handler in before["handlers"].items():
         if now["handlers"][signum] != handler:
             problems.append(f"{signal.Signals(signum).name} handler changed "
