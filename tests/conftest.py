@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.procs import running_children
 from trustboot.fsutil import ensure_private_dir
 
 
@@ -46,7 +47,7 @@ _WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT
                     signal.SIGUSR2, signal.SIGTSTP, signal.SIGTTOU)
 # How long a thread or child process told to stop in a teardown gets to end before it
 # counts as left.
-_THREAD_GRACE = 5.0
+_GRACE = 5.0
 
 
 # Threads a long-lived fixture started from inside a test (a session server restarted by
@@ -60,31 +61,11 @@ def keep_fixture_threads(name: str) -> None:
     _KEPT.update(t for t in threading.enumerate() if t.name == name)
 
 
-def _running_children() -> dict[int, str]:
-    """This process's child processes that have not exited (pid -> command name)."""
-    found: dict[int, str] = {}
-    tasks = Path("/proc/self/task")
-    for task in tasks.iterdir() if tasks.is_dir() else ():
-        try:
-            pids = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for pid in pids:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
-            if not rest.startswith("Z"):  # a zombie has exited (only not yet reaped)
-                found[int(pid)] = name
-    return found
-
-
 def _process_state() -> dict[str, Any]:
     return {"threads": set(threading.enumerate()),
             "handlers": {s: signal.getsignal(s) for s in _WATCHED_SIGNALS},
             "mask": signal.pthread_sigmask(signal.SIG_BLOCK, []),
-            "children": _running_children()}
+            "children": running_children()}
 
 
 @pytest.hookimpl(wrapper=True)
@@ -107,7 +88,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return result
     now = _process_state()
     problems = []
-    deadline = time.monotonic() + _THREAD_GRACE
+    deadline = time.monotonic() + _GRACE
     for thread in now["threads"] - before["threads"] - set(_KEPT):
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
@@ -118,7 +99,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
             if pid not in before["children"]}
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
-        running = _running_children()
+        running = running_children()
         left = {pid: name for pid, name in left.items() if pid in running}
     for pid, name in left.items():
         problems.append(f"process {pid} ({name}) still running")

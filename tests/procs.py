@@ -57,3 +57,23 @@ def processes_with(marker: str) -> list[int]:
             if marker.encode() in cmdline:
                 found.append(int(entry.name))
     return found
+
+
+def running_children() -> dict[int, str]:
+    """This process's child processes that have not exited (pid -> command name)."""
+    found: dict[int, str] = {}
+    tasks = Path("/proc/self/task")
+    for task in tasks.iterdir() if tasks.is_dir() else ():
+        try:
+            pids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+            if not rest.startswith("Z"):  # a zombie has exited (only not yet reaped)
+                found[int(pid)] = name
+    return found
