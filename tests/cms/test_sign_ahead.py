@@ -217,3 +217,21 @@ def test_large_files_are_not_waited_for_before_the_signer_is_checked(
     run = _sign_as_the_cli(files, key, cert, chain, tmp_path / "out")
     assert all(_verifies(r.signature_path, r.path, chain) for r in run.results[:3])
     assert len(run.results) == len(files)
+
+
+def test_the_modules_imported_while_the_key_unlocks_are_the_signing_stacks_own() -> None:
+    """While the key's KDF runs, _sign_ahead imports the modules signing needs after the
+    fork. Each must exist (a renamed one would fail every run), and each must be one the
+    signing stack imports anyway: the head start may move imports earlier, never add one.
+    Checked in a fresh interpreter, which imports only what signing imports."""
+    import subprocess
+    import sys
+
+    from trustboot.cms import workflow
+
+    probe = ("import sys, trustboot.cli.sign, trustboot.cms.workflow, trustboot.cms.sign, "
+             "trustboot.keys.signer, trustboot.ca.store; print('\\n'.join(sys.modules))")
+    loaded = set(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                                text=True).stdout.split())
+    stack = workflow._SIGNING_STACK
+    assert stack and [name for name in stack if name not in loaded] == []

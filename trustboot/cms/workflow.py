@@ -271,11 +271,23 @@ def sign_paths(
     return run
 
 
+# What signing imports after _sign_ahead's fork, leaves first: imported while the key
+# unlocks instead (tests/cms/test_sign_ahead.py keeps the list to modules signing imports).
+_SIGNING_STACK = (
+    "asn1crypto.core", "asn1crypto.algos", "asn1crypto.keys", "asn1crypto.x509",
+    "asn1crypto.cms", "cryptography.x509", "trustboot.cms._asn1", "trustboot.cms.certinfo",
+    "trustboot.cms.verify", "trustboot.fsutil", "trustboot.cms.sign", "trustboot.ca.profiles",
+    "trustboot.ca.store", "trustboot.keys.signer",
+)
+
+
 def _sign_ahead(hashing: HashJob | None, key_ahead: KeyLoad | None) -> SignAhead | None:
     """Many small files, a key file unlocked without a prompt, both begun by the caller:
     the signatures are made from now on, on every core, while the signing stack is
     imported and the signer and targets are checked (about a third of a run of 500 small
-    files); nothing is written before those checks pass (cms.forked.SignAhead). None
+    files); nothing is written before those checks pass (cms.forked.SignAhead). The
+    imports begin here, while the key is still being unlocked (a wait of ~50 ms that
+    left a core idle), and go on after the fork. None
     where sign_many would not fork either, where the key or a file failed (the error is
     raised where it is without this head start), or where the files are large: their
     hashing would then be waited for here, and a signer the checks refuse is refused
@@ -288,6 +300,14 @@ def _sign_ahead(hashing: HashJob | None, key_ahead: KeyLoad | None) -> SignAhead
     if (hashing is None or key_ahead is None or len(hashing.paths) < PARALLEL_SIGN_MIN
             or hashing.total > AHEAD_MAX_BYTES or cores < 2 or not hasattr(os, "fork")):
         return None
+    # The unlock is what the signers wait for: meanwhile this thread imports what it
+    # needs after the fork, one module at a time (so the fork waits for one at most).
+    import importlib
+
+    for name in _SIGNING_STACK:
+        if not key_ahead.running():
+            break
+        importlib.import_module(name)
     key = key_ahead.loaded()
     try:
         hashed = hashing.result()

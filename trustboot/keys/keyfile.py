@@ -251,6 +251,10 @@ class KeyLoad:
         except BaseException as exc:  # re-raised by result(), in the caller's thread
             self._error = exc
 
+    def running(self) -> bool:
+        """Whether the key is still being unlocked."""
+        return self._thread.is_alive()
+
     def wait(self) -> None:
         """Until the thread is gone, whatever its outcome (kept for result())."""
         self._thread.join()
