@@ -279,6 +279,85 @@ def test_a_get_whose_head_is_cut_short_is_not_an_empty_object(
         assert b"".join(origin.read("obj", max_size=1 << 20)) == DATA  # retried
 
 
+def test_a_head_answer_without_content_length_is_the_stores_error(
+        rgw: RGW, proxied: tuple[str, PassState, str]) -> None:  # noqa: F811
+    """A HEAD answer without Content-Length: botocore leaves the size out, and every
+    stat of the origin (a publish's resume check, a copy) was a KeyError, an internal
+    error (exit 70). It is the store's failure (exit 1), named."""
+    endpoint, state, origin_url = proxied
+    state.bursts = [Burst("HEAD", r"/p/obj$", 1, status=200, answer=b"")]
+    with open_origin(origin_url, _options(rgw, endpoint)) as origin:
+        with pytest.raises(OperationalError) as err:
+            origin.stat("obj")
+        assert err.value.exit_code == 1
+        assert err.value.message.startswith(f"{origin_url}/obj: HEAD failed"), \
+            err.value.message
+        assert "no Content-Length" in err.value.message
+        stat = origin.stat("obj")  # RGW's own answer, which has one
+        assert stat is not None and stat.size == len(DATA)
+    assert all(b.count == 0 for b in state.bursts)
+
+
+CONTENTS = ("<Contents>{key}<Size>1</Size><LastModified>2020-01-01T00:00:00Z</LastModified>"
+            "<ETag>\"e\"</ETag></Contents>")
+
+
+def test_listed_objects_without_a_name_or_outside_the_prefix_are_not_handed_on(
+        rgw: RGW, proxied: tuple[str, PassState, str]) -> None:  # noqa: F811
+    """A listing entry without a Key was a KeyError (exit 70); one whose Key lies
+    outside the origin's prefix was cut at the prefix's length and handed on as one of
+    ours ("q/releases/x" under "p/": "releases/x"), for `publish list` to show and prune
+    to judge. Both are left out, as list_dirs leaves such names out."""
+    endpoint, state, origin_url = proxied
+    entries = "".join(CONTENTS.format(key=key) for key in (
+        "<Key>p/releases/r1/ok</Key>", "", "<Key>q/releases/r2/theirs</Key>",
+        "<Key>p</Key>"))
+    answer = LISTING.replace(LISTING[LISTING.index("<Contents>"):
+                                     LISTING.index("</ListBucketResult>")], entries)
+    state.bursts = [Burst("GET", r"list-type=2", 1, status=200, answer=answer.encode())]
+    with open_origin(origin_url, _options(rgw, endpoint)) as origin:
+        assert origin.list("") == ["releases/r1/ok"]
+    assert all(b.count == 0 for b in state.bursts)
+
+
+def test_multipart_answers_without_their_ids_are_the_stores_error(
+        rgw: RGW, pki: Pki, tmp_path: Path) -> None:  # noqa: F811
+    """An answer to starting a multipart upload without its UploadId, or to a part's
+    upload without the part's ETag: KeyErrors (exit 70) before. Each is the store's
+    failure (exit 1), and a started upload is aborted (its parts are billed until then)."""
+    from trustboot.publish.s3 import S3Origin
+
+    bucket = f"tb-mp-{os.getpid()}-{os.urandom(3).hex()}"
+    s3 = rgw.client()
+    s3.create_bucket(Bucket=bucket)
+    f = tmp_path / "initrd"
+    f.write_bytes(os.urandom(7 << 20))  # two parts
+    digest = hashlib.sha256(f.read_bytes()).hexdigest()
+    chain = tmp_path / "proxy-chain.pem"
+    chain.write_bytes(pki.cert("origin").read_bytes()
+                      + (pki.dir / "issuing-ca.crt").read_bytes())
+    started = (b"<?xml version='1.0' encoding='UTF-8'?><InitiateMultipartUploadResult xmlns="
+               b"'http://s3.amazonaws.com/doc/2006-03-01/'><Bucket>b</Bucket><Key>k</Key>"
+               b"</InitiateMultipartUploadResult>")
+    with s3_passthrough(rgw.endpoint, cert=chain, key=pki.key("origin"),
+                        key_password=KEY_PASS, ca=pki.ca) as (endpoint, state), \
+            S3Origin(f"s3://{bucket}/p", _options(rgw, endpoint), multipart_threshold=6 << 20,
+                     part_size=5 << 20) as origin:
+        for burst, missing in ((Burst("POST", r"\?uploads", 1, status=200, answer=started),
+                                "UploadId"),
+                               (Burst("PUT", r"partNumber=1", 1, status=200, answer=b""),
+                                "ETag")):
+            state.bursts = [burst]
+            with pytest.raises(OperationalError) as err:
+                origin.put_file("releases/r1/initrd", f, size=f.stat().st_size, sha256=digest)
+            assert err.value.exit_code == 1
+            assert f"no {missing}" in err.value.message, err.value.message
+            assert burst.count == 0
+            assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        origin.put_file("releases/r1/initrd", f, size=f.stat().st_size, sha256=digest)
+        assert origin.stat("releases/r1/initrd") is not None  # the control: it uploads
+
+
 def test_a_large_object_is_read_as_before(rgw: RGW, pki: Pki) -> None:  # noqa: F811
     """The positive control, on the real RGW: a healthy object of several MiB reads whole,
     in reads growing from 64 KiB to 1 MiB (not shrunk to the first read's size)."""

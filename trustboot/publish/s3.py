@@ -502,6 +502,15 @@ class MalformedAnswer(bexc.BotoCoreError):
     fmt = "the store's answer could not be read: {error}"
 
 
+def _field(answer: Mapping[str, Any], name: str) -> Any:
+    """A field botocore leaves out when the store's answer lacks it (a header, an XML
+    element): its absence is the store's error (exit 1), not a KeyError (exit 70)."""
+    value = answer.get(name)
+    if not isinstance(value, str) or not value:
+        raise MalformedAnswer(error=f"no {name}")
+    return value
+
+
 class _CheckedParsers(ResponseParserFactory):
     """botocore's parsers, whose failures on a malformed answer (ValueError from int() or
     the date parser, ResponseParserError, neither a BotoCoreError) are MalformedAnswer:
@@ -771,9 +780,12 @@ class S3Origin(GuardedByLock):
             raise self._error(exc, key, "HEAD") from None
         except bexc.BotoCoreError as exc:
             raise self._error(exc, key, "HEAD") from None
+        size = head.get("ContentLength")
+        if not isinstance(size, int) or size < 0:  # a HEAD answer without Content-Length
+            raise self._error(MalformedAnswer(error="no Content-Length"), key, "HEAD")
         digest = head.get("Metadata", {}).get(SHA256_META)
         etag = head.get("ETag")
-        return ObjectStat(size=int(head["ContentLength"]),
+        return ObjectStat(size=size,
                           sha256=digest if digest and _HEX64.fullmatch(digest) else None,
                           etag=etag.strip('"') if etag else None)
 
@@ -818,7 +830,7 @@ class S3Origin(GuardedByLock):
                    progress: Callable[[int], None] | None, *, path: Path) -> None:
         part_size = max(self.part_size, -(-size // MAX_PARTS))
         with self._calling(key, "starting a multipart upload"):
-            upload_id = self.client.create_multipart_upload(**args)["UploadId"]
+            upload_id = _field(self.client.create_multipart_upload(**args), "UploadId")
         try:
             parts = []
             for number, offset in enumerate(range(0, size, part_size), start=1):
@@ -829,7 +841,7 @@ class S3Origin(GuardedByLock):
                         PartNumber=number, ContentLength=length,
                         Body=_FileSlice(fd, offset, length, digest,  # type: ignore[arg-type]
                                         progress))
-                parts.append({"PartNumber": number, "ETag": r["ETag"]})
+                    parts.append({"PartNumber": number, "ETag": _field(r, "ETag")})
             if digest.h.hexdigest() != args["Metadata"][SHA256_META]:
                 raise self._changed(path, key)  # before completing: nothing becomes visible
             self._check_lock()
@@ -907,10 +919,12 @@ class S3Origin(GuardedByLock):
         budget = ListingBudget(f"{self.url}{prefix}")
         for page in self._pages(prefix, budget, Prefix=base + prefix):
             for item in page.get("Contents", []):
-                key = item["Key"][len(base):]
+                full = item.get("Key", "")
+                key = full[len(base):]
                 budget.name(key)
-                # not something we wrote (or a lock): never hand it on
-                if key == LOCK_NAME or key_problem(key):
+                # outside the prefix (a store may answer so), not something we wrote, or
+                # the lock: never hand it on
+                if not full.startswith(base) or key == LOCK_NAME or key_problem(key):
                     continue
                 out.append(key)
         return sorted(out)
@@ -1115,8 +1129,10 @@ class S3Origin(GuardedByLock):
                 Bucket=self.bucket, Prefix=base)
             for page in pages:
                 for up in page.get("Uploads", []):
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"],
-                                                       UploadId=up["UploadId"])
+                    name, upload_id = up.get("Key", ""), up.get("UploadId", "")
+                    if name.startswith(base) and upload_id:  # ours to abort, and nameable
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=name,
+                                                           UploadId=upload_id)
 
     @contextlib.contextmanager
     def lock(self, owner: str, *, stale_after: float = LOCK_STALE_AFTER,
