@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from asn1crypto import algos
 from asn1crypto import cms as acms
@@ -554,12 +554,14 @@ def _sign_overlapped(signer: Signer, digests: Sequence[bytes], hash_name: str,
             pending.result()
 
 
-# Threads writing .sig files (see write_all).
+T = TypeVar("T")
+
+# Threads writing .sig files with a fsync each (see StagedWrites). None when one syncfs
+# replaces the fsyncs: creating files in a directory then waits for no disk, and handing
+# the work to threads only adds hand-offs and contention on the directory's lock (500
+# files on 2 cores, interleaved runs: 8 threads cost ~7 % more CPU than 2, and 2 threads
+# ~5 % more than the caller's thread writing each file as its signature arrives).
 WRITE_THREADS = 8
-# ... when one syncfs replaces the fsyncs: creating files in a directory waits for no disk,
-# and more threads only queue on its lock (500 files on 2 cores: 2 threads cost ~7 % less
-# CPU than 8, and as little time).
-SYNCFS_WRITE_THREADS = 2
 
 
 def write_all(items: Sequence[tuple[Path, bytes]]) -> None:
@@ -577,8 +579,10 @@ class StagedWrites:
     either untouched or complete (fsutil.atomic_write's guarantee), each directory synced
     once.
 
-    The work runs in WRITE_THREADS threads: creating, syncing and renaming are filesystem
-    waits that release the GIL, and concurrent fsyncs share the journal's commits.
+    With a fsync per file the work runs in WRITE_THREADS threads: creating, syncing and
+    renaming are filesystem waits that release the GIL, and concurrent fsyncs share the
+    journal's commits. With one syncfs (below) nothing waits for the disk before it, and
+    the caller's thread writes each file as it comes.
     Measured for 500 files on a shared, busy ext4: 0.5-1.6 s, against 1.3-2.2 s with one
     syncfs() (which also waits for every other process's dirty data on that filesystem: up
     to 1.6 s alone) and 2-3 s with fsyncs one after the other.
@@ -595,10 +599,8 @@ class StagedWrites:
     def __init__(self, *, files: int = 0) -> None:
         # decided before anything is written: a fsync per file, or one syncfs at commit
         self._at_once = files >= SYNCFS_MIN_FILES and quiet_writeback()
-        # Threads start on the first add(): after sign_many has forked, never before.
-        self._pool = ThreadPoolExecutor(max_workers=SYNCFS_WRITE_THREADS if self._at_once
-                                        else WRITE_THREADS,
-                                        thread_name_prefix="trustboot-write")
+        # Threads start on the first job given them: after sign_many has forked, never before.
+        self._pool: ThreadPoolExecutor | None = None
         self._targets: list[Path] = []
         self._made: list[Future[Path]] = []
         # Adopted temps are synced in batches: a job per file costs more in thread
@@ -613,9 +615,24 @@ class StagedWrites:
     def __enter__(self) -> StagedWrites:
         return self
 
+    def _submit(self, job: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """``job(*args)`` on the writer threads where it waits for the disk (a fsync per
+        file); here and now where it does not (one syncfs at commit; see WRITE_THREADS)."""
+        if not self._at_once or job is _sync_all:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=WRITE_THREADS,
+                                                thread_name_prefix="trustboot-write")
+            return self._pool.submit(job, *args, **kwargs)
+        done: Future[T] = Future()
+        try:
+            done.set_result(job(*args, **kwargs))
+        except Exception as exc:  # kept for commit(), as a thread's would be
+            done.set_exception(exc)
+        return done
+
     def add(self, target: Path, data: bytes) -> None:
         self._targets.append(target)
-        self._made.append(self._pool.submit(write_temp, target, data,
+        self._made.append(self._submit(write_temp, target, data,
                                             sync=not self._at_once))
 
     def add_named(self, items: Sequence[tuple[Path, bytes, Path]]) -> None:
@@ -623,9 +640,10 @@ class StagedWrites:
         target, created exclusively (never through a link; a name someone else took
         first, which they can in a shared directory, gives way to a random one) and synced
         as add() does; then renamed by commit() like the others, removed without one.
-        One hand-off for many small files, whose creation may still wait on a busy
-        filesystem there rather than in the caller's thread."""
-        self._named.append(self._pool.submit(_write_named, list(items), not self._at_once))
+        With a fsync per file, one hand-off to the writer threads for many small files
+        (whose creation may wait on a busy filesystem there rather than in the caller's
+        thread); with one syncfs, written here and now."""
+        self._named.append(self._submit(_write_named, list(items), not self._at_once))
 
     def adopt(self, target: Path, temp: Path) -> None:
         """A temp file someone else wrote beside ``target``: synced here, then renamed onto
@@ -637,7 +655,7 @@ class StagedWrites:
     def _flush(self) -> None:
         if self._pending and not self._at_once:  # else synced with the others at commit
             batch, self._pending = self._pending, []
-            self._batches.append((batch, self._pool.submit(_sync_all, batch)))
+            self._batches.append((batch, self._submit(_sync_all, batch)))
 
     def remove_on_abort(self, temps: Iterable[Path]) -> None:
         """Temp files that may exist (written by a process that was stopped before saying
@@ -705,7 +723,7 @@ class StagedWrites:
                     pairs: Sequence[tuple[Path, Path]], size: int, hint: str) -> None:
         """``job`` over ``pairs``, ``size`` at a time, on the writer threads; a failure
         is raised for the target it names, with ``hint``."""
-        for future in [self._pool.submit(job, pairs[i:i + size])
+        for future in [self._submit(job, pairs[i:i + size])
                        for i in range(0, len(pairs), size)]:
             error = future.exception()
             if isinstance(error, _PathError):
@@ -731,7 +749,8 @@ class StagedWrites:
                         t for batch, _ in self._batches for _, t in batch] + self._maybe:
                     _remove_maybe(temp)
         finally:
-            self._pool.shutdown(wait=True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
 
 def _remove_maybe(temp: Path) -> None:
