@@ -632,8 +632,7 @@ class StagedWrites:
 
     def add(self, target: Path, data: bytes) -> None:
         self._targets.append(target)
-        self._made.append(self._submit(write_temp, target, data,
-                                            sync=not self._at_once))
+        self._made.append(self._submit(write_temp, target, data, sync=not self._at_once))
 
     def add_named(self, items: Sequence[tuple[Path, bytes, Path]]) -> None:
         """Several (target, data, temp) written by one job: each temp, a name beside its
@@ -721,8 +720,9 @@ class StagedWrites:
 
     def _in_batches(self, job: Callable[[Sequence[tuple[Path, Path]]], None],
                     pairs: Sequence[tuple[Path, Path]], size: int, hint: str) -> None:
-        """``job`` over ``pairs``, ``size`` at a time, on the writer threads; a failure
-        is raised for the target it names, with ``hint``."""
+        """``job`` over ``pairs``, ``size`` at a time (on the writer threads where it
+        waits for the disk, see _submit); a failure is raised for the target it names,
+        with ``hint``."""
         for future in [self._submit(job, pairs[i:i + size])
                        for i in range(0, len(pairs), size)]:
             error = future.exception()
