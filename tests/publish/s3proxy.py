@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.server
+import os
 import re
 import socket
 import ssl
@@ -46,6 +47,9 @@ class Burst:
     # the trickled answer says Connection: close (http.client then lets go of the socket
     # the body is still read from)
     close: bool = False
+    # > 0: instead of an error, RGW's real answer whose TLS breaks after this many body
+    # bytes: a forged record, written beneath the TLS layer (a middlebox's corruption)
+    tls_break: int = 0
 
 
 @dataclass
@@ -104,7 +108,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                           re.search(b.path, self.path)), None)
             if burst:
                 burst.count -= 1
-        if burst and not burst.trickle:
+        if burst and not burst.trickle and not burst.tls_break:
             self._answer(burst.status, [("Content-Type", "application/xml")], burst.answer)
             return
         conn = http.client.HTTPSConnection(*st.upstream, context=st.upstream_ctx,
@@ -121,7 +125,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers = [(k, v) for k, v in r.getheaders()
                        if k.lower() not in HOP and (k.lower() != "content-length"
                                                     or self.command == "HEAD")]
-            if burst:
+            if burst and burst.tls_break:
+                self._break_tls(r.status, headers, data, burst.tls_break)
+            elif burst:
                 self._trickle(r.status, headers, data, burst)
             else:
                 self._answer(r.status, headers, data)
@@ -155,6 +161,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 time.sleep(every)
         except OSError:
             self.close_connection = True  # the client gave up: what the test wants
+
+    def _break_tls(self, status: int, headers: list[tuple[str, str]], body: bytes,
+                   after: int) -> None:
+        """The head and ``after`` bytes of the body through TLS, then an application-data
+        record of random bytes on the socket beneath it, which the client cannot decrypt;
+        then the connection is closed."""
+        with self.server.state.lock:
+            self.server.state.seen.append((self.command, self.path, status))
+        self.send_response_only(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:after])
+        self.wfile.flush()
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            os.write(self.connection.fileno(), b"\x17\x03\x03\x00\x40" + os.urandom(64))
 
     def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         with self.server.state.lock:

@@ -358,6 +358,26 @@ def test_multipart_answers_without_their_ids_are_the_stores_error(
         assert origin.stat("releases/r1/initrd") is not None  # the control: it uploads
 
 
+def test_a_tls_error_within_an_objects_body_is_the_stores_error(
+        rgw: RGW, proxied: tuple[str, PassState, str]) -> None:  # noqa: F811
+    """A record that does not decrypt in the middle of an object's body (a middlebox's
+    corruption, a broken TLS stack): urllib3 raises its SSLError, which botocore's
+    streaming body passes on as it is; it was an internal error (exit 70). It is a failed
+    transfer of the store's (exit 1), named, and the next read works."""
+    endpoint, state, origin_url = proxied
+    state.bursts = [Burst("GET", r"/p/obj$", 1, tls_break=100)]
+    with open_origin(origin_url, _options(rgw, endpoint)) as origin:
+        with pytest.raises(OperationalError) as err:
+            b"".join(origin.read("obj", max_size=1 << 20))
+        assert err.value.exit_code == 1
+        assert err.value.message.startswith(
+            f"{origin_url}/obj: GET failed: the transfer broke off"), err.value.message
+        assert "bad record mac" in err.value.message.lower(), err.value.message
+        assert err.value.message.isprintable(), repr(err.value.message)
+        assert b"".join(origin.read("obj", max_size=1 << 20)) == DATA
+    assert all(b.count == 0 for b in state.bursts)
+
+
 def test_a_large_object_is_read_as_before(rgw: RGW, pki: Pki) -> None:  # noqa: F811
     """The positive control, on the real RGW: a healthy object of several MiB reads whole,
     in reads growing from 64 KiB to 1 MiB (not shrunk to the first read's size)."""

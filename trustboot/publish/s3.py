@@ -719,6 +719,11 @@ class S3Origin(GuardedByLock):
                                     f"{clean(str(exc), limit=500)}",
                                     hint="check --endpoint-url and the network, then run "
                                          "again (it resumes)")
+        if isinstance(exc, bexc.ResponseStreamingError):
+            return OperationalError(f"{what} failed: the transfer broke off: "
+                                    f"{clean(str(exc), limit=500)}",
+                                    hint="run again; if it repeats, check what sits between "
+                                         "here and the store (a proxy, a TLS middlebox)")
         return OperationalError(f"{what} failed: {clean(str(exc), limit=500)}")
 
     @contextlib.contextmanager
@@ -904,9 +909,13 @@ class S3Origin(GuardedByLock):
                 yield chunk
             if watch.end():  # the body may have been cut at the deadline (see _timed)
                 raise watch.too_slow(f"{self.url}{key}")
-        except (bexc.BotoCoreError, bexc.ClientError) as exc:
+        except (bexc.BotoCoreError, bexc.ClientError, u3exc.HTTPError) as exc:
             if watch.end():
                 raise watch.too_slow(f"{self.url}{key}") from None
+            if isinstance(exc, u3exc.HTTPError):
+                # what botocore's streaming body passes on unwrapped: a record that does
+                # not decrypt mid-body (urllib3's SSLError) is a broken transfer
+                exc = bexc.ResponseStreamingError(error=exc)
             raise self._error(exc, key, "GET") from None
         finally:
             body.close()
