@@ -378,6 +378,23 @@ def test_a_tls_error_within_an_objects_body_is_the_stores_error(
     assert all(b.count == 0 for b in state.bursts)
 
 
+def test_a_tls_error_within_the_lock_record_is_the_stores_error(
+        rgw: RGW, proxied: tuple[str, PassState, str]) -> None:  # noqa: F811
+    """The same within the lock record's body, which every publish reads before it takes
+    the lock: a failed transfer (exit 1), not an internal error."""
+    endpoint, state, origin_url = proxied
+    rgw.client().put_object(Bucket=origin_url.split("/")[2], Key="p/.trustboot-publish.lock",
+                            Body=b'{"owner": "someone else", "note": "' + b"x" * 200 + b'"}')
+    state.bursts = [Burst("GET", r"/p/\.trustboot-publish\.lock$", 1, tls_break=20)]
+    with open_origin(origin_url, _options(rgw, endpoint)) as origin:
+        with pytest.raises(OperationalError) as err, origin.lock("tester"):
+            pass
+        assert err.value.exit_code == 1
+        assert "reading the lock failed: the transfer broke off" in err.value.message, \
+            err.value.message
+    assert all(b.count == 0 for b in state.bursts)
+
+
 def test_a_large_object_is_read_as_before(rgw: RGW, pki: Pki) -> None:  # noqa: F811
     """The positive control, on the real RGW: a healthy object of several MiB reads whole,
     in reads growing from 64 KiB to 1 MiB (not shrunk to the first read's size)."""

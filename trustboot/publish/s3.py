@@ -321,6 +321,27 @@ class _CappedRaw:
             yield chunk
 
 
+class _StreamedRaw:
+    """An object's body, which botocore's StreamingBody reads. A record that does not
+    decrypt mid-body (a middlebox's corruption, a broken TLS stack) raises urllib3's
+    SSLError, which StreamingBody passes on unwrapped: every read of an object or of the
+    lock ended in an internal error (exit 70). As a ProtocolError it is botocore's
+    ResponseStreamingError, a broken transfer, as a connection cut mid-body is."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def read(self, amt: int | None = None) -> bytes:
+        try:
+            data: bytes = self._raw.read(amt)
+        except u3exc.SSLError as exc:
+            raise u3exc.ProtocolError(f"TLS failed within the body: {exc}", exc) from exc
+        return data
+
+
 class _Sender:
     """Sends the S3 client's requests itself, on connections from the pools above, so the
     calling thread's _Watch sees each one. Through botocore's documented ``before-send``
@@ -402,7 +423,7 @@ class _Sender:
                     raise u3exc.ProtocolError("the answer ended within its head")
                 # an object's body: read (capped) by S3Origin.read. (An error's body
                 # botocore reads whole to parse it: capped below like any answer.)
-                return AWSResponse(url, raw.status, cast(Any, raw.headers), raw)
+                return AWSResponse(url, raw.status, cast(Any, raw.headers), _StreamedRaw(raw))
             response = AWSResponse(url, raw.status, cast(Any, raw.headers),
                                    _CappedRaw(raw, f"{parts.netloc}{parts.path}", watch))
             response.content  # noqa: B018  (read now, within the call's watch)
@@ -909,13 +930,9 @@ class S3Origin(GuardedByLock):
                 yield chunk
             if watch.end():  # the body may have been cut at the deadline (see _timed)
                 raise watch.too_slow(f"{self.url}{key}")
-        except (bexc.BotoCoreError, bexc.ClientError, u3exc.HTTPError) as exc:
+        except (bexc.BotoCoreError, bexc.ClientError) as exc:
             if watch.end():
                 raise watch.too_slow(f"{self.url}{key}") from None
-            if isinstance(exc, u3exc.HTTPError):
-                # what botocore's streaming body passes on unwrapped: a record that does
-                # not decrypt mid-body (urllib3's SSLError) is a broken transfer
-                exc = bexc.ResponseStreamingError(error=exc)
             raise self._error(exc, key, "GET") from None
         finally:
             body.close()
