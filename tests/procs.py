@@ -59,21 +59,32 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
-def running_children() -> dict[int, str]:
-    """This process's child processes that have not exited (pid -> command name)."""
-    found: dict[int, str] = {}
+def child_pids() -> set[int]:
+    """This process's child processes, exited ones not yet reaped (zombies) included."""
+    found: set[int] = set()
     tasks = Path("/proc/self/task")
     for task in tasks.iterdir() if tasks.is_dir() else ():
         try:
-            pids = (task / "children").read_text().split()
+            found.update(int(pid) for pid in (task / "children").read_text().split())
         except OSError:
             continue
-        for pid in pids:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
-            if not rest.startswith("Z"):  # a zombie has exited (only not yet reaped)
-                found[int(pid)] = name
+    return found
+
+
+def process_state(pid: int) -> tuple[str, str] | None:
+    """(command name, state letter: R, S, Z...) of process ``pid``; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:][:1]
+
+
+def running_children() -> dict[int, str]:
+    """This process's child processes that have not exited (pid -> command name)."""
+    found: dict[int, str] = {}
+    for pid in child_pids():
+        state = process_state(pid)
+        if state is not None and state[1] != "Z":  # a zombie has exited (only not reaped)
+            found[pid] = state[0]
     return found

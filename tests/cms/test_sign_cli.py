@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.cms.corpus import Key
 from tests.cms.pki import PASSPHRASE, Material, ec_key, make_material, rsa_key
+from tests.procs import child_pids
 from trustboot import secrets
 from trustboot.cli.main import cli
 from trustboot.cms.sign import CHUNK, hash_file, sign_files
@@ -741,16 +742,10 @@ def test_batch_signatures_stream_to_the_caller_and_a_failure_stops_the_workers(
     def stop(index: int, _sig: bytes) -> None:
         raise Stop(index)
 
-    before = _children()
+    before = child_pids()
     with pytest.raises(Stop):
         sign_many(signer, digests, "sha256", on_signed=stop)
-    assert _children() == before  # every forked worker was stopped and reaped
-
-
-def _children() -> set[str]:
-    """This process's child pids (Linux)."""
-    return {pid for task in Path("/proc/self/task").iterdir()
-            for pid in (task / "children").read_text().split()}
+    assert child_pids() == before  # every forked worker was stopped and reaped
 
 
 def test_staged_writes_replace_nothing_unless_all_were_written(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from tests.ipxe.fake_tree import read_hold, start_trustboot, wait_for_hold
 from tests.ipxe.test_build_plan import SCRIPT
 from tests.ipxe.test_hostile_make import add_to_recipe
 from tests.ipxe.testpki import TestPki
+from tests.procs import process_state
 from trustboot.cli.main import cli
 from trustboot.errors import OperationalError
 from trustboot.ipxe import build as B
@@ -116,8 +117,8 @@ def _running_in(pid_ns: str) -> list[int]:
     found = []
     for name in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{name}/ns/pid") == pid_ns and \
-                    Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            state = process_state(int(name))
+            if os.readlink(f"/proc/{name}/ns/pid") == pid_ns and state and state[1] != "Z":
                 found.append(int(name))
     return found
 

@@ -167,13 +167,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """The head and ``after`` bytes of the body through TLS, then an application-data
         record of random bytes on the socket beneath it, which the client cannot decrypt;
         then the connection is closed."""
-        with self.server.state.lock:
-            self.server.state.seen.append((self.command, self.path, status))
-        self.send_response_only(status)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        self._head(status, headers, len(body))
         self.wfile.write(body[:after])
         self.wfile.flush()
         self.close_connection = True
@@ -181,16 +175,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             os.write(self.connection.fileno(), b"\x17\x03\x03\x00\x40" + os.urandom(64))
 
     def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self._head(status, headers, len(body))
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _head(self, status: int, headers: list[tuple[str, str]], length: int) -> None:
+        """Record the answer, then send its status line and headers (with the body's
+        length, but to a HEAD)."""
         with self.server.state.lock:
             self.server.state.seen.append((self.command, self.path, status))
         self.send_response_only(status)
         for k, v in headers:
             self.send_header(k, v)
         if self.command != "HEAD":
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(length))
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _any
 
