@@ -615,10 +615,11 @@ class StagedWrites:
     def __enter__(self) -> StagedWrites:
         return self
 
-    def _submit(self, job: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
-        """``job(*args)`` on the writer threads where it waits for the disk (a fsync per
-        file); here and now where it does not (one syncfs at commit; see WRITE_THREADS)."""
-        if not self._at_once or job is _sync_all:
+    def _submit(self, job: Callable[..., T], *args: Any, threaded: bool,
+                **kwargs: Any) -> Future[T]:
+        """``job(*args, **kwargs)`` on the writer threads (``threaded``: where it waits for
+        the disk, a fsync per file), or here and now (see WRITE_THREADS)."""
+        if threaded:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=WRITE_THREADS,
                                                 thread_name_prefix="trustboot-write")
@@ -632,7 +633,8 @@ class StagedWrites:
 
     def add(self, target: Path, data: bytes) -> None:
         self._targets.append(target)
-        self._made.append(self._submit(write_temp, target, data, sync=not self._at_once))
+        self._made.append(self._submit(write_temp, target, data, sync=not self._at_once,
+                                       threaded=not self._at_once))
 
     def add_named(self, items: Sequence[tuple[Path, bytes, Path]]) -> None:
         """Several (target, data, temp) written by one job: each temp, a name beside its
@@ -642,7 +644,8 @@ class StagedWrites:
         With a fsync per file, one hand-off to the writer threads for many small files
         (whose creation may wait on a busy filesystem there rather than in the caller's
         thread); with one syncfs, written here and now."""
-        self._named.append(self._submit(_write_named, list(items), not self._at_once))
+        self._named.append(self._submit(_write_named, list(items), not self._at_once,
+                                        threaded=not self._at_once))
 
     def adopt(self, target: Path, temp: Path) -> None:
         """A temp file someone else wrote beside ``target``: synced here, then renamed onto
@@ -654,7 +657,7 @@ class StagedWrites:
     def _flush(self) -> None:
         if self._pending and not self._at_once:  # else synced with the others at commit
             batch, self._pending = self._pending, []
-            self._batches.append((batch, self._submit(_sync_all, batch)))
+            self._batches.append((batch, self._submit(_sync_all, batch, threaded=True)))
 
     def remove_on_abort(self, temps: Iterable[Path]) -> None:
         """Temp files that may exist (written by a process that was stopped before saying
@@ -680,7 +683,9 @@ class StagedWrites:
         pairs += [pair for job in self._named for pair in job.result()]
         if self._at_once:
             self._sync_at_once(pairs)
-        self._in_batches(_rename_all, pairs, RENAME_BATCH, "check the output directory")
+        # on the threads where the writes were (a fsync each), as the writes' waits overlap
+        self._in_batches(_rename_all, pairs, RENAME_BATCH, "check the output directory",
+                         threaded=not self._at_once)
         renamed = {temp for _, temp in pairs}
         for temp in self._maybe:  # written by a worker that then failed: signed here again
             if temp not in renamed:
@@ -716,14 +721,15 @@ class StagedWrites:
             synced.add(dev)
         rest = [pair for pair in pairs if devices[pair[1].parent] not in synced]
         self._in_batches(_sync_all, rest, ADOPT_BATCH, "check the output directory; nothing "
-                         "was replaced")
+                         "was replaced", threaded=True)
 
     def _in_batches(self, job: Callable[[Sequence[tuple[Path, Path]]], None],
-                    pairs: Sequence[tuple[Path, Path]], size: int, hint: str) -> None:
-        """``job`` over ``pairs``, ``size`` at a time (on the writer threads where it
-        waits for the disk, see _submit); a failure is raised for the target it names,
-        with ``hint``."""
-        for future in [self._submit(job, pairs[i:i + size])
+                    pairs: Sequence[tuple[Path, Path]], size: int, hint: str, *,
+                    threaded: bool) -> None:
+        """``job`` over ``pairs``, ``size`` at a time (on the writer threads if
+        ``threaded``, see _submit); a failure is raised for the target it names, with
+        ``hint``."""
+        for future in [self._submit(job, pairs[i:i + size], threaded=threaded)
                        for i in range(0, len(pairs), size)]:
             error = future.exception()
             if isinstance(error, _PathError):
