@@ -51,6 +51,34 @@ def test_publish_list_over_a_hostile_release_json_is_not_a_crash(tmp_path: Path)
     assert "RecursionError" not in res.output
 
 
+@pytest.mark.parametrize("name", [["x"], {"a": 1}, 7, None])
+def test_a_file_name_that_is_not_a_string_is_a_config_error(name: object) -> None:
+    """The duplicate-name check hashed every name before any was checked: a list or an
+    object there was a TypeError, exit 70 in list, rollback and prune."""
+    files = [{"name": name, "size": 1, "sha256": "0" * 64},
+             {"name": "kernel", "size": 1, "sha256": "0" * 64}]
+    doc = {"version": 1, "release": "r1", "created": "2026-01-01T00:00:00Z", "files": files}
+    with pytest.raises(ConfigError, match="not a string"):
+        parse_manifest(json.dumps(doc).encode())
+
+
+def test_duplicate_file_names_are_named() -> None:
+    files = [{"name": n, "size": 1, "sha256": "0" * 64} for n in ("b", "a", "b", "a", "c")]
+    doc = {"version": 1, "release": "r1", "created": "2026-01-01T00:00:00Z", "files": files}
+    with pytest.raises(ConfigError, match=r"duplicate name\(s\) a, b$"):
+        parse_manifest(json.dumps(doc).encode())
+
+
+def test_publish_list_over_a_release_json_with_a_list_for_a_name(tmp_path: Path) -> None:
+    bad = tmp_path / "releases" / "r1"
+    bad.mkdir(parents=True)
+    (bad / "release.json").write_text(json.dumps({
+        "version": 1, "release": "r1", "created": "2026-01-01T00:00:00Z",
+        "files": [{"name": ["x"], "size": 1, "sha256": "0" * 64}]}))
+    res = CliRunner().invoke(cli, ["publish", "list", f"file://{tmp_path}", "--json"])
+    assert res.exit_code != 70 and "InternalError" not in res.output, res.output
+
+
 def test_a_manifest_over_4_mib_is_refused_by_size() -> None:
     """Every reader caps what it fetches, but parse_manifest is also handed files and
     audit inputs: it refuses more than 4 MiB itself, before decoding any of it."""

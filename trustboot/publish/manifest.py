@@ -23,6 +23,7 @@ manifest read back from an origin is input like any other.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import re
@@ -234,15 +235,16 @@ def _validate(m: ReleaseManifest) -> None:
         raise _bad("ca_sha256", "expected 64 lower-case hex digits")
     if len(m.files) > MAX_FILES:
         raise _bad("files", f"more than {MAX_FILES} entries")
+    for f in m.files:  # first: the duplicate check below hashes the names
+        problem = release_key_problem(f.name)
+        if problem:
+            raise _bad(f"files[{f.name!r}]", f"name {f.name!r}: {problem}")
     names = [f.name for f in m.files]
     if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = sorted(n for n, count in collections.Counter(names).items() if count > 1)
         raise _bad("files", f"duplicate name(s) {', '.join(dup)}")
     for f in m.files:
         where = f"files[{f.name!r}]"
-        problem = release_key_problem(f.name)
-        if problem:
-            raise _bad(where, f"name {f.name!r}: {problem}")
         if f.name in (MANIFEST_NAME, MANIFEST_NAME + ".sig"):
             raise _bad(where, "the manifest does not list itself")
         if isinstance(f.size, bool) or not isinstance(f.size, int) or f.size < 0:
