@@ -32,6 +32,9 @@ T = "Fri, 27 Nov 2026 20:00:00 GMT"
     (None, T, False), (T, None, False), ("", T, False),
     ("yesterday", T, False), (T, "Fri, 27 Nov 2026 25:00:00 GMT", False),
     ("Fri, 27 Nov 2026 19:00:00 -0000", T, False),  # no time zone known
+    # numbers Python's date parser overflows on: an origin's header, not a crash (exit 70)
+    ("Mon, 01 Jan 2020 00:00:00 +99999999999999999999", T, False),
+    (T, "Mon, 01 Jan 99999999999999999999 00:00:00 GMT", False),
 ])
 def test_etag_settled(modified: str | None, date: str | None, settled: bool) -> None:
     assert webdav.etag_settled(modified, date) is settled

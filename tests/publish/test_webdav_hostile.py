@@ -182,6 +182,17 @@ def test_the_parser_refuses_an_answer_over_the_cap_before_parsing_it() -> None:
         webdav.parse_modified(data)
 
 
+@pytest.mark.parametrize("when", ["Mon, 01 Jan 99999999999999999999 00:00:00 GMT",
+                                  "Mon, 01 Jan 2020 00:00:00 +99999999999999999999"])
+def test_a_modification_time_python_overflows_on_is_unknown(when: str) -> None:
+    """email.utils raised OverflowError on such a date: exit 70 in every publish (the
+    stale-upload sweep reads these times) instead of a time not known."""
+    data = ('<multistatus xmlns="DAV:"><response><href>/x</href><propstat><prop>'
+            f'<getlastmodified>{when}</getlastmodified></prop></propstat></response>'
+            '</multistatus>').encode()
+    assert webdav.parse_modified(data) == [("/x", False, None)]
+
+
 ENDLESS_TREE_STOP = 3000  # PROPFINDs the endless tree answers before it ends (the test's bound)
 tree_asked: list[str] = []
 

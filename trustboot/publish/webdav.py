@@ -199,7 +199,8 @@ def parse_modified(data: bytes, *, source: str = "the origin"
         text = response.findtext(f".//{DAV}getlastmodified")
         when = None
         if text:
-            with contextlib.suppress(TypeError, ValueError, IndexError):
+            # (OverflowError: numbers past a C int in the date, from the origin)
+            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
                 when = email.utils.parsedate_to_datetime(text.strip()).timestamp()
         out.append((href, is_col, when))
     return out
@@ -214,7 +215,7 @@ def etag_settled(last_modified: str | None, date: str | None) -> bool:
     try:
         modified = email.utils.parsedate_to_datetime((last_modified or "").strip())
         now = email.utils.parsedate_to_datetime((date or "").strip())
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return False
     if modified.tzinfo is None or now.tzinfo is None:
         return False  # "-0000": no time zone known, nothing to compare
