@@ -652,3 +652,45 @@ def test_something_other_than_a_file_at_a_key_names_the_fix(tmp_path: Path,
             origin.stat(".trustboot-live.json")
     assert "not a regular file" in exc.value.message, exc.value.message
     assert exc.value.hint is not None and f"rm {target}" in exc.value.hint, exc.value.hint
+
+
+_UNREADABLE_PROBE = """
+import json, sys
+from trustboot.errors import OperationalError
+from trustboot.publish.fileorigin import FileOrigin
+from trustboot.publish.origin import OriginOptions
+said = {}
+with FileOrigin(sys.argv[1], OriginOptions(create_root=False)) as origin:
+    said["swept"] = origin.remove_stale_temps(0)
+    try:
+        said["listed"] = origin.list("releases/")
+    except OperationalError as exc:
+        said["error"] = str(exc)
+print(json.dumps(said))
+"""
+
+
+def test_a_directory_the_publisher_cannot_read_is_an_operational_error(
+        tmp_path: Path) -> None:
+    """A directory in the tree that this user cannot open (made by the web server's user,
+    say): the listing fails naming it (exit 1, not an internal error), and the sweep of
+    our own leftovers passes it by instead of stopping every publish. Run without the
+    capabilities that let root open any directory."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to drop root's DAC override")
+    (tmp_path / "releases" / "r1").mkdir(parents=True)
+    (tmp_path / "releases" / "r1" / ".tb-tmp.0123456789abcdef.x").write_bytes(b"left")
+    shut = tmp_path / "releases" / "zz"
+    shut.mkdir(mode=0o000)
+    out = subprocess.run(
+        ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search",
+         sys.executable, "-c", _UNREADABLE_PROBE, f"file://{tmp_path}"],
+        capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    said = json.loads(out.stdout)
+    assert said["swept"] == ["releases/r1/.tb-tmp.0123456789abcdef.x"]
+    assert "releases/zz: listing failed: Permission denied" in said["error"]

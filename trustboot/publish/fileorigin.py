@@ -355,8 +355,11 @@ class FileOrigin(StagesUploads, GuardedByLock):
     def _walk(self, dfd: int, base: str, out: builtins.list[str]) -> None:
         for key, entry in self._entries(dfd, base):
             if entry.is_dir(follow_symlinks=False):
-                sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                              dir_fd=dfd)
+                try:
+                    sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                  dir_fd=dfd)
+                except OSError as exc:  # another user's directory we cannot read, say
+                    raise self._fail(key, "listing", exc) from None
                 try:
                     self._walk(sub, key, out)
                 finally:
@@ -391,8 +394,11 @@ class FileOrigin(StagesUploads, GuardedByLock):
                         removed.append(key)
             elif entry.is_dir(follow_symlinks=False) and not key_problem(key) \
                     and entry.name != LOCK_NAME:
-                sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                              dir_fd=dfd)
+                try:
+                    sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                  dir_fd=dfd)
+                except OSError:
+                    continue  # a sweep of our own leftovers: what we cannot open holds none
                 try:
                     self._collect(sub, key, cutoff, removed)
                 finally:
@@ -416,7 +422,10 @@ class FileOrigin(StagesUploads, GuardedByLock):
             os.close(dfd)
         # drop directories the deletion emptied (a pruned release leaves nothing behind)
         while dirs:
-            parent = self._dir(dirs[:-1], create=False)
+            try:
+                parent = self._dir(dirs[:-1], create=False)
+            except OSError:
+                break  # changed meanwhile: the object is gone, leave the directories be
             try:
                 os.rmdir(dirs[-1], dir_fd=parent)
             except OSError:
