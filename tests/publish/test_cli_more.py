@@ -100,6 +100,14 @@ def test_origin_check_tells_an_outage_from_a_refusal(pki: Pki, nginx: Nginx) -> 
     assert "REFUSES" not in missing.stdout and "not judged" in missing.stdout
 
 
+def test_origin_check_refuses_credentials_in_the_url_without_echoing_them(pki: Pki) -> None:
+    """They were echoed in the report, its JSON, the error and the hint (a CI log)."""
+    res = CliRunner().invoke(cli, ["origin", "check", "https://u:SECRETXYZ@127.0.0.1:1/x",
+                                   "--pki", str(pki.dir), "--json"])
+    assert res.exit_code == 3, res.output
+    assert "holds credentials" in res.output and "SECRETXYZ" not in res.output
+
+
 def test_origin_check_makes_one_connection(pki: Pki, tmp_path: Path,
                                            make_release: ReleaseFactory) -> None:
     """The TLS handshake `origin check` reports on is the one its GETs go on: nginx

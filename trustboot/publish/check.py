@@ -114,9 +114,15 @@ def _peer_chain(tls: ssl.SSLSocket) -> list[bytes]:
 
 def check_origin(url: str, *, trust: Trust, ca_file: Path | None, now: dt.datetime,
                  warn_days: int = 30, timeout: float = 10.0) -> CheckReport:
-    parts = split_url(url, repr(redact_url(url)))
+    shown = redact_url(url)
+    parts = split_url(url, repr(shown))
+    if parts.username is not None or parts.password is not None:
+        # (it would be echoed in the report, its JSON and every message)
+        raise ConfigError(f"{shown!r} holds credentials (user:password@)",
+                          hint="check the URL iPXE fetches its entry script from; it is "
+                               "public, served without credentials")
     if parts.scheme != "https" or not parts.hostname:
-        raise ConfigError(f"{url!r} is not an https:// URL",
+        raise ConfigError(f"{shown!r} is not an https:// URL",
                           hint="iPXE fetches its entry script over https://")
     report = CheckReport(url=url, sig_url=url + ".sig")
     ca_pem = None if ca_file else trust.ca_pem()
