@@ -396,6 +396,47 @@ def test_identifying_a_tree_runs_no_command_its_git_config_names(
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git (Debian package git)")
+@pytest.mark.parametrize("how", ["hook", "worktree-config"])
+def test_identifying_a_tree_runs_no_hook_and_reads_its_worktree_config(
+        tree: Path, tmp_path: Path, how: str) -> None:
+    """`git status` refreshed and rewrote the index, which ran the tree's own
+    .git/hooks/post-index-change; and a filter in .git/config.worktree (read with
+    extensions.worktreeConfig) was not among the keys checked (only --local was listed),
+    so status ran it. Neither may run when a tree is identified."""
+    import subprocess
+
+    from trustboot.subproc import git_env
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@t",
+                        *args], check=True, capture_output=True, env=git_env())
+
+    git("init", "-q", "--template=")
+    git("add", "-A")
+    git("commit", "-q", "-m", "tree")
+    marker = tmp_path / "ran"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\nexec cat\n")
+    hook.chmod(0o755)
+    if how == "hook":
+        hooks = tree / ".git" / "hooks"
+        hooks.mkdir(exist_ok=True)
+        (hooks / "post-index-change").write_text(hook.read_text())
+        (hooks / "post-index-change").chmod(0o755)
+    else:
+        git("config", "--local", "extensions.worktreeConfig", "true")
+        git("config", "--worktree", "filter.evil.clean", str(hook))
+        (tree / ".gitattributes").write_text("* filter=evil\n")
+    os.utime(tree / "src" / "Makefile")  # racy stat data: status looks again, rewrites
+    found = open_source(tree)
+    assert not marker.exists(), f"identifying the tree ran its {how}"
+    assert found.git_commit is not None
+    if how == "worktree-config":
+        assert found.git_dirty is None  # git was not asked
+    assert not (tree / ".git" / "index.lock").exists()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git (Debian package git)")
 @pytest.mark.parametrize("separator", ["\u2028", "\x1c", "\x85"])
 def test_a_command_key_with_a_line_separator_in_its_name_is_seen(
         tree: Path, separator: str) -> None:

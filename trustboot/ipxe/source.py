@@ -216,9 +216,14 @@ def _changed(file: Path) -> OperationalError:
 # (status, when a file's stat data is racy). Identifying a tree must run none of them (a
 # dry run or a plan runs no Makefile either): the first two are switched off for every
 # call, and a config with any filter.* or other command key gets no `git status`, which
-# never descends into submodules (their configs are not checked).
-_GIT_OFF = ("-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false",
+# never descends into submodules (their configs are not checked). Hooks: `status`
+# refreshes and rewrites the index, which runs .git/hooks/post-index-change; it writes
+# nothing with --no-optional-locks, and no hook is found with hooksPath=/dev/null.
+_GIT_OFF = ("--no-optional-locks", "-c", "core.hooksPath=/dev/null",
+            "-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false",
             "-c", "log.showSignature=false")
+# the tree's own config: .git/config and (extensions.worktreeConfig) .git/config.worktree
+_TREE_SCOPES = ("local", "worktree")
 _COMMAND_KEYS = re.compile(
     r"^(filter\..*|diff\..*\.(textconv|command)|diff\.external|gpg\.(.*\.)?program|"
     r"core\.(fsmonitor|sshcommand|hookspath)|include(if)?\..*)$")
@@ -239,10 +244,13 @@ def _config_runs_commands(top: Path) -> bool:
     # NUL-separated: a subsection name may hold any character but NUL and newline, and
     # one that str.splitlines() splits at (U+2028, \x1c, ...) would cut diff.X.textconv
     # into two names neither of which matches
-    names = _git(top, "config", "--local", "--name-only", "--list", "-z")
-    if names is None:
+    listed = _git(top, "config", "--show-scope", "--name-only", "--list", "-z")
+    if listed is None:
         return True
-    return any(_COMMAND_KEYS.match(name.lower()) for name in names.split("\0") if name)
+    fields = listed.split("\0")  # scope, name, scope, name, ..., ""
+    return any(_COMMAND_KEYS.match(name.lower())
+               for scope, name in zip(fields[0::2], fields[1::2], strict=False)
+               if scope in _TREE_SCOPES)
 
 
 def _head(top: Path) -> str | None:
