@@ -604,3 +604,63 @@ def test_model_agrees_with_a_concrete_interpreter(text: str) -> None:
     found = rules(text)
     assert unverified == bool(found & {"unverified-exec", "unverified-image"}), (text, found)
     assert ends == ("fall-through" in found), (text, found)
+
+
+# --- commands the model once took for infallible or inert (found by a review) ---------------
+
+FETCH_ONLY = ("imgfetch https://b/boot.efi || goto failed\n"
+              "imgverify boot.efi https://b/boot.efi.sig || goto failed\n")
+
+
+@pytest.mark.parametrize("exec_line", ["boot || goto failed\n", "imgexec || goto failed\n",
+                                       "boot || goto failed\nexit\n"])
+def test_an_exec_with_no_image_selected_succeeds_and_the_script_goes_on(exec_line: str) -> None:
+    """`imgfetch` selects nothing; `boot` with nothing selected prints "No image selected"
+    and returns success (imgsingle_exec), so the embedded script runs off its end and the
+    firmware boots the next device. The model had it fail into the '|| goto'."""
+    text = HEAD + "goto start\n" + FAILED + ":start\n" + FETCH_ONLY + exec_line
+    found = lint_script(text)
+    assert "fall-through" in {f.rule for f in found}
+    end = next(f for f in found if f.rule == "fall-through")
+    assert "'boot' fails" not in end.message and "'imgexec' fails" not in end.message
+
+
+@pytest.mark.parametrize("line", ["imgstat nosuchimage", "ifstat net7", "ifstat",
+                                  "certstat --subject nosuch.example", "config nosuchscope",
+                                  "shell"])
+def test_commands_that_can_fail_end_the_embedded_script(line: str) -> None:
+    text = GOOD.replace(BOOT, f"{line}\n{BOOT}")
+    assert "fall-through" in rules(text), line
+    assert "fall-through" not in rules(GOOD.replace(BOOT, f"{line} ||\n{BOOT}")), line
+
+
+@pytest.mark.parametrize("stage", ["embedded", "chained"])
+def test_certstore_keep_leaves_an_unverified_image(stage: str) -> None:
+    """certstore acquires its argument as an image; with --keep it stays registered,
+    unverified, even when it held no certificate: the kernel gets it as an initrd."""
+    kept = GOOD.replace(BOOT, "certstore --keep https://b/extra.cpio || echo not a cert\n"
+                        + BOOT)
+    assert "unverified-image" in rules(kept, stage)
+    dropped = GOOD.replace(BOOT, "certstore https://b/extra.cpio || echo not a cert\n" + BOOT)
+    assert "unverified-image" not in rules(dropped, stage)
+    # without --keep even an image registered before is unregistered
+    gone = GOOD.replace(BOOT, "certstore initrd.img || echo not a cert\n" + BOOT)
+    assert lint_script(gone, stage=stage) == []
+
+
+@pytest.mark.parametrize("stage", ["embedded", "chained"])
+def test_a_shim_must_be_verified_like_any_image(stage: str) -> None:
+    """On EFI the shim runs in place of a kernel the firmware will not load, and imgtrust
+    checks only the kernel."""
+    shim = "shim https://b/shimx64.efi || goto failed\n"
+    assert "unverified-image" in rules(GOOD.replace(KERNEL, shim + KERNEL), stage)
+    verified = shim + "imgverify shimx64.efi https://b/shimx64.efi.sig || goto failed\n"
+    assert lint_script(GOOD.replace(KERNEL, verified + KERNEL), stage=stage) == []
+    assert "cleartext" in rules(GOOD.replace(KERNEL, shim.replace("https", "http")
+                                                 + KERNEL), stage)
+
+
+def test_the_shell_failure_action_stays_fail_closed() -> None:
+    block = "\n".join(S.failure_block("shell"))
+    assert lint_script(HEAD + KERNEL + VERIFY_K + BOOT + block.replace("tb_failed", "failed")
+                       + "\n") == []

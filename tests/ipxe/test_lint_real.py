@@ -244,3 +244,38 @@ def test_ipxe_refuses_the_literal_values_the_lint_flags(pki: TestPki) -> None:
         assert real != (f"VERDICT {i} failed" in console), (words, console)
         assert real == stored, f"iPXE {'stores' if real else 'refuses'} 'set {words}'"
         assert (setting_problem("set", words.split()) is None) == real, words
+
+
+@pytest.mark.ipxe
+@pytest.mark.slow
+def test_ipxe_fails_and_keeps_images_where_the_lint_says(pki: TestPki) -> None:
+    """What a review found the model had wrong, under a real iPXE: `boot` with no image
+    selected succeeds; imgstat, ifstat, certstat and config with arguments that name
+    nothing fail; `certstore --keep` of a file that is no certificate leaves it
+    registered (and without --keep, removes it)."""
+    lkrn = build_test_ipxe([pki.root], certs=[pki.issuing])
+    files = {"extra.cpio": b"not a certificate\n" * 8, "other.cpio": b"nor this\n" * 8}
+    checks = [
+        ("boot", "nosel"),
+        ("imgstat nosuchimage", "imgstat"),
+        ("ifstat net7", "ifstat"),
+        ("certstat --subject nosuch.example", "certstat"),
+        ("config nosuchscope", "config"),
+        ("certstore --keep tftp://10.0.2.2/extra.cpio", "keep"),
+        ("certstore tftp://10.0.2.2/other.cpio", "nokeep"),
+    ]
+    script = "\n".join([
+        "#!ipxe",
+        *(f"{cmd} && echo VERDICT {tag} ok || echo VERDICT {tag} failed"
+          for cmd, tag in checks),
+        "imgstat extra.cpio && echo VERDICT kept yes || echo VERDICT kept no",
+        "imgstat other.cpio && echo VERDICT dropped no || echo VERDICT dropped yes",
+        f"echo {DONE_MARKER}",
+        "",
+    ])
+    console = boot(lkrn, files, script)
+    assert DONE_MARKER in console, console
+    assert "No image selected" in console and "VERDICT nosel ok" in console, console
+    for tag in ("imgstat", "ifstat", "certstat", "config", "keep", "nokeep"):
+        assert f"VERDICT {tag} failed" in console, (tag, console)
+    assert "VERDICT kept yes" in console and "VERDICT dropped yes" in console, console

@@ -58,14 +58,16 @@ DANGLING = "\\"
 # Commands that fetch from a URI (their words are checked for cleartext schemes).
 _FETCHING = {"imgfetch", "module", "initrd", "kernel", "imgselect", "imgload", "chain",
              "boot", "imgexec", "imgverify", "imgargs", "imgextract", "imgdecrypt",
-             "certstore", "sanboot", "sanhook"}
+             "certstore", "sanboot", "sanhook", "shim"}
 _CLEARTEXT = ("http", "tftp", "ftp", "nfs", "slam")
 _EXEC = {"imgexec", "chain", "boot"}
 _LOAD = {"imgfetch", "module", "initrd"}
 _SELECT = {"kernel", "imgselect", "imgload"}
 # Commands that succeed whenever their options parse (everything else is explored both ways).
-_INFALLIBLE = {"echo", "set", "clear", "inc", "shell", "help", "imgstat", "ifstat", "route",
-               "ipstat", "nstat", "certstat", "config"}
+# Not these: imgstat NAME (no such image), ifstat (no such device, or no NIC at all),
+# certstat --subject (no match), config (no such scope), shell (the status of the last
+# command typed into it).
+_INFALLIBLE = {"echo", "set", "clear", "inc", "help", "route", "ipstat", "nstat"}
 # ... except these when a word is expanded (a DHCP server can make a typed setting's value
 # unparseable: "Could not store") or the setting names a scope (net0/..., which may not
 # exist): then they fail like any other command.
@@ -355,7 +357,7 @@ class _Explorer:
         name = p.name
         trusted = req and perm
         if self.stage == "embedded" and not trusted and (
-            name in _LOAD | _SELECT | _EXEC | {"imgverify", "sanboot", "autoboot"}
+            name in _LOAD | _SELECT | _EXEC | {"imgverify", "sanboot", "autoboot", "shim"}
         ):
             self.add(number, "trust-first",
                      f"'{name}' can run before 'imgtrust --permanent'", state)
@@ -381,6 +383,22 @@ class _Explorer:
         if name in _LOAD:
             image = (p.options.get("name") or uri_name(p.args[0]) or "", False, number)
             return [out(True, self.register(images, image)), fail]
+        if name == "shim":
+            # An EFI kernel that the firmware will not load runs through the shim image
+            # instead (efi_image.c), and imgtrust checks only the kernel: the shim is an
+            # image that must be verified like an initrd. Hidden, but still registered.
+            if not p.args:
+                return [out(True), fail]  # clears the shim
+            image, imgs = self.acquire(images, p.args[0], number)
+            return [out(True, imgs), fail]
+        if name == "certstore" and p.args:
+            # The file is acquired as an image to read certificates from, and unregistered
+            # afterwards (even one that was registered before) unless --keep: then it
+            # stays, as unverified as it came, whether or not it held certificates.
+            image, imgs = self.acquire(images, p.args[0], number)
+            if not p.has("keep"):
+                imgs = tuple(i for i in imgs if i != image)
+            return [out(True, imgs), out(False, imgs), fail]
         if name in _SELECT or name == "imgargs":
             image, imgs = self.acquire(images, p.args[0], number)
             if p.options.get("name"):
@@ -394,7 +412,9 @@ class _Explorer:
             elif sel is not None:
                 target, imgs = sel, images
             else:
-                return [fail]  # "No image selected"
+                # imgsingle_exec prints "No image selected" and returns the status of its
+                # option parsing: success, and the script goes on to its next line
+                return [out(True)]
             self.check_boot(state, number, name, target, imgs)
             if p.has("replace"):
                 # The script stops here and the image runs in its place (image_exec's

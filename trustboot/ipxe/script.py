@@ -122,7 +122,7 @@ def failure_block(action: str = DEFAULT_ON_FAILURE, *, message: str | None = Non
     elif action == "poweroff":
         lines += ["poweroff ||"]
     elif action == "shell":
-        lines += ["shell"]
+        lines += ["shell ||"]  # it returns the last typed command's status: halt anyway
     elif action == "exit":
         # Not fail-closed: the BIOS boots the next device. Only on explicit request.
         lines += ["exit 1"]
