@@ -694,3 +694,60 @@ def test_a_directory_the_publisher_cannot_read_is_an_operational_error(
     said = json.loads(out.stdout)
     assert said["swept"] == ["releases/r1/.tb-tmp.0123456789abcdef.x"]
     assert "releases/zz: listing failed: Permission denied" in said["error"]
+
+
+SHA_X = hashlib.sha256(b"x").hexdigest()
+
+
+@pytest.mark.parametrize("how", ["owned", "world-writable", "group-writable",
+                                 "link", "subdirectory"])
+def test_an_origin_directory_another_user_can_change_is_refused(
+        tmp_path: Path, how: str) -> None:
+    """The root (or a directory under it) of another user, writable by others, or reached
+    through another user's link: they could replace what was verified after the read-back,
+    or send the publish where they like. Refused before anything is written (exit 3);
+    --unsafe-shared-origin allows it, with a warning."""
+    from tests.conftest import dir_of_nobody, give_group_to_another_user
+
+    root = tmp_path / "origin"
+    url = f"file://{root}"
+    if how == "owned":
+        dir_of_nobody(root)
+    elif how == "world-writable":
+        root.mkdir()
+        root.chmod(0o777)
+    elif how == "group-writable":
+        root.mkdir()
+        root.chmod(0o775)
+        give_group_to_another_user(root)
+    elif how == "link":
+        target = tmp_path / "elsewhere"
+        target.mkdir()
+        dir_of_nobody(tmp_path / "theirs")
+        link = tmp_path / "theirs" / "origin"
+        link.symlink_to(target)
+        os.chown(link, 65534, 65534, follow_symlinks=False)
+        url = f"file://{link}"
+    else:
+        root.mkdir()
+        dir_of_nobody(root / "releases")
+    with pytest.raises(ConfigError, match=r"other users|not by root or you|owned by uid"):
+        with FileOrigin(url, OriginOptions()) as origin:
+            origin.put_bytes("releases/r1/x", b"x", sha256=SHA_X)
+    assert not list(tmp_path.rglob("x"))
+    with FileOrigin(url, OriginOptions(unsafe_shared_origin=True)) as origin:
+        origin.put_bytes("releases/r1/x", b"x", sha256=SHA_X)
+
+
+def test_publish_warns_when_a_shared_origin_is_allowed(pki: Pki, make_release: ReleaseFactory,
+                                                       tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    root.mkdir()
+    root.chmod(0o777)
+    rel = make_release({"boot.ipxe": ENTRY})
+    refused = _publish(pki, rel, f"file://{root}", "r1")
+    assert refused.exit_code == 3 and "chmod go-w" in refused.output, refused.output
+    assert not (root / "releases").exists()
+    allowed = _publish(pki, rel, f"file://{root}", "r1", "--unsafe-shared-origin")
+    assert allowed.exit_code == 0, allowed.output
+    assert "--unsafe-shared-origin: other users" in allowed.output

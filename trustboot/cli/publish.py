@@ -103,6 +103,9 @@ def origin_access_options(func: F) -> F:
                      help="Allow plain http:// (warns on every run)."),
         click.option("--unsafe-no-tls-verify", "unsafe_no_verify", is_flag=True,
                      help="Do not verify the origin's TLS certificate (warns on every run)."),
+        click.option("--unsafe-shared-origin", "unsafe_shared_origin", is_flag=True,
+                     help="file:// only: publish into directories other users own or can "
+                          "write (warns on every run)."),
     ]
     for opt in reversed(opts):
         func = opt(func)
@@ -163,7 +166,8 @@ def build_options(kw: dict[str, Any]) -> OriginOptions:
         credentials=credentials, endpoint_url=kw.get("endpoint_url"),
         public_url=kw.get("public_url"), unsafe_http=kw["unsafe_http"],
         unsafe_no_verify=kw["unsafe_no_verify"], timeout=kw["timeout"], retries=kw["retries"],
-        public_read=not kw.get("no_public_read", False))
+        public_read=not kw.get("no_public_read", False),
+        unsafe_shared_origin=kw.get("unsafe_shared_origin", False))
     for message in _unsafe_warnings(options):
         warn(message)
     return options

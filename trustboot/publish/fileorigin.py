@@ -52,6 +52,7 @@ DIR_MODE = 0o755
 CHUNK = 1 << 20
 LOCK_NAME = ".trustboot-publish.lock"
 TMP_PREFIX = ".tb-tmp."
+UNSAFE_SHARED_OPTION = "--unsafe-shared-origin"
 _STAGED_NAME = re.compile(re.escape(TMP_PREFIX) + r"[0-9a-f]{16}\.[^/]+")
 
 
@@ -80,6 +81,11 @@ class FileOrigin(StagesUploads, GuardedByLock):
 
     # -- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> FileOrigin:
+        if not self.options.unsafe_shared_origin:
+            # whoever can change a directory above the root can move it away after the
+            # read-back and put theirs in its place (a link of theirs: point it elsewhere);
+            # checked before any is created
+            fsutil.check_parents(self.root, "origin directory")
         if self.options.create_root:
             # every directory this creates gets DIR_MODE, whatever the umask
             fsutil.make_dirs(self.root, DIR_MODE)
@@ -93,6 +99,12 @@ class FileOrigin(StagesUploads, GuardedByLock):
         except OSError as exc:
             raise OperationalError(f"cannot open origin directory {self.root}: "
                                    f"{exc.strerror or exc}") from None
+        try:
+            self._check_shared(self._root_fd, [])
+        except BaseException:
+            os.close(self._root_fd)
+            self._root_fd = None
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -121,11 +133,35 @@ class FileOrigin(StagesUploads, GuardedByLock):
         return OperationalError(f"{self.url}{key}: {action} failed: {exc.strerror or exc}",
                                 hint=hint)
 
+    def _check_shared(self, fd: int, parts: list[str]) -> None:
+        """Refuse a directory of the origin (descriptor ``fd``) that a user other than
+        root and us owns or can write: they could rename what was just verified away and
+        put their own objects (an older signed release, a hostile release.json) in its
+        place, after the read-back. ``--unsafe-shared-origin`` allows it."""
+        if self.options.unsafe_shared_origin:
+            return
+        st = os.fstat(fd)
+        where = self.root.joinpath(*parts)
+        if st.st_uid not in (0, os.geteuid()):
+            raise ConfigError(
+                f"origin directory {where} is owned by uid {st.st_uid}, not by root or you: "
+                "its owner can replace what trustboot publishes and verifies there",
+                hint=f"chown {os.geteuid()} {where}, or publish to a directory of your own "
+                     f"(a shared one only with {UNSAFE_SHARED_OPTION})")
+        if st.st_mode & 0o022 and fsutil.others_can_write(Path(f"/proc/self/fd/{fd}"), st):
+            raise ConfigError(
+                f"origin directory {where} is writable by other users (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): they can replace what trustboot publishes "
+                "and verifies there",
+                hint=f"chmod go-w {where} (the web server needs only to read), or pass "
+                     f"{UNSAFE_SHARED_OPTION} for a directory shared on purpose")
+
     def _dir(self, parts: list[str], *, create: bool) -> int:
-        """A descriptor of the directory ``parts`` under the root, never through a link."""
+        """A descriptor of the directory ``parts`` under the root, never through a link
+        nor into one another user can change (_check_shared)."""
         fd = os.dup(self._root())
         try:
-            for seg in parts:
+            for depth, seg in enumerate(parts, 1):
                 if create:
                     try:
                         os.mkdir(seg, DIR_MODE, dir_fd=fd)
@@ -136,6 +172,7 @@ class FileOrigin(StagesUploads, GuardedByLock):
                 nfd = os.open(seg, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                 os.close(fd)
                 fd = nfd
+                self._check_shared(fd, parts[:depth])
         except BaseException:
             os.close(fd)
             raise

@@ -157,6 +157,9 @@ class OriginOptions:
     # listing, rollback, prune, repair, re-signing and a dry run never create one (a
     # mistyped path must not leave a directory behind).
     create_root: bool = True
+    # file:// only: --unsafe-shared-origin: publish into directories other users own or
+    # can write (warns every run)
+    unsafe_shared_origin: bool = False
 
     def __repr__(self) -> str:  # the passphrase and credentials never reach a log
         return (f"OriginOptions(ca_file={self.ca_file!r}, client_cert={self.client_cert!r}, "
@@ -358,6 +361,9 @@ def unsafe_warnings(options: OriginOptions) -> list[str]:
     if options.unsafe_no_verify:
         out.append("--unsafe-no-tls-verify: the origin's TLS certificate is NOT checked; "
                    "anyone on the path can impersonate the origin")
+    if options.unsafe_shared_origin:
+        out.append("--unsafe-shared-origin: other users who can write the origin directory "
+                   "can replace what is published after it was verified")
     return out
 
 
