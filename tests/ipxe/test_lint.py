@@ -664,3 +664,13 @@ def test_the_shell_failure_action_stays_fail_closed() -> None:
     block = "\n".join(S.failure_block("shell"))
     assert lint_script(HEAD + KERNEL + VERIFY_K + BOOT + block.replace("tb_failed", "failed")
                        + "\n") == []
+
+
+@pytest.mark.parametrize("stage", ["embedded", "chained"])
+def test_a_kernel_that_fails_to_select_stays_registered(stage: str) -> None:
+    """`kernel URL` downloads and registers the image before selecting it; a selection
+    that fails (no executable type) leaves it registered and unverified."""
+    # on success the script halts; only the failed selection goes on to boot
+    text = GOOD.replace(KERNEL, "kernel https://b/other.efi && goto failed || echo no\n"
+                        + KERNEL)
+    assert "unverified-image" in rules(text, stage)

@@ -405,7 +405,11 @@ class _Explorer:
                 renamed = (str(p.options["name"]), image[1], image[2])
                 imgs = tuple(renamed if i == image else i for i in imgs)
                 image = renamed
-            return [out(True, imgs, image if name in _SELECT else sel), fail]
+            if name in _SELECT:
+                # the download can work and the selection fail (a file of no executable
+                # type, on EFI): the image stays registered, unverified (imgsingle_exec)
+                return [out(True, imgs, image), out(False, imgs), fail]
+            return [out(True, imgs, sel), fail]
         if name in _EXEC:
             if p.args:
                 target, imgs = self.acquire(images, p.args[0], number)
