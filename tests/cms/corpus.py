@@ -453,6 +453,16 @@ def generate(directory: Path, now: dt.datetime | None = None) -> Corpus:
         add(Case(name, ok, None if ok else "signer-name", signer=wanted,
                  bios_ok=False if ok else None), *good(name, ip6_signer))
 
+    # Two certificates naming each other as issuer (a cross-certificate each way): iPXE's
+    # x509_auto_append stops only at a self-issued certificate or when none is found, so it
+    # appends them in turn until it runs out of memory ("Not enough space").
+    cross_to_other = make_cert("Corpus Root CA", root_key, (other_root, other_key),
+                               not_before=long_ago, not_after=far, ca=True, key_usage=ca_ku)
+    cross_back = make_cert("Untrusted Root CA", other_key, (root, root_key),
+                           not_before=long_ago, not_after=far, ca=True, key_usage=ca_ku)
+    add(Case("chain-loop", False, "chain-loop", isolate=True),
+        *good("chain-loop", ch=[inter, cross_to_other, cross_back]))
+
     # Damage.
     img, sig = good("flipped-image-byte")
     damaged = bytearray(img)

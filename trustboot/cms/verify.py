@@ -516,13 +516,24 @@ def _time_failure(cert: CertInfo, now: dt.datetime, what: str) -> _Fail:
 
 
 def _auto_append(chain: list[CertInfo], store: Sequence[CertInfo]) -> None:
-    # x509_auto_append: follow issuer -> first certificate with that subject.
+    # x509_auto_append: follow issuer -> first certificate with that subject, until none
+    # is found or the one found is the one just looked at (self-issued). It stops at
+    # nothing else: two certificates naming each other as issuer (a cross-certificate
+    # each way) are appended in turn until iPXE runs out of memory.
     cert = chain[-1]
     while True:
         previous = cert
         found = next((c for c in store if c.subject_raw == cert.issuer_raw), None)
-        if found is None or found.der == previous.der or any(found.der == c.der for c in chain):
+        if found is None or found.der == previous.der:
             return
+        if any(found.der == c.der for c in chain):
+            raise _fail(
+                "chain-loop",
+                f"following issuers from {chain[0].label} comes back to {found.label}: "
+                "iPXE appends the same certificates again and again until it runs out of "
+                "memory (\"Not enough space\")",
+                "leave the cross-certificate that points back out of the signature "
+                "(trustboot sign --signing-chain) and of the CERT= set", found)
         chain.append(found)
         cert = found
 
