@@ -591,3 +591,43 @@ def test_findings_sorted_by_severity_and_fail_on() -> None:
 @pytest.mark.parametrize("text", ["info", "LOW", "Medium", "high", "critical"])
 def test_severity_parse(text: str) -> None:
     assert Severity.parse(text).label == text.lower()
+
+
+def test_an_authorized_duid_with_no_mac_in_it_answering_from_two_macs_conflicts() -> None:
+    """A DUID-EN holds no MAC to compare with the sender's: the same DUID from a second MAC,
+    under an entry naming none, is the impersonation the DHCPv4 check finds for an IP."""
+    duid = bytes.fromhex("00020000ab11") + b"server-one"
+
+    def advert(mac: str, ip: str) -> Reply6:
+        raw = (bytes([dhcp6.ADVERTISE]) + b"\0\0\1"
+               + packets.opt6(dhcp6.OPT_CLIENTID, dhcp6.duid_ll(b"\x02" * 6))
+               + packets.opt6(dhcp6.OPT_SERVERID, duid))
+        return Reply6(dhcp6.parse(raw), ip, mac, 0.1)
+
+    by_duid = policy(authorized_servers=[{"duid": duid.hex(), "role": "dhcpv6"}])
+    one = advert(AUTH_MAC, "fe80::1")
+    [conflict] = rules(observe(replies6=[one, advert(ROGUE_MAC, "fe80::2")]),
+                       by_duid)["server-identity-conflict"]
+    assert conflict.evidence["source_macs"] == [AUTH_MAC, ROGUE_MAC]
+    assert "server-identity-conflict" not in rules(observe(replies6=[one, one]), by_duid)
+
+
+def test_one_dhcpv6_server_answering_from_two_addresses_is_one_responder() -> None:
+    """dnsmasq answers from its link-local and its global address: one responder, one
+    finding (naming both), though each address is checked against the policy."""
+    from datetime import UTC, datetime
+
+    from trustboot.audit.model import responders
+    from trustboot.audit.report import summary
+    from trustboot.audit.runner import AuditResult
+
+    local = reply6("https://[2001:db8::66]/x.efi", mac=bytes.fromhex("027462000009"))
+    glob = reply6("https://[2001:db8::66]/x.efi", mac=bytes.fromhex("027462000009"))
+    glob.src_ip = "2001:db8::9"
+    obs = observe(replies6=[local, glob])
+    [rogue] = rules(obs)["rogue-dhcpv6"]
+    assert rogue.evidence["also_from"] == ["2001:db8::9"]
+    [v6] = [r for r in responders(obs) if r["protocol"] == "dhcpv6"]
+    assert v6["server_ips"] == ["2001:db8::9", "fe80::1"]
+    now = datetime.now(UTC)
+    assert summary(AuditResult(obs, [], policy(), now, now), None)["responders"] == 1

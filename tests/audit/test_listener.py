@@ -602,3 +602,66 @@ def test_a_flood_of_huge_split_options_stays_within_bounds() -> None:
     assert peak < 32 * 1024 * 1024, peak  # about 3 MB here
     assert len(report) < 2 * 1024 * 1024 and len(table) < 256 * 1024
     assert {f.rule for f in findings} >= {"rogue-dhcp", "boot-name-after-nul"}
+
+
+def _dhcpv6_server(*, duid_mac: bytes, sender_mac: bytes, url: str) -> Responder:
+    """Answers Solicits with an Advertise whose DUID-LL embeds ``duid_mac``, sent from
+    ``sender_mac`` (and its link-local address)."""
+    def respond(frame: frames.Frame) -> list[bytes]:
+        if frame.dport != 547:
+            return []
+        msg = dhcp6.parse(frame.payload)
+        adv = packets.advertise(xid=msg.xid, client_duid=bytes.fromhex(msg.client_duid or ""),
+                                url=url, server_mac=duid_mac)
+        return [packets.advertise_frame(adv, dst_mac=frame.src_mac, server_mac=sender_mac)]
+    return respond
+
+
+@pytest.mark.parametrize("authorized", [
+    {"duid": dhcp6.duid_ll(packets.SERVER_MAC).hex(), "role": "dhcpv6"},
+    {"duid": dhcp6.duid_ll(packets.SERVER_MAC).hex(), "mac": "02:74:62:00:00:01",
+     "role": "dhcpv6"},
+], ids=["duid-only", "duid-and-mac"])
+def test_a_dhcpv6_rogue_copying_the_authorized_duid_is_flagged(
+        authorized: dict[str, str]) -> None:
+    """A rogue copying the authorized server's DUID, answering after it from its own MAC and
+    address with its own boot URL: authorization is per sender (DUID, address, MAC), so the
+    rogue is judged on its own, counted as a responder of its own, and fails the audit."""
+    from datetime import UTC, datetime
+
+    from trustboot.audit.checks import Severity, evaluate, threshold_reached
+    from trustboot.audit.model import responders
+    from trustboot.audit.policy import policy_from_dict
+    from trustboot.audit.report import summary
+    from trustboot.audit.runner import AuditResult
+
+    legit = _dhcpv6_server(duid_mac=packets.SERVER_MAC, sender_mac=packets.SERVER_MAC,
+                           url="https://[2001:db8::1]/boot.ipxe")
+    rogue = _dhcpv6_server(duid_mac=packets.SERVER_MAC, sender_mac=packets.ROGUE_MAC,
+                           url="https://[2001:db8::66]/evil.efi")
+    link = FakeLink([legit, rogue])  # the authorized server answers first
+    lst, obs = listener(link, window=0.3, arches=("efi-x64",), ipxe_probe=False)
+    lst.run()
+    assert {r.src_mac for r in obs.replies6} == {"02:74:62:00:00:01", "02:74:62:00:00:02"}
+    pol = policy_from_dict({"authorized_servers": [authorized]})
+    findings = evaluate(obs, pol)
+    flagged = [f for f in findings if f.rule in ("rogue-dhcpv6", "server-identity-conflict")]
+    assert flagged, [f.rule for f in findings]
+    assert {f.evidence["source_mac"] for f in flagged} == {"02:74:62:00:00:02"}
+    assert all(f.severity >= Severity.HIGH for f in flagged)
+    if "mac" in authorized:
+        assert [f.rule for f in flagged] == ["rogue-dhcpv6"]
+        assert flagged[0].severity == Severity.CRITICAL  # it hands out a boot URL
+        assert "spoofed_duid" in flagged[0].evidence
+    else:  # the DUID-LL's own MAC is not the rogue's
+        assert "server-identity-conflict" in [f.rule for f in flagged]
+    assert threshold_reached(findings, Severity.HIGH)
+    v6 = [r for r in responders(obs) if r["protocol"] == "dhcpv6"]
+    assert sorted(str(r["server_mac"]) for r in v6) == ["02:74:62:00:00:01",
+                                                         "02:74:62:00:00:02"]
+    assert {u for r in v6 for u in r["boot_urls"]} == {  # type: ignore[attr-defined]
+        "https://[2001:db8::1]/boot.ipxe", "https://[2001:db8::66]/evil.efi"}
+    now = datetime.now(UTC)
+    result = AuditResult(obs, findings, pol, now, now)
+    assert summary(result, Severity.HIGH)["responders"] == 2
+    assert summary(result, Severity.HIGH)["failed"]

@@ -431,45 +431,84 @@ def _duid_spoofed(reply: Reply6) -> str | None:
 
 def _check_dhcpv6(obs: Observation, policy: Policy) -> list[Finding]:
     out: list[Finding] = []
-    seen: set[str] = set()
-    urls_done: set[tuple[str, str]] = set()
+    # Authorization and the DUID check run once per sender (DUID, address, MAC), not per
+    # DUID: a rogue copying the authorized server's DUID and answering after it is a sender
+    # of its own. Findings are per responder (DUID, MAC), as the report lists responders:
+    # one server answers from its link-local and its global address alike, and a second
+    # address of one responder is added to its finding's evidence.
+    seen: set[tuple[str, str, str]] = set()
+    judged: dict[tuple[str, str, str], Finding] = {}  # (rule, DUID, MAC) -> its finding
+    urls_done: set[tuple[str, str, str]] = set()
+    # senders authorized by an entry that names no MAC, per DUID (see below)
+    unpinned: dict[str, list[Reply6]] = defaultdict(list)
+    conflicted: set[str] = set()
     for reply in obs.replies6:
-        key = reply.server_key
-        if key not in seen:
-            seen.add(key)
+        duid = reply.message.server_duid or ""
+        if reply.sender not in seen:
+            seen.add(reply.sender)
             entry = policy.authorized_match(
                 role="dhcpv6", ip=reply.src_ip, mac=reply.src_mac,
                 duid=reply.message.server_duid) if policy.has_authorized else None
             spoofed = _duid_spoofed(reply)
             urls = [t.url for t in reply.boot_targets()]
             url = f"boot URL{'s' if len(urls) > 1 else ''} {', '.join(urls)}" if urls else ""
+            if entry is not None and entry.mac is None and duid:
+                unpinned[duid].append(reply)
+            finding = None
             if entry is not None and spoofed is not None and entry.mac is None:
                 # authorized by DUID alone, but the DUID's own MAC is not the sender's
-                out.append(_finding(
+                conflicted.add(duid)
+                finding = _finding(
                     "server-identity-conflict", f"{reply.src_ip} ({reply.src_mac})",
                     f"DHCPv6 answer carries authorized DUID {reply.message.server_duid} "
                     f"from another sender: {spoofed}",
                     {**reply.evidence(), "spoofed_duid": spoofed,
-                     "authorized": entry.label()}))
+                     "authorized": entry.label()})
             elif policy.has_authorized and entry is None:
                 evidence = reply.evidence()
                 if spoofed is not None:
                     evidence["spoofed_duid"] = spoofed
-                out.append(_finding(
+                finding = _finding(
                     "rogue-dhcpv6", f"{reply.src_ip} (DUID {reply.message.server_duid})",
                     f"unauthorized DHCPv6 server {reply.src_ip} answered"
                     + (f" with {url}" if url else ""),
-                    evidence, Severity.CRITICAL if url else Severity.HIGH))
+                    evidence, Severity.CRITICAL if url else Severity.HIGH)
+            if finding is not None:
+                earlier = judged.get((finding.rule, duid, reply.src_mac))
+                if earlier is None:
+                    judged[(finding.rule, duid, reply.src_mac)] = finding
+                    out.append(finding)
+                else:
+                    also = earlier.evidence.setdefault("also_from", [])
+                    if len(also) < 16:
+                        also.append(reply.src_ip)
+                    if finding.severity > earlier.severity:
+                        earlier.severity = finding.severity
+                        earlier.message = finding.message
         for target in reply.boot_targets():
             url = target.url
-            if (key, url) in urls_done:
+            if (duid, reply.src_mac, url) in urls_done:
                 continue
-            urls_done.add((key, url))
+            urls_done.add((duid, reply.src_mac, url))
             if target.scheme in CLEARTEXT_SCHEMES:
                 out.append(_finding(
                     "dhcpv6-cleartext-boot-url", url,
                     f"DHCPv6 server {reply.src_ip} hands out the cleartext boot URL {url}",
                     reply.evidence()))
+    # An authorized DUID (a DUID-EN or DUID-UUID holds no MAC to compare) answering from
+    # more than one MAC, under an entry naming none: one of them impersonates the server,
+    # as for an authorized DHCPv4 address answering from two MACs.
+    for duid, replies in unpinned.items():
+        macs = sorted({r.src_mac for r in replies})
+        if len(macs) < 2 or duid in conflicted:
+            continue
+        out.append(_finding(
+            "server-identity-conflict", f"DUID {duid}",
+            f"authorized DHCPv6 DUID {duid} answered from {len(macs)} MACs: "
+            f"{', '.join(macs)}; the policy names no MAC, so it cannot tell the server from "
+            "an impersonator",
+            {"server_duid": duid, "source_macs": macs,
+             "source_ips": sorted({r.src_ip for r in replies})}))
     return out
 
 
@@ -534,7 +573,7 @@ def _check_after_nul(obs: Observation) -> list[Finding]:
                 offer.evidence(), sev))
     for reply in obs.replies6:
         for count, tail in reply.message.url_tails:
-            key = (reply.server_key, "option 59", tail)
+            key = (" ".join(reply.sender), "option 59", tail)
             if key in done:
                 continue
             done.add(key)

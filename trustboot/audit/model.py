@@ -178,8 +178,11 @@ class Reply6:
                                               compare=False)
 
     @property
-    def server_key(self) -> str:
-        return self.message.server_duid or self.src_ip
+    def sender(self) -> tuple[str, str, str]:
+        """Who sent it: (server DUID, source address, source MAC). A DUID is only a claim
+        (any sender can copy the authorized server's), so the checks judge answers per
+        sender, never per DUID alone."""
+        return (self.message.server_duid or "", self.src_ip, self.src_mac)
 
     def nameservers(self) -> Nameservers:
         """The DNS servers this reply gives a client (option 23): it asks them for AAAA."""
@@ -466,6 +469,17 @@ def ipxe_loop_status(offers: list[Offer]) -> str:
     return "broken"
 
 
+def dhcpv6_responders(replies: list[Reply6]) -> dict[tuple[str, str], list[Reply6]]:
+    """DHCPv6 answers per responder: (server DUID, source MAC). Not per DUID alone: a rogue
+    copying the authorized server's DUID is a responder of its own. Not per source address
+    either: one server answers from its link-local and its global addresses alike (the
+    checks still judge every (DUID, address, MAC) on its own, see Reply6.sender)."""
+    grouped: dict[tuple[str, str], list[Reply6]] = {}
+    for reply in replies:
+        grouped.setdefault((reply.message.server_duid or "", reply.src_mac), []).append(reply)
+    return grouped
+
+
 def responders(obs: Observation) -> list[dict[str, object]]:
     """One entry per server that answered: identity, what it offers, how it treats iPXE."""
     grouped: dict[tuple[str, str], list[Offer]] = {}
@@ -497,13 +511,11 @@ def responders(obs: Observation) -> list[dict[str, object]]:
             "boot": boot,
             "ipxe_loop": ipxe_loop_status(offers),
         })
-    grouped6: dict[str, list[Reply6]] = {}
-    for reply in obs.replies6:
-        grouped6.setdefault(reply.server_key, []).append(reply)
-    for replies in grouped6.values():
+    for replies in dhcpv6_responders(obs.replies6).values():
         first = replies[0]
         out.append({
             "protocol": "dhcpv6", "server_ip": first.src_ip, "server_mac": first.src_mac,
+            "server_ips": sorted({r.src_ip for r in replies}),
             "server_duid": first.message.server_duid, "role": "dhcpv6",
             "offered_addresses": sorted({a for r in replies for a in r.message.addresses}),
             "boot_urls": sorted({t.url for r in replies for t in r.boot_targets()}),

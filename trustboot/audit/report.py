@@ -17,7 +17,7 @@ from typing import Any
 from trustboot import __version__
 from trustboot.audit import dhcp4
 from trustboot.audit.checks import RULES, Finding, Severity, threshold_reached
-from trustboot.audit.model import LIMIT_REASONS, responders
+from trustboot.audit.model import LIMIT_REASONS, dhcpv6_responders, responders
 from trustboot.audit.runner import AuditResult
 from trustboot.audit.text import bound, clean
 
@@ -45,7 +45,7 @@ def summary(result: AuditResult, fail_on: Severity | None) -> dict[str, Any]:
         counts[f.severity.label] += 1
     obs = result.observation
     servers = {(o.server_ip, o.src_mac) for o in obs.offers}
-    servers6 = {r.server_key for r in obs.replies6}
+    servers6 = dhcpv6_responders(obs.replies6)  # as the report's responders list them
     return {
         "findings": len(result.findings),
         "by_severity": counts,
