@@ -70,21 +70,36 @@ def read_lines(text: str) -> tuple[list[tuple[int, str]], int | None]:
     pieces = text.split("\n")
     if len(pieces) > 1 and pieces[-1] == "":
         pieces.pop()  # the loop ends when the data does: no empty line after the last "\n"
-    line = ""
+    # The line read so far, as its non-empty pieces and how much of each is kept: trimming
+    # its last character never copies it (a hostile script of a million continuations, or a
+    # run of backslashes eaten one per empty line, must cost time linear in its size).
+    parts: list[str] = []
+    ends: list[int] = []
     start: int | None = None
     for number, piece in enumerate(pieces, start=1):
         start = start or number
-        line += piece
-        if line.endswith("\r"):
-            line = line[:-1]
-        if line.endswith("\\"):
-            line = line[:-1]
+        if piece:
+            parts.append(piece)
+            ends.append(len(piece))
+        if parts and parts[-1][ends[-1] - 1] == "\r":
+            _trim(parts, ends)
+        if parts and parts[-1][ends[-1] - 1] == "\\":
+            _trim(parts, ends)
             if number == len(pieces):
                 return out, start
             continue
+        line = "".join(part[:end] for part, end in zip(parts, ends, strict=True))
         out.append((start, line.split("\0", 1)[0]))
-        line, start = "", None
+        parts, ends, start = [], [], None
     return out, None
+
+
+def _trim(parts: list[str], ends: list[int]) -> None:
+    """Drop the last character of the line held as ``parts`` (see read_lines)."""
+    ends[-1] -= 1
+    if not ends[-1]:
+        parts.pop()
+        ends.pop()
 
 
 def join_lines(text: str) -> list[tuple[int, str]]:
