@@ -532,6 +532,29 @@ def test_identify_loaders() -> None:
     assert loaders.identify(b"DEFAULT linux\n").kind == "text"
 
 
+def test_a_script_too_large_to_parse_is_said_to_be_so_in_bounded_time() -> None:
+    """Half a million lines (3.5 MB, 12 s to parse): not parsed past the cap, its imgverify
+    unknown and said so (a finding says it was not checked), its URLs still listed."""
+    import time
+
+    from tests.audit.test_checks import observe, rules
+    from trustboot.audit.model import HttpCheck
+
+    big = b"#!ipxe\nchain http://x/y\n" + b"echo a\n" * 500_000
+    began = time.process_time()
+    info = loaders.identify(big)
+    assert time.process_time() - began < 2.0
+    assert info.kind == "ipxe-script" and info.imgverify is None
+    assert "too large to parse" in (info.not_parsed or "") and info.urls == ["http://x/y"]
+    assert info.to_json()["not_parsed"] == info.not_parsed
+    small = b"#!ipxe\nimgtrust --permanent\n" + b"echo a\n" * 1000
+    assert loaders.identify(small).imgverify is True
+    obs = observe(http=[HttpCheck("https://boot.example/x.ipxe", ok=True, status=200,
+                                  size=len(big), sha256="e" * 64, loader=info)])
+    [finding] = rules(obs)["script-without-imgverify"]
+    assert "not checked" in finding.message and finding.evidence["not_parsed"]
+
+
 # -- the BPF filter, run through a tiny classic-BPF interpreter ------------------------------------
 
 

@@ -618,8 +618,11 @@ def _loader_findings(subject: str, loader: LoaderInfo | None, evidence: dict[str
         if not loader.imgverify:
             out.append(_finding(
                 "script-without-imgverify", subject,
+                f"iPXE script {subject} was not checked for imgverify or imgtrust: "
+                f"{loader.not_parsed}" if loader.not_parsed else
                 f"iPXE script {subject} boots without imgverify or imgtrust",
-                {**evidence, "urls_in_script": loader.urls}))
+                {**evidence, "urls_in_script": loader.urls,
+                 **({"not_parsed": loader.not_parsed} if loader.not_parsed else {})}))
         for url in loader.urls:
             if url.lower().startswith(("http://", "ftp://", "tftp://")):
                 out.append(_finding(

@@ -17,6 +17,10 @@ from trustboot.ipxe.lint import parse_script
 
 URL_RE = re.compile(rb"(?:https?|tftp|ftp|nfs)://[\x21-\x7e]{1,512}")
 IPXE_VERSION_RE = re.compile(rb"iPXE (\d+\.\d+\.\d+[0-9A-Za-z+.\-]*)")
+# Scripts larger than this are not parsed (their imgverify is unknown, and said so): the
+# parser's time grows with what a hostile server sends, and it runs before the fetch's
+# result is reported. Real boot scripts are a few KiB; parsing this much takes < 0.5 s.
+MAX_PARSED_SCRIPT = 256 * 1024
 
 
 @dataclass
@@ -29,12 +33,14 @@ class LoaderInfo:
     ipxe_version: str | None = None
     urls: list[str] = field(default_factory=list)
     imgverify: bool | None = None  # scripts only: does it call imgverify / imgtrust?
+    not_parsed: str | None = None  # scripts only: why it was not parsed (imgverify unknown)
 
     def to_json(self) -> dict[str, object]:
         return {
             "kind": self.kind, "description": self.description, "ipxe": self.ipxe,
             "script": self.script, "pe_signed": self.pe_signed,
             "ipxe_version": self.ipxe_version, "urls": self.urls, "imgverify": self.imgverify,
+            "not_parsed": self.not_parsed,
         }
 
 
@@ -91,6 +97,11 @@ def identify(head: bytes) -> LoaderInfo:
     """Classify a boot file from its first bytes (up to a few MiB)."""
     stripped = head.lstrip(b"\xef\xbb\xbf")
     if stripped[:6].lower() == b"#!ipxe":
+        if len(stripped) > MAX_PARSED_SCRIPT:
+            return LoaderInfo(
+                "ipxe-script", "iPXE script", ipxe=True, script=True, urls=_urls(stripped),
+                not_parsed=f"too large to parse ({len(stripped)} bytes read; the audit "
+                           f"parses scripts of up to {MAX_PARSED_SCRIPT} bytes)")
         return LoaderInfo("ipxe-script", "iPXE script", ipxe=True, script=True,
                           urls=_urls(stripped), imgverify=_runs_verification(stripped))
     pe = _pe_signed(head)
