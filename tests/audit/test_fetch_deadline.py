@@ -24,6 +24,12 @@ from trustboot.audit.policy import Policy
 
 BODY = b"#!ipxe\necho served\n" * 64
 GIVE_UP = 8.0  # the server's own limit: a fetch that is never cut fails, not hangs
+SCRIPTS = {
+    "/ok": BODY,
+    "/slow/boot.ipxe": BODY,
+    # a hostile boot script: a quarter million continuations, then half a million lines
+    "/hostile/boot.ipxe": b"#!ipxe\n" + b"a\\\n" * 250_000 + b"echo a\n" * 500_000,
+}
 
 
 @dataclass
@@ -40,8 +46,9 @@ class Served:
 def _answer(tls: ssl.SSLSocket, path: str, served: Served) -> None:
     """/ok: a small file; /drip: a byte every 0.2 s (no read ever waits long enough to time
     out); /flood: 16 KiB blocks as fast as the client takes them (no read ever waits)."""
-    if path == "/ok":
-        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+    if path in SCRIPTS:
+        body = SCRIPTS[path]
+        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         return
     tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n")
     block = b"x" if path == "/drip" else b"x" * 16384
@@ -173,3 +180,58 @@ def test_a_transport_error_is_the_deadline_only_once_it_has_passed(
         assert check.limit == "fetch-deadline" and "longer than 0.2 s" in (check.error or "")
     else:
         assert check.limit is None and check.error == "ReadError: connection reset by peer"
+
+
+def _audit_of(url: str, monkeypatch: pytest.MonkeyPatch, *, slow_identify: float = 0.0
+              ) -> tuple[list[str], list[HttpCheck]]:
+    """Follow ``url`` offered as the boot file, against a release whose boot.ipxe is some
+    other file; the rules found, and the HTTP checks recorded."""
+    from tests.audit.test_checks import observe, offer, policy
+    from trustboot.audit.checks import evaluate
+
+    if slow_identify:
+        from trustboot.audit.loaders import LoaderInfo, identify
+
+        def slow(head: bytes) -> LoaderInfo:
+            time.sleep(slow_identify)
+            return identify(head)
+
+        monkeypatch.setattr("trustboot.audit.follow.identify", slow)
+    obs = observe()
+    pol = dataclasses.replace(policy(), origins=())
+    follower = follow.Follower(follow.FollowConfig(device=None, timeout=8.0), pol, obs,
+                               deadline=time.monotonic() + 10.0)
+    follower.on_offer(offer(file=url))
+    follower.finish(4.0)
+    return [f.rule for f in evaluate(obs, pol)], list(obs.http)
+
+
+def test_a_slow_identification_never_loses_the_hash(
+        server: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is fetched and hashed, then classified: classification still running at
+    the follow-up deadline costs the loader (a reached limit), never the hash, so the file
+    that is not the release is still a critical mismatch (it was only a limit and a
+    'not fetched' boot file)."""
+    found, checks = _audit_of(f"https://192.0.2.1:{server.port}/slow/boot.ipxe",
+                              monkeypatch, slow_identify=6.0)
+    [check] = checks
+    assert check.sha256 == hashlib.sha256(BODY).hexdigest()
+    assert check.loader is None
+    assert "boot-file-mismatch" in found and "audit-limit-reached" in found, found
+    assert "boot-file-unverified" not in found, found
+
+
+def test_a_hostile_boot_script_is_hashed_and_checked_in_bounded_time(
+        server: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 MB of continuations and lines: parsed, it took 30 s and more, past the follow-up
+    deadline, and the mismatch was lost. Parsing is capped: the script's imgverify is
+    unknown and said so, and the mismatch is found."""
+    began = time.monotonic()
+    found, checks = _audit_of(f"https://192.0.2.1:{server.port}/hostile/boot.ipxe",
+                              monkeypatch)
+    assert time.monotonic() - began < 4.0
+    [check] = checks
+    assert check.sha256 == hashlib.sha256(
+        SCRIPTS["/hostile/boot.ipxe"]).hexdigest()
+    assert check.loader is not None and "too large to parse" in (check.loader.not_parsed or "")
+    assert "boot-file-mismatch" in found and "audit-limit-reached" not in found, found

@@ -215,7 +215,7 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
                device: str | None = None, deadline: float | None = None,
                own: set[str] | frozenset[str] = frozenset(),
                nameservers: dns.Nameservers | None = None,
-               source: str | None = None) -> HttpCheck:
+               source: str | None = None, partial: Partial | None = None) -> HttpCheck:
     """TLS chain (for https) and a bounded, hashed GET of the boot file.
 
     The host is found as a client finds it (``find_host``): a literal address as is, a
@@ -224,6 +224,9 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
     read as sent (``Accept-Encoding: identity``, never decoded): iPXE treats an unknown
     Content-Encoding as identity, so the raw bytes are what a client would boot, and no
     compressed "bomb" can expand here; an encoded answer is recorded as such.
+
+    The result, hash included, is handed to ``partial`` before the file is classified, so a
+    classification still running at the follow-up deadline never loses the hash.
     """
     # here: most audits fetch nothing over HTTP, and httpx costs start-up time
     import httpx
@@ -318,7 +321,11 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
         return check
     check.ok = True
     check.sha256 = digest.hexdigest()
-    check.loader = identify(bytes(head))
+    if partial is not None:
+        partial.publish(check)
+    loader = identify(bytes(head))
+    if partial is None or partial.settle():
+        check.loader = loader
     return check
 
 
@@ -337,7 +344,8 @@ def _past_deadline(check: HttpCheck, timeout: float) -> HttpCheck:
 
 
 def _fetch_tftp(target: BootTarget, cfg: FollowConfig, *, max_size: int, timeout: float,
-                well_known: bool, deadline: float | None = None) -> Fetched:
+                well_known: bool, deadline: float | None = None,
+                partial: Partial | None = None) -> Fetched:
     if deadline is not None:
         timeout = max(0.01, min(timeout, deadline - time.monotonic()))
     # the name as the client sends it (bytes unescaped), carried as text through fetch;
@@ -346,11 +354,42 @@ def _fetch_tftp(target: BootTarget, cfg: FollowConfig, *, max_size: int, timeout
                         timeout=timeout, max_size=max_size, head_limit=HEAD_LIMIT,
                         retry=min(1.0, timeout / 4))
     result.filename = target.path
-    loader = identify(result.head) if result.size else None
-    # The head (up to HEAD_LIMIT) was only needed to identify the loader; the observation
+    # The head (up to HEAD_LIMIT) is only needed to identify the loader; the observation
     # keeps every result to the end, so holding it would cost max_targets x 4 MiB.
-    result.head = b""
-    return Fetched(target, result, loader, well_known=well_known)
+    head, result.head = result.head, b""
+    fetched = Fetched(target, result, None, well_known=well_known)
+    if partial is not None:  # the hash is reported even if identify() never returns
+        partial.publish(fetched)
+    loader = identify(head) if result.size else None
+    if partial is None or partial.settle():
+        fetched.loader = loader
+    return fetched
+
+
+class Partial:
+    """A fetch's result as soon as it is known, before the file is classified: at the
+    follow-up deadline ``finish`` takes it from here when the call has not returned, so
+    a slow classification costs the loader's description, never the hash. Once taken,
+    the worker no longer writes to it (the report may be reading it)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.result: Fetched | HttpCheck | None = None
+        self.taken = False
+
+    def publish(self, result: Fetched | HttpCheck) -> None:
+        with self.lock:
+            self.result = result
+
+    def settle(self) -> bool:
+        """True when the worker may still complete the result (finish has not taken it)."""
+        with self.lock:
+            return not self.taken
+
+    def take(self) -> Fetched | HttpCheck | None:
+        with self.lock:
+            self.taken = True
+            return self.result
 
 
 class _Workers:
@@ -413,7 +452,7 @@ class Follower:
         # no fetch runs past this (monotonic): the window's end plus the follow timeout
         self.deadline = deadline
         self.pool = _Workers(cfg.workers)
-        self.tasks: list[tuple[str, Future[Any]]] = []
+        self.tasks: list[tuple[str, Future[Any], Partial]] = []
         self.done: set[str] = set()  # keys of the submitted tasks
         self.servers: set[str] = set()
         self.lock = threading.Lock()
@@ -430,7 +469,8 @@ class Follower:
                 return
             self.done.add(key)
             kwargs["deadline"] = self.deadline
-            self.tasks.append((key, self.pool.submit(lambda: fn(*args, **kwargs))))
+            kwargs["partial"] = partial = Partial()
+            self.tasks.append((key, self.pool.submit(lambda: fn(*args, **kwargs)), partial))
 
     def _refuse(self, url: str, why: str) -> None:
         with self.lock:
@@ -439,7 +479,7 @@ class Follower:
                 return
             self.done.add(key)
             check = HttpCheck(url, refused=why, error=f"not fetched: {why}")
-            self.tasks.append((key, _resolved(check)))
+            self.tasks.append((key, _resolved(check), Partial()))
 
     def _target(self, target: BootTarget, nameservers: dns.Nameservers) -> None:
         if target.scheme == "tftp":
@@ -493,13 +533,19 @@ class Follower:
         end = time.monotonic() + budget
         offered = {f"tftp:{t.server}:{t.path}" for o in self.obs.offers
                    for t in o.boot_targets() if t.scheme == "tftp"}
-        for key, fut in list(self.tasks):
+        for key, fut, partial in list(self.tasks):
             try:
                 result = fut.result(timeout=max(0.0, end - time.monotonic()))
             except FutureTimeout:
                 self.obs.limit("follow-deadline", key.split(":", 1)[1])
-                self.obs.notes.append(f"{key}: still running at the follow-up deadline")
-                continue
+                result = partial.take()
+                if result is None:
+                    self.obs.notes.append(f"{key}: still running at the follow-up deadline")
+                    continue
+                # fetched and hashed, still being classified: the hash is checked as any
+                # other, the loader is unknown (and this limit says why)
+                self.obs.notes.append(f"{key}: fetched, but still being identified at the "
+                                      "follow-up deadline")
             if isinstance(result, Fetched):
                 if result.result.truncated:
                     self.obs.limit("size-cap", result.target.url)
@@ -547,7 +593,8 @@ def _resolved(value: Any) -> Future[Any]:
 
 
 def _probe_write(server: str, *, device: str | None, timeout: float,
-                 deadline: float | None = None) -> tftp.WriteResult:
+                 deadline: float | None = None, partial: Partial | None = None
+                 ) -> tftp.WriteResult:
     if deadline is not None:
         timeout = max(0.01, min(timeout, deadline - time.monotonic()))
     return tftp.probe_write(server, device=device, timeout=timeout)
