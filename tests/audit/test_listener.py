@@ -665,3 +665,69 @@ def test_a_dhcpv6_rogue_copying_the_authorized_duid_is_flagged(
     result = AuditResult(obs, findings, pol, now, now)
     assert summary(result, Severity.HIGH)["responders"] == 2
     assert summary(result, Severity.HIGH)["failed"]
+
+
+def _large_offer(sender: int, n: int) -> bytes:
+    """A 16 KB offer to some other client (a PXE boot menu in option 43, sent 8 times, and
+    62 other options of 250 bytes), distinct from every other one by its xid."""
+    menu = b"".join(struct.pack("!HB", k, 60) + bytes([65 + k % 26]) * 60 for k in range(4))
+    vendor = bytes([9, len(menu)]) + menu
+    options = [(43, vendor)] * 8 + [(code, bytes([code]) * 250) for code in range(128, 190)]
+    reply = packets.dhcp_reply(xid=0x30000000 + sender * 64 + n, chaddr=b"\x02" * 6,
+                               server_id="192.0.2.9", options=options)
+    return packets.offer_frame(reply, src_mac=b"\x02\xee" + sender.to_bytes(4, "big"),
+                               src_ip="192.0.2.9")
+
+
+def test_large_answers_are_kept_within_a_byte_budget() -> None:
+    """4,096 distinct 16 KB answers (256 senders, each within its own cap): kept whole
+    they were 64 MB (8,000 of 64 KB: 1.2 GB and a 100 MB report). What is kept stays within
+    the byte budget, the rest is a reached limit reported as such, and each answer's
+    evidence stays small."""
+    import json
+    from datetime import UTC, datetime
+
+    from trustboot.audit.checks import evaluate
+    from trustboot.audit.policy import policy_from_dict
+    from trustboot.audit.report import to_json
+    from trustboot.audit.runner import AuditResult
+
+    frames_ = [_large_offer(s, n) for s in range(probe.MAX_FOREIGN_SENDERS)
+               for n in range(probe.FOREIGN_PER_SENDER)]
+    size = len(frames_[0])
+    assert all(len(f) == size for f in frames_) and 16_000 < size < 20_000
+    link = FakeLink()
+    lst, obs = listener(link, window=2.0, arches=("bios",), dhcpv6=False, ipxe_probe=False)
+
+    def send() -> None:
+        for frame in frames_:
+            link.inject(frame)
+
+    threading.Thread(target=send, daemon=True).start()
+    lst.run()
+    kept = len(obs.offers) * size  # bytes of the answers kept
+    assert kept <= 32 * 1024 * 1024, (len(obs.offers), kept)
+    assert obs.limits.get("byte-cap", 0) > 0, obs.limits
+    assert len(obs.offers) + obs.limits["byte-cap"] + obs.limits.get("backlog", 0) \
+        + obs.limits.get("kernel-drops", 0) == len(frames_), obs.limits
+    pol = policy_from_dict({"authorized_servers": [{"ip": "192.0.2.1"}]})
+    findings = evaluate(obs, pol)
+    assert any(f.rule == "audit-limit-reached" and f.evidence["limit"] == "byte-cap"
+               for f in findings)
+    now = datetime.now(UTC)
+    report = json.dumps(to_json(AuditResult(obs, findings, pol, now, now), None))
+    assert len(report) < len(obs.offers) * 6 * 1024, len(report) / len(obs.offers)
+
+
+def test_the_evidence_of_one_answer_is_bounded() -> None:
+    """A boot menu of 200 items and 20 unknown PXE sub-options in option 43: its evidence
+    names the first few of each, with a count of the rest (it was every one, per answer)."""
+    menu = b"".join(struct.pack("!HB", k, 1) + b"m" for k in range(200))
+    vendor = b"".join(bytes([9, 200]) + menu[i : i + 200] for i in range(0, 800, 200))
+    vendor += b"".join(bytes([100 + k, 40]) + b"\xaa" * 40 for k in range(20))
+    options = [(43, vendor[i : i + 255]) for i in range(0, len(vendor), 255)]
+    raw = packets.dhcp_reply(xid=1, chaddr=b"\x02" * 6, options=options)
+    vendor_options = dhcp4.parse(raw).pxe_vendor_options() or {}
+    assert len(vendor_options) > 16
+    described = dhcp4.describe_pxe_vendor(vendor_options)
+    assert len(str(described)) < 3072, len(str(described))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from trustboot.audit.errors import MalformedPacket, wire_bytes
 
@@ -163,6 +164,27 @@ MAX_OPTION_VALUE = 2048
 EVIDENCE_TEXT = 480
 # DHCPv4 boot parameters whose bytes after a NUL are recorded: what they name is loaded.
 BOOT_OPTIONS = {66: "option 66", 67: "option 67"}
+
+
+# Entries of one list in a packet's evidence (option 43 menu items and sub-options,
+# anomalies): a 64 KiB answer must not become tens of KiB of report, once per answer.
+EVIDENCE_ITEMS = 16
+# Bytes of an undecoded value shown (as hex) in evidence.
+EVIDENCE_HEX = 64
+
+
+def first_items(items: list[Any], limit: int = EVIDENCE_ITEMS) -> list[Any]:
+    """The first ``limit`` of ``items`` for evidence, with a marker counting the rest."""
+    if len(items) <= limit:
+        return items
+    return [*items[:limit], f"...[{len(items) - limit} more items]"]
+
+
+def shown_hex(raw: bytes, limit: int = EVIDENCE_HEX) -> str:
+    """``raw`` as hex for evidence, cut after ``limit`` bytes with the report's marker."""
+    if len(raw) <= limit:
+        return raw.hex()
+    return f"{raw[:limit].hex()}...[{len(raw) - limit} more bytes]"
 
 
 def shown(text: str, limit: int = EVIDENCE_TEXT) -> str:
@@ -360,7 +382,7 @@ class Dhcp4Packet:
         if self.overload:
             data["option_52_overload"] = self.overload
         if self.anomalies:
-            data["anomalies"] = list(self.anomalies)
+            data["anomalies"] = first_items([shown(a) for a in self.anomalies])
         return data
 
 
@@ -642,9 +664,14 @@ def first_boot_item(vendor: dict[int, bytes] | None) -> bytes | None:
 
 
 def describe_pxe_vendor(vendor: dict[int, bytes]) -> dict[str, object]:
-    """Option 43 PXE sub-options in readable form (for evidence)."""
+    """Option 43 PXE sub-options in readable form (for evidence; the first EVIDENCE_ITEMS
+    sub-options and menu items, each text and undecoded value cut)."""
     out: dict[str, object] = {}
-    for code, value in vendor.items():
+    codes = list(vendor)
+    if len(codes) > EVIDENCE_ITEMS:
+        out["sub_options_omitted"] = len(codes) - EVIDENCE_ITEMS
+    for code in codes[:EVIDENCE_ITEMS]:
+        value = vendor[code]
         if code == PXE_DISCOVERY_CONTROL and len(value) == 1:
             out["discovery_control"] = value[0]
         elif code == PXE_BOOT_MENU:
@@ -654,14 +681,15 @@ def describe_pxe_vendor(vendor: dict[int, bytes]) -> dict[str, object]:
                 length = value[i + 2]
                 desc = value[i + 3 : i + 3 + length]
                 items.append({"type": struct.unpack("!H", value[i : i + 2])[0],
-                              "description": safe_text(desc)})
+                              "description": shown(safe_text(desc), EVIDENCE_HEX)})
                 i += 3 + length
-            out["boot_menu"] = items
+            out["boot_menu"] = first_items(items)
         elif code == PXE_MENU_PROMPT and value:
-            out["menu_prompt"] = {"timeout": value[0], "text": safe_text(value[1:])}
+            out["menu_prompt"] = {"timeout": value[0],
+                                  "text": shown(safe_text(value[1:]))}
         elif code == PXE_BOOT_ITEM and len(value) == 4:
             out["boot_item"] = {"type": struct.unpack("!H", value[:2])[0],
                                 "layer": struct.unpack("!H", value[2:])[0]}
         else:
-            out[f"sub_{code}"] = value.hex()
+            out[f"sub_{code}"] = shown_hex(value)
     return out

@@ -10,7 +10,15 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
-from trustboot.audit.dhcp4 import MAX_OPTION_VALUE, Arch, cstring, hidden_text, safe_text, shown
+from trustboot.audit.dhcp4 import (
+    MAX_OPTION_VALUE,
+    Arch,
+    cstring,
+    first_items,
+    hidden_text,
+    safe_text,
+    shown,
+)
 from trustboot.audit.errors import MalformedPacket, wire_bytes
 
 CLIENT_PORT = 546
@@ -189,22 +197,23 @@ class Dhcp6Message:
         if url is not None:
             data["option_59_bootfile_url"] = shown(url)
         if len(self.url_values) > 1:
-            data["option_59_bootfile_urls"] = [shown(t) for _v, t in
-                                               self.bootfile_url_strings()]
+            data["option_59_bootfile_urls"] = first_items(
+                [shown(t) for _v, t in self.bootfile_url_strings()])
         if self.url_tails:
             data["after_nul"] = {"option 59": self.url_tails[0][1]}
         if params:
-            data["option_60_bootfile_params"] = params
+            data["option_60_bootfile_params"] = first_items([shown(p) for p in params])
         if addresses:
-            data["addresses"] = addresses
+            data["addresses"] = first_items(addresses)
         if preference is not None:
             data["preference"] = preference
         if self.first(OPT_DNS_SERVERS) is not None:
             data["option_23_dns_servers"] = self.dns_servers[:16]
         if status:
-            data["status"] = [{"code": c, "message": m} for c, m in status]
+            data["status"] = first_items([{"code": c, "message": shown(m)}
+                                          for c, m in status])
         if self.anomalies:
-            data["anomalies"] = list(self.anomalies)
+            data["anomalies"] = first_items([shown(a) for a in self.anomalies])
         return data
 
 

@@ -21,6 +21,8 @@ LIMIT_REASONS = {
                       "answers kept per server",
     "server-count-cap": "answers not kept because too many distinct senders answered",
     "total-cap": "answers not kept because the total number of answers kept was reached",
+    "byte-cap": "answers not kept because the answers kept already held the most bytes an "
+                "audit keeps (large answers: a flood)",
     "malformed-senders": "malformed packets not kept because too many senders sent some",
     "client-messages": "client messages not examined (passive mode) past the per-window bound",
     "unparsed-frames": "frames that were no DHCP message, not examined past the per-window bound",
@@ -34,7 +36,7 @@ LIMIT_REASONS = {
     "size-cap": "boot files larger than --max-file-size (only a prefix was read)",
 }
 LISTENER_LIMITS = ("kernel-drops", "per-server-cap", "server-count-cap", "total-cap",
-                   "malformed-senders", "client-messages", "unparsed-frames", "backlog",
+                   "byte-cap", "malformed-senders", "client-messages", "unparsed-frames", "backlog",
                    "ip-fragments")
 
 

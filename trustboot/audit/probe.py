@@ -48,6 +48,12 @@ SO_RCVBUFFORCE = 33
 # Bounds on what one window keeps. Reaching any of them is recorded (Observation.limit) and
 # reported as a high finding: the audit never calls a segment clean when it did not see all.
 MAX_OFFERS = 8000  # answers kept (DHCPv4 + DHCPv6), all senders together
+# Bytes of the answers kept, all senders together: 8000 answers of 64 KiB (fragmented
+# datagrams) held 1.2 GB and made a 100 MB report. Past this budget only a new sender's
+# first answer of at most FIRST_ANSWER_BYTES is kept (a real offer fits one frame), so
+# what is kept stays under 32 MiB: 30 MiB + (MAX_SENDERS + MAX_FOREIGN_SENDERS) x 1500.
+MAX_KEPT_BYTES = 30 * 1024 * 1024
+FIRST_ANSWER_BYTES = 1500
 MAX_SENDERS = 1024  # distinct senders (source MAC + IP) of answers to our probes kept
 MAX_FOREIGN_SENDERS = 256  # distinct senders of answers to other clients kept
 FOREIGN_PER_SENDER = 16  # answers to other clients' xids kept per sender
@@ -388,6 +394,7 @@ class _ProbeState:
     new_senders: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
     named: dict[str, set[bytes]] = field(default_factory=dict)  # limit -> senders named
     kept: int = 0
+    kept_bytes: int = 0  # of the frames kept (see MAX_KEPT_BYTES)
     sent: int = 0
     client_messages: int = 0
     other: int = 0
@@ -610,6 +617,11 @@ class Listener:
             st.seen.add(key)
             return True
         counts = st.senders.get(ident)
+        size = len(data)
+        if st.kept_bytes + size > MAX_KEPT_BYTES and (counts is not None
+                                                     or size > FIRST_ANSWER_BYTES):
+            self._capped("byte-cap", ident)
+            return False
         if counts is None:
             # senders answering our probes and senders answering others are bounded
             # apart: a flood of the latter cannot use up room meant for the former
@@ -630,6 +642,7 @@ class Listener:
             return False
         counts[0 if ours else 1] += 1
         st.kept += 1
+        st.kept_bytes += size
         st.seen.add(key)
         return True
 
