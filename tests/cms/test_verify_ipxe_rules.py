@@ -266,3 +266,36 @@ def test_ipv4_signer_names_parse_as_ipxe_does(text: str, expected: str | None) -
     from trustboot.ipxeparse import inet_aton
 
     assert inet_aton(text) == (ipaddress.IPv4Address(expected).packed if expected else None)
+
+
+def test_a_crl_check_against_an_issuer_that_is_not_strict_der_is_no_internal_error(
+        revoked_pki: tuple[Path, Path], tmp_path: Path) -> None:
+    """The outer length of a certificate in a signature is covered by no signature: anyone
+    who can edit the .sig can write the issuing CA's in a non-minimal form. iPXE (and the
+    verifier, which parses as iPXE does) accept it; cryptography's strict DER reader,
+    which the CRL check used on it, raised ValueError: exit 70. Now the CRL check says
+    it cannot judge the signer (exit 4), never that it is not revoked."""
+    from tests.cms.corpus import children, seq, tlv
+
+    pki, image = revoked_pki
+    sig = image.with_name(image.name + ".sig").read_bytes()
+    info, wrapped = children(sig)
+    fields = children(children(wrapped)[0])
+    certs = children(fields[3])
+    stretched = []  # every certificate but the signer's: its issuer among them
+    for cert in certs[1:]:
+        # 30 81 LL / 30 82 LL LL -> one more length byte, led by 00
+        count = cert[1] & 0x7F if cert[1] & 0x80 else 0
+        assert count, "a certificate is longer than 127 bytes"
+        stretched.append(bytes([0x30, 0x80 | (count + 1), 0]) + cert[2:])
+    fields[3] = tlv(0xA0, b"".join([certs[0], *stretched]))
+    odd = tmp_path / "vmlinuz"
+    odd.write_bytes(image.read_bytes())
+    odd.with_name("vmlinuz.sig").write_bytes(seq(info, tlv(0xA0, seq(*fields))))
+    root = ["--trust", str(pki / "ca.crt"), "--pki", str(tmp_path / "no-pki")]
+    plain = CliRunner().invoke(cli, ["verify", str(odd), *root])
+    assert plain.exit_code == 0, plain.output  # iPXE accepts it
+    checked = CliRunner().invoke(cli, ["verify", str(odd), *root, "--crl",
+                                       str(pki / "crl.pem")])
+    assert checked.exit_code == 4, checked.output
+    assert "not strict DER" in checked.output and "InternalError" not in checked.output

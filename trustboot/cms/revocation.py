@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from trustboot.cms.verify import SignerReport
-from trustboot.errors import ConfigError
+from trustboot.errors import ConfigError, VerificationError
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,21 @@ def check_crl(data: bytes, signers: Sequence[SignerReport], *, source: str,
     for signer in signers:
         if signer.issuer_der is None:
             continue
-        issuer = x509.load_der_x509_certificate(signer.issuer_der)
+        try:
+            # strict DER here, where iPXE's parser (which found the issuer) is lenient: a
+            # length in long form, say, which no signature covers on a certificate's outside
+            issuer = x509.load_der_x509_certificate(signer.issuer_der)
+            issuer_key = issuer.public_key()
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise VerificationError(
+                f"{source} cannot be checked for {signer.common_name!r}: the certificate of "
+                f"its issuer in the signature is not strict DER ({exc}), so whether the CRL "
+                "revokes the signer is not known",
+                hint="re-sign with the chain as the CA issued it (trustboot ca export), or "
+                     "verify without --crl") from None
         if crl.issuer != issuer.subject:
             continue
-        if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+        if not crl.is_signature_valid(issuer_key):  # type: ignore[arg-type]
             raise ConfigError(
                 f"{source}: the CRL's signature does not verify with the key of "
                 f"{issuer.subject.rfc4514_string()}, which it claims as its issuer",
