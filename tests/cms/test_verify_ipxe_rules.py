@@ -295,6 +295,10 @@ def test_a_crl_check_against_an_issuer_that_is_not_strict_der_is_no_internal_err
     root = ["--trust", str(pki / "ca.crt"), "--pki", str(tmp_path / "no-pki")]
     plain = CliRunner().invoke(cli, ["verify", str(odd), *root])
     assert plain.exit_code == 0, plain.output  # iPXE accepts it
+    # not DER, though: a warning, and a refusal under --strict
+    assert "longer form than needed" in plain.stderr, plain.output
+    strict = CliRunner().invoke(cli, ["verify", str(odd), *root, "--strict"])
+    assert strict.exit_code == 4 and "longer form than needed" in strict.output, strict.output
     checked = CliRunner().invoke(cli, ["verify", str(odd), *root, "--crl",
                                        str(pki / "crl.pem")])
     assert checked.exit_code == 4, checked.output

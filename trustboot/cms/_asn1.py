@@ -70,6 +70,8 @@ def _header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
         if count > 4 or end - pos < count:
             raise FramingError(f"bad length field at offset {pos - 2}")
         length = int.from_bytes(data[pos : pos + count], "big")
+        if data[pos] == 0 or length < 0x80:  # DER: the shortest form (iPXE reads any)
+            raise FramingError(f"length in a longer form than needed at offset {pos - 2}")
         pos += count
     else:
         length = first
