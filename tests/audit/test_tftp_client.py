@@ -657,3 +657,30 @@ def test_block_numbers_wrap_after_65535(fake_server) -> None:  # type: ignore[no
              *lockstep(blocks(payload, 1))]
     result = fetch_from(fake_server, script(steps), timeout=30.0)
     assert_matches(result, payload)
+
+
+def test_datagrams_from_another_port_of_the_server_are_not_answered(  # type: ignore[no-untyped-def]
+        fake_server) -> None:
+    """iPXE drops a datagram of another transfer ID silently. The audit answered each with
+    an ERROR 5, so a flood spoofed from the server's address was reflected one for one
+    (and the audit told apart from a client by it)."""
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.settimeout(0.5)
+
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        sock.sendto(tftp.build_data(1, RELEASED[:512]), client)  # fixes the TID
+        for _ in range(5):
+            other.sendto(tftp.build_data(2, b"stray"), client)
+        script([None, *lockstep(blocks(RELEASED))[2:]])(sock, data, client)
+
+    try:
+        result = fetch_from(fake_server, handler)
+        answers = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                answers.append(other.recvfrom(2048)[0])
+    finally:
+        other.close()
+    assert_matches(result, RELEASED)
+    assert answers == []
