@@ -48,7 +48,12 @@ def test_a_prebuilt_target_linked_outside_is_refused(lab: Lab, tmp_path: Path) -
         assert "r.yaml:" in err and "ipxe.prebuilt bin/ipxe.lkrn" in err
         assert "outside the recipe's directory" in err
     assert not list(lab.origin.iterdir())
-    # the operator may allow that root explicitly
+    # the operator may allow that root explicitly; what is published world-readable must
+    # be readable by others already (a 0600 file was not meant to be public)
+    code, out, err = release(str(recipe), "--allow-outside", str(secret.parent), "--json")
+    assert code == 3 and "not readable by others" in err and "chmod o+r" in err, err
+    assert not list(lab.origin.iterdir())
+    secret.chmod(0o644)
     code, out, err = release(str(recipe), "--allow-outside", str(secret.parent), "--json")
     assert code == 0, err
     rid = json.loads(out)["release"]

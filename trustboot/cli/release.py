@@ -172,7 +172,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
                              unsafe_shared_inputs=unsafe_shared_inputs,
                              unsafe_unbound_credentials=unsafe_unbound_credentials,
                              ambient_credentials=binding,
-                             client_cert_origin=cert_binding)
+                             client_cert_origin=cert_binding,
+                             secret_files=(passphrase_file,) if passphrase_file else ())
     make = MakeProgress(quiet=as_json)  # a build of minutes shows it is alive, as ipxe build
     with upload_progress(as_json) as bars:
         try:

@@ -34,6 +34,9 @@ PARALLEL_MIN_SIZE = 32 << 20
 Progress = Callable[[int], None]
 # progress(path, size) opens a per-file progress display and yields its byte-count callback.
 ProgressFactory = Callable[[Path, int], contextlib.AbstractContextManager[Progress]]
+# accept(path, st): called with the stat of the file as opened (the descriptor that is
+# read), before a byte is read; raises to refuse it (a file swapped since it was checked)
+Accept = Callable[[Path, os.stat_result], None]
 
 
 class Cancelled(Exception):
@@ -41,13 +44,14 @@ class Cancelled(Exception):
 
 
 def hash_file(path: Path, hash_names: Sequence[str], progress: Progress | None = None,
-              cancel: threading.Event | None = None) -> tuple[dict[str, bytes], int]:
+              cancel: threading.Event | None = None, *,
+              accept: Accept | None = None) -> tuple[dict[str, bytes], int]:
     """Digest ``path`` with each hash in one pass; returns (digests, size).
 
     One reused CHUNK buffer: memory stays flat whatever the file size. A read-ahead
     thread was measured slower here (with SHA-NI the page-cache copy is cheap, and handing
     buffers between two threads costs GIL switches), so reading is plain and sequential,
-    as `openssl dgst` does it.
+    as `openssl dgst` does it. ``accept``: see Accept.
     """
     hashers = [hashlib.new(name) for name in hash_names]
     size = 0
@@ -61,6 +65,8 @@ def hash_file(path: Path, hash_names: Sequence[str], progress: Progress | None =
             if not stat.S_ISREG(st.st_mode):
                 raise ConfigError(f"{path} is not a regular file",
                                   hint="sign image files (not devices, FIFOs or sockets)")
+            if accept is not None:
+                accept(path, st)
             os.set_blocking(fd, True)
             started = time.time_ns()
             with contextlib.suppress(AttributeError, OSError):
@@ -164,8 +170,10 @@ def hash_files(
     paths: Sequence[Path], hash_name: str, *,
     progress: ProgressFactory | None = None,
     cancel: threading.Event | None = None,
+    accept: Accept | None = None,
 ) -> list[Hashed]:
     """Digest every file with ``hash_name`` (and SHA-256 for the manifest). No key needed.
+    ``accept``: see Accept.
 
     Several large files are hashed concurrently, one thread each (up to the core count).
     """
@@ -187,7 +195,7 @@ def hash_files(
                         bar(n)
 
             def one(i: int) -> Hashed:
-                digests, size = hash_file(paths[i], names, feed, cancel)
+                digests, size = hash_file(paths[i], names, feed, cancel, accept=accept)
                 return Hashed(paths[i], size, digests)
 
             with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -197,10 +205,10 @@ def hash_files(
         if out[i] is not None:
             continue
         if progress is None:
-            digests, size = hash_file(path, names, None, cancel)
+            digests, size = hash_file(path, names, None, cancel, accept=accept)
         else:
             with progress(path, sizes[i]) as cb:
-                digests, size = hash_file(path, names, cb, cancel)
+                digests, size = hash_file(path, names, cb, cancel, accept=accept)
         out[i] = Hashed(path, size, digests)
     return [h for h in out if h is not None]
 

@@ -31,6 +31,7 @@ from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion, verify_raw
 # Hashing was defined here first; callers still import it from here.
 from trustboot.cms.digest import CHUNK as CHUNK
 from trustboot.cms.digest import PARALLEL_MIN_SIZE as PARALLEL_MIN_SIZE
+from trustboot.cms.digest import Accept as Accept
 from trustboot.cms.digest import Cancelled as Cancelled
 from trustboot.cms.digest import Hashed as Hashed
 from trustboot.cms.digest import Progress as Progress

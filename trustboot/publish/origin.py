@@ -254,11 +254,13 @@ class StagingOrigin(Protocol):
 
     def stage_file(self, path: Path, *, name: str, hash_names: Collection[str],
                    progress: Callable[[int], None] | None = None,
-                   cancel: threading.Event | None = None) -> Staged:
+                   cancel: threading.Event | None = None,
+                   accept: Callable[[Path, os.stat_result], None] | None = None) -> Staged:
         """Upload ``path`` to a temporary object, hashing it with ``hash_names`` (and
         sha256) in the same read; OperationalError if the file changed while it was read
         (nothing is left on the origin then). ``name``: the key it will get (for the
-        temporary object's name)."""
+        temporary object's name). ``accept(path, st)``: called with the opened file's
+        stat before a byte is read or sent; raises to refuse it."""
         ...
 
     def place_staged(self, staged: Staged, key: str) -> None:

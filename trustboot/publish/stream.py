@@ -36,7 +36,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustboot.cms.digest import file_stamp, recall
+from trustboot.cms.digest import Accept, file_stamp, recall
 from trustboot.errors import OperationalError
 from trustboot.publish.origin import Staged, check_key
 
@@ -157,13 +157,21 @@ class Digested:
 def digesting_chunks(path: Path, *, size: int, hash_names: Collection[str], out: Digested,
                      progress: Callable[[int], None] | None = None,
                      cancel: threading.Event | None = None,
-                     chunk: int = CHUNK, depth: int = 3) -> Iterator[bytes]:
+                     chunk: int = CHUNK, depth: int = 3,
+                     accept: Accept | None = None) -> Iterator[bytes]:
     """The file's bytes in chunks, hashed with every one of ``hash_names`` as they are
     read. ``out`` gets the size, digests and stamp before the last chunk is handed out;
     OperationalError instead if the file is not ``size`` bytes or its stamp changed while
     it was read (so a caller that commits only after a complete stream never commits a
-    file that changed under it). ``cancel`` set: OperationalError at the next chunk."""
+    file that changed under it). ``cancel`` set: OperationalError at the next chunk.
+    ``accept``: called with the opened file's stat before a byte is read (cms.digest)."""
     fd, st = open_regular(path)
+    if accept is not None:
+        try:
+            accept(path, st)
+        except BaseException:
+            os.close(fd)
+            raise
     names = sorted(set(hash_names))
     hashers = [hashlib.new(name) for name in names]
 
@@ -193,7 +201,9 @@ class DigestingUpload:
 
     def __init__(self, path: Path, *, hash_names: Collection[str],
                  progress: Callable[[int], None] | None = None,
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None, accept: Accept | None = None
+                 ) -> None:
+        self.accept = accept
         try:
             self.size = os.stat(path).st_size
         except OSError as exc:
@@ -205,7 +215,8 @@ class DigestingUpload:
     def chunks(self) -> Iterator[bytes]:
         self.out = Digested()  # never what an earlier attempt read
         return digesting_chunks(self.path, size=self.size, hash_names=self.names,
-                                out=self.out, progress=self.progress, cancel=self.cancel)
+                                out=self.out, progress=self.progress, cancel=self.cancel,
+                                accept=self.accept)
 
     def staged(self, token: str) -> Staged:
         """The record of the object the origin now holds as ``token``."""
@@ -222,10 +233,11 @@ class StagesUploads(ABC):
 
     def stage_file(self, path: Path, *, name: str, hash_names: Collection[str],
                    progress: Callable[[int], None] | None = None,
-                   cancel: threading.Event | None = None) -> Staged:
+                   cancel: threading.Event | None = None,
+                   accept: Accept | None = None) -> Staged:
         check_key(name)
         upload = DigestingUpload(path, hash_names=hash_names, progress=progress,
-                                 cancel=cancel)
+                                 cancel=cancel, accept=accept)
         return upload.staged(self._store_staging(name, upload))
 
     @abstractmethod

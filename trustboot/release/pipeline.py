@@ -203,7 +203,8 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
     # one origin session for the whole release: staging, manifest, publish, prune
     with contextlib.ExitStack() as stack:
         origin = stack.enter_context(open_origin(v.origin_url, origin_options(v)))
-        staging = start_staging(origin, v.inputs, hash_name=v.hash_name, cache=cache)
+        staging = start_staging(origin, v.inputs, hash_name=v.hash_name, cache=cache,
+                                accept=v.published.accept if v.published else None)
         signer = None
         known: dict[Path, Staged] = {}
         if staging is not None:

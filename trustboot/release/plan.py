@@ -11,10 +11,12 @@ uploads nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -122,6 +124,9 @@ class ReleaseOptions:
     # authenticate to (operator only: --client-cert-origin / TRUSTBOOT_CLIENT_CERT_ORIGIN);
     # None: not at all, unless unsafe_unbound_credentials
     client_cert_origin: ClientCertBinding | None = None
+    # files the operator gave this run as secrets (--passphrase-file): no recipe input may
+    # be one of them (the recipe's own secret files are found from the recipe)
+    secret_files: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,57 @@ class InputFile:
     path: Path
     role: str  # kernel | initrd | firmware
     where: str
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a file the release publishes (world-readable, and signed) may not be: anything
+    under the CA home (its keys, its index, its passphrase files), the same file as a
+    secret the run reads (a passphrase or credentials file, the signing or TLS client key),
+    or a file others may not read (its owner did not mean it to be public). Checked when
+    the recipe is validated, and again on the descriptor that is read (``accept``): a file
+    swapped since is refused before a byte of it is hashed or sent."""
+
+    ca_home: Path  # resolved
+    # (st_dev, st_ino) -> what the run reads it as
+    secrets: Mapping[tuple[int, int], str] = field(default_factory=dict)
+    # the resolved path of each file the recipe names, -> (what, its recipe line)
+    names: Mapping[Path, tuple[str, str]] = field(default_factory=dict)
+
+    def check_path(self, path: Path, what: str, where: str) -> None:
+        """``path`` (resolved) as validate sees it."""
+        if path == self.ca_home or path.is_relative_to(self.ca_home):
+            raise ConfigError(
+                f"{where}: {what} {path} lies in the CA home {self.ca_home}: the release "
+                "would publish it world-readable, and the CA home holds the CA's private "
+                "keys and passphrase files",
+                hint="publish files kept outside the CA home (copy a public certificate "
+                     "elsewhere if it really is meant to be published)")
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # hashing reports it, with its context
+        self.check_stat(path, st, what, where)
+
+    def check_stat(self, path: Path, st: os.stat_result, what: str, where: str) -> None:
+        secret = self.secrets.get((st.st_dev, st.st_ino))
+        if secret is not None:
+            raise ConfigError(
+                f"{where}: {what} {path} is the same file as {secret}, which this run "
+                "reads as a secret: the release would publish it world-readable",
+                hint="name the file the release is meant to publish; a secret never is one")
+        if not st.st_mode & stat.S_IROTH:
+            raise ConfigError(
+                f"{where}: {what} {path} is not readable by others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}), and the release publishes it "
+                "world-readable",
+                hint=f"if it really is public: chmod o+r {path}; else fix the path in the "
+                     "recipe")
+
+    def accept(self, path: Path, st: os.stat_result) -> None:
+        """cms.digest.Accept: ``path`` (an input validate checked) as it was opened."""
+        what, where = self.names.get(path, ("input", str(path)))
+        self.check_stat(path, st, what, where)
 
 
 @dataclass(frozen=True)
@@ -172,6 +228,8 @@ class Validated:
     inputs: tuple[InputFile, ...]
     firmware: Firmware
     readback_base: str = ""
+    # what a published input may not be (None: not checked, a Validated built by hand)
+    published: Published | None = None
     # what the run should say but not refuse (a dry run's notes on what a real run refuses)
     warnings: tuple[str, ...] = ()
 
@@ -669,12 +727,24 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
             client_cert = client_key = None
         else:
             client_pass = _secret_source(recipe, options, o.client_key_passphrase)
+    published = _published(recipe, options, ca_home, key,
+                           (client_cert, client_key) if o is not None and o.client_cert
+                           else ())
+    for i in inputs:  # before anything is cloned, unlocked or sent
+        published.check_path(i.path, f"entries {i.key} ({i.role})", i.where)
     spec = recipe.ipxe
     chain_script = render_chain_script(ChainScript(
         url=public + entry_path, signer=signer_name, ntp_server=spec.ntp if spec else None,
         on_failure=spec.on_failure if spec else DEFAULT_ON_FAILURE))
     firmware = _firmware(recipe, options, roots, extra_certs, chain_script, allow,
                          dry_run=dry_run)
+    for fw_target, fw_path in firmware.prebuilt_files:  # published too
+        published.check_path(fw_path, f"ipxe.prebuilt {fw_target}",
+                             spec.prebuilt.where if spec and spec.prebuilt else where)
+    published = dataclasses.replace(published, names={
+        **{path: (f"ipxe.prebuilt {t}", spec.prebuilt.where if spec and spec.prebuilt
+                  else where) for t, path in firmware.prebuilt_files},
+        **{i.path: (f"entries {i.key} ({i.role})", i.where) for i in inputs}})
     return Validated(recipe=recipe, ca_home=ca_home, signer=pending, signer_name=signer_name,
                      passphrases=passphrases, roots=tuple(roots),
                      extra_certs=tuple(extra_certs), origin_url=url, public_base=public,
@@ -684,17 +754,52 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                      client_key_passphrase=client_pass,
                      inputs=tuple(inputs), firmware=firmware,
                      readback_base=_public_base(options.readback_url, None, where)
-                     if options.readback_url else public, warnings=tuple(warnings))
+                     if options.readback_url else public, warnings=tuple(warnings),
+                     published=published)
 
 
-def _firmware_identity(fw: Firmware, toolchain: Callable[[], Mapping[str, str]]) -> Any:
+def _published(recipe: Recipe, options: ReleaseOptions, ca_home: Path, key: KeyRef,
+               client: Sequence[Path | None]) -> Published:
+    """What the release's published files may not be (see Published): the secrets this
+    run reads, found by file identity (a hard link, or a link, to one is the same file)."""
+    secrets: dict[tuple[int, int], str] = {}
+
+    def add(path: Path | None, what: str) -> None:
+        if path is None:
+            return
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return  # what reads it reports it
+        secrets.setdefault((st.st_dev, st.st_ino), what)
+
+    def add_ref(ref: SecretRef | None, what: str) -> None:
+        if ref is not None and ref.file is not None and recipe.directory is not None:
+            add(recipe.directory / ref.file.raw, f"{what} {ref.file.raw} ({ref.file.where})")
+
+    for given in options.secret_files:
+        add(given, f"the passphrase file {given} (--passphrase-file)")
+    add_ref(recipe.signer.passphrase, "the signer's passphrase file")
+    o = recipe.origin
+    if o is not None:
+        add_ref(o.credentials, "the origin's credentials file")
+        add_ref(o.client_key_passphrase, "the client key's passphrase file")
+    if key.scheme == "file":
+        add(Path(key.value), f"the signing key {key.value}")
+    for c in client:
+        add(c, f"the origin's TLS client certificate or key {c}")
+    return Published(ca_home=Path(os.path.realpath(ca_home)), secrets=secrets)
+
+
+def _firmware_identity(fw: Firmware, toolchain: Callable[[], Mapping[str, str]],
+                       accept: cms_sign.Accept | None = None) -> Any:
     if fw.mode == "build" and fw.pinned is not None and fw.request is None:
         return {"git": fw.pinned[0], "commit": fw.pinned[1]}  # a dry run's stand-in
     if fw.mode == "build":
         assert fw.request is not None
         return {"cache_key": ipxe_build.cache_key(fw.request, toolchain())}
     if fw.mode == "prebuilt":
-        return {t: cms_sign.hash_file(path, ["sha256"])[0]["sha256"].hex()
+        return {t: cms_sign.hash_file(path, ["sha256"], accept=accept)[0]["sha256"].hex()
                 for t, path in fw.prebuilt_files}
     return None
 
@@ -705,9 +810,11 @@ def render_id(template: str, *, name: str, digest: str, now: dt.datetime) -> str
 
 def _hash_inputs(paths: Sequence[Path], hash_name: str,
                  progress: cms_sign.ProgressFactory | None,
-                 cache: PublishCache | None) -> dict[Path, cms_sign.Hashed]:
+                 cache: PublishCache | None,
+                 accept: cms_sign.Accept | None = None) -> dict[Path, cms_sign.Hashed]:
     """Digest the inputs; with ``cache`` (SHA-256 signing only), an input unchanged since
-    an earlier run (same device, inode, size, mtime and ctime) is not read again."""
+    an earlier run (same device, inode, size, mtime and ctime) is not read again.
+    ``accept``: each file as it is opened (or, known to the cache, as it is now)."""
     from trustboot.cms.digest import RACY_WINDOW_NS, file_stamp, remember
 
     out: dict[Path, cms_sign.Hashed] = {}
@@ -717,6 +824,8 @@ def _hash_inputs(paths: Sequence[Path], hash_name: str,
             st: os.stat_result | None = os.stat(path)
         except OSError:
             st = None  # hash_files reports it with its context
+        if st is not None and accept is not None:
+            accept(path, st)
         known = (cache.local_digest(path, st) if cache is not None and st is not None
                  and hash_name == "sha256" else None)
         if known is not None and st is not None:
@@ -727,7 +836,8 @@ def _hash_inputs(paths: Sequence[Path], hash_name: str,
             todo.append((path, st))
     started = time.time_ns()
     for h, (path, before) in zip(cms_sign.hash_files([p for p, _ in todo], hash_name,
-                                                     progress=progress), todo, strict=True):
+                                                     progress=progress, accept=accept),
+                                 todo, strict=True):
         out[path] = h
         if cache is not None and before is not None and "sha256" in h.digests and \
                 started - max(before.st_mtime_ns, before.st_ctime_ns) > RACY_WINDOW_NS:
@@ -749,7 +859,7 @@ def plan(v: Validated, *, now: dt.datetime,
     known = known or {}
     hashed = dict(known)
     hashed.update(_hash_inputs([p for p in paths if p not in known], v.hash_name, progress,
-                               cache))
+                               cache, v.published.accept if v.published else None))
     if cache is not None and save_cache:
         cache.save()
     r = v.recipe
@@ -767,7 +877,8 @@ def plan(v: Validated, *, now: dt.datetime,
         "signer": v.signer.certificate.fingerprint(hashes.SHA256()).hex(),
         "signer_name": v.signer_name, "hash": v.hash_name,
         "roots": [c.fingerprint for c in v.roots],
-        "firmware": _firmware_identity(v.firmware, tools),
+        "firmware": _firmware_identity(v.firmware, tools,
+                                       v.published.accept if v.published else None),
         "public_base": v.public_base, "entry_path": v.entry_path,
         "on_failure": v.on_failure,
     }

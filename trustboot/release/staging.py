@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from trustboot.cms.digest import RACY_WINDOW_NS, Hashed, remember
+from trustboot.cms.digest import RACY_WINDOW_NS, Accept, Hashed, remember
 from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import RELEASES_PREFIX, release_id_problem, release_prefix
 from trustboot.publish.origin import Origin, Staged, StagingOrigin, staging_of
@@ -72,7 +72,7 @@ class InputStaging:
     them, ``close()`` stops them and deletes every staged object that was not placed."""
 
     def __init__(self, origin: StagingOrigin, inputs: Sequence[InputFile], total: int,
-                 hash_name: str) -> None:
+                 hash_name: str, accept: Accept | None = None) -> None:
         self.origin = origin
         self.cancel = threading.Event()
         self.started = time.time_ns()
@@ -82,7 +82,7 @@ class InputStaging:
         self._futures: dict[Path, Future[Staged]] = {
             i.path: self._pool.submit(origin.stage_file, i.path, name=i.key,
                                       hash_names={hash_name}, cancel=self.cancel,
-                                      progress=self.progress.advance)
+                                      progress=self.progress.advance, accept=accept)
             for i in inputs}
 
     def result(self, cache: PublishCache | None) -> dict[Path, Staged]:
@@ -116,8 +116,10 @@ def hashed(staged: Mapping[Path, Staged]) -> dict[Path, Hashed]:
 
 
 def start_staging(origin: Origin, inputs: Sequence[InputFile], *, hash_name: str,
-                  cache: PublishCache | None) -> InputStaging | None:
-    """Start staging the inputs worth it on ``origin``, or None (see the module doc)."""
+                  cache: PublishCache | None,
+                  accept: Accept | None = None) -> InputStaging | None:
+    """Start staging the inputs worth it on ``origin``, or None (see the module doc).
+    ``accept``: each input as it is opened, before a byte of it is sent (cms.digest)."""
     stager = staging_of(origin)
     if stager is None:
         return None
@@ -139,7 +141,8 @@ def start_staging(origin: Origin, inputs: Sequence[InputFile], *, hash_name: str
     largest = max(todo.values(), key=lambda i: sizes[i.path])
     if _maybe_published(origin, largest.key, sizes[largest.path]):
         return None
-    return InputStaging(stager, list(todo.values()), sum(sizes.values()), hash_name)
+    return InputStaging(stager, list(todo.values()), sum(sizes.values()), hash_name,
+                        accept)
 
 
 def _maybe_published(origin: Origin, key: str, size: int) -> bool:
