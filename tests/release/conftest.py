@@ -130,11 +130,14 @@ from tests.publish.conftest import nginx, nginx_origin, pki  # noqa: E402, F401
 def _client_cert_bound_to_nginx(request: pytest.FixtureRequest,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A test on the session's nginx releases lab recipes that write with the client
-    certificate publisher (tests.release.lab): the operator binds it to that origin, as
-    a CI job would (test_client_cert_binding checks the binding itself)."""
+    certificate publisher (tests.release.lab): the operator binds it to that origin, and
+    gives the CA that authenticates the origin (in place of the recipe's ca_file), as a CI
+    job would (test_client_cert_binding and test_origin_ca check the bindings themselves)."""
     if "nginx" in request.fixturenames:
         from trustboot.publish.origin import CLIENT_CERT_ENV
+        from trustboot.release.plan import ORIGIN_CA_ENV
         monkeypatch.setenv(CLIENT_CERT_ENV, f"{request.getfixturevalue('nginx').url} publisher")
+        monkeypatch.setenv(ORIGIN_CA_ENV, str(request.getfixturevalue("pki").ca))
 
 
 @contextlib.contextmanager

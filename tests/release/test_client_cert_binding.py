@@ -25,6 +25,7 @@ from click.testing import CliRunner, Result
 from tests.publish.conftest import Nginx, Pki, start_nginx, stop_nginx
 from tests.release.lab import make_lab
 from trustboot.cli.main import cli
+from trustboot.release.plan import ORIGIN_CA_ENV
 
 IMAGES = {"vmlinuz": b"kernel " * 3000, "initrd.img": b"initrd " * 1000}
 ENV = "TRUSTBOOT_CLIENT_CERT_ORIGIN"
@@ -63,6 +64,17 @@ def _seen(n: Nginx) -> list[str]:
     """'METHOD /path VERIFY' for each request the origin answered."""
     log = n.base / "certs.log"
     return log.read_text().splitlines() if log.exists() else []
+
+
+def _settled(n: Nginx, at_least: int = 1) -> list[str]:
+    """_seen, once nginx logged ``at_least`` requests (it logs after the response is
+    sent: the client may be done before the line is written), or after 5 s."""
+    import time
+
+    deadline = time.monotonic() + 5
+    while len(seen := _seen(n)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return seen
 
 
 def _recipe(pki: Pki, tmp_path: Path, url: str) -> Path:
@@ -106,7 +118,9 @@ def test_the_bound_origin_takes_the_release(
     certificate; bound by --client-cert-origin the same."""
     staging, _prod = two
     recipe = _recipe(pki, tmp_path, staging.url)
-    res = _release(recipe, "--json", env={ENV: f"{staging.url} publisher"})
+    # (and the operator gives the CA that authenticates the origin, not the recipe)
+    res = _release(recipe, "--json", env={ENV: f"{staging.url} publisher",
+                                          ORIGIN_CA_ENV: str(pki.ca)})
     assert res.exit_code == 0, res.output
     assert "--unsafe" not in res.stderr
     writes = [s for s in _seen(staging) if s.startswith("PUT ")]
@@ -117,7 +131,8 @@ def test_the_bound_origin_takes_the_release(
     # a path below the bound one is covered, as for a bound secret
     (staging.root / "boot").mkdir()
     res = _release(_recipe(pki, tmp_path, staging.url + "boot/"),
-                   "--client-cert-origin", f"{staging.url} publisher")
+                   "--client-cert-origin", f"{staging.url} publisher",
+                   "--origin-ca-file", str(pki.ca))
     assert res.exit_code == 0, res.output
     assert (staging.root / "boot" / "boot.ipxe").is_file()
 
@@ -185,12 +200,14 @@ def test_a_dry_run_presents_no_unbound_certificate_and_says_what_a_run_refuses(
     note = next(w for w in doc["warnings"] if "origin.client_cert" in w)
     assert note.startswith("a real run would be refused: ")
     assert f"{ENV}='{prod.url} publisher'" in note
-    seen = _seen(prod)
+    seen = _settled(prod)
     assert seen and all(s.startswith("PROPFIND ") and s.endswith(" NONE") for s in seen), seen
 
-    # bound: the dry run lists with it (a read of the origin it is bound to), no note
-    res = _release(recipe, "--dry-run", "--json", env={ENV: f"{prod.url} publisher"})
+    # bound, and the origin authenticated by the operator's CA: the dry run lists with it
+    # (a read of the origin it is bound to), no note
+    res = _release(recipe, "--dry-run", "--json", env={ENV: f"{prod.url} publisher",
+                                                       ORIGIN_CA_ENV: str(pki.ca)})
     assert res.exit_code == 0, res.output
     assert not any("client_cert" in w for w in json.loads(res.stdout)["warnings"])
-    assert _seen(prod)[-1].endswith(" SUCCESS")
+    assert _settled(prod, len(seen) + 1)[-1].endswith(" SUCCESS")
     assert list(prod.root.iterdir()) == []

@@ -156,7 +156,8 @@ def test_a_dry_run_sends_no_credentials_even_bound_ones(pki: Pki, tmp_path: Path
         assert SECRET not in res.output
 
         _Capture.seen.clear()
-        res = _release(recipe, env=env)
+        # the operator's CA (here the one the server's certificate is of) authenticates it
+        res = _release(recipe, "--origin-ca-file", str(pki.ca), env=env)
         assert res.exit_code == 1, res.output
         assert _Capture.seen and all(auth is not None for _, auth in _Capture.seen)
 
@@ -213,7 +214,8 @@ def test_a_dry_run_does_not_sign_a_request_for_an_s3_endpoint(
         assert plan["release_id_provisional"] is True
         assert "a dry run sends no credentials" in plan["origin_unreachable"]
         assert _Capture.seen == []
-        res = _release(recipe, env=env)  # a real run signs its requests for the store
+        # a real run signs its requests for the store (the operator's CA authenticates it)
+        res = _release(recipe, "--origin-ca-file", str(pki.ca), env=env)
         assert res.exit_code == 1, res.output
         assert _Capture.seen and all(a and "AKIDTEST" in a for _, a in _Capture.seen)
 

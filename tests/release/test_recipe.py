@@ -401,4 +401,5 @@ def test_release_help_examples_run_as_shown() -> None:
     # a continued example line stays a shell continuation in the help text
     out = CliRunner().invoke(cli, ["release", "--help"]).output
     assert "recipes/multiarch.yaml --allow-outside pki --dry-run\n" in out
-    assert "--allow-outside pki \\\n        --passphrase-env TB_SIGNER_PW --json" in out
+    assert "--allow-outside pki \\\n        --origin-ca-file pki/ca.crt --passphrase-env " \
+           "TB_SIGNER_PW --json" in out

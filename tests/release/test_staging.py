@@ -53,7 +53,9 @@ def _release(recipe: Path, cache: Path, **kw: object) -> ReleaseResult:
     # the lab writes with the client certificate publisher: bound to the lab's origin
     bound = (ClientCertBinding(r.origin.url, "publisher", "the test")
              if r.origin is not None and r.origin.client_cert is not None else None)
-    options = ReleaseOptions(publish_cache=cache, client_cert_origin=bound)
+    # and the operator gives the CA that authenticates it (the lab's own, here)
+    options = ReleaseOptions(publish_cache=cache, client_cert_origin=bound,
+                             origin_ca_file=recipe.parent / "pki" / "ca.crt")
     kw.setdefault("now", NOW)
     return run_release(r, options, **kw)  # type: ignore[arg-type]
 

@@ -30,6 +30,7 @@ from trustboot.ipxe.source import ENV_SOURCE
 # module is not imported to build the options, so `release --help` stays cheap
 AMBIENT_ENV = "TRUSTBOOT_AMBIENT_CREDENTIALS"
 CLIENT_CERT_ENV = "TRUSTBOOT_CLIENT_CERT_ORIGIN"
+ORIGIN_CA_ENV = "TRUSTBOOT_ORIGIN_CA_FILE"  # trustboot.release.plan.ORIGIN_CA_ENV
 
 
 class StageReporter:
@@ -85,8 +86,10 @@ class StageReporter:
               "an origin URL ('ORIGIN_URL user:password'), and, without "
               "--ambient-credentials, let the ambient AWS credentials sign the requests of "
               "an s3:// recipe that has none, and, without --client-cert-origin, let the "
-              "recipe's origin.client_cert authenticate: they then go to whatever "
-              "origin.url (and endpoint) the recipe names. Only for recipes you trust; "
+              "recipe's origin.client_cert authenticate, and, without --origin-ca-file, "
+              "let the recipe's origin.ca_file decide which host that is: they then go to "
+              "whatever origin.url (and endpoint) the recipe names. Only for recipes you "
+              "trust; "
               "warns on every run.")
 @click.option("--ambient-credentials", "ambient_credentials", envvar=AMBIENT_ENV,
               show_envvar=True, metavar="'S3_URL [ENDPOINT]'",
@@ -101,6 +104,15 @@ class StageReporter:
               "the recipe names it (origin.client_cert), e.g. "
               "'https://dav.example.net/boot/ publisher'. Without it such a recipe is "
               "refused: it chooses its origin.url.")
+# Only here, never from a recipe: the CA that decides who receives the credentials.
+@click.option("--origin-ca-file", "origin_ca_file",
+              type=click.Path(path_type=Path, dir_okay=False), envvar=ORIGIN_CA_ENV,
+              show_envvar=True,
+              help="The CA (PEM) that authenticates the origin's TLS certificate, in place "
+              "of the recipe's origin.ca_file. Needed when the recipe names a ca_file and "
+              "the run authenticates to the origin (origin.credentials, an s3:// origin's "
+              "credentials, origin.client_cert): the recipe must not choose which host "
+              "receives them.")
 @click.option("--pkcs11-module", type=click.Path(path_type=Path, dir_okay=False),
               envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
               help="PKCS#11 module (.so) for a pkcs11: signer (a recipe may not name one).")
@@ -111,7 +123,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             reverify: bool, jobs: int | None, unsafe_unsandboxed: bool,
             unsafe_shared_inputs: bool, unsafe_unbound_credentials: bool,
             ambient_credentials: str | None,
-            client_cert_origin: str | None, pkcs11_module: Path | None, as_json: bool) -> None:
+            client_cert_origin: str | None, origin_ca_file: Path | None,
+            pkcs11_module: Path | None, as_json: bool) -> None:
     """Release RECIPE: validate -> plan -> build iPXE -> render the menu -> sign ->
     manifest -> publish -> verify what the origin serves, as iPXE.
 
@@ -123,7 +136,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     Examples:
       trustboot release recipes/multiarch.yaml --allow-outside pki --dry-run
       trustboot release recipes/multiarch.yaml --allow-outside pki \\
-          --passphrase-env TB_SIGNER_PW --json
+          --origin-ca-file pki/ca.crt --passphrase-env TB_SIGNER_PW --json
       trustboot release lab/boot.yaml --allow-outside /srv/images --ipxe-source ~/ipxe
 
     \b
@@ -146,7 +159,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
              "unbound (and, without them, an s3:// origin's requests signed with the "
              "ambient AWS credentials, or its writes authenticated with the CA's client "
              "certificate its origin.client_cert names), to whatever origin.url and "
-             "endpoint it names; a changed recipe can send them to a host of its choosing")
+             "endpoint it names, checked with the CA its origin.ca_file names; a changed "
+             "recipe can send them to a host of its choosing")
     binding = None
     if ambient_credentials is not None:
         binding = parse_ambient_binding(
@@ -172,7 +186,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
                              unsafe_shared_inputs=unsafe_shared_inputs,
                              unsafe_unbound_credentials=unsafe_unbound_credentials,
                              ambient_credentials=binding,
-                             client_cert_origin=cert_binding,
+                             client_cert_origin=cert_binding, origin_ca_file=origin_ca_file,
                              secret_files=(passphrase_file,) if passphrase_file else ())
     make = MakeProgress(quiet=as_json)  # a build of minutes shows it is alive, as ipxe build
     with upload_progress(as_json) as bars:

@@ -619,6 +619,48 @@ def _client_cert_binding(recipe: Recipe, name: str, url: str, where: str,
                     dry_run=dry_run, note=". This dry run does not present the certificate")
 
 
+ORIGIN_CA_OPTION = "--origin-ca-file"
+ORIGIN_CA_ENV = "TRUSTBOOT_ORIGIN_CA_FILE"
+
+
+def _recipe_ca_binding(recipe: Recipe, url: str, creds: bool, client_cert: bool,
+                       options: ReleaseOptions, *, dry_run: bool) -> str | None:
+    """A recipe's origin.ca_file, when the run authenticates to the origin.
+
+    The operator binds credentials (and the client certificate) to an origin URL; the CA
+    that proves a host is that URL must then be the operator's too: with a CA of the
+    recipe's choosing, whoever can redirect the name (DNS, on-path) presents a certificate
+    of it and receives them. So the operator's --origin-ca-file replaces the recipe's;
+    without one, a recipe that names a ca_file and authenticates is refused (unless
+    --unsafe-unbound-credentials); without ca_file, the system's trust as before. A dry
+    run, which sends no credentials, gets the note of what a real run refuses."""
+    o = recipe.origin
+    if options.origin_ca_file is not None or o is None or o.ca_file is None \
+            or options.unsafe_unbound_credentials:
+        return None
+    scheme = urlsplit(url).scheme.lower()
+    sent = []
+    if creds:
+        sent.append("origin.credentials")
+    elif scheme == "s3":
+        sent.append("the ambient AWS credentials")
+    if client_cert:
+        sent.append(f"the TLS client certificate {o.client_cert!r}")
+    if not sent or scheme == "file":
+        return None
+    why = (f"{o.ca_file.where}: origin.ca_file {o.ca_file.raw!r} comes from the recipe and "
+           f"would decide which host receives {' and '.join(sent)} (bound by you to "
+           f"{redact_url(url)}): a host with a certificate of the recipe's CA, reached by a "
+           "redirected name, would take them")
+    return _unbound(why, f"give the origin's CA yourself: {ORIGIN_CA_OPTION} FILE (or "
+                         f"{ORIGIN_CA_ENV}=FILE), which replaces the recipe's "
+                         "origin.ca_file; or remove origin.ca_file from the recipe (the "
+                         "system's trust store then checks the origin); or, only for a "
+                         "recipe you trust, pass --unsafe-unbound-credentials",
+                    dry_run=dry_run, note=". This dry run sends no credentials and "
+                    "presents no client certificate")
+
+
 def _unbound(why: str, hint: str, *, dry_run: bool, note: str = "") -> str:
     """Something a recipe would send to an origin of its choosing, not bound to one
     (``why``; ``hint``: how to bind it): refused (ConfigError, nothing sent), or, in a
@@ -727,6 +769,13 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
             client_cert = client_key = None
         else:
             client_pass = _secret_source(recipe, options, o.client_key_passphrase)
+    note = _recipe_ca_binding(recipe, url, creds is not None, client_cert is not None,
+                              options, dry_run=dry_run)
+    if note is not None:
+        # a dry run: it sends no credentials, and presents no certificate either
+        warnings.append(note)
+        client_cert = client_key = None
+        client_pass = None
     published = _published(recipe, options, ca_home, key,
                            (client_cert, client_key) if o is not None and o.client_cert
                            else ())

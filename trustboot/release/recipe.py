@@ -125,7 +125,9 @@ RECIPE = Map("A trustboot release recipe (`trustboot release RECIPE`).", {
                           max_length=1024),
         "endpoint": Str("the https:// endpoint of an s3:// origin (e.g. a Ceph RGW)",
                         pattern=r"https://[^\s]{1,1000}", max_length=1024),
-        "ca_file": _path("the CA that signed the origin's TLS certificate"),
+        "ca_file": _path("the CA that signed the origin's TLS certificate (a run that sends "
+                         "credentials or a client certificate takes it from the operator "
+                         "instead: `trustboot release --origin-ca-file`)"),
         "credentials": _secret_ref(
             "credentials for the origin: 'ORIGIN_URL user:password' or 'ORIGIN_URL "
             "bearer:TOKEN', bound to that origin (unbound ones only with `trustboot release "
