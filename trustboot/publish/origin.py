@@ -559,13 +559,14 @@ def split_url(url: str, what: str) -> SplitResult:
 
 def check_url(url: str, what: str, *, schemes: Collection[str] | None = None) -> SplitResult:
     """The one rule for a URL given as input (an S3 endpoint, a public URL, a recipe's
-    origin): no whitespace, control or format characters, a valid host and port
+    origin): no whitespace, control, format or surrogate characters, a valid host and port
     (split_url), a host unless file://, no user:password@ (credentials come from a file or
     an environment variable: a URL is shown in messages and JSON and written into
     manifests), no query or fragment, and a scheme among ``schemes`` if given. Every
     message names ``what`` and shows the URL through redact_url."""
     shown = redact_url(url)
-    if not url or any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in url):
+    if not url or any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Cs")
+                      for c in url):
         raise ConfigError(f"{what} {shown!r} is empty or holds whitespace, control or "
                           "format characters", hint="give the URL as plain text")
     parts = split_url(url, f"{what} {shown!r}")

@@ -98,6 +98,7 @@ def _convert(node: yaml.Node, source: str) -> Node:
             kw = _where(source, k.start_mark)
             if not isinstance(k, yaml.ScalarNode) or k.tag != "tag:yaml.org,2002:str":
                 raise ConfigError(f"{kw}: keys must be plain strings")
+            _check_text(k.value, kw, "key")
             if k.value in out:
                 raise ConfigError(f"{kw}: key {k.value!r} appears twice")
             child = _convert(v, source)
@@ -127,7 +128,19 @@ def _convert(node: yaml.Node, source: str) -> Node:
         value = _SCALARS.construct_object(node)
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"{where}: cannot read the value: {exc}") from None
+    if isinstance(value, str):
+        _check_text(value, where, "value")
     return Node(value, where)
+
+
+def _check_text(text: str, where: str, what: str) -> None:
+    """Refuse a lone surrogate (a "\\ud800" escape in a double-quoted string): it is no
+    character, cannot be encoded (a path, a message) and reached the run as exit 70."""
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        raise ConfigError(f"{where}: the {what} holds a lone UTF-16 surrogate (a \\uD800 to "
+                          "\\uDFFF escape), which is not a character",
+                          hint="write the character itself (UTF-8), or a \\U escape of "
+                               "its code point")
 
 
 def load_yaml(text: str, source: str) -> Node:
