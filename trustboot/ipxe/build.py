@@ -234,6 +234,9 @@ class BuildRequest:
 
 
 INPUT_DIR = "trustboot-inputs"  # beside src/ in the private copy
+# The embedded script's file: iPXE registers the embedded image under this name (the
+# file name of EMBED=, Makefile.housekeeping's notdir), so a release image may not take it.
+EMBEDDED_SCRIPT_NAME = "trustboot.ipxe"
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ def make_plan(request: BuildRequest, *, jobs: int, src_dir: str = "src") -> Make
         files[name] = request.client.cert.pem
         cert_names.append(f"../{name}")
     if request.script is not None:
-        files[f"{INPUT_DIR}/trustboot.ipxe"] = request.script.encode()
+        files[f"{INPUT_DIR}/{EMBEDDED_SCRIPT_NAME}"] = request.script.encode()
     common = [
         f"TRUST={','.join(trust_names)}",
         f"CERT={','.join(cert_names)}",
@@ -275,7 +278,7 @@ def make_plan(request: BuildRequest, *, jobs: int, src_dir: str = "src") -> Make
     if request.client is not None:
         common.append(f"PRIVKEY=../{INPUT_DIR}/client.key")
     if request.script is not None:
-        common.append(f"EMBED=../{INPUT_DIR}/trustboot.ipxe")
+        common.append(f"EMBED=../{INPUT_DIR}/{EMBEDDED_SCRIPT_NAME}")
     common += [
         f"SOURCE_DATE_EPOCH={request.source_date_epoch}",
         # Build paths must not leak into the binaries, or two copies would differ.

@@ -45,6 +45,14 @@ DEFAULT_ON_FAILURE = "halt"
 FAILED_LABEL = "tb_failed"
 HALT_LABEL = "tb_halt"
 REBOOT_DELAY = 60  # seconds: the message stays readable and the origin is not hammered
+# The names the embedded script gives the images it fetches (imgfetch --name): the
+# chained entry script and its signature. iPXE's find_image returns the FIRST registered
+# image of a name, so a later image of the same name (an initrd called tb_entry) would
+# have `imgverify tb_entry ...` judge the wrong image; the whole tb_ prefix is kept for
+# trustboot's own names (its settings and labels use it too).
+ENTRY_IMAGE = "tb_entry"
+CHAIN_IMAGE_NAMES = (ENTRY_IMAGE, f"{ENTRY_IMAGE}.sig")
+RESERVED_IMAGE_PREFIX = "tb_"
 
 
 def command(*words: str, what: str = "script value") -> str:
@@ -231,8 +239,8 @@ def render_chain_script(params: ChainScript) -> str:
         "inc tb_try",
         # A failed attempt may leave the entry script without its signature: start clean.
         "imgfree",
-        "imgfetch --name tb_entry ${tb_url} && imgfetch --name tb_entry.sig ${tb_sig} "
-        "&& goto tb_fetch_ok ||",
+        f"imgfetch --name {CHAIN_IMAGE_NAMES[0]} ${{tb_url}} && imgfetch --name "
+        f"{CHAIN_IMAGE_NAMES[1]} ${{tb_sig}} && goto tb_fetch_ok ||",
         f"iseq ${{tb_try}} {params.fetch_attempts} && goto tb_fetch_failed ||",
         f"echo trustboot: could not fetch ${{tb_url}} or its signature "
         f"(attempt ${{tb_try}}/{params.fetch_attempts}), retrying in {delay}s",
@@ -241,8 +249,8 @@ def render_chain_script(params: ChainScript) -> str:
         ":tb_fetch_ok",
         "echo trustboot: verifying ${tb_url} (signer ${tb_signer})",
         "# A failed verification goes to the failure block; the .sig is discarded.",
-        verify("tb_entry", "tb_entry.sig", signer="${tb_signer}"),
-        or_fail("imgexec tb_entry"),
+        verify(CHAIN_IMAGE_NAMES[0], CHAIN_IMAGE_NAMES[1], signer="${tb_signer}"),
+        or_fail(f"imgexec {ENTRY_IMAGE}"),
         "echo trustboot: ${tb_url} returned, stopping",
         f"goto {FAILED_LABEL}",
         "",

@@ -26,7 +26,12 @@ from trustboot import fsutil
 from trustboot.errors import ConfigError
 from trustboot.ipxe import build as ipxe_build
 from trustboot.ipxe import syntax
-from trustboot.ipxe.script import DEFAULT_ON_FAILURE, ON_FAILURE
+from trustboot.ipxe.script import (
+    CHAIN_IMAGE_NAMES,
+    DEFAULT_ON_FAILURE,
+    ON_FAILURE,
+    RESERVED_IMAGE_PREFIX,
+)
 from trustboot.keys.ref import KeyRef, parse_ref
 from trustboot.publish.manifest import (
     ENTRY_PATH_HINT,
@@ -522,6 +527,8 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
             cmdline=_words(e["cmdline"], f"entries.{ename}.cmdline") if "cmdline" in e
             else "",
             default=bool(e["default"].value) if "default" in e else False))
+    for entry in entries:
+        _check_image_names(entry)
     defaults = [e for e in entries if e.default]
     if len(defaults) > 1:
         raise ConfigError(f"{top['entries'].where}: more than one entry has default: true "
@@ -550,6 +557,37 @@ def parse_recipe(text: str, source: str = "<recipe>", directory: Path | None = N
     return Recipe(name=name, source=source, directory=directory, ca_home=ca_home,
                   signer=signer, ipxe=ipxe, origin=origin, menu=menu,
                   entries=tuple(entries), release=release, demo=tuple(demo))
+
+
+def image_name(path: RecipePath) -> str:
+    """The name iPXE gives the image the menu fetches for ``path``: its URL's last path
+    segment, i.e. the file's name (what EFI's initrd= and the initrd files are named)."""
+    return Path(path.raw).name
+
+
+def _check_image_names(entry: EntrySpec) -> None:
+    """The menu verifies each image by its name, and iPXE's find_image takes the first
+    registered image of a name: an entry's file may not take a name the boot chain gives
+    its own images (tb_entry, tb_entry.sig, the embedded script's), nor anything with
+    their tb_ prefix, nor another image's of the same entry."""
+    seen: dict[str, RecipePath] = {}
+    for role, p in (("kernel", entry.kernel), *(("initrd", i) for i in entry.initrds)):
+        name = image_name(p)
+        what = f"entries.{entry.name}.{role} {p.raw!r}"
+        if name.lower().startswith(RESERVED_IMAGE_PREFIX) or name in CHAIN_IMAGE_NAMES \
+                or name == ipxe_build.EMBEDDED_SCRIPT_NAME:
+            raise ConfigError(
+                f"{p.where}: {what}: iPXE would name the image {name!r}, a name the boot "
+                f"chain keeps for its own images ({', '.join(CHAIN_IMAGE_NAMES)}, "
+                f"{ipxe_build.EMBEDDED_SCRIPT_NAME}, anything starting with "
+                f"{RESERVED_IMAGE_PREFIX}): imgverify would judge the wrong image",
+                hint=f"rename the file (not starting with {RESERVED_IMAGE_PREFIX})")
+        if name in seen:
+            raise ConfigError(
+                f"{p.where}: {what}: iPXE would name the image {name!r}, as the one of "
+                f"{seen[name].where}: imgverify would judge the first of the two",
+                hint="rename one of the files")
+        seen[name] = p
 
 
 def input_key(entry: EntrySpec, path: RecipePath) -> str:

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 from trustboot.errors import ConfigError
 from trustboot.ipxe.script import (
+    CHAIN_IMAGE_NAMES,
     FAILED_LABEL,
+    RESERVED_IMAGE_PREFIX,
     check_script,
     echo,
     failure_block,
@@ -52,8 +54,13 @@ def object_url(base: str, release_id: str, key: str) -> str:
 
 
 def _image_name(key: str) -> str:
-    """The name iPXE gives an image fetched from a URL: its last path segment."""
-    return key.rsplit("/", 1)[-1]
+    """The name iPXE gives an image fetched from a URL: its last path segment (never one
+    of the chain's own, which the recipe refused already: checked again here)."""
+    name = key.rsplit("/", 1)[-1]
+    if name.lower().startswith(RESERVED_IMAGE_PREFIX) or name in CHAIN_IMAGE_NAMES:
+        raise ConfigError(f"image {name!r} would take a name the boot chain keeps for "
+                          "its own images", hint="rename the file")
+    return name
 
 
 def render_menu(*, release_id: str, name: str, base_url: str, signer: str, title: str,
