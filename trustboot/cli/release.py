@@ -25,6 +25,7 @@ from trustboot.cli._common import (
 )
 from trustboot.ipxe import sandbox
 from trustboot.ipxe.source import ENV_SOURCE
+from trustboot.text import clean_lines
 
 # trustboot.publish.origin.AMBIENT_ENV and CLIENT_CERT_ENV (a test keeps them equal): that
 # module is not imported to build the options, so `release --help` stays cheap
@@ -44,7 +45,8 @@ class StageReporter:
         if self.quiet:
             return
         label = click.style(f"{stage:>8}", bold=True) if self.tty else f"{stage:>8}"
-        click.echo(f"{label}  {message}", err=True)
+        # a stage's message quotes the recipe's paths, URLs and certificates' names
+        click.echo(f"{label}  {clean_lines(message)}", err=True)
 
 
 @click.command("release")
@@ -206,22 +208,28 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             provisional = "; the id is provisional: the origin could not be listed"
         elif p.get("release_id_provisional"):
             provisional = "; the id is provisional until the pinned iPXE tree is cloned"
-        click.echo(f"release {p['release']} (dry run: nothing was built, signed or uploaded)"
+        _say(f"release {p['release']} (dry run: nothing was built, signed or uploaded)"
                    + provisional)
-        click.echo(f"  origin:   {p['origin']}  (entry {p['public_base']}{p['entry_path']})")
-        click.echo(f"  signer:   {p['signer']['ref']} ({p['signer']['subject']}, until "
+        _say(f"  origin:   {p['origin']}  (entry {p['public_base']}{p['entry_path']})")
+        _say(f"  signer:   {p['signer']['ref']} ({p['signer']['subject']}, until "
                    f"{p['signer']['not_after']})")
         fw = p["firmware"]
-        click.echo(f"  firmware: {fw['mode']} {', '.join(fw['targets'])}"
+        _say(f"  firmware: {fw['mode']} {', '.join(fw['targets'])}"
                    + (f" — {fw['reason']}" if fw["reason"] else ""))
-        click.echo(f"  sign:     {', '.join(p['sign'])}")
-        click.echo(f"  upload:   {len(p['upload'])} objects under releases/{p['release']}/")
+        _say(f"  sign:     {', '.join(p['sign'])}")
+        _say(f"  upload:   {len(p['upload'])} objects under releases/{p['release']}/")
         _echo_window(result.replay_window)
         return
     pub = result.publish or {}
-    click.echo(f"release {result.release}: {len(result.uploaded)} uploaded, "
+    _say(f"release {result.release}: {len(result.uploaded)} uploaded, "
                f"{len(pub.get('skipped', []))} unchanged; live at {result.entry_url}")
     _echo_window(result.replay_window)
+
+
+def _say(text: str) -> None:
+    """A line for a person: what it quotes from the recipe, its files and certificates
+    (paths, URLs, subjects) cannot drive the terminal."""
+    click.echo(clean_lines(text))
 
 
 def _given_by(param: str, envvar: str, option: str) -> str:
@@ -242,4 +250,4 @@ def _echo_window(window: dict[str, Any] | None) -> None:
             not_after=not_after,
             now=not_after - dt.timedelta(seconds=window["remaining_seconds"]),
             not_before=dt.datetime.fromisoformat(before) if before else None).describe()
-        click.echo(f"  {described}; a short-lived signer and `trustboot resign` bound it")
+        _say(f"  {described}; a short-lived signer and `trustboot resign` bound it")

@@ -72,6 +72,7 @@ from trustboot.release.recipe import (
 )
 from trustboot.secrets import PassphraseSource, from_env, from_file
 from trustboot.subproc import time_limit
+from trustboot.text import clean
 
 # Bump when the rendered bytes for the same inputs change, so the id changes with them.
 RELEASE_FORMAT = 1
@@ -698,6 +699,13 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                                  pkcs11_module=options.pkcs11_module)
     except ConfigError as exc:
         raise ConfigError(f"{s.where}: {exc.message}", hint=exc.hint) from None
+    subject = pending.certificate.subject.rfc4514_string()
+    if clean(subject) != subject:
+        # shown in the plan, the manifest and on terminals: refused rather than escaped
+        raise ConfigError(f"{s.where}: the signing certificate's subject {clean(subject)} "
+                          "holds control, format or other unprintable characters",
+                          hint="sign with a certificate of the CA whose subject is plain "
+                               "text (trustboot ca issue codesign NAME)")
     check_lifetime(pending, recipe, ca_home, now)
     signer_name = s.name or _cn(pending.certificate)
     if signer_name is None:
