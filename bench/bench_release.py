@@ -187,9 +187,11 @@ def run(args: argparse.Namespace, base: Path, pki: Pki, nginx: Nginx, files: dic
     signer_key = plain_key(pki.key("boot-signer"), base / "signer.pem", pki.key_pass)
     client_key = plain_key(pki.key("publisher"), base / "client.pem", pki.key_pass)
     cache = base / "publish-cache.json"
-    # the lab writes with the client certificate publisher: bound to the bench's origin
+    # the lab writes with the client certificate publisher: bound to the bench's origin,
+    # which the operator's CA (not the recipe's origin.ca_file) authenticates
     env = dict(os.environ, TRUSTBOOT_PUBLISH_CACHE=str(cache),
-               TRUSTBOOT_CLIENT_CERT_ORIGIN=f"{nginx.url} publisher")
+               TRUSTBOOT_CLIENT_CERT_ORIGIN=f"{nginx.url} publisher",
+               TRUSTBOOT_ORIGIN_CA_FILE=str(pki.ca))
     release_argv = [trustboot_bin, "release", str(d / "lab.yaml"), "--json"]
 
     ref_cpu: list[float] = []

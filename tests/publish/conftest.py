@@ -90,6 +90,17 @@ def _publish_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRUSTBOOT_PUBLISH_CACHE", str(tmp_path / "publish-cache.json"))
 
 
+@pytest.fixture(autouse=True)
+def _origin_ca_from_the_operator(request: pytest.FixtureRequest,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `trustboot release` of a lab recipe (tests.release.lab: origin.ca_file
+    pki/ca.crt, with credentials or a client certificate) gets the origin's CA from the
+    operator, as a CI job gives it (tests/release/test_origin_ca.py checks the rule)."""
+    if "pki" in request.fixturenames:
+        from trustboot.release.plan import ORIGIN_CA_ENV
+        monkeypatch.setenv(ORIGIN_CA_ENV, str(request.getfixturevalue("pki").ca))
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("publish-pki"))
