@@ -585,3 +585,76 @@ def test_a_rotation_while_a_command_unlocks_the_previous_key_is_refused(
     if op != "rotate-issuing":  # (the rotation itself wrote a CRL)
         crl = x509.load_pem_x509_crl((ca_home / "crl.pem").read_bytes())
         assert crl.is_signature_valid(after.issuing_cert.public_key())  # type: ignore[arg-type]
+
+
+def _listed(crl_path: Path) -> set[int]:
+    return {c.serial_number for c in x509.load_pem_x509_crl(crl_path.read_bytes())}
+
+
+def test_rotate_issuing_keeps_the_previous_cas_revocations_on_a_crl(
+        ca_home: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    """A leaf revoked before `ca rotate issuing` stays on a CRL: crl.pem becomes the new
+    issuing CA's, so the previous one's CRL moves to crls/SERIAL.pem (signed by it), `ca
+    crl` keeps refreshing it, `ca export` hands it on, and `verify --crl` with it still
+    reports an old signature by the revoked leaf."""
+    before = export(run, ca_home, tmp_path / "before")
+    old = CertificateAuthority.open(ca_home).active_entry("issuing")
+    old_sig = sign(run, ca_home, secrets_dir, tmp_path / "s" / "out")  # by "signer"
+    revoked = CertificateAuthority.open(ca_home).get("signer").serial
+    assert ca(run, ca_home, secrets_dir, "revoke", "signer", "--reason",
+              "key_compromise").exit_code == 0
+    assert ca(run, ca_home, secrets_dir, "rotate", "issuing").exit_code == 0
+    crl_path = ca_home / "crls" / f"{old.serial:x}.pem"
+    assert crl_path.is_file(), "the previous issuing CA's revocations are on no CRL"
+    assert revoked in _listed(crl_path)
+    assert x509.load_pem_x509_crl(crl_path.read_bytes()).is_signature_valid(
+        old.load_cert().public_key())  # type: ignore[arg-type]
+    assert CertificateAuthority.open(ca_home).check() == []
+    data = export(run, ca_home, tmp_path / "after")
+    assert data["crls"] == [str(tmp_path / "after" / "crls" / crl_path.name)]
+    r = run("verify", str(old_sig.parent.parent / "img.bin"), "--sig", str(old_sig),
+            "--trust", before["root"], "--crl", data["crls"][0], "--json")
+    assert json.loads(r.output)["revoked"], r.output
+    number = x509.load_pem_x509_crl(crl_path.read_bytes()).extensions.get_extension_for_class(
+        x509.CRLNumber).value.crl_number
+    assert ca(run, ca_home, secrets_dir, "crl").exit_code == 0
+    assert x509.load_pem_x509_crl(crl_path.read_bytes()).extensions.get_extension_for_class(
+        x509.CRLNumber).value.crl_number > number
+    assert revoked in _listed(crl_path)
+
+
+def test_promote_keeps_the_previous_issuing_cas_revocations_on_a_crl(
+        ca_home: Path, run: Run, secrets_dir: Path) -> None:
+    """The promote step makes the next issuing CA active: the previous one (not retired
+    until the retire step) keeps its revocations on crls/SERIAL.pem."""
+    old = CertificateAuthority.open(ca_home).active_entry("issuing")
+    revoked = CertificateAuthority.open(ca_home).get("signer").serial
+    assert ca(run, ca_home, secrets_dir, "revoke", "signer").exit_code == 0
+    assert ca(run, ca_home, secrets_dir, "rotate", "root", "begin").exit_code == 0
+    r = ca(run, ca_home, secrets_dir, "rotate", "root", "promote", "--confirm-fleet")
+    assert r.exit_code == 0, r.output
+    crl_path = ca_home / "crls" / f"{old.serial:x}.pem"
+    assert crl_path.is_file() and revoked in _listed(crl_path)
+    assert CertificateAuthority.open(ca_home).check() == []
+
+
+def test_a_previous_issuing_ca_with_revocations_and_no_crl_is_flagged_and_refused(
+        ca_home: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    """A CA home rotated by a version that dropped the previous issuing CA's CRL: `ca
+    check` names the missing CRL, `ca export` refuses (its crls/ would hide the
+    revocation), and `ca crl` writes it back."""
+    old = CertificateAuthority.open(ca_home).active_entry("issuing")
+    assert ca(run, ca_home, secrets_dir, "revoke", "signer").exit_code == 0
+    assert ca(run, ca_home, secrets_dir, "rotate", "issuing").exit_code == 0
+    crl_path = ca_home / "crls" / f"{old.serial:x}.pem"
+    crl_path.unlink()
+    rel = f"crls/{crl_path.name}"
+    problems = CertificateAuthority.open(ca_home).check()
+    assert any(p.startswith(f"{rel} is missing") for p in problems), problems
+    r = ca(run, ca_home, secrets_dir, "check", secret=False)
+    assert r.exit_code == 3 and rel in r.output, r.output
+    r = run("ca", "export", "--pki", str(ca_home), "--out", str(tmp_path / "export"))
+    assert r.exit_code == 3 and str(crl_path) in r.output and "ca crl" in r.output, r.output
+    assert not (tmp_path / "export").exists()
+    assert ca(run, ca_home, secrets_dir, "crl").exit_code == 0
+    assert crl_path.is_file() and CertificateAuthority.open(ca_home).check() == []

@@ -199,13 +199,16 @@ def rotate_issuing(ca: CertificateAuthority, passphrases: PassphraseSource, *,
                                    for_ca=True)
     root = ca.active_entry("root")
     root_key, secret = _unlock(ca, root, passphrases)
+    # the previous issuing CA signs its own CRL from now on (crls/SERIAL.pem)
+    previous = ca.active_entry("issuing")
+    previous_key = _previous_key(ca, previous, secret)
     new_key = spec.generate()
     with locked(ca.path / ".lock"):
         ca._begin_write(now)
         if ca.state.rotation:
             raise _refuse_issuing(ca)
         ca._check_still_active(root)
-        previous = ca.active_entry("issuing")
+        ca._check_still_active(previous)
         cert = profiles.build_certificate(
             profile="issuing", subject_cn=_subject_cn(ca, "issuing"),
             public_key=new_key.public_key(), issuer_cert=root.load_cert(), issuer_key=root_key,
@@ -216,9 +219,19 @@ def rotate_issuing(ca: CertificateAuthority, passphrases: PassphraseSource, *,
         ca._commit(now, ca._record("rotate-issuing", now, issuing=entry.sha256,
                                    previous=previous.sha256, serial=f"{entry.serial:x}",
                                    key_type=spec.label))
+        ca.keep_previous_crl(previous, previous_key, now, number=ca.crl_number)
         ca._write_crl(new_key, now, days=30, number=ca.crl_number)
         ca._append_log()
     return entry
+
+
+def _previous_key(ca: CertificateAuthority, issuing: IssuedEntry,
+                  secret: bytes) -> PrivateKey | None:
+    """The key of the issuing CA a rotation makes a previous one (to sign its CRL in
+    crls/), None when its key file is gone from the CA home."""
+    if issuing.key_file is None or not issuing.key_path.exists():
+        return None
+    return ca.load_ca_key(issuing, constant(secret))
 
 
 def _refuse_issuing(ca: CertificateAuthority) -> ConfigError:
@@ -372,6 +385,8 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
         raise ConfigError(f"the CA in {ca.path} is damaged: the next issuing CA is missing",
                           hint="run `trustboot ca check` and restore from backup")
     issuing_key, secret = _unlock(ca, new_issuing, passphrases)
+    old_issuing = ca.active_entry("issuing")
+    old_issuing_key = _previous_key(ca, old_issuing, secret)
     # A root CRL in use (nginx's ssl_crl for the publishers' chain) is signed again by the
     # next root as it becomes active: left alone it would name the previous root, and
     # `ca export` would refuse it until `ca crl --root`.
@@ -386,6 +401,7 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
         if step != "begun":
             raise _refuse(ca, "promote")
         ca._check_still_active(new_issuing, role="next")
+        ca._check_still_active(old_issuing)
         renewed = []
         for name, entry in _current_leaves(ca, now):
             if entry.issuer_sha256 == new_issuing.sha256:
@@ -410,6 +426,7 @@ def promote_root(ca: CertificateAuthority, passphrases: PassphraseSource, *,
             ca.crl_number += 1
             logged.append(ca._record("crl", now, crl_number=ca.crl_number, issuer="root"))
         ca._commit(now, *logged)
+        ca.keep_previous_crl(old_issuing, old_issuing_key, now, number=issuing_number)
         ca._write_crl(issuing_key, now, days=30, number=issuing_number)
         if root_key is not None:
             ca._write_crl(root_key, now, days=ROOT_CRL_DAYS, number=ca.crl_number,

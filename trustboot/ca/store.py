@@ -333,9 +333,33 @@ class CertificateAuthority:
         return [(directory / name, previous.get(name))
                 for name in sorted(os.listdir(directory)) if not name.startswith(".")]
 
+    def previous_issuers_owing_crl(self) -> list[IssuedEntry]:
+        """The previous issuing CAs, not retired, that revoked a leaf: each one's CRL
+        belongs in crls/ (crl_path), or its revocations are on no CRL at all."""
+        active = self.active_entry("issuing").sha256
+        return [e for e in self.entries if e.profile == "issuing" and e.sha256 != active
+                and e.status != "retired" and self._crl_entries(e)]
+
+    def _missing_previous_crls(self) -> list[tuple[Path, IssuedEntry]]:
+        """(crl_path, issuer) of each previous issuing CA that owes a CRL and has none."""
+        return [(self.crl_path(e), e) for e in self.previous_issuers_owing_crl()
+                if not self.crl_path(e).exists() and not self.crl_path(e).is_symlink()]
+
     def previous_crl_pems(self) -> dict[str, bytes]:
         """Each CRL in crls/ by file name, refused (ConfigError) unless the previous issuing
-        CA it is named for signed it and it lists that CA's every revocation."""
+        CA it is named for signed it and it lists that CA's every revocation; refused too
+        when a previous issuing CA that revoked leaves has no CRL there (handing on crls/
+        without it would hide those revocations)."""
+        missing = self._missing_previous_crls()
+        if missing:
+            path, owing = missing[0]
+            raise ConfigError(
+                f"{path} is missing: previous issuing CA {owing.serial:x} revoked "
+                f"{len(self._crl_entries(owing))} certificate(s) that no CRL of {self.path} "
+                "lists",
+                hint="write it: trustboot ca crl (it needs that CA's key in the CA home); or, "
+                f"once nothing depends on that CA, retire it: trustboot ca rotate issuing "
+                f"--retire {owing.serial:x}")
         out: dict[str, bytes] = {}
         for path, issuer in self.previous_crls():
             if issuer is None:
@@ -1197,10 +1221,12 @@ class CertificateAuthority:
         _check_days(days, "crl")
         issuing = self.active_entry("issuing")
         issuing_key = self.load_ca_key(issuing, ca_passphrases)
-        # the CRLs of previous issuing CAs (see revoke) are refreshed too
+        # the CRLs of previous issuing CAs (see revoke) are refreshed too, and written for
+        # one that revoked leaves and has none (a rotation by an older version dropped it)
+        owing = self.previous_issuers_owing_crl()
         previous_keys = self._previous_issuer_keys(
-            [e for e in self.entries if e.profile == "issuing" and self.crl_path(e).exists()],
-            ca_passphrases)
+            [e for e in self.entries if e.profile == "issuing"
+             and (self.crl_path(e).exists() or e in owing)], ca_passphrases)
         with locked(self.path / ".lock"):
             self._begin_write(now)
             self._check_still_active(issuing)
@@ -1284,6 +1310,23 @@ class CertificateAuthority:
         if path.parent != self.path:
             make_dirs(path.parent)
         atomic_write(path, crl.public_bytes(serialization.Encoding.PEM))
+
+    def keep_previous_crl(self, previous: IssuedEntry, key: PrivateKey | None,
+                          now: dt.datetime, *, number: int) -> None:
+        """Under the lock, after the commit that made ``previous`` a previous issuing CA
+        (rotate issuing, root promote) and before crl.pem is replaced: its revocations go
+        on crls/SERIAL.pem, signed by its ``key``. Without the key, the CRL it last signed
+        (crl.pem, still its own) is kept as it is: stale one day, but not dropped."""
+        if not self._crl_entries(previous):
+            return
+        if key is not None:
+            self._write_crl(key, now, days=30, number=number, issuer=previous)
+            return
+        if self._signed_crl(self.path / "crl.pem", previous) is not None:
+            path = self.crl_path(previous)
+            make_dirs(path.parent)
+            atomic_write(path, read_capped(self.path / "crl.pem", MAX_CRL_FILE, "CRL",
+                                           nofollow=True))
 
     def _crl_entries(self, issuer: IssuedEntry | None = None) -> list[IssuedEntry]:
         """Revoked leaves of ``issuer`` (default: the active issuing CA): a CRL speaks for
@@ -1396,6 +1439,13 @@ class CertificateAuthority:
                 fix += (f" (it needs that CA's key in the CA home), or retire the CA: "
                         f"`trustboot ca rotate issuing --retire {issuer.serial:x}`")
             problems += [f"{rel} {p}; {fix}" for p in found]
+        for path, issuer in self._missing_previous_crls():
+            problems.append(
+                f"{path.relative_to(self.path)} is missing: previous issuing CA "
+                f"{issuer.serial:x} revoked {len(self._crl_entries(issuer))} certificate(s) "
+                "that no CRL lists; run `trustboot ca crl` (it needs that CA's key in the CA "
+                f"home), or retire the CA: `trustboot ca rotate issuing --retire "
+                f"{issuer.serial:x}`")
         return problems
 
     # ---- views -------------------------------------------------------------------------
