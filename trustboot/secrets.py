@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trustboot.errors import ConfigError
-from trustboot.fsutil import read_capped
+from trustboot.fsutil import check_parents, read_capped
 
 # Called with a short description of what the passphrase unlocks ("CA key", ...).
 PassphraseSource = Callable[[str], bytes]
@@ -25,9 +25,14 @@ MAX_PASSPHRASE_FILE = 64 * 1024
 def from_file(path: Path, what: str = "passphrase file") -> PassphraseSource:
     """The first line of ``path``: a private regular file (closed to group and others, as
     an origin's credentials file), read when asked. A link to one is followed: the mode
-    judged is the file's opened, and secret mounts (Kubernetes, Docker) are links."""
+    judged is the file's opened, and secret mounts (Kubernetes, Docker) are links. Its
+    lookup must be one no other user can change (:func:`check_parents`): not through
+    another user's link, nor a directory another user owns or can write, where the name
+    could be pointed at any file we can read (a key file's first line becoming the
+    passphrase of a new key). Root's directories (/run/secrets) are fine."""
 
     def source(_what: str) -> bytes:
+        check_parents(Path(path), what)
         data = read_capped(Path(path), MAX_PASSPHRASE_FILE, what, private=True)
         value = data.splitlines()[0] if data else b""
         if not value:

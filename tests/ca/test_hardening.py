@@ -452,6 +452,61 @@ def test_passphrase_file_through_a_link_is_judged_by_the_file(pki: Path, secrets
     assert r.exit_code == 3 and "readable or writable by other users" in r.output, r.output
 
 
+def test_passphrase_file_in_another_users_directory_is_refused(
+        pki: Path, secrets_dir: Path, tmp_path: Path, run: Run) -> None:
+    """A root-owned 0600 passphrase file in a directory another user owns: that user can
+    rename it and link its name to any root-only file (a key file), whose first line
+    becomes the passphrase of a new key. Refused before anything is read or written."""
+    shared = dir_of_nobody(tmp_path / "shared")
+    key_pass = shared / "key.pass"
+    shutil.copyfile(secrets_dir / "key.pass", key_pass)
+    key_pass.chmod(0o600)
+    r = run("ca", "issue", "codesign", "victim", "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "ca.pass"), "--key-passphrase-file", str(key_pass))
+    assert r.exit_code == 3, r.output
+    assert f"passphrase file {key_pass}: {shared} above it is owned by uid 65534" in r.output
+    assert not any(e.name == "victim" for e in CertificateAuthority.open(pki).entries)
+    # what the other user does with it: the link leads to a root-only key file
+    key_pass.rename(shared / "moved")
+    key_pass.symlink_to(pki / "private" / "signer.key")
+    os.chown(key_pass, 65534, 65534, follow_symlinks=False)
+    r = run("ca", "issue", "codesign", "victim", "--pki", str(pki), "--passphrase-file",
+            str(secrets_dir / "ca.pass"), "--key-passphrase-file", str(key_pass))
+    assert r.exit_code == 3, r.output
+    assert "owned by uid 65534" in r.output and "victim" not in (pki / "index.json").read_text()
+
+
+def test_secret_file_through_another_users_link_is_refused(tmp_path: Path) -> None:
+    """In a sticky directory (/tmp) another user's link can be swapped at any moment;
+    a secret read through it is refused (PIN files, pin-source= and passphrase files
+    alike), a root-owned link to a root-owned mount (/run/secrets) stays usable."""
+    from trustboot.keys.pkcs11 import secret_source
+    from trustboot.secrets import from_file
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a link to another uid")
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    mounted = tmp_path / "run-secrets"
+    mounted.mkdir(mode=0o755)
+    (mounted / "pin").write_text("1234\n")
+    (mounted / "pin").chmod(0o600)
+    link = sticky / "pin"
+    link.symlink_to(mounted / "pin")
+    assert from_file(link, "PIN file")("the token") == b"1234"
+    os.chown(link, 65534, 65534, follow_symlinks=False)
+    for source in (from_file(link, "PIN file"), secret_source(f"file:{link}")):
+        with pytest.raises(ConfigError) as exc:
+            source("the token")
+        assert exc.value.message.startswith(f"PIN file {link}: {link} on the way to it is a "
+                                            "symbolic link owned by uid 65534")
+    mounted.chmod(0o777)  # a directory others can write, on the way to the file
+    os.chown(link, 0, 0, follow_symlinks=False)
+    with pytest.raises(ConfigError, match="above it is writable by other users"):
+        from_file(link, "PIN file")("the token")
+
+
 def test_pin_file_open_to_others_is_refused(tmp_path: Path) -> None:
     from trustboot.keys.pkcs11 import secret_source
 
