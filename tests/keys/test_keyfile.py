@@ -470,3 +470,65 @@ def test_a_doomed_signer_is_refused_before_a_wrong_passphrase(material: Material
                    key_ahead=ahead)
     assert not (tmp_path / "image.sig").exists()
     assert not ahead._thread.is_alive()  # no thread of the call outlives it
+
+
+def _openssl_traditional(keydir: Path, key: Any, name: str, cipher: str) -> Path:
+    """A legacy PEM key file (Proc-Type/DEK-Info) encrypted with ``cipher``."""
+    plain = keydir / f"{name}.plain"
+    plain.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    out = keydir / f"{name}.key"
+    subprocess.run(["openssl", "pkey", "-in", str(plain), "-traditional", f"-{cipher}",
+                    "-out", str(out), "-passout", "env:TB_PW"], check=True,
+                   env={**os.environ, "TB_PW": PASSPHRASE.decode()})
+    plain.unlink()
+    out.chmod(0o600)
+    return out
+
+
+_LEGACY = ("-provider", "legacy", "-provider", "default")
+WEAK_PKCS8 = {
+    "pbes1-rc2-40": ("-v1", "PBE-SHA1-RC2-40", *_LEGACY),
+    "pbes1-des": ("-v1", "PBE-MD5-DES", *_LEGACY),
+    "pkcs12-3des": ("-v1", "PBE-SHA1-3DES"),
+    "pbes2-des": ("-v2", "des", *_LEGACY),
+    "pbes2-3des": ("-v2", "des3"),
+}
+
+
+@pytest.mark.parametrize("scheme", sorted(WEAK_PKCS8))
+def test_keys_encrypted_with_anything_but_aes_are_refused(
+        keydir: Path, scheme: str) -> None:
+    """An unencrypted key is refused; so is one 'encrypted' with 40-bit RC2, single DES
+    or the old PBES1/PKCS#12 schemes: refused before the passphrase is asked for, with
+    the command that re-encrypts it."""
+    path = _openssl_pkcs8(keydir, ec_key(), scheme, *WEAK_PKCS8[scheme])
+    with pytest.raises(ConfigError, match=f"key file {path} is encrypted with") as err:
+        load_key(path, _never_asked, "weak key")
+    assert "openssl pkcs8 -topk8 -scrypt" in (err.value.hint or "")
+
+
+def test_legacy_pem_keys_are_accepted_in_aes_only(keydir: Path) -> None:
+    key = ec_key()
+    des3 = _openssl_traditional(keydir, key, "des3", "des3")
+    with pytest.raises(ConfigError, match=f"key file {des3} is encrypted with DES-EDE3-CBC"):
+        load_key(des3, _never_asked, "weak key")
+    aes = _openssl_traditional(keydir, key, "aes", "aes256")
+    assert _public(load_key(aes, RIGHT, "aes key")) == _public(key)
+    aes128 = _openssl_pkcs8(keydir, key, "aes128", "-v2", "aes-128-cbc")
+    assert _public(load_key(aes128, RIGHT, "aes-128 key")) == _public(key)
+
+
+def test_a_tls_client_key_with_weak_encryption_is_refused(keydir: Path,
+                                                         material: Material) -> None:
+    from trustboot.publish.http import tls_context
+
+    key = _openssl_pkcs8(keydir, ec_key(), "client", *WEAK_PKCS8["pbes1-rc2-40"])
+    cert = keydir / "client.crt"
+    cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    ca = keydir / "ca.crt"
+    ca.write_bytes(pem(material.root))
+    with pytest.raises(ConfigError, match=f"client key {key} is encrypted with"):
+        tls_context(ca_file=ca, client_cert=cert, client_key=key,
+                    client_key_passphrase=PASSPHRASE)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,15 @@ _OID_PBKDF2 = "1.2.840.113549.1.5.12"
 # PBES1 (PKCS#5 v1.5) and PKCS#12 password-based encryption: parameters (salt, iterations).
 _OIDS_SALT_ITERATIONS = (*(f"1.2.840.113549.1.5.{i}" for i in (1, 3, 4, 6, 10, 11)),
                          *(f"1.2.840.113549.1.12.1.{i}" for i in range(1, 7)))
+# The ciphers a key file may be encrypted with (in PBES2, with scrypt or PBKDF2): AES-CBC.
+_AES_CBC = {"2.16.840.1.101.3.4.1.2": "AES-128-CBC", "2.16.840.1.101.3.4.1.22": "AES-192-CBC",
+            _OID_AES256_CBC: "AES-256-CBC"}
+# Names of the refused ones, for the message.
+_WEAK_CIPHERS = {"1.3.14.3.2.7": "single DES (DES-CBC)", "1.2.840.113549.3.7": "DES-EDE3-CBC",
+                 "1.2.840.113549.3.2": "RC2-CBC", "1.2.840.113549.3.4": "RC4"}
+_REENCRYPT = ("re-encrypt it with AES: openssl pkcs8 -topk8 -scrypt -in KEY -out NEW.key "
+              "(a key in single DES or RC2 needs `-provider legacy -provider default` to be "
+              "read)")
 
 
 def _seq(*parts: bytes) -> bytes:
@@ -157,10 +167,11 @@ def load_key(path: Path, passphrases: PassphraseSource, what: str, *,
             hint=f"encrypt it: openssl pkcs8 -topk8 -scrypt -in {path} -out {path}.enc",
         )
     source = f"key file {path}"
-    # Costly parameters are refused before the passphrase is asked for: see check_kdf_cost.
+    # Costly or weak encryption is refused before the passphrase is asked for (see
+    # check_key_encryption).
     params = _scrypt_pbes2(data)
     if params is None:
-        check_kdf_cost(data, source)
+        check_key_encryption(data, source)
     else:
         _check_scrypt(source, params.n, params.r, params.p)
     passphrase = passphrases(what)
@@ -328,15 +339,24 @@ def _scrypt_pbes2(pem: bytes) -> _ScryptParams | None:
     return _ScryptParams(salt, n, r, p, iv, ciphertext)
 
 
-def check_kdf_cost(data: bytes, source: str) -> None:
-    """Refuse the encrypted PKCS#8 keys in ``data`` (PEM, possibly among other blocks, as
-    in a TLS client's file) whose KDF costs more than trustboot spends on a key: scrypt
-    beyond SCRYPT_MAXMEM or SCRYPT_MAX_WORK, PBKDF2 (or PBES1, PKCS#12 PBE) beyond
-    MAX_KDF_ITERATIONS. OpenSSL runs any of them, for minutes, before it can tell a wrong
-    passphrase (or fails with an "internal error"). ConfigError naming ``source`` (e.g.
-    "key file PATH"); what cannot be read is left to the loader."""
+def check_key_encryption(data: bytes, source: str) -> None:
+    """Refuse the encrypted keys in ``data`` (PEM, possibly among other blocks, as in a TLS
+    client's file) that trustboot does not accept, before any passphrase is asked for:
+
+    * a KDF that costs more than trustboot spends on a key: scrypt beyond SCRYPT_MAXMEM or
+      SCRYPT_MAX_WORK, PBKDF2 (or PBES1, PKCS#12 PBE) beyond MAX_KDF_ITERATIONS. OpenSSL
+      runs any of them, for minutes, before it can tell a wrong passphrase;
+    * encryption as weak as none: anything but PBES2 (scrypt or PBKDF2) with AES-CBC, such
+      as 40-bit RC2 or single DES (PBES1, PKCS#12 PBE, PBES2 with DES); a legacy PEM key
+      (Proc-Type/DEK-Info) in anything but AES. An unencrypted key is refused, so these
+      are too.
+
+    ConfigError naming ``source`` (e.g. "key file PATH")."""
     from trustboot.cms._asn1 import decode_pem
 
+    for cipher in re.findall(rb"^DEK-Info:[ \t]*([^,\s]*)", data, re.MULTILINE):
+        if not cipher.upper().startswith(b"AES-"):
+            raise _weak(source, cipher.decode("ascii", "replace") or "an unnamed cipher")
     start = data.find(_PEM_BEGIN)
     while start >= 0:
         try:
@@ -348,38 +368,48 @@ def check_kdf_cost(data: bytes, source: str) -> None:
         start = data.find(_PEM_BEGIN, start + len(_PEM_BEGIN))
 
 
+def _weak(source: str, cipher: str) -> ConfigError:
+    return ConfigError(f"{source} is encrypted with {cipher}; trustboot accepts AES only "
+                       "(PBES2 with scrypt or PBKDF2)", hint=_REENCRYPT)
+
+
 def _check_kdf_der(der: bytes, source: str) -> None:
     from trustboot.cms._asn1 import oid_bytes
 
+    aes = {oid_bytes(o) for o in _AES_CBC}
     try:
         oid, params, _ciphertext = _encrypted_key(der)
         if oid == oid_bytes(_OID_PBES2):
-            kdf_oid, kdf_params, _scheme = _pbes2(params)
+            kdf_oid, kdf_params, scheme = _pbes2(params)
+            cipher_oid, _iv = _der(scheme, 0x06)
+            if cipher_oid not in aes:
+                names = {oid_bytes(o): n for o, n in _WEAK_CIPHERS.items()}
+                raise _weak(source, names.get(cipher_oid, "a cipher that is not AES"))
             if kdf_oid == oid_bytes(_OID_SCRYPT):
                 _salt, numbers, _rest = _salt_and_uints(kdf_params, 3)
                 if len(numbers) == 3:
                     _check_scrypt(source, *numbers)
                 return
             if kdf_oid != oid_bytes(_OID_PBKDF2):
-                return
+                raise _weak(source, "a key derivation that is neither scrypt nor PBKDF2")
             name = "PBKDF2"
         elif oid in {oid_bytes(o) for o in _OIDS_SALT_ITERATIONS}:
             kdf_params = params
             name = "its password-based encryption"
         else:
-            return
+            raise _weak(source, "a scheme that is not PBES2")
         _salt, numbers, _rest = _salt_and_uints(kdf_params, 1)
     except ValueError:  # not as expected: the loader decides (and fails fast)
         return
-    if not numbers:
-        return
-    iterations = numbers[0]
-    if iterations > MAX_KDF_ITERATIONS:
+    if numbers and numbers[0] > MAX_KDF_ITERATIONS:
         raise ConfigError(
-            f"{source} asks {name} for {iterations} iterations, more than trustboot spends "
+            f"{source} asks {name} for {numbers[0]} iterations, more than trustboot spends "
             f"on a key (at most {MAX_KDF_ITERATIONS})",
             hint="re-encrypt the key with the default parameters: openssl pkcs8 -topk8 "
                  "-scrypt")
+    if name != "PBKDF2":  # PBES1 or PKCS#12 PBE: DES, RC2, RC4 or 3DES with an old KDF
+        raise _weak(source, "PBES1/PKCS#12 password-based encryption (DES, RC2, RC4 or "
+                    "3DES)")
 
 
 def _check_scrypt(source: str, n: int, r: int, p: int) -> None:

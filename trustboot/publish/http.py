@@ -189,12 +189,13 @@ def tls_context(*, ca_file: Path | None = None, ca_pem: bytes | None = None,
             raise ConfigError(f"cannot load the origin CA {ca_file or '(trust roots)'}: "
                               f"{exc}", hint="pass a PEM CA certificate with --ca-file") from None
     if client_cert is not None:
-        from trustboot.keys.keyfile import check_kdf_cost
+        from trustboot.keys.keyfile import check_key_encryption
 
         cert = _read_tls_file(client_cert, "client certificate")
         key = _read_tls_file(client_key, "client key") if client_key is not None else None
-        # OpenSSL would run any KDF the key file asks for, for minutes
-        check_kdf_cost(cert if key is None else key, f"client key {client_key or client_cert}")
+        # OpenSSL would run any KDF the key file asks for, for minutes, and take 40-bit RC2
+        check_key_encryption(cert if key is None else key,
+                             f"client key {client_key or client_cert}")
         try:
             with loadable(cert) as cert_path, \
                     (loadable(key) if key is not None else contextlib.nullcontext()) as key_path:
