@@ -735,3 +735,19 @@ def test_root_crl_is_made_checked_and_exported_with_the_chain_crl(
     assert "ca crl --root" in r.output
     r = run("ca", "check", "--pki", str(pki))
     assert r.exit_code != 0 and "root-crl.pem" in r.output, r.output
+
+
+@pytest.mark.parametrize("number", [-1, 2**160 - 1, 2**158, True, "7", 1.5])
+def test_a_crl_number_no_crl_can_carry_is_a_damaged_index(pki: Path, secrets_dir: Path,
+                                                           run: Run, number: object) -> None:
+    """A CRL number is a non-negative integer of at most 20 octets (RFC 5280): an index
+    holding another is damaged (exit 3, naming it), never an internal error."""
+    index = pki / "index.json"
+    data = json.loads(index.read_text())
+    data["crl_number"] = number
+    index.write_text(json.dumps(data))
+    before = (pki / "crl.pem").read_bytes()
+    r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3, r.output
+    assert f"the CA in {pki} is damaged: crl_number" in r.output, r.output
+    assert (pki / "crl.pem").read_bytes() == before

@@ -1823,6 +1823,23 @@ def _check_expected_log(value: object) -> dict[str, Any] | None:
     return value
 
 
+# A CRL number is a non-negative INTEGER of at most 20 octets (RFC 5280, 5.2.3): below
+# 2**159. The index's is refused well below that, so the increments of the next writes
+# still fit; no CA counts anywhere near it.
+MAX_CRL_NUMBER = 2**158
+
+
+def _check_crl_number(value: object) -> int:
+    """index.json's crl_number: an integer in [0, MAX_CRL_NUMBER) (ValueError otherwise:
+    CRLNumber refuses a negative one, and a longer one breaks RFC 5280)."""
+    if not isinstance(value, int) or isinstance(value, bool) \
+            or not 0 <= value < MAX_CRL_NUMBER:
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        raise ValueError(f"crl_number {shown} is not an integer from 0 to 2**158 (a CRL "
+                         "number of at most 20 octets, RFC 5280)")
+    return value
+
+
 def _read_index(path: Path) -> tuple[dict[str, Any], list[IssuedEntry], IndexState]:
     try:
         data = json.loads(read_capped(path / "index.json", MAX_INDEX_FILE, "CA index",
@@ -1833,7 +1850,8 @@ def _read_index(path: Path) -> tuple[dict[str, Any], list[IssuedEntry], IndexSta
         if version not in READABLE_VERSIONS:
             raise ValueError(f"index version {version!r}")
         entries = [IssuedEntry.from_record(e, path) for e in data["entries"]]
-        state = IndexState(version=version, crl_number=int(data.get("crl_number", 0)))
+        state = IndexState(version=version, crl_number=_check_crl_number(
+            data.get("crl_number", 0)))
         if version == 1:
             # One root and one issuing CA, the first of each.
             state.active = {role: next(e.sha256 for e in entries if e.profile == role)
