@@ -751,3 +751,29 @@ def test_a_crl_number_no_crl_can_carry_is_a_damaged_index(pki: Path, secrets_dir
     assert r.exit_code == 3, r.output
     assert f"the CA in {pki} is damaged: crl_number" in r.output, r.output
     assert (pki / "crl.pem").read_bytes() == before
+
+
+@pytest.mark.parametrize("extra", [
+    b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    b"#!/bin/sh\n", b"\0",
+], ids=["second-block", "text", "nul"])
+def test_a_stored_certificate_with_more_than_its_one_pem_block_is_refused(
+        pki: Path, secrets_dir: Path, run: Run, extra: bytes) -> None:
+    """The fingerprint check parses the first PEM block only: a stored certificate with
+    anything after it (another block, text) would pass it and be copied into the views
+    other tools read. Refused where it is read and named by `ca check`."""
+    authority = CertificateAuthority.open(pki)
+    entry = authority.get("signer")
+    good = entry.cert_path.read_bytes()
+    if extra.startswith(b"-----"):
+        extra = (pki / "ca.crt").read_bytes()  # a real certificate: parses too
+    entry.cert_path.write_bytes(good + extra)
+    with pytest.raises(ConfigError, match=f"{entry.cert_path} holds more than one"):
+        entry.read_cert_pem()
+    problems = CertificateAuthority.open(pki).check()
+    assert any(p.startswith("signer: ") and "more than one" in p for p in problems), problems
+    r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 3, r.output
+    assert (pki / "issued" / "signer.crt").read_bytes() == good
+    entry.cert_path.write_bytes(b"\n" + good + b"\n\n")  # whitespace is fine
+    assert entry.read_cert_pem()

@@ -54,6 +54,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -1925,7 +1926,20 @@ def _check_days(days: int, what: str) -> None:
                           hint="give a number of days between 1 and 14600")
 
 
+# What trustboot writes for a certificate: one PEM block, nothing else but whitespace.
+_ONE_PEM_CERT = re.compile(rb"\s*-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]*"
+                           rb"-----END CERTIFICATE-----\s*")
+
+
 def _parse_cert(data: bytes, path: Path) -> x509.Certificate:
+    """A certificate file of the pki: exactly one PEM block (the loader reads the first
+    and ignores the rest, which a fingerprint check of it would let through into the
+    views other tools read)."""
+    if b"-----BEGIN CERTIFICATE-----" in data and not _ONE_PEM_CERT.fullmatch(data):
+        raise ConfigError(
+            f"{path} holds more than one PEM certificate block, or something besides it: "
+            "trustboot writes exactly one; it was changed or damaged",
+            hint="run `trustboot ca check`; restore the file from a backup")
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError as exc:
