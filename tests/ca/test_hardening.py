@@ -777,3 +777,25 @@ def test_a_stored_certificate_with_more_than_its_one_pem_block_is_refused(
     assert (pki / "issued" / "signer.crt").read_bytes() == good
     entry.cert_path.write_bytes(b"\n" + good + b"\n\n")  # whitespace is fine
     assert entry.read_cert_pem()
+
+
+def test_check_names_a_key_file_open_to_others_and_writes_keep_its_view(
+        pki: Path, secrets_dir: Path, run: Run) -> None:
+    """A key file of the index others may read is reported by `ca check` as that (with
+    the chmod that fixes it), not as a stale view; a CA write meanwhile leaves the key's
+    good 0600 view where it is (it was set aside to private/.abandoned/)."""
+    entry = CertificateAuthority.open(pki).get("signer")
+    view = pki / "private" / "signer.key"
+    good = view.read_bytes()
+    entry.key_path.chmod(0o644)
+    problems = CertificateAuthority.open(pki).check()
+    assert f"signer: key file of 'signer' {entry.key_path} is readable or writable by other " \
+        f"users (mode 0644); chmod 600 {entry.key_path}" in problems, problems
+    assert not any("view private/signer.key" in p for p in problems), problems
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 3 and f"chmod 600 {entry.key_path}" in r.output, r.output
+    r = issue(run, pki, secrets_dir, "codesign", "another", "--key-type", "ec-p256")
+    assert r.exit_code == 0, r.output
+    assert view.read_bytes() == good and not (pki / "private" / ".abandoned").exists()
+    entry.key_path.chmod(0o600)
+    assert CertificateAuthority.open(pki).check() == []

@@ -1347,11 +1347,16 @@ class CertificateAuthority:
         now = now or utcnow()
         problems: list[str] = []
         serials: set[int] = set()
+        key_files_checked: set[str | None] = set()
         compromised = self.compromised_keys()
         for e in self.entries:
             if e.serial in serials:
                 problems.append(f"duplicate serial {e.serial:x}")
             serials.add(e.serial)
+            if e.key_file not in key_files_checked:  # (a renewal shares its key file)
+                key_files_checked.add(e.key_file)
+                if (loose := self._key_file_problem(e)) is not None:
+                    problems.append(f"{e.name}: {loose}")
             try:
                 data = read_capped(e.cert_path, MAX_CERT_FILE, "certificate", nofollow=True)
                 cert = _parse_cert(data, e.cert_path)
@@ -1489,6 +1494,20 @@ class CertificateAuthority:
         """The entry names a key file and it is not there."""
         return bool(entry.key_file) and not (self.path / str(entry.key_file)).exists()
 
+    def _key_file_problem(self, entry: IssuedEntry | None) -> str | None:
+        """What check_private_file refuses in the key file ``entry`` names (a link, not
+        ours, open to group or others), with its fix; None when it is fine or missing."""
+        if entry is None or not entry.key_file:
+            return None
+        path = self.path / entry.key_file
+        if not path.exists() and not path.is_symlink():
+            return None
+        try:
+            check_private_file(path, f"key file of {entry.name!r}")
+        except ConfigError as exc:
+            return exc.message + (f"; {exc.hint}" if exc.hint else "")
+        return None
+
     def _key_view_content(self, entry: IssuedEntry | None) -> bytes | None:
         if entry is None or entry.key_file is None:
             return None
@@ -1509,6 +1528,8 @@ class CertificateAuthority:
                 atomic_write(path, content)
         for rel, entry in keys.items():
             path = self.path / rel
+            if self._key_file_problem(entry) is not None:
+                continue  # its view is the good copy: kept until the key file is fixed
             content = self._key_view_content(entry)
             if content is None:
                 if path.exists() or path.is_symlink():
@@ -1532,7 +1553,8 @@ class CertificateAuthority:
         certs, keys = self._views(now, skip_unreadable=True)
         stale = [(rel, _read_view(self.path / rel), content) for rel, content in certs.items()]
         for rel, entry in keys.items():
-            if entry is not None and self._key_missing(entry):
+            if entry is not None and (self._key_missing(entry)
+                                      or self._key_file_problem(entry) is not None):
                 continue  # check() reports the key file itself; its view is no clue
             stale.append((rel, _read_view(self.path / rel), self._key_view_content(entry)))
         for rel, have, want in stale:
