@@ -15,7 +15,8 @@ Layout of a pki directory (index version 2)::
                          it; only with `ca crl --root`: a TLS server that checks the CRL of
                          every CA of a client's chain (nginx ssl_crl) needs it besides crl.pem
     crls/SERIAL.pem      the CRL of a previous issuing CA (serial SERIAL), signed by it:
-                         written when a leaf it issued is revoked (its key is still here)
+                         written when a leaf it issued is revoked (its key is still here),
+                         or when a rotation replaces it as the active one with revocations
     index.txt            index.json in OpenSSL's `ca` index format, for familiar tools
 
 and views that trustboot keeps current for people and other tools (derived from the index
