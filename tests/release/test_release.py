@@ -209,6 +209,19 @@ def test_release_under_umask_000_creates_nothing_writable_by_others(lab: Lab) ->
         assert p.stat().st_mode & 0o022 == 0, (p, oct(p.stat().st_mode))
 
 
+def test_an_origin_directory_other_users_can_write_is_refused(lab: Lab) -> None:
+    """They could replace what the release verified: refused (exit 3, nothing written)
+    unless the operator passes --unsafe-shared-origin, which warns."""
+    recipe = lab.recipe()
+    lab.origin.chmod(0o777)
+    code, _, err = release(str(recipe))
+    assert code == 3 and "writable by other users" in err, err
+    assert list(lab.origin.iterdir()) == []
+    code, _, err = release(str(recipe), "--unsafe-shared-origin")
+    assert code == 0, err
+    assert "--unsafe-shared-origin: other users" in err
+
+
 def test_inputs_other_users_can_change_are_refused_at_their_line(lab: Lab) -> None:
     """Whoever can write a kernel (or rename it away) chooses what the release signs:
     refused at its recipe line (exit 3, nothing published) unless the operator accepts it

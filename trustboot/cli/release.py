@@ -106,6 +106,10 @@ class StageReporter:
               "the recipe names it (origin.client_cert), e.g. "
               "'https://dav.example.net/boot/ publisher'. Without it such a recipe is "
               "refused: it chooses its origin.url.")
+# Only here, never from a recipe: who else may change what is published.
+@click.option("--unsafe-shared-origin", "unsafe_shared_origin", is_flag=True,
+              help="file:// origins: publish into directories other users own or can write "
+              "(they can then replace what was verified); warns on every run.")
 # Only here, never from a recipe: the CA that decides who receives the credentials.
 @click.option("--origin-ca-file", "origin_ca_file",
               type=click.Path(path_type=Path, dir_okay=False), envvar=ORIGIN_CA_ENV,
@@ -125,8 +129,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             reverify: bool, jobs: int | None, unsafe_unsandboxed: bool,
             unsafe_shared_inputs: bool, unsafe_unbound_credentials: bool,
             ambient_credentials: str | None,
-            client_cert_origin: str | None, origin_ca_file: Path | None,
-            pkcs11_module: Path | None, as_json: bool) -> None:
+            client_cert_origin: str | None, unsafe_shared_origin: bool,
+            origin_ca_file: Path | None, pkcs11_module: Path | None, as_json: bool) -> None:
     """Release RECIPE: validate -> plan -> build iPXE -> render the menu -> sign ->
     manifest -> publish -> verify what the origin serves, as iPXE.
 
@@ -147,7 +151,11 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     """
     from trustboot.cli.progress import MakeProgress, upload_progress
     from trustboot.publish.cache import default_cache_path
-    from trustboot.publish.origin import parse_ambient_binding, parse_client_cert_binding
+    from trustboot.publish.origin import (
+        SHARED_ORIGIN_WARNING,
+        parse_ambient_binding,
+        parse_client_cert_binding,
+    )
     from trustboot.release.pipeline import run_release
     from trustboot.release.plan import ReleaseOptions
     from trustboot.release.recipe import load_recipe
@@ -163,6 +171,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
              "certificate its origin.client_cert names), to whatever origin.url and "
              "endpoint it names, checked with the CA its origin.ca_file names; a changed "
              "recipe can send them to a host of its choosing")
+    if unsafe_shared_origin:
+        warn(SHARED_ORIGIN_WARNING)
     binding = None
     if ambient_credentials is not None:
         binding = parse_ambient_binding(
@@ -189,7 +199,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
                              unsafe_unbound_credentials=unsafe_unbound_credentials,
                              ambient_credentials=binding,
                              client_cert_origin=cert_binding, origin_ca_file=origin_ca_file,
-                             secret_files=(passphrase_file,) if passphrase_file else ())
+                             secret_files=(passphrase_file,) if passphrase_file else (),
+                             unsafe_shared_origin=unsafe_shared_origin)
     make = MakeProgress(quiet=as_json)  # a build of minutes shows it is alive, as ipxe build
     with upload_progress(as_json) as bars:
         try:

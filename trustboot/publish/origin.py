@@ -354,6 +354,10 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+SHARED_ORIGIN_WARNING = ("--unsafe-shared-origin: other users who can write the origin "
+                         "directory can replace what is published after it was verified")
+
+
 def unsafe_warnings(options: OriginOptions) -> list[str]:
     """Warnings the CLI prints on every run an unsafe option is in effect."""
     out = []
@@ -364,8 +368,7 @@ def unsafe_warnings(options: OriginOptions) -> list[str]:
         out.append("--unsafe-no-tls-verify: the origin's TLS certificate is NOT checked; "
                    "anyone on the path can impersonate the origin")
     if options.unsafe_shared_origin:
-        out.append("--unsafe-shared-origin: other users who can write the origin directory "
-                   "can replace what is published after it was verified")
+        out.append(SHARED_ORIGIN_WARNING)
     return out
 
 

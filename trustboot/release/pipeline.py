@@ -132,7 +132,8 @@ def origin_options(v: Validated) -> OriginOptions:
     return OriginOptions(ca_file=v.origin_ca_file, credentials=v.credentials,
                          endpoint_url=v.endpoint,
                          public_url=v.readback_base, client_cert=v.client_cert,
-                         client_key=v.client_key, client_key_passphrase=passphrase)
+                         client_key=v.client_key, client_key_passphrase=passphrase,
+                         unsafe_shared_origin=v.unsafe_shared_origin)
 
 
 class _Stages:

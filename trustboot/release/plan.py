@@ -128,6 +128,9 @@ class ReleaseOptions:
     # files the operator gave this run as secrets (--passphrase-file): no recipe input may
     # be one of them (the recipe's own secret files are found from the recipe)
     secret_files: tuple[Path, ...] = ()
+    # a file:// origin in directories other users own or can write (operator only,
+    # --unsafe-shared-origin): they could replace what was verified
+    unsafe_shared_origin: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,7 @@ class Validated:
     published: Published | None = None
     # what the run should say but not refuse (a dry run's notes on what a real run refuses)
     warnings: tuple[str, ...] = ()
+    unsafe_shared_origin: bool = False  # ReleaseOptions.unsafe_shared_origin
 
     @property
     def hash_name(self) -> str:
@@ -812,7 +816,7 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                      inputs=tuple(inputs), firmware=firmware,
                      readback_base=_public_base(options.readback_url, None, where)
                      if options.readback_url else public, warnings=tuple(warnings),
-                     published=published)
+                     published=published, unsafe_shared_origin=options.unsafe_shared_origin)
 
 
 def _published(recipe: Recipe, options: ReleaseOptions, ca_home: Path, key: KeyRef,
