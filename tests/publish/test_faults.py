@@ -232,7 +232,7 @@ def test_disk_full_on_a_real_tmpfs(pki: Pki, make_release: ReleaseFactory,
         pytest.skip("mounting a tiny tmpfs needs root; CI runs as root")
     mnt = tmp_path / "full"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)]
                       ).returncode != 0:
         pytest.skip("cannot mount tmpfs here")
     try:
