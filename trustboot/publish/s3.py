@@ -66,14 +66,19 @@ other commands never load boto3.
   is best effort: it excludes publishers whose PUTs land within the settle period of each
   other, not a breaker whose PUT lands after another's settle: both then hold the lock
   until the first heartbeat (``HeldLock``) of the overwritten one finds it lost and stops
-  it before its next write. The new holder of a stale lock aborts multipart uploads a
-  killed publish left under the prefix.
+  it before its next write.
+* Leftover multipart uploads: a publish killed mid-upload (SIGKILL, power, a network cut)
+  leaves its parts stored and billed. Every lock taken aborts those, and only those
+  (``_abort_stale_uploads``): uploads of release objects of this origin
+  (``<prefix>/releases/<id>/...``; a nested origin's ``<prefix>/staging/releases/`` is not
+  this one's) that the store initiated before this lock's record was written.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import os
@@ -114,6 +119,7 @@ from trustboot.publish.deadline import budget as deadline_budget
 from trustboot.publish.fileorigin import LOCK_NAME
 from trustboot.publish.http import tls_context, tls_failure
 from trustboot.publish.lock import LOCK_STALE_AFTER, GuardedByLock, HeldLock, origin_lock
+from trustboot.publish.manifest import RELEASES_PREFIX, release_id_problem, release_key_problem
 from trustboot.publish.origin import (
     ListingBudget,
     ObjectStat,
@@ -549,6 +555,20 @@ class _CheckedParsers(ResponseParserFactory):
 
         parser.parse = checked  # type: ignore[method-assign]
         return parser
+
+
+def _left_by_a_publish(name: str, base: str, initiated: object, taken: dt.datetime) -> bool:
+    """Whether a multipart upload of ``name`` is a killed publish's leftover (see
+    ``S3Origin._abort_stale_uploads``): a release object of this origin (``base`` is its
+    ``releases/``), initiated before the lock was ``taken``."""
+    if not name.startswith(base):
+        return False
+    release, _, key = name[len(base):].partition("/")
+    if release_id_problem(release) is not None or release_key_problem(key) is not None:
+        return False
+    if not isinstance(initiated, dt.datetime) or initiated.tzinfo is None:
+        return False  # undated: it may be anyone's, at any time
+    return initiated < taken
 
 
 class S3Origin(GuardedByLock):
@@ -1141,22 +1161,54 @@ class S3Origin(GuardedByLock):
         self._lock_etag = new
         return True
 
-    def _abort_stale_uploads(self) -> None:
-        """Abort multipart uploads left under the prefix by a killed publish.
+    def _lock_written_at(self) -> dt.datetime | None:
+        """When the store wrote the lock record this origin now holds, by the store's own
+        clock (the listing's LastModified: to the millisecond on RGW, and in the same form
+        as a multipart upload's Initiated); None if the store does not say."""
+        key = self._full(LOCK_NAME)
+        listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
+        for entry in listing.get("Contents", []):
+            when = entry.get("LastModified")
+            if entry.get("Key") == key and isinstance(when, dt.datetime) and when.tzinfo:
+                return when
+        return None
 
-        Under the lock no other publisher should be uploading here; their parts would stay
-        stored (and billed) forever. Best effort: a store or policy that refuses the listing
-        just keeps them.
+    def _abort_stale_uploads(self) -> None:
+        """Abort the multipart uploads a killed publish of this origin left.
+
+        Parts of an upload that is never completed nor aborted stay stored (and billed)
+        forever. Which uploads are a killed run's leftovers, and nobody else's:
+        - under ``<prefix>/releases/<id>/`` only: trustboot uploads in parts nothing but
+          release objects. Not the whole prefix (let alone the whole bucket for an origin
+          without one): a bucket is shared with other applications, and an origin nested
+          under this one (``s3://b/prod/staging`` in ``s3://b/prod``) has its own lock and
+          its own uploads in progress. (An origin nested inside another's ``releases/``
+          is not supported: prune and ``publish list`` take all of it for releases.)
+        - initiated before this lock's record was written (both by the store's clock):
+          one started since cannot be a leftover of a run that held the lock before us.
+          A store that does not date the upload or the lock: nothing is aborted.
+        Why on every lock taken and not only when a stale lock is broken: a killed run's
+        lock is not always broken; the operator may delete it by hand, as the "locked"
+        error suggests once the holder is gone, and then nobody would ever clean up.
+        Under our lock no run of this origin uploads, so every acquisition may: a run
+        whose lock we broke while it still lived (stopped, or cut off) fails at its next
+        part or at the completion, where it checks the lock anyway.
+        Best effort: a store or policy that refuses the listing just keeps the parts (an
+        ``AbortIncompleteMultipartUpload`` lifecycle rule on the bucket covers that).
         """
-        base = f"{self.prefix}/" if self.prefix else ""
+        base = f"{self.prefix}/{RELEASES_PREFIX}/" if self.prefix else f"{RELEASES_PREFIX}/"
         with contextlib.suppress(bexc.BotoCoreError, bexc.ClientError, OperationalError), \
                 self._timed("(multipart uploads)"):
+            taken = self._lock_written_at()
+            if taken is None:
+                return
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=self.bucket, Prefix=base)
             for page in pages:
                 for up in page.get("Uploads", []):
                     name, upload_id = up.get("Key", ""), up.get("UploadId", "")
-                    if name.startswith(base) and upload_id:  # ours to abort, and nameable
+                    if upload_id and _left_by_a_publish(name, base, up.get("Initiated"),
+                                                        taken):
                         self.client.abort_multipart_upload(Bucket=self.bucket, Key=name,
                                                            UploadId=upload_id)
 
@@ -1175,7 +1227,7 @@ class S3Origin(GuardedByLock):
 
     def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
         # a PUT leaves no temporary object; the multipart uploads of a killed run are
-        # aborted by whoever takes its stale lock (_abort_stale_uploads)
+        # aborted by the next run that takes the lock (_abort_stale_uploads)
         return []
 
     # -- URLs -----------------------------------------------------------------------
