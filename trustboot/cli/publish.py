@@ -131,6 +131,46 @@ def trust_options(func: F) -> F:
     return func
 
 
+def revocation_options(func: F) -> F:
+    """What a command that makes a release live asks about revoked signers (iPXE reads no
+    CRL: trustboot.publish.revocation)."""
+    opts = [
+        click.option("--crl", "crl", type=click.Path(path_type=Path, dir_okay=False),
+                     help="A CRL from the signers' CA (e.g. its published crl.pem): a "
+                     "release it revokes a signer of is not made live (as with a revocation "
+                     "in the --pki CA index, which is asked as well)."),
+        click.option("--unsafe-allow-revoked-signer", "unsafe_allow_revoked_signer",
+                     is_flag=True,
+                     help="Make live a release a revoked certificate signed (warned about). "
+                     "iPXE does not check revocation: it boots such a release."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _pki_explicit() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source("pki") not in {
+        click.core.ParameterSource.DEFAULT, None}
+
+
+def load_revocations(kw: dict[str, Any]) -> Any:
+    """The revocation view of the pki's CA index (when the pki holds a CA) and --crl.
+    A default pki that does not open is passed over when --trust names the roots (it
+    may be any directory called pki); one given, or the trust's source, must open."""
+    from trustboot.errors import TrustbootError
+    from trustboot.publish.revocation import Revocations
+
+    allow = bool(kw.get("unsafe_allow_revoked_signer"))
+    try:
+        return Revocations.load(pki=kw["pki"], crl=kw.get("crl"), allow=allow, warn=warn)
+    except TrustbootError:
+        if _pki_explicit() or not kw.get("trust") or kw.get("crl"):
+            raise
+        return Revocations.load(pki=None, crl=None, allow=allow, warn=warn)
+
+
 def build_options(kw: dict[str, Any]) -> OriginOptions:
     # the URLs first: a malformed one is refused before a passphrase is asked for
     check_option_urls(OriginOptions(endpoint_url=kw.get("endpoint_url"),
@@ -177,11 +217,15 @@ def build_trust(kw: dict[str, Any]) -> Any:
     from trustboot.cli.verify import load_trust
     from trustboot.keys.signer import load_certificates
     from trustboot.publish.readback import Trust
+    from trustboot.publish.revocation import UNSAFE_FLAG
 
     anchors = load_trust(kw["trust"], kw["pki"])
     extra = tuple(c.public_bytes(Encoding.DER) for p in kw["certs"]
                   for c in load_certificates(p, "--cert file"))
-    return Trust(tuple(anchors), extra, kw.get("signer"))
+    if kw.get("unsafe_allow_revoked_signer"):  # on every run, whatever it lets through
+        warn(f"{UNSAFE_FLAG}: a release signed by a revoked certificate may be made live; "
+             "iPXE does not check revocation and boots it")
+    return Trust(tuple(anchors), extra, kw.get("signer"), revocation=load_revocations(kw))
 
 
 def open_cli_origin(url: str, kw: dict[str, Any], *, create_root: bool = False
@@ -235,6 +279,7 @@ def command() -> None:
               help="Read back and hash every object, even those a previous run verified and "
                    "that are unchanged (same size and ETag); hash every local file again.")
 @trust_options
+@revocation_options
 @origin_options
 @json_option
 def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | None,
@@ -294,9 +339,10 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
     """Releases on ORIGIN with date, signer, expiry, and which one is live."""
     from trustboot.publish.pipeline import list_releases, pending_switch
 
+    revocations = load_revocations(kw)
     origin, _ = open_cli_origin(origin_url, kw)
     with origin:
-        infos = list_releases(origin, entry_path=entry_path)
+        infos = list_releases(origin, entry_path=entry_path, revocations=revocations)
         pending = pending_switch(origin)
     if pending:  # on stderr: --json output stays the list it always was
         warn(f"{origin.url} has an interrupted entry switch: the live release above may not "
@@ -313,6 +359,8 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
         state = "" if i.complete else "  INCOMPLETE"
         if i.problem:
             state = f"  UNREADABLE: {i.problem}"
+        if i.revoked is not None:  # iPXE would still boot it: say why it must not be
+            state += f"  REVOKED: the signer {i.revoked.describe()}"
         click.echo(f"{mark} {i.id:24} {created}  {i.files:3} files  signer "
                    f"{i.signer or '-'}  expires {expiry}{state}")
 
@@ -321,6 +369,7 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
 @click.argument("origin_url", metavar="ORIGIN")
 @click.argument("release_id", metavar="RELEASE")
 @trust_options
+@revocation_options
 @origin_options
 @json_option
 def rollback_cmd(origin_url: str, release_id: str, as_json: bool, **kw: Any) -> None:
@@ -348,6 +397,7 @@ def rollback_cmd(origin_url: str, release_id: str, as_json: bool, **kw: Any) -> 
 @command.command("repair")
 @click.argument("origin_url", metavar="ORIGIN")
 @trust_options
+@revocation_options
 @origin_options
 @json_option
 def repair_cmd(origin_url: str, as_json: bool, **kw: Any) -> None:

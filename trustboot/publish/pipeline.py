@@ -66,7 +66,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from trustboot import jsonin
-from trustboot.cms.verify import MAX_SIGNATURE_SIZE, Verdict
+from trustboot.cms.verify import MAX_SIGNATURE_SIZE, SignerReport, Verdict
 from trustboot.errors import ConfigError, OperationalError, TrustbootError, VerificationError
 from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import (
@@ -105,6 +105,7 @@ from trustboot.publish.readback import (
     signature_hashes,
     tally_chunks,
 )
+from trustboot.publish.revocation import Revocations, Revoked
 
 __all__ = ["LocalObject", "PublishProgress", "PublishResult", "ReleaseInfo", "Trust",
            "list_releases", "prune", "publish_release", "repair", "repair_switch", "rollback",
@@ -198,13 +199,16 @@ class ReleaseInfo:
     complete: bool
     files: int
     problem: str | None = None
+    # the CA index says its manifest's signer is revoked (publish.revocation)
+    revoked: Revoked | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "created": self.created.isoformat() if self.created else None,
                 "signer": self.signer,
                 "expiry": self.expiry.isoformat() if self.expiry else None,
                 "live": self.live, "complete": self.complete, "files": self.files,
-                "problem": self.problem}
+                "problem": self.problem,
+                "revoked": self.revoked.to_json() if self.revoked else None}
 
 
 # -- local side -----------------------------------------------------------------------
@@ -450,11 +454,13 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                   cached: Collection[str] = (),
                   prefetched: Mapping[str, Future[Served | None]] | None = None,
                   signers: dict[str, frozenset[str]] | None = None,
-                  local: Mapping[str, LocalCopy] | None = None) -> list[str]:
+                  local: Mapping[str, LocalCopy] | None = None,
+                  reports: dict[str, tuple[SignerReport, ...]] | None = None) -> list[str]:
     """Read back every object of ``manifest``, compare, judge each .sig; VerificationError
     listing every problem, or the keys verified. ``prefetched``: objects whose read-back
     already started (the upload overlaps it, see publish_release), by name. ``signers``,
-    if given, receives each signed object's signer certificate fingerprints (hex).
+    if given, receives each signed object's signer certificate fingerprints (hex), and
+    ``reports`` its signers as judged (for ``refuse_revoked``).
     ``local``: the files objects were published from, by name (see readback.Tally)."""
     prefix = release_prefix(manifest.release)
     by_name = {f.name: f for f in manifest.files}
@@ -538,6 +544,8 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                 return
             if signers is not None:
                 signers[f.name] = frozenset(r.sha256 for r in verdict.signers)
+            if reports is not None:
+                reports[f.name] = verdict.signers
         if progress:
             progress.item(f.name, "verified")
 
@@ -577,10 +585,12 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
 
 
 def verify_manifest_signature(origin: Origin, release_id: str, *, trust: Trust,
-                              now: dt.datetime, reader: Reader | None) -> bytes:
+                              now: dt.datetime, reader: Reader | None,
+                              reports: dict[str, tuple[SignerReport, ...]] | None = None
+                              ) -> bytes:
     """release.json against its detached signature, both as served; returns the bytes
     judged (a caller that parses them reads nothing a second time, which a hostile origin
-    could answer differently)."""
+    could answer differently). ``reports`` receives its signers, as verify_served's."""
     key = release_prefix(release_id) + MANIFEST_NAME
     signature = _served_signature(origin, reader, key + ".sig")
     data = _served_bytes(origin, reader, key, MAX_MANIFEST_BYTES)
@@ -594,7 +604,33 @@ def verify_manifest_signature(origin: Origin, release_id: str, *, trust: Trust,
             hint="the release manifest was changed on the origin or signed by a key the "
                  "trusted roots do not cover; publish the release again",
             rule="manifest-signature", subject=key)
+    if reports is not None:
+        reports[MANIFEST_NAME] = verdict.signers
     return data
+
+
+def refuse_revoked(trust: Trust, signed: Mapping[str, Sequence[SignerReport]], *,
+                   doing: str, now: dt.datetime, hint: str) -> None:
+    """Refuse (VerificationError, exit 4) to go on ``doing`` when a signer of ``signed``
+    (object name -> its signers as judged) is revoked: iPXE reads no CRL, so this is the
+    only place a revocation can stop a release from booting (trustboot.publish.revocation).
+    Nothing to check when ``trust`` carries no revocation view (no pki, no --crl)."""
+    if trust.revocation is not None:
+        trust.revocation.enforce(signed, doing=doing, now=now, hint=hint)
+
+
+def revoked_rollback_hint(origin: Origin) -> str:
+    """The ways out when a release on ``origin`` is refused for a revoked signer."""
+    where = redact_url(origin.url)
+    return (f"roll back to a release a current signer signed: `trustboot publish rollback "
+            f"{where} ID` (`trustboot publish list {where}` marks the others REVOKED); or "
+            "publish this release's files again, signed by a current signer (`trustboot "
+            f"sign --key NAME`); `trustboot resign {where} --key NAME` re-signs the live "
+            "release with a current signer")
+
+
+REVOKED_LOCAL_HINT = ("sign the files again with a current signer (`trustboot sign --key "
+                      "NAME ...`) and publish those; the certificate was revoked on purpose")
 
 
 def _run_all(fn: Callable[[Any], None], items: Sequence[Any], jobs: int) -> None:
@@ -873,11 +909,15 @@ def _recorded_release_problem(origin: Origin, manifest: ReleaseManifest, *, trus
     if entry is None or entry.sig is None:
         return f"its entry {manifest.entry} has no signature"
     prefix = release_prefix(manifest.release)
+    reports: dict[str, tuple[SignerReport, ...]] = {}
     try:
-        verify_served(origin, manifest, trust=trust, now=now, reader=reader, jobs=jobs)
+        verify_served(origin, manifest, trust=trust, now=now, reader=reader, jobs=jobs,
+                      reports=reports)
         if origin.stat(prefix + MANIFEST_NAME + ".sig") is not None:
             verify_manifest_signature(origin, manifest.release, trust=trust, now=now,
-                                      reader=reader)
+                                      reader=reader, reports=reports)
+        refuse_revoked(trust, reports, doing=f"make release {manifest.release} live",
+                       now=now, hint="")
     except VerificationError as exc:
         return exc.message
     return None
@@ -900,17 +940,24 @@ def _verify_release(origin: Origin, manifest: ReleaseManifest, result: PublishRe
                     reader: Reader | None, jobs: int, progress: PublishProgress | None,
                     cache: PublishCache | None, signed_manifest: bool,
                     prefetched: Mapping[str, Future[Served | None]] | None = None,
-                    local: Mapping[str, LocalCopy] | None = None) -> None:
-    """The whole release as served, before any switch (VerificationError if not)."""
+                    local: Mapping[str, LocalCopy] | None = None,
+                    revoked_hint: str | None = None) -> None:
+    """The whole release as served, before any switch (VerificationError if not).
+    ``revoked_hint``: also refuse it when a signer is revoked (refuse_revoked), with this
+    hint; None when the signers were checked already (publish: the local files')."""
     cached = _cached_names(origin, manifest, cache, stats)
     result.readback_cached = sorted(cached)
+    reports: dict[str, tuple[SignerReport, ...]] = {}
     result.verified = verify_served(origin, manifest, trust=trust, now=now, reader=reader,
                                     jobs=jobs, progress=progress, cached=cached,
-                                    prefetched=prefetched, local=local)
+                                    prefetched=prefetched, local=local, reports=reports)
     _remember(origin, manifest, cache, stats, cached)
     if signed_manifest:
         verify_manifest_signature(origin, manifest.release, trust=trust, now=now,
-                                  reader=reader)
+                                  reader=reader, reports=reports)
+    if revoked_hint is not None:
+        refuse_revoked(trust, reports, doing=f"make release {manifest.release} live",
+                       now=now, hint=revoked_hint)
 
 
 def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObject], *,
@@ -942,6 +989,9 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
         raise ConfigError(f"entry {entry!r} is not a file of the release",
                           hint=f"files: {', '.join(sorted(keys)[:10])}")
     verdicts = _local_verify(objects, trust, now)
+    # before anything is uploaded: a revoked signer's release is not published at all
+    refuse_revoked(trust, {k: v.signers for k, v in verdicts.items()},
+                   doing=f"publish release {release_id}", now=now, hint=REVOKED_LOCAL_HINT)
     prefix = release_prefix(release_id)
     base = release_base_url(origin, release_id)
     given = next((o for o in objects if o.key == MANIFEST_NAME), None)
@@ -1269,8 +1319,11 @@ def pending_switch(origin: Origin) -> bool:
     return origin.stat(SWITCH_JOURNAL) is not None
 
 
-def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe") -> list[ReleaseInfo]:
-    """Releases with date, signer, expiry, completeness and which one is live."""
+def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe",
+                  revocations: Revocations | None = None) -> list[ReleaseInfo]:
+    """Releases with date, signer, expiry, completeness and which one is live; with
+    ``revocations``, whether the CA index says the signer its manifest names is revoked
+    (a listing judges no signature: rollback checks the signatures themselves)."""
     manifests, problems = read_manifests(origin)
     live = live_release(origin, manifests, entry_path)
     present = set(origin.list("releases/"))
@@ -1282,7 +1335,9 @@ def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe") -> list[Rele
             id=m.release, created=m.created,
             signer=m.signer.subject if m.signer else None,
             expiry=m.signer.not_after if m.signer else None,
-            live=m.release == live, complete=complete, files=len(m.files)))
+            live=m.release == live, complete=complete, files=len(m.files),
+            revoked=revocations.of_summary(m.signer.serial, m.signer.subject)
+            if revocations is not None and m.signer else None))
     for rid, problem in problems.items():
         infos.append(ReleaseInfo(rid, None, None, None, False, False, 0, problem))
     return sorted(infos, key=lambda i: (i.created or dt.datetime.min.replace(tzinfo=dt.UTC),
@@ -1318,7 +1373,7 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
             _verify_release(origin, manifest, result, stats, trust=trust, now=now,
                             reader=reader, jobs=jobs, progress=progress, cache=cache,
                             signed_manifest=origin.stat(prefix + MANIFEST_NAME + ".sig")
-                            is not None)
+                            is not None, revoked_hint=revoked_rollback_hint(origin))
             result.previous_live = live_release(origin, read_manifests(origin)[0], entry_path,
                                                 switching_to=release_id)
             switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,

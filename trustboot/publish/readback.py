@@ -26,10 +26,10 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -72,6 +72,9 @@ from trustboot.publish.proxy import proxy_for
 from trustboot.publish.stream import open_regular
 from trustboot.text import clean
 
+if TYPE_CHECKING:
+    from trustboot.publish.revocation import Revocations
+
 CHUNK = 1 << 20  # a body's largest read (its first: deadline.FIRST_READ, see _read_body)
 
 # Redirects followed before the read-back gives up. iPXE follows the Location of any
@@ -90,6 +93,8 @@ class Trust:
     roots: tuple[TrustAnchor, ...]  # trustboot.cms.verify.TrustAnchor (TRUST=)
     extra_certs: tuple[bytes, ...] = ()  # DER, built in with CERT=
     signer_name: str | None = None  # imgverify --signer
+    # Not iPXE's (it reads no CRL): which signers must not be made live (publish.revocation)
+    revocation: Revocations | None = field(default=None, compare=False)
 
     def ca_pem(self) -> bytes | None:
         """The roots as PEM, for TLS to the origin (iPXE uses the same list for HTTPS)."""

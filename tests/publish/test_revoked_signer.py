@@ -1,0 +1,146 @@
+"""A release signed by a revoked certificate is never made live without saying so.
+
+iPXE reads no CRL: a signature by a revoked (say key_compromise) signer keeps booting until
+the firmware stops trusting its chain. publish, rollback and repair are the last gate: they
+refuse (exit 4) to make such a release live, naming the signer, the reason and the date,
+unless --unsafe-allow-revoked-signer (warned about); `publish list` marks it REVOKED.
+Against a real file:// origin, with a copy of the session pki in which the signer was
+revoked by `trustboot ca revoke` (the session pki itself stays as it was)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.publish.conftest import Pki, ReleaseFactory
+from trustboot.ca.store import CertificateAuthority
+from trustboot.cli.main import cli
+from trustboot.publish.pipeline import SWITCH_JOURNAL
+
+ENTRY1 = b"#!ipxe\necho release one\n"
+ENTRY2 = b"#!ipxe\necho release two\n"
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.fixture
+def revoked_pki(pki: Pki, tmp_path: Path) -> Path:
+    """A copy of the pki in which boot-signer (what make_release signs with) is revoked
+    as compromised."""
+    copy = tmp_path / "pki2"
+    shutil.copytree(pki.dir, copy, symlinks=True)
+    r = run("ca", "revoke", "boot-signer", "--reason", "key_compromise", "--pki", str(copy),
+            "--passphrase-file", str(pki.secrets / "ca.pass"))
+    assert r.exit_code == 0, r.output
+    return copy
+
+
+@pytest.fixture
+def origin(pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> tuple[str, Path]:
+    """file:// origin with r1 and then r2 published (r2 live) while the signer was good."""
+    srv = tmp_path / "srv"
+    url = f"file://{srv}"
+    for rid, entry in (("r1", ENTRY1), ("r2", ENTRY2)):
+        release = make_release({"boot.ipxe": entry, "vmlinuz": rid.encode() * 1000})
+        r = run("publish", str(release), url, "--release-id", rid, "--pki", str(pki.dir))
+        assert r.exit_code == 0, r.output
+    assert (srv / "boot.ipxe").read_bytes() == ENTRY2
+    return url, srv
+
+
+def _names_the_revocation(output: str, pki2: Path) -> None:
+    entry = next(e for e in CertificateAuthority.open(pki2).entries
+                 if e.name == "boot-signer")
+    assert entry.revoked_at
+    assert "boot-signer" in output and "key_compromise" in output
+    assert entry.revoked_at[:10] in output  # the date it was revoked
+    assert "Traceback" not in output
+
+
+def test_rollback_to_a_release_of_a_revoked_signer_is_refused(
+        origin: tuple[str, Path], revoked_pki: Path) -> None:
+    url, srv = origin
+    r = run("publish", "rollback", url, "r1", "--pki", str(revoked_pki))
+    assert r.exit_code == 4, r.output
+    _names_the_revocation(r.output, revoked_pki)
+    assert "resign" in r.output and "rollback" in r.output  # the ways out, in the hint
+    assert (srv / "boot.ipxe").read_bytes() == ENTRY2  # nothing switched
+
+    # the unsafe flag lets it through, and says so
+    r = run("publish", "rollback", url, "r1", "--pki", str(revoked_pki),
+            "--unsafe-allow-revoked-signer")
+    assert r.exit_code == 0, r.output
+    assert (srv / "boot.ipxe").read_bytes() == ENTRY1
+    assert "--unsafe-allow-revoked-signer" in r.stderr
+    assert "revoked" in r.stderr and "key_compromise" in r.stderr
+
+
+def test_publishing_a_release_of_a_revoked_signer_is_refused(
+        pki: Pki, make_release: ReleaseFactory, origin: tuple[str, Path],
+        revoked_pki: Path) -> None:
+    url, srv = origin
+    release = make_release({"boot.ipxe": b"#!ipxe\necho three\n"})
+    r = run("publish", str(release), url, "--release-id", "r3", "--pki", str(revoked_pki))
+    assert r.exit_code == 4, r.output
+    _names_the_revocation(r.output, revoked_pki)
+    assert not (srv / "releases" / "r3").exists()  # refused before any upload
+    assert (srv / "boot.ipxe").read_bytes() == ENTRY2
+    # with the pki that does not know of it (the firmware's view), it goes through
+    r = run("publish", str(release), url, "--release-id", "r3", "--pki", str(pki.dir))
+    assert r.exit_code == 0, r.output
+
+
+def test_repair_does_not_finish_a_switch_to_a_revoked_signers_release(
+        pki: Pki, origin: tuple[str, Path], revoked_pki: Path) -> None:
+    """A switch to r1 recorded and cut between the two replacements: r1's signature
+    beside r2's script. Finishing it would make r1 live: refused with the revoked pki."""
+    url, srv = origin
+    (srv / "boot.ipxe.sig").write_bytes((srv / "releases/r1/boot.ipxe.sig").read_bytes())
+    (srv / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": "r1",
+                                                  "entry_path": "boot.ipxe"}))
+    r = run("publish", "repair", url, "--pki", str(revoked_pki))
+    assert r.exit_code == 4, r.output
+    _names_the_revocation(r.output, revoked_pki)
+    assert (srv / "boot.ipxe").read_bytes() == ENTRY2
+    r = run("publish", "repair", url, "--pki", str(pki.dir))
+    assert r.exit_code == 0, r.output
+    assert (srv / "boot.ipxe").read_bytes() == ENTRY1
+
+
+def test_list_marks_releases_of_a_revoked_signer(origin: tuple[str, Path],
+                                                 revoked_pki: Path, pki: Pki) -> None:
+    url, _ = origin
+    r = run("publish", "list", url, "--pki", str(revoked_pki))
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.output.splitlines() if " r1 " in line or " r2 " in line]
+    assert len(lines) == 2 and all("REVOKED" in line for line in lines), r.output
+    _names_the_revocation(r.output, revoked_pki)
+    r = run("publish", "list", url, "--pki", str(revoked_pki), "--json")
+    assert r.exit_code == 0, r.output
+    infos = {i["id"]: i for i in json.loads(r.output)}
+    assert infos["r1"]["revoked"]["reason"] == "key_compromise"
+    assert infos["r1"]["revoked"]["name"] == "boot-signer"
+    clean = json.loads(run("publish", "list", url, "--pki", str(pki.dir), "--json").output)
+    assert all(i["revoked"] is None for i in clean)
+
+
+def test_a_crl_alone_is_enough(origin: tuple[str, Path], revoked_pki: Path,
+                               tmp_path: Path) -> None:
+    """No CA index at hand (a CI job with only the roots and the CRL the CA published):
+    --crl says the signer is revoked, and that is refused the same way."""
+    url, srv = origin
+    crl = revoked_pki / "crl.pem"
+    assert crl.is_file()
+    nopki = tmp_path / "nopki"
+    r = run("publish", "rollback", url, "r1", "--pki", str(nopki), "--trust",
+            str(revoked_pki / "ca.crt"), "--crl", str(crl))
+    assert r.exit_code == 4, r.output
+    assert "boot-signer" in r.output and "key_compromise" in r.output
+    assert (srv / "boot.ipxe").read_bytes() == ENTRY2
+

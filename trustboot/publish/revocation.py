@@ -1,0 +1,188 @@
+"""Never make live, silently, a release a revoked certificate signed.
+
+iPXE reads no CRL: a signature by a revoked signer (its key stolen, say) keeps booting
+until the firmware stops trusting the signer's chain. So publish, rollback and the repair
+of an interrupted switch are the last gate: before a release goes live, every signer of
+every signature in it (as the read-back judged them: ``Verdict.signers``) is looked up
+- in the pki's CA index (``trustboot ca revoke`` writes it): the signer certificate, by its
+  fingerprint, is revoked, or its key was revoked as compromised with another certificate
+  (``CertificateAuthority.compromised_by``, the rule ``trustboot sign`` refuses by too);
+- in a CRL given with ``--crl`` (``trustboot.cms.revocation.check_crl``: it counts only
+  when signed by the certificate that issued the signer, found in the signature's own
+  chain). That is the whole trust setup of a job that has the roots and the CRL the CA
+  published but not the CA's home; with both, both are asked.
+A revoked signer is a VerificationError (exit 4) naming the signer, the reason and the
+date; ``allow`` (``--unsafe-allow-revoked-signer``) lets it through with a warning.
+
+Which revocation counts: any reason. A routine renewal revokes nothing (``ca renew``), so
+a revocation is always someone's decision that the certificate must not be trusted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trustboot.cms.verify import SignerReport
+from trustboot.errors import VerificationError
+from trustboot.text import clean
+
+if TYPE_CHECKING:
+    from trustboot.ca.store import CertificateAuthority
+
+UNSAFE_FLAG = "--unsafe-allow-revoked-signer"
+MAX_CRL_FILE = 16 << 20
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """A signer that must not be trusted, and who says so."""
+
+    signer: str  # the certificate's common name
+    serial: int
+    reason: str | None
+    revoked_at: str | None  # ISO 8601, as the index or the CRL has it
+    source: str  # "the CA index in PKI", "CRL PATH"
+    name: str | None = None  # the pki's name of the certificate
+    via: str | None = None  # the certificate whose revocation named its key compromised
+
+    def describe(self) -> str:
+        who = f'"{clean(self.signer, limit=200)}" (serial {self.serial:x})'
+        if self.via is not None:
+            return (f"{who}: its key was revoked as compromised with certificate "
+                    f"{clean(self.via, limit=200)}"
+                    + (f" on {self.revoked_at}" if self.revoked_at else "")
+                    + f" in {self.source}")
+        return (f"{who} was revoked" + (f" on {self.revoked_at}" if self.revoked_at else "")
+                + f" for {self.reason or 'unspecified'} in {self.source}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"signer": self.signer, "name": self.name, "serial": f"{self.serial:x}",
+                "reason": self.reason or "unspecified", "revoked_at": self.revoked_at,
+                "source": self.source, "via": self.via}
+
+
+class Revocations:
+    """What the pki's CA index and the given CRLs say about signers (see the module doc).
+
+    ``allow``: let revoked signers through, each reported once to ``warn``, which also
+    receives what a CRL could not say (stale, issued by another CA)."""
+
+    def __init__(self, *, ca: CertificateAuthority | None = None,
+                 crls: Sequence[tuple[bytes, str]] = (), allow: bool = False,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self._ca = ca
+        self._crls = tuple(crls)
+        self.allow = allow
+        self._warn = warn
+        self._said: set[str] = set()
+        self._mutex = threading.Lock()
+
+    @classmethod
+    def load(cls, *, pki: Path | None, crl: Path | None, allow: bool = False,
+             warn: Callable[[str], None] | None = None) -> Revocations:
+        """From the pki (when it holds a CA) and a CRL file (when given)."""
+        from trustboot.ca.store import CertificateAuthority
+        from trustboot.fsutil import read_capped
+
+        ca = CertificateAuthority.open(pki) if pki is not None and \
+            CertificateAuthority.exists(pki) else None
+        crls = [(read_capped(crl, MAX_CRL_FILE, "CRL"), f"CRL {crl}")] if crl else []
+        return cls(ca=ca, crls=crls, allow=allow, warn=warn)
+
+    def _say(self, message: str) -> None:
+        with self._mutex:
+            if message in self._said:
+                return
+            self._said.add(message)
+        if self._warn is not None:
+            self._warn(message)
+
+    def _by_index(self, signer: SignerReport) -> Revoked | None:
+        ca = self._ca
+        if ca is None or not signer.sha256:
+            return None
+        # by fingerprint: an unrelated pki never speaks about a foreign signer
+        entry = ca.by_sha256(signer.sha256.lower())
+        if entry is None:
+            return None
+        where = f"the CA index in {ca.path}"
+        if entry.status == "revoked":
+            return Revoked(signer.common_name, signer.serial, entry.revocation_reason,
+                           entry.revoked_at, where, name=entry.name)
+        compromised = ca.compromised_keys().get(ca.key_id(entry))
+        if compromised is not None:
+            return Revoked(signer.common_name, signer.serial, "key_compromise",
+                           compromised.revoked_at, where, name=entry.name,
+                           via=f"{compromised.name} (serial {compromised.serial:x})")
+        return None
+
+    def of(self, signers: Iterable[SignerReport], now: dt.datetime) -> list[Revoked]:
+        """The revoked ones among ``signers`` (each once)."""
+        from trustboot.cms.revocation import check_crl
+
+        signers = list({s.sha256 or f"{s.serial:x}": s for s in signers}.values())
+        found: dict[int, Revoked] = {}
+        for s in signers:
+            hit = self._by_index(s)
+            if hit is not None:
+                found.setdefault(s.serial, hit)
+        for data, source in self._crls:
+            check = check_crl(data, signers, source=source, now=now)
+            for note in check.notes:
+                self._say(note)
+            for r in check.revoked:
+                found.setdefault(r.serial, Revoked(r.common_name, r.serial, r.reason,
+                                                   r.revoked_at.isoformat(), source))
+        return sorted(found.values(), key=lambda r: (r.signer, r.serial))
+
+    def of_summary(self, serial: str, subject: str) -> Revoked | None:
+        """What the CA index says about a manifest's signer claim (``publish list``: no
+        signature is judged there, so only the index, by serial and subject)."""
+        ca = self._ca
+        if ca is None:
+            return None
+        try:
+            number = int(serial, 16)
+        except ValueError:
+            return None
+        entry = ca.find_serial(number)
+        if entry is None or entry.subject != subject:
+            return None
+        report = SignerReport(subject=subject, common_name=entry.name, serial=number,
+                              digest_algorithm="", signature_algorithm="", chain=(),
+                              not_after=entry.not_after_dt(), chain_not_after=
+                              entry.not_after_dt(), sha256=entry.sha256.lower())
+        return self._by_index(report)
+
+    def enforce(self, signed: Mapping[str, Sequence[SignerReport]], *, doing: str,
+                now: dt.datetime, hint: str) -> None:
+        """Refuse (VerificationError, exit 4) to go on ``doing`` ("make release r1 live")
+        when a signer of one of ``signed`` (object name -> its signers) is revoked; with
+        ``allow``, warn (once per signer and action)."""
+        by_signer: dict[Revoked, list[str]] = {}
+        for name in sorted(signed):
+            for r in self.of(signed[name], now):
+                by_signer.setdefault(r, []).append(name)
+        if not by_signer:
+            return
+        parts = []
+        for r, names in by_signer.items():
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more"
+                                            if len(names) > 5 else "")
+            parts.append(f"{r.describe()}; it signed {shown}")
+        if self.allow:
+            for part in parts:
+                self._say(f"{UNSAFE_FLAG}: going on to {doing} although the signer "
+                          f"{part}; iPXE does not check revocation and will boot it")
+            return
+        first = next(iter(by_signer))
+        raise VerificationError(
+            f"refusing to {doing}: the signer {'; the signer '.join(parts)}. "
+            "iPXE does not check revocation: it would boot this release",
+            hint=f"{hint}; only if you must: {UNSAFE_FLAG}", rule="revoked-signer",
+            subject=first.name or first.signer)
