@@ -469,6 +469,9 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
     sigs: dict[str, bytes] = {}
     problems: list[str] = []
     refused: list[str] = []  # the problems that are a 403: anonymous reads refused
+    # the problems that are a certificate out of its validity at ``now``: the bytes are
+    # the ones published, the signature has only outlived its chain
+    untimely: list[str] = []
     # the problems that are the origin's TLS certificate not verifying (http.tls_failure):
     # nothing was read, so nothing says the origin was changed
     tls: list[VerificationError] = []
@@ -539,8 +542,10 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
             verdict = judge(sig, served.digests, trust, now)
             if not verdict.ok:
                 assert verdict.failure is not None
-                problems.append(f"{prefix}{f.name}: iPXE would refuse it: "
-                                f"{verdict.failure.message}")
+                problem = f"{prefix}{f.name}: iPXE would refuse it: {verdict.failure.message}"
+                problems.append(problem)
+                if verdict.failure.rule in EXPIRY_RULES:
+                    untimely.append(problem)
                 return
             if signers is not None:
                 signers[f.name] = frozenset(r.sha256 for r in verdict.signers)
@@ -577,6 +582,10 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                     "a bucket policy, or a CDN "
                     "with origin access), or leave --public-url out to read back from the "
                     "store itself; then publish again")
+        elif len(untimely) == len(problems):
+            # Nothing changed on the origin: the signer (or its chain) expired, or is not
+            # valid yet. Deleting the release and publishing it again would not help.
+            hint = "nothing was switched; " + expired_hint(origin, manifest.release)
         raise VerificationError(
             f"release {manifest.release} on {origin.url} is not served as published: "
             + "; ".join(sorted(problems)),
@@ -601,12 +610,32 @@ def verify_manifest_signature(origin: Origin, release_id: str, *, trust: Trust,
         raise VerificationError(
             f"{redact_url(origin.url)}{key}: its signature does not verify: "
             f"{verdict.failure.message}",
-            hint="the release manifest was changed on the origin or signed by a key the "
+            hint=expired_hint(origin, release_id) if verdict.failure.rule in EXPIRY_RULES
+            else "the release manifest was changed on the origin or signed by a key the "
                  "trusted roots do not cover; publish the release again",
             rule="manifest-signature", subject=key)
     if reports is not None:
         reports[MANIFEST_NAME] = verdict.signers
     return data
+
+
+# iPXE's verdicts (cms.verify) for a certificate used outside its validity at the clock
+EXPIRY_RULES = frozenset({"expired", "not-yet-valid"})
+
+
+def expired_hint(origin: Origin, release_id: str) -> str:
+    """What to do when a release on ``origin`` fails only because a certificate of its
+    signatures is outside its validity: its bytes are as published, so deleting and
+    publishing it again (the tampering hint) would change nothing."""
+    where = redact_url(origin.url)
+    return (f"the objects of release {release_id} are as published, but a certificate of "
+            "their signatures is not valid at this clock: re-sign the release with a "
+            f"current signer (`trustboot resign {where} --key NAME` re-signs the live "
+            "release; for another one, sign its files again with `trustboot sign --key "
+            "NAME` and publish them under a new id), or roll back to a newer release: "
+            f"`trustboot publish rollback {where} ID` (`trustboot publish list {where}` "
+            "shows each release's expiry); if the certificate is not valid yet, check this "
+            "host's clock")
 
 
 def refuse_revoked(trust: Trust, signed: Mapping[str, Sequence[SignerReport]], *,
