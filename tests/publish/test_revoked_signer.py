@@ -144,3 +144,20 @@ def test_a_crl_alone_is_enough(origin: tuple[str, Path], revoked_pki: Path,
     assert "boot-signer" in r.output and "key_compromise" in r.output
     assert (srv / "boot.ipxe").read_bytes() == ENTRY2
 
+
+
+def test_list_passes_over_a_default_pki_that_is_no_ca(
+        origin: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory called pki in the working directory that does not open as a CA says
+    nothing to a listing (which never needed it) unless it is named with --pki."""
+    url, _ = origin
+    work = tmp_path / "work"
+    (work / "pki").mkdir(parents=True, mode=0o700)
+    (work / "pki" / "index.json").write_text("not json")
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("TRUSTBOOT_PKI", raising=False)
+    r = run("publish", "list", url, "--json")
+    assert r.exit_code == 0, r.output
+    assert {i["id"] for i in json.loads(r.output)} == {"r1", "r2"}
+    r = run("publish", "list", url, "--pki", str(work / "pki"))
+    assert r.exit_code == 3, r.output

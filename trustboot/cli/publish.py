@@ -157,16 +157,19 @@ def _pki_explicit() -> bool:
 
 def load_revocations(kw: dict[str, Any]) -> Any:
     """The revocation view of the pki's CA index (when the pki holds a CA) and --crl.
-    A default pki that does not open is passed over when --trust names the roots (it
-    may be any directory called pki); one given, or the trust's source, must open."""
+    A pki given with --pki, or the source of the trusted roots (no --trust), must open:
+    the gate fails closed. The default one is passed over when it does not open and
+    nothing else depends on it (`publish list`, or roots given with --trust): it may be
+    any directory called pki."""
     from trustboot.errors import TrustbootError
     from trustboot.publish.revocation import Revocations
 
     allow = bool(kw.get("unsafe_allow_revoked_signer"))
+    trust_source = "trust" in kw and not kw["trust"]
     try:
         return Revocations.load(pki=kw["pki"], crl=kw.get("crl"), allow=allow, warn=warn)
     except TrustbootError:
-        if _pki_explicit() or not kw.get("trust") or kw.get("crl"):
+        if _pki_explicit() or trust_source or kw.get("crl"):
             raise
         return Revocations.load(pki=None, crl=None, allow=allow, warn=warn)
 
