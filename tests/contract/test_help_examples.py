@@ -36,7 +36,7 @@ NOT_RUN = {
     "sign": {"trustboot sign vmlinuz --key 'pkcs11:": "needs a token (tests/keys runs it)"},
     "audit": {"trustboot audit": "needs root and a segment (tests/audit runs it)"},
     "release": {
-        "trustboot release recipes/multiarch.yaml --allow-outside pki --passphrase-env":
+        "trustboot release recipes/multiarch.yaml --allow-outside pki --origin-ca-file":
             "publishes to boot.example.net",
         "trustboot release lab/boot.yaml": "a recipe of the reader's",
     },
