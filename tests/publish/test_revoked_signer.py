@@ -161,3 +161,43 @@ def test_list_passes_over_a_default_pki_that_is_no_ca(
     assert {i["id"] for i in json.loads(r.output)} == {"r1", "r2"}
     r = run("publish", "list", url, "--pki", str(work / "pki"))
     assert r.exit_code == 3, r.output
+
+
+def _restretch_signer(sig: bytes, name: str) -> bytes:
+    """``sig`` with the certificate of ``name`` in a longer length form than DER's: the
+    same certificate to iPXE (and to the signature over it), another fingerprint."""
+    from cryptography import x509
+
+    from tests.cms.corpus import children, seq, tlv
+
+    info, wrapped = children(sig)
+    fields = children(children(wrapped)[0])
+    certs = []
+    for cert in children(fields[3]):
+        cn = x509.load_der_x509_certificate(cert).subject.get_attributes_for_oid(
+            x509.NameOID.COMMON_NAME)[0].value
+        if cn == name:
+            count = cert[1] & 0x7F
+            assert cert[1] & 0x80 and count, "a certificate longer than 127 bytes"
+            cert = bytes([0x30, 0x80 | (count + 1), 0]) + cert[2:]
+        certs.append(cert)
+    fields[3] = tlv(0xA0, b"".join(certs))
+    return seq(info, tlv(0xA0, seq(*fields)))
+
+
+def test_a_revoked_signer_in_other_bytes_is_still_revoked(
+        pki: Pki, make_release: ReleaseFactory, origin: tuple[str, Path],
+        revoked_pki: Path) -> None:
+    """The index was asked by the certificate's fingerprint only: the same certificate
+    written with other bytes outside what its CA signed (a longer length form here; an
+    ECDSA signature's s made n-s does the same) verifies as before, iPXE boots it, and
+    the revoked signer went live unnoticed. Found by the tbsCertificate now; and a key
+    revoked as compromised is refused under any certificate."""
+    url, srv = origin
+    release = make_release({"boot.ipxe": b"#!ipxe\necho three\n"})
+    for sig in release.rglob("*.sig"):
+        sig.write_bytes(_restretch_signer(sig.read_bytes(), "boot-signer"))
+    r = run("publish", str(release), url, "--release-id", "r3", "--pki", str(revoked_pki))
+    assert r.exit_code == 4, r.output
+    _names_the_revocation(r.output, revoked_pki)
+    assert not (srv / "releases" / "r3").exists()

@@ -102,6 +102,11 @@ class SignerReport:
     sha256: str = ""  # the signer certificate's fingerprint (hex)
     not_before: dt.datetime | None = None  # the signer certificate's
     issuer_der: bytes | None = None  # the certificate that issued it, as the chain found it
+    # What stays when the certificate's bytes change but not what its CA signed (an ECDSA
+    # signature's s made n-s, a length in a longer form): its tbsCertificate's sha256 (hex)
+    # and its key (SubjectPublicKeyInfo as encoded). Revocation checks match on these.
+    tbs_sha256: str = ""
+    spki_der: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -752,6 +757,7 @@ def _report(signer: _Signer) -> SignerReport:
         chain_not_after=min(c.not_after for c in signer.chain),
         sha256=cert.sha256.hex(), not_before=cert.not_before,
         issuer_der=signer.chain[1].der if len(signer.chain) > 1 else None,
+        tbs_sha256=hashlib.sha256(cert.tbs).hexdigest(), spki_der=cert.spki,
     )
 
 

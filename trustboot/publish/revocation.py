@@ -21,6 +21,7 @@ a revocation is always someone's decision that the certificate must not be trust
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,22 @@ class Revoked:
                 "source": self.source, "via": self.via}
 
 
+def _key_id(spki_der: bytes) -> str | None:
+    """The CA index's key id (store.spki_sha256) of a SubjectPublicKeyInfo as a
+    certificate encodes it; None when it cannot be read."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    from trustboot.ca.store import spki_sha256
+
+    if not spki_der:
+        return None
+    try:
+        return spki_sha256(load_der_public_key(spki_der))
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+
+
 class Revocations:
     """What the pki's CA index and the given CRLs say about signers (see the module doc).
 
@@ -106,18 +123,28 @@ class Revocations:
         ca = self._ca
         if ca is None or not signer.sha256:
             return None
-        # by fingerprint: an unrelated pki never speaks about a foreign signer
+        # by fingerprint, or by what the CA signed: the same certificate with other bytes
+        # outside its tbsCertificate (an ECDSA signature's s made n-s, a longer length
+        # form) verifies as well and has another fingerprint. An unrelated pki never speaks
+        # about a foreign signer (its serial may be anything, its tbsCertificate is not).
         entry = ca.by_sha256(signer.sha256.lower())
-        if entry is None:
-            return None
+        if entry is None and signer.tbs_sha256:
+            candidate = ca.find_serial(signer.serial)
+            if candidate is not None and hashlib.sha256(
+                    candidate.load_cert().tbs_certificate_bytes).hexdigest() \
+                    == signer.tbs_sha256:
+                entry = candidate
         where = f"the CA index in {ca.path}"
-        if entry.status == "revoked":
+        if entry is not None and entry.status == "revoked":
             return Revoked(signer.common_name, signer.serial, entry.revocation_reason,
                            entry.revoked_at, where, name=entry.name)
-        compromised = ca.compromised_keys().get(ca.key_id(entry))
+        # a compromised key is refused under any certificate, one the index knows or not
+        key = ca.key_id(entry) if entry is not None else _key_id(signer.spki_der)
+        compromised = ca.compromised_keys().get(key) if key else None
         if compromised is not None:
             return Revoked(signer.common_name, signer.serial, "key_compromise",
-                           compromised.revoked_at, where, name=entry.name,
+                           compromised.revoked_at, where,
+                           name=entry.name if entry is not None else None,
                            via=f"{compromised.name} (serial {compromised.serial:x})")
         return None
 
