@@ -751,3 +751,31 @@ def test_publish_warns_when_a_shared_origin_is_allowed(pki: Pki, make_release: R
     allowed = _publish(pki, rel, f"file://{root}", "r1", "--unsafe-shared-origin")
     assert allowed.exit_code == 0, allowed.output
     assert "--unsafe-shared-origin: other users" in allowed.output
+
+
+def test_a_parent_another_user_makes_while_the_origin_is_created_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parents were checked once, before make_dirs, which skips what does not exist
+    yet and keeps a directory someone made meanwhile: another user who wins that race in
+    a sticky directory (/tmp) owns a parent of the origin and can swap it after the
+    read-back. They are checked again once everything exists."""
+    from trustboot import fsutil
+
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another uid needs root (CI runs as root)")
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    real = fsutil.make_dirs
+
+    def racing(path: Path, mode: int = fsutil.PUBLIC_DIR_MODE) -> Path:
+        theirs = sticky / "a"
+        theirs.mkdir()
+        theirs.chmod(0o777)
+        os.chown(theirs, 65534, 65534)  # made by another user, just before ours
+        return real(path, mode)
+
+    monkeypatch.setattr(fsutil, "make_dirs", racing)
+    with pytest.raises(ConfigError, match="owned by uid 65534"):
+        with FileOrigin(f"file://{sticky}/a/b/origin", OriginOptions()):
+            pass

@@ -100,6 +100,11 @@ class FileOrigin(StagesUploads, GuardedByLock):
             raise OperationalError(f"cannot open origin directory {self.root}: "
                                    f"{exc.strerror or exc}") from None
         try:
+            if not self.options.unsafe_shared_origin:
+                # again, now that every directory exists: one another user made in a
+                # missing place (in /tmp, say) between the first check and make_dirs, which
+                # keeps an existing one, would hold ours (fsutil.make_output_dir does the same)
+                fsutil.check_parents(self.root, "origin directory")
             self._check_shared(self._root_fd, [])
         except BaseException:
             os.close(self._root_fd)
