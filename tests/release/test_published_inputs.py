@@ -88,6 +88,28 @@ def test_input_others_cannot_read_is_refused_with_the_fix(lab: Lab) -> None:
     assert "chmod o+r" in err and "initrd.img" in err and "r.yaml:" in err
 
 
+def test_an_open_file_in_a_directory_others_may_not_enter_is_refused(lab: Lab) -> None:
+    """A 0644 token in a 0700 directory (~/.aws, a CI secrets directory) is private all
+    the same: the mode of the file alone let a recipe publish it. The directories above
+    the recipe's own are the operator's and are not judged (a 0750 home)."""
+    secret = lab.dir / "secretdir"
+    secret.mkdir(mode=0o700)
+    (secret / "token").write_text("TOP-SECRET-TOKEN\n")
+    (secret / "token").chmod(0o644)
+    err = _refused(lab, lab.recipe(entries=_entries("images/vmlinuz", "secretdir/token")))
+    assert "chmod o+x" in err and "secretdir" in err and "r.yaml:" in err
+    secret.chmod(0o755)  # the control: open to all, it is published
+    code, _, err = release(str(lab.recipe(entries=_entries("images/vmlinuz",
+                                                           "secretdir/token"))))
+    assert code == 0, err
+    lab.dir.chmod(0o700)  # the recipe's own directory: the operator's choice
+    try:
+        code, _, err = release(str(lab.recipe(name="r2.yaml")))
+        assert code == 0, err
+    finally:
+        lab.dir.chmod(0o755)
+
+
 def test_input_swapped_for_a_secret_after_validation_is_refused_when_hashed(
         lab: Lab) -> None:
     recipe = load_recipe(lab.recipe())

@@ -153,6 +153,9 @@ class Published:
     ca_home: Path  # resolved
     # (st_dev, st_ino) -> what the run reads it as
     secrets: Mapping[tuple[int, int], str] = field(default_factory=dict)
+    # the recipe's directory and the --allow-outside roots (resolved): the directories
+    # below them on an input's way are the recipe's choice, and must be open to others
+    roots: tuple[Path, ...] = ()
     # the resolved path of each file the recipe names, -> (what, its recipe line)
     names: Mapping[Path, tuple[str, str]] = field(default_factory=dict)
 
@@ -165,11 +168,36 @@ class Published:
                 "keys and passphrase files",
                 hint="publish files kept outside the CA home (copy a public certificate "
                      "elsewhere if it really is meant to be published)")
+        self._check_way(path, what, where)
         try:
             st = os.stat(path)
         except OSError:
             return  # hashing reports it, with its context
         self.check_stat(path, st, what, where)
+
+    def _check_way(self, path: Path, what: str, where: str) -> None:
+        """A file open to all in a directory others may not enter (0700: ~/.aws, a CI
+        secrets directory) is private all the same. Only the directories between the
+        root the recipe may use and the file: those above a root are the operator's
+        (a 0750 home says nothing about one file in it)."""
+        root = max((r for r in self.roots if path.is_relative_to(r)),
+                   key=lambda r: len(r.parts), default=None)
+        if root is None:
+            return
+        for directory in reversed(path.parents):
+            if directory == root or not directory.is_relative_to(root):
+                continue
+            try:
+                mode = os.stat(directory).st_mode
+            except OSError:
+                return  # hashing reports it, with its context
+            if not mode & stat.S_IXOTH:
+                raise ConfigError(
+                    f"{where}: {what} {path} lies in {directory}, which other users may "
+                    f"not enter (mode {stat.S_IMODE(mode):04o}): what is kept there is "
+                    "private, and the release publishes it world-readable",
+                    hint=f"if it really is public: chmod o+x {directory}; else fix the "
+                         "path in the recipe")
 
     def check_stat(self, path: Path, st: os.stat_result, what: str, where: str) -> None:
         secret = self.secrets.get((st.st_dev, st.st_ino))
@@ -849,7 +877,10 @@ def _published(recipe: Recipe, options: ReleaseOptions, ca_home: Path, key: KeyR
         add(Path(key.value), f"the signing key {key.value}")
     for c in client:
         add(c, f"the origin's TLS client certificate or key {c}")
-    return Published(ca_home=Path(os.path.realpath(ca_home)), secrets=secrets)
+    roots = tuple(Path(os.path.realpath(r)) for r in (
+        *((recipe.directory,) if recipe.directory is not None else ()),
+        *options.allow_outside))
+    return Published(ca_home=Path(os.path.realpath(ca_home)), secrets=secrets, roots=roots)
 
 
 def _firmware_identity(fw: Firmware, toolchain: Callable[[], Mapping[str, str]],
