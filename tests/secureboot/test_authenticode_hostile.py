@@ -11,6 +11,7 @@ unaligned end) must sign so that an independent verifier agrees.
 from __future__ import annotations
 
 import datetime as dt
+import random
 import shutil
 import struct
 import subprocess
@@ -20,12 +21,16 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.x509.oid import NameOID
 
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.secrets import constant
 from trustboot.secureboot import authenticode, keyset
 
-from .conftest import PASS
+from .conftest import PASS, Run
 from .mkpe import make_efi_app
 
 PE = 0x40  # e_lfanew
@@ -354,3 +359,91 @@ def test_a_hostile_signer_info_is_malformed_and_the_next_signature_is_tried(
     # first must not hide a good one after it
     report = authenticode.verify_image(_with_table(signed, bad, good), [db], "img")
     assert report.signer_subject == db.subject.rfc4514_string()
+
+
+# -- a hostile signer certificate or signature: exit 4, never an internal error ----------------
+
+_EC_OID = bytes.fromhex("06072a8648ce3d0201")  # id-ecPublicKey
+
+
+def _ec_signed(change: Callable[[bytes, ec.EllipticCurvePrivateKey], bytes]
+               ) -> tuple[bytes, x509.Certificate]:
+    """The mkpe application signed by a fresh self-signed P-256 key, the certificate in
+    its signature changed by ``change``; and the unchanged certificate, as the db."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hostile db")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(7)
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+
+    def sign(digest: bytes) -> bytes:
+        return key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+
+    image = authenticode.sign_image(make_efi_app(), "app", cert, [], sign, "ec")
+    # the certificate table is not hashed: the certificate in it can change, same length
+    der = cert.public_bytes(serialization.Encoding.DER)
+    changed = change(der, key)
+    assert image.count(der) == 1 and len(changed) == len(der)
+    return image.replace(der, changed), cert
+
+
+def _unknown_key_oid(der: bytes, _key: ec.EllipticCurvePrivateKey) -> bytes:
+    assert der.count(_EC_OID) == 1
+    return der.replace(_EC_OID, bytes.fromhex("06072a8648ce3d0209"))
+
+
+def _point_off_the_curve(der: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
+    point = key.public_key().public_bytes(serialization.Encoding.X962,
+                                          serialization.PublicFormat.UncompressedPoint)
+    assert der.count(point) == 1
+    return der.replace(point, point[:-1] + bytes([point[-1] ^ 1]))
+
+
+def _version_5(der: bytes, _key: ec.EllipticCurvePrivateKey) -> bytes:
+    v3 = bytes.fromhex("a003020102")
+    assert der.find(v3) < 16
+    return der.replace(v3, bytes.fromhex("a003020105"), 1)
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(_unknown_key_oid, id="unknown-key-oid"),
+    pytest.param(_point_off_the_curve, id="point-off-the-curve"),
+    pytest.param(_version_5, id="certificate-version-5"),
+])
+def test_a_signer_certificate_cryptography_refuses_is_malformed(
+        change: Callable[[bytes, ec.EllipticCurvePrivateKey], bytes], tmp_path: Path,
+        run: Run) -> None:
+    image, db = _ec_signed(change)
+    with pytest.raises(VerificationError) as info:
+        authenticode.verify_image(image, [db], "img")
+    assert info.value.rule == "malformed", info.value.message
+    app, db_file = tmp_path / "app.efi", tmp_path / "db.crt"
+    app.write_bytes(image)
+    db_file.write_bytes(db.public_bytes(serialization.Encoding.PEM))
+    r = run("secureboot", "verify", "--db", str(db_file), str(app))
+    assert r.exit_code == 4, r.output
+    assert "cannot parse the Authenticode signature" in r.output
+    # the same key with its certificate unchanged verifies: what failed was the change
+    good, db = _ec_signed(lambda der, _key: der)
+    authenticode.verify_image(good, [db], "img")
+
+
+def test_mutated_certificate_tables_never_crash() -> None:
+    """300 seeded mutants of a signed image's certificate table (1-4 bytes each, the
+    WIN_CERTIFICATE header included): each verifies or is refused as a TrustbootError;
+    none raises anything else (the CLI's exit 70)."""
+    image, db = _ec_signed(lambda der, _key: der)
+    offset, size = _table(image)
+    rng = random.Random(20261128)
+    refused = 0
+    for _ in range(300):
+        mutant = bytearray(image)
+        for _ in range(rng.randint(1, 4)):
+            mutant[rng.randrange(offset, offset + size)] = rng.randrange(256)
+        try:
+            authenticode.verify_image(bytes(mutant), [db], "img")
+        except (ConfigError, VerificationError):
+            refused += 1
+    assert refused > 200  # the mutants were mostly broken, and each was refused as such

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from asn1crypto import algos, cms, core, parser
 from asn1crypto import x509 as ax509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -296,50 +296,66 @@ def _signatures(pe: PeImage, what: str) -> list[bytes]:
     return out
 
 
+# What a hostile signature can make asn1crypto or cryptography raise while it is read:
+# asn1crypto parses lazily, so a broken field fails only where it is first used, and
+# cryptography refuses what asn1crypto accepted (an unknown key type, a point that is not on
+# its curve, a bad version). Each is a malformed signature (exit 4), never a crash.
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError,
+              UnsupportedAlgorithm, x509.InvalidVersion)
+
+
 def _check_one(blob: bytes, digest: bytes, trusted: Sequence[x509.Certificate],
                what: str) -> AuthenticodeReport:
     def fail(reason: str, rule: str) -> VerificationError:
         return VerificationError(f"{what}: {reason}", rule=rule,
                                  hint="sign the image with the db key the firmware trusts")
 
+    # Everything below reads the attacker's bytes, so all of it is under one handler; the
+    # checks raise their own VerificationError, which passes through.
     try:
-        info = _AuthenticodeContentInfo.load(blob)
-        sd = info["content"]
-        if info["content_type"].dotted != "1.2.840.113549.1.7.2":
-            raise fail("the signature is not PKCS#7 SignedData", "malformed")
-        encap = sd["encap_content_info"]
-        if encap["content_type"].dotted != SPC_INDIRECT_DATA:
-            raise fail("the signed content is not SpcIndirectDataContent", "malformed")
-        # The content is [0] EXPLICIT SpcIndirectDataContent: drop the [0] wrapper.
-        inner = parser.parse(encap["content"].dump())[4]
-        indirect = SpcIndirectDataContent.load(inner)
-        signed_digest = bytes(indirect["message_digest"]["digest"].native)
-        (si,) = list(sd["signer_infos"])
-        certs = [c.chosen for c in sd["certificates"]] if sd["certificates"] else []
-        # Each signed attribute holds exactly one value, each type once (RFC 5652 11.1);
-        # an empty SET or a second messageDigest is not a signature to pick a value from.
-        attrs: dict[str, object] = {}
-        for a in si["signed_attrs"]:
-            kind, values = a["type"].dotted, list(a["values"])
-            if len(values) != 1 or kind in attrs:
-                raise fail(f"the signed attribute {kind} is not one attribute with one "
-                           "value", "malformed")
-            attrs[kind] = values[0].native
-        # As sbverify and firmware: the signer is named by issuer and serial number (a
-        # subjectKeyIdentifier names no certificate we could check against the db).
-        sid = si["sid"]
-        if sid.name != "issuer_and_serial_number":
-            raise fail(f"the signer is identified by {sid.name}, not by issuer and serial "
-                       "number", "malformed")
-        issuer, serial = sid.chosen["issuer"], sid.chosen["serial_number"].native
-        signer_der = next((c.dump() for c in certs
-                           if c.issuer == issuer and c.serial_number == serial), None)
-        attrs_der = b"\x31" + si["signed_attrs"].untag().dump(force=False)[1:]
-        signature = bytes(si["signature"].native)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise fail(f"cannot parse the Authenticode signature ({exc})", "malformed") from None
-    if indirect["message_digest"]["digest_algorithm"]["algorithm"].native != "sha256" \
-            or signed_digest != digest:
+        return _check_parsed(blob, digest, trusted, fail)
+    except _MALFORMED as exc:
+        raise fail(f"cannot parse the Authenticode signature ({type(exc).__name__}: {exc})",
+                   "malformed") from None
+
+
+def _check_parsed(blob: bytes, digest: bytes, trusted: Sequence[x509.Certificate],
+                  fail: Callable[[str, str], VerificationError]) -> AuthenticodeReport:
+    info = _AuthenticodeContentInfo.load(blob)
+    sd = info["content"]
+    if info["content_type"].dotted != "1.2.840.113549.1.7.2":
+        raise fail("the signature is not PKCS#7 SignedData", "malformed")
+    encap = sd["encap_content_info"]
+    if encap["content_type"].dotted != SPC_INDIRECT_DATA:
+        raise fail("the signed content is not SpcIndirectDataContent", "malformed")
+    # The content is [0] EXPLICIT SpcIndirectDataContent: drop the [0] wrapper.
+    inner = parser.parse(encap["content"].dump())[4]
+    indirect = SpcIndirectDataContent.load(inner)
+    signed_digest = bytes(indirect["message_digest"]["digest"].native)
+    digest_algorithm = indirect["message_digest"]["digest_algorithm"]["algorithm"].native
+    (si,) = list(sd["signer_infos"])
+    certs = [c.chosen for c in sd["certificates"]] if sd["certificates"] else []
+    # Each signed attribute holds exactly one value, each type once (RFC 5652 11.1);
+    # an empty SET or a second messageDigest is not a signature to pick a value from.
+    attrs: dict[str, object] = {}
+    for a in si["signed_attrs"]:
+        kind, values = a["type"].dotted, list(a["values"])
+        if len(values) != 1 or kind in attrs:
+            raise fail(f"the signed attribute {kind} is not one attribute with one "
+                       "value", "malformed")
+        attrs[kind] = values[0].native
+    # As sbverify and firmware: the signer is named by issuer and serial number (a
+    # subjectKeyIdentifier names no certificate we could check against the db).
+    sid = si["sid"]
+    if sid.name != "issuer_and_serial_number":
+        raise fail(f"the signer is identified by {sid.name}, not by issuer and serial "
+                   "number", "malformed")
+    issuer, serial = sid.chosen["issuer"], sid.chosen["serial_number"].native
+    signer_der = next((c.dump() for c in certs
+                       if c.issuer == issuer and c.serial_number == serial), None)
+    attrs_der = b"\x31" + si["signed_attrs"].untag().dump(force=False)[1:]
+    signature = bytes(si["signature"].native)
+    if digest_algorithm != "sha256" or signed_digest != digest:
         raise fail("the image does not match its signature (changed after signing)",
                    "image-digest")
     content_octets = indirect.contents
@@ -350,6 +366,7 @@ def _check_one(blob: bytes, digest: bytes, trusted: Sequence[x509.Certificate],
     if signer_der is None:
         raise fail("the signer's certificate is not in the signature", "signer-missing")
     cert = x509.load_der_x509_certificate(signer_der)
+    subject = cert.subject.rfc4514_string()
     try:
         _verify_sig(cert.public_key(), signature, attrs_der)
     except InvalidSignature:
@@ -357,10 +374,9 @@ def _check_one(blob: bytes, digest: bytes, trusted: Sequence[x509.Certificate],
             from None
     trusted_by = _trusted(cert, trusted)
     if trusted_by is None:
-        raise fail(f"the signer {cert.subject.rfc4514_string()} is not, and is not issued by, "
+        raise fail(f"the signer {subject} is not, and is not issued by, "
                    "the given db certificate", "untrusted-signer")
-    return AuthenticodeReport(cert.subject.rfc4514_string(),
-                              cert.fingerprint(hashes.SHA256()).hex(), digest.hex())
+    return AuthenticodeReport(subject, cert.fingerprint(hashes.SHA256()).hex(), digest.hex())
 
 
 def _verify_sig(key: object, signature: bytes, data: bytes) -> None:
@@ -380,7 +396,7 @@ def _trusted(cert: x509.Certificate,
         if cert.issuer == anchor.subject:
             try:
                 cert.verify_directly_issued_by(anchor)
-            except (ValueError, TypeError, InvalidSignature):
+            except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
                 continue
             return anchor
     return None
