@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -130,3 +131,55 @@ def test_wrong_pin_refuses_before_anything_is_issued(token: Token, tmp_path: Pat
     assert result.exit_code == 3 and "wrong PIN" in result.output, result.output
     assert "000000" not in result.output
     assert not (pki / "issued" / "n.crt").exists()
+
+
+def _public_object(token: Token, label: str, attrs: dict[Any, object]) -> None:
+    """A CKO_PUBLIC_KEY object made in a R/W public session, without logging in: what
+    anyone who can open the token may do."""
+    import pkcs11
+    from pkcs11 import Attribute
+
+    lib = pkcs11.lib(str(token.module))
+    try:
+        with lib.get_token(token_label=token.label).open(rw=True) as session:
+            session.create_object({Attribute.CLASS: pkcs11.ObjectClass.PUBLIC_KEY,
+                                   Attribute.TOKEN: True, Attribute.LABEL: label, **attrs})
+    finally:
+        lib.finalize()
+
+
+def test_a_malformed_public_key_object_is_a_config_error(token: Token, tmp_path: Path) -> None:
+    """A public key object whose attributes cryptography refuses (n = 0, a point off the
+    curve, truncated EC parameters) is named as invalid (exit 3), wherever it is read:
+    finding its certificate in the pki for `sign`, and certifying it."""
+    from asn1crypto import core
+    from pkcs11 import Attribute, KeyType
+    from pkcs11.util.ec import encode_named_curve_parameters
+
+    p256 = encode_named_curve_parameters("secp256r1")
+    off_curve = core.OctetString(b"\x04" + b"\x01" * 64).dump()
+    _public_object(token, "badrsa", {Attribute.KEY_TYPE: KeyType.RSA,
+                                     Attribute.MODULUS: b"\x00",
+                                     Attribute.PUBLIC_EXPONENT: b"\x02"})
+    _public_object(token, "badpoint", {Attribute.KEY_TYPE: KeyType.EC,
+                                       Attribute.EC_PARAMS: p256, Attribute.EC_POINT: off_curve})
+    _public_object(token, "badparams", {Attribute.KEY_TYPE: KeyType.EC,
+                                        Attribute.EC_PARAMS: p256[:-2],
+                                        Attribute.EC_POINT: off_curve})
+    pki = tmp_path / "pki"
+    CertificateAuthority.init(pki, secrets.constant(CA_PASS), key_type="ec-p256")
+    image = tmp_path / "boot.ipxe"
+    image.write_text("#!ipxe\n")
+    pin = tmp_path / "pin"
+    pin.write_text(PIN)
+    pin.chmod(0o600)
+    for label, kind in (("badrsa", "RSA"), ("badpoint", "EC"), ("badparams", "EC")):
+        expected = f"the public key object of {token.uri(label)} is not a valid {kind} key"
+        signed = CliRunner().invoke(cli, ["sign", str(image), "--key", token.uri(label),
+                                          "--pki", str(pki), "--pin-file", str(pin)])
+        assert signed.exit_code == 3, signed.output
+        assert expected in signed.output and "hint:" in signed.output, signed.output
+        issued = _issue(pki, token.uri(label), label)
+        assert issued.exit_code == 3, issued.output
+        assert expected in issued.output, issued.output
+    assert not list(tmp_path.glob("*.sig")) and not list((pki / "issued").glob("bad*"))

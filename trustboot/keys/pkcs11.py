@@ -513,26 +513,47 @@ def _token_public_key(lib: Any, uri: Pkcs11Uri) -> Any:
 
 
 def _public_key_in(session: Any, uri: Pkcs11Uri) -> Any:
-    """The public key object the URI names, as a cryptography public key."""
+    """The public key object the URI names, as a cryptography public key. Its attributes
+    are the token's, and any R/W session can create public objects without logging in: a
+    value cryptography refuses is a ConfigError naming the object, never a crash."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     p11 = _import_pkcs11()
     obj = find_one(session, uri, p11.ObjectClass.PUBLIC_KEY, "public key")
+
+    def invalid(kind: str) -> ConfigError:
+        return ConfigError(
+            f"the public key object of {uri.text} is not a valid {kind} key",
+            hint="inspect it (pkcs11-tool --module M -O, or p11tool --list-all); delete the "
+                 "object and import the key pair's real public key, or generate a new pair")
+
     if obj.key_type == p11.KeyType.RSA:
         n = int.from_bytes(bytes(obj[p11.Attribute.MODULUS]), "big")
         e = int.from_bytes(bytes(obj[p11.Attribute.PUBLIC_EXPONENT]), "big")
-        return rsa.RSAPublicNumbers(e, n).public_key()
+        try:
+            return rsa.RSAPublicNumbers(e, n).public_key()
+        except ValueError:
+            raise invalid("RSA") from None
     if obj.key_type == p11.KeyType.EC:
         from asn1crypto import core, keys
 
-        params = keys.ECDomainParameters.load(bytes(obj[p11.Attribute.EC_PARAMS]))
+        params_der = bytes(obj[p11.Attribute.EC_PARAMS])
+        point_der = bytes(obj[p11.Attribute.EC_POINT])
+        try:
+            params = keys.ECDomainParameters.load(params_der)
+            name = params.chosen.native if params.name == "named" else ""
+        except ValueError:
+            raise invalid("EC") from None
         curves = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
-        curve = curves.get(params.chosen.native if params.name == "named" else "")
+        curve = curves.get(name)
         if curve is None:
             raise ConfigError(f"the key {uri.text} is on a curve iPXE cannot verify",
                               hint="use P-256 or P-384")
-        point = core.OctetString.load(bytes(obj[p11.Attribute.EC_POINT])).native
-        return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+        try:
+            point = core.OctetString.load(point_der).native
+            return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+        except (ValueError, TypeError):
+            raise invalid("EC") from None
     raise ConfigError(f"the key {uri.text} is a {obj.key_type.name} key; only RSA "
                       "and ECDSA keys can sign for iPXE", hint="use RSA or EC P-256")
 
