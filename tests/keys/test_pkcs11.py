@@ -19,6 +19,7 @@ from trustboot.cli.main import cli
 from trustboot.cms.workflow import sign_paths
 from trustboot.errors import ConfigError
 from trustboot.keys.pkcs11 import parse_uri
+from trustboot.keys.ref import mask_pin
 
 ENGINE = Path("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so")
 
@@ -379,3 +380,29 @@ def test_a_percent_encoded_pin_value_is_masked_in_the_refusal() -> None:
         with pytest.raises(ConfigError) as err:
             parse_uri(text)
         assert "98761234" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("text", [
+    "pkcs11:token=tb;object=ec1?pin-value=SEC&RET",  # '&' in the PIN
+    "pkcs11:token=tb;object=ec1;pin-value=SEC;RET",  # ';' in the PIN
+    "pkcs11:token=tb;object=ec1?pin-value =SECRET",  # a space before '='
+    "pkcs11:token=tb;object=ec1?p in-value\t=SECRET",
+    "pkcs11:token=tb;object=ec1?PIN-VALUE%3DSECRET",  # '=' percent-encoded
+    "pkcs11:token=tb;object=ec1?%50IN-VALUE=SECRET",  # an upper-case letter encoded
+    "pkcs11:token=tb;object=ec1?pin%2Dvalue%20=SECRET&x",
+])
+def test_a_pin_value_in_any_spelling_is_refused_without_showing_the_uri(
+        text: str, tmp_path: Path) -> None:
+    """No part of a URI that carries the PIN is echoed: a PIN holding '&' or ';' would
+    otherwise reach the message as the 'unknown attribute' after it."""
+    with pytest.raises(ConfigError, match="carries the PIN itself") as err:
+        parse_uri(text)
+    shown = f"{err.value.message}\n{err.value.hint}"
+    for secret in ("SEC", "RET", "object=ec1"):
+        assert secret not in shown, shown
+    assert mask_pin(text) == text[:text.index("?") if "?" in text else text.index(";pin")
+                                  ] + ("?" if "?" in text else ";") + "pin-value=***"
+    result = CliRunner().invoke(cli, ["sign", str(_image(tmp_path)), "--key", text])
+    assert result.exit_code == 3, result.output
+    assert "SEC" not in result.output and "RET" not in result.output, result.output
+    assert not list(tmp_path.glob("*.sig"))

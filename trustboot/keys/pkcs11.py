@@ -29,7 +29,7 @@ from trustboot import secrets as secret_sources
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.fsutil import others_can_write
 from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
-from trustboot.keys.ref import KeyRef, mask_pin
+from trustboot.keys.ref import KeyRef, carries_pin, mask_pin
 from trustboot.keys.signer import (
     CertifiedSigner,
     KeySource,
@@ -88,6 +88,11 @@ def _shown_label(label: str) -> str:
 
 def parse_uri(text: str, *, require_key: bool = True) -> Pkcs11Uri:
     """``require_key=False`` for a URI naming only a token (where CA keys are generated)."""
+    if carries_pin(text):  # first: no part of such a URI is shown, however it is spelt
+        raise ConfigError(
+            "the pkcs11: URI carries the PIN itself (pin-value=); refusing, as it would be "
+            "in argv, shell history and logs",
+            hint="use --pin-file FILE, --pin-env NAME, or pin-source=FILE in the URI")
     shown = mask_pin(text)
     scheme, _, rest = text.partition(":")
     if scheme.lower() != "pkcs11":
@@ -99,26 +104,18 @@ def parse_uri(text: str, *, require_key: bool = True) -> Pkcs11Uri:
         for item in filter(None, part.split(sep)):
             name, eq, value = item.partition("=")
             name = name.lower()
-            if name == "pin-value":  # wherever it is written: the same refusal below
-                uri.query[name] = b""
-                continue
             if eq and sep == ";" and name in _QUERY_ATTRS:
                 raise ConfigError(
                     f"{name}= in {shown} is a query attribute: it goes after '?'",
                     hint=f"e.g. pkcs11:token=T;object=O?{name}=...")
             if not eq or (name not in allowed and not name.startswith("x-")):
                 raise ConfigError(
-                    f"unknown or malformed attribute {mask_pin(item)!r} in {shown}",
+                    f"unknown or malformed attribute {item!r} in {shown}",
                     hint="RFC 7512: pkcs11:token=T;object=O;type=private"
                          "?module-path=/path/module.so&pin-source=/path/pin")
             if name in into:
                 raise ConfigError(f"attribute {name} appears twice in {shown}")
             into[name] = urllib.parse.unquote_to_bytes(value)
-    if "pin-value" in uri.query:  # refused wherever a URI is read, so no caller forgets
-        raise ConfigError(
-            f"{shown} carries the PIN itself (pin-value=); refusing, as it would be in "
-            "argv, shell history and logs",
-            hint="use --pin-file FILE, --pin-env NAME, or pin-source=FILE in the URI")
     kind = uri.get("type")
     if kind is not None and kind not in _TYPES:
         raise ConfigError(f"type={kind} in {shown} is not a PKCS#11 object type",

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,11 +18,17 @@ from trustboot.errors import ConfigError
 
 Scheme = Literal["ca", "file", "pkcs11"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-# RFC 7512 lets a pkcs11: URI carry the token PIN itself: never show it.
-# any letter may be percent-encoded (pin%2Dvalue=: refused as an unknown attribute, but
-# the refusal shows it)
-_PIN_VALUE = re.compile("(" + "".join(f"(?:{re.escape(c)}|%{ord(c):02x})" for c in "pin-value=")
-                        + ")[^&;]*", re.IGNORECASE)
+# RFC 7512 lets a pkcs11: URI carry the token PIN itself: never show it. Any letter may be
+# percent-encoded (pin%2Dvalue=), in either case, and whitespace may sit anywhere in the
+# name; the PIN may hold '&' or ';', so no character ends it: everything from the name to
+# the end of the text is masked.
+_GAP = r"(?:\s|%(?:09|0a|0b|0c|0d|20))*"
+_PIN_VALUE = re.compile(
+    _GAP.join("(?:" + "|".join(sorted({re.escape(c), *(f"%{ord(v):02x}" for v in
+                                                        {c, c.upper()})})) + ")"
+              for c in "pin-value") + r"[\s\S]*", re.IGNORECASE)
+# where an attribute name starts or ends, once percent-decoded and without whitespace
+_PIN_ATTRIBUTE = re.compile(r"(?:^|[:;?&])pin-value(?:=|[;?&]|$)")
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,17 @@ class KeyRef:
 
 
 def mask_pin(text: str) -> str:
-    """``text`` with any RFC 7512 ``pin-value=`` masked: for every message showing a ref."""
-    return _PIN_VALUE.sub(r"\1***", text)
+    """``text`` with any RFC 7512 ``pin-value=``, and all that follows it, masked: for every
+    message showing a ref."""
+    return _PIN_VALUE.sub("pin-value=***", text)
+
+
+def carries_pin(text: str) -> bool:
+    """Whether ``text`` holds a ``pin-value`` attribute in any spelling: percent-encoded,
+    in any case, with whitespace in or around the name. A URI that does is never shown,
+    not even masked: where its attributes end cannot be trusted."""
+    compact = re.sub(r"\s+", "", urllib.parse.unquote(text)).lower()
+    return _PIN_ATTRIBUTE.search(compact) is not None
 
 
 def parse_ref(text: str) -> KeyRef:
