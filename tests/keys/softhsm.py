@@ -108,3 +108,46 @@ def openssl_verify(image: Path, sig: Path, root: Path) -> None:
                            "any", "-out", os.devnull], capture_output=True, text=True,
                           check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def replace_key(token: Token, ref: str, kind: str, *, keep_public: bool) -> None:
+    """Put a new key (``kind`` "ec": P-256, "rsa": 2048 bits) under the label and CKA_ID
+    that the pkcs11: URI ``ref`` names: the whole pair, or (``keep_public``) only the
+    private key, the old public key object staying as it was."""
+    import urllib.parse
+
+    import pkcs11
+    from pkcs11 import Attribute, ObjectClass
+    from pkcs11.util.ec import encode_named_curve_parameters
+
+    attrs = dict(part.split("=", 1) for part in ref.split(":", 1)[1].split("?")[0].split(";"))
+    label, key_id = attrs["object"], urllib.parse.unquote_to_bytes(attrs["id"])
+    private_template = {Attribute.SIGN: True, Attribute.SENSITIVE: True}
+    lib = pkcs11.lib(str(token.module))
+    try:
+        with lib.get_token(token_label=token.label).open(rw=True, user_pin=PIN) as session:
+            if kind == "rsa":
+                public, private = session.generate_keypair(
+                    pkcs11.KeyType.RSA, 2048, label="replacement", id=b"\x99", store=True,
+                    private_template=private_template)
+            else:
+                params = session.create_domain_parameters(
+                    pkcs11.KeyType.EC,
+                    {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+                    local=True)
+                public, private = params.generate_keypair(
+                    label="replacement", id=b"\x99", store=True,
+                    private_template=private_template)
+            doomed = {ObjectClass.PRIVATE_KEY} | (set() if keep_public
+                                                  else {ObjectClass.PUBLIC_KEY})
+            for obj in list(session.get_objects({Attribute.LABEL: label,
+                                                 Attribute.ID: key_id})):
+                if obj.object_class in doomed:
+                    obj.destroy()
+            for obj in (private,) if keep_public else (private, public):
+                obj[Attribute.LABEL] = label
+                obj[Attribute.ID] = key_id
+            if keep_public:
+                public.destroy()
+    finally:
+        lib.finalize()

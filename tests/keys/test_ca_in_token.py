@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography import x509
 
-from tests.keys.softhsm import PIN, Token, openssl_verify
+from tests.keys.softhsm import PIN, Token, openssl_verify, replace_key
 from trustboot.cli.main import cli
 
 KEY_PASS = "leaf key passphrase"
@@ -101,3 +101,41 @@ def test_second_ca_in_the_same_token_is_refused(token: Token, tmp_path: Path) ->
     second = CliRunner().invoke(cli, [*args, "--pki", str(tmp_path / "b")], env=env)
     assert second.exit_code == 3 and "already holds" in second.output, second.output
     assert not (tmp_path / "b" / "index.json").exists()
+
+
+def _replace_issuing_key(token: Token, pki: Path, what: str) -> None:
+    ref = json.loads((pki / "config.json").read_text())["pkcs11"]["issuing"]
+    replace_key(token, ref, "ec", keep_public=what != "pair")
+
+
+@pytest.mark.parametrize(("what", "code", "refusal"), [
+    ("pair", 3, "is not the key of the issuing CA certificate"),
+    ("private", 4, "does not verify with its public key"),
+])
+def test_a_replaced_token_key_signs_nothing(token: Token, tmp_path: Path, what: str,
+                                            code: int, refusal: str) -> None:
+    """The token holds whatever is under the CA key's label and id: a key pair put there
+    in place of the CA's is refused when it is loaded (its public key is not the CA
+    certificate's), a private key alone when its first signature does not verify. Either
+    way no certificate or CRL is written."""
+    pki = tmp_path / "pki"
+    env = {"TB_PIN": PIN, "TB_KEY": KEY_PASS}
+    init = CliRunner().invoke(cli, ["ca", "init", "--pki", str(pki), "--key-type", "ec-p256",
+                                    "--pkcs11", f"pkcs11:token={token.label}",
+                                    "--passphrase-env", "TB_PIN"], env=env)
+    assert init.exit_code == 0, init.output
+    _replace_issuing_key(token, pki, what)
+    index, crl = (pki / "index.json").read_bytes(), (pki / "crl.pem").read_bytes()
+    issue = CliRunner().invoke(cli, ["ca", "issue", "codesign", "victim", "--pki", str(pki),
+                                     "--key-type", "ec-p256", "--passphrase-env", "TB_PIN",
+                                     "--key-passphrase-env", "TB_KEY"], env=env)
+    assert issue.exit_code == code, issue.output
+    assert refusal in issue.output and "trustboot-issuing-ca" in issue.output, issue.output
+    assert "hint:" in issue.output
+    crl_run = CliRunner().invoke(cli, ["ca", "crl", "--pki", str(pki), "--passphrase-env",
+                                       "TB_PIN"], env=env)
+    assert crl_run.exit_code == code and refusal in crl_run.output, crl_run.output
+    assert not (pki / "issued" / "victim.crt").exists()
+    assert not (pki / "private" / "victim.key").exists()
+    assert (pki / "index.json").read_bytes() == index
+    assert (pki / "crl.pem").read_bytes() == crl

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.keys.softhsm import PIN, Token, make_token
+from tests.keys.softhsm import PIN, Token, make_token, replace_key
 from trustboot.cli.main import cli
 from trustboot.secureboot import efi, keyset
 
@@ -184,3 +184,31 @@ def test_failed_init_removes_the_keys_it_generated(tmp_path: Path,
     finally:
         lib.finalize()
     assert labels == ["trustboot-sb-KEK"], labels
+
+
+def test_a_replaced_private_key_in_the_token_signs_nothing(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """A private key put under the db key's label and id (its public key object left as
+    it was) passes every check made when the key is loaded; its signature is checked
+    before the signed image is written, and refused (exit 4) as the token's key, with
+    what to do about the token (not as a damaged key file)."""
+    token = make_token(tmp_path / "hsm", label="sb-swap")
+    for key, value in token.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TRUSTBOOT_PKCS11_MODULE", str(token.module))
+    pki = tmp_path / "pki"
+    pki.mkdir(mode=0o755)
+    r = _cli("secureboot", "init", "--pki", str(pki), "--name", "Swap Boot", "--pkcs11",
+             f"pkcs11:token={token.label}", "--passphrase-env", "TB_PIN", "--json")
+    assert r.exit_code == 0, r.output
+    replace_key(token, json.loads(r.output)["pkcs11"]["db"], "rsa", keep_public=True)
+    app = tmp_path / "app.efi"
+    app.write_bytes(make_efi_app())
+    out = tmp_path / "app.signed.efi"
+    r = _cli("secureboot", "sign", "--pki", str(pki), str(app), "--out", str(out),
+             "--passphrase-env", "TB_PIN")
+    assert r.exit_code == 4, r.output
+    assert "does not verify with its public key" in r.output, r.output
+    assert "trustboot-sb-db" in r.output and "hint:" in r.output
+    assert not out.exists()

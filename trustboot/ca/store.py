@@ -580,8 +580,12 @@ class CertificateAuthority:
             role = "root" if entry.profile == "root" else "issuing"
             if entry.sha256 != self.active_entry(role).sha256:
                 raise self.token_unsupported()
-            key: PrivateKey = token_private_key(token[role], Path(token["module"]),
-                                                passphrases)
+            # the token holds whatever is under the label now: the CA certificate says
+            # which key it must be (as for a key file, below)
+            key: PrivateKey = token_private_key(
+                token[role], Path(token["module"]), passphrases,
+                certificate=entry.load_cert(),
+                what=f"the {entry.profile} CA certificate (serial {entry.serial:x})")
             return key
         what = "the root CA key" if entry.profile == "root" else "the issuing CA key"
         key = keyfile.load_key(entry.key_path, passphrases, what)

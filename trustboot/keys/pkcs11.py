@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 
 from trustboot import secrets as secret_sources
-from trustboot.errors import ConfigError, OperationalError
+from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import others_can_write
 from trustboot.keys.algorithms import HashAlgorithm, KeyAlgorithm
 from trustboot.keys.ref import KeyRef, carries_pin, mask_pin
@@ -637,10 +637,26 @@ class _TokenKey:
 
     def _token_sign(self, algorithm: KeyAlgorithm, hash_alg: HashAlgorithm,
                     digest: bytes) -> bytes:
+        """The token's signature, checked with the public key before anyone uses it: the
+        private key object under the URI's label and id is whatever the token holds now
+        (replaced, or another pair's), and a certificate, CRL or .auth file signed by it
+        would be written and fail only where it is used."""
+        from trustboot.cms.certinfo import verify_raw
+
         p11 = _import_pkcs11()
         with token_session(self._uri, self._module, self._pin_once) as session:
             key = find_one(session, self._uri, p11.ObjectClass.PRIVATE_KEY, "private key")
-            return sign_in_token(key, algorithm, hash_alg, digest)
+            signature = sign_in_token(key, algorithm, hash_alg, digest)
+        if not verify_raw(self._public, algorithm.value, hash_alg.value, signature,
+                          digest=digest):
+            raise VerificationError(
+                f"the token key {self._uri.text} made a signature that does not verify with "
+                "its public key; nothing was signed with it",
+                rule="token-signature", subject=self._uri.text,
+                hint="the token's private key object under this label and id is not the "
+                     "pair of its public key (replaced?): list them (pkcs11-tool --module M "
+                     "-O) and restore the original key pair")
+        return signature
 
     def public_key(self) -> Any:
         return self._public
@@ -658,13 +674,29 @@ class _TokenKey:
         return self
 
 
-def token_private_key(ref: str, module: Path, secrets: PassphraseSource) -> Any:
-    """A cryptography private key object whose signing happens in the token."""
+def token_private_key(ref: str, module: Path, secrets: PassphraseSource, *,
+                      certificate: x509.Certificate | None = None,
+                      what: str = "the certificate") -> Any:
+    """A cryptography private key object whose signing happens in the token, each of its
+    signatures checked with the token's public key. With ``certificate`` (``what`` names
+    it), before anything is signed: the token's public key must be that certificate's
+    (ConfigError), and the private key must sign a challenge that verifies with it."""
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
     uri = parse_uri(ref)
     with loaded_module(module) as lib:
         public = _token_public_key(lib, uri)
+    if certificate is not None:
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if public.public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
+            label = uri.get("object")
+            raise ConfigError(
+                f"the key {uri.text}{f' (label {label!r})' if label else ''} in the token is "
+                f"not the key of {what}; refusing to sign with it",
+                hint="the token's key pair under this label and id was replaced or belongs "
+                     "to something else: restore the original key pair to the token, or "
+                     "fix the pkcs11 references in the pki's config")
 
     if isinstance(public, rsa.RSAPublicKey):
         class TokenRSAKey(_TokenKey, rsa.RSAPrivateKey):
@@ -681,7 +713,8 @@ def token_private_key(ref: str, module: Path, secrets: PassphraseSource) -> Any:
             def decrypt(self, *_args: Any) -> bytes:
                 raise ValueError("the token key is for signing only")
 
-        return TokenRSAKey(ref, module, secrets, public)
+        return _checked(TokenRSAKey(ref, module, secrets, public), KeyAlgorithm.RSA,
+                        certificate)
 
     class TokenECKey(_TokenKey, ec.EllipticCurvePrivateKey):
         @property
@@ -699,7 +732,21 @@ def token_private_key(ref: str, module: Path, secrets: PassphraseSource) -> Any:
         def exchange(self, *_args: Any) -> bytes:
             raise ValueError("the token key is for signing only")
 
-    return TokenECKey(ref, module, secrets, public)
+    return _checked(TokenECKey(ref, module, secrets, public), KeyAlgorithm.ECDSA,
+                    certificate)
+
+
+def _checked(key: _TokenKey, algorithm: KeyAlgorithm,
+             certificate: x509.Certificate | None) -> _TokenKey:
+    """With a certificate to sign under: the private key object proves now, before the
+    caller commits anything, that it is the pair of the public key (a random challenge,
+    checked by _token_sign), not only when the first real signature is made."""
+    if certificate is not None:
+        import hashlib
+
+        challenge = hashlib.sha256(b"trustboot token key check\0" + os.urandom(32)).digest()
+        key._token_sign(algorithm, HashAlgorithm.SHA256, challenge)
+    return key
 
 
 def generation_token(text: str, module_option: Path | None,
