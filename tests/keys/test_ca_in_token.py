@@ -139,3 +139,26 @@ def test_a_replaced_token_key_signs_nothing(token: Token, tmp_path: Path, what: 
     assert not (pki / "private" / "victim.key").exists()
     assert (pki / "index.json").read_bytes() == index
     assert (pki / "crl.pem").read_bytes() == crl
+
+
+def test_keys_are_generated_in_a_token_named_with_a_query(token: Token, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The label trustboot names a generated key by is a path attribute: it goes before
+    the URI's query (here the module), not after it, where it read as part of
+    module-path= and the URI named no key."""
+    monkeypatch.delenv("TRUSTBOOT_PKCS11_MODULE")  # the module comes from the URI alone
+    pki = tmp_path / "pki"
+    init = CliRunner().invoke(cli, ["ca", "init", "--pki", str(pki), "--key-type", "ec-p256",
+                                    "--pkcs11",
+                                    f"pkcs11:token={token.label}?module-path={token.module}",
+                                    "--passphrase-env", "TB_PIN"], env={"TB_PIN": PIN})
+    assert init.exit_code == 0, init.output
+    refs = json.loads((pki / "config.json").read_text())["pkcs11"]
+    assert refs["module"] == str(token.module.resolve())
+    for role in ("root", "issuing"):
+        assert refs[role].startswith(f"pkcs11:token={token.label};object=trustboot-{role}-ca;id=")
+        assert "?" not in refs[role]
+    crl = CliRunner().invoke(cli, ["ca", "crl", "--pki", str(pki), "--passphrase-env",
+                                   "TB_PIN"], env={"TB_PIN": PIN})
+    assert crl.exit_code == 0, crl.output

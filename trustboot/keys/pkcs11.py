@@ -811,8 +811,10 @@ def generate_key_pair(token_ref: str, module: Path, secrets: PassphraseSource, *
     """Generate a non-extractable, sensitive signing key pair in the token; returns the
     URI naming it. Refuses when the token already holds an object with that label."""
     p11 = _import_pkcs11()
-    uri = parse_uri(f"{token_ref};object={label}" if "object=" not in token_ref
-                    else token_ref)
+    # the label is a path attribute: it goes before the query (module-path=, pin-source=)
+    path_part, query_sep, query = token_ref.partition("?")
+    uri = parse_uri(f"{path_part};object={label}{query_sep}{query}"
+                    if "object=" not in token_ref else token_ref)
     # _refuse_raced_label logs in again: the PIN is asked for once
     secrets = secret_sources.asked_once(secrets)
     attr = p11.Attribute
@@ -847,4 +849,4 @@ def generate_key_pair(token_ref: str, module: Path, secrets: PassphraseSource, *
                                    hint="check that the token supports this key type") from None
     _refuse_raced_label(uri, module, secrets, label, key_id)
     ident = "".join(f"%{b:02x}" for b in key_id)
-    return f"{token_ref.split('?')[0]};object={label};id={ident}"
+    return f"{path_part};object={label};id={ident}"
