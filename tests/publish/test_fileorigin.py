@@ -779,3 +779,28 @@ def test_a_parent_another_user_makes_while_the_origin_is_created_is_refused(
     with pytest.raises(ConfigError, match="owned by uid 65534"):
         with FileOrigin(f"file://{sticky}/a/b/origin", OriginOptions()):
             pass
+
+
+@pytest.mark.parametrize("how", ["owned", "world-writable"])
+def test_an_object_another_user_can_change_is_refused(tmp_path: Path, how: str) -> None:
+    """An object left in the tree by another user (from when it was shared, say), or one
+    others can write, is theirs to change after it was verified, and an object already
+    there is not uploaded again: refused when it is read or judged (exit 3), allowed with
+    --unsafe-shared-origin."""
+    if how == "owned" and os.geteuid() != 0:
+        pytest.skip("giving a file to another uid needs root (CI runs as root)")
+    (tmp_path / "releases" / "r1").mkdir(parents=True)
+    obj = tmp_path / "releases" / "r1" / "x"
+    obj.write_bytes(b"x")
+    if how == "owned":
+        os.chown(obj, 65534, 65534)
+    else:
+        obj.chmod(0o666)
+    with FileOrigin(f"file://{tmp_path}", OriginOptions(create_root=False)) as origin:
+        with pytest.raises(ConfigError, match=r"owned by uid 65534|writable by other users"):
+            origin.stat("releases/r1/x")
+        with pytest.raises(ConfigError, match=r"owned by uid 65534|writable by other users"):
+            b"".join(origin.read("releases/r1/x", max_size=10))
+    with FileOrigin(f"file://{tmp_path}", OriginOptions(create_root=False,
+                                                        unsafe_shared_origin=True)) as origin:
+        assert origin.stat("releases/r1/x") is not None

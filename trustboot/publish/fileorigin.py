@@ -194,10 +194,35 @@ class FileOrigin(StagesUploads, GuardedByLock):
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
         finally:
             os.close(dfd)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise OSError(errno.EINVAL, "not a regular file")
+        try:
+            self._check_object(fd, st, key)
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
+
+    def _check_object(self, fd: int, st: os.stat_result, key: str) -> None:
+        """Refuse an object that a user other than root and us owns or can write (left
+        from when the tree was shared, say): they could change it after it was verified,
+        and an object already there is not uploaded again. --unsafe-shared-origin allows
+        it, as for directories (_check_shared)."""
+        if self.options.unsafe_shared_origin:
+            return
+        where = self.root / key
+        if st.st_uid not in (0, os.geteuid()):
+            raise ConfigError(
+                f"origin object {where} is owned by uid {st.st_uid}, not by root or you: "
+                "its owner can change it after it was verified",
+                hint=f"check it, then remove it (trustboot writes it again): rm {where}")
+        if st.st_mode & 0o022 and fsutil.others_can_write(Path(f"/proc/self/fd/{fd}"), st):
+            raise ConfigError(
+                f"origin object {where} is writable by other users (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): they can change it after it was verified",
+                hint=f"check it, then chmod go-w {where} (or remove it)")
 
     # -- objects --------------------------------------------------------------------
     def stat(self, key: str) -> ObjectStat | None:
