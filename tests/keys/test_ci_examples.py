@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,23 @@ def _check_signed(work: Path, files: list[Path]) -> None:
 
 def _module(token: Token, value: str) -> str:
     return value if Path(value).is_file() else str(token.module)
+
+
+def test_examples_install_trustboot_pinned_by_hash() -> None:
+    """A job that holds the signing key (or the CA's) runs every package it installs with
+    it: each example installs from a lock file with a hash per package, never by a name
+    that whatever index answers resolves (the install steps themselves are not run here)."""
+    examples = sorted(DOCS.glob("*.yml"))
+    installs: dict[str, list[list[str]]] = {}
+    for example in examples:
+        for line in example.read_text().splitlines():
+            found = re.search(r"\bpip3?\s+install\b(.*)", line.split("#", 1)[0])
+            if found:
+                installs.setdefault(example.name, []).append(shlex.split(found.group(1)))
+    assert set(installs) == {e.name for e in examples}
+    for name, argvs in installs.items():
+        for argv in argvs:
+            assert argv == ["--require-hashes", "-r", "ci/trustboot.lock"], (name, argv)
 
 
 def test_github_actions_example(scratch: tuple[Path, Token, Path], tmp_path: Path) -> None:
