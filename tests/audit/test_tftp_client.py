@@ -44,7 +44,7 @@ def tftpy_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 def test_fetch_hashes_a_multi_block_file(tftpy_server: tuple[int, Path]) -> None:
     port, root = tftpy_server
-    data = bytes(range(256)) * 40  # 10240 bytes: several 1428-byte blocks
+    data = bytes(range(256)) * 40  # 10240 bytes: several 1432-byte blocks
     (root / "undionly.kpxe").write_bytes(data)
     result = tftp.fetch("127.0.0.1", "undionly.kpxe", port=port, timeout=5)
     assert result.ok and result.error is None
@@ -346,6 +346,21 @@ def test_fetch_asks_for_the_name_s_bytes() -> None:
     server.close()
     assert result.ok and result.size == 4, result
     assert asked and asked[0].startswith(b"\x00\x01" + name + b"\x00octet\x00"), asked
+
+
+def test_the_request_is_the_one_ipxe_sends(fake_server) -> None:  # type: ignore[no-untyped-def]
+    """A server must not tell the audit from a booting client by its read request. iPXE's
+    tftp_send_rrq (src/net/udp/tftp.c) sends "<path>\\0octet\\0blksize\\0<n>\\0tsize\\00\\0"
+    with n = TFTP_MAX_BLKSIZE (1432, src/include/ipxe/tftp.h): its downloader gives no
+    window, so the cap is what it asks for; "multicast" only for tftm:// URIs."""
+    asked: list[bytes] = []
+
+    def handler(sock: socket.socket, data: bytes, client: tuple[str, int]) -> None:
+        asked.append(data)
+        sock.sendto(tftp.build_error(1, "File not found"), client)
+
+    fetch_from(fake_server, handler)
+    assert asked == [b"\x00\x01undionly.kpxe\x00octet\x00blksize\x001432\x00tsize\x000\x00"]
 
 
 # -- hostile transfers: the audit vouches only for the bytes iPXE would assemble ---------------

@@ -24,7 +24,11 @@ PORT = 69
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
 OPCODE_NAMES = {1: "RRQ", 2: "WRQ", 3: "DATA", 4: "ACK", 5: "ERROR", 6: "OACK"}
 DEFAULT_BLKSIZE = 512
-REQUEST_BLKSIZE = 1428
+# What iPXE asks for, so a server cannot tell the audit from a booting client by its request:
+# tftp_send_rrq (src/net/udp/tftp.c) asks for TFTP_MAX_BLKSIZE (src/include/ipxe/tftp.h),
+# then tsize 0, in that order.
+REQUEST_BLKSIZE = 1432
+IPXE_RRQ_OPTIONS = {"blksize": str(REQUEST_BLKSIZE), "tsize": "0"}  # ordered as iPXE's
 MAX_DATAGRAM = 65536
 ERROR_NAMES = {
     0: "not defined", 1: "file not found", 2: "access violation", 3: "disk full",
@@ -581,7 +585,7 @@ def fetch(
     malformed = _Malformed(result.malformed)
     reader = _Reader(result, malformed, max_size=max_size, head_limit=head_limit)
     try:
-        xfer.send(build_request(RRQ, filename, {"blksize": str(REQUEST_BLKSIZE), "tsize": "0"}))
+        xfer.send(build_request(RRQ, filename, IPXE_RRQ_OPTIONS))
         while not reader.done:
             data = xfer.receive()
             if data is None:
