@@ -10,18 +10,23 @@ the offer's option 6) is in test_dns_segment.
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.audit import packets
+from tests.audit.netns import REPO, Segment, missing_tools
 from tests.audit.test_checks import observe, offer, policy
 from trustboot.audit import dhcp4, dns
 from trustboot.audit.errors import MalformedPacket
@@ -492,3 +497,90 @@ def test_a_malformed_dns_answer_is_a_malformed_packet_finding() -> None:
     [malformed] = rules(obs)["malformed-packet"]
     assert "dns" in malformed.message and "192.0.2.53" in malformed.message
     assert "too many compression pointers" in malformed.message
+
+
+# -- link-local DNS servers from DHCPv6 ------------------------------------------------------
+# Option 23 naming the router's fe80:: address is a normal IPv6 network: the server is a
+# neighbour on the audited link (as the DHCPv6 server answering from fe80:: is) and iPXE asks
+# it on its boot interface. It is asked, not reported as a local-only target.
+
+
+def test_a_link_local_dhcpv6_dns_server_is_asked(no_host_resolver: None,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[dns.Nameservers] = []
+
+    def fake(name: str, ns: dns.Nameservers, **_: object) -> list[dns.Lookup]:
+        asked.append(ns)
+        return [dns.Lookup(ns.servers[0], name, "AAAA", rcode="NOERROR",
+                           addresses=["2001:db8::80"])]
+
+    monkeypatch.setattr(dns, "resolve", fake)
+    ns = dns.Nameservers(("fe80::53", "::1"), 6, "DHCPv6 option 23")
+    found = find_host("boot.example", ns, frozenset(), device="eth0", source=None,
+                      deadline=time.monotonic() + 1)
+    assert found.refusal is None and found.addresses == ["2001:db8::80"], found
+    assert asked == [dns.Nameservers(("fe80::53",), 6, "DHCPv6 option 23")]
+
+
+@pytest.mark.parametrize(("servers", "family", "why"), [
+    (("fe80::53",), 6, "an address of the auditing host"),  # the auditor's own address
+    (("169.254.169.253",), 4, "link-local"),  # IPv4 link-local: a metadata range
+    (("::ffff:169.254.169.253",), 6, "link-local"),
+])
+def test_other_local_dns_servers_are_still_not_asked(
+        no_host_resolver: None, monkeypatch: pytest.MonkeyPatch,
+        servers: tuple[str, ...], family: int, why: str) -> None:
+    monkeypatch.setattr(dns, "lookup", lambda *a, **k: pytest.fail("asked"))
+    found = find_host("boot.example", dns.Nameservers(servers, family, "option"),
+                      frozenset({"fe80::53"}), device="eth0", source=None,
+                      deadline=time.monotonic() + 1)
+    assert found.refusal == ("boot.example would be resolved by the offered DNS server "
+                             f"{servers[0]} ({why}), which the audit does not query")
+
+
+LINK_LOCAL_DNS = r"""
+import socket, struct, sys
+sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sock.bind(("fe80::53", 53, 0, socket.if_nametoindex("eth0")))
+print("ready", flush=True)
+while True:
+    query, peer = sock.recvfrom(2048)
+    head = struct.pack("!HHHHHH", int.from_bytes(query[:2], "big"), 0x8180, 1, 1, 0, 0)
+    record = b"\xc0\x0c" + struct.pack("!HHIH", 28, 1, 60, 16) + socket.inet_pton(
+        socket.AF_INET6, "2001:db8::80")
+    sock.sendto(head + query[12:] + record, peer)
+"""
+
+FIND = r"""
+import json, time
+from trustboot.audit import dns
+from trustboot.audit.follow import find_host
+found = find_host("boot.example", dns.Nameservers(("fe80::53",), 6, "DHCPv6 option 23"),
+                  frozenset(), device="eth0", source=None, deadline=time.monotonic() + 4)
+print(json.dumps({"addresses": found.addresses, "refusal": found.refusal,
+                  "error": found.error}))
+"""
+
+
+@pytest.mark.root
+def test_a_link_local_dns_server_is_asked_on_the_audited_link(tmp_path: Path) -> None:
+    """On a real link: the question goes out of the audited interface to fe80::53."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    with Segment(tmp_path) as seg:
+        server = seg.add_host("dns", 1, ipv4=False)
+        client = seg.add_host("client", 2, ipv4=False)
+        for host, address in ((server, "fe80::53"), (client, "fe80::2")):
+            subprocess.run(host.argv(["ip", "addr", "add", f"{address}/64", "dev", "eth0",
+                                      "nodad"]), check=True, timeout=30)
+        proc = subprocess.Popen(server.argv([sys.executable, "-c", LINK_LOCAL_DNS]),
+                                stdout=subprocess.PIPE)
+        seg.procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        out = subprocess.run(client.argv([sys.executable, "-c", FIND]), capture_output=True,
+                             text=True, cwd=REPO, timeout=30,
+                             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"addresses": ["2001:db8::80"], "refusal": None,
+                                      "error": None}

@@ -370,16 +370,34 @@ def lookup(server: str, name: str, qtype: int, *, device: str | None, source: st
         return result
     try:
         _exchange(sock, result, query, qid=qid, wire=wire, qtype=qtype, deadline=deadline,
-                  port=port)
+                  dest=_destination(server, port, device))
     finally:
         sock.close()
         result.elapsed = time.monotonic() - start
     return result
 
 
+def is_ipv6_link_local(server: str) -> bool:
+    """Whether ``server`` is an IPv6 link-local address (fe80::/10; not IPv4-mapped)."""
+    try:
+        return ipaddress.IPv6Address(server.split("%", 1)[0]).is_link_local
+    except ValueError:
+        return False
+
+
+def _destination(server: str, port: int, device: str | None) -> tuple[str, int] | tuple[
+        str, int, int, int]:
+    """Where to send: a link-local server is reached on the audited interface (its scope),
+    as a client reaches it on the interface it boots from."""
+    if device and is_ipv6_link_local(server):
+        return (server.split("%", 1)[0], port, 0, socket.if_nametoindex(device))
+    return (server, port)
+
+
 def _exchange(sock: socket.socket, result: Lookup, query: bytes, *, qid: int, wire: bytes,
-              qtype: int, deadline: float, port: int) -> None:
-    server = result.server
+              qtype: int, deadline: float, dest: tuple[str, int] | tuple[str, int, int, int]
+              ) -> None:
+    server, port = result.server, dest[1]
     next_send = time.monotonic()
     while True:
         now = time.monotonic()
@@ -388,7 +406,7 @@ def _exchange(sock: socket.socket, result: Lookup, query: bytes, *, qid: int, wi
             return
         if now >= next_send and result.sends < MAX_SENDS:
             try:
-                sock.sendto(query, (server, port))
+                sock.sendto(query, dest)
             except OSError as exc:
                 result.error = f"cannot reach it: {exc.strerror or exc}"
                 return

@@ -22,6 +22,7 @@ management network's DNS for names the rogue chooses, and its answer is not the 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import queue
 import socket
 import ssl
@@ -109,11 +110,12 @@ def find_host(host: str, nameservers: dns.Nameservers | None, own: set[str] | fr
             "DHCPv4 option 6 or DHCPv6 option 23"
         return Found(error=f"{host} is a host name and the offer gave no DNS server "
                      f"({where}): a client could not resolve it either")
-    usable = tuple(s for s in nameservers.servers if forbidden_address(s, own) is None)
+    usable = tuple(s for s in nameservers.servers if _unaskable(s, nameservers, own) is None)
     if not usable:
         first = nameservers.servers[0]
         return Found(refusal=f"{host} would be resolved by the offered DNS server {first} "
-                     f"({forbidden_address(first, own)}), which the audit does not query")
+                     f"({_unaskable(first, nameservers, own)}), which the audit does not "
+                     "query")
     lookups = dns.resolve(host, dns.Nameservers(usable, nameservers.family,
                                                 nameservers.option),
                           device=device, source=source, deadline=deadline)
@@ -126,6 +128,22 @@ def find_host(host: str, nameservers: dns.Nameservers | None, own: set[str] | fr
                      f"{reasons}")
     return _vetted(host, answered.addresses, own, f" as DNS server {answered.server} answered",
                    lookups)
+
+
+def _unaskable(server: str, nameservers: dns.Nameservers,
+               own: set[str] | frozenset[str]) -> str | None:
+    """Why the audit does not ask the offered DNS server ``server``, or None.
+
+    An IPv6 link-local server from DHCPv6 is asked: it is a neighbour on the audited link,
+    as the DHCPv6 server answering from its own link-local address is, and a normal value
+    of option 23 (routers offer themselves so); iPXE asks it on the interface it boots from
+    (its fe80::/10 route). Only IPv6 and only from DHCPv6: 169.254.0.0/16 stays refused (a
+    cloud metadata range), and so does any address of the auditing host."""
+    why = forbidden_address(server, own)
+    if why == "link-local" and nameservers.family == 6 and dns.is_ipv6_link_local(server):
+        local = str(ipaddress.IPv6Address(server.split("%", 1)[0]))
+        return "an address of the auditing host" if local in own else None
+    return why
 
 
 def _vetted(host: str, addresses: list[str], own: set[str] | frozenset[str], how: str,
