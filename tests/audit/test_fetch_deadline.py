@@ -46,6 +46,10 @@ class Served:
 def _answer(tls: ssl.SSLSocket, path: str, served: Served) -> None:
     """/ok: a small file; /drip: a byte every 0.2 s (no read ever waits long enough to time
     out); /flood: 16 KiB blocks as fast as the client takes them (no read ever waits)."""
+    if path == "/esc-redirect":  # a Location httpx refuses and iPXE follows
+        tls.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://x/\x1b[2J\r\r\n"
+                    b"Content-Length: 0\r\n\r\n")
+        return
     if path in SCRIPTS:
         body = SCRIPTS[path]
         tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
@@ -235,3 +239,9 @@ def test_a_hostile_boot_script_is_hashed_and_checked_in_bounded_time(
         SCRIPTS["/hostile/boot.ipxe"]).hexdigest()
     assert check.loader is not None and "too large to parse" in (check.loader.not_parsed or "")
     assert "boot-file-mismatch" in found and "audit-limit-reached" not in found, found
+
+
+def test_a_hostile_redirect_over_https_is_evidence(server: Served) -> None:
+    """The head kept for iPXE's reading is the plaintext after the TLS handshake."""
+    check, _ = _fetch(f"https://boot.example:{server.port}/esc-redirect", _policy(None), 5.0)
+    assert check.status == 302 and check.location == "http://x/\\x1b[2J\\x0d", check

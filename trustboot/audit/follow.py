@@ -249,6 +249,7 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
     # here: most audits fetch nothing over HTTP, and httpx costs start-up time
     import httpx
 
+    from trustboot.audit.rawhead import HeadBackend, ipxe_status_location
     from trustboot.publish.deadline import deadline_at
     from trustboot.publish.http import DeadlineTransport
 
@@ -289,6 +290,7 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
                if device else None)
     digest = hashlib.sha256()
     head = bytearray()
+    backend = HeadBackend()  # the response head as read, for when httpx refuses it
     # every socket operation of the fetch gets at most what is left until ``end`` (the
     # transport's network backend): a server sending a byte just before each read would
     # time out outlasts any per-read timeout, not the total deadline; no thread watches it
@@ -296,7 +298,8 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
         with deadline_at(end), \
                 httpx.Client(transport=DeadlineTransport(ctx, max_connections=1,
                                                          socket_options=options,
-                                                         proxies=False),
+                                                         proxies=False,
+                                                         backend=backend),
                              timeout=max(0.01, end - time.monotonic()),
                              follow_redirects=False, trust_env=False) as client, \
                 client.stream("GET", target,
@@ -330,6 +333,16 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
             return _past_deadline(check, timeout)
         # the URL came off the wire: a host name IDNA cannot encode is evidence, not a crash
         check.error = f"{type(exc).__name__}: {exc}"
+        read = ipxe_status_location(bytes(backend.kept)) \
+            if isinstance(exc, httpx.RemoteProtocolError) else None
+        if read is not None and read[1] is not None and not 200 <= read[0] < 300:
+            # a redirect httpx refuses (a CR, ESC or NUL in its Location) that iPXE follows:
+            # where it points is the evidence, escaped at the report boundary
+            check.status = read[0]
+            check.location = clean(_header_text(read[1]), limit=256)
+            check.error = (f"HTTP {read[0]} (a redirect, not followed; its Location is "
+                           "malformed, which iPXE does not check)")
+            return check
         refused = find_in_chain(exc, ssl.SSLCertVerificationError)
         if refused is not None:  # the probe's chain verified, this connection's did not
             check.tls_verified = False
@@ -345,6 +358,14 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
     if partial is None or partial.settle():
         check.loader = loader
     return check
+
+
+def _header_text(value: bytes) -> str:
+    """A header value as httpx decodes one: UTF-8 when it is, else one character a byte."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def _http_target(target: BootTarget, **kwargs: Any) -> HttpCheck:

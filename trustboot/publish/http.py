@@ -102,18 +102,21 @@ class DeadlineTransport(httpx.BaseTransport):
     pool whose network backend keeps each request made under ``total_deadline`` within
     its deadline (httpx.HTTPTransport takes no network backend).
 
-    ``socket_options`` are set on every socket it opens (e.g. SO_BINDTODEVICE); with
-    ``proxies=False`` it never goes through a proxy, whatever the environment says (the
-    httpx.Client over it needs ``trust_env=False`` too, or it mounts its own proxies)."""
+    ``backend`` replaces the direct connections' DeadlineBackend (one wrapping it, e.g. to
+    keep what was read). ``socket_options`` are set on every socket it opens (e.g.
+    SO_BINDTODEVICE); with ``proxies=False`` it never goes through a proxy, whatever the
+    environment says (the httpx.Client over it needs ``trust_env=False`` too, or it mounts
+    its own proxies)."""
 
     def __init__(self, ctx: ssl.SSLContext, *, max_connections: int,
                  socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-                 proxies: bool = True) -> None:
+                 proxies: bool = True,
+                 backend: httpcore.NetworkBackend | None = None) -> None:
         self._ctx, self._max, self._proxies = ctx, max_connections, proxies
         self._options = list(socket_options) if socket_options is not None else None
         self._pool = httpcore.ConnectionPool(
             ssl_context=ctx, max_connections=max_connections, keepalive_expiry=5.0,
-            network_backend=DeadlineBackend(), socket_options=self._options)
+            network_backend=backend or DeadlineBackend(), socket_options=self._options)
         self._proxied: dict[Proxy, httpcore.HTTPProxy] = {}
 
     def _pool_for(self, url: httpx.URL) -> tuple[httpcore.ConnectionPool, Proxy | None]:
