@@ -45,6 +45,16 @@ def clean(text: str, *, limit: int | None = None, ascii_only: bool = False) -> s
     return "".join(out) + suffix
 
 
+SHOWN_LIMIT = 200  # characters of an outside value quoted in a message
+
+
+def shown(value: object, limit: int = SHOWN_LIMIT) -> str:
+    """``value`` as a message quotes it (its repr), escaped and cut with ``clean``'s marker:
+    an error names the value it refuses, and a hostile one (a megabyte file name) must not
+    flood the terminal or a CI log."""
+    return clean(repr(value), limit=limit)
+
+
 def clean_lines(text: str) -> str:
     """``clean`` on each line: for a message written in several lines that may quote
     outside text (errors, warnings): the lines stay, nothing in them drives a terminal."""

@@ -226,3 +226,30 @@ def test_read_capped_refuses_a_path_with_a_nul_byte(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"recipe .* has a NUL byte in its name"):
         read_capped(tmp_path / "a\0b", 10, "recipe")
     assert read_capped(tmp_path / "a", 10, "recipe") == b"x"
+
+
+HUGE = "A" * 100_000 + "\x1b[2J"  # a hostile value: long, with a terminal control at its end
+VERSIONED = {"version": 1, "release": "r1", "created": "2026-01-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize("doc", [
+    {"files": [{"name": [HUGE], "sha256": SHA}]},
+    {"files": [{"name": "a", "sha256": SHA, "size": HUGE}]},
+    {"origin": HUGE, "files": []},
+    {**VERSIONED, "files": [{"name": HUGE, "sha256": SHA, "size": 1}]},
+    {**VERSIONED, "files": [{"name": "a/" + HUGE[:1000] + "!", "sha256": SHA, "size": 1}]},
+    {**VERSIONED, "release": HUGE, "files": []},
+    {**VERSIONED, "entry": HUGE, "files": []},
+    {**VERSIONED, "entry_path": HUGE, "files": []},
+    {**VERSIONED, "files": [{"name": "a", "sha256": SHA, "size": 1, "sig": HUGE}]},
+    {**VERSIONED, "files": [{"name": "b" * 1000, "sha256": SHA, "size": 1}] * 2},
+], ids=["name-not-a-string", "size", "origin", "name", "name-segment", "release", "entry",
+        "entry-path", "sig", "duplicates"])
+def test_a_huge_manifest_value_is_quoted_cut(tmp_path: Path, doc: dict[str, object]) -> None:
+    """What an error quotes of a hostile manifest is cut with clean's marker: a megabyte
+    name is not echoed whole to the terminal (or a CI log), and nothing in it drives one."""
+    with pytest.raises(ConfigError) as caught:
+        load_manifest(write(tmp_path, json.dumps(doc), "m.json"))
+    shown = caught.value.diagnostics()
+    assert len(shown) < 2000, shown[:300]
+    assert "more chars]" in shown and "\x1b" not in shown, shown

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 from trustboot import jsonin
 from trustboot.errors import ConfigError
 from trustboot.fsutil import read_capped
+from trustboot.text import shown
 
 ROLES = ("any", "dhcp", "proxydhcp", "dhcpv6", "relay")
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -161,7 +162,7 @@ def _fail(where: str, message: str, hint: str | None = None) -> ConfigError:
 
 def _str(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise _fail(where, f"expected a non-empty string, got {value!r}")
+        raise _fail(where, f"expected a non-empty string, got {shown(value)}")
     return value
 
 
@@ -183,11 +184,11 @@ def _url(value: Any, where: str) -> str:
         parts.hostname  # noqa: B018
         parts.port  # noqa: B018
     except ValueError as exc:
-        raise _fail(where, f"expected an http(s):// URL, got {text!r} ({exc})",
+        raise _fail(where, f"expected an http(s):// URL, got {shown(text)} ({exc})",
                     hint="check the host (an IPv6 address in [brackets]) and the port"
                     ) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _fail(where, f"expected an http(s):// URL, got {text!r}")
+        raise _fail(where, f"expected an http(s):// URL, got {shown(text)}")
     return text
 
 
@@ -207,14 +208,14 @@ def _server(entry: Any, where: str) -> AuthorizedServer:
         try:
             ip = str(ipaddress.ip_address(_str(str(entry["ip"]), f"{where}.ip")))
         except ValueError:
-            raise _fail(f"{where}.ip", f"not an IP address: {entry['ip']!r}") from None
+            raise _fail(f"{where}.ip", f"not an IP address: {shown(entry['ip'])}") from None
     if entry.get("mac") is not None:
         if isinstance(entry["mac"], int):
             raise _fail(f"{where}.mac", "YAML read this MAC address as a (base-60) number",
                         hint='put it in quotes: mac: "52:54:00:12:34:56"')
         text = _str(entry["mac"], f"{where}.mac")
         if not MAC_RE.match(text):
-            raise _fail(f"{where}.mac", f"not a MAC address: {text!r}",
+            raise _fail(f"{where}.mac", f"not a MAC address: {shown(text)}",
                         hint="write it as 52:54:00:12:34:56")
         mac = text.lower().replace("-", ":")
     if entry.get("duid") is not None:
@@ -226,7 +227,8 @@ def _server(entry: Any, where: str) -> AuthorizedServer:
         raise _fail(where, "an authorized server needs at least one of ip, mac, duid")
     role = entry.get("role", "any")
     if role not in ROLES:
-        raise _fail(f"{where}.role", f"unknown role {role!r}", hint=f"one of {', '.join(ROLES)}")
+        raise _fail(f"{where}.role", f"unknown role {shown(role)}",
+                    hint=f"one of {', '.join(ROLES)}")
     name = entry.get("name")
     return AuthorizedServer(name=str(name) if name is not None else None, ip=ip, mac=mac,
                             duid=duid, role=role)
@@ -238,7 +240,7 @@ def _file(entry: Any, where: str, source: str) -> ExpectedFile:
     _keys(entry, {"name", "sha256", "size"}, where)
     size = entry.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-        raise _fail(f"{where}.size", f"expected a byte count, got {size!r}")
+        raise _fail(f"{where}.size", f"expected a byte count, got {shown(size)}")
     return ExpectedFile(
         name=_str(entry.get("name"), f"{where}.name").strip("/"),
         sha256=_sha(entry.get("sha256"), f"{where}.sha256"), size=size, source=source,
@@ -326,7 +328,7 @@ def policy_from_dict(data: dict[str, Any], *, where: str = "policy",
                  "expected_origin", "expected_ca_sha256", "expected_ca_file", "tftp_allowed"},
           where)
     if data.get("version", 1) != 1:
-        raise _fail(f"{where}: version", f"unsupported policy version {data['version']!r}")
+        raise _fail(f"{where}: version", f"unsupported policy version {shown(data['version'])}")
     servers_raw = data.get("authorized_servers") or []
     if not isinstance(servers_raw, list):
         raise _fail(f"{where}: authorized_servers", "expected a list")

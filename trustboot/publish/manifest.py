@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 from trustboot import jsonin
 from trustboot.errors import ConfigError
 from trustboot.publish.origin import key_problem, redact_url
-from trustboot.text import clean
+from trustboot.text import SHOWN_LIMIT, clean, shown
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "release.json"
@@ -108,7 +108,7 @@ def check_release_id(value: str) -> str:
     """The one release-id rule: ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``."""
     problem = release_id_problem(value)
     if problem:
-        raise ConfigError(f"release id {value!r} is refused: {problem}",
+        raise ConfigError(f"release id {shown(value)} is refused: {problem}",
                           hint="use e.g. 2026.11.25-1 or a git describe output")
     return value
 
@@ -131,7 +131,7 @@ def parse_time(value: object, where: str) -> dt.datetime:
     if not isinstance(value, str) or not re.fullmatch(
             r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z", value):
         raise _bad(where, f"expected an ISO 8601 UTC time like 2026-01-31T12:00:00Z, "
-                          f"got {value!r}")
+                          f"got {shown(value)}")
     try:
         return dt.datetime.fromisoformat(value[:-1]).replace(tzinfo=dt.UTC)
     except ValueError as exc:
@@ -213,10 +213,10 @@ def _bad(where: str, message: str) -> ConfigError:
 
 def _validate(m: ReleaseManifest) -> None:
     if m.version != MANIFEST_VERSION:
-        raise _bad("version", f"unsupported version {m.version!r} (expected 1)")
+        raise _bad("version", f"unsupported version {shown(m.version)} (expected 1)")
     problem = release_id_problem(m.release)
     if problem:
-        raise _bad("release", f"{m.release!r}: {problem}")
+        raise _bad("release", f"{shown(m.release)}: {problem}")
     if m.created.tzinfo is None:
         raise _bad("created", "must be timezone-aware")
     if m.origin is not None:
@@ -224,13 +224,13 @@ def _validate(m: ReleaseManifest) -> None:
             parts = urlsplit(m.origin)
             parts.port  # noqa: B018 - raises ValueError on a malformed port
         except ValueError:  # a broken IPv6 literal, a port out of range: from the origin
-            raise _bad("origin", f"not a valid URL: {redact_url(m.origin)!r}") from None
+            raise _bad("origin", f"not a valid URL: {shown(redact_url(m.origin))}") from None
         if parts.scheme not in ("https", "http") or not parts.netloc or parts.username \
                 or parts.password or any(ord(c) < 0x21 for c in m.origin) \
                 or clean(m.origin) != m.origin:
             # (a manifest comes from the origin: never echo a user:password@ it holds)
             raise _bad("origin", f"expected an https:// URL without credentials, "
-                                 f"got {redact_url(m.origin)!r}")
+                                 f"got {shown(redact_url(m.origin))}")
     if m.ca_sha256 is not None and not _HEX64.fullmatch(m.ca_sha256):
         raise _bad("ca_sha256", "expected 64 lower-case hex digits")
     if len(m.files) > MAX_FILES:
@@ -238,27 +238,29 @@ def _validate(m: ReleaseManifest) -> None:
     for f in m.files:  # first: the duplicate check below hashes the names
         problem = release_key_problem(f.name)
         if problem:
-            raise _bad(f"files[{f.name!r}]", f"name {f.name!r}: {problem}")
+            raise _bad(f"files[{shown(f.name)}]", problem)
     names = [f.name for f in m.files]
     if len(set(names)) != len(names):
         dup = sorted(n for n, count in collections.Counter(names).items() if count > 1)
-        raise _bad("files", f"duplicate name(s) {', '.join(dup)}")
+        more = f" and {len(dup) - 10} more" if len(dup) > 10 else ""
+        raise _bad("files", "duplicate name(s) "
+                   f"{', '.join(clean(n, limit=SHOWN_LIMIT) for n in dup[:10])}{more}")
     for f in m.files:
-        where = f"files[{f.name!r}]"
+        where = f"files[{shown(f.name)}]"
         if f.name in (MANIFEST_NAME, MANIFEST_NAME + ".sig"):
             raise _bad(where, "the manifest does not list itself")
         if isinstance(f.size, bool) or not isinstance(f.size, int) or f.size < 0:
-            raise _bad(where, f"size must be a byte count, got {f.size!r}")
+            raise _bad(where, f"size must be a byte count, got {shown(f.size)}")
         if not isinstance(f.sha256, str) or not _HEX64.fullmatch(f.sha256):
             raise _bad(where, "sha256 must be 64 lower-case hex digits")
         if f.sig is not None and f.sig not in names:
-            raise _bad(where, f"its signature {f.sig!r} is not in the release")
+            raise _bad(where, f"its signature {shown(f.sig)} is not in the release")
     if m.entry is not None and m.entry not in names:
-        raise _bad("entry", f"{m.entry!r} is not one of the release's files")
+        raise _bad("entry", f"{shown(m.entry)} is not one of the release's files")
     if m.entry_path is not None:
         problem = entry_path_problem(m.entry_path)
         if problem:
-            raise _bad("entry_path", f"{m.entry_path!r}: {problem}")
+            raise _bad("entry_path", f"{shown(m.entry_path)}: {problem}")
     if m.signer is not None:
         if not isinstance(m.signer.subject, str) or not _SERIAL.fullmatch(m.signer.serial):
             raise _bad("signer", "expected a subject and a lower-case hex serial")

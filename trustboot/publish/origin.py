@@ -42,6 +42,7 @@ from urllib.parse import SplitResult, unquote, urlsplit
 from trustboot import fsutil
 from trustboot.errors import ConfigError, OperationalError
 from trustboot.publish.lock import HeldLock
+from trustboot.text import shown as _shown  # (a local `shown` below is a URL)
 
 MAX_KEY_LENGTH = 1024
 MAX_CREDENTIALS_BYTES = 64 << 10
@@ -298,7 +299,7 @@ def key_problem(key: object) -> str | None:
         if segment in (".", ".."):
             return f"it has a {segment!r} segment"
         if not _SEGMENT.fullmatch(segment):
-            return (f"segment {segment!r} holds characters outside A-Z a-z 0-9 and "
+            return (f"segment {_shown(segment)} holds characters outside A-Z a-z 0-9 and "
                     "'._~+=,@-'")
     return None
 
