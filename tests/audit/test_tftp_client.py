@@ -363,6 +363,34 @@ def test_the_request_is_the_one_ipxe_sends(fake_server) -> None:  # type: ignore
     assert asked == [b"\x00\x01undionly.kpxe\x00octet\x00blksize\x001432\x00tsize\x000\x00"]
 
 
+def test_source_ports_are_drawn_as_ipxe_draws_them() -> None:
+    """iPXE's tcpip_bind (src/net/tcpip.c) takes a random port in 1025-65535; a client whose
+    ports all fall in Linux's ephemeral range (32768-60999) is not iPXE. Twenty draws all
+    inside it happen with probability below 1e-7."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(5)
+    ports: list[int] = []
+
+    def serve() -> None:
+        for _ in range(20):
+            try:
+                _, client = server.recvfrom(2048)
+            except OSError:
+                return
+            ports.append(client[1])
+            server.sendto(tftp.build_error(1, "File not found"), client)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    for _ in range(20):
+        tftp.fetch("127.0.0.1", "x", port=server.getsockname()[1], timeout=2)
+    thread.join(5)
+    server.close()
+    assert len(ports) == 20 and all(1025 <= p <= 65535 for p in ports), ports
+    assert any(not 32768 <= p <= 60999 for p in ports), ports
+
+
 # -- hostile transfers: the audit vouches only for the bytes iPXE would assemble ---------------
 # iPXE's TFTP client writes each DATA block at block x blksize (a later copy of a block
 # replaces the earlier one), takes blocks ahead of the next one, sizes the file from the
