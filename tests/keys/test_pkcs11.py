@@ -252,6 +252,47 @@ def test_uri_parsing() -> None:
         assert "123456" not in err.value.message
 
 
+@pytest.mark.parametrize("value", ["a%zz", "a%", "%4", "%4g", "a%%20"])
+def test_invalid_percent_encoding_is_refused_naming_the_attribute(value: str) -> None:
+    """RFC 7512 values are pct-encoded: a broken escape is not taken literally (the key
+    looked for would be another)."""
+    for text, name in ((f"pkcs11:token=t;object={value}", "object"),
+                       (f"pkcs11:token=t;object=o?module-path=/m{value}.so", "module-path")):
+        with pytest.raises(ConfigError, match=f"attribute {name} in .* invalid "
+                                              "percent-encoding") as err:
+            parse_uri(text)
+        assert "%25" in (err.value.hint or "")
+    assert parse_uri("pkcs11:token=t;object=a%25zz%2F").get("object") == "a%zz/"
+
+
+def test_a_pin_source_on_another_host_is_refused(token: Token, material: Material,
+                                                 tmp_path: Path) -> None:
+    """RFC 8089: a file: URI's authority is empty or "localhost" for a local file; a
+    pin-source naming another host is refused, not read from this machine."""
+    from trustboot.keys.pkcs11 import files_named, secret_source
+
+    pin = _pin_file(tmp_path)
+    for authority in ("build-host", "localhost:1", "user@localhost", "10.0.0.1"):
+        with pytest.raises(ConfigError, match="only a local file can hold the PIN") as err:
+            secret_source(f"file://{authority}{pin}")
+        assert "file:///path" in (err.value.hint or "")
+    key = ec_key()
+    _, cert, chain = material.issue("hsm-pin-host", key)
+    token.import_key(key, "signer")
+    uri = f"{token.uri()}?pin-source=file://build-host{pin}"
+    with pytest.raises(ConfigError, match="only a local file"):
+        files_named(uri)
+    result = CliRunner().invoke(cli, ["sign", str(_image(tmp_path)), "--key", uri, "--cert",
+                                      str(cert), "--chain", str(chain), "--pkcs11-module",
+                                      str(token.module)])
+    _expect(result, 3, "names a file on host 'build-host'", "only a local file")
+    for local in (f"file://localhost{pin}", f"file://LOCALHOST{pin}", f"file://{pin}",
+                  f"file:{pin}", str(pin)):
+        assert secret_source(local)("the token") == PIN.encode(), local
+    with pytest.raises(ConfigError, match="query or fragment"):
+        secret_source(f"file:{pin}#x")
+
+
 def test_signed_at_is_the_callers_clock(token: Token, material: Material,
                                         tmp_path: Path) -> None:
     key = rsa_key()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import threading
 import urllib.parse
@@ -50,6 +51,7 @@ _PATH_ATTRS = {"token", "manufacturer", "serial", "model", "library-manufacturer
                "library-description", "library-version", "object", "type", "id",
                "slot-manufacturer", "slot-description", "slot-id"}
 _QUERY_ATTRS = {"pin-source", "pin-value", "module-name", "module-path"}
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _TYPES = {"private", "public", "cert", "secret-key", "data"}
 _MISMATCH_HINT = "pass the certificate issued for this key (--cert), or fix id=/object="
 INSTALL_HINT = "install python-pkcs11: pip install 'trustboot[pkcs11]'"
@@ -115,6 +117,13 @@ def parse_uri(text: str, *, require_key: bool = True) -> Pkcs11Uri:
                          "?module-path=/path/module.so&pin-source=/path/pin")
             if name in into:
                 raise ConfigError(f"attribute {name} appears twice in {shown}")
+            if _BAD_PERCENT.search(value):
+                # unquote_to_bytes would keep a broken escape as literal text: the key
+                # or file looked for would not be the one meant
+                raise ConfigError(
+                    f"attribute {name} in {shown} has an invalid percent-encoding (a '%' "
+                    "not followed by two hex digits)",
+                    hint="RFC 7512: write a literal '%' as %25, and any byte as %XX")
             into[name] = urllib.parse.unquote_to_bytes(value)
     kind = uri.get("type")
     if kind is not None and kind not in _TYPES:
@@ -398,13 +407,27 @@ def login_error(exc: Exception, label: str) -> ConfigError | OperationalError:
 
 
 def _pin_file(source: str) -> Path:
-    """The file an RFC 7512 pin-source names (a path or a file: URI)."""
+    """The file an RFC 7512 pin-source names (a path or a file: URI). A file: URI naming
+    another host is refused, not read from this one: RFC 8089 lets its authority be only
+    empty or "localhost" for a local file (no user, no port)."""
     if source.startswith("file:"):
         try:
-            source = urllib.parse.urlparse(source).path or source[5:]
+            parsed = urllib.parse.urlparse(source)
         except ValueError:  # file://[x/...: a broken host in the URI, from argv
             raise ConfigError(f"pin-source {source!r} is not a file: URI or a path",
                               hint="write pin-source=file:/path/to/pin") from None
+        if parsed.netloc.lower() not in ("", "localhost"):
+            raise ConfigError(
+                f"pin-source {source!r} names a file on host {parsed.netloc!r}: only a "
+                "local file can hold the PIN",
+                hint="write pin-source=file:/path/to/pin (or file:///path, "
+                     "file://localhost/path) for a file on this machine")
+        if parsed.query or parsed.fragment:
+            # a '?' or '#' the user meant as part of the file name: not silently dropped
+            raise ConfigError(f"pin-source {source!r} has a query or fragment ('?', '#'), "
+                              "which a file: URI of a PIN file has no use for",
+                              hint="name the file by its path: pin-source=/path/to/pin")
+        source = parsed.path or source[5:]
     return Path(source)
 
 
