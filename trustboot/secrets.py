@@ -38,9 +38,21 @@ def from_file(path: Path, what: str = "passphrase file") -> PassphraseSource:
         if not value:
             raise ConfigError(f"{what} {path} is empty",
                               hint="its first line is the secret: write it there")
+        refuse_nul(value, f"the first line of {what} {path}")
         return value
 
     return source
+
+
+def refuse_nul(value: bytes, where: str) -> None:
+    """A NUL byte is never part of a PIN or passphrase one can type: in a file it is a C
+    string's terminator or binary junk. A token would get it as a PIN byte (and count a
+    failed login), a key would be encrypted under a passphrase no prompt can give again;
+    refused instead, without saying where in the secret it is."""
+    if b"\0" in value:
+        raise ConfigError(f"{where} holds a NUL byte; a PIN or passphrase cannot contain one",
+                          hint="the secret is one line of text: rewrite it without the NUL "
+                               "byte (a C program's string terminator?)")
 
 
 def from_env(name: str) -> PassphraseSource:

@@ -293,6 +293,40 @@ def test_a_pin_source_on_another_host_is_refused(token: Token, material: Materia
         secret_source(f"file:{pin}#x")
 
 
+def test_a_nul_in_a_pin_or_passphrase_file_is_refused_not_sent(
+        token: Token, material: Material, tmp_path: Path) -> None:
+    """A PIN file written as a C string ("246810\\0") would reach the token as a wrong PIN
+    (a failed login counted towards the lock); it is refused before the login, the same
+    for --pin-file, pin-source= and passphrase files, without showing the secret."""
+    from trustboot.keys.pkcs11 import secret_source, token_session
+    from trustboot.secrets import constant, from_file
+
+    key = ec_key()
+    _, cert, chain = material.issue("hsm-pin-nul", key)
+    token.import_key(key, "signer")
+    image = _image(tmp_path)
+    for content in (f"{PIN}\0".encode(), f"{PIN}\0\n".encode(), f"24\x0068{PIN}\n".encode()):
+        pin = tmp_path / "pin-nul"
+        pin.write_bytes(content)
+        pin.chmod(0o600)
+        for source in (from_file(pin, "PIN file"), from_file(pin, "passphrase file"),
+                       secret_source(f"file:{pin}")):
+            with pytest.raises(ConfigError, match="holds a NUL byte") as err:
+                source("the token")
+            assert PIN not in f"{err.value.message} {err.value.hint}"
+        for extra in (["--pin-file", str(pin)], []):
+            uri = token.uri() if extra else f"{token.uri()}?pin-source=file:{pin}"
+            result = CliRunner().invoke(cli, ["sign", str(image), "--key", uri, "--cert",
+                                              str(cert), "--chain", str(chain),
+                                              "--pkcs11-module", str(token.module), *extra])
+            _expect(result, 3, f"PIN file {pin} holds a NUL byte", "without the NUL")
+            assert PIN not in result.output and "wrong PIN" not in result.output
+    # a library caller's PIN is checked at the token too
+    with pytest.raises(ConfigError, match=r"PIN for token .* holds a NUL byte"), \
+            token_session(parse_uri(token.uri()), token.module, constant(f"{PIN}\0".encode())):
+        pass
+
+
 def test_signed_at_is_the_callers_clock(token: Token, material: Material,
                                         tmp_path: Path) -> None:
     key = rsa_key()

@@ -237,10 +237,12 @@ def _secret_source(file: Path | None, *, env: str | None, option: str, kind: str
             # The codec's message gives byte positions inside the secret: never show it.
             raise ConfigError(f"the {kind} typed for {what} is not valid in this "
                               "terminal's encoding",
-                              hint=f"use {option}-file FILE (any bytes)") from None
+                              hint=f"use {option}-file FILE (any bytes but NUL)") from None
         if not value:
             raise ConfigError(f"empty {kind}")
-        return value.encode("utf-8", "surrogateescape")
+        typed = value.encode("utf-8", "surrogateescape")
+        secrets.refuse_nul(typed, f"the {kind} typed for {what}")
+        return typed
 
     return prompt
 

@@ -372,6 +372,8 @@ def token_session(uri: Pkcs11Uri, module: Path, secrets: PassphraseSource, *,
             source = uri.get("pin-source")
             raw = (secret_source(source) if source else secrets)(
                 f"the PIN of token {token.label!r}")
+            # whatever gave it (a library caller too): never sent to the token
+            secret_sources.refuse_nul(raw, f"the PIN for token {token.label!r}")
             try:
                 pin = raw.decode()
             except UnicodeDecodeError:  # say nothing about the value itself
