@@ -183,3 +183,54 @@ def test_a_malformed_public_key_object_is_a_config_error(token: Token, tmp_path:
         assert issued.exit_code == 3, issued.output
         assert expected in issued.output, issued.output
     assert not list(tmp_path.glob("*.sig")) and not list((pki / "issued").glob("bad*"))
+
+
+@pytest.mark.parametrize(("key_type", "missing", "error"), [
+    ("rsa:2048", "MODULUS", "AttributeTypeInvalid"),
+    ("rsa:2048", "PUBLIC_EXPONENT", "AttributeSensitive"),
+    ("EC:prime256v1", "EC_POINT", "AttributeTypeInvalid"),
+    ("EC:prime256v1", "EC_PARAMS", "AttributeTypeInvalid"),
+    ("EC:prime256v1", "KEY_TYPE", "AttributeTypeInvalid"),
+    ("EC:prime256v1", "KEY_TYPE", "vendor"),  # CKK_VENDOR_DEFINED: python-pkcs11 has no name
+])
+def test_a_public_key_object_without_an_attribute_is_a_config_error(
+        token: Token, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_type: str,
+        missing: str, error: str) -> None:
+    """Tokens may not give every attribute of a public key object (some smart cards answer
+    CKR_ATTRIBUTE_TYPE_INVALID for CKA_EC_POINT or CKA_PUBLIC_EXPONENT); SoftHSM2 always
+    does, so the token's answer is simulated at python-pkcs11's boundary. The run names
+    the object and the attribute (exit 3), for `sign` and for certifying it alike."""
+    import pkcs11
+    import pkcs11._pkcs11
+
+    lowlevel: Any = pkcs11._pkcs11  # its stub does not declare the classes patched here
+
+    _keypair(token, "partial", "09", key_type)
+    pki = tmp_path / "pki"
+    CertificateAuthority.init(pki, secrets.constant(CA_PASS), key_type="ec-p256")
+    image = tmp_path / "boot.ipxe"
+    image.write_text("#!ipxe\n")
+    pin = tmp_path / "pin"
+    pin.write_text(PIN)
+    pin.chmod(0o600)
+    real_getitem = lowlevel.Object.__getitem__  # what the generated key classes use
+    absent = pkcs11.Attribute[missing]
+
+    def answer(obj: Any, attribute: Any) -> Any:
+        if attribute == absent and error == "vendor":
+            return pkcs11.KeyType(0x8000_0001)  # cannot name: ValueError, as for a real one
+        if attribute == absent:
+            raise getattr(pkcs11.exceptions, error)()
+        return real_getitem(obj, attribute)
+    monkeypatch.setattr(lowlevel.PublicKey, "__getitem__", answer)
+    expected = (f"the key {token.uri('partial')} is of a key type that is not RSA or EC"
+                if error == "vendor" else
+                f"the public key object of {token.uri('partial')} has no readable CKA_{missing}")
+    signed = CliRunner().invoke(cli, ["sign", str(image), "--key", token.uri("partial"),
+                                      "--pki", str(pki), "--pin-file", str(pin)])
+    assert signed.exit_code == 3, signed.output
+    assert expected in signed.output and "hint:" in signed.output, signed.output
+    issued = _issue(pki, token.uri("partial"), "partial")
+    assert issued.exit_code == 3, issued.output
+    assert expected in issued.output, issued.output
+    assert not list(tmp_path.glob("*.sig")) and not list((pki / "issued").glob("partial*"))

@@ -458,7 +458,7 @@ class Pkcs11Signer(CertifiedSigner):
         super().__init__(certificate, chain)
         p11 = _import_pkcs11()
         self._key = key
-        key_type = key.key_type
+        key_type = read_attribute(key, p11.Attribute.KEY_TYPE, uri, "private key object")
         expected = p11.KeyType.RSA if self._algorithm == KeyAlgorithm.RSA else p11.KeyType.EC
         if key_type not in (p11.KeyType.RSA, p11.KeyType.EC):
             raise ConfigError(f"the key {uri.text} is a {key_type.name} key; only RSA and "
@@ -534,6 +534,32 @@ def _token_public_key(lib: Any, uri: Pkcs11Uri) -> Any:
         return _public_key_in(session, uri)
 
 
+def read_attribute(obj: Any, attribute: Any, uri: Pkcs11Uri, what: str) -> Any:
+    """An attribute of the token object ``what`` the URI names. A token may lack one or not
+    reveal it (CKR_ATTRIBUTE_TYPE_INVALID, _SENSITIVE), and python-pkcs11 raises ValueError
+    for a value it has no name for (a vendor's key type): the object is then unusable
+    here, which is a ConfigError naming it, not a module failure or a crash."""
+    p11 = _import_pkcs11()
+    try:
+        return obj[attribute]
+    except ValueError:
+        if attribute == p11.Attribute.KEY_TYPE:
+            raise ConfigError(f"the key {uri.text} is of a key type that is not RSA or EC "
+                              "(vendor-defined); only RSA and ECDSA keys can sign for iPXE",
+                              hint="use RSA or EC P-256") from None
+        raise ConfigError(f"the {what} of {uri.text} has an unreadable "
+                          f"CKA_{attribute.name}", hint=_ATTRIBUTES_HINT) from None
+    except (p11.exceptions.PKCS11Error, KeyError) as exc:
+        raise ConfigError(f"the {what} of {uri.text} has no readable CKA_{attribute.name} "
+                          f"({type(exc).__name__})", hint=_ATTRIBUTES_HINT) from None
+
+
+_ATTRIBUTES_HINT = ("inspect it (pkcs11-tool --module M -O, or p11tool --list-all): an RSA "
+                    "public key needs CKA_MODULUS and CKA_PUBLIC_EXPONENT, an EC one "
+                    "CKA_EC_PARAMS and CKA_EC_POINT, every key CKA_KEY_TYPE; import the key "
+                    "pair with them, or generate it in the token")
+
+
 def _public_key_in(session: Any, uri: Pkcs11Uri) -> Any:
     """The public key object the URI names, as a cryptography public key. Its attributes
     are the token's, and any R/W session can create public objects without logging in: a
@@ -549,18 +575,22 @@ def _public_key_in(session: Any, uri: Pkcs11Uri) -> Any:
             hint="inspect it (pkcs11-tool --module M -O, or p11tool --list-all); delete the "
                  "object and import the key pair's real public key, or generate a new pair")
 
-    if obj.key_type == p11.KeyType.RSA:
-        n = int.from_bytes(bytes(obj[p11.Attribute.MODULUS]), "big")
-        e = int.from_bytes(bytes(obj[p11.Attribute.PUBLIC_EXPONENT]), "big")
+    def read(attribute: Any) -> Any:
+        return read_attribute(obj, attribute, uri, "public key object")
+
+    key_type = read(p11.Attribute.KEY_TYPE)
+    if key_type == p11.KeyType.RSA:
+        n = int.from_bytes(bytes(read(p11.Attribute.MODULUS)), "big")
+        e = int.from_bytes(bytes(read(p11.Attribute.PUBLIC_EXPONENT)), "big")
         try:
             return rsa.RSAPublicNumbers(e, n).public_key()
         except ValueError:
             raise invalid("RSA") from None
-    if obj.key_type == p11.KeyType.EC:
+    if key_type == p11.KeyType.EC:
         from asn1crypto import core, keys
 
-        params_der = bytes(obj[p11.Attribute.EC_PARAMS])
-        point_der = bytes(obj[p11.Attribute.EC_POINT])
+        params_der = bytes(read(p11.Attribute.EC_PARAMS))
+        point_der = bytes(read(p11.Attribute.EC_POINT))
         try:
             params = keys.ECDomainParameters.load(params_der)
             name = params.chosen.native if params.name == "named" else ""
@@ -576,7 +606,7 @@ def _public_key_in(session: Any, uri: Pkcs11Uri) -> Any:
             return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
         except (ValueError, TypeError):
             raise invalid("EC") from None
-    raise ConfigError(f"the key {uri.text} is a {obj.key_type.name} key; only RSA "
+    raise ConfigError(f"the key {uri.text} is a {key_type.name} key; only RSA "
                       "and ECDSA keys can sign for iPXE", hint="use RSA or EC P-256")
 
 
@@ -608,9 +638,11 @@ def proven_public_key(ref: KeyRef, module_option: Path | None,
             raise ConfigError(f"{len(objects)} private keys match {uri.text}",
                               hint="add id= (or a more precise object=) to the URI")
         expected = p11.KeyType.RSA if algorithm == KeyAlgorithm.RSA else p11.KeyType.EC
-        if objects[0].key_type != expected:
+        private_type = read_attribute(objects[0], p11.Attribute.KEY_TYPE, uri,
+                                      "private key object")
+        if private_type != expected:
             raise ConfigError(
-                f"the private key {uri.text} is a {objects[0].key_type.name} key but its "
+                f"the private key {uri.text} is a {private_type.name} key but its "
                 "public key object is not; refusing to certify it (proof of possession)",
                 hint="fix object=/id= so that both objects belong to one key pair")
         challenge = hashlib.sha256(b"trustboot proof of possession\0" + os.urandom(32)
