@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
 
-from tests.keys.softhsm import PIN, Token, openssl_verify, replace_key
+from tests.keys.softhsm import PIN, Token, openssl_verify, replace_key, token_objects
 from trustboot.cli.main import cli
 
 KEY_PASS = "leaf key passphrase"
@@ -98,9 +99,23 @@ def test_second_ca_in_the_same_token_is_refused(token: Token, tmp_path: Path) ->
     assert first.exit_code == 0, first.output
     # no key file was written, so the advice is not to guard pki/private
     assert "keys stay in the token" in first.output and "private" not in first.output
+    before = token_objects(token)
     second = CliRunner().invoke(cli, [*args, "--pki", str(tmp_path / "b")], env=env)
     assert second.exit_code == 3 and "already holds" in second.output, second.output
     assert not (tmp_path / "b" / "index.json").exists()
+    assert token_objects(token) == before  # the first CA's keys, untouched
+    # the refusal names each object (class, CKA_ID) and the command removing exactly it
+    ((label, root_id),) = {o for o in before if o[0] == "trustboot-root-ca"}
+    message = " ".join(second.output.split())
+    assert f"labelled '{label}': private key id {root_id.hex()}" in message or \
+        f"public key id {root_id.hex()}" in message, message
+    commands = [c.strip() for c in message.split("remove them: ", 1)[1].split(";")
+                if c.strip().startswith("pkcs11-tool")]
+    assert {c.split("--type ")[1].split()[0] for c in commands} == {"privkey", "pubkey"}
+    for command in commands:  # as the user would, once sure no CA uses them
+        assert f"--label {label} --id {root_id.hex()}" in command, command
+        token.run(*shlex.split(command.replace("--login", f"--login --pin {PIN}")))
+    assert {o[0] for o in token_objects(token)} == {"trustboot-issuing-ca"}
 
 
 def _replace_issuing_key(token: Token, pki: Path, what: str) -> None:
@@ -162,3 +177,72 @@ def test_keys_are_generated_in_a_token_named_with_a_query(token: Token, tmp_path
     crl = CliRunner().invoke(cli, ["ca", "crl", "--pki", str(pki), "--passphrase-env",
                                    "TB_PIN"], env={"TB_PIN": PIN})
     assert crl.exit_code == 0, crl.output
+
+
+CRASHPOINT = Path(__file__).resolve().parents[1] / "ca" / "crashpoint.py"
+
+
+@pytest.mark.slow
+def test_init_killed_at_every_commit_point_leaves_no_keys_behind(token: Token,
+                                                                 tmp_path: Path) -> None:
+    """`ca init --pkcs11` SIGKILLed anywhere before the CA exists leaves key pairs in the
+    token (no cleanup runs). Running it again removes exactly those, by the label and
+    CKA_ID the killed run recorded before generating each, and makes the CA; a pair of
+    anyone else, under any label, stays."""
+    import os
+    import subprocess
+    import sys
+
+    from trustboot.ca.store import CertificateAuthority
+
+    token.run("pkcs11-tool", "--module", str(token.module), "--login", "--pin", PIN,
+              "--token-label", token.label, "--keypairgen", "--key-type", "EC:prime256v1",
+              "--label", "production", "--id", "01")
+    bystanders = token_objects(token)
+    env = {**os.environ, **token.env, "TB_PIN": PIN}
+    args = ["ca", "init", "--key-type", "ec-p256", "--pkcs11", f"pkcs11:token={token.label}",
+            "--pkcs11-module", str(token.module), "--passphrase-env", "TB_PIN"]
+
+    def run(pki: Path, crash_at: int, count: Path | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        extra = {"CRASH_COUNT_FILE": str(count)} if count else {}
+        return subprocess.run([sys.executable, str(CRASHPOINT), *args, "--pki", str(pki)],
+                              capture_output=True, text=True, timeout=120,
+                              env={**env, "CRASH_AT": str(crash_at), **extra},
+                              cwd=Path(__file__).resolve().parents[2])
+
+    probe = run(tmp_path / "probe", 0, tmp_path / "count")
+    assert probe.returncode == 0, probe.stderr
+    points = int((tmp_path / "count").read_text())
+    for obj in token_objects(token) - bystanders:  # the probe's CA: out of the way
+        token.run("pkcs11-tool", "--module", str(token.module), "--login", "--pin", PIN,
+                  "--token-label", token.label, "--delete-object", "--type", "privkey",
+                  "--label", obj[0], "--id", obj[1].hex())
+        token.run("pkcs11-tool", "--module", str(token.module), "--login", "--pin", PIN,
+                  "--token-label", token.label, "--delete-object", "--type", "pubkey",
+                  "--label", obj[0], "--id", obj[1].hex())
+    assert token_objects(token) == bystanders
+    killed_with_keys = 0
+    for k in range(1, points + 1):
+        pki = tmp_path / f"k{k}"
+        killed = run(pki, k)
+        assert killed.returncode == -9, (k, killed.stderr)
+        if CertificateAuthority.exists(pki):
+            break  # from here on the CA exists and owns its keys
+        killed_with_keys += bool(token_objects(token) - bystanders)
+        again = run(pki, 0)
+        assert again.returncode == 0, (k, again.stderr)
+        config = json.loads((pki / "config.json").read_text())
+        made = token_objects(token) - bystanders
+        assert len(made) == 2 and bystanders <= token_objects(token), k
+        assert {i.hex() for _, i in made} == {
+            ref.rsplit("id=", 1)[1].replace("%", "") for role, ref
+            in config["pkcs11"].items() if role != "module"}, k
+        assert not (pki / "private" / "pending-token-keys.json").exists()
+        assert CertificateAuthority.open(pki).check() == [], k
+        for label, key_id in made:  # the next iteration starts from an empty token again
+            for kind in ("privkey", "pubkey"):
+                token.run("pkcs11-tool", "--module", str(token.module), "--login", "--pin",
+                          PIN, "--token-label", token.label, "--delete-object", "--type",
+                          kind, "--label", label, "--id", key_id.hex())
+    assert killed_with_keys, "no kill point fell after the keys were generated"

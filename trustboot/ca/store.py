@@ -681,11 +681,8 @@ class CertificateAuthority:
             )
         check_pki_permissions(path)
         token_refs: dict[str, str] = {}
-        if pkcs11 is not None:
-            root_key, issuing_key, token_refs = _token_ca_keys(pkcs11, passphrases,
-                                                               root_spec, issuing_spec)
-            passphrase = b""
-        else:
+        recorded: list[str] = []  # the token pairs recorded before generating them
+        if pkcs11 is None:
             passphrase = passphrases("the new CA keys")
             keyfile.check_passphrase(passphrase, "the CA passphrase")
             root_key = root_spec.generate()
@@ -694,61 +691,94 @@ class CertificateAuthority:
             if cls.exists(path):
                 raise ConfigError(f"a CA already exists in {path}")
             _remove_temps(path)
-            _set_aside_leftovers(path, ["ca.crt", "issuing-ca.crt", "chain.pem", "crl.pem",
-                                        ROOT_CRL, "config.json", "log.jsonl"], now)
-            for sub in PUBLIC_DIRS:
-                make_dirs(path / sub)
-            ensure_private_dir(path / "private")
-            check_pki_permissions(path)
-            opts = options or CAOptions()
-            root_cert = profiles.build_certificate(
-                profile="root", subject_cn=f"{common_name} Root CA",
-                public_key=root_key.public_key(), issuer_cert=None, issuer_key=root_key,
-                serial=x509.random_serial_number(), now=now, days=root_days, opts=opts)
-            issuing_cert = profiles.build_certificate(
-                profile="issuing", subject_cn=f"{common_name} Issuing CA",
-                public_key=issuing_key.public_key(), issuer_cert=root_cert,
-                issuer_key=root_key, serial=x509.random_serial_number(), now=now,
-                days=issuing_days, opts=opts)
-            key_rels: list[str | None] = [None, None]
-            if not token_refs:
-                for i, (cert, key) in enumerate(((root_cert, root_key),
-                                                 (issuing_cert, issuing_key))):
-                    key_rels[i] = _key_rel(cert.serial_number)
-                    ensure_private_dir(path / "private" / "keys")
-                    _set_aside_leftovers(path, [str(key_rels[i])], now)
-                    keyfile.write_key(path / str(key_rels[i]), key, passphrase)
-            config = {
-                "version": 1,
-                "common_name": common_name,
-                "organization": opts.organization,
-                "crl_url": opts.crl_url,
-                "ocsp_url": opts.ocsp_url,
-                "root_key_type": root_spec.label,
-                "issuing_key_type": issuing_spec.label,
-                "created": now.isoformat(),
-            }
-            if token_refs:
-                config["pkcs11"] = token_refs
-            atomic_write(path / "config.json", json.dumps(config, indent=2).encode())
-            for cert in (root_cert, issuing_cert):
-                atomic_write(path / _cert_rel(cert.serial_number), pem(cert))
-            entries = [
-                _entry(ROOT_NAME, "root", root_cert, key_rels[0], path, fingerprint(root_cert)),
-                _entry(ISSUING_NAME, "issuing", issuing_cert, key_rels[1], path,
-                       fingerprint(root_cert)),
-            ]
-            state = IndexState(crl_number=1, active={"root": entries[0].sha256,
-                                                     "issuing": entries[1].sha256},
-                               log_chained_from=1)
-            ca = cls(path, config, entries, state)
-            ca._write_crl(issuing_key, now, days=30, number=1)
-            ca._refresh_views(now)
-            ca._expect_log(ca._record("init", now, root=fingerprint(root_cert),
-                                      issuing=fingerprint(issuing_cert),
-                                      key_type=root_spec.label))
-            ca._write_index()  # last: from here on the CA exists
-            ca._append_log()
+            if pkcs11 is not None:
+                passphrases = asked_once(passphrases)  # the PIN, for the cleanup too
+            try:
+                if pkcs11 is not None:  # under the lock: the record of pending keys is ours
+                    root_key, issuing_key = _token_ca_keys(path, pkcs11, passphrases,
+                                                           root_spec, issuing_spec, token_refs,
+                                                           recorded)
+                    passphrase = b""
+                return cls._init_locked(path, common_name, root_spec, issuing_spec,
+                                        root_days, issuing_days, options, now, warnings,
+                                        root_key, issuing_key, token_refs, passphrase)
+            except BaseException:
+                # not once the index is written: from then on the keys are the CA's
+                if pkcs11 is not None and recorded and not cls.exists(path):
+                    from trustboot.keys.pkcs11 import destroy_generated
+
+                    # all recorded, made or not: a pair whose generation failed half-way
+                    # may be in the token too
+                    if destroy_generated(pkcs11[0], pkcs11[1], passphrases, recorded):
+                        # else kept: the next run removes them by this record
+                        _pending_token_keys(path).unlink(missing_ok=True)
+                raise
+
+    @classmethod
+    def _init_locked(cls, path: Path, common_name: str, root_spec: profiles.KeySpec,
+                     issuing_spec: profiles.KeySpec, root_days: int, issuing_days: int,
+                     options: CAOptions | None, now: dt.datetime, warnings: list[str],
+                     root_key: PrivateKey, issuing_key: PrivateKey,
+                     token_refs: dict[str, str], passphrase: bytes,
+                     ) -> tuple[CertificateAuthority, list[str]]:
+        """The CA written into ``path``, its keys made: under the CA lock."""
+        _set_aside_leftovers(path, ["ca.crt", "issuing-ca.crt", "chain.pem", "crl.pem",
+                                    ROOT_CRL, "config.json", "log.jsonl"], now)
+        for sub in PUBLIC_DIRS:
+            make_dirs(path / sub)
+        ensure_private_dir(path / "private")
+        check_pki_permissions(path)
+        opts = options or CAOptions()
+        root_cert = profiles.build_certificate(
+            profile="root", subject_cn=f"{common_name} Root CA",
+            public_key=root_key.public_key(), issuer_cert=None, issuer_key=root_key,
+            serial=x509.random_serial_number(), now=now, days=root_days, opts=opts)
+        issuing_cert = profiles.build_certificate(
+            profile="issuing", subject_cn=f"{common_name} Issuing CA",
+            public_key=issuing_key.public_key(), issuer_cert=root_cert,
+            issuer_key=root_key, serial=x509.random_serial_number(), now=now,
+            days=issuing_days, opts=opts)
+        key_rels: list[str | None] = [None, None]
+        if not token_refs:
+            for i, (cert, key) in enumerate(((root_cert, root_key),
+                                             (issuing_cert, issuing_key))):
+                key_rels[i] = _key_rel(cert.serial_number)
+                ensure_private_dir(path / "private" / "keys")
+                _set_aside_leftovers(path, [str(key_rels[i])], now)
+                keyfile.write_key(path / str(key_rels[i]), key, passphrase)
+        config = {
+            "version": 1,
+            "common_name": common_name,
+            "organization": opts.organization,
+            "crl_url": opts.crl_url,
+            "ocsp_url": opts.ocsp_url,
+            "root_key_type": root_spec.label,
+            "issuing_key_type": issuing_spec.label,
+            "created": now.isoformat(),
+        }
+        if token_refs:
+            config["pkcs11"] = token_refs
+        atomic_write(path / "config.json", json.dumps(config, indent=2).encode())
+        for cert in (root_cert, issuing_cert):
+            atomic_write(path / _cert_rel(cert.serial_number), pem(cert))
+        entries = [
+            _entry(ROOT_NAME, "root", root_cert, key_rels[0], path, fingerprint(root_cert)),
+            _entry(ISSUING_NAME, "issuing", issuing_cert, key_rels[1], path,
+                   fingerprint(root_cert)),
+        ]
+        state = IndexState(crl_number=1, active={"root": entries[0].sha256,
+                                                 "issuing": entries[1].sha256},
+                           log_chained_from=1)
+        ca = cls(path, config, entries, state)
+        ca._write_crl(issuing_key, now, days=30, number=1)
+        ca._refresh_views(now)
+        ca._expect_log(ca._record("init", now, root=fingerprint(root_cert),
+                                  issuing=fingerprint(issuing_cert),
+                                  key_type=root_spec.label))
+        ca._write_index()  # last: from here on the CA exists
+        if token_refs:  # its token keys are the CA's now, not a run's leftovers
+            _pending_token_keys(path).unlink(missing_ok=True)
+        ca._append_log()
         return ca, warnings
 
     # ---- issue / renew ---------------------------------------------------------------
@@ -2120,18 +2150,73 @@ def _same_public_key(key: PrivateKey, cert: x509.Certificate) -> bool:
     return bool(key.public_key().public_bytes(*fmt) == cert.public_key().public_bytes(*fmt))
 
 
-def _token_ca_keys(pkcs11: tuple[str, Path], passphrases: PassphraseSource,
+def _pending_token_keys(pki: Path) -> Path:
+    """Where ``ca init --pkcs11`` records each key pair before generating it (its token,
+    label and random CKA_ID): a run killed before the CA exists leaves its pairs in the
+    token, and this record is what proves they are that run's and no one else's."""
+    return pki / "private" / "pending-token-keys.json"
+
+
+def _token_ca_keys(pki: Path, pkcs11: tuple[str, Path], passphrases: PassphraseSource,
                    root_spec: profiles.KeySpec, issuing_spec: profiles.KeySpec,
-                   ) -> tuple[PrivateKey, PrivateKey, dict[str, str]]:
-    """Generate the root and issuing keys in a token (see keys/pkcs11.py)."""
-    from trustboot.keys.pkcs11 import generate_key_pair, token_private_key
+                   refs: dict[str, str], recorded: list[str]) -> tuple[PrivateKey, PrivateKey]:
+    """Generate the root and issuing keys in a token (see keys/pkcs11.py); ``refs`` gets
+    each pair's URI as it is made, and "module"; ``recorded`` each pair's URI as it is
+    recorded, before it is made (the caller removes those if the CA is not made). Call
+    under the CA lock, ``passphrases`` asked once."""
+    from trustboot.keys.pkcs11 import generate_key_pair, generated_ref, token_private_key
 
     token, module = pkcs11
-    once = asked_once(passphrases)  # one PIN request for the two keys and their first uses
-    refs = {"module": str(module)}
+    _remove_killed_runs_keys(pki, token, module, passphrases)
     keys: list[PrivateKey] = []
     for role, spec in (("root", root_spec), ("issuing", issuing_spec)):
-        refs[role] = generate_key_pair(token, module, once, label=f"trustboot-{role}-ca",
-                                       kind=spec.kind, size=spec.size)
-        keys.append(token_private_key(refs[role], module, once))
-    return keys[0], keys[1], refs
+        label, key_id = f"trustboot-{role}-ca", os.urandom(8)
+        ref = generated_ref(token, label, key_id)
+        # recorded before the pair exists: a SIGKILL from here on leaves a record of it
+        ensure_private_dir(pki / "private")
+        write_private_file(_pending_token_keys(pki), json.dumps(
+            {"token": token, "module": str(module), "refs": [*recorded, ref]}).encode(),
+            overwrite=True)
+        recorded.append(ref)
+        refs[role] = generate_key_pair(token, module, passphrases, label=label,
+                                       kind=spec.kind, size=spec.size, key_id=key_id)
+        keys.append(token_private_key(refs[role], module, passphrases))
+    refs["module"] = str(module)
+    return keys[0], keys[1]
+
+
+def _remove_killed_runs_keys(pki: Path, token: str, module: Path,
+                             passphrases: PassphraseSource) -> None:
+    """The key pairs a killed ``ca init --pkcs11`` of this CA home recorded (no CA was
+    made: their keys certify nothing) are removed, each by its label and the random
+    CKA_ID recorded for it, never anything else of the token. A record naming another
+    token is refused: its PIN may not be this one's."""
+    from trustboot.keys.pkcs11 import destroy_generated, parse_uri
+
+    record = _pending_token_keys(pki)
+    if not (record.exists() or record.is_symlink()):
+        return
+    try:
+        data = json.loads(read_private_file(record, "record of pending token keys"))
+        refs = [str(r) for r in data["refs"]]
+        for ref in refs:
+            uri = parse_uri(ref)
+            if (uri.get("object") not in ("trustboot-root-ca", "trustboot-issuing-ca")
+                    or uri.id is None or len(uri.id) != 8):
+                raise ValueError(ref)
+        same = data["token"] == token and Path(data["module"]) == module
+    except (ValueError, KeyError, TypeError, ConfigError):
+        raise ConfigError(f"{record} (left by an interrupted `trustboot ca init`) is not "
+                          "readable as its record of token keys",
+                          hint="check the token for objects labelled trustboot-root-ca / "
+                               f"trustboot-issuing-ca, then remove {record}") from None
+    if not same:
+        shown = ", ".join(refs)
+        raise ConfigError(
+            f"an interrupted `trustboot ca init` of {pki} generated key pairs in another "
+            f"token: {shown} (module {data['module']})",
+            hint="run `trustboot ca init` again with that token (--pkcs11, --pkcs11-module) "
+                 "to remove them, or remove them yourself (pkcs11-tool --login "
+                 f"--delete-object --type privkey/pubkey --label L --id ID), then {record}")
+    destroy_generated(token, module, passphrases, refs, best_effort=False)
+    record.unlink()

@@ -821,21 +821,28 @@ def generation_token(text: str, module_option: Path | None,
 
 
 def destroy_generated(token_ref: str, module: Path, secrets: PassphraseSource,
-                      refs: Sequence[str]) -> None:
+                      refs: Sequence[str], *, best_effort: bool = True) -> bool:
     """Remove the key pairs a failed run just generated, each named by the URI
     :func:`generate_key_pair` returned: its label and the random CKA_ID chosen for it,
-    never the label alone, which a pair another run made meanwhile may share (best
-    effort: the run's own error is what the user needs to see)."""
+    never the label alone, which a pair another run made meanwhile may share. Best
+    effort (the run's own error is what the user needs to see): False when the token
+    could not be used; with ``best_effort=False`` its error is raised instead."""
     p11 = _import_pkcs11()
     uri = parse_uri(token_ref, require_key=False)
-    with contextlib.suppress(p11.exceptions.PKCS11Error, ConfigError, OperationalError), \
-            token_session(uri, module_path(uri, module), secrets, rw=True) as session:
-        for ref in refs:
-            made = parse_uri(ref)
-            if not made.get("object") or not made.id:
-                continue  # not one of generate_key_pair's: nothing to tell it apart by
-            for obj in list(session.get_objects(_object_attrs(made))):
-                obj.destroy()
+    failures = (p11.exceptions.PKCS11Error, ConfigError, OperationalError)
+    try:
+        with token_session(uri, module_path(uri, module), secrets, rw=True) as session:
+            for ref in refs:
+                made = parse_uri(ref)
+                if not made.get("object") or not made.id:
+                    continue  # not one of generate_key_pair's: nothing to tell it apart by
+                for obj in list(session.get_objects(_object_attrs(made))):
+                    obj.destroy()
+    except failures:
+        if not best_effort:
+            raise
+        return False
+    return True
 
 
 def _refuse_raced_label(uri: Pkcs11Uri, module: Path, secrets: PassphraseSource,
@@ -863,10 +870,57 @@ def _refuse_raced_label(uri: Pkcs11Uri, module: Path, secrets: PassphraseSource,
                                "CA uses them")
 
 
+def generated_ref(token_ref: str, label: str, key_id: bytes) -> str:
+    """The URI :func:`generate_key_pair` returns for the pair it makes with ``label`` and
+    ``key_id``: known before generating, so a caller can record it first."""
+    ident = "".join(f"%{b:02x}" for b in key_id)
+    return f"{token_ref.partition('?')[0]};object={label};id={ident}"
+
+
+def _removal_hint(session: Any, module: Path, objects: Sequence[Any]) -> str:
+    """The commands that remove exactly ``objects`` (by class, label and CKA_ID), to run
+    once it is certain that nothing uses them."""
+    import shlex
+
+    p11 = _import_pkcs11()
+    types = {p11.ObjectClass.PRIVATE_KEY: "privkey", p11.ObjectClass.PUBLIC_KEY: "pubkey",
+             p11.ObjectClass.CERTIFICATE: "cert", p11.ObjectClass.SECRET_KEY: "secrkey",
+             p11.ObjectClass.DATA: "data"}
+    token = shlex.quote(session.token.label)
+    commands = []
+    for obj in objects:
+        label = shlex.quote(str(_shown(obj, p11.Attribute.LABEL, "")))
+        key_id = bytes(_shown(obj, p11.Attribute.ID, b"")).hex()
+        kind = types.get(obj.object_class, "data")
+        commands.append(f"pkcs11-tool --module {shlex.quote(os.fspath(module))} --token-label "
+                        f"{token} --login --delete-object --type {kind} --label {label}"
+                        + (f" --id {key_id}" if key_id else ""))
+    return ("check that no CA or key set uses them (they may be another CA's keys), then "
+            "remove them: " + "; ".join(dict.fromkeys(commands)) + "; or use another token")
+
+
+def _shown(obj: Any, attribute: Any, default: Any) -> Any:
+    """An attribute for a message; ``default`` when the object has none (a data object
+    has no CKA_ID)."""
+    try:
+        return obj[attribute]
+    except (_import_pkcs11().exceptions.PKCS11Error, KeyError, ValueError):
+        return default
+
+
+def _described(objects: Sequence[Any]) -> str:
+    p11 = _import_pkcs11()
+    return ", ".join(f"{obj.object_class.name.lower().replace('_', ' ')} id "
+                     f"{bytes(_shown(obj, p11.Attribute.ID, b'')).hex() or '(none)'}"
+                     for obj in objects)
+
+
 def generate_key_pair(token_ref: str, module: Path, secrets: PassphraseSource, *,
-                      label: str, kind: str, size: int) -> str:
+                      label: str, kind: str, size: int, key_id: bytes | None = None) -> str:
     """Generate a non-extractable, sensitive signing key pair in the token; returns the
-    URI naming it. Refuses when the token already holds an object with that label."""
+    URI naming it. Refuses when the token already holds an object with that label, naming
+    those objects and the commands that would remove them. ``key_id``: the CKA_ID (random
+    8 bytes when not given)."""
     p11 = _import_pkcs11()
     # the label is a path attribute: it goes before the query (module-path=, pin-source=)
     path_part, query_sep, query = token_ref.partition("?")
@@ -882,10 +936,10 @@ def generate_key_pair(token_ref: str, module: Path, secrets: PassphraseSource, *
     with token_session(uri, module_path(uri, module), secrets, rw=True) as session:
         existing = list(session.get_objects({attr.LABEL: label}))
         if existing:
-            raise ConfigError(f"token already holds objects labelled {label!r}",
-                              hint="use another token, or remove them after checking "
-                                   "that no CA uses them")
-        key_id = os.urandom(8)
+            raise ConfigError(f"token already holds objects labelled {label!r}: "
+                              f"{_described(existing)}",
+                              hint=_removal_hint(session, module_path(uri, module), existing))
+        key_id = key_id if key_id is not None else os.urandom(8)
         try:
             if kind == "rsa":
                 session.generate_keypair(p11.KeyType.RSA, size, id=key_id, label=label,
@@ -905,5 +959,4 @@ def generate_key_pair(token_ref: str, module: Path, secrets: PassphraseSource, *
                                    f"{type(exc).__name__}",
                                    hint="check that the token supports this key type") from None
     _refuse_raced_label(uri, module, secrets, label, key_id)
-    ident = "".join(f"%{b:02x}" for b in key_id)
-    return f"{path_part};object={label};id={ident}"
+    return generated_ref(token_ref, label, key_id)
