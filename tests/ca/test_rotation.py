@@ -386,7 +386,12 @@ def test_revoking_a_leaf_of_a_previous_issuing_ca_without_its_key_says_why(
     assert r.exit_code == 0, r.output
     assert f"previous issuing CA {old.serial:x}, whose key is not in the CA home" in r.output
     assert f"--retire {old.serial:x}" in r.output and "on no CRL" in r.output
-    assert not (ca_home / "crls").exists()
+    # the empty CRL the rotation wrote cannot be signed again: export says what to do
+    crl_path = ca_home / "crls" / f"{old.serial:x}.pem"
+    assert CertificateAuthority.open(ca_home).get("signer").serial not in _listed(crl_path)
+    r = run("ca", "export", "--pki", str(ca_home), "--out", str(ca_home.parent / "ex"))
+    assert r.exit_code == 3 and "does not list revoked signer" in r.output, r.output
+    assert f"--retire {old.serial:x}" in r.output and "restore" in r.output, r.output
     assert CertificateAuthority.open(ca_home).get("signer").status == "revoked"
 
 
@@ -621,6 +626,37 @@ def test_rotate_issuing_keeps_the_previous_cas_revocations_on_a_crl(
     assert x509.load_pem_x509_crl(crl_path.read_bytes()).extensions.get_extension_for_class(
         x509.CRLNumber).value.crl_number > number
     assert revoked in _listed(crl_path)
+
+
+def test_rotate_issuing_gives_the_previous_ca_a_crl_even_with_no_revocation(
+        ca_home: Path, run: Run, secrets_dir: Path, tmp_path: Path) -> None:
+    """A relying party that checks the CRL of every CA of a chain (nginx ssl_crl, openssl
+    -crl_check_all) needs one from the previous issuing CA for the leaves it issued, even
+    when it revoked nothing: the rotation writes an empty one, signed by it, `ca crl`
+    refreshes it and writes it back for a CA home rotated without it, `ca export` hands it
+    on, and openssl accepts a leaf of that CA against it."""
+    old = CertificateAuthority.open(ca_home).active_entry("issuing")
+    signer = CertificateAuthority.open(ca_home).get("signer")
+    assert ca(run, ca_home, secrets_dir, "rotate", "issuing").exit_code == 0
+    crl_path = ca_home / "crls" / f"{old.serial:x}.pem"
+    assert crl_path.is_file(), "the previous issuing CA has no CRL"
+    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    assert len(crl) == 0 and crl.issuer == old.load_cert().subject
+    assert crl.is_signature_valid(old.load_cert().public_key())  # type: ignore[arg-type]
+    assert CertificateAuthority.open(ca_home).check() == []
+    assert ca(run, ca_home, secrets_dir, "crl", "--root").exit_code == 0
+    data = export(run, ca_home, tmp_path / "export")
+    assert data["crls"] == [str(tmp_path / "export" / "crls" / crl_path.name)]
+    chain = tmp_path / "old-chain.pem"
+    chain.write_bytes(old.read_cert_pem() + Path(data["root"]).read_bytes())
+    checked = subprocess.run(
+        ["openssl", "verify", "-crl_check_all", "-CAfile", str(chain), "-CRLfile",
+         data["crls"][0], "-CRLfile", str(ca_home / "root-crl.pem"), str(signer.cert_path)],
+        capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    crl_path.unlink()  # as a rotation by an older version left it
+    assert ca(run, ca_home, secrets_dir, "crl").exit_code == 0
+    assert crl_path.is_file() and CertificateAuthority.open(ca_home).check() == []
 
 
 def test_promote_keeps_the_previous_issuing_cas_revocations_on_a_crl(

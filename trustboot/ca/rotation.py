@@ -476,16 +476,19 @@ def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
             locked_already: bool = False,
             passphrases: PassphraseSource | None = None) -> StepResult:
     """A step that already happened: finish what a killed run left (views; with
-    ``passphrases`` the CRL of the new issuing CA, and root-crl.pem signed again by the
-    new root) and report it done."""
+    ``passphrases`` the CRL of the new issuing CA, the previous issuing CA's CRL in crls/,
+    and root-crl.pem signed again by the new root) and report it done."""
     key = root_key = None
     issuing, root = ca.active_entry("issuing"), ca.active_entry("root")
+    previous_keys: dict[str, PrivateKey] = {}
     if passphrases is not None and not locked_already:
         stale, stale_root = bool(ca._check_crl()), _root_crl_stale(ca)
-        if stale or stale_root:
+        unwritten = ca.previous_issuers_without_crl()
+        if stale or stale_root or unwritten:
             secret = constant(passphrases("the CA keys"))
             key = ca.load_ca_key(issuing, secret) if stale else None
             root_key = ca.load_ca_key(root, secret) if stale_root else None
+            previous_keys = {e.sha256: ca.load_ca_key(e, secret) for e in unwritten}
     if locked_already:
         ca._refresh_views(now)
         return StepResult(step, True, status(ca))
@@ -500,6 +503,14 @@ def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
             ca.crl_number += 1
             writes.append((key, ca.crl_number, None, 30))
             logged.append(ca._record("crl", now, crl_number=ca.crl_number))
+        # the previous issuing CA's CRL, which promote writes after its commit: with
+        # crl.pem's number when that is written again too (one "crl" record)
+        unwritten = [e for e in ca.previous_issuers_without_crl() if e.sha256 in previous_keys]
+        if unwritten:
+            if not logged:
+                ca.crl_number += 1
+                logged.append(ca._record("crl", now, crl_number=ca.crl_number))
+            writes += [(previous_keys[e.sha256], ca.crl_number, e, 30) for e in unwritten]
         if root_key is not None and _root_crl_stale(ca):
             ca.crl_number += 1
             writes.append((root_key, ca.crl_number, ca.active_entry("root"), ROOT_CRL_DAYS))

@@ -15,8 +15,9 @@ Layout of a pki directory (index version 2)::
                          it; only with `ca crl --root`: a TLS server that checks the CRL of
                          every CA of a client's chain (nginx ssl_crl) needs it besides crl.pem
     crls/SERIAL.pem      the CRL of a previous issuing CA (serial SERIAL), signed by it:
-                         written when a leaf it issued is revoked (its key is still here),
-                         or when a rotation replaces it as the active one with revocations
+                         written when a rotation replaces it as the active one (empty when
+                         it revoked nothing) and when a leaf it issued is revoked, while
+                         its key is here (without it, only crl.pem's revocations are kept)
     index.txt            index.json in OpenSSL's `ca` index format, for familiar tools
 
 and views that trustboot keeps current for people and other tools (derived from the index
@@ -342,6 +343,16 @@ class CertificateAuthority:
         return [e for e in self.entries if e.profile == "issuing" and e.sha256 != active
                 and e.status != "retired" and self._crl_entries(e)]
 
+    def previous_issuers_without_crl(self) -> list[IssuedEntry]:
+        """The previous issuing CAs, not retired, whose key is in the CA home but whose CRL
+        (crls/SERIAL.pem) is not: a rotation killed before writing it, or one by a version
+        that wrote it only for a CA that had revoked something."""
+        active = self.active_entry("issuing").sha256
+        return [e for e in self.entries if e.profile == "issuing" and e.sha256 != active
+                and e.status != "retired" and e.key_file is not None
+                and e.key_path.exists() and not self.crl_path(e).exists()
+                and not self.crl_path(e).is_symlink()]
+
     def _missing_previous_crls(self) -> list[tuple[Path, IssuedEntry]]:
         """(crl_path, issuer) of each previous issuing CA that owes a CRL and has none."""
         return [(self.crl_path(e), e) for e in self.previous_issuers_owing_crl()
@@ -380,8 +391,15 @@ class CertificateAuthority:
                 f"`trustboot ca check --pki {self.path}`", rule="index-conflict")
         data, problems = self._crl_problems(path, issuer)
         if problems:
-            raise ConfigError(f"{path} {problems[0]}", hint="regenerate it: trustboot ca crl"
-                              + (" --root" if issuer.profile == "root" else ""))
+            hint = "regenerate it: trustboot ca crl" + (" --root" if issuer.profile == "root"
+                                                        else "")
+            if issuer.profile == "issuing" and (issuer.key_file is None
+                                                or not issuer.key_path.exists()):
+                # a previous issuing CA's key gone: `ca crl` cannot sign its CRL
+                hint = ("restore that issuing CA's key to the CA home and run trustboot ca "
+                        "crl; or, once nothing depends on it, retire it: trustboot ca "
+                        f"rotate issuing --retire {issuer.serial:x}")
+            raise ConfigError(f"{path} {problems[0]}", hint=hint)
         return data
 
     def _crl_problems(self, path: Path, issuer: IssuedEntry,
@@ -1258,8 +1276,9 @@ class CertificateAuthority:
         issuing = self.active_entry("issuing")
         issuing_key = self.load_ca_key(issuing, ca_passphrases)
         # the CRLs of previous issuing CAs (see revoke) are refreshed too, and written for
-        # one that revoked leaves and has none (a rotation by an older version dropped it)
-        owing = self.previous_issuers_owing_crl()
+        # one that has none: that revoked leaves (a rotation by an older version dropped
+        # it), or whose key is here (an empty CRL, see keep_previous_crl)
+        owing = self.previous_issuers_owing_crl() + self.previous_issuers_without_crl()
         previous_keys = self._previous_issuer_keys(
             [e for e in self.entries if e.profile == "issuing"
              and (self.crl_path(e).exists() or e in owing)], ca_passphrases)
@@ -1351,12 +1370,15 @@ class CertificateAuthority:
                           now: dt.datetime, *, number: int) -> None:
         """Under the lock, after the commit that made ``previous`` a previous issuing CA
         (rotate issuing, root promote) and before crl.pem is replaced: its revocations go
-        on crls/SERIAL.pem, signed by its ``key``. Without the key, the CRL it last signed
-        (crl.pem, still its own) is kept as it is: stale one day, but not dropped."""
-        if not self._crl_entries(previous):
-            return
+        on crls/SERIAL.pem, signed by its ``key``; an empty one when it revoked nothing, as
+        a relying party that checks the CRL of every CA of a chain (nginx ssl_crl, openssl
+        -crl_check_all) refuses the leaves it issued without one. Without the key, the CRL
+        it last signed (crl.pem, still its own) is kept as it is when it lists something:
+        stale one day, but not dropped."""
         if key is not None:
             self._write_crl(key, now, days=30, number=number, issuer=previous)
+            return
+        if not self._crl_entries(previous):
             return
         if self._signed_crl(self.path / "crl.pem", previous) is not None:
             path = self.crl_path(previous)
