@@ -246,3 +246,32 @@ def test_init_killed_at_every_commit_point_leaves_no_keys_behind(token: Token,
                           PIN, "--token-label", token.label, "--delete-object", "--type",
                           kind, "--label", label, "--id", key_id.hex())
     assert killed_with_keys, "no kill point fell after the keys were generated"
+
+
+def test_init_failing_after_generating_removes_only_its_pairs(
+        token: Token, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure (or SIGTERM) after the keys are generated and before the CA exists
+    removes this run's pairs and its record; another pair in the token stays."""
+    from trustboot.ca.store import CertificateAuthority
+    from trustboot.errors import OperationalError
+
+    token.run("pkcs11-tool", "--module", str(token.module), "--login", "--pin", PIN,
+              "--token-label", token.label, "--keypairgen", "--key-type", "EC:prime256v1",
+              "--label", "production", "--id", "01")
+    bystanders = token_objects(token)
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise OperationalError("disk full")
+    pki = tmp_path / "pki"
+    with monkeypatch.context() as patched:  # (the fixture's own settings stay)
+        patched.setattr(CertificateAuthority, "_refresh_views", disk_full)
+        init = CliRunner().invoke(cli, ["ca", "init", "--pki", str(pki), "--key-type",
+                                        "ec-p256", "--pkcs11", f"pkcs11:token={token.label}",
+                                        "--passphrase-env", "TB_PIN"], env={"TB_PIN": PIN})
+    assert init.exit_code == 1 and "disk full" in init.output, init.output
+    assert token_objects(token) == bystanders
+    assert not (pki / "private" / "pending-token-keys.json").exists()
+    again = CliRunner().invoke(cli, ["ca", "init", "--pki", str(pki), "--key-type", "ec-p256",
+                                     "--pkcs11", f"pkcs11:token={token.label}",
+                                     "--passphrase-env", "TB_PIN"], env={"TB_PIN": PIN})
+    assert again.exit_code == 0, again.output
