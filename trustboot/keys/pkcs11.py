@@ -891,7 +891,7 @@ def _removal_hint(session: Any, module: Path, objects: Sequence[Any]) -> str:
     for obj in objects:
         label = shlex.quote(str(_shown(obj, p11.Attribute.LABEL, "")))
         key_id = bytes(_shown(obj, p11.Attribute.ID, b"")).hex()
-        kind = types.get(obj.object_class, "data")
+        kind = types.get(_shown(obj, p11.Attribute.CLASS, None), "data")
         commands.append(f"pkcs11-tool --module {shlex.quote(os.fspath(module))} --token-label "
                         f"{token} --login --delete-object --type {kind} --label {label}"
                         + (f" --id {key_id}" if key_id else ""))
@@ -910,9 +910,14 @@ def _shown(obj: Any, attribute: Any, default: Any) -> Any:
 
 def _described(objects: Sequence[Any]) -> str:
     p11 = _import_pkcs11()
-    return ", ".join(f"{obj.object_class.name.lower().replace('_', ' ')} id "
-                     f"{bytes(_shown(obj, p11.Attribute.ID, b'')).hex() or '(none)'}"
-                     for obj in objects)
+    described = []
+    for obj in objects:
+        # (python-pkcs11 gives a data object no object_class: read CKA_CLASS itself)
+        kind = _shown(obj, p11.Attribute.CLASS, None)
+        name = kind.name.lower().replace("_", " ") if kind is not None else "object"
+        described.append(f"{name} id "
+                         f"{bytes(_shown(obj, p11.Attribute.ID, b'')).hex() or '(none)'}")
+    return ", ".join(described)
 
 
 def generate_key_pair(token_ref: str, module: Path, secrets: PassphraseSource, *,
