@@ -275,3 +275,25 @@ def test_init_failing_after_generating_removes_only_its_pairs(
                                      "--pkcs11", f"pkcs11:token={token.label}",
                                      "--passphrase-env", "TB_PIN"], env={"TB_PIN": PIN})
     assert again.exit_code == 0, again.output
+
+
+def test_a_record_of_pairs_in_another_token_is_refused_not_acted_on(
+        token: Token, tmp_path: Path) -> None:
+    """The killed run generated in another token: nothing of this token is removed (its
+    PIN may not even be that token's); the refusal names the recorded pairs."""
+    pki = tmp_path / "pki"
+    (pki / "private").mkdir(parents=True, mode=0o700)
+    pki.chmod(0o755)
+    recorded = "pkcs11:token=elsewhere;object=trustboot-root-ca;id=%01%02%03%04%05%06%07%08"
+    record = pki / "private" / "pending-token-keys.json"
+    record.write_text(json.dumps({"token": "pkcs11:token=elsewhere",
+                                  "module": str(token.module.resolve()),
+                                  "refs": [recorded]}))
+    record.chmod(0o600)
+    before = token_objects(token)
+    init = CliRunner().invoke(cli, ["ca", "init", "--pki", str(pki), "--key-type", "ec-p256",
+                                    "--pkcs11", f"pkcs11:token={token.label}",
+                                    "--passphrase-env", "TB_PIN"], env={"TB_PIN": PIN})
+    assert init.exit_code == 3 and "in another token" in init.output, init.output
+    assert recorded in " ".join(init.output.split()) and record.exists()
+    assert token_objects(token) == before and not (pki / "index.json").exists()
