@@ -99,7 +99,32 @@ def _path(value: Path, what: str) -> str:
             any(ord(c) < 0x21 or ord(c) > 0x7E for c in text):
         raise ConfigError(f"{what} {text!r} must be an absolute path without spaces, quotes "
                           "or nginx syntax characters", hint="nginx paths are unquoted here")
+    # '..' would defeat the check that nothing of nginx's own lies under --root
+    if ".." in text.split("/"):
+        raise ConfigError(f"{what} {text!r} holds a '..' segment",
+                          hint="give the path without '..'")
     return text
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _outside_root(root: str, paths: dict[str, str]) -> None:
+    """What nginx reads its TLS and client trust from, and its upload temp files, must not
+    be served: under --root anyone could download the key (and its passphrase) or an
+    upload in flight, and any publisher could PUT its own client CA or an empty CRL."""
+    if root == "/":
+        raise ConfigError("--root / would serve the whole file system to anyone, and let "
+                          "publishers write anywhere nginx may",
+                          hint="serve a directory of its own, e.g. --root /srv/boot")
+    for what, path in paths.items():
+        if _under(path, root):
+            raise ConfigError(
+                f"{what} {path} is inside --root {root}: anonymous clients could download "
+                "it and publishers overwrite it",
+                hint=f"keep it outside {root} (e.g. /etc/trustboot/, and uploads in "
+                     "a sibling such as /srv/.dav-tmp)")
 
 
 def render(site: NginxSite) -> str:
@@ -125,15 +150,21 @@ def render(site: NginxSite) -> str:
         listens.append(f"    listen {listen} ssl;")
         if site.ipv6 and listen.isdigit():
             listens.append(f"    listen [::]:{listen} ssl;")
-    password = (f"    ssl_password_file {_path(site.key_password_file, '--key-password-file')};\n"
-                if site.key_password_file else "")
-    temp = (f"    client_body_temp_path {_path(site.body_temp_dir, '--body-temp-dir')};\n"
-            if site.body_temp_dir else "")
-    if site.client_crl is not None:
+    password_file = (_path(site.key_password_file, "--key-password-file")
+                     if site.key_password_file else None)
+    temp_dir = _path(site.body_temp_dir, "--body-temp-dir") if site.body_temp_dir else None
+    crl_file = _path(site.client_crl, "--client-crl") if site.client_crl else None
+    _outside_root(root, {k: v for k, v in (
+        ("--cert", cert), ("--key", key), ("--key-password-file", password_file),
+        ("--client-ca", client_ca), ("--client-crl", crl_file),
+        ("--body-temp-dir", temp_dir)) if v is not None})
+    password = f"    ssl_password_file {password_file};\n" if password_file else ""
+    temp = f"    client_body_temp_path {temp_dir};\n" if temp_dir else ""
+    if crl_file is not None:
         # nginx checks a CRL for every CA of the client's chain, root included, and
         # refuses every client once one is past its nextUpdate: refresh it, then reload
         crl = (f"    # one CRL per CA of {client_ca}; refresh before nextUpdate, then reload\n"
-               f"    ssl_crl {_path(site.client_crl, '--client-crl')};\n")
+               f"    ssl_crl {crl_file};\n")
     else:
         crl = f"    # WARNING: {NO_CRL_WARNING}\n"
     names = " ".join(site.server_names)

@@ -1,0 +1,72 @@
+"""`origin nginx-config` against hostile and careless options: what the rendered site would
+expose or let publishers change, refused before a user pastes it into production."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from trustboot.cli.main import cli
+from trustboot.errors import ConfigError
+from trustboot.publish.nginx import NginxSite, render
+
+SITE = NginxSite(server_names=("boot.example.net",), root=Path("/srv/boot"),
+                 certificate=Path("/etc/trustboot/server.pem"),
+                 key=Path("/etc/trustboot/server.key"),
+                 client_ca=Path("/etc/trustboot/chain.pem"),
+                 key_password_file=Path("/etc/trustboot/server.pass"),
+                 client_crl=Path("/etc/trustboot/trust/chain-crl.pem"),
+                 body_temp_dir=Path("/srv/.dav-tmp"))
+
+
+def _with(field: str, value: str) -> NginxSite:
+    changes: dict[str, Any] = {field: Path(value)}
+    return replace(SITE, **changes)
+
+
+def test_the_documented_layout_renders() -> None:
+    assert "root /srv/boot;" in render(SITE)
+
+
+@pytest.mark.parametrize("field", ["certificate", "key", "key_password_file", "client_ca",
+                                   "client_crl", "body_temp_dir"])
+@pytest.mark.parametrize("under", ["/srv/boot/tls/x", "/srv/boot/.tls/x", "/srv/boot"])
+def test_nothing_of_nginx_own_is_served(field: str, under: str) -> None:
+    """Under --root the key and its passphrase were downloadable by anyone (GET), an
+    upload in flight too (nginx's numbered temp files), and any publisher could PUT its
+    own client CA or an empty CRL (writes anywhere under the root, dot-files included)."""
+    with pytest.raises(ConfigError, match="inside --root"):
+        render(_with(field, under))
+
+
+def test_a_sibling_sharing_the_prefix_is_fine() -> None:
+    assert "ssl_certificate_key /srv/boot-tls/k;" in render(_with("key", "/srv/boot-tls/k"))
+
+
+def test_root_of_the_file_system_refused() -> None:
+    with pytest.raises(ConfigError, match="whole file system"):
+        render(_with("root", "/"))
+
+
+@pytest.mark.parametrize("field", ["root", "key", "body_temp_dir"])
+def test_dot_dot_refused(field: str) -> None:
+    """/srv/boot/../../etc/trustboot/k looks outside the root to a string check, and
+    --root /srv/boot/.. serves /srv: no path may hold '..'."""
+    value = {"root": "/srv/boot/..", "key": "/srv/boot/../boot/k",
+             "body_temp_dir": "/srv/boot/tmp/../tmp"}[field]
+    with pytest.raises(ConfigError, match=r"'\.\.'"):
+        render(_with(field, value))
+
+
+def test_cli_refuses_a_key_under_the_root(tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, [
+        "origin", "nginx-config", "--server-name", "boot.example.net", "--root",
+        str(tmp_path), "--cert", str(tmp_path / "server.pem"), "--key",
+        str(tmp_path / "server.key"), "--client-ca", "/etc/trustboot/chain.pem"])
+    assert res.exit_code == 3, res.output
+    assert "--cert" in res.output and "inside --root" in res.output
+    assert "Traceback" not in res.output
