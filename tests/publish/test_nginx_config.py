@@ -70,3 +70,11 @@ def test_cli_refuses_a_key_under_the_root(tmp_path: Path) -> None:
     assert res.exit_code == 3, res.output
     assert "--cert" in res.output and "inside --root" in res.output
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("size", ["0", "00", "0g", "0K"])
+def test_a_body_size_of_zero_is_no_limit_and_refused(size: str) -> None:
+    """client_max_body_size 0 turns nginx's limit off: one upload could fill the disk."""
+    with pytest.raises(ConfigError, match="above 0"):
+        render(replace(SITE, max_body_size=size))
+    assert "client_max_body_size 1k;" in render(replace(SITE, max_body_size="1k"))

@@ -89,7 +89,7 @@ def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -
 @click.option("--body-temp-dir", type=click.Path(path_type=Path),
               help="Upload temp directory; on the same file system as --root.")
 @click.option("--max-body-size", default="8g", show_default=True,
-              help="Largest object accepted (nginx client_max_body_size).")
+              help="Largest object accepted (nginx client_max_body_size; 0, no limit, is refused).")
 @click.option("--legacy-ipxe", is_flag=True,
               help="Also offer RSA key exchange suites, for iPXE builds before ECDHE.")
 def nginx_config(server_names: tuple[str, ...], root: Path, cert: Path, key: Path,

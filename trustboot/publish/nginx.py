@@ -137,8 +137,11 @@ def render(site: NginxSite) -> str:
     for listen in site.listen:
         if not _LISTEN.fullmatch(listen):
             raise ConfigError(f"--listen {listen!r}: expected PORT, ADDR:PORT or [V6]:PORT")
-    if not _SIZE.fullmatch(site.max_body_size):
-        raise ConfigError(f"--max-body-size {site.max_body_size!r}: expected e.g. 8g")
+    size = site.max_body_size
+    # nginx reads 0 as "no limit": one upload could then fill the disk
+    if not _SIZE.fullmatch(size) or int(size.rstrip("kKmMgG")) == 0:
+        raise ConfigError(f"--max-body-size {size!r}: expected a size above 0, e.g. 8g",
+                          hint="nginx takes 0 as no limit at all")
     entry = check_entry_path(site.entry_path)
     root = _path(site.root, "--root")
     cert = _path(site.certificate, "--cert")
