@@ -10,8 +10,9 @@ What it enforces, and why:
   certificate that chains to the CA (``ssl_verify_client optional`` + a map on the method and
   ``$ssl_client_verify``): anything else gets 403. With ``client_crl`` (``ssl_crl``), a
   revoked one is refused too; without it, revoking a publisher does not stop it writing.
-* No directory listing, no gzip (iPXE hashes the bytes as sent), boot MIME types,
-  ``releases/`` immutable and cacheable, the entry script and its signature never cached.
+* No symbolic links followed under the root, no directory listing, no gzip (iPXE hashes
+  the bytes as sent), boot MIME types, ``releases/`` immutable and cacheable, the entry
+  script and its signature never cached.
 """
 
 from __future__ import annotations
@@ -205,6 +206,9 @@ server {{
     ssl_verify_depth 3;
 {crl}
     root {root};
+    # nothing under the root is a link (publishers cannot make one): one planted there
+    # (releases -> /etc) would serve what it points to
+    disable_symlinks on from=$document_root;
     autoindex off;
     gzip off;
     charset off;
