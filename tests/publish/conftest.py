@@ -210,7 +210,10 @@ class Nginx:
 
 
 def start_nginx(pki: Pki, base: Path, *, extra_args: tuple[str, ...] = (),
-                main_extra: str = "") -> Nginx:
+                main_extra: str = "", other_site: Callable[[int], str] | None = None
+                ) -> Nginx:
+    """nginx serving the site `origin nginx-config` renders; ``other_site(port)``, if
+    given, is a server block placed before it (another site sharing the port)."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         pytest.skip("needs nginx (Debian package nginx); .ci/setup installs it")
@@ -245,6 +248,7 @@ http {{
 {temps}
     sendfile on;
 {main_extra}
+{other_site(port) if other_site else ""}
     include {base}/site.conf;
 }}
 """)

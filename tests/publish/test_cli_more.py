@@ -190,7 +190,8 @@ def test_nginx_config_content() -> None:
                   "/etc/tb/chain.pem")
     assert "ssl_verify_client optional;" in out and "autoindex off;" in out
     assert "ECDHE-RSA-AES128-GCM-SHA256" in out and "TLSv1.2" in out
-    assert "listen 443 ssl;" in out and "listen [::]:443 ssl;" in out
+    assert "listen 443 ssl default_server;" in out
+    assert "listen [::]:443 ssl default_server;" in out
     assert 'location = /boot.ipxe {' in out and "no-store" in out
 
 

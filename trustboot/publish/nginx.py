@@ -149,11 +149,14 @@ def render(site: NginxSite) -> str:
     key = _path(site.key, "--key")
     client_ca = _path(site.client_ca, "--client-ca")
     ciphers = ":".join(IPXE_CIPHERS + (IPXE_LEGACY_CIPHERS if site.legacy_ipxe else ()))
+    # default_server: a client sending no SNI (an IP-literal URL) is verified in the
+    # default server's TLS context; were that another site's, a client certificate from
+    # the CA *it* trusts would read here as $ssl_client_verify SUCCESS and could write
     listens = []
     for listen in site.listen:
-        listens.append(f"    listen {listen} ssl;")
+        listens.append(f"    listen {listen} ssl default_server;")
         if site.ipv6 and listen.isdigit():
-            listens.append(f"    listen [::]:{listen} ssl;")
+            listens.append(f"    listen [::]:{listen} ssl default_server;")
     password_file = (_path(site.key_password_file, "--key-password-file")
                      if site.key_password_file else None)
     temp_dir = _path(site.body_temp_dir, "--body-temp-dir") if site.body_temp_dir else None
