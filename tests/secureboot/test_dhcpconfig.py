@@ -31,6 +31,29 @@ def test_hostile_urls_refused(url: str) -> None:
         dhcpconfig.HttpBoot({"x86_64": url})
 
 
+def test_a_url_longer_than_option_67_refused() -> None:
+    """Option 67 holds 255 bytes: for a 335-character script URL dnsmasq handed iPXE a
+    one-byte garbled file name."""
+    long = "https://boot.example.net/" + "s" * 300 + "/boot.ipxe"
+    with pytest.raises(ConfigError, match="at most 255"):
+        dhcpconfig.HttpBoot({"x86_64": BIN}, long)
+    with pytest.raises(ConfigError, match="at most 255"):
+        dhcpconfig.HttpBoot({"x86_64": long})
+    fits = "https://boot.example.net/" + "a" * 220 + "/ipxe.efi"
+    assert fits in dhcpconfig.dnsmasq(dhcpconfig.HttpBoot({"x86_64": fits}))
+
+
+def test_kea_refuses_a_url_its_file_field_cannot_hold() -> None:
+    """Kea's boot-file-name is the 128-byte file field: Kea refused the whole
+    configuration at load time over a longer one."""
+    url = "https://boot.example.net/" + "a" * 120 + "/ipxe.efi"
+    with pytest.raises(ConfigError, match="--http-boot x86_64 URL is 154 characters"):
+        dhcpconfig.kea(dhcpconfig.HttpBoot({"x86_64": url}))
+    with pytest.raises(ConfigError, match="--ipxe-script"):
+        dhcpconfig.kea(dhcpconfig.HttpBoot({"x86_64": BIN}, url))
+    assert json.loads(dhcpconfig.kea(dhcpconfig.HttpBoot({"x86_64": BIN})))
+
+
 def test_unknown_arch_refused() -> None:
     with pytest.raises(ConfigError, match="unknown architecture"):
         dhcpconfig.HttpBoot({"mips": BIN})

@@ -24,6 +24,10 @@ HTTP_ARCHES = {"x86_64": 16, "arm64": 19, "x86": 15}
 # dnsmasq splits its options on commas and ends lines at '#'; neither may appear in a value.
 _SAFE_URL = re.compile(r"https://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~%/\-+=@!$()*;:&?]*)?")
 _SAFE_TAG = re.compile(r"[a-z0-9-]{1,32}")
+# Option 67 (boot file name) carries at most 255 bytes: dnsmasq sent a garbled name for a
+# longer one. Kea puts boot-file-name in the header's 128-byte file field.
+MAX_URL = 255
+MAX_KEA_URL = 128
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,10 @@ def check_url(url: str, what: str) -> str:
         raise ConfigError(f"{what} {url!r} is not an https:// URL",
                           hint="HTTPS Boot without TLS hands the first stage to anyone on "
                                "the path; serve it over https://")
+    if len(url) > MAX_URL:
+        raise ConfigError(f"{what} is {len(url)} characters long; a DHCP boot file name "
+                          f"(option 67) holds at most {MAX_URL}",
+                          hint="serve it under a shorter path")
     if not parts.hostname or not _SAFE_URL.fullmatch(url) or "," in url or "#" in url:
         raise ConfigError(f"{what} {url!r} holds characters a DHCP server config cannot "
                           "carry (spaces, quotes, commas, '#', control characters)",
@@ -83,6 +91,12 @@ def dnsmasq(config: HttpBoot, *, tag_prefix: str = "tb") -> str:
 
 def kea(config: HttpBoot) -> str:
     """A ``client-classes`` list for kea-dhcp4 (paste into the Dhcp4 object)."""
+    for what, url in [*((f"--http-boot {a}", u) for a, u in config.binaries.items()),
+                      ("--ipxe-script", config.script)]:
+        if url is not None and len(url) > MAX_KEA_URL:
+            raise ConfigError(f"{what} URL is {len(url)} characters long; Kea's "
+                              f"boot-file-name (the 128-byte file field) holds at most "
+                              f"{MAX_KEA_URL}", hint="serve it under a shorter path")
     classes: list[dict[str, object]] = []
     for arch, url in sorted(config.binaries.items()):
         classes.append({
