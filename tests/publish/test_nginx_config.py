@@ -78,3 +78,25 @@ def test_a_body_size_of_zero_is_no_limit_and_refused(size: str) -> None:
     with pytest.raises(ConfigError, match="above 0"):
         render(replace(SITE, max_body_size=size))
     assert "client_max_body_size 1k;" in render(replace(SITE, max_body_size="1k"))
+
+
+@pytest.mark.parametrize("listen", ["0", "99999", "1.2.3.4.5:443", "999.1.1.1:443",
+                                    "[::zz]:443", "[1::2::3]:443"])
+def test_a_listen_nginx_refuses_is_refused_here(listen: str) -> None:
+    """Each rendered a site that nginx -t refused ("invalid port", "host not found")."""
+    with pytest.raises(ConfigError, match="--listen"):
+        render(replace(SITE, listen=(listen,)))
+
+
+@pytest.mark.parametrize("name", ["*", "*x", "a*"])
+def test_a_server_name_nginx_refuses_is_refused_here(name: str) -> None:
+    with pytest.raises(ConfigError, match="--server-name"):
+        render(replace(SITE, server_names=(name,)))
+
+
+def test_listens_and_names_nginx_takes() -> None:
+    text = render(replace(SITE, listen=("8443", "192.0.2.1:443", "[2001:db8::1]:443",
+                                        "*:444"),
+                          server_names=("*.example.net", "[2001:db8::1]", "boot")))
+    assert "listen [2001:db8::1]:443 ssl default_server;" in text
+    assert "server_name *.example.net [2001:db8::1] boot;" in text

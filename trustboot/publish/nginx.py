@@ -18,6 +18,7 @@ What it enforces, and why:
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,9 @@ from trustboot.errors import ConfigError
 from trustboot.publish.http import IPXE_CIPHERS, IPXE_LEGACY_CIPHERS
 from trustboot.publish.manifest import check_entry_path
 
-_SERVER_NAME = re.compile(r"[A-Za-z0-9*]([A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\]")
-_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]:|[0-9.]+:|\*:)?[0-9]{1,5}")
+# a wildcard only as nginx takes one: "*.example.net" ("*" alone fails nginx -t)
+_SERVER_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\]")
+_LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]:|([0-9.]+):|\*:)?([0-9]{1,5})")
 _SIZE = re.compile(r"[0-9]{1,6}[kKmMgG]?")
 
 
@@ -128,6 +130,27 @@ def _outside_root(root: str, paths: dict[str, str]) -> None:
                      "a sibling such as /srv/.dav-tmp)")
 
 
+def _check_listen(listen: str) -> None:
+    """PORT, ADDR:PORT or [V6]:PORT that nginx accepts: a port out of range or an
+    address that is not one rendered a site that nginx -t refused at deploy time."""
+    match = _LISTEN.fullmatch(listen)
+    problem = None if match else "expected PORT, ADDR:PORT or [V6]:PORT"
+    if match:
+        v6, v4, port = match.groups()
+        try:
+            if v6 is not None:
+                ipaddress.IPv6Address(v6)
+            elif v4 is not None:
+                ipaddress.IPv4Address(v4)
+        except ValueError:
+            problem = f"{v6 or v4} is not an IP address"
+        if not 1 <= int(port) <= 65535:
+            problem = f"port {port} is not 1-65535"
+    if problem:
+        raise ConfigError(f"--listen {listen!r}: {problem}",
+                          hint="e.g. --listen 443 or --listen 192.0.2.10:443")
+
+
 def render(site: NginxSite) -> str:
     """The site (a ``map`` and a ``server`` block, for /etc/nginx/sites-enabled/)."""
     if not site.server_names:
@@ -136,8 +159,7 @@ def render(site: NginxSite) -> str:
         if not _SERVER_NAME.fullmatch(name):
             raise ConfigError(f"--server-name {name!r} is not a host name")
     for listen in site.listen:
-        if not _LISTEN.fullmatch(listen):
-            raise ConfigError(f"--listen {listen!r}: expected PORT, ADDR:PORT or [V6]:PORT")
+        _check_listen(listen)
     size = site.max_body_size
     # nginx reads 0 as "no limit": one upload could then fill the disk
     if not _SIZE.fullmatch(size) or int(size.rstrip("kKmMgG")) == 0:
