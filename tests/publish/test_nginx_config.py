@@ -100,3 +100,20 @@ def test_listens_and_names_nginx_takes() -> None:
                           server_names=("*.example.net", "[2001:db8::1]", "boot")))
     assert "listen [2001:db8::1]:443 ssl default_server;" in text
     assert "server_name *.example.net [2001:db8::1] boot;" in text
+
+
+@pytest.mark.parametrize("option", ["--root", "--body-temp-dir", "--key", "--client-crl"])
+def test_an_empty_path_is_not_the_current_directory(option: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--root "$BOOT_ROOT"` with the variable unset gave "", which became the directory
+    the command ran in: the site served it to anyone and took publishers' writes there."""
+    monkeypatch.chdir(tmp_path)
+    args = {"--root": "/srv/boot", "--cert": "/etc/tb/server.pem",
+            "--key": "/etc/tb/server.key", "--client-ca": "/etc/tb/chain.pem",
+            option: ""}
+    res = CliRunner().invoke(cli, ["origin", "nginx-config", "--server-name",
+                                   "boot.example.net",
+                                   *[x for kv in args.items() for x in kv]])
+    assert res.exit_code == 2, res.output
+    assert option in res.output and "empty" in res.output
+    assert str(tmp_path) not in res.output

@@ -12,6 +12,22 @@ from trustboot.cli._common import emit_json, json_option, warn
 from trustboot.errors import ConfigError, ExitCode, OperationalError, VerificationError
 
 
+class _SitePath(click.Path):
+    """A path for the rendered site: not empty, as `--root "$UNSET"` would give. Click
+    turns "" into ".", so the site silently served (and took writes into) whatever
+    directory the command ran in."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty (an unset shell variable?): give the path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def _site_path() -> _SitePath:
+    return _SitePath(path_type=Path)
+
+
 @click.group("origin")
 def command() -> None:
     """Set up and check an HTTPS boot origin.
@@ -66,18 +82,18 @@ def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -
 @command.command("nginx-config")
 @click.option("--server-name", "server_names", multiple=True, required=True,
               help="Host name(s) the certificate is for (repeatable).")
-@click.option("--root", type=click.Path(path_type=Path), default=Path("/srv/trustboot"),
+@click.option("--root", type=_site_path(), default=Path("/srv/trustboot"),
               show_default=True, help="Directory served (the WebDAV root).")
-@click.option("--cert", type=click.Path(path_type=Path), required=True,
+@click.option("--cert", type=_site_path(), required=True,
               help="Server certificate + issuing CA (PEM), from `trustboot ca issue server`.")
-@click.option("--key", type=click.Path(path_type=Path), required=True,
+@click.option("--key", type=_site_path(), required=True,
               help="Its private key (PEM).")
-@click.option("--key-password-file", type=click.Path(path_type=Path),
+@click.option("--key-password-file", type=_site_path(),
               help="File with the key's passphrase (nginx ssl_password_file).")
-@click.option("--client-ca", type=click.Path(path_type=Path), required=True,
+@click.option("--client-ca", type=_site_path(), required=True,
               help="CA chain (PEM) that writers' client certificates must chain to "
                    "(the pki's chain.pem).")
-@click.option("--client-crl", type=click.Path(path_type=Path),
+@click.option("--client-crl", type=_site_path(),
               help="CRLs (PEM) of every CA in --client-ca, the root's included (nginx "
                    "ssl_crl): refuses revoked publisher certificates. Refresh it and reload "
                    "nginx before its nextUpdate: nginx refuses every client after it.")
@@ -86,7 +102,7 @@ def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -
 @click.option("--no-ipv6", is_flag=True, help="Do not add [::]:PORT for a bare port.")
 @click.option("--entry-path", default="boot.ipxe", show_default=True,
               help="The entry script (served with Cache-Control: no-store).")
-@click.option("--body-temp-dir", type=click.Path(path_type=Path),
+@click.option("--body-temp-dir", type=_site_path(),
               help="Upload temp directory; on the same file system as --root.")
 @click.option("--max-body-size", default="8g", show_default=True,
               help="Largest object accepted (nginx client_max_body_size; 0, no limit, is refused).")
