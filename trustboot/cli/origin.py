@@ -39,7 +39,7 @@ def command() -> None:
           --cert /etc/trustboot/server.pem --key /etc/trustboot/server.key \\
           --key-password-file /etc/trustboot/server.pass \\
           --client-ca /etc/trustboot/chain.pem --root /srv/boot \\
-          --client-crl /etc/trustboot/trust/chain-crl.pem \\
+          --client-crl /etc/trustboot/trust/chain-crl.pem --writer publisher \\
           > /etc/nginx/sites-enabled/trustboot
       trustboot origin check https://boot.example.net/boot.ipxe --signer boot-signer
       trustboot origin dhcp-config --http-boot x86_64=https://boot.example.net/fw/ipxe.efi \\
@@ -97,6 +97,10 @@ def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -
               help="CRLs (PEM) of every CA in --client-ca, the root's included (nginx "
                    "ssl_crl): refuses revoked publisher certificates. Refresh it and reload "
                    "nginx before its nextUpdate: nginx refuses every client after it.")
+@click.option("--writer", "writers", multiple=True, metavar="NAME",
+              help="Only client certificates of this common name may write (the NAME of "
+                   "`ca issue client NAME`; repeatable). Without it any client certificate "
+                   "of the CA can, one built into iPXE with --client-cert included.")
 @click.option("--listen", multiple=True, default=("443",), show_default=True,
               help="PORT, ADDR:PORT or [V6]:PORT (repeatable).")
 @click.option("--no-ipv6", is_flag=True, help="Do not add [::]:PORT for a bare port.")
@@ -111,9 +115,10 @@ def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -
 def nginx_config(server_names: tuple[str, ...], root: Path, cert: Path, key: Path,
                  key_password_file: Path | None, client_ca: Path, listen: tuple[str, ...],
                  no_ipv6: bool, entry_path: str, body_temp_dir: Path | None,
-                 max_body_size: str, legacy_ipxe: bool, client_crl: Path | None) -> None:
+                 max_body_size: str, legacy_ipxe: bool, client_crl: Path | None,
+                 writers: tuple[str, ...]) -> None:
     """Print a hardened nginx site: TLS for iPXE, anonymous GET, writes with a client cert."""
-    from trustboot.publish.nginx import NO_CRL_WARNING, NginxSite, render
+    from trustboot.publish.nginx import NO_CRL_WARNING, NO_WRITER_WARNING, NginxSite, render
 
     site = NginxSite(server_names=server_names, root=root.absolute(),
                      certificate=cert.absolute(), key=key.absolute(),
@@ -122,8 +127,11 @@ def nginx_config(server_names: tuple[str, ...], root: Path, cert: Path, key: Pat
                      entry_path=entry_path, ipv6=not no_ipv6,
                      body_temp_dir=body_temp_dir.absolute() if body_temp_dir else None,
                      max_body_size=max_body_size, legacy_ipxe=legacy_ipxe,
-                     client_crl=client_crl.absolute() if client_crl else None)
+                     client_crl=client_crl.absolute() if client_crl else None,
+                     writers=writers)
     text = render(site)
+    if not writers:
+        warn(NO_WRITER_WARNING + "; see `trustboot origin nginx-config --help`")
     if client_crl is None:
         warn(NO_CRL_WARNING + "; see `trustboot origin nginx-config --help`")
     else:
