@@ -19,6 +19,7 @@ What it enforces, and why:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -209,17 +210,20 @@ def render(site: NginxSite) -> str:
         if not _WRITER.fullmatch(writer):
             raise ConfigError(f"--writer {writer!r} is not a certificate name",
                               hint="the NAME of `trustboot ca issue client NAME`")
+    # map variables are global to nginx, and a second map of the same name silently
+    # replaces the first: two sites (staging, production) shared the last one's rules
+    tag = hashlib.sha256(repr(site).encode()).hexdigest()[:12]
     if site.writers:
         # $ssl_client_s_dn is RFC 2253, the certificate's last RDN first: CN=NAME(,O=...)
         alternatives = "|".join(re.escape(w) for w in site.writers)
         client = (
             "# Publishers: a verified client certificate whose common name is a --writer\n"
             "# (not any of the CA's: one built into iPXE is in every boot image).\n"
-            'map "$ssl_client_verify|$ssl_client_s_dn" $trustboot_client {\n'
+            f'map "$ssl_client_verify|$ssl_client_s_dn" $trustboot_client_{tag} {{\n'
             "    default NONE;\n"
             f'    "~^SUCCESS\\|CN=({alternatives})(,|$)" SUCCESS;\n'
             "}\n\n")
-        verdict = "$trustboot_client"
+        verdict = f"$trustboot_client_{tag}"
     else:
         client = f"# WARNING: {NO_WRITER_WARNING}\n\n"
         verdict = "$ssl_client_verify"
@@ -231,7 +235,7 @@ def render(site: NginxSite) -> str:
 
 {client}# 0 = allowed. Anonymous: GET/HEAD of paths with no dot-file segment. With a verified
 # client certificate: reads and the WebDAV methods trustboot publish uses.
-map "$request_method|$uri|{verdict}" $trustboot_denied {{
+map "$request_method|$uri|{verdict}" $trustboot_denied_{tag} {{
     default 1;
     "~^(GET|HEAD)\\|(/[^./|][^/|]*)+\\|[^|]*$" 0;
     "~^(GET|HEAD|PUT|DELETE|MKCOL|COPY|MOVE|PROPFIND|OPTIONS)\\|[^|]*\\|SUCCESS$" 0;
@@ -274,7 +278,7 @@ server {{
         application/octet-stream efi kpxe lkrn iso img cpio gz xz zst;
     }}
 
-    if ($trustboot_denied) {{
+    if ($trustboot_denied_{tag}) {{
         return 403;
     }}
 
