@@ -229,7 +229,10 @@ def start_nginx(pki: Pki, base: Path, *, extra_args: tuple[str, ...] = (),
             "localhost", "--listen", f"127.0.0.1:{port}", "--root", str(root),
             "--cert", str(chain), "--key", str(pki.key("origin")),
             "--key-password-file", str(pki.key_pass), "--client-ca",
-            str(pki.dir / "chain.pem"), "--body-temp-dir", str(tmp), *extra_args]
+            str(pki.dir / "chain.pem"), "--body-temp-dir", str(tmp),
+            # the fixtures' writer, unless a test says who writes
+            *(() if any(a.startswith(("--writer", "--unsafe-any-client")) for a in extra_args)
+              else ("--writer", "publisher")), *extra_args]
     made = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert made.exit_code == 0, made.output
     (base / "site.conf").write_text(made.stdout)  # (warnings go to stderr)

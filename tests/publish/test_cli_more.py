@@ -180,14 +180,14 @@ def test_a_failed_check_names_one_error_for_every_caller(pki: Pki, nginx: Nginx,
 ])
 def test_nginx_config_refuses_injection(args: list[str]) -> None:
     res = CliRunner().invoke(cli, ["origin", "nginx-config", "--cert", "/c", "--key", "/k",
-                                   "--client-ca", "/ca", *args])
+                                   "--client-ca", "/ca", "--writer", "publisher", *args])
     assert res.exit_code == 3, res.output
 
 
 def test_nginx_config_content() -> None:
     out = run_cli("origin", "nginx-config", "--server-name", "boot.example.net", "--cert",
                   "/etc/tb/server.pem", "--key", "/etc/tb/server.key", "--client-ca",
-                  "/etc/tb/chain.pem")
+                  "/etc/tb/chain.pem", "--writer", "publisher")
     assert "ssl_verify_client optional;" in out and "autoindex off;" in out
     assert "ECDHE-RSA-AES128-GCM-SHA256" in out and "TLSv1.2" in out
     assert "listen 443 ssl default_server;" in out

@@ -20,7 +20,7 @@ SITE = NginxSite(server_names=("boot.example.net",), root=Path("/srv/boot"),
                  client_ca=Path("/etc/trustboot/chain.pem"),
                  key_password_file=Path("/etc/trustboot/server.pass"),
                  client_crl=Path("/etc/trustboot/trust/chain-crl.pem"),
-                 body_temp_dir=Path("/srv/.dav-tmp"))
+                 body_temp_dir=Path("/srv/.dav-tmp"), writers=("publisher",))
 
 
 def _with(field: str, value: str) -> NginxSite:
@@ -66,7 +66,8 @@ def test_cli_refuses_a_key_under_the_root(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, [
         "origin", "nginx-config", "--server-name", "boot.example.net", "--root",
         str(tmp_path), "--cert", str(tmp_path / "server.pem"), "--key",
-        str(tmp_path / "server.key"), "--client-ca", "/etc/trustboot/chain.pem"])
+        str(tmp_path / "server.key"), "--client-ca", "/etc/trustboot/chain.pem",
+        "--writer", "publisher"])
     assert res.exit_code == 3, res.output
     assert "--cert" in res.output and "inside --root" in res.output
     assert "Traceback" not in res.output
@@ -110,7 +111,7 @@ def test_an_empty_path_is_not_the_current_directory(option: str, tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     args = {"--root": "/srv/boot", "--cert": "/etc/tb/server.pem",
             "--key": "/etc/tb/server.key", "--client-ca": "/etc/tb/chain.pem",
-            option: ""}
+            "--writer": "publisher", option: ""}
     res = CliRunner().invoke(cli, ["origin", "nginx-config", "--server-name",
                                    "boot.example.net",
                                    *[x for kv in args.items() for x in kv]])

@@ -56,7 +56,9 @@ def _put(url: str, pki: Pki, cert: Path, key: Path) -> int:
 def test_a_revoked_publisher_cannot_write(revoking_pki: tuple[Pki, Path, Path],
                                           tmp_path: Path, with_crl: bool) -> None:
     pki, kept, trust = revoking_pki
-    extra = ("--client-crl", str(trust / "chain-crl.pem")) if with_crl else ()
+    # `former` is a writer: only the CRL may stop it
+    extra = ("--writer", "publisher", "--writer", "former", *(
+        ("--client-crl", str(trust / "chain-crl.pem")) if with_crl else ()))
     nginx = start_nginx(pki, tmp_path / "nginx", extra_args=extra)
     try:
         site = (tmp_path / "nginx/site.conf").read_text()
@@ -79,7 +81,7 @@ def test_a_revoked_publisher_cannot_write(revoking_pki: tuple[Pki, Path, Path],
 def _config(pki: Pki, *extra: str) -> list[str]:
     return ["origin", "nginx-config", "--server-name", "boot.example.net", "--cert",
             "/etc/tb/server.pem", "--key", "/etc/tb/server.key", "--client-ca",
-            str(pki.dir / "chain.pem"), *extra]
+            str(pki.dir / "chain.pem"), "--writer", "publisher", "--writer", "former", *extra]
 
 
 def test_without_a_crl_the_config_and_a_warning_say_revocation_is_not_enforced(

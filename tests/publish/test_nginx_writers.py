@@ -61,9 +61,16 @@ def test_writer_names_are_certificate_names(name: str) -> None:
         render(site)
 
 
-def test_without_writers_the_config_and_a_warning_say_so() -> None:
-    res = CliRunner().invoke(cli, ["origin", "nginx-config", "--server-name", "b", "--cert",
-                                   "/e/c", "--key", "/e/k", "--client-ca", "/e/ca"])
+def test_without_writers_the_site_is_refused_unless_unsafe() -> None:
+    """The safe choice is the default: a site any client certificate of the CA can write to
+    (the one in every boot image included) takes --unsafe-any-client-writes, and says so."""
+    args = ["origin", "nginx-config", "--server-name", "b", "--cert", "/e/c", "--key",
+            "/e/k", "--client-ca", "/e/ca"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 3, res.output
+    assert "no --writer" in res.output and "--writer publisher" in res.output
+    assert "server {" not in res.stdout
+    res = CliRunner().invoke(cli, [*args, "--unsafe-any-client-writes"])
     assert res.exit_code == 0, res.output
     assert "# WARNING: no --writer" in res.stdout
     assert "no --writer" in res.stderr
@@ -88,7 +95,8 @@ def test_two_sites_in_one_nginx_keep_their_own_rules(ipxe_client_pki: Pki,
         client_ca=pki.dir / "chain.pem", listen=(f"127.0.0.1:{prod_port}",), ipv6=False,
         writers=("publisher",)))
     # the staging site (no --writer) is the one start_nginx renders, included after
-    staging = start_nginx(pki, tmp_path / "staging", other_site=lambda _port: prod)
+    staging = start_nginx(pki, tmp_path / "staging", other_site=lambda _port: prod,
+                          extra_args=("--unsafe-any-client-writes",))
     try:
         url = f"https://127.0.0.1:{prod_port}/"
         assert _put(url + "from-ipxe", pki, "ipxe-client") == 403

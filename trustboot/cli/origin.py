@@ -99,8 +99,11 @@ def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -
                    "nginx before its nextUpdate: nginx refuses every client after it.")
 @click.option("--writer", "writers", multiple=True, metavar="NAME",
               help="Only client certificates of this common name may write (the NAME of "
-                   "`ca issue client NAME`; repeatable). Without it any client certificate "
-                   "of the CA can, one built into iPXE with --client-cert included.")
+                   "`ca issue client NAME`; repeatable). Required, unless "
+                   "--unsafe-any-client-writes.")
+@click.option("--unsafe-any-client-writes", is_flag=True,
+              help="Without --writer: let every client certificate of the CA write (one "
+                   "built into iPXE, whose key is in every boot image, included); warns.")
 @click.option("--listen", multiple=True, default=("443",), show_default=True,
               help="PORT, ADDR:PORT or [V6]:PORT (repeatable).")
 @click.option("--no-ipv6", is_flag=True, help="Do not add [::]:PORT for a bare port.")
@@ -116,7 +119,7 @@ def nginx_config(server_names: tuple[str, ...], root: Path, cert: Path, key: Pat
                  key_password_file: Path | None, client_ca: Path, listen: tuple[str, ...],
                  no_ipv6: bool, entry_path: str, body_temp_dir: Path | None,
                  max_body_size: str, legacy_ipxe: bool, client_crl: Path | None,
-                 writers: tuple[str, ...]) -> None:
+                 writers: tuple[str, ...], unsafe_any_client_writes: bool) -> None:
     """Print a hardened nginx site: TLS for iPXE, anonymous GET, writes with a client cert."""
     from trustboot.publish.nginx import NO_CRL_WARNING, NO_WRITER_WARNING, NginxSite, render
 
@@ -128,7 +131,7 @@ def nginx_config(server_names: tuple[str, ...], root: Path, cert: Path, key: Pat
                      body_temp_dir=body_temp_dir.absolute() if body_temp_dir else None,
                      max_body_size=max_body_size, legacy_ipxe=legacy_ipxe,
                      client_crl=client_crl.absolute() if client_crl else None,
-                     writers=writers)
+                     writers=writers, unsafe_any_client_writes=unsafe_any_client_writes)
     text = render(site)
     if not writers:
         warn(NO_WRITER_WARNING + "; see `trustboot origin nginx-config --help`")

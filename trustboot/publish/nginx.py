@@ -57,6 +57,8 @@ class NginxSite:
     # certificate of the CA can, the one `ipxe build --client-cert` puts in every boot
     # image included
     writers: tuple[str, ...] = ()
+    # without writers, refused unless this says every client certificate may write
+    unsafe_any_client_writes: bool = False
 
 
 NO_WRITER_WARNING = ("no --writer: every client certificate of the CA can write to this "
@@ -210,6 +212,15 @@ def render(site: NginxSite) -> str:
         if not _WRITER.fullmatch(writer):
             raise ConfigError(f"--writer {writer!r} is not a certificate name",
                               hint="the NAME of `trustboot ca issue client NAME`")
+    if not site.writers and not site.unsafe_any_client_writes:
+        # one built into iPXE is in every boot image: anyone could PUT, DELETE and MOVE
+        raise ConfigError(
+            "no --writer: every client certificate of the CA could write to this origin, "
+            "one built into iPXE (ipxe build --client-cert) included, whose key is in every "
+            "boot image anyone can download",
+            hint="name the publishers: --writer publisher (the NAME of `trustboot ca issue "
+                 "client NAME`, repeatable); --unsafe-any-client-writes lets every client "
+                 "certificate of the CA write")
     # map variables are global to nginx, and a second map of the same name silently
     # replaces the first: two sites (staging, production) shared the last one's rules
     tag = hashlib.sha256(repr(site).encode()).hexdigest()[:12]
