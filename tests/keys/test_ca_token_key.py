@@ -166,13 +166,7 @@ def test_a_malformed_public_key_object_is_a_config_error(token: Token, tmp_path:
     _public_object(token, "badparams", {Attribute.KEY_TYPE: KeyType.EC,
                                         Attribute.EC_PARAMS: p256[:-2],
                                         Attribute.EC_POINT: off_curve})
-    pki = tmp_path / "pki"
-    CertificateAuthority.init(pki, secrets.constant(CA_PASS), key_type="ec-p256")
-    image = tmp_path / "boot.ipxe"
-    image.write_text("#!ipxe\n")
-    pin = tmp_path / "pin"
-    pin.write_text(PIN)
-    pin.chmod(0o600)
+    pki, image, pin = _ca_image_pin(tmp_path)
     for label, kind in (("badrsa", "RSA"), ("badpoint", "EC"), ("badparams", "EC")):
         expected = f"the public key object of {token.uri(label)} is not a valid {kind} key"
         signed = CliRunner().invoke(cli, ["sign", str(image), "--key", token.uri(label),
@@ -183,6 +177,18 @@ def test_a_malformed_public_key_object_is_a_config_error(token: Token, tmp_path:
         assert issued.exit_code == 3, issued.output
         assert expected in issued.output, issued.output
     assert not list(tmp_path.glob("*.sig")) and not list((pki / "issued").glob("bad*"))
+
+
+def _ca_image_pin(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A CA home, an image to sign and the token's PIN file (0600)."""
+    pki = tmp_path / "pki"
+    CertificateAuthority.init(pki, secrets.constant(CA_PASS), key_type="ec-p256")
+    image = tmp_path / "boot.ipxe"
+    image.write_text("#!ipxe\n")
+    pin = tmp_path / "pin"
+    pin.write_text(PIN)
+    pin.chmod(0o600)
+    return pki, image, pin
 
 
 @pytest.mark.parametrize(("key_type", "missing", "error"), [
@@ -206,13 +212,7 @@ def test_a_public_key_object_without_an_attribute_is_a_config_error(
     lowlevel: Any = pkcs11._pkcs11  # its stub does not declare the classes patched here
 
     _keypair(token, "partial", "09", key_type)
-    pki = tmp_path / "pki"
-    CertificateAuthority.init(pki, secrets.constant(CA_PASS), key_type="ec-p256")
-    image = tmp_path / "boot.ipxe"
-    image.write_text("#!ipxe\n")
-    pin = tmp_path / "pin"
-    pin.write_text(PIN)
-    pin.chmod(0o600)
+    pki, image, pin = _ca_image_pin(tmp_path)
     real_getitem = lowlevel.Object.__getitem__  # what the generated key classes use
     absent = pkcs11.Attribute[missing]
 
