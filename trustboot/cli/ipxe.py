@@ -131,7 +131,8 @@ def _read_script(path: Path) -> str:
               help="Extra chain certificates to build in (CERT=). Repeatable.")
 @click.option("--client-cert", metavar="NAME",
               help="Build in the pki's client certificate NAME and its RSA key for "
-              "client-authenticated origins.")
+              "client-authenticated origins (anyone with the binary can take the key out: "
+              "never an origin writer).")
 @passphrase_options(what="the client key")
 @click.option("--script", "script_file", type=click.Path(path_type=Path, dir_okay=False),
               help="Embed this #!ipxe script (it is linted: it must be fail-closed).")
