@@ -226,6 +226,8 @@ def test_wrong_passphrase_and_mismatched_cert(material: Material, tmp_path: Path
     mismatch = CliRunner().invoke(cli, [*_sign_args(key, other_cert, chain), str(image)],
                                   env=ENV)
     assert mismatch.exit_code == 3 and "does not belong" in mismatch.output
+    # the hint names sign's option (--cert is verify's CERT= option, and no option of resign)
+    assert "(--signing-cert)" in mismatch.output and "(--cert)" not in mismatch.output
 
 
 def test_ca_references(tmp_path: Path) -> None:

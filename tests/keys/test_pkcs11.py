@@ -169,7 +169,7 @@ def test_errors_are_clear_and_write_nothing(token: Token, material: Material,
     _expect(_sign(token, tmp_path, [image], token.uri(), *args), 3, "2 private keys match",
             "id=")
     _expect(_sign(token, tmp_path, [image], token.uri("signer", id="%02"), *args), 3,
-            "does not belong")
+            "does not belong", "(--signing-cert)")
     _expect(_sign(token, tmp_path, [image], token.uri(), *args, "--pkcs11-module",
                   str(tmp_path / "missing.so")), 3, "does not exist")
     bogus = tmp_path / "bogus.so"

@@ -53,7 +53,8 @@ _PATH_ATTRS = {"token", "manufacturer", "serial", "model", "library-manufacturer
 _QUERY_ATTRS = {"pin-source", "pin-value", "module-name", "module-path"}
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _TYPES = {"private", "public", "cert", "secret-key", "data"}
-_MISMATCH_HINT = "pass the certificate issued for this key (--cert), or fix id=/object="
+_MISMATCH_HINT = ("pass the certificate issued for this key (--signing-cert), or fix "
+                  "id=/object=")
 INSTALL_HINT = "install python-pkcs11: pip install 'trustboot[pkcs11]'"
 MODULE_HINT = ("name the token's PKCS#11 module: --pkcs11-module /path/to/module.so "
                "(or TRUSTBOOT_PKCS11_MODULE, or module-path= in the URI); SoftHSM2's is "

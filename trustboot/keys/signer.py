@@ -114,8 +114,8 @@ class KeySigner(CertifiedSigner):
     ) -> None:
         super().__init__(certificate, chain)
         if key.public_key() != certificate.public_key():
-            raise self.mismatch("file", "pass the certificate issued for this key (--cert), "
-                                "or the right key")
+            raise self.mismatch("file", "pass the certificate issued for this key "
+                                "(--signing-cert), or the right key")
         self._key: keyfile.PrivateKey | None = key
         warm_up(key, HashAlgorithm.SHA256)
 
