@@ -79,7 +79,7 @@ def time_limit(environ: Mapping[str, str] | None = None) -> float:
         value = math.nan
     if not (math.isfinite(value) and 0 < value <= MAX_TIME_LIMIT):
         raise ConfigError(f"{TIME_LIMIT_ENV}={raw[:40]!r} is not a number of seconds "
-                          f"from 0 to {MAX_TIME_LIMIT:g}",
+                          f"above 0 and at most {MAX_TIME_LIMIT:g} (a week)",
                           hint=f"e.g. {TIME_LIMIT_ENV}=7200, or unset it for an hour")
     return value
 

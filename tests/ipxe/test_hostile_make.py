@@ -248,6 +248,7 @@ def test_an_invalid_time_limit_is_refused_before_any_work(
     code, err = build(env, pki)
     assert code == 3, err
     assert f"TRUSTBOOT_BUILD_TIMEOUT={value!r} is not a number of seconds" in err
+    assert "above 0 and at most 604800" in err  # 0 is refused: the range says so
     assert env["runs"].read_text() == ""  # make never ran
 
 
