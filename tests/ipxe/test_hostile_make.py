@@ -262,3 +262,20 @@ def test_an_invalid_time_limit_is_refused_before_a_git_build_prepares_anything(
     assert code == 3, err
     assert "TRUSTBOOT_BUILD_TIMEOUT='soon' is not a number of seconds" in err
     assert not cache.exists()  # nothing fetched, no cache prepared
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--git", "https://git.example.invalid/ipxe.git"], "needs --commit SHA"),
+    (["--git", "https://git.example.invalid/ipxe.git", "--commit", "0" * 40,
+      "--source", "."], "exclude each other"),
+    (["--commit", "0" * 40, "--source", "."], "only makes sense with --git"),
+])
+def test_source_options_that_do_not_go_together_say_what_to_do(
+        tmp_path: Path, args: list[str], needle: str) -> None:
+    """Each refusal of --git/--commit/--source names the fix, as every error does."""
+    cache = tmp_path / "cache"
+    code, out, err = run("ipxe", "build", *args, "--cache-dir", str(cache),
+                         "--target", "bin/ipxe.lkrn", *CHAIN)
+    assert code == 3 and out == "", err
+    assert needle in err and "hint:" in err, err
+    assert not cache.exists()

@@ -204,12 +204,20 @@ def build_cmd(
         warn(sandbox.UNSAFE_WARNING)
     if git_url is not None:
         # Before anything else runs: the URL reaches git, the commit names a directory.
-        if source_dir is not None or commit is None:
-            raise ConfigError("--git URL needs --commit SHA and excludes --source")
+        if commit is None:
+            raise ConfigError("--git URL needs --commit SHA",
+                              hint="pin the clone to a full commit id: --commit "
+                              "$(git rev-parse v2.0.0^{commit})")
+        if source_dir is not None:
+            raise ConfigError("--git URL and --source exclude each other",
+                              hint="build a local tree with --source DIR, or clone one with "
+                              "--git URL --commit SHA")
         git_url = check_git_url(git_url)
         commit = check_commit(commit)
     elif commit is not None:
-        raise ConfigError("--commit only makes sense with --git URL")
+        raise ConfigError("--commit only makes sense with --git URL",
+                          hint="add --git URL to clone that commit, or drop --commit to "
+                          "build the tree --source names as it is")
     for name in make_env_names:
         if not name or not name.replace("_", "a").isalnum() or name[0].isdigit():
             raise ConfigError(f"--make-env {name!r} is not an environment variable name")
