@@ -239,6 +239,22 @@ def test_make_never_sees_the_passphrase_variable(env: dict[str, Path], pki: Test
     assert code == 3 and "passphrase" in err
 
 
+def test_make_env_never_names_the_secure_boot_passphrase_variable(
+        env: dict[str, Path], pki: TestPki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--make-env refuses the variable --secureboot-passphrase-env reads, as it refuses
+    the client key's: make runs the tree's code, and the db key signs what firmware runs."""
+    monkeypatch.setenv("TB_SB_PASS", "secure-boot-passphrase")
+    code, out, err = run("ipxe", "build", "--source", str(env["tree"]), "--pki",
+                         str(pki.dir), "--secureboot-sign", "db",
+                         "--secureboot-passphrase-env", "TB_SB_PASS",
+                         "--make-env", "TB_SB_PASS", "--target", "bin-x86_64-efi/ipxe.efi",
+                         *CHAIN)
+    assert code == 3 and out == "", err
+    assert "would hand the Secure Boot db key's passphrase to make" in err, err
+    assert "secure-boot-passphrase" not in err
+    assert env["runs"].read_text() == ""  # make never ran
+
+
 def test_key_copies_are_removed_only_from_real_bin_directories(
         env: dict[str, Path], pki: TestPki, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -218,12 +218,16 @@ def build_cmd(
         raise ConfigError("--commit only makes sense with --git URL",
                           hint="add --git URL to clone that commit, or drop --commit to "
                           "build the tree --source names as it is")
+    secret_envs = {passphrase_env: "the client key's passphrase",
+               secureboot_passphrase_env: "the Secure Boot db key's passphrase"}
     for name in make_env_names:
         if not name or not name.replace("_", "a").isalnum() or name[0].isdigit():
-            raise ConfigError(f"--make-env {name!r} is not an environment variable name")
-        if passphrase_env is not None and name == passphrase_env:
-            raise ConfigError(f"--make-env {name} would hand the client key's passphrase "
-                              "to make", hint="pass another variable")
+            raise ConfigError(f"--make-env {name!r} is not an environment variable name",
+                              hint="pass the name of a variable set in your environment "
+                              "(letters, digits and _), e.g. --make-env CCACHE_DIR")
+        if name in secret_envs:
+            raise ConfigError(f"--make-env {name} would hand {secret_envs[name]} to make",
+                              hint="pass another variable")
     # The default ./pki is used only if it is there; an explicit --pki must exist.
     explicit_pki = ctx.get_parameter_source("pki") not in (
         click.core.ParameterSource.DEFAULT, None,
