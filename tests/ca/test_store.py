@@ -313,6 +313,9 @@ def test_check_detects_tampering(pki: Path, run) -> None:  # type: ignore[no-unt
     (pki / "issued" / "signer.crt").write_bytes(other)
     r = run("ca", "check", "--pki", str(pki))
     assert r.exit_code == 3 and "differs from the index" in r.output
+    # the hint is not circular: ca check refuses this CA too, so the fix comes first
+    hint = r.output.split("hint:", 1)[1]
+    assert hint.index("restore the file") < hint.index("ca check"), r.output
 
 
 def test_a_certificate_not_yet_valid_is_not_current(pki: Path) -> None:

@@ -1655,8 +1655,9 @@ class CertificateAuthority:
                     + (f"a certificate with sha256 {bad[0]}" if len(bad[0]) == 64 else "none")
                     + f", not the certificate {name!r} the index recorded; it was replaced "
                     "or damaged, refusing to use this CA",
-                    hint=f"run `trustboot ca check --pki {self.path}`; restore the file from "
-                    "a backup (or delete it: the next CA write recreates it)")
+                    hint="restore the file from a backup (or delete it: the next CA write "
+                    f"recreates it), then run `trustboot ca check --pki {self.path}` (which "
+                    "refuses this CA too until then)")
             if rel.startswith("issued/"):
                 key_view = self.path / "private" / f"{name}.key"
                 if key_view.exists() or key_view.is_symlink():
