@@ -218,8 +218,9 @@ def build_cmd(
         raise ConfigError("--commit only makes sense with --git URL",
                           hint="add --git URL to clone that commit, or drop --commit to "
                           "build the tree --source names as it is")
-    secret_envs = {passphrase_env: "the client key's passphrase",
-               secureboot_passphrase_env: "the Secure Boot db key's passphrase"}
+    secret_envs = {name: what for name, what in (
+        (passphrase_env, "the client key's passphrase"),
+        (secureboot_passphrase_env, "the Secure Boot db key's passphrase")) if name}
     for name in make_env_names:
         if not name or not name.replace("_", "a").isalnum() or name[0].isdigit():
             raise ConfigError(f"--make-env {name!r} is not an environment variable name",
