@@ -155,6 +155,9 @@ CASES: list[Case] = [
     ("publish: the release directory does not exist", 1,
      lambda s: ["publish", str(s.dir / "nope"), f"file://{s.dir}/srv", "--release-id", "r1",
                 "--pki", str(s.pki.dir)]),
+    ("publish: the release directory is a file", 1,
+     lambda s: ["publish", str(s.file("img")), f"file://{s.dir}/srv", "--release-id", "r1",
+                "--pki", str(s.pki.dir)]),
     ("publish: origin unreachable", 1,
      lambda s: _publish(s, "https://127.0.0.1:9/", "--retries", "0", "--timeout", "2")),
     # 2: usage (click's own)

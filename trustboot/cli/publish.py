@@ -271,7 +271,9 @@ def command() -> None:
 
 
 @command.command("release", hidden=True, epilog=EXAMPLES)
-@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+# Not click's file_okay=False (a usage error, exit 2): a file given as the release directory
+# is an I/O failure, exit 1, as a missing one (scan_directory), like sign's and verify's FILE.
+@click.argument("directory", type=click.Path(path_type=Path))
 @click.argument("origin_url", metavar="ORIGIN")
 @click.option("--release-id", required=True, help="Release id ([A-Za-z0-9][A-Za-z0-9._-]*).")
 @click.option("--entry", default=None,
