@@ -96,3 +96,30 @@ def test_the_cli_spells_the_variable_the_library_names() -> None:
     assert cli_release.ORIGIN_CA_ENV == ORIGIN_CA_ENV
     out = CliRunner().invoke(cli, ["release", "--help"]).output
     assert "--origin-ca-file" in out and ORIGIN_CA_ENV in out
+
+
+@pytest.mark.parametrize("url", ["https://127.0.0.1:9/dav/", "s3://boot/prod"])
+def test_no_ca_for_the_origin_is_refused_at_the_recipe_line(pki: Pki, tmp_path: Path,
+                                                            url: str) -> None:
+    """trustboot never trusts the system's store: an https:// or s3:// recipe without
+    origin.ca_file (and no --origin-ca-file) is refused at validation, at its origin line,
+    naming what release takes (the TLS code's own hint named publish's --ca-file/--pki),
+    in a dry run too; with --origin-ca-file it validates."""
+    recipe = make_lab(tmp_path / "lab", pki, url, images=IMAGES, client_cert=False,
+                      release_id="{date}-{digest8}")
+    extra = (", endpoint: 'https://127.0.0.1:9', public_url: 'https://127.0.0.1:9/boot/'"
+             if url.startswith("s3") else "")
+    recipe.write_text(recipe.read_text().replace(", ca_file: pki/ca.crt", extra))
+    line = next(i for i, x in enumerate(recipe.read_text().splitlines(), 1)
+                if x.startswith("origin:"))
+    env = {"TRUSTBOOT_AMBIENT_CREDENTIALS": f"{url} https://127.0.0.1:9"} \
+        if url.startswith("s3") else {}
+    for args in ((), ("--dry-run",)):
+        res = _release(recipe, *args, env=env)
+        assert res.exit_code == 3, res.output
+        assert f"lab.yaml:{line}: origin " in res.stderr, res.stderr
+        assert "has no CA to check its TLS certificate" in res.stderr, res.stderr
+        assert "origin.ca_file" in res.stderr and "--origin-ca-file" in res.stderr
+        assert "--pki" not in res.stderr
+    res = _release(recipe, "--dry-run", "--origin-ca-file", str(pki.ca), env=env)
+    assert "has no CA" not in res.stderr, res.stderr

@@ -665,7 +665,8 @@ def _recipe_ca_binding(recipe: Recipe, url: str, creds: bool, client_cert: bool,
     recipe's choosing, whoever can redirect the name (DNS, on-path) presents a certificate
     of it and receives them. So the operator's --origin-ca-file replaces the recipe's;
     without one, a recipe that names a ca_file and authenticates is refused (unless
-    --unsafe-unbound-credentials); without ca_file, the system's trust as before. A dry
+    --unsafe-unbound-credentials); without any, validate refuses an https:// or s3://
+    origin (no CA to check it with). A dry
     run, which sends no credentials, gets the note of what a real run refuses."""
     o = recipe.origin
     if options.origin_ca_file is not None or o is None or o.ca_file is None \
@@ -687,8 +688,7 @@ def _recipe_ca_binding(recipe: Recipe, url: str, creds: bool, client_cert: bool,
            "redirected name, would take them")
     return _unbound(why, f"give the origin's CA yourself: {ORIGIN_CA_OPTION} FILE (or "
                          f"{ORIGIN_CA_ENV}=FILE), which replaces the recipe's "
-                         "origin.ca_file; or remove origin.ca_file from the recipe (the "
-                         "system's trust store then checks the origin); or, only for a "
+                         "origin.ca_file; or, only for a "
                          "recipe you trust, pass --unsafe-unbound-credentials",
                     dry_run=dry_run, note=". This dry run sends no credentials and "
                     "presents no client certificate")
@@ -781,6 +781,14 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
         ca_file = resolve_path(recipe, o.ca_file, "origin.ca_file", allow_outside=allow)
         # whose certificates prove the origin to the read-back
         _trusted(recipe, options, ca_file, "origin.ca_file", o.ca_file.where)
+    if ca_file is None and urlsplit(url).scheme.lower() in ("https", "s3"):
+        # every origin client trusts exactly the CA it is given (publish.http.tls_context),
+        # never the system's store: say so here, at the recipe's line, with release's options
+        raise ConfigError(
+            f"{where}: origin {redact_url(url)} has no CA to check its TLS certificate "
+            "with (trustboot never uses the system's trust store)",
+            hint="add origin.ca_file: the CA certificate (PEM) that issued the origin's TLS "
+                 f"certificate, or pass {ORIGIN_CA_OPTION} FILE (or {ORIGIN_CA_ENV}=FILE)")
     creds = None
     if o is not None and o.credentials is not None:
         creds = _origin_credentials(recipe, o.credentials, url, o.endpoint, options)
