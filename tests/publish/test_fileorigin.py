@@ -731,9 +731,11 @@ def test_an_origin_directory_another_user_can_change_is_refused(
     else:
         root.mkdir()
         dir_of_nobody(root / "releases")
-    with pytest.raises(ConfigError, match=r"other users|not by root or you|owned by uid"):
+    with pytest.raises(ConfigError, match=r"other users|not by root or you|owned by uid"
+                       ) as refused:
         with FileOrigin(url, OriginOptions()) as origin:
             origin.put_bytes("releases/r1/x", b"x", sha256=SHA_X)
+    assert "--unsafe-shared-origin" in (refused.value.hint or "")  # the way, if on purpose
     assert not list(tmp_path.rglob("x"))
     with FileOrigin(url, OriginOptions(unsafe_shared_origin=True)) as origin:
         origin.put_bytes("releases/r1/x", b"x", sha256=SHA_X)

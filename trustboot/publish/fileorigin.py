@@ -85,7 +85,7 @@ class FileOrigin(StagesUploads, GuardedByLock):
             # whoever can change a directory above the root can move it away after the
             # read-back and put theirs in its place (a link of theirs: point it elsewhere);
             # checked before any is created
-            fsutil.check_parents(self.root, "origin directory")
+            self._check_parents()
         if self.options.create_root:
             # every directory this creates gets DIR_MODE, whatever the umask
             fsutil.make_dirs(self.root, DIR_MODE)
@@ -104,13 +104,21 @@ class FileOrigin(StagesUploads, GuardedByLock):
                 # again, now that every directory exists: one another user made in a
                 # missing place (in /tmp, say) between the first check and make_dirs, which
                 # keeps an existing one, would hold ours (fsutil.make_output_dir does the same)
-                fsutil.check_parents(self.root, "origin directory")
+                self._check_parents()
             self._check_shared(self._root_fd, [])
         except BaseException:
             os.close(self._root_fd)
             self._root_fd = None
             raise
         return self
+
+    def _check_parents(self) -> None:
+        try:
+            fsutil.check_parents(self.root, "origin directory")
+        except ConfigError as exc:  # the way out of a directory shared on purpose, named
+            exc.hint = (f"{exc.hint}; or, for a directory shared on purpose, "
+                        f"{UNSAFE_SHARED_OPTION}")
+            raise
 
     def __exit__(self, *exc: object) -> None:
         if self._root_fd is not None:
