@@ -69,7 +69,8 @@ def test_rollback_to_a_release_of_a_revoked_signer_is_refused(
     r = run("publish", "rollback", url, "r1", "--pki", str(revoked_pki))
     assert r.exit_code == 4, r.output
     _names_the_revocation(r.output, revoked_pki)
-    assert "resign" in r.output and "rollback" in r.output  # the ways out, in the hint
+    assert "rollback" in r.output and "publish them again" in r.output  # the ways out
+    assert "resign" not in r.output  # it would refuse: fresh signatures for a revoked signer
     assert (srv / "boot.ipxe").read_bytes() == ENTRY2  # nothing switched
 
     # the unsafe flag lets it through, and says so
@@ -201,3 +202,29 @@ def test_a_revoked_signer_in_other_bytes_is_still_revoked(
     assert r.exit_code == 4, r.output
     _names_the_revocation(r.output, revoked_pki)
     assert not (srv / "releases" / "r3").exists()
+
+
+def test_resign_gives_no_fresh_signatures_to_a_revoked_signers_release(
+        pki: Pki, origin: tuple[str, Path], revoked_pki: Path) -> None:
+    """The live release's signer revoked (its key stolen: whoever holds it can sign and
+    switch a release live): re-signing it with a fresh signer every night would keep it
+    booting past the revoked certificate's expiry, the bound short-lived signers give.
+    resign refuses, naming the revocation, and writes nothing; --crl alone says the same."""
+    url, srv = origin
+    before = sorted(p.relative_to(srv).as_posix() for p in srv.rglob("*"))
+    common = ["--key", "other-signer", "--passphrase-file", str(pki.key_pass)]
+    r = run("resign", url, *common, "--pki", str(revoked_pki))
+    assert r.exit_code == 4, r.output
+    _names_the_revocation(r.output, revoked_pki)
+    assert "re-sign release r2" in r.output and "rollback" in r.output
+    assert sorted(p.relative_to(srv).as_posix() for p in srv.rglob("*")) == before
+    assert (srv / "boot.ipxe").read_bytes() == ENTRY2
+    crl = revoked_pki / "crl.pem"
+    r = run("resign", url, *common, "--pki", str(pki.dir), "--crl", str(crl))
+    assert r.exit_code == 4 and "revoked" in r.output, r.output
+    # knowingly: the unsafe flag lets it through, and says so
+    r = run("resign", url, *common, "--pki", str(revoked_pki), "--unsafe-allow-revoked-signer")
+    assert r.exit_code == 0, r.output
+    assert "--unsafe-allow-revoked-signer" in r.stderr
+    assert (srv / "boot.ipxe").read_bytes() != ENTRY2 or (srv / "boot.ipxe.sig").read_bytes() \
+        != (srv / "releases/r2/boot.ipxe.sig").read_bytes()

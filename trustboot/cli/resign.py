@@ -24,6 +24,7 @@ from trustboot.cli.publish import (
     build_trust,
     open_cli_origin,
     origin_options,
+    revocation_options,
     trust_options,
     utc_now,
 )
@@ -42,9 +43,9 @@ Examples:
 
 \b
 Exit codes: 0 re-signed (or already signed by this signer), 1 origin/network failure,
-3 bad input or no live release, 4 the live release does not verify as published (nothing
-was changed), the new signer expires before --min-lifetime, or iPXE would refuse the
-new signatures.
+3 bad input or no live release, 4 the live release does not verify as published or a
+revoked certificate signed it (nothing was changed), the new signer expires before
+--min-lifetime, or iPXE would refuse the new signatures.
 """
 
 
@@ -63,6 +64,7 @@ new signatures.
 @click.option("--min-lifetime", default="1d", show_default=True, metavar="DURATION",
               help="Refuse a signer whose chain expires sooner (days, or 12h, 3d, 2w).")
 @trust_options
+@revocation_options
 @origin_options
 @json_option
 def command(origin_url: str, key_ref: str, signing_cert: Path | None,

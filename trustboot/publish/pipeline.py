@@ -651,11 +651,11 @@ def refuse_revoked(trust: Trust, signed: Mapping[str, Sequence[SignerReport]], *
 def revoked_rollback_hint(origin: Origin) -> str:
     """The ways out when a release on ``origin`` is refused for a revoked signer."""
     where = redact_url(origin.url)
+    # (not `resign`: it refuses to give a revoked signer's release fresh signatures)
     return (f"roll back to a release a current signer signed: `trustboot publish rollback "
             f"{where} ID` (`trustboot publish list {where}` marks the others REVOKED); or "
-            "publish this release's files again, signed by a current signer (`trustboot "
-            f"sign --key NAME`); `trustboot resign {where} --key NAME` re-signs the live "
-            "release with a current signer")
+            "check this release's files and publish them again, signed by a current signer "
+            "(`trustboot sign --key NAME`)")
 
 
 REVOKED_LOCAL_HINT = ("sign the files again with a current signer (`trustboot sign --key "

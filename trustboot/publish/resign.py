@@ -57,7 +57,7 @@ from trustboot.publish.manifest import (
     parse_manifest,
     release_prefix,
 )
-from trustboot.publish.origin import Origin, OriginOptions
+from trustboot.publish.origin import Origin, OriginOptions, redact_url
 from trustboot.publish.pipeline import (
     MAX_ENTRY_SIZE,
     STALE_TEMP_AGE,
@@ -69,6 +69,7 @@ from trustboot.publish.pipeline import (
     make_reader,
     read_manifest,
     read_manifests,
+    refuse_revoked,
     release_base_url,
     repair_switch,
     switch_and_check,
@@ -79,6 +80,7 @@ from trustboot.publish.pipeline import (
 from trustboot.publish.readback import Reader, Trust, judge
 
 if TYPE_CHECKING:
+    from trustboot.cms.verify import SignerReport
     from trustboot.keys.signer import KeySource
     from trustboot.secrets import PassphraseSource
 
@@ -235,10 +237,23 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             stage("verify", f"reading back live release {live_id} "
                   f"({len(old.files)} objects)")
             signed_by: dict[str, frozenset[str]] = {}
+            reports: dict[str, tuple[SignerReport, ...]] = {}
             result.verified = verify_served(origin, old, trust=trust, now=now, reader=reader,
-                                            jobs=jobs, progress=progress, signers=signed_by)
+                                            jobs=jobs, progress=progress, signers=signed_by,
+                                            reports=reports)
             old_prefix = release_prefix(live_id)
-            claims = _proven_claims(origin, old, live_id, trust, now, reader, result)
+            claims = _proven_claims(origin, old, live_id, trust, now, reader, result,
+                                    reports)
+            # Fresh signatures over what a revoked signer signed (a stolen key's release,
+            # switched live by whoever holds it) would keep it booting past the revoked
+            # certificate's expiry, every night: the one bound short-lived signers give.
+            where = redact_url(origin.url)
+            refuse_revoked(trust, reports, doing=f"re-sign release {live_id}", now=now,
+                           hint="make a release a current signer signed live instead "
+                                f"(`trustboot publish rollback {where} ID`; `trustboot "
+                                f"publish list {where}` marks the others REVOKED), or check "
+                                "the files and publish them again, signed by a current "
+                                "signer")
             # The manifest's claim only spares the reads when it names another signer: what
             # decides is who made the signatures the firmware will verify.
             if old.signer is not None and old.signer.serial == summary.serial and \
@@ -376,7 +391,8 @@ class _Claims:
 
 
 def _proven_claims(origin: Origin, old: ReleaseManifest, live_id: str, trust: Trust,
-                   now: dt.datetime, reader: Reader | None, result: ResignResult) -> _Claims:
+                   now: dt.datetime, reader: Reader | None, result: ResignResult,
+                   reports: dict[str, tuple[SignerReport, ...]]) -> _Claims:
     """The live manifest's claims resign may sign again. Its files were proved by the
     read-back, but its iPXE build record (what the firmware trusts: root-promotion
     evidence once signed) and ca_sha256 only by release.json.sig: without one they are
@@ -389,7 +405,8 @@ def _proven_claims(origin: Origin, old: ReleaseManifest, live_id: str, trust: Tr
                 "re-signed manifest (publish firmware with `trustboot release`, which signs "
                 "it)")
         return _Claims(trust.ca_sha256, None)
-    data = verify_manifest_signature(origin, live_id, trust=trust, now=now, reader=reader)
+    data = verify_manifest_signature(origin, live_id, trust=trust, now=now, reader=reader,
+                                     reports=reports)
     proven = parse_manifest(data, source=f"{origin.url}{key}")
     if proven != old or proven.ipxe != old.ipxe:
         raise VerificationError(
