@@ -9,6 +9,7 @@ revoked by `trustboot ca revoke` (the session pki itself stays as it was)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -228,3 +229,92 @@ def test_resign_gives_no_fresh_signatures_to_a_revoked_signers_release(
     assert "--unsafe-allow-revoked-signer" in r.stderr
     assert (srv / "boot.ipxe").read_bytes() != ENTRY2 or (srv / "boot.ipxe.sig").read_bytes() \
         != (srv / "releases/r2/boot.ipxe.sig").read_bytes()
+
+
+@pytest.fixture
+def fresh_pki(pki: Pki, tmp_path: Path) -> Path:
+    """A copy of the pki with a third code-signing certificate, fresh-signer (resign's
+    new signer here)."""
+    copy = tmp_path / "pki3"
+    shutil.copytree(pki.dir, copy, symlinks=True)
+    run_ok = run("ca", "issue", "codesign", "fresh-signer", "--pki", str(copy), "--key-type",
+                 "rsa-2048", "--passphrase-file", str(pki.secrets / "ca.pass"),
+                 "--key-passphrase-file", str(pki.key_pass))
+    assert run_ok.exit_code == 0, run_ok.output
+    return copy
+
+
+def _revoke(pki: Pki, home: Path, name: str) -> None:
+    r = run("ca", "revoke", name, "--reason", "key_compromise", "--pki", str(home),
+            "--passphrase-file", str(pki.secrets / "ca.pass"))
+    assert r.exit_code == 0, r.output
+
+
+def test_a_resumed_resign_does_not_make_a_revoked_signers_release_live(
+        pki: Pki, make_release: ReleaseFactory, fresh_pki: Path, tmp_path: Path) -> None:
+    """resign's new id is predictable (the signer's certificate is public), and an id
+    whose manifest exists is resumed: verified and switched to. Whoever holds a stolen
+    (since revoked) key and can write to the origin plants that id: the live release's
+    files, a manifest naming the new signer, and .sig files the stolen key made. Each
+    verifies (iPXE reads no CRL); resign made it live with exit 0. The resumed release's
+    signatures must be the new signer's, and no revoked signer's."""
+    files = {"boot.ipxe": ENTRY1, "vmlinuz": b"k" * 5000}
+    good = make_release(files, signer="other-signer")
+    stolen = make_release(files, signer="boot-signer")  # signed before the revocation
+    srv = tmp_path / "srv"
+    url = f"file://{srv}"
+    r = run("publish", str(good), url, "--release-id", "r1", "--pki", str(fresh_pki))
+    assert r.exit_code == 0, r.output
+    _revoke(pki, fresh_pki, "boot-signer")
+    common = ["--key", "fresh-signer", "--passphrase-file", str(pki.key_pass), "--pki",
+              str(fresh_pki)]
+    record = (srv / ".trustboot-live.json").read_bytes()
+    r = run("resign", url, *common, "--json")
+    assert r.exit_code == 0, r.output
+    new_id = json.loads(r.stdout)["release"]
+    new_dir = srv / "releases" / new_id
+    # r1 live again, and new_id as the thief plants it: the stolen key's signatures
+    for name in ("boot.ipxe", "boot.ipxe.sig"):
+        (srv / name).write_bytes((srv / "releases/r1" / name).read_bytes())
+    (srv / ".trustboot-live.json").write_bytes(record)
+    (new_dir / "release.json.sig").unlink()
+    doc = json.loads((new_dir / "release.json").read_bytes())
+    for f in doc["files"]:
+        if f["name"].endswith(".sig"):
+            data = (stolen / f["name"]).read_bytes()
+            (new_dir / f["name"]).write_bytes(data)
+            f["size"], f["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    (new_dir / "release.json").write_text(json.dumps(doc))
+    r = run("resign", url, *common)
+    assert r.exit_code == 4, r.output
+    assert "Traceback" not in r.output
+    assert "boot-signer" in r.output, r.output
+    assert not (new_dir / "release.json.sig").exists()  # the planted manifest not signed
+    assert (srv / "boot.ipxe.sig").read_bytes() == (srv / "releases/r1/boot.ipxe.sig") \
+        .read_bytes()  # r1 still live
+
+
+def test_resign_refuses_a_new_signer_a_crl_revokes(
+        pki: Pki, make_release: ReleaseFactory, fresh_pki: Path, tmp_path: Path) -> None:
+    """A signing job with a file: key, the roots and the CA's published CRL (no CA
+    index): the CRL revokes the new signer itself. resign looked up only the live
+    release's signers in --crl, signed with the revoked certificate and made it live."""
+    files = {"boot.ipxe": ENTRY1, "vmlinuz": b"k" * 5000}
+    srv = tmp_path / "srv"
+    url = f"file://{srv}"
+    r = run("publish", str(make_release(files)), url, "--release-id", "r1", "--pki",
+            str(fresh_pki))
+    assert r.exit_code == 0, r.output
+    revoked = tmp_path / "pki4"
+    shutil.copytree(fresh_pki, revoked, symlinks=True)
+    _revoke(pki, revoked, "fresh-signer")
+    before = sorted(p.relative_to(srv).as_posix() for p in srv.rglob("*"))
+    r = run("resign", url, "--key", f"file:{fresh_pki / 'private' / 'fresh-signer.key'}",
+            "--signing-cert", str(fresh_pki / "issued" / "fresh-signer.crt"),
+            "--signing-chain", str(fresh_pki / "chain.pem"),
+            "--passphrase-file", str(pki.key_pass), "--pki", str(tmp_path / "nopki"),
+            "--trust", str(fresh_pki / "ca.crt"), "--crl", str(revoked / "crl.pem"))
+    assert r.exit_code == 4, r.output
+    assert "fresh-signer" in r.output and "key_compromise" in r.output
+    assert "Traceback" not in r.output
+    assert sorted(p.relative_to(srv).as_posix() for p in srv.rglob("*")) == before

@@ -29,7 +29,9 @@ claimed id never changing. So:
 
 A run killed anywhere leaves the old release live. Objects under an id that has no
 manifest yet are rewritten by the next run; an id whose manifest exists is checked for the
-same structure and signer and then verified and switched to (a resume), never changed. The
+same structure and signer and then verified and switched to (a resume), never changed;
+its signatures, as read back, must all be this signer's alone and no revoked signer's
+(the id is predictable: anyone who writes to the origin can plant one). The
 old release stays on the origin for rollback until ``publish prune`` removes it.
 """
 
@@ -327,18 +329,25 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                     sigs = {s.signature_path: s.signature_path.read_bytes() for s in signed}
                     # judged as the firmware will (its roots, CERT=, --signer) before upload
                     failures = []
+                    made: dict[str, tuple[SignerReport, ...]] = {}
                     for s in signed:
                         sig = sigs[s.signature_path]
                         verdict = judge(sig, {"sha256": bytes.fromhex(s.sha256)}, trust, now)
+                        name = s.path.relative_to(workdir).as_posix()
+                        made[name] = verdict.signers
                         if not verdict.ok:
                             assert verdict.failure is not None
-                            failures.append(f"{s.path.relative_to(workdir).as_posix()}: "
-                                            f"{verdict.failure.message}")
+                            failures.append(f"{name}: {verdict.failure.message}")
                     if failures:
                         raise VerificationError(
                             "iPXE would refuse the new signatures: " + "; ".join(failures[:5]),
                             hint="the new signer must chain to a root the firmware trusts "
                                  "(--trust) and match --signer", rule="new-signature")
+                    # the new signer itself, before anything is uploaded: the pki was asked
+                    # when the key was resolved, but not --crl (a job with the roots and
+                    # the CA's published CRL only)
+                    refuse_revoked(trust, made, doing=f"sign release {new_id}", now=now,
+                                   hint=REVOKED_NEW_SIGNER_HINT)
                     new = _new_manifest(old, new_id, signed, sigs, workdir, scripts, summary,
                                         now, release_base_url(origin, new_id), claims,
                                         entry_path)
@@ -359,6 +368,16 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                 _run_all(put, uploads, jobs)
                 result.signed = sorted(s.path.relative_to(workdir).as_posix() for s in signed)
                 put(manifest_path)
+            # Read back before the manifest is signed: a resumed id's objects are whatever
+            # the origin holds under a predictable name (an origin writer with a stolen
+            # key can plant it), and its manifest names the new signer whoever signed them.
+            stage("verify", f"reading back {new_id} ({len(new.files)} objects)")
+            new_by: dict[str, frozenset[str]] = {}
+            new_reports: dict[str, tuple[SignerReport, ...]] = {}
+            result.verified = verify_served(origin, new, trust=trust, now=now, reader=reader,
+                                            jobs=jobs, progress=progress, signers=new_by,
+                                            reports=new_reports)
+            _refuse_other_signers(new, new_by, new_sha, new_reports, origin.url, source)
             if origin.stat(new_prefix + MANIFEST_NAME + ".sig") is None or not result.resumed:
                 if result.resumed:
                     _sign_served_manifest(origin, new_id, new, source, secrets, workdir, now)
@@ -366,10 +385,10 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                     data = (workdir / (MANIFEST_NAME + ".sig")).read_bytes()
                     origin.put_bytes(new_prefix + MANIFEST_NAME + ".sig", data,
                                      sha256=hashlib.sha256(data).hexdigest())
-            stage("verify", f"reading back {new_id} ({len(new.files)} objects)")
-            result.verified = verify_served(origin, new, trust=trust, now=now, reader=reader,
-                                            jobs=jobs, progress=progress)
-            verify_manifest_signature(origin, new_id, trust=trust, now=now, reader=reader)
+            verify_manifest_signature(origin, new_id, trust=trust, now=now, reader=reader,
+                                      reports=new_reports)
+            refuse_revoked(trust, new_reports, doing=f"make release {new_id} live", now=now,
+                           hint=REVOKED_NEW_SIGNER_HINT)
             if progress:
                 progress.phase("switch", 0)
             switch_and_check(origin, new, entry_path=entry_path, trust=trust, now=now,
@@ -380,6 +399,33 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
     finally:
         if reader is not None:
             reader.close()
+
+
+REVOKED_NEW_SIGNER_HINT = (
+    "re-sign with a current signer (`trustboot ca issue codesign NAME --days 7`, then "
+    "`trustboot resign ORIGIN --key NAME`); if a release of that id is on the origin and "
+    "no run of yours made it, find out who wrote it and delete it")
+
+
+def _refuse_other_signers(new: ReleaseManifest, signed_by: Mapping[str, frozenset[str]],
+                          cert_sha256: str, reports: Mapping[str, Sequence[SignerReport]],
+                          url: str, source: KeySource) -> None:
+    """Every signature of the re-signed release as served must be this signer's alone.
+    A resumed id was only checked for its files and its manifest's claim (the signer's
+    serial): .sig files another key made (a stolen one, or the old release's, so no
+    fresh expiry) verify as well, and were made live under this signer's name."""
+    others = sorted(name for name in signed_by if signed_by[name] != frozenset({cert_sha256}))
+    if not others and _signed_only_by(new, signed_by, cert_sha256):
+        return
+    who = sorted({r.common_name or r.subject for name in others for r in reports.get(name, ())})
+    raise VerificationError(
+        f"release {new.release} on {url} is not signed only by the new signer "
+        f"{source.certificate.subject.rfc4514_string()}: {', '.join(others[:5])} "
+        f"verif{'y' if len(others) > 1 else 'ies'} with {', '.join(who[:5]) or 'another signer'};"
+        " not made live",
+        hint="a resumed re-sign must hold this signer's signatures: delete releases/"
+             f"{new.release}/ on the origin (find out who wrote it) and run resign again",
+        rule="resign-signer", subject=new.release)
 
 
 @dataclass(frozen=True)
