@@ -66,6 +66,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from trustboot import jsonin
+from trustboot.cms.freshness import format_duration
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE, SignerReport, Verdict
 from trustboot.errors import ConfigError, OperationalError, TrustbootError, VerificationError
 from trustboot.publish.cache import PublishCache
@@ -106,6 +107,7 @@ from trustboot.publish.readback import (
     tally_chunks,
 )
 from trustboot.publish.revocation import Revocations, Revoked
+from trustboot.text import clean
 
 __all__ = ["LocalObject", "PublishProgress", "PublishResult", "ReleaseInfo", "Trust",
            "list_releases", "prune", "publish_release", "repair", "repair_switch", "rollback",
@@ -648,6 +650,39 @@ def refuse_revoked(trust: Trust, signed: Mapping[str, Sequence[SignerReport]], *
         trust.revocation.enforce(signed, doing=doing, now=now, hint=hint)
 
 
+def refuse_expired(signed: Mapping[str, Sequence[SignerReport]], *, doing: str,
+                   now: dt.datetime, hint: str) -> None:
+    """Refuse (VerificationError, exit 4, rule expired) to go on ``doing`` when the chain
+    of a signer of ``signed`` (object name -> its signers as judged) ended before ``now``.
+
+    iPXE accepts a certificate until notAfter + 12 h 30 min by the client's clock: a
+    margin for clients whose clock is off, not for the server, whose clock is right. A
+    release made live after its signer's expiry is an old release replayed past the bound
+    short-lived signers give, by trustboot itself (``trustboot sign`` refuses an expired
+    certificate the same way, cms.sign.preflight)."""
+    late: dict[tuple[str, dt.datetime], list[str]] = {}
+    for name in sorted(signed):
+        for r in signed[name]:
+            if r.chain_not_after < now:
+                late.setdefault((r.common_name or r.subject, r.chain_not_after),
+                                []).append(name)
+    if not late:
+        return
+    parts = []
+    for (who, end), names in sorted(late.items(), key=lambda kv: kv[0][1]):
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more"
+                                        if len(names) > 5 else "")
+        parts.append(f'"{clean(who, limit=200)}" expired (its chain ended on '
+                     f"{end.isoformat()}, {format_duration(now - end)} ago); it signed "
+                     f"{shown}")
+    first = min(late, key=lambda k: k[1])[0]
+    raise VerificationError(
+        f"refusing to {doing}: the signer {'; the signer '.join(parts)}. iPXE still "
+        "accepts it within its 12h30m clock margin, which is for clients whose clock is "
+        "off: a release is not made live after its signer's expiry",
+        hint=hint, rule="expired", subject=first)
+
+
 def revoked_rollback_hint(origin: Origin) -> str:
     """The ways out when a release on ``origin`` is refused for a revoked signer."""
     where = redact_url(origin.url)
@@ -947,6 +982,8 @@ def _recorded_release_problem(origin: Origin, manifest: ReleaseManifest, *, trus
                                       reader=reader, reports=reports)
         refuse_revoked(trust, reports, doing=f"make release {manifest.release} live",
                        now=now, hint="")
+        refuse_expired(reports, doing=f"make release {manifest.release} live", now=now,
+                       hint="")
     except VerificationError as exc:
         return exc.message
     return None
@@ -987,6 +1024,8 @@ def _verify_release(origin: Origin, manifest: ReleaseManifest, result: PublishRe
     if revoked_hint is not None:
         refuse_revoked(trust, reports, doing=f"make release {manifest.release} live",
                        now=now, hint=revoked_hint)
+        refuse_expired(reports, doing=f"make release {manifest.release} live", now=now,
+                       hint=expired_hint(origin, manifest.release))
 
 
 def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObject], *,
@@ -1021,6 +1060,10 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
     # before anything is uploaded: a revoked signer's release is not published at all
     refuse_revoked(trust, {k: v.signers for k, v in verdicts.items()},
                    doing=f"publish release {release_id}", now=now, hint=REVOKED_LOCAL_HINT)
+    refuse_expired({k: v.signers for k, v in verdicts.items()},
+                   doing=f"publish release {release_id}", now=now,
+                   hint="sign the files again with a current signer (`trustboot sign --key "
+                        "NAME ...`; `trustboot ca renew NAME` if it expired) and publish those")
     prefix = release_prefix(release_id)
     base = release_base_url(origin, release_id)
     given = next((o for o in objects if o.key == MANIFEST_NAME), None)
