@@ -651,3 +651,32 @@ def test_an_old_release_put_back_without_trustboot_is_not_re_signed(
     res = resign(pki, url, fresh_signer)
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["previous"] == "r1"
+
+
+def test_a_planted_switch_record_does_not_get_an_old_release_re_signed(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str,
+        make_release: ReleaseFactory) -> None:
+    """An origin writer writes the switch record naming an old release and breaks the
+    entry pair (the old release's signature beside the live script), as a switch killed
+    half way would. The nightly resign completed that "interrupted switch" (the old
+    release verifies), which also rewrote the live record, and then re-signed the old
+    release: a fresh replay window for a release the operator had moved on from, the
+    very thing the unrecorded-rollback rule refuses. A switch back to a release older
+    than the one trustboot last made live is left to `publish repair`, nothing changed."""
+    from trustboot.publish.pipeline import SWITCH_JOURNAL
+
+    url, root = live
+    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
+    res = publish(pki, rel, url, "r2")
+    assert res.exit_code == 0, res.output
+    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": "r1",
+                                                   "entry_path": "boot.ipxe"}))
+    (root / "boot.ipxe.sig").write_bytes((root / "releases/r1/boot.ipxe.sig").read_bytes())
+    before = snapshot(root)
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 4, res.output
+    doc = json.loads(res.stderr)
+    assert doc["rule"] == "unrecorded-rollback", doc
+    assert "publish repair" in doc["hint"]
+    assert snapshot(root) == before
+    assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]
