@@ -122,6 +122,10 @@ class StageReporter:
 @click.option("--pkcs11-module", type=click.Path(path_type=Path, dir_okay=False),
               envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
               help="PKCS#11 module (.so) for a pkcs11: signer (a recipe may not name one).")
+@click.option("--crl", "crl", type=click.Path(path_type=Path, dir_okay=False),
+              help="A CRL from the signer's CA (e.g. its published crl.pem): a signer it "
+              "revokes is refused before anything is uploaded (exit 4), as publish "
+              "refuses it; the CA home's index is asked as well.")
 @json_option
 def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             passphrase_file: Path | None, passphrase_env: str | None,
@@ -130,7 +134,8 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
             unsafe_shared_inputs: bool, unsafe_unbound_credentials: bool,
             ambient_credentials: str | None,
             client_cert_origin: str | None, unsafe_shared_origin: bool,
-            origin_ca_file: Path | None, pkcs11_module: Path | None, as_json: bool) -> None:
+            origin_ca_file: Path | None, pkcs11_module: Path | None, crl: Path | None,
+            as_json: bool) -> None:
     """Release RECIPE: validate -> plan -> build iPXE -> render the menu -> sign ->
     manifest -> publish -> verify what the origin serves, as iPXE.
 
@@ -200,7 +205,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
                              ambient_credentials=binding,
                              client_cert_origin=cert_binding, origin_ca_file=origin_ca_file,
                              secret_files=(passphrase_file,) if passphrase_file else (),
-                             unsafe_shared_origin=unsafe_shared_origin)
+                             unsafe_shared_origin=unsafe_shared_origin, crl=crl)
     make = MakeProgress(quiet=as_json)  # a build of minutes shows it is alive, as ipxe build
     with upload_progress(as_json) as bars:
         try:

@@ -122,7 +122,7 @@ def trust_of(v: Validated) -> Trust:
     """What the release's firmware trusts: TRUST= roots, CERT= chain, --signer name."""
     return Trust(roots=tuple(root_anchor(c) for c in v.roots),
                  extra_certs=tuple(cert_der(c) for c in v.extra_certs),
-                 signer_name=v.signer_name)
+                 signer_name=v.signer_name, revocation=v.revocations)
 
 
 def origin_options(v: Validated) -> OriginOptions:

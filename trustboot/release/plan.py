@@ -59,6 +59,7 @@ from trustboot.publish.origin import (
     load_credentials,
     redact_url,
 )
+from trustboot.publish.revocation import Revocations
 from trustboot.release.recipe import (
     ENTRY_SCRIPT,
     EntrySpec,
@@ -131,6 +132,9 @@ class ReleaseOptions:
     # a file:// origin in directories other users own or can write (operator only,
     # --unsafe-shared-origin): they could replace what was verified
     unsafe_shared_origin: bool = False
+    # a CRL of the signers' CA (--crl): a signer it revokes is refused before anything is
+    # uploaded, as publish refuses it (the CA home's index is asked when the key resolves)
+    crl: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +269,8 @@ class Validated:
     # what the run should say but not refuse (a dry run's notes on what a real run refuses)
     warnings: tuple[str, ...] = ()
     unsafe_shared_origin: bool = False  # ReleaseOptions.unsafe_shared_origin
+    # publish's revocation gate (ReleaseOptions.crl); None: not asked
+    revocations: Revocations | None = field(default=None, compare=False)
 
     @property
     def hash_name(self) -> str:
@@ -852,7 +858,9 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                      inputs=tuple(inputs), firmware=firmware,
                      readback_base=_public_base(options.readback_url, None, where)
                      if options.readback_url else public, warnings=tuple(warnings),
-                     published=published, unsafe_shared_origin=options.unsafe_shared_origin)
+                     published=published, unsafe_shared_origin=options.unsafe_shared_origin,
+                     revocations=Revocations.load(pki=None, crl=options.crl)
+                     if options.crl is not None else None)
 
 
 def _published(recipe: Recipe, options: ReleaseOptions, ca_home: Path, key: KeyRef,
