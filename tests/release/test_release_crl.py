@@ -27,3 +27,12 @@ def test_a_signer_the_crl_revokes_publishes_nothing(lab: Lab) -> None:
     # the CA home the recipe names does not know of it: without the CRL it goes through
     code, _, err = release(str(recipe))
     assert code == 0, err
+
+
+def test_a_signer_the_ca_home_revokes_publishes_nothing(lab: Lab) -> None:
+    CertificateAuthority.open(lab.pki).revoke(SIGNER, constant(PASSPHRASE),
+                                              reason="key_compromise")
+    code, _, err = release(str(lab.recipe()))
+    assert code == 4, err
+    assert SIGNER in err and "revoked" in err
+    assert list(lab.origin.iterdir()) == []
