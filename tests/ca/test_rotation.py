@@ -367,11 +367,7 @@ def test_revoking_a_leaf_of_a_previous_issuing_ca_puts_it_on_that_ca_s_crl(
             "--trust", before["root"], "--crl", str(crl_path), "--json")
     assert json.loads(r.output)["revoked"], r.output
     # `ca crl` refreshes it (a new number), `ca check` finds everything consistent
-    number = x509.load_pem_x509_crl(crl_path.read_bytes()).extensions.get_extension_for_class(
-        x509.CRLNumber).value.crl_number
-    assert ca(run, ca_home, secrets_dir, "crl").exit_code == 0
-    assert x509.load_pem_x509_crl(crl_path.read_bytes()).extensions.get_extension_for_class(
-        x509.CRLNumber).value.crl_number > number
+    _ca_crl_renews(run, ca_home, secrets_dir, crl_path)
     assert CertificateAuthority.open(ca_home).check() == []
 
 
@@ -592,6 +588,18 @@ def test_a_rotation_while_a_command_unlocks_the_previous_key_is_refused(
         assert crl.is_signature_valid(after.issuing_cert.public_key())  # type: ignore[arg-type]
 
 
+def _crl_number(crl_path: Path) -> int:
+    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+
+
+def _ca_crl_renews(run: Run, ca_home: Path, secrets_dir: Path, crl_path: Path) -> None:
+    """`ca crl` writes ``crl_path`` again, with a higher CRL number."""
+    number = _crl_number(crl_path)
+    assert ca(run, ca_home, secrets_dir, "crl").exit_code == 0
+    assert _crl_number(crl_path) > number
+
+
 def _listed(crl_path: Path) -> set[int]:
     return {c.serial_number for c in x509.load_pem_x509_crl(crl_path.read_bytes())}
 
@@ -620,11 +628,7 @@ def test_rotate_issuing_keeps_the_previous_cas_revocations_on_a_crl(
     r = run("verify", str(old_sig.parent.parent / "img.bin"), "--sig", str(old_sig),
             "--trust", before["root"], "--crl", data["crls"][0], "--json")
     assert json.loads(r.output)["revoked"], r.output
-    number = x509.load_pem_x509_crl(crl_path.read_bytes()).extensions.get_extension_for_class(
-        x509.CRLNumber).value.crl_number
-    assert ca(run, ca_home, secrets_dir, "crl").exit_code == 0
-    assert x509.load_pem_x509_crl(crl_path.read_bytes()).extensions.get_extension_for_class(
-        x509.CRLNumber).value.crl_number > number
+    _ca_crl_renews(run, ca_home, secrets_dir, crl_path)
     assert revoked in _listed(crl_path)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -104,6 +106,20 @@ def _origin_ca_from_the_operator(request: pytest.FixtureRequest,
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("publish-pki"))
+
+
+def rewind_resign(root: Path, record: bytes, new_id: str,
+                  live: str = "r1") -> tuple[Path, dict[str, Any]]:
+    """The file:// origin ``root`` as if a resign to ``new_id`` had died before signing
+    its manifest: ``live``'s entry pair and the live ``record`` back in place, new_id's
+    release.json.sig gone. new_id's directory and parsed release.json (for the test to
+    edit and write back)."""
+    new_dir = root / "releases" / new_id
+    for name in ("boot.ipxe", "boot.ipxe.sig"):
+        (root / name).write_bytes((root / "releases" / live / name).read_bytes())
+    (root / ".trustboot-live.json").write_bytes(record)
+    (new_dir / "release.json.sig").unlink()
+    return new_dir, json.loads((new_dir / "release.json").read_bytes())
 
 
 ReleaseFactory = Callable[..., Path]

@@ -49,6 +49,19 @@ def _says_resign_or_newer(err: dict[str, str]) -> None:
     assert "trustboot publish rollback" in hint and "newer release" in hint, hint
 
 
+def _rollback_once_expired(pki: Pki, url: str, old: Path, new: Path,
+                           monkeypatch: pytest.MonkeyPatch) -> Result:
+    """``old`` published as r1 and ``new`` as r2 (live), then, once the short signer has
+    expired, the refused rollback to r1."""
+    for rid, release in (("r1", old), ("r2", new)):
+        r = run("publish", str(release), url, "--release-id", rid, "--pki", str(pki.dir))
+        assert r.exit_code == 0, r.output
+    later(monkeypatch)
+    r = run("publish", "rollback", url, "r1", "--pki", str(pki.dir), "--json")
+    assert r.exit_code == 4, r.output
+    return r
+
+
 def test_rollback_to_a_release_whose_signer_expired(
         pki: Pki, make_release: ReleaseFactory, tmp_path: Path, short_signer: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,12 +69,7 @@ def test_rollback_to_a_release_whose_signer_expired(
     url = f"file://{srv}"
     old = make_release({"boot.ipxe": ENTRY1, "vmlinuz": b"k" * 5000}, signer=short_signer)
     new = make_release({"boot.ipxe": ENTRY2, "vmlinuz": b"n" * 5000})
-    for rid, release in (("r1", old), ("r2", new)):
-        r = run("publish", str(release), url, "--release-id", rid, "--pki", str(pki.dir))
-        assert r.exit_code == 0, r.output
-    later(monkeypatch)
-    r = run("publish", "rollback", url, "r1", "--pki", str(pki.dir), "--json")
-    assert r.exit_code == 4, r.output
+    r = _rollback_once_expired(pki, url, old, new, monkeypatch)
     _says_resign_or_newer(json.loads(r.stderr))
     assert (srv / "boot.ipxe").read_bytes() == ENTRY2
     assert (srv / "releases" / "r1" / "vmlinuz").exists()
@@ -81,12 +89,7 @@ def test_rollback_to_a_release_whose_manifest_signer_expired(
     (old / "release.json").write_bytes(manifest.to_bytes())
     pki.sign([old / "release.json"], old, signer=short_signer)
     new = make_release({"boot.ipxe": ENTRY2})
-    for rid, release in (("r1", old), ("r2", new)):
-        r = run("publish", str(release), url, "--release-id", rid, "--pki", str(pki.dir))
-        assert r.exit_code == 0, r.output
-    later(monkeypatch)
-    r = run("publish", "rollback", url, "r1", "--pki", str(pki.dir), "--json")
-    assert r.exit_code == 4, r.output
+    r = _rollback_once_expired(pki, url, old, new, monkeypatch)
     err = json.loads(r.stderr)
     assert "release.json" in err["message"], err
     _says_resign_or_newer(err)

@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.publish.conftest import Nginx, Pki, ReleaseFactory, anon_get, run_cli
+from tests.publish.conftest import (
+    Nginx,
+    Pki,
+    ReleaseFactory,
+    anon_get,
+    rewind_resign,
+    run_cli,
+)
 from trustboot.cli.main import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -592,14 +599,9 @@ def test_a_planted_resume_manifest_is_not_signed(
     first = resign(pki, url, fresh_signer)
     assert first.exit_code == 0, first.output
     new_id = json.loads(first.output)["release"]
-    new_dir = root / "releases" / new_id
     # back to r1, as if the first run had died before its manifest was signed (before
     # the switch, so before the live record named the new id too)
-    for name in ("boot.ipxe", "boot.ipxe.sig"):
-        (root / name).write_bytes((root / "releases/r1" / name).read_bytes())
-    (root / ".trustboot-live.json").write_bytes(record)
-    (new_dir / "release.json.sig").unlink()
-    doc = json.loads((new_dir / "release.json").read_bytes())
+    new_dir, doc = rewind_resign(root, record, new_id)
     doc["ipxe"] = {"trust": [{"sha256": FORGED}], "outputs": []}
     (new_dir / "release.json").write_text(json.dumps(doc))
     res = resign(pki, url, fresh_signer)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.publish.conftest import Pki, ReleaseFactory
+from tests.publish.conftest import Pki, ReleaseFactory, rewind_resign
 from trustboot.ca.store import CertificateAuthority
 from trustboot.cli.main import cli
 from trustboot.publish.pipeline import SWITCH_JOURNAL
@@ -271,14 +271,8 @@ def test_a_resumed_resign_does_not_make_a_revoked_signers_release_live(
     record = (srv / ".trustboot-live.json").read_bytes()
     r = run("resign", url, *common, "--json")
     assert r.exit_code == 0, r.output
-    new_id = json.loads(r.stdout)["release"]
-    new_dir = srv / "releases" / new_id
-    # r1 live again, and new_id as the thief plants it: the stolen key's signatures
-    for name in ("boot.ipxe", "boot.ipxe.sig"):
-        (srv / name).write_bytes((srv / "releases/r1" / name).read_bytes())
-    (srv / ".trustboot-live.json").write_bytes(record)
-    (new_dir / "release.json.sig").unlink()
-    doc = json.loads((new_dir / "release.json").read_bytes())
+    # r1 live again, and the new id as the thief plants it: the stolen key's signatures
+    new_dir, doc = rewind_resign(srv, record, json.loads(r.stdout)["release"])
     for f in doc["files"]:
         if f["name"].endswith(".sig"):
             data = (stolen / f["name"]).read_bytes()

@@ -33,7 +33,7 @@ pytest.importorskip("boto3", reason="needs boto3 (pip install 'trustboot[s3]')")
 
 from tests.publish.conftest import Pki, no_ambient_aws, origin_ca_server
 from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
-from tests.release.lab import make_lab
+from tests.release.lab import isolate_env, make_lab
 from trustboot.cli.main import cli
 
 AKID = "AKIAAMBIENTCIJOB0001"
@@ -45,9 +45,7 @@ BINDING = "TRUSTBOOT_AMBIENT_CREDENTIALS"
 
 @pytest.fixture(autouse=True)
 def _no_ipxe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
-    monkeypatch.delenv(BINDING, raising=False)
-    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+    isolate_env(monkeypatch, tmp_path, BINDING)
 
 
 @pytest.fixture

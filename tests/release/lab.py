@@ -9,10 +9,22 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.publish.conftest import Pki
 
+if TYPE_CHECKING:
+    import pytest
+
 FIRMWARE = b"firmware " * 500
+
+
+def isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *unset: str) -> None:
+    """A release test's environment: no iPXE tree of the caller's, the test's own build
+    cache, and none of ``unset`` (the operator's bindings) inherited."""
+    for name in ("TRUSTBOOT_IPXE_SRC", *unset):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def write_random(path: Path, size: int) -> None:

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.publish.conftest import Nginx, Pki, start_nginx, stop_nginx
-from tests.release.lab import make_lab
+from tests.release.lab import isolate_env, make_lab
 from trustboot.cli.main import cli
 from trustboot.release.plan import ORIGIN_CA_ENV
 
@@ -36,9 +36,7 @@ VERIFY_LOG = ("log_format certs '$request_method $uri $ssl_client_verify';\n"
 
 @pytest.fixture(autouse=True)
 def _no_ipxe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
-    monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+    isolate_env(monkeypatch, tmp_path, ENV)
 
 
 def _start(pki: Pki, base: Path) -> Nginx:

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.publish.conftest import Nginx, Pki, logged_requests, origin_ca_server
-from tests.release.lab import make_lab
+from tests.release.lab import isolate_env, make_lab
 from trustboot.cli.main import cli
 
 SECRET = "glcbt-SECRETJOBTOKEN123"
@@ -31,8 +31,7 @@ IMAGES = {"vmlinuz": b"kernel " * 3000, "initrd.img": b"initrd " * 1000}
 
 @pytest.fixture(autouse=True)
 def _no_ipxe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
-    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+    isolate_env(monkeypatch, tmp_path)
 
 
 class _Capture(http.server.BaseHTTPRequestHandler):

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.publish.conftest import Pki
-from tests.release.lab import make_lab
+from tests.release.lab import isolate_env, make_lab
 from tests.release.test_credentials import IMAGES, SECRET, _Capture, capture
 from trustboot.cli.main import cli
 from trustboot.release.plan import ORIGIN_CA_ENV
@@ -22,9 +22,7 @@ ENV_NAME = "TRUSTBOOT_ORIGIN_TOKEN"
 
 @pytest.fixture(autouse=True)
 def _no_ipxe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
-    monkeypatch.delenv(ORIGIN_CA_ENV, raising=False)
-    monkeypatch.setenv("TRUSTBOOT_CACHE_DIR", str(tmp_path / "cache"))
+    isolate_env(monkeypatch, tmp_path, ORIGIN_CA_ENV)
 
 
 def _release(recipe: Path, *args: str, env: dict[str, str]) -> Result:

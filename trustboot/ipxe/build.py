@@ -34,6 +34,7 @@ from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.interrupt import cleanup_on_signals
 from trustboot.ipxe import sandbox
 from trustboot.ipxe.config import BuildOptions, Certificate, ClientIdentity, render_headers
+from trustboot.ipxe.script import EMBEDDED_SCRIPT_NAME
 from trustboot.ipxe.source import IpxeSource, copy_tree
 from trustboot.subproc import TIME_LIMIT_ENV, TimedOut, kill_group, minimal_env, time_limit
 from trustboot.text import clean, unsafe_string_at
@@ -236,7 +237,6 @@ class BuildRequest:
 INPUT_DIR = "trustboot-inputs"  # beside src/ in the private copy
 # The embedded script's file: iPXE registers the embedded image under this name (the
 # file name of EMBED=, Makefile.housekeeping's notdir), so a release image may not take it.
-EMBEDDED_SCRIPT_NAME = "trustboot.ipxe"
 
 
 @dataclass(frozen=True)

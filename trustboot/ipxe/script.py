@@ -53,6 +53,15 @@ REBOOT_DELAY = 60  # seconds: the message stays readable and the origin is not h
 ENTRY_IMAGE = "tb_entry"
 CHAIN_IMAGE_NAMES = (ENTRY_IMAGE, f"{ENTRY_IMAGE}.sig")
 RESERVED_IMAGE_PREFIX = "tb_"
+# The embedded script's image name (EMBED= of a trustboot build, ipxe.build)
+EMBEDDED_SCRIPT_NAME = "trustboot.ipxe"
+
+
+def reserved_image_name(name: str) -> bool:
+    """Whether an image of this name would take one the boot chain keeps for its own
+    (CHAIN_IMAGE_NAMES and anything else starting with RESERVED_IMAGE_PREFIX, the
+    embedded script's): iPXE's find_image takes the first image of a name."""
+    return name.lower().startswith(RESERVED_IMAGE_PREFIX) or name == EMBEDDED_SCRIPT_NAME
 
 
 def command(*words: str, what: str = "script value") -> str:

@@ -192,8 +192,14 @@ class Revocations:
         when a signer of one of ``signed`` (object name -> its signers) is revoked; with
         ``allow``, warn (once per signer and action)."""
         by_signer: dict[Revoked, list[str]] = {}
+        # the objects of a release share their signers: each set of them is looked up
+        # (the CRL parsed and its signature checked) once, not once per object
+        looked_up: dict[frozenset[str], list[Revoked]] = {}
         for name in sorted(signed):
-            for r in self.of(signed[name], now):
+            signers = frozenset(s.sha256 or f"{s.serial:x}" for s in signed[name])
+            if signers not in looked_up:
+                looked_up[signers] = self.of(signed[name], now)
+            for r in looked_up[signers]:
                 by_signer.setdefault(r, []).append(name)
         if not by_signer:
             return

@@ -29,8 +29,10 @@ from trustboot.ipxe import syntax
 from trustboot.ipxe.script import (
     CHAIN_IMAGE_NAMES,
     DEFAULT_ON_FAILURE,
+    EMBEDDED_SCRIPT_NAME,
     ON_FAILURE,
     RESERVED_IMAGE_PREFIX,
+    reserved_image_name,
 )
 from trustboot.keys.ref import KeyRef, parse_ref
 from trustboot.publish.manifest import (
@@ -574,12 +576,11 @@ def _check_image_names(entry: EntrySpec) -> None:
     for role, p in (("kernel", entry.kernel), *(("initrd", i) for i in entry.initrds)):
         name = image_name(p)
         what = f"entries.{entry.name}.{role} {p.raw!r}"
-        if name.lower().startswith(RESERVED_IMAGE_PREFIX) or name in CHAIN_IMAGE_NAMES \
-                or name == ipxe_build.EMBEDDED_SCRIPT_NAME:
+        if reserved_image_name(name):
             raise ConfigError(
                 f"{p.where}: {what}: iPXE would name the image {name!r}, a name the boot "
                 f"chain keeps for its own images ({', '.join(CHAIN_IMAGE_NAMES)}, "
-                f"{ipxe_build.EMBEDDED_SCRIPT_NAME}, anything starting with "
+                f"{EMBEDDED_SCRIPT_NAME}, anything starting with "
                 f"{RESERVED_IMAGE_PREFIX}): imgverify would judge the wrong image",
                 hint=f"rename the file (not starting with {RESERVED_IMAGE_PREFIX})")
         if name in seen:
@@ -592,7 +593,7 @@ def _check_image_names(entry: EntrySpec) -> None:
 
 def input_key(entry: EntrySpec, path: RecipePath) -> str:
     """The release key an entry's kernel or initrd is published under."""
-    return f"{entry.name}/{Path(path.raw).name}"
+    return f"{entry.name}/{image_name(path)}"
 
 
 def _check_object_keys(entries: Sequence[EntrySpec], targets: Sequence[str],

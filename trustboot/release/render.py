@@ -18,14 +18,13 @@ from dataclasses import dataclass
 
 from trustboot.errors import ConfigError
 from trustboot.ipxe.script import (
-    CHAIN_IMAGE_NAMES,
     FAILED_LABEL,
-    RESERVED_IMAGE_PREFIX,
     check_script,
     echo,
     failure_block,
     free_text,
     or_fail,
+    reserved_image_name,
     verify,
 )
 from trustboot.ipxe.syntax import check_word, check_words
@@ -57,7 +56,7 @@ def _image_name(key: str) -> str:
     """The name iPXE gives an image fetched from a URL: its last path segment (never one
     of the chain's own, which the recipe refused already: checked again here)."""
     name = key.rsplit("/", 1)[-1]
-    if name.lower().startswith(RESERVED_IMAGE_PREFIX) or name in CHAIN_IMAGE_NAMES:
+    if reserved_image_name(name):
         raise ConfigError(f"image {name!r} would take a name the boot chain keeps for "
                           "its own images", hint="rename the file")
     return name
