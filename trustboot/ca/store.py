@@ -393,8 +393,8 @@ class CertificateAuthority:
         if problems:
             hint = "regenerate it: trustboot ca crl" + (" --root" if issuer.profile == "root"
                                                         else "")
-            if issuer.profile == "issuing" and (issuer.key_file is None
-                                                or not issuer.key_path.exists()):
+            if issuer.profile == "issuing" and path.parent == self.path / CRL_DIR and (
+                    issuer.key_file is None or not issuer.key_path.exists()):
                 # a previous issuing CA's key gone: `ca crl` cannot sign its CRL
                 hint = ("restore that issuing CA's key to the CA home and run trustboot ca "
                         "crl; or, once nothing depends on it, retire it: trustboot ca "

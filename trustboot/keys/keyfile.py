@@ -377,6 +377,7 @@ def _check_kdf_der(der: bytes, source: str) -> None:
     from trustboot.cms._asn1 import oid_bytes
 
     aes = {oid_bytes(o) for o in _AES_CBC}
+    name = ""
     try:
         oid, params, _ciphertext = _encrypted_key(der)
         if oid == oid_bytes(_OID_PBES2):
@@ -400,6 +401,9 @@ def _check_kdf_der(der: bytes, source: str) -> None:
             raise _weak(source, "a scheme that is not PBES2")
         _salt, numbers, _rest = _salt_and_uints(kdf_params, 1)
     except ValueError:  # not as expected: the loader decides (and fails fast)
+        if name and name != "PBKDF2":  # the scheme's OID alone says PBES1/PKCS#12
+            raise _weak(source, "PBES1/PKCS#12 password-based encryption (DES, RC2, RC4 "
+                        "or 3DES)") from None
         return
     if numbers and numbers[0] > MAX_KDF_ITERATIONS:
         raise ConfigError(

@@ -113,7 +113,7 @@ def parse_uri(text: str, *, require_key: bool = True) -> Pkcs11Uri:
                     hint=f"e.g. pkcs11:token=T;object=O?{name}=...")
             if not eq or (name not in allowed and not name.startswith("x-")):
                 raise ConfigError(
-                    f"unknown or malformed attribute {item!r} in {shown}",
+                    f"unknown or malformed attribute {mask_pin(item)!r} in {shown}",
                     hint="RFC 7512: pkcs11:token=T;object=O;type=private"
                          "?module-path=/path/module.so&pin-source=/path/pin")
             if name in into:
