@@ -327,21 +327,27 @@ def _same_address(a: str, b: str) -> bool:
         return False
 
 
+def bind_as_ipxe(sock: socket.socket, host: str) -> None:
+    """A random source port in 1025-65535, as iPXE's tcpip_bind picks (src/net/tcpip.c),
+    not one from this host's ephemeral range (32768-60999 on Linux), which would tell a
+    server the audit apart over a few requests (and a resolver should pick one at random
+    anyway)."""
+    for _ in range(8):
+        try:
+            sock.bind((host, 1025 + secrets.randbelow(65536 - 1025)))
+            return
+        except OSError:  # taken: another try, then whatever the kernel gives
+            continue
+    sock.bind((host, 0))
+
+
 def _socket(server: str, *, device: str | None, source: str | None) -> socket.socket:
     family = socket.AF_INET6 if ":" in server else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if device:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
-        host = (source or "") if family == socket.AF_INET else "::"
-        for _ in range(8):  # a random source port, as a resolver should pick
-            try:
-                sock.bind((host, 1024 + secrets.randbelow(65536 - 1024)))
-                break
-            except OSError:
-                continue
-        else:
-            sock.bind((host, 0))
+        bind_as_ipxe(sock, (source or "") if family == socket.AF_INET else "::")
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -364,13 +370,14 @@ def lookup(server: str, name: str, qtype: int, *, device: str | None, source: st
     qid = secrets.randbits(16)
     query = build_query(qid, wire, qtype)
     try:
+        dest = _destination(server, port, device)  # (the interface may be gone by now)
         sock = _socket(server, device=device, source=source)
     except OSError as exc:
         result.error = f"cannot send from the audited interface: {exc.strerror or exc}"
         return result
     try:
         _exchange(sock, result, query, qid=qid, wire=wire, qtype=qtype, deadline=deadline,
-                  dest=_destination(server, port, device))
+                  dest=dest)
     finally:
         sock.close()
         result.elapsed = time.monotonic() - start
@@ -380,9 +387,11 @@ def lookup(server: str, name: str, qtype: int, *, device: str | None, source: st
 def is_ipv6_link_local(server: str) -> bool:
     """Whether ``server`` is an IPv6 link-local address (fe80::/10; not IPv4-mapped)."""
     try:
-        return ipaddress.IPv6Address(server.split("%", 1)[0]).is_link_local
+        address = ipaddress.IPv6Address(server.split("%", 1)[0])
     except ValueError:
         return False
+    # checked, not left to ipaddress: ::ffff:169.254.x.x (a cloud metadata range) is not
+    return address.ipv4_mapped is None and address.is_link_local
 
 
 def _destination(server: str, port: int, device: str | None) -> tuple[str, int] | tuple[

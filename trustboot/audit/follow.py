@@ -340,8 +340,9 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
             # where it points is the evidence, escaped at the report boundary
             check.status = read[0]
             check.location = clean(_header_text(read[1]), limit=256)
-            check.error = (f"HTTP {read[0]} (a redirect, not followed; its Location is "
-                           "malformed, which iPXE does not check)")
+            # (h11 also refuses other header lines iPXE reads leniently: say only that)
+            check.error = (f"HTTP {read[0]} (a redirect, not followed; its response head is "
+                           "malformed, which httpx refuses and iPXE reads leniently)")
             return check
         refused = find_in_chain(exc, ssl.SSLCertVerificationError)
         if refused is not None:  # the probe's chain verified, this connection's did not

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from trustboot import jsonin
 from trustboot.errors import ConfigError
 from trustboot.fsutil import read_capped
-from trustboot.text import shown
+from trustboot.text import shown, shown_names
 
 ROLES = ("any", "dhcp", "proxydhcp", "dhcpv6", "relay")
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -193,9 +193,9 @@ def _url(value: Any, where: str) -> str:
 
 
 def _keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(data) - allowed)
+    unknown = sorted(set(data) - allowed, key=str)  # (YAML keys may be numbers)
     if unknown:
-        raise _fail(where, f"unknown key(s) {', '.join(unknown)}",
+        raise _fail(where, f"unknown key(s) {shown_names(unknown)}",
                     hint=f"allowed here: {', '.join(sorted(allowed))}")
 
 

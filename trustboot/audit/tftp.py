@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-import secrets
 import socket
 import struct
 import time
 from dataclasses import dataclass, field
 
+from trustboot.audit import dns
 from trustboot.audit.dhcp4 import safe_text
 from trustboot.audit.errors import MalformedPacket, wire_bytes
 
@@ -222,19 +222,6 @@ class _Malformed:
             self.kept.append(f"{self.dropped} more malformed packet(s) not kept")
 
 
-def _bind_as_ipxe(sock: socket.socket, host: str) -> None:
-    """A random source port in 1025-65535, as iPXE's tcpip_bind picks (src/net/tcpip.c),
-    not one from this host's ephemeral range (32768-60999 on Linux), which would tell a
-    server the audit apart over a few requests."""
-    for _ in range(8):
-        try:
-            sock.bind((host, 1025 + secrets.randbelow(65536 - 1025)))
-            return
-        except OSError:  # taken: another try, then whatever the kernel gives
-            continue
-    sock.bind((host, 0))
-
-
 class _Transfer:
     """One UDP socket talking to one server transfer ID, with retransmission and a deadline.
 
@@ -254,7 +241,7 @@ class _Transfer:
         try:
             if device:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
-            _bind_as_ipxe(self.sock, "::" if family == socket.AF_INET6 else "0.0.0.0")  # noqa: S104
+            dns.bind_as_ipxe(self.sock, "::" if family == socket.AF_INET6 else "0.0.0.0")  # noqa: S104
         except OSError:
             self.sock.close()  # the caller reports the error; do not leak the descriptor
             raise
