@@ -9,6 +9,7 @@ wrote can move a terminal's cursor, retitle it or reorder what a reader sees. No
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 
 # Unicode general categories that must never reach an output verbatim.
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
@@ -53,6 +54,14 @@ def shown(value: object, limit: int = SHOWN_LIMIT) -> str:
     an error names the value it refuses, and a hostile one (a megabyte file name) must not
     flood the terminal or a CI log."""
     return clean(repr(value), limit=limit)
+
+
+def shown_names(names: Sequence[object], most: int = 10) -> str:
+    """Names a message lists (unknown keys, duplicates): the first ``most``, each escaped
+    and cut as ``clean`` cuts, then how many more: a hostile document's thousand
+    megabyte keys must not flood the terminal or a CI log."""
+    listed = ", ".join(clean(str(n), limit=SHOWN_LIMIT) for n in names[:most])
+    return listed + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def clean_lines(text: str) -> str:

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 from trustboot import jsonin
 from trustboot.errors import ConfigError
 from trustboot.publish.origin import key_problem, redact_url
-from trustboot.text import SHOWN_LIMIT, clean, shown
+from trustboot.text import clean, shown, shown_names
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "release.json"
@@ -242,9 +242,7 @@ def _validate(m: ReleaseManifest) -> None:
     names = [f.name for f in m.files]
     if len(set(names)) != len(names):
         dup = sorted(n for n, count in collections.Counter(names).items() if count > 1)
-        more = f" and {len(dup) - 10} more" if len(dup) > 10 else ""
-        raise _bad("files", "duplicate name(s) "
-                   f"{', '.join(clean(n, limit=SHOWN_LIMIT) for n in dup[:10])}{more}")
+        raise _bad("files", f"duplicate name(s) {shown_names(dup)}")
     for f in m.files:
         where = f"files[{shown(f.name)}]"
         if f.name in (MANIFEST_NAME, MANIFEST_NAME + ".sig"):
@@ -273,7 +271,7 @@ def _obj(value: object, keys: set[str], where: str, *, required: Sequence[str]) 
         raise _bad(where, "expected a JSON object")
     unknown = sorted(set(value) - keys)
     if unknown:
-        raise _bad(where, f"unknown key(s) {', '.join(unknown)}")
+        raise _bad(where, f"unknown key(s) {shown_names(unknown)}")
     missing = [k for k in required if k not in value]
     if missing:
         raise _bad(where, f"missing key(s) {', '.join(missing)}")
