@@ -54,6 +54,18 @@ def test_kea_refuses_a_url_its_file_field_cannot_hold() -> None:
     assert json.loads(dhcpconfig.kea(dhcpconfig.HttpBoot({"x86_64": BIN})))
 
 
+def test_kea_leaves_the_file_field_its_nul() -> None:
+    """RFC 2131's file field is a NUL-terminated string in 128 bytes: a 128-character
+    URL would fill it with no terminator, and a client reads on into the options."""
+    base = "https://boot.example.net/"
+    full = base + "a" * (128 - len(base) - len("/ipxe.efi")) + "/ipxe.efi"
+    assert len(full) == 128
+    with pytest.raises(ConfigError, match="at most 127"):
+        dhcpconfig.kea(dhcpconfig.HttpBoot({"x86_64": full}))
+    fits = full[:len(base)] + full[len(base) + 1:]
+    assert json.loads(dhcpconfig.kea(dhcpconfig.HttpBoot({"x86_64": fits})))
+
+
 def test_unknown_arch_refused() -> None:
     with pytest.raises(ConfigError, match="unknown architecture"):
         dhcpconfig.HttpBoot({"mips": BIN})

@@ -25,9 +25,10 @@ HTTP_ARCHES = {"x86_64": 16, "arm64": 19, "x86": 15}
 _SAFE_URL = re.compile(r"https://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~%/\-+=@!$()*;:&?]*)?")
 _SAFE_TAG = re.compile(r"[a-z0-9-]{1,32}")
 # Option 67 (boot file name) carries at most 255 bytes: dnsmasq sent a garbled name for a
-# longer one. Kea puts boot-file-name in the header's 128-byte file field.
+# longer one. Kea puts boot-file-name in the header's 128-byte file field, which RFC 2131
+# makes a NUL-terminated string: a 128-character name leaves a client reading past its end.
 MAX_URL = 255
-MAX_KEA_URL = 128
+MAX_KEA_URL = 127
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,8 @@ def kea(config: HttpBoot) -> str:
                       ("--ipxe-script", config.script)]:
         if url is not None and len(url) > MAX_KEA_URL:
             raise ConfigError(f"{what} URL is {len(url)} characters long; Kea's "
-                              f"boot-file-name (the 128-byte file field) holds at most "
-                              f"{MAX_KEA_URL}", hint="serve it under a shorter path")
+                              f"boot-file-name (the 128-byte file field, NUL-terminated) holds "
+                              f"at most {MAX_KEA_URL}", hint="serve it under a shorter path")
     classes: list[dict[str, object]] = []
     for arch, url in sorted(config.binaries.items()):
         classes.append({
