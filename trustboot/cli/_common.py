@@ -74,6 +74,15 @@ def signing_cert_options(*, old_names: bool) -> Callable[[F], F]:
     return decorate
 
 
+def pki_explicit() -> bool:
+    """Whether ``--pki`` was given (on the command line or by TRUSTBOOT_PKI) rather than
+    left at its default ./pki: a pki someone named must open (the check fails closed),
+    while the default one may be any directory called pki and is passed over."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source("pki") not in {
+        ParameterSource.DEFAULT, None}
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 

@@ -14,6 +14,7 @@ from trustboot.cli._common import (
     json_option,
     passphrase_options,
     passphrase_source,
+    pki_explicit,
     warn,
 )
 from trustboot.cli.progress import MakeProgress
@@ -173,9 +174,8 @@ def _read_script(path: Path) -> str:
 @click.option("--unsafe-skip-lint", is_flag=True,
               help="Embed --script even if it is not fail-closed (not recommended).")
 @json_option
-@click.pass_context
 def build_cmd(
-    ctx: click.Context, source_dir: Path | None, git_url: str | None, commit: str | None,
+    source_dir: Path | None, git_url: str | None, commit: str | None,
     pki: Path, trust_files: tuple[Path, ...], cert_files: tuple[Path, ...],
     client_cert: str | None, passphrase_file: Path | None, passphrase_env: str | None,
     script_file: Path | None, chain_url: str | None, chain_sig: str | None,
@@ -230,11 +230,8 @@ def build_cmd(
             raise ConfigError(f"--make-env {name} would hand {secret_envs[name]} to make",
                               hint="pass another variable")
     # The default ./pki is used only if it is there; an explicit --pki must exist.
-    explicit_pki = ctx.get_parameter_source("pki") not in (
-        click.core.ParameterSource.DEFAULT, None,
-    )
     pki_dir: Path | None = pki
-    if not explicit_pki and not (pki / "ca.crt").exists() and trust_files:
+    if not pki_explicit() and not (pki / "ca.crt").exists() and trust_files:
         pki_dir = None
     trust = collect_trust(pki_dir, trust_files, cert_files)
 

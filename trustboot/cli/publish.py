@@ -11,7 +11,13 @@ from typing import Any, TypeVar
 import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from trustboot.cli._common import emit_json, json_option, passphrase_source, warn
+from trustboot.cli._common import (
+    emit_json,
+    json_option,
+    passphrase_source,
+    pki_explicit,
+    warn,
+)
 from trustboot.cli.progress import mib, upload_progress
 from trustboot.errors import ConfigError
 from trustboot.fsutil import read_capped
@@ -149,12 +155,6 @@ def revocation_options(func: F) -> F:
     return func
 
 
-def _pki_explicit() -> bool:
-    ctx = click.get_current_context(silent=True)
-    return ctx is not None and ctx.get_parameter_source("pki") not in {
-        click.core.ParameterSource.DEFAULT, None}
-
-
 def load_revocations(kw: dict[str, Any]) -> Any:
     """The revocation view of the pki's CA index (when the pki holds a CA) and --crl.
     A pki given with --pki, or the source of the trusted roots (no --trust), must open:
@@ -169,7 +169,7 @@ def load_revocations(kw: dict[str, Any]) -> Any:
     try:
         return Revocations.load(pki=kw["pki"], crl=kw.get("crl"), allow=allow, warn=warn)
     except TrustbootError:
-        if _pki_explicit() or trust_source or kw.get("crl"):
+        if pki_explicit() or trust_source or kw.get("crl"):
             raise
         return Revocations.load(pki=None, crl=None, allow=allow, warn=warn)
 

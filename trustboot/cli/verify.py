@@ -12,7 +12,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from trustboot.ca.store import load_trusted_roots
-from trustboot.cli._common import emit_json, is_interactive, json_option, progress, warn
+from trustboot.cli._common import (
+    emit_json,
+    is_interactive,
+    json_option,
+    pki_explicit,
+    progress,
+    warn,
+)
 from trustboot.cms.certinfo import DEFAULT_IPXE, IpxeVersion
 from trustboot.cms.freshness import ReplayWindow, replay_window
 from trustboot.cms.sign import hash_file
@@ -229,10 +236,7 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
                                    ipxe_version=version,
                                    assume_ocsp_reachable=ocsp_reachable, strict=strict,
                                    ipv6=None if platform is None else platform == "efi")
-    ctx = click.get_current_context()
-    pki_given = not trust or ctx.get_parameter_source("pki") not in {
-        click.core.ParameterSource.DEFAULT, None}
-    revoked = _revoked(pki, verdict, explicit=pki_given)
+    revoked = _revoked(pki, verdict, explicit=not trust or pki_explicit())
     if crl_path is not None:
         revoked += _crl_revoked(crl_path, verdict, now, revoked)
     window = _replay_window(verdict, now)
