@@ -34,6 +34,19 @@ def json_option(func: F) -> F:
     )(func)
 
 
+class NonEmptyPath(click.Path):
+    """The type of every path option and argument: a click.Path that refuses an empty
+    value. Click turns "" into ".", so `--out "$UNSET"` or `--pki ""` silently acted on
+    the directory the command ran in (wrote there, served it, trusted what it held)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, (str, bytes)) and not value.strip():
+            self.fail("is empty (an unset shell variable?): give the path, or '.' for "
+                      "the current directory", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class HiddenAliasOption(click.Option):
     """An option whose later names are old spellings that still work but are not shown:
     ``--help`` lists only the first name."""
@@ -59,13 +72,13 @@ def signing_cert_options(*, old_names: bool) -> Callable[[F], F]:
     def decorate(func: F) -> F:
         func = click.option(
             *names("--signing-chain", "--chain"), "signing_chain", cls=HiddenAliasOption,
-            type=click.Path(path_type=Path, dir_okay=False), envvar="TRUSTBOOT_SIGNING_CHAIN",
+            type=NonEmptyPath(path_type=Path, dir_okay=False), envvar="TRUSTBOOT_SIGNING_CHAIN",
             show_envvar=True,
             help="Issuers of the signing certificate, root included (PEM bundle); default: "
             "the pki's chain when the pki issued it.")(func)
         func = click.option(
             *names("--signing-cert", "--cert"), "signing_cert", cls=HiddenAliasOption,
-            type=click.Path(path_type=Path, dir_okay=False), envvar="TRUSTBOOT_SIGNING_CERT",
+            type=NonEmptyPath(path_type=Path, dir_okay=False), envvar="TRUSTBOOT_SIGNING_CERT",
             show_envvar=True,
             help="Signing certificate of a file: key (and of a pkcs11: key when the token "
             "holds none); a NAME key takes it from the pki.")(func)
@@ -115,7 +128,7 @@ def passphrase_options(prefix: str = "", what: str = "the key",
         )(func)
         func = click.option(
             f"--{prefix}passphrase-file", f"{prefix.replace('-', '_')}passphrase_file",
-            type=click.Path(path_type=Path, dir_okay=False),
+            type=NonEmptyPath(path_type=Path, dir_okay=False),
             help=f"Read the passphrase for {what} from the first line of this file.",
             envvar=env("PASSPHRASE_FILE"), show_envvar=envvar_prefix is not None,
         )(func)
@@ -130,7 +143,7 @@ def pkcs11_generation_options(keys: str, example: str) -> Callable[[F], F]:
     def decorate(func: F) -> F:
         func = click.option(
             "--pkcs11-module", "pkcs11_module", envvar="TRUSTBOOT_PKCS11_MODULE",
-            type=click.Path(path_type=Path, dir_okay=False), show_envvar=True,
+            type=NonEmptyPath(path_type=Path, dir_okay=False), show_envvar=True,
             help="PKCS#11 module (.so) for --pkcs11.")(func)
         func = click.option(
             "--pkcs11", "pkcs11_token", metavar="URI",
@@ -155,7 +168,7 @@ def pin_options(func: F) -> F:
     func = click.option("--pin-env", "pin_env", metavar="NAME", envvar="TRUSTBOOT_PIN_ENV",
                         show_envvar=True,
                         help="Read the token PIN from environment variable NAME.")(func)
-    func = click.option("--pin-file", "pin_file", type=click.Path(path_type=Path,
+    func = click.option("--pin-file", "pin_file", type=NonEmptyPath(path_type=Path,
                         dir_okay=False), envvar="TRUSTBOOT_PIN_FILE", show_envvar=True,
                         help="Read the token PIN (pkcs11: keys) from the first line of "
                         "this file.")(func)

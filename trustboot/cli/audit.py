@@ -15,7 +15,7 @@ from trustboot.audit.policy import Policy, load_manifest, load_policy
 from trustboot.audit.probe import ProbeConfig, parse_mac
 from trustboot.audit.report import dumps, to_json, to_sarif, to_table
 from trustboot.audit.runner import AuditOptions, run_audit
-from trustboot.cli._common import json_option
+from trustboot.cli._common import NonEmptyPath, json_option
 from trustboot.errors import AuditFindingsError, ConfigError, OperationalError
 from trustboot.fsutil import atomic_write
 
@@ -69,10 +69,10 @@ and observation (the report also comes before exit 5).
 @click.command("audit", epilog=EPILOG)
 @click.option("--interface", "-i", required=True, metavar="IF",
               help="Network interface facing the segment to audit.")
-@click.option("--policy", "policy_path", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--policy", "policy_path", type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="Policy YAML: authorized servers, expected files, origin, CA.")
 @click.option("--release-manifest", "manifest_path",
-              type=click.Path(path_type=Path, dir_okay=False),
+              type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="Release manifest JSON whose files, origin and CA are expected "
               "(adds to --policy).")
 @click.option("--window", type=click.FloatRange(0.2, 600.0), default=5.0, show_default=True,
@@ -100,7 +100,7 @@ and observation (the report also comes before exit 5).
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "sarif"]),
               help="Output format on stdout (default table).")
 @json_option
-@click.option("--sarif", "sarif_path", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--sarif", "sarif_path", type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="Also write the findings as SARIF 2.1.0 to this file.")
 @click.option("--fail-on", type=click.Choice(SEVERITIES), default=DEFAULT_FAIL_ON,
               show_default=True,

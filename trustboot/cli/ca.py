@@ -21,6 +21,7 @@ from trustboot.ca.store import (
     utcnow,
 )
 from trustboot.cli._common import (
+    NonEmptyPath,
     emit_json,
     json_option,
     passphrase_options,
@@ -44,7 +45,7 @@ from trustboot.fsutil import (
 MAX_CSR_FILE = 1 << 20
 
 pki_option = click.option(
-    "--pki", "pki", type=click.Path(path_type=Path, file_okay=False), envvar="TRUSTBOOT_PKI",
+    "--pki", "pki", type=NonEmptyPath(path_type=Path, file_okay=False), envvar="TRUSTBOOT_PKI",
     default=Path("pki"), show_default=True, show_envvar=True,
     help="The CA home directory.",
 )
@@ -162,7 +163,7 @@ def _issue_options(func: Any) -> Any:
     func = json_option(func)
     func = passphrase_options(prefix="key-", what="the new key")(func)
     func = passphrase_options(what="the issuing CA key")(func)
-    func = click.option("--csr", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    func = click.option("--csr", type=NonEmptyPath(path_type=Path, dir_okay=False, exists=True),
                         help="Certify the public key of this CSR instead of generating a key "
                         "(e.g. a key held in an HSM).")(func)
     func = click.option("--pkcs11-key", "pkcs11_key", metavar="URI",
@@ -171,7 +172,7 @@ def _issue_options(func: Any) -> Any:
                         "the token, but first signs a challenge: --pin-file/--pin-env).")(func)
     func = pin_options(func)
     func = click.option("--pkcs11-module", "pkcs11_module",
-                        type=click.Path(path_type=Path, dir_okay=False),
+                        type=NonEmptyPath(path_type=Path, dir_okay=False),
                         envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
                         help="PKCS#11 module (.so) for --pkcs11-key.")(func)
     func = click.option("--days", type=int, help="Validity in days (profile default).")(func)
@@ -420,7 +421,7 @@ def show_cmd(pki: Path, name: str, as_pem: bool, as_json: bool) -> None:
 
 @command.command("export")
 @pki_option
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+@click.option("--out", type=NonEmptyPath(path_type=Path, file_okay=False), required=True,
               help="Directory to write the public trust material into.")
 @click.option("--uefi-tls", is_flag=True,
               help="Also write uefi-cacerts.esl: the root as an EFI signature list, the form "
@@ -742,7 +743,7 @@ Exit codes: 0 promoted, 1 origin/network failure, 3 bad input or out of order,
 @rotate_root_group.command("promote", help=PROMOTE_HELP)
 @pki_option
 @click.option("--build-manifest", "manifests", multiple=True,
-              type=click.Path(path_type=Path, dir_okay=False),
+              type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="Evidence: manifest.json of the deployed firmware's `ipxe build` (or its "
               "release.json); must list the next root in its trust. Repeatable.")
 @click.option("--from-origin", "origins", multiple=True, metavar="URL",
@@ -751,7 +752,7 @@ Exit codes: 0 promoted, 1 origin/network failure, 3 bad input or out of order,
 @click.option("--entry-path", default="boot.ipxe", show_default=True,
               help="With --from-origin: the firmware's entry object on the origin.")
 @click.option("--audit-report", "audit_reports", multiple=True,
-              type=click.Path(path_type=Path, dir_okay=False),
+              type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="Evidence per segment: `trustboot audit --json` report whose offered boot "
               "files must all be firmware of the builds above. Repeatable.")
 @click.option("--confirm-fleet", is_flag=True,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from trustboot import fsutil
-from trustboot.cli._common import emit_json, json_option
+from trustboot.cli._common import NonEmptyPath, emit_json, json_option
 from trustboot.cli.progress import MakeProgress
 from trustboot.cli.release import StageReporter
 from trustboot.ipxe.source import ENV_SOURCE
@@ -17,14 +17,14 @@ from trustboot.release.recipe import MAX_RECIPE_BYTES, demo_recipe_text
 
 
 @click.command("demo")
-@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--recipe", "recipe_path", type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="Recipe to run (default: the embedded copy of recipes/demo.yaml).")
-@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--workdir", type=NonEmptyPath(path_type=Path, file_okay=False),
               help="Where the CA, origin and release go (default: a new temp dir).")
-@click.option("--ipxe-source", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--ipxe-source", type=NonEmptyPath(path_type=Path, file_okay=False),
               envvar=ENV_SOURCE, show_envvar=True,
               help="Build iPXE from this tree (default: skipped, with how to enable it).")
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--cache-dir", type=NonEmptyPath(path_type=Path, file_okay=False),
               help="iPXE build cache to use, e.g. the one ipxe build and release use "
               "(~/.cache/trustboot/ipxe), so a second demo rebuilds only what its new CA "
               "changes. Default: one inside the work directory, so the demo leaves nothing "

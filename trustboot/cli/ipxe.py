@@ -10,6 +10,7 @@ from typing import Any, cast
 import click
 
 from trustboot.cli._common import (
+    NonEmptyPath,
     emit_json,
     json_option,
     passphrase_options,
@@ -116,26 +117,26 @@ def _read_script(path: Path) -> str:
 
 
 @command.command("build")
-@click.option("--source", "source_dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--source", "source_dir", type=NonEmptyPath(path_type=Path, file_okay=False),
               help=f"iPXE source tree (top or src/); default ${ENV_SOURCE}. Never modified.")
 @click.option("--git", "git_url", metavar="URL", help="Clone iPXE from URL (needs --commit).")
 @click.option("--commit", metavar="SHA", help="The full commit id --git is pinned to.")
-@click.option("--pki", type=click.Path(path_type=Path, file_okay=False), envvar="TRUSTBOOT_PKI",
+@click.option("--pki", type=NonEmptyPath(path_type=Path, file_okay=False), envvar="TRUSTBOOT_PKI",
               default=Path("pki"), show_default=True, show_envvar=True,
               help="CA directory: ca.crt becomes TRUST=, ca.crt and issuing-ca.crt CERT=.")
 @click.option("--trust", "trust_files", multiple=True,
-              type=click.Path(path_type=Path, dir_okay=False),
+              type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="An extra root (one certificate per file), e.g. the next root during "
               "a rotation. Repeatable.")
 @click.option("--cert", "cert_files", multiple=True,
-              type=click.Path(path_type=Path, dir_okay=False),
+              type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="Extra chain certificates to build in (CERT=). Repeatable.")
 @click.option("--client-cert", metavar="NAME",
               help="Build in the pki's client certificate NAME and its RSA key for "
               "client-authenticated origins (anyone with the binary can take the key out: "
               "never an origin writer).")
 @passphrase_options(what="the client key")
-@click.option("--script", "script_file", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--script", "script_file", type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="Embed this #!ipxe script (it is linted: it must be fail-closed).")
 @_chain_options
 @click.option("--target", "targets", multiple=True, metavar="TARGET",
@@ -153,10 +154,10 @@ def _read_script(path: Path) -> str:
 @click.option("--serial-console", is_flag=True, help="Also use the first serial port.")
 @click.option("--source-date-epoch", type=int,
               help="Build timestamp (default: $SOURCE_DATE_EPOCH, the commit time, or 0).")
-@click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("-o", "--output", "output_dir", type=NonEmptyPath(path_type=Path, file_okay=False),
               default=Path("ipxe-build"), show_default=True,
               help="Where the binaries and manifest.json go.")
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--cache-dir", type=NonEmptyPath(path_type=Path, file_okay=False),
               help="Build cache (default: $TRUSTBOOT_CACHE_DIR/ipxe or "
               "~/.cache/trustboot/ipxe).")
 @click.option("--no-cache", is_flag=True, help="Rebuild even if the same inputs were built.")
@@ -358,7 +359,7 @@ def render_cmd(
 
 
 @script_group.command("lint")
-@click.argument("script_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("script_file", type=NonEmptyPath(path_type=Path, dir_okay=False))
 @click.option("--stage", type=click.Choice(STAGES), default="embedded", show_default=True,
               help="embedded: the script built into the firmware (--script). chained: a "
               "script such firmware fetches, verifies and runs (boot.ipxe, menus).")

@@ -8,24 +8,8 @@ from typing import Any
 
 import click
 
-from trustboot.cli._common import emit_json, json_option, warn
+from trustboot.cli._common import NonEmptyPath, emit_json, json_option, warn
 from trustboot.errors import ConfigError, ExitCode, OperationalError, VerificationError
-
-
-class _SitePath(click.Path):
-    """A path for the rendered site: not empty, as `--root "$UNSET"` would give. Click
-    turns "" into ".", so the site silently served (and took writes into) whatever
-    directory the command ran in."""
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not value.strip():
-            self.fail("is empty (an unset shell variable?): give the path", param, ctx)
-        return super().convert(value, param, ctx)
-
-
-def _site_path() -> _SitePath:
-    return _SitePath(path_type=Path)
 
 
 @click.group("origin")
@@ -82,18 +66,18 @@ def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -
 @command.command("nginx-config")
 @click.option("--server-name", "server_names", multiple=True, required=True,
               help="Host name(s) the certificate is for (repeatable).")
-@click.option("--root", type=_site_path(), default=Path("/srv/trustboot"),
+@click.option("--root", type=NonEmptyPath(path_type=Path), default=Path("/srv/trustboot"),
               show_default=True, help="Directory served (the WebDAV root).")
-@click.option("--cert", type=_site_path(), required=True,
+@click.option("--cert", type=NonEmptyPath(path_type=Path), required=True,
               help="Server certificate + issuing CA (PEM), from `trustboot ca issue server`.")
-@click.option("--key", type=_site_path(), required=True,
+@click.option("--key", type=NonEmptyPath(path_type=Path), required=True,
               help="Its private key (PEM).")
-@click.option("--key-password-file", type=_site_path(),
+@click.option("--key-password-file", type=NonEmptyPath(path_type=Path),
               help="File with the key's passphrase (nginx ssl_password_file).")
-@click.option("--client-ca", type=_site_path(), required=True,
+@click.option("--client-ca", type=NonEmptyPath(path_type=Path), required=True,
               help="CA chain (PEM) that writers' client certificates must chain to "
                    "(the pki's chain.pem).")
-@click.option("--client-crl", type=_site_path(),
+@click.option("--client-crl", type=NonEmptyPath(path_type=Path),
               help="CRLs (PEM) of every CA in --client-ca, the root's included (nginx "
                    "ssl_crl): refuses revoked publisher certificates. Refresh it and reload "
                    "nginx before its nextUpdate: nginx refuses every client after it.")
@@ -109,7 +93,7 @@ def dhcp_config(http_boot: tuple[str, ...], ipxe_script: str | None, fmt: str) -
 @click.option("--no-ipv6", is_flag=True, help="Do not add [::]:PORT for a bare port.")
 @click.option("--entry-path", default="boot.ipxe", show_default=True,
               help="The entry script (served with Cache-Control: no-store).")
-@click.option("--body-temp-dir", type=_site_path(),
+@click.option("--body-temp-dir", type=NonEmptyPath(path_type=Path),
               help="Upload temp directory; on the same file system as --root.")
 @click.option("--max-body-size", default="8g", show_default=True,
               help="Largest object accepted (nginx client_max_body_size; 0, no limit, is refused).")
@@ -169,14 +153,14 @@ def _check_client_crl(client_crl: Path, client_ca: Path) -> None:
 
 @command.command("check")
 @click.argument("url")
-@click.option("--pki", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--pki", type=NonEmptyPath(path_type=Path, file_okay=False),
               envvar="TRUSTBOOT_PKI", show_envvar=True, default=Path("pki"), show_default=True,
               help="CA home: its ca.crt is the default TLS trust and iPXE root.")
-@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--ca-file", type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="CA for the origin's TLS (default: the iPXE roots, as iPXE does).")
 @click.option("--trust", "trust", multiple=True, metavar="ROOT[,ROOT]",
               help="Roots iPXE was built with (TRUST=); default: the pki's ca.crt.")
-@click.option("--cert", "certs", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--cert", "certs", multiple=True, type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="Extra certificates built into iPXE with CERT=.")
 @click.option("--signer", metavar="NAME", help="As imgverify --signer.")
 @click.option("--warn-days", type=click.IntRange(0), default=30, show_default=True,

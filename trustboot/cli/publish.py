@@ -12,6 +12,7 @@ import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from trustboot.cli._common import (
+    NonEmptyPath,
     emit_json,
     json_option,
     passphrase_source,
@@ -60,7 +61,7 @@ something iPXE would refuse (nothing was switched).
 def origin_options(func: F) -> F:
     """Options every command that talks to an origin takes."""
     func = origin_access_options(func)
-    return click.option("--pki", type=click.Path(path_type=Path, file_okay=False),
+    return click.option("--pki", type=NonEmptyPath(path_type=Path, file_okay=False),
                         envvar="TRUSTBOOT_PKI", show_envvar=True, default=Path("pki"),
                         show_default=True,
                         help="CA home: its ca.crt is the default TLS trust and iPXE root.",
@@ -71,21 +72,21 @@ def origin_access_options(func: F) -> F:
     """The origin options without --pki, for commands that have their own (the pki's
     ca.crt stays the default TLS trust: see build_options)."""
     opts = [
-        click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False),
+        click.option("--ca-file", type=NonEmptyPath(path_type=Path, dir_okay=False),
                      help="CA certificate(s) trusted for the origin's TLS (default: the "
                           "pki's ca.crt; never the system store)."),
         click.option("--client-cert", "client_cert_name", metavar="NAME",
                      help="TLS client certificate NAME from the pki (`ca issue client`)."),
-        click.option("--client-cert-file", type=click.Path(path_type=Path, dir_okay=False),
+        click.option("--client-cert-file", type=NonEmptyPath(path_type=Path, dir_okay=False),
                      help="TLS client certificate (PEM) outside the pki."),
-        click.option("--client-key-file", type=click.Path(path_type=Path, dir_okay=False),
+        click.option("--client-key-file", type=NonEmptyPath(path_type=Path, dir_okay=False),
                      help="Its private key (PEM, may be encrypted)."),
-        click.option("--client-key-passphrase-file", type=click.Path(path_type=Path,
+        click.option("--client-key-passphrase-file", type=NonEmptyPath(path_type=Path,
                                                                      dir_okay=False),
                      help="Passphrase of the client key, first line of this file."),
         click.option("--client-key-passphrase-env", metavar="NAME",
                      help="Passphrase of the client key, from environment variable NAME."),
-        click.option("--credentials-file", type=click.Path(path_type=Path, dir_okay=False),
+        click.option("--credentials-file", type=NonEmptyPath(path_type=Path, dir_okay=False),
                      help="Credentials, a 0600 file: user:password or bearer:TOKEN for "
                      "https:// origins, ACCESS_KEY_ID:SECRET for s3:// (else boto3's usual "
                      "chain: env, profile, instance role); after 'ORIGIN_URL ' they are "
@@ -123,7 +124,7 @@ def trust_options(func: F) -> F:
         click.option("--trust", "trust", multiple=True, metavar="ROOT[,ROOT]",
                      help="Roots iPXE was built with (TRUST=); default: the pki's ca.crt."),
         click.option("--cert", "certs", multiple=True,
-                     type=click.Path(path_type=Path, dir_okay=False),
+                     type=NonEmptyPath(path_type=Path, dir_okay=False),
                      help="Extra certificates built into iPXE with CERT= (repeatable)."),
         click.option("--signer", metavar="NAME",
                      help="As imgverify --signer: the expected signer's name."),
@@ -141,7 +142,7 @@ def revocation_options(func: F) -> F:
     """What a command that makes a release live asks about revoked signers (iPXE reads no
     CRL: trustboot.publish.revocation)."""
     opts = [
-        click.option("--crl", "crl", type=click.Path(path_type=Path, dir_okay=False),
+        click.option("--crl", "crl", type=NonEmptyPath(path_type=Path, dir_okay=False),
                      help="A CRL from the signers' CA (e.g. its published crl.pem): a "
                      "release it revokes a signer of is not made live (as with a revocation "
                      "in the --pki CA index, which is asked as well)."),
@@ -273,7 +274,7 @@ def command() -> None:
 @command.command("release", hidden=True, epilog=EXAMPLES)
 # Not click's file_okay=False (a usage error, exit 2): a file given as the release directory
 # is an I/O failure, exit 1, as a missing one (scan_directory), like sign's and verify's FILE.
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", type=NonEmptyPath(path_type=Path))
 @click.argument("origin_url", metavar="ORIGIN")
 @click.option("--release-id", required=True, help="Release id ([A-Za-z0-9][A-Za-z0-9._-]*).")
 @click.option("--entry", default=None,

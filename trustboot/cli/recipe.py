@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from trustboot.cli._common import emit_json, json_option
+from trustboot.cli._common import NonEmptyPath, emit_json, json_option
 from trustboot.release.recipe import json_schema, load_recipe
 
 
@@ -24,7 +24,7 @@ def schema_cmd() -> None:
 @command.command("check")
 # Not click's dir_okay=False (a usage error, exit 2): a directory is refused as a FIFO or
 # a device is, "not a regular file", exit 3, as every file that configures a run.
-@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("recipe", type=NonEmptyPath(path_type=Path))
 @json_option
 def check_cmd(recipe: Path, as_json: bool) -> None:
     """Validate RECIPE's structure and values (files are checked by `release --dry-run`)."""

@@ -16,6 +16,7 @@ from click.core import ParameterSource
 
 from trustboot import writers
 from trustboot.cli._common import (
+    NonEmptyPath,
     emit_json,
     is_interactive,
     json_option,
@@ -52,20 +53,20 @@ class StageReporter:
 @click.command("release")
 # Not click's dir_okay=False (a usage error, exit 2): a directory is refused as a FIFO or
 # a device is, "not a regular file", exit 3, as every file that configures a run.
-@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("recipe", type=NonEmptyPath(path_type=Path))
 @click.option("--dry-run", is_flag=True,
               help="Validate and print the plan (what is built, signed, uploaded); change "
               "nothing.")
 @click.option("--allow-outside", "allow_outside", multiple=True,
-              type=click.Path(path_type=Path, file_okay=False),
+              type=NonEmptyPath(path_type=Path, file_okay=False),
               help="Let the recipe's paths (and a file:// origin) resolve under DIR too. "
               "Repeatable. Default: only the recipe's own directory.")
 @passphrase_options(what="the signing key")
-@click.option("--ipxe-source", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--ipxe-source", type=NonEmptyPath(path_type=Path, file_okay=False),
               envvar=ENV_SOURCE, show_envvar=True,
               help="Build iPXE from this tree when the recipe names no ipxe.source, "
               "ipxe.git or ipxe.prebuilt.")
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--cache-dir", type=NonEmptyPath(path_type=Path, file_okay=False),
               help="iPXE build cache (default: $TRUSTBOOT_CACHE_DIR/ipxe or "
               "~/.cache/trustboot/ipxe).")
 @click.option("--readback-url", metavar="URL",
@@ -112,17 +113,17 @@ class StageReporter:
               "(they can then replace what was verified); warns on every run.")
 # Only here, never from a recipe: the CA that decides who receives the credentials.
 @click.option("--origin-ca-file", "origin_ca_file",
-              type=click.Path(path_type=Path, dir_okay=False), envvar=ORIGIN_CA_ENV,
+              type=NonEmptyPath(path_type=Path, dir_okay=False), envvar=ORIGIN_CA_ENV,
               show_envvar=True,
               help="The CA (PEM) that authenticates the origin's TLS certificate, in place "
               "of the recipe's origin.ca_file. Needed when the recipe names a ca_file and "
               "the run authenticates to the origin (origin.credentials, an s3:// origin's "
               "credentials, origin.client_cert): the recipe must not choose which host "
               "receives them.")
-@click.option("--pkcs11-module", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--pkcs11-module", type=NonEmptyPath(path_type=Path, dir_okay=False),
               envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
               help="PKCS#11 module (.so) for a pkcs11: signer (a recipe may not name one).")
-@click.option("--crl", "crl", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--crl", "crl", type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="A CRL from the signer's CA (e.g. its published crl.pem): a signer it "
               "revokes is refused before anything is uploaded (exit 4), as publish "
               "refuses it; the CA home's index is asked as well.")

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from trustboot.cli._common import (
+    NonEmptyPath,
     emit_json,
     json_option,
     passphrase_options,
@@ -58,7 +59,7 @@ revoked certificate signed it (nothing was changed), the new signer expires befo
 @signing_cert_options(old_names=False)
 @passphrase_options(what="the signing key", envvar_prefix="TRUSTBOOT_SIGN_")
 @pin_options
-@click.option("--pkcs11-module", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--pkcs11-module", type=NonEmptyPath(path_type=Path, dir_okay=False),
               envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
               help="PKCS#11 module for pkcs11: keys.")
 @click.option("--min-lifetime", default="1d", show_default=True, metavar="DURATION",

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 
 from trustboot import fsutil
 from trustboot.cli._common import (
+    NonEmptyPath,
     emit_json,
     json_option,
     passphrase_options,
@@ -23,7 +24,7 @@ from trustboot.errors import ConfigError, OperationalError
 from trustboot.secureboot import authenticode, keyset
 
 pki_option = click.option(
-    "--pki", "pki", type=click.Path(path_type=Path, file_okay=False), envvar="TRUSTBOOT_PKI",
+    "--pki", "pki", type=NonEmptyPath(path_type=Path, file_okay=False), envvar="TRUSTBOOT_PKI",
     default="pki", show_default=True, help="CA home (or TRUSTBOOT_PKI).")
 
 MAX_EFI = authenticode.MAX_IMAGE
@@ -74,8 +75,8 @@ def init_cmd(pki: Path, name: str, days: int, pkcs11_token: str | None,
 
 @command.command("export")
 @pki_option
-@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False))
-@click.option("--ovmf-vars", "ovmf_template", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--out", required=True, type=NonEmptyPath(path_type=Path, file_okay=False))
+@click.option("--ovmf-vars", "ovmf_template", type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="Also write OVMF_VARS.secboot.fd from this OVMF VARS template, keys "
                    "enrolled and Secure Boot on (needs virt-firmware).")
 @passphrase_options(what="the Secure Boot keys (or their token's PIN)")
@@ -100,8 +101,8 @@ def _read_efi(path: Path) -> bytes:
 @command.command("sign")
 @pki_option
 @click.argument("files", nargs=-1, required=True,
-                type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--out", type=click.Path(path_type=Path),
+                type=NonEmptyPath(path_type=Path, dir_okay=False))
+@click.option("--out", type=NonEmptyPath(path_type=Path),
               help="Output file (one input) or directory (several). Default: FILE.signed.efi "
                    "beside each input.")
 @passphrase_options(what="the Secure Boot db key (or its token's PIN)")
@@ -144,8 +145,8 @@ def _sha256(data: bytes) -> str:
 @command.command("verify")
 @pki_option
 @click.argument("files", nargs=-1, required=True,
-                type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--db", "db_files", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+                type=NonEmptyPath(path_type=Path, dir_okay=False))
+@click.option("--db", "db_files", multiple=True, type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="db certificate(s) to trust (PEM/DER). Default: the key set's db.crt.")
 @json_option
 def verify_cmd(pki: Path, files: tuple[Path, ...], db_files: tuple[Path, ...],

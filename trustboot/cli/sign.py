@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from trustboot.cli._common import (
+    NonEmptyPath,
     emit_json,
     is_interactive,
     json_option,
@@ -80,7 +81,7 @@ acceptable to iPXE). --json prints the manifest: signer, key, hash, signed_at an
 @click.command("sign", epilog=EPILOG)
 # Not click's dir_okay=False: a FILE that is not a regular file, a directory included, is
 # refused by check_options (exit 1) as in a --files-from list and in `verify`.
-@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, type=NonEmptyPath(path_type=Path))
 @click.option("--files-from", "files_from", metavar="LIST", envvar="TRUSTBOOT_SIGN_FILES_FROM",
               show_envvar=True,
               help="Also sign the files listed in LIST, one path per line ('-': stdin).")
@@ -89,23 +90,23 @@ acceptable to iPXE). --json prints the manifest: signer, key, hash, signed_at an
               help="Signing key: a CA code-signing certificate NAME (or ca:NAME), "
               "file:PATH with --signing-cert/--signing-chain, or an RFC 7512 pkcs11: URI "
               "(pkcs11:token=T;object=O).")
-@click.option("--pki", "pki", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--pki", "pki", type=NonEmptyPath(path_type=Path, file_okay=False),
               envvar="TRUSTBOOT_PKI", show_envvar=True, default=Path("pki"), show_default=True,
               help="The CA home: NAME references, and the revocation check for every key.")
 @signing_cert_options(old_names=True)
 @passphrase_options(what="the signing key", envvar_prefix="TRUSTBOOT_SIGN_")
 @pin_options
-@click.option("--pkcs11-module", "pkcs11_module", type=click.Path(path_type=Path,
+@click.option("--pkcs11-module", "pkcs11_module", type=NonEmptyPath(path_type=Path,
               dir_okay=False), envvar="TRUSTBOOT_PKCS11_MODULE", show_envvar=True,
               help="PKCS#11 module (.so) for pkcs11: keys, unless the URI has module-path=.")
 @click.option("--hash", "hash_name", type=click.Choice(HASH_NAMES), default="sha256",
               envvar="TRUSTBOOT_SIGN_HASH", show_envvar=True, show_default=True)
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--out", "out_dir", type=NonEmptyPath(path_type=Path, file_okay=False),
               envvar="TRUSTBOOT_SIGN_OUT", show_envvar=True,
               help="Write signatures here, creating missing directories; an existing "
               "one must be yours and not group/world-writable (default: FILE.sig next to "
               "each file).")
-@click.option("--manifest", "manifest", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--manifest", "manifest", type=NonEmptyPath(path_type=Path, dir_okay=False),
               envvar="TRUSTBOOT_SIGN_MANIFEST", show_envvar=True,
               help="Also write the JSON manifest (as --json prints it) to this file, "
               "creating missing directories (an existing one: as --out).")

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from trustboot.ca.store import load_trusted_roots
 from trustboot.cli._common import (
+    NonEmptyPath,
     emit_json,
     is_interactive,
     json_option,
@@ -166,8 +167,8 @@ replay_window (also when iPXE would refuse it; exit 4 then).
 @click.command("verify", epilog=EPILOG)
 # FILE and --sig are checked by _operand_size (exit 1 for any non-regular file, a
 # directory included), not by click (exit 2 for a directory only).
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option("--sig", "sig_path", type=click.Path(path_type=Path), metavar="FILE",
+@click.argument("file", type=NonEmptyPath(path_type=Path))
+@click.option("--sig", "sig_path", type=NonEmptyPath(path_type=Path), metavar="FILE",
               help="The detached signature (default: FILE.sig).")
 @click.option("--trust", "trust", multiple=True, metavar="ROOT[,ROOT]",
               help="Trusted root certificate file(s), or sha256:HEX, as iPXE's TRUST= "
@@ -181,14 +182,14 @@ replay_window (also when iPXE would refuse it; exit 4 then).
               help="The client's clock (ISO 8601 or @EPOCH).")
 @click.option("--ipxe-version", "ipxe_version", default=str(DEFAULT_IPXE), show_default=True,
               help="Target iPXE (1.21.1: RSA only; 2.0.0: ECDSA P-256/P-384; master).")
-@click.option("--pki", "pki", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--pki", "pki", type=NonEmptyPath(path_type=Path, file_okay=False),
               envvar="TRUSTBOOT_PKI", show_envvar=True, default=Path("pki"), show_default=True,
               help="CA home whose root is trusted when --trust is not given.")
 @click.option("--assume-ocsp-reachable", "ocsp_reachable", is_flag=True,
               help="A chain certificate names an OCSP responder that the booting client can "
               "reach and that answers 'good': predict acceptance (with a warning) instead "
               "of iPXE's rejection when the responder is unreachable.")
-@click.option("--crl", "crl_path", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--crl", "crl_path", type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="A CRL from the signer's CA (e.g. the published crl.pem): a signer it "
               "revokes is warned about (iPXE reads no CRL, so the verdict stays).")
 @click.option("--platform", "platform", type=click.Choice(["bios", "efi"]), default=None,
