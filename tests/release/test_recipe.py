@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError, ExitCode
 from trustboot.release.recipe import (
+    RECIPE,
     RecipePath,
     demo_recipe_text,
     json_schema,
@@ -22,6 +23,7 @@ from trustboot.release.recipe import (
     parse_recipe,
     resolve_path,
 )
+from trustboot.release.yamlspec import Field, Node, Str, load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -403,3 +405,65 @@ def test_release_help_examples_run_as_shown() -> None:
     assert "recipes/multiarch.yaml --allow-outside pki --dry-run\n" in out
     assert "--allow-outside pki \\\n        --origin-ca-file pki/ca.crt --passphrase-env " \
            "TB_SIGNER_PW --json" in out
+
+
+# A value of the wrong type (or out of bounds) is named with its file:line and comes with a
+# hint: what the key holds, what it takes, and a line that would be accepted.
+@pytest.mark.parametrize(
+    ("text", "where", "hint"),
+    [
+        (GOOD + "menu: {timeout: soon}\n", "bad.yaml:9",
+         "seconds before the default entry boots; write a whole number from 0 to 3600, "
+         "e.g. `timeout: 10`"),
+        (GOOD + "menu: {timeout: 99999}\n", "bad.yaml:9", "e.g. `timeout: 10`"),
+        (GOOD.replace("version: 1", "version: '1'"), "bad.yaml:1", "e.g. `version: 1`"),
+        (GOOD + "ipxe: {serial_console: 'yes'}\n", "bad.yaml:9",
+         "write true or false, e.g. `serial_console: true`"),
+        (GOOD.replace("initrds: [images/initrd.img]", "initrds: images/initrd.img"),
+         "bad.yaml:7", "write a list (`[a, b]`, or one `- item` per line), "
+         "e.g. `initrds: [images/initrd.img]`"),
+        (GOOD.replace("{key: s1}", "s1"), "bad.yaml:3",
+         "e.g. `signer: {key: boot-signer}`"),
+        (GOOD + "ca: {home: 5}\n", "bad.yaml:9", "write text, e.g. `home: pki`"),
+        (GOOD.replace("cmdline: console=ttyS0 quiet", "arch: [ppc64]"), "bad.yaml:8",
+         "write one of bios, x86_64-efi, arm64-efi, e.g. `- bios`"),
+        (GOOD + "release: {min_signer_lifetime: [30]}\n", "bad.yaml:9",
+         "e.g. `min_signer_lifetime: 30d`"),
+        ("- 1\n", "bad.yaml:1", "e.g. `version: 1`"),
+    ],
+)
+def test_type_errors_say_what_value_is_expected(text: str, where: str, hint: str) -> None:
+    exc = _err(text)
+    assert exc.message.startswith(where + ":"), exc.message
+    assert hint in (exc.hint or ""), exc.hint
+
+
+def _fields(f: Field, what: str) -> list[tuple[str, Field]]:
+    out = [(what, f)]
+    if f.item is not None:
+        out += _fields(f.item, f"{what}[0]")
+    for key, sub in f.fields.items():
+        out += _fields(sub, key if what == "the recipe" else f"{what}.{key}")
+    return out
+
+
+FIELDS = _fields(RECIPE, "the recipe")
+
+
+@pytest.mark.parametrize(("what", "field"), FIELDS, ids=[w for w, _ in FIELDS])
+def test_every_key_has_a_type_hint_whose_example_it_accepts(what: str, field: Field) -> None:
+    """No key's wrong-type error goes without a hint, and the example in it is a value the
+    key really takes (a hint that is refused in turn would be worse than none)."""
+    wrong = "text" if field.kind in ("list", "map") else ["a list"]
+    with pytest.raises(ConfigError) as exc:
+        field.check(Node(wrong, "bad.yaml:1"), what)
+    assert "e.g. `" in (exc.value.hint or ""), exc.value.hint
+    example = load_yaml(f"v: {field.sample()}\n", "example.yaml").value["v"]
+    field.check(example, what)
+
+
+def test_a_free_text_field_cannot_be_declared_without_an_example() -> None:
+    with pytest.raises(ValueError, match="needs an example"):
+        Str("a label")
+    assert Str("a label", example="boot").sample() == "boot"
+    assert Str(enum=("a", "b")).sample() == "a"

@@ -76,65 +76,72 @@ _UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 _LIFETIME_RE = re.compile(r"(\d{1,6})\s*([hdw])")
 
 
-def _path(doc: str) -> Field:
-    return Str(f"{doc}: {_PATH_DOC}", max_length=1024)
+def _path(doc: str, example: str) -> Field:
+    return Str(f"{doc}: {_PATH_DOC}", max_length=1024, example=example)
 
 
 def _secret_ref(doc: str, *, env_doc: str = "the name of an environment variable "
-                "holding the secret", env_pattern: str = _ENV) -> Field:
+                "holding the secret", env_pattern: str = _ENV,
+                env_example: str = "SIGNING_PASSPHRASE") -> Field:
     return Map(doc, {
-        "file": _path("a file whose first line is the secret"),
-        "env": Str(env_doc, pattern=env_pattern),
+        "file": _path("a file whose first line is the secret", "secrets/passphrase"),
+        "env": Str(env_doc, pattern=env_pattern, example=env_example),
     })
 
 
 RECIPE = Map("A trustboot release recipe (`trustboot release RECIPE`).", {
     "version": Int("recipe format version; this trustboot reads 1", minimum=1, maximum=1),
-    "name": Str("the release's name (letters, digits, . _ -)", pattern=_NAME),
+    "name": Str("the release's name (letters, digits, . _ -)", pattern=_NAME,
+                example="debian-12"),
     "ca": Map("the private CA (trustboot ca) whose root the firmware trusts", {
-        "home": _path("the CA home directory (default: pki)"),
+        "home": _path("the CA home directory (default: pki)", "pki"),
     }),
     "signer": Map("the code-signing key that signs every object", {
         "key": Str("key reference: NAME (a codesign certificate of the CA), file:PATH, "
-                   "or a pkcs11: URI", max_length=2048),
-        "cert": _path("the signing certificate (file: and pkcs11: keys)"),
-        "chain": _path("its issuers, root included (file: and pkcs11: keys)"),
+                   "or a pkcs11: URI", max_length=2048, example="boot-signer"),
+        "cert": _path("the signing certificate (file: and pkcs11: keys)", "signer.crt"),
+        "chain": _path("its issuers, root included (file: and pkcs11: keys)", "chain.pem"),
         "name": Str("imgverify --signer NAME (default: the certificate's common name)",
-                    max_length=256),
+                    max_length=256, example="boot-signer"),
         "passphrase": _secret_ref("where the key's passphrase comes from (default: "
                                   "--passphrase-file/--passphrase-env or a prompt)"),
         "hash": Str("digest for the signatures", enum=HASHES),
     }, required=("key",)),
     "ipxe": Map("the firmware: built from an iPXE source, or prebuilt", {
-        "source": _path("an iPXE source tree (never modified)"),
+        "source": _path("an iPXE source tree (never modified)", "ipxe/src"),
         "git": Str("clone iPXE from this https:// or ssh:// URL (needs commit)",
-                   pattern=r"(https|ssh)://[A-Za-z0-9][^\s\\]{0,500}", max_length=512),
-        "commit": Str("the full commit id git is pinned to", pattern=r"[0-9a-f]{40}"),
+                   pattern=r"(https|ssh)://[A-Za-z0-9][^\s\\]{0,500}", max_length=512,
+                   example="https://git.example.net/ipxe.git"),
+        "commit": Str("the full commit id git is pinned to", pattern=r"[0-9a-f]{40}",
+                      example="'" + "0123456789abcdef" * 2 + "01234567'"),
         "targets": List("build targets", Str(enum=tuple(ipxe_build.KNOWN_TARGETS)),
                         min_items=1, max_items=len(ipxe_build.KNOWN_TARGETS)),
-        "ntp": Str("set the clock from this NTP server before verifying", pattern=_HOST),
+        "ntp": Str("set the clock from this NTP server before verifying", pattern=_HOST,
+                   example="ntp.example.net"),
         "on_failure": Str("what the firmware and the menu do once they give up; never "
                           "boots anything unverified (default halt; exit may fall "
                           "through to the next boot device)", enum=ON_FAILURE),
         "extra_roots": List("more roots to build in (e.g. the next root of a rotation)",
-                            _path("a PEM root certificate")),
+                            _path("a PEM root certificate", "next-root.crt")),
         "serial_console": Bool("also use the first serial port"),
         "prebuilt": _path("a directory from an earlier build (`ipxe build -o DIR`): "
-                          "no build"),
+                          "no build", "firmware"),
     }),
     "origin": Map("where the release is published", {
         "url": Str("file:///DIR, https:// (WebDAV) or s3://BUCKET/PREFIX",
-                   pattern=r"(file|https|s3)://[^\s]{1,1000}", max_length=1024),
+                   pattern=r"(file|https|s3)://[^\s]{1,1000}", max_length=1024,
+                   example="https://boot.example.net/releases"),
         "entry": Str("the entry script's path on the origin (default boot.ipxe)",
-                     pattern=_KEY),
+                     pattern=_KEY, example="boot.ipxe"),
         "public_url": Str("the https:// base URL iPXE fetches from (default: url, for "
                           "https origins)", pattern=r"https://[^\s]{1,1000}",
-                          max_length=1024),
+                          max_length=1024, example="https://boot.example.net/releases"),
         "endpoint": Str("the https:// endpoint of an s3:// origin (e.g. a Ceph RGW)",
-                        pattern=r"https://[^\s]{1,1000}", max_length=1024),
+                        pattern=r"https://[^\s]{1,1000}", max_length=1024,
+                        example="https://s3.example.net"),
         "ca_file": _path("the CA that signed the origin's TLS certificate (a run that sends "
                          "credentials or a client certificate takes it from the operator "
-                         "instead: `trustboot release --origin-ca-file`)"),
+                         "instead: `trustboot release --origin-ca-file`)", "origin-ca.pem"),
         "credentials": _secret_ref(
             "credentials for the origin: 'ORIGIN_URL user:password' or 'ORIGIN_URL "
             "bearer:TOKEN', bound to that origin (unbound ones only with `trustboot release "
@@ -143,45 +150,50 @@ RECIPE = Map("A trustboot release recipe (`trustboot release RECIPE`).", {
                     f"{CREDENTIALS_ENV_PREFIX} (a recipe may not send any other variable "
                     f"to its origin), e.g. {CREDENTIALS_ENV_PREFIX}ORIGIN_CREDENTIALS set "
                     "to 'ORIGIN_URL user:password'",
-            env_pattern=_CREDENTIALS_ENV),
+            env_pattern=_CREDENTIALS_ENV,
+            env_example=f"{CREDENTIALS_ENV_PREFIX}ORIGIN_CREDENTIALS"),
         "client_cert": Str("TLS client certificate NAME of the CA (trustboot ca issue "
                            "client NAME) for origins that take writes only from it; it "
                            "authenticates only to the origin the operator binds it to "
                            "(TRUSTBOOT_CLIENT_CERT_ORIGIN='ORIGIN_URL NAME', unbound only "
                            "with `trustboot release --unsafe-unbound-credentials`)",
-                           pattern=_NAME),
+                           pattern=_NAME, example="publisher"),
         "client_key_passphrase": _secret_ref("the client key's passphrase (default: the "
                                              "signer's)"),
     }, required=("url",)),
     "menu": Map("the boot menu", {
-        "title": Str("menu title", max_length=200),
-        "timeout": Int("seconds before the default entry boots", minimum=0, maximum=3600),
+        "title": Str("menu title", max_length=200, example="Network boot"),
+        "timeout": Int("seconds before the default entry boots", minimum=0, maximum=3600,
+                       example="10"),
     }),
     "entries": List("what the menu boots", Map("one menu entry", {
-        "name": Str("entry name (a label: letters, digits, . _ -)", pattern=_NAME),
-        "title": Str("the menu text", max_length=200),
+        "name": Str("entry name (a label: letters, digits, . _ -)", pattern=_NAME,
+                    example="linux"),
+        "title": Str("the menu text", max_length=200, example="Debian 12"),
         "arch": List("architectures this entry boots on", Str(enum=ARCHES), min_items=1,
                      max_items=len(ARCHES)),
-        "kernel": _path("the kernel"),
-        "initrds": List("initrds, in order", _path("an initrd"), max_items=32),
+        "kernel": _path("the kernel", "images/vmlinuz"),
+        "initrds": List("initrds, in order", _path("an initrd", "images/initrd.img"),
+                        max_items=32),
         "cmdline": Str("the kernel command line (inside the signed script)",
-                       max_length=4096),
+                       max_length=4096, example="console=ttyS0 quiet"),
         "default": Bool("the menu's default entry"),
     }, required=("name", "kernel")), min_items=1, max_items=64),
     "release": Map("naming and keeping releases", {
         "id": Str("release id template: letters, digits, . _ - and {name} {date} "
-                  "{digest8} {digest12} {digest}", pattern=r"[A-Za-z0-9._{}-]{1,128}"),
+                  "{digest8} {digest12} {digest}", pattern=r"[A-Za-z0-9._{}-]{1,128}",
+                  example="'{date}-{digest8}'"),
         "min_signer_lifetime": Int("refuse to release when the signer expires sooner: "
                                    "days, or e.g. 12h, 30d, 8w", minimum=0, maximum=36500,
-                                   also_str=True),
+                                   also_str=True, example="30d"),
         "retention": Int("releases to keep on the origin (older ones are pruned)",
-                         minimum=1, maximum=1000),
+                         minimum=1, maximum=1000, example="10"),
     }),
     "demo": Map("stand-in files `trustboot demo` generates before releasing", {
         "generate": List("files to generate", Map("a generated file", {
-            "path": Str("file name", pattern=_NAME),
+            "path": Str("file name", pattern=_NAME, example="vmlinuz"),
             "size": Int("size in bytes or e.g. 4MiB", minimum=1, maximum=MAX_DEMO_SIZE,
-                        also_str=True),
+                        also_str=True, example="4MiB"),
         }, required=("path", "size")), max_items=16),
     }),
 }, required=("version", "name", "signer", "entries"))

@@ -186,18 +186,74 @@ class Field:
     min_items: int = 0
     max_items: int = 256
     also_str: bool = False  # an int field that also takes a string such as "30d"
+    example: str = ""  # a value it takes, as YAML, for hints (derived when it can be)
+
+    def __post_init__(self) -> None:
+        # Free text cannot be guessed: a string field without choices names its example,
+        # so no wrong-type error goes out without one.
+        if self.kind == "str" and not self.enum and not self.example:
+            raise ValueError(f"string field {self.doc!r} needs an example")
+
+    def sample(self) -> str:
+        """A value this field takes, written as YAML (the example in hints)."""
+        if self.example:
+            return self.example
+        if self.kind == "str":
+            return self.enum[0]
+        if self.kind == "int":
+            return str(self.minimum if self.minimum is not None else 1)
+        if self.kind == "bool":
+            return "true"
+        if self.kind == "list":
+            assert self.item is not None
+            return f"[{self.item.sample()}]"
+        keys = self.required or tuple(self.fields)[:1]
+        return "{" + ", ".join(f"{k}: {self.fields[k].sample()}" for k in keys) + "}"
+
+    def expects(self) -> str:
+        """What a value of this field is, in words."""
+        if self.kind == "str":
+            return f"one of {', '.join(self.enum)}" if self.enum else "text"
+        if self.kind == "int":
+            lo, hi = self.minimum, self.maximum
+            span = (f" from {lo} to {hi}" if lo is not None and hi is not None
+                    else f" of at least {lo}" if lo is not None
+                    else f" of at most {hi}" if hi is not None else "")
+            return f"a whole number{span}" + (", or a string as described"
+                                               if self.also_str else "")
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "list":
+            return "a list (`[a, b]`, or one `- item` per line)"
+        return f"a mapping of keys ({', '.join(sorted(self.fields))})"
+
+    def hint(self, what: str) -> str:
+        """The fix for a value of the wrong type or out of bounds: what this field holds,
+        what it takes, and a line that would be accepted."""
+        key = what.rsplit(".", 1)[-1]
+        if key.endswith("]"):  # a list item: entries[0].arch[1]
+            line = f"- {self.sample()}"
+        elif what == "the recipe":  # the top level: its first key, as a line
+            first = self.required[0]
+            line = f"{first}: {self.fields[first].sample()}"
+        else:
+            line = f"{key}: {self.sample()}"
+        about = f"{self.doc.rstrip('.')}; " if self.doc else ""
+        return f"{about}write {self.expects()}, e.g. `{line}`"
 
     def check(self, node: Node, what: str) -> Any:
         v = node.value
         if self.kind == "str":
             if not isinstance(v, str) or not v:
                 raise ConfigError(f"{node.where}: {what} must be a non-empty string, "
-                                  f"not {_describe(v)}")
+                                  f"not {_describe(v)}", hint=self.hint(what))
             if len(v) > self.max_length:
-                raise ConfigError(f"{node.where}: {what} is longer than {self.max_length}")
+                raise ConfigError(f"{node.where}: {what} is longer than {self.max_length}",
+                                  hint=f"shorten it to {self.max_length} characters or "
+                                       "fewer")
             if self.enum and v not in self.enum:
                 raise ConfigError(f"{node.where}: {what} {v!r} is not one of "
-                                  f"{', '.join(self.enum)}")
+                                  f"{', '.join(self.enum)}", hint=self.hint(what))
             if self.pattern and not re.fullmatch(self.pattern, v):
                 raise ConfigError(f"{node.where}: {what} {v!r} is not allowed",
                                   hint=self.doc or f"it must match {self.pattern}")
@@ -207,28 +263,32 @@ class Field:
                 return v
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ConfigError(f"{node.where}: {what} must be an integer, not "
-                                  f"{_describe(v)}")
+                                  f"{_describe(v)}", hint=self.hint(what))
             if (self.minimum is not None and v < self.minimum) or (
                     self.maximum is not None and v > self.maximum):
                 raise ConfigError(f"{node.where}: {what} {v} is out of range "
-                                  f"({self.minimum} to {self.maximum})")
+                                  f"({self.minimum} to {self.maximum})",
+                                  hint=self.hint(what))
             return v
         if self.kind == "bool":
             if not isinstance(v, bool):
                 raise ConfigError(f"{node.where}: {what} must be true or false, not "
-                                  f"{_describe(v)}")
+                                  f"{_describe(v)}", hint=self.hint(what))
             return v
         if self.kind == "list":
             if not isinstance(v, list):
-                raise ConfigError(f"{node.where}: {what} must be a list, not {_describe(v)}")
+                raise ConfigError(f"{node.where}: {what} must be a list, not {_describe(v)}",
+                                  hint=self.hint(what))
             if not self.min_items <= len(v) <= self.max_items:
                 raise ConfigError(f"{node.where}: {what} needs {self.min_items} to "
-                                  f"{self.max_items} items, not {len(v)}")
+                                  f"{self.max_items} items, not {len(v)}",
+                                  hint=self.hint(what))
             assert self.item is not None
             return [Checked(self.item.check(n, f"{what}[{i}]"), n) for i, n in enumerate(v)]
         assert self.kind == "map"
         if not isinstance(v, dict):
-            raise ConfigError(f"{node.where}: {what} must be a mapping, not {_describe(v)}")
+            raise ConfigError(f"{node.where}: {what} must be a mapping, not {_describe(v)}",
+                              hint=self.hint(what))
         unknown = sorted(set(v) - set(self.fields))
         if unknown:
             bad = v[unknown[0]]
@@ -304,13 +364,15 @@ def _describe(value: Any) -> str:
 
 
 def Str(doc: str = "", *, pattern: str | None = None, enum: Sequence[str] = (),
-        max_length: int = 4096) -> Field:
-    return Field("str", doc, pattern=pattern, enum=tuple(enum), max_length=max_length)
+        max_length: int = 4096, example: str = "") -> Field:
+    return Field("str", doc, pattern=pattern, enum=tuple(enum), max_length=max_length,
+                 example=example)
 
 
 def Int(doc: str = "", *, minimum: int | None = None, maximum: int | None = None,
-        also_str: bool = False) -> Field:
-    return Field("int", doc, minimum=minimum, maximum=maximum, also_str=also_str)
+        also_str: bool = False, example: str = "") -> Field:
+    return Field("int", doc, minimum=minimum, maximum=maximum, also_str=also_str,
+                 example=example)
 
 
 def Bool(doc: str = "") -> Field:
