@@ -303,3 +303,28 @@ def test_a_crl_check_against_an_issuer_that_is_not_strict_der_is_no_internal_err
                                        str(pki / "crl.pem")])
     assert checked.exit_code == 4, checked.output
     assert "not strict DER" in checked.output and "InternalError" not in checked.output
+
+
+def test_a_crl_the_ca_home_accepts_is_read_by_verify_and_publish(
+        revoked_pki: tuple[Path, Path], tmp_path: Path) -> None:
+    """The CA home reads its CRLs up to store.MAX_CRL_FILE (64 MiB); verify --crl and
+    publish's --crl capped the same file at 16 MiB each, with their own constants: a CA
+    with many revocations published a CRL that verify and publish refused as "larger
+    than". One cap now, in one place; past it, all three refuse."""
+    from trustboot.ca.store import MAX_CRL_FILE
+    from trustboot.publish.revocation import Revocations
+
+    pki, image = revoked_pki
+    crl = pki / "crl.pem"
+    big = tmp_path / "big-crl.pem"  # the PEM block, then blank lines: 20 MiB in all
+    big.write_bytes(crl.read_bytes() + b"\n" * ((20 << 20) - crl.stat().st_size))
+    root = ["--trust", str(pki / "ca.crt"), "--pki", str(tmp_path / "no-pki")]
+    result = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(big)])
+    assert result.exit_code == 0, result.output
+    assert "is revoked by" in result.stderr and "key_compromise" in result.stderr
+    Revocations.load(pki=None, crl=big)  # publish's gate reads it too
+    with big.open("r+b") as fh:
+        fh.truncate(MAX_CRL_FILE + 1)  # sparse
+    over = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(big)])
+    assert over.exit_code == 3 and f"larger than {MAX_CRL_FILE} bytes" in over.output, \
+        over.output

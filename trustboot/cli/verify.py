@@ -11,7 +11,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from trustboot.ca.store import load_trusted_roots
+from trustboot.ca.store import MAX_CRL_FILE, load_trusted_roots
 from trustboot.cli._common import (
     NonEmptyPath,
     emit_json,
@@ -264,9 +264,6 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
                        f"{s.chain_not_after.isoformat()} (chain expiry)")
         if window is not None:
             click.echo(f"   {window.describe()}")
-
-
-MAX_CRL_FILE = 16 << 20
 
 
 def _crl_revoked(path: Path, verdict: Verdict, now: dt.datetime,

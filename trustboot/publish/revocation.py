@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from trustboot.ca.store import CertificateAuthority
 
 UNSAFE_FLAG = "--unsafe-allow-revoked-signer"
-MAX_CRL_FILE = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ class Revocations:
     def load(cls, *, pki: Path | None, crl: Path | None, allow: bool = False,
              warn: Callable[[str], None] | None = None) -> Revocations:
         """From the pki (when it holds a CA) and a CRL file (when given)."""
-        from trustboot.ca.store import CertificateAuthority
+        from trustboot.ca.store import MAX_CRL_FILE, CertificateAuthority
         from trustboot.fsutil import read_capped
 
         ca = CertificateAuthority.open(pki) if pki is not None and \
