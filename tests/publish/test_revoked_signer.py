@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.publish.conftest import Pki, ReleaseFactory, rewind_resign
-from trustboot.ca.store import CertificateAuthority
+from trustboot.ca.store import CertificateAuthority, IssuedEntry
 from trustboot.cli.main import cli
 from trustboot.publish.pipeline import SWITCH_JOURNAL
 
@@ -312,3 +312,27 @@ def test_resign_refuses_a_new_signer_a_crl_revokes(
     assert "fresh-signer" in r.output and "key_compromise" in r.output
     assert "Traceback" not in r.output
     assert sorted(p.relative_to(srv).as_posix() for p in srv.rglob("*")) == before
+
+
+def test_the_compromised_keys_are_gathered_once_per_gate(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate looked up each signer set of a release and rebuilt the index's map of
+    compromised keys (a pass over every certificate, loading those whose key id is not
+    recorded) for every signer of every set. A release of two signers, three objects
+    each, and the map is built once; the verdict is unchanged (both signers are good)."""
+    release = make_release({f"file{i}": bytes([i]) * 100 for i in range(6)})
+    for i in range(3):  # half the files signed by the other signer
+        pki.sign([release / f"file{i}"], release, signer="other-signer")
+    calls: list[int] = []
+    real = CertificateAuthority.compromised_keys
+
+    def counted(self: CertificateAuthority) -> dict[str, IssuedEntry]:
+        calls.append(1)
+        return real(self)
+
+    monkeypatch.setattr(CertificateAuthority, "compromised_keys", counted)
+    r = run("publish", str(release), f"file://{tmp_path / 'srv'}", "--release-id", "r1",
+            "--pki", str(pki.dir), "--json")
+    assert r.exit_code == 0, r.output
+    assert len(calls) == 1, calls

@@ -33,7 +33,7 @@ from trustboot.errors import VerificationError
 from trustboot.text import clean
 
 if TYPE_CHECKING:
-    from trustboot.ca.store import CertificateAuthority
+    from trustboot.ca.store import CertificateAuthority, IssuedEntry
 
 UNSAFE_FLAG = "--unsafe-allow-revoked-signer"
 
@@ -97,6 +97,7 @@ class Revocations:
         self._warn = warn
         self._said: set[str] = set()
         self._mutex = threading.Lock()
+        self._compromised_keys: dict[str, IssuedEntry] | None = None
 
     @classmethod
     def load(cls, *, pki: Path | None, crl: Path | None, allow: bool = False,
@@ -118,10 +119,17 @@ class Revocations:
         if self._warn is not None:
             self._warn(message)
 
-    def _by_index(self, signer: SignerReport) -> Revoked | None:
-        ca = self._ca
-        if ca is None or not signer.sha256:
-            return None
+    def _compromised(self, ca: CertificateAuthority) -> dict[str, IssuedEntry]:
+        """``ca.compromised_keys()``, built once: every signer of every object is looked
+        up, and the index does not change under this view."""
+        with self._mutex:
+            if self._compromised_keys is None:
+                self._compromised_keys = ca.compromised_keys()
+            return self._compromised_keys
+
+    def _entry_of(self, ca: CertificateAuthority, signer: SignerReport
+                  ) -> IssuedEntry | None:
+        """The index's entry of a signer certificate as a signature carries it."""
         # by fingerprint, or by what the CA signed: the same certificate with other bytes
         # outside its tbsCertificate (an ECDSA signature's s made n-s, a longer length
         # form) verifies as well and has another fingerprint. An unrelated pki never speaks
@@ -133,19 +141,31 @@ class Revocations:
                     candidate.load_cert().tbs_certificate_bytes).hexdigest() \
                     == signer.tbs_sha256:
                 entry = candidate
+        return entry
+
+    def _judge(self, ca: CertificateAuthority, entry: IssuedEntry | None, key: str | None,
+               *, who: str, serial: int) -> Revoked | None:
+        """What the index says about a certificate (``entry``, None when the index does
+        not know it) whose key has the index's key id ``key``."""
         where = f"the CA index in {ca.path}"
         if entry is not None and entry.status == "revoked":
-            return Revoked(signer.common_name, signer.serial, entry.revocation_reason,
-                           entry.revoked_at, where, name=entry.name)
+            return Revoked(who, serial, entry.revocation_reason, entry.revoked_at, where,
+                           name=entry.name)
         # a compromised key is refused under any certificate, one the index knows or not
-        key = ca.key_id(entry) if entry is not None else _key_id(signer.spki_der)
-        compromised = ca.compromised_keys().get(key) if key else None
+        compromised = self._compromised(ca).get(key) if key else None
         if compromised is not None:
-            return Revoked(signer.common_name, signer.serial, "key_compromise",
-                           compromised.revoked_at, where,
+            return Revoked(who, serial, "key_compromise", compromised.revoked_at, where,
                            name=entry.name if entry is not None else None,
                            via=f"{compromised.name} (serial {compromised.serial:x})")
         return None
+
+    def _by_index(self, signer: SignerReport) -> Revoked | None:
+        ca = self._ca
+        if ca is None or not signer.sha256:
+            return None
+        entry = self._entry_of(ca, signer)
+        key = ca.key_id(entry) if entry is not None else _key_id(signer.spki_der)
+        return self._judge(ca, entry, key, who=signer.common_name, serial=signer.serial)
 
     def of(self, signers: Iterable[SignerReport], now: dt.datetime) -> list[Revoked]:
         """The revoked ones among ``signers`` (each once)."""
@@ -179,11 +199,7 @@ class Revocations:
         entry = ca.find_serial(number)
         if entry is None or entry.subject != subject:
             return None
-        report = SignerReport(subject=subject, common_name=entry.name, serial=number,
-                              digest_algorithm="", signature_algorithm="", chain=(),
-                              not_after=entry.not_after_dt(), chain_not_after=
-                              entry.not_after_dt(), sha256=entry.sha256.lower())
-        return self._by_index(report)
+        return self._judge(ca, entry, ca.key_id(entry), who=entry.name, serial=number)
 
     def enforce(self, signed: Mapping[str, Sequence[SignerReport]], *, doing: str,
                 now: dt.datetime, hint: str) -> None:
