@@ -322,7 +322,7 @@ def test_a_crl_the_ca_home_accepts_is_read_by_verify_and_publish(
     result = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(big)])
     assert result.exit_code == 0, result.output
     assert "is revoked by" in result.stderr and "key_compromise" in result.stderr
-    Revocations.load(pki=None, crl=big)  # publish's gate reads it too
+    Revocations.load(crl=big)  # publish's gate reads it too
     with big.open("r+b") as fh:
         fh.truncate(MAX_CRL_FILE + 1)  # sparse
     over = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(big)])

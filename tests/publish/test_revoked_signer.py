@@ -336,3 +336,29 @@ def test_the_compromised_keys_are_gathered_once_per_gate(
             "--pki", str(pki.dir), "--json")
     assert r.exit_code == 0, r.output
     assert len(calls) == 1, calls
+
+
+def test_the_ca_home_is_opened_once_per_command(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """publish opened the --pki CA home for its roots (load_trust) and again for the
+    revocation gate (Revocations.load): two snapshots of one index (a `ca revoke` in
+    between: roots of one, revocations of the other) and every check twice. Once now,
+    for publish, rollback and list alike."""
+    release = make_release({"boot.ipxe": ENTRY1})
+    url = f"file://{tmp_path / 'srv'}"
+    opened: list[Path] = []
+    real = CertificateAuthority.open.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[CertificateAuthority], path: Path) -> CertificateAuthority:
+        opened.append(Path(path))
+        result: CertificateAuthority = real(cls, path)
+        return result
+
+    monkeypatch.setattr(CertificateAuthority, "open", classmethod(counted))
+    for args in (("publish", str(release), url, "--release-id", "r1"),
+                 ("publish", "rollback", url, "r1"), ("publish", "list", url)):
+        opened.clear()
+        r = run(*args, "--pki", str(pki.dir))
+        assert r.exit_code == 0, r.output
+        assert opened == [pki.dir], (args, opened)

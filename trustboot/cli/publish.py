@@ -156,23 +156,24 @@ def revocation_options(func: F) -> F:
     return func
 
 
-def load_revocations(kw: dict[str, Any]) -> Any:
-    """The revocation view of the pki's CA index (when the pki holds a CA) and --crl.
-    A pki given with --pki, or the source of the trusted roots (no --trust), must open:
-    the gate fails closed. The default one is passed over when it does not open and
-    nothing else depends on it (`publish list`, or roots given with --trust): it may be
-    any directory called pki."""
-    from trustboot.errors import TrustbootError
+def open_pki_ca(kw: dict[str, Any]) -> Any:
+    """The --pki CA home (None when there is none), opened once for the trusted roots and
+    the revocation view. A pki given with --pki, or the source of the trusted roots (no
+    --trust), must open: the gate fails closed. The default one is passed over when it
+    does not open and nothing else depends on it (`publish list`, or roots given with
+    --trust): it may be any directory called pki."""
+    from trustboot.cli.verify import open_ca
+
+    trust_source = "trust" in kw and not kw["trust"]
+    return open_ca(kw["pki"], required=pki_explicit() or trust_source)
+
+
+def load_revocations(kw: dict[str, Any], ca: Any) -> Any:
+    """The revocation view of ``ca`` (open_pki_ca) and --crl."""
     from trustboot.publish.revocation import Revocations
 
-    allow = bool(kw.get("unsafe_allow_revoked_signer"))
-    trust_source = "trust" in kw and not kw["trust"]
-    try:
-        return Revocations.load(pki=kw["pki"], crl=kw.get("crl"), allow=allow, warn=warn)
-    except TrustbootError:
-        if pki_explicit() or trust_source or kw.get("crl"):
-            raise
-        return Revocations.load(pki=None, crl=None, allow=allow, warn=warn)
+    return Revocations.load(ca=ca, crl=kw.get("crl"),
+                            allow=bool(kw.get("unsafe_allow_revoked_signer")), warn=warn)
 
 
 def build_options(kw: dict[str, Any]) -> OriginOptions:
@@ -223,13 +224,14 @@ def build_trust(kw: dict[str, Any]) -> Any:
     from trustboot.publish.readback import Trust
     from trustboot.publish.revocation import UNSAFE_FLAG
 
-    anchors = load_trust(kw["trust"], kw["pki"])
+    ca = open_pki_ca(kw)
+    anchors = load_trust(kw["trust"], kw["pki"], ca=ca)
     extra = tuple(c.public_bytes(Encoding.DER) for p in kw["certs"]
                   for c in load_certificates(p, "--cert file"))
     if kw.get("unsafe_allow_revoked_signer"):  # on every run, whatever it lets through
         warn(f"{UNSAFE_FLAG}: a release signed by a revoked certificate may be made live; "
              "iPXE does not check revocation and boots it")
-    return Trust(tuple(anchors), extra, kw.get("signer"), revocation=load_revocations(kw))
+    return Trust(tuple(anchors), extra, kw.get("signer"), revocation=load_revocations(kw, ca))
 
 
 def open_cli_origin(url: str, kw: dict[str, Any], *, create_root: bool = False
@@ -345,7 +347,7 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
     """Releases on ORIGIN with date, signer, expiry, and which one is live."""
     from trustboot.publish.pipeline import list_releases, pending_switch
 
-    revocations = load_revocations(kw)
+    revocations = load_revocations(kw, open_pki_ca(kw))
     origin, _ = open_cli_origin(origin_url, kw)
     with origin:
         infos = list_releases(origin, entry_path=entry_path, revocations=revocations)

@@ -11,7 +11,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from trustboot.ca.store import MAX_CRL_FILE, load_trusted_roots
+from trustboot.ca.store import MAX_CRL_FILE, CertificateAuthority, load_trusted_roots
 from trustboot.cli._common import (
     NonEmptyPath,
     emit_json,
@@ -105,9 +105,26 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
+def open_ca(pki: Path, *, required: bool) -> CertificateAuthority | None:
+    """The CA home in ``pki``, opened once per command: its roots (load_trust) and its
+    index (publish.revocation.Revocations) are then one snapshot. None when ``pki``
+    holds no CA, or when it does not open and nothing ``required`` it (the default
+    --pki beside roots given with --trust: it may be any directory called pki)."""
+    if not CertificateAuthority.exists(pki):
+        return None
+    try:
+        return CertificateAuthority.open(pki)
+    except TrustbootError:
+        if required:
+            raise
+        return None
+
+
+def load_trust(specs: tuple[str, ...], pki: Path, *,
+               ca: CertificateAuthority | None = None) -> list[TrustAnchor]:
     """--trust files (only the first certificate of each counts, as in iPXE's TRUST=) or
-    sha256:HEX fingerprints; without --trust, the pki's root."""
+    sha256:HEX fingerprints; without --trust, the pki's root (of ``ca`` when the caller
+    opened it already)."""
     items = [s.strip() for spec in specs for s in spec.split(",") if s.strip()]
     if specs and not items:
         # `--trust "$ROOT"` with ROOT unset (a fork's CI job gets no secrets) must not
@@ -124,7 +141,7 @@ def load_trust(specs: tuple[str, ...], pki: Path) -> list[TrustAnchor]:
         # The pki's roots only after its permissions and index fingerprints were checked
         # (two during a root rotation, as firmware built then trusts both).
         anchors = []
-        for cert in load_trusted_roots(pki):
+        for cert in (ca.trusted_roots() if ca is not None else load_trusted_roots(pki)):
             der = _der(cert)
             anchors.append(TrustAnchor(fingerprint(der), der,
                                        f'"{cert.subject.rfc4514_string()}"'))

@@ -100,14 +100,14 @@ class Revocations:
         self._compromised_keys: dict[str, IssuedEntry] | None = None
 
     @classmethod
-    def load(cls, *, pki: Path | None, crl: Path | None, allow: bool = False,
-             warn: Callable[[str], None] | None = None) -> Revocations:
-        """From the pki (when it holds a CA) and a CRL file (when given)."""
-        from trustboot.ca.store import MAX_CRL_FILE, CertificateAuthority
+    def load(cls, *, ca: CertificateAuthority | None = None, crl: Path | None = None,
+             allow: bool = False, warn: Callable[[str], None] | None = None
+             ) -> Revocations:
+        """From a CA home the caller opened (it also gave the trust anchors: one open per
+        command) and a CRL file (when given)."""
+        from trustboot.ca.store import MAX_CRL_FILE
         from trustboot.fsutil import read_capped
 
-        ca = CertificateAuthority.open(pki) if pki is not None and \
-            CertificateAuthority.exists(pki) else None
         crls = [(read_capped(crl, MAX_CRL_FILE, "CRL"), f"CRL {crl}")] if crl else []
         return cls(ca=ca, crls=crls, allow=allow, warn=warn)
 

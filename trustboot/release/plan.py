@@ -859,7 +859,7 @@ def validate(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
                      readback_base=_public_base(options.readback_url, None, where)
                      if options.readback_url else public, warnings=tuple(warnings),
                      published=published, unsafe_shared_origin=options.unsafe_shared_origin,
-                     revocations=Revocations.load(pki=None, crl=options.crl)
+                     revocations=Revocations.load(crl=options.crl)
                      if options.crl is not None else None)
 
 
