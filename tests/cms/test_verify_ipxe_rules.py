@@ -184,6 +184,53 @@ def test_unrelated_pki_says_nothing(corpus: Corpus, revoked_pki: tuple[Path, Pat
     assert code == 0 and "revoked" not in out
 
 
+def test_pki_warns_about_a_certificate_of_a_key_revoked_as_compromised(
+        tmp_path: Path) -> None:
+    """The CA index revoked "signer" as key_compromise; a copy of the CA home made before
+    (a backup, a second build host) then renewed "signer" with the same key. The stolen
+    key signs with that certificate: iPXE accepts it (its chain is the trusted root's),
+    and publish refuses it (publish.revocation: the key, not only the certificate). verify
+    --pki matched the index by fingerprint only and said nothing: the index does not
+    know the renewed certificate. Now the same lookup as publish's names it."""
+    import shutil
+
+    for name, text in (("ca.pass", CA_PASS), ("key.pass", KEY_PASS)):
+        (tmp_path / name).write_text(text + "\n")
+        (tmp_path / name).chmod(0o600)
+    pki, copy = tmp_path / "pki", tmp_path / "copy"
+    run = CliRunner().invoke
+    ca = ["--passphrase-file", str(tmp_path / "ca.pass")]
+    r = run(cli, ["ca", "init", "--key-type", "ec-p256", "--pki", str(pki), *ca])
+    assert r.exit_code == 0, r.output
+    r = run(cli, ["ca", "issue", "codesign", "signer", "--pki", str(pki), *ca,
+                  "--key-passphrase-file", str(tmp_path / "key.pass")])
+    assert r.exit_code == 0, r.output
+    shutil.copytree(pki, copy, symlinks=True)
+    r = run(cli, ["ca", "revoke", "signer", "--reason", "key_compromise", "--pki", str(pki),
+                  *ca])
+    assert r.exit_code == 0, r.output
+    r = run(cli, ["ca", "renew", "signer", "--pki", str(copy), *ca])
+    assert r.exit_code == 0, r.output
+    image = tmp_path / "vmlinuz"
+    image.write_bytes(b"kernel" * 1000)
+    r = run(cli, ["sign", str(image), "--key", "signer", "--pki", str(copy),
+                  "--passphrase-file", str(tmp_path / "key.pass")])
+    assert r.exit_code == 0, r.output
+    result = run(cli, ["verify", str(image), "--pki", str(pki)])
+    assert result.exit_code == 0, result.output  # iPXE reads no CRL: it still accepts
+    assert "revoked as compromised with certificate signer" in result.stderr, result.output
+    assert "iPXE does not read CRLs" in result.stderr and "rotate the signer" in result.stderr
+    doc = run(cli, ["verify", str(image), "--pki", str(pki), "--json"])
+    assert doc.exit_code == 0, doc.output
+    (entry,) = json.loads(doc.stdout)["revoked"]
+    assert entry["reason"] == "key_compromise" and entry["via"].startswith("signer (serial")
+    # the renewed certificate is not the revoked one: another serial
+    assert entry["serial"] not in entry["via"]
+    # the copy's own index (which never heard of the revocation) says nothing, as before
+    quiet = run(cli, ["verify", str(image), "--pki", str(copy)])
+    assert quiet.exit_code == 0 and "revoked" not in quiet.output, quiet.output
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("::", "::"), ("::1", "::1"), ("1::", "1::"), ("1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8"),
     ("2001:db8::10", "2001:db8::10"), ("[2001:db8::10]", "2001:db8::10"),

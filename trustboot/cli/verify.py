@@ -11,7 +11,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from trustboot.ca.store import MAX_CRL_FILE, CertificateAuthority, load_trusted_roots
+from trustboot.ca.store import CertificateAuthority, load_trusted_roots
 from trustboot.cli._common import (
     NonEmptyPath,
     emit_json,
@@ -231,7 +231,9 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
     except ValueError as exc:
         raise ConfigError(str(exc), hint="e.g. --ipxe-version 2.0.0") from None
     now = parse_time(at)
-    anchors = load_trust(trust, pki)
+    # the pki counts when it was given, or when it is the source of the roots
+    ca = open_ca(pki, required=not trust or pki_explicit())
+    anchors = load_trust(trust, pki, ca=ca)
     cert_paths = [Path(s.strip()) for spec in certs for s in spec.split(",") if s.strip()]
     extra = [_der(c) for path in cert_paths for c in _certificates(path, "--cert file")]
     # The image first: a mistyped FILE is named as such, not as its missing FILE.sig (and
@@ -254,9 +256,7 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
                                    ipxe_version=version,
                                    assume_ocsp_reachable=ocsp_reachable, strict=strict,
                                    ipv6=None if platform is None else platform == "efi")
-    revoked = _revoked(pki, verdict, explicit=not trust or pki_explicit())
-    if crl_path is not None:
-        revoked += _crl_revoked(crl_path, verdict, now, revoked)
+    revoked = _revoked(ca, crl_path, verdict, now)
     window = _replay_window(verdict, now)
     if as_json:
         emit_json({"file": str(file), "signature": str(sig_path), "size": size,
@@ -283,30 +283,6 @@ def command(file: Path, sig_path: Path | None, trust: tuple[str, ...], certs: tu
             click.echo(f"   {window.describe()}")
 
 
-def _crl_revoked(path: Path, verdict: Verdict, now: dt.datetime,
-                 known: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The --crl's revocations (those the pki did not already report) and its notes."""
-    from trustboot.cms.revocation import check_crl
-
-    if not verdict.signers:
-        return []
-    check = check_crl(read_capped(path, MAX_CRL_FILE, "CRL"), verdict.signers,
-                      source=f"CRL {path}", now=now)
-    for note in check.notes:
-        warn(note)
-    found = []
-    for r in check.revoked:
-        if any(k["serial"] == f"{r.serial:x}" for k in known):
-            continue
-        found.append(r.to_json() | {
-            "message": f"the signer \"{r.common_name}\" (serial {r.serial:x}) is revoked by "
-                       f"{path} since {r.revoked_at.isoformat()}"
-                       + (f" ({r.reason})" if r.reason else "")
-                       + "; iPXE does not read CRLs, so it still accepts this signature",
-            "remedy": REVOKED_REMEDY})
-    return found
-
-
 def _replay_window(verdict: Verdict, now: dt.datetime) -> ReplayWindow | None:
     """What the signature allows from ``now`` (the --at clock): its earliest-ending signer."""
     if not verdict.signers or verdict.failure is not None:
@@ -320,34 +296,38 @@ REVOKED_REMEDY = ("rotate the signer: issue a new signing certificate, re-sign e
                   "root (TRUST=) so that its signatures stop verifying")
 
 
-def _revoked(pki: Path, verdict: Verdict, *, explicit: bool) -> list[dict[str, str]]:
-    """Signers the pki's index lists as revoked (iPXE reads no CRL: a warning, not a verdict).
+def _revoked(ca: CertificateAuthority | None, crl_path: Path | None, verdict: Verdict,
+             now: dt.datetime) -> list[dict[str, str | None]]:
+    """The signers the CA index (the certificate revoked, or its key revoked as compromised
+    with another certificate) or the --crl revoke: a warning, not a verdict, as iPXE reads
+    no CRL. The same lookup as publish's gate (publish.revocation.Revocations), so verify
+    never calls clean what publish would refuse. An unrelated pki never speaks about a
+    foreign signer (it must know the certificate, or its key as compromised)."""
+    from trustboot.publish.revocation import Revocations
 
-    A signer counts only when its certificate's fingerprint is in the index, so an
-    unrelated pki in the working directory never speaks about a foreign signer.
-    """
-    from trustboot.ca.store import CertificateAuthority
-
-    if not verdict.signers or not CertificateAuthority.exists(pki):
+    if not verdict.signers:
         return []
-    try:
-        ca = CertificateAuthority.open(pki)
-    except TrustbootError:
-        if explicit:
-            raise
-        return []
-    found = []
-    for s in verdict.signers:
-        entry = next((e for e in ca.entries if e.sha256.lower() == s.sha256), None)
-        if entry is None or entry.status != "revoked":
-            continue
+    revocations = Revocations.load(ca=ca, crl=crl_path, warn=warn)
+    home = ca.path if ca is not None else None  # (the index speaks only when there is one)
+    found: list[dict[str, str | None]] = []
+    for r in revocations.of(verdict.signers, now):
+        who = f'"{clean(r.signer, limit=200)}" (' + (f"{r.name}, " if r.name else "") \
+            + f"serial {r.serial:x})"
+        if r.by_crl:
+            said = (f"is revoked by {crl_path} since {r.revoked_at}"
+                    + (f" ({r.reason})" if r.reason else ""))
+        elif r.via is not None:
+            said = (f"has the key revoked as compromised with certificate {r.via} in "
+                    f"{home}"
+                    + (f" at {r.revoked_at}" if r.revoked_at else ""))
+        else:
+            said = (f"was revoked in {home}"
+                    + (f" at {r.revoked_at}" if r.revoked_at else ""))
         found.append({
-            "name": entry.name, "serial": f"{entry.serial:x}",
-            "revoked_at": entry.revoked_at or "",
-            "message": f"the signer \"{s.common_name}\" ({entry.name}, serial "
-                       f"{entry.serial:x}) was revoked in {pki}"
-                       + (f" at {entry.revoked_at}" if entry.revoked_at else "")
-                       + "; iPXE does not read CRLs, so it still accepts this signature",
+            "name": r.name or r.signer, "serial": f"{r.serial:x}",
+            "revoked_at": r.revoked_at or "", "reason": r.reason or "", "via": r.via,
+            "message": f"the signer {who} {said}; iPXE does not read CRLs, so it still "
+                       "accepts this signature",
             "remedy": REVOKED_REMEDY,
         })
     return found

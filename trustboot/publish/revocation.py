@@ -49,6 +49,7 @@ class Revoked:
     source: str  # "the CA index in PKI", "CRL PATH"
     name: str | None = None  # the pki's name of the certificate
     via: str | None = None  # the certificate whose revocation named its key compromised
+    by_crl: bool = False  # a --crl says so (else the CA index)
 
     def describe(self) -> str:
         who = f'"{clean(self.signer, limit=200)}" (serial {self.serial:x})'
@@ -183,7 +184,8 @@ class Revocations:
                 self._say(note)
             for r in check.revoked:
                 found.setdefault(r.serial, Revoked(r.common_name, r.serial, r.reason,
-                                                   r.revoked_at.isoformat(), source))
+                                                   r.revoked_at.isoformat(), source,
+                                                   by_crl=True))
         return sorted(found.values(), key=lambda r: (r.signer, r.serial))
 
     def of_summary(self, serial: str, subject: str) -> Revoked | None:
