@@ -107,7 +107,7 @@ from trustboot.publish.readback import (
     tally_chunks,
 )
 from trustboot.publish.revocation import Revocations, Revoked
-from trustboot.text import clean
+from trustboot.text import clean, shown_names
 
 __all__ = ["LocalObject", "PublishProgress", "PublishResult", "ReleaseInfo", "Trust",
            "list_releases", "prune", "publish_release", "repair", "repair_switch", "rollback",
@@ -462,7 +462,7 @@ def verify_served(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
     listing every problem, or the keys verified. ``prefetched``: objects whose read-back
     already started (the upload overlaps it, see publish_release), by name. ``signers``,
     if given, receives each signed object's signer certificate fingerprints (hex), and
-    ``reports`` its signers as judged (for ``refuse_revoked``).
+    ``reports`` its signers as judged (for ``refuse_unfit``).
     ``local``: the files objects were published from, by name (see readback.Tally)."""
     prefix = release_prefix(manifest.release)
     by_name = {f.name: f for f in manifest.files}
@@ -640,26 +640,27 @@ def expired_hint(origin: Origin, release_id: str) -> str:
             "host's clock")
 
 
-def refuse_revoked(trust: Trust, signed: Mapping[str, Sequence[SignerReport]], *,
-                   doing: str, now: dt.datetime, hint: str) -> None:
+def refuse_unfit(trust: Trust, signed: Mapping[str, Sequence[SignerReport]], *,
+                 doing: str, now: dt.datetime, revoked_hint: str,
+                 expired_hint: str | None) -> None:
     """Refuse (VerificationError, exit 4) to go on ``doing`` when a signer of ``signed``
-    (object name -> its signers as judged) is revoked: iPXE reads no CRL, so this is the
-    only place a revocation can stop a release from booting (trustboot.publish.revocation).
-    Nothing to check when ``trust`` carries no revocation view (no pki, no --crl)."""
+    (object name -> its signers as judged) must not be made live, whatever iPXE says:
+
+    - revoked (rule revoked-signer): iPXE reads no CRL, so this is the only place a
+      revocation can stop a release from booting (trustboot.publish.revocation); nothing
+      to check when ``trust`` carries no revocation view (no pki, no --crl);
+    - its chain ended before ``now`` (rule expired; not checked when ``expired_hint`` is
+      None: resign, whose job is to give such a release fresh signatures). iPXE accepts
+      a certificate until notAfter + 12 h 30 min by the client's clock: a margin for
+      clients whose clock is off, not for the server, whose clock is right. A release
+      made live after its signer's expiry is an old release replayed past the bound
+      short-lived signers give, by trustboot itself (``trustboot sign`` refuses an
+      expired certificate the same way, cms.sign.preflight).
+    """
     if trust.revocation is not None:
-        trust.revocation.enforce(signed, doing=doing, now=now, hint=hint)
-
-
-def refuse_expired(signed: Mapping[str, Sequence[SignerReport]], *, doing: str,
-                   now: dt.datetime, hint: str) -> None:
-    """Refuse (VerificationError, exit 4, rule expired) to go on ``doing`` when the chain
-    of a signer of ``signed`` (object name -> its signers as judged) ended before ``now``.
-
-    iPXE accepts a certificate until notAfter + 12 h 30 min by the client's clock: a
-    margin for clients whose clock is off, not for the server, whose clock is right. A
-    release made live after its signer's expiry is an old release replayed past the bound
-    short-lived signers give, by trustboot itself (``trustboot sign`` refuses an expired
-    certificate the same way, cms.sign.preflight)."""
+        trust.revocation.enforce(signed, doing=doing, now=now, hint=revoked_hint)
+    if expired_hint is None:
+        return
     late: dict[tuple[str, dt.datetime], list[str]] = {}
     for name in sorted(signed):
         for r in signed[name]:
@@ -668,19 +669,15 @@ def refuse_expired(signed: Mapping[str, Sequence[SignerReport]], *, doing: str,
                                 []).append(name)
     if not late:
         return
-    parts = []
-    for (who, end), names in sorted(late.items(), key=lambda kv: kv[0][1]):
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more"
-                                        if len(names) > 5 else "")
-        parts.append(f'"{clean(who, limit=200)}" expired (its chain ended on '
-                     f"{end.isoformat()}, {format_duration(now - end)} ago); it signed "
-                     f"{shown}")
+    parts = [f'"{clean(who, limit=200)}" expired (its chain ended on {end.isoformat()}, '
+             f"{format_duration(now - end)} ago); it signed {shown_names(names, 5)}"
+             for (who, end), names in sorted(late.items(), key=lambda kv: kv[0][1])]
     first = min(late, key=lambda k: k[1])[0]
     raise VerificationError(
         f"refusing to {doing}: the signer {'; the signer '.join(parts)}. iPXE still "
         "accepts it within its 12h30m clock margin, which is for clients whose clock is "
         "off: a release is not made live after its signer's expiry",
-        hint=hint, rule="expired", subject=first)
+        hint=expired_hint, rule="expired", subject=first)
 
 
 def revoked_rollback_hint(origin: Origin) -> str:
@@ -980,10 +977,8 @@ def _recorded_release_problem(origin: Origin, manifest: ReleaseManifest, *, trus
         if origin.stat(prefix + MANIFEST_NAME + ".sig") is not None:
             verify_manifest_signature(origin, manifest.release, trust=trust, now=now,
                                       reader=reader, reports=reports)
-        refuse_revoked(trust, reports, doing=f"make release {manifest.release} live",
-                       now=now, hint="")
-        refuse_expired(reports, doing=f"make release {manifest.release} live", now=now,
-                       hint="")
+        refuse_unfit(trust, reports, doing=f"make release {manifest.release} live",
+                     now=now, revoked_hint="", expired_hint="")
     except VerificationError as exc:
         return exc.message
     return None
@@ -1009,8 +1004,8 @@ def _verify_release(origin: Origin, manifest: ReleaseManifest, result: PublishRe
                     local: Mapping[str, LocalCopy] | None = None,
                     revoked_hint: str | None = None) -> None:
     """The whole release as served, before any switch (VerificationError if not).
-    ``revoked_hint``: also refuse it when a signer is revoked (refuse_revoked), with this
-    hint; None when the signers were checked already (publish: the local files')."""
+    ``revoked_hint``: also refuse it when a signer is revoked or expired (refuse_unfit),
+    with this hint; None when the signers were checked already (publish: the local files')."""
     cached = _cached_names(origin, manifest, cache, stats)
     result.readback_cached = sorted(cached)
     reports: dict[str, tuple[SignerReport, ...]] = {}
@@ -1022,10 +1017,9 @@ def _verify_release(origin: Origin, manifest: ReleaseManifest, result: PublishRe
         verify_manifest_signature(origin, manifest.release, trust=trust, now=now,
                                   reader=reader, reports=reports)
     if revoked_hint is not None:
-        refuse_revoked(trust, reports, doing=f"make release {manifest.release} live",
-                       now=now, hint=revoked_hint)
-        refuse_expired(reports, doing=f"make release {manifest.release} live", now=now,
-                       hint=expired_hint(origin, manifest.release))
+        refuse_unfit(trust, reports, doing=f"make release {manifest.release} live",
+                     now=now, revoked_hint=revoked_hint,
+                     expired_hint=expired_hint(origin, manifest.release))
 
 
 def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObject], *,
@@ -1058,12 +1052,12 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                           hint=f"files: {', '.join(sorted(keys)[:10])}")
     verdicts = _local_verify(objects, trust, now)
     # before anything is uploaded: a revoked signer's release is not published at all
-    refuse_revoked(trust, {k: v.signers for k, v in verdicts.items()},
-                   doing=f"publish release {release_id}", now=now, hint=REVOKED_LOCAL_HINT)
-    refuse_expired({k: v.signers for k, v in verdicts.items()},
-                   doing=f"publish release {release_id}", now=now,
-                   hint="sign the files again with a current signer (`trustboot sign --key "
-                        "NAME ...`; `trustboot ca renew NAME` if it expired) and publish those")
+    refuse_unfit(trust, {k: v.signers for k, v in verdicts.items()},
+                 doing=f"publish release {release_id}", now=now,
+                 revoked_hint=REVOKED_LOCAL_HINT,
+                 expired_hint="sign the files again with a current signer (`trustboot sign "
+                              "--key NAME ...`; `trustboot ca renew NAME` if it expired) "
+                              "and publish those")
     prefix = release_prefix(release_id)
     base = release_base_url(origin, release_id)
     given = next((o for o in objects if o.key == MANIFEST_NAME), None)

@@ -73,7 +73,7 @@ from trustboot.publish.pipeline import (
     make_reader,
     read_manifest,
     read_manifests,
-    refuse_revoked,
+    refuse_unfit,
     release_base_url,
     repair_switch,
     switch_and_check,
@@ -253,12 +253,13 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             # switched live by whoever holds it) would keep it booting past the revoked
             # certificate's expiry, every night: the one bound short-lived signers give.
             where = redact_url(origin.url)
-            refuse_revoked(trust, reports, doing=f"re-sign release {live_id}", now=now,
-                           hint="make a release a current signer signed live instead "
-                                f"(`trustboot publish rollback {where} ID`; `trustboot "
-                                f"publish list {where}` marks the others REVOKED), or check "
-                                "the files and publish them again, signed by a current "
-                                "signer")
+            # (not its expiry: giving an expiring release fresh signatures is resign's job)
+            refuse_unfit(trust, reports, doing=f"re-sign release {live_id}", now=now,
+                         revoked_hint="make a release a current signer signed live instead "
+                                      f"(`trustboot publish rollback {where} ID`; `trustboot "
+                                      f"publish list {where}` marks the others REVOKED), or "
+                                      "check the files and publish them again, signed by a "
+                                      "current signer", expired_hint=None)
             # The manifest's claim only spares the reads when it names another signer: what
             # decides is who made the signatures the firmware will verify.
             if old.signer is not None and old.signer.serial == summary.serial and \
@@ -349,8 +350,9 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                     # the new signer itself, before anything is uploaded: the pki was asked
                     # when the key was resolved, but not --crl (a job with the roots and
                     # the CA's published CRL only)
-                    refuse_revoked(trust, made, doing=f"sign release {new_id}", now=now,
-                                   hint=REVOKED_NEW_SIGNER_HINT)
+                    # (its lifetime was checked before anything: check_signer_lifetime)
+                    refuse_unfit(trust, made, doing=f"sign release {new_id}", now=now,
+                                 revoked_hint=REVOKED_NEW_SIGNER_HINT, expired_hint=None)
                     new = _new_manifest(old, new_id, signed, sigs, workdir, scripts, summary,
                                         now, release_base_url(origin, new_id), claims,
                                         entry_path)
@@ -390,8 +392,8 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                                      sha256=hashlib.sha256(data).hexdigest())
             verify_manifest_signature(origin, new_id, trust=trust, now=now, reader=reader,
                                       reports=new_reports)
-            refuse_revoked(trust, new_reports, doing=f"make release {new_id} live", now=now,
-                           hint=REVOKED_NEW_SIGNER_HINT)
+            refuse_unfit(trust, new_reports, doing=f"make release {new_id} live", now=now,
+                         revoked_hint=REVOKED_NEW_SIGNER_HINT, expired_hint=None)
             if progress:
                 progress.phase("switch", 0)
             switch_and_check(origin, new, entry_path=entry_path, trust=trust, now=now,

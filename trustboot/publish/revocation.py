@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from trustboot.cms.verify import SignerReport
 from trustboot.errors import VerificationError
-from trustboot.text import clean
+from trustboot.text import clean, shown_names
 
 if TYPE_CHECKING:
     from trustboot.ca.store import CertificateAuthority, IssuedEntry
@@ -220,11 +220,8 @@ class Revocations:
                 by_signer.setdefault(r, []).append(name)
         if not by_signer:
             return
-        parts = []
-        for r, names in by_signer.items():
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more"
-                                            if len(names) > 5 else "")
-            parts.append(f"{r.describe()}; it signed {shown}")
+        parts = [f"{r.describe()}; it signed {shown_names(names, 5)}"
+                 for r, names in by_signer.items()]
         if self.allow:
             for part in parts:
                 self._say(f"{UNSAFE_FLAG}: going on to {doing} although the signer "
