@@ -362,3 +362,24 @@ def test_the_ca_home_is_opened_once_per_command(
         r = run(*args, "--pki", str(pki.dir))
         assert r.exit_code == 0, r.output
         assert opened == [pki.dir], (args, opened)
+
+
+def test_a_manifest_naming_another_signer_does_not_get_past_rollback(
+        pki: Pki, origin: tuple[str, Path], revoked_pki: Path) -> None:
+    """`publish list` reads who signed a release from its manifest, which whoever writes
+    to the origin writes (the README says so). A thief holding the revoked key rewrites
+    r1's manifest to name a current signer: the listing is fooled, the gate is not, as
+    rollback judges the signatures themselves."""
+    from cryptography import x509
+
+    url, srv = origin
+    other = x509.load_pem_x509_certificate(pki.cert("other-signer").read_bytes())
+    manifest = srv / "releases" / "r1" / "release.json"
+    doc = json.loads(manifest.read_text())
+    doc["signer"] = doc["signer"] | {"subject": other.subject.rfc4514_string(),
+                                     "serial": f"{other.serial_number:x}"}
+    manifest.write_text(json.dumps(doc))
+    r = run("publish", "rollback", url, "r1", "--pki", str(revoked_pki))
+    assert r.exit_code == 4, r.output
+    _names_the_revocation(r.output, revoked_pki)
+    assert (srv / "boot.ipxe").read_bytes() == ENTRY2

@@ -344,7 +344,12 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
 @origin_options
 @json_option
 def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None:
-    """Releases on ORIGIN with date, signer, expiry, and which one is live."""
+    """Releases on ORIGIN with date, signer, expiry, and which one is live.
+
+    The signer, its expiry and REVOKED (a signer the --pki CA index revokes) are what each
+    release's manifest claims: no signature is judged here, and whoever writes to the
+    origin writes the manifests. `publish rollback` judges every signature first.
+    """
     from trustboot.publish.pipeline import list_releases, pending_switch
 
     revocations = load_revocations(kw, open_pki_ca(kw))
