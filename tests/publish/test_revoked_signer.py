@@ -343,8 +343,9 @@ def test_the_ca_home_is_opened_once_per_command(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """publish opened the --pki CA home for its roots (load_trust) and again for the
     revocation gate (Revocations.load): two snapshots of one index (a `ca revoke` in
-    between: roots of one, revocations of the other) and every check twice. Once now,
-    for publish, rollback and list alike."""
+    between: roots of one, revocations of the other) and every check twice; resign a
+    third time to resolve its new signer's key. Once now, for publish, rollback, list
+    and resign alike."""
     release = make_release({"boot.ipxe": ENTRY1})
     url = f"file://{tmp_path / 'srv'}"
     opened: list[Path] = []
@@ -357,7 +358,9 @@ def test_the_ca_home_is_opened_once_per_command(
 
     monkeypatch.setattr(CertificateAuthority, "open", classmethod(counted))
     for args in (("publish", str(release), url, "--release-id", "r1"),
-                 ("publish", "rollback", url, "r1"), ("publish", "list", url)):
+                 ("publish", "rollback", url, "r1"), ("publish", "list", url),
+                 ("resign", url, "--key", "other-signer", "--passphrase-file",
+                  str(pki.key_pass))):
         opened.clear()
         r = run(*args, "--pki", str(pki.dir))
         assert r.exit_code == 0, r.output
@@ -383,3 +386,24 @@ def test_a_manifest_naming_another_signer_does_not_get_past_rollback(
     assert r.exit_code == 4, r.output
     _names_the_revocation(r.output, revoked_pki)
     assert (srv / "boot.ipxe").read_bytes() == ENTRY2
+
+
+def test_resign_still_refuses_a_ca_index_older_than_its_log(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """resign now resolves its new signer in the CA home it opened for the roots and the
+    gate (keys.signer.OpenedCa): the log's lines, counted before that index was read,
+    still show an index put back from a backup taken before a revocation."""
+    home = tmp_path / "pki5"
+    shutil.copytree(pki.dir, home, symlinks=True)
+    url = f"file://{tmp_path / 'srv'}"
+    r = run("publish", str(make_release({"boot.ipxe": ENTRY1})), url, "--release-id", "r1",
+            "--pki", str(home))
+    assert r.exit_code == 0, r.output
+    saved = {n: (home / n).read_bytes() for n in ("index.json", "index.txt", "crl.pem")}
+    _revoke(pki, home, "boot-signer")
+    for name, data in saved.items():
+        (home / name).write_bytes(data)
+    r = run("resign", url, "--key", "other-signer", "--passphrase-file", str(pki.key_pass),
+            "--pki", str(home))
+    assert r.exit_code == 4, r.output
+    assert "[rule: ca-rollback]" in r.output and "is older than its log" in r.output

@@ -24,6 +24,7 @@ from trustboot.cli.progress import upload_progress
 from trustboot.cli.publish import (
     build_trust,
     open_cli_origin,
+    open_pki_ca,
     origin_options,
     revocation_options,
     trust_options,
@@ -81,8 +82,9 @@ def command(origin_url: str, key_ref: str, signing_cert: Path | None,
     directory in its scripts' URLs rewritten), read back, and the entry switched. The old
     release stays for rollback. Running it again with the same signer changes nothing.
     """
+    from trustboot.ca.store import CertificateAuthority, log_lines
     from trustboot.keys.ref import parse_ref
-    from trustboot.keys.signer import resolve_signer
+    from trustboot.keys.signer import OpenedCa, resolve_signer
     from trustboot.publish.resign import resign_live
     from trustboot.release.recipe import parse_lifetime
 
@@ -90,9 +92,14 @@ def command(origin_url: str, key_ref: str, signing_cert: Path | None,
                               "--min-lifetime")
     ref = parse_ref(key_ref)
     now = utc_now()
-    trust = build_trust(kw)
+    # the CA home once, for the roots, the revocation gate and the new signer's key; its
+    # log counted before its index is read (CertificateAuthority.index_behind_log)
+    lines = log_lines(kw["pki"]) if CertificateAuthority.exists(kw["pki"]) else 0
+    ca = open_pki_ca(kw)
+    trust = build_trust(kw, ca)
     source = resolve_signer(ref, pki=kw["pki"], cert=signing_cert, chain=signing_chain,
-                            now=now, pkcs11_module=pkcs11_module)
+                            now=now, pkcs11_module=pkcs11_module,
+                            opened=OpenedCa(ca, lines) if ca is not None else None)
     secrets = (pin_source(pin_file, pin_env) if source.secret_kind == "pin"  # noqa: S105
                else passphrase_source(passphrase_file, passphrase_env))
     origin, options = open_cli_origin(origin_url, kw)

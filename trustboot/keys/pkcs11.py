@@ -312,18 +312,20 @@ def _certificate_from_token(lib: Any, uri: Pkcs11Uri) -> x509.Certificate | None
                           "X.509 certificate", hint="pass it with --signing-cert FILE") from None
 
 
-def _certificate_from_pki(lib: Any, uri: Pkcs11Uri, pki: Path | None) -> x509.Certificate:
+def _certificate_from_pki(lib: Any, uri: Pkcs11Uri, opts: ResolveOptions
+                          ) -> x509.Certificate:
     """The pki's valid code-signing certificate for the token's public key (as issued by
     `trustboot ca issue codesign NAME --pkcs11-key URI`)."""
     hint = ("pass the signing certificate with --signing-cert FILE, or issue one for this key: "
             "trustboot ca issue codesign NAME --pkcs11-key URI")
     from trustboot.ca.store import CertificateAuthority
 
+    pki = opts.pki
     if pki is None or not CertificateAuthority.exists(pki):
         raise ConfigError(f"no certificate for {uri.text}: none in the token, no pki",
                           hint=hint)
     public = _token_public_key(lib, uri)
-    ca = CertificateAuthority.open(pki)
+    ca, _ = opts.open_ca(pki)  # (the one the caller opened, if any)
     revoked = expired = None
     for entry in reversed(ca.entries):  # the newest certificate of the key that is valid
         if entry.profile != "codesign" or entry.load_cert().public_key() != public:
@@ -516,7 +518,7 @@ def resolve(ref: KeyRef, opts: ResolveOptions) -> Pkcs11KeySource:
             leaf = load_certificates(opts.cert, "certificate")[0]
         else:
             leaf = (_certificate_from_token(lib, uri)
-                    or _certificate_from_pki(lib, uri, opts.pki))
+                    or _certificate_from_pki(lib, uri, opts))
     pool = load_certificates(opts.chain, "chain") if opts.chain is not None else []
     return Pkcs11KeySource(ref, leaf, tuple(order_chain(leaf, pool)), uri, module)
 

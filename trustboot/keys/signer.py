@@ -268,6 +268,17 @@ FileKeySource = PendingSigner
 
 
 @dataclass(frozen=True)
+class OpenedCa:
+    """A CA home its caller opened already (for the trusted roots and the revocation
+    view, say), with the lines its log held before its index was read (``log_lines``, as
+    ``CertificateAuthority.index_behind_log`` needs them): resolving a key in that pki
+    uses it instead of opening the home again."""
+
+    ca: CertificateAuthority
+    log_lines: int
+
+
+@dataclass(frozen=True)
 class ResolveOptions:
     """What a resolver may need besides the reference itself."""
 
@@ -276,6 +287,17 @@ class ResolveOptions:
     chain: Path | None = None
     now: dt.datetime | None = None
     pkcs11_module: Path | None = None
+    opened: OpenedCa | None = None
+
+    def open_ca(self, pki: Path) -> tuple[CertificateAuthority, int]:
+        """The CA in ``pki`` and its log's line count (counted before the index is read):
+        the one the caller opened, when it is that pki's."""
+        from trustboot.ca.store import CertificateAuthority, log_lines  # optional for file:
+
+        if self.opened is not None and self.opened.ca.path == Path(pki):
+            return self.opened.ca, self.opened.log_lines
+        lines = log_lines(pki)  # before the index is read (see index_behind_log)
+        return CertificateAuthority.open(pki), lines
 
 
 Resolver = Callable[[KeyRef, ResolveOptions], KeySource]
@@ -330,18 +352,20 @@ def resolve_signer(
     chain: Path | None = None,
     now: dt.datetime | None = None,
     pkcs11_module: Path | None = None,
+    opened: OpenedCa | None = None,
 ) -> KeySource:
     """Find the certificate, chain and key of a reference without touching the key.
 
     Whatever the scheme, a certificate that the pki's index or CRL lists as revoked is
     refused (when ``pki`` holds the CA that issued it); without ``--chain`` that CA's chain
-    is used.
+    is used. ``opened``: the CA home the caller opened already (OpenedCa).
     """
     opts = ResolveOptions(pki=pki, cert=cert, chain=chain,
-                          now=now or dt.datetime.now(dt.UTC), pkcs11_module=pkcs11_module)
+                          now=now or dt.datetime.now(dt.UTC), pkcs11_module=pkcs11_module,
+                          opened=opened)
     source = _resolver(ref.scheme)(ref, opts)
     if ref.scheme != "ca" and pki is not None:
-        found = pki_status(source.certificate, pki, opts.now)
+        found = pki_status(source.certificate, pki, opts.now, opts)
         if found is not None:
             source.ca_status, ca_chain = found
             if chain is None:
@@ -350,16 +374,14 @@ def resolve_signer(
 
 
 def pki_status(cert: x509.Certificate, pki: Path, now: dt.datetime | None,
+               opts: ResolveOptions | None = None,
                ) -> tuple[str | None, list[x509.Certificate]] | None:
     """What the CA in ``pki`` says about ``cert``: (index status or None, the CA's chain);
     None when no CA there issued it. VerificationError if its index or CRL lists it as
     revoked."""
     if not (pki / "index.json").is_file():  # CertificateAuthority.exists, without its import
         return None
-    from trustboot.ca.store import CertificateAuthority, log_lines
-
-    lines = log_lines(pki)  # before the index is read (see index_behind_log)
-    ca = CertificateAuthority.open(pki)
+    ca, lines = (opts or ResolveOptions()).open_ca(pki)
     issuing = ca.issuing_entry_of(cert)  # any issuing CA of this CA, rotated ones too
     if issuing is None:
         return None
@@ -432,11 +454,8 @@ def _resolve_file(ref: KeyRef, opts: ResolveOptions) -> KeySource:
 
 
 def _resolve_ca(ref: KeyRef, opts: ResolveOptions) -> KeySource:
-    from trustboot.ca.store import CertificateAuthority, log_lines  # optional for file: keys
-
     now = opts.now or dt.datetime.now(dt.UTC)
-    lines = log_lines(opts.pki or Path("pki"))  # before the index is read
-    ca = CertificateAuthority.open(opts.pki or Path("pki"))
+    ca, lines = opts.open_ca(opts.pki or Path("pki"))
     # The newest certificate of the name that is valid now (after `ca renew` there are
     # several); when none is, the newest one, whose status is reported below.
     entry = ca.get(ref.value, now)
