@@ -411,6 +411,57 @@ def test_previous_live_when_releases_share_the_entry(pki: Pki, make_release: Rel
     assert json.loads(back.output)["previous_live"] == "r2"
 
 
+def _stamps(root: Path) -> dict[str, int]:
+    """Each file at the origin root (the entry pair and the records) and its mtime."""
+    return {p.name: p.stat().st_mtime_ns for p in root.iterdir() if p.is_file()}
+
+
+def test_republishing_the_live_release_switches_nothing(pki: Pki, make_release: ReleaseFactory,
+                                                        tmp_path: Path) -> None:
+    """Publishing (or rolling back to) the release the entry already serves reported
+    `switched: true` (and "switched boot.ipxe to r1 (was r1)") and copied the entry pair
+    again: nothing changed, and the output must say so."""
+    root = tmp_path / "srv"
+    origin = f"file://{root}"
+    r1 = make_release({"boot.ipxe": ENTRY, "vmlinuz": b"one" * 100})
+    first = _publish(pki, r1, origin, "r1")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output)["switched"]
+    before = _stamps(root)
+    time.sleep(0.01)  # a rewrite would get another mtime
+    again = _publish(pki, r1, origin, "r1")
+    assert again.exit_code == 0, again.output
+    out = json.loads(again.output)
+    assert out["switched"] is False and out["previous_live"] == "r1", out
+    assert out["uploaded"] == [] and len(out["verified"]) == 4, out
+    assert _stamps(root) == before  # neither the entry pair nor a record was written
+    text = CliRunner().invoke(cli, ["publish", str(r1), origin, "--release-id", "r1",
+                                    "--pki", str(pki.dir)])
+    assert text.exit_code == 0, text.output
+    assert "boot.ipxe already serves r1 (verified): nothing switched" in text.output
+    assert "switched boot.ipxe to" not in text.output
+    back = CliRunner().invoke(cli, ["publish", "rollback", origin, "r1", "--pki", str(pki.dir),
+                                    "--json"])
+    assert back.exit_code == 0, back.output
+    assert json.loads(back.output)["switched"] is False
+    assert _stamps(root) == before
+
+    # a pair that no longer verifies (its signature replaced) is switched again, as is
+    # another release
+    (root / "boot.ipxe.sig").write_bytes(b"not a signature")
+    fixed = _publish(pki, r1, origin, "r1")
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads(fixed.output)["switched"] is True
+    assert (root / "boot.ipxe.sig").read_bytes() == (r1 / "boot.ipxe.sig").read_bytes()
+    r2 = make_release({"boot.ipxe": ENTRY + b"echo two\n"})
+    second = _publish(pki, r2, origin, "r2")
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.output)["switched"] is True
+    back = CliRunner().invoke(cli, ["publish", "rollback", origin, "r1", "--pki", str(pki.dir)])
+    assert back.exit_code == 0, back.output
+    assert "switched boot.ipxe to r1 (was r2)" in back.output
+
+
 def test_unsigned_or_badly_signed_release_is_refused_before_upload(
         pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
     origin = tmp_path / "srv"

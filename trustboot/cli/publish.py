@@ -335,6 +335,9 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
         was = f" (was {result.previous_live})" if result.previous_live else ""
         click.echo(f"switched {result.entry_path} to {release_id}{was}; verified after the "
                    "switch")
+    elif entry is not None and not no_switch:
+        click.echo(f"{result.entry_path} already serves {release_id} (verified): nothing "
+                   "switched")
     elif entry is None:
         click.echo("no entry script: nothing switched")
 
@@ -403,6 +406,10 @@ def rollback_cmd(origin_url: str, release_id: str, as_json: bool, **kw: Any) -> 
                           cache=cache)
     if as_json:
         emit_json(result.to_json())
+        return
+    if not result.switched:
+        click.echo(f"verified {len(result.verified)} object(s); {result.entry_path} already "
+                   f"serves {release_id}: nothing switched")
         return
     was = f" (was {result.previous_live})" if result.previous_live else ""
     click.echo(f"verified {len(result.verified)} object(s); switched {result.entry_path} to "

@@ -847,6 +847,52 @@ def switch_and_check(origin: Origin, manifest: ReleaseManifest, *, entry_path: s
             rule="entry-after-switch", subject=entry_path)
 
 
+def _switch_unless_live(origin: Origin, manifest: ReleaseManifest, result: PublishResult, *,
+                        entry_path: str, trust: Trust, now: dt.datetime,
+                        reader: Reader | None, progress: PublishProgress | None) -> None:
+    """Switch ``entry_path`` to ``manifest``'s release (caller holds the lock, the release
+    verified) unless it already serves it: then nothing is copied and ``result.switched``
+    stays False. A re-publish (or a rollback) of the live release used to copy the pair
+    again and report a switch from the release to itself."""
+    result.previous_live = live_release(origin, read_manifests(origin)[0], entry_path,
+                                        switching_to=manifest.release)
+    if result.previous_live == manifest.release and \
+            _serves_entry_of(origin, reader, manifest, entry_path, trust=trust, now=now):
+        assert manifest.entry is not None
+        entry = manifest.file(manifest.entry)
+        assert entry is not None and entry.sig is not None
+        sig = manifest.file(entry.sig)
+        sig_sha256 = sig.sha256 if sig else None
+        # (an entry from before the live record, or one matched by its bytes alone: the
+        # record is what tells byte-identical releases apart, so it names this one now)
+        if _live_records(origin).get(entry_path) != {
+                "release": manifest.release, "script_sha256": entry.sha256,
+                "sig_sha256": sig_sha256}:
+            _record_live(origin, entry_path, manifest.release, entry.sha256, sig_sha256)
+        return
+    if progress:
+        progress.phase("switch", 0)
+    switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
+                      reader=reader)
+    result.switched = True
+
+
+def _serves_entry_of(origin: Origin, reader: Reader | None, manifest: ReleaseManifest,
+                     entry_path: str, *, trust: Trust, now: dt.datetime) -> bool:
+    """Whether ``entry_path`` and its .sig, as served, are ``manifest``'s entry script and
+    signature byte for byte, and verify as iPXE would (a switch would change nothing)."""
+    entry = manifest.file(manifest.entry) if manifest.entry else None
+    sig = manifest.file(entry.sig) if entry is not None and entry.sig else None
+    if entry is None or sig is None:
+        return False
+    try:
+        script_sha256, sig_sha256, verdict = _judged_pair(
+            origin, reader, entry_path, entry_path + ".sig", trust=trust, now=now)
+    except (NotServed, OperationalError, VerificationError):
+        return False
+    return verdict.ok and (script_sha256, sig_sha256) == (entry.sha256, sig.sha256)
+
+
 @dataclass(frozen=True)
 class RepairResult:
     release: str | None  # the release the record names (None: no record)
@@ -860,20 +906,21 @@ class RepairResult:
 
 
 def _judged_pair(origin: Origin, reader: Reader | None, script: str, sig: str, *,
-                 trust: Trust, now: dt.datetime) -> tuple[str, Verdict]:
-    """A script and its signature as served: the script's sha256 and iPXE's verdict."""
+                 trust: Trust, now: dt.datetime) -> tuple[str, str, Verdict]:
+    """A script and its signature as served: the sha256 of each and iPXE's verdict."""
     signature = _served_signature(origin, reader, sig)
     served = _served(origin, reader, script, max_size=MAX_ENTRY_SIZE,
                      hash_names=signature_hashes(signature))
-    return served.sha256, judge(signature, served.digests, trust, now)
+    return (served.sha256, hashlib.sha256(signature).hexdigest(),
+            judge(signature, served.digests, trust, now))
 
 
 def _verified_entry(origin: Origin, reader: Reader | None, entry_path: str, *,
                     trust: Trust, now: dt.datetime) -> str | None:
     """The sha256 of the entry script served, if the pair as served verifies; else None."""
     try:
-        sha256, verdict = _judged_pair(origin, reader, entry_path, entry_path + ".sig",
-                                       trust=trust, now=now)
+        sha256, _, verdict = _judged_pair(origin, reader, entry_path, entry_path + ".sig",
+                                          trust=trust, now=now)
     except (NotServed, OperationalError, VerificationError):
         return None
     return sha256 if verdict.ok else None
@@ -1134,13 +1181,8 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                 finally:
                     early.cancel()
             if switch and entry is not None:
-                result.previous_live = live_release(origin, read_manifests(origin)[0],
-                                                    entry_path, switching_to=manifest.release)
-                if progress:
-                    progress.phase("switch", 0)
-                switch_and_check(origin, manifest, entry_path=entry_path, trust=trust,
-                                  now=now, reader=reader)
-                result.switched = True
+                _switch_unless_live(origin, manifest, result, entry_path=entry_path,
+                                    trust=trust, now=now, reader=reader, progress=progress)
     finally:
         if reader is not None:
             reader.close()
@@ -1440,11 +1482,8 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
                             reader=reader, jobs=jobs, progress=progress, cache=cache,
                             signed_manifest=origin.stat(prefix + MANIFEST_NAME + ".sig")
                             is not None, revoked_hint=revoked_rollback_hint(origin))
-            result.previous_live = live_release(origin, read_manifests(origin)[0], entry_path,
-                                                switching_to=release_id)
-            switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
-                              reader=reader)
-            result.switched = True
+            _switch_unless_live(origin, manifest, result, entry_path=entry_path, trust=trust,
+                                now=now, reader=reader, progress=None)
             return result
     finally:
         if reader is not None:
