@@ -31,7 +31,8 @@ def test_publish_readback_switch_rollback(pki: Pki, nginx: Nginx,
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["switched"] and out["readback"] == "https"
-    assert sorted(out["uploaded"]) == ["boot.ipxe", "boot.ipxe.sig", "vmlinuz", "vmlinuz.sig"]
+    assert sorted(out["uploaded"]) == ["boot.ipxe", "boot.ipxe.sig", "release.json", "vmlinuz",
+                                       "vmlinuz.sig"]
     assert anon_get(nginx.url + "boot.ipxe", pki).content == ENTRY1
     assert anon_get(nginx.url + "releases/r1/vmlinuz", pki).content == b"kernel-1" * 1000
     # the same release again: nothing uploaded, still verified

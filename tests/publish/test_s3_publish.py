@@ -83,7 +83,8 @@ def test_publish_to_rgw_end_to_end(target: Target, pki: Pki, make_release: Relea
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["switched"] and out["readback"] == "https"
-    assert sorted(out["uploaded"]) == ["boot.ipxe", "boot.ipxe.sig", "vmlinuz", "vmlinuz.sig"]
+    assert sorted(out["uploaded"]) == ["boot.ipxe", "boot.ipxe.sig", "release.json", "vmlinuz",
+                                       "vmlinuz.sig"]
     # what any booting client gets, anonymously over HTTPS with the private CA
     status, _, entry = anon_get(base + "boot.ipxe", rgw.ca_file)
     assert (status, entry) == (200, ENTRY1)

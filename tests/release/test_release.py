@@ -52,7 +52,7 @@ def test_release_to_file_origin_end_to_end_and_rerun_uploads_nothing(lab: Lab) -
     assert 730 * 86400 + 45000 - 300 < window <= 730 * 86400 + 45000
     assert sorted(data["uploaded"]) == sorted([
         "boot.ipxe", "boot.ipxe.sig", "linux/vmlinuz", "linux/vmlinuz.sig",
-        "linux/initrd.img", "linux/initrd.img.sig", "release.json.sig"])
+        "linux/initrd.img", "linux/initrd.img.sig", "release.json", "release.json.sig"])
     rel = lab.origin / "releases" / rid
     assert (rel / "linux" / "vmlinuz").read_bytes() == (lab.dir / "images/vmlinuz").read_bytes()
     for name in ("boot.ipxe", "linux/vmlinuz", "linux/initrd.img", "release.json"):
@@ -112,6 +112,29 @@ def test_dry_run_prints_the_plan_and_changes_nothing(lab: Lab) -> None:
     code, out, _ = release(str(recipe), "--dry-run", "--json")
     plan = json.loads(out)["plan"]
     assert "linux/initrd.img.sig" in plan["upload"] and plan["build"] == []
+
+
+def test_dry_run_lists_exactly_what_the_real_run_uploads(lab: Lab) -> None:
+    """The dry run's `upload` left out release.json and release.json.sig, which a real
+    run writes (the manifest claims the id): a reviewer saw fewer objects than were sent.
+    Its list, the real run's `uploaded` and the files the origin then holds agree."""
+    recipe = lab.recipe()
+    code, out, err = release(str(recipe), "--dry-run", "--json")
+    assert code == 0, err
+    plan = json.loads(out)["plan"]
+    assert {"release.json", "release.json.sig"} <= set(plan["upload"])
+    assert "release.json" in plan["sign"]
+    code, out, err = release(str(recipe), "--dry-run")
+    assert f"upload:   {len(plan['upload'])} objects under releases/" in out
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    done = json.loads(out)
+    assert done["release"] == plan["release"]
+    assert sorted(done["uploaded"]) == plan["upload"]
+    assert sorted(done["publish"]["uploaded"]) == plan["upload"]
+    held = lab.origin / "releases" / plan["release"]
+    assert sorted(p.relative_to(held).as_posix() for p in held.rglob("*")
+                  if p.is_file()) == plan["upload"]
 
 
 def test_dry_run_plans_when_the_origin_is_out_of_reach(lab: Lab) -> None:

@@ -1159,10 +1159,14 @@ def publish_release(origin: Origin, release_id: str, objects: Sequence[LocalObje
                     if manifest_bytes is not None:
                         origin.put_bytes(prefix + MANIFEST_NAME, manifest_bytes,
                                          sha256=hashlib.sha256(manifest_bytes).hexdigest())
+                        result.bytes_uploaded += len(manifest_bytes)
                     else:
                         assert given is not None
                         origin.put_file(prefix + MANIFEST_NAME, given.path, size=given.size,
                                         sha256=given.sha256)
+                        result.bytes_uploaded += given.size
+                    # uploaded like any object (a dry run lists it: release.plan)
+                    result.uploaded.append(MANIFEST_NAME)
             else:
                 manifest = existing
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -1323,7 +1327,7 @@ def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: i
     _run_all(one, rest, jobs)
     result.uploaded.sort()
     result.skipped.sort()
-    result.bytes_uploaded = sum(o.size for o in todo)
+    result.bytes_uploaded += sum(o.size for o in todo)
     stats.update(_stat_all(origin, prefix, [o.key for o in todo], jobs))
     return stats
 

@@ -45,7 +45,7 @@ from trustboot.ipxe.script import (
 from trustboot.keys.ref import KeyRef
 from trustboot.keys.signer import KeySource, resolve_signer
 from trustboot.publish.cache import PublishCache
-from trustboot.publish.manifest import check_entry_path, check_release_id
+from trustboot.publish.manifest import MANIFEST_NAME, check_entry_path, check_release_id
 from trustboot.publish.origin import (
     AMBIENT_ENV,
     CLIENT_CERT_ENV,
@@ -313,10 +313,13 @@ class Plan:
             or self.origin_unreachable is not None,
             "origin_unreachable": self.origin_unreachable,
             "build": list(fw.targets) if fw.mode == "build" else [],
-            "sign": [o["key"] for o in self.objects] + [ENTRY_SCRIPT],
+            # what a real run of a new id signs and uploads: the manifest and its
+            # signature too (publish_release's claim), as the real run's `uploaded` says
+            "sign": [o["key"] for o in self.objects] + [ENTRY_SCRIPT, MANIFEST_NAME],
             "upload": sorted([o["key"] for o in self.objects]
                              + [f"{o['key']}.sig" for o in self.objects]
-                             + [ENTRY_SCRIPT, f"{ENTRY_SCRIPT}.sig"]),
+                             + [ENTRY_SCRIPT, f"{ENTRY_SCRIPT}.sig",
+                                MANIFEST_NAME, f"{MANIFEST_NAME}.sig"]),
         }
 
 
