@@ -286,6 +286,10 @@ def test_resign_repairs_an_interrupted_switch_and_removes_stale_temps(
     rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
     res = publish(pki, rel, url, "r2", "--no-switch")
     assert res.exit_code == 0, res.output
+    # signed manifests (as `trustboot release` makes them) show r2 is the newer: resign,
+    # unattended, completes only a switch shown to go forward
+    for rid in ("r1", "r2"):
+        pki.sign([root / "releases" / rid / "release.json"], root / "releases" / rid)
     # a switch to r2 killed between its two replacements: r2's signature, r1's script
     r2 = json.loads((root / "releases/r2/release.json").read_bytes())
     sig = next(f for f in r2["files"] if f["name"] == "boot.ipxe.sig")
@@ -664,7 +668,8 @@ def test_a_planted_switch_record_does_not_get_an_old_release_re_signed(
     release verifies), which also rewrote the live record, and then re-signed the old
     release: a fresh replay window for a release the operator had moved on from, the
     very thing the unrecorded-rollback rule refuses. A switch back to a release older
-    than the one trustboot last made live is left to `publish repair`, nothing changed."""
+    than the one trustboot last made live is refused, nothing changed; `publish
+    rollback` makes it if it is meant."""
     from trustboot.publish.pipeline import SWITCH_JOURNAL
 
     url, root = live
@@ -679,6 +684,43 @@ def test_a_planted_switch_record_does_not_get_an_old_release_re_signed(
     assert res.exit_code == 4, res.output
     doc = json.loads(res.stderr)
     assert doc["rule"] == "unrecorded-rollback", doc
-    assert "publish repair" in doc["hint"]
+    assert f"trustboot publish rollback {url}/ r1" in doc["hint"], doc
+    assert "publish repair" not in doc["hint"], doc  # it refuses the same switch
+    assert snapshot(root) == before
+    assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]
+
+
+@pytest.mark.parametrize("had_signature", [False, True])
+def test_a_forged_date_does_not_make_a_planted_switch_back_look_forward(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str, make_release: ReleaseFactory,
+        had_signature: bool) -> None:
+    """The test above, by a writer who also moves r1's `created` past r2's in r1's
+    release.json (unsigned, as `publish` writes it; or signed, its .sig deleted): resign
+    took the unsigned date for the truth, completed the switch back and re-signed r1.
+    Only signed manifests show a switch forward; resign, unattended, refuses one they do
+    not show."""
+    from trustboot.publish.pipeline import SWITCH_JOURNAL
+
+    url, root = live
+    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
+    res = publish(pki, rel, url, "r2")
+    assert res.exit_code == 0, res.output
+    manifest = root / "releases/r1/release.json"
+    if had_signature:
+        pki.sign([manifest], manifest.parent)
+    doc = json.loads(manifest.read_bytes())
+    doc["created"] = "2099-01-01T00:00:00Z"
+    manifest.write_text(json.dumps(doc))
+    (root / "releases/r1/release.json.sig").unlink(missing_ok=True)
+    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": "r1",
+                                                   "entry_path": "boot.ipxe"}))
+    (root / "boot.ipxe.sig").write_bytes((root / "releases/r1/boot.ipxe.sig").read_bytes())
+    before = snapshot(root)
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 4, res.output
+    doc = json.loads(res.stderr)
+    assert doc["rule"] == "unrecorded-rollback", doc
+    assert "cannot be shown to be newer than r2" in doc["message"], doc
+    assert "release.json of r1 and r2 has no signature that verifies" in doc["message"], doc
     assert snapshot(root) == before
     assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]

@@ -110,7 +110,12 @@ def test_repair_does_not_finish_a_switch_to_a_revoked_signers_release(
     assert r.exit_code == 4, r.output
     _names_the_revocation(r.output, revoked_pki)
     assert (srv / "boot.ipxe").read_bytes() == ENTRY2
+    # r1 is older than r2, the live one: a repair does not roll back (a writer of the
+    # origin can plant the record); a rollback, asked for, does
     r = run("publish", "repair", url, "--pki", str(pki.dir))
+    assert r.exit_code == 4 and "release r1 is older than r2" in r.output, r.output
+    assert (srv / "boot.ipxe").read_bytes() == ENTRY2
+    r = run("publish", "rollback", url, "r1", "--pki", str(pki.dir))
     assert r.exit_code == 0, r.output
     assert (srv / "boot.ipxe").read_bytes() == ENTRY1
 

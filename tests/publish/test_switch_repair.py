@@ -403,19 +403,97 @@ def test_repair_verifies_the_whole_recorded_release_before_switching(
     assert not (root / SWITCH_JOURNAL).exists()
 
 
-def test_repair_completes_a_switch_to_a_release_that_verifies(
-        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
-    """The positive control of the test above: nothing changed since, the switch is
-    completed."""
-    root = tmp_path / "srv"
-    url, extra = f"file://{root}/", ["--pki", str(pki.dir), "--json"]
-    for rid, entry in (("ra", ENTRY_A), ("rb", ENTRY_B)):
-        r = CliRunner().invoke(cli, ["publish", str(_signed_release(
-            pki, make_release, rid, entry, url)), url, "--release-id", rid, *extra])
-        assert r.exit_code == 0, r.output
-    _half_rolled_back_to(root, "ra")
-    r = CliRunner().invoke(cli, ["publish", "repair", url, *extra])
+def _publish_signed(pki: Pki, make_release: ReleaseFactory, root: Path,
+                    *releases: tuple[str, bytes, str]) -> None:
+    """Publish each (id, entry, extra option) to the file:// origin ``root``, in order."""
+    url = f"file://{root}/"
+    for rid, entry, option in releases:
+        _publish_file(pki, _signed_release(pki, make_release, rid, entry, url), root, rid,
+                      option)
+
+
+def _publish_file(pki: Pki, directory: Path, root: Path, rid: str, option: str = "") -> None:
+    r = CliRunner().invoke(cli, ["publish", str(directory), f"file://{root}/", "--release-id",
+                                 rid, "--pki", str(pki.dir), "--json",
+                                 *([option] if option else [])])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["action"] == "completed"
+
+
+@pytest.mark.parametrize("pair", ["broken", "replaced"])
+@pytest.mark.parametrize("signed", [True, False])
+def test_repair_does_not_complete_a_planted_switch_back(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, signed: bool,
+        pair: str) -> None:
+    """An origin writer plants a switch record naming ra, older than rb which is live, and
+    breaks the entry pair with ra's signature, as a rollback killed half way would.
+    `publish repair`, run by an operator told to by `origin check`, completed it: the
+    writer got the fleet rolled back (and the live record rewritten to ra). Refused (exit
+    4, rule unrecorded-rollback, the way to do it on purpose in the hint), nothing
+    changed; the rollback itself, asked for, goes through and clears the record. The
+    same when the writer put ra's whole pair in place (a rollback killed after both
+    replacements): the repair would have recorded ra as trustboot's own switch."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    if signed:
+        _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""))
+    else:
+        for rid, entry in (("ra", ENTRY_A), ("rb", ENTRY_B)):
+            _publish_file(pki, make_release({"boot.ipxe": entry}), root, rid)
+    _half_rolled_back_to(root, "ra")
+    if pair == "replaced":
+        (root / "boot.ipxe").write_bytes((root / "releases/ra/boot.ipxe").read_bytes())
+    before = {p: (root / p).read_bytes() for p in ("boot.ipxe", "boot.ipxe.sig",
+                                                   ".trustboot-live.json", SWITCH_JOURNAL)}
+    r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "release ra is older than rb" in err["message"], err
+    assert f"trustboot publish rollback {url} ra" in err["hint"], err
+    assert {p: (root / p).read_bytes() for p in before} == before
+    r = CliRunner().invoke(cli, ["publish", "rollback", url, "ra", "--pki", str(pki.dir),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
     assert (root / "boot.ipxe").read_bytes() == ENTRY_A
     assert not (root / SWITCH_JOURNAL).exists()
+    assert json.loads((root / ".trustboot-live.json").read_bytes())["entries"][
+        "boot.ipxe"]["release"] == "ra"
+
+
+def test_repair_completes_a_switch_to_a_release_that_verifies(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """The positive control of the tests above: a switch forward (rc, newer than the live
+    rb by their signed manifests, published without a switch) killed half way, nothing
+    changed since: the switch is completed."""
+    root = tmp_path / "srv"
+    url, extra = f"file://{root}/", ["--pki", str(pki.dir), "--json"]
+    _publish_signed(pki, make_release, root, ("rb", ENTRY_B, ""),
+                    ("rc", ENTRY_C, "--no-switch"))
+    assert (root / "boot.ipxe").read_bytes() == ENTRY_B
+    _half_rolled_back_to(root, "rc")
+    r = CliRunner().invoke(cli, ["publish", "repair", url, *extra])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["action"] == "completed" and "cannot be shown" not in out["detail"], out
+    assert (root / "boot.ipxe").read_bytes() == ENTRY_C
+    assert not (root / SWITCH_JOURNAL).exists()
+
+
+def test_repair_by_hand_completes_a_switch_unsigned_manifests_cannot_order(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """Releases `publish` made from a directory have unsigned manifests, whose dates prove
+    nothing: a repair an operator runs still completes a switch they do not show to go
+    back (a killed publish of rc), and its detail says so and how to undo it; resign,
+    unattended, refuses it (test_resign)."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_file(pki, make_release({"boot.ipxe": ENTRY_B}), root, "rb")
+    _publish_file(pki, make_release({"boot.ipxe": ENTRY_C}), root, "rc", "--no-switch")
+    _half_rolled_back_to(root, "rc")
+    r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["action"] == "completed", out
+    assert "release rc cannot be shown to be newer than rb" in out["detail"], out
+    assert f"trustboot publish rollback {url} rb" in out["detail"], out
+    assert (root / "boot.ipxe").read_bytes() == ENTRY_C

@@ -43,7 +43,9 @@ rollback, prune, ``publish repair``) first looks for that record: if the entry p
 served does not verify, it completes the recorded switch to that release (verified before
 the record was written) and checks the pair again; if the pair verifies (the run died
 before the first replacement, or after the second), the record is dropped and the live
-release stays.
+release stays. A recorded switch back to a release older than the live one is not
+completed by a repair: the record is on the origin, anyone who writes there can plant
+one (see _switch_back).
 ``origin check`` reports a mismatched pair and names ``publish repair``.
 """
 
@@ -80,6 +82,7 @@ from trustboot.publish.manifest import (
     SignerSummary,
     check_entry_path,
     check_release_id,
+    format_time,
     parse_manifest,
     release_id_problem,
     release_key_problem,
@@ -856,7 +859,9 @@ def _switch_unless_live(origin: Origin, manifest: ReleaseManifest, result: Publi
     again and report a switch from the release to itself."""
     result.previous_live = live_release(origin, read_manifests(origin)[0], entry_path,
                                         switching_to=manifest.release)
-    if result.previous_live == manifest.release and \
+    # (a switch record a repair left for this run's switch to replace: switch, which
+    # removes it)
+    if result.previous_live == manifest.release and not pending_switch(origin) and \
             _serves_entry_of(origin, reader, manifest, entry_path, trust=trust, now=now):
         assert manifest.entry is not None
         entry = manifest.file(manifest.entry)
@@ -928,7 +933,7 @@ def _verified_entry(origin: Origin, reader: Reader | None, entry_path: str, *,
 
 def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
                   reader: Reader | None, then_switching: bool = False,
-                  jobs: int = 4) -> RepairResult:
+                  jobs: int = 4, unattended: bool = False) -> RepairResult:
     """Finish an entry switch a killed run left half done (caller holds the lock).
 
     The record names a release that was fully verified before it was written. If the entry
@@ -943,6 +948,12 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
     switched. A caller that switches the entry itself next (``then_switching``: publish,
     rollback) goes on, its switch replacing the pair and the record; otherwise this is a
     VerificationError naming the release and the way out, the record kept.
+
+    The same holds for a switch back to an older release than the one trustboot last made
+    live at that entry (_switch_back, rule unrecorded-rollback): the record is on the
+    origin, and a repair must not be the way a writer there rolls the fleet back. An
+    ``unattended`` caller (resign) also refuses a switch not shown to go forward by
+    signed manifests.
     """
     if origin.stat(SWITCH_JOURNAL) is None:
         return RepairResult(None, "none")
@@ -965,15 +976,25 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
     served = _verified_entry(origin, reader, entry_path, trust=trust, now=now)
     if served is not None:
         entry = manifest.file(manifest.entry)
-        if entry is not None and served == entry.sha256:
-            # both replaced, maybe killed before the live record was written: write it
+        finished = entry is not None and served == entry.sha256
+        note = ""
+        if finished:
+            assert entry is not None
+            # both replaced, maybe killed before the live record was written: write it,
+            # unless that makes a switch back trustboot's own (see _switch_back)
+            back, note = _switch_back(origin, manifest, entry_path, trust=trust, now=now,
+                                      reader=reader, unattended=unattended)
+            if back is not None:
+                if then_switching:  # the record stays until that switch replaces it
+                    return RepairResult(release_id, "superseded",
+                                        f"{back.message}; this run switches it")
+                raise back
             sig = manifest.file(entry.sig) if entry.sig else None
             _record_live(origin, entry_path, release_id, entry.sha256,
                          sig.sha256 if sig else None)
         origin.delete(SWITCH_JOURNAL)
         # killed before the first replacement, or after the second (record not removed)
-        when = ("had finished: it is live" if entry is not None and served == entry.sha256
-                else "had not started")
+        when = f"had finished: it is live{note}" if finished else "had not started"
         return RepairResult(release_id, "dropped",
                             f"{entry_path} and its signature verify; the interrupted switch "
                             f"to {release_id} {when}")
@@ -999,10 +1020,98 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
                  "new release signed by a current signer; either replaces the pair "
                  "and the switch record",
             rule="repair-release", subject=release_id)
+    back, note = _switch_back(origin, manifest, entry_path, trust=trust, now=now,
+                              reader=reader, unattended=unattended)
+    if back is not None:
+        if then_switching:  # the record stays until that switch replaces it
+            return RepairResult(release_id, "superseded",
+                                f"{back.message}; this run switches it")
+        raise back
     switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
                       reader=reader)
     return RepairResult(release_id, "completed",
-                        f"completed the interrupted switch of {entry_path} to {release_id}")
+                        f"completed the interrupted switch of {entry_path} to {release_id}"
+                        + note)
+
+
+def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
+                 trust: Trust, now: dt.datetime, reader: Reader | None,
+                 unattended: bool) -> tuple[VerificationError | None, str]:
+    """Whether completing a recorded switch of ``entry_path`` to ``manifest``'s release
+    would go back from the release trustboot last made live there (the live record) to
+    an older one: a VerificationError (rule unrecorded-rollback) if it is not to be
+    completed, else None and a note for the repair's detail ("" when nothing to say).
+
+    The switch record is on the origin: whoever writes there can name an old release and
+    break the entry pair, and completing it rewrites the live record, so resign's
+    unrecorded-rollback check no longer sees it and the old release gets a fresh replay
+    window. Which release is older is decided on the ``created`` of manifests whose
+    signature verifies (_proven_created). An unsigned release.json is anybody's words:
+    its date may only make this stricter (a writer gains nothing by making a switch look
+    older), never prove a switch forward. Such a switch, not shown to go back but not
+    shown to go forward either, is refused ``unattended`` (resign, which would then give
+    the release fresh signatures) and completed by a repair an operator runs, with a
+    note saying so and how to undo it."""
+    release_id = manifest.release
+    record = _live_records(origin).get(entry_path)
+    recorded = record.get("release") if isinstance(record, dict) else None
+    if not isinstance(recorded, str) or release_id_problem(recorded) or recorded == release_id:
+        return None, ""  # nothing trustboot made live there to go back from
+    then = _proven_created(origin, release_id, trust=trust, now=now, reader=reader)
+    live = _proven_created(origin, recorded, trust=trust, now=now, reader=reader)
+    if then is not None and live is not None and then >= live:
+        return None, ""
+    claimed_then = then or manifest.created
+    claimed_live = live
+    if claimed_live is None:
+        try:
+            live_manifest = read_manifest(origin, recorded)
+        except (ConfigError, VerificationError, TooLarge):
+            live_manifest = None
+        claimed_live = live_manifest.created if live_manifest is not None else None
+    where = redact_url(origin.url)
+    if claimed_live is not None and claimed_then < claimed_live:
+        signed = "their signed manifests" if then is not None and live is not None else \
+            "their manifests"
+        why = (f"release {release_id} is older than {recorded}, which trustboot last made "
+               f"live there ({signed}: {format_time(claimed_then)} and "
+               f"{format_time(claimed_live)})")
+    else:
+        unproven = " and ".join(r for r, c in ((release_id, then), (recorded, live))
+                                if c is None)
+        why = (f"release {release_id} cannot be shown to be newer than {recorded}, which "
+               f"trustboot last made live there: the {MANIFEST_NAME} of {unproven} has no "
+               "signature that verifies (an unsigned manifest's date is anybody's word)")
+        if not unattended:
+            return None, (f" ({why}; if no run of yours was making {release_id} live, "
+                          f"undo it: trustboot publish rollback {where} {recorded})")
+    return VerificationError(
+        f"{where}: a switch of {entry_path} to release {release_id} is recorded as "
+        f"interrupted, but {why}; not completed, nothing changed (the switch record is "
+        "on the origin: whoever writes there can name an old release)",
+        hint=f"if that switch is intended (a rollback, or a publish that was killed), make "
+             f"it: trustboot publish rollback {where} {release_id} (it verifies the release "
+             f"first); otherwise make {recorded} live again (trustboot publish rollback "
+             f"{where} {recorded}) and find out who wrote the switch record",
+        rule="unrecorded-rollback", subject=release_id), ""
+
+
+def _proven_created(origin: Origin, release_id: str, *, trust: Trust, now: dt.datetime,
+                    reader: Reader | None) -> dt.datetime | None:
+    """When ``release_id``'s manifest says it was made, if its release.json.sig verifies
+    as served (a writer of the origin can change an unsigned manifest, not a signed
+    one); None when it has no signature, it does not verify, or the manifest is gone.
+    The origin failing to answer propagates (OperationalError)."""
+    key = release_prefix(release_id) + MANIFEST_NAME
+    if origin.stat(key + ".sig") is None:
+        return None
+    try:
+        data = verify_manifest_signature(origin, release_id, trust=trust, now=now,
+                                         reader=reader)
+        manifest = parse_manifest(data, source=f"{origin.url}{key}")
+    except (NotServed, TooLarge, VerificationError, ConfigError):
+        return None
+    return manifest.created if manifest.release == release_id else None
 
 
 def _recorded_release_problem(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,

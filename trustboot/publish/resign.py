@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from trustboot import fsutil, jsonin
+from trustboot import fsutil
 from trustboot.cms.freshness import ReplayWindow, format_duration, replay_window
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.publish.manifest import (
@@ -57,14 +57,12 @@ from trustboot.publish.manifest import (
     SignerSummary,
     check_entry_path,
     parse_manifest,
-    release_id_problem,
     release_prefix,
 )
-from trustboot.publish.origin import Origin, OriginOptions, TooLarge, redact_url
+from trustboot.publish.origin import Origin, OriginOptions, redact_url
 from trustboot.publish.pipeline import (
     MAX_ENTRY_SIZE,
     STALE_TEMP_AGE,
-    SWITCH_JOURNAL,
     PublishProgress,
     _live_records,
     _run_all,
@@ -219,9 +217,12 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
     try:
         with origin.lock(owner or default_owner()):
             # as publish does: a switch a killed run left half done would make the entry
-            # pair match no release, and temporaries of killed uploads go
-            _refuse_switch_back(origin)
-            repair = repair_switch(origin, trust=trust, now=now, reader=reader, jobs=jobs)
+            # pair match no release, and temporaries of killed uploads go; a recorded
+            # switch back to an older release (or one signed manifests do not show to
+            # go forward: this runs unattended) is refused there, rule
+            # unrecorded-rollback, before anything is re-signed
+            repair = repair_switch(origin, trust=trust, now=now, reader=reader, jobs=jobs,
+                                   unattended=True)
             removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
             manifests, problems = read_manifests(origin)
             live_id = live_release(origin, manifests, entry_path)
@@ -487,43 +488,6 @@ def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, live_id: str,
         hint=f"if {live_id} is meant to be live, switch it first: trustboot publish "
              f"rollback {origin.url} {live_id} (then re-sign); otherwise find out who "
              "changed the entry", rule="unrecorded-rollback")
-
-
-def _refuse_switch_back(origin: Origin) -> None:
-    """Refuse to complete, unattended, an interrupted switch back to a release older than
-    the one trustboot last made live at that entry (the live record). The switch record
-    is on the origin: its writer can name any old release there and break the entry pair,
-    and completing it rewrites the live record, so _refuse_unrecorded_rollback no longer
-    sees it and resign would give that release a fresh replay window. A switch forward (a
-    killed publish or resign) is completed as before; a killed rollback is finished by
-    `publish repair` or a rollback the operator runs."""
-    if origin.stat(SWITCH_JOURNAL) is None:
-        return
-    try:
-        doc = jsonin.loads(b"".join(origin.read(SWITCH_JOURNAL, max_size=64 << 10)))
-        target, entry_path = doc["release"], doc["entry_path"]
-        record = _live_records(origin).get(entry_path)
-        recorded = record.get("release") if isinstance(record, dict) else None
-        if release_id_problem(target) or release_id_problem(recorded) or target == recorded:
-            return
-        assert isinstance(recorded, str)
-        switching_to = read_manifest(origin, target)
-        live = read_manifest(origin, recorded)
-    except (ValueError, KeyError, TypeError, TooLarge, ConfigError, VerificationError):
-        return  # repair_switch drops (or reports) a record it cannot use
-    if switching_to is None or live is None or switching_to.created >= live.created:
-        return
-    where = redact_url(origin.url)
-    raise VerificationError(
-        f"{where}: an interrupted switch of {entry_path} back to release {target} is "
-        f"recorded, older than {recorded}, which trustboot last made live there; resign "
-        "does not complete it (the switch record is on the origin: whoever writes there "
-        "can name an old release), nothing changed",
-        hint=f"if that rollback is yours, finish it: trustboot publish repair {where} (or "
-             f"trustboot publish rollback {where} {target}), then resign; otherwise make "
-             f"{recorded} live again (trustboot publish rollback {where} {recorded}) and "
-             "find out who wrote the switch record",
-        rule="unrecorded-rollback", subject=target)
 
 
 def _new_manifest(old: ReleaseManifest, new_id: str, signed: list[Any],
