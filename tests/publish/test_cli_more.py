@@ -208,6 +208,14 @@ def test_signed_release_manifest(pki: Pki, nginx: Nginx, make_release: ReleaseFa
     assert res.exit_code == 0, res.output
     assert (nginx.root / "releases/m1/release.json").read_bytes() == manifest.to_bytes()
     assert (nginx.root / "releases/m1/release.json.sig").exists()
+    # publish list reads it over WebDAV and names the signer its signature proves
+    listed = CliRunner().invoke(cli, ["publish", "list", nginx.url, "--pki", str(pki.dir),
+                                      "--client-cert", "publisher",
+                                      "--client-key-passphrase-file", str(pki.key_pass),
+                                      "--json"])
+    assert listed.exit_code == 0, listed.output
+    m1 = next(i for i in json.loads(listed.stdout) if i["id"] == "m1")
+    assert m1["verified"] and m1["signer"] == "CN=boot-signer", m1
     # a manifest that does not describe the files is refused
     (r / "vmlinuz").write_bytes(b"K" * 100)
     pki.sign([r / "vmlinuz"], r)

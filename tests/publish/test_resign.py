@@ -9,6 +9,7 @@ a killed run leaves the old release live and is completed by the next run.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -122,11 +123,16 @@ def test_resign_file_origin_only_sigs_manifest_change(pki: Pki, live: tuple[str,
     for name in ("vmlinuz", "initrd.img", "boot.ipxe"):
         run_cli("verify", str(root / fresh / name), "--pki", str(pki.dir), "--signer",
                 "fresh-7d")
-    # publish list shows both, the new one live, with the signer's expiry
-    listed = CliRunner().invoke(cli, ["publish", "list", url, "--json"])
+    # publish list shows both, the new one live, with its signer and expiry as its signed
+    # manifest proves them (r1's release.json, published from a directory, has no .sig)
+    listed = CliRunner().invoke(cli, ["publish", "list", url, "--pki", str(pki.dir),
+                                      "--json"])
     infos = {i["id"]: i for i in json.loads(listed.output)}
-    assert infos[new]["live"] and not infos["r1"]["live"] and infos[new]["expiry"]
-    assert infos[new]["expiry"] < infos["r1"]["expiry"]
+    assert infos[new]["live"] and not infos["r1"]["live"] and infos[new]["verified"]
+    assert infos[new]["signer"].startswith("CN=fresh-7d")
+    expiry = dt.datetime.fromisoformat(infos[new]["expiry"])
+    assert expiry < dt.datetime.now(dt.UTC) + dt.timedelta(days=8)
+    assert infos["r1"]["unverified"]["rule"] == "manifest-unsigned"
 
     # idempotent: the same signer again changes nothing (not even a timestamp)
     again = resign(pki, url, fresh_signer)

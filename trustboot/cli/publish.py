@@ -30,6 +30,7 @@ from trustboot.publish.origin import (
     open_origin,
 )
 from trustboot.publish.origin import unsafe_warnings as _unsafe_warnings
+from trustboot.text import clean
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -119,13 +120,24 @@ def origin_access_options(func: F) -> F:
     return func
 
 
-def trust_options(func: F) -> F:
+def anchor_options(func: F) -> F:
+    """What the firmware trusts (--trust, --cert): the anchors every signature is judged
+    with, by the commands that make a release live and by `publish list`."""
     opts = [
         click.option("--trust", "trust", multiple=True, metavar="ROOT[,ROOT]",
                      help="Roots iPXE was built with (TRUST=); default: the pki's ca.crt."),
         click.option("--cert", "certs", multiple=True,
                      type=NonEmptyPath(path_type=Path, dir_okay=False),
                      help="Extra certificates built into iPXE with CERT= (repeatable)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def trust_options(func: F) -> F:
+    opts = [
+        anchor_options,
         click.option("--signer", metavar="NAME",
                      help="As imgverify --signer: the expected signer's name."),
         click.option("--entry-path", default="boot.ipxe", show_default=True,
@@ -138,14 +150,18 @@ def trust_options(func: F) -> F:
     return func
 
 
+def crl_option(help_text: str) -> Callable[[F], F]:
+    return click.option("--crl", "crl", type=NonEmptyPath(path_type=Path, dir_okay=False),
+                        help="A CRL from the signers' CA (e.g. its published crl.pem): "
+                        + help_text)
+
+
 def revocation_options(func: F) -> F:
     """What a command that makes a release live asks about revoked signers (iPXE reads no
     CRL: trustboot.publish.revocation)."""
     opts = [
-        click.option("--crl", "crl", type=NonEmptyPath(path_type=Path, dir_okay=False),
-                     help="A CRL from the signers' CA (e.g. its published crl.pem): a "
-                     "release it revokes a signer of is not made live (as with a revocation "
-                     "in the --pki CA index, which is asked as well)."),
+        crl_option("a release it revokes a signer of is not made live (as with a "
+                   "revocation in the --pki CA index, which is asked as well)."),
         click.option("--unsafe-allow-revoked-signer", "unsafe_allow_revoked_signer",
                      is_flag=True,
                      help="Make live a release a revoked certificate signed (warned about). "
@@ -156,15 +172,16 @@ def revocation_options(func: F) -> F:
     return func
 
 
-def open_pki_ca(kw: dict[str, Any]) -> Any:
+def open_pki_ca(kw: dict[str, Any], *, gate: bool = True) -> Any:
     """The --pki CA home (None when there is none), opened once for the trusted roots and
-    the revocation view. A pki given with --pki, or the source of the trusted roots (no
-    --trust), must open: the gate fails closed. The default one is passed over when it
-    does not open and nothing else depends on it (`publish list`, or roots given with
-    --trust): it may be any directory called pki."""
+    the revocation view. A pki given with --pki, or the source of a gate's trusted roots
+    (no --trust), must open: the gate fails closed. The default one is passed over when
+    it does not open and nothing else depends on it (roots given with --trust, or
+    ``gate`` False: `publish list`, which then verifies nothing and says so): it may be
+    any directory called pki."""
     from trustboot.cli.verify import open_ca
 
-    trust_source = "trust" in kw and not kw["trust"]
+    trust_source = gate and "trust" in kw and not kw["trust"]
     return open_ca(kw["pki"], required=pki_explicit() or trust_source)
 
 
@@ -346,21 +363,30 @@ def release_cmd(directory: Path, origin_url: str, release_id: str, entry: str | 
 @click.argument("origin_url", metavar="ORIGIN")
 @click.option("--entry-path", default="boot.ipxe", show_default=True,
               help="The firmware's fixed entry object on the origin.")
+@anchor_options
+@crl_option("a release whose manifest it revokes the signer of is marked REVOKED (as with "
+            "a revocation in the --pki CA index, which is asked as well).")
 @origin_options
 @json_option
 def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None:
     """Releases on ORIGIN with date, signer, expiry, and which one is live.
 
-    The signer, its expiry and REVOKED (a signer the --pki CA index revokes) are what each
-    release's manifest claims: no signature is judged here, and whoever writes to the
-    origin writes the manifests. `publish rollback` judges every signature first.
+    The signer and its expiry are those of each release's release.json.sig, judged with
+    iPXE's rules against --trust (default: the pki's ca.crt) as `publish rollback` judges
+    it; REVOKED marks a signer the --pki CA index or --crl revokes. A release whose
+    manifest has no signature, or one that does not verify, is UNVERIFIED, with the
+    reason. A listing judges only the manifests: `publish rollback` judges every object
+    before it switches.
     """
     from trustboot.publish.pipeline import list_releases, pending_switch
 
-    revocations = load_revocations(kw, open_pki_ca(kw))
+    ca = open_pki_ca(kw, gate=False)
+    # nothing to judge with (no --trust, no CA home): it still lists, and every release
+    # says why it is unverified
+    trust = build_trust(kw, ca) if kw["trust"] or ca is not None else None
     origin, _ = open_cli_origin(origin_url, kw)
     with origin:
-        infos = list_releases(origin, entry_path=entry_path, revocations=revocations)
+        infos = list_releases(origin, entry_path=entry_path, trust=trust, now=utc_now())
         pending = pending_switch(origin)
     if pending:  # on stderr: --json output stays the list it always was
         warn(f"{origin.url} has an interrupted entry switch: the live release above may not "
@@ -374,13 +400,17 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
         mark = "*" if i.live else " "
         created = i.created.strftime("%Y-%m-%d %H:%M") if i.created else "?"
         expiry = i.expiry.strftime("%Y-%m-%d") if i.expiry else "-"
+        signer = (f"{clean(i.signer, limit=200)} (serial {i.signer_serial})"
+                  if i.signer else "-")
         state = "" if i.complete else "  INCOMPLETE"
         if i.problem:
             state = f"  UNREADABLE: {i.problem}"
+        elif i.unverified is not None:  # never the manifest's claim as if it were true
+            state += f"  UNVERIFIED: {clean(i.unverified.reason, limit=400)}"
         if i.revoked is not None:  # iPXE would still boot it: say why it must not be
             state += f"  REVOKED: the signer {i.revoked.describe()}"
         click.echo(f"{mark} {i.id:24} {created}  {i.files:3} files  signer "
-                   f"{i.signer or '-'}  expires {expiry}{state}")
+                   f"{signer}  expires {expiry}{state}")
 
 
 @command.command("rollback")

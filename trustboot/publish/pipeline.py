@@ -51,6 +51,7 @@ one (see _switch_back).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -109,7 +110,7 @@ from trustboot.publish.readback import (
     signature_hashes,
     tally_chunks,
 )
-from trustboot.publish.revocation import Revocations, Revoked
+from trustboot.publish.revocation import Revoked
 from trustboot.text import clean, shown_names
 
 __all__ = ["LocalObject", "PublishProgress", "PublishResult", "ReleaseInfo", "Trust",
@@ -204,16 +205,38 @@ class ReleaseInfo:
     complete: bool
     files: int
     problem: str | None = None
-    # the CA index says its manifest's signer is revoked (publish.revocation)
+    # a signer of its release.json.sig is revoked (publish.revocation)
     revoked: Revoked | None = None
+    # signer, signer_serial and expiry are those of release.json.sig as judged (never the
+    # manifest's own claim: whoever writes to the origin writes that); when it is missing
+    # or does not verify, they are None and ``unverified`` says why
+    signer_serial: str | None = None
+    unverified: Unverified | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.problem is None and self.unverified is None
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "created": self.created.isoformat() if self.created else None,
-                "signer": self.signer,
+                "signer": self.signer, "signer_serial": self.signer_serial,
                 "expiry": self.expiry.isoformat() if self.expiry else None,
                 "live": self.live, "complete": self.complete, "files": self.files,
                 "problem": self.problem,
-                "revoked": self.revoked.to_json() if self.revoked else None}
+                "revoked": self.revoked.to_json() if self.revoked else None,
+                "verified": self.verified,
+                "unverified": self.unverified.to_json() if self.unverified else None}
+
+
+@dataclass(frozen=True)
+class Unverified:
+    """Why a listing could not tell who signed a release's manifest."""
+
+    rule: str  # manifest-unsigned, manifest-signature-unread, no-trust-anchors, or iPXE's
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "reason": self.reason}
 
 
 # -- local side -----------------------------------------------------------------------
@@ -377,15 +400,22 @@ def default_owner() -> str:
 
 
 def read_manifest(origin: Origin, release_id: str) -> ReleaseManifest | None:
+    read = _read_manifest(origin, release_id)
+    return read[0] if read is not None else None
+
+
+def _read_manifest(origin: Origin, release_id: str) -> tuple[ReleaseManifest, bytes] | None:
+    """The release's manifest and the bytes it was parsed from (what its signature is
+    judged against: a second read could be answered differently)."""
     key = release_prefix(release_id) + MANIFEST_NAME
     if origin.stat(key) is None:
         return None
-    data = b"".join(origin.read(key, max_size=4 << 20))
+    data = b"".join(origin.read(key, max_size=MAX_MANIFEST_BYTES))
     manifest = parse_manifest(data, source=f"{origin.url}{key}")
     if manifest.release != release_id:
         raise VerificationError(f"{origin.url}{key} names release {manifest.release!r}, "
                                 f"not {release_id!r}", rule="manifest-release")
-    return manifest
+    return manifest, data
 
 
 def release_base_url(origin: Origin, release_id: str) -> str | None:
@@ -608,8 +638,7 @@ def verify_manifest_signature(origin: Origin, release_id: str, *, trust: Trust,
     key = release_prefix(release_id) + MANIFEST_NAME
     signature = _served_signature(origin, reader, key + ".sig")
     data = _served_bytes(origin, reader, key, MAX_MANIFEST_BYTES)
-    digests = {name: hashlib.new(name, data).digest() for name in signature_hashes(signature)}
-    verdict = judge(signature, digests, trust, now)
+    verdict = judge_manifest(signature, data, trust, now)
     if not verdict.ok:
         assert verdict.failure is not None
         raise VerificationError(
@@ -622,6 +651,12 @@ def verify_manifest_signature(origin: Origin, release_id: str, *, trust: Trust,
     if reports is not None:
         reports[MANIFEST_NAME] = verdict.signers
     return data
+
+
+def judge_manifest(signature: bytes, data: bytes, trust: Trust, now: dt.datetime) -> Verdict:
+    """release.json's bytes ``data`` against its detached ``signature``, as iPXE would."""
+    digests = {name: hashlib.new(name, data).digest() for name in signature_hashes(signature)}
+    return judge(signature, digests, trust, now)
 
 
 # iPXE's verdicts (cms.verify) for a certificate used outside its validity at the clock
@@ -1504,13 +1539,19 @@ def _remember(origin: Origin, manifest: ReleaseManifest, cache: PublishCache | N
 
 def read_manifests(origin: Origin) -> tuple[list[ReleaseManifest], dict[str, str]]:
     """Every release manifest on the origin, and problems with the ones that do not parse."""
+    read, problems = _read_manifests(origin)
+    return [m for m, _ in read], problems
+
+
+def _read_manifests(origin: Origin
+                    ) -> tuple[list[tuple[ReleaseManifest, bytes]], dict[str, str]]:
     out, problems = [], {}
     # one listing of releases/ (its directories), not of every object of every release
     for rid in origin.list_dirs(RELEASES_PREFIX + "/"):
         if release_id_problem(rid):
             continue
         try:
-            m = read_manifest(origin, rid)
+            m = _read_manifest(origin, rid)
         except TrustbootError as exc:
             problems[rid] = exc.message
             continue
@@ -1540,29 +1581,77 @@ def pending_switch(origin: Origin) -> bool:
     return origin.stat(SWITCH_JOURNAL) is not None
 
 
-def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe",
-                  revocations: Revocations | None = None) -> list[ReleaseInfo]:
-    """Releases with date, signer, expiry, completeness and which one is live; with
-    ``revocations``, whether the CA index says the signer its manifest names is revoked
-    (a listing judges no signature: rollback checks the signatures themselves)."""
-    manifests, problems = read_manifests(origin)
-    live = live_release(origin, manifests, entry_path)
+NO_TRUST_ANCHORS = Unverified(
+    "no-trust-anchors", "no trust anchors to judge its release.json.sig with (--trust ROOT, "
+    "or --pki with a CA home)")
+
+
+def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe", trust: Trust | None,
+                  now: dt.datetime) -> list[ReleaseInfo]:
+    """Releases with date, signer, expiry, completeness and which one is live.
+
+    Who signed a release is what its release.json.sig says, judged with iPXE's rules
+    against ``trust`` at ``now`` (as publish and rollback judge it), and whether that
+    signer is revoked is asked of ``trust.revocation``. release.json's own signer field
+    is never shown: whoever writes to the origin writes it. A manifest without a
+    signature, or with one that does not verify, lists as ``unverified`` (None ``trust``:
+    nothing to judge with). One read per release more than its manifest, for a .sig the
+    origin's listing has."""
+    read, problems = _read_manifests(origin)
+    live = live_release(origin, [m for m, _ in read], entry_path)
     present = set(origin.list("releases/"))
     infos = []
-    for m in manifests:
+    for m, data in read:
         prefix = release_prefix(m.release)
         complete = all(prefix + f.name in present for f in m.files)
-        infos.append(ReleaseInfo(
-            id=m.release, created=m.created,
-            signer=m.signer.subject if m.signer else None,
-            expiry=m.signer.not_after if m.signer else None,
-            live=m.release == live, complete=complete, files=len(m.files),
-            revoked=revocations.of_summary(m.signer.serial, m.signer.subject)
-            if revocations is not None and m.signer else None))
+        base = ReleaseInfo(id=m.release, created=m.created, signer=None, expiry=None,
+                           live=m.release == live, complete=complete, files=len(m.files))
+        signed = _manifest_signers(origin, m.release, data, present, trust, now)
+        if isinstance(signed, Unverified):
+            infos.append(dataclasses.replace(base, unverified=signed))
+            continue
+        first = signed[0]
+        revoked = trust.revocation.of(signed, now) if trust and trust.revocation else []
+        infos.append(dataclasses.replace(
+            base, signer=first.subject, signer_serial=f"{first.serial:x}",
+            expiry=min(s.chain_not_after for s in signed),
+            revoked=revoked[0] if revoked else None))
     for rid, problem in problems.items():
-        infos.append(ReleaseInfo(rid, None, None, None, False, False, 0, problem))
+        infos.append(ReleaseInfo(rid, None, None, None, False, False, 0, problem,
+                                 unverified=Unverified("manifest-unreadable", problem)))
     return sorted(infos, key=lambda i: (i.created or dt.datetime.min.replace(tzinfo=dt.UTC),
                                         i.id))
+
+
+def _manifest_signers(origin: Origin, release_id: str, data: bytes, present: set[str],
+                      trust: Trust | None, now: dt.datetime
+                      ) -> tuple[SignerReport, ...] | Unverified:
+    """The signers of release.json (its bytes ``data``) as its .sig, if the origin's
+    listing ``present`` has one, proves them; else why not. Whatever the origin serves
+    there (too large, garbage, gone meanwhile) is this release's answer, not the
+    listing's failure."""
+    key = release_prefix(release_id) + MANIFEST_NAME + ".sig"
+    if key not in present:
+        return Unverified("manifest-unsigned", f"{MANIFEST_NAME} has no signature "
+                          f"({MANIFEST_NAME}.sig): who signed it cannot be told")
+    if trust is None:
+        return NO_TRUST_ANCHORS
+    try:
+        signature = b"".join(origin.read(key, max_size=MAX_SIGNATURE_SIZE))
+    except TooLarge:
+        return Unverified("manifest-signature-unread",
+                          f"{MANIFEST_NAME}.sig is larger than {MAX_SIGNATURE_SIZE} bytes, "
+                          "more than iPXE takes")
+    except TrustbootError as exc:
+        return Unverified("manifest-signature-unread",
+                          f"cannot read {MANIFEST_NAME}.sig: {exc.message}")
+    verdict = judge_manifest(signature, data, trust, now)
+    if verdict.failure is not None:
+        return Unverified(verdict.failure.rule, f"its {MANIFEST_NAME}.sig does not verify: "
+                          f"{verdict.failure.message}")
+    if not verdict.signers:  # (iPXE verifies every signer: a verdict without one is none)
+        return Unverified("no-signatures", f"its {MANIFEST_NAME}.sig has no signer")
+    return verdict.signers
 
 
 def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
