@@ -188,21 +188,6 @@ class Revocations:
                                                    by_crl=True))
         return sorted(found.values(), key=lambda r: (r.signer, r.serial))
 
-    def of_summary(self, serial: str, subject: str) -> Revoked | None:
-        """What the CA index says about a manifest's signer claim (``publish list``: no
-        signature is judged there, so only the index, by serial and subject)."""
-        ca = self._ca
-        if ca is None:
-            return None
-        try:
-            number = int(serial, 16)
-        except ValueError:
-            return None
-        entry = ca.find_serial(number)
-        if entry is None or entry.subject != subject:
-            return None
-        return self._judge(ca, entry, ca.key_id(entry), who=entry.name, serial=number)
-
     def enforce(self, signed: Mapping[str, Sequence[SignerReport]], *, doing: str,
                 now: dt.datetime, hint: str) -> None:
         """Refuse (VerificationError, exit 4) to go on ``doing`` ("make release r1 live")
