@@ -37,10 +37,13 @@ PUBLIC_FILE_MODE = 0o644
 STALE_TMP_SECONDS = 3600.0
 
 
-def make_dirs(path: Path, mode: int = PUBLIC_DIR_MODE) -> Path:
+def make_dirs(path: Path, mode: int = PUBLIC_DIR_MODE, *,
+              created: list[Path] | None = None) -> Path:
     """``mkdir -p`` where every directory this call creates gets exactly ``mode``.
 
     Existing directories are left as they are (callers that must trust one check it).
+    ``created`` gets each directory this call made, parents first (one a concurrent run
+    made meanwhile is not ours: left out), for a caller that undoes a failed run.
     Raises OperationalError naming the path when a component is not a directory.
     """
     path = Path(path)
@@ -80,6 +83,8 @@ def make_dirs(path: Path, mode: int = PUBLIC_DIR_MODE) -> Path:
                 hint="check the path and the permissions of its parent",
             ) from None
         os.chmod(directory, mode)  # mkdir's mode was narrowed by the umask
+        if created is not None:
+            created.append(directory)
     return path
 
 
@@ -777,10 +782,11 @@ def prepare_private_dir(path: Path, what: str) -> Path:
     return path
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` as 0700, or check that an existing one is ours and closed to others."""
+def ensure_private_dir(path: Path, *, created: list[Path] | None = None) -> None:
+    """Create ``path`` as 0700, or check that an existing one is ours and closed to others.
+    ``created``: as for :func:`make_dirs`."""
     path = Path(path)
-    make_dirs(path.parent)
+    make_dirs(path.parent, created=created)
     try:
         # mkdir's mode can only be narrowed by the umask, so a directory another process is
         # creating at this moment is never looser than 0700: checking it below is safe.
@@ -793,6 +799,8 @@ def ensure_private_dir(path: Path) -> None:
                                ) from None
     else:
         os.chmod(path, PRIVATE_DIR_MODE)  # the umask may have narrowed it further
+        if created is not None:
+            created.append(path)
         return
     check_not_link(path, "private directory")
     check_owned_dir(path, "private directory", private=True)
@@ -832,10 +840,42 @@ def check_private_file(path: Path, what: str = "key file") -> None:
 
 @contextlib.contextmanager
 def locked(lock_path: Path, *, timeout: float = 60.0) -> Iterator[None]:
-    """An exclusive advisory lock (fcntl.flock) held for the duration of the block."""
+    """An exclusive advisory lock (fcntl.flock) held for the duration of the block.
+
+    Its holder may remove the lock file (a failed `ca init` undoing what it made): a
+    waiter that then gets the lock of the removed file opens the path again, so two runs
+    never hold locks of two different files as if each were alone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = _open_lock(lock_path)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise OperationalError(
+                            f"{lock_path} is held by another trustboot process",
+                            hint="wait for the other run to finish, then retry",
+                        ) from None
+                    time.sleep(0.05)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _still_named(fd, lock_path):
+            break
+        os.close(fd)  # removed or replaced while we waited: lock what the path names now
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     PRIVATE_FILE_MODE)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _open_lock(lock_path: Path) -> int:
+    try:
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       PRIVATE_FILE_MODE)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ConfigError(f"lock file {lock_path} is a symbolic link",
@@ -843,19 +883,13 @@ def locked(lock_path: Path, *, timeout: float = 60.0) -> Iterator[None]:
                               ) from None
         raise OperationalError(f"cannot open lock file {lock_path}: {exc.strerror}",
                                hint="check the directory's permissions") from None
-    deadline = time.monotonic() + timeout
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise OperationalError(
-                        f"{lock_path} is held by another trustboot process",
-                        hint="wait for the other run to finish, then retry",
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)

@@ -3,6 +3,8 @@
 Commit points are the calls that make a change visible: os.replace (atomic writes),
 os.link (new key files) and os.unlink. CRASH_AT=N kills the process just before the Nth
 one; CRASH_COUNT_FILE receives the number of commit points of a run that was not killed.
+CRASH_SIGNAL=SIGTERM (say) sends that signal instead: the run unwinds and cleans up, as
+when an operator or a CI runner stops it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 target = int(os.environ.get("CRASH_AT", "0"))
+signum = getattr(signal, os.environ.get("CRASH_SIGNAL", "SIGKILL"))
 count = 0
 
 
@@ -22,7 +25,7 @@ def hook(real: Callable[..., Any]) -> Callable[..., Any]:
         global count
         count += 1
         if count == target:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signum)
         return real(*args, **kwargs)
 
     return wrapped

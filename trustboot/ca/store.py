@@ -691,7 +691,29 @@ class CertificateAuthority:
                 "every booting client"
             )
         check_parents(path, "pki directory")  # before creating anything there
-        make_dirs(path)
+        # What this run made, undone if it fails before the CA exists (the index): never
+        # a directory or file that was there before, nor one another process put there.
+        made = _InitMade(path)
+        make_dirs(path, created=made.dirs)
+        try:
+            return cls._init_in(path, passphrases, made, common_name=common_name,
+                                root_spec=root_spec, issuing_spec=issuing_spec,
+                                root_days=root_days, issuing_days=issuing_days,
+                                options=options, now=now, pkcs11=pkcs11, warnings=warnings)
+        except BaseException:
+            if not cls.exists(path):
+                made.remove_dirs()
+            raise
+
+    @classmethod
+    def _init_in(cls, path: Path, passphrases: PassphraseSource, made: _InitMade, *,
+                 common_name: str, root_spec: profiles.KeySpec,
+                 issuing_spec: profiles.KeySpec, root_days: int, issuing_days: int,
+                 options: CAOptions | None, now: dt.datetime,
+                 pkcs11: tuple[str, Path] | None, warnings: list[str],
+                 ) -> tuple[CertificateAuthority, list[str]]:
+        """init, once ``path`` exists: its files are recorded in ``made`` as they are
+        written and removed (under the lock) if the CA is not made."""
         if cls.exists(path):
             raise ConfigError(
                 f"a CA already exists in {path}",
@@ -705,6 +727,7 @@ class CertificateAuthority:
             keyfile.check_passphrase(passphrase, "the CA passphrase")
             root_key = root_spec.generate()
             issuing_key = issuing_spec.generate()
+        lock_was_there = made.has(".lock")
         with locked(path / ".lock"):
             if cls.exists(path):
                 raise ConfigError(f"a CA already exists in {path}")
@@ -715,21 +738,25 @@ class CertificateAuthority:
                 if pkcs11 is not None:  # under the lock: the record of pending keys is ours
                     root_key, issuing_key = _token_ca_keys(path, pkcs11, passphrases,
                                                            root_spec, issuing_spec, token_refs,
-                                                           recorded)
+                                                           recorded, made)
                     passphrase = b""
                 return cls._init_locked(path, common_name, root_spec, issuing_spec,
                                         root_days, issuing_days, options, now, warnings,
-                                        root_key, issuing_key, token_refs, passphrase)
+                                        root_key, issuing_key, token_refs, passphrase, made)
             except BaseException:
                 # not once the index is written: from then on the keys are the CA's
-                if pkcs11 is not None and recorded and not cls.exists(path):
-                    from trustboot.keys.pkcs11 import destroy_generated
+                if not cls.exists(path):
+                    if pkcs11 is not None and recorded:
+                        from trustboot.keys.pkcs11 import destroy_generated
 
-                    # all recorded, made or not: a pair whose generation failed half-way
-                    # may be in the token too
-                    if destroy_generated(pkcs11[0], pkcs11[1], passphrases, recorded):
-                        # else kept: the next run removes them by this record
-                        _pending_token_keys(path).unlink(missing_ok=True)
+                        # all recorded, made or not: a pair whose generation failed
+                        # half-way may be in the token too
+                        if destroy_generated(pkcs11[0], pkcs11[1], passphrases, recorded):
+                            # else kept: the next run removes them by this record
+                            _pending_token_keys(path).unlink(missing_ok=True)
+                    made.remove_files()
+                    if not lock_was_there:  # (a waiter then locks the path anew)
+                        (path / ".lock").unlink(missing_ok=True)
                 raise
 
     @classmethod
@@ -737,15 +764,17 @@ class CertificateAuthority:
                      issuing_spec: profiles.KeySpec, root_days: int, issuing_days: int,
                      options: CAOptions | None, now: dt.datetime, warnings: list[str],
                      root_key: PrivateKey, issuing_key: PrivateKey,
-                     token_refs: dict[str, str], passphrase: bytes,
+                     token_refs: dict[str, str], passphrase: bytes, made: _InitMade,
                      ) -> tuple[CertificateAuthority, list[str]]:
-        """The CA written into ``path``, its keys made: under the CA lock."""
-        _set_aside_leftovers(path, ["ca.crt", "issuing-ca.crt", "chain.pem", "crl.pem",
-                                    ROOT_CRL, "config.json", "log.jsonl"], now)
+        """The CA written into ``path``, its keys made: under the CA lock. ``made`` gets
+        every directory and file it writes (the leftovers of a killed run set aside
+        first: a file found under one of these names afterwards is this run's)."""
+        _set_aside_leftovers(path, [*_INIT_FILES, ROOT_CRL, "log.jsonl"], now)
         for sub in PUBLIC_DIRS:
-            make_dirs(path / sub)
-        ensure_private_dir(path / "private")
+            make_dirs(path / sub, created=made.dirs)
+        ensure_private_dir(path / "private", created=made.dirs)
         check_pki_permissions(path)
+        made.files += _INIT_FILES
         opts = options or CAOptions()
         root_cert = profiles.build_certificate(
             profile="root", subject_cn=f"{common_name} Root CA",
@@ -761,8 +790,9 @@ class CertificateAuthority:
             for i, (cert, key) in enumerate(((root_cert, root_key),
                                              (issuing_cert, issuing_key))):
                 key_rels[i] = _key_rel(cert.serial_number)
-                ensure_private_dir(path / "private" / "keys")
+                ensure_private_dir(path / "private" / "keys", created=made.dirs)
                 _set_aside_leftovers(path, [str(key_rels[i])], now)
+                made.files.append(str(key_rels[i]))
                 keyfile.write_key(path / str(key_rels[i]), key, passphrase)
         config = {
             "version": 1,
@@ -778,6 +808,7 @@ class CertificateAuthority:
             config["pkcs11"] = token_refs
         atomic_write(path / "config.json", json.dumps(config, indent=2).encode())
         for cert in (root_cert, issuing_cert):
+            made.files.append(_cert_rel(cert.serial_number))
             atomic_write(path / _cert_rel(cert.serial_number), pem(cert))
         entries = [
             _entry(ROOT_NAME, "root", root_cert, key_rels[0], path, fingerprint(root_cert)),
@@ -2148,6 +2179,39 @@ def _set_aside_leftovers(pki: Path, rels: list[str], now: dt.datetime) -> None:
         shutil.move(str(pki / rel), str(target))
 
 
+# The files `ca init` writes under fixed names (besides index.json, its commit point, and
+# what follows it); the leftovers of a killed run under these names are set aside first.
+_INIT_FILES = ("config.json", "crl.pem", "ca.crt", "issuing-ca.crt", "chain.pem",
+               "private/ca.key", "private/issuing-ca.key")
+
+
+class _InitMade:
+    """What one `ca init` made in its pki, to undo when it fails before the CA exists
+    (its index): the directories it created, parents first, and the files it wrote
+    (relative to the pki). Nothing else is touched: a directory is removed only when it
+    is empty (what another process put there keeps it, and its parents)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.dirs: list[Path] = []
+        self.files: list[str] = []
+
+    def has(self, rel: str) -> bool:
+        return (self.path / rel).exists() or (self.path / rel).is_symlink()
+
+    def remove_files(self) -> None:
+        """Under the CA lock (nobody else writes these names meanwhile)."""
+        for rel in reversed(self.files):
+            (self.path / rel).unlink(missing_ok=True)
+
+    def remove_dirs(self) -> None:
+        for directory in reversed(self.dirs):
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (or gone): not ours alone
+                continue
+
+
 def _public_key_from_csr(csr_pem: bytes, origin: str) -> profiles.PublicKey:
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
@@ -2182,21 +2246,36 @@ def _pending_token_keys(pki: Path) -> Path:
 
 def _token_ca_keys(pki: Path, pkcs11: tuple[str, Path], passphrases: PassphraseSource,
                    root_spec: profiles.KeySpec, issuing_spec: profiles.KeySpec,
-                   refs: dict[str, str], recorded: list[str]) -> tuple[PrivateKey, PrivateKey]:
+                   refs: dict[str, str], recorded: list[str],
+                   made: _InitMade) -> tuple[PrivateKey, PrivateKey]:
     """Generate the root and issuing keys in a token (see keys/pkcs11.py); ``refs`` gets
     each pair's URI as it is made, and "module"; ``recorded`` each pair's URI as it is
-    recorded, before it is made (the caller removes those if the CA is not made). Call
-    under the CA lock, ``passphrases`` asked once."""
-    from trustboot.keys.pkcs11 import generate_key_pair, generated_ref, token_private_key
+    recorded, before it is made (the caller removes those if the CA is not made); ``made``
+    the private directory if this makes it. Call under the CA lock, ``passphrases`` asked
+    once."""
+    from trustboot.keys.pkcs11 import (
+        generate_key_pair,
+        generated_ref,
+        module_path,
+        parse_uri,
+        token_private_key,
+        token_session,
+    )
 
     token, module = pkcs11
     _remove_killed_runs_keys(pki, token, module, passphrases)
+    # the token is there and the PIN opens it before anything is recorded: a typo in the
+    # token or a wrong PIN generated nothing, and leaves no record that would hold the
+    # pki (and refuse the corrected run as "pairs in another token")
+    uri = parse_uri(token, require_key=False)
+    with token_session(uri, module_path(uri, module), passphrases, rw=True):
+        pass
     keys: list[PrivateKey] = []
     for role, spec in (("root", root_spec), ("issuing", issuing_spec)):
         label, key_id = f"trustboot-{role}-ca", os.urandom(8)
         ref = generated_ref(token, label, key_id)
         # recorded before the pair exists: a SIGKILL from here on leaves a record of it
-        ensure_private_dir(pki / "private")
+        ensure_private_dir(pki / "private", created=made.dirs)
         write_private_file(_pending_token_keys(pki), json.dumps(
             {"token": token, "module": str(module), "refs": [*recorded, ref]}).encode(),
             overwrite=True)
