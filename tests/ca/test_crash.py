@@ -213,7 +213,8 @@ def test_lifecycle_kill_at_every_commit_point(op: str, lifecycle_cas: dict[str, 
         assert again.returncode == 0, (k, again.stderr)
         ca = CertificateAuthority.open(pki)
         problems = ca.check()
-        if op.startswith("root-promote"):  # the re-run finished every CRL of the step
+        if op.startswith("root-promote") or op == "rotate-issuing":
+            # the re-run finished every CRL of the step (or made a whole rotation)
             assert problems == [], (k, problems)
             old_issuing = before.active_entry("issuing")
             assert ca.crl_path(old_issuing).is_file(), k
@@ -322,3 +323,65 @@ def test_revoke_killed_before_its_crl_is_finished_by_running_it_again(
     assert serial in listed
     # A second run is the plain 'already revoked' again.
     assert "already revoked" in _run(pki, secrets_dir, args, 0).stderr
+
+
+@pytest.fixture(scope="module")
+def revoking_ca(small_ca: Path, tmp_path_factory: pytest.TempPathFactory,
+                secrets_dir: Path) -> Path:
+    """small_ca whose issuing CA revoked a leaf ("gone")."""
+    pki = tmp_path_factory.mktemp("revoking") / "pki"
+    shutil.copytree(small_ca, pki)
+    args = [a.format(secrets=secrets_dir) for a in OPS["issue"]]
+    made = _run(pki, secrets_dir, [*args[:3], "gone", *args[4:]], 0)
+    assert made.returncode == 0, made.stderr
+    assert _run(pki, secrets_dir, ["ca", "revoke", "gone"], 0).returncode == 0
+    return pki
+
+
+@pytest.mark.parametrize("key_kept", [True, False])
+def test_rotate_issuing_killed_anywhere_is_finished_by_running_it_again(
+        key_kept: bool, revoking_ca: Path, secrets_dir: Path, tmp_path: Path) -> None:
+    """`ca rotate issuing` SIGKILLed at any commit point, then run again: a kill before
+    its index commit left nothing (the re-run rotates); one after it left the new issuing
+    CA active with crl.pem still the previous CA's and no crls/ file for it, and the
+    re-run finishes that rotation (says so) instead of making a second issuing CA, which
+    would have left the first previous CA without a CRL. Its revocation stays listed: on
+    a CRL it signs (its key here), or on the one it last signed (its key gone)."""
+    home = tmp_path / "home"
+    shutil.copytree(revoking_ca, home)
+    before = CertificateAuthority.open(home)
+    original = before.active_entry("issuing")
+    gone = before.get("gone").serial
+    if not key_kept:  # its key moved offline: only the CRL it signed can list "gone"
+        for rel in (str(original.key_file), "private/issuing-ca.key"):
+            (home / rel).unlink()
+    args = ["ca", "rotate", "issuing"]
+    count_file = tmp_path / "count"
+    probe = tmp_path / "probe"
+    shutil.copytree(home, probe)
+    assert _run(probe, secrets_dir, args, 0, count_file).returncode == 0
+    points = int(count_file.read_text())
+    finished = 0
+    for k in range(1, points + 1):
+        pki = tmp_path / f"k{k}"
+        shutil.copytree(home, pki)
+        assert _run(pki, secrets_dir, args, k).returncode == -9, k
+        committed = CertificateAuthority.open(pki).active_entry("issuing").sha256 \
+            != original.sha256
+        again = _run(pki, secrets_dir, args, 0)
+        assert again.returncode == 0, (k, again.stderr)
+        assert ("finished the rotation a killed run began" in again.stdout) == committed, \
+            (k, again.stdout)
+        finished += committed
+        ca = CertificateAuthority.open(pki)
+        made = [e for e in ca.entries if e.profile == "issuing"]
+        assert len(made) == 2, (k, "one rotation, not two")
+        assert [o for o, _ in _logged(pki)].count("rotate-issuing") == 1, k
+        assert ca.check_log().problem is None, k
+        crl = x509.load_pem_x509_crl(ca.crl_path(original).read_bytes())
+        assert crl.is_signature_valid(original.load_cert().public_key())  # type: ignore[arg-type]
+        assert crl.get_revoked_certificate_by_serial_number(gone) is not None, k
+        assert ca._check_crl() == [], k  # crl.pem: the new issuing CA's
+        if key_kept:
+            assert ca.check() == [], (k, ca.check())
+    assert finished >= 3, "expected kill points after the index commit"

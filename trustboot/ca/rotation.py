@@ -88,7 +88,7 @@ class RotationStatus:
 
 @dataclass
 class StepResult:
-    step: str  # begin | promote | retire
+    step: str  # begin | promote | retire; issuing (rotate_issuing)
     already_done: bool  # the step had completed before (a re-run after a kill, or twice)
     status: RotationStatus
     created: list[IssuedEntry] = field(default_factory=list)
@@ -186,13 +186,22 @@ def _store_ca(ca: CertificateAuthority, name: str, role: str, cert: x509.Certifi
 
 def rotate_issuing(ca: CertificateAuthority, passphrases: PassphraseSource, *,
                    days: int | None = None, key_type: str | None = None,
-                   now: dt.datetime | None = None) -> IssuedEntry:
+                   now: dt.datetime | None = None) -> StepResult:
     """A new issuing CA under the active root; it issues from now on (and signs the CRL).
-    The previous one stays valid for the leaves it issued."""
+    The previous one stays valid for the leaves it issued. ``created``: the new one.
+
+    When the last change of the CA is a rotation whose run was killed after its commit
+    (see :func:`unfinished_issuing_rotation`), its work is finished instead (the previous
+    CA's CRL, crl.pem, the log entry) and no other issuing CA is made: ``already_done``,
+    ``created`` the one the killed run made. Run it again for another rotation."""
     now = now or utcnow()
     _check_file_keys(ca)
     if ca.state.rotation:
         raise _refuse_issuing(ca)
+    if unfinished_issuing_rotation(ca) is not None:
+        result = _resume(ca, "issuing", now, passphrases=passphrases)
+        result.created.append(ca.active_entry("issuing"))
+        return result
     days = days if days is not None else DEFAULT_DAYS["issuing"]
     _check_days(days, "issuing")
     spec = profiles.parse_key_type(key_type or ca.config.get("issuing_key_type", "rsa-4096"),
@@ -222,7 +231,29 @@ def rotate_issuing(ca: CertificateAuthority, passphrases: PassphraseSource, *,
         ca.keep_previous_crl(previous, previous_key, now, number=ca.crl_number)
         ca._write_crl(new_key, now, days=30, number=ca.crl_number)
         ca._append_log()
-    return entry
+    return StepResult("issuing", False, status(ca), created=[entry])
+
+
+def unfinished_issuing_rotation(ca: CertificateAuthority) -> IssuedEntry | None:
+    """The issuing CA that the CA's last change, a `ca rotate issuing`, made active when
+    that run was killed after its index commit and before the end of its work: the log
+    entry it owes, crl.pem (still the previous CA's) or the previous CA's CRL in crls/.
+    None when the last change is something else or is complete."""
+    from trustboot.ca.store import log_lines
+
+    last = ca.state.log
+    record = last["records"][-1] if last else {}
+    active = ca.active_entry("issuing")
+    if record.get("op") != "rotate-issuing" or record.get("issuing") != active.sha256:
+        return None
+    previous = ca.by_sha256(record.get("previous"))
+    owed = {e.sha256 for e in ca.previous_issuers_without_crl()} | {
+        e.sha256 for _path, e in ca._missing_previous_crls()}
+    assert last is not None
+    if (log_lines(ca.path) < last["seq"] or ca._check_crl()
+            or (previous is not None and previous.sha256 in owed)):
+        return active
+    return None
 
 
 def _previous_key(ca: CertificateAuthority, issuing: IssuedEntry,
@@ -475,9 +506,9 @@ def retire_root(ca: CertificateAuthority, *, now: dt.datetime | None = None) -> 
 def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
             locked_already: bool = False,
             passphrases: PassphraseSource | None = None) -> StepResult:
-    """A step that already happened: finish what a killed run left (views; with
-    ``passphrases`` the CRL of the new issuing CA, the previous issuing CA's CRL in crls/,
-    and root-crl.pem signed again by the new root) and report it done."""
+    """A step that already happened: finish what a killed run left (views, the log entry
+    it owes; with ``passphrases`` the CRL of the new issuing CA, the previous issuing CA's
+    CRL in crls/, and root-crl.pem signed again by the new root) and report it done."""
     key = root_key = None
     issuing, root = ca.active_entry("issuing"), ca.active_entry("root")
     previous_keys: dict[str, PrivateKey] = {}
@@ -503,8 +534,12 @@ def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
             ca.crl_number += 1
             writes.append((key, ca.crl_number, None, 30))
             logged.append(ca._record("crl", now, crl_number=ca.crl_number))
-        # the previous issuing CA's CRL, which promote writes after its commit: with
-        # crl.pem's number when that is written again too (one "crl" record)
+        # the previous issuing CA's CRL, which promote and rotate issuing write after
+        # their commit: with crl.pem's number when that is written again too (one "crl"
+        # record); one whose key is gone keeps the CRL it signed (crl.pem, still its own
+        # if it revoked leaves), copied before crl.pem is rewritten
+        keyless = [e for _path, e in ca._missing_previous_crls()
+                   if e.sha256 not in previous_keys]
         unwritten = [e for e in ca.previous_issuers_without_crl() if e.sha256 in previous_keys]
         if unwritten:
             if not logged:
@@ -515,6 +550,8 @@ def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
             ca.crl_number += 1
             writes.append((root_key, ca.crl_number, ca.active_entry("root"), ROOT_CRL_DAYS))
             logged.append(ca._record("crl", now, crl_number=ca.crl_number, issuer="root"))
+        for e in keyless:
+            ca.keep_previous_crl(e, None, now, number=ca.crl_number)
         if writes:
             ca._commit(now, *logged)
             for signing_key, number, issuer, days in writes:

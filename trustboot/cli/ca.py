@@ -652,11 +652,17 @@ def rotate_issuing_cmd(pki: Path, days: int | None, key_type: str | None,
         entry = rotation.retire_issuing(ca, _parse_serial(retire_serial))
         verb = "retired"
     else:
-        entry = rotation.rotate_issuing(ca, passphrase_source(passphrase_file, passphrase_env),
-                                        days=days, key_type=key_type)
-        verb = "created"
+        result = rotation.rotate_issuing(ca, passphrase_source(passphrase_file, passphrase_env),
+                                         days=days, key_type=key_type)
+        entry = result.created[0]
+        # a re-run after a kill finishes that rotation: never a second one unasked
+        verb = "finished" if result.already_done else "created"
     if as_json:
         emit_json(entry.to_json() | {"action": verb})
+    elif verb == "finished":
+        click.echo(f"finished the rotation a killed run began: issuing CA {entry.subject} "
+                   f"serial {entry.serial:x} issues new certificates; its CRLs and log "
+                   "entry are written (run the command again for another new issuing CA)")
     else:
         click.echo(f"{verb} issuing CA {entry.subject} serial {entry.serial:x}"
                    + (", now issuing new certificates" if verb == "created" else ""))
