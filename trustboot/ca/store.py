@@ -343,15 +343,16 @@ class CertificateAuthority:
         return [e for e in self.entries if e.profile == "issuing" and e.sha256 != active
                 and e.status != "retired" and self._crl_entries(e)]
 
-    def previous_issuers_without_crl(self) -> list[IssuedEntry]:
-        """The previous issuing CAs, not retired, whose key is in the CA home but whose CRL
-        (crls/SERIAL.pem) is not: a rotation killed before writing it, or one by a version
-        that wrote it only for a CA that had revoked something."""
+    def previous_issuers_without_crl(self, *, with_key: bool = True) -> list[IssuedEntry]:
+        """The previous issuing CAs, not retired, whose key is in the CA home (any, with
+        ``with_key=False``) but whose CRL (crls/SERIAL.pem) is not: a rotation killed
+        before writing it, or one by a version that wrote it only for a CA that had
+        revoked something."""
         active = self.active_entry("issuing").sha256
         return [e for e in self.entries if e.profile == "issuing" and e.sha256 != active
-                and e.status != "retired" and e.key_file is not None
-                and e.key_path.exists() and not self.crl_path(e).exists()
-                and not self.crl_path(e).is_symlink()]
+                and e.status != "retired" and not self.crl_path(e).exists()
+                and not self.crl_path(e).is_symlink()
+                and (not with_key or (e.key_file is not None and e.key_path.exists()))]
 
     def _missing_previous_crls(self) -> list[tuple[Path, IssuedEntry]]:
         """(crl_path, issuer) of each previous issuing CA that owes a CRL and has none."""
@@ -1474,10 +1475,52 @@ class CertificateAuthority:
                     f"revoke {e.name} --serial {e.serial:x} --reason key_compromise")
         log_conflicts, log_problems = self._log_findings()
         conflicts = self._all_crl_conflicts() + log_conflicts
-        problems += log_problems + self._check_crls(now)
+        problems += log_problems + self._check_crls(now) + self._token_record_problems()
         # Views derive from the index: while it contradicts the CRL or the log, a view
         # that differs is no sign of a killed run, and refreshing it would be wrong.
         return conflicts + problems + ([] if conflicts else self._stale_views(now))
+
+    def _leftover_token_record(self) -> tuple[Path, list[str] | None, bool] | None:
+        """private/pending-token-keys.json when a `ca init --pkcs11` left it (killed
+        between the index commit that made this CA and removing it): (its path, the key
+        pairs it names or None when it cannot be read, whether they are all this CA's
+        own keys). None when there is none."""
+        record = _pending_token_keys(self.path)
+        if not (record.exists() or record.is_symlink()):
+            return None
+        try:
+            data = json.loads(read_private_file(record, "record of pending token keys"))
+            refs: list[str] | None = [str(r) for r in data["refs"]]
+        except (ValueError, KeyError, TypeError, ConfigError):
+            refs = None
+        own = {v for k, v in (self._token_refs() or {}).items() if k in ("root", "issuing")}
+        return record, refs, refs is not None and set(refs) <= own
+
+    def _token_record_problems(self) -> list[str]:
+        found = self._leftover_token_record()
+        if found is None:
+            return []
+        record, refs, own = found
+        rel = record.relative_to(self.path)
+        if own:
+            return [f"{rel} is left by a `ca init --pkcs11` killed after it made this CA: "
+                    "it names this CA's own token keys as a killed run's, which a `ca "
+                    "init` here (were index.json lost) would destroy; run `trustboot ca "
+                    "crl` (any CA write removes it)"]
+        named = "cannot be read" if refs is None else (
+            f"names {len(refs)} key pair(s) that are not this CA's keys: {', '.join(refs)}")
+        return [f"{rel} (left by an interrupted `ca init --pkcs11`) {named}; check the "
+                "token for them, remove those no CA uses (pkcs11-tool --login "
+                f"--delete-object --type privkey/pubkey --label L --id ID), then rm "
+                f"{record}"]
+
+    def _drop_own_token_record(self) -> None:
+        """Under the lock: the record of pending token keys, once it names only this CA's
+        own keys (a kill between init's index commit and its removal), is removed: left,
+        a later `ca init` here would destroy the CA's keys as a killed run's."""
+        found = self._leftover_token_record()
+        if found is not None and found[2]:
+            found[0].unlink()
 
     def index_behind_log(self, lines: int) -> tuple[int, int] | None:
         """(log entries, entries the index accounts for) when log.jsonl held more entries
@@ -1533,13 +1576,27 @@ class CertificateAuthority:
                 fix += (f" (it needs that CA's key in the CA home), or retire the CA: "
                         f"`trustboot ca rotate issuing --retire {issuer.serial:x}`")
             problems += [f"{rel} {p}; {fix}" for p in found]
-        for path, issuer in self._missing_previous_crls():
+        owing = self._missing_previous_crls()
+        for path, issuer in owing:
             problems.append(
                 f"{path.relative_to(self.path)} is missing: previous issuing CA "
                 f"{issuer.serial:x} revoked {len(self._crl_entries(issuer))} certificate(s) "
                 "that no CRL lists; run `trustboot ca crl` (it needs that CA's key in the CA "
                 f"home), or retire the CA: `trustboot ca rotate issuing --retire "
                 f"{issuer.serial:x}`")
+        # one that revoked nothing needs its (empty) CRL too: see keep_previous_crl
+        for issuer in self.previous_issuers_without_crl(with_key=False):
+            if any(issuer is e for _path, e in owing):
+                continue
+            fix = ("run `trustboot ca crl`" if issuer.key_file is not None
+                   and issuer.key_path.exists() else "restore that CA's key to the CA "
+                   "home and run `trustboot ca crl`")
+            problems.append(
+                f"{self.crl_path(issuer).relative_to(self.path)} is missing: relying parties "
+                "that check the CRL of every CA of a chain (nginx ssl_crl, openssl "
+                f"-crl_check_all) refuse the certificates previous issuing CA "
+                f"{issuer.serial:x} issued; {fix}, or retire the CA: `trustboot ca rotate "
+                f"issuing --retire {issuer.serial:x}`")
         return problems
 
     # ---- views -------------------------------------------------------------------------
@@ -1714,6 +1771,7 @@ class CertificateAuthority:
         self._refuse_conflicts()
         self._migrate(now)
         self._refresh_views(now)
+        self._drop_own_token_record()
 
     def _commit(self, now: dt.datetime, *records: dict[str, Any]) -> None:
         """Write the index (the commit point) with the log ``records`` of this change
