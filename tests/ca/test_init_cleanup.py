@@ -229,3 +229,26 @@ def test_a_token_init_failing_after_its_record_removes_its_pairs_record_and_pki(
             assert pki.is_dir() and list(pki.iterdir()) == []
         else:
             assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_init_stopped_while_generating_its_keys_leaves_nothing(secrets_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """SIGTERM while the RSA-4096 keys are being generated (the pki exists, nothing is
+    locked or written yet): the directories the run created go."""
+    import signal
+    import time
+
+    top = tmp_path / "new"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trustboot", "ca", "init", "--pki", str(top / "pki"),
+         "--passphrase-file", str(secrets_dir / "ca.pass")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 60
+    while not (top / "pki").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -15, err
+    assert not top.exists()
