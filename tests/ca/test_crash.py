@@ -385,3 +385,40 @@ def test_rotate_issuing_killed_anywhere_is_finished_by_running_it_again(
         if key_kept:
             assert ca.check() == [], (k, ca.check())
     assert finished >= 3, "expected kill points after the index commit"
+
+
+def test_ca_crl_after_a_killed_rotation_keeps_a_keyless_previous_ca_revocations(
+        revoking_ca: Path, secrets_dir: Path, tmp_path: Path) -> None:
+    """`ca crl` (the other way on after a killed `ca rotate issuing`) with the previous
+    issuing CA's key gone: crl.pem, still the CRL that CA last signed and the only one
+    listing its revocation, is copied to crls/ before it is rewritten, as the rotation
+    itself does; it was overwritten by the new CA's, and the revocation was on no CRL."""
+    home = tmp_path / "home"
+    shutil.copytree(revoking_ca, home)
+    before = CertificateAuthority.open(home)
+    original = before.active_entry("issuing")
+    gone = before.get("gone").serial
+    for rel in (str(original.key_file), "private/issuing-ca.key"):
+        (home / rel).unlink()
+    args = ["ca", "rotate", "issuing"]
+    count_file = tmp_path / "count"
+    probe = tmp_path / "probe"
+    shutil.copytree(home, probe)
+    assert _run(probe, secrets_dir, args, 0, count_file).returncode == 0
+    tried = 0
+    for k in range(1, int(count_file.read_text()) + 1):
+        pki = tmp_path / f"k{k}"
+        shutil.copytree(home, pki)
+        assert _run(pki, secrets_dir, args, k).returncode == -9, k
+        ca = CertificateAuthority.open(pki)
+        if ca.active_entry("issuing").sha256 == original.sha256 \
+                or ca.crl_path(original).exists():
+            continue  # not committed yet, or the previous CA's CRL is there already
+        tried += 1
+        assert _run(pki, secrets_dir, ["ca", "crl"], 0).returncode == 0, k
+        ca = CertificateAuthority.open(pki)
+        crl = x509.load_pem_x509_crl(ca.crl_path(original).read_bytes())
+        assert crl.is_signature_valid(original.load_cert().public_key())  # type: ignore[arg-type]
+        assert crl.get_revoked_certificate_by_serial_number(gone) is not None, k
+        assert ca._check_crl() == [], k  # crl.pem: the new issuing CA's
+    assert tried >= 1, "expected a kill point between the commit and the previous CRL"

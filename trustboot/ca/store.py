@@ -1319,6 +1319,11 @@ class CertificateAuthority:
             self._check_still_active(issuing)
             self.crl_number += 1
             self._commit(now, self._record("crl", now, crl_number=self.crl_number))
+            # one whose key is gone keeps the CRL it last signed (crl.pem after a rotation
+            # killed before copying it), copied before crl.pem is rewritten
+            for _path, e in self._missing_previous_crls():
+                if e.sha256 not in previous_keys:
+                    self.keep_previous_crl(e, None, now, number=self.crl_number)
             self._write_crls(issuing_key, previous_keys, now, days=days)
             self._append_log()
         return self.path / "crl.pem"
