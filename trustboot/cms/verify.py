@@ -908,6 +908,42 @@ def verify_signature(
     return Verdict(None, tuple(warnings), tuple(reports))
 
 
+def in_time_moment(
+    signature: bytes,
+    *,
+    trust: Sequence[TrustAnchor],
+    extra_certs: Sequence[bytes] = (),
+    ipxe_version: IpxeVersion = DEFAULT_IPXE,
+) -> dt.datetime | None:
+    """A moment at which every certificate iPXE checks the time of, in each signer's chain
+    as it builds it (up to the first trusted one), is within its validity; None when there
+    is none, a chain reaches no trusted certificate or the signature does not parse.
+
+    For telling who signed a signature whose only failure at the clock is the clock (rule
+    expired or not-yet-valid): judged again at this moment, everything else iPXE checks
+    (the signature over the image, the chain, key usages) still has to hold."""
+    trusted = {a.sha256 for a in trust}
+    try:
+        signers = _prepare(_message(signature, ipxe_version), extra_certs, ipxe_version)
+    except _Fail:
+        return None
+    starts, ends = [], []
+    for signer in signers:
+        for cert in signer.chain:
+            starts.append(cert.not_before_s)
+            ends.append(cert.not_after_s)
+            if cert.sha256 in trusted:
+                break
+        else:  # untrusted whatever the time
+            return None
+    if not signers or max(starts) > min(ends):
+        return None
+    try:
+        return dt.datetime.fromtimestamp(max(starts), dt.UTC)
+    except (OverflowError, OSError, ValueError):  # a date datetime cannot hold
+        return None
+
+
 def check_signer(
     signer: bytes,
     chain: Sequence[bytes],

@@ -100,6 +100,7 @@ from trustboot.publish.origin import (
     staging_of,
 )
 from trustboot.publish.readback import (
+    EXPIRY_RULES,
     LocalCopy,
     NotServed,
     Reader,
@@ -107,6 +108,7 @@ from trustboot.publish.readback import (
     Trust,
     hash_chunks,
     judge,
+    judge_beside_the_clock,
     signature_hashes,
     tally_chunks,
 )
@@ -205,17 +207,35 @@ class ReleaseInfo:
     complete: bool
     files: int
     problem: str | None = None
-    # a signer of its release.json.sig is revoked (publish.revocation)
+    # a signer of the signature that proves who signed it is revoked (publish.revocation)
     revoked: Revoked | None = None
-    # signer, signer_serial and expiry are those of release.json.sig as judged (never the
-    # manifest's own claim: whoever writes to the origin writes that); when it is missing
-    # or does not verify, they are None and ``unverified`` says why
+    # signer, signer_serial and expiry are those of a signature as judged (never the
+    # manifest's own claim: whoever writes to the origin writes that): release.json.sig,
+    # or, when the release has none, its entry script's .sig (``verified_by``); when there
+    # is none or it does not verify, they are None and ``unverified`` says why
     signer_serial: str | None = None
-    unverified: Unverified | None = None
+    unverified: Fault | None = None
+    verified_by: str | None = None  # "manifest" or "entry"
+    # the signature's only fault is the clock: its chain ended before this host's clock
+    # (or starts after it); the signer is still shown, and still looked up for revocation
+    expired: Fault | None = None
 
     @property
     def verified(self) -> bool:
-        return self.problem is None and self.unverified is None
+        """Who signed it is proven and the signature is good at this clock (revoked or
+        not: ``revoked`` says)."""
+        return self.problem is None and self.unverified is None and self.expired is None
+
+    @property
+    def state(self) -> str:
+        """One word for the row: a revoked signer outranks an expired one."""
+        if self.problem is not None:
+            return "unreadable"
+        if self.unverified is not None:
+            return "unverified"
+        if self.revoked is not None:
+            return "revoked"
+        return "expired" if self.expired is not None else "verified"
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "created": self.created.isoformat() if self.created else None,
@@ -224,15 +244,18 @@ class ReleaseInfo:
                 "live": self.live, "complete": self.complete, "files": self.files,
                 "problem": self.problem,
                 "revoked": self.revoked.to_json() if self.revoked else None,
-                "verified": self.verified,
-                "unverified": self.unverified.to_json() if self.unverified else None}
+                "verified": self.verified, "verified_by": self.verified_by,
+                "state": self.state,
+                "unverified": self.unverified.to_json() if self.unverified else None,
+                "expired": self.expired.to_json() if self.expired else None}
 
 
 @dataclass(frozen=True)
-class Unverified:
-    """Why a listing could not tell who signed a release's manifest."""
+class Fault:
+    """Why a listing could not tell who signed a release (``unverified``), or why the
+    signature that tells it is not good at this clock (``expired``)."""
 
-    rule: str  # manifest-unsigned, manifest-signature-unread, no-trust-anchors, or iPXE's
+    rule: str  # manifest-unsigned, manifest-signature-unread, no-trust-anchors, iPXE's...
     reason: str
 
     def to_json(self) -> dict[str, Any]:
@@ -657,10 +680,6 @@ def judge_manifest(signature: bytes, data: bytes, trust: Trust, now: dt.datetime
     """release.json's bytes ``data`` against its detached ``signature``, as iPXE would."""
     digests = {name: hashlib.new(name, data).digest() for name in signature_hashes(signature)}
     return judge(signature, digests, trust, now)
-
-
-# iPXE's verdicts (cms.verify) for a certificate used outside its validity at the clock
-EXPIRY_RULES = frozenset({"expired", "not-yet-valid"})
 
 
 def expired_hint(origin: Origin, release_id: str) -> str:
@@ -1581,9 +1600,18 @@ def pending_switch(origin: Origin) -> bool:
     return origin.stat(SWITCH_JOURNAL) is not None
 
 
-NO_TRUST_ANCHORS = Unverified(
-    "no-trust-anchors", "no trust anchors to judge its release.json.sig with (--trust ROOT, "
-    "or --pki with a CA home)")
+NO_TRUST_ANCHORS = Fault(
+    "no-trust-anchors", "no trust anchors to judge its signature with (--trust ROOT, or "
+    "--pki with a CA home)")
+
+
+@dataclass(frozen=True)
+class _Proven:
+    """Who signed a release, as a signature judged by `publish list` proves it."""
+
+    signers: tuple[SignerReport, ...]
+    by: str  # "manifest" (release.json.sig) or "entry" (the entry script's .sig)
+    expired: Fault | None  # the signature's only fault is the clock
 
 
 def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe", trust: Trust | None,
@@ -1591,12 +1619,15 @@ def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe", trust: Trust
     """Releases with date, signer, expiry, completeness and which one is live.
 
     Who signed a release is what its release.json.sig says, judged with iPXE's rules
-    against ``trust`` at ``now`` (as publish and rollback judge it), and whether that
-    signer is revoked is asked of ``trust.revocation``. release.json's own signer field
-    is never shown: whoever writes to the origin writes it. A manifest without a
-    signature, or with one that does not verify, lists as ``unverified`` (None ``trust``:
-    nothing to judge with). One read per release more than its manifest, for a .sig the
-    origin's listing has."""
+    against ``trust`` at ``now`` (as publish and rollback judge it); a release without
+    one (published from a directory: only `release` and `resign` sign the manifest) is
+    judged by its entry script and the entry's .sig, as the firmware judges it, the
+    script's bytes held to the sha256 the manifest records. A signature whose only fault
+    is the clock still names its signer (``expired``). Whether that signer is revoked is
+    asked of ``trust.revocation``. release.json's own signer field is never shown:
+    whoever writes to the origin writes it. No such signature, or one that does not
+    verify, lists as ``unverified`` (None ``trust``: nothing to judge with). At most two
+    reads per release more than its manifest, for objects the origin's listing has."""
     read, problems = _read_manifests(origin)
     live = live_release(origin, [m for m, _ in read], entry_path)
     present = set(origin.list("releases/"))
@@ -1606,52 +1637,137 @@ def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe", trust: Trust
         complete = all(prefix + f.name in present for f in m.files)
         base = ReleaseInfo(id=m.release, created=m.created, signer=None, expiry=None,
                            live=m.release == live, complete=complete, files=len(m.files))
-        signed = _manifest_signers(origin, m.release, data, present, trust, now)
-        if isinstance(signed, Unverified):
-            infos.append(dataclasses.replace(base, unverified=signed))
+        if prefix + MANIFEST_NAME + ".sig" in present:
+            proven = _manifest_signers(origin, m.release, data, trust, now)
+        else:
+            proven = _entry_signers(origin, m, present, trust, now)
+        if isinstance(proven, Fault):
+            infos.append(dataclasses.replace(base, unverified=proven))
             continue
+        signed = proven.signers
         first = signed[0]
+        # an expired signer is looked up too: an operator ruling out rollback targets
+        # must see that it was revoked, not only that it expired
         revoked = trust.revocation.of(signed, now) if trust and trust.revocation else []
+        end = min(s.chain_not_after for s in signed)
+        expired = proven.expired
+        if expired is None and end < now:  # iPXE's margin accepts it, the gates do not
+            expired = Fault("expired", f"its chain ended on {end.isoformat()}: iPXE still "
+                            "accepts it within its 12h30m clock margin, publish and "
+                            "rollback do not")
         infos.append(dataclasses.replace(
-            base, signer=first.subject, signer_serial=f"{first.serial:x}",
-            expiry=min(s.chain_not_after for s in signed),
-            revoked=revoked[0] if revoked else None))
+            base, signer=first.subject, signer_serial=f"{first.serial:x}", expiry=end,
+            revoked=revoked[0] if revoked else None, verified_by=proven.by,
+            expired=expired))
     for rid, problem in problems.items():
         infos.append(ReleaseInfo(rid, None, None, None, False, False, 0, problem,
-                                 unverified=Unverified("manifest-unreadable", problem)))
+                                 unverified=Fault("manifest-unreadable", problem)))
     return sorted(infos, key=lambda i: (i.created or dt.datetime.min.replace(tzinfo=dt.UTC),
                                         i.id))
 
 
-def _manifest_signers(origin: Origin, release_id: str, data: bytes, present: set[str],
-                      trust: Trust | None, now: dt.datetime
-                      ) -> tuple[SignerReport, ...] | Unverified:
-    """The signers of release.json (its bytes ``data``) as its .sig, if the origin's
-    listing ``present`` has one, proves them; else why not. Whatever the origin serves
-    there (too large, garbage, gone meanwhile) is this release's answer, not the
-    listing's failure."""
-    key = release_prefix(release_id) + MANIFEST_NAME + ".sig"
-    if key not in present:
-        return Unverified("manifest-unsigned", f"{MANIFEST_NAME} has no signature "
-                          f"({MANIFEST_NAME}.sig): who signed it cannot be told")
+def _listed_read(origin: Origin, key: str, *, max_size: int, rule: str, what: str,
+                 too_large: Fault) -> bytes | Fault:
+    """An object a listing judges, read once and capped at ``max_size`` (``too_large``
+    past it). Whatever the origin serves there (too large, gone meanwhile, unreadable) is
+    that release's answer (``rule``), not the listing's failure."""
+    try:
+        return b"".join(origin.read(key, max_size=max_size))
+    except TooLarge:
+        return too_large
+    except TrustbootError as exc:
+        return Fault(rule, f"cannot read {what}: {exc.message}")
+
+
+def _sig_too_large(rule: str, name: str) -> Fault:
+    return Fault(rule, f"{name} is larger than {MAX_SIGNATURE_SIZE} bytes, more than iPXE "
+                 "takes")
+
+
+def _proven_by(signature: bytes, digests: dict[str, bytes], trust: Trust, now: dt.datetime,
+               *, what: str, by: str) -> _Proven | Fault:
+    """The signers ``signature`` (``what``, for the reason) proves over an object hashed
+    to ``digests``: iPXE's verdict at ``now``, or, when the clock is its only fault, the
+    verdict beside it (judge_beside_the_clock) with ``expired`` set."""
+    verdict, untimely = judge_beside_the_clock(signature, digests, trust, now)
+    if verdict.failure is not None:
+        return Fault(verdict.failure.rule, f"its {what} does not verify: "
+                     f"{verdict.failure.message}")
+    if not verdict.signers:  # (iPXE verifies every signer: a verdict without one is none)
+        return Fault("no-signatures", f"its {what} has no signer")
+    expired = None
+    if untimely is not None:
+        expired = Fault(untimely.rule, f"its {what} verifies but not at this clock: "
+                        f"{untimely.message}")
+    return _Proven(verdict.signers, by, expired)
+
+
+def _manifest_signers(origin: Origin, release_id: str, data: bytes, trust: Trust | None,
+                      now: dt.datetime) -> _Proven | Fault:
+    """The signers of release.json (its bytes ``data``) as its .sig, which the origin's
+    listing has, proves them; else why not. One read."""
     if trust is None:
         return NO_TRUST_ANCHORS
-    try:
-        signature = b"".join(origin.read(key, max_size=MAX_SIGNATURE_SIZE))
-    except TooLarge:
-        return Unverified("manifest-signature-unread",
-                          f"{MANIFEST_NAME}.sig is larger than {MAX_SIGNATURE_SIZE} bytes, "
-                          "more than iPXE takes")
-    except TrustbootError as exc:
-        return Unverified("manifest-signature-unread",
-                          f"cannot read {MANIFEST_NAME}.sig: {exc.message}")
-    verdict = judge_manifest(signature, data, trust, now)
-    if verdict.failure is not None:
-        return Unverified(verdict.failure.rule, f"its {MANIFEST_NAME}.sig does not verify: "
-                          f"{verdict.failure.message}")
-    if not verdict.signers:  # (iPXE verifies every signer: a verdict without one is none)
-        return Unverified("no-signatures", f"its {MANIFEST_NAME}.sig has no signer")
-    return verdict.signers
+    name = MANIFEST_NAME + ".sig"
+    signature = _listed_read(origin, release_prefix(release_id) + name,
+                             max_size=MAX_SIGNATURE_SIZE, rule="manifest-signature-unread",
+                             what=name,
+                             too_large=_sig_too_large("manifest-signature-unread", name))
+    if isinstance(signature, Fault):
+        return signature
+    digests = {h: hashlib.new(h, data).digest() for h in signature_hashes(signature)}
+    return _proven_by(signature, digests, trust, now, what=name, by="manifest")
+
+
+def _entry_signers(origin: Origin, m: ReleaseManifest, present: set[str],
+                   trust: Trust | None, now: dt.datetime) -> _Proven | Fault:
+    """Who signed a release whose release.json has no signature: the signers of its
+    entry script's .sig (what the firmware verifies), over the script's bytes, which must
+    be the ones the manifest records (that ties the script to this release). Two reads
+    at most, each capped; none when the listing ``present`` lacks either object."""
+    unsigned = f"{MANIFEST_NAME} has no signature ({MANIFEST_NAME}.sig)"
+    entry = m.file(m.entry) if m.entry is not None else None
+    if entry is None:
+        return Fault("manifest-unsigned", f"{unsigned} and the release has no entry script "
+                     "to judge instead: who signed it cannot be told")
+    if entry.sig is None:
+        return Fault("manifest-unsigned", f"{unsigned} and its entry script "
+                     f"{clean(entry.name)} has none either: who signed it cannot be told")
+    prefix = release_prefix(m.release)
+    gone = [n for n in (entry.name, entry.sig) if prefix + n not in present]
+    if gone:
+        return Fault("entry-missing", f"{unsigned} and the origin lacks its entry "
+                     f"{shown_names([clean(n) for n in gone], 2)}: who signed it cannot "
+                     "be told")
+    if trust is None:
+        return NO_TRUST_ANCHORS
+    signature = _listed_read(origin, prefix + entry.sig, max_size=MAX_SIGNATURE_SIZE,
+                             rule="entry-signature-unread", what=clean(entry.sig),
+                             too_large=_sig_too_large("entry-signature-unread",
+                                                      clean(entry.sig)))
+    if isinstance(signature, Fault):
+        return signature
+    # never more than the manifest records: a larger object is not the one published
+    cap = min(entry.size, MAX_ENTRY_SIZE)
+    script = _listed_read(
+        origin, prefix + entry.name, max_size=cap, rule="entry-unread",
+        what=f"its entry script {clean(entry.name)}",
+        too_large=Fault("entry-changed", f"its entry script {clean(entry.name)} is larger "
+                        f"than the {entry.size} bytes {MANIFEST_NAME} records: changed on "
+                        "the origin") if cap == entry.size else
+        Fault("entry-unread", f"its entry script {clean(entry.name)} is larger than "
+              f"{MAX_ENTRY_SIZE} bytes, more than an entry script may be"))
+    if isinstance(script, Fault):
+        return script
+    sha256 = hashlib.sha256(script).hexdigest()
+    if sha256 != entry.sha256:
+        return Fault("entry-changed", f"its entry script {clean(entry.name)} is not the "
+                     f"one {MANIFEST_NAME} records ({len(script)} bytes with sha256 "
+                     f"{sha256[:16]}..., recorded {entry.size} bytes with "
+                     f"{entry.sha256[:16]}...): changed on the origin")
+    digests = {h: hashlib.new(h, script).digest() for h in signature_hashes(signature)}
+    return _proven_by(signature, digests, trust, now,
+                      what=f"entry script's signature {clean(entry.sig)}", by="entry")
 
 
 def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",

@@ -39,9 +39,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from trustboot.cms.digest import file_stamp, recalled
 from trustboot.cms.verify import (
     MAX_SIGNATURE_SIZE,
+    Finding,
     TrustAnchor,
     Verdict,
     digest_algorithms,
+    in_time_moment,
     verify_signature,
 )
 from trustboot.errors import (
@@ -111,6 +113,27 @@ def judge(signature: bytes, digests: dict[str, bytes], trust: Trust,
           now: dt.datetime) -> Verdict:
     return verify_signature(signature, digests, trust=list(trust.roots), now=now,
                             signer_name=trust.signer_name, extra_certs=list(trust.extra_certs))
+
+
+# iPXE's verdicts (cms.verify) for a certificate used outside its validity at the clock
+EXPIRY_RULES = frozenset({"expired", "not-yet-valid"})
+
+
+def judge_beside_the_clock(signature: bytes, digests: dict[str, bytes], trust: Trust,
+                           now: dt.datetime) -> tuple[Verdict, Finding | None]:
+    """iPXE's verdict at ``now``; when its only failure is the clock (EXPIRY_RULES), the
+    verdict at a moment every certificate of the chains is valid (in_time_moment) instead,
+    with the clock's failure beside it. That verdict tells who signed when nothing else is
+    wrong (`publish list` shows an expired release's signer); it is not iPXE's at ``now``,
+    and the gates judge at ``now`` (judge)."""
+    verdict = judge(signature, digests, trust, now)
+    failure = verdict.failure
+    if failure is None or failure.rule not in EXPIRY_RULES:
+        return verdict, None
+    moment = in_time_moment(signature, trust=trust.roots, extra_certs=trust.extra_certs)
+    if moment is None:
+        return verdict, None
+    return judge(signature, digests, trust, moment), failure
 
 
 def signature_hashes(signature: bytes) -> set[str]:
