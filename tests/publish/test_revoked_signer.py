@@ -378,6 +378,33 @@ def test_the_ca_home_is_opened_once_per_command(
         assert opened == [pki.dir], (args, opened)
 
 
+def test_list_with_trust_beside_a_default_pki_that_does_not_open_opens_it_once(
+        pki: Pki, origin: tuple[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`publish list --trust ROOT` with a ./pki that does not open (world-writable: any
+    directory called pki is passed over when nothing depends on it): list's own open
+    gave None, and build_trust took that None for "not opened yet" and opened it again.
+    Once now; the listing still judges with --trust."""
+    url, _ = origin
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRUSTBOOT_PKI", raising=False)
+    shutil.copytree(pki.dir, tmp_path / "pki", symlinks=True)
+    (tmp_path / "pki").chmod(0o777)
+    opened: list[Path] = []
+    real = CertificateAuthority.open.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[CertificateAuthority], path: Path) -> CertificateAuthority:
+        opened.append(Path(path))
+        result: CertificateAuthority = real(cls, path)
+        return result
+
+    monkeypatch.setattr(CertificateAuthority, "open", classmethod(counted))
+    r = run("publish", "list", url, "--trust", str(pki.ca), "--json")
+    assert r.exit_code == 0, r.output
+    assert opened == [Path("pki")], opened
+    assert all(i["verified"] for i in json.loads(r.stdout))
+
+
 def test_a_manifest_naming_another_signer_does_not_get_past_rollback(
         pki: Pki, origin: tuple[str, Path], revoked_pki: Path) -> None:
     """A thief holding the revoked key rewrites r1's manifest to name a current signer:

@@ -235,15 +235,22 @@ def build_options(kw: dict[str, Any]) -> OriginOptions:
     return options
 
 
-def build_trust(kw: dict[str, Any], ca: Any = None) -> Any:
+# build_trust's "the caller did not open the CA home": None is an answer (there is none,
+# or a default one did not open), and opening again would be a second snapshot
+NOT_OPENED: Any = object()
+
+
+def build_trust(kw: dict[str, Any], ca: Any = NOT_OPENED) -> Any:
     """The roots, --cert files and revocation view of a command, from the --pki CA home
-    opened once: ``ca`` when the caller opened it (open_pki_ca), else here."""
+    opened once: ``ca`` when the caller opened it (open_pki_ca; None included), else
+    here."""
     from trustboot.cli.verify import load_trust
     from trustboot.keys.signer import load_certificates
     from trustboot.publish.readback import Trust
     from trustboot.publish.revocation import UNSAFE_FLAG
 
-    ca = ca if ca is not None else open_pki_ca(kw)
+    if ca is NOT_OPENED:
+        ca = open_pki_ca(kw)
     anchors = load_trust(kw["trust"], kw["pki"], ca=ca)
     extra = tuple(c.public_bytes(Encoding.DER) for p in kw["certs"]
                   for c in load_certificates(p, "--cert file"))
