@@ -336,6 +336,32 @@ def test_reverify_catches_an_object_changed_on_the_origin(lab: Lab) -> None:
     assert "linux/vmlinuz" in err and "not served as published" in err
 
 
+def test_reverify_of_the_live_release_says_nothing_was_switched(lab: Lab) -> None:
+    """--reverify publishes the release again (every object read back and judged); the
+    entry already serves it, so publish switches nothing (`switched: false`), and the
+    publish stage must say so, not "switched to"."""
+    recipe = lab.recipe()
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["publish"]["switched"] is True
+    assert "switched to" in _stage(first, "publish")["detail"]
+    code, out, err = release(str(recipe), "--json", "--reverify")
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["publish"]["switched"] is False
+    detail = _stage(again, "publish")["detail"]
+    assert "switched to" not in detail and "nothing switched" in detail, detail
+    assert f"boot.ipxe already serves {again['release']}" in detail
+    code, _, err = release(str(recipe), "--reverify")  # the text says the same
+    assert code == 0, err
+    assert "nothing switched" in err and "switched to" not in err, err
+
+
+def _stage(result: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in result["stages"] if s["stage"] == name)
+
+
 def test_dry_run_with_a_git_pinned_ipxe_clones_nothing(lab: Lab, tmp_path: Path) -> None:
     """--dry-run touches nothing: a git-pinned iPXE source is named, not cloned (no network:
     the host does not even resolve), and the cache directory is not even created."""

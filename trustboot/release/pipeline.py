@@ -457,9 +457,12 @@ def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
         trust=trust, now=now, options=opts, ipxe=ipxe_manifest, progress=st.upload_progress)
     result.publish = published.to_json()
     result.uploaded = published.uploaded
+    # (--reverify of the live release: publish_release verifies it and switches nothing)
+    entry = (f"{v.entry_path} switched to {p.release_id}" if published.switched else
+             f"{v.entry_path} already serves {p.release_id}: nothing switched")
     st.done("publish", "done", f"{len(published.uploaded)} uploaded, "
             f"{len(published.skipped)} already there, {len(published.verified)} read back "
-            f"and verified; {v.entry_path} switched to {p.release_id}")
+            f"and verified; {entry}")
 
 
 class _Held:
