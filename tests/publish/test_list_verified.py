@@ -405,3 +405,16 @@ def test_reads_per_release_are_bounded(pki: Pki, origin: tuple[str, Path],
     release_reads = sorted(k for k in reads if k.startswith("releases/"))
     assert release_reads == ["releases/p0/release.json", "releases/p1/boot.ipxe",
                              "releases/p1/boot.ipxe.sig", "releases/p1/release.json"], reads
+
+
+def test_a_signer_not_valid_yet_shows_its_signer_too(
+        pki: Pki, origin: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock before the signer's notBefore (a host whose clock lags): the same as an
+    expired one, the clock's rule named."""
+    cert = x509.load_pem_x509_certificate(pki.cert("boot-signer").read_bytes())
+    before = cert.not_valid_before_utc - dt.timedelta(days=2)
+    monkeypatch.setattr("trustboot.cli.publish.utc_now", lambda: before)
+    name, serial = subject(pki, "boot-signer")
+    r1 = listed(origin[0], "--pki", str(pki.dir))["r1"]
+    assert r1["state"] == "expired" and r1["expired"]["rule"] == "not-yet-valid", r1
+    assert r1["signer"] == name and r1["signer_serial"] == serial
