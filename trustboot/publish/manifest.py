@@ -113,6 +113,22 @@ def check_release_id(value: str) -> str:
     return value
 
 
+_RESIGNED = re.compile(r"^(?P<base>.+)\.rs-[0-9a-f]{12}$")
+_MAX_ID = 128
+_RESIGN_SUFFIX_LEN = len(".rs-") + 12
+
+
+def resign_id(live_id: str, signer_sha256: str) -> str:
+    """The release id `trustboot resign` gives its re-sign of ``live_id`` by the signer
+    whose certificate has this sha256 (hex): deterministic, so a rerun after a crash finds
+    (and resumes) the same id, and re-signing a re-signed release does not grow the id.
+    (Here, beside the other id rules: a repair tells resign's own switch by it.)"""
+    m = _RESIGNED.match(live_id)
+    base = m.group("base") if m else live_id
+    base = base[: _MAX_ID - _RESIGN_SUFFIX_LEN].rstrip("._-") or "r"
+    return f"{base}.rs-{signer_sha256[:12]}"
+
+
 def release_prefix(release_id: str) -> str:
     """``releases/<id>/`` — where a release's objects live on the origin."""
     return f"{RELEASES_PREFIX}/{check_release_id(release_id)}/"

@@ -58,6 +58,7 @@ from trustboot.publish.manifest import (
     check_entry_path,
     parse_manifest,
     release_prefix,
+    resign_id,
 )
 from trustboot.publish.origin import Origin, OriginOptions, redact_url
 from trustboot.publish.pipeline import (
@@ -88,9 +89,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ResignResult", "check_signer_lifetime", "resign_id", "resign_live"]
 
-_SUFFIX = re.compile(r"^(?P<base>.+)\.rs-[0-9a-f]{12}$")
-MAX_ID = 128
-_ID_SUFFIX_LEN = len(".rs-") + 12
 # ``releases/<id>/`` as a whole path segment in a script (not "myreleases/<id>/")
 _REF = re.compile(rb"(?<![A-Za-z0-9._~+=,@-])releases/([A-Za-z0-9][A-Za-z0-9._-]{0,127})/")
 
@@ -126,16 +124,6 @@ class ResignResult:
                 "previous_signer": self.previous_signer,
                 "replay_window": self.replay_window, "warnings": self.warnings,
                 "repaired": self.repaired, "removed_temps": self.removed_temps}
-
-
-def resign_id(live_id: str, signer_sha256: str) -> str:
-    """The release id a re-sign of ``live_id`` by this signer gets: deterministic, so a
-    rerun after a crash finds (and resumes) the same id, and re-signing a re-signed release
-    does not grow the id."""
-    m = _SUFFIX.match(live_id)
-    base = m.group("base") if m else live_id
-    base = base[: MAX_ID - _ID_SUFFIX_LEN].rstrip("._-") or "r"
-    return f"{base}.rs-{signer_sha256[:12]}"
 
 
 def _chain_not_after(source: KeySource) -> dt.datetime:
