@@ -122,6 +122,25 @@ def rewind_resign(root: Path, record: bytes, new_id: str,
     return new_dir, json.loads((new_dir / "release.json").read_bytes())
 
 
+LIVE_RECORD_TAMPERING = ("deleted", "names-the-target", "unparsable")
+
+
+def tamper_live_record(root: Path, how: str, release: str) -> None:
+    """What an origin writer can do to the live record (.trustboot-live.json, which
+    release trustboot last made live at boot.ipxe) of the file:// origin ``root``: delete
+    it, rewrite it to name ``release``, or make it unparsable."""
+    path = root / ".trustboot-live.json"
+    if how == "deleted":
+        path.unlink()
+    elif how == "names-the-target":
+        doc = json.loads(path.read_bytes())
+        doc["entries"]["boot.ipxe"]["release"] = release
+        path.write_text(json.dumps(doc))
+    else:
+        assert how == "unparsable", how
+        path.write_bytes(b"{not json")
+
+
 ReleaseFactory = Callable[..., Path]
 
 

@@ -21,12 +21,14 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.publish.conftest import (
+    LIVE_RECORD_TAMPERING,
     Nginx,
     Pki,
     ReleaseFactory,
     anon_get,
     rewind_resign,
     run_cli,
+    tamper_live_record,
 )
 from trustboot.cli.main import cli
 
@@ -733,3 +735,163 @@ def test_a_forged_date_does_not_make_a_planted_switch_back_look_forward(
     assert "release.json of r1 and r2 has no signature that verifies" in doc["message"], doc
     assert snapshot(root) == before
     assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]
+
+
+def _plant_switch_back_to_r1(root: Path) -> None:
+    """A switch record naming r1 and r1's signature beside the live script, as a switch
+    back killed half way would leave (an origin writer's doing here)."""
+    from trustboot.publish.pipeline import SWITCH_JOURNAL
+
+    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": "r1",
+                                                   "entry_path": "boot.ipxe"}))
+    (root / "boot.ipxe.sig").write_bytes((root / "releases/r1/boot.ipxe.sig").read_bytes())
+
+
+@pytest.mark.parametrize("record", LIVE_RECORD_TAMPERING)
+def test_a_planted_switch_back_is_not_re_signed_whatever_the_live_record_says(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str, make_release: ReleaseFactory,
+        record: str) -> None:
+    """test_a_planted_switch_record_does_not_get_an_old_release_re_signed, by a writer who
+    also deletes the live record (or rewrites it to name r1, or breaks it): resign took
+    the missing record for "nothing to go back from", completed the switch back to r1,
+    recorded it as trustboot's own and re-signed r1 with the fresh signer. Refused, rule
+    unrecorded-rollback, nothing changed."""
+    url, root = live
+    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
+    assert publish(pki, rel, url, "r2").exit_code == 0
+    _plant_switch_back_to_r1(root)
+    tamper_live_record(root, record, "r1")
+    before = snapshot(root)
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 4, res.output
+    doc = json.loads(res.stderr)
+    assert doc["rule"] == "unrecorded-rollback", doc
+    assert snapshot(root) == before
+    assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]
+
+
+def _kill_resign_between_its_two_copies(root: Path, saved: Path, new_id: str) -> None:
+    """The origin ``root`` as a resign to ``new_id`` killed between the two copies of its
+    switch leaves it: the switch record, new_id's signature beside the old script, the
+    live record still naming the old release (both from ``saved``, a copy made before
+    the resign ran)."""
+    from trustboot.publish.pipeline import SWITCH_JOURNAL
+
+    for name in ("boot.ipxe", ".trustboot-live.json"):
+        (root / name).write_bytes((saved / name).read_bytes())
+    prefix = root / "releases" / new_id
+    script, sig = (prefix / "boot.ipxe").read_bytes(), (prefix / "boot.ipxe.sig").read_bytes()
+    (root / "boot.ipxe.sig").write_bytes(sig)
+    (root / SWITCH_JOURNAL).write_text(json.dumps({
+        "version": 1, "release": new_id, "entry_path": "boot.ipxe",
+        "script_sha256": hashlib.sha256(script).hexdigest(),
+        "sig_sha256": hashlib.sha256(sig).hexdigest()}))
+
+
+@pytest.mark.parametrize("manifest", ["unsigned", "signer-expired"])
+def test_resign_finishes_its_own_killed_switch(
+        pki: Pki, tmp_path: Path, fresh_signer: str, make_release: ReleaseFactory,
+        monkeypatch: pytest.MonkeyPatch, manifest: str) -> None:
+    """A resign killed between the two copies of its switch (r1 -> r1.rs-<hex>) left the
+    entry pair broken (iPXE refuses it). The next resign must finish it, but the check
+    against switches back asked for r1's date proven by a release.json.sig that verifies
+    now: r1 published from a directory has none (the usual case), and one whose signer
+    has expired (when resign matters most) did not verify: every resign refused (exit 4)
+    and the fleet could not boot until someone stepped in. r1.rs-<hex> is resign's
+    re-sign of r1 by its signed manifest's signer (the id is made from it), and an
+    expired signature still proves who wrote a date."""
+    import shutil
+
+    from trustboot.publish.pipeline import SWITCH_JOURNAL
+
+    root = tmp_path / "origin"
+    url = f"file://{root}"
+    rel = make_release({"boot.ipxe": entry("r1"), "vmlinuz": KERNEL, "initrd.img": INITRD})
+    if manifest == "signer-expired":
+        from trustboot.cli.verify import load_trust
+        from trustboot.publish.pipeline import Trust, build_manifest, scan_directory
+
+        pki.issue("codesign", "manifest-1d", "--days", "1")
+        doc = build_manifest("r1", scan_directory(rel), entry="boot.ipxe",
+                             now=dt.datetime.now(dt.UTC), origin=None,
+                             trust=Trust(tuple(load_trust((), pki.dir))))
+        (rel / "release.json").write_bytes(doc.to_bytes())
+        pki.sign([rel / "release.json"], rel, signer="manifest-1d")
+    assert publish(pki, rel, url, "r1").exit_code == 0
+    saved = tmp_path / "saved"
+    shutil.copytree(root, saved)
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    new = json.loads(res.stdout)["release"]
+    _kill_resign_between_its_two_copies(root, saved, new)
+    if manifest == "signer-expired":  # the rerun: past r1's manifest signer and iPXE's margin
+        from cryptography import x509
+
+        cert = x509.load_pem_x509_certificate(pki.cert("manifest-1d").read_bytes())
+        later = cert.not_valid_after_utc + dt.timedelta(hours=13)
+        monkeypatch.setattr("trustboot.cli.resign.utc_now", lambda: later)
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert "completed the interrupted switch" in out["repaired"], out
+    assert "cannot be shown" not in out["repaired"], out
+    assert out["release"] == new and not out["changed"], out
+    assert not (root / SWITCH_JOURNAL).exists()
+    for name in ("boot.ipxe", "boot.ipxe.sig"):
+        assert (root / name).read_bytes() == (root / "releases" / new / name).read_bytes()
+    assert json.loads((root / ".trustboot-live.json").read_bytes())["entries"][
+        "boot.ipxe"]["release"] == new
+
+
+def test_a_re_sign_of_an_older_release_is_not_taken_for_resigns_own_switch(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str,
+        make_release: ReleaseFactory) -> None:
+    """r1 was re-signed (r1.rs-<hex>), then r2 published from a directory (unsigned
+    manifest) and made live. A writer plants a switch to the old re-sign and rewrites the
+    live record to name r1, so the switch looks like resign finishing its own re-sign of
+    the recorded release. r2's date is unsigned, but it is newer than the re-sign's, and
+    an unsigned date may make the check stricter: refused, by resign and by a repair."""
+    url, root = live
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    old_resign = json.loads(res.stdout)["release"]
+    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
+    assert publish(pki, rel, url, "r2").exit_code == 0
+    from trustboot.publish.pipeline import SWITCH_JOURNAL
+
+    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": old_resign,
+                                                   "entry_path": "boot.ipxe"}))
+    (root / "boot.ipxe.sig").write_bytes(
+        (root / "releases" / old_resign / "boot.ipxe.sig").read_bytes())
+    tamper_live_record(root, "names-the-target", "r1")
+    before = snapshot(root)
+    for argv in (["resign", url, "--key", fresh_signer, "--passphrase-file",
+                  str(pki.key_pass)], ["publish", "repair", url]):
+        res = CliRunner().invoke(cli, [*argv, "--pki", str(pki.dir), "--json"])
+        assert res.exit_code == 4, (argv, res.output)
+        doc = json.loads(res.stderr)
+        assert doc["rule"] == "unrecorded-rollback", doc
+        assert f"release {old_resign} is older than r2" in doc["message"], doc
+        assert snapshot(root) == before
+
+
+def test_resign_finishes_its_own_switch_killed_after_the_live_record(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str) -> None:
+    """A resign killed after both copies and the live record, before removing the switch
+    record: the pair and the live record already name r1.rs-<hex>, only the switch
+    record is left. A live record naming the target shows no switch forward, but here
+    nothing is left to switch: the next resign removes the record and goes on."""
+    from trustboot.publish.pipeline import SWITCH_JOURNAL
+
+    url, root = live
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    new = json.loads(res.stdout)["release"]
+    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": new,
+                                                   "entry_path": "boot.ipxe"}))
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert "had finished: it is live" in out["repaired"], out
+    assert out["release"] == new and not out["changed"], out
+    assert not (root / SWITCH_JOURNAL).exists()

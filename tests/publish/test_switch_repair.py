@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.publish.conftest import Nginx, Pki, ReleaseFactory, logged_requests
+from tests.publish.conftest import (
+    LIVE_RECORD_TAMPERING,
+    Nginx,
+    Pki,
+    ReleaseFactory,
+    logged_requests,
+    tamper_live_record,
+)
 from tests.publish.faultproxy import Fault, ProxyState
 from tests.publish.test_faults import (  # noqa: F401 - proxy is a fixture
     ENTRY_A,
@@ -497,3 +504,83 @@ def test_repair_by_hand_completes_a_switch_unsigned_manifests_cannot_order(
     assert "release rc cannot be shown to be newer than rb" in out["detail"], out
     assert f"trustboot publish rollback {url} rb" in out["detail"], out
     assert (root / "boot.ipxe").read_bytes() == ENTRY_C
+
+
+def _served_state(root: Path) -> dict[str, bytes | None]:
+    """The entry pair, the live record and the switch record as the origin holds them."""
+    return {p: (root / p).read_bytes() if (root / p).exists() else None
+            for p in ("boot.ipxe", "boot.ipxe.sig", ".trustboot-live.json", SWITCH_JOURNAL)}
+
+
+@pytest.mark.parametrize("pair", ["broken", "replaced"])
+@pytest.mark.parametrize("record", LIVE_RECORD_TAMPERING)
+def test_a_planted_switch_back_is_refused_whatever_the_live_record_says(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, record: str,
+        pair: str) -> None:
+    """test_repair_does_not_complete_a_planted_switch_back, by a writer who also deletes
+    the live record, rewrites it to name ra, or makes it unparsable. The check took the
+    live record's release for the one to compare with, and without one (or with ra
+    there) found nothing to go back from: the repair completed the rollback (exit 0) and
+    recorded ra as trustboot's own. The reference is now every other release on the
+    origin, dated by its signed manifest: rb is newer, refused, nothing changed."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""))
+    _half_rolled_back_to(root, "ra")
+    if pair == "replaced":
+        (root / "boot.ipxe").write_bytes((root / "releases/ra/boot.ipxe").read_bytes())
+    tamper_live_record(root, record, "ra")
+    before = _served_state(root)
+    r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "release ra is older than rb" in err["message"], err
+    assert "their signed manifests" in err["message"], err
+    assert f"trustboot publish rollback {url} ra" in err["hint"], err
+    assert f"trustboot publish rollback {url} rb" in err["hint"], err
+    assert _served_state(root) == before
+
+
+@pytest.mark.parametrize("record", ("kept", *LIVE_RECORD_TAMPERING))
+def test_a_switch_forward_is_completed_whatever_the_live_record_says(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, record: str) -> None:
+    """The positive control: a killed switch forward to rc, newer than rb by their signed
+    manifests, is completed with or without a usable live record (it is not what shows
+    a switch forward), and the record then names rc."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("rb", ENTRY_B, ""),
+                    ("rc", ENTRY_C, "--no-switch"))
+    _half_rolled_back_to(root, "rc")
+    if record != "kept":
+        tamper_live_record(root, record, "rc")
+    r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["action"] == "completed" and "cannot be shown" not in out["detail"], out
+    assert (root / "boot.ipxe").read_bytes() == ENTRY_C
+    assert not (root / SWITCH_JOURNAL).exists()
+    assert json.loads((root / ".trustboot-live.json").read_bytes())["entries"][
+        "boot.ipxe"]["release"] == "rc"
+
+
+def test_a_newer_unsigned_release_still_refuses_a_switch_back(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """ra has a signed manifest, rb (live, newer) was published from a directory, its
+    manifest unsigned. A writer plants a switch back to ra and deletes the live record:
+    no signed manifest is newer than ra's, but an unsigned date may still make the check
+    stricter (a writer gains nothing by making a switch look older): refused."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""))
+    _publish_file(pki, make_release({"boot.ipxe": ENTRY_B}), root, "rb")
+    _half_rolled_back_to(root, "ra")
+    tamper_live_record(root, "deleted", "ra")
+    before = _served_state(root)
+    r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "release ra is older than rb" in err["message"], err
+    assert _served_state(root) == before

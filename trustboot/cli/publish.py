@@ -476,8 +476,9 @@ def repair_cmd(origin_url: str, as_json: bool, **kw: Any) -> None:
     back and verified in full first, as a rollback to it would be: when it no longer
     verifies (its signer expired, an object changed on the origin), nothing is switched
     (exit 4): roll back to a release that verifies, or publish a new one. A recorded
-    switch back to a release older than the live one is not completed either (exit 4,
-    rule unrecorded-rollback: anyone who writes to the origin can plant the record); run
+    switch back to a release older than another one on the origin (by their signed
+    manifests; the live record is origin data too) is not completed either (exit 4, rule
+    unrecorded-rollback: anyone who writes to the origin can plant the record); run
     `trustboot publish rollback ORIGIN ID` if that rollback is meant.
     """
     from trustboot.publish.pipeline import repair

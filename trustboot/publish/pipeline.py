@@ -43,9 +43,9 @@ rollback, prune, ``publish repair``) first looks for that record: if the entry p
 served does not verify, it completes the recorded switch to that release (verified before
 the record was written) and checks the pair again; if the pair verifies (the run died
 before the first replacement, or after the second), the record is dropped and the live
-release stays. A recorded switch back to a release older than the live one is not
-completed by a repair: the record is on the origin, anyone who writes there can plant
-one (see _switch_back).
+release stays. A recorded switch back to a release older than another one on the origin
+is not completed by a repair: the record is on the origin, anyone who writes there can
+plant one, and the live record is no better evidence (see _switch_back).
 ``origin check`` reports a mismatched pair and names ``publish repair``.
 """
 
@@ -88,6 +88,7 @@ from trustboot.publish.manifest import (
     release_id_problem,
     release_key_problem,
     release_prefix,
+    resign_id,
 )
 from trustboot.publish.origin import (
     ObjectStat,
@@ -1037,7 +1038,7 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
             # both replaced, maybe killed before the live record was written: write it,
             # unless that makes a switch back trustboot's own (see _switch_back)
             back, note = _switch_back(origin, manifest, entry_path, trust=trust, now=now,
-                                      reader=reader, unattended=unattended)
+                                      reader=reader, unattended=unattended, finished=True)
             if back is not None:
                 if then_switching:  # the record stays until that switch replaces it
                     return RepairResult(release_id, "superseded",
@@ -1090,82 +1091,199 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
 
 def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
                  trust: Trust, now: dt.datetime, reader: Reader | None,
-                 unattended: bool) -> tuple[VerificationError | None, str]:
+                 unattended: bool, finished: bool = False
+                 ) -> tuple[VerificationError | None, str]:
     """Whether completing a recorded switch of ``entry_path`` to ``manifest``'s release
-    would go back from the release trustboot last made live there (the live record) to
-    an older one: a VerificationError (rule unrecorded-rollback) if it is not to be
-    completed, else None and a note for the repair's detail ("" when nothing to say).
+    would go back to a release older than another one on the origin: a VerificationError
+    (rule unrecorded-rollback) if it is not to be completed, else None and a note for the
+    repair's detail ("" when nothing to say).
 
     The switch record is on the origin: whoever writes there can name an old release and
     break the entry pair, and completing it rewrites the live record, so resign's
     unrecorded-rollback check no longer sees it and the old release gets a fresh replay
-    window. Which release is older is decided on the ``created`` of manifests whose
-    signature verifies (_proven_created). An unsigned release.json is anybody's words:
-    its date may only make this stricter (a writer gains nothing by making a switch look
-    older), never prove a switch forward. Such a switch, not shown to go back but not
-    shown to go forward either, is refused ``unattended`` (resign, which would then give
-    the release fresh signatures) and completed by a repair an operator runs, with a
-    note saying so and how to undo it."""
+    window. The live record is origin data as well, so it is not what the target is
+    compared with: a missing, unparsable or target-naming record while a switch is
+    pending shows nothing. The reference is every other release on the origin
+    (other_release_dates), dated by its signed manifest where it has one that verifies
+    (signed_date): nobody without a signer's key can move such a date up or down. The
+    only way around it is deleting the newer releases (or breaking their manifests),
+    which is destructive and shows in `publish list`.
+
+    - back (refused): the target is older than the newest other release. An unsigned
+      date counts here too, the target's or another's: a writer gains nothing by making a
+      switch look older, so it may only make this stricter;
+    - forward (completed): the target's signed date is not older than any other's, and
+      either some other release's date is proven too, or the target is resign's re-sign
+      of the release the live record names (_resigns): resign finishing its own switch
+      from a release whose manifest is unsigned (`publish DIR`);
+    - unproven (neither): refused ``unattended`` (resign, which would then give the
+      release fresh signatures), completed by a repair an operator runs, with a note
+      saying so and how to undo it.
+    A switch to the only release there goes back to nothing: completed. So is a switch
+    ``finished`` (the pair served is the target's) that the live record already names,
+    unless it goes back: only the switch record is left to remove, the origin is as it
+    would be without one (a run killed after writing the live record: resign's own
+    then goes on, and resign's unrecorded-rollback check judges the live release as it
+    judges any)."""
     release_id = manifest.release
+    target = release_date(origin, manifest, trust=trust, now=now, reader=reader)
+    others, unread = other_release_dates(origin, release_id, trust=trust, now=now)
+    if not others and not unread:
+        return None, ""
     record = _live_records(origin).get(entry_path)
     recorded = record.get("release") if isinstance(record, dict) else None
-    if not isinstance(recorded, str) or release_id_problem(recorded) or recorded == release_id:
-        return None, ""  # nothing trustboot made live there to go back from
-    then = _proven_created(origin, release_id, trust=trust, now=now, reader=reader)
-    live = _proven_created(origin, recorded, trust=trust, now=now, reader=reader)
-    if then is not None and live is not None and then >= live:
-        return None, ""
-    claimed_then = then or manifest.created
-    claimed_live = live
-    if claimed_live is None:
-        try:
-            live_manifest = read_manifest(origin, recorded)
-        except (ConfigError, VerificationError, TooLarge):
-            live_manifest = None
-        claimed_live = live_manifest.created if live_manifest is not None else None
+    names_target = recorded == release_id
+    if not isinstance(recorded, str) or release_id_problem(recorded) or names_target:
+        recorded = None
+    newest = max(others, key=lambda d: d.created, default=None)
     where = redact_url(origin.url)
-    if claimed_live is not None and claimed_then < claimed_live:
-        signed = "their signed manifests" if then is not None and live is not None else \
+    if newest is not None and target.created < newest.created:
+        signed = "their signed manifests" if target.proven and newest.proven else \
             "their manifests"
-        why = (f"release {release_id} is older than {recorded}, which trustboot last made "
-               f"live there ({signed}: {format_time(claimed_then)} and "
-               f"{format_time(claimed_live)})")
+        which = (", which trustboot last made live there" if newest.release == recorded
+                 else ", on the origin")
+        return VerificationError(
+            f"{where}: a switch of {entry_path} to release {release_id} is recorded as "
+            f"interrupted, but release {release_id} is older than {newest.release}{which} "
+            f"({signed}: {format_time(target.created)} and {format_time(newest.created)}); "
+            "not completed, nothing changed (the switch record is on the origin: whoever "
+            "writes there can name an old release)",
+            hint=f"if that switch is intended (a rollback, or a publish that was killed), "
+                 f"make it: trustboot publish rollback {where} {release_id} (it verifies "
+                 f"the release first); otherwise make {newest.release} live again "
+                 f"(trustboot publish rollback {where} {newest.release}) and find out who "
+                 "wrote the switch record",
+            rule="unrecorded-rollback", subject=release_id), ""
+    proven_others = any(d.proven for d in others)
+    if (target.proven and (proven_others or _resigns(target, recorded))) or \
+            (finished and names_target):
+        return None, ""
+    undo = recorded or (newest.release if newest is not None else "ID")
+    if others:
+        unproven = ([release_id] if not target.proven else []) + \
+            ([] if proven_others else [d.release for d in others])
+        why = (f"release {release_id} cannot be shown to be newer than "
+               f"{shown_names(sorted(d.release for d in others), 5)}: the {MANIFEST_NAME} "
+               f"of {unproven[0]}"
+               + (f" and {shown_names(unproven[1:], 5)}" if unproven[1:] else "")
+               + " has no signature that verifies (an unsigned manifest's date is "
+                 "anybody's word)")
     else:
-        unproven = " and ".join(r for r, c in ((release_id, then), (recorded, live))
-                                if c is None)
-        why = (f"release {release_id} cannot be shown to be newer than {recorded}, which "
-               f"trustboot last made live there: the {MANIFEST_NAME} of {unproven} has no "
-               "signature that verifies (an unsigned manifest's date is anybody's word)")
-        if not unattended:
-            return None, (f" ({why}; if no run of yours was making {release_id} live, "
-                          f"undo it: trustboot publish rollback {where} {recorded})")
+        why = (f"release {release_id} cannot be shown to be newer than "
+               f"{shown_names(unread, 5)}, whose {MANIFEST_NAME} does not read")
+    if not unattended:
+        return None, (f" ({why}; if no run of yours was making {release_id} live, "
+                      f"undo it: trustboot publish rollback {where} {undo})")
     return VerificationError(
         f"{where}: a switch of {entry_path} to release {release_id} is recorded as "
         f"interrupted, but {why}; not completed, nothing changed (the switch record is "
         "on the origin: whoever writes there can name an old release)",
         hint=f"if that switch is intended (a rollback, or a publish that was killed), make "
              f"it: trustboot publish rollback {where} {release_id} (it verifies the release "
-             f"first); otherwise make {recorded} live again (trustboot publish rollback "
-             f"{where} {recorded}) and find out who wrote the switch record",
+             f"first); otherwise make {undo} live again (trustboot publish rollback "
+             f"{where} {undo}) and find out who wrote the switch record",
         rule="unrecorded-rollback", subject=release_id), ""
 
 
-def _proven_created(origin: Origin, release_id: str, *, trust: Trust, now: dt.datetime,
-                    reader: Reader | None) -> dt.datetime | None:
-    """When ``release_id``'s manifest says it was made, if its release.json.sig verifies
-    as served (a writer of the origin can change an unsigned manifest, not a signed
-    one); None when it has no signature, it does not verify, or the manifest is gone.
-    The origin failing to answer propagates (OperationalError)."""
-    key = release_prefix(release_id) + MANIFEST_NAME
-    if origin.stat(key + ".sig") is None:
-        return None
+def _resigns(target: DatedRelease, recorded: str | None) -> bool:
+    """Whether ``target`` is `trustboot resign`'s re-sign of ``recorded``: its id is the
+    one resign gives a re-sign of ``recorded`` by the one signer of its signed manifest.
+    The id is inside what that signer signed, and resign names it after the signer's own
+    certificate, so only resign (or a holder of that key, who can sign any date anyway)
+    makes such a release. Its files are not compared with ``recorded``'s: the latter's
+    manifest is unsigned whenever this is asked (else its date decides), so a writer
+    could make it say anything."""
+    return (recorded is not None and target.proven and len(target.signers) == 1
+            and bool(target.signers[0].sha256)
+            and resign_id(recorded, target.signers[0].sha256) == target.release)
+
+
+@dataclass(frozen=True)
+class DatedRelease:
+    """A release and when its manifest says it was made: ``proven`` when its
+    release.json.sig proves it (signed_date, whose ``signers`` these are), else the
+    manifest's claim, which whoever writes to the origin can change."""
+
+    release: str
+    created: dt.datetime
+    proven: bool
+    signers: tuple[SignerReport, ...] = ()
+
+
+def signed_date(signature: bytes, data: bytes, release_id: str, *, trust: Trust,
+                now: dt.datetime, source: str
+                ) -> tuple[dt.datetime, tuple[SignerReport, ...]] | None:
+    """When release.json (its bytes ``data``) of ``release_id`` says the release was
+    made, and who signed that, if ``signature`` proves it; else None.
+
+    It proves it when it verifies with iPXE's rules against ``trust`` at ``now``, or when
+    its only failure at ``now`` is a certificate outside its validity (expired, not yet
+    valid) and it verifies in full at the date it signs: an expired signer still proves
+    who wrote the date, and the date must lie within that signer's validity (a key
+    leaked after expiry can only write old dates). A revoked signer proves nothing: its
+    key may be in anyone's hands."""
     try:
-        data = verify_manifest_signature(origin, release_id, trust=trust, now=now,
-                                         reader=reader)
-        manifest = parse_manifest(data, source=f"{origin.url}{key}")
-    except (NotServed, TooLarge, VerificationError, ConfigError):
+        manifest = parse_manifest(data, source=source)
+    except ConfigError:
         return None
-    return manifest.created if manifest.release == release_id else None
+    if manifest.release != release_id:
+        return None
+    verdict = judge_manifest(signature, data, trust, now)
+    if verdict.failure is not None and verdict.failure.rule in EXPIRY_RULES:
+        verdict = judge_manifest(signature, data, trust, manifest.created)
+    if not verdict.ok or not verdict.signers:
+        return None
+    if trust.revocation is not None and trust.revocation.of(verdict.signers, now):
+        return None
+    return manifest.created, verdict.signers
+
+
+def release_date(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
+                 now: dt.datetime, reader: Reader | None) -> DatedRelease:
+    """``manifest``'s release dated: by its release.json and .sig as served, when that
+    proves a date (signed_date), else by the claim of ``manifest``. Reads are capped
+    (MAX_SIGNATURE_SIZE, MAX_MANIFEST_BYTES); the origin failing to answer propagates
+    (OperationalError)."""
+    release_id = manifest.release
+    key = release_prefix(release_id) + MANIFEST_NAME
+    if origin.stat(key + ".sig") is not None:
+        try:
+            signature = _served_signature(origin, reader, key + ".sig")
+            data = _served_bytes(origin, reader, key, MAX_MANIFEST_BYTES)
+        except (NotServed, TooLarge, VerificationError):
+            pass
+        else:
+            signed = signed_date(signature, data, release_id, trust=trust, now=now,
+                                 source=f"{origin.url}{key}")
+            if signed is not None:
+                return DatedRelease(release_id, signed[0], True, signed[1])
+    return DatedRelease(release_id, manifest.created, False)
+
+
+def other_release_dates(origin: Origin, besides: str, *, trust: Trust, now: dt.datetime
+                        ) -> tuple[list[DatedRelease], list[str]]:
+    """Every release on the origin but ``besides``, dated (as release_date, from the
+    releases/ listing and the manifests as read_manifests reads them); and the ids
+    whose manifest does not read. One stat and at most one capped read per release
+    beyond its manifest; the origin failing to answer propagates."""
+    read, problems = _read_manifests(origin)
+    dated = []
+    for m, data in read:
+        if m.release == besides:
+            continue
+        key = release_prefix(m.release) + MANIFEST_NAME
+        signed = None
+        if origin.stat(key + ".sig") is not None:
+            try:
+                signature = b"".join(origin.read(key + ".sig", max_size=MAX_SIGNATURE_SIZE))
+            except TooLarge:
+                signature = None
+            if signature is not None:
+                signed = signed_date(signature, data, m.release, trust=trust, now=now,
+                                     source=f"{origin.url}{key}")
+        dated.append(DatedRelease(m.release, signed[0], True, signed[1]) if signed
+                     else DatedRelease(m.release, m.created, False))
+    return dated, sorted(r for r in problems if r != besides)
 
 
 def _recorded_release_problem(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
