@@ -875,6 +875,60 @@ def test_a_re_sign_of_an_older_release_is_not_taken_for_resigns_own_switch(
         assert snapshot(root) == before
 
 
+@pytest.mark.parametrize("record", ["deleted", "unparsable"])
+def test_an_old_release_put_back_with_the_live_record_removed_is_not_re_signed(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str, make_release: ReleaseFactory,
+        record: str) -> None:
+    """test_an_old_release_put_back_without_trustboot_is_not_re_signed, by a writer who
+    also deletes the live record (or breaks it): resign found no record and re-signed
+    r1. Without a record, only a release shown to be the newest by its signed manifest
+    is re-signed; `publish rollback` records the release and resign goes on."""
+    url, root = live
+    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
+    assert publish(pki, rel, url, "r2").exit_code == 0
+    for name in ("boot.ipxe", "boot.ipxe.sig"):
+        (root / name).write_bytes((root / "releases" / "r1" / name).read_bytes())
+    tamper_live_record(root, record, "r1")
+    before = snapshot(root)
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 4, res.output
+    doc = json.loads(res.stderr)
+    assert doc["rule"] == "unrecorded-rollback", doc
+    assert "cannot be shown to be the newest" in doc["message"], doc
+    assert f"trustboot publish rollback {url}/ r1" in doc["hint"], doc
+    assert snapshot(root) == before
+    rb = CliRunner().invoke(cli, ["publish", "rollback", url, "r1", "--pki", str(pki.dir)])
+    assert rb.exit_code == 0, rb.output
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["previous"] == "r1"
+
+
+def test_a_live_record_rewritten_to_an_old_release_is_re_signed_with_a_warning(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str,
+        make_release: ReleaseFactory) -> None:
+    """r1's pair copied back and the live record rewritten to name r1 is, byte for byte,
+    what `publish rollback ORIGIN r1` leaves: resign cannot tell a writer's rewrite from
+    the operator's rollback, and must keep re-signing a release rolled back to. It
+    re-signs r1, and says that r1 is older than r2, so the nightly log shows it."""
+    url, root = live
+    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
+    assert publish(pki, rel, url, "r2").exit_code == 0
+    for name in ("boot.ipxe", "boot.ipxe.sig"):
+        (root / name).write_bytes((root / "releases" / "r1" / name).read_bytes())
+    doc = json.loads((root / ".trustboot-live.json").read_bytes())
+    doc["entries"]["boot.ipxe"]["release"] = "r1"
+    doc["entries"]["boot.ipxe"]["script_sha256"] = hashlib.sha256(
+        (root / "boot.ipxe").read_bytes()).hexdigest()
+    (root / ".trustboot-live.json").write_text(json.dumps(doc))
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["previous"] == "r1", out
+    assert any("r1 is older than r2" in w and "publish rollback" in w
+               for w in out["warnings"]), out["warnings"]
+
+
 def test_resign_finishes_its_own_switch_killed_after_the_live_record(
         pki: Pki, live: tuple[str, Path], fresh_signer: str) -> None:
     """A resign killed after both copies and the live record, before removing the switch

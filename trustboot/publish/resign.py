@@ -56,6 +56,7 @@ from trustboot.publish.manifest import (
     ReleaseManifest,
     SignerSummary,
     check_entry_path,
+    format_time,
     parse_manifest,
     release_prefix,
     resign_id,
@@ -70,10 +71,12 @@ from trustboot.publish.pipeline import (
     default_owner,
     live_release,
     make_reader,
+    other_release_dates,
     read_manifest,
     read_manifests,
     refuse_unfit,
     release_base_url,
+    release_date,
     repair_switch,
     switch_and_check,
     unread_manifests,
@@ -220,14 +223,17 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                     f"{origin.url}: {entry_path} serves no release published there",
                     hint="publish a release first (trustboot publish / trustboot release); "
                          "resign only re-signs the live one")
-            _refuse_unrecorded_rollback(origin, entry_path, live_id, manifests)
             old = next(m for m in manifests if m.release == live_id)
+            rolled_back = _refuse_unrecorded_rollback(origin, entry_path, old, manifests,
+                                                      trust=trust, now=now, reader=reader)
             result = ResignResult(origin=origin.url, previous=live_id, release=live_id,
                                   changed=False, signer=summary.to_json(),
                                   previous_signer=old.signer.to_json() if old.signer else None,
                                   replay_window=window.to_json(), window=window,
                                   repaired=repair.detail if repair.action != "none" else None,
                                   removed_temps=removed_temps)
+            if rolled_back is not None:
+                result.warnings.append(rolled_back)
             stage("verify", f"reading back live release {live_id} "
                   f"({len(old.files)} objects)")
             signed_by: dict[str, frozenset[str]] = {}
@@ -456,26 +462,80 @@ def _proven_claims(origin: Origin, old: ReleaseManifest, live_id: str, trust: Tr
     return _Claims(proven.ca_sha256, proven.ipxe)
 
 
-def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, live_id: str,
-                                manifests: Sequence[ReleaseManifest]) -> None:
+def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, served: ReleaseManifest,
+                                manifests: Sequence[ReleaseManifest], *, trust: Trust,
+                                now: dt.datetime, reader: Reader | None) -> str | None:
     """Refuse to re-sign an entry that serves another release than the one trustboot last
     switched it to (pipeline's live record): an older release put back by hand, or by a
     hostile origin. Re-signing it would give it a new replay window each run, the very
-    thing resign bounds. A rollback made with trustboot updates the record."""
+    thing resign bounds. A rollback made with trustboot updates the record.
+
+    The record is origin data too. Without a usable one (deleted, unparsable), the
+    served release is re-signed only if it is the only release or its signed manifest
+    shows it to be the newest (pipeline.other_release_dates: unsigned dates may only make
+    this stricter); `publish rollback` records it otherwise. A record naming the served
+    release is, byte for byte, what `publish rollback` leaves, and a rollback is the
+    operator's act that resign must keep re-signing: a writer who copies an old pair and
+    rewrites the record leaves the same bytes, and only a record the writer cannot forge
+    (signed, or kept off the origin) would tell them apart. So that release is re-signed,
+    and the warning returned (None: nothing to say) says when it is older than another
+    release, for the nightly log."""
+    live_id = served.release
+    where = redact_url(origin.url)
     record = _live_records(origin).get(entry_path)
-    if not isinstance(record, dict) or record.get("release") in (None, live_id):
-        return
-    served = next(m for m in manifests if m.release == live_id)
+    recorded = record.get("release") if isinstance(record, dict) else None
     entry = served.file(served.entry) if served.entry else None
-    if entry is not None and entry.sha256 == record.get("script_sha256"):
-        return  # byte-identical entries: the record's release is what is served
+    if isinstance(recorded, str) and recorded != live_id:
+        assert isinstance(record, dict)
+        named = next((m for m in manifests if m.release == recorded), None)
+        named_entry = named.file(named.entry) if named and named.entry else None
+        # byte-identical entries: the record's release is what is served (its manifest
+        # says so, not only the record)
+        if entry is not None and named_entry is not None and \
+                entry.sha256 == named_entry.sha256 == record.get("script_sha256"):
+            return None
+        raise VerificationError(
+            f"{origin.url}{entry_path} serves release {live_id}, but trustboot last switched "
+            f"it to {recorded!r}: a rollback trustboot did not make (by hand, or by the "
+            "origin); refusing to re-sign it",
+            hint=f"if {live_id} is meant to be live, switch it first: trustboot publish "
+                 f"rollback {origin.url} {live_id} (then re-sign); otherwise find out who "
+                 "changed the entry", rule="unrecorded-rollback")
+    live = release_date(origin, served, trust=trust, now=now, reader=reader)
+    others, unread = other_release_dates(origin, live_id, trust=trust, now=now)
+    newest = max(others, key=lambda d: d.created, default=None)
+    older = newest is not None and live.created < newest.created
+    if recorded == live_id:
+        if not older:
+            return None
+        assert newest is not None
+        return (f"re-signed release {live_id} is older than {newest.release} (their "
+                f"{'signed ' if live.proven and newest.proven else ''}manifests: "
+                f"{format_time(live.created)} and {format_time(newest.created)}): the live "
+                f"record says a `trustboot publish rollback` made it live; that record is "
+                f"on the origin, so if nobody rolled back, find out who changed the entry "
+                f"and make {newest.release} live again (trustboot publish rollback {where} "
+                f"{newest.release})")
+    if (not others and not unread) or (live.proven and not older and not unread):
+        return None
+    if older:
+        assert newest is not None
+        why = (f"it is older than {newest.release} ({format_time(live.created)} and "
+               f"{format_time(newest.created)})")
+    elif not live.proven:
+        why = f"its {MANIFEST_NAME} has no signature that verifies"
+    else:
+        why = f"the {MANIFEST_NAME} of {', '.join(unread[:5])} does not read"
     raise VerificationError(
-        f"{origin.url}{entry_path} serves release {live_id}, but trustboot last switched it "
-        f"to {record.get('release')!r}: a rollback trustboot did not make (by hand, or by "
-        "the origin); refusing to re-sign it",
-        hint=f"if {live_id} is meant to be live, switch it first: trustboot publish "
-             f"rollback {origin.url} {live_id} (then re-sign); otherwise find out who "
-             "changed the entry", rule="unrecorded-rollback")
+        f"{where}: {entry_path} serves release {live_id}, and the record of which release "
+        f"trustboot last made live there is missing or unreadable; {live_id} cannot be "
+        f"shown to be the newest release on the origin ({why}): refusing to re-sign it "
+        "(an old release put back with the record removed would get a fresh replay "
+        "window each run)",
+        hint=f"if {live_id} is meant to be live, make it live with trustboot, which "
+             f"records it: trustboot publish rollback {where} {live_id} (then re-sign); "
+             "otherwise find out who changed the entry and the record",
+        rule="unrecorded-rollback", subject=live_id)
 
 
 def _new_manifest(old: ReleaseManifest, new_id: str, signed: list[Any],
