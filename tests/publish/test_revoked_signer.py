@@ -444,3 +444,52 @@ def test_resign_still_refuses_a_ca_index_older_than_its_log(
             "--pki", str(home))
     assert r.exit_code == 4, r.output
     assert "[rule: ca-rollback]" in r.output and "is older than its log" in r.output
+
+
+def _release_with_signed_manifest(pki: Pki, make_release: ReleaseFactory, rid: str,
+                                  entry: bytes, signer: str) -> Path:
+    """A release directory whose files and release.json ``signer`` signed."""
+    import datetime as dt
+
+    from trustboot.cli.verify import load_trust
+    from trustboot.publish.pipeline import Trust, build_manifest, scan_directory
+
+    r = make_release({"boot.ipxe": entry, "vmlinuz": rid.encode() * 1000}, signer=signer)
+    manifest = build_manifest(rid, scan_directory(r), entry="boot.ipxe",
+                              now=dt.datetime.now(dt.UTC), origin=None,
+                              trust=Trust(tuple(load_trust((), pki.dir))))
+    (r / "release.json").write_bytes(manifest.to_bytes())
+    pki.sign([r / "release.json"], r, signer=signer)
+    return r
+
+
+def test_a_revoked_signers_manifest_proves_no_date(
+        pki: Pki, make_release: ReleaseFactory, revoked_pki: Path, tmp_path: Path) -> None:
+    """The check against a switch back dates releases by their signed manifests. A
+    revoked signer's signature proves no date: its key may be in anyone's hands and
+    signs any. r2 (other-signer) is live; r3's files and manifest, the newest, are
+    boot-signer's, now revoked; its pair is in place and a switch to it recorded (a
+    thief with the key and write access, or a run killed before removing the record).
+    resign took r3's date for proof, recorded r3 as trustboot's own switch and only then
+    refused it for the revoked signer. Now r3 cannot be shown newer: resign, unattended,
+    changes nothing (rule unrecorded-rollback)."""
+    srv = tmp_path / "srv"
+    url = f"file://{srv}"
+    for rid, entry, signer, extra in (("r2", ENTRY2, "other-signer", ()),
+                                      ("r3", ENTRY1, "boot-signer", ("--no-switch",))):
+        release = _release_with_signed_manifest(pki, make_release, rid, entry, signer)
+        r = run("publish", str(release), url, "--release-id", rid, "--pki", str(pki.dir),
+                *extra)
+        assert r.exit_code == 0, r.output
+    for name in ("boot.ipxe", "boot.ipxe.sig"):
+        (srv / name).write_bytes((srv / "releases/r3" / name).read_bytes())
+    (srv / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": "r3",
+                                                  "entry_path": "boot.ipxe"}))
+    before = {p.name: p.read_bytes() for p in srv.iterdir() if p.is_file()}
+    r = run("resign", url, "--key", "other-signer", "--pki", str(revoked_pki),
+            "--passphrase-file", str(pki.key_pass), "--json")
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "release r3 cannot be shown to be newer than r2" in err["message"], err
+    assert {p.name: p.read_bytes() for p in srv.iterdir() if p.is_file()} == before
