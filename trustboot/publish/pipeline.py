@@ -1004,9 +1004,10 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
     rollback) goes on, its switch replacing the pair and the record; otherwise this is a
     VerificationError naming the release and the way out, the record kept.
 
-    The same holds for a switch back to an older release than the one trustboot last made
-    live at that entry (_switch_back, rule unrecorded-rollback): the record is on the
-    origin, and a repair must not be the way a writer there rolls the fleet back. An
+    The same holds for a switch back to a release older than another one on the origin
+    (_switch_back, rule unrecorded-rollback; not judged by the live record, which is
+    origin data too): the record is on the origin, and a repair must not be the way a
+    writer there rolls the fleet back. An
     ``unattended`` caller (resign) also refuses a switch not shown to go forward by
     signed manifests.
     """
