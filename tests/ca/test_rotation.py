@@ -698,3 +698,41 @@ def test_a_previous_issuing_ca_with_revocations_and_no_crl_is_flagged_and_refuse
     assert not (tmp_path / "export").exists()
     assert ca(run, ca_home, secrets_dir, "crl").exit_code == 0
     assert crl_path.is_file() and CertificateAuthority.open(ca_home).check() == []
+
+
+@pytest.mark.parametrize("damage", ["previous-crl-gone", "crl-pem-replaced"])
+def test_rotate_issuing_after_a_completed_rotation_rotates_again(
+        damage: str, ca_home: Path, run: Run, secrets_dir: Path) -> None:
+    """Only a run killed after its commit is finished by running it again: after a
+    rotation that completed, a previous CA's CRL gone from crls/ (a backup without it, an
+    older version) or a crl.pem that is not the active CA's is no sign of a kill. The
+    next `ca rotate issuing` (say, on a suspected key compromise) makes a new issuing CA;
+    it had answered "finished" with exit 0 and the same CA. `ca check` still names the
+    damage it found, with its fix."""
+    assert ca(run, ca_home, secrets_dir, "rotate", "issuing").exit_code == 0
+    first = CertificateAuthority.open(ca_home)
+    rotated = first.active_entry("issuing")
+    if damage == "previous-crl-gone":
+        for path in (ca_home / "crls").glob("*.pem"):
+            path.unlink()
+    else:
+        (ca_home / "crl.pem").write_bytes(b"not a CRL\n")
+    problems = CertificateAuthority.open(ca_home).check()
+    assert problems and all("trustboot ca crl" in p for p in problems), problems
+    r = ca(run, ca_home, secrets_dir, "rotate", "issuing", "--json")
+    assert r.exit_code == 0, r.output
+    assert js(r)["action"] == "created", r.output
+    after = CertificateAuthority.open(ca_home)
+    assert after.active_entry("issuing").sha256 != rotated.sha256
+    assert int(js(r)["serial"], 16) == after.active_entry("issuing").serial
+    assert sum(e.profile == "issuing" for e in after.entries) == 3
+    if damage == "previous-crl-gone":
+        # the first CA's CRL is still missing: said so, and `ca crl` writes it back
+        original = next(e for e in after.entries if e.profile == "issuing"
+                        and e.sha256 not in (rotated.sha256,
+                                             after.active_entry("issuing").sha256))
+        rel = f"crls/{original.serial:x}.pem"
+        r = ca(run, ca_home, secrets_dir, "check", secret=False)
+        assert r.exit_code != 0 and rel in r.output, r.output
+        assert ca(run, ca_home, secrets_dir, "crl").exit_code == 0
+    assert CertificateAuthority.open(ca_home).check() == []

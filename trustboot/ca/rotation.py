@@ -225,35 +225,31 @@ def rotate_issuing(ca: CertificateAuthority, passphrases: PassphraseSource, *,
         entry = _store_ca(ca, ISSUING_NAME, "issuing", cert, new_key, secret, root.sha256, now)
         ca.state.active["issuing"] = entry.sha256
         ca.crl_number += 1
+        # marked unfinished until its CRLs and log entry are written: only a run killed
+        # in between is finished by the next one (a CRL missing or damaged later is not)
         ca._commit(now, ca._record("rotate-issuing", now, issuing=entry.sha256,
                                    previous=previous.sha256, serial=f"{entry.serial:x}",
-                                   key_type=spec.label))
+                                   key_type=spec.label),
+                   unfinished={"op": "rotate-issuing", "issuing": entry.sha256})
         ca.keep_previous_crl(previous, previous_key, now, number=ca.crl_number)
         ca._write_crl(new_key, now, days=30, number=ca.crl_number)
         ca._append_log()
+        ca._done()
     return StepResult("issuing", False, status(ca), created=[entry])
 
 
 def unfinished_issuing_rotation(ca: CertificateAuthority) -> IssuedEntry | None:
     """The issuing CA that the CA's last change, a `ca rotate issuing`, made active when
-    that run was killed after its index commit and before the end of its work: the log
-    entry it owes, crl.pem (still the previous CA's) or the previous CA's CRL in crls/.
-    None when the last change is something else or is complete."""
-    from trustboot.ca.store import log_lines
-
-    last = ca.state.log
-    record = last["records"][-1] if last else {}
+    that run was killed after its index commit and before the end of its work (the
+    previous CA's CRL, crl.pem, the log entry): the index still carries the mark that
+    run set in its commit and clears as its last step. None otherwise: a completed
+    rotation whose CRLs went missing or were damaged later is for `ca check` and `ca
+    crl`, and a re-run rotates again."""
+    mark = ca.state.unfinished or {}
     active = ca.active_entry("issuing")
-    if record.get("op") != "rotate-issuing" or record.get("issuing") != active.sha256:
+    if mark.get("op") != "rotate-issuing" or mark.get("issuing") != active.sha256:
         return None
-    previous = ca.by_sha256(record.get("previous"))
-    owed = {e.sha256 for e in ca.previous_issuers_without_crl()} | {
-        e.sha256 for _path, e in ca._missing_previous_crls()}
-    assert last is not None
-    if (log_lines(ca.path) < last["seq"] or ca._check_crl()
-            or (previous is not None and previous.sha256 in owed)):
-        return active
-    return None
+    return active
 
 
 def _previous_key(ca: CertificateAuthority, issuing: IssuedEntry,
@@ -553,10 +549,12 @@ def _resume(ca: CertificateAuthority, step: str, now: dt.datetime, *,
         for e in keyless:
             ca.keep_previous_crl(e, None, now, number=ca.crl_number)
         if writes:
-            ca._commit(now, *logged)
+            # a killed rotate issuing stays marked unfinished until this run is done too
+            ca._commit(now, *logged, unfinished=ca.state.unfinished)
             for signing_key, number, issuer, days in writes:
                 ca._write_crl(signing_key, now, days=days, number=number, issuer=issuer)
             ca._append_log()
+        ca._done()
     return StepResult(step, True, status(ca))
 
 

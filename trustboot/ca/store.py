@@ -249,6 +249,10 @@ class IndexState:
     # the log entries of the last change and the line of the last one (see _expect_log);
     # None in an index written before the log was tied to it
     log: dict[str, Any] | None = None
+    # the last change when work it does after its index commit (CRLs, the log) is not
+    # done yet: {"op": "rotate-issuing", "issuing": sha256}; every other commit clears it,
+    # and so does the change itself once done (see :meth:`_commit`, :meth:`_done`)
+    unfinished: dict[str, Any] | None = None
 
 
 class CertificateAuthority:
@@ -1778,15 +1782,28 @@ class CertificateAuthority:
         self._refresh_views(now)
         self._drop_own_token_record()
 
-    def _commit(self, now: dt.datetime, *records: dict[str, Any]) -> None:
+    def _commit(self, now: dt.datetime, *records: dict[str, Any],
+                unfinished: dict[str, Any] | None = None) -> None:
         """Write the index (the commit point) with the log ``records`` of this change
         (:meth:`_expect_log`), then the views derived from it. The caller appends the
-        records with :meth:`_append_log` once the rest of its work (a CRL) is done."""
+        records with :meth:`_append_log` once the rest of its work (a CRL) is done.
+        ``unfinished``: what tells a re-run that this change's run was killed before the
+        end of that work (``state.unfinished``), cleared by :meth:`_done`; any other
+        change clears it too (the CA's last change is then that one)."""
         if records:
             self._expect_log(*records)
+        self.state.unfinished = unfinished
         self._write_index()
         self._load_active()
         self._refresh_views(now)
+
+    def _done(self) -> None:
+        """The last change's work after its commit is done: clear ``state.unfinished``.
+        Only index.json is written (index.txt does not show it), as the run's last step,
+        so a kill at any point before leaves the mark."""
+        if self.state.unfinished is not None:
+            self.state.unfinished = None
+            atomic_write(self.path / "index.json", self._index_json())
 
     def _migrate(self, now: dt.datetime) -> None:
         """Index version 1 -> 2: each certificate's file becomes certs_by_serial/SERIAL.pem
@@ -1835,7 +1852,7 @@ class CertificateAuthority:
             if serial not in used:
                 return serial
 
-    def _write_index(self) -> None:
+    def _index_json(self) -> bytes:
         st = self.state
         data = {
             "version": st.version,
@@ -1847,9 +1864,14 @@ class CertificateAuthority:
             "log": st.log,
             "entries": [e.to_record() for e in self.entries],
         }
+        if st.unfinished is not None:  # absent otherwise: an index as older versions wrote
+            data["unfinished"] = st.unfinished
         if st.version < 2:
             data = {k: data[k] for k in ("version", "crl_number", "entries")}
-        atomic_write(self.path / "index.json", json.dumps(data, indent=2).encode())
+        return json.dumps(data, indent=2).encode()
+
+    def _write_index(self) -> None:
+        atomic_write(self.path / "index.json", self._index_json())
         # Derived view for OpenSSL-minded tools; index.json stays the source of truth.
         atomic_write(self.path / "index.txt", self._openssl_index().encode())
 
@@ -2034,7 +2056,7 @@ def _read_index(path: Path) -> tuple[dict[str, Any], list[IssuedEntry], IndexSta
         else:
             state.active = {"root": str(data["active"]["root"]),
                             "issuing": str(data["active"]["issuing"])}
-            for key in ("rotation", "last_rotation"):
+            for key in ("rotation", "last_rotation", "unfinished"):
                 value = data.get(key)
                 if value is not None and not isinstance(value, dict):
                     raise ValueError(f"{key} is not an object")
