@@ -839,15 +839,19 @@ def check_private_file(path: Path, what: str = "key file") -> None:
 
 
 @contextlib.contextmanager
-def locked(lock_path: Path, *, timeout: float = 60.0) -> Iterator[None]:
+def locked(lock_path: Path, *, timeout: float = 60.0,
+           make_parent: Callable[[Path], object] | None = None) -> Iterator[None]:
     """An exclusive advisory lock (fcntl.flock) held for the duration of the block.
 
     Its holder may remove the lock file (a failed `ca init` undoing what it made): a
     waiter that then gets the lock of the removed file opens the path again, so two runs
-    never hold locks of two different files as if each were alone."""
+    never hold locks of two different files as if each were alone. That holder may have
+    removed the lock's directory too (one it had created): ``make_parent``, for a caller
+    that creates the directory anyway (init), is called with it to make it again;
+    without it, a missing directory is an error."""
     deadline = time.monotonic() + timeout
     while True:
-        fd = _open_lock(lock_path)
+        fd = _open_lock(lock_path, make_parent)
         try:
             while True:
                 try:
@@ -872,10 +876,16 @@ def locked(lock_path: Path, *, timeout: float = 60.0) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _open_lock(lock_path: Path) -> int:
+def _open_lock(lock_path: Path, make_parent: Callable[[Path], object] | None = None) -> int:
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                       PRIVATE_FILE_MODE)
+        try:
+            return os.open(lock_path, flags, PRIVATE_FILE_MODE)
+        except FileNotFoundError:
+            if make_parent is None:
+                raise
+            make_parent(lock_path.parent)  # removed by the holder before us (see locked)
+            return os.open(lock_path, flags, PRIVATE_FILE_MODE)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ConfigError(f"lock file {lock_path} is a symbolic link",

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,6 +165,43 @@ def test_a_waiter_relocks_a_lock_file_its_holder_removed(tmp_path: Path) -> None
     first.join(10)
     second.join(10)
     assert held_by_waiter == [True]
+
+
+def test_an_init_waiting_on_a_failed_init_that_removed_its_directory_makes_the_ca(
+        tmp_path: Path) -> None:
+    """A failed `ca init` removes its .lock and the pki directory it created: a second
+    init that waited on that lock (it found the directory there, so it made none) makes
+    the directory again and the CA in it; it failed with "cannot open lock file ...
+    check the directory's permissions" (exit 1), though nothing was wrong with them."""
+    pki = tmp_path / "pki"
+    pki.mkdir(mode=0o755)
+    lock = pki / ".lock"
+    asked = threading.Event()
+    outcome: list[object] = []
+
+    def passphrase(_what: str) -> bytes:
+        asked.set()  # the waiter locks once its keys are made
+        return b"correct horse battery staple"
+
+    def waiter() -> None:
+        try:
+            CertificateAuthority.init(pki, passphrase, key_type="ec-p256")
+            outcome.append("made")
+        except Exception as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    with locked(lock):  # as the failed init: its cleanup under the lock, then released
+        second = threading.Thread(target=waiter)
+        second.start()
+        assert asked.wait(10)
+        time.sleep(0.3)  # the waiter is on the lock (if not yet, it finds no directory)
+        lock.unlink()
+        pki.rmdir()
+    second.join(60)
+    assert outcome == ["made"], outcome
+    ca = CertificateAuthority.open(pki)
+    assert ca.check() == []
+    assert pki.stat().st_mode & 0o777 == 0o755
 
 
 # --- PKCS#11 (SoftHSM2) ---------------------------------------------------------------------

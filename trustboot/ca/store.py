@@ -733,7 +733,15 @@ class CertificateAuthority:
             root_key = root_spec.generate()
             issuing_key = issuing_spec.generate()
         lock_was_there = made.has(".lock")
-        with locked(path / ".lock"):
+
+        def make_again(directory: Path) -> None:
+            # a failed run we waited for removed the directory it had made: this run
+            # makes it now (and removes it, with its .lock, if it fails too)
+            nonlocal lock_was_there
+            make_dirs(directory, created=made.dirs)
+            lock_was_there = False
+
+        with locked(path / ".lock", make_parent=make_again):
             if cls.exists(path):
                 raise ConfigError(f"a CA already exists in {path}")
             _remove_temps(path)
