@@ -127,6 +127,45 @@ def test_init_stopped_at_every_commit_point_undoes_what_it_made(
     assert undone >= 8, "expected most commit points before the index"
 
 
+def _leftovers(pki: Path) -> dict[str, bytes]:
+    """What a killed `ca init` leaves in ``pki`` (no index): files under init's names."""
+    files = {"config.json": b"{}\n", "crl.pem": b"a killed run's CRL\n",
+             "log.jsonl": b"", "private/ca.key": b"a killed run's key\n"}
+    pki.mkdir(parents=True, mode=0o755)
+    (pki / "private").mkdir(mode=0o700)
+    for rel, data in files.items():
+        (pki / rel).write_bytes(data)
+    return files
+
+
+@pytest.mark.slow
+def test_init_stopped_after_setting_leftovers_aside_puts_them_back(
+        secrets_dir: Path, tmp_path: Path) -> None:
+    """A pki holding a killed init's leftovers: init moves them to private/.abandoned/
+    before writing its own files under those names. Stopped at any point before its
+    index, it puts them back where they were (they stayed in .abandoned/, so a failed run
+    had changed the directory); the next init sets them aside again."""
+    probe = tmp_path / "probe" / "pki"
+    _leftovers(probe)
+    count = tmp_path / "count"
+    r = _term_at(probe, secrets_dir, 0, count)
+    assert r.returncode == 0, r.stderr
+    assert any((probe / "private" / ".abandoned").iterdir())
+    undone = 0
+    for k in range(1, int(count.read_text()) + 1):
+        pki = tmp_path / f"k{k}" / "pki"
+        files = _leftovers(pki)
+        before = _tree(pki)
+        r = _term_at(pki, secrets_dir, k)
+        assert r.returncode == -15, (k, r.stderr)
+        if CertificateAuthority.exists(pki):
+            continue
+        undone += 1
+        assert _tree(pki) == before, k
+        assert {rel: (pki / rel).read_bytes() for rel in files} == files, k
+    assert undone >= 8, "expected most commit points before the index"
+
+
 def test_a_waiter_relocks_a_lock_file_its_holder_removed(tmp_path: Path) -> None:
     """A failed init removes the .lock it created while holding it: a run waiting on that
     lock must then lock the file the path names (made anew), not the removed one, or a

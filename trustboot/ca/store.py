@@ -782,7 +782,7 @@ class CertificateAuthority:
         """The CA written into ``path``, its keys made: under the CA lock. ``made`` gets
         every directory and file it writes (the leftovers of a killed run set aside
         first: a file found under one of these names afterwards is this run's)."""
-        _set_aside_leftovers(path, [*_INIT_FILES, ROOT_CRL, "log.jsonl"], now)
+        _set_aside_leftovers(path, [*_INIT_FILES, ROOT_CRL, "log.jsonl"], now, made)
         for sub in PUBLIC_DIRS:
             make_dirs(path / sub, created=made.dirs)
         ensure_private_dir(path / "private", created=made.dirs)
@@ -804,7 +804,7 @@ class CertificateAuthority:
                                              (issuing_cert, issuing_key))):
                 key_rels[i] = _key_rel(cert.serial_number)
                 ensure_private_dir(path / "private" / "keys", created=made.dirs)
-                _set_aside_leftovers(path, [str(key_rels[i])], now)
+                _set_aside_leftovers(path, [str(key_rels[i])], now, made)
                 made.files.append(str(key_rels[i]))
                 keyfile.write_key(path / str(key_rels[i]), key, passphrase)
         config = {
@@ -2256,20 +2256,25 @@ def _entry(name: str, profile: str, cert: x509.Certificate, key_rel: str | None,
     )
 
 
-def _set_aside_leftovers(pki: Path, rels: list[str], now: dt.datetime) -> None:
+def _set_aside_leftovers(pki: Path, rels: list[str], now: dt.datetime,
+                         made: _InitMade | None = None) -> None:
     """Files an interrupted run left behind (not in the index) move to .abandoned/,
-    never deleted: they may hold the only copy of a key someone wants back."""
+    never deleted: they may hold the only copy of a key someone wants back. ``made``
+    (init) records the moves and the directories made for them, to undo if it fails."""
     import shutil
 
     leftovers = [r for r in rels if (pki / r).exists() or (pki / r).is_symlink()]
     if not leftovers:
         return
     dest = pki / "private" / ".abandoned" / f"{now:%Y%m%dT%H%M%S}-{os.getpid()}"
-    ensure_private_dir(pki / "private")
-    make_dirs(dest, PRIVATE_DIR_MODE)
+    created = made.dirs if made is not None else None
+    ensure_private_dir(pki / "private", created=created)
+    make_dirs(dest, PRIVATE_DIR_MODE, created=created)
     for rel in leftovers:
         target = dest / rel.replace("/", "_")
         shutil.move(str(pki / rel), str(target))
+        if made is not None:
+            made.set_aside.append((rel, target))
 
 
 # The files `ca init` writes under fixed names (besides index.json, its commit point, and
@@ -2288,6 +2293,7 @@ class _InitMade:
         self.path = path
         self.dirs: list[Path] = []
         self.files: list[str] = []
+        self.set_aside: list[tuple[str, Path]] = []  # (rel, where it went)
 
     def has(self, rel: str) -> bool:
         return (self.path / rel).exists() or (self.path / rel).is_symlink()
@@ -2296,6 +2302,11 @@ class _InitMade:
         """Under the CA lock (nobody else writes these names meanwhile)."""
         for rel in reversed(self.files):
             (self.path / rel).unlink(missing_ok=True)
+        # the leftovers of a killed run it set aside go back where they were (their names
+        # are free now): a failed run changes nothing; the next one sets them aside again
+        for rel, target in reversed(self.set_aside):
+            if not (self.path / rel).exists() and not (self.path / rel).is_symlink():
+                os.rename(target, self.path / rel)
 
     def remove_dirs(self) -> None:
         for directory in reversed(self.dirs):
