@@ -26,8 +26,12 @@ from cryptography import x509
 
 from tests.publish.conftest import Pki, ReleaseFactory
 from trustboot.cli.main import cli
+from trustboot.cli.verify import load_trust
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE
 from trustboot.publish.fileorigin import FileOrigin
+from trustboot.publish.manifest import format_time
+from trustboot.publish.pipeline import signed_date
+from trustboot.publish.readback import Trust
 
 
 def run(*args: str) -> Result:
@@ -418,3 +422,39 @@ def test_a_signer_not_valid_yet_shows_its_signer_too(
     r1 = listed(origin[0], "--pki", str(pki.dir))["r1"]
     assert r1["state"] == "expired" and r1["expired"]["rule"] == "not-yet-valid", r1
     assert r1["signer"] == name and r1["signer_serial"] == serial
+
+
+def test_a_manifest_dated_after_its_signer_expired_is_unverified(
+        pki: Pki, origin: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key leaked after its certificate ended signs a release.json dated after that
+    end: the signature verifies at no date the manifest states, so the row is UNVERIFIED
+    with that reason (signed_date proves no date for it either), never EXPIRED with the
+    expired key's signer as if it had signed it while valid. r2, dated within the
+    signer's validity, still lists EXPIRED with its signer."""
+    end = clock(monkeypatch, pki, dt.timedelta(days=2))
+    name, _ = subject(pki, "boot-signer")
+    url, srv = origin
+    manifest = srv / "releases" / "r1" / "release.json"
+    doc = json.loads(manifest.read_text())
+    doc["created"] = format_time(end + dt.timedelta(days=1))
+    manifest.write_text(json.dumps(doc))
+    pki.sign([manifest], manifest.parent)  # the leaked key
+    r = run("publish", "list", url, "--pki", str(pki.dir))
+    assert r.exit_code == 0, r.output
+    line = line_of(r.output, "r1")
+    assert "UNVERIFIED" in line and "outside its signer's validity" in line, line
+    assert "EXPIRED" not in line and name not in line
+    infos = listed(url, "--pki", str(pki.dir))
+    r1 = infos["r1"]
+    assert r1["state"] == "unverified" and r1["signer"] is None and r1["expired"] is None
+    assert r1["unverified"]["rule"] == "created-outside-validity", r1
+    assert infos["r2"]["state"] == "expired" and infos["r2"]["signer"] == name
+    trust = Trust(tuple(load_trust((), pki.dir)))
+    sig = (manifest.parent / "release.json.sig").read_bytes()
+    later = end + dt.timedelta(days=2)
+    assert signed_date(sig, manifest.read_bytes(), "r1", trust=trust, now=later,
+                       source="r1") is None
+    kept = srv / "releases" / "r2" / "release.json"
+    dated = signed_date((kept.parent / "release.json.sig").read_bytes(), kept.read_bytes(),
+                        "r2", trust=trust, now=later, source="r2")
+    assert dated is not None and dated[1][0].subject == name

@@ -1229,9 +1229,9 @@ def signed_date(signature: bytes, data: bytes, release_id: str, *, trust: Trust,
         return None
     if manifest.release != release_id:
         return None
-    verdict = judge_manifest(signature, data, trust, now)
-    if verdict.failure is not None and verdict.failure.rule in EXPIRY_RULES:
-        verdict = judge_manifest(signature, data, trust, manifest.created)
+    digests = {name: hashlib.new(name, data).digest() for name in signature_hashes(signature)}
+    verdict, _ = judge_beside_the_clock(signature, digests, trust, now,
+                                        signed_at=manifest.created)
     if not verdict.ok or not verdict.signers:
         return None
     if trust.revocation is not None and trust.revocation.of(verdict.signers, now):
@@ -1757,7 +1757,7 @@ def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe", trust: Trust
         base = ReleaseInfo(id=m.release, created=m.created, signer=None, expiry=None,
                            live=m.release == live, complete=complete, files=len(m.files))
         if prefix + MANIFEST_NAME + ".sig" in present:
-            proven = _manifest_signers(origin, m.release, data, trust, now)
+            proven = _manifest_signers(origin, m.release, data, trust, now, m.created)
         else:
             proven = _entry_signers(origin, m, present, trust, now)
         if isinstance(proven, Fault):
@@ -1804,11 +1804,22 @@ def _sig_too_large(rule: str, name: str) -> Fault:
 
 
 def _proven_by(signature: bytes, digests: dict[str, bytes], trust: Trust, now: dt.datetime,
-               *, what: str, by: str) -> _Proven | Fault:
+               *, what: str, by: str, signed_at: dt.datetime | None = None
+               ) -> _Proven | Fault:
     """The signers ``signature`` (``what``, for the reason) proves over an object hashed
     to ``digests``: iPXE's verdict at ``now``, or, when the clock is its only fault, the
-    verdict beside it (judge_beside_the_clock) with ``expired`` set."""
-    verdict, untimely = judge_beside_the_clock(signature, digests, trust, now)
+    verdict beside it (judge_beside_the_clock, at ``signed_at`` when the object states
+    when it was signed) with ``expired`` set."""
+    verdict, untimely = judge_beside_the_clock(signature, digests, trust, now,
+                                               signed_at=signed_at)
+    if (untimely is not None and signed_at is not None and verdict.failure is not None
+            and verdict.failure.rule in EXPIRY_RULES):
+        # as signed_date rules: a date its signer was not valid at proves nothing (a key
+        # leaked after it expired signs any date), so neither does it prove the signer
+        return Fault("created-outside-validity", f"its {what} verifies only at another "
+                     f"date than the {signed_at.isoformat()} {MANIFEST_NAME} says it was "
+                     "created, which lies outside its signer's validity: "
+                     f"{verdict.failure.message}")
     if verdict.failure is not None:
         return Fault(verdict.failure.rule, f"its {what} does not verify: "
                      f"{verdict.failure.message}")
@@ -1822,9 +1833,9 @@ def _proven_by(signature: bytes, digests: dict[str, bytes], trust: Trust, now: d
 
 
 def _manifest_signers(origin: Origin, release_id: str, data: bytes, trust: Trust | None,
-                      now: dt.datetime) -> _Proven | Fault:
-    """The signers of release.json (its bytes ``data``) as its .sig, which the origin's
-    listing has, proves them; else why not. One read."""
+                      now: dt.datetime, created: dt.datetime) -> _Proven | Fault:
+    """The signers of release.json (its bytes ``data``, dated ``created``) as its .sig,
+    which the origin's listing has, proves them; else why not. One read."""
     if trust is None:
         return NO_TRUST_ANCHORS
     name = MANIFEST_NAME + ".sig"
@@ -1835,7 +1846,8 @@ def _manifest_signers(origin: Origin, release_id: str, data: bytes, trust: Trust
     if isinstance(signature, Fault):
         return signature
     digests = {h: hashlib.new(h, data).digest() for h in signature_hashes(signature)}
-    return _proven_by(signature, digests, trust, now, what=name, by="manifest")
+    return _proven_by(signature, digests, trust, now, what=name, by="manifest",
+                      signed_at=created)
 
 
 def _entry_signers(origin: Origin, m: ReleaseManifest, present: set[str],

@@ -120,17 +120,24 @@ EXPIRY_RULES = frozenset({"expired", "not-yet-valid"})
 
 
 def judge_beside_the_clock(signature: bytes, digests: dict[str, bytes], trust: Trust,
-                           now: dt.datetime) -> tuple[Verdict, Finding | None]:
+                           now: dt.datetime, *, signed_at: dt.datetime | None = None
+                           ) -> tuple[Verdict, Finding | None]:
     """iPXE's verdict at ``now``; when its only failure is the clock (EXPIRY_RULES), the
-    verdict at a moment every certificate of the chains is valid (in_time_moment) instead,
-    with the clock's failure beside it. That verdict tells who signed when nothing else is
-    wrong (`publish list` shows an expired release's signer); it is not iPXE's at ``now``,
-    and the gates judge at ``now`` (judge)."""
+    verdict at another moment instead, with the clock's failure beside it. That verdict
+    tells who signed when nothing else is wrong (`publish list` shows an expired release's
+    signer, signed_date dates a release by it); it is not iPXE's at ``now``, and the gates
+    judge at ``now`` (judge).
+
+    The moment is ``signed_at``, the date the signed object itself states (release.json's
+    ``created``), where it has one: the signer must have been valid then, since a key
+    leaked after its certificate ended could otherwise sign any date. Without one, a
+    moment every certificate of the chains is valid (in_time_moment)."""
     verdict = judge(signature, digests, trust, now)
     failure = verdict.failure
     if failure is None or failure.rule not in EXPIRY_RULES:
         return verdict, None
-    moment = in_time_moment(signature, trust=trust.roots, extra_certs=trust.extra_certs)
+    moment = signed_at if signed_at is not None else in_time_moment(
+        signature, trust=trust.roots, extra_certs=trust.extra_certs)
     if moment is None:
         return verdict, None
     return judge(signature, digests, trust, moment), failure
