@@ -195,8 +195,34 @@ def test_a_signed_manifest_says_it_proved_the_signer(
     url, _ = origin
     infos = listed(url, "--pki", str(pki.dir))
     assert infos["r1"]["verified_by"] == "manifest"
+    assert infos["r1"]["created_proven"] is True
     r = run("publish", "list", url, "--pki", str(pki.dir))
     assert "by its entry script" not in line_of(r.output, "r1")
+    assert "(date un" not in line_of(r.output, "r1")
+
+
+def test_an_entry_verified_release_marks_its_date_unsigned(
+        pki: Pki, plain: tuple[str, Path], origin: tuple[str, Path],
+        revoked_pki: Path) -> None:
+    """A plain release's signer is proven by its entry script's .sig, which signs no
+    date: the `created` beside "verified" is release.json's unsigned claim, and the row
+    says so; so does an unverified row. A date a revoked signer signed proves nothing."""
+    url, srv = plain
+    doc = json.loads((srv / "releases" / "p1" / "release.json").read_text())
+    doc["created"] = "2030-01-01T00:00:00Z"  # anyone who writes to the origin
+    (srv / "releases" / "p1" / "release.json").write_text(json.dumps(doc))
+    infos = listed(url, "--pki", str(pki.dir))
+    p1 = infos["p1"]
+    assert p1["verified"] is True and p1["verified_by"] == "entry"
+    assert p1["created_proven"] is False and p1["created"].startswith("2030-01-01")
+    assert infos["p0"]["created_proven"] is False
+    r = run("publish", "list", url, "--pki", str(pki.dir))
+    assert "2030-01-01 00:00 (date unsigned)" in line_of(r.output, "p1")
+    assert "(date unsigned)" in line_of(r.output, "p0")
+    revoked = listed(origin[0], "--pki", str(revoked_pki))["r1"]
+    assert revoked["verified_by"] == "manifest" and revoked["created_proven"] is False
+    r = run("publish", "list", origin[0], "--pki", str(revoked_pki))
+    assert "(date unproven)" in line_of(r.output, "r1")
 
 
 @pytest.mark.parametrize("change", ["script", "same-size-script", "signature",

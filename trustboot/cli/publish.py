@@ -409,6 +409,10 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
     for i in infos:
         mark = "*" if i.live else " "
         created = i.created.strftime("%Y-%m-%d %H:%M") if i.created else "?"
+        if i.created is not None and not i.created_proven:
+            # the manifest's word only: whoever writes to the origin can change it
+            created += (" (date unproven)" if i.verified_by == "manifest"
+                        else " (date unsigned)")
         expiry = i.expiry.strftime("%Y-%m-%d") if i.expiry else "-"
         # (an unsigned release.json: its entry script's signature proved who signed)
         by = ", by its entry script's signature" if i.verified_by == "entry" else ""

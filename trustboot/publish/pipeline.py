@@ -228,6 +228,15 @@ class ReleaseInfo:
         return self.problem is None and self.unverified is None and self.expired is None
 
     @property
+    def created_proven(self) -> bool:
+        """Whether ``created`` is a signed date: release.json.sig proves it, as signed_date
+        rules (a signer valid at that date, not revoked). Else it is the manifest's claim,
+        which whoever writes to the origin can change (an entry script's .sig signs no
+        date)."""
+        return (self.problem is None and self.unverified is None
+                and self.verified_by == "manifest" and self.revoked is None)
+
+    @property
     def state(self) -> str:
         """One word for the row: a revoked signer outranks an expired one."""
         if self.problem is not None:
@@ -246,7 +255,7 @@ class ReleaseInfo:
                 "problem": self.problem,
                 "revoked": self.revoked.to_json() if self.revoked else None,
                 "verified": self.verified, "verified_by": self.verified_by,
-                "state": self.state,
+                "created_proven": self.created_proven, "state": self.state,
                 "unverified": self.unverified.to_json() if self.unverified else None,
                 "expired": self.expired.to_json() if self.expired else None}
 
