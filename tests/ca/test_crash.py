@@ -346,7 +346,9 @@ def test_rotate_issuing_killed_anywhere_is_finished_by_running_it_again(
     CA active with crl.pem still the previous CA's and no crls/ file for it, and the
     re-run finishes that rotation (says so) instead of making a second issuing CA, which
     would have left the first previous CA without a CRL. Its revocation stays listed: on
-    a CRL it signs (its key here), or on the one it last signed (its key gone)."""
+    a CRL it signs (its key here), or on the one it last signed (its key gone). A kill
+    at clearing the mark, the last write, left nothing owed: the re-run rotates again,
+    every previous CA keeping its CRL."""
     home = tmp_path / "home"
     shutil.copytree(revoking_ca, home)
     before = CertificateAuthority.open(home)
@@ -361,22 +363,31 @@ def test_rotate_issuing_killed_anywhere_is_finished_by_running_it_again(
     shutil.copytree(home, probe)
     assert _run(probe, secrets_dir, args, 0, count_file).returncode == 0
     points = int(count_file.read_text())
-    finished = 0
+    finished = rerotated = 0
     for k in range(1, points + 1):
         pki = tmp_path / f"k{k}"
         shutil.copytree(home, pki)
         assert _run(pki, secrets_dir, args, k).returncode == -9, k
-        committed = CertificateAuthority.open(pki).active_entry("issuing").sha256 \
-            != original.sha256
+        killed = CertificateAuthority.open(pki)
+        committed = killed.active_entry("issuing").sha256 != original.sha256
+        # killed only at clearing the unfinished mark, its last write: the rotation is
+        # complete (its log entry, crl.pem, the previous CA's CRL), as when that write
+        # fails; nothing is owed, so the re-run rotates again rather than answer
+        # "finished" with no new CA
+        complete = (committed and "rotate-issuing" in [o for o, _ in _logged(pki)]
+                    and killed._check_crl() == [] and killed.crl_path(original).exists())
         again = _run(pki, secrets_dir, args, 0)
         assert again.returncode == 0, (k, again.stderr)
-        assert ("finished the rotation a killed run began" in again.stdout) == committed, \
-            (k, again.stdout)
-        finished += committed
+        assert ("finished the rotation a killed run began" in again.stdout) \
+            == (committed and not complete), (k, again.stdout)
+        finished += committed and not complete
         ca = CertificateAuthority.open(pki)
         made = [e for e in ca.entries if e.profile == "issuing"]
-        assert len(made) == 2, (k, "one rotation, not two")
-        assert [o for o, _ in _logged(pki)].count("rotate-issuing") == 1, k
+        assert len(made) == 2 + complete, (k, "one rotation, not two")
+        assert [o for o, _ in _logged(pki)].count("rotate-issuing") == 1 + complete, k
+        active = ca.active_entry("issuing").sha256
+        assert all(ca.crl_path(e).exists() for e in made if e.sha256 != active), k
+        rerotated += complete
         assert ca.check_log().problem is None, k
         crl = x509.load_pem_x509_crl(ca.crl_path(original).read_bytes())
         assert crl.is_signature_valid(original.load_cert().public_key())  # type: ignore[arg-type]
@@ -385,6 +396,7 @@ def test_rotate_issuing_killed_anywhere_is_finished_by_running_it_again(
         if key_kept:
             assert ca.check() == [], (k, ca.check())
     assert finished >= 3, "expected kill points after the index commit"
+    assert rerotated == 1, "expected one kill point at clearing the mark"
 
 
 def test_ca_crl_after_a_killed_rotation_keeps_a_keyless_previous_ca_revocations(

@@ -736,3 +736,27 @@ def test_rotate_issuing_after_a_completed_rotation_rotates_again(
         assert r.exit_code != 0 and rel in r.output, r.output
         assert ca(run, ca_home, secrets_dir, "crl").exit_code == 0
     assert CertificateAuthority.open(ca_home).check() == []
+
+
+def test_a_stale_unfinished_mark_with_nothing_owed_rotates_again(
+        ca_home: Path, run: Run, secrets_dir: Path) -> None:
+    """A rotation whose work all got done but whose last write, clearing the unfinished
+    mark, failed (a full disk, a read-only remount) leaves the mark in index.json. The next
+    `ca rotate issuing` (say, on a suspected key compromise) finds nothing owed: it makes
+    a new issuing CA; it had answered "finished" with exit 0 and the same CA."""
+    assert ca(run, ca_home, secrets_dir, "rotate", "issuing").exit_code == 0
+    rotated = CertificateAuthority.open(ca_home).active_entry("issuing")
+    index = ca_home / "index.json"
+    doc = json.loads(index.read_text())
+    assert "unfinished" not in doc
+    doc["unfinished"] = {"op": "rotate-issuing", "issuing": rotated.sha256}
+    index.write_text(json.dumps(doc, indent=2))
+    assert CertificateAuthority.open(ca_home).check() == []
+    r = ca(run, ca_home, secrets_dir, "rotate", "issuing", "--json")
+    assert r.exit_code == 0, r.output
+    assert js(r)["action"] == "created", r.output
+    after = CertificateAuthority.open(ca_home)
+    assert after.active_entry("issuing").sha256 != rotated.sha256
+    assert sum(e.profile == "issuing" for e in after.entries) == 3
+    assert "unfinished" not in json.loads(index.read_text())
+    assert after.check() == []

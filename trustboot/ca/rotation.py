@@ -191,14 +191,18 @@ def rotate_issuing(ca: CertificateAuthority, passphrases: PassphraseSource, *,
     The previous one stays valid for the leaves it issued. ``created``: the new one.
 
     When the last change of the CA is a rotation whose run was killed after its commit
-    (see :func:`unfinished_issuing_rotation`), its work is finished instead (the previous
-    CA's CRL, crl.pem, the log entry) and no other issuing CA is made: ``already_done``,
+    (see :func:`unfinished_issuing_rotation`) and some of its work is missing, that work
+    is finished instead (the previous CA's CRL, crl.pem, the log entry, the views) and no
+    other issuing CA is made: ``already_done``,
     ``created`` the one the killed run made. Run it again for another rotation."""
     now = now or utcnow()
     _check_file_keys(ca)
     if ca.state.rotation:
         raise _refuse_issuing(ca)
-    if unfinished_issuing_rotation(ca) is not None:
+    # a mark with nothing owed is one whose clearing (_done's write) failed: finishing
+    # it would answer "finished" and make no CA, on a run that may follow a key
+    # compromise; this run rotates, and its commit replaces the mark
+    if unfinished_issuing_rotation(ca) is not None and _rotation_work_owed(ca, now):
         result = _resume(ca, "issuing", now, passphrases=passphrases)
         result.created.append(ca.active_entry("issuing"))
         return result
@@ -250,6 +254,18 @@ def unfinished_issuing_rotation(ca: CertificateAuthority) -> IssuedEntry | None:
     if mark.get("op") != "rotate-issuing" or mark.get("issuing") != active.sha256:
         return None
     return active
+
+
+def _rotation_work_owed(ca: CertificateAuthority, now: dt.datetime) -> bool:
+    """Whether any of the work a rotation does after its commit (what _resume finishes) is
+    missing: the log entries its change owes, crl.pem signed by the active issuing CA, a
+    previous issuing CA's CRL in crls/, current views."""
+    from trustboot.ca import oplog
+
+    log = ca.state.log
+    return bool((log is not None and oplog.count_lines(ca.path / "log.jsonl") < log["seq"])
+                or ca._check_crl() or ca.previous_issuers_without_crl()
+                or ca._missing_previous_crls() or ca._stale_views(now))
 
 
 def _previous_key(ca: CertificateAuthority, issuing: IssuedEntry,
