@@ -33,6 +33,7 @@ from tests.publish.test_faults import (  # noqa: F401 - proxy is a fixture
     publish,
 )
 from tests.publish.test_lock import webdav_options
+from tests.publish.test_resign import resign
 from trustboot.cli.main import cli
 from trustboot.cli.verify import load_trust
 from trustboot.publish.origin import OriginOptions, open_origin
@@ -40,6 +41,13 @@ from trustboot.publish.pipeline import SWITCH_JOURNAL, Trust, build_manifest, sc
 from trustboot.publish.webdav import STAGING, WebDAVOrigin
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def repair_signer(pki: Pki) -> str:
+    """A short-lived signer for the resign runs here (as test_resign's fresh_signer)."""
+    pki.issue("codesign", "fresh-7d-repair", "--days", "7")
+    return "fresh-7d-repair"
 ENTRY_C = b"#!ipxe\necho release C\n"
 
 
@@ -584,3 +592,38 @@ def test_a_newer_unsigned_release_still_refuses_a_switch_back(
     assert err["rule"] == "unrecorded-rollback", err
     assert "release ra is older than rb" in err["message"], err
     assert _served_state(root) == before
+
+
+def test_a_release_folder_without_its_manifest_is_listed_not_skipped(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, repair_signer: str) -> None:
+    """A writer deletes the newer rb's release.json (and .sig), plants a switch back to ra
+    and breaks the pair. The releases/ listing skipped a folder without a manifest, so
+    every check that dates releases saw ra as the only release and found nothing to go
+    back from. rb is now a release whose manifest is missing: `publish list` shows it
+    (unreadable, saying why), and the switch back is not completed unattended (resign,
+    rule unrecorded-rollback, naming rb); nothing changed."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""))
+    for name in ("release.json", "release.json.sig"):
+        (root / "releases/rb" / name).unlink()
+    r = CliRunner().invoke(cli, ["publish", "list", url, "--pki", str(pki.dir), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["id"]: row for row in json.loads(r.stdout)}
+    assert set(rows) == {"ra", "rb"}, rows
+    assert rows["rb"]["state"] == "unreadable", rows["rb"]
+    assert "manifest missing" in rows["rb"]["problem"], rows["rb"]
+    r = CliRunner().invoke(cli, ["publish", "list", url, "--pki", str(pki.dir)])
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if " rb " in ln)
+    assert "UNREADABLE: manifest missing" in line, r.output
+
+    _half_rolled_back_to(root, "ra")
+    before = _served_state(root)
+    r = resign(pki, url, repair_signer)
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "rb" in err["message"], err
+    assert _served_state(root) == before
+

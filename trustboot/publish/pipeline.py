@@ -1692,6 +1692,11 @@ def read_manifests(origin: Origin) -> tuple[list[ReleaseManifest], dict[str, str
 
 def _read_manifests(origin: Origin
                     ) -> tuple[list[tuple[ReleaseManifest, bytes]], dict[str, str]]:
+    """As read_manifests, with the bytes each manifest was parsed from. A release folder
+    without a release.json is a problem too, not skipped: whoever writes to the origin
+    could otherwise hide a newer release from every check that dates releases
+    (_switch_back, resign) by deleting one file. A publish killed before its manifest,
+    or under way, leaves one as well."""
     out, problems = [], {}
     # one listing of releases/ (its directories), not of every object of every release
     for rid in origin.list_dirs(RELEASES_PREFIX + "/"):
@@ -1702,9 +1707,17 @@ def _read_manifests(origin: Origin
         except TrustbootError as exc:
             problems[rid] = exc.message
             continue
-        if m is not None:
+        if m is None:
+            problems[rid] = MANIFEST_MISSING
+        else:
             out.append(m)
     return out, problems
+
+
+# (what a release folder without release.json reports: a publish killed before writing
+# it, one under way, or the manifest removed)
+MANIFEST_MISSING = (f"manifest missing: the folder has no {MANIFEST_NAME} (a publish killed "
+                    "or still under way, or the file removed)")
 
 
 def unread_manifests(origin: Origin, entry_path: str, problems: dict[str, str],
