@@ -732,7 +732,7 @@ def test_a_forged_date_does_not_make_a_planted_switch_back_look_forward(
     doc = json.loads(res.stderr)
     assert doc["rule"] == "unrecorded-rollback", doc
     assert "cannot be shown to be newer than r2" in doc["message"], doc
-    assert "release.json of r1 and r2 has no signature that verifies" in doc["message"], doc
+    assert "release.json of r1, r2 has no signature that verifies" in doc["message"], doc
     assert snapshot(root) == before
     assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]
 

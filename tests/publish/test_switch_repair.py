@@ -627,3 +627,49 @@ def test_a_release_folder_without_its_manifest_is_listed_not_skipped(
     assert "rb" in err["message"], err
     assert _served_state(root) == before
 
+
+def _forge_newer(root: Path, rid: str, how: str) -> None:
+    """What a writer without a signing key can do to release ``rid``'s manifest: lower
+    its `created` (its .sig then fails), make it garbage, or delete it (and its .sig)."""
+    manifest = root / "releases" / rid / "release.json"
+    if how == "lowered":
+        doc = json.loads(manifest.read_bytes())
+        doc["created"] = "2001-01-01T00:00:00Z"
+        manifest.write_text(json.dumps(doc))
+    elif how == "garbage":
+        manifest.write_bytes(b"{garbage")
+    else:
+        assert how == "deleted", how
+        manifest.unlink()
+        (root / "releases" / rid / "release.json.sig").unlink()
+
+
+@pytest.mark.parametrize("how", ["lowered", "garbage"])
+@pytest.mark.parametrize("record", ["kept", "deleted"])
+def test_resign_does_not_complete_a_switch_back_past_a_forged_newer_release(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, repair_signer: str,
+        how: str, record: str) -> None:
+    """r0, ra, rb signed, rb live. A writer lowers rb's `created` (rb's .sig then fails:
+    unproven, but its claimed 2001 was still compared) or breaks rb's manifest (unread,
+    ignored once r0 was proven), plants a switch back to ra and breaks the pair. ra's
+    signed date is newer than every date left, so resign completed the rollback and
+    re-signed ra. A release not dated by its signed manifest never helps show a switch
+    forward: refused (exit 4, unrecorded-rollback, naming rb), nothing changed."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("r0", ENTRY_C, ""), ("ra", ENTRY_A, ""),
+                    ("rb", ENTRY_B, ""))
+    _forge_newer(root, "rb", how)
+    _half_rolled_back_to(root, "ra")
+    if record == "deleted":
+        tamper_live_record(root, "deleted", "ra")
+    before = _served_state(root)
+    r = resign(pki, url, repair_signer)
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "release ra cannot be shown to be newer than r0, rb" in err["message"], err
+    said = "has no signature" if how == "lowered" else "does not read"
+    assert f"the release.json of rb {said}" in err["message"], err
+    assert _served_state(root) == before
+    assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]

@@ -1115,17 +1115,19 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
     compared with: a missing, unparsable or target-naming record while a switch is
     pending shows nothing. The reference is every other release on the origin
     (other_release_dates), dated by its signed manifest where it has one that verifies
-    (signed_date): nobody without a signer's key can move such a date up or down. The
-    only way around it is deleting the newer releases (or breaking their manifests),
-    which is destructive and shows in `publish list`.
+    (signed_date): nobody without a signer's key can move such a date up or down. What a
+    writer can do to a release without a key (lower its unsigned date, break or delete
+    its release.json or .sig) leaves it unproven or unread, and such a release never
+    helps show a switch forward.
 
     - back (refused): the target is older than the newest other release. An unsigned
       date counts here too, the target's or another's: a writer gains nothing by making a
-      switch look older, so it may only make this stricter;
-    - forward (completed): the target's signed date is not older than any other's, and
-      either some other release's date is proven too, or the target is resign's re-sign
-      of the release the live record names (_resigns): resign finishing its own switch
-      from a release whose manifest is unsigned (`publish DIR`);
+      switch look older, so here it only makes the check stricter;
+    - forward (completed): every other release is dated by its signed manifest (none
+      unsigned, unread or missing its manifest) and the target's signed date is not
+      older than any of theirs; or the target is resign's re-sign of the release the
+      live record names (_resigns): resign finishing its own switch from a release
+      whose manifest is unsigned (`publish DIR`);
     - unproven (neither): refused ``unattended`` (resign, which would then give the
       release fresh signatures), completed by a repair an operator runs, with a note
       saying so and how to undo it.
@@ -1164,23 +1166,25 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
                  f"(trustboot publish rollback {where} {newest.release}) and find out who "
                  "wrote the switch record",
             rule="unrecorded-rollback", subject=release_id), ""
-    proven_others = any(d.proven for d in others)
-    if (target.proven and (proven_others or _resigns(target, recorded))) or \
-            (finished and names_target):
+    # forward only on proof: every other release dated by its signed manifest (an
+    # unsigned date, or a manifest that does not read or is missing, is the writer's to
+    # set: it never helps), the target's own date signed and not older than theirs
+    unproven_others = [d.release for d in others if not d.proven]
+    if (target.proven and not unproven_others and not unread) or \
+            _resigns(target, recorded) or (finished and names_target):
         return None, ""
     undo = recorded or (newest.release if newest is not None else "ID")
-    if others:
-        unproven = ([release_id] if not target.proven else []) + \
-            ([] if proven_others else [d.release for d in others])
-        why = (f"release {release_id} cannot be shown to be newer than "
-               f"{shown_names(sorted(d.release for d in others), 5)}: the {MANIFEST_NAME} "
-               f"of {unproven[0]}"
-               + (f" and {shown_names(unproven[1:], 5)}" if unproven[1:] else "")
-               + " has no signature that verifies (an unsigned manifest's date is "
-                 "anybody's word)")
-    else:
-        why = (f"release {release_id} cannot be shown to be newer than "
-               f"{shown_names(unread, 5)}, whose {MANIFEST_NAME} does not read")
+    unsigned = ([release_id] if not target.proven else []) + unproven_others
+    reasons = []
+    if unsigned:
+        reasons.append(f"the {MANIFEST_NAME} of {shown_names(unsigned, 5)} has no signature "
+                       "that verifies (an unsigned manifest's date is anybody's word)")
+    if unread:
+        reasons.append(f"the {MANIFEST_NAME} of {shown_names(unread, 5)} does not read or "
+                       "is missing")
+    why = (f"release {release_id} cannot be shown to be newer than "
+           f"{shown_names(sorted([d.release for d in others] + unread), 5)}: "
+           + "; ".join(reasons))
     if not unattended:
         return None, (f" ({why}; if no run of yours was making {release_id} live, "
                       f"undo it: trustboot publish rollback {where} {undo})")
