@@ -48,6 +48,8 @@ def repair_signer(pki: Pki) -> str:
     """A short-lived signer for the resign runs here (as test_resign's fresh_signer)."""
     pki.issue("codesign", "fresh-7d-repair", "--days", "7")
     return "fresh-7d-repair"
+
+
 ENTRY_C = b"#!ipxe\necho release C\n"
 
 
@@ -101,9 +103,18 @@ def test_killed_between_the_two_moves_then_repaired(pki: Pki, nginx: Nginx,
     assert pruned.exit_code == 1 and "interrupted entry switch" in pruned.output
     assert (nginx.root / "releases/ra/release.json").exists()
 
-    fixed = CliRunner().invoke(cli, ["publish", "repair", nginx.url, *origin_args(pki)])
+    # ra and rb were published from directories: their manifests are unsigned and do
+    # not show rb to be the newer, so the repair does not complete the switch on its own
+    # (a writer could have planted it); it names the rollback that makes it on purpose
+    refused = CliRunner().invoke(cli, ["publish", "repair", nginx.url, *origin_args(pki)])
+    assert refused.exit_code == 4, refused.output
+    err = json.loads(refused.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert f"trustboot publish rollback {nginx.url} rb" in err["hint"], err
+    assert mismatched(pki, nginx) and (nginx.root / SWITCH_JOURNAL).exists()
+    fixed = CliRunner().invoke(cli, ["publish", "rollback", nginx.url, "rb",
+                                     *origin_args(pki)])
     assert fixed.exit_code == 0, fixed.output
-    assert json.loads(fixed.output)["action"] == "completed"
     assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()
     assert not (nginx.root / SWITCH_JOURNAL).exists()
     again = CliRunner().invoke(cli, ["publish", "repair", nginx.url, *origin_args(pki)])
@@ -118,10 +129,17 @@ def test_the_next_publish_finishes_an_interrupted_switch_first(
     assert publish(pki, make_release({"boot.ipxe": ENTRY_A}), nginx.url, "ra").exit_code == 0
     killed_publish(pki, make_release({"boot.ipxe": ENTRY_B}), nginx.url, "rb", "between")
     assert mismatched(pki, nginx)
+    # unsigned manifests do not show rb to be newer than ra: a publish that does not
+    # switch would have to complete that switch, and refuses (nothing uploaded)
     r = publish(pki, make_release({"boot.ipxe": ENTRY_C}), nginx.url, "rc", "--no-switch")
+    assert r.exit_code == 4, r.output
+    assert json.loads(r.stderr)["rule"] == "unrecorded-rollback"
+    assert not (nginx.root / "releases/rc").exists()
+    # a publish that switches replaces the pair and the record itself
+    r = publish(pki, make_release({"boot.ipxe": ENTRY_C}), nginx.url, "rc")
     assert r.exit_code == 0, r.output
     assert "rb" in json.loads(r.output)["repaired"]
-    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()
+    assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_C).digest()
     assert not (nginx.root / SWITCH_JOURNAL).exists()
 
 
@@ -196,10 +214,17 @@ def test_an_origin_failing_during_repair_keeps_the_switch_record(
     assert "503" in r.output
     assert (nginx.root / SWITCH_JOURNAL).exists()
     state.faults.clear()
-    fixed = CliRunner().invoke(cli, ["publish", "repair", url, *origin_args(pki)])
+    # the record was kept for this run to judge: ra and rb have unsigned manifests that
+    # do not show the switch to go forward, so it is refused (not dropped as unusable),
+    # and the rollback its hint names completes it
+    judged = CliRunner().invoke(cli, ["publish", "repair", url, *origin_args(pki)])
+    assert judged.exit_code == 4, judged.output
+    assert json.loads(judged.stderr)["rule"] == "unrecorded-rollback"
+    assert (nginx.root / SWITCH_JOURNAL).exists()
+    fixed = CliRunner().invoke(cli, ["publish", "rollback", url, "rb", *origin_args(pki)])
     assert fixed.exit_code == 0, fixed.output
-    assert json.loads(fixed.output)["action"] == "completed"
     assert _entry_verifies(pki, nginx.url) == hashlib.sha256(ENTRY_B).digest()
+    assert not (nginx.root / SWITCH_JOURNAL).exists()
 
 
 def test_a_lock_record_a_killed_run_left_in_staging_is_removed_once_stale(
@@ -494,24 +519,35 @@ def test_repair_completes_a_switch_to_a_release_that_verifies(
     assert not (root / SWITCH_JOURNAL).exists()
 
 
-def test_repair_by_hand_completes_a_switch_unsigned_manifests_cannot_order(
+def test_repair_by_hand_refuses_a_switch_unsigned_manifests_cannot_order(
         pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
     """Releases `publish` made from a directory have unsigned manifests, whose dates prove
-    nothing: a repair an operator runs still completes a switch they do not show to go
-    back (a killed publish of rc), and its detail says so and how to undo it; resign,
-    unattended, refuses it (test_resign)."""
+    nothing. A repair an operator runs (`origin check` sends them there) completed a
+    switch they do not show to go back (a killed publish of rc, or a writer's planted
+    switch: the two look alike), with only a note in its detail. Refused now, as resign
+    refuses it: exit 4, rule unrecorded-rollback, nothing changed, the hint naming the
+    rollback that makes the switch on purpose; that rollback then completes it."""
     root = tmp_path / "srv"
     url = f"file://{root}/"
     _publish_file(pki, make_release({"boot.ipxe": ENTRY_B}), root, "rb")
     _publish_file(pki, make_release({"boot.ipxe": ENTRY_C}), root, "rc", "--no-switch")
     _half_rolled_back_to(root, "rc")
+    before = _served_state(root)
     r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "release rc cannot be shown to be newer than rb" in err["message"], err
+    assert f"trustboot publish rollback {url} rc" in err["hint"], err
+    assert f"trustboot publish rollback {url} rb" in err["hint"], err
+    assert _served_state(root) == before
+    r = CliRunner().invoke(cli, ["publish", "rollback", url, "rc", "--pki", str(pki.dir),
+                                 "--json"])
     assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout)
-    assert out["action"] == "completed", out
-    assert "release rc cannot be shown to be newer than rb" in out["detail"], out
-    assert f"trustboot publish rollback {url} rb" in out["detail"], out
     assert (root / "boot.ipxe").read_bytes() == ENTRY_C
+    assert not (root / SWITCH_JOURNAL).exists()
+    assert json.loads((root / ".trustboot-live.json").read_bytes())["entries"][
+        "boot.ipxe"]["release"] == "rc"
 
 
 def _served_state(root: Path) -> dict[str, bytes | None]:
@@ -673,3 +709,31 @@ def test_resign_does_not_complete_a_switch_back_past_a_forged_newer_release(
     assert f"the release.json of rb {said}" in err["message"], err
     assert _served_state(root) == before
     assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]
+
+
+@pytest.mark.parametrize("how", ["lowered", "garbage", "deleted"])
+@pytest.mark.parametrize("record", ["kept", "deleted"])
+def test_repair_by_hand_does_not_complete_a_switch_back_past_a_forged_newer_release(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, how: str,
+        record: str) -> None:
+    """test_resign_does_not_complete_a_switch_back_past_a_forged_newer_release, repaired
+    by an operator whom `origin check` sent: `publish repair` completed the rollback to
+    ra (exit 0, the undo only in a note). Refused (exit 4, unrecorded-rollback), nothing
+    changed, and the hint names `publish rollback` both ways."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("r0", ENTRY_C, ""), ("ra", ENTRY_A, ""),
+                    ("rb", ENTRY_B, ""))
+    _forge_newer(root, "rb", how)
+    _half_rolled_back_to(root, "ra")
+    if record == "deleted":
+        tamper_live_record(root, "deleted", "ra")
+    before = _served_state(root)
+    r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "release ra cannot be shown to be newer than r0, rb" in err["message"], err
+    assert f"trustboot publish rollback {url} ra" in err["hint"], err
+    assert f"trustboot publish rollback {url} " in err["hint"].split("otherwise")[1], err
+    assert _served_state(root) == before

@@ -997,7 +997,7 @@ def _verified_entry(origin: Origin, reader: Reader | None, entry_path: str, *,
 
 def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
                   reader: Reader | None, then_switching: bool = False,
-                  jobs: int = 4, unattended: bool = False) -> RepairResult:
+                  jobs: int = 4) -> RepairResult:
     """Finish an entry switch a killed run left half done (caller holds the lock).
 
     The record names a release that was fully verified before it was written. If the entry
@@ -1016,9 +1016,10 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
     The same holds for a switch back to a release older than another one on the origin
     (_switch_back, rule unrecorded-rollback; not judged by the live record, which is
     origin data too): the record is on the origin, and a repair must not be the way a
-    writer there rolls the fleet back. An
-    ``unattended`` caller (resign) also refuses a switch not shown to go forward by
-    signed manifests.
+    writer there rolls the fleet back. A switch that signed manifests do not show to go
+    forward is refused too, whoever runs the repair: `origin check` sends operators
+    here, and a repair completing it would roll the fleet back through them; the hint
+    names `publish rollback`, which makes it on purpose.
     """
     if origin.stat(SWITCH_JOURNAL) is None:
         return RepairResult(None, "none")
@@ -1042,13 +1043,12 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
     if served is not None:
         entry = manifest.file(manifest.entry)
         finished = entry is not None and served == entry.sha256
-        note = ""
         if finished:
             assert entry is not None
             # both replaced, maybe killed before the live record was written: write it,
             # unless that makes a switch back trustboot's own (see _switch_back)
-            back, note = _switch_back(origin, manifest, entry_path, trust=trust, now=now,
-                                      reader=reader, unattended=unattended, finished=True)
+            back = _switch_back(origin, manifest, entry_path, trust=trust, now=now,
+                                reader=reader, finished=True)
             if back is not None:
                 if then_switching:  # the record stays until that switch replaces it
                     return RepairResult(release_id, "superseded",
@@ -1059,7 +1059,7 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
                          sig.sha256 if sig else None)
         origin.delete(SWITCH_JOURNAL)
         # killed before the first replacement, or after the second (record not removed)
-        when = f"had finished: it is live{note}" if finished else "had not started"
+        when = "had finished: it is live" if finished else "had not started"
         return RepairResult(release_id, "dropped",
                             f"{entry_path} and its signature verify; the interrupted switch "
                             f"to {release_id} {when}")
@@ -1085,8 +1085,7 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
                  "new release signed by a current signer; either replaces the pair "
                  "and the switch record",
             rule="repair-release", subject=release_id)
-    back, note = _switch_back(origin, manifest, entry_path, trust=trust, now=now,
-                              reader=reader, unattended=unattended)
+    back = _switch_back(origin, manifest, entry_path, trust=trust, now=now, reader=reader)
     if back is not None:
         if then_switching:  # the record stays until that switch replaces it
             return RepairResult(release_id, "superseded",
@@ -1095,18 +1094,15 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
     switch_and_check(origin, manifest, entry_path=entry_path, trust=trust, now=now,
                       reader=reader)
     return RepairResult(release_id, "completed",
-                        f"completed the interrupted switch of {entry_path} to {release_id}"
-                        + note)
+                        f"completed the interrupted switch of {entry_path} to {release_id}")
 
 
 def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
                  trust: Trust, now: dt.datetime, reader: Reader | None,
-                 unattended: bool, finished: bool = False
-                 ) -> tuple[VerificationError | None, str]:
+                 finished: bool = False) -> VerificationError | None:
     """Whether completing a recorded switch of ``entry_path`` to ``manifest``'s release
-    would go back to a release older than another one on the origin: a VerificationError
-    (rule unrecorded-rollback) if it is not to be completed, else None and a note for the
-    repair's detail ("" when nothing to say).
+    may go back to a release older than another one on the origin: a VerificationError
+    (rule unrecorded-rollback) if it is not to be completed, else None.
 
     The switch record is on the origin: whoever writes there can name an old release and
     break the entry pair, and completing it rewrites the live record, so resign's
@@ -1128,9 +1124,11 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
       older than any of theirs; or the target is resign's re-sign of the release the
       live record names (_resigns): resign finishing its own switch from a release
       whose manifest is unsigned (`publish DIR`);
-    - unproven (neither): refused ``unattended`` (resign, which would then give the
-      release fresh signatures), completed by a repair an operator runs, with a note
-      saying so and how to undo it.
+    - unproven (neither): refused as well, whoever runs the repair (resign would give
+      the release fresh signatures; an operator sent here by `origin check` would roll
+      the fleet back without knowing it). The hint names `publish rollback` for the
+      switch made on purpose: a publish of unsigned manifests killed mid-switch is
+      finished that way (or by running the same publish again).
     A switch to the only release there goes back to nothing: completed. So is a switch
     ``finished`` (the pair served is the target's) that the live record already names,
     unless it goes back: only the switch record is left to remove, the origin is as it
@@ -1141,7 +1139,7 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
     target = release_date(origin, manifest, trust=trust, now=now, reader=reader)
     others, unread = other_release_dates(origin, release_id, trust=trust, now=now)
     if not others and not unread:
-        return None, ""
+        return None
     record = _live_records(origin).get(entry_path)
     recorded = record.get("release") if isinstance(record, dict) else None
     names_target = recorded == release_id
@@ -1165,14 +1163,14 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
                  f"the release first); otherwise make {newest.release} live again "
                  f"(trustboot publish rollback {where} {newest.release}) and find out who "
                  "wrote the switch record",
-            rule="unrecorded-rollback", subject=release_id), ""
+            rule="unrecorded-rollback", subject=release_id)
     # forward only on proof: every other release dated by its signed manifest (an
     # unsigned date, or a manifest that does not read or is missing, is the writer's to
     # set: it never helps), the target's own date signed and not older than theirs
     unproven_others = [d.release for d in others if not d.proven]
     if (target.proven and not unproven_others and not unread) or \
             _resigns(target, recorded) or (finished and names_target):
-        return None, ""
+        return None
     undo = recorded or (newest.release if newest is not None else "ID")
     unsigned = ([release_id] if not target.proven else []) + unproven_others
     reasons = []
@@ -1185,9 +1183,6 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
     why = (f"release {release_id} cannot be shown to be newer than "
            f"{shown_names(sorted([d.release for d in others] + unread), 5)}: "
            + "; ".join(reasons))
-    if not unattended:
-        return None, (f" ({why}; if no run of yours was making {release_id} live, "
-                      f"undo it: trustboot publish rollback {where} {undo})")
     return VerificationError(
         f"{where}: a switch of {entry_path} to release {release_id} is recorded as "
         f"interrupted, but {why}; not completed, nothing changed (the switch record is "
@@ -1195,8 +1190,9 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
         hint=f"if that switch is intended (a rollback, or a publish that was killed), make "
              f"it: trustboot publish rollback {where} {release_id} (it verifies the release "
              f"first); otherwise make {undo} live again (trustboot publish rollback "
-             f"{where} {undo}) and find out who wrote the switch record",
-        rule="unrecorded-rollback", subject=release_id), ""
+             f"{where} {undo}) and find out who wrote the switch record"
+             + (f" (ids: trustboot publish list {where})" if undo == "ID" else ""),
+        rule="unrecorded-rollback", subject=release_id)
 
 
 def _resigns(target: DatedRelease, recorded: str | None) -> bool:

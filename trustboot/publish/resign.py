@@ -210,10 +210,9 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             # as publish does: a switch a killed run left half done would make the entry
             # pair match no release, and temporaries of killed uploads go; a recorded
             # switch back to an older release (or one signed manifests do not show to
-            # go forward: this runs unattended) is refused there, rule
-            # unrecorded-rollback, before anything is re-signed
-            repair = repair_switch(origin, trust=trust, now=now, reader=reader, jobs=jobs,
-                                   unattended=True)
+            # go forward) is refused there, rule unrecorded-rollback, before anything is
+            # re-signed
+            repair = repair_switch(origin, trust=trust, now=now, reader=reader, jobs=jobs)
             removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
             manifests, problems = read_manifests(origin)
             live_id = live_release(origin, manifests, entry_path)
