@@ -566,7 +566,10 @@ def test_a_planted_switch_back_is_refused_whatever_the_live_record_says(
     live record's release for the one to compare with, and without one (or with ra
     there) found nothing to go back from: the repair completed the rollback (exit 0) and
     recorded ra as trustboot's own. The reference is now every other release on the
-    origin, dated by its signed manifest: rb is newer, refused, nothing changed."""
+    origin, dated by its signed manifest: rb is newer, refused, nothing changed. Except
+    when the pair and the live record both name ra already: the switch record adds
+    nothing to that state (a writer can leave it without one), so it is dropped, and
+    resign's own check of the live release judges it (test_resign)."""
     root = tmp_path / "srv"
     url = f"file://{root}/"
     _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""))
@@ -576,6 +579,14 @@ def test_a_planted_switch_back_is_refused_whatever_the_live_record_says(
     tamper_live_record(root, record, "ra")
     before = _served_state(root)
     r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
+    if pair == "replaced" and record == "names-the-target":
+        # pair and live record already say ra: what a rollback to ra killed just before
+        # removing the switch record leaves. Only that record is dropped; the origin is
+        # as the writer could leave it without one (resign then warns that ra is older)
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["action"] == "dropped"
+        assert _served_state(root) == {**before, SWITCH_JOURNAL: None}
+        return
     assert r.exit_code == 4, r.output
     err = json.loads(r.stderr)
     assert err["rule"] == "unrecorded-rollback", err
@@ -737,3 +748,39 @@ def test_repair_by_hand_does_not_complete_a_switch_back_past_a_forged_newer_rele
     assert f"trustboot publish rollback {url} ra" in err["hint"], err
     assert f"trustboot publish rollback {url} " in err["hint"].split("otherwise")[1], err
     assert _served_state(root) == before
+
+
+@pytest.mark.parametrize("then", ["repair", "resign"])
+def test_a_rollback_killed_after_its_live_record_is_finished_by_dropping_the_record(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, repair_signer: str,
+        then: str) -> None:
+    """A deliberate `publish rollback` to ra (older than rb by their signed manifests)
+    killed after writing the live record, before removing the switch record: the pair
+    and the live record already name ra. The repair asked whether completing it goes
+    back, found ra older than rb and refused (exit 4), and so did every nightly resign,
+    with nothing left to switch. The switch record is dropped (the origin is as it would
+    be without one), and resign judges the live release as it would without the
+    record: re-signed, with its warning that ra is older than rb."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""))
+    r = CliRunner().invoke(cli, ["publish", "rollback", url, "ra", "--pki", str(pki.dir),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    _half_rolled_back_to(root, "ra")  # the record a kill before its removal leaves
+    assert (root / "boot.ipxe").read_bytes() == ENTRY_A
+    if then == "repair":
+        r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir),
+                                     "--json"])
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.stdout)
+        assert out["action"] == "dropped" and "had finished" in out["detail"], out
+    else:
+        r = resign(pki, url, repair_signer)
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.stdout)
+        assert out["previous"] == "ra" and "had finished" in out["repaired"], out
+        assert any("ra is older than rb" in w for w in out["warnings"]), out
+    assert not (root / SWITCH_JOURNAL).exists()
+    assert json.loads((root / ".trustboot-live.json").read_bytes())["entries"][
+        "boot.ipxe"]["release"] in ("ra", out.get("release"))

@@ -838,6 +838,13 @@ def _live_records(origin: Origin) -> dict[str, Any]:
     return entries if isinstance(entries, dict) else {}
 
 
+def _recorded_live(origin: Origin, entry_path: str) -> str | None:
+    """The release the live record names at ``entry_path``, if it names one."""
+    record = _live_records(origin).get(entry_path)
+    recorded = record.get("release") if isinstance(record, dict) else None
+    return recorded if isinstance(recorded, str) else None
+
+
 def _record_live(origin: Origin, entry_path: str, release: str, script_sha256: str,
                  sig_sha256: str | None) -> None:
     """Write down that ``entry_path`` serves ``release`` now (caller holds the lock)."""
@@ -1043,12 +1050,16 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
     if served is not None:
         entry = manifest.file(manifest.entry)
         finished = entry is not None and served == entry.sha256
-        if finished:
+        if finished and _recorded_live(origin, entry_path) != release_id:
             assert entry is not None
             # both replaced, maybe killed before the live record was written: write it,
-            # unless that makes a switch back trustboot's own (see _switch_back)
+            # unless that makes a switch back trustboot's own (see _switch_back). A live
+            # record naming the target already (a run killed after writing it, a
+            # rollback meant as one) leaves only the switch record to drop: the origin
+            # is then as it would be without one, and is judged as such (resign's
+            # unrecorded-rollback check judges the live release as it judges any)
             back = _switch_back(origin, manifest, entry_path, trust=trust, now=now,
-                                reader=reader, finished=True)
+                                reader=reader)
             if back is not None:
                 if then_switching:  # the record stays until that switch replaces it
                     return RepairResult(release_id, "superseded",
@@ -1098,8 +1109,8 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
 
 
 def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
-                 trust: Trust, now: dt.datetime, reader: Reader | None,
-                 finished: bool = False) -> VerificationError | None:
+                 trust: Trust, now: dt.datetime, reader: Reader | None
+                 ) -> VerificationError | None:
     """Whether completing a recorded switch of ``entry_path`` to ``manifest``'s release
     may go back to a release older than another one on the origin: a VerificationError
     (rule unrecorded-rollback) if it is not to be completed, else None.
@@ -1129,21 +1140,15 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
       the fleet back without knowing it). The hint names `publish rollback` for the
       switch made on purpose: a publish of unsigned manifests killed mid-switch is
       finished that way (or by running the same publish again).
-    A switch to the only release there goes back to nothing: completed. So is a switch
-    ``finished`` (the pair served is the target's) that the live record already names,
-    unless it goes back: only the switch record is left to remove, the origin is as it
-    would be without one (a run killed after writing the live record: resign's own
-    then goes on, and resign's unrecorded-rollback check judges the live release as it
-    judges any)."""
+    A switch to the only release there goes back to nothing: completed. (A finished
+    switch the live record already names is not asked here: repair_switch drops it.)"""
     release_id = manifest.release
     target = release_date(origin, manifest, trust=trust, now=now, reader=reader)
     others, unread = other_release_dates(origin, release_id, trust=trust, now=now)
     if not others and not unread:
         return None
-    record = _live_records(origin).get(entry_path)
-    recorded = record.get("release") if isinstance(record, dict) else None
-    names_target = recorded == release_id
-    if not isinstance(recorded, str) or release_id_problem(recorded) or names_target:
+    recorded = _recorded_live(origin, entry_path)
+    if recorded is None or release_id_problem(recorded) or recorded == release_id:
         recorded = None
     newest = max(others, key=lambda d: d.created, default=None)
     where = redact_url(origin.url)
@@ -1169,7 +1174,7 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
     # set: it never helps), the target's own date signed and not older than theirs
     unproven_others = [d.release for d in others if not d.proven]
     if (target.proven and not unproven_others and not unread) or \
-            _resigns(target, recorded) or (finished and names_target):
+            _resigns(target, recorded):
         return None
     undo = recorded or (newest.release if newest is not None else "ID")
     unsigned = ([release_id] if not target.proven else []) + unproven_others
