@@ -784,3 +784,68 @@ def test_a_rollback_killed_after_its_live_record_is_finished_by_dropping_the_rec
     assert not (root / SWITCH_JOURNAL).exists()
     assert json.loads((root / ".trustboot-live.json").read_bytes())["entries"][
         "boot.ipxe"]["release"] in ("ra", out.get("release"))
+
+
+def _put_back_pair(root: Path, rid: str, record: str) -> None:
+    """A writer copies ``rid``'s entry pair over the live one and either deletes the
+    live record or rewrites it to name ``rid`` (what `publish rollback` would leave)."""
+    for name in ("boot.ipxe", "boot.ipxe.sig"):
+        (root / name).write_bytes((root / "releases" / rid / name).read_bytes())
+    path = root / ".trustboot-live.json"
+    if record == "deleted":
+        path.unlink()
+        return
+    doc = json.loads(path.read_bytes())
+    entry = doc["entries"]["boot.ipxe"]
+    entry["release"] = rid
+    entry["script_sha256"] = hashlib.sha256((root / "boot.ipxe").read_bytes()).hexdigest()
+    entry["sig_sha256"] = hashlib.sha256((root / "boot.ipxe.sig").read_bytes()).hexdigest()
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("how", ["lowered", "garbage", "deleted"])
+def test_resign_does_not_re_sign_an_old_release_put_back_past_a_forged_newer_one(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, repair_signer: str,
+        how: str) -> None:
+    """ra and rb signed, rb live. A writer copies ra's pair back, deletes the live record
+    and lowers rb's date (or breaks or deletes rb's manifest): ra's signed date was not
+    older than any date left, so resign re-signed ra. Without a record, only signed
+    dates of every release may show the served one to be the newest: refused (exit 4,
+    unrecorded-rollback, the hint naming the rollback), nothing changed."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""))
+    _forge_newer(root, "rb", how)
+    _put_back_pair(root, "ra", "deleted")
+    before = _served_state(root)
+    r = resign(pki, url, repair_signer)
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "ra cannot be shown to be the newest release" in err["message"], err
+    assert "release.json of rb" in err["message"], err
+    assert f"trustboot publish rollback {url} ra" in err["hint"], err
+    assert _served_state(root) == before
+    assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]
+
+
+@pytest.mark.parametrize("how", ["lowered", "garbage", "deleted"])
+def test_resign_warns_of_a_release_it_cannot_date_when_the_record_names_the_served(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, repair_signer: str,
+        how: str) -> None:
+    """As above, the live record rewritten to name ra: byte for byte what `publish
+    rollback ra` leaves, so resign goes on re-signing ra (a deliberate rollback must stay
+    signed), but it said nothing: rb's forged date hid that ra is older. It now warns
+    that rb's date cannot be told, naming rb and the rollback that undoes it."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""))
+    _forge_newer(root, "rb", how)
+    _put_back_pair(root, "ra", "names-ra")
+    r = resign(pki, url, repair_signer)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["previous"] == "ra", out
+    warned = [w for w in out["warnings"] if "cannot be shown to be the newest" in w]
+    assert warned and "release.json of rb" in warned[0], out["warnings"]
+    assert f"trustboot publish rollback {url} ID" in warned[0], warned

@@ -1133,7 +1133,7 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
     - forward (completed): every other release is dated by its signed manifest (none
       unsigned, unread or missing its manifest) and the target's signed date is not
       older than any of theirs; or the target is resign's re-sign of the release the
-      live record names (_resigns): resign finishing its own switch from a release
+      live record names (resigns): resign finishing its own switch from a release
       whose manifest is unsigned (`publish DIR`);
     - unproven (neither): refused as well, whoever runs the repair (resign would give
       the release fresh signatures; an operator sent here by `origin check` would roll
@@ -1169,25 +1169,12 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
                  f"(trustboot publish rollback {where} {newest.release}) and find out who "
                  "wrote the switch record",
             rule="unrecorded-rollback", subject=release_id)
-    # forward only on proof: every other release dated by its signed manifest (an
-    # unsigned date, or a manifest that does not read or is missing, is the writer's to
-    # set: it never helps), the target's own date signed and not older than theirs
-    unproven_others = [d.release for d in others if not d.proven]
-    if (target.proven and not unproven_others and not unread) or \
-            _resigns(target, recorded):
+    unproven = unproven_dates(target, others, unread)
+    if unproven is None or resigns(target, recorded):
         return None
     undo = recorded or (newest.release if newest is not None else "ID")
-    unsigned = ([release_id] if not target.proven else []) + unproven_others
-    reasons = []
-    if unsigned:
-        reasons.append(f"the {MANIFEST_NAME} of {shown_names(unsigned, 5)} has no signature "
-                       "that verifies (an unsigned manifest's date is anybody's word)")
-    if unread:
-        reasons.append(f"the {MANIFEST_NAME} of {shown_names(unread, 5)} does not read or "
-                       "is missing")
     why = (f"release {release_id} cannot be shown to be newer than "
-           f"{shown_names(sorted([d.release for d in others] + unread), 5)}: "
-           + "; ".join(reasons))
+           f"{shown_names(sorted([d.release for d in others] + unread), 5)}: {unproven}")
     return VerificationError(
         f"{where}: a switch of {entry_path} to release {release_id} is recorded as "
         f"interrupted, but {why}; not completed, nothing changed (the switch record is "
@@ -1200,7 +1187,26 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
         rule="unrecorded-rollback", subject=release_id)
 
 
-def _resigns(target: DatedRelease, recorded: str | None) -> bool:
+def unproven_dates(target: DatedRelease, others: Sequence[DatedRelease],
+                   unread: Sequence[str]) -> str | None:
+    """Why ``target`` (not older than any of ``others``: the caller asked) cannot be
+    shown to be the newest release, or None if it can: only when its date and every
+    other release's are proven by signed manifests and no manifest is unread or missing
+    (``unread``, from other_release_dates). An unsigned date, or a release.json that
+    does not read or was deleted, is the origin writer's to set: it never helps."""
+    unsigned = ([target.release] if not target.proven else []) + \
+        [d.release for d in others if not d.proven]
+    reasons = []
+    if unsigned:
+        reasons.append(f"the {MANIFEST_NAME} of {shown_names(unsigned, 5)} has no signature "
+                       "that verifies (an unsigned manifest's date is anybody's word)")
+    if unread:
+        reasons.append(f"the {MANIFEST_NAME} of {shown_names(list(unread), 5)} does not read "
+                       "or is missing")
+    return "; ".join(reasons) or None
+
+
+def resigns(target: DatedRelease, recorded: str | None) -> bool:
     """Whether ``target`` is `trustboot resign`'s re-sign of ``recorded``: its id is the
     one resign gives a re-sign of ``recorded`` by the one signer of its signed manifest.
     The id is inside what that signer signed, and resign names it after the signer's own

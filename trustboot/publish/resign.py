@@ -37,6 +37,7 @@ old release stays on the origin for rollback until ``publish prune`` removes it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import re
@@ -78,7 +79,9 @@ from trustboot.publish.pipeline import (
     release_base_url,
     release_date,
     repair_switch,
+    resigns,
     switch_and_check,
+    unproven_dates,
     unread_manifests,
     verify_manifest_signature,
     verify_served,
@@ -470,15 +473,19 @@ def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, served: Release
     thing resign bounds. A rollback made with trustboot updates the record.
 
     The record is origin data too. Without a usable one (deleted, unparsable), the
-    served release is re-signed only if it is the only release or its signed manifest
-    shows it to be the newest (pipeline.other_release_dates: unsigned dates may only make
-    this stricter); `publish rollback` records it otherwise. A record naming the served
-    release is, byte for byte, what `publish rollback` leaves, and a rollback is the
-    operator's act that resign must keep re-signing: a writer who copies an old pair and
-    rewrites the record leaves the same bytes, and only a record the writer cannot forge
-    (signed, or kept off the origin) would tell them apart. So that release is re-signed,
-    and the warning returned (None: nothing to say) says when it is older than another
-    release, for the nightly log."""
+    served release is re-signed only if it is the only release or signed manifests show
+    it to be the newest: its own and every other release's (pipeline.unproven_dates; a
+    release it re-signs aside, whose content it is). An unsigned date, or a manifest
+    that does not read or is missing, is the writer's to set and never helps; `publish
+    rollback` records the release otherwise. A record naming the served release is,
+    byte for byte, what `publish rollback` leaves, and a rollback is the operator's act
+    that resign must keep re-signing (refusing would stop the nightly resign after every
+    deliberate rollback on an origin with unsigned manifests): a writer who copies an
+    old pair and rewrites the record leaves the same bytes, and only a record the writer
+    cannot forge (signed by a key the origin does not hold, or kept off the origin)
+    would tell them apart. So that release is re-signed, and the warning returned (None:
+    nothing to say) says when it is older than another release or when another
+    release's date cannot be told (unsigned, unread, missing), for the nightly log."""
     live_id = served.release
     where = redact_url(origin.url)
     record = _live_records(origin).get(entry_path)
@@ -502,29 +509,40 @@ def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, served: Release
                  "changed the entry", rule="unrecorded-rollback")
     live = release_date(origin, served, trust=trust, now=now, reader=reader)
     others, unread = other_release_dates(origin, live_id, trust=trust, now=now)
+    # a release the live one re-signs has its content: its date says nothing more
+    others = [d for d in others if not resigns(live, d.release)]
     newest = max(others, key=lambda d: d.created, default=None)
     older = newest is not None and live.created < newest.created
     if recorded == live_id:
-        if not older:
+        said = "the live record says a `trustboot publish rollback` made it live; that " \
+               "record is on the origin, so if nobody rolled back, find out who changed " \
+               "the entry and"
+        if older:
+            assert newest is not None
+            return (f"re-signed release {live_id} is older than {newest.release} (their "
+                    f"{'signed ' if live.proven and newest.proven else ''}manifests: "
+                    f"{format_time(live.created)} and {format_time(newest.created)}): "
+                    f"{said} make {newest.release} live again (trustboot publish rollback "
+                    f"{where} {newest.release})")
+        # (the live release's own signature aside: the others are what it is judged by)
+        unknown = unproven_dates(dataclasses.replace(live, proven=True), others, unread)
+        if unknown is None:
             return None
-        assert newest is not None
-        return (f"re-signed release {live_id} is older than {newest.release} (their "
-                f"{'signed ' if live.proven and newest.proven else ''}manifests: "
-                f"{format_time(live.created)} and {format_time(newest.created)}): the live "
-                f"record says a `trustboot publish rollback` made it live; that record is "
-                f"on the origin, so if nobody rolled back, find out who changed the entry "
-                f"and make {newest.release} live again (trustboot publish rollback {where} "
-                f"{newest.release})")
-    if (not others and not unread) or (live.proven and not older and not unread):
+        return (f"re-signed release {live_id} cannot be shown to be the newest release "
+                f"on the origin ({unknown}); {said} make the newest release live again "
+                f"(trustboot publish rollback {where} ID; ids: trustboot publish list "
+                f"{where})")
+    if not others and not unread:
         return None
     if older:
         assert newest is not None
         why = (f"it is older than {newest.release} ({format_time(live.created)} and "
                f"{format_time(newest.created)})")
-    elif not live.proven:
-        why = f"its {MANIFEST_NAME} has no signature that verifies"
     else:
-        why = f"the {MANIFEST_NAME} of {', '.join(unread[:5])} does not read"
+        unknown = unproven_dates(live, others, unread)
+        if unknown is None:
+            return None
+        why = unknown
     raise VerificationError(
         f"{where}: {entry_path} serves release {live_id}, and the record of which release "
         f"trustboot last made live there is missing or unreadable; {live_id} cannot be "
