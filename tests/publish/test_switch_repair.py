@@ -849,3 +849,63 @@ def test_resign_warns_of_a_release_it_cannot_date_when_the_record_names_the_serv
     warned = [w for w in out["warnings"] if "cannot be shown to be the newest" in w]
     assert warned and "release.json of rb" in warned[0], out["warnings"]
     assert f"trustboot publish rollback {url} ID" in warned[0], warned
+
+
+def _publish_signed_via(pki: Pki, make_release: ReleaseFactory, url: str,
+                        *releases: tuple[str, bytes, str]) -> None:
+    """_publish_signed, to the https origin ``url``."""
+    for rid, entry, option in releases:
+        r = CliRunner().invoke(cli, ["publish", str(_signed_release(pki, make_release, rid,
+                                                                    entry, url)),
+                                     url, "--release-id", rid, *origin_args(pki),
+                                     *([option] if option else [])])
+        assert r.exit_code == 0, r.output
+
+
+@pytest.mark.slow
+def test_a_manifest_signature_listed_but_not_served_is_unread_not_a_failure(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory,
+        proxy: tuple[str, ProxyState]) -> None:  # noqa: F811
+    """A killed switch forward to rc (newer than ra and rb by their signed manifests);
+    the origin lists rb's release.json.sig but does not serve it (404: gone meanwhile,
+    or refused). Dating the releases let that read fail the repair (exit 1, "not
+    served"), as if the origin were down; what rb's signature would prove cannot be
+    told, so rb is a release whose manifest does not read: the switch is not shown to
+    go forward and is refused (exit 4, unrecorded-rollback, naming rb), nothing
+    changed."""
+    url, state = proxy
+    _publish_signed_via(pki, make_release, url, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""),
+                        ("rc", ENTRY_C, "--no-switch"))
+    _half_rolled_back_to(nginx.root, "rc")
+    before = _served_state(nginx.root)
+    state.faults.append(Fault("GET", 404, count=100,
+                              path=r".*/releases/rb/release\.json\.sig$"))
+    r = CliRunner().invoke(cli, ["publish", "repair", url, *origin_args(pki)])
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "release.json of rb does not read" in err["message"], err
+    assert _served_state(nginx.root) == before
+
+
+@pytest.mark.slow
+def test_resign_dates_the_releases_once(
+        pki: Pki, nginx: Nginx, make_release: ReleaseFactory, repair_signer: str,
+        proxy: tuple[str, ProxyState]) -> None:  # noqa: F811
+    """A switch to rb that finished before the live record was written (the record
+    deleted here): resign's repair dates every release to judge it, then resign's own
+    check of the live release dated them all again, one more read of every release's
+    release.json.sig per run. They are read once."""
+    url, state = proxy
+    _publish_signed_via(pki, make_release, url, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""))
+    _half_rolled_back_to(nginx.root, "rb")
+    tamper_live_record(nginx.root, "deleted", "rb")
+    state.seen.clear()
+    r = resign(pki, url, repair_signer, "--client-cert", "publisher",
+               "--client-key-passphrase-file", str(pki.key_pass))
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["previous"] == "rb" and "had finished" in out["repaired"], out
+    reads = [p for m, p, _ in state.seen
+             if m == "GET" and p.endswith("releases/ra/release.json.sig")]
+    assert len(reads) == 1, state.seen

@@ -1004,7 +1004,7 @@ def _verified_entry(origin: Origin, reader: Reader | None, entry_path: str, *,
 
 def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
                   reader: Reader | None, then_switching: bool = False,
-                  jobs: int = 4) -> RepairResult:
+                  jobs: int = 4, dates: ReleaseDates | None = None) -> RepairResult:
     """Finish an entry switch a killed run left half done (caller holds the lock).
 
     The record names a release that was fully verified before it was written. If the entry
@@ -1026,7 +1026,8 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
     writer there rolls the fleet back. A switch that signed manifests do not show to go
     forward is refused too, whoever runs the repair: `origin check` sends operators
     here, and a repair completing it would roll the fleet back through them; the hint
-    names `publish rollback`, which makes it on purpose.
+    names `publish rollback`, which makes it on purpose. ``dates``: the releases'
+    dates, when the caller asks them too (resign), so they are read once.
     """
     if origin.stat(SWITCH_JOURNAL) is None:
         return RepairResult(None, "none")
@@ -1059,7 +1060,7 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
             # is then as it would be without one, and is judged as such (resign's
             # unrecorded-rollback check judges the live release as it judges any)
             back = _switch_back(origin, manifest, entry_path, trust=trust, now=now,
-                                reader=reader)
+                                reader=reader, dates=dates)
             if back is not None:
                 if then_switching:  # the record stays until that switch replaces it
                     return RepairResult(release_id, "superseded",
@@ -1096,7 +1097,8 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
                  "new release signed by a current signer; either replaces the pair "
                  "and the switch record",
             rule="repair-release", subject=release_id)
-    back = _switch_back(origin, manifest, entry_path, trust=trust, now=now, reader=reader)
+    back = _switch_back(origin, manifest, entry_path, trust=trust, now=now, reader=reader,
+                        dates=dates)
     if back is not None:
         if then_switching:  # the record stays until that switch replaces it
             return RepairResult(release_id, "superseded",
@@ -1109,8 +1111,8 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
 
 
 def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
-                 trust: Trust, now: dt.datetime, reader: Reader | None
-                 ) -> VerificationError | None:
+                 trust: Trust, now: dt.datetime, reader: Reader | None,
+                 dates: ReleaseDates | None) -> VerificationError | None:
     """Whether completing a recorded switch of ``entry_path`` to ``manifest``'s release
     may go back to a release older than another one on the origin: a VerificationError
     (rule unrecorded-rollback) if it is not to be completed, else None.
@@ -1121,7 +1123,7 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
     window. The live record is origin data as well, so it is not what the target is
     compared with: a missing, unparsable or target-naming record while a switch is
     pending shows nothing. The reference is every other release on the origin
-    (other_release_dates), dated by its signed manifest where it has one that verifies
+    (ReleaseDates), dated by its signed manifest where it has one that verifies
     (signed_date): nobody without a signer's key can move such a date up or down. What a
     writer can do to a release without a key (lower its unsigned date, break or delete
     its release.json or .sig) leaves it unproven or unread, and such a release never
@@ -1144,7 +1146,8 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
     switch the live record already names is not asked here: repair_switch drops it.)"""
     release_id = manifest.release
     target = release_date(origin, manifest, trust=trust, now=now, reader=reader)
-    others, unread = other_release_dates(origin, release_id, trust=trust, now=now)
+    dates = dates or ReleaseDates(origin, trust=trust, now=now, reader=reader)
+    others, unread = dates.besides(release_id)
     if not others and not unread:
         return None
     recorded = _recorded_live(origin, entry_path)
@@ -1192,7 +1195,7 @@ def unproven_dates(target: DatedRelease, others: Sequence[DatedRelease],
     """Why ``target`` (not older than any of ``others``: the caller asked) cannot be
     shown to be the newest release, or None if it can: only when its date and every
     other release's are proven by signed manifests and no manifest is unread or missing
-    (``unread``, from other_release_dates). An unsigned date, or a release.json that
+    (``unread``, from ReleaseDates). An unsigned date, or a release.json that
     does not read or was deleted, is the origin writer's to set: it never helps."""
     unsigned = ([target.release] if not target.proven else []) + \
         [d.release for d in others if not d.proven]
@@ -1281,30 +1284,50 @@ def release_date(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
     return DatedRelease(release_id, manifest.created, False)
 
 
-def other_release_dates(origin: Origin, besides: str, *, trust: Trust, now: dt.datetime
-                        ) -> tuple[list[DatedRelease], list[str]]:
-    """Every release on the origin but ``besides``, dated (as release_date, from the
-    releases/ listing and the manifests as read_manifests reads them); and the ids
-    whose manifest does not read. One stat and at most one capped read per release
-    beyond its manifest; the origin failing to answer propagates."""
-    read, problems = _read_manifests(origin)
-    dated = []
-    for m, data in read:
-        if m.release == besides:
-            continue
-        key = release_prefix(m.release) + MANIFEST_NAME
-        signed = None
-        if origin.stat(key + ".sig") is not None:
-            try:
-                signature = b"".join(origin.read(key + ".sig", max_size=MAX_SIGNATURE_SIZE))
-            except TooLarge:
-                signature = None
-            if signature is not None:
-                signed = signed_date(signature, data, m.release, trust=trust, now=now,
-                                     source=f"{origin.url}{key}")
-        dated.append(DatedRelease(m.release, signed[0], True, signed[1]) if signed
-                     else DatedRelease(m.release, m.created, False))
-    return dated, sorted(r for r in problems if r != besides)
+class ReleaseDates:
+    """Every release on the origin dated (as release_date, from the releases/ listing and
+    the manifests as read_manifests reads them), read when first asked and then kept:
+    one run asks it for repair's check and then resign's, and the origin's releases do
+    not change in between (the caller holds the lock). One stat and at most one capped
+    read per release beyond its manifest, the .sig as served (``reader``, as
+    release_date reads it); the origin failing to answer propagates."""
+
+    def __init__(self, origin: Origin, *, trust: Trust, now: dt.datetime,
+                 reader: Reader | None) -> None:
+        self._origin, self._trust, self._now, self._reader = origin, trust, now, reader
+        self._read: tuple[list[DatedRelease], list[str]] | None = None
+
+    def besides(self, release_id: str) -> tuple[list[DatedRelease], list[str]]:
+        """Every release but ``release_id`` dated, and the ids of those that do not read
+        (sorted)."""
+        if self._read is None:
+            self._read = self._date_all()
+        dated, unread = self._read
+        return ([d for d in dated if d.release != release_id],
+                [r for r in unread if r != release_id])
+
+    def _date_all(self) -> tuple[list[DatedRelease], list[str]]:
+        origin = self._origin
+        read, problems = _read_manifests(origin)
+        unread = set(problems)
+        dated = []
+        for m, data in read:
+            key = release_prefix(m.release) + MANIFEST_NAME
+            signed = None
+            if origin.stat(key + ".sig") is not None:
+                try:
+                    signature = _served_signature(origin, self._reader, key + ".sig")
+                except (NotServed, VerificationError):
+                    # listed but not served as listed (gone meanwhile, refused, too
+                    # large): what it would prove cannot be told, as for a manifest
+                    # that does not read; not the command's failure
+                    unread.add(m.release)
+                    continue
+                signed = signed_date(signature, data, m.release, trust=self._trust,
+                                     now=self._now, source=f"{origin.url}{key}")
+            dated.append(DatedRelease(m.release, signed[0], True, signed[1]) if signed
+                         else DatedRelease(m.release, m.created, False))
+        return dated, sorted(unread)
 
 
 def _recorded_release_problem(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,

@@ -67,12 +67,12 @@ from trustboot.publish.pipeline import (
     MAX_ENTRY_SIZE,
     STALE_TEMP_AGE,
     PublishProgress,
+    ReleaseDates,
     _live_records,
     _run_all,
     default_owner,
     live_release,
     make_reader,
-    other_release_dates,
     read_manifest,
     read_manifests,
     refuse_unfit,
@@ -215,7 +215,10 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             # switch back to an older release (or one signed manifests do not show to
             # go forward) is refused there, rule unrecorded-rollback, before anything is
             # re-signed
-            repair = repair_switch(origin, trust=trust, now=now, reader=reader, jobs=jobs)
+            # the releases' dates, read once for repair's check and the live one's
+            dates = ReleaseDates(origin, trust=trust, now=now, reader=reader)
+            repair = repair_switch(origin, trust=trust, now=now, reader=reader, jobs=jobs,
+                                   dates=dates)
             removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
             manifests, problems = read_manifests(origin)
             live_id = live_release(origin, manifests, entry_path)
@@ -227,7 +230,8 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                          "resign only re-signs the live one")
             old = next(m for m in manifests if m.release == live_id)
             rolled_back = _refuse_unrecorded_rollback(origin, entry_path, old, manifests,
-                                                      trust=trust, now=now, reader=reader)
+                                                      dates=dates, trust=trust, now=now,
+                                                      reader=reader)
             result = ResignResult(origin=origin.url, previous=live_id, release=live_id,
                                   changed=False, signer=summary.to_json(),
                                   previous_signer=old.signer.to_json() if old.signer else None,
@@ -465,8 +469,9 @@ def _proven_claims(origin: Origin, old: ReleaseManifest, live_id: str, trust: Tr
 
 
 def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, served: ReleaseManifest,
-                                manifests: Sequence[ReleaseManifest], *, trust: Trust,
-                                now: dt.datetime, reader: Reader | None) -> str | None:
+                                manifests: Sequence[ReleaseManifest], *,
+                                dates: ReleaseDates, trust: Trust, now: dt.datetime,
+                                reader: Reader | None) -> str | None:
     """Refuse to re-sign an entry that serves another release than the one trustboot last
     switched it to (pipeline's live record): an older release put back by hand, or by a
     hostile origin. Re-signing it would give it a new replay window each run, the very
@@ -508,7 +513,7 @@ def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, served: Release
                  f"rollback {origin.url} {live_id} (then re-sign); otherwise find out who "
                  "changed the entry", rule="unrecorded-rollback")
     live = release_date(origin, served, trust=trust, now=now, reader=reader)
-    others, unread = other_release_dates(origin, live_id, trust=trust, now=now)
+    others, unread = dates.besides(live_id)
     # a release the live one re-signs has its content: its date says nothing more
     others = [d for d in others if not resigns(live, d.release)]
     newest = max(others, key=lambda d: d.created, default=None)
