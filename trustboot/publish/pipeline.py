@@ -43,9 +43,10 @@ rollback, prune, ``publish repair``) first looks for that record: if the entry p
 served does not verify, it completes the recorded switch to that release (verified before
 the record was written) and checks the pair again; if the pair verifies (the run died
 before the first replacement, or after the second), the record is dropped and the live
-release stays. A recorded switch back to a release older than another one on the origin
-is not completed by a repair: the record is on the origin, anyone who writes there can
-plant one, and the live record is no better evidence (see _switch_back).
+release stays. A recorded switch back to a release older than another one on the origin,
+or one that signed manifests of every release do not show to go forward, is not completed
+by a repair: the record is on the origin, anyone who writes there can plant one, and the
+live record is no better evidence (see _switch_back).
 ``origin check`` reports a mismatched pair and names ``publish repair``.
 """
 
