@@ -851,6 +851,24 @@ def test_resign_warns_of_a_release_it_cannot_date_when_the_record_names_the_serv
     assert f"trustboot publish rollback {url} ID" in warned[0], warned
 
 
+def test_resign_does_not_cry_rollback_over_releases_nobody_signed(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, repair_signer: str) -> None:
+    """Plain `publish DIR` signs no release.json: r1 and r2 published so, r2 live, its
+    live record naming it (the normal state). Every nightly resign warned that r2 "cannot
+    be shown to be the newest" and that a rollback made it live, because r1's manifest
+    is unsigned: a false alarm each night teaches operators to ignore the real one. A
+    manifest never signed is no sign of tampering; one whose signature fails is (above)."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    for rid, entry in (("r1", ENTRY_A), ("r2", ENTRY_B)):
+        _publish_file(pki, make_release({"boot.ipxe": entry}), root, rid)
+    for _night in range(2):
+        r = resign(pki, url, repair_signer)
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.stdout)
+        assert not [w for w in out["warnings"] if "rollback" in w], out["warnings"]
+
+
 def _publish_signed_via(pki: Pki, make_release: ReleaseFactory, url: str,
                         *releases: tuple[str, bytes, str]) -> None:
     """_publish_signed, to the https origin ``url``."""

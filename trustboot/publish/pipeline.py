@@ -1233,6 +1233,9 @@ class DatedRelease:
     created: dt.datetime
     proven: bool
     signers: tuple[SignerReport, ...] = ()
+    # a release.json.sig is there but proves nothing (not served, unreadable, or it does
+    # not verify): unlike one never signed (plain `publish DIR`), a sign of tampering
+    refuted: bool = False
 
 
 def signed_date(signature: bytes, data: bytes, release_id: str, *, trust: Trust,
@@ -1282,6 +1285,7 @@ def release_date(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
                                  source=f"{origin.url}{key}")
             if signed is not None:
                 return DatedRelease(release_id, signed[0], True, signed[1])
+        return DatedRelease(release_id, manifest.created, False, refuted=True)
     return DatedRelease(release_id, manifest.created, False)
 
 
@@ -1315,7 +1319,8 @@ class ReleaseDates:
         for m, data in read:
             key = release_prefix(m.release) + MANIFEST_NAME
             signed = None
-            if origin.stat(key + ".sig") is not None:
+            has_sig = origin.stat(key + ".sig") is not None
+            if has_sig:
                 try:
                     signature = _served_signature(origin, self._reader, key + ".sig")
                 except (NotServed, VerificationError):
@@ -1327,7 +1332,7 @@ class ReleaseDates:
                 signed = signed_date(signature, data, m.release, trust=self._trust,
                                      now=self._now, source=f"{origin.url}{key}")
             dated.append(DatedRelease(m.release, signed[0], True, signed[1]) if signed
-                         else DatedRelease(m.release, m.created, False))
+                         else DatedRelease(m.release, m.created, False, refuted=has_sig))
         return dated, sorted(unread)
 
 

@@ -490,7 +490,9 @@ def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, served: Release
     cannot forge (signed by a key the origin does not hold, or kept off the origin)
     would tell them apart. So that release is re-signed, and the warning returned (None:
     nothing to say) says when it is older than another release or when another
-    release's date cannot be told (unsigned, unread, missing), for the nightly log."""
+    release's date cannot be told because its release.json was tampered with (a
+    signature there that fails, a manifest that does not read or is missing; not one
+    never signed), for the nightly log."""
     live_id = served.release
     where = redact_url(origin.url)
     record = _live_records(origin).get(entry_path)
@@ -530,7 +532,12 @@ def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, served: Release
                     f"{said} make {newest.release} live again (trustboot publish rollback "
                     f"{where} {newest.release})")
         # (the live release's own signature aside: the others are what it is judged by)
-        unknown = unproven_dates(dataclasses.replace(live, proven=True), others, unread)
+        # Only a release.json whose signature fails or that does not read is worth the
+        # warning: one never signed (plain `publish DIR`) is the normal case, and warning
+        # of a rollback every night for it would teach operators to ignore this.
+        refuted = [d for d in others if d.refuted]
+        unknown = unproven_dates(dataclasses.replace(live, proven=True), refuted, unread) \
+            if refuted or unread else None
         if unknown is None:
             return None
         return (f"re-signed release {live_id} cannot be shown to be the newest release "
