@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from trustboot.ca.store import ISSUING_NAME, CertificateAuthority
+from trustboot.ca.store import ISSUING_NAME, CertificateAuthority, IssuedEntry
 
 from .conftest import init_ca, issue
 
@@ -338,6 +338,32 @@ def revoking_ca(small_ca: Path, tmp_path_factory: pytest.TempPathFactory,
     return pki
 
 
+def _rotation_lab(revoking_ca: Path, secrets_dir: Path, tmp_path: Path, *,
+                  key_kept: bool) -> tuple[Path, IssuedEntry, int, int]:
+    """A copy of revoking_ca (its issuing CA's key removed unless ``key_kept``), its
+    issuing CA, the revoked serial, and how many commit points `ca rotate issuing` has."""
+    home = tmp_path / "home"
+    shutil.copytree(revoking_ca, home)
+    before = CertificateAuthority.open(home)
+    original = before.active_entry("issuing")
+    if not key_kept:  # its key moved offline: only the CRL it signed can list "gone"
+        for rel in (str(original.key_file), "private/issuing-ca.key"):
+            (home / rel).unlink()
+    count_file = tmp_path / "count"
+    probe = tmp_path / "probe"
+    shutil.copytree(home, probe)
+    assert _run(probe, secrets_dir, ["ca", "rotate", "issuing"], 0,
+                count_file).returncode == 0
+    return home, original, before.get("gone").serial, int(count_file.read_text())
+
+
+def _lists(ca: CertificateAuthority, issuer: IssuedEntry, serial: int) -> bool:
+    """Whether ``issuer``'s CRL in ``ca`` is signed by it and lists ``serial``."""
+    crl = x509.load_pem_x509_crl(ca.crl_path(issuer).read_bytes())
+    assert crl.is_signature_valid(issuer.load_cert().public_key())  # type: ignore[arg-type]
+    return crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
 @pytest.mark.parametrize("key_kept", [True, False])
 def test_rotate_issuing_killed_anywhere_is_finished_by_running_it_again(
         key_kept: bool, revoking_ca: Path, secrets_dir: Path, tmp_path: Path) -> None:
@@ -349,20 +375,9 @@ def test_rotate_issuing_killed_anywhere_is_finished_by_running_it_again(
     a CRL it signs (its key here), or on the one it last signed (its key gone). A kill
     at clearing the mark, the last write, left nothing owed: the re-run rotates again,
     every previous CA keeping its CRL."""
-    home = tmp_path / "home"
-    shutil.copytree(revoking_ca, home)
-    before = CertificateAuthority.open(home)
-    original = before.active_entry("issuing")
-    gone = before.get("gone").serial
-    if not key_kept:  # its key moved offline: only the CRL it signed can list "gone"
-        for rel in (str(original.key_file), "private/issuing-ca.key"):
-            (home / rel).unlink()
+    home, original, gone, points = _rotation_lab(revoking_ca, secrets_dir, tmp_path,
+                                                 key_kept=key_kept)
     args = ["ca", "rotate", "issuing"]
-    count_file = tmp_path / "count"
-    probe = tmp_path / "probe"
-    shutil.copytree(home, probe)
-    assert _run(probe, secrets_dir, args, 0, count_file).returncode == 0
-    points = int(count_file.read_text())
     finished = rerotated = 0
     for k in range(1, points + 1):
         pki = tmp_path / f"k{k}"
@@ -389,9 +404,7 @@ def test_rotate_issuing_killed_anywhere_is_finished_by_running_it_again(
         assert all(ca.crl_path(e).exists() for e in made if e.sha256 != active), k
         rerotated += complete
         assert ca.check_log().problem is None, k
-        crl = x509.load_pem_x509_crl(ca.crl_path(original).read_bytes())
-        assert crl.is_signature_valid(original.load_cert().public_key())  # type: ignore[arg-type]
-        assert crl.get_revoked_certificate_by_serial_number(gone) is not None, k
+        assert _lists(ca, original, gone), k
         assert ca._check_crl() == [], k  # crl.pem: the new issuing CA's
         if key_kept:
             assert ca.check() == [], (k, ca.check())
@@ -405,20 +418,11 @@ def test_ca_crl_after_a_killed_rotation_keeps_a_keyless_previous_ca_revocations(
     issuing CA's key gone: crl.pem, still the CRL that CA last signed and the only one
     listing its revocation, is copied to crls/ before it is rewritten, as the rotation
     itself does; it was overwritten by the new CA's, and the revocation was on no CRL."""
-    home = tmp_path / "home"
-    shutil.copytree(revoking_ca, home)
-    before = CertificateAuthority.open(home)
-    original = before.active_entry("issuing")
-    gone = before.get("gone").serial
-    for rel in (str(original.key_file), "private/issuing-ca.key"):
-        (home / rel).unlink()
+    home, original, gone, points = _rotation_lab(revoking_ca, secrets_dir, tmp_path,
+                                                 key_kept=False)
     args = ["ca", "rotate", "issuing"]
-    count_file = tmp_path / "count"
-    probe = tmp_path / "probe"
-    shutil.copytree(home, probe)
-    assert _run(probe, secrets_dir, args, 0, count_file).returncode == 0
     tried = 0
-    for k in range(1, int(count_file.read_text()) + 1):
+    for k in range(1, points + 1):
         pki = tmp_path / f"k{k}"
         shutil.copytree(home, pki)
         assert _run(pki, secrets_dir, args, k).returncode == -9, k
@@ -429,8 +433,6 @@ def test_ca_crl_after_a_killed_rotation_keeps_a_keyless_previous_ca_revocations(
         tried += 1
         assert _run(pki, secrets_dir, ["ca", "crl"], 0).returncode == 0, k
         ca = CertificateAuthority.open(pki)
-        crl = x509.load_pem_x509_crl(ca.crl_path(original).read_bytes())
-        assert crl.is_signature_valid(original.load_cert().public_key())  # type: ignore[arg-type]
-        assert crl.get_revoked_certificate_by_serial_number(gone) is not None, k
+        assert _lists(ca, original, gone), k
         assert ca._check_crl() == [], k  # crl.pem: the new issuing CA's
     assert tried >= 1, "expected a kill point between the commit and the previous CRL"
