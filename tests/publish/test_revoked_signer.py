@@ -349,6 +349,20 @@ def test_the_compromised_keys_are_gathered_once_per_gate(
     assert len(calls) == 1, calls
 
 
+def _count_ca_opens(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths CertificateAuthority.open is called with from now on, in order."""
+    opened: list[Path] = []
+    real = CertificateAuthority.open.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[CertificateAuthority], path: Path) -> CertificateAuthority:
+        opened.append(Path(path))
+        result: CertificateAuthority = real(cls, path)
+        return result
+
+    monkeypatch.setattr(CertificateAuthority, "open", classmethod(counted))
+    return opened
+
+
 def test_the_ca_home_is_opened_once_per_command(
         pki: Pki, make_release: ReleaseFactory, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -359,15 +373,7 @@ def test_the_ca_home_is_opened_once_per_command(
     and resign alike."""
     release = make_release({"boot.ipxe": ENTRY1})
     url = f"file://{tmp_path / 'srv'}"
-    opened: list[Path] = []
-    real = CertificateAuthority.open.__func__  # type: ignore[attr-defined]
-
-    def counted(cls: type[CertificateAuthority], path: Path) -> CertificateAuthority:
-        opened.append(Path(path))
-        result: CertificateAuthority = real(cls, path)
-        return result
-
-    monkeypatch.setattr(CertificateAuthority, "open", classmethod(counted))
+    opened = _count_ca_opens(monkeypatch)
     for args in (("publish", str(release), url, "--release-id", "r1"),
                  ("publish", "rollback", url, "r1"), ("publish", "list", url),
                  ("resign", url, "--key", "other-signer", "--passphrase-file",
@@ -390,15 +396,7 @@ def test_list_with_trust_beside_a_default_pki_that_does_not_open_opens_it_once(
     monkeypatch.delenv("TRUSTBOOT_PKI", raising=False)
     shutil.copytree(pki.dir, tmp_path / "pki", symlinks=True)
     (tmp_path / "pki").chmod(0o777)
-    opened: list[Path] = []
-    real = CertificateAuthority.open.__func__  # type: ignore[attr-defined]
-
-    def counted(cls: type[CertificateAuthority], path: Path) -> CertificateAuthority:
-        opened.append(Path(path))
-        result: CertificateAuthority = real(cls, path)
-        return result
-
-    monkeypatch.setattr(CertificateAuthority, "open", classmethod(counted))
+    opened = _count_ca_opens(monkeypatch)
     r = run("publish", "list", url, "--trust", str(pki.ca), "--json")
     assert r.exit_code == 0, r.output
     assert opened == [Path("pki")], opened
