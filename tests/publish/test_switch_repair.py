@@ -675,6 +675,20 @@ def test_a_release_folder_without_its_manifest_is_listed_not_skipped(
     assert _served_state(root) == before
 
 
+def _planted_switch_back_past_forged(pki: Pki, make_release: ReleaseFactory, root: Path,
+                                     how: str, record: str) -> dict[str, bytes | None]:
+    """r0, ra and rb published signed to the file:// origin ``root``; rb's manifest forged
+    (_forge_newer ``how``), a switch back to ra planted with the pair broken, the live
+    record kept or deleted (``record``). Returns the served state before the command."""
+    _publish_signed(pki, make_release, root, ("r0", ENTRY_C, ""), ("ra", ENTRY_A, ""),
+                    ("rb", ENTRY_B, ""))
+    _forge_newer(root, "rb", how)
+    _half_rolled_back_to(root, "ra")
+    if record == "deleted":
+        tamper_live_record(root, "deleted", "ra")
+    return _served_state(root)
+
+
 def _forge_newer(root: Path, rid: str, how: str) -> None:
     """What a writer without a signing key can do to release ``rid``'s manifest: lower
     its `created` (its .sig then fails), make it garbage, or delete it (and its .sig)."""
@@ -704,13 +718,7 @@ def test_resign_does_not_complete_a_switch_back_past_a_forged_newer_release(
     forward: refused (exit 4, unrecorded-rollback, naming rb), nothing changed."""
     root = tmp_path / "srv"
     url = f"file://{root}/"
-    _publish_signed(pki, make_release, root, ("r0", ENTRY_C, ""), ("ra", ENTRY_A, ""),
-                    ("rb", ENTRY_B, ""))
-    _forge_newer(root, "rb", how)
-    _half_rolled_back_to(root, "ra")
-    if record == "deleted":
-        tamper_live_record(root, "deleted", "ra")
-    before = _served_state(root)
+    before = _planted_switch_back_past_forged(pki, make_release, root, how, record)
     r = resign(pki, url, repair_signer)
     assert r.exit_code == 4, r.output
     err = json.loads(r.stderr)
@@ -733,13 +741,7 @@ def test_repair_by_hand_does_not_complete_a_switch_back_past_a_forged_newer_rele
     changed, and the hint names `publish rollback` both ways."""
     root = tmp_path / "srv"
     url = f"file://{root}/"
-    _publish_signed(pki, make_release, root, ("r0", ENTRY_C, ""), ("ra", ENTRY_A, ""),
-                    ("rb", ENTRY_B, ""))
-    _forge_newer(root, "rb", how)
-    _half_rolled_back_to(root, "ra")
-    if record == "deleted":
-        tamper_live_record(root, "deleted", "ra")
-    before = _served_state(root)
+    before = _planted_switch_back_past_forged(pki, make_release, root, how, record)
     r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
     assert r.exit_code == 4, r.output
     err = json.loads(r.stderr)
