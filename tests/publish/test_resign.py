@@ -875,6 +875,39 @@ def test_a_re_sign_of_an_older_release_is_not_taken_for_resigns_own_switch(
         assert snapshot(root) == before
 
 
+def test_a_re_sign_is_not_taken_for_resigns_own_switch_past_a_hidden_manifest(
+        pki: Pki, live: tuple[str, Path], fresh_signer: str,
+        make_release: ReleaseFactory) -> None:
+    """As above, the writer also deleting r2's release.json: r2 no longer dates (unread),
+    r1's unsigned date is older than the re-sign's, and the re-sign of the release the
+    live record names counted as resign finishing its own switch: `publish repair`
+    switched the fleet back to the old re-sign. A manifest that does not read leaves the
+    re-sign exception out: refused (exit 4, unrecorded-rollback, naming r2), nothing
+    changed."""
+    url, root = live
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    old_resign = json.loads(res.stdout)["release"]
+    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
+    assert publish(pki, rel, url, "r2").exit_code == 0
+    from trustboot.publish.pipeline import SWITCH_JOURNAL
+
+    (root / "releases/r2/release.json").unlink()
+    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": old_resign,
+                                                   "entry_path": "boot.ipxe"}))
+    (root / "boot.ipxe.sig").write_bytes(
+        (root / "releases" / old_resign / "boot.ipxe.sig").read_bytes())
+    tamper_live_record(root, "names-the-target", "r1")
+    before = snapshot(root)
+    res = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
+    assert res.exit_code == 4, res.output
+    doc = json.loads(res.stderr)
+    assert doc["rule"] == "unrecorded-rollback", doc
+    assert f"release {old_resign} cannot be shown to be newer than r1, r2" in doc["message"]
+    assert "the release.json of r2 does not read or is missing" in doc["message"], doc
+    assert snapshot(root) == before
+
+
 @pytest.mark.parametrize("record", ["deleted", "unparsable"])
 def test_an_old_release_put_back_with_the_live_record_removed_is_not_re_signed(
         pki: Pki, live: tuple[str, Path], fresh_signer: str, make_release: ReleaseFactory,

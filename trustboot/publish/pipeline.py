@@ -1136,8 +1136,8 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
     - forward (completed): every other release is dated by its signed manifest (none
       unsigned, unread or missing its manifest) and the target's signed date is not
       older than any of theirs; or the target is resign's re-sign of the release the
-      live record names (resigns): resign finishing its own switch from a release
-      whose manifest is unsigned (`publish DIR`);
+      live record names (resigns), while every other manifest reads: resign finishing
+      its own switch from a release whose manifest is unsigned (`publish DIR`);
     - unproven (neither): refused as well, whoever runs the repair (resign would give
       the release fresh signatures; an operator sent here by `origin check` would roll
       the fleet back without knowing it). The hint names `publish rollback` for the
@@ -1174,7 +1174,7 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
                  "wrote the switch record",
             rule="unrecorded-rollback", subject=release_id)
     unproven = unproven_dates(target, others, unread)
-    if unproven is None or resigns(target, recorded):
+    if unproven is None or resigns(target, recorded, unread):
         return None
     undo = recorded or (newest.release if newest is not None else "ID")
     why = (f"release {release_id} cannot be shown to be newer than "
@@ -1210,16 +1210,21 @@ def unproven_dates(target: DatedRelease, others: Sequence[DatedRelease],
     return "; ".join(reasons) or None
 
 
-def resigns(target: DatedRelease, recorded: str | None) -> bool:
+def resigns(target: DatedRelease, recorded: str | None, unread: Sequence[str]) -> bool:
     """Whether ``target`` is `trustboot resign`'s re-sign of ``recorded``: its id is the
     one resign gives a re-sign of ``recorded`` by the one signer of its signed manifest.
     The id is inside what that signer signed, and resign names it after the signer's own
     certificate, so only resign (or a holder of that key, who can sign any date anyway)
     makes such a release. Its files are not compared with ``recorded``'s: the latter's
     manifest is unsigned whenever this is asked (else its date decides), so a writer
-    could make it say anything."""
-    return (recorded is not None and target.proven and len(target.signers) == 1
-            and bool(target.signers[0].sha256)
+    could make it say anything.
+
+    Never while another release's manifest does not read (``unread``, from
+    ReleaseDates): whoever writes to the origin can hide the newer releases' manifests
+    and rewrite the live record to name the old release, and a still-valid re-sign of
+    it would then be switched back to unattended."""
+    return (not unread and recorded is not None and target.proven
+            and len(target.signers) == 1 and bool(target.signers[0].sha256)
             and resign_id(recorded, target.signers[0].sha256) == target.release)
 
 

@@ -517,7 +517,7 @@ def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, served: Release
     live = release_date(origin, served, trust=trust, now=now, reader=reader)
     others, unread = dates.besides(live_id)
     # a release the live one re-signs has its content: its date says nothing more
-    others = [d for d in others if not resigns(live, d.release)]
+    others = [d for d in others if not resigns(live, d.release, unread)]
     newest = max(others, key=lambda d: d.created, default=None)
     older = newest is not None and live.created < newest.created
     if recorded == live_id:
