@@ -777,6 +777,13 @@ def test_a_rollback_killed_after_its_live_record_is_finished_by_dropping_the_rec
         assert r.exit_code == 0, r.output
         out = json.loads(r.stdout)
         assert out["action"] == "dropped" and "had finished" in out["detail"], out
+        # dropped, but not without a word: the switch went back past rb
+        assert "note: release ra is older than rb (their signed manifests" in \
+            out["detail"], out
+        assert f"make rb live again (trustboot publish rollback {url} rb)" in \
+            out["detail"], out
+        r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir)])
+        assert r.exit_code == 0, r.output  # (nothing left to repair: no record)
     else:
         r = resign(pki, url, repair_signer)
         assert r.exit_code == 0, r.output
@@ -786,6 +793,22 @@ def test_a_rollback_killed_after_its_live_record_is_finished_by_dropping_the_rec
     assert not (root / SWITCH_JOURNAL).exists()
     assert json.loads((root / ".trustboot-live.json").read_bytes())["entries"][
         "boot.ipxe"]["release"] in ("ra", out.get("release"))
+
+
+def test_a_finished_switch_forward_is_dropped_without_a_note(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """The negative control of the note above: a publish of rb killed after its live
+    record, before removing the switch record, rb newer than ra: dropped, no note."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""))
+    _half_rolled_back_to(root, "rb")
+    r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["action"] == "dropped" and "had finished" in out["detail"], out
+    assert "older than" not in out["detail"] and "note" not in out["detail"], out
+    assert not (root / SWITCH_JOURNAL).exists()
 
 
 def _put_back_pair(root: Path, rid: str, record: str) -> None:

@@ -1070,12 +1070,21 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
             sig = manifest.file(entry.sig) if entry.sig else None
             _record_live(origin, entry_path, release_id, entry.sha256,
                          sig.sha256 if sig else None)
+            note = ""
+        elif finished:
+            # the live record names the target already (a rollback killed before the
+            # switch record went): nothing to refuse, but a switch back is said, as
+            # resign says it, so the one who runs the repair sees it
+            note = _older_note(origin, manifest, trust=trust, now=now, reader=reader,
+                               dates=dates)
+        else:
+            note = ""
         origin.delete(SWITCH_JOURNAL)
         # killed before the first replacement, or after the second (record not removed)
         when = "had finished: it is live" if finished else "had not started"
         return RepairResult(release_id, "dropped",
                             f"{entry_path} and its signature verify; the interrupted switch "
-                            f"to {release_id} {when}")
+                            f"to {release_id} {when}{note}")
     # The record was written after the release verified, but that was then: its objects
     # may have been changed on the origin since, or its signer's certificate expired.
     # Completing the switch makes the release live, so it is verified now as a rollback
@@ -1189,6 +1198,25 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
              f"{where} {undo}) and find out who wrote the switch record"
              + (f" (ids: trustboot publish list {where})" if undo == "ID" else ""),
         rule="unrecorded-rollback", subject=release_id)
+
+
+def _older_note(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
+                now: dt.datetime, reader: Reader | None, dates: ReleaseDates | None) -> str:
+    """'; release X is older than Y (...)' when ``manifest``'s release is older than the
+    newest other release on the origin (as _switch_back dates them), else ''."""
+    target = release_date(origin, manifest, trust=trust, now=now, reader=reader)
+    dates = dates or ReleaseDates(origin, trust=trust, now=now, reader=reader)
+    others, _ = dates.besides(manifest.release)
+    newest = max(others, key=lambda d: d.created, default=None)
+    if newest is None or target.created >= newest.created:
+        return ""
+    where = redact_url(origin.url)
+    signed = "signed " if target.proven and newest.proven else ""
+    return (f"; note: release {manifest.release} is older than {newest.release} (their "
+            f"{signed}manifests: {format_time(target.created)} and "
+            f"{format_time(newest.created)}): if that rollback was not meant, make "
+            f"{newest.release} live again (trustboot publish rollback {where} "
+            f"{newest.release})")
 
 
 def unproven_dates(target: DatedRelease, others: Sequence[DatedRelease],
