@@ -196,6 +196,45 @@ def test_file_origin_removes_only_stale_temp_files(tmp_path: Path) -> None:
     assert not stale.exists() and young.exists() and kept.exists()
 
 
+def test_file_origin_removes_the_directories_its_sweep_empties(tmp_path: Path) -> None:
+    """A killed upload's temp file was swept, its release folder left empty for ever
+    (listed, and counted as a release whose manifest is missing). The sweep removes the
+    directories it empties, and only those: not one empty already, not one still holding
+    anything, never releases/ nor the root."""
+    root = tmp_path / "origin"
+    old = time.time() - 7200
+    stale = [root / "releases/rk/.tb-tmp.aaaa.vmlinuz", root / "releases/rk/sub/.tb-tmp.b.x",
+             root / "releases/rm/.tb-tmp.cccc.initrd", root / "releases/ry/.tb-tmp.dddd.a",
+             root / ".tb-tmp.eeee.boot.ipxe"]
+    kept = [root / "releases/rm/initrd", root / "releases/ry/.tb-tmp.ffff.b"]
+    for f in stale + kept:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    (root / "releases/empty").mkdir()
+    for f in [*stale, kept[0]]:
+        os.utime(f, (old, old))
+    with open_origin(f"file://{root}", OriginOptions()) as origin:
+        removed = origin.remove_stale_temps(3600)
+    assert removed == sorted(p.relative_to(root).as_posix() for p in stale)
+    assert not (root / "releases/rk").exists()  # emptied, with its emptied sub-directory
+    assert all(p.exists() for p in kept)  # rm holds an object, ry a young temp file
+    assert (root / "releases/empty").is_dir()  # empty before: not this sweep's doing
+    assert root.is_dir() and (root / "releases").is_dir()
+    # releases/ emptied by a sweep stays too
+    (root / "releases/rm/initrd").unlink()
+    (root / "releases/ry/.tb-tmp.ffff.b").unlink()
+    (root / "releases/empty").rmdir()
+    for d in ("rm", "ry"):
+        (root / "releases" / d).rmdir()
+    last = root / "releases/rz/.tb-tmp.gggg.k"
+    last.parent.mkdir()
+    last.write_bytes(b"x")
+    os.utime(last, (old, old))
+    with open_origin(f"file://{root}", OriginOptions()) as origin:
+        assert origin.remove_stale_temps(3600) == ["releases/rz/.tb-tmp.gggg.k"]
+    assert (root / "releases").is_dir() and not any((root / "releases").iterdir())
+
+
 @pytest.mark.slow
 def test_an_origin_failing_during_repair_keeps_the_switch_record(
         pki: Pki, nginx: Nginx, make_release: ReleaseFactory,

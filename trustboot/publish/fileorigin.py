@@ -36,6 +36,7 @@ from trustboot.publish.lock import (
     origin_lock,
     swap_record,
 )
+from trustboot.publish.manifest import RELEASES_PREFIX
 from trustboot.publish.origin import (
     ObjectStat,
     OriginOptions,
@@ -443,7 +444,9 @@ class FileOrigin(StagesUploads, GuardedByLock):
                 out.append(key)
 
     def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
-        """Temporary files of killed uploads (``.tb-tmp.*`` in any directory)."""
+        """Temporary files of killed uploads (``.tb-tmp.*`` in any directory), and the
+        directories that removing them left empty (a killed upload's release folder
+        would otherwise stay, holding nothing); never the root nor releases/."""
         removed: builtins.list[str] = []
         cutoff = time.time() - older_than
         try:
@@ -457,9 +460,12 @@ class FileOrigin(StagesUploads, GuardedByLock):
         return sorted(removed)
 
     def _collect(self, dfd: int, base: str, cutoff: float,
-                 removed: builtins.list[str]) -> None:
+                 removed: builtins.list[str]) -> bool:
+        """Remove the stale temporary files under ``dfd`` (key ``base``); True when it
+        removed something there (a file, or a directory it emptied)."""
         with os.scandir(dfd) as it:
             entries = list(it)
+        emptied = False
         for entry in entries:
             key = f"{base}/{entry.name}" if base else entry.name
             if entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
@@ -467,6 +473,7 @@ class FileOrigin(StagesUploads, GuardedByLock):
                     if entry.stat(follow_symlinks=False).st_mtime < cutoff:
                         os.unlink(entry.name, dir_fd=dfd)
                         removed.append(key)
+                        emptied = True
             elif entry.is_dir(follow_symlinks=False) and not key_problem(key) \
                     and entry.name != LOCK_NAME:
                 try:
@@ -475,9 +482,16 @@ class FileOrigin(StagesUploads, GuardedByLock):
                 except OSError:
                     continue  # a sweep of our own leftovers: what we cannot open holds none
                 try:
-                    self._collect(sub, key, cutoff, removed)
+                    swept = self._collect(sub, key, cutoff, removed)
                 finally:
                     os.close(sub)
+                # only a directory this sweep emptied, and only once empty (rmdir
+                # refuses any other); releases/ stays, as the root does
+                if swept and key != RELEASES_PREFIX:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(entry.name, dir_fd=dfd)
+                        emptied = True
+        return emptied
 
     def delete(self, key: str) -> None:
         dirs, name = self._split(key)
