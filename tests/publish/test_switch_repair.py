@@ -714,6 +714,109 @@ def test_a_release_folder_without_its_manifest_is_listed_not_skipped(
     assert _served_state(root) == before
 
 
+def _killed_publish_folder(root: Path, rid: str, *, age: float = 7200) -> None:
+    """What a publish of ``rid`` killed after its objects, before its release.json, leaves
+    on the file:// origin ``root``, last changed ``age`` seconds ago."""
+    folder = root / "releases" / rid
+    folder.mkdir(parents=True)
+    (folder / "vmlinuz").write_bytes(b"kernel of " + rid.encode())
+    (folder / "vmlinuz.sig").write_bytes(b"not a signature of " + rid.encode())
+    then = time.time() - age
+    for path in (folder / "vmlinuz", folder / "vmlinuz.sig", folder):
+        os.utime(path, (then, then))
+
+
+@pytest.mark.parametrize("then", ["repair", "resign"])
+def test_a_killed_publishs_folder_stops_blocking_once_prune_removes_it(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, repair_signer: str,
+        then: str) -> None:
+    """A publish of rk killed before its release.json left releases/rk/ with objects
+    only. Its date cannot be told, so the repair of a killed switch forward (and resign
+    without a live record) is refused, and prune left the folder: only deleting it by
+    hand got out. Prune removes it once nothing in it changed for an hour, even while
+    the switch record is there (it is what keeps the repair refused), and says so; the
+    repair (resign) then goes on."""
+    root = tmp_path / "srv"
+    url, extra = f"file://{root}/", ["--pki", str(pki.dir), "--json"]
+    if then == "repair":
+        _publish_signed(pki, make_release, root, ("rb", ENTRY_B, ""),
+                        ("rc", ENTRY_C, "--no-switch"))
+        _half_rolled_back_to(root, "rc")
+        argv = ["publish", "repair", url, *extra]
+    else:
+        _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""))
+        tamper_live_record(root, "deleted", "rb")
+        argv = ["resign", url, "--key", repair_signer, "--passphrase-file",
+                str(pki.key_pass), *extra]
+    _killed_publish_folder(root, "rk")
+    r = CliRunner().invoke(cli, argv)
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "the release.json of rk does not read or is missing" in err["message"], err
+
+    r = CliRunner().invoke(cli, ["publish", "prune", url, "--keep", "5", *extra])
+    said = "removed incomplete release folder rk (no release.json, older than 1h00m)"
+    if then == "repair":  # no release is pruned until the switch is finished
+        assert r.exit_code == 1, r.output
+        err = json.loads(r.stderr)
+        assert "interrupted entry switch" in err["message"], err
+        assert said in err["message"], err
+    else:
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout) == {"deleted": [], "incomplete_removed": ["rk"],
+                                        "incomplete_left": []}
+    assert not (root / "releases/rk").exists()
+    assert sorted(p.name for p in (root / "releases").iterdir()) == \
+        (["rb", "rc"] if then == "repair" else ["ra", "rb"])
+
+    r = CliRunner().invoke(cli, argv)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    if then == "repair":
+        assert out["action"] == "completed", out
+        assert (root / "boot.ipxe").read_bytes() == ENTRY_C
+    else:
+        assert out["previous"] == "rb" and out["release"].startswith("rb.rs-"), out
+    assert not (root / SWITCH_JOURNAL).exists()
+
+
+def test_prune_leaves_a_folder_without_manifest_that_may_still_be_needed(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """Only a folder nothing needs goes: one changed within the hour (a publish may be
+    under way), one an entry pair serves (the live script is one of its objects), one the
+    live record names (for any entry path) is left, and prune says why for each; the old
+    one beside them is removed, and said so."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("rb", ENTRY_B, ""))
+    for rid in ("rold", "rserved", "rnamed"):
+        _killed_publish_folder(root, rid)
+    _killed_publish_folder(root, "ryoung", age=60)
+    (root / "releases/rserved/boot.ipxe").write_bytes(ENTRY_B)  # what boot.ipxe serves
+    then = time.time() - 7200
+    for path in (root / "releases/rserved/boot.ipxe", root / "releases/rserved"):
+        os.utime(path, (then, then))
+    record = json.loads((root / ".trustboot-live.json").read_bytes())
+    record["entries"]["menus/x.ipxe"] = {"release": "rnamed", "script_sha256": "0" * 64,
+                                         "sig_sha256": None}
+    (root / ".trustboot-live.json").write_text(json.dumps(record))
+    r = CliRunner().invoke(cli, ["publish", "prune", url, "--keep", "5", "--pki",
+                                 str(pki.dir)])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == "deleted 0 release(s)", r.output
+    assert "removed incomplete release folder rold (no release.json, older than 1h00m)" \
+        in lines, r.output
+    left = {ln.split()[4]: ln for ln in lines if ln.startswith("left incomplete")}
+    assert set(left) == {"ryoung", "rserved", "rnamed"}, r.output
+    assert "a publish may be under way" in left["ryoung"], left
+    assert "an entry pair on the origin serves it" in left["rserved"], left
+    assert "the live record or the switch record names it" in left["rnamed"], left
+    assert sorted(p.name for p in (root / "releases").iterdir()) == \
+        ["rb", "rnamed", "rserved", "ryoung"]
+
+
 def _planted_switch_back_past_forged(pki: Pki, make_release: ReleaseFactory, root: Path,
                                      how: str, record: str) -> dict[str, bytes | None]:
     """r0, ra and rb published signed to the file:// origin ``root``; rb's manifest forged

@@ -507,17 +507,25 @@ def repair_cmd(origin_url: str, as_json: bool, **kw: Any) -> None:
 @origin_options
 @json_option
 def prune_cmd(origin_url: str, keep: int, entry_path: str, as_json: bool, **kw: Any) -> None:
-    """Delete old releases of --entry-path from ORIGIN, never a live one."""
+    """Delete old releases of --entry-path from ORIGIN, never a live one.
+
+    Release folders without a release.json (a publish killed before writing it) are
+    removed once nothing in them changed for an hour, unless an entry or the live or
+    switch record needs them; each one removed or left is reported.
+    """
     from trustboot.publish.pipeline import prune
 
     origin, _ = open_cli_origin(origin_url, kw)
     with origin:
-        deleted = prune(origin, keep=keep, entry_path=entry_path)
+        result = prune(origin, keep=keep, entry_path=entry_path)
     if as_json:
-        emit_json({"deleted": deleted})
+        emit_json(result.to_json())
         return
+    deleted = result.deleted
     click.echo(f"deleted {len(deleted)} release(s)" + (f": {', '.join(deleted)}"
                                                         if deleted else ""))
+    for line in result.incomplete_lines():
+        click.echo(line)
 
 
 def utc_now() -> dt.datetime:

@@ -493,6 +493,66 @@ class FileOrigin(StagesUploads, GuardedByLock):
                         emptied = True
         return emptied
 
+    def folder_age(self, prefix: str) -> float | None:
+        # by each entry's mtime against this host's clock, as remove_stale_temps judges
+        parts = check_prefix(prefix).rstrip("/").split("/")
+        try:
+            dfd = self._dir(parts, create=False)
+        except OSError:
+            return None
+        try:
+            newest = self._newest(dfd)
+        finally:
+            os.close(dfd)
+        return None if newest is None else time.time() - newest
+
+    def _newest(self, dfd: int) -> float | None:
+        """The newest mtime of the directory ``dfd`` and of everything below it, temp
+        files and names ``list`` leaves out included (links not followed); None when
+        some entry cannot be looked at."""
+        try:
+            newest = os.fstat(dfd).st_mtime
+            with os.scandir(dfd) as it:
+                entries = list(it)
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                  dir_fd=dfd)
+                    try:
+                        below = self._newest(sub)
+                    finally:
+                        os.close(sub)
+                    if below is None:
+                        return None
+                    newest = max(newest, below)
+                else:
+                    newest = max(newest, st.st_mtime)
+        except OSError:
+            return None
+        return newest
+
+    def remove_empty_folder(self, prefix: str) -> bool:
+        parts = check_prefix(prefix).rstrip("/").split("/")
+        self._check_lock()
+        try:
+            parent = self._dir(parts[:-1], create=False)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            raise self._fail(prefix, "removing", exc) from None
+        try:
+            os.rmdir(parts[-1], dir_fd=parent)  # the kernel refuses one that holds anything
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return False
+            raise self._fail(prefix, "removing", exc) from None
+        finally:
+            os.close(parent)
+        return True
+
     def delete(self, key: str) -> None:
         dirs, name = self._split(key)
         self._check_lock()

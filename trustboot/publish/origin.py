@@ -225,6 +225,20 @@ class Origin(Protocol):
         ``older_than`` seconds; the names removed. Called under the lock."""
         ...
 
+    def folder_age(self, prefix: str) -> float | None:
+        """Seconds since anything in the folder ``prefix`` (a key with a trailing '/')
+        last changed: the newest of its objects, the temporary objects and sub-folders
+        in it and the folder itself, judged by the clock ``remove_stale_temps`` judges
+        age with. None when that cannot be told (an entry the origin does not date,
+        one it does not let us look at) or the folder is not there."""
+        ...
+
+    def remove_empty_folder(self, prefix: str) -> bool:
+        """Remove the folder ``prefix`` if it holds nothing at all (not even names
+        ``list`` leaves out); True when it is gone (or never was). Called under the
+        lock."""
+        ...
+
     def public_url(self, key: str) -> str | None:
         """The URL iPXE fetches for ``key``, or None if unknown."""
         ...

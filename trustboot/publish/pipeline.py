@@ -117,9 +117,9 @@ from trustboot.publish.readback import (
 from trustboot.publish.revocation import Revoked
 from trustboot.text import clean, shown_names
 
-__all__ = ["LocalObject", "PublishProgress", "PublishResult", "ReleaseInfo", "Trust",
-           "list_releases", "prune", "publish_release", "repair", "repair_switch", "rollback",
-           "scan_directory"]
+__all__ = ["LocalObject", "PruneResult", "PublishProgress", "PublishResult", "ReleaseInfo",
+           "Trust", "list_releases", "prune", "publish_release", "repair", "repair_switch",
+           "rollback", "scan_directory"]
 
 MAX_OBJECT_SIZE = 64 << 30
 MAX_ENTRY_SIZE = 16 << 20
@@ -2034,41 +2034,179 @@ def rollback(origin: Origin, release_id: str, *, entry_path: str = "boot.ipxe",
             reader.close()
 
 
-def _served_elsewhere(origin: Origin, manifests: Sequence[ReleaseManifest],
-                      entry_path: str) -> set[str]:
-    """The releases served by entry pairs at other paths than ``entry_path`` (another
-    recipe's entry on a shared origin: a staging menu beside the production one).
+def _entry_pairs(keys: Collection[str]) -> list[str]:
+    """The paths of the entry pairs among ``keys`` (a script with its .sig beside it).
 
     Pairs inside a release's directory are its objects, not entries; one directly under
     releases/ is an entry (refused today, check_entry_path, but an origin may have one
     from before) and protects its release like any other."""
-    keys = set(origin.list(""))
     inside = re.compile(re.escape(RELEASES_PREFIX) + "/[^/]+/")
-    others = sorted(k[:-4] for k in keys if k.endswith(".sig") and k[:-4] in keys
-                    and k[:-4] != entry_path and not inside.match(k))
-    served = (live_release(origin, manifests, path, by_script=True) for path in others)
+    return sorted(k[:-4] for k in keys if k.endswith(".sig") and k[:-4] in keys
+                  and not inside.match(k))
+
+
+def _served_elsewhere(origin: Origin, manifests: Sequence[ReleaseManifest],
+                      entry_path: str, keys: Collection[str]) -> set[str]:
+    """The releases served by entry pairs at other paths than ``entry_path`` (another
+    recipe's entry on a shared origin: a staging menu beside the production one)."""
+    served = (live_release(origin, manifests, path, by_script=True)
+              for path in _entry_pairs(keys) if path != entry_path)
     return {r for r in served if r is not None}
 
 
+@dataclass
+class PruneResult:
+    """What prune did: the releases it deleted, and the release folders without a
+    release.json (a publish killed before writing it, or the file removed) it removed
+    or left, each left one with the reason."""
+
+    deleted: list[str] = field(default_factory=list)
+    incomplete_removed: list[str] = field(default_factory=list)
+    incomplete_left: dict[str, str] = field(default_factory=dict)
+    incomplete_age: float = STALE_TEMP_AGE  # how old a removed one was at least
+
+    def to_json(self) -> dict[str, Any]:
+        return {"deleted": self.deleted, "incomplete_removed": self.incomplete_removed,
+                "incomplete_left": [{"release": r, "reason": why} for r, why
+                                    in sorted(self.incomplete_left.items())]}
+
+    def incomplete_lines(self) -> list[str]:
+        """One line per release folder without a release.json, removed or left."""
+        older = format_duration(dt.timedelta(seconds=self.incomplete_age))
+        return ([f"removed incomplete release folder {r} (no {MANIFEST_NAME}, older than "
+                 f"{older})" for r in self.incomplete_removed]
+                + [f"left incomplete release folder {r} (no {MANIFEST_NAME}): {why}"
+                   for r, why in sorted(self.incomplete_left.items())])
+
+
+def _named_by_records(origin: Origin) -> set[str]:
+    """The releases the live record (any entry path) and the switch record name."""
+    named = {r["release"] for r in _live_records(origin).values()
+             if isinstance(r, dict) and isinstance(r.get("release"), str)}
+    if pending_switch(origin):
+        try:
+            doc = jsonin.loads(b"".join(origin.read(SWITCH_JOURNAL, max_size=64 << 10)))
+            if isinstance(doc, dict) and isinstance(doc.get("release"), str):
+                named.add(doc["release"])
+        except (ValueError, TooLarge):
+            pass  # a record that does not parse names nothing (repair drops it)
+    return named
+
+
+class _ServedEntries:
+    """The entry pairs of the origin as served (each script and .sig, by sha256, and the
+    scripts' text), read once when first asked: which folders they fetch from."""
+
+    def __init__(self, origin: Origin, keys: Collection[str], entry_path: str) -> None:
+        self._origin = origin
+        self._paths = sorted(set(_entry_pairs(keys)) | ({entry_path} & set(keys)))
+        self._read: tuple[dict[int, set[str]], list[bytes]] | None = None
+
+    def _digests(self) -> tuple[dict[int, set[str]], list[bytes]]:
+        if self._read is None:
+            by_size: dict[int, set[str]] = {}
+            scripts = []
+            for path in self._paths:
+                for key, cap in ((path, MAX_ENTRY_SIZE), (path + ".sig", MAX_SIGNATURE_SIZE)):
+                    st = self._origin.stat(key)
+                    if st is None or st.size > cap:
+                        continue  # not an entry script or signature trustboot writes
+                    try:
+                        data = _served_bytes(self._origin, None, key, cap)
+                    except TooLarge:
+                        continue  # (grown meanwhile: as above)
+                    by_size.setdefault(len(data), set()).add(hashlib.sha256(data).hexdigest())
+                    if key == path:
+                        scripts.append(data)
+            self._read = by_size, scripts
+        return self._read
+
+    def fetch_from(self, release_id: str, keys: Sequence[str]) -> bool:
+        """Whether an entry pair serves an object of the folder (``keys``, its objects)
+        or names the folder in its script."""
+        by_size, scripts = self._digests()
+        folder = f"{RELEASES_PREFIX}/{release_id}/".encode()
+        if any(folder in script for script in scripts):
+            return True
+        for key in keys:
+            st = self._origin.stat(key)
+            if st is not None and st.size in by_size:
+                try:
+                    data = _served_bytes(self._origin, None, key, MAX_ENTRY_SIZE)
+                except TooLarge:
+                    continue  # grown past any entry's size meanwhile: none of them
+                if hashlib.sha256(data).hexdigest() in by_size.get(len(data), set()):
+                    return True
+        return False
+
+
+def _remove_incomplete(origin: Origin, problems: Mapping[str, str], keys: Collection[str],
+                       entry_path: str, result: PruneResult) -> None:
+    """Remove the release folders without a release.json (``problems``: MANIFEST_MISSING)
+    that nothing may still need (caller holds the lock): never one the live or switch
+    record names or an entry pair serves, never one changed within
+    ``result.incomplete_age`` (a publish may be under way), nor one whose age the origin
+    cannot tell; those are left, with the reason. Until removed, such a folder is a
+    release whose date cannot be told, and every repair of a killed switch and every
+    resign without a usable live record is refused (_switch_back, resign)."""
+    candidates = sorted(r for r, why in problems.items() if why == MANIFEST_MISSING)
+    if not candidates:
+        return
+    named = _named_by_records(origin)
+    served = _ServedEntries(origin, keys, entry_path)
+    limit = result.incomplete_age
+    for rid in candidates:
+        prefix = release_prefix(rid)
+        inside = sorted(k for k in keys if k.startswith(prefix))
+        age = None
+        if rid in named:
+            why = "the live record or the switch record names it"
+        elif served.fetch_from(rid, inside):
+            why = "an entry pair on the origin serves it"
+        elif (age := origin.folder_age(prefix)) is None:
+            why = "its age cannot be told (the origin does not date all it holds)"
+        elif age < limit:
+            why = (f"it changed {format_duration(dt.timedelta(seconds=max(age, 0)))} ago, "
+                   f"less than {format_duration(dt.timedelta(seconds=limit))} (a publish "
+                   "may be under way)")
+        else:
+            for key in inside:
+                origin.delete(key)
+            if origin.remove_empty_folder(prefix):
+                result.incomplete_removed.append(rid)
+                continue
+            why = "it still holds names trustboot does not list or write: check it by hand"
+        result.incomplete_left[rid] = why
+
+
 def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
-          owner: str | None = None) -> list[str]:
+          owner: str | None = None, incomplete_age: float = STALE_TEMP_AGE) -> PruneResult:
     """Delete all but the ``keep`` newest releases of ``entry_path`` (those whose manifest
     says they were published for it, ReleaseManifest.entry_path), never one an entry
-    pair of the origin serves (``entry_path``'s, or another's); the deleted ids. Another
-    entry path's releases are never deleted: on a shared origin, a staging recipe's
-    retention of 1 deleted production's rollback targets."""
+    pair of the origin serves (``entry_path``'s, or another's). Another entry path's
+    releases are never deleted: on a shared origin, a staging recipe's retention of 1
+    deleted production's rollback targets.
+
+    Release folders without a release.json are removed once nothing changed in them for
+    ``incomplete_age`` seconds (_remove_incomplete), even while an interrupted switch
+    is recorded (then no release is deleted, and the OperationalError names them): such
+    a folder is what keeps the repair of that switch refused."""
     if keep < 1:
         raise ConfigError(f"--keep {keep}: keep at least one release")
     check_entry_path(entry_path)
-    deleted = []
+    result = PruneResult(incomplete_age=incomplete_age)
     with origin.lock(owner or default_owner()):
+        origin.remove_stale_temps(STALE_TEMP_AGE)
+        keys = set(origin.list(""))
+        manifests, problems = read_manifests(origin)
         if pending_switch(origin):
             # the live release is ambiguous until the switch is finished
+            _remove_incomplete(origin, problems, keys, entry_path, result)
+            done = "".join(f"; {line}" for line in result.incomplete_lines())
             raise OperationalError(
-                f"{origin.url} has an interrupted entry switch recorded; nothing pruned",
+                f"{origin.url} has an interrupted entry switch recorded; no release "
+                f"pruned{done}",
                 hint=f"finish it first: trustboot publish repair {origin.url}")
-        origin.remove_stale_temps(STALE_TEMP_AGE)
-        manifests, problems = read_manifests(origin)
         live = live_release(origin, manifests, entry_path, by_script=True)
         if live is None and origin.stat(entry_path) is not None:
             unread_manifests(origin, entry_path, problems, "nothing pruned")
@@ -2079,7 +2217,7 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
                 "release it boots; nothing pruned",
                 hint="check --entry-path (recipe: origin.entry), or switch it to a release "
                      "first: trustboot publish rollback ORIGIN ID")
-        elsewhere = _served_elsewhere(origin, manifests, entry_path)
+        elsewhere = _served_elsewhere(origin, manifests, entry_path, keys)
         # A manifest from before entry_path was recorded proves no entry path: it counts
         # as this entry's while no other entry on the origin serves a release (an origin
         # of one recipe, as every origin was then), this one being the default or serving
@@ -2100,5 +2238,8 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
                 if key != prefix + MANIFEST_NAME:
                     origin.delete(key)
             origin.delete(prefix + MANIFEST_NAME)
-            deleted.append(m.release)
-    return sorted(deleted)
+            result.deleted.append(m.release)
+        _remove_incomplete(origin, problems, keys, entry_path, result)
+    result.deleted.sort()
+    return result
+

@@ -1230,6 +1230,38 @@ class S3Origin(GuardedByLock):
         # aborted by the next run that takes the lock (_abort_stale_uploads)
         return []
 
+    def folder_age(self, prefix: str) -> float | None:
+        # By the store's clock, as _abort_stale_uploads judges a leftover: the objects'
+        # LastModified and the uploads' Initiated against when the store wrote the lock
+        # we hold (a moment ago at most: the age can only come out too young).
+        full = self._full(check_prefix(prefix).rstrip("/")) + "/"
+        with self._calling(LOCK_NAME, "listing"):
+            taken = self._lock_written_at()
+        if taken is None:
+            return None
+        dates: list[object] = []
+        budget = ListingBudget(f"{self.url}{prefix}")
+        for page in self._pages(prefix, budget, Prefix=full):
+            for item in page.get("Contents", []):
+                budget.name(str(item.get("Key", "")))
+                dates.append(item.get("LastModified"))
+        # an upload in parts under way there has no object yet
+        with self._calling(prefix, "listing uploads", prompt=True):
+            uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full)
+        if uploads.get("IsTruncated"):
+            return None
+        dates += [up.get("Initiated") for up in uploads.get("Uploads", [])]
+        if not dates or not all(isinstance(d, dt.datetime) and d.tzinfo for d in dates):
+            return None  # nothing there, or an entry the store does not date
+        return (taken - max(cast(list[dt.datetime], dates))).total_seconds()
+
+    def remove_empty_folder(self, prefix: str) -> bool:
+        # no folders in a bucket: one is gone once no key starts with it
+        full = self._full(check_prefix(prefix).rstrip("/")) + "/"
+        with self._calling(prefix, "listing", prompt=True):
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=full, MaxKeys=1)
+        return not page.get("Contents")
+
     # -- URLs -----------------------------------------------------------------------
     def public_url(self, key: str) -> str | None:
         """``OriginOptions.public_url`` + key, else the endpoint's path-style URL (None

@@ -94,6 +94,7 @@ LOCK_COLLECTION = ".trustboot-lock"
 STAGING = TMP_PREFIX + "staging"
 _TEMP_NAME = re.compile(r"[0-9a-f]{16}\..+")
 MAX_PROPFIND_BYTES = 16 << 20
+_DATED = b"<resourcetype/><getlastmodified/>"  # what an age is judged by
 MAX_XML_DEPTH = 32
 MAX_XML_ELEMENTS = MAX_PROPFIND_BYTES // 32  # nginx spends ~40 bytes an element
 MAX_ANSWER_BYTES = 1 << 20  # any other answer: a status page, an error text, a lock file
@@ -370,15 +371,20 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
         self._ensure_collections(tmp)
         return tmp
 
+    def _propfind(self, url: str, props: bytes) -> httpx.Response:
+        """One PROPFIND ``Depth: 1`` of the collection at ``url`` asking ``props`` (the
+        answer capped); 404 is passed through."""
+        return self._request("PROPFIND", url, what="listing", ok=(207,), passthrough=(404,),
+                             headers={"Depth": "1"}, max_answer=MAX_PROPFIND_BYTES,
+                             content=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
+                                     + props + b"</prop></propfind>")
+
     def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
         url = self._url(STAGING, collection=True)
-        r = self._request("PROPFIND", url, what="listing",
-                          ok=(207,), passthrough=(404,), headers={"Depth": "1"},
-                          max_answer=MAX_PROPFIND_BYTES,
-                          content=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
-                                  b"<resourcetype/><getlastmodified/></prop></propfind>")
+        r = self._propfind(url, _DATED)
         if r.status_code == 404:
             return []
+        # getlastmodified by the server against this host's clock (folder_age too)
         now = time.time()
         removed = []
         for href, is_col, modified in parse_modified(r.content, source=url):
@@ -603,29 +609,75 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
         ('' is the root) shows: only names on this server under ``col`` that ``check_key``
         accepts, no temporary objects, no lock."""
         url = self._url(col, collection=True) if col else self.url
-        r = self._request("PROPFIND", url, what="listing", ok=(207,),
-                          passthrough=(404,), headers={"Depth": "1"},
-                          max_answer=MAX_PROPFIND_BYTES,
-                          content=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
-                                  b"<resourcetype/><getcontentlength/></prop></propfind>")
+        r = self._propfind(url, b"<resourcetype/><getcontentlength/>")
         if r.status_code == 404:
             return []
         out: dict[str, bool] = {}  # a name listed twice counts once (the first answer)
         for href, is_col, _size, _etag in parse_multistatus(r.content, source=url):
-            parts = _split_href(href)
-            if parts is None or (parts.netloc and parts.netloc != self._netloc):
-                continue  # another server's name: not ours to list
-            rel = unquote(parts.path)
-            if not rel.startswith(self.base_path):
-                continue
-            key = rel[len(self.base_path):].rstrip("/")
-            if key == col or not key or (col and not key.startswith(col + "/")):
-                continue  # the collection itself, or not inside it
+            key = self._key_of(href)
+            if key is None or key == col or not key or \
+                    (col and not key.startswith(col + "/")):
+                continue  # not ours, the collection itself, or not inside it
             name = key.rpartition("/")[2]
             if name.startswith(TMP_PREFIX) or name == LOCK_COLLECTION or key_problem(key):
                 continue
             out.setdefault(key, is_col)
         return list(out.items())
+
+    def _key_of(self, href: str) -> str | None:
+        """The key an answer's href names (no trailing '/'), or None when it is another
+        server's name or outside this origin."""
+        parts = _split_href(href)
+        if parts is None or (parts.netloc and parts.netloc != self._netloc):
+            return None
+        rel = unquote(parts.path)
+        if not rel.startswith(self.base_path):
+            return None
+        return rel[len(self.base_path):].rstrip("/")
+
+    def folder_age(self, prefix: str) -> float | None:
+        # every entry's getlastmodified, the collections' own included, against this
+        # host's clock, as remove_stale_temps judges; names list leaves out count too
+        col = check_prefix(prefix).rstrip("/")
+        newest: float | None = None
+        todo = [col]
+        budget = ListingBudget(f"{redact_url(self.url)}{prefix}")
+        while todo:
+            budget.request()
+            current = todo.pop()
+            url = self._url(current, collection=True)
+            r = self._propfind(url, _DATED)
+            if r.status_code == 404:
+                return None  # not there (or gone meanwhile)
+            for href, is_col, modified in parse_modified(r.content, source=url):
+                key = self._key_of(href)
+                if key is None or (key != current and not key.startswith(current + "/")):
+                    continue  # not in this folder: not the folder's age
+                budget.name(key)
+                if modified is None or (is_col and key != current and key_problem(key)):
+                    return None  # undated, or a folder we cannot look into
+                newest = modified if newest is None else max(newest, modified)
+                if is_col and key != current:
+                    todo.append(key)
+        return None if newest is None else time.time() - newest
+
+    def remove_empty_folder(self, prefix: str) -> bool:
+        col = check_prefix(prefix).rstrip("/")
+        self._check_lock()
+        url = self._url(col, collection=True)
+        r = self._propfind(url, b"<resourcetype/>")
+        if r.status_code == 404:
+            return True
+        # a DELETE of a collection takes all it holds: anything but itself in the
+        # answer (another server's name too) and it stays
+        if any(self._key_of(href) != col
+               for href, _is_col, _when in parse_modified(r.content, source=url)):
+            return False
+        self._request("DELETE", url, what="deleting", ok=(200, 204), passthrough=(404,),
+                      headers={"Depth": "infinity"})
+        with self._mutex:
+            self._collections.discard(col)
+        return True
 
     def _holds_objects(self, col: str) -> bool:
         """Whether ``list(col + '/')`` would list anything, stopping at the first object

@@ -389,7 +389,7 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
         # release is live by now: a prune that fails does not undo it, so it is a warning
         # (the result is still printed, the entry still checked), not the run's error.
         try:
-            result.pruned = prune(origin, keep=keep, entry_path=v.entry_path)
+            result.pruned = prune(origin, keep=keep, entry_path=v.entry_path).deleted
         except TrustbootError as exc:
             warning = (f"release {p.release_id} is published and {v.entry_path} switched to "
                        f"it, but pruning older releases (release.retention: {keep}) failed: "

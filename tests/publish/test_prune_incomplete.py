@@ -1,0 +1,93 @@
+"""Release folders without a release.json (a publish killed before writing it, an upload
+whose folder stayed) on every backend: ``Origin.folder_age`` tells how long nothing in
+one changed (file://: mtimes; nginx WebDAV: getlastmodified; Ceph RGW: LastModified by
+the store's clock), ``Origin.remove_empty_folder`` removes one that holds nothing, and
+prune removes those older than its limit and leaves the young ones, saying why.
+(The flow through repair and resign, and what prune never removes, are in
+test_switch_repair.py.)"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.publish.conftest import Nginx, Pki
+from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
+from tests.publish.test_list_dirs import _origin, _put
+from trustboot.publish.pipeline import STALE_TEMP_AGE, prune
+
+RK = ["releases/rk/vmlinuz", "releases/rk/vmlinuz.sig", "releases/rk/linux/initrd"]
+
+
+def _backdate(folder: Path, seconds: float) -> None:
+    """Everything in ``folder``, the folder included, last changed ``seconds`` ago."""
+    then = time.time() - seconds
+    for path in [*folder.rglob("*"), folder]:
+        os.utime(path, (then, then), follow_symlinks=False)
+
+
+@pytest.fixture(params=["file", "webdav", "s3"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store(kind: str, request: pytest.FixtureRequest) -> RGW | None:
+    """The session's RGW for s3 (started in setup, not by the test: not left behind)."""
+    return request.getfixturevalue("rgw") if kind == "s3" else None
+
+
+def test_prune_removes_old_folders_without_a_manifest_and_leaves_young_ones(
+        kind: str, store: RGW | None, nginx: Nginx, pki: Pki, tmp_path: Path) -> None:
+    with _origin(kind, nginx, pki, tmp_path, store) as (origin, where):
+        _put(origin, RK)
+        assert origin.folder_age("releases/missing/") is None
+        if kind == "s3":
+            # nothing to backdate in a bucket: a limit of seconds, by the store's clock
+            limit = 2.0
+            removed = ["rk"]
+            time.sleep(limit + 1)
+        else:
+            limit = STALE_TEMP_AGE
+            removed = ["re", "rk"]
+            (where / "releases/re").mkdir()  # a folder made, its upload never came
+            _backdate(where / "releases/rk", 7200)
+            _backdate(where / "releases/re", 7200)
+        _put(origin, ["releases/ry/vmlinuz"])
+        with origin.lock("test"):
+            old, young = origin.folder_age("releases/rk/"), origin.folder_age("releases/ry/")
+        assert old is not None and old >= limit, old
+        assert young is not None and young < limit, young
+
+        result = prune(origin, keep=1, incomplete_age=limit)
+        assert result.deleted == []
+        assert result.incomplete_removed == removed
+        assert list(result.incomplete_left) == ["ry"]
+        assert "a publish may be under way" in result.incomplete_left["ry"]
+        assert origin.list_dirs("releases/") == ["ry"]
+        assert origin.list("releases/") == ["releases/ry/vmlinuz"]
+        if kind != "s3":
+            assert not (where / "releases/rk").exists() and not (where / "releases/re").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "webdav"])
+def test_a_folder_is_removed_only_when_it_holds_nothing(
+        kind: str, nginx: Nginx, pki: Pki, tmp_path: Path) -> None:
+    """remove_empty_folder never takes what is inside (a WebDAV DELETE of a collection
+    would take all of it): a folder holding anything, even a name `list` leaves out, stays."""
+    with _origin(kind, nginx, pki, tmp_path) as (origin, where):
+        _put(origin, ["releases/rk/vmlinuz"])
+        (where / "releases/rh").mkdir()
+        (where / "releases/rh/a b").write_bytes(b"not a key trustboot writes")
+        with origin.lock("test"):
+            assert origin.remove_empty_folder("releases/rk/") is False
+            assert origin.remove_empty_folder("releases/rh/") is False
+            assert origin.remove_empty_folder("releases/missing/") is True
+            (where / "releases/re").mkdir()
+            assert origin.remove_empty_folder("releases/re/") is True
+        assert (where / "releases/rk/vmlinuz").is_file()
+        assert (where / "releases/rh/a b").is_file()
+        assert not (where / "releases/re").exists()
