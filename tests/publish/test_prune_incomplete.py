@@ -8,16 +8,19 @@ test_switch_repair.py.)"""
 
 from __future__ import annotations
 
+import http.server
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.publish.conftest import Nginx, Pki
+from tests.publish.conftest import Nginx, Pki, http_server
 from tests.publish.rgw import RGW, rgw  # noqa: F401  (the session fixture)
 from tests.publish.test_list_dirs import _origin, _put
+from trustboot.publish.origin import OriginOptions
 from trustboot.publish.pipeline import STALE_TEMP_AGE, prune
+from trustboot.publish.webdav import WebDAVOrigin
 
 RK = ["releases/rk/vmlinuz", "releases/rk/vmlinuz.sig", "releases/rk/linux/initrd"]
 
@@ -91,3 +94,43 @@ def test_a_folder_is_removed_only_when_it_holds_nothing(
         assert (where / "releases/rk/vmlinuz").is_file()
         assert (where / "releases/rh/a b").is_file()
         assert not (where / "releases/re").exists()
+
+
+class _Undated(http.server.BaseHTTPRequestHandler):
+    """A WebDAV server whose listing of /releases/rk/ dates the folder and one object but
+    not the other (getlastmodified is optional in WebDAV), and dates all of /releases/ro/."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_PROPFIND(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        old = "<getlastmodified>Mon, 01 Jan 2001 00:00:00 GMT</getlastmodified>"
+        base = self.path.rstrip("/")
+        undated = "rk" in base
+        body = ('<?xml version="1.0"?><multistatus xmlns="DAV:">'
+                + "".join(f"<response><href>{href}</href><propstat><prop>{kind}{when}"
+                          "</prop></propstat></response>" for href, kind, when in [
+                              (base + "/", "<resourcetype><collection/></resourcetype>", old),
+                              (base + "/vmlinuz", "<resourcetype/>", old),
+                              (base + "/vmlinuz.sig", "<resourcetype/>",
+                               "" if undated else old),
+                              # another server's name: not this folder's age
+                              ("https://elsewhere.example/x", "<resourcetype/>", "")])
+                + "</multistatus>").encode()
+        self.send_response(207)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_folder_whose_age_the_origin_does_not_tell_has_no_age() -> None:
+    """One undated entry and the folder's age cannot be told: None (prune leaves such a
+    folder, "its age cannot be told"), never the age of the entries that are dated."""
+    with http_server(_Undated) as url, WebDAVOrigin(url, OriginOptions(
+            unsafe_http=True, unsafe_no_verify=True, timeout=2.0, retries=0)) as origin:
+        assert origin.folder_age("releases/rk/") is None
+        age = origin.folder_age("releases/ro/")
+        assert age is not None and age > 20 * 365 * 86400, age
