@@ -434,11 +434,12 @@ def default_owner() -> str:
 
 
 def read_manifest(origin: Origin, release_id: str) -> ReleaseManifest | None:
-    read = _read_manifest(origin, release_id)
+    read = read_manifest_data(origin, release_id)
     return read[0] if read is not None else None
 
 
-def _read_manifest(origin: Origin, release_id: str) -> tuple[ReleaseManifest, bytes] | None:
+def read_manifest_data(origin: Origin, release_id: str
+                       ) -> tuple[ReleaseManifest, bytes] | None:
     """The release's manifest and the bytes it was parsed from (what its signature is
     judged against: a second read could be answered differently)."""
     key = release_prefix(release_id) + MANIFEST_NAME
@@ -1654,7 +1655,7 @@ def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: i
     stats.update(_stat_all(origin, prefix, [o.key for o in objects], jobs))
     for o in objects:
         st = stats[o.key]
-        if st is not None and st.size == o.size and (st.sha256 is None or st.sha256 == o.sha256):
+        if holds(st, o.size, o.sha256):
             result.skipped.append(o.key)
             if o.staged is not None and stager is not None:
                 stager.discard_staged(o.staged)
@@ -1694,6 +1695,12 @@ def _upload(origin: Origin, prefix: str, objects: Sequence[LocalObject], jobs: i
     result.bytes_uploaded += sum(o.size for o in todo)
     stats.update(_stat_all(origin, prefix, [o.key for o in todo], jobs))
     return stats
+
+
+def holds(st: ObjectStat | None, size: int, sha256: str) -> bool:
+    """The origin's object is these bytes as far as its stat tells: present, this size
+    and, where the backend records it, this sha256. What an upload is skipped on."""
+    return st is not None and st.size == size and (st.sha256 is None or st.sha256 == sha256)
 
 
 def _stat_all(origin: Origin, prefix: str, keys: Sequence[str], jobs: int
@@ -1736,7 +1743,7 @@ def _cached_names(origin: Origin, manifest: ReleaseManifest, cache: PublishCache
         st = stats.get(f.name)
         if f.name == manifest.entry or f.name in sig_names or f.sig is None or st is None:
             continue
-        if st.size == f.size and (st.sha256 is None or st.sha256 == f.sha256) and \
+        if holds(st, f.size, f.sha256) and \
                 cache.is_verified(origin.url, prefix + f.name, size=st.size, etag=st.etag,
                                   sha256=f.sha256):
             out.add(f.name)
@@ -1776,7 +1783,7 @@ def _read_manifests(origin: Origin
         if release_id_problem(rid):
             continue
         try:
-            m = _read_manifest(origin, rid)
+            m = read_manifest_data(origin, rid)
         except TrustbootError as exc:
             problems[rid] = exc.message
             continue
