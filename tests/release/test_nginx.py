@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -85,3 +86,35 @@ def test_release_second_release_rollback_and_audit(pki: Pki, nginx: Nginx, tmp_p
     assert mismatch[0]["subject"] == "tftp://192.0.2.2/undionly.kpxe"
     assert mismatch[0]["evidence"]["expected_sha256"] == [
         hashlib.sha256(GOOD_FIRMWARE).hexdigest()]
+
+
+def _dry_plan(recipe: Path) -> dict[str, Any]:
+    r = CliRunner().invoke(cli, ["release", str(recipe), "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    plan: dict[str, Any] = json.loads(r.stdout)["plan"]
+    return plan
+
+
+def test_dry_run_reads_the_webdav_origin_as_a_real_run(pki: Pki, nginx: Nginx, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dry run of a release already on the WebDAV origin lists nothing to upload (it
+    listed every object), and what it finds changed there is what a real run uploads."""
+    monkeypatch.delenv("TRUSTBOOT_IPXE_SRC", raising=False)
+    d = tmp_path / "lab"
+    d.mkdir()
+    recipe = make_lab(d, pki, nginx.url, images={"vmlinuz": b"kernel dry " * 3000,
+                                                 "initrd.img": b"initrd dry " * 1000})
+    plan = _dry_plan(recipe)
+    assert "undionly.kpxe.sig" in plan["upload"]
+    done = _release(recipe)
+    assert sorted(done["uploaded"]) == plan["upload"]  # type: ignore[call-overload]
+    again = _dry_plan(recipe)
+    assert again["release"] == plan["release"]
+    assert again["upload"] == []  # every object was listed here
+    assert plan["on_origin"] == [] and again["on_origin"] == plan["upload"]
+    # the prebuilt firmware changed on the origin (another size): only it goes up again
+    served = nginx.root / "releases" / plan["release"] / "undionly.kpxe"
+    served.write_bytes(b"shorter")
+    changed = _dry_plan(recipe)
+    assert changed["upload"] == ["undionly.kpxe"]
+    assert _release(recipe)["uploaded"] == ["undionly.kpxe"]

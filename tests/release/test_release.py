@@ -137,6 +137,58 @@ def test_dry_run_lists_exactly_what_the_real_run_uploads(lab: Lab) -> None:
                   if p.is_file()) == plan["upload"]
 
 
+def test_dry_run_says_what_the_origin_already_holds(lab: Lab) -> None:
+    """A dry run of a release already on the origin listed every object under `upload`
+    while a real run uploaded nothing: it now reads the origin as the real run does and
+    lists what is there with the same content under `on_origin`. Its `upload` is the
+    real run's `uploaded`, also when one object changed on the origin."""
+    recipe = lab.recipe()
+
+    def dry() -> dict[str, Any]:
+        code, out, err = release(str(recipe), "--dry-run", "--json")
+        assert code == 0, err
+        plan: dict[str, Any] = json.loads(out)["plan"]
+        return plan
+
+    first = dry()
+    assert len(first["upload"]) == 8
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    everything = sorted(json.loads(out)["uploaded"])
+    assert everything == first["upload"]
+
+    again = dry()
+    assert again["release"] == first["release"]
+    assert again["upload"] == []  # every object was listed here
+    assert first["on_origin"] == [] and again["on_origin"] == everything
+    assert again["sign"] == []  # every signature the origin holds is kept
+    code, out, err = release(str(recipe), "--dry-run")
+    assert code == 0, err
+    assert "upload:   0 objects under releases/" in out
+    assert "on origin: 8 already there with the same content: boot.ipxe, " in out
+    assert "sign:     nothing: the origin holds every signature" in out
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    assert json.loads(out)["uploaded"] == []
+
+    # one object changed on the origin (another size): that one, and only it, is uploaded
+    held = lab.origin / "releases" / first["release"]
+    (held / "linux" / "initrd.img").write_bytes(b"truncated")
+    changed = dry()
+    assert changed["upload"] == ["linux/initrd.img"]
+    assert "linux/initrd.img" not in changed["on_origin"] and changed["sign"] == []
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    assert json.loads(out)["uploaded"] == ["linux/initrd.img"]
+
+    # a signature the origin holds that no longer verifies is never counted as there:
+    # a real run signs the kernel again
+    (held / "linux" / "vmlinuz.sig").write_bytes(b"not a signature")
+    forged = dry()
+    assert "linux/vmlinuz.sig" in forged["upload"] and "linux/vmlinuz" in forged["sign"]
+    assert "linux/vmlinuz.sig" not in forged["on_origin"]
+
+
 def test_dry_run_plans_when_the_origin_is_out_of_reach(lab: Lab) -> None:
     """A {date} id looks for the same inputs released on an earlier day; when the origin
     cannot be listed, a dry run still prints the plan, saying the id is provisional (the
@@ -155,6 +207,17 @@ def test_dry_run_plans_when_the_origin_is_out_of_reach(lab: Lab) -> None:
     # a real run needs the origin: still an origin failure, exit 1
     code, _, err = release(str(recipe))
     assert code == 1 and "127.0.0.1:9" in err
+    # an id without {date} is not provisional, but what is already there is unknown
+    recipe.write_text(recipe.read_text().replace("'{date}-{digest8}'", "'{name}-{digest8}'"))
+    code, out, err = release(str(recipe), "--dry-run")
+    assert code == 0, err
+    assert "provisional" not in out + err
+    assert "(the origin was not read: some may already be there)" in out
+    assert "could not read the origin" in err and "127.0.0.1:9" in err
+    code, out, _ = release(str(recipe), "--dry-run", "--json")
+    plan = json.loads(out)["plan"]
+    assert plan["release_id_provisional"] is False and plan["on_origin"] is None
+    assert len(plan["upload"]) == 8
 
 
 def test_signer_expiring_before_min_lifetime_is_refused(lab: Lab) -> None:

@@ -221,7 +221,7 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
     if dry_run:
         p = result.plan
         provisional = ""
-        if p.get("origin_unreachable"):
+        if p.get("release_id_provisional") and p.get("origin_unreachable"):
             provisional = "; the id is provisional: the origin could not be listed"
         elif p.get("release_id_provisional"):
             provisional = "; the id is provisional until the pinned iPXE tree is cloned"
@@ -233,8 +233,14 @@ def command(recipe: Path, dry_run: bool, allow_outside: tuple[Path, ...],
         fw = p["firmware"]
         _say(f"  firmware: {fw['mode']} {', '.join(fw['targets'])}"
                    + (f" — {fw['reason']}" if fw["reason"] else ""))
-        _say(f"  sign:     {', '.join(p['sign'])}")
-        _say(f"  upload:   {len(p['upload'])} objects under releases/{p['release']}/")
+        _say(f"  sign:     {', '.join(p['sign']) or 'nothing: the origin holds every signature'}")
+        there = p.get("on_origin")
+        unknown = " (the origin was not read: some may already be there)"
+        _say(f"  upload:   {len(p['upload'])} objects under releases/{p['release']}/"
+             + (unknown if there is None else ""))
+        if there:  # what a real run finds in place and does not upload again
+            _say(f"  on origin: {len(there)} already there with the same content: "
+                 + ", ".join(there))
         _echo_window(result.replay_window)
         return
     pub = result.publish or {}

@@ -213,6 +213,12 @@ def hash_files(
     return [h for h in out if h is not None]
 
 
+def hash_bytes(data: bytes, hash_name: str) -> dict[str, bytes]:
+    """The digests hash_files gives a file, of bytes held in memory (a rendered script)."""
+    return {name: hashlib.new(name, data).digest()
+            for name in _hash_names(HashAlgorithm.parse(hash_name))}
+
+
 def _hash_names(hash_alg: HashAlgorithm) -> list[str]:
     """The digests to compute: the signature's, and SHA-256 for the manifest."""
     return [hash_alg.value] if hash_alg == "sha256" else [hash_alg.value, "sha256"]

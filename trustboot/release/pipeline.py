@@ -38,10 +38,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from trustboot import fsutil
 from trustboot.cms import sign as cms_sign
+from trustboot.cms.digest import hash_bytes
 from trustboot.cms.freshness import replay_window
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE, verify_signature
 from trustboot.errors import OperationalError, TrustbootError, VerificationError
@@ -67,10 +69,12 @@ from trustboot.publish.pipeline import (
     PublishProgress,
     PublishResult,
     build_manifest,
+    holds,
     pending_switch,
     prune,
     publish_release,
     read_manifest,
+    read_manifest_data,
 )
 from trustboot.publish.readback import Trust
 from trustboot.release.plan import (
@@ -179,23 +183,26 @@ def run_release(recipe: Recipe, options: ReleaseOptions, *, now: dt.datetime,
             # no secret to the origin that recipe names, however the secret is bound.
             notes.append(f"a dry run does not send origin.credentials ({v.credentials.source}):"
                          " what it asks the origin, it asks without them")
-        if "{date}" in recipe.release.id_template:
-            if urlsplit(v.origin_url).scheme == "s3":
-                # boto3 signs every request with the credentials it finds (the recipe's,
-                # else the environment's): an S3 store is not listed at all
-                p.origin_unreachable = ("not listed: a dry run sends no credentials, and "
-                                        "every S3 request is signed with them")
-            else:
-                try:
-                    read_only = dataclasses.replace(origin_options(v), create_root=False,
-                                                    credentials=None)
-                    with open_origin(v.origin_url, read_only) as origin:
+        if urlsplit(v.origin_url).scheme == "s3":
+            # boto3 signs every request with the credentials it finds (the recipe's,
+            # else the environment's): an S3 store is not read at all
+            p.origin_unreachable = ("not read: a dry run sends no credentials, and "
+                                    "every S3 request is signed with them")
+        else:
+            try:
+                read_only = dataclasses.replace(origin_options(v), create_root=False,
+                                                credentials=None)
+                with open_origin(v.origin_url, read_only) as origin:
+                    if "{date}" in recipe.release.id_template:
                         _keep_dated_id(p, origin)
-                except OperationalError as exc:
-                    # A dry run still plans when the origin is out of reach (a laptop, a
-                    # CI job checking a recipe, an origin that lists only to credentials):
-                    # only the id of the same inputs on an earlier day is unknown then.
-                    p.origin_unreachable = exc.message
+                    # what a real run would find there, so the plan says what it uploads
+                    p.on_origin = _already_there(p, origin, now)
+            except OperationalError as exc:
+                # A dry run still plans when the origin is out of reach (a laptop, a
+                # CI job checking a recipe, an origin that reads only to credentials):
+                # only the id of the same inputs on an earlier day, and what is already
+                # there, are unknown then.
+                p.origin_unreachable = exc.message
         result = _planned(p, st, dry_run=True, now=now)
         for note in notes:
             st.done("plan", "note", note)
@@ -283,12 +290,16 @@ def _planned(p: Plan, st: _Stages, *, dry_run: bool, now: dt.datetime) -> Releas
         min(c.not_valid_after_utc for c in (cert, *v.signer.chain)), now=now,
         not_before=cert.not_valid_before_utc).to_json()
     if dry_run:
-        if p.origin_unreachable is not None:
+        if p.origin_unreachable is not None and "{date}" in v.recipe.release.id_template:
             st.done("plan", "warning", f"could not list the origin ({p.origin_unreachable}): "
                     f"release {p.release_id} is provisional, the same inputs may already "
                     "be there under an earlier day's id")
+        elif p.origin_unreachable is not None:
+            st.done("plan", "warning", f"could not read the origin ({p.origin_unreachable}): "
+                    "every object is listed to upload, some may already be there")
+        there = f" ({len(p.on_origin)} already on the origin)" if p.on_origin else ""
         st.done("plan", "done", f"release {p.release_id}: {len(p.objects) + 1} objects to "
-                f"sign and publish to {v.origin_url}")
+                f"sign and publish to {v.origin_url}{there}")
     return result
 
 
@@ -323,18 +334,11 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
         st.done("build", "skipped", fw.reason)
 
     # render
-    entries = [MenuEntry(
-        name=e.name, title=e.title, arch=e.arch,
-        kernel_key=input_key(e, e.kernel),
-        initrd_keys=tuple(input_key(e, i) for i in e.initrds),
-        cmdline=e.cmdline, default=e.default) for e in v.recipe.entries]
-    script = render_menu(release_id=p.release_id, name=v.recipe.name, base_url=v.public_base,
-                         signer=v.signer_name, title=v.recipe.menu.title,
-                         timeout=v.recipe.menu.timeout, entries=entries,
-                         on_failure=v.on_failure)
+    script = _script(p)
     script_path = stage / ENTRY_SCRIPT
     fsutil.atomic_write(script_path, script.encode())
-    st.done("render", "done", f"{ENTRY_SCRIPT}: {_count(len(entries), 'entry', 'entries')}, "
+    st.done("render", "done", f"{ENTRY_SCRIPT}: "
+            f"{_count(len(v.recipe.entries), 'entry', 'entries')}, "
             f"{len(script.splitlines())} lines")
 
     # sign: every object is linked into the stage under its key, so each .sig lands
@@ -409,6 +413,20 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
             f"(--signer {v.signer_name})")
 
 
+def _script(p: Plan) -> str:
+    """The release's entry script (deterministic: a dry run renders the same bytes)."""
+    v = p.v
+    entries = [MenuEntry(
+        name=e.name, title=e.title, arch=e.arch,
+        kernel_key=input_key(e, e.kernel),
+        initrd_keys=tuple(input_key(e, i) for i in e.initrds),
+        cmdline=e.cmdline, default=e.default) for e in v.recipe.entries]
+    return render_menu(release_id=p.release_id, name=v.recipe.name, base_url=v.public_base,
+                       signer=v.signer_name, title=v.recipe.menu.title,
+                       timeout=v.recipe.menu.timeout, entries=entries,
+                       on_failure=v.on_failure)
+
+
 def _sign_and_publish(p: Plan, v: Validated, st: _Stages, result: ReleaseResult,
                       origin: Origin, opts: OriginOptions, trust: Trust,
                       relinked: list[cms_sign.Hashed], others: list[Path], stage: Path,
@@ -477,36 +495,17 @@ class _Held:
         self.origin, self.existing, self.signer = origin, existing, signer
         self.trust, self.hash_name, self.now = trust, hash_name, now
         self.prefix = release_prefix(release_id)
-        self.cert_sha256 = hashlib.sha256(
-            signer.certificate.public_bytes(Encoding.DER)).hexdigest()
         self.signed: list[cms_sign.Signed] = []
 
     def reuse(self, item: cms_sign.Hashed, stage: Path) -> bool:
         """True (and the signature written beside ``item``) when the origin's is kept."""
         if self.existing is None:
             return False
-        key = item.path.relative_to(stage).as_posix()
         sha256 = item.digests["sha256"].hex()
-        if key == MANIFEST_NAME:
-            recorded = None  # the manifest does not list its own signature
-        else:
-            f = self.existing.file(key)
-            sig = self.existing.file(f.sig) if f is not None and f.sig else None
-            if f is None or sig is None or f.sha256 != sha256 or f.size != item.size:
-                return False
-            recorded = sig.sha256
-        name = key + ".sig"
-        try:  # one GET: a missing signature fails it like any other unreadable one
-            der = b"".join(self.origin.read(self.prefix + name, max_size=MAX_SIGNATURE_SIZE))
-        except OperationalError:
-            return False  # missing or unreadable now: signed again; publish judges the origin
-        if recorded is not None and hashlib.sha256(der).hexdigest() != recorded:
-            return False
-        verdict = verify_signature(der, {self.hash_name: item.digests[self.hash_name]},
-                                   trust=self.trust.roots, now=self.now,
-                                   signer_name=self.trust.signer_name,
-                                   extra_certs=self.trust.extra_certs)
-        if not verdict.ok or [r.sha256 for r in verdict.signers] != [self.cert_sha256]:
+        der = _held_signature(self.origin, self.existing, item.path.relative_to(stage)
+                              .as_posix(), item, trust=self.trust, hash_name=self.hash_name,
+                              certificate=self.signer.certificate, now=self.now)
+        if der is None:
             return False
         target = cms_sign.signature_path(item.path, None)
         fsutil.atomic_write(target, der)
@@ -519,6 +518,94 @@ class _Held:
         return True
 
 
+def _held_signature(origin: Origin, existing: ReleaseManifest, key: str,
+                    item: cms_sign.Hashed, *, trust: Trust, hash_name: str,
+                    certificate: x509.Certificate, now: dt.datetime) -> bytes | None:
+    """The signature of ``key`` (whose bytes ``item`` digests) that the origin holds for
+    ``existing``'s release, when a run keeps it instead of signing again (_Held): the one
+    the manifest records for exactly these bytes (none is recorded for the manifest
+    itself), verifying as iPXE would, by ``certificate`` alone. None: signed again."""
+    sha256 = item.digests["sha256"].hex()
+    if key == MANIFEST_NAME:
+        recorded = None  # the manifest does not list its own signature
+    else:
+        f = existing.file(key)
+        sig = existing.file(f.sig) if f is not None and f.sig else None
+        if f is None or sig is None or f.sha256 != sha256 or f.size != item.size:
+            return None
+        recorded = sig.sha256
+    name = release_prefix(existing.release) + key + ".sig"
+    try:  # one GET: a missing signature fails it like any other unreadable one
+        der = b"".join(origin.read(name, max_size=MAX_SIGNATURE_SIZE))
+    except OperationalError:
+        return None  # missing or unreadable now: signed again; publish judges the origin
+    if recorded is not None and hashlib.sha256(der).hexdigest() != recorded:
+        return None
+    verdict = verify_signature(der, {hash_name: item.digests[hash_name]},
+                               trust=trust.roots, now=now, signer_name=trust.signer_name,
+                               extra_certs=trust.extra_certs)
+    cert_sha256 = hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
+    if not verdict.ok or [r.sha256 for r in verdict.signers] != [cert_sha256]:
+        return None
+    return der
+
+
+def _already_there(p: Plan, origin: Origin, now: dt.datetime) -> list[str]:
+    """The objects of the plan that a real run would find on the origin and not upload,
+    judged as it judges them. An object whose bytes the plan knows (inputs, prebuilt
+    firmware, the entry script): present with its size and, where the backend records
+    it, its sha256 (publish's upload). A signature: only one the run would keep
+    (_held_signature). release.json: only when it claims exactly these objects and
+    signatures, and its signature only when kept as well. Firmware built by the run
+    (not built in a dry run) and its signature are never counted."""
+    v = p.v
+    prefix = release_prefix(p.release_id)
+    items: dict[str, cms_sign.Hashed] = {
+        o["key"]: p.hashed[Path(o["path"])] for o in p.objects if o["path"] is not None}
+    if v.firmware.mode == "prebuilt":
+        accept = v.published.accept if v.published else None
+        for target, path in v.firmware.prebuilt_files:
+            h = cms_sign.hash_files([path], v.hash_name, accept=accept)[0]
+            # only the bytes the id was made of: a real run refuses others (_prebuilt)
+            if p.firmware_identity.get(target) == h.digests["sha256"].hex():
+                items[firmware_key(target)] = h
+    script = _script(p).encode()
+    items[ENTRY_SCRIPT] = cms_sign.Hashed(Path(ENTRY_SCRIPT), len(script),
+                                          hash_bytes(script, v.hash_name))
+    there = [k for k, h in items.items()
+             if holds(origin.stat(prefix + k), h.size, h.digests["sha256"].hex())]
+    read = read_manifest_data(origin, p.release_id)
+    if read is None:
+        return sorted(there)
+    existing, data = read
+    trust = trust_of(v)
+
+    def held(key: str, item: cms_sign.Hashed) -> bytes | None:
+        return _held_signature(origin, existing, key, item, trust=trust,
+                               hash_name=v.hash_name, certificate=v.signer.certificate,
+                               now=now)
+
+    objects = []
+    for key, h in items.items():
+        objects.append(LocalObject(key, h.path, h.size, h.digests["sha256"].hex()))
+        der = held(key, h)
+        if der is not None:
+            there.append(key + ".sig")
+            objects.append(LocalObject(key + ".sig", Path(key + ".sig"), len(der),
+                                       hashlib.sha256(der).hexdigest()))
+    # every object of the release, each with its kept signature: then the manifest the
+    # run would make has the claim's content, and the run uses the origin's (_manifest)
+    planned = {o["key"] for o in p.objects} | {ENTRY_SCRIPT}
+    if set(items) == planned and len(objects) == 2 * len(planned) and existing.same_content(
+            build_manifest(p.release_id, objects, entry=ENTRY_SCRIPT, now=now, origin=None,
+                           trust=trust)):
+        there.append(MANIFEST_NAME)
+        claim = cms_sign.Hashed(Path(MANIFEST_NAME), len(data), hash_bytes(data, v.hash_name))
+        if held(MANIFEST_NAME, claim) is not None:
+            there.append(MANIFEST_NAME + ".sig")
+    return sorted(there)
+
+
 def _already_live(origin: Origin, existing: ReleaseManifest, wanted: dict[str, str],
                   entry_path: str) -> bool:
     """The release on the origin has exactly these objects, all present with their sizes,
@@ -528,8 +615,7 @@ def _already_live(origin: Origin, existing: ReleaseManifest, wanted: dict[str, s
         return False
     prefix = release_prefix(existing.release)
     for f in existing.files:
-        st = origin.stat(prefix + f.name)
-        if st is None or st.size != f.size or (st.sha256 is not None and st.sha256 != f.sha256):
+        if not holds(origin.stat(prefix + f.name), f.size, f.sha256):
             return False
     entry = existing.file(ENTRY_SCRIPT)
     sig = existing.file(entry.sig) if entry is not None and entry.sig else None

@@ -288,8 +288,11 @@ class Plan:
     digest: str
     hashed: dict[Path, cms_sign.Hashed]
     objects: list[dict[str, Any]] = field(default_factory=list)
-    # a dry run that could not list the origin: why (the id may be an earlier day's there)
+    # a dry run that could not read the origin: why (the id may be an earlier day's
+    # there, and what is already there is unknown)
     origin_unreachable: str | None = None
+    # a dry run that read the origin: the objects a real run would find there and skip
+    on_origin: list[str] | None = None
     # what the id says of the firmware (prebuilt: each target's sha256)
     firmware_identity: Any = None
 
@@ -310,17 +313,27 @@ class Plan:
             "firmware": {"mode": fw.mode, "targets": list(fw.targets), "reason": fw.reason},
             # the id includes the firmware's build cache key, unknown until it is cloned
             "release_id_provisional": (fw.pinned is not None and fw.request is None)
-            or self.origin_unreachable is not None,
+            or (self.origin_unreachable is not None
+                and "{date}" in self.v.recipe.release.id_template),
             "origin_unreachable": self.origin_unreachable,
             "build": list(fw.targets) if fw.mode == "build" else [],
             # what a real run of a new id signs and uploads: the manifest and its
             # signature too (publish_release's claim), as the real run's `uploaded` says
-            "sign": [o["key"] for o in self.objects] + [ENTRY_SCRIPT, MANIFEST_NAME],
-            "upload": sorted([o["key"] for o in self.objects]
-                             + [f"{o['key']}.sig" for o in self.objects]
-                             + [ENTRY_SCRIPT, f"{ENTRY_SCRIPT}.sig",
-                                MANIFEST_NAME, f"{MANIFEST_NAME}.sig"]),
+            # (less what it would keep: a signature found on the origin, kept as a run does)
+            "sign": [k for k in [o["key"] for o in self.objects] + [ENTRY_SCRIPT, MANIFEST_NAME]
+                     if f"{k}.sig" not in (self.on_origin or ())],
+            # less what a dry run found on the origin as a real run would (null: the
+            # origin was not read, and any of `upload` may already be there)
+            "upload": sorted(set(self._all_keys()) - set(self.on_origin or ())),
+            "on_origin": self.on_origin,
         }
+
+    def _all_keys(self) -> list[str]:
+        """Every object a release of this plan has on the origin."""
+        return sorted([o["key"] for o in self.objects]
+                      + [f"{o['key']}.sig" for o in self.objects]
+                      + [ENTRY_SCRIPT, f"{ENTRY_SCRIPT}.sig",
+                         MANIFEST_NAME, f"{MANIFEST_NAME}.sig"])
 
 
 def _cn(cert: x509.Certificate) -> str | None:
