@@ -375,3 +375,44 @@ def test_a_crl_the_ca_home_accepts_is_read_by_verify_and_publish(
     over = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(big)])
     assert over.exit_code == 3 and f"larger than {MAX_CRL_FILE} bytes" in over.output, \
         over.output
+
+
+def test_a_crl_entry_without_a_reason_is_reported_unspecified(
+        revoked_pki: tuple[Path, Path], tmp_path: Path) -> None:
+    """A CRL entry without a reasonCode (RFC 5280: "unspecified"; other CAs' CRLs often
+    have none) was reported with reason "" by verify --crl while publish's gate wrote
+    "unspecified": one wording everywhere."""
+    from cryptography import x509 as _x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from trustboot.ca.store import CertificateAuthority
+    from trustboot.secrets import constant
+
+    pki, image = revoked_pki
+    ca = CertificateAuthority.open(pki)
+    issuer = ca.issuing_cert
+    now = dt.datetime.now(dt.UTC)
+    signer = ca.get("signer").load_cert()
+    crl = (_x509.CertificateRevocationListBuilder()
+           .issuer_name(issuer.subject)
+           .last_update(now - dt.timedelta(hours=1))
+           .next_update(now + dt.timedelta(days=7))
+           .add_revoked_certificate(_x509.RevokedCertificateBuilder()
+                                    .serial_number(signer.serial_number)
+                                    .revocation_date(now - dt.timedelta(minutes=5))
+                                    .build())
+           .sign(ca.load_issuing_key(constant(CA_PASS.encode())), hashes.SHA256()))
+    assert not list(crl[0].extensions)  # no reasonCode on the entry
+    path = tmp_path / "other-tool.crl"
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    root = ["--trust", str(pki / "ca.crt"), "--pki", str(tmp_path / "no-pki")]
+    doc = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(path), "--json"])
+    assert doc.exit_code == 0, doc.output
+    (entry,) = json.loads(doc.stdout)["revoked"]
+    assert entry["reason"] == "unspecified"
+    said = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(path)])
+    assert f"is revoked by {path} since" in said.stderr and "(unspecified)" in said.stderr
+    # publish's gate reports it in the same words (Revoked: publish list, its refusal)
+    from trustboot.publish.revocation import Revoked
+    gate = Revoked("signer", signer.serial_number, None, None, str(path), by_crl=True)
+    assert gate.to_json()["reason"] == "unspecified" and "for unspecified" in gate.describe()

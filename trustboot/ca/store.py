@@ -68,6 +68,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from trustboot.ca import profiles
 from trustboot.ca.profiles import CAOptions, PrivateKey
+from trustboot.cms.revocation import crl_reason as _crl_reason
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import (
     PRIVATE_DIR_MODE,
@@ -1946,15 +1947,6 @@ class CertificateAuthority:
             hint="restore log.jsonl from a backup (compare its head with the one `ca check` "
             "printed before); nothing is written to this CA until it matches index.json",
             rule="log-lost")
-
-
-def _crl_reason(revoked: x509.RevokedCertificate) -> str:
-    """A CRL entry's reason, by the index's name for it."""
-    try:
-        return str(revoked.extensions.get_extension_for_class(
-            x509.CRLReason).value.reason.name)
-    except x509.ExtensionNotFound:
-        return "unspecified"
 
 
 def _raised_since(entry: IssuedEntry, crl_reason: str) -> bool:

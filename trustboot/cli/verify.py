@@ -303,6 +303,7 @@ def _revoked(ca: CertificateAuthority | None, crl_path: Path | None, verdict: Ve
     no CRL. The same lookup as publish's gate (publish.revocation.Revocations), so verify
     never calls clean what publish would refuse. An unrelated pki never speaks about a
     foreign signer (it must know the certificate, or its key as compromised)."""
+    from trustboot.cms.revocation import reason_name
     from trustboot.publish.revocation import Revocations
 
     if not verdict.signers:
@@ -315,7 +316,7 @@ def _revoked(ca: CertificateAuthority | None, crl_path: Path | None, verdict: Ve
             + f"serial {r.serial:x})"
         if r.by_crl:
             said = (f"is revoked by {crl_path} since {r.revoked_at}"
-                    + (f" ({r.reason})" if r.reason else ""))
+                    + f" ({reason_name(r.reason)})")
         elif r.via is not None:
             said = (f"has the key revoked as compromised with certificate {r.via} in "
                     f"{home}"
@@ -325,7 +326,7 @@ def _revoked(ca: CertificateAuthority | None, crl_path: Path | None, verdict: Ve
                     + (f" at {r.revoked_at}" if r.revoked_at else ""))
         found.append({
             "name": r.name or r.signer, "serial": f"{r.serial:x}",
-            "revoked_at": r.revoked_at or "", "reason": r.reason or "", "via": r.via,
+            "revoked_at": r.revoked_at or "", "reason": reason_name(r.reason), "via": r.via,
             "message": f"the signer {who} {said}; iPXE does not read CRLs, so it still "
                        "accepts this signature",
             "remedy": REVOKED_REMEDY,

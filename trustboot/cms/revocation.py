@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -20,19 +19,32 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from trustboot.cms.verify import SignerReport
 from trustboot.errors import ConfigError, VerificationError
 
+# RFC 5280 5.3.1: a CRL entry without a reasonCode is revoked for "unspecified" (as
+# `ca revoke` defaults to); every report spells a revocation's reason with reason_name
+UNSPECIFIED = "unspecified"
+
+
+def reason_name(reason: str | None) -> str:
+    """A revocation's reason as reports spell it (the CA index's and CRLReason's name)."""
+    return reason or UNSPECIFIED
+
+
+def crl_reason(entry: x509.RevokedCertificate) -> str:
+    """A CRL entry's reason, by the CA index's name for it."""
+    try:
+        return str(entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.name)
+    except x509.ExtensionNotFound:
+        return UNSPECIFIED
+
 
 @dataclass(frozen=True)
 class CrlRevocation:
-    """A signer the CRL lists."""
+    """A signer the CRL lists (reported as publish.revocation.Revoked)."""
 
     common_name: str
     serial: int
     revoked_at: dt.datetime
-    reason: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.common_name, "serial": f"{self.serial:x}",
-                "revoked_at": self.revoked_at.isoformat(), "reason": self.reason or ""}
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -93,14 +105,8 @@ def check_crl(data: bytes, signers: Sequence[SignerReport], *, source: str,
         entry = crl.get_revoked_certificate_by_serial_number(signer.serial)
         if entry is None:
             continue
-        reason = None
-        try:
-            ext = entry.extensions.get_extension_for_class(x509.CRLReason)
-            reason = ext.value.reason.name  # as `ca revoke --reason` spells it
-        except x509.ExtensionNotFound:
-            pass
         revoked.append(CrlRevocation(signer.common_name, signer.serial,
-                                     entry.revocation_date_utc, reason))
+                                     entry.revocation_date_utc, crl_reason(entry)))
     if not used:
         notes.append(f"{source} is issued by {crl.issuer.rfc4514_string()}, which issued "
                      "none of the signers: it says nothing about them")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trustboot.cms.revocation import reason_name
 from trustboot.cms.verify import SignerReport
 from trustboot.errors import VerificationError
 from trustboot.text import clean, shown_names
@@ -59,11 +60,11 @@ class Revoked:
                     + (f" on {self.revoked_at}" if self.revoked_at else "")
                     + f" in {self.source}")
         return (f"{who} was revoked" + (f" on {self.revoked_at}" if self.revoked_at else "")
-                + f" for {self.reason or 'unspecified'} in {self.source}")
+                + f" for {reason_name(self.reason)} in {self.source}")
 
     def to_json(self) -> dict[str, Any]:
         return {"signer": self.signer, "name": self.name, "serial": f"{self.serial:x}",
-                "reason": self.reason or "unspecified", "revoked_at": self.revoked_at,
+                "reason": reason_name(self.reason), "revoked_at": self.revoked_at,
                 "source": self.source, "via": self.via}
 
 
