@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography import x509
 
+from tests.cms.corpus import combine
 from tests.publish.conftest import Pki, ReleaseFactory
 from trustboot.cli.main import cli
 from trustboot.cli.verify import load_trust
@@ -91,7 +92,7 @@ def test_a_clean_release_shows_its_signer(pki: Pki, origin: tuple[str, Path]) ->
     for rid in ("r1", "r2"):
         assert infos[rid]["verified"] is True and infos[rid]["unverified"] is None
         assert infos[rid]["signer"] == name and infos[rid]["signer_serial"] == serial
-        assert infos[rid]["revoked"] is None and infos[rid]["expiry"]
+        assert infos[rid]["revoked"] == [] and infos[rid]["expiry"]
 
 
 def test_a_manifest_naming_a_current_signer_shows_the_revoked_one_who_signed_it(
@@ -116,8 +117,37 @@ def test_a_manifest_naming_a_current_signer_shows_the_revoked_one_who_signed_it(
     r1 = infos["r1"]
     assert r1["verified"] is True
     assert r1["signer"] == real and r1["signer_serial"] == real_serial
-    assert r1["revoked"]["name"] == "boot-signer"
-    assert r1["revoked"]["reason"] == "key_compromise"
+    assert [(x["name"], x["reason"]) for x in r1["revoked"]] == [
+        ("boot-signer", "key_compromise")]
+
+
+def test_every_revoked_signer_of_a_release_is_listed(pki: Pki, origin: tuple[str, Path],
+                                                    tmp_path: Path) -> None:
+    """release.json.sig with two signers (iPXE checks them all), both revoked: the JSON
+    named only the first one, so a tool reading it missed the second revocation."""
+    url, srv = origin
+    held = srv / "releases" / "r1"
+    other = tmp_path / "other"
+    other.mkdir()
+    pki.sign([held / "release.json"], other, signer="other-signer")
+    (held / "release.json.sig").write_bytes(combine(
+        (held / "release.json.sig").read_bytes(), (other / "release.json.sig").read_bytes()))
+    copy = tmp_path / "pki3"
+    shutil.copytree(pki.dir, copy, symlinks=True)
+    for name, reason in (("boot-signer", "key_compromise"), ("other-signer", "superseded")):
+        r = run("ca", "revoke", name, "--reason", reason, "--pki", str(copy),
+                "--passphrase-file", str(pki.secrets / "ca.pass"))
+        assert r.exit_code == 0, r.output
+    line = line_of(run("publish", "list", url, "--pki", str(copy)).output, "r1")
+    assert "REVOKED" in line and "key_compromise" in line and "superseded" in line
+    infos = listed(url, "--pki", str(copy))
+    r1 = infos["r1"]
+    assert r1["verified"] is True and r1["state"] == "revoked"
+    assert sorted((x["name"], x["reason"]) for x in r1["revoked"]) == [
+        ("boot-signer", "key_compromise"), ("other-signer", "superseded")]
+    assert [x["name"] for x in infos["r2"]["revoked"]] == ["boot-signer"]  # one signer
+    # with the pki that revoked nothing, the list is empty (not null)
+    assert listed(url, "--pki", str(pki.dir))["r1"]["revoked"] == []
 
 
 def test_a_crl_alone_marks_the_real_signer(origin: tuple[str, Path], revoked_pki: Path,
@@ -127,7 +157,7 @@ def test_a_crl_alone_marks_the_real_signer(origin: tuple[str, Path], revoked_pki
     infos = listed(url, "--pki", str(tmp_path / "nopki"), "--trust",
                    str(revoked_pki / "ca.crt"), "--crl", str(revoked_pki / "crl.pem"))
     assert infos["r1"]["verified"] is True
-    assert infos["r1"]["revoked"]["reason"] == "key_compromise"
+    assert [x["reason"] for x in infos["r1"]["revoked"]] == ["key_compromise"]
 
 
 def test_a_tampered_manifest_is_unverified(pki: Pki, origin: tuple[str, Path]) -> None:
@@ -319,7 +349,7 @@ def test_an_expired_signer_shows_expired_with_its_signer(
         assert info["unverified"] is None and info["verified_by"] == by
         assert info["signer"] == name and info["signer_serial"] == serial
         assert info["expiry"] == end.isoformat()
-        assert info["expired"]["rule"] == "expired" and info["revoked"] is None
+        assert info["expired"]["rule"] == "expired" and info["revoked"] == []
 
 
 def test_an_expired_and_revoked_signer_shows_revoked(
@@ -333,7 +363,8 @@ def test_an_expired_and_revoked_signer_shows_revoked(
         line = line_of(r.output, rid)
         assert "REVOKED" in line and "key_compromise" in line and "EXPIRED" not in line
         info = listed(url, "--pki", str(revoked_pki))[rid]
-        assert info["state"] == "revoked" and info["revoked"]["name"] == "boot-signer"
+        assert info["state"] == "revoked"
+        assert [x["name"] for x in info["revoked"]] == ["boot-signer"]
         assert info["expired"]["rule"] == "expired"  # (both, in --json)
 
 

@@ -423,8 +423,9 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
             state = f"  UNREADABLE: {i.problem}"
         elif i.unverified is not None:  # never the manifest's claim as if it were true
             state += f"  UNVERIFIED: {clean(i.unverified.reason, limit=400)}"
-        if i.revoked is not None:  # iPXE would still boot it: say why it must not be
-            state += f"  REVOKED: the signer {i.revoked.describe()}"
+        if i.revoked:  # iPXE would still boot it: say why it must not be
+            state += "  REVOKED: " + "; ".join(f"the signer {r.describe()}"
+                                                for r in i.revoked)
         elif i.expired is not None:  # (a revoked signer says more than its expiry)
             state += f"  EXPIRED: {clean(i.expired.reason, limit=400)}"
         click.echo(f"{mark} {i.id:24} {created}  {i.files:3} files  signer "

@@ -209,8 +209,9 @@ class ReleaseInfo:
     complete: bool
     files: int
     problem: str | None = None
-    # a signer of the signature that proves who signed it is revoked (publish.revocation)
-    revoked: Revoked | None = None
+    # the signers of the signature that proves who signed it that are revoked, every one
+    # (publish.revocation; a signature may have several signers, iPXE checks them all)
+    revoked: tuple[Revoked, ...] = ()
     # signer, signer_serial and expiry are those of a signature as judged (never the
     # manifest's own claim: whoever writes to the origin writes that): release.json.sig,
     # or, when the release has none, its entry script's .sig (``verified_by``); when there
@@ -235,7 +236,7 @@ class ReleaseInfo:
         which whoever writes to the origin can change (an entry script's .sig signs no
         date)."""
         return (self.problem is None and self.unverified is None
-                and self.verified_by == "manifest" and self.revoked is None)
+                and self.verified_by == "manifest" and not self.revoked)
 
     @property
     def state(self) -> str:
@@ -244,7 +245,7 @@ class ReleaseInfo:
             return "unreadable"
         if self.unverified is not None:
             return "unverified"
-        if self.revoked is not None:
+        if self.revoked:
             return "revoked"
         return "expired" if self.expired is not None else "verified"
 
@@ -254,7 +255,7 @@ class ReleaseInfo:
                 "expiry": self.expiry.isoformat() if self.expiry else None,
                 "live": self.live, "complete": self.complete, "files": self.files,
                 "problem": self.problem,
-                "revoked": self.revoked.to_json() if self.revoked else None,
+                "revoked": [r.to_json() for r in self.revoked],
                 "verified": self.verified, "verified_by": self.verified_by,
                 "created_proven": self.created_proven, "state": self.state,
                 "unverified": self.unverified.to_json() if self.unverified else None,
@@ -1878,7 +1879,7 @@ def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe", trust: Trust
                             "rollback do not")
         infos.append(dataclasses.replace(
             base, signer=first.subject, signer_serial=f"{first.serial:x}", expiry=end,
-            revoked=revoked[0] if revoked else None, verified_by=proven.by,
+            revoked=tuple(revoked), verified_by=proven.by,
             expired=expired))
     for rid, problem in problems.items():
         infos.append(ReleaseInfo(rid, None, None, None, False, False, 0, problem,
