@@ -24,6 +24,7 @@ from trustboot.publish.manifest import (
     parse_manifest,
 )
 from trustboot.publish.origin import (
+    NotServed,
     OriginOptions,
     TooLarge,
     check_key,
@@ -72,6 +73,31 @@ def test_file_origin_objects(tmp_path: Path) -> None:
         origin.delete("a/b/c")
         origin.delete("a/b/c")  # missing is fine
         assert not (tmp_path / "o/a").exists()
+
+
+def test_an_object_gone_since_its_stat_is_not_served(tmp_path: Path) -> None:
+    """An object deleted between the stat that found it and its read (a release.json.sig
+    removed meanwhile): NotServed, as an HTTP origin's 404, so the caller judges it
+    (resign: that release's manifest unread) instead of failing as an I/O error (exit 1).
+    Only a vanished object: one that is there but cannot be read as an object (a FIFO, a
+    symbolic link) stays the origin's failure."""
+    key = "releases/r1/release.json.sig"
+    with FileOrigin(f"file://{tmp_path}/o", OriginOptions()) as origin:
+        origin.put_bytes(key, b"sig", sha256=_digest(b"sig"))
+        assert origin.stat(key) is not None
+        (tmp_path / "o" / key).unlink()
+        with pytest.raises(NotServed) as gone:
+            b"".join(origin.read(key, max_size=1024))
+        assert gone.value.status == 404 and key in gone.value.message
+        with pytest.raises(NotServed):  # its folder gone as well
+            (tmp_path / "o/releases/r1").rmdir()
+            origin.read(key, max_size=1024)
+        os.mkfifo(tmp_path / "o/releases/fifo")
+        (tmp_path / "o/releases/link").symlink_to(tmp_path / "o/releases/fifo")
+        for name in ("fifo", "link"):
+            with pytest.raises(OperationalError) as failed:
+                origin.read(f"releases/{name}", max_size=1024)
+            assert not isinstance(failed.value, NotServed), name
 
 
 def test_file_origin_modes_ignore_umask(tmp_path: Path) -> None:

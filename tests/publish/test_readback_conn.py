@@ -14,7 +14,8 @@ import pytest
 
 from tests.publish.conftest import gzip_of_zeros, http_server
 from trustboot.errors import OperationalError
-from trustboot.publish.readback import NotServed, Reader
+from trustboot.publish.origin import NotServed
+from trustboot.publish.readback import Reader
 
 BODY = b"#!ipxe\necho keep-alive\n" * 100
 

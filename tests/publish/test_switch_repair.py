@@ -36,7 +36,8 @@ from tests.publish.test_lock import webdav_options
 from tests.publish.test_resign import resign
 from trustboot.cli.main import cli
 from trustboot.cli.verify import load_trust
-from trustboot.publish.origin import OriginOptions, open_origin
+from trustboot.publish.fileorigin import FileOrigin
+from trustboot.publish.origin import ObjectStat, OriginOptions, open_origin
 from trustboot.publish.pipeline import SWITCH_JOURNAL, Trust, build_manifest, scan_directory
 from trustboot.publish.webdav import STAGING, WebDAVOrigin
 
@@ -1094,3 +1095,38 @@ def test_resign_dates_the_releases_once(
     reads = [p for m, p, _ in state.seen
              if m == "GET" and p.endswith("releases/ra/release.json.sig")]
     assert len(reads) == 1, state.seen
+
+
+def test_a_manifest_signature_gone_after_its_stat_is_unread_on_a_file_origin(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, repair_signer: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """test_a_manifest_signature_listed_but_not_served_is_unread_not_a_failure on a
+    file:// origin: rb's release.json.sig is deleted between the stat that finds it and
+    its read. That read was an I/O failure, so resign failed (exit 1, "does not exist on
+    the origin") as if the origin were down; as for an HTTPS origin's 404, rb is now a
+    release whose manifest does not read: the switch forward to rc is not shown and is
+    refused (exit 4, unrecorded-rollback, naming rb), nothing changed."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""),
+                    ("rc", ENTRY_C, "--no-switch"))
+    _half_rolled_back_to(root, "rc")
+    before = _served_state(root)
+    key = "releases/rb/release.json.sig"
+    stat = FileOrigin.stat
+
+    def vanishing(self: FileOrigin, name: str) -> ObjectStat | None:
+        found = stat(self, name)
+        if name == key and found is not None:
+            (root / key).unlink()  # gone before it is read
+        return found
+
+    monkeypatch.setattr(FileOrigin, "stat", vanishing)
+    r = resign(pki, url, repair_signer)
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "release.json of rb does not read" in err["message"], err
+    assert not (root / key).exists()
+    assert _served_state(root) == before
+    assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]

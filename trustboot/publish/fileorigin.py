@@ -38,6 +38,7 @@ from trustboot.publish.lock import (
 )
 from trustboot.publish.manifest import RELEASES_PREFIX
 from trustboot.publish.origin import (
+    NotServed,
     ObjectStat,
     OriginOptions,
     Staged,
@@ -365,7 +366,11 @@ class FileOrigin(StagesUploads, GuardedByLock):
         try:
             fd = self._open_read(key)
         except FileNotFoundError:
-            raise OperationalError(f"{self.url}{key} does not exist on the origin") from None
+            # gone (deleted since it was listed or stat'ed): what an HTTP origin's 404
+            # is, so the caller judges it (a release.json.sig unread), not the run's
+            # I/O failure; any other error stays one
+            raise NotServed(f"{self.url}{key} does not exist on the origin",
+                            status=404) from None
         except OSError as exc:
             raise self._fail(key, "reading", exc) from None
         return self._chunks(fd, key, max_size)

@@ -53,6 +53,17 @@ MAX_CREDENTIALS_BYTES = 64 << 10
 _SEGMENT = re.compile(r"[A-Za-z0-9._~+=,@-]+")
 
 
+class NotServed(OperationalError):
+    """The origin does not serve this object: an HTTP read got 404/403/410 (``status``),
+    or a file origin's object is gone (404). Raised by the read-back Reader and by
+    FileOrigin.read, so a caller tells an object deleted since it was listed (its own
+    verdict: unread, not served) from an origin that fails to answer (exit 1)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, status: int) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
 class TooLarge(OperationalError):
     """A read hit its cap: the object is larger than ``max_size``. Raised by every
     origin's ``read`` and by the read-back Reader, so a caller that expects a size (the

@@ -92,6 +92,7 @@ from trustboot.publish.manifest import (
     resign_id,
 )
 from trustboot.publish.origin import (
+    NotServed,
     ObjectStat,
     Origin,
     OriginOptions,
@@ -104,7 +105,6 @@ from trustboot.publish.origin import (
 from trustboot.publish.readback import (
     EXPIRY_RULES,
     LocalCopy,
-    NotServed,
     Reader,
     Served,
     Trust,

@@ -69,7 +69,7 @@ from trustboot.publish.http import (
     tls_failure,
     with_retries,
 )
-from trustboot.publish.origin import TooLarge
+from trustboot.publish.origin import NotServed, TooLarge
 from trustboot.publish.proxy import proxy_for
 from trustboot.publish.stream import open_regular
 from trustboot.text import clean
@@ -332,14 +332,6 @@ def _chain(urls: list[str]) -> str:
 
 def _via(chain: list[str]) -> str:
     return f"reached by redirect: {_chain(chain)}"
-
-
-class NotServed(OperationalError):
-    """The origin does not serve this URL (404/403/410: ``status``)."""
-
-    def __init__(self, message: str, *, hint: str | None = None, status: int) -> None:
-        super().__init__(message, hint=hint)
-        self.status = status
 
 
 def tally_chunks(chunks: Iterable[bytes], hash_names: Iterable[str],
