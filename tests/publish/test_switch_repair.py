@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from cryptography import x509
 
 from tests.publish.conftest import (
     LIVE_RECORD_TAMPERING,
@@ -38,7 +39,13 @@ from trustboot.cli.main import cli
 from trustboot.cli.verify import load_trust
 from trustboot.publish.fileorigin import FileOrigin
 from trustboot.publish.origin import ObjectStat, OriginOptions, open_origin
-from trustboot.publish.pipeline import SWITCH_JOURNAL, Trust, build_manifest, scan_directory
+from trustboot.publish.pipeline import (
+    SWITCH_JOURNAL,
+    Trust,
+    build_manifest,
+    scan_directory,
+    signed_date,
+)
 from trustboot.publish.webdav import STAGING, WebDAVOrigin
 
 REPO = Path(__file__).resolve().parents[2]
@@ -416,15 +423,17 @@ def _half_rolled_back_to(root: Path, release: str) -> None:
 
 
 def _signed_release(pki: Pki, make_release: ReleaseFactory, release: str, entry: bytes,
-                    url: str) -> Path:
-    """A release directory with a signed release.json, as `trustboot release` makes."""
+                    url: str, *, created: dt.datetime | None = None,
+                    signer: str = "boot-signer") -> Path:
+    """A release directory with a signed release.json, as `trustboot release` makes
+    (dated now, or ``created``; its release.json signed by ``signer``)."""
     r = make_release({"boot.ipxe": entry, "vmlinuz": b"kernel " + entry * 50})
     base = f"{url}releases/{release}/" if url.startswith("https:") else None
     manifest = build_manifest(release, scan_directory(r), entry="boot.ipxe",
-                              now=dt.datetime.now(dt.UTC), origin=base,
+                              now=created or dt.datetime.now(dt.UTC), origin=base,
                               trust=Trust(tuple(load_trust((), pki.dir))))
     (r / "release.json").write_bytes(manifest.to_bytes())
-    pki.sign([r / "release.json"], r)
+    pki.sign([r / "release.json"], r, signer)
     return r
 
 
@@ -1130,3 +1139,72 @@ def test_a_manifest_signature_gone_after_its_stat_is_unread_on_a_file_origin(
     assert not (root / key).exists()
     assert _served_state(root) == before
     assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]
+
+
+def _not_before(pki: Pki, signer: str) -> dt.datetime:
+    return x509.load_pem_x509_certificate(pki.cert(signer).read_bytes()).not_valid_before_utc
+
+
+def test_a_signed_date_is_proven_only_where_its_signer_could_sign_it(
+        pki: Pki, make_release: ReleaseFactory, repair_signer: str) -> None:
+    """signed_date took any date a signer valid now signed: a signer issued now could
+    backdate its release (a year before its notBefore) or date it in the future, and
+    so win or dodge the "not older" rule of every switch. A date proves something only
+    within the signer certificate's own validity (no 12h30m margin: that is for a
+    boot client's clock) and not after this clock; the same signature proves its date
+    once the clock has reached it."""
+    trust = Trust(tuple(load_trust((), pki.dir)))
+    start = _not_before(pki, repair_signer)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    def dated(created: dt.datetime, at: dt.datetime = now) -> dt.datetime | None:
+        r = _signed_release(pki, make_release, "r1", ENTRY_A, "file:///srv/",
+                            created=created, signer=repair_signer)
+        proven = signed_date((r / "release.json.sig").read_bytes(),
+                             (r / "release.json").read_bytes(), "r1", trust=trust,
+                             now=at, source="r1")
+        if proven is not None:
+            assert [s.common_name for s in proven[1]] == [repair_signer], proven
+        return proven[0] if proven else None
+
+    assert dated(start - dt.timedelta(days=365)) is None  # backdated a year
+    assert dated(start - dt.timedelta(hours=1)) is None  # within iPXE's margin only
+    assert dated(start) == start
+    assert dated(start + dt.timedelta(hours=1)) == start + dt.timedelta(hours=1)
+    assert dated(now) == now
+    future = now + dt.timedelta(days=2)  # within the signer's 7 days
+    assert dated(future) is None
+    assert dated(future, at=future) == future
+
+
+@pytest.mark.parametrize("how", ["future-target", "backdated-newer"])
+def test_repair_does_not_complete_a_switch_back_a_signed_date_cannot_show(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path, repair_signer: str,
+        how: str) -> None:
+    """ra then rb published signed, rb live; a switch back to ra is planted. Its
+    signer dated ra in the future (so ra "is newer" than rb), or signed rb with a date
+    a year before its certificate existed (so rb "is older" than ra): both dates
+    verified with a signer valid now, and the repair completed the rollback to ra. A
+    date its signer could not sign proves nothing: the switch is not shown to go
+    forward, refused (exit 4, unrecorded-rollback), nothing changed."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    now = dt.datetime.now(dt.UTC)
+    ra_date = now + dt.timedelta(days=2) if how == "future-target" else None
+    rb_date = _not_before(pki, repair_signer) - dt.timedelta(days=365) \
+        if how == "backdated-newer" else None
+    for rid, entry, created in (("ra", ENTRY_A, ra_date), ("rb", ENTRY_B, rb_date)):
+        _publish_file(pki, _signed_release(pki, make_release, rid, entry, url,
+                                           created=created, signer=repair_signer),
+                      root, rid)
+    _half_rolled_back_to(root, "ra")
+    before = _served_state(root)
+    r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
+    assert r.exit_code == 4, r.output
+    err = json.loads(r.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert "release ra cannot be shown to be newer than rb" in err["message"], err
+    which = "ra" if how == "future-target" else "rb"
+    assert f"the release.json of {which} has no signature that verifies or no date its " \
+        "signer could sign" in err["message"], err
+    assert _served_state(root) == before

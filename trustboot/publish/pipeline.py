@@ -1233,7 +1233,8 @@ def unproven_dates(target: DatedRelease, others: Sequence[DatedRelease],
     reasons = []
     if unsigned:
         reasons.append(f"the {MANIFEST_NAME} of {shown_names(unsigned, 5)} has no signature "
-                       "that verifies (an unsigned manifest's date is anybody's word)")
+                       "that verifies or no date its signer could sign (an unsigned "
+                       "manifest's date is anybody's word)")
     if unread:
         reasons.append(f"the {MANIFEST_NAME} of {shown_names(list(unread), 5)} does not read "
                        "or is missing")
@@ -1279,26 +1280,37 @@ def signed_date(signature: bytes, data: bytes, release_id: str, *, trust: Trust,
     """When release.json (its bytes ``data``) of ``release_id`` says the release was
     made, and who signed that, if ``signature`` proves it; else None.
 
-    It proves it when it verifies with iPXE's rules against ``trust`` at ``now``, or when
-    its only failure at ``now`` is a certificate outside its validity (expired, not yet
-    valid) and it verifies in full at the date it signs: an expired signer still proves
-    who wrote the date, and the date must lie within that signer's validity (a key
-    leaked after expiry can only write old dates). A revoked signer proves nothing: its
-    key may be in anyone's hands."""
+    It proves it when the date it signs (``created``) is one its signers could sign:
+    - not after ``now``: a date from the future would win every "newer" comparison;
+    - within each signer certificate's own validity, exactly (iPXE's 12h30m margin is
+      for a client's clock at boot, not for a date the signer writes): a signer issued
+      now cannot backdate its release before its notBefore, and a key leaked after its
+      certificate ended can only write old dates;
+    - the signature verifies in full with iPXE's rules at that date (judge: the whole
+      chain as iPXE checks it then, up to the trusted root, as it would have booted);
+    and at ``now`` it verifies too, or fails only by the clock (a certificate expired
+    since, or not yet valid on this host's clock): an expired signer still proves who
+    wrote the date. A revoked signer proves nothing: its key may be in anyone's hands."""
     try:
         manifest = parse_manifest(data, source=source)
     except ConfigError:
         return None
-    if manifest.release != release_id:
+    created = manifest.created
+    if manifest.release != release_id or created > now:
         return None
     digests = {name: hashlib.new(name, data).digest() for name in signature_hashes(signature)}
-    verdict, _ = judge_beside_the_clock(signature, digests, trust, now,
-                                        signed_at=manifest.created)
+    today = judge(signature, digests, trust, now).failure
+    if today is not None and today.rule not in EXPIRY_RULES:
+        return None
+    verdict = judge(signature, digests, trust, created)
     if not verdict.ok or not verdict.signers:
+        return None
+    if not all(s.not_before is not None and s.not_before <= created <= s.not_after
+               for s in verdict.signers):
         return None
     if trust.revocation is not None and trust.revocation.of(verdict.signers, now):
         return None
-    return manifest.created, verdict.signers
+    return created, verdict.signers
 
 
 def release_date(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,

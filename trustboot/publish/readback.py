@@ -125,8 +125,8 @@ def judge_beside_the_clock(signature: bytes, digests: dict[str, bytes], trust: T
     """iPXE's verdict at ``now``; when its only failure is the clock (EXPIRY_RULES), the
     verdict at another moment instead, with the clock's failure beside it. That verdict
     tells who signed when nothing else is wrong (`publish list` shows an expired release's
-    signer, signed_date dates a release by it); it is not iPXE's at ``now``, and the gates
-    judge at ``now`` (judge).
+    signer); it is not iPXE's at ``now``, and the gates judge at ``now`` (judge).
+    (pipeline.signed_date, which dates a release, judges at the date it signs always.)
 
     The moment is ``signed_at``, the date the signed object itself states (release.json's
     ``created``), where it has one: the signer must have been valid then, since a key
