@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,11 +39,14 @@ from tests.publish.test_resign import resign
 from trustboot.cli.main import cli
 from trustboot.cli.verify import load_trust
 from trustboot.publish.fileorigin import FileOrigin
+from trustboot.publish.manifest import parse_manifest
 from trustboot.publish.origin import ObjectStat, OriginOptions, open_origin
 from trustboot.publish.pipeline import (
     SWITCH_JOURNAL,
+    ReleaseDates,
     Trust,
     build_manifest,
+    release_date,
     scan_directory,
     signed_date,
 )
@@ -1208,3 +1212,53 @@ def test_repair_does_not_complete_a_switch_back_a_signed_date_cannot_show(
     assert f"the release.json of {which} has no signature that verifies or no date its " \
         "signer could sign" in err["message"], err
     assert _served_state(root) == before
+
+
+def test_a_release_is_dated_from_the_manifest_bytes_already_read(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """release_date (a switch's target, resign's live release) read release.json a
+    second time to judge its .sig, besides the read the manifest was parsed from, and
+    ReleaseDates repeated its logic. One function now dates both from the bytes already
+    read: one stat and one capped read of the .sig, nothing else, and what is judged is
+    what was parsed (release.json replaced on the origin since changes nothing); a .sig
+    listed but gone is refuted for the target, unread among the others."""
+    root = tmp_path / "srv"
+    _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""))
+    trust = Trust(tuple(load_trust((), pki.dir)))
+    now = dt.datetime.now(dt.UTC)
+    data = (root / "releases/rb/release.json").read_bytes()
+    manifest = parse_manifest(data, source="rb")
+    (root / "releases/rb/release.json").write_bytes(b"{garbage")
+    seen: list[tuple[str, str]] = []
+    stat, read = FileOrigin.stat, FileOrigin.read
+
+    def counted_stat(self: FileOrigin, key: str) -> ObjectStat | None:
+        seen.append(("stat", key))
+        return stat(self, key)
+
+    def counted_read(self: FileOrigin, key: str, *, max_size: int) -> Iterator[bytes]:
+        seen.append(("read", key))
+        return read(self, key, max_size=max_size)
+
+    monkeypatch.setattr(FileOrigin, "stat", counted_stat)
+    monkeypatch.setattr(FileOrigin, "read", counted_read)
+    with open_origin(f"file://{root}/", OriginOptions()) as origin:
+        dated = release_date(origin, manifest, data, trust=trust, now=now, reader=None)
+        assert dated.proven and dated.created == manifest.created, dated
+        assert seen == [("stat", "releases/rb/release.json.sig"),
+                        ("read", "releases/rb/release.json.sig")], seen
+        others, unread = ReleaseDates(origin, trust=trust, now=now,
+                                      reader=None).besides("none")
+        assert [(d.release, d.proven) for d in others] == [("ra", True)]
+        assert unread == ["rb"]  # its release.json does not parse now
+
+        def vanishing(self: FileOrigin, key: str) -> ObjectStat | None:
+            found = stat(self, key)
+            if found is not None and key.endswith(".sig"):
+                (root / key).unlink()  # gone between its stat and its read
+            return found
+
+        monkeypatch.setattr(FileOrigin, "stat", vanishing)
+        gone = release_date(origin, manifest, data, trust=trust, now=now, reader=None)
+        assert not gone.proven and gone.refuted, gone

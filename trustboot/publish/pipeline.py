@@ -1041,7 +1041,8 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
         if release_id_problem(release_id) or not isinstance(entry_path, str):
             raise ValueError("bad release id or entry path")
         check_entry_path(entry_path)
-        manifest = read_manifest(origin, release_id)
+        read = _read_manifest(origin, release_id)  # (its bytes date it: _switch_back)
+        manifest, manifest_data = read if read is not None else (None, b"")
         if manifest is None or manifest.entry is None:
             raise ValueError(f"release {release_id} has no manifest or no entry")
     except (ValueError, KeyError, TypeError, ConfigError, VerificationError) as exc:
@@ -1062,8 +1063,8 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
             # rollback meant as one) leaves only the switch record to drop: the origin
             # is then as it would be without one, and is judged as such (resign's
             # unrecorded-rollback check judges the live release as it judges any)
-            back = _switch_back(origin, manifest, entry_path, trust=trust, now=now,
-                                reader=reader, dates=dates)
+            back = _switch_back(origin, manifest, manifest_data, entry_path, trust=trust,
+                                now=now, reader=reader, dates=dates)
             if back is not None:
                 if then_switching:  # the record stays until that switch replaces it
                     return RepairResult(release_id, "superseded",
@@ -1109,8 +1110,8 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
                  "new release signed by a current signer; either replaces the pair "
                  "and the switch record",
             rule="repair-release", subject=release_id)
-    back = _switch_back(origin, manifest, entry_path, trust=trust, now=now, reader=reader,
-                        dates=dates)
+    back = _switch_back(origin, manifest, manifest_data, entry_path, trust=trust, now=now,
+                        reader=reader, dates=dates)
     if back is not None:
         if then_switching:  # the record stays until that switch replaces it
             return RepairResult(release_id, "superseded",
@@ -1122,12 +1123,13 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
                         f"completed the interrupted switch of {entry_path} to {release_id}")
 
 
-def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
-                 trust: Trust, now: dt.datetime, reader: Reader | None,
+def _switch_back(origin: Origin, manifest: ReleaseManifest, data: bytes, entry_path: str,
+                 *, trust: Trust, now: dt.datetime, reader: Reader | None,
                  dates: ReleaseDates | None) -> VerificationError | None:
     """Whether completing a recorded switch of ``entry_path`` to ``manifest``'s release
-    may go back to a release older than another one on the origin: a VerificationError
-    (rule unrecorded-rollback) if it is not to be completed, else None.
+    (parsed from ``data``) may go back to a release older than another one on the
+    origin: a VerificationError (rule unrecorded-rollback) if it is not to be completed,
+    else None.
 
     The switch record is on the origin: whoever writes there can name an old release and
     break the entry pair, and completing it rewrites the live record, so resign's
@@ -1157,7 +1159,7 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, entry_path: str, *,
     A switch to the only release there goes back to nothing: completed. (A finished
     switch the live record already names is not asked here: repair_switch drops it.)"""
     release_id = manifest.release
-    target = release_date(origin, manifest, trust=trust, now=now, reader=reader)
+    target = release_date(origin, manifest, data, trust=trust, now=now, reader=reader)
     dates = dates or ReleaseDates(origin, trust=trust, now=now, reader=reader)
     others, unread = dates.besides(release_id)
     if not others and not unread:
@@ -1313,36 +1315,47 @@ def signed_date(signature: bytes, data: bytes, release_id: str, *, trust: Trust,
     return created, verdict.signers
 
 
-def release_date(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
-                 now: dt.datetime, reader: Reader | None) -> DatedRelease:
-    """``manifest``'s release dated: by its release.json and .sig as served, when that
-    proves a date (signed_date), else by the claim of ``manifest``. Reads are capped
-    (MAX_SIGNATURE_SIZE, MAX_MANIFEST_BYTES); the origin failing to answer propagates
-    (OperationalError)."""
+def _dated(origin: Origin, manifest: ReleaseManifest, data: bytes, *, trust: Trust,
+           now: dt.datetime, reader: Reader | None) -> DatedRelease | None:
+    """``manifest``'s release dated by its release.json.sig, judged against ``data``,
+    the bytes ``manifest`` was parsed from (a second read could be answered otherwise):
+    by the date it proves (signed_date), else by the claim of ``manifest`` (``refuted``
+    when a .sig is there). One stat and at most one capped read, the .sig as served
+    (``reader``). None when the origin lists a .sig it does not serve as listed (gone
+    meanwhile, refused, too large): what it would prove cannot be told, and the caller
+    says what that makes the release. The origin failing to answer propagates."""
     release_id = manifest.release
     key = release_prefix(release_id) + MANIFEST_NAME
-    if origin.stat(key + ".sig") is not None:
-        try:
-            signature = _served_signature(origin, reader, key + ".sig")
-            data = _served_bytes(origin, reader, key, MAX_MANIFEST_BYTES)
-        except (NotServed, TooLarge, VerificationError):
-            pass
-        else:
-            signed = signed_date(signature, data, release_id, trust=trust, now=now,
-                                 source=f"{origin.url}{key}")
-            if signed is not None:
-                return DatedRelease(release_id, signed[0], True, signed[1])
+    if origin.stat(key + ".sig") is None:
+        return DatedRelease(release_id, manifest.created, False)
+    try:
+        signature = _served_signature(origin, reader, key + ".sig")
+    except (NotServed, VerificationError):
+        return None
+    signed = signed_date(signature, data, release_id, trust=trust, now=now,
+                         source=f"{origin.url}{key}")
+    if signed is None:
         return DatedRelease(release_id, manifest.created, False, refuted=True)
-    return DatedRelease(release_id, manifest.created, False)
+    return DatedRelease(release_id, signed[0], True, signed[1])
+
+
+def release_date(origin: Origin, manifest: ReleaseManifest, data: bytes, *, trust: Trust,
+                 now: dt.datetime, reader: Reader | None) -> DatedRelease:
+    """The release a switch or a re-sign is about dated (_dated; ``data``: the bytes
+    ``manifest`` was parsed from). Its .sig listed but not served proves nothing about
+    it: refuted, its date the claim of ``manifest``."""
+    dated = _dated(origin, manifest, data, trust=trust, now=now, reader=reader)
+    return dated or DatedRelease(manifest.release, manifest.created, False, refuted=True)
 
 
 class ReleaseDates:
-    """Every release on the origin dated (as release_date, from the releases/ listing and
-    the manifests as read_manifests reads them), read when first asked and then kept:
-    one run asks it for repair's check and then resign's, and the origin's releases do
-    not change in between (the caller holds the lock). One stat and at most one capped
-    read per release beyond its manifest, the .sig as served (``reader``, as
-    release_date reads it); the origin failing to answer propagates."""
+    """Every release on the origin dated (_dated, from the releases/ listing and the
+    manifests as read_manifests_and_bytes reads them), read when first asked and then
+    kept: one run asks it for repair's check and then resign's, and the origin's
+    releases do not change in between (the caller holds the lock). One stat and at most
+    one capped read per release beyond its manifest; a release whose .sig is listed but
+    not served is one whose manifest does not read (unread), as one that does not parse.
+    The origin failing to answer propagates."""
 
     def __init__(self, origin: Origin, *, trust: Trust, now: dt.datetime,
                  reader: Reader | None) -> None:
@@ -1359,27 +1372,16 @@ class ReleaseDates:
                 [r for r in unread if r != release_id])
 
     def _date_all(self) -> tuple[list[DatedRelease], list[str]]:
-        origin = self._origin
-        read, problems = _read_manifests(origin)
+        read, problems = read_manifests_and_bytes(self._origin)
         unread = set(problems)
         dated = []
         for m, data in read:
-            key = release_prefix(m.release) + MANIFEST_NAME
-            signed = None
-            has_sig = origin.stat(key + ".sig") is not None
-            if has_sig:
-                try:
-                    signature = _served_signature(origin, self._reader, key + ".sig")
-                except (NotServed, VerificationError):
-                    # listed but not served as listed (gone meanwhile, refused, too
-                    # large): what it would prove cannot be told, as for a manifest
-                    # that does not read; not the command's failure
-                    unread.add(m.release)
-                    continue
-                signed = signed_date(signature, data, m.release, trust=self._trust,
-                                     now=self._now, source=f"{origin.url}{key}")
-            dated.append(DatedRelease(m.release, signed[0], True, signed[1]) if signed
-                         else DatedRelease(m.release, m.created, False, refuted=has_sig))
+            d = _dated(self._origin, m, data, trust=self._trust, now=self._now,
+                       reader=self._reader)
+            if d is None:  # not the command's failure: what it would prove is unknown
+                unread.add(m.release)
+            else:
+                dated.append(d)
         return dated, sorted(unread)
 
 
@@ -1779,12 +1781,12 @@ def _remember(origin: Origin, manifest: ReleaseManifest, cache: PublishCache | N
 
 def read_manifests(origin: Origin) -> tuple[list[ReleaseManifest], dict[str, str]]:
     """Every release manifest on the origin, and problems with the ones that do not parse."""
-    read, problems = _read_manifests(origin)
+    read, problems = read_manifests_and_bytes(origin)
     return [m for m, _ in read], problems
 
 
-def _read_manifests(origin: Origin
-                    ) -> tuple[list[tuple[ReleaseManifest, bytes]], dict[str, str]]:
+def read_manifests_and_bytes(origin: Origin
+                             ) -> tuple[list[tuple[ReleaseManifest, bytes]], dict[str, str]]:
     """As read_manifests, with the bytes each manifest was parsed from. A release folder
     without a release.json is a problem too, not skipped: whoever writes to the origin
     could otherwise hide a newer release from every check that dates releases
@@ -1862,7 +1864,7 @@ def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe", trust: Trust
     whoever writes to the origin writes it. No such signature, or one that does not
     verify, lists as ``unverified`` (None ``trust``: nothing to judge with). At most two
     reads per release more than its manifest, for objects the origin's listing has."""
-    read, problems = _read_manifests(origin)
+    read, problems = read_manifests_and_bytes(origin)
     live = live_release(origin, [m for m, _ in read], entry_path)
     present = set(origin.list("releases/"))
     infos = []

@@ -74,7 +74,7 @@ from trustboot.publish.pipeline import (
     live_release,
     make_reader,
     read_manifest,
-    read_manifests,
+    read_manifests_and_bytes,
     refuse_unfit,
     release_base_url,
     release_date,
@@ -220,7 +220,8 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
             repair = repair_switch(origin, trust=trust, now=now, reader=reader, jobs=jobs,
                                    dates=dates)
             removed_temps = origin.remove_stale_temps(STALE_TEMP_AGE)
-            manifests, problems = read_manifests(origin)
+            read, problems = read_manifests_and_bytes(origin)
+            manifests = [m for m, _ in read]
             live_id = live_release(origin, manifests, entry_path)
             if live_id is None:
                 unread_manifests(origin, entry_path, problems, "nothing re-signed")
@@ -228,10 +229,10 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                     f"{origin.url}: {entry_path} serves no release published there",
                     hint="publish a release first (trustboot publish / trustboot release); "
                          "resign only re-signs the live one")
-            old = next(m for m in manifests if m.release == live_id)
-            rolled_back = _refuse_unrecorded_rollback(origin, entry_path, old, manifests,
-                                                      dates=dates, trust=trust, now=now,
-                                                      reader=reader)
+            old, old_data = next((m, d) for m, d in read if m.release == live_id)
+            rolled_back = _refuse_unrecorded_rollback(origin, entry_path, old, old_data,
+                                                      manifests, dates=dates, trust=trust,
+                                                      now=now, reader=reader)
             result = ResignResult(origin=origin.url, previous=live_id, release=live_id,
                                   changed=False, signer=summary.to_json(),
                                   previous_signer=old.signer.to_json() if old.signer else None,
@@ -469,13 +470,14 @@ def _proven_claims(origin: Origin, old: ReleaseManifest, live_id: str, trust: Tr
 
 
 def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, served: ReleaseManifest,
-                                manifests: Sequence[ReleaseManifest], *,
+                                served_data: bytes, manifests: Sequence[ReleaseManifest], *,
                                 dates: ReleaseDates, trust: Trust, now: dt.datetime,
                                 reader: Reader | None) -> str | None:
     """Refuse to re-sign an entry that serves another release than the one trustboot last
     switched it to (pipeline's live record): an older release put back by hand, or by a
     hostile origin. Re-signing it would give it a new replay window each run, the very
     thing resign bounds. A rollback made with trustboot updates the record.
+    (``served_data``: the bytes ``served`` was parsed from, what dates it.)
 
     The record is origin data too. Without a usable one (deleted, unparsable), the
     served release is re-signed only if it is the only release or signed manifests show
@@ -514,7 +516,7 @@ def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, served: Release
             hint=f"if {live_id} is meant to be live, switch it first: trustboot publish "
                  f"rollback {origin.url} {live_id} (then re-sign); otherwise find out who "
                  "changed the entry", rule="unrecorded-rollback")
-    live = release_date(origin, served, trust=trust, now=now, reader=reader)
+    live = release_date(origin, served, served_data, trust=trust, now=now, reader=reader)
     others, unread = dates.besides(live_id)
     # a release the live one re-signs has its content: its date says nothing more
     others = [d for d in others if not resigns(live, d.release, unread)]
