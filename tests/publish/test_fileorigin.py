@@ -437,6 +437,30 @@ def test_previous_live_when_releases_share_the_entry(pki: Pki, make_release: Rel
     assert json.loads(back.output)["previous_live"] == "r2"
 
 
+def test_a_rollback_to_a_release_missing_an_object_is_refused_as_not_served(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path) -> None:
+    """An object of r1 deleted on a file:// origin: the rollback's read-back of it was an
+    I/O failure (exit 1, no hint), where an HTTPS origin's 404 is the release not served
+    as published. The same now: exit 4 (served-object) naming the object and the way
+    out, nothing switched."""
+    root = tmp_path / "srv"
+    origin = f"file://{root}"
+    for rid, body in (("r1", b"one"), ("r2", b"two")):
+        done = _publish(pki, make_release({"boot.ipxe": ENTRY + body, "vmlinuz": body * 100}),
+                        origin, rid)
+        assert done.exit_code == 0, done.output
+    (root / "releases/r1/vmlinuz").unlink()
+    live = (root / "boot.ipxe").read_bytes()
+    back = CliRunner().invoke(cli, ["publish", "rollback", origin, "r1", "--pki", str(pki.dir),
+                                    "--json"])
+    assert back.exit_code == 4, back.output
+    err = json.loads(back.stderr)
+    assert err["rule"] == "served-object", err
+    assert "releases/r1/vmlinuz does not exist on the origin" in err["message"], err
+    assert "nothing was switched" in err["hint"], err
+    assert (root / "boot.ipxe").read_bytes() == live
+
+
 def _stamps(root: Path) -> dict[str, int]:
     """Each file at the origin root (the entry pair and the records) and its mtime."""
     return {p.name: p.stat().st_mtime_ns for p in root.iterdir() if p.is_file()}
