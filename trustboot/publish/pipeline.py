@@ -1041,7 +1041,7 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
         if release_id_problem(release_id) or not isinstance(entry_path, str):
             raise ValueError("bad release id or entry path")
         check_entry_path(entry_path)
-        read = _read_manifest(origin, release_id)  # (its bytes date it: _switch_back)
+        read = read_manifest_data(origin, release_id)  # (its bytes date it: _switch_back)
         manifest, manifest_data = read if read is not None else (None, b"")
         if manifest is None or manifest.entry is None:
             raise ValueError(f"release {release_id} has no manifest or no entry")
@@ -1078,8 +1078,8 @@ def repair_switch(origin: Origin, *, trust: Trust, now: dt.datetime,
             # the live record names the target already (a rollback killed before the
             # switch record went): nothing to refuse, but a switch back is said, as
             # resign says it, so the one who runs the repair sees it
-            note = _older_note(origin, manifest, trust=trust, now=now, reader=reader,
-                               dates=dates)
+            note = _older_note(origin, manifest, manifest_data, trust=trust, now=now,
+                               reader=reader, dates=dates)
         else:
             note = ""
         origin.delete(SWITCH_JOURNAL)
@@ -1204,11 +1204,12 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, data: bytes, entry_p
         rule="unrecorded-rollback", subject=release_id)
 
 
-def _older_note(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,
+def _older_note(origin: Origin, manifest: ReleaseManifest, data: bytes, *, trust: Trust,
                 now: dt.datetime, reader: Reader | None, dates: ReleaseDates | None) -> str:
-    """'; release X is older than Y (...)' when ``manifest``'s release is older than the
-    newest other release on the origin (as _switch_back dates them), else ''."""
-    target = release_date(origin, manifest, trust=trust, now=now, reader=reader)
+    """'; release X is older than Y (...)' when ``manifest``'s release (parsed from
+    ``data``) is older than the newest other release on the origin (as _switch_back dates
+    them), else ''."""
+    target = release_date(origin, manifest, data, trust=trust, now=now, reader=reader)
     dates = dates or ReleaseDates(origin, trust=trust, now=now, reader=reader)
     others, _ = dates.besides(manifest.release)
     newest = max(others, key=lambda d: d.created, default=None)
