@@ -63,6 +63,42 @@ def snapshot(root: Path) -> dict[str, bytes]:
             if p.is_file() and not p.name.startswith(".")}
 
 
+def _publish_r2(pki: Pki, url: str, make_release: ReleaseFactory, *extra: str) -> None:
+    """Release r2 (entry script naming releases/r2/) published to ``url`` over r1."""
+    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
+    res = publish(pki, rel, url, "r2", *extra)
+    assert res.exit_code == 0, res.output
+
+
+def _put_r1_back_over_live_r2(pki: Pki, url: str, root: Path,
+                              make_release: ReleaseFactory) -> None:
+    """r2 made live, then r1's entry pair copied back over the entry without trustboot
+    (by hand, or by a hostile origin writer): the live record still names r2."""
+    _publish_r2(pki, url, make_release)
+    for name in ("boot.ipxe", "boot.ipxe.sig"):
+        (root / name).write_bytes((root / "releases" / "r1" / name).read_bytes())
+
+
+def _rollback_to_r1_then_resign(pki: Pki, url: str, signer: str) -> None:
+    """The way out resign's refusal names: `publish rollback` records r1 as trustboot's
+    own switch, and the next resign re-signs r1."""
+    rb = CliRunner().invoke(cli, ["publish", "rollback", url, "r1", "--pki", str(pki.dir)])
+    assert rb.exit_code == 0, rb.output
+    res = resign(pki, url, signer)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["previous"] == "r1"
+
+
+def _plant_switch_back_to_r1(root: Path) -> None:
+    """A switch record naming r1 and r1's signature beside the live script, as a switch
+    back killed half way would leave (an origin writer's doing here)."""
+    from trustboot.publish.pipeline import SWITCH_JOURNAL
+
+    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": "r1",
+                                                   "entry_path": "boot.ipxe"}))
+    (root / "boot.ipxe.sig").write_bytes((root / "releases/r1/boot.ipxe.sig").read_bytes())
+
+
 @pytest.fixture(scope="module")
 def fresh_signer(pki: Pki) -> str:
     """A short-lived signer (firmware here trusts the root; no --signer name)."""
@@ -294,9 +330,7 @@ def test_resign_repairs_an_interrupted_switch_and_removes_stale_temps(
     from trustboot.publish.pipeline import SWITCH_JOURNAL
 
     url, root = live
-    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
-    res = publish(pki, rel, url, "r2", "--no-switch")
-    assert res.exit_code == 0, res.output
+    _publish_r2(pki, url, make_release, "--no-switch")
     # signed manifests (as `trustboot release` makes them) show r2 is the newer: resign,
     # unattended, completes only a switch shown to go forward
     for rid in ("r1", "r2"):
@@ -653,21 +687,14 @@ def test_an_old_release_put_back_without_trustboot_is_not_re_signed(
     resign bounds. trustboot's live record names r2: refused. A rollback made with
     trustboot records r1, and then r1 is re-signed."""
     url, root = live
-    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
-    assert publish(pki, rel, url, "r2").exit_code == 0
-    for name in ("boot.ipxe", "boot.ipxe.sig"):
-        (root / name).write_bytes((root / "releases" / "r1" / name).read_bytes())
+    _put_r1_back_over_live_r2(pki, url, root, make_release)
     before = snapshot(root)
     res = resign(pki, url, fresh_signer)
     assert res.exit_code == 4, res.output
     assert "serves release r1, but trustboot last switched it to 'r2'" in res.output
     assert "trustboot publish rollback" in res.output
     assert snapshot(root) == before
-    rb = CliRunner().invoke(cli, ["publish", "rollback", url, "r1", "--pki", str(pki.dir)])
-    assert rb.exit_code == 0, rb.output
-    res = resign(pki, url, fresh_signer)
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["previous"] == "r1"
+    _rollback_to_r1_then_resign(pki, url, fresh_signer)
 
 
 def test_a_planted_switch_record_does_not_get_an_old_release_re_signed(
@@ -681,15 +708,9 @@ def test_a_planted_switch_record_does_not_get_an_old_release_re_signed(
     very thing the unrecorded-rollback rule refuses. A switch back to a release older
     than the one trustboot last made live is refused, nothing changed; `publish
     rollback` makes it if it is meant."""
-    from trustboot.publish.pipeline import SWITCH_JOURNAL
-
     url, root = live
-    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
-    res = publish(pki, rel, url, "r2")
-    assert res.exit_code == 0, res.output
-    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": "r1",
-                                                   "entry_path": "boot.ipxe"}))
-    (root / "boot.ipxe.sig").write_bytes((root / "releases/r1/boot.ipxe.sig").read_bytes())
+    _publish_r2(pki, url, make_release)
+    _plant_switch_back_to_r1(root)
     before = snapshot(root)
     res = resign(pki, url, fresh_signer)
     assert res.exit_code == 4, res.output
@@ -710,12 +731,8 @@ def test_a_forged_date_does_not_make_a_planted_switch_back_look_forward(
     took the unsigned date for the truth, completed the switch back and re-signed r1.
     Only signed manifests show a switch forward; resign, unattended, refuses one they do
     not show."""
-    from trustboot.publish.pipeline import SWITCH_JOURNAL
-
     url, root = live
-    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
-    res = publish(pki, rel, url, "r2")
-    assert res.exit_code == 0, res.output
+    _publish_r2(pki, url, make_release)
     manifest = root / "releases/r1/release.json"
     if had_signature:
         pki.sign([manifest], manifest.parent)
@@ -723,9 +740,7 @@ def test_a_forged_date_does_not_make_a_planted_switch_back_look_forward(
     doc["created"] = "2099-01-01T00:00:00Z"
     manifest.write_text(json.dumps(doc))
     (root / "releases/r1/release.json.sig").unlink(missing_ok=True)
-    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": "r1",
-                                                   "entry_path": "boot.ipxe"}))
-    (root / "boot.ipxe.sig").write_bytes((root / "releases/r1/boot.ipxe.sig").read_bytes())
+    _plant_switch_back_to_r1(root)
     before = snapshot(root)
     res = resign(pki, url, fresh_signer)
     assert res.exit_code == 4, res.output
@@ -735,16 +750,6 @@ def test_a_forged_date_does_not_make_a_planted_switch_back_look_forward(
     assert "release.json of r1, r2 has no signature that verifies" in doc["message"], doc
     assert snapshot(root) == before
     assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]
-
-
-def _plant_switch_back_to_r1(root: Path) -> None:
-    """A switch record naming r1 and r1's signature beside the live script, as a switch
-    back killed half way would leave (an origin writer's doing here)."""
-    from trustboot.publish.pipeline import SWITCH_JOURNAL
-
-    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": "r1",
-                                                   "entry_path": "boot.ipxe"}))
-    (root / "boot.ipxe.sig").write_bytes((root / "releases/r1/boot.ipxe.sig").read_bytes())
 
 
 @pytest.mark.parametrize("record", LIVE_RECORD_TAMPERING)
@@ -757,8 +762,7 @@ def test_a_planted_switch_back_is_not_re_signed_whatever_the_live_record_says(
     recorded it as trustboot's own and re-signed r1 with the fresh signer. Refused, rule
     unrecorded-rollback, nothing changed."""
     url, root = live
-    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
-    assert publish(pki, rel, url, "r2").exit_code == 0
+    _publish_r2(pki, url, make_release)
     _plant_switch_back_to_r1(root)
     tamper_live_record(root, record, "r1")
     before = snapshot(root)
@@ -855,8 +859,7 @@ def test_a_re_sign_of_an_older_release_is_not_taken_for_resigns_own_switch(
     res = resign(pki, url, fresh_signer)
     assert res.exit_code == 0, res.output
     old_resign = json.loads(res.stdout)["release"]
-    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
-    assert publish(pki, rel, url, "r2").exit_code == 0
+    _publish_r2(pki, url, make_release)
     from trustboot.publish.pipeline import SWITCH_JOURNAL
 
     (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": old_resign,
@@ -917,10 +920,7 @@ def test_an_old_release_put_back_with_the_live_record_removed_is_not_re_signed(
     r1. Without a record, only a release shown to be the newest by its signed manifest
     is re-signed; `publish rollback` records the release and resign goes on."""
     url, root = live
-    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
-    assert publish(pki, rel, url, "r2").exit_code == 0
-    for name in ("boot.ipxe", "boot.ipxe.sig"):
-        (root / name).write_bytes((root / "releases" / "r1" / name).read_bytes())
+    _put_r1_back_over_live_r2(pki, url, root, make_release)
     tamper_live_record(root, record, "r1")
     before = snapshot(root)
     res = resign(pki, url, fresh_signer)
@@ -930,11 +930,7 @@ def test_an_old_release_put_back_with_the_live_record_removed_is_not_re_signed(
     assert "cannot be shown to be the newest" in doc["message"], doc
     assert f"trustboot publish rollback {url}/ r1" in doc["hint"], doc
     assert snapshot(root) == before
-    rb = CliRunner().invoke(cli, ["publish", "rollback", url, "r1", "--pki", str(pki.dir)])
-    assert rb.exit_code == 0, rb.output
-    res = resign(pki, url, fresh_signer)
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["previous"] == "r1"
+    _rollback_to_r1_then_resign(pki, url, fresh_signer)
 
 
 def test_a_live_record_rewritten_to_an_old_release_is_re_signed_with_a_warning(
@@ -945,10 +941,7 @@ def test_a_live_record_rewritten_to_an_old_release_is_re_signed_with_a_warning(
     the operator's rollback, and must keep re-signing a release rolled back to. It
     re-signs r1, and says that r1 is older than r2, so the nightly log shows it."""
     url, root = live
-    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
-    assert publish(pki, rel, url, "r2").exit_code == 0
-    for name in ("boot.ipxe", "boot.ipxe.sig"):
-        (root / name).write_bytes((root / "releases" / "r1" / name).read_bytes())
+    _put_r1_back_over_live_r2(pki, url, root, make_release)
     doc = json.loads((root / ".trustboot-live.json").read_bytes())
     doc["entries"]["boot.ipxe"]["release"] = "r1"
     doc["entries"]["boot.ipxe"]["script_sha256"] = hashlib.sha256(
