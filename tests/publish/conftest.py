@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from tests.procs import stop_process
 from trustboot.cli.main import cli
@@ -120,6 +120,28 @@ def rewind_resign(root: Path, record: bytes, new_id: str,
     (root / ".trustboot-live.json").write_bytes(record)
     (new_dir / "release.json.sig").unlink()
     return new_dir, json.loads((new_dir / "release.json").read_bytes())
+
+
+def resign(pki: Pki, origin: str, key: str, *extra: str) -> Result:
+    return CliRunner().invoke(cli, [
+        "resign", origin, "--key", key, "--pki", str(pki.dir), "--passphrase-file",
+        str(pki.key_pass), "--json", *extra])
+
+
+def resign_refuses_switch_back(pki: Pki, url: str, key: str, root: Path,
+                               state: Callable[[Path], object]) -> dict[str, Any]:
+    """Run resign on the file:// origin ``root`` where it must not re-sign what is served
+    (a switch back it cannot show to go forward): exit 4, rule unrecorded-rollback,
+    ``state(root)`` unchanged and no re-signed release written. Returns the error
+    document for the test's own checks of message and hint."""
+    before = state(root)
+    res = resign(pki, url, key)
+    assert res.exit_code == 4, res.output
+    err: dict[str, Any] = json.loads(res.stderr)
+    assert err["rule"] == "unrecorded-rollback", err
+    assert state(root) == before
+    assert not [p for p in (root / "releases").iterdir() if ".rs-" in p.name]
+    return err
 
 
 LIVE_RECORD_TAMPERING = ("deleted", "names-the-target", "unparsable")

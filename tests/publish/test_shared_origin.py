@@ -251,7 +251,8 @@ def test_a_resigned_release_is_retained_for_the_entry_path_it_was_resigned_for(
     """`resign --entry-path staging.ipxe` makes a new release of staging's: its manifest
     says so, production's prune leaves it (and staging's old one) alone, and staging's
     prune deletes staging's old one."""
-    from tests.publish.test_resign import entry, resign
+    from tests.publish.conftest import resign
+    from tests.publish.test_resign import entry
 
     srv = tmp_path / "srv"
     origin = f"file://{srv}"
