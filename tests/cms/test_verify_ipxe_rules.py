@@ -140,29 +140,46 @@ CA_PASS = "correct horse battery"
 KEY_PASS = "key passphrase 1"
 
 
+def _ok(*argv: str) -> None:
+    r = CliRunner().invoke(cli, list(argv))
+    assert r.exit_code == 0, (argv, r.output)
+
+
+def _pki_with_signer(d: Path) -> tuple[Path, list[str]]:
+    """ca.pass and key.pass (0600) in ``d``, and a CA home d/pki with a code-signing
+    certificate "signer" (its key under key.pass). Returns the CA home and the CA's
+    passphrase option."""
+    for name, text in (("ca.pass", CA_PASS), ("key.pass", KEY_PASS)):
+        (d / name).write_text(text + "\n")
+        (d / name).chmod(0o600)
+    pki = d / "pki"
+    ca = ["--passphrase-file", str(d / "ca.pass")]
+    _ok("ca", "init", "--key-type", "ec-p256", "--pki", str(pki), *ca)
+    _ok("ca", "issue", "codesign", "signer", "--pki", str(pki), *ca,
+        "--key-passphrase-file", str(d / "key.pass"))
+    return pki, ca
+
+
+def _signed_image(d: Path, pki: Path) -> Path:
+    """d/vmlinuz, signed by the CA home ``pki``'s "signer" (key under d/key.pass)."""
+    image = d / "vmlinuz"
+    image.write_bytes(b"kernel" * 1000)
+    _ok("sign", str(image), "--key", "signer", "--pki", str(pki),
+        "--passphrase-file", str(d / "key.pass"))
+    return image
+
+
+def _revoke_signer(pki: Path, ca: list[str]) -> None:
+    _ok("ca", "revoke", "signer", "--reason", "key_compromise", "--pki", str(pki), *ca)
+
+
 @pytest.fixture(scope="module")
 def revoked_pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A pki whose signer signed an image and was then revoked."""
     d = tmp_path_factory.mktemp("revoked")
-    (d / "ca.pass").write_text(CA_PASS + "\n")
-    (d / "key.pass").write_text(KEY_PASS + "\n")
-    for name in ("ca.pass", "key.pass"):
-        (d / name).chmod(0o600)
-    pki = d / "pki"
-    run = CliRunner().invoke
-    ca = ["--pki", str(pki), "--passphrase-file", str(d / "ca.pass")]
-    r = run(cli, ["ca", "init", "--key-type", "ec-p256", *ca])
-    assert r.exit_code == 0, r.output
-    r = run(cli, ["ca", "issue", "codesign", "signer", *ca, "--key-passphrase-file",
-                  str(d / "key.pass")])
-    assert r.exit_code == 0, r.output
-    image = d / "vmlinuz"
-    image.write_bytes(b"kernel" * 1000)
-    r = run(cli, ["sign", str(image), "--key", "signer", "--pki", str(pki),
-                  "--passphrase-file", str(d / "key.pass")])
-    assert r.exit_code == 0, r.output
-    r = run(cli, ["ca", "revoke", "signer", "--reason", "key_compromise", *ca])
-    assert r.exit_code == 0, r.output
+    pki, ca = _pki_with_signer(d)
+    image = _signed_image(d, pki)
+    _revoke_signer(pki, ca)
     return pki, image
 
 
@@ -194,28 +211,13 @@ def test_pki_warns_about_a_certificate_of_a_key_revoked_as_compromised(
     know the renewed certificate. Now the same lookup as publish's names it."""
     import shutil
 
-    for name, text in (("ca.pass", CA_PASS), ("key.pass", KEY_PASS)):
-        (tmp_path / name).write_text(text + "\n")
-        (tmp_path / name).chmod(0o600)
-    pki, copy = tmp_path / "pki", tmp_path / "copy"
-    run = CliRunner().invoke
-    ca = ["--passphrase-file", str(tmp_path / "ca.pass")]
-    r = run(cli, ["ca", "init", "--key-type", "ec-p256", "--pki", str(pki), *ca])
-    assert r.exit_code == 0, r.output
-    r = run(cli, ["ca", "issue", "codesign", "signer", "--pki", str(pki), *ca,
-                  "--key-passphrase-file", str(tmp_path / "key.pass")])
-    assert r.exit_code == 0, r.output
+    pki, ca = _pki_with_signer(tmp_path)
+    copy = tmp_path / "copy"
     shutil.copytree(pki, copy, symlinks=True)
-    r = run(cli, ["ca", "revoke", "signer", "--reason", "key_compromise", "--pki", str(pki),
-                  *ca])
-    assert r.exit_code == 0, r.output
-    r = run(cli, ["ca", "renew", "signer", "--pki", str(copy), *ca])
-    assert r.exit_code == 0, r.output
-    image = tmp_path / "vmlinuz"
-    image.write_bytes(b"kernel" * 1000)
-    r = run(cli, ["sign", str(image), "--key", "signer", "--pki", str(copy),
-                  "--passphrase-file", str(tmp_path / "key.pass")])
-    assert r.exit_code == 0, r.output
+    _revoke_signer(pki, ca)
+    _ok("ca", "renew", "signer", "--pki", str(copy), *ca)
+    image = _signed_image(tmp_path, copy)
+    run = CliRunner().invoke
     result = run(cli, ["verify", str(image), "--pki", str(pki)])
     assert result.exit_code == 0, result.output  # iPXE reads no CRL: it still accepts
     assert "revoked as compromised with certificate signer" in result.stderr, result.output
