@@ -108,6 +108,23 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("publish-pki"))
 
 
+def revoke_as_compromised(pki: Pki, home: Path, name: str) -> None:
+    """`trustboot ca revoke NAME --reason key_compromise` in the CA home ``home`` (a copy
+    of the session ``pki``, whose CA passphrase it takes)."""
+    run_cli("ca", "revoke", name, "--reason", "key_compromise", "--pki", str(home),
+            "--passphrase-file", str(pki.secrets / "ca.pass"))
+
+
+@pytest.fixture
+def revoked_pki(pki: Pki, tmp_path: Path) -> Path:
+    """A copy of the session pki in which boot-signer (what make_release signs with) is
+    revoked as compromised by `trustboot ca revoke`; the session pki stays as it was."""
+    copy = tmp_path / "pki2"
+    shutil.copytree(pki.dir, copy, symlinks=True)
+    revoke_as_compromised(pki, copy, "boot-signer")
+    return copy
+
+
 def rewind_resign(root: Path, record: bytes, new_id: str,
                   live: str = "r1") -> tuple[Path, dict[str, Any]]:
     """The file:// origin ``root`` as if a resign to ``new_id`` had died before signing

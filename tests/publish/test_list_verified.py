@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +41,6 @@ def run(*args: str) -> Result:
 def subject(pki: Pki, name: str) -> tuple[str, str]:
     cert = x509.load_pem_x509_certificate(pki.cert(name).read_bytes())
     return cert.subject.rfc4514_string(), f"{cert.serial_number:x}"
-
-
-@pytest.fixture
-def revoked_pki(pki: Pki, tmp_path: Path) -> Path:
-    """A copy of the session pki in which boot-signer is revoked as compromised."""
-    copy = tmp_path / "pki2"
-    shutil.copytree(pki.dir, copy, symlinks=True)
-    r = run("ca", "revoke", "boot-signer", "--reason", "key_compromise", "--pki", str(copy),
-            "--passphrase-file", str(pki.secrets / "ca.pass"))
-    assert r.exit_code == 0, r.output
-    return copy
 
 
 @pytest.fixture

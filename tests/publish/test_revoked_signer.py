@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.publish.conftest import Pki, ReleaseFactory, rewind_resign
+from tests.publish.conftest import Pki, ReleaseFactory, revoke_as_compromised, rewind_resign
 from trustboot.ca.store import CertificateAuthority, IssuedEntry
 from trustboot.cli.main import cli
 from trustboot.publish.pipeline import SWITCH_JOURNAL
@@ -28,18 +28,6 @@ ENTRY2 = b"#!ipxe\necho release two\n"
 
 def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
-
-
-@pytest.fixture
-def revoked_pki(pki: Pki, tmp_path: Path) -> Path:
-    """A copy of the pki in which boot-signer (what make_release signs with) is revoked
-    as compromised."""
-    copy = tmp_path / "pki2"
-    shutil.copytree(pki.dir, copy, symlinks=True)
-    r = run("ca", "revoke", "boot-signer", "--reason", "key_compromise", "--pki", str(copy),
-            "--passphrase-file", str(pki.secrets / "ca.pass"))
-    assert r.exit_code == 0, r.output
-    return copy
 
 
 @pytest.fixture
@@ -255,12 +243,6 @@ def fresh_pki(pki: Pki, tmp_path: Path) -> Path:
     return copy
 
 
-def _revoke(pki: Pki, home: Path, name: str) -> None:
-    r = run("ca", "revoke", name, "--reason", "key_compromise", "--pki", str(home),
-            "--passphrase-file", str(pki.secrets / "ca.pass"))
-    assert r.exit_code == 0, r.output
-
-
 def test_a_resumed_resign_does_not_make_a_revoked_signers_release_live(
         pki: Pki, make_release: ReleaseFactory, fresh_pki: Path, tmp_path: Path) -> None:
     """resign's new id is predictable (the signer's certificate is public), and an id
@@ -276,7 +258,7 @@ def test_a_resumed_resign_does_not_make_a_revoked_signers_release_live(
     url = f"file://{srv}"
     r = run("publish", str(good), url, "--release-id", "r1", "--pki", str(fresh_pki))
     assert r.exit_code == 0, r.output
-    _revoke(pki, fresh_pki, "boot-signer")
+    revoke_as_compromised(pki, fresh_pki, "boot-signer")
     common = ["--key", "fresh-signer", "--passphrase-file", str(pki.key_pass), "--pki",
               str(fresh_pki)]
     record = (srv / ".trustboot-live.json").read_bytes()
@@ -312,7 +294,7 @@ def test_resign_refuses_a_new_signer_a_crl_revokes(
     assert r.exit_code == 0, r.output
     revoked = tmp_path / "pki4"
     shutil.copytree(fresh_pki, revoked, symlinks=True)
-    _revoke(pki, revoked, "fresh-signer")
+    revoke_as_compromised(pki, revoked, "fresh-signer")
     before = sorted(p.relative_to(srv).as_posix() for p in srv.rglob("*"))
     r = run("resign", url, "--key", f"file:{fresh_pki / 'private' / 'fresh-signer.key'}",
             "--signing-cert", str(fresh_pki / "issued" / "fresh-signer.crt"),
@@ -435,7 +417,7 @@ def test_resign_still_refuses_a_ca_index_older_than_its_log(
             "--pki", str(home))
     assert r.exit_code == 0, r.output
     saved = {n: (home / n).read_bytes() for n in ("index.json", "index.txt", "crl.pem")}
-    _revoke(pki, home, "boot-signer")
+    revoke_as_compromised(pki, home, "boot-signer")
     for name, data in saved.items():
         (home / name).write_bytes(data)
     r = run("resign", url, "--key", "other-signer", "--passphrase-file", str(pki.key_pass),
