@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.keys.softhsm import Token, make_token
 from tests.procs import running_children
 from trustboot.fsutil import ensure_private_dir
 
@@ -39,6 +40,18 @@ def _private_build_caches(tmp_path_factory: pytest.TempPathFactory,
         patch.setenv("TRUSTBOOT_TEST_CACHE", str(root / "tests"))
     yield
     patch.undo()
+
+
+@pytest.fixture
+def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Token]:
+    """A fresh SoftHSM2 token per test (skipped, saying what is missing, without SoftHSM2
+    or python-pkcs11); SOFTHSM2_CONF and TRUSTBOOT_PKCS11_MODULE point at it for
+    in-process runs too."""
+    tok = make_token(tmp_path / "hsm")
+    for key, value in tok.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TRUSTBOOT_PKCS11_MODULE", str(tok.module))
+    yield tok
 
 
 # What a test may not leave behind for the tests after it (see pytest_runtest_teardown).

@@ -8,12 +8,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from tests.keys.softhsm import PIN, Token, token_objects
 from trustboot.ca.store import CertificateAuthority
 from trustboot.cli.main import cli
 from trustboot.fsutil import locked
@@ -246,62 +246,45 @@ def test_an_init_waiting_on_a_failed_init_that_removed_its_directory_makes_the_c
 # --- PKCS#11 (SoftHSM2) ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    from tests.keys.softhsm import make_token
-
-    tok = make_token(tmp_path / "hsm")
-    for key, value in tok.env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("TRUSTBOOT_PKCS11_MODULE", str(tok.module))
-    yield tok
-
-
-def _token_init(pki: Path, token: str, pin: str) -> tuple[int, str]:
+def _token_init(pki: Path, label: str, pin: str) -> tuple[int, str]:
     r = CliRunner().invoke(cli, ["ca", "init", "--pki", str(pki), "--key-type", "ec-p256",
-                                 "--pkcs11", f"pkcs11:token={token}", "--passphrase-env",
+                                 "--pkcs11", f"pkcs11:token={label}", "--passphrase-env",
                                  "TB_PIN"], env={"TB_PIN": pin})
     return r.exit_code, r.output
 
 
 def test_a_token_init_refused_by_the_token_leaves_no_record_and_no_pki(
-        softhsm: object, tmp_path: Path) -> None:
+        token: Token, tmp_path: Path) -> None:
     """A wrong PIN or a token name with a typo generated nothing: no pending-keys record
     (which would keep the pki and make the corrected run refuse a token it "generated in"),
     no directory; the corrected run then makes the CA."""
-    from tests.keys.softhsm import PIN, Token, token_objects
-
-    assert isinstance(softhsm, Token)
-    before = token_objects(softhsm)
-    for token, pin, said in ((softhsm.label, "999999", "wrong PIN"),
+    before = token_objects(token)
+    for label, pin, said in ((token.label, "999999", "wrong PIN"),
                              ("no-such-token", PIN, "no token matches")):
         pki = tmp_path / "new" / "pki"
-        code, out = _token_init(pki, token, pin)
+        code, out = _token_init(pki, label, pin)
         assert code == 3 and said in out, out
         assert not (tmp_path / "new").exists(), out
-        assert token_objects(softhsm) == before
-    code, out = _token_init(tmp_path / "new" / "pki", softhsm.label, PIN)
+        assert token_objects(token) == before
+    code, out = _token_init(tmp_path / "new" / "pki", token.label, PIN)
     assert code == 0, out
 
 
 def test_a_token_init_failing_after_its_record_removes_its_pairs_record_and_pki(
-        softhsm: object, tmp_path: Path) -> None:
+        token: Token, tmp_path: Path) -> None:
     """The token refuses the second pair (its label is taken by a pair of someone else's)
     after the first pair was made and recorded: the run's pair, its record and the pki it
     created go; the other pair and a pre-existing empty pki directory stay."""
-    from tests.keys.softhsm import PIN, Token, token_objects
-
-    assert isinstance(softhsm, Token)
-    softhsm.run("pkcs11-tool", "--module", str(softhsm.module), "--login", "--pin", PIN,
-                "--token-label", softhsm.label, "--keypairgen", "--key-type",
-                "EC:prime256v1", "--label", "trustboot-issuing-ca", "--id", "01")
-    before = token_objects(softhsm)
+    token.run("pkcs11-tool", "--module", str(token.module), "--login", "--pin", PIN,
+              "--token-label", token.label, "--keypairgen", "--key-type",
+              "EC:prime256v1", "--label", "trustboot-issuing-ca", "--id", "01")
+    before = token_objects(token)
     for pki, existed in ((tmp_path / "new" / "pki", False), (tmp_path / "empty", True)):
         if existed:
             pki.mkdir(mode=0o755)
-        code, out = _token_init(pki, softhsm.label, PIN)
+        code, out = _token_init(pki, token.label, PIN)
         assert code == 3 and "already holds objects labelled" in out, out
-        assert token_objects(softhsm) == before
+        assert token_objects(token) == before
         if existed:
             assert pki.is_dir() and list(pki.iterdir()) == []
         else:
