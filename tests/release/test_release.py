@@ -370,6 +370,35 @@ def test_retention_prunes_old_releases_but_never_the_live_one(lab: Lab) -> None:
     assert sorted(p.name for p in (lab.origin / "releases").iterdir()) == [ids[2]]
 
 
+def test_retention_says_which_incomplete_release_folders_it_removed(lab: Lab) -> None:
+    """A release folder without release.json (a publish killed before its manifest),
+    untouched for over an hour, goes with the retention's prune, and the run says so
+    (JSON `prune`, a stage note); a young one is left, with the reason."""
+    import os
+    import time
+
+    recipe = lab.recipe(release="release: {id: '{name}-{digest8}', retention: 2}")
+    code, _, err = release(str(recipe))
+    assert code == 0, err
+    old, young = lab.origin / "releases" / "killed-old", lab.origin / "releases" / "killed-young"
+    for folder in (old, young):
+        folder.mkdir()
+        (folder / "vmlinuz").write_bytes(b"half a publish")
+    hours_ago = time.time() - 7200
+    for path in (old / "vmlinuz", old):
+        os.utime(path, (hours_ago, hours_ago))
+    (lab.dir / "images" / "vmlinuz").write_bytes(b"another kernel " * 3000)
+    code, out, err = release(str(recipe), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["prune"]["incomplete_removed"] == ["killed-old"], doc["prune"]
+    assert [x["release"] for x in doc["prune"]["incomplete_left"]] == ["killed-young"]
+    assert not old.exists() and young.exists()
+    code, out, err = release(str(recipe))
+    assert code == 0, err
+    assert "left incomplete release folder killed-young (no release.json)" in err, err
+
+
 def test_date_in_the_id_does_not_make_a_new_release_the_next_day(lab: Lab) -> None:
     import datetime as dt
 

@@ -109,6 +109,8 @@ class ReleaseResult:
     manifest: dict[str, Any] | None = None
     uploaded: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    # release folders without a release.json the retention's prune removed or left
+    prune: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     # what the signer's lifetime allows an old copy of this release (cms.freshness)
     replay_window: dict[str, Any] | None = None
@@ -119,7 +121,7 @@ class ReleaseResult:
                 "public_base": self.public_base, "entry_url": self.entry_url,
                 "dry_run": self.dry_run, "plan": self.plan, "stages": self.stages,
                 "publish": self.publish, "uploaded": self.uploaded, "pruned": self.pruned,
-                "manifest": self.manifest, "warnings": self.warnings}
+                "prune": self.prune, "manifest": self.manifest, "warnings": self.warnings}
 
 
 def trust_of(v: Validated) -> Trust:
@@ -393,7 +395,10 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
         # release is live by now: a prune that fails does not undo it, so it is a warning
         # (the result is still printed, the entry still checked), not the run's error.
         try:
-            result.pruned = prune(origin, keep=keep, entry_path=v.entry_path).deleted
+            pruned = prune(origin, keep=keep, entry_path=v.entry_path)
+            result.pruned, result.prune = pruned.deleted, pruned.to_json()
+            for line in pruned.incomplete_lines():
+                st.done("publish", "note", line)
         except TrustbootError as exc:
             warning = (f"release {p.release_id} is published and {v.entry_path} switched to "
                        f"it, but pruning older releases (release.retention: {keep}) failed: "
