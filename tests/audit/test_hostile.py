@@ -502,3 +502,27 @@ def test_a_hostile_tftp_server_cannot_pass_off_a_tampered_boot_file(
         assert found[0]["evidence"]["limit"] == "fetch-deadline"
         assert fetched["deadline_reached"] and "kept the transfer open" in fetched["error"]
     assert run.returncode == returncode, (run.returncode, run.json["findings"], run.stderr)
+
+
+@pytest.mark.parametrize("magic", ["#!ipxe", "#!gpxe"])
+def test_a_served_script_is_checked_whichever_magic_ipxe_runs(
+        seg: Segment, tmp_path: Path, magic: str) -> None:
+    """iPXE runs a script starting '#!gpxe' as it runs one starting '#!ipxe'. Served over
+    TFTP with an unverified cleartext kernel, both are judged as the script they are:
+    exit 5, the script findings. ('#!gpxe' was a text file: no finding, exit 0.)"""
+    srv = seg.add_host("srv", 1)
+    root = tmp_path / "tftp"
+    root.mkdir()
+    (root / "boot.ipxe").write_bytes(
+        f"{magic}\nkernel http://192.0.2.9/vmlinuz\ninitrd http://192.0.2.9/initrd\nboot\n"
+        .encode())
+    seg.start_dnsmasq(srv, "--dhcp-range=192.0.2.100,192.0.2.199,255.255.255.0,10m",
+                      "--dhcp-boot=boot.ipxe", "--enable-tftp", f"--tftp-root={root}")
+    client = seg.add_host("client", 50)
+    run = seg.audit(client, "--json", "--window", "2", "--no-dhcpv6", "--arch", "bios",
+                    "--no-ipxe-probe")
+    [script] = [f for f in run.json["observation"]["fetched"]
+                if f["url"] == "tftp://192.0.2.1/boot.ipxe"]
+    assert script["loader"]["kind"] == "ipxe-script", script
+    assert {"script-without-imgverify", "cleartext-boot-url"} <= ids(run), run.json["findings"]
+    assert run.returncode == 5, run.stderr

@@ -126,3 +126,18 @@ def test_read_lines_is_linear_in_the_script(script: str) -> None:
     lines, left_open = syntax.read_lines(script)
     assert time.process_time() - began < 1.0
     assert left_open is None and len(lines) == 1 and lines[0][1].endswith("end")
+
+
+@pytest.mark.parametrize(("head", "runs"), [
+    (b"#!ipxe\n", True), (b"#!gpxe\n", True), (b"#!gpxe ", True), (b"#!ipxe\r\n", True),
+    (b"#!ipxe\t", True), (b"#!gpxe\v", True), (b"#!gpxe\f", True),
+    # iPXE's script_probe(): memcmp (case-sensitive, from the first byte), then isspace()
+    (b"#!gpxeX\n", False), (b"#!GPXE\n", False), (b"#!iPXE\n", False),
+    (b"\xef\xbb\xbf#!ipxe\n", False), (b" #!ipxe\n", False), (b"#!ipxe", False),
+    (b"#!gpxe\0", False), (b"#!ipxe\xa0", False), (b"", False),
+])
+def test_runs_as_script_as_ipxe_probes_it(head: bytes, runs: bool) -> None:
+    assert syntax.runs_as_script(head) is runs
+    assert syntax.runs_as_script(head + b"echo x\n") is runs
+    # the lint and the embed checks read text: the same answer
+    assert syntax.runs_as_script(head.decode("utf-8", "surrogateescape")) is runs

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from trustboot.audit.dhcp4 import safe_text
 from trustboot.ipxe.lint import parse_script
+from trustboot.ipxe.syntax import runs_as_script
 
 URL_RE = re.compile(rb"(?:https?|tftp|ftp|nfs)://[\x21-\x7e]{1,512}")
 IPXE_VERSION_RE = re.compile(rb"iPXE (\d+\.\d+\.\d+[0-9A-Za-z+.\-]*)")
@@ -95,15 +96,15 @@ def _runs_verification(script: bytes) -> bool:
 
 def identify(head: bytes) -> LoaderInfo:
     """Classify a boot file from its first bytes (up to a few MiB)."""
-    stripped = head.lstrip(b"\xef\xbb\xbf")
-    if stripped[:6].lower() == b"#!ipxe":
-        if len(stripped) > MAX_PARSED_SCRIPT:
+    # exactly what iPXE runs as a script (#!gpxe too; not a BOM, not #!IPXE)
+    if runs_as_script(head):
+        if len(head) > MAX_PARSED_SCRIPT:
             return LoaderInfo(
-                "ipxe-script", "iPXE script", ipxe=True, script=True, urls=_urls(stripped),
-                not_parsed=f"too large to parse ({len(stripped)} bytes read; the audit "
+                "ipxe-script", "iPXE script", ipxe=True, script=True, urls=_urls(head),
+                not_parsed=f"too large to parse ({len(head)} bytes read; the audit "
                            f"parses scripts of up to {MAX_PARSED_SCRIPT} bytes)")
         return LoaderInfo("ipxe-script", "iPXE script", ipxe=True, script=True,
-                          urls=_urls(stripped), imgverify=_runs_verification(stripped))
+                          urls=_urls(head), imgverify=_runs_verification(head))
     pe = _pe_signed(head)
     version = IPXE_VERSION_RE.search(head)
     ipxe = (

@@ -43,6 +43,7 @@ from trustboot.ipxe.source import (
     open_source,
     resolve_source_dir,
 )
+from trustboot.ipxe.syntax import runs_as_script
 from trustboot.subproc import time_limit
 from trustboot.text import clean
 
@@ -244,10 +245,11 @@ def build_cmd(
         script = generated
     elif script_file is not None:
         script = _read_script(script_file)
-        if not script.startswith("#!ipxe"):
+        if not runs_as_script(script):
             raise ConfigError(
                 f"{script_file} is not an iPXE script (its first line is not '#!ipxe')",
-                hint="iPXE only runs embedded scripts that start with '#!ipxe'",
+                hint="iPXE only runs a script whose very first bytes are '#!ipxe' and a "
+                     "new line (nothing before them, not even a BOM)",
             )
         if unsafe_skip_lint:
             warn(f"not linting {script_file}: it may boot unverified images")

@@ -36,6 +36,7 @@ from trustboot.ipxe import sandbox
 from trustboot.ipxe.config import BuildOptions, Certificate, ClientIdentity, render_headers
 from trustboot.ipxe.script import EMBEDDED_SCRIPT_NAME
 from trustboot.ipxe.source import IpxeSource, copy_tree
+from trustboot.ipxe.syntax import runs_as_script
 from trustboot.subproc import TIME_LIMIT_ENV, TimedOut, kill_group, minimal_env, time_limit
 from trustboot.text import clean, unsafe_string_at
 
@@ -212,9 +213,10 @@ class BuildRequest:
                 hint="pass --pki DIR (its ca.crt) or --trust ROOT.crt: without one iPXE "
                 "would trust its own default root",
             )
-        if self.script is not None and not self.script.startswith("#!ipxe"):
+        if self.script is not None and not runs_as_script(self.script):
             raise ConfigError(
-                "the embedded script does not start with '#!ipxe'",
+                "the embedded script does not start with '#!ipxe' and a new line, so iPXE "
+                "would not run it as a script",
                 hint="an iPXE script's first line must be '#!ipxe'",
             )
 

@@ -45,12 +45,12 @@ from trustboot.ipxe.syntax import (
     ParsedCommand,
     parse_command,
     read_lines,
+    runs_as_script,
     split_commands,
     split_tokens,
 )
 
 STAGES = ("embedded", "chained")
-MAGICS = ("#!ipxe", "#!gpxe")
 MAX_STATES = 200_000
 # The command standing for a continuation left open at the end of the script.
 DANGLING = "\\"
@@ -665,7 +665,7 @@ def lint_script(text: str, *, stage: str = "embedded") -> list[Finding]:
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
-    if not (text[:6] in MAGICS and len(text) > 6 and text[6] in WHITESPACE):
+    if not runs_as_script(text):
         return [Finding(1, "magic", "the script does not start with '#!ipxe' and a new "
                         "line, so iPXE does not run it as a script")]
     lines = parse_script(text)

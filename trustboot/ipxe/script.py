@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from trustboot.errors import ConfigError
 from trustboot.ipxe.lint import Finding, lint_script
-from trustboot.ipxe.syntax import check_word, check_words
+from trustboot.ipxe.syntax import check_word, check_words, runs_as_script
 from trustboot.publish.origin import redact_url, split_url
 
 __all__ = [
@@ -287,9 +287,10 @@ def render_chain_script(params: ChainScript) -> str:
 def check_script(text: str, *, origin: str = "the embedded script",
                  stage: str = "embedded") -> None:
     """Raise ConfigError listing every lint finding; return quietly when there are none."""
-    if not text.startswith(MAGIC):
+    if not runs_as_script(text):
         raise ConfigError(
-            f"{origin} does not start with '{MAGIC}'",
+            f"{origin} does not start with '{MAGIC}' and a new line, so iPXE would not run "
+            "it as a script",
             hint="an embedded script must begin with the line '#!ipxe'",
         )
     findings = lint_script(text, stage=stage)

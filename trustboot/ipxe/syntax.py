@@ -20,6 +20,20 @@ TERMINATORS = ("&&", "||", ";")
 # C isspace() in iPXE: space, \t, \n, \v, \f, \r.
 WHITESPACE = " \t\n\v\f\r"
 MAX_VALUE = 4096
+# What iPXE's script_probe() (src/image/script.c) takes for a script: one of these magics
+# (memcmp: case-sensitive, at the very first byte, so no BOM or blank before it) followed
+# by an isspace() byte. gPXE's magic still runs.
+SCRIPT_MAGICS = (b"#!ipxe", b"#!gpxe")
+_SPACE_BYTES = WHITESPACE.encode()
+
+
+def runs_as_script(head: bytes | str) -> bool:
+    """Whether iPXE runs an image starting with ``head`` as a script (its first 7 bytes
+    decide). The one test for it: the audit, publish and the lint all ask here. Text is
+    taken as its UTF-8 bytes (a character beyond ASCII never matches)."""
+    if isinstance(head, str):
+        head = head[:7].encode("utf-8", "surrogateescape")
+    return head[:6] in SCRIPT_MAGICS and head[6:7] != b"" and head[6] in _SPACE_BYTES
 
 
 def split_tokens(line: str) -> list[str]:

@@ -73,6 +73,7 @@ from trustboot import jsonin
 from trustboot.cms.freshness import format_duration
 from trustboot.cms.verify import MAX_SIGNATURE_SIZE, SignerReport, Verdict
 from trustboot.errors import ConfigError, OperationalError, TrustbootError, VerificationError
+from trustboot.ipxe.syntax import runs_as_script
 from trustboot.publish.cache import PublishCache
 from trustboot.publish.manifest import (
     DEFAULT_ENTRY_PATH,
@@ -858,10 +859,6 @@ def _record_live(origin: Origin, entry_path: str, release: str, script_sha256: s
     origin.put_bytes(LIVE_RECORD, data, sha256=hashlib.sha256(data).hexdigest())
 
 
-# What an iPXE script starts with (iPXE's script_probe also takes the older gPXE magic).
-SCRIPT_MAGIC = (b"#!ipxe", b"#!gpxe")
-
-
 def check_switch_target(origin: Origin, entry_path: str) -> None:
     """Refuse a switch that would replace something else than an entry (caller holds the
     lock): an object already at ``entry_path`` must be an entry pair switched there
@@ -875,7 +872,7 @@ def check_switch_target(origin: Origin, entry_path: str) -> None:
         return
     if st.size <= MAX_ENTRY_SIZE:
         head = b"".join(origin.read(entry_path, max_size=MAX_ENTRY_SIZE))
-        if head.startswith(SCRIPT_MAGIC):
+        if runs_as_script(head):
             return
     raise ConfigError(
         f"entry path {entry_path} on {redact_url(origin.url)} holds an object that is not an "
