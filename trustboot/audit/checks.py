@@ -109,9 +109,13 @@ _RULES = [
          "Chainload an iPXE built with TRUST= your root and IMAGE_TRUST_CMD, and "
          "imgverify every image it loads (or rely on UEFI Secure Boot with signed shims)."),
     Rule("script-without-imgverify", "iPXE script boots without imgverify", Severity.MEDIUM,
-         "An iPXE script offered on the segment loads images without imgverify/imgtrust.",
-         "Add 'imgtrust --permanent' (or imgverify after each image, initrds included) to "
-         "the script, and serve it over HTTPS."),
+         "An iPXE script offered on the segment can boot an image, or hand a kernel an "
+         "initrd, that no imgverify checked on some path through it: no imgverify at all, "
+         "one whose failure the script skips ('|| goto'), one a goto jumps over, or one "
+         "after the boot.",
+         "Set 'imgtrust --permanent', then imgverify every image before booting it, "
+         "initrds included, each '|| goto' a block that ends in reboot or a halt loop; "
+         "serve the script over HTTPS."),
     Rule("ipxe-loop-not-broken", "Server does not break the iPXE chainload loop", Severity.INFO,
          "The server offers the same iPXE binary to iPXE itself (user-class iPXE), so a "
          "client chainloads iPXE forever.",
@@ -620,9 +624,11 @@ def _loader_findings(subject: str, loader: LoaderInfo | None, evidence: dict[str
                 "script-without-imgverify", subject,
                 f"iPXE script {subject} was not checked for imgverify or imgtrust: "
                 f"{loader.not_parsed}" if loader.not_parsed else
-                f"iPXE script {subject} boots without imgverify or imgtrust",
+                f"iPXE script {subject} can boot an image no imgverify checked: "
+                f"{loader.unguarded}",
                 {**evidence, "urls_in_script": loader.urls,
-                 **({"not_parsed": loader.not_parsed} if loader.not_parsed else {})}))
+                 **({"not_parsed": loader.not_parsed} if loader.not_parsed else {}),
+                 **({"unguarded": loader.unguarded} if loader.unguarded else {})}))
         for url in loader.urls:
             if url.lower().startswith(("http://", "ftp://", "tftp://")):
                 out.append(_finding(

@@ -13,14 +13,15 @@ import struct
 from dataclasses import dataclass, field
 
 from trustboot.audit.dhcp4 import safe_text
-from trustboot.ipxe.lint import parse_script
+from trustboot.ipxe.lint import unguarded_boot
 from trustboot.ipxe.syntax import runs_as_script
 
 URL_RE = re.compile(rb"(?:https?|tftp|ftp|nfs)://[\x21-\x7e]{1,512}")
 IPXE_VERSION_RE = re.compile(rb"iPXE (\d+\.\d+\.\d+[0-9A-Za-z+.\-]*)")
 # Scripts larger than this are not parsed (their imgverify is unknown, and said so): the
 # parser's time grows with what a hostile server sends, and it runs before the fetch's
-# result is reported. Real boot scripts are a few KiB; parsing this much takes < 0.5 s.
+# result is reported. Real boot scripts are a few KiB; parsing this much and walking its
+# paths (within the walk's own bounds, see unguarded_boot) takes about a second.
 MAX_PARSED_SCRIPT = 256 * 1024
 
 
@@ -33,15 +34,17 @@ class LoaderInfo:
     pe_signed: bool | None = None  # only for PE images
     ipxe_version: str | None = None
     urls: list[str] = field(default_factory=list)
-    imgverify: bool | None = None  # scripts only: does it call imgverify / imgtrust?
-    not_parsed: str | None = None  # scripts only: why it was not parsed (imgverify unknown)
+    # scripts only: does imgverify (or the script's imgtrust) guard every path to a boot?
+    imgverify: bool | None = None
+    unguarded: str | None = None  # scripts only: where an unverified image can run, and how
+    not_parsed: str | None = None  # scripts only: why it was not checked (imgverify unknown)
 
     def to_json(self) -> dict[str, object]:
         return {
             "kind": self.kind, "description": self.description, "ipxe": self.ipxe,
             "script": self.script, "pe_signed": self.pe_signed,
             "ipxe_version": self.ipxe_version, "urls": self.urls, "imgverify": self.imgverify,
-            "not_parsed": self.not_parsed,
+            "unguarded": self.unguarded, "not_parsed": self.not_parsed,
         }
 
 
@@ -81,30 +84,30 @@ def _urls(data: bytes) -> list[str]:
     return out
 
 
-def _runs_verification(script: bytes) -> bool:
-    """Whether a command of the script (as iPXE reads it: not a comment, not an echo's
-    text) is imgverify or imgtrust without --allow. Parsing only, no path exploration: the
-    audit's deadline holds whatever the file."""
-    for line in parse_script(script.decode("latin-1")):  # byte for byte: iPXE has no encoding
-        for command in line.commands:
-            p = command.parsed
-            if p is not None and (p.name == "imgverify"
-                                  or (p.name == "imgtrust" and not p.has("allow"))):
-                return True
-    return False
+def _script(head: bytes) -> LoaderInfo:
+    """An iPXE script, and whether verification guards every path to a boot in it, as the
+    lint's model of iPXE judges it: an imgverify whose failure is skipped (``|| goto``),
+    one a goto jumps over or one after the boot does not count."""
+    info = LoaderInfo("ipxe-script", "iPXE script", ipxe=True, script=True, urls=_urls(head))
+    if len(head) > MAX_PARSED_SCRIPT:
+        info.not_parsed = (f"too large to parse ({len(head)} bytes read; the audit parses "
+                           f"scripts of up to {MAX_PARSED_SCRIPT} bytes)")
+        return info
+    found = unguarded_boot(head.decode("latin-1"))  # byte for byte: iPXE has no encoding
+    if found is None:
+        info.imgverify = True
+    elif found.rule == "too-complex":
+        info.not_parsed = "too many paths or images to check within the audit's bounds"
+    else:
+        info.imgverify, info.unguarded = False, str(found)
+    return info
 
 
 def identify(head: bytes) -> LoaderInfo:
     """Classify a boot file from its first bytes (up to a few MiB)."""
     # exactly what iPXE runs as a script (#!gpxe too; not a BOM, not #!IPXE)
     if runs_as_script(head):
-        if len(head) > MAX_PARSED_SCRIPT:
-            return LoaderInfo(
-                "ipxe-script", "iPXE script", ipxe=True, script=True, urls=_urls(head),
-                not_parsed=f"too large to parse ({len(head)} bytes read; the audit "
-                           f"parses scripts of up to {MAX_PARSED_SCRIPT} bytes)")
-        return LoaderInfo("ipxe-script", "iPXE script", ipxe=True, script=True,
-                          urls=_urls(head), imgverify=_runs_verification(head))
+        return _script(head)
     pe = _pe_signed(head)
     version = IPXE_VERSION_RE.search(head)
     ipxe = (

@@ -51,7 +51,16 @@ from trustboot.ipxe.syntax import (
 )
 
 STAGES = ("embedded", "chained")
+# Not a lint stage: a script found on the network by the audit (see unguarded_boot()).
+SERVED = "served"
 MAX_STATES = 200_000
+# A served script's bounds (the audit's time must not grow with what a hostile server
+# sends): states visited, and images registered at once (each state carries them all).
+SERVED_MAX_STATES = 50_000
+SERVED_MAX_IMAGES = 64
+# What the audit counts as a boot no imgverify guards (the rest of the lint is about a
+# script trustboot writes, not about whether an unverified image can run).
+_UNGUARDED = {"unverified-exec", "unverified-image", "sanboot", "autoboot", "pxebs"}
 # The command standing for a continuation left open at the end of the script.
 DANGLING = "\\"
 
@@ -281,6 +290,12 @@ class _Explorer:
     def __init__(self, lines: list[Line], stage: str) -> None:
         self.lines = lines
         self.stage = stage
+        served = stage == SERVED
+        self.max_states = SERVED_MAX_STATES if served else MAX_STATES
+        # a computed goto yields a successor per label: count those too, not only states
+        self.max_steps = 2 * SERVED_MAX_STATES if served else None
+        self.max_images = SERVED_MAX_IMAGES if served else None
+        self.stopped = False  # served: the first unguarded boot is all the audit asks
         self.labels: dict[str, int] = {}
         for index, line in enumerate(lines):
             if line.label is not None:
@@ -292,9 +307,25 @@ class _Explorer:
             note: str = "") -> None:
         if (line, rule) in self.findings:
             return
+        if self.stage == SERVED:
+            if rule not in _UNGUARDED and rule != "too-complex":
+                return  # not asked, and its path would cost a trace
+            self.stopped = True
+            if state is not None and self.failed_on_path(state, "imgverify"):
+                message = f"a failed imgverify does not stop the script: {message}"
         if state is not None:
             message += f" (path: {self.trace(state)}{note})"
         self.findings[(line, rule)] = Finding(line, rule, message)
+
+    def failed_on_path(self, state: _State, command: str) -> bool:
+        """Whether the path to ``state`` went on after ``command`` failed."""
+        note = f" ('{command}' fails)"
+        current: _State | None = state
+        while current is not None:
+            current, how = self.parent[current]
+            if how == note:
+                return True
+        return False
 
     def trace(self, state: _State) -> str:
         hops: list[tuple[int, str]] = []
@@ -419,6 +450,10 @@ class _Explorer:
                 # imgsingle_exec prints "No image selected" and returns the status of its
                 # option parsing: success, and the script goes on to its next line
                 return [out(True)]
+            if self.stage == SERVED and req and not target[1]:
+                # imgtrust refuses to execute it: the command fails and nothing runs. (The
+                # lint stages still want the imgverify that makes this fail closed.)
+                return [out(False, imgs)]
             self.check_boot(state, number, name, target, imgs)
             if p.has("replace"):
                 # The script stops here and the image runs in its place (image_exec's
@@ -543,19 +578,28 @@ class _Explorer:
     def explore(self) -> None:
         if not self.lines:
             return
-        chained = self.stage == "chained"
+        chained = self.stage == "chained"  # served: trust unknown, so not assumed
         start = _State(0, 0, True, True, (), None, chained, chained)
         self.parent[start] = (None, "")
         queue = deque([start])
-        while queue:
+        steps = 0
+        while queue and not self.stopped:
             state = queue.popleft()
             for nxt, note in self.successors(state):
+                steps += 1
+                if (self.max_steps is not None and steps > self.max_steps) or (
+                    self.max_images is not None and not isinstance(nxt, str)
+                    and len(nxt.images) > self.max_images
+                ):
+                    self.add(1, "too-complex", "the script has too many paths or images to "
+                             "check; simplify it")
+                    return
                 if isinstance(nxt, str):
                     self.terminal(nxt, state, note)
                     continue
                 if nxt in self.parent:
                     continue
-                if len(self.parent) >= MAX_STATES:
+                if len(self.parent) >= self.max_states:
                     self.add(1, "too-complex", "the script has too many paths to check; "
                              "simplify it")
                     return
@@ -673,3 +717,18 @@ def lint_script(text: str, *, stage: str = "embedded") -> list[Finding]:
     _static(lines, stage, explorer)
     explorer.explore()
     return sorted(explorer.findings.values(), key=lambda f: (f.line, f.rule))
+
+
+def unguarded_boot(text: str) -> Finding | None:
+    """For a script found on the network (the audit): the first path, shortest first, on
+    which an image no successful imgverify checked can run (booted, chained, executed, or
+    an initrd handed over with it; sanboot, autoboot, pxebs), as the lint's model finds
+    it; None when every path is guarded. Unlike the lint stages, it does not assume the
+    firmware set imgtrust (an image imgtrust refuses does not run, so the script's own
+    imgtrust counts), and asks nothing else of the script. A "too-complex" finding when
+    the walk would pass its bounds (SERVED_MAX_STATES, SERVED_MAX_IMAGES): its cost does
+    not grow with what a hostile server makes the script hold.
+    ``text`` must be a script (see runs_as_script)."""
+    explorer = _Explorer(parse_script(text), SERVED)
+    explorer.explore()
+    return next(iter(explorer.findings.values()), None)
