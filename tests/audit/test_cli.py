@@ -94,3 +94,54 @@ def test_hostile_policy_values_exit_3_naming_file_and_key(tmp_path: Path, text: 
     code, output = run("-i", "lo", "--policy", str(policy))
     assert code == 3, output
     assert f"policy.yaml: {key}" in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    (b"a\xffb", "no network interface named 'a\\xffb'"),
+    (b"tb\xe9\xff-no-such", "no network interface named 'tb\\xe9\\xff-no-such'"),
+    (b"abcdefghijklmnop", "'abcdefghijklmnop': it is 16 bytes long, and Linux interface "
+                          "names are at most 15"),
+    (b"tb-no-such-if0-and-more", "it is 23 bytes long"),
+])
+def test_an_interface_name_no_interface_has_exits_3_naming_it(name: bytes, message: str
+                                                              ) -> None:
+    """Linux names need not be UTF-8 (argv hands them over as bytes): a wrong one is a
+    configuration error naming it escaped, not a crash (exit 70). One longer than the
+    kernel's 15 bytes is refused, not cut to another interface's name."""
+    argv = [sys.executable.encode(), b"-m", b"trustboot", b"audit", b"-i", name,
+            b"--window", b"0.2"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 3, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert "hint: list interfaces with 'ip link'" in proc.stderr
+
+
+@pytest.mark.root
+def test_an_interface_whose_name_is_not_utf8_is_audited(tmp_path: Path) -> None:
+    """A real veth named b'd\\xff0' in a private namespace, with an address (so the
+    follower asks for it too): the audit runs on it and reports its name escaped."""
+    from tests.audit.netns import missing_tools
+
+    if (reason := missing_tools()) is not None:
+        pytest.skip(reason)
+    import secrets
+
+    ns, name = f"tbif{secrets.token_hex(3)}", b"d\xff0"
+    ip = [b"ip", b"-n", ns.encode()]
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
+    try:
+        for args in ([b"link", b"add", name, b"type", b"veth", b"peer", b"name", b"tbpeer"],
+                     [b"addr", b"add", b"192.0.2.50/24", b"dev", name],
+                     [b"link", b"set", b"tbpeer", b"up"], [b"link", b"set", name, b"up"]):
+            subprocess.run([*ip, *args], check=True, capture_output=True, timeout=30)
+        proc = subprocess.run(
+            [b"ip", b"netns", b"exec", ns.encode(), sys.executable.encode(), b"-m",
+             b"trustboot", b"audit", b"-i", name, b"--window", b"0.3", b"--no-dhcpv6",
+             b"--json", b"--fail-on", b"none"],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert '"interface": "d\\\\xff0"' in proc.stdout, proc.stdout[:2000]

@@ -504,8 +504,10 @@ def test_a_hostile_tftp_server_cannot_pass_off_a_tampered_boot_file(
     assert run.returncode == returncode, (run.returncode, run.json["findings"], run.stderr)
 
 
-def _serve_script(seg: Segment, tmp_path: Path, script: bytes, *args: str) -> AuditRun:
-    """dnsmasq hands out boot.ipxe over TFTP; an audit from a client as the repro ran it."""
+def _serve_script(seg: Segment, tmp_path: Path, script: bytes, *args: str,
+                  client_if: bytes | None = None) -> AuditRun:
+    """dnsmasq hands out boot.ipxe over TFTP; an audit from a client as the repro ran it
+    (through the client's eth0, renamed ``client_if`` when given)."""
     srv = seg.add_host("srv", 1)
     root = tmp_path / "tftp"
     root.mkdir()
@@ -513,6 +515,11 @@ def _serve_script(seg: Segment, tmp_path: Path, script: bytes, *args: str) -> Au
     seg.start_dnsmasq(srv, "--dhcp-range=192.0.2.100,192.0.2.199,255.255.255.0,10m",
                       "--dhcp-boot=boot.ipxe", "--enable-tftp", f"--tftp-root={root}")
     client = seg.add_host("client", 50)
+    if client_if is not None:
+        ip = [b"ip", b"-n", client.ns.encode(), b"link", b"set"]
+        for step in ([b"eth0", b"down"], [b"eth0", b"name", client_if], [client_if, b"up"]):
+            subprocess.run([*ip, *step], check=True, capture_output=True, timeout=30)
+        args = (*args, "--interface", os.fsdecode(client_if))  # the last --interface wins
     run = seg.audit(client, "--json", "--window", "2", "--no-dhcpv6", "--arch", "bios",
                     "--no-ipxe-probe", *args)
     [served] = [f for f in run.json["observation"]["fetched"]
@@ -543,4 +550,16 @@ def test_a_served_script_whose_imgverify_failure_is_skipped_is_flagged(
         b"https://192.0.2.9/vmlinuz.sig || goto go\n:go\nboot\n"), "--fail-on", "medium")
     [finding] = run.findings("script-without-imgverify")
     assert "a failed imgverify does not stop the script" in finding["message"], finding
+    assert run.returncode == 5, run.stderr
+
+
+def test_a_segment_is_audited_through_an_interface_whose_name_is_not_utf8(
+        seg: Segment, tmp_path: Path) -> None:
+    """Linux interface names are bytes: through one named b'd\\xff0' the audit sends its
+    probes, reads the offer and fetches the boot file over TFTP (SO_BINDTODEVICE to it),
+    and names the interface escaped. (It crashed with exit 70 before sending anything.)"""
+    run = _serve_script(seg, tmp_path, b"#!ipxe\nkernel http://192.0.2.9/vmlinuz\nboot\n",
+                        client_if=b"d\xff0")
+    assert run.json["observation"]["interface"] == "d\\xff0", run.stderr
+    assert {"script-without-imgverify", "cleartext-boot-url"} <= ids(run), run.json["findings"]
     assert run.returncode == 5, run.stderr

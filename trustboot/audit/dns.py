@@ -23,6 +23,7 @@ from urllib.parse import unquote_to_bytes
 
 from trustboot.audit.dhcp4 import safe_text
 from trustboot.audit.errors import MalformedPacket, wire_bytes
+from trustboot.audit.netif import device_name
 
 PORT = 53
 TYPE_A, TYPE_CNAME, TYPE_AAAA = 1, 5, 28
@@ -346,7 +347,7 @@ def _socket(server: str, *, device: str | None, source: str | None) -> socket.so
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if device:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device_name(device))
         bind_as_ipxe(sock, (source or "") if family == socket.AF_INET else "::")
         sock.setblocking(False)
     except BaseException:

@@ -47,12 +47,12 @@ from trustboot.audit.model import (
     Offer,
     Reply6,
 )
+from trustboot.audit.netif import device_name, interface_ipv4
 from trustboot.audit.policy import Policy
 from trustboot.audit.probe import (
     MALFORMED_PER_SENDER,
     MAX_MALFORMED,
     forbidden_address,
-    interface_ipv4,
     own_addresses,
 )
 from trustboot.audit.text import clean
@@ -176,7 +176,7 @@ def _connect(address: str, port: int, device: str | None, deadline: float) -> so
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if device:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device_name(device))
         sock.settimeout(max(0.01, deadline - time.monotonic()))
         sock.connect((address, port))
     except BaseException:
@@ -286,7 +286,7 @@ def http_check(url: str, *, policy: Policy, timeout: float, max_size: int,
     literal = f"[{address}]" if ":" in address else address
     target = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    options = ([(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())]
+    options = ([(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device_name(device))]
                if device else None)
     digest = hashlib.sha256()
     head = bytearray()

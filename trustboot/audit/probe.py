@@ -15,7 +15,6 @@ queries; their answers are read from the packet socket too.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import ipaddress
 import os
 import select
@@ -29,6 +28,7 @@ from typing import Protocol
 from trustboot.audit import dhcp4, dhcp6, frames
 from trustboot.audit.errors import MalformedPacket
 from trustboot.audit.model import Malformed, Observation, Offer, Probe, Reply6
+from trustboot.audit.netif import device_name, interface_index, interface_ipv4, shown
 from trustboot.errors import ConfigError, OperationalError
 
 ETH_P_ALL = 0x0003
@@ -38,8 +38,8 @@ PACKET_MR_MULTICAST = 0
 PACKET_MR_PROMISC = 1
 PACKET_MR_UNICAST = 3
 PACKET_OUTGOING = 4
+PACKET_IGNORE_OUTGOING = 23  # Linux 4.20
 SO_ATTACH_FILTER = 26
-SIOCGIFADDR = 0x8915
 CAP_NET_RAW = 13
 
 PACKET_STATISTICS = 6
@@ -160,6 +160,18 @@ def boot_protocol_filter(*, passive: bool = False) -> list[tuple[int, int, int, 
     return _assemble(prog)
 
 
+def _bind_packet(sock: socket.socket, ifindex: int) -> None:
+    """bind() an AF_PACKET socket to an interface by index. Python's own bind takes the
+    interface's name as UTF-8 text, and a Linux name need not be that."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    # struct sockaddr_ll: family, protocol (0: the socket's own), ifindex, the rest unused
+    raw = struct.pack("=HHiHBB8s", socket.AF_PACKET, 0, ifindex, 0, 0, 0, b"")
+    addr = ctypes.create_string_buffer(raw, len(raw))
+    if libc.bind(sock.fileno(), addr, len(raw)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> bool:
     raw = b"".join(struct.pack("HBBI", *ins) for ins in program)
     buf = ctypes.create_string_buffer(raw)
@@ -183,25 +195,6 @@ def has_cap_net_raw() -> bool:
     except OSError:
         pass
     return os.geteuid() == 0
-
-
-def interface_index(name: str) -> int:
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        raise ConfigError(
-            f"no network interface named {name!r}",
-            hint="list interfaces with 'ip link' and pass one with --interface",
-        ) from None
-
-
-def interface_ipv4(name: str) -> str | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            res = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
-        except OSError:
-            return None
-    return str(ipaddress.IPv4Address(res[20:24]))
 
 
 def own_addresses() -> set[str]:
@@ -300,7 +293,15 @@ class PacketSocket:
             except OSError:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             self.filtered = _attach_filter(self.sock, boot_protocol_filter(passive=passive))
-            self.sock.bind((interface, 0))
+            _bind_packet(self.sock, self.ifindex)
+            try:  # then recv() needs no source address, which Python reads as UTF-8 text
+                self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+                self.outgoing_ignored = True
+            except OSError:  # an older kernel: recvfrom() tells our own frames apart
+                self.outgoing_ignored = False
+                if os.fsencode(interface).decode("utf-8", "replace") != interface:
+                    raise OSError(0, "before Linux 4.20 the audit cannot read frames on an "
+                                  "interface whose name is not UTF-8") from None
             if promiscuous:
                 self._membership(PACKET_MR_PROMISC, b"")
             self.sock.setblocking(False)
@@ -309,7 +310,7 @@ class PacketSocket:
         except OSError as exc:
             self.sock.close()
             raise OperationalError(
-                f"cannot listen on {interface}: {exc.strerror or exc}",
+                f"cannot listen on {shown(interface)}: {exc.strerror or exc}",
                 hint="check that the interface is up ('ip link set IF up')",
             ) from None
 
@@ -345,6 +346,8 @@ class PacketSocket:
 
     def recv(self) -> tuple[bytes, int] | None:
         try:
+            if self.outgoing_ignored:
+                return self.sock.recv(MAX_FRAME), 0  # PACKET_HOST: never an outgoing one
             data, addr = self.sock.recvfrom(MAX_FRAME)
         except BlockingIOError:
             return None
@@ -524,7 +527,7 @@ class Listener:
                             ipxe=probe.ipxe, secs=secs, broadcast=broadcast))
                 except OSError as exc:
                     raise OperationalError(
-                        f"cannot send on {self.cfg.interface}: {exc.strerror or exc}",
+                        f"cannot send on {shown(self.cfg.interface)}: {exc.strerror or exc}",
                         hint="check that the interface is up and has a link",
                     ) from None
                 probe.sends.append((secs, broadcast if probe.protocol == "dhcpv4" else False))
@@ -534,7 +537,7 @@ class Listener:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
-                            self.cfg.interface.encode())
+                            device_name(self.cfg.interface))
             sock.bind((own_ip, 0))
             sock.setblocking(False)
         except OSError:
@@ -567,7 +570,7 @@ class Listener:
         if self.own_ip is None:
             self.obs.notes.append(
                 f"ProxyDHCP {offer.server_ip} not queried on port 4011: "
-                f"{self.cfg.interface} has no IPv4 address")
+                f"{shown(self.cfg.interface)} has no IPv4 address")
             return
         arch = dhcp4.ARCHES[probe.arch]
         xid = int.from_bytes(os.urandom(4), "big")

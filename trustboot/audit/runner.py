@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from trustboot.audit.checks import Finding, evaluate
 from trustboot.audit.follow import FollowConfig, Follower
 from trustboot.audit.model import Observation
+from trustboot.audit.netif import interface_index, shown
 from trustboot.audit.policy import Policy
 from trustboot.audit.probe import Listener, ProbeConfig
 
@@ -36,8 +37,13 @@ class AuditResult:
 
 def run_audit(options: AuditOptions, policy: Policy) -> AuditResult:
     cfg = options.probe
+    # a wrong interface name is a ConfigError naming it, before any socket or fetch
+    interface_index(cfg.interface)
+    if options.follow is not None and options.follow.device:
+        interface_index(options.follow.device)
     started = datetime.now(UTC)
-    obs = Observation(interface=cfg.interface, mode="passive" if cfg.passive else "active",
+    # shown as its bytes, escaped (a name need not be UTF-8)
+    obs = Observation(interface=shown(cfg.interface), mode="passive" if cfg.passive else "active",
                       window=cfg.window)
     follower = None
     fetch_deadline = time.monotonic() + cfg.window
@@ -51,7 +57,7 @@ def run_audit(options: AuditOptions, policy: Policy) -> AuditResult:
                         on_reply6=follower.on_reply6 if follower else None)
     if follower is not None and listener.own_ip is None:
         obs.notes.append(
-            f"{cfg.interface} has no IPv4 address: boot files offered over TFTP cannot be "
+            f"{shown(cfg.interface)} has no IPv4 address: boot files offered over TFTP cannot be "
             "fetched (give the interface an address to follow the chain)")
     try:
         listener.run()

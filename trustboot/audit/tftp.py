@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from trustboot.audit import dns
 from trustboot.audit.dhcp4 import safe_text
 from trustboot.audit.errors import MalformedPacket, wire_bytes
+from trustboot.audit.netif import device_name
 
 PORT = 69
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
@@ -240,7 +241,8 @@ class _Transfer:
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             if device:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                                     device_name(device))
             dns.bind_as_ipxe(self.sock, "::" if family == socket.AF_INET6 else "0.0.0.0")  # noqa: S104
         except OSError:
             self.sock.close()  # the caller reports the error; do not leak the descriptor

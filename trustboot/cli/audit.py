@@ -11,6 +11,7 @@ import click
 from trustboot.audit import dhcp4
 from trustboot.audit.checks import Severity, threshold_reached
 from trustboot.audit.follow import FollowConfig
+from trustboot.audit.netif import shown
 from trustboot.audit.policy import Policy, load_manifest, load_policy
 from trustboot.audit.probe import ProbeConfig, parse_mac
 from trustboot.audit.report import dumps, to_json, to_sarif, to_table
@@ -169,7 +170,7 @@ def command(
     if threshold_reached(result.findings, threshold):
         worst = max(f.severity for f in result.findings)
         raise AuditFindingsError(
-            f"audit of {interface}: {len(result.findings)} finding(s), worst {worst.label} "
+            f"audit of {shown(interface)}: {len(result.findings)} finding(s), worst {worst.label} "
             f"(fail-on {fail_on})",
             hint="see the findings above; rerun with --fail-on to change the threshold",
         )
