@@ -215,6 +215,7 @@ def test_a_signed_manifest_says_it_proved_the_signer(
     infos = listed(url, "--pki", str(pki.dir))
     assert infos["r1"]["verified_by"] == "manifest"
     assert infos["r1"]["created_proven"] is True
+    assert infos["r1"]["created_unproven"] is None
     r = run("publish", "list", url, "--pki", str(pki.dir))
     assert "by its entry script" not in line_of(r.output, "r1")
     assert "(date un" not in line_of(r.output, "r1")
@@ -240,8 +241,10 @@ def test_an_entry_verified_release_marks_its_date_unsigned(
     assert "(date unsigned)" in line_of(r.output, "p0")
     revoked = listed(origin[0], "--pki", str(revoked_pki))["r1"]
     assert revoked["verified_by"] == "manifest" and revoked["created_proven"] is False
+    assert revoked["created_unproven"] == "its signer is revoked"
+    assert p1["created_unproven"] is None and infos["p0"]["created_unproven"] is None
     r = run("publish", "list", origin[0], "--pki", str(revoked_pki))
-    assert "(date unproven)" in line_of(r.output, "r1")
+    assert "(date unproven: its signer is revoked)" in line_of(r.output, "r1")
 
 
 @pytest.mark.parametrize("change", ["script", "same-size-script", "signature",
@@ -460,7 +463,8 @@ def test_reads_per_release_are_bounded(pki: Pki, origin: tuple[str, Path],
 def test_a_signer_not_valid_yet_shows_its_signer_too(
         pki: Pki, origin: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """A clock before the signer's notBefore (a host whose clock lags): the same as an
-    expired one, the clock's rule named."""
+    expired one, the clock's rule named. Its date, after that clock, is unproven (as
+    repair and resign judge it at that clock), saying so, not a state of its own."""
     cert = x509.load_pem_x509_certificate(pki.cert("boot-signer").read_bytes())
     before = cert.not_valid_before_utc - dt.timedelta(days=2)
     monkeypatch.setattr("trustboot.cli.publish.utc_now", lambda: before)
@@ -468,6 +472,8 @@ def test_a_signer_not_valid_yet_shows_its_signer_too(
     r1 = listed(origin[0], "--pki", str(pki.dir))["r1"]
     assert r1["state"] == "expired" and r1["expired"]["rule"] == "not-yet-valid", r1
     assert r1["signer"] == name and r1["signer_serial"] == serial
+    assert r1["created_proven"] is False
+    assert "after this host's clock" in r1["created_unproven"], r1
 
 
 def test_a_manifest_dated_after_its_signer_expired_is_unverified(
@@ -504,3 +510,52 @@ def test_a_manifest_dated_after_its_signer_expired_is_unverified(
     dated = signed_date((kept.parent / "release.json.sig").read_bytes(), kept.read_bytes(),
                         "r2", trust=trust, now=later, source="r2")
     assert dated is not None and dated[1][0].subject == name
+
+
+@pytest.mark.parametrize("when", ["normal", "backdated-a-day", "backdated-an-hour",
+                                  "future"])
+def test_a_date_its_signer_could_not_sign_lists_unproven(
+        pki: Pki, origin: tuple[str, Path], when: str) -> None:
+    """boot-signer, valid now, re-signs r1's release.json with a date before its own
+    notBefore (a day: iPXE's chain check refuses that date; an hour: within iPXE's
+    12h30m margin, outside the certificate) or a day in the future. The signature
+    verifies, so the row stays VERIFIED with its signer, but the date is unproven, with
+    why: the listing proves a date exactly when repair and resign do (signed_date),
+    never a date they would not count. A manifest dated now (re-signed the same way)
+    stays proven."""
+    url, srv = origin
+    name, _ = subject(pki, "boot-signer")
+    cert = x509.load_pem_x509_certificate(pki.cert("boot-signer").read_bytes())
+    now = dt.datetime.now(dt.UTC)
+    created = {"normal": now - dt.timedelta(minutes=1),
+               "backdated-a-day": cert.not_valid_before_utc - dt.timedelta(days=1),
+               "backdated-an-hour": cert.not_valid_before_utc - dt.timedelta(hours=1),
+               "future": now + dt.timedelta(days=1)}[when]
+    manifest = srv / "releases" / "r1" / "release.json"
+    doc = json.loads(manifest.read_text())
+    doc["created"] = format_time(created)
+    manifest.write_text(json.dumps(doc))
+    pki.sign([manifest], manifest.parent)
+    infos = listed(url, "--pki", str(pki.dir))
+    r1 = infos["r1"]
+    assert r1["state"] == "verified" and r1["verified"] is True, r1
+    assert r1["signer"] == name and r1["verified_by"] == "manifest"
+    proven = when == "normal"
+    assert r1["created_proven"] is proven, r1
+    why = {"normal": None, "future": "after this host's clock",
+           "backdated-a-day": "does not verify at the date it signs",
+           "backdated-an-hour": "outside its signer"}[when]
+    if why is None:
+        assert r1["created_unproven"] is None
+    else:
+        assert why in r1["created_unproven"], r1
+    assert infos["r2"]["created_proven"] is True  # (the other release, untouched)
+    trust = Trust(tuple(load_trust((), pki.dir)))
+    sig = (manifest.parent / "release.json.sig").read_bytes()
+    assert (signed_date(sig, manifest.read_bytes(), "r1", trust=trust,
+                        now=dt.datetime.now(dt.UTC), source="r1") is not None) is proven
+    r = run("publish", "list", url, "--pki", str(pki.dir))
+    line = line_of(r.output, "r1")
+    assert f"{created:%Y-%m-%d %H:%M}" in line
+    assert ("(date unproven: " in line) is not proven, line
+    assert "UNVERIFIED" not in line and "EXPIRED" not in line and name in line

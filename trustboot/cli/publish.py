@@ -385,8 +385,10 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
     script's signature"). A signature that verifies but not at this clock shows its
     signer, EXPIRED. REVOKED marks a signer the --pki CA index or --crl revokes (expired
     or not). A release with no such signature, or one that does not verify, is
-    UNVERIFIED, with the reason. A listing judges only these signatures: `publish
-    rollback` judges every object before it switches.
+    UNVERIFIED, with the reason. A date is proven only as repair and resign prove it (a
+    date its signer could sign, not after this clock): any other is marked "date
+    unproven" (with why) or "date unsigned", the state unchanged. A listing judges only
+    these signatures: `publish rollback` judges every object before it switches.
     """
     from trustboot.publish.pipeline import list_releases, pending_switch
 
@@ -410,8 +412,10 @@ def list_cmd(origin_url: str, entry_path: str, as_json: bool, **kw: Any) -> None
         mark = "*" if i.live else " "
         created = i.created.strftime("%Y-%m-%d %H:%M") if i.created else "?"
         if i.created is not None and not i.created_proven:
-            # the manifest's word only: whoever writes to the origin can change it
-            created += (" (date unproven)" if i.verified_by == "manifest"
+            # the manifest's word only: whoever writes to the origin can change it; a
+            # signed one its signer could not sign (future, backdated) says why
+            created += (f" (date unproven: {clean(i.created_unproven, limit=200)})"
+                        if i.verified_by == "manifest" and i.created_unproven
                         else " (date unsigned)")
         expiry = i.expiry.strftime("%Y-%m-%d") if i.expiry else "-"
         # (an unsigned release.json: its entry script's signature proved who signed)

@@ -223,21 +223,20 @@ class ReleaseInfo:
     # the signature's only fault is the clock: its chain ended before this host's clock
     # (or starts after it); the signer is still shown, and still looked up for revocation
     expired: Fault | None = None
+    # Whether ``created`` is a signed date: release.json.sig proves it by the one rule
+    # repair and resign date releases by (date_proof). Else it is the manifest's claim,
+    # which whoever writes to the origin can change (an entry script's .sig signs no
+    # date). A release.json.sig that proves its signer but not this date says why in
+    # ``created_unproven``; that alone does not change ``state``: iPXE boots such a
+    # release, and a lagging clock here makes fresh dates look future ones.
+    created_proven: bool = False
+    created_unproven: str | None = None
 
     @property
     def verified(self) -> bool:
         """Who signed it is proven and the signature is good at this clock (revoked or
         not: ``revoked`` says)."""
         return self.problem is None and self.unverified is None and self.expired is None
-
-    @property
-    def created_proven(self) -> bool:
-        """Whether ``created`` is a signed date: release.json.sig proves it, as signed_date
-        rules (a signer valid at that date, not revoked). Else it is the manifest's claim,
-        which whoever writes to the origin can change (an entry script's .sig signs no
-        date)."""
-        return (self.problem is None and self.unverified is None
-                and self.verified_by == "manifest" and not self.revoked)
 
     @property
     def state(self) -> str:
@@ -258,7 +257,8 @@ class ReleaseInfo:
                 "problem": self.problem,
                 "revoked": [r.to_json() for r in self.revoked],
                 "verified": self.verified, "verified_by": self.verified_by,
-                "created_proven": self.created_proven, "state": self.state,
+                "created_proven": self.created_proven,
+                "created_unproven": self.created_unproven, "state": self.state,
                 "unverified": self.unverified.to_json() if self.unverified else None,
                 "expired": self.expired.to_json() if self.expired else None}
 
@@ -1278,9 +1278,19 @@ def signed_date(signature: bytes, data: bytes, release_id: str, *, trust: Trust,
                 now: dt.datetime, source: str
                 ) -> tuple[dt.datetime, tuple[SignerReport, ...]] | None:
     """When release.json (its bytes ``data``) of ``release_id`` says the release was
-    made, and who signed that, if ``signature`` proves it; else None.
+    made, and who signed that, if ``signature`` proves it; else None (date_proof says
+    why)."""
+    proof = date_proof(signature, data, release_id, trust=trust, now=now, source=source)
+    return None if isinstance(proof, str) else proof
 
-    It proves it when the date it signs (``created``) is one its signers could sign:
+
+def date_proof(signature: bytes, data: bytes, release_id: str, *, trust: Trust,
+               now: dt.datetime, source: str
+               ) -> tuple[dt.datetime, tuple[SignerReport, ...]] | str:
+    """signed_date, or why ``signature`` proves no date (one rule for repair, resign
+    and `publish list`).
+
+    It proves the date it signs (``created``) when that is one its signers could sign:
     - not after ``now``: a date from the future would win every "newer" comparison;
     - within each signer certificate's own validity, exactly (iPXE's 12h30m margin is
       for a client's clock at boot, not for a date the signer writes): a signer issued
@@ -1293,23 +1303,34 @@ def signed_date(signature: bytes, data: bytes, release_id: str, *, trust: Trust,
     wrote the date. A revoked signer proves nothing: its key may be in anyone's hands."""
     try:
         manifest = parse_manifest(data, source=source)
-    except ConfigError:
-        return None
+    except ConfigError as exc:
+        return f"{MANIFEST_NAME} does not parse: {exc.message}"
     created = manifest.created
-    if manifest.release != release_id or created > now:
-        return None
+    if manifest.release != release_id:
+        return f"{MANIFEST_NAME} names release {clean(manifest.release)}"
+    if created > now:
+        return (f"it is dated {format_time(created)}, after this host's clock "
+                f"({format_time(now)}): the signing host's clock or this one is wrong")
     digests = {name: hashlib.new(name, data).digest() for name in signature_hashes(signature)}
     today = judge(signature, digests, trust, now).failure
     if today is not None and today.rule not in EXPIRY_RULES:
-        return None
+        return f"its signature does not verify: {today.message}"
     verdict = judge(signature, digests, trust, created)
-    if not verdict.ok or not verdict.signers:
-        return None
-    if not all(s.not_before is not None and s.not_before <= created <= s.not_after
-               for s in verdict.signers):
-        return None
+    if verdict.failure is not None:
+        return (f"its signature does not verify at the date it signs, "
+                f"{format_time(created)}: {verdict.failure.message}")
+    if not verdict.signers:
+        return "its signature has no signer"
+    outside = [s for s in verdict.signers
+               if s.not_before is None or not s.not_before <= created <= s.not_after]
+    if outside:
+        s = outside[0]
+        valid = (f"{format_time(s.not_before)} to {format_time(s.not_after)}"
+                 if s.not_before is not None else f"until {format_time(s.not_after)}")
+        return (f"it is dated {format_time(created)}, outside its signer "
+                f"{clean(s.common_name)}'s validity ({valid})")
     if trust.revocation is not None and trust.revocation.of(verdict.signers, now):
-        return None
+        return "its signer is revoked"
     return created, verdict.signers
 
 
@@ -1846,6 +1867,10 @@ class _Proven:
     signers: tuple[SignerReport, ...]
     by: str  # "manifest" (release.json.sig) or "entry" (the entry script's .sig)
     expired: Fault | None  # the signature's only fault is the clock
+    # release.json's date: proven by its .sig (date_proof), else why not (None: the
+    # entry script's .sig, which signs no date)
+    created_unproven: str | None = None
+    created_proven: bool = False
 
 
 def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe", trust: Trust | None,
@@ -1858,7 +1883,8 @@ def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe", trust: Trust
     judged by its entry script and the entry's .sig, as the firmware judges it, the
     script's bytes held to the sha256 the manifest records. A signature whose only fault
     is the clock still names its signer (``expired``). Whether that signer is revoked is
-    asked of ``trust.revocation``. release.json's own signer field is never shown:
+    asked of ``trust.revocation``. Its date is proven by date_proof alone, the rule
+    repair and resign date releases by. release.json's own signer field is never shown:
     whoever writes to the origin writes it. No such signature, or one that does not
     verify, lists as ``unverified`` (None ``trust``: nothing to judge with). At most two
     reads per release more than its manifest, for objects the origin's listing has."""
@@ -1892,7 +1918,8 @@ def list_releases(origin: Origin, *, entry_path: str = "boot.ipxe", trust: Trust
         infos.append(dataclasses.replace(
             base, signer=first.subject, signer_serial=f"{first.serial:x}", expiry=end,
             revoked=tuple(revoked), verified_by=proven.by,
-            expired=expired))
+            expired=expired, created_proven=proven.created_proven,
+            created_unproven=proven.created_unproven))
     for rid, problem in problems.items():
         infos.append(ReleaseInfo(rid, None, None, None, False, False, 0, problem,
                                  unverified=Fault("manifest-unreadable", problem)))
@@ -1929,8 +1956,9 @@ def _proven_by(signature: bytes, digests: dict[str, bytes], trust: Trust, now: d
                                                signed_at=signed_at)
     if (untimely is not None and signed_at is not None and verdict.failure is not None
             and verdict.failure.rule in EXPIRY_RULES):
-        # as signed_date rules: a date its signer was not valid at proves nothing (a key
-        # leaked after it expired signs any date), so neither does it prove the signer
+        # a date an expired signer was not valid at proves nothing (a key leaked after it
+        # expired signs any date), so neither does it prove the signer (and date_proof
+        # proves no such date either)
         return Fault("created-outside-validity", f"its {what} verifies only at another "
                      f"date than the {signed_at.isoformat()} {MANIFEST_NAME} says it was "
                      "created, which lies outside its signer's validity: "
@@ -1954,15 +1982,24 @@ def _manifest_signers(origin: Origin, release_id: str, data: bytes, trust: Trust
     if trust is None:
         return NO_TRUST_ANCHORS
     name = MANIFEST_NAME + ".sig"
-    signature = _listed_read(origin, release_prefix(release_id) + name,
-                             max_size=MAX_SIGNATURE_SIZE, rule="manifest-signature-unread",
-                             what=name,
+    key = release_prefix(release_id) + name
+    signature = _listed_read(origin, key, max_size=MAX_SIGNATURE_SIZE,
+                             rule="manifest-signature-unread", what=name,
                              too_large=_sig_too_large("manifest-signature-unread", name))
     if isinstance(signature, Fault):
         return signature
     digests = {h: hashlib.new(h, data).digest() for h in signature_hashes(signature)}
-    return _proven_by(signature, digests, trust, now, what=name, by="manifest",
-                      signed_at=created)
+    proven = _proven_by(signature, digests, trust, now, what=name, by="manifest",
+                        signed_at=created)
+    if isinstance(proven, Fault):
+        return proven
+    # the date by repair's and resign's rule, not by who signed: a signer valid now
+    # proves who signed a backdated or future-dated manifest, never that date
+    dated = date_proof(signature, data, release_id, trust=trust, now=now,
+                       source=f"{origin.url}{key}")
+    if isinstance(dated, str):
+        return dataclasses.replace(proven, created_unproven=dated)
+    return dataclasses.replace(proven, created_proven=True)
 
 
 def _entry_signers(origin: Origin, m: ReleaseManifest, present: set[str],
