@@ -1237,6 +1237,11 @@ def test_a_release_is_dated_from_the_manifest_bytes_already_read(
                                       reader=None).besides("none")
         assert [(d.release, d.proven) for d in others] == [("ra", True)]
         assert unread == ["rb"]  # its release.json does not parse now
+        # the target as the caller read it, whatever the origin serves for it since
+        target, others, unread = ReleaseDates(origin, trust=trust, now=now,
+                                              reader=None).around(manifest, data)
+        assert target.proven and target.created == manifest.created, target
+        assert [(d.release, d.proven) for d in others] == [("ra", True)] and unread == []
 
         def vanishing(self: FileOrigin, key: str) -> ObjectStat | None:
             found = stat(self, key)
@@ -1247,3 +1252,43 @@ def test_a_release_is_dated_from_the_manifest_bytes_already_read(
         monkeypatch.setattr(FileOrigin, "stat", vanishing)
         gone = release_date(origin, manifest, data, trust=trust, now=now, reader=None)
         assert not gone.proven and gone.refuted, gone
+
+
+@pytest.mark.parametrize("record", ["finished-back", "finished-unrecorded"])
+def test_repair_dates_the_switch_target_once(
+        pki: Pki, make_release: ReleaseFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, record: str) -> None:
+    """A finished switch whose record a kill left: back to ra (the live record naming
+    it, repair's note), or forward to rb with the live record deleted (repair's check
+    before it writes one). The target was dated twice per run: by itself, then again
+    among every release before being filtered out, one more read of its
+    release.json.sig. Now once; the other release's, once too."""
+    root = tmp_path / "srv"
+    url = f"file://{root}/"
+    _publish_signed(pki, make_release, root, ("ra", ENTRY_A, ""), ("rb", ENTRY_B, ""))
+    if record == "finished-back":
+        r = CliRunner().invoke(cli, ["publish", "rollback", url, "ra", "--pki",
+                                     str(pki.dir), "--json"])
+        assert r.exit_code == 0, r.output
+        target, other = "ra", "rb"
+    else:
+        target, other = "rb", "ra"
+    _half_rolled_back_to(root, target)
+    if record == "finished-unrecorded":
+        tamper_live_record(root, "deleted", target)
+    reads: list[str] = []
+    read = FileOrigin.read
+
+    def counted(self: FileOrigin, key: str, *, max_size: int) -> Iterator[bytes]:
+        reads.append(key)
+        return read(self, key, max_size=max_size)
+
+    monkeypatch.setattr(FileOrigin, "read", counted)
+    r = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["action"] == "dropped" and "had finished" in out["detail"], out
+    assert ("older than rb" in out["detail"]) is (record == "finished-back"), out
+    for rid in (target, other):
+        key = f"releases/{rid}/release.json.sig"
+        assert reads.count(key) == 1, (key, reads)

@@ -1156,9 +1156,8 @@ def _switch_back(origin: Origin, manifest: ReleaseManifest, data: bytes, entry_p
     A switch to the only release there goes back to nothing: completed. (A finished
     switch the live record already names is not asked here: repair_switch drops it.)"""
     release_id = manifest.release
-    target = release_date(origin, manifest, data, trust=trust, now=now, reader=reader)
     dates = dates or ReleaseDates(origin, trust=trust, now=now, reader=reader)
-    others, unread = dates.besides(release_id)
+    target, others, unread = dates.around(manifest, data)
     if not others and not unread:
         return None
     recorded = _recorded_live(origin, entry_path)
@@ -1206,9 +1205,8 @@ def _older_note(origin: Origin, manifest: ReleaseManifest, data: bytes, *, trust
     """'; release X is older than Y (...)' when ``manifest``'s release (parsed from
     ``data``) is older than the newest other release on the origin (as _switch_back dates
     them), else ''."""
-    target = release_date(origin, manifest, data, trust=trust, now=now, reader=reader)
     dates = dates or ReleaseDates(origin, trust=trust, now=now, reader=reader)
-    others, _ = dates.besides(manifest.release)
+    target, others, _ = dates.around(manifest, data)
     newest = max(others, key=lambda d: d.created, default=None)
     if newest is None or target.created >= newest.created:
         return ""
@@ -1372,36 +1370,53 @@ class ReleaseDates:
     manifests as read_manifests_and_bytes reads them), read when first asked and then
     kept: one run asks it for repair's check and then resign's, and the origin's
     releases do not change in between (the caller holds the lock). One stat and at most
-    one capped read per release beyond its manifest; a release whose .sig is listed but
-    not served is one whose manifest does not read (unread), as one that does not parse.
-    The origin failing to answer propagates."""
+    one capped read per release beyond its manifest, the release a switch or re-sign is
+    about included (around); a release whose .sig is listed but not served is one whose
+    manifest does not read (unread), as one that does not parse. The origin failing to
+    answer propagates."""
 
     def __init__(self, origin: Origin, *, trust: Trust, now: dt.datetime,
                  reader: Reader | None) -> None:
         self._origin, self._trust, self._now, self._reader = origin, trust, now, reader
-        self._read: tuple[list[DatedRelease], list[str]] | None = None
+        # release id -> (the manifest bytes it was dated from, its date; None: its .sig
+        # is listed but not served), and the ids whose manifest does not read
+        self._read: tuple[dict[str, tuple[bytes, DatedRelease | None]], set[str]] | None \
+            = None
+
+    def around(self, manifest: ReleaseManifest, data: bytes
+               ) -> tuple[DatedRelease, list[DatedRelease], list[str]]:
+        """``manifest``'s release (parsed from ``data``) dated as release_date dates it,
+        with every other release dated and the ids of those that do not read (besides).
+        Dated once: from the dating of every release when the origin served these very
+        bytes for it, else (it answered otherwise since) from ``data`` itself, the bytes
+        the caller acts on."""
+        dated, _ = self._date_all()
+        kept = dated.get(manifest.release)
+        if kept is not None and kept[0] == data:
+            target = kept[1] or DatedRelease(manifest.release, manifest.created, False,
+                                             refuted=True)
+        else:
+            target = release_date(self._origin, manifest, data, trust=self._trust,
+                                  now=self._now, reader=self._reader)
+        others, unread = self.besides(manifest.release)
+        return target, others, unread
 
     def besides(self, release_id: str) -> tuple[list[DatedRelease], list[str]]:
         """Every release but ``release_id`` dated, and the ids of those that do not read
         (sorted)."""
-        if self._read is None:
-            self._read = self._date_all()
-        dated, unread = self._read
-        return ([d for d in dated if d.release != release_id],
-                [r for r in unread if r != release_id])
+        dated, problems = self._date_all()
+        unread = problems | {rid for rid, (_, d) in dated.items() if d is None}
+        return ([d for rid, (_, d) in dated.items() if d is not None and rid != release_id],
+                sorted(unread - {release_id}))
 
-    def _date_all(self) -> tuple[list[DatedRelease], list[str]]:
-        read, problems = read_manifests_and_bytes(self._origin)
-        unread = set(problems)
-        dated = []
-        for m, data in read:
-            d = _dated(self._origin, m, data, trust=self._trust, now=self._now,
-                       reader=self._reader)
-            if d is None:  # not the command's failure: what it would prove is unknown
-                unread.add(m.release)
-            else:
-                dated.append(d)
-        return dated, sorted(unread)
+    def _date_all(self) -> tuple[dict[str, tuple[bytes, DatedRelease | None]], set[str]]:
+        if self._read is None:
+            read, problems = read_manifests_and_bytes(self._origin)
+            # (None: not the command's failure, what it would prove is unknown)
+            self._read = ({m.release: (data, _dated(self._origin, m, data, trust=self._trust,
+                                                    now=self._now, reader=self._reader))
+                           for m, data in read}, set(problems))
+        return self._read
 
 
 def _recorded_release_problem(origin: Origin, manifest: ReleaseManifest, *, trust: Trust,

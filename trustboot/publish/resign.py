@@ -77,7 +77,6 @@ from trustboot.publish.pipeline import (
     read_manifests_and_bytes,
     refuse_unfit,
     release_base_url,
-    release_date,
     repair_switch,
     resigns,
     switch_and_check,
@@ -231,8 +230,7 @@ def resign_live(origin: Origin, source: KeySource, secrets: PassphraseSource, *,
                          "resign only re-signs the live one")
             old, old_data = next((m, d) for m, d in read if m.release == live_id)
             rolled_back = _refuse_unrecorded_rollback(origin, entry_path, old, old_data,
-                                                      manifests, dates=dates, trust=trust,
-                                                      now=now, reader=reader)
+                                                      manifests, dates=dates)
             result = ResignResult(origin=origin.url, previous=live_id, release=live_id,
                                   changed=False, signer=summary.to_json(),
                                   previous_signer=old.signer.to_json() if old.signer else None,
@@ -471,8 +469,7 @@ def _proven_claims(origin: Origin, old: ReleaseManifest, live_id: str, trust: Tr
 
 def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, served: ReleaseManifest,
                                 served_data: bytes, manifests: Sequence[ReleaseManifest], *,
-                                dates: ReleaseDates, trust: Trust, now: dt.datetime,
-                                reader: Reader | None) -> str | None:
+                                dates: ReleaseDates) -> str | None:
     """Refuse to re-sign an entry that serves another release than the one trustboot last
     switched it to (pipeline's live record): an older release put back by hand, or by a
     hostile origin. Re-signing it would give it a new replay window each run, the very
@@ -516,8 +513,7 @@ def _refuse_unrecorded_rollback(origin: Origin, entry_path: str, served: Release
             hint=f"if {live_id} is meant to be live, switch it first: trustboot publish "
                  f"rollback {origin.url} {live_id} (then re-sign); otherwise find out who "
                  "changed the entry", rule="unrecorded-rollback")
-    live = release_date(origin, served, served_data, trust=trust, now=now, reader=reader)
-    others, unread = dates.besides(live_id)
+    live, others, unread = dates.around(served, served_data)
     # a release the live one re-signs has its content: its date says nothing more
     others = [d for d in others if not resigns(live, d.release, unread)]
     newest = max(others, key=lambda d: d.created, default=None)
