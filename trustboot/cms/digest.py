@@ -366,11 +366,15 @@ def _hash_in_child(write_fd: int, paths: list[Path], hash_alg: HashAlgorithm) ->
     try:
         files = []
         names = _hash_names(hash_alg)
+        opened: list[os.stat_result] = []
         for path in paths:
             # one after the other (this process has its share of the cores), without
             # hash_files' set-up per file (a stat, the core count: a read of /sys)
-            digests, size = hash_file(path, names)
-            st = os.stat(path)
+            # the stamp of the descriptor that was read, not of the path looked up again:
+            # a directory renamed meanwhile made that lookup fail (exit 70)
+            digests, size = hash_file(path, names,
+                                      accept=lambda _path, st: opened.append(st))
+            st = opened[-1]  # hash_file checked it still had this stamp after the read
             known = _KNOWN.get(file_stamp(st)) == digests
             files.append({"size": size, "digests": {k: v.hex() for k, v in digests.items()},
                           "stamp": list(file_stamp(st)) if known else None})
