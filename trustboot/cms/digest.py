@@ -287,12 +287,14 @@ class HashJob:
             target = loads.index(min(loads))
             groups[target].append(i)
             loads[target] += sizes[i]
+        parent = os.getpid()
         for group in groups:
             if not group:
                 continue
             read_fd, write_fd = os.pipe()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child, which never returns
+                _die_with_parent(parent)
                 os.close(read_fd)
                 for _pid, earlier, _group in self._children:  # the siblings' pipes
                     os.close(earlier)
@@ -319,23 +321,31 @@ class HashJob:
         import json
 
         out: list[Hashed | None] = [None] * len(self.paths)
-        children, self._children = self._children, []
-        for pid, read_fd, group in children:
-            with os.fdopen(read_fd, "rb") as fh:
-                data = fh.read()
-            os.waitpid(pid, 0)
-            try:
-                doc = json.loads(data)
-            except ValueError:
-                doc = {"error": "RuntimeError", "message": "a hashing process died"}
-            if "error" in doc and self._error is None:
-                self._error = _rebuild_error(doc)
-            for i, item in zip(group, doc.get("files", []), strict=False):
-                digests = {k: bytes.fromhex(v) for k, v in item["digests"].items()}
-                out[i] = Hashed(self.paths[i], item["size"], digests)
-                if item.get("stamp"):  # the child hashed it: remember it here too
-                    with _KNOWN_LOCK:
-                        _KNOWN[tuple(item["stamp"])] = dict(digests)
+        try:
+            # Each child stays in self._children until it is reaped: a signal (SIGTERM)
+            # raised while waiting on a pipe leaves cancel() the ones still running to
+            # kill, instead of orphans hashing on after the command "cleaned up".
+            while self._children:
+                pid, read_fd, group = self._children[0]
+                data = _read_all(read_fd)
+                os.waitpid(pid, 0)
+                self._children.pop(0)
+                os.close(read_fd)
+                try:
+                    doc = json.loads(data)
+                except ValueError:
+                    doc = {"error": "RuntimeError", "message": "a hashing process died"}
+                if "error" in doc and self._error is None:
+                    self._error = _rebuild_error(doc)
+                for i, item in zip(group, doc.get("files", []), strict=False):
+                    digests = {k: bytes.fromhex(v) for k, v in item["digests"].items()}
+                    out[i] = Hashed(self.paths[i], item["size"], digests)
+                    if item.get("stamp"):  # the child hashed it: remember it here too
+                        with _KNOWN_LOCK:
+                            _KNOWN[tuple(item["stamp"])] = dict(digests)
+        except BaseException:
+            self._stop_children()
+            raise
         if self._error is None:
             self._result = [h for h in out if h is not None]
             if len(self._result) != len(self.paths):
@@ -343,17 +353,52 @@ class HashJob:
 
     def cancel(self) -> None:
         """Stop reading (the work is no longer needed) and wait for the workers."""
-        import signal
-
         self._cancel.set()
         if self._thread is not None:
             self._thread.join()
+        self._stop_children()
+
+    def _stop_children(self) -> None:
+        """Kill and reap every child not reaped yet; idempotent."""
+        import signal
+
         children, self._children = self._children, []
         for pid, read_fd, _ in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             os.close(read_fd)
-            os.waitpid(pid, 0)
+            with contextlib.suppress(ChildProcessError):  # reaped just before a signal
+                os.waitpid(pid, 0)
+
+
+# prctl(2): the signal a process gets when the thread that forked it ends
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a forked hasher: be killed when this process's parent ends, however it ends
+    (SIGKILL leaves it no chance to kill its children). Linux only; elsewhere the
+    parent's cancel() is all there is."""
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it ended before the prctl took effect
+        os._exit(1)
+
+
+def _read_all(fd: int) -> bytes:
+    """Everything written to the pipe ``fd`` until its writer closes it (``fd`` stays
+    open: its owner closes it once the writer was reaped)."""
+    parts = []
+    while chunk := os.read(fd, 1 << 16):
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _hash_in_child(write_fd: int, paths: list[Path], hash_alg: HashAlgorithm) -> int:
