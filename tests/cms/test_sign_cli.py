@@ -1363,3 +1363,40 @@ def test_a_file_key_without_its_certificate_names_the_options_to_pass(
     result = CliRunner().invoke(cli, [*base, "--signing-cert", str(cert), "--signing-chain",
                                       str(chain)], env=ENV)
     assert result.exit_code == 0, result.output
+
+
+def test_an_input_that_leads_to_another_inputs_signature_is_refused(
+        material: Material, tmp_path: Path) -> None:
+    """`lnk -> a.sig`, then `sign a lnk`: lnk's entry is not a.sig's, so the check by
+    directory entry passed; lnk was hashed (the old a.sig), a.sig replaced, and lnk.sig
+    matched no file, exit 0. Compared by the file each input leads to as well: exit 3
+    naming both, nothing written. The same for a link to the --manifest."""
+    key, cert, chain = material.issue("leads-to-signer", ec_key())
+    a = tmp_path / "a"
+    a.write_bytes(b"kernel v2")
+    (tmp_path / "a.sig").write_bytes(b"old signature")
+    (tmp_path / "lnk").symlink_to("a.sig")
+    (tmp_path / "m.json").write_bytes(b"{}")
+    (tmp_path / "mlink").symlink_to("m.json")
+    cases = [
+        ([str(a), str(tmp_path / "lnk")],
+         f"{tmp_path / 'lnk'} is one of the files to sign and leads to {tmp_path / 'a.sig'}"),
+        ([str(tmp_path / "lnk"), str(a)],  # in either order
+         f"{tmp_path / 'lnk'} is one of the files to sign and leads to {tmp_path / 'a.sig'}"),
+        ([str(tmp_path / "mlink"), "--manifest", str(tmp_path / "m.json")],
+         f"leads to --manifest {tmp_path / 'm.json'}"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), *args], env=ENV)
+        assert result.exit_code == 3, (args, result.output)
+        assert message in result.output and "hint:" in result.output, result.output
+        assert (tmp_path / "a.sig").read_bytes() == b"old signature"
+        assert (tmp_path / "m.json").read_bytes() == b"{}"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "a", "a.sig", "lnk", "m.json", "mlink"]
+    # a link to an input itself still signs (its .sig goes beside the link)
+    (tmp_path / "alias").symlink_to("a")
+    result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(tmp_path / "alias")],
+                                env=ENV)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "alias.sig").is_file()

@@ -253,6 +253,10 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
                                   "manifest outside it")
 
     inputs = {entry(path): path for path in paths}
+    # ... and by the file each input leads to: `lnk -> a.sig` is another entry, but
+    # signing `a lnk` hashed the old a.sig and then replaced it (a lnk.sig of nothing)
+    leads_to = {_identity(path): path for path in paths}
+    leads_to.pop(None, None)
     seen: dict[tuple[str, str], Path] = {}
     for path in paths:
         target = signature_path(path, out_dir)
@@ -265,6 +269,11 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
                               f"replaced by the signature of {path}",
                               hint="sign it in a separate call, or write the signatures "
                                    "elsewhere with --out")
+        if (ident := _identity(target, follow=False)) is not None and ident in leads_to:
+            raise ConfigError(f"{leads_to[ident]} is one of the files to sign and leads to "
+                              f"{target}, which the signature of {path} would replace",
+                              hint="sign it in a separate call, or write the signatures "
+                                   "elsewhere with --out")
         check_kept(target, where, "the signature")
         seen[where] = path
     if manifest is not None:
@@ -273,9 +282,23 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
         if where in inputs:
             raise ConfigError(f"--manifest {manifest} is one of the files to sign: the "
                               "manifest would replace it", hint="choose another manifest path")
+        if (ident := _identity(manifest, follow=False)) is not None and ident in leads_to:
+            raise ConfigError(f"{leads_to[ident]} is one of the files to sign and leads to "
+                              f"--manifest {manifest}, which would replace it",
+                              hint="choose another manifest path")
         if where in seen:
             raise ConfigError(f"--manifest {manifest} is where the signature of "
                               f"{seen[where]} goes", hint="choose another manifest path")
+
+
+def _identity(path: Path, *, follow: bool = True) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` leads to, or (not ``follow``) of what the
+    entry holds, a link itself (what a rename onto it replaces); None when missing."""
+    try:
+        st = os.stat(path, follow_symlinks=follow)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
 
 
 def sign_files(
