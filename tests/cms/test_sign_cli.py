@@ -1400,3 +1400,63 @@ def test_an_input_that_leads_to_another_inputs_signature_is_refused(
                                 env=ENV)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "alias.sig").is_file()
+
+
+def test_a_target_that_cannot_be_replaced_fails_the_run_before_any_rename(
+        material: Material, tmp_path: Path) -> None:
+    """A directory where b.sig should go: the renames went in order, a.sig was already
+    the new release's when b.sig failed, and the run exited 1 with the two .sig files of
+    different releases. Now refused before any rename: exit 1 naming b.sig, a.sig as it
+    was, no temp file left."""
+    key, cert, chain = material.issue("unreplaceable", ec_key())
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    a, b = tmp_path / "in" / "a", tmp_path / "in" / "b"
+    a.write_bytes(b"kernel v2")
+    b.write_bytes(b"initrd v2")
+    (out / "a.sig").write_bytes(b"release 1")
+    (out / "b.sig").mkdir()
+    result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), "--out", str(out),
+                                      str(a), str(b)], env=ENV)
+    assert result.exit_code == 1, result.output
+    assert (out / "a.sig").read_bytes() == b"release 1"
+    assert f"cannot replace {out / 'b.sig'}: it is a directory" in result.output
+    assert "nothing was replaced" in result.output, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.sig", "b.sig"]
+
+
+def test_a_rename_that_fails_part_way_puts_back_those_already_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target that turns into a directory after the check, while the others are being
+    renamed: the ones already replaced get their old contents back (from hard links made
+    just before each rename), one that was new goes, and no temp or backup is left."""
+    from trustboot.cms.sign import write_all
+    from trustboot.errors import OperationalError
+    from trustboot.fsutil import remove_stale_temps
+
+    for name in ("a.sig", "b.sig", "c.sig"):
+        (tmp_path / name).write_bytes(b"old " + name.encode())
+    real = os.replace
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if Path(dst).name == "c.sig":  # changed since the check: a rename fails
+            os.unlink(dst)
+            os.mkdir(dst)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OperationalError) as err:
+        write_all([(tmp_path / n, b"new") for n in ("a.sig", "b.sig", "d.sig", "c.sig")])
+    monkeypatch.undo()
+    assert (tmp_path / "a.sig").read_bytes() == b"old a.sig"
+    assert (tmp_path / "b.sig").read_bytes() == b"old b.sig"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sig", "b.sig", "c.sig"]
+    assert f"cannot write {tmp_path / 'c.sig'}" in err.value.message
+    assert "nothing was replaced" in (err.value.hint or "")
+    # a run killed between a backup and its removal leaves a temp the sweep knows
+    left = tmp_path / ".a.sig.0123456789ab.0.old.tmp"
+    os.link(tmp_path / "a.sig", left)
+    os.utime(left, (time.time() - 7200,) * 2)
+    assert remove_stale_temps(tmp_path, targets={"a.sig"}) == [left]
+    assert (tmp_path / "a.sig").read_bytes() == b"old a.sig"

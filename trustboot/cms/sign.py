@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -705,11 +706,25 @@ class StagedWrites:
                                                                 strict=True)]
         pairs += [pair for batch, _ in self._batches for pair in batch] + self._pending
         pairs += [pair for job in self._named for pair in job.result()]
+        # Every FILE.sig or none: a target that cannot be replaced (a directory in its
+        # place, a directory we cannot write) fails the run before the first rename ...
+        _check_replaceable([target for target, _ in pairs])
         if self._at_once:
             self._sync_at_once(pairs)
-        # on the threads where the writes were (a fsync each), as the writes' waits overlap
-        self._in_batches(_rename_all, pairs, RENAME_BATCH, "check the output directory",
-                         threaded=not self._at_once)
+        # ... and one that fails anyway (changed since) puts back those already replaced,
+        # from hard links to them made just before (which a killed run leaves as temps
+        # that the stale-temp sweep removes: same name pattern)
+        replaced: list[tuple[Path, Path | None]] = []
+        try:
+            # on the threads where the writes were (a fsync each), as the writes' waits
+            # overlap
+            self._in_batches(lambda batch: _rename_all(batch, replaced), pairs,
+                             RENAME_BATCH, "check the output directory; nothing was "
+                             "replaced (those renamed before it were put back)",
+                             threaded=not self._at_once)
+        except BaseException:
+            _restore(replaced)
+            raise
         renamed = {temp for _, temp in pairs}
         for temp in self._maybe:  # written by a worker that then failed: signed here again
             if temp not in renamed:
@@ -720,6 +735,9 @@ class StagedWrites:
             except OSError as exc:
                 raise _cannot_write(directory, exc, "check the output directory") from None
         self._committed = True
+        for _, backup in replaced:
+            if backup is not None:
+                _remove_maybe(backup)
 
     def _sync_at_once(self, pairs: Sequence[tuple[Path, Path]]) -> None:
         """Every temp in ``pairs`` durable before any rename: one syncfs() per filesystem
@@ -751,11 +769,13 @@ class StagedWrites:
                     pairs: Sequence[tuple[Path, Path]], size: int, hint: str, *,
                     threaded: bool) -> None:
         """``job`` over ``pairs``, ``size`` at a time (on the writer threads if
-        ``threaded``, see _submit); a failure is raised for the target it names, with
+        ``threaded``, see _submit); once every batch is over (none still at work while the
+        caller cleans up), the first failure is raised for the target it names, with
         ``hint``."""
-        for future in [self._submit(job, pairs[i:i + size], threaded=threaded)
-                       for i in range(0, len(pairs), size)]:
-            error = future.exception()
+        futures = [self._submit(job, pairs[i:i + size], threaded=threaded)
+                   for i in range(0, len(pairs), size)]
+        errors = [future.exception() for future in futures]  # waits for each
+        for error in errors:
             if isinstance(error, _PathError):
                 raise _cannot_write(error.target, error.error, hint)
             if error is not None:
@@ -844,12 +864,83 @@ def _sync_all(batch: Sequence[tuple[Path, Path]]) -> None:
             raise _PathError(target, exc) from None
 
 
-def _rename_all(pairs: Sequence[tuple[Path, Path]]) -> None:
+def _rename_all(pairs: Sequence[tuple[Path, Path]],
+                replaced: list[tuple[Path, Path | None]]) -> None:
+    """Rename each temp onto its target, first linking an existing target to a backup
+    name beside it; each done is added to ``replaced`` as (target, backup or None), for
+    _restore (list.append is atomic: batches on several threads share it)."""
     for target, temp in pairs:
+        backup: Path | None = None
         try:
-            os.replace(temp, target)
+            try:
+                name = temp.with_name(temp.name.removesuffix(".tmp") + ".old.tmp")
+                os.link(target, name, follow_symlinks=False)
+                backup = name
+            except FileNotFoundError:
+                backup = None  # nothing to keep: a new .sig, removed by _restore
+            except FileExistsError:  # taken: in a shared directory, perhaps not by us
+                backup = target.with_name(
+                    f".{temp_stem(target.name)}.{os.urandom(8).hex()}.old.tmp")
+                os.link(target, backup, follow_symlinks=False)
+            try:
+                os.replace(temp, target)
+            except BaseException:
+                if backup is not None:
+                    _remove_maybe(backup)
+                raise
         except OSError as exc:
             raise _PathError(target, exc) from None
+        replaced.append((target, backup))
+
+
+def _check_replaceable(targets: Sequence[Path]) -> None:
+    """Refuse, before any rename, a target a rename cannot replace: one that is not a
+    regular file (or a link, which the rename replaces), a directory we cannot write, or
+    (a sticky directory, as /tmp) another user's file there."""
+    me = os.geteuid()
+    dirs: dict[Path, os.stat_result] = {}
+    for target in targets:
+        parent = target.parent
+        if parent not in dirs:
+            try:
+                dirs[parent] = st = os.stat(parent)
+            except OSError as exc:
+                raise _cannot_write(target, exc, "check the output directory; nothing "
+                                    "was replaced") from None
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OperationalError(
+                    f"cannot write {target}: {parent} is not writable",
+                    hint="choose a writable directory (--out DIR); nothing was replaced")
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise _cannot_write(target, exc, "check the output directory; nothing was "
+                                "replaced") from None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise OperationalError(
+                f"cannot replace {target}: it is {kind}",
+                hint=f"remove it (rm -r {target}) or write the signatures elsewhere with "
+                     "--out; nothing was replaced")
+        held = dirs[parent]
+        if held.st_mode & stat.S_ISVTX and me not in (0, held.st_uid, st.st_uid):
+            raise OperationalError(
+                f"cannot replace {target}: it is uid {st.st_uid}'s, in the sticky "
+                f"directory {parent}", hint="write the signatures elsewhere with --out; "
+                                            "nothing was replaced")
+
+
+def _restore(replaced: Sequence[tuple[Path, Path | None]]) -> None:
+    """Undo ``replaced`` (see _rename_all): each target back to its backup, or removed
+    where there was none. Best effort: what cannot be put back stays as it is."""
+    for target, backup in reversed(replaced):
+        with contextlib.suppress(OSError):
+            if backup is not None:
+                os.replace(backup, target)
+            else:
+                os.unlink(target)
 
 
 def _first_error(futures: Sequence[Future[Any]], targets: Sequence[Path],
