@@ -365,6 +365,48 @@ def check_owned_dir(path: Path, what: str, *, private: bool = False) -> None:
         )
 
 
+def open_checked_dir(path: Path, what: str, *, hint: str) -> int:
+    """``path`` opened once (O_DIRECTORY), for writes that go through the descriptor
+    (``dir_fd``): a link swapped in on the way after this returns is never followed.
+    Refused (ConfigError with ``hint``, nothing left open) unless the directory opened
+    is root's or ours and not writable by others, and every directory above it is so
+    too (check_parents): otherwise its owner, or theirs, could put another directory in
+    its place before we write. The directory's own checks are made on the descriptor,
+    and the path is confirmed to lead to it after its parents were checked."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OperationalError(f"{what} {path}: cannot open it: {exc.strerror}",
+                               hint="check the path and its permissions") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid not in (0, os.geteuid()):
+            raise ConfigError(
+                f"{what} {path} is owned by uid {st.st_uid}, not by root or you: its owner "
+                "can replace what trustboot writes there", hint=hint)
+        if st.st_mode & 0o022 and others_can_write(path, st):
+            raise ConfigError(
+                f"{what} {path} is writable by other users (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): they could replace what trustboot "
+                "writes there", hint=hint)
+        try:
+            check_parents(path, what)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, hint=f"{exc.hint}; or {hint}") from None
+        try:
+            now = os.stat(path)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise ConfigError(f"{what} {path} was replaced while it was checked",
+                              hint=hint)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 # A temp file's name stands for its target by the target's name up to this many bytes;
 # a longer name is cut and a digest of it added, so ".NAME.TAG.tmp" stays within the
 # filesystem's 255 bytes (a NAME.sig of 250 bytes is legal, its temp name was not).
@@ -396,7 +438,8 @@ def _temp_of(name: str, stems: Collection[str]) -> bool:
 
 
 def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS,
-                       targets: Collection[str] | None = None) -> list[Path]:
+                       targets: Collection[str] | None = None,
+                       dir_fd: int | None = None) -> list[Path]:
     """Delete ``.*.tmp`` files a killed run left in ``directory``; returns what was removed.
 
     Only our own regular files (never a link, nor another user's file) older than
@@ -404,13 +447,15 @@ def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS
     to rename it. ``targets`` (a set, for speed): only the temps of files of these names
     (in a directory that is not ours, only the temps our own targets would have). Only
     the names that match are stat-ed; the listing and the removals go through one
-    descriptor of the directory, so a directory swapped meanwhile is not swept.
+    descriptor of the directory, so a directory swapped meanwhile is not swept
+    (``dir_fd``: the caller's, see open_checked_dir).
     """
     removed: list[Path] = []
     stems = None if targets is None else {temp_stem(t) for t in targets}
     for dfd, name, _st in _own_old_entries(
             directory, lambda n: n.startswith(".") and n.endswith(".tmp")
-            and (stems is None or _temp_of(n, stems)), stat.S_ISREG, older_than):
+            and (stems is None or _temp_of(n, stems)), stat.S_ISREG, older_than,
+            dir_fd=dir_fd):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dfd)
             removed.append(Path(directory) / name)
@@ -418,7 +463,8 @@ def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS
 
 
 def _own_old_entries(directory: Path, match: Callable[[str], bool],
-                     kind: Callable[[int], bool], older_than: float
+                     kind: Callable[[int], bool], older_than: float, *,
+                     dir_fd: int | None = None,
                      ) -> Iterator[tuple[int, str, os.stat_result]]:
     """(directory descriptor, name, lstat) of the entries of ``directory`` whose name
     ``match``es, of ``kind`` (stat.S_ISREG, S_ISDIR: a link is neither), this user's and
@@ -427,7 +473,9 @@ def _own_old_entries(directory: Path, match: Callable[[str], bool],
     swapped meanwhile is not swept. Nothing when the directory does not exist."""
     cutoff = time.time() - older_than
     try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # (a copy of the caller's descriptor: closed here like one opened here)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) \
+            if dir_fd is None else os.dup(dir_fd)
     except FileNotFoundError:
         return
     try:
@@ -672,23 +720,33 @@ def write_fully(fd: int, data: bytes) -> None:
 
 
 def write_temp(target: Path, data: bytes, *, mode: int = 0o644, sync: bool = True,
-               name: str | None = None) -> Path:
+               name: str | None = None, dir_fd: int | None = None) -> Path:
     """Write ``data`` to a new temp file beside ``target`` (to be renamed onto it).
 
     ``sync=False`` leaves durability to the caller (e.g. one syncfs for many files).
     ``name``: the temp file's name, chosen by a caller that must find it again without
     being told (it is created exclusively, never through a link); default: a random one.
+    ``dir_fd``: ``target``'s directory, opened by the caller (see open_checked_dir): the
+    temp is made in it, not wherever its path leads now. The path returned names it.
     """
     target = Path(target)
-    if name is None:
+    if name is None and dir_fd is None:
         import tempfile
 
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{temp_stem(target.name)}.",
                                    suffix=".tmp")
     else:
-        tmp = str(target.parent / name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        while True:
+            made = name or f".{temp_stem(target.name)}.{os.urandom(6).hex()}.tmp"
+            tmp = str(target.parent / made)
+            try:
+                fd = os.open(made if dir_fd is not None else tmp, flags, 0o600,
+                             dir_fd=dir_fd)
+                break
+            except FileExistsError:
+                if name is not None:
+                    raise
     try:
         # plain os.write: a file object costs an fstat, an isatty ioctl and an lseek per
         # file, which signing many small files pays hundreds of times
@@ -701,7 +759,7 @@ def write_temp(target: Path, data: bytes, *, mode: int = 0o644, sync: bool = Tru
             os.close(fd)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(os.path.basename(tmp) if dir_fd is not None else tmp, dir_fd=dir_fd)
         raise
     return Path(tmp)
 

@@ -1439,11 +1439,12 @@ def test_a_rename_that_fails_part_way_puts_back_those_already_done(
         (tmp_path / name).write_bytes(b"old " + name.encode())
     real = os.replace
 
-    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+                src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
         if Path(dst).name == "c.sig":  # changed since the check: a rename fails
-            os.unlink(dst)
-            os.mkdir(dst)
-        real(src, dst)
+            os.unlink(dst, dir_fd=dst_dir_fd)
+            os.mkdir(dst, dir_fd=dst_dir_fd)
+        real(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OperationalError) as err:

@@ -48,6 +48,7 @@ from trustboot.fsutil import (
     filesystem_type,
     fsync_dir,
     make_output_dir,
+    open_checked_dir,
     quiet_writeback,
     remove_stale_temps,
     syncfs,
@@ -302,6 +303,21 @@ def _identity(path: Path, *, follow: bool = True) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def open_signature_dirs(paths: Sequence[Path], out_dir: Path | None,
+                        dirs: TargetDirs) -> None:
+    """Without ``out_dir``: each FILE's directory, opened into ``dirs``, refused (exit 3)
+    unless only root and we can change it and every directory above it (the rule of
+    --out). Another user who could swap it for a link after FILE was read had root
+    write NAME.sig wherever root can (a root-only directory's live kernel.sig)."""
+    if out_dir is not None:
+        return
+    for path in paths:
+        if dirs.fd(path.parent) is None:
+            dirs.open_checked(path.parent, f"the directory of {path}:",
+                              hint="write the signatures to a directory only root and you "
+                                   "can change with --out DIR")
+
+
 def sign_files(
     paths: Sequence[Path],
     signer: Signer,
@@ -334,6 +350,7 @@ def sign_hashed(
     ipxe_version: IpxeVersion = DEFAULT_IPXE,
     preflighted: rules.Verdict | None = None,
     ahead: SignAhead | None = None,
+    dirs: TargetDirs | None = None,
 ) -> list[Signed]:
     """Sign already-digested files; write the .sig files only once all were signed.
 
@@ -342,6 +359,7 @@ def sign_hashed(
     paths and ``out_dir`` too; neither is done again (each costs milliseconds per run).
     ``ahead``: these digests' signatures begun earlier with the signer's key (see
     cms.forked.SignAhead), taken instead of signing again when they are this signer's.
+    ``dirs``: the target directories the caller opened (and checked), see TargetDirs.
     """
     if preflighted is None:
         report = preflight(signer, now=now, ipxe_version=ipxe_version).signers[0]
@@ -353,15 +371,28 @@ def sign_hashed(
             and ahead.serves(hash_name, [h.digests[hash_name] for h in hashed])):
         ahead = None  # another key's or other files': dropped by the caller
     return _sign(hashed, signer, report, hash_name=hash_name, out_dir=out_dir, now=now,
-                 ipxe_version=ipxe_version, ahead=ahead)
+                 ipxe_version=ipxe_version, ahead=ahead, dirs=dirs)
 
 
 def _sign(
     hashed: Sequence[Hashed], signer: Signer, report: rules.SignerReport, *, hash_name: str,
     out_dir: Path | None, now: dt.datetime, ipxe_version: IpxeVersion,
-    ahead: SignAhead | None = None,
+    ahead: SignAhead | None = None, dirs: TargetDirs | None = None,
 ) -> list[Signed]:
     """sign_hashed() once the signer passed preflight and the targets were checked."""
+    with contextlib.ExitStack() as stack:
+        if dirs is None:  # the caller opened none: ours for this call
+            dirs = stack.enter_context(TargetDirs())
+        return _sign_into(hashed, signer, report, hash_name=hash_name, out_dir=out_dir,
+                          now=now, ipxe_version=ipxe_version, ahead=ahead, dirs=dirs)
+
+
+def _sign_into(
+    hashed: Sequence[Hashed], signer: Signer, report: rules.SignerReport, *, hash_name: str,
+    out_dir: Path | None, now: dt.datetime, ipxe_version: IpxeVersion,
+    ahead: SignAhead | None, dirs: TargetDirs,
+) -> list[Signed]:
+    """_sign() with the target directories ``dirs`` (those not in it yet are opened)."""
     chain = [_der(c) for c in signer.chain]
     root = rules.TrustAnchor(rules.fingerprint(chain[-1]), chain[-1])
     template = SignedDataTemplate(_der(signer.certificate), chain, hash_name, signer.algorithm)
@@ -413,14 +444,16 @@ def _sign(
     streaming = out_dir is None or out_dir.is_dir()
     if out_dir is not None and streaming:
         check_owned_dir(out_dir, "--out directory")  # see make_output_dir
+    if streaming:
+        dirs.open_all(t.parent for t in targets)
     # Temp names a forked signer writes to (this process must find them to rename or, on
     # failure, remove them without being told): random per run, then the file's index.
     run_tag = os.urandom(6).hex()
     temps = [t.with_name(f".{temp_stem(t.name)}.{run_tag}.{i}.tmp")
              for i, t in enumerate(targets)]
-    _remove_stale_temps(targets)
+    _remove_stale_temps(targets, dirs)
 
-    with StagedWrites(files=len(targets)) as staged:
+    with StagedWrites(files=len(targets), dirs=dirs) as staged:
 
         def signed(index: int, signature: bytes) -> None:
             results[index] = item = (entry(index), checked(index, signature))
@@ -434,7 +467,8 @@ def _sign(
                 return der
             # Not synced here: that is one journal commit per file per worker; this
             # process's writer threads sync many at once (StagedWrites.adopt).
-            write_temp(targets[index], der, name=temps[index].name, sync=False)
+            write_temp(targets[index], der, name=temps[index].name, sync=False,
+                       dir_fd=dirs.fd(targets[index].parent))
             return b""
 
         def from_worker(index: int, _signature: bytes, der: bytes) -> None:
@@ -475,13 +509,14 @@ def _sign(
             # 0755 whatever the umask; then ours and not writable by others (as at the
             # start: one made meanwhile by someone else is refused)
             make_output_dir(out_dir, "--out directory")
+            dirs.open_all([out_dir])
             for item, der in done:
                 staged.add(item.signature_path, der)
         staged.commit()
     return [item for item, _ in done]
 
 
-def _remove_stale_temps(targets: Sequence[Path]) -> None:
+def _remove_stale_temps(targets: Sequence[Path], dirs: TargetDirs) -> None:
     """Temp files of these targets that a killed run left, an hour old or more (the
     directories are the user's: only names our targets' temps would have). Each directory
     once per run (trustboot.run): what a killed run left is an hour old or more, so a
@@ -493,7 +528,7 @@ def _remove_stale_temps(targets: Sequence[Path]) -> None:
         if not first_in_run(f"stale-temps:{os.path.abspath(directory)}"):
             continue
         with contextlib.suppress(OSError):  # unreadable: the signing will say so
-            remove_stale_temps(directory, targets=names)
+            remove_stale_temps(directory, targets=names, dir_fd=dirs.fd(directory))
 
 
 @dataclass(frozen=True)
@@ -589,6 +624,56 @@ T = TypeVar("T")
 WRITE_THREADS = 8
 
 
+class TargetDirs:
+    """The directories .sig files go to, each opened once: their temp files are made,
+    synced, renamed, linked and removed through these descriptors (``dir_fd``), never by
+    a path looked up again, so a link another user swaps in on the way after the check
+    leads nowhere (trustboot sign without --out: each FILE's directory, checked by
+    :meth:`open_checked`). Paths not under one of them are used as they are. A context
+    manager that closes them; forked signers inherit them."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+
+    def __enter__(self) -> TargetDirs:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def open_checked(self, directory: Path, what: str, *, hint: str) -> None:
+        """Open ``directory`` once, refused unless only root and we can change it and
+        what is above it (fsutil.open_checked_dir)."""
+        if directory not in self._fds:
+            self._fds[directory] = open_checked_dir(directory, what, hint=hint)
+
+    def open_all(self, directories: Iterable[Path]) -> None:
+        """Open each of ``directories`` not open yet, as it is (the caller checked it)."""
+        for directory in dict.fromkeys(directories):
+            if directory in self._fds:
+                continue
+            try:
+                self._fds[directory] = os.open(directory, os.O_RDONLY | os.O_DIRECTORY
+                                               | os.O_CLOEXEC)
+            except OSError as exc:
+                raise _cannot_write(directory, exc, "check the output directory; nothing "
+                                    "was replaced") from None
+
+    def fd(self, directory: Path) -> int | None:
+        return self._fds.get(directory)
+
+    def at(self, path: Path) -> tuple[str | Path, int | None]:
+        """(name, its directory's descriptor), or (path, None) outside them: the
+        arguments of an ``os`` call with ``dir_fd``."""
+        fd = self._fds.get(path.parent)
+        return (path, None) if fd is None else (path.name, fd)
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+
 def write_all(items: Sequence[tuple[Path, bytes]]) -> None:
     """Atomically write many small files: each is either absent/old or complete."""
     with StagedWrites(files=len(items)) as staged:
@@ -621,7 +706,9 @@ class StagedWrites:
     or where syncfs(2) is missing, are fsynced one by one at commit instead.
     """
 
-    def __init__(self, *, files: int = 0) -> None:
+    def __init__(self, *, files: int = 0, dirs: TargetDirs | None = None) -> None:
+        # the targets' directories as opened by the caller (see TargetDirs)
+        self._dirs = dirs if dirs is not None else TargetDirs()
         # decided before anything is written: a fsync per file, or one syncfs at commit
         self._at_once = files >= SYNCFS_MIN_FILES and quiet_writeback()
         # Threads start on the first job given them: after sign_many has forked, never before.
@@ -659,6 +746,7 @@ class StagedWrites:
     def add(self, target: Path, data: bytes) -> None:
         self._targets.append(target)
         self._made.append(self._submit(write_temp, target, data, sync=not self._at_once,
+                                       dir_fd=self._dirs.fd(target.parent),
                                        threaded=not self._at_once))
 
     def add_named(self, items: Sequence[tuple[Path, bytes, Path]]) -> None:
@@ -670,7 +758,7 @@ class StagedWrites:
         (whose creation may wait on a busy filesystem there rather than in the caller's
         thread); with one syncfs, written here and now."""
         self._named.append(self._submit(_write_named, list(items), not self._at_once,
-                                        threaded=not self._at_once))
+                                        self._dirs, threaded=not self._at_once))
 
     def adopt(self, target: Path, temp: Path) -> None:
         """A temp file someone else wrote beside ``target``: synced here, then renamed onto
@@ -682,7 +770,8 @@ class StagedWrites:
     def _flush(self) -> None:
         if self._pending and not self._at_once:  # else synced with the others at commit
             batch, self._pending = self._pending, []
-            self._batches.append((batch, self._submit(_sync_all, batch, threaded=True)))
+            self._batches.append((batch, self._submit(_sync_all, batch, self._dirs,
+                                                      threaded=True)))
 
     def remove_on_abort(self, temps: Iterable[Path]) -> None:
         """Temp files that may exist (written by a process that was stopped before saying
@@ -708,7 +797,7 @@ class StagedWrites:
         pairs += [pair for job in self._named for pair in job.result()]
         # Every FILE.sig or none: a target that cannot be replaced (a directory in its
         # place, a directory we cannot write) fails the run before the first rename ...
-        _check_replaceable([target for target, _ in pairs])
+        _check_replaceable([target for target, _ in pairs], self._dirs)
         if self._at_once:
             self._sync_at_once(pairs)
         # ... and one that fails anyway (changed since) puts back those already replaced,
@@ -718,26 +807,30 @@ class StagedWrites:
         try:
             # on the threads where the writes were (a fsync each), as the writes' waits
             # overlap
-            self._in_batches(lambda batch: _rename_all(batch, replaced), pairs,
+            self._in_batches(lambda batch: _rename_all(batch, replaced, self._dirs), pairs,
                              RENAME_BATCH, "check the output directory; nothing was "
                              "replaced (those renamed before it were put back)",
                              threaded=not self._at_once)
         except BaseException:
-            _restore(replaced)
+            _restore(replaced, self._dirs)
             raise
         renamed = {temp for _, temp in pairs}
         for temp in self._maybe:  # written by a worker that then failed: signed here again
             if temp not in renamed:
-                _remove_maybe(temp)
+                _remove_maybe(temp, self._dirs)
         for directory in dict.fromkeys(target.parent for target, _ in pairs):
+            fd = self._dirs.fd(directory)
             try:
-                fsync_dir(directory)
+                if fd is None:
+                    fsync_dir(directory)
+                else:
+                    os.fsync(fd)
             except OSError as exc:
                 raise _cannot_write(directory, exc, "check the output directory") from None
         self._committed = True
         for _, backup in replaced:
             if backup is not None:
-                _remove_maybe(backup)
+                _remove_maybe(backup, self._dirs)
 
     def _sync_at_once(self, pairs: Sequence[tuple[Path, Path]]) -> None:
         """Every temp in ``pairs`` durable before any rename: one syncfs() per filesystem
@@ -745,8 +838,10 @@ class StagedWrites:
         a fsync each elsewhere or where syncfs is missing."""
         devices: dict[Path, int] = {}
         for directory in dict.fromkeys(temp.parent for _, temp in pairs):
+            fd = self._dirs.fd(directory)
             try:
-                devices[directory] = os.stat(directory).st_dev
+                devices[directory] = (os.stat(directory) if fd is None
+                                      else os.fstat(fd)).st_dev
             except OSError as exc:
                 raise _cannot_write(directory, exc, "check the output directory; nothing "
                                     "was replaced") from None
@@ -762,8 +857,8 @@ class StagedWrites:
                                     "disk; nothing was replaced") from None
             synced.add(dev)
         rest = [pair for pair in pairs if devices[pair[1].parent] not in synced]
-        self._in_batches(_sync_all, rest, ADOPT_BATCH, "check the output directory; nothing "
-                         "was replaced", threaded=True)
+        self._in_batches(lambda batch: _sync_all(batch, self._dirs), rest, ADOPT_BATCH,
+                         "check the output directory; nothing was replaced", threaded=True)
 
     def _in_batches(self, job: Callable[[Sequence[tuple[Path, Path]]], None],
                     pairs: Sequence[tuple[Path, Path]], size: int, hint: str, *,
@@ -787,29 +882,34 @@ class StagedWrites:
                 for fut in self._made:
                     if fut.exception() is None:  # waits for it
                         with contextlib.suppress(FileNotFoundError):
-                            os.unlink(fut.result())
+                            _unlink(fut.result(), self._dirs)
                 for _, done in self._batches:
                     done.exception()  # waits for it
                 for job in self._named:
                     if job.exception() is None:  # waits for it; a failed one cleaned up
                         for _, temp in job.result():
                             with contextlib.suppress(FileNotFoundError):
-                                os.unlink(temp)
+                                _unlink(temp, self._dirs)
                 for temp in [t for _, t in self._pending] + [
                         t for batch, _ in self._batches for _, t in batch] + self._maybe:
-                    _remove_maybe(temp)
+                    _remove_maybe(temp, self._dirs)
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
 
 
-def _remove_maybe(temp: Path) -> None:
+def _unlink(path: Path, dirs: TargetDirs) -> None:
+    name, fd = dirs.at(path)
+    os.unlink(name, dir_fd=fd)
+
+
+def _remove_maybe(temp: Path, dirs: TargetDirs) -> None:
     """Remove a temp file a worker may have written. Its name is visible to anyone who
     can list the directory: what is there may be another user's (a sticky directory
     refuses, a directory in its place cannot be unlinked), which is not ours to remove
     and no reason to fail a run whose signatures are in place."""
     with contextlib.suppress(OSError):
-        os.unlink(temp)
+        _unlink(temp, dirs)
 
 
 # Adopted temp files synced per job, files written per job, renames per job (see
@@ -830,32 +930,33 @@ class _PathError(Exception):
 
 
 def _write_named(batch: Sequence[tuple[Path, bytes, Path]],
-                 sync: bool) -> list[tuple[Path, Path]]:
+                 sync: bool, dirs: TargetDirs) -> list[tuple[Path, Path]]:
     """StagedWrites.add_named's job: the (target, temp) pairs written; on failure, none
     left behind and a _PathError for the target."""
     written: list[tuple[Path, Path]] = []
     try:
         for target, data, temp in batch:
+            fd = dirs.fd(target.parent)
             try:
                 try:
-                    made = write_temp(target, data, name=temp.name, sync=sync)
+                    made = write_temp(target, data, name=temp.name, sync=sync, dir_fd=fd)
                 except FileExistsError:  # taken: in a shared directory, perhaps not by us
-                    made = write_temp(target, data, sync=sync)
+                    made = write_temp(target, data, sync=sync, dir_fd=fd)
             except OSError as exc:
                 raise _PathError(target, exc) from None
             written.append((target, made))
     except BaseException:
         for _, made in written:
-            with contextlib.suppress(OSError):
-                os.unlink(made)
+            _remove_maybe(made, dirs)
         raise
     return written
 
 
-def _sync_all(batch: Sequence[tuple[Path, Path]]) -> None:
+def _sync_all(batch: Sequence[tuple[Path, Path]], dirs: TargetDirs) -> None:
     for target, temp in batch:
+        name, dir_fd = dirs.at(temp)
         try:
-            fd = os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
             try:
                 os.fsync(fd)
             finally:
@@ -865,54 +966,60 @@ def _sync_all(batch: Sequence[tuple[Path, Path]]) -> None:
 
 
 def _rename_all(pairs: Sequence[tuple[Path, Path]],
-                replaced: list[tuple[Path, Path | None]]) -> None:
+                replaced: list[tuple[Path, Path | None]], dirs: TargetDirs) -> None:
     """Rename each temp onto its target, first linking an existing target to a backup
     name beside it; each done is added to ``replaced`` as (target, backup or None), for
     _restore (list.append is atomic: batches on several threads share it)."""
     for target, temp in pairs:
         backup: Path | None = None
+        # temp, target and backup are in one directory: its descriptor, or none
+        to, fd = dirs.at(target)
         try:
             try:
                 name = temp.with_name(temp.name.removesuffix(".tmp") + ".old.tmp")
-                os.link(target, name, follow_symlinks=False)
+                os.link(to, dirs.at(name)[0], src_dir_fd=fd, dst_dir_fd=fd,
+                        follow_symlinks=False)
                 backup = name
             except FileNotFoundError:
                 backup = None  # nothing to keep: a new .sig, removed by _restore
             except FileExistsError:  # taken: in a shared directory, perhaps not by us
-                backup = target.with_name(
+                name = target.with_name(
                     f".{temp_stem(target.name)}.{os.urandom(8).hex()}.old.tmp")
-                os.link(target, backup, follow_symlinks=False)
+                os.link(to, dirs.at(name)[0], src_dir_fd=fd, dst_dir_fd=fd,
+                        follow_symlinks=False)
+                backup = name
             try:
-                os.replace(temp, target)
+                os.replace(dirs.at(temp)[0], to, src_dir_fd=fd, dst_dir_fd=fd)
             except BaseException:
                 if backup is not None:
-                    _remove_maybe(backup)
+                    _remove_maybe(backup, dirs)
                 raise
         except OSError as exc:
             raise _PathError(target, exc) from None
         replaced.append((target, backup))
 
 
-def _check_replaceable(targets: Sequence[Path]) -> None:
+def _check_replaceable(targets: Sequence[Path], dirs: TargetDirs) -> None:
     """Refuse, before any rename, a target a rename cannot replace: one that is not a
     regular file (or a link, which the rename replaces), a directory we cannot write, or
     (a sticky directory, as /tmp) another user's file there."""
     me = os.geteuid()
-    dirs: dict[Path, os.stat_result] = {}
+    held_by: dict[Path, os.stat_result] = {}
     for target in targets:
         parent = target.parent
-        if parent not in dirs:
+        name, fd = dirs.at(target)
+        if parent not in held_by:
             try:
-                dirs[parent] = st = os.stat(parent)
+                held_by[parent] = os.stat(parent) if fd is None else os.fstat(fd)
             except OSError as exc:
                 raise _cannot_write(target, exc, "check the output directory; nothing "
                                     "was replaced") from None
-            if not os.access(parent, os.W_OK | os.X_OK):
+            if not os.access(parent if fd is None else ".", os.W_OK | os.X_OK, dir_fd=fd):
                 raise OperationalError(
                     f"cannot write {target}: {parent} is not writable",
                     hint="choose a writable directory (--out DIR); nothing was replaced")
         try:
-            st = os.lstat(target)
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -924,7 +1031,7 @@ def _check_replaceable(targets: Sequence[Path]) -> None:
                 f"cannot replace {target}: it is {kind}",
                 hint=f"remove it (rm -r {target}) or write the signatures elsewhere with "
                      "--out; nothing was replaced")
-        held = dirs[parent]
+        held = held_by[parent]
         if held.st_mode & stat.S_ISVTX and me not in (0, held.st_uid, st.st_uid):
             raise OperationalError(
                 f"cannot replace {target}: it is uid {st.st_uid}'s, in the sticky "
@@ -932,15 +1039,16 @@ def _check_replaceable(targets: Sequence[Path]) -> None:
                                             "nothing was replaced")
 
 
-def _restore(replaced: Sequence[tuple[Path, Path | None]]) -> None:
+def _restore(replaced: Sequence[tuple[Path, Path | None]], dirs: TargetDirs) -> None:
     """Undo ``replaced`` (see _rename_all): each target back to its backup, or removed
     where there was none. Best effort: what cannot be put back stays as it is."""
     for target, backup in reversed(replaced):
+        to, fd = dirs.at(target)
         with contextlib.suppress(OSError):
             if backup is not None:
-                os.replace(backup, target)
+                os.replace(dirs.at(backup)[0], to, src_dir_fd=fd, dst_dir_fd=fd)
             else:
-                os.unlink(target)
+                os.unlink(to, dir_fd=fd)
 
 
 def _first_error(futures: Sequence[Future[Any]], targets: Sequence[Path],

@@ -26,7 +26,7 @@ from trustboot.secrets import PassphraseSource
 if TYPE_CHECKING:
     from trustboot.cms.certinfo import IpxeVersion
     from trustboot.cms.forked import SignAhead
-    from trustboot.cms.sign import Signed
+    from trustboot.cms.sign import Signed, TargetDirs
     from trustboot.keys.keyfile import KeyLoad
 
 # This module imports only the standard library and light trustboot modules at load time:
@@ -190,9 +190,18 @@ def sign_paths(
         raise ValueError("the hashing job was started for other files or another hash")
     ahead = _sign_ahead(hashing, key_ahead) if ref.scheme == "file" else None
     job = hashing
+    dirs: TargetDirs | None = None
     try:
         from trustboot.cms.certinfo import DEFAULT_IPXE
-        from trustboot.cms.sign import check_targets, preflight, sign_hashed
+        from trustboot.cms.sign import (
+            TargetDirs,
+            check_targets,
+            open_signature_dirs,
+            preflight,
+            sign_hashed,
+        )
+
+        dirs = TargetDirs()  # the .sig files' directories, each opened once
         from trustboot.keys.signer import PendingSigner, resolve_signer
 
         ipxe_version = ipxe_version or DEFAULT_IPXE
@@ -216,6 +225,7 @@ def sign_paths(
             check_targets(paths, out_dir, manifest=manifest, reads=kept,
                           homes=[(pki, "the CA home")] if pki is not None
                           and (pki / "index.json").is_file() else [])
+            open_signature_dirs(paths, out_dir, dirs)  # without --out, each FILE's
             if key_ahead is not None and not (isinstance(source, PendingSigner)
                                               and source.adopt(key_ahead)):
                 key_ahead.wait()  # another key's: no thread may run when signing forks
@@ -236,7 +246,8 @@ def sign_paths(
                         and tuple(signer.chain) == tuple(source.chain))
                 results = sign_hashed(hashed, signer, hash_name=hash_alg, out_dir=out_dir,
                                       now=now, ipxe_version=ipxe_version,
-                                      preflighted=verdict if same else None, ahead=ahead)
+                                      preflighted=verdict if same else None, ahead=ahead,
+                                      dirs=dirs)
     except BaseException:
         if job is not None:
             job.cancel()  # stop reading files nobody will sign
@@ -244,6 +255,8 @@ def sign_paths(
             key_ahead.wait()  # not used: still, no thread of ours outlives the call
         raise
     finally:
+        if dirs is not None:
+            dirs.close()
         if ahead is not None:
             ahead.close()  # taken, or dropped: no signer process outlives the call
     ends = min(r.chain_not_after for r in results)
