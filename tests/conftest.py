@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,33 @@ def as_nobody(*argv: str, cwd: Path) -> None:
     above it need not be open to nobody)."""
     subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
                    check=True, cwd=cwd)
+
+
+def call_as_nobody(run: Callable[[], object]) -> str:
+    """``run()`` in a forked child as uid/gid 65534, another local user (root only): "ok",
+    or what it raised as "Type: message"."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            try:
+                run()
+                said = "ok"
+            except Exception as exc:  # reported to the parent
+                said = f"{type(exc).__name__}: {exc}"
+            os.write(write_fd, said.encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as fh:
+        said = fh.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return said
 
 
 def require_tool(name: str, package: str) -> str:

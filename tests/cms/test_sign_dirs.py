@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.cms.pki import PASSPHRASE, Material, make_material, rsa_key
-from tests.conftest import dir_of_nobody
+from tests.conftest import call_as_nobody, dir_of_nobody
 from trustboot.cli.main import cli
 from trustboot.cms.digest import HashJob
 from trustboot.errors import ConfigError
@@ -178,7 +178,7 @@ def test_own_directories_through_links_still_sign(material: Material, tmp_path: 
     (theirs / "ws").mkdir()
     os.chown(theirs / "ws", NOBODY, NOBODY)
     (shared / "ws").symlink_to(theirs / "ws")  # root's link to their workspace
-    said = _as_nobody(lambda: open_signature_dirs([shared / "ws" / "kernel"], None,
+    said = call_as_nobody(lambda: open_signature_dirs([shared / "ws" / "kernel"], None,
                                                   TargetDirs()))
     assert said == "ok", said
     # the control: the same directory is not root's to sign into (its owner could swap
@@ -191,28 +191,3 @@ def test_own_directories_through_links_still_sign(material: Material, tmp_path: 
     with pytest.raises(ConfigError, match=f"symbolic link owned by uid {NOBODY}"):
         open_signature_dirs([shared / "ws" / "kernel"], None, TargetDirs())
 
-
-def _as_nobody(run: object) -> str:
-    """``run()`` in a forked child as uid/gid 65534: "ok", or the error it raised."""
-    assert callable(run)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setresgid(NOBODY, NOBODY, NOBODY)
-            os.setresuid(NOBODY, NOBODY, NOBODY)
-            try:
-                run()
-                said = "ok"
-            except Exception as exc:  # reported to the parent
-                said = f"{type(exc).__name__}: {exc}"
-            os.write(write_fd, said.encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as fh:
-        said = fh.read().decode()
-    os.waitpid(pid, 0)
-    return said

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from tests.conftest import call_as_nobody
 from tests.publish.conftest import KEY_PASS, Nginx, Pki, ReleaseFactory, http_server, run_cli
 from tests.publish.faultproxy import fault_proxy
 from trustboot.cli.main import cli
@@ -453,35 +454,11 @@ def test_an_unreadable_subdirectory_stops_the_scan() -> None:
         hidden.mkdir(mode=0o700)  # root's: nobody cannot list it
         (hidden / "vmlinuz").write_bytes(b"kernel")
 
-        def scan_as_nobody() -> str:
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child
-                try:
-                    os.close(read_fd)
-                    os.setgroups([])
-                    os.setresgid(65534, 65534, 65534)
-                    os.setresuid(65534, 65534, 65534)
-                    try:
-                        scan_directory(tree)
-                        said = "no error"
-                    except Exception as exc:  # reported to the parent
-                        said = f"{type(exc).__name__}: {exc}"
-                    os.write(write_fd, said.encode())
-                finally:
-                    os._exit(0)
-            os.close(write_fd)
-            with os.fdopen(read_fd, "rb") as fh:
-                said = fh.read().decode()
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0
-            return said
-
-        said = scan_as_nobody()
+        said = call_as_nobody(lambda: scan_directory(tree))
         assert said.startswith("OperationalError: cannot read "), said
         assert str(hidden) in said
         hidden.chmod(0o755)  # the control: readable, the scan goes on to judge the files
-        said = scan_as_nobody()
+        said = call_as_nobody(lambda: scan_directory(tree))
         assert "cannot read" not in said and said.startswith("ConfigError"), said
 
 
