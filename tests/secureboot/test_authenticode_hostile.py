@@ -447,3 +447,86 @@ def test_mutated_certificate_tables_never_crash() -> None:
         except (ConfigError, VerificationError):
             refused += 1
     assert refused > 200  # the mutants were mostly broken, and each was refused as such
+
+
+# -- the table's size: a few well-framed entries, or the whole table is malformed ------------
+
+
+def _raw_table(table: bytes) -> bytes:
+    """The mkpe application with ``table`` (raw WIN_CERTIFICATE bytes) as its table."""
+    app = make_efi_app()
+    return put(app + table, CERTDIR, "<II", len(app), len(table))
+
+
+def _blob(signed: bytes) -> bytes:
+    offset, _size = _table(signed)
+    return signed[offset + 8:offset + struct.unpack_from("<I", signed, offset)[0]]
+
+
+def test_a_table_of_empty_entries_is_refused_at_the_first(tmp_path: Path,
+                                                          signer_and_db: tuple[Sign,
+                                                                               x509.Certificate],
+                                                          run: Run) -> None:
+    """100000 empty PKCS#7 entries (the reviewer's 33 million fit in MAX_IMAGE, minutes of
+    CPU when each was parsed): the first, which holds no SignedData, condemns the table."""
+    _sign, db = signer_and_db
+    app, db_file = tmp_path / "app.efi", tmp_path / "db.crt"
+    app.write_bytes(_raw_table(struct.pack("<IHH", 8, 0x0200, 0x0002) * 100_000))
+    db_file.write_bytes(db.public_bytes(serialization.Encoding.PEM))
+    r = run("secureboot", "verify", "--db", str(db_file), str(app))
+    assert r.exit_code == 4, r.output
+    assert (f"malformed WIN_CERTIFICATE at byte {len(make_efi_app())}: its 0 bytes are "
+            "not one DER SignedData") in r.output
+
+
+@pytest.mark.parametrize("entry", [
+    pytest.param(bytes(16), id="zeros"),
+    pytest.param(b"\x30\x82\x10\x00" + bytes(60), id="sequence-longer-than-its-entry"),
+    pytest.param(b"\x30\x80" + bytes(62), id="indefinite-length"),
+    pytest.param(b"\x31\x3e" + bytes(62), id="a-set"),
+    pytest.param(b"\x30\x3e" + bytes(62) + b"\x01", id="non-zero-padding"),
+    pytest.param(b"\x30\x3e" + bytes(62) + bytes(8), id="eight-bytes-of-padding"),
+])
+def test_a_broken_entry_condemns_the_table_even_after_a_good_one(
+        signed: bytes, signer_and_db: tuple[Sign, x509.Certificate], entry: bytes) -> None:
+    """Framing, unlike a SignerInfo firmware cannot use, is no matter of trying the next
+    signature: a table holding a broken frame is refused whole, before any parsing."""
+    _sign, db = signer_and_db
+    for blobs in ((entry,), (_blob(signed), entry), (entry, _blob(signed))):
+        with pytest.raises(VerificationError) as info:
+            authenticode.verify_image(_with_table(signed, *blobs), [db], "img")
+        assert info.value.rule == "malformed", info.value.message
+        assert "are not one DER SignedData" in info.value.message
+
+
+def test_more_entries_than_signers_write_are_refused(
+        signed: bytes, signer_and_db: tuple[Sign, x509.Certificate]) -> None:
+    """Entries of any type count (skipping millions of foreign ones costs time too)."""
+    _sign, db = signer_and_db
+    foreign = struct.pack("<IHH", 8, 0x0200, 0x0001)  # an empty WIN_CERT_TYPE_X509
+    good = _entry(_blob(signed))
+    most = authenticode.MAX_SIGNATURES
+    image = _raw_table(foreign * (most - 1) + good)
+    report = authenticode.verify_image(image, [db], "img")
+    assert report.signer_subject == db.subject.rfc4514_string()
+    with pytest.raises(VerificationError) as info:
+        authenticode.verify_image(_raw_table(foreign * most + good), [db], "img")
+    assert info.value.rule == "malformed"
+    assert f"more than {most} entries" in info.value.message
+
+
+def test_two_valid_signatures_verify(signed: bytes,
+                                     signer_and_db: tuple[Sign, x509.Certificate],
+                                     other_pki: Path) -> None:
+    """A binary signed for two db keys (a shim signed for both Microsoft CAs): either
+    key's db accepts it."""
+    _sign, db = signer_and_db
+    other = keyset.load_keyset(other_pki)
+    signer = keyset.open_signer(other, "db", constant(PASS.encode()),
+                                now=dt.datetime.now(dt.UTC))
+    other_signed = keyset.sign_efi(make_efi_app(), "app", signer)
+    image = _with_table(signed, _blob(signed), _blob(other_signed))
+    for trusted in (db, other.certificates["db"]):
+        report = authenticode.verify_image(image, [trusted], "img")
+        assert report.signer_subject == trusted.subject.rfc4514_string()
+

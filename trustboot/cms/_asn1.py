@@ -83,6 +83,13 @@ def _header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
     return tag, pos, length
 
 
+def object_end(data: bytes, pos: int = 0) -> int:
+    """Where the DER object at ``pos`` ends, its header alone read (FramingError if it
+    does not fit in ``data``): for framing a blob before anything parses it."""
+    _tag, start, length = _header(data, pos, len(data))
+    return start + length
+
+
 def check_framing(data: bytes) -> None:
     """One object spanning all of ``data``, definite lengths all the way down.
 

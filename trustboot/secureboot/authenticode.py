@@ -28,15 +28,22 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from trustboot.cms._asn1 import FramingError, object_end
 from trustboot.cms.sign import der_tlv
 from trustboot.errors import ConfigError, VerificationError
 
 SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
 SPC_PE_IMAGE_DATA = "1.3.6.1.4.1.311.2.1.15"
 SPC_SP_OPUS_INFO = "1.3.6.1.4.1.311.2.1.12"
+_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
 WIN_CERT_TYPE_PKCS_SIGNED_DATA = 0x0002
 WIN_CERT_REVISION = 0x0200
 MAX_IMAGE = 256 << 20  # EFI applications are a few MiB; refuse anything absurd before reading
+# WIN_CERTIFICATE entries read from one certificate table. A signed EFI binary carries one
+# (sbsign, signtool), or one per CA it must boot under (sbattach --attach, a shim signed for
+# both Microsoft UEFI CAs): 2 in practice. Each entry is parsed in turn, so without a cap
+# 256 MiB of empty 8-byte entries took minutes of CPU to refuse.
+MAX_SIGNATURES = 8
 
 
 @dataclass(frozen=True)
@@ -200,7 +207,7 @@ def build_signature(digest: bytes, certificate: x509.Certificate,
     attrs = sorted([
         _attribute("1.2.840.113549.1.9.3", core.ObjectIdentifier(SPC_INDIRECT_DATA).dump()),
         _attribute(SPC_SP_OPUS_INFO, der_tlv(0x30, b"")),
-        _attribute("1.2.840.113549.1.9.4",
+        _attribute(_MESSAGE_DIGEST,
                    core.OctetString(hashlib.sha256(content_octets).digest()).dump()),
     ])
     signed_attrs = b"".join(attrs)
@@ -275,25 +282,64 @@ class AuthenticodeReport:
     image_sha256: str  # the Authenticode hash (what db hash entries list)
 
 
+# The smallest ContentInfo(SignedData) there can be: no algorithms, no certificates, no
+# signers. A PKCS#7 entry shorter than this holds no signature to try.
+_MIN_SIGNED_DATA = len(der_tlv(0x30, core.ObjectIdentifier("1.2.840.113549.1.7.2").dump()
+                               + der_tlv(0xA0, der_tlv(0x30, b"".join([
+                                   core.Integer(1).dump(), der_tlv(0x31, b""),
+                                   der_tlv(0x30, core.ObjectIdentifier(SPC_INDIRECT_DATA).dump()),
+                                   der_tlv(0x31, b"")])))))
+
+
 def _signatures(pe: PeImage, what: str) -> list[bytes]:
+    """The PKCS#7 blobs of the certificate table. A table that is not a short list of
+    well-framed entries is refused whole (malformed): what follows a broken frame cannot
+    be located, and a table of millions of entries is nothing a signer writes."""
     offset, size = pe.cert_table
     if not size:
         raise VerificationError(f"{what} is not signed", rule="unsigned",
                                 hint="sign it with `trustboot secureboot sign`")
+
+    def malformed(reason: str) -> VerificationError:
+        return VerificationError(f"{what}: malformed WIN_CERTIFICATE {reason}",
+                                 rule="malformed",
+                                 hint="sign the unsigned build output again with "
+                                      "`trustboot secureboot sign`")
+
     out = []
     pos = offset
+    entries = 0
     while pos + 8 <= offset + size:
+        entries += 1
+        if entries > MAX_SIGNATURES:
+            raise malformed(f"table: more than {MAX_SIGNATURES} entries (a signed binary "
+                            "carries one per signature, one or two)")
         length, revision, ctype = struct.unpack_from("<IHH", pe.data, pos)
         if length < 8 or pos + length > offset + size:
-            raise VerificationError(f"{what}: malformed WIN_CERTIFICATE at byte {pos}",
-                                    rule="malformed")
+            raise malformed(f"at byte {pos}")
         if revision == WIN_CERT_REVISION and ctype == WIN_CERT_TYPE_PKCS_SIGNED_DATA:
-            out.append(pe.data[pos + 8:pos + length])
+            blob = pe.data[pos + 8:pos + length]
+            if len(blob) < _MIN_SIGNED_DATA or not _one_der_object(blob):
+                raise malformed(f"at byte {pos}: its {len(blob)} bytes are not one DER "
+                                "SignedData followed by at most 7 zero bytes of padding")
+            out.append(blob)
         pos += length + (-length % 8)
     if not out:
         raise VerificationError(f"{what} holds no PKCS#7 Authenticode signature",
                                 rule="unsigned")
     return out
+
+
+def _one_der_object(blob: bytes) -> bool:
+    """Whether ``blob`` is one DER SEQUENCE, then at most the 7 zero bytes that pad a
+    WIN_CERTIFICATE to 8 (signtool and osslsigncode count them in dwLength). Only the
+    header is read: the contents are parsed later, if at all."""
+    try:
+        end = object_end(blob)
+    except FramingError:
+        return False
+    rest = blob[end:]
+    return blob[:1] == b"\x30" and len(rest) < 8 and not rest.strip(b"\0")
 
 
 # What a hostile signature can make asn1crypto or cryptography raise while it is read:
@@ -359,7 +405,7 @@ def _check_parsed(blob: bytes, digest: bytes, trusted: Sequence[x509.Certificate
         raise fail("the image does not match its signature (changed after signing)",
                    "image-digest")
     content_octets = indirect.contents
-    md = attrs.get("1.2.840.113549.1.9.4")
+    md = attrs.get(_MESSAGE_DIGEST)
     if not isinstance(md, bytes) or md != hashlib.sha256(content_octets).digest():
         raise fail("the messageDigest attribute does not match the signed content",
                    "message-digest")
