@@ -263,6 +263,7 @@ def test_crl_warns_about_a_revoked_signer_without_the_ca_home(
     root = ["--trust", str(pki / "ca.crt"), "--pki", str(tmp_path / "no-pki")]
     result = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(crl)])
     assert result.exit_code == 0, result.output
+    print(result.output)
     assert "is revoked by" in result.stderr and "key_compromise" in result.stderr
     assert "iPXE does not read CRLs" in result.stderr
     doc = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(crl), "--json"])
@@ -370,6 +371,7 @@ def test_a_crl_the_ca_home_accepts_is_read_by_verify_and_publish(
     root = ["--trust", str(pki / "ca.crt"), "--pki", str(tmp_path / "no-pki")]
     result = CliRunner().invoke(cli, ["verify", str(image), *root, "--crl", str(big)])
     assert result.exit_code == 0, result.output
+    print(result.output)
     assert "is revoked by" in result.stderr and "key_compromise" in result.stderr
     Revocations.load(crl=big)  # publish's gate reads it too
     with big.open("r+b") as fh:
@@ -418,3 +420,35 @@ def test_a_crl_entry_without_a_reason_is_reported_unspecified(
     from trustboot.publish.revocation import Revoked
     gate = Revoked("signer", signer.serial_number, None, None, str(path), by_crl=True)
     assert gate.to_json()["reason"] == "unspecified" and "for unspecified" in gate.describe()
+
+
+def test_a_deeply_nested_signed_attribute_is_skipped_as_ipxe_skips_it(
+        corpus: Corpus, tmp_path: Path) -> None:
+    """An extra signed attribute of 2000 nested SEQUENCEs: iPXE skips signed attributes
+    whole, and so does trustboot's reader (no recursion into them: decoded, it would
+    reach Python's limit, exit 70). The strict reader refuses the nesting: a warning."""
+    from asn1crypto import cms, core
+
+    from trustboot.cms.sign import der_tlv
+
+    case = corpus.case("si-signed-attrs-over-image")
+    image = tmp_path / "image"
+    image.write_bytes((corpus.directory / case.image).read_bytes())
+    info = cms.ContentInfo.load((corpus.directory / f"{case.image}.sig").read_bytes())
+    si = info["content"]["signer_infos"][0]
+    deep = b"\x05\x00"
+    for _ in range(2000):
+        deep = der_tlv(0x30, deep)
+    si["signed_attrs"] = cms.CMSAttributes([
+        *si["signed_attrs"], cms.CMSAttribute({"type": "1.2.3.4",
+                                               "values": [core.Any.load(deep)]})])
+    (tmp_path / "image.sig").write_bytes(info.dump(force=True))
+    at = corpus.at(case).isoformat()
+    result = CliRunner().invoke(cli, ["verify", str(image), "--at", at,
+                                      "--trust", str(corpus.root)])
+    assert result.exit_code == 0, result.output
+    assert "warning: the signature is not strict DER (nesting too deep)" in result.output
+    result = CliRunner().invoke(cli, ["verify", str(image), "--at", at,
+                                      "--trust", str(corpus.root), "--strict"])
+    assert result.exit_code == 4, result.output
+    assert "nesting too deep" in result.output

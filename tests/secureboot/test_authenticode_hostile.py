@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import NameOID
 
+from trustboot.cms.sign import der_tlv
 from trustboot.errors import ConfigError, VerificationError
 from trustboot.secrets import constant
 from trustboot.secureboot import authenticode, keyset
@@ -530,3 +531,35 @@ def test_two_valid_signatures_verify(signed: bytes,
         report = authenticode.verify_image(image, [trusted], "img")
         assert report.signer_subject == trusted.subject.rfc4514_string()
 
+
+# -- decoding only what is verified -------------------------------------------------------------
+
+
+def _deep_attribute(si: object) -> None:
+    """One more signed attribute, of an unknown type, holding 2000 nested SEQUENCEs."""
+    from asn1crypto import cms, core
+
+    value = b"\x05\x00"
+    for _ in range(2000):
+        value = der_tlv(0x30, value)
+    attrs = list(si["signed_attrs"])  # type: ignore[index]
+    deep = cms.CMSAttribute({"type": "1.2.3.4", "values": [core.Any.load(value)]})
+    si["signed_attrs"] = cms.CMSAttributes([*attrs, deep])  # type: ignore[index]
+
+
+def test_a_deeply_nested_signed_attribute_is_not_decoded(
+        signed: bytes, signer_and_db: tuple[Sign, x509.Certificate], tmp_path: Path,
+        run: Run) -> None:
+    """Decoding the attribute recursed to Python's limit (exit 70). It is not read at all
+    now: the signature fails where it really fails, over attributes that changed."""
+    _sign, db = signer_and_db
+    image = _with_table(signed, _mutated(signed, _deep_attribute))
+    with pytest.raises(VerificationError) as info:
+        authenticode.verify_image(image, [db], "img")
+    assert info.value.rule == "bad-signature", info.value.message
+    app, db_file = tmp_path / "app.efi", tmp_path / "db.crt"
+    app.write_bytes(image)
+    db_file.write_bytes(db.public_bytes(serialization.Encoding.PEM))
+    r = run("secureboot", "verify", "--db", str(db_file), str(app))
+    assert r.exit_code == 4, r.output
+    assert "does not verify with the signer's key" in r.output

@@ -346,8 +346,10 @@ def _one_der_object(blob: bytes) -> bool:
 # asn1crypto parses lazily, so a broken field fails only where it is first used, and
 # cryptography refuses what asn1crypto accepted (an unknown key type, a point that is not on
 # its curve, a bad version). Each is a malformed signature (exit 4), never a crash.
+# RecursionError: asn1crypto decodes nested values recursively (a backstop: only the
+# attributes verification uses are decoded, see _check_parsed).
 _MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError,
-              UnsupportedAlgorithm, x509.InvalidVersion)
+              UnsupportedAlgorithm, x509.InvalidVersion, RecursionError)
 
 
 def _check_one(blob: bytes, digest: bytes, trusted: Sequence[x509.Certificate],
@@ -383,13 +385,15 @@ def _check_parsed(blob: bytes, digest: bytes, trusted: Sequence[x509.Certificate
     certs = [c.chosen for c in sd["certificates"]] if sd["certificates"] else []
     # Each signed attribute holds exactly one value, each type once (RFC 5652 11.1);
     # an empty SET or a second messageDigest is not a signature to pick a value from.
+    # Only the values verification reads are decoded: decoding any other (an unknown
+    # OID holding thousands of nested SEQUENCEs) would recurse as deep as it is nested.
     attrs: dict[str, object] = {}
     for a in si["signed_attrs"]:
         kind, values = a["type"].dotted, list(a["values"])
         if len(values) != 1 or kind in attrs:
             raise fail(f"the signed attribute {kind} is not one attribute with one "
                        "value", "malformed")
-        attrs[kind] = values[0].native
+        attrs[kind] = values[0].native if kind == _MESSAGE_DIGEST else None
     # As sbverify and firmware: the signer is named by issuer and serial number (a
     # subjectKeyIdentifier names no certificate we could check against the db).
     sid = si["sid"]
