@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
 
 from tests.conftest import give_group_to_another_user
 from trustboot.errors import ConfigError
@@ -398,3 +399,44 @@ def test_ovmf_vars_in_a_tmpdir_others_can_write_is_refused(
     assert f"{shared} above it is writable by other users" in r.output, r.output
     assert list(shared.iterdir()) == []
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("A" * 49, "is 49 characters long; at most 48 fit"),
+    ("A" * 64, "is 64 characters long; at most 48 fit"),
+    ("Boot\n", "holds control characters"),
+    ("x\udcff", "is not valid UTF-8 text"),  # what argv's byte 0xff becomes
+])
+def test_init_refuses_a_name_no_certificate_can_hold(tmp_path: Path, pw: Path, run: Run,
+                                                     name: str, message: str) -> None:
+    """'<name> Secure Boot KEK' must fit a 64-character common name: longer names were
+    let through and failed in the certificate builder (exit 70), as did surrogates."""
+    pki = tmp_path / "pki"
+    pki.mkdir(mode=0o755)
+    r = run("secureboot", "init", "--pki", str(pki), "--name", name,
+            "--passphrase-file", str(pw))
+    assert r.exit_code == 3, r.output
+    assert message in r.output and "Example Boot" in r.output
+    assert os.listdir(pki) == []
+
+
+def test_a_name_that_is_not_utf8_in_argv_is_refused(tmp_path: Path, pw: Path) -> None:
+    """The same from a real command line, whose bytes Python decodes with surrogates."""
+    pki = tmp_path / "pki"
+    pki.mkdir(mode=0o755)
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "trustboot", "secureboot", "init", "--pki",
+                          str(pki), "--name", b"x\xff", "--passphrase-file", str(pw)],
+                         capture_output=True, text=True, errors="replace", cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "is not valid UTF-8 text" in out.stderr
+    assert os.listdir(pki) == []
+
+
+def test_the_longest_name_fits(tmp_path: Path) -> None:
+    (tmp_path / "pki").mkdir(mode=0o755)
+    ks = keyset.init_keyset(tmp_path / "pki", constant(PASS.encode()),
+                            name="N" * 48, now=dt.datetime.now(dt.UTC))
+    cn = ks.certificates["KEK"].subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0]
+    assert cn.value == "N" * 48 + " Secure Boot KEK" and len(cn.value) == 64

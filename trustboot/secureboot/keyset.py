@@ -73,9 +73,18 @@ def _fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+def _cn_suffix(role: str) -> str:
+    return f" Secure Boot {role}"
+
+
+# A certificate's common name holds at most 64 characters (X.520 ub-common-name), and
+# the name is one with the longest role suffix (" Secure Boot KEK") appended.
+MAX_NAME = 64 - max(len(_cn_suffix(role)) for role in ROLES)
+
+
 def _certificate(role: str, name: str, key: rsa.RSAPrivateKey, now: dt.datetime,
                  days: int) -> x509.Certificate:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Secure Boot {role}")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name + _cn_suffix(role))])
     not_before = now - dt.timedelta(days=1)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     return (
@@ -113,9 +122,7 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
     check_pki_permissions(pki)
     target = pki / DIRNAME
     _refuse_existing(target)
-    if not name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name) or len(name) > 64:
-        raise ConfigError(f"key set name {name!r} is empty, too long or holds control "
-                          "characters", hint="e.g. --name 'Example Boot'")
+    _check_name(name)
     if not 1 <= days <= 36500:
         raise ConfigError(f"--days {days} is out of range (1 to 36500)")
     if pkcs11 is None:
@@ -136,6 +143,22 @@ def init_keyset(pki: Path, passphrase: PassphraseSource, *, name: str, now: dt.d
             return _create(pki, staging, target, name=name, now=now, days=days,
                            owner=owner, pkcs11=pkcs11, passphrase=passphrase,
                            secret=secret)
+
+
+def _check_name(name: str) -> None:
+    """Refused before anything is made: a name no certificate can hold."""
+    hint = "e.g. --name 'Example Boot'"
+    if not name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ConfigError(f"key set name {name!r} is empty or holds control characters",
+                          hint=hint)
+    if any("\ud800" <= c <= "\udfff" for c in name):
+        # what a byte that is not UTF-8 in argv becomes: no text a certificate can hold
+        raise ConfigError(f"key set name {name!r} is not valid UTF-8 text", hint=hint)
+    if len(name) > MAX_NAME:
+        raise ConfigError(
+            f"key set name {name!r} is {len(name)} characters long; at most {MAX_NAME} "
+            "fit: a certificate's common name holds 64 characters, and the KEK's is "
+            f"'<name>{_cn_suffix('KEK')}'", hint=hint)
 
 
 def _refuse_existing(target: Path) -> None:
