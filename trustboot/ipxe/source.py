@@ -34,6 +34,16 @@ ENV_SOURCE = "TRUSTBOOT_IPXE_SRC"
 # Files that must exist in ``src/`` for a tree to be an iPXE tree.
 _MARKERS = ("Makefile", "Makefile.housekeeping", "config/general.h", "include/ipxe/image.h")
 
+# A real iPXE src/ is about 30 MB, its largest file well under 1 MiB: the caps refuse a
+# tree that would fill the cache (each build copies it) long before a real one nears them.
+MAX_TREE_FILE = 64 << 20
+MAX_TREE = 512 << 20
+# A file this large with under an eighth of it on disk is mostly holes (a `truncate -s 1T`
+# costs nothing to make and a terabyte to copy). Not any file with fewer blocks than
+# bytes: small files may live inline in the inode (0 blocks), and compressing filesystems
+# (btrfs, ZFS) report the compressed size, a half or a third of source text.
+_SPARSE_FROM = 1 << 20
+
 # Build outputs and user-local configuration are not part of the tree's identity: we write
 # config/local ourselves and never copy a previous build.
 _SKIP_TOP = ("bin", "config/local")
@@ -134,6 +144,35 @@ def _check_link(file: Path, root: str) -> None:
         )
 
 
+def _check_size(file: Path, st: os.stat_result) -> None:
+    """A file the tree may hold: not over MAX_TREE_FILE, not mostly holes."""
+    hint = ("remove it: an iPXE tree holds source files, none larger than a few hundred "
+            "KiB")
+    if st.st_size > MAX_TREE_FILE:
+        raise ConfigError(f"{file} in the iPXE tree is {st.st_size} bytes, more than the "
+                          f"{MAX_TREE_FILE >> 20} MiB a tree's file may have", hint=hint)
+    if st.st_size >= _SPARSE_FROM and st.st_blocks * 512 * 8 < st.st_size:
+        raise ConfigError(f"{file} in the iPXE tree is a sparse file ({st.st_size} bytes, "
+                          f"{st.st_blocks * 512} of them on disk): copied, it would take "
+                          "all of its size", hint=hint)
+
+
+def _check_sizes(files: list[Path]) -> None:
+    """Every file's size checked, and their sum, before any is read (or copied)."""
+    total = 0
+    for file in files:
+        st = os.lstat(file)
+        if not stat.S_ISREG(st.st_mode):
+            continue  # (links and others are judged as they are reached)
+        _check_size(file, st)
+        total += st.st_size
+        if total > MAX_TREE:
+            raise ConfigError(
+                f"the iPXE tree's files add up to more than {MAX_TREE >> 20} MiB (reached "
+                f"at {file}); a real iPXE src/ is about 30 MB",
+                hint="build from a clean iPXE checkout, without large files added to src/")
+
+
 def tree_hash(src: Path) -> str:
     """SHA-256 over (relative path, mode bit x, content) of every file, in sorted order."""
     return _walk(src, None)
@@ -145,7 +184,9 @@ def _walk(src: Path, copy_to: Path | None) -> str:
     outer = hashlib.sha256()
     root = os.path.realpath(src)
     made: set[Path] = set()
-    for file in _iter_files(src):
+    files = _iter_files(src)
+    _check_sizes(files)
+    for file in files:
         rel = file.relative_to(src)
         out = None
         if copy_to is not None:
@@ -182,12 +223,17 @@ def _file_entry(file: Path, copy_to: Path | None) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             _check_regular(file)  # (its error, naming what the file is)
             raise _changed(file)
+        _check_size(file, st)  # this file's, should it have been replaced since listed
         inner = hashlib.sha256()
         out = None if copy_to is None else os.open(
             copy_to, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
             0o600)
         try:
+            read = 0
             for block in iter(lambda: fh.read(1 << 20), b""):
+                read += len(block)
+                if read > st.st_size:  # growing as it is read: beyond what was checked
+                    raise _changed(file)
                 inner.update(block)
                 if out is not None:
                     write_fully(out, block)
