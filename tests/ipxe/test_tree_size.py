@@ -1,7 +1,7 @@
 """The iPXE tree's size is bounded before any of it is read: every build hashes the tree
 and copies it into the cache, so a sparse terabyte (free to make) or a huge file added to
-src/ would fill the disk.
-Real files on disk, the fake tree; no iPXE tree needed."""
+src/ would fill the disk. A warm tree whose copy or make failed is not left behind.
+Real files on disk, the fake tree, real make in the sandbox; no iPXE tree needed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.ipxe.fake_tree import make_fake_tree
-from trustboot.errors import ConfigError
+from tests.ipxe.test_build_integrity import TARGET, _build, _request
+from tests.ipxe.testpki import TestPki
+from trustboot.errors import ConfigError, OperationalError
 from trustboot.ipxe import source
 
 
@@ -74,4 +76,33 @@ def test_a_tree_over_the_cap_is_refused(tmp_path: Path,
     source.open_source(tree)
     (tree / "src" / "part3.bin").write_bytes(b"\1" * (300 << 10))
     _refused(tree, "the iPXE tree's files add up to more than 1 MiB")
+
+
+def _warm_trees(env: dict[str, Path]) -> list[Path]:
+    return [p for p in (env["cache"] / "work").glob("warm-*") if p.is_dir()]
+
+
+def test_a_warm_tree_whose_copy_failed_is_removed(env: dict[str, Path],
+                                                  pki: TestPki) -> None:
+    """A tree identified clean, then given a sparse file: the copy refuses it (ConfigError,
+    before reading it) and no half-copied warm tree stays in the cache."""
+    for i in range(3):  # some files to copy before the refusal
+        (env["tree"] / "src" / f"a{i}.h").write_text("/* copied */\n")
+    request = _request(env["tree"], pki)
+    _sparse(env["tree"] / "src" / "zz-sparse.bin", 2 << 30)
+    with pytest.raises(ConfigError, match="more than the 64 MiB"):
+        _build(request, env, "first")
+    assert _warm_trees(env) == []
+
+
+def test_a_warm_tree_whose_first_make_failed_is_removed(
+        env: dict[str, Path], pki: TestPki, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    with pytest.raises(OperationalError, match="make failed"):
+        _build(_request(env["tree"], pki), env, "first")
+    assert _warm_trees(env) == []
+    monkeypatch.delenv("FAKE_FAIL")
+    result = _build(_request(env["tree"], pki), env, "again")  # and the next build works
+    assert result.outputs[TARGET].is_file()
+    assert len(_warm_trees(env)) == 1  # kept warm once make succeeded
 

@@ -979,12 +979,20 @@ def _work_tree(
         with fsutil.locked(work_root / f"{top.name}.lock", timeout=3600):
             # make ran in this tree before: one that replaced a directory we write into
             # with a link would have this build write and delete in the link's target
-            if not _warm_tree_usable(top):
-                shutil.rmtree(top, ignore_errors=True)  # removes links, never follows them
-                top.mkdir(mode=fsutil.PRIVATE_DIR_MODE)
-                _new_tree(request, top)
-                fsutil.create_file(top / _COMPLETE, fsutil.PRIVATE_FILE_MODE).close()
-            yield top
+            try:
+                if not _warm_tree_usable(top):
+                    shutil.rmtree(top, ignore_errors=True)  # removes links, never follows
+                    top.mkdir(mode=fsutil.PRIVATE_DIR_MODE)
+                    _new_tree(request, top)
+                    fsutil.create_file(top / _COMPLETE, fsutil.PRIVATE_FILE_MODE).close()
+                yield top
+            except BaseException:
+                # a copy that failed, or a make that did (_making took the mark away):
+                # the next build copies afresh anyway, so the tree is only disk space
+                # (as much as the tree that was refused) until then
+                if not _warm_tree_usable(top):
+                    shutil.rmtree(top, ignore_errors=True)
+                raise
         return
     with cleanup_on_signals():
         # mkdtemp: 0700 whatever the umask.
