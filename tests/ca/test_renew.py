@@ -195,6 +195,42 @@ def test_issue_of_an_existing_name_points_at_renew(ca_home: Path, run: Run,
     assert r.exit_code == 3 and "trustboot ca renew signer" in r.output
 
 
+@pytest.mark.parametrize(("name", "clash"), [
+    ("SIGNER", "'signer'"), ("Signer", "'signer'"),
+    # a SAN answers to --signer too (and the server's name is its SAN)
+    ("Boot.Example.NET", "'boot.example.net'"), ("192.0.2.1", "SAN '192.0.2.1'")])
+def test_a_name_iPXE_cannot_tell_from_a_valid_one_is_refused(
+        ca_home: Path, run: Run, secrets_dir: Path, name: str, clash: str) -> None:
+    """iPXE's `imgverify --signer signer` matches names case-insensitively: a second
+    certificate `SIGNER` with its own key would be accepted by firmware pinned to
+    `signer`. Refused, naming both; nothing is issued."""
+    before = CertificateAuthority.open(ca_home).entries
+    r = issue(run, ca_home, secrets_dir, "codesign", name, "--key-type", "ec-p256")
+    assert r.exit_code == 3, r.output
+    assert repr(name) in r.output and clash in r.output, r.output
+    assert len(CertificateAuthority.open(ca_home).entries) == len(before)
+    assert not (ca_home / "issued" / f"{name}.crt").exists()
+
+
+def test_a_name_differing_in_case_is_free_once_the_other_is_revoked(
+        ca_home: Path, run: Run, secrets_dir: Path) -> None:
+    r = run("ca", "revoke", "signer", "--pki", str(ca_home), "--passphrase-file",
+            str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 0, r.output
+    r = issue(run, ca_home, secrets_dir, "codesign", "SIGNER", "--key-type", "ec-p256")
+    assert r.exit_code == 0, r.output
+
+
+def test_renew_by_a_name_in_another_case_renews_the_stored_one(
+        ca_home: Path, run: Run, secrets_dir: Path) -> None:
+    out = renew(run, ca_home, secrets_dir, "SIGNER")
+    assert out["name"] == "signer" and out["cert_path"].endswith("issued/signer.crt")
+    ca = CertificateAuthority.open(ca_home)
+    assert [e.name for e in ca.entries if e.name.lower() == "signer"] == ["signer", "signer"]
+    assert ca.current("SIGNER") is ca.current("signer") is ca.entries[-1]
+    renew(run, ca_home, secrets_dir, "signer")  # the same name, renewed again
+
+
 def test_server_renewal_keeps_its_names(ca_home: Path, run: Run, secrets_dir: Path) -> None:
     renew(run, ca_home, secrets_dir, "boot.example.net")
     entry = CertificateAuthority.open(ca_home).get("boot.example.net")

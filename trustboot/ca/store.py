@@ -69,6 +69,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from trustboot.ca import profiles
 from trustboot.ca.profiles import CAOptions, PrivateKey
 from trustboot.cms.revocation import crl_reason as _crl_reason
+from trustboot.cms.verify import dns_match
 from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import (
     PRIVATE_DIR_MODE,
@@ -558,8 +559,7 @@ class CertificateAuthority:
         revoked, not expired, its chain not retired, its key not revoked as compromised);
         None when there is none."""
         now = now or utcnow()
-        candidates = [e for e in self.entries if e.name == name
-                      and e.profile in profiles.LEAF_PROFILES]
+        candidates = [e for e in self._named(name) if e.profile in profiles.LEAF_PROFILES]
         compromised = self.compromised_keys() if candidates else {}
         for e in reversed(candidates):  # the index is in issuance order
             if (e.status == "valid" and e.not_after_dt() > now
@@ -574,7 +574,7 @@ class CertificateAuthority:
         name the active CA certificates."""
         if name in (ROOT_NAME, ISSUING_NAME):
             return self.active_entry("root" if name == ROOT_NAME else "issuing")
-        matches = [e for e in self.entries if e.name == name]
+        matches = self._named(name)
         if not matches:
             known = ", ".join(sorted({e.name for e in self.entries if e.profile in
                                       profiles.LEAF_PROFILES})) or "none"
@@ -583,6 +583,13 @@ class CertificateAuthority:
                 hint=f"issued names: {known}; issue one with `trustboot ca issue`",
             )
         return self.current(name, now) or matches[-1]
+
+    def _named(self, name: str) -> list[IssuedEntry]:
+        """The certificates called ``name``, in issuance order; else those whose name
+        differs only in case (iPXE's `--signer` does not tell them apart, and
+        :meth:`_check_duplicate` keeps one valid at a time)."""
+        exact = [e for e in self.entries if e.name == name]
+        return exact or [e for e in self.entries if _same_name(e.name, name)]
 
     def find_serial(self, serial: int) -> IssuedEntry | None:
         return next((e for e in self.entries if e.serial == serial), None)
@@ -870,7 +877,7 @@ class CertificateAuthority:
                 hint=f"use one of {', '.join(profiles.LEAF_PROFILES)}",
             )
         profiles.check_name(name)
-        if name in RESERVED_NAMES:
+        if name.lower() in RESERVED_NAMES:  # as iPXE's --signer would match them
             raise ConfigError(f"the name {name!r} is reserved for the CA itself",
                               hint="choose another name")
         san_names = [profiles.parse_san(s) for s in (sans or [])]
@@ -973,6 +980,7 @@ class CertificateAuthority:
             self._begin_write(now)
             self._check_still_active(issuing)
             base = self._renewal_base(name, rekey)
+            name = base.name  # its stored spelling, whatever case the caller typed
             entry, cert = self._add_leaf(
                 name, base.profile, public_key, issuing_key, now=now, days=days, sans=sans,
                 new_key_pem=new_key_pem, key_rel=None if rekey else base.key_file)
@@ -988,7 +996,7 @@ class CertificateAuthority:
         if entry.profile not in profiles.LEAF_PROFILES:
             raise ConfigError(f"{name!r} is a CA certificate: renew leaves only",
                               hint="rotate CA certificates: trustboot ca rotate issuing")
-        leaves = [e for e in self.entries if e.name == name]
+        leaves = [e for e in self.entries if e.name == entry.name]
         unrevoked = [e for e in leaves if e.status != "revoked"]
         if not rekey:
             compromised = self.compromised_keys()
@@ -1097,7 +1105,7 @@ class CertificateAuthority:
         entry = self.get(name)
         if serial is not None:
             found = self.find_serial(serial)
-            if found is None or found.name != name:
+            if found is None or not _same_name(found.name, entry.name):
                 raise ConfigError(f"{name!r} has no certificate with serial {serial:x}",
                                   hint=f"see: trustboot ca list --all --pki {self.path}")
             entry = found
@@ -1846,12 +1854,28 @@ class CertificateAuthority:
         self._append_log()
 
     def _check_duplicate(self, name: str) -> None:
+        """Refuse ``name`` while a valid certificate answers to it as iPXE matches
+        `imgverify --signer` (and TLS server names): its name or a SAN, ASCII
+        case-insensitively, wildcards on the certificate's side. Else firmware pinned to
+        `release-signer` would accept the key of `RELEASE-SIGNER` too."""
         for e in self.entries:
-            if e.name == name and e.status == "valid" and not self.chain_retired(e):
+            if e.status != "valid" or self.chain_retired(e):
+                continue
+            if e.name == name:
                 raise ConfigError(
                     f"a valid certificate named {name!r} already exists (serial {e.serial:x})",
                     hint=f"renew it: trustboot ca renew {name} (or revoke it first: "
                     f"trustboot ca revoke {name})",
+                )
+            clash = next((n for n in (e.name, *e.sans) if _same_name(n, name)), None)
+            if clash is not None:
+                via = "" if clash == e.name else f", by its SAN {clash!r}"
+                raise ConfigError(
+                    f"{name!r} would be the same signer to iPXE as the valid certificate "
+                    f"{e.name!r} (serial {e.serial:x}{via}): `--signer` matches names "
+                    "case-insensitively (and SAN wildcards), so either key would be accepted",
+                    hint=f"choose a name that differs from {e.name!r} in more than case, or "
+                    f"revoke it first: trustboot ca revoke {e.name}",
                 )
 
     def _new_serial(self) -> int:
@@ -1953,6 +1977,12 @@ def _raised_since(entry: IssuedEntry, crl_reason: str) -> bool:
     """The index has raised ``entry``'s revocation to key_compromise, and a CRL still gives
     the reason it had before (the one change of reason a revoke makes)."""
     return entry.revocation_reason == "key_compromise" and crl_reason != "key_compromise"
+
+
+def _same_name(stored: str, name: str) -> bool:
+    """Whether ``--signer name`` matches a certificate called (or with the SAN) ``stored``,
+    by the --signer matcher itself (ASCII case-folded, wildcards on the stored side)."""
+    return dns_match(stored.encode("utf-8", "surrogateescape"), name)
 
 
 def _oneline_escape(value: str) -> str:

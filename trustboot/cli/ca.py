@@ -594,6 +594,7 @@ def renew_cmd(name: str, days: int | None, rekey: bool, key_type: str | None, pk
     for w in result.warnings:
         warn(w)
     e = result.entry
+    name = e.name  # as stored: the name may have been typed in another case
     if as_json:
         emit_json(e.to_json() | {"cert_path": str(pki / "issued" / f"{name}.crt"),
                                  "rekey": rekey, "current": True})

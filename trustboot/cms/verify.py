@@ -689,7 +689,10 @@ def _subject_of(der: bytes) -> bytes | None:
 
 # --- names (x509_check_name) -------------------------------------------------------------
 
-def _dns_match(pattern: bytes, name: str) -> bool:
+def dns_match(pattern: bytes, name: str) -> bool:
+    """Whether ``imgverify --signer name`` matches a certificate's CN or SAN DNS name
+    ``pattern`` (x509_check_dnsname): ASCII case-insensitive, a wildcard only on the
+    certificate's side. The CA uses it to keep signer names apart as iPXE sees them."""
     candidate = name
     if len(pattern) >= 2 and pattern[:2] == b"*.":
         pattern = pattern[2:]
@@ -704,9 +707,9 @@ def _dns_match(pattern: bytes, name: str) -> bool:
 def name_match(cert: CertInfo, name: str) -> str | None:
     """How ``imgverify --signer NAME`` matches ``cert``: "name" (CN, then SAN DNS names,
     case-insensitive), "ipv4" or "ipv6" (a SAN IP address), or None."""
-    if _dns_match(cert.common_name or b"", name):
+    if dns_match(cert.common_name or b"", name):
         return "name"
-    if any(_dns_match(d, name) for d in cert.san_dns):
+    if any(dns_match(d, name) for d in cert.san_dns):
         return "name"
     packed = inet_aton(name)
     kind = "ipv4"
