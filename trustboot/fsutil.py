@@ -934,7 +934,26 @@ def locked(lock_path: Path, *, timeout: float = 60.0,
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def check_lock_file(path: Path, st: os.stat_result) -> None:
+    """Refuse a lock file (stat ``st``) that another user owns or may open: flock needs
+    only read access, so whoever can open it can hold it and stall every run (which
+    would then time out blaming "another trustboot process")."""
+    if (shared := _shared_mode(st, path, "lock file")) is not None:
+        raise shared
+
+
 def _open_lock(lock_path: Path, make_parent: Callable[[Path], object] | None = None) -> int:
+    fd = _open_lock_path(lock_path, make_parent)
+    try:
+        check_lock_file(lock_path, os.fstat(fd))  # the file opened, not what the path names
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_lock_path(lock_path: Path,
+                    make_parent: Callable[[Path], object] | None = None) -> int:
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         try:

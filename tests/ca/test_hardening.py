@@ -7,6 +7,7 @@ newlines, a dangling key link, and leftovers of killed runs.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -133,6 +134,101 @@ def test_pki_owned_by_another_user_is_refused(pki: Path, run: Run) -> None:
     os.chown(pki / "issued", 65534, 65534)
     r = run("ca", "list", "--pki", str(pki))
     assert r.exit_code == 3 and "not by you" in r.output and "chown" in r.output
+
+
+def _a_file_in(pki: Path, where: str) -> Path:
+    """A file of the public directory ``where``: the certificates trustboot reads back,
+    or (revoked/, crls/: empty here) one put there."""
+    if where in ("revoked", "crls"):
+        (pki / where).mkdir(mode=0o755, exist_ok=True)
+        shutil.copy(pki / "ca.crt", pki / where / "planted.pem")
+        return pki / where / "planted.pem"
+    return next(iter(sorted((pki / where).iterdir())))
+
+
+@pytest.mark.parametrize("where", ["certs_by_serial", "issued", "revoked", "crls"])
+def test_a_file_others_can_write_in_a_public_directory_is_refused(
+        pki: Path, where: str, run: Run) -> None:
+    """The rule of index.json and ca.crt holds for every file of these directories:
+    another user who can rewrite a stored certificate in place breaks the CA."""
+    file = _a_file_in(pki, where)
+    os.chmod(file, 0o666)
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 3, r.output
+    assert f"{file} is writable by other users" in r.output, r.output
+    assert f"chmod go-w {file}" in r.output
+    os.chmod(file, 0o644)
+    assert "writable by other users" not in run("ca", "check", "--pki", str(pki)).output
+
+
+@pytest.mark.parametrize("where", ["certs_by_serial", "issued", "revoked", "crls"])
+def test_a_file_another_user_owns_in_a_public_directory_is_refused(
+        pki: Path, where: str, run: Run) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another uid")
+    file = _a_file_in(pki, where)
+    os.chown(file, 65534, 65534)
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 3, r.output
+    assert f"{file} is owned by uid 65534, not by you" in r.output, r.output
+    assert f"chown 0 {file}" in r.output
+
+
+def test_a_lock_others_can_open_is_refused_at_once(pki: Path, secrets_dir: Path,
+                                                   run: Run) -> None:
+    """flock needs only read access: whoever can open .lock can hold it and make every
+    CA command wait its minute and fail blaming "another trustboot process"."""
+    lock = pki / ".lock"
+    lock.touch()
+    os.chmod(lock, 0o644)
+    ca_pass = ("--passphrase-file", str(secrets_dir / "ca.pass"))
+    for args in (("ca", "check"), ("ca", "crl", *ca_pass)):
+        r = run(*args, "--pki", str(pki))
+        assert r.exit_code == 3, (args, r.output)
+        assert f"lock file {lock} is readable or writable by other users" in r.output
+        assert f"chmod 600 {lock}" in r.output
+    os.chmod(lock, 0o600)
+    assert run("ca", "crl", "--pki", str(pki), "--passphrase-file",
+               str(secrets_dir / "ca.pass")).exit_code == 0
+
+
+def test_a_lock_another_user_owns_and_holds_is_refused_at_once(
+        pki: Path, secrets_dir: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the lock to another uid")
+    lock = pki / ".lock"
+    lock.touch()
+    os.chmod(lock, 0o600)
+    os.chown(lock, 65534, 65534)
+    os.chmod(pki, 0o755)
+    # nobody holds it, as its owner can (flock(1), started in the pki: the directories
+    # above are not open to nobody)
+    holder = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534",
+                               "--clear-groups", "flock", ".lock", "sleep", "60"], cwd=pki)
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            for _ in range(200):  # until nobody holds it
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    time.sleep(0.05)
+                except BlockingIOError:
+                    break
+            else:
+                pytest.fail("nobody's flock never took the lock")
+        finally:
+            os.close(fd)
+        start = time.monotonic()
+        r = run_proc("ca", "crl", "--pki", str(pki), "--passphrase-file",
+                     str(secrets_dir / "ca.pass"))
+        assert time.monotonic() - start < 30  # not the lock's 60 s timeout
+        assert r.returncode == 3, r.stderr
+        assert f"lock file {lock} is owned by uid 65534, not by you" in r.stderr, r.stderr
+        assert f"chown 0 {lock}" in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _shared_sticky_dir(tmp_path: Path) -> Path:

@@ -74,6 +74,7 @@ from trustboot.errors import ConfigError, OperationalError, VerificationError
 from trustboot.fsutil import (
     PRIVATE_DIR_MODE,
     atomic_write,
+    check_lock_file,
     check_not_link,
     check_owned_dir,
     check_parents,
@@ -2182,8 +2183,10 @@ def check_text(value: str, what: str) -> None:
 
 def check_pki_permissions(path: Path) -> None:
     """Refuse a pki that someone else can have changed: its directories must be ours and
-    not writable by group or others (private/ not accessible at all), and the files
-    trustboot reads back must not be links or writable by others; nor may a directory
+    not writable by group or others (private/ not accessible at all), the files
+    trustboot reads back (PUBLIC_FILES and every file of the public directories) must be
+    ours, not links and not writable by others, and .lock must be ours and open to no one
+    else (fsutil.check_lock_file); nor may a directory
     above it be (fsutil.check_parents), or the whole pki could be swapped mid-run."""
     path = Path(path)
     check_parents(path, "pki directory")
@@ -2199,27 +2202,49 @@ def check_pki_permissions(path: Path) -> None:
             check_not_link(path / sub, "private directory")
             check_owned_dir(path / sub, "private directory", private=True)
     for name in PUBLIC_FILES:
-        file = path / name
+        _check_public_file(path / name)
+    # every file of the public directories too: the certificates the index names (another
+    # user could rewrite one in place, breaking the CA) and whatever else lies there
+    for sub in (*PUBLIC_DIRS, CRL_DIR):
         try:
-            st = os.lstat(file)
+            names = sorted(os.listdir(path / sub))
         except FileNotFoundError:
             continue
-        if stat.S_ISLNK(st.st_mode):
-            raise ConfigError(
-                f"{file} is a symbolic link, where a link is never expected",
-                hint=f"replace the link with the file itself (or restore it from backup): "
-                f"rm {file}",
-            )
-        if st.st_uid != os.geteuid():
-            raise ConfigError(
-                f"{file} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})",
-                hint=f"chown {os.geteuid()} {file}  (after checking its contents)",
-            )
-        if stat.S_IMODE(st.st_mode) & 0o022 and others_can_write(file, st):
-            raise ConfigError(
-                f"{file} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})",
-                hint=f"chmod go-w {file}",
-            )
+        for name in names:
+            _check_public_file(path / sub / name)
+    try:
+        lock = os.lstat(path / ".lock")
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISLNK(lock.st_mode):
+            check_not_link(path / ".lock", "lock file")
+        check_lock_file(path / ".lock", lock)
+
+
+def _check_public_file(file: Path) -> None:
+    """A file trustboot reads back from the pki: never a link, ours, and not writable by
+    other users (absent is fine: the callers say which files must exist)."""
+    try:
+        st = os.lstat(file)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(
+            f"{file} is a symbolic link, where a link is never expected",
+            hint=f"replace the link with the file itself (or restore it from backup): "
+            f"rm {file}",
+        )
+    if st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"{file} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})",
+            hint=f"chown {os.geteuid()} {file}  (after checking its contents)",
+        )
+    if stat.S_IMODE(st.st_mode) & 0o022 and others_can_write(file, st):
+        raise ConfigError(
+            f"{file} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})",
+            hint=f"chmod go-w {file}",
+        )
 
 
 def load_trusted_root(pki: Path) -> x509.Certificate:
