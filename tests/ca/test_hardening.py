@@ -465,6 +465,48 @@ def test_ca_name_with_control_characters_is_refused(tmp_path: Path, secrets_dir:
     assert not (tmp_path / "pki" / "index.txt").exists()
 
 
+@pytest.mark.parametrize("length", [49, 53, 54, 64])
+def test_ca_name_too_long_for_the_ca_certificates_is_refused(tmp_path: Path,
+                                                             secrets_dir: Path,
+                                                             length: int) -> None:
+    """`--name` becomes "<name> Root CA", "<name> Issuing CA 2" ...: 64 characters of
+    name passed the check, then broke X.509's 64-character common name (exit 70)."""
+    pki = tmp_path / "pki"
+    r = run_proc("ca", "init", "--pki", str(pki), "--name", "A" * length, "--key-type",
+                 "ec-p256", "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.returncode == 3, r.stderr
+    assert f"--name must be 1-48 characters (it has {length})" in r.stderr
+    assert "shorten it" in r.stderr and not pki.exists()
+
+
+def test_ca_name_of_the_longest_length_makes_and_rotates_a_ca(tmp_path: Path,
+                                                              secrets_dir: Path,
+                                                              run: Run) -> None:
+    pki = tmp_path / "pki"
+    ca_pass = ("--passphrase-file", str(secrets_dir / "ca.pass"))
+    r = run("ca", "init", "--pki", str(pki), "--name", "A" * 48, "--key-type", "ec-p256",
+            *ca_pass)
+    assert r.exit_code == 0, r.output
+    r = run("ca", "rotate", "issuing", "--pki", str(pki), *ca_pass)
+    assert r.exit_code == 0, r.output
+    assert CertificateAuthority.open(pki).issuing_cert.subject.rfc4514_string() \
+        == f"CN={'A' * 48} Issuing CA 2"
+
+
+@pytest.mark.parametrize("option", ["--name", "--org"])
+def test_ca_text_that_is_not_utf8_is_refused(tmp_path: Path, secrets_dir: Path,
+                                             option: str) -> None:
+    """Bytes that are not UTF-8 in argv reach Python as surrogate escapes, which no
+    certificate or index can hold (UnicodeEncodeError, exit 70, before)."""
+    pki = tmp_path / "pki"
+    r = run_proc("ca", "init", "--pki", str(pki), option, "Acme\udcff", "--key-type", "ec-p256",
+                 "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.returncode == 3, r.stderr
+    assert f"{option} b'" in r.stderr and "\\xff' is not valid UTF-8 text" in r.stderr, \
+        r.stderr
+    assert not pki.exists()
+
+
 def test_org_with_newline_is_refused(tmp_path: Path, secrets_dir: Path, run: Run) -> None:
     r = run("ca", "init", "--pki", str(tmp_path / "pki"), "--org", "Acme\nV\tforged",
             "--passphrase-file", str(secrets_dir / "ca.pass"))

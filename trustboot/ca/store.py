@@ -121,6 +121,12 @@ MAX_CERT_FILE = 1 << 20
 MAX_INDEX_FILE = 64 << 20
 MAX_CRL_FILE = 64 << 20
 
+# The longest text the CA appends to --name in its certificates' common names: the
+# rotated issuing CA's (rotation._subject_cn), with room for the 9999th rotation; an
+# X.509 common name holds 64 characters at most.
+CA_NAME_SUFFIX = " Issuing CA 9999"
+MAX_CA_NAME = 64 - len(CA_NAME_SUFFIX)
+
 DEFAULT_DAYS = {"root": 20 * 365, "issuing": 5 * 365, "codesign": 2 * 365,
                 "server": 397, "client": 397}
 
@@ -688,9 +694,13 @@ class CertificateAuthority:
                 f"({root_days} days)",
                 hint="shorten --issuing-days or lengthen --root-days",
             )
-        if not common_name.strip() or len(common_name) > 64:
-            raise ConfigError("--name must be 1-64 characters")
         check_text(common_name, "--name")
+        if not common_name.strip() or len(common_name) > MAX_CA_NAME:
+            raise ConfigError(
+                f"--name must be 1-{MAX_CA_NAME} characters (it has {len(common_name)})",
+                hint="the CA's certificates are called '<name> Root CA', '<name> Issuing "
+                "CA 2' ... (up to a 4-digit rotation number), and X.509 limits a common "
+                "name to 64 characters: shorten it")
         if options is not None:
             for value, what in ((options.organization, "--org"), (options.crl_url, "--crl-url"),
                                 (options.ocsp_url, "--ocsp-url")):
@@ -2175,7 +2185,12 @@ def _parse_cert(data: bytes, path: Path) -> x509.Certificate:
 
 
 def check_text(value: str, what: str) -> None:
-    """Values that end up in subjects, index.txt and logs: printable, one line."""
+    """Values that end up in subjects, index.txt and logs: printable, one line, text."""
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        # what Python makes of bytes that are not UTF-8 in argv: no certificate holds them
+        raw = value.encode("utf-8", "surrogateescape")
+        raise ConfigError(f"{what} {raw!r} is not valid UTF-8 text",
+                          hint="give it as UTF-8 (check the terminal's or script's encoding)")
     if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in value):
         raise ConfigError(f"{what} {value!r} contains control characters (a newline, tab ...)",
                           hint="use printable characters only")

@@ -96,7 +96,8 @@ def command() -> None:
 @command.command("init")
 @pki_option
 @click.option("--name", "common_name", default="trustboot", show_default=True,
-              help="CA name; subjects become '<name> Root CA' and '<name> Issuing CA'.")
+              help="CA name (at most 48 characters); subjects become '<name> Root CA' and "
+                   "'<name> Issuing CA' (numbered after a rotation).")
 @click.option("--org", "organization", help="Organization (O=) for every subject.")
 @click.option("--key-type", default="rsa-4096", show_default=True,
               type=click.Choice(profiles.CA_KEY_TYPES), help="Root key type.")
