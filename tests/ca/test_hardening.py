@@ -778,6 +778,40 @@ def test_index_paths_outside_the_pki_are_refused(pki: Path, run: Run, key: str,
     assert r.exit_code == 3 and f"{key} {path!r} is not a path inside the pki" in r.output
 
 
+@pytest.mark.parametrize(("key", "value"), [
+    ("cert_file", None), ("cert_file", 7), ("key_sha256", []), ("key_sha256", {}),
+    ("key_sha256", "not hex"), ("name", None), ("name", -1), ("name", 2**70), ("name", []),
+    ("name", {}), ("name", "../../x"), ("not_before", None), ("not_before", "x"),
+    ("not_before", "../../etc/passwd"), ("not_before", "2026-01-01T00:00:00"),
+    ("not_after", 1), ("serial", None), ("serial", "-1f"), ("serial", 31),
+    ("sha256", None), ("status", "maybe"), ("profile", None), ("sans", "a.example"),
+    ("sans", [None]), ("revoked_at", "yesterday"), ("issuer_sha256", 1), ("subject", None)])
+@pytest.mark.parametrize("args", [("check",), ("show", "signer", "--json"), ("list",)])
+def test_an_index_field_of_the_wrong_type_is_a_damaged_ca(
+        pki: Path, run: Run, key: str, value: object, args: tuple[str, ...]) -> None:
+    """A hand-edited index.json (null, a list, a number, garbage where a string or a time
+    belongs) was an internal error (exit 70) in ca check/show/list: now the CA is damaged
+    (exit 3), naming index.json, the entry and the field."""
+    index = pki / "index.json"
+    doc = json.loads(index.read_text())
+    last = len(doc["entries"])
+    doc["entries"][-1][key] = value
+    index.write_text(json.dumps(doc))
+    r = run("ca", *args, "--pki", str(pki))
+    assert r.exit_code == 3, r.output
+    assert f"the CA in {pki} is damaged: index.json entry {last}" in r.output, r.output
+    assert f": {key} " in r.output, r.output
+
+
+def test_an_index_entry_that_is_not_an_object_is_a_damaged_ca(pki: Path, run: Run) -> None:
+    index = pki / "index.json"
+    doc = json.loads(index.read_text())
+    doc["entries"].append(["not", "an", "entry"])
+    index.write_text(json.dumps(doc))
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 3 and "index.json entry" in r.output and "not an object" in r.output
+
+
 def test_export_removes_old_temp_files_only(pki: Path, tmp_path: Path, run: Run) -> None:
     out = tmp_path / "out"
     out.mkdir()

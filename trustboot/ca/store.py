@@ -229,13 +229,83 @@ class IssuedEntry:
 
     @classmethod
     def from_record(cls, data: dict[str, Any], pki: Path) -> IssuedEntry:
-        for key in ("cert_file", "key_file"):
-            rel = data.get(key)
-            # Paths in the index stay inside the pki, whoever wrote the index.
-            if rel is not None and (not isinstance(rel, str) or rel.startswith("/")
-                                    or ".." in Path(rel).parts):
-                raise ValueError(f"{key} {rel!r} is not a path inside the pki")
+        """A row of index.json, each field checked for its type and form (ValueError
+        naming the field): the index may have been edited by hand, and a wrong type
+        would otherwise surface as an internal error far from it."""
+        if not isinstance(data, dict):
+            raise ValueError(f"an entry is {type(data).__name__}, not an object")
+        for key, check in _RECORD_FIELDS.items():
+            if key not in data:
+                if key in _OPTIONAL_FIELDS:
+                    continue
+                raise ValueError(f"an entry has no {key}")
+            value = data[key]
+            if value is None and key in _NULLABLE_FIELDS:
+                continue
+            if not isinstance(value, str if key != "sans" else list) or not check(value):
+                shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:80]}..."
+                raise ValueError(f"{key} {shown} is not {_FIELD_FORMS[key]}")
+        if unknown := sorted(set(data) - set(_RECORD_FIELDS)):
+            raise ValueError(f"an entry has unknown fields {', '.join(unknown)}")
         return cls(**(data | {"serial": int(data["serial"], 16)}), pki=pki)
+
+
+def _inside_pki(rel: str) -> bool:
+    # paths in the index stay inside the pki, whoever wrote the index
+    return bool(rel) and not rel.startswith("/") and ".." not in Path(rel).parts
+
+
+def _utc_time(value: str) -> bool:
+    try:
+        return dt.datetime.fromisoformat(value).tzinfo is not None  # compared with aware ones
+    except ValueError:
+        return False
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SERIAL = re.compile(r"[0-9a-f]{1,40}")  # 159 random bits; 20 octets at most (RFC 5280)
+_ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # profiles.check_name's rule
+_CA_STATUSES = ("valid", "revoked", "retired")
+# Each field of an index.json entry (IssuedEntry's), what it must look like and how that is
+# said; sans is a list, every other field a string, those in _NULLABLE_FIELDS or null.
+_RECORD_FIELDS: dict[str, Any] = {
+    "name": lambda v: bool(_ENTRY_NAME.fullmatch(v)) and ".." not in v,
+    "profile": lambda v: v in ("root", "issuing", *profiles.LEAF_PROFILES),
+    "serial": lambda v: bool(_SERIAL.fullmatch(v)),
+    "subject": lambda v: True,
+    "not_before": _utc_time,
+    "not_after": _utc_time,
+    "sha256": lambda v: bool(_HEX64.fullmatch(v)),
+    "cert_file": _inside_pki,
+    "key_file": _inside_pki,
+    "status": lambda v: v in _CA_STATUSES,
+    "revoked_at": _utc_time,
+    "revocation_reason": lambda v: True,
+    "sans": lambda v: all(isinstance(n, str) for n in v),
+    "issuer_sha256": lambda v: bool(_HEX64.fullmatch(v)),
+    "key_sha256": lambda v: bool(_HEX64.fullmatch(v)),
+    "retired_at": _utc_time,
+}
+_FIELD_FORMS = {
+    "name": "a certificate name (A-Z a-z 0-9 . _ -)",
+    "profile": f"one of root, issuing, {', '.join(profiles.LEAF_PROFILES)}",
+    "serial": "a serial number in lowercase hex",
+    "subject": "a string",
+    "sha256": "a SHA-256 fingerprint (64 lowercase hex digits)",
+    "cert_file": "a path inside the pki",
+    "key_file": "a path inside the pki",
+    "status": f"one of {', '.join(_CA_STATUSES)}",
+    "revocation_reason": "a string",
+    "sans": "a list of names",
+    "issuer_sha256": "a SHA-256 fingerprint (64 lowercase hex digits)",
+    "key_sha256": "a SHA-256 fingerprint (64 lowercase hex digits)",
+} | dict.fromkeys(("not_before", "not_after", "revoked_at", "retired_at"),
+                  "an ISO 8601 time with its UTC offset")
+_NULLABLE_FIELDS = {"key_file", "revoked_at", "revocation_reason", "issuer_sha256",
+                    "key_sha256", "retired_at"}
+# fields an index written by an older trustboot may lack (IssuedEntry has defaults)
+_OPTIONAL_FIELDS = {"status", "revoked_at", "revocation_reason", "sans", "issuer_sha256",
+                    "key_sha256", "retired_at"}
 
 
 @dataclass(frozen=True)
@@ -2087,7 +2157,16 @@ def _read_index(path: Path) -> tuple[dict[str, Any], list[IssuedEntry], IndexSta
         version = data.get("version")
         if version not in READABLE_VERSIONS:
             raise ValueError(f"index version {version!r}")
-        entries = [IssuedEntry.from_record(e, path) for e in data["entries"]]
+        if not isinstance(data.get("entries"), list):
+            raise ValueError("index.json has no list of entries")
+        entries = []
+        for i, record in enumerate(data["entries"], 1):
+            try:
+                entries.append(IssuedEntry.from_record(record, path))
+            except ValueError as exc:
+                name = record.get("name") if isinstance(record, dict) else None
+                which = f" ({name!r})" if isinstance(name, str) else ""
+                raise ValueError(f"index.json entry {i}{which}: {exc}") from None
         state = IndexState(version=version, crl_number=_check_crl_number(
             data.get("crl_number", 0)))
         if version == 1:
