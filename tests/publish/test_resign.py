@@ -825,6 +825,28 @@ def test_resign_finishes_its_own_killed_switch(
         "boot.ipxe"]["release"] == new
 
 
+def _plant_switch_to_old_re_sign(pki: Pki, url: str, root: Path, fresh_signer: str,
+                                 make_release: ReleaseFactory, *,
+                                 hide_r2_manifest: bool = False) -> str:
+    """r1 re-signed, then r2 published over it; a writer plants a switch to the old
+    re-sign (its .sig served), the live record rewritten to name r1 (and, with
+    ``hide_r2_manifest``, r2's release.json deleted). The old re-sign's id."""
+    from trustboot.publish.pipeline import SWITCH_JOURNAL
+
+    res = resign(pki, url, fresh_signer)
+    assert res.exit_code == 0, res.output
+    old_resign: str = json.loads(res.stdout)["release"]
+    _publish_r2(pki, url, make_release)
+    if hide_r2_manifest:
+        (root / "releases/r2/release.json").unlink()
+    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": old_resign,
+                                                   "entry_path": "boot.ipxe"}))
+    (root / "boot.ipxe.sig").write_bytes(
+        (root / "releases" / old_resign / "boot.ipxe.sig").read_bytes())
+    tamper_live_record(root, "names-the-target", "r1")
+    return old_resign
+
+
 def test_a_re_sign_of_an_older_release_is_not_taken_for_resigns_own_switch(
         pki: Pki, live: tuple[str, Path], fresh_signer: str,
         make_release: ReleaseFactory) -> None:
@@ -834,17 +856,7 @@ def test_a_re_sign_of_an_older_release_is_not_taken_for_resigns_own_switch(
     the recorded release. r2's date is unsigned, but it is newer than the re-sign's, and
     an unsigned date may make the check stricter: refused, by resign and by a repair."""
     url, root = live
-    res = resign(pki, url, fresh_signer)
-    assert res.exit_code == 0, res.output
-    old_resign = json.loads(res.stdout)["release"]
-    _publish_r2(pki, url, make_release)
-    from trustboot.publish.pipeline import SWITCH_JOURNAL
-
-    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": old_resign,
-                                                   "entry_path": "boot.ipxe"}))
-    (root / "boot.ipxe.sig").write_bytes(
-        (root / "releases" / old_resign / "boot.ipxe.sig").read_bytes())
-    tamper_live_record(root, "names-the-target", "r1")
+    old_resign = _plant_switch_to_old_re_sign(pki, url, root, fresh_signer, make_release)
     before = snapshot(root)
     for argv in (["resign", url, "--key", fresh_signer, "--passphrase-file",
                   str(pki.key_pass)], ["publish", "repair", url]):
@@ -866,19 +878,8 @@ def test_a_re_sign_is_not_taken_for_resigns_own_switch_past_a_hidden_manifest(
     re-sign exception out: refused (exit 4, unrecorded-rollback, naming r2), nothing
     changed."""
     url, root = live
-    res = resign(pki, url, fresh_signer)
-    assert res.exit_code == 0, res.output
-    old_resign = json.loads(res.stdout)["release"]
-    rel = make_release({"boot.ipxe": entry("r2"), "vmlinuz": KERNEL, "initrd.img": INITRD})
-    assert publish(pki, rel, url, "r2").exit_code == 0
-    from trustboot.publish.pipeline import SWITCH_JOURNAL
-
-    (root / "releases/r2/release.json").unlink()
-    (root / SWITCH_JOURNAL).write_text(json.dumps({"version": 1, "release": old_resign,
-                                                   "entry_path": "boot.ipxe"}))
-    (root / "boot.ipxe.sig").write_bytes(
-        (root / "releases" / old_resign / "boot.ipxe.sig").read_bytes())
-    tamper_live_record(root, "names-the-target", "r1")
+    old_resign = _plant_switch_to_old_re_sign(pki, url, root, fresh_signer, make_release,
+                                              hide_r2_manifest=True)
     before = snapshot(root)
     res = CliRunner().invoke(cli, ["publish", "repair", url, "--pki", str(pki.dir), "--json"])
     assert res.exit_code == 4, res.output
