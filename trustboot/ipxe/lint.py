@@ -43,6 +43,7 @@ from trustboot.ipxe.syntax import (
     COMMANDS,
     WHITESPACE,
     ParsedCommand,
+    expands_setting,
     parse_command,
     read_lines,
     runs_as_script,
@@ -60,7 +61,8 @@ SERVED_MAX_STATES = 50_000
 SERVED_MAX_IMAGES = 64
 # What the audit counts as a boot no imgverify guards (the rest of the lint is about a
 # script trustboot writes, not about whether an unverified image can run).
-_UNGUARDED = {"unverified-exec", "unverified-image", "sanboot", "autoboot", "pxebs"}
+_UNGUARDED = {"unverified-exec", "unverified-image", "sanboot", "autoboot", "pxebs",
+              "computed-command"}
 # The command standing for a continuation left open at the end of the script.
 DANGLING = "\\"
 
@@ -383,6 +385,17 @@ class _Explorer:
             return _Outcome(ok, imgs, selected, require, permanent, control, target)
 
         fail = out(False)
+        if self.stage == SERVED and expands_setting(p.name):
+            # iPXE expands every token, the command name included (exec.c: expand_tokens()
+            # then execv(argv[0])), and this model does not track setting values: the name
+            # may turn out to be chain, boot or sanboot, so the line may run anything.
+            example = " ".join(("chain", *p.args)) if p.args else "autoboot"
+            if len(example) > 80:
+                example = example[:77] + "..."
+            self.add(number, "computed-command", f"a computed command name '{p.name}' can "
+                     f"run any command, e.g. '{example}', and no imgverify guards what it "
+                     "runs", state)
+            return [fail, out(True)]
         if p.problem is not None:
             if self.stage == SERVED and p.name not in COMMANDS:
                 # A served script runs on firmware whose commands are not known here:

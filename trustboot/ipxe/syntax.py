@@ -36,6 +36,13 @@ def runs_as_script(head: bytes | str) -> bool:
     return head[:6] in SCRIPT_MAGICS and head[6:7] != b"" and head[6] in _SPACE_BYTES
 
 
+def expands_setting(token: str) -> bool:
+    """Whether iPXE's expand_settings() changes ``token``: a '${' with a '}' somewhere
+    after it (an unclosed '${' stays as it is)."""
+    start = token.find("${")
+    return start >= 0 and "}" in token[start + 2:]
+
+
 def split_tokens(line: str) -> list[str]:
     """Tokens of one (already joined) script line, exactly as iPXE's split_command."""
     out: list[str] = []
