@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import os
 import stat
 import threading
@@ -803,7 +804,7 @@ class StagedWrites:
         # ... and one that fails anyway (changed since) puts back those already replaced,
         # from hard links to them made just before (which a killed run leaves as temps
         # that the stale-temp sweep removes: same name pattern)
-        replaced: list[tuple[Path, Path | None]] = []
+        replaced: list[tuple[Path, Path | None, bool]] = []
         try:
             # on the threads where the writes were (a fsync each), as the writes' waits
             # overlap
@@ -811,8 +812,16 @@ class StagedWrites:
                              RENAME_BATCH, "check the output directory; nothing was "
                              "replaced (those renamed before it were put back)",
                              threaded=not self._at_once)
-        except BaseException:
-            _restore(replaced, self._dirs)
+        except BaseException as exc:
+            lost = _restore(replaced, self._dirs)
+            if lost and isinstance(exc, OperationalError):
+                # the hint's "put back" is not true of these: say which
+                raise OperationalError(
+                    f"{exc.message}; and {len(lost)} signature(s) replaced before it could "
+                    f"not be put back: {', '.join(map(str, lost))}",
+                    hint="check the output directory; those now hold this run's "
+                         "signatures (or are gone, where they were new): sign them "
+                         "again or restore them from elsewhere") from None
             raise
         renamed = {temp for _, temp in pairs}
         for temp in self._maybe:  # written by a worker that then failed: signed here again
@@ -828,7 +837,7 @@ class StagedWrites:
             except OSError as exc:
                 raise _cannot_write(directory, exc, "check the output directory") from None
         self._committed = True
-        for _, backup in replaced:
+        for _, backup, _existed in replaced:
             if backup is not None:
                 _remove_maybe(backup, self._dirs)
 
@@ -966,28 +975,16 @@ def _sync_all(batch: Sequence[tuple[Path, Path]], dirs: TargetDirs) -> None:
 
 
 def _rename_all(pairs: Sequence[tuple[Path, Path]],
-                replaced: list[tuple[Path, Path | None]], dirs: TargetDirs) -> None:
-    """Rename each temp onto its target, first linking an existing target to a backup
-    name beside it; each done is added to ``replaced`` as (target, backup or None), for
-    _restore (list.append is atomic: batches on several threads share it)."""
+                replaced: list[tuple[Path, Path | None, bool]], dirs: TargetDirs) -> None:
+    """Rename each temp onto its target, first keeping an existing target under a backup
+    name beside it (_keep_old); each done is added to ``replaced`` as (target, backup or
+    None, whether there was an old target), for _restore (list.append is atomic: batches
+    on several threads share it)."""
     for target, temp in pairs:
-        backup: Path | None = None
         # temp, target and backup are in one directory: its descriptor, or none
         to, fd = dirs.at(target)
         try:
-            try:
-                name = temp.with_name(temp.name.removesuffix(".tmp") + ".old.tmp")
-                os.link(to, dirs.at(name)[0], src_dir_fd=fd, dst_dir_fd=fd,
-                        follow_symlinks=False)
-                backup = name
-            except FileNotFoundError:
-                backup = None  # nothing to keep: a new .sig, removed by _restore
-            except FileExistsError:  # taken: in a shared directory, perhaps not by us
-                name = target.with_name(
-                    f".{temp_stem(target.name)}.{os.urandom(8).hex()}.old.tmp")
-                os.link(to, dirs.at(name)[0], src_dir_fd=fd, dst_dir_fd=fd,
-                        follow_symlinks=False)
-                backup = name
+            backup, existed = _keep_old(target, temp, dirs)
             try:
                 os.replace(dirs.at(temp)[0], to, src_dir_fd=fd, dst_dir_fd=fd)
             except BaseException:
@@ -996,7 +993,81 @@ def _rename_all(pairs: Sequence[tuple[Path, Path]],
                 raise
         except OSError as exc:
             raise _PathError(target, exc) from None
-        replaced.append((target, backup))
+        replaced.append((target, backup, existed))
+
+
+# link() errors that say "no hard link here", not "no file": protected_hardlinks (another
+# user's file we cannot write: EPERM), filesystems without hard links (vfat, some FUSE and
+# SMB mounts: EPERM, EOPNOTSUPP), a file at its link count limit (EMLINK). The rename is
+# still allowed: the old .sig is kept by a copy instead.
+_NO_HARD_LINK = frozenset({errno.EPERM, errno.EACCES, errno.EXDEV, errno.EOPNOTSUPP,
+                           errno.EMLINK, errno.ENOTSUP})
+
+
+def _keep_old(target: Path, temp: Path, dirs: TargetDirs) -> tuple[Path | None, bool]:
+    """Keep ``target``'s current file under a backup name beside it, for _restore:
+    (backup or None, whether there was a file). A hard link where one can be made, else
+    a copy (_copy_old); None with True when neither can be made: the run goes on, and
+    only a failed commit (which could not put it back) says so."""
+    to, fd = dirs.at(target)
+    name = temp.with_name(temp.name.removesuffix(".tmp") + ".old.tmp")
+    for _ in range(2):
+        try:
+            os.link(to, dirs.at(name)[0], src_dir_fd=fd, dst_dir_fd=fd,
+                    follow_symlinks=False)
+            return name, True
+        except FileNotFoundError:
+            return None, False  # nothing to keep: a new .sig, removed by _restore
+        except FileExistsError:  # taken: in a shared directory, perhaps not by us
+            name = target.with_name(
+                f".{temp_stem(target.name)}.{os.urandom(8).hex()}.old.tmp")
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINK:
+                raise
+            return _copy_old(target, dirs)
+    return None, True  # both names taken: no backup
+
+
+def _copy_old(target: Path, dirs: TargetDirs) -> tuple[Path | None, bool]:
+    """_keep_old by a copy of ``target`` (a regular file of at most a signature's size,
+    never read through a link; a link is copied as a link) under a new temp name beside
+    it, with its mode: (the copy or None when it cannot be made, whether there was a
+    file)."""
+    to, fd = dirs.at(target)
+    try:
+        st = os.stat(to, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None, False
+    except OSError:
+        return None, True
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            points = os.readlink(to, dir_fd=fd)
+            name = target.with_name(
+                f".{temp_stem(target.name)}.{os.urandom(8).hex()}.old.tmp")
+            os.symlink(points, dirs.at(name)[0], dir_fd=fd)
+            return name, True
+        src = os.open(to, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                      dir_fd=fd)
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > rules.MAX_SIGNATURE_SIZE:
+                return None, True  # no .sig: too large to hold here, not ours to copy
+            chunks: list[bytes] = []
+            left = rules.MAX_SIGNATURE_SIZE + 1  # one past the cap: catches growth
+            while left > 0 and (chunk := os.read(src, left)):
+                chunks.append(chunk)
+                left -= len(chunk)
+            data = b"".join(chunks)
+        finally:
+            os.close(src)
+        if len(data) > rules.MAX_SIGNATURE_SIZE:
+            return None, True
+        # only this run reads it back, and only before it exits: no fsync
+        return write_temp(target, data, mode=stat.S_IMODE(st.st_mode), sync=False,
+                          dir_fd=fd), True
+    except OSError:
+        return None, True
 
 
 def _check_replaceable(targets: Sequence[Path], dirs: TargetDirs) -> None:
@@ -1039,16 +1110,26 @@ def _check_replaceable(targets: Sequence[Path], dirs: TargetDirs) -> None:
                                             "nothing was replaced")
 
 
-def _restore(replaced: Sequence[tuple[Path, Path | None]], dirs: TargetDirs) -> None:
+def _restore(replaced: Sequence[tuple[Path, Path | None, bool]],
+             dirs: TargetDirs) -> list[Path]:
     """Undo ``replaced`` (see _rename_all): each target back to its backup, or removed
-    where there was none. Best effort: what cannot be put back stays as it is."""
-    for target, backup in reversed(replaced):
+    where there was none before. Best effort: returns the targets that could not be put
+    back (no backup could be kept, or the backup is gone or would not move), which stay
+    as they are."""
+    lost: list[Path] = []
+    for target, backup, existed in reversed(replaced):
         to, fd = dirs.at(target)
-        with contextlib.suppress(OSError):
+        try:
             if backup is not None:
                 os.replace(dirs.at(backup)[0], to, src_dir_fd=fd, dst_dir_fd=fd)
+            elif existed:
+                lost.append(target)
             else:
-                os.unlink(to, dir_fd=fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(to, dir_fd=fd)
+        except OSError:
+            lost.append(target)
+    return lost[::-1]
 
 
 def _first_error(futures: Sequence[Future[Any]], targets: Sequence[Path],
