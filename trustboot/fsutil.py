@@ -365,6 +365,25 @@ def check_owned_dir(path: Path, what: str, *, private: bool = False) -> None:
         )
 
 
+def raise_open_files_limit(needed: int) -> int:
+    """Raise this process's soft limit of open files (RLIMIT_NOFILE) toward its hard
+    limit, as far as ``needed`` (the usual soft limit, 1024, is far below the usual hard
+    one); returns the soft limit now, at least ``needed`` when there is none."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return max(soft, needed) if soft == resource.RLIM_INFINITY else soft
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            return soft
+        soft = want
+    return soft
+
+
 def open_checked_dir(path: Path, what: str, *, hint: str) -> int:
     """``path`` opened once (O_DIRECTORY), for writes that go through the descriptor
     (``dir_fd``): a link swapped in on the way after this returns is never followed.
@@ -378,7 +397,9 @@ def open_checked_dir(path: Path, what: str, *, hint: str) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise OperationalError(f"{what} {path}: cannot open it: {exc.strerror}",
-                               hint="check the path and its permissions") from None
+                               hint="raise the limit of open files (ulimit -n)"
+                               if exc.errno == errno.EMFILE
+                               else "check the path and its permissions") from None
     try:
         st = os.fstat(fd)
         if st.st_uid not in (0, os.geteuid()):

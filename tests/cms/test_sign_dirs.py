@@ -5,12 +5,13 @@ written through the directory opened at the check, not by its path looked up aga
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,43 @@ def test_own_directories_through_links_still_sign(material: Material, tmp_path: 
     with pytest.raises(ConfigError, match=f"symbolic link owned by uid {NOBODY}"):
         open_signature_dirs([shared / "ws" / "kernel"], None, TargetDirs())
 
+
+
+def _limited(soft: int, hard: int) -> Callable[[], None]:
+    """A preexec_fn: the child's limit of open files lowered to ``soft``/``hard``."""
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return lower
+
+
+def test_files_in_more_directories_than_the_open_files_limit(material: Material,
+                                                            tmp_path: Path) -> None:
+    """Without --out each FILE's directory stays open for the run: 1100 directories under
+    the usual soft limit of 1024 failed at the ~1000th with EMFILE (exit 1, "check the
+    path"). The soft limit is raised as far as the hard one allows; where that is too
+    low the run is refused before anything is signed (exit 3), saying what to do."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100 + 64:
+        pytest.skip(f"needs a hard limit of open files of 1164 or more (it is {hard})")
+    paths = []
+    for i in range(1100):
+        (tmp_path / "w" / f"d{i}").mkdir(parents=True)
+        path = tmp_path / "w" / f"d{i}" / "f.bin"
+        path.write_bytes(b"payload %d" % i)
+        paths.append(path)
+    listing = tmp_path / "list"
+    listing.write_text("".join(f"{p}\n" for p in paths))
+    args = [sys.executable, "-m", "trustboot", *_sign_args(material, "many-dirs"),
+            "--files-from", str(listing)]
+    env = {**os.environ, **ENV}
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env,
+                             preexec_fn=_limited(256, 256))
+    assert refused.returncode == 3, refused.stderr
+    assert "1100 directories" in refused.stderr and "(256, ulimit -n)" in refused.stderr
+    assert "--out DIR" in refused.stderr and "split the list" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert [p.name for p in (tmp_path / "w").rglob("*") if not p.is_dir()] == ["f.bin"] * 1100
+    signed = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env,
+                            preexec_fn=_limited(1024, hard))
+    assert signed.returncode == 0, signed.stderr[-2000:]
+    assert all(p.with_name("f.bin.sig").is_file() for p in paths)

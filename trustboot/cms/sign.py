@@ -51,6 +51,7 @@ from trustboot.fsutil import (
     make_output_dir,
     open_checked_dir,
     quiet_writeback,
+    raise_open_files_limit,
     remove_stale_temps,
     syncfs,
     temp_stem,
@@ -312,11 +313,28 @@ def open_signature_dirs(paths: Sequence[Path], out_dir: Path | None,
     write NAME.sig wherever root can (a root-only directory's live kernel.sig)."""
     if out_dir is not None:
         return
+    # each stays open for the whole run: check the limit of open files first, not at the
+    # 1000th directory (EMFILE)
+    directories = len(dict.fromkeys(path.parent for path in paths))
+    needed = directories + OTHER_FDS
+    limit = raise_open_files_limit(needed)
+    if limit < needed:
+        raise ConfigError(
+            f"the {len(paths)} files to sign are in {directories} directories, and a run "
+            f"without --out keeps each open: {needed} open files with the run's others, "
+            f"more than the limit of open files allows ({limit}, ulimit -n)",
+            hint="write the signatures into one directory with --out DIR, split the list "
+                 "over several runs, or raise the limit (ulimit -n, as root: ulimit -Hn)")
     for path in paths:
         if dirs.fd(path.parent) is None:
             dirs.open_checked(path.parent, f"the directory of {path}:",
                               hint="write the signatures to a directory only root and you "
                                    "can change with --out DIR")
+
+
+# What a run may have open besides its target directories: standard streams, the files
+# being hashed, forked signers' and hashers' pipes, key and certificate files.
+OTHER_FDS = 64
 
 
 def sign_files(
