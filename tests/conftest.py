@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +195,24 @@ def require_tool(name: str, package: str) -> str:
     if path is None:
         pytest.skip(f"needs {name} (Debian package {package}); .ci/run installs it")
     return path
+
+
+def sweep_clock_between(monkeypatch: pytest.MonkeyPatch, old: Sequence[Path],
+                        young: Sequence[Path] = ()) -> None:
+    """The stale-temp sweep (fsutil.remove_stale_temps) judges age by st_ctime, which no
+    test can set back: its clock is moved instead, so that ``old`` (made before) are an
+    hour old and more, and ``young`` (changed now, after them) are not."""
+    import types
+
+    import trustboot.fsutil as fsutil
+
+    time.sleep(0.01)
+    for path in young:
+        os.utime(path, follow_symlinks=False)  # its ctime: now
+    last_old = max(os.stat(p, follow_symlinks=False).st_ctime for p in old)
+    first_young = min((os.stat(p, follow_symlinks=False).st_ctime for p in young),
+                      default=last_old + 1.0)
+    assert last_old < first_young
+    at = (last_old + first_young) / 2 + fsutil.STALE_TMP_SECONDS
+    monkeypatch.setattr(fsutil, "time", types.SimpleNamespace(
+        time=lambda: at, monotonic=time.monotonic, sleep=time.sleep))

@@ -463,10 +463,13 @@ def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS
                        dir_fd: int | None = None) -> list[Path]:
     """Delete ``.*.tmp`` files a killed run left in ``directory``; returns what was removed.
 
-    Only our own regular files (never a link, nor another user's file) older than
+    Only our own regular files (never a link, nor another user's file) unchanged for
     ``older_than`` seconds go: a younger one may belong to a concurrent run that is about
-    to rename it. ``targets`` (a set, for speed): only the temps of files of these names
-    (in a directory that is not ours, only the temps our own targets would have). Only
+    to rename it. Judged by st_ctime, not st_mtime: a sign's backup of FILE.sig is a hard
+    link to it, made just now but carrying the old file's mtime (link() and every write
+    update the ctime, which is never older than the mtime). ``targets`` (a set, for
+    speed): only the temps of files of these names (in a directory that is not ours,
+    only the temps our own targets would have). Only
     the names that match are stat-ed; the listing and the removals go through one
     descriptor of the directory, so a directory swapped meanwhile is not swept
     (``dir_fd``: the caller's, see open_checked_dir).
@@ -476,7 +479,7 @@ def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS
     for dfd, name, _st in _own_old_entries(
             directory, lambda n: n.startswith(".") and n.endswith(".tmp")
             and (stems is None or _temp_of(n, stems)), stat.S_ISREG, older_than,
-            dir_fd=dir_fd):
+            dir_fd=dir_fd, by_ctime=True):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dfd)
             removed.append(Path(directory) / name)
@@ -485,13 +488,15 @@ def remove_stale_temps(directory: Path, *, older_than: float = STALE_TMP_SECONDS
 
 def _own_old_entries(directory: Path, match: Callable[[str], bool],
                      kind: Callable[[int], bool], older_than: float, *,
-                     dir_fd: int | None = None,
+                     dir_fd: int | None = None, by_ctime: bool = False,
                      ) -> Iterator[tuple[int, str, os.stat_result]]:
     """(directory descriptor, name, lstat) of the entries of ``directory`` whose name
     ``match``es, of ``kind`` (stat.S_ISREG, S_ISDIR: a link is neither), this user's and
     unchanged for ``older_than`` seconds. Only matching names are stat-ed; everything
     goes through one descriptor of the directory (open while iterating), so a directory
-    swapped meanwhile is not swept. Nothing when the directory does not exist."""
+    swapped meanwhile is not swept. Nothing when the directory does not exist.
+    ``by_ctime``: unchanged judged by st_ctime (which an older file's hard link made
+    just now has as now), else by st_mtime."""
     cutoff = time.time() - older_than
     try:
         # (a copy of the caller's descriptor: closed here like one opened here)
@@ -508,7 +513,8 @@ def _own_old_entries(directory: Path, match: Callable[[str], bool],
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if kind(st.st_mode) and st.st_uid == me and st.st_mtime < cutoff:
+            changed = st.st_ctime if by_ctime else st.st_mtime
+            if kind(st.st_mode) and st.st_uid == me and changed < cutoff:
                 yield dfd, name, st
     finally:
         os.close(dfd)

@@ -24,7 +24,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from tests.ca.conftest import Run, issue, run_proc, trustboot_cmd
-from tests.conftest import as_nobody, dir_of_nobody, give_group_to_another_user
+from tests.conftest import (
+    as_nobody,
+    dir_of_nobody,
+    give_group_to_another_user,
+    sweep_clock_between,
+)
 from trustboot.ca.store import CertificateAuthority, load_trusted_root
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
@@ -812,13 +817,14 @@ def test_an_index_entry_that_is_not_an_object_is_a_damaged_ca(pki: Path, run: Ru
     assert r.exit_code == 3 and "index.json entry" in r.output and "not an object" in r.output
 
 
-def test_export_removes_old_temp_files_only(pki: Path, tmp_path: Path, run: Run) -> None:
+def test_export_removes_old_temp_files_only(pki: Path, tmp_path: Path, run: Run,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     out.mkdir()
     old, young = out / ".root.pem.k1ll3d.tmp", out / ".chain.pem.busy.tmp"
     old.write_text("partial")
     young.write_text("another export is writing this one")
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    sweep_clock_between(monkeypatch, [old], [young])
     r = run("ca", "export", "--pki", str(pki), "--out", str(out))
     assert r.exit_code == 0, r.output
     assert not old.exists() and young.exists()

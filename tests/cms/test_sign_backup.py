@@ -10,6 +10,7 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,3 +156,22 @@ def test_a_target_that_could_not_be_put_back_is_named(
     assert "were put back" not in (err.value.hint or "")
     assert (tmp_path / "b.sig").read_bytes() == b"old b.sig"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sig", "b.sig"]
+
+
+def test_a_fresh_backup_of_an_old_sig_is_not_swept(tmp_path: Path) -> None:
+    """A commit's backup is a hard link to the old FILE.sig and carries its mtime (a day
+    old): a concurrent run's stale-temp sweep judged by mtime removed it at once, though
+    the committing run may still need it. Judged by ctime (link() sets it), it stays;
+    what is really an hour old still goes."""
+    from trustboot.fsutil import remove_stale_temps
+
+    sig = tmp_path / "kernel.sig"
+    sig.write_bytes(b"yesterday's signature")
+    day_ago = time.time() - 86400
+    os.utime(sig, (day_ago, day_ago))
+    backup = tmp_path / ".kernel.sig.0123456789ab.0.old.tmp"
+    os.link(sig, backup)
+    assert backup.stat().st_mtime == pytest.approx(day_ago)
+    assert remove_stale_temps(tmp_path, targets={"kernel.sig"}) == []
+    assert backup.read_bytes() == b"yesterday's signature"
+    assert remove_stale_temps(tmp_path, targets={"kernel.sig"}, older_than=-60) == [backup]

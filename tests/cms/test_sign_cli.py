@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.cms.corpus import Key
 from tests.cms.pki import PASSPHRASE, Material, ec_key, make_material, rsa_key
+from tests.conftest import sweep_clock_between
 from tests.procs import child_pids
 from trustboot import secrets
 from trustboot.cli.main import cli
@@ -1009,7 +1010,7 @@ def test_forked_signers_write_the_files_and_leave_no_temp_behind(
 
 
 def test_a_killed_runs_old_temp_files_go_and_nothing_else(
-        material: Material, tmp_path: Path) -> None:
+        material: Material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Temp files a killed `trustboot sign` left beside its targets go once an hour old;
     a younger one (a concurrent run's) and files that are not ours stay."""
     signer = _rsa_signer(material, "sweeper")
@@ -1019,16 +1020,14 @@ def test_a_killed_runs_old_temp_files_go_and_nothing_else(
     theirs = [tmp_path / ".notes.tmp", tmp_path / ".file9.bin.sig.0123.tmp"]
     for path in [*old, young, *theirs]:
         path.write_bytes(b"partial")
-    two_hours_ago = time.time() - 7200
-    for path in [*old, *theirs]:
-        os.utime(path, (two_hours_ago, two_hours_ago))
+    sweep_clock_between(monkeypatch, [*old, *theirs], [young])
     sign_files(files, signer, now=dt.datetime.now(dt.UTC))
     assert not any(p.exists() for p in old)
     assert young.exists() and all(p.exists() for p in theirs)
 
 
 def test_names_near_the_filesystem_limit_sign_and_their_temps_are_swept(
-        material: Material, tmp_path: Path) -> None:
+        material: Material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A FILE of 238-251 bytes has a legal FILE.sig, but its temp name
     (.FILE.sig.TAG.N.tmp) was too long: signing failed, and with 64 files or more
     (forked signers) from 232 bytes on. Temp names now stand for long names by a cut
@@ -1044,8 +1043,9 @@ def test_names_near_the_filesystem_limit_sign_and_their_temps_are_swept(
         files.append(path)
     killed = tmp_path / f".{temp_stem(files[0].name + '.sig')}.0123456789ab.0.tmp"
     killed.write_bytes(b"partial")
-    os.utime(killed, (time.time() - 7200,) * 2)
+    sweep_clock_between(monkeypatch, [killed])
     signed = sign_files(files, signer, now=dt.datetime.now(dt.UTC))
+    monkeypatch.undo()
     assert [s.signature_path for s in signed] == [f.with_name(f.name + ".sig") for f in files]
     assert not killed.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
@@ -1085,7 +1085,7 @@ def _stale(path: Path, data: bytes = b"partial") -> Path:
 
 
 def test_the_sweep_never_follows_a_link_nor_removes_another_users_file(
-        material: Material, tmp_path: Path) -> None:
+        material: Material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In a shared output directory, a name like one of our temps may be a link or
     another user's file: neither goes (nor what the link points at)."""
     signer = _rsa_signer(material, "sweep-safety")
@@ -1100,6 +1100,7 @@ def test_the_sweep_never_follows_a_link_nor_removes_another_users_file(
         os.chown(theirs, 65534, 65534)
     else:
         theirs.unlink()
+    sweep_clock_between(monkeypatch, [elsewhere, link, untagged])
     sign_files(files, signer, now=dt.datetime.now(dt.UTC))
     assert link.is_symlink() and elsewhere.read_bytes() == b"partial"
     assert untagged.exists()
@@ -1458,6 +1459,6 @@ def test_a_rename_that_fails_part_way_puts_back_those_already_done(
     # a run killed between a backup and its removal leaves a temp the sweep knows
     left = tmp_path / ".a.sig.0123456789ab.0.old.tmp"
     os.link(tmp_path / "a.sig", left)
-    os.utime(left, (time.time() - 7200,) * 2)
+    sweep_clock_between(monkeypatch, [left])
     assert remove_stale_temps(tmp_path, targets={"a.sig"}) == [left]
     assert (tmp_path / "a.sig").read_bytes() == b"old a.sig"
