@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,6 +130,37 @@ def test_without_hard_links_a_resign_succeeds_and_a_failure_restores_copies(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sig", "b.sig", "c.sig"]
     assert "(those renamed before it were put back)" in (err.value.hint or "")
     assert "could not be put back" not in err.value.message
+
+
+def test_a_copied_backup_keeps_no_setuid_bit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy is the signer's file (root's, when root signs) with the old .sig's bytes:
+    with another user's 04755 kernel.sig (and its link count at the filesystem's limit,
+    so link() fails EMLINK) the copy was a root setuid binary of that user's choosing,
+    which that user could open and run while it existed (a review got euid 0). The copy
+    keeps read and write bits only, and a restore puts those back."""
+    target = tmp_path / "kernel.sig"
+    target.write_bytes(b"#!/bin/sh\nid\n")
+    os.chmod(target, 0o4755)
+    _no_hard_links(monkeypatch)
+    from trustboot.cms import sign
+
+    modes: list[int] = []
+    real_write_temp = sign.write_temp  # type: ignore[attr-defined]
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        made = real_write_temp(*args, **kw)
+        name = made[0] if isinstance(made, tuple) else made
+        modes.append(os.stat(name, dir_fd=kw.get("dir_fd")).st_mode)
+        return made
+
+    monkeypatch.setattr(sign, "write_temp", spy)
+    write_all([(target, b"new signature")])
+    monkeypatch.undo()
+    assert len(modes) == 2, modes  # the new signature and the copy of the old
+    assert all(mode & 0o7000 == 0 and mode & 0o111 == 0 for mode in modes), \
+        [oct(m) for m in modes]
+    assert target.read_bytes() == b"new signature"
 
 
 def test_a_target_that_could_not_be_put_back_is_named(

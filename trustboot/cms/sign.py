@@ -1049,8 +1049,8 @@ def _keep_old(target: Path, temp: Path, dirs: TargetDirs) -> tuple[Path | None, 
 def _copy_old(target: Path, dirs: TargetDirs) -> tuple[Path | None, bool]:
     """_keep_old by a copy of ``target`` (a regular file of at most a signature's size,
     never read through a link; a link is copied as a link) under a new temp name beside
-    it, with its mode: (the copy or None when it cannot be made, whether there was a
-    file)."""
+    it, with its read and write bits: (the copy or None when it cannot be made, whether
+    there was a file)."""
     to, fd = dirs.at(target)
     try:
         st = os.stat(to, dir_fd=fd, follow_symlinks=False)
@@ -1081,9 +1081,11 @@ def _copy_old(target: Path, dirs: TargetDirs) -> tuple[Path | None, bool]:
             os.close(src)
         if len(data) > rules.MAX_SIGNATURE_SIZE:
             return None, True
-        # only this run reads it back, and only before it exits: no fsync
-        return write_temp(target, data, mode=stat.S_IMODE(st.st_mode), sync=False,
-                          dir_fd=fd), True
+        # only this run reads it back, and only before it exits: no fsync. Read and
+        # write bits only: the copy is ours (root's, when root signs) with another
+        # user's bytes, and their setuid bit kept on it made a root setuid binary.
+        return write_temp(target, data, mode=stat.S_IMODE(st.st_mode) & 0o666,
+                          sync=False, dir_fd=fd), True
     except OSError:
         return None, True
 
