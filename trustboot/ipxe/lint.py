@@ -396,6 +396,16 @@ class _Explorer:
                      f"run any command, e.g. '{example}', and no imgverify guards what it "
                      "runs", state)
             return [fail, out(True)]
+        if self.stage == SERVED and p.name == "imgtrust" and any(
+                expands_setting(w) for w in (*p.args, *filter(None, p.options.values()))):
+            # iPXE expands the words before reading the options: a computed one may be
+            # --allow (with --permanent: unverified images allowed for good), as a
+            # setting from the segment's DHCP can make it. After --permanent a change
+            # fails (EACCES) and nothing else does anything.
+            if perm:
+                return [fail, out(True)]
+            return [fail, out(True), out(True, require=False),
+                    out(True, require=False, permanent=True)]
         if p.problem is not None:
             if self.stage == SERVED and p.name not in COMMANDS:
                 # A served script runs on firmware whose commands are not known here:
