@@ -8,10 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +28,6 @@ NOBODY = 65534
 @pytest.fixture(scope="module")
 def material(tmp_path_factory: pytest.TempPathFactory) -> Material:
     return make_material(Path(tmp_path_factory.mktemp("pki")))
-
-
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    """A scratch directory other users can reach (pytest's tmp_path is root's 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="tb-backup-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 def _signer(material: Material, name: str) -> KeySigner:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,17 +34,6 @@ def _sign_args(material: Material, name: str) -> list[str]:
     key, cert, chain = material.issue(name, rsa_key())
     return ["sign", "--key", f"file:{key}", "--cert", str(cert), "--chain", str(chain),
             "--passphrase-env", "TB_TEST_PASS"]
-
-
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    """A scratch directory other users can reach (pytest's tmp_path is root's 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="tb-sigdir-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 # What the other user runs: wait until root has read their FILE, then point its directory
