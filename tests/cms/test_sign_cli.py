@@ -1108,7 +1108,8 @@ def test_the_sweep_never_follows_a_link_nor_removes_another_users_file(
         assert theirs.exists(), "another user's file was removed"
 
 
-def test_a_directory_is_swept_once_per_run(material: Material, tmp_path: Path) -> None:
+def test_a_directory_is_swept_once_per_run(material: Material, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Several signing steps of one run (a release signs kernels, then scripts) look for
     stale temps in a directory once: what a killed run left is an hour old already."""
     from trustboot.run import run_scope
@@ -1118,6 +1119,7 @@ def test_a_directory_is_swept_once_per_run(material: Material, tmp_path: Path) -
     with run_scope():
         sign_files(files[:1], signer, now=dt.datetime.now(dt.UTC))
         left = _stale(tmp_path / ".file1.bin.sig.0123456789ab.0.tmp")
+        sweep_clock_between(monkeypatch, [left])  # stale from now on
         sign_files(files[1:], signer, now=dt.datetime.now(dt.UTC))
         assert left.exists()  # the directory was swept earlier in this run
     sign_files(files[1:], signer, now=dt.datetime.now(dt.UTC))  # a new run
