@@ -92,3 +92,12 @@ def unsafe_string_at(value: object, where: str = "") -> str | None:
         elif isinstance(item, list):
             todo.extend(reversed([(sub, f"{at}/{i}", False) for i, sub in enumerate(item)]))
     return None
+
+
+def not_utf8(value: str) -> bytes | None:
+    """The bytes of ``value`` when it holds surrogate escapes, what Python makes of argv
+    bytes that are not UTF-8 (no certificate, index or log line can hold them); None for
+    text."""
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        return value.encode("utf-8", "surrogateescape")
+    return None

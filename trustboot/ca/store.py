@@ -90,6 +90,7 @@ from trustboot.fsutil import (
 )
 from trustboot.keys import keyfile
 from trustboot.secrets import PassphraseSource, asked_once
+from trustboot.text import not_utf8
 
 if TYPE_CHECKING:
     from trustboot.ca import oplog
@@ -2265,9 +2266,7 @@ def _parse_cert(data: bytes, path: Path) -> x509.Certificate:
 
 def check_text(value: str, what: str) -> None:
     """Values that end up in subjects, index.txt and logs: printable, one line, text."""
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
-        # what Python makes of bytes that are not UTF-8 in argv: no certificate holds them
-        raw = value.encode("utf-8", "surrogateescape")
+    if (raw := not_utf8(value)) is not None:
         raise ConfigError(f"{what} {raw!r} is not valid UTF-8 text",
                           hint="give it as UTF-8 (check the terminal's or script's encoding)")
     if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in value):

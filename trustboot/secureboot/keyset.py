@@ -41,6 +41,7 @@ from trustboot.keys.signer import KeySigner
 from trustboot.secrets import PassphraseSource, asked_once
 from trustboot.secureboot import authenticode, efi
 from trustboot.subproc import minimal_env
+from trustboot.text import not_utf8
 
 ROLES = ("PK", "KEK", "db")
 # Who signs each variable's update: the PK signs itself (setup mode) and the KEK; the KEK
@@ -151,8 +152,7 @@ def _check_name(name: str) -> None:
     if not name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise ConfigError(f"key set name {name!r} is empty or holds control characters",
                           hint=hint)
-    if any("\ud800" <= c <= "\udfff" for c in name):
-        # what a byte that is not UTF-8 in argv becomes: no text a certificate can hold
+    if not_utf8(name) is not None:
         raise ConfigError(f"key set name {name!r} is not valid UTF-8 text", hint=hint)
     if len(name) > MAX_NAME:
         raise ConfigError(
