@@ -118,6 +118,17 @@ def test_a_directory_count_without_the_security_entry(
 # -- the certificate table ---------------------------------------------------------------------
 
 
+def _cli_refuses(run: Run, tmp_path: Path, image: bytes, db: x509.Certificate,
+                 says: str) -> None:
+    """`secureboot verify` of ``image`` against ``db``: exit 4, saying ``says``."""
+    app, db_file = tmp_path / "app.efi", tmp_path / "db.crt"
+    app.write_bytes(image)
+    db_file.write_bytes(db.public_bytes(serialization.Encoding.PEM))
+    r = run("secureboot", "verify", "--db", str(db_file), str(app))
+    assert r.exit_code == 4, r.output
+    assert says in r.output
+
+
 def _table(image: bytes) -> tuple[int, int]:
     offset, size = struct.unpack_from("<II", image, CERTDIR)
     return offset, size
@@ -420,12 +431,7 @@ def test_a_signer_certificate_cryptography_refuses_is_malformed(
     with pytest.raises(VerificationError) as info:
         authenticode.verify_image(image, [db], "img")
     assert info.value.rule == "malformed", info.value.message
-    app, db_file = tmp_path / "app.efi", tmp_path / "db.crt"
-    app.write_bytes(image)
-    db_file.write_bytes(db.public_bytes(serialization.Encoding.PEM))
-    r = run("secureboot", "verify", "--db", str(db_file), str(app))
-    assert r.exit_code == 4, r.output
-    assert "cannot parse the Authenticode signature" in r.output
+    _cli_refuses(run, tmp_path, image, db, "cannot parse the Authenticode signature")
     # the same key with its certificate unchanged verifies: what failed was the change
     good, db = _ec_signed(lambda der, _key: der)
     authenticode.verify_image(good, [db], "img")
@@ -557,9 +563,4 @@ def test_a_deeply_nested_signed_attribute_is_not_decoded(
     with pytest.raises(VerificationError) as info:
         authenticode.verify_image(image, [db], "img")
     assert info.value.rule == "bad-signature", info.value.message
-    app, db_file = tmp_path / "app.efi", tmp_path / "db.crt"
-    app.write_bytes(image)
-    db_file.write_bytes(db.public_bytes(serialization.Encoding.PEM))
-    r = run("secureboot", "verify", "--db", str(db_file), str(app))
-    assert r.exit_code == 4, r.output
-    assert "does not verify with the signer's key" in r.output
+    _cli_refuses(run, tmp_path, image, db, "does not verify with the signer's key")
