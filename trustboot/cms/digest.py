@@ -14,7 +14,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,6 +196,10 @@ def hash_files(
             def one(i: int) -> Hashed:
                 digests, size = hash_file(paths[i], names, feed, cancel, accept=accept)
                 return Hashed(paths[i], size, digests)
+
+            # imported here: `trustboot sign` imports this module before it starts the
+            # key's KDF, and concurrent.futures (with logging) costs ~4 ms
+            from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for i, result in zip(large, pool.map(one, large), strict=True):
