@@ -171,3 +171,41 @@ def test_no_hasher_outlives_an_interrupted_sign(material: Material, tmp_path: Pa
         assert "cleaned up" in err, err
     assert not alive, f"hashers still running after the command ended: {alive}"
     assert not list(tmp_path.glob("*.sig"))
+
+
+def test_here_hashes_little_data_in_the_callers_thread_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``here``: many small files (what `sign` with a file key gets) are hashed in the
+    caller's thread when result() is first asked, with no process or thread started,
+    the same digests as the forked path; an error is raised on every call, the files read
+    once. Large data still goes to forked processes."""
+    import threading
+
+    files = [tmp_path / f"f{i}" for i in range(PROCESS_MIN_FILES + 1)]
+    for i, path in enumerate(files):
+        path.write_bytes(b"y" * i)
+    threads = threading.active_count()
+    job = HashJob(files, "sha256", here=True)
+    assert job.inline and job.processes == 0 and threading.active_count() == threads
+    reads: list[Path] = []
+    real = digest.hash_file
+
+    def counted(path: Path, *args: object, **kwargs: object) -> tuple[dict[str, bytes], int]:
+        reads.append(path)
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(digest, "hash_file", counted)
+    forked = HashJob(files, "sha256").result()
+    assert [h.digests for h in job.result()] == [h.digests for h in forked]
+    assert job.result() is job.result() and reads == files  # read here, once
+    missing = HashJob([*files, tmp_path / "gone"], "sha256", here=True)
+    for _ in range(2):
+        with pytest.raises(Exception, match="gone"):
+            missing.result()
+    missing.cancel()  # nothing to stop: no error
+    (tmp_path / "big").mkdir()
+    large = HashJob(_sparse(tmp_path / "big", 1), "sha256", here=True)
+    try:
+        assert not large.inline and large.processes == 1  # large data: forked, as before
+    finally:
+        large.cancel()

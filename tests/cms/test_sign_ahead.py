@@ -57,9 +57,10 @@ def _verifies(signature: Path, image: Path, chain: Path) -> bool:
     return verdict.failure is None
 
 
-# the hashing process, then the signers begun ahead (one per core, on 2 cores or more)
+# the signers begun ahead (one per core, on 2 cores or more); the CLI hashes these few
+# small files in its own thread, while the key's KDF runs (HashJob here=True)
 CORES = os.cpu_count() or 1
-FORKS_AHEAD = 1 + (min(CORES, 8) if CORES >= 2 else 0)
+FORKS_AHEAD = min(CORES, 8) if CORES >= 2 else 0
 
 
 def _reaped(pids: list[int]) -> bool:
@@ -73,22 +74,25 @@ def _reaped(pids: list[int]) -> bool:
 
 
 def _sign_as_the_cli(files: list[Path], key: Path, cert: Path, chain: Path, out: Path | None,
-                     **kw: Any) -> Any:
+                     *, here: bool = True, **kw: Any) -> Any:
     """As `trustboot sign` with a secret from the environment: the hashing and the key's
-    unlock begun before sign_paths."""
-    hashing = HashJob(files, "sha256")
+    unlock begun before sign_paths (``here``: as the CLI asks, little data hashed in
+    this thread; else in a forked process)."""
+    hashing = HashJob(files, "sha256", here=here)
+    assert hashing.inline == here
     ahead = start_signing_key_load(key, RIGHT)
     return sign_paths(files, f"file:{key}", secrets=RIGHT, cert=cert, chain=chain,
                       out_dir=out, hashing=hashing, key_ahead=ahead, **kw)
 
 
+@pytest.mark.parametrize("here", [True, False], ids=["hashed-here", "hashed-forked"])
 @pytest.mark.parametrize("make_key", [rsa_key, ec_key], ids=["rsa", "ecdsa"])
 def test_signatures_begun_ahead_are_taken_and_are_the_usual_bytes(
         material: Material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        make_key: Callable[[], Any]) -> None:
+        make_key: Callable[[], Any], here: bool) -> None:
     if CORES < 2:
         pytest.skip("one core: nothing is signed ahead (nor in parallel)")
-    key, cert, chain = material.issue(f"ahead-{make_key.__name__}", make_key())
+    key, cert, chain = material.issue(f"ahead-{make_key.__name__}-{here}", make_key())
     files = _files(tmp_path / "in")
     # without a head start: signed after the checks, by sign_many
     usual = sign_paths(files, f"file:{key}", secrets=RIGHT, cert=cert, chain=chain,
@@ -106,9 +110,9 @@ def test_signatures_begun_ahead_are_taken_and_are_the_usual_bytes(
     monkeypatch.setattr(forked.SignAhead, "collect", collect)
     monkeypatch.setattr(cms_sign, "sign_many", never)
     pids = count_forks(monkeypatch)
-    run = _sign_as_the_cli(files, key, cert, chain, tmp_path / "ahead")
+    run = _sign_as_the_cli(files, key, cert, chain, tmp_path / "ahead", here=here)
     assert taken == [len(files)]
-    assert len(pids) == FORKS_AHEAD and _reaped(pids)
+    assert len(pids) == FORKS_AHEAD + (0 if here else 1) and _reaped(pids)
     for before, now in zip(usual.results, run.results, strict=True):
         # PKCS#1 v1.5 and RFC 6979 ECDSA are deterministic: the same bytes either way
         assert now.signature_path.read_bytes() == before.signature_path.read_bytes()

@@ -154,7 +154,8 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
     if not prompts:
         check_options(paths, out_dir=out_dir, manifest=manifest,
                       expiry_warning_days=expiry_warning_days)
-        hashing = HashJob(paths, hash_name, progress=bars)
+        # little data with a file key: hashed here while the key's KDF runs on a thread
+        hashing = HashJob(paths, hash_name, progress=bars, here=ref.scheme == "file")
         if ref.scheme == "file":
             # The key's KDF (~50 ms, GIL released) overlaps the imports below too; after
             # the HashJob, which may fork (never with a thread running).

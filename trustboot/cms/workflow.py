@@ -235,6 +235,8 @@ def sign_paths(
                 if job is None and not unlock_first:
                     # Hash on a second core while the key's KDF (or the token login) runs.
                     job = HashJob(paths, hash_alg, progress=progress)
+                if job is not None and job.inline:
+                    job.result()  # little data, hashed here while the key's KDF runs
                 signer = stack.enter_context(source.open(secret))
                 # The key is unlocked now (or a token session open): no forked hashers, which
                 # would each hold a copy of it.
@@ -313,6 +315,11 @@ def _sign_ahead(hashing: HashJob | None, key_ahead: KeyLoad | None) -> SignAhead
     if (hashing is None or key_ahead is None or len(hashing.paths) < PARALLEL_SIGN_MIN
             or hashing.total > AHEAD_MAX_BYTES or cores < 2 or not hasattr(os, "fork")):
         return None
+    if hashing.inline:  # little data, hashed here first: the KDF has the other core
+        try:
+            hashing.result()
+        except Exception:  # raised again by sign_paths, where it belongs
+            return None
     # The unlock is what the signers wait for: meanwhile this thread imports what it
     # needs after the fork, one module at a time (so the fork waits for one at most).
     import importlib
