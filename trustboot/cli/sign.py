@@ -188,8 +188,9 @@ def command(files: tuple[Path, ...], files_from: str | None, key_ref: str, pki: 
     if as_json:
         emit_json(run.manifest())
         return
-    for r in run.results:
-        # a name from a glob over a directory others write may hold escape sequences
-        click.echo(f"signed {clean(os.fspath(r.path))} -> "
-                   f"{clean(os.fspath(r.signature_path))} "
-                   f"({r.size} bytes, sha256 {r.sha256[:16]}...)")
+    # one write, not a flushed write per line: 500 of them were ~10 ms of a 0.3 s run
+    # (a name from a glob over a directory others write may hold escape sequences)
+    click.echo("".join(f"signed {clean(os.fspath(r.path))} -> "
+                       f"{clean(os.fspath(r.signature_path))} "
+                       f"({r.size} bytes, sha256 {r.sha256[:16]}...)\n"
+                       for r in run.results), nl=False)
