@@ -230,13 +230,15 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
     outputs are written (a rename replaces the entry, never what a link there points
     to): `a` and `/abs/a` are the same; one realpath per directory, not per file. A
     read file is protected both where it was named and where a link there leads."""
-    real: dict[Path, str] = {}
+    # Strings, not Path objects: pathlib's parent, join and hashing were most of the
+    # ~35 us per file this took (500 files: ~17 ms of a 0.3 s run).
+    real: dict[str, str] = {}
 
-    def entry(path: Path) -> tuple[str, str]:
-        parent = path.parent
-        if parent not in real:
-            real[parent] = os.path.realpath(parent)
-        return real[parent], path.name
+    def entry(path: Path | str) -> tuple[str, str]:
+        parent, name = os.path.split(os.fspath(path))  # a Path's text is normalised
+        if (where := real.get(parent)) is None:
+            where = real[parent] = os.path.realpath(parent or ".")
+        return where, name
 
     protected: dict[tuple[str, str], str] = {}
     for path, what in reads:
@@ -245,16 +247,20 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
         protected.setdefault((str(resolved.parent), resolved.name), f"{what} {path}")
     within = [(os.path.realpath(home), f"{what} {home}") for home, what in homes]
 
-    def check_kept(target: Path, where: tuple[str, str], output: str) -> None:
+    inside: dict[str, str | None] = {}  # a real directory -> the home it is in, if any
+
+    def check_kept(target: Path | str, where: tuple[str, str], output: str) -> None:
         if where in protected:
             raise ConfigError(f"{output} {target} would replace {protected[where]}, which "
                               "this run reads", hint="write the signatures (--out) or the "
                               "manifest elsewhere")
-        for home, what in within:
-            if os.path.commonpath([home, where[0]]) == home:
-                raise ConfigError(f"{output} {target} is inside {what}, which trustboot "
-                                  "keeps", hint="write the signatures (--out) or the "
-                                  "manifest outside it")
+        if where[0] not in inside:
+            inside[where[0]] = next((what for home, what in within
+                                     if os.path.commonpath([home, where[0]]) == home), None)
+        if (what := inside[where[0]]) is not None:
+            raise ConfigError(f"{output} {target} is inside {what}, which trustboot "
+                              "keeps", hint="write the signatures (--out) or the "
+                              "manifest outside it")
 
     inputs = {entry(path): path for path in paths}
     # ... and by the file each input leads to: `lnk -> a.sig` is another entry, but
@@ -262,8 +268,12 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
     leads_to = {_identity(path): path for path in paths}
     leads_to.pop(None, None)
     seen: dict[tuple[str, str], Path] = {}
+    out = os.fspath(out_dir) if out_dir is not None else None
     for path in paths:
-        target = signature_path(path, out_dir)
+        # signature_path's, as text: a Path is made only for a message
+        text = os.fspath(path)
+        target = (text if out is None else os.path.basename(text) if out == "."
+                  else os.path.join(out, os.path.basename(text))) + ".sig"
         where = entry(target)
         if where in seen:
             raise ConfigError(f"{path} and {seen[where]} would both be signed into {target}",
@@ -295,7 +305,7 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
                               f"{seen[where]} goes", hint="choose another manifest path")
 
 
-def _identity(path: Path, *, follow: bool = True) -> tuple[int, int] | None:
+def _identity(path: Path | str, *, follow: bool = True) -> tuple[int, int] | None:
     """(device, inode) of the file ``path`` leads to, or (not ``follow``) of what the
     entry holds, a link itself (what a rename onto it replaces); None when missing."""
     try:
