@@ -1397,6 +1397,20 @@ def test_an_input_that_leads_to_another_inputs_signature_is_refused(
         assert (tmp_path / "m.json").read_bytes() == b"{}"
         assert sorted(p.name for p in tmp_path.iterdir()) == [
             "a", "a.sig", "lnk", "m.json", "mlink"]
+    # ... and through a chain of links: `chain -> a.sig -> old`, where the rename
+    # replaces the link a.sig and chain then leads to the new signature
+    (tmp_path / "a.sig").unlink()
+    (tmp_path / "old").write_bytes(b"old signature")
+    (tmp_path / "a.sig").symlink_to("old")
+    (tmp_path / "hop").symlink_to(tmp_path / "lnk")  # absolute, then relative hops
+    for args in ([str(a), str(tmp_path / "lnk")], [str(tmp_path / "hop"), str(a)]):
+        result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), *args], env=ENV)
+        assert result.exit_code == 3, (args, result.output)
+        assert f"leads to {tmp_path / 'a.sig'}" in result.output, result.output
+        assert (tmp_path / "a.sig").is_symlink() and os.readlink(tmp_path / "a.sig") == "old"
+        assert not list(tmp_path.glob("*.sig.*")) and not (tmp_path / "hop.sig").exists()
+    for name in ("hop", "a.sig", "old"):
+        (tmp_path / name).unlink()
     # a link to an input itself still signs (its .sig goes beside the link)
     (tmp_path / "alias").symlink_to("a")
     result = CliRunner().invoke(cli, [*_sign_args(key, cert, chain), str(tmp_path / "alias")],

@@ -264,9 +264,13 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
 
     inputs = {entry(path): path for path in paths}
     # ... and by the file each input leads to: `lnk -> a.sig` is another entry, but
-    # signing `a lnk` hashed the old a.sig and then replaced it (a lnk.sig of nothing)
-    leads_to = {_identity(path): path for path in paths}
-    leads_to.pop(None, None)
+    # signing `a lnk` hashed the old a.sig and then replaced it (a lnk.sig of nothing);
+    # and by each link on the way (`lnk -> a.sig -> file`: the rename replaces the link
+    # a.sig, and lnk then leads to the new signature)
+    leads_to: dict[tuple[int, int], Path] = {}
+    for path in paths:
+        for hop in _chain_identities(path):
+            leads_to.setdefault(hop, path)
     seen: dict[tuple[str, str], Path] = {}
     out = os.fspath(out_dir) if out_dir is not None else None
     for path in paths:
@@ -303,6 +307,34 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
         if where in seen:
             raise ConfigError(f"--manifest {manifest} is where the signature of "
                               f"{seen[where]} goes", hint="choose another manifest path")
+
+
+# Linux follows at most 40 links in one lookup (ELOOP beyond)
+_MAX_LINKS = 40
+
+
+def _chain_identities(path: Path) -> list[tuple[int, int]]:
+    """(device, inode) of ``path``'s entry, of each link its last component leads through
+    and of the file at the end: every entry a rename could replace to change what
+    ``path`` reads. One lstat for a path that is no link."""
+    idents: list[tuple[int, int]] = []
+    current = os.fspath(path)
+    for _ in range(_MAX_LINKS + 1):
+        try:
+            st = os.lstat(current)
+        except (OSError, ValueError):
+            break
+        idents.append((st.st_dev, st.st_ino))
+        if not stat.S_ISLNK(st.st_mode):
+            return idents
+        try:
+            current = os.path.join(os.path.dirname(current), os.readlink(current))
+        except OSError:
+            break
+    # a dangling or looping chain, or one longer than Linux follows: what it reads, if any
+    if (end := _identity(path)) is not None:
+        idents.append(end)
+    return idents
 
 
 def _identity(path: Path | str, *, follow: bool = True) -> tuple[int, int] | None:
