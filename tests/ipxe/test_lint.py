@@ -376,6 +376,70 @@ def test_options_parse_like_ipxe(line: str, options: dict[str, str | None],
     assert parsed.options == options and parsed.args == args
 
 
+# --- commands the table once lacked: a valid script using them got "command not found" -------
+
+NEW_COMMANDS_VALID = [
+    "console --picture https://b/logo.png --left 32 --right 32 --top 32 --bottom 48",
+    "console -x 1024 -y 768 -d 32",
+    "colour --basic 1 --rgb 0x336699 4",
+    "colour -b 0 0",
+    "cpair --foreground 7 --background 4 2",
+    "pciscan tb_pci",
+    "usbscan tb_usb",
+    "fcstat",
+    "fcels --port p0 --id 0x010203 plogi",
+    "ibstat",
+    "iwstat net0",
+    "iwlist",
+    "lotest --mtu 1500 -b net0 net1",
+    "profstat",
+    "startpxe net0",
+    "stoppxe",
+    "md4sum vmlinuz",
+    "sha256sum --set tb_sum vmlinuz initrd.img",
+    "sha224sum vmlinuz", "sha384sum vmlinuz", "sha512sum -s tb_sum vmlinuz",
+    "imgset tb_x https://b/x.txt",
+    "fdt",
+]
+
+
+@pytest.mark.parametrize("stage", ["embedded", "chained"])
+@pytest.mark.parametrize("line", NEW_COMMANDS_VALID)
+def test_valid_uses_of_the_added_commands_lint_clean(line: str, stage: str) -> None:
+    assert parse_command(line.split()).problem is None
+    text = GOOD.replace(BOOT, line + " || goto failed\n" + BOOT)
+    assert lint_script(text, stage=stage) == []
+
+
+@pytest.mark.parametrize("line,problem", [
+    ("console --picture", "requires an argument"),
+    ("console --colour 1", 'unrecognised option "--colour"'),
+    ("console https://b/logo.png", "exactly 0"),
+    ("colour 4 --basic 1", "exactly 1"),
+    ("colour", "exactly 1"),
+    ("cpair --fg 7 2", 'unrecognised option "--fg"'),
+    ("pciscan", "exactly 1"),
+    ("usbscan a b", "exactly 1"),
+    ("fcels --port", "requires an argument"),
+    ("ibstat net0", "exactly 0"),
+    ("lotest net0", "exactly 2"),
+    ("profstat x", "exactly 0"),
+    ("stoppxe net0", "exactly 0"),
+    ("imgmem 0x100000", "exactly 2"),
+    ("imgmem --keep 0x100000 4096", 'unrecognised option "--keep"'),
+    ("imgset https://b/x.txt", "exactly 2"),
+    ("fdt a.dtb b.dtb", "0 to 1"),
+    ("sha256sum", "at least 1"),
+    ("gdbstub", "at least 1"),
+])
+def test_misused_added_commands_print_their_usage(line: str, problem: str) -> None:
+    parsed = parse_command(line.split())
+    assert parsed.problem is not None and problem in parsed.problem, parsed
+    found = lint_script(GOOD.replace(BOOT, line + " || goto failed\n" + BOOT))
+    assert "usage" in {f.rule for f in found} and "unknown-command" not in {
+        f.rule for f in found}, found
+
+
 # --- the renderer API ------------------------------------------------------------------------
 
 

@@ -226,9 +226,16 @@ _SAN = (_o("drive", "d", True), _o("no-describe", "n"), _o("keep", "k"),
         _o("filename", "f", True), _o("extra", "e", True), _o("label", "l", True),
         _o("uuid", "u", True))
 _IFCONF = (_o("configurator", "c", True), _o("timeout", "t", True))
+_DIGEST = CommandSpec((_o("set", "s", True),), min_args=1)
+_FETCH = (_o("timeout", "t", True), _o("quiet", "q"))
 
-# Option tables and argument ranges from src/core/exec.c, src/image/script.c, src/hci/shell.c
-# and src/hci/commands/*.c (checked against the tree by tests/ipxe/test_lint_real.py).
+# Every command of iPXE's source (each COMMAND() under src/: core/exec.c, image/script.c,
+# hci/shell.c, hci/commands/*.c, arch/x86/hci/commands/*.c, crypto/mishmash/cmd_*.c) with
+# the option table and argument range its exec function parses with; tests/ipxe/
+# test_lint_real.py checks this against a tree, both ways. Which of them a build has is up
+# to its config (config/general.h, the platform: startpxe/stoppxe and cpuid are x86 only,
+# shim does something only on EFI, fdt where the platform has device trees); the table does
+# not model builds: a command a build lacks fails ("not found") like any command can.
 COMMANDS: dict[str, CommandSpec] = {
     "echo": CommandSpec((_o("n", "n"),)),
     "exit": CommandSpec(max_args=1),
@@ -293,8 +300,14 @@ COMMANDS: dict[str, CommandSpec] = {
     "params": CommandSpec((_o("name", "n", True), _o("method", "m", True), _o("delete", "d")),
                           max_args=0),
     "param": CommandSpec((_o("params", "p", True), _o("header", "H")), min_args=1),
-    "md5sum": CommandSpec((_o("set", "s", True),), min_args=1),
-    "sha1sum": CommandSpec((_o("set", "s", True),), min_args=1),
+    "md5sum": _DIGEST,
+    "sha1sum": _DIGEST,
+    # crypto/mishmash/cmd_*.c: digest_exec(), as md5sum
+    "md4sum": _DIGEST,
+    "sha224sum": _DIGEST,
+    "sha256sum": _DIGEST,
+    "sha384sum": _DIGEST,
+    "sha512sum": _DIGEST,
     "nslookup": CommandSpec(min_args=2, max_args=2),
     "ping": CommandSpec((_o("size", "s", True), _o("timeout", "t", True),
                          _o("count", "c", True), _o("quiet", "q")), min_args=1, max_args=1),
@@ -309,6 +322,29 @@ COMMANDS: dict[str, CommandSpec] = {
     "login": CommandSpec(max_args=0),
     "cpuid": CommandSpec((_o("ext", "e"), _o("amd", "a"), _o("ecx", "c")),
                          min_args=1, max_args=1),
+    "imgmem": CommandSpec((_o("name", "n", True),), min_args=2, max_args=2),
+    "imgset": CommandSpec((_o("keep", "k"), *_FETCH), min_args=2, max_args=2),
+    "fdt": CommandSpec(_FETCH, max_args=1),
+    "console": CommandSpec((_o("x", "x", True), _o("y", "y", True), _o("left", "l", True),
+                            _o("right", "r", True), _o("top", "t", True),
+                            _o("bottom", "b", True), _o("depth", "d", True),
+                            _o("picture", "p", True), _o("keep", "k")), max_args=0),
+    "colour": CommandSpec((_o("basic", "b", True), _o("rgb", "r", True)),
+                          min_args=1, max_args=1),
+    "cpair": CommandSpec((_o("foreground", "f", True), _o("background", "b", True)),
+                         min_args=1, max_args=1),
+    "pciscan": CommandSpec(min_args=1, max_args=1),
+    "usbscan": CommandSpec(min_args=1, max_args=1),
+    "iwstat": CommandSpec(),
+    "iwlist": CommandSpec(),
+    "ibstat": CommandSpec(max_args=0),
+    "fcstat": CommandSpec(max_args=0),
+    "fcels": CommandSpec((_o("port", "p", True), _o("id", "i", True)), min_args=1, max_args=1),
+    "lotest": CommandSpec((_o("mtu", "m", True), _o("broadcast", "b")), min_args=2, max_args=2),
+    "profstat": CommandSpec(max_args=0),
+    "gdbstub": CommandSpec(min_args=1),
+    "startpxe": CommandSpec(),
+    "stoppxe": CommandSpec(max_args=0),
     "shim": CommandSpec((_o("timeout", "t", True), _o("quiet", "q"), _o("require-loader", "l"),
                          _o("allow-pxe", "p"), _o("allow-sbat", "s")), max_args=1),
 }
