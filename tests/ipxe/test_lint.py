@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from trustboot.cli.main import cli
 from trustboot.errors import ConfigError
 from trustboot.ipxe import script as S
-from trustboot.ipxe.lint import lint_script, parse_script, uri_name
+from trustboot.ipxe.lint import lint_script, parse_script, unguarded_boot, uri_name
 from trustboot.ipxe.syntax import join_lines, parse_command, split_tokens
 
 HEAD = "#!ipxe\nimgtrust --permanent\n"
@@ -738,3 +738,52 @@ def test_a_kernel_that_fails_to_select_stays_registered(stage: str) -> None:
     text = GOOD.replace(KERNEL, "kernel https://b/other.efi && goto failed || echo no\n"
                         + KERNEL)
     assert "unverified-image" in rules(text, stage)
+
+
+# --- added commands that fetch or make images, or change settings ----------------------------
+
+
+@pytest.mark.parametrize("stage", ["embedded", "chained"])
+@pytest.mark.parametrize("line,name", [
+    ("imgmem --name blob 0x100000 4096", "blob"),
+    ("imgmem 0x100000 4096", "0x100000"),
+    ("fdt https://b/board.dtb", "board.dtb"),
+    ("console --picture https://b/logo.png --keep", "logo.png"),
+    ("imgset --keep tb_x https://b/x.txt", "x.txt"),
+])
+def test_an_image_an_added_command_leaves_must_be_verified(line: str, name: str,
+                                                          stage: str) -> None:
+    """imgmem makes an image of whatever is in memory (named --name or the address); fdt
+    keeps its device tree registered for the kernel; console --picture and imgset keep
+    theirs with --keep. imgtrust checks none of them: each needs its own imgverify."""
+    text = GOOD.replace(BOOT, f"{line} || goto failed\n{BOOT}")
+    found = {f.rule: f for f in lint_script(text, stage=stage)}
+    assert "unverified-image" in found and f"'{name}'" in found["unverified-image"].message
+    verify = f"imgverify {name} https://b/{name}.sig || goto failed\n"
+    assert lint_script(text.replace(BOOT, verify + BOOT), stage=stage) == []
+    # the audit's walk of a served script says the same
+    served = unguarded_boot(HEAD + KERNEL + VERIFY_K + f"{line}\nboot\n")
+    assert served is not None and served.rule == "unverified-image", served
+    assert unguarded_boot(HEAD + KERNEL + VERIFY_K + f"{line}\n{verify}boot\n") is None
+
+
+@pytest.mark.parametrize("line", ["imgset trust https://b/fingerprints",
+                                  "imgset crosscert https://b/url.txt", "pciscan trust",
+                                  "usbscan net0/crosscert"])
+def test_added_commands_that_write_a_trust_setting_are_flagged(line: str) -> None:
+    assert "trust-setting" in rules(GOOD.replace(BOOT, f"{line} || goto failed\n{BOOT}"))
+
+
+@pytest.mark.parametrize("line", ["imgset tb_x http://b/x.txt", "fdt tftp://b/board.dtb",
+                                  "console --picture http://b/logo.png"])
+def test_added_commands_fetching_cleartext_are_flagged(line: str) -> None:
+    assert "cleartext" in rules(GOOD.replace(BOOT, f"{line} || goto failed\n{BOOT}"))
+
+
+@pytest.mark.parametrize("stage", ["embedded", "chained"])
+def test_gdbstub_is_a_boot_no_signature_guards(stage: str) -> None:
+    """A debugger attached through gdbstub can write memory and run anything."""
+    text = GOOD.replace(BOOT, f"gdbstub udp net0 || goto failed\n{BOOT}")
+    assert "gdbstub" in rules(text, stage)
+    served = unguarded_boot(HEAD + "gdbstub udp net0\n")
+    assert served is not None and served.rule == "gdbstub", served

@@ -62,14 +62,14 @@ SERVED_MAX_IMAGES = 64
 # What the audit counts as a boot no imgverify guards (the rest of the lint is about a
 # script trustboot writes, not about whether an unverified image can run).
 _UNGUARDED = {"unverified-exec", "unverified-image", "sanboot", "autoboot", "pxebs",
-              "computed-command"}
+              "gdbstub", "computed-command"}
 # The command standing for a continuation left open at the end of the script.
 DANGLING = "\\"
 
 # Commands that fetch from a URI (their words are checked for cleartext schemes).
 _FETCHING = {"imgfetch", "module", "initrd", "kernel", "imgselect", "imgload", "chain",
              "boot", "imgexec", "imgverify", "imgargs", "imgextract", "imgdecrypt",
-             "certstore", "sanboot", "sanhook", "shim"}
+             "certstore", "sanboot", "sanhook", "shim", "imgset", "fdt"}
 _CLEARTEXT = ("http", "tftp", "ftp", "nfs", "slam")
 _EXEC = {"imgexec", "chain", "boot"}
 _LOAD = {"imgfetch", "module", "initrd"}
@@ -84,6 +84,9 @@ _INFALLIBLE = {"echo", "set", "clear", "inc", "help", "route", "ipstat", "nstat"
 # exist): then they fail like any other command.
 _SETTING_COMMANDS = {"set", "clear", "inc"}
 _TRUST_SETTINGS = {"crosscert", "trust"}
+# Commands that store into the setting their first argument names (imgset: a downloaded
+# file's bytes; pciscan/usbscan: the next device's address).
+_SETTING_WRITERS = {"set", "clear", "read", "inc", "imgset", "pciscan", "usbscan"}
 
 
 @dataclass(frozen=True)
@@ -416,7 +419,8 @@ class _Explorer:
         name = p.name
         trusted = req and perm
         if self.stage == "embedded" and not trusted and (
-            name in _LOAD | _SELECT | _EXEC | {"imgverify", "sanboot", "autoboot", "shim"}
+            name in _LOAD | _SELECT | _EXEC | {"imgverify", "sanboot", "autoboot", "shim",
+                                               "imgmem", "fdt"}
         ):
             self.add(number, "trust-first",
                      f"'{name}' can run before 'imgtrust --permanent'", state)
@@ -442,6 +446,20 @@ class _Explorer:
         if name in _LOAD:
             image = (p.options.get("name") or uri_name(p.args[0]) or "", False, number)
             return [out(True, self.register(images, image)), fail]
+        if name == "imgmem":
+            # An image made from whatever is in memory, named --name or the address word:
+            # no signature checked it, and it runs or goes to the kernel like a download,
+            # so it needs an imgverify like one. (A bad address or length fails first.)
+            image = (p.options.get("name") or p.args[0], False, number)
+            return [out(True, self.register(images, image)), fail]
+        if name == "fdt":
+            # The device tree handed to the kernel: hidden from the initrds but still
+            # registered, and imgtrust never checks it, so it must be verified like an
+            # initrd. With no argument it only forgets the tree (never fails).
+            if not p.args:
+                return [out(True)]
+            image, imgs = self.acquire(images, p.args[0], number)
+            return [out(True, imgs), fail]
         if name == "shim":
             # An EFI kernel that the firmware will not load runs through the shim image
             # instead (efi_image.c), and imgtrust checks only the kernel: the shim is an
@@ -450,11 +468,17 @@ class _Explorer:
                 return [out(True), fail]  # clears the shim
             image, imgs = self.acquire(images, p.args[0], number)
             return [out(True, imgs), fail]
-        if name == "certstore" and p.args:
-            # The file is acquired as an image to read certificates from, and unregistered
-            # afterwards (even one that was registered before) unless --keep: then it
-            # stays, as unverified as it came, whether or not it held certificates.
-            image, imgs = self.acquire(images, p.args[0], number)
+        if name == "console" and not p.options.get("picture"):
+            return [out(True), fail]
+        if (name == "certstore" and p.args) or name in ("imgset", "console"):
+            # The file is acquired as an image to read certificates, a setting's value or
+            # a background picture from, and unregistered afterwards (even one that was
+            # registered before) unless --keep: then it stays, as unverified as it came,
+            # whether or not the command worked.
+            # certstore FILE, imgset SETTING FILE, console --picture FILE
+            picture = p.options.get("picture")
+            uri = picture if name == "console" and picture else p.args[-1]
+            image, imgs = self.acquire(images, uri, number)
             if not p.has("keep"):
                 imgs = tuple(i for i in imgs if i != image)
             return [out(True, imgs), out(False, imgs), fail]
@@ -535,10 +559,12 @@ class _Explorer:
                     return [fail]
                 imgs = tuple(i for i in imgs if i != found)
             return [out(True, imgs)]
-        if name in ("sanboot", "autoboot", "pxebs"):
+        if name in ("sanboot", "autoboot", "pxebs", "gdbstub"):
             what = {"sanboot": "boots a SAN or local disk",
                     "autoboot": "boots whatever DHCP names (a root-path is SAN-booted)",
-                    "pxebs": "boots whatever a PXE boot server offers"}[name]
+                    "pxebs": "boots whatever a PXE boot server offers",
+                    "gdbstub": "hands the machine to a remote debugger (serial line or UDP), "
+                               "which can change memory and run anything"}[name]
             self.add(number, name, f"'{name}' {what} with no imgverify: imgtrust does not "
                      "cover it", state)
             return [out(True), fail]
@@ -666,7 +692,7 @@ def _image_tokens(p: ParsedCommand) -> tuple[str, ...]:
         return () if p.options.get("name") else p.args[:1]
     if p.name in ("imgverify", "imgdecrypt"):
         return p.args[:2]
-    if p.name == "imgextract":
+    if p.name in ("imgextract", "fdt"):
         return p.args[:1]
     return ()
 
@@ -710,14 +736,15 @@ def _static(lines: list[Line], stage: str, ex: _Explorer) -> None:
                     ex.add(n, "image-name", f"'{p.name}' may download '{token}': {why}; "
                            "fetch it with an explicit --name, or from a URL whose path ends "
                            "in a plain file name")
-            if p.name in _FETCHING and any(
-                w.lower().startswith(tuple(f"{s}://" for s in _CLEARTEXT)) for w in p.args
+            fetched = (*p.args, *filter(None, [p.options.get("picture")]))
+            if (p.name in _FETCHING or p.name == "console") and any(
+                w.lower().startswith(tuple(f"{s}://" for s in _CLEARTEXT)) for w in fetched
             ):
                 ex.add(n, "cleartext", f"'{p.name}' fetches over a cleartext protocol; "
                        "use https://")
             if p.name in _SETTING_COMMANDS and (why := setting_problem(p.name, p.args)):
                 ex.add(n, "setting-value", why)
-            if p.name in ("set", "clear", "read", "inc") and p.args:
+            if p.name in _SETTING_WRITERS and p.args:
                 setting = p.args[0].split(":")[0].rsplit("/", 1)[-1].rsplit(".", 1)[-1]
                 if setting in _TRUST_SETTINGS:
                     ex.add(n, "trust-setting", f"the script changes the '{p.args[0]}' "
