@@ -787,3 +787,22 @@ def test_gdbstub_is_a_boot_no_signature_guards(stage: str) -> None:
     assert "gdbstub" in rules(text, stage)
     served = unguarded_boot(HEAD + "gdbstub udp net0\n")
     assert served is not None and served.rule == "gdbstub", served
+
+
+@pytest.mark.parametrize("stage", ["embedded", "chained"])
+@pytest.mark.parametrize("body,line", [("${c} https://x/y\n", 3),
+                                       ("set c chain\n${c} https://x/y\n", 4),
+                                       ("ch${n}ain https://x/y\n", 3)])
+def test_a_computed_command_name_is_not_called_not_found(body: str, line: int,
+                                                         stage: str) -> None:
+    """iPXE expands the command word before it looks it up: '${c}' is no unknown
+    command, it is one the lint cannot know. The finding (rule, line) stays."""
+    found = lint_script(HEAD + body, stage=stage)
+    [finding] = [f for f in found if f.rule == "unknown-command"]
+    assert finding.line == line
+    assert "computed at run time" in finding.message, finding
+    assert "not found" not in finding.message, finding
+    # a '${' with no closing brace is not expanded: that name is not found
+    [plain] = [f for f in lint_script(HEAD + "${c https://x/y\n", stage=stage)
+               if f.rule == "unknown-command"]
+    assert "'${c': command not found" in plain.message

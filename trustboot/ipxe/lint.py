@@ -710,9 +710,15 @@ def _static(lines: list[Line], stage: str, ex: _Explorer) -> None:
                 ex.add(n, "dangling-continuation", f"{p.problem}; remove the backslash")
                 continue
             if p.problem is not None:
-                rule = "usage" if p.name in COMMANDS else "unknown-command"
-                ex.add(n, rule, f"iPXE prints its usage text and fails here: {p.problem}"
-                       if rule == "usage" else f"{p.problem} in iPXE")
+                if p.name in COMMANDS:
+                    ex.add(n, "usage", f"iPXE prints its usage text and fails here: "
+                           f"{p.problem}")
+                elif expands_setting(p.name):
+                    ex.add(n, "unknown-command", f"{p.problem}: a setting's value at boot "
+                           "(which DHCP may set) decides which command runs, so the lint "
+                           "cannot check it; write the command name out")
+                else:
+                    ex.add(n, "unknown-command", f"{p.problem} in iPXE")
                 continue
             if p.name == "imgverify":
                 after = line.commands[index + 1] if index + 1 < len(line.commands) else None

@@ -366,11 +366,15 @@ class ParsedCommand:
 def parse_command(words: list[str] | tuple[str, ...]) -> ParsedCommand:
     """Parse ``words`` (command first) the way iPXE's reparse_options() does.
 
-    Unknown commands get ``problem`` set ("command not found" fails at boot too)."""
+    Unknown commands get ``problem`` set ("command not found" fails at boot too), and so
+    does a name iPXE computes at run time (``${c} ...``), which is not known here."""
     name = words[0]
     spec = COMMANDS.get(name)
     if spec is None:
-        return ParsedCommand(name, {}, tuple(words[1:]), f"'{name}': command not found")
+        why = (f"the command name '{name}' is computed at run time (iPXE expands it before "
+               "it looks the command up)" if expands_setting(name)
+               else f"'{name}': command not found")
+        return ParsedCommand(name, {}, tuple(words[1:]), why)
     if name == "help":
         return ParsedCommand(name, {}, tuple(words[1:]))
     table = (*spec.options, Option("help", "h"))
