@@ -806,3 +806,20 @@ def test_a_computed_command_name_is_not_called_not_found(body: str, line: int,
     [plain] = [f for f in lint_script(HEAD + "${c https://x/y\n", stage=stage)
                if f.rule == "unknown-command"]
     assert "'${c': command not found" in plain.message
+
+
+@pytest.mark.parametrize("stage", ["embedded", "chained"])
+@pytest.mark.parametrize("command", ["md5sum", "sha1sum", "sha256sum", "sha512sum"])
+def test_a_digest_leaves_the_image_it_fetched_registered(command: str, stage: str) -> None:
+    """digest_exec() acquires each argument and keeps it: `md5sum URL` leaves an
+    unverified download registered, which the kernel gets as an initrd."""
+    line = f"{command} --set tb_sum vmlinuz https://b/extra.cpio || goto failed\n"
+    found = {f.rule: f for f in lint_script(GOOD.replace(BOOT, line + BOOT), stage=stage)}
+    assert "'extra.cpio'" in found["unverified-image"].message
+    served = unguarded_boot(HEAD + KERNEL + VERIFY_K + line + "boot\n")
+    assert served is not None and served.rule == "unverified-image", served
+    assert "cleartext" in rules(GOOD.replace(BOOT, line.replace("https", "http") + BOOT),
+                                stage)
+    # an image already registered (and verified) is only read
+    read = f"{command} vmlinuz initrd.img || goto failed\n"
+    assert lint_script(GOOD.replace(BOOT, read + BOOT), stage=stage) == []

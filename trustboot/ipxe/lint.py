@@ -69,9 +69,11 @@ DANGLING = "\\"
 # Commands that fetch from a URI (their words are checked for cleartext schemes).
 _FETCHING = {"imgfetch", "module", "initrd", "kernel", "imgselect", "imgload", "chain",
              "boot", "imgexec", "imgverify", "imgargs", "imgextract", "imgdecrypt",
-             "certstore", "sanboot", "sanhook", "shim", "imgset", "fdt"}
+             "certstore", "sanboot", "sanhook", "shim", "imgset", "fdt", "md5sum",
+             "sha1sum", "md4sum", "sha224sum", "sha256sum", "sha384sum", "sha512sum"}
 _CLEARTEXT = ("http", "tftp", "ftp", "nfs", "slam")
 _EXEC = {"imgexec", "chain", "boot"}
+_DIGESTS = {"md5sum", "sha1sum", "md4sum", "sha224sum", "sha256sum", "sha384sum", "sha512sum"}
 _LOAD = {"imgfetch", "module", "initrd"}
 _SELECT = {"kernel", "imgselect", "imgload"}
 # Commands that succeed whenever their options parse (everything else is explored both ways).
@@ -481,6 +483,14 @@ class _Explorer:
             image, imgs = self.acquire(images, uri, number)
             if not p.has("keep"):
                 imgs = tuple(i for i in imgs if i != image)
+            return [out(True, imgs), out(False, imgs), fail]
+        if name in _DIGESTS:
+            # digest_exec() acquires every argument and never unregisters it: a download
+            # stays registered, unverified, and the kernel gets it as an initrd. The first
+            # that fails ends the command (so may storing the digest, after them all).
+            imgs = images
+            for word in p.args:
+                _, imgs = self.acquire(imgs, word, number)
             return [out(True, imgs), out(False, imgs), fail]
         if name in _SELECT or name == "imgargs":
             image, imgs = self.acquire(images, p.args[0], number)
