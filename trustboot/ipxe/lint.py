@@ -414,8 +414,8 @@ class _Explorer:
         if p.problem is not None:
             if self.stage == SERVED and p.name not in COMMANDS:
                 # A served script runs on firmware whose commands are not known here:
-                # iPXE builds carry commands this model lacks (pciscan, console, ...),
-                # and one that succeeds goes on to what follows (it must be judged).
+                # a newer iPXE or a fork may carry commands COMMANDS lacks, and one
+                # that succeeds goes on to what follows (it must be judged).
                 return [fail, out(True)]
             return [fail]
         name = p.name
