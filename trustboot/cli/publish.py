@@ -529,7 +529,7 @@ def prune_cmd(origin_url: str, keep: int, entry_path: str, as_json: bool, **kw: 
     deleted = result.deleted
     click.echo(f"deleted {len(deleted)} release(s)" + (f": {', '.join(deleted)}"
                                                         if deleted else ""))
-    for line in result.incomplete_lines():
+    for line in result.lines():
         click.echo(line)
 
 

@@ -537,6 +537,29 @@ class FileOrigin(StagesUploads, GuardedByLock):
             return None
         return newest
 
+    def unlisted(self, prefix: str) -> builtins.list[str]:
+        def collect(dfd: int, base: str, out: builtins.list[str]) -> None:
+            with os.scandir(dfd) as it:
+                entries = list(it)
+            for entry in entries:
+                key = f"{base}/{entry.name}"
+                if entry.name.startswith(TMP_PREFIX) or entry.name == LOCK_NAME \
+                        or key_problem(key):
+                    out.append(key)
+                elif entry.is_dir(follow_symlinks=False):
+                    try:
+                        sub = os.open(entry.name,
+                                      os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+                    except OSError as exc:
+                        raise self._fail(key, "listing", exc) from None
+                    try:
+                        collect(sub, key, out)
+                    finally:
+                        os.close(sub)
+                elif not entry.is_file(follow_symlinks=False):
+                    out.append(key)  # a link, a FIFO, a socket: never listed nor deleted
+        return self._listing(check_prefix(prefix).rstrip("/") + "/", collect)
+
     def remove_empty_folder(self, prefix: str) -> bool:
         parts = check_prefix(prefix).rstrip("/").split("/")
         self._check_lock()

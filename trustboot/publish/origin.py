@@ -244,6 +244,15 @@ class Origin(Protocol):
         one it does not let us look at) or the folder is not there."""
         ...
 
+    def unlisted(self, prefix: str) -> builtins.list[str]:
+        """What the folder ``prefix`` (a key with a trailing '/') holds that ``list``
+        leaves out and so that no delete of trustboot's removes: names ``check_key``
+        refuses, links and other non-regular files, temporary objects (as their keys,
+        sorted; [] when the folder is not there). What the origin hides from every
+        listing cannot be told (nginx's dav-ext module leaves dot-files out of PROPFIND
+        answers; a DELETE of the collection still takes them)."""
+        ...
+
     def remove_empty_folder(self, prefix: str) -> bool:
         """Remove the folder ``prefix`` if it holds nothing at all (not even names
         ``list`` leaves out); True when it is gone (or never was). Called under the

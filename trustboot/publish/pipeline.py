@@ -116,7 +116,7 @@ from trustboot.publish.readback import (
     tally_chunks,
 )
 from trustboot.publish.revocation import Revoked
-from trustboot.text import clean, shown_names
+from trustboot.text import clean, shown, shown_names
 
 __all__ = ["LocalObject", "PruneResult", "PublishProgress", "PublishResult", "ReleaseInfo",
            "Trust", "list_releases", "prune", "publish_release", "repair", "repair_switch",
@@ -2128,19 +2128,27 @@ def _served_elsewhere(origin: Origin, manifests: Sequence[ReleaseManifest],
 
 @dataclass
 class PruneResult:
-    """What prune did: the releases it deleted, and the release folders without a
-    release.json (a publish killed before writing it, or the file removed) it removed
-    or left, each left one with the reason."""
+    """What prune did: the releases it deleted, the old releases it left (each with the
+    reason), and the release folders without a release.json (a publish killed before
+    writing it, or the file removed) it removed or left, each left one with the reason."""
 
     deleted: list[str] = field(default_factory=list)
+    left: dict[str, str] = field(default_factory=dict)
     incomplete_removed: list[str] = field(default_factory=list)
     incomplete_left: dict[str, str] = field(default_factory=dict)
     incomplete_age: float = STALE_TEMP_AGE  # how old a removed one was at least
 
     def to_json(self) -> dict[str, Any]:
-        return {"deleted": self.deleted, "incomplete_removed": self.incomplete_removed,
+        return {"deleted": self.deleted,
+                "left": [{"release": r, "reason": why} for r, why in sorted(self.left.items())],
+                "incomplete_removed": self.incomplete_removed,
                 "incomplete_left": [{"release": r, "reason": why} for r, why
                                     in sorted(self.incomplete_left.items())]}
+
+    def lines(self) -> list[str]:
+        """One line per old release left and per release folder without a release.json."""
+        return ([f"left release {r}: {why}" for r, why in sorted(self.left.items())]
+                + self.incomplete_lines())
 
     def incomplete_lines(self) -> list[str]:
         """One line per release folder without a release.json, removed or left."""
@@ -2149,6 +2157,85 @@ class PruneResult:
                  f"{older})" for r in self.incomplete_removed]
                 + [f"left incomplete release folder {r} (no {MANIFEST_NAME}): {why}"
                    for r, why in sorted(self.incomplete_left.items())])
+
+
+def _foreign(origin: Origin, prefix: str) -> str | None:
+    """Why the folder ``prefix`` cannot be removed whole by trustboot: the names in it
+    that ``list`` leaves out (Origin.unlisted), which no delete of ours takes; None when
+    the origin shows none."""
+    names = origin.unlisted(prefix)
+    if not names:
+        return None
+    return (f"its folder also holds {shown_names([shown(n) for n in names], 5)}, which "
+            "trustboot does not list or write: nothing of it was deleted; move those out "
+            f"of {clean(prefix)}, then prune again")
+
+
+def _delete_release(origin: Origin, release_id: str, result: PruneResult) -> None:
+    """Delete the old release ``release_id`` entirely, or leave it whole and say why
+    (``result.left``); caller holds the lock.
+
+    Everything the folder holds is found first: the objects ``list`` shows, and what it
+    leaves out (_foreign), which no delete of ours takes, so the folder would stay. Such
+    a release is left whole, its release.json included, rather than emptied into a
+    folder without a manifest that nothing can date (and that blocks every repair of a
+    killed switch and every resign until it is gone). Then its objects go, release.json's
+    signature and release.json (the id's claim) last: a run cut off in the middle leaves
+    a release that still has its manifest, which `publish list` shows incomplete, which a
+    rollback refuses (an object is missing: the fleet is never switched to it), and whose
+    rest the next prune deletes at once, with no age to wait for or tell."""
+    prefix = release_prefix(release_id)
+    keys = origin.list(prefix)
+    why = _foreign(origin, prefix)
+    if why is not None:
+        result.left[release_id] = why
+        return
+    claim = [prefix + MANIFEST_NAME + ".sig", prefix + MANIFEST_NAME]
+    order = [k for k in keys if k not in claim] + [k for k in claim if k in keys]
+    done = 0
+    try:
+        for key in order:
+            origin.delete(key)
+            done += 1
+        gone = origin.remove_empty_folder(prefix)
+    except OperationalError as exc:
+        raise _prune_failed(origin, release_id, order[done:], result, exc) from None
+    if gone:
+        result.deleted.append(release_id)
+    else:
+        result.left[release_id] = (
+            f"its objects and {MANIFEST_NAME} were deleted, but the folder stays: it holds "
+            "names the origin does not list (nginx hides dot-files from WebDAV listings); "
+            f"remove {clean(prefix)} by hand")
+
+
+def _prune_failed(origin: Origin, release_id: str, undone: Sequence[str],
+                  result: PruneResult, exc: OperationalError) -> OperationalError:
+    """The error of a prune cut off while deleting ``release_id``: exactly what is left
+    of it (listed again; ``undone``, the keys not yet deleted, if the origin does not
+    answer), what this run deleted before, and that the same prune finishes the job."""
+    prefix = release_prefix(release_id)
+    try:
+        left = origin.list(prefix)
+        seen = "left of it"
+    except OperationalError:
+        left, seen = list(undone), "left of it at least (the origin did not answer a listing)"
+    if prefix + MANIFEST_NAME in left:
+        state = (f"{seen}: {shown_names(left, 5)}; its {MANIFEST_NAME} is kept (deleted "
+                 "last), so it stays a release that `publish list` shows incomplete, that "
+                 "no rollback switches to, and that the next prune deletes")
+    else:
+        state = (f"{seen}: {shown_names(left, 5) if left else 'nothing the origin lists'}; "
+                 f"its {MANIFEST_NAME} is gone, so its folder is an incomplete release folder "
+                 "the next prune removes once nothing in it changed for "
+                 f"{format_duration(dt.timedelta(seconds=result.incomplete_age))}")
+    before = (f"; deleted before it: {', '.join(result.deleted)}" if result.deleted
+              else "")
+    return OperationalError(
+        f"pruning release {release_id} from {origin.url} failed: "
+        f"{exc.message.rstrip('.')}; {state}{before}",
+        hint="fix what the origin refused (its error log says why), then run the same "
+             "prune again: it finishes what this run left")
 
 
 def _named_by_records(origin: Origin) -> set[str]:
@@ -2241,13 +2328,21 @@ def _remove_incomplete(origin: Origin, problems: Mapping[str, str], keys: Collec
             why = (f"it changed {format_duration(dt.timedelta(seconds=max(age, 0)))} ago, "
                    f"less than {format_duration(dt.timedelta(seconds=limit))} (a publish "
                    "may be under way)")
+        elif (foreign := _foreign(origin, prefix)) is not None:
+            why = foreign
         else:
-            for key in inside:
-                origin.delete(key)
-            if origin.remove_empty_folder(prefix):
-                result.incomplete_removed.append(rid)
-                continue
-            why = "it still holds names trustboot does not list or write: check it by hand"
+            try:
+                for key in inside:
+                    origin.delete(key)
+                if origin.remove_empty_folder(prefix):
+                    result.incomplete_removed.append(rid)
+                    continue
+                why = ("it still holds names the origin does not list (nginx hides "
+                       "dot-files from WebDAV listings): remove it by hand")
+            except OperationalError as exc:
+                # one folder the origin refuses to remove does not fail every prune
+                why = (f"removing it failed: {exc.message.rstrip('.')}; fix that on the "
+                       "origin, then prune again")
         result.incomplete_left[rid] = why
 
 
@@ -2303,14 +2398,7 @@ def prune(origin: Origin, *, keep: int, entry_path: str = "boot.ipxe",
         for m in newest:
             if m.release in keep_ids:
                 continue
-            prefix = release_prefix(m.release)
-            # objects first, the manifest (the id's claim) last: an interrupted prune
-            # leaves an incomplete release, never unclaimed objects a resume could skip
-            for key in origin.list(prefix):
-                if key != prefix + MANIFEST_NAME:
-                    origin.delete(key)
-            origin.delete(prefix + MANIFEST_NAME)
-            result.deleted.append(m.release)
+            _delete_release(origin, m.release, result)
         _remove_incomplete(origin, problems, keys, entry_path, result)
     result.deleted.sort()
     return result

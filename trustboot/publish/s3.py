@@ -1255,6 +1255,23 @@ class S3Origin(GuardedByLock):
             return None  # nothing there, or an entry the store does not date
         return (taken - max(cast(list[dt.datetime], dates))).total_seconds()
 
+    def unlisted(self, prefix: str) -> builtins.list[str]:
+        # the keys under it that `list` hands on to nobody (uploads in parts are no
+        # objects: the next run that takes the lock aborts a killed run's)
+        full = self._full(check_prefix(prefix).rstrip("/")) + "/"
+        base = f"{self.prefix}/" if self.prefix else ""
+        out: list[str] = []
+        budget = ListingBudget(f"{self.url}{prefix}")
+        for page in self._pages(prefix, budget, Prefix=full):
+            for item in page.get("Contents", []):
+                key = str(item.get("Key", ""))
+                budget.name(key)
+                if key.startswith(full) and not key_problem(key[len(base):]) \
+                        and key[len(base):] != LOCK_NAME:
+                    continue
+                out.append(key[len(base):] if key.startswith(base) else key)
+        return sorted(out)
+
     def remove_empty_folder(self, prefix: str) -> bool:
         # no folders in a bucket: one is gone once no key starts with it
         full = self._full(check_prefix(prefix).rstrip("/")) + "/"

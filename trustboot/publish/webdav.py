@@ -624,6 +624,33 @@ class WebDAVOrigin(StagesUploads, GuardedByLock):
             out.setdefault(key, is_col)
         return list(out.items())
 
+    def unlisted(self, prefix: str) -> builtins.list[str]:
+        col = check_prefix(prefix).rstrip("/")
+        out: builtins.list[str] = []
+        todo = [col]
+        budget = ListingBudget(f"{redact_url(self.url)}{prefix}")
+        while todo:
+            budget.request()
+            current = todo.pop()
+            url = self._url(current, collection=True)
+            r = self._propfind(url, b"<resourcetype/>")
+            if r.status_code == 404:
+                continue
+            for href, is_col, _size, _etag in parse_multistatus(r.content, source=url):
+                key = self._key_of(href)
+                if key == current:
+                    continue  # the collection itself
+                budget.name(href)
+                if key is None or not key.startswith(current + "/"):
+                    out.append(href)  # another server's name, or outside: not ours to delete
+                    continue
+                name = key.rpartition("/")[2]
+                if name.startswith(TMP_PREFIX) or name == LOCK_COLLECTION or key_problem(key):
+                    out.append(key)
+                elif is_col:
+                    todo.append(key)
+        return sorted(out)
+
     def _key_of(self, href: str) -> str | None:
         """The key an answer's href names (no trailing '/'), or None when it is another
         server's name or outside this origin."""

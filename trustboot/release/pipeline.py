@@ -397,7 +397,7 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
         try:
             pruned = prune(origin, keep=keep, entry_path=v.entry_path)
             result.pruned, result.prune = pruned.deleted, pruned.to_json()
-            for line in pruned.incomplete_lines():
+            for line in pruned.lines():
                 st.done("publish", "note", line)
         except TrustbootError as exc:
             warning = (f"release {p.release_id} is published and {v.entry_path} switched to "
