@@ -166,3 +166,37 @@ def test_a_prune_the_origin_cuts_off_says_what_it_left_and_the_next_one_finishes
         result = prune(origin, keep=1, incomplete_age=0)
     assert result.incomplete_removed == ["r1"] and not (nginx.root / "releases/r1").exists()
 
+
+@pytest.mark.parametrize("kind", ["s3"])
+def test_prune_without_the_multipart_listing_permission_still_prunes(
+        kind: str, store: RGW | None, pki: Pki, nginx: Nginx, tmp_path: Path,
+        make_release: ReleaseFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bucket policy that denies s3:ListBucketMultipartUploads (RGW enforces it, the
+    bucket owner included): the old complete release is still deleted; a folder without
+    release.json, whose age needs that listing (an upload under way has no object yet),
+    is left with the reason naming the permission, and a warning says so (exit 0, as
+    for every folder prune leaves)."""
+    site = Site(kind, pki, nginx, tmp_path, store, monkeypatch)
+    two_releases(site, make_release)
+    site.put("releases/rk/vmlinuz")  # a killed publish's folder: no release.json
+    site.s3.put_bucket_policy(Bucket=site.bucket, Policy=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Deny", "Principal": {"AWS": ["*"]},
+                       "Action": ["s3:ListBucketMultipartUploads"],
+                       "Resource": [f"arn:aws:s3:::{site.bucket}"]}]}))
+    with pytest.raises(Exception, match="AccessDenied"):  # the policy really applies
+        site.s3.list_multipart_uploads(Bucket=site.bucket)
+
+    pruned = site.run("publish", "prune", site.url, "--keep", "1")
+    assert pruned.exit_code == 0, pruned.output
+    out = json.loads(pruned.stdout)
+    assert out["deleted"] == ["r1"] and out["left"] == [], out
+    [left] = out["incomplete_left"]
+    assert left["release"] == "rk" and "its age cannot be told" in left["reason"], out
+    assert "s3:ListBucketMultipartUploads" in left["reason"], out
+    [warning] = out["warnings"]
+    assert "s3:ListBucketMultipartUploads" in warning, out
+    assert "warning: " in pruned.stderr and "ListMultipartUploads" in pruned.stderr
+    assert site.keys("releases/r1/") == [] and site.keys("releases/rk/") == [
+        "releases/rk/vmlinuz"]
+    assert site.keys("releases/r2/")

@@ -774,7 +774,7 @@ def test_a_killed_publishs_folder_stops_blocking_once_prune_removes_it(
         assert said in err["message"], err
     else:
         assert r.exit_code == 0, r.output
-        assert json.loads(r.stdout) == {"deleted": [], "left": [],
+        assert json.loads(r.stdout) == {"deleted": [], "left": [], "warnings": [],
                                         "incomplete_removed": ["rk"], "incomplete_left": []}
     assert not (root / "releases/rk").exists()
     assert sorted(p.name for p in (root / "releases").iterdir()) == \

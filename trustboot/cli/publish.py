@@ -523,6 +523,8 @@ def prune_cmd(origin_url: str, keep: int, entry_path: str, as_json: bool, **kw: 
     origin, _ = open_cli_origin(origin_url, kw)
     with origin:
         result = prune(origin, keep=keep, entry_path=entry_path)
+    for message in result.warnings:
+        warn(message)
     if as_json:
         emit_json(result.to_json())
         return

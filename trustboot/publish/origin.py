@@ -77,6 +77,13 @@ class TooLarge(OperationalError):
             "writer)"))
 
 
+class AgeUnknown(OperationalError):
+    """``Origin.folder_age`` could not tell a folder's age because the origin refused a
+    listing it needs (an S3 policy without s3:ListBucketMultipartUploads): the message
+    names what was refused, the hint the permission. Prune leaves such a folder and says
+    so; it does not fail."""
+
+
 # A listing's bounds over all its requests (each answer has its own cap): a store that
 # answers page after page with a new continuation token, or collections inside
 # collections, without end held a run forever and filled its memory one capped answer at
@@ -241,7 +248,8 @@ class Origin(Protocol):
         last changed: the newest of its objects, the temporary objects and sub-folders
         in it and the folder itself, judged by the clock ``remove_stale_temps`` judges
         age with. None when that cannot be told (an entry the origin does not date,
-        one it does not let us look at) or the folder is not there."""
+        one it does not let us look at) or the folder is not there; AgeUnknown when the
+        origin refuses a listing the age needs."""
         ...
 
     def unlisted(self, prefix: str) -> builtins.list[str]:

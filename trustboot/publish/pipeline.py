@@ -93,6 +93,7 @@ from trustboot.publish.manifest import (
     resign_id,
 )
 from trustboot.publish.origin import (
+    AgeUnknown,
     NotServed,
     ObjectStat,
     Origin,
@@ -2137,9 +2138,10 @@ class PruneResult:
     incomplete_removed: list[str] = field(default_factory=list)
     incomplete_left: dict[str, str] = field(default_factory=dict)
     incomplete_age: float = STALE_TEMP_AGE  # how old a removed one was at least
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"deleted": self.deleted,
+        return {"deleted": self.deleted, "warnings": self.warnings,
                 "left": [{"release": r, "reason": why} for r, why in sorted(self.left.items())],
                 "incomplete_removed": self.incomplete_removed,
                 "incomplete_left": [{"release": r, "reason": why} for r, why
@@ -2299,6 +2301,24 @@ class _ServedEntries:
         return False
 
 
+def _folder_age(origin: Origin, prefix: str, result: PruneResult) -> float | str:
+    """The age of the folder ``prefix`` (Origin.folder_age), or why it cannot be told;
+    an origin refusing a listing the age needs adds one warning to ``result``, not an
+    error: the other folders and the old releases are still pruned."""
+    try:
+        age = origin.folder_age(prefix)
+    except AgeUnknown as exc:
+        hint = (exc.hint or "check the origin's permissions").rstrip(".")
+        if not any(hint in w for w in result.warnings):  # once per prune, not per folder
+            result.warnings.append(
+                f"{exc.message.rstrip('.')}: release folders without a {MANIFEST_NAME} "
+                f"are left while their age cannot be told (see incomplete_left); {hint}")
+        return f"its age cannot be told: {exc.message.rstrip('.')}"
+    if age is None:
+        return "its age cannot be told (the origin does not date all it holds)"
+    return age
+
+
 def _remove_incomplete(origin: Origin, problems: Mapping[str, str], keys: Collection[str],
                        entry_path: str, result: PruneResult) -> None:
     """Remove the release folders without a release.json (``problems``: MANIFEST_MISSING)
@@ -2322,8 +2342,8 @@ def _remove_incomplete(origin: Origin, problems: Mapping[str, str], keys: Collec
             why = "the live record or the switch record names it"
         elif served.fetch_from(rid, inside):
             why = "an entry pair on the origin serves it"
-        elif (age := origin.folder_age(prefix)) is None:
-            why = "its age cannot be told (the origin does not date all it holds)"
+        elif isinstance(age := _folder_age(origin, prefix, result), str):
+            why = age
         elif age < limit:
             why = (f"it changed {format_duration(dt.timedelta(seconds=max(age, 0)))} ago, "
                    f"less than {format_duration(dt.timedelta(seconds=limit))} (a publish "

@@ -121,6 +121,7 @@ from trustboot.publish.http import tls_context, tls_failure
 from trustboot.publish.lock import LOCK_STALE_AFTER, GuardedByLock, HeldLock, origin_lock
 from trustboot.publish.manifest import RELEASES_PREFIX, release_id_problem, release_key_problem
 from trustboot.publish.origin import (
+    AgeUnknown,
     ListingBudget,
     ObjectStat,
     OriginOptions,
@@ -1247,7 +1248,22 @@ class S3Origin(GuardedByLock):
                 dates.append(item.get("LastModified"))
         # an upload in parts under way there has no object yet
         with self._calling(prefix, "listing uploads", prompt=True):
-            uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full)
+            try:
+                uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full)
+            except bexc.ClientError as exc:
+                err = exc.response.get("Error", {})
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if err.get("Code") not in ("AccessDenied", "AllAccessDisabled") \
+                        and status != 403:
+                    raise
+                # a policy may grant the objects and not this listing: without it an
+                # upload under way there cannot be seen, so the folder has no age
+                raise AgeUnknown(
+                    f"{self.url} refused to list the uploads in parts under {prefix} "
+                    "(ListMultipartUploads: access denied; these credentials lack "
+                    "s3:ListBucketMultipartUploads)",
+                    hint="grant s3:ListBucketMultipartUploads on the bucket to the "
+                         "publishing credentials") from None
         if uploads.get("IsTruncated"):
             return None
         dates += [up.get("Initiated") for up in uploads.get("Uploads", [])]

@@ -399,6 +399,9 @@ def _run_stages(p: Plan, options: ReleaseOptions, work: Path, st: _Stages,
             result.pruned, result.prune = pruned.deleted, pruned.to_json()
             for line in pruned.lines():
                 st.done("publish", "note", line)
+            for message in pruned.warnings:
+                result.warnings.append(message)
+                st.done("publish", "warning", message)
         except TrustbootError as exc:
             warning = (f"release {p.release_id} is published and {v.entry_path} switched to "
                        f"it, but pruning older releases (release.retention: {keep}) failed: "
