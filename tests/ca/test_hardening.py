@@ -498,6 +498,51 @@ def test_ca_name_of_the_longest_length_makes_and_rotates_a_ca(tmp_path: Path,
         == f"CN={'A' * 48} Issuing CA 2"
 
 
+@pytest.mark.parametrize(("name", "cut"), [
+    ("C" * 53, "C" * 51),
+    ("A" * 50 + " " + "BB", "A" * 50),  # the cut leaves no space before the suffix
+    ("x" * 49 + "e\u0301y", "x" * 49),  # nor a combining accent without its letter
+    ("\u00e9" * 26 + "x", "\u00e9" * 25),  # 53 bytes of UTF-8: cut between characters
+], ids=["plain", "space", "combining", "utf-8"])
+def test_a_ca_named_before_the_name_limit_rotates_with_its_name_cut(
+        tmp_path: Path, secrets_dir: Path, run: Run, name: str, cut: str) -> None:
+    """An older trustboot made CAs with names of up to 53 characters (bytes of UTF-8:
+    "<name> Issuing CA" fits the 64 of a common name); the first `ca rotate issuing` of
+    such a CA then asked for a longer common name (exit 70). Now the name part is cut to
+    fit, the suffix and its number kept: the rotations work, every CA name is unique and
+    the chain verifies."""
+    pki = tmp_path / "pki"
+    ca_pass = ("--pki", str(pki), "--passphrase-file", str(secrets_dir / "ca.pass"))
+    r = run("ca", "init", "--name", "A" * 48, "--key-type", "ec-p256", *ca_pass)
+    assert r.exit_code == 0, r.output
+    # the name as an older trustboot recorded it (config.json; nothing else reads it)
+    config = json.loads((pki / "config.json").read_text())
+    config["common_name"] = name
+    (pki / "config.json").write_text(json.dumps(config, indent=2))
+    for _ in range(2):
+        r = run("ca", "rotate", "issuing", *ca_pass)
+        assert r.exit_code == 0, r.output
+    # the rotated issuing CA issues, is found as the issuer and chains to the root
+    assert issue(run, pki, secrets_dir, "codesign", "signer", "--key-type",
+                 "ec-p256").exit_code == 0
+    ca = CertificateAuthority.open(pki)
+    assert ca.issuing_entry_of(ca.get("signer").load_cert()) == ca.active_entry("issuing") \
+        == ca.entries[-2]
+    assert subprocess.run(["openssl", "verify", "-CAfile", str(pki / "ca.crt"), "-untrusted",
+                           str(pki / "issuing-ca.crt"), str(pki / "issued" / "signer.crt")],
+                          capture_output=True).returncode == 0
+    r = run("ca", "check", "--pki", str(pki))
+    assert r.exit_code == 0, r.output
+    # a root rotation names its CA certificates by the same rule
+    r = run("ca", "rotate", "root", "begin", *ca_pass)
+    assert r.exit_code == 0, r.output
+    names = [e.subject.removeprefix("CN=") for e in CertificateAuthority.open(pki).entries
+             if e.profile in ("root", "issuing")]
+    assert names[2:] == [f"{cut} Issuing CA 2", f"{cut} Issuing CA 3", f"{name} Root CA 2",
+                         f"{cut} Issuing CA 4"]
+    assert len(set(names)) == len(names) and max(map(len, names)) <= 64
+
+
 @pytest.mark.parametrize("option", ["--name", "--org"])
 def test_ca_text_that_is_not_utf8_is_refused(tmp_path: Path, secrets_dir: Path,
                                              option: str) -> None:

@@ -3,7 +3,9 @@
 Issuing CA rotation (:func:`rotate_issuing`): a new issuing CA under the same root becomes
 the one that issues; the previous one stays in the index, so its leaves keep verifying with
 their own chain, until :func:`retire_issuing`. Firmware trusts the root, so nothing changes
-for machines in the field.
+for machines in the field. Each new CA certificate is named ``<CA name> Issuing CA <n>``
+(or ``Root CA <n>``), the CA name cut to fit a common name when it is too long
+(:func:`numbered_cn`).
 
 Root rotation is a procedure with steps, because firmware in the field embeds the root
 (iPXE's TRUST=) and must be rebuilt before signatures under a new root can boot::
@@ -31,6 +33,7 @@ CA keys held in a PKCS#11 token (``ca init --pkcs11``) cannot be rotated here ye
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +48,7 @@ from trustboot.ca.profiles import PrivateKey
 from trustboot.ca.store import (
     DEFAULT_DAYS,
     ISSUING_NAME,
+    MAX_COMMON_NAME,
     ROOT_CRL,
     ROOT_CRL_DAYS,
     ROOT_NAME,
@@ -156,14 +160,40 @@ def _unlock(ca: CertificateAuthority, entry: IssuedEntry,
 
 def _subject_cn(ca: CertificateAuthority, role: str) -> str:
     """``<name> Root CA 2``, ``<name> Issuing CA 3``: every CA certificate gets its own
-    subject, since iPXE and OpenSSL find issuers by name."""
+    subject, since iPXE and OpenSSL find issuers by name (see :func:`numbered_cn`)."""
     kind = "Root" if role == "root" else "Issuing"
-    base = f"{ca.config.get('common_name', 'trustboot')} {kind} CA"
+    name = ca.config.get("common_name", "trustboot")
     taken = {part for e in ca.entries for part in e.subject.split(",")}
     n = sum(1 for e in ca.entries if e.profile == role) + 1
-    while f"CN={base} {n}" in taken:
+    while f"CN={numbered_cn(name, kind, n)}" in taken:
         n += 1
-    return f"{base} {n}"
+    return numbered_cn(name, kind, n)
+
+
+def numbered_cn(name: str, kind: str, n: int) -> str:
+    """The common name of the ``n``-th ``kind`` (Root, Issuing) CA certificate of the CA
+    called ``name``: ``<name> <kind> CA <n>``, at most MAX_COMMON_NAME bytes of UTF-8
+    (the limit the certificate builder enforces).
+
+    ``ca init`` limits a name to MAX_CA_NAME characters, but a CA made by an older
+    trustboot may have one of up to 53 (and a name with letters outside ASCII takes more
+    bytes than characters): where the name does not fit, it is cut, on a character
+    boundary (never inside a combining sequence, and without the spaces the cut leaves at
+    its end), and the suffix is kept whole, so `<name> Issuing CA 2` of a 53-character
+    name becomes `<its first 51 characters> Issuing CA 2`. Rotation is a security
+    operation, so it works for such a CA rather than refusing. Each name stays unique: it
+    ends with its number after " CA ", which no other n gives."""
+    suffix = f" {kind} CA {n}"
+    room = MAX_COMMON_NAME - len(suffix.encode())
+    if len(name.encode()) > room:
+        cut = used = 0
+        while cut < len(name) and used + len(name[cut].encode()) <= room:
+            used += len(name[cut].encode())
+            cut += 1
+        while cut > 0 and unicodedata.combining(name[cut]):
+            cut -= 1  # a base character and its marks stay together
+        name = name[:cut].rstrip()
+    return f"{name}{suffix}"
 
 
 def _store_ca(ca: CertificateAuthority, name: str, role: str, cert: x509.Certificate,

@@ -123,10 +123,12 @@ MAX_INDEX_FILE = 64 << 20
 MAX_CRL_FILE = 64 << 20
 
 # The longest text the CA appends to --name in its certificates' common names: the
-# rotated issuing CA's (rotation._subject_cn), with room for the 9999th rotation; an
-# X.509 common name holds 64 characters at most.
+# rotated issuing CA's (rotation.numbered_cn), with room for the 9999th rotation; an
+# X.509 common name holds 64 characters at most (64 bytes of UTF-8, as the certificate
+# builder counts). A longer name, from a CA made before this limit, is cut to fit there.
+MAX_COMMON_NAME = 64
 CA_NAME_SUFFIX = " Issuing CA 9999"
-MAX_CA_NAME = 64 - len(CA_NAME_SUFFIX)
+MAX_CA_NAME = MAX_COMMON_NAME - len(CA_NAME_SUFFIX)
 
 DEFAULT_DAYS = {"root": 20 * 365, "issuing": 5 * 365, "codesign": 2 * 365,
                 "server": 397, "client": 397}
