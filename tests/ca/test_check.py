@@ -91,6 +91,44 @@ def test_a_previous_ca_that_revoked_leaves_is_named_once(secrets_dir: Path,
     assert len(problems) == 1 and "revoked 1 certificate(s)" in problems[0], problems
 
 
+def test_code_signing_names_that_differ_only_in_case_are_reported(
+        secrets_dir: Path, tmp_path: Path) -> None:
+    """`ca issue` refuses a name iPXE's `--signer` would not tell from a valid one, but
+    a CA may hold such a pair from before that rule: firmware pinned to `signer` accepts
+    `SIGNER`'s signatures. `ca check` reports the pair (exit 3) with the revoke that ends
+    it. The old pair is made as an older trustboot made it: the first one out of the way
+    (its index status) while the second is issued, then back."""
+    pki = make_ec_ca(tmp_path / "pki", secrets_dir, [["codesign", "signer"],
+                                                     ["codesign", "other"]])
+    index = pki / "index.json"
+
+    def set_status(status: str) -> None:
+        doc = json.loads(index.read_text())
+        next(e for e in doc["entries"] if e["name"] == "signer")["status"] = status
+        index.write_text(json.dumps(doc))
+
+    set_status("retired")
+    r = CliRunner().invoke(cli, ["ca", "issue", "codesign", "SIGNER", "--key-type", "ec-p256",
+                                 "--pki", str(pki), "--passphrase-file",
+                                 str(secrets_dir / "ca.pass"), "--key-passphrase-file",
+                                 str(secrets_dir / "key.pass")])
+    assert r.exit_code == 0, r.output
+    set_status("valid")
+    # a renewal keeps the first certificate valid: iPXE accepts both (and refreshes views)
+    assert _ca(pki, secrets_dir, "renew", "signer")[0] == 0
+    ca = CertificateAuthority.open(pki)
+    first, renewed = (e for e in ca.entries if e.name == "signer")
+    upper = ca.get("SIGNER")
+    code, out = _check(pki)
+    assert code == 3, out
+    assert out.count("problem:") == 1, out
+    assert (f"'signer' (serials {first.serial:x}, {renewed.serial:x}) and 'SIGNER' (serial "
+            f"{upper.serial:x}) are the same signer to iPXE") in out, out
+    assert f"trustboot ca revoke SIGNER --serial {upper.serial:x}" in out, out
+    assert _ca(pki, secrets_dir, "revoke", "SIGNER", "--serial", f"{upper.serial:x}")[0] == 0
+    assert _check(pki)[0] == 0
+
+
 def test_a_record_of_another_run_s_token_keys_is_reported_and_kept(
         secrets_dir: Path, tmp_path: Path) -> None:
     """A record naming pairs that are not this CA's (a CA with key files has none): `ca

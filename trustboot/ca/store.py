@@ -1540,7 +1540,8 @@ class CertificateAuthority:
 
     def check(self, now: dt.datetime | None = None) -> list[str]:
         """Consistency of the store: every index entry has its certificate, unchanged,
-        issued by this CA; index.json agrees with the signed CRLs and the log (see
+        issued by this CA; no two code-signing names are one signer to iPXE (see
+        :meth:`_signer_clashes`); index.json agrees with the signed CRLs and the log (see
         :meth:`index_conflicts`, listed first); the views are current. Returns problems
         (empty when healthy)."""
         now = now or utcnow()
@@ -1583,12 +1584,44 @@ class CertificateAuthority:
                     f"{e.name} (serial {e.serial:x}) has the key revoked as compromised with "
                     f"{revoked.name} (serial {revoked.serial:x}); revoke it: trustboot ca "
                     f"revoke {e.name} --serial {e.serial:x} --reason key_compromise")
+        problems += self._signer_clashes(now)
         log_conflicts, log_problems = self._log_findings()
         conflicts = self._all_crl_conflicts() + log_conflicts
         problems += log_problems + self._check_crls(now) + self._token_record_problems()
         # Views derive from the index: while it contradicts the CRL or the log, a view
         # that differs is no sign of a killed run, and refreshing it would be wrong.
         return conflicts + problems + ([] if conflicts else self._stale_views(now))
+
+    def _signer_clashes(self, now: dt.datetime) -> list[str]:
+        """Code-signing names that iPXE's `imgverify --signer` does not tell apart (the
+        rule of :meth:`_check_duplicate`: names and SANs, ASCII case-insensitively,
+        wildcards on the certificate's side) while each has a certificate iPXE would
+        accept (valid, not expired, its chain and key not retired or revoked): issued
+        before that rule existed, firmware pinned to one accepts the other's signatures.
+        One problem per pair of names, with the revokes that end it (of the later name)."""
+        compromised = self.compromised_keys()
+        by_name: dict[str, list[IssuedEntry]] = {}  # in issuance order: the first name first
+        for e in self.entries:
+            if (e.profile == "codesign" and e.effective_status(now) == "valid"
+                    and not self.chain_retired(e) and self.key_id(e) not in compromised):
+                by_name.setdefault(e.name, []).append(e)
+        groups = list(by_name.values())
+        problems = []
+        for i, first in enumerate(groups):
+            for later in groups[i + 1:]:
+                if not any(_same_name(a, b) or _same_name(b, a)
+                           for a in (first[0].name, *{s for e in first for s in e.sans})
+                           for b in (later[0].name, *{s for e in later for s in e.sans})):
+                    continue
+                revokes = "; ".join(f"trustboot ca revoke {e.name} --serial {e.serial:x} "
+                                    f"--pki {self.path}" for e in later)
+                problems.append(
+                    f"the code-signing certificates {_serials(first)} and {_serials(later)} "
+                    "are the same signer to iPXE: `imgverify --signer` matches names "
+                    "case-insensitively, so firmware pinned to either name accepts "
+                    "signatures made with the other's key; revoke the one firmware is not "
+                    f"pinned to, e.g. the later {later[0].name!r}: {revokes}")
+        return problems
 
     def _leftover_token_record(self) -> tuple[Path, list[str] | None, bool] | None:
         """private/pending-token-keys.json when a `ca init --pkcs11` left it (killed
@@ -2061,6 +2094,12 @@ def _raised_since(entry: IssuedEntry, crl_reason: str) -> bool:
     """The index has raised ``entry``'s revocation to key_compromise, and a CRL still gives
     the reason it had before (the one change of reason a revoke makes)."""
     return entry.revocation_reason == "key_compromise" and crl_reason != "key_compromise"
+
+
+def _serials(entries: list[IssuedEntry]) -> str:
+    """``'NAME' (serial S)`` or ``'NAME' (serials S1, S2)``: certificates of one name."""
+    serials = ", ".join(f"{e.serial:x}" for e in entries)
+    return f"{entries[0].name!r} (serial{'s' if len(entries) > 1 else ''} {serials})"
 
 
 def _same_name(stored: str, name: str) -> bool:

@@ -520,8 +520,9 @@ def export_cmd(pki: Path, out: Path, uefi_tls: bool, as_json: bool) -> None:
 @pki_option
 @json_option
 def check_cmd(pki: Path, as_json: bool) -> None:
-    """Check the store (index, files and signatures agree: exit 3 when they do not), the
-    hash chain of the operation log (exit 4 at the first broken entry) and that index.json
+    """Check the store (index, files and signatures agree, and no two code-signing names
+    differ only in case, which iPXE's --signer does not tell apart: exit 3 when they do
+    not), the hash chain of the operation log (exit 4 at the first broken entry) and that index.json
     agrees with the signed CRLs and the log (exit 4 when it does not)."""
     ca = CertificateAuthority.open(pki)
     conflicts = ca.index_conflicts()
