@@ -835,7 +835,8 @@ def test_index_paths_outside_the_pki_are_refused(pki: Path, run: Run, key: str,
     ("not_before", "../../etc/passwd"), ("not_before", "2026-01-01T00:00:00"),
     ("not_after", 1), ("serial", None), ("serial", "-1f"), ("serial", 31),
     ("sha256", None), ("status", "maybe"), ("profile", None), ("sans", "a.example"),
-    ("sans", [None]), ("revoked_at", "yesterday"), ("issuer_sha256", 1), ("subject", None)])
+    ("sans", [None]), ("revoked_at", "yesterday"), ("issuer_sha256", 1), ("subject", None),
+    ("revocation_reason", "bogus"), ("revocation_reason", 3)])
 @pytest.mark.parametrize("args", [("check",), ("show", "signer", "--json"), ("list",)])
 def test_an_index_field_of_the_wrong_type_is_a_damaged_ca(
         pki: Path, run: Run, key: str, value: object, args: tuple[str, ...]) -> None:
@@ -851,6 +852,44 @@ def test_an_index_field_of_the_wrong_type_is_a_damaged_ca(
     assert r.exit_code == 3, r.output
     assert f"the CA in {pki} is damaged: index.json entry {last}" in r.output, r.output
     assert f": {key} " in r.output, r.output
+
+
+@pytest.mark.parametrize("reason", ["Key Compromise", "keyCompromise", "certificate_hold",
+                                    ""])
+def test_an_unknown_revocation_reason_in_the_index_is_a_damaged_ca(
+        pki: Path, secrets_dir: Path, run: Run, reason: str) -> None:
+    """index.json's revocation_reason was checked for its type only: a hand-edited reason
+    (a revocation the CRL does not list yet, as after a killed `ca revoke`) was taken in,
+    shown by `ca list`, and broke `ca crl` (KeyError, exit 70); and "Key Compromise" is
+    not key_compromise, so the key was not refused. Now the CA is damaged (exit 3) where
+    the index is read, naming the entry, the field and the reasons there are; `ca revoke
+    --reason` takes only those (exit 2)."""
+    index = pki / "index.json"
+    doc = json.loads(index.read_text())
+    position, entry = next((i, e) for i, e in enumerate(doc["entries"], 1)
+                           if e["name"] == "signer")
+    entry.update(status="revoked", revoked_at=entry["not_before"], revocation_reason=reason)
+    index.write_text(json.dumps(doc))
+    crl = (pki / "crl.pem").read_bytes()
+    for args in (("crl", "--passphrase-file", str(secrets_dir / "ca.pass")), ("list", "--all"),
+                 ("check",)):
+        r = run("ca", *args, "--pki", str(pki))
+        assert r.exit_code == 3, r.output
+        assert (f"the CA in {pki} is damaged: index.json entry {position} ('signer'): "
+                f"revocation_reason {reason!r} is not one of unspecified, key_compromise, "
+                "superseded") in " ".join(r.output.split()), r.output
+    assert (pki / "crl.pem").read_bytes() == crl
+    entry["revocation_reason"] = "key_compromise"
+    index.write_text(json.dumps(doc))
+    r = run("ca", "revoke", "ipxe-client", "--reason", "keyCompromise", "--pki", str(pki),
+            "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 2 and "Invalid value for '--reason'" in r.output, r.output
+    r = run("ca", "crl", "--pki", str(pki), "--passphrase-file", str(secrets_dir / "ca.pass"))
+    assert r.exit_code == 0, r.output
+    revoked = x509.load_pem_x509_crl((pki / "crl.pem").read_bytes()) \
+        .get_revoked_certificate_by_serial_number(int(entry["serial"], 16))
+    assert revoked is not None and revoked.extensions.get_extension_for_class(
+        x509.CRLReason).value.reason == x509.ReasonFlags.key_compromise
 
 
 def test_an_index_entry_that_is_not_an_object_is_a_damaged_ca(pki: Path, run: Run) -> None:

@@ -265,6 +265,16 @@ def _utc_time(value: str) -> bool:
         return False
 
 
+# The reasons `ca revoke` records (index.json's revocation_reason) and the CRLReason each
+# becomes: one table for the CLI's choices, the index check and the CRL.
+REVOCATION_REASONS = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "key_compromise": x509.ReasonFlags.key_compromise,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
+    "affiliation_changed": x509.ReasonFlags.affiliation_changed,
+}
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SERIAL = re.compile(r"[0-9a-f]{1,40}")  # 159 random bits; 20 octets at most (RFC 5280)
 _ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # profiles.check_name's rule
@@ -283,7 +293,7 @@ _RECORD_FIELDS: dict[str, Any] = {
     "key_file": _inside_pki,
     "status": lambda v: v in _CA_STATUSES,
     "revoked_at": _utc_time,
-    "revocation_reason": lambda v: True,
+    "revocation_reason": lambda v: v in REVOCATION_REASONS,
     "sans": lambda v: all(isinstance(n, str) for n in v),
     "issuer_sha256": lambda v: bool(_HEX64.fullmatch(v)),
     "key_sha256": lambda v: bool(_HEX64.fullmatch(v)),
@@ -298,7 +308,7 @@ _FIELD_FORMS = {
     "cert_file": "a path inside the pki",
     "key_file": "a path inside the pki",
     "status": f"one of {', '.join(_CA_STATUSES)}",
-    "revocation_reason": "a string",
+    "revocation_reason": f"one of {', '.join(REVOCATION_REASONS)} (or null)",
     "sans": "a list of names",
     "issuer_sha256": "a SHA-256 fingerprint (64 lowercase hex digits)",
     "key_sha256": "a SHA-256 fingerprint (64 lowercase hex digits)",
@@ -1120,8 +1130,7 @@ class CertificateAuthority:
 
     # ---- revoke / crl ------------------------------------------------------------------
 
-    REASONS = ("unspecified", "key_compromise", "superseded", "cessation_of_operation",
-               "affiliation_changed")
+    REASONS = tuple(REVOCATION_REASONS)
 
     def revoke(self, name: str, ca_passphrases: PassphraseSource, *,
                reason: str = "unspecified", now: dt.datetime | None = None,
@@ -1458,13 +1467,6 @@ class CertificateAuthority:
         """The CRL of ``issuer`` (default: the active issuing CA), signed by its key."""
         issuer = issuer or self.active_entry("issuing")
         issuer_cert = self._issuer_cert(issuer)
-        reasons = {
-            "unspecified": x509.ReasonFlags.unspecified,
-            "key_compromise": x509.ReasonFlags.key_compromise,
-            "superseded": x509.ReasonFlags.superseded,
-            "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
-            "affiliation_changed": x509.ReasonFlags.affiliation_changed,
-        }
         b = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(issuer_cert.subject)
@@ -1497,7 +1499,8 @@ class CertificateAuthority:
                 .serial_number(e.serial)
                 .revocation_date(dt.datetime.fromisoformat(e.revoked_at))
                 .add_extension(
-                    x509.CRLReason(reasons[e.revocation_reason or "unspecified"]),
+                    # (index.json's reasons were checked when it was read)
+                    x509.CRLReason(REVOCATION_REASONS[e.revocation_reason or "unspecified"]),
                     critical=False,
                 )
                 .build()
