@@ -484,6 +484,21 @@ def test_ca_name_too_long_for_the_ca_certificates_is_refused(tmp_path: Path,
     assert "shorten it" in r.stderr and not pki.exists()
 
 
+def test_ca_name_is_counted_in_bytes_as_x509_counts_it(tmp_path: Path,
+                                                       secrets_dir: Path) -> None:
+    """X.509's 64 is bytes of UTF-8 in the certificate builder: 30 accented letters (60
+    bytes, under 48 characters) passed the check, and "<name> Root CA" was exit 70."""
+    for count, code in ((25, 3), (30, 3), (24, 0)):
+        pki = tmp_path / f"pki{count}"
+        r = run_proc("ca", "init", "--pki", str(pki), "--name", "\u00e9" * count,
+                     "--key-type", "ec-p256", "--passphrase-file",
+                     str(secrets_dir / "ca.pass"))
+        assert r.returncode == code, (count, r.stderr)
+        if code:
+            assert (f"--name must be 1-48 characters (it has {count}, {2 * count} bytes "
+                    "of UTF-8") in r.stderr and not pki.exists()
+
+
 def test_ca_name_of_the_longest_length_makes_and_rotates_a_ca(tmp_path: Path,
                                                               secrets_dir: Path,
                                                               run: Run) -> None:

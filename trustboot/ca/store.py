@@ -778,12 +778,18 @@ class CertificateAuthority:
                 hint="shorten --issuing-days or lengthen --root-days",
             )
         check_text(common_name, "--name")
-        if not common_name.strip() or len(common_name) > MAX_CA_NAME:
+        # counted in bytes of UTF-8, as the certificate builder counts a common name: 30
+        # accented letters (60 bytes) made '<name> Root CA' too long, an exit 70
+        size = len(common_name.encode())
+        if not common_name.strip() or size > MAX_CA_NAME:
+            length = (str(size) if size == len(common_name) else
+                      f"{len(common_name)}, {size} bytes of UTF-8: a letter outside ASCII "
+                      "counts as 2 to 4")
             raise ConfigError(
-                f"--name must be 1-{MAX_CA_NAME} characters (it has {len(common_name)})",
+                f"--name must be 1-{MAX_CA_NAME} characters (it has {length})",
                 hint="the CA's certificates are called '<name> Root CA', '<name> Issuing "
                 "CA 2' ... (up to a 4-digit rotation number), and X.509 limits a common "
-                "name to 64 characters: shorten it")
+                "name to 64 bytes of UTF-8: shorten it")
         if options is not None:
             for value, what in ((options.organization, "--org"), (options.crl_url, "--crl-url"),
                                 (options.ocsp_url, "--ocsp-url")):
