@@ -231,7 +231,7 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
     to): `a` and `/abs/a` are the same; one realpath per directory, not per file. A
     read file is protected both where it was named and where a link there leads."""
     # Strings, not Path objects: pathlib's parent, join and hashing were most of the
-    # ~35 us per file this took (500 files: ~17 ms of a 0.3 s run).
+    # ~18 us per file this took idle (500 files: 9-17 ms of a 0.3 s run), now ~8 us.
     real: dict[str, str] = {}
 
     def entry(path: Path | str) -> tuple[str, str]:
