@@ -194,3 +194,20 @@ def test_a_record_left_by_a_token_init_killed_after_its_commit_is_reported_and_r
     assert not record.exists()
     assert token_objects(token) == keys
     assert CertificateAuthority.open(pki).check() == []
+
+
+def test_the_next_issuing_ca_of_a_root_rotation_is_not_a_previous_one(
+        secrets_dir: Path, tmp_path: Path) -> None:
+    """`ca rotate root begin` makes the next issuing CA, which is not active yet: `ca
+    check` took it for a previous issuing CA without its CRL (exit 3) and told the
+    operator to retire it, which would break the rotation under way."""
+    pki = make_ec_ca(tmp_path / "pki", secrets_dir, [])
+    assert _ca(pki, secrets_dir, "rotate", "root", "begin")[0] == 0
+    nxt = CertificateAuthority.open(pki).state.rotation
+    assert nxt is not None and nxt.get("new_issuing")
+    code, out = _check(pki)
+    assert code == 0, out
+    assert "--retire" not in out
+    ca = CertificateAuthority.open(pki)
+    assert ca.check() == [] and ca.previous_issuers_without_crl(with_key=False) == []
+    assert ca.previous_crls() == []

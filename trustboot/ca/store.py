@@ -420,12 +420,24 @@ class CertificateAuthority:
             return None
         return self._checked_crl(self.path / ROOT_CRL, self.active_entry("root"))
 
+    def _previous_issuing(self) -> list[IssuedEntry]:
+        """The issuing CAs that were active once and are not now: neither the active one
+        nor the next one of a root rotation under way (made by `rotate root begin`, active
+        from its finish: `ca check` took it for a previous CA without a CRL and told the
+        operator to retire it, which would break the rotation)."""
+        active = self.active_entry("issuing").sha256
+        upcoming = (self.state.rotation or {}).get("new_issuing")
+        return [e for e in self.entries if e.profile == "issuing"
+                and e.sha256 not in (active, upcoming)]
+
     def previous_crls(self) -> list[tuple[Path, IssuedEntry | None]]:
         """The files in crls/ with the previous issuing CA each is the CRL of (crl_path's
         naming: its serial in hex); None for a file that names no previous issuing CA."""
         directory = self.path / CRL_DIR
         if not directory.is_dir():
             return []
+        # every issuing CA but the active one, the next one of a root rotation included:
+        # its CRL, which `ca crl` wrote there before it was told apart, is one of ours
         active = self.active_entry("issuing").sha256
         previous = {f"{e.serial:x}.pem": e for e in self.entries
                     if e.profile == "issuing" and e.sha256 != active}
@@ -435,18 +447,16 @@ class CertificateAuthority:
     def previous_issuers_owing_crl(self) -> list[IssuedEntry]:
         """The previous issuing CAs, not retired, that revoked a leaf: each one's CRL
         belongs in crls/ (crl_path), or its revocations are on no CRL at all."""
-        active = self.active_entry("issuing").sha256
-        return [e for e in self.entries if e.profile == "issuing" and e.sha256 != active
-                and e.status != "retired" and self._crl_entries(e)]
+        return [e for e in self._previous_issuing()
+                if e.status != "retired" and self._crl_entries(e)]
 
     def previous_issuers_without_crl(self, *, with_key: bool = True) -> list[IssuedEntry]:
         """The previous issuing CAs, not retired, whose key is in the CA home (any, with
         ``with_key=False``) but whose CRL (crls/SERIAL.pem) is not: a rotation killed
         before writing it, or one by a version that wrote it only for a CA that had
         revoked something."""
-        active = self.active_entry("issuing").sha256
-        return [e for e in self.entries if e.profile == "issuing" and e.sha256 != active
-                and e.status != "retired" and not self.crl_path(e).exists()
+        return [e for e in self._previous_issuing()
+                if e.status != "retired" and not self.crl_path(e).exists()
                 and not self.crl_path(e).is_symlink()
                 and (not with_key or (e.key_file is not None and e.key_path.exists()))]
 
