@@ -823,3 +823,48 @@ def test_a_digest_leaves_the_image_it_fetched_registered(command: str, stage: st
     # an image already registered (and verified) is only read
     read = f"{command} vmlinuz initrd.img || goto failed\n"
     assert lint_script(GOOD.replace(BOOT, read + BOOT), stage=stage) == []
+
+
+def test_an_empty_option_value_is_an_option_as_ipxe_takes_it() -> None:
+    """iPXE tests the option's pointer, not its text: `console --keep --picture=` fetches
+    "" (the script's own URL again, whatever the server answers now) and keeps it, and
+    `--name=` names an image "", which no imgverify reaches. The model took the empty
+    values as absent and called such a script clean (a review booted a real iPXE: three
+    unverified images registered)."""
+    script = (
+        "#!ipxe\n"
+        "imgtrust --permanent\n"
+        "console --keep --picture= || echo no picture\n"
+        "imgmem --name= 0x100000 0x1000\n"
+        "imgverify 0x100000 https://boot.example/mem.sig || goto fail\n"
+        "kernel --name k https://boot.example/k\n"
+        "imgverify k https://boot.example/k.sig || goto fail\n"
+        "initrd --name= https://boot.example/initrd.img\n"
+        "imgverify initrd.img https://boot.example/initrd.img.sig || goto fail\n"
+        "boot k || goto fail\n"
+        ":fail\n"
+        "reboot\n")
+    assert unguarded_boot(script) is not None
+    assert "unverified-image" in {f.rule for f in lint_script(script, stage="chained")}
+    for line in ("console --keep --picture=", "imgmem --name= 0x100000 0x1000",
+                 "initrd --name= https://boot.example/initrd.img"):
+        one = ("#!ipxe\nimgtrust --permanent\n"
+               "kernel --name k https://boot.example/k\n"
+               "imgverify k https://boot.example/k.sig || goto fail\n"
+               f"{line} || goto fail\nboot k || goto fail\n:fail\nreboot\n")
+        assert "unverified-image" in {f.rule for f in lint_script(one, stage="chained")}, line
+
+
+@pytest.mark.parametrize("line", ["sha256sum --set trust https://boot.example/root.der",
+                                  "sha1sum --set=crosscert https://boot.example/c.der",
+                                  "choose --default 00 trust", "nslookup trust boot.example"])
+def test_every_command_that_writes_a_trust_setting_is_flagged(line: str) -> None:
+    """A digest's --set (a SHA-256 of a DER certificate is a `trust` fingerprint), choose's
+    and nslookup's setting word write settings too: only set/imgset and the like were
+    checked, so `sha256sum --set trust URL` linted clean."""
+    script = ("#!ipxe\nimgtrust --permanent\n"
+              f"{line} || goto fail\n"
+              "imgfetch https://boot.example/next.ipxe\n"
+              "imgverify next.ipxe https://boot.example/next.ipxe.sig || goto fail\n"
+              "chain --autofree next.ipxe || goto fail\n:fail\nreboot\n")
+    assert "trust-setting" in {f.rule for f in lint_script(script, stage="chained")}

@@ -88,7 +88,8 @@ _SETTING_COMMANDS = {"set", "clear", "inc"}
 _TRUST_SETTINGS = {"crosscert", "trust"}
 # Commands that store into the setting their first argument names (imgset: a downloaded
 # file's bytes; pciscan/usbscan: the next device's address).
-_SETTING_WRITERS = {"set", "clear", "read", "inc", "imgset", "pciscan", "usbscan"}
+_SETTING_WRITERS = {"set", "clear", "read", "inc", "imgset", "pciscan", "usbscan",
+                    "choose", "nslookup"}
 
 
 @dataclass(frozen=True)
@@ -446,13 +447,13 @@ class _Explorer:
                 return [fail]
             return [out(True, require=require, permanent=perm or p.has("permanent"))]
         if name in _LOAD:
-            image = (p.options.get("name") or uri_name(p.args[0]) or "", False, number)
+            image = (_named(p, uri_name(p.args[0]) or ""), False, number)
             return [out(True, self.register(images, image)), fail]
         if name == "imgmem":
             # An image made from whatever is in memory, named --name or the address word:
             # no signature checked it, and it runs or goes to the kernel like a download,
             # so it needs an imgverify like one. (A bad address or length fails first.)
-            image = (p.options.get("name") or p.args[0], False, number)
+            image = (_named(p, p.args[0]), False, number)
             return [out(True, self.register(images, image)), fail]
         if name == "fdt":
             # The device tree handed to the kernel: hidden from the initrds but still
@@ -470,7 +471,7 @@ class _Explorer:
                 return [out(True), fail]  # clears the shim
             image, imgs = self.acquire(images, p.args[0], number)
             return [out(True, imgs), fail]
-        if name == "console" and not p.options.get("picture"):
+        if name == "console" and "picture" not in p.options:  # `--picture=` fetches ""
             return [out(True), fail]
         if (name == "certstore" and p.args) or name in ("imgset", "console"):
             # The file is acquired as an image to read certificates, a setting's value or
@@ -478,8 +479,7 @@ class _Explorer:
             # registered before) unless --keep: then it stays, as unverified as it came,
             # whether or not the command worked.
             # certstore FILE, imgset SETTING FILE, console --picture FILE
-            picture = p.options.get("picture")
-            uri = picture if name == "console" and picture else p.args[-1]
+            uri = str(p.options["picture"] or "") if name == "console" else p.args[-1]
             image, imgs = self.acquire(images, uri, number)
             if not p.has("keep"):
                 imgs = tuple(i for i in imgs if i != image)
@@ -494,7 +494,7 @@ class _Explorer:
             return [out(True, imgs), out(False, imgs), fail]
         if name in _SELECT or name == "imgargs":
             image, imgs = self.acquire(images, p.args[0], number)
-            if p.options.get("name"):
+            if p.options.get("name") is not None:  # `--name=` names it ""
                 renamed = (str(p.options["name"]), image[1], image[2])
                 imgs = tuple(renamed if i == image else i for i in imgs)
                 image = renamed
@@ -541,7 +541,7 @@ class _Explorer:
             source, imgs = self.acquire(images, p.args[0], number)
             if not p.has("keep"):
                 imgs = tuple(i for i in imgs if i != source)
-            extracted = (str(p.options.get("name") or _strip_suffix(source[0])), source[1],
+            extracted = (_named(p, _strip_suffix(source[0])), source[1],
                          number)
             return [out(True, self.register(imgs, extracted)), out(False, imgs)]
         if name == "imgdecrypt":
@@ -553,7 +553,7 @@ class _Explorer:
             if not p.has("keep") and envelope != image:
                 imgs = tuple(i for i in imgs if i != envelope)
             results = []
-            for ok, new_name in ((True, str(p.options.get("name") or _strip_suffix(image[0]))),
+            for ok, new_name in ((True, _named(p, _strip_suffix(image[0]))),
                                  (False, image[0])):
                 plain = (new_name, False, image[2])
                 updated = tuple(plain if i == image else i for i in imgs)
@@ -693,13 +693,21 @@ class _Explorer:
                      "a halt loop", state, note)
 
 
+def _named(p: ParsedCommand, default: str) -> str:
+    """The name an image gets: --name's value when the option is there, even empty
+    (iPXE tests the pointer: `--name=` names it "", which no imgverify reaches), else
+    ``default``."""
+    value = p.options.get("name")
+    return default if value is None else str(value)
+
+
 # --- the lint ---------------------------------------------------------------------------------
 
 
 def _image_tokens(p: ParsedCommand) -> tuple[str, ...]:
     """The words of a command that iPXE may download and name after their URI."""
     if p.name in _LOAD | _SELECT | _EXEC | {"imgargs"}:
-        return () if p.options.get("name") else p.args[:1]
+        return () if p.options.get("name") is not None else p.args[:1]
     if p.name in ("imgverify", "imgdecrypt"):
         return p.args[:2]
     if p.name in ("imgextract", "fdt"):
@@ -760,11 +768,14 @@ def _static(lines: list[Line], stage: str, ex: _Explorer) -> None:
                        "use https://")
             if p.name in _SETTING_COMMANDS and (why := setting_problem(p.name, p.args)):
                 ex.add(n, "setting-value", why)
-            if p.name in _SETTING_WRITERS and p.args:
-                setting = p.args[0].split(":")[0].rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+            # the setting a command writes: its first word, or a digest's --set
+            written = [p.args[0]] if p.name in _SETTING_WRITERS and p.args else []
+            if p.name in _DIGESTS and p.options.get("set") is not None:
+                written.append(str(p.options["set"]))  # a SHA-256 is a `trust` value
+            for word in written:
+                setting = word.split(":")[0].rsplit("/", 1)[-1].rsplit(".", 1)[-1]
                 if setting in _TRUST_SETTINGS:
-                    ex.add(n, "trust-setting", f"the script changes the '{p.args[0]}' "
-                           "setting")
+                    ex.add(n, "trust-setting", f"the script changes the '{word}' setting")
     if stage == "embedded" and not has_permanent:
         ex.add(1, "trust-missing", "no 'imgtrust --permanent': unsigned images could run")
     if not has_verify:
