@@ -66,14 +66,13 @@ _UNGUARDED = {"unverified-exec", "unverified-image", "sanboot", "autoboot", "pxe
 # The command standing for a continuation left open at the end of the script.
 DANGLING = "\\"
 
+_DIGESTS = {"md5sum", "sha1sum", "md4sum", "sha224sum", "sha256sum", "sha384sum", "sha512sum"}
 # Commands that fetch from a URI (their words are checked for cleartext schemes).
 _FETCHING = {"imgfetch", "module", "initrd", "kernel", "imgselect", "imgload", "chain",
              "boot", "imgexec", "imgverify", "imgargs", "imgextract", "imgdecrypt",
-             "certstore", "sanboot", "sanhook", "shim", "imgset", "fdt", "md5sum",
-             "sha1sum", "md4sum", "sha224sum", "sha256sum", "sha384sum", "sha512sum"}
+             "certstore", "sanboot", "sanhook", "shim", "imgset", "fdt", *_DIGESTS}
 _CLEARTEXT = ("http", "tftp", "ftp", "nfs", "slam")
 _EXEC = {"imgexec", "chain", "boot"}
-_DIGESTS = {"md5sum", "sha1sum", "md4sum", "sha224sum", "sha256sum", "sha384sum", "sha512sum"}
 _LOAD = {"imgfetch", "module", "initrd"}
 _SELECT = {"kernel", "imgselect", "imgload"}
 # Commands that succeed whenever their options parse (everything else is explored both ways).
@@ -87,7 +86,8 @@ _INFALLIBLE = {"echo", "set", "clear", "inc", "help", "route", "ipstat", "nstat"
 _SETTING_COMMANDS = {"set", "clear", "inc"}
 _TRUST_SETTINGS = {"crosscert", "trust"}
 # Commands that store into the setting their first argument names (imgset: a downloaded
-# file's bytes; pciscan/usbscan: the next device's address).
+# file's bytes; pciscan/usbscan: the next device's address; choose: the item picked;
+# nslookup: an address). The digest commands store into their --set one.
 _SETTING_WRITERS = {"set", "clear", "read", "inc", "imgset", "pciscan", "usbscan",
                     "choose", "nslookup"}
 
