@@ -211,8 +211,17 @@ def sign_digest(signer: Signer, digest: bytes, hash_name: str) -> bytes:
 
 
 def signature_path(path: Path, out_dir: Path | None) -> Path:
-    return (out_dir / f"{path.name}.sig") if out_dir is not None else path.with_name(
-        path.name + ".sig")
+    return Path(_signature_text(os.fspath(path),
+                                None if out_dir is None else os.fspath(out_dir)))
+
+
+def _signature_text(path: str, out_dir: str | None) -> str:
+    """signature_path on path strings (a Path's text, normalised): FILE.sig beside FILE,
+    or in ``out_dir``; check_targets calls it per FILE without making a Path."""
+    if out_dir is None:
+        return path + ".sig"
+    name = os.path.basename(path) + ".sig"
+    return name if out_dir == "." else os.path.join(out_dir, name)
 
 
 def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
@@ -274,10 +283,7 @@ def check_targets(paths: Sequence[Path], out_dir: Path | None, *,
     seen: dict[tuple[str, str], Path] = {}
     out = os.fspath(out_dir) if out_dir is not None else None
     for path in paths:
-        # signature_path's, as text: a Path is made only for a message
-        text = os.fspath(path)
-        target = (text if out is None else os.path.basename(text) if out == "."
-                  else os.path.join(out, os.path.basename(text))) + ".sig"
+        target = _signature_text(os.fspath(path), out)  # a Path only for a message
         where = entry(target)
         if where in seen:
             raise ConfigError(f"{path} and {seen[where]} would both be signed into {target}",
