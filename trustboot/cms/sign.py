@@ -1085,13 +1085,17 @@ def _keep_old(target: Path, temp: Path, dirs: TargetDirs) -> tuple[Path | None, 
         except FileNotFoundError:
             return None, False  # nothing to keep: a new .sig, removed by _restore
         except FileExistsError:  # taken: in a shared directory, perhaps not by us
-            name = target.with_name(
-                f".{temp_stem(target.name)}.{os.urandom(8).hex()}.old.tmp")
+            name = _random_backup(target)
         except OSError as exc:
             if exc.errno not in _NO_HARD_LINK:
                 raise
             return _copy_old(target, dirs)
     return None, True  # both names taken: no backup
+
+
+def _random_backup(target: Path) -> Path:
+    """A new backup name beside ``target``: a temp's pattern (the stale-temp sweep's)."""
+    return target.with_name(f".{temp_stem(target.name)}.{os.urandom(8).hex()}.old.tmp")
 
 
 def _copy_old(target: Path, dirs: TargetDirs) -> tuple[Path | None, bool]:
@@ -1109,8 +1113,7 @@ def _copy_old(target: Path, dirs: TargetDirs) -> tuple[Path | None, bool]:
     try:
         if stat.S_ISLNK(st.st_mode):
             points = os.readlink(to, dir_fd=fd)
-            name = target.with_name(
-                f".{temp_stem(target.name)}.{os.urandom(8).hex()}.old.tmp")
+            name = _random_backup(target)
             os.symlink(points, dirs.at(name)[0], dir_fd=fd)
             return name, True
         src = os.open(to, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
