@@ -372,8 +372,10 @@ def raise_open_files_limit(needed: int) -> int:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return max(soft, needed) if soft == resource.RLIM_INFINITY else soft
+    if soft == resource.RLIM_INFINITY:
+        return needed  # no limit: as many as are needed
+    if soft >= needed:
+        return soft
     want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
     if want > soft:
         try:
