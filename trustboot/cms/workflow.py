@@ -237,12 +237,13 @@ def sign_paths(
                     job = HashJob(paths, hash_alg, progress=progress)
                 # little data, hashed here while the key's KDF runs (once: what is signed
                 # is what this read)
-                early = job.result() if job is not None and job.inline else None
+                hashed = job.result() if job is not None and job.inline else None
                 signer = stack.enter_context(source.open(secret))
                 # The key is unlocked now (or a token session open): no forked hashers, which
                 # would each hold a copy of it.
-                hashed = early if early is not None else job.result() if job is not None \
-                    else HashJob(paths, hash_alg, progress=progress, fork=False).result()
+                if hashed is None:
+                    hashed = job.result() if job is not None else HashJob(
+                        paths, hash_alg, progress=progress, fork=False).result()
                 # The opened signer holds the source's certificate and chain: its preflight
                 # and the targets' check above stand.
                 same = (signer.certificate == source.certificate
