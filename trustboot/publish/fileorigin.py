@@ -436,17 +436,23 @@ class FileOrigin(StagesUploads, GuardedByLock):
     def _walk(self, dfd: int, base: str, out: builtins.list[str]) -> None:
         for key, entry in self._entries(dfd, base):
             if entry.is_dir(follow_symlinks=False):
-                try:
-                    sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                                  dir_fd=dfd)
-                except OSError as exc:  # another user's directory we cannot read, say
-                    raise self._fail(key, "listing", exc) from None
-                try:
-                    self._walk(sub, key, out)
-                finally:
-                    os.close(sub)
+                self._descend(dfd, entry.name, key, self._walk, out)
             elif entry.is_file(follow_symlinks=False):
                 out.append(key)
+
+    def _descend(self, dfd: int, name: str, key: str,
+                 collect: Callable[[int, str, builtins.list[str]], None],
+                 out: builtins.list[str]) -> None:
+        """``collect(its fd, key, out)`` on the subdirectory ``name`` of ``dfd`` (key
+        ``key``), opened through ``dfd`` and never through a link."""
+        try:
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+        except OSError as exc:  # another user's directory we cannot read, say
+            raise self._fail(key, "listing", exc) from None
+        try:
+            collect(sub, key, out)
+        finally:
+            os.close(sub)
 
     def remove_stale_temps(self, older_than: float) -> builtins.list[str]:
         """Temporary files of killed uploads (``.tb-tmp.*`` in any directory), and the
@@ -547,15 +553,7 @@ class FileOrigin(StagesUploads, GuardedByLock):
                         or key_problem(key):
                     out.append(key)
                 elif entry.is_dir(follow_symlinks=False):
-                    try:
-                        sub = os.open(entry.name,
-                                      os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
-                    except OSError as exc:
-                        raise self._fail(key, "listing", exc) from None
-                    try:
-                        collect(sub, key, out)
-                    finally:
-                        os.close(sub)
+                    self._descend(dfd, entry.name, key, collect, out)
                 elif not entry.is_file(follow_symlinks=False):
                     out.append(key)  # a link, a FIFO, a socket: never listed nor deleted
         return self._listing(check_prefix(prefix).rstrip("/") + "/", collect)
