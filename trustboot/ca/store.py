@@ -304,16 +304,14 @@ _FIELD_FORMS = {
     "profile": f"one of root, issuing, {', '.join(profiles.LEAF_PROFILES)}",
     "serial": "a serial number in lowercase hex",
     "subject": "a string",
-    "sha256": "a SHA-256 fingerprint (64 lowercase hex digits)",
-    "cert_file": "a path inside the pki",
-    "key_file": "a path inside the pki",
     "status": f"one of {', '.join(_CA_STATUSES)}",
     "revocation_reason": f"one of {', '.join(REVOCATION_REASONS)} (or null)",
     "sans": "a list of names",
-    "issuer_sha256": "a SHA-256 fingerprint (64 lowercase hex digits)",
-    "key_sha256": "a SHA-256 fingerprint (64 lowercase hex digits)",
-} | dict.fromkeys(("not_before", "not_after", "revoked_at", "retired_at"),
-                  "an ISO 8601 time with its UTC offset")
+} | dict.fromkeys(("sha256", "issuer_sha256", "key_sha256"),
+                  "a SHA-256 fingerprint (64 lowercase hex digits)") | dict.fromkeys(
+    ("cert_file", "key_file"), "a path inside the pki") | dict.fromkeys(
+    ("not_before", "not_after", "revoked_at", "retired_at"),
+    "an ISO 8601 time with its UTC offset")
 _NULLABLE_FIELDS = {"key_file", "revoked_at", "revocation_reason", "issuer_sha256",
                     "key_sha256", "retired_at"}
 # fields an index written by an older trustboot may lack (IssuedEntry has defaults)
