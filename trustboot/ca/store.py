@@ -1622,13 +1622,14 @@ class CertificateAuthority:
             if (e.profile == "codesign" and e.effective_status(now) == "valid"
                     and not self.chain_retired(e) and self.key_id(e) not in compromised):
                 by_name.setdefault(e.name, []).append(e)
-        groups = list(by_name.values())
+        # each name's certificates with every name iPXE matches them by (name and SANs)
+        groups = [(certs, (certs[0].name, *{s for e in certs for s in e.sans}))
+                  for certs in by_name.values()]
         problems = []
-        for i, first in enumerate(groups):
-            for later in groups[i + 1:]:
+        for i, (first, first_names) in enumerate(groups):
+            for later, later_names in groups[i + 1:]:
                 if not any(_same_name(a, b) or _same_name(b, a)
-                           for a in (first[0].name, *{s for e in first for s in e.sans})
-                           for b in (later[0].name, *{s for e in later for s in e.sans})):
+                           for a in first_names for b in later_names):
                     continue
                 revokes = "; ".join(f"trustboot ca revoke {e.name} --serial {e.serial:x} "
                                     f"--pki {self.path}" for e in later)
