@@ -103,6 +103,19 @@ def _origin_ca_from_the_operator(request: pytest.FixtureRequest,
         monkeypatch.setenv(ORIGIN_CA_ENV, str(request.getfixturevalue("pki").ca))
 
 
+@pytest.fixture(params=["file", "webdav", "s3"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Each kind of origin a test runs against (with `store` for s3)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store(kind: str, request: pytest.FixtureRequest) -> Any:
+    """The session's RGW for s3 (started in setup, not by the test: not left behind; a
+    module using this imports the `rgw` fixture from tests.publish.rgw), else None."""
+    return request.getfixturevalue("rgw") if kind == "s3" else None
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("publish-pki"))

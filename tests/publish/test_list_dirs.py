@@ -66,14 +66,8 @@ def _put(origin: Origin, keys: list[str]) -> None:
         origin.put_bytes(key, data, sha256=hashlib.sha256(data).hexdigest())
 
 
-@pytest.fixture(params=["file", "webdav", "s3"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 def test_list_dirs_lists_one_level(kind: str, nginx: Nginx, pki: Pki, tmp_path: Path,
-                                   request: pytest.FixtureRequest) -> None:
-    store = request.getfixturevalue("rgw") if kind == "s3" else None
+                                   store: RGW | None) -> None:
     with _origin(kind, nginx, pki, tmp_path, store) as (origin, _where):
         assert origin.list_dirs("releases/") == []  # nothing there yet
         _put(origin, OBJECTS)
@@ -93,9 +87,7 @@ HOSTILE_DIRS = ["a b", "x;y", "%2e%2e", "semi&&colon", "dollar${x}", ".tb-tmp.12
 
 
 def test_hostile_directory_names_are_never_listed(kind: str, nginx: Nginx, pki: Pki,
-                                                  tmp_path: Path,
-                                                  request: pytest.FixtureRequest) -> None:
-    store = request.getfixturevalue("rgw") if kind == "s3" else None
+                                                  tmp_path: Path, store: RGW | None) -> None:
     with _origin(kind, nginx, pki, tmp_path, store) as (origin, where):
         _put(origin, OBJECTS)
         if kind == "s3":

@@ -32,17 +32,6 @@ def _backdate(folder: Path, seconds: float) -> None:
         os.utime(path, (then, then), follow_symlinks=False)
 
 
-@pytest.fixture(params=["file", "webdav", "s3"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def store(kind: str, request: pytest.FixtureRequest) -> RGW | None:
-    """The session's RGW for s3 (started in setup, not by the test: not left behind)."""
-    return request.getfixturevalue("rgw") if kind == "s3" else None
-
-
 def test_prune_removes_old_folders_without_a_manifest_and_leaves_young_ones(
         kind: str, store: RGW | None, nginx: Nginx, pki: Pki, tmp_path: Path) -> None:
     with _origin(kind, nginx, pki, tmp_path, store) as (origin, where):

@@ -28,17 +28,6 @@ CREDS_ENV = "TB_TEST_S3_CREDENTIALS"
 _BUCKETS = iter(range(1000))
 
 
-@pytest.fixture(params=["file", "webdav", "s3"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def store(kind: str, request: pytest.FixtureRequest) -> RGW | None:
-    """The session's RGW for s3 (started in setup, not by the test: not left behind)."""
-    return request.getfixturevalue("rgw") if kind == "s3" else None
-
-
 class Site:
     """An origin of one kind, the CLI options that reach it, and a way to put a name in
     it behind trustboot's back (a file in the directory nginx serves, an S3 key)."""
