@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from trustboot.ipxe.setting_types import setting_problem
 from trustboot.ipxe.syntax import (
     COMMANDS,
+    DIGEST_COMMANDS,
     WHITESPACE,
     ParsedCommand,
     expands_setting,
@@ -66,7 +67,7 @@ _UNGUARDED = {"unverified-exec", "unverified-image", "sanboot", "autoboot", "pxe
 # The command standing for a continuation left open at the end of the script.
 DANGLING = "\\"
 
-_DIGESTS = {"md5sum", "sha1sum", "md4sum", "sha224sum", "sha256sum", "sha384sum", "sha512sum"}
+_DIGESTS = DIGEST_COMMANDS
 # Commands that fetch from a URI (their words are checked for cleartext schemes).
 _FETCHING = {"imgfetch", "module", "initrd", "kernel", "imgselect", "imgload", "chain",
              "boot", "imgexec", "imgverify", "imgargs", "imgextract", "imgdecrypt",

@@ -349,6 +349,9 @@ COMMANDS: dict[str, CommandSpec] = {
                          _o("allow-pxe", "p"), _o("allow-sbat", "s")), max_args=1),
 }
 
+# the digest commands (md5sum, sha256sum ...: digest_exec(), one option table)
+DIGEST_COMMANDS = frozenset(name for name, spec in COMMANDS.items() if spec is _DIGEST)
+
 
 @dataclass(frozen=True)
 class ParsedCommand:
